@@ -1,0 +1,1 @@
+"""The agent: chat format, tokenizer, parser, model clients and the async loop."""

@@ -1,0 +1,39 @@
+"""Conversation data shared by the renderer, the parser, the clients and the loop."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ToolSpec(BaseModel):
+    """What the model is told about a tool: the `function` object of the `# Tools` preamble."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ToolCall(BaseModel):
+    """One function call the model asked for."""
+
+    id: str = ""
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class Message(BaseModel):
+    """One turn of a conversation.
+
+    `reasoning` holds an assistant turn's thinking (the text before `</think>`); renderers decide
+    whether it is shown again in later prompts (QwQ's template drops it). A `tool` message carries one
+    tool result in `content`; `tool_call_id`/`name` say which call it answers.
+    """
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    reasoning: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None

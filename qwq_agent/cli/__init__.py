@@ -1,0 +1,1 @@
+"""The `qwq-agent` command line."""

@@ -1,0 +1,110 @@
+"""The seams of qwq-agent: what a model, a sandbox and a tool must provide.
+
+Each is a `typing.Protocol`, so users plug in their own implementations without subclassing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+from qwq_agent.agent.messages import Message, ToolSpec
+
+
+class SamplingParams(BaseModel):
+    """Sampling for one completion; defaults are QwQ-32B's recommended settings."""
+
+    max_new_tokens: int = 4096
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.0
+    stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
+    # Structured-output constraints (SGLang/xgrammar); at most one may be set.
+    json_schema: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
+
+
+class Usage(BaseModel):
+    """Token accounting and timing of one model call."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    ttft_s: float | None = None
+    latency_s: float | None = None
+
+
+class TextDelta(BaseModel):
+    """A piece of the model's raw output, in QwQ's format (reasoning, `</think>`, content, `<tool_call>`)."""
+
+    kind: str = "text"
+    text: str
+
+
+class Completion(BaseModel):
+    """The end of one model call: the whole raw output, the exact prompt sent (when known) and usage."""
+
+    kind: str = "completion"
+    text: str
+    prompt: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+
+ModelEvent = TextDelta | Completion
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A reasoning model behind some API.
+
+    `stream` yields `TextDelta`s as the output arrives and exactly one `Completion` last. Clients for APIs
+    that parse reasoning and tool calls server-side (OpenAI-compatible) re-serialise them into QwQ's raw
+    format, so the loop parses one format whatever the backend.
+    """
+
+    name: str
+
+    def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], params: SamplingParams
+    ) -> AsyncIterator[ModelEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ToolOutput(BaseModel):
+    """What a tool hands back to the loop: text for the model, images (PNG bytes, base64) for the user."""
+
+    text: str
+    images: list[str] = Field(default_factory=list)
+    is_error: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+@runtime_checkable
+class Tool(Protocol):
+    """A named, described, JSON-Schema-typed async callable."""
+
+    @property
+    def spec(self) -> ToolSpec: ...
+
+    async def __call__(self, arguments: dict[str, Any], context: Any) -> ToolOutput: ...
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """An isolated place to run code; see `qwq_agent.sandbox` for the Docker implementation."""
+
+    id: str
+
+    async def python(self, code: str, *, timeout: float | None = None) -> Any: ...
+
+    async def shell(self, command: str, *, timeout: float | None = None) -> Any: ...
+
+    async def close(self) -> None: ...

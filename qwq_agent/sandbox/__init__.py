@@ -1,0 +1,1 @@
+"""Hardened Docker sandboxes driven through a persistent supervisor channel."""

@@ -1,0 +1,1 @@
+"""Launching and health-checking an SGLang server for QwQ-32B."""

@@ -1,0 +1,1 @@
+"""Test doubles for model intelligence only: a scripted model server speaking real HTTP."""
