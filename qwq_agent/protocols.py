@@ -94,7 +94,7 @@ class Tool(Protocol):
     @property
     def spec(self) -> ToolSpec: ...
 
-    async def __call__(self, arguments: dict[str, Any], context: Any) -> ToolOutput: ...
+    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput: ...
 
 
 @runtime_checkable
@@ -108,3 +108,14 @@ class Sandbox(Protocol):
     async def shell(self, command: str, *, timeout: float | None = None) -> Any: ...
 
     async def close(self) -> None: ...
+
+
+class ToolContext(BaseModel):
+    """What a tool call may use besides its arguments: the run's sandbox and free-form extras."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    sandbox: Any = None
+    run_id: str = ""
+    call_id: str = ""
+    extras: dict[str, Any] = Field(default_factory=dict)
