@@ -64,7 +64,9 @@ ModelEvent = TextDelta | Completion
 class Model(Protocol):
     """A reasoning model behind some API.
 
-    `stream` yields `TextDelta`s as the output arrives and exactly one `Completion` last. Clients for APIs
+    `stream` yields `TextDelta`s as the output arrives and exactly one `Completion` last. `prefix` is
+    text the assistant turn already holds (the loop uses it to continue a turn it interrupted, e.g. to
+    nudge a looping model); it is appended after the generation prompt and is not part of the output. Clients for APIs
     that parse reasoning and tool calls server-side (OpenAI-compatible) re-serialise them into QwQ's raw
     format, so the loop parses one format whatever the backend.
     """
@@ -72,7 +74,12 @@ class Model(Protocol):
     name: str
 
     def stream(
-        self, messages: Sequence[Message], tools: Sequence[ToolSpec], params: SamplingParams
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        params: SamplingParams,
+        *,
+        prefix: str = "",
     ) -> AsyncIterator[ModelEvent]: ...
 
     async def aclose(self) -> None: ...

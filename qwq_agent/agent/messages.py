@@ -37,3 +37,6 @@ class Message(BaseModel):
     tool_calls: list[ToolCall] = Field(default_factory=list)
     tool_call_id: str | None = None
     name: str | None = None
+    # The model's exact output for an assistant turn, when known. Renderers that keep reasoning in
+    # history write it verbatim, so the next prompt extends this one token for token.
+    raw: str | None = None
