@@ -1,0 +1,348 @@
+"""Incremental parser for QwQ's raw output: reasoning, `</think>`, content and `<tool_call>` blocks.
+
+The generation prompt ends with `<think>\\n`, so the output starts inside the reasoning:
+
+    reasoning ...\\n</think>\\n\\ncontent <tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>
+
+`StreamParser` is fed the output as it streams and emits typed events. Text is held back only while it
+could still be the start of a tag, so deltas never leak a partial tag, and the merged events are the
+same whatever the chunking. `parse` does the whole thing for a complete output.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from qwq_agent.agent.messages import ToolCall
+from qwq_agent.agent.repair import CallDecodeError, decode_call
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+CALL_OPEN = "<tool_call>"
+CALL_CLOSE = "</tool_call>"
+
+REPAIR_MISSING_CLOSE = "added the missing </tool_call> at the end of the output"
+
+
+class ReasoningDelta(BaseModel):
+    """A piece of the reasoning (text before `</think>`), exactly as generated."""
+
+    kind: Literal["reasoning"] = "reasoning"
+    text: str
+
+
+class ReasoningEnd(BaseModel):
+    """`</think>` was seen: what follows is content and tool calls."""
+
+    kind: Literal["reasoning_end"] = "reasoning_end"
+
+
+class ContentDelta(BaseModel):
+    """A piece of the content (text after `</think>`, outside `<tool_call>` blocks), exactly as generated."""
+
+    kind: Literal["content"] = "content"
+    text: str
+
+
+class ToolCallParsed(BaseModel):
+    """A `<tool_call>` block decoded into a call; `repairs` names each fix applied to `raw`."""
+
+    kind: Literal["tool_call"] = "tool_call"
+    call: ToolCall
+    raw: str
+    repairs: list[str] = Field(default_factory=list)
+
+
+class ToolCallError(BaseModel):
+    """A `<tool_call>` block that could not be decoded; `message` is written for the model to act on.
+
+    It has an `id` like a parsed call so the loop can answer it with a tool message; `name` is set when
+    the name could be read.
+    """
+
+    kind: Literal["tool_call_error"] = "tool_call_error"
+    id: str
+    raw: str
+    message: str
+    name: str | None = None
+
+
+class ToolCallInReasoning(BaseModel):
+    """A `<tool_call>` written before `</think>`: never executed, reported so the loop can nudge the model.
+
+    `raw` is the text after `<tool_call>` up to `</tool_call>`, `</think>` or the end of the output.
+    """
+
+    kind: Literal["tool_call_in_reasoning"] = "tool_call_in_reasoning"
+    raw: str
+
+
+ParseEvent = Annotated[
+    ReasoningDelta | ReasoningEnd | ContentDelta | ToolCallParsed | ToolCallError | ToolCallInReasoning,
+    Field(discriminator="kind"),
+]
+
+
+class ParseResult(BaseModel):
+    """The parse of a whole output.
+
+    `reasoning` and `content` are stripped of surrounding whitespace (the deltas keep it); `content`
+    excludes the tool call blocks. `repairs` maps a call id to the repairs applied to that call.
+    """
+
+    reasoning: str = ""
+    content: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    errors: list[ToolCallError] = Field(default_factory=list)
+    reasoning_tool_calls: list[str] = Field(default_factory=list)
+    reasoning_closed: bool = False
+    repairs: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class _State(Enum):
+    START = "start"  # deciding whether the output opens with an explicit <think>
+    AFTER_OPEN = "after_open"  # just dropped <think>; drop one newline after it
+    REASONING = "reasoning"
+    REASONING_CALL = "reasoning_call"  # inside a <tool_call> written in the reasoning
+    CONTENT = "content"
+    CALL = "call"  # inside a <tool_call> block after </think>
+
+
+_TERMINATORS: dict[_State, tuple[str, ...]] = {
+    _State.REASONING: (THINK_CLOSE, CALL_OPEN),
+    _State.REASONING_CALL: (THINK_CLOSE, CALL_CLOSE),
+    _State.CONTENT: (CALL_OPEN,),
+    _State.CALL: (CALL_CLOSE,),
+}
+
+
+def _held_suffix_start(buf: str, tags: tuple[str, ...]) -> int:
+    """Index where the longest suffix of `buf` that is a proper prefix of one of `tags` starts."""
+    longest = max(len(t) for t in tags) - 1
+    for i in range(max(0, len(buf) - longest), len(buf)):
+        tail = buf[i:]
+        if any(t.startswith(tail) for t in tags):
+            return i
+    return len(buf)
+
+
+class StreamParser:
+    """Parse QwQ's raw output incrementally.
+
+    `feed(chunk)` returns the events the chunk completes; `close()` flushes what was held back and
+    finishes an unterminated tool call. Neither raises on any text. Call ids are
+    `f"{id_prefix}{n}"` with n counting from `first_id`, shared by parsed calls and call errors.
+    """
+
+    def __init__(self, *, id_prefix: str = "call_", first_id: int = 0) -> None:
+        self._id_prefix = id_prefix
+        self._next_id = first_id
+        self._state = _State.START
+        self._buf = ""  # undecided text: a possible tag prefix, or the start-of-output probe
+        self._call_parts: list[str] = []  # body of the current tool call (either kind)
+        self._closed = False
+        self._events: list[ParseEvent] = []
+
+    @property
+    def reasoning_closed(self) -> bool:
+        """Whether `</think>` has been seen."""
+        return self._state in (_State.CONTENT, _State.CALL)
+
+    def feed(self, chunk: str) -> list[ParseEvent]:
+        """Consume the next piece of output; return the events it completes."""
+        if self._closed:
+            raise RuntimeError("StreamParser.feed() after close()")
+        out: list[ParseEvent] = []
+        self._buf += chunk
+        self._run(out)
+        self._events.extend(out)
+        return out
+
+    def close(self) -> list[ParseEvent]:
+        """Signal the end of the output; return the remaining events. Idempotent."""
+        if self._closed:
+            return []
+        self._closed = True
+        out: list[ParseEvent] = []
+        buf, self._buf = self._buf, ""
+        state = self._state
+        if state in (_State.START, _State.REASONING):
+            self._emit_reasoning(out, buf)
+        elif state is _State.REASONING_CALL:
+            self._emit_reasoning(out, buf)
+            self._call_parts.append(buf)
+            out.append(ToolCallInReasoning(raw=self._take_call_body()))
+        elif state is _State.CONTENT:
+            if buf:
+                out.append(ContentDelta(text=buf))
+        elif state is _State.CALL:
+            self._call_parts.append(buf)
+            out.append(self._finish_call(self._take_call_body(), [REPAIR_MISSING_CLOSE]))
+        self._events.extend(out)
+        return out
+
+    def result(self) -> ParseResult:
+        """The parse of everything fed so far (complete once `close()` has been called)."""
+        return result_from_events(self._events, reasoning_closed=self.reasoning_closed)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _run(self, out: list[ParseEvent]) -> None:
+        while self._buf:
+            state = self._state
+            if state is _State.START:
+                probe = self._buf.lstrip()
+                if THINK_OPEN.startswith(probe):
+                    return  # still could be an explicit <think>
+                if probe.startswith(THINK_OPEN):
+                    self._buf = probe[len(THINK_OPEN) :]
+                    self._state = _State.AFTER_OPEN
+                else:
+                    self._state = _State.REASONING
+                continue
+            if state is _State.AFTER_OPEN:
+                if self._buf.startswith("\n"):
+                    self._buf = self._buf[1:]
+                self._state = _State.REASONING
+                continue
+
+            tags = _TERMINATORS[state]
+            found_at, found_tag = -1, ""
+            for tag in tags:
+                i = self._buf.find(tag)
+                if i >= 0 and (found_at < 0 or i < found_at):
+                    found_at, found_tag = i, tag
+            if found_at < 0:
+                cut = _held_suffix_start(self._buf, tags)
+                self._consume_text(out, self._buf[:cut])
+                self._buf = self._buf[cut:]
+                return
+            self._consume_text(out, self._buf[:found_at])
+            self._buf = self._buf[found_at + len(found_tag) :]
+            self._on_tag(out, found_tag)
+
+    def _consume_text(self, out: list[ParseEvent], text: str) -> None:
+        if not text:
+            return
+        state = self._state
+        if state is _State.REASONING:
+            self._emit_reasoning(out, text)
+        elif state is _State.REASONING_CALL:
+            self._emit_reasoning(out, text)
+            self._call_parts.append(text)
+        elif state is _State.CONTENT:
+            out.append(ContentDelta(text=text))
+        elif state is _State.CALL:
+            self._call_parts.append(text)
+
+    def _on_tag(self, out: list[ParseEvent], tag: str) -> None:
+        state = self._state
+        if tag == THINK_CLOSE:
+            if state is _State.REASONING_CALL:
+                out.append(ToolCallInReasoning(raw=self._take_call_body()))
+            out.append(ReasoningEnd())
+            self._state = _State.CONTENT
+        elif state is _State.REASONING:  # <tool_call> inside the reasoning: still reasoning text
+            self._emit_reasoning(out, tag)
+            self._state = _State.REASONING_CALL
+        elif state is _State.REASONING_CALL:  # </tool_call> inside the reasoning
+            self._emit_reasoning(out, tag)
+            out.append(ToolCallInReasoning(raw=self._take_call_body()))
+            self._state = _State.REASONING
+        elif state is _State.CONTENT:  # <tool_call>
+            self._state = _State.CALL
+        elif state is _State.CALL:  # </tool_call>
+            out.append(self._finish_call(self._take_call_body(), []))
+            self._state = _State.CONTENT
+
+    @staticmethod
+    def _emit_reasoning(out: list[ParseEvent], text: str) -> None:
+        if text:
+            out.append(ReasoningDelta(text=text))
+
+    def _take_call_body(self) -> str:
+        body = "".join(self._call_parts)
+        self._call_parts = []
+        return body
+
+    def _finish_call(self, raw: str, repairs: list[str]) -> ToolCallParsed | ToolCallError:
+        call_id = f"{self._id_prefix}{self._next_id}"
+        self._next_id += 1
+        try:
+            decoded = decode_call(raw)
+        except CallDecodeError as exc:
+            return ToolCallError(id=call_id, raw=raw, message=str(exc), name=exc.name)
+        call = ToolCall(id=call_id, name=decoded.name, arguments=decoded.arguments)
+        return ToolCallParsed(call=call, raw=raw, repairs=[*repairs, *decoded.repairs])
+
+
+def merge_deltas(events: list[ParseEvent]) -> list[ParseEvent]:
+    """Join adjacent reasoning/content deltas: the chunking-independent form of an event list."""
+    merged: list[ParseEvent] = []
+    for ev in events:
+        prev = merged[-1] if merged else None
+        if isinstance(ev, ReasoningDelta) and isinstance(prev, ReasoningDelta):
+            merged[-1] = ReasoningDelta(text=prev.text + ev.text)
+        elif isinstance(ev, ContentDelta) and isinstance(prev, ContentDelta):
+            merged[-1] = ContentDelta(text=prev.text + ev.text)
+        else:
+            merged.append(ev)
+    return merged
+
+
+def result_from_events(events: list[ParseEvent], *, reasoning_closed: bool | None = None) -> ParseResult:
+    """Collect events into a `ParseResult`."""
+    reasoning: list[str] = []
+    content: list[str] = []
+    res = ParseResult()
+    saw_end = False
+    for ev in events:
+        if isinstance(ev, ReasoningDelta):
+            reasoning.append(ev.text)
+        elif isinstance(ev, ContentDelta):
+            content.append(ev.text)
+        elif isinstance(ev, ReasoningEnd):
+            saw_end = True
+        elif isinstance(ev, ToolCallParsed):
+            res.tool_calls.append(ev.call)
+            if ev.repairs:
+                res.repairs[ev.call.id] = list(ev.repairs)
+        elif isinstance(ev, ToolCallError):
+            res.errors.append(ev)
+        elif isinstance(ev, ToolCallInReasoning):
+            res.reasoning_tool_calls.append(ev.raw)
+    res.reasoning = "".join(reasoning).strip()
+    res.content = "".join(content).strip()
+    res.reasoning_closed = saw_end if reasoning_closed is None else reasoning_closed
+    return res
+
+
+def parse(text: str, *, id_prefix: str = "call_", first_id: int = 0) -> ParseResult:
+    """Parse a complete output. Never raises."""
+    parser = StreamParser(id_prefix=id_prefix, first_id=first_id)
+    parser.feed(text)
+    parser.close()
+    return parser.result()
+
+
+__all__ = [
+    "CALL_CLOSE",
+    "CALL_OPEN",
+    "THINK_CLOSE",
+    "THINK_OPEN",
+    "ContentDelta",
+    "ParseEvent",
+    "ParseResult",
+    "ReasoningDelta",
+    "ReasoningEnd",
+    "StreamParser",
+    "ToolCallError",
+    "ToolCallInReasoning",
+    "ToolCallParsed",
+    "merge_deltas",
+    "parse",
+    "result_from_events",
+]
