@@ -1,0 +1,58 @@
+"""Run budgets: limits that end a run with a clear status instead of an exception."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel, Field
+
+
+class Budget(BaseModel):
+    """Limits of one run; `None` means unlimited."""
+
+    max_steps: int | None = 30
+    max_generated_tokens: int | None = 200_000
+    max_prompt_tokens: int | None = None
+    max_wall_s: float | None = 1800.0
+    max_tool_s: float | None = 900.0
+
+
+class BudgetTracker(BaseModel):
+    """What a run has used so far, checked against its `Budget`."""
+
+    budget: Budget
+    steps: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    tool_s: float = 0.0
+    started: float = Field(default_factory=time.monotonic)
+
+    @property
+    def wall_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def exceeded(self) -> tuple[str, float, float] | None:
+        """The first budget used up, as (name, limit, used), or None."""
+        b = self.budget
+        checks = (
+            ("steps", b.max_steps, self.steps),
+            ("generated_tokens", b.max_generated_tokens, self.generated_tokens),
+            ("prompt_tokens", b.max_prompt_tokens, self.prompt_tokens),
+            ("wall_s", b.max_wall_s, self.wall_s),
+            ("tool_s", b.max_tool_s, self.tool_s),
+        )
+        for name, limit, used in checks:
+            if limit is not None and used >= limit:
+                return name, float(limit), float(used)
+        return None
+
+    def totals(self) -> dict[str, float]:
+        return {
+            "steps": self.steps,
+            "generated_tokens": self.generated_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "tool_s": round(self.tool_s, 4),
+            "wall_s": round(self.wall_s, 4),
+        }

@@ -1,0 +1,110 @@
+"""Typed events of an agent run: what the CLI, traces and users' own code consume."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from qwq_agent.agent.messages import ToolCall
+from qwq_agent.protocols import Usage
+
+
+class _Event(BaseModel):
+    run_id: str = ""
+    step: int = 0
+    ts: float = Field(default_factory=time.time)
+
+
+class RunStarted(_Event):
+    type: Literal["run_started"] = "run_started"
+    task: str
+    model: str
+    tools: list[str]
+    sandbox_id: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReasoningDelta(_Event):
+    type: Literal["reasoning"] = "reasoning"
+    text: str
+
+
+class ContentDelta(_Event):
+    type: Literal["content"] = "content"
+    text: str
+
+
+class ModelCall(_Event):
+    """One model request: the exact prompt sent and the exact text that came back."""
+
+    type: Literal["model_call"] = "model_call"
+    prompt: str | None
+    prefix: str = ""
+    completion: str
+    usage: Usage
+    prompt_shared_prefix_chars: int | None = None
+
+
+class ToolCallEvent(_Event):
+    type: Literal["tool_call"] = "tool_call"
+    call: ToolCall
+    repairs: list[str] = Field(default_factory=list)
+
+
+class ToolResultEvent(_Event):
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str
+    name: str
+    text: str
+    is_error: bool = False
+    images: list[str] = Field(default_factory=list)
+    duration_s: float = 0.0
+
+
+class UsageEvent(_Event):
+    type: Literal["usage"] = "usage"
+    usage: Usage
+    totals: dict[str, float] = Field(default_factory=dict)
+
+
+class Warning_(_Event):
+    """A problem the loop noticed and acted on (loop, repetition, language, malformed call)."""
+
+    type: Literal["warning"] = "warning"
+    kind: str
+    message: str
+    level: int = 1
+
+
+class BudgetExceeded(_Event):
+    type: Literal["budget"] = "budget"
+    budget: str
+    limit: float
+    used: float
+
+
+class Final(_Event):
+    type: Literal["final"] = "final"
+    status: str
+    answer: str | None = None
+    error: str | None = None
+    totals: dict[str, float] = Field(default_factory=dict)
+
+
+Event = Annotated[
+    RunStarted
+    | ReasoningDelta
+    | ContentDelta
+    | ModelCall
+    | ToolCallEvent
+    | ToolResultEvent
+    | UsageEvent
+    | Warning_
+    | BudgetExceeded
+    | Final,
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
