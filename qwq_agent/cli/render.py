@@ -1,0 +1,131 @@
+"""Rich terminal view of agent events, shared by `run` (live) and `trace show` (after the fact)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from qwq_agent.agent.events import (
+    BudgetExceeded,
+    ContentDelta,
+    Event,
+    Final,
+    ModelCall,
+    ReasoningDelta,
+    RunStarted,
+    ToolCallEvent,
+    ToolResultEvent,
+    Warning_,
+)
+from qwq_agent.agent.parser import parse
+
+MAX_RESULT_CHARS = 4000
+
+
+class EventRenderer:
+    """Prints events as they come: reasoning dimmed, tool calls and results as panels."""
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        image_dir: Path | None = None,
+        show_prompts: bool = False,
+        replaying: bool = False,
+    ) -> None:
+        self.console = console
+        self.image_dir = image_dir
+        self.show_prompts = show_prompts
+        # A trace has no deltas: its model_call events carry the whole text instead.
+        self.replaying = replaying
+        self._images = 0
+        self._in_text = False
+
+    def handle(self, ev: Event) -> None:
+        c = self.console
+        if isinstance(ev, ReasoningDelta):
+            c.print(Text(ev.text, style="dim"), end="")
+            self._in_text = True
+        elif isinstance(ev, ContentDelta):
+            c.print(Text(ev.text), end="")
+            self._in_text = True
+        else:
+            if self._in_text:
+                c.print()
+                self._in_text = False
+            self._structured(ev)
+
+    def _structured(self, ev: Event) -> None:
+        c = self.console
+        if isinstance(ev, RunStarted):
+            c.rule(f"[bold]run {ev.run_id}[/bold] · {ev.model}")
+            c.print(Panel(ev.task, title="task", border_style="cyan"))
+            if ev.sandbox_id:
+                c.print(f"[dim]sandbox {ev.sandbox_id} · tools: {', '.join(ev.tools)}[/dim]")
+        elif isinstance(ev, ModelCall):
+            if self.show_prompts and ev.prompt:
+                c.print(Panel(Text(ev.prompt), title="prompt", border_style="dim"))
+            if self.replaying:
+                result = parse(ev.prefix + ev.completion)
+                if result.reasoning:
+                    c.print(Text(result.reasoning.strip(), style="dim"))
+                if result.content.strip():
+                    c.print(result.content.strip())
+            u = ev.usage
+            c.print(
+                f"[dim]step {ev.step}: {u.prompt_tokens} prompt tokens ({u.cached_tokens} cached), "
+                f"{u.completion_tokens} generated, finish={u.finish_reason}[/dim]"
+            )
+        elif isinstance(ev, ToolCallEvent):
+            import json
+
+            args = json.dumps(ev.call.arguments, ensure_ascii=False, indent=2)
+            body = ev.call.arguments.get("code") if ev.call.name == "python" else None
+            renderable = Syntax(body, "python") if isinstance(body, str) else Syntax(args, "json")
+            c.print(Panel(renderable, title=f"tool call · {ev.call.name}", border_style="blue"))
+        elif isinstance(ev, ToolResultEvent):
+            text = ev.text if len(ev.text) <= MAX_RESULT_CHARS else ev.text[:MAX_RESULT_CHARS] + "\n…"
+            style = "red" if ev.is_error else "green"
+            c.print(Panel(Text(text), title=f"result · {ev.name} · {ev.duration_s:.2f}s", border_style=style))
+            for img in ev.images:
+                self._save_image(img)
+        elif isinstance(ev, Warning_):
+            c.print(f"[yellow]⚠ {ev.kind} (level {ev.level}): {ev.message}[/yellow]")
+        elif isinstance(ev, BudgetExceeded):
+            c.print(f"[red]budget {ev.budget} used up: {ev.used:g} of {ev.limit:g}[/red]")
+        elif isinstance(ev, Final):
+            self._summary(ev)
+
+    def _save_image(self, b64: str) -> None:
+        self._images += 1
+        if self.image_dir is None:
+            self.console.print(f"[dim](image {self._images} not saved: no image directory)[/dim]")
+            return
+        self.image_dir.mkdir(parents=True, exist_ok=True)
+        path = self.image_dir / f"image-{self._images}.png"
+        path.write_bytes(base64.b64decode(b64))
+        self.console.print(f"[magenta]image saved: {path}[/magenta]")
+
+    def _summary(self, ev: Final) -> None:
+        c = self.console
+        if ev.answer:
+            c.print(Panel(ev.answer, title="answer", border_style="bold green"))
+        t = ev.totals
+        table = Table(title=f"run {ev.run_id}: {ev.status}", show_header=False)
+        prompt = t.get("prompt_tokens", 0) or 0
+        cached = t.get("cached_tokens", 0) or 0
+        share = f" ({100 * cached / prompt:.0f}% cached)" if prompt else ""
+        table.add_row("steps", f"{t.get('steps', 0):g}")
+        table.add_row("prompt tokens", f"{prompt:g}{share}")
+        table.add_row("generated tokens", f"{t.get('generated_tokens', 0):g}")
+        table.add_row("tool time", f"{t.get('tool_s', 0):.2f} s")
+        table.add_row("wall time", f"{t.get('wall_s', 0):.2f} s")
+        if ev.error:
+            table.add_row("error", ev.error)
+        c.print(table)

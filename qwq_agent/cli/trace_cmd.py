@@ -1,0 +1,32 @@
+"""`qwq-agent trace show FILE`: a trace, readable."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trace", help="inspect run traces")
+    tsub = p.add_subparsers(dest="trace_command", required=True)
+    show = tsub.add_parser("show", help="print a trace readably")
+    show.add_argument("file")
+    show.add_argument("--prompts", action="store_true", help="also print the exact prompts sent")
+    show.set_defaults(func=_show)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from qwq_agent.agent.trace import read_trace
+    from qwq_agent.cli.render import EventRenderer
+
+    console = Console()
+    try:
+        events = read_trace(args.file)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]cannot read trace {args.file}: {exc}[/red]")
+        return 2
+    renderer = EventRenderer(console, show_prompts=args.prompts, replaying=True)
+    for ev in events:
+        renderer.handle(ev)
+    return 0
