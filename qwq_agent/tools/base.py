@@ -1,0 +1,324 @@
+"""Typed tools from Python functions: `@tool`, `FunctionTool`, and return-value conversion.
+
+The JSON Schema of a tool's arguments comes from the function's type hints (through pydantic), its
+description and per-argument descriptions from the docstring. A first parameter annotated `ToolContext`
+is injected by the loop and never shown to the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import to_jsonable_python
+
+from qwq_agent.agent.messages import ToolSpec
+from qwq_agent.protocols import ToolContext, ToolOutput
+
+__all__ = [
+    "FunctionTool",
+    "ToolArgumentsError",
+    "parse_docstring",
+    "to_tool_output",
+    "tool",
+    "tool_from_model",
+]
+
+
+class ToolArgumentsError(ValueError):
+    """Arguments that passed the JSON Schema but not pydantic's validation (or a direct call's)."""
+
+
+def to_tool_output(value: Any) -> ToolOutput:
+    """A `ToolOutput` passes through, a str becomes its text, anything else is JSON-serialised."""
+    if isinstance(value, ToolOutput):
+        return value
+    if isinstance(value, str):
+        return ToolOutput(text=value)
+    # to_jsonable_python handles models, dataclasses, datetimes, sets...; str() covers the rest.
+    return ToolOutput(text=json.dumps(to_jsonable_python(value, fallback=str), ensure_ascii=False))
+
+
+# -- docstrings ------------------------------------------------------------------------------------
+
+_SECTION = re.compile(
+    r"^(Args|Arguments|Parameters|Params|Returns?|Yields?|Raises?|Examples?|Notes?|See Also|Attributes)\s*:?\s*$"
+)
+_ARG_SECTIONS = {"Args", "Arguments", "Parameters", "Params"}
+# Google: "name: text" / "name (type): text". Numpy: "name : type" / "name", text on indented lines.
+_GOOGLE_ARG = re.compile(r"^\*{0,2}(\w+)(?:\s*\([^)]*\))?:\s*(.*)$")
+_NUMPY_ARG = re.compile(r"^\*{0,2}(\w+)(?:\s+:.*)?$")
+
+
+def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
+    """Split a Google- or Numpy-style docstring into (description, {argument: description}).
+
+    The description is the text before the first section (`Args:`, `Returns:`, ...).
+    """
+    if not doc:
+        return "", {}
+    lines = inspect.cleandoc(doc).splitlines()
+    description: list[str] = []
+    args: dict[str, str] = {}
+    i = 0
+    section: str | None = None
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        numpy_underline = i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}
+        m = _SECTION.match(stripped) if not line.startswith((" ", "\t")) else None
+        if m and (stripped.endswith(":") or numpy_underline):
+            section = m.group(1)
+            i += 2 if numpy_underline else 1
+            continue
+        if section is None:
+            description.append(line)
+        elif section in _ARG_SECTIONS and stripped:
+            i = _read_arg(lines, i, args)
+            continue
+        i += 1
+    return "\n".join(description).strip(), args
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _read_arg(lines: list[str], i: int, args: dict[str, str]) -> int:
+    entry = lines[i].strip()
+    base = _indent(lines[i])
+    text: list[str] = []
+    name: str | None = None
+    if m := _GOOGLE_ARG.match(entry):
+        name = m.group(1)
+        if m.group(2):
+            text.append(m.group(2).strip())
+    elif m := _NUMPY_ARG.match(entry):
+        name = m.group(1)
+    i += 1
+    while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > base):
+        if lines[i].strip():
+            text.append(lines[i].strip())
+        i += 1
+    if name:
+        args[name] = " ".join(text)
+    return i
+
+
+# -- schema ----------------------------------------------------------------------------------------
+
+
+def _strip_titles(schema: Any) -> Any:
+    """Drop pydantic's auto-generated `title`s: noise in the prompt. Property *names* are kept."""
+    if isinstance(schema, dict):
+        out = {}
+        for key, value in schema.items():
+            if key == "title" and isinstance(value, str):
+                continue
+            if key in ("properties", "$defs", "patternProperties") and isinstance(value, dict):
+                out[key] = {k: _strip_titles(v) for k, v in value.items()}
+            else:
+                out[key] = _strip_titles(value)
+        return out
+    if isinstance(schema, list):
+        return [_strip_titles(v) for v in schema]
+    return schema
+
+
+def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = _strip_titles(model.model_json_schema())
+    schema.setdefault("properties", {})
+    return schema
+
+
+def _is_context(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, ToolContext)
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel) and not _is_context(annotation)
+
+
+class FunctionTool:
+    """A tool backed by a Python function (sync or async); satisfies the `Tool` protocol.
+
+    Arguments are validated by pydantic against the function's signature (extra arguments are
+    rejected) before the call. Sync functions run in a worker thread so they do not block the loop.
+    `timeout` (seconds) is a per-tool default that `ToolRegistry` honours.
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.func = func
+        self.timeout = timeout
+        doc_description, arg_docs = parse_docstring(inspect.getdoc(func))
+        hints = get_type_hints(func, include_extras=True)
+        params = list(inspect.signature(func).parameters.values())
+
+        self._takes_context = bool(params) and _is_context(hints.get(params[0].name))
+        if self._takes_context:
+            params = params[1:]
+        for p in params:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
+                raise TypeError(f"tool {func.__name__!r}: parameter {p.name!r} must be a named parameter")
+
+        # One pydantic-model parameter: its fields are the arguments (not nested under its name).
+        self._model_param: str | None = None
+        if len(params) == 1 and _is_model(hints.get(params[0].name)):
+            self._model_param = params[0].name
+            model: type[BaseModel] = hints[params[0].name]
+            model_doc, model_arg_docs = parse_docstring(model.__doc__)
+            doc_description = doc_description or model_doc
+            arg_docs = {**model_arg_docs, **arg_docs}
+        else:
+            fields: dict[str, Any] = {}
+            for p in params:
+                annotation = hints.get(p.name, Any)
+                default = ... if p.default is inspect.Parameter.empty else p.default
+                fields[p.name] = (annotation, Field(default, description=arg_docs.get(p.name) or None))
+            model = create_model(
+                f"{func.__name__}_arguments", __config__=ConfigDict(extra="forbid"), **fields
+            )
+        self.arguments_model = model
+
+        schema = _model_schema(model)
+        if self._model_param is not None:
+            for prop, prop_schema in schema["properties"].items():
+                if prop in arg_docs and "description" not in prop_schema:
+                    prop_schema["description"] = arg_docs[prop]
+            # Arguments the model does not know are an error to report, not to drop silently.
+            if model.model_config.get("extra") != "allow":
+                schema.setdefault("additionalProperties", False)
+        schema.pop("description", None)  # the model's docstring is the tool description, not repeated
+        self._spec = ToolSpec(
+            name=name or func.__name__,
+            description=description if description is not None else doc_description,
+            parameters=schema,
+        )
+
+    @property
+    def spec(self) -> ToolSpec:
+        """What the model is told about this tool."""
+        return self._spec
+
+    @classmethod
+    def from_model(
+        cls,
+        model: type[BaseModel],
+        func: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+    ) -> FunctionTool:
+        """A tool whose arguments are the fields of `model`; `func` receives a `model` instance.
+
+        `func` may take a `ToolContext` first: `func(context, args)` or just `func(args)`.
+        """
+        takes_context = len(inspect.signature(func).parameters) >= 2
+
+        async def call(*args: Any) -> Any:
+            if inspect.iscoroutinefunction(func):
+                return await func(*args)
+            return await asyncio.to_thread(func, *args)
+
+        # A wrapper with the right annotations lets __init__ treat it like a decorated function.
+        if takes_context:
+
+            async def wrapper(context: ToolContext, args: BaseModel) -> Any:
+                return await call(context, args)
+        else:
+
+            async def wrapper(args: BaseModel) -> Any:  # type: ignore[misc]
+                return await call(args)
+
+        wrapper.__annotations__ = {
+            **({"context": ToolContext} if takes_context else {}),
+            "args": model,
+            "return": Any,
+        }
+        wrapper.__name__ = getattr(func, "__name__", model.__name__)
+        wrapper.__doc__ = func.__doc__ or model.__doc__
+        return cls(wrapper, name=name, description=description, timeout=timeout)
+
+    def bind(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Validate `arguments` with pydantic and return the keyword arguments for the function."""
+        try:
+            validated = self.arguments_model.model_validate(arguments)
+        except ValidationError as exc:
+            raise ToolArgumentsError(str(exc)) from None
+        if self._model_param is not None:
+            return {self._model_param: validated}
+        # Field access (not model_dump) keeps nested models as model instances.
+        return {name: getattr(validated, name) for name in type(validated).model_fields}
+
+    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        """Validate the arguments, call the function and convert what it returns."""
+        kwargs = self.bind(arguments)
+        args = (context,) if self._takes_context else ()
+        if inspect.iscoroutinefunction(self.func):
+            result = await self.func(*args, **kwargs)
+        else:
+            result = await asyncio.to_thread(self.func, *args, **kwargs)
+            if inspect.isawaitable(result):  # a sync function returning a coroutine
+                result = await result
+        return to_tool_output(result)
+
+    def __repr__(self) -> str:
+        return f"FunctionTool(name={self._spec.name!r})"
+
+
+@overload
+def tool(func: Callable[..., Any], /) -> FunctionTool: ...
+
+
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None, timeout: float | None = None
+) -> Callable[[Callable[..., Any]], FunctionTool]: ...
+
+
+def tool(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
+    """Make a `FunctionTool` from a function: `@tool` or `@tool(name=..., description=..., timeout=...)`."""
+    if func is not None:
+        return FunctionTool(func)
+
+    def decorate(f: Callable[..., Any]) -> FunctionTool:
+        return FunctionTool(f, name=name, description=description, timeout=timeout)
+
+    return decorate
+
+
+def tool_from_model(
+    model: type[BaseModel], func: Callable[..., Any | Awaitable[Any]], **kwargs: Any
+) -> FunctionTool:
+    """Same as `FunctionTool.from_model`."""
+    return FunctionTool.from_model(model, func, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # `ToolRegistry` lives in its own module (which imports this one); re-exported lazily for
+    # `from qwq_agent.tools.base import ToolRegistry` without an import cycle.
+    if name == "ToolRegistry":
+        from qwq_agent.tools.registry import ToolRegistry
+
+        return ToolRegistry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

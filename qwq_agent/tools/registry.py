@@ -1,0 +1,222 @@
+"""`ToolRegistry`: the tools of a run, and the one place a model's call becomes a tool's output.
+
+Every mistake the model can make (unknown tool, bad arguments) and every failure of the tool
+(exception, timeout) comes back as an error observation the model can read and act on; `call` never
+raises for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+import traceback
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError as SchemaError
+
+from qwq_agent.agent.messages import ToolCall, ToolSpec
+from qwq_agent.protocols import Tool, ToolContext, ToolOutput
+from qwq_agent.tools.base import ToolArgumentsError, to_tool_output
+
+__all__ = ["ToolRegistry", "describe_schema_errors"]
+
+_MAX_VALUE_CHARS = 80
+_TRACEBACK_LINES = 6
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 1] + "…"
+
+
+def _expected(schema: Any) -> str:
+    """A short human description of what `schema` accepts."""
+    if not isinstance(schema, dict):
+        return "a value"
+    if "const" in schema:
+        return _show(schema["const"])
+    if "enum" in schema:
+        return "one of " + ", ".join(_show(v) for v in schema["enum"])
+    if "$ref" in schema:
+        return "an object of type " + str(schema["$ref"]).rsplit("/", 1)[-1]
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return " or ".join(_expected(s) for s in schema[key])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return " or ".join(kind)
+    if kind == "array" and isinstance(schema.get("items"), dict):
+        return f"an array of ({_expected(schema['items'])})"
+    return str(kind) if kind else "a value"
+
+
+def _error_line(err: SchemaError) -> str:
+    path = err.json_path
+    if err.validator == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        where = f"{path}.{missing}" if path != "$" else f"$.{missing}"
+        prop = err.schema.get("properties", {}).get(missing, {}) if isinstance(err.schema, dict) else {}
+        return f"{where}: missing required argument (expected {_expected(prop)})"
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {})) if isinstance(err.schema, dict) else []
+        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+        names = ", ".join(repr(e) for e in extra)
+        return f"{path}: unexpected argument(s) {names}; allowed: {', '.join(allowed) or 'none'}"
+    if err.validator in ("type", "anyOf", "oneOf", "enum", "const", "$ref"):
+        return f"{path}: expected {_expected(err.schema)}, got {_show(err.instance)}"
+    # minimum, maxLength, pattern, ...: jsonschema's message already says what and why.
+    return f"{path}: {err.message if len(err.message) < 200 else err.message[:199] + '…'}"
+
+
+def _expand(err: SchemaError) -> list[SchemaError]:
+    """For anyOf/oneOf (e.g. `Model | None`), the errors of the branch the value was meant for.
+
+    A branch whose type fits the value (no type error at the value itself) is the one the model was
+    aiming at: its errors ("$.at.x: missing") say more than "expected Point or null".
+    """
+    if err.validator not in ("anyOf", "oneOf") or not err.context:
+        return [err]
+    branches: dict[Any, list[SchemaError]] = {}
+    for sub in err.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    fitting = [
+        subs
+        for subs in branches.values()
+        if not any(s.validator in ("type", "const", "enum") and not s.relative_path for s in subs)
+    ]
+    if len(fitting) != 1:
+        return [err]
+    return [e for sub in fitting[0] for e in _expand(sub)]
+
+
+def describe_schema_errors(errors: list[SchemaError], *, limit: int = 10) -> list[str]:
+    """One line per validation error, ordered by path, capped at `limit` (with a count of the rest)."""
+    expanded = [e for err in errors for e in _expand(err)]
+    ordered = sorted(expanded, key=lambda e: (list(map(str, e.absolute_path)), str(e.validator)))
+    lines = [_error_line(e) for e in ordered[:limit]]
+    if len(ordered) > limit:
+        lines.append(f"... and {len(ordered) - limit} more")
+    return lines
+
+
+class ToolRegistry:
+    """The tools available to a run, by name.
+
+    Time limit of a call, most specific first: the tool's own `timeout` attribute (e.g.
+    `FunctionTool(timeout=...)`, for a tool known to be slow or fast), then `call(..., timeout=)` (the
+    loop's general setting), then the registry's `timeout` (seconds; None for no limit).
+    """
+
+    def __init__(
+        self, tools: Iterable[Tool] = (), *, timeout: float | None = 60.0, max_errors: int = 10
+    ) -> None:
+        self.timeout = timeout
+        self.max_errors = max_errors
+        self._tools: dict[str, Tool] = {}
+        self._validators: dict[str, Draft202012Validator] = {}
+        for t in tools:
+            self.add(t)
+
+    def add(self, tool: Tool) -> Tool:
+        """Register `tool`; raises ValueError on a duplicate name or an invalid JSON Schema."""
+        spec = tool.spec
+        if spec.name in self._tools:
+            raise ValueError(f"a tool named {spec.name!r} is already registered")
+        Draft202012Validator.check_schema(spec.parameters)
+        self._tools[spec.name] = tool
+        self._validators[spec.name] = Draft202012Validator(spec.parameters)
+        return tool
+
+    def get(self, name: str) -> Tool | None:
+        """The tool called `name`, or None."""
+        return self._tools.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(self._tools.values())
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def specs(self) -> list[ToolSpec]:
+        """The specs of all tools, in registration order (what the prompt's `# Tools` lists)."""
+        return [t.spec for t in self._tools.values()]
+
+    async def call(
+        self,
+        call: ToolCall,
+        context: ToolContext | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 -- bounds the tool only, not validation
+    ) -> ToolOutput:
+        """Run `call` and return its output; every failure is an `is_error=True` observation."""
+        tool = self._tools.get(call.name)
+        if tool is None:
+            return self._unknown(call.name)
+
+        problems = describe_schema_errors(
+            list(self._validators[call.name].iter_errors(call.arguments)), limit=self.max_errors
+        )
+        if problems:
+            return ToolOutput(
+                text=f"Invalid arguments for tool '{call.name}':\n" + "\n".join(f"- {p}" for p in problems),
+                is_error=True,
+                metadata={"error": "invalid_arguments"},
+            )
+
+        if context is None:
+            context = ToolContext(call_id=call.id)
+        elif call.id and context.call_id != call.id:
+            context = context.model_copy(update={"call_id": call.id})
+
+        limit = getattr(tool, "timeout", None)
+        if limit is None:
+            limit = timeout if timeout is not None else self.timeout
+        try:
+            result = await asyncio.wait_for(tool(call.arguments, context), timeout=limit)
+        except TimeoutError:
+            return ToolOutput(
+                text=f"Tool '{call.name}' timed out after {limit:g} s and was cancelled.",
+                is_error=True,
+                metadata={"error": "timeout"},
+            )
+        except ToolArgumentsError as exc:
+            return ToolOutput(
+                text=f"Invalid arguments for tool '{call.name}':\n{exc}",
+                is_error=True,
+                metadata={"error": "invalid_arguments"},
+            )
+        except Exception as exc:  # the tool's own failure, reported to the model instead of ending the run
+            tail = traceback.format_exception(exc)
+            short = "".join(tail).rstrip().splitlines()[-_TRACEBACK_LINES:]
+            return ToolOutput(
+                text=f"Tool '{call.name}' raised {type(exc).__name__}: {exc}\nTraceback (last lines):\n"
+                + "\n".join(short),
+                is_error=True,
+                metadata={"error": "exception", "exception_type": type(exc).__name__},
+            )
+        try:
+            return to_tool_output(result)
+        except Exception as exc:
+            return ToolOutput(
+                text=f"Tool '{call.name}' returned a value that could not be serialised: {exc}",
+                is_error=True,
+                metadata={"error": "bad_return"},
+            )
+
+    def _unknown(self, name: str) -> ToolOutput:
+        available = list(self._tools)
+        close = difflib.get_close_matches(name, available, n=3, cutoff=0.6)
+        text = f"Unknown tool '{name}'."
+        if close:
+            text += " Did you mean: " + ", ".join(close) + "?"
+        text += " Available tools: " + (", ".join(available) if available else "none") + "."
+        return ToolOutput(text=text, is_error=True, metadata={"error": "unknown_tool"})
