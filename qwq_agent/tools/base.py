@@ -133,6 +133,10 @@ def _strip_titles(schema: Any) -> Any:
 def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = _strip_titles(model.model_json_schema())
     schema.setdefault("properties", {})
+    # pydantic drops unknown keys of nested models by default; the model should hear about them.
+    for sub in schema.get("$defs", {}).values():
+        if sub.get("type") == "object" and "properties" in sub:
+            sub.setdefault("additionalProperties", False)
     return schema
 
 
