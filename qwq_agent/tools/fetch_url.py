@@ -1,0 +1,148 @@
+"""The `fetch_url` tool: download a web page on the host and hand the model its readable text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from qwq_agent.agent.messages import ToolSpec
+from qwq_agent.protocols import ToolContext, ToolOutput
+from qwq_agent.tools.netguard import AddressPolicy, AddressRefused
+from qwq_agent.tools.web.fetch import FetchedPage, FetchError, FetchLimits, guarded_get
+from qwq_agent.tools.web.readable import html_to_readable
+
+_HTML = {"text/html", "application/xhtml+xml"}
+_JSON_SUFFIX = "+json"
+
+
+class FetchUrlArgs(BaseModel):
+    """Arguments of `fetch_url`."""
+
+    url: str = Field(description="The http(s) URL to fetch.")
+    offset: int = Field(
+        default=0, ge=0, description="Character offset into the page text, to read past a previous cut."
+    )
+    max_chars: int = Field(
+        default=12_000, ge=200, le=100_000, description="Most characters of text to return."
+    )
+
+
+class FetchUrl:
+    """Fetch a URL and return its main content as text, links as numbered references.
+
+    Runs on the host: the address policy (`AddressPolicy`) keeps it away from loopback, private,
+    link-local and metadata addresses unless explicitly allowed.
+    """
+
+    name = "fetch_url"
+
+    def __init__(self, *, policy: AddressPolicy | None = None, limits: FetchLimits | None = None) -> None:
+        self.policy = policy or AddressPolicy()
+        self.limits = limits or FetchLimits()
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(
+            name=self.name,
+            description=(
+                "Download a web page (HTML, plain text or JSON) and return its readable text. Links are "
+                "shown as [n] with the URL list at the end; cite the page URL. Long pages are cut: call "
+                "again with `offset` to continue."
+            ),
+            parameters=FetchUrlArgs.model_json_schema(),
+        )
+
+    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        try:
+            args = FetchUrlArgs.model_validate(arguments)
+        except ValidationError as exc:
+            return ToolOutput(text=f"fetch_url: invalid arguments: {_brief(exc)}", is_error=True)
+        try:
+            page = await guarded_get(args.url, policy=self.policy, limits=self.limits)
+        except AddressRefused as exc:
+            return ToolOutput(
+                text=f"fetch_url refused {args.url}: {exc}. Only public internet addresses may be fetched.",
+                is_error=True,
+                metadata={"refused": True},
+            )
+        except FetchError as exc:
+            return ToolOutput(text=f"fetch_url failed: {exc}", is_error=True)
+        return render_page(page, args.offset, args.max_chars)
+
+
+def render_page(page: FetchedPage, offset: int, max_chars: int) -> ToolOutput:
+    """Turn a fetched page into the observation text, cut to `max_chars` from `offset`."""
+    meta: dict[str, Any] = {
+        "url": page.url,
+        "status": page.status,
+        "content_type": page.content_type,
+        "bytes": len(page.body),
+        "body_truncated": page.truncated,
+        "redirects": page.redirects,
+    }
+    kind = _kind(page)
+    if kind is None:
+        return ToolOutput(
+            text=(
+                f"fetch_url: {page.url} returned content type {page.content_type or 'unknown'!r}, which "
+                "cannot be shown as text (HTML, plain text and JSON are supported)."
+            ),
+            is_error=True,
+            metadata=meta,
+        )
+    text = page.body.decode(page.charset or "utf-8", errors="replace")
+    title, links = "", []
+    if kind == "html":
+        readable = html_to_readable(text, base_url=page.url)
+        title, text, links = readable.title, readable.text, readable.links
+    elif kind == "json" and not page.truncated:
+        try:
+            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        except ValueError:
+            pass  # show it as it came
+    header = [f"URL: {page.url}"]
+    if page.redirects:
+        header.append(f"(redirected {len(page.redirects)} time(s))")
+    if title:
+        header.append(f"Title: {title}")
+    if page.status >= 400:
+        header.append(f"HTTP status: {page.status}")
+    if page.truncated:
+        header.append(
+            f"Note: the download stopped at the {len(page.body)}-byte limit; the page is incomplete."
+        )
+    window = text[offset : offset + max_chars]
+    parts = ["\n".join(header), window if window else "(no text at this offset)"]
+    end = offset + len(window)
+    if end < len(text):
+        parts.append(f"[cut at character {end} of {len(text)}; call fetch_url with offset={end} for more]")
+    if links:
+        # Only the links whose markers appear in the shown window, to keep the observation short.
+        shown = [link for link in links if f"[{link.number}]" in window]
+        if shown:
+            parts.append("Links:\n" + "\n".join(f"[{link.number}] {link.url}" for link in shown))
+    meta.update(chars=len(text), title=title)
+    return ToolOutput(text="\n\n".join(parts), is_error=page.status >= 400, metadata=meta)
+
+
+def _kind(page: FetchedPage) -> str | None:
+    ct = page.content_type
+    if ct in _HTML:
+        return "html"
+    if ct == "application/json" or ct.endswith(_JSON_SUFFIX):
+        return "json"
+    if ct.startswith("text/"):
+        return "text"
+    if not ct:
+        head = page.body[:512].lstrip().lower()
+        if head.startswith((b"<!doctype html", b"<html")):
+            return "html"
+        if b"\x00" not in page.body[:4096]:
+            return "text"
+    return None
+
+
+def _brief(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())

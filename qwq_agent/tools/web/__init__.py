@@ -1,0 +1,1 @@
+"""Host-side web access for tools: guarded HTTP fetching, readable-text extraction, search providers."""

@@ -1,0 +1,199 @@
+"""Web search providers behind one interface, with results normalised to title/url/snippet.
+
+Supported: SearXNG (`GET /search?format=json`), Brave Search API (`GET /res/v1/web/search` with the
+`X-Subscription-Token` header) and Tavily (`POST /search`). Keys are held as `SecretStr` and error
+messages are scrubbed of them, so they never reach logs or the model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import httpx
+from pydantic import BaseModel, SecretStr
+
+BRAVE_BASE_URL = "https://api.search.brave.com"
+TAVILY_BASE_URL = "https://api.tavily.com"
+
+
+class SearchResult(BaseModel):
+    """One web result, whatever the provider."""
+
+    title: str
+    url: str
+    snippet: str = ""
+
+
+class SearchError(Exception):
+    """A provider failed; the message is safe to show (no keys)."""
+
+
+class SearchProvider(Protocol):
+    """Anything that turns a query into normalised results."""
+
+    name: str
+
+    async def search(self, client: httpx.AsyncClient, query: str, count: int) -> list[SearchResult]: ...
+
+
+class SearxngProvider(BaseModel):
+    """A SearXNG instance with the JSON output format enabled (`search.formats: [html, json]`)."""
+
+    name: str = "searxng"
+    base_url: str
+
+    async def search(self, client: httpx.AsyncClient, query: str, count: int) -> list[SearchResult]:
+        data = await _request(
+            client, "GET", _join(self.base_url, "/search"), params={"q": query, "format": "json"}, secrets=()
+        )
+        return _normalise(data.get("results"), "url", "title", ("content",))[:count]
+
+
+class BraveProvider(BaseModel):
+    """Brave Search API, web results."""
+
+    name: str = "brave"
+    api_key: SecretStr
+    base_url: str = BRAVE_BASE_URL
+
+    async def search(self, client: httpx.AsyncClient, query: str, count: int) -> list[SearchResult]:
+        key = self.api_key.get_secret_value()
+        data = await _request(
+            client,
+            "GET",
+            _join(self.base_url, "/res/v1/web/search"),
+            params={"q": query, "count": min(count, 20)},
+            headers={"X-Subscription-Token": key, "Accept": "application/json"},
+            secrets=(key,),
+        )
+        web = data.get("web") or {}
+        return _normalise(web.get("results"), "url", "title", ("description",))[:count]
+
+
+class TavilyProvider(BaseModel):
+    """Tavily search API."""
+
+    name: str = "tavily"
+    api_key: SecretStr
+    base_url: str = TAVILY_BASE_URL
+
+    async def search(self, client: httpx.AsyncClient, query: str, count: int) -> list[SearchResult]:
+        key = self.api_key.get_secret_value()
+        # The key goes as a Bearer token (current API) and in the body (older API versions).
+        data = await _request(
+            client,
+            "POST",
+            _join(self.base_url, "/search"),
+            json={"api_key": key, "query": query, "max_results": min(count, 20)},
+            headers={"Authorization": f"Bearer {key}"},
+            secrets=(key,),
+        )
+        return _normalise(data.get("results"), "url", "title", ("content",))[:count]
+
+
+def provider_from_env(env: Mapping[str, str] | None = None, name: str | None = None) -> SearchProvider:
+    """Choose a provider from the environment.
+
+    `QWQ_SEARCH_PROVIDER` (or `name`) picks one of searxng/brave/tavily; otherwise the first configured
+    of `QWQ_SEARXNG_URL`, `BRAVE_API_KEY`, `TAVILY_API_KEY` is used. `QWQ_BRAVE_BASE_URL` and
+    `QWQ_TAVILY_BASE_URL` override the API endpoints (proxies, tests).
+    """
+    env = os.environ if env is None else env
+    wanted = (name or env.get("QWQ_SEARCH_PROVIDER") or "").strip().lower()
+    builders = {
+        "searxng": lambda: (
+            SearxngProvider(base_url=env["QWQ_SEARXNG_URL"]) if env.get("QWQ_SEARXNG_URL") else None
+        ),
+        "brave": lambda: (
+            BraveProvider(
+                api_key=SecretStr(env["BRAVE_API_KEY"]),
+                base_url=env.get("QWQ_BRAVE_BASE_URL") or BRAVE_BASE_URL,
+            )
+            if env.get("BRAVE_API_KEY")
+            else None
+        ),
+        "tavily": lambda: (
+            TavilyProvider(
+                api_key=SecretStr(env["TAVILY_API_KEY"]),
+                base_url=env.get("QWQ_TAVILY_BASE_URL") or TAVILY_BASE_URL,
+            )
+            if env.get("TAVILY_API_KEY")
+            else None
+        ),
+    }
+    if wanted:
+        if wanted not in builders:
+            raise SearchError(f"unknown search provider {wanted!r}; choose one of {', '.join(builders)}")
+        provider = builders[wanted]()
+        if provider is None:
+            needs = {"searxng": "QWQ_SEARXNG_URL", "brave": "BRAVE_API_KEY", "tavily": "TAVILY_API_KEY"}[
+                wanted
+            ]
+            raise SearchError(f"search provider {wanted!r} needs {needs} to be set")
+        return provider
+    for build in builders.values():
+        provider = build()
+        if provider is not None:
+            return provider
+    raise SearchError(
+        "no web search provider configured: set QWQ_SEARXNG_URL, BRAVE_API_KEY or TAVILY_API_KEY"
+    )
+
+
+async def _request(
+    client: httpx.AsyncClient, method: str, url: str, *, secrets: tuple[str, ...], **kwargs: Any
+) -> dict[str, Any]:
+    try:
+        response = await client.request(method, url, **kwargs)
+    except httpx.TimeoutException:
+        raise SearchError(_scrub(f"search request to {url} timed out", secrets)) from None
+    except httpx.HTTPError as exc:
+        raise SearchError(
+            _scrub(f"search request to {url} failed: {type(exc).__name__}: {exc}", secrets)
+        ) from None
+    if response.status_code >= 400:
+        detail = response.text[:300].strip()
+        raise SearchError(_scrub(f"search provider answered HTTP {response.status_code}: {detail}", secrets))
+    try:
+        data = response.json()
+    except ValueError:
+        raise SearchError("search provider answered with something that is not JSON") from None
+    if not isinstance(data, dict):
+        raise SearchError("search provider answered with unexpected JSON (not an object)")
+    return data
+
+
+def _normalise(items: Any, url_key: str, title_key: str, snippet_keys: tuple[str, ...]) -> list[SearchResult]:
+    results: list[SearchResult] = []
+    for item in items or []:
+        if not isinstance(item, dict) or not item.get(url_key):
+            continue
+        snippet = next((str(item[k]) for k in snippet_keys if item.get(k)), "")
+        results.append(
+            SearchResult(
+                title=str(item.get(title_key) or item[url_key]),
+                url=str(item[url_key]),
+                snippet=_strip_tags(snippet),
+            )
+        )
+    return results
+
+
+def _strip_tags(text: str) -> str:
+    # Brave marks matches with <strong>; the model needs the words only.
+    import re
+
+    return re.sub(r"</?[a-zA-Z][^>]{0,40}>", "", text).strip()
+
+
+def _scrub(message: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
+def _join(base: str, path: str) -> str:
+    return base.rstrip("/") + path

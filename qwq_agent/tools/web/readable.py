@@ -1,0 +1,147 @@
+"""Readable text from HTML: the main content as plain text, links kept as numbered references.
+
+A small main-content heuristic (``<main>``, ``<article>``, ``role=main``, else ``<body>``, with page
+chrome such as navigation, headers, footers, scripts and forms dropped) is enough for documentation
+and articles, and keeps the dependency to BeautifulSoup with the standard-library parser.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urljoin
+
+from bs4 import BeautifulSoup, NavigableString, Tag
+from pydantic import BaseModel, Field
+
+_DROP = ("script", "style", "noscript", "template", "svg", "canvas", "iframe", "form", "button", "select")
+_CHROME = ("nav", "header", "footer", "aside")
+_BLOCK = {
+    "p", "div", "section", "article", "main", "blockquote", "pre", "table", "tr", "ul", "ol", "dl",
+    "dt", "dd", "figure", "figcaption", "details", "summary", "address", "hr", "br",
+}  # fmt: skip
+_HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
+_SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
+
+
+class Link(BaseModel):
+    """One numbered reference of a readable page."""
+
+    number: int
+    url: str
+    text: str = ""
+
+
+class ReadablePage(BaseModel):
+    """The title, readable text (with `[n]` markers) and the links they refer to."""
+
+    title: str = ""
+    text: str
+    links: list[Link] = Field(default_factory=list)
+
+
+def html_to_readable(html: str, base_url: str = "") -> ReadablePage:
+    """Extract `html`'s main content as text; relative links are resolved against `base_url`."""
+    soup = BeautifulSoup(html, "html.parser")
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    for tag in soup.find_all(_DROP):
+        tag.decompose()
+    root = _main_content(soup)
+    for tag in root.find_all(_CHROME):
+        tag.decompose()
+    writer = _Writer(base_url)
+    writer.walk(root)
+    return ReadablePage(title=title, text=writer.finish(), links=writer.links)
+
+
+def _main_content(soup: BeautifulSoup) -> Tag:
+    for finder in (
+        lambda: soup.find("main"),
+        lambda: soup.find(attrs={"role": "main"}),
+        lambda: max(soup.find_all("article"), key=lambda t: len(t.get_text()), default=None),
+        lambda: soup.body,
+    ):
+        found = finder()
+        if isinstance(found, Tag) and found.get_text(strip=True):
+            return found
+    return soup
+
+
+class _Writer:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.lines: list[str] = []
+        self.current: list[str] = []
+        self.links: list[Link] = []
+        self._by_url: dict[str, int] = {}
+
+    def walk(self, node: Tag) -> None:
+        for child in node.children:
+            if isinstance(child, NavigableString):
+                if type(child) is NavigableString:  # skip comments, doctype, CDATA
+                    self.current.append(str(child))
+                continue
+            if not isinstance(child, Tag):
+                continue
+            name = child.name
+            if name in _HEADINGS:
+                self.flush()
+                text = _squash(child.get_text(" "))
+                if text:
+                    self.lines.append("#" * _HEADINGS[name] + " " + text)
+                continue
+            if name == "pre":
+                self.flush()
+                self.lines.append(child.get_text().rstrip("\n"))
+                continue
+            if name == "li":
+                self.flush()
+                self.current.append("- ")
+                self.walk(child)
+                self.flush()
+                continue
+            if name == "a":
+                self.link(child)
+                continue
+            if name == "img":
+                alt = _squash(str(child.get("alt") or ""))
+                if alt:
+                    self.current.append(f"[image: {alt}]")
+                continue
+            if name in ("td", "th"):
+                self.walk(child)
+                self.current.append(" | ")
+                continue
+            if name in _BLOCK:
+                self.flush()
+                self.walk(child)
+                self.flush()
+                continue
+            self.walk(child)
+
+    def link(self, tag: Tag) -> None:
+        text = _squash(tag.get_text(" "))
+        href = str(tag.get("href") or "").strip()
+        if not href or href.startswith(("#", "javascript:", "mailto:", "tel:", "data:")):
+            self.current.append(text)
+            return
+        url = urljoin(self.base_url, href)
+        number = self._by_url.get(url)
+        if number is None:
+            number = len(self.links) + 1
+            self._by_url[url] = number
+            self.links.append(Link(number=number, url=url, text=text))
+        self.current.append(f"{text} [{number}]" if text else f"[{number}]")
+
+    def flush(self) -> None:
+        line = _squash("".join(self.current)).strip(" |")
+        self.current = []
+        if line and line != "-":
+            self.lines.append(line)
+
+    def finish(self) -> str:
+        self.flush()
+        return "\n\n".join(self.lines)
+
+
+def _squash(text: str) -> str:
+    return _SPACES.sub(" ", text.replace("\n", " ")).strip()

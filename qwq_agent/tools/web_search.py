@@ -1,0 +1,73 @@
+"""The `web_search` tool: query the configured provider and list results with their URLs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, Field, ValidationError
+
+from qwq_agent.agent.messages import ToolSpec
+from qwq_agent.protocols import ToolContext, ToolOutput
+from qwq_agent.tools.web.providers import SearchError, SearchProvider, SearchResult, provider_from_env
+
+
+class WebSearchArgs(BaseModel):
+    """Arguments of `web_search`."""
+
+    query: str = Field(min_length=1, max_length=400, description="What to search the web for.")
+    count: int = Field(default=8, ge=1, le=20, description="How many results to return.")
+
+
+class WebSearch:
+    """Search the web through one provider (SearXNG, Brave or Tavily); see `provider_from_env`.
+
+    The provider is resolved lazily so building the tool never fails; a missing configuration is
+    reported to the model as an error observation when the tool is called.
+    """
+
+    name = "web_search"
+
+    def __init__(self, provider: SearchProvider | None = None, *, timeout_s: float = 15.0) -> None:
+        self._provider = provider
+        self.timeout_s = timeout_s
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(
+            name=self.name,
+            description=(
+                "Search the web. Returns numbered results with title, URL and snippet; use fetch_url to "
+                "read a page and cite its URL."
+            ),
+            parameters=WebSearchArgs.model_json_schema(),
+        )
+
+    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        try:
+            args = WebSearchArgs.model_validate(arguments)
+        except ValidationError as exc:
+            msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            return ToolOutput(text=f"web_search: invalid arguments: {msgs}", is_error=True)
+        try:
+            provider = self._provider or provider_from_env()
+            async with httpx.AsyncClient(timeout=self.timeout_s, trust_env=False) as client:
+                results = await provider.search(client, args.query, args.count)
+        except SearchError as exc:
+            return ToolOutput(text=f"web_search failed: {exc}", is_error=True)
+        return ToolOutput(
+            text=format_results(args.query, results),
+            metadata={"provider": provider.name, "results": [r.model_dump() for r in results]},
+        )
+
+
+def format_results(query: str, results: list[SearchResult]) -> str:
+    """Numbered results, each with its URL on its own line so it can be cited or fetched."""
+    if not results:
+        return f"No web results for {query!r}. Try other words."
+    lines = [f"{len(results)} web results for {query!r}:"]
+    for i, r in enumerate(results, 1):
+        lines.append(f"\n[{i}] {r.title}\n    {r.url}")
+        if r.snippet:
+            lines.append(f"    {r.snippet}")
+    return "\n".join(lines)

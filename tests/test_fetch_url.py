@@ -1,0 +1,273 @@
+"""fetch_url against real HTTP servers on 127.0.0.1: extraction, caps, timeouts and address checks."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from qwq_agent.protocols import ToolContext
+from qwq_agent.tools.fetch_url import FetchUrl
+from qwq_agent.tools.netguard import AddressPolicy, AddressRefused, parse_ip_loose, resolve_checked
+from qwq_agent.tools.web.fetch import FetchError, FetchLimits, guarded_get
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+LOOPBACK_OK = AddressPolicy(allow_loopback=True)
+CTX = ToolContext()
+
+
+class Server:
+    """A threaded HTTP server on a loopback address, answering from a dict of path -> handler."""
+
+    def __init__(self, routes: dict[str, Route], host: str = "127.0.0.1") -> None:
+        self.routes = routes
+        self.hits: list[tuple[str, dict[str, str]]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                outer.hits.append((self.path, dict(self.headers)))
+                route = outer.routes.get(self.path.split("?", 1)[0])
+                if route is None:
+                    send(self, 404, "text/plain", b"not found")
+                else:
+                    route(self)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.httpd.daemon_threads = True
+        self.host = host
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/", host: str | None = None) -> str:
+        return f"http://{host or self.host}:{self.port}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def send(handler: BaseHTTPRequestHandler, status: int, ctype: str, body: bytes, **headers: str) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    for k, v in headers.items():
+        handler.send_header(k.replace("_", "-"), v)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def redirect(location: str) -> Route:
+    return lambda h: send(h, 302, "text/plain", b"", Location=location)
+
+
+ARTICLE = b"""<!doctype html><html><head><title>Solar Facts</title><style>p{color:red}</style></head>
+<body><nav><a href="/menu">Menu</a></nav><main><h1>The Sun</h1>
+<p>The Sun is <b>1.39 million km</b> wide, see <a href="/diameter">diameter notes</a>
+and <a href="https://example.org/sun">an external page</a>.</p>
+<script>alert("x")</script></main><footer>copyright</footer></body></html>"""
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    release = threading.Event()
+    streamed: dict[str, int] = {"sent": 0}
+
+    def big_stream(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/plain")
+        h.send_header("Content-Length", str(64 * 1024 * 1024))
+        h.end_headers()
+        chunk = b"x" * 65536
+        try:
+            for _ in range(1024):
+                h.wfile.write(chunk)
+                streamed["sent"] += len(chunk)
+        except OSError:
+            pass  # the client hung up, as it should
+
+    def stall(h: BaseHTTPRequestHandler) -> None:
+        release.wait(30)
+        send(h, 200, "text/plain", b"late")
+
+    def echo_host(h: BaseHTTPRequestHandler) -> None:
+        send(h, 200, "text/plain", f"host={h.headers['Host']}".encode())
+
+    routes: dict[str, Route] = {
+        "/article": lambda h: send(h, 200, "text/html; charset=utf-8", ARTICLE),
+        "/plain": lambda h: send(h, 200, "text/plain; charset=utf-8", "héllo plain wörld".encode()),
+        "/data": lambda h: send(h, 200, "application/json", b'{"b": [1, 2], "a": "x"}'),
+        "/image": lambda h: send(h, 200, "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64),
+        "/missing": lambda h: send(h, 404, "text/plain", b"gone"),
+        "/big": big_stream,
+        "/stall": stall,
+        "/host": echo_host,
+        "/loop": redirect("/loop"),
+        "/hop": redirect("/article"),
+    }
+    srv = Server(routes)
+    srv.streamed = streamed  # type: ignore[attr-defined]
+    yield srv
+    release.set()
+    srv.close()
+
+
+async def test_html_page_becomes_readable_text_with_numbered_links(server: Server) -> None:
+    out = await FetchUrl(policy=LOOPBACK_OK)({"url": server.url("/article")}, CTX)
+    assert not out.is_error, out.text
+    assert "Title: Solar Facts" in out.text
+    assert "# The Sun" in out.text
+    assert "1.39 million km" in out.text
+    assert "diameter notes [1]" in out.text and "an external page [2]" in out.text
+    assert f"[1] {server.url('/diameter')}" in out.text
+    assert "[2] https://example.org/sun" in out.text
+    # Page chrome and scripts are dropped.
+    assert "Menu" not in out.text and "copyright" not in out.text and "alert" not in out.text
+
+
+async def test_plain_text_json_and_http_errors(server: Server) -> None:
+    tool = FetchUrl(policy=LOOPBACK_OK)
+    plain = await tool({"url": server.url("/plain")}, CTX)
+    assert "héllo plain wörld" in plain.text and not plain.is_error
+    data = await tool({"url": server.url("/data")}, CTX)
+    assert '"b": [\n    1,' in data.text
+    missing = await tool({"url": server.url("/missing")}, CTX)
+    assert missing.is_error and "HTTP status: 404" in missing.text
+
+
+async def test_unsupported_content_type_is_refused_clearly(server: Server) -> None:
+    out = await FetchUrl(policy=LOOPBACK_OK)({"url": server.url("/image")}, CTX)
+    assert out.is_error
+    assert "image/png" in out.text and "cannot be shown as text" in out.text
+
+
+async def test_offset_pages_through_long_text(server: Server) -> None:
+    tool = FetchUrl(policy=LOOPBACK_OK, limits=FetchLimits(max_bytes=5000))
+    first = await tool({"url": server.url("/big"), "max_chars": 1000}, CTX)
+    assert "call fetch_url with offset=1000" in first.text
+    assert "incomplete" in first.text  # the byte cap note
+    second = await tool({"url": server.url("/big"), "offset": 4500, "max_chars": 1000}, CTX)
+    assert "x" * 500 in second.text and "offset=" not in second.text
+
+
+async def test_size_cap_stops_the_download(server: Server) -> None:
+    page = await guarded_get(server.url("/big"), policy=LOOPBACK_OK, limits=FetchLimits(max_bytes=100_000))
+    assert page.truncated
+    assert len(page.body) == 100_000
+    server.close()  # wait for the handler to notice the hang-up
+    assert server.streamed["sent"] < 64 * 1024 * 1024  # type: ignore[attr-defined]
+
+
+async def test_timeout_gives_a_clear_error(server: Server) -> None:
+    with pytest.raises(FetchError, match="timed out"):
+        await guarded_get(server.url("/stall"), policy=LOOPBACK_OK, limits=FetchLimits(timeout_s=0.5))
+
+
+async def test_redirects_are_followed_and_limited(server: Server) -> None:
+    page = await guarded_get(server.url("/hop"), policy=LOOPBACK_OK)
+    assert page.url == server.url("/article") and page.redirects == [server.url("/article")]
+    with pytest.raises(FetchError, match="too many redirects"):
+        await guarded_get(server.url("/loop"), policy=LOOPBACK_OK, limits=FetchLimits(max_redirects=3))
+    assert sum(1 for path, _ in server.hits if path == "/loop") == 4
+
+
+async def test_connection_is_pinned_but_host_header_keeps_the_name(server: Server) -> None:
+    page = await guarded_get(server.url("/host", host="localhost"), policy=LOOPBACK_OK)
+    assert page.body.decode() == f"host=localhost:{server.port}"
+
+
+async def test_loopback_is_refused_by_default(server: Server) -> None:
+    out = await FetchUrl()({"url": server.url("/article")}, CTX)
+    assert out.is_error and out.metadata.get("refused")
+    assert "loopback" in out.text
+    assert server.hits == []
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["localhost", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "0x7f.1", "127.1", "[::ffff:127.0.0.1]", "[::1]"],
+)
+async def test_numeric_notations_and_names_of_loopback_are_refused(server: Server, host: str) -> None:
+    with pytest.raises(AddressRefused):
+        await guarded_get(server.url("/article", host=host))
+    assert server.hits == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://10.0.0.1/",
+        "http://192.168.1.1/",
+        "http://[fe80::1]/",
+        "http://224.0.0.1/",
+        "http://0.0.0.0/",
+    ],
+)
+async def test_internal_destinations_are_refused_even_with_loopback_allowed(url: str) -> None:
+    with pytest.raises(AddressRefused):
+        await guarded_get(url, policy=LOOPBACK_OK)
+
+
+async def test_redirect_from_allowed_server_to_refused_address_is_refused(server: Server) -> None:
+    # Only 127.0.0.1 is allowed; a second server on 127.0.0.2 is reachable but must not be reached.
+    other = Server({"/secret": lambda h: send(h, 200, "text/plain", b"secret")}, host="127.0.0.2")
+    try:
+        policy = AddressPolicy(allowed_networks=["127.0.0.1/32"])
+        targets = {
+            "/to-other": other.url("/secret"),
+            "/to-metadata": "http://169.254.169.254/latest/meta-data/",
+            "/to-decimal": f"http://2130706434:{other.port}/secret",
+            "/to-mapped": f"http://[::ffff:127.0.0.2]:{other.port}/secret",
+        }
+        for path, target in targets.items():
+            server.routes[path] = redirect(target)
+            with pytest.raises(AddressRefused):
+                await guarded_get(server.url(path), policy=policy)
+        assert other.hits == []
+        assert [p for p, _ in server.hits] == list(targets)  # the allowed server was reached each time
+    finally:
+        other.close()
+
+
+async def test_bad_urls_and_schemes_are_clear_errors() -> None:
+    tool = FetchUrl()
+    for url, expected in [("file:///etc/passwd", "only http and https"), ("ftp://x.org/", "only http and https")]:
+        out = await tool({"url": url}, CTX)
+        assert out.is_error and expected in out.text
+    out = await tool({"nope": 1}, CTX)
+    assert out.is_error and "url" in out.text
+
+
+def test_parse_ip_loose_reads_inet_aton_forms() -> None:
+    assert str(parse_ip_loose("2130706433")) == "127.0.0.1"
+    assert str(parse_ip_loose("0177.0.0.01")) == "127.0.0.1"
+    assert str(parse_ip_loose("0xA9.0xFE.0xa9.0xfe")) == "169.254.169.254"
+    assert str(parse_ip_loose("10.1")) == "10.0.0.1"
+    assert parse_ip_loose("example.com") is None
+    assert parse_ip_loose("1.2.3.4.5") is None
+    assert parse_ip_loose("256.0.0.1") is None
+
+
+async def test_resolve_checked_allows_public_literals_without_dns() -> None:
+    assert str(await resolve_checked("8.8.8.8", 443, AddressPolicy())) == "8.8.8.8"
+    assert str(await resolve_checked("[2606:4700:4700::1111]", 443, AddressPolicy())) == "2606:4700:4700::1111"
+    with pytest.raises(AddressRefused, match="embedded"):
+        await resolve_checked("2002:a9fe:a9fe::1", 80, AddressPolicy())
+
+
+def test_policy_json_roundtrip() -> None:
+    policy = AddressPolicy(allow_private=True, allowed_networks=["10.1.0.0/16"])
+    assert AddressPolicy.model_validate(json.loads(policy.model_dump_json())) == policy

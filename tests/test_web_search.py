@@ -1,0 +1,206 @@
+"""web_search against real HTTP servers on 127.0.0.1 answering in each provider's documented format."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from qwq_agent.protocols import ToolContext
+from qwq_agent.tools.web.providers import (
+    BraveProvider,
+    SearchError,
+    SearxngProvider,
+    TavilyProvider,
+    provider_from_env,
+)
+from qwq_agent.tools.web_search import WebSearch
+
+CTX = ToolContext()
+BRAVE_KEY = "BSA-test-key-0123456789"
+TAVILY_KEY = "tvly-test-key-abcdef"
+
+SEARXNG_BODY = {
+    "query": "sun diameter",
+    "number_of_results": 2,
+    "results": [
+        {"url": "https://a.example/sun", "title": "Sun - A", "content": "The Sun is 1.39 million km wide.",
+         "engine": "duckduckgo", "score": 1.0},
+        {"url": "https://b.example/star", "title": "Stars", "content": "", "engine": "bing"},
+        {"title": "no url here"},
+    ],
+    "answers": [], "corrections": [], "infoboxes": [], "suggestions": [], "unresponsive_engines": [],
+}  # fmt: skip
+BRAVE_BODY = {
+    "type": "search",
+    "query": {"original": "sun diameter"},
+    "web": {
+        "type": "search",
+        "results": [
+            {"title": "Sun facts", "url": "https://c.example/facts", "type": "search_result",
+             "description": "The <strong>Sun</strong> is a star.", "age": "1 day ago"},
+        ],
+    },
+}  # fmt: skip
+TAVILY_BODY = {
+    "query": "sun diameter",
+    "answer": None,
+    "images": [],
+    "results": [
+        {"title": "NASA Sun", "url": "https://d.example/nasa", "content": "Diameter 1,392,700 km.", "score": 0.98,
+         "raw_content": None},
+    ],
+    "response_time": 1.2,
+}  # fmt: skip
+
+
+class ApiServer:
+    """Answers like the three providers; records each request (path, query, headers, body)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.fail_with: int | None = None
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _reply(self, body: Any, status: int = 200) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _record(self, body: bytes = b"") -> dict[str, Any]:
+                parts = urlsplit(self.path)
+                req = {"path": parts.path, "query": parse_qs(parts.query), "headers": dict(self.headers),
+                       "body": json.loads(body) if body else None}  # fmt: skip
+                outer.requests.append(req)
+                return req
+
+            def do_GET(self) -> None:
+                req = self._record()
+                if outer.fail_with:
+                    self._reply({"error": f"bad token {req['headers'].get('X-Subscription-Token')}"}, outer.fail_with)
+                elif req["path"] == "/search" and req["query"].get("format") == ["json"]:
+                    self._reply(SEARXNG_BODY)
+                elif req["path"] == "/res/v1/web/search":
+                    if req["headers"].get("X-Subscription-Token") != BRAVE_KEY:
+                        self._reply({"error": "unauthorized"}, 401)
+                    else:
+                        self._reply(BRAVE_BODY)
+                else:
+                    self._reply({"error": "not found"}, 404)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                req = self._record(body)
+                if req["path"] == "/search" and req["headers"].get("Authorization") == f"Bearer {TAVILY_KEY}":
+                    self._reply(TAVILY_BODY)
+                else:
+                    self._reply({"detail": {"error": "Unauthorized"}}, 401)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def api() -> Iterator[ApiServer]:
+    srv = ApiServer()
+    yield srv
+    srv.close()
+
+
+async def test_searxng_results_are_normalised(api: ApiServer) -> None:
+    out = await WebSearch(SearxngProvider(base_url=api.base))({"query": "sun diameter"}, CTX)
+    assert not out.is_error, out.text
+    assert api.requests[0]["query"] == {"q": ["sun diameter"], "format": ["json"]}
+    assert out.metadata["results"] == [
+        {"title": "Sun - A", "url": "https://a.example/sun", "snippet": "The Sun is 1.39 million km wide."},
+        {"title": "Stars", "url": "https://b.example/star", "snippet": ""},
+    ]
+    assert "[1] Sun - A\n    https://a.example/sun\n    The Sun is 1.39 million km wide." in out.text
+
+
+async def test_brave_sends_token_header_and_strips_markup(api: ApiServer) -> None:
+    provider = BraveProvider(api_key=BRAVE_KEY, base_url=api.base)
+    out = await WebSearch(provider)({"query": "sun diameter", "count": 3}, CTX)
+    assert not out.is_error, out.text
+    req = api.requests[0]
+    assert req["headers"]["X-Subscription-Token"] == BRAVE_KEY
+    assert req["query"]["count"] == ["3"]
+    assert out.metadata["results"] == [
+        {"title": "Sun facts", "url": "https://c.example/facts", "snippet": "The Sun is a star."}
+    ]
+    assert BRAVE_KEY not in out.text and BRAVE_KEY not in repr(provider)
+
+
+async def test_tavily_posts_query_with_key(api: ApiServer) -> None:
+    out = await WebSearch(TavilyProvider(api_key=TAVILY_KEY, base_url=api.base))({"query": "sun diameter"}, CTX)
+    assert not out.is_error, out.text
+    req = api.requests[0]
+    assert req["body"]["query"] == "sun diameter" and req["body"]["max_results"] == 8
+    assert out.metadata["results"][0]["url"] == "https://d.example/nasa"
+    assert "Diameter 1,392,700 km." in out.text
+
+
+async def test_provider_errors_never_echo_the_key(api: ApiServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    api.fail_with = 403  # the server's error body quotes the key back
+    out = await WebSearch(BraveProvider(api_key=BRAVE_KEY, base_url=api.base))({"query": "x"}, CTX)
+    assert out.is_error and "HTTP 403" in out.text
+    assert BRAVE_KEY not in out.text
+    assert BRAVE_KEY not in caplog.text
+    bad = await WebSearch(TavilyProvider(api_key="tvly-wrong-secret", base_url=api.base))({"query": "x"}, CTX)
+    assert bad.is_error and "401" in bad.text and "tvly-wrong-secret" not in bad.text
+
+
+async def test_unreachable_provider_is_a_clear_error(api: ApiServer) -> None:
+    base = api.base
+    api.close()
+    out = await WebSearch(SearxngProvider(base_url=base))({"query": "x"}, CTX)
+    assert out.is_error and "search request to" in out.text
+
+
+async def test_invalid_arguments_are_reported() -> None:
+    out = await WebSearch(SearxngProvider(base_url="http://127.0.0.1:9"))({"query": "", "count": 99}, CTX)
+    assert out.is_error and "query" in out.text and "count" in out.text
+
+
+def test_provider_chosen_from_environment() -> None:
+    env = {"BRAVE_API_KEY": BRAVE_KEY, "TAVILY_API_KEY": TAVILY_KEY, "QWQ_TAVILY_BASE_URL": "http://127.0.0.1:1"}
+    assert isinstance(provider_from_env(env), BraveProvider)
+    tavily = provider_from_env({**env, "QWQ_SEARCH_PROVIDER": "tavily"})
+    assert isinstance(tavily, TavilyProvider) and tavily.base_url == "http://127.0.0.1:1"
+    searx = provider_from_env({**env, "QWQ_SEARXNG_URL": "http://127.0.0.1:8888"})
+    assert isinstance(searx, SearxngProvider)
+    with pytest.raises(SearchError, match="no web search provider"):
+        provider_from_env({})
+    with pytest.raises(SearchError, match="needs TAVILY_API_KEY"):
+        provider_from_env({"QWQ_SEARCH_PROVIDER": "tavily"})
+    with pytest.raises(SearchError, match="unknown search provider"):
+        provider_from_env({"QWQ_SEARCH_PROVIDER": "bing"})
+
+
+async def test_unconfigured_tool_reports_how_to_configure(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("QWQ_SEARXNG_URL", "BRAVE_API_KEY", "TAVILY_API_KEY", "QWQ_SEARCH_PROVIDER"):
+        monkeypatch.delenv(var, raising=False)
+    out = await WebSearch()({"query": "x"}, CTX)
+    assert out.is_error and "QWQ_SEARXNG_URL" in out.text
