@@ -1,0 +1,25 @@
+"""Model clients: SGLang's native `/generate` API and OpenAI-compatible chat APIs, one `Model` protocol."""
+
+from qwq_agent.agent.clients.errors import (
+    ModelConnectionError,
+    ModelError,
+    ModelProtocolError,
+    ModelServerError,
+    ModelTimeoutError,
+)
+from qwq_agent.agent.clients.retry import NO_RETRY, RetryPolicy
+from qwq_agent.agent.clients.sglang_native import ServerInfo, SGLangClient, SGLangCompletion, sampling_payload
+
+__all__ = [
+    "NO_RETRY",
+    "ModelConnectionError",
+    "ModelError",
+    "ModelProtocolError",
+    "ModelServerError",
+    "ModelTimeoutError",
+    "RetryPolicy",
+    "SGLangClient",
+    "SGLangCompletion",
+    "ServerInfo",
+    "sampling_payload",
+]

@@ -1,0 +1,45 @@
+"""Typed failures of model clients.
+
+Every way a model call can go wrong surfaces as one of these, never as an exception from deep inside
+httpx, so the agent loop can decide what to do (retry the turn, keep the partial text, give up).
+"""
+
+from __future__ import annotations
+
+
+class ModelError(Exception):
+    """Base class of model-client failures.
+
+    `partial_text` is the raw output received before the failure ("" when nothing arrived), so a caller
+    can keep or discard what the model already wrote.
+    """
+
+    def __init__(self, message: str, *, partial_text: str = "") -> None:
+        super().__init__(message)
+        self.partial_text = partial_text
+
+
+class ModelConnectionError(ModelError):
+    """The server could not be reached, or the connection dropped before the response was complete."""
+
+
+class ModelTimeoutError(ModelConnectionError):
+    """The server did not answer (or stopped sending) within the configured timeout."""
+
+
+class ModelServerError(ModelError):
+    """The server answered with an error: an HTTP status >= 400, or an error event inside the stream."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, body: str = "", partial_text: str = ""):
+        super().__init__(message, partial_text=partial_text)
+        self.status_code = status_code
+        self.body = body
+
+    @property
+    def retryable(self) -> bool:
+        """5xx and 429 are worth another try; other 4xx mean the request itself is wrong."""
+        return self.status_code is not None and (self.status_code >= 500 or self.status_code == 429)
+
+
+class ModelProtocolError(ModelError):
+    """The server answered something that is not the protocol we speak (malformed event, missing fields)."""

@@ -1,0 +1,38 @@
+"""Exponential backoff with jitter for calls that have not produced any output yet."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry a request that failed before any output arrived.
+
+    The n-th retry waits `min(max_delay, base_delay * 2**n)`, scaled by a random factor in
+    `[1 - jitter, 1]` so that many clients failing together do not come back in lock-step.
+    `attempts` counts the first try: `attempts=1` disables retries.
+    """
+
+    attempts: int = 4
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    jitter: float = 0.5
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError("jitter must be within [0, 1]")
+
+    def delays(self) -> Iterator[float]:
+        """The waits before each retry (`attempts - 1` of them)."""
+        for n in range(self.attempts - 1):
+            delay = min(self.max_delay, self.base_delay * (2**n))
+            yield delay * (1.0 - self.jitter * self.rng.random())
+
+
+NO_RETRY = RetryPolicy(attempts=1)

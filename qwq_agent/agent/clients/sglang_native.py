@@ -1,0 +1,370 @@
+"""Client for SGLang's native `/generate` API: raw prompts in, QwQ's raw output out, exact usage.
+
+The native API is the one that lets the agent own the prompt (rendered by `chat_format.render`, so the
+radix cache sees the same prefix turn after turn) and that reports `cached_tokens` for every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, Field
+
+from qwq_agent.agent.clients._sse import DONE, iter_sse_json
+from qwq_agent.agent.clients.errors import (
+    ModelConnectionError,
+    ModelError,
+    ModelProtocolError,
+    ModelServerError,
+    ModelTimeoutError,
+)
+from qwq_agent.agent.clients.retry import RetryPolicy
+from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
+
+
+class SGLangCompletion(Completion):
+    """A `Completion` with what only the native API tells: the request id and the matched stop."""
+
+    rid: str = ""
+    matched_stop: str | int | None = None
+    """The stop string or token id that ended generation (SGLang trims stop strings from the text)."""
+    server_latency_s: float | None = None
+    output_ids: list[int] = Field(default_factory=list)
+
+
+class ServerInfo(BaseModel):
+    """The parts of `/server_info` the agent uses, plus everything else in `raw`."""
+
+    model_path: str | None = None
+    context_length: int | None = None
+    max_total_num_tokens: int | None = None
+    """KV-cache capacity in tokens: how many tokens all resident sessions can hold together."""
+    version: str | None = None
+    raw: dict[str, Any] = Field(default_factory=dict)
+
+
+def sampling_payload(params: SamplingParams) -> dict[str, Any]:
+    """SGLang's `sampling_params` for `params` (constraints only when set; at most one allowed)."""
+    constraints = {k: getattr(params, k) for k in ("json_schema", "regex", "ebnf") if getattr(params, k)}
+    if len(constraints) > 1:
+        raise ValueError(f"at most one of json_schema/regex/ebnf may be set, got {sorted(constraints)}")
+    payload: dict[str, Any] = {
+        "max_new_tokens": params.max_new_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "min_p": params.min_p,
+        "ignore_eos": params.ignore_eos,
+    }
+    if params.stop:
+        payload["stop"] = list(params.stop)
+    if params.stop_token_ids:
+        payload["stop_token_ids"] = list(params.stop_token_ids)
+    payload.update(constraints)
+    return payload
+
+
+class SGLangClient:
+    """Async client for one SGLang server's native API; implements the `Model` protocol.
+
+    Args:
+        base_url: e.g. `http://127.0.0.1:30000`.
+        profile: the chat-format profile `stream()` renders prompts with.
+        name: the model name reported to the loop (defaults to the profile).
+        connect_timeout: seconds to open a connection.
+        read_timeout: longest silence, in seconds, between bytes of a response (covers a slow prefill).
+        retry: backoff for connection errors and 5xx/429 answers that arrive before any output.
+        incremental: whether the server streams disjoint pieces (`--incremental-streaming-output`);
+            None detects it per request from `output_ids` and `meta_info.completion_tokens`.
+        max_connections: concurrent requests the connection pool allows.
+        abort_timeout: seconds allowed for `/abort_request` when a request is cancelled.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        profile: str = "qwq-32b",
+        name: str | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 600.0,
+        retry: RetryPolicy | None = None,
+        incremental: bool | None = None,
+        max_connections: int = 1024,
+        abort_timeout: float = 5.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.profile = profile
+        self.name = name or profile
+        self.retry = retry or RetryPolicy()
+        self.incremental = incremental
+        self.abort_timeout = abort_timeout
+        timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=None)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
+        )
+
+    def __repr__(self) -> str:
+        return f"SGLangClient({self.base_url!r}, profile={self.profile!r})"
+
+    async def __aenter__(self) -> SGLangClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # ----- server state ----------------------------------------------------------------------------
+
+    async def health(self) -> bool:
+        """True when `/health` answers 200; False when it answers otherwise or cannot be reached."""
+        try:
+            response = await self._http.get("/health")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def server_info(self) -> ServerInfo:
+        """The server's configuration and KV capacity (`/server_info`, or `/get_server_info` on older ones)."""
+        raw = await self._get_json("/server_info", fallback="/get_server_info")
+        states = raw.get("internal_states") or [{}]
+        first = states[0] if isinstance(states, list) and states and isinstance(states[0], dict) else {}
+        capacity = raw.get("max_total_num_tokens", first.get("max_total_num_tokens"))
+        return ServerInfo(
+            model_path=raw.get("model_path"),
+            context_length=raw.get("context_length"),
+            max_total_num_tokens=capacity,
+            version=raw.get("version"),
+            raw=raw,
+        )
+
+    async def abort(self, rid: str) -> None:
+        """Ask the server to stop generating request `rid` (it frees its KV slots)."""
+        try:
+            response = await self._http.post("/abort_request", json={"rid": rid}, timeout=self.abort_timeout)
+        except httpx.HTTPError as exc:
+            raise ModelConnectionError(f"abort of {rid} failed: {type(exc).__name__}") from exc
+        if response.status_code >= 400:
+            raise ModelServerError(f"abort of {rid} answered {response.status_code}", status_code=response.status_code)
+
+    async def _get_json(self, path: str, *, fallback: str | None = None) -> dict[str, Any]:
+        try:
+            response = await self._http.get(path)
+            if response.status_code == 404 and fallback:
+                response = await self._http.get(fallback)
+        except httpx.TimeoutException as exc:
+            raise ModelTimeoutError(f"GET {path} timed out") from exc
+        except httpx.HTTPError as exc:
+            raise ModelConnectionError(f"GET {path} failed: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            raise ModelServerError(
+                f"GET {path} answered {response.status_code}", status_code=response.status_code, body=response.text[:500]
+            )
+        try:
+            obj = response.json()
+        except ValueError as exc:
+            raise ModelProtocolError(f"GET {path} did not answer JSON") from exc
+        if not isinstance(obj, dict):
+            raise ModelProtocolError(f"GET {path} did not answer a JSON object")
+        return obj
+
+    # ----- generation ------------------------------------------------------------------------------
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        params: SamplingParams,
+        *,
+        prefix: str = "",
+    ) -> AsyncIterator[ModelEvent]:
+        """Render the conversation with QwQ's chat template, append `prefix`, and stream the output."""
+        from qwq_agent.agent.chat_format import render  # imported late: the renderer pulls in jinja2
+
+        prompt = render(list(messages), list(tools), add_generation_prompt=True, profile=self.profile) + prefix
+        async with aclosing(self.generate_stream(prompt, params)) as events:
+            async for event in events:
+                yield event
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams | None = None) -> SGLangCompletion:
+        """Generate to the end and return only the completion."""
+        async with aclosing(self.generate_stream(prompt, params)) as events:
+            async for event in events:
+                if isinstance(event, SGLangCompletion):
+                    return event
+        raise ModelProtocolError("stream ended without a completion")  # generate_stream never does this
+
+    async def generate_stream(
+        self, prompt: str | list[int], params: SamplingParams | None = None, *, rid: str | None = None
+    ) -> AsyncIterator[ModelEvent]:
+        """Stream `/generate` for a text prompt or token ids: `TextDelta`s, then one `SGLangCompletion`.
+
+        Failures before any output are retried per `retry`; after output has arrived they raise a
+        `ModelError` whose `partial_text` holds it. A request that does not finish (cancelled, closed
+        early, failed mid-way) is aborted on the server.
+        """
+        params = params or SamplingParams()
+        base_rid = rid or uuid.uuid4().hex
+        payload: dict[str, Any] = {"sampling_params": sampling_payload(params), "stream": True}
+        payload["input_ids" if isinstance(prompt, list) else "text"] = prompt
+        delays = self.retry.delays()
+        attempt = 0
+        while True:
+            payload["rid"] = base_rid if attempt == 0 else f"{base_rid}-r{attempt}"
+            emitted = False
+            try:
+                # aclosing: an early close of this generator must reach the inner one now (it aborts the
+                # request), not whenever the garbage collector finalises it
+                async with aclosing(self._stream_once(payload, prompt)) as events:
+                    async for event in events:
+                        emitted = True
+                        yield event
+                return
+            except ModelError as exc:
+                if emitted or not _retryable(exc):
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _stream_once(self, payload: dict[str, Any], prompt: str | list[int]) -> AsyncIterator[ModelEvent]:
+        rid = payload["rid"]
+        started = time.perf_counter()
+        text = ""
+        output_ids: list[int] = []
+        ttft: float | None = None
+        final: dict[str, Any] | None = None
+        incremental = self.incremental
+        sent = finished = False
+        try:
+            request = self._http.build_request("POST", "/generate", json=payload)
+            try:
+                sent = True
+                response = await self._http.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                raise ModelTimeoutError(f"/generate timed out before answering: {type(exc).__name__}") from exc
+            except httpx.HTTPError as exc:
+                sent = not isinstance(exc, httpx.ConnectError)
+                raise ModelConnectionError(f"/generate failed: {type(exc).__name__}: {exc}") from exc
+            try:
+                if response.status_code >= 400:
+                    body = (await _read_quietly(response))[:500]
+                    raise ModelServerError(
+                        f"/generate answered {response.status_code}: {body}", status_code=response.status_code, body=body
+                    )
+                async for event in iter_sse_json(response):
+                    if event is DONE:
+                        break
+                    assert isinstance(event, dict)
+                    if "error" in event:
+                        err = event["error"] if isinstance(event["error"], dict) else {"message": event["error"]}
+                        code = err.get("code") if isinstance(err.get("code"), int) else None
+                        raise ModelServerError(f"server error mid-stream: {err.get('message')}", status_code=code)
+                    meta = event.get("meta_info")
+                    if not isinstance(meta, dict):
+                        raise ModelProtocolError(f"event without meta_info: {str(event)[:200]}")
+                    if incremental is None:
+                        incremental = _detect_incremental(event, meta, text)
+                    delta, ids = _delta(event, text, bool(incremental))
+                    output_ids = output_ids + ids if incremental else ids
+                    if delta:
+                        if ttft is None:
+                            ttft = time.perf_counter() - started
+                        text += delta
+                        yield TextDelta(text=delta)
+                    if meta.get("finish_reason") is not None:
+                        final = meta
+            finally:
+                await response.aclose()
+            if final is None:
+                raise ModelConnectionError("stream ended before the server reported a finish reason")
+            finished = True
+        except ModelError as exc:
+            exc.partial_text = exc.partial_text or text
+            raise
+        finally:
+            if sent and not finished:
+                await self._abort_quietly(rid)
+        reason = final.get("finish_reason")
+        kind = reason.get("type") if isinstance(reason, dict) else reason
+        yield SGLangCompletion(
+            text=text,
+            prompt=prompt if isinstance(prompt, str) else None,
+            usage=Usage(
+                prompt_tokens=int(final.get("prompt_tokens") or 0),
+                cached_tokens=int(final.get("cached_tokens") or 0),
+                completion_tokens=int(final.get("completion_tokens") or 0),
+                finish_reason=kind,
+                ttft_s=ttft,
+                latency_s=time.perf_counter() - started,
+            ),
+            rid=rid,
+            matched_stop=reason.get("matched") if isinstance(reason, dict) else None,
+            server_latency_s=final.get("e2e_latency"),
+            output_ids=output_ids,
+        )
+
+    async def _abort_quietly(self, rid: str) -> None:
+        # Shielded so that a second cancellation of the caller cannot leave the server generating.
+        try:
+            await asyncio.shield(self.abort(rid))
+        except (ModelError, RuntimeError, asyncio.CancelledError):
+            pass  # best effort: SGLang also aborts when it notices the disconnect
+
+
+def _retryable(exc: ModelError) -> bool:
+    if isinstance(exc, ModelServerError):
+        return exc.retryable
+    return isinstance(exc, ModelConnectionError) and not isinstance(exc, ModelTimeoutError)
+
+
+def _detect_incremental(event: dict[str, Any], meta: dict[str, Any], emitted: str) -> bool | None:
+    """Decide once per request whether events carry disjoint pieces; None while it cannot be told yet.
+
+    Cumulative events carry every output id so far, so `len(output_ids) == completion_tokens`; incremental
+    events carry only the new ids. Before anything was emitted both readings agree, so wait.
+    """
+    if not emitted:
+        return None
+    ids, n = event.get("output_ids"), meta.get("completion_tokens")
+    if isinstance(ids, list) and isinstance(n, int) and n > 0:
+        return len(ids) != n
+    text = event.get("text")
+    return not (isinstance(text, str) and text.startswith(emitted))
+
+
+def _delta(event: dict[str, Any], emitted: str, incremental: bool) -> tuple[str, list[int]]:
+    text = event.get("text")
+    ids = event.get("output_ids") or []
+    if text is None:
+        return "", list(ids)  # token-ids-only servers (--skip-tokenizer-init) send no text
+    if not isinstance(text, str):
+        raise ModelProtocolError(f"event text is not a string: {type(text).__name__}")
+    if incremental:
+        return text, list(ids)
+    if text.startswith(emitted):
+        return text[len(emitted) :], list(ids)
+    # The server rewrote text it had already sent (it should not); what was sent cannot be unsaid, so
+    # carry on from the new text's end.
+    return text[len(emitted) :] if len(text) > len(emitted) else "", list(ids)
+
+
+async def _read_quietly(response: httpx.Response) -> str:
+    try:
+        return (await response.aread()).decode("utf-8", "replace")
+    except httpx.HTTPError:
+        return ""
