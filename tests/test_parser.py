@@ -1,0 +1,298 @@
+"""The streaming parser of QwQ output and the tool-call repairs."""
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qwq_agent.agent.parser import (
+    ContentDelta,
+    ReasoningDelta,
+    ReasoningEnd,
+    StreamParser,
+    ToolCallError,
+    ToolCallInReasoning,
+    ToolCallParsed,
+    merge_deltas,
+    parse,
+)
+
+
+def call_block(name: str, arguments: dict) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+def feed_chunks(text: str, sizes: list[int]) -> list:
+    parser = StreamParser()
+    events, pos, i = [], 0, 0
+    while pos < len(text):
+        size = sizes[i % len(sizes)] if sizes else len(text)
+        events += parser.feed(text[pos : pos + size])
+        pos += size
+        i += 1
+    return events + parser.close()
+
+
+def feed_whole(text: str) -> list:
+    parser = StreamParser()
+    return parser.feed(text) + parser.close()
+
+
+# -- the format ------------------------------------------------------------------------------------
+
+
+def test_reasoning_content_and_calls_with_text_around_them():
+    text = (
+        "I should look it up.\n</think>\n\nLet me check. "
+        + call_block("search", {"q": "qwq"})
+        + "\nand also\n"
+        + call_block("fetch", {"url": "http://x", "n": [1, 2]})
+        + " done."
+    )
+    r = parse(text)
+    assert r.reasoning == "I should look it up."
+    assert r.reasoning_closed
+    assert r.content == "Let me check. \nand also\n done."
+    assert [(c.id, c.name, c.arguments) for c in r.tool_calls] == [
+        ("call_0", "search", {"q": "qwq"}),
+        ("call_1", "fetch", {"url": "http://x", "n": [1, 2]}),
+    ]
+    assert r.errors == [] and r.reasoning_tool_calls == [] and r.repairs == {}
+
+
+def test_output_without_close_tag_is_all_reasoning():
+    r = parse("still thinking <tool_call>")
+    assert r.reasoning == "still thinking <tool_call>"
+    assert not r.reasoning_closed
+    assert r.content == "" and r.tool_calls == []
+    assert r.reasoning_tool_calls == [""]
+
+
+def test_explicit_think_open_tag_is_tolerated():
+    r = parse("<think>\nhmm\n</think>\n\nanswer")
+    assert (r.reasoning, r.content) == ("hmm", "answer")
+    events = merge_deltas(feed_whole("  <think>\nhmm</think>x"))
+    assert events[0] == ReasoningDelta(text="hmm")
+
+
+def test_think_open_later_in_reasoning_is_text():
+    assert parse("a <think> b</think>").reasoning == "a <think> b"
+
+
+def test_tool_call_in_reasoning_is_reported_not_called():
+    text = 'Maybe <tool_call>\n{"name": "f", "arguments": {}}\n</tool_call> no.\n</think>\n\nDone.'
+    r = parse(text)
+    assert r.tool_calls == [] and r.errors == []
+    assert r.reasoning_tool_calls == ['\n{"name": "f", "arguments": {}}\n']
+    assert "<tool_call>" in r.reasoning  # the reasoning keeps what the model wrote
+    assert r.content == "Done."
+
+
+def test_unclosed_tool_call_in_reasoning_ends_at_think_close():
+    events = feed_whole('x <tool_call>{"name": "f"}</think>' + call_block("g", {}))
+    kinds = [type(e) for e in merge_deltas(events)]
+    assert kinds == [ReasoningDelta, ToolCallInReasoning, ReasoningEnd, ToolCallParsed]
+    assert events[-1].call.name == "g"
+
+
+def test_empty_reasoning_and_call_right_after_think():
+    r = parse("</think>" + call_block("f", {"a": 1}))
+    assert r.reasoning == "" and r.content == "" and r.reasoning_closed
+    assert r.tool_calls[0].arguments == {"a": 1}
+
+
+def test_ids_count_across_calls_and_errors_and_take_a_prefix():
+    text = "</think>" + call_block("a", {}) + "<tool_call>oops</tool_call>" + call_block("b", {})
+    r = parse(text, id_prefix="t1_", first_id=5)
+    assert [c.id for c in r.tool_calls] == ["t1_5", "t1_7"]
+    assert r.errors[0].id == "t1_6"
+
+
+def test_deltas_never_contain_partial_tags():
+    text = "abc</thi" + "nk>\n\nhello <tool_" + 'call>{"name": "f"}</tool_call> bye <tool_ca'
+    parser = StreamParser()
+    first = parser.feed(text[:8])
+    assert first == [ReasoningDelta(text="abc")]  # "</thi" is held back
+    rest = parser.feed(text[8:])
+    contents = [e.text for e in rest if isinstance(e, ContentDelta)]
+    assert all("<" not in t for t in contents)
+    tail = parser.close()
+    assert tail == [ContentDelta(text="<tool_ca")]  # the end of the output decides: it was text
+
+
+def test_feed_after_close_is_an_error_and_close_is_idempotent():
+    p = StreamParser()
+    assert p.feed("<th") == []  # could still be an explicit <think>
+    assert p.close() == [ReasoningDelta(text="<th")]
+    assert p.close() == []
+    with pytest.raises(RuntimeError):
+        p.feed("more")
+
+
+def test_result_is_consistent_with_events():
+    p = StreamParser()
+    p.feed("r</think>c" + call_block("f", {"x": "y"}))
+    p.close()
+    r = p.result()
+    assert r.content == "c" and r.tool_calls[0].arguments == {"x": "y"}
+
+
+# -- repairs ---------------------------------------------------------------------------------------
+
+
+def only_call(body: str) -> ToolCallParsed:
+    events = [
+        e for e in feed_whole("</think>\n\n<tool_call>" + body + "</tool_call>") if e.kind == "tool_call"
+    ]
+    assert len(events) == 1, events
+    return events[0]
+
+
+def only_error(body: str) -> ToolCallError:
+    errors = [
+        e for e in feed_whole("</think><tool_call>" + body + "</tool_call>") if e.kind == "tool_call_error"
+    ]
+    assert len(errors) == 1
+    return errors[0]
+
+
+def test_missing_close_tool_call_at_end_is_repaired():
+    r = parse('</think>\n\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n')
+    assert r.tool_calls[0].arguments == {"a": 1}
+    assert r.repairs["call_0"] == ["added the missing </tool_call> at the end of the output"]
+
+
+def test_truncated_json_at_end_is_closed():
+    r = parse('</think><tool_call>\n{"name": "f", "arguments": {"a": [1, 2')
+    assert r.tool_calls[0].arguments == {"a": [1, 2]}
+    assert "added missing closing bracket(s) at the end" in r.repairs["call_0"]
+
+
+@pytest.mark.parametrize(
+    ("body", "arguments", "repair"),
+    [
+        ('{"name": "f", "arguments": {"a": 1, "b": [1, 2,],},}', {"a": 1, "b": [1, 2]}, "trailing comma"),
+        ("{'name': 'f', 'arguments': {'a': True, 'b': None}}", {"a": True, "b": None}, "Python literal"),
+        ("{'name': 'f', 'arguments': {'a': true, 'b': null}}", {"a": True, "b": None}, "Python literal"),
+        ('{"name": "f", "arguments": "{\\"a\\": 1}"}', {"a": 1}, "JSON string"),
+        ('{"name": "f", "arguments": ""}', {}, "JSON string"),
+        ('{"name": "f", "parameters": {"a": 1}}', {"a": 1}, '"parameters"'),
+        ('```json\n{"name": "f", "arguments": {"a": 1}}\n```', {"a": 1}, "code fence"),
+        ('\n\n   {"name": "f", "arguments": {"a": 1}}   \n\n', {"a": 1}, "whitespace"),
+        ('{"name": "f", "arguments": {"a": 1}}}', {"a": 1}, "surplus closing"),
+        ('{"name": "f"}', {}, 'no "arguments"'),
+        ('{"name": "f", "arguments": null}', {}, "null"),
+        ('[{"name": "f", "arguments": {"a": 1}}]', {"a": 1}, "one-element array"),
+        ('{"function": {"name": "f", "arguments": {"a": 1}}}', {"a": 1}, '"function"'),
+    ],
+)
+def test_repairs_are_applied_and_named(body, arguments, repair):
+    ev = only_call(body)
+    assert ev.call.name == "f"
+    assert ev.call.arguments == arguments
+    assert ev.raw == body
+    assert any(repair in r for r in ev.repairs), ev.repairs
+
+
+def test_canonical_call_has_no_repairs():
+    assert only_call('\n{"name": "f", "arguments": {"a": "</think>"}}\n').repairs == []
+
+
+def test_json_error_points_at_the_offending_text():
+    body = '\n{"name": "f",\n "arguments": {"a": 1 "b": 2}}\n'
+    err = only_error(body)
+    assert err.raw == body
+    assert "not valid JSON" in err.message
+    assert "line 2 column 23" in err.message
+    excerpt, caret = err.message.splitlines()[-2:]
+    assert excerpt.strip() == '"arguments": {"a": 1 "b": 2}}'
+    assert excerpt[caret.index("^")] == '"'  # the caret sits under the unexpected "b"
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("", "empty <tool_call>"),
+        ('{"arguments": {"a": 1}}', 'no "name"'),
+        ('{"name": "", "arguments": {}}', '"name" must be a non-empty string'),
+        ('{"name": 3, "arguments": {}}', '"name" must be a non-empty string'),
+        ('{"name": "f", "arguments": [1, 2]}', '"arguments" must be a JSON object'),
+        ('{"name": "f", "arguments": "[1]"}', '"arguments" must be a JSON object'),
+        ('"just a string"', "must be a JSON object"),
+        ("call f with a=1", "not valid JSON"),
+        ("[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_unrepairable_calls_are_reported_precisely(body, needle):
+    assert needle in only_error(body).message
+
+
+def test_error_keeps_the_name_when_known():
+    err = only_error('{"name": "f", "arguments": "{oops"}')
+    assert err.name == "f"
+    assert "arguments" in err.message
+
+
+# -- chunking equivalence and robustness -----------------------------------------------------------
+
+TAGS = [
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<",
+    "</",
+    "<tool",
+    "</think",
+    "\n",
+    "{",
+    "}",
+    '"',
+]
+TEXT = st.lists(
+    st.one_of(st.sampled_from(TAGS), st.text(max_size=8), st.just('{"name": "f", "arguments": {"a": 1}}')),
+    max_size=25,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=TEXT, sizes=st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=6))
+def test_any_chunking_gives_the_same_events(text, sizes):
+    whole = merge_deltas(feed_whole(text))
+    assert merge_deltas(feed_chunks(text, sizes)) == whole
+    assert merge_deltas(feed_chunks(text, [1])) == whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=200))
+def test_random_text_never_raises_and_loses_nothing(text):
+    events = feed_whole(text)
+    result = parse(text)
+    # Everything outside tags and call bodies reaches the deltas: reasoning + content lengths bound.
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    if "</think>" not in text and not text.lstrip().startswith("<think>"):
+        assert reasoning == text
+    assert result.reasoning == reasoning.strip()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    args=st.dictionaries(
+        st.text(max_size=10),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+            lambda inner: (
+                st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+        max_size=4,
+    ),
+    sizes=st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=4),
+)
+def test_valid_calls_round_trip_under_any_chunking(args, sizes):
+    text = "think</think>\n\n" + call_block("f", args)
+    events = [e for e in feed_chunks(text, sizes) if isinstance(e, ToolCallParsed)]
+    assert len(events) == 1
+    assert events[0].call.arguments == args and events[0].repairs == []
