@@ -259,6 +259,7 @@ class Agent:
         stream_parser = qparser.StreamParser()
         prefix = ""
         attempts = 0
+        forced_close = False
         while True:
             pieces: list[str] = []
             completion: Completion | None = None
@@ -272,7 +273,10 @@ class Agent:
                             ev = self._parser_event(pev)
                             if ev is not None:
                                 yield ev
-                            if isinstance(ev, ReasoningDelta):
+                            # After a forced `</think>` a model that still circles does so in its answer.
+                            if isinstance(ev, ReasoningDelta) or (
+                                forced_close and isinstance(ev, ContentDelta)
+                            ):
                                 signal = detector.feed(ev.text) or signal
                         if signal is not None:
                             break  # closing the stream aborts the request on the server
@@ -325,6 +329,7 @@ class Agent:
                 turn.stop_status = "reasoning_loop" if signal_level >= 3 else "budget_exceeded"
                 return
             inject = nudge_text(signal) if signal_level == 1 else close_text(signal)
+            forced_close = forced_close or signal_level == 2
             for pev in stream_parser.feed(inject):
                 ev = self._parser_event(pev)
                 if ev is not None:

@@ -1,0 +1,322 @@
+"""The agent loop against a real HTTP model server (scripted output) and real in-process tools."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from qwq_agent.agent.admission import KVAdmission
+from qwq_agent.agent.budgets import Budget
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import Final, ToolResultEvent, Warning_
+from qwq_agent.agent.loop import REASONING_CALL_HINT, Agent, AgentConfig
+from qwq_agent.agent.loop_detector import NUDGE_TEXT
+from qwq_agent.agent.trace import ReplayModel, read_trace, recorded_completions
+from qwq_agent.protocols import ToolContext
+from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
+from qwq_agent.tools.base import tool
+
+
+def call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: the first addend
+        b: the second addend
+    """
+    return a + b
+
+
+@tool
+def explode(reason: str) -> str:
+    """Always fails."""
+    raise RuntimeError(f"boom: {reason}")
+
+
+def make_barrier_tool(parties: int):
+    arrived = 0
+    all_here = asyncio.Event()
+
+    @tool(timeout=10)
+    async def rendezvous(who: str) -> str:
+        """Wait until `parties` calls are running at once (proves the calls run concurrently)."""
+        nonlocal arrived
+        arrived += 1
+        if arrived == parties:
+            all_here.set()
+        await all_here.wait()
+        return f"{who} met the others"
+
+    return rendezvous
+
+
+def config(**kw: object) -> AgentConfig:
+    return AgentConfig(check_language=False, **kw)
+
+
+async def run_agent(server: ScriptedModelServer, tools, task: str = "What is 2 + 3?", **kw):
+    async with SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, tools, config=kw.pop("config", None) or config(), **kw)
+        return await agent.run(task), agent
+
+
+async def test_tool_call_then_answer_and_prompts_are_prefix_stable():
+    turns = [
+        "I should add them with the tool.\n</think>\n\n" + call("add", a=2, b=3),
+        "The tool says 5.\n</think>\n\n2 + 3 = **5**.",
+    ]
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [add])
+    assert result.status == "completed"
+    assert result.answer == "2 + 3 = **5**."
+    first, second = server.requests[0].prompt, server.requests[1].prompt
+    assert "<tool_response>\n5\n</tool_response>" in second
+    # The official template drops the reasoning: the second prompt extends the first up to the
+    # forced `<think>\n` of the generation prompt, which is where the template changes history.
+    assert first.endswith("<|im_start|>assistant\n<think>\n")
+    assert second.startswith(first[: -len("<think>\n")])
+    assert "I should add them" not in second
+    assert result.totals["steps"] == 2
+
+
+async def test_parallel_calls_run_concurrently_and_results_keep_call_order():
+    rendezvous = make_barrier_tool(3)
+    calls = "\n".join(call("rendezvous", who=w) for w in ("ann", "bob", "cy"))
+    turns = ["Three at once.\n</think>\n\n" + calls, "done\n</think>\n\nAll met."]
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [rendezvous])
+    assert result.status == "completed"
+    tool_msgs = [m for m in result.messages if m.role == "tool"]
+    assert [m.content for m in tool_msgs] == ["ann met the others", "bob met the others", "cy met the others"]
+    prompt = server.requests[1].prompt
+    assert prompt.index("ann met") < prompt.index("bob met") < prompt.index("cy met")
+
+
+async def test_model_mistakes_become_observations():
+    turns = [
+        "Try things.\n</think>\n\n"
+        + call("subtract", a=1, b=2)
+        + "\n"
+        + call("add", a="two", b=3)
+        + "\n"
+        + call("explode", reason="test")
+        + '\n<tool_call>\n{"name": "add", "arguments": {"a": 1,, }\n</tool_call>',
+        "I see the errors.\n</think>\n\nGiving up politely.",
+    ]
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [add, explode])
+    assert result.status == "completed"
+    observations = [m.content for m in result.messages if m.role == "tool"]
+    assert len(observations) == 4
+    text = "\n".join(observations)
+    assert "subtract" in text and "add" in text and "explode" in text  # unknown tool lists available ones
+    assert "'two'" in text or '"two"' in text  # the invalid value is named
+    assert "boom: test" in text and "RuntimeError" in text
+    assert "could not be used" in text
+    assert "subtract" in server.requests[1].prompt
+
+
+async def test_server_errors_end_the_run_with_a_status_and_the_trace_survives(tmp_path):
+    trace = tmp_path / "run.jsonl"
+    turns = [Turn(http_status=500)] * 3
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [add], trace_path=trace, config=config(model_retries=2))
+    assert result.status == "model_error"
+    assert "500" in (result.error or "")
+    events = read_trace(trace)
+    assert isinstance(events[-1], Final) and events[-1].status == "model_error"
+    assert sum(isinstance(e, Warning_) and e.kind == "model_error" for e in events) == 3
+
+
+async def test_dropped_connection_mid_stream_retries_the_turn():
+    answer = "Fine.\n</think>\n\nThe answer is 5."
+    async with ScriptedModelServer([Turn(text=answer, drop_after=3), answer]) as server:
+        result, _ = await run_agent(server, [add])
+    assert result.status == "completed"
+    assert result.answer == "The answer is 5."
+    assert len(server.requests) == 2
+
+
+async def test_step_budget_ends_the_run_without_raising(tmp_path):
+    async with ScriptedModelServer(
+        lambda req: "again\n</think>\n\n" + call("add", a=len(req.prompt or ""), b=1)
+    ) as server:
+        result, _ = await run_agent(
+            server, [add], config=config(budget=Budget(max_steps=3)), trace_path=tmp_path / "t.jsonl"
+        )
+    assert result.status == "budget_exceeded"
+    assert "steps" in (result.error or "")
+    assert len(server.requests) == 3
+    assert len(recorded_completions(read_trace(tmp_path / "t.jsonl"))) == 3
+
+
+LOOP_SENTENCES = [
+    "Let me count the r letters in strawberry again: s, t, r, a, w, b, e, r, r, y, so that gives 3 r's.",
+    "Wait, maybe I miscounted the letters of strawberry, let me go through s t r a w b e r r y once more.",
+    "Hmm, s-t-r-a-w-b-e-r-r-y, I see r at position 3 and then two more near the end, that is 3 again.",
+    "But did I count the double r correctly? Let me recount the letters in strawberry from the start.",
+]
+
+
+def looping_reasoning(chars: int) -> str:
+    out, i = [], 0
+    while sum(len(s) + 1 for s in out) < chars:
+        out.append(LOOP_SENTENCES[i % len(LOOP_SENTENCES)])
+        i += 1
+    return " ".join(out)
+
+
+async def test_reasoning_loop_gets_a_nudge_and_the_turn_continues():
+    def model(req: ScriptedRequest) -> str:
+        if NUDGE_TEXT.strip() in (req.prompt or ""):
+            return "So I call the tool.\n</think>\n\nThere are 3 r's."
+        return looping_reasoning(20_000)
+
+    async with ScriptedModelServer(model) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [add], config=config())
+            events = [ev async for ev in agent.stream("How many r's are in strawberry?")]
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed"
+    assert final.answer == "There are 3 r's."
+    warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "reasoning_loop"]
+    assert [w.level for w in warnings] == [1]
+    # The continuation is the same assistant turn: prompt + what was generated + the nudge.
+    cont = server.requests[1].prompt or ""
+    assert cont.startswith(server.requests[0].prompt or "")
+    assert cont.endswith(NUDGE_TEXT)
+    assert server.aborted_rids, "the looping request was aborted on the server"
+
+
+async def test_a_loop_that_never_ends_is_stopped_with_a_loop_status():
+    async with ScriptedModelServer(lambda req: looping_reasoning(20_000)) as server:
+        result, _ = await run_agent(server, [add], task="How many r's are in strawberry?")
+    assert result.status == "reasoning_loop"
+    assert result.totals["steps"] == 1
+
+
+async def test_tool_call_inside_reasoning_is_not_run_and_the_model_is_told():
+    turns = [
+        "I will call " + call("add", a=1, b=1) + " now.\n</think>\n\nLet me compute.",
+        "Right.\n</think>\n\n" + call("add", a=1, b=1),
+        "ok\n</think>\n\n2",
+    ]
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [add])
+    assert result.status == "completed" and result.answer == "2"
+    assert REASONING_CALL_HINT in (server.requests[1].prompt or "")
+    assert [m.content for m in result.messages if m.role == "tool"] == ["2"]
+
+
+async def test_answer_in_another_language_is_corrected_once():
+    chinese = "答案是五。我们把二和三相加得到五，这是一个很简单的加法问题，结果是五。"
+    turns = ["hmm\n</think>\n\n" + chinese, "ok\n</think>\n\nThe answer is five."]
+    async with ScriptedModelServer(turns) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [add], config=AgentConfig(check_language=True))
+            result = await agent.run(
+                "Could you tell me what two plus three is, and explain how you got the answer?"
+            )
+    assert result.status == "completed"
+    assert result.answer == "The answer is five."
+    assert "English" in (server.requests[1].prompt or "")
+
+
+async def test_repeated_identical_calls_are_flagged_to_the_model():
+    turns = ["x\n</think>\n\n" + call("add", a=1, b=2)] * 3 + ["x\n</think>\n\nStopping."]
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [add])
+    assert result.status == "completed"
+    last_obs = [m.content for m in result.messages if m.role == "tool"][-1]
+    assert "Note:" in last_obs and "add" in last_obs
+
+
+async def test_trace_replays_deterministically_and_resumes(tmp_path):
+    turns = [
+        "add\n</think>\n\n" + call("add", a=20, b=22),
+        "add more\n</think>\n\n" + call("add", a=42, b=1),
+        "done\n</think>\n\n43",
+    ]
+    trace = tmp_path / "full.jsonl"
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [add], trace_path=trace)
+    assert result.answer == "43"
+
+    # Replay: the recorded completions serve as the model; the same prompts are rendered again.
+    replay = ReplayModel.from_trace(trace)
+    replayed = await Agent(replay, [add], config=config()).run("What is 2 + 3?")
+    assert replayed.answer == result.answer
+    assert [m.model_dump() for m in replayed.messages] == [m.model_dump() for m in result.messages]
+    assert replay.remaining == 0
+
+    # Resume: a run interrupted after one step continues with a live model from where it stopped.
+    partial = tmp_path / "partial.jsonl"
+    async with ScriptedModelServer(turns[:1]) as server:
+        cut, _ = await run_agent(server, [add], trace_path=partial, config=config(budget=Budget(max_steps=1)))
+    assert cut.status == "budget_exceeded"
+    async with ScriptedModelServer(turns[1:]) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as live:
+            resumed = await Agent(ReplayModel.from_trace(partial, then=live), [add], config=config()).run(
+                "What is 2 + 3?"
+            )
+        assert resumed.answer == "43"
+        assert len(server.requests) == 2  # only the turns the trace did not hold
+        assert "<tool_response>\n42\n</tool_response>" in (server.requests[0].prompt or "")
+
+
+async def test_many_agents_share_one_client_under_admission_control():
+    peak = 0
+    active = 0
+
+    @tool
+    async def work(ctx: ToolContext, n: int) -> int:
+        """Count active runs."""
+        nonlocal peak, active
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0)
+        active -= 1
+        return n * 2
+
+    turns_per_run = ["go\n</think>\n\n" + call("work", n=4), "done\n</think>\n\n8"]
+
+    def model(req: ScriptedRequest) -> str:
+        return turns_per_run[1] if "<tool_response>" in (req.prompt or "") else turns_per_run[0]
+
+    admission = KVAdmission(capacity_tokens=3 * 1000, headroom=1.0)
+    seen_in_use: list[int] = []
+
+    async with ScriptedModelServer(model) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+
+            async def one(i: int):
+                agent = Agent(client, [work], config=config(kv_reservation_tokens=1000), admission=admission)
+                async for ev in agent.stream(f"task {i}"):
+                    if isinstance(ev, ToolResultEvent):
+                        seen_in_use.append(admission.in_use)
+                return agent.result
+
+            results = await asyncio.gather(*(one(i) for i in range(12)))
+    assert all(r.status == "completed" and r.answer == "8" for r in results)
+    assert max(seen_in_use) <= 3000
+    assert admission.in_use == 0 and admission.waiting == 0
+
+
+async def test_cancelled_run_reports_cancelled_and_aborts_the_request():
+    async with ScriptedModelServer([Turn(text="thinking " * 50, hold_after=5)]) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [add], config=config())
+            task = asyncio.create_task(agent.run("hold"))
+            await server.wait_for_requests(1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await server.wait_for_abort(server.requests[0].rid or "")
+    assert agent.result is not None and agent.result.status == "cancelled"
