@@ -1,0 +1,222 @@
+"""QwQ's chat format, rendered in Python: byte-identical to the official Jinja chat template.
+
+`render` turns our `Message`s into the prompt text that QwQ-32B's template produces for the equivalent
+Hugging Face message dicts. The mapping (the one the tests check against the template itself):
+
+* an assistant `Message` with `reasoning` is the HF content ``"<think>\\n" + reasoning + "\\n</think>\\n\\n"
+  + content`` (the whole turn as the model wrote it); without `reasoning` it is just `content`;
+* `tool_calls` are ``{"type": "function", "function": {"name": ..., "arguments": {...}}}``;
+* each `tool` message is one HF ``{"role": "tool", "content": ...}``;
+* each `ToolSpec` is ``{"type": "function", "function": {"name", "description", "parameters"}}``.
+
+Reasoning in history, and prefix caching
+----------------------------------------
+The official template keeps only the text after the last ``</think>`` of earlier assistant messages
+(`keep_reasoning=False`, the default). That policy is *not* prefix-stable: the prompt of turn N ends with
+``<|im_start|>assistant\\n<think>\\n`` and the model then writes its reasoning, but in the prompt of turn N+1
+that turn reads ``<|im_start|>assistant\\n`` + content, so the two prompts share only the text up to and
+including ``<|im_start|>assistant\\n`` of turn N; the forced ``<think>\\n``, the reasoning and everything
+after are prefilled again. `render_assistant_turn` gives the exact text a turn becomes in history, from which
+the loop can compute the shared prefix.
+
+`keep_reasoning=True` keeps every assistant turn as the model wrote it: the generation prompt followed by
+`Message.raw` verbatim when it is set, else the canonical form ``<think>\\n{reasoning}\\n</think>\\n\\n{content}``
+followed by the tool calls. Then the prompt of turn N+1 begins with exactly the prompt of turn N plus
+`model_output(message)`, the model's raw output of turn N, so a prefix cache reuses all of it. Without `raw`
+this holds only for output in canonical form: other whitespace around ``</think>`` or another serialisation
+of a tool call (key spacing, `\\uXXXX` escapes) is re-serialised, and the shared prefix ends where the texts
+first differ.
+
+Two more breaks of the default policy: the current template renders the *last* message of a conversation
+whole (reasoning included), so a prompt ending in an assistant message changes once more messages follow;
+and the v1-release profile drops its reasoning there too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from qwq_agent.agent.messages import Message, ToolCall, ToolSpec
+from qwq_agent.agent.profiles import DEFAULT_PROFILE, ChatProfile, get_profile
+
+__all__ = [
+    "GENERATION_PROMPT",
+    "IM_END",
+    "IM_START",
+    "ChatProfile",
+    "model_output",
+    "render",
+    "render_assistant_turn",
+    "tojson",
+    "tool_call_json",
+    "tool_spec_json",
+]
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+THINK_END = "</think>"
+
+GENERATION_PROMPT = DEFAULT_PROFILE.generation_prompt
+"""QwQ-32B's generation prompt, ``<|im_start|>assistant\\n<think>\\n``."""
+
+_TOOLS_HEAD = (
+    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+_TOOLS_TAIL = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+    "<args-json-object>}\n</tool_call>" + IM_END + "\n"
+)
+_ASSISTANT_HEADER = IM_START + "assistant"
+
+
+def tojson(value: Any) -> str:
+    """Serialise like the `tojson` filter of Hugging Face's chat-template environment.
+
+    Transformers replaces Jinja's own `tojson` (which HTML-escapes) with plain `json.dumps` and no options:
+    insertion key order, ``", "``/``": "`` separators, non-ASCII kept as is.
+    """
+    return json.dumps(value, ensure_ascii=False)
+
+
+def tool_spec_json(spec: ToolSpec) -> str:
+    """One line of the `<tools>` block: the tool in OpenAI's `{"type": "function", ...}` wrapping."""
+    return tojson(
+        {
+            "type": "function",
+            "function": {"name": spec.name, "description": spec.description, "parameters": spec.parameters},
+        }
+    )
+
+
+def tool_call_json(call: ToolCall) -> str:
+    """A call as the template writes it between `<tool_call>` tags (name spliced in unescaped, as there)."""
+    return '{"name": "' + call.name + '", "arguments": ' + tojson(call.arguments) + "}"
+
+
+def _tool_call_block(call: ToolCall) -> str:
+    return "<tool_call>\n" + tool_call_json(call) + "\n</tool_call>"
+
+
+def _system_turn(messages: Sequence[Message], tools: Sequence[ToolSpec], profile: ChatProfile) -> str:
+    has_system = bool(messages) and messages[0].role == "system"
+    text = messages[0].content if has_system else profile.default_system
+    if tools:
+        lines = "".join("\n" + tool_spec_json(spec) for spec in tools)
+        return IM_START + "system\n" + text + _TOOLS_HEAD + lines + _TOOLS_TAIL
+    if has_system or profile.default_system:
+        return IM_START + "system\n" + text + IM_END + "\n"
+    return ""
+
+
+def _canonical_body(message: Message) -> str:
+    """Content and tool-call blocks, newline-separated, as the model writes them after its reasoning."""
+    if not message.tool_calls:
+        return message.content
+    parts = [message.content] if message.content else []
+    parts.extend(_tool_call_block(call) for call in message.tool_calls)
+    return "\n".join(parts)
+
+
+def _think_block(message: Message) -> str:
+    return "" if message.reasoning is None else "<think>\n" + message.reasoning + "\n" + THINK_END + "\n\n"
+
+
+def render_assistant_turn(
+    message: Message,
+    *,
+    keep_reasoning: bool = False,
+    last: bool = False,
+    profile: str | ChatProfile = DEFAULT_PROFILE,
+) -> str:
+    """The text one assistant message becomes in a prompt, from ``<|im_start|>assistant`` to ``<|im_end|>\\n``.
+
+    With the default policy this is what the official template writes: for a message that is not the last
+    of the conversation (`last=False`, the case of every earlier turn) only the text after the last
+    ``</think>``, leading newlines removed. With `keep_reasoning` it is the turn in canonical form (see the
+    module docstring): the generation prompt + `model_output(message)` + ``<|im_end|>\\n`` for a turn the model
+    wrote (one with `raw`, or with `reasoning` in a thinking profile).
+    """
+    prof = get_profile(profile)
+    if keep_reasoning:
+        if message.raw is not None:
+            return prof.generation_prompt + message.raw + IM_END + "\n"
+        return _ASSISTANT_HEADER + "\n" + _think_block(message) + _canonical_body(message) + IM_END + "\n"
+
+    if prof.think:
+        # The template sees reasoning and content as one string and splits it itself; emulating that on the
+        # same string keeps edge cases identical (a `</think>` inside content, content that is all newlines).
+        full = _think_block(message) + message.content
+        shown = full.split(THINK_END)[-1].lstrip("\n") if (not last or prof.strip_final_reasoning) else full
+    else:
+        full = shown = message.content
+    if not message.tool_calls:
+        return _ASSISTANT_HEADER + "\n" + shown + IM_END + "\n"
+    # The template tests the unsplit content: reasoning followed by empty content still yields "\n".
+    head = "\n" + shown if full else ""
+    calls = "".join("\n" + _tool_call_block(call) for call in message.tool_calls)
+    return _ASSISTANT_HEADER + head + calls + IM_END + "\n"
+
+
+def model_output(message: Message, *, profile: str | ChatProfile = DEFAULT_PROFILE) -> str:
+    """The raw text the model wrote after the generation prompt to produce `message`.
+
+    `message.raw` when set (the exact output, stop token excluded); otherwise the canonical form, for a
+    thinking profile: ``reasoning + "\\n</think>\\n\\n" + content`` and the tool-call blocks (the stop
+    token ``<|im_end|>`` not included). With `keep_reasoning=True`, a prompt that contains this turn begins
+    with the prompt that asked for it followed by this text. Raises ValueError for a thinking profile when
+    `message.reasoning` is None: such a turn has no form that continues a prompt ending in ``<think>\\n``.
+    """
+    prof = get_profile(profile)
+    if message.role != "assistant":
+        raise ValueError(f"model_output needs an assistant message, got role {message.role!r}")
+    if message.raw is not None:
+        return message.raw
+    if not prof.think:
+        return _think_block(message) + _canonical_body(message)
+    if message.reasoning is None:
+        raise ValueError("a thinking profile's turn needs reasoning (it may be empty, not None)")
+    return message.reasoning + "\n" + THINK_END + "\n\n" + _canonical_body(message)
+
+
+def render(
+    messages: Sequence[Message],
+    tools: Sequence[ToolSpec] = (),
+    *,
+    add_generation_prompt: bool = True,
+    keep_reasoning: bool = False,
+    profile: str | ChatProfile = DEFAULT_PROFILE,
+) -> str:
+    """Render a conversation as the official chat template of `profile` does.
+
+    A leading system message goes into the system turn (before the `# Tools` preamble when there are
+    tools); later system messages are rendered as turns of their own. Consecutive `tool` messages are
+    folded into one user turn of `<tool_response>` blocks. `keep_reasoning` is the history policy described
+    in the module docstring. An empty conversation renders as the system turn (if any) and the generation
+    prompt, where the Jinja template would fail.
+    """
+    prof = get_profile(profile)
+    out = [_system_turn(messages, tools, prof)]
+    count = len(messages)
+    for index, message in enumerate(messages):
+        role = message.role
+        if role == "user" or (role == "system" and index > 0):
+            out.append(IM_START + role + "\n" + message.content + IM_END + "\n")
+        elif role == "assistant":
+            out.append(
+                render_assistant_turn(
+                    message, keep_reasoning=keep_reasoning, last=index == count - 1, profile=prof
+                )
+            )
+        elif role == "tool":
+            if index == 0 or messages[index - 1].role != "tool":
+                out.append(IM_START + "user")
+            out.append("\n<tool_response>\n" + message.content + "\n</tool_response>")
+            if index == count - 1 or messages[index + 1].role != "tool":
+                out.append(IM_END + "\n")
+    if add_generation_prompt:
+        out.append(prof.generation_prompt)
+    return "".join(out)

@@ -1,0 +1,415 @@
+"""The Python renderer against QwQ-32B's official Jinja template, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import string
+from functools import cache
+from typing import Any
+
+import pytest
+from conftest_reference import require_reference
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qwq_agent.agent.chat_format import (
+    GENERATION_PROMPT,
+    model_output,
+    render,
+    render_assistant_turn,
+)
+from qwq_agent.agent.messages import Message, ToolCall, ToolSpec
+from qwq_agent.agent.profiles import PROFILES, ChatProfile, get_profile
+
+TEMPLATES = {"qwq-32b": "chat_template.jinja", "qwq-32b-v1": "chat_template.v1_release.jinja"}
+
+
+# --- the reference: the official template in Hugging Face's Jinja environment ----------------------------
+
+
+@cache
+def _template(filename: str) -> Any:
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def tojson(
+        x: Any,
+        ensure_ascii: bool = False,
+        indent: Any = None,
+        separators: Any = None,
+        sort_keys: bool = False,
+    ) -> str:
+        # transformers' override of Jinja's tojson (no HTML escaping, options passed to json.dumps)
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    source = require_reference(filename).read_text(encoding="utf-8")
+    return env.from_string(source)
+
+
+def to_hf(message: Message) -> dict[str, Any]:
+    """Our message as the HF dict the template expects; reasoning goes back in front of the content."""
+    if message.role == "tool":
+        return {"role": "tool", "content": message.content}
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.role == "assistant":
+        if message.reasoning is not None:
+            out["content"] = f"<think>\n{message.reasoning}\n</think>\n\n{message.content}"
+        if message.tool_calls:
+            out["tool_calls"] = [
+                {"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in message.tool_calls
+            ]
+    return out
+
+
+def hf_tool(spec: ToolSpec) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {"name": spec.name, "description": spec.description, "parameters": spec.parameters},
+    }
+
+
+def reference(
+    messages: list[Message], tools: list[ToolSpec], add_generation_prompt: bool, profile: str
+) -> str:
+    return _template(TEMPLATES[profile]).render(
+        messages=[to_hf(m) for m in messages],
+        tools=[hf_tool(t) for t in tools] or None,
+        add_generation_prompt=add_generation_prompt,
+    )
+
+
+# --- hand-written conversations ----------------------------------------------------------------------
+
+
+def user(text: str) -> Message:
+    return Message(role="user", content=text)
+
+
+def system(text: str) -> Message:
+    return Message(role="system", content=text)
+
+
+def tool(text: str, name: str = "") -> Message:
+    return Message(role="tool", content=text, name=name or None)
+
+
+def assistant(content: str = "", reasoning: str | None = None, calls: tuple[ToolCall, ...] = ()) -> Message:
+    return Message(role="assistant", content=content, reasoning=reasoning, tool_calls=list(calls))
+
+
+WEATHER = ToolSpec(
+    name="get_weather",
+    description="Current weather for a city.",
+    parameters={
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "description": "City name, e.g. Zürich"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city"],
+    },
+)
+PYTHON = ToolSpec(
+    name="python",
+    description="Run Python code in a sandbox and return stdout. Use print() — «unicode» 🐍.",
+    parameters={
+        "type": "object",
+        "properties": {"code": {"type": "string"}, "timeout": {"type": "number", "default": 30.5}},
+        "required": ["code"],
+    },
+)
+BARE = ToolSpec(name="noop")
+
+CALL_ZH = ToolCall(name="get_weather", arguments={"city": "北京", "unit": "celsius"})
+CALL_PY = ToolCall(
+    name="python",
+    arguments={
+        "code": 'print("héllo\\n\\t\\"quoted\\"")\nfor i in range(3):\n    print(i)',
+        "opts": {"nested": {"list": [1, 2.5, None, True, False, "ü"], "empty": {}}, "emoji": "😀"},
+    },
+)
+CALL_EMPTY = ToolCall(name="noop", arguments={})
+
+CONVERSATIONS: dict[str, tuple[list[Message], list[ToolSpec]]] = {
+    "user only": ([user("Hello!")], []),
+    "system and user": ([system("You are terse."), user("2+2?")], []),
+    "empty system": ([system(""), user("hi")], []),
+    "tools, no system": ([user("Weather in Paris?")], [WEATHER]),
+    "tools and system": ([system("Be careful."), user("Run it")], [WEATHER, PYTHON, BARE]),
+    "empty user": ([user("")], [BARE]),
+    "multi-turn with reasoning": (
+        [
+            system("sys"),
+            user("q1"),
+            assistant("a1", reasoning="Let me think.\nOK."),
+            user("q2"),
+            assistant("a2", reasoning=""),
+            user("q3"),
+        ],
+        [],
+    ),
+    "parallel calls and folded results": (
+        [
+            user("Weather in Beijing, and run code"),
+            assistant("", reasoning="Two calls needed.", calls=(CALL_ZH, CALL_PY)),
+            tool('{"temp": 21}', "get_weather"),
+            tool("héllo\n0\n1\n2", "python"),
+            assistant("It is 21 °C.", reasoning="Done."),
+            user("thanks"),
+        ],
+        [WEATHER, PYTHON],
+    ),
+    "calls with content, no reasoning": (
+        [user("go"), assistant("Calling now.", calls=(CALL_EMPTY,)), tool("")],
+        [BARE],
+    ),
+    "calls without reasoning or content": (
+        [user("go"), assistant("", calls=(CALL_EMPTY, CALL_EMPTY)), tool("a"), tool("b"), tool("c")],
+        [BARE],
+    ),
+    "three tool rounds": (
+        [
+            user("loop"),
+            assistant("", reasoning="r1", calls=(CALL_PY,)),
+            tool("out1"),
+            assistant("partial", reasoning="r2", calls=(CALL_ZH,)),
+            tool("out2"),
+            assistant("", reasoning="r3", calls=(CALL_EMPTY,)),
+            tool("out3"),
+        ],
+        [PYTHON, WEATHER, BARE],
+    ),
+    "unicode": (
+        [
+            system("システム 🌏"),
+            user("¿Qué tal? 你好 👋🏽 e\u0301 \u200b"),
+            assistant("答案是 42 ✅", reasoning="思考中… 🤔"),
+            user("Ωμέγα"),
+        ],
+        [PYTHON],
+    ),
+    "think tag inside content": (
+        [user("x"), assistant("before</think>\n\nafter</think>\nend"), user("y")],
+        [],
+    ),
+    "content starting with newlines": (
+        [user("x"), assistant("\n\nanswer\n", reasoning="r"), user("y")],
+        [],
+    ),
+    "system in the middle": ([user("a"), system("new rules"), user("b")], [WEATHER]),
+    "tool message first": ([tool("orphan result"), user("and?")], []),
+    "ends with assistant": ([user("q"), assistant("final", reasoning="because")], []),
+    "ends with assistant calls": ([user("q"), assistant("", reasoning="r", calls=(CALL_ZH,))], [WEATHER]),
+    "ends with tool results": (
+        [user("q"), assistant("", calls=(CALL_ZH,)), tool("r1"), tool("r2")],
+        [WEATHER],
+    ),
+}
+
+
+@pytest.mark.parametrize("profile", sorted(TEMPLATES))
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+def test_matches_official_template(name: str, add_generation_prompt: bool, profile: str) -> None:
+    messages, tools = CONVERSATIONS[name]
+    expected = reference(messages, tools, add_generation_prompt, profile)
+    ours = render(messages, tools, add_generation_prompt=add_generation_prompt, profile=profile)
+    assert ours == expected
+
+
+def test_known_prompt_literally() -> None:
+    """Pins the format itself, independent of the reference folder."""
+    prompt = render([user("hi")], [BARE])
+    assert prompt == (
+        "<|im_start|>system\n\n\n# Tools\n\nYou may call one or more functions to assist with the user query."
+        "\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+        '{"type": "function", "function": {"name": "noop", "description": "", "parameters": '
+        '{"type": "object", "properties": {}}}}\n</tools>\n\nFor each function call, return a json object '
+        "with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    )
+    assert prompt.endswith(GENERATION_PROMPT)
+
+
+def test_earlier_reasoning_dropped_last_kept() -> None:
+    messages = [user("q"), assistant("A1", reasoning="SECRET1"), user("q2"), assistant("A2", reasoning="R2")]
+    prompt = render(messages, add_generation_prompt=False)
+    assert "SECRET1" not in prompt
+    assert "<|im_start|>assistant\nA1<|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n<think>\nR2\n</think>\n\nA2<|im_end|>\n")
+    # the first release drops it from the last message too
+    assert render(messages, add_generation_prompt=False, profile="qwq-32b-v1").endswith(
+        "<|im_start|>assistant\nA2<|im_end|>\n"
+    )
+
+
+# --- generated conversations --------------------------------------------------------------------------
+
+_FRAGMENTS = st.sampled_from(
+    ["</think>", "<think>", "\n", "\n\n", " ", "<tool_call>", "<|im_end|>", '"', "\\", "{}", "😀", "é", "\t"]
+)
+TEXT = st.lists(st.one_of(st.text(max_size=12), _FRAGMENTS), max_size=5).map("".join)
+NAMES = st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1, max_size=12)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+ARGUMENTS = st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=4)
+CALLS = st.builds(ToolCall, name=NAMES, arguments=ARGUMENTS)
+SPECS = st.builds(
+    ToolSpec,
+    name=NAMES,
+    description=TEXT,
+    parameters=st.fixed_dictionaries(
+        {"type": st.just("object"), "properties": st.dictionaries(NAMES, JSON_VALUES, max_size=3)}
+    ),
+)
+ASSISTANTS = st.builds(
+    Message,
+    role=st.just("assistant"),
+    content=TEXT,
+    reasoning=st.none() | TEXT,
+    tool_calls=st.lists(CALLS, max_size=3),
+)
+MESSAGES = st.one_of(
+    st.builds(Message, role=st.sampled_from(["user", "system", "tool"]), content=TEXT),
+    ASSISTANTS,
+)
+CONVERSATION = st.lists(MESSAGES, min_size=1, max_size=8)
+TOOLSETS = st.lists(SPECS, max_size=3)
+QUICK = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@QUICK
+@given(
+    messages=CONVERSATION,
+    tools=TOOLSETS,
+    add_generation_prompt=st.booleans(),
+    profile=st.sampled_from(sorted(TEMPLATES)),
+)
+def test_generated_conversations_match(
+    messages: list[Message], tools: list[ToolSpec], add_generation_prompt: bool, profile: str
+) -> None:
+    expected = reference(messages, tools, add_generation_prompt, profile)
+    assert render(messages, tools, add_generation_prompt=add_generation_prompt, profile=profile) == expected
+
+
+# --- history policies and prefix caching --------------------------------------------------------------
+
+REPLIES = st.lists(
+    st.one_of(
+        st.builds(Message, role=st.just("tool"), content=TEXT),
+        st.builds(Message, role=st.just("user"), content=TEXT),
+    ),
+    min_size=1,
+    max_size=3,
+)
+MODEL_TURNS = st.builds(
+    Message,
+    role=st.just("assistant"),
+    content=TEXT,
+    reasoning=TEXT,
+    tool_calls=st.lists(CALLS, max_size=2),
+    raw=st.none() | TEXT,
+)
+# A prompt asks the model for a turn after a user or tool message, never after its own turn.
+HISTORIES = CONVERSATION.filter(lambda messages: messages[-1].role != "assistant")
+
+
+@QUICK
+@given(history=CONVERSATION, tools=TOOLSETS, turn=MODEL_TURNS, replies=REPLIES)
+def test_keep_reasoning_is_prefix_stable(
+    history: list[Message], tools: list[ToolSpec], turn: Message, replies: list[Message]
+) -> None:
+    before = render(history, tools, keep_reasoning=True)
+    after = render([*history, turn, *replies], tools, keep_reasoning=True)
+    assert after.startswith(before + model_output(turn) + "<|im_end|>\n")
+
+
+@QUICK
+@given(history=HISTORIES, tools=TOOLSETS, turn=MODEL_TURNS, replies=REPLIES)
+def test_default_policy_history_text(
+    history: list[Message], tools: list[ToolSpec], turn: Message, replies: list[Message]
+) -> None:
+    """Turn N+1 shares turn N's prompt only up to `<|im_start|>assistant\\n`; then comes the history text."""
+    before = render(history, tools)
+    after = render([*history, turn, *replies], tools)
+    stem = before.removesuffix(GENERATION_PROMPT)
+    assert after.startswith(stem + render_assistant_turn(turn))
+
+
+def test_default_policy_breaks_prefix_where_documented() -> None:
+    turn = assistant("The answer is 4.", reasoning="2+2=4")
+    before = render([user("2+2?")])
+    after = render([user("2+2?"), turn, user("and 3+3?")])
+    assert not after.startswith(before + model_output(turn))
+    assert after.startswith(before.removesuffix("<think>\n"))
+    assert render_assistant_turn(turn) == "<|im_start|>assistant\nThe answer is 4.<|im_end|>\n"
+
+
+def test_keep_reasoning_writes_raw_verbatim() -> None:
+    raw = 'odd  spacing</think>\n<tool_call>\n{"name":"noop","arguments":{}}\n</tool_call>'
+    turn = Message(role="assistant", content="", reasoning="odd  spacing", tool_calls=[CALL_EMPTY], raw=raw)
+    before = render([user("go")], [BARE], keep_reasoning=True)
+    after = render([user("go"), turn, tool("done")], [BARE], keep_reasoning=True)
+    assert after.startswith(before + raw + "<|im_end|>\n")
+    # the default policy follows the official template and ignores raw
+    assert render_assistant_turn(turn) == (
+        '<|im_start|>assistant\n\n<tool_call>\n{"name": "noop", "arguments": {}}\n</tool_call><|im_end|>\n'
+    )
+
+
+def test_model_output_canonical_form() -> None:
+    turn = assistant("", reasoning="need weather", calls=(CALL_ZH,))
+    assert model_output(turn) == (
+        'need weather\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": '
+        '{"city": "北京", "unit": "celsius"}}\n</tool_call>'
+    )
+    with pytest.raises(ValueError):
+        model_output(assistant("x"))
+    with pytest.raises(ValueError):
+        model_output(user("x"))
+
+
+# --- QwQ-32B-Preview -------------------------------------------------------------------------------------
+
+PREVIEW_SYSTEM = "You are a helpful and harmless assistant. You are Qwen developed by Alibaba. You should think step-by-step."
+
+
+def test_preview_default_system_and_plain_generation_prompt() -> None:
+    assert render([user("hi")], profile="qwq-32b-preview") == (
+        f"<|im_start|>system\n{PREVIEW_SYSTEM}<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    with_tools = render([user("hi")], [BARE], profile="qwq-32b-preview")
+    assert with_tools.startswith(f"<|im_start|>system\n{PREVIEW_SYSTEM}\n\n# Tools\n")
+    assert render([system("S"), user("hi")], profile="qwq-32b-preview").startswith(
+        "<|im_start|>system\nS<|im_end|>"
+    )
+
+
+def test_preview_keeps_content_verbatim() -> None:
+    messages = [user("q"), assistant("x</think>\n\ny", reasoning="hidden"), user("q2")]
+    prompt = render(messages, profile="qwq-32b-preview")
+    assert "<|im_start|>assistant\nx</think>\n\ny<|im_end|>\n" in prompt
+    assert "hidden" not in prompt
+
+
+def test_profiles_are_data() -> None:
+    custom = ChatProfile(name="custom", default_system="Be brief.", think=False)
+    assert render([user("hi")], profile=custom) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert get_profile("qwq-32b") is PROFILES["qwq-32b"]
+    with pytest.raises(ValueError, match="unknown chat profile"):
+        get_profile("nope")
