@@ -98,6 +98,9 @@ def _expand(err: SchemaError) -> list[SchemaError]:
 def describe_schema_errors(errors: list[SchemaError], *, limit: int = 10) -> list[str]:
     """One line per validation error, ordered by path, capped at `limit` (with a count of the rest)."""
     expanded = [e for err in errors for e in _expand(err)]
+    # `{"type": "string", "enum": [...]}` fails twice for 1; the enum line already says it all.
+    has_enum = {tuple(e.absolute_path) for e in expanded if e.validator in ("enum", "const")}
+    expanded = [e for e in expanded if not (e.validator == "type" and tuple(e.absolute_path) in has_enum)]
     ordered = sorted(expanded, key=lambda e: (list(map(str, e.absolute_path)), str(e.validator)))
     lines = [_error_line(e) for e in ordered[:limit]]
     if len(ordered) > limit:

@@ -1,0 +1,304 @@
+"""Typed tools (`@tool`, `FunctionTool.from_model`) and the `ToolRegistry`."""
+
+import asyncio
+import datetime as dt
+import threading
+from typing import Literal
+
+import pytest
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, Field
+
+from qwq_agent.agent.messages import ToolCall
+from qwq_agent.protocols import Tool, ToolContext, ToolOutput
+from qwq_agent.tools.base import FunctionTool, ToolArgumentsError, parse_docstring, to_tool_output, tool
+from qwq_agent.tools.registry import ToolRegistry
+
+
+class Location(BaseModel):
+    """A place on Earth."""
+
+    lat: float
+    lon: float
+    label: str | None = None
+
+
+@tool
+def search(
+    ctx: ToolContext,
+    query: str,
+    mode: Literal["fast", "deep"] = "fast",
+    limit: int | None = None,
+    tags: list[str] | None = None,
+    near: Location | None = None,
+) -> dict:
+    """Search the index.
+
+    Returns the best hits first.
+
+    Args:
+        query: What to look for.
+        mode (str): How hard to look;
+            deep is slower.
+        limit: At most this many hits.
+
+    Returns:
+        The hits.
+    """
+    return {"query": query, "mode": mode, "limit": limit, "call_id": ctx.call_id, "near": near}
+
+
+@tool(name="multiply", description="Multiply two numbers.")
+async def mul(a: int, b: float = 2.0) -> float:
+    """Numpy-style docstring.
+
+    Parameters
+    ----------
+    a : int
+        The first factor.
+    b : float
+        The second factor.
+    """
+    return a * b
+
+
+class Ticket(BaseModel):
+    """Open a support ticket."""
+
+    title: str = Field(description="One line summary.")
+    priority: Literal["low", "high"] = "low"
+
+
+def open_ticket(ticket: Ticket) -> str:
+    return f"opened {ticket.title!r} ({ticket.priority})"
+
+
+# -- schemas ---------------------------------------------------------------------------------------
+
+
+def test_schema_from_type_hints_and_docstring():
+    spec = search.spec
+    assert spec.name == "search"
+    assert spec.description == "Search the index.\n\nReturns the best hits first."
+    params = spec.parameters
+    Draft202012Validator.check_schema(params)
+    assert params["required"] == ["query"]
+    assert "ctx" not in params["properties"]  # the context is injected, never shown
+    props = params["properties"]
+    assert props["query"] == {"type": "string", "description": "What to look for."}
+    assert props["mode"]["enum"] == ["fast", "deep"] and props["mode"]["default"] == "fast"
+    assert props["mode"]["description"] == "How hard to look; deep is slower."
+    assert props["limit"]["anyOf"] == [{"type": "integer"}, {"type": "null"}]
+    assert props["limit"]["description"] == "At most this many hits."
+    assert {"type": "array", "items": {"type": "string"}} in props["tags"]["anyOf"]
+    assert params["$defs"]["Location"]["required"] == ["lat", "lon"]
+    assert params["additionalProperties"] is False
+    assert "title" not in params and "title" not in props["query"]
+
+
+def test_decorator_with_arguments_and_numpy_docstring():
+    assert mul.spec.name == "multiply"
+    assert mul.spec.description == "Multiply two numbers."
+    props = mul.spec.parameters["properties"]
+    assert props["a"]["description"] == "The first factor."
+    assert props["b"] == {"type": "number", "default": 2.0, "description": "The second factor."}
+
+
+def test_parse_docstring_google_with_types_and_continuations():
+    desc, args = parse_docstring(
+        """Do a thing.
+
+        Args:
+            path (str): Where.
+            *names: Which
+                ones.
+        Raises:
+            ValueError: never an argument.
+        """
+    )
+    assert desc == "Do a thing."
+    assert args == {"path": "Where.", "names": "Which ones."}
+
+
+def test_single_model_argument_is_flattened():
+    t = tool(open_ticket)
+    params = t.spec.parameters
+    assert set(params["properties"]) == {"title", "priority"}
+    assert params["properties"]["title"]["description"] == "One line summary."
+    assert t.spec.description == "Open a support ticket."
+
+
+def test_function_tools_satisfy_the_protocol():
+    assert isinstance(search, Tool) and isinstance(FunctionTool.from_model(Ticket, open_ticket), Tool)
+
+
+# -- calling ---------------------------------------------------------------------------------------
+
+
+async def test_sync_tool_gets_context_and_nested_models():
+    out = await search({"query": "q", "near": {"lat": 1.5, "lon": 2}}, ToolContext(call_id="c7"))
+    assert out.is_error is False
+    assert '"call_id": "c7"' in out.text
+    assert '"near": {"lat": 1.5, "lon": 2.0, "label": null}' in out.text
+
+
+async def test_sync_tools_run_off_the_event_loop():
+    seen = {}
+
+    @tool
+    def where() -> str:
+        seen["thread"] = threading.current_thread()
+        return "ok"
+
+    assert (await where({}, ToolContext())).text == "ok"
+    assert seen["thread"] is not threading.main_thread()
+
+
+async def test_async_tool_and_defaults():
+    out = await mul({"a": 3}, ToolContext())
+    assert out.text == "6.0"
+
+
+async def test_from_model_sync_and_async_with_context():
+    t = FunctionTool.from_model(Ticket, open_ticket, name="ticket")
+    assert t.spec.name == "ticket"
+    assert (await t({"title": "Disk full"}, ToolContext())).text == "opened 'Disk full' (low)"
+
+    async def with_ctx(ctx: ToolContext, ticket: Ticket) -> str:
+        return f"{ctx.run_id}:{ticket.priority}"
+
+    t2 = FunctionTool.from_model(Ticket, with_ctx)
+    assert (await t2({"title": "x", "priority": "high"}, ToolContext(run_id="r1"))).text == "r1:high"
+
+
+def test_return_values_are_converted():
+    out = ToolOutput(text="img", images=["AAAA"])
+    assert to_tool_output(out) is out
+    assert to_tool_output("plain").text == "plain"
+    assert to_tool_output({"a": [1, "é"]}).text == '{"a": [1, "é"]}'
+    assert to_tool_output(Location(lat=1, lon=2)).text == '{"lat": 1.0, "lon": 2.0, "label": null}'
+    assert to_tool_output(dt.date(2026, 1, 2)).text == '"2026-01-02"'
+    assert to_tool_output(None).text == "null"
+
+
+async def test_direct_call_with_bad_arguments_raises_argument_error():
+    with pytest.raises(ToolArgumentsError, match="query"):
+        await search({}, ToolContext())
+
+
+# -- registry --------------------------------------------------------------------------------------
+
+
+@tool
+def fail(message: str) -> str:
+    """Always fails."""
+    raise ValueError(f"bad input: {message}")
+
+
+@tool(timeout=0.05)
+async def slow() -> str:
+    await asyncio.sleep(5)
+    return "never"
+
+
+def registry() -> ToolRegistry:
+    return ToolRegistry([search, mul, fail, slow, tool(open_ticket)])
+
+
+def test_specs_in_order_and_duplicates_rejected():
+    reg = registry()
+    assert [s.name for s in reg.specs()] == ["search", "multiply", "fail", "slow", "open_ticket"]
+    assert "search" in reg and len(reg) == 5 and reg.get("nope") is None
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add(search)
+
+
+async def test_registry_runs_a_valid_call_with_the_call_id():
+    out = await registry().call(ToolCall(id="call_3", name="search", arguments={"query": "x"}))
+    assert not out.is_error and '"call_id": "call_3"' in out.text
+
+
+async def test_unknown_tool_lists_available_and_close_matches():
+    out = await registry().call(ToolCall(id="c", name="serach", arguments={}))
+    assert out.is_error
+    assert "Unknown tool 'serach'" in out.text
+    assert "Did you mean: search?" in out.text
+    assert "search, multiply, fail, slow, open_ticket" in out.text
+
+
+async def test_all_argument_errors_are_reported_with_paths_expected_and_given():
+    args = {"query": 3, "mode": "fastest", "limit": "5", "extra": True, "near": {"lat": "north"}}
+    out = await registry().call(ToolCall(name="search", arguments=args))
+    assert out.is_error and out.metadata["error"] == "invalid_arguments"
+    lines = out.text.splitlines()
+    assert lines[0] == "Invalid arguments for tool 'search':"
+    assert "- $: unexpected argument(s) 'extra'; allowed: limit, mode, near, query, tags" in lines
+    assert "- $.query: expected string, got 3" in lines
+    assert '- $.mode: expected one of "fast", "deep", got "fastest"' in lines
+    assert '- $.limit: expected integer or null, got "5"' in lines  # not coerced to 5
+    assert '- $.near.lat: expected number, got "north"' in lines
+    assert "- $.near.lon: missing required argument (expected number)" in lines
+
+
+async def test_missing_required_argument_and_error_cap():
+    reg = ToolRegistry([search], max_errors=2)
+    out = await reg.call(ToolCall(name="search", arguments={"mode": 1, "limit": "x", "tags": 5}))
+    assert out.is_error
+    assert out.text.count("\n- $") == 2
+    assert out.text.endswith("\n- ... and 2 more")
+    assert "expected string, got 1" not in out.text  # one line for mode (the enum), not two
+    out = await reg.call(ToolCall(name="search", arguments={}))
+    assert "- $.query: missing required argument (expected string)" in out.text
+
+
+async def test_nested_unknown_keys_are_reported_not_dropped():
+    out = await registry().call(
+        ToolCall(name="search", arguments={"query": "q", "near": {"lat": 1, "lon": 2, "x": 0}})
+    )
+    assert out.is_error and "'x'" in out.text
+
+
+async def test_exception_becomes_an_error_observation():
+    out = await registry().call(ToolCall(name="fail", arguments={"message": "boom"}))
+    assert out.is_error and out.metadata["exception_type"] == "ValueError"
+    assert out.text.startswith("Tool 'fail' raised ValueError: bad input: boom")
+    assert "Traceback (last lines):" in out.text and 'raise ValueError(f"bad input: {message}")' in out.text
+
+
+async def test_timeouts_per_tool_and_per_registry():
+    out = await registry().call(ToolCall(name="slow", arguments={}))
+    assert out.is_error and out.metadata["error"] == "timeout"
+    assert "timed out after 0.05 s" in out.text
+
+    async def sleepy() -> str:
+        await asyncio.sleep(5)
+        return "never"
+
+    reg = ToolRegistry([tool(sleepy)], timeout=0.05)
+    assert (await reg.call(ToolCall(name="sleepy", arguments={}))).metadata["error"] == "timeout"
+    reg = ToolRegistry([tool(sleepy)], timeout=None)
+    out = await reg.call(ToolCall(name="sleepy", arguments={}), timeout=0.05)
+    assert out.is_error and "0.05 s" in out.text
+
+
+async def test_third_party_tool_returning_plain_values_is_normalised():
+    class Echo:
+        spec = FunctionTool(lambda text: text, name="echo").spec
+
+        async def __call__(self, arguments, context):
+            return {"echo": arguments["text"], "call": context.call_id}
+
+    reg = ToolRegistry([Echo()])
+    out = await reg.call(ToolCall(id="c1", name="echo", arguments={"text": "hi"}))
+    assert out == ToolOutput(text='{"echo": "hi", "call": "c1"}')
+
+
+def test_registry_rejects_an_invalid_schema():
+    class Broken:
+        spec = FunctionTool(lambda: None, name="broken").spec.model_copy(update={"parameters": {"type": 5}})
+
+        async def __call__(self, arguments, context):
+            return ToolOutput(text="")
+
+    with pytest.raises(Exception, match="5"):
+        ToolRegistry([Broken()])
