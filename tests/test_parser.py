@@ -1,6 +1,9 @@
 """The streaming parser of QwQ output and the tool-call repairs."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -296,3 +299,59 @@ def test_valid_calls_round_trip_under_any_chunking(args, sizes):
     events = [e for e in feed_chunks(text, sizes) if isinstance(e, ToolCallParsed)]
     assert len(events) == 1
     assert events[0].call.arguments == args and events[0].repairs == []
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, stdin: str = "") -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(
+        [sys.executable, "-m", "qwq_agent.cli.main", "parse", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
+SAMPLE = (
+    "hmm <tool_call>x</tool_call>\n</think>\n\nOK " + '<tool_call>\n{"name": "f", "arguments": {"a": 1,}}\n'
+)
+
+
+def test_cli_parses_stdin_to_json():
+    proc = run_cli(stdin=SAMPLE)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["reasoning"] == "hmm <tool_call>x</tool_call>"
+    assert out["content"] == "OK"
+    assert out["tool_calls"] == [{"id": "call_0", "name": "f", "arguments": {"a": 1}}]
+    assert out["reasoning_tool_calls"] == ["x"]
+    assert out["repairs"]["call_0"] == [
+        "added the missing </tool_call> at the end of the output",
+        "removed a trailing comma",
+    ]
+
+
+def test_cli_reads_a_file_and_prints_events(tmp_path):
+    f = tmp_path / "out.txt"
+    f.write_text(SAMPLE, encoding="utf-8")
+    proc = run_cli(str(f), "--events", "--compact")
+    assert proc.returncode == 0, proc.stderr
+    kinds = [e["kind"] for e in json.loads(proc.stdout)]
+    assert kinds == [
+        "reasoning",
+        "tool_call_in_reasoning",
+        "reasoning",
+        "reasoning_end",
+        "content",
+        "tool_call",
+    ]
+    assert len(proc.stdout.strip().splitlines()) == 1
+
+
+def test_cli_missing_file_is_a_clear_error(tmp_path):
+    proc = run_cli(str(tmp_path / "nope.txt"))
+    assert proc.returncode == 2
+    assert "cannot read" in proc.stderr and proc.stdout == ""

@@ -1,0 +1,51 @@
+"""`qwq-agent parse [FILE]`: show how a raw QwQ output is parsed (reasoning, content, calls, repairs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `parse` sub-command."""
+    p = subparsers.add_parser(
+        "parse",
+        help="parse a raw model output and print it as JSON",
+        description=(
+            "Parse a raw QwQ output (the completion after the generation prompt's '<think>\\n') into "
+            "reasoning, content, tool calls, call errors and repairs, and print it as JSON. "
+            "Useful to see why a prompt's tool calls are not picked up."
+        ),
+    )
+    p.add_argument("file", nargs="?", default="-", help="file with the raw output; '-' or none for stdin")
+    p.add_argument(
+        "--events", action="store_true", help="print the stream events (deltas merged) instead of the result"
+    )
+    p.add_argument("--compact", action="store_true", help="one line of JSON instead of indented")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the output, parse it and print JSON; exit 2 when the file cannot be read."""
+    import json
+
+    from qwq_agent.agent.parser import StreamParser, merge_deltas
+
+    try:
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.file, encoding="utf-8") as fh:
+                text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"qwq-agent parse: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+
+    parser = StreamParser()
+    events = parser.feed(text) + parser.close()
+    if args.events:
+        payload = [e.model_dump(mode="json") for e in merge_deltas(events)]
+    else:
+        payload = parser.result().model_dump(mode="json")
+    print(json.dumps(payload, ensure_ascii=False, indent=None if args.compact else 2))
+    return 0
