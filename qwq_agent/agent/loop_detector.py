@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, deque
+from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -48,7 +49,7 @@ class LoopDetectorConfig(BaseModel):
         400, ge=20, description="How many of the most recent n-grams the repeated share is taken over."
     )
     ngram_share_threshold: float = Field(
-        0.8,
+        0.9,
         gt=0,
         le=1,
         description="Share of the window's n-grams already seen earlier in the reasoning at or above "
@@ -72,16 +73,16 @@ class LoopDetectorConfig(BaseModel):
         0.5,
         ge=0,
         le=1,
-        description="A near-duplicate counts as a repeated attempt only if at least this share of its "
-        "digits belongs to numbers already seen: steady work (long multiplication) reuses the "
-        "wording but keeps producing new numbers, a loop keeps recomputing the same ones.",
+        description="A near-duplicate counts as a repeated attempt only if its numbers also agree with "
+        "the earlier segment's for at least this share of their digits: steady work (long "
+        "multiplication) reuses the wording but produces new numbers, a loop recomputes the same ones.",
     )
     lookback_segments: int = Field(
         300, ge=1, description="How many earlier segments a new one is compared against."
     )
-    attempt_window: int = Field(12, ge=2, description="How many recent segments the repeat share uses.")
+    attempt_window: int = Field(20, ge=2, description="How many recent segments the repeat share uses.")
     attempt_share_threshold: float = Field(
-        0.5,
+        0.7,
         gt=0,
         le=1,
         description="Share of the recent segments that are repeated attempts at or above which the "
@@ -126,6 +127,26 @@ _BOUNDARY = re.compile(r"[.!?。！？]+(?=\s)|\n")
 _MAX_PENDING = 2000
 
 
+def _number_overlap(a: list[str], b: list[str]) -> float:
+    """How much two segments' number sequences agree, weighted by digits (1.0 when neither has any).
+
+    Consecutive pairs are compared, not single numbers, so that tracing a program (the same values
+    in a changing order) reads as progress; weighting by digits makes two steps of a long
+    multiplication differ, since they share the one-digit multipliers but not the long products.
+    """
+    if not a and not b:
+        return 1.0
+    pa = list(pairwise(a)) or [(n,) for n in a]
+    pb = list(pairwise(b)) or [(n,) for n in b]
+    ca, cb = Counter(pa), Counter(pb)
+
+    def digits(pairs: Counter[tuple[str, ...]]) -> int:
+        return sum(c * sum(map(len, p)) for p, c in pairs.items())
+
+    common = sum(min(ca[p], cb[p]) * sum(map(len, p)) for p in ca.keys() & cb.keys())
+    return common / max(digits(ca), digits(cb))
+
+
 class _Segment:
     __slots__ = ("numbers", "shingles")
 
@@ -166,7 +187,6 @@ class ReasoningLoopDetector:
         self._seg_words: list[str] = []
         self._segments: deque[tuple[int, _Segment]] = deque()
         self._index: dict[tuple[str, ...], set[int]] = {}
-        self._numbers_seen: Counter[str] = Counter()
         self._next_id = 0
         self._attempt_flags: deque[bool] = deque()
         self._attempt_repeats = 0
@@ -253,20 +273,14 @@ class ReasoningLoopDetector:
         if not overlap:
             return False
         by_id = dict(self._segments)
-        best = 0.0
         for seg_id, common in overlap.items():
-            other = by_id[seg_id].shingles
-            best = max(best, common / (len(shingles) + len(other) - common))
-        if best < cfg.similarity_threshold:
-            return False
-        return self._number_reuse(numbers) >= cfg.number_reuse_threshold
-
-    def _number_reuse(self, numbers: list[str]) -> float:
-        # Weighted by digits: a new six-digit partial product is real progress, a re-used "3" is not.
-        total = sum(len(n) for n in numbers)
-        if total == 0:
-            return 1.0
-        return sum(len(n) for n in numbers if self._numbers_seen[n] > 0) / total
+            other = by_id[seg_id]
+            jaccard = common / (len(shingles) + len(other.shingles) - common)
+            if jaccard >= cfg.similarity_threshold and (
+                _number_overlap(numbers, other.numbers) >= cfg.number_reuse_threshold
+            ):
+                return True
+        return False
 
     def _store(self, seg: _Segment) -> None:
         seg_id = self._next_id
@@ -274,7 +288,6 @@ class ReasoningLoopDetector:
         self._segments.append((seg_id, seg))
         for sh in seg.shingles:
             self._index.setdefault(sh, set()).add(seg_id)
-        self._numbers_seen.update(seg.numbers)
         if len(self._segments) > self.config.lookback_segments:
             old_id, old = self._segments.popleft()
             for sh in old.shingles:
@@ -282,7 +295,6 @@ class ReasoningLoopDetector:
                 ids.discard(old_id)
                 if not ids:
                     del self._index[sh]
-            self._numbers_seen.subtract(old.numbers)
 
     # ---- escalation ----------------------------------------------------------------------------
 
