@@ -23,3 +23,7 @@ __all__ = [
     "ServerInfo",
     "sampling_payload",
 ]
+
+from qwq_agent.agent.clients.openai_chat import OpenAIChatClient, Secret
+
+__all__ += ["OpenAIChatClient", "Secret"]

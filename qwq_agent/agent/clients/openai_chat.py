@@ -1,0 +1,382 @@
+"""Client for OpenAI-compatible `/v1/chat/completions` servers, re-serialised into QwQ's raw format.
+
+Works with SGLang's and vLLM's OpenAI servers, Alibaba Cloud Model Studio (DashScope) compatible mode and
+others. The server parses reasoning and tool calls; this client writes them back as QwQ writes them::
+
+    reasoning\\n</think>\\n\\ncontent\\n<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>
+
+so the agent loop parses a single format whatever the backend.
+
+Configuration, first found wins:
+    base URL: `base_url` argument, `QWQ_OPENAI_BASE_URL`, `OPENAI_BASE_URL`.
+    API key:  `api_key` argument, `QWQ_OPENAI_API_KEY`, `OPENAI_API_KEY`, `DASHSCOPE_API_KEY` (none: no
+              Authorization header, as local SGLang/vLLM servers need none).
+    model:    `model` argument, `QWQ_OPENAI_MODEL`, "qwq-32b".
+The key is kept out of `repr`, logs, exceptions and tracebacks: it is held in a `Secret` and only put
+into the header of each outgoing request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from typing import Any
+
+import httpx
+
+from qwq_agent.agent.clients._sse import DONE, iter_sse_json
+from qwq_agent.agent.clients.errors import (
+    ModelConnectionError,
+    ModelError,
+    ModelProtocolError,
+    ModelServerError,
+    ModelTimeoutError,
+)
+from qwq_agent.agent.clients.retry import RetryPolicy
+from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
+
+KEY_ENV_VARS = ("QWQ_OPENAI_API_KEY", "OPENAI_API_KEY", "DASHSCOPE_API_KEY")
+URL_ENV_VARS = ("QWQ_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+
+
+class Secret:
+    """A string that never shows itself in `repr`/`str` (API keys)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that must send it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret is not picklable")
+
+
+def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[dict[str, Any]]:
+    """Our messages as OpenAI chat messages (assistant `tool_calls`, `tool` role results).
+
+    Reasoning of earlier turns is not sent: QwQ's template drops it from history anyway.
+    """
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "assistant":
+            item: dict[str, Any] = {"role": "assistant", "content": m.content or ""}
+            if m.tool_calls:
+                item["tool_calls"] = [
+                    {
+                        "id": c.id or f"call_{k}",
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)},
+                    }
+                    for k, c in enumerate(m.tool_calls)
+                ]
+            out.append(item)
+        elif m.role == "tool":
+            item = {"role": "tool", "content": m.content, "tool_call_id": m.tool_call_id or ""}
+            if m.name:
+                item["name"] = m.name
+            out.append(item)
+        else:
+            out.append({"role": m.role, "content": m.content})
+    if prefix:
+        out.append({"role": "assistant", "content": prefix})
+    return out
+
+
+def to_openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    """Tool specs as OpenAI `tools` entries."""
+    return [
+        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+        for t in tools
+    ]
+
+
+def format_tool_call(name: str, arguments: str) -> str:
+    """One call in QwQ's format; arguments that are not JSON are kept verbatim for the parser to flag."""
+    try:
+        parsed = json.loads(arguments) if arguments.strip() else {}
+        body = json.dumps({"name": name, "arguments": parsed}, ensure_ascii=False)
+    except json.JSONDecodeError:
+        body = '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": ' + arguments + "}"
+    return f"<tool_call>\n{body}\n</tool_call>"
+
+
+class OpenAIChatClient:
+    """Async client for an OpenAI-compatible chat API; implements the `Model` protocol.
+
+    Args:
+        base_url: the API root, with or without `/v1` (e.g. `http://127.0.0.1:30000/v1` or
+            `https://dashscope-intl.aliyuncs.com/compatible-mode/v1`); see the module doc for defaults.
+        model: the model name the server knows.
+        api_key: bearer token; see the module doc for defaults.
+        retry: backoff for connection errors and 5xx/429 answers that arrive before any output.
+        extra_sampling: also send `top_k`/`min_p` (SGLang, vLLM and DashScope accept them; strict
+            OpenAI servers may not).
+        extra_body: more fields merged into every request body.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        *,
+        name: str | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 600.0,
+        retry: RetryPolicy | None = None,
+        extra_sampling: bool = True,
+        extra_body: dict[str, Any] | None = None,
+        max_connections: int = 1024,
+    ) -> None:
+        url = base_url or next((os.environ[v] for v in URL_ENV_VARS if os.environ.get(v)), None)
+        if not url:
+            raise ValueError(f"no base URL: pass base_url or set {URL_ENV_VARS[0]}")
+        url = url.rstrip("/")
+        self.base_url = url if url.endswith("/v1") else url + "/v1"
+        self.model = model or os.environ.get("QWQ_OPENAI_MODEL") or "qwq-32b"
+        self.name = name or self.model
+        key = api_key or next((os.environ[v] for v in KEY_ENV_VARS if os.environ.get(v)), None)
+        self._key = Secret(key) if key else None
+        self.retry = retry or RetryPolicy()
+        self.extra_sampling = extra_sampling
+        self.extra_body = dict(extra_body or {})
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=None),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIChatClient({self.base_url!r}, model={self.model!r}, api_key={'***' if self._key else None})"
+
+    async def __aenter__(self) -> OpenAIChatClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._key.reveal()}"} if self._key else {}
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key.reveal(), "***") if self._key else text
+
+    async def list_models(self) -> list[str]:
+        """Model ids from `/v1/models`."""
+        try:
+            response = await self._http.get("/models", headers=self._headers())
+        except httpx.HTTPError as exc:
+            raise ModelConnectionError(f"GET /models failed: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            raise ModelServerError(
+                f"GET /models answered {response.status_code}", status_code=response.status_code,
+                body=self._redact(response.text[:500]),
+            )
+        try:
+            return [m["id"] for m in response.json()["data"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelProtocolError("GET /models: unexpected answer") from exc
+
+    def request_body(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], params: SamplingParams, prefix: str = ""
+    ) -> dict[str, Any]:
+        """The JSON body `stream()` sends."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": to_openai_messages(messages, prefix),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if tools:
+            body["tools"] = to_openai_tools(tools)
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if self.extra_sampling:
+            body["top_k"] = params.top_k
+            body["min_p"] = params.min_p
+        if params.json_schema:
+            schema = json.loads(params.json_schema)
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+        if params.regex:
+            body["regex"] = params.regex
+        if params.ebnf:
+            body["ebnf"] = params.ebnf
+        if prefix:
+            # vLLM and SGLang continue a trailing assistant message instead of opening a new one
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        body.update(self.extra_body)
+        return body
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        params: SamplingParams,
+        *,
+        prefix: str = "",
+    ) -> AsyncIterator[ModelEvent]:
+        """Stream one chat completion as QwQ raw-format `TextDelta`s, then one `Completion`."""
+        body = self.request_body(messages, tools, params, prefix)
+        delays = self.retry.delays()
+        while True:
+            emitted = False
+            try:
+                async with aclosing(self._stream_once(body)) as events:
+                    async for event in events:
+                        emitted = True
+                        yield event
+                return
+            except ModelError as exc:
+                retryable = exc.retryable if isinstance(exc, ModelServerError) else (
+                    isinstance(exc, ModelConnectionError) and not isinstance(exc, ModelTimeoutError)
+                )
+                delay = next(delays, None) if retryable and not emitted else None
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+
+    async def _stream_once(self, body: dict[str, Any]) -> AsyncIterator[ModelEvent]:
+        started = time.perf_counter()
+        writer = _RawWriter()
+        ttft: float | None = None
+        usage: dict[str, Any] = {}
+        finish: str | None = None
+        done = False
+        request = self._http.build_request("POST", "/chat/completions", json=body, headers=self._headers())
+        try:
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.TimeoutException:
+                raise ModelTimeoutError("/chat/completions timed out before answering") from None
+            except httpx.HTTPError as exc:
+                # `from None`: httpx's exceptions carry the request, and its headers carry the key
+                raise ModelConnectionError(f"/chat/completions failed: {type(exc).__name__}") from None
+            try:
+                if response.status_code >= 400:
+                    text = self._redact((await _read_quietly(response))[:500])
+                    raise ModelServerError(
+                        f"/chat/completions answered {response.status_code}: {text}",
+                        status_code=response.status_code, body=text,
+                    )
+                async for event in iter_sse_json(response):
+                    if event is DONE:
+                        done = True
+                        break
+                    assert isinstance(event, dict)
+                    if "error" in event:
+                        err = event["error"] if isinstance(event["error"], dict) else {"message": event["error"]}
+                        code = err.get("code") if isinstance(err.get("code"), int) else None
+                        raise ModelServerError(
+                            f"server error mid-stream: {self._redact(str(err.get('message')))}", status_code=code
+                        )
+                    if isinstance(event.get("usage"), dict):
+                        usage = event["usage"]
+                    for choice in event.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        piece = writer.feed(delta)
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                        if piece:
+                            ttft = ttft if ttft is not None else time.perf_counter() - started
+                            yield TextDelta(text=piece)
+            finally:
+                await response.aclose()
+            if not done and finish is None:
+                raise ModelConnectionError("stream ended before the server finished")
+            tail = writer.finish()
+            if tail:
+                ttft = ttft if ttft is not None else time.perf_counter() - started
+                yield TextDelta(text=tail)
+        except ModelError as exc:
+            exc.partial_text = exc.partial_text or writer.text
+            raise
+        details = usage.get("prompt_tokens_details") or {}
+        yield Completion(
+            text=writer.text,
+            prompt=None,
+            usage=Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                cached_tokens=int((details.get("cached_tokens") if isinstance(details, dict) else 0) or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                finish_reason=finish,
+                ttft_s=ttft,
+                latency_s=time.perf_counter() - started,
+            ),
+        )
+
+
+class _RawWriter:
+    """Turns chat deltas into QwQ's raw text, in order: reasoning, `</think>`, content, tool calls."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self._reasoning = False
+        self._closed_think = False
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def feed(self, delta: dict[str, Any]) -> str:
+        out = ""
+        # vLLM has called the field both `reasoning_content` and `reasoning`
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning and not self._closed_think:
+            self._reasoning = True
+            out += reasoning
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            out += self._close_think(out) + content
+        for call in delta.get("tool_calls") or []:
+            slot = self._calls.setdefault(int(call.get("index", len(self._calls))), {"name": "", "arguments": ""})
+            fn = call.get("function") or {}
+            slot["name"] += fn.get("name") or ""
+            slot["arguments"] += fn.get("arguments") or ""
+        self.text += out
+        return out
+
+    def _close_think(self, pending: str) -> str:
+        # Without any reasoning_content the server did not split reasoning off (no reasoning parser): its
+        # content is QwQ's raw text already, `</think>` included.
+        if not self._reasoning or self._closed_think:
+            return ""
+        self._closed_think = True
+        before = self.text + pending
+        return ("" if before.endswith("\n") else "\n") + "</think>\n\n"
+
+    def finish(self) -> str:
+        """The tool calls, written once their arguments are complete."""
+        if not self._calls:
+            return ""
+        out = self._close_think("")
+        if self.text.strip() and not (self.text + out).endswith("\n"):
+            out += "\n"
+        out += "\n".join(format_tool_call(c["name"], c["arguments"]) for _, c in sorted(self._calls.items()))
+        self.text += out
+        return out
+
+
+async def _read_quietly(response: httpx.Response) -> str:
+    try:
+        return (await response.aread()).decode("utf-8", "replace")
+    except httpx.HTTPError:
+        return ""

@@ -1,0 +1,128 @@
+"""OpenAIChatClient against the scripted server's `/v1/chat/completions` over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+
+import pytest
+
+from qwq_agent.agent.clients import ModelConnectionError, ModelServerError, OpenAIChatClient, RetryPolicy
+from qwq_agent.agent.messages import Message, ToolCall, ToolSpec
+from qwq_agent.protocols import Completion, SamplingParams, TextDelta
+from qwq_agent.testing.scripted_server import ScriptedModelServer, Turn
+
+FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.0, jitter=0.0)
+KEY = "sk-test-0123456789abcdef-SECRET"
+TOOLS = [ToolSpec(name="add", description="Add two integers",
+                  parameters={"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                              "required": ["a", "b"]})]
+CALL_TURN = 'I should add.\n</think>\n\n<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 2}}\n</tool_call>'
+
+
+async def collect(agen):
+    deltas, completion = [], None
+    async for event in agen:
+        if isinstance(event, TextDelta):
+            deltas.append(event.text)
+        else:
+            completion = event
+    assert isinstance(completion, Completion)
+    assert "".join(deltas) == completion.text
+    return completion
+
+
+async def test_tool_call_is_reserialised_into_qwq_raw_format():
+    async with ScriptedModelServer([CALL_TURN]) as server:
+        async with OpenAIChatClient(server.url, model="qwq-32b") as client:
+            done = await collect(client.stream([Message(role="user", content="2+2?")], TOOLS, SamplingParams()))
+    assert done.text == CALL_TURN
+    assert done.usage.finish_reason == "tool_calls"
+    assert done.usage.prompt_tokens == len(server.requests[0].prompt_ids)
+    body = server.requests[0].body
+    assert body["tools"][0]["function"]["name"] == "add"
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["temperature"] == 0.6 and body["top_p"] == 0.95 and body["top_k"] == 40
+
+
+async def test_reasoning_and_content_become_think_block_and_answer():
+    turn = "Two and two.\n</think>\n\nIt is 4."
+    async with ScriptedModelServer([turn]) as server, OpenAIChatClient(server.url) as client:
+        done = await collect(client.stream([Message(role="user", content="2+2?")], [], SamplingParams()))
+    assert done.text == turn and done.usage.finish_reason == "stop"
+
+
+async def test_history_is_sent_as_openai_messages_and_cache_is_reported():
+    first = [Message(role="system", content="You add numbers. " * 20), Message(role="user", content="2+2?")]
+    second = [
+        *first,
+        Message(role="assistant", content="", reasoning="I should add.",
+                tool_calls=[ToolCall(id="call_0", name="add", arguments={"a": 2, "b": 2})]),
+        Message(role="tool", content="4", tool_call_id="call_0", name="add"),
+    ]
+    async with ScriptedModelServer([CALL_TURN, "Done.\n</think>\n\n4"]) as server:
+        async with OpenAIChatClient(server.url) as client:
+            one = await collect(client.stream(first, TOOLS, SamplingParams()))
+            two = await collect(client.stream(second, TOOLS, SamplingParams()))
+    sent = server.requests[1].body["messages"]
+    assert sent[2] == {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_0", "type": "function", "function": {"name": "add", "arguments": json.dumps({"a": 2, "b": 2})}}]}
+    assert sent[3] == {"role": "tool", "content": "4", "tool_call_id": "call_0", "name": "add"}
+    assert one.usage.cached_tokens == 0
+    assert two.usage.cached_tokens > 20 and two.usage.cached_tokens == server.requests[1].cached_tokens
+
+
+async def test_api_key_is_sent_but_never_shown(caplog):
+    caplog.set_level(logging.DEBUG)
+    async with ScriptedModelServer(["ok\n</think>\n\nfine", Turn(http_status=401)], api_key=KEY) as server:
+        client = OpenAIChatClient(server.url, api_key=KEY, retry=FAST_RETRY)
+        await collect(client.stream([Message(role="user", content="hi")], [], SamplingParams()))
+        assert server.requests[0].headers["authorization"] == f"Bearer {KEY}"
+        with pytest.raises(ModelServerError) as info:
+            await collect(client.stream([Message(role="user", content="hi")], [], SamplingParams()))
+        await client.aclose()
+    shown = [repr(client), str(client), caplog.text, str(info.value), repr(info.value),
+             "".join(traceback.format_exception(info.value)), repr(vars(client))]
+    for text in shown:
+        assert KEY not in text
+    assert info.value.status_code == 401
+
+
+async def test_wrong_key_is_rejected_with_a_typed_error():
+    async with ScriptedModelServer(["unused"], api_key=KEY) as server:
+        async with OpenAIChatClient(server.url, api_key="sk-wrong", retry=FAST_RETRY) as client:
+            with pytest.raises(ModelServerError) as info:
+                await collect(client.stream([Message(role="user", content="hi")], [], SamplingParams()))
+    assert info.value.status_code == 401 and len(server.requests) == 0
+
+
+def test_configuration_from_environment(monkeypatch):
+    monkeypatch.setenv("QWQ_OPENAI_BASE_URL", "http://127.0.0.1:9/")
+    monkeypatch.delenv("QWQ_OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
+    monkeypatch.setenv("QWQ_OPENAI_MODEL", "qwq-plus")
+    client = OpenAIChatClient()
+    assert client.base_url == "http://127.0.0.1:9/v1" and client.model == "qwq-plus"
+    assert client._headers() == {"Authorization": f"Bearer {KEY}"}
+    assert KEY not in repr(client)
+    monkeypatch.delenv("QWQ_OPENAI_BASE_URL")
+    with pytest.raises(ValueError, match="QWQ_OPENAI_BASE_URL"):
+        OpenAIChatClient()
+
+
+async def test_500_then_success_is_retried_and_drop_mid_stream_keeps_partial_text():
+    turns = [Turn(http_status=500), "fine\n</think>\n\nok", Turn("alpha beta gamma\n</think>\n\nx", drop_after=4)]
+    async with ScriptedModelServer(turns) as server, OpenAIChatClient(server.url, retry=FAST_RETRY) as client:
+        done = await collect(client.stream([Message(role="user", content="hi")], [], SamplingParams()))
+        assert done.text == "fine\n</think>\n\nok"
+        with pytest.raises(ModelConnectionError) as info:
+            await collect(client.stream([Message(role="user", content="hi")], [], SamplingParams()))
+    assert info.value.partial_text == "alpha beta"  # role chunk, "alpha", " ", "beta"
+    assert len(server.requests) == 3
+
+
+async def test_list_models():
+    async with ScriptedModelServer(model="qwq-32b") as server, OpenAIChatClient(server.url) as client:
+        assert await client.list_models() == ["qwq-32b"]
