@@ -1,0 +1,245 @@
+"""Reasoning-loop and tool-call repetition detectors, on long synthetic reasoning samples."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.agent.loop_detector import (
+    LoopDetectorConfig,
+    LoopSignal,
+    ReasoningLoopDetector,
+    RepetitionConfig,
+    ToolCallRepetitionDetector,
+    canonical_call,
+    close_text,
+    nudge_text,
+)
+from qwq_agent.agent.messages import ToolCall
+
+DATA = Path(__file__).parent / "data" / "reasoning"
+LOOPS = ["loop_strawberry", "loop_parentheses", "loop_pi"]
+HEALTHY = ["healthy_multiplication", "healthy_subproblems", "healthy_proof", "healthy_code"]
+
+
+def sample(name: str) -> str:
+    return (DATA / f"{name}.txt").read_text(encoding="utf-8")
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("make_samples", DATA / "make_samples.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def chunks(text: str, seed: int) -> list[str]:
+    """Random chunking, from single characters to long pieces, as a stream would deliver."""
+    rng = random.Random(seed)
+    out, i = [], 0
+    while i < len(text):
+        n = rng.choice([1, 2, 3, rng.randint(4, 40), rng.randint(40, 400)])
+        out.append(text[i : i + n])
+        i += n
+    return out
+
+
+def run(text: str, seed: int, config: LoopDetectorConfig | None = None):
+    det = ReasoningLoopDetector(config)
+    returned = [s for piece in chunks(text, seed) if (s := det.feed(piece)) is not None]
+    return det, returned
+
+
+# ---- reasoning loops ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_loops_escalate_1_2_3_whatever_the_chunking(name: str) -> None:
+    text = sample(name)
+    outcomes = []
+    for seed in range(3):
+        det, returned = run(text, seed)
+        assert [s.level for s in returned] == [1, 2, 3]
+        outcomes.append([s.model_dump() for s in det.signals])
+    # Same levels at the same positions with the same evidence, however the stream was cut.
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_whole_text_in_one_delta_gives_same_signals(name: str) -> None:
+    text = sample(name)
+    det_one = ReasoningLoopDetector()
+    last = det_one.feed(text)
+    det_chunked, _ = run(text, 7)
+    assert last is not None and last.level == 3  # the strongest level crossed in that delta
+    assert [s.model_dump() for s in det_one.signals] == [s.model_dump() for s in det_chunked.signals]
+
+
+@pytest.mark.parametrize("name", HEALTHY)
+def test_healthy_long_reasoning_is_never_flagged(name: str) -> None:
+    text = sample(name)
+    assert len(text.split()) >= 3500
+    for seed in range(2):
+        det, returned = run(text, seed)
+        assert returned == [] and det.signals == []
+
+
+@pytest.mark.parametrize("seed", [101, 202])
+def test_freshly_generated_samples_keep_their_outcome(seed: int) -> None:
+    gen = _generator()
+    for name in LOOPS + HEALTHY:
+        det, _ = run(gen.SAMPLES[name](random.Random(seed)), seed)
+        expected = [1, 2, 3] if name.startswith("loop") else []
+        assert [s.level for s in det.signals] == expected, name
+
+
+def test_committed_samples_match_the_generator() -> None:
+    gen = _generator()
+    for name in LOOPS + HEALTHY:
+        assert gen.SAMPLES[name](random.Random(name)) == sample(name), name
+
+
+def test_signals_respect_minimum_reasoning_and_gaps() -> None:
+    cfg = LoopDetectorConfig(min_reasoning_chars=5000, level2_gap_chars=3000, level3_gap_chars=4000)
+    det, _ = run(sample("loop_strawberry"), 0, cfg)
+    first, second, third = det.signals
+    assert first.evidence["chars"] >= 5000
+    assert second.evidence["chars"] - first.evidence["chars"] >= 3000
+    assert third.evidence["chars"] - second.evidence["chars"] >= 4000
+    default_det, _ = run(sample("loop_strawberry"), 0)
+    assert default_det.signals[0].evidence["chars"] < first.evidence["chars"]
+
+
+def test_no_signal_before_min_reasoning_even_if_looping() -> None:
+    loop = sample("loop_strawberry")
+    _, returned = run(loop, 1, LoopDetectorConfig(min_reasoning_chars=len(loop) + 1))
+    assert returned == []
+
+
+def test_no_escalation_once_the_loop_stops() -> None:
+    loop = sample("loop_pi")
+    first_signal_at = run(loop, 0)[0].signals[0].evidence["chars"]
+    text = loop[: first_signal_at + 300] + "\n\n" + sample("healthy_subproblems")
+    _, returned = run(text, 0)
+    assert [s.level for s in returned] == [1]
+
+
+def test_nothing_after_level_3_and_reset_starts_over() -> None:
+    text = sample("loop_parentheses")
+    det, _ = run(text, 0)
+    assert det.level == 3
+    assert all(det.feed(piece) is None for piece in chunks(text, 5))
+    det.reset()
+    assert det.signals == [] and det.level == 0
+    assert [s.level for s in (det.feed(p) for p in chunks(text, 6)) if s] == [1, 2, 3]
+
+
+def test_signal_reason_and_evidence_name_the_loop() -> None:
+    det, _ = run(sample("loop_strawberry"), 0)
+    signal = det.signals[0]
+    assert signal.reason.startswith("circular reasoning")
+    assert signal.evidence["attempt_share"] >= det.config.attempt_share_threshold or (
+        signal.evidence["ngram_share"] >= det.config.ngram_share_threshold
+    )
+    assert signal.evidence["repeated_attempts"] > 0
+
+
+def test_identical_lines_are_not_required_numbers_and_case_are_normalised() -> None:
+    # No two lines are identical (case and numbers vary), but the same attempt keeps coming back.
+    rng = random.Random(3)
+    parts = []
+    while sum(map(len, parts)) < 12000:
+        x = rng.choice([12, 15, 18])
+        parts.append(
+            rng.choice(["Let me", "LET ME", "let me"])
+            + f" try splitting the {x} apples into groups of {x // 3}, that gives 3 groups. "
+            + rng.choice(["But", "but", "BUT"])
+            + " the question wants 4 groups, so that cannot be right; maybe I misread it, let me try again.\n"
+        )
+    det, _ = run("".join(parts), 0)
+    assert [s.level for s in det.signals] == [1, 2, 3]
+
+
+def test_texts_for_the_loop() -> None:
+    signal = LoopSignal(level=1, reason="r")
+    assert "python" in nudge_text(signal) and "</think>" not in nudge_text(signal)
+    assert close_text().rstrip().endswith("</think>")
+
+
+def test_empty_delta() -> None:
+    assert ReasoningLoopDetector().feed("") is None
+
+
+# ---- tool-call repetition ----------------------------------------------------------------------
+
+
+def call(name: str = "python", **args) -> ToolCall:
+    return ToolCall(name=name, arguments=args)
+
+
+def test_canonical_call_ignores_key_order_and_whitespace() -> None:
+    a = ToolCall(name="search", arguments={"q": " pi digits ", "n": 3})
+    b = ToolCall(name="search", arguments={"n": 3, "q": "pi digits"})
+    assert canonical_call(a) == canonical_call(b)
+    assert canonical_call(a) != canonical_call(call("search", q="pi digits", n=4))
+
+
+def test_three_identical_calls_in_a_row() -> None:
+    det = ToolCallRepetitionDetector()
+    assert det.record_call(call(code="print(1)")) is None
+    assert det.record_call(call(code=" print(1) ")) is None
+    signal = det.record_call(call(code="print(1)"))
+    assert signal is not None and signal.kind == "identical_calls" and signal.count == 3
+    assert "python" in signal.message and "3 times" in signal.message
+
+
+def test_a_different_call_breaks_the_run() -> None:
+    det = ToolCallRepetitionDetector()
+    for args in ({"code": "a"}, {"code": "a"}, {"code": "b"}, {"code": "a"}, {"code": "a"}):
+        assert det.record_call(call(**args)) is None
+
+
+def test_same_call_same_result_within_window() -> None:
+    det = ToolCallRepetitionDetector()
+    same, other = call("search", q="x"), call("search", q="y")
+    signals = [det.record_result(c, obs) for c, obs in [(same, "no results"), (other, "1 hit"),
+                                                        (same, "no  results"), (other, "2 hits"),
+                                                        (same, "no results\n")]]
+    assert signals[:4] == [None] * 4
+    last = signals[4]
+    assert last is not None and last.kind == "same_call_same_result" and last.count == 3
+    assert last.message == (
+        "You have called search with the same arguments 3 times and got the same result; "
+        "try something different."
+    )
+
+
+def test_same_call_with_changing_results_is_fine() -> None:
+    det = ToolCallRepetitionDetector()
+    for i in range(6):
+        assert det.record_result(call("clock"), f"12:00:0{i}") is None
+
+
+def test_pairs_outside_the_window_do_not_count() -> None:
+    det = ToolCallRepetitionDetector(RepetitionConfig(window_steps=4))
+    for step in range(9):
+        c, obs = (call("f", a=1), "same") if step % 4 == 0 else (call("g", i=step), f"r{step}")
+        assert det.record_result(c, obs) is None
+
+
+def test_identical_observations_from_different_calls() -> None:
+    det = ToolCallRepetitionDetector()
+    results = [det.record_result(call(code=f"x = {i}"), "Error: sandbox timed out") for i in range(4)]
+    assert results[:3] == [None] * 3
+    assert results[3] is not None and results[3].kind == "identical_observations" and results[3].count == 4
+
+
+def test_thresholds_are_configuration() -> None:
+    det = ToolCallRepetitionDetector(RepetitionConfig(identical_calls_in_a_row=2))
+    assert det.record(call(code="1"), "1") is None
+    signal = det.record(call(code="1"), "1")
+    assert signal is not None and signal.kind == "identical_calls" and signal.count == 2
