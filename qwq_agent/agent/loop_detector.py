@@ -29,6 +29,7 @@ __all__ = [
     "RepetitionConfig",
     "RepetitionSignal",
     "ToolCallRepetitionDetector",
+    "canonical_call",
     "close_text",
     "nudge_text",
 ]
@@ -185,7 +186,8 @@ class ReasoningLoopDetector:
         self._ngram_repeats = 0
         # attempt signal
         self._seg_words: list[str] = []
-        self._segments: deque[tuple[int, _Segment]] = deque()
+        self._segments: deque[int] = deque()  # ids of the lookback segments, oldest first
+        self._by_id: dict[int, _Segment] = {}
         self._index: dict[tuple[str, ...], set[int]] = {}
         self._next_id = 0
         self._attempt_flags: deque[bool] = deque()
@@ -272,9 +274,8 @@ class ReasoningLoopDetector:
                 overlap[seg_id] += 1
         if not overlap:
             return False
-        by_id = dict(self._segments)
         for seg_id, common in overlap.items():
-            other = by_id[seg_id]
+            other = self._by_id[seg_id]
             jaccard = common / (len(shingles) + len(other.shingles) - common)
             if jaccard >= cfg.similarity_threshold and (
                 _number_overlap(numbers, other.numbers) >= cfg.number_reuse_threshold
@@ -285,11 +286,13 @@ class ReasoningLoopDetector:
     def _store(self, seg: _Segment) -> None:
         seg_id = self._next_id
         self._next_id += 1
-        self._segments.append((seg_id, seg))
+        self._segments.append(seg_id)
+        self._by_id[seg_id] = seg
         for sh in seg.shingles:
             self._index.setdefault(sh, set()).add(seg_id)
         if len(self._segments) > self.config.lookback_segments:
-            old_id, old = self._segments.popleft()
+            old_id = self._segments.popleft()
+            old = self._by_id.pop(old_id)
             for sh in old.shingles:
                 ids = self._index[sh]
                 ids.discard(old_id)
