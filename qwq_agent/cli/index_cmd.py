@@ -1,0 +1,58 @@
+"""`qwq-agent index DIR [--db PATH]`: build or refresh the offline document index for `search_docs`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `index` sub-command."""
+    parser = subparsers.add_parser(
+        "index",
+        help="index a folder of documents (md, txt, html, pdf) for search_docs",
+        description="Build or incrementally refresh a SQLite FTS5 index of the documents under DIR.",
+    )
+    parser.add_argument("dir", metavar="DIR", help="folder of documents")
+    parser.add_argument("--db", metavar="PATH", help="index file (default: DIR/.qwq-docindex.sqlite3)")
+    parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+    parser.add_argument("--query", metavar="TEXT", help="after indexing, run one search and print the hits")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from qwq_agent.docindex import DEFAULT_DB_NAME, DocIndex, QuerySyntaxError
+    from qwq_agent.tools.search_docs import format_hits
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        print(f"qwq-agent index: {root} is not a directory", file=sys.stderr)
+        return 2
+    db = Path(args.db) if args.db else root / DEFAULT_DB_NAME
+    try:
+        index = DocIndex(db, root)
+    except ValueError as exc:
+        print(f"qwq-agent index: {exc}", file=sys.stderr)
+        return 2
+    with index:
+        stats = index.update()
+        if args.json:
+            print(json.dumps(stats.model_dump() | {"db": str(db), "files": index.file_count()}))
+        else:
+            print(
+                f"added {stats.added}, updated {stats.updated}, removed {stats.removed}, "
+                f"unchanged {stats.unchanged} in {stats.seconds:.2f} s "
+                f"({index.file_count()} documents, {index.chunk_count()} sections) -> {db}"
+            )
+            for path, why in stats.errors:
+                print(f"  skipped {path}: {why}", file=sys.stderr)
+        if args.query:
+            try:
+                print(format_hits(args.query, index.search(args.query), index.file_count()))
+            except QuerySyntaxError as exc:
+                print(f"qwq-agent index: {exc}", file=sys.stderr)
+                return 2
+    return 0

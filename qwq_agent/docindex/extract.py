@@ -1,0 +1,297 @@
+"""Turn a document into sections (chunks) that remember where they start, for `path:line` citations.
+
+Every extractor produces `Block`s (a paragraph, a heading, a code fence...) with their source line;
+`chunk_blocks` then groups them into sections under their heading path, cut to a bounded size so a
+hit points near the text that matched.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable
+from pathlib import PurePath
+
+from pydantic import BaseModel, Field
+
+SUFFIXES: dict[str, str] = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".mdx": "markdown",
+    ".rst": "text",
+    ".txt": "text",
+    ".text": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".pdf": "pdf",
+}
+TARGET_CHARS = 1200  # a section grows until about this size; big enough for context, small enough to cite
+MAX_CHARS = 4000  # one block longer than this is cut up on its own
+
+_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t#]*$")
+_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+
+
+class ExtractError(Exception):
+    """A document could not be read (corrupt PDF, undecodable bytes...)."""
+
+
+class Block(BaseModel):
+    """A piece of a document: text, the 1-based line (or PDF page) where it starts, heading level."""
+
+    line: int
+    text: str
+    level: int = 0  # 1-6 for a heading, 0 otherwise
+    page: int | None = None
+    raw_lines: bool = True  # text keeps the source's line breaks, so offsets map to lines
+
+
+class Section(BaseModel):
+    """A chunk to index: its heading path, body and a map from body offsets to source lines."""
+
+    line: int
+    page: int | None = None
+    heading: str = ""
+    body: str
+    # (offset in body, source line, whether lines inside the block can be counted from newlines)
+    linemap: list[tuple[int, int, bool]] = Field(default_factory=list)
+
+    def line_at(self, offset: int) -> int:
+        """The source line of the character at `offset` in `body`."""
+        start, line, raw = 0, self.line, True
+        for block_offset, block_line, block_raw in self.linemap:
+            if block_offset > offset:
+                break
+            start, line, raw = block_offset, block_line, block_raw
+        return line + self.body.count("\n", start, offset) if raw else line
+
+
+def kind_of(path: str | PurePath) -> str | None:
+    """The extractor kind for a file name, or None when it is not a supported document."""
+    return SUFFIXES.get(PurePath(path).suffix.lower())
+
+
+def extract(data: bytes, kind: str) -> tuple[str, list[Section]]:
+    """Return (title, sections) of a document's bytes; raises `ExtractError` when unreadable."""
+    if kind == "pdf":
+        title, blocks = _pdf_blocks(data)
+    else:
+        text = _decode(data)
+        if kind == "markdown":
+            blocks = list(_markdown_blocks(text))
+        elif kind == "html":
+            title, blocks = _html_blocks(text)
+        else:
+            blocks = list(_text_blocks(text))
+        if kind != "html":
+            title = next((b.text for b in blocks if b.level), "")
+    return title, chunk_blocks(blocks)
+
+
+def chunk_blocks(blocks: Iterable[Block]) -> list[Section]:
+    """Group blocks into sections of about `TARGET_CHARS`, starting a new one at each heading."""
+    sections: list[Section] = []
+    path: list[tuple[int, str]] = []
+    parts: list[Block] = []
+
+    def emit() -> None:
+        if not parts:
+            return
+        body, linemap, offset = [], [], 0
+        for b in parts:
+            linemap.append((offset, b.line, b.raw_lines))
+            body.append(b.text)
+            offset += len(b.text) + 2
+        sections.append(
+            Section(
+                line=parts[0].line,
+                page=parts[0].page,
+                heading=" > ".join(t for _, t in path),
+                body="\n\n".join(body),
+                linemap=linemap,
+            )
+        )
+        parts.clear()
+
+    size = 0
+    for block in _split_long(blocks):
+        if block.level:
+            emit()
+            size = 0
+            path[:] = [(lvl, t) for lvl, t in path if lvl < block.level]
+            path.append((block.level, block.text))
+            parts.append(block)  # the heading's own words are searchable and cite its line
+            size = len(block.text)
+            continue
+        if parts and (size + len(block.text) > TARGET_CHARS or block.page != parts[0].page):
+            emit()
+            size = 0
+        parts.append(block)
+        size += len(block.text) + 2
+    emit()
+    return sections
+
+
+def _split_long(blocks: Iterable[Block]) -> Iterable[Block]:
+    for block in blocks:
+        if len(block.text) <= MAX_CHARS:
+            yield block
+            continue
+        lines = block.text.split("\n") if block.raw_lines else [block.text]
+        if len(lines) == 1:
+            text = lines[0]
+            for i in range(0, len(text), MAX_CHARS):
+                yield block.model_copy(update={"text": text[i : i + MAX_CHARS]})
+            continue
+        buf: list[str] = []
+        first = block.line
+        for i, line in enumerate(lines):
+            if buf and sum(len(x) + 1 for x in buf) + len(line) > TARGET_CHARS:
+                yield block.model_copy(update={"text": "\n".join(buf), "line": first})
+                buf, first = [], block.line + i
+            buf.append(line[:MAX_CHARS])
+        if buf:
+            yield block.model_copy(update={"text": "\n".join(buf), "line": first})
+
+
+def _decode(data: bytes) -> str:
+    if b"\x00" in data[:8192]:
+        raise ExtractError("looks like a binary file (contains NUL bytes)")
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
+def _paragraphs(lines: list[str], first_line: int = 1) -> Iterable[Block]:
+    buf: list[str] = []
+    start = first_line
+    for i, line in enumerate(lines, first_line):
+        if line.strip():
+            if not buf:
+                start = i
+            buf.append(line.rstrip())
+        elif buf:
+            yield Block(line=start, text="\n".join(buf))
+            buf = []
+    if buf:
+        yield Block(line=start, text="\n".join(buf))
+
+
+def _text_blocks(text: str) -> Iterable[Block]:
+    return _paragraphs(text.splitlines())
+
+
+def _markdown_blocks(text: str) -> Iterable[Block]:
+    lines = text.splitlines()
+    i = 0
+    # YAML front matter is metadata, not content; skip it but keep line numbers right.
+    if lines and lines[0].strip() == "---":
+        for j in range(1, min(len(lines), 200)):
+            if lines[j].strip() in ("---", "..."):
+                i = j + 1
+                break
+    para: list[str] = []
+    para_start = i + 1
+
+    def flush() -> Iterable[Block]:
+        if para:
+            yield Block(line=para_start, text="\n".join(para))
+            para.clear()
+
+    while i < len(lines):
+        line = lines[i]
+        fence = _FENCE.match(line)
+        if fence:
+            yield from flush()
+            start = i
+            i += 1
+            while i < len(lines) and not lines[i].lstrip().startswith(fence.group(1)):
+                i += 1
+            yield Block(line=start + 1, text="\n".join(lines[start : i + 1]))
+            i += 1
+            continue
+        heading = _ATX.match(line)
+        if heading:
+            yield from flush()
+            yield Block(line=i + 1, text=heading.group(2).strip() or "(untitled)", level=len(heading.group(1)))
+            i += 1
+            continue
+        if para and len(para) == 1 and _SETEXT.match(line) and not para[0].lstrip().startswith(("-", "*", ">")):
+            title = para[0].strip()
+            para.clear()
+            yield Block(line=para_start, text=title, level=1 if line.strip().startswith("=") else 2)
+            i += 1
+            continue
+        if line.strip():
+            if not para:
+                para_start = i + 1
+            para.append(line.rstrip())
+        else:
+            yield from flush()
+        i += 1
+    yield from flush()
+
+
+_HTML_BLOCKS = (
+    "h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "blockquote", "dt", "dd", "td", "th",
+    "caption", "figcaption", "summary",
+)  # fmt: skip
+
+
+def _html_blocks(text: str) -> tuple[str, list[Block]]:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(text, "html.parser")
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    for tag in soup.find_all(("script", "style", "noscript", "template", "svg")):
+        tag.decompose()
+    for br in soup.find_all("br"):
+        br.replace_with(" ")  # a newline here would shift the line count against the source
+    blocks: list[Block] = []
+    for tag in soup.find_all(_HTML_BLOCKS):
+        if tag.find_parent(_HTML_BLOCKS) is not None:
+            continue  # its outermost block already holds this text
+        level = int(tag.name[1]) if tag.name in ("h1", "h2", "h3", "h4", "h5", "h6") else 0
+        # Text strings keep the source's newlines, so offsets in the block still map to lines.
+        raw = tag.get_text("")
+        lead = len(raw) - len(raw.lstrip("\n"))
+        lines = raw.strip("\n").split("\n")
+        if tag.name != "pre":
+            lines = [" ".join(line.split()) for line in lines]
+        if level:
+            text, keep_lines = " ".join(" ".join(lines).split()), False
+        else:
+            text, keep_lines = "\n".join(lines).strip(" "), True
+        if not text.strip():
+            continue
+        start = (tag.sourceline or 1) + raw.count("\n", 0, lead)
+        blocks.append(Block(line=start, text=text, level=level, raw_lines=keep_lines))
+    if not blocks:
+        body = soup.body or soup
+        blocks = [Block(line=1, text=" ".join(body.get_text(" ").split()), raw_lines=False)]
+        blocks = [b for b in blocks if b.text]
+    return title, blocks
+
+
+def _pdf_blocks(data: bytes) -> tuple[str, list[Block]]:
+    try:
+        from pypdf import PdfReader
+        from pypdf.errors import PdfReadError
+
+        reader = PdfReader(io.BytesIO(data))
+        title = ""
+        if reader.metadata and reader.metadata.title:
+            title = str(reader.metadata.title)
+        blocks: list[Block] = []
+        for number, page in enumerate(reader.pages, 1):
+            text = page.extract_text() or ""
+            for block in _paragraphs(text.splitlines()):
+                blocks.append(block.model_copy(update={"page": number}))
+    except (PdfReadError, ValueError, KeyError, TypeError) as exc:
+        raise ExtractError(f"unreadable PDF: {exc}") from None
+    return title, blocks

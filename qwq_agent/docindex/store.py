@@ -1,0 +1,329 @@
+"""The document index: SQLite FTS5 over document sections, BM25-ranked, updated incrementally."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from qwq_agent.docindex.extract import ExtractError, Section, extract, kind_of
+from qwq_agent.docindex.query import plain_to_fts, query_words
+
+SCHEMA_VERSION = "1"
+DEFAULT_DB_NAME = ".qwq-docindex.sqlite3"
+MAX_FILE_BYTES = 50 * 1024 * 1024
+_SKIP_DIRS = {"node_modules", "__pycache__", "venv", ".venv", "site-packages"}
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    path TEXT UNIQUE NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    line INTEGER NOT NULL,
+    page INTEGER,
+    linemap TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
+    heading, body, tokenize = 'porter unicode61 remove_diacritics 2'
+);
+"""
+
+
+class QuerySyntaxError(ValueError):
+    """An FTS5 query the engine could not parse; the message says how to fix it."""
+
+
+class IndexStats(BaseModel):
+    """What one `update` did."""
+
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    chunks: int = 0  # sections written by this run
+    seconds: float = 0.0
+    errors: list[tuple[str, str]] = Field(default_factory=list)  # (path, why) of unreadable files
+
+
+class Hit(BaseModel):
+    """One ranked search result, with where to cite it."""
+
+    path: str
+    line: int
+    page: int | None = None
+    heading: str = ""
+    snippet: str
+    score: float  # bm25: lower is better
+
+    @property
+    def location(self) -> str:
+        """`path:line`, or `path#page=N` for a PDF page."""
+        return f"{self.path}#page={self.page}" if self.page else f"{self.path}:{self.line}"
+
+
+class DocIndex:
+    """An FTS5 index of the documents under `root`, stored in the SQLite file `db_path`.
+
+    Paths are stored relative to `root` with forward slashes, so hits cite them as the user sees them.
+    """
+
+    def __init__(self, db_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> None:
+        self.db_path = Path(db_path)
+        self.conn = sqlite3.connect(self.db_path)
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.executescript(_SCHEMA)
+        stored_root = self._meta("root")
+        if root is not None:
+            resolved = str(Path(root).resolve())
+            if stored_root and stored_root != resolved and self.file_count():
+                raise ValueError(f"{self.db_path} indexes {stored_root}, not {resolved}; use another --db")
+            self._set_meta("root", resolved)
+            self._set_meta("schema", SCHEMA_VERSION)
+            self.conn.commit()
+            stored_root = resolved
+        self.root = Path(stored_root) if stored_root else None
+
+    @classmethod
+    def open_existing(cls, db_path: str | os.PathLike[str]) -> DocIndex:
+        """Open an index that must already exist (for querying)."""
+        if not Path(db_path).is_file():
+            raise FileNotFoundError(f"no document index at {db_path}; build it with `qwq-agent index DIR`")
+        return cls(db_path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> DocIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def file_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM files").fetchone()[0])
+
+    def chunk_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
+
+    # -- building ---------------------------------------------------------------------------------
+
+    def update(self, progress: Callable[[str], None] | None = None, batch: int = 500) -> IndexStats:
+        """Bring the index in line with the files under `root`.
+
+        A file whose mtime and size are unchanged is not read. One whose stat changed is hashed and
+        re-extracted only if its content changed. Files gone from disk are removed.
+        """
+        if self.root is None:
+            raise ValueError("this index has no root directory; open it with DocIndex(db, root)")
+        started = time.perf_counter()
+        stats = IndexStats()
+        known = {
+            path: (fid, mtime, size, sha)
+            for fid, path, mtime, size, sha in self.conn.execute("SELECT id, path, mtime_ns, size, sha256 FROM files")
+        }
+        seen: set[str] = set()
+        pending = 0
+        with self.conn:
+            for rel, full, kind in self._walk():
+                seen.add(rel)
+                try:
+                    st = full.stat()
+                except OSError:
+                    continue  # vanished while walking; handled as removed next time
+                row = known.get(rel)
+                if row and row[1] == st.st_mtime_ns and row[2] == st.st_size:
+                    stats.unchanged += 1
+                    continue
+                if st.st_size > MAX_FILE_BYTES:
+                    stats.errors.append((rel, f"larger than {MAX_FILE_BYTES} bytes, skipped"))
+                    continue
+                try:
+                    data = full.read_bytes()
+                except OSError as exc:
+                    stats.errors.append((rel, f"cannot read: {exc.strerror or exc}"))
+                    continue
+                sha = hashlib.sha256(data).hexdigest()
+                if row and row[3] == sha:
+                    self.conn.execute(
+                        "UPDATE files SET mtime_ns = ?, size = ? WHERE id = ?", (st.st_mtime_ns, st.st_size, row[0])
+                    )
+                    stats.unchanged += 1
+                    continue
+                title, sections, error = "", [], None
+                try:
+                    title, sections = extract(data, kind)
+                except ExtractError as exc:
+                    error = str(exc)
+                    stats.errors.append((rel, error))
+                if row:
+                    self._delete_chunks(row[0])
+                    self.conn.execute(
+                        "UPDATE files SET mtime_ns=?, size=?, sha256=?, kind=?, title=?, error=? WHERE id=?",
+                        (st.st_mtime_ns, st.st_size, sha, kind, title, error, row[0]),
+                    )
+                    file_id = row[0]
+                    stats.updated += 1
+                else:
+                    cur = self.conn.execute(
+                        "INSERT INTO files (path, mtime_ns, size, sha256, kind, title, error) VALUES (?,?,?,?,?,?,?)",
+                        (rel, st.st_mtime_ns, st.st_size, sha, kind, title, error),
+                    )
+                    file_id = int(cur.lastrowid or 0)
+                    stats.added += 1
+                self._insert_sections(file_id, sections)
+                stats.chunks += len(sections)
+                if progress:
+                    progress(rel)
+                pending += 1
+                if pending >= batch:
+                    self.conn.commit()
+                    pending = 0
+            for rel in known.keys() - seen:
+                self._delete_chunks(known[rel][0])
+                self.conn.execute("DELETE FROM files WHERE id = ?", (known[rel][0],))
+                stats.removed += 1
+        stats.seconds = time.perf_counter() - started
+        return stats
+
+    def _walk(self) -> Iterator[tuple[str, Path, str]]:
+        assert self.root is not None
+        db = self.db_path.resolve()
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            # Hidden and dependency folders are noise; symlinks could lead outside the root.
+            dirnames[:] = sorted(
+                d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS and not os.path.islink(os.path.join(dirpath, d))
+            )
+            for name in sorted(filenames):
+                kind = kind_of(name)
+                if kind is None or name.startswith("."):
+                    continue
+                full = Path(dirpath, name)
+                if full.is_symlink() or full == db:
+                    continue
+                yield full.relative_to(self.root).as_posix(), full, kind
+
+    def _delete_chunks(self, file_id: int) -> None:
+        self.conn.execute("DELETE FROM fts WHERE rowid IN (SELECT id FROM chunks WHERE file_id = ?)", (file_id,))
+        self.conn.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
+
+    def _insert_sections(self, file_id: int, sections: list[Section]) -> None:
+        for section in sections:
+            cur = self.conn.execute(
+                "INSERT INTO chunks (file_id, line, page, linemap) VALUES (?, ?, ?, ?)",
+                (file_id, section.line, section.page, json.dumps(section.linemap, separators=(",", ":"))),
+            )
+            self.conn.execute(
+                "INSERT INTO fts (rowid, heading, body) VALUES (?, ?, ?)", (cur.lastrowid, section.heading, section.body)
+            )
+
+    # -- querying ---------------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        *,
+        limit: int = 10,
+        syntax: Literal["plain", "fts"] = "plain",
+        path_glob: str | None = None,
+    ) -> list[Hit]:
+        """Rank sections by BM25 (headings weigh 3x the body).
+
+        `plain` queries are escaped into quoted terms, all required; if nothing has them all, any term
+        will do. `fts` passes FTS5 syntax through (`NEAR`, `OR`, `prefix*`, `heading:`); a malformed
+        one raises `QuerySyntaxError`.
+        """
+        if syntax == "fts":
+            if not query.strip():
+                raise QuerySyntaxError("empty query")
+            return self._run(query, limit, path_glob, query_words(query))
+        words = query_words(query)
+        strict = plain_to_fts(query)
+        if strict is None:
+            raise QuerySyntaxError(f"the query {query!r} has no words to search for")
+        hits = self._run(strict, limit, path_glob, words)
+        loose = plain_to_fts(query, any_term=True)
+        if not hits and loose and loose != strict:
+            hits = self._run(loose, limit, path_glob, words)
+        return hits
+
+    def _run(self, match: str, limit: int, path_glob: str | None, words: list[str]) -> list[Hit]:
+        sql = (
+            "SELECT f.path, c.line, c.page, c.linemap, fts.heading, fts.body, "
+            "snippet(fts, 1, '**', '**', '…', 24), bm25(fts, 3.0, 1.0) AS score "
+            "FROM fts JOIN chunks c ON c.id = fts.rowid JOIN files f ON f.id = c.file_id "
+            "WHERE fts MATCH ?"
+        )
+        params: list[object] = [match]
+        if path_glob:
+            sql += " AND f.path GLOB ?"
+            params.append(path_glob)
+        sql += " ORDER BY score LIMIT ?"
+        params.append(limit)
+        try:
+            rows = self.conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise QuerySyntaxError(_explain(str(exc), match)) from None
+        hits = []
+        for path, line, page, linemap, heading, body, snippet, score in rows:
+            section = Section(line=line, page=page, heading=heading, body=body, linemap=json.loads(linemap))
+            hits.append(
+                Hit(
+                    path=path,
+                    line=_match_line(section, words),
+                    page=page,
+                    heading=heading,
+                    snippet=" ".join(snippet.split()),
+                    score=score,
+                )
+            )
+        return hits
+
+    def _meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _match_line(section: Section, words: list[str]) -> int:
+    # The first place a query word (or its stem's prefix, as porter may have matched a variant)
+    # appears gives a more precise line than the section start.
+    lower = section.body.lower()
+    best: int | None = None
+    for word in words:
+        for probe in (word, word[: max(4, len(word) - 3)]):
+            m = re.search(r"\b" + re.escape(probe), lower)
+            if m:
+                best = m.start() if best is None else min(best, m.start())
+                break
+    return section.line if best is None else section.line_at(best)
+
+
+def _explain(error: str, match: str) -> str:
+    detail = error.removeprefix("fts5: ")
+    return (
+        f"the search query {match!r} is not valid FTS5 syntax ({detail}). Use syntax='plain' to search for "
+        'the words as typed, or fix the query: quote terms with special characters ("C++"), use AND/OR/NOT '
+        "between terms, NEAR(a b, 5), prefix*, or heading:word."
+    )

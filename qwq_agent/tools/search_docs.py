@@ -1,0 +1,83 @@
+"""The `search_docs` tool: BM25 search over the user's document index, hits cited as `path:line`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from qwq_agent.agent.messages import ToolSpec
+from qwq_agent.docindex import DocIndex, Hit, QuerySyntaxError
+from qwq_agent.protocols import ToolContext, ToolOutput
+
+
+class SearchDocsArgs(BaseModel):
+    """Arguments of `search_docs`."""
+
+    query: str = Field(min_length=1, max_length=500, description="Words to look for in the documents.")
+    limit: int = Field(default=8, ge=1, le=50, description="How many sections to return.")
+    path_glob: str | None = Field(
+        default=None, description="Only documents whose path matches this glob, e.g. 'papers/*.pdf'."
+    )
+    syntax: Literal["plain", "fts"] = Field(
+        default="plain",
+        description="'plain': the words as typed. 'fts': SQLite FTS5 syntax (AND/OR/NOT, \"phrase\", NEAR, prefix*).",
+    )
+
+
+class SearchDocs:
+    """Search an index built by `qwq-agent index DIR` and return ranked sections with citations."""
+
+    name = "search_docs"
+
+    def __init__(self, db_path: str | os.PathLike[str]) -> None:
+        self.db_path = Path(db_path)
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(
+            name=self.name,
+            description=(
+                "Full-text search (BM25) over the user's local documents (Markdown, text, HTML, PDF). "
+                "Each hit gives `path:line` (or `path#page=N`), its section heading and a snippet with "
+                "**matches** marked; cite hits by that location."
+            ),
+            parameters=SearchDocsArgs.model_json_schema(),
+        )
+
+    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        try:
+            args = SearchDocsArgs.model_validate(arguments)
+        except ValidationError as exc:
+            msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            return ToolOutput(text=f"search_docs: invalid arguments: {msgs}", is_error=True)
+        try:
+            # SQLite is blocking; a fresh connection in a worker thread keeps the event loop free.
+            hits, files = await asyncio.to_thread(self._search, args)
+        except FileNotFoundError as exc:
+            return ToolOutput(text=f"search_docs: {exc}", is_error=True)
+        except QuerySyntaxError as exc:
+            return ToolOutput(text=f"search_docs: {exc}", is_error=True)
+        return ToolOutput(
+            text=format_hits(args.query, hits, files),
+            metadata={"hits": [h.model_dump() | {"location": h.location} for h in hits]},
+        )
+
+    def _search(self, args: SearchDocsArgs) -> tuple[list[Hit], int]:
+        with DocIndex.open_existing(self.db_path) as index:
+            hits = index.search(args.query, limit=args.limit, syntax=args.syntax, path_glob=args.path_glob)
+            return hits, index.file_count()
+
+
+def format_hits(query: str, hits: list[Hit], files: int) -> str:
+    """Numbered hits, each led by its citation."""
+    if not hits:
+        return f"No document sections match {query!r} (searched {files} documents). Try fewer or other words."
+    lines = [f"{len(hits)} sections match {query!r} (best first, {files} documents indexed):"]
+    for i, hit in enumerate(hits, 1):
+        heading = f" — {hit.heading}" if hit.heading else ""
+        lines.append(f"\n[{i}] {hit.location}{heading}\n    {hit.snippet}")
+    return "\n".join(lines)

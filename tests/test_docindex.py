@@ -1,0 +1,258 @@
+"""The document index and search_docs on real files and a real SQLite database."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.cli.main import main
+from qwq_agent.docindex import DocIndex, QuerySyntaxError
+from qwq_agent.protocols import ToolContext
+from qwq_agent.tools.search_docs import SearchDocs
+
+CTX = ToolContext()
+
+GUIDE_MD = """---
+title: ignored front matter mentioning zebra
+---
+# Telescope Guide
+
+An introduction to amateur astronomy.
+
+## Mounting
+
+Attach the tube to the equatorial mount.
+Balance the counterweight before observing Jupiter.
+
+```
+align --star Polaris
+```
+"""
+NOTES_TXT = "Shopping list\n\nmilk and bread\n\n\nThe refractor lens needs cleaning every spring.\n"
+PAGE_HTML = """<!doctype html>
+<html><head><title>Comets</title><script>var hidden = "nebula";</script></head>
+<body>
+<h1>Comet Halley</h1>
+<p>Halley returns every
+76 years to the inner solar system.</p>
+<ul><li>Perihelion in 2061</li></ul>
+</body></html>
+"""
+
+
+def make_pdf(pages: list[str]) -> bytes:
+    """A small valid PDF whose pages each show one line of text in Helvetica."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>", ""]
+    kids = []
+    font_id = 3
+    objects.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    for text in pages:
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+        content_id = len(objects)
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content_id} 0 R "
+            f"/Resources << /Font << /F1 {font_id} 0 R >> >> >>"
+        )
+        kids.append(f"{len(objects)} 0 R")
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>"
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode("latin-1")
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    for off in offsets:
+        out += f"{off:010d} 00000 n \n".encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    root = tmp_path / "docs"
+    (root / "sub").mkdir(parents=True)
+    (root / "guide.md").write_text(GUIDE_MD)
+    (root / "notes.txt").write_text(NOTES_TXT)
+    (root / "sub" / "comets.html").write_text(PAGE_HTML)
+    (root / "sub" / "paper.pdf").write_bytes(make_pdf(["Introduction to spectroscopy", "Redshift of quasars"]))
+    (root / "image.png").write_bytes(b"\x89PNG not a document")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "secret.md").write_text("# Secret\nquasars hidden here")
+    return root
+
+
+def build(root: Path, tmp_path: Path) -> DocIndex:
+    index = DocIndex(tmp_path / "index.sqlite3", root)
+    return index
+
+
+def locations(index: DocIndex, query: str, **kw: object) -> list[str]:
+    return [hit.location for hit in index.search(query, **kw)]  # type: ignore[arg-type]
+
+
+def test_builds_index_and_cites_path_and_line(corpus: Path, tmp_path: Path) -> None:
+    with build(corpus, tmp_path) as index:
+        stats = index.update()
+        assert (stats.added, stats.updated, stats.removed, stats.unchanged) == (4, 0, 0, 0)
+        assert stats.errors == []
+        assert locations(index, "counterweight") == ["guide.md:11"]
+        assert locations(index, "Polaris") == ["guide.md:14"]
+        assert locations(index, "refractor lens") == ["notes.txt:6"]
+        assert locations(index, "76 years") == ["sub/comets.html:6"]
+        assert locations(index, "perihelion") == ["sub/comets.html:7"]
+        assert locations(index, "quasars") == ["sub/paper.pdf#page=2"]  # the hidden folder is skipped
+        hit = index.search("counterweight")[0]
+        assert hit.heading == "Telescope Guide > Mounting"
+        assert "**counterweight**" in hit.snippet
+        # Front matter, scripts and non-documents are not indexed.
+        assert index.search("zebra") == [] and index.search("nebula") == []
+
+
+def test_bm25_ranks_denser_and_heading_matches_first(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "a.md").write_text("# Other\n\nOne mention of saturn among many other words here.\n")
+    (root / "b.md").write_text("# Saturn\n\nSaturn has rings. Saturn is large.\n")
+    (root / "c.md").write_text("# Nothing\n\nNo planets here.\n")
+    with build(root, tmp_path) as index:
+        index.update()
+        hits = index.search("saturn")
+        assert [h.path for h in hits] == ["b.md", "a.md"]
+        assert hits[0].score < hits[1].score
+
+
+def test_incremental_update_reads_only_changed_files(corpus: Path, tmp_path: Path) -> None:
+    with build(corpus, tmp_path) as index:
+        index.update()
+        again = index.update()
+        assert (again.added, again.updated, again.removed, again.unchanged, again.chunks) == (0, 0, 0, 4, 0)
+
+        # A new mtime with the same content is hashed but not re-extracted.
+        os.utime(corpus / "notes.txt", ns=(1, 1))
+        touched = index.update()
+        assert (touched.updated, touched.unchanged, touched.chunks) == (0, 4, 0)
+
+        (corpus / "notes.txt").write_text("The reflector mirror needs collimation.\n")
+        (corpus / "sub" / "comets.html").unlink()
+        (corpus / "new.md").write_text("# New\n\nEclipse timings.\n")
+        changed = index.update()
+        assert (changed.added, changed.updated, changed.removed, changed.unchanged) == (1, 1, 1, 2)
+        assert locations(index, "collimation") == ["notes.txt:1"]
+        assert index.search("refractor") == []
+        assert index.search("Halley") == []
+        assert locations(index, "eclipse") == ["new.md:3"]
+        assert index.file_count() == 4
+
+
+def test_plain_queries_are_escaped_and_fall_back_to_any_term(corpus: Path, tmp_path: Path) -> None:
+    with build(corpus, tmp_path) as index:
+        index.update()
+        # FTS5 operators and punctuation are just words in a plain query.
+        assert locations(index, 'milk AND ( bread') == ["notes.txt:3"]
+        assert index.search('C++ ( "unclosed') == []
+        assert locations(index, "NEAR(mount") == ["guide.md:8"]  # "Mounting" stems to mount
+        # No section has both words, so any-term ranking applies.
+        assert set(locations(index, "Jupiter spectroscopy")) == {"guide.md:11", "sub/paper.pdf#page=1"}
+        # Quoted phrases stay together.
+        assert locations(index, '"equatorial mount"') == ["guide.md:10"]
+        assert index.search('"mount equatorial"') == []
+        with pytest.raises(QuerySyntaxError, match="no words"):
+            index.search("?!")
+
+
+def test_fts_syntax_passes_through_and_errors_are_explained(corpus: Path, tmp_path: Path) -> None:
+    with build(corpus, tmp_path) as index:
+        index.update()
+        assert set(locations(index, "redsh* OR halley", syntax="fts")) == {"sub/comets.html:4", "sub/paper.pdf#page=2"}
+        assert locations(index, "heading:mounting", syntax="fts") == ["guide.md:8"]
+        with pytest.raises(QuerySyntaxError, match="not valid FTS5 syntax"):
+            index.search("mount AND", syntax="fts")
+        with pytest.raises(QuerySyntaxError):
+            index.search("nosuchcolumn:x", syntax="fts")
+
+
+def test_path_glob_restricts_hits(corpus: Path, tmp_path: Path) -> None:
+    with build(corpus, tmp_path) as index:
+        index.update()
+        assert set(locations(index, "introduction")) == {"guide.md:6", "sub/paper.pdf#page=1"}
+        assert locations(index, "introduction", path_glob="sub/*.pdf") == ["sub/paper.pdf#page=1"]
+
+
+def test_unreadable_files_are_reported_not_fatal(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    (root / "binary.txt").write_bytes(b"abc\x00\x01\x02")
+    (root / "ok.md").write_text("fine content\n")
+    with build(root, tmp_path) as index:
+        stats = index.update()
+        assert stats.added == 3
+        assert {path for path, _ in stats.errors} == {"broken.pdf", "binary.txt"}
+        assert locations(index, "fine") == ["ok.md:1"]
+        # A broken file is remembered by hash, so it is not retried until it changes.
+        assert index.update().unchanged == 3
+
+
+def test_symlinks_out_of_root_are_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "private.md").write_text("private diary entry\n")
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "ok.md").write_text("public text\n")
+    (root / "link.md").symlink_to(outside / "private.md")
+    (root / "linkdir").symlink_to(outside, target_is_directory=True)
+    with build(root, tmp_path) as index:
+        assert index.update().added == 1
+        assert index.search("diary") == []
+
+
+def test_an_index_belongs_to_one_root(corpus: Path, tmp_path: Path) -> None:
+    with build(corpus, tmp_path) as index:
+        index.update()
+    with pytest.raises(ValueError, match="indexes"):
+        DocIndex(tmp_path / "index.sqlite3", tmp_path)
+
+
+async def test_search_docs_tool_cites_locations(corpus: Path, tmp_path: Path) -> None:
+    with build(corpus, tmp_path) as index:
+        index.update()
+    tool = SearchDocs(tmp_path / "index.sqlite3")
+    assert tool.spec.name == "search_docs" and "query" in tool.spec.parameters["properties"]
+    out = await tool({"query": "counterweight Jupiter"}, CTX)
+    assert not out.is_error
+    assert "[1] guide.md:11 — Telescope Guide > Mounting" in out.text
+    assert out.metadata["hits"][0]["location"] == "guide.md:11"
+    none = await tool({"query": "xylophone"}, CTX)
+    assert not none.is_error and "No document sections match" in none.text
+
+
+async def test_search_docs_tool_errors_are_observations(corpus: Path, tmp_path: Path) -> None:
+    missing = await SearchDocs(tmp_path / "nope.sqlite3")({"query": "x"}, CTX)
+    assert missing.is_error and "qwq-agent index" in missing.text
+    assert not (tmp_path / "nope.sqlite3").exists()
+    with build(corpus, tmp_path) as index:
+        index.update()
+    tool = SearchDocs(tmp_path / "index.sqlite3")
+    bad = await tool({"query": "mount AND", "syntax": "fts"}, CTX)
+    assert bad.is_error and "not valid FTS5 syntax" in bad.text
+    invalid = await tool({"query": "x", "limit": 0}, CTX)
+    assert invalid.is_error and "limit" in invalid.text
+
+
+def test_cli_index_prints_counts(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "cli.sqlite3"
+    assert main(["index", str(corpus), "--db", str(db)]) == 0
+    first = capsys.readouterr().out
+    assert "added 4, updated 0, removed 0, unchanged 0" in first
+    (corpus / "notes.txt").write_text("changed\n")
+    assert main(["index", str(corpus), "--db", str(db), "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert (counts["added"], counts["updated"], counts["removed"], counts["unchanged"]) == (0, 1, 0, 3)
+    assert isinstance(counts["seconds"], float)
+    assert main(["index", str(tmp_path / "absent")]) == 2
