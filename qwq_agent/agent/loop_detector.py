@@ -162,8 +162,10 @@ class ReasoningLoopDetector:
     Feed it the reasoning deltas as they arrive. Work is done once per completed word and per
     completed sentence, against bounded windows, so a delta costs time proportional to its length.
     Two signals say "looping": the share of recent word n-grams already seen earlier, and the share of
-    recent sentences/paragraphs that are near-duplicates (after normalising numbers, punctuation and
-    case) of earlier ones while reusing their numbers. Each level fires at most once, in order.
+    recent sentences/paragraphs that are near-duplicates (shingle Jaccard after normalising numbers,
+    punctuation and case) of an earlier one whose number sequence also matches. Each level fires at
+    most once, in order; `signals` keeps all that fired. The outcome does not depend on how the
+    stream is chunked (except inside a single run of over 2,000 characters without whitespace).
     """
 
     def __init__(self, config: LoopDetectorConfig | None = None) -> None:
@@ -178,7 +180,7 @@ class ReasoningLoopDetector:
         self.level = 0
         self.signals: list[LoopSignal] = []
         self._new_signals: list[LoopSignal] = []
-        self._pending = ""  # text after the last sentence boundary, not yet a segment
+        self._pending = ""  # text after the last whitespace: its last token may still grow
         # n-gram signal
         self._tail: deque[str] = deque(maxlen=cfg.ngram_size)
         self._seen_ngrams: set[tuple[str, ...]] = set()
