@@ -30,3 +30,8 @@ def plain_to_fts(query: str, *, any_term: bool = False) -> str | None:
 def query_words(query: str) -> list[str]:
     """The lower-cased words of a query, used to find the matching line inside a hit."""
     return [w.lower() for w in _WORD.findall(query) if w.upper() not in ("AND", "OR", "NOT", "NEAR")]
+
+
+def query_phrases(query: str) -> list[list[str]]:
+    """The lower-cased words of each double-quoted phrase of a query."""
+    return [ws for ws in (_WORD.findall(p.lower()) for p in _PHRASE.findall(query)) if len(ws) > 1]

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from qwq_agent.docindex.extract import ExtractError, Section, extract, kind_of
-from qwq_agent.docindex.query import plain_to_fts, query_words
+from qwq_agent.docindex.query import plain_to_fts, query_phrases, query_words
 
 SCHEMA_VERSION = "1"
 DEFAULT_DB_NAME = ".qwq-docindex.sqlite3"
@@ -255,18 +255,20 @@ class DocIndex:
         if syntax == "fts":
             if not query.strip():
                 raise QuerySyntaxError("empty query")
-            return self._run(query, limit, path_glob, query_words(query))
-        words = query_words(query)
+            return self._run(query, limit, path_glob, query_words(query), query_phrases(query))
+        words, phrases = query_words(query), query_phrases(query)
         strict = plain_to_fts(query)
         if strict is None:
             raise QuerySyntaxError(f"the query {query!r} has no words to search for")
-        hits = self._run(strict, limit, path_glob, words)
+        hits = self._run(strict, limit, path_glob, words, phrases)
         loose = plain_to_fts(query, any_term=True)
         if not hits and loose and loose != strict:
-            hits = self._run(loose, limit, path_glob, words)
+            hits = self._run(loose, limit, path_glob, words, phrases)
         return hits
 
-    def _run(self, match: str, limit: int, path_glob: str | None, words: list[str]) -> list[Hit]:
+    def _run(
+        self, match: str, limit: int, path_glob: str | None, words: list[str], phrases: list[list[str]]
+    ) -> list[Hit]:
         sql = (
             "SELECT f.path, c.line, c.page, c.linemap, fts.heading, fts.body, "
             "snippet(fts, 1, '**', '**', '…', 24), bm25(fts, 3.0, 1.0) AS score "
@@ -289,7 +291,7 @@ class DocIndex:
             hits.append(
                 Hit(
                     path=path,
-                    line=_match_line(section, words),
+                    line=_match_line(section, words, phrases),
                     page=page,
                     heading=heading,
                     snippet=" ".join(snippet.split()),
@@ -306,10 +308,14 @@ class DocIndex:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
-def _match_line(section: Section, words: list[str]) -> int:
-    # The first place a query word (or its stem's prefix, as porter may have matched a variant)
-    # appears gives a more precise line than the section start.
+def _match_line(section: Section, words: list[str], phrases: list[list[str]]) -> int:
+    # The first place a query phrase, else a query word (or its stem's prefix, as porter may have
+    # matched a variant), appears gives a more precise line than the section start.
     lower = section.body.lower()
+    for phrase in phrases:
+        m = re.search(r"\b" + r"\W+".join(map(re.escape, phrase)), lower)
+        if m:
+            return section.line_at(m.start())
     best: int | None = None
     for word in words:
         for probe in (word, word[: max(4, len(word) - 3)]):
