@@ -220,7 +220,14 @@ def _jsonable(value: Any) -> Any:
     raise ValueError(f"not JSON data: {type(value).__name__}")
 
 
-_JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+_JSON_TYPE_NAMES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+}
 
 
 def _json_type(value: Any) -> str:
