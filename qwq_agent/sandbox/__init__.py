@@ -1,1 +1,55 @@
-"""Hardened Docker sandboxes driven through a persistent supervisor channel."""
+"""Hardened Docker sandboxes driven through a persistent supervisor channel.
+
+    async with DockerSandbox.create() as sb:
+        result = await sb.python("1 + 1")
+
+    async with SandboxPool(size=4) as pool:
+        async with pool.acquire() as sb:
+            await sb.shell("ls")
+"""
+
+from qwq_agent.sandbox.config import SandboxConfig
+from qwq_agent.sandbox.docker_sandbox import DockerSandbox
+from qwq_agent.sandbox.errors import (
+    InvalidRequest,
+    PathOutsideWorkspace,
+    ResourceExhausted,
+    SandboxDead,
+    SandboxError,
+    SandboxStartError,
+    SandboxTimeout,
+    ToolError,
+    UnsafeArchive,
+)
+from qwq_agent.sandbox.pool import SandboxPool
+from qwq_agent.sandbox.protocol import (
+    DownloadResult,
+    FileResult,
+    PythonResult,
+    SearchMatch,
+    SearchResult,
+    ShellResult,
+    UploadResult,
+)
+
+__all__ = [
+    "DockerSandbox",
+    "DownloadResult",
+    "FileResult",
+    "InvalidRequest",
+    "PathOutsideWorkspace",
+    "PythonResult",
+    "ResourceExhausted",
+    "SandboxConfig",
+    "SandboxDead",
+    "SandboxError",
+    "SandboxPool",
+    "SandboxStartError",
+    "SandboxTimeout",
+    "SearchMatch",
+    "SearchResult",
+    "ShellResult",
+    "ToolError",
+    "UnsafeArchive",
+    "UploadResult",
+]

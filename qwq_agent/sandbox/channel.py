@@ -1,0 +1,139 @@
+"""The host end of the supervisor channel: request ids over the container's attached stdio.
+
+Outgoing frames are written raw to stdin; incoming bytes arrive in Docker's stream framing (8-byte
+header: stream, 0, 0, 0, big-endian size) and carry, on stdout, the supervisor's own frames (4-byte
+big-endian length + JSON). Replies are matched to callers by id, so calls are multiplexed: any number may
+be in flight at once on one channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import struct
+from collections import deque
+from typing import Any
+
+from qwq_agent.sandbox.errors import InvalidRequest, SandboxDead, SandboxTimeout, error_from_reply
+
+_DOCKER_HEADER = struct.Struct(">BxxxI")
+_FRAME = struct.Struct(">I")
+
+
+class Channel:
+    """A multiplexed request/reply channel to one supervisor."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, max_request_bytes: int) -> None:
+        self._reader, self._writer = reader, writer
+        self._max = max_request_bytes
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._buf = bytearray()
+        self._stderr: deque[bytes] = deque(maxlen=64)
+        self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.closed_reason: str | None = None
+        self.exit_reason: str | None = None
+        self._task = asyncio.create_task(self._read_loop())
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_reason is not None
+
+    def stderr_tail(self) -> str:
+        return b"".join(self._stderr).decode("utf-8", "replace")[-2000:]
+
+    async def call(self, op: str, args: dict[str, Any], reply_timeout: float | None) -> dict[str, Any]:
+        """Send one request and wait for its reply; raises a typed `SandboxError` on failure."""
+        if self.closed:
+            raise SandboxDead(self.closed_reason or "closed")
+        rid = next(self._ids)
+        body = json.dumps({"id": rid, "op": op, "args": args}, separators=(",", ":")).encode()
+        if len(body) > self._max:
+            raise InvalidRequest(f"request of {len(body)} bytes exceeds the limit of {self._max} bytes; nothing was sent")
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            self._writer.write(_FRAME.pack(len(body)) + body)
+            try:
+                await self._writer.drain()
+            except (ConnectionError, OSError) as exc:
+                self._close(f"the channel broke while sending: {exc}")
+            try:
+                reply = await asyncio.wait_for(fut, reply_timeout)
+            except TimeoutError:
+                raise SandboxTimeout(f"no reply to {op!r} within {reply_timeout:g}s") from None
+        finally:
+            self._pending.pop(rid, None)
+        if reply.get("ok"):
+            return reply["result"]
+        raise error_from_reply(reply.get("error") or {})
+
+    async def _read_loop(self) -> None:
+        reason = "the channel closed"
+        try:
+            while True:
+                header = await self._reader.readexactly(_DOCKER_HEADER.size)
+                stream, size = _DOCKER_HEADER.unpack(header)
+                payload = await self._reader.readexactly(size)
+                if stream == 2:
+                    self._stderr.append(payload)
+                    continue
+                self._buf += payload
+                self._dispatch_frames()
+        except asyncio.IncompleteReadError:
+            reason = "the container exited"
+        except (ConnectionError, OSError) as exc:
+            reason = f"the channel broke: {exc}"
+        except asyncio.CancelledError:
+            reason = "the channel was closed by the host"
+        except Exception as exc:  # a corrupt frame: nothing further on this stream can be trusted
+            reason = f"protocol error: {exc!r}"
+        self._close(reason)
+
+    def _dispatch_frames(self) -> None:
+        while len(self._buf) >= 4:
+            (n,) = _FRAME.unpack_from(self._buf)
+            if len(self._buf) < 4 + n:
+                return
+            msg = json.loads(bytes(self._buf[4 : 4 + n]))
+            del self._buf[: 4 + n]
+            rid = msg.get("id")
+            if rid is None:
+                self._event(msg)
+                continue
+            fut = self._pending.get(rid)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
+    def _event(self, msg: dict[str, Any]) -> None:
+        event = msg.get("event")
+        if event == "hello" and not self.hello.done():
+            self.hello.set_result(msg)
+        elif event == "exit":
+            self.exit_reason = msg.get("reason")
+
+    def _close(self, reason: str) -> None:
+        if self.closed:
+            return
+        if self.exit_reason:
+            reason = f"the supervisor exited ({self.exit_reason} limit reached)" if self.exit_reason in ("idle", "lifetime") else f"the supervisor exited ({self.exit_reason})"
+        tail = self.stderr_tail().strip()
+        self.closed_reason = reason + (f"; its last words: {tail}" if tail else "")
+        error = SandboxDead(self.closed_reason)
+        for fut in list(self._pending.values()):
+            if not fut.done():
+                fut.set_exception(error)
+        if not self.hello.done():
+            self.hello.set_exception(error)
+            self.hello.exception()  # retrieved here so an unawaited hello does not warn
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+    async def aclose(self) -> None:
+        """Close the stream (the supervisor sees EOF and exits) and stop the reader."""
+        self._close("the channel was closed by the host")
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task

@@ -1,0 +1,120 @@
+"""One pydantic model holding every hardening and limit setting of a sandbox, all on by default."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field, field_validator
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_bytes(value: int | str) -> int:
+    """`512m`, `1g`, `65536` or `64k` as a number of bytes."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+)\s*([bkmg]?)i?b?\s*", str(value).lower())
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. 512m, 1g)")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+class SandboxConfig(BaseModel):
+    """How a sandbox container is confined and limited.
+
+    Sizes accept bytes or strings like `512m`. Memory and memory+swap are the same value, so the sandbox
+    never swaps. Tmpfs mounts count against the memory limit, which is why they are capped too.
+    """
+
+    image: str | None = Field(None, description="Image tag; default: qwq_agent.sandbox.image.ensure_image()")
+    network_mode: str = "none"
+    cap_drop: list[str] = Field(default_factory=lambda: ["ALL"])
+    no_new_privileges: bool = True
+    read_only_root: bool = True
+    user: str = "1000:1000"
+    pids_limit: int = 256
+    memory: int = parse_bytes("1g")
+    cpus: float = 1.0
+    nofile: int = 1024
+    fsize: int = parse_bytes("1g")
+    workspace_size: int = parse_bytes("512m")
+    tmp_size: int = parse_bytes("256m")
+    home_size: int = parse_bytes("64m")
+    log_driver: str = "none"
+    idle_timeout_s: float = 900.0
+    lifetime_s: float = 3600.0
+    python_timeout_s: float = 60.0
+    shell_timeout_s: float = 60.0
+    interrupt_grace_s: float = 2.0
+    output_head_bytes: int = 32 * 1024
+    output_tail_bytes: int = 32 * 1024
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_download_bytes: int = 64 * 1024 * 1024
+    start_timeout_s: float = 60.0
+    reply_grace_s: float = 10.0
+    auto_replace: bool = True
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("memory", "fsize", "workspace_size", "tmp_size", "home_size", mode="before")
+    @classmethod
+    def _sizes(cls, value: int | str) -> int:
+        return parse_bytes(value)
+
+    def supervisor_env(self) -> dict[str, str]:
+        """What the supervisor reads at start-up (it is stdlib-only and takes its settings from env)."""
+        return {
+            "QWQ_IDLE_TIMEOUT": str(self.idle_timeout_s),
+            "QWQ_LIFETIME": str(self.lifetime_s),
+            "QWQ_OUTPUT_HEAD": str(self.output_head_bytes),
+            "QWQ_OUTPUT_TAIL": str(self.output_tail_bytes),
+            "QWQ_INTERRUPT_GRACE": str(self.interrupt_grace_s),
+            "QWQ_MAX_FRAME": str(self.max_request_bytes + 1024),
+            "QWQ_MAX_DOWNLOAD": str(self.max_download_bytes),
+        }
+
+    def container_body(self, image: str, labels: dict[str, str]) -> dict:
+        """The Docker Engine API `POST /containers/create` body."""
+        tmpfs_opts = "rw,nosuid,nodev"
+        uid, _, gid = self.user.partition(":")
+        env = {"HOME": "/home/sandbox", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", **self.env}
+        env.update(self.supervisor_env())
+        host = {
+            "NetworkMode": self.network_mode,
+            "CapDrop": list(self.cap_drop),
+            "SecurityOpt": ["no-new-privileges:true"] if self.no_new_privileges else [],
+            "ReadonlyRootfs": self.read_only_root,
+            "Tmpfs": {
+                "/workspace": f"{tmpfs_opts},exec,size={self.workspace_size},uid={uid},gid={gid or uid},mode=0755",
+                "/tmp": f"{tmpfs_opts},exec,size={self.tmp_size},mode=1777",
+                "/home/sandbox": f"{tmpfs_opts},size={self.home_size},uid={uid},gid={gid or uid},mode=0755",
+            },
+            "PidsLimit": self.pids_limit,
+            "Memory": self.memory,
+            "MemorySwap": self.memory,
+            "NanoCpus": int(self.cpus * 1e9),
+            "Ulimits": [
+                {"Name": "nofile", "Soft": self.nofile, "Hard": self.nofile},
+                {"Name": "fsize", "Soft": self.fsize, "Hard": self.fsize},
+                {"Name": "core", "Soft": 0, "Hard": 0},
+            ],
+            "LogConfig": {"Type": self.log_driver, "Config": {}},
+            "AutoRemove": True,
+            "Init": False,  # tini is the image's entrypoint and reaps zombies
+        }
+        return {
+            "Image": image,
+            "User": self.user,
+            "WorkingDir": "/workspace",
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "Labels": labels,
+            "AttachStdin": True,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "OpenStdin": True,
+            # The supervisor sees EOF when the host's attach connection closes, so a dead host means a
+            # dead sandbox even before the janitor runs.
+            "StdinOnce": True,
+            "Tty": False,
+            "NetworkDisabled": self.network_mode == "none",
+            "HostConfig": host,
+        }

@@ -1,0 +1,297 @@
+"""`DockerSandbox`: one hardened container, driven through its supervisor channel.
+
+Calls on one sandbox may run concurrently: they are multiplexed by request id. Python cells queue on
+the single interpreter inside (they share its state); shell, file and search calls run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import os
+import tarfile
+import uuid
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from qwq_agent.sandbox import janitor
+from qwq_agent.sandbox.channel import Channel
+from qwq_agent.sandbox.config import SandboxConfig
+from qwq_agent.sandbox.engine import DockerEngine
+from qwq_agent.sandbox.errors import (
+    DockerAPIError,
+    InvalidRequest,
+    SandboxDead,
+    SandboxStartError,
+    SandboxTimeout,
+    UnsafeArchive,
+)
+from qwq_agent.sandbox.protocol import (
+    CreateRequest,
+    DownloadRequest,
+    DownloadResult,
+    FileResult,
+    InsertRequest,
+    PingResult,
+    PythonRequest,
+    PythonResult,
+    Request,
+    Result,
+    SearchRequest,
+    SearchResult,
+    ShellRequest,
+    ShellResult,
+    StrReplaceRequest,
+    UndoEditRequest,
+    UploadRequest,
+    UploadResult,
+    ViewRequest,
+)
+
+R = TypeVar("R", bound=Result)
+_image_cache: dict[str, str] = {}
+
+
+def resolve_image(config: SandboxConfig) -> str:
+    """The configured image, or the project's sandbox image (built if missing; cached per process)."""
+    if config.image:
+        return config.image
+    if "default" not in _image_cache:
+        from qwq_agent.sandbox.image import ensure_image
+
+        _image_cache["default"] = ensure_image(progress=lambda *a, **k: None)
+    return _image_cache["default"]
+
+
+class _Starting:
+    """What `DockerSandbox.create()` returns: await it for a sandbox, or use it as `async with`."""
+
+    def __init__(self, sandbox: DockerSandbox) -> None:
+        self._sandbox = sandbox
+
+    def __await__(self) -> Generator[Any, None, DockerSandbox]:
+        return self._start().__await__()
+
+    async def _start(self) -> DockerSandbox:
+        await self._sandbox._start()
+        return self._sandbox
+
+    async def __aenter__(self) -> DockerSandbox:
+        return await self._start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._sandbox.close()
+
+
+class DockerSandbox:
+    """A sandbox container with a persistent Python interpreter, a shell, an editor and search.
+
+    Satisfies `qwq_agent.protocols.Sandbox`. Use `async with DockerSandbox.create() as sb: ...` or
+    `sb = await DockerSandbox.create()` followed by `await sb.close()`.
+    """
+
+    def __init__(self, config: SandboxConfig | None = None, *, engine: DockerEngine | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self.engine = engine or DockerEngine()
+        self.id = ""
+        self.name = ""
+        self.replacements = 0
+        self._channel: Channel | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def create(cls, config: SandboxConfig | None = None, *, engine: DockerEngine | None = None, **overrides: Any) -> _Starting:
+        """Start a sandbox; keyword overrides are `SandboxConfig` fields (e.g. `memory="256m"`)."""
+        if overrides:
+            config = (config or SandboxConfig()).model_copy(update=SandboxConfig(**overrides).model_dump(include=set(overrides)))
+        return _Starting(cls(config, engine=engine))
+
+    @property
+    def alive(self) -> bool:
+        """False once the container died or was closed (the next call replaces it if `auto_replace`)."""
+        return self._channel is not None and not self._channel.closed and not self._closed
+
+    async def _start(self) -> None:
+        await asyncio.to_thread(janitor.startup_once)
+        image = await asyncio.to_thread(resolve_image, self.config)
+        self.name = f"qwq-sbx-{uuid.uuid4().hex[:12]}"
+        labels = janitor.owner_labels(self.config.lifetime_s)
+        try:
+            cid = await self.engine.create(self.name, self.config.container_body(image, labels))
+        except DockerAPIError as exc:
+            raise SandboxStartError(f"could not create the sandbox container: {exc}") from exc
+        self.id = cid[:12]
+        try:
+            reader, writer = await self.engine.attach(cid)
+            self._channel = Channel(reader, writer, max_request_bytes=self.config.max_request_bytes)
+            await self.engine.start(cid)
+            await asyncio.wait_for(asyncio.shield(self._channel.hello), self.config.start_timeout_s)
+        except BaseException as exc:
+            await self._discard()
+            if isinstance(exc, TimeoutError | DockerAPIError | SandboxDead):
+                raise SandboxStartError(f"the sandbox did not start: {exc}") from exc
+            raise
+
+    async def _discard(self) -> None:
+        if self._channel is not None:
+            await self._channel.aclose()
+        if self.id:
+            with contextlib.suppress(DockerAPIError, OSError):
+                await self.engine.remove(self.id)
+
+    async def close(self) -> None:
+        """Destroy the container (idempotent)."""
+        self._closed = True
+        await self._discard()
+
+    async def _ensure_alive(self) -> bool:
+        """Replace a dead container when allowed; True if this call did."""
+        if self._closed:
+            raise SandboxDead("the sandbox was closed")
+        if self._channel is not None and not self._channel.closed:
+            return False
+        async with self._lock:
+            if self._channel is not None and not self._channel.closed:
+                return True  # another caller replaced it while we waited: state is lost for us too
+            reason = self._channel.closed_reason if self._channel else "not started"
+            if not self.config.auto_replace:
+                raise SandboxDead(f"sandbox {self.id}: {reason}")
+            await self._discard()
+            self.id = ""
+            await self._start()
+            self.replacements += 1
+            return True
+
+    async def _call_raw(self, request: Request, reply_timeout: float | None) -> tuple[dict[str, Any], bool]:
+        replaced = await self._ensure_alive()
+        assert self._channel is not None
+        try:
+            raw = await self._channel.call(request.op, request.model_dump(exclude={"op"}), reply_timeout)
+        except SandboxTimeout as exc:
+            # An unresponsive supervisor cannot be trusted with the next call: kill it now.
+            await self._discard()
+            raise SandboxTimeout(f"sandbox {self.id}: {exc}; the container was killed") from None
+        except SandboxDead as exc:
+            raise SandboxDead(f"sandbox {self.id}: {exc}") from None
+        return raw, replaced
+
+    async def _call(self, request: Request, result_type: type[R], reply_timeout: float | None) -> R:
+        raw, replaced = await self._call_raw(request, reply_timeout)
+        result = result_type.model_validate(raw)
+        if replaced:
+            result.sandbox_replaced = result.state_lost = True
+        return result
+
+    def _grace(self, timeout: float) -> float:
+        return timeout + self.config.interrupt_grace_s + self.config.reply_grace_s
+
+    # ------------------------------------------------------------------------------------------ operations
+
+    # `timeout` is enforced inside the sandbox (interrupt, then kill), which asyncio.timeout cannot do.
+    async def python(self, code: str, *, timeout: float | None = None) -> PythonResult:  # noqa: ASYNC109
+        """Run a cell in the persistent interpreter (notebook-style: the last expression's repr is `value`)."""
+        req = PythonRequest(code=code, timeout=timeout or self.config.python_timeout_s)
+        return await self._call(req, PythonResult, self._grace(req.timeout))
+
+    async def shell(self, command: str, *, timeout: float | None = None, cwd: str | None = None) -> ShellResult:  # noqa: ASYNC109
+        """Run `bash -c command` in its own process group; background jobs are killed when it returns."""
+        req = ShellRequest(command=command, timeout=timeout or self.config.shell_timeout_s, cwd=cwd)
+        return await self._call(req, ShellResult, self._grace(req.timeout))
+
+    async def view(self, path: str, view_range: list[int] | None = None) -> FileResult:
+        """`cat -n` of a file (optionally lines [start, end], end -1 = to the end) or a 2-level listing."""
+        return await self._call(ViewRequest(path=path, view_range=view_range), FileResult, self._grace(60))
+
+    async def create_file(self, path: str, file_text: str) -> FileResult:
+        """Create a new file (refuses to overwrite)."""
+        return await self._call(CreateRequest(path=path, file_text=file_text), FileResult, self._grace(60))
+
+    async def str_replace(self, path: str, old_str: str, new_str: str = "") -> FileResult:
+        """Replace the one occurrence of `old_str`; zero or several matches raise `ToolError`."""
+        req = StrReplaceRequest(path=path, old_str=old_str, new_str=new_str)
+        return await self._call(req, FileResult, self._grace(60))
+
+    async def insert(self, path: str, insert_line: int, new_str: str) -> FileResult:
+        """Insert `new_str` after line `insert_line` (0: at the top)."""
+        req = InsertRequest(path=path, insert_line=insert_line, new_str=new_str)
+        return await self._call(req, FileResult, self._grace(60))
+
+    async def undo_edit(self, path: str) -> FileResult:
+        """Revert the last `str_replace` or `insert` on `path`."""
+        return await self._call(UndoEditRequest(path=path), FileResult, self._grace(60))
+
+    async def search(self, pattern: str, **options: Any) -> SearchResult:
+        """ripgrep over the workspace; options are `SearchRequest` fields (literal, globs, context_lines...)."""
+        req = SearchRequest(pattern=pattern, **options)
+        return await self._call(req, SearchResult, self._grace(req.timeout))
+
+    async def ping(self) -> PingResult:
+        return await self._call(Request.model_construct(op="ping"), PingResult, self._grace(10))
+
+    async def upload_archive(self, data: bytes, dest: str = "/workspace") -> UploadResult:
+        """Extract a tar archive under `dest`; unsafe entries make the whole archive refused (`UnsafeArchive`)."""
+        req = UploadRequest(dest=dest, data=base64.b64encode(data).decode("ascii"))
+        return await self._call(req, UploadResult, self._grace(120))
+
+    async def upload(self, local: str | os.PathLike[str], dest: str = "/workspace") -> UploadResult:
+        """Copy a local file or folder into the directory `dest` (like `docker cp local dest/`)."""
+        path = Path(local)
+
+        def pack() -> bytes:
+            if not path.exists():
+                raise InvalidRequest(f"{local} does not exist")
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                tar.add(path, arcname=path.name)
+            return buf.getvalue()
+
+        data = await asyncio.to_thread(pack)
+        if len(data) * 4 // 3 > self.config.max_request_bytes:
+            raise InvalidRequest(f"{local} packs to {len(data)} bytes, over the request limit; nothing was sent")
+        return await self.upload_archive(data, dest)
+
+    async def download(self, src: str, local_dir: str | os.PathLike[str]) -> DownloadResult:
+        """Copy a workspace file or folder into the local directory `local_dir` (created if missing).
+
+        The archive comes from an untrusted sandbox, so it is checked in full before anything is written:
+        absolute paths, `..`, links leaving `local_dir` and special files raise `UnsafeArchive`.
+        """
+        raw, replaced = await self._call_raw(DownloadRequest(path=src), self._grace(120))
+        data = base64.b64decode(raw["data"])
+        paths = await asyncio.to_thread(_safe_extract, data, Path(local_dir))
+        return DownloadResult(paths=paths, bytes=raw["bytes"], sandbox_replaced=replaced, state_lost=replaced)
+
+    async def __aenter__(self) -> DockerSandbox:
+        if self._channel is None:
+            await self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _safe_extract(data: bytes, dest: Path) -> list[str]:
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            members = tar.getmembers()
+            checked = []
+            for member in members:
+                try:
+                    checked.append(tarfile.data_filter(member, str(dest)))
+                except tarfile.FilterError as exc:
+                    raise UnsafeArchive(f"refusing the downloaded archive: {exc}; nothing was written") from None
+            tar.extractall(dest, members=checked, filter="data")
+    except tarfile.TarError as exc:
+        raise UnsafeArchive(f"the sandbox sent a broken archive: {exc}") from None
+    return [str(dest / m.name) for m in members if "/" not in m.name.rstrip("/")]
+
+
+class _Raw(BaseModel):
+    pass

@@ -1,0 +1,70 @@
+"""Typed failures of the sandbox layer; every error the supervisor reports maps onto one of these."""
+
+from __future__ import annotations
+
+
+class SandboxError(Exception):
+    """Base class of every sandbox failure."""
+
+
+class SandboxStartError(SandboxError):
+    """The container could not be created or its supervisor did not say hello in time."""
+
+
+class SandboxDead(SandboxError):
+    """The container or its supervisor is gone (killed, crashed, idle or lifetime limit reached).
+
+    With `SandboxConfig.auto_replace` the next call starts a fresh sandbox and its result says so.
+    """
+
+
+class SandboxTimeout(SandboxError):
+    """The supervisor did not answer in time; the container was killed so it cannot linger."""
+
+
+class InvalidRequest(SandboxError):
+    """The request was malformed, oversized or refused before anything ran."""
+
+
+class PathOutsideWorkspace(InvalidRequest):
+    """A file operation named a path that resolves outside the workspace (directly or through a link)."""
+
+
+class UnsafeArchive(InvalidRequest):
+    """A tar archive had absolute paths, `..` components, links leaving it or special files."""
+
+
+class ResourceExhausted(SandboxError):
+    """The supervisor could not start a thread for the request (the sandbox's pids limit is spent)."""
+
+
+class ToolError(SandboxError):
+    """A file operation failed the way `str_replace_editor` reports it (no match, bad range, ...).
+
+    The message is meant for the model, worded like the tool reasoning models were trained on.
+    """
+
+
+class DockerAPIError(SandboxError):
+    """The Docker engine refused a request."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"Docker API error {status}: {message}")
+        self.status = status
+
+
+_BY_KIND: dict[str, type[SandboxError]] = {
+    "InvalidRequest": InvalidRequest,
+    "PathOutsideWorkspace": PathOutsideWorkspace,
+    "UnsafeArchive": UnsafeArchive,
+    "ResourceExhausted": ResourceExhausted,
+    "ToolError": ToolError,
+}
+
+
+def error_from_reply(error: dict[str, str]) -> SandboxError:
+    """The exception for a supervisor error reply `{"type": ..., "message": ...}`."""
+    kind = error.get("type", "InternalError")
+    message = error.get("message", "")
+    cls = _BY_KIND.get(kind, SandboxError)
+    return cls(message if cls is not SandboxError else f"{kind}: {message}")

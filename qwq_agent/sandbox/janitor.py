@@ -1,0 +1,166 @@
+"""Ownership labels on every sandbox container, and the janitor that removes orphans.
+
+A container is an orphan when its owner process is gone (same host and boot, pid dead or reused) or its
+expiry has passed. The janitor runs once per process before the first sandbox starts and, via atexit,
+removes whatever this process still owns on the way out.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+LABEL = "qwq-agent"
+L_PID, L_START, L_BOOT, L_HOST, L_EXPIRES, L_CREATED = (
+    f"{LABEL}.owner-pid", f"{LABEL}.owner-start", f"{LABEL}.owner-boot", f"{LABEL}.owner-host",
+    f"{LABEL}.expires", f"{LABEL}.created",
+)
+EXPIRY_GRACE_S = 60.0
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot: tells a live owner from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+BOOT_ID, HOSTNAME = _boot_id(), socket.gethostname()
+
+
+def owner_labels(lifetime_s: float) -> dict[str, str]:
+    """Labels for a new container owned by this process, expiring after its lifetime plus a grace."""
+    now = time.time()
+    pid = os.getpid()
+    return {
+        LABEL: "1",
+        L_PID: str(pid),
+        L_START: _start_ticks(pid) or "",
+        L_BOOT: BOOT_ID,
+        L_HOST: HOSTNAME,
+        L_CREATED: f"{now:.3f}",
+        L_EXPIRES: f"{now + lifetime_s + EXPIRY_GRACE_S:.3f}",
+    }
+
+
+def orphan_reason(labels: dict[str, str], now: float | None = None) -> str | None:
+    """Why a container with these labels is an orphan, or None while its owner may still use it."""
+    now = time.time() if now is None else now
+    try:
+        if float(labels.get(L_EXPIRES, "0")) < now:
+            return "expired"
+    except ValueError:
+        return "bad expiry label"
+    if labels.get(L_HOST) != HOSTNAME:
+        return None  # another host's process: only its expiry tells
+    if labels.get(L_BOOT) != BOOT_ID:
+        return "owner's host rebooted"
+    try:
+        pid = int(labels.get(L_PID, ""))
+    except ValueError:
+        return "bad owner label"
+    start = _start_ticks(pid)
+    if start is None or (labels.get(L_START) and start != labels[L_START]):
+        return "owner process is gone"
+    return None
+
+
+def owned_by_me(labels: dict[str, str]) -> bool:
+    return labels.get(L_PID) == str(os.getpid()) and labels.get(L_BOOT) == BOOT_ID and labels.get(L_HOST) == HOSTNAME
+
+
+class SandboxInfo(BaseModel):
+    """One container of ours as `ls` and `prune` report it."""
+
+    id: str
+    name: str
+    status: str
+    owner_pid: int | None
+    created: float | None
+    expires: float | None
+    orphan: str | None
+
+
+def _client() -> Any:
+    import docker
+
+    return docker.from_env(timeout=30)
+
+
+def list_sandboxes(client: Any = None) -> list[SandboxInfo]:
+    """Every container labelled as ours, running or not."""
+    client = client or _client()
+    out = []
+    for c in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
+        labels = c.get("Labels") or {}
+        out.append(
+            SandboxInfo(
+                id=c["Id"][:12],
+                name=(c.get("Names") or ["?"])[0].lstrip("/"),
+                status=c.get("Status", ""),
+                owner_pid=int(labels[L_PID]) if labels.get(L_PID, "").isdigit() else None,
+                created=float(labels[L_CREATED]) if labels.get(L_CREATED) else None,
+                expires=float(labels[L_EXPIRES]) if labels.get(L_EXPIRES) else None,
+                orphan=orphan_reason(labels),
+            )
+        )
+    return out
+
+
+def prune(*, everything: bool = False, mine: bool = False, client: Any = None) -> list[SandboxInfo]:
+    """Remove orphans (or, with `everything`, all of ours; with `mine`, this process's). Returns them."""
+    client = client or _client()
+    removed = []
+    for c in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
+        labels = c.get("Labels") or {}
+        if not (everything or (mine and owned_by_me(labels)) or (not mine and orphan_reason(labels))):
+            continue
+        try:
+            client.api.remove_container(c["Id"], force=True)
+        except Exception as exc:  # already gone, or removal in progress
+            if getattr(getattr(exc, "response", None), "status_code", None) not in (404, 409):
+                raise
+        removed.append(
+            SandboxInfo(id=c["Id"][:12], name=(c.get("Names") or ["?"])[0].lstrip("/"), status=c.get("Status", ""),
+                        owner_pid=int(labels[L_PID]) if labels.get(L_PID, "").isdigit() else None,
+                        created=None, expires=None, orphan=orphan_reason(labels) or ("owned" if mine else "all"))
+        )
+    return removed
+
+
+_started = False
+_lock = threading.Lock()
+
+
+def _at_exit() -> None:
+    try:
+        prune(mine=True)
+    except Exception:  # the engine may be gone at interpreter exit; nothing better to do then
+        pass
+
+
+def startup_once() -> None:
+    """Prune orphans once per process and make sure our own containers go when the process exits."""
+    global _started
+    with _lock:
+        if _started:
+            return
+        _started = True
+    atexit.register(_at_exit)
+    prune()

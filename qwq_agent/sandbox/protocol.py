@@ -1,0 +1,167 @@
+"""Typed requests and results of the supervisor channel (plain JSON inside the container).
+
+Every result carries `sandbox_replaced` / `state_lost` so a caller can tell that the container it was
+talking to died and a fresh one answered.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Request(BaseModel):
+    """Base of every request; `op` names the supervisor operation."""
+
+    model_config = ConfigDict(extra="forbid")
+    op: str
+
+
+class PythonRequest(Request):
+    op: Literal["python"] = "python"
+    code: str
+    timeout: float = Field(gt=0)
+
+
+class ShellRequest(Request):
+    op: Literal["shell"] = "shell"
+    command: str = Field(min_length=1)
+    timeout: float = Field(gt=0)
+    cwd: str | None = None
+
+
+class ViewRequest(Request):
+    op: Literal["view"] = "view"
+    path: str
+    view_range: list[int] | None = None
+
+
+class CreateRequest(Request):
+    op: Literal["create"] = "create"
+    path: str
+    file_text: str
+
+
+class StrReplaceRequest(Request):
+    op: Literal["str_replace"] = "str_replace"
+    path: str
+    old_str: str
+    new_str: str = ""
+
+
+class InsertRequest(Request):
+    op: Literal["insert"] = "insert"
+    path: str
+    insert_line: int
+    new_str: str
+
+
+class UndoEditRequest(Request):
+    op: Literal["undo_edit"] = "undo_edit"
+    path: str
+
+
+class SearchRequest(Request):
+    op: Literal["search"] = "search"
+    pattern: str = Field(min_length=1)
+    path: str = "/workspace"
+    literal: bool = False
+    globs: list[str] = Field(default_factory=list)
+    context_lines: int = Field(0, ge=0, le=20)
+    case: Literal["smart", "sensitive", "insensitive"] = "smart"
+    include_hidden: bool = False
+    max_results: int = Field(100, ge=1, le=10_000)
+    timeout: float = Field(30.0, gt=0)
+
+
+class UploadRequest(Request):
+    op: Literal["upload"] = "upload"
+    dest: str
+    data: str = Field(description="tar archive, base64")
+
+
+class DownloadRequest(Request):
+    op: Literal["download"] = "download"
+    path: str
+
+
+class Result(BaseModel):
+    """Common fields: whether the call ran in a replacement sandbox and whether earlier state is gone."""
+
+    sandbox_replaced: bool = False
+    state_lost: bool = False
+
+
+class PythonError(BaseModel):
+    ename: str
+    evalue: str
+    traceback: str
+
+
+class PythonResult(Result):
+    """A notebook-style cell result: captured output, the last expression's repr, error, figures."""
+
+    stdout: str = ""
+    stderr: str = ""
+    value: str | None = None
+    error: PythonError | None = None
+    images: list[str] = Field(default_factory=list, description="PNG figures, base64")
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
+    timed_out: bool = False
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class ShellResult(Result):
+    """Exit code (negative: killed by that signal) and head+tail of each stream."""
+
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
+    timed_out: bool = False
+    duration_s: float = 0.0
+
+
+class FileResult(Result):
+    """The text a `str_replace_editor` command reports."""
+
+    output: str
+
+
+class SearchMatch(BaseModel):
+    path: str
+    line_number: int | None
+    line: str
+    before: list[str] = Field(default_factory=list)
+    after: list[str] = Field(default_factory=list)
+
+
+class SearchResult(Result):
+    matches: list[SearchMatch] = Field(default_factory=list)
+    total_matches: int = 0
+    omitted: int = Field(0, description="matches found beyond max_results")
+    complete: bool = Field(True, description="false when counting stopped early (time or volume)")
+    path: str = "/workspace"
+
+
+class UploadResult(Result):
+    dest: str
+    entries: int
+    bytes: int
+
+
+class DownloadResult(Result):
+    paths: list[str] = Field(default_factory=list, description="host paths written")
+    bytes: int = 0
+
+
+class PingResult(Result):
+    pong: bool = True
+    worker_pid: int | None = None
