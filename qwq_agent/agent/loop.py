@@ -256,7 +256,7 @@ class Agent:
         """Stream one assistant turn into `turn`, intervening when the reasoning goes in circles."""
         cfg = self.config
         detector = ReasoningLoopDetector(cfg.loop_detector)
-        stream_parser = qparser.StreamParser()
+        stream_parser = qparser.StreamParser(id_prefix=f"call_{self._step}_")
         prefix = ""
         attempts = 0
         forced_close = False
@@ -293,7 +293,7 @@ class Agent:
                     Warning_(kind="model_error", message=f"{type(exc).__name__}: {exc}; retrying the turn")
                 )
                 detector = ReasoningLoopDetector(cfg.loop_detector)
-                stream_parser = qparser.StreamParser()
+                stream_parser = qparser.StreamParser(id_prefix=f"call_{self._step}_")
                 prefix = ""
                 continue
             finally:
