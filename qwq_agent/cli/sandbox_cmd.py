@@ -1,0 +1,112 @@
+"""`qwq-agent sandbox build | run --python CODE | run --shell CMD | ls | prune`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sandbox", help="build, try and clean up sandboxes")
+    ssub = p.add_subparsers(dest="sandbox_command", required=True)
+
+    build = ssub.add_parser("build", help="build the sandbox image")
+    build.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    build.add_argument("--json", action="store_true", help="JSON output")
+    build.set_defaults(func=_build)
+
+    run = ssub.add_parser("run", help="run code in a fresh sandbox and print the result")
+    what = run.add_mutually_exclusive_group(required=True)
+    what.add_argument("--python", metavar="CODE", help="a Python cell")
+    what.add_argument("--shell", metavar="CMD", help="a bash command")
+    run.add_argument("--timeout", type=float, default=None, help="seconds (default: the config's)")
+    run.add_argument("--json", action="store_true", help="JSON output")
+    run.set_defaults(func=_run)
+
+    ls = ssub.add_parser("ls", help="list sandbox containers (ours, by label)")
+    ls.add_argument("--json", action="store_true", help="JSON output")
+    ls.set_defaults(func=_ls)
+
+    prune = ssub.add_parser("prune", help="remove orphaned sandboxes (owner gone or expired)")
+    prune.add_argument("--all", action="store_true", help="remove every sandbox of ours, orphan or not")
+    prune.add_argument("--json", action="store_true", help="JSON output")
+    prune.set_defaults(func=_prune)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from qwq_agent.cli.sandbox_build import build_command
+
+    return int(build_command(args.force, args.json) or 0)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from qwq_agent.sandbox import DockerSandbox, SandboxError
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with DockerSandbox.create() as sb:
+            if args.python is not None:
+                return await sb.python(args.python, timeout=args.timeout)
+            return await sb.shell(args.shell, timeout=args.timeout)
+
+    try:
+        result = asyncio.run(go())
+    except SandboxError as exc:
+        if args.json:
+            print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+        else:
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(result.model_dump_json())
+        return 0
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    if args.python is not None:
+        if result.value is not None:
+            print(result.value)
+        if result.error is not None:
+            sys.stderr.write(result.error.traceback)
+        if result.images:
+            print(f"[{len(result.images)} figure(s) not shown]", file=sys.stderr)
+        return 1 if result.error else 0
+    if result.timed_out:
+        print("[timed out]", file=sys.stderr)
+    code = result.exit_code if result.exit_code is not None else 1
+    return code if code >= 0 else 128 - code
+
+
+def _table(rows, title: str) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("id", "name", "status", "owner pid", "orphan"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.id, r.name, r.status, str(r.owner_pid or ""), r.orphan or "")
+    Console().print(table)
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from qwq_agent.sandbox.janitor import list_sandboxes
+
+    rows = list_sandboxes()
+    if args.json:
+        print(json.dumps([r.model_dump() for r in rows]))
+    else:
+        _table(rows, f"{len(rows)} sandbox container(s)")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from qwq_agent.sandbox.janitor import prune
+
+    rows = prune(everything=args.all)
+    if args.json:
+        print(json.dumps([r.model_dump() for r in rows]))
+    else:
+        _table(rows, f"removed {len(rows)} sandbox container(s)")
+    return 0
