@@ -1,0 +1,122 @@
+"""`ensure_image`: make the sandbox image exist, building only the stages whose recipe changed."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+
+from qwq_agent.sandbox.image.debian import build_base
+from qwq_agent.sandbox.image.errors import ImageBuildError
+from qwq_agent.sandbox.image.final import build_final
+from qwq_agent.sandbox.image.mode import choose_mode, requested_mode
+from qwq_agent.sandbox.image.progress import ProgressFn, Stopwatch
+from qwq_agent.sandbox.image.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What `build_image` did: the tag, whether anything was built, how long it took, image size."""
+
+    tag: str
+    built: bool
+    seconds: float
+    size_bytes: int
+    mode: str | None
+
+
+def image_tag(recipe: Recipe | None = None) -> str:
+    """The final image's tag for the current recipe, computed without building or touching Docker."""
+    return (recipe or Recipe()).image_tag()
+
+
+def image_exists(tag: str, client: docker.DockerClient | None = None) -> bool:
+    """True when the local engine has an image with this tag."""
+    if not tag or not isinstance(tag, str):
+        raise ValueError(f"image tag must be a non-empty string, got {tag!r}")
+    own = client is None
+    client = client or docker.from_env()
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    finally:
+        if own:
+            client.close()
+
+
+def ensure_image(*, progress: ProgressFn = print, force: bool = False) -> str:
+    """Make sure the sandbox image exists and return its tag (`qwq-agent-sandbox:<hash>`).
+
+    Does nothing when the tag exists (unless `force`). Otherwise builds the base stage if its own
+    tag is missing (or `force`) and then the final stage. Raises `ImageBuildError` on failure.
+    """
+    return build_image(progress=progress, force=force).tag
+
+
+def build_image(
+    *, progress: ProgressFn = print, force: bool = False, recipe: Recipe | None = None
+) -> BuildResult:
+    """Like `ensure_image`, returning a `BuildResult` with timing and size."""
+    try:
+        requested_mode()  # a bad QWQ_SANDBOX_BUILD is reported before any work, built or not
+    except ValueError as exc:
+        raise ImageBuildError(str(exc)) from exc
+    recipe = recipe or Recipe()
+    log = Stopwatch(progress)
+    tag = recipe.image_tag()
+    client = docker.from_env()
+    try:
+        if not force and image_exists(tag, client):
+            return BuildResult(tag, False, log.elapsed, _size(client, tag), None)
+        # Several test sessions may ask at once; one builds, the others find the tag afterwards.
+        with _build_lock():
+            if not force and image_exists(tag, client):
+                log(f"{tag} was built by another process meanwhile")
+                return BuildResult(tag, False, log.elapsed, _size(client, tag), None)
+            mode = choose_mode(client)
+            log(f"building {tag} ({mode} path)")
+            if mode == "dockerfile":
+                build_final(client, recipe, log, dockerfile="slim.Dockerfile", pull=True, mode=mode)
+            else:
+                base = recipe.base_tag()
+                if force or not image_exists(base, client):
+                    build_base(client, recipe, log)
+                else:
+                    log(f"stage base: {base} exists, reused")
+                build_final(
+                    client, recipe, log, dockerfile="final.Dockerfile", buildargs={"BASE": base}, mode=mode
+                )
+            size = _size(client, tag)
+            log(f"done: {tag} built in {log.elapsed:.1f}s, image size {size / 1e6:.0f} MB")
+            return BuildResult(tag, True, log.elapsed, size, mode)
+    except docker.errors.DockerException as exc:
+        raise ImageBuildError(f"Docker engine error while building the sandbox image: {exc}") from exc
+    finally:
+        client.close()
+
+
+def _size(client: docker.DockerClient, tag: str) -> int:
+    return int(client.images.get(tag).attrs.get("Size", 0))
+
+
+def _lock_path() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwq-agent"
+    base.mkdir(parents=True, exist_ok=True)
+    return base / "image-build.lock"
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    with open(_lock_path(), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,106 @@
+"""Stage 1: the Debian bookworm base image, built with mmdebstrap and `docker import`ed.
+
+No registry is needed: the root filesystem comes from the Debian mirrors over apt.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import docker
+
+from qwq_agent.sandbox.image.errors import ImageBuildError
+from qwq_agent.sandbox.image.progress import Stopwatch
+from qwq_agent.sandbox.image.recipe import HASH_LABEL, LABEL, Recipe
+
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+IMPORT_CHANGES = (
+    "USER 1000:1000",
+    "WORKDIR /workspace",
+    f"ENV PATH={PATH}",
+    "ENV LANG=C.UTF-8",
+    "ENV MPLBACKEND=Agg",
+    "ENV PYTHONDONTWRITEBYTECODE=1",
+    "ENV HOME=/home/sandbox",
+    'CMD ["/bin/bash"]',
+)
+
+
+def deb_cache_dir() -> Path:
+    """Where downloaded .debs are kept between builds (`QWQ_SANDBOX_DEB_CACHE` overrides)."""
+    override = os.environ.get("QWQ_SANDBOX_DEB_CACHE")
+    if override:
+        return Path(override)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwq-agent" / "debs"
+
+
+def ensure_mmdebstrap(log: Stopwatch) -> None:
+    """Install mmdebstrap with apt when it is missing (a fresh CI machine has never built the image)."""
+    if shutil.which("mmdebstrap"):
+        return
+    if os.geteuid() != 0:
+        raise ImageBuildError(
+            "mmdebstrap is not installed and installing it needs root: apt-get install mmdebstrap"
+        )
+    log("installing mmdebstrap with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "mmdebstrap"]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ImageBuildError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+
+def build_base(client: docker.DockerClient, recipe: Recipe, log: Stopwatch) -> str:
+    """Build and import the base image; return its tag."""
+    if os.geteuid() != 0:
+        raise ImageBuildError("building the Debian base image needs root (mmdebstrap --mode=root)")
+    ensure_mmdebstrap(log)
+    tag = recipe.base_tag()
+    cache = deb_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="qwq-image-") as tmp:
+        tarball = Path(tmp) / "rootfs.tar"
+        log(f"stage base: mmdebstrap bookworm (deb cache {cache})")
+        _run_logged(
+            [
+                "bash",
+                str(recipe.file("mkrootfs.sh")),
+                str(tarball),
+                str(cache),
+                str(recipe.file("packages.txt")),
+            ],
+            log,
+        )
+        size_mb = tarball.stat().st_size / 1e6
+        log(f"stage base: docker import ({size_mb:.0f} MB root filesystem) as {tag}")
+        repo, _, version = tag.partition(":")
+        changes = [*IMPORT_CHANGES, f"LABEL {LABEL}=1 {HASH_LABEL}={recipe.base_hash()}"]
+        try:
+            client.api.import_image_from_file(str(tarball), repository=repo, tag=version, changes=changes)
+        except docker.errors.APIError as exc:
+            raise ImageBuildError(f"docker import of the base image failed: {exc}") from exc
+    return tag
+
+
+def _run_logged(cmd: list[str], log: Stopwatch) -> None:
+    """Run `cmd`, forwarding mmdebstrap's `I:` lines; on failure, raise with the output's tail."""
+    tail: collections.deque[str] = collections.deque(maxlen=60)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            if line.startswith(("I: ", "E: ")):
+                log(f"  {line}")
+        rc = proc.wait()
+    if rc != 0:
+        raise ImageBuildError(f"{cmd[0]} {cmd[1]} exited with {rc}:\n" + "\n".join(tail))

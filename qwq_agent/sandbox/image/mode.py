@@ -1,0 +1,45 @@
+"""Which build path to take: the Debian path (no registry) or the python:3.12-slim Dockerfile."""
+
+from __future__ import annotations
+
+import os
+
+import docker
+
+SLIM_IMAGE = "python:3.12-slim"
+MODES = ("auto", "debian", "dockerfile")
+# The daemon answers at once when DNS or the network is missing; the cap is for a registry that hangs.
+PROBE_TIMEOUT_S = 5
+
+
+def requested_mode() -> str:
+    """`QWQ_SANDBOX_BUILD` (auto, debian or dockerfile; default auto), validated."""
+    mode = os.environ.get("QWQ_SANDBOX_BUILD", "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ValueError(f"QWQ_SANDBOX_BUILD={mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
+def registry_answers(client: docker.DockerClient) -> bool:
+    """True when python:3.12-slim is local or its manifest can be fetched within a few seconds."""
+    try:
+        client.images.get(SLIM_IMAGE)
+        return True
+    except docker.errors.ImageNotFound:
+        pass
+    probe = docker.from_env(timeout=PROBE_TIMEOUT_S)
+    try:
+        probe.api.inspect_distribution(SLIM_IMAGE)
+        return True
+    except Exception:  # any failure (no DNS, refused, timeout, auth) means: no usable registry
+        return False
+    finally:
+        probe.close()
+
+
+def choose_mode(client: docker.DockerClient) -> str:
+    """Resolve `auto` to `debian` or `dockerfile`; explicit choices pass through."""
+    mode = requested_mode()
+    if mode != "auto":
+        return mode
+    return "dockerfile" if registry_answers(client) else "debian"

@@ -1,0 +1,21 @@
+# Registry path: the same content on python:3.12-slim, used only when a registry answers
+# (QWQ_SANDBOX_BUILD=dockerfile, or auto with a reachable registry). Context: this file + supervisor.py.
+FROM python:3.12-slim
+RUN apt-get update \
+    && apt-get upgrade -y \
+    && apt-get install -y --no-install-recommends ripgrep git bash coreutils ca-certificates procps tini \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc/* /usr/share/man/* \
+    && pip install --no-cache-dir numpy pandas matplotlib sympy scipy ipykernel \
+    && groupadd --gid 1000 sandbox \
+    && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/sandbox --shell /bin/bash sandbox \
+    && install -d -m 0755 -o 1000 -g 1000 /workspace \
+    && mkdir -p /etc/matplotlib && echo 'backend: Agg' > /etc/matplotlib/matplotlibrc
+ENV LANG=C.UTF-8 \
+    MPLBACKEND=Agg \
+    MATPLOTLIBRC=/etc/matplotlib/matplotlibrc \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/sandbox
+COPY supervisor.py /opt/qwq/supervisor.py
+USER 1000:1000
+WORKDIR /workspace
+ENTRYPOINT ["/usr/bin/tini", "--", "python3", "-u", "/opt/qwq/supervisor.py"]

@@ -1,0 +1,236 @@
+"""The sandbox image: built by the real engine, checked from inside real containers.
+
+The first docker test builds the image when it is missing (minutes); later runs reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.sandbox.image import (
+    ImageBuildError,
+    Recipe,
+    RecipeError,
+    build_image,
+    ensure_image,
+    image_exists,
+    image_tag,
+)
+from qwq_agent.sandbox.image.mode import requested_mode
+from qwq_agent.sandbox.image.recipe import HASH_LABEL, LABEL, RECIPE_DIR, SUPERVISOR_PATH
+
+ENTRYPOINT = ["/usr/bin/tini", "--", "python3", "-u", "/opt/qwq/supervisor.py"]
+
+
+def _docker_client():
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.skip(f"Docker engine not reachable: {exc}")
+    return client
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = _docker_client()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def image(client) -> str:
+    return ensure_image(progress=lambda line: print(line, flush=True))
+
+
+def run_in(client, image: str, argv: list[str], *, entrypoint: str | list[str] = "") -> tuple[int, str]:
+    """Run `argv` in a fresh container without network; return (exit code, stdout+stderr)."""
+    container = client.containers.create(image, command=argv, entrypoint=entrypoint, network_mode="none")
+    try:
+        container.start()
+        code = container.wait(timeout=300)["StatusCode"]
+        return code, container.logs().decode()
+    finally:
+        container.remove(force=True)
+
+
+# --- recipe hashing (no engine needed) ---------------------------------------------------------
+
+
+@pytest.fixture()
+def recipe_copy(tmp_path: Path) -> Recipe:
+    directory = tmp_path / "recipe"
+    shutil.copytree(RECIPE_DIR, directory)
+    supervisor = tmp_path / "supervisor.py"
+    source = SUPERVISOR_PATH if SUPERVISOR_PATH.is_file() else RECIPE_DIR / "placeholder_supervisor.py"
+    shutil.copy(source, supervisor)
+    return Recipe(directory, supervisor)
+
+
+def test_copy_of_recipe_hashes_like_the_original(recipe_copy: Recipe) -> None:
+    assert recipe_copy.image_tag() == image_tag()
+    assert recipe_copy.base_tag() == Recipe().base_tag()
+    assert image_tag().startswith("qwq-agent-sandbox:")
+    assert Recipe().base_tag().startswith("qwq-agent-sandbox-base:")
+
+
+def test_package_change_changes_both_tags(recipe_copy: Recipe) -> None:
+    before_base, before_image = recipe_copy.base_tag(), recipe_copy.image_tag()
+    packages = recipe_copy.directory / "packages.txt"
+    packages.write_text(packages.read_text() + "jq\n")
+    assert recipe_copy.base_tag() != before_base
+    assert recipe_copy.image_tag() != before_image
+
+
+def test_supervisor_change_keeps_the_base(recipe_copy: Recipe) -> None:
+    before_base, before_image = recipe_copy.base_tag(), recipe_copy.image_tag()
+    recipe_copy.supervisor.write_text(recipe_copy.supervisor.read_text() + "\n# changed\n")
+    assert recipe_copy.base_tag() == before_base
+    assert recipe_copy.image_tag() != before_image
+
+
+def test_dockerfile_change_keeps_the_base(recipe_copy: Recipe) -> None:
+    before_base, before_image = recipe_copy.base_tag(), recipe_copy.image_tag()
+    dockerfile = recipe_copy.directory / "final.Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "LABEL x=y\n")
+    assert recipe_copy.base_tag() == before_base
+    assert recipe_copy.image_tag() != before_image
+
+
+def test_missing_supervisor_falls_back_to_placeholder(recipe_copy: Recipe) -> None:
+    recipe_copy.supervisor.unlink()
+    assert recipe_copy.uses_placeholder()
+    assert recipe_copy.supervisor_file().name == "placeholder_supervisor.py"
+
+
+def test_missing_recipe_file_is_a_clear_error(recipe_copy: Recipe) -> None:
+    (recipe_copy.directory / "packages.txt").unlink()
+    with pytest.raises(RecipeError, match=r"packages\.txt"):
+        recipe_copy.image_tag()
+
+
+def test_bad_build_mode_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWQ_SANDBOX_BUILD", "kaniko")
+    with pytest.raises(ValueError, match="QWQ_SANDBOX_BUILD"):
+        requested_mode()
+    with pytest.raises(ImageBuildError, match="QWQ_SANDBOX_BUILD"):
+        build_image(progress=lambda _line: None, force=True)
+
+
+def test_empty_tag_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        image_exists("")
+
+
+# --- the built image ---------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_image_exists_after_ensure(client, image: str) -> None:
+    assert image == image_tag()
+    assert image_exists(image)
+    assert not image_exists("qwq-agent-sandbox:0000000000000000")
+    attrs = client.images.get(image).attrs
+    assert attrs["Config"]["Labels"][LABEL] == "1"
+    assert attrs["Config"]["Labels"][HASH_LABEL] == image.split(":", 1)[1]
+    assert attrs["Config"]["Entrypoint"] == ENTRYPOINT
+    assert attrs["Config"]["User"] == "1000:1000"
+    assert attrs["Config"]["WorkingDir"] == "/workspace"
+    env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
+    assert env["MPLBACKEND"] == "Agg"
+    assert env["LANG"] == "C.UTF-8"
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env["HOME"] == "/home/sandbox"
+
+
+@pytest.mark.docker
+def test_second_ensure_is_a_noop(image: str) -> None:
+    result = build_image(progress=lambda _line: None)
+    assert result.tag == image
+    assert result.built is False
+    assert result.size_bytes > 0
+
+
+@pytest.mark.docker
+def test_scientific_python_stack(client, image: str) -> None:
+    script = """
+import json, os
+import numpy, pandas, scipy, scipy.linalg, sympy, IPython, ipykernel
+import matplotlib
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots()
+ax.plot(numpy.arange(5), pandas.Series([1, 4, 9, 16, 25]))
+path = "/tmp/plot.png"
+fig.savefig(path)
+with open(path, "rb") as fh:
+    magic = fh.read(8)
+print(json.dumps({
+    "backend": matplotlib.get_backend(),
+    "png": magic == b"\\x89PNG\\r\\n\\x1a\\n",
+    "det": float(scipy.linalg.det(numpy.eye(3) * 2)),
+    "sym": str(sympy.expand((sympy.Symbol("x") + 1) ** 2)),
+}))
+"""
+    code, out = run_in(client, image, ["python3", "-c", script])
+    assert code == 0, out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["backend"].lower() == "agg"
+    assert result["png"] is True
+    assert result["det"] == pytest.approx(8.0)
+    assert result["sym"] == "x**2 + 2*x + 1"
+
+
+@pytest.mark.docker
+def test_matplotlib_defaults_to_agg_without_env(client, image: str) -> None:
+    code, out = run_in(
+        client,
+        image,
+        ["env", "-u", "MPLBACKEND", "python3", "-c", "import matplotlib; print(matplotlib.get_backend())"],
+    )
+    assert code == 0, out
+    assert out.strip().lower() == "agg"
+
+
+@pytest.mark.docker
+def test_tools_run(client, image: str) -> None:
+    code, out = run_in(
+        client,
+        image,
+        ["bash", "-c", "set -e; rg --version; git --version; ps --version; /usr/bin/tini --version"],
+    )
+    assert code == 0, out
+    assert "ripgrep" in out
+    assert "git version" in out
+    assert "tini version" in out
+
+
+@pytest.mark.docker
+def test_default_user_and_workspace(client, image: str) -> None:
+    code, out = run_in(client, image, ["bash", "-c", 'id -u; id -g; pwd; echo "$HOME"; touch ok && echo w'])
+    assert code == 0, out
+    assert out.split() == ["1000", "1000", "/workspace", "/home/sandbox", "w"]
+
+
+@pytest.mark.docker
+def test_no_apt_lists_or_package_cache(client, image: str) -> None:
+    code, out = run_in(client, image, ["find", "/var/lib/apt/lists", "/var/cache/apt", "-type", "f"])
+    assert code == 0, out
+    assert out.strip() == ""
+
+
+@pytest.mark.docker
+def test_supervisor_is_the_repo_file(client, image: str) -> None:
+    code, out = run_in(client, image, ["stat", "-c", "%a %U", "/opt/qwq/supervisor.py"])
+    assert code == 0, out
+    mode, owner = out.split()
+    assert int(mode, 8) & 0o444 == 0o444
+    assert owner == "root"
+    if SUPERVISOR_PATH.is_file():
+        code, out = run_in(client, image, ["cat", "/opt/qwq/supervisor.py"])
+        assert code == 0
+        assert out == SUPERVISOR_PATH.read_text()
