@@ -77,7 +77,8 @@ class AgentConfig(BaseModel):
     loop_detector: LoopDetectorConfig = Field(default_factory=LoopDetectorConfig)
     repetition: RepetitionConfig = Field(default_factory=RepetitionConfig)
     check_language: bool = True
-    tool_timeout_s: float = 120.0
+    # Above the sandbox tools' own cap (600 s), so their timeouts report first, with detail.
+    tool_timeout_s: float = 660.0
     model_retries: int = 2
     max_reasoning_call_hints: int = 2
     # KV tokens a run reserves under admission control: its expected peak context.

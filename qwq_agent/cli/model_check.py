@@ -21,7 +21,12 @@ def advice(url: str, why: str) -> str:
 
 
 async def connect_model(
-    url: str, *, api: str = "native", model: str = "Qwen/QwQ-32B", keep_reasoning: bool = False, timeout: float = 3.0
+    url: str,
+    *,
+    api: str = "native",
+    model: str = "Qwen/QwQ-32B",
+    keep_reasoning: bool = False,
+    timeout: float = 3.0,
 ) -> Model:
     """A client for `url` once the server has answered a cheap request within `timeout` seconds."""
     probe = "/health" if api == "native" else "/v1/models"

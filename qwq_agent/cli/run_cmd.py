@@ -41,10 +41,10 @@ async def _main(args: argparse.Namespace) -> int:
     from qwq_agent.agent.budgets import Budget
     from qwq_agent.agent.loop import Agent, AgentConfig
     from qwq_agent.agent.trace import ReplayModel, read_trace, task_of
+    from qwq_agent.agent.workspace import open_sandbox
     from qwq_agent.cli.model_check import ModelUnavailable, connect_model
     from qwq_agent.cli.render import EventRenderer
     from qwq_agent.protocols import SamplingParams
-    from qwq_agent.sandbox.runtime import open_sandbox
     from qwq_agent.tools.catalog import build_tools
 
     console = Console(stderr=args.json)
@@ -59,8 +59,9 @@ async def _main(args: argparse.Namespace) -> int:
     live = None
     if args.replay is None:
         try:
-            live = await connect_model(args.model_url, api=args.api, model=args.model,
-                                       keep_reasoning=args.keep_reasoning)
+            live = await connect_model(
+                args.model_url, api=args.api, model=args.model, keep_reasoning=args.keep_reasoning
+            )
         except ModelUnavailable as exc:
             console.print(f"[red]{exc}[/red]")
             return 3

@@ -1,0 +1,195 @@
+"""The tools that act inside the run's sandbox: `python`, `shell` and `str_replace_editor`.
+
+Their outputs are written for the model: plain text, failures stated as such, and the facts it needs
+to recover (a timeout that cost the interpreter's state, a sandbox that was replaced).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from qwq_agent.protocols import ToolContext, ToolOutput
+from qwq_agent.sandbox.errors import SandboxError, ToolError
+from qwq_agent.sandbox.protocol import PythonResult, Result, ShellResult
+from qwq_agent.tools.base import FunctionTool, tool
+
+DEFAULT_TIMEOUT_S = 60.0
+# The loop bounds each tool call too; a model asking for more than this gets this.
+MAX_TIMEOUT_S = 600.0
+
+
+def _no_sandbox() -> ToolOutput:
+    return ToolOutput(text="Error: this run has no sandbox, so this tool cannot run.", is_error=True)
+
+
+def _failure(exc: SandboxError) -> ToolOutput:
+    if isinstance(exc, ToolError):  # worded like str_replace_editor's own errors
+        return ToolOutput(text=f"ERROR:\n{exc}", is_error=True)
+    return ToolOutput(
+        text=f"Error ({type(exc).__name__}): {exc}",
+        is_error=True,
+        metadata={"sandbox_error": type(exc).__name__},
+    )
+
+
+def _notes(result: Result) -> list[str]:
+    notes = []
+    if result.sandbox_replaced:
+        notes.append("[the sandbox had died and was replaced by a fresh one: files and variables are gone]")
+    elif result.state_lost:
+        notes.append("[the interpreter was restarted: earlier variables and imports are lost]")
+    return notes
+
+
+def _stream(label: str, text: str, dropped: int) -> list[str]:
+    if not text and not dropped:
+        return []
+    out = [f"[{label}]", text.rstrip("\n")]
+    if dropped:
+        out.append(f"[... {dropped} bytes of {label} omitted from the middle ...]")
+    return out
+
+
+def format_python(result: PythonResult, timeout: float) -> ToolOutput:
+    lines = _notes(result)
+    lines += _stream("stdout", result.stdout, result.stdout_dropped)
+    lines += _stream("stderr", result.stderr, result.stderr_dropped)
+    if result.value is not None:
+        lines.append(f"Out: {result.value}")
+    if result.timed_out:
+        lines.append(f"Execution timed out after {timeout:g} s.")
+    if result.error is not None:
+        lines.append(result.error.traceback.rstrip() or f"{result.error.ename}: {result.error.evalue}")
+    if result.images:
+        lines.append(f"[{len(result.images)} figure(s) rendered]")
+    text = "\n".join(lines) if lines else "(no output)"
+    return ToolOutput(
+        text=text,
+        images=result.images,
+        is_error=result.error is not None or result.timed_out,
+        metadata={"state_lost": result.state_lost, "sandbox_replaced": result.sandbox_replaced},
+    )
+
+
+def format_shell(result: ShellResult, timeout: float) -> ToolOutput:
+    lines = _notes(result)
+    lines += _stream("stdout", result.stdout, result.stdout_dropped)
+    lines += _stream("stderr", result.stderr, result.stderr_dropped)
+    if result.timed_out:
+        lines.append(f"The command timed out after {timeout:g} s and was killed.")
+    lines.append(f"[exit code: {result.exit_code}]")
+    return ToolOutput(
+        text="\n".join(lines),
+        is_error=result.timed_out,
+        metadata={"exit_code": result.exit_code, "sandbox_replaced": result.sandbox_replaced},
+    )
+
+
+@tool(name="python")
+async def python_tool(ctx: ToolContext, code: str, timeout: float = DEFAULT_TIMEOUT_S) -> ToolOutput:
+    """Run Python code in a persistent interpreter inside the sandbox (like a notebook cell).
+
+    Variables and imports persist between calls. The value of the last expression is shown, as in a
+    notebook. numpy, pandas, scipy, sympy and matplotlib are installed; matplotlib figures are captured
+    as images. There is no network access.
+
+    Args:
+        code: the Python source to run
+        timeout: seconds before the cell is interrupted (the interpreter is restarted if it must be killed)
+    """
+    if ctx.sandbox is None:
+        return _no_sandbox()
+    try:
+        timeout = min(max(timeout, 1.0), MAX_TIMEOUT_S)
+        return format_python(await ctx.sandbox.python(code, timeout=timeout), timeout)
+    except SandboxError as exc:
+        return _failure(exc)
+
+
+@tool(name="shell")
+async def shell_tool(ctx: ToolContext, command: str, timeout: float = DEFAULT_TIMEOUT_S) -> ToolOutput:
+    """Run a bash command in the sandbox's /workspace and return its output and exit code.
+
+    Each call starts a fresh shell (cd and exports do not persist; chain with &&). There is no network
+    access. Very long output keeps its beginning and end.
+
+    Args:
+        command: the bash command line
+        timeout: seconds before the command and its children are killed
+    """
+    if ctx.sandbox is None:
+        return _no_sandbox()
+    try:
+        timeout = min(max(timeout, 1.0), MAX_TIMEOUT_S)
+        return format_shell(await ctx.sandbox.shell(command, timeout=timeout), timeout)
+    except SandboxError as exc:
+        return _failure(exc)
+
+
+class EditorArgs(BaseModel):
+    """Custom editing tool for viewing, creating and editing files in the sandbox.
+
+    * State is persistent across command calls and discussions with the user.
+    * If `path` is a file, `view` displays the result of applying `cat -n`. If `path` is a directory,
+      `view` lists non-hidden files and directories up to 2 levels deep.
+    * The `create` command cannot be used if the specified `path` already exists as a file.
+    * If a `command` generates a long output, it will be truncated and marked with `<response clipped>`.
+    * The `undo_edit` command will revert the last edit made to the file at `path`.
+    * The `old_str` parameter should match EXACTLY one or more consecutive lines from the original file.
+      Be mindful of whitespaces! If `old_str` is not unique in the file, the replacement will not be
+      performed. Include enough context in `old_str` to make it unique.
+    """
+
+    command: Literal["view", "create", "str_replace", "insert", "undo_edit"] = Field(
+        description="The command to run: view, create, str_replace, insert or undo_edit."
+    )
+    path: str = Field(description="Absolute path to a file or directory, e.g. `/workspace/file.py`.")
+    file_text: str | None = Field(None, description="Required for `create`: the content of the file.")
+    old_str: str | None = Field(None, description="Required for `str_replace`: the text to replace.")
+    new_str: str | None = Field(
+        None, description="For `str_replace`: the replacement (empty if omitted). Required for `insert`."
+    )
+    insert_line: int | None = Field(
+        None, description="Required for `insert`: `new_str` is inserted AFTER this line number."
+    )
+    view_range: list[int] | None = Field(
+        None,
+        description="Optional for `view` of a file: [start, end] line numbers, 1-based; end -1 means the end.",
+    )
+
+
+_REQUIRED = {"create": ("file_text",), "str_replace": ("old_str",), "insert": ("insert_line", "new_str")}
+
+
+async def _edit(ctx: ToolContext, args: EditorArgs) -> ToolOutput:
+    if ctx.sandbox is None:
+        return _no_sandbox()
+    for field in _REQUIRED.get(args.command, ()):
+        if getattr(args, field) is None:
+            return ToolOutput(
+                text=f"ERROR:\nParameter `{field}` is required for command: {args.command}.", is_error=True
+            )
+    sb = ctx.sandbox
+    try:
+        if args.command == "view":
+            result = await sb.view(args.path, view_range=args.view_range)
+        elif args.command == "create":
+            result = await sb.create_file(args.path, args.file_text)
+        elif args.command == "str_replace":
+            result = await sb.str_replace(args.path, args.old_str, args.new_str or "")
+        elif args.command == "insert":
+            result = await sb.insert(args.path, args.insert_line, args.new_str)
+        else:
+            result = await sb.undo_edit(args.path)
+    except SandboxError as exc:
+        return _failure(exc)
+    return ToolOutput(text="\n".join([*_notes(result), result.output]))
+
+
+editor_tool: FunctionTool = FunctionTool.from_model(EditorArgs, _edit, name="str_replace_editor")
+
+for _t in (python_tool, shell_tool, editor_tool):
+    # Calls on one sandbox run in the order the model wrote them (see the agent loop).
+    _t.uses_sandbox = True  # type: ignore[attr-defined]
