@@ -1,0 +1,147 @@
+"""The `search_code` tool: ripgrep inside the run's sandbox, results as `path:line: text` groups.
+
+The search runs in the sandbox (its `search` operation drives ripgrep there), so it sees exactly the
+workspace the agent's code runs against; binary files are skipped by ripgrep. Paths are shown
+relative to `/workspace` so they can be passed back to the editor tools as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from qwq_agent.agent.messages import ToolSpec
+from qwq_agent.protocols import ToolContext, ToolOutput
+
+WORKSPACE = "/workspace"
+_MAX_LINE = 300  # long lines (minified code) would flood the observation
+
+
+class SearchCodeArgs(BaseModel):
+    """Arguments of `search_code`."""
+
+    pattern: str = Field(min_length=1, description="Rust-regex (ripgrep) pattern, or plain text with literal=true.")
+    path: str = Field(default=".", description="File or folder to search, relative to /workspace.")
+    literal: bool = Field(default=False, description="Treat the pattern as plain text, not a regex.")
+    globs: list[str] = Field(
+        default_factory=list,
+        description="Include/exclude file globs, e.g. ['*.py', '!tests/**'].",
+    )
+    context_lines: int = Field(default=0, ge=0, le=10, description="Lines of context before and after each match.")
+    case: Literal["smart", "sensitive", "insensitive"] = Field(
+        default="smart", description="'smart': case-insensitive unless the pattern has an upper-case letter."
+    )
+    max_results: int = Field(default=50, ge=1, le=500, description="Most matches to show.")
+
+
+class SearchCode:
+    """Search the sandbox workspace with ripgrep."""
+
+    name = "search_code"
+
+    def __init__(self, timeout_s: float = 30.0) -> None:
+        self.timeout_s = timeout_s
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(
+            name=self.name,
+            description=(
+                "Search the files of /workspace with ripgrep (regex or literal text, file globs, context "
+                "lines). Matches are shown as `path:line: text` (context lines as `path-line- text`), "
+                "grouped by file; binary and ignored files are skipped."
+            ),
+            parameters=SearchCodeArgs.model_json_schema(),
+        )
+
+    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        try:
+            args = SearchCodeArgs.model_validate(arguments)
+        except ValidationError as exc:
+            msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            return ToolOutput(text=f"search_code: invalid arguments: {msgs}", is_error=True)
+        sandbox = context.sandbox
+        if sandbox is None or not hasattr(sandbox, "search"):
+            return ToolOutput(text="search_code: no sandbox with a workspace is attached to this run.", is_error=True)
+        path = args.path if args.path.startswith("/") else f"{WORKSPACE}/{args.path}".rstrip("/").removesuffix("/.")
+        try:
+            result = await sandbox.search(
+                pattern=args.pattern,
+                path=path,
+                literal=args.literal,
+                globs=args.globs,
+                context_lines=args.context_lines,
+                case=args.case,
+                max_results=args.max_results,
+                timeout=self.timeout_s,
+            )
+        except Exception as exc:  # the sandbox's typed errors; their messages are written for the model
+            return ToolOutput(text=_explain_failure(exc, args), is_error=True)
+        return ToolOutput(text=format_matches(args, result), metadata=_metadata(result))
+
+
+def format_matches(args: SearchCodeArgs, result: Any) -> str:
+    """The observation: a summary line, then matches grouped by file with `--` between groups."""
+    matches = list(result.matches)
+    shown_where = args.path if args.path not in ("", ".") else "the workspace"
+    if not matches:
+        hint = " (try literal=true, case='insensitive' or fewer globs)" if not args.literal or args.globs else ""
+        return f"No matches for {args.pattern!r} in {shown_where}{hint}."
+    files = list(dict.fromkeys(m.path for m in matches))
+    head = f"{result.total_matches} matches"
+    if not result.complete:
+        head = f"at least {result.total_matches} matches (counting stopped early)"
+    head += f" for {args.pattern!r} in {shown_where}"
+    if result.omitted:
+        head += f"; showing the first {len(matches)} in {len(files)} files, {result.omitted} more not shown (narrow the pattern or globs)"
+    else:
+        head += f" in {len(files)} files"
+    out = [head + ":"]
+    prev_path, prev_last = None, -1
+    for m in matches:
+        path = _relative(m.path)
+        first = (m.line_number or 0) - len(m.before)
+        if prev_path != path:
+            out.append("")
+        elif first > prev_last + 1:
+            out.append("--")
+        number = m.line_number or 0
+        for i, text in enumerate(m.before):
+            out.append(f"{path}-{number - len(m.before) + i}- {_clip(text)}")
+        out.append(f"{path}:{number}: {_clip(m.line)}")
+        for i, text in enumerate(m.after, 1):
+            out.append(f"{path}-{number + i}- {_clip(text)}")
+        prev_path, prev_last = path, number + len(m.after)
+    return "\n".join(out)
+
+
+def _metadata(result: Any) -> dict[str, Any]:
+    return {
+        "total_matches": result.total_matches,
+        "shown": len(result.matches),
+        "omitted": result.omitted,
+        "complete": result.complete,
+        "locations": [f"{_relative(m.path)}:{m.line_number}" for m in result.matches],
+    }
+
+
+def _explain_failure(exc: Exception, args: SearchCodeArgs) -> str:
+    name = type(exc).__name__
+    message = str(exc)
+    if "regex parse error" in message:
+        return (
+            f"search_code: the pattern {args.pattern!r} is not a valid ripgrep regex:\n{message}\n"
+            "Escape special characters or pass literal=true to search for the text as written."
+        )
+    if name == "PathOutsideWorkspace":
+        return f"search_code: {args.path!r} is outside /workspace; search inside the workspace."
+    return f"search_code failed ({name}): {message}"
+
+
+def _relative(path: str) -> str:
+    return path[len(WORKSPACE) + 1 :] if path.startswith(WORKSPACE + "/") else path
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_LINE else text[:_MAX_LINE] + f"… [{len(text) - _MAX_LINE} more chars]"

@@ -1,0 +1,128 @@
+"""search_code against a real Docker sandbox (ripgrep inside the container)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import AsyncIterator
+
+import pytest
+
+from qwq_agent.protocols import ToolContext
+from qwq_agent.tools.search_code import SearchCode, SearchCodeArgs
+
+FILES: dict[str, bytes] = {
+    "src/app.py": b"import os\n\n\ndef main():\n    # TODO: parse args\n    return run(os.environ)\n\n\ndef run(env):\n    return 0\n",
+    "src/util.py": b"def helper(x):\n    return x * 2  # todo later\n\n\nclass Runner:\n    def run(self):\n        pass\n",
+    "docs/notes.md": b"# Notes\n\nThe run() function is the entry point.\nTODO: document flags.\n",
+    "data/blob.bin": b"\x00\x01TODO hidden in binary\x00\xff" * 10,
+    "src/generated.py": b"".join(b"VALUE_%d = %d  # marker\n" % (i, i) for i in range(120)),
+}
+
+
+def tarball(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[object]:
+    try:
+        from qwq_agent.sandbox.docker_sandbox import DockerSandbox
+        from qwq_agent.sandbox.image import image_exists, image_tag
+    except ImportError as exc:  # pragma: no cover - the sandbox package is optional here
+        pytest.skip(f"sandbox package unavailable: {exc}")
+    try:
+        tag = image_tag()
+        if not image_exists(tag):
+            if os.environ.get("QWQ_BUILD_SANDBOX_IMAGE") != "1":
+                pytest.skip(f"sandbox image {tag} not built (run ensure_image() or set QWQ_BUILD_SANDBOX_IMAGE=1)")
+            from qwq_agent.sandbox.image import ensure_image
+
+            ensure_image()
+    except Exception as exc:  # no Docker engine reachable, build failure
+        pytest.skip(f"Docker sandbox unavailable: {exc}")
+    async with DockerSandbox.create() as sb:
+        await sb.upload_archive(tarball(FILES), "/workspace")
+        yield sb
+
+
+def ctx(sb: object) -> ToolContext:
+    return ToolContext(sandbox=sb)
+
+
+pytestmark = pytest.mark.docker
+
+
+async def test_regex_search_groups_matches_by_file(sandbox: object) -> None:
+    out = await SearchCode()({"pattern": r"def \w+\(", "globs": ["*.py"]}, ctx(sandbox))
+    assert not out.is_error, out.text
+    lines = out.text.splitlines()
+    assert lines[0].startswith("4 matches for ") and "in 2 files" in lines[0]
+    assert "src/app.py:4: def main():" in lines
+    assert "src/app.py:9: def run(env):" in lines
+    assert "src/util.py:1: def helper(x):" in lines
+    assert "src/util.py:6:     def run(self):" in lines
+    assert out.metadata["locations"][0].startswith("src/")
+
+
+async def test_case_literal_and_binary_files(sandbox: object) -> None:
+    tool = SearchCode()
+    smart = await tool({"pattern": "TODO"}, ctx(sandbox))  # upper case: smart case is sensitive
+    assert "src/app.py:5:     # TODO: parse args" in smart.text
+    assert "docs/notes.md:4: TODO: document flags." in smart.text
+    assert "todo later" not in smart.text
+    assert "blob.bin" not in smart.text  # binary files are skipped
+    insensitive = await tool({"pattern": "todo", "case": "insensitive"}, ctx(sandbox))
+    assert "src/util.py:2:     return x * 2  # todo later" in insensitive.text
+    literal = await tool({"pattern": "run()", "literal": True}, ctx(sandbox))
+    assert literal.text.splitlines()[1:] == ["", "docs/notes.md:3: The run() function is the entry point."]
+
+
+async def test_context_lines_and_path(sandbox: object) -> None:
+    out = await SearchCode()({"pattern": "TODO", "path": "src", "context_lines": 1}, ctx(sandbox))
+    assert not out.is_error, out.text
+    assert out.text.splitlines()[1:] == [
+        "",
+        "src/app.py-4- def main():",
+        "src/app.py:5:     # TODO: parse args",
+        "src/app.py-6-     return run(os.environ)",
+    ]
+
+
+async def test_results_are_capped_with_the_count_left_out(sandbox: object) -> None:
+    out = await SearchCode()({"pattern": "marker", "max_results": 10}, ctx(sandbox))
+    assert "120 matches" in out.text and "110 more not shown" in out.text
+    assert out.text.count("src/generated.py:") == 10
+    assert out.metadata["omitted"] == 110
+
+
+async def test_errors_are_observations(sandbox: object) -> None:
+    tool = SearchCode()
+    bad = await tool({"pattern": "foo(bar"}, ctx(sandbox))
+    assert bad.is_error and "literal=true" in bad.text
+    outside = await tool({"pattern": "root", "path": "/etc"}, ctx(sandbox))
+    assert outside.is_error and "outside /workspace" in outside.text
+    none = await tool({"pattern": "no_such_identifier_xyz"}, ctx(sandbox))
+    assert not none.is_error and none.text.startswith("No matches")
+
+
+async def test_without_a_sandbox_the_error_is_clear() -> None:
+    out = await SearchCode()({"pattern": "x"}, ToolContext())
+    assert out.is_error and "no sandbox" in out.text
+    invalid = await SearchCode()({"pattern": "", "context_lines": 99}, ToolContext())
+    assert invalid.is_error and "pattern" in invalid.text and "context_lines" in invalid.text
+
+
+def test_schema_describes_every_argument() -> None:
+    schema = SearchCode().spec.parameters
+    assert schema["required"] == ["pattern"]
+    assert set(schema["properties"]) == set(SearchCodeArgs.model_fields)
+    assert all("description" in p for p in schema["properties"].values())
