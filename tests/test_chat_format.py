@@ -266,7 +266,8 @@ JSON_VALUES = st.recursive(
     max_leaves=8,
 )
 ARGUMENTS = st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=4)
-CALLS = st.builds(ToolCall, name=NAMES, arguments=ARGUMENTS)
+# Call names are spliced into the template unescaped; any text must come out the same.
+CALLS = st.builds(ToolCall, name=NAMES | TEXT, arguments=ARGUMENTS)
 SPECS = st.builds(
     ToolSpec,
     name=NAMES,

@@ -27,9 +27,9 @@ this holds only for output in canonical form: other whitespace around ``</think>
 of a tool call (key spacing, `\\uXXXX` escapes) is re-serialised, and the shared prefix ends where the texts
 first differ.
 
-Two more breaks of the default policy: the current template renders the *last* message of a conversation
-whole (reasoning included), so a prompt ending in an assistant message changes once more messages follow;
-and the v1-release profile drops its reasoning there too.
+One more break of the default policy: the current template renders the *last* message of a conversation
+whole (reasoning included), so a prompt that ends in an assistant message changes once more messages follow
+(the v1-release profile, `qwq-32b-v1`, strips that message too).
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ class QwenTokenizer:
     def encode(self, text: str, *, allow_special: bool = True) -> list[int]:
         """Token ids of `text` (NFC-normalised first, added tokens excepted, as QwQ's tokenizer does)."""
         if not allow_special:
-            return self._enc.encode_ordinary(unicodedata.normalize("NFC", text))
+            return self._ordinary(text)
         if unicodedata.is_normalized("NFC", text):
             return self._enc.encode(text, allowed_special=self._allowed, disallowed_special=())
         # Added tokens are cut out before normalising: NFC would fuse a `>` ending one with a following
@@ -136,12 +136,15 @@ class QwenTokenizer:
         start = 0
         for match in self._added_re.finditer(text):
             if match.start() > start:
-                ids.extend(self._enc.encode_ordinary(unicodedata.normalize("NFC", text[start : match.start()])))
+                ids.extend(self._ordinary(text[start : match.start()]))
             ids.append(self._added[match.group()])
             start = match.end()
         if start < len(text):
-            ids.extend(self._enc.encode_ordinary(unicodedata.normalize("NFC", text[start:])))
+            ids.extend(self._ordinary(text[start:]))
         return ids
+
+    def _ordinary(self, text: str) -> list[int]:
+        return self._enc.encode_ordinary(unicodedata.normalize("NFC", text))
 
     def count(self, text: str, *, allow_special: bool = True) -> int:
         """Number of tokens `text` encodes to."""
