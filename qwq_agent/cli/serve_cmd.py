@@ -1,0 +1,116 @@
+"""`qwq-agent serve`: start SGLang for QwQ-32B, wait until it serves, stop it on Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start an SGLang server for QwQ-32B",
+        description="Start `python -m sglang.launch_server` for QwQ-32B (pass more SGLang flags after --).",
+    )
+    p.add_argument("--model-path", default="Qwen/QwQ-32B", help="HF repo id or local folder")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs")
+    p.add_argument("--context-length", type=int, default=32768)
+    p.add_argument("--mem-fraction-static", type=float, default=None)
+    p.add_argument("--schedule-policy", default="lpm")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for /health")
+    p.add_argument("--log-file", type=Path, default=None, help="server log (default: a temporary file)")
+    p.add_argument("--print-command", action="store_true", help="print the launch command and exit")
+    p.add_argument("--command", default=None, help="run this command instead of SGLang's launcher (a wrapper)")
+    p.add_argument("--model-url", default=None,
+                   help="do not start anything: check the server already at this URL and report its capacity")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags passed to sglang.launch_server")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from qwq_agent.serve import (
+        INSTALL_HINT,
+        ServeConfig,
+        ServerError,
+        ServerProcess,
+        build_command,
+        check_prerequisites,
+        probe,
+    )
+
+    extra = [a for a in args.extra if a != "--"] if args.extra else []
+    config = ServeConfig(
+        model_path=args.model_path, tp=args.tp, context_length=args.context_length,
+        mem_fraction_static=args.mem_fraction_static, schedule_policy=args.schedule_policy,
+        host=args.host, port=args.port, extra_args=extra,
+    )
+    command = shlex.split(args.command) if args.command else build_command(config)
+    if args.print_command:
+        print(shlex.join(command))
+        return 0
+
+    if args.model_url:
+        info = probe(args.model_url.rstrip("/"))
+        if info is None:
+            print(f"error: no healthy server at {args.model_url} (/health did not answer 200)", file=sys.stderr)
+            return 1
+        _report(info)
+        return 0
+
+    if args.command is None:
+        problems = check_prerequisites()
+        if problems:
+            for problem in problems:
+                print(f"error: {problem}", file=sys.stderr)
+            print(
+                f"To serve here: a machine with an NVIDIA GPU and `{INSTALL_HINT}`.\n"
+                "Or use a server that already runs: `qwq-agent run --model-url http://HOST:30000 ...` "
+                "(SGLang native API), or `--api openai --model-url https://...` for an OpenAI-compatible one.",
+                file=sys.stderr,
+            )
+            return 2
+
+    log_path = args.log_file or Path(tempfile.mkdtemp(prefix="qwq-serve-")) / "server.log"
+    server = ServerProcess(command, config.url, log_path)
+    print(f"starting: {shlex.join(command)}\nlog: {log_path}", flush=True)
+
+    def stop_on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop_on_signal)
+    try:
+        server.start()
+        print(f"pid: {server.pid}", flush=True)
+        try:
+            info = server.wait_ready(timeout=args.timeout)
+        except ServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            if exc.log_tail:
+                print(f"--- last lines of {log_path} ---\n{exc.log_tail}", file=sys.stderr)
+            return 1
+        _report(info)
+        print("Ctrl-C stops the server.", flush=True)
+        assert server.process is not None
+        code = server.process.wait()
+        print(f"error: the server exited with status {code}\n--- last lines of {log_path} ---\n{server.log_tail()}",
+              file=sys.stderr)
+        return code or 1
+    except KeyboardInterrupt:
+        print("stopping the server...", flush=True)
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report(info) -> None:
+    print(f"ready: {info.url}", flush=True)
+    print(f"model: {info.model}")
+    print(f"KV capacity: {info.max_total_num_tokens} tokens (max_total_num_tokens); context length: {info.context_length}")
+    print(f"connect with: qwq-agent run --model-url {info.url} \"TASK\"", flush=True)

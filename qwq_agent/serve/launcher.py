@@ -1,0 +1,210 @@
+"""Start SGLang for QwQ-32B, wait until it serves, report its capacity, stop it cleanly.
+
+The launcher runs any command (SGLang's by default) in a process group of its own, so that stopping it
+reaches every process SGLang spawns (tokenizer, scheduler and detokenizer workers).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_MODEL = "Qwen/QwQ-32B"
+INSTALL_HINT = "pip install 'qwq-agent[serve]'"
+
+
+@dataclass
+class ServeConfig:
+    """What `python -m sglang.launch_server` is started with."""
+
+    model_path: str = DEFAULT_MODEL
+    tp: int = 1
+    context_length: int | None = 32768
+    mem_fraction_static: float | None = None
+    host: str = "127.0.0.1"
+    port: int = 30000
+    schedule_policy: str = "lpm"
+    reasoning_parser: str = "deepseek-r1"
+    tool_call_parser: str = "qwen25"
+    enable_metrics: bool = True
+    enable_cache_report: bool = True
+    extra_args: list[str] = field(default_factory=list)
+    python: str = sys.executable
+
+    @property
+    def url(self) -> str:
+        """Where the server will answer."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+
+def build_command(config: ServeConfig) -> list[str]:
+    """The SGLang launch command for `config`.
+
+    `--reasoning-parser deepseek-r1` because SGLang has no `qwq` parser and QwQ's output has the same
+    shape (the prompt opens `<think>`); `--schedule-policy lpm` so requests sharing a prefix are scheduled
+    together and hit the radix cache.
+    """
+    cmd = [config.python, "-m", "sglang.launch_server", "--model-path", config.model_path, "--tp", str(config.tp)]
+    if config.context_length:
+        cmd += ["--context-length", str(config.context_length)]
+    if config.mem_fraction_static is not None:
+        cmd += ["--mem-fraction-static", str(config.mem_fraction_static)]
+    cmd += ["--schedule-policy", config.schedule_policy]
+    if config.enable_metrics:
+        cmd.append("--enable-metrics")
+    if config.enable_cache_report:
+        cmd.append("--enable-cache-report")
+    cmd += ["--reasoning-parser", config.reasoning_parser, "--tool-call-parser", config.tool_call_parser]
+    cmd += ["--host", config.host, "--port", str(config.port)]
+    return cmd + list(config.extra_args)
+
+
+def check_prerequisites(
+    which: Callable[[str], str | None] | None = None,
+    find_spec: Callable[[str], Any] | None = None,
+) -> list[str]:
+    """What is missing to serve on this machine (empty when nothing is)."""
+    which = which or shutil.which
+    find_spec = find_spec or importlib.util.find_spec
+    problems = []
+    if which("nvidia-smi") is None:
+        problems.append("no NVIDIA GPU found (nvidia-smi is not on PATH); SGLang needs CUDA")
+    if find_spec("sglang") is None:
+        problems.append(f"SGLang is not installed: {INSTALL_HINT}")
+    return problems
+
+
+class ServerError(RuntimeError):
+    """The server did not come up; `log_tail` holds the end of its log."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class ServerExited(ServerError):
+    """The server process ended before it answered `/health`."""
+
+
+class ServerStartTimeout(ServerError):
+    """`/health` did not answer 200 in time."""
+
+
+@dataclass
+class ReadyInfo:
+    """What a ready server reports."""
+
+    url: str
+    model: str | None
+    max_total_num_tokens: int | None
+    context_length: int | None
+    version: str | None
+
+
+def probe(url: str, *, timeout: float = 5.0) -> ReadyInfo | None:
+    """`ReadyInfo` when `url/health` answers 200 (with `/server_info` read), else None."""
+    try:
+        with httpx.Client(base_url=url, timeout=timeout) as http:
+            if http.get("/health").status_code != 200:
+                return None
+            response = http.get("/server_info")
+            if response.status_code == 404:
+                response = http.get("/get_server_info")
+            info = response.json() if response.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return None
+    states = info.get("internal_states") or [{}]
+    first = states[0] if isinstance(states, list) and states and isinstance(states[0], dict) else {}
+    return ReadyInfo(
+        url=url,
+        model=info.get("served_model_name") or info.get("model_path"),
+        max_total_num_tokens=info.get("max_total_num_tokens", first.get("max_total_num_tokens")),
+        context_length=info.get("context_length"),
+        version=info.get("version"),
+    )
+
+
+class ServerProcess:
+    """A server command running in its own process group, with its output in a log file."""
+
+    def __init__(self, command: Sequence[str], url: str, log_path: str | Path, env: dict[str, str] | None = None):
+        self.command = list(command)
+        self.url = url
+        self.log_path = Path(log_path)
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the command (stdout and stderr to the log)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=self.env,
+            )
+
+    @property
+    def pid(self) -> int | None:
+        """The process id (also its process group id)."""
+        return self.process.pid if self.process else None
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of the log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = 1800.0, poll_interval: float = 2.0) -> ReadyInfo:
+        """Poll `/health` until it answers 200 while the process lives; raise `ServerError` otherwise."""
+        assert self.process is not None, "start() first"
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerExited(f"the server exited with status {code} before it was ready", self.log_tail())
+            info = probe(self.url, timeout=min(5.0, poll_interval * 2))
+            if info is not None:
+                return info
+            if time.monotonic() >= deadline:
+                raise ServerStartTimeout(f"{self.url}/health did not answer 200 within {timeout:.0f} s", self.log_tail())
+            time.sleep(poll_interval)  # polling a process we do not control; nothing to wait on instead
+
+    def stop(self, grace: float = 20.0) -> int | None:
+        """SIGTERM the process group, then SIGKILL it after `grace` seconds; returns the exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.process.wait()
+        # workers that outlived the leader are in the same group
+        self._signal(signal.SIGKILL)
+        return self.process.returncode
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -1,0 +1,139 @@
+"""`qwq-agent serve`: the launch command, the prerequisites check, readiness and shutdown.
+
+The server processes here are the scripted model server started as a subprocess (our test double for the
+model); the same readiness code is pointed at real SGLang in tests/test_gpu_sglang.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from qwq_agent.cli.main import main
+from qwq_agent.serve import (
+    ServeConfig,
+    ServerExited,
+    ServerProcess,
+    ServerStartTimeout,
+    build_command,
+    check_prerequisites,
+    launcher,
+    probe,
+)
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+SCRIPTED = [sys.executable, "-m", "qwq_agent.testing.scripted_server"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_command_has_qwq_flags_and_passes_extra_args():
+    cmd = build_command(ServeConfig(model_path="/models/qwq", tp=2, context_length=16384, mem_fraction_static=0.85,
+                                    port=31000, extra_args=["--enable-torch-compile"]))
+    joined = " ".join(cmd)
+    assert cmd[1:3] == ["-m", "sglang.launch_server"]
+    for flag in ("--model-path /models/qwq", "--tp 2", "--context-length 16384", "--mem-fraction-static 0.85",
+                 "--schedule-policy lpm", "--enable-metrics", "--enable-cache-report",
+                 "--reasoning-parser deepseek-r1", "--tool-call-parser qwen25", "--host 127.0.0.1", "--port 31000"):
+        assert flag in joined
+    assert cmd[-1] == "--enable-torch-compile"
+
+
+def test_print_command_starts_nothing(capsys):
+    assert main(["serve", "--print-command", "--port", "31001", "--", "--log-level", "warning"]) == 0
+    out = capsys.readouterr().out
+    assert "sglang.launch_server" in out and "--port 31001" in out and out.strip().endswith("--log-level warning")
+
+
+def test_missing_gpu_and_sglang_give_a_clear_message(monkeypatch, capsys):
+    monkeypatch.setattr(launcher.shutil, "which", lambda name: None)
+    monkeypatch.setattr(launcher.importlib.util, "find_spec", lambda name: None)
+    assert len(check_prerequisites()) == 2
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "nvidia-smi" in err and "pip install 'qwq-agent[serve]'" in err and "--model-url" in err
+    assert "Traceback" not in err
+
+
+def test_waits_for_health_then_reports_capacity_and_stops(tmp_path):
+    port = free_port()
+    server = ServerProcess([*SCRIPTED, "--port", str(port), "--unready-for", "0.5", "--max-total-num-tokens", "4242"],
+                           f"http://127.0.0.1:{port}", tmp_path / "log")
+    server.start()
+    try:
+        info = server.wait_ready(timeout=60, poll_interval=0.05)
+        assert info.max_total_num_tokens == 4242 and info.model == "Qwen/QwQ-32B"
+        assert info.url == f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(grace=10)
+    assert not server.alive()
+    assert probe(server.url, timeout=1) is None
+
+
+def test_a_server_that_exits_shows_its_log(tmp_path):
+    port = free_port()
+    server = ServerProcess([*SCRIPTED, "--port", str(port), "--unready-for", "600", "--exit-after", "0.3"],
+                           f"http://127.0.0.1:{port}", tmp_path / "log")
+    server.start()
+    try:
+        with pytest.raises(ServerExited) as info:
+            server.wait_ready(timeout=60, poll_interval=0.05)
+    finally:
+        server.stop(grace=10)
+    assert "crashing on purpose" in info.value.log_tail and "status 3" in str(info.value)
+
+
+def test_a_server_that_never_gets_ready_times_out(tmp_path):
+    port = free_port()
+    server = ServerProcess([*SCRIPTED, "--port", str(port), "--unready-for", "600"], f"http://127.0.0.1:{port}",
+                           tmp_path / "log")
+    server.start()
+    try:
+        with pytest.raises(ServerStartTimeout):
+            server.wait_ready(timeout=0.5, poll_interval=0.05)
+        assert server.alive()
+    finally:
+        server.stop(grace=10)
+    assert not server.alive()
+
+
+def test_cli_serves_until_sigint_then_stops_the_server():
+    port = free_port()
+    cmd = " ".join([*SCRIPTED, "--port", str(port)])
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--command", cmd, "--port", str(port), "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = []
+        for line in cli.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C stops"):
+                break
+        out = "".join(lines)
+        assert f"ready: http://127.0.0.1:{port}" in out and "KV capacity: 18391 tokens" in out
+        server_pid = int(next(line for line in lines if line.startswith("pid: ")).split()[1])
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(timeout=30) == 0
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    with pytest.raises(ProcessLookupError):
+        os.kill(server_pid, 0)
+    assert probe(f"http://127.0.0.1:{port}", timeout=1) is None
+
+
+def test_model_url_checks_a_running_server(capsys):
+    with ScriptedModelServer(max_total_num_tokens=777) as server:
+        assert main(["serve", "--model-url", server.url]) == 0
+    assert "KV capacity: 777 tokens" in capsys.readouterr().out
+    assert main(["serve", "--model-url", server.url]) == 1  # stopped now
