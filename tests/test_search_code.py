@@ -39,8 +39,9 @@ async def sandbox() -> AsyncIterator[object]:
         from qwq_agent.sandbox.image import image_exists, image_tag
     except ImportError as exc:  # pragma: no cover - the sandbox package is optional here
         pytest.skip(f"sandbox package unavailable: {exc}")
+    override = os.environ.get("QWQ_SANDBOX_IMAGE")  # e.g. an image built by the sandbox's own tests
     try:
-        tag = image_tag()
+        tag = override or image_tag()
         if not image_exists(tag):
             if os.environ.get("QWQ_BUILD_SANDBOX_IMAGE") != "1":
                 pytest.skip(f"sandbox image {tag} not built (run ensure_image() or set QWQ_BUILD_SANDBOX_IMAGE=1)")
@@ -49,7 +50,7 @@ async def sandbox() -> AsyncIterator[object]:
             ensure_image()
     except Exception as exc:  # no Docker engine reachable, build failure
         pytest.skip(f"Docker sandbox unavailable: {exc}")
-    async with DockerSandbox.create() as sb:
+    async with DockerSandbox.create(image=tag) as sb:
         await sb.upload_archive(tarball(FILES), "/workspace")
         yield sb
 
