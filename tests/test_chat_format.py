@@ -21,14 +21,33 @@ from qwq_agent.agent.chat_format import (
 from qwq_agent.agent.messages import Message, ToolCall, ToolSpec
 from qwq_agent.agent.profiles import PROFILES, ChatProfile, get_profile
 
-TEMPLATES = {"qwq-32b": "chat_template.jinja", "qwq-32b-v1": "chat_template.v1_release.jinja"}
+PREVIEW_SYSTEM = "You are a helpful and harmless assistant. You are Qwen developed by Alibaba. You should think step-by-step."
+# QwQ-32B-Preview's template is Qwen2.5's with this default system prompt. It is not in the reference folder;
+# these edits turn the official QwQ-32B template into it (same output as the published Preview template:
+# default system turn, no `</think>` split, no `<think>` in the generation prompt).
+PREVIEW_EDITS = (
+    ("{{- '' }}", "{{- '" + PREVIEW_SYSTEM + "' }}"),
+    (
+        "+ '<|im_end|>\\n' }}\n  {%- endif %}",
+        "+ '<|im_end|>\\n' }}\n{%- else %}\n{{- '<|im_start|>system\\n"
+        + PREVIEW_SYSTEM
+        + "<|im_end|>\\n' }}\n{%- endif %}",
+    ),
+    ("message.content.split('</think>')[-1].lstrip('\\n')", "message.content"),
+    ("'<|im_start|>assistant\\n<think>\\n'", "'<|im_start|>assistant\\n'"),
+)
+TEMPLATES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "qwq-32b": ("chat_template.jinja", ()),
+    "qwq-32b-v1": ("chat_template.v1_release.jinja", ()),
+    "qwq-32b-preview": ("chat_template.jinja", PREVIEW_EDITS),
+}
 
 
 # --- the reference: the official template in Hugging Face's Jinja environment ----------------------------
 
 
 @cache
-def _template(filename: str) -> Any:
+def _template(profile: str) -> Any:
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -50,17 +69,22 @@ def _template(filename: str) -> Any:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    filename, edits = TEMPLATES[profile]
     source = require_reference(filename).read_text(encoding="utf-8")
+    for before, after in edits:
+        assert before in source, f"template changed: {before!r} not found"
+        source = source.replace(before, after)
     return env.from_string(source)
 
 
-def to_hf(message: Message) -> dict[str, Any]:
-    """Our message as the HF dict the template expects; reasoning goes back in front of the content."""
+def to_hf(message: Message, think: bool = True) -> dict[str, Any]:
+    """Our message as the HF dict the template expects: reasoning goes back in front of the content
+    (`think=False`, the Preview: dropped, that model writes no think block)."""
     if message.role == "tool":
         return {"role": "tool", "content": message.content}
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.role == "assistant":
-        if message.reasoning is not None:
+        if message.reasoning is not None and think:
             out["content"] = f"<think>\n{message.reasoning}\n</think>\n\n{message.content}"
         if message.tool_calls:
             out["tool_calls"] = [
@@ -80,8 +104,8 @@ def hf_tool(spec: ToolSpec) -> dict[str, Any]:
 def reference(
     messages: list[Message], tools: list[ToolSpec], add_generation_prompt: bool, profile: str
 ) -> str:
-    return _template(TEMPLATES[profile]).render(
-        messages=[to_hf(m) for m in messages],
+    return _template(profile).render(
+        messages=[to_hf(m, think=profile != "qwq-32b-preview") for m in messages],
         tools=[hf_tool(t) for t in tools] or None,
         add_generation_prompt=add_generation_prompt,
     )
@@ -384,8 +408,6 @@ def test_model_output_canonical_form() -> None:
 
 
 # --- QwQ-32B-Preview -------------------------------------------------------------------------------------
-
-PREVIEW_SYSTEM = "You are a helpful and harmless assistant. You are Qwen developed by Alibaba. You should think step-by-step."
 
 
 def test_preview_default_system_and_plain_generation_prompt() -> None:
