@@ -172,3 +172,22 @@ def test_missing_vocabulary_says_what_to_install(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(tokmod.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(tokmod.VocabularyNotFound, match="pip install dashscope"):
         tokmod.load_qwen_ranks()
+
+
+_OUTPUTS = st.lists(st.one_of(_PIECES, st.text(max_size=8)), max_size=12).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=_OUTPUTS.filter(lambda t: not t[:1].isspace()), reply=st.text(max_size=30))
+def test_keep_reasoning_prompt_extends_token_prefix(raw: str, reply: str) -> None:
+    """With keep_reasoning, turn N+1's ids begin with turn N's ids plus the output's ids and `<|im_end|>`.
+
+    The output must not begin with whitespace, which would merge with the `\\n` ending the prompt.
+    """
+    tok = get_tokenizer()
+    history = [Message(role="user", content="task")]
+    turn = Message(role="assistant", content="", reasoning="", raw=raw)
+    before = render(history, keep_reasoning=True)
+    after = render([*history, turn, Message(role="tool", content=reply)], keep_reasoning=True)
+    expected = [*tok.encode(before), *tok.encode(raw), tokmod.IM_END]
+    assert tok.encode(after)[: len(expected)] == expected

@@ -26,6 +26,9 @@ followed by the tool calls. Then the prompt of turn N+1 begins with exactly the 
 this holds only for output in canonical form: other whitespace around ``</think>`` or another serialisation
 of a tool call (key spacing, `\\uXXXX` escapes) is re-serialised, and the shared prefix ends where the texts
 first differ.
+In token ids (what SGLang's radix cache compares) the same holds when the output does not begin with
+whitespace, which would merge with the ``\\n`` that ends the prompt, and the ids the server generated are the
+canonical encoding of the output text (tests/test_tokenizer.py checks the first condition).
 
 One more break of the default policy: the current template renders the *last* message of a conversation
 whole (reasoning included), so a prompt that ends in an assistant message changes once more messages follow
