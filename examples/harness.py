@@ -110,7 +110,9 @@ async def _run(
         console.print(f"[red]check failed: {p}[/red]")
     if not problems:
         console.print(f"[bold green]✓ {example.name}: checked[/bold green]")
-    return Outcome(agent.result, problems, replayed=server is not None, requests=len(server.requests) if server else 0)
+    return Outcome(
+        agent.result, problems, replayed=server is not None, requests=len(server.requests) if server else 0
+    )
 
 
 def main(example: Example, argv: list[str] | None = None) -> int:

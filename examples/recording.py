@@ -7,7 +7,11 @@ import json
 
 def call(name: str, **arguments: object) -> str:
     """One `<tool_call>` block, as QwQ writes it."""
-    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False) + "\n</tool_call>"
+    return (
+        "<tool_call>\n"
+        + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+        + "\n</tool_call>"
+    )
 
 
 def turn(reasoning: str, content: str = "", *calls: str) -> str:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import Example, main, tool_outputs  # noqa: E402
-from recording import call, turn  # noqa: E402
+from harness import Example, main, tool_outputs
+from recording import call, turn
 
 HERE = Path(__file__).resolve().parent
 TASK = (
@@ -43,7 +43,13 @@ TURNS = [
         "median returns ordered[len // 2], which is the upper middle value for even lengths. I'll average "
         "the two middle values when the count is even, and raise a clear error for no values.",
         "The even case takes the upper middle value; I'll fix it.",
-        call("str_replace_editor", command="str_replace", path="/workspace/textstats/stats.py", old_str=OLD, new_str=NEW),
+        call(
+            "str_replace_editor",
+            command="str_replace",
+            path="/workspace/textstats/stats.py",
+            old_str=OLD,
+            new_str=NEW,
+        ),
     ),
     turn(
         "The edit is in place. Now I run the whole suite again to confirm.",

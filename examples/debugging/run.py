@@ -7,8 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import Example, main, tool_outputs  # noqa: E402
-from recording import call, turn  # noqa: E402
+from harness import Example, main, tool_outputs
+from recording import call, turn
 
 HERE = Path(__file__).resolve().parent
 TASK = (
@@ -34,7 +34,9 @@ TURNS = [
         "Line 16 converts the quantity with int() directly. The report says an empty quantity is a cancelled "
         "line that counts as 0, so `int(row['quantity'] or 0)` is the fix.",
         "Patching the conversion.",
-        call("str_replace_editor", command="str_replace", path="/workspace/orders.py", old_str=OLD, new_str=NEW),
+        call(
+            "str_replace_editor", command="str_replace", path="/workspace/orders.py", old_str=OLD, new_str=NEW
+        ),
     ),
     turn(
         "Now verify: the command must run and globex must total 0.",

@@ -5,14 +5,17 @@ from recording import call, turn
 STRAWBERRY_TASK = 'How many times does the letter "r" occur in the word "strawberry"?'
 STRAWBERRY = [
     turn(
-        "The user asks how many r's are in \"strawberry\". Counting letters by eye is exactly where I "
+        'The user asks how many r\'s are in "strawberry". Counting letters by eye is exactly where I '
         "tend to go around in circles (s-t-r-a-w-b-e-r-r-y... is the double r one or two?). A Python "
         "call settles it in one step.",
         "Let me count with Python.",
-        call("python", code="word = 'strawberry'\npositions = [i + 1 for i, ch in enumerate(word) if ch == 'r']\nprint(len(positions), positions)"),
+        call(
+            "python",
+            code="word = 'strawberry'\npositions = [i + 1 for i, ch in enumerate(word) if ch == 'r']\nprint(len(positions), positions)",
+        ),
     ),
     turn(
-        "Python printed 3 and the positions [3, 8, 9]: one r after \"st\" and the double r in \"berry\".",
+        'Python printed 3 and the positions [3, 8, 9]: one r after "st" and the double r in "berry".',
         'The letter "r" occurs **3** times in "strawberry" (positions 3, 8 and 9).',
     ),
 ]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import Example, main, tool_outputs  # noqa: E402
-from recording import call, turn  # noqa: E402
+from harness import Example, main, tool_outputs
+from recording import call, turn
 
-from qwq_agent.docindex.store import DocIndex  # noqa: E402
+from qwq_agent.docindex.store import DocIndex
 
 HERE = Path(__file__).resolve().parent
 TASK = (

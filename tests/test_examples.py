@@ -1,0 +1,71 @@
+"""Every example runs end to end: recorded completions over real HTTP, real sandbox, real tools.
+
+The recordings only say what the model writes; the checks look at what really happened in the
+sandbox (tests fail before the fix and pass after it, the crash reproduces and then goes away, the
+computed numbers appear in the tool outputs), so a recording that claimed a wrong result would fail.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+pytestmark = pytest.mark.docker
+
+
+def load(relative: str):
+    path = EXAMPLES / relative
+    spec = importlib.util.spec_from_file_location(f"example_{path.parent.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def run_example(example, tmp_path):
+    import harness
+
+    screen_buffer = io.StringIO()
+    console = Console(file=screen_buffer, width=120)
+    outcome = await harness.run(example, console=console, trace_path=tmp_path / "trace.jsonl")
+    screen = screen_buffer.getvalue()
+    assert outcome.replayed and "replaying this example's recorded" in screen
+    assert outcome.problems == [], outcome.problems
+    assert outcome.result.status == "completed", outcome.result.error
+    assert (tmp_path / "trace.jsonl").stat().st_size > 0
+    return outcome
+
+
+@pytest.mark.parametrize("name", ["strawberry", "parentheses", "pi"])
+async def test_math_puzzles(name, sandbox_image, tmp_path):
+    module = load("math_puzzles/run.py")
+    await run_example(module.EXAMPLES[name], tmp_path)
+
+
+async def test_coding_assistant_fixes_the_failing_test(sandbox_image, tmp_path):
+    module = load("coding_assistant/run.py")
+    outcome = await run_example(module.EXAMPLE, tmp_path)
+    outputs = [m.content for m in outcome.result.messages if m.role == "tool"]
+    assert "FAILED (failures=1)" in outputs[0]
+    assert "OK" in outputs[3] and "Ran 4 tests" in outputs[3]
+
+
+async def test_debugging_reproduces_patches_and_verifies(sandbox_image, tmp_path):
+    module = load("debugging/run.py")
+    outcome = await run_example(module.EXAMPLE, tmp_path)
+    outputs = [m.content for m in outcome.result.messages if m.role == "tool"]
+    assert "invalid literal for int()" in outputs[0]
+    assert "globex: 0.00" in outputs[3]
+
+
+async def test_research_cites_its_sources(sandbox_image, tmp_path):
+    module = load("research/run.py")
+    outcome = await run_example(module.EXAMPLE, tmp_path)
+    assert "kv-cache.md:1" in (outcome.result.answer or "")
