@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +49,7 @@ class Server:
         self.httpd.daemon_threads = True
         self.host = host
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def url(self, path: str = "/", host: str | None = None) -> str:
@@ -271,3 +275,40 @@ async def test_resolve_checked_allows_public_literals_without_dns() -> None:
 def test_policy_json_roundtrip() -> None:
     policy = AddressPolicy(allow_private=True, allowed_networks=["10.1.0.0/16"])
     assert AddressPolicy.model_validate(json.loads(policy.model_dump_json())) == policy
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[Server, ssl.SSLContext]]:
+    """An HTTPS server on 127.0.0.1 whose self-signed certificate names only `localhost`."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    srv = Server({"/": lambda h: send(h, 200, "text/plain", f"tls host={h.headers['Host']}".encode())})
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    srv.httpd.socket = server_ctx.wrap_socket(srv.httpd.socket, server_side=True)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    yield srv, client_ctx
+    srv.close()
+
+
+async def test_https_is_pinned_but_verified_against_the_name(tls_server: tuple[Server, ssl.SSLContext]) -> None:
+    srv, trust = tls_server
+    url = f"https://localhost:{srv.port}/"
+    page = await guarded_get(url, policy=LOOPBACK_OK, verify=trust)
+    assert page.body.decode() == f"tls host=localhost:{srv.port}"
+    # The certificate does not name 127.0.0.1, so verification really happens.
+    with pytest.raises(FetchError, match="failed"):
+        await guarded_get(f"https://127.0.0.1:{srv.port}/", policy=LOOPBACK_OK, verify=trust)
+
+
+async def test_html_charset_is_read_from_meta_when_the_header_has_none(server: Server) -> None:
+    body = '<html><head><meta charset="iso-8859-1"><title>Caf\xe9</title></head><body><p>na\xefve</p></body></html>'
+    server.routes["/latin1"] = lambda h: send(h, 200, "text/html", body.encode("iso-8859-1"))
+    out = await FetchUrl(policy=LOOPBACK_OK)({"url": server.url("/latin1")}, CTX)
+    assert "Title: Café" in out.text and "naïve" in out.text

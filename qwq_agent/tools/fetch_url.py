@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -38,9 +39,16 @@ class FetchUrl:
 
     name = "fetch_url"
 
-    def __init__(self, *, policy: AddressPolicy | None = None, limits: FetchLimits | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        policy: AddressPolicy | None = None,
+        limits: FetchLimits | None = None,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self.policy = policy or AddressPolicy()
         self.limits = limits or FetchLimits()
+        self.verify = verify
 
     @property
     def spec(self) -> ToolSpec:
@@ -60,7 +68,7 @@ class FetchUrl:
         except ValidationError as exc:
             return ToolOutput(text=f"fetch_url: invalid arguments: {_brief(exc)}", is_error=True)
         try:
-            page = await guarded_get(args.url, policy=self.policy, limits=self.limits)
+            page = await guarded_get(args.url, policy=self.policy, limits=self.limits, verify=self.verify)
         except AddressRefused as exc:
             return ToolOutput(
                 text=f"fetch_url refused {args.url}: {exc}. Only public internet addresses may be fetched.",
@@ -95,7 +103,8 @@ def render_page(page: FetchedPage, offset: int, max_chars: int) -> ToolOutput:
     text = page.body.decode(page.charset or "utf-8", errors="replace")
     title, links = "", []
     if kind == "html":
-        readable = html_to_readable(text, base_url=page.url)
+        # Without a charset header, let the parser read <meta charset> from the bytes.
+        readable = html_to_readable(text if page.charset else page.body, base_url=page.url)
         title, text, links = readable.title, readable.text, readable.links
     elif kind == "json" and not page.truncated:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 import time
 from urllib.parse import urljoin, urlsplit
 
@@ -52,25 +53,31 @@ async def guarded_get(
     policy: AddressPolicy | None = None,
     limits: FetchLimits | None = None,
     accept: str = "text/html,application/xhtml+xml,text/plain,application/json;q=0.9,*/*;q=0.1",
+    verify: ssl.SSLContext | bool = True,
 ) -> FetchedPage:
-    """GET `url` under `policy` and `limits`; raises `AddressRefused` or `FetchError`."""
+    """GET `url` under `policy` and `limits`; raises `AddressRefused` or `FetchError`.
+
+    `verify` is httpx's TLS verification setting (an `ssl.SSLContext` to trust a private CA).
+    """
     policy = policy or AddressPolicy()
     limits = limits or FetchLimits()
     started = time.monotonic()
     try:
         async with asyncio.timeout(limits.timeout_s):
-            page = await _follow(url, policy, limits, accept)
+            page = await _follow(url, policy, limits, accept, verify)
     except TimeoutError:
         raise FetchError(f"timed out after {limits.timeout_s:g} s fetching {url}") from None
     page.elapsed_s = time.monotonic() - started
     return page
 
 
-async def _follow(url: str, policy: AddressPolicy, limits: FetchLimits, accept: str) -> FetchedPage:
+async def _follow(
+    url: str, policy: AddressPolicy, limits: FetchLimits, accept: str, verify: ssl.SSLContext | bool
+) -> FetchedPage:
     timeout = httpx.Timeout(limits.timeout_s)
     # trust_env=False: an HTTP proxy from the environment would do the resolving and connecting,
     # bypassing the pinned, checked address.
-    async with httpx.AsyncClient(timeout=timeout, trust_env=False, follow_redirects=False) as client:
+    async with httpx.AsyncClient(timeout=timeout, trust_env=False, follow_redirects=False, verify=verify) as client:
         current = _parse(url, policy)
         hops: list[str] = []
         while True:

@@ -39,8 +39,11 @@ class ReadablePage(BaseModel):
     links: list[Link] = Field(default_factory=list)
 
 
-def html_to_readable(html: str, base_url: str = "") -> ReadablePage:
-    """Extract `html`'s main content as text; relative links are resolved against `base_url`."""
+def html_to_readable(html: str | bytes, base_url: str = "") -> ReadablePage:
+    """Extract `html`'s main content as text; relative links are resolved against `base_url`.
+
+    Bytes are decoded by the parser, which honours `<meta charset>`.
+    """
     soup = BeautifulSoup(html, "html.parser")
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     for tag in soup.find_all(_DROP):
