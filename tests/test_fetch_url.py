@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -26,7 +27,7 @@ CTX = ToolContext()
 class Server:
     """A threaded HTTP server on a loopback address, answering from a dict of path -> handler."""
 
-    def __init__(self, routes: dict[str, Route], host: str = "127.0.0.1") -> None:
+    def __init__(self, routes: dict[str, Route], host: str = "127.0.0.1", port: int = 0) -> None:
         self.routes = routes
         self.hits: list[tuple[str, dict[str, str]]] = []
         outer = self
@@ -45,7 +46,7 @@ class Server:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.host = host
         self.port = self.httpd.server_address[1]
@@ -312,3 +313,33 @@ async def test_html_charset_is_read_from_meta_when_the_header_has_none(server: S
     server.routes["/latin1"] = lambda h: send(h, 200, "text/html", body.encode("iso-8859-1"))
     out = await FetchUrl(policy=LOOPBACK_OK)({"url": server.url("/latin1")}, CTX)
     assert "Title: Café" in out.text and "naïve" in out.text
+
+
+async def test_a_name_is_resolved_once_per_hop_and_the_connection_is_pinned(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the first answer is allowed, later answers point elsewhere; they must not be used."""
+    # The internal server listens on the same port, so a re-resolved connection would reach it.
+    other = Server({"/article": lambda h: send(h, 200, "text/plain", b"internal")}, host="127.0.0.2", port=server.port)
+    real_getaddrinfo = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def rebinding(host: object, *args: object, **kwargs: object) -> object:
+        if host == "rebind.test":
+            lookups.append(host)
+            host = "127.0.0.1" if len(lookups) == 1 else "127.0.0.2"
+        return real_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    try:
+        policy = AddressPolicy(allowed_networks=["127.0.0.1/32"])
+        page = await guarded_get(f"http://rebind.test:{server.port}/article", policy=policy)
+        assert b"The Sun" in page.body
+        assert lookups == ["rebind.test"]
+        assert server.hits[-1][1]["Host"] == f"rebind.test:{server.port}"
+        # A second fetch resolves again, gets the internal address, and is refused before connecting.
+        with pytest.raises(AddressRefused, match=r"127\.0\.0\.2"):
+            await guarded_get(f"http://rebind.test:{server.port}/article", policy=policy)
+        assert other.hits == []
+    finally:
+        other.close()

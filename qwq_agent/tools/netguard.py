@@ -154,14 +154,19 @@ def check_host_literal(host: str, policy: AddressPolicy) -> IPAddress | None:
 
 
 async def resolve_checked(host: str, port: int, policy: AddressPolicy) -> IPAddress:
-    """Resolve `host` once and return an allowed address to connect to.
+    """Resolve `host` once and return an allowed address to connect to (the first of `resolve_all_checked`)."""
+    return (await resolve_all_checked(host, port, policy))[0]
+
+
+async def resolve_all_checked(host: str, port: int, policy: AddressPolicy) -> list[IPAddress]:
+    """Resolve `host` once and return its addresses, in resolver order, all allowed by `policy`.
 
     Every resolved address must pass: a name that answers with one public and one internal address
     is refused, since which one a later connection uses is not under our control.
     """
     ip = check_host_literal(host, policy)
     if ip is not None:
-        return ip
+        return [ip]
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -174,7 +179,7 @@ async def resolve_checked(host: str, port: int, policy: AddressPolicy) -> IPAddr
         reason = refusal_reason(address, policy)
         if reason:
             raise AddressRefused(f"host {host!r} resolves to a refused address: {reason}")
-    return addresses[0]
+    return addresses
 
 
 def _unique(items: Iterable[IPAddress]) -> list[IPAddress]:

@@ -16,7 +16,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from pydantic import BaseModel, Field
 
-from qwq_agent.tools.netguard import AddressPolicy, AddressRefused, check_host_literal, resolve_checked
+from qwq_agent.tools.netguard import AddressPolicy, AddressRefused, check_host_literal, resolve_all_checked
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 
@@ -131,20 +131,26 @@ async def _send(
     client: httpx.AsyncClient, url: httpx.URL, policy: AddressPolicy, limits: FetchLimits, accept: str
 ) -> httpx.Response:
     port = url.port or (443 if url.scheme == "https" else 80)
-    address = await resolve_checked(url.host, port, policy)
-    pinned = url.copy_with(host=str(address))
+    addresses = await resolve_all_checked(url.host, port, policy)
     host_header = url.netloc.decode("ascii").rsplit("@", 1)[-1]
     headers = {"Host": host_header, "User-Agent": limits.user_agent, "Accept": accept}
     extensions = {}
     if url.scheme == "https" and not _is_ip(url.host):
         extensions["sni_hostname"] = url.host
-    request = client.build_request("GET", pinned, headers=headers, extensions=extensions)
-    try:
-        return await client.send(request, stream=True)
-    except httpx.TimeoutException:
-        raise FetchError(f"timed out connecting to or reading from {url}") from None
-    except httpx.HTTPError as exc:
-        raise FetchError(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
+    for i, address in enumerate(addresses):
+        # Connect to the checked address itself; httpx never sees the name, so never resolves it.
+        request = client.build_request("GET", url.copy_with(host=str(address)), headers=headers, extensions=extensions)
+        try:
+            return await client.send(request, stream=True)
+        except httpx.ConnectError as exc:
+            if i + 1 < len(addresses):
+                continue  # e.g. ::1 first but the server listens on 127.0.0.1 only
+            raise FetchError(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
+        except httpx.TimeoutException:
+            raise FetchError(f"timed out connecting to or reading from {url}") from None
+        except httpx.HTTPError as exc:
+            raise FetchError(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
+    raise FetchError(f"no address to connect to for {url}")  # unreachable: resolving gives at least one
 
 
 async def _read_capped(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:
