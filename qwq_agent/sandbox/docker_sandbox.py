@@ -17,7 +17,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from qwq_agent.sandbox import janitor
 from qwq_agent.sandbox.channel import Channel
@@ -57,10 +57,21 @@ R = TypeVar("R", bound=Result)
 _image_cache: dict[str, str] = {}
 
 
+@contextlib.contextmanager
+def _checked() -> Generator[None, None, None]:
+    """Bad arguments become `InvalidRequest` (still naming each field and problem)."""
+    try:
+        yield
+    except ValidationError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
 def resolve_image(config: SandboxConfig) -> str:
-    """The configured image, or the project's sandbox image (built if missing; cached per process)."""
+    """The configured image, env QWQ_SANDBOX_IMAGE, or the project's sandbox image (built if missing; cached per process)."""
     if config.image:
         return config.image
+    if os.environ.get("QWQ_SANDBOX_IMAGE"):
+        return os.environ["QWQ_SANDBOX_IMAGE"]
     if "default" not in _image_cache:
         from qwq_agent.sandbox.image import ensure_image
 
@@ -194,41 +205,52 @@ class DockerSandbox:
     # ------------------------------------------------------------------------------------------ operations
 
     # `timeout` is enforced inside the sandbox (interrupt, then kill), which asyncio.timeout cannot do.
-    async def python(self, code: str, *, timeout: float | None = None) -> PythonResult:  # noqa: ASYNC109
+    async def python(self, code: str, *, timeout: float | None = None) -> PythonResult:
         """Run a cell in the persistent interpreter (notebook-style: the last expression's repr is `value`)."""
-        req = PythonRequest(code=code, timeout=timeout or self.config.python_timeout_s)
+        with _checked():
+            req = PythonRequest(code=code, timeout=timeout or self.config.python_timeout_s)
         return await self._call(req, PythonResult, self._grace(req.timeout))
 
-    async def shell(self, command: str, *, timeout: float | None = None, cwd: str | None = None) -> ShellResult:  # noqa: ASYNC109
+    async def shell(self, command: str, *, timeout: float | None = None, cwd: str | None = None) -> ShellResult:
         """Run `bash -c command` in its own process group; background jobs are killed when it returns."""
-        req = ShellRequest(command=command, timeout=timeout or self.config.shell_timeout_s, cwd=cwd)
+        with _checked():
+            req = ShellRequest(command=command, timeout=timeout or self.config.shell_timeout_s, cwd=cwd)
         return await self._call(req, ShellResult, self._grace(req.timeout))
 
     async def view(self, path: str, view_range: list[int] | None = None) -> FileResult:
         """`cat -n` of a file (optionally lines [start, end], end -1 = to the end) or a 2-level listing."""
-        return await self._call(ViewRequest(path=path, view_range=view_range), FileResult, self._grace(60))
+        with _checked():
+            req = ViewRequest(path=path, view_range=view_range)
+        return await self._call(req, FileResult, self._grace(60))
 
     async def create_file(self, path: str, file_text: str) -> FileResult:
         """Create a new file (refuses to overwrite)."""
-        return await self._call(CreateRequest(path=path, file_text=file_text), FileResult, self._grace(60))
+        with _checked():
+            req = CreateRequest(path=path, file_text=file_text)
+        return await self._call(req, FileResult, self._grace(60))
 
     async def str_replace(self, path: str, old_str: str, new_str: str = "") -> FileResult:
         """Replace the one occurrence of `old_str`; zero or several matches raise `ToolError`."""
-        req = StrReplaceRequest(path=path, old_str=old_str, new_str=new_str)
+        with _checked():
+            req = StrReplaceRequest(path=path, old_str=old_str, new_str=new_str)
         return await self._call(req, FileResult, self._grace(60))
 
     async def insert(self, path: str, insert_line: int, new_str: str) -> FileResult:
         """Insert `new_str` after line `insert_line` (0: at the top)."""
-        req = InsertRequest(path=path, insert_line=insert_line, new_str=new_str)
+        with _checked():
+            req = InsertRequest(path=path, insert_line=insert_line, new_str=new_str)
         return await self._call(req, FileResult, self._grace(60))
 
     async def undo_edit(self, path: str) -> FileResult:
         """Revert the last `str_replace` or `insert` on `path`."""
-        return await self._call(UndoEditRequest(path=path), FileResult, self._grace(60))
+        with _checked():
+            req = UndoEditRequest(path=path)
+        return await self._call(req, FileResult, self._grace(60))
 
     async def search(self, pattern: str, **options: Any) -> SearchResult:
         """ripgrep over the workspace; options are `SearchRequest` fields (literal, globs, context_lines...)."""
-        req = SearchRequest(pattern=pattern, **options)
+        with _checked():
+            req = SearchRequest(pattern=pattern, **options)
         return await self._call(req, SearchResult, self._grace(req.timeout))
 
     async def ping(self) -> PingResult:
@@ -236,7 +258,8 @@ class DockerSandbox:
 
     async def upload_archive(self, data: bytes, dest: str = "/workspace") -> UploadResult:
         """Extract a tar archive under `dest`; unsafe entries make the whole archive refused (`UnsafeArchive`)."""
-        req = UploadRequest(dest=dest, data=base64.b64encode(data).decode("ascii"))
+        with _checked():
+            req = UploadRequest(dest=dest, data=base64.b64encode(data).decode("ascii"))
         return await self._call(req, UploadResult, self._grace(120))
 
     async def upload(self, local: str | os.PathLike[str], dest: str = "/workspace") -> UploadResult:
@@ -262,7 +285,9 @@ class DockerSandbox:
         The archive comes from an untrusted sandbox, so it is checked in full before anything is written:
         absolute paths, `..`, links leaving `local_dir` and special files raise `UnsafeArchive`.
         """
-        raw, replaced = await self._call_raw(DownloadRequest(path=src), self._grace(120))
+        with _checked():
+            req = DownloadRequest(path=src)
+        raw, replaced = await self._call_raw(req, self._grace(120))
         data = base64.b64decode(raw["data"])
         paths = await asyncio.to_thread(_safe_extract, data, Path(local_dir))
         return DownloadResult(paths=paths, bytes=raw["bytes"], sandbox_replaced=replaced, state_lost=replaced)
