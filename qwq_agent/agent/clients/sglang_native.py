@@ -77,6 +77,8 @@ class SGLangClient:
     Args:
         base_url: e.g. `http://127.0.0.1:30000`.
         profile: the chat-format profile `stream()` renders prompts with.
+        keep_reasoning: keep earlier turns' reasoning in the prompt (prefix-stable history, more tokens)
+            instead of dropping it as QwQ's template does.
         name: the model name reported to the loop (defaults to the profile).
         connect_timeout: seconds to open a connection.
         read_timeout: longest silence, in seconds, between bytes of a response (covers a slow prefill).
@@ -92,6 +94,7 @@ class SGLangClient:
         base_url: str,
         *,
         profile: str = "qwq-32b",
+        keep_reasoning: bool = False,
         name: str | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 600.0,
@@ -102,6 +105,7 @@ class SGLangClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.profile = profile
+        self.keep_reasoning = keep_reasoning
         self.name = name or profile
         self.retry = retry or RetryPolicy()
         self.incremental = incremental
@@ -193,7 +197,14 @@ class SGLangClient:
         """Render the conversation with QwQ's chat template, append `prefix`, and stream the output."""
         from qwq_agent.agent.chat_format import render  # imported late: the renderer pulls in jinja2
 
-        prompt = render(list(messages), list(tools), add_generation_prompt=True, profile=self.profile) + prefix
+        prompt = render(
+            list(messages),
+            list(tools),
+            add_generation_prompt=True,
+            keep_reasoning=self.keep_reasoning,
+            profile=self.profile,
+        )
+        prompt += prefix
         async with aclosing(self.generate_stream(prompt, params)) as events:
             async for event in events:
                 yield event
