@@ -6,7 +6,7 @@ import json
 import ssl
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
@@ -20,6 +20,8 @@ _JSON_SUFFIX = "+json"
 
 class FetchUrlArgs(BaseModel):
     """Arguments of `fetch_url`."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt argument is an error, not silently ignored
 
     url: str = Field(description="The http(s) URL to fetch.")
     offset: int = Field(

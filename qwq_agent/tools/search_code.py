@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
@@ -20,6 +20,8 @@ _MAX_LINE = 300  # long lines (minified code) would flood the observation
 
 class SearchCodeArgs(BaseModel):
     """Arguments of `search_code`."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt argument is an error, not silently ignored
 
     pattern: str = Field(min_length=1, description="Rust-regex (ripgrep) pattern, or plain text with literal=true.")
     path: str = Field(default=".", description="File or folder to search, relative to /workspace.")

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.docindex import DocIndex, Hit, QuerySyntaxError
@@ -16,6 +16,8 @@ from qwq_agent.protocols import ToolContext, ToolOutput
 
 class SearchDocsArgs(BaseModel):
     """Arguments of `search_docs`."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt argument is an error, not silently ignored
 
     query: str = Field(min_length=1, max_length=500, description="Words to look for in the documents.")
     limit: int = Field(default=8, ge=1, le=50, description="How many sections to return.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
@@ -14,6 +14,8 @@ from qwq_agent.tools.web.providers import SearchError, SearchProvider, SearchRes
 
 class WebSearchArgs(BaseModel):
     """Arguments of `web_search`."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt argument is an error, not silently ignored
 
     query: str = Field(min_length=1, max_length=400, description="What to search the web for.")
     count: int = Field(default=8, ge=1, le=20, description="How many results to return.")
