@@ -143,7 +143,14 @@ class _Writer:
 
     def finish(self) -> str:
         self.flush()
-        return "\n\n".join(self.lines)
+        out: list[str] = []
+        for i, line in enumerate(self.lines):
+            # Items of one list stay on consecutive lines; other blocks get a blank line between.
+            if i and line.startswith("- ") and self.lines[i - 1].startswith("- "):
+                out.append("\n" + line)
+            else:
+                out.append(("\n\n" if out else "") + line)
+        return "".join(out)
 
 
 def _squash(text: str) -> str:
