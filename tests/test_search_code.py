@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from collections.abc import AsyncIterator
 
@@ -33,24 +32,11 @@ def tarball(files: dict[str, bytes]) -> bytes:
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[object]:
-    try:
-        from qwq_agent.sandbox.docker_sandbox import DockerSandbox
-        from qwq_agent.sandbox.image import image_exists, image_tag
-    except ImportError as exc:  # pragma: no cover - the sandbox package is optional here
-        pytest.skip(f"sandbox package unavailable: {exc}")
-    override = os.environ.get("QWQ_SANDBOX_IMAGE")  # e.g. an image built by the sandbox's own tests
-    try:
-        tag = override or image_tag()
-        if not image_exists(tag):
-            if os.environ.get("QWQ_BUILD_SANDBOX_IMAGE") != "1":
-                pytest.skip(f"sandbox image {tag} not built (run ensure_image() or set QWQ_BUILD_SANDBOX_IMAGE=1)")
-            from qwq_agent.sandbox.image import ensure_image
+async def sandbox(sandbox_image: str) -> AsyncIterator[object]:
+    """A fresh sandbox (image from the conftest's `sandbox_image`) holding FILES in /workspace."""
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
 
-            ensure_image()
-    except Exception as exc:  # no Docker engine reachable, build failure
-        pytest.skip(f"Docker sandbox unavailable: {exc}")
-    async with DockerSandbox.create(image=tag) as sb:
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sb:
         await sb.upload_archive(tarball(FILES), "/workspace")
         yield sb
 
@@ -59,9 +45,8 @@ def ctx(sb: object) -> ToolContext:
     return ToolContext(sandbox=sb)
 
 
-pytestmark = pytest.mark.docker
 
-
+@pytest.mark.docker
 async def test_regex_search_groups_matches_by_file(sandbox: object) -> None:
     out = await SearchCode()({"pattern": r"def \w+\(", "globs": ["*.py"]}, ctx(sandbox))
     assert not out.is_error, out.text
@@ -74,6 +59,7 @@ async def test_regex_search_groups_matches_by_file(sandbox: object) -> None:
     assert out.metadata["locations"][0].startswith("src/")
 
 
+@pytest.mark.docker
 async def test_case_literal_and_binary_files(sandbox: object) -> None:
     tool = SearchCode()
     smart = await tool({"pattern": "TODO"}, ctx(sandbox))  # upper case: smart case is sensitive
@@ -87,6 +73,7 @@ async def test_case_literal_and_binary_files(sandbox: object) -> None:
     assert literal.text.splitlines()[1:] == ["", "docs/notes.md:3: The run() function is the entry point."]
 
 
+@pytest.mark.docker
 async def test_context_lines_and_path(sandbox: object) -> None:
     out = await SearchCode()({"pattern": "TODO", "path": "src", "context_lines": 1}, ctx(sandbox))
     assert not out.is_error, out.text
@@ -98,6 +85,7 @@ async def test_context_lines_and_path(sandbox: object) -> None:
     ]
 
 
+@pytest.mark.docker
 async def test_results_are_capped_with_the_count_left_out(sandbox: object) -> None:
     out = await SearchCode()({"pattern": "marker", "max_results": 10}, ctx(sandbox))
     assert "120 matches" in out.text and "110 more not shown" in out.text
@@ -105,6 +93,7 @@ async def test_results_are_capped_with_the_count_left_out(sandbox: object) -> No
     assert out.metadata["omitted"] == 110
 
 
+@pytest.mark.docker
 async def test_errors_are_observations(sandbox: object) -> None:
     tool = SearchCode()
     bad = await tool({"pattern": "foo(bar"}, ctx(sandbox))
