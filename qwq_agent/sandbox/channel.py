@@ -35,6 +35,7 @@ class Channel:
         self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.closed_reason: str | None = None
         self.exit_reason: str | None = None
+        self.closed_event = asyncio.Event()
         self._task = asyncio.create_task(self._read_loop())
 
     @property
@@ -121,6 +122,7 @@ class Channel:
             reason = f"the supervisor exited ({self.exit_reason} limit reached)" if self.exit_reason in ("idle", "lifetime") else f"the supervisor exited ({self.exit_reason})"
         tail = self.stderr_tail().strip()
         self.closed_reason = reason + (f"; its last words: {tail}" if tail else "")
+        self.closed_event.set()
         error = SandboxDead(self.closed_reason)
         for fut in list(self._pending.values()):
             if not fut.done():

@@ -161,6 +161,13 @@ class DockerSandbox:
         self._closed = True
         await self._discard()
 
+    async def wait_closed(self) -> str:
+        """Wait until the current container's channel closes (death, idle or lifetime limit); returns why."""
+        if self._channel is None:
+            return "not started"
+        await asyncio.shield(self._channel.closed_event.wait())
+        return self._channel.closed_reason or ""
+
     async def _ensure_alive(self) -> bool:
         """Replace a dead container when allowed; True if this call did."""
         if self._closed:

@@ -1,0 +1,253 @@
+"""Bad input and hostile code: each ends in a clear result or typed error, and the sandbox keeps working
+(or is replaced, and the result says so). Small limits keep every fault quick."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+import pytest_asyncio
+
+from qwq_agent.sandbox import (
+    DockerSandbox,
+    InvalidRequest,
+    SandboxConfig,
+    SandboxDead,
+    ToolError,
+)
+from qwq_agent.sandbox.protocol import Request
+
+pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
+
+SMALL = {
+    "memory": "256m",
+    "pids_limit": 64,
+    "workspace_size": "32m",
+    "tmp_size": "16m",
+    "output_head_bytes": 4096,
+    "output_tail_bytes": 4096,
+    "interrupt_grace_s": 0.5,
+    "max_request_bytes": 1024 * 1024,
+}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def small(sandbox_image: str):
+    """A sandbox with small limits, shared by faults that leave it working."""
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image, **SMALL)) as sb:
+        yield sb
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fresh(sandbox_image: str):
+    """A sandbox of its own, for faults that kill it."""
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image, **SMALL)) as sb:
+        yield sb
+
+
+async def still_works(sb: DockerSandbox) -> None:
+    r = await sb.shell("echo alive")
+    assert r.stdout == "alive\n" and r.exit_code == 0
+
+
+async def test_fork_bomb_is_contained(small: DockerSandbox) -> None:
+    # Every level waits for its children, so the bomb keeps forking into the pids limit until the timeout.
+    r = await small.shell(":(){ :|: & wait; };:", timeout=2)
+    assert r.timed_out and r.exit_code is not None and r.exit_code < 0
+    await still_works(small)
+    assert (await small.python("1 + 1")).value == "2"
+
+
+async def test_memory_bomb_kills_only_the_interpreter(small: DockerSandbox) -> None:
+    await small.python("bomb_marker = 1")
+    r = await small.python("hog = b'x' * (1024 * 1024 * 1024)")
+    assert r.error is not None and r.error.ename in ("MemoryError", "InterpreterDied")
+    if r.error.ename == "InterpreterDied":
+        assert r.state_lost and "killed by signal 9" in r.error.evalue
+    r = await small.shell("python3 -c \"b'x' * (1024 * 1024 * 1024)\"")
+    assert r.exit_code != 0
+    await still_works(small)
+
+
+async def test_busy_loop_is_interrupted_and_state_kept(small: DockerSandbox) -> None:
+    await small.python("loop_state = 'kept'")
+    r = await small.python("while True: pass", timeout=1)
+    assert r.timed_out and not r.state_lost
+    assert r.error is not None and r.error.ename == "KeyboardInterrupt"
+    assert (await small.python("loop_state")).value == "'kept'"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
+        "import signal\nsignal.signal(signal.SIGINT, lambda *a: None)\nsignal.signal(signal.SIGTERM, lambda *a: None)\n"
+        "while True: pass",
+    ],
+    ids=["sigint-ignored", "sigint-sigterm-trapped"],
+)
+async def test_loop_ignoring_sigint_gets_a_fresh_interpreter(small: DockerSandbox, code: str) -> None:
+    await small.python("doomed = 1")
+    r = await small.python(code, timeout=1)
+    assert r.timed_out and r.state_lost
+    assert r.error is not None and "killed" in r.error.evalue
+    r = await small.python("doomed")
+    assert r.error is not None and r.error.ename == "NameError"
+
+
+async def test_shell_trapping_signals_is_killed(small: DockerSandbox) -> None:
+    r = await small.shell("trap '' INT TERM; sleep 100", timeout=0.5)
+    assert r.timed_out and r.exit_code == -9
+    await still_works(small)
+
+
+async def test_one_gigabyte_of_stdout_is_capped(small: DockerSandbox) -> None:
+    r = await small.shell("head -c 1000000000 /dev/zero | tr '\\0' x; echo; echo done", timeout=120)
+    assert r.exit_code == 0 and r.stdout_dropped == 1_000_000_006 - 8192
+    assert r.stdout.startswith("x" * 4096) and r.stdout.endswith("x\ndone\n")
+    assert f"[... {r.stdout_dropped} bytes dropped ...]" in r.stdout
+
+
+async def test_one_fifty_megabyte_line(small: DockerSandbox) -> None:
+    r = await small.python("print('a' + 'b' * 50_000_000 + 'z')")
+    assert r.stdout_dropped == 50_000_003 - 8192
+    assert r.stdout.startswith("ab") and r.stdout.endswith("bz\n")
+
+
+async def test_binary_and_non_utf8_output(small: DockerSandbox) -> None:
+    r = await small.shell("printf 'ok\\xff\\xfe\\x00end'")
+    assert r.stdout == "ok\\xff\\xfe\x00end"
+    r = await small.python(
+        "import os\nos.write(1, b'\\xc3\\x28 garbage \\x1b[2J\\x00')\nos.write(2, bytes(range(256)))\n7"
+    )
+    assert r.stdout.startswith("\\xc3( garbage \x1b[2J\x00") and "\\xff" in r.stderr and r.value == "7"
+    await still_works(small)
+
+
+@pytest.mark.parametrize("where", ["/workspace", "/tmp"])
+async def test_disk_fill_is_capped(small: DockerSandbox, where: str) -> None:
+    r = await small.shell(f"dd if=/dev/zero of={where}/fill bs=1M count=64")
+    assert r.exit_code != 0 and "No space left on device" in r.stderr
+    assert (await small.shell(f"rm {where}/fill && echo freed")).stdout == "freed\n"
+
+
+async def test_root_filesystem_is_read_only(small: DockerSandbox) -> None:
+    r = await small.shell("touch /usr/evil; echo x > /etc/evil")
+    assert r.exit_code != 0 and "Read-only file system" in r.stderr
+    r = await small.python("open('/usr/lib/evil.py', 'w')")
+    assert r.error is not None and "Read-only file system" in r.error.evalue
+
+
+async def test_input_fails_clearly(small: DockerSandbox) -> None:
+    r = await small.python("input('name? ')")
+    assert r.error is not None and r.error.ename == "EOFError" and "no interactive stdin" in r.error.evalue
+
+
+async def test_sys_exit_keeps_and_os_exit_loses_state(small: DockerSandbox) -> None:
+    await small.python("exit_state = 5")
+    r = await small.python("import sys; sys.exit(3)")
+    assert r.error is not None and (r.error.ename, r.error.evalue) == ("SystemExit", "3") and not r.state_lost
+    assert (await small.python("exit_state")).value == "5"
+    r = await small.python("import os; os._exit(1)")
+    assert r.state_lost and r.error is not None and "exited with status 1" in r.error.evalue
+    assert (await small.python("'exit_state' in globals()")).value == "False"
+
+
+async def test_background_process_does_not_outlive_the_call(small: DockerSandbox) -> None:
+    r = await small.shell("sleep 300 & echo started", timeout=10)
+    assert r.stdout == "started\n" and not r.timed_out
+    count = "python3 -c \"import os; print(sum(open(f'/proc/{p}/comm').read() == 'sleep\\n' for p in os.listdir('/proc') if p.isdigit()))\""
+    assert (await small.shell(count)).stdout == "0\n"
+
+
+async def test_big_file_view_is_clipped(shared_sandbox: DockerSandbox) -> None:
+    await shared_sandbox.shell("yes 'some text on a line' | head -c 100000000 > /workspace/big.txt")
+    r = await shared_sandbox.view("/workspace/big.txt")
+    assert r.output.endswith("</NOTE>") and "<response clipped>" in r.output and len(r.output) < 17_000
+    r = await shared_sandbox.view("/workspace/big.txt", [4_999_999, 5_000_000])
+    assert r.output.endswith("4999999\tsome text on a line\n5000000\tsome text on a line\n")
+    with pytest.raises(ToolError, match="too large to edit"):
+        await shared_sandbox.str_replace("/workspace/big.txt", "some", "other")
+    await shared_sandbox.shell("rm /workspace/big.txt")
+
+
+async def test_directory_of_ten_thousand_files(shared_sandbox: DockerSandbox) -> None:
+    await shared_sandbox.shell(
+        "mkdir -p /workspace/many && cd /workspace/many && seq -f 'f%05g.txt' 1 10000 | xargs touch"
+    )
+    r = await shared_sandbox.view("/workspace/many")
+    lines = r.output.splitlines()
+    assert lines[2] == "/workspace/many/f00001.txt" and lines[-1] == "[... 9000 more entries not shown ...]"
+    r = await shared_sandbox.search("anything", path="/workspace/many")
+    assert r.total_matches == 0 and r.complete
+
+
+async def test_invalid_requests(small: DockerSandbox) -> None:
+    with pytest.raises(InvalidRequest, match="code"):
+        await small.python(123)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="command"):
+        await small.shell("")
+    with pytest.raises(InvalidRequest, match="regex parse error"):
+        await small.search("(unclosed")
+    await small.shell("echo a > /workspace/inv.txt")
+    with pytest.raises(ToolError, match="list of two integers"):
+        await small.view("/workspace/inv.txt", [1])
+    with pytest.raises(InvalidRequest, match="unknown operation 'nope'"):
+        await small._call_raw(Request.model_construct(op="nope"), 10)
+    await still_works(small)
+
+
+async def test_oversized_request_is_refused_before_sending(small: DockerSandbox) -> None:
+    with pytest.raises(InvalidRequest, match="exceeds the limit of 1048576 bytes"):
+        await small.python("x = '" + "a" * 2_000_000 + "'")
+    await still_works(small)
+
+
+async def test_garbage_frame_does_not_break_the_channel(small: DockerSandbox) -> None:
+    writer = small._channel._writer  # type: ignore[union-attr]
+    writer.write(struct.pack(">I", 9) + b"not json!")
+    writer.write(struct.pack(">I", 2) + b"[]")
+    await still_works(small)
+
+
+async def test_kill_supervisor_mid_call_then_replaced(fresh: DockerSandbox) -> None:
+    old = fresh.id
+    with pytest.raises(SandboxDead, match="exited"):
+        await fresh.shell("kill -9 $PPID; sleep 5")
+    r = await fresh.python("1")
+    assert r.sandbox_replaced and r.state_lost and r.value == "1" and fresh.id != old
+
+
+async def test_kill_pid1_from_inside_is_ignored(fresh: DockerSandbox) -> None:
+    r = await fresh.shell("kill -9 1; echo after")
+    assert r.stdout == "after\n"
+    r = await fresh.python("2")
+    assert r.value == "2" and not r.sandbox_replaced
+
+
+async def test_container_killed_from_outside_mid_call(fresh: DockerSandbox) -> None:
+    old = fresh.id
+    call = asyncio.create_task(fresh.python("open('/tmp/started', 'w').close()\nimport time\ntime.sleep(60)"))
+    started = await fresh.shell("while [ ! -f /tmp/started ]; do sleep 0.01; done; echo yes", timeout=30)
+    assert started.stdout == "yes\n"
+    await fresh.engine.kill(old)
+    with pytest.raises(SandboxDead):
+        await call
+    r = await fresh.shell("echo again")
+    assert r.sandbox_replaced and r.stdout == "again\n" and fresh.id != old
+
+
+@pytest.mark.parametrize("limit", ["idle", "lifetime"])
+async def test_idle_and_lifetime_limits(sandbox_image: str, limit: str) -> None:
+    cfg = {"idle_timeout_s": 1.0} if limit == "idle" else {"lifetime_s": 2.0}
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image, **cfg)) as sb:
+        first = sb.id
+        reason = await asyncio.wait_for(sb.wait_closed(), 60)
+        assert f"{limit} limit reached" in reason and not sb.alive
+        r = await sb.python("'back'")
+        assert r.value == "'back'" and r.sandbox_replaced and r.state_lost and sb.id != first
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image, auto_replace=False, **cfg)) as sb:
+        await asyncio.wait_for(sb.wait_closed(), 60)
+        with pytest.raises(SandboxDead, match=f"{limit} limit reached"):
+            await sb.python("1")
