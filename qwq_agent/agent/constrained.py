@@ -12,6 +12,11 @@ Two constraint forms:
   with maxLength/pattern-free, integer/number with bounds, boolean, null, enum, const, array, anyOf/oneOf,
   empty schema = any JSON). Whitespace is fixed to `json.dumps`' style, so every token is content.
   Schemas outside the subset raise `UnsupportedSchema`; use `"json_schema"` for those.
+
+On SGLang 0.5.17 with random weights (benchmarks/results/gpu_constrained.md), 200 of 200 EBNF-constrained
+calls validated, 4 of 200 json_schema-constrained ones (the rest wandered in free whitespace until the
+token limit) and 0 of 200 unconstrained ones. Under a grammar SGLang did not apply stop strings; the call
+ends because the grammar does (only EOS is allowed after the closing brace).
 """
 
 from __future__ import annotations
