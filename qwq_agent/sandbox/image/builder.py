@@ -83,16 +83,14 @@ def build_image(
             mode = choose_mode(client)
             log(f"building {tag} ({mode} path)")
             if mode == "dockerfile":
-                build_final(client, recipe, log, dockerfile="slim.Dockerfile", pull=True, mode=mode)
+                build_final(client, recipe, log, dockerfile="slim.Dockerfile", pull=True)
             else:
                 base = recipe.base_tag()
                 if force or not image_exists(base, client):
                     build_base(client, recipe, log)
                 else:
                     log(f"stage base: {base} exists, reused")
-                build_final(
-                    client, recipe, log, dockerfile="final.Dockerfile", buildargs={"BASE": base}, mode=mode
-                )
+                build_final(client, recipe, log, dockerfile="final.Dockerfile", buildargs={"BASE": base})
             size = _size(client, tag)
             log(f"done: {tag} built in {log.elapsed:.1f}s, image size {size / 1e6:.0f} MB")
             return BuildResult(tag, True, log.elapsed, size, mode)

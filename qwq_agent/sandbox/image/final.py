@@ -13,7 +13,7 @@ import docker
 
 from qwq_agent.sandbox.image.errors import ImageBuildError
 from qwq_agent.sandbox.image.progress import Stopwatch
-from qwq_agent.sandbox.image.recipe import HASH_LABEL, LABEL, Recipe
+from qwq_agent.sandbox.image.recipe import Recipe
 
 
 def build_context(dockerfile: bytes, supervisor: bytes) -> io.BytesIO:
@@ -37,7 +37,6 @@ def build_final(
     dockerfile: str,
     buildargs: dict[str, str] | None = None,
     pull: bool = False,
-    mode: str,
 ) -> str:
     """Build `dockerfile` (a recipe file name) with the supervisor into the final tag; return it."""
     tag = recipe.image_tag()
@@ -46,14 +45,15 @@ def build_final(
         log(f"warning: {recipe.supervisor} does not exist; using the placeholder supervisor")
     context = build_context(recipe.file(dockerfile).read_bytes(), supervisor.read_bytes())
     log(f"stage final: docker build {dockerfile} -> {tag}")
-    labels = {LABEL: "1", HASH_LABEL: recipe.image_hash(), "qwq-agent.build-mode": mode}
+    # Labels go in as build args to the Dockerfile's single LABEL line: the `labels=` API parameter
+    # would add one committed step per label.
+    args = {**(buildargs or {}), "RECIPE_HASH": recipe.image_hash()}
     try:
         for chunk in client.api.build(
             fileobj=context,
             custom_context=True,
             tag=tag,
-            buildargs=buildargs or {},
-            labels=labels,
+            buildargs=args,
             pull=pull,
             rm=True,
             forcerm=True,

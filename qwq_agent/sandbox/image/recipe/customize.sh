@@ -18,6 +18,8 @@ if [ -n "$prune" ]; then
 fi
 
 # Debian's matplotlib reads /etc/matplotlibrc; Agg there means plots work with MPLBACKEND unset too.
+# Any existing backend line goes first: matplotlib rejects a file that sets a key twice.
+sed -i -E '/^[[:space:]]*backend[[:space:]]*:/d' "$root/etc/matplotlibrc"
 echo 'backend: Agg' >> "$root/etc/matplotlibrc"
 
 # The libraries' own test suites are a third of dist-packages and never imported by user code.

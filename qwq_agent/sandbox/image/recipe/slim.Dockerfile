@@ -1,6 +1,7 @@
 # Registry path: the same content on python:3.12-slim, used only when a registry answers
 # (QWQ_SANDBOX_BUILD=dockerfile, or auto with a reachable registry). Context: this file + supervisor.py.
 FROM python:3.12-slim
+ARG RECIPE_HASH
 RUN apt-get update \
     && apt-get upgrade -y \
     && apt-get install -y --no-install-recommends ripgrep git bash coreutils ca-certificates procps tini \
@@ -19,3 +20,4 @@ COPY supervisor.py /opt/qwq/supervisor.py
 USER 1000:1000
 WORKDIR /workspace
 ENTRYPOINT ["/usr/bin/tini", "--", "python3", "-u", "/opt/qwq/supervisor.py"]
+LABEL qwq-agent.image=1 qwq-agent.recipe-hash=${RECIPE_HASH} qwq-agent.build-mode=dockerfile
