@@ -1,0 +1,85 @@
+"""`qwq-agent run` and `qwq-agent trace show` as a user runs them: a subprocess, real HTTP, real sandbox."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+
+
+def tool_call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_without_a_model_server_says_what_to_do_and_does_not_hang():
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [*CLI, "run", "hello", "--model-url", url], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 3
+    err = proc.stdout + proc.stderr
+    assert "qwq-agent serve" in err and "--model-url" in err and url in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.docker
+def test_run_streams_events_as_json_and_writes_a_trace(sandbox_image, tmp_path):
+    turns = [
+        "Count with Python.\n</think>\n\n" + tool_call("python", code="sum(range(10))"),
+        "It is 45.\n</think>\n\nThe sum is 45.",
+    ]
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "notes.txt").write_text("numbers 0..9\n")
+    trace = tmp_path / "run.jsonl"
+    with ScriptedModelServer(turns) as server:
+        proc = subprocess.run(
+            [
+                *CLI,
+                "run",
+                "Add the numbers 0 to 9.",
+                "--model-url",
+                server.url,
+                "--tools",
+                "python,shell",
+                "--workspace",
+                str(workspace),
+                "--json",
+                "--trace",
+                str(trace),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events[0]["type"] == "run_started" and events[0]["sandbox_id"]
+    results = [e for e in events if e["type"] == "tool_result"]
+    assert results and "Out: 45" in results[0]["text"]
+    assert events[-1]["type"] == "final" and events[-1]["answer"] == "The sum is 45."
+    assert trace.exists()
+
+    shown = subprocess.run([*CLI, "trace", "show", str(trace)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0
+    assert "The sum is 45." in shown.stdout and "Out: 45" in shown.stdout
+
+
+def test_trace_show_reports_an_unreadable_file(tmp_path):
+    missing = Path(tmp_path / "nope.jsonl")
+    proc = subprocess.run([*CLI, "trace", "show", str(missing)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "cannot read trace" in proc.stdout
