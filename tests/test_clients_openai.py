@@ -119,7 +119,8 @@ async def test_500_then_success_is_retried_and_drop_mid_stream_keeps_partial_tex
         assert done.text == "fine\n</think>\n\nok"
         with pytest.raises(ModelConnectionError) as info:
             await collect(client.stream([Message(role="user", content="hi")], [], SamplingParams()))
-    assert info.value.partial_text == "alpha beta"  # role chunk, "alpha", " ", "beta"
+    # the role chunk, then three reasoning tokens
+    assert info.value.partial_text == "".join(p for _, p in server.tokenizer.pieces("alpha beta gamma")[:3])
     assert len(server.requests) == 3
 
 

@@ -154,7 +154,8 @@ async def test_drop_mid_stream_raises_with_partial_text_and_aborts():
                 async for event in client.generate_stream("p"):
                     if isinstance(event, TextDelta):
                         seen.append(event.text)
-    assert info.value.partial_text == "".join(seen) == "alpha beta"
+    expected = "".join(piece for _, piece in server.tokenizer.pieces("alpha beta gamma delta")[:3])
+    assert info.value.partial_text == "".join(seen) == expected and expected
     assert len(server.requests) == 1, "no retry once output arrived"
     assert server.aborted_rids == [server.requests[0].rid]
 
@@ -164,7 +165,7 @@ async def test_malformed_event_is_a_protocol_error_with_partial_text():
         async with SGLangClient(server.url, retry=FAST_RETRY) as client:
             with pytest.raises(ModelProtocolError) as info:
                 await client.generate("p")
-    assert info.value.partial_text == "one "
+    assert info.value.partial_text == "".join(p for _, p in server.tokenizer.pieces("one two three")[:2])
 
 
 async def test_error_event_mid_stream_is_a_server_error():
@@ -236,3 +237,17 @@ async def test_stream_renders_messages_with_the_chat_template():
     expected = chat_format.render(messages, tools, add_generation_prompt=True, profile="qwq-32b") + "Okay"
     assert done.prompt == expected == server.requests[0].prompt
     assert done.text == ANSWER
+
+
+def test_backoff_doubles_is_capped_and_jittered_down():
+    import random
+
+    policy = RetryPolicy(attempts=6, base_delay=1.0, max_delay=5.0, jitter=0.5, rng=random.Random(7))
+    delays = list(policy.delays())
+    assert len(delays) == 5
+    for delay, nominal in zip(delays, [1.0, 2.0, 4.0, 5.0, 5.0], strict=True):
+        assert nominal * 0.5 <= delay <= nominal
+    assert len(set(delays)) == 5, "jitter spreads clients that fail together"
+    assert list(RetryPolicy(attempts=1).delays()) == []
+    with pytest.raises(ValueError):
+        RetryPolicy(attempts=0)
