@@ -52,6 +52,7 @@ from qwq_agent.sandbox.protocol import (
     UploadResult,
     ViewRequest,
 )
+from qwq_agent.sandbox.supervisor import check_member
 
 R = TypeVar("R", bound=Result)
 _image_cache: dict[str, str] = {}
@@ -315,6 +316,9 @@ def _safe_extract(data: bytes, dest: Path) -> list[str]:
             members = tar.getmembers()
             checked = []
             for member in members:
+                problem = check_member(member)
+                if problem:
+                    raise UnsafeArchive(f"refusing the downloaded archive: entry {member.name!r}: {problem}; nothing was written")
                 try:
                     checked.append(tarfile.data_filter(member, str(dest)))
                 except tarfile.FilterError as exc:

@@ -712,7 +712,8 @@ def search(args):
 # ---------------------------------------------------------------------------------------------- archives
 
 
-def _check_member(member, dest):
+def check_member(member):
+    """Why a tar entry is unsafe to extract (absolute, `..`, a link leaving, a special file), or None."""
     name = member.name
     parts = name.replace("\\", "/").split("/")
     if name.startswith("/") or os.path.isabs(name):
@@ -739,7 +740,7 @@ def upload(args):
     except (ValueError, tarfile.TarError) as exc:
         raise RequestError("InvalidRequest", f"not a valid tar archive: {exc}") from None
     for member in members:
-        problem = _check_member(member, dest)
+        problem = check_member(member)
         if problem:
             raise RequestError("UnsafeArchive", f"refusing the archive: entry {member.name!r}: {problem}; nothing was extracted")
     os.makedirs(dest, exist_ok=True)

@@ -1,0 +1,134 @@
+"""Lifecycle: the warm pool, labels and the janitor, death of the owning process, and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from qwq_agent.sandbox import SandboxConfig, SandboxPool, janitor
+from qwq_agent.sandbox.engine import DockerEngine
+from qwq_agent.sandbox.errors import DockerAPIError
+
+pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def gone(engine: DockerEngine, cid: str) -> bool:
+    try:
+        await engine.inspect(cid)
+    except DockerAPIError as exc:
+        return exc.status == 404
+    return False
+
+
+async def test_pool_hands_out_fresh_sandboxes_and_destroys_them(sandbox_image: str) -> None:
+    async with SandboxPool(size=2, config=SandboxConfig(image=sandbox_image)) as pool:
+        await pool.wait_ready()
+        assert pool.ready == 2
+        async with pool.acquire() as a, pool.acquire() as b:
+            assert a.id != b.id
+            await a.python("leak = 'secret of user a'")
+            used = [a.id, b.id]
+            assert (await b.python("'leak' in globals()")).value == "False"
+        await pool.wait_ready()
+        assert pool.ready == 2  # refilled in the background
+        for cid in used:
+            await pool.engine.remove(cid)  # returns once removal (started on release) is complete
+            assert await gone(pool.engine, cid)
+        async with pool.acquire() as c:
+            assert c.id not in used and (await c.shell("echo ok")).stdout == "ok\n"
+    assert not [c for c in await pool.engine.list([f"{janitor.L_PID}={os.getpid()}"])]
+
+
+async def test_pool_of_size_zero_starts_on_demand(sandbox_image: str) -> None:
+    async with SandboxPool(size=0, config=SandboxConfig(image=sandbox_image)) as pool:
+        async with pool.acquire() as sb:
+            assert (await sb.python("6 * 7")).value == "42"
+
+
+async def _container_with(engine: DockerEngine, image: str, labels: dict[str, str]) -> str:
+    body = SandboxConfig(image=image).container_body(image, labels)
+    cid = await engine.create(f"qwq-sbx-test-{os.urandom(4).hex()}", body)
+    return cid
+
+
+async def test_janitor_removes_orphans_and_keeps_live_ones(sandbox_image: str) -> None:
+    engine = DockerEngine()
+    dead = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = dead.stdout.strip()
+    orphan_labels = {**janitor.owner_labels(3600), janitor.L_PID: dead_pid, janitor.L_START: "1"}
+    expired_labels = {**janitor.owner_labels(3600), janitor.L_EXPIRES: "1000"}
+    live_labels = janitor.owner_labels(3600)
+    assert janitor.orphan_reason(orphan_labels) == "owner process is gone"
+    assert janitor.orphan_reason(expired_labels) == "expired"
+    assert janitor.orphan_reason(live_labels) is None
+    ids = [
+        await _container_with(engine, sandbox_image, lab)
+        for lab in (orphan_labels, expired_labels, live_labels)
+    ]
+    try:
+        removed = await asyncio.to_thread(janitor.prune)
+        removed_ids = {r.id for r in removed}
+        assert ids[0][:12] in removed_ids and ids[1][:12] in removed_ids and ids[2][:12] not in removed_ids
+        assert await gone(engine, ids[0]) and await gone(engine, ids[1]) and not await gone(engine, ids[2])
+        listed = {s.id: s for s in await asyncio.to_thread(janitor.list_sandboxes)}
+        assert listed[ids[2][:12]].orphan is None and listed[ids[2][:12]].owner_pid == os.getpid()
+    finally:
+        for cid in ids:
+            await engine.remove(cid)
+
+
+async def test_sandbox_dies_with_its_owner_process(sandbox_image: str) -> None:
+    # No atexit, no close(): the process vanishes. Its attach stream closes, the supervisor sees EOF.
+    script = textwrap.dedent(f"""
+        import asyncio, os
+        from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+        async def main():
+            sb = await DockerSandbox.create(SandboxConfig(image={sandbox_image!r}))
+            print(sb.id, flush=True)
+            os._exit(0)
+        asyncio.run(main())
+    """)
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    cid = out.stdout.strip()
+    assert cid, out.stderr
+    engine = DockerEngine()
+    try:
+        await asyncio.wait_for(
+            engine.request("POST", f"/containers/{cid}/wait", params={"condition": "removed"}), 60
+        )
+    except DockerAPIError as exc:
+        assert exc.status == 404  # already removed before we asked
+    assert await gone(engine, cid)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "qwq_agent.cli.main", "sandbox", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+async def test_cli_run_ls_prune(sandbox_image: str, monkeypatch) -> None:
+    monkeypatch.setenv("QWQ_SANDBOX_IMAGE", sandbox_image)
+    out = await asyncio.to_thread(_cli, "run", "--python", "print('hi'); 6 * 7", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["stdout"] == "hi\n" and data["value"] == "42"
+    out = await asyncio.to_thread(_cli, "run", "--shell", "echo out; exit 3")
+    assert out.returncode == 3 and out.stdout == "out\n"
+    out = await asyncio.to_thread(_cli, "ls", "--json")
+    assert out.returncode == 0 and isinstance(json.loads(out.stdout), list)
+    out = await asyncio.to_thread(_cli, "prune", "--json")
+    assert out.returncode == 0 and isinstance(json.loads(out.stdout), list)

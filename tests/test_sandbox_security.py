@@ -1,0 +1,133 @@
+"""Escape attempts: paths out of the workspace, hostile archives, the host's env, socket and network."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from qwq_agent.sandbox import DockerSandbox, PathOutsideWorkspace, SandboxConfig, UnsafeArchive
+
+pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "/workspace/../etc/passwd", "/tmp/x"])
+async def test_paths_outside_the_workspace_are_refused(shared_sandbox: DockerSandbox, path: str) -> None:
+    with pytest.raises(PathOutsideWorkspace, match="outside the workspace"):
+        await shared_sandbox.view(path)
+    with pytest.raises(PathOutsideWorkspace):
+        await shared_sandbox.create_file(path + ".new", "x")
+    with pytest.raises(PathOutsideWorkspace):
+        await shared_sandbox.str_replace(path, "root", "toor")
+
+
+async def test_symlinks_pointing_out_are_refused(shared_sandbox: DockerSandbox) -> None:
+    await shared_sandbox.shell(
+        "mkdir -p /workspace/sec && ln -sf /etc/passwd /workspace/sec/pw && ln -sfn / /workspace/sec/root"
+    )
+    for path in ("/workspace/sec/pw", "/workspace/sec/root/etc/passwd"):
+        with pytest.raises(PathOutsideWorkspace):
+            await shared_sandbox.view(path)
+    with pytest.raises(PathOutsideWorkspace):
+        await shared_sandbox.create_file("/workspace/sec/root/tmp/planted", "x")
+    with pytest.raises(PathOutsideWorkspace):
+        await shared_sandbox.download("/workspace/sec/root", "/nonexistent-never-written")
+    with pytest.raises(PathOutsideWorkspace):
+        await shared_sandbox.upload_archive(_tar(("ok.txt", "file", b"x")), "/workspace/sec/root/tmp")
+
+
+def _tar(*entries: tuple[str, str, bytes | str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind, payload in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                assert isinstance(payload, bytes)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+                continue
+            info.type = {"sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE, "chr": tarfile.CHRTYPE}[kind]
+            info.linkname = str(payload)
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        (("../escape.txt", "file", b"x"), r"`\.\.` in the path"),
+        (("a/../../escape.txt", "file", b"x"), r"`\.\.` in the path"),
+        (("/tmp/abs.txt", "file", b"x"), "absolute path"),
+        (("link", "sym", "/etc/passwd"), "leaves the destination"),
+        (("link", "sym", "../../etc"), "leaves the destination"),
+        (("hard", "hard", "../outside"), "leaves the destination"),
+        (("dev", "chr", ""), "not a regular file"),
+    ],
+)
+async def test_hostile_archives_are_refused_whole(shared_sandbox: DockerSandbox, entry, why: str) -> None:
+    data = _tar(("innocent.txt", "file", b"fine"), entry)
+    with pytest.raises(UnsafeArchive, match=why):
+        await shared_sandbox.upload_archive(data, "/workspace/hostile")
+    r = await shared_sandbox.shell(
+        "ls -A /workspace/hostile 2>&1; ls /tmp/abs.txt /escape.txt /workspace/escape.txt 2>&1 | wc -l"
+    )
+    assert "innocent.txt" not in r.stdout  # nothing at all was extracted
+
+
+async def test_not_a_tar_is_a_clear_error(shared_sandbox: DockerSandbox) -> None:
+    with pytest.raises(Exception, match="not a valid tar archive"):
+        await shared_sandbox.upload_archive(b"this is not a tar archive at all" * 100, "/workspace/x")
+
+
+async def test_host_environment_does_not_leak(sandbox_image: str, monkeypatch) -> None:
+    monkeypatch.setenv("QWQ_TEST_HOST_SECRET", "s3cr3t-value-on-the-host")
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sb:
+        r = await sb.shell("cat /proc/1/environ /proc/self/environ | tr '\\0' '\\n'; env")
+        assert r.exit_code == 0 and "HOME=/home/sandbox" in r.stdout
+        assert "s3cr3t-value-on-the-host" not in r.stdout
+        # The supervisor's settings are not handed on to user code either.
+        assert "QWQ_" not in (await sb.shell("env")).stdout
+
+
+async def test_no_docker_socket_inside(shared_sandbox: DockerSandbox) -> None:
+    r = await shared_sandbox.shell(
+        "ls -la /var/run/docker.sock /run/docker.sock 2>&1; find / -xdev -name 'docker.sock' 2>/dev/null | wc -l; "
+        "grep -c docker.sock /proc/mounts"
+    )
+    assert r.stdout.count("No such file or directory") == 2 and r.stdout.endswith("0\n0\n")
+
+
+async def test_no_network_egress(shared_sandbox: DockerSandbox) -> None:
+    r = await shared_sandbox.python(
+        "import socket\nout = []\n"
+        "for target in [('1.1.1.1', 53), ('8.8.8.8', 443), ('172.17.0.1', 2375)]:\n"
+        "    try:\n        socket.create_connection(target, timeout=2); out.append('connected')\n"
+        "    except OSError as exc:\n        out.append(type(exc).__name__)\n"
+        "try:\n    socket.getaddrinfo('example.com', 80); out.append('resolved')\n"
+        "except OSError as exc:\n    out.append(type(exc).__name__)\n"
+        "import os\nout, sorted(os.listdir('/sys/class/net'))"
+    )
+    assert r.value is not None and "connected" not in r.value and "resolved" not in r.value
+    assert r.value.endswith("['lo'])")
+
+
+async def test_privileges_are_dropped(shared_sandbox: DockerSandbox) -> None:
+    r = await shared_sandbox.shell("id -u; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs):' /proc/self/status")
+    assert r.stdout.split() == ["1000", "CapPrm:", "0000000000000000", "CapEff:", "0000000000000000",
+                                "CapBnd:", "0000000000000000", "NoNewPrivs:", "1"]  # fmt: skip
+
+
+async def test_container_carries_the_hardening(shared_sandbox: DockerSandbox) -> None:
+    info = await shared_sandbox.engine.inspect(shared_sandbox.id)
+    host, cfg = info["HostConfig"], shared_sandbox.config
+    assert host["NetworkMode"] == "none" and host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"]
+    assert host["SecurityOpt"] == ["no-new-privileges:true"] and host["PidsLimit"] == cfg.pids_limit
+    assert host["Memory"] == host["MemorySwap"] == cfg.memory and host["NanoCpus"] == int(cfg.cpus * 1e9)
+    assert host["LogConfig"]["Type"] == "none" and host["AutoRemove"]
+    assert {u["Name"] for u in host["Ulimits"]} == {"nofile", "fsize", "core"}
+    assert set(host["Tmpfs"]) == {"/workspace", "/tmp", "/home/sandbox"}
+    assert f"size={cfg.workspace_size}" in host["Tmpfs"]["/workspace"]
+    assert info["Config"]["User"] == "1000:1000" and not host.get("Binds")
+    labels = info["Config"]["Labels"]
+    assert labels["qwq-agent"] == "1" and {"qwq-agent.owner-pid", "qwq-agent.expires"} <= set(labels)

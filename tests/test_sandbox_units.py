@@ -1,0 +1,78 @@
+"""Pieces of the sandbox layer that need no Docker: config, output capping, host-side archive checks."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from qwq_agent.sandbox import InvalidRequest, PathOutsideWorkspace, SandboxConfig, ToolError, UnsafeArchive
+from qwq_agent.sandbox.config import parse_bytes
+from qwq_agent.sandbox.docker_sandbox import _safe_extract
+from qwq_agent.sandbox.errors import SandboxError, error_from_reply
+from qwq_agent.sandbox.supervisor import Capture
+
+
+def test_sizes_parse_and_bad_ones_are_refused() -> None:
+    assert (
+        parse_bytes("512m") == 512 * 1024**2 and parse_bytes("1g") == 1024**3 and parse_bytes(65536) == 65536
+    )
+    assert SandboxConfig(memory="256m").memory == 256 * 1024**2
+    with pytest.raises(ValueError, match="not a size"):
+        SandboxConfig(memory="lots")
+
+
+def test_container_body_defaults_are_hardened() -> None:
+    body = SandboxConfig().container_body("img", {"qwq-agent": "1"})
+    host = body["HostConfig"]
+    assert host["NetworkMode"] == "none" and host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"]
+    assert host["Memory"] == host["MemorySwap"] and host["LogConfig"]["Type"] == "none"
+    assert body["User"] == "1000:1000" and body["StdinOnce"] and not body["Tty"]
+
+
+def test_capture_keeps_head_and_tail_and_counts_the_rest() -> None:
+    cap = Capture(head=4, tail=3)
+    for chunk in (b"ab", b"cdef", b"ghij"):
+        cap.add(chunk)
+    assert cap.dropped() == 3 and cap.text() == "abcd\n[... 3 bytes dropped ...]\nhij"
+    small = Capture(head=10, tail=10)
+    small.add(b"\xffok")
+    assert small.text() == "\\xffok" and small.dropped() == 0
+
+
+def test_supervisor_errors_map_to_types() -> None:
+    assert isinstance(
+        error_from_reply({"type": "PathOutsideWorkspace", "message": "m"}), PathOutsideWorkspace
+    )
+    assert isinstance(error_from_reply({"type": "ToolError", "message": "m"}), ToolError)
+    assert isinstance(error_from_reply({"type": "UnsafeArchive", "message": "m"}), InvalidRequest)
+    err = error_from_reply({"type": "InternalError", "message": "boom"})
+    assert type(err) is SandboxError and str(err) == "InternalError: boom"
+
+
+def _tar(name: str, *, link: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        ok = tarfile.TarInfo("fine.txt")
+        ok.size = 2
+        tar.addfile(ok, io.BytesIO(b"ok"))
+        info = tarfile.TarInfo(name)
+        if link is None:
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        else:
+            info.type, info.linkname = tarfile.SYMTYPE, link
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "link"),
+    [("../escape.txt", None), ("/abs.txt", None), ("lnk", "/etc/passwd"), ("lnk", "../../outside")],
+)
+def test_downloads_from_a_hostile_sandbox_cannot_write_outside(tmp_path, name: str, link: str | None) -> None:
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeArchive, match="nothing was written"):
+        _safe_extract(_tar(name, link=link), dest)
+    assert list(dest.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
