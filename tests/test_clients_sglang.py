@@ -251,3 +251,17 @@ def test_backoff_doubles_is_capped_and_jittered_down():
     assert list(RetryPolicy(attempts=1).delays()) == []
     with pytest.raises(ValueError):
         RetryPolicy(attempts=0)
+
+
+async def test_keep_reasoning_renders_earlier_reasoning_into_the_prompt():
+    from qwq_agent.agent.messages import Message
+
+    history = [Message(role="user", content="Q1"),
+               Message(role="assistant", content="A1", reasoning="secret chain of thought"),
+               Message(role="user", content="Q2")]
+    async with ScriptedModelServer(["x", "y"]) as server:
+        async with SGLangClient(server.url) as dropping, SGLangClient(server.url, keep_reasoning=True) as keeping:
+            await collect(dropping.stream(history, [], SamplingParams()))
+            await collect(keeping.stream(history, [], SamplingParams()))
+    assert "secret chain of thought" not in server.requests[0].prompt
+    assert "secret chain of thought" in server.requests[1].prompt
