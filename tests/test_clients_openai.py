@@ -127,3 +127,12 @@ async def test_500_then_success_is_retried_and_drop_mid_stream_keeps_partial_tex
 async def test_list_models():
     async with ScriptedModelServer(model="qwq-32b") as server, OpenAIChatClient(server.url) as client:
         assert await client.list_models() == ["qwq-32b"]
+
+
+async def test_both_clients_satisfy_the_model_protocol():
+    from qwq_agent.agent.clients import SGLangClient
+    from qwq_agent.protocols import Model
+
+    async with OpenAIChatClient("http://127.0.0.1:9") as openai, SGLangClient("http://127.0.0.1:9") as native:
+        assert isinstance(openai, Model) and isinstance(native, Model)
+        assert openai.name == "qwq-32b" and native.name == "qwq-32b"
