@@ -38,6 +38,7 @@ whole (reasoning included), so a prompt that ends in an assistant message change
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -185,6 +186,25 @@ def model_output(message: Message, *, profile: str | ChatProfile = DEFAULT_PROFI
     return message.reasoning + "\n" + THINK_END + "\n\n" + _canonical_body(message)
 
 
+# An agent re-renders its whole history every step; an earlier assistant turn always renders the same
+# way, and serialising its tool calls is most of the cost. Entries hold the message itself, so an id is
+# never reused while cached; messages are treated as immutable once sent.
+_HISTORY_CACHE: OrderedDict[tuple[int, bool, str], tuple[Message, str]] = OrderedDict()
+_HISTORY_CACHE_SIZE = 8192
+
+
+def _history_turn(message: Message, keep_reasoning: bool, profile: ChatProfile) -> str:
+    key = (id(message), keep_reasoning, profile.name)
+    hit = _HISTORY_CACHE.get(key)
+    if hit is not None and hit[0] is message:
+        return hit[1]
+    text = render_assistant_turn(message, keep_reasoning=keep_reasoning, last=False, profile=profile)
+    _HISTORY_CACHE[key] = (message, text)
+    if len(_HISTORY_CACHE) > _HISTORY_CACHE_SIZE:
+        _HISTORY_CACHE.popitem(last=False)
+    return text
+
+
 def render(
     messages: Sequence[Message],
     tools: Sequence[ToolSpec] = (),
@@ -209,11 +229,11 @@ def render(
         if role == "user" or (role == "system" and index > 0):
             out.append(IM_START + role + "\n" + message.content + IM_END + "\n")
         elif role == "assistant":
-            out.append(
-                render_assistant_turn(
-                    message, keep_reasoning=keep_reasoning, last=index == count - 1, profile=prof
-                )
-            )
+            last = index == count - 1
+            if last:
+                out.append(render_assistant_turn(message, keep_reasoning=keep_reasoning, last=True, profile=prof))
+            else:
+                out.append(_history_turn(message, keep_reasoning, prof))
         elif role == "tool":
             if index == 0 or messages[index - 1].role != "tool":
                 out.append(IM_START + "user")
