@@ -320,3 +320,20 @@ async def test_cancelled_run_reports_cancelled_and_aborts_the_request():
                 await task
             await server.wait_for_abort(server.requests[0].rid or "")
     assert agent.result is not None and agent.result.status == "cancelled"
+
+
+async def test_trace_stores_prompt_deltas_and_reads_back_whole_prompts(tmp_path):
+    turns = [
+        "a\n</think>\n\n" + call("add", a=1, b=2),
+        "b\n</think>\n\n" + call("add", a=3, b=4),
+        "c\n</think>\n\n10",
+    ]
+    trace = tmp_path / "t.jsonl"
+    async with ScriptedModelServer(turns) as server:
+        await run_agent(server, [add], trace_path=trace)
+    sent = [r.prompt for r in server.requests]
+    stored = [json.loads(line) for line in trace.read_text().splitlines()]
+    stored_calls = [e for e in stored if e["type"] == "model_call"]
+    assert stored_calls[1]["prompt_shared_prefix_chars"] > len(sent[0]) // 2
+    assert len(stored_calls[2]["prompt"]) < len(sent[2]) // 2
+    assert [c.prompt for c in recorded_completions(read_trace(trace))] == sent

@@ -7,6 +7,7 @@ completion of every model request, so the recorded completions can serve as the 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
@@ -17,16 +18,30 @@ from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelt
 
 
 class TraceWriter:
-    """Appends events to a JSONL file, one flushed line each, so a crash loses at most one event."""
+    """Appends events to a JSONL file, one flushed line each, so a crash loses at most one event.
+
+    Each prompt extends the previous one almost entirely, so a `model_call` line stores only what
+    follows the prefix it shares with the previous prompt (`prompt_shared_prefix_chars` says how
+    long that is); `read_trace` puts the whole prompt back. A trace grows with the conversation,
+    not with its square.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh: IO[str] | None = self.path.open("a", encoding="utf-8")
+        self._last_prompt = ""
 
     def write(self, event: Event) -> None:
         if self._fh is None:
             return
+        if isinstance(event, ModelCall) and event.prompt is not None:
+            # character-wise on purpose: prompts, not paths
+            shared = len(os.path.commonprefix([self._last_prompt, event.prompt]))  # noqa: RUF071
+            self._last_prompt = event.prompt
+            event = event.model_copy(
+                update={"prompt": event.prompt[shared:], "prompt_shared_prefix_chars": shared}
+            )
         self._fh.write(event.model_dump_json(exclude_none=False) + "\n")
         self._fh.flush()
 
@@ -39,16 +54,22 @@ class TraceWriter:
 def read_trace(path: str | Path) -> list[Event]:
     """Events of a trace file; a torn last line (an interrupted write) is skipped."""
     events: list[Event] = []
+    last_prompt = ""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            events.append(EVENT_ADAPTER.validate_json(line))
+            event = EVENT_ADAPTER.validate_json(line)
         except ValueError:
             if i == len(lines) - 1:
                 break
             raise
+        if isinstance(event, ModelCall) and event.prompt is not None:
+            shared = event.prompt_shared_prefix_chars or 0
+            event.prompt = last_prompt[:shared] + event.prompt
+            last_prompt = event.prompt
+        events.append(event)
     return events
 
 
