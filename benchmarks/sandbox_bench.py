@@ -1,0 +1,226 @@
+"""Sandbox benchmark: our channel and pool against plain Docker on the same machine.
+
+    .venv/bin/python benchmarks/sandbox_bench.py [--image TAG] [--quick]
+
+Prints a table and writes benchmarks/results/sandbox.json. Targets (issue 2): trivial call p50 <= 2 ms and
+>= 30x faster than `docker exec`; warm acquire p50 <= 2 ms; cold start within 250 ms of a bare
+`docker run`; idle memory <= 30 MiB per sandbox; 32 concurrent sandboxes with zero failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from qwq_agent.sandbox import DockerSandbox, SandboxConfig, SandboxPool
+
+RESULTS = Path(__file__).resolve().parent / "results" / "sandbox.json"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values]
+    return {"n": len(ms), "p50_ms": pct(ms, 0.5), "p90_ms": pct(ms, 0.9), "mean_ms": statistics.fmean(ms)}
+
+
+def timed_cmd(cmd: list[str], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def cold_start(cfg: SandboxConfig, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        sb = await DockerSandbox.create(cfg)
+        r = await sb.python("1")
+        out.append(time.perf_counter() - t0)
+        assert r.value == "1"
+        await sb.close()
+    return out
+
+
+async def warm_acquire(cfg: SandboxConfig, n: int) -> list[float]:
+    out = []
+    async with SandboxPool(size=4, config=cfg) as pool:
+        for _ in range(n):
+            await pool.wait_ready()
+            t0 = time.perf_counter()
+            async with pool.acquire() as sb:
+                out.append(time.perf_counter() - t0)
+                assert sb.alive
+    return out
+
+
+async def trivial_calls(sb: DockerSandbox, n: int) -> list[float]:
+    for _ in range(20):
+        await sb.python("pass")
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await sb.python("pass")
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def big_output(sb: DockerSandbox, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = await sb.python("print('x' * 1_000_000)")
+        out.append(time.perf_counter() - t0)
+        assert len(r.stdout) == 1_000_001 and r.stdout_dropped == 0
+    return out
+
+
+async def idle_memory(cfg: SandboxConfig, n: int) -> list[float]:
+    sandboxes = await asyncio.gather(*(DockerSandbox.create(cfg) for _ in range(n)))
+    try:
+        await asyncio.gather(*(sb.python("1") for sb in sandboxes))
+        await asyncio.sleep(2)  # a benchmark may wait: let start-up settle before sampling
+        out = []
+        for sb in sandboxes:
+            _, stats = await sb.engine.request(
+                "GET", f"/containers/{sb.id}/stats", params={"stream": "0", "one-shot": "1"}
+            )
+            mem = stats["memory_stats"]
+            cache = mem.get("stats", {}).get("cache", mem.get("stats", {}).get("inactive_file", 0))
+            out.append((mem["usage"] - cache) / 2**20)
+        return out
+    finally:
+        await asyncio.gather(*(sb.close() for sb in sandboxes))
+
+
+async def one_worker(cfg: SandboxConfig, i: int) -> float:
+    t0 = time.perf_counter()
+    async with DockerSandbox.create(cfg) as sb:
+        r = await sb.python(f"sum(range({i} * 1000))")
+        assert r.value == str(sum(range(i * 1000))), r
+        s = await sb.shell(f"echo {i} > n.txt && cat n.txt")
+        assert s.stdout == f"{i}\n", s
+        v = await sb.view("/workspace/n.txt")
+        assert f"\t{i}" in v.output
+    return time.perf_counter() - t0
+
+
+async def concurrent(cfg: SandboxConfig, n: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one_worker(cfg, i) for i in range(n)), return_exceptions=True)
+    wall = time.perf_counter() - t0
+    failures = [repr(r) for r in results if isinstance(r, BaseException)]
+    times = [r for r in results if isinstance(r, float)]
+    return {"n": n, "failures": len(failures), "errors": failures[:5], "wall_s": wall,
+            "per_sandbox": summary(times) if times else {}}  # fmt: skip
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--image", default=os.environ.get("QWQ_SANDBOX_IMAGE"))
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = ap.parse_args()
+    if args.image:
+        image = args.image
+    else:
+        from qwq_agent.sandbox.image import ensure_image
+
+        image = ensure_image()
+    cfg = SandboxConfig(image=image)
+    reps = 5 if args.quick else 15
+
+    res: dict[str, Any] = {
+        "image": image,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    res["docker_run_baseline"] = summary(
+        await asyncio.to_thread(
+            timed_cmd, ["docker", "run", "--rm", "--network", "none", image, "true"], reps
+        )
+    )
+    res["docker_run_true_entrypoint"] = summary(
+        await asyncio.to_thread(
+            timed_cmd, ["docker", "run", "--rm", "--network", "none", "--entrypoint", "true", image], reps
+        )
+    )
+    res["cold_start_to_first_result"] = summary(await cold_start(cfg, reps))
+    res["warm_acquire"] = summary(await warm_acquire(cfg, reps * 2))
+    async with DockerSandbox.create(cfg.model_copy(update={"output_head_bytes": 2_000_000})) as sb:
+        res["trivial_python_call"] = summary(await trivial_calls(sb, 500))
+        res["docker_exec_baseline"] = summary(
+            await asyncio.to_thread(timed_cmd, ["docker", "exec", sb.id, "python3", "-c", "pass"], reps)
+        )
+        res["output_1mb"] = summary(await big_output(sb, 20))
+    mem = await idle_memory(cfg, 8)
+    res["idle_memory_mib"] = {"n": len(mem), "mean": statistics.fmean(mem), "max": max(mem)}
+    res["concurrent_32"] = await concurrent(cfg, 32)
+
+    base = min(res["docker_run_baseline"]["p50_ms"], res["docker_run_true_entrypoint"]["p50_ms"])
+    res["checks"] = {
+        "trivial_p50_le_2ms": res["trivial_python_call"]["p50_ms"] <= 2,
+        "trivial_speedup_vs_exec": res["docker_exec_baseline"]["p50_ms"]
+        / res["trivial_python_call"]["p50_ms"],
+        "warm_acquire_p50_le_2ms": res["warm_acquire"]["p50_ms"] <= 2,
+        "cold_start_minus_docker_run_ms": res["cold_start_to_first_result"]["p50_ms"] - base,
+        "idle_memory_le_30mib": res["idle_memory_mib"]["max"] <= 30,
+        "concurrent_32_zero_failures": res["concurrent_32"]["failures"] == 0,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(res, indent=2))
+    report(res)
+
+
+def report(res: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sandbox benchmark ({res['image']})")
+    for col in ("measure", "p50 ms", "p90 ms", "n", "note"):
+        table.add_column(col)
+    rows = [
+        (
+            "docker run --rm --network none IMAGE true",
+            "docker_run_baseline",
+            "baseline (runs our entrypoint)",
+        ),
+        ("docker run ... --entrypoint true IMAGE", "docker_run_true_entrypoint", "baseline (bare)"),
+        ("cold start to first python result", "cold_start_to_first_result", "excludes removal"),
+        ("warm acquire from pool (size 4)", "warm_acquire", ""),
+        ("trivial python call", "trivial_python_call", ""),
+        ("docker exec CONTAINER python3 -c pass", "docker_exec_baseline", "baseline"),
+        ("python printing 1 MB", "output_1mb", ""),
+    ]
+    for label, key, note in rows:
+        s = res[key]
+        table.add_row(label, f"{s['p50_ms']:.2f}", f"{s['p90_ms']:.2f}", str(s["n"]), note)
+    mem = res["idle_memory_mib"]
+    table.add_row(
+        "idle memory per sandbox (MiB)", f"{mem['mean']:.1f}", f"max {mem['max']:.1f}", str(mem["n"]), ""
+    )
+    c = res["concurrent_32"]
+    table.add_row(
+        "32 sandboxes at once: wall s", f"{c['wall_s']:.2f}", "", str(c["n"]), f"failures: {c['failures']}"
+    )
+    console = Console()
+    console.print(table)
+    console.print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in res["checks"].items()})
+    console.print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
