@@ -14,6 +14,7 @@ from qwq_agent.sandbox import (
     InvalidRequest,
     SandboxConfig,
     SandboxDead,
+    SandboxTimeout,
     ToolError,
 )
 from qwq_agent.sandbox.protocol import Request
@@ -251,3 +252,26 @@ async def test_idle_and_lifetime_limits(sandbox_image: str, limit: str) -> None:
         await asyncio.wait_for(sb.wait_closed(), 60)
         with pytest.raises(SandboxDead, match=f"{limit} limit reached"):
             await sb.python("1")
+
+
+async def test_cells_queued_behind_a_long_cell_time_out_cleanly(small: DockerSandbox) -> None:
+    long = asyncio.create_task(
+        small.python("open('/tmp/long-started', 'w').close()\nimport time\ntime.sleep(3)\n'long'", timeout=10)
+    )
+    # Only once the long cell holds the interpreter is the next one queued behind it.
+    started = await small.shell("while [ ! -f /tmp/long-started ]; do sleep 0.01; done; echo ok", timeout=20)
+    assert started.stdout == "ok\n"
+    queued = await small.python("'never'", timeout=0.5)
+    assert queued.timed_out and queued.value is None and not queued.state_lost
+    assert queued.error is not None and "busy with other cells" in queued.error.evalue
+    assert (await long).value == "'long'"
+
+
+async def test_frozen_supervisor_times_out_and_is_replaced(sandbox_image: str) -> None:
+    cfg = SandboxConfig(image=sandbox_image, reply_grace_s=0.5, interrupt_grace_s=0.5)
+    async with DockerSandbox.create(cfg) as sb:
+        old = sb.id
+        with pytest.raises(SandboxTimeout, match="the container was killed"):
+            await sb.shell("kill -STOP $PPID", timeout=1)
+        r = await sb.shell("echo fresh")
+        assert r.sandbox_replaced and r.stdout == "fresh\n" and sb.id != old

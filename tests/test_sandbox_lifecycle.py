@@ -60,7 +60,10 @@ async def _container_with(engine: DockerEngine, image: str, labels: dict[str, st
 async def test_janitor_removes_orphans_and_keeps_live_ones(sandbox_image: str) -> None:
     engine = DockerEngine()
     dead = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        subprocess.run,
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
     )
     dead_pid = dead.stdout.strip()
     orphan_labels = {**janitor.owner_labels(3600), janitor.L_PID: dead_pid, janitor.L_START: "1"}
@@ -132,3 +135,13 @@ async def test_cli_run_ls_prune(sandbox_image: str, monkeypatch) -> None:
     assert out.returncode == 0 and isinstance(json.loads(out.stdout), list)
     out = await asyncio.to_thread(_cli, "prune", "--json")
     assert out.returncode == 0 and isinstance(json.loads(out.stdout), list)
+
+
+async def test_pool_with_a_missing_image_fails_acquire_instead_of_hanging() -> None:
+    from qwq_agent.sandbox import SandboxStartError
+
+    async with SandboxPool(size=1, config=SandboxConfig(image="qwq-agent-no-such-image:missing")) as pool:
+        with pytest.raises(SandboxStartError, match="No such image"):
+            async with pool.acquire():
+                pass
+        assert pool.start_failures >= 1

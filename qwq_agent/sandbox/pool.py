@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 from qwq_agent.sandbox.engine import DockerEngine
-from qwq_agent.sandbox.errors import SandboxError
+from qwq_agent.sandbox.errors import SandboxError, SandboxStartError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ class SandboxPool:
         self.size = size
         self.config = config or SandboxConfig()
         self.engine = DockerEngine()
-        self._ready: asyncio.Queue[DockerSandbox] = asyncio.Queue()
+        # A failed start is queued as its exception, so a waiting acquire fails instead of hanging.
+        self._ready: asyncio.Queue[DockerSandbox | SandboxError] = asyncio.Queue()
         self._starts = asyncio.Semaphore(max(1, max_parallel_starts))
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -56,6 +57,8 @@ class SandboxPool:
                 self.start_failures += 1
                 log.warning("warm pool: a sandbox failed to start: %s", exc)
                 await sandbox.close()
+                error = exc if isinstance(exc, SandboxError) else SandboxStartError(str(exc))
+                self._ready.put_nowait(error)
                 return
             if self._closed:
                 await sandbox.close()
@@ -63,7 +66,7 @@ class SandboxPool:
             self._ready.put_nowait(sandbox)
 
     async def wait_ready(self) -> None:
-        """Wait until the pool holds `size` started sandboxes (or its starts have finished)."""
+        """Wait until the pool holds `size` started sandboxes (or failed starts) or its starts have finished."""
         while self._ready.qsize() < self.size and any(not t.done() for t in self._tasks):
             await asyncio.wait([t for t in self._tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
 
@@ -80,6 +83,8 @@ class SandboxPool:
             if self._ready.empty() and not any(not t.done() for t in self._tasks):
                 self._spawn(self._fill_one())  # size 0, or every start failed: start one on demand
             sandbox = await self._ready.get()
+            if isinstance(sandbox, SandboxError):
+                raise sandbox
             if sandbox.alive:
                 return sandbox
             self._spawn(sandbox.close())  # died while waiting (idle limit, killed): never hand it out
@@ -103,4 +108,6 @@ class SandboxPool:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         while not self._ready.empty():
-            await self._ready.get_nowait().close()
+            item = self._ready.get_nowait()
+            if isinstance(item, DockerSandbox):
+                await item.close()

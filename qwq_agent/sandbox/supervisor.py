@@ -206,9 +206,17 @@ class Interpreter:
                 return msg
         return None
 
-    def run(self, code, timeout):
-        with self.lock:
-            return self._run(code, timeout)
+    def run(self, code, timeout, arrived):
+        # The timeout covers waiting behind other cells too, so the host's own deadline always holds.
+        if not self.lock.acquire(timeout=max(0.0, arrived + timeout - time.monotonic())):
+            note = f"the interpreter was busy with other cells for the whole {timeout:g}s timeout; this cell did not run"
+            return {"value": None, "images": [], "error": {"ename": "TimeoutError", "evalue": note, "traceback": note},
+                    "stdout": "", "stderr": "", "stdout_dropped": 0, "stderr_dropped": 0, "timed_out": True,
+                    "state_lost": False, "duration_s": time.monotonic() - arrived}
+        try:
+            return self._run(code, arrived + timeout - time.monotonic())
+        finally:
+            self.lock.release()
 
     def _run(self, code, timeout):
         started = time.monotonic()
@@ -824,9 +832,9 @@ class Supervisor:
         code = args.get("code")
         if not isinstance(code, str):
             raise RequestError("InvalidRequest", "`code` must be a string")
-        return self.interpreter.run(code, float(args.get("timeout") or 60))
+        return self.interpreter.run(code, float(args.get("timeout") or 60), args["_arrived"])
 
-    def handle(self, req):
+    def handle(self, req, arrived):
         rid = req.get("id")
         try:
             op = self.ops.get(req.get("op"))
@@ -835,6 +843,7 @@ class Supervisor:
             args = req.get("args") or {}
             if not isinstance(args, dict):
                 raise RequestError("InvalidRequest", "`args` must be an object")
+            args["_arrived"] = arrived
             reply = {"id": rid, "ok": True, "result": op(args)}
         except RequestError as exc:
             reply = {"id": rid, "ok": False, "error": {"type": exc.kind, "message": str(exc)}}
@@ -856,7 +865,7 @@ class Supervisor:
             self.inflight += 1
             self.last_activity = time.monotonic()
         try:
-            threading.Thread(target=self.handle, args=(req,), daemon=True).start()
+            threading.Thread(target=self.handle, args=(req, time.monotonic()), daemon=True).start()
         except RuntimeError as exc:  # no threads left: the pids limit is exhausted
             with self.state_lock:
                 self.inflight -= 1
