@@ -1,0 +1,97 @@
+"""The loop with the real sandbox tools: state, figures, timeouts and a container killed mid-run."""
+
+from __future__ import annotations
+
+import json
+
+import docker
+import pytest
+
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import ToolResultEvent
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest
+from qwq_agent.tools.catalog import build_tools
+
+pytestmark = pytest.mark.docker
+
+
+def call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+async def run(server, sandbox, task="task"):
+    tools = build_tools(["python", "shell", "str_replace_editor"])
+    async with SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, tools, sandbox=sandbox, config=AgentConfig(check_language=False))
+        events = [ev async for ev in agent.stream(task)]
+    return agent.result, events
+
+
+async def test_state_persists_and_figures_come_back_as_images(sandbox_image):
+    turns = [
+        "x\n</think>\n\n" + call("python", code="import numpy as np\nxs = np.arange(5)\nxs.sum()"),
+        "y\n</think>\n\n"
+        + call(
+            "python", code="import matplotlib.pyplot as plt\nplt.plot(xs, xs**2)\nplt.show()\nprint(len(xs))"
+        ),
+        "z\n</think>\n\n"
+        + call("str_replace_editor", command="create", path="/workspace/a.txt", file_text="one\ntwo\n")
+        + "\n"
+        + call("shell", command="wc -l /workspace/a.txt"),
+        "done\n</think>\n\nok",
+    ]
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sb:
+        async with ScriptedModelServer(turns) as server:
+            result, events = await run(server, sb)
+    assert result.status == "completed"
+    results = [e for e in events if isinstance(e, ToolResultEvent)]
+    assert "Out: 10" in results[0].text
+    assert results[1].images and "figure" in results[1].text and "5" in results[1].text
+    assert "File created successfully" in results[2].text or "File created successfully" in results[3].text
+    assert any("2 /workspace/a.txt" in r.text for r in results)
+    # The model sees text only: the image is announced, not inlined.
+    assert "image(s) produced" in (server.requests[2].prompt or "")
+
+
+async def test_python_timeout_is_reported_with_lost_state(sandbox_image):
+    turns = [
+        "x\n</think>\n\n" + call("python", code="a = 1"),
+        "y\n</think>\n\n" + call("python", code="while True:\n    pass", timeout=2),
+        "z\n</think>\n\n" + call("python", code="print('a' in globals())"),
+        "done\n</think>\n\nok",
+    ]
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sb:
+        async with ScriptedModelServer(turns) as server:
+            result, events = await run(server, sb)
+    texts = [e.text for e in events if isinstance(e, ToolResultEvent)]
+    assert result.status == "completed"
+    assert "timed out after 2 s" in texts[1]
+    assert "True" in texts[2] or "lost" in texts[1] + texts[2]
+
+
+async def test_container_killed_between_steps_is_replaced_and_the_model_is_told(sandbox_image):
+    killed = []
+
+    def model(req: ScriptedRequest) -> str:
+        n = len([r for r in server.requests if r.path == req.path])
+        if n == 1:
+            return "x\n</think>\n\n" + call("python", code="v = 41")
+        if n == 2:
+            docker.from_env().containers.get(sandbox.id).kill()
+            killed.append(sandbox.id)
+            return "y\n</think>\n\n" + call("python", code="print(v + 1)")
+        if n == 3:
+            return "z\n</think>\n\n" + call("python", code="print(1 + 1)")
+        return "done\n</think>\n\nrecovered"
+
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sandbox:
+        async with ScriptedModelServer(model) as server:
+            result, events = await run(server, sandbox)
+        assert sandbox.id != killed[0]
+    texts = [e.text for e in events if isinstance(e, ToolResultEvent)]
+    assert result.status == "completed" and result.answer == "recovered"
+    after_kill = "\n".join(texts[1:])
+    assert "replaced" in after_kill or "SandboxDead" in after_kill
+    assert "2" in texts[-1]
