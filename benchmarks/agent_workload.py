@@ -25,6 +25,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qwq_agent.agent.admission import KVAdmission
@@ -249,6 +251,10 @@ async def amain(args: argparse.Namespace) -> dict:
         from qwq_agent.agent.clients import SGLangClient
 
         client = SGLangClient(args.url, keep_reasoning=args.keep_reasoning, read_timeout=1800)
+        # Each configuration starts from an empty cache, so none inherits another's prefixes.
+        async with httpx.AsyncClient(base_url=args.url, timeout=60) as http:
+            flushed = await http.post("/flush_cache")
+            print(f"flush_cache: {flushed.status_code}", flush=True)
         info = await client.server_info()
         capacity = info.max_total_num_tokens
         factory = lambda: client  # noqa: E731

@@ -40,7 +40,10 @@ class TransformersModel:
         config = AutoConfig.from_pretrained(model_dir)
         torch.manual_seed(0)
         with torch.device("cuda"):
-            self.model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+            try:
+                self.model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+            except TypeError:  # transformers < 4.56 names it torch_dtype
+                self.model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
         self.model.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.load_s = time.perf_counter() - started
