@@ -85,8 +85,9 @@ async def test_busy_loop_is_interrupted_and_state_kept(small: DockerSandbox) -> 
         "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
         "import signal\nsignal.signal(signal.SIGINT, lambda *a: None)\nsignal.signal(signal.SIGTERM, lambda *a: None)\n"
         "while True: pass",
+        "sum(range(10**15))  # one C call: Python never gets to handle the SIGINT",
     ],
-    ids=["sigint-ignored", "sigint-sigterm-trapped"],
+    ids=["sigint-ignored", "sigint-sigterm-trapped", "c-level-call"],
 )
 async def test_loop_ignoring_sigint_gets_a_fresh_interpreter(small: DockerSandbox, code: str) -> None:
     await small.python("doomed = 1")
@@ -275,3 +276,16 @@ async def test_frozen_supervisor_times_out_and_is_replaced(sandbox_image: str) -
             await sb.shell("kill -STOP $PPID", timeout=1)
         r = await sb.shell("echo fresh")
         assert r.sandbox_replaced and r.stdout == "fresh\n" and sb.id != old
+
+
+async def test_forged_huge_reply_cannot_make_the_host_buffer_it(fresh: DockerSandbox) -> None:
+    # User code shares the supervisor's uid, so it can write into the channel; the host must not trust it.
+    forge = (
+        "import os, struct\n"
+        "fd = os.open(f'/proc/{os.getppid()}/fd/4', os.O_WRONLY)\n"
+        "os.write(fd, struct.pack('>I', 2**31) + b'x' * 1000)"
+    )
+    with pytest.raises(SandboxDead, match="exceeds the limit"):
+        await fresh.python(forge)
+    r = await fresh.python("'recovered'")
+    assert r.value == "'recovered'" and r.sandbox_replaced

@@ -141,7 +141,11 @@ class DockerSandbox:
         self.id = cid[:12]
         try:
             reader, writer = await self.engine.attach(cid)
-            self._channel = Channel(reader, writer, max_request_bytes=self.config.max_request_bytes)
+            # Downloads are base64 (4/3) inside JSON; anything far beyond that is not an honest reply.
+            max_reply = 2 * max(self.config.max_download_bytes, self.config.output_head_bytes * 8) + (16 << 20)
+            self._channel = Channel(
+                reader, writer, max_request_bytes=self.config.max_request_bytes, max_reply_bytes=max_reply
+            )
             await self.engine.start(cid)
             await asyncio.wait_for(asyncio.shield(self._channel.hello), self.config.start_timeout_s)
         except BaseException as exc:
