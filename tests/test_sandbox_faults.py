@@ -289,3 +289,23 @@ async def test_forged_huge_reply_cannot_make_the_host_buffer_it(fresh: DockerSan
         await fresh.python(forge)
     r = await fresh.python("'recovered'")
     assert r.value == "'recovered'" and r.sandbox_replaced
+
+
+async def test_interpreter_dying_between_cells_is_reported(small: DockerSandbox) -> None:
+    r = await small.python(
+        "import os, threading, time\nbetween = 1\n"
+        "def die():\n"
+        "    while not os.path.exists('/tmp/die-now'):\n        time.sleep(0.01)\n"
+        "    os.kill(os.getpid(), 9)\n"
+        "threading.Thread(target=die, daemon=True).start()\nos.getpid()"
+    )
+    pid = r.value
+    assert pid is not None and not r.state_lost
+    dead = await small.shell(
+        f"touch /tmp/die-now; while [ -e /proc/{pid} ] && [ \"$(cut -d' ' -f3 /proc/{pid}/stat)\" != Z ]; "
+        "do sleep 0.01; done; rm /tmp/die-now; echo dead",
+        timeout=20,
+    )
+    assert dead.stdout == "dead\n"
+    r = await small.python("'between' in globals()")
+    assert r.state_lost and r.value == "False" and r.error is None

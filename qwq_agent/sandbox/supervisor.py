@@ -220,7 +220,8 @@ class Interpreter:
 
     def _run(self, code, timeout):
         started = time.monotonic()
-        if self.proc.poll() is not None:
+        died_between_cells = self.proc.poll() is not None  # e.g. a background thread called os._exit
+        if died_between_cells:
             self.restart()
         stale = {self.out: Capture(0, 0), self.err: Capture(0, 0)}
         drain([self.out, self.err], stale, time.monotonic())  # output of background threads between cells
@@ -290,7 +291,7 @@ class Interpreter:
             stdout_dropped=caps[self.out].dropped(),
             stderr_dropped=caps[self.err].dropped(),
             timed_out=interrupted,
-            state_lost=state_lost,
+            state_lost=state_lost or died_between_cells,
             duration_s=time.monotonic() - started,
         )
         return result
