@@ -4,6 +4,7 @@
 #   over      configuration 5: more sessions than the KV cache holds, admission control off then on
 #   radix-off restart the server with --disable-radix-cache, run 3
 #   hf        stop SGLang, run the transformers batch-1 baseline (4)
+#   h100      on an H100: start a server with its own KV capacity, run 1 and 5
 # Carry: .device/sglang/b .device/qwq-32b .whl. Results go to $OUT/aw-<phase>.json.
 set -u
 phase=${1:?phase}
@@ -36,6 +37,14 @@ case "$phase" in
     SERVER_FLAGS="--disable-radix-cache $FLAGS"
     bash .device/sglang/b/sglang-up.sh .device/qwq-32b $SERVER_FLAGS || exit 1
     bench --label "radix-off" $common
+    ;;
+  h100)
+    # The H100's own KV capacity (no cap): the over-capacity test as the H100 run that thrashed.
+    SERVER_FLAGS="--schedule-policy lpm --enable-metrics --enable-cache-report --context-length 16384"
+    bash .device/sglang/b/sglang-up.sh .device/qwq-32b $SERVER_FLAGS || exit 1
+    bench --label "h100-radix-lpm-drop-reasoning" $common
+    bench --label "h100-over-capacity-admission-on" $over --admission
+    bench --label "h100-over-capacity-admission-off" $over
     ;;
   hf)
     if [ -f /tmp/sglang.pid ]; then
