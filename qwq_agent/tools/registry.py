@@ -158,7 +158,7 @@ class ToolRegistry:
         call: ToolCall,
         context: ToolContext | None = None,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 -- bounds the tool only, not validation
+        timeout: float | None = None,
     ) -> ToolOutput:
         """Run `call` and return its output; every failure is an `is_error=True` observation."""
         tool = self._tools.get(call.name)
