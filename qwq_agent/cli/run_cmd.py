@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=os.environ.get("QWQ_MODEL", "Qwen/QwQ-32B"), help="model name (openai)")
     p.add_argument("--tools", default="python,shell,str_replace_editor,search_code")
     p.add_argument("--workspace", type=Path, help="a folder copied into the sandbox's /workspace")
-    p.add_argument("--copy-back", type=Path, help="copy /workspace back into this folder at the end")
+    p.add_argument(
+        "--copy-back", type=Path, help="at the end, copy /workspace back into this folder (as DIR/workspace)"
+    )
     p.add_argument("--docs-db", type=Path, help="document index for search_docs (see `qwq-agent index`)")
     p.add_argument("--max-steps", type=int, default=30)
     p.add_argument("--max-new-tokens", type=int, default=8192)
