@@ -337,3 +337,32 @@ async def test_trace_stores_prompt_deltas_and_reads_back_whole_prompts(tmp_path)
     assert stored_calls[1]["prompt_shared_prefix_chars"] > len(sent[0]) // 2
     assert len(stored_calls[2]["prompt"]) < len(sent[2]) // 2
     assert [c.prompt for c in recorded_completions(read_trace(trace))] == sent
+
+
+async def test_constrained_tool_calls_are_generated_under_the_grammar_and_replay(tmp_path):
+    turns = [
+        # The model opens a call; the loop stops the stream right after the tag...
+        "I need the sum.\n</think>\n\nComputing.\n<tool_call>\n{'name': garbage that would not parse",
+        # ...and generates the call itself under the grammar (the server answers with the JSON only)...
+        '{"name": "add", "arguments": {"a": 2, "b": 3}}',
+        # ...then the turn continues unconstrained and ends.
+        "",
+        "It is 5.\n</think>\n\n5",
+    ]
+    trace = tmp_path / "c.jsonl"
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [add], config=config(constrained_tool_calls=True), trace_path=trace)
+    assert result.status == "completed" and result.answer == "5"
+    assert [m.content for m in result.messages if m.role == "tool"] == ["5"]
+    first, constrained, continued = server.requests[:3]
+    assert first.rid in server.aborted_rids  # the free-running request was stopped at the tag
+    assert '\\"add\\"' in constrained.sampling_params["ebnf"]  # the tool's name, as a grammar literal
+    assert (constrained.prompt or "").endswith("Computing.\n<tool_call>\n")
+    assert (continued.prompt or "").endswith('{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>')
+    assert "ebnf" not in continued.sampling_params
+
+    replayed = await Agent(ReplayModel.from_trace(trace), [add], config=config(constrained_tool_calls=True)).run(
+        "What is 2 + 3?"
+    )
+    assert replayed.answer == "5"
+    assert [m.model_dump() for m in replayed.messages] == [m.model_dump() for m in result.messages]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import jsonschema
 
 from qwq_agent.agent.messages import ToolSpec
-from qwq_agent.protocols import SamplingParams
+from qwq_agent.protocols import Completion, SamplingParams
 
 if TYPE_CHECKING:
     from qwq_agent.agent.clients.sglang_native import SGLangClient
@@ -139,7 +139,7 @@ class _EbnfWriter:
             if (i, first) in memo:
                 return memo[(i, first)]
             name = names[i]
-            item = ("" if first else '", " ') + f"{_literal(name)} \": \" {values[name]} {seq(i + 1, False)}"
+            item = ("" if first else '", " ') + f'{_literal(name)} ": " {values[name]} {seq(i + 1, False)}'
             body = item if name in required else f"( {item} ) | {seq(i + 1, first)}"
             memo[(i, first)] = self.rule(body, "obj")
             return memo[(i, first)]
@@ -153,8 +153,10 @@ class _EbnfWriter:
         if high is not None and int(high) == 0:
             return '"[]"'
         more_low = max(low - 1, 0)
-        more = f'( ", " {item} ){{{more_low},{int(high) - 1}}}' if high is not None else (
-            f'( ", " {item} ){{{more_low},}}' if more_low else f'( ", " {item} )*'
+        more = (
+            f'( ", " {item} ){{{more_low},{int(high) - 1}}}'
+            if high is not None
+            else (f'( ", " {item} ){{{more_low},}}' if more_low else f'( ", " {item} )*')
         )
         items = f"{item} {more}"
         return f'"[" {items} "]"' if low > 0 else f'"[" ( {items} )? "]"'
@@ -182,7 +184,9 @@ class _EbnfWriter:
         return '( "-"? ( "0" | [1-9] [0-9]{0,17} ) )'
 
     def _number(self, schema: dict[str, Any]) -> str:
-        if any(k in schema for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")):
+        if any(
+            k in schema for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+        ):
             raise UnsupportedSchema("number bounds: use the json_schema mode")
         return '( "-"? ( "0" | [1-9] [0-9]{0,15} ) ( "." [0-9]{1,16} )? )'
 
@@ -223,7 +227,11 @@ def tool_call_ebnf(tools: Sequence[ToolSpec], *, max_string_length: int | None =
 
 
 def constraint_params(
-    tools: Sequence[ToolSpec], params: SamplingParams, *, mode: Mode = "ebnf", max_string_length: int | None = None
+    tools: Sequence[ToolSpec],
+    params: SamplingParams,
+    *,
+    mode: Mode = "ebnf",
+    max_string_length: int | None = None,
 ) -> SamplingParams:
     """`params` with the tool-call constraint set, stopping at `</tool_call>`."""
     update: dict[str, Any] = {"json_schema": None, "regex": None, "ebnf": None, "stop": ["</tool_call>"]}
@@ -251,13 +259,31 @@ async def constrained_tool_call(
     unconstrained from there. A `mode="ebnf"` schema outside the supported subset falls back to the
     json_schema constraint.
     """
+    text, _ = await constrained_tool_call_completion(
+        client, prompt_so_far, tools, params, mode=mode, max_string_length=max_string_length
+    )
+    return text
+
+
+async def constrained_tool_call_completion(
+    client: SGLangClient,
+    prompt_so_far: str,
+    tools: Sequence[ToolSpec],
+    params: SamplingParams | None = None,
+    *,
+    mode: Mode = "ebnf",
+    max_string_length: int | None = None,
+) -> tuple[str, Completion]:
+    """`constrained_tool_call`, also returning the server's completion (prompt sent, usage)."""
     lead = "" if prompt_so_far.endswith("\n") else "\n"
     try:
-        constrained = constraint_params(tools, params or SamplingParams(), mode=mode, max_string_length=max_string_length)
+        constrained = constraint_params(
+            tools, params or SamplingParams(), mode=mode, max_string_length=max_string_length
+        )
     except UnsupportedSchema:
         constrained = constraint_params(tools, params or SamplingParams(), mode="json_schema")
     done = await client.generate(prompt_so_far + lead, constrained)
-    return f"{lead}{done.text.strip()}\n</tool_call>"
+    return f"{lead}{done.text.strip()}\n</tool_call>", done
 
 
 def validate_tool_call(text: str, tools: Sequence[ToolSpec]) -> str | None:
@@ -273,3 +299,35 @@ def validate_tool_call(text: str, tools: Sequence[ToolSpec]) -> str | None:
     except jsonschema.ValidationError as exc:
         return f"invalid: {exc.message[:200]}"
     return None
+
+
+class CallOpenWatcher:
+    """Finds, in streamed output, where a tool call opens after the reasoning: the point to constrain from.
+
+    `feed(delta)` returns the index in `delta` just past `<tool_call>` when the tag completes inside it
+    (after `</think>`), else None. `prior` is output already in the turn (a continuation's prefix).
+    """
+
+    TAG = "<tool_call>"
+    THINK_END = "</think>"
+
+    def __init__(self, prior: str = "") -> None:
+        self._tail = prior[-32:]
+        self._closed = self.THINK_END in prior
+
+    def feed(self, delta: str) -> int | None:
+        start = len(self._tail)
+        text = self._tail + delta
+        self._tail = text[-32:]
+        search_from = 0
+        if not self._closed:
+            end = text.find(self.THINK_END)
+            if end < 0:
+                return None
+            self._closed = True
+            search_from = end + len(self.THINK_END)
+        # Only a tag that ends inside this delta is new: one wholly in the carried tail was seen before.
+        at = text.find(self.TAG, max(search_from, start - len(self.TAG) + 1))
+        if at < 0:
+            return None
+        return at + len(self.TAG) - start

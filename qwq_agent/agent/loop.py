@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from qwq_agent.agent import parser as qparser
 from qwq_agent.agent.admission import KVAdmission
 from qwq_agent.agent.budgets import Budget, BudgetTracker
+from qwq_agent.agent.constrained import CallOpenWatcher, constrained_tool_call_completion
 from qwq_agent.agent.events import (
     BudgetExceeded,
     ContentDelta,
@@ -81,6 +82,9 @@ class AgentConfig(BaseModel):
     tool_timeout_s: float = 660.0
     model_retries: int = 2
     max_reasoning_call_hints: int = 2
+    # Generate every tool call under a grammar built from the tools' schemas, so calls are always
+    # well formed (SGLang's native client only; see qwq_agent.agent.constrained).
+    constrained_tool_calls: bool = False
     # KV tokens a run reserves under admission control: its expected peak context.
     kv_reservation_tokens: int = 8192
 
@@ -261,16 +265,23 @@ class Agent:
         prefix = ""
         attempts = 0
         forced_close = False
+        constrain = self._can_constrain()
         while True:
             pieces: list[str] = []
             completion: Completion | None = None
             signal = None
+            call_open = False
+            watcher = CallOpenWatcher(prefix) if constrain else None
             stream = self.model.stream(self.messages, self.tools.specs(), cfg.sampling, prefix=prefix)
             try:
                 async for mev in stream:
                     if isinstance(mev, TextDelta):
-                        pieces.append(mev.text)
-                        for pev in stream_parser.feed(mev.text):
+                        delta = mev.text
+                        cut = watcher.feed(delta) if watcher is not None else None
+                        if cut is not None:  # the rest of the call is generated under the grammar
+                            delta, call_open = delta[:cut], True
+                        pieces.append(delta)
+                        for pev in stream_parser.feed(delta):
                             ev = self._parser_event(pev)
                             if ev is not None:
                                 yield ev
@@ -279,7 +290,7 @@ class Agent:
                                 forced_close and isinstance(ev, ContentDelta)
                             ):
                                 signal = detector.feed(ev.text) or signal
-                        if signal is not None:
+                        if signal is not None or call_open:
                             break  # closing the stream aborts the request on the server
                     elif isinstance(mev, Completion):
                         completion = mev
@@ -312,6 +323,34 @@ class Agent:
             )
             yield self._emit(UsageEvent(usage=usage, totals=self.tracker.totals()))
             turn.usage = usage
+            if call_open and signal is None:
+                prompt_so_far = self.model.render_prompt(self.messages, self.tools.specs()) + prefix + text  # type: ignore[attr-defined]
+                try:
+                    call_text, done = await constrained_tool_call_completion(
+                        self.model,
+                        prompt_so_far,
+                        self.tools.specs(),
+                        cfg.sampling,  # type: ignore[arg-type]
+                    )
+                except Exception as exc:
+                    if not _is_model_error(exc):
+                        raise
+                    turn.stop_status = "model_error"
+                    turn.usage.finish_reason = f"{type(exc).__name__}: {exc}"
+                    yield self._emit(Warning_(kind="model_error", message=turn.usage.finish_reason, level=3))
+                    return
+                self._account(done.usage)
+                yield self._emit(
+                    ModelCall(
+                        prompt=done.prompt, prefix=prefix + text, completion=done.text, usage=done.usage
+                    )
+                )
+                for pev in stream_parser.feed(call_text):
+                    ev = self._parser_event(pev)
+                    if ev is not None:
+                        yield ev
+                prefix = prefix + text + call_text
+                continue
             if signal is None and not self._needs_closure(prefix + text, usage):
                 for pev in stream_parser.close():
                     ev = self._parser_event(pev)
@@ -336,6 +375,15 @@ class Agent:
                 if ev is not None:
                     yield ev
             prefix = prefix + text + inject
+
+    def _can_constrain(self) -> bool:
+        """Constrained calls need a model that renders prompts and takes grammars (SGLang's client)."""
+        return (
+            self.config.constrained_tool_calls
+            and len(self.tools) > 0
+            and hasattr(self.model, "render_prompt")
+            and hasattr(self.model, "generate")
+        )
 
     def _needs_closure(self, raw: str, usage: Usage) -> bool:
         return usage.finish_reason == "length" and "</think>" not in raw

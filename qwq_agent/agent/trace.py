@@ -133,6 +133,24 @@ class ReplayModel:
             yield TextDelta(text=text[i : i + self._chunk])
         yield Completion(text=text, prompt=call.prompt, usage=call.usage)
 
+    def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
+        """The prompt a native client would send (replayed constrained calls ask for it)."""
+        if self._next >= len(self._calls) and self._then is not None:
+            return self._then.render_prompt(messages, tools)  # type: ignore[attr-defined]
+        from qwq_agent.agent.chat_format import render
+
+        return render(list(messages), list(tools))
+
+    async def generate(self, prompt: str, params: SamplingParams | None = None) -> Completion:
+        """The next recorded completion as a whole (a constrained tool call, when replaying one)."""
+        if self._next >= len(self._calls):
+            if self._then is None:
+                raise ReplayExhausted(f"the trace recorded {len(self._calls)} completions; all were used")
+            return await self._then.generate(prompt, params)  # type: ignore[attr-defined]
+        call = self._calls[self._next]
+        self._next += 1
+        return Completion(text=call.completion, prompt=call.prompt, usage=call.usage)
+
     async def aclose(self) -> None:
         if self._then is not None:
             await self._then.aclose()  # type: ignore[attr-defined]

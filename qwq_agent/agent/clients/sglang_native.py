@@ -195,19 +195,22 @@ class SGLangClient:
         prefix: str = "",
     ) -> AsyncIterator[ModelEvent]:
         """Render the conversation with QwQ's chat template, append `prefix`, and stream the output."""
-        from qwq_agent.agent.chat_format import render  # imported late: the renderer pulls in jinja2
+        prompt = self.render_prompt(messages, tools) + prefix
+        async with aclosing(self.generate_stream(prompt, params)) as events:
+            async for event in events:
+                yield event
 
-        prompt = render(
+    def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
+        """The prompt `stream` sends for this conversation (before any `prefix`)."""
+        from qwq_agent.agent.chat_format import render
+
+        return render(
             list(messages),
             list(tools),
             add_generation_prompt=True,
             keep_reasoning=self.keep_reasoning,
             profile=self.profile,
         )
-        prompt += prefix
-        async with aclosing(self.generate_stream(prompt, params)) as events:
-            async for event in events:
-                yield event
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None = None) -> SGLangCompletion:
         """Generate to the end and return only the completion."""
