@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=30)
     p.add_argument("--max-new-tokens", type=int, default=8192)
     p.add_argument("--keep-reasoning", action="store_true", help="keep earlier reasoning in the prompt")
+    p.add_argument(
+        "--constrained",
+        action="store_true",
+        help="generate tool calls under a grammar of the tools' schemas (native SGLang API)",
+    )
     p.add_argument("--trace", type=Path, help="JSONL trace path (default: ./traces/<run id>.jsonl)")
     p.add_argument("--replay", type=Path, help="replay a trace's completions instead of a model")
     p.add_argument("--resume", type=Path, help="replay a trace, then continue with the live model")
@@ -77,6 +82,7 @@ async def _main(args: argparse.Namespace) -> int:
     config = AgentConfig(
         budget=Budget(max_steps=args.max_steps),
         sampling=SamplingParams(max_new_tokens=args.max_new_tokens),
+        constrained_tool_calls=args.constrained,
     )
     trace_path = args.trace
     try:
