@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     prune = ssub.add_parser("prune", help="remove orphaned sandboxes (owner gone or expired)")
     prune.add_argument("--all", action="store_true", help="remove every sandbox of ours, orphan or not")
+    prune.add_argument("--images", action="store_true", help="also remove images older recipes built")
     prune.add_argument("--json", action="store_true", help="JSON output")
     prune.set_defaults(func=_prune)
 
@@ -105,8 +106,17 @@ def _prune(args: argparse.Namespace) -> int:
     from qwq_agent.sandbox.janitor import prune
 
     rows = prune(everything=args.all)
+    removed: list[str] = []
+    in_use: list[str] = []
+    if args.images:
+        from qwq_agent.sandbox.image.prune import prune_images
+
+        removed, in_use = prune_images()
     if args.json:
-        print(json.dumps([r.model_dump() for r in rows]))
+        out = {"containers": [r.model_dump() for r in rows], "images_removed": removed, "images_in_use": in_use}
+        print(json.dumps(out if args.images else out["containers"]))
     else:
         _table(rows, f"removed {len(rows)} sandbox container(s)")
+        if args.images:
+            print(f"removed {len(removed)} stale image(s); {len(in_use)} still in use")
     return 0
