@@ -10,7 +10,7 @@ import pytest
 from qwq_agent.agent.admission import KVAdmission
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
-from qwq_agent.agent.events import Final, ToolResultEvent, Warning_
+from qwq_agent.agent.events import Final, ModelCall, ToolResultEvent, Warning_
 from qwq_agent.agent.loop import REASONING_CALL_HINT, Agent, AgentConfig
 from qwq_agent.agent.loop_detector import NUDGE_TEXT
 from qwq_agent.agent.trace import ReplayModel, read_trace, recorded_completions
@@ -351,7 +351,9 @@ async def test_constrained_tool_calls_are_generated_under_the_grammar_and_replay
     ]
     trace = tmp_path / "c.jsonl"
     async with ScriptedModelServer(turns) as server:
-        result, _ = await run_agent(server, [add], config=config(constrained_tool_calls=True), trace_path=trace)
+        result, _ = await run_agent(
+            server, [add], config=config(constrained_tool_calls=True), trace_path=trace
+        )
     assert result.status == "completed" and result.answer == "5"
     assert [m.content for m in result.messages if m.role == "tool"] == ["5"]
     first, constrained, continued = server.requests[:3]
@@ -361,8 +363,41 @@ async def test_constrained_tool_calls_are_generated_under_the_grammar_and_replay
     assert (continued.prompt or "").endswith('{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>')
     assert "ebnf" not in continued.sampling_params
 
-    replayed = await Agent(ReplayModel.from_trace(trace), [add], config=config(constrained_tool_calls=True)).run(
-        "What is 2 + 3?"
-    )
+    replayed = await Agent(
+        ReplayModel.from_trace(trace), [add], config=config(constrained_tool_calls=True)
+    ).run("What is 2 + 3?")
     assert replayed.answer == "5"
     assert [m.model_dump() for m in replayed.messages] == [m.model_dump() for m in result.messages]
+
+
+async def test_generation_budget_caps_each_request():
+    turns = ["a b c d e f g h\n</think>\n\n" + call("add", a=1, b=1), "x\n</think>\n\ndone"]
+    async with ScriptedModelServer(turns) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [add], config=config(budget=Budget(max_generated_tokens=60)))
+            calls = [ev async for ev in agent.stream("go") if isinstance(ev, ModelCall)]
+    first, second = (r.sampling_params["max_new_tokens"] for r in server.requests)
+    assert first == 60
+    assert second == 60 - calls[0].usage.completion_tokens
+
+
+async def test_wall_budget_stops_a_slow_generation_and_aborts_it():
+    slow = Turn(text="thinking " * 400, token_delay=0.005)
+    async with ScriptedModelServer([slow]) as server:
+        result, _ = await run_agent(server, [add], config=config(budget=Budget(max_wall_s=0.2)))
+    assert result.status == "budget_exceeded"
+    assert "wall_s" in (result.error or "")
+    assert server.requests[0].rid in server.aborted_rids
+
+
+async def test_history_continues_a_conversation():
+    turns = ["a\n</think>\n\nParis.", "b\n</think>\n\nAbout 2.1 million."]
+    async with ScriptedModelServer(turns) as server:
+        first, _ = await run_agent(server, [add], task="Capital of France?")
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            second = await Agent(client, [add], config=config()).run(
+                "Its population?", history=first.messages
+            )
+    assert second.answer == "About 2.1 million."
+    prompt = server.requests[1].prompt or ""
+    assert prompt.index("Capital of France?") < prompt.index("Paris.") < prompt.index("Its population?")

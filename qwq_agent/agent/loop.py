@@ -144,18 +144,25 @@ class Agent:
 
     # -- public API -------------------------------------------------------------------------------
 
-    async def run(self, task: str) -> RunResult:
+    async def run(self, task: str, *, history: Sequence[Message] = ()) -> RunResult:
         """Run to the end and return the result (events are still written to the trace)."""
-        async for _ in self.stream(task):
+        async for _ in self.stream(task, history=history):
             pass
         assert self.result is not None
         return self.result
 
     async def stream(self, task: str, *, history: Sequence[Message] = ()) -> AsyncIterator[Event]:
-        """Run the task, yielding every event as it happens; the last one is always `Final`."""
+        """Run the task, yielding every event as it happens; the last one is always `Final`.
+
+        `history` is an earlier conversation this task continues (e.g. a previous run's
+        `result.messages`); the task is added to it as the next user turn.
+        """
         self.tracker = BudgetTracker(budget=self.config.budget)
         self._trace = TraceWriter(self.trace_path) if self.trace_path else None
-        self.messages = list(history) or self._initial_messages(task)
+        if history:
+            self.messages = [*history, Message(role="user", content=task)]
+        else:
+            self.messages = self._initial_messages(task)
         status, answer, error = "error", None, None
         try:
             async with AsyncExitStack() as stack:
@@ -211,7 +218,11 @@ class Agent:
             async for ev in self._generate(turn):
                 yield ev
             if turn.stop_status is not None:
-                yield Final(status=turn.stop_status, error=turn.usage.finish_reason)
+                over = self.tracker.exceeded()
+                error = turn.usage.finish_reason
+                if turn.stop_status == "budget_exceeded" and over is not None:
+                    error = f"budget {over[0]} used up ({over[2]:g} >= {over[1]:g})"
+                yield Final(status=turn.stop_status, error=error)
                 return
             parsed = turn.parsed
             self.messages.append(
@@ -270,9 +281,9 @@ class Agent:
             pieces: list[str] = []
             completion: Completion | None = None
             signal = None
-            call_open = False
+            call_open = wall_out = False
             watcher = CallOpenWatcher(prefix) if constrain else None
-            stream = self.model.stream(self.messages, self.tools.specs(), cfg.sampling, prefix=prefix)
+            stream = self.model.stream(self.messages, self.tools.specs(), self._sampling(), prefix=prefix)
             try:
                 async for mev in stream:
                     if isinstance(mev, TextDelta):
@@ -290,7 +301,9 @@ class Agent:
                                 forced_close and isinstance(ev, ContentDelta)
                             ):
                                 signal = detector.feed(ev.text) or signal
-                        if signal is not None or call_open:
+                        if self._left("wall_s") == 0.0:
+                            wall_out = True
+                        if signal is not None or call_open or wall_out:
                             break  # closing the stream aborts the request on the server
                     elif isinstance(mev, Completion):
                         completion = mev
@@ -323,6 +336,12 @@ class Agent:
             )
             yield self._emit(UsageEvent(usage=usage, totals=self.tracker.totals()))
             turn.usage = usage
+            if wall_out:
+                turn.raw, turn.stop_status = prefix + text, "budget_exceeded"
+                yield self._emit(
+                    Warning_(kind="budget", message="the wall-time budget ran out mid-generation")
+                )
+                return
             if call_open and signal is None:
                 prompt_so_far = self.model.render_prompt(self.messages, self.tools.specs()) + prefix + text  # type: ignore[attr-defined]
                 try:
@@ -375,6 +394,24 @@ class Agent:
                 if ev is not None:
                     yield ev
             prefix = prefix + text + inject
+
+    def _left(self, budget: str) -> float | None:
+        """What is left of a budget (`wall_s`, `tool_s`, `generated_tokens`), or None if unlimited."""
+        b, t = self.config.budget, self.tracker
+        limit, used = {
+            "wall_s": (b.max_wall_s, t.wall_s),
+            "tool_s": (b.max_tool_s, t.tool_s),
+            "generated_tokens": (b.max_generated_tokens, t.generated_tokens),
+        }[budget]
+        return None if limit is None else max(0.0, limit - used)
+
+    def _sampling(self) -> SamplingParams:
+        """The configured sampling, with no more new tokens than the generation budget has left."""
+        params = self.config.sampling
+        left = self._left("generated_tokens")
+        if left is not None and left < params.max_new_tokens:
+            return params.model_copy(update={"max_new_tokens": max(1, int(left))})
+        return params
 
     def _can_constrain(self) -> bool:
         """Constrained calls need a model that renders prompts and takes grammars (SGLang's client)."""
@@ -429,11 +466,13 @@ class Agent:
         started = time.monotonic()
         tool = self.tools.get(call.name)
         ctx = ToolContext(sandbox=self.sandbox, run_id=self.run_id, call_id=call.id)
+        limits = [self.config.tool_timeout_s, self._left("tool_s"), self._left("wall_s")]
+        timeout = max(0.001, min(x for x in limits if x is not None))
         if tool is not None and getattr(tool, "uses_sandbox", False):
             async with sandbox_lock:
-                output = await self.tools.call(call, ctx, timeout=self.config.tool_timeout_s)
+                output = await self.tools.call(call, ctx, timeout=timeout)
         else:
-            output = await self.tools.call(call, ctx, timeout=self.config.tool_timeout_s)
+            output = await self.tools.call(call, ctx, timeout=timeout)
         duration = time.monotonic() - started
         self.tracker.tool_s += duration
         return call, output, duration
