@@ -401,3 +401,21 @@ async def test_history_continues_a_conversation():
     assert second.answer == "About 2.1 million."
     prompt = server.requests[1].prompt or ""
     assert prompt.index("Capital of France?") < prompt.index("Paris.") < prompt.index("Its population?")
+
+
+async def test_the_loop_runs_the_same_over_the_openai_chat_api():
+    from qwq_agent.agent.clients.openai_chat import OpenAIChatClient
+
+    turns = [
+        "I should add them with the tool.\n</think>\n\n" + call("add", a=2, b=3),
+        "The tool says 5.\n</think>\n\n2 + 3 = **5**.",
+    ]
+    async with ScriptedModelServer(turns) as server:
+        async with OpenAIChatClient(server.url, model="qwq-32b", api_key="sk-test-secret", retry=NO_RETRY) as client:
+            result = await Agent(client, [add], config=config()).run("What is 2 + 3?")
+    assert result.status == "completed" and result.answer == "2 + 3 = **5**."
+    assert [m.content for m in result.messages if m.role == "tool"] == ["5"]
+    second = server.requests[1].body["messages"]
+    assert second[-1]["role"] == "tool" and second[-1]["content"] == "5"
+    assert any(m.get("tool_calls") for m in second if m["role"] == "assistant")
+    assert "tools" in server.requests[0].body
