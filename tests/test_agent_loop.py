@@ -83,6 +83,13 @@ async def test_tool_call_then_answer_and_prompts_are_prefix_stable():
     assert first.endswith("<|im_start|>assistant\n<think>\n")
     assert second.startswith(first[: -len("<think>\n")])
     assert "I should add them" not in second
+    # ...and so does it in tokens, which is what the radix cache matches on.
+    from qwq_agent.agent.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    shared = tok.encode(first[: -len("<think>\n")])
+    assert tok.encode(second)[: len(shared)] == shared
+    assert tok.encode(first)[: len(shared)] == shared
     assert result.totals["steps"] == 2
 
 
