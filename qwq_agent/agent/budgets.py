@@ -6,6 +6,8 @@ import time
 
 from pydantic import BaseModel, Field
 
+from qwq_agent.protocols import Usage
+
 
 class Budget(BaseModel):
     """Limits of one run; `None` means unlimited."""
@@ -46,6 +48,22 @@ class BudgetTracker(BaseModel):
             if limit is not None and used >= limit:
                 return name, float(limit), float(used)
         return None
+
+    def left(self, name: str) -> float | None:
+        """What is left of `wall_s`, `tool_s` or `generated_tokens`; None when it is unlimited."""
+        b = self.budget
+        limit, used = {
+            "wall_s": (b.max_wall_s, self.wall_s),
+            "tool_s": (b.max_tool_s, self.tool_s),
+            "generated_tokens": (b.max_generated_tokens, self.generated_tokens),
+        }[name]
+        return None if limit is None else max(0.0, limit - used)
+
+    def account(self, usage: Usage) -> None:
+        """Add one model call's token usage."""
+        self.generated_tokens += usage.completion_tokens
+        self.prompt_tokens += usage.prompt_tokens
+        self.cached_tokens += usage.cached_tokens
 
     def totals(self) -> dict[str, float]:
         return {

@@ -1,0 +1,48 @@
+"""What an agent is configured with, and what a run gives back."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from qwq_agent.agent.budgets import Budget
+from qwq_agent.agent.loop_detector import LoopDetectorConfig, RepetitionConfig
+from qwq_agent.agent.messages import Message
+from qwq_agent.protocols import SamplingParams
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful assistant that solves tasks with tools. Compute, count, inspect and verify with "
+    "the tools instead of doing it in your head; when the task is done, give the final answer concisely."
+)
+
+
+class AgentConfig(BaseModel):
+    """How one agent behaves; every threshold is configuration."""
+
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(max_new_tokens=8192))
+    budget: Budget = Field(default_factory=Budget)
+    loop_detector: LoopDetectorConfig = Field(default_factory=LoopDetectorConfig)
+    repetition: RepetitionConfig = Field(default_factory=RepetitionConfig)
+    check_language: bool = True
+    # Above the sandbox tools' own cap (600 s), so their timeouts report first, with detail.
+    tool_timeout_s: float = 660.0
+    model_retries: int = 2
+    max_reasoning_call_hints: int = 2
+    # Generate every tool call under a grammar built from the tools' schemas, so calls are always
+    # well formed (SGLang's native client only; see qwq_agent.agent.constrained).
+    constrained_tool_calls: bool = False
+    # KV tokens a run reserves under admission control: its expected peak context.
+    kv_reservation_tokens: int = 8192
+
+
+class RunResult(BaseModel):
+    """How a run ended, with what it produced and used."""
+
+    run_id: str
+    status: str
+    answer: str | None = None
+    error: str | None = None
+    messages: list[Message]
+    totals: dict[str, float]
+    trace_path: str | None = None
+    events: int = 0

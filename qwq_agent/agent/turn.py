@@ -1,0 +1,243 @@
+"""One assistant turn: stream it, parse it as it comes, and step in when it goes wrong.
+
+The model's turn may take several requests: a reasoning loop gets a nudge or a forced `</think>`
+appended and the turn continues from there; a tool call can be finished under a grammar; a dropped
+connection retries the turn. Whatever happens, the turn ends with its raw text and parse, or with a
+status that ends the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from qwq_agent.agent import parser as qparser
+from qwq_agent.agent.budgets import BudgetTracker
+from qwq_agent.agent.config import AgentConfig
+from qwq_agent.agent.constrained import CallOpenWatcher, constrained_tool_call_completion
+from qwq_agent.agent.events import ContentDelta, Event, ModelCall, ReasoningDelta, UsageEvent, Warning_
+from qwq_agent.agent.loop_detector import LoopSignal, ReasoningLoopDetector, close_text, nudge_text
+from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.protocols import Completion, Model, SamplingParams, TextDelta, Usage
+
+Emit = Callable[..., Event]
+
+
+class TurnResult(BaseModel):
+    raw: str = ""
+    parsed: qparser.ParseResult = Field(default_factory=qparser.ParseResult)
+    usage: Usage = Field(default_factory=Usage)
+    stop_status: str | None = None  # set when the turn itself ends the run
+    error: str | None = None
+
+
+class _Attempt(BaseModel):
+    """One streamed request of the turn and why it stopped."""
+
+    text: str = ""
+    completion: Completion | None = None
+    signal: LoopSignal | None = None
+    call_open: bool = False
+    wall_out: bool = False
+
+
+class TurnStreamer:
+    """Streams one assistant turn; iterate `run()` for its events, then read `result`."""
+
+    def __init__(
+        self,
+        model: Model,
+        messages: Sequence[Message],
+        specs: Sequence[ToolSpec],
+        config: AgentConfig,
+        tracker: BudgetTracker,
+        emit: Emit,
+        step: int,
+    ) -> None:
+        self.model = model
+        self.messages = messages
+        self.specs = list(specs)
+        self.config = config
+        self.tracker = tracker
+        self.emit = emit
+        self.step = step
+        self.result = TurnResult()
+        self._constrain = (
+            config.constrained_tool_calls
+            and bool(self.specs)
+            and hasattr(model, "render_prompt")
+            and hasattr(model, "generate")
+        )
+        self._reset()
+
+    def _reset(self) -> None:
+        self.detector = ReasoningLoopDetector(self.config.loop_detector)
+        self.parser = qparser.StreamParser(id_prefix=f"call_{self.step}_")
+        self.prefix = ""
+        self.forced_close = False
+
+    async def run(self) -> AsyncIterator[Event]:
+        attempts = 0
+        while True:
+            attempt = _Attempt()
+            try:
+                async for ev in self._stream(attempt):
+                    yield ev
+            except Exception as exc:
+                if not _is_model_error(exc) or attempts >= self.config.model_retries:
+                    yield self._stop("model_error", f"{type(exc).__name__}: {exc}")
+                    return
+                attempts += 1
+                message = f"{type(exc).__name__}: {exc}; retrying the turn"
+                yield self.emit(Warning_(kind="model_error", message=message))
+                self._reset()
+                continue
+            async for ev in self._record(attempt):
+                yield ev
+            if attempt.wall_out:
+                self.result.raw = self.prefix + attempt.text
+                yield self._stop(
+                    "budget_exceeded", "the wall-time budget ran out mid-generation", kind="budget"
+                )
+                return
+            if attempt.call_open and attempt.signal is None:
+                async for ev in self._finish_call_under_grammar(attempt.text):
+                    yield ev
+                if self.result.stop_status is not None:
+                    return
+                continue
+            if attempt.signal is None and not self._ran_out_thinking(self.prefix + attempt.text, attempt):
+                for pev in self.parser.close():
+                    if (ev := self._parser_event(pev)) is not None:
+                        yield ev
+                self.result.raw = self.prefix + attempt.text
+                self.result.parsed = self.parser.result()
+                return
+            async for ev in self._intervene(attempt):
+                yield ev
+            if self.result.stop_status is not None:
+                return
+
+    async def _stream(self, attempt: _Attempt) -> AsyncIterator[Event]:
+        """One request: feed the parser and the detectors; stop early when they say so."""
+        watcher = CallOpenWatcher(self.prefix) if self._constrain else None
+        pieces: list[str] = []
+        stream = self.model.stream(self.messages, self.specs, self._sampling(), prefix=self.prefix)
+        try:
+            async for mev in stream:
+                if isinstance(mev, Completion):
+                    attempt.completion = mev
+                    continue
+                delta = mev.text if isinstance(mev, TextDelta) else ""
+                cut = watcher.feed(delta) if watcher is not None else None
+                if cut is not None:  # the rest of the call is generated under the grammar
+                    delta, attempt.call_open = delta[:cut], True
+                pieces.append(delta)
+                for pev in self.parser.feed(delta):
+                    ev = self._parser_event(pev)
+                    if ev is None:
+                        continue
+                    yield ev
+                    # After a forced `</think>` a model that still circles does so in its answer.
+                    if isinstance(ev, ReasoningDelta) or (self.forced_close and isinstance(ev, ContentDelta)):
+                        attempt.signal = self.detector.feed(ev.text) or attempt.signal
+                attempt.wall_out = self.tracker.left("wall_s") == 0.0
+                if attempt.signal is not None or attempt.call_open or attempt.wall_out:
+                    break  # closing the stream aborts the request on the server
+        finally:
+            attempt.text = "".join(pieces)
+            await _aclose(stream)
+
+    async def _record(self, attempt: _Attempt) -> AsyncIterator[Event]:
+        done = attempt.completion
+        usage = done.usage if done else Usage(completion_tokens=0, finish_reason="aborted")
+        self.tracker.account(usage)
+        self.result.usage = usage
+        prompt = done.prompt if done else None
+        yield self.emit(ModelCall(prompt=prompt, prefix=self.prefix, completion=attempt.text, usage=usage))
+        yield self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))
+
+    async def _finish_call_under_grammar(self, text: str) -> AsyncIterator[Event]:
+        prompt_so_far = self.model.render_prompt(self.messages, self.specs) + self.prefix + text  # type: ignore[attr-defined]
+        try:
+            call_text, done = await constrained_tool_call_completion(
+                self.model,  # type: ignore[arg-type]
+                prompt_so_far,
+                self.specs,
+                self.config.sampling,
+            )
+        except Exception as exc:
+            if not _is_model_error(exc):
+                raise
+            yield self._stop("model_error", f"{type(exc).__name__}: {exc}")
+            return
+        self.tracker.account(done.usage)
+        yield self.emit(
+            ModelCall(prompt=done.prompt, prefix=self.prefix + text, completion=done.text, usage=done.usage)
+        )
+        for pev in self.parser.feed(call_text):
+            if (ev := self._parser_event(pev)) is not None:
+                yield ev
+        self.prefix += text + call_text
+
+    async def _intervene(self, attempt: _Attempt) -> AsyncIterator[Event]:
+        """Escalate on a reasoning loop (or reasoning cut off by the token limit): nudge, close, stop."""
+        signal = attempt.signal
+        if signal is None:
+            level, reason = 2, "the reasoning hit the token limit without concluding"
+        else:
+            level, reason = signal.level, signal.reason
+        yield self.emit(Warning_(kind="reasoning_loop", message=reason, level=level))
+        if level >= 3 or self.tracker.exceeded() is not None:
+            self.result.raw = self.prefix + attempt.text
+            self.result.stop_status = "reasoning_loop" if level >= 3 else "budget_exceeded"
+            return
+        inject = nudge_text(signal) if level == 1 else close_text(signal)
+        self.forced_close = self.forced_close or level == 2
+        for pev in self.parser.feed(inject):
+            if (ev := self._parser_event(pev)) is not None:
+                yield ev
+        self.prefix += attempt.text + inject
+
+    def _stop(self, status: str, message: str, *, kind: str | None = None) -> Event:
+        self.result.stop_status = status
+        self.result.error = message
+        return self.emit(Warning_(kind=kind or status, message=message, level=3))
+
+    def _sampling(self) -> SamplingParams:
+        """The configured sampling, with no more new tokens than the generation budget has left."""
+        params = self.config.sampling
+        left = self.tracker.left("generated_tokens")
+        if left is not None and left < params.max_new_tokens:
+            return params.model_copy(update={"max_new_tokens": max(1, int(left))})
+        return params
+
+    @staticmethod
+    def _ran_out_thinking(raw: str, attempt: _Attempt) -> bool:
+        usage = attempt.completion.usage if attempt.completion else None
+        return usage is not None and usage.finish_reason == "length" and "</think>" not in raw
+
+    def _parser_event(self, pev: Any) -> Event | None:
+        # Deltas are not traced one by one: the model_call event holds the whole completion.
+        if isinstance(pev, qparser.ReasoningDelta):
+            return self.emit(ReasoningDelta(text=pev.text), trace=False)
+        if isinstance(pev, qparser.ContentDelta):
+            return self.emit(ContentDelta(text=pev.text), trace=False)
+        return None
+
+
+def _is_model_error(exc: BaseException) -> bool:
+    from qwq_agent.agent.clients.errors import ModelError
+
+    return isinstance(exc, ModelError | OSError | TimeoutError)
+
+
+async def _aclose(stream: Any) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            pass
