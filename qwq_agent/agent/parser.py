@@ -122,7 +122,11 @@ _TERMINATORS: dict[_State, tuple[str, ...]] = {
 def _held_suffix_start(buf: str, tags: tuple[str, ...]) -> int:
     """Index where the longest suffix of `buf` that is a proper prefix of one of `tags` starts."""
     longest = max(len(t) for t in tags) - 1
-    for i in range(max(0, len(buf) - longest), len(buf)):
+    # Every tag starts with "<": without one near the end nothing can be held (the common case).
+    start = buf.find("<", max(0, len(buf) - longest))
+    if start < 0:
+        return len(buf)
+    for i in range(start, len(buf)):
         tail = buf[i:]
         if any(t.startswith(tail) for t in tags):
             return i
