@@ -72,7 +72,8 @@ def read_trace(path: str | Path) -> list[Event]:
     """Events of a trace file; a torn last line (an interrupted write) is skipped."""
     events: list[Event] = []
     last_prompt = ""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    # JSON lines end at "\n" only; splitlines() would also split inside strings at U+0085, U+2028, ...
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
