@@ -256,3 +256,16 @@ def test_cli_index_prints_counts(corpus: Path, tmp_path: Path, capsys: pytest.Ca
     assert (counts["added"], counts["updated"], counts["removed"], counts["unchanged"]) == (0, 1, 0, 3)
     assert isinstance(counts["seconds"], float)
     assert main(["index", str(tmp_path / "absent")]) == 2
+
+
+def test_line_numbers_count_newlines_only(tmp_path):
+    from qwq_agent.docindex.store import DocIndex
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    # A form feed and U+2028 are line breaks to str.splitlines() but not to editors or grep -n.
+    (docs / "notes.txt").write_text("intro\x0cpage two\n\nsecond para \u2028 same line\n\nthe zebrafish result\n")
+    with DocIndex(tmp_path / "ix.db", root=docs) as index:
+        index.update()
+        hits = index.search("zebrafish")
+    assert [h.location for h in hits] == ["notes.txt:5"]

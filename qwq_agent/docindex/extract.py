@@ -167,6 +167,15 @@ def _decode(data: bytes) -> str:
     return data.decode("latin-1")
 
 
+def _lines(text: str) -> list[str]:
+    """Lines as editors and `grep -n` number them: split at \n (with \r\n and \r folded in) only.
+
+    `str.splitlines()` also breaks at form feeds, U+0085, U+2028 and more, which would shift every
+    `path:line` citation after such a character.
+    """
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def _paragraphs(lines: list[str], first_line: int = 1) -> Iterable[Block]:
     buf: list[str] = []
     start = first_line
@@ -183,11 +192,11 @@ def _paragraphs(lines: list[str], first_line: int = 1) -> Iterable[Block]:
 
 
 def _text_blocks(text: str) -> Iterable[Block]:
-    return _paragraphs(text.splitlines())
+    return _paragraphs(_lines(text))
 
 
 def _markdown_blocks(text: str) -> Iterable[Block]:
-    lines = text.splitlines()
+    lines = _lines(text)
     i = 0
     # YAML front matter is metadata, not content; skip it but keep line numbers right.
     if lines and lines[0].strip() == "---":
