@@ -428,3 +428,14 @@ async def test_the_loop_runs_the_same_over_the_openai_chat_api():
     assert second[-1]["role"] == "tool" and second[-1]["content"] == "5"
     assert any(m.get("tool_calls") for m in second if m["role"] == "assistant")
     assert "tools" in server.requests[0].body
+
+
+async def test_a_malformed_stream_event_is_retried_and_then_reported():
+    good = "ok\n</think>\n\nfine"
+    async with ScriptedModelServer([Turn(text=good, malformed_after=2), good]) as server:
+        result, _ = await run_agent(server, [add])
+    assert result.status == "completed" and result.answer == "fine"
+    async with ScriptedModelServer([Turn(text=good, malformed_after=1)] * 3) as server:
+        result, _ = await run_agent(server, [add], config=config(model_retries=2))
+    assert result.status == "model_error"
+    assert "Protocol" in (result.error or "") or "malformed" in (result.error or "").lower()
