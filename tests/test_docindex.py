@@ -155,7 +155,8 @@ def test_plain_queries_are_escaped_and_fall_back_to_any_term(corpus: Path, tmp_p
         # FTS5 operators and punctuation are just words in a plain query.
         assert locations(index, 'milk AND ( bread') == ["notes.txt:3"]
         assert index.search('C++ ( "unclosed') == []
-        assert locations(index, "NEAR(mount") == ["guide.md:8"]  # "Mounting" stems to mount
+        # The whole word "mount" (line 10) is cited before the heading "Mounting" (line 8) that stems to it.
+        assert locations(index, "NEAR(mount") == ["guide.md:10"]
         # No section has both words, so any-term ranking applies.
         assert set(locations(index, "Jupiter spectroscopy")) == {"guide.md:11", "sub/paper.pdf#page=1"}
         # Quoted phrases stay together.

@@ -316,14 +316,15 @@ def _match_line(section: Section, words: list[str], phrases: list[list[str]]) ->
         m = re.search(r"\b" + r"\W+".join(map(re.escape, phrase)), lower)
         if m:
             return section.line_at(m.start())
-    best: int | None = None
-    for word in words:
-        for probe in (word, word[: max(4, len(word) - 3)]):
-            m = re.search(r"\b" + re.escape(probe), lower)
-            if m:
-                best = m.start() if best is None else min(best, m.start())
-                break
-    return section.line if best is None else section.line_at(best)
+    # Whole words first: a prefix probe for "radix" would stop at the heading "RadixAttention".
+    for patterns in (
+        [r"\b" + re.escape(w) + r"\b" for w in words],
+        [r"\b" + re.escape(w[: max(4, len(w) - 3)]) for w in words],
+    ):
+        starts = [m.start() for p in patterns if (m := re.search(p, lower))]
+        if starts:
+            return section.line_at(min(starts))
+    return section.line
 
 
 def _explain(error: str, match: str) -> str:
