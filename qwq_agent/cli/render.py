@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 from rich.console import Console
@@ -26,6 +27,7 @@ from qwq_agent.agent.events import (
 from qwq_agent.agent.parser import parse
 
 MAX_RESULT_CHARS = 4000
+_BLANK_RUNS = re.compile(r"\n{3,}")
 
 
 class EventRenderer:
@@ -46,20 +48,31 @@ class EventRenderer:
         self.replaying = replaying
         self._images = 0
         self._in_text = False
+        self._newlines = 1  # newlines at the end of what was printed last
 
     def handle(self, ev: Event) -> None:
-        c = self.console
         if isinstance(ev, ReasoningDelta):
-            c.print(Text(ev.text, style="dim"), end="")
-            self._in_text = True
+            self._text(ev.text, "dim")
         elif isinstance(ev, ContentDelta):
-            c.print(Text(ev.text), end="")
-            self._in_text = True
+            self._text(ev.text, "")
         else:
-            if self._in_text:
-                c.print()
-                self._in_text = False
+            if self._in_text and self._newlines == 0:
+                self.console.print()
+            self._in_text = False
+            self._newlines = 1
             self._structured(ev)
+
+    def _text(self, text: str, style: str) -> None:
+        """Print a delta, keeping at most one blank line between paragraphs across deltas."""
+        lead = len(text) - len(text.lstrip("\n"))
+        text = "\n" * min(lead, max(0, 2 - self._newlines)) + text[lead:]
+        text = _BLANK_RUNS.sub("\n\n", text)
+        if not text:
+            return
+        self.console.print(Text(text, style=style), end="")
+        body = text.rstrip("\n")
+        self._newlines = len(text) - len(body) if body else self._newlines + len(text)
+        self._in_text = True
 
     def _structured(self, ev: Event) -> None:
         c = self.console
