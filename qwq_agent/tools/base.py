@@ -12,7 +12,7 @@ import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, get_type_hints, overload
+from typing import Any, ClassVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import to_jsonable_python
@@ -316,6 +316,47 @@ def tool_from_model(
 ) -> FunctionTool:
     """Same as `FunctionTool.from_model`."""
     return FunctionTool.from_model(model, func, **kwargs)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """`field.path: message` for each error, `; `-joined: short enough for an observation."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
+
+
+class ModelTool:
+    """Base of a configured tool (it holds settings: a database, a policy) whose arguments are one model.
+
+    Subclasses set `name`, `description` and `Args` and implement `run(args, context)`. Arguments are
+    validated again with pydantic here, since callers may bypass the registry's schema check; a
+    failure becomes an error observation, not an exception.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Args: ClassVar[type[BaseModel]]
+    _specs: ClassVar[dict[type, ToolSpec]] = {}
+
+    @property
+    def spec(self) -> ToolSpec:
+        """What the model is told; built once per class (the loop asks for it every step)."""
+        cls = type(self)
+        if cls not in ModelTool._specs:
+            ModelTool._specs[cls] = ToolSpec(
+                name=cls.name, description=cls.description, parameters=cls.Args.model_json_schema()
+            )
+        return ModelTool._specs[cls]
+
+    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        try:
+            args = self.Args.model_validate(arguments)
+        except ValidationError as exc:
+            return ToolOutput(
+                text=f"{self.name}: invalid arguments: {describe_validation_error(exc)}", is_error=True
+            )
+        return await self.run(args, context)
+
+    async def run(self, args: Any, context: ToolContext) -> ToolOutput:
+        raise NotImplementedError
 
 
 def __getattr__(name: str) -> Any:

@@ -6,10 +6,10 @@ import json
 import ssl
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
+from qwq_agent.tools.base import ModelTool
 from qwq_agent.tools.netguard import AddressPolicy, AddressRefused
 from qwq_agent.tools.web.fetch import FetchedPage, FetchError, FetchLimits, guarded_get
 from qwq_agent.tools.web.readable import html_to_readable
@@ -32,7 +32,7 @@ class FetchUrlArgs(BaseModel):
     )
 
 
-class FetchUrl:
+class FetchUrl(ModelTool):
     """Fetch a URL and return its main content as text, links as numbered references.
 
     Runs on the host: the address policy (`AddressPolicy`) keeps it away from loopback, private,
@@ -40,6 +40,12 @@ class FetchUrl:
     """
 
     name = "fetch_url"
+    description = (
+        "Download a web page (HTML, plain text or JSON) and return its readable text. Links are "
+        "shown as [n] with the URL list at the end; cite the page URL. Long pages are cut: call "
+        "again with `offset` to continue."
+    )
+    Args = FetchUrlArgs
 
     def __init__(
         self,
@@ -52,23 +58,7 @@ class FetchUrl:
         self.limits = limits or FetchLimits()
         self.verify = verify
 
-    @property
-    def spec(self) -> ToolSpec:
-        return ToolSpec(
-            name=self.name,
-            description=(
-                "Download a web page (HTML, plain text or JSON) and return its readable text. Links are "
-                "shown as [n] with the URL list at the end; cite the page URL. Long pages are cut: call "
-                "again with `offset` to continue."
-            ),
-            parameters=FetchUrlArgs.model_json_schema(),
-        )
-
-    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
-        try:
-            args = FetchUrlArgs.model_validate(arguments)
-        except ValidationError as exc:
-            return ToolOutput(text=f"fetch_url: invalid arguments: {_brief(exc)}", is_error=True)
+    async def run(self, args: FetchUrlArgs, context: ToolContext) -> ToolOutput:  # type: ignore[override]
         try:
             page = await guarded_get(args.url, policy=self.policy, limits=self.limits, verify=self.verify)
         except AddressRefused as exc:
@@ -153,7 +143,3 @@ def _kind(page: FetchedPage) -> str | None:
         if b"\x00" not in page.body[:4096]:
             return "text"
     return None
-
-
-def _brief(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
+from qwq_agent.tools.base import ModelTool
 
 WORKSPACE = "/workspace"
 _MAX_LINE = 300  # long lines (minified code) would flood the observation
@@ -23,50 +23,49 @@ class SearchCodeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a misspelt argument is an error, not silently ignored
 
-    pattern: str = Field(min_length=1, description="Rust-regex (ripgrep) pattern, or plain text with literal=true.")
+    pattern: str = Field(
+        min_length=1, description="Rust-regex (ripgrep) pattern, or plain text with literal=true."
+    )
     path: str = Field(default=".", description="File or folder to search, relative to /workspace.")
     literal: bool = Field(default=False, description="Treat the pattern as plain text, not a regex.")
     globs: list[str] = Field(
         default_factory=list,
         description="Include/exclude file globs, e.g. ['*.py', '!tests/**'].",
     )
-    context_lines: int = Field(default=0, ge=0, le=10, description="Lines of context before and after each match.")
+    context_lines: int = Field(
+        default=0, ge=0, le=10, description="Lines of context before and after each match."
+    )
     case: Literal["smart", "sensitive", "insensitive"] = Field(
         default="smart", description="'smart': case-insensitive unless the pattern has an upper-case letter."
     )
     max_results: int = Field(default=50, ge=1, le=500, description="Most matches to show.")
 
 
-class SearchCode:
+class SearchCode(ModelTool):
     """Search the sandbox workspace with ripgrep."""
 
     name = "search_code"
+    description = (
+        "Search the files of /workspace with ripgrep (regex or literal text, file globs, context "
+        "lines). Matches are shown as `path:line: text` (context lines as `path-line- text`), "
+        "grouped by file; binary and ignored files are skipped."
+    )
+    Args = SearchCodeArgs
 
     def __init__(self, timeout_s: float = 30.0) -> None:
         self.timeout_s = timeout_s
 
-    @property
-    def spec(self) -> ToolSpec:
-        return ToolSpec(
-            name=self.name,
-            description=(
-                "Search the files of /workspace with ripgrep (regex or literal text, file globs, context "
-                "lines). Matches are shown as `path:line: text` (context lines as `path-line- text`), "
-                "grouped by file; binary and ignored files are skipped."
-            ),
-            parameters=SearchCodeArgs.model_json_schema(),
-        )
-
-    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
-        try:
-            args = SearchCodeArgs.model_validate(arguments)
-        except ValidationError as exc:
-            msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            return ToolOutput(text=f"search_code: invalid arguments: {msgs}", is_error=True)
+    async def run(self, args: SearchCodeArgs, context: ToolContext) -> ToolOutput:  # type: ignore[override]
         sandbox = context.sandbox
         if sandbox is None or not hasattr(sandbox, "search"):
-            return ToolOutput(text="search_code: no sandbox with a workspace is attached to this run.", is_error=True)
-        path = args.path if args.path.startswith("/") else f"{WORKSPACE}/{args.path}".rstrip("/").removesuffix("/.")
+            return ToolOutput(
+                text="search_code: no sandbox with a workspace is attached to this run.", is_error=True
+            )
+        path = (
+            args.path
+            if args.path.startswith("/")
+            else f"{WORKSPACE}/{args.path}".rstrip("/").removesuffix("/.")
+        )
         try:
             result = await sandbox.search(
                 pattern=args.pattern,
@@ -88,7 +87,9 @@ def format_matches(args: SearchCodeArgs, result: Any) -> str:
     matches = list(result.matches)
     shown_where = args.path if args.path not in ("", ".") else "the workspace"
     if not matches:
-        hint = " (try literal=true, case='insensitive' or fewer globs)" if not args.literal or args.globs else ""
+        hint = (
+            " (try literal=true, case='insensitive' or fewer globs)" if not args.literal or args.globs else ""
+        )
         return f"No matches for {args.pattern!r} in {shown_where}{hint}."
     files = list(dict.fromkeys(m.path for m in matches))
     head = f"{result.total_matches} matches"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.docindex import DocIndex, Hit, QuerySyntaxError
 from qwq_agent.protocols import ToolContext, ToolOutput
+from qwq_agent.tools.base import ModelTool
 
 
 class SearchDocsArgs(BaseModel):
@@ -30,32 +30,21 @@ class SearchDocsArgs(BaseModel):
     )
 
 
-class SearchDocs:
+class SearchDocs(ModelTool):
     """Search an index built by `qwq-agent index DIR` and return ranked sections with citations."""
 
     name = "search_docs"
+    description = (
+        "Full-text search (BM25) over the user's local documents (Markdown, text, HTML, PDF). "
+        "Each hit gives `path:line` (or `path#page=N`), its section heading and a snippet with "
+        "**matches** marked; cite hits by that location."
+    )
+    Args = SearchDocsArgs
 
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self.db_path = Path(db_path)
 
-    @property
-    def spec(self) -> ToolSpec:
-        return ToolSpec(
-            name=self.name,
-            description=(
-                "Full-text search (BM25) over the user's local documents (Markdown, text, HTML, PDF). "
-                "Each hit gives `path:line` (or `path#page=N`), its section heading and a snippet with "
-                "**matches** marked; cite hits by that location."
-            ),
-            parameters=SearchDocsArgs.model_json_schema(),
-        )
-
-    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
-        try:
-            args = SearchDocsArgs.model_validate(arguments)
-        except ValidationError as exc:
-            msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            return ToolOutput(text=f"search_docs: invalid arguments: {msgs}", is_error=True)
+    async def run(self, args: SearchDocsArgs, context: ToolContext) -> ToolOutput:  # type: ignore[override]
         try:
             # SQLite is blocking; a fresh connection in a worker thread keeps the event loop free.
             hits, files = await asyncio.to_thread(self._search, args)

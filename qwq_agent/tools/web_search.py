@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
+from qwq_agent.tools.base import ModelTool
 from qwq_agent.tools.web.providers import SearchError, SearchProvider, SearchResult, provider_from_env
 
 
@@ -21,7 +19,7 @@ class WebSearchArgs(BaseModel):
     count: int = Field(default=8, ge=1, le=20, description="How many results to return.")
 
 
-class WebSearch:
+class WebSearch(ModelTool):
     """Search the web through one provider (SearXNG, Brave or Tavily); see `provider_from_env`.
 
     The provider is resolved lazily so building the tool never fails; a missing configuration is
@@ -29,28 +27,17 @@ class WebSearch:
     """
 
     name = "web_search"
+    description = (
+        "Search the web. Returns numbered results with title, URL and snippet; use fetch_url to "
+        "read a page and cite its URL."
+    )
+    Args = WebSearchArgs
 
     def __init__(self, provider: SearchProvider | None = None, *, timeout_s: float = 15.0) -> None:
         self._provider = provider
         self.timeout_s = timeout_s
 
-    @property
-    def spec(self) -> ToolSpec:
-        return ToolSpec(
-            name=self.name,
-            description=(
-                "Search the web. Returns numbered results with title, URL and snippet; use fetch_url to "
-                "read a page and cite its URL."
-            ),
-            parameters=WebSearchArgs.model_json_schema(),
-        )
-
-    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
-        try:
-            args = WebSearchArgs.model_validate(arguments)
-        except ValidationError as exc:
-            msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            return ToolOutput(text=f"web_search: invalid arguments: {msgs}", is_error=True)
+    async def run(self, args: WebSearchArgs, context: ToolContext) -> ToolOutput:  # type: ignore[override]
         try:
             provider = self._provider or provider_from_env()
             async with httpx.AsyncClient(timeout=self.timeout_s, trust_env=False) as client:
