@@ -307,6 +307,19 @@ class ScriptedModelServer:
 
     # ----- turns, cache, output --------------------------------------------------------------------
 
+    async def _turn_for(self, request: ScriptedRequest, out: HttpResponder) -> Turn | None:
+        """The scripted turn for `request`, or None once an error answer (500, scripted status) is sent."""
+        try:
+            turn = await self._record(request)
+        except ScriptExhausted as exc:
+            self.errors.append(str(exc))
+            await out.send_json(500, {"error": {"message": str(exc)}})
+            return None
+        if turn.http_status is not None:
+            await out.send_json(turn.http_status, {"error": {"message": "scripted server failure"}})
+            return None
+        return turn
+
     async def _record(self, request: ScriptedRequest) -> Turn:
         """Record the request, simulate the prefix cache and pick its turn."""
         cached = max((common_prefix_len(request.prompt_ids, seq) for seq in self._cache), default=0)
@@ -393,14 +406,8 @@ class ScriptedModelServer:
             prompt_ids=prompt_ids, rid=rid, stream=bool(body.get("stream")),
         )
         self._aborts.setdefault(rid, asyncio.Event())
-        try:
-            turn = await self._record(request)
-        except ScriptExhausted as exc:
-            self.errors.append(str(exc))
-            await out.send_json(500, {"error": {"message": str(exc)}})
-            return
-        if turn.http_status is not None:
-            await out.send_json(turn.http_status, {"error": {"message": "scripted server failure"}})
+        turn = await self._turn_for(request, out)
+        if turn is None:
             return
         pieces, finish = self._finish(request, turn, request.sampling_params)
         started = time.perf_counter()
@@ -491,14 +498,8 @@ class ScriptedModelServer:
                                   prompt_ids=self.tokenizer.encode(prompt), rid=f"chatcmpl-{uuid.uuid4().hex}",
                                   stream=bool(body.get("stream")))
         self._aborts.setdefault(request.rid or "", asyncio.Event())
-        try:
-            turn = await self._record(request)
-        except ScriptExhausted as exc:
-            self.errors.append(str(exc))
-            await out.send_json(500, {"error": {"message": str(exc)}})
-            return
-        if turn.http_status is not None:
-            await out.send_json(turn.http_status, {"error": {"message": "scripted server failure"}})
+        turn = await self._turn_for(request, out)
+        if turn is None:
             return
         pieces, finish = self._finish(request, turn, body)
         raw = "".join(p for _, p in pieces)
