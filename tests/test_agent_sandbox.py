@@ -95,3 +95,17 @@ async def test_container_killed_between_steps_is_replaced_and_the_model_is_told(
     after_kill = "\n".join(texts[1:])
     assert "replaced" in after_kill or "SandboxDead" in after_kill
     assert "2" in texts[-1]
+
+
+async def test_workspace_contents_land_in_workspace_without_caches(sandbox_image, tmp_path):
+    from qwq_agent.agent.workspace import open_sandbox
+
+    (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "pkg" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / "pkg" / "m.py").write_text("x = 1\n")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (tmp_path / "README.md").write_text("hi\n")
+    async with open_sandbox(workspace=tmp_path, image=sandbox_image) as sb:
+        listing = await sb.shell("cd /workspace && find . -mindepth 1 | sort")
+    assert listing.stdout.split() == ["./README.md", "./pkg", "./pkg/m.py"]

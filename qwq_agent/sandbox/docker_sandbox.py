@@ -13,7 +13,7 @@ import io
 import os
 import tarfile
 import uuid
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -274,16 +274,34 @@ class DockerSandbox:
             req = UploadRequest(dest=dest, data=base64.b64encode(data).decode("ascii"))
         return await self._call(req, UploadResult, self._grace(120))
 
-    async def upload(self, local: str | os.PathLike[str], dest: str = "/workspace") -> UploadResult:
-        """Copy a local file or folder into the directory `dest` (like `docker cp local dest/`)."""
+    async def upload(
+        self,
+        local: str | os.PathLike[str],
+        dest: str = "/workspace",
+        *,
+        contents: bool = False,
+        exclude: Sequence[str] = (),
+    ) -> UploadResult:
+        """Copy a local file or folder into the directory `dest` (like `docker cp local dest/`).
+
+        With `contents`, a folder's entries land directly in `dest` (like `docker cp local/. dest/`).
+        Paths with a component named in `exclude` (e.g. `.git`, `__pycache__`) are left out.
+        """
         path = Path(local)
+        excluded = set(exclude)
+
+        def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+            return None if excluded.intersection(Path(info.name).parts) else info
 
         def pack() -> bytes:
             if not path.exists():
                 raise InvalidRequest(f"{local} does not exist")
+            if contents and not path.is_dir():
+                raise InvalidRequest(f"{local} is not a directory")
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w") as tar:
-                tar.add(path, arcname=path.name)
+                for entry in sorted(path.iterdir()) if contents else [path]:
+                    tar.add(entry, arcname=entry.name, filter=keep)
             return buf.getvalue()
 
         data = await asyncio.to_thread(pack)
