@@ -6,7 +6,8 @@ to recover (a timeout that cost the interpreter's state, a sandbox that was repl
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -87,6 +88,22 @@ def format_shell(result: ShellResult, timeout: float) -> ToolOutput:
     )
 
 
+async def _timed(
+    ctx: ToolContext,
+    timeout: float,
+    op: Callable[[Any, float], Awaitable[Any]],
+    render: Callable[[Any, float], ToolOutput],
+) -> ToolOutput:
+    """Run a timed sandbox operation, clamping the model's timeout and turning failures into text."""
+    if ctx.sandbox is None:
+        return _no_sandbox()
+    timeout = min(max(timeout, 1.0), MAX_TIMEOUT_S)
+    try:
+        return render(await op(ctx.sandbox, timeout), timeout)
+    except SandboxError as exc:
+        return _failure(exc)
+
+
 @tool(name="python")
 async def python_tool(ctx: ToolContext, code: str, timeout: float = DEFAULT_TIMEOUT_S) -> ToolOutput:
     """Run Python code in a persistent interpreter inside the sandbox (like a notebook cell).
@@ -99,13 +116,7 @@ async def python_tool(ctx: ToolContext, code: str, timeout: float = DEFAULT_TIME
         code: the Python source to run
         timeout: seconds before the cell is interrupted (the interpreter is restarted if it must be killed)
     """
-    if ctx.sandbox is None:
-        return _no_sandbox()
-    try:
-        timeout = min(max(timeout, 1.0), MAX_TIMEOUT_S)
-        return format_python(await ctx.sandbox.python(code, timeout=timeout), timeout)
-    except SandboxError as exc:
-        return _failure(exc)
+    return await _timed(ctx, timeout, lambda sb, t: sb.python(code, timeout=t), format_python)
 
 
 @tool(name="shell")
@@ -119,13 +130,7 @@ async def shell_tool(ctx: ToolContext, command: str, timeout: float = DEFAULT_TI
         command: the bash command line
         timeout: seconds before the command and its children are killed
     """
-    if ctx.sandbox is None:
-        return _no_sandbox()
-    try:
-        timeout = min(max(timeout, 1.0), MAX_TIMEOUT_S)
-        return format_shell(await ctx.sandbox.shell(command, timeout=timeout), timeout)
-    except SandboxError as exc:
-        return _failure(exc)
+    return await _timed(ctx, timeout, lambda sb, t: sb.shell(command, timeout=t), format_shell)
 
 
 class EditorArgs(BaseModel):
