@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -129,10 +128,3 @@ def main(example: Example, argv: list[str] | None = None) -> int:
 
 def tool_outputs(result: RunResult) -> list[str]:
     return [m.content for m in result.messages if m.role == "tool"]
-
-
-def here(file: str) -> Path:
-    """The folder of an example script; also makes `examples/` importable from it."""
-    folder = Path(file).resolve().parent
-    sys.path.insert(0, str(folder.parent))
-    return folder

@@ -6,8 +6,7 @@ completion of every model request, so the recorded completions can serve as the 
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -120,7 +119,6 @@ class ReplayModel:
         self._then = then
         self._chunk = chunk
         self.name = f"replay({len(self._calls)} completions)"
-        self.mismatched_prompts = 0
 
     @classmethod
     def from_trace(cls, path: str | Path, **kw: object) -> ReplayModel:
@@ -172,10 +170,3 @@ class ReplayModel:
     async def aclose(self) -> None:
         if self._then is not None:
             await self._then.aclose()  # type: ignore[attr-defined]
-
-
-def iter_jsonl(path: str | Path) -> Iterator[dict]:
-    with Path(path).open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
