@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from qwq_agent.testing._http import HttpRequest, HttpResponder, serve_connection
 from qwq_agent.testing._tokens import ScriptTokenizer, common_prefix_len
@@ -62,6 +62,10 @@ class Turn:
     hold_timeout: float = 30.0
     error_event_after: int | None = None
     """Send an in-stream error event (as SGLang does on a failure mid-request) after this many tokens."""
+    stop_order: Literal["text", "listed", "ignore"] = "text"
+    """Where several stop strings occur: "text" cuts at the earliest in the text; "listed" cuts at the
+    first one in the request's list that occurs anywhere, as SGLang 0.5.17 was seen to do; "ignore"
+    applies none (as SGLang does under a grammar)."""
 
 
 @dataclass
@@ -346,12 +350,12 @@ class ScriptedModelServer:
         """Apply stop strings and the token limit; return the tokens to stream and SGLang's finish reason."""
         text = turn.text
         finish: dict[str, Any] = {"type": "stop", "matched": IM_END_ID}
-        stops = params.get("stop") or []
+        stops = [] if turn.stop_order == "ignore" else params.get("stop") or []
         if isinstance(stops, str):
             stops = [stops]
         hits = [(text.find(s), s) for s in stops if s and s in text]
         if hits:
-            at, matched = min(hits)
+            at, matched = hits[0] if turn.stop_order == "listed" else min(hits)
             text = text[:at]
             finish = {"type": "stop", "matched": matched}
         pieces = self.tokenizer.pieces(text)

@@ -37,6 +37,7 @@ from qwq_agent.agent.clients.errors import (
     ModelTimeoutError,
 )
 from qwq_agent.agent.clients.retry import RetryPolicy
+from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
 
@@ -264,6 +265,8 @@ class OpenAIChatClient:
         usage: dict[str, Any] = {}
         finish: str | None = None
         done = False
+        stops = StopScanner(body.get("stop") or [])
+        emitted = ""  # the raw text yielded: writer.text up to the earliest stop string
         request = self._http.build_request("POST", "/chat/completions", json=body, headers=self._headers())
         try:
             try:
@@ -295,26 +298,33 @@ class OpenAIChatClient:
                         usage = event["usage"]
                     for choice in event.get("choices") or []:
                         delta = choice.get("delta") or {}
-                        piece = writer.feed(delta)
+                        piece = stops.feed(writer.feed(delta))
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
                         if piece:
                             ttft = ttft if ttft is not None else time.perf_counter() - started
+                            emitted += piece
                             yield TextDelta(text=piece)
+                    if stops.matched is not None:
+                        done, finish = True, "stop"  # closing the response makes the server abort
+                        break
             finally:
                 await response.aclose()
             if not done and finish is None:
                 raise ModelConnectionError("stream ended before the server finished")
-            tail = writer.finish()
+            tail = stops.feed(writer.finish()) + stops.flush()
             if tail:
                 ttft = ttft if ttft is not None else time.perf_counter() - started
+                emitted += tail
                 yield TextDelta(text=tail)
+            if stops.matched is not None:
+                finish = "stop"
         except ModelError as exc:
-            exc.partial_text = exc.partial_text or writer.text
+            exc.partial_text = exc.partial_text or emitted
             raise
         details = usage.get("prompt_tokens_details") or {}
         yield Completion(
-            text=writer.text,
+            text=emitted,
             prompt=None,
             usage=Usage(
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),

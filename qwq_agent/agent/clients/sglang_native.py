@@ -25,6 +25,7 @@ from qwq_agent.agent.clients.errors import (
     ModelTimeoutError,
 )
 from qwq_agent.agent.clients.retry import RetryPolicy
+from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
 
@@ -258,11 +259,12 @@ class SGLangClient:
     async def _stream_once(self, payload: dict[str, Any], prompt: str | list[int]) -> AsyncIterator[ModelEvent]:
         rid = payload["rid"]
         started = time.perf_counter()
-        text = ""
+        text = received = ""  # what was yielded; what the server sent (more, when a stop string cut it)
         output_ids: list[int] = []
         ttft: float | None = None
         final: dict[str, Any] | None = None
         incremental = self.incremental
+        stops = StopScanner(payload["sampling_params"].get("stop") or [])
         sent = finished = False
         try:
             request = self._http.build_request("POST", "/generate", json=payload)
@@ -292,21 +294,35 @@ class SGLangClient:
                     if not isinstance(meta, dict):
                         raise ModelProtocolError(f"event without meta_info: {str(event)[:200]}")
                     if incremental is None:
-                        incremental = _detect_incremental(event, meta, text)
-                    delta, ids = _delta(event, text, bool(incremental))
+                        incremental = _detect_incremental(event, meta, received)
+                    delta, ids = _delta(event, received, bool(incremental))
                     output_ids = output_ids + ids if incremental else ids
-                    if delta:
+                    received += delta
+                    piece = stops.feed(delta) if stops.stops else delta
+                    if piece:
                         if ttft is None:
                             ttft = time.perf_counter() - started
-                        text += delta
-                        yield TextDelta(text=delta)
+                        text += piece
+                        yield TextDelta(text=piece)
+                    if stops.matched is not None:
+                        # Cut here even when the server would go on (or trimmed at a later stop string).
+                        final = {**meta, "finish_reason": {"type": "stop", "matched": stops.matched}}
+                        finished = meta.get("finish_reason") is not None
+                        break
                     if meta.get("finish_reason") is not None:
                         final = meta
             finally:
                 await response.aclose()
             if final is None:
                 raise ModelConnectionError("stream ended before the server reported a finish reason")
-            finished = True
+            held = stops.flush()
+            if held:
+                ttft = ttft if ttft is not None else time.perf_counter() - started
+                text += held
+                yield TextDelta(text=held)
+            # A cut made here leaves `finished` as the server left it, so `finally` aborts a request still
+            # generating past the stop string.
+            finished = finished or stops.matched is None
         except ModelError as exc:
             exc.partial_text = exc.partial_text or text
             raise
