@@ -11,6 +11,9 @@ is the loop's own.
     python benchmarks/agent_workload.py --transformers MODEL_DIR --sessions 1 --turns 3 ...
 
 Prints a table and appends one configuration's JSON to --out.
+
+On a GPU machine without a package index, run `scripts/prepare-gpu.sh` here first and carry `.device/`
+as `benchmarks/gpu_agent_workload.sh` describes (it installs the wheels and starts the server).
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
     python benchmarks/gpu_proof.py --url http://127.0.0.1:30000 --n 200 --out results/
 
+On a GPU machine without a package index, run `scripts/prepare-gpu.sh` here first and carry `.device/`
+as `benchmarks/gpu_agent_workload.sh` describes (it installs the wheels and starts the server).
+
 The prompt is a QwQ conversation with two tools whose assistant turn has reached `<tool_call>`. Three sets
 run concurrently against it:
   - unconstrained: generate until `</tool_call>`, as the plain loop does;
