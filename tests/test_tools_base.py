@@ -302,3 +302,48 @@ def test_registry_rejects_an_invalid_schema():
 
     with pytest.raises(Exception, match="5"):
         ToolRegistry([Broken()])
+
+
+def test_annotated_field_descriptions_and_sphinx_numpy_docstrings():
+    from typing import Annotated
+
+    from pydantic import Field
+
+    def convert(
+        amount: Annotated[float, Field(description="How much, in the source currency.", gt=0)],
+        currency: str = "EUR",
+        when: str | None = None,
+    ) -> str:
+        """Convert money.
+
+        :param amount: overridden by the Annotated description
+        :param currency: ISO 4217 code
+            of the target.
+        :param str when: a date
+        """
+        return ""
+
+    props = tool(convert).spec.parameters["properties"]
+    assert tool(convert).spec.description == "Convert money."
+    assert props["amount"]["description"] == "How much, in the source currency."
+    assert props["amount"]["exclusiveMinimum"] == 0
+    assert props["currency"]["description"] == "ISO 4217 code of the target."
+    assert props["when"]["description"] == "a date"
+
+    desc, args = parse_docstring(
+        """Sum numbers.
+
+        Parameters
+        ----------
+        x : int
+            The first
+            number.
+        *rest
+            Others.
+
+        Returns
+        -------
+        int
+        """
+    )
+    assert desc == "Sum numbers." and args == {"x": "The first number.", "rest": "Others."}

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import re
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, get_type_hints, overload
+from typing import Annotated, Any, ClassVar, get_args, get_origin, get_type_hints, overload
 
+import docstring_parser
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
 from qwq_agent.agent.messages import ToolSpec
@@ -46,68 +47,32 @@ def to_tool_output(value: Any) -> ToolOutput:
 
 # -- docstrings ------------------------------------------------------------------------------------
 
-_SECTION = re.compile(
-    r"^(Args|Arguments|Parameters|Params|Returns?|Yields?|Raises?|Examples?|Notes?|See Also|Attributes)\s*:?\s*$"
-)
-_ARG_SECTIONS = {"Args", "Arguments", "Parameters", "Params"}
-# Google: "name: text" / "name (type): text". Numpy: "name : type" / "name", text on indented lines.
-_GOOGLE_ARG = re.compile(r"^\*{0,2}(\w+)(?:\s*\([^)]*\))?:\s*(.*)$")
-_NUMPY_ARG = re.compile(r"^\*{0,2}(\w+)(?:\s+:.*)?$")
-
 
 def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
-    """Split a Google- or Numpy-style docstring into (description, {argument: description}).
+    """Split a Google, NumPy or Sphinx (reST) docstring into (description, {argument: description}).
 
-    The description is the text before the first section (`Args:`, `Returns:`, ...).
+    The description is the text before the first section (`Args:`, `:param x:`, ...). Parsing is
+    `docstring_parser`'s, with the style detected per docstring.
     """
     if not doc:
         return "", {}
-    lines = inspect.cleandoc(doc).splitlines()
-    description: list[str] = []
-    args: dict[str, str] = {}
-    i = 0
-    section: str | None = None
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        numpy_underline = i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}
-        m = _SECTION.match(stripped) if not line.startswith((" ", "\t")) else None
-        if m and (stripped.endswith(":") or numpy_underline):
-            section = m.group(1)
-            i += 2 if numpy_underline else 1
-            continue
-        if section is None:
-            description.append(line)
-        elif section in _ARG_SECTIONS and stripped:
-            i = _read_arg(lines, i, args)
-            continue
-        i += 1
-    return "\n".join(description).strip(), args
+    parsed = docstring_parser.parse(inspect.cleandoc(doc), docstring_parser.DocstringStyle.AUTO)
+    description = "\n\n".join(p for p in (parsed.short_description, parsed.long_description) if p)
+    args = {}
+    for param in parsed.params:
+        name = param.arg_name.lstrip("*").split(" ")[-1]  # "*names", or "int x" from ":param int x:"
+        args[name] = " ".join((param.description or "").split())
+    return description.strip(), args
 
 
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip())
-
-
-def _read_arg(lines: list[str], i: int, args: dict[str, str]) -> int:
-    entry = lines[i].strip()
-    base = _indent(lines[i])
-    text: list[str] = []
-    name: str | None = None
-    if m := _GOOGLE_ARG.match(entry):
-        name = m.group(1)
-        if m.group(2):
-            text.append(m.group(2).strip())
-    elif m := _NUMPY_ARG.match(entry):
-        name = m.group(1)
-    i += 1
-    while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > base):
-        if lines[i].strip():
-            text.append(lines[i].strip())
-        i += 1
-    if name:
-        args[name] = " ".join(text)
-    return i
+def _annotated_description(annotation: Any) -> str | None:
+    """The description given in `Annotated[T, Field(description=...)]`, if any."""
+    if get_origin(annotation) is not Annotated:
+        return None
+    for meta in get_args(annotation)[1:]:
+        if isinstance(meta, FieldInfo) and meta.description:
+            return meta.description
+    return None
 
 
 # -- schema ----------------------------------------------------------------------------------------
@@ -190,7 +155,9 @@ class FunctionTool:
             for p in params:
                 annotation = hints.get(p.name, Any)
                 default = ... if p.default is inspect.Parameter.empty else p.default
-                fields[p.name] = (annotation, Field(default, description=arg_docs.get(p.name) or None))
+                # A description in `Annotated[..., Field(description=...)]` wins over the docstring's.
+                doc = None if _annotated_description(annotation) else arg_docs.get(p.name)
+                fields[p.name] = (annotation, Field(default, description=doc) if doc else Field(default))
             model = create_model(
                 f"{func.__name__}_arguments", __config__=ConfigDict(extra="forbid"), **fields
             )
