@@ -177,7 +177,8 @@ class Agent:
             )
             observations: list[Message] = []
             for err in parsed.errors:
-                yield self._emit(Warning_(kind="malformed_tool_call", message=err.message))
+                kind = "truncated_tool_call" if err.cut_off else "malformed_tool_call"
+                yield self._emit(Warning_(kind=kind, message=err.message))
                 observations.append(
                     Message(
                         role="tool",
@@ -187,7 +188,9 @@ class Agent:
                     )
                 )
             if parsed.tool_calls:
-                async for ev in dispatcher.run(parsed.tool_calls, self.sandbox, observations):
+                async for ev in dispatcher.run(
+                    parsed.tool_calls, self.sandbox, observations, repairs=parsed.repairs
+                ):
                     yield ev
             if observations:
                 self.messages.extend(observations)

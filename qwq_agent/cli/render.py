@@ -102,6 +102,8 @@ class EventRenderer:
             body = ev.call.arguments.get("code") if ev.call.name == "python" else None
             renderable = Syntax(body, "python") if isinstance(body, str) else Syntax(args, "json")
             c.print(Panel(renderable, title=f"tool call · {ev.call.name}", border_style="blue"))
+            if ev.repairs:
+                c.print(f"[dim]repaired: {'; '.join(ev.repairs)}[/dim]")
         elif isinstance(ev, ToolResultEvent):
             text = ev.text if len(ev.text) <= MAX_RESULT_CHARS else ev.text[:MAX_RESULT_CHARS] + "\n…"
             style = "red" if ev.is_error else "green"
