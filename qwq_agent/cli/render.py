@@ -19,6 +19,7 @@ from qwq_agent.agent.events import (
     Final,
     ModelCall,
     ReasoningDelta,
+    ReplayEnded,
     RunStarted,
     ToolCallEvent,
     ToolResultEvent,
@@ -112,6 +113,8 @@ class EventRenderer:
                 self._save_image(img)
         elif isinstance(ev, Warning_):
             c.print(f"[yellow]⚠ {ev.kind} (level {ev.level}): {ev.message}[/yellow]")
+        elif isinstance(ev, ReplayEnded):
+            c.rule(f"[cyan]replay ends after {ev.completions} recorded completions: the live model takes over[/cyan]")
         elif isinstance(ev, BudgetExceeded):
             c.print(f"[red]budget {ev.budget} used up: {ev.used:g} of {ev.limit:g}[/red]")
         elif isinstance(ev, Final):
