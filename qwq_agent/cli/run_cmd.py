@@ -77,7 +77,7 @@ async def _main(args: argparse.Namespace) -> int:
         try:
             recording = load_recording(source, run_id=args.run_id)
         except (OSError, ValueError, TraceError) as exc:
-            console.print(f"[red]cannot read trace {source}: {exc}[/red]")
+            console.print(f"[red]cannot read trace {source}: {exc}[/red]", soft_wrap=True)
             return 2
     task = args.task or (recording.task if recording else None)
     if task is None:
@@ -85,14 +85,15 @@ async def _main(args: argparse.Namespace) -> int:
         return 2
     settings = recorded_settings(args, recording) if recording else fresh_settings(args)
     for note in settings.overrides:
-        console.print(f"[yellow]{'--replay' if args.replay else '--resume'} overrides the recording: {note}[/yellow]")
+        flag = "--replay" if args.replay else "--resume"
+        console.print(f"[yellow]{flag} overrides the recording: {note}[/yellow]", soft_wrap=True)
     # The trace path is checked before any model request or sandbox: a bad one costs nothing.
     run_id = uuid.uuid4().hex[:12]
     trace_path = args.trace or Path("traces") / f"{run_id}.jsonl"
     try:
         check_trace_path(trace_path)
     except TraceError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{exc}[/red]", soft_wrap=True)
         return 2
 
     live = None
@@ -135,8 +136,9 @@ async def _main(args: argparse.Namespace) -> int:
     finally:
         await model.aclose()
     result = agent.result
-    if result is not None and result.trace_error:
-        console.print(f"[yellow]trace incomplete: {result.trace_error}[/yellow]")
     if result is not None and result.trace_path:
-        console.print(f"[dim]trace: {result.trace_path}[/dim]")
+        # The live view already showed why (a trace_failed warning); JSON output is on stdout.
+        why = f": {result.trace_error}" if args.json else ""
+        incomplete = f" (incomplete{why})" if result.trace_error else ""
+        console.print(f"[dim]trace: {result.trace_path}{incomplete}[/dim]", soft_wrap=True)
     return 0 if result is not None and result.status == "completed" else 1
