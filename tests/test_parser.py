@@ -383,3 +383,16 @@ def test_cli_missing_file_is_a_clear_error(tmp_path):
     proc = run_cli(str(tmp_path / "nope.txt"))
     assert proc.returncode == 2
     assert "cannot read" in proc.stderr and proc.stdout == ""
+
+
+def test_at_the_token_limit_a_call_closed_by_the_client_but_not_whole_is_cut_off():
+    # An OpenAI-style client writes the closing tag around argument deltas that stopped mid-way.
+    cut_between_values = '</think>\n\n<tool_call>\n{"name": "f", "arguments": {"a": 1, "b": 2}\n</tool_call>'
+    cut_between_values += "\n"  # whitespace after the call changes nothing
+    r = parse(cut_between_values, length_limited=True)
+    assert r.tool_calls == [] and r.errors[0].cut_off and r.errors[0].name == "f"
+    cut_in_string = '</think>\n\n<tool_call>\n{"name": "f", "arguments": {"s": "abc}\n</tool_call>'
+    r = parse(cut_in_string, length_limited=True)
+    assert r.tool_calls == [] and r.errors[0].cut_off and "token limit" in r.errors[0].message
+    # Without the limit, the missing bracket around complete values is still repaired.
+    assert parse(cut_between_values).tool_calls[0].arguments == {"a": 1, "b": 2}

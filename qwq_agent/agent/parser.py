@@ -198,6 +198,8 @@ class StreamParser:
         elif state is _State.CONTENT:
             if buf:
                 out.append(ContentDelta(text=buf))
+            if length_limited and not buf.strip():
+                self._cut_off_last_call()
         elif state is _State.CALL:
             self._call_parts.append(buf)
             body = self._take_call_body()
@@ -308,6 +310,31 @@ class StreamParser:
             name=name.group(1) if name else None,
             cut_off=True,
         )
+
+    def _cut_off_last_call(self) -> None:
+        """At the token limit, a call that ends the output and was not whole JSON was cut off.
+
+        Its closing tag was written by a client that assembles calls from an API's argument deltas
+        (OpenAI-style), not by the model; adding brackets would run it with its arguments cut short.
+        """
+        i = len(self._events) - 1
+        while i >= 0 and isinstance(self._events[i], ContentDelta) and not self._events[i].text.strip():
+            i -= 1  # only whitespace after the call
+        last = self._events[i] if i >= 0 else None
+        if isinstance(last, ToolCallParsed) and any("closing bracket" in r for r in last.repairs):
+            cut = ToolCallError(
+                id=last.call.id,
+                raw=last.raw,
+                message=CUT_OFF_MESSAGE.format(why="the output reached the token limit"),
+                name=last.call.name,
+                cut_off=True,
+            )
+        elif isinstance(last, ToolCallError) and not last.cut_off:
+            why = "the output reached the token limit"
+            cut = last.model_copy(update={"message": CUT_OFF_MESSAGE.format(why=why), "cut_off": True})
+        else:
+            return
+        self._events[i] = cut
 
     def _finish_call(self, raw: str, repairs: list[str]) -> ToolCallParsed | ToolCallError:
         call_id = self._new_id()
