@@ -190,3 +190,19 @@ async def test_a_stream_stopped_from_outside_still_ends_its_trace(tmp_path):
     last = read_trace(tmp_path / "b.jsonl")[-1]
     assert last.type == "final" and last.status == "interrupted" and last.error == "SIGTERM"
     assert result.status == "interrupted"
+
+
+def test_trace_show_names_the_runs_of_a_mixed_file_and_shows_the_one_chosen(tmp_path):
+    path = tmp_path / "old.jsonl"
+    lines = [
+        RunStarted(run_id="r1", task="first task", model="m", tools=[]),
+        Final(run_id="r1", status="completed", answer="answer one"),
+        RunStarted(run_id="r2", task="second task", model="m", tools=[]),
+        Final(run_id="r2", status="completed", answer="answer two"),
+    ]
+    path.write_text("".join(e.model_dump_json() + "\n" for e in lines))
+    cli = [sys.executable, "-m", "qwq_agent.cli.main", "trace", "show", str(path)]
+    mixed = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert mixed.returncode == 2 and "holds 2 runs (r1, r2)" in mixed.stdout
+    chosen = subprocess.run([*cli, "--run-id", "r2"], capture_output=True, text=True, timeout=60)
+    assert chosen.returncode == 0 and "answer two" in chosen.stdout and "answer one" not in chosen.stdout
