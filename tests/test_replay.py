@@ -120,12 +120,17 @@ def started_of(path) -> RunStarted:
 
 @pytest.mark.docker
 def test_cli_replay_and_resume_use_the_recorded_tools_and_config(sandbox_image, tmp_path):
-    turns = ["Count.\n</think>\n\n" + call("python", code="20 + 22"), "done\n</think>\n\nIt is 42."]
+    # The tool result depends on the workspace: replayed without it, the prompts would diverge.
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "n.txt").write_text("20 22")
+    code = "sum(map(int, open('/workspace/n.txt').read().split()))"
+    turns = ["Count.\n</think>\n\n" + call("python", code=code), "done\n</think>\n\nIt is 42."]
     original = tmp_path / "original.jsonl"
     with ScriptedModelServer(turns) as server:
         proc = run_cli(
             "Add 20 and 22.", "--model-url", server.url, "--tools", "python", "--max-steps", "5",
-            "--max-new-tokens", "777", "--trace", str(original),
+            "--max-new-tokens", "777", "--trace", str(original), "--workspace", str(workspace),
         )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -137,14 +142,15 @@ def test_cli_replay_and_resume_use_the_recorded_tools_and_config(sandbox_image, 
     assert started.config["budget"]["max_steps"] == 5
     assert started.config["sampling"]["max_new_tokens"] == 777
     assert started.replay_of is not None and started.replay_of.mode == "replay"
+    assert started.tool_options == {"workspace": str(workspace.resolve())}
     assert json.loads(proc.stdout.splitlines()[-1])["answer"] == "It is 42."
-    assert "divergence" not in proc.stdout
+    assert "Out: 42" in proc.stdout and "divergence" not in proc.stdout
 
     # Resume a run cut after its first step; an explicit flag wins over the recording, and says so.
     cut = tmp_path / "cut.jsonl"
     with ScriptedModelServer(turns[:1]) as server:
         run_cli("Add 20 and 22.", "--model-url", server.url, "--tools", "python", "--max-steps", "1",
-                "--trace", str(cut))  # fmt: skip
+                "--trace", str(cut), "--workspace", str(workspace))  # fmt: skip
     resumed = tmp_path / "resumed.jsonl"
     with ScriptedModelServer(turns[1:]) as server:
         proc = run_cli("--resume", str(cut), "--model-url", server.url, "--max-steps", "4", "--trace", str(resumed))

@@ -108,12 +108,13 @@ async def _main(args: argparse.Namespace) -> int:
     model = ReplayModel.from_recording(recording, then=live) if recording else live
 
     try:
-        tools = build_tools(settings.tools, **settings.tool_options)
+        tools = build_tools(settings.tools, **settings.build_options())
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
     try:
-        async with open_sandbox(workspace=args.workspace) as sandbox:
+        workspace = Path(settings.workspace) if settings.workspace else None
+        async with open_sandbox(workspace=workspace) as sandbox:
             agent = Agent(
                 model,
                 tools,
@@ -121,7 +122,7 @@ async def _main(args: argparse.Namespace) -> int:
                 config=settings.config,
                 run_id=run_id,
                 trace_path=trace_path,
-                tool_options=settings.tool_options,
+                tool_options=settings.recorded_options(),
             )
             renderer = EventRenderer(console, image_dir=Path("qwq-agent-images") / agent.run_id)
             async for ev in agent.stream(task):

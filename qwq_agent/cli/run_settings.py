@@ -20,6 +20,8 @@ DEFAULT_MAX_STEPS = 30
 DEFAULT_MAX_NEW_TOKENS = 8192
 # The `build_tools` keywords a trace may record.
 TOOL_OPTION_KEYS = ("docs_db", "allow_loopback_fetch")
+# Recorded with them, not passed to `build_tools`: the folder the sandbox's /workspace started from.
+WORKSPACE_KEY = "workspace"
 
 
 class RunSettings(BaseModel):
@@ -30,7 +32,16 @@ class RunSettings(BaseModel):
     tools: list[str]
     tool_options: dict[str, Any]
     config: AgentConfig
+    workspace: str | None = None
     overrides: list[str] = []
+
+    def build_options(self) -> dict[str, Any]:
+        """The `build_tools` keywords."""
+        return {k: v for k, v in self.tool_options.items() if k in TOOL_OPTION_KEYS}
+
+    def recorded_options(self) -> dict[str, Any]:
+        """What `run_started.tool_options` records."""
+        return {**self.build_options(), **({WORKSPACE_KEY: self.workspace} if self.workspace else {})}
 
 
 def _names(text: str) -> list[str]:
@@ -50,7 +61,10 @@ def fresh_settings(args: argparse.Namespace) -> RunSettings:
         ),
         constrained_tool_calls=bool(args.constrained),
     )
-    return RunSettings(tools=_names(args.tools or DEFAULT_TOOLS), tool_options=options, config=config)
+    workspace = str(args.workspace.resolve()) if args.workspace is not None else None
+    return RunSettings(
+        tools=_names(args.tools or DEFAULT_TOOLS), tool_options=options, config=config, workspace=workspace
+    )
 
 
 def recorded_settings(args: argparse.Namespace, recording: Recording) -> RunSettings:
@@ -59,6 +73,10 @@ def recorded_settings(args: argparse.Namespace, recording: Recording) -> RunSett
     options = {k: v for k, v in recording.tool_options.items() if k in TOOL_OPTION_KEYS}
     config = recording.agent_config()
     overrides: list[str] = []
+    workspace = recording.tool_options.get(WORKSPACE_KEY)
+    if args.workspace is not None and str(args.workspace.resolve()) != workspace:
+        overrides.append(f"workspace {args.workspace} (recorded: {workspace})")
+        workspace = str(args.workspace.resolve())
     if args.tools is not None and _names(args.tools) != tools:
         overrides.append(f"tools {','.join(_names(args.tools))} (recorded: {','.join(tools)})")
         tools = _names(args.tools)
@@ -74,4 +92,4 @@ def recorded_settings(args: argparse.Namespace, recording: Recording) -> RunSett
     if args.constrained and not config.constrained_tool_calls:
         overrides.append("constrained tool calls (recorded: off)")
         config.constrained_tool_calls = True
-    return RunSettings(tools=tools, tool_options=options, config=config, overrides=overrides)
+    return RunSettings(tools=tools, tool_options=options, config=config, workspace=workspace, overrides=overrides)
