@@ -396,3 +396,11 @@ def test_at_the_token_limit_a_call_closed_by_the_client_but_not_whole_is_cut_off
     assert r.tool_calls == [] and r.errors[0].cut_off and "token limit" in r.errors[0].message
     # Without the limit, the missing bracket around complete values is still repaired.
     assert parse(cut_between_values).tool_calls[0].arguments == {"a": 1, "b": 2}
+
+
+def test_brackets_are_only_added_after_a_complete_value():
+    # Ending on a comma means another value was coming: closing the brackets would drop it silently.
+    r = parse('</think><tool_call>\n{"name": "f", "arguments": {"a": 1, "b": [1, 2,')
+    assert r.tool_calls == [] and len(r.errors) == 1
+    r = parse('</think><tool_call>\n{"name": "f", "arguments": {"a": 1,')
+    assert r.tool_calls == [] and len(r.errors) == 1

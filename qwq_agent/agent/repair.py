@@ -194,8 +194,7 @@ def _fix_commas_and_brackets(text: str) -> tuple[Any, list[str] | None]:
         return None, None  # the rest of the string is missing: nothing to repair (see module doc)
     if stack:
         if pending_comma is not None:
-            out[pending_comma] = ""
-            notes.add("removed a trailing comma")
+            return None, None  # "[1, 2," ends where a value should follow: it is unfinished, not complete
         out.extend(reversed(stack))
         notes.add("added missing closing bracket(s) at the end")
     if not notes:
