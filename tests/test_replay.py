@@ -85,6 +85,16 @@ async def test_replay_warns_where_the_run_diverges_from_its_recording(tmp_path):
     assert steps == [2, 3]
 
 
+async def test_replay_warns_when_the_run_ends_before_its_recording_does(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    await record(trace, config=config())
+    short = Agent(ReplayModel.from_trace(trace), [add], config=config(budget=Budget(max_steps=1)))
+    events = [ev async for ev in short.stream("Add things.")]
+    warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "replay_divergence"]
+    assert len(warnings) == 1 and "ended after 1 of the 3 recorded model calls" in warnings[0].message
+    assert events[-1].type == "final"
+
+
 async def test_resume_writes_a_new_trace_naming_its_source_and_marking_the_hand_over(tmp_path):
     partial = tmp_path / "partial.jsonl"
     cut = await record(partial, turns=TURNS[:1], config=config(budget=Budget(max_steps=1)))

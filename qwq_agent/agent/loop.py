@@ -129,6 +129,8 @@ class Agent:
                     yield ev
                     if (failed := self._trace_failure()) is not None:
                         yield failed
+                for note in _take_notices(self.model, final=True):
+                    yield self._emit(note)
         except asyncio.CancelledError:
             self.end_run("cancelled", "the run was cancelled")
             raise
@@ -310,10 +312,10 @@ def _replay_source(model: Any) -> ReplaySource | None:
     return source if isinstance(source, ReplaySource) else None
 
 
-def _take_notices(model: Any) -> list[Event]:
+def _take_notices(model: Any, *, final: bool = False) -> list[Event]:
     """Events a model has for the run (a replay's divergences and hand-over to the live model)."""
     take = getattr(model, "take_notices", None)
-    return list(take()) if callable(take) else []
+    return list(take(final=final)) if callable(take) else []
 
 
 def _budget_error(over: tuple[str, float, float] | None) -> str | None:

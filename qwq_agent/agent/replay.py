@@ -135,10 +135,25 @@ class ReplayModel:
         """Whether the next request is answered from the recording."""
         return self._next < len(self._calls)
 
-    def take_notices(self) -> list[Event]:
-        """Events the loop should emit: divergences seen, and the hand-over to the live model."""
+    def take_notices(self, *, final: bool = False) -> list[Event]:
+        """Events the loop should emit: divergences seen, and the hand-over to the live model.
+
+        `final`: the run has ended; a recording it did not use up is a divergence too.
+        """
         if self._then is not None and not self.replaying:
             self._hand_over()
+        if final and self.replaying:
+            self.divergences += 1
+            used = self._next
+            self._notices.append(
+                Warning_(
+                    kind="replay_divergence",
+                    message=(
+                        f"the run ended after {used} of the {len(self._calls)} recorded model calls; "
+                        "the recording went on"
+                    ),
+                )
+            )
         notices, self._notices = self._notices, []
         return notices
 
