@@ -27,7 +27,7 @@ CALL_CLOSE = "</tool_call>"
 
 REPAIR_MISSING_CLOSE = "added the missing </tool_call> at the end of the output"
 CUT_OFF_MESSAGE = (
-    "your tool call was cut off before it ended ({why}), so it was not run. Write the whole call "
+    "the call was cut off before it ended ({why}), so it was not run. Write the whole call "
     "again in one <tool_call> block; if it is long (a big file or script), split the work into "
     "several smaller calls."
 )
