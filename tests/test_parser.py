@@ -172,6 +172,34 @@ def test_truncated_json_at_end_is_closed():
     assert "added missing closing bracket(s) at the end" in r.repairs["call_0"]
 
 
+def test_a_call_cut_off_inside_a_string_is_reported_not_repaired():
+    # Before: the string was closed and the brackets added, so an edit ran with half of its text.
+    r = parse(
+        '</think>\n\n<tool_call>\n{"name": "str_replace_editor", "arguments": {"command": "create", '
+        '"path": "a.py", "file_text": "def f():\\n    return'
+    )
+    assert r.tool_calls == []
+    (err,) = r.errors
+    assert err.cut_off and err.name == "str_replace_editor"
+    assert "cut off" in err.message and "ended inside a string" in err.message and "again" in err.message
+
+
+def test_a_call_open_at_the_token_limit_is_cut_off_even_between_values():
+    text = '</think><tool_call>\n{"name": "f", "arguments": {"a": [1, 2'
+    r = parse(text, length_limited=True)
+    assert r.tool_calls == [] and r.errors[0].cut_off and "token limit" in r.errors[0].message
+    # A call that was closed before the limit is complete and runs.
+    r = parse('</think><tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>', length_limited=True)
+    assert r.tool_calls[0].arguments == {"a": 1} and not r.errors
+
+
+def test_a_string_holding_the_close_tag_is_an_error_with_a_hint_not_a_repair():
+    body = '{"name": "python", "arguments": {"code": "print(\'</tool_call>\')"}}'
+    r = parse("</think><tool_call>\n" + body + "\n</tool_call>")
+    assert r.tool_calls == []
+    assert not r.errors[0].cut_off and "<\\/tool_call>" in r.errors[0].message
+
+
 @pytest.mark.parametrize(
     ("body", "arguments", "repair"),
     [
@@ -355,3 +383,24 @@ def test_cli_missing_file_is_a_clear_error(tmp_path):
     proc = run_cli(str(tmp_path / "nope.txt"))
     assert proc.returncode == 2
     assert "cannot read" in proc.stderr and proc.stdout == ""
+
+
+def test_at_the_token_limit_a_call_closed_by_the_client_but_not_whole_is_cut_off():
+    # An OpenAI-style client writes the closing tag around argument deltas that stopped mid-way.
+    cut_between_values = '</think>\n\n<tool_call>\n{"name": "f", "arguments": {"a": 1, "b": 2}\n</tool_call>'
+    cut_between_values += "\n"  # whitespace after the call changes nothing
+    r = parse(cut_between_values, length_limited=True)
+    assert r.tool_calls == [] and r.errors[0].cut_off and r.errors[0].name == "f"
+    cut_in_string = '</think>\n\n<tool_call>\n{"name": "f", "arguments": {"s": "abc}\n</tool_call>'
+    r = parse(cut_in_string, length_limited=True)
+    assert r.tool_calls == [] and r.errors[0].cut_off and "token limit" in r.errors[0].message
+    # Without the limit, the missing bracket around complete values is still repaired.
+    assert parse(cut_between_values).tool_calls[0].arguments == {"a": 1, "b": 2}
+
+
+def test_brackets_are_only_added_after_a_complete_value():
+    # Ending on a comma means another value was coming: closing the brackets would drop it silently.
+    r = parse('</think><tool_call>\n{"name": "f", "arguments": {"a": 1, "b": [1, 2,')
+    assert r.tool_calls == [] and len(r.errors) == 1
+    r = parse('</think><tool_call>\n{"name": "f", "arguments": {"a": 1,')
+    assert r.tool_calls == [] and len(r.errors) == 1

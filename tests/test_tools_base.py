@@ -9,7 +9,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, Field
 
-from qwq_agent.agent.messages import ToolCall
+from qwq_agent.agent.messages import ToolCall, ToolSpec
 from qwq_agent.protocols import Tool, ToolContext, ToolOutput
 from qwq_agent.tools.base import FunctionTool, ToolArgumentsError, parse_docstring, to_tool_output, tool
 from qwq_agent.tools.registry import ToolRegistry
@@ -347,3 +347,67 @@ def test_annotated_field_descriptions_and_sphinx_numpy_docstrings():
         """
     )
     assert desc == "Sum numbers." and args == {"x": "The first number.", "rest": "Others."}
+
+
+async def test_a_value_equal_to_the_documented_default_is_accepted():
+    @tool
+    def grep(pattern: str, path: str = None, limit: int = 10) -> str:  # type: ignore[assignment]  # noqa: RUF013
+        """Grep.
+
+        Args:
+            pattern: what
+            path: where (default: everywhere)
+            limit: at most this many
+        """
+        return f"{pattern} in {path or 'everywhere'} ({limit})"
+
+    schema = grep.spec.parameters["properties"]["path"]
+    assert schema["type"] == "string" and schema["default"] is None  # the type leaves null out
+    reg = ToolRegistry([grep])
+    out = await reg.call(ToolCall(id="1", name="grep", arguments={"pattern": "x", "path": None, "limit": 10}))
+    assert not out.is_error and out.text == "x in everywhere (10)"
+    # Anything else still has to fit the type: a number, or true for an integer default.
+    for bad in ({"path": 3}, {"limit": True}, {"limit": None}):
+        out = await reg.call(ToolCall(id="2", name="grep", arguments={"pattern": "x", **bad}))
+        assert out.is_error, bad
+
+
+async def test_a_third_party_schema_documenting_a_default_outside_its_type_is_honoured():
+    class Lookup:
+        spec = ToolSpec(
+            name="lookup",
+            description="look up",
+            parameters={
+                "type": "object",
+                "properties": {"key": {"type": "string"}, "lang": {"type": "string", "default": None}},
+                "required": ["key"],
+                "additionalProperties": False,
+            },
+        )
+
+        async def __call__(self, arguments, context):
+            return ToolOutput(text=repr(arguments.get("lang")))
+
+    reg = ToolRegistry([Lookup()])
+    out = await reg.call(ToolCall(id="1", name="lookup", arguments={"key": "k", "lang": None}))
+    assert not out.is_error and out.text == "None"
+    out = await reg.call(ToolCall(id="2", name="lookup", arguments={"key": None}))
+    assert out.is_error  # no default documented for key
+
+
+async def test_model_tools_accept_their_documented_default():
+    from qwq_agent.tools.base import ModelTool
+
+    class Find(ModelTool):
+        name = "find"
+        description = "find"
+
+        class Args(BaseModel):
+            query: str
+            lang: str = None  # type: ignore[assignment]
+
+        async def run(self, args, context):
+            return ToolOutput(text=f"{args.query}/{args.lang}")
+
+    out = await ToolRegistry([Find()]).call(ToolCall(id="1", name="find", arguments={"query": "q", "lang": None}))
+    assert not out.is_error and out.text == "q/None"

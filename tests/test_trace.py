@@ -1,13 +1,31 @@
-"""Trace file details: the prompt-delta encoding and torn last lines."""
+"""Trace files: the prompt-delta encoding, torn last lines, one run per file, interrupted runs."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qwq_agent.agent.events import Final, ModelCall
-from qwq_agent.agent.trace import TraceWriter, common_prefix_len, read_trace
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import Final, ModelCall, RunStarted
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.replay import ReplayModel
+from qwq_agent.agent.trace import (
+    MixedTraceError,
+    TraceExistsError,
+    TraceWriter,
+    common_prefix_len,
+    read_trace,
+    trace_runs,
+)
 from qwq_agent.protocols import Usage
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+from qwq_agent.tools.base import tool
 
 
 @given(st.text(alphabet="ab<>\n", max_size=40), st.text(alphabet="ab<>\n", max_size=40))
@@ -36,3 +54,155 @@ def test_a_torn_last_line_is_skipped(tmp_path):
         fh.write('{"type": "model_call", "prompt": "ab')
     events = read_trace(path)
     assert [e.type for e in events] == ["model_call", "final"]
+
+
+# -- one file, one run -----------------------------------------------------------------------------
+
+
+def test_a_file_holding_a_run_is_refused_or_a_named_new_file_is_used(tmp_path):
+    path = tmp_path / "run.jsonl"
+    with TraceWriter(path) as first:
+        first.write(Final(status="completed", run_id="aaa"))
+    with pytest.raises(TraceExistsError, match="already holds a run"):
+        TraceWriter(path)
+    with TraceWriter(path, if_exists="new", tag="bbb") as second:
+        second.write(Final(status="completed", run_id="bbb"))
+    assert second.path == tmp_path / "run.bbb.jsonl"
+    with TraceWriter(path, if_exists="new", tag="bbb") as third:
+        pass
+    assert third.path == tmp_path / "run.bbb.2.jsonl"
+    assert [e.run_id for e in read_trace(path)] == ["aaa"]
+
+
+def test_two_writers_never_share_a_file_even_an_empty_one(tmp_path):
+    path = tmp_path / "run.jsonl"
+    path.touch()  # an empty file is free to take, but only by one writer at a time
+    with TraceWriter(path) as first:
+        with pytest.raises(TraceExistsError):
+            TraceWriter(path)
+        with TraceWriter(path, if_exists="new", tag="x") as other:
+            assert other.path != first.path
+        # Another process is refused too (the lock is an flock on the open file).
+        code = (
+            "import sys; from qwq_agent.agent.trace import TraceWriter, TraceExistsError\n"
+            "try:\n    TraceWriter(sys.argv[1])\nexcept TraceExistsError:\n    sys.exit(7)\n"
+        )
+        assert subprocess.run([sys.executable, "-c", code, str(path)], timeout=60).returncode == 7
+
+
+def test_reading_a_file_with_several_runs_never_mixes_them(tmp_path):
+    # As versions before one-run-per-file wrote it: a second run appended to the same file.
+    path = tmp_path / "old.jsonl"
+    lines = [
+        RunStarted(run_id="r1", task="first", model="m", tools=[]),
+        ModelCall(run_id="r1", prompt="p1", completion="c1", usage=Usage()),
+        Final(run_id="r1", status="completed", answer="one"),
+        RunStarted(run_id="r2", task="second", model="m", tools=[]),
+        ModelCall(run_id="r2", prompt="p2", completion="c2", usage=Usage()),
+        Final(run_id="r2", status="completed", answer="two"),
+    ]
+    path.write_text("".join(e.model_dump_json() + "\n" for e in lines))
+    with pytest.raises(MixedTraceError, match=r"2 runs.*r1, r2"):
+        read_trace(path)
+    assert trace_runs(path) == ["r1", "r2"]
+    second = read_trace(path, run_id="r2")
+    assert [getattr(e, "answer", None) for e in second if e.type == "final"] == ["two"]
+    assert {e.run_id for e in second} == {"r2"}
+    with pytest.raises(MixedTraceError, match="no run with id 'r3'"):
+        read_trace(path, run_id="r3")
+    with pytest.raises(MixedTraceError):
+        ReplayModel.from_trace(path)
+
+
+def test_write_final_ends_an_interrupted_trace_once(tmp_path):
+    path = tmp_path / "t.jsonl"
+    writer = TraceWriter(path)
+    writer.write(RunStarted(run_id="r", task="t", model="m", tools=[]))
+    assert writer.write_final("interrupted", error="SIGTERM", run_id="r")
+    assert not writer.write_final("interrupted")  # already ended
+    writer.close()
+    events = read_trace(path)
+    assert [e.type for e in events] == ["run_started", "final"] and events[-1].status == "interrupted"
+
+
+# -- the agent's trace -------------------------------------------------------------------------------
+
+
+def call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+TURNS = ["add\n</think>\n\n" + call("add", a=2, b=3), "done\n</think>\n\n5"]
+
+
+async def test_concurrent_agents_given_one_trace_path_write_separate_files(tmp_path):
+    path = tmp_path / "shared.jsonl"
+    config = AgentConfig(check_language=False)
+    async with ScriptedModelServer(TURNS, when_exhausted="repeat") as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agents = [Agent(client, [add], config=config, trace_path=path) for _ in range(4)]
+            results = await asyncio.gather(*(a.run("What is 2 + 3?") for a in agents))
+            # The same agent run again does not append to its earlier run's file either.
+            again = await agents[0].run("What is 2 + 3?")
+    paths = {r.trace_path for r in [*results, again]}
+    assert len(paths) == 5 and str(path) in paths
+    for r in [*results, again]:
+        events = read_trace(r.trace_path)
+        assert [e.type for e in events].count("run_started") == 1 and events[-1].type == "final"
+        assert r.answer == "5" and r.trace_error is None
+
+
+async def test_one_agent_runs_one_task_at_a_time(tmp_path):
+    async with ScriptedModelServer(TURNS, when_exhausted="repeat") as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [add], config=AgentConfig(check_language=False))
+            first = agent.stream("a")
+            await anext(first)
+            with pytest.raises(RuntimeError, match="already running"):
+                await anext(agent.stream("b"))
+            async for _ in first:
+                pass
+            assert agent.result.status == "completed"
+
+
+async def test_a_stream_stopped_from_outside_still_ends_its_trace(tmp_path):
+    async with ScriptedModelServer(TURNS, when_exhausted="repeat") as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            # The caller stops iterating (closes the stream).
+            agent = Agent(client, [add], config=AgentConfig(check_language=False), trace_path=tmp_path / "a.jsonl")
+            stream = agent.stream("What is 2 + 3?")
+            async for ev in stream:
+                if ev.type == "tool_call":
+                    break
+            await stream.aclose()
+            # The caller abandons the stream and ends the run (as a signal handler does).
+            other = Agent(client, [add], config=AgentConfig(check_language=False), trace_path=tmp_path / "b.jsonl")
+            it = other.stream("What is 2 + 3?")
+            await anext(it)
+            result = other.end_run("interrupted", "SIGTERM")
+    assert read_trace(tmp_path / "a.jsonl")[-1].status == "interrupted"
+    last = read_trace(tmp_path / "b.jsonl")[-1]
+    assert last.type == "final" and last.status == "interrupted" and last.error == "SIGTERM"
+    assert result.status == "interrupted"
+
+
+def test_trace_show_names_the_runs_of_a_mixed_file_and_shows_the_one_chosen(tmp_path):
+    path = tmp_path / "old.jsonl"
+    lines = [
+        RunStarted(run_id="r1", task="first task", model="m", tools=[]),
+        Final(run_id="r1", status="completed", answer="answer one"),
+        RunStarted(run_id="r2", task="second task", model="m", tools=[]),
+        Final(run_id="r2", status="completed", answer="answer two"),
+    ]
+    path.write_text("".join(e.model_dump_json() + "\n" for e in lines))
+    cli = [sys.executable, "-m", "qwq_agent.cli.main", "trace", "show", str(path)]
+    mixed = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert mixed.returncode == 2 and "holds 2 runs (r1, r2)" in mixed.stdout
+    chosen = subprocess.run([*cli, "--run-id", "r2"], capture_output=True, text=True, timeout=60)
+    assert chosen.returncode == 0 and "answer two" in chosen.stdout and "answer one" not in chosen.stdout

@@ -45,4 +45,6 @@ class RunResult(BaseModel):
     messages: list[Message]
     totals: dict[str, float]
     trace_path: str | None = None
+    # Why the trace is missing or incomplete (a bad folder, a full disk); None when it is whole.
+    trace_error: str | None = None
     events: int = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from qwq_agent.agent.budgets import BudgetTracker
@@ -36,12 +36,20 @@ class ToolDispatcher:
         self.repetition = repetition
 
     async def run(
-        self, calls: Sequence[ToolCall], sandbox: Any, observations: list[Message]
+        self,
+        calls: Sequence[ToolCall],
+        sandbox: Any,
+        observations: list[Message],
+        *,
+        repairs: Mapping[str, list[str]] | None = None,
     ) -> AsyncIterator[Event]:
-        """Yield call and result events as they happen; append one observation per call, in call order."""
+        """Yield call and result events as they happen; append one observation per call, in call order.
+
+        `repairs` maps a call id to the repairs the parser made to it (shown in its `ToolCallEvent`).
+        """
         sandbox_lock = asyncio.Lock()  # FIFO, so sandbox calls run in the order the model wrote them
         for call in calls:
-            yield self.emit(ToolCallEvent(call=call))
+            yield self.emit(ToolCallEvent(call=call, repairs=list((repairs or {}).get(call.id, ()))))
         tasks = [asyncio.create_task(self._call(call, sandbox, sandbox_lock)) for call in calls]
         try:
             for fut in asyncio.as_completed(tasks):

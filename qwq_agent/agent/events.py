@@ -17,6 +17,15 @@ class _Event(BaseModel):
     ts: float = Field(default_factory=time.time)
 
 
+class ReplaySource(BaseModel):
+    """The recording a run replays (`mode="replay"`) or resumes from (`mode="resume"`)."""
+
+    mode: Literal["replay", "resume"]
+    path: str
+    run_id: str
+    completions: int
+
+
 class RunStarted(_Event):
     type: Literal["run_started"] = "run_started"
     task: str
@@ -24,6 +33,17 @@ class RunStarted(_Event):
     tools: list[str]
     sandbox_id: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
+    # How the tools were built (e.g. `build_tools` options), so a replay can build the same ones.
+    tool_options: dict[str, Any] = Field(default_factory=dict)
+    replay_of: ReplaySource | None = None
+
+
+class ReplayEnded(_Event):
+    """The recorded completions are used up: from here on the live model answers (resume only)."""
+
+    type: Literal["replay_end"] = "replay_end"
+    completions: int
+    divergences: int = 0
 
 
 class ReasoningDelta(_Event):
@@ -103,6 +123,7 @@ Event = Annotated[
     | UsageEvent
     | Warning_
     | BudgetExceeded
+    | ReplayEnded
     | Final,
     Field(discriminator="type"),
 ]

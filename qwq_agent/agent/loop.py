@@ -22,11 +22,11 @@ from qwq_agent.agent.admission import KVAdmission
 from qwq_agent.agent.budgets import BudgetTracker
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
 from qwq_agent.agent.dispatch import ToolDispatcher
-from qwq_agent.agent.events import BudgetExceeded, Event, Final, RunStarted, Warning_
+from qwq_agent.agent.events import BudgetExceeded, Event, Final, ReplaySource, RunStarted, Warning_
 from qwq_agent.agent.language import correction_prompt, language_mismatch
 from qwq_agent.agent.loop_detector import ToolCallRepetitionDetector
 from qwq_agent.agent.messages import Message
-from qwq_agent.agent.trace import TraceWriter
+from qwq_agent.agent.trace import TraceError, TraceWriter
 from qwq_agent.agent.turn import TurnStreamer
 from qwq_agent.protocols import Model, Tool
 from qwq_agent.tools.registry import ToolRegistry
@@ -57,6 +57,7 @@ class Agent:
         trace_path: str | Path | None = None,
         admission: KVAdmission | None = None,
         run_id: str | None = None,
+        tool_options: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(list(tools))
@@ -66,12 +67,18 @@ class Agent:
         self.trace_path = Path(trace_path) if trace_path else None
         self.admission = admission
         self.run_id = run_id or uuid.uuid4().hex[:12]
+        # Recorded in run_started so a replay can build the same tools (e.g. `build_tools` options).
+        self.tool_options = dict(tool_options or {})
         self.messages: list[Message] = []
         self.result: RunResult | None = None
         self.tracker = BudgetTracker(budget=self.config.budget)
         self._trace: TraceWriter | None = None
         self._events = 0
         self._step = 0
+        self._running = False
+        self._ended = True
+        self._trace_reported = False
+        self._trace_open_error: str | None = None
 
     async def run(self, task: str, *, history: Sequence[Message] = ()) -> RunResult:
         """Run to the end and return the result (events are still written to the trace)."""
@@ -86,8 +93,12 @@ class Agent:
         `history` is an earlier conversation this task continues (e.g. a previous run's
         `result.messages`); the task is added to it as the next user turn.
         """
+        if self._running:  # its messages, budget and trace are one run's: two at once would mix them
+            raise RuntimeError("this Agent is already running a task; create one Agent per concurrent task")
+        self._running, self._ended = True, False
         self.tracker = BudgetTracker(budget=self.config.budget)
-        self._trace = TraceWriter(self.trace_path) if self.trace_path else None
+        # Opened before any sandbox or model request, so a bad trace folder costs nothing.
+        trace_notes = self._open_trace()
         self.messages = (
             [*history, Message(role="user", content=task)] if history else self._initial_messages(task)
         )
@@ -105,21 +116,72 @@ class Agent:
                         tools=[s.name for s in self.tools.specs()],
                         sandbox_id=getattr(self.sandbox, "id", None),
                         config=self.config.model_dump(mode="json"),
+                        tool_options=self.tool_options,
+                        replay_of=_replay_source(self.model),
                     )
                 )
+                for note in trace_notes:
+                    yield self._emit(note)
                 async for ev in self._steps(task):
                     if isinstance(ev, Final):
                         status, answer, error = ev.status, ev.answer, ev.error
                         break
                     yield ev
+                    if (failed := self._trace_failure()) is not None:
+                        yield failed
+                for note in _take_notices(self.model, final=True):
+                    yield self._emit(note)
         except asyncio.CancelledError:
-            self._final("cancelled", None, "the run was cancelled")
-            self._close_trace()
+            self.end_run("cancelled", "the run was cancelled")
+            raise
+        except GeneratorExit:  # the caller stopped iterating: the trace still ends with a final event
+            self.end_run("interrupted", "the run was stopped before it ended")
             raise
         except Exception as exc:  # our own bug or an environment failure: report, don't crash
             status, error = "error", f"{type(exc).__name__}: {exc}"
-        yield self._final(status, answer, error)
+        final = self._final(status, answer, error)
         self._close_trace()
+        if (failed := self._trace_failure()) is not None:
+            yield failed
+        yield final
+
+    def end_run(self, status: str = "interrupted", error: str | None = None) -> RunResult | None:
+        """End the current run from outside: write its `final` event, close the trace, set `result`.
+
+        For a caller that stops a run and will not iterate its stream again (Ctrl-C, SIGTERM).
+        Does nothing when the run has already ended; returns `result`.
+        """
+        if not self._ended:
+            self._final(status, None, error)
+        self._close_trace()
+        return self.result
+
+    def _open_trace(self) -> list[Event]:
+        """Open this run's trace; what went wrong or was changed, as warnings for after run_started."""
+        self._trace, self._trace_reported, self._trace_open_error = None, False, None
+        if not self.trace_path:
+            return []
+        try:
+            self._trace = TraceWriter(self.trace_path, if_exists="new", tag=self.run_id)
+        except TraceError as exc:
+            self._trace_reported, self._trace_open_error = True, str(exc)
+            return [Warning_(kind="trace_failed", message=f"{exc}; the run goes on without a trace")]
+        if self._trace.path != self.trace_path:
+            return [
+                Warning_(
+                    kind="trace_renamed",
+                    message=f"{self.trace_path} already holds a run; this run is traced in {self._trace.path}",
+                )
+            ]
+        return []
+
+    def _trace_failure(self) -> Event | None:
+        """A one-line warning, once, when writing the trace has failed."""
+        if self._trace is None or self._trace.error is None or self._trace_reported:
+            return None
+        self._trace_reported = True
+        message = f"the trace could not be written ({self._trace.error}); what was written stays readable"
+        return self._emit(Warning_(kind="trace_failed", message=message))
 
     def _initial_messages(self, task: str) -> list[Message]:
         system = (
@@ -146,6 +208,8 @@ class Agent:
                 return
             self._step += 1
             self.tracker.steps += 1
+            for note in _take_notices(self.model):
+                yield self._emit(note)
             turn = TurnStreamer(
                 self.model,
                 self.messages,
@@ -157,6 +221,8 @@ class Agent:
             )
             async for ev in turn.run():
                 yield ev
+            for note in _take_notices(self.model):
+                yield self._emit(note)
             result = turn.result
             if result.stop_status is not None:
                 over = self.tracker.exceeded()
@@ -177,7 +243,8 @@ class Agent:
             )
             observations: list[Message] = []
             for err in parsed.errors:
-                yield self._emit(Warning_(kind="malformed_tool_call", message=err.message))
+                kind = "truncated_tool_call" if err.cut_off else "malformed_tool_call"
+                yield self._emit(Warning_(kind=kind, message=err.message))
                 observations.append(
                     Message(
                         role="tool",
@@ -187,7 +254,9 @@ class Agent:
                     )
                 )
             if parsed.tool_calls:
-                async for ev in dispatcher.run(parsed.tool_calls, self.sandbox, observations):
+                async for ev in dispatcher.run(
+                    parsed.tool_calls, self.sandbox, observations, repairs=parsed.repairs
+                ):
                     yield ev
             if observations:
                 self.messages.extend(observations)
@@ -217,6 +286,7 @@ class Agent:
         return event
 
     def _final(self, status: str, answer: str | None, error: str | None) -> Event:
+        self._ended = True
         final = self._emit(Final(status=status, answer=answer, error=error, totals=self.tracker.totals()))
         self.result = RunResult(
             run_id=self.run_id,
@@ -225,14 +295,27 @@ class Agent:
             error=error,
             messages=list(self.messages),
             totals=self.tracker.totals(),
-            trace_path=str(self.trace_path) if self.trace_path else None,
+            trace_path=str(self._trace.path) if self._trace is not None else None,
+            trace_error=self._trace.error if self._trace is not None else self._trace_open_error,
             events=self._events,
         )
         return final
 
     def _close_trace(self) -> None:
+        self._running = False
         if self._trace is not None:
             self._trace.close()
+
+
+def _replay_source(model: Any) -> ReplaySource | None:
+    source = getattr(model, "source", None)
+    return source if isinstance(source, ReplaySource) else None
+
+
+def _take_notices(model: Any, *, final: bool = False) -> list[Event]:
+    """Events a model has for the run (a replay's divergences and hand-over to the live model)."""
+    take = getattr(model, "take_notices", None)
+    return list(take(final=final)) if callable(take) else []
 
 
 def _budget_error(over: tuple[str, float, float] | None) -> str | None:

@@ -11,13 +11,14 @@ same whatever the chunking. `parse` does the whole thing for a complete output.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from qwq_agent.agent.messages import ToolCall
-from qwq_agent.agent.repair import CallDecodeError, decode_call
+from qwq_agent.agent.repair import CallDecodeError, decode_call, ends_inside_string
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -25,6 +26,15 @@ CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
 
 REPAIR_MISSING_CLOSE = "added the missing </tool_call> at the end of the output"
+CUT_OFF_MESSAGE = (
+    "the call was cut off before it ended ({why}), so it was not run. Write the whole call "
+    "again in one <tool_call> block; if it is long (a big file or script), split the work into "
+    "several smaller calls."
+)
+
+
+# The name of a cut-off call, when it got that far (so the observation can name its tool).
+_NAME = re.compile(r'"name"\s*:\s*"([^"\\]{1,200})"')
 
 
 class ReasoningDelta(BaseModel):
@@ -60,7 +70,8 @@ class ToolCallError(BaseModel):
     """A `<tool_call>` block that could not be decoded; `message` is written for the model to act on.
 
     It has an `id` like a parsed call so the loop can answer it with a tool message; `name` is set when
-    the name could be read.
+    the name could be read. `cut_off` is set when the output ended before the call did (inside one of
+    its strings, or at the token limit): such a call is never repaired into something runnable.
     """
 
     kind: Literal["tool_call_error"] = "tool_call_error"
@@ -68,6 +79,7 @@ class ToolCallError(BaseModel):
     raw: str
     message: str
     name: str | None = None
+    cut_off: bool = False
 
 
 class ToolCallInReasoning(BaseModel):
@@ -165,8 +177,12 @@ class StreamParser:
         self._events.extend(out)
         return out
 
-    def close(self) -> list[ParseEvent]:
-        """Signal the end of the output; return the remaining events. Idempotent."""
+    def close(self, *, length_limited: bool = False) -> list[ParseEvent]:
+        """Signal the end of the output; return the remaining events. Idempotent.
+
+        `length_limited`: the output stopped at the token limit (`finish_reason="length"`), so a call
+        still open was cut off, not merely left without its closing tag.
+        """
         if self._closed:
             return []
         self._closed = True
@@ -182,9 +198,17 @@ class StreamParser:
         elif state is _State.CONTENT:
             if buf:
                 out.append(ContentDelta(text=buf))
+            if length_limited and not buf.strip():
+                self._cut_off_last_call()
         elif state is _State.CALL:
             self._call_parts.append(buf)
-            out.append(self._finish_call(self._take_call_body(), [REPAIR_MISSING_CLOSE]))
+            body = self._take_call_body()
+            if length_limited:
+                out.append(self._cut_off_call(body, "the output reached the token limit"))
+            elif ends_inside_string(body):
+                out.append(self._cut_off_call(body, "the output ended inside a string"))
+            else:
+                out.append(self._finish_call(body, [REPAIR_MISSING_CLOSE]))
         self._events.extend(out)
         return out
 
@@ -272,9 +296,48 @@ class StreamParser:
         self._call_parts = []
         return body
 
-    def _finish_call(self, raw: str, repairs: list[str]) -> ToolCallParsed | ToolCallError:
+    def _new_id(self) -> str:
         call_id = f"{self._id_prefix}{self._next_id}"
         self._next_id += 1
+        return call_id
+
+    def _cut_off_call(self, raw: str, why: str) -> ToolCallError:
+        name = _NAME.search(raw)
+        return ToolCallError(
+            id=self._new_id(),
+            raw=raw,
+            message=CUT_OFF_MESSAGE.format(why=why),
+            name=name.group(1) if name else None,
+            cut_off=True,
+        )
+
+    def _cut_off_last_call(self) -> None:
+        """At the token limit, a call that ends the output and was not whole JSON was cut off.
+
+        Its closing tag was written by a client that assembles calls from an API's argument deltas
+        (OpenAI-style), not by the model; adding brackets would run it with its arguments cut short.
+        """
+        i = len(self._events) - 1
+        while i >= 0 and isinstance(self._events[i], ContentDelta) and not self._events[i].text.strip():
+            i -= 1  # only whitespace after the call
+        last = self._events[i] if i >= 0 else None
+        if isinstance(last, ToolCallParsed) and any("closing bracket" in r for r in last.repairs):
+            cut = ToolCallError(
+                id=last.call.id,
+                raw=last.raw,
+                message=CUT_OFF_MESSAGE.format(why="the output reached the token limit"),
+                name=last.call.name,
+                cut_off=True,
+            )
+        elif isinstance(last, ToolCallError) and not last.cut_off:
+            why = "the output reached the token limit"
+            cut = last.model_copy(update={"message": CUT_OFF_MESSAGE.format(why=why), "cut_off": True})
+        else:
+            return
+        self._events[i] = cut
+
+    def _finish_call(self, raw: str, repairs: list[str]) -> ToolCallParsed | ToolCallError:
+        call_id = self._new_id()
         try:
             decoded = decode_call(raw)
         except CallDecodeError as exc:
@@ -324,17 +387,20 @@ def result_from_events(events: list[ParseEvent], *, reasoning_closed: bool | Non
     return res
 
 
-def parse(text: str, *, id_prefix: str = "call_", first_id: int = 0) -> ParseResult:
-    """Parse a complete output. Never raises."""
+def parse(
+    text: str, *, id_prefix: str = "call_", first_id: int = 0, length_limited: bool = False
+) -> ParseResult:
+    """Parse a complete output (`length_limited`: it stopped at the token limit). Never raises."""
     parser = StreamParser(id_prefix=id_prefix, first_id=first_id)
     parser.feed(text)
-    parser.close()
+    parser.close(length_limited=length_limited)
     return parser.result()
 
 
 __all__ = [
     "CALL_CLOSE",
     "CALL_OPEN",
+    "CUT_OFF_MESSAGE",
     "THINK_CLOSE",
     "THINK_OPEN",
     "ContentDelta",

@@ -4,6 +4,10 @@ Reasoning models get the JSON of a call slightly wrong in a handful of recurring
 Python literals, code fences, arguments given as a string, a missing closing brace). Each repair applied
 is named, so the loop and the user can see what was changed; what cannot be repaired gets a message
 precise enough for the model to fix its own call.
+
+Repairs only ever add or drop punctuation around values that are complete. A string left open is never
+closed: the text after it is missing, and "repairing" it would run a call with half of its argument
+(an edit that writes half a file). `ends_inside_string` lets the parser report such a call as cut off.
 """
 
 from __future__ import annotations
@@ -101,7 +105,28 @@ def decode_json_lenient(text: str, repairs: list[str], *, what: str) -> Any:
             if note is not None:
                 repairs.extend(note)
                 return value
-    raise CallDecodeError(json_error_message(text, first_error, what=what))
+    message = json_error_message(text, first_error, what=what)
+    if ends_inside_string(text):
+        # Seen when a string holds "</tool_call>" itself: the block ended there, mid-string.
+        message += '\n(a string is left open; write "</tool_call>" inside a string as "<\\/tool_call>")'
+    raise CallDecodeError(message)
+
+
+def ends_inside_string(text: str) -> bool:
+    """Whether `text`, read as JSON, ends inside a string (an opening `"` with no closing one)."""
+    in_string = False
+    escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+    return in_string
 
 
 def json_error_message(text: str, exc: json.JSONDecodeError, *, what: str) -> str:
@@ -166,12 +191,10 @@ def _fix_commas_and_brackets(text: str) -> tuple[Any, list[str] | None]:
                 pending_comma = None
             out.append(ch)
     if in_string:
-        out.append('"')
-        notes.add("closed an unterminated string at the end")
+        return None, None  # the rest of the string is missing: nothing to repair (see module doc)
     if stack:
         if pending_comma is not None:
-            out[pending_comma] = ""
-            notes.add("removed a trailing comma")
+            return None, None  # "[1, 2," ends where a value should follow: it is unfinished, not complete
         out.extend(reversed(stack))
         notes.add("added missing closing bracket(s) at the end")
     if not notes:
@@ -180,7 +203,6 @@ def _fix_commas_and_brackets(text: str) -> tuple[Any, list[str] | None]:
     order = [
         "removed a trailing comma",
         "removed a surplus closing bracket",
-        "closed an unterminated string at the end",
         "added missing closing bracket(s) at the end",
     ]
     return value, [n for n in order if n in notes]

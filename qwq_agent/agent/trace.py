@@ -1,22 +1,49 @@
-"""JSONL traces of agent runs: writing, reading, replaying and resuming.
+"""JSONL traces of agent runs: writing and reading (replay and resume are in `replay.py`).
 
 Each line is one event (see `qwq_agent.agent.events`). `model_call` events hold the exact prompt and
-completion of every model request, so the recorded completions can serve as the model again.
+completion of every model request, so the recorded completions can serve as the model again. One file
+holds one run, and nothing about writing it can fail the run: a failure is reported, not raised.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import Literal
 
-from qwq_agent.agent.events import EVENT_ADAPTER, Event, ModelCall, RunStarted
-from qwq_agent.agent.messages import Message, ToolSpec
-from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta
+from qwq_agent.agent.events import EVENT_ADAPTER, Event, Final, ModelCall, RunStarted
+
+
+class TraceError(Exception):
+    """A trace that cannot be written or read as asked; `str(exc)` says which file and why, in one line."""
+
+
+class TracePathError(TraceError, OSError):
+    """The trace file cannot be created: a bad folder, no permission, or a path that is not a file."""
+
+
+class TraceExistsError(TracePathError):
+    """The trace file already holds a run (or another writer has it open): one file holds one run."""
+
+
+class MixedTraceError(TraceError, ValueError):
+    """A trace file holds several runs (written before one file held one run) and none was chosen."""
 
 
 class TraceWriter:
-    """Appends events to a JSONL file, one flushed line each, so a crash loses at most one event.
+    """Appends one run's events to a JSONL file, one line per event, so a crash loses at most one event.
+
+    One file holds one run. The file is created, or taken only when it is empty, under an exclusive
+    lock held until `close()`: a file that already holds events, or that another writer (in this
+    process or another) holds, is refused with `TraceExistsError`, or with `if_exists="new"` a fresh
+    file next to it is used (`path` says which: `<stem>.<tag><suffix>`, then `.2`, `.3`...).
+
+    Writing never raises. The first failure (a full disk, a removed folder) is kept in `error`, and
+    nothing more is written: what is in the file stays a readable trace (a torn last line is skipped
+    by `read_trace`).
 
     Each prompt extends the previous one almost entirely, so a `model_call` line stores only what
     follows the prefix it shares with the previous prompt (`prompt_shared_prefix_chars` says how
@@ -24,28 +51,145 @@ class TraceWriter:
     not with its square.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] | None = self.path.open("a", encoding="utf-8")
+    def __init__(
+        self, path: str | Path, *, if_exists: Literal["refuse", "new"] = "refuse", tag: str | None = None
+    ) -> None:
+        self.requested_path = Path(path)
+        self.error: str | None = None
+        self.final_written = False
         self._last_prompt = ""
+        self.path, self._fd = _claim(self.requested_path, if_exists=if_exists, tag=tag)
 
-    def write(self, event: Event) -> None:
-        if self._fh is None:
-            return
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def write(self, event: Event) -> bool:
+        """Append `event`; False when it was not written (closed, or the trace failed before or now)."""
+        if self._fd is None:
+            return False
         if isinstance(event, ModelCall) and event.prompt is not None:
             shared = common_prefix_len(self._last_prompt, event.prompt)
             self._last_prompt = event.prompt
             event = event.model_copy(
                 update={"prompt": event.prompt[shared:], "prompt_shared_prefix_chars": shared}
             )
-        self._fh.write(event.model_dump_json(exclude_none=False) + "\n")
-        self._fh.flush()
+        data = (event.model_dump_json(exclude_none=False) + "\n").encode("utf-8")
+        try:
+            view = memoryview(data)
+            while view:  # unbuffered: a line is on disk (or the failure known) when write returns
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self.error = f"{self.path}: {exc.strerror or exc}"
+            self.close()
+            return False
+        if isinstance(event, Final):
+            self.final_written = True
+        return True
+
+    def write_final(
+        self,
+        status: str,
+        *,
+        error: str | None = None,
+        answer: str | None = None,
+        run_id: str = "",
+        step: int = 0,
+        totals: dict[str, float] | None = None,
+    ) -> bool:
+        """Write a `final` event unless one was written already; for runs stopped from outside.
+
+        After Ctrl-C or SIGTERM the stream is not iterated again, so nothing else ends the trace:
+        call this (or `Agent.end_run`, which also sets the result), then `close()`.
+        """
+        if self.final_written:
+            return False
+        final = Final(status=status, error=error, answer=answer, totals=totals or {}, run_id=run_id, step=step)
+        return self.write(final)
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        """Release the file (and its lock). Idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)  # releases the flock too
+            except OSError:
+                pass
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _candidates(path: Path, tag: str | None) -> Iterator[Path]:
+    yield path
+    base = f"{path.stem}.{tag or 'run'}"
+    yield path.with_name(f"{base}{path.suffix}")
+    for i in range(2, 10_000):
+        yield path.with_name(f"{base}.{i}{path.suffix}")
+
+
+def _claim(path: Path, *, if_exists: str, tag: str | None) -> tuple[Path, int]:
+    """Open the first free candidate for `path`: created or empty, and locked by us."""
+    check_trace_folder(path)
+    for candidate in _candidates(path, tag):
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except IsADirectoryError:
+            raise TracePathError(f"trace path {candidate} is a folder, not a file") from None
+        except OSError as exc:
+            raise TracePathError(f"cannot create trace file {candidate}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            busy = os.fstat(fd).st_size > 0
+        except OSError:  # another writer holds it
+            busy = True
+        if not busy:
+            return candidate, fd
+        os.close(fd)
+        if if_exists != "new":
+            raise TraceExistsError(
+                f"trace file {candidate} already holds a run; give a new path (one file holds one run)"
+            )
+    raise TraceExistsError(f"no free trace file name next to {path}")
+
+
+def check_trace_folder(path: str | Path) -> None:
+    """Raise `TracePathError` unless a trace file can be created at `path` (folders are made).
+
+    Cheap enough to call before any sandbox or model request, so a bad folder costs nothing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise TracePathError(f"trace path {path} is a folder, not a file")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TracePathError(f"cannot create trace folder {folder}: {exc.strerror or exc}") from None
+    if not folder.is_dir():
+        raise TracePathError(f"trace folder {folder} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".qwq-trace-check-"):
+            pass
+    except OSError as exc:
+        raise TracePathError(f"cannot write in trace folder {folder}: {exc.strerror or exc}") from None
+
+
+def check_trace_path(path: str | Path) -> None:
+    """`check_trace_folder`, and refuse (`TraceExistsError`) a file that already holds events."""
+    path = Path(path)
+    check_trace_folder(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise TracePathError(f"cannot use trace file {path}: {exc.strerror or exc}") from None
+    if size > 0 and path.is_file():
+        raise TraceExistsError(f"trace file {path} already holds a run; give a new path (one file holds one run)")
 
 
 def common_prefix_len(a: str, b: str) -> int:
@@ -67,8 +211,7 @@ def common_prefix_len(a: str, b: str) -> int:
     return lo
 
 
-def read_trace(path: str | Path) -> list[Event]:
-    """Events of a trace file; a torn last line (an interrupted write) is skipped."""
+def _read_lines(path: str | Path) -> list[Event]:
     events: list[Event] = []
     last_prompt = ""
     # JSON lines end at "\n" only; splitlines() would also split inside strings at U+0085, U+2028, ...
@@ -90,6 +233,55 @@ def read_trace(path: str | Path) -> list[Event]:
     return events
 
 
+def split_runs(events: Sequence[Event]) -> list[list[Event]]:
+    """The runs in a list of events: a new one at a second `run_started`, or where the run id changes."""
+    runs: list[list[Event]] = []
+    current_id = ""
+    started = False  # whether the current run has had its run_started
+    for ev in events:
+        is_start = isinstance(ev, RunStarted)
+        if not runs or (is_start and started) or (ev.run_id and current_id and ev.run_id != current_id):
+            runs.append([])
+            started = False
+        runs[-1].append(ev)
+        started = started or is_start
+        current_id = ev.run_id or current_id
+    return runs
+
+
+def trace_runs(path: str | Path) -> list[str]:
+    """The run id of each run a trace file holds, in order (one, unless written by an old version)."""
+    return [_run_id(r) for r in split_runs(_read_lines(path))]
+
+
+def _run_id(run: list[Event]) -> str:
+    return next((e.run_id for e in run if e.run_id), "")
+
+
+def read_trace(path: str | Path, *, run_id: str | None = None) -> list[Event]:
+    """Events of one run in a trace file; a torn last line (an interrupted write) is skipped.
+
+    A file holding several runs (appended by versions before one file held one run) raises
+    `MixedTraceError` naming them, unless `run_id` picks one: runs are never silently mixed.
+    """
+    runs = split_runs(_read_lines(path))
+    if run_id is not None:
+        chosen = [r for r in runs if _run_id(r) == run_id]
+        if len(chosen) != 1:
+            what = "no run" if not chosen else f"{len(chosen)} runs"
+            raise MixedTraceError(f"trace {path} holds {what} with id {run_id!r} (runs: {_names(runs)})")
+        return chosen[0]
+    if len(runs) > 1:
+        raise MixedTraceError(
+            f"trace {path} holds {len(runs)} runs ({_names(runs)}); choose one by its run id"
+        )
+    return runs[0] if runs else []
+
+
+def _names(runs: list[list[Event]]) -> str:
+    return ", ".join(_run_id(r) or "(no id)" for r in runs)
+
+
 def recorded_completions(events: Iterable[Event]) -> list[ModelCall]:
     return [e for e in events if isinstance(e, ModelCall)]
 
@@ -101,72 +293,11 @@ def task_of(events: Sequence[Event]) -> str:
     raise ValueError("trace has no run_started event")
 
 
-class ReplayExhausted(RuntimeError):
-    """The replay model was asked for more completions than the trace recorded."""
+def __getattr__(name: str) -> object:
+    # Replay lives in its own module (which reads traces with this one); re-exported lazily so
+    # `from qwq_agent.agent.trace import ReplayModel` keeps working without an import cycle.
+    if name in ("ReplayModel", "ReplayExhausted", "Recording", "load_recording"):
+        from qwq_agent.agent import replay
 
-
-class ReplayModel:
-    """A `Model` that answers with the completions recorded in a trace, in order.
-
-    With `then`, it hands over to a live model once the recording runs out: that is how an
-    interrupted run resumes (the recorded turns are replayed, tools re-run in a fresh sandbox so its
-    state is rebuilt, and the live model continues from where the trace ends).
-    """
-
-    def __init__(self, calls: Sequence[ModelCall], *, then: object | None = None, chunk: int = 16) -> None:
-        self._calls = list(calls)
-        self._next = 0
-        self._then = then
-        self._chunk = chunk
-        self.name = f"replay({len(self._calls)} completions)"
-
-    @classmethod
-    def from_trace(cls, path: str | Path, **kw: object) -> ReplayModel:
-        return cls(recorded_completions(read_trace(path)), **kw)  # type: ignore[arg-type]
-
-    @property
-    def remaining(self) -> int:
-        return len(self._calls) - self._next
-
-    async def stream(
-        self,
-        messages: Sequence[Message],
-        tools: Sequence[ToolSpec],
-        params: SamplingParams,
-        *,
-        prefix: str = "",
-    ) -> AsyncIterator[ModelEvent]:
-        if self._next >= len(self._calls):
-            if self._then is None:
-                raise ReplayExhausted(f"the trace recorded {len(self._calls)} completions; all were used")
-            async for ev in self._then.stream(messages, tools, params, prefix=prefix):  # type: ignore[attr-defined]
-                yield ev
-            return
-        call = self._calls[self._next]
-        self._next += 1
-        text = call.completion
-        for i in range(0, len(text), self._chunk):
-            yield TextDelta(text=text[i : i + self._chunk])
-        yield Completion(text=text, prompt=call.prompt, usage=call.usage)
-
-    def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
-        """The prompt a native client would send (replayed constrained calls ask for it)."""
-        if self._next >= len(self._calls) and self._then is not None:
-            return self._then.render_prompt(messages, tools)  # type: ignore[attr-defined]
-        from qwq_agent.agent.chat_format import render
-
-        return render(list(messages), list(tools))
-
-    async def generate(self, prompt: str, params: SamplingParams | None = None) -> Completion:
-        """The next recorded completion as a whole (a constrained tool call, when replaying one)."""
-        if self._next >= len(self._calls):
-            if self._then is None:
-                raise ReplayExhausted(f"the trace recorded {len(self._calls)} completions; all were used")
-            return await self._then.generate(prompt, params)  # type: ignore[attr-defined]
-        call = self._calls[self._next]
-        self._next += 1
-        return Completion(text=call.completion, prompt=call.prompt, usage=call.usage)
-
-    async def aclose(self) -> None:
-        if self._then is not None:
-            await self._then.aclose()  # type: ignore[attr-defined]
+        return getattr(replay, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -109,7 +109,9 @@ class TurnStreamer:
                     return
                 continue
             if attempt.signal is None and not self._ran_out_thinking(self.prefix + attempt.text, attempt):
-                for pev in self.parser.close():
+                usage = attempt.completion.usage if attempt.completion else None
+                length_limited = usage is not None and usage.finish_reason == "length"
+                for pev in self.parser.close(length_limited=length_limited):
                     if (ev := self._parser_event(pev)) is not None:
                         yield ev
                 self.result.raw = self.prefix + attempt.text

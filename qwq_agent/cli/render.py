@@ -19,6 +19,7 @@ from qwq_agent.agent.events import (
     Final,
     ModelCall,
     ReasoningDelta,
+    ReplayEnded,
     RunStarted,
     ToolCallEvent,
     ToolResultEvent,
@@ -102,6 +103,8 @@ class EventRenderer:
             body = ev.call.arguments.get("code") if ev.call.name == "python" else None
             renderable = Syntax(body, "python") if isinstance(body, str) else Syntax(args, "json")
             c.print(Panel(renderable, title=f"tool call · {ev.call.name}", border_style="blue"))
+            if ev.repairs:
+                c.print(f"[dim]repaired: {'; '.join(ev.repairs)}[/dim]")
         elif isinstance(ev, ToolResultEvent):
             text = ev.text if len(ev.text) <= MAX_RESULT_CHARS else ev.text[:MAX_RESULT_CHARS] + "\n…"
             style = "red" if ev.is_error else "green"
@@ -110,6 +113,8 @@ class EventRenderer:
                 self._save_image(img)
         elif isinstance(ev, Warning_):
             c.print(f"[yellow]⚠ {ev.kind} (level {ev.level}): {ev.message}[/yellow]")
+        elif isinstance(ev, ReplayEnded):
+            c.rule(f"[cyan]replay ends after {ev.completions} recorded completions: the live model takes over[/cyan]")
         elif isinstance(ev, BudgetExceeded):
             c.print(f"[red]budget {ev.budget} used up: {ev.used:g} of {ev.limit:g}[/red]")
         elif isinstance(ev, Final):

@@ -17,23 +17,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-url", default=os.environ.get("QWQ_MODEL_URL", DEFAULT_URL))
     p.add_argument("--api", choices=("native", "openai"), default=os.environ.get("QWQ_API", "native"))
     p.add_argument("--model", default=os.environ.get("QWQ_MODEL", "Qwen/QwQ-32B"), help="model name (openai)")
-    p.add_argument("--tools", default="python,shell,str_replace_editor,search_code")
+    p.add_argument(
+        "--tools",
+        help="comma-separated tools (default: python,shell,str_replace_editor,search_code; "
+        "with --replay/--resume: the recorded ones)",
+    )
     p.add_argument("--workspace", type=Path, help="a folder copied into the sandbox's /workspace")
     p.add_argument(
         "--copy-back", type=Path, help="at the end, copy /workspace back into this folder (as DIR/workspace)"
     )
     p.add_argument("--docs-db", type=Path, help="document index for search_docs (see `qwq-agent index`)")
-    p.add_argument("--max-steps", type=int, default=30)
-    p.add_argument("--max-new-tokens", type=int, default=8192)
+    p.add_argument("--max-steps", type=int, help="step budget (default 30; with --replay/--resume: recorded)")
+    p.add_argument(
+        "--max-new-tokens", type=int, help="tokens per model call (default 8192; with --replay/--resume: recorded)"
+    )
     p.add_argument("--keep-reasoning", action="store_true", help="keep earlier reasoning in the prompt")
     p.add_argument(
         "--constrained",
         action="store_true",
+        default=None,
         help="generate tool calls under a grammar of the tools' schemas (native SGLang API)",
     )
-    p.add_argument("--trace", type=Path, help="JSONL trace path (default: ./traces/<run id>.jsonl)")
-    p.add_argument("--replay", type=Path, help="replay a trace's completions instead of a model")
-    p.add_argument("--resume", type=Path, help="replay a trace, then continue with the live model")
+    p.add_argument(
+        "--trace", type=Path, help="JSONL trace path, new or empty (default: ./traces/<run id>.jsonl)"
+    )
+    p.add_argument(
+        "--replay", type=Path, help="replay a trace's completions (and its tools and config) instead of a model"
+    )
+    p.add_argument(
+        "--resume", type=Path, help="replay a trace, then continue with the live model (into a new trace)"
+    )
+    p.add_argument("--run-id", help="with --replay/--resume: the run to use from an old multi-run trace")
     p.add_argument("--json", action="store_true", help="print events as JSON lines instead of the live view")
     p.set_defaults(func=_run)
 
@@ -43,25 +57,44 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    import uuid
+
     from rich.console import Console
 
-    from qwq_agent.agent.budgets import Budget
-    from qwq_agent.agent.loop import Agent, AgentConfig
-    from qwq_agent.agent.trace import ReplayModel, read_trace, task_of
+    from qwq_agent.agent.loop import Agent
+    from qwq_agent.agent.replay import ReplayModel, load_recording
+    from qwq_agent.agent.trace import TraceError, check_trace_path
     from qwq_agent.agent.workspace import open_sandbox
     from qwq_agent.cli.model_check import ModelUnavailable, connect_model
     from qwq_agent.cli.render import EventRenderer
-    from qwq_agent.protocols import SamplingParams
+    from qwq_agent.cli.run_settings import fresh_settings, recorded_settings
     from qwq_agent.tools.catalog import build_tools
 
     console = Console(stderr=args.json)
     source = args.replay or args.resume
-    task = args.task
-    if task is None:
-        if source is None:
-            console.print("[red]give a task, or --replay/--resume a trace[/red]")
+    recording = None
+    if source is not None:
+        try:
+            recording = load_recording(source, run_id=args.run_id)
+        except (OSError, ValueError, TraceError) as exc:
+            console.print(f"[red]cannot read trace {source}: {exc}[/red]", soft_wrap=True)
             return 2
-        task = task_of(read_trace(source))
+    task = args.task or (recording.task if recording else None)
+    if task is None:
+        console.print("[red]give a task, or --replay/--resume a trace[/red]")
+        return 2
+    settings = recorded_settings(args, recording) if recording else fresh_settings(args)
+    for note in settings.overrides:
+        flag = "--replay" if args.replay else "--resume"
+        console.print(f"[yellow]{flag} overrides the recording: {note}[/yellow]", soft_wrap=True)
+    # The trace path is checked before any model request or sandbox: a bad one costs nothing.
+    run_id = uuid.uuid4().hex[:12]
+    trace_path = args.trace or Path("traces") / f"{run_id}.jsonl"
+    try:
+        check_trace_path(trace_path)
+    except TraceError as exc:
+        console.print(f"[red]{exc}[/red]", soft_wrap=True)
+        return 2
 
     live = None
     if args.replay is None:
@@ -72,24 +105,25 @@ async def _main(args: argparse.Namespace) -> int:
         except ModelUnavailable as exc:
             console.print(f"[red]{exc}[/red]")
             return 3
-    model = ReplayModel.from_trace(source, then=live) if source else live
+    model = ReplayModel.from_recording(recording, then=live) if recording else live
 
     try:
-        tools = build_tools(args.tools.split(","), docs_db=args.docs_db)
+        tools = build_tools(settings.tools, **settings.build_options())
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
-    config = AgentConfig(
-        budget=Budget(max_steps=args.max_steps),
-        sampling=SamplingParams(max_new_tokens=args.max_new_tokens),
-        constrained_tool_calls=args.constrained,
-    )
-    trace_path = args.trace
     try:
-        async with open_sandbox(workspace=args.workspace) as sandbox:
-            agent = Agent(model, tools, sandbox=sandbox, config=config)
-            trace_path = trace_path or Path("traces") / f"{agent.run_id}.jsonl"
-            agent.trace_path = trace_path
+        workspace = Path(settings.workspace) if settings.workspace else None
+        async with open_sandbox(workspace=workspace) as sandbox:
+            agent = Agent(
+                model,
+                tools,
+                sandbox=sandbox,
+                config=settings.config,
+                run_id=run_id,
+                trace_path=trace_path,
+                tool_options=settings.recorded_options(),
+            )
             renderer = EventRenderer(console, image_dir=Path("qwq-agent-images") / agent.run_id)
             async for ev in agent.stream(task):
                 if args.json:
@@ -102,6 +136,10 @@ async def _main(args: argparse.Namespace) -> int:
                 console.print(f"[dim]workspace copied back to {args.copy_back}[/dim]")
     finally:
         await model.aclose()
-    console.print(f"[dim]trace: {trace_path}[/dim]")
     result = agent.result
+    if result is not None and result.trace_path:
+        # The live view already showed why (a trace_failed warning); JSON output is on stdout.
+        why = f": {result.trace_error}" if args.json else ""
+        incomplete = f" (incomplete{why})" if result.trace_error else ""
+        console.print(f"[dim]trace: {result.trace_path}{incomplete}[/dim]", soft_wrap=True)
     return 0 if result is not None and result.status == "completed" else 1

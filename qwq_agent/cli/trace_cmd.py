@@ -11,6 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     show = tsub.add_parser("show", help="print a trace readably")
     show.add_argument("file")
     show.add_argument("--prompts", action="store_true", help="also print the exact prompts sent")
+    show.add_argument("--run-id", help="the run to show from an old trace file that holds several")
     show.set_defaults(func=_show)
 
 
@@ -22,9 +23,9 @@ def _show(args: argparse.Namespace) -> int:
 
     console = Console()
     try:
-        events = read_trace(args.file)
+        events = read_trace(args.file, run_id=args.run_id)
     except (OSError, ValueError) as exc:
-        console.print(f"[red]cannot read trace {args.file}: {exc}[/red]")
+        console.print(f"[red]cannot read trace {args.file}: {exc}[/red]", soft_wrap=True)
         return 2
     renderer = EventRenderer(console, show_prompts=args.prompts, replaying=True)
     for ev in events:

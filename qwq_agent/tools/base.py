@@ -24,7 +24,9 @@ from qwq_agent.protocols import ToolContext, ToolOutput
 __all__ = [
     "FunctionTool",
     "ToolArgumentsError",
+    "drop_documented_defaults",
     "parse_docstring",
+    "same_json_value",
     "to_tool_output",
     "tool",
     "tool_from_model",
@@ -43,6 +45,42 @@ def to_tool_output(value: Any) -> ToolOutput:
         return ToolOutput(text=value)
     # to_jsonable_python handles models, dataclasses, datetimes, sets...; str() covers the rest.
     return ToolOutput(text=json.dumps(to_jsonable_python(value, fallback=str), ensure_ascii=False))
+
+
+def same_json_value(a: Any, b: Any) -> bool:
+    """Equal as JSON values: `1 == 1.0`, but `True` is not `1` and `None` is only `None`."""
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json_value(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json_value(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def drop_documented_defaults(model: type[BaseModel], arguments: dict[str, Any]) -> dict[str, Any]:
+    """`arguments` without the values equal to their field's documented default.
+
+    `x: str = None` documents null as the default, but pydantic would reject an explicit null as not a
+    string; leaving the argument out gives the function exactly that default.
+    """
+    if not isinstance(arguments, dict):
+        return arguments
+    out = dict(arguments)
+    for name, field in model.model_fields.items():
+        if field.is_required() or field.default_factory is not None:
+            continue
+        for key in {name, field.alias or name}:
+            if key in out:
+                try:
+                    default = to_jsonable_python(field.default)
+                except Exception:  # a default with no JSON form cannot be what the model wrote
+                    continue
+                if same_json_value(out[key], default):
+                    del out[key]
+    return out
 
 
 # -- docstrings ------------------------------------------------------------------------------------
@@ -226,7 +264,9 @@ class FunctionTool:
     def bind(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Validate `arguments` with pydantic and return the keyword arguments for the function."""
         try:
-            validated = self.arguments_model.model_validate(arguments)
+            validated = self.arguments_model.model_validate(
+                drop_documented_defaults(self.arguments_model, arguments)
+            )
         except ValidationError as exc:
             raise ToolArgumentsError(str(exc)) from None
         if self._model_param is not None:
@@ -315,7 +355,7 @@ class ModelTool:
 
     async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
         try:
-            args = self.Args.model_validate(arguments)
+            args = self.Args.model_validate(drop_documented_defaults(self.Args, arguments))
         except ValidationError as exc:
             return ToolOutput(
                 text=f"{self.name}: invalid arguments: {describe_validation_error(exc)}", is_error=True

@@ -14,14 +14,14 @@ import traceback
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError as SchemaError
 
 from qwq_agent.agent.messages import ToolCall, ToolSpec
 from qwq_agent.protocols import Tool, ToolContext, ToolOutput
-from qwq_agent.tools.base import ToolArgumentsError, to_tool_output
+from qwq_agent.tools.base import ToolArgumentsError, same_json_value, to_tool_output
 
-__all__ = ["ToolRegistry", "describe_schema_errors"]
+__all__ = ["DefaultsValidator", "ToolRegistry", "describe_schema_errors", "same_json_value"]
 
 _MAX_VALUE_CHARS = 80
 _TRACEBACK_LINES = 6
@@ -95,6 +95,23 @@ def _expand(err: SchemaError) -> list[SchemaError]:
     return [e for sub in fitting[0] for e in _expand(sub)]
 
 
+def _default_accepted(check: Any) -> Any:
+    def wrapped(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        # The model did what the docs said: `{"type": "string", "default": null}` documents null.
+        if isinstance(schema, dict) and "default" in schema and same_json_value(instance, schema["default"]):
+            return
+        yield from check(validator, value, instance, schema) or ()
+
+    return wrapped
+
+
+# Draft 2020-12, except that a value equal to the schema's documented `default` is always valid.
+DefaultsValidator = validators.extend(
+    Draft202012Validator,
+    {keyword: _default_accepted(check) for keyword, check in Draft202012Validator.VALIDATORS.items()},
+)
+
+
 def describe_schema_errors(errors: list[SchemaError], *, limit: int = 10) -> list[str]:
     """One line per validation error, ordered by path, capped at `limit` (with a count of the rest)."""
     expanded = [e for err in errors for e in _expand(err)]
@@ -122,7 +139,7 @@ class ToolRegistry:
         self.timeout = timeout
         self.max_errors = max_errors
         self._tools: dict[str, Tool] = {}
-        self._validators: dict[str, Draft202012Validator] = {}
+        self._validators: dict[str, Any] = {}
         for t in tools:
             self.add(t)
 
@@ -133,7 +150,7 @@ class ToolRegistry:
             raise ValueError(f"a tool named {spec.name!r} is already registered")
         Draft202012Validator.check_schema(spec.parameters)
         self._tools[spec.name] = tool
-        self._validators[spec.name] = Draft202012Validator(spec.parameters)
+        self._validators[spec.name] = DefaultsValidator(spec.parameters)
         return tool
 
     def get(self, name: str) -> Tool | None:

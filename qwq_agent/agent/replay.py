@@ -1,0 +1,228 @@
+"""Replaying a recorded run, and resuming it with a live model.
+
+`load_recording` reads what a run was set up with (task, tools and their options, `AgentConfig`) and
+the completions it got, so a replay builds the same run instead of trusting today's defaults.
+`ReplayModel` serves the completions as the model. It checks each prompt against the recorded one,
+and reports a difference as a `replay_divergence` warning; when it hands over to a live model it
+reports a `replay_end` event, so the trace shows which turns were replayed and which are new. The
+loop collects these with `take_notices()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from qwq_agent.agent.events import Event, ModelCall, ReplayEnded, ReplaySource, RunStarted, Warning_
+from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.agent.trace import TraceError, common_prefix_len, read_trace, recorded_completions
+from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta
+
+__all__ = ["Recording", "ReplayExhausted", "ReplayModel", "load_recording"]
+
+_EXCERPT = 60
+
+
+class ReplayExhausted(RuntimeError):
+    """The replay model was asked for more completions than the trace recorded."""
+
+
+class Recording(BaseModel):
+    """One recorded run: how it was set up and the completions it got."""
+
+    path: str
+    run_id: str
+    task: str
+    model: str = ""
+    tools: list[str] = Field(default_factory=list)
+    tool_options: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)
+    completions: list[ModelCall] = Field(default_factory=list)
+    status: str | None = None
+
+    def agent_config(self) -> Any:
+        """The recorded `AgentConfig` (defaults fill in settings added since it was written)."""
+        from qwq_agent.agent.config import AgentConfig
+
+        return AgentConfig.model_validate(self.config)
+
+
+def load_recording(path: str | Path, *, run_id: str | None = None) -> Recording:
+    """Read one run from a trace; raises `TraceError` (or OSError) when there is none to read."""
+    events = read_trace(path, run_id=run_id)
+    started = next((e for e in events if isinstance(e, RunStarted)), None)
+    if started is None:
+        raise TraceError(f"trace {path} has no run_started event: nothing to replay")
+    final = next((e for e in reversed(events) if e.type == "final"), None)
+    return Recording(
+        path=str(path),
+        run_id=started.run_id,
+        task=started.task,
+        model=started.model,
+        tools=list(started.tools),
+        tool_options=dict(started.tool_options),
+        config=dict(started.config),
+        completions=recorded_completions(events),
+        status=getattr(final, "status", None),
+    )
+
+
+def _excerpt(text: str, at: int) -> str:
+    piece = text[max(0, at - 10) : at + _EXCERPT]
+    return piece if piece else "(end)"
+
+
+class ReplayModel:
+    """A `Model` that answers with the completions recorded in a trace, in order.
+
+    With `then`, it hands over to a live model once the recording runs out: that is how an
+    interrupted run resumes (the recorded turns are replayed, tools re-run in a fresh sandbox so its
+    state is rebuilt, and the live model continues from where the trace ends).
+    """
+
+    def __init__(
+        self,
+        calls: Sequence[ModelCall],
+        *,
+        then: object | None = None,
+        chunk: int = 16,
+        source: ReplaySource | None = None,
+    ) -> None:
+        self._calls = list(calls)
+        self._next = 0
+        self._then = then
+        self._chunk = chunk
+        self.source = source
+        self.divergences = 0
+        self._handed_over = False
+        self._notices: list[Event] = []
+        self.name = f"replay({len(self._calls)} completions)"
+
+    @classmethod
+    def from_trace(
+        cls, path: str | Path, *, run_id: str | None = None, then: object | None = None, chunk: int = 16
+    ) -> ReplayModel:
+        """Replay one run of the trace at `path` (`run_id` picks one in an old multi-run file)."""
+        events = read_trace(path, run_id=run_id)
+        calls = recorded_completions(events)
+        source = ReplaySource(
+            mode="resume" if then is not None else "replay",
+            path=str(path),
+            run_id=next((e.run_id for e in events if e.run_id), ""),
+            completions=len(calls),
+        )
+        return cls(calls, then=then, chunk=chunk, source=source)
+
+    @classmethod
+    def from_recording(cls, recording: Recording, *, then: object | None = None, chunk: int = 16) -> ReplayModel:
+        source = ReplaySource(
+            mode="resume" if then is not None else "replay",
+            path=recording.path,
+            run_id=recording.run_id,
+            completions=len(recording.completions),
+        )
+        return cls(recording.completions, then=then, chunk=chunk, source=source)
+
+    @property
+    def remaining(self) -> int:
+        return len(self._calls) - self._next
+
+    @property
+    def replaying(self) -> bool:
+        """Whether the next request is answered from the recording."""
+        return self._next < len(self._calls)
+
+    def take_notices(self, *, final: bool = False) -> list[Event]:
+        """Events the loop should emit: divergences seen, and the hand-over to the live model.
+
+        `final`: the run has ended; a recording it did not use up is a divergence too.
+        """
+        if self._then is not None and not self.replaying:
+            self._hand_over()
+        if final and self.replaying:
+            self.divergences += 1
+            used = self._next
+            self._notices.append(
+                Warning_(
+                    kind="replay_divergence",
+                    message=(
+                        f"the run ended after {used} of the {len(self._calls)} recorded model calls; "
+                        "the recording went on"
+                    ),
+                )
+            )
+        notices, self._notices = self._notices, []
+        return notices
+
+    def _hand_over(self) -> None:
+        if not self._handed_over:
+            self._handed_over = True
+            self._notices.append(ReplayEnded(completions=len(self._calls), divergences=self.divergences))
+
+    def _check_prompt(self, call: ModelCall, prompt: str) -> None:
+        recorded = call.prompt
+        if recorded is None or recorded == prompt:  # OpenAI-API traces record no prompt
+            return
+        self.divergences += 1
+        at = common_prefix_len(recorded, prompt)
+        self._notices.append(
+            Warning_(
+                kind="replay_divergence",
+                message=(
+                    f"recorded model call {self._next} of {len(self._calls)}: the prompt differs from the "
+                    f"recording at character {at} (recorded {_excerpt(recorded, at)!r}, now "
+                    f"{_excerpt(prompt, at)!r}); the recorded completion is used anyway"
+                ),
+            )
+        )
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        params: SamplingParams,
+        *,
+        prefix: str = "",
+    ) -> AsyncIterator[ModelEvent]:
+        if not self.replaying:
+            if self._then is None:
+                raise ReplayExhausted(f"the trace recorded {len(self._calls)} completions; all were used")
+            self._hand_over()
+            async for ev in self._then.stream(messages, tools, params, prefix=prefix):  # type: ignore[attr-defined]
+                yield ev
+            return
+        prompt = self.render_prompt(messages, tools) + prefix
+        call = self._calls[self._next]
+        self._next += 1
+        self._check_prompt(call, prompt)
+        text = call.completion
+        for i in range(0, len(text), self._chunk):
+            yield TextDelta(text=text[i : i + self._chunk])
+        yield Completion(text=text, prompt=call.prompt, usage=call.usage)
+
+    def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
+        """The prompt a native client would send (replayed constrained calls ask for it)."""
+        if self._then is not None and hasattr(self._then, "render_prompt"):
+            return self._then.render_prompt(messages, tools)
+        from qwq_agent.agent.chat_format import render
+
+        return render(list(messages), list(tools))
+
+    async def generate(self, prompt: str, params: SamplingParams | None = None) -> Completion:
+        """The next recorded completion as a whole (a constrained tool call, when replaying one)."""
+        if not self.replaying:
+            if self._then is None:
+                raise ReplayExhausted(f"the trace recorded {len(self._calls)} completions; all were used")
+            self._hand_over()
+            return await self._then.generate(prompt, params)  # type: ignore[attr-defined]
+        call = self._calls[self._next]
+        self._next += 1
+        self._check_prompt(call, prompt)
+        return Completion(text=call.completion, prompt=call.prompt, usage=call.usage)
+
+    async def aclose(self) -> None:
+        if self._then is not None:
+            await self._then.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,174 @@
+"""Replay and resume rebuild the recorded run, say where it diverges, and mark the hand-over to the live model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from qwq_agent.agent.budgets import Budget
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import ModelCall, ReplayEnded, RunStarted, Warning_
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.replay import ReplayModel, load_recording
+from qwq_agent.agent.trace import read_trace
+from qwq_agent.protocols import SamplingParams
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+from qwq_agent.tools.base import tool
+
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+
+
+def call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@tool(name="add")
+def add_wrong(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b + 1
+
+
+TURNS = [
+    "add\n</think>\n\n" + call("add", a=20, b=22),
+    "add more\n</think>\n\n" + call("add", a=42, b=1),
+    "done\n</think>\n\n43",
+]
+
+
+def config(**kw: object) -> AgentConfig:
+    return AgentConfig(check_language=False, **kw)
+
+
+async def record(path, turns=TURNS, **kw):
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [add], trace_path=path, **kw)
+        return await agent.run("Add things.")
+
+
+async def test_a_recording_holds_the_tools_their_options_and_the_config(tmp_path):
+    custom = config(
+        system_prompt="Be terse.", budget=Budget(max_steps=7), sampling=SamplingParams(max_new_tokens=999)
+    )
+    await record(tmp_path / "t.jsonl", config=custom, tool_options={"docs_db": "/data/notes.sqlite3"})
+    rec = load_recording(tmp_path / "t.jsonl")
+    assert rec.task == "Add things." and rec.tools == ["add"]
+    assert rec.tool_options == {"docs_db": "/data/notes.sqlite3"}
+    assert rec.agent_config() == custom
+    assert len(rec.completions) == 3 and rec.status == "completed"
+
+
+async def test_replay_warns_where_the_run_diverges_from_its_recording(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    await record(trace, config=config())
+    faithful = Agent(ReplayModel.from_trace(trace), [add], config=config())
+    events = [ev async for ev in faithful.stream("Add things.")]
+    assert not [e for e in events if isinstance(e, Warning_) and e.kind == "replay_divergence"]
+
+    # The tool now answers differently: the next prompt is not the recorded one.
+    diverged = Agent(ReplayModel.from_trace(trace), [add_wrong], config=config())
+    events = [ev async for ev in diverged.stream("Add things.")]
+    warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "replay_divergence"]
+    assert len(warnings) == 2  # the second and third prompts hold the changed results
+    assert "recorded model call 2 of 3" in warnings[0].message
+    assert r"\n42\n</tool" in warnings[0].message and r"\n43\n</tool" in warnings[0].message
+    # Reported before the run goes on, and recorded in the run's events.
+    steps = [e.step for e in events if isinstance(e, Warning_) and e.kind == "replay_divergence"]
+    assert steps == [2, 3]
+
+
+async def test_replay_warns_when_the_run_ends_before_its_recording_does(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    await record(trace, config=config())
+    short = Agent(ReplayModel.from_trace(trace), [add], config=config(budget=Budget(max_steps=1)))
+    events = [ev async for ev in short.stream("Add things.")]
+    warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "replay_divergence"]
+    assert len(warnings) == 1 and "ended after 1 of the 3 recorded model calls" in warnings[0].message
+    assert events[-1].type == "final"
+
+
+async def test_resume_writes_a_new_trace_naming_its_source_and_marking_the_hand_over(tmp_path):
+    partial = tmp_path / "partial.jsonl"
+    cut = await record(partial, turns=TURNS[:1], config=config(budget=Budget(max_steps=1)))
+    assert cut.status == "budget_exceeded"
+    source_bytes = partial.read_bytes()
+    async with ScriptedModelServer(TURNS[1:]) as server, SGLangClient(server.url, retry=NO_RETRY) as live:
+        # Pointing the new run at the source trace does not append to it.
+        agent = Agent(ReplayModel.from_trace(partial, then=live), [add], config=config(), trace_path=partial)
+        events = [ev async for ev in agent.stream("Add things.")]
+    assert agent.result.answer == "43"
+    assert partial.read_bytes() == source_bytes
+    assert agent.result.trace_path != str(partial)
+    written = read_trace(agent.result.trace_path)
+    started = written[0]
+    assert isinstance(started, RunStarted) and started.replay_of is not None
+    assert started.replay_of.mode == "resume" and started.replay_of.path == str(partial)
+    assert started.replay_of.run_id == cut.run_id and started.replay_of.completions == 1
+    # The marker sits between the replayed model call and the first live one.
+    kinds = [type(e).__name__ for e in written if isinstance(e, ModelCall | ReplayEnded)]
+    assert kinds == ["ModelCall", "ReplayEnded", "ModelCall", "ModelCall"]
+    assert next(e for e in events if isinstance(e, ReplayEnded)).completions == 1
+
+
+def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "run", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def started_of(path) -> RunStarted:
+    first = read_trace(path)[0]
+    assert isinstance(first, RunStarted)
+    return first
+
+
+@pytest.mark.docker
+def test_cli_replay_and_resume_use_the_recorded_tools_and_config(sandbox_image, tmp_path):
+    # The tool result depends on the workspace: replayed without it, the prompts would diverge.
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "n.txt").write_text("20 22")
+    code = "sum(map(int, open('/workspace/n.txt').read().split()))"
+    turns = ["Count.\n</think>\n\n" + call("python", code=code), "done\n</think>\n\nIt is 42."]
+    original = tmp_path / "original.jsonl"
+    with ScriptedModelServer(turns) as server:
+        proc = run_cli(
+            "Add 20 and 22.", "--model-url", server.url, "--tools", "python", "--max-steps", "5",
+            "--max-new-tokens", "777", "--trace", str(original), "--workspace", str(workspace),
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    replayed = tmp_path / "replayed.jsonl"
+    proc = run_cli("--replay", str(original), "--trace", str(replayed), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    started = started_of(replayed)
+    assert started.tools == ["python"] and started.task == "Add 20 and 22."
+    assert started.config["budget"]["max_steps"] == 5
+    assert started.config["sampling"]["max_new_tokens"] == 777
+    assert started.replay_of is not None and started.replay_of.mode == "replay"
+    assert started.tool_options == {"workspace": str(workspace.resolve())}
+    assert json.loads(proc.stdout.splitlines()[-1])["answer"] == "It is 42."
+    assert "Out: 42" in proc.stdout and "divergence" not in proc.stdout
+
+    # Resume a run cut after its first step; an explicit flag wins over the recording, and says so.
+    cut = tmp_path / "cut.jsonl"
+    with ScriptedModelServer(turns[:1]) as server:
+        run_cli("Add 20 and 22.", "--model-url", server.url, "--tools", "python", "--max-steps", "1",
+                "--trace", str(cut), "--workspace", str(workspace))  # fmt: skip
+    resumed = tmp_path / "resumed.jsonl"
+    with ScriptedModelServer(turns[1:]) as server:
+        proc = run_cli("--resume", str(cut), "--model-url", server.url, "--max-steps", "4", "--trace", str(resumed))
+        assert len(server.requests) == 1
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "--resume overrides the recording: max steps 4 (recorded: 1)" in out
+    started = started_of(resumed)
+    assert started.tools == ["python"] and started.replay_of.mode == "resume"
+    assert started.replay_of.path == str(cut)
+    assert [e.type for e in read_trace(resumed)].count("replay_end") == 1

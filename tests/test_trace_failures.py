@@ -1,0 +1,128 @@
+"""A trace that cannot be written never costs the answer: a full disk (a real small tmpfs) and bad folders."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import Warning_
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.trace import read_trace
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+from qwq_agent.tools.base import tool
+
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+# Long enough that run_started fits on the small disk and the first model_call (which repeats the
+# task in its prompt) does not: the disk fills mid-run, mid-line.
+TASK = "What is 2 + 3? " + "Please be careful. " * 150
+
+
+def call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+TURNS = ["add\n</think>\n\n" + call("add", a=2, b=3), "done\n</think>\n\nThe answer is 5."]
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 KiB tmpfs: writing more than that fails with ENOSPC, as on a full disk."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+async def run_agent(trace_path, turns=TURNS):
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [add], config=AgentConfig(check_language=False), trace_path=trace_path)
+        events = [ev async for ev in agent.stream(TASK)]
+        return agent.result, events, server.requests
+
+
+async def test_a_full_disk_is_reported_once_and_the_answer_and_the_written_events_survive(small_disk):
+    path = small_disk / "run.jsonl"
+    result, events, _ = await run_agent(path)
+    assert result.status == "completed" and result.answer == "The answer is 5."
+    assert result.trace_error is not None and "No space left on device" in result.trace_error
+    failures = [e for e in events if isinstance(e, Warning_) and e.kind == "trace_failed"]
+    assert len(failures) == 1 and str(path) in failures[0].message
+    assert events[-1].type == "final"
+    written = read_trace(path)  # readable: the line torn by the full disk is skipped
+    assert written and written[0].type == "run_started" and written[0].task == TASK
+    assert len(written) < len([e for e in events if e.type not in ("reasoning", "content")])
+
+
+async def test_a_bad_trace_folder_is_found_before_the_model_is_asked_and_the_run_goes_on(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the trace folder should be\n")
+    result, events, requests = await run_agent(blocker / "traces" / "run.jsonl")
+    assert result.status == "completed" and result.answer == "The answer is 5."
+    assert result.trace_path is None and "cannot create trace folder" in (result.trace_error or "")
+    # Reported right after run_started, before the first model request's events.
+    assert events[0].type == "run_started"
+    assert isinstance(events[1], Warning_) and events[1].kind == "trace_failed"
+    assert len(requests) == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_refuses_a_bad_trace_path_before_the_model_or_a_sandbox(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    held = tmp_path / "held.jsonl"
+    held.write_text('{"type": "final", "status": "completed"}\n')
+    # No model server at this URL: exit code 3 would mean the model was tried first.
+    url = f"http://127.0.0.1:{free_port()}"
+    for trace, expected in ((blocker / "t.jsonl", "cannot create trace folder"), (held, "already holds a run")):
+        proc = subprocess.run(
+            [*CLI, "run", "hi", "--model-url", url, "--trace", str(trace)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        out = (proc.stdout + proc.stderr).strip()
+        assert proc.returncode == 2, out
+        assert expected in out and len(out.splitlines()) <= 2 and "Traceback" not in out
+    assert held.read_text() == '{"type": "final", "status": "completed"}\n'  # untouched
+
+
+@pytest.mark.docker
+def test_cli_on_a_full_disk_prints_the_answer_and_one_line_about_the_trace(sandbox_image, small_disk):
+    trace = small_disk / "run.jsonl"
+    turns = ["Count.\n</think>\n\n" + call("python", code="2 + 3"), "done\n</think>\n\nThe answer is 5."]
+    with ScriptedModelServer(turns) as server:
+        proc = subprocess.run(
+            [*CLI, "run", TASK, "--model-url", server.url, "--tools", "python", "--trace", str(trace)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "The answer is 5." in out
+    assert sum("No space left on device" in line for line in out.splitlines()) == 1, out
+    assert "Traceback" not in out
+    assert read_trace(trace)[0].type == "run_started"
