@@ -31,15 +31,12 @@ def run(args: argparse.Namespace) -> int:
 
     from qwq_agent.agent.parser import StreamParser, merge_deltas
 
-    try:
-        if args.file == "-":
-            text = sys.stdin.read()
-        else:
-            with open(args.file, encoding="utf-8") as fh:
-                text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"qwq-agent parse: cannot read {args.file}: {exc}", file=sys.stderr)
-        return 2
+    # An unreadable file is reported by qwq_agent.cli.errors (exit 2).
+    if args.file == "-":
+        text = sys.stdin.read()
+    else:
+        with open(args.file, encoding="utf-8") as fh:
+            text = fh.read()
 
     parser = StreamParser()
     events = parser.feed(text) + parser.close()

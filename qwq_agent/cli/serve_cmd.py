@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.cli.preflight import check_model_url
     from qwq_agent.serve import (
         INSTALL_HINT,
         ServeConfig,
@@ -56,25 +58,26 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
 
     if args.model_url:
+        check_model_url(args.model_url)
         info = probe(args.model_url.rstrip("/"))
         if info is None:
-            print(f"error: no healthy server at {args.model_url} (/health did not answer 200)", file=sys.stderr)
-            return 1
+            raise CliError(
+                f"no healthy server at {args.model_url} (/health did not answer 200)",
+                "start one with `qwq-agent serve`, or check the URL (scheme, host and port)",
+                code=1,
+            )
         _report(info)
         return 0
 
     if args.command is None:
         problems = check_prerequisites()
         if problems:
-            for problem in problems:
-                print(f"error: {problem}", file=sys.stderr)
-            print(
-                f"To serve here: a machine with an NVIDIA GPU and `{INSTALL_HINT}`.\n"
-                "Or use a server that already runs: `qwq-agent run --model-url http://HOST:30000 ...` "
-                "(SGLang native API), or `--api openai --model-url https://...` for an OpenAI-compatible one.",
-                file=sys.stderr,
+            raise CliError(
+                "cannot serve here: " + "; ".join(problems),
+                f"on a machine with an NVIDIA GPU run `{INSTALL_HINT}`; or use a server that already runs: "
+                "`qwq-agent run --model-url http://HOST:30000 ...` (SGLang), `--api openai` for an "
+                "OpenAI-compatible one",
             )
-            return 2
 
     log_path = args.log_file or Path(tempfile.mkdtemp(prefix="qwq-serve-")) / "server.log"
     server = ServerProcess(command, config.url, log_path)
