@@ -42,8 +42,9 @@ async def connect_model(
             response = await http.get(url.rstrip("/") + probe)
     except httpx.HTTPError as exc:
         why = type(exc).__name__
-        if url.startswith("https://") and "SSL" in str(exc).upper():
-            why += "; the server may speak plain http:// instead"
+        if url.startswith("https://") and isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            # A plain-HTTP server never answers (or garbles) a TLS handshake.
+            why += "; if the server speaks plain HTTP, use http:// instead of https://"
         raise advice(url, why) from None
     if response.status_code in (401, 403):
         raise ModelUnavailable(
