@@ -186,7 +186,7 @@ CASES |= {
     "trace-folder/trace-show": Case(["trace", "show", "{tmp}"], ["it is a folder", "qwq-agent run"]),
     "trace-garbage/trace-show": Case(["trace", "show", "{tmp}/garbage.jsonl"], ["not a qwq-agent event"]),
     "trace-empty/trace-show": Case(["trace", "show", "{tmp}/empty.jsonl"], ["holds no events"]),
-    "raw-output-missing/parse": Case(["parse", "{tmp}/absent.txt"], ["absent.txt", "no such file", "check the path"]),
+    "raw-output-missing/parse": Case(["parse", "{tmp}/absent.txt"], ["absent.txt", "no such file", "pass a raw model output"]),
     "raw-output-binary/parse": Case(["parse", "{tmp}/binary.jsonl"], ["not utf-8"]),
     # The document index.
     "docs-db-not-given/run": Case(

@@ -30,13 +30,9 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from qwq_agent.agent.parser import StreamParser, merge_deltas
+    from qwq_agent.cli.preflight import read_text
 
-    # An unreadable file is reported by qwq_agent.cli.errors (exit 2).
-    if args.file == "-":
-        text = sys.stdin.read()
-    else:
-        with open(args.file, encoding="utf-8") as fh:
-            text = fh.read()
+    text = sys.stdin.read() if args.file == "-" else read_text(args.file, "a raw model output (text)")
 
     parser = StreamParser()
     events = parser.feed(text) + parser.close()

@@ -221,6 +221,16 @@ def check_model_url(url: str) -> None:
         raise CliError(f"model URL {url!r}: {exc}", "use e.g. http://127.0.0.1:30000", code=EXIT_MODEL) from None
 
 
+def read_text(path: str | Path, what: str) -> str:
+    """A UTF-8 file's text, or a `CliError` saying why it cannot be read; `what` names what it should be."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"cannot read {path}: not UTF-8 text", f"pass {what}") from None
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", f"pass {what}") from None
+
+
 def load_trace(path: Path) -> list[Any]:
     """A trace's events, or a `CliError` naming the file and what is wrong with it."""
     from qwq_agent.agent.trace import read_trace
