@@ -116,3 +116,58 @@ def test_sigterm_during_a_sandbox_tool_call_ends_the_json_stream_with_final_and_
     # The run's own container is gone (removed on the way out, not left to the janitor).
     ps = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"id={sandbox_id}"], capture_output=True, text=True)
     assert ps.returncode == 0 and ps.stdout.strip() == "", ps.stdout
+
+
+def test_signal_before_the_run_started_says_so(tmp_path):
+    """SIGTERM while the model server is being probed: no run, no trace, and the output says so."""
+    import socket
+
+    accepted = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        held: list[socket.socket] = []
+
+        def accept() -> None:  # accept and never answer, like a wedged server
+            conn, _ = listener.accept()
+            held.append(conn)
+            accepted.set()
+
+        threading.Thread(target=accept, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        proc = start(["run", "hi", "--model-url", url, "--tools", "fetch_url"], tmp_path)
+        try:
+            wait_for(lambda: accepted.is_set() or proc.poll() is not None, "the probe's connection")
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=DEADLINE_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            for conn in held:
+                conn.close()
+    assert proc.returncode == 128 + signal.SIGTERM, out + err
+    assert "Traceback" not in out + err
+    assert "stopped before the run started; no trace was written" in out
+    assert not (tmp_path / "traces").exists()
+
+
+def test_ensure_final_appends_one_only_when_the_trace_lacks_it(tmp_path):
+    from qwq_agent.agent.events import Final, RunStarted
+    from qwq_agent.agent.trace import TraceWriter
+    from qwq_agent.cli.interrupted import ensure_final
+
+    path = tmp_path / "t.jsonl"
+    writer = TraceWriter(path)
+    writer.write(RunStarted(task="t", model="m", tools=[], run_id="r1"))
+    writer.close()
+    with path.open("a") as fh:
+        fh.write('{"type": "fin')  # a line torn by the interruption
+    final = Final(run_id="r1", status="cancelled", error="interrupted by SIGTERM")
+    ensure_final(path, final)
+    ensure_final(path, final)
+    from qwq_agent.agent.trace import read_trace
+
+    events = read_trace(path)
+    assert [e.type for e in events] == ["run_started", "final"]
+    assert events[-1].status == "cancelled"

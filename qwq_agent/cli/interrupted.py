@@ -31,11 +31,21 @@ def ensure_final(path: Path | None, final: Final) -> None:
         return
     from qwq_agent.agent.trace import TraceWriter
 
+    _drop_torn_tail(path)
     writer = TraceWriter(path)
     try:
         writer.write(final)
     finally:
         writer.close()
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line the interruption left half-written: appended to, it would spoil the next line too."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as fh:
+            fh.truncate(end)
 
 
 def print_interrupted(

@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -251,3 +252,28 @@ def load_trace(path: Path) -> list[Any]:
     if not events:
         raise CliError(f"cannot read trace {path}: it holds no events", fix)
     return events
+
+
+@dataclass
+class RunPlan:
+    """What the start-up checks of `qwq-agent run` found: the tools, whether they need a sandbox, the trace."""
+
+    tools: list[str]
+    sandbox: bool
+    recorded: list[Any] | None  # the events of the --replay/--resume trace
+
+
+def check_run(args: Any) -> RunPlan:
+    """All start-up checks of `qwq-agent run`, cheapest first; the model server is probed afterwards."""
+    names = tool_names(args.tools)
+    sandbox = needs_sandbox(names)
+    check_tools(names, docs_db=args.docs_db)
+    check_workspace(args.workspace, args.copy_back, sandbox=sandbox)
+    source = args.replay or args.resume
+    recorded = load_trace(source) if source else None
+    if args.replay is None:
+        check_model_url(args.model_url)
+    if sandbox:
+        check_docker()
+        check_sandbox_image()
+    return RunPlan(tools=names, sandbox=sandbox, recorded=recorded)

@@ -7,6 +7,10 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 DEFAULT_URL = "http://127.0.0.1:30000"
 
@@ -43,9 +47,24 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    import contextlib
-
+    """Run the agent; Ctrl-C or SIGTERM stops it cleanly and shows how far it got."""
     from rich.console import Console
+
+    from qwq_agent.cli.interrupted import print_interrupted
+    from qwq_agent.cli.signals import Interrupts
+
+    console = Console(stderr=args.json)
+    started: dict[str, Any] = {}  # "agent" and "trace_path" once a run exists
+    with Interrupts() as interrupts:
+        code = await _run_agent(args, console, started)
+    if interrupts.signum is not None:
+        print_interrupted(console, started.get("agent"), started.get("trace_path"), interrupts.name, as_json=args.json)
+        return interrupts.exit_code
+    return code
+
+
+async def _run_agent(args: argparse.Namespace, console: Console, started: dict[str, Any]) -> int:
+    import contextlib
 
     from qwq_agent.agent.budgets import Budget
     from qwq_agent.agent.loop import Agent, AgentConfig
@@ -53,67 +72,51 @@ async def _main(args: argparse.Namespace) -> int:
     from qwq_agent.agent.workspace import open_sandbox
     from qwq_agent.cli import preflight
     from qwq_agent.cli.errors import CliError
-    from qwq_agent.cli.interrupted import print_interrupted
     from qwq_agent.cli.model_check import connect_model
     from qwq_agent.cli.render import EventRenderer
-    from qwq_agent.cli.signals import Interrupts
     from qwq_agent.protocols import SamplingParams
     from qwq_agent.tools.catalog import build_tools
 
-    console = Console(stderr=args.json)
     source = args.replay or args.resume
-    names = preflight.tool_names(args.tools)
-    sandboxed = preflight.needs_sandbox(names)
-    # Everything that cannot work is found here, before a sandbox starts or the model is asked.
-    preflight.check_tools(names, docs_db=args.docs_db)
-    preflight.check_workspace(args.workspace, args.copy_back, sandbox=sandboxed)
-    recorded = preflight.load_trace(source) if source else None
+    plan = preflight.check_run(args)  # what cannot work is found before a sandbox starts or the model is asked
     task = args.task
     if task is None:
-        if recorded is None:
+        if plan.recorded is None:
             raise CliError("no task given", "pass the task as an argument, or --replay/--resume a trace")
-        task = task_of(recorded)
-    if args.replay is None:
-        preflight.check_model_url(args.model_url)
-    if sandboxed:
-        preflight.check_docker()
-        preflight.check_sandbox_image()
+        task = task_of(plan.recorded)
 
     live = None
     if args.replay is None:
-        live = await connect_model(args.model_url, api=args.api, model=args.model, keep_reasoning=args.keep_reasoning)
+        live = await connect_model(
+            args.model_url, api=args.api, model=args.model, keep_reasoning=args.keep_reasoning
+        )
     model = ReplayModel.from_trace(source, then=live) if source else live
 
-    tools = build_tools(names, docs_db=args.docs_db)
+    tools = build_tools(plan.tools, docs_db=args.docs_db)
     config = AgentConfig(
         budget=Budget(max_steps=args.max_steps),
         sampling=SamplingParams(max_new_tokens=args.max_new_tokens),
         constrained_tool_calls=args.constrained,
     )
     trace_path = args.trace
-    agent = None
-    with Interrupts() as interrupts:
-        try:
-            sandbox_scope = open_sandbox(workspace=args.workspace) if sandboxed else contextlib.nullcontext()
-            async with sandbox_scope as sandbox:
-                agent = Agent(model, tools, sandbox=sandbox, config=config)
-                trace_path = trace_path or Path("traces") / f"{agent.run_id}.jsonl"
-                agent.trace_path = trace_path
-                renderer = EventRenderer(console, image_dir=Path("qwq-agent-images") / agent.run_id)
-                async for ev in agent.stream(task):
-                    if args.json:
-                        sys.stdout.write(ev.model_dump_json() + "\n")
-                        sys.stdout.flush()
-                    else:
-                        renderer.handle(ev)
-                if args.copy_back is not None:
-                    await sandbox.download("/workspace", args.copy_back)
-                    console.print(f"[dim]workspace copied back to {args.copy_back}[/dim]")
-        finally:
-            await model.aclose()
-    if interrupts.signum is not None:
-        print_interrupted(console, agent, trace_path, interrupts.name, as_json=args.json)
-        return interrupts.exit_code
+    try:
+        async with open_sandbox(workspace=args.workspace) if plan.sandbox else contextlib.nullcontext() as sandbox:
+            agent = Agent(model, tools, sandbox=sandbox, config=config)
+            trace_path = trace_path or Path("traces") / f"{agent.run_id}.jsonl"
+            agent.trace_path = trace_path
+            started.update(agent=agent, trace_path=trace_path)
+            renderer = EventRenderer(console, image_dir=Path("qwq-agent-images") / agent.run_id)
+            async for ev in agent.stream(task):
+                if args.json:
+                    sys.stdout.write(ev.model_dump_json() + "\n")
+                    sys.stdout.flush()
+                else:
+                    renderer.handle(ev)
+            if args.copy_back is not None:
+                await sandbox.download("/workspace", args.copy_back)
+                console.print(f"[dim]workspace copied back to {args.copy_back}[/dim]")
+    finally:
+        await model.aclose()
     console.print(f"[dim]trace: {trace_path}[/dim]")
-    result = agent.result if agent is not None else None
+    result = agent.result
     return 0 if result is not None and result.status == "completed" else 1
