@@ -90,6 +90,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     with sqlite3.connect(root / "other.db") as conn:
         conn.execute("CREATE TABLE customers (id INTEGER)")
     (root / "a-file").write_text("not a folder\n")
+    (root / "big").mkdir()
+    with (root / "big" / "data.bin").open("wb") as fh:
+        fh.truncate(60 * 2**20)  # sparse: 60 MiB to the upload, nothing on disk
     (root / "docs").mkdir()
     (root / "docs" / "notes.md").write_text("# notes\nradix caches\n")
     # Short: the path of a unix socket is limited to ~100 bytes.
@@ -156,6 +159,11 @@ CASES |= {
     "workspace-is-a-file/run": Case(
         ["run", "hi", "--model-url", "{model}", "--tools", "python", "--workspace", "{tmp}/a-file"],
         ["is not a folder", "pass a folder to --workspace"],
+        before_model=True,
+    ),
+    "workspace-too-big/run": Case(
+        ["run", "hi", "--model-url", "{model}", "--tools", "python", "--workspace", "{tmp}/big"],
+        ["holds more than 48 mib", "only what the agent needs"],
         before_model=True,
     ),
     "copy-back-under-a-file/run": Case(

@@ -64,6 +64,14 @@ def _sandbox(exc: BaseException) -> CliError:
     )
 
 
+def _refused(exc: BaseException) -> CliError:
+    # In the CLI only the workspace upload and the copy-back send requests of the user's making.
+    return CliError(
+        f"the sandbox refused a request: {_first_line(str(exc))}",
+        "check --workspace (what it holds, how big it is) and --copy-back",
+    )
+
+
 def _image_build(exc: BaseException) -> CliError:
     return CliError(
         f"the sandbox image could not be built: {_first_line(str(exc))}",
@@ -106,9 +114,9 @@ def _mappers() -> list[tuple[type[BaseException], Callable[[BaseException], CliE
     """Most specific first; imports stay lazy so a command only pays for what it touched."""
     mappers: list[tuple[type[BaseException], Callable[[BaseException], CliError]]] = []
     try:
-        from qwq_agent.sandbox.errors import DockerAPIError, SandboxError
+        from qwq_agent.sandbox.errors import DockerAPIError, InvalidRequest, SandboxError
 
-        mappers += [(DockerAPIError, _docker), (SandboxError, _sandbox)]
+        mappers += [(DockerAPIError, _docker), (InvalidRequest, _refused), (SandboxError, _sandbox)]
     except ImportError:  # pragma: no cover - the sandbox package is part of every install
         pass
     from qwq_agent.sandbox.image.errors import ImageBuildError

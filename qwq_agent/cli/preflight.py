@@ -126,6 +126,7 @@ def check_workspace(workspace: Path | None, copy_back: Path | None, *, sandbox: 
             raise CliError(f"workspace {workspace} is not a folder", "pass a folder to --workspace")
         if not os.access(workspace, os.R_OK | os.X_OK):
             raise CliError(f"workspace {workspace} is not readable", "check the folder's permissions")
+        check_workspace_fits(workspace)
     if copy_back is not None:
         existing = next((p for p in (copy_back, *copy_back.parents) if p.exists()), Path("."))
         if not existing.is_dir():
@@ -144,6 +145,35 @@ def _sqlite_tables(path: Path) -> set[str]:
         return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:
         conn.close()
+
+
+def check_workspace_fits(workspace: Path) -> None:
+    """Every file of the workspace is readable and all of them fit in one upload to the sandbox.
+
+    The upload packs the folder (less `.git` and `__pycache__`) into one request of at most
+    `SandboxConfig.max_request_bytes`, base64-encoded; finding out here costs a walk, not a sandbox.
+    """
+    from qwq_agent.agent.workspace import NOT_COPIED
+    from qwq_agent.sandbox.config import SandboxConfig
+
+    limit = SandboxConfig().max_request_bytes * 3 // 4  # base64 makes 4 bytes of 3
+    total = 0
+    for folder, dirs, files in os.walk(workspace):
+        dirs[:] = [d for d in dirs if d not in NOT_COPIED]
+        for name in files:
+            path = Path(folder, name)
+            if path.is_symlink():
+                continue  # packed as a link, not as its target
+            if not os.access(path, os.R_OK):
+                raise CliError(f"workspace file {path} is not readable", "fix its permissions or move it out")
+            total += 512 + path.stat().st_size  # a tar header and the data
+            if total > limit:
+                raise CliError(
+                    f"workspace {workspace} holds more than {limit / 2**20:.0f} MiB, more than one upload "
+                    "to the sandbox takes",
+                    "pass a folder with only what the agent needs (no data sets, build outputs or "
+                    "virtual environments)",
+                )
 
 
 def check_docs_db(path: Path | None) -> None:
