@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,20 @@ def _drop_torn_tail(path: Path) -> None:
             fh.truncate(end)
 
 
-def print_interrupted(
-    console: Console, agent: Any, trace_path: Path | None, signal_name: str, *, as_json: bool
-) -> None:
+@dataclass
+class Started:
+    """What `run` had started when it was stopped: the agent and its trace, once they exist."""
+
+    agent: Any = None
+    trace_path: Path | None = None
+
+
+def print_interrupted(console: Console, started: Started, signal_name: str, *, as_json: bool) -> None:
     """The run's summary and trace path after an interruption (or why there is none)."""
     from qwq_agent.cli.render import EventRenderer
 
-    result = getattr(agent, "result", None)
+    trace_path = started.trace_path
+    result = getattr(started.agent, "result", None)
     if result is None:
         console.print(f"[yellow]{signal_name}: stopped before the run started; no trace was written[/yellow]")
         return
@@ -71,4 +79,4 @@ def print_interrupted(
         sys.stdout.flush()
     console.print(f"[yellow]{signal_name}: the run was stopped[/yellow]")
     EventRenderer(console).handle(final)
-    console.print(f"trace: {trace_path}")
+    console.print(f"trace: {trace_path}", markup=False, highlight=False, soft_wrap=True)

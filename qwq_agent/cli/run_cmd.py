@@ -7,10 +7,12 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from qwq_agent.cli.interrupted import Started
 
 DEFAULT_URL = "http://127.0.0.1:30000"
 
@@ -50,20 +52,20 @@ async def _main(args: argparse.Namespace) -> int:
     """Run the agent; Ctrl-C or SIGTERM stops it cleanly and shows how far it got."""
     from rich.console import Console
 
-    from qwq_agent.cli.interrupted import print_interrupted
+    from qwq_agent.cli.interrupted import Started, print_interrupted
     from qwq_agent.cli.signals import Interrupts
 
     console = Console(stderr=args.json)
-    started: dict[str, Any] = {}  # "agent" and "trace_path" once a run exists
+    started = Started()
     with Interrupts() as interrupts:
         code = await _run_agent(args, console, started)
     if interrupts.signum is not None:
-        print_interrupted(console, started.get("agent"), started.get("trace_path"), interrupts.name, as_json=args.json)
+        print_interrupted(console, started, interrupts.name, as_json=args.json)
         return interrupts.exit_code
     return code
 
 
-async def _run_agent(args: argparse.Namespace, console: Console, started: dict[str, Any]) -> int:
+async def _run_agent(args: argparse.Namespace, console: Console, started: Started) -> int:
     import contextlib
 
     from qwq_agent.agent.budgets import Budget
@@ -104,7 +106,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: dict[s
             agent = Agent(model, tools, sandbox=sandbox, config=config)
             trace_path = trace_path or Path("traces") / f"{agent.run_id}.jsonl"
             agent.trace_path = trace_path
-            started.update(agent=agent, trace_path=trace_path)
+            started.agent, started.trace_path = agent, trace_path
             renderer = EventRenderer(console, image_dir=Path("qwq-agent-images") / agent.run_id)
             async for ev in agent.stream(task):
                 if args.json:
