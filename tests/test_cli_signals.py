@@ -61,7 +61,9 @@ def test_signal_while_the_model_streams_prints_the_summary_and_closes_the_trace(
         finally:
             if proc.poll() is None:
                 proc.kill()
+        aborted = list(server.aborted_rids)
     assert proc.returncode == 128 + signum, err
+    assert aborted, "the held model request was not aborted"
     assert "Traceback" not in out + err
     name = signal.Signals(signum).name
     assert f"{name}: the run was stopped" in out
