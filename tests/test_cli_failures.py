@@ -131,6 +131,11 @@ CASES |= {
     "model-unreachable/serve": Case(
         ["serve", "--model-url", "http://127.0.0.1:{dead_port}"], ["no healthy server", "qwq-agent serve"]
     ),
+    "server-crashes/serve": Case(
+        ["serve", "--port", "{dead_port}", "--timeout", "60", "--command",
+         f"{sys.executable} -c \"import sys; print('CUDA out of memory, on purpose'); sys.exit(3)\""],
+        ["exited with status 3", "read the server's log", "cuda out of memory, on purpose"],
+    ),
     "model-no-scheme/run": Case(
         ["run", "hi", "--model-url", "127.0.0.1:30000", "--tools", "fetch_url"],
         ["not an http:// or https:// url", "--model-url http://127.0.0.1:30000"],

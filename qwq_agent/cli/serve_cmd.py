@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
@@ -93,23 +92,24 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             info = server.wait_ready(timeout=args.timeout)
         except ServerError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            if exc.log_tail:
-                print(f"--- last lines of {log_path} ---\n{exc.log_tail}", file=sys.stderr)
-            return 1
+            raise CliError(str(exc), _log_hint(log_path, exc.log_tail), code=1) from None
         _report(info)
         print("Ctrl-C stops the server.", flush=True)
         assert server.process is not None
         code = server.process.wait()
-        print(f"error: the server exited with status {code}\n--- last lines of {log_path} ---\n{server.log_tail()}",
-              file=sys.stderr)
-        return code or 1
+        raise CliError(f"the server exited with status {code}", _log_hint(log_path, server.log_tail()), code=code or 1)
     except KeyboardInterrupt:
         print("stopping the server...", flush=True)
         return 0
     finally:
         server.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _log_hint(log_path: Path, tail: str) -> str:
+    """Where the server's log is, and its last line (usually the reason it stopped)."""
+    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+    return f"read the server's log {log_path}" + (f" (it ends: {last[:200]})" if last else "")
 
 
 def _report(info) -> None:
