@@ -27,7 +27,20 @@ _EXPORTS = {
     "build_tools": "qwq_agent.tools.catalog",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "Agent",
+    "AgentConfig",
+    "DockerSandbox",
+    "KVAdmission",
+    "OpenAIChatClient",
+    "RunResult",
+    "SGLangClient",
+    "SandboxConfig",
+    "SandboxPool",
+    "__version__",
+    "build_tools",
+    "tool",
+]
 
 if TYPE_CHECKING:
     from qwq_agent.agent.admission import KVAdmission

@@ -82,4 +82,4 @@ def test_run_streams_events_as_json_and_writes_a_trace(sandbox_image, tmp_path):
 def test_trace_show_reports_an_unreadable_file(tmp_path):
     missing = Path(tmp_path / "nope.jsonl")
     proc = subprocess.run([*CLI, "trace", "show", str(missing)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "cannot read trace" in proc.stdout
+    assert proc.returncode == 2 and "cannot read trace" in proc.stderr and "Traceback" not in proc.stderr

@@ -24,19 +24,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.cli.preflight import check_index_target
     from qwq_agent.docindex import DEFAULT_DB_NAME, DocIndex, QuerySyntaxError
     from qwq_agent.tools.search_docs import format_hits
 
     root = Path(args.dir)
     if not root.is_dir():
-        print(f"qwq-agent index: {root} is not a directory", file=sys.stderr)
-        return 2
+        raise CliError(f"{root} is not a folder", "pass the folder of documents to index")
     db = Path(args.db) if args.db else root / DEFAULT_DB_NAME
+    check_index_target(db)
     try:
         index = DocIndex(db, root)
-    except ValueError as exc:
-        print(f"qwq-agent index: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # the file indexes another folder
+        raise CliError(str(exc), "pass another --db, or delete that file to re-index") from None
     with index:
         stats = index.update()
         if args.json:
@@ -53,6 +54,5 @@ def run(args: argparse.Namespace) -> int:
             try:
                 print(format_hits(args.query, index.search(args.query), index.file_count()))
             except QuerySyntaxError as exc:
-                print(f"qwq-agent index: {exc}", file=sys.stderr)
-                return 2
+                raise CliError(str(exc), "quote the words, or leave FTS operators out") from None
     return 0

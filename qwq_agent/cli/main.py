@@ -4,19 +4,25 @@ Each sub-command lives in its own module `qwq_agent.cli.<name>_cmd` exposing
 `register(subparsers) -> None`, which adds its parser and sets `func` (a callable taking the parsed
 namespace and returning an exit code). Keeping them apart keeps start-up cheap: heavy imports happen
 inside the handlers.
+
+Handlers do not print their own errors: whatever they raise goes through `qwq_agent.cli.errors`,
+which turns it into one or two lines (what failed, how to fix it) and an exit code.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = ("run", "sandbox", "serve", "parse", "trace", "index")
+DEBUG_HELP = "on an error, also print the traceback (or set QWQ_DEBUG=1)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwq-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         module_name = f"qwq_agent.cli.{name}_cmd"
@@ -27,15 +33,38 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # that command is not part of this build
         module.register(sub)
+    _add_debug_everywhere(parser)
     return parser
+
+
+def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept `--debug` after any sub-command too (`qwq-agent run --debug ...`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                # SUPPRESS: when not given here, the top-level value is left as it is.
+                child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+                _add_debug_everywhere(child)
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """`run`, `sandbox run`, `trace show`, ... for messages."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {sub}" if sub else str(args.command)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = bool(args.debug or os.environ.get("QWQ_DEBUG"))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        print(f"qwq-agent {command_name(args)}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from qwq_agent.cli.errors import report
+
+        return report(exc, command_name(args), debug=debug)
 
 
 if __name__ == "__main__":

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import httpx
 
+from qwq_agent.cli.errors import EXIT_MODEL, CliError
+from qwq_agent.cli.preflight import check_model_url
 from qwq_agent.protocols import Model
 
+KEY_HINT = "QWQ_OPENAI_API_KEY, OPENAI_API_KEY or DASHSCOPE_API_KEY"
 
-class ModelUnavailable(Exception):
+
+class ModelUnavailable(CliError):
     """No model server answers at the configured URL; the message says what to do."""
 
+    def __init__(self, what: str, fix: str = "") -> None:
+        super().__init__(what, fix, code=EXIT_MODEL)
 
-def advice(url: str, why: str) -> str:
-    return (
-        f"No model server answers at {url} ({why}).\n"
-        "Start one on a GPU machine with `qwq-agent serve` (install it with `pip install 'qwq-agent[serve]'`),\n"
-        "or point --model-url / QWQ_MODEL_URL at a running SGLang server, or at an OpenAI-compatible\n"
-        "endpoint with --api openai (key in QWQ_API_KEY or OPENAI_API_KEY)."
+
+def advice(url: str, why: str) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"no model server answers at {url} ({why})",
+        "start one on a GPU machine with `qwq-agent serve` (`pip install 'qwq-agent[serve]'`), or point "
+        "--model-url / QWQ_MODEL_URL at a running SGLang server (or an OpenAI-compatible one with --api openai)",
     )
 
 
@@ -29,14 +35,24 @@ async def connect_model(
     timeout: float = 3.0,
 ) -> Model:
     """A client for `url` once the server has answered a cheap request within `timeout` seconds."""
+    check_model_url(url)
     probe = "/health" if api == "native" else "/v1/models"
     try:
         async with httpx.AsyncClient(timeout=timeout) as http:
             response = await http.get(url.rstrip("/") + probe)
     except httpx.HTTPError as exc:
-        raise ModelUnavailable(advice(url, type(exc).__name__)) from None
+        why = type(exc).__name__
+        if url.startswith("https://") and isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            # A plain-HTTP server never answers (or garbles) a TLS handshake.
+            why += "; if the server speaks plain HTTP, use http:// instead of https://"
+        raise advice(url, why) from None
+    if response.status_code in (401, 403):
+        raise ModelUnavailable(
+            f"the model server at {url} refused the API key (HTTP {response.status_code} on {probe})",
+            f"set the server's key in {KEY_HINT}",
+        )
     if api == "native" and response.status_code != 200:
-        raise ModelUnavailable(advice(url, f"{probe} answered {response.status_code}"))
+        raise advice(url, f"{probe} answered {response.status_code}")
     if api == "native":
         from qwq_agent.agent.clients import SGLangClient
 

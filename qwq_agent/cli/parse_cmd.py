@@ -30,16 +30,9 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from qwq_agent.agent.parser import StreamParser, merge_deltas
+    from qwq_agent.cli.preflight import read_text
 
-    try:
-        if args.file == "-":
-            text = sys.stdin.read()
-        else:
-            with open(args.file, encoding="utf-8") as fh:
-                text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"qwq-agent parse: cannot read {args.file}: {exc}", file=sys.stderr)
-        return 2
+    text = sys.stdin.read() if args.file == "-" else read_text(args.file, "a raw model output (text)")
 
     parser = StreamParser()
     events = parser.feed(text) + parser.close()

@@ -7,6 +7,12 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from qwq_agent.cli.interrupted import Started
 
 DEFAULT_URL = "http://127.0.0.1:30000"
 
@@ -57,64 +63,64 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    import uuid
-
+    """Run the agent; Ctrl-C or SIGTERM stops it cleanly and shows how far it got."""
     from rich.console import Console
 
+    from qwq_agent.cli.interrupted import Started, print_interrupted
+    from qwq_agent.cli.signals import Interrupts
+
+    console = Console(stderr=args.json)
+    started = Started()
+    with Interrupts() as interrupts:
+        code = await _run_agent(args, console, started)
+    if interrupts.signum is not None:
+        print_interrupted(console, started, interrupts.name, as_json=args.json)
+        return interrupts.exit_code
+    return code
+
+
+async def _run_agent(args: argparse.Namespace, console: Console, started: Started) -> int:
+    import contextlib
+    import uuid
+
     from qwq_agent.agent.loop import Agent
-    from qwq_agent.agent.replay import ReplayModel, load_recording
-    from qwq_agent.agent.trace import TraceError, check_trace_path
+    from qwq_agent.agent.replay import ReplayModel
     from qwq_agent.agent.workspace import open_sandbox
-    from qwq_agent.cli.model_check import ModelUnavailable, connect_model
+    from qwq_agent.cli import preflight
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.cli.model_check import connect_model
     from qwq_agent.cli.render import EventRenderer
     from qwq_agent.cli.run_settings import fresh_settings, recorded_settings
     from qwq_agent.tools.catalog import build_tools
 
-    console = Console(stderr=args.json)
     source = args.replay or args.resume
-    recording = None
-    if source is not None:
-        try:
-            recording = load_recording(source, run_id=args.run_id)
-        except (OSError, ValueError, TraceError) as exc:
-            console.print(f"[red]cannot read trace {source}: {exc}[/red]", soft_wrap=True)
-            return 2
-    task = args.task or (recording.task if recording else None)
-    if task is None:
-        console.print("[red]give a task, or --replay/--resume a trace[/red]")
-        return 2
+    recording = preflight.load_recording(source, run_id=args.run_id) if source else None
     settings = recorded_settings(args, recording) if recording else fresh_settings(args)
     for note in settings.overrides:
         flag = "--replay" if args.replay else "--resume"
         console.print(f"[yellow]{flag} overrides the recording: {note}[/yellow]", soft_wrap=True)
-    # The trace path is checked before any model request or sandbox: a bad one costs nothing.
+    task = args.task or (recording.task if recording else None)
+    if task is None:
+        raise CliError("no task given", "pass the task as an argument, or --replay/--resume a trace")
     run_id = uuid.uuid4().hex[:12]
     trace_path = args.trace or Path("traces") / f"{run_id}.jsonl"
-    try:
-        check_trace_path(trace_path)
-    except TraceError as exc:
-        console.print(f"[red]{exc}[/red]", soft_wrap=True)
-        return 2
+    # What cannot work (tools, workspace, trace path, Docker) is found before a sandbox starts or the
+    # model is asked anything; the recorded tools and workspace are the ones checked on a replay.
+    plan = preflight.check_run(args, settings, trace_path)
 
     live = None
     if args.replay is None:
-        try:
-            live = await connect_model(
-                args.model_url, api=args.api, model=args.model, keep_reasoning=args.keep_reasoning
-            )
-        except ModelUnavailable as exc:
-            console.print(f"[red]{exc}[/red]")
-            return 3
+        live = await connect_model(
+            args.model_url, api=args.api, model=args.model, keep_reasoning=args.keep_reasoning
+        )
     model = ReplayModel.from_recording(recording, then=live) if recording else live
+    assert model is not None
 
-    try:
-        tools = build_tools(settings.tools, **settings.build_options())
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
+    tools = build_tools(settings.tools, **settings.build_options())
+    agent = None
     try:
         workspace = Path(settings.workspace) if settings.workspace else None
-        async with open_sandbox(workspace=workspace) as sandbox:
+        async with open_sandbox(workspace=workspace) if plan.sandbox else contextlib.nullcontext() as sandbox:
             agent = Agent(
                 model,
                 tools,
@@ -124,6 +130,7 @@ async def _main(args: argparse.Namespace) -> int:
                 trace_path=trace_path,
                 tool_options=settings.recorded_options(),
             )
+            started.agent, started.trace_path = agent, trace_path
             renderer = EventRenderer(console, image_dir=Path("qwq-agent-images") / agent.run_id)
             async for ev in agent.stream(task):
                 if args.json:
@@ -131,12 +138,12 @@ async def _main(args: argparse.Namespace) -> int:
                     sys.stdout.flush()
                 else:
                     renderer.handle(ev)
-            if args.copy_back is not None:
+            if args.copy_back is not None and sandbox is not None:
                 await sandbox.download("/workspace", args.copy_back)
                 console.print(f"[dim]workspace copied back to {args.copy_back}[/dim]")
     finally:
         await model.aclose()
-    result = agent.result
+    result = agent.result if agent is not None else None
     if result is not None and result.trace_path:
         # The live view already showed why (a trace_failed warning); JSON output is on stdout.
         why = f": {result.trace_error}" if args.json else ""

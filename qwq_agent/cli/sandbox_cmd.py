@@ -35,16 +35,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     prune.set_defaults(func=_prune)
 
 
+def _docker_ready() -> None:
+    """A missing or hung Docker engine is reported in one line before any sandbox work starts."""
+    from qwq_agent.cli.preflight import check_docker
+
+    check_docker()
+
+
 def _build(args: argparse.Namespace) -> int:
     from qwq_agent.cli.sandbox_build import build_command
 
+    _docker_ready()
     return int(build_command(args.force, args.json) or 0)
 
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from qwq_agent.sandbox import DockerSandbox, SandboxError
+    from qwq_agent.cli.preflight import check_sandbox_image
+    from qwq_agent.sandbox import DockerSandbox
+
+    _docker_ready()
+    check_sandbox_image()
 
     async def go():  # type: ignore[no-untyped-def]
         async with DockerSandbox.create() as sb:
@@ -52,14 +64,7 @@ def _run(args: argparse.Namespace) -> int:
                 return await sb.python(args.python, timeout=args.timeout)
             return await sb.shell(args.shell, timeout=args.timeout)
 
-    try:
-        result = asyncio.run(go())
-    except SandboxError as exc:
-        if args.json:
-            print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
-        else:
-            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    result = asyncio.run(go())  # a sandbox failure is reported by qwq_agent.cli.errors
     if args.json:
         print(result.model_dump_json())
         return 0
@@ -94,6 +99,7 @@ def _table(rows, title: str) -> None:  # type: ignore[no-untyped-def]
 def _ls(args: argparse.Namespace) -> int:
     from qwq_agent.sandbox.janitor import list_sandboxes
 
+    _docker_ready()
     rows = list_sandboxes()
     if args.json:
         print(json.dumps([r.model_dump() for r in rows]))
@@ -105,6 +111,7 @@ def _ls(args: argparse.Namespace) -> int:
 def _prune(args: argparse.Namespace) -> int:
     from qwq_agent.sandbox.janitor import prune
 
+    _docker_ready()
     rows = prune(everything=args.all)
     removed: list[str] = []
     in_use: list[str] = []

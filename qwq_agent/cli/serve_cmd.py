@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
@@ -34,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.cli.preflight import check_model_url
     from qwq_agent.serve import (
         INSTALL_HINT,
         ServeConfig,
@@ -56,25 +57,26 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
 
     if args.model_url:
+        check_model_url(args.model_url)
         info = probe(args.model_url.rstrip("/"))
         if info is None:
-            print(f"error: no healthy server at {args.model_url} (/health did not answer 200)", file=sys.stderr)
-            return 1
+            raise CliError(
+                f"no healthy server at {args.model_url} (/health did not answer 200)",
+                "start one with `qwq-agent serve`, or check the URL (scheme, host and port)",
+                code=1,
+            )
         _report(info)
         return 0
 
     if args.command is None:
         problems = check_prerequisites()
         if problems:
-            for problem in problems:
-                print(f"error: {problem}", file=sys.stderr)
-            print(
-                f"To serve here: a machine with an NVIDIA GPU and `{INSTALL_HINT}`.\n"
-                "Or use a server that already runs: `qwq-agent run --model-url http://HOST:30000 ...` "
-                "(SGLang native API), or `--api openai --model-url https://...` for an OpenAI-compatible one.",
-                file=sys.stderr,
+            raise CliError(
+                "cannot serve here: " + "; ".join(problems),
+                f"on a machine with an NVIDIA GPU run `{INSTALL_HINT}`; or use a server that already runs: "
+                "`qwq-agent run --model-url http://HOST:30000 ...` (SGLang), `--api openai` for an "
+                "OpenAI-compatible one",
             )
-            return 2
 
     log_path = args.log_file or Path(tempfile.mkdtemp(prefix="qwq-serve-")) / "server.log"
     server = ServerProcess(command, config.url, log_path)
@@ -90,23 +92,24 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             info = server.wait_ready(timeout=args.timeout)
         except ServerError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            if exc.log_tail:
-                print(f"--- last lines of {log_path} ---\n{exc.log_tail}", file=sys.stderr)
-            return 1
+            raise CliError(str(exc), _log_hint(log_path, exc.log_tail), code=1) from None
         _report(info)
         print("Ctrl-C stops the server.", flush=True)
         assert server.process is not None
         code = server.process.wait()
-        print(f"error: the server exited with status {code}\n--- last lines of {log_path} ---\n{server.log_tail()}",
-              file=sys.stderr)
-        return code or 1
+        raise CliError(f"the server exited with status {code}", _log_hint(log_path, server.log_tail()), code=code or 1)
     except KeyboardInterrupt:
         print("stopping the server...", flush=True)
         return 0
     finally:
         server.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _log_hint(log_path: Path, tail: str) -> str:
+    """Where the server's log is, and its last line (usually the reason it stopped)."""
+    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+    return f"read the server's log {log_path}" + (f" (it ends: {last[:200]})" if last else "")
 
 
 def _report(info) -> None:

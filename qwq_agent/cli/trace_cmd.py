@@ -16,17 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from rich.console import Console
 
-    from qwq_agent.agent.trace import read_trace
+    from qwq_agent.cli.preflight import load_trace
     from qwq_agent.cli.render import EventRenderer
 
     console = Console()
-    try:
-        events = read_trace(args.file, run_id=args.run_id)
-    except (OSError, ValueError) as exc:
-        console.print(f"[red]cannot read trace {args.file}: {exc}[/red]", soft_wrap=True)
-        return 2
+    events = load_trace(Path(args.file), run_id=args.run_id)
     renderer = EventRenderer(console, show_prompts=args.prompts, replaying=True)
     for ev in events:
         renderer.handle(ev)

@@ -1,0 +1,174 @@
+"""One place that turns a failure outside our control into what failed and how to fix it.
+
+Commands do not catch and print errors themselves: they raise (a `CliError` from a start-up check, or
+whatever a library raised) and `qwq_agent.cli.main` hands the exception to `explain`, which maps it
+onto a `CliError`. The user sees one or two lines and a non-zero exit code; `--debug` (or
+`QWQ_DEBUG=1`) also prints the traceback. Anything `explain` does not recognise is our own bug and is
+reported as such, still in one line unless `--debug` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import traceback
+from collections.abc import Callable
+
+# Exit codes, so scripts can tell the kinds of failure apart.
+EXIT_USAGE = 2  # bad input: a path, a URL, a trace, an index, a missing key
+EXIT_MODEL = 3  # the model server
+EXIT_DOCKER = 4  # Docker, the sandbox image or a sandbox
+EXIT_BUG = 70  # EX_SOFTWARE: an error we did not expect (a bug of ours)
+
+
+class CliError(Exception):
+    """A failure the user can fix: `what` failed, `fix` says how; `code` is the exit status."""
+
+    def __init__(self, what: str, fix: str = "", *, code: int = EXIT_USAGE) -> None:
+        super().__init__(what)
+        self.what = what
+        self.fix = fix
+        self.code = code
+
+    def render(self, command: str) -> str:
+        """The one or two lines shown to the user."""
+        head = f"qwq-agent {command}: {self.what}".rstrip()
+        return f"{head}\n  fix: {self.fix}" if self.fix else head
+
+
+DOCKER_FIX = "start Docker (`systemctl start docker`) or point DOCKER_HOST at a running engine's socket"
+
+
+def _docker(exc: BaseException) -> CliError:
+    text = str(exc)
+    if "no such image" in text.lower():
+        return CliError(
+            f"the sandbox image is missing ({_first_line(text)})",
+            "build it with `qwq-agent sandbox build`, or set QWQ_SANDBOX_IMAGE to an image that exists",
+            code=EXIT_DOCKER,
+        )
+    return CliError(f"Docker failed: {_first_line(text)}", DOCKER_FIX, code=EXIT_DOCKER)
+
+
+def _sandbox(exc: BaseException) -> CliError:
+    cause = exc.__cause__
+    if cause is not None and "no such image" in str(cause).lower():
+        return _docker(cause)
+    if "no such image" in str(exc).lower():
+        return _docker(exc)
+    return CliError(
+        f"the sandbox failed: {type(exc).__name__}: {_first_line(str(exc))}",
+        "check Docker with `qwq-agent sandbox run --python 1`; `qwq-agent sandbox prune` removes leftovers",
+        code=EXIT_DOCKER,
+    )
+
+
+def _refused(exc: BaseException) -> CliError:
+    # In the CLI only the workspace upload and the copy-back send requests of the user's making.
+    return CliError(
+        f"the sandbox refused a request: {_first_line(str(exc))}",
+        "check --workspace (what it holds, how big it is) and --copy-back",
+    )
+
+
+def _image_build(exc: BaseException) -> CliError:
+    return CliError(
+        f"the sandbox image could not be built: {_first_line(str(exc))}",
+        "run `qwq-agent sandbox build` to see the whole build log (it needs Docker and Debian mirrors)",
+        code=EXIT_DOCKER,
+    )
+
+
+def _sqlite(exc: BaseException) -> CliError:
+    return CliError(
+        f"the document index cannot be used: {exc}",
+        "rebuild it with `qwq-agent index DIR` (and pass the file it names with --docs-db / --db)",
+    )
+
+
+def _os_error(exc: BaseException) -> CliError:
+    assert isinstance(exc, OSError)
+    where = f" {exc.filename}" if exc.filename else ""
+    why = exc.strerror or type(exc).__name__
+    return CliError(f"cannot use{where}: {why}", "check the path and its permissions")
+
+
+def _unicode(exc: BaseException) -> CliError:
+    return CliError(f"a file is not UTF-8 text ({exc.reason})", "pass a text file (a trace is JSON lines)")
+
+
+def _json(exc: BaseException) -> CliError:
+    return CliError(f"not valid JSON: {_first_line(str(exc))}", "pass a file written by qwq-agent")
+
+
+def _model_error(exc: BaseException) -> CliError:
+    return CliError(
+        f"the model server failed: {_first_line(str(exc))}",
+        "check the server's log, or run `qwq-agent serve --model-url URL` to see what it reports",
+        code=EXIT_MODEL,
+    )
+
+
+def _mappers() -> list[tuple[type[BaseException], Callable[[BaseException], CliError]]]:
+    """Most specific first; imports stay lazy so a command only pays for what it touched."""
+    mappers: list[tuple[type[BaseException], Callable[[BaseException], CliError]]] = []
+    try:
+        from qwq_agent.sandbox.errors import DockerAPIError, InvalidRequest, SandboxError
+
+        mappers += [(DockerAPIError, _docker), (InvalidRequest, _refused), (SandboxError, _sandbox)]
+    except ImportError:  # pragma: no cover - the sandbox package is part of every install
+        pass
+    from qwq_agent.sandbox.image.errors import ImageBuildError
+
+    mappers.append((ImageBuildError, _image_build))
+    try:
+        import docker.errors
+
+        mappers.append((docker.errors.DockerException, _docker))
+    except ImportError:  # pragma: no cover - docker is a dependency
+        pass
+    from qwq_agent.agent.clients.errors import ModelError
+
+    mappers += [
+        (ModelError, _model_error),
+        (sqlite3.DatabaseError, _sqlite),
+        (UnicodeDecodeError, _unicode),
+        (json.JSONDecodeError, _json),
+        (OSError, _os_error),
+    ]
+    return mappers
+
+
+def explain(exc: BaseException) -> CliError | None:
+    """The user-facing error for `exc`, or None when it is not a failure we know (a bug of ours)."""
+    if isinstance(exc, CliError):
+        return exc
+    # Docker's own typed errors (engine timeouts, unreachable daemon) are recognised by name so that
+    # new ones raised by the sandbox layer are mapped without this module knowing each of them.
+    if "docker" in type(exc).__name__.lower():
+        return _docker(exc)
+    for kind, mapper in _mappers():
+        if isinstance(exc, kind):
+            return mapper(exc)
+    return None
+
+
+def report(exc: BaseException, command: str, *, debug: bool) -> int:
+    """Print `exc` for the user (with its traceback when `debug`) and return the exit code."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    error = explain(exc)
+    if error is None:
+        error = CliError(
+            f"unexpected error: {type(exc).__name__}: {_first_line(str(exc))}",
+            "this is a bug in qwq-agent: rerun with --debug and report the traceback",
+            code=EXIT_BUG,
+        )
+    print(error.render(command), file=sys.stderr, flush=True)
+    return error.code
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= 300 else line[:297] + "..."

@@ -1,0 +1,48 @@
+"""What `run` shows and keeps when Ctrl-C or SIGTERM stopped it: the summary, the trace path, a final event."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from qwq_agent.agent.events import Final
+
+
+@dataclass
+class Started:
+    """What `run` had started when it was stopped: the agent and its trace, once they exist."""
+
+    agent: Any = None
+    trace_path: Path | None = None
+
+
+def print_interrupted(console: Console, started: Started, signal_name: str, *, as_json: bool) -> None:
+    """The run's summary and trace path after an interruption (or why there is none)."""
+    from qwq_agent.cli.render import EventRenderer
+
+    agent = started.agent
+    result = getattr(agent, "result", None)
+    if agent is None or (result is None and not getattr(agent, "_running", False)):
+        console.print(f"[yellow]{signal_name}: stopped before the run started; no trace was written[/yellow]")
+        return
+    # The loop usually wrote `final` when its task was cancelled; if not, this writes it (once) and
+    # closes the trace, so the file always ends with one.
+    result = agent.end_run("interrupted", f"interrupted by {signal_name}") or result
+    final = Final(
+        run_id=result.run_id,
+        status=result.status,
+        answer=result.answer,
+        error=result.error or f"interrupted by {signal_name}",
+        totals=result.totals,
+    )
+    trace_path = result.trace_path or started.trace_path
+    if as_json:
+        sys.stdout.write(final.model_dump_json() + "\n")
+        sys.stdout.flush()
+    console.print(f"[yellow]{signal_name}: the run was stopped[/yellow]")
+    EventRenderer(console).handle(final)
+    console.print(f"trace: {trace_path}", markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,337 @@
+"""Start-up checks: find what cannot work before any sandbox starts or any model request is sent.
+
+Each check returns quietly or raises a `CliError` saying what is wrong and how to fix it. They are cheap
+(a socket ping, a read-only SQLite open, a look at the environment), so a run that would fail after a
+minute of sandbox start-up and model time fails at once instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from qwq_agent.cli.errors import DOCKER_FIX, EXIT_DOCKER, EXIT_MODEL, CliError
+
+# Tools that run inside the sandbox; a run choosing none of them starts no container.
+SANDBOX_TOOLS = frozenset({"python", "shell", "str_replace_editor", "search_code"})
+DEFAULT_DOCKER_PING_S = 10.0
+
+
+def tool_names(spec: str) -> list[str]:
+    """`"python, shell"` as `["python", "shell"]`."""
+    return [name.strip() for name in spec.split(",") if name.strip()]
+
+
+def needs_sandbox(names: Iterable[str]) -> bool:
+    """Whether any of the named tools runs in the sandbox."""
+    return any(name in SANDBOX_TOOLS for name in names)
+
+
+def docker_socket() -> str:
+    """The Docker engine's unix socket, from DOCKER_HOST (default /var/run/docker.sock)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        raise CliError(
+            f"DOCKER_HOST={host} is not a unix socket; qwq-agent talks to a local Docker engine only",
+            "unset DOCKER_HOST, or set it to unix:///path/to/docker.sock",
+            code=EXIT_DOCKER,
+        )
+    return host[len("unix://") :]
+
+
+def check_docker(timeout: float | None = None) -> None:
+    """Ping the Docker engine (`GET /_ping`); a daemon that does not answer within `timeout` fails.
+
+    The deadline covers connecting, sending and reading the answer, so a socket that accepts and
+    never answers (a hung daemon) is reported instead of waited on. `QWQ_DOCKER_PING_TIMEOUT`
+    overrides the default of 10 s.
+    """
+    path = docker_socket()
+    if timeout is None:
+        timeout = float(os.environ.get("QWQ_DOCKER_PING_TIMEOUT") or DEFAULT_DOCKER_PING_S)
+    deadline = time.monotonic() + timeout
+    answer = b""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            while b"\r\n" not in answer:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+    except FileNotFoundError:
+        raise CliError(f"Docker is not reachable: no socket at {path}", DOCKER_FIX, code=EXIT_DOCKER) from None
+    except PermissionError:
+        raise CliError(
+            f"Docker is not reachable: no permission to use {path}",
+            "add your user to the `docker` group (then log in again), or run as a user that may use Docker",
+            code=EXIT_DOCKER,
+        ) from None
+    except TimeoutError:
+        raise CliError(
+            f"Docker at {path} accepted the connection but did not answer within {timeout:g} s (daemon hung)",
+            "restart the Docker daemon (`systemctl restart docker`); QWQ_DOCKER_PING_TIMEOUT sets the wait",
+            code=EXIT_DOCKER,
+        ) from None
+    except OSError as exc:
+        raise CliError(
+            f"Docker is not reachable at {path}: {exc.strerror or exc}", DOCKER_FIX, code=EXIT_DOCKER
+        ) from None
+    status = answer.split(b"\r\n", 1)[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        raise CliError(
+            f"{path} did not answer like a Docker engine ({answer[:60]!r})", DOCKER_FIX, code=EXIT_DOCKER
+        )
+
+
+def check_sandbox_image() -> None:
+    """When QWQ_SANDBOX_IMAGE names an image, it must exist (the default image is built when missing)."""
+    tag = os.environ.get("QWQ_SANDBOX_IMAGE")
+    if not tag:
+        return
+    from qwq_agent.sandbox.image import image_exists
+
+    if not image_exists(tag):
+        raise CliError(
+            f"the sandbox image {tag} (QWQ_SANDBOX_IMAGE) is not in the local Docker engine",
+            "unset QWQ_SANDBOX_IMAGE to use the project's image, or build it with `qwq-agent sandbox build`",
+            code=EXIT_DOCKER,
+        )
+
+
+def check_workspace(workspace: Path | None, copy_back: Path | None, *, sandbox: bool) -> None:
+    """`--workspace` must be a readable folder, `--copy-back` a folder or a path that can become one."""
+    if (workspace is not None or copy_back is not None) and not sandbox:
+        raise CliError(
+            "--workspace and --copy-back need a tool that works in the sandbox, and none was chosen",
+            f"add one of {', '.join(sorted(SANDBOX_TOOLS))} to --tools, or leave those options out",
+        )
+    if workspace is not None:
+        if not workspace.exists():
+            raise CliError(f"workspace {workspace} does not exist", "pass an existing folder to --workspace")
+        if not workspace.is_dir():
+            raise CliError(f"workspace {workspace} is not a folder", "pass a folder to --workspace")
+        if not os.access(workspace, os.R_OK | os.X_OK):
+            raise CliError(f"workspace {workspace} is not readable", "check the folder's permissions")
+        check_workspace_fits(workspace)
+    if copy_back is not None:
+        existing = next((p for p in (copy_back, *copy_back.parents) if p.exists()), Path("."))
+        if not existing.is_dir():
+            raise CliError(f"--copy-back {copy_back}: {existing} is not a folder", "pass a folder path")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise CliError(f"--copy-back {copy_back}: {existing} is not writable", "pass a writable folder")
+
+
+INDEX_TABLES = frozenset({"meta", "files", "chunks", "fts"})
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    """The tables of an SQLite file, opened read-only so that checking never creates or changes it."""
+    conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+
+
+def check_workspace_fits(workspace: Path) -> None:
+    """Every file of the workspace is readable and all of them fit in one upload to the sandbox.
+
+    The upload packs the folder (less `.git` and `__pycache__`) into one request of at most
+    `SandboxConfig.max_request_bytes`, base64-encoded; finding out here costs a walk, not a sandbox.
+    """
+    from qwq_agent.agent.workspace import NOT_COPIED
+    from qwq_agent.sandbox.config import SandboxConfig
+
+    limit = SandboxConfig().max_request_bytes * 3 // 4  # base64 makes 4 bytes of 3
+    total = 0
+    for folder, dirs, files in os.walk(workspace):
+        dirs[:] = [d for d in dirs if d not in NOT_COPIED]
+        for name in files:
+            path = Path(folder, name)
+            if path.is_symlink():
+                continue  # packed as a link, not as its target
+            if not os.access(path, os.R_OK):
+                raise CliError(f"workspace file {path} is not readable", "fix its permissions or move it out")
+            total += 512 + path.stat().st_size  # a tar header and the data
+            if total > limit:
+                raise CliError(
+                    f"workspace {workspace} holds more than {limit / 2**20:.0f} MiB, more than one upload "
+                    "to the sandbox takes",
+                    "pass a folder with only what the agent needs (no data sets, build outputs or "
+                    "virtual environments)",
+                )
+
+
+def check_docs_db(path: Path | None) -> None:
+    """`search_docs` needs an index `qwq-agent index` built: an SQLite file with its tables."""
+    build = "build one with `qwq-agent index DIR` and pass the file it prints to --docs-db"
+    if path is None:
+        raise CliError("search_docs needs a document index (--docs-db), and none was given", build)
+    if not path.is_file():
+        raise CliError(f"no document index at {path}", build)
+    try:
+        tables = _sqlite_tables(path)
+    except sqlite3.Error as exc:
+        raise CliError(f"{path} is not a usable document index ({exc})", build) from None
+    if not INDEX_TABLES <= tables:
+        raise CliError(f"{path} is not a document index built by qwq-agent", build)
+
+
+def check_index_target(db: Path) -> None:
+    """`qwq-agent index` may write `db`: its folder is writable, and an existing file is an index of ours."""
+    folder = db.parent if str(db.parent) else Path(".")
+    if not folder.is_dir():
+        raise CliError(f"cannot write the index {db}: {folder} is not a folder", "pass --db in an existing folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CliError(f"cannot write the index {db}: {folder} is not writable", "pass --db in a writable folder")
+    if not db.exists():
+        return
+    keep = "pass another --db (the file is left as it is)"
+    if not db.is_file():
+        raise CliError(f"cannot write the index {db}: it is not a file", keep)
+    try:
+        tables = _sqlite_tables(db)
+    except sqlite3.Error as exc:
+        raise CliError(f"{db} is not a document index ({exc})", keep) from None
+    if tables and not INDEX_TABLES <= tables:
+        raise CliError(f"{db} is an SQLite database of something else, not a document index", keep)
+
+
+def check_web_search() -> None:
+    """`web_search` needs a provider configured in the environment."""
+    from qwq_agent.tools.web.providers import SearchError, provider_from_env
+
+    try:
+        provider_from_env()
+    except SearchError as exc:
+        raise CliError(
+            f"web_search cannot work: {exc}",
+            "set QWQ_SEARXNG_URL (a SearXNG instance), BRAVE_API_KEY or TAVILY_API_KEY, or drop web_search",
+        ) from None
+
+
+def check_tools(names: list[str], *, docs_db: Path | None) -> None:
+    """Every named tool exists and has what it needs to work."""
+    from qwq_agent.tools.catalog import TOOL_NAMES
+
+    for name in names:
+        if name not in TOOL_NAMES:
+            raise CliError(f"unknown tool {name!r}", f"choose from {', '.join(TOOL_NAMES)}")
+    if "search_docs" in names:
+        check_docs_db(docs_db)
+    if "web_search" in names:
+        check_web_search()
+
+
+def check_model_url(url: str) -> None:
+    """The model URL must be `http(s)://host[:port]`; a bare host or another scheme is refused."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CliError(
+            f"model URL {url!r} is not an http:// or https:// URL",
+            f"use e.g. --model-url http://{parts.path or '127.0.0.1:30000'} (or set QWQ_MODEL_URL)",
+            code=EXIT_MODEL,
+        )
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise CliError(f"model URL {url!r}: {exc}", "use e.g. http://127.0.0.1:30000", code=EXIT_MODEL) from None
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """A UTF-8 file's text, or a `CliError` saying why it cannot be read; `what` names what it should be."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"cannot read {path}: not UTF-8 text", f"pass {what}") from None
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}", f"pass {what}") from None
+
+
+def load_trace(path: Path, run_id: str | None = None) -> list[Any]:
+    """A trace's events (of run `run_id` when given), or a `CliError` naming the file and what is wrong."""
+    from qwq_agent.agent.trace import MixedTraceError, read_trace
+
+    fix = "pass a trace written by `qwq-agent run` (see ./traces/)"
+    try:
+        events = read_trace(path, run_id=run_id)
+    except MixedTraceError as exc:
+        raise CliError(str(exc), "pick one run with --run-id") from None
+    except FileNotFoundError:
+        raise CliError(f"cannot read trace {path}: no such file", fix) from None
+    except IsADirectoryError:
+        raise CliError(f"cannot read trace {path}: it is a folder", fix) from None
+    except OSError as exc:
+        raise CliError(f"cannot read trace {path}: {exc.strerror or exc}", fix) from None
+    except UnicodeDecodeError:
+        raise CliError(f"cannot read trace {path}: not UTF-8 text", fix) from None
+    except ValueError:
+        raise CliError(f"cannot read trace {path}: a line in it is not a qwq-agent event", fix) from None
+    if not events:
+        raise CliError(f"cannot read trace {path}: it holds no events", fix)
+    return events
+
+
+def load_recording(path: Path, run_id: str | None = None) -> Any:
+    """The run recorded in a trace (`Recording`), or a `CliError` naming the file and what is wrong."""
+    from qwq_agent.agent.replay import load_recording as load
+    from qwq_agent.agent.trace import TraceError
+
+    load_trace(path, run_id)  # the readable reasons first: missing, a folder, not a trace, several runs
+    try:
+        return load(path, run_id=run_id)
+    except (OSError, ValueError, TraceError) as exc:
+        raise CliError(f"cannot replay {path}: {exc}", "pass a trace written by `qwq-agent run`") from None
+
+
+def check_trace_target(path: Path) -> None:
+    """The trace can be written there: a new or empty file in a folder that exists or can be made."""
+    from qwq_agent.agent.trace import TraceError, check_trace_path
+
+    try:
+        check_trace_path(path)
+    except TraceError as exc:
+        raise CliError(str(exc), "pass --trace a new file in a writable folder") from None
+
+
+@dataclass
+class RunPlan:
+    """What the start-up checks of `qwq-agent run` found: the tools and whether they need a sandbox."""
+
+    tools: list[str]
+    sandbox: bool
+
+
+def check_run(args: Any, settings: Any, trace_path: Path) -> RunPlan:
+    """All start-up checks of `qwq-agent run`, cheapest first; the model server is probed afterwards.
+
+    `settings` (`RunSettings`) holds the tools, options and workspace the run will use: on a replay,
+    the recorded ones.
+    """
+    names = list(settings.tools)
+    sandbox = needs_sandbox(names)
+    docs_db = settings.build_options().get("docs_db")
+    check_tools(names, docs_db=Path(docs_db) if docs_db else None)
+    workspace = Path(settings.workspace) if settings.workspace else None
+    check_workspace(workspace, args.copy_back, sandbox=sandbox)
+    check_trace_target(trace_path)
+    if args.replay is None:
+        check_model_url(args.model_url)
+    if sandbox:
+        check_docker()
+        check_sandbox_image()
+    return RunPlan(tools=names, sandbox=sandbox)

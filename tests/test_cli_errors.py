@@ -1,0 +1,87 @@
+"""The central error mapping, fed with exceptions the real libraries raise (not hand-made look-alikes)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from qwq_agent.cli.errors import EXIT_BUG, EXIT_DOCKER, EXIT_MODEL, EXIT_USAGE, CliError, explain, report
+
+
+def raised(fn) -> BaseException:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except BaseException as exc:  # the point is to catch whatever it raises
+        return exc
+    raise AssertionError("expected an exception")
+
+
+def test_docker_sdk_without_an_engine_maps_to_docker(monkeypatch):
+    import docker
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    exc = raised(lambda: docker.from_env().ping())
+    error = explain(exc)
+    assert error is not None and error.code == EXIT_DOCKER
+    assert "Docker failed" in error.what and "DOCKER_HOST" in error.fix
+
+
+@pytest.mark.docker
+def test_sandbox_start_with_a_missing_image_maps_to_build_advice(sandbox_image):
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+
+    async def start() -> None:
+        async with DockerSandbox.create(SandboxConfig(image="qwq-agent-sandbox:no-such-tag")):
+            pass
+
+    exc = raised(lambda: asyncio.run(start()))
+    error = explain(exc)
+    assert error is not None and error.code == EXIT_DOCKER
+    assert "sandbox image is missing" in error.what and "qwq-agent sandbox build" in error.fix
+
+
+def test_files_databases_and_models(tmp_path):
+    garbage = tmp_path / "x.db"
+    garbage.write_bytes(b"not sqlite" * 100)
+    exc = raised(lambda: sqlite3.connect(garbage).execute("SELECT 1 FROM sqlite_master").fetchall())
+    error = explain(exc)
+    assert error is not None and error.code == EXIT_USAGE and "qwq-agent index" in error.fix
+
+    exc = raised(lambda: open(tmp_path / "absent.txt"))
+    error = explain(exc)
+    assert error is not None and "absent.txt" in error.what and "No such file" in error.what
+
+    (tmp_path / "bin").write_bytes(b"\xff\xfe")
+    exc = raised(lambda: (tmp_path / "bin").read_text("utf-8"))
+    error = explain(exc)
+    assert error is not None and "not UTF-8" in error.what
+
+    from qwq_agent.agent.clients.errors import ModelConnectionError
+
+    error = explain(ModelConnectionError("connection dropped"))
+    assert error is not None and error.code == EXIT_MODEL and "connection dropped" in error.what
+
+
+def test_docker_named_errors_from_the_sandbox_layer_are_recognised():
+    """The sandbox layer's typed Docker errors (timeouts, unreachable engine) map without being listed here."""
+    from qwq_agent.sandbox.errors import SandboxError
+
+    class DockerTimeout(SandboxError):
+        pass
+
+    error = explain(DockerTimeout("the Docker engine did not answer POST /containers/create within 60 s"))
+    assert error is not None and error.code == EXIT_DOCKER and "did not answer" in error.what
+
+
+def test_an_unknown_error_is_reported_as_a_bug_in_one_line(capsys):
+    assert explain(RuntimeError("boom")) is None
+    assert report(RuntimeError("boom"), "run", debug=False) == EXIT_BUG
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "qwq-agent run: unexpected error: RuntimeError: boom",
+        "  fix: this is a bug in qwq-agent: rerun with --debug and report the traceback",
+    ]
+    assert report(CliError("x failed", "do y", code=5), "index", debug=False) == 5
+    assert capsys.readouterr().err == "qwq-agent index: x failed\n  fix: do y\n"

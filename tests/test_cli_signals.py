@@ -1,0 +1,154 @@
+"""Ctrl-C and SIGTERM during `qwq-agent run`: the summary and trace path are printed, the trace ends with `final`.
+
+The CLI runs as a real subprocess against the scripted model server over real HTTP; the signal is sent
+once the run is observably under way (the model request arrived, or a tool call was printed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.testing.scripted_server import ScriptedModelServer, Turn
+
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+DEADLINE_S = 120.0
+
+
+def wait_for(condition: Callable[[], bool], what: str, deadline_s: float = DEADLINE_S) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `deadline_s`."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def start(argv: list[str], tmp_path: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("QWQ_MODEL_URL", "QWQ_DEBUG")}
+    return subprocess.Popen(
+        [*CLI, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+
+
+def trace_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_while_the_model_streams_prints_the_summary_and_closes_the_trace(signum, tmp_path):
+    # The model starts writing, then holds the stream open: the run is under way and would not end.
+    turn = Turn(text="Let me think about this for a long time. " * 20, hold_after=4, hold_timeout=300)
+    trace = tmp_path / "run.jsonl"
+    with ScriptedModelServer([turn]) as server:
+        proc = start(["run", "think", "--model-url", server.url, "--tools", "fetch_url", "--trace", str(trace)], tmp_path)
+        try:
+            wait_for(lambda: any(r.path == "/generate" for r in server.requests) or proc.poll() is not None,
+                     "the model request")
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=DEADLINE_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        aborted = list(server.aborted_rids)
+    assert proc.returncode == 128 + signum, err
+    assert aborted, "the held model request was not aborted"
+    assert "Traceback" not in out + err
+    name = signal.Signals(signum).name
+    assert f"{name}: the run was stopped" in out
+    assert "cancelled" in out and "wall time" in out  # the summary table
+    assert f"trace: {trace}" in out.replace("\n", "")
+    events = trace_events(trace)
+    assert events[0]["type"] == "run_started"
+    assert events[-1]["type"] == "final" and events[-1]["status"] == "cancelled"
+
+
+@pytest.mark.docker
+def test_sigterm_during_a_sandbox_tool_call_ends_the_json_stream_with_final_and_removes_the_sandbox(
+    sandbox_image, tmp_path
+):
+    call = '<tool_call>\n{"name": "python", "arguments": {"code": "import time; time.sleep(600)"}}\n</tool_call>'
+    turns = ["I will wait.\n</think>\n\n" + call, "Done.\n</think>\n\nDone."]
+    trace = tmp_path / "run.jsonl"
+    with ScriptedModelServer(turns) as server:
+        proc = start(
+            ["run", "wait", "--model-url", server.url, "--tools", "python", "--json", "--trace", str(trace)], tmp_path
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        seen: list[dict] = []
+        try:
+            def tool_call_printed() -> bool:
+                while not lines.empty():
+                    seen.append(json.loads(lines.get()))
+                return any(e["type"] == "tool_call" for e in seen) or proc.poll() is not None
+
+            wait_for(tool_call_printed, "the tool call event")
+            assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+            sandbox_id = seen[0]["sandbox_id"]
+            assert sandbox_id
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=DEADLINE_S)
+            reader.join(timeout=DEADLINE_S)
+            err = proc.stderr.read()  # type: ignore[union-attr]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        while not lines.empty():
+            seen.append(json.loads(lines.get()))
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert seen[-1]["type"] == "final" and seen[-1]["status"] == "cancelled"
+    assert "SIGTERM: the run was stopped" in err and f"trace: {trace}" in err.replace("\n", "")
+    events = trace_events(trace)
+    assert events[-1]["type"] == "final" and events[-1]["status"] == "cancelled"
+    assert not any(e["type"] == "tool_result" for e in seen)  # the sleep never finished
+    # The run's own container is gone (removed on the way out, not left to the janitor).
+    ps = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"id={sandbox_id}"], capture_output=True, text=True)
+    assert ps.returncode == 0 and ps.stdout.strip() == "", ps.stdout
+
+
+def test_signal_before_the_run_started_says_so(tmp_path):
+    """SIGTERM while the model server is being probed: no run, no trace, and the output says so."""
+    import socket
+
+    accepted = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        held: list[socket.socket] = []
+
+        def accept() -> None:  # accept and never answer, like a wedged server
+            conn, _ = listener.accept()
+            held.append(conn)
+            accepted.set()
+
+        threading.Thread(target=accept, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        proc = start(["run", "hi", "--model-url", url, "--tools", "fetch_url"], tmp_path)
+        try:
+            wait_for(lambda: accepted.is_set() or proc.poll() is not None, "the probe's connection")
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=DEADLINE_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            for conn in held:
+                conn.close()
+    assert proc.returncode == 128 + signal.SIGTERM, out + err
+    assert "Traceback" not in out + err
+    assert "stopped before the run started; no trace was written" in out
+    assert not (tmp_path / "traces").exists()
