@@ -203,6 +203,6 @@ def test_trace_show_names_the_runs_of_a_mixed_file_and_shows_the_one_chosen(tmp_
     path.write_text("".join(e.model_dump_json() + "\n" for e in lines))
     cli = [sys.executable, "-m", "qwq_agent.cli.main", "trace", "show", str(path)]
     mixed = subprocess.run(cli, capture_output=True, text=True, timeout=60)
-    assert mixed.returncode == 2 and "holds 2 runs (r1, r2)" in mixed.stdout
+    assert mixed.returncode == 2 and "holds 2 runs (r1, r2)" in mixed.stderr and "--run-id" in mixed.stderr
     chosen = subprocess.run([*cli, "--run-id", "r2"], capture_output=True, text=True, timeout=60)
     assert chosen.returncode == 0 and "answer two" in chosen.stdout and "answer one" not in chosen.stdout
