@@ -83,3 +83,14 @@ def test_trace_show_reports_an_unreadable_file(tmp_path):
     missing = Path(tmp_path / "nope.jsonl")
     proc = subprocess.run([*CLI, "trace", "show", str(missing)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "cannot read trace" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_version_flag_prints_the_package_version():
+    import subprocess
+    import sys
+
+    import qwq_agent
+
+    done = subprocess.run([sys.executable, "-m", "qwq_agent.cli.main", "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == f"qwq-agent {qwq_agent.__version__}"

@@ -16,6 +16,8 @@ import importlib
 import os
 import sys
 
+from qwq_agent import __version__
+
 COMMANDS = ("run", "sandbox", "serve", "parse", "trace", "index")
 DEBUG_HELP = "on an error, also print the traceback (or set QWQ_DEBUG=1)"
 
@@ -23,6 +25,7 @@ DEBUG_HELP = "on an error, also print the traceback (or set QWQ_DEBUG=1)"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwq-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--version", action="version", version=f"qwq-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         module_name = f"qwq_agent.cli.{name}_cmd"
