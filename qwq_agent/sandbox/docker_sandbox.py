@@ -19,14 +19,17 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox import janitor
 from qwq_agent.sandbox.channel import Channel
 from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import (
     DockerAPIError,
+    DockerUnreachable,
     InvalidRequest,
     SandboxDead,
+    SandboxError,
     SandboxStartError,
     SandboxTimeout,
     UnsafeArchive,
@@ -129,28 +132,36 @@ class DockerSandbox:
         """False once the container died or was closed (the next call replaces it if `auto_replace`)."""
         return self._channel is not None and not self._channel.closed and not self._closed
 
-    async def _start(self) -> None:
-        await asyncio.to_thread(janitor.startup_once)
+    async def _start(self, deadline: Deadline | None = None) -> None:
+        # Every engine call below gets what is left of the start time, so a hung daemon fails the start
+        # within `start_timeout_s` with an error naming Docker.
+        deadline = (deadline or Deadline.never()).sooner(self.config.start_timeout_s)
+        try:
+            await asyncio.to_thread(janitor.startup_once, deadline.left() or 0.0)
+        except Exception as exc:  # docker-py's own errors (timeouts, refused connections)
+            raise DockerUnreachable(f"the Docker engine failed the start-up clean-up of old sandboxes: {exc}") from exc
         image = await asyncio.to_thread(resolve_image, self.config)
         self.name = f"qwq-sbx-{uuid.uuid4().hex[:12]}"
         labels = janitor.owner_labels(self.config.lifetime_s)
         try:
-            cid = await self.engine.create(self.name, self.config.container_body(image, labels))
+            cid = await self.engine.create(
+                self.name, self.config.container_body(image, labels), timeout=deadline.left()
+            )
         except DockerAPIError as exc:
             raise SandboxStartError(f"could not create the sandbox container: {exc}") from exc
         self.id = cid[:12]
         try:
-            reader, writer = await self.engine.attach(cid)
+            reader, writer = await self.engine.attach(cid, timeout=deadline.left())
             # Downloads are base64 (4/3) inside JSON; anything far beyond that is not an honest reply.
             max_reply = 2 * max(self.config.max_download_bytes, self.config.output_head_bytes * 8) + (16 << 20)
             self._channel = Channel(
                 reader, writer, max_request_bytes=self.config.max_request_bytes, max_reply_bytes=max_reply
             )
-            await self.engine.start(cid)
-            await asyncio.wait_for(asyncio.shield(self._channel.hello), self.config.start_timeout_s)
+            await self.engine.start(cid, timeout=deadline.left())
+            await asyncio.wait_for(asyncio.shield(self._channel.hello), deadline.left())
         except BaseException as exc:
             await self._discard()
-            if isinstance(exc, TimeoutError | DockerAPIError | SandboxDead):
+            if isinstance(exc, TimeoutError | DockerAPIError | SandboxDead) and not isinstance(exc, DockerUnreachable):
                 raise SandboxStartError(f"the sandbox did not start: {exc}") from exc
             raise
 
@@ -158,13 +169,26 @@ class DockerSandbox:
         if self._channel is not None:
             await self._channel.aclose()
         if self.id:
-            with contextlib.suppress(DockerAPIError, OSError):
+            with contextlib.suppress(DockerAPIError, DockerUnreachable, OSError):
                 await self.engine.remove(self.id)
 
     async def close(self) -> None:
         """Destroy the container (idempotent)."""
         self._closed = True
         await self._discard()
+
+    async def responsive(self, timeout: float) -> bool:
+        """True when the supervisor answers a ping within `timeout` s; never starts a replacement.
+
+        A paused or frozen container keeps its channel open but cannot answer; this tells it apart.
+        """
+        if not self.alive or self._channel is None:
+            return False
+        try:
+            await self._channel.call("ping", {}, timeout)
+        except SandboxError:
+            return False
+        return True
 
     async def wait_closed(self) -> str:
         """Wait until the current container's channel closes (death, idle or lifetime limit); returns why."""

@@ -1,0 +1,167 @@
+"""Nothing in the sandbox layer waits forever: the warm pool's acquire and every Docker engine call.
+
+Faults are real: warm containers killed or paused through the engine, a short idle limit that makes
+the supervisor exit, and a unix socket server that accepts connections and never answers (a hung dockerd).
+Each test is guarded by a generous `wait_for`, so a regression fails instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from qwq_agent.sandbox import DockerSandbox, SandboxConfig, SandboxPool, SandboxStartError
+from qwq_agent.sandbox.engine import DockerEngine
+from qwq_agent.sandbox.errors import DockerAPIError, DockerUnreachable
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+
+GUARD_S = 120.0  # far beyond any bound under test: only a hang reaches it
+
+
+async def removed(engine: DockerEngine, cid: str) -> None:
+    """Return once the container is gone (the engine's own wait, bounded)."""
+    try:
+        await engine.request("POST", f"/containers/{cid}/wait", params={"condition": "removed"}, timeout=60)
+    except DockerAPIError as exc:
+        if exc.status != 404:
+            raise
+
+
+def warm_ids(pool: SandboxPool) -> list[str]:
+    return [w.sandbox.id for w in list(pool._ready._queue)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.docker
+async def test_acquire_replaces_warm_sandboxes_killed_while_idle(sandbox_image: str) -> None:
+    async with SandboxPool(size=2, config=SandboxConfig(image=sandbox_image)) as pool:
+        await pool.wait_ready()
+        killed = warm_ids(pool)
+        assert len(killed) == 2
+        for cid in killed:
+            await pool.engine.kill(cid)
+
+        async def acquire_and_use() -> str:
+            async with pool.acquire() as sb:
+                assert (await sb.shell("echo ok")).stdout == "ok\n"
+                return sb.id
+
+        got = await asyncio.wait_for(acquire_and_use(), GUARD_S)
+        assert got not in killed
+        assert pool.replaced >= 1
+
+
+@pytest.mark.docker
+async def test_acquire_replaces_a_paused_warm_sandbox(sandbox_image: str) -> None:
+    async with SandboxPool(size=1, config=SandboxConfig(image=sandbox_image), health_check_timeout_s=1.0) as pool:
+        await pool.wait_ready()
+        (paused,) = warm_ids(pool)
+        await pool.engine.request("POST", f"/containers/{paused}/pause")
+
+        async def acquire_and_use() -> str:
+            async with pool.acquire() as sb:
+                assert (await sb.python("6 * 7")).value == "42"
+                return sb.id
+
+        got = await asyncio.wait_for(acquire_and_use(), GUARD_S)
+        assert got != paused and pool.replaced == 1
+        await removed(pool.engine, paused)
+
+
+@pytest.mark.docker
+async def test_acquire_replaces_a_warm_sandbox_past_its_idle_limit(sandbox_image: str) -> None:
+    config = SandboxConfig(image=sandbox_image, idle_timeout_s=1.0)
+    async with SandboxPool(size=1, config=config) as pool:
+        await pool.wait_ready()
+        (expired,) = warm_ids(pool)
+        reason = await asyncio.wait_for(pool._ready._queue[0].sandbox.wait_closed(), GUARD_S)  # type: ignore[attr-defined]
+        assert "idle limit reached" in reason
+
+        async def acquire_and_use() -> str:
+            async with pool.acquire() as sb:
+                assert (await sb.shell("echo fresh")).stdout == "fresh\n"
+                return sb.id
+
+        assert await asyncio.wait_for(acquire_and_use(), GUARD_S) != expired
+        assert pool.replaced == 1
+
+
+# ------------------------------------------------------------------------------- a hung Docker daemon
+
+
+class HungDaemon:
+    """A unix socket server that accepts every connection, reads what it is sent, and never answers."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="qwq-hung-", dir="/tmp")  # short: unix socket paths are capped
+        self.path = os.path.join(self.dir, "docker.sock")
+        self.connections = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._held: list[asyncio.StreamWriter] = []
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._held.append(writer)
+        while await reader.read(65536):
+            pass
+
+    async def __aenter__(self) -> HungDaemon:
+        self._server = await asyncio.start_unix_server(self._handle, self.path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in self._held:
+            w.close()
+        await self._server.wait_closed()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def hung() -> AsyncIterator[HungDaemon]:
+    async with HungDaemon() as daemon:
+        yield daemon
+
+
+async def test_engine_call_to_a_hung_daemon_raises_a_typed_error(hung: HungDaemon) -> None:
+    engine = DockerEngine(hung.path, timeout=0.5)
+    with pytest.raises(DockerUnreachable, match=f"Docker engine at unix://{hung.path} did not answer GET /containers"):
+        await asyncio.wait_for(engine.inspect("abc"), GUARD_S)
+    with pytest.raises(DockerUnreachable, match="attach"):
+        await asyncio.wait_for(engine.attach("abc", timeout=0.3), GUARD_S)
+    assert hung.connections == 2
+
+
+async def test_sandbox_start_against_a_hung_daemon_fails_within_its_start_timeout(hung: HungDaemon) -> None:
+    # The engine's own timeout is long: the start's remaining time is what bounds each call.
+    engine = DockerEngine(hung.path, timeout=3600)
+    config = SandboxConfig(image="qwq-agent-sandbox:any", start_timeout_s=1.0)
+    with pytest.raises(DockerUnreachable) as info:
+        await asyncio.wait_for(DockerSandbox.create(config, engine=engine), GUARD_S)
+    assert isinstance(info.value, SandboxStartError)
+    assert "Docker engine" in str(info.value) and hung.path in str(info.value)
+    assert hung.connections >= 1
+
+
+async def test_size_one_pool_via_docker_host_of_a_hung_daemon_raises(hung: HungDaemon, monkeypatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{hung.path}")
+    config = SandboxConfig(image="qwq-agent-sandbox:any", start_timeout_s=1.0)
+    async with SandboxPool(size=1, config=config) as pool:
+
+        async def acquire() -> None:
+            async with pool.acquire():
+                pass
+
+        with pytest.raises(DockerUnreachable, match="Docker engine"):
+            await asyncio.wait_for(acquire(), GUARD_S)
+        assert pool.start_failures >= 1
+        # The next acquire tries again (no stale failure is handed out) and fails the same bounded way.
+        with pytest.raises(SandboxStartError, match="Docker engine"):
+            await asyncio.wait_for(acquire(), GUARD_S)
