@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -59,14 +60,43 @@ class Deadline(BaseModel):
         other = time.monotonic() + max(0.0, seconds)
         return self if self.at is not None and self.at <= other else Deadline(at=other)
 
-    @contextlib.asynccontextmanager
-    async def timer(self) -> AsyncIterator[None]:
-        """Cancel the enclosed awaits when the deadline passes (raising `TimeoutError`).
+    def allows(self, seconds: float) -> bool:
+        """Whether waiting `seconds` still ends before the deadline (e.g. a retry's backoff)."""
+        left = self.left()
+        return left is None or seconds < left
 
-        Never wrap a `yield` of an async generator in it: the timer would cancel whoever iterates it.
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Make this the ambient deadline (`current_deadline()`) of the enclosed code.
+
+        Model clients read it to stop retrying and to bound their abort calls, so those count against
+        the run's wall time without the `Model` protocol having to carry a deadline argument.
         """
-        if self.at is None:
+        token = _CURRENT.set(self)
+        try:
             yield
-            return
-        async with asyncio.timeout(self.left()):
-            yield
+        finally:
+            _CURRENT.reset(token)
+
+    @contextlib.asynccontextmanager
+    async def timer(self, *, reserve: float = 0.0) -> AsyncIterator[None]:
+        """Cancel the enclosed awaits `reserve` seconds before the deadline, raising `TimeoutError`.
+
+        The enclosed code also sees this deadline as `current_deadline()`, so cleanup it does on the way
+        out (an abort request) fits in the reserve. Never wrap a `yield` of an async generator in it:
+        the timer would cancel whoever iterates the generator.
+        """
+        with self.scope():
+            if self.at is None:
+                yield
+                return
+            async with asyncio.timeout(self.left(reserve)):
+                yield
+
+
+_CURRENT: ContextVar[Deadline | None] = ContextVar("qwq_agent_deadline", default=None)
+
+
+def current_deadline() -> Deadline:
+    """The ambient deadline set by `Deadline.scope()`/`timer()`, or one that never comes."""
+    return _CURRENT.get() or Deadline.never()

@@ -24,7 +24,8 @@ class AgentConfig(BaseModel):
     loop_detector: LoopDetectorConfig = Field(default_factory=LoopDetectorConfig)
     repetition: RepetitionConfig = Field(default_factory=RepetitionConfig)
     check_language: bool = True
-    # Above the sandbox tools' own cap (600 s), so their timeouts report first, with detail.
+    # Per tool call. A call's deadline is the soonest of this, the tool-time budget and the run's wall
+    # deadline; the registry, the tools and the sandbox each clamp to it (no other setting to match).
     tool_timeout_s: float = 660.0
     model_retries: int = 2
     max_reasoning_call_hints: int = 2

@@ -60,6 +60,12 @@ from qwq_agent.sandbox.supervisor import check_member
 R = TypeVar("R", bound=Result)
 _image_cache: dict[str, str] = {}
 
+# Against a deadline, the layers give up in this order: the supervisor interrupts the code (interrupt
+# grace + this slack before the deadline), the host stops waiting for a reply and kills the container
+# (half this slack before it), and the tool registry cancels the call (at the deadline itself).
+DEADLINE_SLACK_S = 1.0
+MIN_TIMEOUT_S = 0.05
+
 
 @contextlib.contextmanager
 def _checked() -> Generator[None, None, None]:
@@ -235,23 +241,53 @@ class DockerSandbox:
             result.sandbox_replaced = result.state_lost = True
         return result
 
-    def _grace(self, timeout: float) -> float:
-        return timeout + self.config.interrupt_grace_s + self.config.reply_grace_s
+    def _grace(self, timeout: float, deadline: Deadline | None = None) -> float:
+        reply = timeout + self.config.interrupt_grace_s + self.config.reply_grace_s
+        if deadline is None:
+            return reply
+        return max(MIN_TIMEOUT_S, deadline.clamp(reply, reserve=DEADLINE_SLACK_S / 2) or 0.0)
+
+    def clamp_timeout(self, timeout: float | None, deadline: Deadline | None, default: float | None = None) -> float:
+        """The in-sandbox time limit of a call: `timeout` (or `default`, or the config's python limit),
+        shortened so that the interrupt, its grace and the reply all fit before `deadline`."""
+        limit = timeout or default or self.config.python_timeout_s
+        if deadline is not None:
+            limit = deadline.clamp(limit, reserve=self.config.interrupt_grace_s + DEADLINE_SLACK_S) or 0.0
+        return max(MIN_TIMEOUT_S, limit)
 
     # ------------------------------------------------------------------------------------------ operations
 
     # `timeout` is enforced inside the sandbox (interrupt, then kill), which asyncio.timeout cannot do.
-    async def python(self, code: str, *, timeout: float | None = None) -> PythonResult:
-        """Run a cell in the persistent interpreter (notebook-style: the last expression's repr is `value`)."""
+    async def python(
+        self, code: str, *, timeout: float | None = None, deadline: Deadline | None = None
+    ) -> PythonResult:
+        """Run a cell in the persistent interpreter (notebook-style: the last expression's repr is `value`).
+
+        With `deadline`, the time limit is shortened so that the result comes back before it.
+        """
+        if deadline is not None:
+            timeout = self.clamp_timeout(timeout, deadline, self.config.python_timeout_s)
         with _checked():
             req = PythonRequest(code=code, timeout=timeout or self.config.python_timeout_s)
-        return await self._call(req, PythonResult, self._grace(req.timeout))
+        return await self._call(req, PythonResult, self._grace(req.timeout, deadline))
 
-    async def shell(self, command: str, *, timeout: float | None = None, cwd: str | None = None) -> ShellResult:
-        """Run `bash -c command` in its own process group; background jobs are killed when it returns."""
+    async def shell(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        deadline: Deadline | None = None,
+    ) -> ShellResult:
+        """Run `bash -c command` in its own process group; background jobs are killed when it returns.
+
+        With `deadline`, the time limit is shortened so that the result comes back before it.
+        """
+        if deadline is not None:
+            timeout = self.clamp_timeout(timeout, deadline, self.config.shell_timeout_s)
         with _checked():
             req = ShellRequest(command=command, timeout=timeout or self.config.shell_timeout_s, cwd=cwd)
-        return await self._call(req, ShellResult, self._grace(req.timeout))
+        return await self._call(req, ShellResult, self._grace(req.timeout, deadline))
 
     async def view(self, path: str, view_range: list[int] | None = None) -> FileResult:
         """`cat -n` of a file (optionally lines [start, end], end -1 = to the end) or a 2-level listing."""
