@@ -165,3 +165,48 @@ async def test_size_one_pool_via_docker_host_of_a_hung_daemon_raises(hung: HungD
         # The next acquire tries again (no stale failure is handed out) and fails the same bounded way.
         with pytest.raises(SandboxStartError, match="Docker engine"):
             await asyncio.wait_for(acquire(), GUARD_S)
+
+
+# ------------------------------------------------------------------------ one deadline flows down
+
+
+@pytest.mark.docker
+async def test_a_tool_call_deadline_reaches_the_sandbox_which_reports_before_it(sandbox_image: str) -> None:
+    """The loop's per-call limit (4 s) is shorter than the timeout the model asked for (60 s): the sandbox
+    interrupts the cell in time and reports its partial output, instead of the loop cancelling a call
+    whose code goes on running."""
+    import json
+
+    from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+    from qwq_agent.agent.events import ToolResultEvent
+    from qwq_agent.agent.loop import Agent, AgentConfig
+    from qwq_agent.testing.scripted_server import ScriptedModelServer
+    from qwq_agent.tools.catalog import build_tools
+
+    def call(name: str, **arguments: object) -> str:
+        return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+    slow = "x = 41\nprint('started', flush=True)\nimport time\nwhile True:\n    time.sleep(0.05)"
+    turns = [
+        "a\n</think>\n\n" + call("python", code=slow, timeout=60),
+        "b\n</think>\n\n" + call("python", code="x + 1", timeout=60),
+        "c\n</think>\n\ndone",
+    ]
+    config = SandboxConfig(image=sandbox_image, interrupt_grace_s=1.0)
+    async with DockerSandbox.create(config) as sb, ScriptedModelServer(turns) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(
+                client, build_tools(["python"]), sandbox=sb, config=AgentConfig(check_language=False, tool_timeout_s=4.0)
+            )
+            events = await asyncio.wait_for(_collect(agent), GUARD_S)
+    results = [e for e in events if isinstance(e, ToolResultEvent)]
+    assert agent.result is not None and agent.result.status == "completed"
+    first, second = results
+    assert "was cancelled" not in first.text  # not the registry's backstop
+    assert "started" in first.text and "Execution timed out after" in first.text
+    assert first.is_error
+    assert "Out: 42" in second.text  # interrupted, not killed: the interpreter and its state carry on
+
+
+async def _collect(agent) -> list:  # type: ignore[no-untyped-def,type-arg]
+    return [ev async for ev in agent.stream("task")]
