@@ -32,6 +32,11 @@ class AgentConfig(BaseModel):
     # Generate every tool call under a grammar built from the tools' schemas, so calls are always
     # well formed (SGLang's native client only; see qwq_agent.agent.constrained).
     constrained_tool_calls: bool = False
+    # Requests one turn may make (retries, nudges, constrained calls and their continuations) before it
+    # ends with an error; and the model's context length, checked before a turn sends another request
+    # (None: asked from the server when the client can tell, else not checked).
+    max_requests_per_turn: int = 32
+    context_length: int | None = None
     # KV tokens a run reserves under admission control: its expected peak context.
     kv_reservation_tokens: int = 8192
 

@@ -40,6 +40,9 @@ REASONING_CALL_HINT = (
 )
 
 
+SERVER_INFO_TIMEOUT_S = 10.0
+
+
 class Agent:
     """One agent run at a time over a model, a set of tools and (optionally) a sandbox.
 
@@ -73,6 +76,7 @@ class Agent:
         self._trace: TraceWriter | None = None
         self._events = 0
         self._step = 0
+        self._server_context: tuple[int | None] | None = None
 
     async def run(self, task: str, *, history: Sequence[Message] = ()) -> RunResult:
         """Run to the end and return the result (events are still written to the trace)."""
@@ -144,6 +148,22 @@ class Agent:
             cm = acquire(deadline=deadline) if takes_deadline else acquire()
             self.sandbox = await stack.enter_async_context(cm)
 
+    async def _context_length(self) -> int | None:
+        """The model's context length: configured, or asked once from the server (None if unknown)."""
+        if self.config.context_length is not None:
+            return self.config.context_length
+        if self._server_context is None:
+            value: int | None = None
+            server_info = getattr(self.model, "server_info", None)
+            if server_info is not None:
+                try:
+                    async with asyncio.timeout(self.tracker.deadline.clamp(SERVER_INFO_TIMEOUT_S)):
+                        value = (await server_info()).context_length
+                except Exception:  # unknown is fine: the check is then skipped
+                    value = None
+            self._server_context = (value,)
+        return self._server_context[0]
+
     def _initial_messages(self, task: str) -> list[Message]:
         system = (
             [Message(role="system", content=self.config.system_prompt)] if self.config.system_prompt else []
@@ -179,6 +199,7 @@ class Agent:
                 self._emit,
                 self._step,
                 deadline,
+                self._context_length,
             )
             async for ev in turn.run():
                 yield ev

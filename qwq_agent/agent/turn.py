@@ -16,10 +16,11 @@ from pydantic import BaseModel, Field
 from qwq_agent.agent import parser as qparser
 from qwq_agent.agent.budgets import BudgetTracker
 from qwq_agent.agent.config import AgentConfig
-from qwq_agent.agent.constrained import CallOpenWatcher, constrained_tool_call_completion
+from qwq_agent.agent.constrained import CallOpenWatcher, constrained_tool_call_completion, grammar_ignored
 from qwq_agent.agent.events import ContentDelta, Event, ModelCall, ReasoningDelta, UsageEvent, Warning_
 from qwq_agent.agent.loop_detector import LoopSignal, ReasoningLoopDetector, close_text, nudge_text
 from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.agent.turn_limits import ContextLength, TurnLimits
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Completion, Model, SamplingParams, TextDelta, Usage
 
@@ -63,6 +64,7 @@ class TurnStreamer:
         emit: Emit,
         step: int,
         deadline: Deadline | None = None,
+        context_length: ContextLength | None = None,
     ) -> None:
         self.model = model
         self.messages = messages
@@ -76,6 +78,7 @@ class TurnStreamer:
         wall = config.budget.max_wall_s
         self._reserve = min(ABORT_RESERVE_S, 0.1 * wall) if wall is not None else 0.0
         self.result = TurnResult()
+        self._limits = TurnLimits(config.max_requests_per_turn, context_length)
         self._constrain = (
             config.constrained_tool_calls
             and bool(self.specs)
@@ -93,6 +96,10 @@ class TurnStreamer:
     async def run(self) -> AsyncIterator[Event]:
         attempts = 0
         while True:
+            if (problem := await self._limits.before_request()) is not None:
+                self.result.raw = self.prefix
+                yield self._stop("model_error", problem)
+                return
             attempt = _Attempt()
             try:
                 async for ev in self._stream(attempt):
@@ -180,6 +187,7 @@ class TurnStreamer:
         done = attempt.completion
         usage = done.usage if done else Usage(completion_tokens=0, finish_reason="aborted")
         self.tracker.account(usage)
+        self._limits.record(usage)
         self.result.usage = usage
         prompt = done.prompt if done else None
         yield self.emit(ModelCall(prompt=prompt, prefix=self.prefix, completion=attempt.text, usage=usage))
@@ -187,6 +195,10 @@ class TurnStreamer:
 
     async def _finish_call_under_grammar(self, text: str) -> AsyncIterator[Event]:
         prompt_so_far = self.model.render_prompt(self.messages, self.specs) + self.prefix + text  # type: ignore[attr-defined]
+        if (problem := await self._limits.before_request()) is not None:
+            self.result.raw = self.prefix + text
+            yield self._stop("model_error", problem)
+            return
         try:
             async with self.deadline.timer(reserve=self._reserve):
                 call_text, done = await constrained_tool_call_completion(
@@ -205,9 +217,14 @@ class TurnStreamer:
             yield self._stop("model_error", f"{type(exc).__name__}: {exc}")
             return
         self.tracker.account(done.usage)
+        self._limits.record(done.usage)
         yield self.emit(
             ModelCall(prompt=done.prompt, prefix=self.prefix + text, completion=done.text, usage=done.usage)
         )
+        if (problem := grammar_ignored(done.text, self.specs, done.usage.finish_reason)) is not None:
+            self.result.raw = self.prefix + text
+            yield self._stop("model_error", problem)
+            return
         for pev in self.parser.feed(call_text):
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
