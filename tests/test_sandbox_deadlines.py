@@ -210,3 +210,13 @@ async def test_a_tool_call_deadline_reaches_the_sandbox_which_reports_before_it(
 
 async def _collect(agent) -> list:  # type: ignore[no-untyped-def,type-arg]
     return [ev async for ev in agent.stream("task")]
+
+
+async def test_default_image_lookup_against_a_hung_daemon_fails_within_the_start_time(hung: HungDaemon, monkeypatch) -> None:
+    from qwq_agent.sandbox import docker_sandbox
+
+    monkeypatch.delenv("QWQ_SANDBOX_IMAGE", raising=False)
+    monkeypatch.setattr(docker_sandbox, "_image_cache", {})  # as in a fresh process: no image resolved yet
+    engine = DockerEngine(hung.path, timeout=3600)
+    with pytest.raises(DockerUnreachable, match="_ping"):
+        await asyncio.wait_for(DockerSandbox.create(SandboxConfig(start_timeout_s=1.0), engine=engine), GUARD_S)

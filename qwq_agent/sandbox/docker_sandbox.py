@@ -146,6 +146,10 @@ class DockerSandbox:
             await asyncio.to_thread(janitor.startup_once, deadline.left() or 0.0)
         except Exception as exc:  # docker-py's own errors (timeouts, refused connections)
             raise DockerUnreachable(f"the Docker engine failed the start-up clean-up of old sandboxes: {exc}") from exc
+        if not (self.config.image or os.environ.get("QWQ_SANDBOX_IMAGE") or "default" in _image_cache):
+            # The image lookup below uses docker-py in a thread: make sure the engine answers first, so
+            # a hung daemon fails here within the start time rather than there after docker-py's 60 s.
+            await self.engine.request("GET", "/_ping", timeout=deadline.left())
         image = await asyncio.to_thread(resolve_image, self.config)
         self.name = f"qwq-sbx-{uuid.uuid4().hex[:12]}"
         labels = janitor.owner_labels(self.config.lifetime_s)
