@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import threading
@@ -150,6 +151,7 @@ class ScriptedModelServer:
         self._cache: list[list[int]] = []
         self._aborts: dict[str, asyncio.Event] = {}
         self._changed: asyncio.Condition | None = None
+        self._stopping: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -167,6 +169,7 @@ class ScriptedModelServer:
         """Bind and start serving on the running loop."""
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Condition()
+        self._stopping = asyncio.Event()
         self._server = await asyncio.start_server(
             lambda r, w: serve_connection(r, w, self._dispatch), self.host, self.port
         )
@@ -174,6 +177,8 @@ class ScriptedModelServer:
 
     async def stop(self) -> None:
         """Stop accepting and close the listening socket; streams in flight are released."""
+        if self._stopping is not None:
+            self._stopping.set()
         for event in self._aborts.values():
             event.set()
         if self._server is not None:
@@ -304,8 +309,9 @@ class ScriptedModelServer:
     async def _abort(self, req: HttpRequest, out: HttpResponder) -> None:
         body = req.json() or {}
         self.abort_requests.append(str(body.get("rid", "*")))
-        if self.abort_delay:
-            await asyncio.sleep(self.abort_delay)
+        if self.abort_delay and self._stopping is not None:
+            with contextlib.suppress(TimeoutError):  # `stop()` ends the wait early
+                await asyncio.wait_for(self._stopping.wait(), self.abort_delay)
         rids = list(self._aborts) if body.get("abort_all") else [body.get("rid", "")]
         for rid in rids:
             self.aborted_rids.append(rid)
