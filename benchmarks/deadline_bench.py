@@ -8,6 +8,9 @@
    at the deadline; the faults should end no later than it does.
 2. Docker: a unix socket server that accepts and never answers, as DOCKER_HOST would point to it; the
    time `DockerSandbox.create(start_timeout_s=S)` takes to raise `DockerUnreachable`, against S.
+3. Warm acquire from a pool of 4 (real containers): with the health-check ping that finds paused or
+   frozen sandboxes (the default), and, as the baseline in the same run, with it off
+   (`health_check_timeout_s=None`).
 
     python benchmarks/deadline_bench.py [--wall 1.0] [--repeats 5] [--start-timeout 1.0]
 
@@ -33,7 +36,7 @@ from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import SGLangClient
 from qwq_agent.agent.clients.retry import RetryPolicy
 from qwq_agent.agent.loop import Agent, AgentConfig
-from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+from qwq_agent.sandbox import DockerSandbox, SandboxConfig, SandboxPool
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import DockerUnreachable
 from qwq_agent.testing.scripted_server import ScriptedModelServer, Turn
@@ -98,11 +101,23 @@ async def hung_docker(start_timeout: float, repeats: int) -> list[float]:
     return times
 
 
+async def warm_acquire(image: str, health_check: float | None, n: int) -> list[float]:
+    out = []
+    async with SandboxPool(size=4, config=SandboxConfig(image=image), health_check_timeout_s=health_check) as pool:
+        for _ in range(n):
+            await pool.wait_ready()
+            started = time.perf_counter()
+            async with pool.acquire():
+                out.append(time.perf_counter() - started)
+    return out
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wall", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--start-timeout", type=float, default=1.0)
+    ap.add_argument("--acquires", type=int, default=30)
     args = ap.parse_args()
 
     table = Table(title=f"runs with max_wall_s={args.wall:g} ({args.repeats} each)")
@@ -125,8 +140,20 @@ async def main() -> None:
     docker = {"start_timeout_s": args.start_timeout, "errors": len(docker_times), "attempts": args.repeats,
               "time_to_error_p50_s": statistics.median(docker_times) if docker_times else None,
               "time_to_error_max_s": max(docker_times) if docker_times else None}
+    image = os.environ.get("QWQ_SANDBOX_IMAGE")
+    if not image:
+        from qwq_agent.sandbox.image import ensure_image
+
+        image = ensure_image(progress=lambda *a, **k: None)
+    acquire = {}
+    for label, check in (("with health check", 2.0), ("baseline: no health check", None)):
+        times = sorted(await warm_acquire(image, check, args.acquires))
+        acquire[label] = {"n": len(times), "p50_ms": 1000 * statistics.median(times),
+                          "p90_ms": 1000 * times[int(0.9 * (len(times) - 1))]}
     console = Console()
     console.print(table)
+    for label, row in acquire.items():
+        console.print(f"warm acquire, {label}: p50 {row['p50_ms']:.2f} ms, p90 {row['p90_ms']:.2f} ms (n={row['n']})")
     console.print(
         f"hung Docker daemon: {docker['errors']}/{args.repeats} DockerUnreachable, time to error p50 "
         f"{docker['time_to_error_p50_s']:.3f} s, max {docker['time_to_error_max_s']:.3f} s "
@@ -134,7 +161,7 @@ async def main() -> None:
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"wall_s": args.wall, "repeats": args.repeats, "runs": rows,
-                                   "hung_docker": docker}, indent=2) + "\n")
+                                   "hung_docker": docker, "warm_acquire": acquire}, indent=2) + "\n")
     console.print(f"wrote {RESULTS}")
 
 

@@ -40,7 +40,8 @@ class SandboxPool:
     """`async with SandboxPool(size=4) as pool: async with pool.acquire() as sb: ...`
 
     Acquiring takes a ready sandbox from a queue, checks it (alive, not about to expire, answers a ping
-    within `health_check_timeout_s`) and starts a replacement in the background; when none is ready the
+    within `health_check_timeout_s`; None skips the ping, and with it the check for paused containers)
+    and starts a replacement in the background; when none is ready the
     caller waits for the next one to finish starting, at most `acquire_timeout_s` (default: the config's
     `start_timeout_s` plus 10 s). Released sandboxes are destroyed, so no state ever passes from one user
     to the next.
@@ -53,7 +54,7 @@ class SandboxPool:
         *,
         max_parallel_starts: int = 4,
         acquire_timeout_s: float | None = None,
-        health_check_timeout_s: float = 2.0,
+        health_check_timeout_s: float | None = 2.0,
         engine: DockerEngine | None = None,
     ) -> None:
         if size < 0:
@@ -146,7 +147,7 @@ class SandboxPool:
         sb = warm.sandbox
         problem = None if sb.alive else "it died while waiting"
         problem = problem or self._expiring(warm)
-        if problem is None:
+        if problem is None and self.health_check_timeout_s is not None:
             timeout = deadline.clamp(self.health_check_timeout_s) or 0.0
             if not await sb.responsive(timeout):
                 problem = f"it did not answer a ping within {timeout:g} s (paused or frozen?)"
