@@ -70,13 +70,13 @@ async def test_acquire_replaces_a_paused_warm_sandbox(sandbox_image: str) -> Non
                 return sb.id
 
         got = await asyncio.wait_for(acquire_and_use(), GUARD_S)
-        assert got != paused and pool.replaced == 1
+        assert got != paused and pool.replaced >= 1
         await removed(pool.engine, paused)
 
 
 @pytest.mark.docker
 async def test_acquire_replaces_a_warm_sandbox_past_its_idle_limit(sandbox_image: str) -> None:
-    config = SandboxConfig(image=sandbox_image, idle_timeout_s=1.0)
+    config = SandboxConfig(image=sandbox_image, idle_timeout_s=2.0)
     async with SandboxPool(size=1, config=config) as pool:
         await pool.wait_ready()
         (expired,) = warm_ids(pool)
@@ -89,7 +89,7 @@ async def test_acquire_replaces_a_warm_sandbox_past_its_idle_limit(sandbox_image
                 return sb.id
 
         assert await asyncio.wait_for(acquire_and_use(), GUARD_S) != expired
-        assert pool.replaced == 1
+        assert pool.replaced >= 1
 
 
 # ------------------------------------------------------------------------------- a hung Docker daemon
