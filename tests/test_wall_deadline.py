@@ -140,3 +140,21 @@ async def test_the_deadline_reaches_the_tools_through_their_context():
             result = await asyncio.wait_for(Agent(client, [left], config=cfg).run("go"), GUARD_S)
     assert result.status == "completed"
     assert seen and seen[0] is not None and 0 < seen[0] <= 30.0  # the per-call limit, not the run's 100 s
+
+
+async def test_the_loops_per_call_limit_still_overrides_the_registrys_default():
+    from qwq_agent.tools.registry import ToolRegistry
+
+    @tool
+    async def slowish() -> str:
+        """Takes a second."""
+        await asyncio.sleep(1.0)
+        return "finished"
+
+    call = "<tool_call>\n" + json.dumps({"name": "slowish", "arguments": {}}) + "\n</tool_call>"
+    async with ScriptedModelServer(["x\n</think>\n\n" + call, "y\n</think>\n\ndone"]) as server:
+        async with SGLangClient(server.url) as client:
+            cfg = AgentConfig(check_language=False, tool_timeout_s=30.0)
+            agent = Agent(client, ToolRegistry([slowish], timeout=0.5), config=cfg)
+            result = await asyncio.wait_for(agent.run("go"), GUARD_S)
+    assert [m.content for m in result.messages if m.role == "tool"] == ["finished"]

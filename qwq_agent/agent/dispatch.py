@@ -83,9 +83,9 @@ class ToolDispatcher:
         tool = self.tools.get(call.name)
         if tool is not None and getattr(tool, "uses_sandbox", False):
             async with lock:
-                output = await self.tools.call(call, ctx)
+                output = await self.tools.call(call, ctx, timeout=self.timeout_s)
         else:
-            output = await self.tools.call(call, ctx)
+            output = await self.tools.call(call, ctx, timeout=self.timeout_s)
         duration = time.monotonic() - started
         self.tracker.tool_s += duration
         return call, output, duration
