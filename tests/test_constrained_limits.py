@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import ModelCall, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
@@ -83,3 +85,22 @@ async def test_a_turn_that_outgrows_the_servers_context_length_stops_before_send
     assert "context length of 400 tokens" in (result.error or "")
     sizes = [len(r.prompt_ids) for r in server.requests]
     assert max(sizes) <= 400 and len(sizes) < 1000
+
+
+@pytest.mark.docker
+def test_cli_constrained_run_against_a_server_ignoring_the_grammar_exits_with_the_reason(sandbox_image, tmp_path):
+    import subprocess
+    import sys
+
+    with ScriptedModelServer([WHOLE_TURN.replace('"add"', '"python"')], when_exhausted="repeat") as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "qwq_agent.cli.main", "run", "What is 2 + 3?", "--model-url", server.url,
+             "--tools", "python", "--constrained", "--json", "--trace", str(tmp_path / "t.jsonl")],
+            capture_output=True, text=True, timeout=180,
+        )
+        requests = len(server.requests)
+    assert proc.returncode != 0
+    final = json.loads(proc.stdout.splitlines()[-1])
+    assert final["type"] == "final" and final["status"] == "model_error"
+    assert "ignored the tool-call grammar" in final["error"]
+    assert requests == 2 and "Traceback" not in proc.stderr
