@@ -92,6 +92,25 @@ async def test_acquire_replaces_a_warm_sandbox_past_its_idle_limit(sandbox_image
         assert pool.replaced >= 1
 
 
+@pytest.mark.docker
+async def test_size_one_pool_whose_start_raises_a_foreign_error_fails_acquire(sandbox_image: str, monkeypatch) -> None:
+    """A start that fails with something other than a sandbox error (here the image builder's own error
+    for a bad QWQ_SANDBOX_BUILD) used to end the start task silently, leaving acquire waiting forever."""
+    from qwq_agent.sandbox import docker_sandbox
+
+    monkeypatch.delenv("QWQ_SANDBOX_IMAGE", raising=False)
+    monkeypatch.setenv("QWQ_SANDBOX_BUILD", "no-such-mode")
+    monkeypatch.setattr(docker_sandbox, "_image_cache", {})  # as in a fresh process: no image resolved yet
+    async with SandboxPool(size=1, config=SandboxConfig()) as pool:
+
+        async def acquire() -> None:
+            async with pool.acquire():
+                pass
+
+        with pytest.raises(SandboxStartError, match="QWQ_SANDBOX_BUILD"):
+            await asyncio.wait_for(acquire(), GUARD_S)
+
+
 # ------------------------------------------------------------------------------- a hung Docker daemon
 
 
