@@ -239,3 +239,22 @@ async def test_default_image_lookup_against_a_hung_daemon_fails_within_the_start
     engine = DockerEngine(hung.path, timeout=3600)
     with pytest.raises(DockerUnreachable, match="_ping"):
         await asyncio.wait_for(DockerSandbox.create(SandboxConfig(start_timeout_s=1.0), engine=engine), GUARD_S)
+
+
+async def test_waiting_for_a_pool_sandbox_counts_against_the_runs_wall_time(hung: HungDaemon) -> None:
+    from qwq_agent.agent.budgets import Budget
+    from qwq_agent.agent.clients import SGLangClient
+    from qwq_agent.agent.loop import Agent, AgentConfig
+    from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+    # A start may take 10 s; the run's 1.5 s deadline ends the wait for one first. (Closing the pool then
+    # waits for that start to fail: starts are bounded, and cancelling one could leak its container.)
+    config = SandboxConfig(image="qwq-agent-sandbox:any", start_timeout_s=10.0)
+    async with SandboxPool(size=1, config=config, engine=DockerEngine(hung.path)) as pool:
+        async with ScriptedModelServer(["x\n</think>\n\nnever asked"]) as server, SGLangClient(server.url) as client:
+            cfg = AgentConfig(check_language=False, budget=Budget(max_wall_s=1.5))
+            agent = Agent(client, [], sandbox_pool=pool, config=cfg)
+            events = await asyncio.wait_for(_collect(agent), 30)
+    assert agent.result is not None and agent.result.status == "budget_exceeded"
+    assert "before the run could start" in (agent.result.error or "")
+    assert events[-1].type == "final" and not server.requests  # the model was never asked
