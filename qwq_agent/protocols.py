@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, Field
 
 from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.deadline import Deadline
 
 
 class SamplingParams(BaseModel):
@@ -118,11 +119,16 @@ class Sandbox(Protocol):
 
 
 class ToolContext(BaseModel):
-    """What a tool call may use besides its arguments: the run's sandbox and free-form extras."""
+    """What a tool call may use besides its arguments: the run's sandbox, its deadline, free-form extras.
+
+    `deadline` is when the call must be done (the run's wall time, the loop's per-call limit and the
+    tool-time budget, whichever comes first); a tool that waits on something should clamp to it.
+    """
 
     model_config = {"arbitrary_types_allowed": True}
 
     sandbox: Any = None
     run_id: str = ""
     call_id: str = ""
+    deadline: Deadline | None = None
     extras: dict[str, Any] = Field(default_factory=dict)

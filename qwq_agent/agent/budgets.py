@@ -1,4 +1,8 @@
-"""Run budgets: limits that end a run with a clear status instead of an exception."""
+"""Run budgets: limits that end a run with a clear status instead of an exception.
+
+The wall-time budget becomes one `Deadline` (`BudgetTracker.deadline`), computed from the run's start;
+the loop hands it down and every layer below clamps its own limits to it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ import time
 
 from pydantic import BaseModel, Field
 
+from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Usage
+
+__all__ = ["Budget", "BudgetTracker", "Deadline"]
 
 
 class Budget(BaseModel):
@@ -29,6 +36,12 @@ class BudgetTracker(BaseModel):
     cached_tokens: int = 0
     tool_s: float = 0.0
     started: float = Field(default_factory=time.monotonic)
+
+    @property
+    def deadline(self) -> Deadline:
+        """When the wall-time budget runs out (computed from the start, so it never drifts)."""
+        limit = self.budget.max_wall_s
+        return Deadline(at=None if limit is None else self.started + limit)
 
     @property
     def wall_s(self) -> float:

@@ -24,13 +24,19 @@ class AgentConfig(BaseModel):
     loop_detector: LoopDetectorConfig = Field(default_factory=LoopDetectorConfig)
     repetition: RepetitionConfig = Field(default_factory=RepetitionConfig)
     check_language: bool = True
-    # Above the sandbox tools' own cap (600 s), so their timeouts report first, with detail.
+    # Per tool call. A call's deadline is the soonest of this, the tool-time budget and the run's wall
+    # deadline; the registry, the tools and the sandbox each clamp to it (no other setting to match).
     tool_timeout_s: float = 660.0
     model_retries: int = 2
     max_reasoning_call_hints: int = 2
     # Generate every tool call under a grammar built from the tools' schemas, so calls are always
     # well formed (SGLang's native client only; see qwq_agent.agent.constrained).
     constrained_tool_calls: bool = False
+    # Requests one turn may make (retries, nudges, constrained calls and their continuations) before it
+    # ends with an error; and the model's context length, checked before a turn sends another request
+    # (None: asked from the server when the client can tell, else not checked).
+    max_requests_per_turn: int = 32
+    context_length: int | None = None
     # KV tokens a run reserves under admission control: its expected peak context.
     kv_reservation_tokens: int = 8192
 

@@ -301,6 +301,31 @@ def validate_tool_call(text: str, tools: Sequence[ToolSpec]) -> str | None:
     return None
 
 
+def grammar_ignored(text: str, tools: Sequence[ToolSpec], finish_reason: str | None) -> str | None:
+    """Why a constrained generation shows that the server ignored the grammar, or None if it did not.
+
+    Under the grammar the output is a JSON object naming one of `tools`, or a prefix of one when the
+    token limit cut it (`finish_reason="length"`, which the parser reports as a cut-off call). Anything
+    else means the constraint was not applied (a server without a grammar backend, or a proxy dropping
+    the field): repeating the request cannot help.
+    """
+    if finish_reason == "length":
+        return None
+    body = text.strip()
+    try:
+        call = json.loads(body)
+    except json.JSONDecodeError:
+        call = None
+    names = {t.name for t in tools}
+    if isinstance(call, dict) and call.get("name") in names:
+        return None
+    shown = body[:80] + ("…" if len(body) > 80 else "")
+    return (
+        f"the model server ignored the tool-call grammar: asked for one call of {sorted(names)}, it returned "
+        f"{shown!r}. Use an SGLang server with a grammar backend (xgrammar), or run without --constrained"
+    )
+
+
 class CallOpenWatcher:
     """Finds, in streamed output, where a tool call opens after the reasoning: the point to constrain from.
 

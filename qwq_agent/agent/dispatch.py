@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from qwq_agent.agent.budgets import BudgetTracker
+from qwq_agent.agent.budgets import BudgetTracker, Deadline
 from qwq_agent.agent.events import Event, ToolCallEvent, ToolResultEvent, Warning_
 from qwq_agent.agent.loop_detector import ToolCallRepetitionDetector
 from qwq_agent.agent.messages import Message, ToolCall
@@ -27,6 +27,7 @@ class ToolDispatcher:
         run_id: str,
         timeout_s: float,
         repetition: ToolCallRepetitionDetector,
+        deadline: Deadline | None = None,
     ) -> None:
         self.tools = tools
         self.tracker = tracker
@@ -34,6 +35,7 @@ class ToolDispatcher:
         self.run_id = run_id
         self.timeout_s = timeout_s
         self.repetition = repetition
+        self.deadline = deadline if deadline is not None else tracker.deadline
 
     async def run(
         self,
@@ -82,15 +84,16 @@ class ToolDispatcher:
         self, call: ToolCall, sandbox: Any, lock: asyncio.Lock
     ) -> tuple[ToolCall, ToolOutput, float]:
         started = time.monotonic()
-        ctx = ToolContext(sandbox=sandbox, run_id=self.run_id, call_id=call.id)
-        limits = [self.timeout_s, self.tracker.left("tool_s"), self.tracker.left("wall_s")]
-        timeout = max(0.001, min(x for x in limits if x is not None))
+        # The call's deadline: the run's, or sooner for the per-call limit and the tool-time budget.
+        # The registry, the tool and the sandbox below all clamp to it.
+        deadline = self.deadline.sooner(self.timeout_s).sooner(self.tracker.left("tool_s"))
+        ctx = ToolContext(sandbox=sandbox, run_id=self.run_id, call_id=call.id, deadline=deadline)
         tool = self.tools.get(call.name)
         if tool is not None and getattr(tool, "uses_sandbox", False):
             async with lock:
-                output = await self.tools.call(call, ctx, timeout=timeout)
+                output = await self.tools.call(call, ctx, timeout=self.timeout_s)
         else:
-            output = await self.tools.call(call, ctx, timeout=timeout)
+            output = await self.tools.call(call, ctx, timeout=self.timeout_s)
         duration = time.monotonic() - started
         self.tracker.tool_s += duration
         return call, output, duration

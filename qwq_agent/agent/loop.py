@@ -12,6 +12,7 @@ A step is one assistant turn (`turn.TurnStreamer`) followed by its tool calls
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qwq_agent.agent.admission import KVAdmission
-from qwq_agent.agent.budgets import BudgetTracker
+from qwq_agent.agent.budgets import BudgetTracker, Deadline
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
 from qwq_agent.agent.dispatch import ToolDispatcher
 from qwq_agent.agent.events import BudgetExceeded, Event, Final, ReplaySource, RunStarted, Warning_
@@ -37,6 +38,9 @@ REASONING_CALL_HINT = (
     "Your <tool_call> was written inside your reasoning, so it was not executed. Finish your reasoning "
     "with </think> first, then write the <tool_call> block."
 )
+
+
+SERVER_INFO_TIMEOUT_S = 10.0
 
 
 class Agent:
@@ -79,6 +83,7 @@ class Agent:
         self._ended = True
         self._trace_reported = False
         self._trace_open_error: str | None = None
+        self._server_context: tuple[int | None] | None = None
 
     async def run(self, task: str, *, history: Sequence[Message] = ()) -> RunResult:
         """Run to the end and return the result (events are still written to the trace)."""
@@ -103,12 +108,20 @@ class Agent:
             [*history, Message(role="user", content=task)] if history else self._initial_messages(task)
         )
         status, answer, error = "error", None, None
+        # The one deadline of this run: every layer below clamps its own time limits to it.
+        deadline = self.tracker.deadline
         try:
             async with AsyncExitStack() as stack:
-                if self.admission is not None:
-                    await stack.enter_async_context(self.admission.reserve(self.config.kv_reservation_tokens))
-                if self.sandbox is None and self.sandbox_pool is not None:
-                    self.sandbox = await stack.enter_async_context(self.sandbox_pool.acquire())
+                try:
+                    async with deadline.timer():  # waiting for KV room or a sandbox counts too
+                        await self._enter_resources(stack, deadline)
+                except TimeoutError:
+                    if not deadline.expired:
+                        raise
+                    over = ("wall_s", float(self.config.budget.max_wall_s or 0), self.tracker.wall_s)
+                    yield self._emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
+                    status, error = "budget_exceeded", _budget_error(over) + " before the run could start"
+                    raise _Ended from None
                 yield self._emit(
                     RunStarted(
                         task=task,
@@ -122,7 +135,7 @@ class Agent:
                 )
                 for note in trace_notes:
                     yield self._emit(note)
-                async for ev in self._steps(task):
+                async for ev in self._steps(task, deadline):
                     if isinstance(ev, Final):
                         status, answer, error = ev.status, ev.answer, ev.error
                         break
@@ -131,6 +144,8 @@ class Agent:
                         yield failed
                 for note in _take_notices(self.model, final=True):
                     yield self._emit(note)
+        except _Ended:
+            pass
         except asyncio.CancelledError:
             self.end_run("cancelled", "the run was cancelled")
             raise
@@ -139,6 +154,8 @@ class Agent:
             raise
         except Exception as exc:  # our own bug or an environment failure: report, don't crash
             status, error = "error", f"{type(exc).__name__}: {exc}"
+            if deadline.expired:  # e.g. the pool's acquire, bounded by the run's deadline, gave up
+                status = "budget_exceeded"
         final = self._final(status, answer, error)
         self._close_trace()
         if (failed := self._trace_failure()) is not None:
@@ -183,13 +200,39 @@ class Agent:
         message = f"the trace could not be written ({self._trace.error}); what was written stays readable"
         return self._emit(Warning_(kind="trace_failed", message=message))
 
+    async def _enter_resources(self, stack: AsyncExitStack, deadline: Deadline) -> None:
+        if self.admission is not None:
+            await stack.enter_async_context(self.admission.reserve(self.config.kv_reservation_tokens))
+        if self.sandbox is None and self.sandbox_pool is not None:
+            acquire = self.sandbox_pool.acquire
+            # A pool of our own takes the deadline; a user's pool is called as the protocol allows.
+            takes_deadline = "deadline" in inspect.signature(acquire).parameters
+            cm = acquire(deadline=deadline) if takes_deadline else acquire()
+            self.sandbox = await stack.enter_async_context(cm)
+
+    async def _context_length(self) -> int | None:
+        """The model's context length: configured, or asked once from the server (None if unknown)."""
+        if self.config.context_length is not None:
+            return self.config.context_length
+        if self._server_context is None:
+            value: int | None = None
+            server_info = getattr(self.model, "server_info", None)
+            if server_info is not None:
+                try:
+                    async with asyncio.timeout(self.tracker.deadline.clamp(SERVER_INFO_TIMEOUT_S)):
+                        value = (await server_info()).context_length
+                except Exception:  # unknown is fine: the check is then skipped
+                    value = None
+            self._server_context = (value,)
+        return self._server_context[0]
+
     def _initial_messages(self, task: str) -> list[Message]:
         system = (
             [Message(role="system", content=self.config.system_prompt)] if self.config.system_prompt else []
         )
         return [*system, Message(role="user", content=task)]
 
-    async def _steps(self, task: str) -> AsyncIterator[Event]:
+    async def _steps(self, task: str, deadline: Deadline) -> AsyncIterator[Event]:
         dispatcher = ToolDispatcher(
             self.tools,
             self.tracker,
@@ -197,6 +240,7 @@ class Agent:
             run_id=self.run_id,
             timeout_s=self.config.tool_timeout_s,
             repetition=ToolCallRepetitionDetector(self.config.repetition),
+            deadline=deadline,
         )
         language_checked = not self.config.check_language
         reasoning_hints = 0
@@ -218,6 +262,8 @@ class Agent:
                 self.tracker,
                 self._emit,
                 self._step,
+                deadline,
+                self._context_length,
             )
             async for ev in turn.run():
                 yield ev
@@ -226,6 +272,10 @@ class Agent:
             result = turn.result
             if result.stop_status is not None:
                 over = self.tracker.exceeded()
+                if result.budget == "wall_s":
+                    # The turn's timer fires a little before the budget is used up (the abort's reserve).
+                    over = ("wall_s", float(self.config.budget.max_wall_s or 0), self.tracker.wall_s)
+                    yield self._emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
                 budget_hit = result.stop_status == "budget_exceeded" and over is not None
                 yield Final(
                     status=result.stop_status, error=_budget_error(over) if budget_hit else result.error
@@ -318,8 +368,14 @@ def _take_notices(model: Any, *, final: bool = False) -> list[Event]:
     return list(take(final=final)) if callable(take) else []
 
 
+class _Ended(Exception):
+    """The run ended before its first step (its status and error are already set)."""
+
+
 def _budget_error(over: tuple[str, float, float] | None) -> str | None:
     if over is None:
         return None
     name, limit, used = over
+    if name == "wall_s":  # ended by the timer, a little before the limit (the abort's reserve)
+        return f"budget wall_s used up: the run's {limit:g} s deadline was reached ({used:.2f} s)"
     return f"budget {name} used up ({used:g} >= {limit:g})"

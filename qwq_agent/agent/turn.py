@@ -16,13 +16,20 @@ from pydantic import BaseModel, Field
 from qwq_agent.agent import parser as qparser
 from qwq_agent.agent.budgets import BudgetTracker
 from qwq_agent.agent.config import AgentConfig
-from qwq_agent.agent.constrained import CallOpenWatcher, constrained_tool_call_completion
+from qwq_agent.agent.constrained import CallOpenWatcher, constrained_tool_call_completion, grammar_ignored
 from qwq_agent.agent.events import ContentDelta, Event, ModelCall, ReasoningDelta, UsageEvent, Warning_
 from qwq_agent.agent.loop_detector import LoopSignal, ReasoningLoopDetector, close_text, nudge_text
 from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.agent.turn_limits import ContextLength, TurnLimits
+from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Completion, Model, SamplingParams, TextDelta, Usage
 
 Emit = Callable[..., Event]
+
+# Of the wall-time budget, what the turn keeps back for aborting an unfinished request on the server,
+# so that the abort, too, ends before the deadline (capped at a tenth of the budget for short budgets).
+ABORT_RESERVE_S = 0.5
+WALL_OUT = "the wall-time deadline passed while waiting for the model"
 
 
 class TurnResult(BaseModel):
@@ -31,6 +38,7 @@ class TurnResult(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     stop_status: str | None = None  # set when the turn itself ends the run
     error: str | None = None
+    budget: str | None = None  # the budget that ended the turn (`wall_s` when its deadline passed)
 
 
 class _Attempt(BaseModel):
@@ -55,6 +63,8 @@ class TurnStreamer:
         tracker: BudgetTracker,
         emit: Emit,
         step: int,
+        deadline: Deadline | None = None,
+        context_length: ContextLength | None = None,
     ) -> None:
         self.model = model
         self.messages = messages
@@ -63,7 +73,12 @@ class TurnStreamer:
         self.tracker = tracker
         self.emit = emit
         self.step = step
+        # Every request of the turn (retries, continuations, the constrained call) runs under one timer.
+        self.deadline = deadline if deadline is not None else tracker.deadline
+        wall = config.budget.max_wall_s
+        self._reserve = min(ABORT_RESERVE_S, 0.1 * wall) if wall is not None else 0.0
         self.result = TurnResult()
+        self._limits = TurnLimits(config.max_requests_per_turn, context_length)
         self._constrain = (
             config.constrained_tool_calls
             and bool(self.specs)
@@ -81,11 +96,18 @@ class TurnStreamer:
     async def run(self) -> AsyncIterator[Event]:
         attempts = 0
         while True:
+            if (problem := await self._limits.before_request()) is not None:
+                self.result.raw = self.prefix
+                yield self._stop("model_error", problem)
+                return
             attempt = _Attempt()
             try:
                 async for ev in self._stream(attempt):
                     yield ev
             except Exception as exc:
+                if self._wall_out(exc):
+                    yield self._wall_stop(f"{WALL_OUT} ({type(exc).__name__}: {exc})")
+                    return
                 if not _is_model_error(exc) or attempts >= self.config.model_retries:
                     yield self._stop("model_error", f"{type(exc).__name__}: {exc}")
                     return
@@ -98,9 +120,7 @@ class TurnStreamer:
                 yield ev
             if attempt.wall_out:
                 self.result.raw = self.prefix + attempt.text
-                yield self._stop(
-                    "budget_exceeded", "the wall-time budget ran out mid-generation", kind="budget"
-                )
+                yield self._wall_stop(WALL_OUT)
                 return
             if attempt.call_open and attempt.signal is None:
                 async for ev in self._finish_call_under_grammar(attempt.text):
@@ -127,8 +147,21 @@ class TurnStreamer:
         watcher = CallOpenWatcher(self.prefix) if self._constrain else None
         pieces: list[str] = []
         stream = self.model.stream(self.messages, self.specs, self._sampling(), prefix=self.prefix)
+        events = aiter(stream)
         try:
-            async for mev in stream:
+            while True:
+                # The timer covers each wait for the next event, not the yields below: keep-alives,
+                # a stalled stream or the client's retries cannot outlast the deadline.
+                try:
+                    async with self.deadline.timer(reserve=self._reserve):
+                        mev = await anext(events)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    if not self._wall_out():
+                        raise
+                    attempt.wall_out = True
+                    break
                 if isinstance(mev, Completion):
                     attempt.completion = mev
                     continue
@@ -145,17 +178,18 @@ class TurnStreamer:
                     # After a forced `</think>` a model that still circles does so in its answer.
                     if isinstance(ev, ReasoningDelta) or (self.forced_close and isinstance(ev, ContentDelta)):
                         attempt.signal = self.detector.feed(ev.text) or attempt.signal
-                attempt.wall_out = self.tracker.left("wall_s") == 0.0
-                if attempt.signal is not None or attempt.call_open or attempt.wall_out:
+                if attempt.signal is not None or attempt.call_open:
                     break  # closing the stream aborts the request on the server
         finally:
             attempt.text = "".join(pieces)
-            await _aclose(stream)
+            with self.deadline.scope():  # the abort this may send counts against the deadline
+                await _aclose(stream)
 
     async def _record(self, attempt: _Attempt) -> AsyncIterator[Event]:
         done = attempt.completion
         usage = done.usage if done else Usage(completion_tokens=0, finish_reason="aborted")
         self.tracker.account(usage)
+        self._limits.record(usage)
         self.result.usage = usage
         prompt = done.prompt if done else None
         yield self.emit(ModelCall(prompt=prompt, prefix=self.prefix, completion=attempt.text, usage=usage))
@@ -163,22 +197,36 @@ class TurnStreamer:
 
     async def _finish_call_under_grammar(self, text: str) -> AsyncIterator[Event]:
         prompt_so_far = self.model.render_prompt(self.messages, self.specs) + self.prefix + text  # type: ignore[attr-defined]
+        if (problem := await self._limits.before_request()) is not None:
+            self.result.raw = self.prefix + text
+            yield self._stop("model_error", problem)
+            return
         try:
-            call_text, done = await constrained_tool_call_completion(
-                self.model,  # type: ignore[arg-type]
-                prompt_so_far,
-                self.specs,
-                self.config.sampling,
-            )
+            async with self.deadline.timer(reserve=self._reserve):
+                call_text, done = await constrained_tool_call_completion(
+                    self.model,  # type: ignore[arg-type]
+                    prompt_so_far,
+                    self.specs,
+                    self.config.sampling,
+                )
         except Exception as exc:
+            if self._wall_out(exc):
+                self.result.raw = self.prefix + text
+                yield self._wall_stop(WALL_OUT + " (for the constrained tool call)")
+                return
             if not _is_model_error(exc):
                 raise
             yield self._stop("model_error", f"{type(exc).__name__}: {exc}")
             return
         self.tracker.account(done.usage)
+        self._limits.record(done.usage)
         yield self.emit(
             ModelCall(prompt=done.prompt, prefix=self.prefix + text, completion=done.text, usage=done.usage)
         )
+        if (problem := grammar_ignored(done.text, self.specs, done.usage.finish_reason)) is not None:
+            self.result.raw = self.prefix + text
+            yield self._stop("model_error", problem)
+            return
         for pev in self.parser.feed(call_text):
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
@@ -202,6 +250,15 @@ class TurnStreamer:
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
         self.prefix += attempt.text + inject
+
+    def _wall_out(self, exc: BaseException | None = None) -> bool:
+        from qwq_agent.agent.clients.errors import ModelDeadlineExceeded
+
+        return self.deadline.left(self._reserve) == 0.0 or isinstance(exc, ModelDeadlineExceeded)
+
+    def _wall_stop(self, message: str) -> Event:
+        self.result.budget = "wall_s"
+        return self._stop("budget_exceeded", message, kind="budget")
 
     def _stop(self, status: str, message: str, *, kind: str | None = None) -> Event:
         self.result.stop_status = status

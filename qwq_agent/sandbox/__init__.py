@@ -11,9 +11,11 @@
 from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 from qwq_agent.sandbox.errors import (
+    DockerUnreachable,
     InvalidRequest,
     PathOutsideWorkspace,
     ResourceExhausted,
+    SandboxAcquireTimeout,
     SandboxDead,
     SandboxError,
     SandboxStartError,
@@ -34,12 +36,14 @@ from qwq_agent.sandbox.protocol import (
 
 __all__ = [
     "DockerSandbox",
+    "DockerUnreachable",
     "DownloadResult",
     "FileResult",
     "InvalidRequest",
     "PathOutsideWorkspace",
     "PythonResult",
     "ResourceExhausted",
+    "SandboxAcquireTimeout",
     "SandboxConfig",
     "SandboxDead",
     "SandboxError",

@@ -19,14 +19,17 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox import janitor
 from qwq_agent.sandbox.channel import Channel
 from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import (
     DockerAPIError,
+    DockerUnreachable,
     InvalidRequest,
     SandboxDead,
+    SandboxError,
     SandboxStartError,
     SandboxTimeout,
     UnsafeArchive,
@@ -56,6 +59,12 @@ from qwq_agent.sandbox.supervisor import check_member
 
 R = TypeVar("R", bound=Result)
 _image_cache: dict[str, str] = {}
+
+# Against a deadline, the layers give up in this order: the supervisor interrupts the code (interrupt
+# grace + this slack before the deadline), the host stops waiting for a reply and kills the container
+# (half this slack before it), and the tool registry cancels the call (at the deadline itself).
+DEADLINE_SLACK_S = 1.0
+MIN_TIMEOUT_S = 0.05
 
 
 @contextlib.contextmanager
@@ -129,28 +138,40 @@ class DockerSandbox:
         """False once the container died or was closed (the next call replaces it if `auto_replace`)."""
         return self._channel is not None and not self._channel.closed and not self._closed
 
-    async def _start(self) -> None:
-        await asyncio.to_thread(janitor.startup_once)
+    async def _start(self, deadline: Deadline | None = None) -> None:
+        # Every engine call below gets what is left of the start time, so a hung daemon fails the start
+        # within `start_timeout_s` with an error naming Docker.
+        deadline = (deadline or Deadline.never()).sooner(self.config.start_timeout_s)
+        try:
+            await asyncio.to_thread(janitor.startup_once, deadline.left() or 0.0)
+        except Exception as exc:  # docker-py's own errors (timeouts, refused connections)
+            raise DockerUnreachable(f"the Docker engine failed the start-up clean-up of old sandboxes: {exc}") from exc
+        if not (self.config.image or os.environ.get("QWQ_SANDBOX_IMAGE") or "default" in _image_cache):
+            # The image lookup below uses docker-py in a thread: make sure the engine answers first, so
+            # a hung daemon fails here within the start time rather than there after docker-py's 60 s.
+            await self.engine.request("GET", "/_ping", timeout=deadline.left())
         image = await asyncio.to_thread(resolve_image, self.config)
         self.name = f"qwq-sbx-{uuid.uuid4().hex[:12]}"
         labels = janitor.owner_labels(self.config.lifetime_s)
         try:
-            cid = await self.engine.create(self.name, self.config.container_body(image, labels))
+            cid = await self.engine.create(
+                self.name, self.config.container_body(image, labels), timeout=deadline.left()
+            )
         except DockerAPIError as exc:
             raise SandboxStartError(f"could not create the sandbox container: {exc}") from exc
         self.id = cid[:12]
         try:
-            reader, writer = await self.engine.attach(cid)
+            reader, writer = await self.engine.attach(cid, timeout=deadline.left())
             # Downloads are base64 (4/3) inside JSON; anything far beyond that is not an honest reply.
             max_reply = 2 * max(self.config.max_download_bytes, self.config.output_head_bytes * 8) + (16 << 20)
             self._channel = Channel(
                 reader, writer, max_request_bytes=self.config.max_request_bytes, max_reply_bytes=max_reply
             )
-            await self.engine.start(cid)
-            await asyncio.wait_for(asyncio.shield(self._channel.hello), self.config.start_timeout_s)
+            await self.engine.start(cid, timeout=deadline.left())
+            await asyncio.wait_for(asyncio.shield(self._channel.hello), deadline.left())
         except BaseException as exc:
             await self._discard()
-            if isinstance(exc, TimeoutError | DockerAPIError | SandboxDead):
+            if isinstance(exc, TimeoutError | DockerAPIError | SandboxDead) and not isinstance(exc, DockerUnreachable):
                 raise SandboxStartError(f"the sandbox did not start: {exc}") from exc
             raise
 
@@ -158,13 +179,26 @@ class DockerSandbox:
         if self._channel is not None:
             await self._channel.aclose()
         if self.id:
-            with contextlib.suppress(DockerAPIError, OSError):
+            with contextlib.suppress(DockerAPIError, DockerUnreachable, OSError):
                 await self.engine.remove(self.id)
 
     async def close(self) -> None:
         """Destroy the container (idempotent)."""
         self._closed = True
         await self._discard()
+
+    async def responsive(self, timeout: float) -> bool:
+        """True when the supervisor answers a ping within `timeout` s; never starts a replacement.
+
+        A paused or frozen container keeps its channel open but cannot answer; this tells it apart.
+        """
+        if not self.alive or self._channel is None:
+            return False
+        try:
+            await self._channel.call("ping", {}, timeout)
+        except SandboxError:
+            return False
+        return True
 
     async def wait_closed(self) -> str:
         """Wait until the current container's channel closes (death, idle or lifetime limit); returns why."""
@@ -211,23 +245,53 @@ class DockerSandbox:
             result.sandbox_replaced = result.state_lost = True
         return result
 
-    def _grace(self, timeout: float) -> float:
-        return timeout + self.config.interrupt_grace_s + self.config.reply_grace_s
+    def _grace(self, timeout: float, deadline: Deadline | None = None) -> float:
+        reply = timeout + self.config.interrupt_grace_s + self.config.reply_grace_s
+        if deadline is None:
+            return reply
+        return max(MIN_TIMEOUT_S, deadline.clamp(reply, reserve=DEADLINE_SLACK_S / 2) or 0.0)
+
+    def clamp_timeout(self, timeout: float | None, deadline: Deadline | None, default: float | None = None) -> float:
+        """The in-sandbox time limit of a call: `timeout` (or `default`, or the config's python limit),
+        shortened so that the interrupt, its grace and the reply all fit before `deadline`."""
+        limit = timeout or default or self.config.python_timeout_s
+        if deadline is not None:
+            limit = deadline.clamp(limit, reserve=self.config.interrupt_grace_s + DEADLINE_SLACK_S) or 0.0
+        return max(MIN_TIMEOUT_S, limit)
 
     # ------------------------------------------------------------------------------------------ operations
 
     # `timeout` is enforced inside the sandbox (interrupt, then kill), which asyncio.timeout cannot do.
-    async def python(self, code: str, *, timeout: float | None = None) -> PythonResult:
-        """Run a cell in the persistent interpreter (notebook-style: the last expression's repr is `value`)."""
+    async def python(
+        self, code: str, *, timeout: float | None = None, deadline: Deadline | None = None
+    ) -> PythonResult:
+        """Run a cell in the persistent interpreter (notebook-style: the last expression's repr is `value`).
+
+        With `deadline`, the time limit is shortened so that the result comes back before it.
+        """
+        if deadline is not None:
+            timeout = self.clamp_timeout(timeout, deadline, self.config.python_timeout_s)
         with _checked():
             req = PythonRequest(code=code, timeout=timeout or self.config.python_timeout_s)
-        return await self._call(req, PythonResult, self._grace(req.timeout))
+        return await self._call(req, PythonResult, self._grace(req.timeout, deadline))
 
-    async def shell(self, command: str, *, timeout: float | None = None, cwd: str | None = None) -> ShellResult:
-        """Run `bash -c command` in its own process group; background jobs are killed when it returns."""
+    async def shell(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        deadline: Deadline | None = None,
+    ) -> ShellResult:
+        """Run `bash -c command` in its own process group; background jobs are killed when it returns.
+
+        With `deadline`, the time limit is shortened so that the result comes back before it.
+        """
+        if deadline is not None:
+            timeout = self.clamp_timeout(timeout, deadline, self.config.shell_timeout_s)
         with _checked():
             req = ShellRequest(command=command, timeout=timeout or self.config.shell_timeout_s, cwd=cwd)
-        return await self._call(req, ShellResult, self._grace(req.timeout))
+        return await self._call(req, ShellResult, self._grace(req.timeout, deadline))
 
     async def view(self, path: str, view_range: list[int] | None = None) -> FileResult:
         """`cat -n` of a file (optionally lines [start, end], end -1 = to the end) or a 2-level listing."""

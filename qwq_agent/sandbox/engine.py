@@ -2,19 +2,26 @@
 
 One connection per request (connecting to a local socket costs microseconds), so nothing here is bound to
 an event loop and sandboxes can be created from any loop. `attach` returns the hijacked stream.
+
+Every call has a timeout (the engine's default, or the caller's `timeout=`): a daemon that accepts
+connections but never answers raises `DockerUnreachable` naming the socket and the call, instead of
+hanging whatever waits on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from qwq_agent.sandbox.errors import DockerAPIError, SandboxError
+from qwq_agent.sandbox.errors import DockerAPIError, DockerUnreachable, SandboxError
 
 API_VERSION = "v1.41"
+DEFAULT_TIMEOUT_S = 60.0
 
 
 def default_socket() -> str:
@@ -52,10 +59,33 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
 
 
 class DockerEngine:
-    """Async calls to the Docker Engine API (the subset sandboxes need)."""
+    """Async calls to the Docker Engine API (the subset sandboxes need).
 
-    def __init__(self, socket_path: str | None = None) -> None:
+    `timeout` (seconds) bounds each call from connecting to the last byte of the answer; every method
+    also takes `timeout=` for a tighter limit (e.g. what is left of a sandbox's start time).
+    """
+
+    def __init__(self, socket_path: str | None = None, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.socket_path = socket_path or default_socket()
+        self.timeout = timeout
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self, what: str, timeout: float | None) -> AsyncIterator[None]:
+        """Map a hung or unreachable engine onto `DockerUnreachable` naming the socket and the call."""
+        limit = self.timeout if timeout is None else max(0.0, timeout)
+        try:
+            async with asyncio.timeout(limit):
+                yield
+        except TimeoutError:
+            raise DockerUnreachable(
+                f"the Docker engine at unix://{self.socket_path} did not answer {what} within {limit:g} s "
+                "(is dockerd hung? `docker info` should answer)"
+            ) from None
+        except (ConnectionError, FileNotFoundError, PermissionError, asyncio.IncompleteReadError) as exc:
+            raise DockerUnreachable(
+                f"cannot talk to the Docker engine at unix://{self.socket_path} ({what}): {exc or type(exc).__name__} "
+                "(is dockerd running, and may this user use its socket?)"
+            ) from None
 
     async def _open(self, method: str, path: str, params: dict[str, Any] | None, body: Any, extra: str = ""):
         reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=1 << 20)
@@ -70,81 +100,103 @@ class DockerEngine:
         return reader, writer
 
     async def request(
-        self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        timeout: float | None = None,
     ) -> tuple[int, Any]:
-        """One API call; returns (status, decoded JSON body or None)."""
-        reader, writer = await self._open(method, path, params, body, "Connection: close\r\n")
+        """One API call; returns (status, decoded JSON body or None). Raises `DockerUnreachable` on timeout."""
+        writer = None
         try:
-            status, headers = await _read_head(reader)
-            raw = await _read_body(reader, headers)
+            async with self._bounded(f"{method} {path}", timeout):
+                reader, writer = await self._open(method, path, params, body, "Connection: close\r\n")
+                status, headers = await _read_head(reader)
+                raw = await _read_body(reader, headers)
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
         data = json.loads(raw) if raw and headers.get("content-type", "").startswith("application/json") else None
         if status >= 400:
             message = data.get("message", raw.decode(errors="replace")) if isinstance(data, dict) else raw.decode(errors="replace")
             raise DockerAPIError(status, message)
         return status, data
 
-    async def create(self, name: str, body: dict[str, Any]) -> str:
-        _, data = await self.request("POST", "/containers/create", params={"name": name}, body=body)
+    async def create(self, name: str, body: dict[str, Any], *, timeout: float | None = None) -> str:
+        _, data = await self.request("POST", "/containers/create", params={"name": name}, body=body, timeout=timeout)
         return data["Id"]
 
-    async def start(self, cid: str) -> None:
-        await self.request("POST", f"/containers/{quote(cid)}/start")
+    async def start(self, cid: str, *, timeout: float | None = None) -> None:
+        await self.request("POST", f"/containers/{quote(cid)}/start", timeout=timeout)
 
-    async def kill(self, cid: str) -> None:
+    async def kill(self, cid: str, *, timeout: float | None = None) -> None:
         try:
-            await self.request("POST", f"/containers/{quote(cid)}/kill")
+            await self.request("POST", f"/containers/{quote(cid)}/kill", timeout=timeout)
         except DockerAPIError as exc:
             if exc.status not in (404, 409):
                 raise
 
-    async def remove(self, cid: str) -> None:
+    async def remove(self, cid: str, *, timeout: float | None = None) -> None:
         """Kill and remove; returns once the container is gone (also when AutoRemove got there first)."""
         try:
-            await self.request("DELETE", f"/containers/{quote(cid)}", params={"force": "1", "v": "1"})
+            await self.request("DELETE", f"/containers/{quote(cid)}", params={"force": "1", "v": "1"}, timeout=timeout)
         except DockerAPIError as exc:
             if exc.status == 404:
                 return
             if exc.status != 409:  # 409: removal already in progress, so wait for it to finish
                 raise
             try:
-                await self.request("POST", f"/containers/{quote(cid)}/wait", params={"condition": "removed"})
+                await self.request(
+                    "POST", f"/containers/{quote(cid)}/wait", params={"condition": "removed"}, timeout=timeout
+                )
             except DockerAPIError as exc2:
                 if exc2.status != 404:
                     raise
 
-    async def inspect(self, cid: str) -> dict[str, Any]:
-        _, data = await self.request("GET", f"/containers/{quote(cid)}/json")
+    async def inspect(self, cid: str, *, timeout: float | None = None) -> dict[str, Any]:
+        _, data = await self.request("GET", f"/containers/{quote(cid)}/json", timeout=timeout)
         return data
 
-    async def list(self, labels: list[str], all_: bool = True) -> list[dict[str, Any]]:
+    async def list(self, labels: list[str], all_: bool = True, *, timeout: float | None = None) -> list[dict[str, Any]]:
         params = {"all": "1" if all_ else "0", "filters": json.dumps({"label": labels})}
-        _, data = await self.request("GET", "/containers/json", params=params)
+        _, data = await self.request("GET", "/containers/json", params=params, timeout=timeout)
         return data
 
-    async def stats(self, cid: str) -> dict[str, Any]:
-        _, data = await self.request("GET", f"/containers/{quote(cid)}/stats", params={"stream": "0"})
+    async def stats(self, cid: str, *, timeout: float | None = None) -> dict[str, Any]:
+        _, data = await self.request("GET", f"/containers/{quote(cid)}/stats", params={"stream": "0"}, timeout=timeout)
         return data
 
-    async def image_exists(self, image: str) -> bool:
+    async def image_exists(self, image: str, *, timeout: float | None = None) -> bool:
         try:
-            await self.request("GET", f"/images/{quote(image, safe='')}/json")
+            await self.request("GET", f"/images/{quote(image, safe='')}/json", timeout=timeout)
         except DockerAPIError as exc:
             if exc.status == 404:
                 return False
             raise
         return True
 
-    async def attach(self, cid: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Hijack the container's stdio: raw stdin going in, Docker's 8-byte-header frames coming out."""
+    async def attach(
+        self, cid: str, *, timeout: float | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Hijack the container's stdio: raw stdin going in, Docker's 8-byte-header frames coming out.
+
+        `timeout` bounds the hijack itself; the stream it returns lives as long as the container.
+        """
         params = {"stream": "1", "stdin": "1", "stdout": "1", "stderr": "1"}
-        reader, writer = await self._open(
-            "POST", f"/containers/{quote(cid)}/attach", params, None, "Connection: Upgrade\r\nUpgrade: tcp\r\n"
-        )
-        status, headers = await _read_head(reader)
-        if status not in (101, 200):
-            body = await _read_body(reader, headers)
-            writer.close()
-            raise DockerAPIError(status, body.decode(errors="replace"))
+        writer = None
+        try:
+            async with self._bounded("POST /containers/{id}/attach", timeout):
+                reader, writer = await self._open(
+                    "POST", f"/containers/{quote(cid)}/attach", params, None, "Connection: Upgrade\r\nUpgrade: tcp\r\n"
+                )
+                status, headers = await _read_head(reader)
+                if status not in (101, 200):
+                    body = await _read_body(reader, headers)
+                    raise DockerAPIError(status, body.decode(errors="replace"))
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            raise
         return reader, writer

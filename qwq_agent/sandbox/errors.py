@@ -45,6 +45,18 @@ class ToolError(SandboxError):
     """
 
 
+class DockerUnreachable(SandboxStartError):
+    """The Docker engine could not be reached, or did not answer within the call's timeout.
+
+    A subclass of `SandboxStartError` because no sandbox can start without the engine; its message names
+    the engine's socket and the call that failed.
+    """
+
+
+class SandboxAcquireTimeout(SandboxStartError):
+    """`SandboxPool.acquire()` found no working sandbox within its time limit."""
+
+
 class DockerAPIError(SandboxError):
     """The Docker engine refused a request."""
 

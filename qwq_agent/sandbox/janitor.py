@@ -97,10 +97,11 @@ class SandboxInfo(BaseModel):
     orphan: str | None
 
 
-def _client() -> Any:
+def _client(timeout: float = 30.0) -> Any:
     import docker
 
-    return docker.from_env(timeout=30)
+    # docker-py wants whole seconds or more; a zero timeout would mean "no timeout" to requests.
+    return docker.from_env(timeout=max(1, round(timeout)))
 
 
 def list_sandboxes(client: Any = None) -> list[SandboxInfo]:
@@ -155,12 +156,15 @@ def _at_exit() -> None:
         pass
 
 
-def startup_once() -> None:
-    """Prune orphans once per process and make sure our own containers go when the process exits."""
+def startup_once(timeout: float = 30.0) -> None:
+    """Prune orphans once per process and make sure our own containers go when the process exits.
+
+    `timeout` bounds each call to the engine, so a hung daemon fails this instead of blocking it.
+    """
     global _started
     with _lock:
         if _started:
             return
         _started = True
     atexit.register(_at_exit)
-    prune()
+    prune(client=_client(timeout))

@@ -1,40 +1,83 @@
-"""A warm pool: N sandboxes kept started, handed out with a pop, destroyed after use (never reused)."""
+"""A warm pool: N sandboxes kept started, handed out with a pop, destroyed after use (never reused).
+
+`acquire()` always ends within a bounded time: it returns a sandbox that answered a health check, or raises
+a `SandboxStartError` (`SandboxAcquireTimeout` when nothing worked in time). Warm sandboxes that died while
+waiting (killed, crashed, idle or lifetime limit reached), are close to their idle or lifetime limit, or do
+not answer (a paused or frozen container) are destroyed and replaced, never handed out.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
+from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 from qwq_agent.sandbox.engine import DockerEngine
-from qwq_agent.sandbox.errors import SandboxError, SandboxStartError
+from qwq_agent.sandbox.errors import SandboxAcquireTimeout, SandboxError, SandboxStartError
 
 log = logging.getLogger(__name__)
+
+# A warm sandbox this close to its idle or lifetime limit may exit while the caller uses it: replace it.
+EXPIRY_MARGIN = 0.1
+
+
+@dataclass
+class _Warm:
+    """A started sandbox waiting in the pool, and when it last answered (its idle clock's start)."""
+
+    sandbox: DockerSandbox
+    ready_at: float
+    started_at: float
 
 
 class SandboxPool:
     """`async with SandboxPool(size=4) as pool: async with pool.acquire() as sb: ...`
 
-    Acquiring takes a ready sandbox from a queue (no Docker call on that path) and starts a replacement in
-    the background; when none is ready the caller waits for the next one to finish starting. Released
-    sandboxes are destroyed, so no state ever passes from one user to the next.
+    Acquiring takes a ready sandbox from a queue, checks it (alive, not about to expire, answers a ping
+    within `health_check_timeout_s`; None skips the ping, and with it the check for paused containers)
+    and starts a replacement in the background; when none is ready the
+    caller waits for the next one to finish starting, at most `acquire_timeout_s` (default: the config's
+    `start_timeout_s` plus 10 s). Released sandboxes are destroyed, so no state ever passes from one user
+    to the next.
     """
 
-    def __init__(self, size: int = 4, config: SandboxConfig | None = None, *, max_parallel_starts: int = 4) -> None:
+    def __init__(
+        self,
+        size: int = 4,
+        config: SandboxConfig | None = None,
+        *,
+        max_parallel_starts: int = 4,
+        acquire_timeout_s: float | None = None,
+        health_check_timeout_s: float | None = 2.0,
+        engine: DockerEngine | None = None,
+    ) -> None:
         if size < 0:
             raise ValueError("size must be >= 0")
         self.size = size
         self.config = config or SandboxConfig()
-        self.engine = DockerEngine()
-        # A failed start is queued as its exception, so a waiting acquire fails instead of hanging.
-        self._ready: asyncio.Queue[DockerSandbox | SandboxError] = asyncio.Queue()
+        self.engine = engine or DockerEngine(timeout=self.config.start_timeout_s)
+        self.acquire_timeout_s = (
+            acquire_timeout_s if acquire_timeout_s is not None else self.config.start_timeout_s + 10.0
+        )
+        self.health_check_timeout_s = health_check_timeout_s
+        # Failed starts are queued as their exception only while someone waits, so a waiting acquire
+        # fails at once instead of waiting out its timeout, and no stale failure meets a later caller.
+        self._ready: asyncio.Queue[_Warm | SandboxError] = asyncio.Queue()
         self._starts = asyncio.Semaphore(max(1, max_parallel_starts))
         self._tasks: set[asyncio.Task[None]] = set()
+        self._starting = 0
+        self._waiters = 0
         self._closed = False
         self.start_failures = 0
+        self.replaced = 0
+        """Warm sandboxes found dead, expired or unresponsive at acquire time, and replaced."""
+        self.last_error: SandboxError | None = None
 
     @property
     def ready(self) -> int:
@@ -46,57 +89,111 @@ class SandboxPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _spawn_fill(self) -> None:
+        self._starting += 1
+        self._spawn(self._fill_one())
+
     async def _fill_one(self) -> None:
-        async with self._starts:
-            if self._closed:
-                return
-            sandbox = DockerSandbox(self.config, engine=self.engine)
-            try:
-                await sandbox._start()
-            except (SandboxError, OSError) as exc:
-                self.start_failures += 1
-                log.warning("warm pool: a sandbox failed to start: %s", exc)
-                await sandbox.close()
-                error = exc if isinstance(exc, SandboxError) else SandboxStartError(str(exc))
-                self._ready.put_nowait(error)
-                return
-            if self._closed:
-                await sandbox.close()
-                return
-            self._ready.put_nowait(sandbox)
+        try:
+            async with self._starts:
+                if self._closed:
+                    return
+                sandbox = DockerSandbox(self.config, engine=self.engine)
+                try:
+                    await sandbox._start()
+                except Exception as exc:  # whatever broke, a waiter must hear of it rather than hang
+                    await sandbox.close()
+                    self._failed(exc if isinstance(exc, SandboxError) else SandboxStartError(f"{type(exc).__name__}: {exc}"))
+                    return
+                if self._closed:
+                    await sandbox.close()
+                    return
+                now = time.monotonic()
+                self._ready.put_nowait(_Warm(sandbox, ready_at=now, started_at=now))
+        finally:
+            self._starting -= 1
+
+    def _failed(self, error: SandboxError) -> None:
+        self.start_failures += 1
+        self.last_error = error
+        log.warning("warm pool: a sandbox failed to start: %s", error)
+        if self._waiters > self._ready.qsize():
+            self._ready.put_nowait(error)
 
     async def wait_ready(self) -> None:
-        """Wait until the pool holds `size` started sandboxes (or failed starts) or its starts have finished."""
-        while self._ready.qsize() < self.size and any(not t.done() for t in self._tasks):
+        """Wait until the pool holds `size` started sandboxes or its starts have finished."""
+        while self._ready.qsize() < self.size and self._starting > 0:
             await asyncio.wait([t for t in self._tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
 
     async def __aenter__(self) -> SandboxPool:
         for _ in range(self.size):
-            self._spawn(self._fill_one())
+            self._spawn_fill()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _take(self) -> DockerSandbox:
+    def _expiring(self, warm: _Warm) -> str | None:
+        """Why `warm` should not be handed out although its channel is open, or None."""
+        now = time.monotonic()
+        idle, life = self.config.idle_timeout_s, self.config.lifetime_s
+        if now - warm.ready_at >= idle * (1 - EXPIRY_MARGIN):
+            return f"idle for {now - warm.ready_at:.0f} s (its idle limit is {idle:g} s)"
+        if now - warm.started_at >= life * (1 - EXPIRY_MARGIN):
+            return f"started {now - warm.started_at:.0f} s ago (its lifetime is {life:g} s)"
+        return None
+
+    async def _usable(self, warm: _Warm, deadline: Deadline) -> bool:
+        sb = warm.sandbox
+        problem = None if sb.alive else "it died while waiting"
+        problem = problem or self._expiring(warm)
+        if problem is None and self.health_check_timeout_s is not None:
+            timeout = deadline.clamp(self.health_check_timeout_s) or 0.0
+            if not await sb.responsive(timeout):
+                problem = f"it did not answer a ping within {timeout:g} s (paused or frozen?)"
+        if problem is not None:
+            log.info("warm pool: replacing sandbox %s: %s", sb.id, problem)
+        return problem is None
+
+    async def _take(self, deadline: Deadline) -> DockerSandbox:
         while True:
-            if self._ready.empty() and not any(not t.done() for t in self._tasks):
-                self._spawn(self._fill_one())  # size 0, or every start failed: start one on demand
-            sandbox = await self._ready.get()
-            if isinstance(sandbox, SandboxError):
-                raise sandbox
-            if sandbox.alive:
-                return sandbox
-            self._spawn(sandbox.close())  # died while waiting (idle limit, killed): never hand it out
+            if self._ready.empty() and self._starting == 0:
+                self._spawn_fill()  # size 0, or every start failed: start one on demand
+            self._waiters += 1
+            try:
+                async with deadline.timer():
+                    item = await self._ready.get()
+            except TimeoutError:
+                why = f"; the last start failed: {self.last_error}" if self.last_error else ""
+                raise SandboxAcquireTimeout(
+                    f"no working sandbox could be acquired within {self.acquire_timeout_s:g} s{why}"
+                ) from None
+            finally:
+                self._waiters -= 1
+            if isinstance(item, SandboxError):
+                raise item
+            if await self._usable(item, deadline):
+                return item.sandbox
+            self.replaced += 1
+            self._spawn(item.sandbox.close())
+            if self.size and not self._closed:
+                self._spawn_fill()
 
     @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[DockerSandbox]:
-        """A fresh sandbox for the duration of the block; destroyed afterwards."""
+    async def acquire(
+        self, *, timeout: float | None = None, deadline: Deadline | None = None
+    ) -> AsyncIterator[DockerSandbox]:
+        """A fresh, working sandbox for the duration of the block; destroyed afterwards.
+
+        Waits at most `timeout` seconds (default `acquire_timeout_s`), and never past `deadline`; then
+        raises `SandboxAcquireTimeout`. A failed start raises its `SandboxStartError` at once.
+        """
         if self._closed:
             raise SandboxError("the pool is closed")
-        sandbox = await self._take()
+        limit = self.acquire_timeout_s if timeout is None else timeout
+        sandbox = await self._take((deadline or Deadline.never()).sooner(limit))
         if self.size:
-            self._spawn(self._fill_one())
+            self._spawn_fill()
         try:
             yield sandbox
         finally:
@@ -109,5 +206,5 @@ class SandboxPool:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         while not self._ready.empty():
             item = self._ready.get_nowait()
-            if isinstance(item, DockerSandbox):
-                await item.close()
+            if isinstance(item, _Warm):
+                await item.sandbox.close()

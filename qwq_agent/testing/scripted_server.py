@@ -10,7 +10,8 @@ says what the model writes, turn by turn, in QwQ's raw output format::
         assert "2+2" in server.requests[0].prompt
 
 A turn is a string, a `Turn` (text plus faults: a 500, a slow first token, a connection dropped or a
-malformed event after N tokens, a stream held open until aborted), or a callable receiving the
+malformed event after N tokens, a stream held open until aborted, a stream that sends only SSE
+keep-alive comments from some point on), or a callable receiving the
 `ScriptedRequest` and returning either; `turns` itself may be such a callable, answering every request.
 Prefix caching is simulated like a radix cache: `cached_tokens` is the longest common token prefix with any
 sequence (prompt + output) served before, at most the prompt length minus one.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import threading
@@ -66,6 +68,10 @@ class Turn:
     """Where several stop strings occur: "text" cuts at the earliest in the text; "listed" cuts at the
     first one in the request's list that occurs anywhere, as SGLang 0.5.17 was seen to do; "ignore"
     applies none (as SGLang does under a grammar)."""
+    keepalive_after: int | None = None
+    """After this many tokens, send only SSE keep-alive comments (`: keep-alive`), one every
+    `keepalive_interval` seconds, until the request is aborted or `hold_timeout` passes (streams only)."""
+    keepalive_interval: float = 0.05
 
 
 @dataclass
@@ -109,6 +115,8 @@ class ScriptedModelServer:
         api_key: when set, `/v1/*` requires `Authorization: Bearer <api_key>`.
         when_exhausted: "error" answers 500 once the turns run out; "repeat" starts them over.
         ready: whether `/health` answers 200 from the start (else 503 until `set_ready()`).
+        abort_delay: seconds `/abort_request` waits before it acts and answers (a slow server); the
+            request is recorded in `abort_requests` as soon as it arrives.
     """
 
     def __init__(
@@ -125,6 +133,7 @@ class ScriptedModelServer:
         use_project_tokenizer: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
+        abort_delay: float = 0.0,
     ) -> None:
         self._turns = turns
         self.model = model
@@ -139,11 +148,14 @@ class ScriptedModelServer:
         self.port = port
         self.requests: list[ScriptedRequest] = []
         self.aborted_rids: list[str] = []
+        self.abort_requests: list[str] = []
+        self.abort_delay = abort_delay
         self.errors: list[str] = []
         self._next_turn = 0
         self._cache: list[list[int]] = []
         self._aborts: dict[str, asyncio.Event] = {}
         self._changed: asyncio.Condition | None = None
+        self._stopping: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -161,6 +173,7 @@ class ScriptedModelServer:
         """Bind and start serving on the running loop."""
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Condition()
+        self._stopping = asyncio.Event()
         self._server = await asyncio.start_server(
             lambda r, w: serve_connection(r, w, self._dispatch), self.host, self.port
         )
@@ -168,6 +181,8 @@ class ScriptedModelServer:
 
     async def stop(self) -> None:
         """Stop accepting and close the listening socket; streams in flight are released."""
+        if self._stopping is not None:
+            self._stopping.set()
         for event in self._aborts.values():
             event.set()
         if self._server is not None:
@@ -297,6 +312,10 @@ class ScriptedModelServer:
 
     async def _abort(self, req: HttpRequest, out: HttpResponder) -> None:
         body = req.json() or {}
+        self.abort_requests.append(str(body.get("rid", "*")))
+        if self.abort_delay and self._stopping is not None:
+            with contextlib.suppress(TimeoutError):  # `stop()` ends the wait early
+                await asyncio.wait_for(self._stopping.wait(), self.abort_delay)
         rids = list(self._aborts) if body.get("abort_all") else [body.get("rid", "")]
         for rid in rids:
             self.aborted_rids.append(rid)
@@ -386,6 +405,14 @@ class ScriptedModelServer:
             await out.end_chunked()
             return "stop"
         event = self._aborts.get(request.rid or "")
+        if turn.keepalive_after == index and event is not None and request.stream:
+            until = time.monotonic() + turn.hold_timeout
+            while not event.is_set() and time.monotonic() < until:
+                await out.chunk(b": keep-alive\n\n")
+                try:
+                    await asyncio.wait_for(event.wait(), turn.keepalive_interval)
+                except TimeoutError:
+                    pass
         if turn.hold_after == index and event is not None:
             try:
                 await asyncio.wait_for(event.wait(), turn.hold_timeout)

@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError as SchemaError
 
 from qwq_agent.agent.messages import ToolCall, ToolSpec
+from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Tool, ToolContext, ToolOutput
 from qwq_agent.tools.base import ToolArgumentsError, same_json_value, to_tool_output
 
@@ -129,8 +130,9 @@ class ToolRegistry:
     """The tools available to a run, by name.
 
     Time limit of a call, most specific first: the tool's own `timeout` attribute (e.g.
-    `FunctionTool(timeout=...)`, for a tool known to be slow or fast), then `call(..., timeout=)` (the
-    loop's general setting), then the registry's `timeout` (seconds; None for no limit).
+    `FunctionTool(timeout=...)`, for a tool known to be slow or fast), then `call(..., timeout=)`, then
+    the registry's `timeout` (seconds; None for no limit); whichever applies is clamped to the call's
+    deadline (`call(..., deadline=)` or `context.deadline`), so no tool outlives the run's budget.
     """
 
     def __init__(
@@ -176,6 +178,7 @@ class ToolRegistry:
         context: ToolContext | None = None,
         *,
         timeout: float | None = None,
+        deadline: Deadline | None = None,
     ) -> ToolOutput:
         """Run `call` and return its output; every failure is an `is_error=True` observation."""
         tool = self._tools.get(call.name)
@@ -200,6 +203,12 @@ class ToolRegistry:
         limit = getattr(tool, "timeout", None)
         if limit is None:
             limit = timeout if timeout is not None else self.timeout
+        deadline = deadline if deadline is not None else context.deadline
+        if deadline is not None:
+            if context.deadline is None:
+                context = context.model_copy(update={"deadline": deadline})
+            # A backstop: tools that clamp to the deadline themselves report before it fires.
+            limit = deadline.clamp(limit)
         try:
             result = await asyncio.wait_for(tool(call.arguments, context), timeout=limit)
         except TimeoutError:

@@ -88,6 +88,13 @@ def format_shell(result: ShellResult, timeout: float) -> ToolOutput:
     )
 
 
+def _limits(sandbox: Any, timeout: float, ctx: ToolContext) -> dict[str, Any]:
+    """`timeout=`, plus `deadline=` for sandboxes that take one (the `Sandbox` protocol does not)."""
+    if ctx.deadline is not None and hasattr(sandbox, "clamp_timeout"):
+        return {"timeout": timeout, "deadline": ctx.deadline}
+    return {"timeout": timeout}
+
+
 async def _timed(
     ctx: ToolContext,
     timeout: float,
@@ -98,6 +105,11 @@ async def _timed(
     if ctx.sandbox is None:
         return _no_sandbox()
     timeout = min(max(timeout, 1.0), MAX_TIMEOUT_S)
+    clamp = getattr(ctx.sandbox, "clamp_timeout", None)
+    if ctx.deadline is not None and clamp is not None:
+        # Ends early enough that the sandbox interrupts the code and reports (with its partial output)
+        # before the call's deadline, instead of the loop cancelling a call that goes on running.
+        timeout = clamp(timeout, ctx.deadline)
     try:
         return render(await op(ctx.sandbox, timeout), timeout)
     except SandboxError as exc:
@@ -116,7 +128,7 @@ async def python_tool(ctx: ToolContext, code: str, timeout: float = DEFAULT_TIME
         code: the Python source to run
         timeout: seconds before the cell is interrupted (the interpreter is restarted if it must be killed)
     """
-    return await _timed(ctx, timeout, lambda sb, t: sb.python(code, timeout=t), format_python)
+    return await _timed(ctx, timeout, lambda sb, t: sb.python(code, **_limits(sb, t, ctx)), format_python)
 
 
 @tool(name="shell")
@@ -130,7 +142,7 @@ async def shell_tool(ctx: ToolContext, command: str, timeout: float = DEFAULT_TI
         command: the bash command line
         timeout: seconds before the command and its children are killed
     """
-    return await _timed(ctx, timeout, lambda sb, t: sb.shell(command, timeout=t), format_shell)
+    return await _timed(ctx, timeout, lambda sb, t: sb.shell(command, **_limits(sb, t, ctx)), format_shell)
 
 
 class EditorArgs(BaseModel):

@@ -27,6 +27,10 @@ class ModelTimeoutError(ModelConnectionError):
     """The server did not answer (or stopped sending) within the configured timeout."""
 
 
+class ModelDeadlineExceeded(ModelTimeoutError):
+    """A retry was due, but its backoff would end past the caller's deadline (`current_deadline()`)."""
+
+
 class ModelServerError(ModelError):
     """The server answered with an error: an HTTP status >= 400, or an error event inside the stream."""
 

@@ -37,6 +37,7 @@ from qwq_agent.agent.clients.errors import (
     ModelTimeoutError,
 )
 from qwq_agent.agent.clients.retry import RetryPolicy
+from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
@@ -256,6 +257,7 @@ class OpenAIChatClient:
                 delay = next(delays, None) if retryable and not emitted else None
                 if delay is None:
                     raise
+                _check_deadline(delay, exc)
                 await asyncio.sleep(delay)
 
     async def _stream_once(self, body: dict[str, Any]) -> AsyncIterator[ModelEvent]:

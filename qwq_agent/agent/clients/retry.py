@@ -6,6 +6,9 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from qwq_agent.agent.clients.errors import ModelDeadlineExceeded, ModelError
+from qwq_agent.deadline import current_deadline
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -36,3 +39,16 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
+
+
+def check_deadline(delay: float, error: ModelError) -> None:
+    """Raise `ModelDeadlineExceeded` when waiting `delay` before the next try would pass the deadline.
+
+    Retries count against the caller's wall time: a backoff that cannot end before the ambient
+    deadline (`qwq_agent.deadline.current_deadline()`) ends the request now, naming the last failure.
+    """
+    if not current_deadline().allows(delay):
+        raise ModelDeadlineExceeded(
+            f"no time left before the deadline for another try (next backoff {delay:.2f} s); last failure: {error}",
+            partial_text=error.partial_text,
+        ) from error

@@ -25,9 +25,13 @@ from qwq_agent.agent.clients.errors import (
     ModelTimeoutError,
 )
 from qwq_agent.agent.clients.retry import RetryPolicy
+from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.deadline import current_deadline
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
+
+ABORT_FLOOR_S = 0.05
 
 
 class SGLangCompletion(Completion):
@@ -158,7 +162,9 @@ class SGLangClient:
     async def abort(self, rid: str) -> None:
         """Ask the server to stop generating request `rid` (it frees its KV slots)."""
         try:
-            response = await self._http.post("/abort_request", json={"rid": rid}, timeout=self.abort_timeout)
+            # An abort counts against the caller's deadline; the floor still lets it reach a local server.
+            timeout = max(ABORT_FLOOR_S, current_deadline().clamp(self.abort_timeout) or 0.0)
+            response = await self._http.post("/abort_request", json={"rid": rid}, timeout=timeout)
         except httpx.HTTPError as exc:
             raise ModelConnectionError(f"abort of {rid} failed: {type(exc).__name__}") from exc
         if response.status_code >= 400:
@@ -253,6 +259,7 @@ class SGLangClient:
                 delay = next(delays, None)
                 if delay is None:
                     raise
+                _check_deadline(delay, exc)
                 attempt += 1
                 await asyncio.sleep(delay)
 
