@@ -21,7 +21,7 @@ STOPS = ["e", "a", "o"]
 
 
 def reference_cut(text: str, stops: list[str]) -> tuple[str, str | None]:
-    hits = [(text.find(s), -len(s), s) for s in stops if s and s in text]
+    hits = [(text.find(s), len(s), s) for s in stops if s and s in text]
     if not hits:
         return text, None
     at, _, stop = min(hits)

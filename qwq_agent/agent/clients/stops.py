@@ -49,8 +49,9 @@ class StopScanner:
         best: tuple[int, str] | None = None
         for stop in self.stops:
             at = text.find(stop)
-            # At equal positions the longer string wins: it is the more specific match of the two.
-            if at >= 0 and (best is None or at < best[0] or (at == best[0] and len(stop) > len(best[1]))):
+            # At equal positions the shorter string wins: streamed, it is the one complete first, so the
+            # answer does not depend on how the text was split into deltas.
+            if at >= 0 and (best is None or at < best[0] or (at == best[0] and len(stop) < len(best[1]))):
                 best = (at, stop)
         return best
 
