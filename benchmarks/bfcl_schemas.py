@@ -60,7 +60,9 @@ async def main() -> int:
             total.update(counts)
         cells = [str(c["cases"])] + [f"{c[k + '_ok']}/{c[k + '_total']}" for k in keys[1:]]
         print(f"{category:24}" + "".join(f"{x:>18}" for x in cells))
-    print(f"\n{len(violating)} expected calls rejected: each value disagrees with its own function definition (listed):")
+    print(
+        f"\n{len(violating)} expected calls rejected: each value disagrees with its own function definition (listed):"
+    )
     for line in violating:
         print("  " + line.splitlines()[0][:160])
     print(f"\n{len(other)} wrong calls accepted or rejected without naming the argument")
@@ -69,8 +71,15 @@ async def main() -> int:
     print(f"\n{elapsed:.1f} s")
     if args.json:
         args.json.write_text(
-            json.dumps({"counts": {k: dict(v) for k, v in table.items()}, "violating": violating,
-                        "other_failures": other, "seconds": elapsed}, indent=1)
+            json.dumps(
+                {
+                    "counts": {k: dict(v) for k, v in table.items()},
+                    "violating": violating,
+                    "other_failures": other,
+                    "seconds": elapsed,
+                },
+                indent=1,
+            )
         )
     return 1 if other else 0
 

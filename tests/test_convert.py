@@ -83,8 +83,11 @@ async def test_draft_04_and_07_keywords_become_2020_12():
                 "definitions": {"pos": {"type": "integer", "minimum": 0, "exclusiveMinimum": True}},
                 "properties": {
                     "n": {"$ref": "#/definitions/pos"},
-                    "pair": {"type": "array", "items": [{"type": "string"}, {"type": "integer"}],
-                             "additionalItems": False},
+                    "pair": {
+                        "type": "array",
+                        "items": [{"type": "string"}, {"type": "integer"}],
+                        "additionalItems": False,
+                    },
                     "card": {"type": "string"},
                     "cvv": {"type": "string"},
                 },
@@ -147,7 +150,9 @@ def test_bad_definitions_fail_with_the_place_named():
     with pytest.raises(SchemaConversionError, match="must be an object"):
         normalize_schema({"type": "array"})
     with pytest.raises(SchemaConversionError, match="tool 'bad'"):
-        spec_from_mcp({"name": "bad", "inputSchema": {"type": "object", "properties": {"x": {"minimum": "zero"}}}})
+        spec_from_mcp(
+            {"name": "bad", "inputSchema": {"type": "object", "properties": {"x": {"minimum": "zero"}}}}
+        )
     with pytest.raises(SchemaConversionError, match=r"function\.name"):
         to_tool_spec({"type": "function", "function": {"parameters": {}}})
 

@@ -116,7 +116,12 @@ def _wrong_value(schema: dict[str, Any]) -> Any | None:
     if kind is None or "anyOf" in schema or "oneOf" in schema:
         return None
     kinds = set(kind if isinstance(kind, list) else [kind])
-    for candidate, its in (({"not": "this"}, "object"), ("wrong", "string"), ([1, 2], "array"), (True, "boolean")):
+    for candidate, its in (
+        ({"not": "this"}, "object"),
+        ("wrong", "string"),
+        ([1, 2], "array"),
+        (True, "boolean"),
+    ):
         if its not in kinds:
             return candidate
     return None
@@ -128,7 +133,11 @@ def mutations(spec: ToolSpec, args: dict[str, Any]) -> list[Mutation]:
     out = [Mutation(kind="extra", argument=EXTRA_ARGUMENT, arguments={**args, EXTRA_ARGUMENT: 1})]
     for name in spec.parameters.get("required", []):
         if name in args:
-            out.append(Mutation(kind="missing", argument=name, arguments={k: v for k, v in args.items() if k != name}))
+            out.append(
+                Mutation(
+                    kind="missing", argument=name, arguments={k: v for k, v in args.items() if k != name}
+                )
+            )
     for name in args:
         schema = props.get(name, {})
         wrong = _wrong_value(schema)
@@ -136,7 +145,11 @@ def mutations(spec: ToolSpec, args: dict[str, Any]) -> list[Mutation]:
             out.append(Mutation(kind="wrong_type", argument=name, arguments={**args, name: wrong}))
         enum = schema.get("enum")
         if enum and all(isinstance(v, str) for v in enum):
-            out.append(Mutation(kind="bad_enum", argument=name, arguments={**args, name: "not-" + "-".join(enum)[:40]}))
+            out.append(
+                Mutation(
+                    kind="bad_enum", argument=name, arguments={**args, name: "not-" + "-".join(enum)[:40]}
+                )
+            )
     return out
 
 
@@ -165,16 +178,22 @@ async def check_case(case: BfclCase) -> CaseReport:
             out = await registry.call(ToolCall(id="c", name=name, arguments=args))
             count("correct_total")
             if out.is_error:
-                report.failures.append(f"{case.id}: correct call {name}({json.dumps(args)}) rejected: {out.text}")
+                report.failures.append(
+                    f"{case.id}: correct call {name}({json.dumps(args)}) rejected: {out.text}"
+                )
             else:
                 count("correct_ok")
             for m in mutations(specs[name], args):
                 out = await registry.call(ToolCall(id="c", name=name, arguments=m.arguments))
                 count(f"{m.kind}_total")
                 if not out.is_error:
-                    report.failures.append(f"{case.id}: {m.kind} {m.argument!r} accepted: {json.dumps(m.arguments)}")
+                    report.failures.append(
+                        f"{case.id}: {m.kind} {m.argument!r} accepted: {json.dumps(m.arguments)}"
+                    )
                 elif f"'{m.argument}'" not in out.text and f".{m.argument}" not in out.text:
-                    report.failures.append(f"{case.id}: {m.kind} error does not name {m.argument!r}: {out.text}")
+                    report.failures.append(
+                        f"{case.id}: {m.kind} error does not name {m.argument!r}: {out.text}"
+                    )
                 else:
                     count(f"{m.kind}_ok")
     return report

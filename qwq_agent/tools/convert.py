@@ -57,8 +57,19 @@ _TYPE_ALIASES: dict[str, str | None] = {
 }
 
 # Keywords whose value is one schema, a list of schemas, or a {name: schema} map.
-_ONE = ("additionalProperties", "items", "contains", "not", "if", "then", "else", "propertyNames",
-        "unevaluatedItems", "unevaluatedProperties", "additionalItems")
+_ONE = (
+    "additionalProperties",
+    "items",
+    "contains",
+    "not",
+    "if",
+    "then",
+    "else",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "additionalItems",
+)
 _MANY = ("allOf", "anyOf", "oneOf", "prefixItems")
 _MAP = ("properties", "patternProperties", "$defs", "dependentSchemas")
 _OPEN_KEYS = ("additionalProperties", "patternProperties", "unevaluatedProperties")
@@ -86,6 +97,8 @@ def _normalize(schema: Any, path: str, *, close: bool, in_all_of: bool = False) 
         raise SchemaConversionError(f"{path}: a schema must be an object, got {type(schema).__name__}")
     s: dict[str, Any] = dict(schema)
     s.pop("$schema", None)  # always read as 2020-12 from here on
+    if isinstance(s.get("title"), str):  # generated titles ("addArguments", "A") are prompt noise
+        del s["title"]
 
     if "definitions" in s:  # draft-07 and earlier; refs are rewritten below
         s.setdefault("$defs", {}).update(s.pop("definitions"))
@@ -158,8 +171,9 @@ def _normalize(schema: Any, path: str, *, close: bool, in_all_of: bool = False) 
     for key in _MAP:
         if isinstance(s.get(key), Mapping):
             s[key] = {
-                name: _normalize(sub, f"{path}.{name}" if key == "properties" else f"{path}.{key}.{name}",
-                                 close=close)
+                name: _normalize(
+                    sub, f"{path}.{name}" if key == "properties" else f"{path}.{key}.{name}", close=close
+                )
                 for name, sub in s[key].items()
             }
 
@@ -245,7 +259,9 @@ def spec_from_bfcl(definition: Mapping[str, Any], *, close: bool = True) -> Tool
 def to_tool_spec(definition: Any, *, close: bool = True) -> ToolSpec:
     """Any supported definition, recognised by its shape (MCP `inputSchema`, OpenAI `function`/`parameters`)."""
     if isinstance(definition, ToolSpec):
-        return definition.model_copy(update={"parameters": normalize_schema(definition.parameters, close=close)})
+        return definition.model_copy(
+            update={"parameters": normalize_schema(definition.parameters, close=close)}
+        )
     if _get(definition, "input_schema", "inputSchema") is not None:
         return spec_from_mcp(definition, close=close)
     if isinstance(definition, Mapping):
