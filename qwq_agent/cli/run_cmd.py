@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from qwq_agent.cli import ecosystem
+
 DEFAULT_URL = "http://127.0.0.1:30000"
 
 
@@ -35,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replay", type=Path, help="replay a trace's completions instead of a model")
     p.add_argument("--resume", type=Path, help="replay a trace, then continue with the live model")
     p.add_argument("--json", action="store_true", help="print events as JSON lines instead of the live view")
+    ecosystem.add_arguments(p)  # --mcp, --mcp-url, --otel
     p.set_defaults(func=_run)
 
 
@@ -79,6 +82,11 @@ async def _main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
+    extras = await ecosystem.open_extras(args, tools, console)
+    if extras is None:
+        await model.aclose()
+        return 2
+    tools = extras.tools
     config = AgentConfig(
         budget=Budget(max_steps=args.max_steps),
         sampling=SamplingParams(max_new_tokens=args.max_new_tokens),
@@ -91,7 +99,7 @@ async def _main(args: argparse.Namespace) -> int:
             trace_path = trace_path or Path("traces") / f"{agent.run_id}.jsonl"
             agent.trace_path = trace_path
             renderer = EventRenderer(console, image_dir=Path("qwq-agent-images") / agent.run_id)
-            async for ev in agent.stream(task):
+            async for ev in extras.observe(agent.stream(task)):
                 if args.json:
                     sys.stdout.write(ev.model_dump_json() + "\n")
                     sys.stdout.flush()
@@ -102,6 +110,7 @@ async def _main(args: argparse.Namespace) -> int:
                 console.print(f"[dim]workspace copied back to {args.copy_back}[/dim]")
     finally:
         await model.aclose()
+        await extras.aclose()
     console.print(f"[dim]trace: {trace_path}[/dim]")
     result = agent.result
     return 0 if result is not None and result.status == "completed" else 1

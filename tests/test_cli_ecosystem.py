@@ -1,0 +1,91 @@
+"""`qwq-agent run --mcp/--mcp-url/--otel` as a user runs it: a subprocess, real servers, a real sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("mcp")
+pytest.importorskip("opentelemetry.sdk")
+
+from mcp_helpers import http_server, stdio_command
+
+from qwq_agent.testing.otlp_receiver import OTLPReceiver
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+
+
+def tool_call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+def test_an_mcp_server_that_cannot_start_is_a_clear_error_not_a_traceback():
+    with ScriptedModelServer([]) as server:
+        proc = subprocess.run(
+            [*CLI, "run", "hi", "--model-url", server.url, "--mcp", "definitely-not-a-command-xyz --flag"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "definitely-not-a-command-xyz" in out and "could not be started" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.docker
+def test_run_with_mcp_servers_on_both_transports_and_otel_spans_to_a_real_receiver(sandbox_image, tmp_path):
+    turns = [
+        "Use the servers.\n</think>\n\n"
+        + tool_call("cli__add", a=20, b=22)
+        + "\n"
+        + tool_call("web__picture"),
+        "42 and a picture.\n</think>\n\nThe answer is 42.",
+    ]
+    with OTLPReceiver() as rx, http_server("web") as (url, _), ScriptedModelServer(turns) as server:
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_SERVICE_NAME": "cli-test"}
+        proc = subprocess.run(
+            [
+                *CLI,
+                "run",
+                "Add 20 and 22.",
+                "--model-url",
+                server.url,
+                "--tools",
+                "python",
+                "--json",
+                "--trace",
+                str(tmp_path / "run.jsonl"),
+                "--mcp",
+                shlex.join(stdio_command("cli")),
+                "--mcp-url",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr
+        events = [json.loads(line) for line in proc.stdout.splitlines()]
+        spans = rx.wait_for(lambda got: any(s.name.startswith("invoke_agent") for s in got))
+    started = events[0]
+    assert started["type"] == "run_started" and {"python", "cli__add", "web__add"} <= set(started["tools"])
+    results = {e["name"]: e for e in events if e["type"] == "tool_result"}
+    assert results["cli__add"]["text"] == "42" and results["web__picture"]["images"]
+    assert events[-1]["answer"] == "The answer is 42."
+
+    run = next(s for s in spans if s.name.startswith("invoke_agent"))
+    assert run.resource["service.name"] == "cli-test"
+    assert run.attributes["qwq_agent.sandbox_id"] == started["sandbox_id"]
+    assert run.attributes["qwq_agent.run_id"] == started["run_id"]
+    tool_spans = {s.attributes["gen_ai.tool.name"]: s for s in spans if s.name.startswith("execute_tool")}
+    assert set(tool_spans) == {"cli__add", "web__picture"}
+    assert "gen_ai.tool.call.result" not in tool_spans["cli__add"].attributes  # no content unless asked
