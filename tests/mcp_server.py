@@ -10,6 +10,7 @@ import base64
 import os
 from typing import Annotated, Literal
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.utilities.types import Image
@@ -48,6 +49,12 @@ def build(name: str) -> MCPServer:
     def fail(reason: Annotated[str, Field(description="why")]) -> str:
         """Raise, so the result is an MCP error result."""
         raise ToolError(f"failed on purpose: {reason}")
+
+    @server.tool()
+    async def nap(seconds: float) -> str:
+        """Sleep, then answer."""
+        await anyio.sleep(seconds)
+        return f"slept {seconds}"
 
     @server.tool()
     def die() -> str:

@@ -3,9 +3,12 @@ over stdio and streamable HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
 import sys
+import time
 
 import pytest
 
@@ -64,7 +67,7 @@ async def check_server_tools(registry: ToolRegistry, prefix: str = "") -> None:
 
 async def test_stdio_server_tools_are_typed_tools():
     async with await mcp_tools(stdio_command("solo")) as tools:
-        assert {t.spec.name for t in tools} == {"add", "shout", "whoami", "picture", "fail", "die"}
+        assert {t.spec.name for t in tools} == {"add", "shout", "whoami", "picture", "fail", "nap", "die"}
         await check_server_tools(ToolRegistry(tools))
 
 
@@ -170,3 +173,38 @@ async def test_agent_runs_mcp_tools_from_both_transports_next_to_our_own():
     assert results["web__picture"].images and not results["web__picture"].is_error
     prompt = server.requests[0].prompt
     assert '"name": "local__add"' in prompt and '"additionalProperties": false' in prompt
+
+
+async def test_a_call_past_its_time_limit_is_cancelled_and_the_connection_stays_usable():
+    async with await mcp_tools(stdio_command("slow")) as tools:
+        registry = ToolRegistry(tools, timeout=0.5)
+        late = await call(registry, "nap", seconds=30)
+        assert late.is_error and late.metadata["error"] == "timeout"
+        assert (await call(registry, "nap", seconds=0)).text == "slept 0.0"
+        assert tools.connections[0].starts == 1
+
+
+async def test_a_server_that_never_answers_the_handshake_times_out_and_is_stopped(tmp_path):
+    pid_file = tmp_path / "pid"
+    script = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    silent = MCPServerSpec(command=[sys.executable, "-c", script], connect_timeout_s=2)
+    with pytest.raises(MCPConnectError, match="did not answer the handshake within 2 s"):
+        await mcp_tools(silent)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _running(pid):
+        assert time.monotonic() < deadline, f"the silent server (pid {pid}) was left running"
+        await asyncio.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; only its parent's bookkeeping is left.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

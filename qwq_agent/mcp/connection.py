@@ -165,14 +165,19 @@ class MCPConnection:
 
         tools: list[Any] = []
         cursor: str | None = None
-        while True:
-            page = await self._session.list_tools(
-                params=PaginatedRequestParams(cursor=cursor) if cursor else None
-            )
-            tools.extend(page.tools)
-            cursor = page.next_cursor
-            if not cursor:
-                return tools
+        try:
+            async with asyncio.timeout(self.spec.connect_timeout_s):
+                while True:
+                    params = PaginatedRequestParams(cursor=cursor) if cursor else None
+                    page = await self._session.list_tools(params=params)
+                    tools.extend(page.tools)
+                    cursor = page.next_cursor
+                    if not cursor:
+                        return tools
+        except TimeoutError:
+            raise MCPConnectError(
+                f"MCP server {self.server_name!r} did not list its tools within {self.spec.connect_timeout_s:g} s"
+            ) from None
 
     async def call(self, name: str, arguments: dict[str, Any]) -> Any:
         """Call a tool; returns the SDK's `CallToolResult`.
