@@ -208,3 +208,18 @@ def _running(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.docker
+async def test_mcp_serve_exposes_our_sandbox_tools_to_an_mcp_client(sandbox_image):
+    cmd = [sys.executable, "-m", "qwq_agent.cli.main", "mcp-serve", "--tools", "python,shell"]
+    async with await mcp_tools(MCPServerSpec(command=cmd, connect_timeout_s=120)) as tools:
+        assert tools.connections[0].server_name == "qwq-agent"
+        registry = ToolRegistry(tools)
+        assert {"python", "shell"} <= {t.spec.name for t in tools}
+        out = await call(registry, "python", code="import os; print(os.getuid()); sum(range(10))")
+        assert not out.is_error and "1000" in out.text and "45" in out.text
+        shared = await call(registry, "shell", command="echo hi > /workspace/f && cat /workspace/f")
+        assert "hi" in shared.text
+        bad = await call(registry, "shell", commandx="ls")
+        assert bad.is_error and "commandx" in bad.text

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("run", "sandbox", "serve", "parse", "trace", "index")
+COMMANDS = ("run", "sandbox", "serve", "parse", "trace", "index", "mcp_serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
