@@ -79,6 +79,7 @@ async def test_draft_04_and_07_keywords_become_2020_12():
             "description": "draft-04 style",
             "inputSchema": {
                 "$schema": "http://json-schema.org/draft-04/schema#",
+                "id": "urn:example:old",
                 "type": "object",
                 "definitions": {"pos": {"type": "integer", "minimum": 0, "exclusiveMinimum": True}},
                 "properties": {
@@ -98,6 +99,7 @@ async def test_draft_04_and_07_keywords_become_2020_12():
     )
     params = spec.parameters
     assert "$schema" not in params and "definitions" not in params
+    assert params["$id"] == "urn:example:old" and "id" not in params
     assert params["$defs"]["pos"] == {"type": "integer", "exclusiveMinimum": 0}
     assert params["properties"]["n"]["$ref"] == "#/$defs/pos"
     assert params["properties"]["pair"]["prefixItems"] == [{"type": "string"}, {"type": "integer"}]

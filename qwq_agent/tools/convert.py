@@ -2,7 +2,7 @@
 
 The registry validates arguments with JSON Schema draft 2020-12, so every schema is brought to that
 dialect here: `definitions` become `$defs`, draft-04's boolean `exclusiveMinimum`/`exclusiveMaximum`
-and `id`, array-form `items`, `dependencies`, OpenAPI's `nullable`, per-property `required: true`,
+and root `id`, array-form `items`, `dependencies`, OpenAPI's `nullable`, per-property `required: true`,
 and the Python-flavoured type names some catalogues use (`dict`, `float`, `tuple`, `any`). Objects
 that list their `properties` get `additionalProperties: false` unless the schema says otherwise: an
 argument the tool does not know is an error to report to the model, not to drop silently.
@@ -102,8 +102,6 @@ def _normalize(schema: Any, path: str, *, close: bool, in_all_of: bool = False) 
 
     if "definitions" in s:  # draft-07 and earlier; refs are rewritten below
         s.setdefault("$defs", {}).update(s.pop("definitions"))
-    if isinstance(s.get("id"), str) and "$id" not in s and "type" in s:  # draft-04's `id`
-        s["$id"] = s.pop("id")
     if isinstance(s.get("$ref"), str) and s["$ref"].startswith("#/definitions/"):
         s["$ref"] = "#/$defs/" + s["$ref"][len("#/definitions/") :]
 
@@ -199,6 +197,9 @@ def normalize_schema(schema: Mapping[str, Any] | None, *, close: bool = True) ->
     if not schema:
         schema = {"type": "object", "properties": {}}
     out = _normalize(copy.deepcopy(dict(schema)), "$", close=close)
+    # Draft-04's `id`, at the root only: a nested one would move the base URI of the refs below it.
+    if isinstance(out.get("id"), str) and "$id" not in out:
+        out["$id"] = out.pop("id")
     if out.get("type") is None:
         out["type"] = "object"
     if out["type"] != "object":
