@@ -89,3 +89,55 @@ def test_run_with_mcp_servers_on_both_transports_and_otel_spans_to_a_real_receiv
     tool_spans = {s.attributes["gen_ai.tool.name"]: s for s in spans if s.name.startswith("execute_tool")}
     assert set(tool_spans) == {"cli__add", "web__picture"}
     assert "gen_ai.tool.call.result" not in tool_spans["cli__add"].attributes  # no content unless asked
+
+
+async def test_otel_is_off_by_default_and_on_with_the_flag_or_the_standard_variable(monkeypatch):
+    from rich.console import Console
+
+    from qwq_agent.cli.ecosystem import open_extras
+    from qwq_agent.cli.main import build_parser
+
+    console = Console(stderr=True)
+    for var in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
+    ):
+        monkeypatch.delenv(var, raising=False)
+
+    async def extras_for(*argv: str):
+        extras = await open_extras(build_parser().parse_args(["run", "task", *argv]), [], console)
+        assert extras is not None
+        await extras.aclose()
+        return extras
+
+    off = await extras_for()
+    assert off._recorder is None and off._export is None
+
+    flag = await extras_for("--otel", "http://127.0.0.1:4999")
+    assert flag._export.endpoint == "http://127.0.0.1:4999/v1/traces"
+    assert flag._recorder.capture_content is False and flag._recorder.provider == "sglang"
+
+    content = await extras_for("--otel", "--otel-content", "--api", "openai")
+    assert content._recorder.capture_content is True and content._recorder.provider == "openai"
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4888")
+    env = await extras_for()
+    assert env._export.endpoint == "http://127.0.0.1:4888/v1/traces"
+
+
+def test_server_specs_from_the_command_line():
+    from qwq_agent.mcp import MCPServerSpec
+
+    assert MCPServerSpec.parse("python 'my server.py' --x 1").command == [
+        "python",
+        "my server.py",
+        "--x",
+        "1",
+    ]
+    assert MCPServerSpec.parse(" https://example.org/mcp").url == "https://example.org/mcp"
+    assert MCPServerSpec.parse(["a", "b"]).command == ["a", "b"]
+    with pytest.raises(ValueError, match="exactly one"):
+        MCPServerSpec(command=["a"], url="http://x")
+    with pytest.raises(ValueError, match="empty"):
+        MCPServerSpec.parse("   ")

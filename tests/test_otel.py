@@ -184,3 +184,11 @@ async def test_spans_reach_a_real_otlp_http_receiver():
     assert bad.status_code == 2 and bad.attributes["error.type"] == "exception"
     chat = next(s for s in spans if s.name.startswith("chat "))
     assert chat.attributes["gen_ai.usage.input_tokens"] > 0 and chat.kind == 3  # SPAN_KIND_CLIENT
+
+
+def test_content_capture_follows_the_standard_variable_unless_told(monkeypatch):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    assert SpanRecorder().capture_content is True
+    assert SpanRecorder(capture_content=False).capture_content is False
+    monkeypatch.delenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+    assert SpanRecorder().capture_content is False
