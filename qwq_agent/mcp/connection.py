@@ -190,7 +190,8 @@ class MCPConnection:
 
         await self.connect()
         session, task = self._session, self._task
-        assert session is not None and task is not None
+        if session is None or task is None:  # it died again between connecting and calling
+            raise self._died()
         call = asyncio.create_task(session.call_tool(name, arguments))
         try:
             # The holder task ending means the transport is gone; don't wait on a reply that can't come.

@@ -7,6 +7,7 @@ import os
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Tracer
 
 __all__ = ["DEFAULT_ENDPOINT", "OtelExport", "endpoint_from_env"]
 
@@ -46,7 +47,8 @@ class OtelExport:
             BatchSpanProcessor(OTLPSpanExporter(endpoint=self.endpoint, timeout=timeout_s))
         )
 
-    def tracer(self):
+    def tracer(self) -> Tracer:
+        """A tracer of this provider, for `SpanRecorder`."""
         return self.provider.get_tracer("qwq_agent")
 
     def shutdown(self) -> bool:

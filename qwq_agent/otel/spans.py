@@ -170,7 +170,6 @@ class SpanRecorder:
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.request.model": run.model,
-            "gen_ai.response.model": run.model,
             "gen_ai.usage.input_tokens": usage.prompt_tokens,
             "gen_ai.usage.output_tokens": usage.completion_tokens,
             "gen_ai.usage.cache_read.input_tokens": usage.cached_tokens,
