@@ -11,7 +11,7 @@ import os
 from typing import Annotated, Literal
 
 import anyio
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.utilities.types import Image
 from pydantic import Field
@@ -39,6 +39,11 @@ def build(name: str) -> MCPServer:
     def whoami() -> str:
         """The server's name and process id."""
         return f"{name} pid={os.getpid()}"
+
+    @server.tool()
+    def header(key: str, ctx: Context) -> str:
+        """A header of the HTTP request that carried this call ("" over stdio)."""
+        return (ctx.headers or {}).get(key.lower(), "")
 
     @server.tool()
     def picture() -> Image:

@@ -67,15 +67,17 @@ async def check_server_tools(registry: ToolRegistry, prefix: str = "") -> None:
 
 async def test_stdio_server_tools_are_typed_tools():
     async with await mcp_tools(stdio_command("solo")) as tools:
-        assert {t.spec.name for t in tools} == {"add", "shout", "whoami", "picture", "fail", "nap", "die"}
+        assert {t.spec.name for t in tools} == {"add", "shout", "whoami", "header", "picture", "fail", "nap", "die"}
         await check_server_tools(ToolRegistry(tools))
 
 
 async def test_streamable_http_server_tools_are_typed_tools():
     with http_server("web") as (url, _):
-        async with await mcp_tools(url) as tools:
+        async with await mcp_tools(MCPServerSpec(url=url, headers={"X-Api-Key": "k-123"})) as tools:
             assert tools.connections[0].server_name == "web"
-            await check_server_tools(ToolRegistry(tools))
+            registry = ToolRegistry(tools)
+            await check_server_tools(registry)
+            assert (await call(registry, "header", key="X-Api-Key")).text == "k-123"
 
 
 async def test_several_servers_at_once_with_clashing_names_prefixed():
