@@ -179,8 +179,8 @@ async def test_agent_runs_mcp_tools_from_both_transports_next_to_our_own():
 
 async def test_a_call_past_its_time_limit_is_cancelled_and_the_connection_stays_usable():
     async with await mcp_tools(stdio_command("slow")) as tools:
-        registry = ToolRegistry(tools, timeout=0.5)
-        late = await call(registry, "nap", seconds=30)
+        registry = ToolRegistry(tools)
+        late = await registry.call(ToolCall(id="c1", name="nap", arguments={"seconds": 30}), timeout=0.5)
         assert late.is_error and late.metadata["error"] == "timeout"
         assert (await call(registry, "nap", seconds=0)).text == "slept 0.0"
         assert tools.connections[0].starts == 1
