@@ -225,3 +225,20 @@ async def test_mcp_serve_exposes_our_sandbox_tools_to_an_mcp_client(sandbox_imag
         assert "hi" in shared.text
         bad = await call(registry, "shell", commandx="ls")
         assert bad.is_error and "commandx" in bad.text
+
+
+async def test_a_stdio_server_that_died_between_calls_is_restarted_by_the_next_call():
+    import signal
+
+    async with await mcp_tools(stdio_command("idle")) as tools:
+        registry = ToolRegistry(tools)
+        first = (await call(registry, "whoami")).text
+        os.kill(int(first.rsplit("=", 1)[1]), signal.SIGKILL)
+        conn = tools.connections[0]
+        deadline = time.monotonic() + 10
+        while conn.alive:  # the closed stdout is seen by the session's reader
+            assert time.monotonic() < deadline, "the client did not notice that the server exited"
+            await asyncio.sleep(0.02)
+        again = await call(registry, "whoami")
+        assert not again.is_error and again.text.startswith("idle pid=") and again.text != first
+        assert conn.starts == 2

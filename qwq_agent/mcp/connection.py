@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import anyio
 from pydantic import BaseModel, Field, model_validator
 
 __all__ = ["MCPConnectError", "MCPConnection", "MCPError", "MCPServerDied", "MCPServerSpec"]
@@ -83,6 +84,7 @@ class MCPConnection:
         self._session: Any = None
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
+        self._read: _WatchedReadStream | None = None
         self._lock = asyncio.Lock()
         self._stderr = (
             tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") if spec.command else None
@@ -91,7 +93,13 @@ class MCPConnection:
 
     @property
     def alive(self) -> bool:
-        return self._session is not None and self._task is not None and not self._task.done()
+        """Whether the session is up: its task runs and the server has not closed its side."""
+        return (
+            self._session is not None
+            and self._task is not None
+            and not self._task.done()
+            and not (self._read is not None and self._read.ended)
+        )
 
     async def connect(self) -> None:
         """Start the server (or reconnect) and complete the MCP handshake; raises `MCPConnectError`."""
@@ -125,7 +133,8 @@ class MCPConnection:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 read, write = await stack.enter_async_context(self._transport())
-                session = await stack.enter_async_context(ClientSession(read, write))
+                self._read = _WatchedReadStream(read)
+                session = await stack.enter_async_context(ClientSession(self._read, write))
                 init = await session.initialize()
                 self._session = session
                 ready.set_result(init)
@@ -253,6 +262,51 @@ class MCPConnection:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+
+
+class _WatchedReadStream:
+    """The transport's read stream (the SDK's `ReadStream` protocol), noting when it ends.
+
+    A stdio server that exits while no call is in flight closes its stdout; seeing that here lets the
+    next call start it again instead of failing on the dead session first.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.ended = False
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> Any:
+        try:
+            return await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.ended = True
+            raise
+
+    async def aclose(self) -> None:
+        self.ended = True
+        await self._inner.aclose()
+
+    def __aiter__(self) -> _WatchedReadStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._inner.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            raise
+
+    async def __aenter__(self) -> _WatchedReadStream:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        self.ended = True
+        return await self._inner.__aexit__(*exc)
 
 
 def _describe(exc: BaseException) -> str:
