@@ -64,6 +64,7 @@ class ToolDispatcher:
                         is_error=output.is_error,
                         images=output.images,
                         duration_s=duration,
+                        error_type=output.metadata.get("error") if output.is_error else None,
                     )
                 )
         finally:

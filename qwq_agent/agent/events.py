@@ -81,6 +81,7 @@ class ToolResultEvent(_Event):
     is_error: bool = False
     images: list[str] = Field(default_factory=list)
     duration_s: float = 0.0
+    error_type: str | None = None  # the output's metadata["error"] (timeout, invalid_arguments, ...)
 
 
 class UsageEvent(_Event):

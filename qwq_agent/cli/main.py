@@ -18,7 +18,7 @@ import sys
 
 from qwq_agent import __version__
 
-COMMANDS = ("run", "sandbox", "serve", "parse", "trace", "index")
+COMMANDS = ("run", "sandbox", "serve", "parse", "trace", "index", "mcp_serve")
 DEBUG_HELP = "on an error, also print the traceback (or set QWQ_DEBUG=1)"
 
 

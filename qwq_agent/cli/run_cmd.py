@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
     from qwq_agent.cli.interrupted import Started
 
+from qwq_agent.cli import ecosystem
+
 DEFAULT_URL = "http://127.0.0.1:30000"
 
 
@@ -55,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run-id", help="with --replay/--resume: the run to use from an old multi-run trace")
     p.add_argument("--json", action="store_true", help="print events as JSON lines instead of the live view")
+    ecosystem.add_arguments(p)  # --mcp, --mcp-url, --otel
     p.set_defaults(func=_run)
 
 
@@ -117,6 +120,11 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     assert model is not None
 
     tools = build_tools(settings.tools, **settings.build_options())
+    extras = await ecosystem.open_extras(args, tools, console)  # MCP servers' tools, OpenTelemetry
+    if extras is None:
+        await model.aclose()
+        return 2
+    tools = extras.tools
     agent = None
     try:
         workspace = Path(settings.workspace) if settings.workspace else None
@@ -132,7 +140,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             )
             started.agent, started.trace_path = agent, trace_path
             renderer = EventRenderer(console, image_dir=Path("qwq-agent-images") / agent.run_id)
-            async for ev in agent.stream(task):
+            async for ev in extras.observe(agent.stream(task)):
                 if args.json:
                     sys.stdout.write(ev.model_dump_json() + "\n")
                     sys.stdout.flush()
@@ -143,6 +151,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 console.print(f"[dim]workspace copied back to {args.copy_back}[/dim]")
     finally:
         await model.aclose()
+        await extras.aclose()
     result = agent.result if agent is not None else None
     if result is not None and result.trace_path:
         # The live view already showed why (a trace_failed warning); JSON output is on stdout.

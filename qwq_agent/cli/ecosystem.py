@@ -1,0 +1,109 @@
+"""`qwq-agent run`'s MCP and OpenTelemetry options: `--mcp`, `--mcp-url`, `--otel`, `--otel-content`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from qwq_agent.protocols import Tool
+
+__all__ = ["RunExtras", "add_arguments", "open_extras"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options, added to the `run` parser."""
+    p.add_argument(
+        "--mcp",
+        action="append",
+        default=[],
+        metavar="'CMD ARGS'",
+        help="tools of an MCP server started with this command (stdio); repeat for several",
+    )
+    p.add_argument(
+        "--mcp-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="tools of an MCP server at this streamable-HTTP URL; repeat for several",
+    )
+    p.add_argument(
+        "--otel",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ENDPOINT",
+        help="export OpenTelemetry spans over OTLP/HTTP (default endpoint: $OTEL_EXPORTER_OTLP_ENDPOINT, "
+        "else http://127.0.0.1:4318); on by itself when OTEL_EXPORTER_OTLP_ENDPOINT is set",
+    )
+    p.add_argument(
+        "--otel-content", action="store_true", help="record prompts, outputs and tool I/O in spans"
+    )
+
+
+class RunExtras:
+    """What the options set up for one run: MCP connections and a span exporter; `aclose()` ends both."""
+
+    def __init__(
+        self, tools: list[Tool], toolset: Any = None, export: Any = None, recorder: Any = None
+    ) -> None:
+        self.tools = tools
+        self._toolset = toolset
+        self._export = export
+        self._recorder = recorder
+
+    def observe(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """The run's events, passed through the span recorder when telemetry is on."""
+        if self._recorder is None:
+            return events
+        from qwq_agent.otel import traced
+
+        return traced(events, self._recorder)
+
+    async def aclose(self) -> None:
+        if self._toolset is not None:
+            await self._toolset.aclose()
+        if self._export is not None:
+            await asyncio.to_thread(self._export.shutdown)  # bounded by the exporter's timeout
+
+
+async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: Any) -> RunExtras | None:
+    """Connect the MCP servers and start telemetry as asked; None (after saying why) if that fails."""
+    servers = [*args.mcp, *args.mcp_url]
+    toolset = None
+    if servers:
+        try:
+            from qwq_agent.mcp import MCPError, mcp_tools
+        except ImportError:
+            console.print("[red]--mcp needs the MCP SDK: pip install 'qwq-agent[mcp]'[/red]")
+            return None
+        try:
+            toolset = await mcp_tools(*servers, reserved=[t.spec.name for t in tools])
+        except (MCPError, ValueError) as exc:
+            console.print(f"[red]{exc}[/red]")
+            return None
+        console.print(f"[dim]MCP tools: {', '.join(t.spec.name for t in toolset) or 'none'}[/dim]")
+
+    export = recorder = None
+    from os import environ
+
+    if (
+        args.otel is not None
+        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        try:
+            from qwq_agent.otel import OtelExport, SpanRecorder
+        except ImportError:
+            console.print("[red]--otel needs OpenTelemetry: pip install 'qwq-agent[otel]'[/red]")
+            if toolset is not None:
+                await toolset.aclose()
+            return None
+        export = OtelExport(args.otel or None)
+        provider = "sglang" if getattr(args, "api", "native") == "native" else "openai"
+        recorder = SpanRecorder(
+            export.tracer(), provider=provider, capture_content=True if args.otel_content else None
+        )
+        console.print(f"[dim]OpenTelemetry spans to {export.endpoint}[/dim]")
+    return RunExtras([*tools, *(toolset or [])], toolset, export, recorder)

@@ -1,0 +1,316 @@
+"""One MCP server, over stdio or streamable HTTP, kept connected by a task of its own.
+
+The SDK's transports are anyio context managers that must be entered and left in the same task, so
+each connection owns a background task holding them open; tool calls from any task go through its
+session. A server that dies (its process exits, its HTTP endpoint goes away) fails the calls in
+flight with `MCPServerDied`; the next call starts it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shlex
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, Field, model_validator
+
+__all__ = ["MCPConnectError", "MCPConnection", "MCPError", "MCPServerDied", "MCPServerSpec"]
+
+_STDERR_TAIL_CHARS = 800
+
+
+class MCPError(RuntimeError):
+    """Base of the errors of the MCP client."""
+
+
+class MCPConnectError(MCPError):
+    """The server could not be started or did not complete the MCP handshake in time."""
+
+
+class MCPServerDied(MCPError):
+    """The connection to the server ended during a call; the next call reconnects."""
+
+
+class MCPServerSpec(BaseModel):
+    """How to reach one MCP server: a command (stdio) or a URL (streamable HTTP)."""
+
+    command: list[str] | None = None
+    url: str | None = None
+    name: str | None = Field(default=None, description="overrides the name the server gives itself")
+    env: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
+    connect_timeout_s: float = 30.0
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> MCPServerSpec:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(
+                "an MCP server needs exactly one of `command` (stdio) or `url` (streamable HTTP)"
+            )
+        if self.command is not None and not self.command:
+            raise ValueError("an MCP server's command is empty")
+        if self.url is not None and not re.match(r"^https?://", self.url):
+            raise ValueError(f"an MCP server URL must start with http:// or https://, got {self.url!r}")
+        return self
+
+    @classmethod
+    def parse(cls, value: str | Sequence[str] | MCPServerSpec) -> MCPServerSpec:
+        """A spec from a URL, a shell-quoted command line (`'npx -y server /tmp'`) or an argv list."""
+        if isinstance(value, MCPServerSpec):
+            return value
+        if isinstance(value, str):
+            if re.match(r"^https?://", value.strip()):
+                return cls(url=value.strip())
+            return cls(command=shlex.split(value))
+        return cls(command=list(value))
+
+    @property
+    def label(self) -> str:
+        """What to call the server in messages before it has told us its name."""
+        return self.name or self.url or shlex.join(self.command or [])
+
+
+class MCPConnection:
+    """A live session with one server; `call` reconnects if the previous session ended."""
+
+    def __init__(self, spec: MCPServerSpec) -> None:
+        self.spec = spec
+        self.server_name: str = spec.name or ""
+        self._session: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
+        self._read: _WatchedReadStream | None = None
+        self._lock = asyncio.Lock()
+        self._stderr = (
+            tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") if spec.command else None
+        )
+        self.starts = 0
+
+    @property
+    def alive(self) -> bool:
+        """Whether the session is up: its task runs and the server has not closed its side."""
+        return (
+            self._session is not None
+            and self._task is not None
+            and not self._task.done()
+            and not (self._read is not None and self._read.ended)
+        )
+
+    async def connect(self) -> None:
+        """Start the server (or reconnect) and complete the MCP handshake; raises `MCPConnectError`."""
+        async with self._lock:
+            if self.alive:
+                return
+            await self._shutdown()
+            ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._stop = asyncio.Event()
+            self._task = asyncio.create_task(self._hold(ready, self._stop), name=f"mcp:{self.spec.label}")
+            try:
+                init = await asyncio.wait_for(asyncio.shield(ready), self.spec.connect_timeout_s)
+            except TimeoutError:
+                await self._shutdown()
+                raise MCPConnectError(
+                    f"MCP server {self.spec.label!r} did not answer the handshake within "
+                    f"{self.spec.connect_timeout_s:g} s{self._stderr_tail()}"
+                ) from None
+            except Exception as exc:
+                await self._shutdown()
+                raise MCPConnectError(
+                    f"MCP server {self.spec.label!r} could not be started: {_describe(exc)}{self._stderr_tail()}"
+                ) from None
+            self.starts += 1
+            if not self.spec.name:
+                self.server_name = init.server_info.name or self.spec.label
+
+    async def _hold(self, ready: asyncio.Future[Any], stop: asyncio.Event) -> None:
+        from mcp import ClientSession
+
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                read, write = await stack.enter_async_context(self._transport())
+                self._read = _WatchedReadStream(read)
+                session = await stack.enter_async_context(ClientSession(self._read, write))
+                init = await session.initialize()
+                self._session = session
+                ready.set_result(init)
+                await stop.wait()
+        except BaseException as exc:  # includes anyio's exception groups; reported through `ready`
+            if not ready.done():
+                ready.set_exception(exc if isinstance(exc, Exception) else MCPError(repr(exc)))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._session = None
+
+    @contextlib.asynccontextmanager
+    async def _transport(self) -> AsyncIterator[tuple[Any, Any]]:
+        if self.spec.url is not None:
+            from mcp.client.streamable_http import streamable_http_client
+            from mcp.shared._httpx_utils import create_mcp_http_client
+
+            # Our own client only to send headers; it keeps the SDK's default timeouts.
+            async with create_mcp_http_client(headers=self.spec.headers) as client:
+                async with streamable_http_client(self.spec.url, http_client=client) as streams:
+                    yield streams
+            return
+        from mcp import StdioServerParameters, stdio_client
+
+        assert self.spec.command is not None and self._stderr is not None
+        params = StdioServerParameters(
+            command=self.spec.command[0], args=self.spec.command[1:], env=self.spec.env
+        )
+        async with stdio_client(params, errlog=self._stderr) as streams:
+            yield streams
+
+    async def list_tools(self) -> list[Any]:
+        """All the server's tools (every page), as the SDK's `Tool` models."""
+        await self.connect()
+        from mcp.types import PaginatedRequestParams
+
+        tools: list[Any] = []
+        cursor: str | None = None
+        try:
+            async with asyncio.timeout(self.spec.connect_timeout_s):
+                while True:
+                    params = PaginatedRequestParams(cursor=cursor) if cursor else None
+                    page = await self._session.list_tools(params=params)
+                    tools.extend(page.tools)
+                    cursor = page.next_cursor
+                    if not cursor:
+                        return tools
+        except TimeoutError:
+            raise MCPConnectError(
+                f"MCP server {self.server_name!r} did not list its tools within {self.spec.connect_timeout_s:g} s"
+            ) from None
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> Any:
+        """Call a tool; returns the SDK's `CallToolResult`.
+
+        Raises `MCPServerDied` when the connection ends during the call (the next call reconnects),
+        `MCPConnectError` when it cannot be re-established, and the SDK's `MCPError` for a protocol
+        error the server sent (e.g. an unknown tool).
+        """
+        from mcp.shared.exceptions import MCPError as SDKError
+
+        await self.connect()
+        session, task = self._session, self._task
+        if session is None or task is None:  # it died again between connecting and calling
+            raise self._died()
+        call = asyncio.create_task(session.call_tool(name, arguments))
+        try:
+            # The holder task ending means the transport is gone; don't wait on a reply that can't come.
+            await asyncio.wait({call, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(BaseException):
+                    await call
+        if not call.done() or call.cancelled():
+            raise self._died()
+        exc = call.exception()
+        if exc is None:
+            return call.result()
+        if (isinstance(exc, SDKError) and "connection closed" in str(exc).lower()) or not self.alive:
+            raise self._died() from None
+        raise exc
+
+    def _died(self) -> MCPServerDied:
+        self._session = None  # the next call reconnects
+        return MCPServerDied(
+            f"the connection to MCP server {self.server_name or self.spec.label!r} ended{self._stderr_tail()}"
+        )
+
+    def _stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
+        try:
+            self._stderr.flush()
+            self._stderr.seek(0, 2)
+            size = self._stderr.tell()
+            self._stderr.seek(max(0, size - _STDERR_TAIL_CHARS * 4))
+            tail = self._stderr.read()[-_STDERR_TAIL_CHARS:].strip()
+        except (OSError, ValueError):
+            return ""
+        return f"; its stderr ends with:\n{tail}" if tail else ""
+
+    async def _shutdown(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if self._stop is not None:
+            self._stop.set()
+        try:
+            # The SDK bounds its own shutdown (it terminates the process, then kills it).
+            await asyncio.wait_for(asyncio.shield(task), 10.0)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        except BaseException:
+            pass
+        self._session = None
+
+    async def aclose(self) -> None:
+        """Stop the server (stdio) or end the session (HTTP)."""
+        async with self._lock:
+            await self._shutdown()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+
+class _WatchedReadStream:
+    """The transport's read stream (the SDK's `ReadStream` protocol), noting when it ends.
+
+    A stdio server that exits while no call is in flight closes its stdout; seeing that here lets the
+    next call start it again instead of failing on the dead session first.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.ended = False
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> Any:
+        try:
+            return await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.ended = True
+            raise
+
+    async def aclose(self) -> None:
+        self.ended = True
+        await self._inner.aclose()
+
+    def __aiter__(self) -> _WatchedReadStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._inner.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            raise
+
+    async def __aenter__(self) -> _WatchedReadStream:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        self.ended = True
+        return await self._inner.__aexit__(*exc)
+
+
+def _describe(exc: BaseException) -> str:
+    """The first leaf of an exception group (anyio wraps transport errors), as `Type: message`."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"

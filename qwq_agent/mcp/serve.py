@@ -1,0 +1,58 @@
+"""Our tools, and the sandbox behind them, as an MCP server: `qwq-agent mcp-serve --tools python,shell`.
+
+Other agents (any MCP client) then run code in one of our hardened sandboxes. Calls go through a
+`ToolRegistry`, so arguments are validated and every failure comes back as an `is_error` result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from qwq_agent.agent.messages import ToolCall
+from qwq_agent.protocols import Tool, ToolContext
+from qwq_agent.tools.registry import ToolRegistry
+
+__all__ = ["build_server", "serve_stdio"]
+
+
+def build_server(tools: Sequence[Tool], *, sandbox: Any = None, name: str = "qwq-agent") -> Any:
+    """A low-level MCP `Server` listing `tools` with their JSON Schemas and running them on `sandbox`."""
+    from mcp import types
+    from mcp.server.lowlevel import Server
+
+    registry = ToolRegistry(tools)
+    listed = [
+        types.Tool(name=s.name, description=s.description or None, input_schema=s.parameters)
+        for s in registry.specs()
+    ]
+    calls = 0
+
+    async def list_tools(ctx: Any, params: Any) -> Any:
+        return types.ListToolsResult(tools=listed)
+
+    async def call_tool(ctx: Any, params: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        call = ToolCall(id=f"mcp_{calls}", name=params.name, arguments=params.arguments or {})
+        context = ToolContext(sandbox=sandbox, run_id="mcp-serve", call_id=call.id)
+        output = await registry.call(call, context)
+        content: list[Any] = [types.TextContent(text=output.text)]
+        content += [types.ImageContent(data=img, mime_type="image/png") for img in output.images]
+        return types.CallToolResult(content=content, is_error=output.is_error)
+
+    return Server(name, on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+async def serve_stdio(tool_names: Sequence[str], *, workspace: str | None = None) -> None:
+    """Start a sandbox, then serve the named tools over stdio until the client goes away."""
+    from mcp.server.stdio import stdio_server
+
+    from qwq_agent.agent.workspace import open_sandbox
+    from qwq_agent.tools.catalog import build_tools
+
+    tools = build_tools(tool_names)
+    async with open_sandbox(workspace=workspace) as sandbox:
+        server = build_server(tools, sandbox=sandbox)
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())

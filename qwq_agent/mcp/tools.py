@@ -1,0 +1,175 @@
+"""MCP servers' tools as ordinary qwq-agent tools: `Agent(tools=[*await mcp_tools("cmd args", URL)])`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from qwq_agent.agent.messages import ToolSpec
+from qwq_agent.mcp.connection import MCPConnection, MCPError, MCPServerDied, MCPServerSpec
+from qwq_agent.protocols import ToolContext, ToolOutput
+from qwq_agent.tools.convert import spec_from_mcp
+from qwq_agent.tools.registry import describe_schema_errors
+
+__all__ = ["MCPTool", "MCPToolset", "mcp_tools", "to_tool_output"]
+
+_PREFIX_SEP = "__"
+
+
+def to_tool_output(result: Any, *, server: str) -> ToolOutput:
+    """An MCP `CallToolResult` as an observation: text blocks joined, images kept, the rest described."""
+    texts: list[str] = []
+    images: list[str] = []
+    mime_types: list[str] = []
+    for block in result.content:
+        kind = getattr(block, "type", None)
+        if kind == "text":
+            texts.append(block.text)
+        elif kind == "image":
+            images.append(block.data)
+            mime_types.append(block.mime_type)
+        elif kind == "audio":
+            texts.append(f"[audio ({block.mime_type}) returned; not shown]")
+        elif kind == "resource_link":
+            texts.append(f"[resource {block.name}: {block.uri}]")
+        elif kind == "resource":
+            res = block.resource
+            text = getattr(res, "text", None)
+            texts.append(
+                text if text is not None else f"[binary resource {res.uri} ({res.mime_type or '?'})]"
+            )
+    structured = result.structured_content
+    if not texts and structured is not None:
+        texts.append(json.dumps(structured, ensure_ascii=False))
+    text = "\n".join(texts) if texts else ("(no output)" if not images else "")
+    metadata: dict[str, Any] = {"mcp_server": server}
+    if structured is not None:
+        metadata["structured_content"] = structured
+    if mime_types:
+        metadata["image_mime_types"] = mime_types
+    if result.is_error:
+        metadata["error"] = "mcp_tool_error"
+    return ToolOutput(text=text, images=images, is_error=bool(result.is_error), metadata=metadata)
+
+
+class MCPTool:
+    """One tool of an MCP server; satisfies the `Tool` protocol.
+
+    Arguments are checked against the converted schema (the registry does so too; this covers direct
+    callers). Every failure (a tool error, a protocol error, a server that died) is an observation.
+    """
+
+    uses_sandbox = False
+
+    def __init__(self, connection: MCPConnection, remote: Any, *, name: str | None = None) -> None:
+        self.connection = connection
+        self.remote_name: str = remote.name
+        self._spec = spec_from_mcp(remote, name=name)
+        self._validator = Draft202012Validator(self._spec.parameters)
+
+    @property
+    def spec(self) -> ToolSpec:
+        return self._spec
+
+    async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        problems = describe_schema_errors(list(self._validator.iter_errors(arguments)))
+        if problems:
+            return ToolOutput(
+                text=f"Invalid arguments for tool '{self._spec.name}':\n"
+                + "\n".join(f"- {p}" for p in problems),
+                is_error=True,
+                metadata={"error": "invalid_arguments"},
+            )
+        server = self.connection.server_name or self.connection.spec.label
+        try:
+            result = await self.connection.call(self.remote_name, arguments)
+        except MCPServerDied as exc:
+            return ToolOutput(
+                text=f"Tool '{self._spec.name}' failed: {exc}. The server will be restarted on the next call.",
+                is_error=True,
+                metadata={"error": "mcp_server_died", "mcp_server": server},
+            )
+        except MCPError as exc:  # could not (re)connect
+            return ToolOutput(
+                text=f"Tool '{self._spec.name}' failed: {exc}",
+                is_error=True,
+                metadata={"error": "mcp_unavailable", "mcp_server": server},
+            )
+        except Exception as exc:  # the SDK's MCPError: the server refused the request
+            return ToolOutput(
+                text=f"Tool '{self._spec.name}': the MCP server {server!r} answered with an error: {exc}",
+                is_error=True,
+                metadata={"error": "mcp_protocol_error", "mcp_server": server},
+            )
+        return to_tool_output(result, server=server)
+
+    def __repr__(self) -> str:
+        return f"MCPTool(name={self._spec.name!r}, server={self.connection.server_name!r})"
+
+
+class MCPToolset(list[MCPTool]):
+    """The tools of some MCP servers (a list) that also owns their connections: `aclose()` them."""
+
+    def __init__(self, tools: Iterable[MCPTool], connections: Sequence[MCPConnection]) -> None:
+        super().__init__(tools)
+        self.connections = list(connections)
+
+    async def aclose(self) -> None:
+        """Stop every server; bounded by the SDK's own shutdown deadlines."""
+        await asyncio.gather(*(c.aclose() for c in self.connections), return_exceptions=True)
+
+    async def __aenter__(self) -> MCPToolset:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "server"
+
+
+async def mcp_tools(
+    *servers: str | Sequence[str] | MCPServerSpec,
+    reserved: Iterable[str] = (),
+) -> MCPToolset:
+    """Connect to MCP servers and return their tools, ready for `Agent(tools=...)`.
+
+    Each server is a URL (streamable HTTP), a command line, an argv list or an `MCPServerSpec`.
+    A tool name that more than one server offers, or that is in `reserved` (the run's other tools),
+    is prefixed with its server's name: `server__tool`. Raises `MCPConnectError` (naming the server)
+    if one cannot be reached; those already started are stopped again.
+    """
+    specs = [MCPServerSpec.parse(s) for s in servers]
+    connections = [MCPConnection(spec) for spec in specs]
+    try:
+        await asyncio.gather(*(c.connect() for c in connections))
+        listed = await asyncio.gather(*(c.list_tools() for c in connections))
+    except BaseException:
+        await asyncio.gather(*(c.aclose() for c in connections), return_exceptions=True)
+        raise
+
+    # Servers may share a name (two instances of one server): number them so prefixes differ.
+    seen: dict[str, int] = {}
+    for conn in connections:
+        base = _slug(conn.server_name)
+        seen[base] = seen.get(base, 0) + 1
+        conn.server_name = base if seen[base] == 1 else f"{base}_{seen[base]}"
+
+    taken = set(reserved)
+    counts: dict[str, int] = {}
+    for remote_tools in listed:
+        for remote in remote_tools:
+            counts[remote.name] = counts.get(remote.name, 0) + 1
+    tools: list[MCPTool] = []
+    for conn, remote_tools in zip(connections, listed, strict=True):
+        for remote in remote_tools:
+            clash = counts[remote.name] > 1 or remote.name in taken
+            name = f"{conn.server_name}{_PREFIX_SEP}{remote.name}" if clash else remote.name
+            tools.append(MCPTool(conn, remote, name=name))
+    return MCPToolset(tools, connections)

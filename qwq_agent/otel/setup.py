@@ -1,0 +1,58 @@
+"""An OTLP/HTTP trace pipeline for the CLI (or a script): on with an endpoint, off otherwise."""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Tracer
+
+__all__ = ["DEFAULT_ENDPOINT", "OtelExport", "endpoint_from_env"]
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:4318"
+ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+TRACES_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+
+
+def endpoint_from_env() -> str | None:
+    """The endpoint the standard OTLP variables name, or None (telemetry stays off)."""
+    return os.environ.get(TRACES_ENDPOINT_ENV) or os.environ.get(ENDPOINT_ENV) or None
+
+
+class OtelExport:
+    """A tracer provider exporting to an OTLP/HTTP collector; `shutdown()` flushes within a deadline.
+
+    `endpoint` is the collector's base URL (`/v1/traces` is added, as the OTLP spec says for
+    `OTEL_EXPORTER_OTLP_ENDPOINT`), unless it already ends with `/v1/traces`.
+    """
+
+    def __init__(
+        self, endpoint: str | None = None, *, service_name: str = "qwq-agent", timeout_s: float = 10.0
+    ):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        base = (
+            endpoint
+            or os.environ.get(TRACES_ENDPOINT_ENV)
+            or os.environ.get(ENDPOINT_ENV)
+            or DEFAULT_ENDPOINT
+        )
+        self.endpoint = base if base.rstrip("/").endswith("/v1/traces") else base.rstrip("/") + "/v1/traces"
+        self.timeout_s = timeout_s
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+        self.provider = TracerProvider(resource=resource)
+        self.provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=self.endpoint, timeout=timeout_s))
+        )
+
+    def tracer(self) -> Tracer:
+        """A tracer of this provider, for `SpanRecorder`."""
+        return self.provider.get_tracer("qwq_agent")
+
+    def shutdown(self) -> bool:
+        """Export what is pending and stop; False if the collector did not take it in time."""
+        flushed = self.provider.force_flush(timeout_millis=int(self.timeout_s * 1000))
+        self.provider.shutdown()
+        return flushed

@@ -1,0 +1,189 @@
+"""External tool definitions to `ToolSpec`: draft differences, closing objects, and the BFCL data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.agent.messages import ToolCall
+from qwq_agent.testing.bfcl import BfclCase, check_case
+from qwq_agent.tools.convert import (
+    SchemaConversionError,
+    normalize_schema,
+    spec_from_mcp,
+    spec_from_openai,
+    to_tool_spec,
+)
+from qwq_agent.tools.registry import ToolRegistry
+
+SAMPLE = Path(__file__).parent / "data" / "bfcl" / "bfcl_v4_sample.jsonl"
+
+
+class _Echo:
+    def __init__(self, spec):
+        self.spec = spec
+
+    async def __call__(self, arguments, context):
+        from qwq_agent.protocols import ToolOutput
+
+        return ToolOutput(text=json.dumps(arguments))
+
+
+async def _call(spec, arguments):
+    return await ToolRegistry([_Echo(spec)]).call(ToolCall(id="1", name=spec.name, arguments=arguments))
+
+
+def test_objects_are_closed_unless_the_schema_says_otherwise():
+    schema = normalize_schema(
+        {
+            "type": "object",
+            "properties": {
+                "point": {"type": "object", "properties": {"x": {"type": "number"}}},
+                "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                "blob": {"type": "object"},
+            },
+        }
+    )
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["point"]["additionalProperties"] is False
+    assert schema["properties"]["tags"]["additionalProperties"] == {"type": "string"}
+    assert "additionalProperties" not in schema["properties"]["blob"]  # a free-form map stays one
+    open_root = normalize_schema({"type": "object", "properties": {}, "additionalProperties": True})
+    assert open_root["additionalProperties"] is True
+
+
+def test_all_of_branches_stay_open_so_their_union_still_validates():
+    schema = normalize_schema(
+        {
+            "type": "object",
+            "properties": {
+                "p": {
+                    "allOf": [
+                        {"type": "object", "properties": {"a": {"type": "integer"}}},
+                        {"type": "object", "properties": {"b": {"type": "integer"}}},
+                    ]
+                }
+            },
+        }
+    )
+    for branch in schema["properties"]["p"]["allOf"]:
+        assert "additionalProperties" not in branch
+
+
+async def test_draft_04_and_07_keywords_become_2020_12():
+    spec = spec_from_mcp(
+        {
+            "name": "old",
+            "description": "draft-04 style",
+            "inputSchema": {
+                "$schema": "http://json-schema.org/draft-04/schema#",
+                "id": "urn:example:old",
+                "type": "object",
+                "definitions": {"pos": {"type": "integer", "minimum": 0, "exclusiveMinimum": True}},
+                "properties": {
+                    "n": {"$ref": "#/definitions/pos"},
+                    "pair": {
+                        "type": "array",
+                        "items": [{"type": "string"}, {"type": "integer"}],
+                        "additionalItems": False,
+                    },
+                    "card": {"type": "string"},
+                    "cvv": {"type": "string"},
+                },
+                "dependencies": {"card": ["cvv"]},
+                "required": ["n"],
+            },
+        }
+    )
+    params = spec.parameters
+    assert "$schema" not in params and "definitions" not in params
+    assert params["$id"] == "urn:example:old" and "id" not in params
+    assert params["$defs"]["pos"] == {"type": "integer", "exclusiveMinimum": 0}
+    assert params["properties"]["n"]["$ref"] == "#/$defs/pos"
+    assert params["properties"]["pair"]["prefixItems"] == [{"type": "string"}, {"type": "integer"}]
+    assert params["properties"]["pair"]["items"] is False
+    assert params["dependentRequired"] == {"card": ["cvv"]}
+
+    assert not (await _call(spec, {"n": 1, "pair": ["a", 2]})).is_error
+    zero = await _call(spec, {"n": 0})
+    assert zero.is_error and "$.n" in zero.text  # exclusive minimum kept its meaning
+    long_pair = await _call(spec, {"n": 1, "pair": ["a", 2, 3]})
+    assert long_pair.is_error and "$.pair" in long_pair.text
+    no_cvv = await _call(spec, {"n": 1, "card": "4111"})
+    assert no_cvv.is_error and "cvv" in no_cvv.text
+
+
+async def test_openapi_nullable_and_python_type_names():
+    spec = spec_from_openai(
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "parameters": {
+                    "type": "dict",
+                    "properties": {
+                        "ratio": {"type": "float"},
+                        "pair": {"type": "tuple", "items": {"type": "integer"}},
+                        "note": {"type": "string", "nullable": True},
+                        "anything": {"type": "any"},
+                        "when": {"type": "string", "default": None},
+                        "flag": {"type": "boolean", "required": True},
+                    },
+                },
+            },
+        }
+    )
+    props = spec.parameters["properties"]
+    assert spec.parameters["type"] == "object" and spec.parameters["required"] == ["flag"]
+    assert props["ratio"]["type"] == "number" and props["pair"]["type"] == "array"
+    assert props["note"]["type"] == ["string", "null"] and "type" not in props["anything"]
+    assert props["when"]["type"] == ["string", "null"]
+    ok = await _call(spec, {"flag": True, "ratio": 2, "note": None, "anything": [1], "when": None})
+    assert not ok.is_error, ok.text
+    missing = await _call(spec, {"ratio": 1.5})
+    assert missing.is_error and "$.flag" in missing.text
+
+
+def test_bad_definitions_fail_with_the_place_named():
+    with pytest.raises(SchemaConversionError, match=r"\$\.x: unknown type 'decimal'"):
+        normalize_schema({"type": "object", "properties": {"x": {"type": "decimal"}}})
+    with pytest.raises(SchemaConversionError, match="must be an object"):
+        normalize_schema({"type": "array"})
+    with pytest.raises(SchemaConversionError, match="tool 'bad'"):
+        spec_from_mcp(
+            {"name": "bad", "inputSchema": {"type": "object", "properties": {"x": {"minimum": "zero"}}}}
+        )
+    with pytest.raises(SchemaConversionError, match=r"function\.name"):
+        to_tool_spec({"type": "function", "function": {"parameters": {}}})
+
+
+def test_an_empty_schema_means_no_arguments():
+    spec = to_tool_spec({"name": "ping", "inputSchema": {}})
+    assert spec.parameters == {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+def _sample() -> list[dict]:
+    return [json.loads(line) for line in SAMPLE.read_text().splitlines()]
+
+
+async def test_bfcl_sample_correct_calls_validate_and_wrong_ones_are_rejected_naming_the_argument():
+    rows = _sample()
+    assert len(rows) >= 250
+    totals: dict[str, int] = {}
+    flagged_rejected, unexpected = set(), []
+    for row in rows:
+        flagged = row.pop("ground_truth_violates_schema", False)
+        report = await check_case(BfclCase(**row))
+        for k, v in report.counts.items():
+            totals[k] = totals.get(k, 0) + v
+        rejected_correct = [f for f in report.failures if "correct call" in f]
+        if flagged and rejected_correct:
+            flagged_rejected.add(row["id"])
+        unexpected += [f for f in report.failures if not (flagged and f in rejected_correct)]
+    assert unexpected == []
+    assert flagged_rejected == {r["id"] for r in _sample() if r.get("ground_truth_violates_schema")}
+    # Every kind of wrong call was exercised, many times.
+    for kind in ("missing", "extra", "wrong_type", "bad_enum"):
+        assert totals[f"{kind}_total"] >= 50 and totals[f"{kind}_ok"] == totals[f"{kind}_total"]

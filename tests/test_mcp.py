@@ -1,0 +1,244 @@
+"""MCP servers' tools in the registry and the loop: a real server (tests/mcp_server.py, official SDK)
+over stdio and streamable HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("mcp")
+
+from mcp_helpers import http_server, stdio_command
+from mcp_server import PNG
+
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.messages import ToolCall
+from qwq_agent.mcp import MCPConnectError, MCPServerSpec, mcp_tools
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+from qwq_agent.tools.base import tool
+from qwq_agent.tools.registry import ToolRegistry
+
+
+async def call(registry: ToolRegistry, name: str, **arguments):
+    return await registry.call(ToolCall(id="c1", name=name, arguments=arguments))
+
+
+def tool_call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+async def check_server_tools(registry: ToolRegistry, prefix: str = "") -> None:
+    """What every transport must do: typed schemas, results, errors and images as observations."""
+    add = registry.get(prefix + "add")
+    assert add is not None
+    assert add.spec.description == "Add two integers."
+    assert add.spec.parameters == {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"],
+        "additionalProperties": False,
+    }
+    out = await call(registry, prefix + "add", a=2, b=40)
+    assert (out.text, out.is_error) == ("42", False)
+    assert out.metadata["structured_content"] == {"result": 42}
+
+    bad = await call(registry, prefix + "add", a="two", c=1)
+    assert bad.is_error and bad.metadata["error"] == "invalid_arguments"
+    assert "$.a: expected integer" in bad.text and "'c'" in bad.text and "$.b: missing" in bad.text
+
+    enum = await call(registry, prefix + "shout", text="Hi", mode="loud")
+    assert enum.is_error and '$.mode: expected one of "upper", "lower"' in enum.text
+    assert (await call(registry, prefix + "shout", text="Hi", mode="lower")).text == "hi"
+
+    pic = await call(registry, prefix + "picture")
+    assert not pic.is_error and base64.b64decode(pic.images[0]) == PNG
+    assert pic.metadata["image_mime_types"] == ["image/png"]
+
+    failed = await call(registry, prefix + "fail", reason="no disk")
+    assert failed.is_error and "failed on purpose: no disk" in failed.text
+
+
+async def test_stdio_server_tools_are_typed_tools():
+    async with await mcp_tools(stdio_command("solo")) as tools:
+        assert {t.spec.name for t in tools} == {"add", "shout", "whoami", "header", "picture", "fail", "nap", "die"}
+        await check_server_tools(ToolRegistry(tools))
+
+
+async def test_streamable_http_server_tools_are_typed_tools():
+    with http_server("web") as (url, _):
+        async with await mcp_tools(MCPServerSpec(url=url, headers={"X-Api-Key": "k-123"})) as tools:
+            assert tools.connections[0].server_name == "web"
+            registry = ToolRegistry(tools)
+            await check_server_tools(registry)
+            assert (await call(registry, "header", key="X-Api-Key")).text == "k-123"
+
+
+async def test_several_servers_at_once_with_clashing_names_prefixed():
+    with http_server("web") as (url, _):
+        async with await mcp_tools(stdio_command("local"), MCPServerSpec(url=url)) as tools:
+            names = {t.spec.name for t in tools}
+            assert {"local__add", "web__add", "local__whoami", "web__whoami"} <= names
+            assert "add" not in names
+            registry = ToolRegistry(tools)
+            assert (await call(registry, "local__whoami")).text.startswith("local pid=")
+            assert (await call(registry, "web__whoami")).text.startswith("web pid=")
+            await check_server_tools(registry, prefix="web__")
+
+
+async def test_only_clashing_names_are_prefixed_and_reserved_names_count():
+    @tool
+    def shout(text: str) -> str:
+        """Ours."""
+        return text + "!"
+
+    async with await mcp_tools(stdio_command("srv"), reserved=["shout"]) as tools:
+        names = {t.spec.name for t in tools}
+        assert "srv__shout" in names and "add" in names and "shout" not in names
+        registry = ToolRegistry([shout, *tools])
+        assert (await call(registry, "shout", text="a")).text == "a!"
+        assert (await call(registry, "srv__shout", text="a")).text == "A"
+
+
+async def test_a_stdio_server_that_dies_mid_call_is_an_observation_and_restarts_on_the_next_call():
+    async with await mcp_tools(stdio_command("fragile")) as tools:
+        registry = ToolRegistry(tools)
+        first_pid = (await call(registry, "whoami")).text
+        died = await call(registry, "die")
+        assert died.is_error and died.metadata["error"] == "mcp_server_died"
+        assert "'fragile'" in died.text and "restarted on the next call" in died.text
+        again = await call(registry, "whoami")
+        assert not again.is_error and again.text.startswith("fragile pid=") and again.text != first_pid
+        assert tools.connections[0].starts == 2
+        assert (await call(registry, "add", a=1, b=1)).text == "2"
+
+
+async def test_an_http_server_that_goes_away_is_an_observation_and_is_reconnected_when_back():
+    with http_server("flaky") as (url, proc):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        async with await mcp_tools(url) as tools:
+            registry = ToolRegistry(tools)
+            assert (await call(registry, "add", a=1, b=2)).text == "3"
+            proc.kill()
+            proc.wait(timeout=10)
+            gone = await call(registry, "add", a=1, b=2)
+            assert gone.is_error and gone.metadata["error"] in ("mcp_server_died", "mcp_unavailable")
+            assert "flaky" in gone.text or url in gone.text
+            with http_server("flaky", port=port):
+                back = await call(registry, "add", a=5, b=6)
+                assert (back.text, back.is_error) == ("11", False)
+
+
+async def test_a_server_that_cannot_start_raises_a_typed_error_naming_it_with_its_stderr():
+    broken = [sys.executable, "-c", "import sys; sys.stderr.write('missing API key\\n'); sys.exit(2)"]
+    with pytest.raises(MCPConnectError) as info:
+        await mcp_tools(broken)
+    assert "could not be started" in str(info.value) or "handshake" in str(info.value)
+    assert "missing API key" in str(info.value)
+    with pytest.raises(ValueError, match="http:// or https://"):
+        MCPServerSpec(url="ftp://example.org")
+
+
+async def test_agent_runs_mcp_tools_from_both_transports_next_to_our_own():
+    @tool
+    def double(n: int) -> int:
+        """Twice n."""
+        return 2 * n
+
+    turns = [
+        "Use all three.\n</think>\n\n"
+        + tool_call("double", n=4)
+        + "\n"
+        + tool_call("local__add", a=8, b=1)
+        + "\n"
+        + tool_call("web__picture"),
+        "Got 8, 9 and a picture.\n</think>\n\n8 and 9.",
+    ]
+    with http_server("web") as (url, _):
+        async with await mcp_tools(stdio_command("local"), url) as mcp:
+            async with (
+                ScriptedModelServer(turns) as server,
+                SGLangClient(server.url, retry=NO_RETRY) as client,
+            ):
+                agent = Agent(client, [double, *mcp], config=AgentConfig(check_language=False))
+                events = [ev async for ev in agent.stream("Compute.")]
+    result = agent.result
+    assert result is not None and result.status == "completed" and result.answer == "8 and 9."
+    results = {e.name: e for e in events if e.type == "tool_result"}
+    assert results["double"].text == "8" and results["local__add"].text == "9"
+    assert results["web__picture"].images and not results["web__picture"].is_error
+    prompt = server.requests[0].prompt
+    assert '"name": "local__add"' in prompt and '"additionalProperties": false' in prompt
+
+
+async def test_a_call_past_its_time_limit_is_cancelled_and_the_connection_stays_usable():
+    async with await mcp_tools(stdio_command("slow")) as tools:
+        registry = ToolRegistry(tools)
+        late = await registry.call(ToolCall(id="c1", name="nap", arguments={"seconds": 30}), timeout=0.5)
+        assert late.is_error and late.metadata["error"] == "timeout"
+        assert (await call(registry, "nap", seconds=0)).text == "slept 0.0"
+        assert tools.connections[0].starts == 1
+
+
+async def test_a_server_that_never_answers_the_handshake_times_out_and_is_stopped(tmp_path):
+    pid_file = tmp_path / "pid"
+    script = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    silent = MCPServerSpec(command=[sys.executable, "-c", script], connect_timeout_s=2)
+    with pytest.raises(MCPConnectError, match="did not answer the handshake within 2 s"):
+        await mcp_tools(silent)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _running(pid):
+        assert time.monotonic() < deadline, f"the silent server (pid {pid}) was left running"
+        await asyncio.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; only its parent's bookkeeping is left.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.docker
+async def test_mcp_serve_exposes_our_sandbox_tools_to_an_mcp_client(sandbox_image):
+    cmd = [sys.executable, "-m", "qwq_agent.cli.main", "mcp-serve", "--tools", "python,shell"]
+    async with await mcp_tools(MCPServerSpec(command=cmd, connect_timeout_s=120)) as tools:
+        assert tools.connections[0].server_name == "qwq-agent"
+        registry = ToolRegistry(tools)
+        assert {"python", "shell"} <= {t.spec.name for t in tools}
+        out = await call(registry, "python", code="import os; print(os.getuid()); sum(range(10))")
+        assert not out.is_error and "1000" in out.text and "45" in out.text
+        shared = await call(registry, "shell", command="echo hi > /workspace/f && cat /workspace/f")
+        assert "hi" in shared.text
+        bad = await call(registry, "shell", commandx="ls")
+        assert bad.is_error and "commandx" in bad.text
+
+
+async def test_a_stdio_server_that_died_between_calls_is_restarted_by_the_next_call():
+    import signal
+
+    async with await mcp_tools(stdio_command("idle")) as tools:
+        registry = ToolRegistry(tools)
+        first = (await call(registry, "whoami")).text
+        os.kill(int(first.rsplit("=", 1)[1]), signal.SIGKILL)
+        conn = tools.connections[0]
+        deadline = time.monotonic() + 10
+        while conn.alive:  # the closed stdout is seen by the session's reader
+            assert time.monotonic() < deadline, "the client did not notice that the server exited"
+            await asyncio.sleep(0.02)
+        again = await call(registry, "whoami")
+        assert not again.is_error and again.text.startswith("idle pid=") and again.text != first
+        assert conn.starts == 2

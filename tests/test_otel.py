@@ -1,0 +1,194 @@
+"""OpenTelemetry spans of runs: the SDK's in-memory exporter, and a real OTLP/HTTP receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import ModelCall, ToolCallEvent
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.otel import OtelExport, SpanRecorder, traced
+from qwq_agent.testing.otlp_receiver import OTLPReceiver
+from qwq_agent.testing.scripted_server import ScriptedModelServer, Turn
+from qwq_agent.tools.base import tool
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@tool
+def explode(reason: str) -> str:
+    """Always fails."""
+    raise RuntimeError(f"boom: {reason}")
+
+
+def call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+TURNS = [
+    "Add, and try the other tool.\n</think>\n\n"
+    + call("add", a=2, b=3)
+    + "\n"
+    + call("explode", reason="test"),
+    "5, and the other failed.\n</think>\n\nThe sum is 5.",
+]
+
+
+def memory_tracer() -> tuple[InMemorySpanExporter, TracerProvider]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter, provider
+
+
+async def run_traced(turns, recorder: SpanRecorder, **config):
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [add, explode], config=AgentConfig(check_language=False, **config))
+        events = [ev async for ev in traced(agent.stream("What is 2 + 3?"), recorder)]
+    return agent, events
+
+
+async def test_spans_per_run_step_model_call_and_tool_call_follow_the_genai_conventions():
+    exporter, provider = memory_tracer()
+    agent, events = await run_traced(TURNS, SpanRecorder(provider.get_tracer("t"), provider="sglang"))
+    spans = exporter.get_finished_spans()
+    by_name: dict[str, list] = {}
+    for s in spans:
+        by_name.setdefault(s.name, []).append(s)
+
+    (run,) = by_name["invoke_agent qwq-agent"]
+    assert run.parent is None
+    assert run.attributes["gen_ai.operation.name"] == "invoke_agent"
+    assert run.attributes["qwq_agent.run_id"] == agent.run_id == run.attributes["gen_ai.conversation.id"]
+    assert run.attributes["qwq_agent.status"] == "completed" and run.status.status_code != StatusCode.ERROR
+    assert "qwq_agent.sandbox_id" not in run.attributes  # this run has no sandbox
+
+    steps = sorted(by_name["step 1"] + by_name["step 2"], key=lambda s: s.attributes["qwq_agent.step"])
+    assert [s.parent.span_id for s in steps] == [run.context.span_id] * 2
+
+    model_calls = [e for e in events if isinstance(e, ModelCall)]
+    chats = sorted(by_name[f"chat {agent.model.name}"], key=lambda s: s.start_time)
+    assert len(chats) == len(model_calls) == 2
+    for chat, step, mc in zip(chats, steps, model_calls, strict=True):
+        assert chat.parent.span_id == step.context.span_id
+        a = chat.attributes
+        assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.provider.name"] == "sglang"
+        assert a["gen_ai.request.model"] == agent.model.name
+        assert a["gen_ai.usage.input_tokens"] == mc.usage.prompt_tokens > 0
+        assert a["gen_ai.usage.output_tokens"] == mc.usage.completion_tokens > 0
+        assert a["gen_ai.usage.cache_read.input_tokens"] == mc.usage.cached_tokens
+        assert a["gen_ai.response.finish_reasons"] == (mc.usage.finish_reason,)
+        assert a["gen_ai.request.temperature"] == 0.6
+        # Spans nest in time as in the tree (times come from the events).
+        assert step.start_time <= chat.start_time <= chat.end_time <= step.end_time
+    # The second request reuses the first one's prompt: the radix cache's hits are on the span.
+    assert chats[1].attributes["gen_ai.usage.cache_read.input_tokens"] > 0
+    assert run.attributes["gen_ai.usage.cache_read.input_tokens"] == sum(
+        m.usage.cached_tokens for m in model_calls
+    )
+
+    calls = {e.call.name: e.call.id for e in events if isinstance(e, ToolCallEvent)}
+    (ok,) = by_name["execute_tool add"]
+    (bad,) = by_name["execute_tool explode"]
+    assert ok.parent.span_id == steps[0].context.span_id
+    assert ok.attributes["gen_ai.tool.name"] == "add" and ok.attributes["gen_ai.tool.call.id"] == calls["add"]
+    assert ok.status.status_code != StatusCode.ERROR and "error.type" not in ok.attributes
+    assert bad.status.status_code == StatusCode.ERROR and bad.attributes["error.type"] == "exception"
+    assert "boom: test" in bad.status.description
+    assert steps[0].start_time <= ok.start_time <= ok.end_time <= steps[0].end_time
+
+    # Content is not recorded unless asked for.
+    for s in spans:
+        assert not any(
+            k in s.attributes
+            for k in (
+                "gen_ai.input.messages",
+                "gen_ai.output.messages",
+                "gen_ai.tool.call.arguments",
+                "gen_ai.tool.call.result",
+            )
+        )
+
+
+async def test_content_is_recorded_only_when_asked():
+    exporter, provider = memory_tracer()
+    await run_traced(TURNS, SpanRecorder(provider.get_tracer("t"), capture_content=True))
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    run = spans["invoke_agent qwq-agent"]
+    assert "What is 2 + 3?" in run.attributes["gen_ai.input.messages"]
+    assert json.loads(run.attributes["gen_ai.output.messages"])[0]["parts"][0]["content"] == "The sum is 5."
+    chat = min(
+        (s for s in exporter.get_finished_spans() if s.name.startswith("chat ")), key=lambda s: s.start_time
+    )
+    assert "What is 2 + 3?" in chat.attributes["gen_ai.input.messages"]
+    assert "<tool_call>" in chat.attributes["gen_ai.output.messages"]
+    assert json.loads(spans["execute_tool add"].attributes["gen_ai.tool.call.arguments"]) == {"a": 2, "b": 3}
+    assert spans["execute_tool add"].attributes["gen_ai.tool.call.result"] == "5"
+
+
+async def test_a_failed_model_call_and_a_failed_run_are_error_spans():
+    exporter, provider = memory_tracer()
+    turns = [Turn(http_status=500), Turn(http_status=500)]
+    _agent, events = await run_traced(turns, SpanRecorder(provider.get_tracer("t")), model_retries=0)
+    assert events[-1].status == "model_error"
+    spans = exporter.get_finished_spans()
+    run = next(s for s in spans if s.name.startswith("invoke_agent"))
+    assert run.status.status_code == StatusCode.ERROR and run.attributes["error.type"] == "model_error"
+    chat = next(s for s in spans if s.name.startswith("chat "))
+    assert chat.status.status_code == StatusCode.ERROR and chat.attributes["error.type"]
+    assert any(name == "qwq_agent.warning" for s in spans for name in (e.name for e in s.events))
+
+
+async def test_a_stream_abandoned_midway_ends_its_spans_as_errors():
+    exporter, provider = memory_tracer()
+    recorder = SpanRecorder(provider.get_tracer("t"))
+    async with ScriptedModelServer(TURNS) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [add, explode], config=AgentConfig(check_language=False))
+        stream = traced(agent.stream("What is 2 + 3?"), recorder)
+        async for ev in stream:
+            if isinstance(ev, ToolCallEvent):
+                break
+        await stream.aclose()
+    spans = exporter.get_finished_spans()
+    run = next(s for s in spans if s.name.startswith("invoke_agent"))
+    assert run.status.status_code == StatusCode.ERROR and run.attributes["error.type"] == "aborted"
+    assert all(s.end_time is not None for s in spans)
+
+
+async def test_spans_reach_a_real_otlp_http_receiver():
+    with OTLPReceiver() as rx:
+        export = OtelExport(rx.endpoint, service_name="otel-test")
+        agent, _ = await run_traced(TURNS, SpanRecorder(export.tracer()))
+        assert export.shutdown()
+        spans = rx.wait_for(lambda got: any(s.name.startswith("invoke_agent") for s in got))
+    names = sorted(s.name for s in spans)
+    assert names.count("execute_tool add") == 1 and "step 2" in names
+    run = next(s for s in spans if s.name.startswith("invoke_agent"))
+    assert run.resource["service.name"] == "otel-test"
+    assert run.attributes["qwq_agent.run_id"] == agent.run_id
+    assert {s.trace_id for s in spans} == {run.trace_id}
+    bad = next(s for s in spans if s.name == "execute_tool explode")
+    assert bad.status_code == 2 and bad.attributes["error.type"] == "exception"
+    chat = next(s for s in spans if s.name.startswith("chat "))
+    assert chat.attributes["gen_ai.usage.input_tokens"] > 0 and chat.kind == 3  # SPAN_KIND_CLIENT
+
+
+def test_content_capture_follows_the_standard_variable_unless_told(monkeypatch):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    assert SpanRecorder().capture_content is True
+    assert SpanRecorder(capture_content=False).capture_content is False
+    monkeypatch.delenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+    assert SpanRecorder().capture_content is False
