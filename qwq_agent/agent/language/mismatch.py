@@ -1,0 +1,125 @@
+"""Whether an answer (or the reasoning before it) left the user's language, judged part by part."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from pydantic import BaseModel, Field
+
+from qwq_agent.agent.language.config import LanguageConfig
+from qwq_agent.agent.language.names import language_name
+from qwq_agent.agent.language.parts import Part, judge_part, split_parts
+from qwq_agent.agent.language.scripts import script_weights
+from qwq_agent.agent.language.strip import strip_non_language
+
+__all__ = ["LanguageGuess", "Mismatch", "detect_language", "language_mismatch", "reasoning_drift"]
+
+
+class LanguageGuess(BaseModel):
+    """A language guess: ISO 639-1 code (`und` when unknown), confidence 0..1, and script shares."""
+
+    lang: str
+    confidence: float
+    scripts: dict[str, float] = Field(default_factory=dict)
+
+
+class Mismatch(BaseModel):
+    """An answer (or reasoning) not in the user's language.
+
+    `foreign_share` is the share of the text's weighted letters in parts of another language;
+    `excerpt` is the start of the first such part, for the warning a person reads.
+    """
+
+    user_lang: str
+    answer_lang: str
+    reason: str
+    foreign_share: float
+    excerpt: str = ""
+
+
+def detect_language(text: str, config: LanguageConfig | None = None) -> LanguageGuess:
+    """Guess the language of `text` as a whole (scripts first, the statistical model for Latin/Han)."""
+    config = config or LanguageConfig()
+    clean = " ".join(strip_non_language(text).split())
+    weights = script_weights(clean, config.cjk_weight)
+    total = sum(weights.values())
+    shares = {s: round(w / total, 3) for s, w in weights.most_common()} if total else {}
+    if total < config.min_letters:
+        return LanguageGuess(lang="und", confidence=0.0, scripts=shares)
+    part = judge_part(clean, "und", config.model_copy(update={"min_part_letters": 1}))
+    return LanguageGuess(lang=part.lang, confidence=part.confidence, scripts=shares)
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _drift(
+    user_lang: str, text: str, config: LanguageConfig, tolerated: Collection[str] = ()
+) -> Mismatch | None:
+    clean = strip_non_language(text)
+    parts = [judge_part(p, user_lang, config) for p in split_parts(clean, config.min_part_letters, config.cjk_weight)]
+    judged = sum(p.weight for p in parts if p.lang != "und")
+    if sum(p.weight for p in parts) < config.min_letters or judged == 0:
+        return None
+    ok = {user_lang, "und", *tolerated}
+    # Runs of consecutive foreign parts in one language; undetermined parts neither end nor add.
+    runs: list[list[Part]] = []
+    for part in parts:
+        if part.lang == "und":
+            continue
+        if part.lang in ok:
+            runs.append([])
+        elif runs and runs[-1] and runs[-1][-1].lang == part.lang:
+            runs[-1].append(part)
+        else:
+            runs.append([part])
+    runs = [r for r in runs if r]
+    if not runs:
+        return None
+    foreign = sum(p.weight for r in runs for p in r)
+    share = foreign / judged
+    heaviest = max(runs, key=lambda r: sum(p.weight for p in r))
+    if share < config.foreign_script_threshold and sum(p.weight for p in heaviest) < config.min_run_weight:
+        return None
+    lang = heaviest[0].lang
+    n = sum(len(r) for r in runs)
+    return Mismatch(
+        user_lang=user_lang,
+        answer_lang=lang,
+        reason=f"{n} of {len(parts)} parts ({share:.0%} of the text) are in {language_name(lang)}, "
+        f"not {language_name(user_lang)}: “{_excerpt(heaviest[0].text)}”",
+        foreign_share=round(share, 3),
+        excerpt=_excerpt(heaviest[0].text),
+    )
+
+
+def language_mismatch(
+    user_text: str, answer_text: str, config: LanguageConfig | None = None
+) -> Mismatch | None:
+    """Flag an answer with parts in a language other than the user's; None when it matches or cannot be told.
+
+    Each sentence (short ones joined to a neighbour) is judged on its own, so a switch midway is
+    caught even when most of the answer is right. Code, URLs, math, quotations and proper names are
+    left out first; Latin technical terms inside CJK sentences belong to those sentences.
+    """
+    config = config or LanguageConfig()
+    user = detect_language(user_text, config)
+    if user.lang == "und":
+        return None
+    return _drift(user.lang, answer_text, config)
+
+
+def reasoning_drift(
+    user_text: str, reasoning: str, config: LanguageConfig | None = None
+) -> Mismatch | None:
+    """Flag reasoning that switched into a third language: an early warning, not a reason to intervene.
+
+    QwQ often thinks in English whatever the user's language, so English parts are not counted.
+    """
+    config = config or LanguageConfig()
+    user = detect_language(user_text, config)
+    if user.lang == "und":
+        return None
+    return _drift(user.lang, reasoning, config, tolerated=("en",))
