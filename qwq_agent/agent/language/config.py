@@ -32,7 +32,24 @@ class LanguageConfig(BaseModel):
         "question) is said to be in it; below it the part is undetermined and not judged.",
     )
     min_letters: int = Field(
-        20, ge=1, description="Texts with fewer letters (after stripping code, numbers...) are not judged."
+        8,
+        ge=1,
+        description="Texts with fewer (weighted) letters, after stripping code, numbers..., are not "
+        "judged: a question of two words or three CJK characters still is.",
+    )
+    question_confidence: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Probability the model must give a Latin-script language to name the question's "
+        "language (lower than `latin_confidence`: `question_doubt` covers the runners-up).",
+    )
+    question_doubt: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="A Latin-script language the model gives the question at least this probability is "
+        "accepted in the answer too: a short question ('Hola, ¿qué tal?') does not settle es vs fr.",
     )
     min_part_letters: int = Field(
         12,

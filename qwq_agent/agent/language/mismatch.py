@@ -6,7 +6,9 @@ from collections.abc import Collection
 
 from pydantic import BaseModel, Field
 
+from qwq_agent.agent.language import model
 from qwq_agent.agent.language.config import LanguageConfig
+from qwq_agent.agent.language.model import LATIN_LANGS
 from qwq_agent.agent.language.names import language_name
 from qwq_agent.agent.language.parts import Part, judge_part, split_parts
 from qwq_agent.agent.language.scripts import script_weights
@@ -16,11 +18,15 @@ __all__ = ["LanguageGuess", "Mismatch", "detect_language", "language_mismatch", 
 
 
 class LanguageGuess(BaseModel):
-    """A language guess: ISO 639-1 code (`und` when unknown), confidence 0..1, and script shares."""
+    """A language guess: ISO 639-1 code (`und` when unknown), confidence 0..1, and script shares.
+
+    `candidates` are, for Latin-script text, the model's languages of non-negligible probability.
+    """
 
     lang: str
     confidence: float
     scripts: dict[str, float] = Field(default_factory=dict)
+    candidates: dict[str, float] = Field(default_factory=dict)
 
 
 class Mismatch(BaseModel):
@@ -46,8 +52,16 @@ def detect_language(text: str, config: LanguageConfig | None = None) -> Language
     shares = {s: round(w / total, 3) for s, w in weights.most_common()} if total else {}
     if total < config.min_letters:
         return LanguageGuess(lang="und", confidence=0.0, scripts=shares)
-    part = judge_part(clean, "und", config.model_copy(update={"min_part_letters": 1}))
-    return LanguageGuess(lang=part.lang, confidence=part.confidence, scripts=shares)
+    whole = {
+        "min_part_letters": config.min_letters,
+        "min_latin_letters": config.min_letters,
+        "latin_confidence": config.question_confidence,
+    }
+    part = judge_part(clean, "und", config.model_copy(update=whole))
+    candidates: dict[str, float] = {}
+    if part.lang in LATIN_LANGS:
+        candidates = {lang: round(p, 3) for lang, p in model.rank(clean).items() if p >= 0.01}
+    return LanguageGuess(lang=part.lang, confidence=part.confidence, scripts=shares, candidates=candidates)
 
 
 def _excerpt(text: str, limit: int = 60) -> str:
@@ -59,7 +73,10 @@ def _drift(
     user_lang: str, text: str, config: LanguageConfig, tolerated: Collection[str] = ()
 ) -> Mismatch | None:
     clean = strip_non_language(text)
-    parts = [judge_part(p, user_lang, config) for p in split_parts(clean, config.min_part_letters, config.cjk_weight)]
+    parts = [
+        judge_part(p, user_lang, config)
+        for p in split_parts(clean, config.min_part_letters, config.cjk_weight)
+    ]
     judged = sum(p.weight for p in parts if p.lang != "und")
     if sum(p.weight for p in parts) < config.min_letters or judged == 0:
         return None
@@ -108,12 +125,11 @@ def language_mismatch(
     user = detect_language(user_text, config)
     if user.lang == "und":
         return None
-    return _drift(user.lang, answer_text, config)
+    doubt = [lang for lang, p in user.candidates.items() if p >= config.question_doubt]
+    return _drift(user.lang, answer_text, config, tolerated=doubt)
 
 
-def reasoning_drift(
-    user_text: str, reasoning: str, config: LanguageConfig | None = None
-) -> Mismatch | None:
+def reasoning_drift(user_text: str, reasoning: str, config: LanguageConfig | None = None) -> Mismatch | None:
     """Flag reasoning that switched into a third language: an early warning, not a reason to intervene.
 
     QwQ often thinks in English whatever the user's language, so English parts are not counted.
@@ -122,4 +138,5 @@ def reasoning_drift(
     user = detect_language(user_text, config)
     if user.lang == "und":
         return None
-    return _drift(user.lang, reasoning, config, tolerated=("en",))
+    doubt = [lang for lang, p in user.candidates.items() if p >= config.question_doubt]
+    return _drift(user.lang, reasoning, config, tolerated=("en", *doubt))
