@@ -23,7 +23,7 @@ from qwq_agent.agent.budgets import BudgetTracker
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
 from qwq_agent.agent.dispatch import ToolDispatcher
 from qwq_agent.agent.events import BudgetExceeded, Event, Final, RunStarted, Warning_
-from qwq_agent.agent.language import correction_prompt, language_mismatch
+from qwq_agent.agent.language import correction_prompt, language_mismatch, reasoning_drift
 from qwq_agent.agent.loop_detector import ToolCallRepetitionDetector
 from qwq_agent.agent.messages import Message
 from qwq_agent.agent.trace import TraceWriter
@@ -137,6 +137,8 @@ class Agent:
             repetition=ToolCallRepetitionDetector(self.config.repetition),
         )
         language_checked = not self.config.check_language
+        # A switch in the reasoning is an early warning only: reported once, nothing is asked.
+        reasoning_language_warned = not self.config.check_language
         reasoning_hints = 0
         while True:
             if (over := self.tracker.exceeded()) is not None:
@@ -175,6 +177,11 @@ class Agent:
                     raw=result.raw,
                 )
             )
+            if not reasoning_language_warned and parsed.reasoning:
+                drift = reasoning_drift(task, parsed.reasoning)
+                if drift is not None:
+                    reasoning_language_warned = True
+                    yield self._emit(Warning_(kind="language_mix_reasoning", message=drift.reason))
             observations: list[Message] = []
             for err in parsed.errors:
                 yield self._emit(Warning_(kind="malformed_tool_call", message=err.message))

@@ -41,7 +41,7 @@ _INLINE = [
     re.compile(r"[0-9]+"),
 ]
 # Proper names: two or more capitalised words in a row ("Visual Studio Code", "New York"). At the
-# start of a sentence the first word is ordinary prose and stays.
+# start of a sentence the first word is ordinary prose and stays (and German capitalises nouns).
 _NAME_RUN = re.compile(r"\b[A-Z][\w'’-]*(?:[ \t]+[A-Z][\w'’-]*)+")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;。！？\n]\s*|^\s*[-*+]\s+|\n\s*[-*+]\s+|\n\s*\d+[.)]\s+)$")
 
@@ -50,7 +50,9 @@ def _drop_names(text: str) -> str:
     def repl(m: re.Match[str]) -> str:
         before = text[max(0, m.start() - 8) : m.start()]
         if _SENTENCE_START.search(before) or m.start() == 0:
-            return m.group(0).split(None, 1)[0] + " "
+            # "Die Meldung", "The Python": article and noun, not a name; three words or more are.
+            words = m.group(0).split()
+            return m.group(0) if len(words) < 3 else words[0] + " "
         return " "
 
     return _NAME_RUN.sub(repl, text)
