@@ -27,13 +27,12 @@ class Part(BaseModel):
     weight: float
 
 
+_CJK_CHAR = re.compile("[\u3040-\u9fff\uac00-\ud7af]")
+
+
 def _letters(text: str, cjk_weight: float) -> float:
     # Hangul syllables and everything from kana to the end of the basic Han block weigh more.
-    return sum(
-        (cjk_weight if "\u3040" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" else 1.0)
-        for ch in text
-        if ch.isalpha()
-    )
+    return sum(map(str.isalpha, text)) + (cjk_weight - 1.0) * len(_CJK_CHAR.findall(text))
 
 
 def split_parts(text: str, min_letters: float, cjk_weight: float = 2.5) -> list[str]:
@@ -44,17 +43,18 @@ def split_parts(text: str, min_letters: float, cjk_weight: float = 2.5) -> list[
     parts: list[str] = []
     for line in text.splitlines():
         line_start = len(parts)
-        buffer = ""
+        buffer, weight = "", 0.0
         for sentence in _SENTENCE_END.split(line):
             if not sentence.strip():
                 continue
             buffer = f"{buffer} {sentence}" if buffer else sentence
-            if _letters(buffer, cjk_weight) >= min_letters:
+            weight += _letters(sentence, cjk_weight)
+            if weight >= min_letters:
                 parts.append(buffer.strip())
-                buffer = ""
+                buffer, weight = "", 0.0
         if buffer.strip():
             # A short tail (a heading, "Voilà !") is judged with the sentence before it on its line.
-            if len(parts) > line_start and _letters(buffer, cjk_weight) < min_letters:
+            if len(parts) > line_start:
                 parts[-1] = f"{parts[-1]} {buffer.strip()}"
             else:
                 parts.append(buffer.strip())

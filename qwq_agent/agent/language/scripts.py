@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import re
 import threading
 import unicodedata
 from collections import Counter
@@ -69,13 +71,39 @@ def script_of(ch: str) -> str | None:
     return unicodedata.name(ch, "OTHER").split(" ")[0].title()
 
 
+def _char_class(ranges: list[tuple[int, int]]) -> str:
+    return "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in ranges)
+
+
+# Latin letters are counted by one regular expression (in C); only the other letters are named one
+# by one, through a binary search of the ranges: answers are checked on every turn.
+_LATIN_RANGES = [(0x41, 0x5A), (0x61, 0x7A), (0xC0, 0xD6), (0xD8, 0xF6), (0xF8, 0x24F), (0x1E00, 0x1EFF)]
+_LATIN_RANGES += [(0xFF21, 0xFF3A), (0xFF41, 0xFF5A)]
+_LATIN = re.compile(f"[{_char_class(_LATIN_RANGES)}]")
+_NOT_OTHER_LETTER = re.compile(f"[{_char_class(_LATIN_RANGES)}\\W\\d_]+")
+_SORTED = sorted(_RANGES)
+_STARTS = [lo for lo, _, _ in _SORTED]
+
+
+def _other_script(ch: str) -> str | None:
+    cp = ord(ch)
+    i = bisect.bisect_right(_STARTS, cp) - 1
+    if i >= 0 and cp <= _SORTED[i][1]:
+        return _SORTED[i][2]
+    return script_of(ch)
+
+
 def script_weights(text: str, cjk_weight: float) -> Counter[str]:
     """Letters per script; a CJK character weighs `cjk_weight` letters (it carries about that much text)."""
     weights: Counter[str] = Counter()
-    for ch in text:
-        script = script_of(ch)
-        if script is not None:
-            weights[script] += cjk_weight if script in CJK else 1.0
+    latin = len(_LATIN.findall(text))
+    if latin:
+        weights["Latin"] = float(latin)
+    if sum(map(str.isalpha, text)) > latin:
+        for ch in _NOT_OTHER_LETTER.sub("", text):
+            script = _other_script(ch)
+            if script is not None:
+                weights[script] += cjk_weight if script in CJK else 1.0
     return weights
 
 
