@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -419,3 +421,24 @@ async def test_loop_warns_on_reasoning_drift_without_intervening() -> None:
     assert len(prompts) == 1
     warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "language_mix_reasoning"]
     assert len(warnings) == 1 and "Chinese" in warnings[0].message
+
+
+# ---- the model ----------------------------------------------------------------------------------
+
+
+def test_model_loads_lazily_and_once_per_process() -> None:
+    # A fresh interpreter: importing the package (and the agent loop) must not load the model.
+    code = (
+        "import sys\n"
+        "import qwq_agent.agent.loop\n"
+        "from qwq_agent.agent.language import model, language_mismatch\n"
+        "assert 'py3langid' not in sys.modules and model._identifier is None\n"
+        "language_mismatch('Comment lire un gros fichier ?', 'Read it line by line with the csv module.')\n"
+        "first = model._identifier\n"
+        "language_mismatch('Wie lese ich eine große Datei?', 'Lies sie Zeile für Zeile mit dem csv-Modul.')\n"
+        "assert first is not None and model._identifier is first\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
