@@ -10,9 +10,12 @@ once per process, is timed on its own.
 Accuracy: the pair set (tests/data/language/pairs.jsonl): drifts flagged, correct answers left
 alone; beside it the detector this replaced (read from git at `--baseline-commit`, when git has it).
 
+With `--lingua` (and lingua-language-detector installed by hand: it is not a dependency), the same
+check runs on lingua as the model, for the comparison that chose py3langid.
+
 Prints a table and writes benchmarks/results/language.json.
 
-    .venv/bin/python benchmarks/language_bench.py [--repeats 50]
+    .venv/bin/python benchmarks/language_bench.py [--repeats 50] [--lingua]
 """
 
 from __future__ import annotations
@@ -63,12 +66,20 @@ def answers_of_size(pairs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
 
 
 def timings(fn: Callable[[], Any], repeats: int) -> list[float]:
-    fn()  # warm: caches, the model
-    result = []
+    return interleaved([fn], repeats)[0]
+
+
+def interleaved(fns: list[Callable[[], Any]], repeats: int) -> list[list[float]]:
+    """Milliseconds per call of each of `fns`, taken in turn, so that the load of the shared machine
+    falls on all of them alike."""
+    for fn in fns:
+        fn()  # warm: caches, the model
+    result: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        result.append((time.perf_counter() - start) * 1000)
+        for fn, times in zip(fns, result, strict=True):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1000)
     return result
 
 
@@ -109,10 +120,58 @@ def accuracy(check: Callable[[str, str], Any], pairs: list[dict[str, Any]]) -> d
     }
 
 
+def lingua_backend() -> tuple[Callable[[str], tuple[str, float]], Callable[[str], dict[str, float]]]:
+    """`model.classify`/`model.rank` on lingua-language-detector instead (the alternative weighed)."""
+    from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+
+    languages = [Language.from_iso_code_639_1(getattr(IsoCode639_1, c.upper())) for c in model.MODEL_LANGS]
+    detector = LanguageDetectorBuilder.from_languages(*languages).with_preloaded_language_models().build()
+
+    def rank(text: str) -> dict[str, float]:
+        return {
+            v.language.iso_code_639_1.name.lower(): v.value
+            for v in detector.compute_language_confidence_values(text)
+        }
+
+    def classify(text: str) -> tuple[str, float]:
+        best = detector.compute_language_confidence_values(text)[0]
+        return best.language.iso_code_639_1.name.lower(), best.value
+
+    return classify, rank
+
+
+def compare_lingua(
+    cases: list[tuple[str, str, str]], pairs: list[dict[str, Any]], repeats: int
+) -> dict[str, Any]:
+    """The same part-by-part check with lingua as the model: cost, pair-set accuracy, load time."""
+    start = time.perf_counter()
+    classify, rank = lingua_backend()
+    load_s = time.perf_counter() - start
+    saved = model.classify, model.rank
+    model.classify, model.rank = classify, rank
+    try:
+        costs: list[float] = []
+        for _, question, answer in cases:
+            costs += timings(lambda q=question, a=answer: language_mismatch(q, a), repeats)
+        acc = accuracy(language_mismatch, pairs)
+    finally:
+        model.classify, model.rank = saved
+    return {
+        "version": metadata.version("lingua-language-detector"),
+        "load_ms": round(load_s * 1000, 1),
+        "p50_ms": pct(costs, 0.5),
+        "p90_ms": pct(costs, 0.9),
+        "accuracy": acc,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--baseline-commit", default="8c7dced")
+    parser.add_argument(
+        "--lingua", action="store_true", help="also run the check on lingua-language-detector (if installed)"
+    )
     args = parser.parse_args()
     pairs = load_pairs()
 
@@ -128,14 +187,15 @@ def main() -> None:
     all_scripts: list[float] = []
     all_whole: list[float] = []
     for label, question, answer in cases:
-        ours = timings(lambda q=question, a=answer: language_mismatch(q, a), args.repeats)
-        scripts = timings(lambda a=answer: script_weights(a, 2.5), args.repeats)
-        whole = timings(lambda a=answer: model.classify(a), args.repeats)
-        before = (
-            timings(lambda q=question, a=answer: old.language_mismatch(q, a), args.repeats)
-            if old is not None
-            else [float("nan")]
-        )
+        fns: list[Callable[[], Any]] = [
+            lambda q=question, a=answer: language_mismatch(q, a),
+            lambda a=answer: script_weights(a, 2.5),
+            lambda a=answer: model.classify(a),
+        ]
+        if old is not None:
+            fns.append(lambda q=question, a=answer: old.language_mismatch(q, a))
+        ours, scripts, whole, *rest = interleaved(fns, args.repeats)
+        before = rest[0] if rest else [float("nan")]
         all_before += before
         all_ours += ours
         all_scripts += scripts
@@ -182,6 +242,16 @@ def main() -> None:
             f"{name:<28}{acc['drifts_flagged']:>10}/{acc['drifts']:<5}{acc['correct_flagged']:>11}/{acc['correct']:<5}"
         )
 
+    lingua = None
+    if args.lingua:
+        lingua = compare_lingua(cases, pairs, max(5, args.repeats // 5))
+        acc = lingua["accuracy"]
+        print(
+            f"\nsame check on lingua {lingua['version']} (preloaded, {len(model.MODEL_LANGS)} languages): "
+            f"load {lingua['load_ms']:.0f} ms, p50 {lingua['p50_ms']:.3f} ms, p90 {lingua['p90_ms']:.3f} ms, "
+            f"drifts {acc['drifts_flagged']}/{acc['drifts']}, correct flagged {acc['correct_flagged']}/{acc['correct']}"
+        )
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -206,6 +276,7 @@ def main() -> None:
                     "before_p50_ms": pct(all_before, 0.5),
                 },
                 "accuracy": {"ours": ours_acc, "before": old_acc, "before_commit": args.baseline_commit},
+                "lingua": lingua,
             },
             indent=2,
             ensure_ascii=False,
