@@ -256,6 +256,32 @@ def test_short_questions_are_identified(question: str, lang: str) -> None:
     assert detect_language(question).lang == lang
 
 
+@pytest.mark.parametrize(
+    ("question", "lang"),
+    [
+        (
+            "このエラーの意味は？\nTraceback (most recent call last): ModuleNotFoundError: No module named "
+            "requests. I ran it on Ubuntu with the system interpreter and it still fails every time.",
+            "ja",
+        ),
+        (
+            "这个报错是什么意思？ Error: connection refused while connecting to the database server, please "
+            "check that the server is running and accepting connections.",
+            "zh",
+        ),
+        ("What does 画蛇添足 mean?", "en"),
+    ],
+)
+def test_the_users_own_sentence_decides_the_question_language(question: str, lang: str) -> None:
+    # A CJK sentence beside a pasted English log is the user's language; a CJK word in English is not.
+    assert detect_language(question).lang == lang
+
+
+def test_english_answer_to_an_english_question_about_a_chinese_idiom_is_not_flagged() -> None:
+    answer = "It means drawing legs on a snake: ruining something by adding what it does not need."
+    assert language_mismatch("What does 画蛇添足 mean?", answer) is None
+
+
 def test_french_and_spanish_questions_answered_in_another_latin_language_are_flagged() -> None:
     fr_q = "Qu'est-ce qu'une closure en Python ?"
     es_q = "¿Qué hace la función zip en Python?"

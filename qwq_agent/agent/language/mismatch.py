@@ -10,8 +10,8 @@ from qwq_agent.agent.language import model
 from qwq_agent.agent.language.config import LanguageConfig
 from qwq_agent.agent.language.model import LATIN_LANGS
 from qwq_agent.agent.language.names import language_name
-from qwq_agent.agent.language.parts import Part, judge_part, split_parts
-from qwq_agent.agent.language.scripts import script_weights
+from qwq_agent.agent.language.parts import Part, judge_part, latin_text, split_parts
+from qwq_agent.agent.language.scripts import CJK, script_weights
 from qwq_agent.agent.language.strip import strip_non_language
 
 __all__ = ["LanguageGuess", "Mismatch", "detect_language", "language_mismatch", "reasoning_drift"]
@@ -43,24 +43,42 @@ class Mismatch(BaseModel):
     excerpt: str = ""
 
 
+_CJK_LANGS = frozenset({"zh", "ja", "ko"})
+
+
 def detect_language(text: str, config: LanguageConfig | None = None) -> LanguageGuess:
-    """Guess the language of `text` as a whole (scripts first, the statistical model for Latin/Han)."""
+    """Guess the language of `text` as a whole (scripts first, the statistical model for Latin/Han).
+
+    Meant for the user's question: CJK words inside Latin prose ("What does 画蛇添足 mean?") do not
+    make it CJK, but a CJK sentence next to pasted English (a log, an error message) does: people
+    who write in CJK paste English; the reverse is rare.
+    """
     config = config or LanguageConfig()
-    clean = " ".join(strip_non_language(text).split())
+    stripped = strip_non_language(text)
+    clean = " ".join(stripped.split())
     weights = script_weights(clean, config.cjk_weight)
     total = sum(weights.values())
     shares = {s: round(w / total, 3) for s, w in weights.most_common()} if total else {}
     if total < config.min_letters:
         return LanguageGuess(lang="und", confidence=0.0, scripts=shares)
-    whole = {
-        "min_part_letters": config.min_letters,
-        "min_latin_letters": config.min_letters,
-        "latin_confidence": config.question_confidence,
-    }
-    part = judge_part(clean, "und", config.model_copy(update=whole))
+    question = config.model_copy(
+        update={
+            "min_part_letters": config.min_letters,
+            "min_latin_letters": config.min_letters,
+            "latin_confidence": config.question_confidence,
+            "cjk_part_share": max(config.cjk_part_share, 0.5),
+        }
+    )
+    part = judge_part(clean, "und", question)
+    if part.lang not in _CJK_LANGS and any(weights[s] for s in CJK):
+        parts = (judge_part(p, "und", question) for p in split_parts(stripped, config.min_part_letters))
+        cjk = [p for p in parts if p.lang in _CJK_LANGS]
+        if cjk:
+            part = max(cjk, key=lambda p: p.weight)
     candidates: dict[str, float] = {}
     if part.lang in LATIN_LANGS:
-        candidates = {lang: round(p, 3) for lang, p in model.rank(clean).items() if p >= 0.01}
+        ranked = model.rank(latin_text(clean)).items()
+        candidates = {lang: round(p, 3) for lang, p in ranked if p >= 0.01 and lang in LATIN_LANGS}
     return LanguageGuess(lang=part.lang, confidence=part.confidence, scripts=shares, candidates=candidates)
 
 

@@ -10,7 +10,7 @@ from qwq_agent.agent.language import model
 from qwq_agent.agent.language.config import LanguageConfig
 from qwq_agent.agent.language.scripts import CJK, KANA, SCRIPT_LANG, han_markers, script_weights
 
-__all__ = ["Part", "judge_part", "split_parts"]
+__all__ = ["Part", "judge_part", "latin_text", "split_parts"]
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|(?<=[。！？；])")
 
@@ -27,7 +27,12 @@ class Part(BaseModel):
     weight: float
 
 
-_CJK_CHAR = re.compile("[\u3040-\u9fff\uac00-\ud7af]")
+_CJK_CHAR = re.compile("[\u3040-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def latin_text(text: str) -> str:
+    """`text` without its CJK characters: what the model should see of a Latin-script part."""
+    return _CJK_CHAR.sub(" ", text)
 
 
 def _letters(text: str, cjk_weight: float) -> float:
@@ -99,7 +104,8 @@ def judge_part(text: str, user_lang: str, config: LanguageConfig) -> Part:
         return Part(text=text, lang=lang, confidence=round(top_weight / total, 3), weight=total)
     if top_weight < config.min_latin_letters:
         return Part(text=text, lang="und", confidence=0.0, weight=total)
-    lang, prob = model.classify(text)
-    if prob < config.latin_confidence:
+    # The model sees the Latin text alone: CJK words in it would pull it towards zh/ja.
+    lang, prob = model.classify(latin_text(text) if cjk else text)
+    if prob < config.latin_confidence or lang not in model.LATIN_LANGS:
         return Part(text=text, lang="und", confidence=round(prob, 3), weight=total)
     return Part(text=text, lang=lang, confidence=round(prob * top_weight / total, 3), weight=total)
