@@ -231,6 +231,11 @@ def test_han_only_japanese_sentences_are_not_taken_for_chinese() -> None:
     assert language_mismatch("日本の首都はどこですか？説明してください。", answer) is None
 
 
+def test_katakana_name_inside_a_chinese_answer_is_not_japanese() -> None:
+    answer = "这首歌叫 ハルジオン，是 YOASOBI 在二零一九年发表的作品，作词作曲都由 Ayase 负责。"
+    assert language_mismatch("这首歌是谁唱的？请介绍一下。", answer) is None
+
+
 def test_han_forms_only_one_language_writes() -> None:
     zh_only, ja_only = han_markers("这们说读")
     assert (zh_only, ja_only) == (4, 0)

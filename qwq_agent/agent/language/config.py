@@ -70,7 +70,11 @@ class LanguageConfig(BaseModel):
         "Latin terms in it rather than Latin text.",
     )
     min_kana_share: float = Field(
-        0.1, gt=0, le=1, description="Share of kana among a part's CJK characters that makes it Japanese."
+        0.1,
+        gt=0,
+        le=1,
+        description="Share of kana among a part's CJK characters that makes it Japanese (katakana "
+        "counts only beside hiragana).",
     )
     cjk_weight: float = Field(
         2.5,

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from qwq_agent.agent.language import model
 from qwq_agent.agent.language.config import LanguageConfig
-from qwq_agent.agent.language.scripts import CJK, KANA, SCRIPT_LANG, han_markers, script_weights
+from qwq_agent.agent.language.scripts import CJK, SCRIPT_LANG, han_markers, script_weights
 
 __all__ = ["Part", "judge_part", "latin_text", "split_parts"]
 
@@ -93,7 +93,9 @@ def judge_part(text: str, user_lang: str, config: LanguageConfig) -> Part:
     if cjk >= config.cjk_part_share * total:
         if weights["Hangul"] >= 0.5 * cjk:
             return Part(text=text, lang="ko", confidence=round(weights["Hangul"] / cjk, 3), weight=total)
-        kana = sum(weights[s] for s in KANA)
+        # Japanese prose always has hiragana (particles, endings); katakana alone is a loanword or a
+        # name ("ハルジオン") that a Chinese sentence may carry too.
+        kana = weights["Hiragana"] + (weights["Katakana"] if weights["Hiragana"] else 0.0)
         if kana >= config.min_kana_share * cjk:
             return Part(text=text, lang="ja", confidence=round(kana / cjk, 3), weight=total)
         lang, confidence = _han_language(text, user_lang)
