@@ -1,16 +1,30 @@
-"""Language detection and the answer/user language mismatch check."""
+"""Language detection, the answer/user language mismatch check (part by part), the reasoning watch,
+and the one-time correction in the agent loop."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import Event, Final, Warning_
 from qwq_agent.agent.language import (
     LanguageConfig,
     correction_prompt,
     detect_language,
     language_mismatch,
+    reasoning_drift,
+    split_parts,
     strip_non_language,
 )
+from qwq_agent.agent.language.scripts import han_markers
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.testing.scripted_server import ScriptedModelServer
 
 EN_Q = "How can I read a large CSV file in Python without loading all of it into memory at once?"
 ZH_Q = "如何在 Python 中读取一个很大的 CSV 文件，而不把它全部加载到内存中？"
@@ -102,7 +116,8 @@ def test_english_answer_drifting_into_chinese_is_flagged() -> None:
     assert mismatch is not None
     assert mismatch.user_lang == "en" and mismatch.answer_lang == "zh"
     assert mismatch.foreign_share >= LanguageConfig().foreign_script_threshold
-    assert "Han" in mismatch.reason
+    assert "Chinese" in mismatch.reason and "English" in mismatch.reason
+    assert mismatch.excerpt.startswith("另外")
 
 
 def test_chinese_answer_with_english_code_and_identifiers_is_not_flagged() -> None:
@@ -158,9 +173,11 @@ def test_undetermined_user_language_is_not_judged() -> None:
 
 
 def test_threshold_is_configuration() -> None:
-    answer = EN_ANSWER + " 总之，这样做就可以了。"
+    # Five Han characters: under the default run weight (25) and share (20%), over a 3% share.
+    answer = EN_ANSWER + " 总之就这样。"
     assert language_mismatch(EN_Q, answer) is None
-    assert language_mismatch(EN_Q, answer, LanguageConfig(foreign_script_threshold=0.05)) is not None
+    assert language_mismatch(EN_Q, answer, LanguageConfig(foreign_script_threshold=0.03)) is not None
+    assert language_mismatch(EN_Q, answer, LanguageConfig(min_run_weight=10)) is not None
 
 
 # ---- correction --------------------------------------------------------------------------------
@@ -172,3 +189,287 @@ def test_correction_prompt_in_english_and_the_users_language() -> None:
     assert correction_prompt("fr").startswith("Please answer in French.")
     assert "français" in correction_prompt("fr")
     assert "same language" in correction_prompt("und")
+
+
+# ---- issue 18: the cases that matter most ------------------------------------------------------
+
+JA_Q = "Pythonでリストの重複を削除しつつ、元の順番を保つにはどうすればいいですか？"
+KO_Q = "파이썬에서 리스트의 중복을 제거하면서 원래 순서를 유지하려면 어떻게 해야 하나요?"
+ZH_DEDUP = (
+    "最简单的方法是使用 `dict.fromkeys`：从 Python 3.7 开始，字典会保持插入顺序，所以可以去掉重复元素，"
+    "并保留每个元素第一次出现的位置。如果元素不可哈希，比如列表，就需要自己遍历一遍，并记录已经见过的元素。"
+)
+JA_DEDUP = (
+    "一番簡単なのは `dict.fromkeys` を使う方法です。Python 3.7 以降、辞書は挿入順を保持するので、"
+    "重複を取り除きつつ最初の出現位置を残せます。"
+)
+
+
+def test_japanese_question_answered_in_chinese_is_flagged() -> None:
+    mismatch = language_mismatch(JA_Q, ZH_DEDUP)
+    assert mismatch is not None
+    assert (mismatch.user_lang, mismatch.answer_lang) == ("ja", "zh")
+
+
+def test_korean_question_answered_in_chinese_is_flagged() -> None:
+    mismatch = language_mismatch(KO_Q, ZH_DEDUP)
+    assert mismatch is not None
+    assert (mismatch.user_lang, mismatch.answer_lang) == ("ko", "zh")
+
+
+def test_japanese_answer_switching_into_chinese_halfway_is_flagged() -> None:
+    answer = JA_DEDUP + "如果元素不可哈希，比如列表，就需要自己遍历一遍，并记录已经见过的元素。"
+    mismatch = language_mismatch(JA_Q, answer)
+    assert mismatch is not None
+    assert (mismatch.user_lang, mismatch.answer_lang) == ("ja", "zh")
+    assert mismatch.excerpt.startswith("如果元素")
+    assert language_mismatch(JA_Q, JA_DEDUP) is None
+
+
+def test_han_only_japanese_sentences_are_not_taken_for_chinese() -> None:
+    answer = "日本の首都は東京です。江戸時代には江戸と呼ばれていました。明治維新後、天皇が京都から移りました。"
+    assert language_mismatch("日本の首都はどこですか？説明してください。", answer) is None
+
+
+def test_katakana_name_inside_a_chinese_answer_is_not_japanese() -> None:
+    answer = "这首歌叫 ハルジオン，是 YOASOBI 在二零一九年发表的作品，作词作曲都由 Ayase 负责。"
+    assert language_mismatch("这首歌是谁唱的？请介绍一下。", answer) is None
+
+
+def test_han_forms_only_one_language_writes() -> None:
+    zh_only, ja_only = han_markers("这们说读")
+    assert (zh_only, ja_only) == (4, 0)
+    zh_only, ja_only = han_markers("読気毎込")
+    assert (zh_only, ja_only) == (0, 4)
+    assert han_markers("国人大") == (0, 0)  # written alike in both
+
+
+@pytest.mark.parametrize(
+    ("question", "lang"),
+    [
+        ("Qu'est-ce qu'une closure ?", "fr"),
+        ("Pourquoi mon code est lent ?", "fr"),
+        ("¿Qué hace la función zip?", "es"),
+        ("Explica qué es una clave primaria.", "es"),
+        ("Was ist ein Generator?", "de"),
+        ("How do I center a div in CSS?", "en"),
+        ("什么是递归？", "zh"),
+        ("東京の人口は？", "ja"),
+    ],
+)
+def test_short_questions_are_identified(question: str, lang: str) -> None:
+    assert detect_language(question).lang == lang
+
+
+@pytest.mark.parametrize(
+    ("question", "lang"),
+    [
+        (
+            "このエラーの意味は？\nTraceback (most recent call last): ModuleNotFoundError: No module named "
+            "requests. I ran it on Ubuntu with the system interpreter and it still fails every time.",
+            "ja",
+        ),
+        (
+            "这个报错是什么意思？ Error: connection refused while connecting to the database server, please "
+            "check that the server is running and accepting connections.",
+            "zh",
+        ),
+        ("What does 画蛇添足 mean?", "en"),
+    ],
+)
+def test_the_users_own_sentence_decides_the_question_language(question: str, lang: str) -> None:
+    # A CJK sentence beside a pasted English log is the user's language; a CJK word in English is not.
+    assert detect_language(question).lang == lang
+
+
+def test_english_answer_to_an_english_question_about_a_chinese_idiom_is_not_flagged() -> None:
+    answer = "It means drawing legs on a snake: ruining something by adding what it does not need."
+    assert language_mismatch("What does 画蛇添足 mean?", answer) is None
+
+
+def test_french_and_spanish_questions_answered_in_another_latin_language_are_flagged() -> None:
+    fr_q = "Qu'est-ce qu'une closure en Python ?"
+    es_q = "¿Qué hace la función zip en Python?"
+    en = "A closure is a function that remembers the variables of the scope where it was defined."
+    es = "Una closure es una función que recuerda las variables del ámbito donde fue definida."
+    fr = "Une closure est une fonction qui se souvient des variables de la portée où elle a été définie."
+    assert (m := language_mismatch(fr_q, en)) is not None and m.answer_lang == "en"
+    assert (m := language_mismatch(fr_q, es)) is not None and m.answer_lang == "es"
+    assert (m := language_mismatch(es_q, en)) is not None and m.answer_lang == "en"
+    assert language_mismatch(fr_q, fr) is None
+    assert language_mismatch(es_q, es) is None
+
+
+def test_one_sentence_switch_in_a_latin_answer_is_flagged() -> None:
+    answer = (
+        "Le plus simple est d'utiliser `dict.fromkeys` : depuis Python 3.7, les dictionnaires conservent "
+        "l'ordre d'insertion. If the elements are not hashable, loop over them and remember what you saw."
+    )
+    mismatch = language_mismatch(FR_Q, answer)
+    assert mismatch is not None and mismatch.answer_lang == "en"
+    assert mismatch.excerpt.startswith("If the elements")
+
+
+def test_quotes_and_proper_names_are_left_out() -> None:
+    stripped = strip_non_language(
+        'Die Meldung "connection refused by the remote host" heißt, dass kein Dienst läuft.\n'
+        "Öffnen Sie das Projekt in Visual Studio Code.\n"
+        "エラー「No module named requests」は未インストールです。\n"
+        "> A quoted line of the question.\n"
+    )
+    for gone in ("connection refused", "Visual Studio Code", "No module", "quoted line"):
+        assert gone not in stripped
+    assert "Die Meldung" in stripped and "Öffnen Sie das Projekt" in stripped and "エラー" in stripped
+
+
+def test_quoted_english_inside_a_german_answer_is_not_drift() -> None:
+    question = "Warum bekomme ich beim Verbinden mit meinem Server immer einen Fehler?"
+    answer = (
+        'Die Meldung "connection refused by the remote host, please check that the server is running" '
+        "bedeutet, dass auf diesem Port kein Dienst läuft. Prüfe, ob der Server wirklich gestartet ist."
+    )
+    assert language_mismatch(question, answer) is None
+
+
+def test_short_sentences_join_a_neighbour_on_their_line() -> None:
+    parts = split_parts("Bonjour. Voici la réponse complète à votre question.\nOk.", 12)
+    assert parts == ["Bonjour. Voici la réponse complète à votre question.", "Ok."]
+
+
+def test_latin_terms_inside_cjk_sentences_are_normal() -> None:
+    answer = (
+        "你可以用 pandas 的 DataFrame 自带的去重方法，或者用 NumPy 的 unique 函数。如果数据量非常大，"
+        "建议先用 Dask 或 Polars 处理，再把结果写回 PostgreSQL 数据库。"
+    )
+    assert language_mismatch("处理一个很大的表格数据，有哪些工具可以用？", answer) is None
+
+
+# ---- the pair set -----------------------------------------------------------------------------
+
+PAIRS_FILE = Path(__file__).parent / "data" / "language" / "pairs.jsonl"
+PAIRS = [json.loads(line) for line in PAIRS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_pair_set_covers_the_issue() -> None:
+    assert len(PAIRS) >= 60
+    langs = {p["user_lang"] for p in PAIRS}
+    assert len(langs) >= 9
+    for lang in langs:
+        mine = [p for p in PAIRS if p["user_lang"] == lang]
+        assert any(p["kind"] == "correct" for p in mine), lang
+        assert len({p["expected"] for p in mine if p["kind"] == "wrong"}) >= 3, lang
+        assert any(p["kind"] == "midway" for p in mine), lang
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[p["id"] for p in PAIRS])
+def test_pair(pair: dict[str, str | None]) -> None:
+    question, answer = str(pair["question"]), str(pair["answer"])
+    assert detect_language(question).lang == pair["user_lang"]
+    mismatch = language_mismatch(question, answer)
+    if pair["expected"] is None:
+        assert mismatch is None, mismatch
+    else:
+        assert mismatch is not None, "drift not flagged"
+        assert (mismatch.user_lang, mismatch.answer_lang) == (pair["user_lang"], pair["expected"])
+
+
+# ---- reasoning watch --------------------------------------------------------------------------
+
+
+def test_reasoning_in_english_is_no_warning_for_a_chinese_user() -> None:
+    reasoning = (
+        "The user wants to remove duplicates while keeping order. dict.fromkeys keeps insertion order "
+        "since Python 3.7, so that is the simplest answer. I should also mention unhashable items."
+    )
+    assert reasoning_drift(ZH_Q, reasoning) is None
+
+
+def test_reasoning_switching_into_chinese_is_a_warning_for_an_english_user() -> None:
+    reasoning = (
+        "The user wants to read a big CSV file lazily. 我应该先解释生成器的用法，然后再给出一个分块读取的例子。"
+    )
+    drift = reasoning_drift(EN_Q, reasoning)
+    assert drift is not None and drift.answer_lang == "zh"
+
+
+def _reasoning_corpus() -> Path | None:
+    root = Path(__file__).resolve().parent.parent
+    override = os.environ.get("QWQ_REASONING_CORPUS")
+    for candidate in (
+        Path(override) if override else None,
+        root.parent / "shared" / "reasoning-corpus",
+        root.parent.parent / "shared" / "reasoning-corpus",
+    ):
+        if candidate is not None and candidate.is_dir():
+            return candidate
+    return None
+
+
+def test_real_english_reasoning_is_not_flagged() -> None:
+    corpus = _reasoning_corpus()
+    if corpus is None:
+        pytest.skip("shared/reasoning-corpus not found (set QWQ_REASONING_CORPUS)")
+    question = "Solve the following math problem and explain each step of your reasoning."
+    texts = [
+        p.read_text(encoding="utf-8")
+        for p in sorted(corpus.glob("*/*.txt"))
+        if "_zh_" not in p.name  # the corpus's Chinese traces are Chinese on purpose
+    ]
+    assert len(texts) >= 50
+    flagged = [t[:80] for t in texts if language_mismatch(question, t) is not None]
+    assert flagged == []
+
+
+# ---- in the agent loop --------------------------------------------------------------------------
+
+
+async def _run(turns: list[str], task: str) -> tuple[list[Event], list[str]]:
+    async with ScriptedModelServer(turns) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [], config=AgentConfig(check_language=True))
+            events = [ev async for ev in agent.stream(task)]
+        return events, [r.prompt or "" for r in server.requests]
+
+
+async def test_loop_asks_once_for_the_users_language_naming_it() -> None:
+    turns = ["考える\n</think>\n\n" + ZH_DEDUP, "はい\n</think>\n\n" + ZH_DEDUP]
+    events, prompts = await _run(turns, JA_Q)
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed"
+    # Asked once, in English and in Japanese; a second drift is answered as it is, not asked again.
+    assert len(prompts) == 2
+    assert "Please answer in Japanese." in prompts[1] and "日本語で答えてください。" in prompts[1]
+    assert final.answer == ZH_DEDUP
+    warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "language_mix"]
+    assert len(warnings) == 1 and "Chinese" in warnings[0].message
+
+
+async def test_loop_warns_on_reasoning_drift_without_intervening() -> None:
+    reasoning = "The user asks about CSV files. 我应该先解释生成器的用法，然后再给出一个分块读取的例子。"
+    events, prompts = await _run([reasoning + "\n</think>\n\n" + EN_ANSWER], EN_Q)
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed" and final.answer == EN_ANSWER
+    assert len(prompts) == 1
+    warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "language_mix_reasoning"]
+    assert len(warnings) == 1 and "Chinese" in warnings[0].message
+
+
+# ---- the model ----------------------------------------------------------------------------------
+
+
+def test_model_loads_lazily_and_once_per_process() -> None:
+    # A fresh interpreter: importing the package (and the agent loop) must not load the model.
+    code = (
+        "import sys\n"
+        "import qwq_agent.agent.loop\n"
+        "from qwq_agent.agent.language import model, language_mismatch\n"
+        "assert 'py3langid' not in sys.modules and model._identifier is None\n"
+        "language_mismatch('Comment lire un gros fichier ?', 'Read it line by line with the csv module.')\n"
+        "first = model._identifier\n"
+        "language_mismatch('Wie lese ich eine große Datei?', 'Lies sie Zeile für Zeile mit dem csv-Modul.')\n"
+        "assert first is not None and model._identifier is first\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

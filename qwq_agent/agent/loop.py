@@ -24,7 +24,7 @@ from qwq_agent.agent.budgets import BudgetTracker, Deadline
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
 from qwq_agent.agent.dispatch import ToolDispatcher
 from qwq_agent.agent.events import BudgetExceeded, Event, Final, ReplaySource, RunStarted, Warning_
-from qwq_agent.agent.language import correction_prompt, language_mismatch
+from qwq_agent.agent.language import correction_prompt, language_mismatch, reasoning_drift
 from qwq_agent.agent.loop_detector import ToolCallRepetitionDetector
 from qwq_agent.agent.messages import Message
 from qwq_agent.agent.trace import TraceError, TraceWriter
@@ -243,6 +243,8 @@ class Agent:
             deadline=deadline,
         )
         language_checked = not self.config.check_language
+        # A switch in the reasoning is an early warning only: reported once, nothing is asked.
+        reasoning_language_warned = not self.config.check_language
         reasoning_hints = 0
         while True:
             if (over := self.tracker.exceeded()) is not None:
@@ -291,6 +293,11 @@ class Agent:
                     raw=result.raw,
                 )
             )
+            if not reasoning_language_warned and parsed.reasoning:
+                drift = reasoning_drift(task, parsed.reasoning)
+                if drift is not None:
+                    reasoning_language_warned = True
+                    yield self._emit(Warning_(kind="language_mix_reasoning", message=drift.reason))
             observations: list[Message] = []
             for err in parsed.errors:
                 kind = "truncated_tool_call" if err.cut_off else "malformed_tool_call"
