@@ -28,7 +28,14 @@ def test_container_body_defaults_are_hardened() -> None:
     host = body["HostConfig"]
     assert host["NetworkMode"] == "none" and host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"]
     assert host["Memory"] == host["MemorySwap"] and host["LogConfig"]["Type"] == "none"
-    assert body["User"] == "1000:1000" and body["StdinOnce"] and not body["Tty"]
+    assert body["User"] == "0:0" and body["StdinOnce"] and not body["Tty"]
+    assert sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
+    env = dict(e.split("=", 1) for e in body["Env"])
+    assert env["QWQ_USER"] == "1000:1000" and env["QWQ_SUPERVISOR_USER"] == "999:999"
+    with pytest.raises(ValueError, match="another uid"):
+        SandboxConfig(supervisor_user="1000:1000")
+    with pytest.raises(ValueError, match="non-root"):
+        SandboxConfig(user="0:0")
 
 
 def test_capture_keeps_head_and_tail_and_counts_the_rest() -> None:

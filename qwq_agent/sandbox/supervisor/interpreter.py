@@ -143,7 +143,6 @@ class Interpreter:
             self.restart()
         stale = {self.out: Capture(0, 0), self.err: Capture(0, 0)}
         drain([fd for fd in (self.out, self.err) if fd not in self.closed_streams], stale, time.monotonic())
-        caps = {self.out: Capture(), self.err: Capture()}
         nonce = secrets.token_hex(16)
         frame = encode_frame({"code": code, "nonce": nonce})
         try:
@@ -152,6 +151,8 @@ class Interpreter:
             lost.append(self._died())
             self.restart()
             write_all(self.cmd_w, frame)
+        out, err = self.out, self.err  # this cell's pipes (a restart below replaces self.out/err)
+        caps = {out: Capture(), err: Capture()}
         deadline = started + timeout
         interrupted = cancelled = False
         result, failure, buf = None, None, bytearray()
@@ -212,12 +213,12 @@ class Interpreter:
             lost.append(failure)
         if lost and failure is None:
             # The cell ran fine in a fresh interpreter; say why the old one is gone.
-            caps[self.err].add(f"[note: {'; '.join(lost)}; a fresh interpreter ran this cell and earlier state was lost]\n".encode())
+            caps[err].add(f"[note: {'; '.join(lost)}; a fresh interpreter ran this cell and earlier state was lost]\n".encode())
         result.update(
-            stdout=caps[self.out].text(),
-            stderr=caps[self.err].text(),
-            stdout_dropped=caps[self.out].dropped(),
-            stderr_dropped=caps[self.err].dropped(),
+            stdout=caps[out].text(),
+            stderr=caps[err].text(),
+            stdout_dropped=caps[out].dropped(),
+            stderr_dropped=caps[err].dropped(),
             timed_out=interrupted and not cancelled,
             cancelled=cancelled,
             state_lost=bool(lost),

@@ -17,7 +17,7 @@ import struct
 import time
 
 from .framing import RequestError
-from .privileges import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, drop_to_user, prctl
+from .privileges import PR_SET_CHILD_SUBREAPER, drop_to_user, prctl
 
 _STATUS = struct.Struct(">i")
 _FD_FLOOR = 100  # fds are moved above this before being placed, so no source is clobbered
@@ -25,8 +25,9 @@ _FD_FLOOR = 100  # fds are moved above this before being placed, so no source is
 
 def _keeper(argv, cwd, env, fds, status_w, new_session):
     try:
+        # No PR_SET_PDEATHSIG: it fires when the forking *thread* ends, and request threads end all the
+        # time. Should the supervisor die, tini exits with it and the container's pid namespace goes.
         prctl(PR_SET_CHILD_SUBREAPER, 1)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         child = os.fork()

@@ -132,7 +132,7 @@ class Supervisor:
         try:
             self.send({"id": None, "event": "exit", "reason": reason})
         finally:
-            os._exit(0)  # keepers die with us (PDEATHSIG), and the container with its init's only child
+            os._exit(0)  # tini exits with its only child, and the pid namespace (every process) with it
 
     def watchdog(self):
         while True:
