@@ -54,6 +54,7 @@ class SandboxConfig(BaseModel):
     output_tail_bytes: int = 32 * 1024
     max_request_bytes: int = 64 * 1024 * 1024
     max_download_bytes: int = 64 * 1024 * 1024
+    max_undo_bytes: int = Field(32 * 1024 * 1024, description="editor undo history; the oldest versions go first")
     start_timeout_s: float = 60.0
     reply_grace_s: float = 10.0
     auto_replace: bool = True
@@ -87,6 +88,7 @@ class SandboxConfig(BaseModel):
             "QWQ_INTERRUPT_GRACE": str(self.interrupt_grace_s),
             "QWQ_MAX_FRAME": str(self.max_request_bytes + 1024),
             "QWQ_MAX_DOWNLOAD": str(self.max_download_bytes),
+            "QWQ_MAX_UNDO_BYTES": str(self.max_undo_bytes),
             "QWQ_USER": self.user,
             "QWQ_SUPERVISOR_USER": self.supervisor_user,
         }
