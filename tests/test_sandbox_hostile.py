@@ -347,7 +347,7 @@ async def test_fifos_and_sockets_are_refused_without_opening(sb: DockerSandbox, 
         await sb.shell(f"rm -f {path}; mkfifo {path}")
     else:
         await sb.python(f"import socket, os\nif os.path.exists('{path}'): os.unlink('{path}')\nkeep = socket.socket(socket.AF_UNIX)\nkeep.bind('{path}')")
-    what = "a FIFO" if kind == "fifo" else "a socket"
+    what = r"a FIFO \(named pipe\)" if kind == "fifo" else "a socket"
     with pytest.raises(ToolError, match=f"is {what}, not a regular file; it was not opened"):
         await sb.view(path)
     with pytest.raises(ToolError, match=f"is {what}"):
@@ -364,11 +364,11 @@ async def test_a_link_to_a_device_is_refused(sb: DockerSandbox) -> None:
 
 async def test_edit_on_a_full_disk_leaves_the_original_intact(sandbox_image: str) -> None:
     async with DockerSandbox.create(SandboxConfig(image=sandbox_image, workspace_size="1m")) as box:
-        original = "keep me\n" * 10_000  # 80 kB
+        original = "HEAD\n" + "keep me\n" * 10_000  # 80 kB
         await box.create_file("/workspace/doc.txt", original)
         await box.shell("cat /dev/zero > /workspace/fill 2>/dev/null; true")
         with pytest.raises(ToolError, match="No space left on device. The file was not changed"):
-            await box.str_replace("/workspace/doc.txt", "keep me\nkeep me\nkeep me\n" * 1 + "keep me\n" * 9_996, "grown\n" * 20_000)
+            await box.str_replace("/workspace/doc.txt", "HEAD\n", "grown\n" * 200_000)  # 1.2 MB
         r = await box.shell("md5sum < /workspace/doc.txt; ls -A /workspace")
         expected = (await box.python(f"import hashlib; hashlib.md5({original!r}.encode()).hexdigest()")).value
         assert expected is not None and r.stdout.split()[0] == expected.strip("'")

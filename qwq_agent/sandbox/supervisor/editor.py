@@ -123,7 +123,8 @@ class Editor:
         out, size, clipped = [], 0, False
         fd = open_regular(shown, real)
         try:
-            for lineno, (head, length) in enumerate(iter_lines(fd, MAX_RESPONSE_LEN), 1):
+            # A line is cut short enough that the note saying so still fits in the response.
+            for lineno, (head, length) in enumerate(iter_lines(fd, MAX_RESPONSE_LEN - 200), 1):
                 if lineno < init:
                     continue
                 if final != -1 and lineno > final:
@@ -131,6 +132,7 @@ class Editor:
                 text = head.decode("utf-8", "replace")
                 if length > len(head):
                     text += f" [... {length - len(head)} more bytes on this line not shown ...]"
+                    clipped = True
                 entry = f"{lineno:6}\t{text}"
                 size += len(entry) + 1
                 if size > MAX_RESPONSE_LEN:
