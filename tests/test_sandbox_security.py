@@ -120,7 +120,7 @@ async def test_privileges_are_dropped(shared_sandbox: DockerSandbox) -> None:
 
 async def test_supervisor_runs_under_its_own_uid_with_only_the_kept_caps(shared_sandbox: DockerSandbox) -> None:
     r = await shared_sandbox.shell(
-        "for p in $(pgrep -f 'supervisor/boot.py$'); do grep -E '^(Uid|CapEff|CapPrm):' /proc/$p/status; done"
+        "for p in $(pgrep -f '^python3 -I -u /opt/qwq/supervisor/boot.py$'); do grep -E '^(Uid|CapEff|CapPrm):' /proc/$p/status; done"
     )
     fields = r.stdout.split()
     # The supervisor and the keepers: real/effective/saved uid 999 (a keeper forked from a request thread
