@@ -367,7 +367,7 @@ async def test_edit_on_a_full_disk_leaves_the_original_intact(sandbox_image: str
         original = "HEAD\n" + "keep me\n" * 10_000  # 80 kB
         await box.create_file("/workspace/doc.txt", original)
         await box.shell("cat /dev/zero > /workspace/fill 2>/dev/null; true")
-        with pytest.raises(ToolError, match="No space left on device. The file was not changed"):
+        with pytest.raises(ToolError, match=r"No space left on device\. The file was not changed"):
             await box.str_replace("/workspace/doc.txt", "HEAD\n", "grown\n" * 200_000)  # 1.2 MB
         r = await box.shell("md5sum < /workspace/doc.txt; ls -A /workspace")
         expected = (await box.python(f"import hashlib; hashlib.md5({original!r}.encode()).hexdigest()")).value
@@ -416,3 +416,17 @@ async def test_supervisor_does_not_spin_when_user_code_closes_its_output(sb: Doc
 async def test_python_on_path_is_python3(sb: DockerSandbox) -> None:
     r = await sb.shell("command -v python && python -c 'import sys; print(sys.version_info[0])'")
     assert r.exit_code == 0 and r.stdout.splitlines()[-1] == "3"
+
+
+async def test_one_calls_end_does_not_kill_another_calls_processes(sb: DockerSandbox) -> None:
+    # Calls run side by side; each one's cleanup reaches only its own keeper's descendants.
+    long_shell = asyncio.create_task(sb.shell("touch /tmp/long-sh; sleep 2; echo long-done", timeout=30))
+    long_cell = asyncio.create_task(
+        sb.python("import subprocess\nopen('/tmp/long-py', 'w').close()\nsubprocess.run(['sleep', '2']).returncode", timeout=30)
+    )
+    await wait_for_file(sb, "/tmp/long-sh")
+    await wait_for_file(sb, "/tmp/long-py")
+    for _ in range(5):
+        assert (await sb.shell("sleep 0.05 & echo short")).stdout == "short\n"
+    assert (await long_shell).stdout == "long-done\n"
+    assert (await long_cell).value == "0"
