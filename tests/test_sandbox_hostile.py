@@ -146,6 +146,15 @@ async def test_a_process_forked_in_a_cell_dies_with_the_cell(sb: DockerSandbox) 
     assert (await sb.python("6 * 7")).value == "42"
 
 
+async def test_other_user_processes_cannot_reach_the_interpreters_pipes(sb: DockerSandbox) -> None:
+    await sb.python("pipes_state = 'kept'")
+    pid = (await sb.ping()).worker_pid
+    r = await sb.shell(f"ls /proc/{pid}/fd; echo garbage > /proc/{pid}/fd/4; echo exit=$?")
+    assert "Permission denied" in r.stderr and "exit=1" in r.stdout, r
+    r = await sb.python("pipes_state")
+    assert r.value == "'kept'" and not r.state_lost
+
+
 async def test_host_rejects_a_reply_without_its_requests_nonce() -> None:
     host, container = socket.socketpair()
     container.setblocking(False)
@@ -277,7 +286,7 @@ async def test_host_cancellation_kills_the_shell_call(sb: DockerSandbox) -> None
     assert (await sb.shell("[ -e /tmp/never ] && echo ran || echo no")).stdout == "no\n"
 
 
-async def test_host_timeout_interrupts_the_python_cell(sb: DockerSandbox) -> None:
+async def test_host_cancellation_interrupts_the_python_cell(sb: DockerSandbox) -> None:
     await sb.python("kept = 1")
     code = "open('/tmp/cancel-py', 'w').close()\nimport time\nwhile True:\n    time.sleep(0.01)"
     call = asyncio.create_task(sb.python(code, timeout=300))

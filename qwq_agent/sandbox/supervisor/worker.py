@@ -42,6 +42,11 @@ def worker_main():
     # The pipes must not cross exec into programs the cell runs (forks keep them; see the docstring).
     for fd in (CMD_FD, RES_FD):
         os.set_inheritable(fd, False)
+    # Not dumpable: other user processes (a concurrent shell call) cannot ptrace the interpreter or open
+    # /proc/<interpreter>/fd/*, so they cannot read a cell's nonce or write into its result pipe.
+    from .privileges import PR_SET_DUMPABLE, prctl
+
+    prctl(PR_SET_DUMPABLE, 0)
     saved = {1: os.dup(1), 2: os.dup(2)}  # non-inheritable private copies
     warnings.filterwarnings("ignore", message=".*non-interactive.*")
 
