@@ -5,11 +5,9 @@ the attack would have achieved before the fix (a forged result, a surviving proc
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import socket
 import struct
-import tarfile
 
 import pytest
 import pytest_asyncio
@@ -23,8 +21,6 @@ from qwq_agent.sandbox import (
     ToolError,
 )
 from qwq_agent.sandbox.channel import Channel
-from qwq_agent.sandbox.docker_sandbox import _extract_counted
-from qwq_agent.sandbox.errors import UnsafeArchive
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
 
@@ -200,34 +196,6 @@ async def test_a_huge_frame_claim_cannot_make_the_host_buffer_it() -> None:
         container.close()
 
 
-def _tar(*files: tuple[str, bytes], sparse: bool = False) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in files:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            if sparse:
-                info.type = tarfile.GNUTYPE_SPARSE
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def test_download_limit_counts_bytes_written_not_claims(tmp_path) -> None:
-    dest = tmp_path / "dest"
-    data = _tar(("a.bin", b"a" * 600_000), ("b.bin", b"b" * 600_000))
-    with pytest.raises(UnsafeArchive, match="download limit of 1000000 bytes"):
-        _extract_counted(data, dest, 1_000_000)
-    assert list(dest.iterdir()) == []  # what was written before the limit hit is gone again
-    paths, written = _extract_counted(data, dest, 2_000_000)
-    assert written == 1_200_000 and sorted(p.rsplit("/", 1)[1] for p in paths) == ["a.bin", "b.bin"]
-
-
-def test_sparse_members_are_refused(tmp_path) -> None:
-    with pytest.raises(UnsafeArchive, match="sparse"):
-        _extract_counted(_tar(("s.bin", b"x" * 10), sparse=True), tmp_path / "d", 1 << 20)
-    assert list((tmp_path / "d").iterdir()) == []
-
-
 async def test_download_reports_bytes_written_on_the_host(sb: DockerSandbox, tmp_path) -> None:
     await sb.shell("mkdir -p /workspace/dl && head -c 12345 /dev/zero > /workspace/dl/f")
     r = await sb.download("/workspace/dl", tmp_path)
@@ -343,7 +311,12 @@ async def test_very_deep_paths_give_clear_errors(sb: DockerSandbox, tmp_path) ->
     assert "created" in r.output and "deep" in (await sb.view(deep)).output
     with pytest.raises(InvalidRequest, match="limited to 4096 bytes"):
         await sb.view("/workspace/" + "x" * 5000)
-    await sb.shell("mkdir -p /workspace/tower && cd /workspace/tower && for i in $(seq 1500); do mkdir d && cd d; done")
+    r = await sb.shell(
+        "mkdir -p /workspace/tower && python3 -c \"import os\nos.chdir('/workspace/tower')\n"
+        "for _ in range(1500):\n    os.mkdir('d'); os.chdir('d')\"",
+        timeout=120,
+    )
+    assert r.exit_code == 0, r
     with pytest.raises(ToolError, match="nested too deeply"):
         await sb.download("/workspace/tower", tmp_path)
     assert (await sb.shell("echo ok")).stdout == "ok\n"
