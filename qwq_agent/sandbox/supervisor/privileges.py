@@ -12,7 +12,6 @@ from .settings import SUPERVISOR_GID, SUPERVISOR_UID, USER_GID, USER_UID
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
-PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24

@@ -20,6 +20,9 @@ from .framing import RequestError
 from .privileges import PR_SET_CHILD_SUBREAPER, drop_to_user, prctl
 
 _STATUS = struct.Struct(">i")
+# Set by the server: what to do when a process tree cannot be killed within the budget. The sandbox can
+# then no longer promise containment, so the server exits and the host replaces the container.
+on_containment_failure = None
 _FD_FLOOR = 100  # fds are moved above this before being placed, so no source is clobbered
 
 
@@ -135,7 +138,8 @@ class Spawned:
         """Kill everything, reap the keeper, release the status pipe; returns the exit code."""
         if self._reaped:
             return self.exit_code
-        kill_tree(self.keeper, spare=set(), budget=budget)
+        if not kill_tree(self.keeper, spare=set(), budget=budget) and on_containment_failure is not None:
+            on_containment_failure()
         # The keeper exits once it has reaped the last descendant; its end of the pipe closing says so.
         deadline = time.monotonic() + 2.0
         while True:

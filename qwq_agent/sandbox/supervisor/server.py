@@ -7,7 +7,7 @@ import struct
 import threading
 import time
 
-from . import archives, search
+from . import archives, procs, search
 from .editor import Editor
 from .framing import RequestError, cap_text, encode_frame, read_exact, write_all
 from .interpreter import Interpreter
@@ -29,6 +29,7 @@ class Supervisor:
         self.cancels = {}  # request id -> write end of its cancel pipe
         self.cancelled_early = set()  # cancels that overtook their request's thread
         self.last_activity = self.started = time.monotonic()
+        procs.on_containment_failure = lambda: self.exit("a process tree could not be killed")
         self.interpreter = Interpreter()
         self.editor = Editor()
         self.ops = {
