@@ -1,10 +1,16 @@
 """Sandbox benchmark: our channel and pool against plain Docker on the same machine.
 
     .venv/bin/python benchmarks/sandbox_bench.py [--image TAG] [--quick]
+        [--baseline-image TAG --baseline-src DIR]
 
 Prints a table and writes benchmarks/results/sandbox.json. Targets (issue 2): trivial call p50 <= 2 ms and
 >= 30x faster than `docker exec`; warm acquire p50 <= 2 ms; cold start within 250 ms of a bare
 `docker run`; idle memory <= 30 MiB per sandbox; 32 concurrent sandboxes with zero failures.
+
+Before/after (issue 10): with `--baseline-image` (e.g. the image built from main) and `--baseline-src`
+(that revision's source, e.g. `git archive $(git merge-base HEAD main) | tar -x -C /tmp/base`), the core
+measures (trivial call, docker exec, 1 MB output, idle memory) are also taken for the baseline, by this
+same script run on the baseline's own host code, interleaved in the same run, and shown side by side.
 """
 
 from __future__ import annotations
@@ -130,11 +136,55 @@ async def concurrent(cfg: SandboxConfig, n: int) -> dict[str, Any]:
             "per_sandbox": summary(times) if times else {}}  # fmt: skip
 
 
+async def core(image: str, reps: int) -> dict[str, Any]:
+    """The measures compared before/after: trivial call, docker exec, 1 MB output, idle memory."""
+    cfg = SandboxConfig(image=image)
+    res: dict[str, Any] = {"image": image}
+    async with DockerSandbox.create(cfg.model_copy(update={"output_head_bytes": 2_000_000})) as sb:
+        res["trivial_python_call"] = summary(await trivial_calls(sb, 500))
+        res["docker_exec_baseline"] = summary(
+            await asyncio.to_thread(timed_cmd, ["docker", "exec", sb.id, "python3", "-c", "pass"], reps)
+        )
+        res["output_1mb"] = summary(await big_output(sb, 20))
+    mem = await idle_memory(cfg, 8)
+    res["idle_memory_mib"] = {"n": len(mem), "mean": statistics.fmean(mem), "max": max(mem)}
+    return res
+
+
+def core_checks(res: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "trivial_p50_le_2ms": res["trivial_python_call"]["p50_ms"] <= 2,
+        "trivial_speedup_vs_exec": res["docker_exec_baseline"]["p50_ms"]
+        / res["trivial_python_call"]["p50_ms"],
+        "idle_memory_le_30mib": res["idle_memory_mib"]["max"] <= 30,
+    }
+
+
+async def baseline_core(image: str, src: str, reps: int) -> dict[str, Any]:
+    """`core` for the baseline image, measured by this script running on the baseline's host code."""
+    env = {**os.environ, "PYTHONPATH": src}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--core-only", "--image", image, "--reps", str(reps),
+        env=env, cwd=src, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"baseline run failed ({proc.returncode})")
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image", default=os.environ.get("QWQ_SANDBOX_IMAGE"))
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--baseline-image", help="image to compare against (e.g. built from main)")
+    ap.add_argument("--baseline-src", help="source tree of the baseline revision (its host code drives it)")
+    ap.add_argument("--core-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.core_only:
+        print(json.dumps(await core(args.image, args.reps or 15)))
+        return
     if args.image:
         image = args.image
     else:
@@ -171,6 +221,16 @@ async def main() -> None:
     res["concurrent_32"] = await concurrent(cfg, 32)
 
     base = min(res["docker_run_baseline"]["p50_ms"], res["docker_run_true_entrypoint"]["p50_ms"])
+    if args.baseline_image:
+        if not args.baseline_src:
+            ap.error("--baseline-image needs --baseline-src")
+        # Baseline, then this image again: both measured in the same run, on the same machine state.
+        before = await baseline_core(args.baseline_image, args.baseline_src, reps)
+        after = await core(image, reps)
+        res["before_after"] = {
+            "before": {**before, "checks": core_checks(before)},
+            "after": {**after, "checks": core_checks(after)},
+        }
     res["checks"] = {
         "trivial_p50_le_2ms": res["trivial_python_call"]["p50_ms"] <= 2,
         "trivial_speedup_vs_exec": res["docker_exec_baseline"]["p50_ms"]
@@ -218,6 +278,20 @@ def report(res: dict[str, Any]) -> None:
     )
     console = Console()
     console.print(table)
+    if "before_after" in res:
+        ba = Table(title="before / after (same run)")
+        for col in ("measure", "before p50", "after p50", "unit"):
+            ba.add_column(col)
+        before, after = res["before_after"]["before"], res["before_after"]["after"]
+        for key, label in (("trivial_python_call", "trivial python call"), ("docker_exec_baseline", "docker exec"),
+                           ("output_1mb", "python printing 1 MB")):  # fmt: skip
+            ba.add_row(label, f"{before[key]['p50_ms']:.2f}", f"{after[key]['p50_ms']:.2f}", "ms")
+        ba.add_row("idle memory (max of 8)", f"{before['idle_memory_mib']['max']:.1f}",
+                   f"{after['idle_memory_mib']['max']:.1f}", "MiB")  # fmt: skip
+        ba.add_row("speedup vs docker exec", f"{before['checks']['trivial_speedup_vs_exec']:.0f}x",
+                   f"{after['checks']['trivial_speedup_vs_exec']:.0f}x", "")  # fmt: skip
+        ba.add_row("image", before["image"], after["image"], "")
+        console.print(ba)
     console.print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in res["checks"].items()})
     console.print(f"written to {RESULTS}")
 

@@ -23,7 +23,7 @@ from qwq_agent.sandbox.image import (
 from qwq_agent.sandbox.image.mode import requested_mode
 from qwq_agent.sandbox.image.recipe import HASH_LABEL, LABEL, RECIPE_DIR, SUPERVISOR_PATH
 
-ENTRYPOINT = ["/usr/bin/tini", "--", "python3", "-u", "/opt/qwq/supervisor.py"]
+ENTRYPOINT = ["/usr/bin/tini", "--", "python3", "-I", "-u", "/opt/qwq/supervisor/boot.py"]
 
 
 def _docker_client():
@@ -66,9 +66,12 @@ def run_in(client, image: str, argv: list[str], *, user: str | None = None) -> t
 def recipe_copy(tmp_path: Path) -> Recipe:
     directory = tmp_path / "recipe"
     shutil.copytree(RECIPE_DIR, directory)
-    supervisor = tmp_path / "supervisor.py"
-    source = SUPERVISOR_PATH if SUPERVISOR_PATH.is_file() else RECIPE_DIR / "placeholder_supervisor.py"
-    shutil.copy(source, supervisor)
+    supervisor = tmp_path / "supervisor"
+    if SUPERVISOR_PATH.is_dir():
+        shutil.copytree(SUPERVISOR_PATH, supervisor, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        supervisor.mkdir()
+        shutil.copy(RECIPE_DIR / "placeholder_supervisor.py", supervisor / "boot.py")
     return Recipe(directory, supervisor)
 
 
@@ -89,7 +92,8 @@ def test_package_change_changes_both_tags(recipe_copy: Recipe) -> None:
 
 def test_supervisor_change_keeps_the_base(recipe_copy: Recipe) -> None:
     before_base, before_image = recipe_copy.base_tag(), recipe_copy.image_tag()
-    recipe_copy.supervisor.write_text(recipe_copy.supervisor.read_text() + "\n# changed\n")
+    boot = recipe_copy.supervisor / "boot.py"
+    boot.write_text(boot.read_text() + "\n# changed\n")
     assert recipe_copy.base_tag() == before_base
     assert recipe_copy.image_tag() != before_image
 
@@ -103,7 +107,7 @@ def test_dockerfile_change_keeps_the_base(recipe_copy: Recipe) -> None:
 
 
 def test_missing_supervisor_falls_back_to_placeholder(recipe_copy: Recipe) -> None:
-    recipe_copy.supervisor.unlink()
+    shutil.rmtree(recipe_copy.supervisor)
     assert recipe_copy.uses_placeholder()
     assert recipe_copy.supervisor_file().name == "placeholder_supervisor.py"
 
@@ -247,12 +251,13 @@ def test_no_apt_lists_or_package_cache(client, image: str) -> None:
 
 @pytest.mark.docker
 def test_supervisor_is_the_repo_file(client, image: str) -> None:
-    code, out = run_in(client, image, ["stat", "-c", "%a %U", "/opt/qwq/supervisor.py"])
+    code, out = run_in(client, image, ["stat", "-c", "%a %U", "/opt/qwq/supervisor/boot.py"])
     assert code == 0, out
     mode, owner = out.split()
     assert int(mode, 8) & 0o444 == 0o444
     assert owner == "root"
-    if SUPERVISOR_PATH.is_file():
-        code, out = run_in(client, image, ["cat", "/opt/qwq/supervisor.py"])
-        assert code == 0
-        assert out == SUPERVISOR_PATH.read_text()
+    if SUPERVISOR_PATH.is_dir():
+        for source in sorted(SUPERVISOR_PATH.glob("*.py")):
+            code, out = run_in(client, image, ["cat", f"/opt/qwq/supervisor/{source.name}"])
+            assert code == 0
+            assert out == source.read_text()

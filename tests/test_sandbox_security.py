@@ -118,6 +118,19 @@ async def test_privileges_are_dropped(shared_sandbox: DockerSandbox) -> None:
                                 "CapBnd:", "0000000000000000", "NoNewPrivs:", "1"]  # fmt: skip
 
 
+async def test_supervisor_runs_under_its_own_uid_with_only_the_kept_caps(shared_sandbox: DockerSandbox) -> None:
+    r = await shared_sandbox.shell(
+        "for p in $(pgrep -f '^python3 -I -u /opt/qwq/supervisor/boot.py$'); do grep -E '^(Uid|CapEff|CapPrm):' /proc/$p/status; done"
+    )
+    fields = r.stdout.split()
+    # The supervisor and the keepers: real/effective/saved uid 999 (a keeper forked from a request thread
+    # touches files as the user, so its fsuid may be 1000), capabilities exactly KILL|SETGID|SETUID|SETPCAP.
+    assert fields and fields.count("Uid:") >= 2, r
+    uids = [fields[i + 1 : i + 5] for i, f in enumerate(fields) if f == "Uid:"]
+    caps = [fields[i + 1] for i, f in enumerate(fields) if f in ("CapEff:", "CapPrm:")]
+    assert all(u[:3] == ["999"] * 3 for u in uids) and set(caps) == {"00000000000001e0"}, r.stdout
+
+
 async def test_container_carries_the_hardening(shared_sandbox: DockerSandbox) -> None:
     info = await shared_sandbox.engine.inspect(shared_sandbox.id)
     host, cfg = info["HostConfig"], shared_sandbox.config
@@ -128,6 +141,8 @@ async def test_container_carries_the_hardening(shared_sandbox: DockerSandbox) ->
     assert {u["Name"] for u in host["Ulimits"]} == {"nofile", "fsize", "core"}
     assert set(host["Tmpfs"]) == {"/workspace", "/tmp", "/home/sandbox"}
     assert f"size={cfg.workspace_size}" in host["Tmpfs"]["/workspace"]
-    assert info["Config"]["User"] == "1000:1000" and not host.get("Binds")
+    # Root at start holding only what the supervisor keeps; it switches to its own uid at once.
+    assert info["Config"]["User"] == "0:0" and not host.get("Binds")
+    assert sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
     labels = info["Config"]["Labels"]
     assert labels["qwq-agent"] == "1" and {"qwq-agent.owner-pid", "qwq-agent.expires"} <= set(labels)

@@ -9,7 +9,7 @@ import pytest
 
 from qwq_agent.sandbox import InvalidRequest, PathOutsideWorkspace, SandboxConfig, ToolError, UnsafeArchive
 from qwq_agent.sandbox.config import parse_bytes
-from qwq_agent.sandbox.docker_sandbox import _safe_extract
+from qwq_agent.sandbox.docker_sandbox import _extract_counted, _safe_extract
 from qwq_agent.sandbox.errors import SandboxError, error_from_reply
 from qwq_agent.sandbox.supervisor import Capture
 
@@ -28,7 +28,14 @@ def test_container_body_defaults_are_hardened() -> None:
     host = body["HostConfig"]
     assert host["NetworkMode"] == "none" and host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"]
     assert host["Memory"] == host["MemorySwap"] and host["LogConfig"]["Type"] == "none"
-    assert body["User"] == "1000:1000" and body["StdinOnce"] and not body["Tty"]
+    assert body["User"] == "0:0" and body["StdinOnce"] and not body["Tty"]
+    assert sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
+    env = dict(e.split("=", 1) for e in body["Env"])
+    assert env["QWQ_USER"] == "1000:1000" and env["QWQ_SUPERVISOR_USER"] == "999:999"
+    with pytest.raises(ValueError, match="another uid"):
+        SandboxConfig(supervisor_user="1000:1000")
+    with pytest.raises(ValueError, match="non-root"):
+        SandboxConfig(user="0:0")
 
 
 def test_capture_keeps_head_and_tail_and_counts_the_rest() -> None:
@@ -76,3 +83,31 @@ def test_downloads_from_a_hostile_sandbox_cannot_write_outside(tmp_path, name: s
     with pytest.raises(UnsafeArchive, match="nothing was written"):
         _safe_extract(_tar(name, link=link), dest)
     assert list(dest.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
+
+
+def _tar_files(*files: tuple[str, bytes], sparse: bool = False) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            if sparse:
+                info.type = tarfile.GNUTYPE_SPARSE
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_download_limit_counts_bytes_written_not_claims(tmp_path) -> None:
+    dest = tmp_path / "dest"
+    data = _tar_files(("a.bin", b"a" * 600_000), ("b.bin", b"b" * 600_000))
+    with pytest.raises(UnsafeArchive, match="download limit of 1000000 bytes"):
+        _extract_counted(data, dest, 1_000_000)
+    assert list(dest.iterdir()) == []  # what was written before the limit hit is gone again
+    paths, written = _extract_counted(data, dest, 2_000_000)
+    assert written == 1_200_000 and sorted(p.rsplit("/", 1)[1] for p in paths) == ["a.bin", "b.bin"]
+
+
+def test_sparse_members_are_refused(tmp_path) -> None:
+    with pytest.raises(UnsafeArchive, match="sparse"):
+        _extract_counted(_tar_files(("s.bin", b"x" * 10), sparse=True), tmp_path / "d", 1 << 20)
+    assert list((tmp_path / "d").iterdir()) == []

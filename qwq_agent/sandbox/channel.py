@@ -14,7 +14,11 @@ channel is also fast enough. With `StdinOnce` the supervisor sees EOF when the h
 so a dead host takes its sandboxes with it.
 
 Nothing from the container is trusted: replies are size-capped and parsed defensively, and a corrupt
-stream closes the channel (every pending call gets `SandboxDead`) rather than being guessed at.
+stream closes the channel (every pending call gets `SandboxDead`) rather than being guessed at. Every
+request carries a random nonce that its reply must echo: a reply whose id is pending but whose nonce is
+not that request's is a protocol violation (the channel closes, the sandbox is replaced on the next call),
+so one call's result is never delivered as another's. A call the host gives up on (cancelled, timed out)
+sends a `cancel` frame, and the supervisor kills or interrupts that call's work.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import secrets
 import struct
 from collections import deque
 from typing import Any
@@ -48,7 +53,7 @@ class Channel:
         self._max = max_request_bytes
         self._max_reply = max_reply_bytes
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], str]] = {}
         self._buf = bytearray()
         self._stderr: deque[bytes] = deque(maxlen=64)
         self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -68,12 +73,12 @@ class Channel:
         """Send one request and wait for its reply; raises a typed `SandboxError` on failure."""
         if self.closed:
             raise SandboxDead(self.closed_reason or "closed")
-        rid = next(self._ids)
-        body = json.dumps({"id": rid, "op": op, "args": args}, separators=(",", ":")).encode()
+        rid, nonce = next(self._ids), secrets.token_hex(16)
+        body = json.dumps({"id": rid, "nonce": nonce, "op": op, "args": args}, separators=(",", ":")).encode()
         if len(body) > self._max:
             raise InvalidRequest(f"request of {len(body)} bytes exceeds the limit of {self._max} bytes; nothing was sent")
         fut = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
+        self._pending[rid] = (fut, nonce)
         try:
             self._writer.write(_FRAME.pack(len(body)) + body)
             try:
@@ -86,9 +91,19 @@ class Channel:
                 raise SandboxTimeout(f"no reply to {op!r} within {reply_timeout:g}s") from None
         finally:
             self._pending.pop(rid, None)
+            if not fut.done() or fut.cancelled():
+                # Cancelled or timed out here: stop the work in the sandbox too (no reply is awaited).
+                self._send_cancel(rid)
         if reply.get("ok"):
             return reply["result"]
         raise error_from_reply(reply.get("error") or {})
+
+    def _send_cancel(self, rid: int) -> None:
+        if self.closed:
+            return
+        body = json.dumps({"id": None, "op": "cancel", "args": {"target": rid}}).encode()
+        with contextlib.suppress(Exception):
+            self._writer.write(_FRAME.pack(len(body)) + body)
 
     async def _read_loop(self) -> None:
         reason = "the channel closed"
@@ -125,8 +140,13 @@ class Channel:
             if rid is None:
                 self._event(msg)
                 continue
-            fut = self._pending.get(rid)
-            if fut is not None and not fut.done():
+            pending = self._pending.get(rid)
+            if pending is None:
+                continue  # the answer to a call the host gave up on
+            fut, nonce = pending
+            if not isinstance(msg.get("nonce"), str) or not secrets.compare_digest(msg["nonce"], nonce):
+                raise ValueError(f"protocol violation: a reply to request {rid} without that request's nonce")
+            if not fut.done():
                 fut.set_result(msg)
 
     def _event(self, msg: dict[str, Any]) -> None:
@@ -145,7 +165,7 @@ class Channel:
         self.closed_reason = reason + (f"; its last words: {tail}" if tail else "")
         self.closed_event.set()
         error = SandboxDead(self.closed_reason)
-        for fut in list(self._pending.values()):
+        for fut, _ in list(self._pending.values()):
             if not fut.done():
                 fut.set_exception(error)
         if not self.hello.done():

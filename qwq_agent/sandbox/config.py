@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
@@ -29,9 +29,13 @@ class SandboxConfig(BaseModel):
     image: str | None = Field(None, description="Image tag; default: qwq_agent.sandbox.image.ensure_image()")
     network_mode: str = "none"
     cap_drop: list[str] = Field(default_factory=lambda: ["ALL"])
+    # What the supervisor keeps (and nothing else): start user processes as `user` (SETUID, SETGID), empty
+    # their bounding set (SETPCAP) and signal them (KILL). User code itself holds no capability at all.
+    cap_add: list[str] = Field(default_factory=lambda: ["SETUID", "SETGID", "KILL", "SETPCAP"])
     no_new_privileges: bool = True
     read_only_root: bool = True
-    user: str = "1000:1000"
+    user: str = Field("1000:1000", description="uid:gid user code runs as")
+    supervisor_user: str = Field("999:999", description="uid:gid of the supervisor, never the same as `user`")
     pids_limit: int = 256
     memory: int = parse_bytes("1g")
     cpus: float = 1.0
@@ -50,10 +54,24 @@ class SandboxConfig(BaseModel):
     output_tail_bytes: int = 32 * 1024
     max_request_bytes: int = 64 * 1024 * 1024
     max_download_bytes: int = 64 * 1024 * 1024
+    max_undo_bytes: int = Field(32 * 1024 * 1024, description="editor undo history; the oldest versions go first")
     start_timeout_s: float = 60.0
     reply_grace_s: float = 10.0
     auto_replace: bool = True
     env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("user", "supervisor_user")
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        if not re.fullmatch(r"[1-9]\d*(:[1-9]\d*)?", value):
+            raise ValueError(f"not a non-root uid[:gid]: {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_uids(self) -> SandboxConfig:
+        if self.user.partition(":")[0] == self.supervisor_user.partition(":")[0]:
+            raise ValueError("`supervisor_user` must be another uid than `user`: user code must not reach the supervisor")
+        return self
 
     @field_validator("memory", "fsize", "workspace_size", "tmp_size", "home_size", mode="before")
     @classmethod
@@ -70,6 +88,9 @@ class SandboxConfig(BaseModel):
             "QWQ_INTERRUPT_GRACE": str(self.interrupt_grace_s),
             "QWQ_MAX_FRAME": str(self.max_request_bytes + 1024),
             "QWQ_MAX_DOWNLOAD": str(self.max_download_bytes),
+            "QWQ_MAX_UNDO_BYTES": str(self.max_undo_bytes),
+            "QWQ_USER": self.user,
+            "QWQ_SUPERVISOR_USER": self.supervisor_user,
         }
 
     def container_body(self, image: str, labels: dict[str, str]) -> dict:
@@ -81,6 +102,7 @@ class SandboxConfig(BaseModel):
         host = {
             "NetworkMode": self.network_mode,
             "CapDrop": list(self.cap_drop),
+            "CapAdd": list(self.cap_add),
             "SecurityOpt": ["no-new-privileges:true"] if self.no_new_privileges else [],
             "ReadonlyRootfs": self.read_only_root,
             "Tmpfs": {
@@ -103,7 +125,8 @@ class SandboxConfig(BaseModel):
         }
         return {
             "Image": image,
-            "User": self.user,
+            # Root with only `cap_add`: the supervisor switches to `supervisor_user` at once, keeping those.
+            "User": "0:0",
             "WorkingDir": "/workspace",
             "Env": [f"{k}={v}" for k, v in env.items()],
             "Labels": labels,

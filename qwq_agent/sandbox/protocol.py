@@ -110,6 +110,7 @@ class PythonResult(Result):
     stdout_dropped: int = 0
     stderr_dropped: int = 0
     timed_out: bool = False
+    cancelled: bool = Field(False, description="the host cancelled the call and the cell was interrupted")
     duration_s: float = 0.0
 
     @property
@@ -126,6 +127,7 @@ class ShellResult(Result):
     stdout_dropped: int = 0
     stderr_dropped: int = 0
     timed_out: bool = False
+    cancelled: bool = Field(False, description="the host cancelled the call and its processes were killed")
     duration_s: float = 0.0
 
 
@@ -159,7 +161,7 @@ class UploadResult(Result):
 
 class DownloadResult(Result):
     paths: list[str] = Field(default_factory=list, description="host paths written")
-    bytes: int = 0
+    bytes: int = Field(0, description="bytes actually written on the host (never the sandbox's own claim)")
 
 
 class PingResult(Result):

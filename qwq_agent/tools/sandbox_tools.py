@@ -122,7 +122,8 @@ async def python_tool(ctx: ToolContext, code: str, timeout: float = DEFAULT_TIME
 
     Variables and imports persist between calls. The value of the last expression is shown, as in a
     notebook. numpy, pandas, scipy, sympy and matplotlib are installed; matplotlib figures are captured
-    as images. There is no network access.
+    as images. There is no network access. Processes the cell starts (subprocess, os.fork, daemons) are
+    killed when the cell ends; threads of the interpreter keep running.
 
     Args:
         code: the Python source to run
@@ -136,11 +137,13 @@ async def shell_tool(ctx: ToolContext, command: str, timeout: float = DEFAULT_TI
     """Run a bash command in the sandbox's /workspace and return its output and exit code.
 
     Each call starts a fresh shell (cd and exports do not persist; chain with &&). There is no network
-    access. Very long output keeps its beginning and end.
+    access. Very long output keeps its beginning and end. When the command finishes, every process it
+    started is killed, including background jobs (`&`, nohup, setsid, daemons): to use a server, start
+    it and talk to it in the same command. `python` runs python3.
 
     Args:
         command: the bash command line
-        timeout: seconds before the command and its children are killed
+        timeout: seconds before the command and everything it started are killed
     """
     return await _timed(ctx, timeout, lambda sb, t: sb.shell(command, **_limits(sb, t, ctx)), format_shell)
 
@@ -153,10 +156,14 @@ class EditorArgs(BaseModel):
       `view` lists non-hidden files and directories up to 2 levels deep.
     * The `create` command cannot be used if the specified `path` already exists as a file.
     * If a `command` generates a long output, it will be truncated and marked with `<response clipped>`.
-    * The `undo_edit` command will revert the last edit made to the file at `path`.
+    * The `undo_edit` command will revert the last edit made to the file at `path` (history is limited in
+      size; the oldest saved versions are dropped first, and the output says when).
+    * Only regular text files up to 10 MB can be edited; FIFOs, sockets and devices are refused. Edits are
+      atomic: if a write fails (e.g. the disk is full) the file is left unchanged.
     * The `old_str` parameter should match EXACTLY one or more consecutive lines from the original file.
-      Be mindful of whitespaces! If `old_str` is not unique in the file, the replacement will not be
-      performed. Include enough context in `old_str` to make it unique.
+      Be mindful of whitespaces! If `old_str` is not unique in the file (overlapping matches count: `aa`
+      occurs twice in `aaa`), the replacement will not be performed. Include enough context in `old_str`
+      to make it unique.
     """
 
     command: Literal["view", "create", "str_replace", "insert", "undo_edit"] = Field(

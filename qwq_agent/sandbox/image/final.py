@@ -15,16 +15,37 @@ from qwq_agent.sandbox.image.errors import ImageBuildError
 from qwq_agent.sandbox.image.progress import Stopwatch
 from qwq_agent.sandbox.image.recipe import Recipe
 
+# `python` for models that type it; python3 is found on PATH in both the Debian and the slim image.
+PYTHON_SHIM = b'#!/bin/sh\nexec python3 "$@"\n'
 
-def build_context(dockerfile: bytes, supervisor: bytes) -> io.BytesIO:
-    """A tar build context holding `Dockerfile` and `supervisor.py` (mode 0644)."""
+
+def build_context(dockerfile: bytes, supervisor: bytes | list[tuple[str, bytes]]) -> io.BytesIO:
+    """A tar build context: `Dockerfile` and `root/`, the tree the Dockerfile copies onto `/`.
+
+    `root/` holds the supervisor package in /opt/qwq/supervisor/ (mode 0644) and the `python` shim in
+    /usr/local/bin (0755). A single file (old call style) is shipped as the package's `boot.py`.
+    """
+    files = [("boot.py", supervisor)] if isinstance(supervisor, bytes) else supervisor
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in (("Dockerfile", dockerfile), ("supervisor.py", supervisor)):
+
+        def add(name: str, data: bytes | None, mode: int) -> None:
             info = tarfile.TarInfo(name)
+            info.mode = mode
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+                return
             info.size = len(data)
-            info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
+
+        add("Dockerfile", dockerfile, 0o644)
+        for directory in ("root", "root/opt", "root/opt/qwq", "root/opt/qwq/supervisor", "root/usr",
+                          "root/usr/local", "root/usr/local/bin"):  # fmt: skip
+            add(directory, None, 0o755)
+        for name, data in files:
+            add(f"root/opt/qwq/supervisor/{name}", data, 0o644)
+        add("root/usr/local/bin/python", PYTHON_SHIM, 0o755)
     buf.seek(0)
     return buf
 
@@ -40,10 +61,9 @@ def build_final(
 ) -> str:
     """Build `dockerfile` (a recipe file name) with the supervisor into the final tag; return it."""
     tag = recipe.image_tag()
-    supervisor = recipe.supervisor_file()
     if recipe.uses_placeholder():
         log(f"warning: {recipe.supervisor} does not exist; using the placeholder supervisor")
-    context = build_context(recipe.file(dockerfile).read_bytes(), supervisor.read_bytes())
+    context = build_context(recipe.file(dockerfile).read_bytes(), recipe.supervisor_files())
     log(f"stage final: docker build {dockerfile} -> {tag}")
     # Labels go in as build args to the Dockerfile's single LABEL line: the `labels=` API parameter
     # would add one committed step per label.

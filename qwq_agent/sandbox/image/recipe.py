@@ -17,7 +17,7 @@ LABEL = "qwq-agent.image"
 HASH_LABEL = "qwq-agent.recipe-hash"
 
 RECIPE_DIR = Path(__file__).with_name("recipe")
-SUPERVISOR_PATH = Path(__file__).resolve().parents[1] / "supervisor.py"
+SUPERVISOR_PATH = Path(__file__).resolve().parents[1] / "supervisor"  # a package, shipped whole
 
 BASE_FILES = ("packages.txt", "prune.txt", "mkrootfs.sh", "customize.sh")
 FINAL_FILES = ("final.Dockerfile", "slim.Dockerfile")
@@ -46,14 +46,22 @@ class Recipe:
         return path
 
     def supervisor_file(self) -> Path:
-        """The real supervisor when it exists, otherwise the placeholder shipped with the recipe."""
+        """The supervisor's entry file (`boot.py` of the package) when it exists, otherwise the placeholder."""
+        if self.supervisor.is_dir() and (self.supervisor / "boot.py").is_file():
+            return self.supervisor / "boot.py"
         if self.supervisor.is_file():
             return self.supervisor
         return self.file(PLACEHOLDER_SUPERVISOR)
 
+    def supervisor_files(self) -> list[tuple[str, bytes]]:
+        """(name, content) of every file of the supervisor package, sorted; the placeholder as `boot.py`."""
+        if self.supervisor.is_dir() and (self.supervisor / "boot.py").is_file():
+            return [(p.name, p.read_bytes()) for p in sorted(self.supervisor.glob("*.py"))]
+        return [("boot.py", self.supervisor_file().read_bytes())]
+
     def uses_placeholder(self) -> bool:
         """True when the supervisor does not exist yet and the placeholder stands in for it."""
-        return not self.supervisor.is_file()
+        return not (self.supervisor.is_file() or (self.supervisor / "boot.py").is_file())
 
     def base_hash(self) -> str:
         """Content hash of everything that goes into the Debian base image."""
@@ -63,7 +71,7 @@ class Recipe:
         """Content hash of the whole recipe: the base, both Dockerfiles and the supervisor."""
         parts = [("base", self.base_hash().encode())]
         parts += [(name, self.file(name).read_bytes()) for name in FINAL_FILES]
-        parts.append(("supervisor.py", self.supervisor_file().read_bytes()))
+        parts += [(f"supervisor/{name}", data) for name, data in self.supervisor_files()]
         return _digest(parts)
 
     def base_tag(self) -> str:

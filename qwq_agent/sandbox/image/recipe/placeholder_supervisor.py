@@ -1,4 +1,4 @@
-"""Stand-in used only while qwq_agent/sandbox/supervisor.py does not exist yet."""
+"""Stand-in (shipped as boot.py) used only while the package qwq_agent/sandbox/supervisor/ does not exist."""
 
 import sys
 

@@ -1,5 +1,5 @@
 # Registry path: the same content on python:3.12-slim, used only when a registry answers
-# (QWQ_SANDBOX_BUILD=dockerfile, or auto with a reachable registry). Context: this file + supervisor.py.
+# (QWQ_SANDBOX_BUILD=dockerfile, or auto with a reachable registry). Context: this file + root/ (see final.Dockerfile).
 FROM python:3.12-slim
 ARG RECIPE_HASH
 RUN apt-get update \
@@ -16,8 +16,7 @@ ENV LANG=C.UTF-8 \
     MATPLOTLIBRC=/etc/matplotlib/matplotlibrc \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/sandbox
-COPY supervisor.py /opt/qwq/supervisor.py
-USER 1000:1000
+COPY root/ /
 WORKDIR /workspace
-ENTRYPOINT ["/usr/bin/tini", "--", "python3", "-u", "/opt/qwq/supervisor.py"]
+ENTRYPOINT ["/usr/bin/tini", "--", "python3", "-I", "-u", "/opt/qwq/supervisor/boot.py"]
 LABEL qwq-agent.image=1 qwq-agent.recipe-hash=${RECIPE_HASH} qwq-agent.build-mode=dockerfile

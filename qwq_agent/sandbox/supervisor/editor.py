@@ -1,0 +1,252 @@
+"""`str_replace_editor` semantics (OpenHands / SWE-agent), messages kept close to the original.
+
+Bounded whatever the file: `view` streams (a 1 GB single line costs one capped line), edits take files up
+to `MAX_EDIT_BYTES`, occurrence listing stops early, undo history is capped in bytes (oldest dropped, and
+the output says so). FIFOs, sockets and devices are refused without being opened; writes are atomic.
+"""
+
+import os
+import threading
+
+from .files import iter_lines, make_parents, open_regular, resolve, write_atomic
+from .framing import RequestError, cap_text
+from .settings import MAX_UNDO_BYTES
+
+MAX_EDIT_BYTES = 10 * 1024 * 1024
+MAX_RESPONSE_LEN = 16000
+MAX_DIR_ENTRIES = 1000
+MAX_LISTED_MATCHES = 20
+SNIPPET_LINES = 4
+ECHO_CHARS = 2000  # how much of old_str an error message repeats
+TRUNCATED_NOTE = (
+    "<response clipped><NOTE>To save on context only part of this file has been shown to you. You should "
+    "retry this tool after you have searched inside the file with `grep -n` in order to find the line "
+    "numbers of what you are looking for.</NOTE>"
+)
+
+
+def numbered(text, init_line=1):
+    return "\n".join(f"{i + init_line:6}\t{line}" for i, line in enumerate(text.split("\n")))
+
+
+def cat_n(text, descriptor, init_line=1):
+    return f"Here's the result of running `cat -n` on {descriptor}:\n" + numbered(text, init_line) + "\n"
+
+
+def count_lines(fd):
+    """Lines as `str.split("\\n")` counts them (a trailing newline starts an empty last line)."""
+    n = 1
+    while chunk := os.read(fd, 1 << 20):
+        n += chunk.count(b"\n")
+    return n
+
+
+def occurrences(content, old, limit):
+    """Start offsets of `old` in `content`, overlapping ones included (`aa` is twice in `aaa`), at most `limit`."""
+    hits, pos = [], content.find(old)
+    while pos != -1 and len(hits) < limit:
+        hits.append(pos)
+        pos = content.find(old, pos + 1)
+    return hits
+
+
+class Editor:
+    """The editor's state: one lock for edits and the undo history."""
+
+    def __init__(self):
+        self.undo = []  # (real path, bytes before the edit), oldest first
+        self.undo_bytes = 0
+        self.forgotten = set()  # paths whose oldest history was dropped
+        self.lock = threading.Lock()
+
+    def read_bytes(self, shown, real):
+        fd = open_regular(shown, real)
+        try:
+            size = os.fstat(fd).st_size
+            if size > MAX_EDIT_BYTES:
+                raise RequestError("ToolError", f"The file {shown} is too large to edit ({size} bytes; the limit is {MAX_EDIT_BYTES}). Use the shell instead.")
+            chunks = []
+            while (chunk := os.read(fd, 1 << 20)) and sum(map(len, chunks)) <= MAX_EDIT_BYTES:
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        finally:
+            os.close(fd)
+        if len(data) > MAX_EDIT_BYTES:
+            raise RequestError("ToolError", f"The file {shown} grew past the edit limit of {MAX_EDIT_BYTES} bytes while being read.")
+        return data
+
+    def read_text(self, shown, real):
+        data = self.read_bytes(shown, real)
+        try:
+            return data, data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RequestError("ToolError", f"The file {shown} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+
+    def remember(self, real, before):
+        """Keep `before` for undo; returns a note when older history had to be dropped."""
+        self.undo.append((real, before))
+        self.undo_bytes += len(before)
+        dropped = 0
+        while self.undo_bytes > MAX_UNDO_BYTES and len(self.undo) > 1:
+            path, data = self.undo.pop(0)
+            self.undo_bytes -= len(data)
+            self.forgotten.add(path)
+            dropped += 1
+        if not dropped:
+            return ""
+        return (f" Note: the undo history is limited to {MAX_UNDO_BYTES} bytes, so the {dropped} oldest saved "
+                "version(s) were dropped and cannot be restored with `undo_edit`.")  # fmt: skip
+
+    def view(self, args):
+        shown, real = resolve(args.get("path"), allow_missing=False)
+        view_range = args.get("view_range")
+        if os.path.isdir(real):
+            if view_range:
+                raise RequestError("ToolError", "The `view_range` parameter is not allowed when `path` points to a directory.")
+            return {"output": self.list_dir(shown, real)}
+        init, final = 1, -1
+        if view_range is not None:
+            if not (isinstance(view_range, list) and len(view_range) == 2 and all(type(v) is int for v in view_range)):
+                raise RequestError("ToolError", "Invalid `view_range`. It should be a list of two integers.")
+            fd = open_regular(shown, real)
+            try:
+                n_lines = count_lines(fd)
+            finally:
+                os.close(fd)
+            init, final = view_range
+            if init < 1 or init > n_lines:
+                raise RequestError("ToolError", f"Invalid `view_range`: {view_range}. Its first element `{init}` should be within the range of lines of the file: {[1, n_lines]}")
+            if final > n_lines:
+                raise RequestError("ToolError", f"Invalid `view_range`: {view_range}. Its second element `{final}` should be smaller than the number of lines in the file: `{n_lines}`")
+            if final != -1 and final < init:
+                raise RequestError("ToolError", f"Invalid `view_range`: {view_range}. Its second element `{final}` should be larger or equal than its first `{init}`")
+        out, size, clipped = [], 0, False
+        fd = open_regular(shown, real)
+        try:
+            # A line is cut short enough that the note saying so still fits in the response.
+            for lineno, (head, length) in enumerate(iter_lines(fd, MAX_RESPONSE_LEN - 200), 1):
+                if lineno < init:
+                    continue
+                if final != -1 and lineno > final:
+                    break
+                text = head.decode("utf-8", "replace")
+                if length > len(head):
+                    text += f" [... {length - len(head)} more bytes on this line not shown ...]"
+                    clipped = True
+                entry = f"{lineno:6}\t{text}"
+                size += len(entry) + 1
+                if size > MAX_RESPONSE_LEN:
+                    clipped = True
+                    if not out:
+                        out.append(entry[:MAX_RESPONSE_LEN])
+                    break
+                out.append(entry)
+        finally:
+            os.close(fd)
+        text = f"Here's the result of running `cat -n` on {shown}:\n" + "\n".join(out) + "\n"
+        return {"output": text + TRUNCATED_NOTE if clipped else text}
+
+    def list_dir(self, shown, real):
+        entries, omitted = [shown], 0
+
+        def visit(dirpath, shown_dir, depth):
+            nonlocal omitted
+            try:
+                items = sorted(os.scandir(dirpath), key=lambda e: e.name)
+            except OSError:
+                return
+            for item in items:
+                if item.name.startswith("."):
+                    continue
+                if len(entries) > MAX_DIR_ENTRIES:
+                    omitted += 1
+                    continue
+                entries.append(f"{shown_dir}/{item.name}")
+                if depth < 2 and item.is_dir(follow_symlinks=False):
+                    visit(item.path, f"{shown_dir}/{item.name}", depth + 1)
+
+        visit(real, shown.rstrip("/") or "/", 1)
+        text = f"Here's the files and directories up to 2 levels deep in {shown}, excluding hidden items:\n"
+        text += "\n".join(entries) + "\n"
+        if omitted:
+            text += f"[... {omitted} more entries not shown ...]\n"
+        return text
+
+    def create(self, args):
+        shown, real = resolve(args.get("path"))
+        text = args.get("file_text")
+        if not isinstance(text, str):
+            raise RequestError("ToolError", "Parameter `file_text` is required for command: create")
+        if os.path.lexists(real):
+            raise RequestError("ToolError", f"File already exists at: {shown}. Cannot overwrite files using command `create`.")
+        make_parents(shown, os.path.dirname(real))
+        write_atomic(shown, real, text.encode("utf-8", "surrogatepass"), replace=False)
+        return {"output": f"File created successfully at: {shown}"}
+
+    def str_replace(self, args):
+        shown, real = resolve(args.get("path"), allow_missing=False)
+        old, new = args.get("old_str"), args.get("new_str") or ""
+        if not isinstance(old, str):
+            raise RequestError("ToolError", "Parameter `old_str` is required for command: str_replace")
+        echo = cap_text(old, ECHO_CHARS // 2, ECHO_CHARS // 2)
+        with self.lock:
+            before, content = self.read_text(shown, real)
+            if old == new:
+                raise RequestError("ToolError", "No replacement was performed. `new_str` and `old_str` must be different.")
+            hits = occurrences(content, old, MAX_LISTED_MATCHES + 1) if old else []
+            if not hits:
+                raise RequestError("ToolError", f"No replacement was performed, old_str `{echo}` did not appear verbatim in {shown}.")
+            if len(hits) > 1:
+                lines, line, last = [], 1, 0
+                for pos in hits[:MAX_LISTED_MATCHES]:
+                    line += content.count("\n", last, pos)
+                    lines.append(line)
+                    last = pos
+                more = " and more" if len(hits) > MAX_LISTED_MATCHES else ""
+                raise RequestError("ToolError", f"No replacement was performed. Multiple occurrences of old_str `{echo}` in lines {lines}{more}. Please ensure it is unique")
+            pos = hits[0]
+            new_content = content[:pos] + new + content[pos + len(old) :]
+            write_atomic(shown, real, new_content.encode("utf-8", "surrogatepass"))
+            note = self.remember(real, before)
+            line = content.count("\n", 0, pos)
+            start = max(0, line - SNIPPET_LINES)
+            end = line + SNIPPET_LINES + new.count("\n")
+            snippet = "\n".join(new_content.split("\n")[start : end + 1])
+        return {
+            "output": f"The file {shown} has been edited. " + cat_n(snippet, f"a snippet of {shown}", start + 1)
+            + "Review the changes and make sure they are as expected. Edit the file again if necessary." + note
+        }
+
+    def insert(self, args):
+        shown, real = resolve(args.get("path"), allow_missing=False)
+        line, new = args.get("insert_line"), args.get("new_str")
+        if not isinstance(new, str):
+            raise RequestError("ToolError", "Parameter `new_str` is required for command: insert")
+        with self.lock:
+            before, content = self.read_text(shown, real)
+            lines = content.split("\n")
+            if type(line) is not int or line < 0 or line > len(lines):
+                raise RequestError("ToolError", f"Invalid `insert_line` parameter: {line}. It should be within the range of lines of the file: {[0, len(lines)]}")
+            new_lines = new.split("\n")
+            write_atomic(shown, real, "\n".join(lines[:line] + new_lines + lines[line:]).encode("utf-8", "surrogatepass"))
+            note = self.remember(real, before)
+            snippet = lines[max(0, line - SNIPPET_LINES) : line] + new_lines + lines[line : line + SNIPPET_LINES]
+        return {
+            "output": f"The file {shown} has been edited. "
+            + cat_n("\n".join(snippet), "a snippet of the edited file", max(1, line - SNIPPET_LINES + 1))
+            + "Review the changes and make sure they are as expected (correct indentation, no duplicate lines, etc). Edit the file again if necessary."
+            + note
+        }
+
+    def undo_edit(self, args):
+        shown, real = resolve(args.get("path"), allow_missing=False)
+        with self.lock:
+            index = next((i for i in range(len(self.undo) - 1, -1, -1) if self.undo[i][0] == real), None)
+            if index is None:
+                why = " (older history was dropped to keep undo memory bounded)" if real in self.forgotten else ""
+                raise RequestError("ToolError", f"No edit history found for {shown}.{why}")
+            old = self.undo[index][1]
+            write_atomic(shown, real, old)
+            del self.undo[index]
+            self.undo_bytes -= len(old)
+        return {"output": f"Last edit to {shown} undone successfully. " + cat_n(old.decode("utf-8", "replace"), shown)}

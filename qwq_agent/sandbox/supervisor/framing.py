@@ -1,0 +1,101 @@
+"""Length-prefixed JSON frames, and capped capture of output streams."""
+
+import json
+import os
+import select
+import struct
+import time
+
+from .settings import OUT_HEAD, OUT_TAIL
+
+
+class RequestError(Exception):
+    """An error reported to the host as `{"type": kind, "message": ...}`."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+
+
+def encode_frame(obj):
+    body = json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return struct.pack(">I", len(body)) + body
+
+
+def read_exact(fd, n):
+    chunks, got = [], 0
+    while got < n:
+        chunk = os.read(fd, min(n - got, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def cap_text(text, head=OUT_HEAD, tail=OUT_TAIL, unit="characters"):
+    """`text` cut to its first `head` and last `tail` characters, saying how many fell between."""
+    if not isinstance(text, str):
+        text = str(text)
+    if len(text) <= head + tail:
+        return text
+    return f"{text[:head]}\n[... {len(text) - head - tail} {unit} dropped ...]\n{text[len(text) - tail :]}"
+
+
+class Capture:
+    """Keeps the first `head` and last `tail` bytes of a stream and counts what fell between."""
+
+    def __init__(self, head=OUT_HEAD, tail=OUT_TAIL):
+        self.head_cap, self.tail_cap = head, tail
+        self.head, self.tail, self.total = bytearray(), bytearray(), 0
+
+    def add(self, data):
+        self.total += len(data)
+        room = self.head_cap - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            if len(self.tail) > self.tail_cap:
+                del self.tail[: len(self.tail) - self.tail_cap]
+
+    def dropped(self):
+        return self.total - len(self.head) - len(self.tail)
+
+    def text(self):
+        head = self.head.decode("utf-8", "backslashreplace")
+        tail = self.tail.decode("utf-8", "backslashreplace")
+        dropped = self.dropped()
+        if dropped:
+            return f"{head}\n[... {dropped} bytes dropped ...]\n{tail}"
+        return head + tail
+
+
+def drain(fds, captures, deadline):
+    """Read the pipes in `fds` into `captures` until EOF on all, or nothing arrives before `deadline`.
+
+    Returns the fds still open. A writer that never pauses is cut off half a second past the deadline.
+    """
+    open_fds = list(fds)
+    while open_fds:
+        wait = max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select(open_fds, [], [], wait)
+        if not ready or time.monotonic() > deadline + 0.5:
+            break
+        for fd in ready:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if data:
+                captures[fd].add(data)
+            else:
+                open_fds.remove(fd)
+    return open_fds

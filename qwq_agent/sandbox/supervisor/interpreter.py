@@ -1,0 +1,245 @@
+"""The supervisor's side of the persistent Python interpreter (`worker.py`).
+
+Every cell gets a fresh random nonce; the only frame accepted from the result pipe is one well-formed
+result carrying that nonce. Anything else (garbage, another nonce, a second frame) is a protocol
+violation: the interpreter is replaced and the call says that state was lost, so the result of one cell
+is never delivered as another's. When a cell ends (result, timeout, cancellation), every process it
+forked is killed; the interpreter itself lives on.
+"""
+
+import json
+import os
+import secrets
+import select
+import signal
+import struct
+import sys
+import threading
+import time
+
+from .framing import Capture, cap_text, drain, encode_frame, write_all
+from .procs import Spawned
+from .settings import INTERRUPT_GRACE, KILL_BUDGET, OUT_HEAD, OUT_TAIL, WORKSPACE, child_env
+
+BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot.py")
+MAX_RESULT_FRAME = 64 * 1024 * 1024
+MAX_IMAGES = 20
+
+
+class ProtocolViolation(Exception):
+    """The result pipe carried something that is not this cell's result."""
+
+
+def _sanitize(msg, nonce):
+    """This cell's result from a frame of the (user-controlled) interpreter, capped; or ProtocolViolation."""
+    if not isinstance(msg, dict) or not secrets.compare_digest(str(msg.get("nonce")), nonce):
+        raise ProtocolViolation("a frame that does not carry this cell's nonce")
+    value, error, images = msg.get("value"), msg.get("error"), msg.get("images") or []
+    if value is not None and not isinstance(value, str):
+        raise ProtocolViolation("a malformed result")
+    if error is not None:
+        if not isinstance(error, dict):
+            raise ProtocolViolation("a malformed error")
+        error = {k: cap_text(str(error.get(k, ""))) for k in ("ename", "evalue", "traceback")}
+        error["ename"] = error["ename"][:200]
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise ProtocolViolation("malformed images")
+    return {"value": None if value is None else cap_text(value, OUT_HEAD, OUT_TAIL), "error": error,
+            "images": images[:MAX_IMAGES]}  # fmt: skip
+
+
+class Interpreter:
+    """A persistent Python process under its own keeper, replaced when it dies, hangs or misbehaves."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.proc = None
+        self.start()
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def start(self):
+        cmd_r, cmd_w = os.pipe()
+        res_r, res_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        try:
+            self.proc = Spawned(
+                [sys.executable, "-u", BOOT, "--worker"],
+                cwd=WORKSPACE,
+                env=child_env(),
+                fds={0: devnull, 1: out_w, 2: err_w, 3: cmd_r, 4: res_w},
+            )
+        except BaseException:
+            for fd in (cmd_w, res_r, out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (cmd_r, res_w, out_w, err_w, devnull):
+                os.close(fd)
+        self.cmd_w, self.res_r, self.out, self.err = cmd_w, res_r, out_r, err_r
+        for fd in (self.out, self.err, self.res_r):
+            os.set_blocking(fd, False)
+        self.closed_streams = set()
+
+    def stop(self):
+        if self.proc is None:
+            return
+        self.proc.close(budget=KILL_BUDGET)
+        for fd in (self.cmd_w, self.res_r, self.out, self.err):
+            os.close(fd)
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def run(self, code, timeout, arrived, cancel_fd):
+        # The timeout covers waiting behind other cells too, so the host's own deadline always holds.
+        if not self.lock.acquire(timeout=max(0.0, arrived + timeout - time.monotonic())):
+            note = f"the interpreter was busy with other cells for the whole {timeout:g}s timeout; this cell did not run"
+            return self._not_run(note, arrived, timed_out=True)
+        try:
+            if select.select([cancel_fd], [], [], 0)[0]:
+                return self._not_run("the call was cancelled by the host before the cell ran", arrived, cancelled=True)
+            return self._run(code, arrived + timeout - time.monotonic(), cancel_fd)
+        finally:
+            self.lock.release()
+
+    @staticmethod
+    def _not_run(note, arrived, *, timed_out=False, cancelled=False):
+        return {"value": None, "images": [], "error": {"ename": "TimeoutError" if timed_out else "Cancelled", "evalue": note,
+                "traceback": note}, "stdout": "", "stderr": "", "stdout_dropped": 0, "stderr_dropped": 0,
+                "timed_out": timed_out, "cancelled": cancelled, "state_lost": False,
+                "duration_s": time.monotonic() - arrived}  # fmt: skip
+
+    def _stray_output(self):
+        """True if the result pipe holds bytes although no cell is running (something wrote out of turn)."""
+        try:
+            return bool(os.read(self.res_r, 65536))
+        except BlockingIOError:
+            return False
+
+    def _died(self):
+        code = self.proc.read_status()
+        if code is None:
+            return "the interpreter's keeper went away"
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        if code == -signal.SIGKILL:
+            how += " (out of memory?)"
+        return f"the interpreter {how}"
+
+    def _run(self, code, timeout, cancel_fd):
+        started = time.monotonic()
+        lost = []
+        if self.proc.read_status() is not None:  # e.g. a background thread called os._exit
+            lost.append(self._died() + " between cells")
+            self.restart()
+        elif self._stray_output():
+            lost.append("something wrote into the interpreter's result pipe between cells (protocol violation)")
+            self.restart()
+        stale = {self.out: Capture(0, 0), self.err: Capture(0, 0)}
+        drain([fd for fd in (self.out, self.err) if fd not in self.closed_streams], stale, time.monotonic())
+        nonce = secrets.token_hex(16)
+        frame = encode_frame({"code": code, "nonce": nonce})
+        try:
+            write_all(self.cmd_w, frame)
+        except OSError:
+            lost.append(self._died())
+            self.restart()
+            write_all(self.cmd_w, frame)
+        out, err = self.out, self.err  # this cell's pipes (a restart below replaces self.out/err)
+        caps = {out: Capture(), err: Capture()}
+        deadline = started + timeout
+        interrupted = cancelled = False
+        result, failure, buf = None, None, bytearray()
+        while result is None and failure is None:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                if not interrupted:
+                    interrupted = True
+                    try:
+                        os.kill(self.proc.pid, signal.SIGINT)
+                    except ProcessLookupError:
+                        pass
+                    deadline = time.monotonic() + INTERRUPT_GRACE
+                    continue
+                why = "cancelled by the host" if cancelled else f"{timeout:g}s timeout"
+                failure = (f"the interpreter ignored the interrupt for {INTERRUPT_GRACE:g}s after the {why} and was "
+                           "killed")  # fmt: skip
+                break
+            watched = [fd for fd in (self.out, self.err) if fd not in self.closed_streams]
+            watched += [self.res_r, self.proc.status_fd] + ([] if cancelled else [cancel_fd])
+            ready, _, _ = select.select(watched, [], [], wait)
+            if cancel_fd in ready:
+                cancelled = True
+                deadline = time.monotonic()  # interrupt now, exactly as a timeout would
+                continue
+            for fd in (self.out, self.err):
+                if fd in ready:
+                    data = os.read(fd, 65536)
+                    if data:
+                        caps[fd].add(data)
+                    else:
+                        self.closed_streams.add(fd)  # user code closed every copy: never select on EOF again
+            if self.res_r in ready:
+                try:
+                    data = os.read(self.res_r, 1 << 20)
+                except BlockingIOError:
+                    data = None
+                if data == b"":
+                    failure = self._died() if self.proc.read_status() is not None else "the interpreter closed its result pipe"
+                elif data:
+                    buf += data
+                    try:
+                        result = self._take(buf, nonce)
+                    except ProtocolViolation as exc:
+                        failure = f"protocol violation on the interpreter's result pipe: {exc}"
+            if result is None and failure is None and self.proc.status_fd in ready:
+                failure = self._died()
+        if result is not None:
+            # Whatever the cell forked dies with it: no process of a finished cell outlives it.
+            self.proc.kill_all(spare_main=True, budget=KILL_BUDGET)
+            drain([fd for fd in (self.out, self.err) if fd not in self.closed_streams], caps, time.monotonic())
+        else:
+            drain([fd for fd in (self.out, self.err) if fd not in self.closed_streams], caps, time.monotonic() + 0.2)
+            self.restart()
+            note = f"{failure}; a fresh interpreter was started and all state was lost"
+            ename = "ProtocolViolation" if failure.startswith("protocol") else "TimeoutError" if interrupted else "InterpreterDied"
+            result = {"value": None, "images": [], "error": {"ename": ename, "evalue": note, "traceback": note}}
+            lost.append(failure)
+        if lost and failure is None:
+            # The cell ran fine in a fresh interpreter; say why the old one is gone.
+            caps[err].add(f"[note: {'; '.join(lost)}; a fresh interpreter ran this cell and earlier state was lost]\n".encode())
+        result.update(
+            stdout=caps[out].text(),
+            stderr=caps[err].text(),
+            stdout_dropped=caps[out].dropped(),
+            stderr_dropped=caps[err].dropped(),
+            timed_out=interrupted and not cancelled,
+            cancelled=cancelled,
+            state_lost=bool(lost),
+            duration_s=time.monotonic() - started,
+        )
+        return result
+
+    @staticmethod
+    def _take(buf, nonce):
+        """This cell's result once a whole frame is in `buf`; None while incomplete."""
+        if len(buf) < 4:
+            return None
+        (n,) = struct.unpack(">I", buf[:4])
+        if n > MAX_RESULT_FRAME:
+            raise ProtocolViolation(f"a frame of {n} bytes")
+        if len(buf) < 4 + n:
+            return None
+        if len(buf) > 4 + n:
+            raise ProtocolViolation("more than one frame for one cell")
+        try:
+            msg = json.loads(bytes(buf[4:]))
+        except ValueError:
+            raise ProtocolViolation("a frame that is not JSON") from None
+        return _sanitize(msg, nonce)

@@ -1,0 +1,209 @@
+"""Spawning user processes so that everything they start can be found and killed when the call ends.
+
+Each spawn forks a *keeper*: a child of the supervisor that keeps the supervisor's uid, becomes a child
+subreaper (PR_SET_CHILD_SUBREAPER) and forks the user process, which drops to the user's uid and execs.
+Whatever the user process starts (`&`, nohup, setsid, double forks) stays a descendant of the keeper:
+orphans are re-parented to the nearest subreaper, and user code cannot kill the keeper (another uid), so
+it cannot escape to an ancestor. At the call's end `kill_tree` SIGKILLs every descendant, in rounds until
+none is left (a fork bomb adds members while the first round is delivered); the keeper reaps them and
+exits. The keeper reports the user process's exit status on a pipe, so the supervisor waits on file
+descriptors only and never polls.
+"""
+
+import os
+import select
+import signal
+import struct
+import time
+
+from .framing import RequestError
+from .privileges import PR_SET_CHILD_SUBREAPER, drop_to_user, prctl
+
+_STATUS = struct.Struct(">i")
+# Set by the server: what to do when a process tree cannot be killed within the budget. The sandbox can
+# then no longer promise containment, so the server exits and the host replaces the container.
+on_containment_failure = None
+_FD_FLOOR = 100  # fds are moved above this before being placed, so no source is clobbered
+
+
+def _keeper(argv, cwd, env, fds, status_w, new_session):
+    try:
+        # No PR_SET_PDEATHSIG: it fires when the forking *thread* ends, and request threads end all the
+        # time. Should the supervisor die, tini exits with it and the container's pid namespace goes.
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        child = os.fork()
+        if child == 0:
+            _exec_user(argv, cwd, env, fds, new_session)
+        os.write(status_w, _STATUS.pack(child))
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break  # no descendant is left: the call's processes are all gone
+            except InterruptedError:
+                continue
+            if pid == child:
+                os.write(status_w, _STATUS.pack(os.waitstatus_to_exitcode(status)))
+    finally:
+        os._exit(0)
+
+
+def _exec_user(argv, cwd, env, fds, new_session):
+    import fcntl
+
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        if new_session:
+            os.setsid()
+        moved = {target: fcntl.fcntl(source, fcntl.F_DUPFD, _FD_FLOOR) for target, source in fds.items()}
+        for target, source in moved.items():
+            os.dup2(source, target, inheritable=True)
+        top = max(fds)
+        for fd in range(top):
+            if fd not in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        os.closerange(top + 1, 1 << 20)  # the channel, other calls' pipes: nothing else crosses exec
+        try:
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            os.write(fd, b"1000")  # the OOM killer takes user code before the supervisor
+            os.close(fd)
+        except OSError:
+            pass
+        drop_to_user()
+        os.chdir(cwd)
+        os.execve(argv[0], argv, env)
+    except BaseException as exc:
+        try:
+            os.write(2, f"could not start {argv[0]}: {exc}\n".encode())
+        finally:
+            os._exit(127)
+
+
+class Spawned:
+    """A user process (`pid`) under its keeper (`keeper`); `status_fd` becomes readable when it exits."""
+
+    def __init__(self, argv, *, cwd, env, fds, new_session=True):
+        status_r, status_w = os.pipe()
+        try:
+            keeper = os.fork()
+        except BlockingIOError:
+            os.close(status_r)
+            os.close(status_w)
+            raise RequestError(
+                "ResourceExhausted",
+                "no process could be started: the sandbox's process limit is used up (a fork bomb in a "
+                "running call?); it is freed when that call ends",
+            ) from None
+        if keeper == 0:
+            _keeper(argv, cwd, env, fds, status_w, new_session)
+        os.close(status_w)
+        self.keeper, self.status_fd = keeper, status_r
+        self.exit_code = None
+        self._reaped = False
+        head = b""
+        while len(head) < 4:
+            chunk = os.read(status_r, 4 - len(head))
+            if not chunk:
+                break
+            head += chunk
+        self.pid = _STATUS.unpack(head)[0] if len(head) == 4 else None
+        os.set_blocking(status_r, False)
+        if self.pid is None:
+            self.close()
+            raise RequestError("ResourceExhausted", "the user process could not be forked (process limit used up)")
+
+    def read_status(self):
+        """The exit code once the user process has exited (negative: killed by that signal), else None."""
+        if self.exit_code is None:
+            try:
+                data = os.read(self.status_fd, 4)
+            except BlockingIOError:
+                return None
+            if len(data) == 4:
+                self.exit_code = _STATUS.unpack(data)[0]
+        return self.exit_code
+
+    def kill_all(self, *, spare_main=False, budget=10.0):
+        """SIGKILL every descendant of the keeper (with `spare_main`, all but the user process itself)."""
+        return kill_tree(self.keeper, spare={self.pid} if spare_main else set(), budget=budget)
+
+    def close(self, budget=10.0):
+        """Kill everything, reap the keeper, release the status pipe; returns the exit code."""
+        if self._reaped:
+            return self.exit_code
+        if not kill_tree(self.keeper, spare=set(), budget=budget) and on_containment_failure is not None:
+            on_containment_failure()
+        # The keeper exits once it has reaped the last descendant; its end of the pipe closing says so.
+        deadline = time.monotonic() + 2.0
+        while True:
+            ready, _, _ = select.select([self.status_fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(self.keeper, signal.SIGKILL)
+                break
+            data = os.read(self.status_fd, 4)
+            if not data:
+                break
+            if len(data) == 4 and self.exit_code is None:
+                self.exit_code = _STATUS.unpack(data)[0]
+        os.waitpid(self.keeper, 0)
+        os.close(self.status_fd)
+        self._reaped = True
+        return self.exit_code
+
+
+def _process_table():
+    """{pid: (ppid, state)} of every process visible in /proc."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        rest = data[data.rindex(b")") + 2 :].split(b" ", 2)
+        table[int(name)] = (int(rest[1]), rest[0])
+    return table
+
+
+def descendants(root, table=None):
+    """Pids of the live (non-zombie) descendants of `root`."""
+    table = _process_table() if table is None else table
+    children = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        if table[pid][1] not in (b"Z", b"X"):
+            out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def kill_tree(root, *, spare=frozenset(), budget=10.0):
+    """SIGKILL all descendants of `root` except those in `spare` until none is left; False if time ran out.
+
+    Spared processes are kept but their own descendants are not.
+    """
+    deadline = time.monotonic() + budget
+    while True:
+        victims = [pid for pid in descendants(root) if pid not in spare]
+        if not victims:
+            return True
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0005)  # let SIGKILL land before looking again

@@ -1,0 +1,94 @@
+"""`search`: ripgrep over the workspace, run as the user, bounded in results and time."""
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from .files import resolve
+from .framing import RequestError
+from .settings import USER_GID, USER_UID, WORKSPACE
+
+
+def kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _rg_text(obj):
+    if obj is None:
+        return ""
+    if "text" in obj:
+        return obj["text"]
+    return base64.b64decode(obj.get("bytes", "")).decode("utf-8", "backslashreplace")
+
+
+def search(args):
+    pattern = args.get("pattern")
+    if not isinstance(pattern, str) or not pattern:
+        raise RequestError("InvalidRequest", "`pattern` must be a non-empty string")
+    shown, real = resolve(args.get("path") or WORKSPACE, allow_missing=False)
+    max_results = int(args.get("max_results", 100))
+    context = int(args.get("context_lines", 0))
+    cmd = ["/usr/bin/rg", "--json", "--no-config", "--max-filesize", "50M"]
+    cmd += ["-F"] if args.get("literal") else []
+    cmd += {"sensitive": ["-s"], "insensitive": ["-i"], "smart": ["-S"]}[args.get("case", "smart")]
+    cmd += ["-C", str(context)] if context else []
+    cmd += ["--hidden"] if args.get("include_hidden") else []
+    for glob in args.get("globs") or []:
+        cmd += ["-g", glob]
+    cmd += ["-e", pattern, "--", real]
+    # ripgrep reads as the user (it only sees what user code could), never with the supervisor's capabilities.
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=real if os.path.isdir(real) else WORKSPACE,
+                            start_new_session=True, user=USER_UID, group=USER_GID, extra_groups=[])
+    deadline = time.monotonic() + float(args.get("timeout") or 30)
+    matches, total, pending, last, complete = [], 0, [], None, True
+    root = os.path.realpath(WORKSPACE)
+    killer = threading.Timer(max(0.0, deadline - time.monotonic()), kill_group, (proc.pid,))
+    killer.start()
+    try:
+        for raw in proc.stdout:
+            msg = json.loads(raw)
+            kind = msg.get("type")
+            if kind not in ("match", "context"):
+                continue
+            data = msg["data"]
+            path = _rg_text(data["path"])
+            if path.startswith(root + "/"):
+                path = WORKSPACE + path[len(root) :]
+            entry = {"path": path, "line_number": data.get("line_number"), "line": _rg_text(data["lines"]).rstrip("\n")[:2000]}
+            if kind == "context":
+                if last is not None and last["path"] == path and len(last["after"]) < context and entry["line_number"] > last["line_number"]:
+                    last["after"].append(entry["line"])
+                else:
+                    pending = ([*pending, entry])[-context:]
+                continue
+            total += 1
+            if len(matches) < max_results:
+                entry["before"] = [c["line"] for c in pending if c["path"] == path][-context:] if context else []
+                entry["after"] = []
+                matches.append(entry)
+                last = entry
+            else:
+                last = None
+            pending = []
+            if total >= max_results * 100 + 10000:
+                complete = False  # counting everything could take forever on a huge tree
+                kill_group(proc.pid)
+                break
+        stderr = proc.stderr.read().decode("utf-8", "replace")
+        proc.wait()
+    finally:
+        killer.cancel()
+        proc.stdout.close()
+        proc.stderr.close()
+    if time.monotonic() >= deadline:
+        complete = False
+    if proc.returncode == 2 and not matches and complete:
+        raise RequestError("InvalidRequest", f"ripgrep failed: {stderr.strip()[-2000:]}")
+    return {"matches": matches, "total_matches": total, "omitted": total - len(matches), "complete": complete, "path": shown}

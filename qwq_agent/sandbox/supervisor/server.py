@@ -1,0 +1,194 @@
+"""The request loop: frames in from the host, one thread per request, replies tied to request and nonce."""
+
+import json
+import os
+import signal
+import struct
+import threading
+import time
+
+from . import archives, procs, search
+from .editor import Editor
+from .framing import RequestError, cap_text, encode_frame, read_exact, write_all
+from .interpreter import Interpreter
+from .privileges import act_on_files_as_user, become_supervisor
+from .settings import IDLE_TIMEOUT, LIFETIME, MAX_FRAME, OUT_HEAD, OUT_TAIL, WORKSPACE
+from .shell import run_shell
+
+# Operations that start user processes: they get a cancel pipe the host can trip mid-call.
+CANCELLABLE = ("python", "shell")
+
+
+class Supervisor:
+    def __init__(self, out_fd, split):
+        self.out_fd = out_fd
+        self.split = split
+        self.out_lock = threading.Lock()
+        self.state_lock = threading.Lock()
+        self.inflight = 0
+        self.cancels = {}  # request id -> write end of its cancel pipe
+        self.cancelled_early = set()  # cancels that overtook their request's thread
+        self.last_activity = self.started = time.monotonic()
+        procs.on_containment_failure = lambda: self.exit("a process tree could not be killed")
+        self.interpreter = Interpreter()
+        self.editor = Editor()
+        self.ops = {
+            "ping": lambda a: {"pong": True, "worker_pid": self.interpreter.pid},
+            "python": self.python,
+            "shell": run_shell,
+            "view": self.editor.view,
+            "create": self.editor.create,
+            "str_replace": self.editor.str_replace,
+            "insert": self.editor.insert,
+            "undo_edit": self.editor.undo_edit,
+            "search": search.search,
+            "upload": archives.upload,
+            "download": archives.download,
+        }
+
+    def send(self, obj):
+        data = encode_frame(obj)
+        with self.out_lock:
+            write_all(self.out_fd, data)
+
+    def python(self, args):
+        code = args.get("code")
+        if not isinstance(code, str):
+            raise RequestError("InvalidRequest", "`code` must be a string")
+        return self.interpreter.run(code, float(args.get("timeout") or 60), args["_arrived"], args["_cancel"])
+
+    def handle(self, req, arrived):
+        rid, nonce = req.get("id"), req.get("nonce")
+        cancel_r = None
+        try:
+            # Files are touched with the user's rights, so the editor can do no more than user code could.
+            act_on_files_as_user()
+            op = self.ops.get(req.get("op"))
+            if op is None:
+                raise RequestError("InvalidRequest", f"unknown operation {req.get('op')!r}")
+            args = req.get("args") or {}
+            if not isinstance(args, dict):
+                raise RequestError("InvalidRequest", "`args` must be an object")
+            args["_arrived"] = arrived
+            if req.get("op") in CANCELLABLE:
+                cancel_r, cancel_w = os.pipe()
+                with self.state_lock:
+                    self.cancels[rid] = cancel_w
+                    if rid in self.cancelled_early:
+                        self.cancelled_early.discard(rid)
+                        os.write(cancel_w, b"x")
+                args["_cancel"] = cancel_r
+            reply = {"id": rid, "nonce": nonce, "ok": True, "result": op(args)}
+        except RequestError as exc:
+            reply = self.error(rid, nonce, exc.kind, str(exc))
+        except RecursionError:
+            reply = self.error(rid, nonce, "ToolError", "the path or structure is nested too deeply for this operation")
+        except OSError as exc:
+            reply = self.error(rid, nonce, "ToolError", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        except Exception as exc:
+            reply = self.error(rid, nonce, "InternalError", f"{type(exc).__name__}: {exc}")
+        finally:
+            if cancel_r is not None:
+                with self.state_lock:
+                    os.close(self.cancels.pop(rid))
+                os.close(cancel_r)
+        try:
+            self.send(reply)
+        except (TypeError, ValueError) as exc:
+            self.send(self.error(rid, nonce, "InternalError", f"unencodable result: {exc}"))
+        finally:
+            with self.state_lock:
+                self.inflight -= 1
+                self.last_activity = time.monotonic()
+
+    @staticmethod
+    def error(rid, nonce, kind, message):
+        # Error observations are capped like output: a 5 MB message is not a 5 MB observation.
+        return {"id": rid, "nonce": nonce, "ok": False, "error": {"type": kind, "message": cap_text(message, OUT_HEAD, OUT_TAIL)}}
+
+    def cancel(self, target):
+        """Trip the cancel pipe of request `target` (answered in the reader thread: needs no new thread)."""
+        with self.state_lock:
+            fd = self.cancels.get(target)
+            if fd is None and len(self.cancelled_early) < 10_000:
+                self.cancelled_early.add(target)
+            if fd is not None:
+                try:
+                    os.write(fd, b"x")
+                except OSError:
+                    pass
+
+    def dispatch(self, req):
+        with self.state_lock:
+            self.inflight += 1
+            self.last_activity = time.monotonic()
+        try:
+            threading.Thread(target=self.handle, args=(req, time.monotonic()), daemon=True).start()
+        except RuntimeError as exc:  # no threads left: the pids limit is exhausted
+            with self.state_lock:
+                self.inflight -= 1
+            self.send(self.error(req.get("id"), req.get("nonce"), "ResourceExhausted", f"{exc}: the sandbox's process limit is used up"))
+
+    def exit(self, reason):
+        try:
+            self.send({"id": None, "event": "exit", "reason": reason})
+        finally:
+            os._exit(0)  # tini exits with its only child, and the pid namespace (every process) with it
+
+    def watchdog(self):
+        while True:
+            time.sleep(min(1.0, IDLE_TIMEOUT / 4, LIFETIME / 4))
+            now = time.monotonic()
+            if now - self.started > LIFETIME:
+                self.exit("lifetime")
+            with self.state_lock:
+                idle = self.inflight == 0 and now - self.last_activity > IDLE_TIMEOUT
+            if idle:
+                self.exit("idle")
+
+    def serve(self, in_fd):
+        threading.Thread(target=self.watchdog, daemon=True).start()
+        self.send({"id": None, "event": "hello", "pid": os.getpid(), "version": 2, "uid": os.getuid(),
+                   "privilege_split": self.split})  # fmt: skip
+        while True:
+            head = read_exact(in_fd, 4)
+            if head is None:
+                self.exit("eof")  # the host went away: nobody can use this sandbox any more
+            (n,) = struct.unpack(">I", head)
+            if n > MAX_FRAME:
+                remaining = n
+                while remaining:
+                    chunk = os.read(in_fd, min(remaining, 1 << 20))
+                    if not chunk:
+                        self.exit("eof")
+                    remaining -= len(chunk)
+                self.send({"id": None, "event": "error", "message": f"frame of {n} bytes exceeds {MAX_FRAME}"})
+                continue
+            body = read_exact(in_fd, n)
+            if body is None:
+                self.exit("eof")
+            try:
+                req = json.loads(body)
+                if not isinstance(req, dict):
+                    raise ValueError("not an object")
+            except ValueError as exc:
+                self.send({"id": None, "event": "error", "message": f"malformed request: {exc}"})
+                continue
+            if req.get("op") == "cancel":
+                self.cancel((req.get("args") or {}).get("target"))
+                continue
+            self.dispatch(req)
+
+
+def main():
+    # The channel keeps private (close-on-exec) copies of fds 0/1; the originals point at /dev/null so
+    # nothing a child inherits or a stray print can corrupt the framing.
+    in_fd, out_fd = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    split = become_supervisor()
+    os.makedirs(WORKSPACE, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    Supervisor(out_fd, split).serve(in_fd)

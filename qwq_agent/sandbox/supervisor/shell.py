@@ -1,0 +1,79 @@
+"""`shell`: `bash -c` as the user; when the call ends, everything it started is killed."""
+
+import os
+import select
+import time
+
+from .files import resolve
+from .framing import Capture, RequestError
+from .procs import Spawned
+from .settings import KILL_BUDGET, WORKSPACE, child_env
+
+
+def run_shell(args):
+    command, timeout = args.get("command"), float(args.get("timeout") or 60)
+    if not isinstance(command, str) or not command.strip():
+        raise RequestError("InvalidRequest", "`command` must be a non-empty string")
+    cwd = resolve(args.get("cwd") or WORKSPACE)[1]
+    cancel_fd = args["_cancel"]
+    started = time.monotonic()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        proc = Spawned(["/bin/bash", "-c", command], cwd=cwd, env=child_env(), fds={0: devnull, 1: out_w, 2: err_w})
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (out_w, err_w, devnull):
+            os.close(fd)
+    caps = {out_r: Capture(), err_r: Capture()}
+    open_fds = [out_r, err_r]
+    deadline = started + timeout
+    timed_out = cancelled = False
+    try:
+        while proc.read_status() is None:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([*open_fds, proc.status_fd, cancel_fd], [], [], wait)
+            if cancel_fd in ready:
+                cancelled = True
+                break
+            for fd in ready:
+                if fd in caps:
+                    data = os.read(fd, 65536)
+                    if data:
+                        caps[fd].add(data)
+                    else:
+                        open_fds.remove(fd)  # closed (`exec >&-`): stop watching it, never spin on EOF
+        # Background jobs, setsid'd and double-forked processes die with the call, as the tool says.
+        exit_code = proc.close(budget=KILL_BUDGET)
+        # Every writer is dead now, so what is left in the pipes ends in EOF at once.
+        while open_fds:
+            ready, _, _ = select.select(open_fds, [], [], 0.5)
+            if not ready:
+                break
+            for fd in ready:
+                data = os.read(fd, 65536)
+                if data:
+                    caps[fd].add(data)
+                else:
+                    open_fds.remove(fd)
+    finally:
+        proc.close(budget=KILL_BUDGET)
+        os.close(out_r)
+        os.close(err_r)
+    return {
+        "exit_code": exit_code,
+        "stdout": caps[out_r].text(),
+        "stderr": caps[err_r].text(),
+        "stdout_dropped": caps[out_r].dropped(),
+        "stderr_dropped": caps[err_r].dropped(),
+        "timed_out": timed_out,
+        "cancelled": cancelled,
+        "duration_s": time.monotonic() - started,
+    }

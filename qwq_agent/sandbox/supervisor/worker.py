@@ -1,0 +1,134 @@
+"""The interpreter (`boot.py --worker`, runs as the user): executes cells in one namespace, notebook-style.
+
+Fd 3 carries `{"code", "nonce"}` frames in, fd 4 carries results out; each result echoes its cell's
+nonce, which the supervisor checks. A process forked inside a cell has a copy of these fds, but it only
+ever knows the nonce of the cell it was forked in, and the supervisor kills it when that cell ends.
+"""
+
+import base64
+import io
+import json
+import os
+import signal
+import struct
+import sys
+
+from .framing import cap_text, encode_frame, read_exact, write_all
+from .settings import OUT_HEAD, OUT_TAIL
+
+CMD_FD, RES_FD = 3, 4
+
+
+def _restore_output(saved):
+    """Put fds 1/2 and sys.stdout/stderr back if the previous cell closed them (output stays captured)."""
+    for fd, keep in saved.items():
+        try:
+            os.dup2(keep, fd)
+        except OSError:
+            pass  # the cell closed our private copy too: that stream is gone for good
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        if stream is None or getattr(stream, "closed", True):
+            setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1))
+
+
+def worker_main():
+    import ast
+    import builtins
+    import linecache
+    import traceback
+    import warnings
+
+    # The pipes must not cross exec into programs the cell runs (forks keep them; see the docstring).
+    for fd in (CMD_FD, RES_FD):
+        os.set_inheritable(fd, False)
+    # Not dumpable: other user processes (a concurrent shell call) cannot ptrace the interpreter or open
+    # /proc/<interpreter>/fd/*, so they cannot read a cell's nonce or write into its result pipe.
+    from .privileges import PR_SET_DUMPABLE, prctl
+
+    prctl(PR_SET_DUMPABLE, 0)
+    saved = {1: os.dup(1), 2: os.dup(2)}  # non-inheritable private copies
+    warnings.filterwarnings("ignore", message=".*non-interactive.*")
+
+    def no_input(prompt=""):
+        raise EOFError("input() is not available: the sandbox has no interactive stdin")
+
+    builtins.input = no_input
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+
+    def figures():
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return []
+        images = []
+        for num in plt.get_fignums()[:20]:
+            buf = io.BytesIO()
+            plt.figure(num).savefig(buf, format="png", bbox_inches="tight")
+            images.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+        plt.close("all")
+        return images
+
+    def error_of(exc, skip_frames):
+        tb = exc.__traceback__
+        for _ in range(skip_frames):
+            if tb is not None:
+                tb = tb.tb_next
+        try:
+            lines = traceback.format_exception(type(exc), exc, tb)
+            evalue = str(exc.code) if isinstance(exc, SystemExit) else str(exc)
+        except BaseException as inner:  # a hostile __str__ must not take the interpreter down
+            lines, evalue = [f"{type(exc).__name__}: <unprintable: {type(inner).__name__}>"], "<unprintable>"
+        # Capped here too so a 5 MB message never crosses the pipe (the supervisor caps again).
+        return {"ename": type(exc).__name__, "evalue": cap_text(evalue), "traceback": cap_text("".join(lines))}
+
+    def run_cell(code, n):
+        filename = f"<cell {n}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        value, error = None, None
+        try:
+            tree = ast.parse(code, filename, "exec")
+            last = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                last = ast.Expression(tree.body.pop().value)
+            exec(compile(tree, filename, "exec"), namespace)
+            if last is not None:
+                result = eval(compile(last, filename, "eval"), namespace)
+                if result is not None:
+                    namespace["_"] = result
+                    value = repr(result)
+                    if len(value) > OUT_HEAD + OUT_TAIL:
+                        value = f"{value[:OUT_HEAD]}\n[... {len(value) - OUT_HEAD - OUT_TAIL} characters dropped ...]\n{value[-OUT_TAIL:]}"
+        except SyntaxError as exc:
+            error = error_of(exc, 99)
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the interpreter lives on
+            error = error_of(exc, 1)
+        try:
+            images = figures()
+        except Exception as exc:
+            images = []
+            error = error or error_of(exc, 0)
+        return {"value": value, "error": error, "images": images}
+
+    count = 0
+    while True:
+        # Interrupts only land inside a cell: one arriving while reading or answering would desync the pipes.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        head = read_exact(CMD_FD, 4)
+        if head is None:
+            os._exit(0)
+        msg = json.loads(read_exact(CMD_FD, struct.unpack(">I", head)[0]))
+        count += 1
+        _restore_output(saved)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            result = run_cell(msg["code"], count)
+        except KeyboardInterrupt as exc:  # arrived between the cell's end and here
+            result = {"value": None, "error": error_of(exc, 0), "images": []}
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        result["nonce"] = msg["nonce"]
+        write_all(RES_FD, encode_frame(result))

@@ -1,0 +1,414 @@
+"""Issue 10: hostile code in the sandbox cannot confuse the host, outlive its call, or wedge the sandbox
+through our own tools. One test (or more) per class of attack, against the real image; each asserts what
+the attack would have achieved before the fix (a forged result, a surviving process, a hung editor...)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+
+import pytest
+import pytest_asyncio
+
+from qwq_agent.sandbox import (
+    DockerSandbox,
+    InvalidRequest,
+    PathOutsideWorkspace,
+    SandboxConfig,
+    SandboxDead,
+    ToolError,
+)
+from qwq_agent.sandbox.channel import Channel
+
+pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
+
+SMALL = {
+    "memory": "256m",
+    "pids_limit": 64,
+    "workspace_size": "32m",
+    "tmp_size": "16m",
+    "output_head_bytes": 4096,
+    "output_tail_bytes": 4096,
+    "interrupt_grace_s": 1.5,
+}
+# Lists processes of the user's uid other than the interpreter and the listing itself, as "pid comm".
+USER_PROCS = (
+    "python3 -c \"import os\n"
+    "for p in os.listdir('/proc'):\n"
+    "    if not p.isdigit() or int(p) == os.getpid(): continue\n"
+    "    try:\n"
+    "        st = open(f'/proc/{p}/status').read(); cmd = open(f'/proc/{p}/cmdline').read()\n"
+    "    except OSError: continue\n"
+    "    uid = st.split('Uid:')[1].split()[0]\n"
+    "    if uid == '1000' and '--worker' not in cmd and 'Z' not in st.split('State:')[1].split()[0]:\n"
+    "        print(p, cmd.replace(chr(0), ' ').strip())\n"
+    "\" | grep -v -e 'bash -c python3' || true"
+)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def sb(sandbox_image: str):
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image, **SMALL)) as box:
+        yield box
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fresh(sandbox_image: str):
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image, **SMALL)) as box:
+        yield box
+
+
+async def leftovers(box: DockerSandbox) -> str:
+    return (await box.shell(USER_PROCS)).stdout
+
+
+async def wait_for_file(box: DockerSandbox, path: str) -> None:
+    r = await box.shell(f"for i in $(seq 2000); do [ -e {path} ] && exit 0; sleep 0.01; done; exit 1", timeout=30)
+    assert r.exit_code == 0, f"{path} never appeared"
+
+
+# ------------------------------------------------------------------------------------- integrity
+
+
+async def test_user_code_cannot_reach_or_signal_the_supervisor(sb: DockerSandbox) -> None:
+    probe = (
+        "import os\n"
+        "out = []\n"
+        "for p in sorted(int(p) for p in os.listdir('/proc') if p.isdigit()):\n"
+        "    uid = open(f'/proc/{p}/status').read().split('Uid:')[1].split()[0]\n"
+        "    if uid == '1000' or p == 1: continue\n"
+        "    for attempt in ('list', 'open', 'kill'):\n"
+        "        try:\n"
+        "            if attempt == 'list': os.listdir(f'/proc/{p}/fd')\n"
+        "            elif attempt == 'open': os.open(f'/proc/{p}/fd/1', os.O_WRONLY)\n"
+        "            else: os.kill(p, 9)\n"
+        "            out.append((p, attempt, 'ALLOWED'))\n"
+        "        except PermissionError: out.append((p, attempt, 'denied'))\n"
+        "        except OSError as e: out.append((p, attempt, type(e).__name__))\n"
+        "out"
+    )
+    r = await sb.python(probe)
+    assert r.value is not None and "denied" in r.value and "ALLOWED" not in r.value, r
+    assert (await sb.python("'still here'")).value == "'still here'" and not (await sb.shell("true")).sandbox_replaced
+
+
+async def test_no_descriptor_of_the_channel_reaches_user_processes(sb: DockerSandbox) -> None:
+    # bash's own fds are its pipes and /dev/null; nothing else (the channel, other calls' pipes) crossed exec.
+    r = await sb.shell("ls /proc/$$/fd | sort -n | tr '\\n' ' '")
+    assert r.stdout.split() == ["0", "1", "2"]
+    r = await sb.python("import os; sorted(int(f) for f in os.listdir('/proc/self/fd'))")
+    assert r.value is not None and set(eval(r.value)) <= {0, 1, 2, 3, 4, 5, 6, 7}
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "b'garbage, not a frame'",
+        "(lambda b: struct.pack('>I', len(b)) + b)(json.dumps({'nonce': '0' * 32, 'value': \"'forged'\", 'error': None, 'images': []}).encode())",
+    ],
+    ids=["garbage", "well-formed-wrong-nonce"],
+)
+async def test_a_forked_child_writing_to_the_result_pipe_is_a_protocol_violation(fresh: DockerSandbox, frame: str) -> None:
+    await fresh.python("state = 'kept'")
+    forge = (
+        "import os, json, struct\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        f"    os.write(4, {frame})\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "'genuine'"
+    )
+    r = await fresh.python(forge)
+    assert r.value != "'forged'" and r.state_lost and r.error is not None and r.error.ename == "ProtocolViolation", r
+    r = await fresh.python("'state' in globals()")
+    assert r.value == "False" and r.error is None and not r.sandbox_replaced
+
+
+async def test_a_process_forked_in_a_cell_dies_with_the_cell(sb: DockerSandbox) -> None:
+    r = await sb.python(
+        "import os, time, subprocess\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    time.sleep(1000); os._exit(0)\n"
+        "daemon = subprocess.Popen(['setsid', 'sleep', '1001'], start_new_session=True).pid\n"
+        "(child, daemon)"
+    )
+    assert r.value is not None and not r.state_lost
+    assert await leftovers(sb) == ""
+    # The interpreter answers for itself: the next cell's result is its own.
+    assert (await sb.python("6 * 7")).value == "42"
+
+
+async def test_other_user_processes_cannot_reach_the_interpreters_pipes(sb: DockerSandbox) -> None:
+    await sb.python("pipes_state = 'kept'")
+    pid = (await sb.ping()).worker_pid
+    r = await sb.shell(f"ls /proc/{pid}/fd; echo garbage > /proc/{pid}/fd/4; echo exit=$?")
+    assert "Permission denied" in r.stderr and "exit=1" in r.stdout, r
+    r = await sb.python("pipes_state")
+    assert r.value == "'kept'" and not r.state_lost
+
+
+async def test_host_rejects_a_reply_without_its_requests_nonce() -> None:
+    host, container = socket.socketpair()
+    container.setblocking(False)
+    reader, writer = await asyncio.open_unix_connection(sock=host)
+    chan = Channel(reader, writer, max_request_bytes=1 << 20, max_reply_bytes=1 << 20)
+    loop = asyncio.get_running_loop()
+    try:
+        first = asyncio.create_task(chan.call("ping", {}, 10))
+        second = asyncio.create_task(chan.call("ping", {}, 10))
+        sent = b""
+        while sent.count(b'"op"') < 2:
+            sent += await loop.sock_recv(container, 65536)
+        reqs = []
+        while sent:
+            (n,) = struct.unpack(">I", sent[:4])
+            reqs.append(json.loads(sent[4 : 4 + n]))
+            sent = sent[4 + n :]
+        # The answer to request 1, carrying request 2's nonce (as if forged by someone who saw it).
+        forged = json.dumps({"id": reqs[0]["id"], "nonce": reqs[1]["nonce"], "ok": True, "result": {"pong": True}}).encode()
+        body = struct.pack(">I", len(forged)) + forged
+        await loop.sock_sendall(container, struct.pack(">BxxxI", 1, len(body)) + body)
+        for task in (first, second):
+            with pytest.raises(SandboxDead, match="nonce"):
+                await task
+    finally:
+        await chan.aclose()
+        container.close()
+
+
+async def test_a_huge_frame_claim_cannot_make_the_host_buffer_it() -> None:
+    host, container = socket.socketpair()
+    container.setblocking(False)
+    reader, writer = await asyncio.open_unix_connection(sock=host)
+    chan = Channel(reader, writer, max_request_bytes=1 << 20, max_reply_bytes=1 << 20)
+    try:
+        call = asyncio.create_task(chan.call("ping", {}, 10))
+        body = struct.pack(">I", 2**31) + b"x" * 1000
+        await asyncio.get_running_loop().sock_sendall(container, struct.pack(">BxxxI", 1, len(body)) + body)
+        with pytest.raises(SandboxDead, match="exceeds the limit"):
+            await call
+    finally:
+        await chan.aclose()
+        container.close()
+
+
+async def test_download_reports_bytes_written_on_the_host(sb: DockerSandbox, tmp_path) -> None:
+    await sb.shell("mkdir -p /workspace/dl && head -c 12345 /dev/zero > /workspace/dl/f")
+    r = await sb.download("/workspace/dl", tmp_path)
+    assert r.bytes == 12345 and (tmp_path / "dl" / "f").stat().st_size == 12345
+
+
+# ------------------------------------------------------------------------------------- containment
+
+
+async def test_background_setsid_and_double_forked_jobs_die_when_the_call_returns(sb: DockerSandbox) -> None:
+    r = await sb.shell(
+        "sleep 301 & nohup sleep 302 >/dev/null 2>&1 & setsid sleep 303 & "
+        "(setsid sh -c 'sleep 304 & sleep 305 &' &); disown -a; echo started"
+    )
+    assert r.stdout == "started\n" and r.exit_code == 0
+    assert await leftovers(sb) == ""
+
+
+async def test_everything_dies_when_the_call_times_out(sb: DockerSandbox) -> None:
+    r = await sb.shell("(setsid sh -c 'sleep 306 &' &); trap '' TERM INT HUP; sleep 100", timeout=1)
+    assert r.timed_out and r.exit_code == -9
+    assert await leftovers(sb) == ""
+
+
+async def test_setsid_fork_loop_at_the_pids_limit_is_cleaned_up(sb: DockerSandbox) -> None:
+    r = await sb.shell("while true; do setsid sleep 1000 & done", timeout=2)
+    assert r.timed_out
+    assert await leftovers(sb) == ""
+    assert (await sb.shell("echo ok")).stdout == "ok\n"
+    assert (await sb.python("1 + 1")).value == "2"
+
+
+async def test_python_fork_bomb_in_the_background_is_cleaned_up(sb: DockerSandbox) -> None:
+    r = await sb.python(
+        "import os\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    while True:\n"
+        "        try: os.fork()\n"
+        "        except OSError: pass\n"
+        "'launched'"
+    )
+    assert r.value == "'launched'"
+    assert await leftovers(sb) == ""
+    assert (await sb.shell("echo ok")).stdout == "ok\n"
+
+
+async def test_host_cancellation_kills_the_shell_call(sb: DockerSandbox) -> None:
+    call = asyncio.create_task(sb.shell("touch /tmp/cancel-sh; setsid sleep 307 & sleep 308; touch /tmp/never", timeout=60))
+    await wait_for_file(sb, "/tmp/cancel-sh")
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    r = await sb.shell(f"for i in $(seq 1000); do [ -z \"$({USER_PROCS} | grep 'sleep 30[78]')\" ] && break; sleep 0.01; done; {USER_PROCS}", timeout=30)
+    assert "sleep" not in r.stdout, r.stdout
+    assert (await sb.shell("[ -e /tmp/never ] && echo ran || echo no")).stdout == "no\n"
+
+
+async def test_host_cancellation_interrupts_the_python_cell(sb: DockerSandbox) -> None:
+    await sb.python("kept = 1")
+    code = "open('/tmp/cancel-py', 'w').close()\nimport time\nwhile True:\n    time.sleep(0.01)"
+    call = asyncio.create_task(sb.python(code, timeout=300))
+    await wait_for_file(sb, "/tmp/cancel-py")
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    # Had the cell kept running, this one would wait behind it for the whole timeout and report it.
+    r = await sb.python("kept", timeout=30)
+    assert r.value == "1" and not r.timed_out and r.error is None
+
+
+# ------------------------------------------------------------------------------------- our own tools
+
+
+async def test_view_of_a_one_gigabyte_single_line_is_bounded(fresh: DockerSandbox) -> None:
+    await fresh.shell("truncate -s 1G /workspace/huge && printf 'x' | dd of=/workspace/huge bs=1 seek=0 conv=notrunc 2>/dev/null")
+    r = await fresh.view("/workspace/huge")
+    assert "more bytes on this line not shown" in r.output and len(r.output) < 17_000 and "<response clipped>" in r.output
+    r = await fresh.view("/workspace/huge", [1, 1])
+    assert len(r.output) < 17_000
+    assert not (await fresh.shell("true")).sandbox_replaced
+
+
+async def test_str_replace_with_millions_of_matches_is_bounded(sb: DockerSandbox) -> None:
+    await sb.shell("head -c 5000000 /dev/zero | tr '\\0' 'a' > /workspace/many.txt")
+    with pytest.raises(ToolError, match=r"Multiple occurrences .* in lines \[1, 1, .*\] and more"):
+        await sb.str_replace("/workspace/many.txt", "a", "b")
+
+
+async def test_old_str_counts_overlapping_occurrences(sb: DockerSandbox) -> None:
+    await sb.create_file("/workspace/overlap.txt", "aaa")
+    with pytest.raises(ToolError, match=r"Multiple occurrences of old_str `aa` in lines \[1, 1\]"):
+        await sb.str_replace("/workspace/overlap.txt", "aa", "b")
+    assert (await sb.shell("cat /workspace/overlap.txt")).stdout == "aaa"
+
+
+async def test_undo_history_is_bounded_in_bytes_and_says_so(sandbox_image: str) -> None:
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image, max_undo_bytes=1500)) as box:
+        await box.create_file("/workspace/u.txt", "x" * 1000 + "\nONE\n")
+        r1 = await box.str_replace("/workspace/u.txt", "ONE", "TWO")
+        assert "dropped" not in r1.output
+        r2 = await box.str_replace("/workspace/u.txt", "TWO", "THREE")
+        assert "the undo history is limited to 1500 bytes" in r2.output
+        await box.undo_edit("/workspace/u.txt")
+        assert (await box.shell("tail -n 1 /workspace/u.txt")).stdout == "TWO\n"
+        with pytest.raises(ToolError, match="older history was dropped"):
+            await box.undo_edit("/workspace/u.txt")
+
+
+async def test_very_deep_paths_give_clear_errors(sb: DockerSandbox, tmp_path) -> None:
+    deep = "/workspace/" + "d/" * 1200 + "f.txt"  # 1200 components: deeper than Python's recursion limit
+    r = await sb.create_file(deep, "deep")
+    assert "created" in r.output and "deep" in (await sb.view(deep)).output
+    with pytest.raises(InvalidRequest, match="limited to 4096 bytes"):
+        await sb.view("/workspace/" + "x" * 5000)
+    r = await sb.shell(
+        "mkdir -p /workspace/tower && python3 -c \"import os\nos.chdir('/workspace/tower')\n"
+        "for _ in range(1500):\n    os.mkdir('d'); os.chdir('d')\"",
+        timeout=120,
+    )
+    assert r.exit_code == 0, r
+    with pytest.raises(ToolError, match="nested too deeply"):
+        await sb.download("/workspace/tower", tmp_path)
+    assert (await sb.shell("echo ok")).stdout == "ok\n"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+async def test_fifos_and_sockets_are_refused_without_opening(sb: DockerSandbox, kind: str) -> None:
+    path = f"/workspace/special-{kind}"
+    if kind == "fifo":
+        await sb.shell(f"rm -f {path}; mkfifo {path}")
+    else:
+        await sb.python(f"import socket, os\nif os.path.exists('{path}'): os.unlink('{path}')\nkeep = socket.socket(socket.AF_UNIX)\nkeep.bind('{path}')")
+    what = r"a FIFO \(named pipe\)" if kind == "fifo" else "a socket"
+    with pytest.raises(ToolError, match=f"is {what}, not a regular file; it was not opened"):
+        await sb.view(path)
+    with pytest.raises(ToolError, match=f"is {what}"):
+        await sb.str_replace(path, "a", "b")
+    with pytest.raises(ToolError, match=f"is {what}"):
+        await sb.insert(path, 0, "x")
+
+
+async def test_a_link_to_a_device_is_refused(sb: DockerSandbox) -> None:
+    await sb.shell("ln -sf /dev/zero /workspace/zero")
+    with pytest.raises(PathOutsideWorkspace):
+        await sb.view("/workspace/zero")
+
+
+async def test_edit_on_a_full_disk_leaves_the_original_intact(sandbox_image: str) -> None:
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image, workspace_size="1m")) as box:
+        original = "HEAD\n" + "keep me\n" * 10_000  # 80 kB
+        await box.create_file("/workspace/doc.txt", original)
+        await box.shell("cat /dev/zero > /workspace/fill 2>/dev/null; true")
+        with pytest.raises(ToolError, match=r"No space left on device\. The file was not changed"):
+            await box.str_replace("/workspace/doc.txt", "HEAD\n", "grown\n" * 200_000)  # 1.2 MB
+        r = await box.shell("md5sum < /workspace/doc.txt; ls -A /workspace")
+        expected = (await box.python(f"import hashlib; hashlib.md5({original!r}.encode()).hexdigest()")).value
+        assert expected is not None and r.stdout.split()[0] == expected.strip("'")
+        assert ".qwq-tmp" not in r.stdout  # no temporary file left behind
+
+
+async def test_error_observations_are_capped(sb: DockerSandbox) -> None:
+    r = await sb.python("raise ValueError('x' * 5_000_000)")
+    assert r.error is not None and r.error.ename == "ValueError"
+    assert len(r.error.evalue) < 70_000 and len(r.error.traceback) < 70_000 and "characters dropped" in r.error.evalue
+    await sb.create_file("/workspace/small.txt", "abc")
+    with pytest.raises(ToolError) as exc:
+        await sb.str_replace("/workspace/small.txt", "z" * 3_000_000, "y")
+    assert len(str(exc.value)) < 10_000
+
+
+async def _cpu_ns(box: DockerSandbox) -> int:
+    stats = await box.engine.stats(box.id)
+    return stats["cpu_stats"]["cpu_usage"]["total_usage"]
+
+
+@pytest.mark.parametrize("op", ["python", "shell"])
+async def test_supervisor_does_not_spin_when_user_code_closes_its_output(sb: DockerSandbox, op: str) -> None:
+    before = await _cpu_ns(sb)
+    if op == "python":
+        r = await sb.python(
+            "import os, time\n"
+            "for fd in map(int, os.listdir('/proc/self/fd')):\n"
+            "    if fd not in (3, 4):\n"
+            "        try: os.close(fd)\n"
+            "        except OSError: pass\n"
+            "time.sleep(3)\n"
+            "'slept'"
+        )
+        assert r.value == "'slept'"
+    else:
+        r = await sb.shell("exec >&- 2>&-; sleep 3")
+        assert r.exit_code == 0
+    used_s = (await _cpu_ns(sb) - before) / 1e9
+    # Idle user code for 3 s: a spinning supervisor would burn ~3 CPU-seconds (cpus=1).
+    assert used_s < 1.0, f"the container used {used_s:.2f} CPU-s while user code slept"
+    assert (await sb.python("'next'")).value == "'next'"
+
+
+async def test_python_on_path_is_python3(sb: DockerSandbox) -> None:
+    r = await sb.shell("command -v python && python -c 'import sys; print(sys.version_info[0])'")
+    assert r.exit_code == 0 and r.stdout.splitlines()[-1] == "3"
+
+
+async def test_one_calls_end_does_not_kill_another_calls_processes(sb: DockerSandbox) -> None:
+    # Calls run side by side; each one's cleanup reaches only its own keeper's descendants.
+    long_shell = asyncio.create_task(sb.shell("touch /tmp/long-sh; sleep 2; echo long-done", timeout=30))
+    long_cell = asyncio.create_task(
+        sb.python("import subprocess\nopen('/tmp/long-py', 'w').close()\nsubprocess.run(['sleep', '2']).returncode", timeout=30)
+    )
+    await wait_for_file(sb, "/tmp/long-sh")
+    await wait_for_file(sb, "/tmp/long-py")
+    for _ in range(5):
+        assert (await sb.shell("sleep 0.05 & echo short")).stdout == "short\n"
+    assert (await long_shell).stdout == "long-done\n"
+    assert (await long_cell).value == "0"
