@@ -123,7 +123,7 @@ class LoopDetectorConfig(BaseModel):
         "claims) novelty is measured over: about three passes over a handful of candidates.",
     )
     ledger_stale_threshold: float = Field(
-        0.75,
+        0.9,
         gt=0,
         le=1,
         description="Share of the window's mentions that are a third-or-later mention of the same "
@@ -131,13 +131,13 @@ class LoopDetectorConfig(BaseModel):
         "computed or weighed was already weighed twice.",
     )
     ledger_max_distinct: int = Field(
-        8,
+        5,
         ge=1,
         description="At most this many distinct candidates in the window: circling is a few candidates "
         "again and again; a long verification pass touches many.",
     )
     ledger_min_markers: int = Field(
-        2,
+        6,
         ge=0,
         description="Revisit markers ('wait', 'again', '再', '重新', ...) needed within the window's "
         "text: the model itself saying it is going back, so that a summary listing the same values "

@@ -224,3 +224,7 @@ class ReasoningLoopDetector:
         )
         self._new.append(signal)
         self.signals.append(signal)
+        # The next level must be earned by text written after this one: the windows start empty
+        # (what was seen stays indexed, so going back to it again still counts).
+        self._flags, self._flag_sum, self._flag_start = [], 0, 0
+        self._ledger.clear_window()

@@ -126,6 +126,13 @@ class CandidateLedger:
             self._marker_sum -= k
         return stale_here
 
+    def clear_window(self) -> None:
+        """Start the novelty window afresh (after a signal), keeping the counts."""
+        self._window.clear()
+        self._stale = 0
+        self._markers.clear()
+        self._marker_sum = self._covered = 0
+
     @property
     def stale_share(self) -> float:
         """Share of the mention window that were third-or-later mentions (0 until it fills)."""
