@@ -136,10 +136,17 @@ class LoopDetectorConfig(BaseModel):
         description="At most this many distinct candidates in the window: circling is a few candidates "
         "again and again; a long verification pass touches many.",
     )
+    ledger_min_distinct: int = Field(
+        2,
+        ge=1,
+        description="At least this many distinct candidates in the window: coming back to one answer "
+        "again and again ('so the answer is B ... yes, B') is converging, not circling.",
+    )
     ledger_min_markers: int = Field(
-        6,
+        10,
         ge=0,
-        description="Revisit markers ('wait', 'again', '再', '重新', ...) needed within the window's "
-        "text: the model itself saying it is going back, so that a summary listing the same values "
+        description="Revisit markers ('wait', 'again', '再', '重新', ...) needed within the text the "
+        "mention window covers (one per two or three mentions): the model itself saying, over and "
+        "over, that it is going back, so that a summary or a final check listing the same values "
         "does not count. Markers alone are common in healthy reasoning and never fire on their own.",
     )

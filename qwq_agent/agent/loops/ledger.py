@@ -23,12 +23,14 @@ Mention = tuple[str, str]  # (kind, normalised text); kinds: expr, option, claim
 _NUM = r"\d+(?:\.\d+)?"
 _OP = r"[-+*/×÷·^]"
 # Two or more numbers joined by operators, with optional brackets around any part.
+# Purely numeric: an expression touching a letter or `^` (`k^2 - 9`, `2x + 3`) is algebra, where
+# the same sub-terms recur as the work progresses, so it is not a candidate.
 _EXPR = re.compile(
-    rf"[(\[]*\s*{_NUM}\s*[)\]]*(?:\s*{_OP}\s*[(\[]*\s*{_NUM}\s*[)\]]*)+"
+    rf"(?<![\w^.])[(\[]*\s*{_NUM}\s*[)\]]*(?:\s*{_OP}\s*[(\[]*\s*{_NUM}\s*[)\]]*)+(?![\w^(])"
 )
 _VALUE = re.compile(rf"\s*=\s*(-?{_NUM})")
 _OPTION = re.compile(
-    r"(?:\b(?:[Oo]ption|[Cc]hoice|[Aa]nswer(?: is)?|[Aa]nswer would be|[Ss]o it'?s|[Mm]aybe|[Ee]ither)\s*\(?([A-J])\)?(?![\w'])"
+    r"(?:\b(?:[Oo]ption|[Cc]hoice|[Aa]nswer(?: is)?|[Aa]nswer would be|[Ss]o it'?s)\s*\(?([A-J])\)?(?![\w'])"
     r"|\(([A-J])\)|\b([A-J]) or ([A-J])\b|选项\s*([A-J])|选\s*([A-J]))"
 )
 _CLAIM = re.compile(
@@ -75,13 +77,18 @@ def extract_mentions(text: str) -> list[Mention]:
         if not any(op in expr for op in "+-*/^") or expr.replace(".", "").isdigit():
             continue
         v = _VALUE.match(text, m.end())
+        # The value rides along for the nudge; the candidate is the expression, whatever was found.
         out.append(("expr", expr + ("=" + v.group(1) if v else "")))
     for m in _OPTION.finditer(text):
         for letter in m.groups():
             if letter:
                 out.append(("option", letter))
     for m in _CLAIM.finditer(text):
-        out.append(("claim", m.group(1).lower()))
+        claim = m.group(1)
+        if not any(ch.isdigit() for ch in claim) and not (len(claim) == 1 and claim.isupper()):
+            continue  # "the answer is likely ..." names no candidate
+        # "the answer is B" is an option, whatever way it was named.
+        out.append(("option", claim) if len(claim) == 1 and claim in "ABCDEFGHIJ" else ("claim", claim.lower()))
     return out
 
 
@@ -96,6 +103,7 @@ class CandidateLedger:
     def __init__(self, config: LoopDetectorConfig) -> None:
         self.config = config
         self.counts: Counter[Mention] = Counter()
+        self.values: dict[str, str] = {}  # last value the reasoning gave each expression
         self._window: deque[tuple[Mention, bool]] = deque()
         self._stale = 0
         self._markers: deque[tuple[int, int]] = deque()  # (mention count at the time, markers)
@@ -108,6 +116,12 @@ class CandidateLedger:
         cfg = self.config
         stale_here = 0
         for mention in mentions:
+            kind, text = mention
+            if kind == "expr":
+                expr, _, value = text.partition("=")
+                if value:
+                    self.values[expr] = value
+                mention = (kind, expr)
             stale = self.counts[mention] >= cfg.revisit_visits - 1
             self.counts[mention] += 1
             self._window.append((mention, stale))
@@ -147,7 +161,7 @@ class CandidateLedger:
         cfg = self.config
         return (
             self.stale_share >= cfg.ledger_stale_threshold
-            and self.distinct() <= cfg.ledger_max_distinct
+            and cfg.ledger_min_distinct <= self.distinct() <= cfg.ledger_max_distinct
             and self._marker_sum >= cfg.ledger_min_markers
         )
 
@@ -155,13 +169,17 @@ class CandidateLedger:
         """The most revisited candidates in the window, most frequent first, for the nudge."""
         recent = Counter(m for m, _ in self._window)
         ranked = sorted(recent, key=lambda m: (-self.counts[m], -recent[m]))
-        return [_describe(m) for m in ranked[:n]]
+        return [self._describe(m) for m in ranked[:n]]
+
+    def _describe(self, mention: Mention) -> str:
+        kind, text = mention
+        if kind == "expr":
+            return f"{text} = {self.values[text]}" if text in self.values else text
+        return _describe(mention)
 
 
 def _describe(mention: Mention) -> str:
     kind, text = mention
-    if kind == "expr":
-        return text.replace("=", " = ")
     if kind == "option":
         return f"option {text}"
     return f"the answer {text}"
