@@ -28,6 +28,7 @@ def test_looping_traces_are_flagged_before_they_end(report) -> None:
     assert report.looping_flagged >= 18
     missed = [f.name for f in report.files if f.looping and f.level == 0]
     assert len(missed) <= 1, missed
+    assert report.median_first_frac is not None and report.median_first_frac <= 0.5
     # Including the two the old detector missed: digits without spaces, and a Chinese verbatim loop.
     by_name = {f.name: f for f in report.files}
     assert by_name["r1-distill-llama-8b_riddle_475.txt"].level >= 1
@@ -38,4 +39,4 @@ def test_healthy_traces_are_never_stopped_and_rarely_flagged(report) -> None:
     assert report.healthy_total == 77
     assert report.healthy_by_level[3] == 0
     assert report.healthy_by_level[2] <= 1
-    assert sum(report.healthy_by_level.values()) <= 4
+    assert sum(report.healthy_by_level.values()) <= 5

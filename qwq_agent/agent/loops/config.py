@@ -64,11 +64,13 @@ class LoopDetectorConfig(BaseModel):
         "4 to ~1,400 characters; 2,500 leaves room and bounds the buffer.",
     )
     periodic_min_run: int = Field(
-        480,
+        256,
         ge=32,
         description="Exact repeat length (characters identical to those one period earlier) that counts "
-        "as a cycle: ~120 tokens copied verbatim from the model's own reasoning. Reasoning never "
-        "contains the prompt, so such a copy is not a quote, and a healthy re-check rewords its steps.",
+        "as a cycle: ~64 tokens copied verbatim from the model's own reasoning. Reasoning never "
+        "contains the prompt, so such a copy is not a quote, and a healthy re-check rewords its steps. "
+        "(On the corpus 480 fires later on the verbatim loops with the same false positives; below "
+        "~200 it starts to catch repeated LaTeX derivation lines.)",
     )
     periodic_max_tries: int = Field(
         3, ge=1, description="Earlier occurrences of the anchor tried as the period start, newest first."
