@@ -60,11 +60,15 @@ def main() -> int:
         return 0
     reports = [evaluate_corpus(corpus) for _ in range(max(1, args.repeat))]
     report = reports[0]
-    texts = [p.read_text(encoding="utf-8") for sub in ("looping", "healthy") for p in (corpus / sub).glob("*.txt")]
+    texts = [
+        p.read_text(encoding="utf-8") for sub in ("looping", "healthy") for p in (corpus / sub).glob("*.txt")
+    ]
     base = statistics.median(baseline_us_per_char(texts) for _ in range(max(1, args.repeat)))
     cost = statistics.median(r.us_per_char for r in reports)
     own = [
-        evaluate_text(name, (ROOT / "tests/data/reasoning" / f"{name}.txt").read_text(encoding="utf-8"), looping=lp)
+        evaluate_text(
+            name, (ROOT / "tests/data/reasoning" / f"{name}.txt").read_text(encoding="utf-8"), looping=lp
+        )
         for name, lp in OWN_CASES.items()
     ]
 
@@ -85,10 +89,18 @@ def main() -> int:
     summary.add_column("measure")
     summary.add_column("value", justify="right")
     summary.add_column("target", justify="right")
-    summary.add_row("looping flagged (level >= 1)", f"{report.looping_flagged}/{report.looping_total}", ">= 18/19")
-    summary.add_row("median first signal, % of trace", f"{100 * median:.0f}" if median is not None else "-", "<= 35")
-    summary.add_row("healthy flagged at level 1 only", f"{report.healthy_by_level[1]}/{report.healthy_total}", "<= 2")
-    summary.add_row("healthy at level 2 / 3", f"{report.healthy_by_level[2]} / {report.healthy_by_level[3]}", "0 / 0")
+    summary.add_row(
+        "looping flagged (level >= 1)", f"{report.looping_flagged}/{report.looping_total}", ">= 18/19"
+    )
+    summary.add_row(
+        "median first signal, % of trace", f"{100 * median:.0f}" if median is not None else "-", "<= 35"
+    )
+    summary.add_row(
+        "healthy flagged at level 1 only", f"{report.healthy_by_level[1]}/{report.healthy_total}", "<= 2"
+    )
+    summary.add_row(
+        "healthy at level 2 / 3", f"{report.healthy_by_level[2]} / {report.healthy_by_level[3]}", "0 / 0"
+    )
     summary.add_row("healthy flagged at any level", f"{healthy_flagged}/{report.healthy_total}", "")
     summary.add_row("detector cost, µs per char (median)", f"{cost:.2f}", "<= 5")
     summary.add_row("baseline: deltas + word split, µs per char", f"{base:.2f}", "")

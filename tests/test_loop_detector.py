@@ -144,9 +144,7 @@ def test_signal_reason_and_evidence_name_the_loop() -> None:
     signal = det.signals[0]
     assert signal.reason.startswith("circular reasoning")
     assert signal.kind in ("periodic", "steps", "candidates")
-    assert signal.evidence["attempt_share"] >= det.config.attempt_share_threshold or (
-        signal.kind != "steps"
-    )
+    assert signal.evidence["attempt_share"] >= det.config.attempt_share_threshold or (signal.kind != "steps")
     assert signal.evidence["revisits"] > 0
 
 
@@ -208,9 +206,16 @@ def test_a_different_call_breaks_the_run() -> None:
 def test_same_call_same_result_within_window() -> None:
     det = ToolCallRepetitionDetector()
     same, other = call("search", q="x"), call("search", q="y")
-    signals = [det.record_result(c, obs) for c, obs in [(same, "no results"), (other, "1 hit"),
-                                                        (same, "no  results"), (other, "2 hits"),
-                                                        (same, "no results\n")]]
+    signals = [
+        det.record_result(c, obs)
+        for c, obs in [
+            (same, "no results"),
+            (other, "1 hit"),
+            (same, "no  results"),
+            (other, "2 hits"),
+            (same, "no results\n"),
+        ]
+    ]
     assert signals[:4] == [None] * 4
     last = signals[4]
     assert last is not None and last.kind == "same_call_same_result" and last.count == 3
@@ -308,7 +313,9 @@ def test_verbatim_digits_without_spaces_are_caught_by_the_character_cycle() -> N
 
 
 def test_chinese_verbatim_block_is_caught_by_the_character_cycle() -> None:
-    block = "".join(f"第{i}步：检查缓存命中率，发现第{i}个请求的延迟偏高，需要重新分析日志。\n" for i in range(12))
+    block = "".join(
+        f"第{i}步：检查缓存命中率，发现第{i}个请求的延迟偏高，需要重新分析日志。\n" for i in range(12)
+    )
     det = feed16("我们先看性能问题。\n" + block * 3)
     assert det.level >= 1 and det.signals[0].kind == "periodic"
 
@@ -347,7 +354,9 @@ def test_ledger_mentions_expressions_options_claims() -> None:
 
 
 def test_nudge_names_candidates_and_proposes_python_only_when_the_agent_has_it() -> None:
-    signal = LoopSignal(level=1, reason="r", kind="candidates", candidates=["2*(3+4)*5 = 70", "(2*3+4)*5 = 50"])
+    signal = LoopSignal(
+        level=1, reason="r", kind="candidates", candidates=["2*(3+4)*5 = 70", "(2*3+4)*5 = 50"]
+    )
     with_python = nudge_text(signal, ["python", "shell"])
     assert "`2*(3+4)*5 = 70`" in with_python and "python tool" in with_python
     without = nudge_text(signal, ["web_search"])
@@ -363,3 +372,14 @@ def test_escalation_needs_circling_after_the_nudge() -> None:
     # The model takes the nudge: what follows is healthy work, so it is never closed.
     det = feed16(loop[: first_at + 16] + "\n\n" + sample("healthy_enumeration"))
     assert det.level == 1
+
+
+@pytest.mark.parametrize("name", QWQ_LOOPS)
+def test_new_signals_do_not_depend_on_the_chunking(name: str) -> None:
+    text = sample(name)
+    reference = [s.model_dump() for s in feed16(text).signals]
+    for seed in range(3):
+        det, _ = run(text, seed)
+        assert [s.model_dump() for s in det.signals] == reference
+    digits = "It is 5" + ",000" * 300
+    assert [s.model_dump() for s in run(digits, 4)[0].signals] == [s.model_dump() for s in feed16(digits).signals]

@@ -94,7 +94,9 @@ async def test_nudged_model_checks_all_candidates_in_the_python_sandbox(sandbox_
     def model(req: ScriptedRequest) -> str:
         prompt = req.prompt or ""
         if "<tool_response>" in prompt:
-            return "The tool settles it.\n</think>\n\nNone of them gives 144: the values are 121, 126 and 125."
+            return (
+                "The tool settles it.\n</think>\n\nNone of them gives 144: the values are 121, 126 and 125."
+            )
         if NUDGE_MARK in prompt:  # the model takes the nudge
             return "Right, one cell checks them all.\n</think>\n\n" + call("python", code=cell)
         return CIRCLING * 3

@@ -37,7 +37,9 @@ class LoopDetectorConfig(BaseModel):
         "time for the model to act on the nudge (start a tool call) or answer.",
     )
     level3_gap_chars: int = Field(
-        2000, ge=0, description="Reasoning needed after closing (level 2) before stopping (level 3); same reason."
+        2000,
+        ge=0,
+        description="Reasoning needed after closing (level 2) before stopping (level 3); same reason.",
     )
     min_new_repeats: int = Field(
         3,

@@ -40,7 +40,9 @@ def number_overlap(a: list[str], b: list[str]) -> float:
 class _Segment:
     __slots__ = ("labels", "numbers", "shingles")
 
-    def __init__(self, shingles: frozenset[tuple[str, ...]], numbers: list[str], labels: frozenset[str]) -> None:
+    def __init__(
+        self, shingles: frozenset[tuple[str, ...]], numbers: list[str], labels: frozenset[str]
+    ) -> None:
         self.shingles = shingles
         self.numbers = numbers
         self.labels = labels
@@ -66,7 +68,9 @@ class NearDuplicates:
         self._store(_Segment(shingles, numbers, labels))
         return earlier
 
-    def _visits(self, shingles: frozenset[tuple[str, ...]], numbers: list[str], labels: frozenset[str]) -> int:
+    def _visits(
+        self, shingles: frozenset[tuple[str, ...]], numbers: list[str], labels: frozenset[str]
+    ) -> int:
         cfg = self.config
         overlap: Counter[int] = Counter()
         for sh in shingles:

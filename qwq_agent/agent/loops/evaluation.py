@@ -99,7 +99,9 @@ def evaluate_corpus(corpus: Path, config: LoopDetectorConfig | None = None) -> C
         for path in sorted((corpus / sub).glob("*.txt")):
             text = path.read_text(encoding="utf-8")
             files.append(
-                evaluate_text(path.name, text, looping=looping, config=config, label=labels.get(path.name, ""))
+                evaluate_text(
+                    path.name, text, looping=looping, config=config, label=labels.get(path.name, "")
+                )
             )
     loops = [f for f in files if f.looping]
     healthy = [f for f in files if not f.looping]

@@ -25,9 +25,7 @@ _OP = r"[-+*/×÷·^]"
 # Two or more numbers joined by operators, with optional brackets around any part.
 # Purely numeric: an expression touching a letter or `^` (`k^2 - 9`, `2x + 3`) is algebra, where
 # the same sub-terms recur as the work progresses, so it is not a candidate.
-_EXPR = re.compile(
-    rf"(?<![\w^.])[(\[]*\s*{_NUM}\s*[)\]]*(?:\s*{_OP}\s*[(\[]*\s*{_NUM}\s*[)\]]*)+(?![\w^(])"
-)
+_EXPR = re.compile(rf"(?<![\w^.])[(\[]*\s*{_NUM}\s*[)\]]*(?:\s*{_OP}\s*[(\[]*\s*{_NUM}\s*[)\]]*)+(?![\w^(])")
 _VALUE = re.compile(rf"\s*=\s*(-?{_NUM})")
 _OPTION = re.compile(
     r"(?:\b(?:[Oo]ption|[Cc]hoice|[Aa]nswer(?: is)?|[Aa]nswer would be|[Ss]o it'?s)\s*\(?([A-J])\)?(?![\w'])"
@@ -88,7 +86,9 @@ def extract_mentions(text: str) -> list[Mention]:
         if not any(ch.isdigit() for ch in claim) and not (len(claim) == 1 and claim.isupper()):
             continue  # "the answer is likely ..." names no candidate
         # "the answer is B" is an option, whatever way it was named.
-        out.append(("option", claim) if len(claim) == 1 and claim in "ABCDEFGHIJ" else ("claim", claim.lower()))
+        out.append(
+            ("option", claim) if len(claim) == 1 and claim in "ABCDEFGHIJ" else ("claim", claim.lower())
+        )
     return out
 
 

@@ -58,9 +58,7 @@ def nudge_text(signal: LoopSignal | None = None, tools: Iterable[str] | None = N
             "and prints each value, instead of recomputing them by hand"
         )
     else:
-        action = (
-            f"call the {python} tool to check the facts that decide between them, or pick one and commit"
-        )
+        action = f"call the {python} tool to check the facts that decide between them, or pick one and commit"
     return f"\n\nWait — I'm going in circles: I keep recomputing {what}. I should {action}.\n\n"
 
 

@@ -12,6 +12,7 @@ from qwq_agent.agent.messages import ToolCall
 
 __all__ = ["RepetitionConfig", "RepetitionSignal", "ToolCallRepetitionDetector", "canonical_call"]
 
+
 class RepetitionConfig(BaseModel):
     """Thresholds of `ToolCallRepetitionDetector`; counts are tool-call steps."""
 

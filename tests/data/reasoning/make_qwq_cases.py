@@ -20,8 +20,11 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 # 2 * 3 * 4 * 5 + 1 = 121; the puzzle asks for 144 (impossible with these wrong evaluations).
-CANDIDATES = [("2 * (3 * 4) * 5 + 1", "2*(3*4)*5+1", 121), ("2 * 3 * (4 * 5 + 1)", "2*3*(4*5+1)", 126),
-              ("(2 * 3 * 4 + 1) * 5", "(2*3*4+1)*5", 125)]
+CANDIDATES = [
+    ("2 * (3 * 4) * 5 + 1", "2*(3*4)*5+1", 121),
+    ("2 * 3 * (4 * 5 + 1)", "2*3*(4*5+1)", 126),
+    ("(2 * 3 * 4 + 1) * 5", "(2*3*4+1)*5", 125),
+]
 
 
 def _pick(rng: random.Random, *options: str) -> str:
@@ -38,10 +41,19 @@ def qwq_parentheses_loop(rng: random.Random, chars: int = 7600) -> str:
         spaced, tight, value = rng.choice(CANDIDATES)
         expr = rng.choice([spaced, tight])
         out.append(
-            _pick(rng, "Wait, let me check ", "Let me recompute ", "Hmm, let me try again with ",
-                  "Let me go back to ", "Again, ")
-            + expr + ". "
-            + _pick(rng, f"That is {expr} = {value}. ", f"So {expr} = {value}. ", f"Computing: {expr} = {value}. ")
+            _pick(
+                rng,
+                "Wait, let me check ",
+                "Let me recompute ",
+                "Hmm, let me try again with ",
+                "Let me go back to ",
+                "Again, ",
+            )
+            + expr
+            + ". "
+            + _pick(
+                rng, f"That is {expr} = {value}. ", f"So {expr} = {value}. ", f"Computing: {expr} = {value}. "
+            )
             + _pick(rng, "Not 144. ", "That's not 144 either. ", "Still not 144. ", "Hmm, not 144. ")
             + _pick(rng, "We tried that earlier. ", "Maybe I made a mistake. ", "", "Let me double-check. ")
             + ("\n\n" if rng.random() < 0.4 else "")
@@ -50,13 +62,16 @@ def qwq_parentheses_loop(rng: random.Random, chars: int = 7600) -> str:
 
 
 def qwq_zh_loop(rng: random.Random, chars: int = 5000) -> str:
-    out = ["题目要求在 2 * 3 * 4 * 5 + 1 中加括号，看看能不能得到 144。乘法满足结合律，所以只需要考虑加一的位置。\n\n"]
+    out = [
+        "题目要求在 2 * 3 * 4 * 5 + 1 中加括号，看看能不能得到 144。乘法满足结合律，所以只需要考虑加一的位置。\n\n"
+    ]
     while sum(map(len, out)) < chars:
         spaced, tight, value = rng.choice(CANDIDATES)
         expr = rng.choice([spaced, tight])
         out.append(
             _pick(rng, "等等，再算一遍 ", "我再检查一下 ", "重新计算 ", "回到之前的 ", "还是 ")
-            + expr + "，"
+            + expr
+            + "，"
             + _pick(rng, f"{expr} = {value}。", f"得到 {expr} = {value}。", f"结果是 {expr} = {value}。")
             + _pick(rng, "不是 144。", "还是不对。", "也不是 144。")
             + _pick(rng, "之前已经试过了。", "是不是哪里算错了？", "")
@@ -71,17 +86,24 @@ def qwq_options_loop(rng: random.Random, chars: int = 9000) -> str:
         "is thermal expansion, option B is a phase transition, option C is a change in bonding, option D "
         "is an impurity effect and option E is a measurement artefact. Let me weigh them.\n\n"
     ]
-    reasons = {"B": "a phase transition would give a sharp jump", "C": "bonding changes are gradual",
-               "D": "impurities were ruled out by the purity check"}
+    reasons = {
+        "B": "a phase transition would give a sharp jump",
+        "C": "bonding changes are gradual",
+        "D": "impurities were ruled out by the purity check",
+    }
     while sum(map(len, out)) < chars:
         a, b = rng.sample(sorted(reasons), 2)
         out.append(
             _pick(rng, "Wait, ", "Hmm, ", "Alternatively, ", "Let me check again. ", "Going back, ")
             + f"maybe the answer is {a}, since {reasons[a]}. "
-            + _pick(rng, f"But option {b} also fits, because {reasons[b]}. ",
-                    f"Then again, option {b}: {reasons[b]}. ")
-            + _pick(rng, "We tried that earlier. ", "I keep going back and forth. ", "So is it "
-                    f"{a} or {b}? ", "")
+            + _pick(
+                rng,
+                f"But option {b} also fits, because {reasons[b]}. ",
+                f"Then again, option {b}: {reasons[b]}. ",
+            )
+            + _pick(
+                rng, "We tried that earlier. ", "I keep going back and forth. ", f"So is it {a} or {b}? ", ""
+            )
             + ("\n\n" if rng.random() < 0.5 else "")
         )
     return "".join(out)
@@ -97,13 +119,18 @@ def _groupings(rng: random.Random) -> list[tuple[str, int]]:
 
 
 def healthy_enumeration(rng: random.Random, chars: int = 9000) -> str:
-    out = ["We need to list every case and compute its value, then take the largest. Let me go case by case.\n\n"]
+    out = [
+        "We need to list every case and compute its value, then take the largest. Let me go case by case.\n\n"
+    ]
     for i, (expr, value) in enumerate(_groupings(rng), 1):
         if sum(map(len, out)) >= chars:
             break
         out.append(
-            f"Case {i}: " + _pick(rng, "compute ", "evaluate ", "") + f"{expr} = {value}. "
-            + _pick(rng, "Noted.", "Next case.", f"So case {i} gives {value}.", "") + "\n"
+            f"Case {i}: "
+            + _pick(rng, "compute ", "evaluate ", "")
+            + f"{expr} = {value}. "
+            + _pick(rng, "Noted.", "Next case.", f"So case {i} gives {value}.", "")
+            + "\n"
         )
     out.append("\nThe largest value is the one from the last case, so that is the answer.\n")
     return "".join(out)
@@ -116,7 +143,9 @@ def healthy_verify_once(rng: random.Random) -> str:
         out.append(f"Grouping {i}: {expr} = {value}.\n")
     out.append("\nWait, let me double-check each of these once before answering.\n\n")
     for i, (expr, value) in enumerate(rows, 1):
-        out.append(f"Check grouping {i}: {expr} = {value}, " + _pick(rng, "correct.", "yes.", "confirmed.") + "\n")
+        out.append(
+            f"Check grouping {i}: {expr} = {value}, " + _pick(rng, "correct.", "yes.", "confirmed.") + "\n"
+        )
     out.append("\nAll values are confirmed, so there are 80 distinct values and the answer is 80.\n")
     return "".join(out)
 
