@@ -320,11 +320,15 @@ def test_chinese_verbatim_block_is_caught_by_the_character_cycle() -> None:
     assert det.level >= 1 and det.signals[0].kind == "periodic"
 
 
-def test_one_exact_copy_of_a_short_phrase_is_not_a_cycle() -> None:
-    # A repeated short phrase (shorter than the minimum run) is how healthy text reuses wording.
-    text = sample("healthy_subproblems")
-    det = feed16(text)
-    assert det.signals == []
+def test_exact_copy_counts_as_a_cycle_only_past_the_minimum_run() -> None:
+    # Healthy text that repeats a phrase just after writing it (shorter than the minimum run) is not
+    # a cycle; the same text repeating a longer span is.
+    base = sample("healthy_subproblems")[:4000]
+    cfg = LoopDetectorConfig()
+    short = base[-(cfg.periodic_min_run - 40) :]
+    long = base[-(cfg.periodic_min_run + 80) :]
+    assert [s.kind for s in feed16(base + short).signals] == []
+    assert [s.kind for s in feed16(base + long).signals] == ["periodic"]
 
 
 def test_second_visit_is_not_circling_third_is() -> None:
