@@ -386,4 +386,6 @@ def test_new_signals_do_not_depend_on_the_chunking(name: str) -> None:
         det, _ = run(text, seed)
         assert [s.model_dump() for s in det.signals] == reference
     digits = "It is 5" + ",000" * 300
-    assert [s.model_dump() for s in run(digits, 4)[0].signals] == [s.model_dump() for s in feed16(digits).signals]
+    assert [s.model_dump() for s in run(digits, 4)[0].signals] == [
+        s.model_dump() for s in feed16(digits).signals
+    ]

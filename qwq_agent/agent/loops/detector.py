@@ -35,6 +35,8 @@ _BOUNDARY = re.compile(r"[.!?]+(?=\s)|[。！？]+|\n")
 # runs without whitespace (digits, CJK) are consumed in blocks of this size, counted from the run's
 # start, so the outcome does not depend on how the stream was cut.
 _BLOCK = 64
+# A segment is cut here whatever it holds, which bounds the text the ledger's patterns scan.
+_MAX_SEGMENT_CHARS = 4096
 
 
 class LoopSignal(BaseModel):
@@ -76,6 +78,7 @@ class ReasoningLoopDetector:
         self._ledger = CandidateLedger(cfg)
         self._seg_words: list[str] = []
         self._seg_raw: list[str] = []
+        self._seg_raw_len = 0
         self._flags: list[bool] = []  # per segment: a third-or-later visit
         self._flag_sum = 0
         self._flag_start = 0
@@ -123,6 +126,9 @@ class ReasoningLoopDetector:
         self._periodic.extend(chunk[i:])
         self._pos = end
         self._seg_raw.append(chunk)
+        self._seg_raw_len += len(chunk)
+        if self._seg_raw_len > _MAX_SEGMENT_CHARS:  # punctuation or spaces only: nothing to compare
+            self._flush_segment()
         for raw in _WORD.findall(chunk):
             self._seg_words.append(raw.lower())
             if len(self._seg_words) >= cfg.max_segment_words:
@@ -146,7 +152,7 @@ class ReasoningLoopDetector:
     def _flush_segment(self) -> None:
         words, self._seg_words = self._seg_words, []
         raw = "".join(self._seg_raw)
-        self._seg_raw = []
+        self._seg_raw, self._seg_raw_len = [], 0
         if not words:
             return
         cfg = self.config

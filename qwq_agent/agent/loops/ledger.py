@@ -26,6 +26,7 @@ _OP = r"[-+*/×÷·^]"
 # Purely numeric: an expression touching a letter or `^` (`k^2 - 9`, `2x + 3`) is algebra, where
 # the same sub-terms recur as the work progresses, so it is not a candidate.
 _EXPR = re.compile(rf"(?<![\w^.])[(\[]*\s*{_NUM}\s*[)\]]*(?:\s*{_OP}\s*[(\[]*\s*{_NUM}\s*[)\]]*)+(?![\w^(])")
+_SPACES = re.compile(r"\s+")
 _VALUE = re.compile(rf"\s*=\s*(-?{_NUM})")
 _OPTION = re.compile(
     r"(?:\b(?:[Oo]ption|[Cc]hoice|[Aa]nswer(?: is)?|[Aa]nswer would be|[Ss]o it'?s)\s*\(?([A-J])\)?(?![\w'])"
@@ -69,6 +70,8 @@ def _wraps(s: str) -> bool:
 
 def extract_mentions(text: str) -> list[Mention]:
     """Candidates named in a piece of reasoning, in order."""
+    # One space per gap keeps the expression pattern linear (adjacent `\s*` would backtrack).
+    text = _SPACES.sub(" ", text)
     out: list[Mention] = []
     for m in _EXPR.finditer(text):
         expr = normalise_expression(m.group(0))
