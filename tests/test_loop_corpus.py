@@ -29,7 +29,7 @@ def test_looping_traces_are_flagged_before_they_end(report) -> None:
     missed = [f.name for f in report.files if f.looping and f.level == 0]
     assert len(missed) <= 1, missed
     assert report.median_first_frac is not None and report.median_first_frac <= 0.5
-    # Including the two the old detector missed: digits without spaces, and a Chinese verbatim loop.
+    # Including the verbatim loop of digits without spaces the old detector missed, and a Chinese one.
     by_name = {f.name: f for f in report.files}
     assert by_name["r1-distill-llama-8b_riddle_475.txt"].level >= 1
     assert by_name["deepseek-dsh_zh_real_loop.txt"].level >= 1
@@ -38,5 +38,5 @@ def test_looping_traces_are_flagged_before_they_end(report) -> None:
 def test_healthy_traces_are_never_stopped_and_rarely_flagged(report) -> None:
     assert report.healthy_total == 77
     assert report.healthy_by_level[3] == 0
-    assert report.healthy_by_level[2] <= 1
-    assert sum(report.healthy_by_level.values()) <= 5
+    assert report.healthy_by_level[2] == 0  # closing a healthy answer is destructive
+    assert report.healthy_by_level[1] <= 2

@@ -49,6 +49,15 @@ class LoopDetectorConfig(BaseModel):
         "must not be closed just because the old loop is still inside the window.",
     )
 
+    persist_chars: int = Field(
+        1000,
+        ge=0,
+        description="The near-duplicate and ledger signals must hold without a break for this much "
+        "reasoning (~250 tokens) before they count: a loop persists, while a healthy answer that "
+        "briefly weighs two options again, or re-checks a few steps, moves on. (On the corpus any value "
+        "from 600 to 1,500 gives the same loops caught and no healthy trace closed; 1,000 is mid-range.)",
+    )
+
     # ---- exact cycle on characters ------------------------------------------------------------
     periodic_check_every: int = Field(
         32,

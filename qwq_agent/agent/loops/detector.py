@@ -86,6 +86,7 @@ class ReasoningLoopDetector:
         self._revisits_at_signal = 0
         self._chars_at_signal = 0
         self._cycle_checks = 0
+        self._circling_since: int | None = None  # where the statistical signals last became true
 
     # ---- feeding -------------------------------------------------------------------------------
 
@@ -170,10 +171,18 @@ class ReasoningLoopDetector:
             self._flag_start = 0
         stale = self._ledger.add(extract_mentions(raw), count_markers(raw))
         self.revisits += flag + stale
+        kind: SignalKind | None = None
         if self.attempt_share >= cfg.attempt_share_threshold:
-            self._maybe_signal("steps")
+            kind = "steps"
         elif self._ledger.circling():
-            self._maybe_signal("candidates")
+            kind = "candidates"
+        if kind is None:
+            self._circling_since = None
+            return
+        if self._circling_since is None:
+            self._circling_since = self._pos
+        if self._pos - self._circling_since >= cfg.persist_chars:
+            self._maybe_signal(kind)
 
     @property
     def attempt_share(self) -> float:
