@@ -18,6 +18,7 @@ from qwq_agent.agent.loop_detector import (
     close_text,
     nudge_text,
 )
+from qwq_agent.agent.loops.ledger import extract_mentions, normalise_expression
 from qwq_agent.agent.messages import ToolCall
 
 DATA = Path(__file__).parent / "data" / "reasoning"
@@ -142,10 +143,9 @@ def test_signal_reason_and_evidence_name_the_loop() -> None:
     det, _ = run(sample("loop_strawberry"), 0)
     signal = det.signals[0]
     assert signal.reason.startswith("circular reasoning")
-    assert signal.evidence["attempt_share"] >= det.config.attempt_share_threshold or (
-        signal.evidence["ngram_share"] >= det.config.ngram_share_threshold
-    )
-    assert signal.evidence["repeated_attempts"] > 0
+    assert signal.kind in ("periodic", "steps", "candidates")
+    assert signal.evidence["attempt_share"] >= det.config.attempt_share_threshold or (signal.kind != "steps")
+    assert signal.evidence["revisits"] > 0
 
 
 def test_identical_lines_are_not_required_numbers_and_case_are_normalised() -> None:
@@ -206,9 +206,16 @@ def test_a_different_call_breaks_the_run() -> None:
 def test_same_call_same_result_within_window() -> None:
     det = ToolCallRepetitionDetector()
     same, other = call("search", q="x"), call("search", q="y")
-    signals = [det.record_result(c, obs) for c, obs in [(same, "no results"), (other, "1 hit"),
-                                                        (same, "no  results"), (other, "2 hits"),
-                                                        (same, "no results\n")]]
+    signals = [
+        det.record_result(c, obs)
+        for c, obs in [
+            (same, "no results"),
+            (other, "1 hit"),
+            (same, "no  results"),
+            (other, "2 hits"),
+            (same, "no results\n"),
+        ]
+    ]
     assert signals[:4] == [None] * 4
     last = signals[4]
     assert last is not None and last.kind == "same_call_same_result" and last.count == 3
@@ -243,3 +250,142 @@ def test_thresholds_are_configuration() -> None:
     assert det.record(call(code="1"), "1") is None
     signal = det.record(call(code="1"), "1")
     assert signal is not None and signal.kind == "identical_calls" and signal.count == 2
+
+
+# ---- the signals of issue 12 -------------------------------------------------------------------
+
+QWQ_LOOPS = ["qwq_parentheses_loop", "qwq_zh_loop", "qwq_options_loop"]
+QWQ_HEALTHY = ["healthy_enumeration", "healthy_verify_once"]
+
+
+def feed16(text: str, config: LoopDetectorConfig | None = None) -> ReasoningLoopDetector:
+    """Feed the way the agent does: 16-character deltas."""
+    det = ReasoningLoopDetector(config)
+    for i in range(0, len(text), 16):
+        det.feed(text[i : i + 16])
+    return det
+
+
+def _qwq_generator():
+    spec = importlib.util.spec_from_file_location("make_qwq_cases", DATA / "make_qwq_cases.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_qwq_cases_match_their_generator() -> None:
+    gen = _qwq_generator()
+    for name in QWQ_LOOPS + QWQ_HEALTHY:
+        assert gen.CASES[name](random.Random(name)) == sample(name), name
+
+
+@pytest.mark.parametrize("name", QWQ_LOOPS)
+def test_qwq_style_semantic_loops_are_flagged_and_name_their_candidates(name: str) -> None:
+    det = feed16(sample(name))
+    assert det.level >= 1, name
+    first = det.signals[0]
+    assert first.evidence["chars"] < len(sample(name)) * 0.5  # well before the text ends
+    assert len(first.candidates) >= 2
+
+
+def test_parentheses_loop_names_the_recomputed_expressions_with_their_values() -> None:
+    first = feed16(sample("qwq_parentheses_loop")).signals[0]
+    assert first.kind == "candidates"
+    assert {"2*(3*4)*5+1 = 121", "2*3*(4*5+1) = 126", "(2*3*4+1)*5 = 125"} == set(first.candidates[:3])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("name", QWQ_HEALTHY)
+def test_enumerations_and_one_verification_pass_are_not_flagged(name: str, seed: int) -> None:
+    text = _qwq_generator().CASES[name](random.Random(seed))
+    assert len(text) > 7000
+    assert feed16(text).signals == []
+
+
+def test_verbatim_digits_without_spaces_are_caught_by_the_character_cycle() -> None:
+    # A real failure: a number that degenerates into ',000' repeated, one "word" of 1,500 characters.
+    text = "The largest number with three 3s is 333, but with exponents it could be 3^33 = 5" + ",000" * 400
+    det = feed16(text)
+    assert det.level >= 1 and det.signals[0].kind == "periodic"
+    assert det.signals[0].evidence["cycle_period"] == 4
+    assert det.signals[0].evidence["chars"] < 1200
+
+
+def test_chinese_verbatim_block_is_caught_by_the_character_cycle() -> None:
+    block = "".join(
+        f"第{i}步：检查缓存命中率，发现第{i}个请求的延迟偏高，需要重新分析日志。\n" for i in range(12)
+    )
+    det = feed16("我们先看性能问题。\n" + block * 3)
+    assert det.level >= 1 and det.signals[0].kind == "periodic"
+
+
+def test_exact_copy_counts_as_a_cycle_only_past_the_minimum_run() -> None:
+    # Healthy text that repeats a phrase just after writing it (shorter than the minimum run) is not
+    # a cycle; the same text repeating a longer span is.
+    base = sample("healthy_subproblems")[:4000]
+    cfg = LoopDetectorConfig()
+    short = base[-(cfg.periodic_min_run - 40) :]
+    long = base[-(cfg.periodic_min_run + 80) :]
+    assert [s.kind for s in feed16(base + short).signals] == []
+    assert [s.kind for s in feed16(base + long).signals] == ["periodic"]
+
+
+def test_second_visit_is_not_circling_third_is() -> None:
+    steps = [
+        f"Step {k}: the remainder of {k * 37} divided by 11 is {k * 37 % 11}, which I note down carefully."
+        for k in range(1, 40)
+    ]
+    two_passes = "\n".join(steps) + "\nLet me verify each step once.\n" + "\n".join(steps)
+    assert feed16(two_passes).signals == []
+    assert feed16(two_passes + "\nAgain.\n" + "\n".join(steps)).level >= 1
+
+
+def test_normalised_expressions() -> None:
+    assert normalise_expression("( 2 × 3 ) + 4") == "(2*3)+4"
+    assert normalise_expression("(2 * 3 + 4)") == "2*3+4"  # one redundant outer pair dropped
+    assert normalise_expression("2*(3+4)*5)") == "2*(3+4)*5"  # a stray bracket from the sentence
+    assert normalise_expression("(2+3)*(4+5)") == "(2+3)*(4+5)"  # not a pair around the whole
+
+
+def test_ledger_mentions_expressions_options_claims() -> None:
+    text = "Try 2 × (3 + 4) = 14. Maybe option C, or (D). So the answer is 42. Also k^2 - 9 is algebra."
+    got = extract_mentions(text)
+    assert ("expr", "2*(3+4)=14") in got
+    assert ("option", "C") in got and ("option", "D") in got
+    assert ("claim", "42") in got
+    assert not any(m[1].startswith("2-9") for m in got)
+
+
+def test_nudge_names_candidates_and_proposes_python_only_when_the_agent_has_it() -> None:
+    signal = LoopSignal(
+        level=1, reason="r", kind="candidates", candidates=["2*(3+4)*5 = 70", "(2*3+4)*5 = 50"]
+    )
+    with_python = nudge_text(signal, ["python", "shell"])
+    assert "`2*(3+4)*5 = 70`" in with_python and "python tool" in with_python
+    without = nudge_text(signal, ["web_search"])
+    assert "`2*(3+4)*5 = 70`" in without and "python" not in without
+    assert "python" in nudge_text(signal)  # tools unknown: the old behaviour
+    closing = close_text(signal)
+    assert "2*(3+4)*5 = 70" in closing and closing.rstrip().endswith("</think>")
+
+
+def test_escalation_needs_circling_after_the_nudge() -> None:
+    loop = sample("qwq_parentheses_loop")
+    first_at = feed16(loop).signals[0].evidence["chars"]
+    # The model takes the nudge: what follows is healthy work, so it is never closed.
+    det = feed16(loop[: first_at + 16] + "\n\n" + sample("healthy_enumeration"))
+    assert det.level == 1
+
+
+@pytest.mark.parametrize("name", QWQ_LOOPS)
+def test_new_signals_do_not_depend_on_the_chunking(name: str) -> None:
+    text = sample(name)
+    reference = [s.model_dump() for s in feed16(text).signals]
+    for seed in range(3):
+        det, _ = run(text, seed)
+        assert [s.model_dump() for s in det.signals] == reference
+    digits = "It is 5" + ",000" * 300
+    assert [s.model_dump() for s in run(digits, 4)[0].signals] == [
+        s.model_dump() for s in feed16(digits).signals
+    ]

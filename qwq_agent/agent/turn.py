@@ -244,7 +244,8 @@ class TurnStreamer:
             self.result.raw = self.prefix + attempt.text
             self.result.stop_status = "reasoning_loop" if level >= 3 else "budget_exceeded"
             return
-        inject = nudge_text(signal) if level == 1 else close_text(signal)
+        tools = [spec.name for spec in self.specs]
+        inject = nudge_text(signal, tools) if level == 1 else close_text(signal)
         self.forced_close = self.forced_close or level == 2
         for pev in self.parser.feed(inject):
             if (ev := self._parser_event(pev)) is not None:

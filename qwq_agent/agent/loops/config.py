@@ -1,0 +1,165 @@
+"""Thresholds of the reasoning-loop detector, each with the reason for its value.
+
+Lengths are in characters of reasoning (about 4 per token). The values were chosen from what circling
+*is* (a cycle is a third visit, not a second; a verbatim copy of a long span of one's own reasoning is
+never progress) and then checked on the whole development corpus (`../shared/reasoning-corpus`), not
+fitted to single files: see `benchmarks/loop_detector_bench.py` and the README for the figures.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+__all__ = ["LoopDetectorConfig"]
+
+
+class LoopDetectorConfig(BaseModel):
+    """Thresholds of `ReasoningLoopDetector`."""
+
+    # ---- floors and escalation ----------------------------------------------------------------
+    min_reasoning_chars: int = Field(
+        2000,
+        ge=0,
+        description="No near-duplicate or ledger signal before this much reasoning: a model restating the "
+        "problem and trying its first ideas twice is normal, and ~500 tokens of circling costs little.",
+    )
+    periodic_min_reasoning_chars: int = Field(
+        600,
+        ge=0,
+        description="Floor for the exact-cycle signal alone. An exact repeat of a long span is never "
+        "progress, so it may fire sooner than the statistical signals (a degenerate `,000,000...` run "
+        "fills the context in a few hundred tokens).",
+    )
+    level2_gap_chars: int = Field(
+        2000,
+        ge=0,
+        description="Reasoning needed after the nudge (level 1) before closing (level 2): ~500 tokens, "
+        "time for the model to act on the nudge (start a tool call) or answer.",
+    )
+    level3_gap_chars: int = Field(
+        2000,
+        ge=0,
+        description="Reasoning needed after closing (level 2) before stopping (level 3); same reason.",
+    )
+    min_new_repeats: int = Field(
+        3,
+        ge=1,
+        description="New revisits (third-or-later visits of a step or a candidate, or exact-cycle checks) "
+        "needed since the last level before escalating: a model that stopped circling after the nudge "
+        "must not be closed just because the old loop is still inside the window.",
+    )
+
+    persist_chars: int = Field(
+        1000,
+        ge=0,
+        description="The near-duplicate and ledger signals must hold without a break for this much "
+        "reasoning (~250 tokens) before they count: a loop persists, while a healthy answer that "
+        "briefly weighs two options again, or re-checks a few steps, moves on. (On the corpus any value "
+        "from 600 to 1,500 gives the same loops caught and no healthy trace closed; 1,000 is mid-range.)",
+    )
+
+    # ---- exact cycle on characters ------------------------------------------------------------
+    periodic_check_every: int = Field(
+        32,
+        ge=1,
+        description="Characters between two exact-cycle checks (a check is a few C-level string "
+        "comparisons; every 32 characters keeps the cost well under a microsecond per character).",
+    )
+    periodic_anchor_chars: int = Field(
+        24, ge=4, description="Length of the tail that is looked up earlier to propose a period."
+    )
+    periodic_max_period: int = Field(
+        2500,
+        ge=8,
+        description="Longest cycle looked for: the verbatim loops seen in real outputs repeat blocks of "
+        "4 to ~1,400 characters; 2,500 leaves room and bounds the buffer.",
+    )
+    periodic_min_run: int = Field(
+        256,
+        ge=32,
+        description="Exact repeat length (characters identical to those one period earlier) that counts "
+        "as a cycle: ~64 tokens copied verbatim from the model's own reasoning. Reasoning never "
+        "contains the prompt, so such a copy is not a quote, and a healthy re-check rewords its steps. "
+        "(On the corpus 480 fires later on the verbatim loops with the same false positives; below "
+        "~200 it starts to catch repeated LaTeX derivation lines.)",
+    )
+    periodic_max_tries: int = Field(
+        3, ge=1, description="Earlier occurrences of the anchor tried as the period start, newest first."
+    )
+
+    # ---- near-duplicate steps -----------------------------------------------------------------
+    min_segment_words: int = Field(
+        8, ge=1, description="Sentences shorter than this are merged with the next before comparison."
+    )
+    max_segment_words: int = Field(
+        120, ge=8, description="A segment is cut here even without a sentence end (run-on text)."
+    )
+    shingle_size: int = Field(3, ge=1, description="Words per shingle for near-duplicate comparison.")
+    similarity_threshold: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Jaccard similarity of normalised shingles at or above which a segment is a "
+        "near-duplicate of an earlier one (half the 3-word phrases shared: a reworded restatement).",
+    )
+    number_reuse_threshold: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A near-duplicate counts only if its numbers also agree with the earlier segment's "
+        "for at least this share of their digits: steady work (long multiplication, an enumeration "
+        "of cases) reuses the wording but produces new numbers, a loop recomputes the same ones.",
+    )
+    revisit_visits: int = Field(
+        3,
+        ge=2,
+        description="A step counts as circling on this visit (a third one): one verification pass "
+        "revisits each step once, a loop again and again.",
+    )
+    lookback_segments: int = Field(
+        300, ge=1, description="How many earlier segments a new one is compared against."
+    )
+    attempt_window: int = Field(16, ge=2, description="How many recent segments the revisit share uses.")
+    attempt_share_threshold: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of the recent segments that are third-or-later visits at or above which the "
+        "text counts as circling: half the recent steps going over ground covered twice already.",
+    )
+
+    # ---- ledger of candidates -----------------------------------------------------------------
+    ledger_window: int = Field(
+        24,
+        ge=4,
+        description="How many recent candidate mentions (expressions, values, answer options, answer "
+        "claims) novelty is measured over: about three passes over a handful of candidates.",
+    )
+    ledger_stale_threshold: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Share of the window's mentions that are a third-or-later mention of the same "
+        "candidate at or above which the candidates are circling: three quarters of what is being "
+        "computed or weighed was already weighed twice.",
+    )
+    ledger_max_distinct: int = Field(
+        5,
+        ge=1,
+        description="At most this many distinct candidates in the window: circling is a few candidates "
+        "again and again; a long verification pass touches many.",
+    )
+    ledger_min_distinct: int = Field(
+        2,
+        ge=1,
+        description="At least this many distinct candidates in the window: coming back to one answer "
+        "again and again ('so the answer is B ... yes, B') is converging, not circling.",
+    )
+    ledger_min_markers: int = Field(
+        10,
+        ge=0,
+        description="Revisit markers ('wait', 'again', '再', '重新', ...) needed within the text the "
+        "mention window covers (one per two or three mentions): the model itself saying, over and "
+        "over, that it is going back, so that a summary or a final check listing the same values "
+        "does not count. Markers alone are common in healthy reasoning and never fire on their own.",
+    )

@@ -1,0 +1,245 @@
+"""The streaming reasoning-loop detector: three signals and one escalation ladder.
+
+Signals (each cheap per character and streaming):
+- `periodic`: the tail is an exact cycle on characters (`PeriodicTail`);
+- `steps`: many recent steps are third-or-later visits of earlier ones (`NearDuplicates`);
+- `candidates`: the same few candidates come back again and again (`CandidateLedger`).
+
+Any signal gives level 1 (nudge towards a tool). Each further level needs a gap of reasoning since the
+last one and new evidence of circling in it (new revisits, not the old loop still inside a window), so a
+model that took the nudge is left alone.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from qwq_agent.agent.loops.config import LoopDetectorConfig
+from qwq_agent.agent.loops.duplicates import NearDuplicates
+from qwq_agent.agent.loops.ledger import CandidateLedger, count_markers, extract_mentions
+from qwq_agent.agent.loops.periodic import PeriodicTail
+
+__all__ = ["LoopSignal", "ReasoningLoopDetector", "SignalKind"]
+
+SignalKind = Literal["periodic", "steps", "candidates"]
+
+_WORD = re.compile(r"[^\W_]+(?:[.,][0-9]+)*", re.UNICODE)
+_NUMBER = re.compile(r"^[0-9]+(?:[.,][0-9]+)*$")
+_LABEL = re.compile(r"(?<![\w'])(?:[A-J]|[IVX]{1,4})(?![\w'])|\b\d+(?=[.:)]\s)")
+# A sentence ends at . ! ? followed by whitespace, or at a newline; "3.14" and "e.g.x" do not split.
+_BOUNDARY = re.compile(r"[.!?]+(?=\s)|[。！？]+|\n")
+# Text after the last whitespace is held back (its last word may still grow) up to this much; longer
+# runs without whitespace (digits, CJK) are consumed in blocks of this size, counted from the run's
+# start, so the outcome does not depend on how the stream was cut.
+_BLOCK = 64
+# A segment is cut here whatever it holds, which bounds the text the ledger's patterns scan.
+_MAX_SEGMENT_CHARS = 4096
+
+
+class LoopSignal(BaseModel):
+    """What the detector saw: 1 = nudge towards a tool, 2 = close the reasoning, 3 = stop the run."""
+
+    level: Literal[1, 2, 3]
+    reason: str
+    kind: str = "steps"
+    candidates: list[str] = Field(
+        default_factory=list, description="What is being recomputed, most revisited first (may be empty)."
+    )
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReasoningLoopDetector:
+    """Streaming detector of circular reasoning.
+
+    Feed it the reasoning deltas as they arrive; `feed` returns a signal when a new escalation level
+    is reached (each level fires at most once, in order; `signals` keeps them all). The outcome does
+    not depend on how the stream is chunked.
+    """
+
+    def __init__(self, config: LoopDetectorConfig | None = None) -> None:
+        self.config = config or LoopDetectorConfig()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything fed so far (a new reasoning block)."""
+        cfg = self.config
+        self.chars = 0  # all text fed
+        self._pos = 0  # text consumed; positions use it so chunking cannot change the outcome
+        self.level = 0
+        self.signals: list[LoopSignal] = []
+        self._new: list[LoopSignal] = []
+        self._pending = ""
+        self._periodic = PeriodicTail(cfg)
+        self._next_check = cfg.periodic_check_every
+        self._dups = NearDuplicates(cfg)
+        self._ledger = CandidateLedger(cfg)
+        self._seg_words: list[str] = []
+        self._seg_raw: list[str] = []
+        self._seg_raw_len = 0
+        self._flags: list[bool] = []  # per segment: a third-or-later visit
+        self._flag_sum = 0
+        self._flag_start = 0
+        self.revisits = 0  # all evidence of circling so far (for escalation)
+        self._revisits_at_signal = 0
+        self._chars_at_signal = 0
+        self._cycle_checks = 0
+        self._circling_since: int | None = None  # where the statistical signals last became true
+
+    # ---- feeding -------------------------------------------------------------------------------
+
+    def feed(self, delta: str) -> LoopSignal | None:
+        """Take the next piece of reasoning; return a signal when a new escalation level is reached."""
+        if not delta:
+            return None
+        self.chars += len(delta)
+        if self.level >= 3:
+            return None
+        text = self._pending + delta
+        cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t")) + 1
+        if cut == 0 and len(text) >= _BLOCK:
+            cut = len(text) - len(text) % _BLOCK
+        done, self._pending = text[:cut], text[cut:]
+        start = 0
+        for m in _BOUNDARY.finditer(done):
+            self._consume(done[start : m.end()])
+            start = m.end()
+            self._end_sentence()
+        self._consume(done[start:])
+        new, self._new = self._new, []
+        # A huge delta can cross several levels at once; the strongest is what the loop must act on.
+        return new[-1] if new else None
+
+    def _consume(self, chunk: str) -> None:
+        if not chunk:
+            return
+        cfg = self.config
+        # Exact-cycle checks at fixed positions: extend the buffer up to each one, then check.
+        base, i, end = self._pos, 0, self._pos + len(chunk)
+        while end >= self._next_check:
+            j = self._next_check - base
+            self._periodic.extend(chunk[i:j])
+            self._pos, i = self._next_check, j
+            self._next_check += cfg.periodic_check_every
+            self._check_cycle()
+        self._periodic.extend(chunk[i:])
+        self._pos = end
+        self._seg_raw.append(chunk)
+        self._seg_raw_len += len(chunk)
+        if self._seg_raw_len > _MAX_SEGMENT_CHARS:  # punctuation or spaces only: nothing to compare
+            self._flush_segment()
+        for raw in _WORD.findall(chunk):
+            self._seg_words.append(raw.lower())
+            if len(self._seg_words) >= cfg.max_segment_words:
+                self._flush_segment()
+
+    def _end_sentence(self) -> None:
+        if len(self._seg_words) >= self.config.min_segment_words:
+            self._flush_segment()
+
+    # ---- signals -------------------------------------------------------------------------------
+
+    def _check_cycle(self) -> None:
+        cfg = self.config
+        run = self._periodic.check()
+        if run < cfg.periodic_min_run or self._pos < cfg.periodic_min_reasoning_chars:
+            return
+        self._cycle_checks += 1
+        self.revisits += 1
+        self._maybe_signal("periodic")
+
+    def _flush_segment(self) -> None:
+        words, self._seg_words = self._seg_words, []
+        raw = "".join(self._seg_raw)
+        self._seg_raw, self._seg_raw_len = [], 0
+        if not words:
+            return
+        cfg = self.config
+        numbers = [w for w in words if _NUMBER.match(w)]
+        labels = frozenset(_LABEL.findall(raw))
+        earlier = self._dups.add(words, numbers, labels)
+        flag = earlier >= cfg.revisit_visits - 1
+        self._flags.append(flag)
+        self._flag_sum += flag
+        if len(self._flags) - self._flag_start > cfg.attempt_window:
+            self._flag_sum -= self._flags[self._flag_start]
+            self._flag_start += 1
+        if self._flag_start > 4096:  # keep the list short without a deque's slower indexing
+            self._flags = self._flags[self._flag_start :]
+            self._flag_start = 0
+        stale = self._ledger.add(extract_mentions(raw), count_markers(raw))
+        self.revisits += flag + stale
+        kind: SignalKind | None = None
+        if self.attempt_share >= cfg.attempt_share_threshold:
+            kind = "steps"
+        elif self._ledger.circling():
+            kind = "candidates"
+        if kind is None:
+            self._circling_since = None
+            return
+        if self._circling_since is None:
+            self._circling_since = self._pos
+        if self._pos - self._circling_since >= cfg.persist_chars:
+            self._maybe_signal(kind)
+
+    @property
+    def attempt_share(self) -> float:
+        """Share of the recent segments that are third-or-later visits (0 until the window fills)."""
+        n = len(self._flags) - self._flag_start
+        return self._flag_sum / n if n >= self.config.attempt_window else 0.0
+
+    # ---- escalation ----------------------------------------------------------------------------
+
+    def _maybe_signal(self, kind: SignalKind) -> None:
+        cfg = self.config
+        if self.level >= 3:
+            return
+        if kind != "periodic" and self._pos < cfg.min_reasoning_chars:
+            return
+        if self.level > 0:
+            gap = cfg.level2_gap_chars if self.level == 1 else cfg.level3_gap_chars
+            if self._pos - self._chars_at_signal < gap:
+                return
+            if self.revisits - self._revisits_at_signal < cfg.min_new_repeats:
+                return
+        self.level += 1
+        self._chars_at_signal = self._pos
+        self._revisits_at_signal = self.revisits
+        candidates = self._ledger.top()
+        if kind == "periodic":
+            reason = (
+                f"an exact cycle: the last {self._periodic.run} characters repeat with period "
+                f"{self._periodic.period}"
+            )
+        elif kind == "steps":
+            reason = (
+                f"{self.attempt_share:.0%} of the last {cfg.attempt_window} steps go over ground "
+                "covered twice already"
+            )
+        else:
+            reason = (
+                f"{self._ledger.stale_share:.0%} of the last {cfg.ledger_window} candidates weighed were "
+                "already weighed twice"
+            )
+        signal = LoopSignal(
+            level=self.level,  # type: ignore[arg-type]
+            reason="circular reasoning: " + reason,
+            kind=kind,
+            candidates=candidates,
+            evidence={
+                "chars": self._pos,
+                "attempt_share": round(self.attempt_share, 3),
+                "candidate_stale_share": round(self._ledger.stale_share, 3),
+                "cycle_period": self._periodic.period,
+                "cycle_run": self._periodic.run,
+                "revisits": self.revisits,
+            },
+        )
+        self._new.append(signal)
+        self.signals.append(signal)
+        # The next level must be earned by text written after this one: the windows start empty
+        # (what was seen stays indexed, so going back to it again still counts).
+        self._flags, self._flag_sum, self._flag_start = [], 0, 0
+        self._ledger.clear_window()

@@ -1,0 +1,119 @@
+"""Run the reasoning-loop detector over a labelled corpus the way the agent feeds it.
+
+Shared by the benchmark (`benchmarks/loop_detector_bench.py`) and the corpus tests, so both measure
+the same thing: each trace is fed in 16-character deltas (what SGLang streams), and for each file we
+keep the highest level reached and where the first signal came, as a fraction of the trace.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from qwq_agent.agent.loops.config import LoopDetectorConfig
+from qwq_agent.agent.loops.detector import ReasoningLoopDetector
+
+__all__ = ["CorpusReport", "FileResult", "evaluate_corpus", "evaluate_text", "find_corpus"]
+
+DELTA_CHARS = 16
+
+
+class FileResult(BaseModel):
+    """Outcome on one trace."""
+
+    name: str
+    looping: bool
+    label: str = ""
+    chars: int
+    level: int
+    first_at: int | None = None  # character position of the first signal
+    first_frac: float | None = None  # first_at / chars
+    first_kind: str | None = None
+    seconds: float = 0.0
+
+
+class CorpusReport(BaseModel):
+    """Totals over a corpus: what the issue's targets are stated in."""
+
+    files: list[FileResult]
+    looping_total: int
+    looping_flagged: int
+    median_first_frac: float | None
+    healthy_total: int
+    healthy_by_level: dict[int, int]
+    us_per_char: float
+
+
+def find_corpus(repo_root: Path) -> Path | None:
+    """The corpus beside the clone (`../shared/reasoning-corpus`) or inside it (`shared/...`)."""
+    repo_root = repo_root.resolve()
+    for cand in (repo_root.parent / "shared" / "reasoning-corpus", repo_root / "shared" / "reasoning-corpus"):
+        if (cand / "looping").is_dir() and (cand / "healthy").is_dir():
+            return cand
+    return None
+
+
+def evaluate_text(
+    name: str, text: str, *, looping: bool, config: LoopDetectorConfig | None = None, label: str = ""
+) -> FileResult:
+    """Feed `text` in 16-character deltas; report the highest level and the first signal."""
+    det = ReasoningLoopDetector(config)
+    t0 = time.perf_counter()
+    for i in range(0, len(text), DELTA_CHARS):
+        det.feed(text[i : i + DELTA_CHARS])
+    seconds = time.perf_counter() - t0
+    first = det.signals[0] if det.signals else None
+    first_at = int(first.evidence.get("chars", 0)) if first else None
+    return FileResult(
+        name=name,
+        looping=looping,
+        label=label,
+        chars=len(text),
+        level=det.level,
+        first_at=first_at,
+        first_frac=round(first_at / len(text), 3) if first_at is not None else None,
+        first_kind=first.kind if first else None,
+        seconds=seconds,
+    )
+
+
+def _labels(corpus: Path) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    sources = corpus / "sources.md"
+    if sources.exists():
+        for line in sources.read_text(encoding="utf-8").splitlines():
+            cells = [c.strip() for c in line.split("|")]
+            if len(cells) > 3 and cells[1].endswith(".txt"):
+                labels[Path(cells[1]).name] = cells[2]
+    return labels
+
+
+def evaluate_corpus(corpus: Path, config: LoopDetectorConfig | None = None) -> CorpusReport:
+    """Evaluate every `looping/*.txt` and `healthy/*.txt` file of `corpus`."""
+    labels = _labels(corpus)
+    files: list[FileResult] = []
+    for sub, looping in (("looping", True), ("healthy", False)):
+        for path in sorted((corpus / sub).glob("*.txt")):
+            text = path.read_text(encoding="utf-8")
+            files.append(
+                evaluate_text(
+                    path.name, text, looping=looping, config=config, label=labels.get(path.name, "")
+                )
+            )
+    loops = [f for f in files if f.looping]
+    healthy = [f for f in files if not f.looping]
+    fracs = [f.first_frac for f in loops if f.first_frac is not None]
+    by_level = {lvl: sum(1 for f in healthy if f.level == lvl) for lvl in (1, 2, 3)}
+    total_chars = sum(f.chars for f in files)
+    return CorpusReport(
+        files=files,
+        looping_total=len(loops),
+        looping_flagged=sum(1 for f in loops if f.level >= 1),
+        median_first_frac=statistics.median(fracs) if fracs else None,
+        healthy_total=len(healthy),
+        healthy_by_level=by_level,
+        us_per_char=1e6 * sum(f.seconds for f in files) / max(1, total_chars),
+    )

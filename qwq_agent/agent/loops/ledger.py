@@ -1,0 +1,188 @@
+"""A ledger of the candidates the reasoning weighs, and how novel the recent ones are.
+
+Semantic circling rarely repeats sentences, but it keeps coming back to the same few candidates: the
+same arithmetic expressions (often with the same wrong values), the same answer options, the same
+"the answer is X" claims, with the model's own revisit markers ("wait", "let me check again", "再",
+"重新") in between. Each segment's candidates are normalised (spacing, `×`/`·` → `*`, `÷` → `/`,
+brackets, redundant outer parentheses) and counted; a mention is stale when its candidate had already
+been mentioned twice before (a third visit). Low novelty over a window of mentions, among few distinct
+candidates, with revisit markers, is the semantic loop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, deque
+
+from qwq_agent.agent.loops.config import LoopDetectorConfig
+
+__all__ = ["CandidateLedger", "Mention", "extract_mentions", "normalise_expression"]
+
+Mention = tuple[str, str]  # (kind, normalised text); kinds: expr, option, claim
+
+_NUM = r"\d+(?:\.\d+)?"
+_OP = r"[-+*/×÷·^]"
+# Two or more numbers joined by operators, with optional brackets around any part.
+# Purely numeric: an expression touching a letter or `^` (`k^2 - 9`, `2x + 3`) is algebra, where
+# the same sub-terms recur as the work progresses, so it is not a candidate.
+_EXPR = re.compile(rf"(?<![\w^.])[(\[]*\s*{_NUM}\s*[)\]]*(?:\s*{_OP}\s*[(\[]*\s*{_NUM}\s*[)\]]*)+(?![\w^(])")
+_SPACES = re.compile(r"\s+")
+_VALUE = re.compile(rf"\s*=\s*(-?{_NUM})")
+_OPTION = re.compile(
+    r"(?:\b(?:[Oo]ption|[Cc]hoice|[Aa]nswer(?: is)?|[Aa]nswer would be|[Ss]o it'?s)\s*\(?([A-J])\)?(?![\w'])"
+    r"|\(([A-J])\)|\b([A-J]) or ([A-J])\b|选项\s*([A-J])|选\s*([A-J]))"
+)
+_CLAIM = re.compile(
+    r"(?:[Tt]he (?:final )?answer (?:is|would be|should be)|[Aa]nswer:|答案(?:是|为|应该是))\s*\**\s*"
+    r"([^\s.,;:!?。，；：！？*]{1,24})"
+)
+_MARKERS = re.compile(
+    r"\b(?:wait|again|re-?check|re-?calculate|re-?compute|re-?count|re-?examine|re-?evaluate|"
+    r"double-?check|once more|go(?:ing)? back|tried th(?:at|is)|earlier|previously|same as before|"
+    r"reconsider)\b|等等|再|重新|之前|回到|又|还是|不对",
+    re.IGNORECASE,
+)
+
+
+def normalise_expression(text: str) -> str:
+    """Canonical form of an arithmetic expression: no spaces, `*` and `/` operators, round brackets,
+    balanced, without one redundant pair around the whole."""
+    s = re.sub(r"\s+", "", text).replace("×", "*").replace("·", "*").replace("÷", "/")
+    s = s.replace("[", "(").replace("]", ")")
+    # The regex may take a bracket that belongs to the surrounding text: drop unmatched ones.
+    while s.startswith("(") and s.count("(") > s.count(")"):
+        s = s[1:]
+    while s.endswith(")") and s.count(")") > s.count("("):
+        s = s[:-1]
+    if s.startswith("(") and s.endswith(")") and _wraps(s):
+        s = s[1:-1]
+    return s
+
+
+def _wraps(s: str) -> bool:
+    depth = 0
+    for i, ch in enumerate(s):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and i < len(s) - 1:
+            return False
+    return True
+
+
+def extract_mentions(text: str) -> list[Mention]:
+    """Candidates named in a piece of reasoning, in order."""
+    # One space per gap keeps the expression pattern linear (adjacent `\s*` would backtrack).
+    text = _SPACES.sub(" ", text)
+    out: list[Mention] = []
+    for m in _EXPR.finditer(text):
+        expr = normalise_expression(m.group(0))
+        if not any(op in expr for op in "+-*/^") or expr.replace(".", "").isdigit():
+            continue
+        v = _VALUE.match(text, m.end())
+        # The value rides along for the nudge; the candidate is the expression, whatever was found.
+        out.append(("expr", expr + ("=" + v.group(1) if v else "")))
+    for m in _OPTION.finditer(text):
+        for letter in m.groups():
+            if letter:
+                out.append(("option", letter))
+    for m in _CLAIM.finditer(text):
+        claim = m.group(1)
+        if not any(ch.isdigit() for ch in claim) and not (len(claim) == 1 and claim.isupper()):
+            continue  # "the answer is likely ..." names no candidate
+        # "the answer is B" is an option, whatever way it was named.
+        out.append(
+            ("option", claim) if len(claim) == 1 and claim in "ABCDEFGHIJ" else ("claim", claim.lower())
+        )
+    return out
+
+
+def count_markers(text: str) -> int:
+    """Revisit markers: the model saying it is going back over something."""
+    return len(_MARKERS.findall(text))
+
+
+class CandidateLedger:
+    """Counts candidate mentions and keeps a window of recent ones for the novelty signal."""
+
+    def __init__(self, config: LoopDetectorConfig) -> None:
+        self.config = config
+        self.counts: Counter[Mention] = Counter()
+        self.values: dict[str, str] = {}  # last value the reasoning gave each expression
+        self._window: deque[tuple[Mention, bool]] = deque()
+        self._stale = 0
+        self._markers: deque[tuple[int, int]] = deque()  # (mention count at the time, markers)
+        self._marker_sum = 0
+        self._covered = 0  # mentions in the segments `_markers` holds
+        self.total_stale = 0
+
+    def add(self, mentions: list[Mention], markers: int) -> int:
+        """Record one segment's mentions and markers; return how many mentions were stale."""
+        cfg = self.config
+        stale_here = 0
+        for mention in mentions:
+            kind, text = mention
+            if kind == "expr":
+                expr, _, value = text.partition("=")
+                if value:
+                    self.values[expr] = value
+                mention = (kind, expr)
+            stale = self.counts[mention] >= cfg.revisit_visits - 1
+            self.counts[mention] += 1
+            self._window.append((mention, stale))
+            self._stale += stale
+            stale_here += stale
+            if len(self._window) > cfg.ledger_window:
+                self._stale -= self._window.popleft()[1]
+        self.total_stale += stale_here
+        # Markers are kept per segment, for the stretch of text the mention window covers.
+        self._markers.append((len(mentions), markers))
+        self._marker_sum += markers
+        self._covered += len(mentions)
+        while self._markers and self._covered - self._markers[0][0] >= cfg.ledger_window:
+            n, k = self._markers.popleft()
+            self._covered -= n
+            self._marker_sum -= k
+        return stale_here
+
+    def clear_window(self) -> None:
+        """Start the novelty window afresh (after a signal), keeping the counts."""
+        self._window.clear()
+        self._stale = 0
+        self._markers.clear()
+        self._marker_sum = self._covered = 0
+
+    @property
+    def stale_share(self) -> float:
+        """Share of the mention window that were third-or-later mentions (0 until it fills)."""
+        n = len(self._window)
+        return self._stale / n if n >= self.config.ledger_window else 0.0
+
+    def distinct(self) -> int:
+        return len({m for m, _ in self._window})
+
+    def circling(self) -> bool:
+        """Few candidates, mostly revisited, and the model saying it goes back over them."""
+        cfg = self.config
+        return (
+            self.stale_share >= cfg.ledger_stale_threshold
+            and cfg.ledger_min_distinct <= self.distinct() <= cfg.ledger_max_distinct
+            and self._marker_sum >= cfg.ledger_min_markers
+        )
+
+    def top(self, n: int = 4) -> list[str]:
+        """The most revisited candidates in the window, most frequent first, for the nudge."""
+        recent = Counter(m for m, _ in self._window)
+        ranked = sorted(recent, key=lambda m: (-self.counts[m], -recent[m]))
+        return [self._describe(m) for m in ranked[:n]]
+
+    def _describe(self, mention: Mention) -> str:
+        kind, text = mention
+        if kind == "expr":
+            return f"{text} = {self.values[text]}" if text in self.values else text
+        return _describe(mention)
+
+
+def _describe(mention: Mention) -> str:
+    kind, text = mention
+    if kind == "option":
+        return f"option {text}"
+    return f"the answer {text}"

@@ -1,0 +1,80 @@
+"""Exact cycles on characters: the degenerate loop, whatever the script or spacing.
+
+Works on characters, not words, so a run of digits without spaces (`,000,000,...`), Chinese text and
+run-on paragraphs are caught like spaced English. Every few characters the newest tail is looked up
+earlier in a bounded buffer; each earlier occurrence proposes a period p, and the repeat is measured
+as how many trailing characters equal the ones p earlier (doubling then bisecting, with C-level slice
+comparisons, so a check costs O(log n) comparisons of at most a few thousand characters).
+"""
+
+from __future__ import annotations
+
+from qwq_agent.agent.loops.config import LoopDetectorConfig
+
+__all__ = ["PeriodicTail"]
+
+
+class PeriodicTail:
+    """Keeps the recent text and reports the longest exact cycle that ends at the tail."""
+
+    def __init__(self, config: LoopDetectorConfig) -> None:
+        self.config = config
+        self._buf = ""
+        self._keep = 2 * config.periodic_max_period + config.periodic_min_run + 64
+        self.period = 0  # the cycle found at the last check (0 = none)
+        self.run = 0  # characters equal to those one period earlier, ending at the tail
+
+    def extend(self, text: str) -> None:
+        """Append consumed text; the caller checks at fixed positions so chunking cannot matter."""
+        buf = self._buf + text
+        if len(buf) > 2 * self._keep:
+            buf = buf[-self._keep :]
+        self._buf = buf
+
+    def check(self) -> int:
+        """Measure the cycle that ends at the text consumed so far; return its run (0 = none)."""
+        cfg = self.config
+        buf = self._buf
+        self.period = self.run = 0
+        a = cfg.periodic_anchor_chars
+        if len(buf) < 2 * a:
+            return 0
+        anchor = buf[-a:]
+        lo = max(0, len(buf) - cfg.periodic_max_period - a)
+        end = len(buf) - 1  # occurrences must start before the tail's own anchor
+        best_run, best_p = 0, 0
+        for _ in range(cfg.periodic_max_tries):
+            at = buf.rfind(anchor, lo, end)
+            if at < 0:
+                break
+            p = len(buf) - a - at
+            run = _repeat_len(buf, p)
+            if run > best_run:
+                best_run, best_p = run, p
+            end = at + a - 1
+        self.period, self.run = best_p, best_run
+        return best_run
+
+
+def _repeat_len(buf: str, p: int) -> int:
+    """How many trailing characters of `buf` equal the characters `p` earlier."""
+    limit = len(buf) - p
+    n = len(buf)
+    good, step = 0, 64
+    # Doubling then bisection; each probe compares whole slices in C.
+    while True:
+        k = min(step, limit)
+        if buf[n - k :] != buf[n - k - p : n - p]:
+            bad = k
+            break
+        good = k
+        if k == limit:
+            return good
+        step *= 2
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if buf[n - mid :] == buf[n - mid - p : n - p]:
+            good = mid
+        else:
+            bad = mid
+    return good

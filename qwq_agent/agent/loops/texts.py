@@ -1,0 +1,72 @@
+"""What the agent writes into the model's reasoning when it circles, built from the signal.
+
+The texts are appended inside `<think>`, so they are in the model's own voice: it names what it keeps
+recomputing (the candidates of the signal) and talks itself into the tool that settles it (one python
+cell checking all candidates is how an agent solves the parentheses puzzle) when the agent has that
+tool; without one, it talks itself into deciding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from qwq_agent.agent.loops.detector import LoopSignal
+
+__all__ = ["CLOSE_REASONING_TEXT", "NUDGE_TEXT", "close_text", "nudge_text"]
+
+NUDGE_TEXT = (
+    "\n\nWait — I'm going in circles. I should stop re-deriving this by hand and call the python tool "
+    "to compute it.\n\n"
+)
+CLOSE_REASONING_TEXT = "\n\nI've considered this enough; time to answer.\n</think>\n\n"
+
+_PYTHON_TOOLS = ("python", "python_exec", "run_python", "code_interpreter")
+
+
+def _named(candidates: list[str]) -> str:
+    quoted = [f"`{c}`" if any(ch.isdigit() for ch in c) else c for c in candidates]
+    if len(quoted) == 1:
+        return quoted[0]
+    return ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def nudge_text(signal: LoopSignal | None = None, tools: Iterable[str] | None = None) -> str:
+    """Level-1 text: name what is being recomputed and propose the tool.
+
+    `tools` are the names of the tools the agent has; `None` (unknown) keeps the old behaviour of
+    proposing python. With no python tool the model is told to settle on one candidate instead.
+    """
+    names = None if tools is None else list(tools)
+    python = "python" if names is None else next((n for n in names if n in _PYTHON_TOOLS), None)
+    candidates = signal.candidates if signal is not None else []
+    if not candidates:
+        if python is None:
+            return "\n\nWait — I'm going in circles. I should stop re-checking the same steps and decide.\n\n"
+        if python == "python":
+            return NUDGE_TEXT
+        return NUDGE_TEXT.replace("the python tool", f"the {python} tool")
+    what = _named(candidates)
+    has_expr = any(any(ch.isdigit() for ch in c) and not c.startswith("option") for c in candidates)
+    if python is None:
+        return (
+            f"\n\nWait — I'm going in circles: I keep coming back to {what} and getting nowhere new. "
+            "I have checked them enough; I should pick the best one and commit.\n\n"
+        )
+    if has_expr:
+        action = (
+            f"call the {python} tool with one cell that evaluates all of them (and any other candidates) "
+            "and prints each value, instead of recomputing them by hand"
+        )
+    else:
+        action = f"call the {python} tool to check the facts that decide between them, or pick one and commit"
+    return f"\n\nWait — I'm going in circles: I keep recomputing {what}. I should {action}.\n\n"
+
+
+def close_text(signal: LoopSignal | None = None) -> str:
+    """Level-2 text: end the reasoning and force an answer, naming what was being circled."""
+    if signal is None or not signal.candidates:
+        return CLOSE_REASONING_TEXT
+    return (
+        f"\n\nI've gone over {_named(signal.candidates)} enough times; more checking will not change it. "
+        "Time to answer with the best one.\n</think>\n\n"
+    )

@@ -1,0 +1,114 @@
+"""Loop interventions end to end: a real HTTP model server streams scripted reasoning to the real loop.
+
+The scripted model stands in for QwQ's intelligence only: it circles (recomputing the same three
+candidate expressions) until the prompt shows the intervention it is waiting for. The detector, the
+turn, the client, the server and (in the last test) the python tool in a Docker sandbox are real.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import Final, ToolResultEvent, Warning_
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest
+from qwq_agent.tools.base import tool
+from qwq_agent.tools.catalog import build_tools
+
+DATA = Path(__file__).parent / "data" / "reasoning"
+CIRCLING = (DATA / "qwq_parentheses_loop.txt").read_text(encoding="utf-8")
+HEALTHY = (DATA / "healthy_enumeration.txt").read_text(encoding="utf-8")
+CANDIDATES = ["2*(3*4)*5+1", "2*3*(4*5+1)", "(2*3*4+1)*5"]
+NUDGE_MARK = "I'm going in circles"
+
+
+def call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: the first addend
+        b: the second addend
+    """
+    return a + b
+
+
+def loop_reasoning_and_continuations(req: ScriptedRequest) -> str:
+    """A model that ignores every intervention: it keeps circling, in its reasoning or its answer."""
+    return CIRCLING * 3
+
+
+async def stream(server: ScriptedModelServer, tools, sandbox=None):
+    async with SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, tools, sandbox=sandbox, config=AgentConfig(check_language=False))
+        return [ev async for ev in agent.stream("Insert parentheses in 2*3*4*5+1 to get 144.")]
+
+
+async def test_circling_stream_gets_a_nudge_naming_the_candidates_then_a_close_then_a_stop():
+    tools = build_tools(["python"])
+    async with ScriptedModelServer(loop_reasoning_and_continuations) as server:
+        events = await stream(server, tools)
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "reasoning_loop"
+    warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "reasoning_loop"]
+    assert [w.level for w in warnings] == [1, 2, 3]
+    # Each intervention continues the same assistant turn from what was generated so far.
+    nudged, closed = server.requests[1].prompt or "", server.requests[2].prompt or ""
+    assert nudged.startswith(server.requests[0].prompt or "") and closed.startswith(nudged)
+    nudge = nudged[nudged.rindex("\n\nWait") :]
+    assert NUDGE_MARK in nudge and "python tool" in nudge
+    assert all(c in nudge for c in CANDIDATES), nudge  # it names what is being recomputed
+    close = closed[len(nudged) :]
+    assert close.rstrip().endswith("</think>") and any(c in close for c in CANDIDATES)
+    assert len(server.requests) == 3 and len(server.aborted_rids) == 3
+
+
+async def test_without_a_python_tool_the_nudge_names_the_candidates_but_no_tool():
+    async with ScriptedModelServer(loop_reasoning_and_continuations) as server:
+        await stream(server, [add])
+    nudged = server.requests[1].prompt or ""
+    nudge = nudged[nudged.rindex("\n\nWait") :]
+    assert all(c in nudge for c in CANDIDATES) and "python" not in nudge
+
+
+async def test_healthy_long_stream_is_untouched():
+    answer = "The largest value comes from the last case."
+    async with ScriptedModelServer([HEALTHY + "\n</think>\n\n" + answer]) as server:
+        events = await stream(server, build_tools(["python"]))
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed" and final.answer == answer
+    assert not [e for e in events if isinstance(e, Warning_)]
+    assert len(server.requests) == 1 and not server.aborted_rids
+
+
+async def test_nudged_model_checks_all_candidates_in_the_python_sandbox(sandbox_image):
+    cell = "for e in " + repr(CANDIDATES) + ":\n    print(e, '=', eval(e))"
+
+    def model(req: ScriptedRequest) -> str:
+        prompt = req.prompt or ""
+        if "<tool_response>" in prompt:
+            return (
+                "The tool settles it.\n</think>\n\nNone of them gives 144: the values are 121, 126 and 125."
+            )
+        if NUDGE_MARK in prompt:  # the model takes the nudge
+            return "Right, one cell checks them all.\n</think>\n\n" + call("python", code=cell)
+        return CIRCLING * 3
+
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sb:
+        async with ScriptedModelServer(model) as server:
+            events = await stream(server, build_tools(["python"]), sandbox=sb)
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed", final
+    warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "reasoning_loop"]
+    assert [w.level for w in warnings] == [1]
+    results = [e for e in events if isinstance(e, ToolResultEvent)]
+    assert len(results) == 1
+    # The sandbox really evaluated every candidate (2*(3*4)*5+1 = 121, ...).
+    assert all(v in results[0].text for v in ("121", "126", "125")), results[0].text
