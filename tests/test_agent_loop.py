@@ -14,23 +14,9 @@ from qwq_agent.agent.events import Final, ModelCall, ToolResultEvent, Warning_
 from qwq_agent.agent.loop import REASONING_CALL_HINT, Agent, AgentConfig
 from qwq_agent.agent.trace import ReplayModel, read_trace, recorded_completions
 from qwq_agent.protocols import ToolContext
+from qwq_agent.testing.helpers import add, call
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
 from qwq_agent.tools.base import tool
-
-
-def call(name: str, **arguments: object) -> str:
-    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers.
-
-    Args:
-        a: the first addend
-        b: the second addend
-    """
-    return a + b
 
 
 @tool

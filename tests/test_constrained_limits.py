@@ -14,23 +14,12 @@ import pytest
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import ModelCall, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.testing.helpers import add
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest
-from qwq_agent.tools.base import tool
 
 GUARD_S = 60.0
 CALL = json.dumps({"name": "add", "arguments": {"a": 2, "b": 3}})
 WHOLE_TURN = f"I need the sum.\n</think>\n\nComputing.\n<tool_call>\n{CALL}\n</tool_call>"
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers.
-
-    Args:
-        a: the first addend
-        b: the second addend
-    """
-    return a + b
 
 
 async def run(server: ScriptedModelServer, trace=None, **config: object):  # type: ignore[no-untyped-def]

@@ -3,7 +3,6 @@ the scripted model server in place of QwQ (it only decides what the model writes
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,14 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from qwq_agent.testing.helpers import call
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.docker
-
-
-def call(name: str, **arguments: object) -> str:
-    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
 
 
 def test_hello_example_runs_its_tool_and_python_in_a_sandbox(sandbox_image):

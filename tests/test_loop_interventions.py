@@ -7,15 +7,14 @@ turn, the client, the server and (in the last test) the python tool in a Docker 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Final, ToolResultEvent, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+from qwq_agent.testing.helpers import add, call
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest
-from qwq_agent.tools.base import tool
 from qwq_agent.tools.catalog import build_tools
 
 DATA = Path(__file__).parent / "data" / "reasoning"
@@ -23,21 +22,6 @@ CIRCLING = (DATA / "qwq_parentheses_loop.txt").read_text(encoding="utf-8")
 HEALTHY = (DATA / "healthy_enumeration.txt").read_text(encoding="utf-8")
 CANDIDATES = ["2*(3*4)*5+1", "2*3*(4*5+1)", "(2*3*4+1)*5"]
 NUDGE_MARK = "I'm going in circles"
-
-
-def call(name: str, **arguments: object) -> str:
-    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers.
-
-    Args:
-        a: the first addend
-        b: the second addend
-    """
-    return a + b
 
 
 def loop_reasoning_and_continuations(req: ScriptedRequest) -> str:

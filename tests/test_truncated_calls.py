@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import ToolCallEvent, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.protocols import SamplingParams
+from qwq_agent.testing.helpers import call
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 from qwq_agent.tools.base import tool
-
-
-def call(name: str, **arguments: object) -> str:
-    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
 
 
 def make_writer():

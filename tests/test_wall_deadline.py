@@ -20,23 +20,13 @@ from qwq_agent.agent.events import BudgetExceeded, Final
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import SamplingParams, ToolContext
+from qwq_agent.testing.helpers import add
 from qwq_agent.testing.scripted_server import ScriptedModelServer, Turn
 from qwq_agent.tools.base import tool
 
 GUARD_S = 30.0
 WALL_S = 1.0
 LONG_TEXT = "thinking about it " * 200
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers.
-
-    Args:
-        a: the first addend
-        b: the second addend
-    """
-    return a + b
 
 
 def config(wall: float = WALL_S) -> AgentConfig:
