@@ -143,7 +143,7 @@ def test_signal_reason_and_evidence_name_the_loop() -> None:
     det, _ = run(sample("loop_strawberry"), 0)
     signal = det.signals[0]
     assert signal.reason.startswith("circular reasoning")
-    assert signal.kind in ("periodic", "steps", "candidates")
+    assert signal.kind in ("periodic", "steps", "candidates", "echo")
     assert signal.evidence["attempt_share"] >= det.config.attempt_share_threshold or (signal.kind != "steps")
     assert signal.evidence["revisits"] > 0
 
@@ -339,6 +339,40 @@ def test_second_visit_is_not_circling_third_is() -> None:
     two_passes = "\n".join(steps) + "\nLet me verify each step once.\n" + "\n".join(steps)
     assert feed16(two_passes).signals == []
     assert feed16(two_passes + "\nAgain.\n" + "\n".join(steps)).level >= 1
+
+
+def _announced_second_pass() -> str:
+    """Forty distinct steps, then one pass over them that keeps announcing it goes back."""
+    steps = [
+        f"Step {k}: the remainder of {k * 37} divided by 11 is {k * 37 % 11}, which I note down carefully."
+        for k in range(1, 40)
+    ]
+    again = [f"Wait, let me check this again. {s}" for s in steps]
+    return "\n".join(steps) + "\n" + "\n".join(again)
+
+
+def test_echo_nudges_on_an_announced_second_visit_but_never_closes() -> None:
+    # Second visits announced with "wait ... again" earn a nudge (level 1) and nothing more: closing
+    # needs third visits, which this text never makes.
+    text = _announced_second_pass()
+    det = feed16(text)
+    assert [(s.level, s.kind) for s in det.signals] == [(1, "echo")]
+    assert "restate earlier ones" in det.signals[0].reason
+    assert det.signals[0].evidence["echo_share"] >= det.config.echo_share_threshold
+    # The same text without the announcements, or with the echo switched off, is left alone.
+    assert feed16(text.replace("Wait, let me check this again. ", "")).signals == []
+    assert feed16(text, LoopDetectorConfig(echo_enabled=False)).signals == []
+
+
+def test_echo_comes_before_the_third_visit_signals_and_does_not_block_them() -> None:
+    loop = sample("loop_strawberry")
+    with_echo = feed16(loop)
+    without = feed16(loop, LoopDetectorConfig(echo_enabled=False))
+    assert with_echo.signals[0].kind == "echo"
+    assert with_echo.signals[0].evidence["chars"] < without.signals[0].evidence["chars"]
+    # Levels 2 and 3 still come, from the third-visit signals, not from the echo.
+    assert [s.level for s in with_echo.signals] == [1, 2, 3]
+    assert all(s.kind != "echo" for s in with_echo.signals[1:])
 
 
 def test_normalised_expressions() -> None:

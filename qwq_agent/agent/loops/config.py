@@ -163,3 +163,25 @@ class LoopDetectorConfig(BaseModel):
         "over, that it is going back, so that a summary or a final check listing the same values "
         "does not count. Markers alone are common in healthy reasoning and never fire on their own.",
     )
+
+    # ---- second-visit echo (level 1 only) ------------------------------------------------------
+    echo_enabled: bool = Field(
+        True,
+        description="Allow the level-1-only echo signal: a nudge costs the model one sentence, so it may "
+        "come on second-visit evidence, which a healthy re-check also produces; closing never does.",
+    )
+    echo_share_threshold: float = Field(
+        0.35,
+        gt=0,
+        le=1,
+        description="Share of the last `attempt_window` steps that revisit an earlier step at least "
+        "once (a second visit) at or above which the steps echo: half the recent steps restating "
+        "earlier ones.",
+    )
+    echo_min_markers: int = Field(
+        5,
+        ge=0,
+        description="Revisit markers ('wait', 'again', '再', ...) needed in those steps as well: an "
+        "echo the model itself keeps announcing as going back, so a summary or a final check that "
+        "restates its steps once, without saying it goes back, does not count.",
+    )
