@@ -33,8 +33,11 @@ OWN_CASES = {
     "qwq_parentheses_loop": True,
     "qwq_zh_loop": True,
     "qwq_options_loop": True,
+    "qwq_rederive_loop": True,
     "healthy_enumeration": False,
     "healthy_verify_once": False,
+    "healthy_many_waits": False,
+    "healthy_options_weighed": False,
 }
 _WORD = re.compile(r"[^\W_]+(?:[.,][0-9]+)*", re.UNICODE)
 
