@@ -82,11 +82,14 @@ def main() -> int:
     in_sample = pick(None)
     held_out: list[FileResult] = []
     chosen: dict[str, int] = {}
+    others: dict[str, str] = {}  # held-out file -> its fold's pick, where it differs from in-sample
     for i in range(n):
         point = pick(i)
         assert point is not None
         chosen[f"{point[0]}/{point[1]}"] = chosen.get(f"{point[0]}/{point[1]}", 0) + 1
         held_out.append(results[point][i])
+        if point != in_sample:
+            others[results[point][i].name] = f"{point[0]}/{point[1]}"
     loops = [f for f in held_out if f.looping]
     healthy = [f for f in held_out if not f.looping]
     fracs = [f.first_frac for f in loops if f.first_frac is not None]  # as the benchmark's median
@@ -99,6 +102,7 @@ def main() -> int:
         if in_sample
         else None,
         "picks_across_folds": chosen,
+        "folds_picking_otherwise": others,
         "held_out_loops_flagged": sum(f.level >= 1 for f in loops),
         "held_out_median_first_frac": statistics.median(fracs) if fracs else None,
         "held_out_mean_first_frac": _mean_first(held_out),
@@ -118,6 +122,7 @@ def main() -> int:
         "default",
         "in_sample_pick",
         "picks_across_folds",
+        "folds_picking_otherwise",
         "held_out_loops_flagged",
         "held_out_median_first_frac",
         "held_out_mean_first_frac",
