@@ -3,7 +3,9 @@
 Lengths are in characters of reasoning (about 4 per token). The values were chosen from what circling
 *is* (a cycle is a third visit, not a second; a verbatim copy of a long span of one's own reasoning is
 never progress) and then checked on the whole development corpus (`../shared/reasoning-corpus`), not
-fitted to single files: see `benchmarks/loop_detector_bench.py` and the README for the figures.
+fitted to single files: see `benchmarks/loop_detector_bench.py` and the README for the figures. The one
+signal allowed on second visits (`echo_*`) may only nudge, and its thresholds were checked leave-one-out
+(`benchmarks/loop_detector_loo.py`).
 """
 
 from __future__ import annotations
