@@ -33,8 +33,11 @@ OWN_CASES = {
     "qwq_parentheses_loop": True,
     "qwq_zh_loop": True,
     "qwq_options_loop": True,
+    "qwq_rederive_loop": True,
     "healthy_enumeration": False,
     "healthy_verify_once": False,
+    "healthy_many_waits": False,
+    "healthy_options_weighed": False,
 }
 _WORD = re.compile(r"[^\W_]+(?:[.,][0-9]+)*", re.UNICODE)
 
@@ -74,14 +77,16 @@ def main() -> int:
 
     console = Console(width=150)
     table = Table(title=f"loop detector on {corpus} ({DELTA_CHARS}-char deltas)")
-    for col in ("file", "label", "chars", "level", "first signal %", "signal"):
-        table.add_column(col, justify="right" if col in ("chars", "level", "first signal %") else "left")
+    numeric = ("chars", "level", "evident %", "first signal %")
+    for col in ("file", "label", "chars", "level", "evident %", "first signal %", "signal"):
+        table.add_column(col, justify="right" if col in numeric else "left")
     for f in [*report.files, *own]:
         if not f.looping and f.level == 0 and f not in own:
             continue  # healthy and silent: counted below
         label = f.label or ("looping" if f.looping else "healthy")
         first = f"{100 * f.first_frac:.0f}" if f.first_frac is not None else "-"
-        table.add_row(f.name, label, str(f.chars), str(f.level), first, f.first_kind or "-")
+        evident = f"{100 * f.evident_at / f.chars:.0f}" if f.evident_at is not None else "-"
+        table.add_row(f.name, label, str(f.chars), str(f.level), evident, first, f.first_kind or "-")
     console.print(table)
     healthy_flagged = sum(report.healthy_by_level.values())
     median = report.median_first_frac
@@ -94,6 +99,18 @@ def main() -> int:
     )
     summary.add_row(
         "median first signal, % of trace", f"{100 * median:.0f}" if median is not None else "-", "<= 35"
+    )
+    evident = report.median_evident_frac
+    lead = report.median_first_minus_evident
+    summary.add_row(
+        "median 'loop evident from' (sources.md), % of trace",
+        f"{100 * evident:.0f}" if evident is not None else "-",
+        "(floor)",
+    )
+    summary.add_row(
+        "median (first signal - evident), points of trace",
+        f"{100 * lead:+.1f}" if lead is not None else "-",
+        "",
     )
     summary.add_row(
         "healthy flagged at level 1 only", f"{report.healthy_by_level[1]}/{report.healthy_total}", "<= 2"
@@ -116,6 +133,8 @@ def main() -> int:
         "looping_flagged": report.looping_flagged,
         "looping_total": report.looping_total,
         "median_first_frac": median,
+        "median_evident_frac": evident,
+        "median_first_minus_evident": lead,
         "healthy_total": report.healthy_total,
         "healthy_by_level": report.healthy_by_level,
         "us_per_char": round(cost, 3),

@@ -28,7 +28,11 @@ def test_looping_traces_are_flagged_before_they_end(report) -> None:
     assert report.looping_flagged >= 18
     missed = [f.name for f in report.files if f.looping and f.level == 0]
     assert len(missed) <= 1, missed
-    assert report.median_first_frac is not None and report.median_first_frac <= 0.5
+    assert report.median_first_frac is not None and report.median_first_frac <= 0.45
+    # The first signal comes, at the median, within 5 points of the trace after where sources.md notes
+    # the loop as evident (a miss counts as a signal at the end; 6.7 points without the echo signal).
+    assert report.median_evident_frac is not None and report.median_first_minus_evident is not None
+    assert report.median_first_minus_evident <= 0.05
     # Including the verbatim loop of digits without spaces the old detector missed, and a Chinese one.
     by_name = {f.name: f for f in report.files}
     assert by_name["r1-distill-llama-8b_riddle_475.txt"].level >= 1

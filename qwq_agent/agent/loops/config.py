@@ -3,7 +3,9 @@
 Lengths are in characters of reasoning (about 4 per token). The values were chosen from what circling
 *is* (a cycle is a third visit, not a second; a verbatim copy of a long span of one's own reasoning is
 never progress) and then checked on the whole development corpus (`../shared/reasoning-corpus`), not
-fitted to single files: see `benchmarks/loop_detector_bench.py` and the README for the figures.
+fitted to single files: see `benchmarks/loop_detector_bench.py` and the README for the figures. The one
+signal allowed on second visits (`echo_*`) may only nudge, and its thresholds were checked leave-one-out
+(`benchmarks/loop_detector_loo.py`).
 """
 
 from __future__ import annotations
@@ -162,4 +164,32 @@ class LoopDetectorConfig(BaseModel):
         "mention window covers (one per two or three mentions): the model itself saying, over and "
         "over, that it is going back, so that a summary or a final check listing the same values "
         "does not count. Markers alone are common in healthy reasoning and never fire on their own.",
+    )
+
+    # ---- second-visit echo (level 1 only) ------------------------------------------------------
+    echo_enabled: bool = Field(
+        True,
+        description="Allow the level-1-only echo signal: a nudge costs the model one sentence, so it may "
+        "come on second-visit evidence, which a healthy re-check also produces; closing never does. "
+        "It obeys `min_reasoning_chars` and `persist_chars` like the other statistical signals "
+        "(shorter persistence lets a healthy trace reach level 2 on the corpus).",
+    )
+    echo_share_threshold: float = Field(
+        0.35,
+        gt=0,
+        le=1,
+        description="Share of the last `attempt_window` steps that revisit an earlier step at least "
+        "once (a second visit) at or above which the steps echo: about one step in three restating an "
+        "earlier one, which a forward derivation rarely does. (On the corpus 0.3-0.35 with 4-6 markers "
+        "give the same loops and healthy outcome; 0.4 and above add nothing over the third-visit "
+        "signals; 0.25 nudges 5-12 healthy traces. A leave-one-out check over the corpus, "
+        "`benchmarks/loop_detector_loo.py`, picks 0.35 in 92 of 96 folds.)",
+    )
+    echo_min_markers: int = Field(
+        5,
+        ge=0,
+        description="Revisit markers ('wait', 'again', '再', ...) needed in those steps as well (one "
+        "per three steps): an echo the model itself keeps announcing as going back, so a summary or a "
+        "final check that restates its steps without saying it goes back does not count. (2-3 markers "
+        "nudge 3-12 healthy corpus traces; 8 or more adds nothing over the third-visit signals.)",
     )

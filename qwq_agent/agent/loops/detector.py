@@ -3,7 +3,10 @@
 Signals (each cheap per character and streaming):
 - `periodic`: the tail is an exact cycle on characters (`PeriodicTail`);
 - `steps`: many recent steps are third-or-later visits of earlier ones (`NearDuplicates`);
-- `candidates`: the same few candidates come back again and again (`CandidateLedger`).
+- `candidates`: the same few candidates come back again and again (`CandidateLedger`);
+- `echo` (level 1 only): many recent steps restate an earlier one at least once (a second visit) while
+  the model keeps saying it goes back ("wait", "again", "再"). A healthy re-check produces this too, so
+  it may only nudge; closing and stopping need the third-visit signals above.
 
 Any signal gives level 1 (nudge towards a tool). Each further level needs a gap of reasoning since the
 last one and new evidence of circling in it (new revisits, not the old loop still inside a window), so a
@@ -13,6 +16,7 @@ model that took the nudge is left alone.
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -24,7 +28,7 @@ from qwq_agent.agent.loops.periodic import PeriodicTail
 
 __all__ = ["LoopSignal", "ReasoningLoopDetector", "SignalKind"]
 
-SignalKind = Literal["periodic", "steps", "candidates"]
+SignalKind = Literal["periodic", "steps", "candidates", "echo"]
 
 _WORD = re.compile(r"[^\W_]+(?:[.,][0-9]+)*", re.UNICODE)
 _NUMBER = re.compile(r"^[0-9]+(?:[.,][0-9]+)*$")
@@ -87,6 +91,9 @@ class ReasoningLoopDetector:
         self._chars_at_signal = 0
         self._cycle_checks = 0
         self._circling_since: int | None = None  # where the statistical signals last became true
+        self._echo: deque[tuple[bool, int]] = deque()  # per recent segment: a second visit, markers
+        self._echo_sum = 0
+        self._echo_markers = 0
 
     # ---- feeding -------------------------------------------------------------------------------
 
@@ -161,6 +168,8 @@ class ReasoningLoopDetector:
         labels = frozenset(_LABEL.findall(raw))
         earlier = self._dups.add(words, numbers, labels)
         flag = earlier >= cfg.revisit_visits - 1
+        markers = count_markers(raw)
+        self._push_echo(earlier >= 1, markers)
         self._flags.append(flag)
         self._flag_sum += flag
         if len(self._flags) - self._flag_start > cfg.attempt_window:
@@ -169,13 +178,15 @@ class ReasoningLoopDetector:
         if self._flag_start > 4096:  # keep the list short without a deque's slower indexing
             self._flags = self._flags[self._flag_start :]
             self._flag_start = 0
-        stale = self._ledger.add(extract_mentions(raw), count_markers(raw))
+        stale = self._ledger.add(extract_mentions(raw), markers)
         self.revisits += flag + stale
         kind: SignalKind | None = None
         if self.attempt_share >= cfg.attempt_share_threshold:
             kind = "steps"
         elif self._ledger.circling():
             kind = "candidates"
+        elif self.level == 0 and self._echoing():
+            kind = "echo"
         if kind is None:
             self._circling_since = None
             return
@@ -183,6 +194,29 @@ class ReasoningLoopDetector:
             self._circling_since = self._pos
         if self._pos - self._circling_since >= cfg.persist_chars:
             self._maybe_signal(kind)
+
+    def _push_echo(self, second_visit: bool, markers: int) -> None:
+        self._echo.append((second_visit, markers))
+        self._echo_sum += second_visit
+        self._echo_markers += markers
+        if len(self._echo) > self.config.attempt_window:
+            old, old_markers = self._echo.popleft()
+            self._echo_sum -= old
+            self._echo_markers -= old_markers
+
+    @property
+    def echo_share(self) -> float:
+        """Share of the recent segments that revisit an earlier one at least once (0 until it fills)."""
+        n = len(self._echo)
+        return self._echo_sum / n if n >= self.config.attempt_window else 0.0
+
+    def _echoing(self) -> bool:
+        cfg = self.config
+        return (
+            cfg.echo_enabled
+            and self.echo_share >= cfg.echo_share_threshold
+            and self._echo_markers >= cfg.echo_min_markers
+        )
 
     @property
     def attempt_share(self) -> float:
@@ -194,7 +228,7 @@ class ReasoningLoopDetector:
 
     def _maybe_signal(self, kind: SignalKind) -> None:
         cfg = self.config
-        if self.level >= 3:
+        if self.level >= 3 or (kind == "echo" and self.level >= 1):
             return
         if kind != "periodic" and self._pos < cfg.min_reasoning_chars:
             return
@@ -218,6 +252,11 @@ class ReasoningLoopDetector:
                 f"{self.attempt_share:.0%} of the last {cfg.attempt_window} steps go over ground "
                 "covered twice already"
             )
+        elif kind == "echo":
+            reason = (
+                f"{self.echo_share:.0%} of the last {cfg.attempt_window} steps restate earlier ones, with "
+                f"{self._echo_markers} 'wait'/'again' markers"
+            )
         else:
             reason = (
                 f"{self._ledger.stale_share:.0%} of the last {cfg.ledger_window} candidates weighed were "
@@ -232,6 +271,7 @@ class ReasoningLoopDetector:
                 "chars": self._pos,
                 "attempt_share": round(self.attempt_share, 3),
                 "candidate_stale_share": round(self._ledger.stale_share, 3),
+                "echo_share": round(self.echo_share, 3),
                 "cycle_period": self._periodic.period,
                 "cycle_run": self._periodic.run,
                 "revisits": self.revisits,
@@ -242,4 +282,6 @@ class ReasoningLoopDetector:
         # The next level must be earned by text written after this one: the windows start empty
         # (what was seen stays indexed, so going back to it again still counts).
         self._flags, self._flag_sum, self._flag_start = [], 0, 0
+        self._echo.clear()
+        self._echo_sum = self._echo_markers = 0
         self._ledger.clear_window()

@@ -8,6 +8,13 @@ Written from the description of real QwQ-32B circling (issue 12), not copied fro
 - healthy_enumeration: a long enumeration whose labels and numbers all differ (must not be flagged);
 - healthy_verify_once: an enumeration followed by one verification pass over every case, then the
   answer (each step is revisited once: must not be flagged).
+Added for issue 12's earliness work (cases outside the corpus, written before looking at the outcome):
+- qwq_rederive_loop: real progress first, then the model re-derives the same three quantities of a
+  rate problem with the same values, announcing each return ("wait", "again"), never answering;
+- healthy_many_waits: long distinct work that says "wait" and "let me check" often but never goes
+  over the same step twice, then answers (markers alone must not flag);
+- healthy_options_weighed: a multiple-choice question whose options are each weighed with "wait",
+  one of them reconsidered once, then answered (must not be flagged).
 Seeded, so re-running reproduces the same files.
 """
 
@@ -150,12 +157,119 @@ def healthy_verify_once(rng: random.Random) -> str:
     return "".join(out)
 
 
+_QUANTITIES = [
+    ("the speed of the first train", "120 km in 1.5 hours", "80 km/h"),
+    ("the speed of the second train", "150 km in 2.5 hours", "60 km/h"),
+    ("the time until they meet", "the 280 km gap closing at 80 + 60 = 140 km/h", "2 hours"),
+]
+
+
+def qwq_rederive_loop(rng: random.Random, chars: int = 9000) -> str:
+    out = [
+        "Two trains leave stations 280 km apart and drive towards each other; the first covers 120 km in "
+        "1.5 hours, the second 150 km in 2.5 hours. The question asks where they meet, measured from the "
+        "first station. First I set up a coordinate along the track with the first station at zero. "
+        "The first train moves in the positive direction, the second starts at 280 and moves back. "
+        "Both start at the same moment, so the meeting time is the same for both trains. "
+        "I will need each speed, then the closing speed, then the time, then the distance. "
+        "Units are kilometres and hours throughout, so no conversion is needed anywhere. "
+        "The answer should be a distance between 0 and 280 km, which gives a sanity check.\n\n"
+    ]
+    while sum(map(len, out)) < chars:
+        what, data, value = rng.choice(_QUANTITIES)
+        out.append(
+            _pick(rng, "Wait, ", "Hmm, wait. ", "Let me go back. ", "Again, ", "Hold on, let me recheck. ")
+            + _pick(rng, f"{what} comes from {data}, ", f"for {what} I use {data}, ", f"{what}: {data}, ")
+            + _pick(rng, f"which gives {value}. ", f"so that is {value}. ", f"that is {value} again. ")
+            + _pick(
+                rng,
+                "I computed that before. ",
+                "Same as earlier. ",
+                "But something feels off about the distance. ",
+                "Let me re-check the setup instead. ",
+                "",
+            )
+            + ("\n\n" if rng.random() < 0.5 else "")
+        )
+    return "".join(out)
+
+
+def healthy_many_waits(rng: random.Random, chars: int = 9000) -> str:
+    out = ["We need the sum of the digit sums of the first numbers of the sequence a(n) = 7n + 3.\n\n"]
+    n, total = 1, 0
+    while sum(map(len, out)) < chars:
+        a = 7 * n + 3
+        d = sum(map(int, str(a)))
+        total += d
+        out.append(
+            _pick(rng, "Wait, ", "Let me check: ", "Hmm, ", "OK, ", "Next, ")
+            + f"for n = {n} the term is 7 * {n} + 3 = {a}, "
+            + _pick(rng, f"its digits add to {d}", f"digit sum {d}", f"and {d} is its digit sum")
+            + f", running total {total}.\n"
+        )
+        n += 1
+    out.append(f"\nWait, the last running total is {total}, so the answer is {total}.\n")
+    return "".join(out)
+
+
+_OPTIONS = {
+    "A": ("thermal expansion", "the shift is too large for the measured temperature change"),
+    "B": ("a phase transition", "the sharp jump at 310 K is exactly what a transition gives"),
+    "C": ("a change in bonding", "the spectra show the same bonds before and after"),
+    "D": ("an impurity effect", "the sample passed the purity check at 99.9%"),
+    "E": ("a measurement artefact", "three instruments agree on the shift"),
+}
+
+_MEASURES = [
+    ("the lattice constant", 402),
+    ("the resistivity", 17),
+    ("the heat capacity peak", 310),
+    ("the Raman line", 520),
+    ("the density", 7),
+    ("the magnetic susceptibility", 3),
+    ("the sound velocity", 4800),
+    ("the thermal conductivity", 148),
+]
+
+
+def healthy_options_weighed(rng: random.Random) -> str:
+    out = [
+        "The question asks which mechanism explains the shift observed in the sample; the options are A "
+        "to E. I will weigh each against the data: the sharp jump at 310 K, the unchanged spectra, the "
+        "purity check, and the agreement of three instruments.\n\n"
+    ]
+    for letter, (name, why) in _OPTIONS.items():
+        out.append(_pick(rng, "Wait, ", "Now ", "Next, ") + f"option {letter}, {name}: {why}. ")
+        for k, (measure, reading) in enumerate(_MEASURES):
+            out.append(
+                _pick(rng, "Against ", "Compare with ", "Then ")
+                + f"{measure}, which reads {reading + 3 * k + ord(letter) % 7}: "
+                + _pick(
+                    rng,
+                    f"under {name} that value would be expected to change with the temperature. ",
+                    f"{name} predicts a different trend on this reading. ",
+                    f"this is neutral for {name}. ",
+                )
+            )
+        out.append("\n\n")
+    out.append(
+        "Wait, let me reconsider option A once more, since heating does expand the lattice: but the "
+        "expansion coefficient gives a shift a hundred times smaller than observed, so A is out.\n\n"
+        "So the answer is B: a phase transition explains the sharp jump, and every other option "
+        "contradicts one of the measurements.\n"
+    )
+    return "".join(out)
+
+
 CASES: dict[str, Callable[[random.Random], str]] = {
     "qwq_parentheses_loop": qwq_parentheses_loop,
     "qwq_zh_loop": qwq_zh_loop,
     "qwq_options_loop": qwq_options_loop,
     "healthy_enumeration": healthy_enumeration,
     "healthy_verify_once": healthy_verify_once,
+    "qwq_rederive_loop": qwq_rederive_loop,
+    "healthy_many_waits": healthy_many_waits,
+    "healthy_options_weighed": healthy_options_weighed,
 }
 
 if __name__ == "__main__":
