@@ -86,13 +86,9 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
         console.print(f"[dim]MCP tools: {', '.join(t.spec.name for t in toolset) or 'none'}[/dim]")
 
     export = recorder = None
-    from os import environ
+    from qwq_agent.settings import get_settings
 
-    if (
-        args.otel is not None
-        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    ):
+    if args.otel is not None or get_settings().otel_endpoint:
         try:
             from qwq_agent.otel import OtelExport, SpanRecorder
         except ImportError:

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from qwq_agent.cli.errors import DOCKER_FIX, EXIT_DOCKER, EXIT_MODEL, CliError
+from qwq_agent.settings import get_settings
 
 # Tools that run inside the sandbox; a run choosing none of them starts no container.
 SANDBOX_TOOLS = frozenset({"python", "shell", "str_replace_editor", "search_code"})
@@ -36,7 +37,7 @@ def needs_sandbox(names: Iterable[str]) -> bool:
 
 def docker_socket() -> str:
     """The Docker engine's unix socket, from DOCKER_HOST (default /var/run/docker.sock)."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    host = get_settings().docker_host
     if not host.startswith("unix://"):
         raise CliError(
             f"DOCKER_HOST={host} is not a unix socket; qwq-agent talks to a local Docker engine only",
@@ -55,7 +56,7 @@ def check_docker(timeout: float | None = None) -> None:
     """
     path = docker_socket()
     if timeout is None:
-        timeout = float(os.environ.get("QWQ_DOCKER_PING_TIMEOUT") or DEFAULT_DOCKER_PING_S)
+        timeout = get_settings().docker_ping_timeout_s
     deadline = time.monotonic() + timeout
     answer = b""
     try:
@@ -99,7 +100,7 @@ def check_docker(timeout: float | None = None) -> None:
 
 def check_sandbox_image() -> None:
     """When QWQ_SANDBOX_IMAGE names an image, it must exist (the default image is built when missing)."""
-    tag = os.environ.get("QWQ_SANDBOX_IMAGE")
+    tag = get_settings().sandbox_image
     if not tag:
         return
     from qwq_agent.sandbox.image import image_exists
@@ -330,7 +331,9 @@ def check_run(args: Any, settings: Any, trace_path: Path) -> RunPlan:
     check_workspace(workspace, args.copy_back, sandbox=sandbox)
     check_trace_target(trace_path)
     if args.replay is None:
-        check_model_url(args.model_url)
+        from qwq_agent.cli.run_cmd import model_endpoint
+
+        check_model_url(model_endpoint(args).url)
     if sandbox:
         check_docker()
         check_sandbox_image()

@@ -9,7 +9,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trace", help="inspect run traces")
     tsub = p.add_subparsers(dest="trace_command", required=True)
     show = tsub.add_parser("show", help="print a trace readably")
-    show.add_argument("file")
+    show.add_argument("file", help="a JSONL trace written by `run` (traces/<run id>.jsonl)")
     show.add_argument("--prompts", action="store_true", help="also print the exact prompts sent")
     show.add_argument("--run-id", help="the run to show from an old trace file that holds several")
     show.set_defaults(func=_show)
