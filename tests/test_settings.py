@@ -47,7 +47,7 @@ def test_names_are_tried_in_order_and_empty_counts_as_unset(monkeypatch: pytest.
 
 def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QWQ_DOCKER_PING_TIMEOUT", "soon")
-    with pytest.raises(SettingsError, match="QWQ_DOCKER_PING_TIMEOUT.*'soon'"):
+    with pytest.raises(SettingsError, match=r"QWQ_DOCKER_PING_TIMEOUT.*'soon'"):
         get_settings()
 
 
