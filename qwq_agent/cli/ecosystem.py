@@ -97,7 +97,8 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
                 await toolset.aclose()
             return None
         export = OtelExport(args.otel or None)
-        provider = "sglang" if getattr(args, "api", "native") == "native" else "openai"
+        api = getattr(args, "api", None) or get_settings().api  # the flag, else QWQ_API
+        provider = "sglang" if api == "native" else "openai"
         recorder = SpanRecorder(
             export.tracer(), provider=provider, capture_content=True if args.otel_content else None
         )

@@ -136,6 +136,19 @@ def check_workspace(workspace: Path | None, copy_back: Path | None, *, sandbox: 
             raise CliError(f"--copy-back {copy_back}: {existing} is not writable", "pass a writable folder")
 
 
+def check_patch_target(patch: Path | None, workspace: Path | None) -> None:
+    """`--patch FILE` needs `--workspace` (the patch is against it) and a file that can be written."""
+    if patch is None:
+        return
+    if workspace is None:
+        raise CliError("--patch needs --workspace: the patch is of what the agent changed in it", "add --workspace DIR")
+    folder = patch.parent if str(patch.parent) else Path(".")
+    if patch.is_dir():
+        raise CliError(f"--patch {patch} is a folder", "pass a file path, e.g. --patch out.diff")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise CliError(f"--patch {patch}: {folder} is not a writable folder", "pass a path in a writable folder")
+
+
 INDEX_TABLES = frozenset({"meta", "files", "chunks", "fts"})
 
 
@@ -151,7 +164,7 @@ def _sqlite_tables(path: Path) -> set[str]:
 def check_workspace_fits(workspace: Path) -> None:
     """Every file of the workspace is readable and all of them fit in one upload to the sandbox.
 
-    The upload packs the folder (less `.git` and `__pycache__`) into one request of at most
+    The upload packs the folder (`.git` included, less `__pycache__`) into one request of at most
     `SandboxConfig.max_request_bytes`, base64-encoded; finding out here costs a walk, not a sandbox.
     """
     from qwq_agent.agent.workspace import NOT_COPIED
@@ -329,6 +342,7 @@ def check_run(args: Any, settings: Any, trace_path: Path) -> RunPlan:
     check_tools(names, docs_db=Path(docs_db) if docs_db else None)
     workspace = Path(settings.workspace) if settings.workspace else None
     check_workspace(workspace, args.copy_back, sandbox=sandbox)
+    check_patch_target(getattr(args, "patch", None), workspace)
     check_trace_target(trace_path)
     if args.replay is None:
         from qwq_agent.cli.run_cmd import model_endpoint

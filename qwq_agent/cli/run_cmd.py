@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--copy-back", type=Path, help="at the end, copy /workspace back into this folder (as DIR/workspace)"
     )
+    p.add_argument(
+        "--patch",
+        type=Path,
+        help="at the end, write the patch of what the agent changed in --workspace to this file (git diff; "
+        "new files included; `git apply FILE` in the original folder applies it)",
+    )
     p.add_argument("--docs-db", type=Path, help="document index for search_docs (see `qwq-agent index`)")
     p.add_argument("--max-steps", type=int, help="step budget (default 30; with --replay/--resume: recorded)")
     p.add_argument(
@@ -196,6 +202,10 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
         await model.aclose()
         await extras.aclose()
     result = agent.result if agent is not None else None
+    if args.patch is not None and result is not None and result.patch is not None:
+        args.patch.write_text(result.patch, encoding="utf-8")
+        changed = result.patch.count("\ndiff --git ") + result.patch.startswith("diff --git ")
+        console.print(f"[dim]patch ({changed} files changed): {args.patch.resolve()}[/dim]", soft_wrap=True)
     if result is not None and result.trace_path:
         # The live view already showed why (a trace_failed warning); JSON output is on stdout.
         why = f": {result.trace_error}" if args.json else ""
