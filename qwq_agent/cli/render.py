@@ -126,9 +126,10 @@ class EventRenderer:
             self.console.print(f"[dim](image {self._images} not saved: no image directory)[/dim]")
             return
         self.image_dir.mkdir(parents=True, exist_ok=True)
-        path = self.image_dir / f"image-{self._images}.png"
+        # Absolute, so that a terminal (or a click on the path) opens it from anywhere.
+        path = (self.image_dir / f"image-{self._images}.png").resolve()
         path.write_bytes(base64.b64decode(b64))
-        self.console.print(f"[magenta]image saved: {path}[/magenta]")
+        self.console.print(f"[magenta]image saved: {path}[/magenta]", soft_wrap=True)
 
     def _summary(self, ev: Final) -> None:
         c = self.console
