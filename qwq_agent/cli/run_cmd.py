@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from qwq_agent.cli.interrupted import Started
 
 from qwq_agent.cli import ecosystem
+from qwq_agent.cli.reasoning_view import REASONING_MODES
 
 DEFAULT_URL = "http://127.0.0.1:30000"
 
@@ -70,6 +71,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run-id", help="with --replay/--resume: the run to use from an old multi-run trace")
     p.add_argument("--json", action="store_true", help="print events as JSON lines instead of the live view")
+    p.add_argument(
+        "--reasoning",
+        choices=REASONING_MODES,
+        default="full",
+        help="in the live view, show the reasoning in full, only its last lines (updated in place), or not at all",
+    )
     ecosystem.add_arguments(p)  # --mcp, --mcp-url, --otel
     p.set_defaults(func=_run)
 
@@ -188,7 +195,9 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 tool_options=settings.recorded_options(),
             )
             started.agent, started.trace_path = agent, trace_path
-            renderer = EventRenderer(console, image_dir=Path("qwq-agent-images") / agent.run_id)
+            renderer = EventRenderer(
+                console, image_dir=Path("qwq-agent-images") / agent.run_id, reasoning=args.reasoning
+            )
             async for ev in extras.observe(agent.stream(task)):
                 if args.json:
                     sys.stdout.write(ev.model_dump_json() + "\n")
