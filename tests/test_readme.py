@@ -223,6 +223,7 @@ def test_using_it_with_a_real_model(sandbox_image, tmp_path) -> None:
     assert "+    return a + b" in (cwd / "out.diff").read_text()
     git(cwd / "myrepo", "apply", "--check", str(cwd / "out.diff"))
     assert (home / "notes" / ".qwq-docindex.sqlite3").exists()
+    assert (cwd / "plots" / "image-1.png").read_bytes().startswith(b"\x89PNG")  # trace show --images
     assert "[1] radix.md:1 — Radix caches" in done.stdout  # search_docs found the note
     # trace show, replay and resume used the first run's trace; parse printed JSON.
     assert "Plot sin(x)" in done.stdout
