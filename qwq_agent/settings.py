@@ -88,8 +88,10 @@ class Settings(BaseSettings):
         validation_alias=_env("QWQ_SANDBOX_IMAGE"),
         description="sandbox image to use instead of the project's (built when missing)",
     )
-    sandbox_build: Literal["auto", "debian", "dockerfile"] = Field(
-        "auto", validation_alias=_env("QWQ_SANDBOX_BUILD"), description="how the sandbox image is built"
+    # Checked where the image is built (`sandbox.image.mode`), so that a bad value fails that build and
+    # not every command that reads a setting.
+    sandbox_build: str = Field(
+        "auto", validation_alias=_env("QWQ_SANDBOX_BUILD"), description="how the sandbox image is built: auto, debian or dockerfile"
     )
     sandbox_deb_cache: Path | None = Field(
         None,

@@ -14,7 +14,10 @@ def requested_mode() -> str:
     """`QWQ_SANDBOX_BUILD` (auto, debian or dockerfile; default auto), validated."""
     from qwq_agent.settings import get_settings
 
-    return get_settings().sandbox_build
+    mode = get_settings().sandbox_build
+    if mode not in MODES:
+        raise ValueError(f"QWQ_SANDBOX_BUILD={mode!r}: expected one of {', '.join(MODES)}")
+    return mode
 
 
 def registry_answers(client: docker.DockerClient) -> bool:
