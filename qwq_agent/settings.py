@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         "native", validation_alias=_env("QWQ_API"), description="API `run` speaks: native SGLang or openai"
     )
     model: str = Field(
-        "Qwen/QwQ-32B", validation_alias=_env("QWQ_MODEL"), description="model name sent to SGLang"
+        "Qwen/QwQ-32B", validation_alias=_env("QWQ_MODEL"), description="model name for `run --api openai` when no OpenAI model variable is set"
     )
     openai_base_url: str | None = Field(
         None,

@@ -22,7 +22,6 @@ from qwq_agent.settings import get_settings
 
 # Tools that run inside the sandbox; a run choosing none of them starts no container.
 SANDBOX_TOOLS = frozenset({"python", "shell", "str_replace_editor", "search_code"})
-DEFAULT_DOCKER_PING_S = 10.0
 
 
 def tool_names(spec: str) -> list[str]:

@@ -11,7 +11,8 @@ Configuration, first found wins:
     base URL: `base_url` argument, `QWQ_OPENAI_BASE_URL`, `OPENAI_BASE_URL`.
     API key:  `api_key` argument, `QWQ_OPENAI_API_KEY`, `OPENAI_API_KEY`, `DASHSCOPE_API_KEY` (none: no
               Authorization header, as local SGLang/vLLM servers need none).
-    model:    `model` argument, `QWQ_OPENAI_MODEL`, "qwq-32b".
+    model:    `model` argument, `QWQ_OPENAI_MODEL`, `OPENAI_MODEL`, "qwq-32b".
+    (All read through `qwq_agent.settings`; the read timeout defaults to `QWQ_MODEL_READ_TIMEOUT`.)
 The key is kept out of `repr`, logs, exceptions and tracebacks: it is held in a `Secret` and only put
 into the header of each outgoing request.
 """
