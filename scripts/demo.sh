@@ -5,4 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-exec .venv/bin/python examples/coding_assistant/run.py "$@"
+status=0
+.venv/bin/python examples/coding_assistant/run.py "$@" || status=$?
+echo
+echo "qwq-agent is installed in .venv: \`source .venv/bin/activate\` puts the \`qwq-agent\` command on your PATH."
+exit "$status"

@@ -108,4 +108,5 @@ async def test_workspace_contents_land_in_workspace_without_caches(sandbox_image
     (tmp_path / "README.md").write_text("hi\n")
     async with open_sandbox(workspace=tmp_path, image=sandbox_image) as sb:
         listing = await sb.shell("cd /workspace && find . -mindepth 1 | sort")
-    assert listing.stdout.split() == ["./README.md", "./pkg", "./pkg/m.py"]
+    # `.git` goes in (the agent may `git log`/`git diff`); bytecode caches stay out.
+    assert listing.stdout.split() == ["./.git", "./.git/HEAD", "./README.md", "./pkg", "./pkg/m.py"]

@@ -60,7 +60,7 @@ def test_missing_gpu_and_sglang_give_a_clear_message(monkeypatch, capsys):
     assert len(check_prerequisites()) == 2
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
-    assert "nvidia-smi" in err and "pip install 'qwq-agent[serve]'" in err and "--model-url" in err
+    assert "nvidia-smi" in err and "pip install -e '.[serve]'" in err and "--model-url" in err
     assert "Traceback" not in err
 
 

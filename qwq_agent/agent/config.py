@@ -54,3 +54,6 @@ class RunResult(BaseModel):
     # Why the trace is missing or incomplete (a bad folder, a full disk); None when it is whole.
     trace_error: str | None = None
     events: int = 0
+    # `git diff` of /workspace from its upload to the run's end (`open_sandbox(workspace=...)`); None
+    # when no baseline was recorded or the diff failed (a `patch_failed` warning says why).
+    patch: str | None = None

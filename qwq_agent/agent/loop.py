@@ -78,6 +78,7 @@ class Agent:
         self.tracker = BudgetTracker(budget=self.config.budget)
         self._trace: TraceWriter | None = None
         self._events = 0
+        self._patch: str | None = None
         self._step = 0
         self._running = False
         self._ended = True
@@ -101,6 +102,7 @@ class Agent:
         if self._running:  # its messages, budget and trace are one run's: two at once would mix them
             raise RuntimeError("this Agent is already running a task; create one Agent per concurrent task")
         self._running, self._ended = True, False
+        self._patch = None
         self.tracker = BudgetTracker(budget=self.config.budget)
         # Opened before any sandbox or model request, so a bad trace folder costs nothing.
         trace_notes = self._open_trace()
@@ -144,6 +146,8 @@ class Agent:
                         yield failed
                 for note in _take_notices(self.model, final=True):
                     yield self._emit(note)
+                if (failed := await self._collect_patch()) is not None:
+                    yield failed
         except _Ended:
             pass
         except asyncio.CancelledError:
@@ -199,6 +203,19 @@ class Agent:
         self._trace_reported = True
         message = f"the trace could not be written ({self._trace.error}); what was written stays readable"
         return self._emit(Warning_(kind="trace_failed", message=message))
+
+    async def _collect_patch(self) -> Event | None:
+        """What the run changed in /workspace, when the sandbox has a baseline (`open_sandbox(workspace=)`)."""
+        from qwq_agent.agent.patch import baseline_of, workspace_patch
+
+        baseline = baseline_of(self.sandbox) if self.sandbox is not None else None
+        if baseline is None:
+            return None
+        try:
+            self._patch = await workspace_patch(self.sandbox, baseline)
+        except Exception as exc:  # a dead sandbox, a full home: the run's answer still stands
+            return self._emit(Warning_(kind="patch_failed", message=f"the workspace patch is missing: {exc}"))
+        return None
 
     async def _enter_resources(self, stack: AsyncExitStack, deadline: Deadline) -> None:
         if self.admission is not None:
@@ -355,6 +372,7 @@ class Agent:
             trace_path=str(self._trace.path) if self._trace is not None else None,
             trace_error=self._trace.error if self._trace is not None else self._trace_open_error,
             events=self._events,
+            patch=self._patch,
         )
         return final
 

@@ -72,7 +72,7 @@ def _qwen_tiktoken_path() -> Path:
             return path
     raise VocabularyNotFound(
         "QwQ's tokenizer needs Qwen's BPE vocabulary, shipped as dashscope/resources/qwen.tiktoken in "
-        "Alibaba's `dashscope` package: pip install dashscope (or pip install 'qwq-agent[dev]')"
+        "Alibaba's `dashscope` package: pip install dashscope (or pip install -e '.[dev]' in the checkout)"
     )
 
 

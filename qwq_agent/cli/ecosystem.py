@@ -76,7 +76,7 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
         try:
             from qwq_agent.mcp import MCPError, mcp_tools
         except ImportError:
-            console.print("[red]--mcp needs the MCP SDK: pip install 'qwq-agent[mcp]'[/red]")
+            console.print("[red]--mcp needs the MCP SDK: pip install -e '.[mcp]' (in the qwq-agent checkout)[/red]")
             return None
         try:
             toolset = await mcp_tools(*servers, reserved=[t.spec.name for t in tools])
@@ -86,22 +86,19 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
         console.print(f"[dim]MCP tools: {', '.join(t.spec.name for t in toolset) or 'none'}[/dim]")
 
     export = recorder = None
-    from os import environ
+    from qwq_agent.settings import get_settings
 
-    if (
-        args.otel is not None
-        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    ):
+    if args.otel is not None or get_settings().otel_endpoint:
         try:
             from qwq_agent.otel import OtelExport, SpanRecorder
         except ImportError:
-            console.print("[red]--otel needs OpenTelemetry: pip install 'qwq-agent[otel]'[/red]")
+            console.print("[red]--otel needs OpenTelemetry: pip install -e '.[otel]' (in the qwq-agent checkout)[/red]")
             if toolset is not None:
                 await toolset.aclose()
             return None
         export = OtelExport(args.otel or None)
-        provider = "sglang" if getattr(args, "api", "native") == "native" else "openai"
+        api = getattr(args, "api", None) or get_settings().api  # the flag, else QWQ_API
+        provider = "sglang" if api == "native" else "openai"
         recorder = SpanRecorder(
             export.tracer(), provider=provider, capture_content=True if args.otel_content else None
         )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from qwq_agent import __version__
@@ -22,8 +21,27 @@ COMMANDS = ("run", "sandbox", "serve", "parse", "trace", "index", "mcp_serve")
 DEBUG_HELP = "on an error, also print the traceback (or set QWQ_DEBUG=1)"
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Adds each option's default to its help, unless the help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        default = action.default
+        if (
+            "default" in help_text
+            or default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return help_text
+        return f"{help_text} (default: {default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qwq-agent", description=__doc__.splitlines()[0])
+    from qwq_agent.settings import env_help
+
+    parser = argparse.ArgumentParser(
+        prog="qwq-agent", description=__doc__.splitlines()[0], epilog=env_help(), formatter_class=HelpFormatter
+    )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.add_argument("--version", action="version", version=f"qwq-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,7 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
             continue  # that command is not part of this build
         module.register(sub)
     _add_debug_everywhere(parser)
+    _format_everywhere(parser)
     return parser
+
+
+def subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and every sub-command's parser below it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += subparsers(child)
+    return found
+
+
+def _format_everywhere(parser: argparse.ArgumentParser) -> None:
+    # Set after the sub-commands registered themselves, so each module keeps its plain add_parser call.
+    for each in subparsers(parser):
+        each.formatter_class = HelpFormatter
 
 
 def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +93,13 @@ def command_name(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    debug = bool(args.debug or os.environ.get("QWQ_DEBUG"))
+    try:
+        from qwq_agent.settings import get_settings
+
+        debug = bool(args.debug or get_settings().debug)
+    except ValueError as exc:  # a bad environment variable: say which
+        print(f"qwq-agent {command_name(args)}: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -21,7 +21,7 @@ class ModelUnavailable(CliError):
 def advice(url: str, why: str) -> ModelUnavailable:
     return ModelUnavailable(
         f"no model server answers at {url} ({why})",
-        "start one on a GPU machine with `qwq-agent serve` (`pip install 'qwq-agent[serve]'`), or point "
+        "start one on a GPU machine with `qwq-agent serve` (`pip install -e '.[serve]'` in a checkout), or point "
         "--model-url / QWQ_MODEL_URL at a running SGLang server (or an OpenAI-compatible one with --api openai)",
     )
 

@@ -18,10 +18,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from qwq_agent.cli.errors import DOCKER_FIX, EXIT_DOCKER, EXIT_MODEL, CliError
+from qwq_agent.settings import get_settings
 
 # Tools that run inside the sandbox; a run choosing none of them starts no container.
 SANDBOX_TOOLS = frozenset({"python", "shell", "str_replace_editor", "search_code"})
-DEFAULT_DOCKER_PING_S = 10.0
 
 
 def tool_names(spec: str) -> list[str]:
@@ -36,7 +36,7 @@ def needs_sandbox(names: Iterable[str]) -> bool:
 
 def docker_socket() -> str:
     """The Docker engine's unix socket, from DOCKER_HOST (default /var/run/docker.sock)."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    host = get_settings().docker_host
     if not host.startswith("unix://"):
         raise CliError(
             f"DOCKER_HOST={host} is not a unix socket; qwq-agent talks to a local Docker engine only",
@@ -55,7 +55,7 @@ def check_docker(timeout: float | None = None) -> None:
     """
     path = docker_socket()
     if timeout is None:
-        timeout = float(os.environ.get("QWQ_DOCKER_PING_TIMEOUT") or DEFAULT_DOCKER_PING_S)
+        timeout = get_settings().docker_ping_timeout_s
     deadline = time.monotonic() + timeout
     answer = b""
     try:
@@ -99,7 +99,7 @@ def check_docker(timeout: float | None = None) -> None:
 
 def check_sandbox_image() -> None:
     """When QWQ_SANDBOX_IMAGE names an image, it must exist (the default image is built when missing)."""
-    tag = os.environ.get("QWQ_SANDBOX_IMAGE")
+    tag = get_settings().sandbox_image
     if not tag:
         return
     from qwq_agent.sandbox.image import image_exists
@@ -135,6 +135,19 @@ def check_workspace(workspace: Path | None, copy_back: Path | None, *, sandbox: 
             raise CliError(f"--copy-back {copy_back}: {existing} is not writable", "pass a writable folder")
 
 
+def check_patch_target(patch: Path | None, workspace: Path | None) -> None:
+    """`--patch FILE` needs `--workspace` (the patch is against it) and a file that can be written."""
+    if patch is None:
+        return
+    if workspace is None:
+        raise CliError("--patch needs --workspace: the patch is of what the agent changed in it", "add --workspace DIR")
+    folder = patch.parent if str(patch.parent) else Path(".")
+    if patch.is_dir():
+        raise CliError(f"--patch {patch} is a folder", "pass a file path, e.g. --patch out.diff")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise CliError(f"--patch {patch}: {folder} is not a writable folder", "pass a path in a writable folder")
+
+
 INDEX_TABLES = frozenset({"meta", "files", "chunks", "fts"})
 
 
@@ -150,7 +163,7 @@ def _sqlite_tables(path: Path) -> set[str]:
 def check_workspace_fits(workspace: Path) -> None:
     """Every file of the workspace is readable and all of them fit in one upload to the sandbox.
 
-    The upload packs the folder (less `.git` and `__pycache__`) into one request of at most
+    The upload packs the folder (`.git` included, less `__pycache__`) into one request of at most
     `SandboxConfig.max_request_bytes`, base64-encoded; finding out here costs a walk, not a sandbox.
     """
     from qwq_agent.agent.workspace import NOT_COPIED
@@ -328,9 +341,12 @@ def check_run(args: Any, settings: Any, trace_path: Path) -> RunPlan:
     check_tools(names, docs_db=Path(docs_db) if docs_db else None)
     workspace = Path(settings.workspace) if settings.workspace else None
     check_workspace(workspace, args.copy_back, sandbox=sandbox)
+    check_patch_target(getattr(args, "patch", None), workspace)
     check_trace_target(trace_path)
     if args.replay is None:
-        check_model_url(args.model_url)
+        from qwq_agent.cli.run_cmd import model_endpoint
+
+        check_model_url(model_endpoint(args).url)
     if sandbox:
         check_docker()
         check_sandbox_image()

@@ -26,6 +26,7 @@ from qwq_agent.agent.events import (
     Warning_,
 )
 from qwq_agent.agent.parser import parse
+from qwq_agent.cli.reasoning_view import FoldedReasoning, ReasoningMode
 
 MAX_RESULT_CHARS = 4000
 _BLANK_RUNS = re.compile(r"\n{3,}")
@@ -41,6 +42,7 @@ class EventRenderer:
         image_dir: Path | None = None,
         show_prompts: bool = False,
         replaying: bool = False,
+        reasoning: ReasoningMode = "full",
     ) -> None:
         self.console = console
         self.image_dir = image_dir
@@ -50,8 +52,16 @@ class EventRenderer:
         self._images = 0
         self._in_text = False
         self._newlines = 1  # newlines at the end of what was printed last
+        self.reasoning = reasoning
+        self._folded = FoldedReasoning(console, reasoning)
 
     def handle(self, ev: Event) -> None:
+        if isinstance(ev, ReasoningDelta) and self.reasoning != "full":
+            self._folded.add(ev.text)
+            return
+        if self._folded.active:
+            self._folded.end()
+            self._in_text, self._newlines = False, 1
         if isinstance(ev, ReasoningDelta):
             self._text(ev.text, "dim")
         elif isinstance(ev, ContentDelta):
@@ -87,8 +97,11 @@ class EventRenderer:
                 c.print(Panel(Text(ev.prompt), title="prompt", border_style="dim"))
             if self.replaying:
                 result = parse(ev.prefix + ev.completion)
-                if result.reasoning:
+                if result.reasoning and self.reasoning == "full":
                     c.print(Text(result.reasoning.strip(), style="dim"))
+                elif result.reasoning:
+                    self._folded.add(result.reasoning)
+                    self._folded.end()
                 if result.content.strip():
                     c.print(result.content.strip())
             u = ev.usage
@@ -123,12 +136,13 @@ class EventRenderer:
     def _save_image(self, b64: str) -> None:
         self._images += 1
         if self.image_dir is None:
-            self.console.print(f"[dim](image {self._images} not saved: no image directory)[/dim]")
+            self.console.print(f"[dim](image {self._images} not saved: pass --images DIR to save it)[/dim]")
             return
         self.image_dir.mkdir(parents=True, exist_ok=True)
-        path = self.image_dir / f"image-{self._images}.png"
+        # Absolute, so that a terminal (or a click on the path) opens it from anywhere.
+        path = (self.image_dir / f"image-{self._images}.png").resolve()
         path.write_bytes(base64.b64decode(b64))
-        self.console.print(f"[magenta]image saved: {path}[/magenta]")
+        self.console.print(f"[magenta]image saved: {path}[/magenta]", soft_wrap=True)
 
     def _summary(self, ev: Final) -> None:
         c = self.console

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -15,16 +14,25 @@ if TYPE_CHECKING:
     from qwq_agent.cli.interrupted import Started
 
 from qwq_agent.cli import ecosystem
+from qwq_agent.cli.reasoning_view import REASONING_MODES
 
 DEFAULT_URL = "http://127.0.0.1:30000"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run an agent on a task")
+    p = sub.add_parser("run", help="run an agent on a task", epilog=tools_epilog())
     p.add_argument("task", nargs="?", help="the task (omit with --replay/--resume to reuse the trace's task)")
-    p.add_argument("--model-url", default=os.environ.get("QWQ_MODEL_URL", DEFAULT_URL))
-    p.add_argument("--api", choices=("native", "openai"), default=os.environ.get("QWQ_API", "native"))
-    p.add_argument("--model", default=os.environ.get("QWQ_MODEL", "Qwen/QwQ-32B"), help="model name (openai)")
+    p.add_argument(
+        "--model-url",
+        help=f"model server URL (default: $QWQ_MODEL_URL, or with --api openai $OPENAI_BASE_URL, else {DEFAULT_URL})",
+    )
+    p.add_argument(
+        "--api", choices=("native", "openai"), help="SGLang's native API or an OpenAI-compatible one (default: $QWQ_API or native)"
+    )
+    p.add_argument(
+        "--model",
+        help="model name for --api openai (default: $QWQ_OPENAI_MODEL, $OPENAI_MODEL, else $QWQ_MODEL or Qwen/QwQ-32B)",
+    )
     p.add_argument(
         "--tools",
         help="comma-separated tools (default: python,shell,str_replace_editor,search_code; "
@@ -33,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", type=Path, help="a folder copied into the sandbox's /workspace")
     p.add_argument(
         "--copy-back", type=Path, help="at the end, copy /workspace back into this folder (as DIR/workspace)"
+    )
+    p.add_argument(
+        "--patch",
+        type=Path,
+        help="at the end, write the patch of what the agent changed in --workspace to this file (git diff; "
+        "new files included; `git apply FILE` in the original folder applies it)",
     )
     p.add_argument("--docs-db", type=Path, help="document index for search_docs (see `qwq-agent index`)")
     p.add_argument("--max-steps", type=int, help="step budget (default 30; with --replay/--resume: recorded)")
@@ -57,8 +71,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run-id", help="with --replay/--resume: the run to use from an old multi-run trace")
     p.add_argument("--json", action="store_true", help="print events as JSON lines instead of the live view")
+    p.add_argument(
+        "--reasoning",
+        choices=REASONING_MODES,
+        default="full",
+        help="in the live view, show the reasoning in full, only its last lines (updated in place), or not at all",
+    )
     ecosystem.add_arguments(p)  # --mcp, --mcp-url, --otel
     p.set_defaults(func=_run)
+
+
+def tools_epilog() -> str:
+    """`run --help`'s list of the tools."""
+    from qwq_agent.tools.catalog import TOOL_NAMES, TOOL_SUMMARIES
+
+    width = max(map(len, TOOL_NAMES))
+    return "tools:\n" + "\n".join(f"  {n:<{width}}  {TOOL_SUMMARIES[n]}" for n in TOOL_NAMES)
+
+
+class Endpoint(NamedTuple):
+    """Where `run` finds its model, from the flags and the settings."""
+
+    url: str
+    api: str
+    model: str
+    connect_timeout_s: float
+
+
+def model_endpoint(args: argparse.Namespace) -> Endpoint:
+    """Flags first, then the environment (`qwq_agent.settings`): --api openai honours OPENAI_BASE_URL."""
+    from qwq_agent.settings import get_settings
+
+    s = get_settings()
+    api = args.api or s.api
+    if api == "openai":
+        url = args.model_url or s.openai_base_url or s.model_url
+        model = args.model or s.openai_model or s.model
+    else:
+        url, model = args.model_url or s.model_url, args.model or s.model
+    return Endpoint(url, api, model, s.model_connect_timeout_s)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -113,8 +164,13 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
 
     live = None
     if args.replay is None:
+        endpoint = model_endpoint(args)
         live = await connect_model(
-            args.model_url, api=args.api, model=args.model, keep_reasoning=args.keep_reasoning
+            endpoint.url,
+            api=endpoint.api,
+            model=endpoint.model,
+            keep_reasoning=args.keep_reasoning,
+            timeout=endpoint.connect_timeout_s,
         )
     model = ReplayModel.from_recording(recording, then=live) if recording else live
     assert model is not None
@@ -139,7 +195,9 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 tool_options=settings.recorded_options(),
             )
             started.agent, started.trace_path = agent, trace_path
-            renderer = EventRenderer(console, image_dir=Path("qwq-agent-images") / agent.run_id)
+            renderer = EventRenderer(
+                console, image_dir=Path("qwq-agent-images") / agent.run_id, reasoning=args.reasoning
+            )
             async for ev in extras.observe(agent.stream(task)):
                 if args.json:
                     sys.stdout.write(ev.model_dump_json() + "\n")
@@ -153,6 +211,10 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
         await model.aclose()
         await extras.aclose()
     result = agent.result if agent is not None else None
+    if args.patch is not None and result is not None and result.patch is not None:
+        args.patch.write_text(result.patch, encoding="utf-8")
+        changed = result.patch.count("\ndiff --git ") + result.patch.startswith("diff --git ")
+        console.print(f"[dim]patch ({changed} files changed): {args.patch.resolve()}[/dim]", soft_wrap=True)
     if result is not None and result.trace_path:
         # The live view already showed why (a trace_failed warning); JSON output is on stdout.
         why = f": {result.trace_error}" if args.json else ""

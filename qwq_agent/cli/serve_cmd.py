@@ -17,11 +17,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model-path", default="Qwen/QwQ-32B", help="HF repo id or local folder")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs")
-    p.add_argument("--context-length", type=int, default=32768)
-    p.add_argument("--mem-fraction-static", type=float, default=None)
-    p.add_argument("--schedule-policy", default="lpm")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--context-length", type=int, default=32768, help="longest prompt + output, in tokens")
+    p.add_argument(
+        "--mem-fraction-static",
+        type=float,
+        default=None,
+        help="share of GPU memory for weights and KV cache (default: SGLang's choice)",
+    )
+    p.add_argument(
+        "--schedule-policy", default="lpm", help="SGLang's scheduling (lpm: longest prefix match first, reuses caches)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address the server listens on")
+    p.add_argument("--port", type=int, default=30000, help="port the server listens on")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for /health")
     p.add_argument("--log-file", type=Path, default=None, help="server log (default: a temporary file)")
     p.add_argument("--print-command", action="store_true", help="print the launch command and exit")

@@ -1,4 +1,4 @@
-"""Tools of MCP servers (official `mcp` SDK, `pip install qwq-agent[mcp]`) as qwq-agent tools."""
+"""Tools of MCP servers (official `mcp` SDK, `pip install -e '.[mcp]'`) as qwq-agent tools."""
 
 from qwq_agent.mcp.connection import MCPConnectError, MCPConnection, MCPError, MCPServerDied, MCPServerSpec
 from qwq_agent.mcp.tools import MCPTool, MCPToolset, mcp_tools, to_tool_output

@@ -1,4 +1,4 @@
-"""OpenTelemetry spans of agent runs (GenAI semantic conventions); `pip install qwq-agent[otel]`."""
+"""OpenTelemetry spans of agent runs (GenAI semantic conventions); `pip install -e '.[otel]'`."""
 
 from qwq_agent.otel.setup import DEFAULT_ENDPOINT, OtelExport, endpoint_from_env
 from qwq_agent.otel.spans import CAPTURE_CONTENT_ENV, SpanRecorder, traced

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -18,7 +16,9 @@ TRACES_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 
 def endpoint_from_env() -> str | None:
     """The endpoint the standard OTLP variables name, or None (telemetry stays off)."""
-    return os.environ.get(TRACES_ENDPOINT_ENV) or os.environ.get(ENDPOINT_ENV) or None
+    from qwq_agent.settings import get_settings
+
+    return get_settings().otel_endpoint
 
 
 class OtelExport:
@@ -33,15 +33,13 @@ class OtelExport:
     ):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        base = (
-            endpoint
-            or os.environ.get(TRACES_ENDPOINT_ENV)
-            or os.environ.get(ENDPOINT_ENV)
-            or DEFAULT_ENDPOINT
-        )
+        from qwq_agent.settings import get_settings
+
+        settings = get_settings()
+        base = endpoint or settings.otel_endpoint or DEFAULT_ENDPOINT
         self.endpoint = base if base.rstrip("/").endswith("/v1/traces") else base.rstrip("/") + "/v1/traces"
         self.timeout_s = timeout_s
-        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+        resource = Resource.create({"service.name": settings.otel_service_name or service_name})
         self.provider = TracerProvider(resource=resource)
         self.provider.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=self.endpoint, timeout=timeout_s))

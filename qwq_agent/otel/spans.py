@@ -11,7 +11,6 @@ are recorded only with `capture_content`.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +75,9 @@ class SpanRecorder:
         self.tracer = tracer or trace.get_tracer("qwq_agent")
         self.provider = provider
         if capture_content is None:
-            capture_content = os.environ.get(CAPTURE_CONTENT_ENV, "").lower() in ("1", "true", "yes")
+            from qwq_agent.settings import get_settings
+
+            capture_content = get_settings().otel_capture_content
         self.capture_content = capture_content
         self._runs: dict[str, _Run] = {}
 

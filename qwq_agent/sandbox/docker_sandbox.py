@@ -56,6 +56,7 @@ from qwq_agent.sandbox.protocol import (
     ViewRequest,
 )
 from qwq_agent.sandbox.supervisor import check_member
+from qwq_agent.settings import get_settings
 
 R = TypeVar("R", bound=Result)
 _image_cache: dict[str, str] = {}
@@ -80,8 +81,9 @@ def resolve_image(config: SandboxConfig) -> str:
     """The configured image, env QWQ_SANDBOX_IMAGE, or the project's sandbox image (built if missing; cached per process)."""
     if config.image:
         return config.image
-    if os.environ.get("QWQ_SANDBOX_IMAGE"):
-        return os.environ["QWQ_SANDBOX_IMAGE"]
+    env_image = get_settings().sandbox_image
+    if env_image:
+        return env_image
     if "default" not in _image_cache:
         from qwq_agent.sandbox.image import ensure_image
 
@@ -146,7 +148,7 @@ class DockerSandbox:
             await asyncio.to_thread(janitor.startup_once, deadline.left() or 0.0)
         except Exception as exc:  # docker-py's own errors (timeouts, refused connections)
             raise DockerUnreachable(f"the Docker engine failed the start-up clean-up of old sandboxes: {exc}") from exc
-        if not (self.config.image or os.environ.get("QWQ_SANDBOX_IMAGE") or "default" in _image_cache):
+        if not (self.config.image or get_settings().sandbox_image or "default" in _image_cache):
             # The image lookup below uses docker-py in a thread: make sure the engine answers first, so
             # a hung daemon fails here within the start time rather than there after docker-py's 60 s.
             await self.engine.request("GET", "/_ping", timeout=deadline.left())

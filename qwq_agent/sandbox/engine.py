@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -25,7 +24,9 @@ DEFAULT_TIMEOUT_S = 60.0
 
 
 def default_socket() -> str:
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    from qwq_agent.settings import get_settings
+
+    host = get_settings().docker_host
     if not host.startswith("unix://"):
         raise SandboxError(f"only unix-socket Docker hosts are supported, not {host!r}")
     return host[len("unix://") :]

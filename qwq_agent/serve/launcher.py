@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 DEFAULT_MODEL = "Qwen/QwQ-32B"
-INSTALL_HINT = "pip install 'qwq-agent[serve]'"
+INSTALL_HINT = "pip install -e '.[serve]' (in the qwq-agent checkout)"
 
 
 @dataclass

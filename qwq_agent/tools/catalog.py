@@ -17,6 +17,17 @@ TOOL_NAMES = (
     "fetch_url",
 )
 
+# One line each, for `qwq-agent run --help`.
+TOOL_SUMMARIES = {
+    "python": "run Python in a persistent Jupyter kernel in the sandbox (plots come back as images)",
+    "shell": "run a bash command in the sandbox",
+    "str_replace_editor": "view, create and edit files in the sandbox's /workspace",
+    "search_code": "ripgrep over the sandbox's /workspace",
+    "search_docs": "search a local document index on the host (needs --docs-db)",
+    "web_search": "search the web (SearXNG, Brave or Tavily, configured by environment variables)",
+    "fetch_url": "fetch a web page as readable text, on the host (public addresses only)",
+}
+
 
 def build_tools(
     names: Iterable[str], *, docs_db: str | Path | None = None, allow_loopback_fetch: bool = False

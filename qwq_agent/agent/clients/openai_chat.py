@@ -11,7 +11,8 @@ Configuration, first found wins:
     base URL: `base_url` argument, `QWQ_OPENAI_BASE_URL`, `OPENAI_BASE_URL`.
     API key:  `api_key` argument, `QWQ_OPENAI_API_KEY`, `OPENAI_API_KEY`, `DASHSCOPE_API_KEY` (none: no
               Authorization header, as local SGLang/vLLM servers need none).
-    model:    `model` argument, `QWQ_OPENAI_MODEL`, "qwq-32b".
+    model:    `model` argument, `QWQ_OPENAI_MODEL`, `OPENAI_MODEL`, "qwq-32b".
+    (All read through `qwq_agent.settings`; the read timeout defaults to `QWQ_MODEL_READ_TIMEOUT`.)
 The key is kept out of `repr`, logs, exceptions and tracebacks: it is held in a `Secret` and only put
 into the header of each outgoing request.
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
@@ -138,27 +138,30 @@ class OpenAIChatClient:
         *,
         name: str | None = None,
         connect_timeout: float = 10.0,
-        read_timeout: float = 600.0,
+        read_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         extra_sampling: bool = True,
         extra_body: dict[str, Any] | None = None,
         max_connections: int = 1024,
     ) -> None:
-        url = base_url or next((os.environ[v] for v in URL_ENV_VARS if os.environ.get(v)), None)
+        from qwq_agent.settings import get_settings
+
+        env = get_settings()
+        url = base_url or env.openai_base_url
         if not url:
             raise ValueError(f"no base URL: pass base_url or set {URL_ENV_VARS[0]}")
         url = url.rstrip("/")
         self.base_url = url if url.endswith("/v1") else url + "/v1"
-        self.model = model or os.environ.get("QWQ_OPENAI_MODEL") or "qwq-32b"
+        self.model = model or env.openai_model or "qwq-32b"
         self.name = name or self.model
-        key = api_key or next((os.environ[v] for v in KEY_ENV_VARS if os.environ.get(v)), None)
+        key = api_key or (env.openai_api_key.get_secret_value() if env.openai_api_key else None)
         self._key = Secret(key) if key else None
         self.retry = retry or RetryPolicy()
         self.extra_sampling = extra_sampling
         self.extra_body = dict(extra_body or {})
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
-            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=None),
+            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout or env.model_read_timeout_s, write=connect_timeout, pool=None),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
         )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +104,9 @@ def _size(client: docker.DockerClient, tag: str) -> int:
 
 
 def _lock_path() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwq-agent"
+    from qwq_agent.settings import get_settings
+
+    base = get_settings().cache_home / "qwq-agent"
     base.mkdir(parents=True, exist_ok=True)
     return base / "image-build.lock"
 

@@ -34,10 +34,10 @@ IMPORT_CHANGES = (
 
 def deb_cache_dir() -> Path:
     """Where downloaded .debs are kept between builds (`QWQ_SANDBOX_DEB_CACHE` overrides)."""
-    override = os.environ.get("QWQ_SANDBOX_DEB_CACHE")
-    if override:
-        return Path(override)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwq-agent" / "debs"
+    from qwq_agent.settings import get_settings
+
+    settings = get_settings()
+    return settings.sandbox_deb_cache or settings.cache_home / "qwq-agent" / "debs"
 
 
 def ensure_mmdebstrap(log: Stopwatch) -> None:

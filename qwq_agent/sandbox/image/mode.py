@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import docker
 
 SLIM_IMAGE = "python:3.12-slim"
@@ -14,7 +12,9 @@ PROBE_TIMEOUT_S = 5
 
 def requested_mode() -> str:
     """`QWQ_SANDBOX_BUILD` (auto, debian or dockerfile; default auto), validated."""
-    mode = os.environ.get("QWQ_SANDBOX_BUILD", "auto").strip().lower() or "auto"
+    from qwq_agent.settings import get_settings
+
+    mode = get_settings().sandbox_build
     if mode not in MODES:
         raise ValueError(f"QWQ_SANDBOX_BUILD={mode!r}: expected one of {', '.join(MODES)}")
     return mode

@@ -7,7 +7,6 @@ messages are scrubbed of them, so they never reach logs or the model.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -100,7 +99,10 @@ def provider_from_env(env: Mapping[str, str] | None = None, name: str | None = N
     of `QWQ_SEARXNG_URL`, `BRAVE_API_KEY`, `TAVILY_API_KEY` is used. `QWQ_BRAVE_BASE_URL` and
     `QWQ_TAVILY_BASE_URL` override the API endpoints (proxies, tests).
     """
-    env = os.environ if env is None else env
+    if env is None:
+        from qwq_agent.settings import get_settings
+
+        env = get_settings().search_env()
     wanted = (name or env.get("QWQ_SEARCH_PROVIDER") or "").strip().lower()
     builders = {
         "searxng": lambda: (

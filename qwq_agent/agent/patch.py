@@ -1,0 +1,119 @@
+"""The patch of what an agent changed in /workspace, computed inside the sandbox with git.
+
+`record_baseline` snapshots /workspace right after the upload as a git tree, in a git directory of its
+own under the sandbox user's home (so the workspace's own `.git`, if any, gets no new refs or index
+changes, and a folder that is not a repository needs none). For a repository, that directory borrows
+the repository's objects (`objects/info/alternates`) and its `info/exclude`; its `.gitignore` files
+apply either way. `workspace_patch` snapshots the tree again and returns `git diff` between the two:
+changed, new and deleted files, binary ones in git's binary format (`git apply` takes it; a text-only
+patch also applies with `patch -p1`). Ignored files (`.gitignore`) are in neither snapshot.
+
+Against the snapshot rather than the repository's HEAD: edits the user had not committed before the
+run are theirs, not the agent's, and stay out of the patch (for a clean tree the two are the same).
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+import weakref
+from typing import Any
+
+from pydantic import BaseModel
+
+BASELINE_DIR = "$HOME/.qwq-agent/baseline.git"
+WORKSPACE = "/workspace"
+GIT_TIMEOUT_S = 120.0
+# Read back in pieces that stay under the shell's 32 KiB head of output once base64-encoded.
+CHUNK_BYTES = 24 * 1024
+MAX_PATCH_BYTES = 32 * 1024 * 1024
+
+_GIT = 'git -c safe.directory="*" -c core.bare=false -c core.quotepath=false'
+_ENV = f'export GIT_DIR="{BASELINE_DIR}" GIT_WORK_TREE={WORKSPACE}'
+
+
+class PatchError(RuntimeError):
+    """The workspace could not be snapshotted or diffed; the message has git's own words."""
+
+
+class Baseline(BaseModel):
+    """The tree /workspace held when the run began, and whether it was a git repository."""
+
+    tree: str
+    repository: bool
+
+
+# Per sandbox, so that `Agent` finds the baseline of a sandbox `open_sandbox` prepared.
+_baselines: weakref.WeakKeyDictionary[Any, Baseline] = weakref.WeakKeyDictionary()
+
+
+def baseline_of(sandbox: Any) -> Baseline | None:
+    """The baseline recorded for `sandbox`, or None when none was."""
+    try:
+        return _baselines.get(sandbox)
+    except TypeError:  # an object that cannot be weakly referenced never had one
+        return None
+
+
+async def _sh(sandbox: Any, script: str, what: str) -> str:
+    result = await sandbox.shell(f"set -e\n{script}", timeout=GIT_TIMEOUT_S, cwd=WORKSPACE)
+    if result.exit_code != 0:
+        detail = (result.stderr or result.stdout).strip()[-2000:]
+        raise PatchError(f"{what} failed (exit {result.exit_code}): {detail}")
+    return result.stdout
+
+
+def _snapshot(index: str) -> str:
+    return f'{_ENV} GIT_INDEX_FILE="{BASELINE_DIR}/{index}"\n{_GIT} add -A\n{_GIT} write-tree'
+
+
+async def record_baseline(sandbox: Any) -> Baseline:
+    """Snapshot /workspace as it is now; `workspace_patch` later diffs against it."""
+    script = f"""
+rm -rf "{BASELINE_DIR}"
+mkdir -p "{BASELINE_DIR}"
+git init -q --bare "{BASELINE_DIR}"
+repo=no
+if [ -d {WORKSPACE}/.git/objects ]; then
+  repo=yes
+  echo {WORKSPACE}/.git/objects > "{BASELINE_DIR}/objects/info/alternates"
+  cp {WORKSPACE}/.git/info/exclude "{BASELINE_DIR}/info/exclude" 2>/dev/null || true
+fi
+echo "$repo"
+{_snapshot("index")}
+"""
+    lines = (await _sh(sandbox, script, "snapshotting /workspace with git")).split()
+    baseline = Baseline(tree=lines[-1], repository=lines[0] == "yes")
+    _baselines[sandbox] = baseline
+    return baseline
+
+
+async def workspace_patch(sandbox: Any, baseline: Baseline | None = None) -> str:
+    """`git diff` of /workspace from `baseline` (default: the one recorded for `sandbox`) to now."""
+    baseline = baseline or baseline_of(sandbox)
+    if baseline is None:
+        raise PatchError("no baseline was recorded for this sandbox: call record_baseline after the upload")
+    patch_file = f"{BASELINE_DIR}/run.patch"
+    script = f"""
+cp "{BASELINE_DIR}/index" "{BASELINE_DIR}/index-end"
+now=$({_snapshot("index-end")})
+{_ENV}
+{_GIT} diff --binary --no-color --no-ext-diff --no-renames {shlex.quote(baseline.tree)} "$now" > "{patch_file}"
+wc -c < "{patch_file}"
+"""
+    size = int((await _sh(sandbox, script, "diffing /workspace with git")).split()[-1])
+    if size > MAX_PATCH_BYTES:
+        raise PatchError(f"the patch is {size} bytes, over the {MAX_PATCH_BYTES}-byte limit")
+    data = bytearray()
+    while len(data) < size:
+        piece = await _sh(
+            sandbox,
+            f'tail -c +{len(data) + 1} "{patch_file}" | head -c {CHUNK_BYTES} | base64 -w0',
+            "reading the patch",
+        )
+        chunk = base64.b64decode(piece.strip())
+        if not chunk:
+            raise PatchError(f"the patch ended after {len(data)} of {size} bytes")
+        data += chunk
+    # Bytes that are not UTF-8 (a Latin-1 source file) become U+FFFD: RunResult must serialise as JSON.
+    return data.decode("utf-8", errors="replace")

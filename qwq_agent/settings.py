@@ -1,0 +1,184 @@
+"""Every environment variable qwq-agent reads, in one pydantic-settings object.
+
+`Settings()` reads the environment when it is built (`get_settings()` builds a fresh one, so a test or
+a script that changes `os.environ` sees its change); nothing else in the package reads `os.environ`,
+except the in-container supervisor, which runs on the standard library only. `qwq-agent --help` lists
+these variables with their defaults (`env_help`).
+
+Several names for one setting (`OPENAI_BASE_URL` and our `QWQ_OPENAI_BASE_URL`) are tried in order;
+the first that is set wins. An empty variable counts as unset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_URL = "http://127.0.0.1:30000"
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used; the message names it."""
+
+
+class Settings(BaseSettings):
+    """qwq-agent's configuration from the environment; each field documents its variable(s)."""
+
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", populate_by_name=True)
+
+    # The model server.
+    model_url: str = Field(
+        DEFAULT_MODEL_URL,
+        validation_alias=_env("QWQ_MODEL_URL"),
+        description="model server of `run` (http:// or https://)",
+    )
+    api: Literal["native", "openai"] = Field(
+        "native", validation_alias=_env("QWQ_API"), description="API `run` speaks: native SGLang or openai"
+    )
+    model: str = Field(
+        "Qwen/QwQ-32B", validation_alias=_env("QWQ_MODEL"), description="model name for `run --api openai` when no OpenAI model variable is set"
+    )
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias=_env("QWQ_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+        description="OpenAI-compatible API root for `--api openai` / `OpenAIChatClient` (`run`'s default: QWQ_MODEL_URL)",
+    )
+    openai_model: str | None = Field(
+        None,
+        validation_alias=_env("QWQ_OPENAI_MODEL", "OPENAI_MODEL"),
+        description="model name for `--api openai` / `OpenAIChatClient` (default: qwq-32b)",
+    )
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=_env("QWQ_OPENAI_API_KEY", "OPENAI_API_KEY", "DASHSCOPE_API_KEY"),
+        description="bearer key of the OpenAI-compatible API (never logged or traced)",
+    )
+    model_connect_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        validation_alias=_env("QWQ_MODEL_CONNECT_TIMEOUT"),
+        description="seconds `run` waits for the model server's first answer at start-up",
+    )
+    model_read_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        validation_alias=_env("QWQ_MODEL_READ_TIMEOUT"),
+        description="seconds an OpenAI-compatible stream may stay silent",
+    )
+    # Docker and the sandbox image.
+    docker_host: str = Field(
+        DEFAULT_DOCKER_HOST, validation_alias=_env("DOCKER_HOST"), description="Docker engine socket (unix:// only)"
+    )
+    docker_ping_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("QWQ_DOCKER_PING_TIMEOUT"),
+        description="seconds `run` waits for Docker to answer a ping",
+    )
+    sandbox_image: str | None = Field(
+        None,
+        validation_alias=_env("QWQ_SANDBOX_IMAGE"),
+        description="sandbox image to use instead of the project's (built when missing)",
+    )
+    # Checked where the image is built (`sandbox.image.mode`), so that a bad value fails that build and
+    # not every command that reads a setting.
+    sandbox_build: str = Field(
+        "auto", validation_alias=_env("QWQ_SANDBOX_BUILD"), description="how the sandbox image is built: auto, debian or dockerfile"
+    )
+    sandbox_deb_cache: Path | None = Field(
+        None,
+        validation_alias=_env("QWQ_SANDBOX_DEB_CACHE"),
+        description="folder of downloaded .debs (default: $XDG_CACHE_HOME/qwq-agent/debs)",
+    )
+    cache_home: Path = Field(
+        Path.home() / ".cache", validation_alias=_env("XDG_CACHE_HOME"), description="cache root"
+    )
+    # Telemetry (the OpenTelemetry SDK's own variables).
+    otel_endpoint: str | None = Field(
+        None,
+        validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/HTTP collector; set, `run` exports spans",
+    )
+    otel_service_name: str | None = Field(
+        None, validation_alias=_env("OTEL_SERVICE_NAME"), description="service.name of the spans (default: qwq-agent)"
+    )
+    otel_capture_content: bool = Field(
+        False,
+        validation_alias=_env("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"),
+        description="record prompts, outputs and tool arguments in spans",
+    )
+    # Web search providers (the `web_search` tool).
+    search_provider: str | None = Field(
+        None, validation_alias=_env("QWQ_SEARCH_PROVIDER"), description="searxng, brave or tavily"
+    )
+    searxng_url: str | None = Field(None, validation_alias=_env("QWQ_SEARXNG_URL"), description="SearXNG instance")
+    brave_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("BRAVE_API_KEY"), description="Brave Search API key"
+    )
+    brave_base_url: str | None = Field(
+        None, validation_alias=_env("QWQ_BRAVE_BASE_URL"), description="Brave API endpoint override"
+    )
+    tavily_api_key: SecretStr | None = Field(None, validation_alias=_env("TAVILY_API_KEY"), description="Tavily API key")
+    tavily_base_url: str | None = Field(
+        None, validation_alias=_env("QWQ_TAVILY_BASE_URL"), description="Tavily API endpoint override"
+    )
+    debug: bool = Field(False, validation_alias=_env("QWQ_DEBUG"), description="print tracebacks on errors")
+
+    @field_validator("sandbox_build", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    def search_env(self) -> dict[str, str]:
+        """The web-search variables as `provider_from_env` reads them (set ones only)."""
+        pairs = {
+            "QWQ_SEARCH_PROVIDER": self.search_provider,
+            "QWQ_SEARXNG_URL": self.searxng_url,
+            "BRAVE_API_KEY": self.brave_api_key.get_secret_value() if self.brave_api_key else None,
+            "QWQ_BRAVE_BASE_URL": self.brave_base_url,
+            "TAVILY_API_KEY": self.tavily_api_key.get_secret_value() if self.tavily_api_key else None,
+            "QWQ_TAVILY_BASE_URL": self.tavily_base_url,
+        }
+        return {k: v for k, v in pairs.items() if v}
+
+
+def get_settings() -> Settings:
+    """The settings as the environment says now; a bad value raises `SettingsError` naming its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            info = Settings.model_fields.get(field)
+            names = _names(info) if info is not None else [field]
+            problems.append(f"{' / '.join(names)}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("bad environment variable: " + "; ".join(problems)) from None
+
+
+def _names(info: Any) -> list[str]:
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(c) for c in alias.choices]
+    return [str(alias)]
+
+
+def env_help() -> str:
+    """The environment variables and their defaults, for `--help`."""
+    lines = ["environment variables (first name set wins; defaults in brackets):"]
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        if name == "cache_home":
+            default = "~/.cache"
+        shown = "" if default is None else f" [{default}]"
+        lines.append(f"  {' / '.join(_names(info))}{shown}")
+        lines.append(f"      {info.description}")
+    return "\n".join(lines)

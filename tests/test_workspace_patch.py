@@ -1,0 +1,146 @@
+"""A git workspace keeps its `.git` in the sandbox, and a run ends with the patch of what the agent changed.
+
+Real parts only: a real git repository on the host, a real sandbox, the scripted model behind a real
+HTTP server, the CLI as a subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+pytestmark = pytest.mark.docker
+
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+
+
+def call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=Dev", "-c", "user.email=dev@example.com", *args],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    return done.stdout
+
+
+def make_repo(path: Path) -> Path:
+    path.mkdir()
+    git(path, "init", "-q")
+    (path / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    (path / ".gitignore").write_text("*.log\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "calc: the first version")
+    # The user's own state before the run: an uncommitted edit and an ignored file stay out of the patch.
+    (path / "NOTES.md").write_text("my own notes, not committed\n")
+    (path / "build.log").write_text("ignored\n")
+    return path
+
+
+EDIT_TURNS = [
+    "Look at the history first.\n</think>\n\n" + call("shell", command="git log --oneline && git status --short"),
+    "Fix the operator.\n</think>\n\n"
+    + call("str_replace_editor", command="str_replace", path="/workspace/calc.py", old_str="a - b", new_str="a + b"),
+    "Add a test.\n</think>\n\n"
+    + call(
+        "str_replace_editor",
+        command="create",
+        path="/workspace/test_calc.py",
+        file_text="from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n",
+    ),
+    "Show the change.\n</think>\n\n" + call("shell", command="git diff --stat"),
+    "Done.\n</think>\n\nFixed add() and added a test.",
+]
+
+
+def test_run_on_a_git_workspace_writes_the_patch_and_copies_back(sandbox_image, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    patch, out = tmp_path / "out.diff", tmp_path / "out"
+    with ScriptedModelServer(EDIT_TURNS) as server:
+        proc = subprocess.run(
+            [
+                *CLI, "run", "Fix add().", "--model-url", server.url, "--tools", "shell,str_replace_editor",
+                "--workspace", str(repo), "--patch", str(patch), "--copy-back", str(out),
+                "--trace", str(tmp_path / "t.jsonl"), "--json",
+            ],
+            capture_output=True, text=True, timeout=300,
+        )
+    assert proc.returncode == 0, proc.stderr
+    results = [e["text"] for e in map(json.loads, proc.stdout.splitlines()) if e["type"] == "tool_result"]
+    # `.git` went in: the agent sees the history and git's view of its own change.
+    assert "calc: the first version" in results[0]
+    assert "calc.py" in results[3]
+    assert f"patch (2 files changed): {patch}" in " ".join(proc.stderr.split())
+
+    text = patch.read_text()
+    assert "-    return a - b\n+    return a + b" in text
+    assert "new file mode" in text and "+++ b/test_calc.py" in text
+    assert "NOTES.md" not in text and "build.log" not in text
+    # It applies to the user's folder as it was, and the history there is untouched.
+    git(repo, "apply", "--check", str(patch))
+    assert git(repo, "log", "--oneline").count("\n") == 1
+    assert git(repo, "status", "--porcelain") == "?? NOTES.md\n"
+    # --copy-back keeps working, `.git` included.
+    copied = out / "workspace"
+    assert (copied / "calc.py").read_text().endswith("return a + b\n")
+    assert (copied / "test_calc.py").exists() and (copied / ".git" / "HEAD").exists()
+
+
+def test_patch_needs_a_workspace(tmp_path):
+    proc = subprocess.run(
+        [*CLI, "run", "x", "--tools", "shell", "--patch", str(tmp_path / "p.diff"), "--trace", str(tmp_path / "t.jsonl")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and "--patch needs --workspace" in proc.stderr
+
+
+async def test_run_result_patch_for_a_folder_that_is_not_a_repository(sandbox_image, tmp_path):
+    from qwq_agent import Agent, SGLangClient, build_tools
+    from qwq_agent.agent.workspace import open_sandbox
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "data.txt").write_text("one\ntwo\n")
+    (folder / "old.txt").write_text("to delete\n")
+    turns = [
+        "Edit.\n</think>\n\n" + call("shell", command="echo three >> data.txt && rm old.txt && printf 'x\\0y' > blob.bin"),
+        "Done.\n</think>\n\nEdited.",
+    ]
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url) as model:
+        async with open_sandbox(workspace=folder) as sandbox:
+            agent = Agent(model, build_tools(["shell"]), sandbox=sandbox)
+            result = await agent.run("Edit the files.")
+    assert result.status == "completed" and result.patch is not None
+    assert "+three" in result.patch
+    assert "deleted file mode" in result.patch and "-to delete" in result.patch
+    assert "diff --git a/blob.bin b/blob.bin" in result.patch and "GIT binary patch" in result.patch
+    # The folder on the host is untouched, and the patch applies to it.
+    assert (folder / "data.txt").read_text() == "one\ntwo\n"
+    patch = tmp_path / "p.diff"
+    patch.write_text(result.patch)
+    check = ["git", "apply", "--check", str(patch)]
+    await asyncio.to_thread(subprocess.run, check, cwd=folder, check=True, timeout=60)
+
+
+async def test_a_large_patch_comes_back_whole(sandbox_image, tmp_path):
+    """Longer than the shell's 32 KiB of output head, so it is read back in pieces."""
+    from qwq_agent.agent.patch import record_baseline, workspace_patch
+    from qwq_agent.agent.workspace import open_sandbox
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    async with open_sandbox(workspace=folder) as sandbox:
+        await record_baseline(sandbox)
+        await sandbox.shell("seq 1 40000 > numbers.txt")
+        patch = await workspace_patch(sandbox)
+    lines = [line for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    assert lines == [f"+{n}" for n in range(1, 40001)]
