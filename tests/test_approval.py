@@ -87,7 +87,10 @@ async def test_an_async_approver_allows_denies_with_a_reason_and_edits(tmp_path)
 
     turns = [
         "clean\n</think>\n\n" + call("shell", command="ls") + "\n" + call("shell", command="rm -rf /"),
-        "again\n</think>\n\n" + call("shell", command="rm -rf build") + "\n" + call("shell", command="sudo ls"),
+        "again\n</think>\n\n"
+        + call("shell", command="rm -rf build")
+        + "\n"
+        + call("shell", command="sudo ls"),
         "done\n</think>\n\nCleaned.",
     ]
     trace = tmp_path / "t.jsonl"
@@ -105,7 +108,11 @@ async def test_an_async_approver_allows_denies_with_a_reason_and_edits(tmp_path)
     assert "ran: rm -rf build/cache" in prompts[2]
     events = read_trace(trace)
     decided = [(e.call_id, e.action, e.by) for e in events if isinstance(e, ApprovalDecided)]
-    assert decided == [("call_1_1", "deny", "user"), ("call_2_0", "edit", "user"), ("call_2_1", "deny", "policy")]
+    assert decided == [
+        ("call_1_1", "deny", "user"),
+        ("call_2_0", "edit", "user"),
+        ("call_2_1", "deny", "policy"),
+    ]
     assert [e.call.id for e in events if isinstance(e, ApprovalRequested)] == ["call_1_1", "call_2_0"]
     ran = [e.call.arguments for e in events if isinstance(e, ToolCallEvent)]
     assert ran == [{"command": "ls"}, {"command": "rm -rf build/cache"}]
@@ -136,7 +143,9 @@ async def test_an_approver_alone_asks_about_every_call():
 
     turns = ["x\n</think>\n\n" + call("shell", command="ls"), "done\n</think>\n\nok"]
     async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
-        result = await Agent(client, [shell], config=AgentConfig(check_language=False), approver=approver).run("x")
+        result = await Agent(
+            client, [shell], config=AgentConfig(check_language=False), approver=approver
+        ).run("x")
     assert result.status == "completed" and seen == ["shell"] and RAN == ["ls"]
 
 

@@ -224,7 +224,9 @@ async def review_calls(
         )
         if decision.action == "deny":
             out.denied.append(
-                Message(role="tool", name=call.name, tool_call_id=call.id, content=denied_text(decision.reason))
+                Message(
+                    role="tool", name=call.name, tool_call_id=call.id, content=denied_text(decision.reason)
+                )
             )
         elif decision.action == "edit":
             out.approved.append(call.model_copy(update={"arguments": dict(decision.arguments or {})}))
