@@ -7,6 +7,8 @@ run whose python call draws a figure in the sandbox. The HTTP API is checked dir
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import io
 import json
 import os
 import shutil
@@ -44,12 +46,10 @@ async def _record_runs(folder: Path) -> None:
     from qwq_agent.testing.scripted_server import ScriptedModelServer
     from qwq_agent.tools.catalog import build_tools
 
-    spec = __import__("importlib.util").util.spec_from_file_location(
-        "ex_math", EXAMPLES / "math_puzzles/run.py"
-    )
-    module = __import__("importlib.util").util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location("ex_math", EXAMPLES / "math_puzzles/run.py")
+    module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
+    quiet = Console(file=io.StringIO())
     outcome = await harness.run(
         module.EXAMPLES["strawberry"], console=quiet, trace_path=folder / "strawberry.jsonl"
     )

@@ -66,10 +66,10 @@ class TraceViewer:
 class _Handler(BaseHTTPRequestHandler):
     root: Path
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per poll would drown the terminal
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         url = urlparse(self.path)
         query = parse_qs(url.query)
         if url.path == "/":
