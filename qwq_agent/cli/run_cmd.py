@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from qwq_agent.cli.interrupted import Started
 
-from qwq_agent.cli import ecosystem
+from qwq_agent.cli import approval_prompt, ecosystem
 
 DEFAULT_URL = "http://127.0.0.1:30000"
 
@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-id", help="with --replay/--resume: the run to use from an old multi-run trace")
     p.add_argument("--json", action="store_true", help="print events as JSON lines instead of the live view")
     ecosystem.add_arguments(p)  # --mcp, --mcp-url, --otel
+    approval_prompt.add_arguments(p)  # --approve, --decide
     p.set_defaults(func=_run)
 
 
@@ -127,6 +128,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     tools = extras.tools
     agent = None
     try:
+        approver = approval_prompt.setup(args, settings.config, source, tools, console)
         workspace = Path(settings.workspace) if settings.workspace else None
         async with open_sandbox(workspace=workspace) if plan.sandbox else contextlib.nullcontext() as sandbox:
             agent = Agent(
@@ -137,6 +139,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 run_id=run_id,
                 trace_path=trace_path,
                 tool_options=settings.recorded_options(),
+                approver=approver,
             )
             started.agent, started.trace_path = agent, trace_path
             renderer = EventRenderer(console, image_dir=Path("qwq-agent-images") / agent.run_id)
@@ -158,4 +161,6 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
         why = f": {result.trace_error}" if args.json else ""
         incomplete = f" (incomplete{why})" if result.trace_error else ""
         console.print(f"[dim]trace: {result.trace_path}{incomplete}[/dim]", soft_wrap=True)
+    if result is not None and result.status == "awaiting_approval":
+        return approval_prompt.report_pending(console, result)
     return 0 if result is not None and result.status == "completed" else 1
