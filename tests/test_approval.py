@@ -149,6 +149,26 @@ async def test_an_approver_alone_asks_about_every_call():
     assert result.status == "completed" and seen == ["shell"] and RAN == ["ls"]
 
 
+async def test_an_approver_that_never_answers_defers_the_call_at_the_runs_deadline(tmp_path):
+    import asyncio
+
+    from qwq_agent.agent.budgets import Budget
+
+    RAN.clear()
+
+    async def absent(request: ApprovalRequest) -> ApprovalDecision:
+        await asyncio.Event().wait()  # nobody is there
+        raise AssertionError("unreachable")
+
+    turns = ["x\n</think>\n\n" + call("shell", command="rm x")]
+    trace = tmp_path / "t.jsonl"
+    config = AgentConfig(check_language=False, approval=DANGER, budget=Budget(max_wall_s=2))
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        result = await Agent(client, [shell], config=config, approver=absent, trace_path=trace).run("x")
+    assert result.status == "awaiting_approval" and RAN == []
+    assert pending_approval(trace).call.arguments == {"command": "rm x"}
+
+
 # Two processes: the first stops at a call awaiting approval, the second resumes it from the trace.
 SCRIPT = textwrap.dedent(
     """

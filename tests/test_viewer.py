@@ -71,6 +71,36 @@ async def _record_runs(folder: Path) -> None:
             result = await agent.run("Plot the squares of 1, 2 and 3.")
     assert result.status == "completed"
 
+    # A run the loop had to step into (the same call three times) and where a call was denied.
+    from qwq_agent.agent.approval import ApprovalDecision, ApprovalPolicy, Rule
+    from qwq_agent.tools.base import tool
+
+    @tool
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        return "nothing"
+
+    same = call("lookup", key="answer")
+    turns = [f"Try again.\n</think>\n\n{same}"] * 3 + [
+        "Delete it.\n</think>\n\n" + call("lookup", key="drop table"),
+        "Stuck.\n</think>\n\nNo answer found.",
+    ]
+    policy = ApprovalPolicy(rules=[Rule(tool="lookup", action="ask", arguments={"key": ["drop"]})])
+
+    async def deny(request):
+        return ApprovalDecision.deny("not that one")
+
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url) as client:
+        agent = Agent(
+            client,
+            [lookup],
+            config=AgentConfig(check_language=False, approval=policy),
+            approver=deny,
+            trace_path=folder / "stuck.jsonl",
+        )
+        result = await agent.run("Find the answer.")
+    assert result.status == "completed"
+
 
 @pytest.fixture(scope="module")
 def traces(sandbox_image, tmp_path_factory) -> Path:
@@ -89,7 +119,8 @@ def test_the_api_lists_runs_and_serves_events_from_a_line_on(traces):
     with TraceViewer(traces) as viewer:
         assert viewer.url.startswith("http://127.0.0.1:")
         runs = {r["file"]: r for r in get_json(viewer.url + "api/runs")["runs"]}
-        assert set(runs) == {"strawberry.jsonl", "plot.jsonl"}
+        assert set(runs) == {"strawberry.jsonl", "plot.jsonl", "stuck.jsonl"}
+        assert runs["stuck.jsonl"]["warnings"] >= 1
         plot = runs["plot.jsonl"]
         assert plot["status"] == "completed" and plot["steps"] == 2 and plot["prompt_tokens"] > 0
         assert 0 <= plot["cached_share"] < 1 and plot["wall_s"] > 0
@@ -169,7 +200,11 @@ def test_the_page_lists_runs_opens_one_shows_its_image_and_unfolds_reasoning(tra
     with TraceViewer(traces) as viewer:
         browser.get(viewer.url)
         rows = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.run"))
-        assert sorted(r.get_attribute("data-file") for r in rows) == ["plot.jsonl", "strawberry.jsonl"]
+        assert sorted(r.get_attribute("data-file") for r in rows) == [
+            "plot.jsonl",
+            "strawberry.jsonl",
+            "stuck.jsonl",
+        ]
         plot_row = next(r for r in rows if r.get_attribute("data-file") == "plot.jsonl")
         assert "completed" in plot_row.text
         plot_row.click()
@@ -203,6 +238,14 @@ def test_the_page_lists_runs_opens_one_shows_its_image_and_unfolds_reasoning(tra
         browser.get(viewer.url + "#run=strawberry.jsonl")
         wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".final"))
         assert browser.find_elements(By.CSS_SELECTOR, ".tool-result")
+
+        # Loop interventions stand out; approvals are shown with their reason.
+        browser.get(viewer.url + "#run=stuck.jsonl")
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".final"))
+        loop = browser.find_element(By.CSS_SELECTOR, ".warning.loop")
+        assert "repeated_tool_call" in loop.text and loop.value_of_css_property("font-weight") == "600"
+        approvals = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".approval")]
+        assert any("deny by user" in a and "not that one" in a for a in approvals), approvals
 
 
 @pytest.mark.docker

@@ -15,8 +15,10 @@ the model again. No call of a turn runs before every call of that turn is decide
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -168,6 +170,7 @@ class GateOutcome(BaseModel):
     approved: list[ToolCall] = Field(default_factory=list)
     denied: list[Message] = Field(default_factory=list)
     pending: ApprovalRequest | None = None
+    events: list[Any] = Field(default_factory=list)  # what `emit` returned, in order
 
 
 Validate = Callable[[ToolCall], list[str]]
@@ -182,21 +185,33 @@ async def review_calls(
     run_id: str = "",
     step: int = 0,
     validate: Validate | None = None,
+    wait_s: float | None = None,
 ) -> GateOutcome:
     """Decide every call of a turn; `emit` gets `approval_requested` / `approval` events.
 
-    Stops at the first deferred call (`pending`): none of the turn's calls runs then.
+    Stops at the first deferred call (`pending`): none of the turn's calls runs then. `wait_s` bounds
+    the wait for all the turn's decisions (the run's deadline): when it passes, the call waiting is
+    deferred, so the run stops awaiting approval instead of running out of budget mid-question.
     """
+
     from qwq_agent.agent.events import ApprovalDecided, ApprovalRequested
 
     out = GateOutcome()
+    started = time.monotonic()
     for call in calls:
         action, rule = policy.action_for(call)
         reason = rule.reason if rule is not None else None
         if action == "ask":
             request = ApprovalRequest(run_id=run_id, step=step, call=call, reason=reason)
-            emit(ApprovalRequested(call=call, reason=reason))
-            decision = await approver(request) if approver is not None else ApprovalDecision(action="defer")
+            out.events.append(emit(ApprovalRequested(call=call, reason=reason)))
+            decision = ApprovalDecision(action="defer")
+            if approver is not None:
+                left = None if wait_s is None else max(0.0, wait_s - (time.monotonic() - started))
+                try:
+                    async with asyncio.timeout(left):
+                        decision = await approver(request)
+                except TimeoutError:
+                    pass  # deferred: the trace keeps the question for a later process
             if decision.action == "edit" and validate is not None:
                 problems = validate(call.model_copy(update={"arguments": decision.arguments or {}}))
                 if problems:
@@ -212,14 +227,16 @@ async def review_calls(
         if decision.action == "defer":
             out.pending = ApprovalRequest(run_id=run_id, step=step, call=call, reason=reason)
             return out
-        emit(
-            ApprovalDecided(
-                call_id=call.id,
-                name=call.name,
-                action=decision.action,
-                reason=decision.reason,
-                arguments=decision.arguments,
-                by=decision.by,
+        out.events.append(
+            emit(
+                ApprovalDecided(
+                    call_id=call.id,
+                    name=call.name,
+                    action=decision.action,
+                    reason=decision.reason,
+                    arguments=decision.arguments,
+                    by=decision.by,
+                )
             )
         )
         if decision.action == "deny":

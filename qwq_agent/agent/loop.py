@@ -316,13 +316,14 @@ class Agent:
                 )
             calls = list(parsed.tool_calls)
             if calls and (policy := self._approval_policy()) is not None:
-                gate_events: list[Event] = []
+                # Traced as they happen (a viewer shows the question while it waits), yielded after.
                 gate = await review_calls(
-                    calls, policy, self.approver, gate_events.append,
+                    calls, policy, self.approver, self._emit,
                     run_id=self.run_id, step=self._step, validate=self.tools.argument_problems,
+                    wait_s=deadline.left(),
                 )  # fmt: skip
-                for ev in gate_events:
-                    yield self._emit(ev)
+                for ev in gate.events:
+                    yield ev
                 if gate.pending is not None:
                     call = gate.pending.call
                     yield Final(
