@@ -94,8 +94,12 @@ def setup(
         raise CliError(str(exc).splitlines()[0], "see `qwq-agent run --help`") from None
     if decision is not None and source is None:
         raise CliError("--decide needs --resume TRACE of a run awaiting approval", "add --resume TRACE")
+    if config.approval is None:
+        if decision is not None:
+            raise CliError("--decide: the run has no approval policy, so nothing waits", "drop --decide")
+        return None  # an approver alone would ask about every call
     interactive: Approver | None = None
-    if sys.stdin.isatty() and config.approval is not None:
+    if sys.stdin.isatty():
         interactive = TerminalApprover(console, ToolRegistry(list(tools)).argument_problems)
     if source is None:
         return interactive
