@@ -17,6 +17,16 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.qwq-deps-*
   touch "$stamp"
 fi
+# The trace viewer's browser tests need Debian's chromium and its driver (playwright's browser
+# download is not possible here). Installed only when missing, and only where apt can (root on
+# Debian, as in CI); elsewhere those tests skip and say why.
+if [ "${QWQ_SKIP_BROWSER:-0}" != "1" ] && ! command -v chromedriver >/dev/null 2>&1 \
+   && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing chromium + chromium-driver (trace viewer browser tests)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; } \
+    || echo "[setup] could not install chromium; the browser tests will skip"
+fi
 if [ "${QWQ_SKIP_IMAGE:-0}" != "1" ]; then
   .venv/bin/qwq-agent sandbox build
 fi

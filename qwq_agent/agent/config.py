@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from qwq_agent.agent.approval import ApprovalPolicy
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.loop_detector import LoopDetectorConfig, RepetitionConfig
 from qwq_agent.agent.messages import Message
@@ -39,6 +40,9 @@ class AgentConfig(BaseModel):
     context_length: int | None = None
     # KV tokens a run reserves under admission control: its expected peak context.
     kv_reservation_tokens: int = 8192
+    # Which tool calls need a human decision (None: none, unless the Agent has an approver, which is
+    # then asked about every call). Part of the config so a trace records it and a resume applies it.
+    approval: ApprovalPolicy | None = None
 
 
 class RunResult(BaseModel):

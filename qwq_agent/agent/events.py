@@ -84,6 +84,26 @@ class ToolResultEvent(_Event):
     error_type: str | None = None  # the output's metadata["error"] (timeout, invalid_arguments, ...)
 
 
+class ApprovalRequested(_Event):
+    """A tool call needs a decision (policy `ask`); followed by `approval`, or the run stops awaiting it."""
+
+    type: Literal["approval_requested"] = "approval_requested"
+    call: ToolCall
+    reason: str | None = None
+
+
+class ApprovalDecided(_Event):
+    """How a call was decided: allowed, denied (the reason is the model's observation) or edited."""
+
+    type: Literal["approval"] = "approval"
+    call_id: str
+    name: str
+    action: Literal["allow", "deny", "edit"]
+    reason: str | None = None
+    arguments: dict[str, Any] | None = None
+    by: str = "user"
+
+
 class UsageEvent(_Event):
     type: Literal["usage"] = "usage"
     usage: Usage
@@ -125,6 +145,8 @@ Event = Annotated[
     | Warning_
     | BudgetExceeded
     | ReplayEnded
+    | ApprovalRequested
+    | ApprovalDecided
     | Final,
     Field(discriminator="type"),
 ]

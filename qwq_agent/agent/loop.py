@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qwq_agent.agent.admission import KVAdmission
+from qwq_agent.agent.approval import ApprovalPolicy, Approver, review_calls
 from qwq_agent.agent.budgets import BudgetTracker, Deadline
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
 from qwq_agent.agent.dispatch import ToolDispatcher
@@ -62,6 +63,7 @@ class Agent:
         admission: KVAdmission | None = None,
         run_id: str | None = None,
         tool_options: dict[str, Any] | None = None,
+        approver: Approver | None = None,
     ) -> None:
         self.model = model
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(list(tools))
@@ -73,6 +75,8 @@ class Agent:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         # Recorded in run_started so a replay can build the same tools (e.g. `build_tools` options).
         self.tool_options = dict(tool_options or {})
+        # Decides the calls `config.approval` asks about (see `qwq_agent.agent.approval`).
+        self.approver = approver
         self.messages: list[Message] = []
         self.result: RunResult | None = None
         self.tracker = BudgetTracker(budget=self.config.budget)
@@ -327,10 +331,27 @@ class Agent:
                         content=f"Error: your tool call could not be used. {err.message}",
                     )
                 )
-            if parsed.tool_calls:
-                async for ev in dispatcher.run(
-                    parsed.tool_calls, self.sandbox, observations, repairs=parsed.repairs
-                ):
+            calls = list(parsed.tool_calls)
+            if calls and (policy := self._approval_policy()) is not None:
+                # Traced as they happen (a viewer shows the question while it waits), yielded after.
+                gate = await review_calls(
+                    calls, policy, self.approver, self._emit,
+                    run_id=self.run_id, step=self._step, validate=self.tools.argument_problems,
+                    wait_s=deadline.left(),
+                )  # fmt: skip
+                for ev in gate.events:
+                    yield ev
+                if gate.pending is not None:
+                    call = gate.pending.call
+                    yield Final(
+                        status="awaiting_approval",
+                        error=f"tool call {call.id} ({call.name}) is waiting for approval",
+                    )
+                    return
+                calls = gate.approved
+                observations.extend(gate.denied)
+            if calls:
+                async for ev in dispatcher.run(calls, self.sandbox, observations, repairs=parsed.repairs):
                     yield ev
             if observations:
                 self.messages.extend(observations)
@@ -350,6 +371,11 @@ class Agent:
                     continue
             yield Final(status="completed", answer=answer)
             return
+
+    def _approval_policy(self) -> ApprovalPolicy | None:
+        if self.config.approval is not None:
+            return self.config.approval
+        return ApprovalPolicy(default="ask") if self.approver is not None else None
 
     def _emit(self, event: Event, *, trace: bool = True) -> Event:
         event.run_id = self.run_id

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from qwq_agent.cli.interrupted import Started
 
-from qwq_agent.cli import ecosystem
+from qwq_agent.cli import approval_prompt, ecosystem
 from qwq_agent.cli.reasoning_view import REASONING_MODES
 
 DEFAULT_URL = "http://127.0.0.1:30000"
@@ -78,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="in the live view, show the reasoning in full, only its last lines (updated in place), or not at all",
     )
     ecosystem.add_arguments(p)  # --mcp, --mcp-url, --otel
+    approval_prompt.add_arguments(p)  # --approve, --decide
     p.set_defaults(func=_run)
 
 
@@ -183,6 +184,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     tools = extras.tools
     agent = None
     try:
+        approver = approval_prompt.setup(args, settings.config, source, tools, console)
         workspace = Path(settings.workspace) if settings.workspace else None
         async with open_sandbox(workspace=workspace) if plan.sandbox else contextlib.nullcontext() as sandbox:
             agent = Agent(
@@ -193,6 +195,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 run_id=run_id,
                 trace_path=trace_path,
                 tool_options=settings.recorded_options(),
+                approver=approver,
             )
             started.agent, started.trace_path = agent, trace_path
             renderer = EventRenderer(
@@ -220,4 +223,6 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
         why = f": {result.trace_error}" if args.json else ""
         incomplete = f" (incomplete{why})" if result.trace_error else ""
         console.print(f"[dim]trace: {result.trace_path}{incomplete}[/dim]", soft_wrap=True)
+    if result is not None and result.status == "awaiting_approval":
+        return approval_prompt.report_pending(console, result)
     return 0 if result is not None and result.status == "completed" else 1

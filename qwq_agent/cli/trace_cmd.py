@@ -1,4 +1,4 @@
-"""`qwq-agent trace show FILE`: a trace, readable."""
+"""`qwq-agent trace show FILE`: a trace, readable; `qwq-agent trace serve [DIR]`: traces in the browser."""
 
 from __future__ import annotations
 
@@ -22,6 +22,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--reasoning", choices=REASONING_MODES, default="full", help="show each step's reasoning in full, its last lines, or not"
     )
     show.set_defaults(func=_show)
+    serve = tsub.add_parser("serve", help="browse traces in a local web page (live while runs write them)")
+    serve.add_argument("dir", nargs="?", default="traces", help="folder of traces, searched recursively")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
+    serve.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    serve.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.viewer import TraceViewer
+
+    try:
+        viewer = TraceViewer(args.dir, host=args.host, port=args.port)
+    except FileNotFoundError as exc:
+        raise CliError(str(exc), "pass the folder your runs write traces to (default: ./traces)") from None
+    print(f"serving traces of {viewer.root} at {viewer.url} (Ctrl-C to stop)", flush=True)
+    try:
+        viewer.serve_forever()
+    finally:
+        viewer.close()
+    return 0
 
 
 def _show(args: argparse.Namespace) -> int:

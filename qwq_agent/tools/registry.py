@@ -172,6 +172,13 @@ class ToolRegistry:
         """The specs of all tools, in registration order (what the prompt's `# Tools` lists)."""
         return [t.spec for t in self._tools.values()]
 
+    def argument_problems(self, call: ToolCall) -> list[str]:
+        """Why `call`'s arguments do not fit its tool's schema, one line each (empty: they fit)."""
+        validator = self._validators.get(call.name)
+        if validator is None:
+            return [f"there is no tool named {call.name!r}"]
+        return describe_schema_errors(list(validator.iter_errors(call.arguments)), limit=self.max_errors)
+
     async def call(
         self,
         call: ToolCall,

@@ -1,0 +1,303 @@
+"""Human approval of tool calls: a policy per tool, an async approver, and deferred decisions.
+
+A policy (`ApprovalPolicy`, part of `AgentConfig` so a trace records it) says for each call whether it
+runs (`allow`), is refused (`deny`) or needs a decision (`ask`); rules match a tool name (a glob) and,
+optionally, regular expressions on argument values (e.g. shell commands that start with `rm`). The
+first rule that matches wins.
+
+An `ask` goes to the run's approver: any `async (ApprovalRequest) -> ApprovalDecision` callable. It
+can allow, deny with a reason (the model reads it as the call's observation), allow with edited
+arguments (re-validated against the tool's schema), or defer. With no approver, or on `defer`, the
+run stops with status `awaiting_approval`; its trace holds everything needed to resume it in another
+process with the decision (`resume_decisions`), replaying the recorded model turns instead of asking
+the model again. No call of a turn runs before every call of that turn is decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field, field_validator
+
+from qwq_agent.agent.messages import Message, ToolCall
+
+__all__ = [
+    "ApprovalDecision",
+    "ApprovalPolicy",
+    "ApprovalRequest",
+    "Approver",
+    "GateOutcome",
+    "PendingApproval",
+    "RecordedApprover",
+    "Rule",
+    "pending_approval",
+    "recorded_decisions",
+    "review_calls",
+]
+
+Action = Literal["allow", "deny", "ask"]
+
+
+class Rule(BaseModel):
+    """One line of a policy: which calls it covers and what happens to them."""
+
+    tool: str = "*"  # a glob on the tool name
+    action: Action
+    # Argument name -> regular expressions (re.search) on its value as text; the rule applies when
+    # every named argument matches one of its patterns. Empty: any arguments.
+    arguments: dict[str, list[str]] = Field(default_factory=dict)
+    reason: str | None = None  # shown to the user on `ask`, to the model on `deny`
+
+    @field_validator("arguments")
+    @classmethod
+    def _patterns_compile(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, patterns in value.items():
+            for p in patterns:
+                try:
+                    re.compile(p)
+                except re.error as exc:
+                    raise ValueError(f"argument {name!r}: bad pattern {p!r}: {exc}") from None
+        return value
+
+    def matches(self, call: ToolCall) -> bool:
+        if not fnmatch.fnmatchcase(call.name, self.tool):
+            return False
+        for name, patterns in self.arguments.items():
+            if name not in call.arguments:
+                return False
+            value = call.arguments[name]
+            text = value if isinstance(value, str) else repr(value)
+            if not any(re.search(p, text) for p in patterns):
+                return False
+        return True
+
+
+class ApprovalPolicy(BaseModel):
+    """Rules in order (the first match wins), then `default` for calls no rule covers."""
+
+    rules: list[Rule] = Field(default_factory=list)
+    default: Action = "allow"
+
+    def action_for(self, call: ToolCall) -> tuple[Action, Rule | None]:
+        for rule in self.rules:
+            if rule.matches(call):
+                return rule.action, rule
+        return self.default, None
+
+    @classmethod
+    def from_flag(cls, value: str) -> ApprovalPolicy:
+        """`ask` (every call), `auto` (none), or comma-separated tools that run without asking."""
+        value = value.strip()
+        if value == "ask":
+            return cls(default="ask")
+        if value == "auto":
+            return cls(default="allow")
+        tools = [t.strip() for t in value.split(",") if t.strip()]
+        if not tools:
+            raise ValueError("--approve takes ask, auto, or a comma-separated list of tools")
+        return cls(rules=[Rule(tool=t, action="allow") for t in tools], default="ask")
+
+
+class ApprovalRequest(BaseModel):
+    """A call waiting for a decision."""
+
+    run_id: str = ""
+    step: int = 0
+    call: ToolCall
+    reason: str | None = None  # the rule's reason, if it gave one
+
+
+class ApprovalDecision(BaseModel):
+    """What the approver decided: `edit` runs the call with `arguments` instead of the model's."""
+
+    action: Literal["allow", "deny", "edit", "defer"]
+    reason: str | None = None
+    arguments: dict[str, Any] | None = None
+    by: str = "user"
+
+    @classmethod
+    def allow(cls, *, by: str = "user") -> ApprovalDecision:
+        return cls(action="allow", by=by)
+
+    @classmethod
+    def deny(cls, reason: str | None = None, *, by: str = "user") -> ApprovalDecision:
+        return cls(action="deny", reason=reason, by=by)
+
+    @classmethod
+    def edit(cls, arguments: dict[str, Any], *, by: str = "user") -> ApprovalDecision:
+        return cls(action="edit", arguments=arguments, by=by)
+
+
+class Approver(Protocol):
+    """Decides an `ask`: any async callable taking the request."""
+
+    def __call__(self, request: ApprovalRequest) -> Awaitable[ApprovalDecision]: ...
+
+
+class RecordedApprover:
+    """Decisions known in advance by call id (a trace's, or the one a resume brings), then `then`.
+
+    A call with no known decision goes to `then`; with no `then` it is deferred again.
+    """
+
+    def __init__(self, decisions: Mapping[str, ApprovalDecision], then: Approver | None = None) -> None:
+        self.decisions = dict(decisions)
+        self.then = then
+
+    async def __call__(self, request: ApprovalRequest) -> ApprovalDecision:
+        known = self.decisions.get(request.call.id)
+        if known is not None:
+            return known
+        if self.then is None:
+            return ApprovalDecision(action="defer")
+        return await self.then(request)
+
+
+def denied_text(reason: str | None) -> str:
+    why = f": {reason}" if reason else " (no reason given)"
+    return f"Error: this call was not run; the user denied it{why}. Do something else, or ask the user."
+
+
+class GateOutcome(BaseModel):
+    """A turn's calls after review: those to run (arguments possibly edited), and refusals."""
+
+    approved: list[ToolCall] = Field(default_factory=list)
+    denied: list[Message] = Field(default_factory=list)
+    pending: ApprovalRequest | None = None
+    events: list[Any] = Field(default_factory=list)  # what `emit` returned, in order
+
+
+Validate = Callable[[ToolCall], list[str]]
+
+
+async def review_calls(
+    calls: Sequence[ToolCall],
+    policy: ApprovalPolicy,
+    approver: Approver | None,
+    emit: Callable[[Any], Any],
+    *,
+    run_id: str = "",
+    step: int = 0,
+    validate: Validate | None = None,
+    wait_s: float | None = None,
+) -> GateOutcome:
+    """Decide every call of a turn; `emit` gets `approval_requested` / `approval` events.
+
+    Stops at the first deferred call (`pending`): none of the turn's calls runs then. `wait_s` bounds
+    the wait for all the turn's decisions (the run's deadline): when it passes, the call waiting is
+    deferred, so the run stops awaiting approval instead of running out of budget mid-question.
+    """
+
+    from qwq_agent.agent.events import ApprovalDecided, ApprovalRequested
+
+    out = GateOutcome()
+    started = time.monotonic()
+    for call in calls:
+        action, rule = policy.action_for(call)
+        reason = rule.reason if rule is not None else None
+        if action == "ask":
+            request = ApprovalRequest(run_id=run_id, step=step, call=call, reason=reason)
+            out.events.append(emit(ApprovalRequested(call=call, reason=reason)))
+            decision = ApprovalDecision(action="defer")
+            if approver is not None:
+                left = None if wait_s is None else max(0.0, wait_s - (time.monotonic() - started))
+                try:
+                    async with asyncio.timeout(left):
+                        decision = await approver(request)
+                except TimeoutError:
+                    pass  # deferred: the trace keeps the question for a later process
+            if decision.action == "edit" and validate is not None:
+                problems = validate(call.model_copy(update={"arguments": decision.arguments or {}}))
+                if problems:
+                    # The approver's arguments are not valid: the call is refused, and the model told why.
+                    decision = ApprovalDecision.deny(
+                        "the edited arguments are invalid: " + "; ".join(problems), by=decision.by
+                    )
+        else:
+            decision = ApprovalDecision(action=action, reason=reason, by="policy")
+            if action == "allow":
+                out.approved.append(call)
+                continue  # allowed by policy: nothing to record
+        if decision.action == "defer":
+            out.pending = ApprovalRequest(run_id=run_id, step=step, call=call, reason=reason)
+            return out
+        out.events.append(
+            emit(
+                ApprovalDecided(
+                    call_id=call.id,
+                    name=call.name,
+                    action=decision.action,
+                    reason=decision.reason,
+                    arguments=decision.arguments,
+                    by=decision.by,
+                )
+            )
+        )
+        if decision.action == "deny":
+            out.denied.append(
+                Message(
+                    role="tool", name=call.name, tool_call_id=call.id, content=denied_text(decision.reason)
+                )
+            )
+        elif decision.action == "edit":
+            out.approved.append(call.model_copy(update={"arguments": dict(decision.arguments or {})}))
+        else:
+            out.approved.append(call)
+    return out
+
+
+class PendingApproval(BaseModel):
+    """The call a trace's run stopped at, waiting for a decision."""
+
+    run_id: str
+    step: int
+    call: ToolCall
+    reason: str | None = None
+
+
+def pending_approval(path: str | Path) -> PendingApproval | None:
+    """The call the run in `path` waits on, or None if it did not stop awaiting approval."""
+    from qwq_agent.agent.events import ApprovalRequested, Final
+    from qwq_agent.agent.trace import read_trace
+
+    events = read_trace(path)
+    final = next((e for e in reversed(events) if isinstance(e, Final)), None)
+    if final is None or final.status != "awaiting_approval":
+        return None
+    asked = next((e for e in reversed(events) if isinstance(e, ApprovalRequested)), None)
+    if asked is None:
+        return None
+    return PendingApproval(run_id=asked.run_id, step=asked.step, call=asked.call, reason=asked.reason)
+
+
+def recorded_decisions(path: str | Path) -> dict[str, ApprovalDecision]:
+    """The decisions a trace recorded, by call id (a resume applies them again without asking)."""
+    from qwq_agent.agent.events import ApprovalDecided
+    from qwq_agent.agent.trace import read_trace
+
+    return {
+        e.call_id: ApprovalDecision(action=e.action, reason=e.reason, arguments=e.arguments, by=e.by)  # type: ignore[arg-type]
+        for e in read_trace(path)
+        if isinstance(e, ApprovalDecided)
+    }
+
+
+def resume_decisions(
+    path: str | Path, decision: ApprovalDecision, *, then: Approver | None = None
+) -> RecordedApprover:
+    """An approver to resume the run in `path`: its recorded decisions, plus `decision` for the pending call.
+
+    Raises ValueError when the run is not awaiting approval.
+    """
+    pending = pending_approval(path)
+    if pending is None:
+        raise ValueError(f"the run in {path} is not awaiting approval: nothing to decide")
+    decisions = recorded_decisions(path)
+    decisions[pending.call.id] = decision
+    return RecordedApprover(decisions, then=then)

@@ -1,0 +1,208 @@
+"""`qwq-agent run --approve ...`: the approval policy from the command line, and the terminal prompt.
+
+The prompt shows the call and takes one key: `a` allow, `d` deny (then a reason, which the model
+reads as the call's observation), `e` edit (new arguments as JSON, checked against the tool's schema
+and asked again until they fit). Without a terminal, a call that needs a decision stops the run
+(`awaiting_approval`); `--resume TRACE --decide ...` continues it later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from qwq_agent.agent.approval import (
+    ApprovalDecision,
+    ApprovalPolicy,
+    ApprovalRequest,
+    Approver,
+    RecordedApprover,
+    recorded_decisions,
+    resume_decisions,
+)
+
+__all__ = ["TerminalApprover", "add_arguments", "parse_decision", "setup"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`--approve` and `--decide`, added to the `run` parser."""
+    p.add_argument(
+        "--approve",
+        metavar="ask|auto|TOOLS|FILE.json",
+        help="which tool calls need your approval: ask (all), auto (none, the default), a comma-separated "
+        "list of tools that run without asking (the others ask), or a JSON policy file (rules with "
+        "argument patterns)",
+    )
+    p.add_argument(
+        "--decide",
+        metavar="allow|deny[:REASON]|edit:JSON",
+        help="with --resume of a run awaiting approval: the decision on the call it waits for",
+    )
+
+
+def parse_decision(value: str) -> ApprovalDecision:
+    """`allow`, `deny`, `deny:REASON` or `edit:{"arg": ...}`; ValueError says what is accepted."""
+    action, _, rest = value.partition(":")
+    if action == "allow" and not rest:
+        return ApprovalDecision.allow()
+    if action == "deny":
+        return ApprovalDecision.deny(rest or None)
+    if action == "edit":
+        try:
+            arguments = json.loads(rest)
+        except ValueError as exc:
+            raise ValueError(f"--decide edit: the arguments are not JSON ({exc})") from None
+        if not isinstance(arguments, dict):
+            raise ValueError("--decide edit: the arguments must be a JSON object")
+        return ApprovalDecision.edit(arguments)
+    raise ValueError(f"--decide takes allow, deny[:REASON] or edit:JSON, not {value!r}")
+
+
+def load_policy(value: str) -> ApprovalPolicy:
+    """The `--approve` value as a policy (a `.json` path is read as a policy file)."""
+    if value.endswith(".json"):
+        try:
+            return ApprovalPolicy.model_validate_json(Path(value).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ValueError(f"--approve: cannot read {value}: {exc.strerror or exc}") from None
+    return ApprovalPolicy.from_flag(value)
+
+
+def setup(
+    args: argparse.Namespace, config: Any, source: Path | None, tools: Sequence[Any], console: Any
+) -> Approver | None:
+    """Set `config.approval` from `--approve` and build the run's approver (None: calls wait).
+
+    Raises `CliError` for a bad `--approve`/`--decide`.
+    """
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.tools.registry import ToolRegistry
+
+    approve = getattr(args, "approve", None)
+    decide = getattr(args, "decide", None)
+    try:
+        if approve is not None:
+            config.approval = load_policy(approve)
+        decision = parse_decision(decide) if decide else None
+    except ValueError as exc:
+        raise CliError(str(exc).splitlines()[0], "see `qwq-agent run --help`") from None
+    if decision is not None and source is None:
+        raise CliError("--decide needs --resume TRACE of a run awaiting approval", "add --resume TRACE")
+    if config.approval is None:
+        if decision is not None:
+            raise CliError("--decide: the run has no approval policy, so nothing waits", "drop --decide")
+        return None  # an approver alone would ask about every call
+    interactive: Approver | None = None
+    if sys.stdin.isatty():
+        interactive = TerminalApprover(console, ToolRegistry(list(tools)).argument_problems)
+    if source is None:
+        return interactive
+    if decision is not None:
+        try:
+            return resume_decisions(source, decision, then=interactive)
+        except ValueError as exc:
+            raise CliError(
+                str(exc), "drop --decide, or resume a run whose status is awaiting_approval"
+            ) from None
+    # A replay or resume applies the recorded decisions again instead of asking.
+    return RecordedApprover(recorded_decisions(source), then=interactive)
+
+
+class TerminalApprover:
+    """Asks at the terminal; `validate` checks edited arguments (lines of problems, empty when fine)."""
+
+    def __init__(self, console: Any, validate: Callable[[Any], list[str]]) -> None:
+        self.console = console
+        self.validate = validate
+
+    async def __call__(self, request: ApprovalRequest) -> ApprovalDecision:
+        # A daemon thread, not the default executor: a prompt left waiting must not keep the
+        # process alive after Ctrl-C ends the run.
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[ApprovalDecision] = loop.create_future()
+
+        def ask() -> None:
+            try:
+                result = self._ask(request)
+            except EOFError:  # stdin closed: nobody can answer now, so the run waits for a decision
+                loop.call_soon_threadsafe(_settle, done, ApprovalDecision(action="defer"), None)
+            except BaseException as exc:  # EOF on stdin, or the terminal went away
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, result, None)
+
+        threading.Thread(target=ask, name="approval-prompt", daemon=True).start()
+        return await done
+
+    def _ask(self, request: ApprovalRequest) -> ApprovalDecision:
+        from rich.panel import Panel
+        from rich.prompt import Prompt
+        from rich.syntax import Syntax
+
+        call = request.call
+        body = Syntax(json.dumps(call.arguments, indent=2, ensure_ascii=False), "json", word_wrap=True)
+        title = f"approve tool call {call.name} ({call.id})?"
+        subtitle = request.reason or ""
+        self.console.print(Panel(body, title=title, subtitle=subtitle, border_style="magenta"))
+        while True:
+            choice = Prompt.ask(
+                "\\[a]llow, \\[d]eny, \\[e]dit", choices=["a", "d", "e"], default="a", console=self.console
+            )
+            if choice == "a":
+                return ApprovalDecision.allow()
+            if choice == "d":
+                reason = Prompt.ask("reason (the model reads it)", default="", console=self.console)
+                return ApprovalDecision.deny(reason.strip() or None)
+            text = Prompt.ask(
+                "new arguments (JSON)",
+                default=json.dumps(call.arguments, ensure_ascii=False),
+                console=self.console,
+            )
+            try:
+                arguments = json.loads(text)
+            except ValueError as exc:
+                self.console.print(f"[red]not JSON: {exc}[/red]")
+                continue
+            if not isinstance(arguments, dict):
+                self.console.print("[red]the arguments must be a JSON object[/red]")
+                continue
+            problems = self.validate(call.model_copy(update={"arguments": arguments}))
+            if problems:
+                self.console.print(
+                    "[red]invalid arguments:[/red]\n" + "\n".join(f"  - {p}" for p in problems)
+                )
+                continue
+            return ApprovalDecision.edit(arguments)
+
+
+EXIT_AWAITING_APPROVAL = 3
+
+
+def report_pending(console: Any, result: Any) -> int:
+    """Say which call the run waits on and how to resume it; the exit code for a waiting run."""
+    from qwq_agent.agent.approval import pending_approval
+
+    pending = pending_approval(result.trace_path) if result.trace_path else None
+    what = f"{pending.call.name} {json.dumps(pending.call.arguments)}" if pending else "a tool call"
+    console.print(f"[magenta]waiting for approval of {what}[/magenta]", soft_wrap=True)
+    if result.trace_path:
+        console.print(
+            f"[dim]resume with: qwq-agent run --resume {result.trace_path} --decide allow|deny:REASON[/dim]",
+            soft_wrap=True,
+        )
+    return EXIT_AWAITING_APPROVAL
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+    else:
+        future.set_result(result)

@@ -1,0 +1,119 @@
+"""The viewer's HTTP server: stdlib `http.server`, bound to 127.0.0.1 unless asked otherwise.
+
+Routes: `/` the page (everything inline, nothing fetched from elsewhere), `/api/runs` the run list,
+`/api/events?file=F&from=N` a run's events from line N on. The page polls the last one while a run
+has no final event, so a run in progress grows on screen.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from qwq_agent.viewer.page import PAGE
+from qwq_agent.viewer.summary import read_events, summarize
+
+__all__ = ["TraceViewer"]
+
+
+class TraceViewer:
+    """Serves the traces (`*.jsonl`, searched recursively) under `root`.
+
+    `start()` serves from a background thread (tests, notebooks); `serve_forever()` blocks (the CLI).
+    `port=0` picks a free port; `url` says which.
+    """
+
+    def __init__(self, root: str | Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"trace folder {root} does not exist or is not a folder")
+        handler = type("Handler", (_Handler,), {"root": self.root})
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def start(self) -> TraceViewer:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="trace-viewer", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+        self._server.server_close()
+
+    def __enter__(self) -> TraceViewer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    root: Path
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per poll would drown the terminal
+
+    def do_GET(self) -> None:
+        url = urlparse(self.path)
+        query = parse_qs(url.query)
+        if url.path == "/":
+            self._send(HTTPStatus.OK, PAGE.encode("utf-8"), "text/html; charset=utf-8")
+        elif url.path == "/api/runs":
+            runs = []
+            for path in sorted(self.root.rglob("*.jsonl")):
+                try:
+                    runs.append(summarize(path, self.root).model_dump())
+                except OSError:
+                    continue  # removed while listing
+            runs.sort(key=lambda r: r["modified"], reverse=True)
+            self._json({"root": str(self.root), "runs": runs})
+        elif url.path == "/api/events":
+            path = self._trace(query.get("file", [""])[0])
+            if path is None:
+                self._json({"error": "no such trace"}, HTTPStatus.NOT_FOUND)
+                return
+            try:
+                start = max(0, int(query.get("from", ["0"])[0]))
+            except ValueError:
+                self._json({"error": "`from` must be a line number"}, HTTPStatus.BAD_REQUEST)
+                return
+            events, nxt = read_events(path, start)
+            self._json({"events": events, "next": nxt, "summary": summarize(path, self.root).model_dump()})
+        else:
+            self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
+
+    def _trace(self, name: str) -> Path | None:
+        """The trace `name` under the root; None for anything else (`..`, absolute paths, non-traces)."""
+        if not name:
+            return None
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root) or path.suffix != ".jsonl" or not path.is_file():
+            return None
+        return path
+
+    def _json(self, data: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
+        self._send(status, json.dumps(data).encode("utf-8"), "application/json")
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)

@@ -1,0 +1,92 @@
+"""What the viewer shows of a trace file: a one-row summary, and its events from a line on.
+
+Read as plain JSON lines rather than typed events: the viewer must show traces written by newer or
+older versions (unknown event types pass through) and a run still being written (a torn last line
+is left for the next poll).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+__all__ = ["RunSummary", "read_events", "summarize"]
+
+# Prompts are the bulk of a trace and the page does not show them; it gets their length instead.
+_DROPPED = ("prompt",)
+
+
+class RunSummary(BaseModel):
+    """One row of the run list."""
+
+    file: str
+    run_id: str = ""
+    task: str = ""
+    model: str = ""
+    status: str = "running"  # the final event's status; "running" until there is one
+    steps: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    cached_share: float | None = None
+    wall_s: float | None = None
+    started: float | None = None
+    warnings: int = 0
+    modified: float = 0.0
+
+
+def read_events(path: Path, start: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Events from line `start` on (prompts dropped), and the line to continue from.
+
+    A last line without its newline is still being written: it is not returned, and the next call
+    starts at it. A line that is not JSON (a crash mid-write, long ago) is skipped.
+    """
+    events: list[dict[str, Any]] = []
+    with path.open("rb") as f:
+        lines = f.read().split(b"\n")
+    complete = lines[:-1]  # the piece after the last newline is empty or still being written
+    for raw in complete[start:]:
+        try:
+            ev = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(ev, dict):
+            continue
+        for key in _DROPPED:
+            if isinstance(ev.get(key), str):
+                ev[f"{key}_chars"] = len(ev.pop(key))
+        events.append(ev)
+    return events, max(start, len(complete))
+
+
+def summarize(path: Path, root: Path) -> RunSummary:
+    """The run list's row for the trace at `path` (named relative to `root`)."""
+    events, _ = read_events(path)
+    row = RunSummary(file=path.relative_to(root).as_posix(), modified=path.stat().st_mtime)
+    last_ts: float | None = None
+    for ev in events:
+        kind = ev.get("type")
+        last_ts = ev.get("ts", last_ts)
+        if kind == "run_started":
+            row.run_id, row.task, row.model = ev.get("run_id", ""), ev.get("task", ""), ev.get("model", "")
+            row.started = ev.get("ts")
+        elif kind == "model_call":
+            usage = ev.get("usage") or {}
+            row.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            row.cached_tokens += int(usage.get("cached_tokens") or 0)
+            row.generated_tokens += int(usage.get("completion_tokens") or 0)
+        elif kind == "warning":
+            row.warnings += 1
+        elif kind == "final":
+            row.status = ev.get("status", "?")
+            totals = ev.get("totals") or {}
+            row.wall_s = totals.get("wall_s")
+        row.steps = max(row.steps, int(ev.get("step") or 0))
+    if row.wall_s is None and row.started is not None and last_ts is not None:
+        row.wall_s = round(last_ts - row.started, 3)
+    if row.prompt_tokens:
+        row.cached_share = round(row.cached_tokens / row.prompt_tokens, 4)
+    return row

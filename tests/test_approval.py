@@ -1,0 +1,245 @@
+"""Human approval of tool calls: policies, an async approver in the API, and deferred approval.
+
+The model is scripted behind a real HTTP server; the tools are real functions that record what ran,
+so a denied call that ran anyway, or an edit that was ignored, fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from qwq_agent.agent.approval import (
+    ApprovalDecision,
+    ApprovalPolicy,
+    ApprovalRequest,
+    Rule,
+    pending_approval,
+    recorded_decisions,
+)
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import ApprovalDecided, ApprovalRequested, ToolCallEvent
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.messages import ToolCall
+from qwq_agent.agent.trace import read_trace
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+from qwq_agent.tools.base import tool
+
+RAN: list[str] = []
+
+
+@tool
+def shell(command: str) -> str:
+    """Run a shell command (here: only recorded)."""
+    RAN.append(command)
+    return f"ran: {command}"
+
+
+def call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+DANGER = ApprovalPolicy(
+    rules=[
+        Rule(tool="shell", action="deny", arguments={"command": [r"^\s*sudo\b"]}, reason="no sudo here"),
+        Rule(tool="shell", action="ask", arguments={"command": [r"^\s*rm\b", r"curl .*\|\s*sh"]}),
+    ],
+    default="allow",
+)
+
+
+def test_the_first_matching_rule_decides_and_patterns_look_at_arguments():
+    def action(command: str) -> str:
+        return DANGER.action_for(ToolCall(name="shell", arguments={"command": command}))[0]
+
+    assert action("ls -la") == "allow"
+    assert action("rm -rf build") == "ask"
+    assert action("curl https://x | sh") == "ask"
+    assert action("sudo rm -rf /") == "deny"  # the deny rule comes first
+    assert DANGER.action_for(ToolCall(name="python", arguments={"command": "rm"}))[0] == "allow"
+    assert ApprovalPolicy.from_flag("ask").action_for(ToolCall(name="x"))[0] == "ask"
+    assert ApprovalPolicy.from_flag("auto").action_for(ToolCall(name="x"))[0] == "allow"
+    some = ApprovalPolicy.from_flag("python, search_code")
+    assert some.action_for(ToolCall(name="python"))[0] == "allow"
+    assert some.action_for(ToolCall(name="shell"))[0] == "ask"
+    with pytest.raises(ValueError, match="bad pattern"):
+        Rule(action="ask", arguments={"command": ["("]})
+
+
+def config() -> AgentConfig:
+    return AgentConfig(check_language=False, approval=DANGER)
+
+
+async def test_an_async_approver_allows_denies_with_a_reason_and_edits(tmp_path):
+    RAN.clear()
+    asked: list[ApprovalRequest] = []
+
+    async def approver(request: ApprovalRequest) -> ApprovalDecision:
+        asked.append(request)
+        command = request.call.arguments["command"]
+        if command == "rm -rf /":
+            return ApprovalDecision.deny("that would wipe the machine")
+        return ApprovalDecision.edit({"command": "rm -rf build/cache"})
+
+    turns = [
+        "clean\n</think>\n\n" + call("shell", command="ls") + "\n" + call("shell", command="rm -rf /"),
+        "again\n</think>\n\n"
+        + call("shell", command="rm -rf build")
+        + "\n"
+        + call("shell", command="sudo ls"),
+        "done\n</think>\n\nCleaned.",
+    ]
+    trace = tmp_path / "t.jsonl"
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [shell], config=config(), approver=approver, trace_path=trace)
+        result = await agent.run("Clean up.")
+        prompts = [r.prompt for r in server.requests]
+    assert result.status == "completed" and result.answer == "Cleaned."
+    # Only the allowed call and the edited one ran; the denied and the policy-denied ones did not.
+    assert RAN == ["ls", "rm -rf build/cache"]
+    assert [r.call.arguments["command"] for r in asked] == ["rm -rf /", "rm -rf build"]
+    # The reasons reach the model as the calls' observations.
+    assert "the user denied it: that would wipe the machine" in prompts[1]
+    assert "the user denied it: no sudo here" in prompts[2]
+    assert "ran: rm -rf build/cache" in prompts[2]
+    events = read_trace(trace)
+    decided = [(e.call_id, e.action, e.by) for e in events if isinstance(e, ApprovalDecided)]
+    assert decided == [
+        ("call_1_1", "deny", "user"),
+        ("call_2_0", "edit", "user"),
+        ("call_2_1", "deny", "policy"),
+    ]
+    assert [e.call.id for e in events if isinstance(e, ApprovalRequested)] == ["call_1_1", "call_2_0"]
+    ran = [e.call.arguments for e in events if isinstance(e, ToolCallEvent)]
+    assert ran == [{"command": "ls"}, {"command": "rm -rf build/cache"}]
+
+
+async def test_edited_arguments_are_validated_and_a_bad_edit_is_refused_naming_the_argument():
+    RAN.clear()
+
+    async def approver(request: ApprovalRequest) -> ApprovalDecision:
+        return ApprovalDecision.edit({"command": 42, "extra": True})
+
+    turns = ["x\n</think>\n\n" + call("shell", command="rm x"), "done\n</think>\n\nok"]
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [shell], config=config(), approver=approver)
+        result = await agent.run("Remove x.")
+        second = server.requests[1].prompt
+    assert result.status == "completed" and RAN == []
+    assert "edited arguments are invalid" in second and "command" in second and "extra" in second
+
+
+async def test_an_approver_alone_asks_about_every_call():
+    RAN.clear()
+    seen: list[str] = []
+
+    async def approver(request: ApprovalRequest) -> ApprovalDecision:
+        seen.append(request.call.name)
+        return ApprovalDecision.allow()
+
+    turns = ["x\n</think>\n\n" + call("shell", command="ls"), "done\n</think>\n\nok"]
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        result = await Agent(
+            client, [shell], config=AgentConfig(check_language=False), approver=approver
+        ).run("x")
+    assert result.status == "completed" and seen == ["shell"] and RAN == ["ls"]
+
+
+async def test_an_approver_that_never_answers_defers_the_call_at_the_runs_deadline(tmp_path):
+    import asyncio
+
+    from qwq_agent.agent.budgets import Budget
+
+    RAN.clear()
+
+    async def absent(request: ApprovalRequest) -> ApprovalDecision:
+        await asyncio.Event().wait()  # nobody is there
+        raise AssertionError("unreachable")
+
+    turns = ["x\n</think>\n\n" + call("shell", command="rm x")]
+    trace = tmp_path / "t.jsonl"
+    config = AgentConfig(check_language=False, approval=DANGER, budget=Budget(max_wall_s=2))
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        result = await Agent(client, [shell], config=config, approver=absent, trace_path=trace).run("x")
+    assert result.status == "awaiting_approval" and RAN == []
+    assert pending_approval(trace).call.arguments == {"command": "rm x"}
+
+
+# Two processes: the first stops at a call awaiting approval, the second resumes it from the trace.
+SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    sys.path.insert(0, {tests!r})
+    from test_approval import shell, RAN, DANGER
+    from qwq_agent.agent.approval import ApprovalDecision, resume_decisions
+    from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+    from qwq_agent.agent.loop import Agent, AgentConfig
+    from qwq_agent.agent.replay import ReplayModel, load_recording
+
+    async def main(mode, url, trace, out):
+        async with SGLangClient(url, retry=NO_RETRY) as live:
+            if mode == "start":
+                config = AgentConfig(check_language=False, approval=DANGER)
+                agent = Agent(live, [shell], config=config, trace_path=trace)
+                result = await agent.run("Clean up.")
+            else:
+                rec = load_recording(trace)
+                decision = ApprovalDecision.deny("keep it") if mode == "deny" else ApprovalDecision.allow()
+                agent = Agent(
+                    ReplayModel.from_recording(rec, then=live), [shell], config=rec.agent_config(),
+                    approver=resume_decisions(trace, decision), trace_path=out,
+                )
+                result = await agent.run(rec.task)
+        print(json.dumps({{"status": result.status, "answer": result.answer, "ran": RAN,
+                          "trace": result.trace_path}}))
+
+    asyncio.run(main(*sys.argv[1:]))
+    """
+)
+
+
+def run_process(tmp_path, *args: str) -> dict:
+    import pathlib
+
+    script = tmp_path / "approval_process.py"
+    script.write_text(SCRIPT.format(tests=str(pathlib.Path(__file__).parent)))
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("decision", ["allow", "deny"])
+def test_deferred_approval_resumes_in_another_process_without_asking_the_model_again(tmp_path, decision):
+    turns = [
+        "clean\n</think>\n\n" + call("shell", command="ls") + "\n" + call("shell", command="rm -rf build"),
+        "done\n</think>\n\nCleaned.",
+    ]
+    trace = tmp_path / "run.jsonl"
+    with ScriptedModelServer(turns[:1]) as server:
+        first = run_process(tmp_path, "start", server.url, str(trace), "")
+        assert len(server.requests) == 1
+    # Nothing of the turn ran: the allowed call waits with the one that needs a decision.
+    assert first["status"] == "awaiting_approval" and first["ran"] == []
+    pending = pending_approval(trace)
+    assert pending is not None and pending.call.arguments == {"command": "rm -rf build"}
+    assert pending.call.id == "call_1_1"
+
+    resumed = tmp_path / "resumed.jsonl"
+    with ScriptedModelServer(turns[1:]) as server:
+        second = run_process(tmp_path, decision, server.url, str(trace), str(resumed))
+        # Only the turn after the decision went to the model; the first was replayed from the trace.
+        assert len(server.requests) == 1
+        prompt = server.requests[0].prompt
+    assert second["status"] == "completed" and second["answer"] == "Cleaned."
+    if decision == "allow":
+        assert second["ran"] == ["ls", "rm -rf build"]
+        assert "ran: rm -rf build" in prompt
+    else:
+        assert second["ran"] == ["ls"]
+        assert "the user denied it: keep it" in prompt
+    assert pending_approval(resumed) is None
+    assert recorded_decisions(resumed)["call_1_1"].action == decision
