@@ -176,6 +176,8 @@ def test_every_block_is_run() -> None:
         ("python", "import asyncio"),
         ("python", "import asyncio"),
         ("bash", "qwq-agent run \"...\" --mcp 'python my_server.py --flag' --mcp-url http://127.0.0.1:8000/mcp"),
+        ("python", "from qwq_agent.agent.approval import ApprovalDecision, ApprovalPolicy, Rule"),
+        ("python", "from qwq_agent.agent.approval import pending_approval, resume_decisions"),
     ]
     for block in blocks_of("bash"):
         _, skipped = shell_script(block, dict.fromkeys(("model_url", "venv", "root", "python", "mcp_server",
@@ -291,3 +293,72 @@ def test_mcp_command_line(sandbox_image, tmp_path) -> None:
         done = run_block(block, tmp_path, env, values)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "MCP tools:" in done.stdout and "readme" in done.stdout
+
+
+def _approval_block(first_line: str) -> Block:
+    return next(b for b in blocks_of("python") if b.body.startswith(first_line))
+
+
+def _in_main(prelude: str, snippet: str, epilogue: str) -> str:
+    """One script: `prelude`, the README's snippet as written, then `epilogue`, inside `async def main()`."""
+    body = "\n".join((prelude, snippet, epilogue))
+    return "import asyncio\n\n\nasync def main():\n" + "".join(
+        "    " + line + "\n" if line.strip() else "\n" for line in body.splitlines()
+    ) + "\n\nasyncio.run(main())\n"
+
+
+def test_approval_policy_block_runs(tmp_path) -> None:
+    block = _approval_block("from qwq_agent.agent.approval import ApprovalDecision, ApprovalPolicy, Rule")
+    prelude = """\
+import os
+from qwq_agent import Agent, AgentConfig, SGLangClient, build_tools
+model = SGLangClient(os.environ["QWQ_MODEL_URL"])
+tools = build_tools(["shell"])"""
+    epilogue = """\
+result = await agent.run("Clean the machine")
+print(result.status, result.answer)"""
+    turns = [
+        "Wipe it.\n</think>\n\n" + call("shell", command="rm -rf /"),
+        "Refused.\n</think>\n\nI was not allowed to.",
+    ]
+    script = tmp_path / "approval.py"
+    script.write_text(_in_main(prelude, block.body, epilogue))
+    with ScriptedModelServer(turns) as server:
+        done = subprocess.run([sys.executable, str(script)], env=clean_env(QWQ_MODEL_URL=server.url),
+                              capture_output=True, text=True, timeout=120)
+        prompts = [r.prompt or "" for r in server.requests]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "completed I was not allowed to."
+    # The approver denied the call: the shell never ran (no sandbox was given), the model read the reason.
+    assert "that would wipe the machine" in prompts[1]
+
+
+def test_deferred_approval_block_runs(tmp_path) -> None:
+    block = _approval_block("from qwq_agent.agent.approval import pending_approval, resume_decisions")
+    first_run = """\
+import os
+from qwq_agent import Agent, AgentConfig, SGLangClient
+from qwq_agent.agent.approval import ApprovalDecision, ApprovalPolicy, Rule
+from qwq_agent.agent.replay import ReplayModel, load_recording
+from qwq_agent.testing.helpers import add
+live_model = SGLangClient(os.environ["QWQ_MODEL_URL"])
+tools = [add]
+policy = ApprovalPolicy(rules=[Rule(tool="add", action="ask")])
+first = Agent(live_model, tools, config=AgentConfig(approval=policy), trace_path="run.jsonl")
+assert (await first.run("What is 2 + 3?")).status == "awaiting_approval\""""
+    epilogue = """\
+print(agent.result.status, agent.result.answer)"""
+    turns = [
+        "Add them.\n</think>\n\n" + call("add", a=2, b=3),
+        "Done.\n</think>\n\nIt is 5.",
+    ]
+    script = tmp_path / "deferred.py"
+    script.write_text(_in_main(first_run, block.body, epilogue))
+    with ScriptedModelServer(turns) as server:
+        done = subprocess.run([sys.executable, str(script)], env=clean_env(QWQ_MODEL_URL=server.url),
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        prompts = [r.prompt or "" for r in server.requests]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "completed It is 5."
+    # The first turn was replayed from the trace, not asked again; the live model saw the tool's result.
+    assert len(prompts) == 2 and "<tool_response>\n5\n</tool_response>" in prompts[1]
