@@ -140,12 +140,15 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             )
             started.agent, started.trace_path = agent, trace_path
             renderer = EventRenderer(console, image_dir=Path("qwq-agent-images") / agent.run_id)
-            async for ev in extras.observe(agent.stream(task)):
-                if args.json:
-                    sys.stdout.write(ev.model_dump_json() + "\n")
-                    sys.stdout.flush()
-                else:
-                    renderer.handle(ev)
+            try:
+                async for ev in extras.observe(agent.stream(task)):
+                    if args.json:
+                        sys.stdout.write(ev.model_dump_json() + "\n")
+                        sys.stdout.flush()
+                    else:
+                        renderer.handle(ev)
+            finally:
+                renderer.close()  # the live status goes before anything else is printed
             if args.copy_back is not None and sandbox is not None:
                 await sandbox.download("/workspace", args.copy_back)
                 console.print(f"[dim]workspace copied back to {args.copy_back}[/dim]")
