@@ -202,8 +202,13 @@ async def test_host_caps_what_a_hostile_supervisor_streams() -> None:
         call = asyncio.create_task(chan.call("shell", {}, 10, OutputRelay(seen, limit=100)))
         (req,) = await _requests(container, 1)
         for data in ("a" * 80, "b" * 80, "c" * 80, 42):  # ignores its own cap; then a malformed frame
-            await _send(container, {"id": req["id"], "nonce": req["nonce"], "event": "output", "stream": "stdout", "data": data})
-        await _send(container, {"id": req["id"], "nonce": req["nonce"], "ok": True, "result": {"exit_code": 0}})
+            await _send(
+                container,
+                {"id": req["id"], "nonce": req["nonce"], "event": "output", "stream": "stdout", "data": data},
+            )
+        await _send(
+            container, {"id": req["id"], "nonce": req["nonce"], "ok": True, "result": {"exit_code": 0}}
+        )
         assert (await call) == {"exit_code": 0}
     finally:
         await chan.aclose()

@@ -76,9 +76,14 @@ class Activity:
     def __rich__(self) -> RenderableType:
         if self.label is None:
             return Text("")
-        self._spinner.update(text=Text.assemble((self.label, "cyan"), (f" · {format_elapsed(self.elapsed())}", "dim")))
+        self._spinner.update(
+            text=Text.assemble((self.label, "cyan"), (f" · {format_elapsed(self.elapsed())}", "dim"))
+        )
         lines = [*self.tail, *([_printable(self._partial)] if self._partial else [])][-TAIL_LINES:]
-        return Group(self._spinner, *(Text("  " + line, style="dim", no_wrap=True, overflow="ellipsis") for line in lines))
+        return Group(
+            self._spinner,
+            *(Text("  " + line, style="dim", no_wrap=True, overflow="ellipsis") for line in lines),
+        )
 
 
 def format_elapsed(seconds: float) -> str:
