@@ -91,6 +91,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     from qwq_agent.agent.workspace import open_sandbox
     from qwq_agent.cli import preflight
     from qwq_agent.cli.errors import CliError
+    from qwq_agent.cli.image_status import ensure_run_image
     from qwq_agent.cli.model_check import connect_model
     from qwq_agent.cli.render import EventRenderer
     from qwq_agent.cli.run_settings import fresh_settings, recorded_settings
@@ -128,7 +129,11 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     agent = None
     try:
         workspace = Path(settings.workspace) if settings.workspace else None
-        async with open_sandbox(workspace=workspace) if plan.sandbox else contextlib.nullcontext() as sandbox:
+        image = await ensure_run_image(console) if plan.sandbox else None  # a status while it builds
+        sandbox_config = {"image": image} if image else {}
+        async with (
+            open_sandbox(workspace=workspace, **sandbox_config) if plan.sandbox else contextlib.nullcontext()
+        ) as sandbox:
             agent = Agent(
                 model,
                 tools,
