@@ -37,7 +37,9 @@ async def test_a_missing_image_is_built_with_a_live_status(sandbox_image, tmp_pa
     assert not image_exists(tag)
     out = io.StringIO()
     try:
-        built = await ensure_run_image(Console(file=out, force_terminal=True, width=160, color_system=None), recipe)
+        built = await ensure_run_image(
+            Console(file=out, force_terminal=True, width=160, color_system=None), recipe
+        )
         assert built == tag and image_exists(tag)
         screen = out.getvalue()
         assert "building the sandbox image (once; cached afterwards) · " in screen  # status + elapsed

@@ -43,7 +43,9 @@ async def ensure_run_image(console: Console, recipe: Recipe | None = None) -> st
 
     activity.start("building the sandbox image (once; cached afterwards)")
     if not activity.enabled:
-        console.print(f"[dim]building the sandbox image {tag} (once; cached afterwards)[/dim]", soft_wrap=True)
+        console.print(
+            f"[dim]building the sandbox image {tag} (once; cached afterwards)[/dim]", soft_wrap=True
+        )
     try:
         result = await asyncio.to_thread(build_image, progress=progress, recipe=recipe)
     finally:
