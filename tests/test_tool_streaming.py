@@ -215,3 +215,12 @@ async def test_host_caps_what_a_hostile_supervisor_streams() -> None:
         container.close()
     assert seen.text() == "a" * 80 + "b" * 20
     assert [c.capped for c in seen.chunks] == [False, True]
+
+
+async def test_hostile_python_output_streams_bounded(sb: DockerSandbox) -> None:
+    seen = Collector()
+    code = "import sys, os\nsys.stdout.write('y' * 3_000_000)\nsys.stdout.flush()\nos.write(2, bytes(range(256)) * 4000)"
+    result = await sb.python(code, timeout=60, on_output=seen, stream_limit=4096)
+    assert len(seen.text()) <= 4096 and seen.chunks[-1].capped
+    assert result.stdout_dropped > 2_000_000 and result.error is None
+    assert result.stdout.startswith(seen.text("stdout"))

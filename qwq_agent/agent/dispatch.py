@@ -88,7 +88,9 @@ class ToolDispatcher:
             for t in tasks:
                 t.cancel()
         for call, t in zip(calls, tasks, strict=True):
-            _, output, _ = await t
+            done_call = await t
+            assert done_call is not None  # a failed call raised above
+            _, output, _ = done_call
             text = output.text
             if output.images:
                 text += f"\n[{len(output.images)} image(s) produced; shown to the user]"
@@ -100,14 +102,14 @@ class ToolDispatcher:
 
     async def _report(
         self, call: ToolCall, sandbox: Any, lock: asyncio.Lock, progress: asyncio.Queue[Any]
-    ) -> tuple[ToolCall, ToolOutput, float]:
+    ) -> tuple[ToolCall, ToolOutput, float] | None:
         try:
             result = await self._call(call, sandbox, lock, progress)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # surfaces in `run`, as awaiting the task would
+        except Exception as exc:  # raised in `run` instead, where awaiting the task used to raise it
             progress.put_nowait(exc)
-            raise
+            return None
         progress.put_nowait(result)
         return result
 
