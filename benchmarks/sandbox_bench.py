@@ -75,22 +75,29 @@ async def warm_acquire(cfg: SandboxConfig, n: int) -> list[float]:
     return out
 
 
-async def trivial_calls(sb: DockerSandbox, n: int) -> list[float]:
+def _streams(sb: DockerSandbox, streaming: bool) -> dict[str, Any]:
+    """`on_output=` for a streaming measure (issue 13); revisions before streaming have none to take."""
+    return {"on_output": lambda chunk: None} if streaming else {}
+
+
+async def trivial_calls(sb: DockerSandbox, n: int, streaming: bool = False) -> list[float]:
+    kw = _streams(sb, streaming)
     for _ in range(20):
-        await sb.python("pass")
+        await sb.python("pass", **kw)
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
-        await sb.python("pass")
+        await sb.python("pass", **kw)
         out.append(time.perf_counter() - t0)
     return out
 
 
-async def big_output(sb: DockerSandbox, n: int) -> list[float]:
+async def big_output(sb: DockerSandbox, n: int, streaming: bool = False) -> list[float]:
+    kw = _streams(sb, streaming)
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
-        r = await sb.python("print('x' * 1_000_000)")
+        r = await sb.python("print('x' * 1_000_000)", **kw)
         out.append(time.perf_counter() - t0)
         assert len(r.stdout) == 1_000_001 and r.stdout_dropped == 0
     return out
@@ -146,6 +153,10 @@ async def core(image: str, reps: int) -> dict[str, Any]:
             await asyncio.to_thread(timed_cmd, ["docker", "exec", sb.id, "python3", "-c", "pass"], reps)
         )
         res["output_1mb"] = summary(await big_output(sb, 20))
+        if getattr(DockerSandbox, "supports_output_stream", False):
+            # With a listener: the request asks for a stream (issue 13); a silent call sends no frames.
+            res["trivial_python_call_streaming"] = summary(await trivial_calls(sb, 500, streaming=True))
+            res["output_1mb_streaming"] = summary(await big_output(sb, 20, streaming=True))
     mem = await idle_memory(cfg, 8)
     res["idle_memory_mib"] = {"n": len(mem), "mean": statistics.fmean(mem), "max": max(mem)}
     return res
@@ -179,6 +190,7 @@ async def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--baseline-image", help="image to compare against (e.g. built from main)")
     ap.add_argument("--baseline-src", help="source tree of the baseline revision (its host code drives it)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results go")
     ap.add_argument("--core-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reps", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -240,12 +252,12 @@ async def main() -> None:
         "idle_memory_le_30mib": res["idle_memory_mib"]["max"] <= 30,
         "concurrent_32_zero_failures": res["concurrent_32"]["failures"] == 0,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(res, indent=2))
-    report(res)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2))
+    report(res, args.out)
 
 
-def report(res: dict[str, Any]) -> None:
+def report(res: dict[str, Any], out: Path = RESULTS) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -284,8 +296,11 @@ def report(res: dict[str, Any]) -> None:
             ba.add_column(col)
         before, after = res["before_after"]["before"], res["before_after"]["after"]
         for key, label in (("trivial_python_call", "trivial python call"), ("docker_exec_baseline", "docker exec"),
-                           ("output_1mb", "python printing 1 MB")):  # fmt: skip
-            ba.add_row(label, f"{before[key]['p50_ms']:.2f}", f"{after[key]['p50_ms']:.2f}", "ms")
+                           ("output_1mb", "python printing 1 MB"),
+                           ("trivial_python_call_streaming", "trivial python call, streaming on"),
+                           ("output_1mb_streaming", "python printing 1 MB, streaming on")):  # fmt: skip
+            cells = [f"{side[key]['p50_ms']:.2f}" if key in side else "n/a" for side in (before, after)]
+            ba.add_row(label, *cells, "ms")
         ba.add_row("idle memory (max of 8)", f"{before['idle_memory_mib']['max']:.1f}",
                    f"{after['idle_memory_mib']['max']:.1f}", "MiB")  # fmt: skip
         ba.add_row("speedup vs docker exec", f"{before['checks']['trivial_speedup_vs_exec']:.0f}x",
@@ -293,7 +308,7 @@ def report(res: dict[str, Any]) -> None:
         ba.add_row("image", before["image"], after["image"], "")
         console.print(ba)
     console.print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in res["checks"].items()})
-    console.print(f"written to {RESULTS}")
+    console.print(f"written to {out}")
 
 
 if __name__ == "__main__":

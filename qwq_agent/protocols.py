@@ -5,7 +5,7 @@ Each is a `typing.Protocol`, so users plug in their own implementations without 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
@@ -123,6 +123,9 @@ class ToolContext(BaseModel):
 
     `deadline` is when the call must be done (the run's wall time, the loop's per-call limit and the
     tool-time budget, whichever comes first); a tool that waits on something should clamp to it.
+    `on_output(stream, text, capped)`, when set, takes output the tool produces while it runs ("stdout"
+    or "stderr"; `capped` once no more will be streamed); the loop turns it into `ToolOutputDelta`
+    events. The tool's result must still hold all of it.
     """
 
     model_config = {"arbitrary_types_allowed": True}
@@ -132,3 +135,4 @@ class ToolContext(BaseModel):
     call_id: str = ""
     deadline: Deadline | None = None
     extras: dict[str, Any] = Field(default_factory=dict)
+    on_output: Callable[[str, str, bool], None] | None = None

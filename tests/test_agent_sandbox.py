@@ -110,3 +110,38 @@ async def test_workspace_contents_land_in_workspace_without_caches(sandbox_image
         listing = await sb.shell("cd /workspace && find . -mindepth 1 | sort")
     # `.git` goes in (the agent may `git log`/`git diff`); bytecode caches stay out.
     assert listing.stdout.split() == ["./.git", "./.git/HEAD", "./README.md", "./pkg", "./pkg/m.py"]
+
+
+async def test_long_tool_calls_stream_started_and_output_events_before_their_result(sandbox_image, tmp_path):
+    from qwq_agent.agent.events import ToolOutputDelta, ToolStarted
+    from qwq_agent.agent.trace import read_trace
+
+    command = "echo step one; until [ -e /tmp/go ]; do sleep 0.05; done; echo step two"
+    turns = ["x\n</think>\n\n" + call("shell", command=command), "done\n</think>\n\nok"]
+    trace = tmp_path / "run.jsonl"
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sb:
+        async with ScriptedModelServer(turns) as server:
+            tools = build_tools(["shell"])
+            async with SGLangClient(server.url, retry=NO_RETRY) as client:
+                agent = Agent(client, tools, sandbox=sb, config=AgentConfig(check_language=False), trace_path=trace)
+                events = []
+                async for ev in agent.stream("task"):
+                    events.append(ev)
+                    if isinstance(ev, ToolOutputDelta) and "step one" in ev.text:
+                        # The call is still running (it waits for this file): its output came first.
+                        assert not any(isinstance(e, ToolResultEvent) for e in events)
+                        await sb.shell("touch /tmp/go")
+    assert agent.result.status == "completed"
+    kinds = [type(e).__name__ for e in events]
+    started = kinds.index("ToolStarted")
+    first_delta = kinds.index("ToolOutputDelta")
+    result = kinds.index("ToolResultEvent")
+    assert kinds.index("ToolCallEvent") < started < first_delta < result
+    deltas = [e for e in events if isinstance(e, ToolOutputDelta)]
+    assert "".join(d.text for d in deltas) == "step one\nstep two\n"
+    assert all(d.call_id == events[started].call_id and d.name == "shell" for d in deltas)
+    assert isinstance(events[started], ToolStarted)
+    # The result is what it always was: the whole output, for the model.
+    assert "step one\nstep two" in events[result].text
+    recorded = [type(e).__name__ for e in read_trace(trace)]
+    assert "ToolStarted" in recorded and "ToolOutputDelta" in recorded

@@ -94,3 +94,26 @@ def test_version_flag_prints_the_package_version():
     done = subprocess.run([sys.executable, "-m", "qwq_agent.cli.main", "--version"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == f"qwq-agent {qwq_agent.__version__}"
+
+
+@pytest.mark.docker
+def test_run_json_stream_has_tool_started_and_output_deltas_before_the_result(sandbox_image, tmp_path):
+    command = "for i in 1 2 3; do echo tick $i; sleep 0.3; done"
+    turns = ["Count.\n</think>\n\n" + tool_call("shell", command=command), "Done.\n</think>\n\nCounted."]
+    trace = ["--trace", str(tmp_path / "run.jsonl")]
+    with ScriptedModelServer(turns) as server:
+        proc = subprocess.run(
+            [*CLI, "run", "Count to three.", "--model-url", server.url, "--tools", "shell", "--json", *trace],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    kinds = [e["type"] for e in events]
+    assert kinds.index("tool_call") < kinds.index("tool_started") < kinds.index("tool_output") < kinds.index("tool_result")
+    streamed = "".join(e["text"] for e in events if e["type"] == "tool_output")
+    assert streamed == "tick 1\ntick 2\ntick 3\n"
+    assert {e["call_id"] for e in events if e["type"] in ("tool_started", "tool_output", "tool_result")} == {
+        events[kinds.index("tool_result")]["call_id"]
+    }

@@ -7,6 +7,7 @@ model); the same readiness code is pointed at real SGLang in tests/test_gpu_sgla
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -137,3 +138,60 @@ def test_model_url_checks_a_running_server(capsys):
         assert main(["serve", "--model-url", server.url]) == 0
     assert "KV capacity: 777 tokens" in capsys.readouterr().out
     assert main(["serve", "--model-url", server.url]) == 1  # stopped now
+
+
+def test_cli_shows_the_servers_log_tail_and_elapsed_time_while_waiting_for_health(tmp_path):
+    """On a terminal (a real pty), `serve` shows a live status with the log's last lines until /health."""
+    import pty
+    import select
+    import time
+
+    port = free_port()
+    trigger = tmp_path / "go"
+    fake = os.path.join(os.path.dirname(__file__), "fake_sglang_server.py")
+    cmd = f"{sys.executable} {fake} {trigger} {port}"
+    leader, follower = pty.openpty()
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--command", cmd, "--port", str(port), "--timeout", "120"],
+        stdin=follower, stdout=follower, stderr=follower, env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(follower)
+    screen = b""
+
+    def read_until(needle: bytes, limit: float = 60.0) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + limit
+        while needle not in screen:
+            ready, _, _ = select.select([leader], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"{needle!r} did not appear; screen so far: {screen[-2000:]!r}"
+            screen += os.read(leader, 65536)
+
+    try:
+        read_until(b"Loading safetensors checkpoint shards: 3/3")  # the log's tail, while /health fails
+        waiting = screen.decode(errors="replace")
+        assert f"waiting for http://127.0.0.1:{port}/health" in waiting
+        assert re.search(r"· \d+s", waiting)  # the elapsed time
+        assert "ready:" not in waiting
+        trigger.touch()
+        read_until(b"Ctrl-C stops the server.")
+        assert f"ready: http://127.0.0.1:{port}".encode() in screen
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(timeout=30) == 0
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        os.close(leader)
+
+
+def test_log_follower_reads_only_whats_new_and_bounds_a_flood(tmp_path):
+    log = tmp_path / "server.log"
+    follower = launcher.LogFollower(log)
+    assert follower.read() == ""  # no log yet
+    log.write_bytes(b"x" * 1_000_000 + b"\nlast line\n")
+    first = follower.read()
+    assert len(first) == launcher.LOG_CHUNK and first.endswith("last line\n")
+    assert follower.read() == ""
+    with open(log, "ab") as f:
+        f.write(b"more\n")
+    assert follower.read() == "more\n"

@@ -73,6 +73,28 @@ class ToolCallEvent(_Event):
     repairs: list[str] = Field(default_factory=list)
 
 
+class ToolStarted(_Event):
+    """A tool call began running (a sandbox call may first wait behind earlier ones on that sandbox)."""
+
+    type: Literal["tool_started"] = "tool_started"
+    call_id: str
+    name: str
+
+
+class ToolOutputDelta(_Event):
+    """Output of a running tool call as it arrives (coalesced and capped per call).
+
+    The call's `ToolResultEvent` still carries its whole output: deltas are for watching, not for the model.
+    """
+
+    type: Literal["tool_output"] = "tool_output"
+    call_id: str
+    name: str
+    stream: Literal["stdout", "stderr"] = "stdout"
+    text: str
+    capped: bool = False  # no more output of this call is streamed (it is in the result)
+
+
 class ToolResultEvent(_Event):
     type: Literal["tool_result"] = "tool_result"
     call_id: str
@@ -140,6 +162,8 @@ Event = Annotated[
     | ContentDelta
     | ModelCall
     | ToolCallEvent
+    | ToolStarted
+    | ToolOutputDelta
     | ToolResultEvent
     | UsageEvent
     | Warning_

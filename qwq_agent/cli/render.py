@@ -22,10 +22,13 @@ from qwq_agent.agent.events import (
     ReplayEnded,
     RunStarted,
     ToolCallEvent,
+    ToolOutputDelta,
     ToolResultEvent,
+    ToolStarted,
     Warning_,
 )
 from qwq_agent.agent.parser import parse
+from qwq_agent.cli.activity import Activity
 from qwq_agent.cli.reasoning_view import FoldedReasoning, ReasoningMode
 
 MAX_RESULT_CHARS = 4000
@@ -43,6 +46,7 @@ class EventRenderer:
         show_prompts: bool = False,
         replaying: bool = False,
         reasoning: ReasoningMode = "full",
+        status: bool | None = None,
     ) -> None:
         self.console = console
         self.image_dir = image_dir
@@ -54,8 +58,20 @@ class EventRenderer:
         self._newlines = 1  # newlines at the end of what was printed last
         self.reasoning = reasoning
         self._folded = FoldedReasoning(console, reasoning)
+        # The live status (waiting for a first token, tools running); on terminals only, never in a replay.
+        self.activity = Activity(console, enabled=False if replaying else status)
+        self._running: dict[str, str] = {}  # call id -> tool name, of the tools running now
+
+    def close(self) -> None:
+        """Remove the live displays (before printing anything else, e.g. after Ctrl-C)."""
+        if self._folded.active:
+            self._folded.end()
+        self.activity.stop()
 
     def handle(self, ev: Event) -> None:
+        # The status goes first: rich shows one live display at a time, and the folded reasoning is one.
+        if self._status(ev):
+            return
         if isinstance(ev, ReasoningDelta) and self.reasoning != "full":
             self._folded.add(ev.text)
             return
@@ -72,6 +88,33 @@ class EventRenderer:
             self._in_text = False
             self._newlines = 1
             self._structured(ev)
+            self._after(ev)
+
+    def _status(self, ev: Event) -> bool:
+        """Update the live status for `ev`; True when that is all `ev` shows (tool progress)."""
+        a = self.activity
+        if isinstance(ev, ToolStarted):
+            self._running[ev.call_id] = ev.name
+            a.start(f"running {', '.join(self._running.values())}", keep_clock=a.active and len(self._running) > 1)
+            return True
+        if isinstance(ev, ToolOutputDelta):
+            a.output(ev.text)
+            return True
+        if isinstance(ev, ToolResultEvent):
+            self._running.pop(ev.call_id, None)
+            if self._running:
+                a.start(f"running {', '.join(self._running.values())}", keep_clock=True)
+            else:
+                a.stop()
+        elif isinstance(ev, (ReasoningDelta, ContentDelta, ModelCall, Final)):
+            a.stop()  # text streams in (or the step ends): the status must not sit inside a line
+        return False
+
+    def _after(self, ev: Event) -> None:
+        """Once `ev` is printed: what is waited on next."""
+        waiting = isinstance(ev, RunStarted) or (isinstance(ev, ToolResultEvent) and not self._running)
+        if waiting and not self.activity.active:
+            self.activity.start("waiting for the model's first token")
 
     def _text(self, text: str, style: str) -> None:
         """Print a delta, keeping at most one blank line between paragraphs across deltas."""

@@ -143,6 +143,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     from qwq_agent.agent.workspace import open_sandbox
     from qwq_agent.cli import preflight
     from qwq_agent.cli.errors import CliError
+    from qwq_agent.cli.image_status import ensure_run_image
     from qwq_agent.cli.model_check import connect_model
     from qwq_agent.cli.render import EventRenderer
     from qwq_agent.cli.run_settings import fresh_settings, recorded_settings
@@ -186,7 +187,11 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     try:
         approver = approval_prompt.setup(args, settings.config, source, tools, console)
         workspace = Path(settings.workspace) if settings.workspace else None
-        async with open_sandbox(workspace=workspace) if plan.sandbox else contextlib.nullcontext() as sandbox:
+        image = await ensure_run_image(console) if plan.sandbox else None  # a status while it builds
+        sandbox_config = {"image": image} if image else {}
+        async with (
+            open_sandbox(workspace=workspace, **sandbox_config) if plan.sandbox else contextlib.nullcontext()
+        ) as sandbox:
             agent = Agent(
                 model,
                 tools,
@@ -201,12 +206,15 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             renderer = EventRenderer(
                 console, image_dir=Path("qwq-agent-images") / agent.run_id, reasoning=args.reasoning
             )
-            async for ev in extras.observe(agent.stream(task)):
-                if args.json:
-                    sys.stdout.write(ev.model_dump_json() + "\n")
-                    sys.stdout.flush()
-                else:
-                    renderer.handle(ev)
+            try:
+                async for ev in extras.observe(agent.stream(task)):
+                    if args.json:
+                        sys.stdout.write(ev.model_dump_json() + "\n")
+                        sys.stdout.flush()
+                    else:
+                        renderer.handle(ev)
+            finally:
+                renderer.close()  # the live status goes before anything else is printed
             if args.copy_back is not None and sandbox is not None:
                 await sandbox.download("/workspace", args.copy_back)
                 console.print(f"[dim]workspace copied back to {args.copy_back}[/dim]")

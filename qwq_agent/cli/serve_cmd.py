@@ -97,7 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
         server.start()
         print(f"pid: {server.pid}", flush=True)
         try:
-            info = server.wait_ready(timeout=args.timeout)
+            info = _wait_ready(server, args.timeout)
         except ServerError as exc:
             raise CliError(str(exc), _log_hint(log_path, exc.log_tail), code=1) from None
         _report(info)
@@ -111,6 +111,40 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         server.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_ready(server, timeout: float):
+    """`server.wait_ready`, showing how long it has waited and the tail of the server's log meanwhile.
+
+    On a terminal: a live status with the log's last lines. Elsewhere (a log file, CI): one line every
+    `QUIET_REPORT_S` seconds with the log's last line, so a long model load is not silent either.
+    """
+    import time
+
+    from rich.console import Console
+
+    from qwq_agent.cli.activity import Activity
+
+    activity = Activity(Console())
+    activity.start(f"waiting for {server.url}/health (the server loads the model)")
+    last = {"line": "", "reported": time.monotonic()}
+
+    def on_log(text: str) -> None:
+        activity.output(text)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if lines:
+            last["line"] = lines[-1]
+        if not activity.enabled and time.monotonic() - last["reported"] >= QUIET_REPORT_S:
+            last["reported"] = time.monotonic()
+            print(f"still waiting for /health after {activity.elapsed():.0f}s; log: {last['line'][:200]}", flush=True)
+
+    try:
+        return server.wait_ready(timeout=timeout, poll_interval=1.0, on_log=on_log)
+    finally:
+        activity.stop()
+
+
+QUIET_REPORT_S = 30.0
 
 
 def _log_hint(log_path: Path, tail: str) -> str:

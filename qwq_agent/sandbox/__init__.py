@@ -27,6 +27,7 @@ from qwq_agent.sandbox.pool import SandboxPool
 from qwq_agent.sandbox.protocol import (
     DownloadResult,
     FileResult,
+    OutputChunk,
     PythonResult,
     SearchMatch,
     SearchResult,
@@ -40,6 +41,7 @@ __all__ = [
     "DownloadResult",
     "FileResult",
     "InvalidRequest",
+    "OutputChunk",
     "PathOutsideWorkspace",
     "PythonResult",
     "ResourceExhausted",

@@ -30,12 +30,15 @@ import json
 import secrets
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from qwq_agent.sandbox.errors import InvalidRequest, SandboxDead, SandboxTimeout, error_from_reply
 
 _DOCKER_HEADER = struct.Struct(">BxxxI")
 _FRAME = struct.Struct(">I")
+# Called with each frame the supervisor streams for a call (e.g. `{"event": "output", ...}`) before its reply.
+OnEvent = Callable[[dict[str, Any]], None]
 
 
 class Channel:
@@ -53,7 +56,7 @@ class Channel:
         self._max = max_request_bytes
         self._max_reply = max_reply_bytes
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], str]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], str, OnEvent | None]] = {}
         self._buf = bytearray()
         self._stderr: deque[bytes] = deque(maxlen=64)
         self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -69,8 +72,14 @@ class Channel:
     def stderr_tail(self) -> str:
         return b"".join(self._stderr).decode("utf-8", "replace")[-2000:]
 
-    async def call(self, op: str, args: dict[str, Any], reply_timeout: float | None) -> dict[str, Any]:
-        """Send one request and wait for its reply; raises a typed `SandboxError` on failure."""
+    async def call(
+        self, op: str, args: dict[str, Any], reply_timeout: float | None, on_event: OnEvent | None = None
+    ) -> dict[str, Any]:
+        """Send one request and wait for its reply; raises a typed `SandboxError` on failure.
+
+        `on_event` receives the frames the supervisor streams for this request while it runs (checked
+        against the request's nonce like the reply); an exception it raises is not the call's concern.
+        """
         if self.closed:
             raise SandboxDead(self.closed_reason or "closed")
         rid, nonce = next(self._ids), secrets.token_hex(16)
@@ -78,7 +87,7 @@ class Channel:
         if len(body) > self._max:
             raise InvalidRequest(f"request of {len(body)} bytes exceeds the limit of {self._max} bytes; nothing was sent")
         fut = asyncio.get_running_loop().create_future()
-        self._pending[rid] = (fut, nonce)
+        self._pending[rid] = (fut, nonce, on_event)
         try:
             self._writer.write(_FRAME.pack(len(body)) + body)
             try:
@@ -143,9 +152,14 @@ class Channel:
             pending = self._pending.get(rid)
             if pending is None:
                 continue  # the answer to a call the host gave up on
-            fut, nonce = pending
+            fut, nonce, on_event = pending
             if not isinstance(msg.get("nonce"), str) or not secrets.compare_digest(msg["nonce"], nonce):
                 raise ValueError(f"protocol violation: a reply to request {rid} without that request's nonce")
+            if "event" in msg:
+                if on_event is not None and not fut.done():
+                    with contextlib.suppress(Exception):
+                        on_event(msg)
+                continue
             if not fut.done():
                 fut.set_result(msg)
 
@@ -165,7 +179,7 @@ class Channel:
         self.closed_reason = reason + (f"; its last words: {tail}" if tail else "")
         self.closed_event.set()
         error = SandboxDead(self.closed_reason)
-        for fut, _ in list(self._pending.values()):
+        for fut, _, _ in list(self._pending.values()):
             if not fut.done():
                 fut.set_exception(error)
         if not self.hello.done():

@@ -34,6 +34,7 @@ from qwq_agent.sandbox.errors import (
     SandboxTimeout,
     UnsafeArchive,
 )
+from qwq_agent.sandbox.output_stream import DEFAULT_STREAM_LIMIT, OnOutput, OutputRelay
 from qwq_agent.sandbox.protocol import (
     CreateRequest,
     DownloadRequest,
@@ -233,11 +234,13 @@ class DockerSandbox:
             self.replacements += 1
             return True
 
-    async def _call_raw(self, request: Request, reply_timeout: float | None) -> tuple[dict[str, Any], bool]:
+    async def _call_raw(
+        self, request: Request, reply_timeout: float | None, on_event: OutputRelay | None = None
+    ) -> tuple[dict[str, Any], bool]:
         replaced = await self._ensure_alive()
         assert self._channel is not None
         try:
-            raw = await self._channel.call(request.op, request.model_dump(exclude={"op"}), reply_timeout)
+            raw = await self._channel.call(request.op, request.model_dump(exclude={"op"}), reply_timeout, on_event)
         except SandboxTimeout as exc:
             # An unresponsive supervisor cannot be trusted with the next call: kill it now.
             await self._discard()
@@ -246,8 +249,10 @@ class DockerSandbox:
             raise SandboxDead(f"sandbox {self.id}: {exc}") from None
         return raw, replaced
 
-    async def _call(self, request: Request, result_type: type[R], reply_timeout: float | None) -> R:
-        raw, replaced = await self._call_raw(request, reply_timeout)
+    async def _call(
+        self, request: Request, result_type: type[R], reply_timeout: float | None, on_event: OutputRelay | None = None
+    ) -> R:
+        raw, replaced = await self._call_raw(request, reply_timeout, on_event)
         result = result_type.model_validate(raw)
         if replaced:
             result.sandbox_replaced = result.state_lost = True
@@ -270,18 +275,34 @@ class DockerSandbox:
     # ------------------------------------------------------------------------------------------ operations
 
     # `timeout` is enforced inside the sandbox (interrupt, then kill), which asyncio.timeout cannot do.
+    # Sandbox tools pass `on_output=` only to sandboxes that say they take it (the protocol does not).
+    supports_output_stream = True
+
     async def python(
-        self, code: str, *, timeout: float | None = None, deadline: Deadline | None = None
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        deadline: Deadline | None = None,
+        on_output: OnOutput | None = None,
+        stream_limit: int = DEFAULT_STREAM_LIMIT,
     ) -> PythonResult:
         """Run a cell in the persistent interpreter (notebook-style: the last expression's repr is `value`).
 
-        With `deadline`, the time limit is shortened so that the result comes back before it.
+        With `deadline`, the time limit is shortened so that the result comes back before it. With
+        `on_output`, output is passed to it while the cell runs (coalesced, at most `stream_limit`
+        bytes); the result holds all of it regardless.
         """
         if deadline is not None:
             timeout = self.clamp_timeout(timeout, deadline, self.config.python_timeout_s)
         with _checked():
-            req = PythonRequest(code=code, timeout=timeout or self.config.python_timeout_s)
-        return await self._call(req, PythonResult, self._grace(req.timeout, deadline))
+            req = PythonRequest(
+                code=code,
+                timeout=timeout or self.config.python_timeout_s,
+                stream_limit=stream_limit if on_output is not None else None,
+            )
+        relay = OutputRelay(on_output, stream_limit) if on_output is not None else None
+        return await self._call(req, PythonResult, self._grace(req.timeout, deadline), relay)
 
     async def shell(
         self,
@@ -290,16 +311,26 @@ class DockerSandbox:
         timeout: float | None = None,
         cwd: str | None = None,
         deadline: Deadline | None = None,
+        on_output: OnOutput | None = None,
+        stream_limit: int = DEFAULT_STREAM_LIMIT,
     ) -> ShellResult:
         """Run `bash -c command` in its own process group; background jobs are killed when it returns.
 
-        With `deadline`, the time limit is shortened so that the result comes back before it.
+        With `deadline`, the time limit is shortened so that the result comes back before it. With
+        `on_output`, output is passed to it while the command runs (coalesced, at most `stream_limit`
+        bytes); the result holds all of it regardless.
         """
         if deadline is not None:
             timeout = self.clamp_timeout(timeout, deadline, self.config.shell_timeout_s)
         with _checked():
-            req = ShellRequest(command=command, timeout=timeout or self.config.shell_timeout_s, cwd=cwd)
-        return await self._call(req, ShellResult, self._grace(req.timeout, deadline))
+            req = ShellRequest(
+                command=command,
+                timeout=timeout or self.config.shell_timeout_s,
+                cwd=cwd,
+                stream_limit=stream_limit if on_output is not None else None,
+            )
+        relay = OutputRelay(on_output, stream_limit) if on_output is not None else None
+        return await self._call(req, ShellResult, self._grace(req.timeout, deadline), relay)
 
     async def view(self, path: str, view_range: list[int] | None = None) -> FileResult:
         """`cat -n` of a file (optionally lines [start, end], end -1 = to the end) or a 2-level listing."""

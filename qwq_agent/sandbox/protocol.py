@@ -22,6 +22,7 @@ class PythonRequest(Request):
     op: Literal["python"] = "python"
     code: str
     timeout: float = Field(gt=0)
+    stream_limit: int | None = Field(None, gt=0, description="stream up to this many bytes of output while it runs")
 
 
 class ShellRequest(Request):
@@ -29,6 +30,7 @@ class ShellRequest(Request):
     command: str = Field(min_length=1)
     timeout: float = Field(gt=0)
     cwd: str | None = None
+    stream_limit: int | None = Field(None, gt=0, description="stream up to this many bytes of output while it runs")
 
 
 class ViewRequest(Request):
@@ -84,6 +86,14 @@ class UploadRequest(Request):
 class DownloadRequest(Request):
     op: Literal["download"] = "download"
     path: str
+
+
+class OutputChunk(BaseModel):
+    """Output of a running `python`/`shell` call, streamed before its result (which still holds it all)."""
+
+    stream: Literal["stdout", "stderr"]
+    text: str
+    capped: bool = Field(False, description="the call's streaming limit is reached: the rest is in the result only")
 
 
 class Result(BaseModel):

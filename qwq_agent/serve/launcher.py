@@ -136,6 +136,31 @@ def probe(url: str, *, timeout: float = 5.0) -> ReadyInfo | None:
     )
 
 
+LOG_CHUNK = 64 * 1024
+
+
+class LogFollower:
+    """Reads what was appended to a log file since the last read; a flood yields only its last bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read(self) -> str:
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size < self.offset:  # truncated or replaced: start over
+                    self.offset = 0
+                start = max(self.offset, size - LOG_CHUNK)
+                f.seek(start)
+                data = f.read(size - start)
+        except OSError:
+            return ""
+        self.offset = start + len(data)
+        return data.decode("utf-8", "replace")
+
+
 class ServerProcess:
     """A server command running in its own process group, with its output in a log file."""
 
@@ -172,11 +197,22 @@ class ServerProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def wait_ready(self, timeout: float = 1800.0, poll_interval: float = 2.0) -> ReadyInfo:
-        """Poll `/health` until it answers 200 while the process lives; raise `ServerError` otherwise."""
+    def wait_ready(
+        self, timeout: float = 1800.0, poll_interval: float = 2.0, on_log: Callable[[str], None] | None = None
+    ) -> ReadyInfo:
+        """Poll `/health` until it answers 200 while the process lives; raise `ServerError` otherwise.
+
+        `on_log` receives what the server wrote to its log since the last poll (at most the last
+        `LOG_CHUNK` bytes of it), so a caller can show that loading is progressing.
+        """
         assert self.process is not None, "start() first"
         deadline = time.monotonic() + timeout
+        follower = LogFollower(self.log_path) if on_log is not None else None
         while True:
+            if follower is not None and on_log is not None:
+                new = follower.read()
+                if new:
+                    on_log(new)
             code = self.process.poll()
             if code is not None:
                 raise ServerExited(f"the server exited with status {code} before it was ready", self.log_tail())

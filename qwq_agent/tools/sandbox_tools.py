@@ -89,10 +89,15 @@ def format_shell(result: ShellResult, timeout: float) -> ToolOutput:
 
 
 def _limits(sandbox: Any, timeout: float, ctx: ToolContext) -> dict[str, Any]:
-    """`timeout=`, plus `deadline=` for sandboxes that take one (the `Sandbox` protocol does not)."""
+    """`timeout=`, plus `deadline=` and `on_output=` for sandboxes that take them (the `Sandbox`
+    protocol does not)."""
+    limits: dict[str, Any] = {"timeout": timeout}
     if ctx.deadline is not None and hasattr(sandbox, "clamp_timeout"):
-        return {"timeout": timeout, "deadline": ctx.deadline}
-    return {"timeout": timeout}
+        limits["deadline"] = ctx.deadline
+    if ctx.on_output is not None and getattr(sandbox, "supports_output_stream", False):
+        hook = ctx.on_output
+        limits["on_output"] = lambda chunk: hook(chunk.stream, chunk.text, chunk.capped)
+    return limits
 
 
 async def _timed(

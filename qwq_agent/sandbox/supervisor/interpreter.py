@@ -97,7 +97,7 @@ class Interpreter:
         self.stop()
         self.start()
 
-    def run(self, code, timeout, arrived, cancel_fd):
+    def run(self, code, timeout, arrived, cancel_fd, stream=None):
         # The timeout covers waiting behind other cells too, so the host's own deadline always holds.
         if not self.lock.acquire(timeout=max(0.0, arrived + timeout - time.monotonic())):
             note = f"the interpreter was busy with other cells for the whole {timeout:g}s timeout; this cell did not run"
@@ -105,7 +105,7 @@ class Interpreter:
         try:
             if select.select([cancel_fd], [], [], 0)[0]:
                 return self._not_run("the call was cancelled by the host before the cell ran", arrived, cancelled=True)
-            return self._run(code, arrived + timeout - time.monotonic(), cancel_fd)
+            return self._run(code, arrived + timeout - time.monotonic(), cancel_fd, stream)
         finally:
             self.lock.release()
 
@@ -132,7 +132,7 @@ class Interpreter:
             how += " (out of memory?)"
         return f"the interpreter {how}"
 
-    def _run(self, code, timeout, cancel_fd):
+    def _run(self, code, timeout, cancel_fd, stream=None):
         started = time.monotonic()
         lost = []
         if self.proc.read_status() is not None:  # e.g. a background thread called os._exit
@@ -173,7 +173,11 @@ class Interpreter:
                 break
             watched = [fd for fd in (self.out, self.err) if fd not in self.closed_streams]
             watched += [self.res_r, self.proc.status_fd] + ([] if cancelled else [cancel_fd])
+            if stream is not None:
+                wait = stream.wait(wait)
             ready, _, _ = select.select(watched, [], [], wait)
+            if stream is not None:
+                stream.tick()
             if cancel_fd in ready:
                 cancelled = True
                 deadline = time.monotonic()  # interrupt now, exactly as a timeout would
@@ -183,6 +187,8 @@ class Interpreter:
                     data = os.read(fd, 65536)
                     if data:
                         caps[fd].add(data)
+                        if stream is not None:
+                            stream.add("stdout" if fd == out else "stderr", data)
                     else:
                         self.closed_streams.add(fd)  # user code closed every copy: never select on EOF again
             if self.res_r in ready:
@@ -214,6 +220,8 @@ class Interpreter:
         if lost and failure is None:
             # The cell ran fine in a fresh interpreter; say why the old one is gone.
             caps[err].add(f"[note: {'; '.join(lost)}; a fresh interpreter ran this cell and earlier state was lost]\n".encode())
+        if stream is not None:
+            stream.flush(final=True)  # before the reply, which the host takes as the end of the call
         result.update(
             stdout=caps[out].text(),
             stderr=caps[err].text(),

@@ -14,6 +14,7 @@ from .interpreter import Interpreter
 from .privileges import act_on_files_as_user, become_supervisor
 from .settings import IDLE_TIMEOUT, LIFETIME, MAX_FRAME, OUT_HEAD, OUT_TAIL, WORKSPACE
 from .shell import run_shell
+from .streaming import OutputStream
 
 # Operations that start user processes: they get a cancel pipe the host can trip mid-call.
 CANCELLABLE = ("python", "shell")
@@ -55,7 +56,9 @@ class Supervisor:
         code = args.get("code")
         if not isinstance(code, str):
             raise RequestError("InvalidRequest", "`code` must be a string")
-        return self.interpreter.run(code, float(args.get("timeout") or 60), args["_arrived"], args["_cancel"])
+        return self.interpreter.run(
+            code, float(args.get("timeout") or 60), args["_arrived"], args["_cancel"], args.get("_stream")
+        )
 
     def handle(self, req, arrived):
         rid, nonce = req.get("id"), req.get("nonce")
@@ -78,6 +81,8 @@ class Supervisor:
                         self.cancelled_early.discard(rid)
                         os.write(cancel_w, b"x")
                 args["_cancel"] = cancel_r
+                args["_id"], args["_nonce"] = rid, nonce
+                args["_stream"] = OutputStream.for_request(self.send, args)
             reply = {"id": rid, "nonce": nonce, "ok": True, "result": op(args)}
         except RequestError as exc:
             reply = self.error(rid, nonce, exc.kind, str(exc))

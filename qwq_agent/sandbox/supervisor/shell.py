@@ -16,6 +16,7 @@ def run_shell(args):
         raise RequestError("InvalidRequest", "`command` must be a non-empty string")
     cwd = resolve(args.get("cwd") or WORKSPACE)[1]
     cancel_fd = args["_cancel"]
+    stream = args.get("_stream")
     started = time.monotonic()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -30,6 +31,7 @@ def run_shell(args):
         for fd in (out_w, err_w, devnull):
             os.close(fd)
     caps = {out_r: Capture(), err_r: Capture()}
+    names = {out_r: "stdout", err_r: "stderr"}
     open_fds = [out_r, err_r]
     deadline = started + timeout
     timed_out = cancelled = False
@@ -39,6 +41,8 @@ def run_shell(args):
             if wait <= 0:
                 timed_out = True
                 break
+            if stream is not None:
+                wait = stream.wait(wait)
             ready, _, _ = select.select([*open_fds, proc.status_fd, cancel_fd], [], [], wait)
             if cancel_fd in ready:
                 cancelled = True
@@ -48,8 +52,12 @@ def run_shell(args):
                     data = os.read(fd, 65536)
                     if data:
                         caps[fd].add(data)
+                        if stream is not None:
+                            stream.add(names[fd], data)
                     else:
                         open_fds.remove(fd)  # closed (`exec >&-`): stop watching it, never spin on EOF
+            if stream is not None:
+                stream.tick()
         # Background jobs, setsid'd and double-forked processes die with the call, as the tool says.
         exit_code = proc.close(budget=KILL_BUDGET)
         # Every writer is dead now, so what is left in the pipes ends in EOF at once.
@@ -61,8 +69,12 @@ def run_shell(args):
                 data = os.read(fd, 65536)
                 if data:
                     caps[fd].add(data)
+                    if stream is not None:
+                        stream.add(names[fd], data)
                 else:
                     open_fds.remove(fd)
+        if stream is not None:
+            stream.flush(final=True)  # before the reply, which the host takes as the end of the call
     finally:
         proc.close(budget=KILL_BUDGET)
         os.close(out_r)
