@@ -107,12 +107,18 @@ def test_a_server_that_never_gets_ready_times_out(tmp_path):
     assert not server.alive()
 
 
+def sigint_as_a_terminal_sends_it() -> None:
+    """In the child: SIGINT handled by default, even when the test runner was started in the background
+    (a non-interactive shell starts background jobs with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_cli_serves_until_sigint_then_stops_the_server():
     port = free_port()
     cmd = " ".join([*SCRIPTED, "--port", str(port)])
     cli = subprocess.Popen(
         [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--command", cmd, "--port", str(port), "--timeout", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_a_terminal_sends_it,
     )
     try:
         lines = []
@@ -154,6 +160,7 @@ def test_cli_shows_the_servers_log_tail_and_elapsed_time_while_waiting_for_healt
     cli = subprocess.Popen(
         [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--command", cmd, "--port", str(port), "--timeout", "120"],
         stdin=follower, stdout=follower, stderr=follower, env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+        preexec_fn=sigint_as_a_terminal_sends_it,
     )
     os.close(follower)
     screen = b""
