@@ -52,7 +52,11 @@ class Recording(BaseModel):
 
 def load_recording(path: str | Path, *, run_id: str | None = None) -> Recording:
     """Read one run from a trace; raises `TraceError` (or OSError) when there is none to read."""
-    events = read_trace(path, run_id=run_id)
+    return recording_of(read_trace(path, run_id=run_id), path)
+
+
+def recording_of(events: list[Event], path: str | Path) -> Recording:
+    """The run recorded in `events` (one run's, as `read_trace` returns them) read from `path`."""
     started = next((e for e in events if isinstance(e, RunStarted)), None)
     if started is None:
         raise TraceError(f"trace {path} has no run_started event: nothing to replay")

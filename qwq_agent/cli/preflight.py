@@ -301,13 +301,13 @@ def load_trace(path: Path, run_id: str | None = None) -> list[Any]:
 
 def load_recording(path: Path, run_id: str | None = None) -> Any:
     """The run recorded in a trace (`Recording`), or a `CliError` naming the file and what is wrong."""
-    from qwq_agent.agent.replay import load_recording as load
+    from qwq_agent.agent.replay import recording_of
     from qwq_agent.agent.trace import TraceError
 
-    load_trace(path, run_id)  # the readable reasons first: missing, a folder, not a trace, several runs
+    events = load_trace(path, run_id)  # the readable reasons first: missing, a folder, not a trace, several runs
     try:
-        return load(path, run_id=run_id)
-    except (OSError, ValueError, TraceError) as exc:
+        return recording_of(events, path)
+    except TraceError as exc:
         raise CliError(f"cannot replay {path}: {exc}", "pass a trace written by `qwq-agent run`") from None
 
 
