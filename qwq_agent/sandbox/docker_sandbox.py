@@ -293,16 +293,10 @@ class DockerSandbox:
         `on_output`, output is passed to it while the cell runs (coalesced, at most `stream_limit`
         bytes); the result holds all of it regardless.
         """
-        if deadline is not None:
-            timeout = self.clamp_timeout(timeout, deadline, self.config.python_timeout_s)
-        with _checked():
-            req = PythonRequest(
-                code=code,
-                timeout=timeout or self.config.python_timeout_s,
-                stream_limit=stream_limit if on_output is not None else None,
-            )
-        relay = OutputRelay(on_output, stream_limit) if on_output is not None else None
-        return await self._call(req, PythonResult, self._grace(req.timeout, deadline), relay)
+        return await self._timed_call(
+            PythonRequest, PythonResult, {"code": code}, self.config.python_timeout_s,
+            timeout, deadline, on_output, stream_limit,
+        )  # fmt: skip
 
     async def shell(
         self,
@@ -320,17 +314,33 @@ class DockerSandbox:
         `on_output`, output is passed to it while the command runs (coalesced, at most `stream_limit`
         bytes); the result holds all of it regardless.
         """
+        return await self._timed_call(
+            ShellRequest, ShellResult, {"command": command, "cwd": cwd}, self.config.shell_timeout_s,
+            timeout, deadline, on_output, stream_limit,
+        )  # fmt: skip
+
+    async def _timed_call(
+        self,
+        request_type: type[Request],
+        result_type: type[R],
+        fields: dict[str, Any],
+        default_timeout: float,
+        timeout: float | None,
+        deadline: Deadline | None,
+        on_output: OnOutput | None,
+        stream_limit: int,
+    ) -> R:
+        """A python or shell call: its time limit clamped to `deadline`, its output relayed if asked."""
         if deadline is not None:
-            timeout = self.clamp_timeout(timeout, deadline, self.config.shell_timeout_s)
+            timeout = self.clamp_timeout(timeout, deadline, default_timeout)
         with _checked():
-            req = ShellRequest(
-                command=command,
-                timeout=timeout or self.config.shell_timeout_s,
-                cwd=cwd,
+            req = request_type(
+                **fields,
+                timeout=timeout or default_timeout,
                 stream_limit=stream_limit if on_output is not None else None,
             )
         relay = OutputRelay(on_output, stream_limit) if on_output is not None else None
-        return await self._call(req, ShellResult, self._grace(req.timeout, deadline), relay)
+        return await self._call(req, result_type, self._grace(req.timeout, deadline), relay)
 
     async def view(self, path: str, view_range: list[int] | None = None) -> FileResult:
         """`cat -n` of a file (optionally lines [start, end], end -1 = to the end) or a 2-level listing."""
