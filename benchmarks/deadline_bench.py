@@ -52,11 +52,14 @@ def faults() -> dict[str, dict]:
         "keep-alives only": {"turns": [Turn(text=TEXT, keepalive_after=3, hold_timeout=120)]},
         "stalled mid-stream": {"turns": [Turn(text=TEXT, hold_after=5, hold_timeout=120)]},
         "503 on every request (client retries)": {
-            "turns": [Turn(http_status=503)], "server": {"when_exhausted": "repeat"}, "client": {"retry": patient},
+            "turns": [Turn(http_status=503)],
+            "server": {"when_exhausted": "repeat"},
+            "client": {"retry": patient},
         },
         "stall + abort answering after 60 s": {
             "turns": [Turn(text=TEXT, hold_after=5, hold_timeout=120)],
-            "server": {"abort_delay": 60}, "client": {"abort_timeout": 60},
+            "server": {"abort_delay": 60},
+            "client": {"abort_timeout": 60},
         },
     }
 
@@ -64,7 +67,9 @@ def faults() -> dict[str, dict]:
 async def one_run(spec: dict, wall: float) -> tuple[float, str]:
     async with ScriptedModelServer(spec["turns"], **spec.get("server", {})) as server:
         async with SGLangClient(server.url, read_timeout=600, **spec.get("client", {})) as client:
-            agent = Agent(client, [], config=AgentConfig(check_language=False, budget=Budget(max_wall_s=wall)))
+            agent = Agent(
+                client, [], config=AgentConfig(check_language=False, budget=Budget(max_wall_s=wall))
+            )
             started = time.perf_counter()
             result = await asyncio.wait_for(agent.run("go"), 120)
             return time.perf_counter() - started, result.status
@@ -90,7 +95,9 @@ async def hung_docker(start_timeout: float, repeats: int) -> list[float]:
             engine = DockerEngine(path, timeout=3600)
             started = time.perf_counter()
             try:
-                await DockerSandbox.create(SandboxConfig(image="any", start_timeout_s=start_timeout), engine=engine)
+                await DockerSandbox.create(
+                    SandboxConfig(image="any", start_timeout_s=start_timeout), engine=engine
+                )
             except DockerUnreachable:
                 times.append(time.perf_counter() - started)
     finally:
@@ -103,7 +110,9 @@ async def hung_docker(start_timeout: float, repeats: int) -> list[float]:
 
 async def warm_acquire(image: str, health_check: float | None, n: int) -> list[float]:
     out = []
-    async with SandboxPool(size=4, config=SandboxConfig(image=image), health_check_timeout_s=health_check) as pool:
+    async with SandboxPool(
+        size=4, config=SandboxConfig(image=image), health_check_timeout_s=health_check
+    ) as pool:
         for _ in range(n):
             await pool.wait_ready()
             started = time.perf_counter()
@@ -130,16 +139,30 @@ async def main() -> None:
             wall, status = await one_run(spec, args.wall)
             walls.append(wall)
             statuses.add(status)
-        row = {"fault": name, "statuses": sorted(statuses), "wall_p50_s": statistics.median(walls),
-               "wall_max_s": max(walls), "overshoot_max_s": max(walls) - args.wall}
+        row = {
+            "fault": name,
+            "statuses": sorted(statuses),
+            "wall_p50_s": statistics.median(walls),
+            "wall_max_s": max(walls),
+            "overshoot_max_s": max(walls) - args.wall,
+        }
         rows.append(row)
-        table.add_row(name, ",".join(row["statuses"]), f"{row['wall_p50_s']:.3f}", f"{row['wall_max_s']:.3f}",
-                      f"{row['overshoot_max_s']:+.3f}")
+        table.add_row(
+            name,
+            ",".join(row["statuses"]),
+            f"{row['wall_p50_s']:.3f}",
+            f"{row['wall_max_s']:.3f}",
+            f"{row['overshoot_max_s']:+.3f}",
+        )
 
     docker_times = await hung_docker(args.start_timeout, args.repeats)
-    docker = {"start_timeout_s": args.start_timeout, "errors": len(docker_times), "attempts": args.repeats,
-              "time_to_error_p50_s": statistics.median(docker_times) if docker_times else None,
-              "time_to_error_max_s": max(docker_times) if docker_times else None}
+    docker = {
+        "start_timeout_s": args.start_timeout,
+        "errors": len(docker_times),
+        "attempts": args.repeats,
+        "time_to_error_p50_s": statistics.median(docker_times) if docker_times else None,
+        "time_to_error_max_s": max(docker_times) if docker_times else None,
+    }
     image = os.environ.get("QWQ_SANDBOX_IMAGE")
     if not image:
         from qwq_agent.sandbox.image import ensure_image
@@ -148,20 +171,36 @@ async def main() -> None:
     acquire = {}
     for label, check in (("with health check", 2.0), ("baseline: no health check", None)):
         times = sorted(await warm_acquire(image, check, args.acquires))
-        acquire[label] = {"n": len(times), "p50_ms": 1000 * statistics.median(times),
-                          "p90_ms": 1000 * times[int(0.9 * (len(times) - 1))]}
+        acquire[label] = {
+            "n": len(times),
+            "p50_ms": 1000 * statistics.median(times),
+            "p90_ms": 1000 * times[int(0.9 * (len(times) - 1))],
+        }
     console = Console()
     console.print(table)
     for label, row in acquire.items():
-        console.print(f"warm acquire, {label}: p50 {row['p50_ms']:.2f} ms, p90 {row['p90_ms']:.2f} ms (n={row['n']})")
+        console.print(
+            f"warm acquire, {label}: p50 {row['p50_ms']:.2f} ms, p90 {row['p90_ms']:.2f} ms (n={row['n']})"
+        )
     console.print(
         f"hung Docker daemon: {docker['errors']}/{args.repeats} DockerUnreachable, time to error p50 "
         f"{docker['time_to_error_p50_s']:.3f} s, max {docker['time_to_error_max_s']:.3f} s "
         f"(start_timeout_s={args.start_timeout:g})"
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"wall_s": args.wall, "repeats": args.repeats, "runs": rows,
-                                   "hung_docker": docker, "warm_acquire": acquire}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "wall_s": args.wall,
+                "repeats": args.repeats,
+                "runs": rows,
+                "hung_docker": docker,
+                "warm_acquire": acquire,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     console.print(f"wrote {RESULTS}")
 
 

@@ -88,7 +88,9 @@ def _docstring_to_markdown(doc: str) -> str:
             out.append(f"## {line.strip()}")
         elif re.fullmatch(r"-{3,}", line.strip()):
             continue
-        elif re.fullmatch(r"(Args|Arguments|Parameters|Returns|Raises|Examples?|Notes?|Yields|Attributes):", line.strip()):
+        elif re.fullmatch(
+            r"(Args|Arguments|Parameters|Returns|Raises|Examples?|Notes?|Yields|Attributes):", line.strip()
+        ):
             out.append(f"## {line.strip()[:-1]}")
         else:
             out.append(line)
@@ -148,7 +150,9 @@ def main() -> int:
             noop = index.update()
             touched = rng.sample(docs, max(1, len(docs) // 100))
             for rel, text in touched:
-                (root / rel).write_text(text + "\nRevised after review: benchmark marker.\n", encoding="utf-8")
+                (root / rel).write_text(
+                    text + "\nRevised after review: benchmark marker.\n", encoding="utf-8"
+                )
             incremental = index.update()
             expected = (len(touched), 0, 0)
             got = (incremental.updated, incremental.added, incremental.removed)
@@ -186,7 +190,8 @@ def main() -> int:
             "cpus": os.cpu_count(),
         },
         "corpus": {
-            "source": "docstrings of the installed packages and the Python standard library: " + ", ".join(map(str, sources)),
+            "source": "docstrings of the installed packages and the Python standard library: "
+            + ", ".join(map(str, sources)),
             "documents": len(docs),
             "bytes": corpus_bytes,
             "indexed": full.added,
@@ -231,8 +236,14 @@ def main() -> int:
     table.add_row("re-index, nothing changed", f"{noop.seconds:.3f} s")
     table.add_row(f"re-index, {incremental.updated} docs (1%) modified", f"{incremental.seconds:.3f} s")
     q = result["query"]
-    table.add_row(f"query p50 / p95 / p99 ({q['n']} queries)", f"{q['p50_ms']:.2f} / {q['p95_ms']:.2f} / {q['p99_ms']:.2f} ms")
-    table.add_row("search_docs tool call p50 / p95", f"{result['tool_call']['p50_ms']:.2f} / {result['tool_call']['p95_ms']:.2f} ms")
+    table.add_row(
+        f"query p50 / p95 / p99 ({q['n']} queries)",
+        f"{q['p50_ms']:.2f} / {q['p95_ms']:.2f} / {q['p99_ms']:.2f} ms",
+    )
+    table.add_row(
+        "search_docs tool call p50 / p95",
+        f"{result['tool_call']['p50_ms']:.2f} / {result['tool_call']['p95_ms']:.2f} ms",
+    )
     table.add_row("index size", f"{db_bytes / 1e6:.1f} MB")
     Console().print(table)
     print(f"wrote {RESULTS}")

@@ -34,22 +34,44 @@ from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import SamplingParams
 
 TOOLS = [
-    ToolSpec(name="read_file", description="Read a text file from the workspace",
-             parameters={"type": "object", "required": ["path"],
-                         "properties": {"path": {"type": "string", "maxLength": 32},
-                                        "offset": {"type": "integer", "minimum": 0, "maximum": 50}}}),
-    ToolSpec(name="add", description="Add two integers",
-             parameters={"type": "object", "required": ["a", "b"],
-                         "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}),
-    ToolSpec(name="set_mode", description="Switch the output mode",
-             parameters={"type": "object", "required": ["mode"],
-                         "properties": {"mode": {"enum": ["json", "text", "table"]}, "verbose": {"type": "boolean"}}}),
+    ToolSpec(
+        name="read_file",
+        description="Read a text file from the workspace",
+        parameters={
+            "type": "object",
+            "required": ["path"],
+            "properties": {
+                "path": {"type": "string", "maxLength": 32},
+                "offset": {"type": "integer", "minimum": 0, "maximum": 50},
+            },
+        },
+    ),
+    ToolSpec(
+        name="add",
+        description="Add two integers",
+        parameters={
+            "type": "object",
+            "required": ["a", "b"],
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        },
+    ),
+    ToolSpec(
+        name="set_mode",
+        description="Switch the output mode",
+        parameters={
+            "type": "object",
+            "required": ["mode"],
+            "properties": {"mode": {"enum": ["json", "text", "table"]}, "verbose": {"type": "boolean"}},
+        },
+    ),
 ]
 
 
 def build_prompt(i: int) -> str:
-    messages = [Message(role="system", content="You are a careful agent. Call tools when they help."),
-                Message(role="user", content=f"Task {i}: read notes.md, then add the two numbers in it.")]
+    messages = [
+        Message(role="system", content="You are a careful agent. Call tools when they help."),
+        Message(role="user", content=f"Task {i}: read notes.md, then add the two numbers in it."),
+    ]
     return render(messages, TOOLS) + "I should read the file first.\n</think>\n\n<tool_call>"
 
 
@@ -58,15 +80,25 @@ async def one(kind: str, client: SGLangClient, i: int, max_new: int) -> dict[str
     started = time.perf_counter()
     try:
         if kind == "unconstrained":
-            done = await client.generate(so_far + "\n", SamplingParams(max_new_tokens=max_new, stop=["</tool_call>"]))
+            done = await client.generate(
+                so_far + "\n", SamplingParams(max_new_tokens=max_new, stop=["</tool_call>"])
+            )
             text = done.text
         else:
             mode = "ebnf" if kind == "constrained_ebnf" else "json_schema"
-            text = await constrained_tool_call(client, so_far, TOOLS, SamplingParams(max_new_tokens=max_new), mode=mode)
+            text = await constrained_tool_call(
+                client, so_far, TOOLS, SamplingParams(max_new_tokens=max_new), mode=mode
+            )
         error = validate_tool_call(text, TOOLS)
     except ModelError as exc:
         text, error = exc.partial_text, f"request failed: {exc}"
-    return {"kind": kind, "ok": error is None, "error": error, "text": text, "seconds": time.perf_counter() - started}
+    return {
+        "kind": kind,
+        "ok": error is None,
+        "error": error,
+        "text": text,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 async def run(url: str, n: int, max_new: int, kinds: list[str]) -> dict[str, Any]:
@@ -80,20 +112,31 @@ async def run(url: str, n: int, max_new: int, kinds: list[str]) -> dict[str, Any
         rows = [r for r in results if r["kind"] == kind]
         parsed = sum(1 for r in rows if r["error"] is None or r["error"].startswith("invalid"))
         summary[kind] = {
-            "n": len(rows), "parse_ok": parsed, "valid": sum(r["ok"] for r in rows),
+            "n": len(rows),
+            "parse_ok": parsed,
+            "valid": sum(r["ok"] for r in rows),
             "failed_requests": sum(1 for r in rows if (r["error"] or "").startswith("request failed")),
             "samples": [r["text"][:160] for r in rows[:3]],
             "first_errors": [r["error"] for r in rows if r["error"]][:3],
         }
-    return {"url": url, "n_per_kind": n, "max_new_tokens": max_new, "wall_seconds": wall,
-            "server": {"max_total_num_tokens": info.max_total_num_tokens, "version": info.version},
-            "sets": summary}
+    return {
+        "url": url,
+        "n_per_kind": n,
+        "max_new_tokens": max_new,
+        "wall_seconds": wall,
+        "server": {"max_total_num_tokens": info.max_total_num_tokens, "version": info.version},
+        "sets": summary,
+    }
 
 
 def gpu_name() -> str:
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -111,10 +154,15 @@ def main() -> None:
     report["host"] = platform.node()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_constrained.json").write_text(json.dumps(report, indent=2))
-    lines = [f"# Constrained tool calls on {report['device']}", "",
-             f"{args.n} calls per set, all sets concurrently, max_new_tokens={args.max_new_tokens}, "
-             f"wall time {report['wall_seconds']:.1f} s. Random weights (--load-format dummy).", "",
-             "| set | calls | parse as JSON | valid (jsonschema) | failed requests |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Constrained tool calls on {report['device']}",
+        "",
+        f"{args.n} calls per set, all sets concurrently, max_new_tokens={args.max_new_tokens}, "
+        f"wall time {report['wall_seconds']:.1f} s. Random weights (--load-format dummy).",
+        "",
+        "| set | calls | parse as JSON | valid (jsonschema) | failed requests |",
+        "|---|---|---|---|---|",
+    ]
     for kind, s in report["sets"].items():
         lines.append(f"| {kind} | {s['n']} | {s['parse_ok']} | {s['valid']} | {s['failed_requests']} |")
     (args.out / "gpu_constrained.md").write_text("\n".join(lines) + "\n")

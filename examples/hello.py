@@ -1,6 +1,6 @@
 """Hello, qwq-agent: one agent, one tool of your own, Python in a sandbox, a model server's URL.
 
-    QWQ_MODEL_URL=http://127.0.0.1:30000 .venv/bin/python examples/hello.py
+QWQ_MODEL_URL=http://127.0.0.1:30000 .venv/bin/python examples/hello.py
 """
 
 import asyncio

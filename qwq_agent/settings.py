@@ -44,7 +44,9 @@ class Settings(BaseSettings):
         "native", validation_alias=_env("QWQ_API"), description="API `run` speaks: native SGLang or openai"
     )
     model: str = Field(
-        "Qwen/QwQ-32B", validation_alias=_env("QWQ_MODEL"), description="model name for `run --api openai` when no OpenAI model variable is set"
+        "Qwen/QwQ-32B",
+        validation_alias=_env("QWQ_MODEL"),
+        description="model name for `run --api openai` when no OpenAI model variable is set",
     )
     openai_base_url: str | None = Field(
         None,
@@ -75,7 +77,9 @@ class Settings(BaseSettings):
     )
     # Docker and the sandbox image.
     docker_host: str = Field(
-        DEFAULT_DOCKER_HOST, validation_alias=_env("DOCKER_HOST"), description="Docker engine socket (unix:// only)"
+        DEFAULT_DOCKER_HOST,
+        validation_alias=_env("DOCKER_HOST"),
+        description="Docker engine socket (unix:// only)",
     )
     docker_ping_timeout_s: float = Field(
         10.0,
@@ -91,7 +95,9 @@ class Settings(BaseSettings):
     # Checked where the image is built (`sandbox.image.mode`), so that a bad value fails that build and
     # not every command that reads a setting.
     sandbox_build: str = Field(
-        "auto", validation_alias=_env("QWQ_SANDBOX_BUILD"), description="how the sandbox image is built: auto, debian or dockerfile"
+        "auto",
+        validation_alias=_env("QWQ_SANDBOX_BUILD"),
+        description="how the sandbox image is built: auto, debian or dockerfile",
     )
     sandbox_deb_cache: Path | None = Field(
         None,
@@ -108,7 +114,9 @@ class Settings(BaseSettings):
         description="OTLP/HTTP collector; set, `run` exports spans",
     )
     otel_service_name: str | None = Field(
-        None, validation_alias=_env("OTEL_SERVICE_NAME"), description="service.name of the spans (default: qwq-agent)"
+        None,
+        validation_alias=_env("OTEL_SERVICE_NAME"),
+        description="service.name of the spans (default: qwq-agent)",
     )
     otel_capture_content: bool = Field(
         False,
@@ -119,14 +127,18 @@ class Settings(BaseSettings):
     search_provider: str | None = Field(
         None, validation_alias=_env("QWQ_SEARCH_PROVIDER"), description="searxng, brave or tavily"
     )
-    searxng_url: str | None = Field(None, validation_alias=_env("QWQ_SEARXNG_URL"), description="SearXNG instance")
+    searxng_url: str | None = Field(
+        None, validation_alias=_env("QWQ_SEARXNG_URL"), description="SearXNG instance"
+    )
     brave_api_key: SecretStr | None = Field(
         None, validation_alias=_env("BRAVE_API_KEY"), description="Brave Search API key"
     )
     brave_base_url: str | None = Field(
         None, validation_alias=_env("QWQ_BRAVE_BASE_URL"), description="Brave API endpoint override"
     )
-    tavily_api_key: SecretStr | None = Field(None, validation_alias=_env("TAVILY_API_KEY"), description="Tavily API key")
+    tavily_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("TAVILY_API_KEY"), description="Tavily API key"
+    )
     tavily_base_url: str | None = Field(
         None, validation_alias=_env("QWQ_TAVILY_BASE_URL"), description="Tavily API endpoint override"
     )

@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 echo "[test] ruff"
 .venv/bin/ruff check qwq_agent tests benchmarks examples
+.venv/bin/ruff format --check qwq_agent tests benchmarks examples
 echo "[test] pytest"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

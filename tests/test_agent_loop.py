@@ -410,7 +410,9 @@ async def test_the_loop_runs_the_same_over_the_openai_chat_api():
         "The tool says 5.\n</think>\n\n2 + 3 = **5**.",
     ]
     async with ScriptedModelServer(turns) as server:
-        async with OpenAIChatClient(server.url, model="qwq-32b", api_key="sk-test-secret", retry=NO_RETRY) as client:
+        async with OpenAIChatClient(
+            server.url, model="qwq-32b", api_key="sk-test-secret", retry=NO_RETRY
+        ) as client:
             result = await Agent(client, [add], config=config()).run("What is 2 + 3?")
     assert result.status == "completed" and result.answer == "2 + 3 = **5**."
     assert [m.content for m in result.messages if m.role == "tool"] == ["5"]

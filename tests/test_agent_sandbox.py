@@ -123,7 +123,9 @@ async def test_long_tool_calls_stream_started_and_output_events_before_their_res
         async with ScriptedModelServer(turns) as server:
             tools = build_tools(["shell"])
             async with SGLangClient(server.url, retry=NO_RETRY) as client:
-                agent = Agent(client, tools, sandbox=sb, config=AgentConfig(check_language=False), trace_path=trace)
+                agent = Agent(
+                    client, tools, sandbox=sb, config=AgentConfig(check_language=False), trace_path=trace
+                )
                 events = []
                 async for ev in agent.stream("task"):
                     events.append(ev)

@@ -24,8 +24,17 @@ from qwq_agent.testing.scripted_server import ScriptedModelServer
 CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
 # Variables that would configure the very things these tests take away.
 CLEARED = (
-    "QWQ_MODEL_URL", "QWQ_API", "QWQ_SANDBOX_IMAGE", "QWQ_DEBUG", "QWQ_SEARCH_PROVIDER", "QWQ_SEARXNG_URL",
-    "BRAVE_API_KEY", "TAVILY_API_KEY", "QWQ_OPENAI_API_KEY", "OPENAI_API_KEY", "DASHSCOPE_API_KEY",
+    "QWQ_MODEL_URL",
+    "QWQ_API",
+    "QWQ_SANDBOX_IMAGE",
+    "QWQ_DEBUG",
+    "QWQ_SEARCH_PROVIDER",
+    "QWQ_SEARXNG_URL",
+    "BRAVE_API_KEY",
+    "TAVILY_API_KEY",
+    "QWQ_OPENAI_API_KEY",
+    "OPENAI_API_KEY",
+    "DASHSCOPE_API_KEY",
 )
 ANSWER = "Done.\n</think>\n\nThe answer is 42."
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent.sock"}
@@ -120,7 +129,9 @@ SANDBOX_COMMANDS = [
 CASES: dict[str, Case] = {}
 for cmd in SANDBOX_COMMANDS:
     name = "-".join(cmd[:2]) if cmd[0] == "sandbox" else "run"
-    CASES[f"docker-unreachable/{name}"] = Case(cmd, ["no socket at /nonexistent.sock", "docker_host"], NO_DOCKER)
+    CASES[f"docker-unreachable/{name}"] = Case(
+        cmd, ["no socket at /nonexistent.sock", "docker_host"], NO_DOCKER
+    )
     CASES[f"docker-hung/{name}"] = Case(cmd, ["did not answer within 2 s", "restart the docker daemon"], HUNG)
 CASES |= {
     # The model server.
@@ -132,8 +143,15 @@ CASES |= {
         ["serve", "--model-url", "http://127.0.0.1:{dead_port}"], ["no healthy server", "qwq-agent serve"]
     ),
     "server-crashes/serve": Case(
-        ["serve", "--port", "{dead_port}", "--timeout", "60", "--command",
-         f"{sys.executable} -c \"import sys; print('CUDA out of memory, on purpose'); sys.exit(3)\""],
+        [
+            "serve",
+            "--port",
+            "{dead_port}",
+            "--timeout",
+            "60",
+            "--command",
+            f"{sys.executable} -c \"import sys; print('CUDA out of memory, on purpose'); sys.exit(3)\"",
+        ],
         ["exited with status 3", "read the server's log", "cuda out of memory, on purpose"],
     ),
     "model-no-scheme/run": Case(
@@ -149,7 +167,8 @@ CASES |= {
         ["no model server answers", "speaks plain http, use http://"],
     ),
     "model-no-scheme/serve": Case(
-        ["serve", "--model-url", "127.0.0.1:30000"], ["not an http:// or https:// url", "http://127.0.0.1:30000"]
+        ["serve", "--model-url", "127.0.0.1:30000"],
+        ["not an http:// or https:// url", "http://127.0.0.1:30000"],
     ),
     "model-key-missing/run": Case(
         ["run", "hi", "--api", "openai", "--model-url", "{keyed_model}", "--tools", "fetch_url"],
@@ -195,11 +214,15 @@ CASES |= {
         ["not utf-8", "qwq-agent run"],
         before_model=True,
     ),
-    "trace-missing/trace-show": Case(["trace", "show", "{tmp}/absent.jsonl"], ["no such file", "qwq-agent run"]),
+    "trace-missing/trace-show": Case(
+        ["trace", "show", "{tmp}/absent.jsonl"], ["no such file", "qwq-agent run"]
+    ),
     "trace-folder/trace-show": Case(["trace", "show", "{tmp}"], ["it is a folder", "qwq-agent run"]),
     "trace-garbage/trace-show": Case(["trace", "show", "{tmp}/garbage.jsonl"], ["not a qwq-agent event"]),
     "trace-empty/trace-show": Case(["trace", "show", "{tmp}/empty.jsonl"], ["holds no events"]),
-    "raw-output-missing/parse": Case(["parse", "{tmp}/absent.txt"], ["absent.txt", "no such file", "pass a raw model output"]),
+    "raw-output-missing/parse": Case(
+        ["parse", "{tmp}/absent.txt"], ["absent.txt", "no such file", "pass a raw model output"]
+    ),
     "raw-output-binary/parse": Case(["parse", "{tmp}/binary.jsonl"], ["not utf-8"]),
     # The document index.
     "docs-db-not-given/run": Case(
@@ -226,10 +249,12 @@ CASES |= {
         ["index", "{tmp}/docs", "--db", "{tmp}/garbage.db"], ["not a document index", "pass another --db"]
     ),
     "docs-db-other-sqlite/index": Case(
-        ["index", "{tmp}/docs", "--db", "{tmp}/other.db"], ["sqlite database of something else", "another --db"]
+        ["index", "{tmp}/docs", "--db", "{tmp}/other.db"],
+        ["sqlite database of something else", "another --db"],
     ),
     "docs-db-folder-missing/index": Case(
-        ["index", "{tmp}/docs", "--db", "{tmp}/absent/ix.db"], ["is not a folder", "--db in an existing folder"]
+        ["index", "{tmp}/docs", "--db", "{tmp}/absent/ix.db"],
+        ["is not a folder", "--db in an existing folder"],
     ),
     "docs-folder-missing/index": Case(["index", "{tmp}/absent"], ["is not a folder", "folder of documents"]),
     # Search providers.
@@ -297,19 +322,26 @@ def test_failure_is_one_clear_line(case_id: str, server, keyed_server, files) ->
 def test_missing_sandbox_image_says_how_to_build_it(argv, sandbox_image, server) -> None:
     asked = len(server.requests)
     proc = _run(
-        [_fill(a, {"model": server.url}) for a in argv], {"QWQ_SANDBOX_IMAGE": "qwq-agent-sandbox:no-such-tag"}
+        [_fill(a, {"model": server.url}) for a in argv],
+        {"QWQ_SANDBOX_IMAGE": "qwq-agent-sandbox:no-such-tag"},
     )
     assert proc.returncode == 4, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 2 and "qwq-agent-sandbox:no-such-tag" in lines[0] and "is not in the local Docker" in lines[0]
+    assert (
+        len(lines) == 2
+        and "qwq-agent-sandbox:no-such-tag" in lines[0]
+        and "is not in the local Docker" in lines[0]
+    )
     assert "qwq-agent sandbox build" in lines[1]
     assert len(server.requests) == asked
 
 
 def test_debug_shows_the_traceback_and_still_the_message(files) -> None:
-    for argv in (["--debug", "trace", "show", f"{files['tmp']}/absent.jsonl"],
-                 ["trace", "show", f"{files['tmp']}/absent.jsonl", "--debug"]):
+    for argv in (
+        ["--debug", "trace", "show", f"{files['tmp']}/absent.jsonl"],
+        ["trace", "show", f"{files['tmp']}/absent.jsonl", "--debug"],
+    ):
         proc = _run(argv, {})
         assert proc.returncode == 2
         assert "Traceback" in proc.stderr and "load_trace" in proc.stderr
@@ -322,7 +354,8 @@ def test_a_run_whose_tools_need_no_sandbox_starts_none(server, tmp_path) -> None
     """fetch_url runs on the host: the run completes although Docker is unreachable."""
     trace = tmp_path / "t.jsonl"
     proc = _run(
-        ["run", "hi", "--model-url", server.url, "--tools", "fetch_url", "--json", "--trace", str(trace)], NO_DOCKER
+        ["run", "hi", "--model-url", server.url, "--tools", "fetch_url", "--json", "--trace", str(trace)],
+        NO_DOCKER,
     )
     assert proc.returncode == 0, proc.stderr
     assert "The answer is 42." in proc.stdout

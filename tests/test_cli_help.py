@@ -24,7 +24,10 @@ def test_every_option_of_every_subcommand_has_help() -> None:
 
 def test_help_shows_defaults() -> None:
     serve = subprocess.run(
-        [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     flat = " ".join(serve.stdout.split())
     assert "(default: 32768)" in flat and "(default: lpm)" in flat and "(default: 30000)" in flat
@@ -32,7 +35,10 @@ def test_help_shows_defaults() -> None:
 
 def test_run_help_lists_the_tools() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "qwq_agent.cli.main", "run", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "qwq_agent.cli.main", "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     tools = out.split("\ntools:\n", 1)[1]
     for name in TOOL_NAMES:

@@ -91,8 +91,9 @@ def test_version_flag_prints_the_package_version():
 
     import qwq_agent
 
-    done = subprocess.run([sys.executable, "-m", "qwq_agent.cli.main", "--version"], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "qwq_agent.cli.main", "--version"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and done.stdout.strip() == f"qwq-agent {qwq_agent.__version__}"
 
 
@@ -111,7 +112,12 @@ def test_run_json_stream_has_tool_started_and_output_deltas_before_the_result(sa
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     kinds = [e["type"] for e in events]
-    assert kinds.index("tool_call") < kinds.index("tool_started") < kinds.index("tool_output") < kinds.index("tool_result")
+    assert (
+        kinds.index("tool_call")
+        < kinds.index("tool_started")
+        < kinds.index("tool_output")
+        < kinds.index("tool_result")
+    )
     streamed = "".join(e["text"] for e in events if e["type"] == "tool_output")
     assert streamed == "tick 1\ntick 2\ntick 3\n"
     assert {e["call_id"] for e in events if e["type"] in ("tool_started", "tool_output", "tool_result")} == {

@@ -51,10 +51,15 @@ def test_signal_while_the_model_streams_prints_the_summary_and_closes_the_trace(
     turn = Turn(text="Let me think about this for a long time. " * 20, hold_after=4, hold_timeout=300)
     trace = tmp_path / "run.jsonl"
     with ScriptedModelServer([turn]) as server:
-        proc = start(["run", "think", "--model-url", server.url, "--tools", "fetch_url", "--trace", str(trace)], tmp_path)
+        proc = start(
+            ["run", "think", "--model-url", server.url, "--tools", "fetch_url", "--trace", str(trace)],
+            tmp_path,
+        )
         try:
-            wait_for(lambda: any(r.path == "/generate" for r in server.requests) or proc.poll() is not None,
-                     "the model request")
+            wait_for(
+                lambda: any(r.path == "/generate" for r in server.requests) or proc.poll() is not None,
+                "the model request",
+            )
             assert proc.poll() is None, proc.communicate()
             proc.send_signal(signum)
             out, err = proc.communicate(timeout=DEADLINE_S)
@@ -78,18 +83,22 @@ def test_signal_while_the_model_streams_prints_the_summary_and_closes_the_trace(
 def test_sigterm_during_a_sandbox_tool_call_ends_the_json_stream_with_final_and_removes_the_sandbox(
     sandbox_image, tmp_path
 ):
-    call = '<tool_call>\n{"name": "python", "arguments": {"code": "import time; time.sleep(600)"}}\n</tool_call>'
+    call = (
+        '<tool_call>\n{"name": "python", "arguments": {"code": "import time; time.sleep(600)"}}\n</tool_call>'
+    )
     turns = ["I will wait.\n</think>\n\n" + call, "Done.\n</think>\n\nDone."]
     trace = tmp_path / "run.jsonl"
     with ScriptedModelServer(turns) as server:
         proc = start(
-            ["run", "wait", "--model-url", server.url, "--tools", "python", "--json", "--trace", str(trace)], tmp_path
+            ["run", "wait", "--model-url", server.url, "--tools", "python", "--json", "--trace", str(trace)],
+            tmp_path,
         )
         lines: queue.Queue[str] = queue.Queue()
         reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
         reader.start()
         seen: list[dict] = []
         try:
+
             def tool_call_printed() -> bool:
                 while not lines.empty():
                     seen.append(json.loads(lines.get()))
@@ -116,7 +125,9 @@ def test_sigterm_during_a_sandbox_tool_call_ends_the_json_stream_with_final_and_
     assert events[-1]["type"] == "final" and events[-1]["status"] == "cancelled"
     assert not any(e["type"] == "tool_result" for e in seen)  # the sleep never finished
     # The run's own container is gone (removed on the way out, not left to the janitor).
-    ps = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"id={sandbox_id}"], capture_output=True, text=True)
+    ps = subprocess.run(
+        ["docker", "ps", "-a", "-q", "--filter", f"id={sandbox_id}"], capture_output=True, text=True
+    )
     assert ps.returncode == 0 and ps.stdout.strip() == "", ps.stdout
 
 

@@ -76,7 +76,10 @@ async def test_native_client_cuts_and_aborts_when_the_server_ignores_stop_string
 
 
 async def test_native_client_leaves_text_without_stop_strings_whole():
-    async with ScriptedModelServer(["no stop strings in here, just text"]) as server, SGLangClient(server.url) as c:
+    async with (
+        ScriptedModelServer(["no stop strings in here, just text"]) as server,
+        SGLangClient(server.url) as c,
+    ):
         done = await c.generate("prompt", SamplingParams(stop=["</tool_call>", "zz"]))
     assert done.text == "no stop strings in here, just text" and done.matched_stop != "zz"
 
@@ -87,7 +90,9 @@ async def test_openai_client_cuts_at_the_earliest_stop_too():
         from qwq_agent.agent.messages import Message
 
         pieces, done = [], None
-        async for event in client.stream([Message(role="user", content="hi")], [], SamplingParams(stop=STOPS)):
+        async for event in client.stream(
+            [Message(role="user", content="hi")], [], SamplingParams(stop=STOPS)
+        ):
             if isinstance(event, TextDelta):
                 pieces.append(event.text)
             else:

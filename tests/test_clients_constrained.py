@@ -18,26 +18,50 @@ from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 
 TOOLS = [
-    ToolSpec(name="read_file", parameters={
-        "type": "object", "required": ["path"],
-        "properties": {"path": {"type": "string", "maxLength": 40}, "offset": {"type": "integer", "minimum": 0, "maximum": 9}},
-    }),
-    ToolSpec(name="search", parameters={
-        "type": "object", "required": ["query"],
-        "properties": {"query": {"type": "string"}, "lang": {"enum": ["en", "zh"]}, "tags": {"type": "array", "items": {"type": "boolean"}}},
-    }),
+    ToolSpec(
+        name="read_file",
+        parameters={
+            "type": "object",
+            "required": ["path"],
+            "properties": {
+                "path": {"type": "string", "maxLength": 40},
+                "offset": {"type": "integer", "minimum": 0, "maximum": 9},
+            },
+        },
+    ),
+    ToolSpec(
+        name="search",
+        parameters={
+            "type": "object",
+            "required": ["query"],
+            "properties": {
+                "query": {"type": "string"},
+                "lang": {"enum": ["en", "zh"]},
+                "tags": {"type": "array", "items": {"type": "boolean"}},
+            },
+        },
+    ),
     ToolSpec(name="now", parameters={"type": "object", "properties": {}}),
 ]
 
 
 def test_schema_accepts_calls_of_any_tool_and_rejects_the_rest():
-    assert validate_tool_call('{"name": "read_file", "arguments": {"path": "a.txt", "offset": 3}}', TOOLS) is None
+    assert (
+        validate_tool_call('{"name": "read_file", "arguments": {"path": "a.txt", "offset": 3}}', TOOLS)
+        is None
+    )
     assert validate_tool_call('<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>', TOOLS) is None
     assert "invalid" in validate_tool_call('{"name": "read_file", "arguments": {"offset": 3}}', TOOLS)
     assert "invalid" in validate_tool_call('{"name": "rm", "arguments": {}}', TOOLS)
-    assert "invalid" in validate_tool_call('{"name": "read_file", "arguments": {"path": "a", "offset": 10}}', TOOLS)
+    assert "invalid" in validate_tool_call(
+        '{"name": "read_file", "arguments": {"path": "a", "offset": 10}}', TOOLS
+    )
     assert "not JSON" in validate_tool_call('{"name": "now", "arguments": {', TOOLS)
-    assert [b["properties"]["name"]["const"] for b in tool_call_schema(TOOLS)["anyOf"]] == ["read_file", "search", "now"]
+    assert [b["properties"]["name"]["const"] for b in tool_call_schema(TOOLS)["anyOf"]] == [
+        "read_file",
+        "search",
+        "now",
+    ]
 
 
 def test_ebnf_fixes_names_spacing_and_bounds():
@@ -53,9 +77,13 @@ def test_ebnf_fixes_names_spacing_and_bounds():
 
 def test_ebnf_refuses_what_it_cannot_express():
     with pytest.raises(UnsupportedSchema):
-        tool_call_ebnf([ToolSpec(name="f", parameters={"type": "object", "properties": {"x": {"$ref": "#/defs/x"}}})])
+        tool_call_ebnf(
+            [ToolSpec(name="f", parameters={"type": "object", "properties": {"x": {"$ref": "#/defs/x"}}})]
+        )
     with pytest.raises(UnsupportedSchema):
-        tool_call_ebnf([ToolSpec(name="f", parameters={"properties": {"x": {"type": "string", "pattern": "a+"}}})])
+        tool_call_ebnf(
+            [ToolSpec(name="f", parameters={"properties": {"x": {"type": "string", "pattern": "a+"}}})]
+        )
 
 
 def test_ebnf_parses_in_xgrammar():
@@ -67,7 +95,11 @@ async def test_constrained_call_sends_grammar_and_stop_and_returns_the_call_text
     def model(request):
         params = request.sampling_params
         assert request.prompt.endswith("<tool_call>\n")
-        assert params["stop"] == ["</tool_call>"] and "root ::=" in params["ebnf"] and "json_schema" not in params
+        assert (
+            params["stop"] == ["</tool_call>"]
+            and "root ::=" in params["ebnf"]
+            and "json_schema" not in params
+        )
         return '{"name": "read_file", "arguments": {"path": "notes.md"}}'
 
     prompt = "<|im_start|>assistant\n<think>\nI need the file.\n</think>\n\n<tool_call>"
@@ -79,7 +111,11 @@ async def test_constrained_call_sends_grammar_and_stop_and_returns_the_call_text
 
 
 async def test_unsupported_schema_falls_back_to_json_schema():
-    tools = [ToolSpec(name="f", parameters={"type": "object", "properties": {"x": {"type": "string", "format": "uri"}}})]
+    tools = [
+        ToolSpec(
+            name="f", parameters={"type": "object", "properties": {"x": {"type": "string", "format": "uri"}}}
+        )
+    ]
 
     def model(request):
         assert json.loads(request.sampling_params["json_schema"]) == tool_call_schema(tools)

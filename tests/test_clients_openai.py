@@ -15,10 +15,20 @@ from qwq_agent.testing.scripted_server import ScriptedModelServer, Turn
 
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.0, jitter=0.0)
 KEY = "sk-test-0123456789abcdef-SECRET"
-TOOLS = [ToolSpec(name="add", description="Add two integers",
-                  parameters={"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                              "required": ["a", "b"]})]
-CALL_TURN = 'I should add.\n</think>\n\n<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 2}}\n</tool_call>'
+TOOLS = [
+    ToolSpec(
+        name="add",
+        description="Add two integers",
+        parameters={
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    )
+]
+CALL_TURN = (
+    'I should add.\n</think>\n\n<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 2}}\n</tool_call>'
+)
 
 
 async def collect(agen):
@@ -36,7 +46,9 @@ async def collect(agen):
 async def test_tool_call_is_reserialised_into_qwq_raw_format():
     async with ScriptedModelServer([CALL_TURN]) as server:
         async with OpenAIChatClient(server.url, model="qwq-32b") as client:
-            done = await collect(client.stream([Message(role="user", content="2+2?")], TOOLS, SamplingParams()))
+            done = await collect(
+                client.stream([Message(role="user", content="2+2?")], TOOLS, SamplingParams())
+            )
     assert done.text == CALL_TURN
     assert done.usage.finish_reason == "tool_calls"
     assert done.usage.prompt_tokens == len(server.requests[0].prompt_ids)
@@ -57,8 +69,12 @@ async def test_history_is_sent_as_openai_messages_and_cache_is_reported():
     first = [Message(role="system", content="You add numbers. " * 20), Message(role="user", content="2+2?")]
     second = [
         *first,
-        Message(role="assistant", content="", reasoning="I should add.",
-                tool_calls=[ToolCall(id="call_0", name="add", arguments={"a": 2, "b": 2})]),
+        Message(
+            role="assistant",
+            content="",
+            reasoning="I should add.",
+            tool_calls=[ToolCall(id="call_0", name="add", arguments={"a": 2, "b": 2})],
+        ),
         Message(role="tool", content="4", tool_call_id="call_0", name="add"),
     ]
     async with ScriptedModelServer([CALL_TURN, "Done.\n</think>\n\n4"]) as server:
@@ -66,8 +82,17 @@ async def test_history_is_sent_as_openai_messages_and_cache_is_reported():
             one = await collect(client.stream(first, TOOLS, SamplingParams()))
             two = await collect(client.stream(second, TOOLS, SamplingParams()))
     sent = server.requests[1].body["messages"]
-    assert sent[2] == {"role": "assistant", "content": "", "tool_calls": [
-        {"id": "call_0", "type": "function", "function": {"name": "add", "arguments": json.dumps({"a": 2, "b": 2})}}]}
+    assert sent[2] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "call_0",
+                "type": "function",
+                "function": {"name": "add", "arguments": json.dumps({"a": 2, "b": 2})},
+            }
+        ],
+    }
     assert sent[3] == {"role": "tool", "content": "4", "tool_call_id": "call_0", "name": "add"}
     assert one.usage.cached_tokens == 0
     assert two.usage.cached_tokens > 20 and two.usage.cached_tokens == server.requests[1].cached_tokens
@@ -82,8 +107,15 @@ async def test_api_key_is_sent_but_never_shown(caplog):
         with pytest.raises(ModelServerError) as info:
             await collect(client.stream([Message(role="user", content="hi")], [], SamplingParams()))
         await client.aclose()
-    shown = [repr(client), str(client), caplog.text, str(info.value), repr(info.value),
-             "".join(traceback.format_exception(info.value)), repr(vars(client))]
+    shown = [
+        repr(client),
+        str(client),
+        caplog.text,
+        str(info.value),
+        repr(info.value),
+        "".join(traceback.format_exception(info.value)),
+        repr(vars(client)),
+    ]
     for text in shown:
         assert KEY not in text
     assert info.value.status_code == 401
@@ -113,7 +145,11 @@ def test_configuration_from_environment(monkeypatch):
 
 
 async def test_500_then_success_is_retried_and_drop_mid_stream_keeps_partial_text():
-    turns = [Turn(http_status=500), "fine\n</think>\n\nok", Turn("alpha beta gamma\n</think>\n\nx", drop_after=4)]
+    turns = [
+        Turn(http_status=500),
+        "fine\n</think>\n\nok",
+        Turn("alpha beta gamma\n</think>\n\nx", drop_after=4),
+    ]
     async with ScriptedModelServer(turns) as server, OpenAIChatClient(server.url, retry=FAST_RETRY) as client:
         done = await collect(client.stream([Message(role="user", content="hi")], [], SamplingParams()))
         assert done.text == "fine\n</think>\n\nok"

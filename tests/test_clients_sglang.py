@@ -41,7 +41,9 @@ async def test_streams_text_prompt_in_both_streaming_modes(incremental_server, c
     async with ScriptedModelServer([ANSWER], incremental=incremental_server) as server:
         mode = incremental_server if client_mode == "match" else None
         async with SGLangClient(server.url, incremental=mode) as client:
-            deltas, done = await collect(client.generate_stream("<|im_start|>user\nwhat is 2+2?", SamplingParams()))
+            deltas, done = await collect(
+                client.generate_stream("<|im_start|>user\nwhat is 2+2?", SamplingParams())
+            )
     assert len(deltas) > 5, "streamed token by token"
     assert "".join(deltas) == ANSWER == done.text
     assert isinstance(done, SGLangCompletion)
@@ -69,7 +71,10 @@ async def test_input_ids_prompt_and_output_ids():
 
 async def test_cached_tokens_grow_with_a_repeated_prefix():
     system = "<|im_start|>system\n" + "You are a careful agent. " * 30 + "<|im_end|>\n"
-    async with ScriptedModelServer(["one\n</think>\n\nfirst", "two"]) as server, SGLangClient(server.url) as client:
+    async with (
+        ScriptedModelServer(["one\n</think>\n\nfirst", "two"]) as server,
+        SGLangClient(server.url) as client,
+    ):
         first = await client.generate(system + "<|im_start|>user\nhi<|im_end|>\n", SamplingParams())
         second = await client.generate(system + "<|im_start|>user\nhello again<|im_end|>\n", SamplingParams())
     assert first.usage.cached_tokens == 0
@@ -256,11 +261,16 @@ def test_backoff_doubles_is_capped_and_jittered_down():
 async def test_keep_reasoning_renders_earlier_reasoning_into_the_prompt():
     from qwq_agent.agent.messages import Message
 
-    history = [Message(role="user", content="Q1"),
-               Message(role="assistant", content="A1", reasoning="secret chain of thought"),
-               Message(role="user", content="Q2")]
+    history = [
+        Message(role="user", content="Q1"),
+        Message(role="assistant", content="A1", reasoning="secret chain of thought"),
+        Message(role="user", content="Q2"),
+    ]
     async with ScriptedModelServer(["x", "y"]) as server:
-        async with SGLangClient(server.url) as dropping, SGLangClient(server.url, keep_reasoning=True) as keeping:
+        async with (
+            SGLangClient(server.url) as dropping,
+            SGLangClient(server.url, keep_reasoning=True) as keeping,
+        ):
             await collect(dropping.stream(history, [], SamplingParams()))
             await collect(keeping.stream(history, [], SamplingParams()))
     assert "secret chain of thought" not in server.requests[0].prompt

@@ -51,7 +51,11 @@ async def test_a_turn_that_keeps_opening_calls_stops_at_the_request_cap():
     def answer(request: ScriptedRequest) -> str:
         if request.sampling_params.get("ebnf"):
             return CALL
-        return "thinking\n</think>\n\n<tool_call>\n" if "</think>" not in (request.prompt or "") else "\n<tool_call>\n"
+        return (
+            "thinking\n</think>\n\n<tool_call>\n"
+            if "</think>" not in (request.prompt or "")
+            else "\n<tool_call>\n"
+        )
 
     async with ScriptedModelServer(answer) as server:
         result, events = await run(server, max_requests_per_turn=7)
@@ -65,7 +69,11 @@ async def test_a_turn_that_outgrows_the_servers_context_length_stops_before_send
     def answer(request: ScriptedRequest) -> str:
         if request.sampling_params.get("ebnf"):
             return CALL
-        return "thinking\n</think>\n\n<tool_call>\n" if "</think>" not in (request.prompt or "") else "\n<tool_call>\n"
+        return (
+            "thinking\n</think>\n\n<tool_call>\n"
+            if "</think>" not in (request.prompt or "")
+            else "\n<tool_call>\n"
+        )
 
     # /server_info reports the context length; the prompt starts near 200 tokens and grows each request.
     async with ScriptedModelServer(answer, context_length=400) as server:
@@ -77,15 +85,32 @@ async def test_a_turn_that_outgrows_the_servers_context_length_stops_before_send
 
 
 @pytest.mark.docker
-def test_cli_constrained_run_against_a_server_ignoring_the_grammar_exits_with_the_reason(sandbox_image, tmp_path):
+def test_cli_constrained_run_against_a_server_ignoring_the_grammar_exits_with_the_reason(
+    sandbox_image, tmp_path
+):
     import subprocess
     import sys
 
     with ScriptedModelServer([WHOLE_TURN.replace('"add"', '"python"')], when_exhausted="repeat") as server:
         proc = subprocess.run(
-            [sys.executable, "-m", "qwq_agent.cli.main", "run", "What is 2 + 3?", "--model-url", server.url,
-             "--tools", "python", "--constrained", "--json", "--trace", str(tmp_path / "t.jsonl")],
-            capture_output=True, text=True, timeout=180,
+            [
+                sys.executable,
+                "-m",
+                "qwq_agent.cli.main",
+                "run",
+                "What is 2 + 3?",
+                "--model-url",
+                server.url,
+                "--tools",
+                "python",
+                "--constrained",
+                "--json",
+                "--trace",
+                str(tmp_path / "t.jsonl"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         requests = len(server.requests)
     assert proc.returncode != 0

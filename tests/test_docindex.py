@@ -79,7 +79,9 @@ def corpus(tmp_path: Path) -> Path:
     (root / "guide.md").write_text(GUIDE_MD)
     (root / "notes.txt").write_text(NOTES_TXT)
     (root / "sub" / "comets.html").write_text(PAGE_HTML)
-    (root / "sub" / "paper.pdf").write_bytes(make_pdf(["Introduction to spectroscopy", "Redshift of quasars"]))
+    (root / "sub" / "paper.pdf").write_bytes(
+        make_pdf(["Introduction to spectroscopy", "Redshift of quasars"])
+    )
     (root / "image.png").write_bytes(b"\x89PNG not a document")
     (root / ".hidden").mkdir()
     (root / ".hidden" / "secret.md").write_text("# Secret\nquasars hidden here")
@@ -153,7 +155,7 @@ def test_plain_queries_are_escaped_and_fall_back_to_any_term(corpus: Path, tmp_p
     with build(corpus, tmp_path) as index:
         index.update()
         # FTS5 operators and punctuation are just words in a plain query.
-        assert locations(index, 'milk AND ( bread') == ["notes.txt:3"]
+        assert locations(index, "milk AND ( bread") == ["notes.txt:3"]
         assert index.search('C++ ( "unclosed') == []
         # The whole word "mount" (line 10) is cited before the heading "Mounting" (line 8) that stems to it.
         assert locations(index, "NEAR(mount") == ["guide.md:10"]
@@ -169,7 +171,10 @@ def test_plain_queries_are_escaped_and_fall_back_to_any_term(corpus: Path, tmp_p
 def test_fts_syntax_passes_through_and_errors_are_explained(corpus: Path, tmp_path: Path) -> None:
     with build(corpus, tmp_path) as index:
         index.update()
-        assert set(locations(index, "redsh* OR halley", syntax="fts")) == {"sub/comets.html:4", "sub/paper.pdf#page=2"}
+        assert set(locations(index, "redsh* OR halley", syntax="fts")) == {
+            "sub/comets.html:4",
+            "sub/paper.pdf#page=2",
+        }
         assert locations(index, "heading:mounting", syntax="fts") == ["guide.md:8"]
         with pytest.raises(QuerySyntaxError, match="not valid FTS5 syntax"):
             index.search("mount AND", syntax="fts")
@@ -265,7 +270,9 @@ def test_line_numbers_count_newlines_only(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
     # A form feed and U+2028 are line breaks to str.splitlines() but not to editors or grep -n.
-    (docs / "notes.txt").write_text("intro\x0cpage two\n\nsecond para \u2028 same line\n\nthe zebrafish result\n")
+    (docs / "notes.txt").write_text(
+        "intro\x0cpage two\n\nsecond para \u2028 same line\n\nthe zebrafish result\n"
+    )
     with DocIndex(tmp_path / "ix.db", root=docs) as index:
         index.update()
         hits = index.search("zebrafish")

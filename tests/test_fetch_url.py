@@ -249,7 +249,10 @@ async def test_redirect_from_allowed_server_to_refused_address_is_refused(server
 
 async def test_bad_urls_and_schemes_are_clear_errors() -> None:
     tool = FetchUrl()
-    for url, expected in [("file:///etc/passwd", "only http and https"), ("ftp://x.org/", "only http and https")]:
+    for url, expected in [
+        ("file:///etc/passwd", "only http and https"),
+        ("ftp://x.org/", "only http and https"),
+    ]:
         out = await tool({"url": url}, CTX)
         assert out.is_error and expected in out.text
     out = await tool({"nope": 1}, CTX)
@@ -268,7 +271,9 @@ def test_parse_ip_loose_reads_inet_aton_forms() -> None:
 
 async def test_resolve_checked_allows_public_literals_without_dns() -> None:
     assert str(await resolve_checked("8.8.8.8", 443, AddressPolicy())) == "8.8.8.8"
-    assert str(await resolve_checked("[2606:4700:4700::1111]", 443, AddressPolicy())) == "2606:4700:4700::1111"
+    assert (
+        str(await resolve_checked("[2606:4700:4700::1111]", 443, AddressPolicy())) == "2606:4700:4700::1111"
+    )
     with pytest.raises(AddressRefused, match="embedded"):
         await resolve_checked("2002:a9fe:a9fe::1", 80, AddressPolicy())
 
@@ -298,7 +303,9 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[Server, ssl.SSLContext]]:
     srv.close()
 
 
-async def test_https_is_pinned_but_verified_against_the_name(tls_server: tuple[Server, ssl.SSLContext]) -> None:
+async def test_https_is_pinned_but_verified_against_the_name(
+    tls_server: tuple[Server, ssl.SSLContext],
+) -> None:
     srv, trust = tls_server
     url = f"https://localhost:{srv.port}/"
     page = await guarded_get(url, policy=LOOPBACK_OK, verify=trust)
@@ -320,7 +327,9 @@ async def test_a_name_is_resolved_once_per_hop_and_the_connection_is_pinned(
 ) -> None:
     """DNS rebinding: the first answer is allowed, later answers point elsewhere; they must not be used."""
     # The internal server listens on the same port, so a re-resolved connection would reach it.
-    other = Server({"/article": lambda h: send(h, 200, "text/plain", b"internal")}, host="127.0.0.2", port=server.port)
+    other = Server(
+        {"/article": lambda h: send(h, 200, "text/plain", b"internal")}, host="127.0.0.2", port=server.port
+    )
     real_getaddrinfo = socket.getaddrinfo
     lookups: list[str] = []
 

@@ -29,13 +29,27 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not URL, reason="QWQ_SGLANG_UR
 
 OBSERVED: dict[str, Any] = {}
 TOOLS = [
-    ToolSpec(name="read_file", description="Read a text file",
-             parameters={"type": "object", "required": ["path"],
-                         "properties": {"path": {"type": "string", "maxLength": 32},
-                                        "offset": {"type": "integer", "minimum": 0, "maximum": 50}}}),
-    ToolSpec(name="add", description="Add two integers",
-             parameters={"type": "object", "required": ["a", "b"],
-                         "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}),
+    ToolSpec(
+        name="read_file",
+        description="Read a text file",
+        parameters={
+            "type": "object",
+            "required": ["path"],
+            "properties": {
+                "path": {"type": "string", "maxLength": 32},
+                "offset": {"type": "integer", "minimum": 0, "maximum": 50},
+            },
+        },
+    ),
+    ToolSpec(
+        name="add",
+        description="Add two integers",
+        parameters={
+            "type": "object",
+            "required": ["a", "b"],
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        },
+    ),
 ]
 SYSTEM = "You are a careful assistant that uses tools. " * 20
 SHORT = SamplingParams(max_new_tokens=24)
@@ -72,10 +86,14 @@ async def test_server_info_and_health():
         assert await client.health()
         info = await client.server_info()
     assert info.max_total_num_tokens and info.max_total_num_tokens > 0
-    OBSERVED["server_info"] = {"max_total_num_tokens": info.max_total_num_tokens, "context_length": info.context_length,
-                               "version": info.version, "model_path": info.model_path,
-                               "schedule_policy": info.raw.get("schedule_policy"),
-                               "incremental_streaming_output": info.raw.get("incremental_streaming_output")}
+    OBSERVED["server_info"] = {
+        "max_total_num_tokens": info.max_total_num_tokens,
+        "context_length": info.context_length,
+        "version": info.version,
+        "model_path": info.model_path,
+        "schedule_policy": info.raw.get("schedule_policy"),
+        "incremental_streaming_output": info.raw.get("incremental_streaming_output"),
+    }
 
 
 async def test_native_streaming_text_prompt():
@@ -86,7 +104,11 @@ async def test_native_streaming_text_prompt():
     assert 0 < done.usage.completion_tokens <= 24 and done.usage.finish_reason in ("length", "stop")
     assert done.usage.finish_reason == "stop" or done.usage.completion_tokens == 24
     assert done.usage.prompt_tokens > 100 and done.usage.ttft_s is not None
-    OBSERVED["native_text"] = {"deltas": len(deltas), "usage": done.usage.model_dump(), "text_head": done.text[:80]}
+    OBSERVED["native_text"] = {
+        "deltas": len(deltas),
+        "usage": done.usage.model_dump(),
+        "text_head": done.text[:80],
+    }
 
 
 async def test_native_streaming_model_protocol_matches_render():
@@ -114,8 +136,11 @@ async def test_cached_tokens_on_a_repeated_prefix():
         again = await client.generate(prompt("First question: name a prime."), SHORT)
     assert second.usage.cached_tokens > 0.8 * first.usage.prompt_tokens - 20
     assert again.usage.cached_tokens >= again.usage.prompt_tokens - 1
-    OBSERVED["cache"] = {"first": first.usage.model_dump(), "second_shared_prefix": second.usage.model_dump(),
-                         "repeat": again.usage.model_dump()}
+    OBSERVED["cache"] = {
+        "first": first.usage.model_dump(),
+        "second_shared_prefix": second.usage.model_dump(),
+        "repeat": again.usage.model_dump(),
+    }
 
 
 async def test_stop_strings_cut_at_the_earliest_match_in_the_text():
@@ -127,12 +152,22 @@ async def test_stop_strings_cut_at_the_earliest_match_in_the_text():
     async with SGLangClient(URL) as client:
         done = await client.generate(prompt("stop test"), params)
     async with httpx.AsyncClient(base_url=URL, timeout=60) as http:
-        raw = (await http.post("/generate", json={"text": prompt("stop test"),
-                                                    "sampling_params": {"max_new_tokens": 64, "stop": stops,
-                                                                        "temperature": 0.0}})).json()
-    OBSERVED["stop_string"] = {"text": done.text, "matched": done.matched_stop, "usage": done.usage.model_dump(),
-                               "server_text": raw.get("text"),
-                               "server_matched": (raw.get("meta_info") or {}).get("finish_reason")}
+        raw = (
+            await http.post(
+                "/generate",
+                json={
+                    "text": prompt("stop test"),
+                    "sampling_params": {"max_new_tokens": 64, "stop": stops, "temperature": 0.0},
+                },
+            )
+        ).json()
+    OBSERVED["stop_string"] = {
+        "text": done.text,
+        "matched": done.matched_stop,
+        "usage": done.usage.model_dump(),
+        "server_text": raw.get("text"),
+        "server_matched": (raw.get("meta_info") or {}).get("finish_reason"),
+    }
     assert done.usage.finish_reason == "stop" and done.matched_stop in stops
     assert not any(stop in done.text for stop in stops)
 
@@ -162,8 +197,9 @@ async def test_cancel_aborts_on_the_server():
 
         async def consume() -> None:
             n = 0
-            async for event in client.generate_stream(prompt("long"), SamplingParams(max_new_tokens=4000),
-                                                      rid="gpu-cancel-1"):
+            async for event in client.generate_stream(
+                prompt("long"), SamplingParams(max_new_tokens=4000), rid="gpu-cancel-1"
+            ):
                 n += isinstance(event, TextDelta)
                 if n >= 3:
                     got.set()
@@ -184,8 +220,11 @@ async def _running_requests() -> float | None:
         value = None
         for _ in range(50):
             text = (await http.get("/metrics")).text
-            values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                      if line.startswith("sglang:num_running_reqs")]
+            values = [
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("sglang:num_running_reqs")
+            ]
             value = sum(values) if values else None
             if value == 0:
                 break
@@ -203,16 +242,23 @@ async def test_openai_client_with_tools_and_cached_tokens():
     assert "".join(deltas) == second.text
     assert first.usage.prompt_tokens > 100 and second.usage.completion_tokens > 0
     assert second.usage.cached_tokens > 0
-    OBSERVED["openai"] = {"models": models, "first": first.usage.model_dump(), "second": second.usage.model_dump(),
-                          "text_head": second.text[:80]}
+    OBSERVED["openai"] = {
+        "models": models,
+        "first": first.usage.model_dump(),
+        "second": second.usage.model_dump(),
+        "text_head": second.text[:80],
+    }
 
 
 async def test_constrained_tool_calls_validate():
     so_far = prompt("Read notes.md") + "I will read it.\n</think>\n\n<tool_call>"
     async with SGLangClient(URL) as client:
-        calls = await asyncio.gather(*[
-            constrained_tool_call(client, so_far, TOOLS, SamplingParams(max_new_tokens=256)) for _ in range(8)
-        ])
+        calls = await asyncio.gather(
+            *[
+                constrained_tool_call(client, so_far, TOOLS, SamplingParams(max_new_tokens=256))
+                for _ in range(8)
+            ]
+        )
     problems = [validate_tool_call(c, TOOLS) for c in calls]
     OBSERVED["constrained_sample"] = calls[:3]
     assert problems == [None] * 8
@@ -229,7 +275,11 @@ def test_serve_readiness_against_the_running_server(tmp_path):
     finally:
         holder.stop(grace=5)
     assert ready.max_total_num_tokens == info.max_total_num_tokens
-    out = subprocess.run([sys.executable, "-m", "qwq_agent.cli.main", "serve", "--model-url", URL],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--model-url", URL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and f"KV capacity: {info.max_total_num_tokens} tokens" in out.stdout
     OBSERVED["serve_model_url"] = out.stdout

@@ -19,14 +19,23 @@ pytestmark = pytest.mark.docker
 
 def test_hello_example_runs_its_tool_and_python_in_a_sandbox(sandbox_image):
     turns = [
-        "I need both populations.\n</think>\n\n" + call("population", city="Tokyo") + "\n" + call("population", city="Paris"),
+        "I need both populations.\n</think>\n\n"
+        + call("population", city="Tokyo")
+        + "\n"
+        + call("population", city="Paris"),
         "Now the difference.\n</think>\n\n" + call("python", code="print(round(14 - 2.1, 1))"),
         "Done.\n</think>\n\nAbout 11.9 million more people live in Tokyo.",
     ]
     with ScriptedModelServer(turns) as server:
         env = {**os.environ, "QWQ_MODEL_URL": server.url, "QWQ_SANDBOX_IMAGE": sandbox_image}
-        done = subprocess.run([sys.executable, str(ROOT / "examples" / "hello.py")], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "hello.py")],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         prompts = [r.prompt for r in server.requests]
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "completed About 11.9 million more people live in Tokyo."

@@ -28,7 +28,9 @@ from qwq_agent.testing.scripted_server import ScriptedModelServer
 
 EN_Q = "How can I read a large CSV file in Python without loading all of it into memory at once?"
 ZH_Q = "如何在 Python 中读取一个很大的 CSV 文件，而不把它全部加载到内存中？"
-FR_Q = "Comment est-ce que je peux lire un gros fichier CSV en Python sans le charger entièrement en mémoire ?"
+FR_Q = (
+    "Comment est-ce que je peux lire un gros fichier CSV en Python sans le charger entièrement en mémoire ?"
+)
 
 EN_ANSWER = (
     "You can read the file lazily with the csv module. Open the file, wrap it in a reader and iterate "
@@ -58,16 +60,31 @@ def iter_rows(path: str):
         (EN_ANSWER, "en"),
         (ZH_Q, "zh"),
         (FR_Q, "fr"),
-        ("Wie kann ich eine große Datei in Python lesen, ohne dass der Speicher voll wird? Ich habe es mit "
-         "einer Schleife versucht, aber es ist immer noch zu langsam.", "de"),
-        ("¿Cómo puedo leer un archivo grande en Python sin cargarlo todo en la memoria? Lo intenté con un "
-         "bucle pero es muy lento y no sé por qué.", "es"),
-        ("Come posso leggere un file molto grande in Python senza caricarlo tutto nella memoria? Ho provato "
-         "con un ciclo ma è ancora molto lento.", "it"),
-        ("Como posso ler um arquivo grande em Python sem carregar tudo na memória? Eu tentei com um laço "
-         "mas não funciona e é muito lento.", "pt"),
-        ("Hoe kan ik een groot bestand in Python lezen zonder het helemaal in het geheugen te laden? Ik heb "
-         "het met een lus geprobeerd maar het is nog steeds te traag.", "nl"),
+        (
+            "Wie kann ich eine große Datei in Python lesen, ohne dass der Speicher voll wird? Ich habe es mit "
+            "einer Schleife versucht, aber es ist immer noch zu langsam.",
+            "de",
+        ),
+        (
+            "¿Cómo puedo leer un archivo grande en Python sin cargarlo todo en la memoria? Lo intenté con un "
+            "bucle pero es muy lento y no sé por qué.",
+            "es",
+        ),
+        (
+            "Come posso leggere un file molto grande in Python senza caricarlo tutto nella memoria? Ho provato "
+            "con un ciclo ma è ancora molto lento.",
+            "it",
+        ),
+        (
+            "Como posso ler um arquivo grande em Python sem carregar tudo na memória? Eu tentei com um laço "
+            "mas não funciona e é muito lento.",
+            "pt",
+        ),
+        (
+            "Hoe kan ik een groot bestand in Python lezen zonder het helemaal in het geheugen te laden? Ik heb "
+            "het met een lus geprobeerd maar het is nog steeds te traag.",
+            "nl",
+        ),
         ("Как прочитать большой файл в Python, не загружая его целиком в память?", "ru"),
         ("Pythonで大きなファイルをメモリに全部読み込まずに読むにはどうすればいいですか？", "ja"),
         ("파이썬에서 큰 파일을 메모리에 한꺼번에 올리지 않고 읽으려면 어떻게 해야 하나요?", "ko"),
@@ -227,7 +244,9 @@ def test_japanese_answer_switching_into_chinese_halfway_is_flagged() -> None:
 
 
 def test_han_only_japanese_sentences_are_not_taken_for_chinese() -> None:
-    answer = "日本の首都は東京です。江戸時代には江戸と呼ばれていました。明治維新後、天皇が京都から移りました。"
+    answer = (
+        "日本の首都は東京です。江戸時代には江戸と呼ばれていました。明治維新後、天皇が京都から移りました。"
+    )
     assert language_mismatch("日本の首都はどこですか？説明してください。", answer) is None
 
 
@@ -385,9 +404,7 @@ def test_reasoning_in_english_is_no_warning_for_a_chinese_user() -> None:
 
 
 def test_reasoning_switching_into_chinese_is_a_warning_for_an_english_user() -> None:
-    reasoning = (
-        "The user wants to read a big CSV file lazily. 我应该先解释生成器的用法，然后再给出一个分块读取的例子。"
-    )
+    reasoning = "The user wants to read a big CSV file lazily. 我应该先解释生成器的用法，然后再给出一个分块读取的例子。"
     drift = reasoning_drift(EN_Q, reasoning)
     assert drift is not None and drift.answer_lang == "zh"
 

@@ -67,7 +67,16 @@ async def check_server_tools(registry: ToolRegistry, prefix: str = "") -> None:
 
 async def test_stdio_server_tools_are_typed_tools():
     async with await mcp_tools(stdio_command("solo")) as tools:
-        assert {t.spec.name for t in tools} == {"add", "shout", "whoami", "header", "picture", "fail", "nap", "die"}
+        assert {t.spec.name for t in tools} == {
+            "add",
+            "shout",
+            "whoami",
+            "header",
+            "picture",
+            "fail",
+            "nap",
+            "die",
+        }
         await check_server_tools(ToolRegistry(tools))
 
 

@@ -114,8 +114,13 @@ def model(request: ScriptedRequest) -> str:
         )
         return "Plot it.\n</think>\n\n" + call("python", code=code)
     if "Make the tests pass" in prompt:
-        fix = call("str_replace_editor", command="str_replace", path="/workspace/calc.py",
-                   old_str="a - b", new_str="a + b")
+        fix = call(
+            "str_replace_editor",
+            command="str_replace",
+            path="/workspace/calc.py",
+            old_str="a - b",
+            new_str="a + b",
+        )
         return "The operator is wrong.\n</think>\n\n" + fix
     if "radix caches" in prompt:
         return "Search the notes.\n</think>\n\n" + call("search_docs", query="radix cache")
@@ -125,8 +130,12 @@ def model(request: ScriptedRequest) -> str:
 
 
 def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), "-c", "user.name=u", "-c", "user.email=u@example.com", *args],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=u", "-c", "user.email=u@example.com", *args],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def user_folder(tmp_path: Path) -> tuple[Path, Path]:
@@ -135,28 +144,39 @@ def user_folder(tmp_path: Path) -> tuple[Path, Path]:
     repo = cwd / "myrepo"
     repo.mkdir(parents=True)
     (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
-    (repo / "test_calc.py").write_text("from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n")
+    (repo / "test_calc.py").write_text(
+        "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+    )
     git(repo, "init", "-q")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "add() and its test")
     notes = home / "notes"
     notes.mkdir(parents=True)
-    (notes / "radix.md").write_text("# Radix caches\n\nSGLang's radix cache reuses the KV cache of shared prefixes.\n")
-    (cwd / "output.txt").write_text('Think.\n</think>\n\n<tool_call>\n{"name": "python", "arguments": '
-                                    '{"code": "1 + 1"}}\n</tool_call>')
+    (notes / "radix.md").write_text(
+        "# Radix caches\n\nSGLang's radix cache reuses the KV cache of shared prefixes.\n"
+    )
+    (cwd / "output.txt").write_text(
+        'Think.\n</think>\n\n<tool_call>\n{"name": "python", "arguments": {"code": "1 + 1"}}\n</tool_call>'
+    )
     return cwd, home
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without model settings a developer may have set."""
     drop = ("QWQ_MODEL_URL", "QWQ_API", "OPENAI_BASE_URL", "QWQ_OPENAI_BASE_URL", "VIRTUAL_ENV")
-    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if not p.startswith(str(VENV)))
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if not p.startswith(str(VENV))
+    )
     return {**{k: v for k, v in os.environ.items() if k not in drop}, "PATH": path, **extra}
 
 
-def run_block(block: Block, cwd: Path, env: dict[str, str], values: dict[str, str]) -> subprocess.CompletedProcess:
+def run_block(
+    block: Block, cwd: Path, env: dict[str, str], values: dict[str, str]
+) -> subprocess.CompletedProcess:
     script, _ = shell_script(block, values)
-    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=540)
+    return subprocess.run(
+        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=540
+    )
 
 
 def blocks_of(lang: str) -> list[Block]:
@@ -170,18 +190,25 @@ def test_every_block_is_run() -> None:
     """Each block is one of those the tests below run; a new one needs its own test."""
     kinds = [(b.lang, b.body.splitlines()[0]) for b in readme_blocks()]
     assert kinds == [
-        ("bash", "./scripts/demo.sh    # a coding agent fixes a repository's failing tests inside a real sandbox"),
+        (
+            "bash",
+            "./scripts/demo.sh    # a coding agent fixes a repository's failing tests inside a real sandbox",
+        ),
         ("bash", "source .venv/bin/activate               # after the quickstart: `qwq-agent` on PATH"),
         ("text", '$ DOCKER_HOST=unix:///nonexistent.sock qwq-agent run "..." --tools python'),
         ("python", "import asyncio"),
         ("python", "import asyncio"),
-        ("bash", "qwq-agent run \"...\" --mcp 'python my_server.py --flag' --mcp-url http://127.0.0.1:8000/mcp"),
+        (
+            "bash",
+            "qwq-agent run \"...\" --mcp 'python my_server.py --flag' --mcp-url http://127.0.0.1:8000/mcp",
+        ),
         ("python", "from qwq_agent.agent.approval import ApprovalDecision, ApprovalPolicy, Rule"),
         ("python", "from qwq_agent.agent.approval import pending_approval, resume_decisions"),
     ]
     for block in blocks_of("bash"):
-        _, skipped = shell_script(block, dict.fromkeys(("model_url", "venv", "root", "python", "mcp_server",
-                                                         "mcp_url"), ""))
+        _, skipped = shell_script(
+            block, dict.fromkeys(("model_url", "venv", "root", "python", "mcp_server", "mcp_url"), "")
+        )
         assert set(skipped) <= set(SKIPPED)
     assert all(v for v in SKIPPED.values()), "every skipped line states why"
 
@@ -237,8 +264,13 @@ def test_failure_example_prints_what_the_readme_shows() -> None:
     block = blocks_of("text")[0]
     first, *expected = block.body.splitlines()
     command = first.removeprefix("$ ")
-    done = subprocess.run(["bash", "-c", command], env=clean_env(PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}"),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", "-c", command],
+        env=clean_env(PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 4
     shown = [" ".join(line.split()) for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert shown == [" ".join(line.split()) for line in expected]
@@ -251,15 +283,23 @@ def test_python_api_block_is_the_hello_example_and_runs(sandbox_image, tmp_path)
     without_docstring = re.sub(r'^""".*?"""\n\n', "", example, flags=re.S)
     assert block.body == without_docstring, "the README shows examples/hello.py (less its docstring)"
     turns = [
-        "Both populations.\n</think>\n\n" + call("population", city="Tokyo") + "\n" + call("population", city="Paris"),
+        "Both populations.\n</think>\n\n"
+        + call("population", city="Tokyo")
+        + "\n"
+        + call("population", city="Paris"),
         "The difference.\n</think>\n\n" + call("python", code="print(round(14 - 2.1, 1))"),
         "Done.\n</think>\n\nAbout 11.9 million more.",
     ]
     script = tmp_path / "snippet.py"
     script.write_text(block.body)
     with ScriptedModelServer(turns) as server:
-        done = subprocess.run([sys.executable, str(script)], env=clean_env(QWQ_MODEL_URL=server.url,
-                              QWQ_SANDBOX_IMAGE=sandbox_image), capture_output=True, text=True, timeout=180)
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            env=clean_env(QWQ_MODEL_URL=server.url, QWQ_SANDBOX_IMAGE=sandbox_image),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         prompts = [r.prompt or "" for r in server.requests]
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "completed About 11.9 million more."
@@ -273,8 +313,13 @@ def test_mcp_block_runs_with_a_real_mcp_server(sandbox_image, tmp_path) -> None:
     script.write_text(block.body)
     server_cmd = f"{sys.executable} {MCP_SERVER} --name readme"
     with ScriptedModelServer(model) as server:
-        done = subprocess.run([sys.executable, str(script), server_cmd], env=clean_env(
-            QWQ_MODEL_URL=server.url, QWQ_SANDBOX_IMAGE=sandbox_image), capture_output=True, text=True, timeout=180)
+        done = subprocess.run(
+            [sys.executable, str(script), server_cmd],
+            env=clean_env(QWQ_MODEL_URL=server.url, QWQ_SANDBOX_IMAGE=sandbox_image),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         prompts = [r.prompt or "" for r in server.requests]
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("completed ")
@@ -288,8 +333,11 @@ def test_mcp_command_line(sandbox_image, tmp_path) -> None:
     block = blocks_of("bash")[2]
     with ScriptedModelServer(model) as server, http_server("readme-http") as (mcp_url, _):
         values = {"python": sys.executable, "mcp_server": str(MCP_SERVER), "mcp_url": mcp_url}
-        env = clean_env(QWQ_MODEL_URL=server.url, QWQ_SANDBOX_IMAGE=sandbox_image,
-                        PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}")
+        env = clean_env(
+            QWQ_MODEL_URL=server.url,
+            QWQ_SANDBOX_IMAGE=sandbox_image,
+            PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        )
         done = run_block(block, tmp_path, env, values)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "MCP tools:" in done.stdout and "readme" in done.stdout
@@ -302,9 +350,11 @@ def _approval_block(first_line: str) -> Block:
 def _in_main(prelude: str, snippet: str, epilogue: str) -> str:
     """One script: `prelude`, the README's snippet as written, then `epilogue`, inside `async def main()`."""
     body = "\n".join((prelude, snippet, epilogue))
-    return "import asyncio\n\n\nasync def main():\n" + "".join(
-        "    " + line + "\n" if line.strip() else "\n" for line in body.splitlines()
-    ) + "\n\nasyncio.run(main())\n"
+    return (
+        "import asyncio\n\n\nasync def main():\n"
+        + "".join("    " + line + "\n" if line.strip() else "\n" for line in body.splitlines())
+        + "\n\nasyncio.run(main())\n"
+    )
 
 
 def test_approval_policy_block_runs(tmp_path) -> None:
@@ -324,8 +374,13 @@ print(result.status, result.answer)"""
     script = tmp_path / "approval.py"
     script.write_text(_in_main(prelude, block.body, epilogue))
     with ScriptedModelServer(turns) as server:
-        done = subprocess.run([sys.executable, str(script)], env=clean_env(QWQ_MODEL_URL=server.url),
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            env=clean_env(QWQ_MODEL_URL=server.url),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         prompts = [r.prompt or "" for r in server.requests]
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "completed I was not allowed to."
@@ -355,8 +410,14 @@ print(agent.result.status, agent.result.answer)"""
     script = tmp_path / "deferred.py"
     script.write_text(_in_main(first_run, block.body, epilogue))
     with ScriptedModelServer(turns) as server:
-        done = subprocess.run([sys.executable, str(script)], env=clean_env(QWQ_MODEL_URL=server.url),
-                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            env=clean_env(QWQ_MODEL_URL=server.url),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         prompts = [r.prompt or "" for r in server.requests]
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "completed It is 5."

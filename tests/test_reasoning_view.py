@@ -61,9 +61,23 @@ def test_off_hides_the_reasoning_and_says_so():
 def test_run_reasoning_off_from_the_cli(tmp_path):
     with ScriptedModelServer(["A secret chain of thought.\nMore of it.\n</think>\n\nHello there."]) as server:
         proc = subprocess.run(
-            [*CLI, "run", "Say hello.", "--model-url", server.url, "--tools", "fetch_url", "--reasoning", "off",
-             "--trace", str(tmp_path / "t.jsonl")],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "100"},
+            [
+                *CLI,
+                "run",
+                "Say hello.",
+                "--model-url",
+                server.url,
+                "--tools",
+                "fetch_url",
+                "--reasoning",
+                "off",
+                "--trace",
+                str(tmp_path / "t.jsonl"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "100"},
         )
     assert proc.returncode == 0, proc.stderr
     assert "secret chain" not in proc.stdout and "Hello there." in proc.stdout
@@ -77,8 +91,21 @@ def test_trace_show_images_writes_the_pngs_of_a_real_run(sandbox_image, tmp_path
     trace = tmp_path / "run.jsonl"
     with ScriptedModelServer(["Plot.\n</think>\n\n" + call, "Done.\n</think>\n\nPlotted."]) as server:
         run = subprocess.run(
-            [*CLI, "run", "Plot a line.", "--model-url", server.url, "--tools", "python", "--trace", str(trace)],
-            capture_output=True, text=True, timeout=180, cwd=tmp_path,
+            [
+                *CLI,
+                "run",
+                "Plot a line.",
+                "--model-url",
+                server.url,
+                "--tools",
+                "python",
+                "--trace",
+                str(trace),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=tmp_path,
         )
     assert run.returncode == 0, run.stderr
     live = " ".join(run.stdout.split())
@@ -88,8 +115,13 @@ def test_trace_show_images_writes_the_pngs_of_a_real_run(sandbox_image, tmp_path
     assert "pass --images DIR" in plain.stdout
 
     images = tmp_path / "pngs"
-    shown = subprocess.run([*CLI, "trace", "show", str(trace), "--images", str(images)],
-                           capture_output=True, text=True, timeout=60, cwd=tmp_path / "..")
+    shown = subprocess.run(
+        [*CLI, "trace", "show", str(trace), "--images", str(images)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path / "..",
+    )
     assert shown.returncode == 0, shown.stderr
     written = sorted(images.glob("*.png"))
     assert [p.name for p in written] == ["image-1.png"]

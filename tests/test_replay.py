@@ -163,7 +163,9 @@ def test_cli_replay_and_resume_use_the_recorded_tools_and_config(sandbox_image, 
                 "--trace", str(cut), "--workspace", str(workspace))  # fmt: skip
     resumed = tmp_path / "resumed.jsonl"
     with ScriptedModelServer(turns[1:]) as server:
-        proc = run_cli("--resume", str(cut), "--model-url", server.url, "--max-steps", "4", "--trace", str(resumed))
+        proc = run_cli(
+            "--resume", str(cut), "--model-url", server.url, "--max-steps", "4", "--trace", str(resumed)
+        )
         assert len(server.requests) == 1
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out

@@ -59,7 +59,9 @@ async def test_acquire_replaces_warm_sandboxes_killed_while_idle(sandbox_image: 
 
 @pytest.mark.docker
 async def test_acquire_replaces_a_paused_warm_sandbox(sandbox_image: str) -> None:
-    async with SandboxPool(size=1, config=SandboxConfig(image=sandbox_image), health_check_timeout_s=1.0) as pool:
+    async with SandboxPool(
+        size=1, config=SandboxConfig(image=sandbox_image), health_check_timeout_s=1.0
+    ) as pool:
         await pool.wait_ready()
         (paused,) = warm_ids(pool)
         await pool.engine.request("POST", f"/containers/{paused}/pause")
@@ -93,7 +95,9 @@ async def test_acquire_replaces_a_warm_sandbox_past_its_idle_limit(sandbox_image
 
 
 @pytest.mark.docker
-async def test_size_one_pool_whose_start_raises_a_foreign_error_fails_acquire(sandbox_image: str, monkeypatch) -> None:
+async def test_size_one_pool_whose_start_raises_a_foreign_error_fails_acquire(
+    sandbox_image: str, monkeypatch
+) -> None:
     """A start that fails with something other than a sandbox error (here the image builder's own error
     for a bad QWQ_SANDBOX_BUILD) used to end the start task silently, leaving acquire waiting forever."""
     from qwq_agent.sandbox import docker_sandbox
@@ -151,7 +155,9 @@ async def hung() -> AsyncIterator[HungDaemon]:
 
 async def test_engine_call_to_a_hung_daemon_raises_a_typed_error(hung: HungDaemon) -> None:
     engine = DockerEngine(hung.path, timeout=0.5)
-    with pytest.raises(DockerUnreachable, match=f"Docker engine at unix://{hung.path} did not answer GET /containers"):
+    with pytest.raises(
+        DockerUnreachable, match=f"Docker engine at unix://{hung.path} did not answer GET /containers"
+    ):
         await asyncio.wait_for(engine.inspect("abc"), GUARD_S)
     with pytest.raises(DockerUnreachable, match="attach"):
         await asyncio.wait_for(engine.attach("abc", timeout=0.3), GUARD_S)
@@ -215,7 +221,10 @@ async def test_a_tool_call_deadline_reaches_the_sandbox_which_reports_before_it(
     async with DockerSandbox.create(config) as sb, ScriptedModelServer(turns) as server:
         async with SGLangClient(server.url, retry=NO_RETRY) as client:
             agent = Agent(
-                client, build_tools(["python"]), sandbox=sb, config=AgentConfig(check_language=False, tool_timeout_s=4.0)
+                client,
+                build_tools(["python"]),
+                sandbox=sb,
+                config=AgentConfig(check_language=False, tool_timeout_s=4.0),
             )
             events = await asyncio.wait_for(_collect(agent), GUARD_S)
     results = [e for e in events if isinstance(e, ToolResultEvent)]
@@ -231,14 +240,18 @@ async def _collect(agent) -> list:  # type: ignore[no-untyped-def,type-arg]
     return [ev async for ev in agent.stream("task")]
 
 
-async def test_default_image_lookup_against_a_hung_daemon_fails_within_the_start_time(hung: HungDaemon, monkeypatch) -> None:
+async def test_default_image_lookup_against_a_hung_daemon_fails_within_the_start_time(
+    hung: HungDaemon, monkeypatch
+) -> None:
     from qwq_agent.sandbox import docker_sandbox
 
     monkeypatch.delenv("QWQ_SANDBOX_IMAGE", raising=False)
     monkeypatch.setattr(docker_sandbox, "_image_cache", {})  # as in a fresh process: no image resolved yet
     engine = DockerEngine(hung.path, timeout=3600)
     with pytest.raises(DockerUnreachable, match="_ping"):
-        await asyncio.wait_for(DockerSandbox.create(SandboxConfig(start_timeout_s=1.0), engine=engine), GUARD_S)
+        await asyncio.wait_for(
+            DockerSandbox.create(SandboxConfig(start_timeout_s=1.0), engine=engine), GUARD_S
+        )
 
 
 async def test_waiting_for_a_pool_sandbox_counts_against_the_runs_wall_time(hung: HungDaemon) -> None:
@@ -251,7 +264,10 @@ async def test_waiting_for_a_pool_sandbox_counts_against_the_runs_wall_time(hung
     # waits for that start to fail: starts are bounded, and cancelling one could leak its container.)
     config = SandboxConfig(image="qwq-agent-sandbox:any", start_timeout_s=10.0)
     async with SandboxPool(size=1, config=config, engine=DockerEngine(hung.path)) as pool:
-        async with ScriptedModelServer(["x\n</think>\n\nnever asked"]) as server, SGLangClient(server.url) as client:
+        async with (
+            ScriptedModelServer(["x\n</think>\n\nnever asked"]) as server,
+            SGLangClient(server.url) as client,
+        ):
             cfg = AgentConfig(check_language=False, budget=Budget(max_wall_s=1.5))
             agent = Agent(client, [], sandbox_pool=pool, config=cfg)
             events = await asyncio.wait_for(_collect(agent), 30)

@@ -226,7 +226,9 @@ async def test_kill_supervisor_mid_call_then_replaced(fresh: DockerSandbox) -> N
     old = fresh.id
     pid = str(fresh._channel.hello.result()["pid"])  # type: ignore[union-attr]
     call = asyncio.create_task(fresh.shell("touch /tmp/mid-call; sleep 30"))
-    assert (await fresh.shell("while [ ! -e /tmp/mid-call ]; do sleep 0.01; done; echo in", timeout=30)).stdout == "in\n"
+    assert (
+        await fresh.shell("while [ ! -e /tmp/mid-call ]; do sleep 0.01; done; echo in", timeout=30)
+    ).stdout == "in\n"
     await _docker_exec_root(fresh, "kill", "-9", pid)
     with pytest.raises(SandboxDead, match="exited"):
         await call

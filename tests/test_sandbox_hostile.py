@@ -35,7 +35,7 @@ SMALL = {
 }
 # Lists processes of the user's uid other than the interpreter and the listing itself, as "pid comm".
 USER_PROCS = (
-    "python3 -c \"import os\n"
+    'python3 -c "import os\n'
     "for p in os.listdir('/proc'):\n"
     "    if not p.isdigit() or int(p) == os.getpid(): continue\n"
     "    try:\n"
@@ -65,7 +65,9 @@ async def leftovers(box: DockerSandbox) -> str:
 
 
 async def wait_for_file(box: DockerSandbox, path: str) -> None:
-    r = await box.shell(f"for i in $(seq 2000); do [ -e {path} ] && exit 0; sleep 0.01; done; exit 1", timeout=30)
+    r = await box.shell(
+        f"for i in $(seq 2000); do [ -e {path} ] && exit 0; sleep 0.01; done; exit 1", timeout=30
+    )
     assert r.exit_code == 0, f"{path} never appeared"
 
 
@@ -91,7 +93,9 @@ async def test_user_code_cannot_reach_or_signal_the_supervisor(sb: DockerSandbox
     )
     r = await sb.python(probe)
     assert r.value is not None and "denied" in r.value and "ALLOWED" not in r.value, r
-    assert (await sb.python("'still here'")).value == "'still here'" and not (await sb.shell("true")).sandbox_replaced
+    assert (await sb.python("'still here'")).value == "'still here'" and not (
+        await sb.shell("true")
+    ).sandbox_replaced
 
 
 async def test_no_descriptor_of_the_channel_reaches_user_processes(sb: DockerSandbox) -> None:
@@ -110,7 +114,9 @@ async def test_no_descriptor_of_the_channel_reaches_user_processes(sb: DockerSan
     ],
     ids=["garbage", "well-formed-wrong-nonce"],
 )
-async def test_a_forked_child_writing_to_the_result_pipe_is_a_protocol_violation(fresh: DockerSandbox, frame: str) -> None:
+async def test_a_forked_child_writing_to_the_result_pipe_is_a_protocol_violation(
+    fresh: DockerSandbox, frame: str
+) -> None:
     await fresh.python("state = 'kept'")
     forge = (
         "import os, json, struct\n"
@@ -122,7 +128,12 @@ async def test_a_forked_child_writing_to_the_result_pipe_is_a_protocol_violation
         "'genuine'"
     )
     r = await fresh.python(forge)
-    assert r.value != "'forged'" and r.state_lost and r.error is not None and r.error.ename == "ProtocolViolation", r
+    assert (
+        r.value != "'forged'"
+        and r.state_lost
+        and r.error is not None
+        and r.error.ename == "ProtocolViolation"
+    ), r
     r = await fresh.python("'state' in globals()")
     assert r.value == "False" and r.error is None and not r.sandbox_replaced
 
@@ -169,7 +180,9 @@ async def test_host_rejects_a_reply_without_its_requests_nonce() -> None:
             reqs.append(json.loads(sent[4 : 4 + n]))
             sent = sent[4 + n :]
         # The answer to request 1, carrying request 2's nonce (as if forged by someone who saw it).
-        forged = json.dumps({"id": reqs[0]["id"], "nonce": reqs[1]["nonce"], "ok": True, "result": {"pong": True}}).encode()
+        forged = json.dumps(
+            {"id": reqs[0]["id"], "nonce": reqs[1]["nonce"], "ok": True, "result": {"pong": True}}
+        ).encode()
         body = struct.pack(">I", len(forged)) + forged
         await loop.sock_sendall(container, struct.pack(">BxxxI", 1, len(body)) + body)
         for task in (first, second):
@@ -244,12 +257,17 @@ async def test_python_fork_bomb_in_the_background_is_cleaned_up(sb: DockerSandbo
 
 
 async def test_host_cancellation_kills_the_shell_call(sb: DockerSandbox) -> None:
-    call = asyncio.create_task(sb.shell("touch /tmp/cancel-sh; setsid sleep 307 & sleep 308; touch /tmp/never", timeout=60))
+    call = asyncio.create_task(
+        sb.shell("touch /tmp/cancel-sh; setsid sleep 307 & sleep 308; touch /tmp/never", timeout=60)
+    )
     await wait_for_file(sb, "/tmp/cancel-sh")
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    r = await sb.shell(f"for i in $(seq 1000); do [ -z \"$({USER_PROCS} | grep 'sleep 30[78]')\" ] && break; sleep 0.01; done; {USER_PROCS}", timeout=30)
+    r = await sb.shell(
+        f"for i in $(seq 1000); do [ -z \"$({USER_PROCS} | grep 'sleep 30[78]')\" ] && break; sleep 0.01; done; {USER_PROCS}",
+        timeout=30,
+    )
     assert "sleep" not in r.stdout, r.stdout
     assert (await sb.shell("[ -e /tmp/never ] && echo ran || echo no")).stdout == "no\n"
 
@@ -271,9 +289,15 @@ async def test_host_cancellation_interrupts_the_python_cell(sb: DockerSandbox) -
 
 
 async def test_view_of_a_one_gigabyte_single_line_is_bounded(fresh: DockerSandbox) -> None:
-    await fresh.shell("truncate -s 1G /workspace/huge && printf 'x' | dd of=/workspace/huge bs=1 seek=0 conv=notrunc 2>/dev/null")
+    await fresh.shell(
+        "truncate -s 1G /workspace/huge && printf 'x' | dd of=/workspace/huge bs=1 seek=0 conv=notrunc 2>/dev/null"
+    )
     r = await fresh.view("/workspace/huge")
-    assert "more bytes on this line not shown" in r.output and len(r.output) < 17_000 and "<response clipped>" in r.output
+    assert (
+        "more bytes on this line not shown" in r.output
+        and len(r.output) < 17_000
+        and "<response clipped>" in r.output
+    )
     r = await fresh.view("/workspace/huge", [1, 1])
     assert len(r.output) < 17_000
     assert not (await fresh.shell("true")).sandbox_replaced
@@ -328,7 +352,9 @@ async def test_fifos_and_sockets_are_refused_without_opening(sb: DockerSandbox, 
     if kind == "fifo":
         await sb.shell(f"rm -f {path}; mkfifo {path}")
     else:
-        await sb.python(f"import socket, os\nif os.path.exists('{path}'): os.unlink('{path}')\nkeep = socket.socket(socket.AF_UNIX)\nkeep.bind('{path}')")
+        await sb.python(
+            f"import socket, os\nif os.path.exists('{path}'): os.unlink('{path}')\nkeep = socket.socket(socket.AF_UNIX)\nkeep.bind('{path}')"
+        )
     what = r"a FIFO \(named pipe\)" if kind == "fifo" else "a socket"
     with pytest.raises(ToolError, match=f"is {what}, not a regular file; it was not opened"):
         await sb.view(path)
@@ -360,7 +386,11 @@ async def test_edit_on_a_full_disk_leaves_the_original_intact(sandbox_image: str
 async def test_error_observations_are_capped(sb: DockerSandbox) -> None:
     r = await sb.python("raise ValueError('x' * 5_000_000)")
     assert r.error is not None and r.error.ename == "ValueError"
-    assert len(r.error.evalue) < 70_000 and len(r.error.traceback) < 70_000 and "characters dropped" in r.error.evalue
+    assert (
+        len(r.error.evalue) < 70_000
+        and len(r.error.traceback) < 70_000
+        and "characters dropped" in r.error.evalue
+    )
     await sb.create_file("/workspace/small.txt", "abc")
     with pytest.raises(ToolError) as exc:
         await sb.str_replace("/workspace/small.txt", "z" * 3_000_000, "y")
@@ -404,7 +434,10 @@ async def test_one_calls_end_does_not_kill_another_calls_processes(sb: DockerSan
     # Calls run side by side; each one's cleanup reaches only its own keeper's descendants.
     long_shell = asyncio.create_task(sb.shell("touch /tmp/long-sh; sleep 2; echo long-done", timeout=30))
     long_cell = asyncio.create_task(
-        sb.python("import subprocess\nopen('/tmp/long-py', 'w').close()\nsubprocess.run(['sleep', '2']).returncode", timeout=30)
+        sb.python(
+            "import subprocess\nopen('/tmp/long-py', 'w').close()\nsubprocess.run(['sleep', '2']).returncode",
+            timeout=30,
+        )
     )
     await wait_for_file(sb, "/tmp/long-sh")
     await wait_for_file(sb, "/tmp/long-py")

@@ -118,7 +118,9 @@ async def test_privileges_are_dropped(shared_sandbox: DockerSandbox) -> None:
                                 "CapBnd:", "0000000000000000", "NoNewPrivs:", "1"]  # fmt: skip
 
 
-async def test_supervisor_runs_under_its_own_uid_with_only_the_kept_caps(shared_sandbox: DockerSandbox) -> None:
+async def test_supervisor_runs_under_its_own_uid_with_only_the_kept_caps(
+    shared_sandbox: DockerSandbox,
+) -> None:
     r = await shared_sandbox.shell(
         "for p in $(pgrep -f '^python3 -I -u /opt/qwq/supervisor/boot.py$'); do grep -E '^(Uid|CapEff|CapPrm):' /proc/$p/status; done"
     )

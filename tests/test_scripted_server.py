@@ -15,7 +15,11 @@ CALL = 'Need a tool.\n</think>\n\nLet me look.\n<tool_call>\n{"name": "ls", "arg
 
 def test_split_raw_output_like_sglang_parsers():
     reasoning, content, calls = split_raw_output(CALL)
-    assert reasoning == "Need a tool." and content == "Let me look." and calls == [{"name": "ls", "arguments": {"path": "/"}}]
+    assert (
+        reasoning == "Need a tool."
+        and content == "Let me look."
+        and calls == [{"name": "ls", "arguments": {"path": "/"}}]
+    )
     assert split_raw_output("still thinking") == ("still thinking", "", [])
     assert split_raw_output("r\n</think>\n\n<tool_call>\n{not json\n</tool_call>")[2] == []
 
@@ -65,10 +69,16 @@ async def test_openai_non_streaming_and_streaming_shapes():
     async with ScriptedModelServer([CALL, CALL]) as server, httpx.AsyncClient(base_url=server.url) as http:
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         full = (await http.post("/v1/chat/completions", json=body)).json()
-        async with http.stream("POST", "/v1/chat/completions",
-                               json={**body, "stream": True, "stream_options": {"include_usage": True}}) as response:
-            events = [json.loads(line[6:]) for line in [x async for x in response.aiter_lines()]
-                      if line.startswith("data: {")]
+        async with http.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={**body, "stream": True, "stream_options": {"include_usage": True}},
+        ) as response:
+            events = [
+                json.loads(line[6:])
+                for line in [x async for x in response.aiter_lines()]
+                if line.startswith("data: {")
+            ]
     message = full["choices"][0]["message"]
     assert message["reasoning_content"] == "Need a tool." and message["content"] == "Let me look."
     assert json.loads(message["tool_calls"][0]["function"]["arguments"]) == {"path": "/"}
@@ -91,8 +101,11 @@ async def test_slow_first_token_is_slow_but_complete():
 async def test_wait_for_requests_and_abort():
     async with ScriptedModelServer([Turn("a b c", hold_after=1)]) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+
             async def stream():
-                async with http.stream("POST", "/generate", json={"text": "p", "stream": True, "rid": "r1"}) as resp:
+                async with http.stream(
+                    "POST", "/generate", json={"text": "p", "stream": True, "rid": "r1"}
+                ) as resp:
                     return [line async for line in resp.aiter_lines() if line.startswith("data:")]
 
             task = asyncio.create_task(stream())

@@ -45,7 +45,6 @@ def ctx(sb: object) -> ToolContext:
     return ToolContext(sandbox=sb)
 
 
-
 @pytest.mark.docker
 async def test_regex_search_groups_matches_by_file(sandbox: object) -> None:
     out = await SearchCode()({"pattern": r"def \w+\(", "globs": ["*.py"]}, ctx(sandbox))

@@ -38,13 +38,31 @@ def free_port() -> int:
 
 
 def test_command_has_qwq_flags_and_passes_extra_args():
-    cmd = build_command(ServeConfig(model_path="/models/qwq", tp=2, context_length=16384, mem_fraction_static=0.85,
-                                    port=31000, extra_args=["--enable-torch-compile"]))
+    cmd = build_command(
+        ServeConfig(
+            model_path="/models/qwq",
+            tp=2,
+            context_length=16384,
+            mem_fraction_static=0.85,
+            port=31000,
+            extra_args=["--enable-torch-compile"],
+        )
+    )
     joined = " ".join(cmd)
     assert cmd[1:3] == ["-m", "sglang.launch_server"]
-    for flag in ("--model-path /models/qwq", "--tp 2", "--context-length 16384", "--mem-fraction-static 0.85",
-                 "--schedule-policy lpm", "--enable-metrics", "--enable-cache-report",
-                 "--reasoning-parser deepseek-r1", "--tool-call-parser qwen25", "--host 127.0.0.1", "--port 31000"):
+    for flag in (
+        "--model-path /models/qwq",
+        "--tp 2",
+        "--context-length 16384",
+        "--mem-fraction-static 0.85",
+        "--schedule-policy lpm",
+        "--enable-metrics",
+        "--enable-cache-report",
+        "--reasoning-parser deepseek-r1",
+        "--tool-call-parser qwen25",
+        "--host 127.0.0.1",
+        "--port 31000",
+    ):
         assert flag in joined
     assert cmd[-1] == "--enable-torch-compile"
 
@@ -52,7 +70,11 @@ def test_command_has_qwq_flags_and_passes_extra_args():
 def test_print_command_starts_nothing(capsys):
     assert main(["serve", "--print-command", "--port", "31001", "--", "--log-level", "warning"]) == 0
     out = capsys.readouterr().out
-    assert "sglang.launch_server" in out and "--port 31001" in out and out.strip().endswith("--log-level warning")
+    assert (
+        "sglang.launch_server" in out
+        and "--port 31001" in out
+        and out.strip().endswith("--log-level warning")
+    )
 
 
 def test_missing_gpu_and_sglang_give_a_clear_message(monkeypatch, capsys):
@@ -67,8 +89,11 @@ def test_missing_gpu_and_sglang_give_a_clear_message(monkeypatch, capsys):
 
 def test_waits_for_health_then_reports_capacity_and_stops(tmp_path):
     port = free_port()
-    server = ServerProcess([*SCRIPTED, "--port", str(port), "--unready-for", "0.5", "--max-total-num-tokens", "4242"],
-                           f"http://127.0.0.1:{port}", tmp_path / "log")
+    server = ServerProcess(
+        [*SCRIPTED, "--port", str(port), "--unready-for", "0.5", "--max-total-num-tokens", "4242"],
+        f"http://127.0.0.1:{port}",
+        tmp_path / "log",
+    )
     server.start()
     try:
         info = server.wait_ready(timeout=60, poll_interval=0.05)
@@ -82,8 +107,11 @@ def test_waits_for_health_then_reports_capacity_and_stops(tmp_path):
 
 def test_a_server_that_exits_shows_its_log(tmp_path):
     port = free_port()
-    server = ServerProcess([*SCRIPTED, "--port", str(port), "--unready-for", "600", "--exit-after", "0.3"],
-                           f"http://127.0.0.1:{port}", tmp_path / "log")
+    server = ServerProcess(
+        [*SCRIPTED, "--port", str(port), "--unready-for", "600", "--exit-after", "0.3"],
+        f"http://127.0.0.1:{port}",
+        tmp_path / "log",
+    )
     server.start()
     try:
         with pytest.raises(ServerExited) as info:
@@ -95,8 +123,9 @@ def test_a_server_that_exits_shows_its_log(tmp_path):
 
 def test_a_server_that_never_gets_ready_times_out(tmp_path):
     port = free_port()
-    server = ServerProcess([*SCRIPTED, "--port", str(port), "--unready-for", "600"], f"http://127.0.0.1:{port}",
-                           tmp_path / "log")
+    server = ServerProcess(
+        [*SCRIPTED, "--port", str(port), "--unready-for", "600"], f"http://127.0.0.1:{port}", tmp_path / "log"
+    )
     server.start()
     try:
         with pytest.raises(ServerStartTimeout):
@@ -117,8 +146,22 @@ def test_cli_serves_until_sigint_then_stops_the_server():
     port = free_port()
     cmd = " ".join([*SCRIPTED, "--port", str(port)])
     cli = subprocess.Popen(
-        [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--command", cmd, "--port", str(port), "--timeout", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_a_terminal_sends_it,
+        [
+            sys.executable,
+            "-m",
+            "qwq_agent.cli.main",
+            "serve",
+            "--command",
+            cmd,
+            "--port",
+            str(port),
+            "--timeout",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_as_a_terminal_sends_it,
     )
     try:
         lines = []
@@ -158,8 +201,22 @@ def test_cli_shows_the_servers_log_tail_and_elapsed_time_while_waiting_for_healt
     cmd = f"{sys.executable} {fake} {trigger} {port}"
     leader, follower = pty.openpty()
     cli = subprocess.Popen(
-        [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--command", cmd, "--port", str(port), "--timeout", "120"],
-        stdin=follower, stdout=follower, stderr=follower, env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+        [
+            sys.executable,
+            "-m",
+            "qwq_agent.cli.main",
+            "serve",
+            "--command",
+            cmd,
+            "--port",
+            str(port),
+            "--timeout",
+            "120",
+        ],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
         preexec_fn=sigint_as_a_terminal_sends_it,
     )
     os.close(follower)

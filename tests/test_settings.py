@@ -15,8 +15,16 @@ from qwq_agent.testing.scripted_server import ScriptedModelServer
 
 CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
 MODEL_VARS = (
-    "QWQ_MODEL_URL", "QWQ_API", "QWQ_MODEL", "QWQ_OPENAI_BASE_URL", "OPENAI_BASE_URL", "QWQ_OPENAI_MODEL",
-    "OPENAI_MODEL", "QWQ_OPENAI_API_KEY", "OPENAI_API_KEY", "DASHSCOPE_API_KEY",
+    "QWQ_MODEL_URL",
+    "QWQ_API",
+    "QWQ_MODEL",
+    "QWQ_OPENAI_BASE_URL",
+    "OPENAI_BASE_URL",
+    "QWQ_OPENAI_MODEL",
+    "OPENAI_MODEL",
+    "QWQ_OPENAI_API_KEY",
+    "OPENAI_API_KEY",
+    "DASHSCOPE_API_KEY",
 )
 
 
@@ -53,7 +61,10 @@ def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_a_bad_variable_is_one_line_from_the_cli() -> None:
     proc = subprocess.run(
-        [*CLI, "trace", "show", "x.jsonl"], capture_output=True, text=True, timeout=60,
+        [*CLI, "trace", "show", "x.jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=_clean_env(QWQ_MODEL_CONNECT_TIMEOUT="-1"),
     )
     assert proc.returncode == 2
@@ -74,12 +85,28 @@ def test_run_api_openai_honours_openai_base_url_and_the_model_variable(tmp_path)
     trace = tmp_path / "run.jsonl"
     with ScriptedModelServer(["Easy.\n</think>\n\nHello there."], model="qwq-plus") as server:
         env = _clean_env(
-            QWQ_MODEL_URL=_dead_url(), OPENAI_BASE_URL=server.url + "/v1", OPENAI_MODEL="qwq-plus",
+            QWQ_MODEL_URL=_dead_url(),
+            OPENAI_BASE_URL=server.url + "/v1",
+            OPENAI_MODEL="qwq-plus",
             OPENAI_API_KEY="sk-test",
         )
         proc = subprocess.run(
-            [*CLI, "run", "Say hello.", "--api", "openai", "--tools", "fetch_url", "--json", "--trace", str(trace)],
-            capture_output=True, text=True, timeout=120, env=env,
+            [
+                *CLI,
+                "run",
+                "Say hello.",
+                "--api",
+                "openai",
+                "--tools",
+                "fetch_url",
+                "--json",
+                "--trace",
+                str(trace),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
         )
         assert proc.returncode == 0, proc.stderr
         assert "Hello there." in proc.stdout

@@ -409,5 +409,7 @@ async def test_model_tools_accept_their_documented_default():
         async def run(self, args, context):
             return ToolOutput(text=f"{args.query}/{args.lang}")
 
-    out = await ToolRegistry([Find()]).call(ToolCall(id="1", name="find", arguments={"query": "q", "lang": None}))
+    out = await ToolRegistry([Find()]).call(
+        ToolCall(id="1", name="find", arguments={"query": "q", "lang": None})
+    )
     assert not out.is_error and out.text == "q/None"

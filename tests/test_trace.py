@@ -175,14 +175,18 @@ async def test_a_stream_stopped_from_outside_still_ends_its_trace(tmp_path):
     async with ScriptedModelServer(TURNS, when_exhausted="repeat") as server:
         async with SGLangClient(server.url, retry=NO_RETRY) as client:
             # The caller stops iterating (closes the stream).
-            agent = Agent(client, [add], config=AgentConfig(check_language=False), trace_path=tmp_path / "a.jsonl")
+            agent = Agent(
+                client, [add], config=AgentConfig(check_language=False), trace_path=tmp_path / "a.jsonl"
+            )
             stream = agent.stream("What is 2 + 3?")
             async for ev in stream:
                 if ev.type == "tool_call":
                     break
             await stream.aclose()
             # The caller abandons the stream and ends the run (as a signal handler does).
-            other = Agent(client, [add], config=AgentConfig(check_language=False), trace_path=tmp_path / "b.jsonl")
+            other = Agent(
+                client, [add], config=AgentConfig(check_language=False), trace_path=tmp_path / "b.jsonl"
+            )
             it = other.stream("What is 2 + 3?")
             await anext(it)
             result = other.end_run("interrupted", "SIGTERM")

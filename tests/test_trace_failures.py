@@ -96,7 +96,10 @@ def test_cli_refuses_a_bad_trace_path_before_the_model_or_a_sandbox(tmp_path):
     held.write_text('{"type": "final", "status": "completed"}\n')
     # No model server at this URL: exit code 3 would mean the model was tried first.
     url = f"http://127.0.0.1:{free_port()}"
-    for trace, expected in ((blocker / "t.jsonl", "cannot create trace folder"), (held, "already holds a run")):
+    for trace, expected in (
+        (blocker / "t.jsonl", "cannot create trace folder"),
+        (held, "already holds a run"),
+    ):
         proc = subprocess.run(
             [*CLI, "run", "hi", "--model-url", url, "--trace", str(trace)],
             capture_output=True,

@@ -243,7 +243,9 @@ def test_the_page_lists_runs_opens_one_shows_its_image_and_unfolds_reasoning(tra
         browser.get(viewer.url + "#run=stuck.jsonl")
         wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".final"))
         loop = browser.find_element(By.CSS_SELECTOR, ".warning.loop")
-        assert "repeated_tool_call" in loop.text.lower() and loop.value_of_css_property("font-weight") == "600"
+        assert (
+            "repeated_tool_call" in loop.text.lower() and loop.value_of_css_property("font-weight") == "600"
+        )
         approvals = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".approval")]
         assert any("deny by user" in a and "not that one" in a for a in approvals), approvals
 

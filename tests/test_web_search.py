@@ -89,7 +89,9 @@ class ApiServer:
             def do_GET(self) -> None:
                 req = self._record()
                 if outer.fail_with:
-                    self._reply({"error": f"bad token {req['headers'].get('X-Subscription-Token')}"}, outer.fail_with)
+                    self._reply(
+                        {"error": f"bad token {req['headers'].get('X-Subscription-Token')}"}, outer.fail_with
+                    )
                 elif req["path"] == "/search" and req["query"].get("format") == ["json"]:
                     self._reply(SEARXNG_BODY)
                 elif req["path"] == "/res/v1/web/search":
@@ -153,7 +155,9 @@ async def test_brave_sends_token_header_and_strips_markup(api: ApiServer) -> Non
 
 
 async def test_tavily_posts_query_with_key(api: ApiServer) -> None:
-    out = await WebSearch(TavilyProvider(api_key=TAVILY_KEY, base_url=api.base))({"query": "sun diameter"}, CTX)
+    out = await WebSearch(TavilyProvider(api_key=TAVILY_KEY, base_url=api.base))(
+        {"query": "sun diameter"}, CTX
+    )
     assert not out.is_error, out.text
     req = api.requests[0]
     assert req["body"]["query"] == "sun diameter" and req["body"]["max_results"] == 8
@@ -185,7 +189,11 @@ async def test_invalid_arguments_are_reported() -> None:
 
 
 def test_provider_chosen_from_environment() -> None:
-    env = {"BRAVE_API_KEY": BRAVE_KEY, "TAVILY_API_KEY": TAVILY_KEY, "QWQ_TAVILY_BASE_URL": "http://127.0.0.1:1"}
+    env = {
+        "BRAVE_API_KEY": BRAVE_KEY,
+        "TAVILY_API_KEY": TAVILY_KEY,
+        "QWQ_TAVILY_BASE_URL": "http://127.0.0.1:1",
+    }
     assert isinstance(provider_from_env(env), BraveProvider)
     tavily = provider_from_env({**env, "QWQ_SEARCH_PROVIDER": "tavily"})
     assert isinstance(tavily, TavilyProvider) and tavily.base_url == "http://127.0.0.1:1"

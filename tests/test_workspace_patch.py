@@ -28,7 +28,10 @@ def call(name: str, **arguments: object) -> str:
 def git(repo: Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-C", str(repo), "-c", "user.name=Dev", "-c", "user.email=dev@example.com", *args],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     return done.stdout
 
@@ -47,9 +50,16 @@ def make_repo(path: Path) -> Path:
 
 
 EDIT_TURNS = [
-    "Look at the history first.\n</think>\n\n" + call("shell", command="git log --oneline && git status --short"),
+    "Look at the history first.\n</think>\n\n"
+    + call("shell", command="git log --oneline && git status --short"),
     "Fix the operator.\n</think>\n\n"
-    + call("str_replace_editor", command="str_replace", path="/workspace/calc.py", old_str="a - b", new_str="a + b"),
+    + call(
+        "str_replace_editor",
+        command="str_replace",
+        path="/workspace/calc.py",
+        old_str="a - b",
+        new_str="a + b",
+    ),
     "Add a test.\n</think>\n\n"
     + call(
         "str_replace_editor",
@@ -68,11 +78,26 @@ def test_run_on_a_git_workspace_writes_the_patch_and_copies_back(sandbox_image, 
     with ScriptedModelServer(EDIT_TURNS) as server:
         proc = subprocess.run(
             [
-                *CLI, "run", "Fix add().", "--model-url", server.url, "--tools", "shell,str_replace_editor",
-                "--workspace", str(repo), "--patch", str(patch), "--copy-back", str(out),
-                "--trace", str(tmp_path / "t.jsonl"), "--json",
+                *CLI,
+                "run",
+                "Fix add().",
+                "--model-url",
+                server.url,
+                "--tools",
+                "shell,str_replace_editor",
+                "--workspace",
+                str(repo),
+                "--patch",
+                str(patch),
+                "--copy-back",
+                str(out),
+                "--trace",
+                str(tmp_path / "t.jsonl"),
+                "--json",
             ],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     assert proc.returncode == 0, proc.stderr
     results = [e["text"] for e in map(json.loads, proc.stdout.splitlines()) if e["type"] == "tool_result"]
@@ -97,8 +122,20 @@ def test_run_on_a_git_workspace_writes_the_patch_and_copies_back(sandbox_image, 
 
 def test_patch_needs_a_workspace(tmp_path):
     proc = subprocess.run(
-        [*CLI, "run", "x", "--tools", "shell", "--patch", str(tmp_path / "p.diff"), "--trace", str(tmp_path / "t.jsonl")],
-        capture_output=True, text=True, timeout=60,
+        [
+            *CLI,
+            "run",
+            "x",
+            "--tools",
+            "shell",
+            "--patch",
+            str(tmp_path / "p.diff"),
+            "--trace",
+            str(tmp_path / "t.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2 and "--patch needs --workspace" in proc.stderr
 
@@ -112,7 +149,8 @@ async def test_run_result_patch_for_a_folder_that_is_not_a_repository(sandbox_im
     (folder / "data.txt").write_text("one\ntwo\n")
     (folder / "old.txt").write_text("to delete\n")
     turns = [
-        "Edit.\n</think>\n\n" + call("shell", command="echo three >> data.txt && rm old.txt && printf 'x\\0y' > blob.bin"),
+        "Edit.\n</think>\n\n"
+        + call("shell", command="echo three >> data.txt && rm old.txt && printf 'x\\0y' > blob.bin"),
         "Done.\n</think>\n\nEdited.",
     ]
     async with ScriptedModelServer(turns) as server, SGLangClient(server.url) as model:

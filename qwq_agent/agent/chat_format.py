@@ -231,7 +231,9 @@ def render(
         elif role == "assistant":
             last = index == count - 1
             if last:
-                out.append(render_assistant_turn(message, keep_reasoning=keep_reasoning, last=True, profile=prof))
+                out.append(
+                    render_assistant_turn(message, keep_reasoning=keep_reasoning, last=True, profile=prof)
+                )
             else:
                 out.append(_history_turn(message, keep_reasoning, prof))
         elif role == "tool":

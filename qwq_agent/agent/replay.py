@@ -121,7 +121,9 @@ class ReplayModel:
         return cls(calls, then=then, chunk=chunk, source=source)
 
     @classmethod
-    def from_recording(cls, recording: Recording, *, then: object | None = None, chunk: int = 16) -> ReplayModel:
+    def from_recording(
+        cls, recording: Recording, *, then: object | None = None, chunk: int = 16
+    ) -> ReplayModel:
         source = ReplaySource(
             mode="resume" if then is not None else "replay",
             path=recording.path,

@@ -104,7 +104,9 @@ class TraceWriter:
         """
         if self.final_written:
             return False
-        final = Final(status=status, error=error, answer=answer, totals=totals or {}, run_id=run_id, step=step)
+        final = Final(
+            status=status, error=error, answer=answer, totals=totals or {}, run_id=run_id, step=step
+        )
         return self.write(final)
 
     def close(self) -> None:
@@ -189,7 +191,9 @@ def check_trace_path(path: str | Path) -> None:
     except OSError as exc:
         raise TracePathError(f"cannot use trace file {path}: {exc.strerror or exc}") from None
     if size > 0 and path.is_file():
-        raise TraceExistsError(f"trace file {path} already holds a run; give a new path (one file holds one run)")
+        raise TraceExistsError(
+            f"trace file {path} already holds a run; give a new path (one file holds one run)"
+        )
 
 
 def common_prefix_len(a: str, b: str) -> int:

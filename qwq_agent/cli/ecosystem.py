@@ -76,7 +76,9 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
         try:
             from qwq_agent.mcp import MCPError, mcp_tools
         except ImportError:
-            console.print("[red]--mcp needs the MCP SDK: pip install -e '.[mcp]' (in the qwq-agent checkout)[/red]")
+            console.print(
+                "[red]--mcp needs the MCP SDK: pip install -e '.[mcp]' (in the qwq-agent checkout)[/red]"
+            )
             return None
         try:
             toolset = await mcp_tools(*servers, reserved=[t.spec.name for t in tools])
@@ -92,7 +94,9 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
         try:
             from qwq_agent.otel import OtelExport, SpanRecorder
         except ImportError:
-            console.print("[red]--otel needs OpenTelemetry: pip install -e '.[otel]' (in the qwq-agent checkout)[/red]")
+            console.print(
+                "[red]--otel needs OpenTelemetry: pip install -e '.[otel]' (in the qwq-agent checkout)[/red]"
+            )
             if toolset is not None:
                 await toolset.aclose()
             return None

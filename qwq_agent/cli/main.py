@@ -27,11 +27,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help_text = action.help or ""
         default = action.default
-        if (
-            "default" in help_text
-            or default in (None, False, argparse.SUPPRESS)
-            or not action.option_strings
-        ):
+        if "default" in help_text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
             return help_text
         return f"{help_text} (default: {default})"
 
@@ -40,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     from qwq_agent.settings import env_help
 
     parser = argparse.ArgumentParser(
-        prog="qwq-agent", description=__doc__.splitlines()[0], epilog=env_help(), formatter_class=HelpFormatter
+        prog="qwq-agent",
+        description=__doc__.splitlines()[0],
+        epilog=env_help(),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.add_argument("--version", action="version", version=f"qwq-agent {__version__}")

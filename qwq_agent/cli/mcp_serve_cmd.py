@@ -19,7 +19,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         from qwq_agent.mcp.serve import serve_stdio
     except ImportError:
-        print("mcp-serve needs the MCP SDK: pip install -e '.[mcp]' (in the qwq-agent checkout)", file=sys.stderr)
+        print(
+            "mcp-serve needs the MCP SDK: pip install -e '.[mcp]' (in the qwq-agent checkout)",
+            file=sys.stderr,
+        )
         return 2
     names = [n for n in args.tools.split(",") if n.strip()]
     try:

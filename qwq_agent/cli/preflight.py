@@ -73,7 +73,9 @@ def check_docker(timeout: float | None = None) -> None:
                     break
                 answer += chunk
     except FileNotFoundError:
-        raise CliError(f"Docker is not reachable: no socket at {path}", DOCKER_FIX, code=EXIT_DOCKER) from None
+        raise CliError(
+            f"Docker is not reachable: no socket at {path}", DOCKER_FIX, code=EXIT_DOCKER
+        ) from None
     except PermissionError:
         raise CliError(
             f"Docker is not reachable: no permission to use {path}",
@@ -140,12 +142,16 @@ def check_patch_target(patch: Path | None, workspace: Path | None) -> None:
     if patch is None:
         return
     if workspace is None:
-        raise CliError("--patch needs --workspace: the patch is of what the agent changed in it", "add --workspace DIR")
+        raise CliError(
+            "--patch needs --workspace: the patch is of what the agent changed in it", "add --workspace DIR"
+        )
     folder = patch.parent if str(patch.parent) else Path(".")
     if patch.is_dir():
         raise CliError(f"--patch {patch} is a folder", "pass a file path, e.g. --patch out.diff")
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise CliError(f"--patch {patch}: {folder} is not a writable folder", "pass a path in a writable folder")
+        raise CliError(
+            f"--patch {patch}: {folder} is not a writable folder", "pass a path in a writable folder"
+        )
 
 
 INDEX_TABLES = frozenset({"meta", "files", "chunks", "fts"})
@@ -208,9 +214,13 @@ def check_index_target(db: Path) -> None:
     """`qwq-agent index` may write `db`: its folder is writable, and an existing file is an index of ours."""
     folder = db.parent if str(db.parent) else Path(".")
     if not folder.is_dir():
-        raise CliError(f"cannot write the index {db}: {folder} is not a folder", "pass --db in an existing folder")
+        raise CliError(
+            f"cannot write the index {db}: {folder} is not a folder", "pass --db in an existing folder"
+        )
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise CliError(f"cannot write the index {db}: {folder} is not writable", "pass --db in a writable folder")
+        raise CliError(
+            f"cannot write the index {db}: {folder} is not writable", "pass --db in a writable folder"
+        )
     if not db.exists():
         return
     keep = "pass another --db (the file is left as it is)"
@@ -262,7 +272,9 @@ def check_model_url(url: str) -> None:
     try:
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError as exc:
-        raise CliError(f"model URL {url!r}: {exc}", "use e.g. http://127.0.0.1:30000", code=EXIT_MODEL) from None
+        raise CliError(
+            f"model URL {url!r}: {exc}", "use e.g. http://127.0.0.1:30000", code=EXIT_MODEL
+        ) from None
 
 
 def read_text(path: str | Path, what: str) -> str:
@@ -304,7 +316,9 @@ def load_recording(path: Path, run_id: str | None = None) -> Any:
     from qwq_agent.agent.replay import recording_of
     from qwq_agent.agent.trace import TraceError
 
-    events = load_trace(path, run_id)  # the readable reasons first: missing, a folder, not a trace, several runs
+    events = load_trace(
+        path, run_id
+    )  # the readable reasons first: missing, a folder, not a trace, several runs
     try:
         return recording_of(events, path)
     except TraceError as exc:

@@ -58,7 +58,9 @@ class FoldedReasoning:
         lines = self._text.strip("\n").splitlines()
         hidden = len(lines) if self.mode == "off" else max(0, len(lines) - self.lines)
         if self.mode == "off":
-            self.console.print(Text(f"(reasoning: {len(lines)} lines, {len(self._text)} characters, hidden)", "dim"))
+            self.console.print(
+                Text(f"(reasoning: {len(lines)} lines, {len(self._text)} characters, hidden)", "dim")
+            )
         else:
             if hidden:
                 self.console.print(Text(f"… {hidden} earlier lines of reasoning folded", "dim italic"))

@@ -95,7 +95,9 @@ class EventRenderer:
         a = self.activity
         if isinstance(ev, ToolStarted):
             self._running[ev.call_id] = ev.name
-            a.start(f"running {', '.join(self._running.values())}", keep_clock=a.active and len(self._running) > 1)
+            a.start(
+                f"running {', '.join(self._running.values())}", keep_clock=a.active and len(self._running) > 1
+            )
             return True
         if isinstance(ev, ToolOutputDelta):
             a.output(ev.text)
@@ -170,7 +172,9 @@ class EventRenderer:
         elif isinstance(ev, Warning_):
             c.print(f"[yellow]⚠ {ev.kind} (level {ev.level}): {ev.message}[/yellow]")
         elif isinstance(ev, ReplayEnded):
-            c.rule(f"[cyan]replay ends after {ev.completions} recorded completions: the live model takes over[/cyan]")
+            c.rule(
+                f"[cyan]replay ends after {ev.completions} recorded completions: the live model takes over[/cyan]"
+            )
         elif isinstance(ev, BudgetExceeded):
             c.print(f"[red]budget {ev.budget} used up: {ev.used:g} of {ev.limit:g}[/red]")
         elif isinstance(ev, Final):

@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"model server URL (default: $QWQ_MODEL_URL, or with --api openai $OPENAI_BASE_URL, else {DEFAULT_URL})",
     )
     p.add_argument(
-        "--api", choices=("native", "openai"), help="SGLang's native API or an OpenAI-compatible one (default: $QWQ_API or native)"
+        "--api",
+        choices=("native", "openai"),
+        help="SGLang's native API or an OpenAI-compatible one (default: $QWQ_API or native)",
     )
     p.add_argument(
         "--model",
@@ -51,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--docs-db", type=Path, help="document index for search_docs (see `qwq-agent index`)")
     p.add_argument("--max-steps", type=int, help="step budget (default 30; with --replay/--resume: recorded)")
     p.add_argument(
-        "--max-new-tokens", type=int, help="tokens per model call (default 8192; with --replay/--resume: recorded)"
+        "--max-new-tokens",
+        type=int,
+        help="tokens per model call (default 8192; with --replay/--resume: recorded)",
     )
     p.add_argument("--keep-reasoning", action="store_true", help="keep earlier reasoning in the prompt")
     p.add_argument(
@@ -64,7 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--trace", type=Path, help="JSONL trace path, new or empty (default: ./traces/<run id>.jsonl)"
     )
     p.add_argument(
-        "--replay", type=Path, help="replay a trace's completions (and its tools and config) instead of a model"
+        "--replay",
+        type=Path,
+        help="replay a trace's completions (and its tools and config) instead of a model",
     )
     p.add_argument(
         "--resume", type=Path, help="replay a trace, then continue with the live model (into a new trace)"

@@ -92,4 +92,6 @@ def recorded_settings(args: argparse.Namespace, recording: Recording) -> RunSett
     if args.constrained and not config.constrained_tool_calls:
         overrides.append("constrained tool calls (recorded: off)")
         config.constrained_tool_calls = True
-    return RunSettings(tools=tools, tool_options=options, config=config, workspace=workspace, overrides=overrides)
+    return RunSettings(
+        tools=tools, tool_options=options, config=config, workspace=workspace, overrides=overrides
+    )

@@ -120,7 +120,11 @@ def _prune(args: argparse.Namespace) -> int:
 
         removed, in_use = prune_images()
     if args.json:
-        out = {"containers": [r.model_dump() for r in rows], "images_removed": removed, "images_in_use": in_use}
+        out = {
+            "containers": [r.model_dump() for r in rows],
+            "images_removed": removed,
+            "images_in_use": in_use,
+        }
         print(json.dumps(out if args.images else out["containers"]))
     else:
         _table(rows, f"removed {len(rows)} sandbox container(s)")

@@ -25,16 +25,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="share of GPU memory for weights and KV cache (default: SGLang's choice)",
     )
     p.add_argument(
-        "--schedule-policy", default="lpm", help="SGLang's scheduling (lpm: longest prefix match first, reuses caches)"
+        "--schedule-policy",
+        default="lpm",
+        help="SGLang's scheduling (lpm: longest prefix match first, reuses caches)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address the server listens on")
     p.add_argument("--port", type=int, default=30000, help="port the server listens on")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for /health")
     p.add_argument("--log-file", type=Path, default=None, help="server log (default: a temporary file)")
     p.add_argument("--print-command", action="store_true", help="print the launch command and exit")
-    p.add_argument("--command", default=None, help="run this command instead of SGLang's launcher (a wrapper)")
-    p.add_argument("--model-url", default=None,
-                   help="do not start anything: check the server already at this URL and report its capacity")
+    p.add_argument(
+        "--command", default=None, help="run this command instead of SGLang's launcher (a wrapper)"
+    )
+    p.add_argument(
+        "--model-url",
+        default=None,
+        help="do not start anything: check the server already at this URL and report its capacity",
+    )
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags passed to sglang.launch_server")
     p.set_defaults(func=_serve)
 
@@ -54,9 +61,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     extra = [a for a in args.extra if a != "--"] if args.extra else []
     config = ServeConfig(
-        model_path=args.model_path, tp=args.tp, context_length=args.context_length,
-        mem_fraction_static=args.mem_fraction_static, schedule_policy=args.schedule_policy,
-        host=args.host, port=args.port, extra_args=extra,
+        model_path=args.model_path,
+        tp=args.tp,
+        context_length=args.context_length,
+        mem_fraction_static=args.mem_fraction_static,
+        schedule_policy=args.schedule_policy,
+        host=args.host,
+        port=args.port,
+        extra_args=extra,
     )
     command = shlex.split(args.command) if args.command else build_command(config)
     if args.print_command:
@@ -104,7 +116,9 @@ def _serve(args: argparse.Namespace) -> int:
         print("Ctrl-C stops the server.", flush=True)
         assert server.process is not None
         code = server.process.wait()
-        raise CliError(f"the server exited with status {code}", _log_hint(log_path, server.log_tail()), code=code or 1)
+        raise CliError(
+            f"the server exited with status {code}", _log_hint(log_path, server.log_tail()), code=code or 1
+        )
     except KeyboardInterrupt:
         print("stopping the server...", flush=True)
         return 0
@@ -136,7 +150,10 @@ def _wait_ready(server, timeout: float):
             last["line"] = lines[-1]
         if not activity.enabled and time.monotonic() - last["reported"] >= QUIET_REPORT_S:
             last["reported"] = time.monotonic()
-            print(f"still waiting for /health after {activity.elapsed():.0f}s; log: {last['line'][:200]}", flush=True)
+            print(
+                f"still waiting for /health after {activity.elapsed():.0f}s; log: {last['line'][:200]}",
+                flush=True,
+            )
 
     try:
         return server.wait_ready(timeout=timeout, poll_interval=1.0, on_log=on_log)
@@ -156,5 +173,7 @@ def _log_hint(log_path: Path, tail: str) -> str:
 def _report(info) -> None:
     print(f"ready: {info.url}", flush=True)
     print(f"model: {info.model}")
-    print(f"KV capacity: {info.max_total_num_tokens} tokens (max_total_num_tokens); context length: {info.context_length}")
-    print(f"connect with: qwq-agent run --model-url {info.url} \"TASK\"", flush=True)
+    print(
+        f"KV capacity: {info.max_total_num_tokens} tokens (max_total_num_tokens); context length: {info.context_length}"
+    )
+    print(f'connect with: qwq-agent run --model-url {info.url} "TASK"', flush=True)

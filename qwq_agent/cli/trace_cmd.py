@@ -16,10 +16,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--prompts", action="store_true", help="also print the exact prompts sent")
     show.add_argument("--run-id", help="the run to show from an old trace file that holds several")
     show.add_argument(
-        "--images", type=Path, metavar="DIR", help="write the images (PNG) the trace holds into DIR, and print their paths"
+        "--images",
+        type=Path,
+        metavar="DIR",
+        help="write the images (PNG) the trace holds into DIR, and print their paths",
     )
     show.add_argument(
-        "--reasoning", choices=REASONING_MODES, default="full", help="show each step's reasoning in full, its last lines, or not"
+        "--reasoning",
+        choices=REASONING_MODES,
+        default="full",
+        help="show each step's reasoning in full, its last lines, or not",
     )
     show.set_defaults(func=_show)
     serve = tsub.add_parser("serve", help="browse traces in a local web page (live while runs write them)")

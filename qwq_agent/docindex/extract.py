@@ -227,10 +227,17 @@ def _markdown_blocks(text: str) -> Iterable[Block]:
         heading = _ATX.match(line)
         if heading:
             yield from flush()
-            yield Block(line=i + 1, text=heading.group(2).strip() or "(untitled)", level=len(heading.group(1)))
+            yield Block(
+                line=i + 1, text=heading.group(2).strip() or "(untitled)", level=len(heading.group(1))
+            )
             i += 1
             continue
-        if para and len(para) == 1 and _SETEXT.match(line) and not para[0].lstrip().startswith(("-", "*", ">")):
+        if (
+            para
+            and len(para) == 1
+            and _SETEXT.match(line)
+            and not para[0].lstrip().startswith(("-", "*", ">"))
+        ):
             title = para[0].strip()
             para.clear()
             yield Block(line=para_start, text=title, level=1 if line.strip().startswith("=") else 2)

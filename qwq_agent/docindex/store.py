@@ -139,7 +139,9 @@ class DocIndex:
         stats = IndexStats()
         known = {
             path: (fid, mtime, size, sha)
-            for fid, path, mtime, size, sha in self.conn.execute("SELECT id, path, mtime_ns, size, sha256 FROM files")
+            for fid, path, mtime, size, sha in self.conn.execute(
+                "SELECT id, path, mtime_ns, size, sha256 FROM files"
+            )
         }
         seen: set[str] = set()
         pending = 0
@@ -165,7 +167,8 @@ class DocIndex:
                 sha = hashlib.sha256(data).hexdigest()
                 if row and row[3] == sha:
                     self.conn.execute(
-                        "UPDATE files SET mtime_ns = ?, size = ? WHERE id = ?", (st.st_mtime_ns, st.st_size, row[0])
+                        "UPDATE files SET mtime_ns = ?, size = ? WHERE id = ?",
+                        (st.st_mtime_ns, st.st_size, row[0]),
                     )
                     stats.unchanged += 1
                     continue
@@ -211,7 +214,11 @@ class DocIndex:
         for dirpath, dirnames, filenames in os.walk(self.root):
             # Hidden and dependency folders are noise; symlinks could lead outside the root.
             dirnames[:] = sorted(
-                d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS and not os.path.islink(os.path.join(dirpath, d))
+                d
+                for d in dirnames
+                if not d.startswith(".")
+                and d not in _SKIP_DIRS
+                and not os.path.islink(os.path.join(dirpath, d))
             )
             for name in sorted(filenames):
                 kind = kind_of(name)
@@ -223,7 +230,9 @@ class DocIndex:
                 yield full.relative_to(self.root).as_posix(), full, kind
 
     def _delete_chunks(self, file_id: int) -> None:
-        self.conn.execute("DELETE FROM fts WHERE rowid IN (SELECT id FROM chunks WHERE file_id = ?)", (file_id,))
+        self.conn.execute(
+            "DELETE FROM fts WHERE rowid IN (SELECT id FROM chunks WHERE file_id = ?)", (file_id,)
+        )
         self.conn.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
 
     def _insert_sections(self, file_id: int, sections: list[Section]) -> None:
@@ -233,7 +242,8 @@ class DocIndex:
                 (file_id, section.line, section.page, json.dumps(section.linemap, separators=(",", ":"))),
             )
             self.conn.execute(
-                "INSERT INTO fts (rowid, heading, body) VALUES (?, ?, ?)", (cur.lastrowid, section.heading, section.body)
+                "INSERT INTO fts (rowid, heading, body) VALUES (?, ?, ?)",
+                (cur.lastrowid, section.heading, section.body),
             )
 
     # -- querying ---------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """Hardened Docker sandboxes driven through a persistent supervisor channel.
 
-    async with DockerSandbox.create() as sb:
-        result = await sb.python("1 + 1")
+async with DockerSandbox.create() as sb:
+    result = await sb.python("1 + 1")
 
-    async with SandboxPool(size=4) as pool:
-        async with pool.acquire() as sb:
-            await sb.shell("ls")
+async with SandboxPool(size=4) as pool:
+    async with pool.acquire() as sb:
+        await sb.shell("ls")
 """
 
 from qwq_agent.sandbox.config import SandboxConfig

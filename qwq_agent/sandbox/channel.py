@@ -85,7 +85,9 @@ class Channel:
         rid, nonce = next(self._ids), secrets.token_hex(16)
         body = json.dumps({"id": rid, "nonce": nonce, "op": op, "args": args}, separators=(",", ":")).encode()
         if len(body) > self._max:
-            raise InvalidRequest(f"request of {len(body)} bytes exceeds the limit of {self._max} bytes; nothing was sent")
+            raise InvalidRequest(
+                f"request of {len(body)} bytes exceeds the limit of {self._max} bytes; nothing was sent"
+            )
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = (fut, nonce, on_event)
         try:
@@ -174,7 +176,11 @@ class Channel:
         if self.closed:
             return
         if self.exit_reason:
-            reason = f"the supervisor exited ({self.exit_reason} limit reached)" if self.exit_reason in ("idle", "lifetime") else f"the supervisor exited ({self.exit_reason})"
+            reason = (
+                f"the supervisor exited ({self.exit_reason} limit reached)"
+                if self.exit_reason in ("idle", "lifetime")
+                else f"the supervisor exited ({self.exit_reason})"
+            )
         tail = self.stderr_tail().strip()
         self.closed_reason = reason + (f"; its last words: {tail}" if tail else "")
         self.closed_event.set()

@@ -54,7 +54,9 @@ class SandboxConfig(BaseModel):
     output_tail_bytes: int = 32 * 1024
     max_request_bytes: int = 64 * 1024 * 1024
     max_download_bytes: int = 64 * 1024 * 1024
-    max_undo_bytes: int = Field(32 * 1024 * 1024, description="editor undo history; the oldest versions go first")
+    max_undo_bytes: int = Field(
+        32 * 1024 * 1024, description="editor undo history; the oldest versions go first"
+    )
     start_timeout_s: float = 60.0
     reply_grace_s: float = 10.0
     auto_replace: bool = True
@@ -70,7 +72,9 @@ class SandboxConfig(BaseModel):
     @model_validator(mode="after")
     def _distinct_uids(self) -> SandboxConfig:
         if self.user.partition(":")[0] == self.supervisor_user.partition(":")[0]:
-            raise ValueError("`supervisor_user` must be another uid than `user`: user code must not reach the supervisor")
+            raise ValueError(
+                "`supervisor_user` must be another uid than `user`: user code must not reach the supervisor"
+            )
         return self
 
     @field_validator("memory", "fsize", "workspace_size", "tmp_size", "home_size", mode="before")

@@ -130,10 +130,14 @@ class DockerSandbox:
         self._closed = False
 
     @classmethod
-    def create(cls, config: SandboxConfig | None = None, *, engine: DockerEngine | None = None, **overrides: Any) -> _Starting:
+    def create(
+        cls, config: SandboxConfig | None = None, *, engine: DockerEngine | None = None, **overrides: Any
+    ) -> _Starting:
         """Start a sandbox; keyword overrides are `SandboxConfig` fields (e.g. `memory="256m"`)."""
         if overrides:
-            config = (config or SandboxConfig()).model_copy(update=SandboxConfig(**overrides).model_dump(include=set(overrides)))
+            config = (config or SandboxConfig()).model_copy(
+                update=SandboxConfig(**overrides).model_dump(include=set(overrides))
+            )
         return _Starting(cls(config, engine=engine))
 
     @property
@@ -148,7 +152,9 @@ class DockerSandbox:
         try:
             await asyncio.to_thread(janitor.startup_once, deadline.left() or 0.0)
         except Exception as exc:  # docker-py's own errors (timeouts, refused connections)
-            raise DockerUnreachable(f"the Docker engine failed the start-up clean-up of old sandboxes: {exc}") from exc
+            raise DockerUnreachable(
+                f"the Docker engine failed the start-up clean-up of old sandboxes: {exc}"
+            ) from exc
         if not (self.config.image or get_settings().sandbox_image or "default" in _image_cache):
             # The image lookup below uses docker-py in a thread: make sure the engine answers first, so
             # a hung daemon fails here within the start time rather than there after docker-py's 60 s.
@@ -166,7 +172,9 @@ class DockerSandbox:
         try:
             reader, writer = await self.engine.attach(cid, timeout=deadline.left())
             # Downloads are base64 (4/3) inside JSON; anything far beyond that is not an honest reply.
-            max_reply = 2 * max(self.config.max_download_bytes, self.config.output_head_bytes * 8) + (16 << 20)
+            max_reply = 2 * max(self.config.max_download_bytes, self.config.output_head_bytes * 8) + (
+                16 << 20
+            )
             self._channel = Channel(
                 reader, writer, max_request_bytes=self.config.max_request_bytes, max_reply_bytes=max_reply
             )
@@ -180,7 +188,9 @@ class DockerSandbox:
                 )
         except BaseException as exc:
             await self._discard()
-            if isinstance(exc, TimeoutError | DockerAPIError | SandboxDead) and not isinstance(exc, DockerUnreachable):
+            if isinstance(exc, TimeoutError | DockerAPIError | SandboxDead) and not isinstance(
+                exc, DockerUnreachable
+            ):
                 raise SandboxStartError(f"the sandbox did not start: {exc}") from exc
             raise
 
@@ -240,7 +250,9 @@ class DockerSandbox:
         replaced = await self._ensure_alive()
         assert self._channel is not None
         try:
-            raw = await self._channel.call(request.op, request.model_dump(exclude={"op"}), reply_timeout, on_event)
+            raw = await self._channel.call(
+                request.op, request.model_dump(exclude={"op"}), reply_timeout, on_event
+            )
         except SandboxTimeout as exc:
             # An unresponsive supervisor cannot be trusted with the next call: kill it now.
             await self._discard()
@@ -250,7 +262,11 @@ class DockerSandbox:
         return raw, replaced
 
     async def _call(
-        self, request: Request, result_type: type[R], reply_timeout: float | None, on_event: OutputRelay | None = None
+        self,
+        request: Request,
+        result_type: type[R],
+        reply_timeout: float | None,
+        on_event: OutputRelay | None = None,
     ) -> R:
         raw, replaced = await self._call_raw(request, reply_timeout, on_event)
         result = result_type.model_validate(raw)
@@ -264,7 +280,9 @@ class DockerSandbox:
             return reply
         return max(MIN_TIMEOUT_S, deadline.clamp(reply, reserve=DEADLINE_SLACK_S / 2) or 0.0)
 
-    def clamp_timeout(self, timeout: float | None, deadline: Deadline | None, default: float | None = None) -> float:
+    def clamp_timeout(
+        self, timeout: float | None, deadline: Deadline | None, default: float | None = None
+    ) -> float:
         """The in-sandbox time limit of a call: `timeout` (or `default`, or the config's python limit),
         shortened so that the interrupt, its grace and the reply all fit before `deadline`."""
         limit = timeout or default or self.config.python_timeout_s
@@ -419,7 +437,9 @@ class DockerSandbox:
 
         data = await asyncio.to_thread(pack)
         if len(data) * 4 // 3 > self.config.max_request_bytes:
-            raise InvalidRequest(f"{local} packs to {len(data)} bytes, over the request limit; nothing was sent")
+            raise InvalidRequest(
+                f"{local} packs to {len(data)} bytes, over the request limit; nothing was sent"
+            )
         return await self.upload_archive(data, dest)
 
     async def download(self, src: str, local_dir: str | os.PathLike[str]) -> DownloadResult:
@@ -434,7 +454,9 @@ class DockerSandbox:
         try:
             data = base64.b64decode(raw.get("data") or "", validate=True)
         except (ValueError, TypeError) as exc:
-            raise UnsafeArchive(f"the sandbox sent a download that is not base64: {exc}; nothing was written") from None
+            raise UnsafeArchive(
+                f"the sandbox sent a download that is not base64: {exc}; nothing was written"
+            ) from None
         limit = self.config.max_download_bytes
         paths, written = await asyncio.to_thread(_extract_counted, data, Path(local_dir), limit)
         return DownloadResult(paths=paths, bytes=written, sandbox_replaced=replaced, state_lost=replaced)
@@ -473,16 +495,22 @@ def _extract_counted(data: bytes, dest: Path, max_bytes: int) -> tuple[list[str]
                 if problem is None and member.issparse():
                     problem = "sparse file"
                 if problem:
-                    raise UnsafeArchive(f"refusing the downloaded archive: entry {member.name!r}: {problem}; nothing was written")
+                    raise UnsafeArchive(
+                        f"refusing the downloaded archive: entry {member.name!r}: {problem}; nothing was written"
+                    )
                 try:
                     tarfile.data_filter(member, str(dest))
                 except tarfile.FilterError as exc:
-                    raise UnsafeArchive(f"refusing the downloaded archive: {exc}; nothing was written") from None
+                    raise UnsafeArchive(
+                        f"refusing the downloaded archive: {exc}; nothing was written"
+                    ) from None
             for member in members:
                 target = dest / member.name
                 parent = target.parent.resolve()
                 if parent != root and root not in parent.parents:
-                    raise UnsafeArchive(f"refusing the downloaded archive: entry {member.name!r} would land outside {dest} through a link; nothing was written")
+                    raise UnsafeArchive(
+                        f"refusing the downloaded archive: entry {member.name!r} would land outside {dest} through a link; nothing was written"
+                    )
                 if member.isdir():
                     if not target.is_dir():
                         target.mkdir(parents=True)
@@ -496,16 +524,22 @@ def _extract_counted(data: bytes, dest: Path, max_bytes: int) -> tuple[list[str]
                 try:
                     src = tar.extractfile(member)  # a hard link is written as a copy of its target
                 except KeyError as exc:
-                    raise UnsafeArchive(f"refusing the downloaded archive: entry {member.name!r}: {exc}; nothing was written") from None
+                    raise UnsafeArchive(
+                        f"refusing the downloaded archive: entry {member.name!r}: {exc}; nothing was written"
+                    ) from None
                 if src is None:
-                    raise UnsafeArchive(f"refusing the downloaded archive: entry {member.name!r} has no data; nothing was written")
+                    raise UnsafeArchive(
+                        f"refusing the downloaded archive: entry {member.name!r} has no data; nothing was written"
+                    )
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
                 created.append(target)
                 with os.fdopen(fd, "wb") as out:
                     while chunk := src.read(1 << 20):
                         written += len(chunk)
                         if written > max_bytes:
-                            raise UnsafeArchive(f"refusing the downloaded archive: it holds more than the download limit of {max_bytes} bytes; nothing was written")
+                            raise UnsafeArchive(
+                                f"refusing the downloaded archive: it holds more than the download limit of {max_bytes} bytes; nothing was written"
+                            )
                         out.write(chunk)
     except tarfile.TarError as exc:
         _remove(created)

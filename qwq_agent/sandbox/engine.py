@@ -119,14 +119,24 @@ class DockerEngine:
         finally:
             if writer is not None:
                 writer.close()
-        data = json.loads(raw) if raw and headers.get("content-type", "").startswith("application/json") else None
+        data = (
+            json.loads(raw)
+            if raw and headers.get("content-type", "").startswith("application/json")
+            else None
+        )
         if status >= 400:
-            message = data.get("message", raw.decode(errors="replace")) if isinstance(data, dict) else raw.decode(errors="replace")
+            message = (
+                data.get("message", raw.decode(errors="replace"))
+                if isinstance(data, dict)
+                else raw.decode(errors="replace")
+            )
             raise DockerAPIError(status, message)
         return status, data
 
     async def create(self, name: str, body: dict[str, Any], *, timeout: float | None = None) -> str:
-        _, data = await self.request("POST", "/containers/create", params={"name": name}, body=body, timeout=timeout)
+        _, data = await self.request(
+            "POST", "/containers/create", params={"name": name}, body=body, timeout=timeout
+        )
         return data["Id"]
 
     async def start(self, cid: str, *, timeout: float | None = None) -> None:
@@ -142,7 +152,9 @@ class DockerEngine:
     async def remove(self, cid: str, *, timeout: float | None = None) -> None:
         """Kill and remove; returns once the container is gone (also when AutoRemove got there first)."""
         try:
-            await self.request("DELETE", f"/containers/{quote(cid)}", params={"force": "1", "v": "1"}, timeout=timeout)
+            await self.request(
+                "DELETE", f"/containers/{quote(cid)}", params={"force": "1", "v": "1"}, timeout=timeout
+            )
         except DockerAPIError as exc:
             if exc.status == 404:
                 return
@@ -160,13 +172,17 @@ class DockerEngine:
         _, data = await self.request("GET", f"/containers/{quote(cid)}/json", timeout=timeout)
         return data
 
-    async def list(self, labels: list[str], all_: bool = True, *, timeout: float | None = None) -> list[dict[str, Any]]:
+    async def list(
+        self, labels: list[str], all_: bool = True, *, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
         params = {"all": "1" if all_ else "0", "filters": json.dumps({"label": labels})}
         _, data = await self.request("GET", "/containers/json", params=params, timeout=timeout)
         return data
 
     async def stats(self, cid: str, *, timeout: float | None = None) -> dict[str, Any]:
-        _, data = await self.request("GET", f"/containers/{quote(cid)}/stats", params={"stream": "0"}, timeout=timeout)
+        _, data = await self.request(
+            "GET", f"/containers/{quote(cid)}/stats", params={"stream": "0"}, timeout=timeout
+        )
         return data
 
     async def image_exists(self, image: str, *, timeout: float | None = None) -> bool:
@@ -190,7 +206,11 @@ class DockerEngine:
         try:
             async with self._bounded("POST /containers/{id}/attach", timeout):
                 reader, writer = await self._open(
-                    "POST", f"/containers/{quote(cid)}/attach", params, None, "Connection: Upgrade\r\nUpgrade: tcp\r\n"
+                    "POST",
+                    f"/containers/{quote(cid)}/attach",
+                    params,
+                    None,
+                    "Connection: Upgrade\r\nUpgrade: tcp\r\n",
                 )
                 status, headers = await _read_head(reader)
                 if status not in (101, 200):

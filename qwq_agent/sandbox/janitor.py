@@ -18,8 +18,12 @@ from pydantic import BaseModel
 
 LABEL = "qwq-agent"
 L_PID, L_START, L_BOOT, L_HOST, L_EXPIRES, L_CREATED = (
-    f"{LABEL}.owner-pid", f"{LABEL}.owner-start", f"{LABEL}.owner-boot", f"{LABEL}.owner-host",
-    f"{LABEL}.expires", f"{LABEL}.created",
+    f"{LABEL}.owner-pid",
+    f"{LABEL}.owner-start",
+    f"{LABEL}.owner-boot",
+    f"{LABEL}.owner-host",
+    f"{LABEL}.expires",
+    f"{LABEL}.created",
 )
 EXPIRY_GRACE_S = 60.0
 
@@ -82,7 +86,11 @@ def orphan_reason(labels: dict[str, str], now: float | None = None) -> str | Non
 
 
 def owned_by_me(labels: dict[str, str]) -> bool:
-    return labels.get(L_PID) == str(os.getpid()) and labels.get(L_BOOT) == BOOT_ID and labels.get(L_HOST) == HOSTNAME
+    return (
+        labels.get(L_PID) == str(os.getpid())
+        and labels.get(L_BOOT) == BOOT_ID
+        and labels.get(L_HOST) == HOSTNAME
+    )
 
 
 class SandboxInfo(BaseModel):
@@ -138,9 +146,15 @@ def prune(*, everything: bool = False, mine: bool = False, client: Any = None) -
             if getattr(getattr(exc, "response", None), "status_code", None) not in (404, 409):
                 raise
         removed.append(
-            SandboxInfo(id=c["Id"][:12], name=(c.get("Names") or ["?"])[0].lstrip("/"), status=c.get("Status", ""),
-                        owner_pid=int(labels[L_PID]) if labels.get(L_PID, "").isdigit() else None,
-                        created=None, expires=None, orphan=orphan_reason(labels) or ("owned" if mine else "all"))
+            SandboxInfo(
+                id=c["Id"][:12],
+                name=(c.get("Names") or ["?"])[0].lstrip("/"),
+                status=c.get("Status", ""),
+                owner_pid=int(labels[L_PID]) if labels.get(L_PID, "").isdigit() else None,
+                created=None,
+                expires=None,
+                orphan=orphan_reason(labels) or ("owned" if mine else "all"),
+            )
         )
     return removed
 

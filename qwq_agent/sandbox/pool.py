@@ -103,7 +103,11 @@ class SandboxPool:
                     await sandbox._start()
                 except Exception as exc:  # whatever broke, a waiter must hear of it rather than hang
                     await sandbox.close()
-                    self._failed(exc if isinstance(exc, SandboxError) else SandboxStartError(f"{type(exc).__name__}: {exc}"))
+                    self._failed(
+                        exc
+                        if isinstance(exc, SandboxError)
+                        else SandboxStartError(f"{type(exc).__name__}: {exc}")
+                    )
                     return
                 if self._closed:
                     await sandbox.close()

@@ -22,7 +22,9 @@ class PythonRequest(Request):
     op: Literal["python"] = "python"
     code: str
     timeout: float = Field(gt=0)
-    stream_limit: int | None = Field(None, gt=0, description="stream up to this many bytes of output while it runs")
+    stream_limit: int | None = Field(
+        None, gt=0, description="stream up to this many bytes of output while it runs"
+    )
 
 
 class ShellRequest(Request):
@@ -30,7 +32,9 @@ class ShellRequest(Request):
     command: str = Field(min_length=1)
     timeout: float = Field(gt=0)
     cwd: str | None = None
-    stream_limit: int | None = Field(None, gt=0, description="stream up to this many bytes of output while it runs")
+    stream_limit: int | None = Field(
+        None, gt=0, description="stream up to this many bytes of output while it runs"
+    )
 
 
 class ViewRequest(Request):
@@ -93,7 +97,9 @@ class OutputChunk(BaseModel):
 
     stream: Literal["stdout", "stderr"]
     text: str
-    capped: bool = Field(False, description="the call's streaming limit is reached: the rest is in the result only")
+    capped: bool = Field(
+        False, description="the call's streaming limit is reached: the rest is in the result only"
+    )
 
 
 class Result(BaseModel):

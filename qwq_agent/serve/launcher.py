@@ -56,7 +56,15 @@ def build_command(config: ServeConfig) -> list[str]:
     shape (the prompt opens `<think>`); `--schedule-policy lpm` so requests sharing a prefix are scheduled
     together and hit the radix cache.
     """
-    cmd = [config.python, "-m", "sglang.launch_server", "--model-path", config.model_path, "--tp", str(config.tp)]
+    cmd = [
+        config.python,
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        config.model_path,
+        "--tp",
+        str(config.tp),
+    ]
     if config.context_length:
         cmd += ["--context-length", str(config.context_length)]
     if config.mem_fraction_static is not None:
@@ -164,7 +172,9 @@ class LogFollower:
 class ServerProcess:
     """A server command running in its own process group, with its output in a log file."""
 
-    def __init__(self, command: Sequence[str], url: str, log_path: str | Path, env: dict[str, str] | None = None):
+    def __init__(
+        self, command: Sequence[str], url: str, log_path: str | Path, env: dict[str, str] | None = None
+    ):
         self.command = list(command)
         self.url = url
         self.log_path = Path(log_path)
@@ -176,8 +186,12 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=self.env,
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=self.env,
             )
 
     @property
@@ -215,12 +229,16 @@ class ServerProcess:
                     on_log(new)
             code = self.process.poll()
             if code is not None:
-                raise ServerExited(f"the server exited with status {code} before it was ready", self.log_tail())
+                raise ServerExited(
+                    f"the server exited with status {code} before it was ready", self.log_tail()
+                )
             info = probe(self.url, timeout=min(5.0, poll_interval * 2))
             if info is not None:
                 return info
             if time.monotonic() >= deadline:
-                raise ServerStartTimeout(f"{self.url}/health did not answer 200 within {timeout:.0f} s", self.log_tail())
+                raise ServerStartTimeout(
+                    f"{self.url}/health did not answer 200 within {timeout:.0f} s", self.log_tail()
+                )
             time.sleep(poll_interval)  # polling a process we do not control; nothing to wait on instead
 
     def stop(self, grace: float = 20.0) -> int | None:

@@ -307,7 +307,14 @@ class ScriptedModelServer:
         await out.send_bytes(200, text.encode())
 
     async def _models(self, req: HttpRequest, out: HttpResponder) -> None:
-        data = [{"id": self.model, "object": "model", "owned_by": "scripted", "max_model_len": self.context_length}]
+        data = [
+            {
+                "id": self.model,
+                "object": "model",
+                "owned_by": "scripted",
+                "max_model_len": self.context_length,
+            }
+        ]
         await out.send_json(200, {"object": "list", "data": data})
 
     async def _abort(self, req: HttpRequest, out: HttpResponder) -> None:
@@ -365,7 +372,9 @@ class ScriptedModelServer:
             source = source(request)
         return Turn(text=source) if isinstance(source, str) else source
 
-    def _finish(self, request: ScriptedRequest, turn: Turn, params: dict[str, Any]) -> tuple[list[tuple[int, str]], dict[str, Any]]:
+    def _finish(
+        self, request: ScriptedRequest, turn: Turn, params: dict[str, Any]
+    ) -> tuple[list[tuple[int, str]], dict[str, Any]]:
         """Apply stop strings and the token limit; return the tokens to stream and SGLang's finish reason."""
         text = turn.text
         finish: dict[str, Any] = {"type": "stop", "matched": IM_END_ID}
@@ -428,13 +437,21 @@ class ScriptedModelServer:
         body = req.json() or {}
         text, ids = body.get("text"), body.get("input_ids")
         if (text is None) == (ids is None) or isinstance(text, list) or (ids and isinstance(ids[0], list)):
-            await out.send_json(400, {"error": {"message": "give exactly one of text / input_ids (no batches)"}})
+            await out.send_json(
+                400, {"error": {"message": "give exactly one of text / input_ids (no batches)"}}
+            )
             return
         rid = str(body.get("rid") or uuid.uuid4().hex)
         prompt_ids = list(ids) if ids is not None else self.tokenizer.encode(text)
         request = ScriptedRequest(
-            path=req.path, body=body, headers=req.headers, prompt=text, input_ids=ids,
-            prompt_ids=prompt_ids, rid=rid, stream=bool(body.get("stream")),
+            path=req.path,
+            body=body,
+            headers=req.headers,
+            prompt=text,
+            input_ids=ids,
+            prompt_ids=prompt_ids,
+            rid=rid,
+            stream=bool(body.get("stream")),
         )
         self._aborts.setdefault(rid, asyncio.Event())
         turn = await self._turn_for(request, out)
@@ -445,8 +462,11 @@ class ScriptedModelServer:
 
         def meta(n: int, done: dict[str, Any] | None) -> dict[str, Any]:
             info: dict[str, Any] = {
-                "id": rid, "finish_reason": done, "prompt_tokens": len(prompt_ids),
-                "completion_tokens": n, "cached_tokens": request.cached_tokens,
+                "id": rid,
+                "finish_reason": done,
+                "prompt_tokens": len(prompt_ids),
+                "completion_tokens": n,
+                "cached_tokens": request.cached_tokens,
             }
             if done is not None:
                 info["e2e_latency"] = time.perf_counter() - started
@@ -456,10 +476,14 @@ class ScriptedModelServer:
             for i in range(len(pieces) + 1):
                 if await self._pace(turn, i, request, out) == "stop":
                     return
-            await out.send_json(200, {
-                "text": "".join(p for _, p in pieces), "output_ids": [i for i, _ in pieces],
-                "meta_info": meta(len(pieces), finish),
-            })
+            await out.send_json(
+                200,
+                {
+                    "text": "".join(p for _, p in pieces),
+                    "output_ids": [i for i, _ in pieces],
+                    "meta_info": meta(len(pieces), finish),
+                },
+            )
             return
 
         await out.start_chunked()
@@ -486,14 +510,21 @@ class ScriptedModelServer:
             if await self._pace(turn, n, request, out) == "stop":
                 return
             if not pieces:
-                await out.chunk(b"data: " + json.dumps({"text": "", "output_ids": [], "meta_info": meta(0, finish)}).encode() + b"\n\n")
+                await out.chunk(
+                    b"data: "
+                    + json.dumps({"text": "", "output_ids": [], "meta_info": meta(0, finish)}).encode()
+                    + b"\n\n"
+                )
             await out.chunk(b"data: [DONE]\n\n")
             await out.end_chunked()
             return
         # aborted: SGLang sends one last event with the abort reason
         sent = pieces[:n]
-        event = {"text": "" if self.incremental else "".join(p for _, p in sent), "output_ids": [],
-                 "meta_info": meta(len(sent), finish)}
+        event = {
+            "text": "" if self.incremental else "".join(p for _, p in sent),
+            "output_ids": [],
+            "meta_info": meta(len(sent), finish),
+        }
         await out.chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
         await out.chunk(b"data: [DONE]\n\n")
         await out.end_chunked()
@@ -509,12 +540,21 @@ class ScriptedModelServer:
             converted = []
             for m in messages:
                 calls = [
-                    ToolCall(id=c.get("id", ""), name=c["function"]["name"],
-                             arguments=_loads_obj(c["function"].get("arguments")))
+                    ToolCall(
+                        id=c.get("id", ""),
+                        name=c["function"]["name"],
+                        arguments=_loads_obj(c["function"].get("arguments")),
+                    )
                     for c in m.get("tool_calls") or []
                 ]
-                converted.append(Message(role=m["role"], content=_text_of(m.get("content")),
-                                         tool_calls=calls, tool_call_id=m.get("tool_call_id")))
+                converted.append(
+                    Message(
+                        role=m["role"],
+                        content=_text_of(m.get("content")),
+                        tool_calls=calls,
+                        tool_call_id=m.get("tool_call_id"),
+                    )
+                )
             specs = [ToolSpec(**t["function"]) for t in tools]
             return render(converted, specs)
         except ImportError:
@@ -525,9 +565,15 @@ class ScriptedModelServer:
         body = req.json() or {}
         messages, tools = body.get("messages") or [], body.get("tools") or []
         prompt = self._render(messages, tools)
-        request = ScriptedRequest(path=req.path, body=body, headers=req.headers, prompt=prompt,
-                                  prompt_ids=self.tokenizer.encode(prompt), rid=f"chatcmpl-{uuid.uuid4().hex}",
-                                  stream=bool(body.get("stream")))
+        request = ScriptedRequest(
+            path=req.path,
+            body=body,
+            headers=req.headers,
+            prompt=prompt,
+            prompt_ids=self.tokenizer.encode(prompt),
+            rid=f"chatcmpl-{uuid.uuid4().hex}",
+            stream=bool(body.get("stream")),
+        )
         self._aborts.setdefault(request.rid or "", asyncio.Event())
         turn = await self._turn_for(request, out)
         if turn is None:
@@ -537,7 +583,8 @@ class ScriptedModelServer:
         reasoning, content, calls = split_raw_output(raw)
         reason = "length" if finish["type"] == "length" else ("tool_calls" if calls else "stop")
         usage = {
-            "prompt_tokens": len(request.prompt_ids), "completion_tokens": len(pieces),
+            "prompt_tokens": len(request.prompt_ids),
+            "completion_tokens": len(pieces),
             "total_tokens": len(request.prompt_ids) + len(pieces),
             "prompt_tokens_details": {"cached_tokens": request.cached_tokens},
         }
@@ -546,26 +593,52 @@ class ScriptedModelServer:
             for i in range(2):
                 if await self._pace(turn, i, request, out) == "stop":
                     return
-            message: dict[str, Any] = {"role": "assistant", "content": content or None, "reasoning_content": reasoning}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": content or None,
+                "reasoning_content": reasoning,
+            }
             if calls:
                 message["tool_calls"] = [
-                    {"id": f"call_{k}", "type": "function",
-                     "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+                    {
+                        "id": f"call_{k}",
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+                    }
                     for k, c in enumerate(calls)
                 ]
-            await out.send_json(200, {**base, "object": "chat.completion", "usage": usage,
-                                      "choices": [{"index": 0, "message": message, "finish_reason": reason}]})
+            await out.send_json(
+                200,
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "usage": usage,
+                    "choices": [{"index": 0, "message": message, "finish_reason": reason}],
+                },
+            )
             return
 
         deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
         deltas += [{"reasoning_content": p} for _, p in self.tokenizer.pieces(reasoning)]
         deltas += [{"content": p} for _, p in self.tokenizer.pieces(content)]
         for k, call in enumerate(calls):
-            deltas.append({"tool_calls": [{"index": k, "id": f"call_{k}", "type": "function",
-                                           "function": {"name": call["name"], "arguments": ""}}]})
+            deltas.append(
+                {
+                    "tool_calls": [
+                        {
+                            "index": k,
+                            "id": f"call_{k}",
+                            "type": "function",
+                            "function": {"name": call["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
             args = json.dumps(call["arguments"])
-            deltas += [{"tool_calls": [{"index": k, "function": {"arguments": p}}]}
-                       for _, p in self.tokenizer.pieces(args)]
+            deltas += [
+                {"tool_calls": [{"index": k, "function": {"arguments": p}}]}
+                for _, p in self.tokenizer.pieces(args)
+            ]
         await out.start_chunked()
         for n, delta in enumerate(deltas):
             state = await self._pace(turn, n, request, out)
@@ -573,14 +646,20 @@ class ScriptedModelServer:
                 return
             if state == "aborted":
                 break
-            chunk = {**base, "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            chunk = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
             await out.chunk(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         else:
             if await self._pace(turn, len(deltas), request, out) == "stop":
                 return
-        final = {**base, "object": "chat.completion.chunk",
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
+        final = {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": reason}],
+        }
         await out.chunk(b"data: " + json.dumps(final).encode() + b"\n\n")
         if (body.get("stream_options") or {}).get("include_usage"):
             tail = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
@@ -637,14 +716,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="Qwen/QwQ-32B")
     parser.add_argument("--max-total-num-tokens", type=int, default=18391)
     parser.add_argument("--unready-for", type=float, default=0.0, help="answer /health 503 this long (s)")
-    parser.add_argument("--exit-after", type=float, default=None, help="exit with status 3 after this long (s)")
+    parser.add_argument(
+        "--exit-after", type=float, default=None, help="exit with status 3 after this long (s)"
+    )
     args, _unknown = parser.parse_known_args(argv)  # launcher flags meant for SGLang are ignored
 
     async def serve() -> None:
         server = ScriptedModelServer(
-            args.text or ["scripted\n</think>\n\nok"], model=args.model, when_exhausted="repeat",
-            max_total_num_tokens=args.max_total_num_tokens, ready=args.unready_for <= 0,
-            host=args.host, port=args.port,
+            args.text or ["scripted\n</think>\n\nok"],
+            model=args.model,
+            when_exhausted="repeat",
+            max_total_num_tokens=args.max_total_num_tokens,
+            ready=args.unready_for <= 0,
+            host=args.host,
+            port=args.port,
         )
         await server.start()
         print(f"scripted server on {server.url}", flush=True)
@@ -655,8 +740,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.unready_for > 0:
             loop.call_later(args.unready_for, server.set_ready)
         if args.exit_after is not None:
-            loop.call_later(args.exit_after, lambda: (print("scripted server crashing on purpose", flush=True),
-                                                      stop.set()))
+            loop.call_later(
+                args.exit_after,
+                lambda: (print("scripted server crashing on purpose", flush=True), stop.set()),
+            )
         await stop.wait()
         await server.stop()
         if args.exit_after is not None:

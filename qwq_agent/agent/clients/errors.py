@@ -34,7 +34,9 @@ class ModelDeadlineExceeded(ModelTimeoutError):
 class ModelServerError(ModelError):
     """The server answered with an error: an HTTP status >= 400, or an error event inside the stream."""
 
-    def __init__(self, message: str, *, status_code: int | None = None, body: str = "", partial_text: str = ""):
+    def __init__(
+        self, message: str, *, status_code: int | None = None, body: str = "", partial_text: str = ""
+    ):
         super().__init__(message, partial_text=partial_text)
         self.status_code = status_code
         self.body = body

@@ -81,7 +81,10 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
                     {
                         "id": c.id or f"call_{k}",
                         "type": "function",
-                        "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)},
+                        "function": {
+                            "name": c.name,
+                            "arguments": json.dumps(c.arguments, ensure_ascii=False),
+                        },
                     }
                     for k, c in enumerate(m.tool_calls)
                 ]
@@ -101,7 +104,10 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
 def to_openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
     """Tool specs as OpenAI `tools` entries."""
     return [
-        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+        }
         for t in tools
     ]
 
@@ -161,7 +167,12 @@ class OpenAIChatClient:
         self.extra_body = dict(extra_body or {})
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
-            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout or env.model_read_timeout_s, write=connect_timeout, pool=None),
+            timeout=httpx.Timeout(
+                connect=connect_timeout,
+                read=read_timeout or env.model_read_timeout_s,
+                write=connect_timeout,
+                pool=None,
+            ),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
         )
 
@@ -192,7 +203,8 @@ class OpenAIChatClient:
             raise ModelConnectionError(f"GET /models failed: {type(exc).__name__}") from None
         if response.status_code >= 400:
             raise ModelServerError(
-                f"GET /models answered {response.status_code}", status_code=response.status_code,
+                f"GET /models answered {response.status_code}",
+                status_code=response.status_code,
                 body=self._redact(response.text[:500]),
             )
         try:
@@ -222,7 +234,10 @@ class OpenAIChatClient:
             body["min_p"] = params.min_p
         if params.json_schema:
             schema = json.loads(params.json_schema)
-            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": schema},
+            }
         if params.regex:
             body["regex"] = params.regex
         if params.ebnf:
@@ -254,8 +269,10 @@ class OpenAIChatClient:
                         yield event
                 return
             except ModelError as exc:
-                retryable = exc.retryable if isinstance(exc, ModelServerError) else (
-                    isinstance(exc, ModelConnectionError) and not isinstance(exc, ModelTimeoutError)
+                retryable = (
+                    exc.retryable
+                    if isinstance(exc, ModelServerError)
+                    else (isinstance(exc, ModelConnectionError) and not isinstance(exc, ModelTimeoutError))
                 )
                 delay = next(delays, None) if retryable and not emitted else None
                 if delay is None:
@@ -286,7 +303,8 @@ class OpenAIChatClient:
                     text = self._redact((await _read_quietly(response))[:500])
                     raise ModelServerError(
                         f"/chat/completions answered {response.status_code}: {text}",
-                        status_code=response.status_code, body=text,
+                        status_code=response.status_code,
+                        body=text,
                     )
                 async for event in iter_sse_json(response):
                     if event is DONE:
@@ -294,10 +312,15 @@ class OpenAIChatClient:
                         break
                     assert isinstance(event, dict)
                     if "error" in event:
-                        err = event["error"] if isinstance(event["error"], dict) else {"message": event["error"]}
+                        err = (
+                            event["error"]
+                            if isinstance(event["error"], dict)
+                            else {"message": event["error"]}
+                        )
                         code = err.get("code") if isinstance(err.get("code"), int) else None
                         raise ModelServerError(
-                            f"server error mid-stream: {self._redact(str(err.get('message')))}", status_code=code
+                            f"server error mid-stream: {self._redact(str(err.get('message')))}",
+                            status_code=code,
                         )
                     if isinstance(event.get("usage"), dict):
                         usage = event["usage"]
@@ -362,7 +385,9 @@ class _RawWriter:
         if isinstance(content, str) and content:
             out += self._close_think(out) + content
         for call in delta.get("tool_calls") or []:
-            slot = self._calls.setdefault(int(call.get("index", len(self._calls))), {"name": "", "arguments": ""})
+            slot = self._calls.setdefault(
+                int(call.get("index", len(self._calls))), {"name": "", "arguments": ""}
+            )
             fn = call.get("function") or {}
             slot["name"] += fn.get("name") or ""
             slot["arguments"] += fn.get("arguments") or ""

@@ -168,7 +168,9 @@ class SGLangClient:
         except httpx.HTTPError as exc:
             raise ModelConnectionError(f"abort of {rid} failed: {type(exc).__name__}") from exc
         if response.status_code >= 400:
-            raise ModelServerError(f"abort of {rid} answered {response.status_code}", status_code=response.status_code)
+            raise ModelServerError(
+                f"abort of {rid} answered {response.status_code}", status_code=response.status_code
+            )
 
     async def _get_json(self, path: str, *, fallback: str | None = None) -> dict[str, Any]:
         try:
@@ -181,7 +183,9 @@ class SGLangClient:
             raise ModelConnectionError(f"GET {path} failed: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 400:
             raise ModelServerError(
-                f"GET {path} answered {response.status_code}", status_code=response.status_code, body=response.text[:500]
+                f"GET {path} answered {response.status_code}",
+                status_code=response.status_code,
+                body=response.text[:500],
             )
         try:
             obj = response.json()
@@ -219,7 +223,9 @@ class SGLangClient:
             profile=self.profile,
         )
 
-    async def generate(self, prompt: str | list[int], params: SamplingParams | None = None) -> SGLangCompletion:
+    async def generate(
+        self, prompt: str | list[int], params: SamplingParams | None = None
+    ) -> SGLangCompletion:
         """Generate to the end and return only the completion."""
         async with aclosing(self.generate_stream(prompt, params)) as events:
             async for event in events:
@@ -263,7 +269,9 @@ class SGLangClient:
                 attempt += 1
                 await asyncio.sleep(delay)
 
-    async def _stream_once(self, payload: dict[str, Any], prompt: str | list[int]) -> AsyncIterator[ModelEvent]:
+    async def _stream_once(
+        self, payload: dict[str, Any], prompt: str | list[int]
+    ) -> AsyncIterator[ModelEvent]:
         rid = payload["rid"]
         started = time.perf_counter()
         text = received = ""  # what was yielded; what the server sent (more, when a stop string cut it)
@@ -279,7 +287,9 @@ class SGLangClient:
                 sent = True
                 response = await self._http.send(request, stream=True)
             except httpx.TimeoutException as exc:
-                raise ModelTimeoutError(f"/generate timed out before answering: {type(exc).__name__}") from exc
+                raise ModelTimeoutError(
+                    f"/generate timed out before answering: {type(exc).__name__}"
+                ) from exc
             except httpx.HTTPError as exc:
                 sent = not isinstance(exc, httpx.ConnectError)
                 raise ModelConnectionError(f"/generate failed: {type(exc).__name__}: {exc}") from exc
@@ -287,16 +297,24 @@ class SGLangClient:
                 if response.status_code >= 400:
                     body = (await _read_quietly(response))[:500]
                     raise ModelServerError(
-                        f"/generate answered {response.status_code}: {body}", status_code=response.status_code, body=body
+                        f"/generate answered {response.status_code}: {body}",
+                        status_code=response.status_code,
+                        body=body,
                     )
                 async for event in iter_sse_json(response):
                     if event is DONE:
                         break
                     assert isinstance(event, dict)
                     if "error" in event:
-                        err = event["error"] if isinstance(event["error"], dict) else {"message": event["error"]}
+                        err = (
+                            event["error"]
+                            if isinstance(event["error"], dict)
+                            else {"message": event["error"]}
+                        )
                         code = err.get("code") if isinstance(err.get("code"), int) else None
-                        raise ModelServerError(f"server error mid-stream: {err.get('message')}", status_code=code)
+                        raise ModelServerError(
+                            f"server error mid-stream: {err.get('message')}", status_code=code
+                        )
                     meta = event.get("meta_info")
                     if not isinstance(meta, dict):
                         raise ModelProtocolError(f"event without meta_info: {str(event)[:200]}")

@@ -39,7 +39,10 @@ def upload(args):
     for member in members:
         problem = check_member(member)
         if problem:
-            raise RequestError("UnsafeArchive", f"refusing the archive: entry {member.name!r}: {problem}; nothing was extracted")
+            raise RequestError(
+                "UnsafeArchive",
+                f"refusing the archive: entry {member.name!r}: {problem}; nothing was extracted",
+            )
     make_parents(shown, dest)
     root = os.path.realpath(WORKSPACE)
     written = 0
@@ -47,7 +50,10 @@ def upload(args):
         target = os.path.join(dest, member.name)
         parent = os.path.realpath(os.path.dirname(target))
         if parent != root and not parent.startswith(root + "/"):
-            raise RequestError("UnsafeArchive", f"entry {member.name!r} would be written outside the workspace through a link")
+            raise RequestError(
+                "UnsafeArchive",
+                f"entry {member.name!r} would be written outside the workspace through a link",
+            )
         if member.isdir():
             make_parents(shown, target)
             continue
@@ -59,7 +65,9 @@ def upload(args):
         elif member.islnk():
             os.link(os.path.join(dest, member.linkname), target)
         else:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, (member.mode & 0o755) | 0o600)
+            fd = os.open(
+                target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, (member.mode & 0o755) | 0o600
+            )
             with os.fdopen(fd, "wb") as out, archive.extractfile(member) as src:
                 while chunk := src.read(1 << 20):
                     out.write(chunk)
@@ -77,7 +85,9 @@ def download(args):
         nonlocal total
         total += info.size
         if total > MAX_DOWNLOAD:
-            raise RequestError("InvalidRequest", f"{shown} is larger than the download limit of {MAX_DOWNLOAD} bytes")
+            raise RequestError(
+                "InvalidRequest", f"{shown} is larger than the download limit of {MAX_DOWNLOAD} bytes"
+            )
         return info
 
     buf = io.BytesIO()
@@ -85,5 +95,8 @@ def download(args):
         with tarfile.open(fileobj=buf, mode="w") as archive:
             archive.add(real, arcname=os.path.basename(shown.rstrip("/")) or "workspace", filter=budget)
     except RecursionError:
-        raise RequestError("ToolError", f"{shown} is nested too deeply to download; archive a shallower part of it with the shell") from None
+        raise RequestError(
+            "ToolError",
+            f"{shown} is nested too deeply to download; archive a shallower part of it with the shell",
+        ) from None
     return {"data": base64.b64encode(buf.getvalue()).decode("ascii"), "bytes": total}

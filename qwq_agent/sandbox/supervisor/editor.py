@@ -64,7 +64,10 @@ class Editor:
         try:
             size = os.fstat(fd).st_size
             if size > MAX_EDIT_BYTES:
-                raise RequestError("ToolError", f"The file {shown} is too large to edit ({size} bytes; the limit is {MAX_EDIT_BYTES}). Use the shell instead.")
+                raise RequestError(
+                    "ToolError",
+                    f"The file {shown} is too large to edit ({size} bytes; the limit is {MAX_EDIT_BYTES}). Use the shell instead.",
+                )
             chunks = []
             while (chunk := os.read(fd, 1 << 20)) and sum(map(len, chunks)) <= MAX_EDIT_BYTES:
                 chunks.append(chunk)
@@ -72,7 +75,10 @@ class Editor:
         finally:
             os.close(fd)
         if len(data) > MAX_EDIT_BYTES:
-            raise RequestError("ToolError", f"The file {shown} grew past the edit limit of {MAX_EDIT_BYTES} bytes while being read.")
+            raise RequestError(
+                "ToolError",
+                f"The file {shown} grew past the edit limit of {MAX_EDIT_BYTES} bytes while being read.",
+            )
         return data
 
     def read_text(self, shown, real):
@@ -80,7 +86,9 @@ class Editor:
         try:
             return data, data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise RequestError("ToolError", f"The file {shown} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+            raise RequestError(
+                "ToolError", f"The file {shown} is not UTF-8 text ({exc.reason} at byte {exc.start})."
+            ) from None
 
     def remember(self, real, before):
         """Keep `before` for undo; returns a note when older history had to be dropped."""
@@ -102,11 +110,18 @@ class Editor:
         view_range = args.get("view_range")
         if os.path.isdir(real):
             if view_range:
-                raise RequestError("ToolError", "The `view_range` parameter is not allowed when `path` points to a directory.")
+                raise RequestError(
+                    "ToolError",
+                    "The `view_range` parameter is not allowed when `path` points to a directory.",
+                )
             return {"output": self.list_dir(shown, real)}
         init, final = 1, -1
         if view_range is not None:
-            if not (isinstance(view_range, list) and len(view_range) == 2 and all(type(v) is int for v in view_range)):
+            if not (
+                isinstance(view_range, list)
+                and len(view_range) == 2
+                and all(type(v) is int for v in view_range)
+            ):
                 raise RequestError("ToolError", "Invalid `view_range`. It should be a list of two integers.")
             fd = open_regular(shown, real)
             try:
@@ -115,11 +130,20 @@ class Editor:
                 os.close(fd)
             init, final = view_range
             if init < 1 or init > n_lines:
-                raise RequestError("ToolError", f"Invalid `view_range`: {view_range}. Its first element `{init}` should be within the range of lines of the file: {[1, n_lines]}")
+                raise RequestError(
+                    "ToolError",
+                    f"Invalid `view_range`: {view_range}. Its first element `{init}` should be within the range of lines of the file: {[1, n_lines]}",
+                )
             if final > n_lines:
-                raise RequestError("ToolError", f"Invalid `view_range`: {view_range}. Its second element `{final}` should be smaller than the number of lines in the file: `{n_lines}`")
+                raise RequestError(
+                    "ToolError",
+                    f"Invalid `view_range`: {view_range}. Its second element `{final}` should be smaller than the number of lines in the file: `{n_lines}`",
+                )
             if final != -1 and final < init:
-                raise RequestError("ToolError", f"Invalid `view_range`: {view_range}. Its second element `{final}` should be larger or equal than its first `{init}`")
+                raise RequestError(
+                    "ToolError",
+                    f"Invalid `view_range`: {view_range}. Its second element `{final}` should be larger or equal than its first `{init}`",
+                )
         out, size, clipped = [], 0, False
         fd = open_regular(shown, real)
         try:
@@ -178,7 +202,10 @@ class Editor:
         if not isinstance(text, str):
             raise RequestError("ToolError", "Parameter `file_text` is required for command: create")
         if os.path.lexists(real):
-            raise RequestError("ToolError", f"File already exists at: {shown}. Cannot overwrite files using command `create`.")
+            raise RequestError(
+                "ToolError",
+                f"File already exists at: {shown}. Cannot overwrite files using command `create`.",
+            )
         make_parents(shown, os.path.dirname(real))
         write_atomic(shown, real, text.encode("utf-8", "surrogatepass"), replace=False)
         return {"output": f"File created successfully at: {shown}"}
@@ -192,10 +219,15 @@ class Editor:
         with self.lock:
             before, content = self.read_text(shown, real)
             if old == new:
-                raise RequestError("ToolError", "No replacement was performed. `new_str` and `old_str` must be different.")
+                raise RequestError(
+                    "ToolError", "No replacement was performed. `new_str` and `old_str` must be different."
+                )
             hits = occurrences(content, old, MAX_LISTED_MATCHES + 1) if old else []
             if not hits:
-                raise RequestError("ToolError", f"No replacement was performed, old_str `{echo}` did not appear verbatim in {shown}.")
+                raise RequestError(
+                    "ToolError",
+                    f"No replacement was performed, old_str `{echo}` did not appear verbatim in {shown}.",
+                )
             if len(hits) > 1:
                 lines, line, last = [], 1, 0
                 for pos in hits[:MAX_LISTED_MATCHES]:
@@ -203,7 +235,10 @@ class Editor:
                     lines.append(line)
                     last = pos
                 more = " and more" if len(hits) > MAX_LISTED_MATCHES else ""
-                raise RequestError("ToolError", f"No replacement was performed. Multiple occurrences of old_str `{echo}` in lines {lines}{more}. Please ensure it is unique")
+                raise RequestError(
+                    "ToolError",
+                    f"No replacement was performed. Multiple occurrences of old_str `{echo}` in lines {lines}{more}. Please ensure it is unique",
+                )
             pos = hits[0]
             new_content = content[:pos] + new + content[pos + len(old) :]
             write_atomic(shown, real, new_content.encode("utf-8", "surrogatepass"))
@@ -213,8 +248,10 @@ class Editor:
             end = line + SNIPPET_LINES + new.count("\n")
             snippet = "\n".join(new_content.split("\n")[start : end + 1])
         return {
-            "output": f"The file {shown} has been edited. " + cat_n(snippet, f"a snippet of {shown}", start + 1)
-            + "Review the changes and make sure they are as expected. Edit the file again if necessary." + note
+            "output": f"The file {shown} has been edited. "
+            + cat_n(snippet, f"a snippet of {shown}", start + 1)
+            + "Review the changes and make sure they are as expected. Edit the file again if necessary."
+            + note
         }
 
     def insert(self, args):
@@ -226,11 +263,20 @@ class Editor:
             before, content = self.read_text(shown, real)
             lines = content.split("\n")
             if type(line) is not int or line < 0 or line > len(lines):
-                raise RequestError("ToolError", f"Invalid `insert_line` parameter: {line}. It should be within the range of lines of the file: {[0, len(lines)]}")
+                raise RequestError(
+                    "ToolError",
+                    f"Invalid `insert_line` parameter: {line}. It should be within the range of lines of the file: {[0, len(lines)]}",
+                )
             new_lines = new.split("\n")
-            write_atomic(shown, real, "\n".join(lines[:line] + new_lines + lines[line:]).encode("utf-8", "surrogatepass"))
+            write_atomic(
+                shown,
+                real,
+                "\n".join(lines[:line] + new_lines + lines[line:]).encode("utf-8", "surrogatepass"),
+            )
             note = self.remember(real, before)
-            snippet = lines[max(0, line - SNIPPET_LINES) : line] + new_lines + lines[line : line + SNIPPET_LINES]
+            snippet = (
+                lines[max(0, line - SNIPPET_LINES) : line] + new_lines + lines[line : line + SNIPPET_LINES]
+            )
         return {
             "output": f"The file {shown} has been edited. "
             + cat_n("\n".join(snippet), "a snippet of the edited file", max(1, line - SNIPPET_LINES + 1))
@@ -243,10 +289,17 @@ class Editor:
         with self.lock:
             index = next((i for i in range(len(self.undo) - 1, -1, -1) if self.undo[i][0] == real), None)
             if index is None:
-                why = " (older history was dropped to keep undo memory bounded)" if real in self.forgotten else ""
+                why = (
+                    " (older history was dropped to keep undo memory bounded)"
+                    if real in self.forgotten
+                    else ""
+                )
                 raise RequestError("ToolError", f"No edit history found for {shown}.{why}")
             old = self.undo[index][1]
             write_atomic(shown, real, old)
             del self.undo[index]
             self.undo_bytes -= len(old)
-        return {"output": f"Last edit to {shown} undone successfully. " + cat_n(old.decode("utf-8", "replace"), shown)}
+        return {
+            "output": f"Last edit to {shown} undone successfully. "
+            + cat_n(old.decode("utf-8", "replace"), shown)
+        }

@@ -17,13 +17,17 @@ def resolve(path, *, allow_missing=True):
     if not isinstance(path, str) or not path or "\x00" in path:
         raise RequestError("InvalidRequest", "`path` must be a non-empty string without NUL bytes")
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH:
-        raise RequestError("InvalidRequest", f"the path is {len(path)} characters long; paths are limited to {MAX_PATH} bytes")
+        raise RequestError(
+            "InvalidRequest",
+            f"the path is {len(path)} characters long; paths are limited to {MAX_PATH} bytes",
+        )
     shown = os.path.normpath(path if os.path.isabs(path) else os.path.join(WORKSPACE, path))
     real = os.path.realpath(shown)
     root = os.path.realpath(WORKSPACE)
     if real != root and not real.startswith(root + "/"):
         raise RequestError(
-            "PathOutsideWorkspace", f"The path {path} is outside the workspace {WORKSPACE}; only paths in it can be used."
+            "PathOutsideWorkspace",
+            f"The path {path} is outside the workspace {WORKSPACE}; only paths in it can be used.",
         )
     if not allow_missing and not os.path.lexists(real):
         raise RequestError("ToolError", f"The path {shown} does not exist. Please provide a valid path.")
@@ -44,7 +48,10 @@ def open_regular(shown, real, flags=os.O_RDONLY):
         raise RequestError("ToolError", f"The path {shown} cannot be read: {exc.strerror}.") from None
     refuse_special(shown, st.st_mode)
     if stat.S_ISDIR(st.st_mode):
-        raise RequestError("ToolError", f"The path {shown} is a directory and only the `view` command can be used on directories.")
+        raise RequestError(
+            "ToolError",
+            f"The path {shown} is a directory and only the `view` command can be used on directories.",
+        )
     # O_NONBLOCK|O_NOFOLLOW: should the path be swapped for a FIFO or link after the stat, open() neither
     # blocks nor follows, and the fstat below refuses what it got.
     fd = os.open(real, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -109,7 +116,9 @@ def write_atomic(shown, real, data, *, replace=True):
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise RequestError("ToolError", f"Writing {shown} failed: {exc.strerror or exc}. The file was not changed.") from None
+        raise RequestError(
+            "ToolError", f"Writing {shown} failed: {exc.strerror or exc}. The file was not changed."
+        ) from None
     try:
         view = memoryview(data)
         while view:

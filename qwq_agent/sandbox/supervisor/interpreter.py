@@ -104,7 +104,9 @@ class Interpreter:
             return self._not_run(note, arrived, timed_out=True)
         try:
             if select.select([cancel_fd], [], [], 0)[0]:
-                return self._not_run("the call was cancelled by the host before the cell ran", arrived, cancelled=True)
+                return self._not_run(
+                    "the call was cancelled by the host before the cell ran", arrived, cancelled=True
+                )
             return self._run(code, arrived + timeout - time.monotonic(), cancel_fd, stream)
         finally:
             self.lock.release()
@@ -139,7 +141,9 @@ class Interpreter:
             lost.append(self._died() + " between cells")
             self.restart()
         elif self._stray_output():
-            lost.append("something wrote into the interpreter's result pipe between cells (protocol violation)")
+            lost.append(
+                "something wrote into the interpreter's result pipe between cells (protocol violation)"
+            )
             self.restart()
         stale = {self.out: Capture(0, 0), self.err: Capture(0, 0)}
         drain([fd for fd in (self.out, self.err) if fd not in self.closed_streams], stale, time.monotonic())
@@ -197,7 +201,11 @@ class Interpreter:
                 except BlockingIOError:
                     data = None
                 if data == b"":
-                    failure = self._died() if self.proc.read_status() is not None else "the interpreter closed its result pipe"
+                    failure = (
+                        self._died()
+                        if self.proc.read_status() is not None
+                        else "the interpreter closed its result pipe"
+                    )
                 elif data:
                     buf += data
                     try:
@@ -209,17 +217,35 @@ class Interpreter:
         if result is not None:
             # Whatever the cell forked dies with it: no process of a finished cell outlives it.
             self.proc.kill_all(spare_main=True, budget=KILL_BUDGET)
-            drain([fd for fd in (self.out, self.err) if fd not in self.closed_streams], caps, time.monotonic())
+            drain(
+                [fd for fd in (self.out, self.err) if fd not in self.closed_streams], caps, time.monotonic()
+            )
         else:
-            drain([fd for fd in (self.out, self.err) if fd not in self.closed_streams], caps, time.monotonic() + 0.2)
+            drain(
+                [fd for fd in (self.out, self.err) if fd not in self.closed_streams],
+                caps,
+                time.monotonic() + 0.2,
+            )
             self.restart()
             note = f"{failure}; a fresh interpreter was started and all state was lost"
-            ename = "ProtocolViolation" if failure.startswith("protocol") else "TimeoutError" if interrupted else "InterpreterDied"
-            result = {"value": None, "images": [], "error": {"ename": ename, "evalue": note, "traceback": note}}
+            ename = (
+                "ProtocolViolation"
+                if failure.startswith("protocol")
+                else "TimeoutError"
+                if interrupted
+                else "InterpreterDied"
+            )
+            result = {
+                "value": None,
+                "images": [],
+                "error": {"ename": ename, "evalue": note, "traceback": note},
+            }
             lost.append(failure)
         if lost and failure is None:
             # The cell ran fine in a fresh interpreter; say why the old one is gone.
-            caps[err].add(f"[note: {'; '.join(lost)}; a fresh interpreter ran this cell and earlier state was lost]\n".encode())
+            caps[err].add(
+                f"[note: {'; '.join(lost)}; a fresh interpreter ran this cell and earlier state was lost]\n".encode()
+            )
         if stream is not None:
             stream.flush(final=True)  # before the reply, which the host takes as the end of the call
         result.update(

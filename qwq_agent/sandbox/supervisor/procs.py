@@ -117,7 +117,9 @@ class Spawned:
         os.set_blocking(status_r, False)
         if self.pid is None:
             self.close()
-            raise RequestError("ResourceExhausted", "the user process could not be forked (process limit used up)")
+            raise RequestError(
+                "ResourceExhausted", "the user process could not be forked (process limit used up)"
+            )
 
     def read_status(self):
         """The exit code once the user process has exited (negative: killed by that signal), else None."""

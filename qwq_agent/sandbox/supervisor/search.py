@@ -44,8 +44,17 @@ def search(args):
         cmd += ["-g", glob]
     cmd += ["-e", pattern, "--", real]
     # ripgrep reads as the user (it only sees what user code could), never with the supervisor's capabilities.
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=real if os.path.isdir(real) else WORKSPACE,
-                            start_new_session=True, user=USER_UID, group=USER_GID, extra_groups=[])
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=real if os.path.isdir(real) else WORKSPACE,
+        start_new_session=True,
+        user=USER_UID,
+        group=USER_GID,
+        extra_groups=[],
+    )
     deadline = time.monotonic() + float(args.get("timeout") or 30)
     matches, total, pending, last, complete = [], 0, [], None, True
     root = os.path.realpath(WORKSPACE)
@@ -61,16 +70,27 @@ def search(args):
             path = _rg_text(data["path"])
             if path.startswith(root + "/"):
                 path = WORKSPACE + path[len(root) :]
-            entry = {"path": path, "line_number": data.get("line_number"), "line": _rg_text(data["lines"]).rstrip("\n")[:2000]}
+            entry = {
+                "path": path,
+                "line_number": data.get("line_number"),
+                "line": _rg_text(data["lines"]).rstrip("\n")[:2000],
+            }
             if kind == "context":
-                if last is not None and last["path"] == path and len(last["after"]) < context and entry["line_number"] > last["line_number"]:
+                if (
+                    last is not None
+                    and last["path"] == path
+                    and len(last["after"]) < context
+                    and entry["line_number"] > last["line_number"]
+                ):
                     last["after"].append(entry["line"])
                 else:
                     pending = ([*pending, entry])[-context:]
                 continue
             total += 1
             if len(matches) < max_results:
-                entry["before"] = [c["line"] for c in pending if c["path"] == path][-context:] if context else []
+                entry["before"] = (
+                    [c["line"] for c in pending if c["path"] == path][-context:] if context else []
+                )
                 entry["after"] = []
                 matches.append(entry)
                 last = entry
@@ -91,4 +111,10 @@ def search(args):
         complete = False
     if proc.returncode == 2 and not matches and complete:
         raise RequestError("InvalidRequest", f"ripgrep failed: {stderr.strip()[-2000:]}")
-    return {"matches": matches, "total_matches": total, "omitted": total - len(matches), "complete": complete, "path": shown}
+    return {
+        "matches": matches,
+        "total_matches": total,
+        "omitted": total - len(matches),
+        "complete": complete,
+        "path": shown,
+    }

@@ -87,9 +87,13 @@ class Supervisor:
         except RequestError as exc:
             reply = self.error(rid, nonce, exc.kind, str(exc))
         except RecursionError:
-            reply = self.error(rid, nonce, "ToolError", "the path or structure is nested too deeply for this operation")
+            reply = self.error(
+                rid, nonce, "ToolError", "the path or structure is nested too deeply for this operation"
+            )
         except OSError as exc:
-            reply = self.error(rid, nonce, "ToolError", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+            reply = self.error(
+                rid, nonce, "ToolError", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+            )
         except Exception as exc:
             reply = self.error(rid, nonce, "InternalError", f"{type(exc).__name__}: {exc}")
         finally:
@@ -109,7 +113,12 @@ class Supervisor:
     @staticmethod
     def error(rid, nonce, kind, message):
         # Error observations are capped like output: a 5 MB message is not a 5 MB observation.
-        return {"id": rid, "nonce": nonce, "ok": False, "error": {"type": kind, "message": cap_text(message, OUT_HEAD, OUT_TAIL)}}
+        return {
+            "id": rid,
+            "nonce": nonce,
+            "ok": False,
+            "error": {"type": kind, "message": cap_text(message, OUT_HEAD, OUT_TAIL)},
+        }
 
     def cancel(self, target):
         """Trip the cancel pipe of request `target` (answered in the reader thread: needs no new thread)."""
@@ -132,7 +141,14 @@ class Supervisor:
         except RuntimeError as exc:  # no threads left: the pids limit is exhausted
             with self.state_lock:
                 self.inflight -= 1
-            self.send(self.error(req.get("id"), req.get("nonce"), "ResourceExhausted", f"{exc}: the sandbox's process limit is used up"))
+            self.send(
+                self.error(
+                    req.get("id"),
+                    req.get("nonce"),
+                    "ResourceExhausted",
+                    f"{exc}: the sandbox's process limit is used up",
+                )
+            )
 
     def exit(self, reason):
         try:
@@ -167,7 +183,9 @@ class Supervisor:
                     if not chunk:
                         self.exit("eof")
                     remaining -= len(chunk)
-                self.send({"id": None, "event": "error", "message": f"frame of {n} bytes exceeds {MAX_FRAME}"})
+                self.send(
+                    {"id": None, "event": "error", "message": f"frame of {n} bytes exceeds {MAX_FRAME}"}
+                )
                 continue
             body = read_exact(in_fd, n)
             if body is None:

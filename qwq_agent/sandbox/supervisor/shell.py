@@ -22,7 +22,9 @@ def run_shell(args):
     err_r, err_w = os.pipe()
     devnull = os.open(os.devnull, os.O_RDONLY)
     try:
-        proc = Spawned(["/bin/bash", "-c", command], cwd=cwd, env=child_env(), fds={0: devnull, 1: out_w, 2: err_w})
+        proc = Spawned(
+            ["/bin/bash", "-c", command], cwd=cwd, env=child_env(), fds={0: devnull, 1: out_w, 2: err_w}
+        )
     except BaseException:
         for fd in (out_r, err_r):
             os.close(fd)

@@ -29,7 +29,11 @@ def _restore_output(saved):
     for name, fd in (("stdout", 1), ("stderr", 2)):
         stream = getattr(sys, name)
         if stream is None or getattr(stream, "closed", True):
-            setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1))
+            setattr(
+                sys,
+                name,
+                open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1),
+            )
 
 
 def worker_main():
@@ -79,7 +83,11 @@ def worker_main():
         except BaseException as inner:  # a hostile __str__ must not take the interpreter down
             lines, evalue = [f"{type(exc).__name__}: <unprintable: {type(inner).__name__}>"], "<unprintable>"
         # Capped here too so a 5 MB message never crosses the pipe (the supervisor caps again).
-        return {"ename": type(exc).__name__, "evalue": cap_text(evalue), "traceback": cap_text("".join(lines))}
+        return {
+            "ename": type(exc).__name__,
+            "evalue": cap_text(evalue),
+            "traceback": cap_text("".join(lines)),
+        }
 
     def run_cell(code, n):
         filename = f"<cell {n}>"

@@ -77,7 +77,9 @@ async def _follow(
     timeout = httpx.Timeout(limits.timeout_s)
     # trust_env=False: an HTTP proxy from the environment would do the resolving and connecting,
     # bypassing the pinned, checked address.
-    async with httpx.AsyncClient(timeout=timeout, trust_env=False, follow_redirects=False, verify=verify) as client:
+    async with httpx.AsyncClient(
+        timeout=timeout, trust_env=False, follow_redirects=False, verify=verify
+    ) as client:
         current = _parse(url, policy)
         hops: list[str] = []
         while True:
@@ -139,7 +141,9 @@ async def _send(
         extensions["sni_hostname"] = url.host
     for i, address in enumerate(addresses):
         # Connect to the checked address itself; httpx never sees the name, so never resolves it.
-        request = client.build_request("GET", url.copy_with(host=str(address)), headers=headers, extensions=extensions)
+        request = client.build_request(
+            "GET", url.copy_with(host=str(address)), headers=headers, extensions=extensions
+        )
         try:
             return await client.send(request, stream=True)
         except httpx.ConnectError as exc:

@@ -20,10 +20,18 @@ def pick(rng: random.Random, *options: str) -> str:
 
 
 ASIDES = [
-    "This is taking longer than it should.", "I keep going back and forth on this.",
-    "Okay, focus.", "Let me slow down and be careful this time.", "Something feels off.",
-    "I don't want to give a wrong answer here.", "Hmm.", "Right.", "Let me think about it differently.",
-    "Actually, hold on.", "Maybe the question is trickier than it looks.", "Let me be systematic.",
+    "This is taking longer than it should.",
+    "I keep going back and forth on this.",
+    "Okay, focus.",
+    "Let me slow down and be careful this time.",
+    "Something feels off.",
+    "I don't want to give a wrong answer here.",
+    "Hmm.",
+    "Right.",
+    "Let me think about it differently.",
+    "Actually, hold on.",
+    "Maybe the question is trickier than it looks.",
+    "Let me be systematic.",
 ]
 
 
@@ -47,23 +55,45 @@ def loop_strawberry(rng: random.Random, chars: int = 24000) -> str:
     while sum(map(len, out)) < chars:
         out.append(
             aside(rng)
-            + pick(rng, "Wait, let me recount.", "Hmm, let me count again.", "Let me check that once more.",
-                 "Wait, maybe I should recount.")
+            + pick(
+                rng,
+                "Wait, let me recount.",
+                "Hmm, let me count again.",
+                "Let me check that once more.",
+                "Wait, maybe I should recount.",
+            )
             + " "
             + pick(rng, "S-t-r-a-w-b-e-r-r-y.", "s, t, r, a, w, b, e, r, r, y.", "S-T-R-A-W-B-E-R-R-Y.")
             + " "
-            + pick(rng, "The r's are at positions 3, 8 and 9.", "There is an r at position 3, then r at 8 and 9.",
-                   "Positions 3, 8, 9 have an r.")
+            + pick(
+                rng,
+                "The r's are at positions 3, 8 and 9.",
+                "There is an r at position 3, then r at 8 and 9.",
+                "Positions 3, 8, 9 have an r.",
+            )
             + " "
             + pick(rng, "So that's three r's.", "That makes 3 r's.", "So the count is 3.")
             + " "
-            + pick(rng, "Hmm, but I remember people saying it has two r's.",
-                   "But wait, I thought the answer was 2.", "Hmm, but maybe it is only two.")
+            + pick(
+                rng,
+                "Hmm, but I remember people saying it has two r's.",
+                "But wait, I thought the answer was 2.",
+                "Hmm, but maybe it is only two.",
+            )
             + " "
-            + pick(rng, "Maybe I miscounted the double r.", "Did I count the double r twice?",
-                   "Perhaps the berry part only has one r.")
+            + pick(
+                rng,
+                "Maybe I miscounted the double r.",
+                "Did I count the double r twice?",
+                "Perhaps the berry part only has one r.",
+            )
             + " "
-            + pick(rng, "Let me check again.", "I should verify this again.", "Let me go through it one more time.")
+            + pick(
+                rng,
+                "Let me check again.",
+                "I should verify this again.",
+                "Let me go through it one more time.",
+            )
             + ("\n\n" if rng.random() < 0.4 else " ")
         )
     return "".join(out)
@@ -95,8 +125,14 @@ def loop_parentheses(rng: random.Random, chars: int = 24000) -> str:
             + ". "
             + pick(rng, "That's not 60.", "Not 60 either.", "Still not 60.", "Hmm, that doesn't equal 60.")
             + " "
-            + pick(rng, "Maybe I made a mistake earlier.", "Did I miss a placement?", "Let me go back.",
-                   "Wait, perhaps I should try the groupings again.", "")
+            + pick(
+                rng,
+                "Maybe I made a mistake earlier.",
+                "Did I miss a placement?",
+                "Let me go back.",
+                "Wait, perhaps I should try the groupings again.",
+                "",
+            )
             + ("\n\n" if rng.random() < 0.5 else " ")
         )
     return "".join(out)
@@ -121,8 +157,13 @@ def loop_pi(rng: random.Random, chars: int = 24000) -> str:
             + f", times 4, gives about {value}. "
             + pick(rng, "That's not 3.14159.", "Hmm, that's not quite pi.", "That doesn't match 3.1416.")
             + " "
-            + pick(rng, "Maybe I made an arithmetic error.", "Wait, did I add the terms correctly?",
-                   "Perhaps I should recompute the fractions.", "Let me double-check the terms.")
+            + pick(
+                rng,
+                "Maybe I made an arithmetic error.",
+                "Wait, did I add the terms correctly?",
+                "Perhaps I should recompute the fractions.",
+                "Let me double-check the terms.",
+            )
             + " "
             + pick(rng, "Let me try again.", "Let me start over.", "I'll redo it.")
             + ("\n\n" if rng.random() < 0.5 else " ")
@@ -132,8 +173,20 @@ def loop_pi(rng: random.Random, chars: int = 24000) -> str:
 
 # ---- healthy -----------------------------------------------------------------------------------
 
-ORD = ["ones", "tens", "hundreds", "thousands", "ten-thousands", "hundred-thousands", "millions",
-       "ten-millions", "hundred-millions", "billions", "ten-billions", "hundred-billions"]
+ORD = [
+    "ones",
+    "tens",
+    "hundreds",
+    "thousands",
+    "ten-thousands",
+    "hundred-thousands",
+    "millions",
+    "ten-millions",
+    "hundred-millions",
+    "billions",
+    "ten-billions",
+    "hundred-billions",
+]
 
 
 def healthy_multiplication(rng: random.Random, words: int = 4000) -> str:
@@ -143,9 +196,12 @@ def healthy_multiplication(rng: random.Random, words: int = 4000) -> str:
         b = rng.randrange(10**8, 10**9)
         out.append(
             f"Next I need {a} times {b}. "
-            + pick(rng, "I'll do it the school way, one digit of the second number at a time.",
-                   "Doing this by long multiplication, digit by digit from the right.",
-                   "Long multiplication it is, working through the multiplier's digits.")
+            + pick(
+                rng,
+                "I'll do it the school way, one digit of the second number at a time.",
+                "Doing this by long multiplication, digit by digit from the right.",
+                "Long multiplication it is, working through the multiplier's digits.",
+            )
             + "\n\n"
         )
         total = 0
@@ -155,21 +211,34 @@ def healthy_multiplication(rng: random.Random, words: int = 4000) -> str:
             shifted = partial * 10**pos
             new_total = total + shifted
             out.append(
-                pick(rng, f"The {ORD[pos]} digit is {d}.", f"Digit {d} sits in the {ORD[pos]} place.",
-                     f"Moving to the {ORD[pos]} place, the digit is {d}.")
+                pick(
+                    rng,
+                    f"The {ORD[pos]} digit is {d}.",
+                    f"Digit {d} sits in the {ORD[pos]} place.",
+                    f"Moving to the {ORD[pos]} place, the digit is {d}.",
+                )
                 + " "
-                + pick(rng, f"{a} times {d} is {partial}", f"Multiplying {a} by {d} gives {partial}",
-                       f"{d} times {a} comes to {partial}")
+                + pick(
+                    rng,
+                    f"{a} times {d} is {partial}",
+                    f"Multiplying {a} by {d} gives {partial}",
+                    f"{d} times {a} comes to {partial}",
+                )
                 + (f", and shifted {pos} places that is {shifted}." if pos else ".")
                 + " "
-                + pick(rng, f"Adding it to {total} gives {new_total}.",
-                       f"The running total goes from {total} to {new_total}.",
-                       f"Running sum: {total} + {shifted} = {new_total}.")
+                + pick(
+                    rng,
+                    f"Adding it to {total} gives {new_total}.",
+                    f"The running total goes from {total} to {new_total}.",
+                    f"Running sum: {total} + {shifted} = {new_total}.",
+                )
                 + ("\n" if rng.random() < 0.3 else " ")
             )
             total = new_total
-        out.append(f"\n\nSo {a} times {b} equals {total}, and that matches the estimate from the leading "
-                   f"digits, about {round(a / 10**11) * round(b / 10**8)} times 10 to the 19.\n\n")
+        out.append(
+            f"\n\nSo {a} times {b} equals {total}, and that matches the estimate from the leading "
+            f"digits, about {round(a / 10**11) * round(b / 10**8)} times 10 to the 19.\n\n"
+        )
     return "".join(out)
 
 
@@ -181,10 +250,12 @@ def healthy_subproblems(rng: random.Random, words: int = 4000) -> str:
     def deriv() -> str:
         c = [rng.randint(-9, 9) or 1 for _ in range(4)]
         n = names[k % 6]
-        return (f"Part {k}: differentiate {n}(x) = {c[0]}x^3 + {c[1]}x^2 + {c[2]}x + {c[3]}. The power "
-                f"rule brings each exponent down: {3 * c[0]}x^2 + {2 * c[1]}x + {c[2]}, the constant "
-                f"disappears. At x = {k % 5 + 1} the slope is "
-                f"{3 * c[0] * (k % 5 + 1) ** 2 + 2 * c[1] * (k % 5 + 1) + c[2]}.")
+        return (
+            f"Part {k}: differentiate {n}(x) = {c[0]}x^3 + {c[1]}x^2 + {c[2]}x + {c[3]}. The power "
+            f"rule brings each exponent down: {3 * c[0]}x^2 + {2 * c[1]}x + {c[2]}, the constant "
+            f"disappears. At x = {k % 5 + 1} the slope is "
+            f"{3 * c[0] * (k % 5 + 1) ** 2 + 2 * c[1] * (k % 5 + 1) + c[2]}."
+        )
 
     def gcd() -> str:
         a, b = rng.randint(1000, 99999), rng.randint(100, 9999)
@@ -192,17 +263,22 @@ def healthy_subproblems(rng: random.Random, words: int = 4000) -> str:
         while y:
             steps.append(f"{x} = {x // y}*{y} + {x % y}")
             x, y = y, x % y
-        return (f"Part {k} asks for gcd({a}, {b}). Euclid's algorithm: " + "; ".join(steps)
-                + f". The last non-zero remainder is {x}, so the gcd is {x}"
-                + (" and the numbers are coprime." if x == 1 else "."))
+        return (
+            f"Part {k} asks for gcd({a}, {b}). Euclid's algorithm: "
+            + "; ".join(steps)
+            + f". The last non-zero remainder is {x}, so the gcd is {x}"
+            + (" and the numbers are coprime." if x == 1 else ".")
+        )
 
     def quadratic() -> str:
         r1, r2 = rng.randint(-30, 30), rng.randint(-30, 30)
         bb, cc = -(r1 + r2), r1 * r2
         disc = bb * bb - 4 * cc
-        return (f"In part {k} the quadratic is x^2 + ({bb})x + ({cc}) = 0. The discriminant is "
-                f"{bb}^2 - 4*{cc} = {disc}, a perfect square with root {abs(r1 - r2)}, hence the roots are "
-                f"{max(r1, r2)} and {min(r1, r2)}; their sum {r1 + r2} and product {cc} agree with Vieta.")
+        return (
+            f"In part {k} the quadratic is x^2 + ({bb})x + ({cc}) = 0. The discriminant is "
+            f"{bb}^2 - 4*{cc} = {disc}, a perfect square with root {abs(r1 - r2)}, hence the roots are "
+            f"{max(r1, r2)} and {min(r1, r2)}; their sum {r1 + r2} and product {cc} agree with Vieta."
+        )
 
     def factor() -> str:
         n = rng.randint(2000, 999999)
@@ -214,23 +290,30 @@ def healthy_subproblems(rng: random.Random, words: int = 4000) -> str:
             p += 1
         if m > 1:
             fs.append(m)
-        return (f"Part {k} wants the prime factorisation of {n}. Trial division up to its square root, "
-                f"about {math.isqrt(n)}, finds " + " * ".join(map(str, fs))
-                + (f", so {n} is prime." if len(fs) == 1 else f"; multiplying back gives {n} as a check."))
+        return (
+            f"Part {k} wants the prime factorisation of {n}. Trial division up to its square root, "
+            f"about {math.isqrt(n)}, finds "
+            + " * ".join(map(str, fs))
+            + (f", so {n} is prime." if len(fs) == 1 else f"; multiplying back gives {n} as a check.")
+        )
 
     def integral() -> str:
         a, b, lo, hi = rng.randint(1, 12), rng.randint(1, 12), rng.randint(0, 4), rng.randint(5, 14)
         val = a * (hi**3 - lo**3) / 3 + b * (hi**2 - lo**2) / 2
-        return (f"Part {k} is the definite integral of {a}t^2 + {b}t from {lo} to {hi}. An antiderivative is "
-                f"{a}/3 t^3 + {b}/2 t^2; evaluating between the limits gives {val:.4f}.")
+        return (
+            f"Part {k} is the definite integral of {a}t^2 + {b}t from {lo} to {hi}. An antiderivative is "
+            f"{a}/3 t^3 + {b}/2 t^2; evaluating between the limits gives {val:.4f}."
+        )
 
     def system() -> str:
         x, y = rng.randint(-20, 20), rng.randint(-20, 20)
         a, b, c, d = (rng.randint(1, 15) for _ in range(4))
         det = a * d - b * c or 1
-        return (f"For part {k}, solve {a}x + {b}y = {a * x + b * y} together with {c}x + {d}y = {c * x + d * y}. "
-                f"Cramer's rule: the determinant is {a}*{d} - {b}*{c} = {a * d - b * c}"
-                + (f", giving x = {x} and y = {y}, which I confirm by substitution." if det else "."))
+        return (
+            f"For part {k}, solve {a}x + {b}y = {a * x + b * y} together with {c}x + {d}y = {c * x + d * y}. "
+            f"Cramer's rule: the determinant is {a}*{d} - {b}*{c} = {a * d - b * c}"
+            + (f", giving x = {x} and y = {y}, which I confirm by substitution." if det else ".")
+        )
 
     makers: list[Callable[[], str]] = [deriv, gcd, quadratic, factor, integral, system]
     while sum(len(p.split()) for p in out) < words:
@@ -261,48 +344,93 @@ def healthy_proof(rng: random.Random, words: int = 4000) -> str:
     """A long proof: a fixed opening, then a chain of distinct lemmas about concrete graphs."""
     out = [PROOF, "\n"]
     topics = [
-        ("forest with {c} components on {n} vertices", "has {e} edges, since each component is a tree "
-         "and contributes its vertex count minus one, so the total is {n} minus {c}"),
-        ("connected graph on {n} vertices with {m} edges", "has cycle rank {r}: a spanning tree uses "
-         "{e} of the edges and each of the remaining {r} closes exactly one fundamental cycle"),
-        ("complete graph on {k} vertices", "has {kt} spanning trees by Cayley's formula, which we "
-         "double-check through the Prüfer sequences of length {k2}, each entry chosen among {k} labels"),
-        ("bipartite graph with parts of size {a} and {b}", "cannot contain an odd cycle, because every "
-         "walk alternates sides and returns home only after an even number, here at most {ab2}, of steps"),
-        ("grid graph of {a} rows by {b} columns", "has {ge} edges and therefore cycle rank {gr}, one "
-         "independent cycle per unit square of the grid, matching Euler's formula for planar graphs"),
-        ("hypercube of dimension {d}", "has {hv} vertices of degree {d}, so the handshake lemma gives "
-         "{he} edges; its cycle rank is consequently {hr}"),
+        (
+            "forest with {c} components on {n} vertices",
+            "has {e} edges, since each component is a tree "
+            "and contributes its vertex count minus one, so the total is {n} minus {c}",
+        ),
+        (
+            "connected graph on {n} vertices with {m} edges",
+            "has cycle rank {r}: a spanning tree uses "
+            "{e} of the edges and each of the remaining {r} closes exactly one fundamental cycle",
+        ),
+        (
+            "complete graph on {k} vertices",
+            "has {kt} spanning trees by Cayley's formula, which we "
+            "double-check through the Prüfer sequences of length {k2}, each entry chosen among {k} labels",
+        ),
+        (
+            "bipartite graph with parts of size {a} and {b}",
+            "cannot contain an odd cycle, because every "
+            "walk alternates sides and returns home only after an even number, here at most {ab2}, of steps",
+        ),
+        (
+            "grid graph of {a} rows by {b} columns",
+            "has {ge} edges and therefore cycle rank {gr}, one "
+            "independent cycle per unit square of the grid, matching Euler's formula for planar graphs",
+        ),
+        (
+            "hypercube of dimension {d}",
+            "has {hv} vertices of degree {d}, so the handshake lemma gives "
+            "{he} edges; its cycle rank is consequently {hr}",
+        ),
     ]
-    openers = ["Next consider a", "Now take a", "As a further application, look at a", "We turn to a",
-               "Another consequence concerns a", "The same reasoning handles a", "Let us examine a"]
-    closers = ["This is consistent with the bound proved above.",
-               "Here the edge count and the vertex count move in lockstep.",
-               "Readers who prefer matrices can confirm it with the incidence matrix rank.",
-               "Degenerate inputs, like an empty edge set, fit the pattern too.",
-               "So nothing changes when multiple components are present.",
-               "In particular the claim is sharp: removing any edge breaks connectivity.",
-               "Kirchhoff's theorem would give the same number, at much greater expense.",
-               "Planarity plays no role in this step, only acyclicity does.",
-               "This settles the case; the general statement follows by additivity over blocks.",
-               "A quick sanity check on a triangle with a pendant vertex agrees.",
-               "No new idea is needed beyond the leaf lemma.",
-               "The count can be verified by direct enumeration for small cases.",
-               "Notice how the formula degenerates gracefully when the graph is a single vertex.",
-               "Together with the previous paragraph this pins down the structure completely.",
-               "The inductive proof adapts without change, removing one leaf at a time.",
-               "An independent check follows from counting degrees instead of edges."]
+    openers = [
+        "Next consider a",
+        "Now take a",
+        "As a further application, look at a",
+        "We turn to a",
+        "Another consequence concerns a",
+        "The same reasoning handles a",
+        "Let us examine a",
+    ]
+    closers = [
+        "This is consistent with the bound proved above.",
+        "Here the edge count and the vertex count move in lockstep.",
+        "Readers who prefer matrices can confirm it with the incidence matrix rank.",
+        "Degenerate inputs, like an empty edge set, fit the pattern too.",
+        "So nothing changes when multiple components are present.",
+        "In particular the claim is sharp: removing any edge breaks connectivity.",
+        "Kirchhoff's theorem would give the same number, at much greater expense.",
+        "Planarity plays no role in this step, only acyclicity does.",
+        "This settles the case; the general statement follows by additivity over blocks.",
+        "A quick sanity check on a triangle with a pendant vertex agrees.",
+        "No new idea is needed beyond the leaf lemma.",
+        "The count can be verified by direct enumeration for small cases.",
+        "Notice how the formula degenerates gracefully when the graph is a single vertex.",
+        "Together with the previous paragraph this pins down the structure completely.",
+        "The inductive proof adapts without change, removing one leaf at a time.",
+        "An independent check follows from counting degrees instead of edges.",
+    ]
     while sum(len(p.split()) for p in out) < words:
         t, claim = rng.choice(topics)
         n, c = rng.randint(10, 5000), rng.randint(2, 9)
         m = n - 1 + rng.randint(1, 500)
         k, a, b, d = rng.randint(4, 40), rng.randint(2, 60), rng.randint(2, 60), rng.randint(3, 16)
-        v = dict(n=n, c=c, e=n - c if "forest" in t else n - 1, m=m, r=m - n + 1, k=k, kt=k ** (k - 2),
-                 k2=k - 2, a=a, b=b, ab2=2 * min(a, b), ge=a * (b - 1) + b * (a - 1),
-                 gr=(a - 1) * (b - 1), d=d, hv=2**d, he=d * 2 ** (d - 1), hr=d * 2 ** (d - 1) - 2**d + 1)
+        v = dict(
+            n=n,
+            c=c,
+            e=n - c if "forest" in t else n - 1,
+            m=m,
+            r=m - n + 1,
+            k=k,
+            kt=k ** (k - 2),
+            k2=k - 2,
+            a=a,
+            b=b,
+            ab2=2 * min(a, b),
+            ge=a * (b - 1) + b * (a - 1),
+            gr=(a - 1) * (b - 1),
+            d=d,
+            hv=2**d,
+            he=d * 2 ** (d - 1),
+            hr=d * 2 ** (d - 1) - 2**d + 1,
+        )
         closer = rng.choice(closers) if rng.random() < 0.5 else ""
-        out.append(f"{rng.choice(openers)} {t.format(**v)}. It {claim.format(**v)}. {closer}"
-                   + ("\n\n" if rng.random() < 0.5 else " "))
+        out.append(
+            f"{rng.choice(openers)} {t.format(**v)}. It {claim.format(**v)}. {closer}"
+            + ("\n\n" if rng.random() < 0.5 else " ")
+        )
     return "".join(out)
 
 
@@ -322,10 +450,18 @@ def healthy_code(rng: random.Random, words: int = 4000) -> str:
                 moved += 1
             a[j + 1] = key
             out.append(
-                pick(rng, f"With i = {i} the key is {key};", f"At i = {i}, key = {key};", f"Step i = {i} takes {key};")
+                pick(
+                    rng,
+                    f"With i = {i} the key is {key};",
+                    f"At i = {i}, key = {key};",
+                    f"Step i = {i} takes {key};",
+                )
                 + " "
-                + (f"it shifts {moved} larger element{'s' if moved != 1 else ''} right and lands at index {j + 1}"
-                   if moved else f"{key} is already not smaller than its left neighbour, nothing moves")
+                + (
+                    f"it shifts {moved} larger element{'s' if moved != 1 else ''} right and lands at index {j + 1}"
+                    if moved
+                    else f"{key} is already not smaller than its left neighbour, nothing moves"
+                )
                 + f", list now {a}.\n"
             )
         target = rng.choice(a)
