@@ -18,6 +18,7 @@ import time
 
 from .framing import RequestError
 from .privileges import PR_SET_CHILD_SUBREAPER, drop_to_user, prctl
+from .settings import USER_NICE
 
 _STATUS = struct.Struct(">i")
 # Set by the server: what to do when a process tree cannot be killed within the budget. The sandbox can
@@ -76,6 +77,10 @@ def _exec_user(argv, cwd, env, fds, new_session):
             os.close(fd)
         except OSError:
             pass
+        # User code runs niced (it cannot raise its priority back: no CAP_SYS_NICE), so the supervisor and the
+        # keepers, sharing the container's CPU quota with it, still get scheduled when a fork bomb fills the
+        # pids limit with spinning processes; otherwise the kill rounds starve and the bomb outlives its call.
+        os.setpriority(os.PRIO_PROCESS, 0, USER_NICE)
         drop_to_user()
         os.chdir(cwd)
         os.execve(argv[0], argv, env)
@@ -176,30 +181,38 @@ def _process_table():
     return table
 
 
-def descendants(root, table=None):
-    """Pids of the live (non-zombie) descendants of `root`."""
-    table = _process_table() if table is None else table
+def _tree(root, table):
+    """(pid, ppid, state) of every descendant of `root`, zombies included."""
     children = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     out, todo = [], list(children.get(root, ()))
     while todo:
         pid = todo.pop()
-        if table[pid][1] not in (b"Z", b"X"):
-            out.append(pid)
+        out.append((pid, table[pid][0], table[pid][1]))
         todo.extend(children.get(pid, ()))
     return out
+
+
+def descendants(root, table=None):
+    """Pids of the live (non-zombie) descendants of `root`."""
+    table = _process_table() if table is None else table
+    return [pid for pid, _, state in _tree(root, table) if state not in (b"Z", b"X")]
 
 
 def kill_tree(root, *, spare=frozenset(), budget=10.0):
     """SIGKILL all descendants of `root` except those in `spare` until none is left; False if time ran out.
 
-    Spared processes are kept but their own descendants are not.
+    Spared processes are kept but their own descendants are not. It returns only once the dead are reaped
+    too (bar a spared process's own unwaited children): a zombie still holds its pid, so after a fork bomb
+    the next call could otherwise find the sandbox's pids limit used up while the keeper catches up.
     """
     deadline = time.monotonic() + budget
     while True:
-        victims = [pid for pid in descendants(root) if pid not in spare]
-        if not victims:
+        tree = _tree(root, _process_table())
+        victims = [pid for pid, _, state in tree if state not in (b"Z", b"X") and pid not in spare]
+        unreaped = [pid for pid, ppid, state in tree if state in (b"Z", b"X") and ppid not in spare]
+        if not victims and not unreaped:
             return True
         for pid in victims:
             try:
@@ -208,4 +221,4 @@ def kill_tree(root, *, spare=frozenset(), budget=10.0):
                 pass
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.0005)  # let SIGKILL land before looking again
+        time.sleep(0.0005)  # let SIGKILL land (and the keeper reap) before looking again

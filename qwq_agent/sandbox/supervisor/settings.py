@@ -21,6 +21,8 @@ USER_UID, USER_GID = _ids(os.environ.get("QWQ_USER", "1000:1000"))
 SUPERVISOR_UID, SUPERVISOR_GID = _ids(os.environ.get("QWQ_SUPERVISOR_USER", "999:999"))
 # How long the end of a call may spend killing what it started (a fork bomb needs a few rounds).
 KILL_BUDGET = 10.0
+# The nice value of user processes: the supervisor (nice 0) then outweighs ~60 spinning ones (weight 1024 vs 15).
+USER_NICE = 19
 
 
 def child_env():
