@@ -72,6 +72,10 @@ class Turn:
     """After this many tokens, send only SSE keep-alive comments (`: keep-alive`), one every
     `keepalive_interval` seconds, until the request is aborted or `hold_timeout` passes (streams only)."""
     keepalive_interval: float = 0.05
+    ids: list[int] | None = None
+    """Generate these token ids instead of tokenizing `text` (then ignored): a model that samples a split the
+    tokenizer would not choose, as real models do. Each id streams as its own decoded piece; stop strings
+    do not apply, `max_new_tokens` does."""
 
 
 @dataclass
@@ -378,7 +382,7 @@ class ScriptedModelServer:
         """Apply stop strings and the token limit; return the tokens to stream and SGLang's finish reason."""
         text = turn.text
         finish: dict[str, Any] = {"type": "stop", "matched": IM_END_ID}
-        stops = [] if turn.stop_order == "ignore" else params.get("stop") or []
+        stops = [] if turn.stop_order == "ignore" or turn.ids is not None else params.get("stop") or []
         if isinstance(stops, str):
             stops = [stops]
         hits = [(text.find(s), s) for s in stops if s and s in text]
@@ -386,7 +390,10 @@ class ScriptedModelServer:
             at, matched = hits[0] if turn.stop_order == "listed" else min(hits)
             text = text[:at]
             finish = {"type": "stop", "matched": matched}
-        pieces = self.tokenizer.pieces(text)
+        if turn.ids is not None:
+            pieces = [(i, self.tokenizer.decode([i])) for i in turn.ids]
+        else:
+            pieces = self.tokenizer.pieces(text)
         limit = params.get("max_new_tokens", params.get("max_tokens", params.get("max_completion_tokens")))
         if limit is not None and len(pieces) > int(limit):
             pieces = pieces[: int(limit)]
@@ -705,6 +712,27 @@ def _loads_obj(arguments: Any) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+def random_token_turns(count: int, seed: int = 0) -> Callable[[ScriptedRequest], Turn]:
+    """Turns of `count` random ids of ordinary tokens that are whole UTF-8 text each (needs QwQ's tokenizer)."""
+    import random
+
+    from qwq_agent.agent.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    rng = random.Random(seed)
+
+    def pick() -> int:
+        while True:
+            token = rng.randrange(0, 151643)
+            try:
+                tok.token_bytes(token).decode("utf-8")
+            except UnicodeDecodeError:  # a byte-level piece of a character: the streamed text would differ
+                continue
+            return token
+
+    return lambda request: Turn(ids=[pick() for _ in range(count)])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a scripted server as a process until SIGINT/SIGTERM (for launcher tests)."""
     import signal
@@ -715,6 +743,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", action="append", default=[], help="a turn (repeatable; cycles)")
     parser.add_argument("--model", default="Qwen/QwQ-32B")
     parser.add_argument("--max-total-num-tokens", type=int, default=18391)
+    parser.add_argument(
+        "--random-tokens",
+        type=int,
+        default=0,
+        help="answer every request with this many random token ids, as a model with random weights does "
+        "(its sampled splits are rarely the tokenizer's own): for benchmarks/agent_workload.py",
+    )
     parser.add_argument("--unready-for", type=float, default=0.0, help="answer /health 503 this long (s)")
     parser.add_argument(
         "--exit-after", type=float, default=None, help="exit with status 3 after this long (s)"
@@ -722,8 +757,12 @@ def main(argv: list[str] | None = None) -> int:
     args, _unknown = parser.parse_known_args(argv)  # launcher flags meant for SGLang are ignored
 
     async def serve() -> None:
+        turns: Sequence[TurnSource] | Callable[[ScriptedRequest], str | Turn]
+        turns = args.text or ["scripted\n</think>\n\nok"]
+        if args.random_tokens > 0:
+            turns = random_token_turns(args.random_tokens)
         server = ScriptedModelServer(
-            args.text or ["scripted\n</think>\n\nok"],
+            turns,
             model=args.model,
             when_exhausted="repeat",
             max_total_num_tokens=args.max_total_num_tokens,
