@@ -168,3 +168,15 @@ async def test_loop_with_kept_ids_prefills_only_new_tokens(tmp_path):
         for k in range(1, 3):
             upto = history[: assistant_at[k]]
             assert offline.prompt_ids(upto, [add.spec]) == exact_prompts[k]
+
+
+async def test_scripted_server_flush_cache_forgets_prefixes():
+    async with ScriptedModelServer(["a b c"], when_exhausted="repeat") as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            await client.generate("the same prompt")
+            again = await client.generate("the same prompt")
+            assert again.usage.cached_tokens > 0
+            response = await client._http.post("/flush_cache")
+            assert response.status_code == 200
+            flushed = await client.generate("the same prompt")
+    assert flushed.usage.cached_tokens == 0

@@ -261,6 +261,7 @@ class ScriptedModelServer:
             ("GET", "/metrics"): self._metrics,
             ("POST", "/generate"): self._generate,
             ("POST", "/abort_request"): self._abort,
+            ("POST", "/flush_cache"): self._flush_cache,
             ("GET", "/v1/models"): self._models,
             ("POST", "/v1/chat/completions"): self._chat,
         }
@@ -280,6 +281,11 @@ class ScriptedModelServer:
             self.errors.append(f"{type(exc).__name__}: {exc}")
             if not out.started:
                 await out.send_json(500, {"error": {"message": f"scripted server: {exc}"}})
+
+    async def _flush_cache(self, req: HttpRequest, out: HttpResponder) -> None:
+        """Forget every cached sequence, as SGLang's `/flush_cache` empties its radix tree."""
+        self._cache.clear()
+        await out.send_bytes(200, b"")
 
     async def _health(self, req: HttpRequest, out: HttpResponder) -> None:
         await out.send_bytes(200 if self.ready else 503, b"")
