@@ -42,6 +42,10 @@ EOF
     name=$(basename "$w" | cut -d- -f1)
     rm -f .device/wheels/"$name"-*.whl
   done
+  # QwQ's tokenizer (the `tokenizer` extra) for the benchmarks: tiktoken is on the GPU machine already,
+  # dashscope only carries the vocabulary file (the tokenizer never imports it), so its own deps stay here.
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform any \
+    -d .device/wheels "dashscope>=1.20"
   # The GPU machine has numpy already (../shared/device/README.md): carrying it would pass 64 MiB.
   rm -f .device/wheels/numpy-*.whl
   touch .device/wheels/.done
