@@ -135,6 +135,8 @@ async def test_loop_with_kept_ids_prefills_only_new_tokens(tmp_path):
         assert result.status == "completed" and result.answer == "15"
         reqs = server.requests
         assert len(reqs) == 3
+        # Turn 1 has no kept turn yet and goes as text; later turns go as ids only on the exact path.
+        assert [r.input_ids is not None for r in reqs] == [False, exact, exact]
         measured[exact] = ([r.prompt_ids for r in reqs], [r.cached_tokens for r in reqs], trace, result)
 
     exact_prompts, exact_cached, trace, result = measured[True]
@@ -180,3 +182,34 @@ async def test_scripted_server_flush_cache_forgets_prefixes():
             assert response.status_code == 200
             flushed = await client.generate("the same prompt")
     assert flushed.usage.cached_tokens == 0
+
+
+async def test_client_prompt_ids_only_with_kept_reasoning_and_prefix_joins_the_text():
+    messages = conversation()
+    async with (
+        SGLangClient("http://127.0.0.1:9", keep_reasoning=True) as exact,
+        SGLangClient("http://127.0.0.1:9", keep_reasoning=True, exact_tokens=False) as text,
+        SGLangClient("http://127.0.0.1:9") as dropping,
+    ):
+        prefix = "Let me continue.\n</think>\n\n"
+        ids = exact.prompt_ids(messages, [add.spec], prefix=prefix)
+        assert ids is not None
+        assert TOK.decode(ids) == exact.render_prompt(messages, [add.spec]) + prefix
+        # The prefix is tokenized with the generation prompt before it, as the text path does.
+        tail = TOK.encode("<|im_start|>assistant\n<think>\n" + prefix)
+        assert ids[-len(tail) :] == tail
+        assert text.prompt_ids(messages, [add.spec]) is None
+        assert dropping.prompt_ids(messages, [add.spec]) is None
+        assert exact.prompt_ids(messages[:2], [add.spec]) is None  # no kept turn: the prompt goes as text
+
+
+async def test_random_token_turns_stream_as_the_ids_they_are():
+    from qwq_agent.testing.random_turns import random_token_turns
+
+    async with ScriptedModelServer(random_token_turns(50)) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            done = await client.generate("a prompt")
+    assert len(done.output_ids) == 50
+    # Random splits: the text re-tokenizes to other ids, and the kept ids are the generated ones.
+    assert TOK.encode(done.text) != done.output_ids
+    assert exact_output_ids(done.text, done.output_ids) == done.output_ids

@@ -718,27 +718,6 @@ def _loads_obj(arguments: Any) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
-def random_token_turns(count: int, seed: int = 0) -> Callable[[ScriptedRequest], Turn]:
-    """Turns of `count` random ids of ordinary tokens that are whole UTF-8 text each (needs QwQ's tokenizer)."""
-    import random
-
-    from qwq_agent.agent.tokenizer import get_tokenizer
-
-    tok = get_tokenizer()
-    rng = random.Random(seed)
-
-    def pick() -> int:
-        while True:
-            token = rng.randrange(0, 151643)
-            try:
-                tok.token_bytes(token).decode("utf-8")
-            except UnicodeDecodeError:  # a byte-level piece of a character: the streamed text would differ
-                continue
-            return token
-
-    return lambda request: Turn(ids=[pick() for _ in range(count)])
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run a scripted server as a process until SIGINT/SIGTERM (for launcher tests)."""
     import signal
@@ -766,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
         turns: Sequence[TurnSource] | Callable[[ScriptedRequest], str | Turn]
         turns = args.text or ["scripted\n</think>\n\nok"]
         if args.random_tokens > 0:
+            from qwq_agent.testing.random_turns import random_token_turns
+
             turns = random_token_turns(args.random_tokens)
         server = ScriptedModelServer(
             turns,
