@@ -29,6 +29,7 @@ first differ.
 In token ids (what SGLang's radix cache compares) the same holds when the output does not begin with
 whitespace, which would merge with the ``\\n`` that ends the prompt, and the ids the server generated are the
 canonical encoding of the output text (tests/test_tokenizer.py checks the first condition).
+`render_segments` lifts both conditions: it gives kept turns as the ids the server generated (`exact_tokens`).
 
 One more break of the default policy: the current template renders the *last* message of a conversation
 whole (reasoning included), so a prompt that ends in an assistant message changes once more messages follow
