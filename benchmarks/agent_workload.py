@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qwq_agent.agent.admission import KVAdmission
 from qwq_agent.agent.budgets import Budget
+from qwq_agent.agent.chat_format import render_segments
 from qwq_agent.agent.events import ModelCall
+from qwq_agent.agent.exact_tokens import encode_segments
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.loop_detector import LoopDetectorConfig
 from qwq_agent.agent.messages import Message, ToolSpec
@@ -90,13 +92,22 @@ class LookupTool:
 
 
 class ScriptedTurns:
-    """Wraps a real model: its generated tokens are the reasoning, a scripted call or answer closes it."""
+    """Wraps a real model: its generated tokens are the reasoning, a scripted call or answer closes it.
+
+    It also records, per request, what is new to the server (`new_tokens`): the prompt in the form that
+    splices every kept turn's server ids (`render_segments`, whatever the client sends), minus its longest
+    common prefix with the previous prompt in that form followed by the ids the server generated. With
+    reasoning kept that is the scripted suffix, the template's markup and the observation; with it dropped,
+    the re-rendered turn as well. Uncached tokens above it are tokens the server prefilled again.
+    """
 
     def __init__(self, inner: object, session: int, turns: int) -> None:
         self.inner = inner
         self.session = session
         self.turns = turns
         self.name = f"scripted({getattr(inner, 'name', 'model')})"
+        self.new_tokens: list[int] = []
+        self._held: list[int] | None = None  # the server's context after the last request, in ids
 
     async def stream(
         self,
@@ -107,8 +118,13 @@ class ScriptedTurns:
         prefix: str = "",
     ) -> AsyncIterator[ModelEvent]:
         turn = sum(m.role == "assistant" for m in messages) + 1
+        keep = bool(getattr(self.inner, "keep_reasoning", False))
+        form = encode_segments([*render_segments(messages, tools, keep_reasoning=keep), prefix])
+        held = self._held or []
+        self.new_tokens.append(len(form) - common_prefix(form, held))
         async for ev in self.inner.stream(messages, tools, params, prefix=prefix):  # type: ignore[attr-defined]
             if isinstance(ev, Completion):
+                self._held = form + list(ev.output_ids)
                 if turn < self.turns:
                     args = json.dumps({"session": self.session, "turn": turn})
                     suffix = (
@@ -123,6 +139,15 @@ class ScriptedTurns:
 
     async def aclose(self) -> None:
         pass
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -150,6 +175,8 @@ async def run_config(args: argparse.Namespace, model_factory, capacity: int | No
     statuses: list[str] = []
     waits: list[float] = []
 
+    new_by_step: dict[int, list[int]] = defaultdict(list)
+
     async def session(i: int) -> None:
         model = ScriptedTurns(model_factory(), i, args.turns)
         agent = Agent(model, [LookupTool(args.obs_words)], config=config, admission=admission)
@@ -170,6 +197,8 @@ async def run_config(args: argparse.Namespace, model_factory, capacity: int | No
                     }
                 )
         statuses.append(agent.result.status if agent.result else "none")
+        for step, new in enumerate(model.new_tokens, start=1):
+            new_by_step[step].append(new)
 
     started = time.perf_counter()
     await asyncio.gather(*(session(i) for i in range(args.sessions)))
@@ -193,6 +222,9 @@ async def run_config(args: argparse.Namespace, model_factory, capacity: int | No
                 "prompt_tokens_mean": prompt / len(rows),
                 "cached_share": cached / prompt if prompt else 0.0,
                 "uncached_tokens_mean": (prompt - cached) / len(rows),
+                "new_tokens_mean": sum(new_by_step[step]) / len(new_by_step[step])
+                if new_by_step[step]
+                else None,
                 "ttft_p50_s": pct(ttfts, 0.5),
                 "ttft_p90_s": pct(ttfts, 0.9),
             }
@@ -202,6 +234,11 @@ async def run_config(args: argparse.Namespace, model_factory, capacity: int | No
     later_cached = sum(t["cached_share"] * t["prompt_tokens_mean"] * t["requests"] for t in later)
     return {
         "label": args.label,
+        "keep_reasoning": args.keep_reasoning,
+        "exact_tokens": args.keep_reasoning and not args.text_prompts,
+        # Turns 2.. (turn 1 has no earlier context of its own); means over sessions.
+        "uncached_per_turn": [t["uncached_tokens_mean"] for t in later],
+        "new_tokens_per_turn": [t["new_tokens_mean"] for t in later],
         "sessions": args.sessions,
         "turns": args.turns,
         "gen_tokens_per_turn": args.gen_tokens,
@@ -228,13 +265,16 @@ def print_table(result: dict) -> None:
         f"\n== {result['label']}: {result['sessions']} sessions x {result['turns']} turns, "
         f"admission={'on' if result['admission'] else 'off'}, statuses={result['statuses']}"
     )
-    print(f"{'turn':>4} {'prompt tok':>10} {'cached':>7} {'uncached':>8} {'TTFT p50':>9} {'TTFT p90':>9}")
+    print(
+        f"{'turn':>4} {'prompt tok':>10} {'cached':>7} {'uncached':>8} {'new':>6} {'TTFT p50':>9} {'TTFT p90':>9}"
+    )
     for t in result["per_turn"]:
         p50 = f"{t['ttft_p50_s']:.3f}" if t["ttft_p50_s"] is not None else "-"
         p90 = f"{t['ttft_p90_s']:.3f}" if t["ttft_p90_s"] is not None else "-"
+        new = f"{t['new_tokens_mean']:.1f}" if t.get("new_tokens_mean") is not None else "-"
         print(
             f"{t['turn']:>4} {t['prompt_tokens_mean']:>10.0f} {100 * t['cached_share']:>6.1f}% "
-            f"{t['uncached_tokens_mean']:>8.0f} {p50:>9} {p90:>9}"
+            f"{t['uncached_tokens_mean']:>8.1f} {new:>6} {p50:>9} {p90:>9}"
         )
     print(
         f"wall {result['wall_s']:.1f} s, {result['gen_tokens_per_s']:.1f} generated tok/s, cached share "
@@ -253,7 +293,12 @@ async def amain(args: argparse.Namespace) -> dict:
     else:
         from qwq_agent.agent.clients import SGLangClient
 
-        client = SGLangClient(args.url, keep_reasoning=args.keep_reasoning, read_timeout=1800)
+        client = SGLangClient(
+            args.url,
+            keep_reasoning=args.keep_reasoning,
+            exact_tokens=not args.text_prompts,
+            read_timeout=1800,
+        )
         # Each configuration starts from an empty cache, so none inherits another's prefixes.
         async with httpx.AsyncClient(base_url=args.url, timeout=60) as http:
             flushed = await http.post("/flush_cache")
@@ -262,7 +307,6 @@ async def amain(args: argparse.Namespace) -> dict:
         capacity = info.max_total_num_tokens
         factory = lambda: client  # noqa: E731
     result = await run_config(args, factory, capacity)
-    result["keep_reasoning"] = args.keep_reasoning
     result["backend"] = "transformers" if args.transformers else "sglang"
     result["server_flags"] = args.server_flags
     return result
@@ -280,6 +324,11 @@ def main() -> None:
     p.add_argument("--system-words", type=int, default=1500)
     p.add_argument("--task-words", type=int, default=1000)
     p.add_argument("--keep-reasoning", action="store_true")
+    p.add_argument(
+        "--text-prompts",
+        action="store_true",
+        help="send kept turns as text (re-tokenized) instead of the ids the server generated",
+    )
     p.add_argument("--admission", action="store_true")
     p.add_argument("--reserve-tokens", type=int, default=4096)
     p.add_argument("--server-flags", default="")

@@ -6,6 +6,12 @@
 #   hf        stop SGLang, run the transformers batch-1 baseline (4)
 #   h100      on an H100: start a server with its own KV capacity, run 1 and 5
 #   gpu       start a server as tests/test_gpu_sglang.py expects (unless one runs) and run that suite
+#   exact     issue 16: start a radix-cache server (unless one runs), run the workload with reasoning dropped,
+#             kept as text, kept as the server's ids; $OUT/aw-exact.json is
+#             benchmarks/results/exact_tokens-<date>.json. Validate it here first against the scripted server:
+#               .venv/bin/python -m qwq_agent.testing.scripted_server --port 30777 --random-tokens 200 &
+#               OUT=/tmp/aw AW_URL=http://127.0.0.1:30777 AW_PYTHON=.venv/bin/python AW_NO_INSTALL=1 \
+#                 bash benchmarks/gpu_agent_workload.sh exact
 # First, on your own machine: scripts/prepare-gpu.sh (writes .device/, says what each call carries). Then
 # one call carrying .device/sglang/a runs `mkdir -p /tmp/sglang-a && cp .device/sglang/a/*.whl /tmp/sglang-a/`,
 # and each phase's call carries .device/sglang/b .device/qwq-32b .device/wheels.
@@ -13,18 +19,24 @@
 set -u
 phase=${1:?phase}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if [ ! -d .device/wheels ]; then echo "no .device/wheels: run scripts/prepare-gpu.sh first and carry it"; exit 1; fi
-if [ ! -d /tmp/extra/rich ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/extra .device/wheels/*.whl || exit 1
+# AW_URL, AW_PYTHON and AW_NO_INSTALL let a phase run here, against the scripted server (see `exact`).
+URL=${AW_URL:-http://127.0.0.1:30000}
+PY=${AW_PYTHON:-python3}
+mkdir -p "$OUT"
+if [ -z "${AW_NO_INSTALL:-}" ]; then
+  if [ ! -d .device/wheels ]; then echo "no .device/wheels: run scripts/prepare-gpu.sh first and carry it"; exit 1; fi
+  if [ ! -d /tmp/extra/rich ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/extra .device/wheels/*.whl || exit 1
+  fi
 fi
 export PYTHONPATH=/tmp/site:/tmp/extra:$PWD
 # KV capped at 40k tokens: configurations 1-3 (8 sessions, ~32k tokens) fit, and 32 sessions of ~4-6k
 # tokens overload it 3.6 times, so configuration 5 needs no more sessions than the H100 run did.
 FLAGS="--enable-metrics --enable-cache-report --context-length 16384 --max-total-tokens 40000"
-bench() { python3 benchmarks/agent_workload.py --out "$OUT/aw-$phase.json" --server-flags "$SERVER_FLAGS" "$@"; }
+bench() { "$PY" benchmarks/agent_workload.py --url "$URL" --out "$OUT/aw-$phase.json" --server-flags "$SERVER_FLAGS" "$@"; }
 common="--sessions 8 --turns 6 --gen-tokens 200 --obs-words 150"
 over="--sessions 32 --turns 4 --gen-tokens 100 --obs-words 300 --task-words 2000 --reserve-tokens 5000"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$OUT/device.txt"
 case "$phase" in
   start-a)
     SERVER_FLAGS="--schedule-policy lpm $FLAGS"
@@ -60,6 +72,16 @@ case "$phase" in
     QWQ_SGLANG_URL=http://127.0.0.1:30000 QWQ_GPU_OBSERVATIONS="$OUT/gpu-observations.json" \
       python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_gpu_sglang.py 2>&1 | tee "$OUT/gpu-suite.txt"
     rc=${PIPESTATUS[0]}
+    ;;
+  exact)
+    # Issue 16: the same workload three ways; the target is uncached == new tokens (within 2) when kept as ids.
+    SERVER_FLAGS="--schedule-policy lpm $FLAGS"
+    if ! curl -s -o /dev/null "$URL/health"; then
+      bash .device/sglang/b/sglang-up.sh .device/qwq-32b $SERVER_FLAGS || exit 1
+    fi
+    bench --label "drop-reasoning" $common || rc=1
+    bench --label "keep-reasoning-as-text" $common --keep-reasoning --text-prompts || rc=1
+    bench --label "keep-reasoning-as-ids" $common --keep-reasoning || rc=1
     ;;
   hf)
     if [ -f /tmp/sglang.pid ]; then

@@ -56,6 +56,8 @@ class Completion(BaseModel):
     text: str
     prompt: str | None = None
     usage: Usage = Field(default_factory=Usage)
+    output_ids: list[int] = Field(default_factory=list)
+    """The token ids the server generated, when its API reports them (empty otherwise)."""
 
 
 ModelEvent = TextDelta | Completion

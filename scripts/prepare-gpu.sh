@@ -11,11 +11,19 @@ cd "$(dirname "$0")/.."
 shared=${QWQ_SHARED:-../shared}
 PY=${PYTHON:-python3}
 mkdir -p .device
-grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
+# In a git worktree .git is a file: ask git where this checkout's exclude file is.
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.device/' "$exclude" 2>/dev/null || echo '/.device/' >> "$exclude"
 
 if [ ! -d .device/sglang/a ] || [ ! -d .device/sglang/b ]; then
   [ -f "$shared/device/prepare-sglang.py" ] || { echo "prepare-gpu: $shared/device/prepare-sglang.py not found (set QWQ_SHARED)"; exit 1; }
-  "$PY" "$shared/device/prepare-sglang.py"
+  # prepare-sglang.py writes .git/info/exclude under its working directory, which fails in a worktree
+  # (.git is a file there): run it in a scratch folder and move its .device/sglang here.
+  scratch=$(mktemp -d)
+  shared_abs=$(cd "$shared" && pwd)
+  (cd "$scratch" && "$PY" "$shared_abs/device/prepare-sglang.py")
+  rm -rf .device/sglang && mv "$scratch/.device/sglang" .device/sglang && rm -rf "$scratch"
 fi
 
 if [ ! -f .device/wheels/.done ]; then
@@ -34,6 +42,12 @@ EOF
     name=$(basename "$w" | cut -d- -f1)
     rm -f .device/wheels/"$name"-*.whl
   done
+  # QwQ's tokenizer (the `tokenizer` extra) for the benchmarks: tiktoken is on the GPU machine already,
+  # dashscope only carries the vocabulary file (the tokenizer never imports it), so its own deps stay here.
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform any \
+    -d .device/wheels "dashscope>=1.20"
+  # The GPU machine has numpy already (../shared/device/README.md): carrying it would pass 64 MiB.
+  rm -f .device/wheels/numpy-*.whl
   touch .device/wheels/.done
 fi
 

@@ -29,6 +29,7 @@ first differ.
 In token ids (what SGLang's radix cache compares) the same holds when the output does not begin with
 whitespace, which would merge with the ``\\n`` that ends the prompt, and the ids the server generated are the
 canonical encoding of the output text (tests/test_tokenizer.py checks the first condition).
+`render_segments` lifts both conditions: it gives kept turns as the ids the server generated (`exact_tokens`).
 
 One more break of the default policy: the current template renders the *last* message of a conversation
 whole (reasoning included), so a prompt that ends in an assistant message changes once more messages follow
@@ -42,6 +43,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from qwq_agent.agent.exact_tokens import Segment, TokenSpan, ids_spell, segment_text
 from qwq_agent.agent.messages import Message, ToolCall, ToolSpec
 from qwq_agent.agent.profiles import DEFAULT_PROFILE, ChatProfile, get_profile
 
@@ -53,6 +55,7 @@ __all__ = [
     "model_output",
     "render",
     "render_assistant_turn",
+    "render_segments",
     "tojson",
     "tool_call_json",
     "tool_spec_json",
@@ -221,8 +224,58 @@ def render(
     in the module docstring. An empty conversation renders as the system turn (if any) and the generation
     prompt, where the Jinja template would fail.
     """
-    prof = get_profile(profile)
-    out = [_system_turn(messages, tools, prof)]
+    parts = _render_parts(messages, tools, add_generation_prompt, keep_reasoning, get_profile(profile), False)
+    return "".join(segment_text(part) for part in parts)
+
+
+def render_segments(
+    messages: Sequence[Message],
+    tools: Sequence[ToolSpec] = (),
+    *,
+    add_generation_prompt: bool = True,
+    keep_reasoning: bool = False,
+    profile: str | ChatProfile = DEFAULT_PROFILE,
+) -> list[Segment]:
+    """`render`, with kept assistant turns as the ids the server generated (see `exact_tokens`).
+
+    With `keep_reasoning`, an assistant message whose `token_ids` spell its `raw` text becomes the
+    generation prompt, a `TokenSpan` of those ids, and ``<|im_end|>\n``; every other piece is text. The
+    texts of the segments concatenate to `render(...)` with the same arguments. Without `keep_reasoning`
+    (or when no turn has ids) the result is text only.
+    """
+    return _render_parts(messages, tools, add_generation_prompt, keep_reasoning, get_profile(profile), True)
+
+
+# Checking that a turn's ids still spell its text costs a decode; each (message, ids, raw) is checked
+# once. Entries hold the objects themselves, so an id() is never reused while cached; an edit that
+# replaces `raw` or `token_ids` (model_copy, assignment) is a miss and is checked again.
+_SPAN_CACHE: OrderedDict[int, tuple[Message, list[int], str, TokenSpan | None]] = OrderedDict()
+
+
+def _kept_span(message: Message) -> TokenSpan | None:
+    """The message's ids as a span, or None when it has none or they no longer spell `raw` (edited)."""
+    ids, raw = message.token_ids, message.raw
+    if ids is None or raw is None:
+        return None
+    hit = _SPAN_CACHE.get(id(message))
+    if hit is not None and hit[0] is message and hit[1] is ids and hit[2] is raw:
+        return hit[3]
+    span = TokenSpan(tuple(ids), raw) if ids_spell(ids, raw) else None
+    _SPAN_CACHE[id(message)] = (message, ids, raw, span)
+    if len(_SPAN_CACHE) > _HISTORY_CACHE_SIZE:
+        _SPAN_CACHE.popitem(last=False)
+    return span
+
+
+def _render_parts(
+    messages: Sequence[Message],
+    tools: Sequence[ToolSpec],
+    add_generation_prompt: bool,
+    keep_reasoning: bool,
+    prof: ChatProfile,
+    splice: bool,
+) -> list[Segment]:
+    out: list[Segment] = [_system_turn(messages, tools, prof)]
     count = len(messages)
     for index, message in enumerate(messages):
         role = message.role
@@ -230,7 +283,11 @@ def render(
             out.append(IM_START + role + "\n" + message.content + IM_END + "\n")
         elif role == "assistant":
             last = index == count - 1
-            if last:
+            span = _kept_span(message) if splice and keep_reasoning else None
+            if span is not None:
+                # The same text render_assistant_turn writes for a turn with `raw`, the output as ids.
+                out.extend([prof.generation_prompt, span, IM_END + "\n"])
+            elif last:
                 out.append(
                     render_assistant_turn(message, keep_reasoning=keep_reasoning, last=True, profile=prof)
                 )
@@ -244,4 +301,4 @@ def render(
                 out.append(IM_END + "\n")
     if add_generation_prompt:
         out.append(prof.generation_prompt)
-    return "".join(out)
+    return out

@@ -65,6 +65,8 @@ class ModelCall(_Event):
     completion: str
     usage: Usage
     prompt_shared_prefix_chars: int | None = None
+    completion_ids: list[int] | None = None
+    """The token ids the server generated (native API), so a replay keeps the turn token-exact."""
 
 
 class ToolCallEvent(_Event):

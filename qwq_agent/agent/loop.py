@@ -312,6 +312,7 @@ class Agent:
                     reasoning=parsed.reasoning,
                     tool_calls=list(parsed.tool_calls),
                     raw=result.raw,
+                    token_ids=_kept_ids(result.raw, result.output_ids),
                 )
             )
             if not reasoning_language_warned and parsed.reasoning:
@@ -430,3 +431,16 @@ def _budget_error(over: tuple[str, float, float] | None) -> str | None:
     if name == "wall_s":  # ended by the timer, a little before the limit (the abort's reserve)
         return f"budget wall_s used up: the run's {limit:g} s deadline was reached ({used:.2f} s)"
     return f"budget {name} used up ({used:g} >= {limit:g})"
+
+
+def _kept_ids(raw: str, output_ids: list[int] | None) -> list[int] | None:
+    """The ids a turn keeps for token-exact prompts (`exact_tokens`); None when they cannot be had."""
+    if not output_ids:
+        return None
+    from qwq_agent.agent.exact_tokens import exact_output_ids
+    from qwq_agent.agent.tokenizer import VocabularyNotFound
+
+    try:
+        return exact_output_ids(raw, output_ids)
+    except VocabularyNotFound:  # no tokenizer here: the turn is sent as text, as before
+        return None

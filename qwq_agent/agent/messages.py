@@ -40,3 +40,8 @@ class Message(BaseModel):
     # The model's exact output for an assistant turn, when known. Renderers that keep reasoning in
     # history write it verbatim, so the next prompt extends this one token for token.
     raw: str | None = None
+    # The token ids the server generated for `raw`, stop token excluded (decode(token_ids) == raw). A
+    # native client that keeps reasoning splices them into later prompts verbatim, so the server sees
+    # exactly what it generated instead of a re-tokenization of the text. None when unknown (OpenAI API,
+    # an old trace, a turn the loop continued with injected text); then the text is tokenized instead.
+    token_ids: list[int] | None = None

@@ -207,7 +207,9 @@ class ReplayModel:
         text = call.completion
         for i in range(0, len(text), self._chunk):
             yield TextDelta(text=text[i : i + self._chunk])
-        yield Completion(text=text, prompt=call.prompt, usage=call.usage)
+        yield Completion(
+            text=text, prompt=call.prompt, usage=call.usage, output_ids=call.completion_ids or []
+        )
 
     def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
         """The prompt a native client would send (replayed constrained calls ask for it)."""
@@ -227,7 +229,9 @@ class ReplayModel:
         call = self._calls[self._next]
         self._next += 1
         self._check_prompt(call, prompt)
-        return Completion(text=call.completion, prompt=call.prompt, usage=call.usage)
+        return Completion(
+            text=call.completion, prompt=call.prompt, usage=call.usage, output_ids=call.completion_ids or []
+        )
 
     async def aclose(self) -> None:
         if self._then is not None:

@@ -39,6 +39,9 @@ class TurnResult(BaseModel):
     stop_status: str | None = None  # set when the turn itself ends the run
     error: str | None = None
     budget: str | None = None  # the budget that ended the turn (`wall_s` when its deadline passed)
+    # The ids the server generated for `raw`, when the turn was one request the model wrote alone; a turn
+    # continued with injected text (a nudge, a forced `</think>`, a grammar) was never one sequence.
+    output_ids: list[int] | None = None
 
 
 class _Attempt(BaseModel):
@@ -136,6 +139,8 @@ class TurnStreamer:
                         yield ev
                 self.result.raw = self.prefix + attempt.text
                 self.result.parsed = self.parser.result()
+                if not self.prefix and attempt.completion is not None and attempt.completion.output_ids:
+                    self.result.output_ids = list(attempt.completion.output_ids)
                 return
             async for ev in self._intervene(attempt):
                 yield ev
@@ -192,7 +197,12 @@ class TurnStreamer:
         self._limits.record(usage)
         self.result.usage = usage
         prompt = done.prompt if done else None
-        yield self.emit(ModelCall(prompt=prompt, prefix=self.prefix, completion=attempt.text, usage=usage))
+        ids = list(done.output_ids) if done is not None and done.output_ids else None
+        yield self.emit(
+            ModelCall(
+                prompt=prompt, prefix=self.prefix, completion=attempt.text, usage=usage, completion_ids=ids
+            )
+        )
         yield self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))
 
     async def _finish_call_under_grammar(self, text: str) -> AsyncIterator[Event]:

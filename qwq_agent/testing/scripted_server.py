@@ -72,6 +72,10 @@ class Turn:
     """After this many tokens, send only SSE keep-alive comments (`: keep-alive`), one every
     `keepalive_interval` seconds, until the request is aborted or `hold_timeout` passes (streams only)."""
     keepalive_interval: float = 0.05
+    ids: list[int] | None = None
+    """Generate these token ids instead of tokenizing `text` (then ignored): a model that samples a split the
+    tokenizer would not choose, as real models do. Each id streams as its own decoded piece; stop strings
+    do not apply, `max_new_tokens` does."""
 
 
 @dataclass
@@ -257,6 +261,7 @@ class ScriptedModelServer:
             ("GET", "/metrics"): self._metrics,
             ("POST", "/generate"): self._generate,
             ("POST", "/abort_request"): self._abort,
+            ("POST", "/flush_cache"): self._flush_cache,
             ("GET", "/v1/models"): self._models,
             ("POST", "/v1/chat/completions"): self._chat,
         }
@@ -276,6 +281,11 @@ class ScriptedModelServer:
             self.errors.append(f"{type(exc).__name__}: {exc}")
             if not out.started:
                 await out.send_json(500, {"error": {"message": f"scripted server: {exc}"}})
+
+    async def _flush_cache(self, req: HttpRequest, out: HttpResponder) -> None:
+        """Forget every cached sequence, as SGLang's `/flush_cache` empties its radix tree."""
+        self._cache.clear()
+        await out.send_bytes(200, b"")
 
     async def _health(self, req: HttpRequest, out: HttpResponder) -> None:
         await out.send_bytes(200 if self.ready else 503, b"")
@@ -378,7 +388,7 @@ class ScriptedModelServer:
         """Apply stop strings and the token limit; return the tokens to stream and SGLang's finish reason."""
         text = turn.text
         finish: dict[str, Any] = {"type": "stop", "matched": IM_END_ID}
-        stops = [] if turn.stop_order == "ignore" else params.get("stop") or []
+        stops = [] if turn.stop_order == "ignore" or turn.ids is not None else params.get("stop") or []
         if isinstance(stops, str):
             stops = [stops]
         hits = [(text.find(s), s) for s in stops if s and s in text]
@@ -386,7 +396,10 @@ class ScriptedModelServer:
             at, matched = hits[0] if turn.stop_order == "listed" else min(hits)
             text = text[:at]
             finish = {"type": "stop", "matched": matched}
-        pieces = self.tokenizer.pieces(text)
+        if turn.ids is not None:
+            pieces = [(i, self.tokenizer.decode([i])) for i in turn.ids]
+        else:
+            pieces = self.tokenizer.pieces(text)
         limit = params.get("max_new_tokens", params.get("max_tokens", params.get("max_completion_tokens")))
         if limit is not None and len(pieces) > int(limit):
             pieces = pieces[: int(limit)]
@@ -715,6 +728,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", action="append", default=[], help="a turn (repeatable; cycles)")
     parser.add_argument("--model", default="Qwen/QwQ-32B")
     parser.add_argument("--max-total-num-tokens", type=int, default=18391)
+    parser.add_argument(
+        "--random-tokens",
+        type=int,
+        default=0,
+        help="answer every request with this many random token ids, as a model with random weights does "
+        "(its sampled splits are rarely the tokenizer's own): for benchmarks/agent_workload.py",
+    )
     parser.add_argument("--unready-for", type=float, default=0.0, help="answer /health 503 this long (s)")
     parser.add_argument(
         "--exit-after", type=float, default=None, help="exit with status 3 after this long (s)"
@@ -722,8 +742,14 @@ def main(argv: list[str] | None = None) -> int:
     args, _unknown = parser.parse_known_args(argv)  # launcher flags meant for SGLang are ignored
 
     async def serve() -> None:
+        turns: Sequence[TurnSource] | Callable[[ScriptedRequest], str | Turn]
+        turns = args.text or ["scripted\n</think>\n\nok"]
+        if args.random_tokens > 0:
+            from qwq_agent.testing.random_turns import random_token_turns
+
+            turns = random_token_turns(args.random_tokens)
         server = ScriptedModelServer(
-            args.text or ["scripted\n</think>\n\nok"],
+            turns,
             model=args.model,
             when_exhausted="repeat",
             max_total_num_tokens=args.max_total_num_tokens,

@@ -41,7 +41,8 @@ class SGLangCompletion(Completion):
     matched_stop: str | int | None = None
     """The stop string or token id that ended generation (SGLang trims stop strings from the text)."""
     server_latency_s: float | None = None
-    output_ids: list[int] = Field(default_factory=list)
+    prompt_ids: list[int] | None = None
+    """The prompt as ids, when it was sent as ids (kept turns spliced in: see `exact_tokens`)."""
 
 
 class ServerInfo(BaseModel):
@@ -84,6 +85,9 @@ class SGLangClient:
         profile: the chat-format profile `stream()` renders prompts with.
         keep_reasoning: keep earlier turns' reasoning in the prompt (prefix-stable history, more tokens)
             instead of dropping it as QwQ's template does.
+        exact_tokens: with `keep_reasoning`, send prompts as ids with each earlier turn's `token_ids`
+            (the ids this server generated) spliced in verbatim, so the radix cache matches the whole
+            history; turns without ids are tokenized as text. Off: the prompt is sent as text.
         name: the model name reported to the loop (defaults to the profile).
         connect_timeout: seconds to open a connection.
         read_timeout: longest silence, in seconds, between bytes of a response (covers a slow prefill).
@@ -100,6 +104,7 @@ class SGLangClient:
         *,
         profile: str = "qwq-32b",
         keep_reasoning: bool = False,
+        exact_tokens: bool = True,
         name: str | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 600.0,
@@ -111,6 +116,7 @@ class SGLangClient:
         self.base_url = base_url.rstrip("/")
         self.profile = profile
         self.keep_reasoning = keep_reasoning
+        self.exact_tokens = exact_tokens
         self.name = name or profile
         self.retry = retry or RetryPolicy()
         self.incremental = incremental
@@ -205,10 +211,17 @@ class SGLangClient:
         *,
         prefix: str = "",
     ) -> AsyncIterator[ModelEvent]:
-        """Render the conversation with QwQ's chat template, append `prefix`, and stream the output."""
-        prompt = self.render_prompt(messages, tools) + prefix
-        async with aclosing(self.generate_stream(prompt, params)) as events:
+        """Render the conversation with QwQ's chat template, append `prefix`, and stream the output.
+
+        The prompt goes as ids when `exact_tokens` applies and some earlier turn kept its ids; the
+        completion's `prompt` is then the text those ids spell (what `render_prompt` returns).
+        """
+        text = self.render_prompt(messages, tools) + prefix
+        ids = self.prompt_ids(messages, tools, prefix=prefix)
+        async with aclosing(self.generate_stream(ids if ids is not None else text, params)) as events:
             async for event in events:
+                if ids is not None and isinstance(event, SGLangCompletion):
+                    event.prompt = text  # traces and replay compare prompts as text
                 yield event
 
     def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
@@ -222,6 +235,21 @@ class SGLangClient:
             keep_reasoning=self.keep_reasoning,
             profile=self.profile,
         )
+
+    def prompt_ids(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], *, prefix: str = ""
+    ) -> list[int] | None:
+        """The prompt as ids with kept turns spliced in; None when it goes as text (no turn kept ids)."""
+        if not (self.exact_tokens and self.keep_reasoning):
+            return None
+        from qwq_agent.agent.chat_format import render_segments
+        from qwq_agent.agent.exact_tokens import TokenSpan, encode_segments
+
+        segments = render_segments(list(messages), list(tools), keep_reasoning=True, profile=self.profile)
+        if not any(isinstance(segment, TokenSpan) for segment in segments):
+            return None
+        # The prefix joins the last text run (the generation prompt), tokenized with it as the text path does.
+        return encode_segments([*segments, prefix])
 
     async def generate(
         self, prompt: str | list[int], params: SamplingParams | None = None
@@ -359,6 +387,7 @@ class SGLangClient:
         yield SGLangCompletion(
             text=text,
             prompt=prompt if isinstance(prompt, str) else None,
+            prompt_ids=None if isinstance(prompt, str) else list(prompt),
             usage=Usage(
                 prompt_tokens=int(final.get("prompt_tokens") or 0),
                 cached_tokens=int(final.get("cached_tokens") or 0),
