@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qwq_agent.sandbox.janitor import SandboxInfo
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,12 +58,12 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from qwq_agent.cli.preflight import check_sandbox_image
-    from qwq_agent.sandbox import DockerSandbox
+    from qwq_agent.sandbox import DockerSandbox, PythonResult, ShellResult
 
     _docker_ready()
     check_sandbox_image()
 
-    async def go():  # type: ignore[no-untyped-def]
+    async def go() -> PythonResult | ShellResult:
         async with DockerSandbox.create() as sb:
             if args.python is not None:
                 return await sb.python(args.python, timeout=args.timeout)
@@ -70,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
-    if args.python is not None:
+    if isinstance(result, PythonResult):
         if result.value is not None:
             print(result.value)
         if result.error is not None:
@@ -84,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     return code if code >= 0 else 128 - code
 
 
-def _table(rows, title: str) -> None:  # type: ignore[no-untyped-def]
+def _table(rows: Sequence[SandboxInfo], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -15,6 +15,7 @@ import select
 import signal
 import struct
 import time
+from collections.abc import Callable
 
 from .framing import RequestError
 from .privileges import PR_SET_CHILD_SUBREAPER, drop_to_user, prctl
@@ -22,7 +23,7 @@ from .privileges import PR_SET_CHILD_SUBREAPER, drop_to_user, prctl
 _STATUS = struct.Struct(">i")
 # Set by the server: what to do when a process tree cannot be killed within the budget. The sandbox can
 # then no longer promise containment, so the server exits and the host replaces the container.
-on_containment_failure = None
+on_containment_failure: Callable[[], object] | None = None
 _FD_FLOOR = 100  # fds are moved above this before being placed, so no source is clobbered
 
 
@@ -179,7 +180,7 @@ def _process_table():
 def descendants(root, table=None):
     """Pids of the live (non-zombie) descendants of `root`."""
     table = _process_table() if table is None else table
-    children = {}
+    children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     out, todo = [], list(children.get(root, ()))
