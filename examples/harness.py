@@ -3,6 +3,9 @@
 With `--model-url` (or QWQ_MODEL_URL) a live SGLang server drives the agent. Without one the example's
 recorded completions are served by a local scripted model server over real HTTP, and the screen says
 so: everything else (the client, the parser, the loop, the sandbox and the tools) runs for real.
+
+Figures the python tool draws are saved as PNGs (`--images DIR`, by default next to the trace) and
+their absolute paths printed, so a terminal opens them from wherever it is.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import struct
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -42,6 +46,8 @@ class Example:
     # Runs around the example (e.g. builds an index, serves pages) and yields a dict: its
     # "tool_options" go to `build_tools`, the rest is passed to `turns` when that is a callable.
     setup: Callable[[], AbstractAsyncContextManager[dict[str, Any]]] | None = None
+    # Figures the run must save as PNGs (checked when it runs with an image folder).
+    figures: int = 0
 
 
 @asynccontextmanager
@@ -55,6 +61,7 @@ class Outcome:
     problems: list[str]
     replayed: bool
     requests: int = 0
+    images: list[Path] = field(default_factory=list)  # the PNGs saved, absolute paths
 
 
 async def run(
@@ -63,12 +70,13 @@ async def run(
     model_url: str | None = None,
     console: Console | None = None,
     trace_path: Path | None = None,
+    image_dir: Path | None = None,
 ) -> Outcome:
-    """Run `example` end to end and check what it produced."""
+    """Run `example` end to end and check what it produced; figures are saved under `image_dir`."""
     console = console or Console()
     async with (example.setup or _no_setup)() as context:
         tool_options = {**example.tool_options, **context.pop("tool_options", {})}
-        return await _run(example, context, tool_options, model_url, console, trace_path)
+        return await _run(example, context, tool_options, model_url, console, trace_path, image_dir)
 
 
 async def _run(
@@ -78,6 +86,7 @@ async def _run(
     model_url: str | None,
     console: Console,
     trace_path: Path | None,
+    image_dir: Path | None,
 ) -> Outcome:
     server: ScriptedModelServer | None = None
     if model_url:
@@ -97,11 +106,13 @@ async def _run(
         tools = build_tools(example.tools, **tool_options)
         async with SGLangClient(url) as client, open_sandbox(workspace=example.workspace) as sandbox:
             agent = Agent(client, tools, sandbox=sandbox, config=AgentConfig(), trace_path=trace_path)
-            renderer = EventRenderer(console)
+            renderer = EventRenderer(console, image_dir=image_dir)
             async for ev in agent.stream(example.task):
                 renderer.handle(ev)
             assert agent.result is not None
             problems = await example.check(agent.result, sandbox)
+            if image_dir is not None:
+                problems += image_problems(renderer.saved_images, example.figures)
     finally:
         if server is not None:
             await server.stop()
@@ -109,8 +120,15 @@ async def _run(
         console.print(f"[red]check failed: {p}[/red]")
     if not problems:
         console.print(f"[bold green]✓ {example.name}: checked[/bold green]")
+    if renderer.saved_images:
+        folder = renderer.saved_images[0].parent
+        console.print(f"images: {len(renderer.saved_images)} PNG(s) in {folder}", soft_wrap=True)
     return Outcome(
-        agent.result, problems, replayed=server is not None, requests=len(server.requests) if server else 0
+        agent.result,
+        problems,
+        replayed=server is not None,
+        requests=len(server.requests) if server else 0,
+        images=list(renderer.saved_images),
     )
 
 
@@ -118,12 +136,45 @@ def main(example: Example, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=f"qwq-agent example: {example.name}")
     parser.add_argument("--model-url", default=os.environ.get("QWQ_MODEL_URL"))
     parser.add_argument("--trace", type=Path, default=Path("traces") / f"example-{example.name}.jsonl")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where figures are saved as PNGs (default: example-NAME-images/ next to the trace)",
+    )
     args = parser.parse_args(argv)
     if args.trace.exists():
         args.trace.unlink()
-    outcome = asyncio.run(run(example, model_url=args.model_url, trace_path=args.trace))
+    images = args.images
+    if images is None:
+        images = args.trace.parent / f"example-{example.name}-images"
+        for stale in images.glob("image-*.png"):  # our own folder: a shorter run leaves no old figures
+            stale.unlink()
+    outcome = asyncio.run(run(example, model_url=args.model_url, trace_path=args.trace, image_dir=images))
     Console().print(f"[dim]trace: {args.trace} (view it with `qwq-agent trace show {args.trace}`)[/dim]")
     return 0 if outcome.result.status == "completed" and not outcome.problems else 1
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk; None when `data` is not a PNG."""
+    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def image_problems(saved: list[Path], expected: int) -> list[str]:
+    """What is wrong with the PNGs a run saved: fewer than `expected`, or files that are not PNGs."""
+    problems = [f"expected {expected} figure(s), {len(saved)} saved"] if len(saved) < expected else []
+    for path in saved:
+        size = png_size(path.read_bytes())
+        if size is None or 0 in size:
+            problems.append(f"{path} is not a PNG image")
+    return problems
 
 
 def tool_outputs(result: RunResult) -> list[str]:

@@ -88,6 +88,19 @@ class Model(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class PromptModel(Model, Protocol):
+    """A `Model` that renders QwQ's chat template itself and completes raw prompts (SGLang's native API).
+
+    The loop needs both to finish a tool call under a grammar: the exact prompt so far, and a completion
+    of it under constraints set in `params`. OpenAI-compatible clients render server-side and are not one.
+    """
+
+    def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str: ...
+
+    async def generate(self, prompt: str, params: SamplingParams | None = None) -> Completion: ...
+
+
 class ToolOutput(BaseModel):
     """What a tool hands back to the loop: text for the model, images (PNG bytes, base64) for the user."""
 

@@ -123,3 +123,17 @@ def test_run_json_stream_has_tool_started_and_output_deltas_before_the_result(sa
     assert {e["call_id"] for e in events if e["type"] in ("tool_started", "tool_output", "tool_result")} == {
         events[kinds.index("tool_result")]["call_id"]
     }
+
+
+@pytest.mark.docker
+def test_sandbox_run_saves_figures_where_a_terminal_opens_them(sandbox_image, tmp_path):
+    code = "import matplotlib.pyplot as plt\nplt.plot([0, 1, 2], [0, 1, 4])\nprint('drawn')"
+    env_run = dict(capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    saved = subprocess.run([*CLI, "sandbox", "run", "--python", code, "--images", "plots"], **env_run)
+    assert saved.returncode == 0, saved.stderr[-2000:]
+    assert saved.stdout == "drawn\n"
+    png = (tmp_path / "plots" / "image-1.png").resolve()
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert f"image saved: {png}" in saved.stderr  # absolute, from a relative --images
+    plain = subprocess.run([*CLI, "sandbox", "run", "--python", code], **env_run)
+    assert plain.returncode == 0 and "1 figure(s) not saved: pass --images DIR" in plain.stderr

@@ -69,3 +69,48 @@ async def test_research_cites_its_sources(sandbox_image, tmp_path):
     module = load("research/run.py")
     outcome = await run_example(module.EXAMPLE, tmp_path)
     assert "kv-cache.md:1" in (outcome.result.answer or "")
+
+
+def test_plotting_saves_its_figure_where_a_terminal_opens_it(sandbox_image, tmp_path):
+    """The example as a user runs it: the sandbox draws the plot, the PNG lands next to the trace and
+    its absolute path is printed; figures a previous run left in that folder are gone."""
+    import os
+    import subprocess
+
+    import harness
+
+    images = tmp_path / "traces" / "example-fibonacci-plot-images"
+    images.mkdir(parents=True)
+    (images / "image-7.png").write_bytes(b"left by an earlier run")
+    env = {k: v for k, v in os.environ.items() if k != "QWQ_MODEL_URL"}
+    env.update(QWQ_SANDBOX_IMAGE=sandbox_image, COLUMNS="300")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "plotting" / "run.py")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    saved = sorted(images.iterdir())
+    assert [p.name for p in saved] == ["image-1.png"]
+    width, height = harness.png_size(saved[0].read_bytes())
+    assert width > 200 and height > 150  # a real figure, not an empty canvas
+    screen = " ".join(done.stdout.split())
+    assert "replaying this example's recorded" in screen
+    assert f"image saved: {images.resolve() / 'image-1.png'}" in screen  # absolute: opens from anywhere
+    assert f"images: 1 PNG(s) in {images.resolve()}" in screen
+    assert "✓ fibonacci-plot: checked" in screen
+
+
+def test_image_problems_catches_a_missing_or_broken_figure(tmp_path):
+    import harness
+
+    assert harness.image_problems([], 1) == ["expected 1 figure(s), 0 saved"]
+    broken = tmp_path / "image-1.png"
+    broken.write_bytes(b"<html>not a png</html>")
+    assert harness.image_problems([broken], 1) == [f"{broken} is not a PNG image"]
+    empty = tmp_path / "image-2.png"
+    empty.write_bytes(harness.PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR" + b"\x00" * 8)
+    assert harness.image_problems([empty], 0) == [f"{empty} is not a PNG image"]  # zero by zero

@@ -282,7 +282,7 @@ def recorded_decisions(path: str | Path) -> dict[str, ApprovalDecision]:
     from qwq_agent.agent.trace import read_trace
 
     return {
-        e.call_id: ApprovalDecision(action=e.action, reason=e.reason, arguments=e.arguments, by=e.by)  # type: ignore[arg-type]
+        e.call_id: ApprovalDecision(action=e.action, reason=e.reason, arguments=e.arguments, by=e.by)
         for e in read_trace(path)
         if isinstance(e, ApprovalDecided)
     }

@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import jsonschema
 
 from qwq_agent.agent.messages import ToolSpec
-from qwq_agent.protocols import Completion, SamplingParams
-
-if TYPE_CHECKING:
-    from qwq_agent.agent.clients.sglang_native import SGLangClient
+from qwq_agent.protocols import Completion, PromptModel, SamplingParams
 
 Mode = Literal["ebnf", "json_schema"]
 
@@ -243,7 +240,7 @@ def constraint_params(
 
 
 async def constrained_tool_call(
-    client: SGLangClient,
+    client: PromptModel,
     prompt_so_far: str,
     tools: Sequence[ToolSpec],
     params: SamplingParams | None = None,
@@ -266,7 +263,7 @@ async def constrained_tool_call(
 
 
 async def constrained_tool_call_completion(
-    client: SGLangClient,
+    client: PromptModel,
     prompt_so_far: str,
     tools: Sequence[ToolSpec],
     params: SamplingParams | None = None,

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from qwq_agent.agent.admission import KVAdmission
 from qwq_agent.agent.approval import ApprovalPolicy, Approver, review_calls
@@ -422,6 +422,14 @@ def _take_notices(model: Any, *, final: bool = False) -> list[Event]:
 
 class _Ended(Exception):
     """The run ended before its first step (its status and error are already set)."""
+
+
+@overload
+def _budget_error(over: tuple[str, float, float]) -> str: ...
+@overload
+def _budget_error(over: None) -> None: ...
+@overload
+def _budget_error(over: tuple[str, float, float] | None) -> str | None: ...
 
 
 def _budget_error(over: tuple[str, float, float] | None) -> str | None:

@@ -318,7 +318,7 @@ class StreamParser:
         (OpenAI-style), not by the model; adding brackets would run it with its arguments cut short.
         """
         i = len(self._events) - 1
-        while i >= 0 and isinstance(self._events[i], ContentDelta) and not self._events[i].text.strip():
+        while i >= 0 and isinstance(ev := self._events[i], ContentDelta) and not ev.text.strip():
             i -= 1  # only whitespace after the call
         last = self._events[i] if i >= 0 else None
         if isinstance(last, ToolCallParsed) and any("closing bracket" in r for r in last.repairs):

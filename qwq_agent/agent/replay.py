@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from qwq_agent.agent.events import Event, ModelCall, ReplayEnded, ReplaySource, RunStarted, Warning_
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.agent.trace import TraceError, common_prefix_len, read_trace, recorded_completions
-from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta
+from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta
 
 __all__ = ["Recording", "ReplayExhausted", "ReplayModel", "load_recording"]
 
@@ -91,7 +91,7 @@ class ReplayModel:
         self,
         calls: Sequence[ModelCall],
         *,
-        then: object | None = None,
+        then: Model | None = None,
         chunk: int = 16,
         source: ReplaySource | None = None,
     ) -> None:
@@ -107,7 +107,7 @@ class ReplayModel:
 
     @classmethod
     def from_trace(
-        cls, path: str | Path, *, run_id: str | None = None, then: object | None = None, chunk: int = 16
+        cls, path: str | Path, *, run_id: str | None = None, then: Model | None = None, chunk: int = 16
     ) -> ReplayModel:
         """Replay one run of the trace at `path` (`run_id` picks one in an old multi-run file)."""
         events = read_trace(path, run_id=run_id)
@@ -122,7 +122,7 @@ class ReplayModel:
 
     @classmethod
     def from_recording(
-        cls, recording: Recording, *, then: object | None = None, chunk: int = 16
+        cls, recording: Recording, *, then: Model | None = None, chunk: int = 16
     ) -> ReplayModel:
         source = ReplaySource(
             mode="resume" if then is not None else "replay",
@@ -197,7 +197,7 @@ class ReplayModel:
             if self._then is None:
                 raise ReplayExhausted(f"the trace recorded {len(self._calls)} completions; all were used")
             self._hand_over()
-            async for ev in self._then.stream(messages, tools, params, prefix=prefix):  # type: ignore[attr-defined]
+            async for ev in self._then.stream(messages, tools, params, prefix=prefix):
                 yield ev
             return
         prompt = self.render_prompt(messages, tools) + prefix
@@ -213,7 +213,7 @@ class ReplayModel:
 
     def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
         """The prompt a native client would send (replayed constrained calls ask for it)."""
-        if self._then is not None and hasattr(self._then, "render_prompt"):
+        if isinstance(self._then, PromptModel):
             return self._then.render_prompt(messages, tools)
         from qwq_agent.agent.chat_format import render
 
@@ -224,8 +224,13 @@ class ReplayModel:
         if not self.replaying:
             if self._then is None:
                 raise ReplayExhausted(f"the trace recorded {len(self._calls)} completions; all were used")
+            if not isinstance(self._then, PromptModel):
+                raise ReplayExhausted(
+                    f"the trace recorded {len(self._calls)} completions; all were used, and the live "
+                    f"model {self._then.name!r} cannot complete a raw prompt"
+                )
             self._hand_over()
-            return await self._then.generate(prompt, params)  # type: ignore[attr-defined]
+            return await self._then.generate(prompt, params)
         call = self._calls[self._next]
         self._next += 1
         self._check_prompt(call, prompt)
@@ -235,4 +240,4 @@ class ReplayModel:
 
     async def aclose(self) -> None:
         if self._then is not None:
-            await self._then.aclose()  # type: ignore[attr-defined]
+            await self._then.aclose()

@@ -58,6 +58,7 @@ class TraceWriter:
         self.error: str | None = None
         self.final_written = False
         self._last_prompt = ""
+        self._fd: int | None  # None once closed
         self.path, self._fd = _claim(self.requested_path, if_exists=if_exists, tag=tag)
 
     @property

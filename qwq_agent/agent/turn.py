@@ -22,7 +22,7 @@ from qwq_agent.agent.loop_detector import LoopSignal, ReasoningLoopDetector, clo
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.agent.turn_limits import ContextLength, TurnLimits
 from qwq_agent.deadline import Deadline
-from qwq_agent.protocols import Completion, Model, SamplingParams, TextDelta, Usage
+from qwq_agent.protocols import Completion, Model, PromptModel, SamplingParams, TextDelta, Usage
 
 Emit = Callable[..., Event]
 
@@ -82,11 +82,9 @@ class TurnStreamer:
         self._reserve = min(ABORT_RESERVE_S, 0.1 * wall) if wall is not None else 0.0
         self.result = TurnResult()
         self._limits = TurnLimits(config.max_requests_per_turn, context_length)
-        self._constrain = (
-            config.constrained_tool_calls
-            and bool(self.specs)
-            and hasattr(model, "render_prompt")
-            and hasattr(model, "generate")
+        # Tool calls are finished under a grammar only by a model that renders its own prompt.
+        self._native: PromptModel | None = (
+            model if config.constrained_tool_calls and self.specs and isinstance(model, PromptModel) else None
         )
         self._reset()
 
@@ -135,8 +133,8 @@ class TurnStreamer:
                 usage = attempt.completion.usage if attempt.completion else None
                 length_limited = usage is not None and usage.finish_reason == "length"
                 for pev in self.parser.close(length_limited=length_limited):
-                    if (ev := self._parser_event(pev)) is not None:
-                        yield ev
+                    if (closing := self._parser_event(pev)) is not None:
+                        yield closing
                 self.result.raw = self.prefix + attempt.text
                 self.result.parsed = self.parser.result()
                 if not self.prefix and attempt.completion is not None and attempt.completion.output_ids:
@@ -149,7 +147,7 @@ class TurnStreamer:
 
     async def _stream(self, attempt: _Attempt) -> AsyncIterator[Event]:
         """One request: feed the parser and the detectors; stop early when they say so."""
-        watcher = CallOpenWatcher(self.prefix) if self._constrain else None
+        watcher = CallOpenWatcher(self.prefix) if self._native is not None else None
         pieces: list[str] = []
         stream = self.model.stream(self.messages, self.specs, self._sampling(), prefix=self.prefix)
         events = aiter(stream)
@@ -206,7 +204,10 @@ class TurnStreamer:
         yield self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))
 
     async def _finish_call_under_grammar(self, text: str) -> AsyncIterator[Event]:
-        prompt_so_far = self.model.render_prompt(self.messages, self.specs) + self.prefix + text  # type: ignore[attr-defined]
+        native = self._native
+        if native is None:  # `_stream` opens a call for the grammar only when there is a native model
+            raise RuntimeError("a tool call was left open for the grammar without a native model")
+        prompt_so_far = native.render_prompt(self.messages, self.specs) + self.prefix + text
         if (problem := await self._limits.before_request()) is not None:
             self.result.raw = self.prefix + text
             yield self._stop("model_error", problem)
@@ -214,7 +215,7 @@ class TurnStreamer:
         try:
             async with self.deadline.timer(reserve=self._reserve):
                 call_text, done = await constrained_tool_call_completion(
-                    self.model,  # type: ignore[arg-type]
+                    native,
                     prompt_so_far,
                     self.specs,
                     self.config.sampling,

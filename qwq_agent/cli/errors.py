@@ -95,6 +95,7 @@ def _os_error(exc: BaseException) -> CliError:
 
 
 def _unicode(exc: BaseException) -> CliError:
+    assert isinstance(exc, UnicodeDecodeError)
     return CliError(f"a file is not UTF-8 text ({exc.reason})", "pass a text file (a trace is JSON lines)")
 
 

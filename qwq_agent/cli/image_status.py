@@ -8,13 +8,13 @@ elsewhere the build's progress lines, as `qwq-agent sandbox build` prints them.
 from __future__ import annotations
 
 import asyncio
-import os
 
 from rich.console import Console
 from rich.markup import escape
 
 from qwq_agent.cli.activity import Activity
 from qwq_agent.sandbox.image import Recipe, build_image, image_exists
+from qwq_agent.settings import get_settings
 
 
 async def ensure_run_image(console: Console, recipe: Recipe | None = None) -> str | None:
@@ -22,7 +22,7 @@ async def ensure_run_image(console: Console, recipe: Recipe | None = None) -> st
 
     Raises `ImageBuildError` as `ensure_image` does.
     """
-    if os.environ.get("QWQ_SANDBOX_IMAGE"):
+    if get_settings().sandbox_image:
         return None  # the user's image: preflight has checked that it exists
     recipe = recipe or Recipe()
     tag = recipe.image_tag()

@@ -5,18 +5,21 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from qwq_agent.agent.events import Final
+
+if TYPE_CHECKING:
+    from qwq_agent.agent.loop import Agent
 
 
 @dataclass
 class Started:
     """What `run` had started when it was stopped: the agent and its trace, once they exist."""
 
-    agent: Any = None
+    agent: Agent | None = None
     trace_path: Path | None = None
 
 
@@ -25,13 +28,14 @@ def print_interrupted(console: Console, started: Started, signal_name: str, *, a
     from qwq_agent.cli.render import EventRenderer
 
     agent = started.agent
-    result = getattr(agent, "result", None)
-    if agent is None or (result is None and not getattr(agent, "_running", False)):
+    result = None
+    if agent is not None and (agent.result is not None or getattr(agent, "_running", False)):
+        # The loop usually wrote `final` when its task was cancelled; if not, this writes it (once) and
+        # closes the trace, so the file always ends with one.
+        result = agent.end_run("interrupted", f"interrupted by {signal_name}") or agent.result
+    if result is None:
         console.print(f"[yellow]{signal_name}: stopped before the run started; no trace was written[/yellow]")
         return
-    # The loop usually wrote `final` when its task was cancelled; if not, this writes it (once) and
-    # closes the trace, so the file always ends with one.
-    result = agent.end_run("interrupted", f"interrupted by {signal_name}") or result
     final = Final(
         run_id=result.run_id,
         status=result.status,

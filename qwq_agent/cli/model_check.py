@@ -56,7 +56,7 @@ async def connect_model(
     if api == "native":
         from qwq_agent.agent.clients import SGLangClient
 
-        return SGLangClient(url, keep_reasoning=keep_reasoning)  # type: ignore[return-value]
+        return SGLangClient(url, keep_reasoning=keep_reasoning)
     from qwq_agent.agent.clients.openai_chat import OpenAIChatClient
 
-    return OpenAIChatClient(url, model=model)  # type: ignore[return-value]
+    return OpenAIChatClient(url, model=model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     parser = StreamParser()
     events = parser.feed(text) + parser.close()
+    payload: list[dict[str, Any]] | dict[str, Any]
     if args.events:
         payload = [e.model_dump(mode="json") for e in merge_deltas(events)]
     else:

@@ -54,6 +54,7 @@ class EventRenderer:
         # A trace has no deltas: its model_call events carry the whole text instead.
         self.replaying = replaying
         self._images = 0
+        self.saved_images: list[Path] = []  # absolute paths of the images written to `image_dir`
         self._in_text = False
         self._newlines = 1  # newlines at the end of what was printed last
         self.reasoning = reasoning
@@ -189,6 +190,7 @@ class EventRenderer:
         # Absolute, so that a terminal (or a click on the path) opens it from anywhere.
         path = (self.image_dir / f"image-{self._images}.png").resolve()
         path.write_bytes(base64.b64decode(b64))
+        self.saved_images.append(path)
         self.console.print(f"[magenta]image saved: {path}[/magenta]", soft_wrap=True)
 
     def _summary(self, ev: Final) -> None:

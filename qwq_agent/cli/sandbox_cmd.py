@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qwq_agent.sandbox.janitor import SandboxInfo
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--python", metavar="CODE", help="a Python cell")
     what.add_argument("--shell", metavar="CMD", help="a bash command")
     run.add_argument("--timeout", type=float, default=None, help="seconds (default: the config's)")
+    run.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="save the cell's figures here as PNGs and print their paths (default: not saved)",
+    )
     run.add_argument("--json", action="store_true", help="JSON output")
     run.set_defaults(func=_run)
 
@@ -53,12 +67,12 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from qwq_agent.cli.preflight import check_sandbox_image
-    from qwq_agent.sandbox import DockerSandbox
+    from qwq_agent.sandbox import DockerSandbox, PythonResult, ShellResult
 
     _docker_ready()
     check_sandbox_image()
 
-    async def go():  # type: ignore[no-untyped-def]
+    async def go() -> PythonResult | ShellResult:
         async with DockerSandbox.create() as sb:
             if args.python is not None:
                 return await sb.python(args.python, timeout=args.timeout)
@@ -70,13 +84,18 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
-    if args.python is not None:
+    if isinstance(result, PythonResult):
         if result.value is not None:
             print(result.value)
         if result.error is not None:
             sys.stderr.write(result.error.traceback)
-        if result.images:
-            print(f"[{len(result.images)} figure(s) not shown]", file=sys.stderr)
+        if result.images and args.images is None:
+            print(
+                f"[{len(result.images)} figure(s) not saved: pass --images DIR to save them]", file=sys.stderr
+            )
+        elif result.images:
+            for path in save_pngs(result.images, args.images):
+                print(f"image saved: {path}", file=sys.stderr)
         return 1 if result.error else 0
     if result.timed_out:
         print("[timed out]", file=sys.stderr)
@@ -84,7 +103,18 @@ def _run(args: argparse.Namespace) -> int:
     return code if code >= 0 else 128 - code
 
 
-def _table(rows, title: str) -> None:  # type: ignore[no-untyped-def]
+def save_pngs(images: Sequence[str], folder: Path) -> list[Path]:
+    """Write base64 PNGs as `folder/image-N.png`; absolute paths, which a terminal opens from anywhere."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, b64 in enumerate(images, 1):
+        path = (folder / f"image-{i}.png").resolve()
+        path.write_bytes(base64.b64decode(b64))
+        paths.append(path)
+    return paths
+
+
+def _table(rows: Sequence[SandboxInfo], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 

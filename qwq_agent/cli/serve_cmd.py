@@ -141,17 +141,18 @@ def _wait_ready(server, timeout: float):
 
     activity = Activity(Console())
     activity.start(f"waiting for {server.url}/health (the server loads the model)")
-    last = {"line": "", "reported": time.monotonic()}
+    last_line, last_report = "", time.monotonic()
 
     def on_log(text: str) -> None:
+        nonlocal last_line, last_report
         activity.output(text)
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         if lines:
-            last["line"] = lines[-1]
-        if not activity.enabled and time.monotonic() - last["reported"] >= QUIET_REPORT_S:
-            last["reported"] = time.monotonic()
+            last_line = lines[-1]
+        if not activity.enabled and time.monotonic() - last_report >= QUIET_REPORT_S:
+            last_report = time.monotonic()
             print(
-                f"still waiting for /health after {activity.elapsed():.0f}s; log: {last['line'][:200]}",
+                f"still waiting for /health after {activity.elapsed():.0f}s; log: {last_line[:200]}",
                 flush=True,
             )
 

@@ -172,7 +172,8 @@ class DocIndex:
                     )
                     stats.unchanged += 1
                     continue
-                title, sections, error = "", [], None
+                title, error = "", None
+                sections: list[Section] = []
                 try:
                     title, sections = extract(data, kind)
                 except ExtractError as exc:

@@ -339,7 +339,7 @@ class DockerSandbox:
 
     async def _timed_call(
         self,
-        request_type: type[Request],
+        request_type: type[PythonRequest] | type[ShellRequest],
         result_type: type[R],
         fields: dict[str, Any],
         default_timeout: float,

@@ -27,7 +27,7 @@ class ScriptTokenizer:
         self._enc: _Encoder | None = None
         if use_project_tokenizer:
             try:
-                from qwq_agent.agent.tokenizer import get_tokenizer  # type: ignore[import-not-found]
+                from qwq_agent.agent.tokenizer import get_tokenizer
 
                 self._enc = get_tokenizer()
             except Exception:  # not landed yet, or its files are missing: the regex is good enough

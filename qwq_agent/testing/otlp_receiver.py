@@ -86,8 +86,7 @@ class OTLPReceiver:
     @property
     def endpoint(self) -> str:
         """The base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` takes it."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_port}"
 
     def _add(self, request: Any) -> None:
         spans = []

@@ -449,13 +449,16 @@ class ScriptedModelServer:
     async def _generate(self, req: HttpRequest, out: HttpResponder) -> None:
         body = req.json() or {}
         text, ids = body.get("text"), body.get("input_ids")
-        if (text is None) == (ids is None) or isinstance(text, list) or (ids and isinstance(ids[0], list)):
+        bad_text = text is not None and not isinstance(text, str)  # a list is a batch
+        if (text is None) == (ids is None) or bad_text or (ids and isinstance(ids[0], list)):
             await out.send_json(
                 400, {"error": {"message": "give exactly one of text / input_ids (no batches)"}}
             )
             return
         rid = str(body.get("rid") or uuid.uuid4().hex)
-        prompt_ids = list(ids) if ids is not None else self.tokenizer.encode(text)
+        prompt_ids = (
+            list(ids) if ids is not None else self.tokenizer.encode(str(text))
+        )  # a str, checked above
         request = ScriptedRequest(
             path=req.path,
             body=body,
@@ -547,7 +550,7 @@ class ScriptedModelServer:
     def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
         """The prompt the model would see; the project's renderer when it is there, else plain ChatML."""
         try:
-            from qwq_agent.agent.chat_format import render  # type: ignore[import-not-found]
+            from qwq_agent.agent.chat_format import render
             from qwq_agent.agent.messages import Message, ToolCall, ToolSpec
 
             converted = []
@@ -766,10 +769,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.unready_for > 0:
             loop.call_later(args.unready_for, server.set_ready)
         if args.exit_after is not None:
-            loop.call_later(
-                args.exit_after,
-                lambda: (print("scripted server crashing on purpose", flush=True), stop.set()),
-            )
+
+            def crash() -> None:
+                print("scripted server crashing on purpose", flush=True)
+                stop.set()
+
+            loop.call_later(args.exit_after, crash)
         await stop.wait()
         await server.stop()
         if args.exit_after is not None:

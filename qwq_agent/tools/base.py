@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, ClassVar, get_args, get_origin, get_type_hints, overload
+from typing import Annotated, Any, ClassVar, Generic, TypeVar, get_args, get_origin, get_type_hints, overload
 
 import docstring_parser
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -159,6 +159,10 @@ class FunctionTool:
     `timeout` (seconds) is a per-tool default that `ToolRegistry` honours.
     """
 
+    # True for tools that act on the run's sandbox: the loop runs their calls one at a time, in the
+    # order the model wrote them (optional on the `Tool` protocol; the loop reads it with getattr).
+    uses_sandbox: bool = False
+
     def __init__(
         self,
         func: Callable[..., Any],
@@ -243,14 +247,13 @@ class FunctionTool:
             return await asyncio.to_thread(func, *args)
 
         # A wrapper with the right annotations lets __init__ treat it like a decorated function.
-        if takes_context:
+        async def with_context(context: ToolContext, args: BaseModel) -> Any:
+            return await call(context, args)
 
-            async def wrapper(context: ToolContext, args: BaseModel) -> Any:
-                return await call(context, args)
-        else:
+        async def args_only(args: BaseModel) -> Any:
+            return await call(args)
 
-            async def wrapper(args: BaseModel) -> Any:  # type: ignore[misc]
-                return await call(args)
+        wrapper: Callable[..., Awaitable[Any]] = with_context if takes_context else args_only
 
         wrapper.__annotations__ = {
             **({"context": ToolContext} if takes_context else {}),
@@ -330,17 +333,22 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
 
 
-class ModelTool:
+ArgsT = TypeVar("ArgsT", bound=BaseModel)
+
+
+class ModelTool(Generic[ArgsT]):
     """Base of a configured tool (it holds settings: a database, a policy) whose arguments are one model.
 
-    Subclasses set `name`, `description` and `Args` and implement `run(args, context)`. Arguments are
-    validated again with pydantic here, since callers may bypass the registry's schema check; a
-    failure becomes an error observation, not an exception.
+    Subclasses (`class FetchUrl(ModelTool[FetchUrlArgs])`) set `name`, `description` and `Args` and
+    implement `run(args, context)`, where `args` is an `Args` instance. Arguments are validated again
+    with pydantic here, since callers may bypass the registry's schema check; a failure becomes an
+    error observation, not an exception.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
-    Args: ClassVar[type[BaseModel]]
+    # Set on the class; not a ClassVar only because a ClassVar cannot hold a type variable.
+    Args: type[ArgsT]
     _specs: ClassVar[dict[type, ToolSpec]] = {}
 
     @property
@@ -349,7 +357,7 @@ class ModelTool:
         cls = type(self)
         if cls not in ModelTool._specs:
             ModelTool._specs[cls] = ToolSpec(
-                name=cls.name, description=cls.description, parameters=cls.Args.model_json_schema()
+                name=self.name, description=self.description, parameters=self.Args.model_json_schema()
             )
         return ModelTool._specs[cls]
 
@@ -362,7 +370,7 @@ class ModelTool:
             )
         return await self.run(args, context)
 
-    async def run(self, args: Any, context: ToolContext) -> ToolOutput:
+    async def run(self, args: ArgsT, context: ToolContext) -> ToolOutput:
         raise NotImplementedError
 
 

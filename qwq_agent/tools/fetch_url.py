@@ -32,7 +32,7 @@ class FetchUrlArgs(BaseModel):
     )
 
 
-class FetchUrl(ModelTool):
+class FetchUrl(ModelTool[FetchUrlArgs]):
     """Fetch a URL and return its main content as text, links as numbered references.
 
     Runs on the host: the address policy (`AddressPolicy`) keeps it away from loopback, private,
@@ -58,7 +58,7 @@ class FetchUrl(ModelTool):
         self.limits = limits or FetchLimits()
         self.verify = verify
 
-    async def run(self, args: FetchUrlArgs, context: ToolContext) -> ToolOutput:  # type: ignore[override]
+    async def run(self, args: FetchUrlArgs, context: ToolContext) -> ToolOutput:
         try:
             page = await guarded_get(args.url, policy=self.policy, limits=self.limits, verify=self.verify)
         except AddressRefused as exc:

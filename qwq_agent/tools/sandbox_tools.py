@@ -221,4 +221,4 @@ editor_tool: FunctionTool = FunctionTool.from_model(EditorArgs, _edit, name="str
 
 for _t in (python_tool, shell_tool, editor_tool):
     # Calls on one sandbox run in the order the model wrote them (see the agent loop).
-    _t.uses_sandbox = True  # type: ignore[attr-defined]
+    _t.uses_sandbox = True

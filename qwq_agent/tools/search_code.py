@@ -41,7 +41,7 @@ class SearchCodeArgs(BaseModel):
     max_results: int = Field(default=50, ge=1, le=500, description="Most matches to show.")
 
 
-class SearchCode(ModelTool):
+class SearchCode(ModelTool[SearchCodeArgs]):
     """Search the sandbox workspace with ripgrep."""
 
     name = "search_code"
@@ -55,7 +55,7 @@ class SearchCode(ModelTool):
     def __init__(self, timeout_s: float = 30.0) -> None:
         self.timeout_s = timeout_s
 
-    async def run(self, args: SearchCodeArgs, context: ToolContext) -> ToolOutput:  # type: ignore[override]
+    async def run(self, args: SearchCodeArgs, context: ToolContext) -> ToolOutput:
         sandbox = context.sandbox
         if sandbox is None or not hasattr(sandbox, "search"):
             return ToolOutput(

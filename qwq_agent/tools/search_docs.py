@@ -30,7 +30,7 @@ class SearchDocsArgs(BaseModel):
     )
 
 
-class SearchDocs(ModelTool):
+class SearchDocs(ModelTool[SearchDocsArgs]):
     """Search an index built by `qwq-agent index DIR` and return ranked sections with citations."""
 
     name = "search_docs"
@@ -44,7 +44,7 @@ class SearchDocs(ModelTool):
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self.db_path = Path(db_path)
 
-    async def run(self, args: SearchDocsArgs, context: ToolContext) -> ToolOutput:  # type: ignore[override]
+    async def run(self, args: SearchDocsArgs, context: ToolContext) -> ToolOutput:
         try:
             # SQLite is blocking; a fresh connection in a worker thread keeps the event loop free.
             hits, files = await asyncio.to_thread(self._search, args)

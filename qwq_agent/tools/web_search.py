@@ -19,7 +19,7 @@ class WebSearchArgs(BaseModel):
     count: int = Field(default=8, ge=1, le=20, description="How many results to return.")
 
 
-class WebSearch(ModelTool):
+class WebSearch(ModelTool[WebSearchArgs]):
     """Search the web through one provider (SearXNG, Brave or Tavily); see `provider_from_env`.
 
     The provider is resolved lazily so building the tool never fails; a missing configuration is
@@ -37,7 +37,7 @@ class WebSearch(ModelTool):
         self._provider = provider
         self.timeout_s = timeout_s
 
-    async def run(self, args: WebSearchArgs, context: ToolContext) -> ToolOutput:  # type: ignore[override]
+    async def run(self, args: WebSearchArgs, context: ToolContext) -> ToolOutput:
         try:
             provider = self._provider or provider_from_env()
             async with httpx.AsyncClient(timeout=self.timeout_s, trust_env=False) as client:

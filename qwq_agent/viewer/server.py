@@ -33,14 +33,14 @@ class TraceViewer:
         if not self.root.is_dir():
             raise FileNotFoundError(f"trace folder {root} does not exist or is not a folder")
         handler = type("Handler", (_Handler,), {"root": self.root})
+        self._host = host
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{self._host}:{self._server.server_port}/"
 
     def start(self) -> TraceViewer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="trace-viewer", daemon=True)
@@ -84,8 +84,8 @@ class _Handler(BaseHTTPRequestHandler):
             runs.sort(key=lambda r: r["modified"], reverse=True)
             self._json({"root": str(self.root), "runs": runs})
         elif url.path == "/api/events":
-            path = self._trace(query.get("file", [""])[0])
-            if path is None:
+            trace = self._trace(query.get("file", [""])[0])
+            if trace is None:
                 self._json({"error": "no such trace"}, HTTPStatus.NOT_FOUND)
                 return
             try:
@@ -93,8 +93,8 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 self._json({"error": "`from` must be a line number"}, HTTPStatus.BAD_REQUEST)
                 return
-            events, nxt = read_events(path, start)
-            self._json({"events": events, "next": nxt, "summary": summarize(path, self.root).model_dump()})
+            events, nxt = read_events(trace, start)
+            self._json({"events": events, "next": nxt, "summary": summarize(trace, self.root).model_dump()})
         else:
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
 

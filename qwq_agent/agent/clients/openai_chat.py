@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -280,7 +280,7 @@ class OpenAIChatClient:
                 _check_deadline(delay, exc)
                 await asyncio.sleep(delay)
 
-    async def _stream_once(self, body: dict[str, Any]) -> AsyncIterator[ModelEvent]:
+    async def _stream_once(self, body: dict[str, Any]) -> AsyncGenerator[ModelEvent, None]:
         started = time.perf_counter()
         writer = _RawWriter()
         ttft: float | None = None

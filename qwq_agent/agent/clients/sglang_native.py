@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -263,7 +263,7 @@ class SGLangClient:
 
     async def generate_stream(
         self, prompt: str | list[int], params: SamplingParams | None = None, *, rid: str | None = None
-    ) -> AsyncIterator[ModelEvent]:
+    ) -> AsyncGenerator[ModelEvent, None]:
         """Stream `/generate` for a text prompt or token ids: `TextDelta`s, then one `SGLangCompletion`.
 
         Failures before any output are retried per `retry`; after output has arrived they raise a
@@ -299,7 +299,7 @@ class SGLangClient:
 
     async def _stream_once(
         self, payload: dict[str, Any], prompt: str | list[int]
-    ) -> AsyncIterator[ModelEvent]:
+    ) -> AsyncGenerator[ModelEvent, None]:
         rid = payload["rid"]
         started = time.perf_counter()
         text = received = ""  # what was yielded; what the server sent (more, when a stop string cut it)

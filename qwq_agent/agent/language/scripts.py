@@ -6,10 +6,18 @@ import bisect
 import re
 import threading
 import unicodedata
-from collections import Counter
 from collections.abc import Iterable
 
-__all__ = ["CJK", "KANA", "LANG_SCRIPTS", "SCRIPT_LANG", "han_markers", "script_of", "script_weights"]
+__all__ = [
+    "CJK",
+    "KANA",
+    "LANG_SCRIPTS",
+    "SCRIPT_LANG",
+    "ScriptWeights",
+    "han_markers",
+    "script_of",
+    "script_weights",
+]
 
 _RANGES: list[tuple[int, int, str]] = [
     (0x0370, 0x03FF, "Greek"),
@@ -93,9 +101,20 @@ def _other_script(ch: str) -> str | None:
     return script_of(ch)
 
 
-def script_weights(text: str, cjk_weight: float) -> Counter[str]:
+class ScriptWeights(dict[str, float]):
+    """Letters per script, as floats (CJK characters weigh more); a script not seen weighs 0."""
+
+    def __missing__(self, key: str) -> float:
+        return 0.0  # like Counter: reading a missing script does not add it
+
+    def most_common(self) -> list[tuple[str, float]]:
+        """Scripts by weight, heaviest first (ties in the order they were first seen)."""
+        return sorted(self.items(), key=lambda sw: sw[1], reverse=True)
+
+
+def script_weights(text: str, cjk_weight: float) -> ScriptWeights:
     """Letters per script; a CJK character weighs `cjk_weight` letters (it carries about that much text)."""
-    weights: Counter[str] = Counter()
+    weights = ScriptWeights()
     latin = len(_LATIN.findall(text))
     if latin:
         weights["Latin"] = float(latin)

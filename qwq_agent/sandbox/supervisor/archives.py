@@ -65,10 +65,13 @@ def upload(args):
         elif member.islnk():
             os.link(os.path.join(dest, member.linkname), target)
         else:
+            source = archive.extractfile(member)
+            if source is None:  # check_member let only regular files get here
+                raise RequestError("UnsafeArchive", f"entry {member.name!r} is not a regular file")
             fd = os.open(
                 target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, (member.mode & 0o755) | 0o600
             )
-            with os.fdopen(fd, "wb") as out, archive.extractfile(member) as src:
+            with os.fdopen(fd, "wb") as out, source as src:
                 while chunk := src.read(1 << 20):
                     out.write(chunk)
             written += member.size

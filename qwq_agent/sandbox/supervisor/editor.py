@@ -43,7 +43,8 @@ def count_lines(fd):
 
 def occurrences(content, old, limit):
     """Start offsets of `old` in `content`, overlapping ones included (`aa` is twice in `aaa`), at most `limit`."""
-    hits, pos = [], content.find(old)
+    hits: list[int] = []
+    pos = content.find(old)
     while pos != -1 and len(hits) < limit:
         hits.append(pos)
         pos = content.find(old, pos + 1)
@@ -68,7 +69,7 @@ class Editor:
                     "ToolError",
                     f"The file {shown} is too large to edit ({size} bytes; the limit is {MAX_EDIT_BYTES}). Use the shell instead.",
                 )
-            chunks = []
+            chunks: list[bytes] = []
             while (chunk := os.read(fd, 1 << 20)) and sum(map(len, chunks)) <= MAX_EDIT_BYTES:
                 chunks.append(chunk)
             data = b"".join(chunks)
@@ -144,7 +145,8 @@ class Editor:
                     "ToolError",
                     f"Invalid `view_range`: {view_range}. Its second element `{final}` should be larger or equal than its first `{init}`",
                 )
-        out, size, clipped = [], 0, False
+        out: list[str] = []
+        size, clipped = 0, False
         fd = open_regular(shown, real)
         try:
             # A line is cut short enough that the note saying so still fits in the response.

@@ -60,6 +60,12 @@ class Interpreter:
     def pid(self):
         return self.proc.pid if self.proc else None
 
+    def _live(self):
+        """The interpreter's process; there is one from `start` to `stop` (a cell never runs outside)."""
+        if self.proc is None:
+            raise RuntimeError("the interpreter is stopped")
+        return self.proc
+
     def start(self):
         cmd_r, cmd_w = os.pipe()
         res_r, res_w = os.pipe()
@@ -126,7 +132,7 @@ class Interpreter:
             return False
 
     def _died(self):
-        code = self.proc.read_status()
+        code = self._live().read_status()
         if code is None:
             return "the interpreter's keeper went away"
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
@@ -137,7 +143,7 @@ class Interpreter:
     def _run(self, code, timeout, cancel_fd, stream=None):
         started = time.monotonic()
         lost = []
-        if self.proc.read_status() is not None:  # e.g. a background thread called os._exit
+        if self._live().read_status() is not None:  # e.g. a background thread called os._exit
             lost.append(self._died() + " between cells")
             self.restart()
         elif self._stray_output():
@@ -166,7 +172,7 @@ class Interpreter:
                 if not interrupted:
                     interrupted = True
                     try:
-                        os.kill(self.proc.pid, signal.SIGINT)
+                        os.kill(self._live().pid, signal.SIGINT)
                     except ProcessLookupError:
                         pass
                     deadline = time.monotonic() + INTERRUPT_GRACE
@@ -176,7 +182,7 @@ class Interpreter:
                            "killed")  # fmt: skip
                 break
             watched = [fd for fd in (self.out, self.err) if fd not in self.closed_streams]
-            watched += [self.res_r, self.proc.status_fd] + ([] if cancelled else [cancel_fd])
+            watched += [self.res_r, self._live().status_fd] + ([] if cancelled else [cancel_fd])
             if stream is not None:
                 wait = stream.wait(wait)
             ready, _, _ = select.select(watched, [], [], wait)
@@ -197,26 +203,26 @@ class Interpreter:
                         self.closed_streams.add(fd)  # user code closed every copy: never select on EOF again
             if self.res_r in ready:
                 try:
-                    data = os.read(self.res_r, 1 << 20)
+                    piece = os.read(self.res_r, 1 << 20)
                 except BlockingIOError:
-                    data = None
-                if data == b"":
+                    piece = None
+                if piece == b"":
                     failure = (
                         self._died()
-                        if self.proc.read_status() is not None
+                        if self._live().read_status() is not None
                         else "the interpreter closed its result pipe"
                     )
-                elif data:
-                    buf += data
+                elif piece:
+                    buf += piece
                     try:
                         result = self._take(buf, nonce)
                     except ProtocolViolation as exc:
                         failure = f"protocol violation on the interpreter's result pipe: {exc}"
-            if result is None and failure is None and self.proc.status_fd in ready:
+            if result is None and failure is None and self._live().status_fd in ready:
                 failure = self._died()
         if result is not None:
             # Whatever the cell forked dies with it: no process of a finished cell outlives it.
-            self.proc.kill_all(spare_main=True, budget=KILL_BUDGET)
+            self._live().kill_all(spare_main=True, budget=KILL_BUDGET)
             drain(
                 [fd for fd in (self.out, self.err) if fd not in self.closed_streams], caps, time.monotonic()
             )
@@ -230,7 +236,7 @@ class Interpreter:
             note = f"{failure}; a fresh interpreter was started and all state was lost"
             ename = (
                 "ProtocolViolation"
-                if failure.startswith("protocol")
+                if failure is not None and failure.startswith("protocol")
                 else "TimeoutError"
                 if interrupted
                 else "InterpreterDied"

@@ -15,6 +15,7 @@ import select
 import signal
 import struct
 import time
+from collections.abc import Callable
 
 from .framing import RequestError
 from .privileges import PR_SET_CHILD_SUBREAPER, drop_to_user, prctl
@@ -23,7 +24,7 @@ from .settings import USER_NICE
 _STATUS = struct.Struct(">i")
 # Set by the server: what to do when a process tree cannot be killed within the budget. The sandbox can
 # then no longer promise containment, so the server exits and the host replaces the container.
-on_containment_failure = None
+on_containment_failure: Callable[[], object] | None = None
 _FD_FLOOR = 100  # fds are moved above this before being placed, so no source is clobbered
 
 
@@ -183,7 +184,7 @@ def _process_table():
 
 def _tree(root, table):
     """(pid, ppid, state) of every descendant of `root`, zombies included."""
-    children = {}
+    children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     out, todo = [], list(children.get(root, ()))

@@ -55,8 +55,11 @@ def search(args):
         group=USER_GID,
         extra_groups=[],
     )
+    assert proc.stdout is not None and proc.stderr is not None  # both are pipes
     deadline = time.monotonic() + float(args.get("timeout") or 30)
-    matches, total, pending, last, complete = [], 0, [], None, True
+    matches: list[dict] = []
+    pending: list[dict] = []
+    total, last, complete = 0, None, True
     root = os.path.realpath(WORKSPACE)
     killer = threading.Timer(max(0.0, deadline - time.monotonic()), kill_group, (proc.pid,))
     killer.start()

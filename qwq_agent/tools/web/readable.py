@@ -59,7 +59,7 @@ def html_to_readable(html: str | bytes, base_url: str = "") -> ReadablePage:
 def _main_content(soup: BeautifulSoup) -> Tag:
     for finder in (
         lambda: soup.find("main"),
-        lambda: soup.find(attrs={"role": "main"}),
+        lambda: soup.select_one('[role="main"]'),
         lambda: max(soup.find_all("article"), key=lambda t: len(t.get_text()), default=None),
         lambda: soup.body,
     ):
