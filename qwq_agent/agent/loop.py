@@ -21,6 +21,7 @@ from typing import Any
 
 from qwq_agent.agent.admission import KVAdmission
 from qwq_agent.agent.approval import ApprovalPolicy, Approver, review_calls
+from qwq_agent.agent.branch_result import BranchResult
 from qwq_agent.agent.budgets import BudgetTracker, Deadline
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
 from qwq_agent.agent.dispatch import ToolDispatcher
@@ -126,7 +127,7 @@ class Agent:
                         raise
                     over = ("wall_s", float(self.config.budget.max_wall_s or 0), self.tracker.wall_s)
                     yield self._emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
-                    status, error = "budget_exceeded", _budget_error(over) + " before the run could start"
+                    status, error = "budget_exceeded", f"{_budget_error(over)} before the run could start"
                     raise _Ended from None
                 yield self._emit(
                     RunStarted(
@@ -137,6 +138,7 @@ class Agent:
                         config=self.config.model_dump(mode="json"),
                         tool_options=self.tool_options,
                         replay_of=_replay_source(self.model),
+                        history=[m.model_dump(mode="json") for m in history],
                     )
                 )
                 for note in trace_notes:
@@ -169,6 +171,26 @@ class Agent:
         if (failed := self._trace_failure()) is not None:
             yield failed
         yield final
+
+    async def branch(self, n: int, task: str, *, select: Any = "first", **options: Any) -> BranchResult:
+        """Run `task` as the next user turn in `n` concurrent branches from this agent's current state.
+
+        Each branch continues `self.messages` (the transcript so far) in its own sandbox, restored from
+        a snapshot of `self.sandbox`; the shared prefix is prefilled once and the branches are sent at
+        once, each with its own sampling seed. `select` picks the winner: ``"tests:CMD"`` (CMD exits 0
+        in the branch's sandbox), ``"majority"`` (most common final answer), ``"first"`` (first branch
+        that completed) or a function of the outcomes (see `qwq_agent.agent.selection`). Losing
+        sandboxes are released; the winner's is `result.sandbox` until `await result.aclose()`.
+        Options: see `qwq_agent.agent.branches.run_branches`.
+        """
+        from qwq_agent.agent.branches import run_branches
+
+        return await run_branches(self, n, task, select=select, **options)
+
+    async def explore(self, task: str, n: int = 8, *, select: Any = "first", **options: Any) -> BranchResult:
+        """`n` concurrent attempts at `task` from a fresh conversation (see `branch`); one is selected."""
+        self.messages = []
+        return await self.branch(n, task, select=select, **options)
 
     def end_run(self, status: str = "interrupted", error: str | None = None) -> RunResult | None:
         """End the current run from outside: write its `final` event, close the trace, set `result`.
