@@ -7,17 +7,19 @@ import struct
 import threading
 import time
 
-from . import archives, procs, search
+from . import archives, procs, search, snapshots
 from .editor import Editor
 from .framing import RequestError, cap_text, encode_frame, read_exact, write_all
 from .interpreter import Interpreter
 from .privileges import act_on_files_as_user, become_supervisor
-from .settings import IDLE_TIMEOUT, LIFETIME, MAX_FRAME, OUT_HEAD, OUT_TAIL, WORKSPACE
+from .settings import IDLE_TIMEOUT, LIFETIME, MAX_FRAME, MAX_STAGED, OUT_HEAD, OUT_TAIL, WORKSPACE
 from .shell import run_shell
 from .streaming import OutputStream
 
 # Operations that start user processes: they get a cancel pipe the host can trip mid-call.
 CANCELLABLE = ("python", "shell")
+# Operations that stream their result as events (`args["_send"]` sends a frame tied to the request).
+STREAMING = ("snapshot",)
 
 
 class Supervisor:
@@ -33,6 +35,8 @@ class Supervisor:
         procs.on_containment_failure = lambda: self.exit("a process tree could not be killed")
         self.interpreter = Interpreter()
         self.editor = Editor()
+        self.interpreter_used = False  # a restore need not restart an interpreter that never ran a cell
+        self.staging = snapshots.Staging(MAX_STAGED)
         self.ops = {
             "ping": lambda a: {"pong": True, "worker_pid": self.interpreter.pid},
             "python": self.python,
@@ -45,6 +49,10 @@ class Supervisor:
             "search": search.search,
             "upload": archives.upload,
             "download": archives.download,
+            "snapshot": snapshots.snapshot,
+            "restore_chunk": self.staging.add,
+            "restore": lambda a: snapshots.restore(a, self.staging, self.reset_interpreter),
+            "python_reset": lambda a: self.reset_interpreter() or {"worker_pid": self.interpreter.pid},
         }
 
     def send(self, obj):
@@ -52,7 +60,15 @@ class Supervisor:
         with self.out_lock:
             write_all(self.out_fd, data)
 
+    def reset_interpreter(self):
+        """A fresh interpreter (its processes killed), unless the current one never ran a cell."""
+        with self.interpreter.lock:
+            if self.interpreter_used:
+                self.interpreter.restart()
+                self.interpreter_used = False
+
     def python(self, args):
+        self.interpreter_used = True
         code = args.get("code")
         if not isinstance(code, str):
             raise RequestError("InvalidRequest", "`code` must be a string")
@@ -83,6 +99,8 @@ class Supervisor:
                 args["_cancel"] = cancel_r
                 args["_id"], args["_nonce"] = rid, nonce
                 args["_stream"] = OutputStream.for_request(self.send, args)
+            if req.get("op") in STREAMING:
+                args["_send"] = lambda frame: self.send({"id": rid, "nonce": nonce, **frame})
             reply = {"id": rid, "nonce": nonce, "ok": True, "result": op(args)}
         except RequestError as exc:
             reply = self.error(rid, nonce, exc.kind, str(exc))
