@@ -49,7 +49,7 @@ def per_branch(scripts: dict[int, list[str | Turn]]) -> Callable[[ScriptedReques
         params = req.sampling_params
         if params.get("max_new_tokens") == 1:  # the shared prefix's warm-up
             return "x"
-        script = scripts[params["sampling_seed"]]
+        script = scripts[params.get("sampling_seed", 0)]  # 0: the parent's own run
         step = (req.prompt or "").count("<tool_response>")
         return script[min(step, len(script) - 1)]
 
@@ -72,7 +72,13 @@ def our_containers() -> list[dict]:
 def fix(new: str) -> list[str | Turn]:
     return [
         "fix it\n</think>\n\n"
-        + call("str_replace_editor", command="str_replace", path="/workspace/textstats/stats.py", old_str=OLD, new_str=new),
+        + call(
+            "str_replace_editor",
+            command="str_replace",
+            path="/workspace/textstats/stats.py",
+            old_str=OLD,
+            new_str=new,
+        ),
         "done\n</think>\n\nI fixed the median.",
     ]
 
@@ -92,14 +98,21 @@ async def test_coding_example_picks_the_branch_whose_tests_pass(sandbox_image, t
     async with open_sandbox(workspace=REPO, image=sandbox_image) as parent_sb:
         # The parent's state is branched: a file the parent wrote is in every branch.
         await parent_sb.shell("echo parent-was-here > /workspace/NOTE")
-        async with ScriptedModelServer(per_branch(scripts)) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
             agent = Agent(client, tools, sandbox=parent_sb, config=config(), trace_path=trace)
-            async with await agent.explore("Fix the failing test.", n=3, select=TESTS, seeds=SEEDS[:3]) as result:
+            async with await agent.explore(
+                "Fix the failing test.", n=3, select=TESTS, seeds=SEEDS[:3]
+            ) as result:
                 assert result.winner == 1, result.reason
                 assert result.answer == "I fixed the median."
                 assert "exited 0" in result.reason
                 # The winner's sandbox is the caller's until the block ends: it holds the fix.
-                kept = await result.sandbox.shell("cat /workspace/NOTE && python3 -m unittest -q 2>&1 | tail -1", timeout=60)
+                kept = await result.sandbox.shell(
+                    "cat /workspace/NOTE && python3 -m unittest -q 2>&1 | tail -1", timeout=60
+                )
                 assert "parent-was-here" in kept.stdout and "OK" in kept.stdout
                 assert len(our_containers()) == before + 2  # the parent's and the winner's: losers are gone
             [b0, b1, b2] = result.branches
@@ -138,7 +151,10 @@ async def test_all_branches_failing_gives_a_clear_result_and_leaks_nothing(sandb
     tools = build_tools(["shell", "str_replace_editor"])
     before = len(our_containers())
     async with open_sandbox(workspace=REPO, image=sandbox_image) as parent_sb:
-        async with ScriptedModelServer(per_branch(scripts)) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
             agent = Agent(client, tools, sandbox=parent_sb, config=config())
             result = await agent.explore("Fix it.", n=2, select=TESTS, seeds=SEEDS[:2])
         assert result.winner is None and result.sandbox is None and result.status == "no_winner"
@@ -153,9 +169,13 @@ async def test_majority_of_final_answers_wins_and_a_branch_replays_exactly(tmp_p
         SEEDS[0]: ["a\n</think>\n\n42"],
         SEEDS[1]: ["b\n</think>\n\n41"],
         SEEDS[2]: ["c\n</think>\n\n 42. "],
+        0: ["p\n</think>\n\n42"],
     }
     trace = tmp_path / "m.jsonl"
-    async with ScriptedModelServer(per_branch(scripts)) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+    async with (
+        ScriptedModelServer(per_branch(scripts)) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
         agent = Agent(client, [], config=config(), trace_path=trace)
         agent.messages = []
         first = await agent.run("What is 6*7?")  # a state to branch from: the transcript so far
@@ -164,7 +184,10 @@ async def test_majority_of_final_answers_wins_and_a_branch_replays_exactly(tmp_p
     assert result.winner == 0 and result.answer == "42"
     assert "2 of 3" in result.reason
     # Each branch continued the parent's transcript, and the parent now holds the winner's.
-    assert all(b.result is not None and b.result.messages[: len(first.messages)] == first.messages for b in result.branches)
+    assert all(
+        b.result is not None and b.result.messages[: len(first.messages)] == first.messages
+        for b in result.branches
+    )
     assert agent.messages == result.branches[0].result.messages
     # A branch's trace replays with the same prompts (no divergence) and the same answer.
     branch_file = result.branches[1].trace_path
@@ -185,7 +208,10 @@ async def test_user_function_selects_and_its_mistakes_are_reported():
     def longest(outcomes: list[BranchOutcome]) -> int:
         return max(outcomes, key=lambda o: len(o.answer or "")).index
 
-    async with ScriptedModelServer(per_branch(scripts)) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+    async with (
+        ScriptedModelServer(per_branch(scripts)) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
         agent = Agent(client, [], config=config())
         result = await agent.explore("Say something.", n=2, select=longest, seeds=SEEDS[:2])
         assert result.winner == 1 and result.answer == "the longest answer"
@@ -201,10 +227,14 @@ async def test_crashing_and_timed_out_branches_lose_without_ending_the_explorati
         SEEDS[1]: [Turn(text="stuck " * 50, hold_after=1, hold_timeout=30)],
         SEEDS[2]: ["ok\n</think>\n\nfine"],
     }
-    async with ScriptedModelServer(per_branch(scripts)) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+    async with (
+        ScriptedModelServer(per_branch(scripts)) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
         agent = Agent(client, [], config=config())
         result = await agent.explore("Go.", n=3, select="majority", seeds=SEEDS[:3], branch_timeout_s=3.0)
     [crashed, timed_out, ok] = result.branches
+    assert ok.status == "completed"
     assert crashed.status == "model_error" and "500" in (crashed.error or "")
     assert timed_out.status == "timeout" and "3 s" in (timed_out.error or "")
     assert result.winner == 2 and result.answer == "fine"
