@@ -118,7 +118,8 @@ async def test_coding_example_picks_the_branch_whose_tests_pass(sandbox_image, t
             [b0, b1, b2] = result.branches
             assert (b0.passed, b1.passed, b2.passed) == (False, True, False)
             assert "exited 1" in (b0.verdict or "") and "exited 0" in (b1.verdict or "")
-            assert all(b.restore_s is not None for b in result.branches)
+            assert all(b.restore_s is not None and b.sandbox_s >= b.restore_s for b in result.branches)
+            assert {b.python_state for b in result.branches} == {"fresh"}
             # The shared prefix was prefilled once, so every branch's first turn came from the cache.
             warm = next(r for r in server.requests if r.sampling_params.get("max_new_tokens") == 1)
             firsts = [r for r in server.requests if r is not warm and r.prompt.count("<tool_response>") == 0]
@@ -256,3 +257,24 @@ async def test_bad_arguments_fail_before_anything_starts():
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-x", "-q"]))
+
+
+@pytest.mark.docker
+async def test_branches_can_rebuild_the_parents_python_state(sandbox_image):
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+
+    script: list[str | Turn] = ["x\n</think>\n\n" + call("python", code="print(x + 1)"), "y\n</think>\n\nok"]
+    scripts = {SEEDS[0]: script, SEEDS[1]: script}
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as parent_sb:
+        await parent_sb.python("x = 41")
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
+            agent = Agent(client, build_tools(["python"]), sandbox=parent_sb, config=config())
+            result = await agent.explore("x+1?", n=2, seeds=SEEDS[:2], python_state="replay")
+            await result.aclose()
+    assert result.winner == 0
+    for b in result.branches:
+        assert b.python_state == "replayed"
+        assert b.result is not None and "42" in b.result.messages[-2].content

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from qwq_agent.agent.config import RunResult
+from qwq_agent.protocols import Usage
 
 __all__ = ["BranchOutcome", "BranchResult"]
 
@@ -26,8 +27,12 @@ class BranchOutcome(BaseModel):
     trace_path: str | None = None
     first_turn_prompt_tokens: int = 0
     first_turn_cached_tokens: int = 0
-    # Seconds to give the branch its sandbox restored from the parent's snapshot (None: no sandbox).
+    # Seconds to get the branch its sandbox, and of those, to restore the parent's snapshot into it
+    # (None: no sandbox, or no snapshot to restore).
+    sandbox_s: float | None = None
     restore_s: float | None = None
+    # How the restore left the Python interpreter: "fresh" or "replayed" (the parent's cells re-run).
+    python_state: str | None = None
     result: RunResult | None = None
 
 
@@ -47,7 +52,8 @@ class BranchResult(BaseModel):
     branches: list[BranchOutcome]
     trace_path: str | None = None
     snapshot_id: str | None = None
-    warmup_prompt_tokens: int = 0
+    # The one request that prefilled the shared prefix before the branches were sent (None: skipped).
+    warmup: Usage | None = None
     sandbox: Any = Field(default=None, exclude=True)
     _release: Callable[[], Awaitable[None]] | None = PrivateAttr(default=None)
 

@@ -159,7 +159,7 @@ async def run_branches(
             branches=outcomes,
             trace_path=str(trace.path) if trace else None,
             snapshot_id=getattr(snapshot, "id", None),
-            warmup_prompt_tokens=warm.prompt_tokens if warm else 0,
+            warmup=warm,
         )
         keep = branches[choice.winner] if choice.winner is not None else None
         for b in branches:
@@ -231,12 +231,15 @@ async def _sandbox_for(branch: _Branch, parent: Agent, snapshot: Any, python_sta
             starting = DockerSandbox.create(template.config, engine=template.engine)
             sandbox = await branch.stack.enter_async_context(starting)
         if snapshot is not None:
-            await sandbox.restore(snapshot, python_state=python_state)
+            restoring = time.perf_counter()
+            restored = await sandbox.restore(snapshot, python_state=python_state)
+            branch.outcome.python_state = getattr(restored, "python_state", None)
+            branch.outcome.restore_s = time.perf_counter() - restoring
     except Exception as exc:
         branch.outcome.status, branch.outcome.error = "error", f"no sandbox: {type(exc).__name__}: {exc}"
         await branch.stack.aclose()
         return
-    branch.outcome.restore_s = time.perf_counter() - started
+    branch.outcome.sandbox_s = time.perf_counter() - started
     branch.sandbox, branch.ready = sandbox, True
 
 
