@@ -269,7 +269,7 @@ def main() -> None:
     p.add_argument("--flush-cache", action="store_true", help="POST /flush_cache before each configuration")
     p.add_argument("--branches", type=int, default=8)
     p.add_argument("--gen-tokens", type=int, default=64, help="generated (noise) tokens per turn")
-    p.add_argument("--system-words", type=int, default=1500)
+    p.add_argument("--system-words", type=int, default=1850)
     p.add_argument("--task-words", type=int, default=700)
     p.add_argument("--workspace-mb", type=float, default=10.0)
     p.add_argument("--label-suffix", default="", help="appended to the labels (e.g. -h200)")
