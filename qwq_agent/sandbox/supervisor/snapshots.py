@@ -100,13 +100,15 @@ def snapshot(args):
             info = tarfile.TarInfo(name)
             info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
             if stat.S_ISDIR(st.st_mode):
+                info.type = tarfile.DIRTYPE
                 try:
                     with os.scandir(path) as it:
                         children = sorted(e.name for e in it)
                 except OSError as exc:
                     skipped.append(f"{name}/: {exc.strerror}")
-                    continue
-                info.type = tarfile.DIRTYPE
+                    if name not in ROOTS:
+                        continue
+                    children = []  # a root is always in the archive, if empty
                 out.write(_header(info))
                 stack.extend((f"{name}/{c}", os.path.join(path, c)) for c in reversed(children))
             elif stat.S_ISLNK(st.st_mode):
@@ -178,11 +180,14 @@ def check_archive(data):
         if problem:
             raise RequestError("UnsafeArchive", f"refusing the snapshot: entry {m.name!r}: {problem}")
         total += m.size if m.isreg() else 0
-        seen.add(m.name)
+        seen.add(m.name)  # roots included: a snapshot must hold both
         if m.isdir():
             dirs.add(m.name)
         elif m.isreg() or m.islnk():
             files.add(m.name)
+    missing = [r for r in ROOTS if r not in seen]
+    if missing:
+        raise RequestError("UnsafeArchive", f"not a snapshot: it has no {'/, '.join(missing)}/ directory")
     if total > len(data):
         raise RequestError(
             "UnsafeArchive", "refusing the snapshot: its members claim more data than it holds"
