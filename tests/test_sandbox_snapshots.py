@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 import pytest_asyncio
 
-from qwq_agent.sandbox import DockerSandbox, SandboxConfig, SandboxPool, UnsafeArchive
+from qwq_agent.sandbox import DockerSandbox, SandboxConfig, SandboxPool, ToolError, UnsafeArchive
 from qwq_agent.sandbox.cells import CellLog
 from qwq_agent.sandbox.errors import SnapshotTooLarge
 from qwq_agent.sandbox.snapshot import RestoreRequest, Snapshot
@@ -267,6 +267,11 @@ async def test_big_archives_are_staged_in_chunks_under_a_cap(sandbox_image: str,
     async with DockerSandbox.create(small) as sb:
         with pytest.raises(SnapshotTooLarge, match="staged"):
             await sb.restore(snap)  # 3 chunks of 1 MiB would pass the sandbox's 2 MB staging cap
+    full = small.model_copy(update={"env": {}, "workspace_size": 1 << 20})
+    async with DockerSandbox.create(full) as sb:
+        with pytest.raises(ToolError, match="left empty"):
+            await sb.restore(snap)  # 3 MB into a 1 MiB workspace: the disk fills up
+        assert await sh(sb, "find /workspace /home/sandbox -mindepth 1") == ""
     roomy = small.model_copy(update={"env": {}})
     async with DockerSandbox.create(roomy) as sb:
         result = await sb.restore(snap)
