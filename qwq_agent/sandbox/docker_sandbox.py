@@ -250,13 +250,17 @@ class DockerSandbox:
             return True
 
     async def _call_raw(
-        self, request: Request, reply_timeout: float | None, on_event: OnEvent | None = None
+        self,
+        request: Request,
+        reply_timeout: float | None,
+        on_event: OnEvent | None = None,
+        blob: bytes | None = None,
     ) -> tuple[dict[str, Any], bool]:
         replaced = await self._ensure_alive()
         assert self._channel is not None
         try:
             raw = await self._channel.call(
-                request.op, request.model_dump(exclude={"op"}), reply_timeout, on_event
+                request.op, request.model_dump(exclude={"op"}), reply_timeout, on_event, blob
             )
         except SandboxTimeout as exc:
             # An unresponsive supervisor cannot be trusted with the next call: kill it now.

@@ -12,10 +12,11 @@ sandbox holding it with `pool.acquire(snapshot=snap)`.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from qwq_agent.sandbox.errors import SnapshotTooLarge
 from qwq_agent.sandbox.protocol import Request, Result
@@ -63,6 +64,15 @@ class Snapshot(BaseModel):
         description="the Python cells run before the snapshot; None if too many were run to record",
     )
     source: str = Field(default="", description="id of the sandbox it was taken from")
+    _verified: bool = PrivateAttr(default=False)
+
+    def verify(self) -> bool:
+        """True when `data` matches `size_bytes` and `sha256` (hashed once per object: bytes are immutable)."""
+        if not self._verified:
+            self._verified = (
+                len(self.data) == self.size_bytes and hashlib.sha256(self.data).hexdigest() == self.sha256
+            )
+        return self._verified
 
 
 class ReplayFailure(BaseModel):
@@ -90,6 +100,9 @@ class RestoreResult(Result):
     failed_cells: list[ReplayFailure] = Field(default_factory=list)
     note: str = ""
     duration_s: float = 0.0
+    sandbox_seconds: dict[str, float] = Field(
+        default_factory=dict, description="time spent in the sandbox: sha256, check, clear, extract"
+    )
 
 
 # ------------------------------------------------------------------------------ supervisor requests
@@ -102,14 +115,16 @@ class SnapshotRequest(Request):
 
 
 class RestoreChunkRequest(Request):
+    """One piece of an archive too big for one request; its bytes follow the frame as a blob."""
+
     op: Literal["restore_chunk"] = "restore_chunk"
     token: str
     seq: int = Field(ge=0)
-    data: str = Field(description="base64")
 
 
 class RestoreRequest(Request):
+    """Restore the archive sent as this request's blob, or the one staged under `token`."""
+
     op: Literal["restore"] = "restore"
     sha256: str
-    data: str | None = Field(default=None, description="the whole archive, base64; else `token`")
     token: str | None = Field(default=None, description="an archive staged with restore_chunk")

@@ -14,8 +14,6 @@ the supervisor's, and the archive's headers are vetted before the snapshot is ha
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import secrets
 import time
@@ -40,7 +38,7 @@ from qwq_agent.sandbox.supervisor.snapshots import check_archive
 if TYPE_CHECKING:
     from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 
-# Archives whose base64 fits in one request go inline; bigger ones are staged in chunks of this size.
+# Archives that fit in one request go as its blob; bigger ones are staged in chunks of this size.
 CHUNK_BYTES = 32 * 1024 * 1024
 _REQUEST_SLACK = 4096
 
@@ -58,12 +56,9 @@ class _Receiver:
     def __call__(self, frame: dict[str, Any]) -> None:
         if frame.get("event") != "snapshot_chunk" or self.problem or self.too_large:
             return
-        data = frame.get("data")
-        try:
-            raw = base64.b64decode(data if isinstance(data, str) else b"?", validate=True)
-        except (binascii.Error, ValueError):
-            self.problem = "a chunk that is not base64"
-            self.chunks = []
+        raw = frame.get("_blob")
+        if not isinstance(raw, bytes):
+            self.problem, self.chunks = "a chunk without its bytes", []
             return
         self.received += len(raw)
         if self.received > self.max_bytes:
@@ -133,25 +128,23 @@ async def restore_snapshot(
         raise InvalidRequest(f"python_state must be 'fresh' or 'replay', not {python_state!r}")
     started = time.perf_counter()
     data = snapshot.data
-    if len(data) != snapshot.size_bytes or hashlib.sha256(data).hexdigest() != snapshot.sha256:
+    if not await asyncio.to_thread(snapshot.verify):
         raise UnsafeArchive(
             f"snapshot {snapshot.id}'s archive does not match its sha256 (changed since it was taken); "
             "nothing was restored"
         )
-    encoded = base64.b64encode(data).decode("ascii")
     reply = sandbox._grace(timeout)
-    if len(encoded) + _REQUEST_SLACK <= sandbox.config.max_request_bytes:
-        request = RestoreRequest(sha256=snapshot.sha256, data=encoded)
+    step = min(CHUNK_BYTES, sandbox.config.max_request_bytes - _REQUEST_SLACK)
+    if len(data) <= step:
+        raw, replaced = await sandbox._call_raw(RestoreRequest(sha256=snapshot.sha256), reply, blob=data)
     else:
-        del encoded
         token = secrets.token_hex(8)
-        step = min(CHUNK_BYTES, (sandbox.config.max_request_bytes - _REQUEST_SLACK) * 3 // 4)
+        view = memoryview(data)
         for seq, at in enumerate(range(0, len(data), step)):
-            piece = base64.b64encode(data[at : at + step]).decode("ascii")
-            chunk = RestoreChunkRequest(token=token, seq=seq, data=piece)
-            await sandbox._call_raw(chunk, reply)
+            chunk = RestoreChunkRequest(token=token, seq=seq)
+            await sandbox._call_raw(chunk, reply, blob=bytes(view[at : at + step]))
         request = RestoreRequest(sha256=snapshot.sha256, token=token)
-    raw, replaced = await sandbox._call_raw(request, reply)
+        raw, replaced = await sandbox._call_raw(request, reply)
     sandbox.cells.reset()
     result = RestoreResult(
         snapshot_id=snapshot.id,
@@ -159,6 +152,7 @@ async def restore_snapshot(
         bytes=int(raw.get("bytes") or 0),
         sandbox_replaced=replaced,
         state_lost=True,
+        sandbox_seconds=_seconds(raw.get("seconds")),
     )
     if python_state == "replay":
         await _replay(sandbox, snapshot, result)
@@ -166,6 +160,12 @@ async def restore_snapshot(
         result.note = "the interpreter is fresh: no cell of the snapshot was run"
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def _seconds(value: object) -> dict[str, float]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float)}
 
 
 async def _replay(sandbox: DockerSandbox, snapshot: Snapshot, result: RestoreResult) -> None:
