@@ -107,6 +107,7 @@ async def test_coding_example_picks_the_branch_whose_tests_pass(sandbox_image, t
                 "Fix the failing test.", n=3, select=TESTS, seeds=SEEDS[:3]
             ) as result:
                 assert result.winner == 1, result.reason
+                [b0, b1, b2] = result.branches
                 assert result.answer == "I fixed the median."
                 assert "exited 0" in result.reason
                 # The winner's sandbox is the caller's until the block ends: it holds the fix.
@@ -115,11 +116,13 @@ async def test_coding_example_picks_the_branch_whose_tests_pass(sandbox_image, t
                 )
                 assert "parent-was-here" in kept.stdout and "OK" in kept.stdout
                 assert len(our_containers()) == before + 2  # the parent's and the winner's: losers are gone
-            [b0, b1, b2] = result.branches
             assert (b0.passed, b1.passed, b2.passed) == (False, True, False)
             assert "exited 1" in (b0.verdict or "") and "exited 0" in (b1.verdict or "")
             assert all(b.restore_s is not None and b.sandbox_s >= b.restore_s for b in result.branches)
             assert {b.python_state for b in result.branches} == {"fresh"}
+            # The patch of each branch is against the parent's upload (the baseline came with the snapshot).
+            assert "+    if len(ordered) % 2:" in (b1.result.patch or "")
+            assert "NOTE" in (b2.result.patch or "") and "stats.py" not in (b2.result.patch or "")
             # The shared prefix was prefilled once, so every branch's first turn came from the cache.
             warm = next(r for r in server.requests if r.sampling_params.get("max_new_tokens") == 1)
             firsts = [r for r in server.requests if r is not warm and r.prompt.count("<tool_response>") == 0]

@@ -65,7 +65,7 @@ def test_run_branches_selects_by_tests_and_says_why_one_line_per_branch(sandbox_
                 *CLI, "run", "Fix the failing test.", "--model-url", server.url,
                 "--tools", "shell,str_replace_editor", "--workspace", str(REPO),
                 "--branches", "3", "--select", "tests:cd /workspace && python3 -m unittest -q",
-                "--trace", str(trace),
+                "--trace", str(trace), "--patch", str(tmp_path / "fix.diff"),
             ],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
@@ -80,6 +80,7 @@ def test_run_branches_selects_by_tests_and_says_why_one_line_per_branch(sandbox_
     winner = int(won.split()[1])
     assert f"branch {winner} won: `cd /workspace && python3 -m unittest -q` exited 0" in out
     assert "Traceback" not in out
+    assert "+        return ordered[mid]" in (tmp_path / "fix.diff").read_text()
 
     shown = subprocess.run(
         [*CLI, "trace", "show", str(trace), "--branches"], capture_output=True, text=True, timeout=60

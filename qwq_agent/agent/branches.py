@@ -96,6 +96,8 @@ async def run_branches(
         raise BranchError(f"n must be between 1 and {MAX_BRANCHES}, got {n}")
     if seeds is not None and len(seeds) != n:
         raise BranchError(f"{len(seeds)} seeds given for {n} branches: give one per branch")
+    if parent._running:  # its transcript is still changing: branch after its run ends
+        raise BranchError("the agent is running a task: branch from it after its run ends")
     selector = parse_select(select)
     seeds = list(seeds) if seeds is not None else [random.randrange(2**31) for _ in range(n)]
     history = list(parent.messages)
@@ -234,6 +236,10 @@ async def _sandbox_for(branch: _Branch, parent: Agent, snapshot: Any, python_sta
             restoring = time.perf_counter()
             restored = await sandbox.restore(snapshot, python_state=python_state)
             branch.outcome.python_state = getattr(restored, "python_state", None)
+            if template is not None:  # the baseline's git dir came with the home: patches still work
+                from qwq_agent.agent.patch import inherit_baseline
+
+                inherit_baseline(sandbox, template)
             branch.outcome.restore_s = time.perf_counter() - restoring
     except Exception as exc:
         branch.outcome.status, branch.outcome.error = "error", f"no sandbox: {type(exc).__name__}: {exc}"

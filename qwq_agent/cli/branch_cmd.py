@@ -66,6 +66,10 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
         if args.copy_back is not None and result.sandbox is not None:
             await result.sandbox.download("/workspace", args.copy_back)
             console.print(f"[dim]the winner's workspace copied back to {args.copy_back}[/dim]")
+    won = result.won
+    if args.patch is not None and won is not None and won.result is not None and won.result.patch is not None:
+        args.patch.write_text(won.result.patch, encoding="utf-8")
+        console.print(f"[dim]the winner's patch: {args.patch.resolve()}[/dim]", soft_wrap=True)
     if result.trace_path:
         console.print(
             f"[dim]trace: {result.trace_path} (one file per branch beside it)[/dim]", soft_wrap=True
