@@ -142,6 +142,7 @@ async def test_coding_example_picks_the_branch_whose_tests_pass(sandbox_image, t
     assert [e.passed for e in ends] == [False, True, False]
     assert next(e for e in events if isinstance(e, BranchSelected)).winner == 1
     assert isinstance(events[-1], Final) and events[-1].answer == "I fixed the median."
+    assert events[-1].totals["steps"] == 2 + 2 + 1  # the branches' steps together
     for e in ends:
         assert e.trace == str(branch_trace_path(trace, e.index))
         assert read_trace(e.trace)[-1].status == "completed"

@@ -80,6 +80,7 @@ def test_run_branches_selects_by_tests_and_says_why_one_line_per_branch(sandbox_
     winner = int(won.split()[1])
     assert f"branch {winner} won: `cd /workspace && python3 -m unittest -q` exited 0" in out
     assert "Traceback" not in out
+    assert len(re.findall(r"^branch \d ended: completed after 2 steps$", proc.stdout, re.M)) == 3
     assert "+        return ordered[mid]" in (tmp_path / "fix.diff").read_text()
 
     shown = subprocess.run(

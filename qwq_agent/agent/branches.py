@@ -150,6 +150,7 @@ async def run_branches(
                 status=won.status if won else "no_winner",
                 answer=won.answer if won else None,
                 error=None if won else choice.reason,
+                totals=_summed(outcomes),
             )
         )
         if won is not None and won.result is not None:
@@ -332,6 +333,20 @@ async def _select(selector: Selector, outcomes: list[BranchOutcome], sandboxes: 
         return await selector.select(outcomes, sandboxes)
     except Exception as exc:  # a broken selector: no winner, every branch kept in the result
         return Selection(winner=None, reason=f"the selection failed: {type(exc).__name__}: {exc}")
+
+
+def _summed(outcomes: list[BranchOutcome]) -> dict[str, float]:
+    """All branches' totals added up (tokens, steps, tool time): what the exploration used.
+
+    Wall time is left out: the branches ran at the same time, so their sum says nothing.
+    """
+    totals: dict[str, float] = {}
+    for o in outcomes:
+        for key, value in (o.result.totals if o.result else {}).items():
+            if key == "wall_s":
+                continue
+            totals[key] = totals.get(key, 0.0) + float(value or 0)
+    return totals
 
 
 def _ended(o: BranchOutcome) -> BranchEnded:

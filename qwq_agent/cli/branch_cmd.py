@@ -56,7 +56,9 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
         console.print(
             f"[dim]running {args.branches} branches (select: {selector.label})[/dim]", soft_wrap=True
         )
-    result = await agent.explore(task, n=args.branches, select=selector)
+    result = await agent.explore(
+        task, n=args.branches, select=selector, on_event=_progress(console, args.json)
+    )
     async with result:
         if args.json:
             sys.stdout.write(result.model_dump_json(exclude={"branches": {"__all__": {"result"}}}) + "\n")
@@ -75,6 +77,18 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
             f"[dim]trace: {result.trace_path} (one file per branch beside it)[/dim]", soft_wrap=True
         )
     return 0 if result.winner is not None else 1
+
+
+def _progress(console: Console, quiet: bool) -> Any:
+    """A dim line as each branch ends (they may take minutes; the verdicts come after all have ended)."""
+    from qwq_agent.agent.events import Event, Final
+
+    def on_event(index: int, ev: Event) -> None:
+        if isinstance(ev, Final) and not quiet:
+            steps = int(ev.totals.get("steps", 0) or 0)
+            console.print(f"[dim]branch {index} ended: {ev.status} after {steps} steps[/dim]")
+
+    return on_event
 
 
 def describe(outcome: Any) -> str:

@@ -140,6 +140,8 @@ class EventRenderer:
             c.print(Panel(ev.task, title="task", border_style="cyan"))
             if ev.sandbox_id:
                 c.print(f"[dim]sandbox {ev.sandbox_id} · tools: {', '.join(ev.tools)}[/dim]")
+            if ev.history:
+                c.print(f"[dim]continues a conversation of {len(ev.history)} earlier messages[/dim]")
         elif isinstance(ev, ModelCall):
             if self.show_prompts and ev.prompt:
                 c.print(Panel(Text(ev.prompt), title="prompt", border_style="dim"))
