@@ -282,3 +282,52 @@ async def test_branches_can_rebuild_the_parents_python_state(sandbox_image):
     for b in result.branches:
         assert b.python_state == "replayed"
         assert b.result is not None and "42" in b.result.messages[-2].content
+
+
+async def test_branching_a_run_that_stopped_mid_way_continues_its_transcript(tmp_path):
+    from qwq_agent.agent.budgets import Budget
+    from qwq_agent.tools.base import tool
+
+    @tool
+    def lookup(key: str) -> str:
+        """Look a key up.
+
+        Args:
+            key: the key
+        """
+        return f"value-of-{key}"
+
+    scripts: dict[int, list[str | Turn]] = {
+        0: ["look\n</think>\n\n" + call("lookup", key="k")],  # the parent: stopped by its step budget
+        SEEDS[0]: ["-", "a\n</think>\n\nvalue-of-k"],
+        SEEDS[1]: ["-", "b\n</think>\n\nvalue-of-k"],
+    }
+    async with (
+        ScriptedModelServer(per_branch(scripts)) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(
+            client, [lookup], config=config(budget=Budget(max_steps=1)), trace_path=tmp_path / "p.jsonl"
+        )
+        stopped = await agent.run("What is k?")
+        assert stopped.status == "budget_exceeded" and stopped.messages[-1].role == "tool"
+        agent.config = config()  # the branches get the usual budget
+        result = await agent.branch(2, select="majority", seeds=SEEDS[:2])
+        firsts = [r for r in server.requests if r.sampling_params.get("sampling_seed") in SEEDS]
+    assert result.winner == 0 and result.answer == "value-of-k"
+    # No user turn was added: each branch answered the tool result the parent stopped at.
+    for b in result.branches:
+        assert b.result is not None and b.result.messages[: len(stopped.messages)] == stopped.messages
+        assert [m.role for m in b.result.messages[len(stopped.messages) :]] == ["assistant"]
+    assert all(r.prompt.count("<tool_response>") == 1 and r.prompt.endswith("<think>\n") for r in firsts)
+    # The branch's trace records that it continued, and replays exactly.
+    recording = load_recording(result.branches[1].trace_path)
+    assert recording.continues and recording.task == "What is k?"
+    replay = Agent(ReplayModel.from_recording(recording), [lookup], config=recording.agent_config())
+    events = [
+        ev async for ev in replay.stream(recording.task, history=recording.history_messages(), continues=True)
+    ]
+    assert not [e for e in events if isinstance(e, Warning_) and e.kind == "replay_divergence"]
+    assert replay.result is not None and replay.result.answer == "value-of-k"
+    with pytest.raises(BranchError, match="nothing to continue"):
+        await agent.branch(2)  # the transcript now ends with the winner's answer

@@ -74,7 +74,7 @@ class _Branch:
 async def run_branches(
     parent: Agent,
     n: int,
-    task: str,
+    task: str | None,
     *,
     select: Any = "first",
     seeds: list[int] | None = None,
@@ -85,6 +85,10 @@ async def run_branches(
     on_event: Callable[[int, Event], None] | None = None,
 ) -> BranchResult:
     """Run `task` in `n` concurrent branches of `parent`'s state and select one (see the module doc).
+
+    `task` is the branches' next user turn; None continues the transcript as it stands (a run that
+    stopped after a tool result, e.g. on its step budget), which must then end with a user or tool
+    message.
 
     `seeds` (one per branch; default: random) and `temperature` (default: the config's) make the
     branches sample differently. `branch_timeout_s` bounds each branch (on top of its budget): a
@@ -99,15 +103,28 @@ async def run_branches(
     if parent._running:  # its transcript is still changing: branch after its run ends
         raise BranchError("the agent is running a task: branch from it after its run ends")
     selector = parse_select(select)
-    seeds = list(seeds) if seeds is not None else [random.randrange(2**31) for _ in range(n)]
     history = list(parent.messages)
+    continues = task is None
+    if continues:
+        if not history or history[-1].role not in ("user", "tool"):
+            raise BranchError(
+                "nothing to continue: the transcript is empty or ends with the model's answer; give a task"
+            )
+        task = next((m.content for m in history if m.role == "user"), "")
+    assert task is not None
+    seeds = list(seeds) if seeds is not None else [random.randrange(2**31) for _ in range(n)]
     branches = [_Branch(i, s) for i, s in enumerate(seeds)]
     trace = _open_parent_trace(parent)
     emit = _emitter(parent, trace)
     try:
         snapshot = await _snapshot(parent.sandbox)
         specs = parent.tools.specs()
-        first = [*history, Message(role="user", content=task)] if history else parent._initial_messages(task)
+        if continues:
+            first = history
+        elif history:
+            first = [*history, Message(role="user", content=task)]
+        else:
+            first = parent._initial_messages(task)
         traces = [str(branch_trace_path(trace.path, i)) if trace else None for i in range(n)]
         warm, *_ = await asyncio.gather(
             _warm_prefix(parent, first, specs) if warm_prefix else _none(),
@@ -121,6 +138,7 @@ async def run_branches(
                 config=parent.config.model_dump(mode="json"),
                 tool_options=parent.tool_options,
                 history=[m.model_dump(mode="json") for m in history],
+                continues=continues,
             )
         )
         emit(
@@ -135,7 +153,17 @@ async def run_branches(
         )
         await asyncio.gather(
             *(
-                _run_one(parent, b, task, history, traces[b.index], temperature, branch_timeout_s, on_event)
+                _run_one(
+                    parent,
+                    b,
+                    task,
+                    history,
+                    continues,
+                    traces[b.index],
+                    temperature,
+                    branch_timeout_s,
+                    on_event,
+                )
                 for b in branches
             )
         )
@@ -275,6 +303,7 @@ async def _run_one(
     branch: _Branch,
     task: str,
     history: list[Message],
+    continues: bool,
     trace_path: str | None,
     temperature: float | None,
     timeout_s: float | None,
@@ -303,7 +332,7 @@ async def _run_one(
     first_usage = True
     try:
         async with asyncio.timeout(timeout_s):
-            async for ev in child.stream(task, history=history):
+            async for ev in child.stream(task, history=history, continues=continues):
                 if first_usage and isinstance(ev, UsageEvent):
                     first_usage = False
                     out.first_turn_prompt_tokens = ev.usage.prompt_tokens

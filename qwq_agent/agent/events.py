@@ -39,6 +39,8 @@ class RunStarted(_Event):
     # The conversation this run continued (a branch's shared prefix, `Agent.stream(history=...)`),
     # so a replay sends the same prompts; empty for a run that started from its task alone.
     history: list[dict[str, Any]] = Field(default_factory=list)
+    # True when no user turn was added to `history` (the run continued it as it stood).
+    continues: bool = False
 
 
 class ReplayEnded(_Event):

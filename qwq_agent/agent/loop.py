@@ -91,18 +91,22 @@ class Agent:
         self._trace_open_error: str | None = None
         self._server_context: tuple[int | None] | None = None
 
-    async def run(self, task: str, *, history: Sequence[Message] = ()) -> RunResult:
+    async def run(self, task: str, *, history: Sequence[Message] = (), continues: bool = False) -> RunResult:
         """Run to the end and return the result (events are still written to the trace)."""
-        async for _ in self.stream(task, history=history):
+        async for _ in self.stream(task, history=history, continues=continues):
             pass
         assert self.result is not None
         return self.result
 
-    async def stream(self, task: str, *, history: Sequence[Message] = ()) -> AsyncIterator[Event]:
+    async def stream(
+        self, task: str, *, history: Sequence[Message] = (), continues: bool = False
+    ) -> AsyncIterator[Event]:
         """Run the task, yielding every event as it happens; the last one is always `Final`.
 
         `history` is an earlier conversation this task continues (e.g. a previous run's
-        `result.messages`); the task is added to it as the next user turn.
+        `result.messages`); the task is added to it as the next user turn. With `continues`, nothing
+        is added: the model answers `history` as it stands (it ends with a user or tool message), and
+        `task` only names the run (a branch continuing a run that stopped mid-way).
         """
         if self._running:  # its messages, budget and trace are one run's: two at once would mix them
             raise RuntimeError("this Agent is already running a task; create one Agent per concurrent task")
@@ -111,9 +115,12 @@ class Agent:
         self.tracker = BudgetTracker(budget=self.config.budget)
         # Opened before any sandbox or model request, so a bad trace folder costs nothing.
         trace_notes = self._open_trace()
-        self.messages = (
-            [*history, Message(role="user", content=task)] if history else self._initial_messages(task)
-        )
+        if continues:
+            self.messages = list(history)
+        elif history:
+            self.messages = [*history, Message(role="user", content=task)]
+        else:
+            self.messages = self._initial_messages(task)
         status, answer, error = "error", None, None
         # The one deadline of this run: every layer below clamps its own time limits to it.
         deadline = self.tracker.deadline
@@ -139,6 +146,7 @@ class Agent:
                         tool_options=self.tool_options,
                         replay_of=_replay_source(self.model),
                         history=[m.model_dump(mode="json") for m in history],
+                        continues=continues,
                     )
                 )
                 for note in trace_notes:
@@ -172,8 +180,11 @@ class Agent:
             yield failed
         yield final
 
-    async def branch(self, n: int, task: str, *, select: Any = "first", **options: Any) -> BranchResult:
-        """Run `task` as the next user turn in `n` concurrent branches from this agent's current state.
+    async def branch(
+        self, n: int, task: str | None = None, *, select: Any = "first", **options: Any
+    ) -> BranchResult:
+        """Run `n` concurrent branches from this agent's current state, with `task` as their next user
+        turn (None: continue the transcript as it stands, e.g. a run stopped by its step budget).
 
         Each branch continues `self.messages` (the transcript so far) in its own sandbox, restored from
         a snapshot of `self.sandbox`; the shared prefix is prefilled once and the branches are sent at

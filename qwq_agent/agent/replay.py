@@ -45,6 +45,7 @@ class Recording(BaseModel):
     # The conversation the run continued (a branch's shared prefix); replay it with
     # `agent.stream(task, history=recording.history_messages())`.
     history: list[dict[str, Any]] = Field(default_factory=list)
+    continues: bool = False
 
     def history_messages(self) -> list[Message]:
         """`history` as messages."""
@@ -79,6 +80,7 @@ def recording_of(events: list[Event], path: str | Path) -> Recording:
         completions=recorded_completions(events),
         status=getattr(final, "status", None),
         history=list(started.history),
+        continues=started.continues,
     )
 
 

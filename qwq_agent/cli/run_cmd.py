@@ -218,7 +218,8 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             )
             try:
                 history = recording.history_messages() if recording else []
-                async for ev in extras.observe(agent.stream(task, history=history)):
+                continues = recording.continues if recording else False
+                async for ev in extras.observe(agent.stream(task, history=history, continues=continues)):
                     if args.json:
                         sys.stdout.write(ev.model_dump_json() + "\n")
                         sys.stdout.flush()
