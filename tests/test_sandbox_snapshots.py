@@ -157,6 +157,14 @@ HOSTILE: dict[str, Callable[[tarfile.TarFile], None]] = {
 }
 
 
+async def test_a_snapshot_survives_json_and_a_tampered_one_fails_to_verify() -> None:
+    snap = archive(lambda tar: add(tar, "workspace/f", data=bytes(range(256))))
+    back = Snapshot.model_validate_json(snap.model_dump_json())
+    assert back == snap and back.verify()
+    forged = Snapshot.model_validate_json(snap.model_dump_json().replace(snap.sha256, "0" * 64))
+    assert not forged.verify()
+
+
 @pytest.mark.parametrize("kind", list(HOSTILE))
 async def test_hostile_archives_are_refused_and_change_nothing(pair, kind: str) -> None:
     _, dst = pair
