@@ -16,6 +16,7 @@ from qwq_agent.sandbox import DockerSandbox, SandboxConfig, SandboxPool, ToolErr
 from qwq_agent.sandbox.cells import CellLog
 from qwq_agent.sandbox.errors import SnapshotTooLarge
 from qwq_agent.sandbox.snapshot import RestoreRequest, Snapshot
+from qwq_agent.sandbox.snapshotting import _Receiver
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="module")]
 
@@ -251,6 +252,39 @@ async def test_replay_rebuilds_the_interpreter_and_fresh_says_so(pair) -> None:
     r = await dst.python("x")
     assert r.error is not None and r.error.ename == "NameError"
     assert (await dst.python("open('/workspace/n.txt').read()")).value == "'20\\n'"
+
+
+async def test_restore_stops_the_old_interpreter_writing_into_the_workspace(pair) -> None:
+    src, dst = pair
+    await empty(src)
+    await sh(src, "echo only > /workspace/only")
+    snap = await src.snapshot()
+    writer = (
+        "import threading, time\n"
+        "def scribble():\n"
+        "    i = 0\n"
+        "    while True:\n"
+        "        open(f'/workspace/junk{i % 20}', 'w').write('x'); i += 1; time.sleep(0.001)\n"
+        "threading.Thread(target=scribble, daemon=True).start()"
+    )
+    assert (await dst.python(writer)).ok
+    # Wait (bounded) until it is writing.
+    await sh(dst, "for i in $(seq 100); do ls /workspace | grep -q junk && exit 0; sleep 0.1; done; exit 1")
+    await dst.restore(snap)
+    assert (await dst.python("import threading; threading.active_count()")).value == "1"  # the writer is gone
+    assert await sh(dst, "ls -A /workspace") == "only\n"
+
+
+async def test_the_host_counts_streamed_chunks_against_the_cap() -> None:
+    receiver = _Receiver(max_bytes=10)
+    receiver({"event": "snapshot_chunk", "_blob": b"12345"})
+    receiver({"event": "other", "_blob": b"ignored"})
+    assert receiver.received == 5 and not receiver.too_large
+    receiver({"event": "snapshot_chunk", "_blob": b"678901"})
+    assert receiver.too_large and receiver.chunks == []  # nothing more is kept from it
+    bad = _Receiver(max_bytes=10)
+    bad({"event": "snapshot_chunk", "data": "base64?"})
+    assert bad.problem and bad.chunks == []
 
 
 async def test_a_log_too_long_to_replay_is_reported_fresh(pair, monkeypatch: pytest.MonkeyPatch) -> None:
