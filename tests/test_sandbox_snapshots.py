@@ -155,6 +155,8 @@ HOSTILE: dict[str, Callable[[tarfile.TarFile], None]] = {
     "hard link to a dir": lambda tar: add(tar, "workspace/h", tarfile.LNKTYPE, link="workspace"),
     "gnu sparse": lambda tar: add(tar, "workspace/s", tarfile.GNUTYPE_SPARSE),
     "a root as a file": lambda tar: add(tar, "home", data=b"x"),
+    "overlong link target": lambda tar: add(tar, "workspace/l", tarfile.SYMTYPE, link="a" * 5000),
+    "overlong name": lambda tar: add(tar, "workspace/" + "n" * 300, data=b"x"),
 }
 
 

@@ -254,7 +254,7 @@ class DockerSandbox:
         request: Request,
         reply_timeout: float | None,
         on_event: OnEvent | None = None,
-        blob: bytes | None = None,
+        blob: bytes | memoryview | None = None,
     ) -> tuple[dict[str, Any], bool]:
         replaced = await self._ensure_alive()
         assert self._channel is not None
