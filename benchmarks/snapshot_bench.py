@@ -65,27 +65,70 @@ def fill_command(mb: int) -> str:
     return f"mkdir -p /workspace/data && for i in $(seq {FILES}); do head -c {size} /dev/urandom > /workspace/data/f$i; done"
 
 
-async def ours(cfg: SandboxConfig, mb: int, n: int) -> tuple[list[dict[str, Any]], bytes]:
-    async with DockerSandbox.create(cfg) as src, DockerSandbox.create(cfg) as dst:
-        r = await src.shell(fill_command(mb), timeout=120)
-        assert r.exit_code == 0, r.stderr
-        snap = await src.snapshot()
-        snaps = await timed(n, src.snapshot)
-        restores: list[float] = []
-        inside: list[float] = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            result = await dst.restore(snap)
-            restores.append(time.perf_counter() - t0)
-            inside.append(sum(result.sandbox_seconds.values()))
-        check = await dst.shell("du -sb /workspace/data | cut -f1")
-        assert int(check.stdout) >= mb * 1024 * 1024 - FILES, check.stdout
-        rows = [
-            row("snapshot (supervisor channel)", mb, snaps, archive_bytes=snap.size_bytes),
-            row("restore into a warm sandbox (supervisor channel)", mb, restores),
-            row("  of which inside the sandbox (sha256, checks, clear, extract)", mb, inside),
-        ]
-        return rows, snap.data
+class PlainPair:
+    """Two plain containers of the image (writable root, no tmpfs) for docker-py's archive API."""
+
+    def __init__(self, image: str) -> None:
+        self.client = docker.from_env()
+        run: dict[str, Any] = {"entrypoint": ["sleep", "infinity"], "labels": janitor.owner_labels(3600),
+                               "detach": True, "network_mode": "none", "user": "0:0"}  # fmt: skip
+        self.containers = [self.client.containers.run(image, **run) for _ in range(2)]
+        self.src, self.dst = self.containers
+        self.data = b""
+
+    def fill(self, mb: int) -> None:
+        code, out = self.src.exec_run(["bash", "-c", fill_command(mb)])
+        assert code == 0, out
+
+    def get(self) -> None:
+        stream, _ = self.src.get_archive("/workspace")
+        self.data = b"".join(stream)
+
+    def put(self) -> None:
+        self.dst.put_archive("/", self.data)
+
+    def close(self) -> None:
+        for c in self.containers:
+            c.remove(force=True)
+
+
+async def compare(cfg: SandboxConfig, image: str, mb: int, n: int) -> list[dict[str, Any]]:
+    """Ours and docker-py's, interleaved call by call so a load swing hits both alike."""
+    plain = await asyncio.to_thread(PlainPair, image)
+    try:
+        async with DockerSandbox.create(cfg) as src, DockerSandbox.create(cfg) as dst:
+            r = await src.shell(fill_command(mb), timeout=120)
+            assert r.exit_code == 0, r.stderr
+            await asyncio.to_thread(plain.fill, mb)
+            snap = await src.snapshot()
+            await asyncio.to_thread(plain.get)
+            t: dict[str, list[float]] = {k: [] for k in ("snap", "get", "restore", "inside", "put")}
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await src.snapshot()
+                t1 = time.perf_counter()
+                await asyncio.to_thread(plain.get)
+                t2 = time.perf_counter()
+                result = await dst.restore(snap)
+                t3 = time.perf_counter()
+                await asyncio.to_thread(plain.put)
+                t4 = time.perf_counter()
+                t["snap"].append(t1 - t0)
+                t["get"].append(t2 - t1)
+                t["restore"].append(t3 - t2)
+                t["put"].append(t4 - t3)
+                t["inside"].append(sum(result.sandbox_seconds.values()))
+            check = await dst.shell("du -sb /workspace/data | cut -f1")
+            assert int(check.stdout) >= mb * 1024 * 1024 - FILES, check.stdout
+    finally:
+        await asyncio.to_thread(plain.close)
+    return [
+        row("snapshot (supervisor channel)", mb, t["snap"], archive_bytes=snap.size_bytes),
+        row("docker-py get_archive (plain container, baseline)", mb, t["get"], archive_bytes=len(plain.data)),
+        row("restore into a warm sandbox (supervisor channel)", mb, t["restore"]),
+        row("  of which inside the sandbox (sha256, checks, clear, extract)", mb, t["inside"]),
+        row("docker-py put_archive (plain container, baseline)", mb, t["put"]),
+    ]
 
 
 async def pool_acquire(cfg: SandboxConfig, data_mb: int, snap_src: DockerSandbox, n: int) -> dict[str, Any]:
@@ -122,36 +165,6 @@ async def cold(cfg: SandboxConfig, n: int, snap_data_src: DockerSandbox | None) 
     return rows
 
 
-def docker_py(image: str, mb: int, n: int) -> list[dict[str, Any]]:
-    client = docker.from_env()
-    labels = janitor.owner_labels(3600)
-    run: dict[str, Any] = {"entrypoint": ["sleep", "infinity"], "labels": labels, "detach": True,
-                           "network_mode": "none", "user": "0:0"}  # fmt: skip
-    containers = [client.containers.run(image, **run) for _ in range(2)]
-    try:
-        src, dst = containers
-        code, out = src.exec_run(["bash", "-c", fill_command(mb)])
-        assert code == 0, out
-        gets, puts = [], []
-        data = b""
-        for _ in range(n):
-            t0 = time.perf_counter()
-            stream, _ = src.get_archive("/workspace")
-            data = b"".join(stream)
-            gets.append(time.perf_counter() - t0)
-        for _ in range(n):
-            t0 = time.perf_counter()
-            dst.put_archive("/", data)
-            puts.append(time.perf_counter() - t0)
-        return [
-            row("docker-py get_archive (plain container)", mb, gets),
-            row("docker-py put_archive (plain container)", mb, puts),
-        ]
-    finally:
-        for c in containers:
-            c.remove(force=True)
-
-
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image")
@@ -169,9 +182,7 @@ async def main() -> None:
     rows: list[dict[str, Any]] = []
     for mb in (int(s) for s in args.sizes.split(",")):
         n = args.n if mb <= 10 else max(3, args.n // 3)
-        ours_rows, _ = await ours(cfg, mb, n)
-        rows += ours_rows
-        rows += await asyncio.to_thread(docker_py, image, mb, n)
+        rows += await compare(cfg, image, mb, n)
         if mb <= 10:
             async with DockerSandbox.create(cfg) as src:
                 await src.shell(fill_command(mb))

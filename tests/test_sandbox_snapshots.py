@@ -16,6 +16,7 @@ from qwq_agent.sandbox import DockerSandbox, SandboxConfig, SandboxPool, ToolErr
 from qwq_agent.sandbox.cells import CellLog
 from qwq_agent.sandbox.errors import SnapshotTooLarge
 from qwq_agent.sandbox.snapshot import RestoreRequest, Snapshot
+from qwq_agent.sandbox.snapshotting import _Receiver
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="module")]
 
@@ -154,7 +155,17 @@ HOSTILE: dict[str, Callable[[tarfile.TarFile], None]] = {
     "hard link to a dir": lambda tar: add(tar, "workspace/h", tarfile.LNKTYPE, link="workspace"),
     "gnu sparse": lambda tar: add(tar, "workspace/s", tarfile.GNUTYPE_SPARSE),
     "a root as a file": lambda tar: add(tar, "home", data=b"x"),
+    "overlong link target": lambda tar: add(tar, "workspace/l", tarfile.SYMTYPE, link="a" * 5000),
+    "overlong name": lambda tar: add(tar, "workspace/" + "n" * 300, data=b"x"),
 }
+
+
+async def test_a_snapshot_survives_json_and_a_tampered_one_fails_to_verify() -> None:
+    snap = archive(lambda tar: add(tar, "workspace/f", data=bytes(range(256))))
+    back = Snapshot.model_validate_json(snap.model_dump_json())
+    assert back == snap and back.verify()
+    forged = Snapshot.model_validate_json(snap.model_dump_json().replace(snap.sha256, "0" * 64))
+    assert not forged.verify()
 
 
 @pytest.mark.parametrize("kind", list(HOSTILE))
@@ -243,6 +254,39 @@ async def test_replay_rebuilds_the_interpreter_and_fresh_says_so(pair) -> None:
     r = await dst.python("x")
     assert r.error is not None and r.error.ename == "NameError"
     assert (await dst.python("open('/workspace/n.txt').read()")).value == "'20\\n'"
+
+
+async def test_restore_stops_the_old_interpreter_writing_into_the_workspace(pair) -> None:
+    src, dst = pair
+    await empty(src)
+    await sh(src, "echo only > /workspace/only")
+    snap = await src.snapshot()
+    writer = (
+        "import threading, time\n"
+        "def scribble():\n"
+        "    i = 0\n"
+        "    while True:\n"
+        "        open(f'/workspace/junk{i % 20}', 'w').write('x'); i += 1; time.sleep(0.001)\n"
+        "threading.Thread(target=scribble, daemon=True).start()"
+    )
+    assert (await dst.python(writer)).ok
+    # Wait (bounded) until it is writing.
+    await sh(dst, "for i in $(seq 100); do ls /workspace | grep -q junk && exit 0; sleep 0.1; done; exit 1")
+    await dst.restore(snap)
+    assert (await dst.python("import threading; threading.active_count()")).value == "1"  # the writer is gone
+    assert await sh(dst, "ls -A /workspace") == "only\n"
+
+
+async def test_the_host_counts_streamed_chunks_against_the_cap() -> None:
+    receiver = _Receiver(max_bytes=10)
+    receiver({"event": "snapshot_chunk", "_blob": b"12345"})
+    receiver({"event": "other", "_blob": b"ignored"})
+    assert receiver.received == 5 and not receiver.too_large
+    receiver({"event": "snapshot_chunk", "_blob": b"678901"})
+    assert receiver.too_large and receiver.chunks == []  # nothing more is kept from it
+    bad = _Receiver(max_bytes=10)
+    bad({"event": "snapshot_chunk", "data": "base64?"})
+    assert bad.problem and bad.chunks == []
 
 
 async def test_a_log_too_long_to_replay_is_reported_fresh(pair, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -78,7 +78,7 @@ class Channel:
         args: dict[str, Any],
         reply_timeout: float | None,
         on_event: OnEvent | None = None,
-        blob: bytes | None = None,
+        blob: bytes | memoryview | None = None,
     ) -> dict[str, Any]:
         """Send one request and wait for its reply; raises a typed `SandboxError` on failure.
 
@@ -165,7 +165,8 @@ class Channel:
                     raise ValueError(f"a blob length of {blob!r} (the limit is {self._max_reply})")
                 if len(self._buf) < 4 + n + blob:
                     return
-                msg["_blob"] = bytes(self._buf[4 + n : 4 + n + blob])
+                with memoryview(self._buf) as view:  # one copy, not two (slice, then bytes)
+                    msg["_blob"] = bytes(view[4 + n : 4 + n + blob])
             del self._buf[: 4 + n + (blob or 0)]
             rid = msg.get("id")
             if rid is None:

@@ -254,14 +254,16 @@ class DockerSandbox:
         request: Request,
         reply_timeout: float | None,
         on_event: OnEvent | None = None,
-        blob: bytes | None = None,
+        blob: bytes | memoryview | None = None,
     ) -> tuple[dict[str, Any], bool]:
         replaced = await self._ensure_alive()
         assert self._channel is not None
         try:
-            raw = await self._channel.call(
-                request.op, request.model_dump(exclude={"op"}), reply_timeout, on_event, blob
-            )
+            args = request.model_dump(exclude={"op"})
+            if blob is None:
+                raw = await self._channel.call(request.op, args, reply_timeout, on_event)
+            else:
+                raw = await self._channel.call(request.op, args, reply_timeout, on_event, blob=blob)
         except SandboxTimeout as exc:
             # An unresponsive supervisor cannot be trusted with the next call: kill it now.
             await self._discard()

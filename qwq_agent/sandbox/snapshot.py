@@ -46,7 +46,8 @@ class RecordedCell(BaseModel):
 class Snapshot(BaseModel):
     """The file state of a sandbox's workspace and home, kept by the host (in memory)."""
 
-    model_config = ConfigDict(frozen=True)
+    # JSON carries the archive as base64 both ways, so a snapshot can be saved and loaded as JSON.
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
 
     id: str
     created_at: datetime

@@ -21,7 +21,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from qwq_agent.sandbox.errors import InvalidRequest, SandboxDead, SnapshotTooLarge, UnsafeArchive
+from qwq_agent.sandbox.errors import (
+    InvalidRequest,
+    SandboxDead,
+    SnapshotTooLarge,
+    ToolError,
+    UnsafeArchive,
+)
 from qwq_agent.sandbox.snapshot import (
     DEFAULT_MAX_BYTES,
     PythonState,
@@ -39,7 +45,7 @@ if TYPE_CHECKING:
     from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 
 # Archives that fit in one request go as its blob; bigger ones are staged in chunks of this size.
-CHUNK_BYTES = 32 * 1024 * 1024
+CHUNK_BYTES = 64 * 1024 * 1024
 _REQUEST_SLACK = 4096
 
 
@@ -102,18 +108,25 @@ async def take_snapshot(
         )
     await asyncio.to_thread(_vet, data)
     skipped = raw.get("skipped")
-    return Snapshot(
+    snapshot = Snapshot(
         id=uuid.uuid4().hex[:12],
         created_at=datetime.now(UTC),
         size_bytes=len(data),
         sha256=digest,
         data=data,
-        entries=int(raw.get("entries") or 0),
+        entries=_count(raw.get("entries")),
         skipped=[str(s)[:300] for s in skipped[:50]] if isinstance(skipped, list) else [],
-        skipped_count=int(raw.get("skipped_count") or 0),
+        skipped_count=_count(raw.get("skipped_count")),
         cells=sandbox.cells.recorded(),
         source=sandbox.id,
     )
+    snapshot._verified = True  # its sha256 was just computed from these very bytes
+    return snapshot
+
+
+def _count(value: object) -> int:
+    """A count from the sandbox's reply, or 0 if it is not one (nothing it sends is trusted)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 async def restore_snapshot(
@@ -127,29 +140,23 @@ async def restore_snapshot(
     if python_state not in ("fresh", "replay"):
         raise InvalidRequest(f"python_state must be 'fresh' or 'replay', not {python_state!r}")
     started = time.perf_counter()
-    data = snapshot.data
-    if not await asyncio.to_thread(snapshot.verify):
+    # Hashed once per object, off the event loop; later restores of the same snapshot skip the hop.
+    if not (snapshot._verified or await asyncio.to_thread(snapshot.verify)):
         raise UnsafeArchive(
             f"snapshot {snapshot.id}'s archive does not match its sha256 (changed since it was taken); "
             "nothing was restored"
         )
     reply = sandbox._grace(timeout)
-    step = min(CHUNK_BYTES, sandbox.config.max_request_bytes - _REQUEST_SLACK)
-    if len(data) <= step:
-        raw, replaced = await sandbox._call_raw(RestoreRequest(sha256=snapshot.sha256), reply, blob=data)
-    else:
-        token = secrets.token_hex(8)
-        view = memoryview(data)
-        for seq, at in enumerate(range(0, len(data), step)):
-            chunk = RestoreChunkRequest(token=token, seq=seq)
-            await sandbox._call_raw(chunk, reply, blob=bytes(view[at : at + step]))
-        request = RestoreRequest(sha256=snapshot.sha256, token=token)
-        raw, replaced = await sandbox._call_raw(request, reply)
+    try:
+        raw, replaced = await _send(sandbox, snapshot, reply)
+    except ToolError:
+        sandbox.cells.reset()  # it failed after the interpreter was restarted and the roots emptied
+        raise
     sandbox.cells.reset()
     result = RestoreResult(
         snapshot_id=snapshot.id,
-        entries=int(raw.get("entries") or 0),
-        bytes=int(raw.get("bytes") or 0),
+        entries=_count(raw.get("entries")),
+        bytes=_count(raw.get("bytes")),
         sandbox_replaced=replaced,
         state_lost=True,
         sandbox_seconds=_seconds(raw.get("seconds")),
@@ -160,6 +167,20 @@ async def restore_snapshot(
         result.note = "the interpreter is fresh: no cell of the snapshot was run"
     result.duration_s = time.perf_counter() - started
     return result
+
+
+async def _send(sandbox: DockerSandbox, snapshot: Snapshot, reply: float) -> tuple[dict[str, Any], bool]:
+    """The restore request: the archive as its blob, or staged first in chunks when it is too big."""
+    data = snapshot.data
+    step = min(CHUNK_BYTES, sandbox.config.max_request_bytes - _REQUEST_SLACK)
+    if len(data) <= step:
+        return await sandbox._call_raw(RestoreRequest(sha256=snapshot.sha256), reply, blob=data)
+    token = secrets.token_hex(8)
+    view = memoryview(data)
+    for seq, at in enumerate(range(0, len(data), step)):
+        chunk = RestoreChunkRequest(token=token, seq=seq)
+        await sandbox._call_raw(chunk, reply, blob=view[at : at + step])
+    return await sandbox._call_raw(RestoreRequest(sha256=snapshot.sha256, token=token), reply)
 
 
 def _seconds(value: object) -> dict[str, float]:

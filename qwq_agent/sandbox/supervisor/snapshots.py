@@ -33,6 +33,7 @@ ROOTS = {"workspace": WORKSPACE, "home": HOME_DIR}
 CHUNK = 8 * 1024 * 1024  # raw bytes per streamed event frame (about 11 MB of base64)
 MAX_SKIPPED_SHOWN = 50
 _BLOCK = 512
+MAX_PATH = 4096
 _KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
           stat.S_IFBLK: "block device"}  # fmt: skip
 
@@ -43,6 +44,18 @@ def too_large(max_bytes):
         f"the workspace and home archive to more than the snapshot limit of {max_bytes} bytes; "
         "no snapshot was taken (delete large files or raise max_bytes)",
     )
+
+
+class _Skipped:
+    """Entries left out: counted, the first few named (a million FIFOs must not cost a million strings)."""
+
+    def __init__(self):
+        self.shown, self.count = [], 0
+
+    def append(self, why):
+        self.count += 1
+        if len(self.shown) < MAX_SKIPPED_SHOWN:
+            self.shown.append(why)
 
 
 class _Out:
@@ -67,13 +80,17 @@ class _Out:
     def flush(self):
         if self.buf:
             self.sha.update(self.buf)
-            self.send({"event": "snapshot_chunk"}, bytes(self.buf))
+            self.send({"event": "snapshot_chunk"}, self.buf)
             self.total += len(self.buf)
             self.buf = bytearray()
 
 
 def _header(info):
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    """The entry's tar header; ValueError for what tar cannot hold (checked before anything is written)."""
+    try:
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    except (UnicodeError, tarfile.HeaderError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 def snapshot(args):
@@ -83,7 +100,7 @@ def snapshot(args):
         raise RequestError("InvalidRequest", "`max_bytes` must be a positive integer")
     deadline = time.monotonic() + float(args.get("timeout") or 120)
     out = _Out(send, max_bytes)
-    skipped = []
+    skipped = _Skipped()
     entries = 0
     links = {}  # (dev, ino) -> archive name of the first path of a multiply linked file
     for prefix, root in ROOTS.items():
@@ -102,6 +119,11 @@ def snapshot(args):
             if stat.S_ISDIR(st.st_mode):
                 info.type = tarfile.DIRTYPE
                 try:
+                    header = _header(info)
+                except ValueError as exc:
+                    skipped.append(f"{name}/: {exc}")
+                    continue
+                try:
                     with os.scandir(path) as it:
                         children = sorted(e.name for e in it)
                 except OSError as exc:
@@ -109,11 +131,16 @@ def snapshot(args):
                     if name not in ROOTS:
                         continue
                     children = []  # a root is always in the archive, if empty
-                out.write(_header(info))
+                out.write(header)
                 stack.extend((f"{name}/{c}", os.path.join(path, c)) for c in reversed(children))
             elif stat.S_ISLNK(st.st_mode):
-                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
-                out.write(_header(info))
+                try:
+                    info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+                    header = _header(info)
+                except (OSError, ValueError) as exc:  # swapped mid-walk, or a name tar cannot hold
+                    skipped.append(f"{name}: {getattr(exc, 'strerror', None) or exc}")
+                    continue
+                out.write(header)
             elif stat.S_ISREG(st.st_mode):
                 if not _add_file(out, info, path, links, skipped):
                     continue
@@ -124,7 +151,7 @@ def snapshot(args):
     out.write(b"\0" * (2 * _BLOCK))
     out.flush()
     return {"bytes": out.total, "sha256": out.sha.hexdigest(), "entries": entries,
-            "skipped": skipped[:MAX_SKIPPED_SHOWN], "skipped_count": len(skipped)}  # fmt: skip
+            "skipped": skipped.shown, "skipped_count": skipped.count}  # fmt: skip
 
 
 def _add_file(out, info, path, links, skipped):
@@ -141,15 +168,22 @@ def _add_file(out, info, path, links, skipped):
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in links:
             info.type, info.linkname = tarfile.LNKTYPE, links[key]
-            out.write(_header(info))
+        else:
+            info.size = st.st_size
+        try:
+            header = _header(info)
+        except ValueError as exc:
+            skipped.append(f"{info.name}: {exc}")
+            return False
+        if info.type == tarfile.LNKTYPE:
+            out.write(header)
             return True
-        if st.st_nlink > 1:
-            links[key] = info.name
         size = st.st_size
         padded = -size % _BLOCK
-        out.reserve(_BLOCK * 3 + size + padded)  # fail on the claimed size before reading any of it
-        info.size = size
-        out.write(_header(info))
+        out.reserve(len(header) + _BLOCK * 2 + size + padded)  # fail on the claimed size before reading
+        out.write(header)
+        if st.st_nlink > 1:
+            links[key] = info.name  # only once its header is in: later links may point at it
         left = size
         while left:
             data = f.read(min(left, 1 << 20))
@@ -200,6 +234,9 @@ def _problem(m, dirs, files, seen):
     parts = name.split("/")
     if "\0" in name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
         return "not a plain relative path"
+    # What the kernel would refuse mid-restore (after the roots were emptied) is refused up front.
+    if len(_raw(name)) > MAX_PATH - 64 or any(len(_raw(p)) > 255 for p in parts):
+        return "a name too long for the file system"
     if parts[0] not in ROOTS:
         return f"outside {' and '.join(ROOTS)}"
     if len(parts) == 1:
@@ -213,10 +250,16 @@ def _problem(m, dirs, files, seen):
     if m.islnk():
         return None if m.linkname in files else "hard link to something that is not an earlier file"
     if m.issym():
-        return "a link with an empty or NUL target" if not m.linkname or "\0" in m.linkname else None
+        target = m.linkname
+        bad = not target or "\0" in target or len(_raw(target)) >= MAX_PATH
+        return "a link with an empty, NUL or overlong target" if bad else None
     if m.isreg() or m.isdir():
         return None
     return "not a regular file, directory or link"
+
+
+def _raw(text):
+    return text.encode("utf-8", "surrogateescape")
 
 
 # ------------------------------------------------------------------------------------------------ restore
@@ -250,7 +293,7 @@ class Staging:
         with self.lock:
             if token is None or token != self.token:
                 raise RequestError("InvalidRequest", f"no staged archive {token!r}")
-            data, self.token, self.buf = bytes(self.buf), None, bytearray()
+            data, self.token, self.buf = self.buf, None, bytearray()
         return data
 
 
