@@ -25,6 +25,8 @@ class SamplingParams(BaseModel):
     stop: list[str] = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False
+    # The sampler's seed (SGLang's `sampling_seed`, OpenAI's `seed`); parallel branches set one each.
+    seed: int | None = None
     # Structured-output constraints (SGLang/xgrammar); at most one may be set.
     json_schema: str | None = None
     regex: str | None = None

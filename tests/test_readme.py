@@ -204,6 +204,13 @@ def test_every_block_is_run() -> None:
         ),
         ("python", "from qwq_agent.agent.approval import ApprovalDecision, ApprovalPolicy, Rule"),
         ("python", "from qwq_agent.agent.approval import pending_approval, resume_decisions"),
+        ("python", "import asyncio"),  # parallel branches: tests/test_branches_readme.py runs it
+        (
+            "bash",
+            'qwq-agent run "Fix the failing test." --workspace examples/coding_assistant/repo '
+            "--tools shell,str_replace_editor --branches 4 --select 'tests:python3 -m unittest -q' "
+            "--trace traces/fix.jsonl",
+        ),
     ]
     for block in blocks_of("bash"):
         _, skipped = shell_script(

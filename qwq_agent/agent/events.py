@@ -36,6 +36,11 @@ class RunStarted(_Event):
     # How the tools were built (e.g. `build_tools` options), so a replay can build the same ones.
     tool_options: dict[str, Any] = Field(default_factory=dict)
     replay_of: ReplaySource | None = None
+    # The conversation this run continued (a branch's shared prefix, `Agent.stream(history=...)`),
+    # so a replay sends the same prompts; empty for a run that started from its task alone.
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    # True when no user turn was added to `history` (the run continued it as it stood).
+    continues: bool = False
 
 
 class ReplayEnded(_Event):
@@ -158,6 +163,42 @@ class Final(_Event):
     totals: dict[str, float] = Field(default_factory=dict)
 
 
+class BranchesStarted(_Event):
+    """An exploration forked `n` branches from one state; each branch's run is traced in its own file."""
+
+    type: Literal["branches"] = "branches"
+    n: int
+    select: str
+    seeds: list[int]
+    traces: list[str | None] = Field(default_factory=list)
+    snapshot_id: str | None = None
+    # The request that prefilled the shared prefix once before the branches were sent (None: skipped).
+    warmup: Usage | None = None
+
+
+class BranchEnded(_Event):
+    """How one branch ended, and what the selection made of it."""
+
+    type: Literal["branch_end"] = "branch_end"
+    index: int
+    status: str
+    answer: str | None = None
+    error: str | None = None
+    verdict: str | None = None
+    passed: bool | None = None
+    trace: str | None = None
+    first_turn_cached_tokens: int = 0
+    first_turn_prompt_tokens: int = 0
+
+
+class BranchSelected(_Event):
+    """Which branch won (None: none did) and why."""
+
+    type: Literal["branch_selected"] = "branch_selected"
+    winner: int | None
+    reason: str
+
+
 Event = Annotated[
     RunStarted
     | ReasoningDelta
@@ -173,6 +214,9 @@ Event = Annotated[
     | ReplayEnded
     | ApprovalRequested
     | ApprovalDecided
+    | BranchesStarted
+    | BranchEnded
+    | BranchSelected
     | Final,
     Field(discriminator="type"),
 ]

@@ -21,6 +21,7 @@ from typing import Any, overload
 
 from qwq_agent.agent.admission import KVAdmission
 from qwq_agent.agent.approval import ApprovalPolicy, Approver, review_calls
+from qwq_agent.agent.branch_result import BranchResult
 from qwq_agent.agent.budgets import BudgetTracker, Deadline
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
 from qwq_agent.agent.dispatch import ToolDispatcher
@@ -90,18 +91,22 @@ class Agent:
         self._trace_open_error: str | None = None
         self._server_context: tuple[int | None] | None = None
 
-    async def run(self, task: str, *, history: Sequence[Message] = ()) -> RunResult:
+    async def run(self, task: str, *, history: Sequence[Message] = (), continues: bool = False) -> RunResult:
         """Run to the end and return the result (events are still written to the trace)."""
-        async for _ in self.stream(task, history=history):
+        async for _ in self.stream(task, history=history, continues=continues):
             pass
         assert self.result is not None
         return self.result
 
-    async def stream(self, task: str, *, history: Sequence[Message] = ()) -> AsyncIterator[Event]:
+    async def stream(
+        self, task: str, *, history: Sequence[Message] = (), continues: bool = False
+    ) -> AsyncIterator[Event]:
         """Run the task, yielding every event as it happens; the last one is always `Final`.
 
         `history` is an earlier conversation this task continues (e.g. a previous run's
-        `result.messages`); the task is added to it as the next user turn.
+        `result.messages`); the task is added to it as the next user turn. With `continues`, nothing
+        is added: the model answers `history` as it stands (it ends with a user or tool message), and
+        `task` only names the run (a branch continuing a run that stopped mid-way).
         """
         if self._running:  # its messages, budget and trace are one run's: two at once would mix them
             raise RuntimeError("this Agent is already running a task; create one Agent per concurrent task")
@@ -110,9 +115,12 @@ class Agent:
         self.tracker = BudgetTracker(budget=self.config.budget)
         # Opened before any sandbox or model request, so a bad trace folder costs nothing.
         trace_notes = self._open_trace()
-        self.messages = (
-            [*history, Message(role="user", content=task)] if history else self._initial_messages(task)
-        )
+        if continues:
+            self.messages = list(history)
+        elif history:
+            self.messages = [*history, Message(role="user", content=task)]
+        else:
+            self.messages = self._initial_messages(task)
         status, answer, error = "error", None, None
         # The one deadline of this run: every layer below clamps its own time limits to it.
         deadline = self.tracker.deadline
@@ -126,7 +134,7 @@ class Agent:
                         raise
                     over = ("wall_s", float(self.config.budget.max_wall_s or 0), self.tracker.wall_s)
                     yield self._emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
-                    status, error = "budget_exceeded", _budget_error(over) + " before the run could start"
+                    status, error = "budget_exceeded", f"{_budget_error(over)} before the run could start"
                     raise _Ended from None
                 yield self._emit(
                     RunStarted(
@@ -137,6 +145,8 @@ class Agent:
                         config=self.config.model_dump(mode="json"),
                         tool_options=self.tool_options,
                         replay_of=_replay_source(self.model),
+                        history=[m.model_dump(mode="json") for m in history],
+                        continues=continues,
                     )
                 )
                 for note in trace_notes:
@@ -169,6 +179,29 @@ class Agent:
         if (failed := self._trace_failure()) is not None:
             yield failed
         yield final
+
+    async def branch(
+        self, n: int, task: str | None = None, *, select: Any = "first", **options: Any
+    ) -> BranchResult:
+        """Run `n` concurrent branches from this agent's current state, with `task` as their next user
+        turn (None: continue the transcript as it stands, e.g. a run stopped by its step budget).
+
+        Each branch continues `self.messages` (the transcript so far) in its own sandbox, restored from
+        a snapshot of `self.sandbox`; the shared prefix is prefilled once and the branches are sent at
+        once, each with its own sampling seed. `select` picks the winner: ``"tests:CMD"`` (CMD exits 0
+        in the branch's sandbox), ``"majority"`` (most common final answer), ``"first"`` (first branch
+        that completed) or a function of the outcomes (see `qwq_agent.agent.selection`). Losing
+        sandboxes are released; the winner's is `result.sandbox` until `await result.aclose()`.
+        Options: see `qwq_agent.agent.branches.run_branches`.
+        """
+        from qwq_agent.agent.branches import run_branches
+
+        return await run_branches(self, n, task, select=select, **options)
+
+    async def explore(self, task: str, n: int = 8, *, select: Any = "first", **options: Any) -> BranchResult:
+        """`n` concurrent attempts at `task` from a fresh conversation (see `branch`); one is selected."""
+        self.messages = []
+        return await self.branch(n, task, select=select, **options)
 
     def end_run(self, status: str = "interrupted", error: str | None = None) -> RunResult | None:
         """End the current run from outside: write its `final` event, close the trace, set `result`.

@@ -55,6 +55,14 @@ def baseline_of(sandbox: Any) -> Baseline | None:
         return None
 
 
+def inherit_baseline(sandbox: Any, parent: Any) -> None:
+    """Give `sandbox` the baseline of `parent`: it holds a snapshot of `parent`'s workspace and home,
+    and with it the baseline's git directory, so its patch is against the same start."""
+    baseline = baseline_of(parent)
+    if baseline is not None:
+        _baselines[sandbox] = baseline
+
+
 async def _sh(sandbox: Any, script: str, what: str) -> str:
     result = await sandbox.shell(f"set -e\n{script}", timeout=GIT_TIMEOUT_S, cwd=WORKSPACE)
     if result.exit_code != 0:

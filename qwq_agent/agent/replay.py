@@ -42,6 +42,14 @@ class Recording(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     completions: list[ModelCall] = Field(default_factory=list)
     status: str | None = None
+    # The conversation the run continued (a branch's shared prefix); replay it with
+    # `agent.stream(task, history=recording.history_messages())`.
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    continues: bool = False
+
+    def history_messages(self) -> list[Message]:
+        """`history` as messages."""
+        return [Message.model_validate(m) for m in self.history]
 
     def agent_config(self) -> Any:
         """The recorded `AgentConfig` (defaults fill in settings added since it was written)."""
@@ -71,6 +79,8 @@ def recording_of(events: list[Event], path: str | Path) -> Recording:
         config=dict(started.config),
         completions=recorded_completions(events),
         status=getattr(final, "status", None),
+        history=list(started.history),
+        continues=started.continues,
     )
 
 

@@ -13,6 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from qwq_agent.agent.events import (
+    BranchEnded,
+    BranchesStarted,
+    BranchSelected,
     BudgetExceeded,
     ContentDelta,
     Event,
@@ -138,6 +141,8 @@ class EventRenderer:
             c.print(Panel(ev.task, title="task", border_style="cyan"))
             if ev.sandbox_id:
                 c.print(f"[dim]sandbox {ev.sandbox_id} · tools: {', '.join(ev.tools)}[/dim]")
+            if ev.history:
+                c.print(f"[dim]continues a conversation of {len(ev.history)} earlier messages[/dim]")
         elif isinstance(ev, ModelCall):
             if self.show_prompts and ev.prompt:
                 c.print(Panel(Text(ev.prompt), title="prompt", border_style="dim"))
@@ -176,10 +181,30 @@ class EventRenderer:
             c.rule(
                 f"[cyan]replay ends after {ev.completions} recorded completions: the live model takes over[/cyan]"
             )
+        elif isinstance(ev, (BranchesStarted, BranchEnded, BranchSelected)):
+            self._branches(ev)
         elif isinstance(ev, BudgetExceeded):
             c.print(f"[red]budget {ev.budget} used up: {ev.used:g} of {ev.limit:g}[/red]")
         elif isinstance(ev, Final):
             self._summary(ev)
+
+    def _branches(self, ev: BranchesStarted | BranchEnded | BranchSelected) -> None:
+        """An exploration's parent trace: the fork, one line per branch (with its trace), the winner."""
+        c = self.console
+        if isinstance(ev, BranchesStarted):
+            warm = f", shared prefix prefilled once ({ev.warmup.prompt_tokens} tokens)" if ev.warmup else ""
+            c.print(f"[bold]{ev.n} branches[/bold] · select {ev.select}{warm}", soft_wrap=True)
+        elif isinstance(ev, BranchEnded):
+            why = ev.verdict or ev.error or ""
+            cached = f"first turn {ev.first_turn_cached_tokens}/{ev.first_turn_prompt_tokens} cached"
+            line = f"branch {ev.index}: {ev.status}" + (f" - {why}" if why else "") + f" · {cached}"
+            c.print(Text(line, style="green" if ev.passed else ""))
+            if ev.trace:
+                c.print(f"[dim]  trace: {ev.trace}[/dim]", soft_wrap=True)
+        elif ev.winner is None:
+            c.print(Text(f"no branch won: {ev.reason}", style="red"))
+        else:
+            c.print(Text(f"branch {ev.winner} won: {ev.reason}", style="bold green"))
 
     def _save_image(self, b64: str) -> None:
         self._images += 1

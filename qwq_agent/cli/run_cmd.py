@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from qwq_agent.cli.interrupted import Started
 
-from qwq_agent.cli import approval_prompt, ecosystem
+from qwq_agent.cli import approval_prompt, branch_cmd, ecosystem
 from qwq_agent.cli.reasoning_view import REASONING_MODES
 
 DEFAULT_URL = "http://127.0.0.1:30000"
@@ -83,6 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="full",
         help="in the live view, show the reasoning in full, only its last lines (updated in place), or not at all",
     )
+    branch_cmd.add_arguments(p)  # --branches, --select
     ecosystem.add_arguments(p)  # --mcp, --mcp-url, --otel
     approval_prompt.add_arguments(p)  # --approve, --decide
     p.set_defaults(func=_run)
@@ -155,6 +156,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     from qwq_agent.cli.run_settings import fresh_settings, recorded_settings
     from qwq_agent.tools.catalog import build_tools
 
+    selector = branch_cmd.check(args)  # None unless --branches
     source = args.replay or args.resume
     recording = preflight.load_recording(source, run_id=args.run_id) if source else None
     settings = recorded_settings(args, recording) if recording else fresh_settings(args)
@@ -209,11 +211,15 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 approver=approver,
             )
             started.agent, started.trace_path = agent, trace_path
+            if selector is not None:
+                return await branch_cmd.run(args, agent, task, selector, console)
             renderer = EventRenderer(
                 console, image_dir=Path("qwq-agent-images") / agent.run_id, reasoning=args.reasoning
             )
             try:
-                async for ev in extras.observe(agent.stream(task)):
+                history = recording.history_messages() if recording else []
+                continues = recording.continues if recording else False
+                async for ev in extras.observe(agent.stream(task, history=history, continues=continues)):
                     if args.json:
                         sys.stdout.write(ev.model_dump_json() + "\n")
                         sys.stdout.flush()

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="full",
         help="show each step's reasoning in full, its last lines, or not",
     )
+    show.add_argument(
+        "--branches", action="store_true", help="for an exploration's trace: also show each branch's run"
+    )
     show.set_defaults(func=_show)
     serve = tsub.add_parser("serve", help="browse traces in a local web page (live while runs write them)")
     serve.add_argument("dir", nargs="?", default="traces", help="folder of traces, searched recursively")
@@ -64,4 +67,12 @@ def _show(args: argparse.Namespace) -> int:
     )
     for ev in events:
         renderer.handle(ev)
+    if args.branches:
+        from qwq_agent.agent.events import BranchEnded
+
+        for ev in events:
+            if isinstance(ev, BranchEnded) and ev.trace:
+                console.rule(f"[bold]branch {ev.index}[/bold] · {ev.trace}")
+                for branch_ev in load_trace(Path(ev.trace), run_id=None):
+                    renderer.handle(branch_ev)
     return 0

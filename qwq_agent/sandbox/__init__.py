@@ -6,6 +6,9 @@ async with DockerSandbox.create() as sb:
 async with SandboxPool(size=4) as pool:
     async with pool.acquire() as sb:
         await sb.shell("ls")
+        snap = await sb.snapshot()  # workspace + home, kept in host memory
+    async with pool.acquire(snapshot=snap) as sb2:  # a warm sandbox with those files
+        ...
 """
 
 from qwq_agent.sandbox.config import SandboxConfig
@@ -20,6 +23,7 @@ from qwq_agent.sandbox.errors import (
     SandboxError,
     SandboxStartError,
     SandboxTimeout,
+    SnapshotTooLarge,
     ToolError,
     UnsafeArchive,
 )
@@ -34,6 +38,7 @@ from qwq_agent.sandbox.protocol import (
     ShellResult,
     UploadResult,
 )
+from qwq_agent.sandbox.snapshot import RestoreResult, Snapshot
 
 __all__ = [
     "DockerSandbox",
@@ -45,6 +50,7 @@ __all__ = [
     "PathOutsideWorkspace",
     "PythonResult",
     "ResourceExhausted",
+    "RestoreResult",
     "SandboxAcquireTimeout",
     "SandboxConfig",
     "SandboxDead",
@@ -55,6 +61,8 @@ __all__ = [
     "SearchMatch",
     "SearchResult",
     "ShellResult",
+    "Snapshot",
+    "SnapshotTooLarge",
     "ToolError",
     "UnsafeArchive",
     "UploadResult",

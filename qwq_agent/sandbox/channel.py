@@ -73,18 +73,28 @@ class Channel:
         return b"".join(self._stderr).decode("utf-8", "replace")[-2000:]
 
     async def call(
-        self, op: str, args: dict[str, Any], reply_timeout: float | None, on_event: OnEvent | None = None
+        self,
+        op: str,
+        args: dict[str, Any],
+        reply_timeout: float | None,
+        on_event: OnEvent | None = None,
+        blob: bytes | memoryview | None = None,
     ) -> dict[str, Any]:
         """Send one request and wait for its reply; raises a typed `SandboxError` on failure.
 
         `on_event` receives the frames the supervisor streams for this request while it runs (checked
         against the request's nonce like the reply); an exception it raises is not the call's concern.
+        `blob` (bulk bytes, e.g. an archive) is sent raw right after the request's frame; frames the
+        supervisor sends with a blob reach `on_event` or the caller with the bytes under `_blob`.
         """
         if self.closed:
             raise SandboxDead(self.closed_reason or "closed")
         rid, nonce = next(self._ids), secrets.token_hex(16)
-        body = json.dumps({"id": rid, "nonce": nonce, "op": op, "args": args}, separators=(",", ":")).encode()
-        if len(body) > self._max:
+        frame: dict[str, Any] = {"id": rid, "nonce": nonce, "op": op, "args": args}
+        if blob is not None:
+            frame["blob"] = len(blob)
+        body = json.dumps(frame, separators=(",", ":")).encode()
+        if len(body) > self._max or (blob is not None and len(blob) > self._max):
             raise InvalidRequest(
                 f"request of {len(body)} bytes exceeds the limit of {self._max} bytes; nothing was sent"
             )
@@ -92,6 +102,8 @@ class Channel:
         self._pending[rid] = (fut, nonce, on_event)
         try:
             self._writer.write(_FRAME.pack(len(body)) + body)
+            if blob is not None:  # no await in between: no other frame can slip between the two
+                self._writer.write(blob)
             try:
                 await self._writer.drain()
             except (ConnectionError, OSError) as exc:
@@ -146,7 +158,16 @@ class Channel:
             if len(self._buf) < 4 + n:
                 return
             msg = json.loads(bytes(self._buf[4 : 4 + n]))
-            del self._buf[: 4 + n]
+            blob = msg.get("blob")
+            if blob is not None:
+                # Raw bytes follow the frame: wait for all of them (the frame is parsed again then).
+                if not isinstance(blob, int) or isinstance(blob, bool) or not 0 <= blob <= self._max_reply:
+                    raise ValueError(f"a blob length of {blob!r} (the limit is {self._max_reply})")
+                if len(self._buf) < 4 + n + blob:
+                    return
+                with memoryview(self._buf) as view:  # one copy, not two (slice, then bytes)
+                    msg["_blob"] = bytes(view[4 + n : 4 + n + blob])
+            del self._buf[: 4 + n + (blob or 0)]
             rid = msg.get("id")
             if rid is None:
                 self._event(msg)

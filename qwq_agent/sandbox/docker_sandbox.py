@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from qwq_agent.deadline import Deadline
-from qwq_agent.sandbox import janitor
-from qwq_agent.sandbox.channel import Channel
+from qwq_agent.sandbox import janitor, snapshotting
+from qwq_agent.sandbox.cells import CellLog
+from qwq_agent.sandbox.channel import Channel, OnEvent
 from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import (
@@ -56,6 +57,7 @@ from qwq_agent.sandbox.protocol import (
     UploadResult,
     ViewRequest,
 )
+from qwq_agent.sandbox.snapshot import DEFAULT_MAX_BYTES, PythonState, RestoreResult, Snapshot
 from qwq_agent.sandbox.supervisor import check_member
 from qwq_agent.settings import get_settings
 
@@ -128,6 +130,9 @@ class DockerSandbox:
         self._channel: Channel | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        self.cells = CellLog()
+        """The Python cells run so far, kept so a snapshot can rebuild the interpreter by replay."""
+        self.last_restore: RestoreResult | None = None
 
     @classmethod
     def create(
@@ -245,14 +250,20 @@ class DockerSandbox:
             return True
 
     async def _call_raw(
-        self, request: Request, reply_timeout: float | None, on_event: OutputRelay | None = None
+        self,
+        request: Request,
+        reply_timeout: float | None,
+        on_event: OnEvent | None = None,
+        blob: bytes | memoryview | None = None,
     ) -> tuple[dict[str, Any], bool]:
         replaced = await self._ensure_alive()
         assert self._channel is not None
         try:
-            raw = await self._channel.call(
-                request.op, request.model_dump(exclude={"op"}), reply_timeout, on_event
-            )
+            args = request.model_dump(exclude={"op"})
+            if blob is None:
+                raw = await self._channel.call(request.op, args, reply_timeout, on_event)
+            else:
+                raw = await self._channel.call(request.op, args, reply_timeout, on_event, blob=blob)
         except SandboxTimeout as exc:
             # An unresponsive supervisor cannot be trusted with the next call: kill it now.
             await self._discard()
@@ -311,10 +322,12 @@ class DockerSandbox:
         `on_output`, output is passed to it while the cell runs (coalesced, at most `stream_limit`
         bytes); the result holds all of it regardless.
         """
-        return await self._timed_call(
+        result = await self._timed_call(
             PythonRequest, PythonResult, {"code": code}, self.config.python_timeout_s,
             timeout, deadline, on_output, stream_limit,
         )  # fmt: skip
+        self.cells.record(code, result)
+        return result
 
     async def shell(
         self,
@@ -460,6 +473,27 @@ class DockerSandbox:
         limit = self.config.max_download_bytes
         paths, written = await asyncio.to_thread(_extract_counted, data, Path(local_dir), limit)
         return DownloadResult(paths=paths, bytes=written, sandbox_replaced=replaced, state_lost=replaced)
+
+    async def snapshot(self, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = 120.0) -> Snapshot:
+        """Archive /workspace and the home directory into a `Snapshot` kept in host memory.
+
+        Raises `SnapshotTooLarge` past `max_bytes` (archive size), `UnsafeArchive` if what arrived does
+        not check out. FIFOs, sockets and unreadable files are left out and listed in `skipped`.
+        """
+        return await snapshotting.take_snapshot(self, max_bytes=max_bytes, timeout=timeout)
+
+    async def restore(
+        self, snapshot: Snapshot, *, python_state: PythonState = "fresh", timeout: float = 120.0
+    ) -> RestoreResult:
+        """Replace /workspace and home with `snapshot`'s files (owned by the user), verified by sha256.
+
+        The interpreter is restarted (if it ran anything); with `python_state="replay"` the snapshot's
+        recorded cells are re-run and the result says which failed, else it reports `fresh`.
+        """
+        self.last_restore = await snapshotting.restore_snapshot(
+            self, snapshot, python_state=python_state, timeout=timeout
+        )
+        return self.last_restore
 
     async def __aenter__(self) -> DockerSandbox:
         if self._channel is None:

@@ -34,6 +34,10 @@ class UnsafeArchive(InvalidRequest):
     """A tar archive had absolute paths, `..` components, links leaving it or special files."""
 
 
+class SnapshotTooLarge(SandboxError):
+    """A snapshot's archive would exceed its size cap (`max_bytes`); nothing was kept."""
+
+
 class ResourceExhausted(SandboxError):
     """The supervisor could not start a thread for the request (the sandbox's pids limit is spent)."""
 
@@ -71,6 +75,7 @@ _BY_KIND: dict[str, type[SandboxError]] = {
     "UnsafeArchive": UnsafeArchive,
     "ResourceExhausted": ResourceExhausted,
     "ToolError": ToolError,
+    "SnapshotTooLarge": SnapshotTooLarge,
 }
 
 

@@ -20,6 +20,7 @@ from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import SandboxAcquireTimeout, SandboxError, SandboxStartError
+from qwq_agent.sandbox.snapshot import PythonState, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +186,19 @@ class SandboxPool:
 
     @contextlib.asynccontextmanager
     async def acquire(
-        self, *, timeout: float | None = None, deadline: Deadline | None = None
+        self,
+        *,
+        timeout: float | None = None,
+        deadline: Deadline | None = None,
+        snapshot: Snapshot | None = None,
+        python_state: PythonState = "fresh",
     ) -> AsyncIterator[DockerSandbox]:
         """A fresh, working sandbox for the duration of the block; destroyed afterwards.
 
         Waits at most `timeout` seconds (default `acquire_timeout_s`), and never past `deadline`; then
         raises `SandboxAcquireTimeout`. A failed start raises its `SandboxStartError` at once.
+        With `snapshot`, the sandbox holds that file state (`sandbox.last_restore` says how its
+        interpreter was left); a failed restore destroys it and raises.
         """
         if self._closed:
             raise SandboxError("the pool is closed")
@@ -199,6 +207,8 @@ class SandboxPool:
         if self.size:
             self._spawn_fill()
         try:
+            if snapshot is not None:
+                await sandbox.restore(snapshot, python_state=python_state)
             yield sandbox
         finally:
             self._spawn(sandbox.close())

@@ -131,6 +131,9 @@ function item(ev, st, run) {
     case "approval_requested": return `<div class="approval"><span class="label">approval asked</span><b>${esc(ev.call.name)}</b> ${esc(ev.call.id)}${ev.reason ? " — " + esc(ev.reason) : ""}<pre>${esc(JSON.stringify(ev.call.arguments))}</pre></div>`;
     case "approval": return `<div class="approval"><span class="label">approval</span>${esc(ev.action)} by ${esc(ev.by)}: ${esc(ev.name)} ${esc(ev.call_id)}${ev.reason ? " — " + esc(ev.reason) : ""}${ev.arguments ? "<pre>" + esc(JSON.stringify(ev.arguments)) + "</pre>" : ""}</div>`;
     case "replay_end": return `<div class="muted"><span class="label">replay ended</span>${ev.completions} recorded completions used; the live model answers from here</div>`;
+    case "branches": return `<div class="muted"><span class="label">branches</span>${ev.n} branches · select ${esc(ev.select)} · seeds ${esc(ev.seeds.join(", "))}</div>`;
+    case "branch_end": return `<div class="${ev.passed ? "final" : "muted"}"><span class="label">branch ${ev.index}</span>${statusBadge(ev.status)} ${esc(ev.verdict ?? ev.error ?? "")} ${ev.trace ? "· " + esc(ev.trace) : ""}</div>`;
+    case "branch_selected": return `<div class="final"><span class="label">selected</span>${ev.winner === null ? "no branch" : "branch " + ev.winner}: ${esc(ev.reason)}</div>`;
     case "final": return `<div class="final"><span class="label">final</span>${statusBadge(ev.status)} ${esc(ev.answer ?? "")}${ev.error ? "<pre>" + esc(ev.error) + "</pre>" : ""}</div>`;
     default: return `<div class="muted"><span class="label">${esc(ev.type)}</span></div>`;
   }

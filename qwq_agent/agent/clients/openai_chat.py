@@ -229,6 +229,8 @@ class OpenAIChatClient:
             body["tools"] = to_openai_tools(tools)
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.seed is not None:
+            body["seed"] = params.seed
         if self.extra_sampling:
             body["top_k"] = params.top_k
             body["min_p"] = params.min_p

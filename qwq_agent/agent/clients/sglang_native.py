@@ -73,6 +73,8 @@ def sampling_payload(params: SamplingParams) -> dict[str, Any]:
         payload["stop"] = list(params.stop)
     if params.stop_token_ids:
         payload["stop_token_ids"] = list(params.stop_token_ids)
+    if params.seed is not None:
+        payload["sampling_seed"] = params.seed
     payload.update(constraints)
     return payload
 

@@ -33,6 +33,29 @@ def read_exact(fd, n):
     return b"".join(chunks)
 
 
+def read_into(fd, n):
+    """Exactly `n` bytes from `fd` as a bytearray read in place (no chunk list, no join), or None at EOF."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if not k:
+            return None
+        got += k
+    return buf
+
+
+def skip(fd, n):
+    """Read and drop `n` bytes; False at EOF."""
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            return False
+        n -= len(chunk)
+    return True
+
+
 def write_all(fd, data):
     view = memoryview(data)
     while view:

@@ -1,5 +1,6 @@
 """The request loop: frames in from the host, one thread per request, replies tied to request and nonce."""
 
+import fcntl
 import json
 import os
 import signal
@@ -7,17 +8,19 @@ import struct
 import threading
 import time
 
-from . import archives, procs, search
+from . import archives, procs, search, snapshots
 from .editor import Editor
-from .framing import RequestError, cap_text, encode_frame, read_exact, write_all
+from .framing import RequestError, cap_text, encode_frame, read_exact, read_into, skip, write_all
 from .interpreter import Interpreter
 from .privileges import act_on_files_as_user, become_supervisor
-from .settings import IDLE_TIMEOUT, LIFETIME, MAX_FRAME, OUT_HEAD, OUT_TAIL, WORKSPACE
+from .settings import IDLE_TIMEOUT, LIFETIME, MAX_FRAME, MAX_STAGED, OUT_HEAD, OUT_TAIL, WORKSPACE
 from .shell import run_shell
 from .streaming import OutputStream
 
 # Operations that start user processes: they get a cancel pipe the host can trip mid-call.
 CANCELLABLE = ("python", "shell")
+# Operations that stream their result as events (`args["_send"]` sends a frame tied to the request).
+STREAMING = ("snapshot",)
 
 
 class Supervisor:
@@ -33,6 +36,8 @@ class Supervisor:
         procs.on_containment_failure = lambda: self.exit("a process tree could not be killed")
         self.interpreter = Interpreter()
         self.editor = Editor()
+        self.interpreter_used = False  # a restore need not restart an interpreter that never ran a cell
+        self.staging = snapshots.Staging(MAX_STAGED)
         self.ops = {
             "ping": lambda a: {"pong": True, "worker_pid": self.interpreter.pid},
             "python": self.python,
@@ -45,14 +50,31 @@ class Supervisor:
             "search": search.search,
             "upload": archives.upload,
             "download": archives.download,
+            "snapshot": snapshots.snapshot,
+            "restore_chunk": self.staging.add,
+            "restore": lambda a: snapshots.restore(a, self.staging, self.reset_interpreter),
+            "python_reset": lambda a: self.reset_interpreter() or {"worker_pid": self.interpreter.pid},
         }
 
-    def send(self, obj):
+    def send(self, obj, blob=None):
+        """One frame; with `blob`, its raw bytes follow the frame (which says `"blob": len`)."""
+        if blob is not None:
+            obj = {**obj, "blob": len(blob)}
         data = encode_frame(obj)
         with self.out_lock:
             write_all(self.out_fd, data)
+            if blob is not None:
+                write_all(self.out_fd, blob)
+
+    def reset_interpreter(self):
+        """A fresh interpreter (its processes killed), unless the current one never ran a cell."""
+        with self.interpreter.lock:
+            if self.interpreter_used:
+                self.interpreter.restart()
+                self.interpreter_used = False
 
     def python(self, args):
+        self.interpreter_used = True
         code = args.get("code")
         if not isinstance(code, str):
             raise RequestError("InvalidRequest", "`code` must be a string")
@@ -73,6 +95,7 @@ class Supervisor:
             if not isinstance(args, dict):
                 raise RequestError("InvalidRequest", "`args` must be an object")
             args["_arrived"] = arrived
+            args["_blob"] = req.get("_blob")
             if req.get("op") in CANCELLABLE:
                 cancel_r, cancel_w = os.pipe()
                 with self.state_lock:
@@ -83,6 +106,8 @@ class Supervisor:
                 args["_cancel"] = cancel_r
                 args["_id"], args["_nonce"] = rid, nonce
                 args["_stream"] = OutputStream.for_request(self.send, args)
+            if req.get("op") in STREAMING:
+                args["_send"] = lambda frame, blob=None: self.send({"id": rid, "nonce": nonce, **frame}, blob)
             reply = {"id": rid, "nonce": nonce, "ok": True, "result": op(args)}
         except RequestError as exc:
             reply = self.error(rid, nonce, exc.kind, str(exc))
@@ -177,12 +202,8 @@ class Supervisor:
                 self.exit("eof")  # the host went away: nobody can use this sandbox any more
             (n,) = struct.unpack(">I", head)
             if n > MAX_FRAME:
-                remaining = n
-                while remaining:
-                    chunk = os.read(in_fd, min(remaining, 1 << 20))
-                    if not chunk:
-                        self.exit("eof")
-                    remaining -= len(chunk)
+                if not skip(in_fd, n):
+                    self.exit("eof")
                 self.send(
                     {"id": None, "event": "error", "message": f"frame of {n} bytes exceeds {MAX_FRAME}"}
                 )
@@ -197,6 +218,20 @@ class Supervisor:
             except ValueError as exc:
                 self.send({"id": None, "event": "error", "message": f"malformed request: {exc}"})
                 continue
+            blob = req.get("blob")
+            if blob is not None:
+                # Bulk bytes (archives) travel raw after their frame: no base64, no JSON parse of them.
+                if not isinstance(blob, int) or isinstance(blob, bool) or blob < 0:
+                    self.exit("a request with a malformed blob length: the stream cannot be followed")
+                if blob > MAX_FRAME:
+                    if not skip(in_fd, blob):
+                        self.exit("eof")
+                    error = f"a blob of {blob} bytes exceeds {MAX_FRAME}"
+                    self.send(self.error(req.get("id"), req.get("nonce"), "InvalidRequest", error))
+                    continue
+                req["_blob"] = read_into(in_fd, blob)
+                if req["_blob"] is None:
+                    self.exit("eof")
             if req.get("op") == "cancel":
                 self.cancel((req.get("args") or {}).get("target"))
                 continue
@@ -211,6 +246,12 @@ def main():
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.close(devnull)
+    for fd in (in_fd, out_fd):
+        # Bigger pipes mean fewer wake-ups per MB for archives (snapshots); 1 MiB is the unprivileged cap.
+        try:
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        except OSError:
+            pass  # not a pipe, or the cap is lower: the default size works, only slower
     split = become_supervisor()
     os.makedirs(WORKSPACE, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

@@ -9,6 +9,9 @@ def _ids(value):
 
 
 WORKSPACE = os.environ.get("QWQ_WORKSPACE", "/workspace")
+HOME_DIR = os.environ.get("HOME", "/home/sandbox")
+# What an archive being restored may stage in the supervisor's memory (the tmpfs limits bound the rest).
+MAX_STAGED = int(os.environ.get("QWQ_MAX_STAGED", str(1024 * 1024 * 1024)))
 MAX_FRAME = int(os.environ.get("QWQ_MAX_FRAME", str(96 * 1024 * 1024)))
 IDLE_TIMEOUT = float(os.environ.get("QWQ_IDLE_TIMEOUT", "900"))
 LIFETIME = float(os.environ.get("QWQ_LIFETIME", "3600"))

@@ -1,0 +1,91 @@
+"""What an exploration of parallel branches gives back: every branch's outcome, and the winner."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from qwq_agent.agent.config import RunResult
+from qwq_agent.protocols import Usage
+
+__all__ = ["BranchOutcome", "BranchResult"]
+
+
+class BranchOutcome(BaseModel):
+    """One branch: how its run ended, what the selection made of it, and where it is traced."""
+
+    index: int
+    seed: int
+    status: str
+    answer: str | None = None
+    error: str | None = None
+    # What the selection found (e.g. "tests passed (exit 0)"); `passed` is the verifier's verdict.
+    verdict: str | None = None
+    passed: bool | None = None
+    trace_path: str | None = None
+    first_turn_prompt_tokens: int = 0
+    first_turn_cached_tokens: int = 0
+    # Seconds to get the branch its sandbox, and of those, to restore the parent's snapshot into it
+    # (None: no sandbox, or no snapshot to restore).
+    sandbox_s: float | None = None
+    restore_s: float | None = None
+    # How the restore left the Python interpreter: "fresh" or "replayed" (the parent's cells re-run).
+    python_state: str | None = None
+    result: RunResult | None = None
+
+
+class BranchResult(BaseModel):
+    """The outcome of `Agent.branch` / `Agent.explore`.
+
+    `winner` is the index of the selected branch (None when no branch was selected: `reason` says
+    why). The winner's sandbox stays open as `sandbox` for the caller until `await result.aclose()`
+    (or the end of `async with result:`); every other branch's sandbox is already released.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    winner: int | None
+    reason: str
+    select: str
+    branches: list[BranchOutcome]
+    trace_path: str | None = None
+    snapshot_id: str | None = None
+    # The one request that prefilled the shared prefix before the branches were sent (None: skipped).
+    warmup: Usage | None = None
+    sandbox: Any = Field(default=None, exclude=True)
+    _release: Callable[[], Awaitable[None]] | None = PrivateAttr(default=None)
+
+    @property
+    def won(self) -> BranchOutcome | None:
+        """The winning branch's outcome, or None."""
+        return self.branches[self.winner] if self.winner is not None else None
+
+    @property
+    def answer(self) -> str | None:
+        won = self.won
+        return won.answer if won is not None else None
+
+    @property
+    def status(self) -> str:
+        """The winner's status, or "no_winner"."""
+        won = self.won
+        return won.status if won is not None else "no_winner"
+
+    def keep(self, release: Callable[[], Awaitable[None]] | None) -> None:
+        """Set how the winner's sandbox is released (called by the exploration)."""
+        self._release = release
+
+    async def aclose(self) -> None:
+        """Release the winner's sandbox (back to its pool, or closed). Idempotent."""
+        release, self._release = self._release, None
+        self.sandbox = None
+        if release is not None:
+            await release()
+
+    async def __aenter__(self) -> BranchResult:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

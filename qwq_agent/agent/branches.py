@@ -1,0 +1,392 @@
+"""Parallel branches: n continuations of one agent state, each in its own restored sandbox.
+
+`run_branches` (behind `Agent.branch` / `Agent.explore`):
+
+1. takes a snapshot of the parent's sandbox (its files; the interpreter is rebuilt or fresh, as asked);
+2. at the same time gets every branch a sandbox restored from it, and prefills the shared prefix (the
+   transcript so far plus the task) once with a one-token request, so SGLang's radix cache holds it;
+3. then sends all branches at once, each a child `Agent` with its own sampling seed, continuing the
+   same messages, so their first prompts are served from that cached prefix;
+4. selects a winner (`qwq_agent.agent.selection`); losing sandboxes are released at once, the
+   winner's is handed to the caller in the `BranchResult`.
+
+A branch that crashes, times out or cannot get a sandbox is a losing branch with its error. Traces: the
+parent's file holds `branches`, one `branch_end` per branch and `branch_selected`; each branch is a
+whole run in its own file (`<parent stem>.branch-<i>.jsonl`) whose `run_started` records the shared
+history, so `qwq-agent run --replay` replays it like any run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qwq_agent.agent.branch_result import BranchOutcome, BranchResult
+from qwq_agent.agent.events import (
+    BranchEnded,
+    BranchesStarted,
+    BranchSelected,
+    Event,
+    Final,
+    RunStarted,
+    UsageEvent,
+)
+from qwq_agent.agent.messages import Message
+from qwq_agent.agent.selection import Selector, parse_select
+from qwq_agent.agent.trace import TraceError, TraceWriter
+from qwq_agent.protocols import Usage
+
+if TYPE_CHECKING:
+    from qwq_agent.agent.loop import Agent
+
+__all__ = ["BranchError", "branch_trace_path", "run_branches"]
+
+WARMUP_TIMEOUT_S = 120.0
+MAX_BRANCHES = 64
+
+
+class BranchError(ValueError):
+    """Branches asked for in a way that cannot work (n out of range, seeds that do not match n)."""
+
+
+def branch_trace_path(parent: str | Path, index: int) -> Path:
+    """Where branch `index` of the exploration traced in `parent` writes its run."""
+    p = Path(parent)
+    return p.with_name(f"{p.stem}.branch-{index}{p.suffix or '.jsonl'}")
+
+
+class _Branch:
+    """One branch while it runs: its sandbox (held by `stack`), its agent and its outcome."""
+
+    def __init__(self, index: int, seed: int) -> None:
+        self.index = index
+        self.outcome = BranchOutcome(index=index, seed=seed, status="pending")
+        self.stack = AsyncExitStack()
+        self.sandbox: Any = None
+        self.ready = False
+
+
+async def run_branches(
+    parent: Agent,
+    n: int,
+    task: str | None,
+    *,
+    select: Any = "first",
+    seeds: list[int] | None = None,
+    temperature: float | None = None,
+    python_state: str = "fresh",
+    branch_timeout_s: float | None = None,
+    warm_prefix: bool = True,
+    on_event: Callable[[int, Event], None] | None = None,
+) -> BranchResult:
+    """Run `task` in `n` concurrent branches of `parent`'s state and select one (see the module doc).
+
+    `task` is the branches' next user turn; None continues the transcript as it stands (a run that
+    stopped after a tool result, e.g. on its step budget), which must then end with a user or tool
+    message.
+
+    `seeds` (one per branch; default: random) and `temperature` (default: the config's) make the
+    branches sample differently. `branch_timeout_s` bounds each branch (on top of its budget): a
+    branch past it is cancelled and loses with status "timeout". `on_event(index, event)` sees every
+    event of every branch as it happens. Raises `BranchError` / `SelectionError` for bad arguments,
+    before anything starts.
+    """
+    if not 1 <= n <= MAX_BRANCHES:
+        raise BranchError(f"n must be between 1 and {MAX_BRANCHES}, got {n}")
+    if seeds is not None and len(seeds) != n:
+        raise BranchError(f"{len(seeds)} seeds given for {n} branches: give one per branch")
+    if parent._running:  # its transcript is still changing: branch after its run ends
+        raise BranchError("the agent is running a task: branch from it after its run ends")
+    selector = parse_select(select)
+    history = list(parent.messages)
+    continues = task is None
+    if continues:
+        if not history or history[-1].role not in ("user", "tool"):
+            raise BranchError(
+                "nothing to continue: the transcript is empty or ends with the model's answer; give a task"
+            )
+        task = next((m.content for m in history if m.role == "user"), "")
+    assert task is not None
+    seeds = list(seeds) if seeds is not None else [random.randrange(2**31) for _ in range(n)]
+    branches = [_Branch(i, s) for i, s in enumerate(seeds)]
+    trace = _open_parent_trace(parent)
+    emit = _emitter(parent, trace)
+    try:
+        snapshot = await _snapshot(parent.sandbox)
+        specs = parent.tools.specs()
+        if continues:
+            first = history
+        elif history:
+            first = [*history, Message(role="user", content=task)]
+        else:
+            first = parent._initial_messages(task)
+        traces = [str(branch_trace_path(trace.path, i)) if trace else None for i in range(n)]
+        warm, *_ = await asyncio.gather(
+            _warm_prefix(parent, first, specs) if warm_prefix else _none(),
+            *(_sandbox_for(b, parent, snapshot, python_state) for b in branches),
+        )
+        emit(
+            RunStarted(
+                task=task,
+                model=getattr(parent.model, "name", type(parent.model).__name__),
+                tools=[s.name for s in specs],
+                config=parent.config.model_dump(mode="json"),
+                tool_options=parent.tool_options,
+                history=[m.model_dump(mode="json") for m in history],
+                continues=continues,
+            )
+        )
+        emit(
+            BranchesStarted(
+                n=n,
+                select=selector.label,
+                seeds=seeds,
+                traces=traces,
+                snapshot_id=getattr(snapshot, "id", None),
+                warmup=warm,
+            )
+        )
+        await asyncio.gather(
+            *(
+                _run_one(
+                    parent,
+                    b,
+                    task,
+                    history,
+                    continues,
+                    traces[b.index],
+                    temperature,
+                    branch_timeout_s,
+                    on_event,
+                )
+                for b in branches
+            )
+        )
+        outcomes = [b.outcome for b in branches]
+        choice = await _select(selector, outcomes, {b.index: b.sandbox for b in branches if b.ready})
+        for o in outcomes:
+            emit(_ended(o))
+        emit(BranchSelected(winner=choice.winner, reason=choice.reason))
+        won = outcomes[choice.winner] if choice.winner is not None else None
+        emit(
+            Final(
+                status=won.status if won else "no_winner",
+                answer=won.answer if won else None,
+                error=None if won else choice.reason,
+                totals=_summed(outcomes),
+            )
+        )
+        if won is not None and won.result is not None:
+            parent.messages = list(won.result.messages)
+        result = BranchResult(
+            winner=choice.winner,
+            reason=choice.reason,
+            select=selector.label,
+            branches=outcomes,
+            trace_path=str(trace.path) if trace else None,
+            snapshot_id=getattr(snapshot, "id", None),
+            warmup=warm,
+        )
+        keep = branches[choice.winner] if choice.winner is not None else None
+        for b in branches:
+            if b is not keep:
+                await b.stack.aclose()
+        if keep is not None:
+            result.sandbox = keep.sandbox
+            result.keep(keep.stack.aclose)
+        return result
+    except BaseException:
+        for b in branches:
+            await b.stack.aclose()
+        raise
+    finally:
+        if trace is not None:
+            trace.close()
+
+
+async def _none() -> None:
+    return None
+
+
+def _open_parent_trace(parent: Agent) -> TraceWriter | None:
+    if parent.trace_path is None:
+        return None
+    try:
+        return TraceWriter(parent.trace_path, if_exists="new", tag=parent.run_id)
+    except TraceError:  # as for a run: no trace is no reason to fail (each branch reports its own)
+        return None
+
+
+def _emitter(parent: Agent, trace: TraceWriter | None) -> Callable[[Event], Event]:
+    def emit(event: Event) -> Event:
+        event.run_id = parent.run_id
+        if trace is not None:
+            trace.write(event)
+        return event
+
+    return emit
+
+
+async def _snapshot(sandbox: Any) -> Any:
+    """The parent's sandbox state for the branches (None: no sandbox, each branch starts fresh)."""
+    if sandbox is None:
+        return None
+    take = getattr(sandbox, "snapshot", None)
+    if take is None:
+        raise BranchError(f"{type(sandbox).__name__} cannot take snapshots, so it cannot be branched")
+    return await take()
+
+
+async def _sandbox_for(branch: _Branch, parent: Agent, snapshot: Any, python_state: str) -> None:
+    """Give `branch` a sandbox holding `snapshot`; a failure makes it a losing branch, not an error.
+
+    From the parent's pool when it has one (released back to it), else a sandbox started like the
+    parent's (closed after use).
+    """
+    pool, template = parent.sandbox_pool, parent.sandbox
+    if pool is None and template is None:
+        branch.ready = True  # a run without a sandbox: so are its branches
+        return
+    started = time.perf_counter()
+    try:
+        if pool is not None:
+            sandbox = await branch.stack.enter_async_context(pool.acquire())
+        else:
+            from qwq_agent.sandbox.docker_sandbox import DockerSandbox
+
+            starting = DockerSandbox.create(template.config, engine=template.engine)
+            sandbox = await branch.stack.enter_async_context(starting)
+        if snapshot is not None:
+            restoring = time.perf_counter()
+            restored = await sandbox.restore(snapshot, python_state=python_state)
+            branch.outcome.python_state = getattr(restored, "python_state", None)
+            if template is not None:  # the baseline's git dir came with the home: patches still work
+                from qwq_agent.agent.patch import inherit_baseline
+
+                inherit_baseline(sandbox, template)
+            branch.outcome.restore_s = time.perf_counter() - restoring
+    except Exception as exc:
+        branch.outcome.status, branch.outcome.error = "error", f"no sandbox: {type(exc).__name__}: {exc}"
+        await branch.stack.aclose()
+        return
+    branch.outcome.sandbox_s = time.perf_counter() - started
+    branch.sandbox, branch.ready = sandbox, True
+
+
+async def _warm_prefix(parent: Agent, messages: list[Message], specs: list[Any]) -> Usage | None:
+    """Prefill the branches' shared first prompt once (one generated token), so all of them hit the cache.
+
+    Only for clients that render prompts themselves (SGLang's native API); others send the branches
+    at once and rely on the server. A failure here is no failure of the branches.
+    """
+    model = parent.model
+    render, generate = getattr(model, "render_prompt", None), getattr(model, "generate", None)
+    if render is None or generate is None:
+        return None
+    params = parent.config.sampling.model_copy(update={"max_new_tokens": 1, "stop": [], "seed": None})
+    try:
+        async with asyncio.timeout(WARMUP_TIMEOUT_S):
+            completion = await generate(render(messages, specs), params)
+    except Exception:
+        return None
+    usage = getattr(completion, "usage", None)
+    return usage if isinstance(usage, Usage) else None
+
+
+async def _run_one(
+    parent: Agent,
+    branch: _Branch,
+    task: str,
+    history: list[Message],
+    continues: bool,
+    trace_path: str | None,
+    temperature: float | None,
+    timeout_s: float | None,
+    on_event: Callable[[int, Event], None] | None,
+) -> None:
+    """Run one branch to its end; whatever happens becomes its outcome."""
+    from qwq_agent.agent.loop import Agent
+
+    out = branch.outcome
+    if not branch.ready:
+        return
+    sampling = parent.config.sampling.model_copy(
+        update={"seed": out.seed, **({"temperature": temperature} if temperature is not None else {})}
+    )
+    child = Agent(
+        parent.model,
+        parent.tools,
+        sandbox=branch.sandbox,
+        config=parent.config.model_copy(update={"sampling": sampling}),
+        trace_path=trace_path,
+        admission=parent.admission,
+        run_id=f"{parent.run_id}-b{branch.index}",
+        tool_options=parent.tool_options,
+        approver=parent.approver,
+    )
+    first_usage = True
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for ev in child.stream(task, history=history, continues=continues):
+                if first_usage and isinstance(ev, UsageEvent):
+                    first_usage = False
+                    out.first_turn_prompt_tokens = ev.usage.prompt_tokens
+                    out.first_turn_cached_tokens = ev.usage.cached_tokens
+                if on_event is not None:
+                    on_event(branch.index, ev)
+    except TimeoutError:
+        child.end_run("timeout", f"the branch ran past its {timeout_s:g} s limit")
+        out.status, out.error = "timeout", f"the branch ran past its {timeout_s:g} s limit"
+    except Exception as exc:  # a crashing branch loses; the exploration goes on
+        child.end_run("error", f"{type(exc).__name__}: {exc}")
+        out.status, out.error = "error", f"{type(exc).__name__}: {exc}"
+    result = child.result
+    if result is not None:
+        out.result = result
+        out.trace_path = result.trace_path
+        if out.status == "pending":
+            out.status, out.answer, out.error = result.status, result.answer, result.error
+    if out.status == "pending":
+        out.status, out.error = "error", "the branch ended without a result"
+
+
+async def _select(selector: Selector, outcomes: list[BranchOutcome], sandboxes: dict[int, Any]) -> Any:
+    from qwq_agent.agent.selection import Selection
+
+    try:
+        return await selector.select(outcomes, sandboxes)
+    except Exception as exc:  # a broken selector: no winner, every branch kept in the result
+        return Selection(winner=None, reason=f"the selection failed: {type(exc).__name__}: {exc}")
+
+
+def _summed(outcomes: list[BranchOutcome]) -> dict[str, float]:
+    """All branches' totals added up (tokens, steps, tool time): what the exploration used.
+
+    Wall time is left out: the branches ran at the same time, so their sum says nothing.
+    """
+    totals: dict[str, float] = {}
+    for o in outcomes:
+        for key, value in (o.result.totals if o.result else {}).items():
+            if key == "wall_s":
+                continue
+            totals[key] = totals.get(key, 0.0) + float(value or 0)
+    return totals
+
+
+def _ended(o: BranchOutcome) -> BranchEnded:
+    return BranchEnded(
+        index=o.index,
+        status=o.status,
+        answer=o.answer,
+        error=o.error,
+        verdict=o.verdict,
+        passed=o.passed,
+        trace=o.trace_path,
+        first_turn_cached_tokens=o.first_turn_cached_tokens,
+        first_turn_prompt_tokens=o.first_turn_prompt_tokens,
+    )

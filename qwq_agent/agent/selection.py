@@ -1,0 +1,188 @@
+"""How one of several parallel branches is selected: a verifier command, a majority, or a function.
+
+A `Selector` looks at the branches' outcomes (and their still-open sandboxes) and names a winner, or
+none with a reason. Only branches that completed can win: one that crashed, timed out or ran out of
+budget is a losing branch with its error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from qwq_agent.agent.branch_result import BranchOutcome
+
+__all__ = [
+    "FirstCompleted",
+    "FunctionSelector",
+    "Majority",
+    "Selection",
+    "SelectionError",
+    "Selector",
+    "Verifier",
+    "parse_select",
+]
+
+VERIFY_TIMEOUT_S = 300.0
+
+
+class SelectionError(ValueError):
+    """A `select` that cannot be used (an unknown name, an empty verifier command)."""
+
+
+class Selection(BaseModel):
+    winner: int | None
+    reason: str
+
+
+@runtime_checkable
+class Selector(Protocol):
+    """Names the winning branch; may fill each outcome's `verdict` / `passed`."""
+
+    label: str
+
+    async def select(self, outcomes: Sequence[BranchOutcome], sandboxes: dict[int, Any]) -> Selection: ...
+
+
+def _completed(outcomes: Sequence[BranchOutcome]) -> list[BranchOutcome]:
+    return [o for o in outcomes if o.status == "completed"]
+
+
+def _none_completed(outcomes: Sequence[BranchOutcome]) -> Selection:
+    return Selection(winner=None, reason=f"none of the {len(outcomes)} branches completed")
+
+
+class FirstCompleted:
+    """The first branch (by index) that completed."""
+
+    label = "first"
+
+    async def select(self, outcomes: Sequence[BranchOutcome], sandboxes: dict[int, Any]) -> Selection:
+        done = _completed(outcomes)
+        if not done:
+            return _none_completed(outcomes)
+        return Selection(winner=done[0].index, reason="the first branch that completed")
+
+
+class Verifier:
+    """The first completed branch in whose sandbox `command` exits with status 0 (e.g. the tests pass)."""
+
+    def __init__(self, command: str, *, timeout_s: float = VERIFY_TIMEOUT_S, kind: str = "tests") -> None:
+        if not command.strip():
+            raise SelectionError(f"'{kind}:' needs a command, e.g. '{kind}:python3 -m pytest -q'")
+        self.command = command
+        self.timeout_s = timeout_s
+        self.label = f"{kind}:{command}"
+
+    async def _verify(self, outcome: BranchOutcome, sandbox: Any) -> None:
+        if outcome.status != "completed":
+            outcome.passed, outcome.verdict = False, f"not verified: the branch ended {outcome.status}"
+            return
+        if sandbox is None:
+            outcome.passed, outcome.verdict = False, "not verified: the branch has no sandbox"
+            return
+        try:
+            res = await sandbox.shell(self.command, timeout=self.timeout_s)
+        except Exception as exc:  # a dead sandbox is a failed verification, not a failed exploration
+            outcome.passed, outcome.verdict = False, f"verifier failed: {type(exc).__name__}: {exc}"
+            return
+        code = getattr(res, "exit_code", None)
+        outcome.passed = code == 0
+        if getattr(res, "timed_out", False):
+            outcome.verdict = f"`{self.command}` timed out after {self.timeout_s:g} s"
+        else:
+            tail = _last_line(getattr(res, "stdout", "") or getattr(res, "stderr", ""))
+            outcome.verdict = f"`{self.command}` exited {code}" + (f": {tail}" if tail else "")
+
+    async def select(self, outcomes: Sequence[BranchOutcome], sandboxes: dict[int, Any]) -> Selection:
+        await asyncio.gather(*(self._verify(o, sandboxes.get(o.index)) for o in outcomes))
+        passed = [o for o in outcomes if o.passed]
+        if passed:
+            return Selection(winner=passed[0].index, reason=f"`{self.command}` exited 0 in its sandbox")
+        if not _completed(outcomes):
+            return _none_completed(outcomes)
+        return Selection(winner=None, reason=f"`{self.command}` failed in every branch that completed")
+
+
+class Majority:
+    """The most common final answer (compared without case, surrounding space or a final period)."""
+
+    label = "majority"
+
+    async def select(self, outcomes: Sequence[BranchOutcome], sandboxes: dict[int, Any]) -> Selection:
+        done = [o for o in _completed(outcomes) if o.answer]
+        if not done:
+            return (
+                _none_completed(outcomes)
+                if not _completed(outcomes)
+                else Selection(winner=None, reason="no completed branch gave an answer")
+            )
+        keys = {o.index: normalize_answer(o.answer or "") for o in done}
+        counts = Counter(keys.values())
+        for o in done:
+            o.verdict = f"{counts[keys[o.index]]} of {len(done)} completed branches gave this answer"
+        best = max(counts.values())
+        # Ties go to the answer given first (lowest branch index).
+        winner = next(o for o in done if counts[keys[o.index]] == best)
+        return Selection(
+            winner=winner.index, reason=f"majority: {best} of {len(done)} completed branches agree"
+        )
+
+
+class FunctionSelector:
+    """A user's function of the outcomes (sync or async) returning the winner's index, or None."""
+
+    def __init__(self, fn: Callable[[list[BranchOutcome]], Any]) -> None:
+        self.fn = fn
+        self.label = f"function:{getattr(fn, '__name__', type(fn).__name__)}"
+
+    async def select(self, outcomes: Sequence[BranchOutcome], sandboxes: dict[int, Any]) -> Selection:
+        try:
+            choice = self.fn(list(outcomes))
+            if inspect.isawaitable(choice):
+                choice = await choice
+        except Exception as exc:  # the user's bug is reported in the result; the branches are kept
+            return Selection(winner=None, reason=f"the select function raised {type(exc).__name__}: {exc}")
+        if choice is None:
+            return Selection(winner=None, reason="the select function chose no branch")
+        if not isinstance(choice, int) or not 0 <= choice < len(outcomes):
+            return Selection(
+                winner=None, reason=f"the select function returned {choice!r}, not a branch index"
+            )
+        return Selection(winner=choice, reason=f"chosen by {self.label}")
+
+
+def normalize_answer(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip()).rstrip(".").casefold()
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:120] if lines else ""
+
+
+def parse_select(select: str | Selector | Callable[..., Any]) -> Selector:
+    """`"tests:CMD"` / `"verify:CMD"`, `"majority"`, `"first"`, a `Selector`, or a function of the outcomes."""
+    if isinstance(select, str):
+        name, sep, rest = select.partition(":")
+        if sep and name in ("tests", "verify"):
+            return Verifier(rest, kind=name)
+        if select == "majority":
+            return Majority()
+        if select == "first":
+            return FirstCompleted()
+        raise SelectionError(
+            f"unknown select {select!r}: use 'tests:COMMAND' (e.g. 'tests:python3 -m pytest -q'), "
+            "'majority' or 'first'"
+        )
+    if isinstance(select, Selector):
+        return select
+    if callable(select):
+        return FunctionSelector(select)
+    raise SelectionError(f"select must be a string, a Selector or a function, not {type(select).__name__}")

@@ -1,0 +1,120 @@
+"""`qwq-agent run --branches N --select ...`: N parallel attempts from one state, one line per branch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from qwq_agent.agent.branch_result import BranchResult
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--branches",
+        type=int,
+        metavar="N",
+        help="run N attempts at once, each in its own sandbox restored from the start state; one is selected",
+    )
+    p.add_argument(
+        "--select",
+        metavar="HOW",
+        help="with --branches: 'tests:COMMAND' (the first branch where COMMAND exits 0, e.g. "
+        "'tests:python3 -m pytest -q'), 'majority' (most common answer; the default) or 'first'",
+    )
+
+
+def check(args: argparse.Namespace) -> Any:
+    """The selector for `--select`, or None without --branches; a `CliError` for what cannot work."""
+    from qwq_agent.agent.branches import MAX_BRANCHES
+    from qwq_agent.agent.selection import SelectionError, parse_select
+    from qwq_agent.cli.errors import CliError
+
+    if args.branches is None:
+        if args.select is not None:
+            raise CliError("--select needs --branches", "add --branches N (e.g. --branches 4)")
+        return None
+    if not 1 <= args.branches <= MAX_BRANCHES:
+        raise CliError(f"--branches must be between 1 and {MAX_BRANCHES}, got {args.branches}")
+    if args.replay or args.resume:
+        raise CliError(
+            "--branches cannot be combined with --replay/--resume",
+            "replay one branch's own trace instead: qwq-agent run --replay traces/<id>.branch-<i>.jsonl",
+        )
+    try:
+        return parse_select(args.select or "majority")
+    except SelectionError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, console: Console) -> int:
+    """Explore `task` in `args.branches` branches; print one line per branch and the winner."""
+    if not args.json:
+        console.print(
+            f"[dim]running {args.branches} branches (select: {selector.label})[/dim]", soft_wrap=True
+        )
+    result = await agent.explore(
+        task, n=args.branches, select=selector, on_event=_progress(console, args.json)
+    )
+    async with result:
+        if args.json:
+            sys.stdout.write(result.model_dump_json(exclude={"branches": {"__all__": {"result"}}}) + "\n")
+            sys.stdout.flush()
+        else:
+            print_result(console, result)
+        if args.copy_back is not None and result.sandbox is not None:
+            await result.sandbox.download("/workspace", args.copy_back)
+            console.print(f"[dim]the winner's workspace copied back to {args.copy_back}[/dim]")
+    won = result.won
+    if args.patch is not None and won is not None and won.result is not None and won.result.patch is not None:
+        args.patch.write_text(won.result.patch, encoding="utf-8")
+        console.print(f"[dim]the winner's patch: {args.patch.resolve()}[/dim]", soft_wrap=True)
+    if result.trace_path:
+        console.print(
+            f"[dim]trace: {result.trace_path} (one file per branch beside it)[/dim]", soft_wrap=True
+        )
+    return 0 if result.winner is not None else 1
+
+
+def _progress(console: Console, quiet: bool) -> Any:
+    """A dim line as each branch ends (they may take minutes; the verdicts come after all have ended)."""
+    from qwq_agent.agent.events import Event, Final
+
+    def on_event(index: int, ev: Event) -> None:
+        if isinstance(ev, Final) and not quiet:
+            steps = int(ev.totals.get("steps", 0) or 0)
+            console.print(f"[dim]branch {index} ended: {ev.status} after {steps} steps[/dim]")
+
+    return on_event
+
+
+def describe(outcome: Any) -> str:
+    """One line for a branch: status, verdict or error, answer."""
+    mark = "won" if outcome.passed else outcome.status
+    why = outcome.verdict or outcome.error or ""
+    answer = (outcome.answer or "").strip().splitlines()
+    text = f"branch {outcome.index} (seed {outcome.seed}): {mark}"
+    if why:
+        text += f" - {why}"
+    if answer:
+        text += f" - answer: {answer[0][:80]}"
+    return text
+
+
+def print_result(console: Console, result: BranchResult) -> None:
+    from rich.markup import escape
+
+    for b in result.branches:
+        style = "green" if b.index == result.winner else "dim"
+        console.print(f"[{style}]{escape(describe(b))}[/{style}]", soft_wrap=True)
+    if result.winner is None:
+        console.print(f"[red]no branch won: {escape(result.reason)}[/red]", soft_wrap=True)
+    else:
+        console.print(
+            f"[bold green]branch {result.winner} won: {escape(result.reason)}[/bold green]", soft_wrap=True
+        )
+        if result.answer:
+            console.print(result.answer, soft_wrap=True)

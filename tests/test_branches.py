@@ -1,0 +1,333 @@
+"""Parallel branches: real scripted HTTP server, real sandboxes restored from the parent's snapshot.
+
+The scripted server routes each request by its sampling seed (one per branch) and by how many tool
+results its prompt already holds, so every branch gets its own script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.agent.branch_result import BranchOutcome
+from qwq_agent.agent.branches import BranchError, branch_trace_path
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import BranchEnded, BranchesStarted, BranchSelected, Final, Warning_
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.replay import ReplayModel, load_recording
+from qwq_agent.agent.selection import SelectionError
+from qwq_agent.agent.trace import read_trace
+from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
+from qwq_agent.tools.catalog import build_tools
+
+REPO = Path(__file__).resolve().parent.parent / "examples" / "coding_assistant" / "repo"
+SEEDS = [101, 202, 303, 404]
+OLD = "    mid = len(ordered) // 2\n    return ordered[mid]\n"
+GOOD = (
+    "    mid = len(ordered) // 2\n"
+    "    if len(ordered) % 2:\n"
+    "        return ordered[mid]\n"
+    "    return (ordered[mid - 1] + ordered[mid]) / 2\n"
+)
+WRONG = "    mid = len(ordered) // 2\n    return ordered[mid - 1]\n"
+TESTS = "tests:cd /workspace && python3 -m unittest -q"
+
+
+def call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+def per_branch(scripts: dict[int, list[str | Turn]]) -> Callable[[ScriptedRequest], str | Turn]:
+    """Answer each request from its branch's script (by seed), at the turn its prompt has reached."""
+
+    def answer(req: ScriptedRequest) -> str | Turn:
+        params = req.sampling_params
+        if params.get("max_new_tokens") == 1:  # the shared prefix's warm-up
+            return "x"
+        script = scripts[params.get("sampling_seed", 0)]  # 0: the parent's own run
+        step = (req.prompt or "").count("<tool_response>")
+        return script[min(step, len(script) - 1)]
+
+    return answer
+
+
+def config(**kw: object) -> AgentConfig:
+    return AgentConfig(check_language=False, model_retries=0, **kw)
+
+
+def our_containers() -> list[dict]:
+    import docker
+
+    from qwq_agent.sandbox.janitor import L_PID, LABEL
+
+    client = docker.from_env()
+    return client.api.containers(all=True, filters={"label": [f"{LABEL}=1", f"{L_PID}={os.getpid()}"]})
+
+
+def fix(new: str) -> list[str | Turn]:
+    return [
+        "fix it\n</think>\n\n"
+        + call(
+            "str_replace_editor",
+            command="str_replace",
+            path="/workspace/textstats/stats.py",
+            old_str=OLD,
+            new_str=new,
+        ),
+        "done\n</think>\n\nI fixed the median.",
+    ]
+
+
+@pytest.mark.docker
+async def test_coding_example_picks_the_branch_whose_tests_pass(sandbox_image, tmp_path):
+    from qwq_agent.agent.workspace import open_sandbox
+
+    scripts: dict[int, list[str | Turn]] = {
+        SEEDS[0]: fix(WRONG),
+        SEEDS[1]: fix(GOOD),
+        SEEDS[2]: ["nothing to do\n</think>\n\nThe code looks fine to me."],
+    }
+    tools = build_tools(["python", "shell", "str_replace_editor"])
+    trace = tmp_path / "explore.jsonl"
+    before = len(our_containers())
+    async with open_sandbox(workspace=REPO, image=sandbox_image) as parent_sb:
+        # The parent's state is branched: a file the parent wrote is in every branch.
+        await parent_sb.shell("echo parent-was-here > /workspace/NOTE")
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
+            agent = Agent(client, tools, sandbox=parent_sb, config=config(), trace_path=trace)
+            async with await agent.explore(
+                "Fix the failing test.", n=3, select=TESTS, seeds=SEEDS[:3]
+            ) as result:
+                assert result.winner == 1, result.reason
+                [b0, b1, b2] = result.branches
+                assert result.answer == "I fixed the median."
+                assert "exited 0" in result.reason
+                # The winner's sandbox is the caller's until the block ends: it holds the fix.
+                kept = await result.sandbox.shell(
+                    "cat /workspace/NOTE && python3 -m unittest -q 2>&1 | tail -1", timeout=60
+                )
+                assert "parent-was-here" in kept.stdout and "OK" in kept.stdout
+                assert len(our_containers()) == before + 2  # the parent's and the winner's: losers are gone
+            assert (b0.passed, b1.passed, b2.passed) == (False, True, False)
+            assert "exited 1" in (b0.verdict or "") and "exited 0" in (b1.verdict or "")
+            assert all(b.restore_s is not None and b.sandbox_s >= b.restore_s for b in result.branches)
+            assert {b.python_state for b in result.branches} == {"fresh"}
+            # The patch of each branch is against the parent's upload (the baseline came with the snapshot).
+            assert "+    if len(ordered) % 2:" in (b1.result.patch or "")
+            assert "NOTE" in (b2.result.patch or "") and "stats.py" not in (b2.result.patch or "")
+            # The shared prefix was prefilled once, so every branch's first turn came from the cache.
+            warm = next(r for r in server.requests if r.sampling_params.get("max_new_tokens") == 1)
+            firsts = [r for r in server.requests if r is not warm and r.prompt.count("<tool_response>") == 0]
+            assert len({r.prompt for r in firsts} | {warm.prompt}) == 1
+            for b in result.branches:
+                assert b.first_turn_cached_tokens >= 0.95 * b.first_turn_prompt_tokens > 0
+            assert sorted(r.sampling_params["sampling_seed"] for r in firsts) == SEEDS[:3]
+        # The parent's own sandbox is untouched by the branches.
+        mine = await parent_sb.shell("cd /workspace && python3 -m unittest -q 2>&1 | tail -1")
+        assert "FAILED" in mine.stdout
+    assert len(our_containers()) == before
+    # The parent trace links one file per branch, each a whole run.
+    events = read_trace(result.trace_path)
+    started = next(e for e in events if isinstance(e, BranchesStarted))
+    assert started.n == 3 and started.seeds == SEEDS[:3] and started.select == TESTS
+    ends = [e for e in events if isinstance(e, BranchEnded)]
+    assert [e.passed for e in ends] == [False, True, False]
+    assert next(e for e in events if isinstance(e, BranchSelected)).winner == 1
+    assert isinstance(events[-1], Final) and events[-1].answer == "I fixed the median."
+    assert events[-1].totals["steps"] == 2 + 2 + 1  # the branches' steps together
+    for e in ends:
+        assert e.trace == str(branch_trace_path(trace, e.index))
+        assert read_trace(e.trace)[-1].status == "completed"
+
+
+@pytest.mark.docker
+async def test_all_branches_failing_gives_a_clear_result_and_leaks_nothing(sandbox_image, tmp_path):
+    from qwq_agent.agent.workspace import open_sandbox
+
+    scripts: dict[int, list[str | Turn]] = {SEEDS[0]: fix(WRONG), SEEDS[1]: ["no\n</think>\n\nGave up."]}
+    tools = build_tools(["shell", "str_replace_editor"])
+    before = len(our_containers())
+    async with open_sandbox(workspace=REPO, image=sandbox_image) as parent_sb:
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
+            agent = Agent(client, tools, sandbox=parent_sb, config=config())
+            result = await agent.explore("Fix it.", n=2, select=TESTS, seeds=SEEDS[:2])
+        assert result.winner is None and result.sandbox is None and result.status == "no_winner"
+        assert "failed in every branch" in result.reason
+        assert [b.status for b in result.branches] == ["completed", "completed"]
+        assert len(our_containers()) == before + 1
+    assert len(our_containers()) == before
+
+
+async def test_majority_of_final_answers_wins_and_a_branch_replays_exactly(tmp_path):
+    scripts: dict[int, list[str | Turn]] = {
+        SEEDS[0]: ["a\n</think>\n\n42"],
+        SEEDS[1]: ["b\n</think>\n\n41"],
+        SEEDS[2]: ["c\n</think>\n\n 42. "],
+        0: ["p\n</think>\n\n42"],
+    }
+    trace = tmp_path / "m.jsonl"
+    async with (
+        ScriptedModelServer(per_branch(scripts)) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config(), trace_path=trace)
+        agent.messages = []
+        first = await agent.run("What is 6*7?")  # a state to branch from: the transcript so far
+        result = await agent.branch(3, "Say it again.", select="majority", seeds=SEEDS[:3])
+    assert first.status == "completed"
+    assert result.winner == 0 and result.answer == "42"
+    assert "2 of 3" in result.reason
+    # Each branch continued the parent's transcript, and the parent now holds the winner's.
+    assert all(
+        b.result is not None and b.result.messages[: len(first.messages)] == first.messages
+        for b in result.branches
+    )
+    assert agent.messages == result.branches[0].result.messages
+    # A branch's trace replays with the same prompts (no divergence) and the same answer.
+    branch_file = result.branches[1].trace_path
+    recording = load_recording(branch_file)
+    assert recording.history
+    replay = Agent(ReplayModel.from_recording(recording), [], config=recording.agent_config())
+    events = [ev async for ev in replay.stream(recording.task, history=recording.history_messages())]
+    assert not [e for e in events if isinstance(e, Warning_) and e.kind == "replay_divergence"]
+    assert replay.result.answer == "41"
+
+
+async def test_user_function_selects_and_its_mistakes_are_reported():
+    scripts: dict[int, list[str | Turn]] = {
+        SEEDS[0]: ["a\n</think>\n\nshort"],
+        SEEDS[1]: ["b\n</think>\n\nthe longest answer"],
+    }
+
+    def longest(outcomes: list[BranchOutcome]) -> int:
+        return max(outcomes, key=lambda o: len(o.answer or "")).index
+
+    async with (
+        ScriptedModelServer(per_branch(scripts)) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config())
+        result = await agent.explore("Say something.", n=2, select=longest, seeds=SEEDS[:2])
+        assert result.winner == 1 and result.answer == "the longest answer"
+        assert "longest" in result.reason
+        bad = await Agent(client, [], config=config()).explore("x", n=2, select=lambda o: 7, seeds=SEEDS[:2])
+        assert bad.winner is None and "returned 7" in bad.reason
+        assert [b.status for b in bad.branches] == ["completed", "completed"]
+
+
+async def test_crashing_and_timed_out_branches_lose_without_ending_the_exploration():
+    scripts: dict[int, list[str | Turn]] = {
+        SEEDS[0]: [Turn(http_status=500)],
+        SEEDS[1]: [Turn(text="stuck " * 50, hold_after=1, hold_timeout=30)],
+        SEEDS[2]: ["ok\n</think>\n\nfine"],
+    }
+    async with (
+        ScriptedModelServer(per_branch(scripts)) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config())
+        result = await agent.explore("Go.", n=3, select="majority", seeds=SEEDS[:3], branch_timeout_s=3.0)
+    [crashed, timed_out, ok] = result.branches
+    assert ok.status == "completed"
+    assert crashed.status == "model_error" and "500" in (crashed.error or "")
+    assert timed_out.status == "timeout" and "3 s" in (timed_out.error or "")
+    assert result.winner == 2 and result.answer == "fine"
+
+
+async def test_bad_arguments_fail_before_anything_starts():
+    async with ScriptedModelServer(["never"]) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [], config=config())
+        with pytest.raises(BranchError, match="between 1 and"):
+            await agent.explore("x", n=0)
+        with pytest.raises(BranchError, match="one per branch"):
+            await agent.explore("x", n=2, seeds=[1])
+        with pytest.raises(SelectionError, match="tests:COMMAND"):
+            await agent.explore("x", n=2, select="best")
+        with pytest.raises(SelectionError, match="needs a command"):
+            await agent.explore("x", n=2, select="tests:  ")
+        assert server.requests == []
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-x", "-q"]))
+
+
+@pytest.mark.docker
+async def test_branches_can_rebuild_the_parents_python_state(sandbox_image):
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+
+    script: list[str | Turn] = ["x\n</think>\n\n" + call("python", code="print(x + 1)"), "y\n</think>\n\nok"]
+    scripts = {SEEDS[0]: script, SEEDS[1]: script}
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as parent_sb:
+        await parent_sb.python("x = 41")
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
+            agent = Agent(client, build_tools(["python"]), sandbox=parent_sb, config=config())
+            result = await agent.explore("x+1?", n=2, seeds=SEEDS[:2], python_state="replay")
+            await result.aclose()
+    assert result.winner == 0
+    for b in result.branches:
+        assert b.python_state == "replayed"
+        assert b.result is not None and "42" in b.result.messages[-2].content
+
+
+async def test_branching_a_run_that_stopped_mid_way_continues_its_transcript(tmp_path):
+    from qwq_agent.agent.budgets import Budget
+    from qwq_agent.tools.base import tool
+
+    @tool
+    def lookup(key: str) -> str:
+        """Look a key up.
+
+        Args:
+            key: the key
+        """
+        return f"value-of-{key}"
+
+    scripts: dict[int, list[str | Turn]] = {
+        0: ["look\n</think>\n\n" + call("lookup", key="k")],  # the parent: stopped by its step budget
+        SEEDS[0]: ["-", "a\n</think>\n\nvalue-of-k"],
+        SEEDS[1]: ["-", "b\n</think>\n\nvalue-of-k"],
+    }
+    async with (
+        ScriptedModelServer(per_branch(scripts)) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(
+            client, [lookup], config=config(budget=Budget(max_steps=1)), trace_path=tmp_path / "p.jsonl"
+        )
+        stopped = await agent.run("What is k?")
+        assert stopped.status == "budget_exceeded" and stopped.messages[-1].role == "tool"
+        agent.config = config()  # the branches get the usual budget
+        result = await agent.branch(2, select="majority", seeds=SEEDS[:2])
+        firsts = [r for r in server.requests if r.sampling_params.get("sampling_seed") in SEEDS]
+    assert result.winner == 0 and result.answer == "value-of-k"
+    # No user turn was added: each branch answered the tool result the parent stopped at.
+    for b in result.branches:
+        assert b.result is not None and b.result.messages[: len(stopped.messages)] == stopped.messages
+        assert [m.role for m in b.result.messages[len(stopped.messages) :]] == ["assistant"]
+    assert all(r.prompt.count("<tool_response>") == 1 and r.prompt.endswith("<think>\n") for r in firsts)
+    # The branch's trace records that it continued, and replays exactly.
+    recording = load_recording(result.branches[1].trace_path)
+    assert recording.continues and recording.task == "What is k?"
+    replay = Agent(ReplayModel.from_recording(recording), [lookup], config=recording.agent_config())
+    events = [
+        ev async for ev in replay.stream(recording.task, history=recording.history_messages(), continues=True)
+    ]
+    assert not [e for e in events if isinstance(e, Warning_) and e.kind == "replay_divergence"]
+    assert replay.result is not None and replay.result.answer == "value-of-k"
+    with pytest.raises(BranchError, match="nothing to continue"):
+        await agent.branch(2)  # the transcript now ends with the winner's answer

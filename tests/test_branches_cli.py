@@ -1,0 +1,113 @@
+"""`qwq-agent run --branches N --select ...` and `trace show` of an exploration, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest
+
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+REPO = Path(__file__).resolve().parent.parent / "examples" / "coding_assistant" / "repo"
+OLD = "    mid = len(ordered) // 2\n    return ordered[mid]\n"
+GOOD = (
+    "    mid = len(ordered) // 2\n"
+    "    if len(ordered) % 2:\n"
+    "        return ordered[mid]\n"
+    "    return (ordered[mid - 1] + ordered[mid]) / 2\n"
+)
+WRONG = "    mid = len(ordered) // 2\n    return ordered[mid + 1]\n"
+
+
+def call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+def fix(new: str) -> list[str]:
+    path = "/workspace/textstats/stats.py"
+    return [
+        "fix\n</think>\n\n"
+        + call("str_replace_editor", command="str_replace", path=path, old_str=OLD, new_str=new),
+        "done\n</think>\n\nFixed.",
+    ]
+
+
+class ByArrival:
+    """The CLI picks random seeds: the first seed seen gets the first script, and so on."""
+
+    def __init__(self, scripts: list[list[str]]) -> None:
+        self.scripts = scripts
+        self.seeds: list[int] = []
+
+    def __call__(self, req: ScriptedRequest) -> str:
+        params = req.sampling_params
+        if params.get("max_new_tokens") == 1:
+            return "x"
+        seed = params["sampling_seed"]
+        if seed not in self.seeds:
+            self.seeds.append(seed)
+        script = self.scripts[self.seeds.index(seed)]
+        return script[min((req.prompt or "").count("<tool_response>"), len(script) - 1)]
+
+
+@pytest.mark.docker
+def test_run_branches_selects_by_tests_and_says_why_one_line_per_branch(sandbox_image, tmp_path):
+    route = ByArrival([fix(WRONG), fix(GOOD), fix(WRONG)])
+    trace = tmp_path / "x.jsonl"
+    with ScriptedModelServer(route) as server:
+        proc = subprocess.run(
+            [
+                *CLI, "run", "Fix the failing test.", "--model-url", server.url,
+                "--tools", "shell,str_replace_editor", "--workspace", str(REPO),
+                "--branches", "3", "--select", "tests:cd /workspace && python3 -m unittest -q",
+                "--trace", str(trace), "--patch", str(tmp_path / "fix.diff"),
+            ],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    good_seed = route.seeds[1]
+    lines = [ln for ln in out.splitlines() if re.match(r"branch \d \(seed \d+\)", ln)]
+    assert len(lines) == 3, out
+    [won] = [ln for ln in lines if f"(seed {good_seed})" in ln]
+    assert "exited 0" in won and "won" in won
+    assert sum("exited 1" in ln for ln in lines) == 2
+    winner = int(won.split()[1])
+    assert f"branch {winner} won: `cd /workspace && python3 -m unittest -q` exited 0" in out
+    assert "Traceback" not in out
+    assert len(re.findall(r"^branch \d ended: completed after 2 steps$", proc.stdout, re.M)) == 3
+    assert "+        return ordered[mid]" in (tmp_path / "fix.diff").read_text()
+
+    shown = subprocess.run(
+        [*CLI, "trace", "show", str(trace), "--branches"], capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "3 branches" in shown.stdout and f"branch {winner} won" in shown.stdout
+    assert shown.stdout.count("first turn") == 3 and "x.branch-2.jsonl" in shown.stdout
+
+    # The winning branch replays from its own trace (its workspace and history are recorded).
+    replayed = subprocess.run(
+        [*CLI, "run", "--replay", str(tmp_path / f"x.branch-{winner}.jsonl"), "--json", "--trace", str(tmp_path / "r.jsonl")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert replayed.returncode == 0, replayed.stderr
+    final = json.loads(replayed.stdout.strip().splitlines()[-1])
+    assert final["type"] == "final" and final["answer"] == "Fixed."
+    assert "replay_divergence" not in replayed.stdout
+
+
+def test_bad_branch_flags_get_one_clear_line(tmp_path):
+    for flags, expected in [
+        (["--select", "majority"], "--select needs --branches"),
+        (["--branches", "0"], "--branches must be between 1 and"),
+        (["--branches", "2", "--select", "best"], "unknown select 'best'"),
+    ]:
+        proc = subprocess.run([*CLI, "run", "x", *flags], capture_output=True, text=True, timeout=60)
+        err = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and expected in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2

@@ -1,0 +1,339 @@
+"""Sandbox snapshots on real containers: round trips, hostile sandboxes and archives, caps, replay, pool."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import pytest
+import pytest_asyncio
+
+from qwq_agent.sandbox import DockerSandbox, SandboxConfig, SandboxPool, ToolError, UnsafeArchive
+from qwq_agent.sandbox.cells import CellLog
+from qwq_agent.sandbox.errors import SnapshotTooLarge
+from qwq_agent.sandbox.snapshot import RestoreRequest, Snapshot
+from qwq_agent.sandbox.snapshotting import _Receiver
+
+pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="module")]
+
+# Every path, its mode, owner, type, size, link target and link count; and every file's sha256.
+LISTING = (
+    "cd / && find /workspace /home/sandbox -mindepth 1 -printf '%p|%m|%u|%g|%y|%s|%l|%n\\n' | sort"
+    " && find /workspace /home/sandbox -type f -perm -u=r -exec sha256sum {} + | sort"
+)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pair(sandbox_image: str) -> AsyncIterator[tuple[DockerSandbox, DockerSandbox]]:
+    """A source and a destination sandbox, shared by this module's tests (each restore empties them)."""
+    config = SandboxConfig(image=sandbox_image)
+    async with DockerSandbox.create(config) as src, DockerSandbox.create(config) as dst:
+        yield src, dst
+
+
+def archive(build: Callable[[tarfile.TarFile], None]) -> Snapshot:
+    """A snapshot made by hand around a tar built by `build` (what a tampered host copy could hold)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for root in ("workspace", "home"):
+            info = tarfile.TarInfo(root)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        build(tar)
+    return raw_snapshot(buf.getvalue())
+
+
+def raw_snapshot(data: bytes) -> Snapshot:
+    return Snapshot(
+        id="handmade",
+        created_at=datetime.now(UTC),
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        data=data,
+    )
+
+
+def entry(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname, info.mode = kind, len(data), linkname, 0o644
+    return info
+
+
+def add(
+    tar: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = ""
+) -> None:
+    tar.addfile(entry(name, kind, data, link), io.BytesIO(data) if data else None)
+
+
+async def empty(sb: DockerSandbox) -> None:
+    await sb.restore(archive(lambda tar: None))
+
+
+async def sh(sb: DockerSandbox, command: str) -> str:
+    r = await sb.shell(command)
+    assert r.exit_code == 0, (command, r.stdout, r.stderr)
+    return r.stdout
+
+
+async def test_round_trip_keeps_files_modes_links_owners_and_home(pair) -> None:
+    src, dst = pair
+    await empty(src)
+    await sh(
+        src,
+        "cd /workspace && mkdir -p pkg/sub empty locked private && echo 'print(1)' > pkg/main.py"
+        " && printf 'x%.0s' $(seq 3000) > pkg/sub/data.txt && chmod 640 pkg/sub/data.txt"
+        " && printf '#!/bin/sh\\necho run\\n' > run.sh && chmod 755 run.sh && echo s > private/key && chmod 700 private"
+        " && echo ro > locked/file && chmod 555 locked && ln -s pkg/main.py rel_link && ln -s /workspace/run.sh abs_link"
+        " && ln -s missing dangling && ln pkg/main.py hard && echo u > 'name with spaces é' && touch $'raw\\xff'"
+        " && touch -d '2001-02-03 04:05:06' pkg/main.py && mkdir -p ~/.config && echo cfg > ~/.config/tool.toml",
+    )
+    await sh(dst, "echo stale > /workspace/stale && echo stale > ~/stale")
+    before = await sh(src, LISTING)
+    snap = await src.snapshot()
+    assert snap.skipped == [] and snap.entries >= 15 and snap.verify()
+    result = await dst.restore(snap)
+    assert result.python_state == "fresh" and result.entries == snap.entries
+    assert await sh(dst, LISTING) == before  # same tree, same modes, the user's, the same bytes
+    assert "|sandbox|sandbox|" in before and "|root|" not in before
+    assert await sh(dst, "stat -c %Y /workspace/pkg/main.py") == await sh(
+        src, "stat -c %Y /workspace/pkg/main.py"
+    )
+    assert await sh(dst, "cd /workspace && ./run.sh && cat rel_link && readlink abs_link")
+    assert (await dst.shell("echo no > /workspace/locked/new")).exit_code != 0  # still read-only
+    assert "stale" not in await sh(dst, "ls -A /workspace ~")
+
+
+async def test_snapshot_of_a_hostile_sandbox_skips_specials_and_restores_links_as_links(pair) -> None:
+    src, dst = pair
+    await empty(src)
+    passwd = await sh(dst, "sha256sum /etc/passwd")
+    await sh(
+        src,
+        "cd /workspace && ln -s /etc/passwd pw && ln -s / root && ln -s a b && ln -s b a && mkfifo fifo"
+        " && echo secret > unreadable && chmod 000 unreadable && mkdir closed && chmod 000 closed"
+        " && python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('/workspace/sock')\""
+        " && d=deep; for i in $(seq 120); do d=$d/d; done; mkdir -p $d && echo bottom > $d/f",
+    )
+    snap = await src.snapshot()  # neither the FIFO nor the unreadable file may block or fail it
+    skipped = " ".join(snap.skipped)
+    for name in ("fifo: FIFO", "sock: socket", "unreadable", "closed/"):
+        assert name in skipped, snap.skipped
+    await dst.restore(snap)
+    out = await sh(
+        dst, "cd /workspace && readlink pw root a && ls -A && cat deep/$(printf 'd/%.0s' $(seq 120))f"
+    )
+    assert out.splitlines()[:3] == ["/etc/passwd", "/", "b"]
+    assert "fifo" not in out and "sock" not in out and out.endswith("bottom\n")
+    assert await sh(dst, "sha256sum /etc/passwd") == passwd
+
+
+def _symlink_parent(tar: tarfile.TarFile) -> None:
+    add(tar, "workspace/evil", tarfile.SYMTYPE, link="/etc")
+    add(tar, "workspace/evil/passwd", data=b"owned\n")
+
+
+def _dir_then_link(tar: tarfile.TarFile) -> None:
+    add(tar, "workspace/d", tarfile.DIRTYPE)
+    add(tar, "workspace/d", tarfile.SYMTYPE, link="/etc")
+    add(tar, "workspace/d/passwd", data=b"owned\n")
+
+
+HOSTILE: dict[str, Callable[[tarfile.TarFile], None]] = {
+    "dot-dot": lambda tar: add(tar, "workspace/../etc/x", data=b"x"),
+    "absolute": lambda tar: add(tar, "/etc/x", data=b"x"),
+    "outside the roots": lambda tar: add(tar, "tmp/x", data=b"x"),
+    "file under a symlink": _symlink_parent,
+    "a directory replaced by a link": _dir_then_link,
+    "parent not in the archive": lambda tar: add(tar, "workspace/nodir/x", data=b"x"),
+    "character device": lambda tar: add(tar, "workspace/null", tarfile.CHRTYPE),
+    "fifo": lambda tar: add(tar, "workspace/p", tarfile.FIFOTYPE),
+    "hard link out": lambda tar: add(tar, "workspace/pw", tarfile.LNKTYPE, link="/etc/passwd"),
+    "hard link to a dir": lambda tar: add(tar, "workspace/h", tarfile.LNKTYPE, link="workspace"),
+    "gnu sparse": lambda tar: add(tar, "workspace/s", tarfile.GNUTYPE_SPARSE),
+    "a root as a file": lambda tar: add(tar, "home", data=b"x"),
+    "overlong link target": lambda tar: add(tar, "workspace/l", tarfile.SYMTYPE, link="a" * 5000),
+    "overlong name": lambda tar: add(tar, "workspace/" + "n" * 300, data=b"x"),
+}
+
+
+async def test_a_snapshot_survives_json_and_a_tampered_one_fails_to_verify() -> None:
+    snap = archive(lambda tar: add(tar, "workspace/f", data=bytes(range(256))))
+    back = Snapshot.model_validate_json(snap.model_dump_json())
+    assert back == snap and back.verify()
+    forged = Snapshot.model_validate_json(snap.model_dump_json().replace(snap.sha256, "0" * 64))
+    assert not forged.verify()
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+async def test_hostile_archives_are_refused_and_change_nothing(pair, kind: str) -> None:
+    _, dst = pair
+    await sh(dst, "echo keep > /workspace/marker")
+    with pytest.raises(UnsafeArchive):
+        await dst.restore(archive(HOSTILE[kind]))
+    assert await sh(dst, "cat /workspace/marker && test ! -e /etc/x") == "keep\n"
+    assert "owned" not in await sh(dst, "cat /etc/passwd")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00" * 1024 + os.urandom(1000),  # not a tar at all
+        b"",  # empty
+    ],
+)
+async def test_garbage_archives_are_refused(pair, data: bytes) -> None:
+    _, dst = pair
+    await sh(dst, "echo keep > /workspace/marker")
+    with pytest.raises(UnsafeArchive):
+        await dst.restore(raw_snapshot(data))
+    assert await sh(dst, "cat /workspace/marker") == "keep\n"
+
+
+async def test_an_archive_claiming_more_data_than_it_holds_is_refused(pair) -> None:
+    _, dst = pair
+    good = archive(lambda tar: add(tar, "workspace/big", data=b"y" * 4096)).data
+    cut = good[: good.index(b"y" * 512) + 512]  # the header says 4096 bytes; 512 are there
+    await sh(dst, "echo keep > /workspace/marker")
+    with pytest.raises(UnsafeArchive):
+        await dst.restore(raw_snapshot(cut))
+    assert await sh(dst, "cat /workspace/marker") == "keep\n"
+
+
+async def test_checksums_are_verified_on_the_host_and_in_the_sandbox(pair) -> None:
+    _, dst = pair
+    good = archive(lambda tar: add(tar, "workspace/f", data=b"fine"))
+    tampered = good.model_copy(update={"data": good.data.replace(b"fine", b"evil")})
+    tampered._verified = False
+    with pytest.raises(UnsafeArchive, match="does not match its sha256"):
+        await dst.restore(tampered)
+    await sh(dst, "echo keep > /workspace/marker")
+    with pytest.raises(UnsafeArchive, match="sha256"):  # what the sandbox checks by itself
+        await dst._call_raw(RestoreRequest(sha256="0" * 64), 30, blob=good.data)
+    assert await sh(dst, "cat /workspace/marker") == "keep\n"
+
+
+async def test_the_cap_refuses_big_and_sparse_workspaces_and_the_sandbox_lives_on(pair) -> None:
+    src, _ = pair
+    await empty(src)
+    await sh(src, "head -c 2000000 /dev/urandom > /workspace/blob")
+    with pytest.raises(SnapshotTooLarge, match="1000000"):
+        await src.snapshot(max_bytes=1_000_000)
+    await sh(src, "truncate -s 900M /workspace/sparse")  # 900 MB claimed, nothing stored
+    with pytest.raises(SnapshotTooLarge):
+        await src.snapshot()
+    await sh(src, "rm /workspace/sparse")
+    assert (await src.snapshot(max_bytes=3_000_000)).size_bytes > 2_000_000
+    assert (await src.ping()).pong
+
+
+async def test_replay_rebuilds_the_interpreter_and_fresh_says_so(pair) -> None:
+    src, dst = pair
+    await empty(src)
+    await sh(src, "echo 20 > /workspace/n.txt && echo tmp > /tmp/scratch")
+    assert (await src.python("x = 41")).ok
+    assert (await src.python("def f():\n    return int(open('/workspace/n.txt').read())")).ok
+    assert not (await src.python("1 / 0")).ok  # failed originally: a failure on replay is expected
+    assert (await src.python("s = open('/tmp/scratch').read()")).ok  # /tmp is not in a snapshot
+    assert (await src.python("import time; time.sleep(30)", timeout=0.5)).timed_out
+    snap = await src.snapshot()
+    assert snap.cells is not None and [c.ok for c in snap.cells] == [True, True, False, True, False]
+
+    replayed = await dst.restore(snap, python_state="replay")
+    assert replayed.python_state == "replayed" and replayed.replayed_cells == 4
+    assert replayed.skipped_cells == 1  # the cell that timed out is not run again
+    assert [f.index for f in replayed.failed_cells] == [3]
+    assert "FileNotFoundError" in replayed.failed_cells[0].error
+    assert (await dst.python("x + f() + 1")).value == "62"
+
+    fresh = await dst.restore(snap)
+    assert fresh.python_state == "fresh" and fresh.replayed_cells == 0 and "fresh" in fresh.note
+    r = await dst.python("x")
+    assert r.error is not None and r.error.ename == "NameError"
+    assert (await dst.python("open('/workspace/n.txt').read()")).value == "'20\\n'"
+
+
+async def test_restore_stops_the_old_interpreter_writing_into_the_workspace(pair) -> None:
+    src, dst = pair
+    await empty(src)
+    await sh(src, "echo only > /workspace/only")
+    snap = await src.snapshot()
+    writer = (
+        "import threading, time\n"
+        "def scribble():\n"
+        "    i = 0\n"
+        "    while True:\n"
+        "        open(f'/workspace/junk{i % 20}', 'w').write('x'); i += 1; time.sleep(0.001)\n"
+        "threading.Thread(target=scribble, daemon=True).start()"
+    )
+    assert (await dst.python(writer)).ok
+    # Wait (bounded) until it is writing.
+    await sh(dst, "for i in $(seq 100); do ls /workspace | grep -q junk && exit 0; sleep 0.1; done; exit 1")
+    await dst.restore(snap)
+    assert (await dst.python("import threading; threading.active_count()")).value == "1"  # the writer is gone
+    assert await sh(dst, "ls -A /workspace") == "only\n"
+
+
+async def test_the_host_counts_streamed_chunks_against_the_cap() -> None:
+    receiver = _Receiver(max_bytes=10)
+    receiver({"event": "snapshot_chunk", "_blob": b"12345"})
+    receiver({"event": "other", "_blob": b"ignored"})
+    assert receiver.received == 5 and not receiver.too_large
+    receiver({"event": "snapshot_chunk", "_blob": b"678901"})
+    assert receiver.too_large and receiver.chunks == []  # nothing more is kept from it
+    bad = _Receiver(max_bytes=10)
+    bad({"event": "snapshot_chunk", "data": "base64?"})
+    assert bad.problem and bad.chunks == []
+
+
+async def test_a_log_too_long_to_replay_is_reported_fresh(pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, dst = pair
+    await empty(src)
+    monkeypatch.setattr("qwq_agent.sandbox.cells.MAX_CELLS", 2)
+    src.cells = CellLog()
+    for i in range(3):
+        await src.python(f"v{i} = {i}")
+    snap = await src.snapshot()
+    assert snap.cells is None
+    result = await dst.restore(snap, python_state="replay")
+    assert result.python_state == "fresh" and "too many cells" in result.note
+
+
+async def test_big_archives_are_staged_in_chunks_under_a_cap(sandbox_image: str, pair) -> None:
+    src, _ = pair
+    await empty(src)
+    await sh(src, "head -c 3000000 /dev/urandom > /workspace/r && sha256sum /workspace/r > ~/sum")
+    snap = await src.snapshot()
+    small = SandboxConfig(image=sandbox_image, max_request_bytes=1 << 20, env={"QWQ_MAX_STAGED": "2000000"})
+    async with DockerSandbox.create(small) as sb:
+        with pytest.raises(SnapshotTooLarge, match="staged"):
+            await sb.restore(snap)  # 3 chunks of 1 MiB would pass the sandbox's 2 MB staging cap
+    full = small.model_copy(update={"env": {}, "workspace_size": 1 << 20})
+    async with DockerSandbox.create(full) as sb:
+        with pytest.raises(ToolError, match="left empty"):
+            await sb.restore(snap)  # 3 MB into a 1 MiB workspace: the disk fills up
+        assert await sh(sb, "find /workspace /home/sandbox -mindepth 1") == ""
+    roomy = small.model_copy(update={"env": {}})
+    async with DockerSandbox.create(roomy) as sb:
+        result = await sb.restore(snap)
+        assert result.bytes > 3_000_000
+        assert await sh(sb, "sha256sum -c ~/sum")
+
+
+async def test_pool_acquire_with_a_snapshot(sandbox_image: str, pair) -> None:
+    src, _ = pair
+    await empty(src)
+    await sh(src, "echo from-snapshot > /workspace/f")
+    await src.python("z = 7")
+    snap = await src.snapshot()
+    async with SandboxPool(size=1, config=SandboxConfig(image=sandbox_image)) as pool:
+        async with pool.acquire(snapshot=snap, python_state="replay") as sb:
+            assert sb.last_restore is not None and sb.last_restore.python_state == "replayed"
+            assert await sh(sb, "cat /workspace/f") == "from-snapshot\n"
+            assert (await sb.python("z * 6")).value == "42"
+            assert await sh(sb, "stat -c %U /workspace/f") == "sandbox\n"
+        async with pool.acquire() as sb:  # without one: an empty workspace, as ever
+            assert await sh(sb, "ls -A /workspace") == ""
