@@ -7,6 +7,7 @@ import shlex
 import signal
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,13 +36,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-file", type=Path, default=None, help="server log (default: a temporary file)")
     p.add_argument("--print-command", action="store_true", help="print the launch command and exit")
     p.add_argument(
-        "--command", default=None, help="run this command instead of SGLang's launcher (a wrapper)"
+        "--command",
+        default=None,
+        help="run this command instead of SGLang's launcher (a wrapper); with --dp a template "
+        "with {port} and {gpu}",
     )
     p.add_argument(
         "--model-url",
         default=None,
         help="do not start anything: check the server already at this URL and report its capacity",
     )
+    p.add_argument(
+        "--dp",
+        type=int,
+        default=1,
+        help="data-parallel replicas (one per GPU) behind SGLang's router; --port is then the router's",
+    )
+    p.add_argument(
+        "--router-policy",
+        default="cache_aware",
+        choices=["cache_aware", "round_robin", "affinity"],
+        help="with --dp: how the router spreads requests (affinity: a run's routing key pins it to a worker)",
+    )
+    p.add_argument(
+        "--worker-base-port",
+        type=int,
+        default=None,
+        help="with --dp: worker i listens on this port + i (default: --port + 1 + i)",
+    )
+    p.add_argument("--gpus", default=None, help="with --dp: comma-separated GPU ids, one per worker")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags passed to sglang.launch_server")
     p.set_defaults(func=_serve)
 
@@ -70,6 +93,10 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         extra_args=extra,
     )
+    if args.dp != 1:
+        from qwq_agent.cli.serve_dp import serve_fleet
+
+        return serve_fleet(args, config)
     command = shlex.split(args.command) if args.command else build_command(config)
     if args.print_command:
         print(shlex.join(command))
@@ -141,7 +168,7 @@ def _wait_ready(server, timeout: float):
 
     activity = Activity(Console())
     activity.start(f"waiting for {server.url}/health (the server loads the model)")
-    last = {"line": "", "reported": time.monotonic()}
+    last: dict[str, Any] = {"line": "", "reported": time.monotonic()}
 
     def on_log(text: str) -> None:
         activity.output(text)

@@ -7,6 +7,7 @@ radix cache sees the same prefix turn after turn) and that reports `cached_token
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -26,6 +27,7 @@ from qwq_agent.agent.clients.errors import (
 )
 from qwq_agent.agent.clients.retry import RetryPolicy
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
+from qwq_agent.agent.clients.routing import routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.deadline import current_deadline
@@ -92,6 +94,8 @@ class SGLangClient:
             None detects it per request from `output_ids` and `meta_info.completion_tokens`.
         max_connections: concurrent requests the connection pool allows.
         abort_timeout: seconds allowed for `/abort_request` when a request is cancelled.
+        routing_key: sent as `x-smg-routing-key` so SGLang's router (policy `manual`) keeps a run on
+            the replica holding its KV cache; `with_routing_key` gives a per-run copy.
     """
 
     def __init__(
@@ -107,8 +111,11 @@ class SGLangClient:
         incremental: bool | None = None,
         max_connections: int = 1024,
         abort_timeout: float = 5.0,
+        routing_key: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.routing_key = routing_key
+        self._routing = routing_headers(routing_key)
         self.profile = profile
         self.keep_reasoning = keep_reasoning
         self.name = name or profile
@@ -124,6 +131,14 @@ class SGLangClient:
 
     def __repr__(self) -> str:
         return f"SGLangClient({self.base_url!r}, profile={self.profile!r})"
+
+    def with_routing_key(self, key: str | None) -> SGLangClient:
+        """A client for one run that sends `key` as its routing key (session affinity behind SGLang's
+        router); it shares this client's connection pool, which this client still owns and closes."""
+        clone = copy.copy(self)
+        clone._routing = routing_headers(key)
+        clone.routing_key = key
+        return clone
 
     async def __aenter__(self) -> SGLangClient:
         return self
@@ -164,7 +179,9 @@ class SGLangClient:
         try:
             # An abort counts against the caller's deadline; the floor still lets it reach a local server.
             timeout = max(ABORT_FLOOR_S, current_deadline().clamp(self.abort_timeout) or 0.0)
-            response = await self._http.post("/abort_request", json={"rid": rid}, timeout=timeout)
+            response = await self._http.post(
+                "/abort_request", json={"rid": rid}, timeout=timeout, headers=self._routing
+            )
         except httpx.HTTPError as exc:
             raise ModelConnectionError(f"abort of {rid} failed: {type(exc).__name__}") from exc
         if response.status_code >= 400:
@@ -282,7 +299,7 @@ class SGLangClient:
         stops = StopScanner(payload["sampling_params"].get("stop") or [])
         sent = finished = False
         try:
-            request = self._http.build_request("POST", "/generate", json=payload)
+            request = self._http.build_request("POST", "/generate", json=payload, headers=self._routing)
             try:
                 sent = True
                 response = await self._http.send(request, stream=True)
