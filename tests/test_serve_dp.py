@@ -10,6 +10,7 @@ looks for no tokenizer on a model hub.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -378,3 +379,50 @@ async def test_per_worker_admission_keeps_a_key_on_its_worker_and_fills_each_wor
 async def _reserve(admission: PerWorkerAdmission, tokens: int, key: str) -> None:
     async with admission.reserve(tokens, key=key):
         pass
+
+
+def test_scale_out_benchmark_runs_every_configuration_on_scripted_workers(tmp_path):
+    """benchmarks/scale_out.py end to end, small: scripted workers behind the real router."""
+    out = tmp_path / "scale_out.json"
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "scale_out.py"
+    # one session: round-robin then alternates its turns between the workers, deterministically
+    sizes = "--sessions 1 --turns 3 --gen-tokens 10 --system-words 100 --task-words 50 --obs-words 30"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--scripted",
+            "2",
+            "--router-port",
+            str(free_port()),
+            *sizes.split(),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())
+    assert [(r["label"], r["gpus"], r["policy"]) for r in rows] == [
+        ("a-one-gpu", 1, "none"),
+        ("b-two-round-robin", 2, "round_robin"),
+        ("c-two-cache-aware", 2, "cache_aware"),
+        ("d-two-affinity", 2, "affinity"),
+    ]
+    keys = {
+        "sessions",
+        "turns",
+        "generated_tok_s",
+        "cached_share_turn2plus",
+        "ttft_p50_s",
+        "ttft_p90_s",
+        "wall_s",
+    }
+    assert all(keys <= set(r) and r["statuses"] == {"completed": 1} for r in rows)
+    by = {r["policy"]: r for r in rows}
+    # a session that stays on its worker finds its prefix there; round-robin moves it every turn
+    assert by["affinity"]["cached_share_turn2plus"] > by["round_robin"]["cached_share_turn2plus"]
+    assert by["affinity"]["cached_share_turn2plus"] == pytest.approx(by["none"]["cached_share_turn2plus"])
+    assert out.with_suffix(".png").stat().st_size > 0 and "best two-GPU" in done.stdout

@@ -257,6 +257,7 @@ class ScriptedModelServer:
             ("GET", "/metrics"): self._metrics,
             ("POST", "/generate"): self._generate,
             ("POST", "/abort_request"): self._abort,
+            ("POST", "/flush_cache"): self._flush_cache,
             ("GET", "/v1/models"): self._models,
             ("POST", "/v1/chat/completions"): self._chat,
         }
@@ -295,6 +296,11 @@ class ScriptedModelServer:
                 "internal_states": [{"max_total_num_tokens": self.max_total_num_tokens}],
             },
         )
+
+    async def _flush_cache(self, req: HttpRequest, out: HttpResponder) -> None:
+        # SGLang's /flush_cache empties the radix cache; benchmarks call it between configurations.
+        self._cache.clear()
+        await out.send_bytes(200, b"Cache flushed.")
 
     async def _model_info(self, req: HttpRequest, out: HttpResponder) -> None:
         await out.send_json(200, {"model_path": self.model, "is_generation": True})
