@@ -10,6 +10,7 @@ per agent session: `serve --dp --router-policy affinity`). Every configuration s
         --sessions 64 --turns 6 --out benchmarks/results/scale_out-DATE.json
     # the whole pipeline against scripted workers behind the real router (no GPU, small sizes):
     python benchmarks/scale_out.py --scripted 2 --sessions 8 --turns 3 --out /tmp/scale_out.json
+    python benchmarks/scale_out.py --plot benchmarks/results/scale_out-DATE.json   # the chart alone
 
 Prints a table, writes the JSON list (`label`, `gpus`, `policy`, `sessions`, `turns`, `generated_tok_s`,
 `cached_share_turn2plus`, `ttft_p50_s`, `ttft_p90_s`, `wall_s`, plus per-turn rows) and a PNG chart
@@ -217,6 +218,9 @@ def plot(path: Path) -> Path:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--plot"]:  # the GPU machine has no matplotlib: chart its JSON here
+        print(plot(Path(sys.argv[2])))
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--worker-urls", nargs="+", help="running SGLang replicas, one per GPU")
@@ -248,7 +252,11 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=1))
     for line in check_targets(results):
         print(line)
-    print(f"wrote {args.out} and {plot(args.out)} in {time.perf_counter() - started:.0f} s")
+    try:
+        chart = str(plot(args.out))
+    except ImportError:
+        chart = f"no chart (no matplotlib here: `python benchmarks/scale_out.py --plot {args.out}`)"
+    print(f"wrote {args.out} and {chart} in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
