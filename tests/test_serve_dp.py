@@ -426,3 +426,38 @@ def test_scale_out_benchmark_runs_every_configuration_on_scripted_workers(tmp_pa
     assert by["affinity"]["cached_share_turn2plus"] > by["round_robin"]["cached_share_turn2plus"]
     assert by["affinity"]["cached_share_turn2plus"] == pytest.approx(by["none"]["cached_share_turn2plus"])
     assert out.with_suffix(".png").stat().st_size > 0 and "best two-GPU" in done.stdout
+
+
+@pytest.mark.parametrize("api", ["native", "openai"])
+def test_cli_run_through_the_router_sends_its_run_id_as_routing_key(tmp_path, api):
+    servers = [scripted(tmp_path) for _ in range(2)]
+    for s in servers:
+        s.__enter__()
+    try:
+        with Router(servers, "affinity", tmp_path) as router:
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "qwq_agent.cli.main",
+                    "run",
+                    "--model-url",
+                    router.url,
+                    "--api",
+                    api,
+                    "--model",
+                    str(tmp_path),
+                    "What is 2+2?",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=tmp_path,
+            )
+    finally:
+        for s in servers:
+            s.__exit__()
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = next((tmp_path / "traces").glob("*.jsonl")).stem
+    model_calls = [r for s in servers for r in s.requests]
+    assert model_calls and all(r.headers.get(ROUTING_KEY_HEADER) == run_id for r in model_calls)
