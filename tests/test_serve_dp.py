@@ -461,3 +461,25 @@ def test_cli_run_through_the_router_sends_its_run_id_as_routing_key(tmp_path, ap
     run_id = next((tmp_path / "traces").glob("*.jsonl")).stem
     model_calls = [r for s in servers for r in s.requests]
     assert model_calls and all(r.headers.get(ROUTING_KEY_HEADER) == run_id for r in model_calls)
+
+
+def test_model_url_of_a_router_reports_its_workers(tmp_path, capsys):
+    servers = [scripted(tmp_path, capacity) for capacity in (1000, 3000)]
+    for s in servers:
+        s.__enter__()
+    try:
+        with Router(servers, "cache_aware", tmp_path) as router:
+            assert main(["serve", "--model-url", router.url]) == 0
+            out = capsys.readouterr().out
+            servers[0].__exit__()
+            after_stop = probe_router(router.url)
+    finally:
+        for s in servers:
+            s.__exit__()
+    assert f"ready: {router.url} (router)" in out
+    assert (
+        f"worker 0: {servers[0].url} healthy, KV capacity: 1000 tokens" in out or "KV capacity: 1000" in out
+    )
+    assert "total KV capacity: 4000 tokens over 2 workers" in out
+    # a stopped worker is reported unhealthy, and its capacity leaves the total
+    assert after_stop is not None and after_stop.total_kv_tokens == 3000

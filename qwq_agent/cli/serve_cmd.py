@@ -104,6 +104,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.model_url:
         check_model_url(args.model_url)
+        from qwq_agent.cli.serve_dp import report_fleet
+        from qwq_agent.serve.fleet import probe_router
+
+        fleet = probe_router(args.model_url.rstrip("/"))
+        if fleet is not None:  # SGLang's router: its workers' capacities, not its own
+            report_fleet(fleet)
+            return 0
         info = probe(args.model_url.rstrip("/"))
         if info is None:
             raise CliError(

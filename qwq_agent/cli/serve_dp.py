@@ -97,7 +97,8 @@ def _wait_for_an_exit(fleet) -> tuple[str, int | None]:
 
 def report_fleet(info: FleetInfo) -> None:
     """The router's URL, each worker's KV capacity, and the total."""
-    print(f"ready: {info.router_url} (router, policy {info.policy})", flush=True)
+    policy = f", policy {info.policy}" if info.policy else ""
+    print(f"ready: {info.router_url} (router{policy})", flush=True)
     for i, w in enumerate(info.workers):
         state = "healthy" if w.healthy else "UNHEALTHY"
         print(f"worker {i}: {w.url} {state}, KV capacity: {w.max_total_num_tokens} tokens")
