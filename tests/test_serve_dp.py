@@ -189,6 +189,10 @@ def test_cli_serve_dp_waits_for_all_prints_capacities_and_stops_everything(tmp_p
             if line.startswith("Ctrl-C stops"):
                 break
         out = "".join(lines)
+        if "Ctrl-C stops" not in out:  # it ended early: show why
+            cli.wait(timeout=30)
+            assert cli.stderr is not None
+            pytest.fail(out + cli.stderr.read())
         assert f"ready: http://127.0.0.1:{base} (router, policy cache_aware)" in out, out
         assert f"worker 0: http://127.0.0.1:{base + 1} healthy, KV capacity: 10000 tokens" in out
         assert f"worker 1: http://127.0.0.1:{base + 2} healthy, KV capacity: 11000 tokens" in out
@@ -199,11 +203,15 @@ def test_cli_serve_dp_waits_for_all_prints_capacities_and_stops_everything(tmp_p
         info = probe_router(f"http://127.0.0.1:{base}")
         assert info is not None and info.total_kv_tokens == 21000
         cli.send_signal(signal.SIGINT)
-        assert cli.wait(timeout=30) == 0
+        assert cli.wait(timeout=60) == 0
     finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.wait()
+        if cli.poll() is None:  # SIGINT first: the CLI stops its router and workers; a kill would orphan them
+            cli.send_signal(signal.SIGINT)
+            try:
+                cli.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                cli.kill()
+                cli.wait()
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -483,3 +491,37 @@ def test_model_url_of_a_router_reports_its_workers(tmp_path, capsys):
     assert "total KV capacity: 4000 tokens over 2 workers" in out
     # a stopped worker is reported unhealthy, and its capacity leaves the total
     assert after_stop is not None and after_stop.total_kv_tokens == 3000
+
+
+def test_a_router_that_cannot_start_is_a_clear_error_and_the_workers_are_stopped(tmp_path):
+    base = free_ports(3)
+    template = f"{SCRIPTED} --port {{port}} --model {tmp_path}"
+    with socket.socket() as taken:  # the router's port is taken: the router exits
+        taken.bind(("127.0.0.1", base))
+        taken.listen()
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qwq_agent.cli.main",
+                "serve",
+                "--dp",
+                "2",
+                "--port",
+                str(base),
+                "--command",
+                template,
+                "--timeout",
+                "60",
+                "--log-file",
+                str(tmp_path / "logs"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    assert "qwq-agent serve: the router exited with status" in cli.stderr
+    assert f"fix: read the logs in {tmp_path / 'logs'}" in cli.stderr and "Traceback" not in cli.stderr
+    for port in (base + 1, base + 2):
+        assert probe(f"http://127.0.0.1:{port}", timeout=1) is None

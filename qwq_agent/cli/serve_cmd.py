@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print-command", action="store_true", help="print the launch command and exit")
     p.add_argument(
         "--command",
+        dest="launch_command",  # `args.command` names the subcommand (error messages say `qwq-agent serve`)
         default=None,
         help="run this command instead of SGLang's launcher (a wrapper); with --dp a template "
         "with {port} and {gpu}",
@@ -97,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
         from qwq_agent.cli.serve_dp import serve_fleet
 
         return serve_fleet(args, config)
-    command = shlex.split(args.command) if args.command else build_command(config)
+    command = shlex.split(args.launch_command) if args.launch_command else build_command(config)
     if args.print_command:
         print(shlex.join(command))
         return 0
@@ -121,7 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
         _report(info)
         return 0
 
-    if args.command is None:
+    if args.launch_command is None:
         problems = check_prerequisites()
         if problems:
             raise CliError(

@@ -35,7 +35,7 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
         )
     except ValueError as exc:
         raise CliError(str(exc), "name one GPU per replica: --gpus 0,1 for --dp 2") from None
-    specs = worker_specs(config, fleet_config, template=args.command)
+    specs = worker_specs(config, fleet_config, template=args.launch_command)
     if args.print_command:
         for spec in specs:
             print(f"CUDA_VISIBLE_DEVICES={spec.gpu} {shlex.join(spec.command)}")
@@ -44,7 +44,7 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
 
     if importlib.util.find_spec("sglang_router") is None:
         raise CliError("SGLang's router is not installed (`--dp` needs it)", ROUTER_INSTALL_HINT)
-    if args.command is None:
+    if args.launch_command is None:
         problems = check_prerequisites()
         if problems:
             raise CliError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -73,6 +74,9 @@ class FleetConfig:
     gpus: list[str] | None = None
     """GPU id of each worker (default 0..dp-1)."""
     router_args: list[str] = field(default_factory=list)
+    metrics_port: int | None = None
+    """The router's Prometheus port, on 127.0.0.1 (default: a free port; the router's own default, 29000
+    on every interface, lets only one router run per machine)."""
     tokenizer_path: str | None = None
     """A local tokenizer for the router (else it asks the workers' model path, a hub id included)."""
     python: str = sys.executable
@@ -131,9 +135,20 @@ def router_command(fleet: FleetConfig, worker_urls: Sequence[str]) -> list[str]:
         "2",
         "--health-failure-threshold",
         "1",
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",
+        str(fleet.metrics_port or _free_port()),
         *(["--tokenizer-path", fleet.tokenizer_path] if fleet.tokenizer_path else []),
         *fleet.router_args,
     ]
+
+
+def _free_port() -> int:
+    """A port free now on 127.0.0.1 (the router binds it moments later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -191,7 +206,8 @@ def probe_router(url: str, *, timeout: float = 5.0) -> FleetInfo | None:
                 model=info.model if info else None,
             )
         )
-    return FleetInfo(router_url=url, workers=workers)
+    # the router lists its workers in no fixed order
+    return FleetInfo(router_url=url, workers=sorted(workers, key=lambda w: w.url))
 
 
 def _ready_workers(url: str, timeout: float) -> int | None:
@@ -289,6 +305,8 @@ class Fleet:
                 f"the router at {self.router.url} did not list its workers", self.router.log_tail()
             )
         info.policy = self.config.policy
+        order = {spec.url: spec.index for spec in self.specs}  # as started: worker i is GPU i's
+        info.workers.sort(key=lambda w: order.get(w.url, len(order)))
         return info
 
     def exited(self) -> tuple[str, int | None] | None:
