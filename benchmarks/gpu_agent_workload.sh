@@ -97,7 +97,7 @@ case "$phase" in
     done
     [ "$ok" = 1 ] || { echo "replica 1 not ready"; tail -n 40 /tmp/sglang-1.log; exit 1; }
     python3 benchmarks/scale_out.py --worker-urls http://127.0.0.1:30000 http://127.0.0.1:30001 \
-      --sessions 64 --turns 6 --gen-tokens 100 --out "$OUT/scale_out-$(date +%F).json"
+      --tokenizer-path .device/qwq-32b --sessions 64 --turns 6 --gen-tokens 100 --out "$OUT/scale_out-$(date +%F).json"
     rc=$?
     cp /tmp/sglang-1.log "$OUT/sglang-scale-out-1.log" 2>/dev/null
     ;;

@@ -77,9 +77,11 @@ def scripted_workers(n: int, gen_tokens: int, token_delay: float) -> Iterator[li
 
 
 @contextlib.contextmanager
-def router(policy: str, worker_urls: list[str], port: int, log_dir: Path) -> Iterator[str]:
+def router(
+    policy: str, worker_urls: list[str], port: int, log_dir: Path, tokenizer: str | None = None
+) -> Iterator[str]:
     """SGLang's router with `policy` in front of `worker_urls`, ready; stopped on exit."""
-    fleet = FleetConfig(dp=len(worker_urls), router_port=port, policy=policy)
+    fleet = FleetConfig(dp=len(worker_urls), router_port=port, policy=policy, tokenizer_path=tokenizer)
     process = ServerProcess(
         router_command(fleet, worker_urls), fleet.router_url, log_dir / f"router-{policy}.log"
     )
@@ -143,7 +145,7 @@ async def run_all(args: argparse.Namespace, workers: list[str], log_dir: Path) -
             capacity = (info.max_total_num_tokens if info else None) or 0
             row = await measure(args, workers[0], label, 1, "none", capacity)
         else:
-            with router(policy, workers[:gpus], args.router_port, log_dir) as url:
+            with router(policy, workers[:gpus], args.router_port, log_dir, args.tokenizer_path) as url:
                 fleet = probe_router(url)
                 capacity = fleet.total_kv_tokens if fleet else 0
                 row = await measure(args, url, label, gpus, policy, capacity)
@@ -226,6 +228,7 @@ def main() -> None:
     where.add_argument("--worker-urls", nargs="+", help="running SGLang replicas, one per GPU")
     where.add_argument("--scripted", type=int, help="start this many scripted workers here instead")
     p.add_argument("--router-port", type=int, default=30100)
+    p.add_argument("--tokenizer-path", help="the model folder, for the router's tokenizer")
     p.add_argument("--sessions", type=int, default=64)
     p.add_argument("--turns", type=int, default=6)
     p.add_argument("--gen-tokens", type=int, default=100)

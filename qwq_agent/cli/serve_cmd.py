@@ -33,7 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address the server listens on")
     p.add_argument("--port", type=int, default=30000, help="port the server listens on")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for /health")
-    p.add_argument("--log-file", type=Path, default=None, help="server log (default: a temporary file)")
+    p.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        help="server log (default: a temporary file); with --dp a folder for every process's log",
+    )
     p.add_argument("--print-command", action="store_true", help="print the launch command and exit")
     p.add_argument(
         "--command",
