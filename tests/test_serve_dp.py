@@ -356,11 +356,16 @@ async def test_admission_sizes_itself_from_the_workers_capacities(tmp_path):
     try:
         with Router(servers, "cache_aware", tmp_path) as router:
             info = probe_router(router.url)
+            async with SGLangClient(router.url) as client:  # what the agent loop and benchmarks ask
+                seen = await client.server_info()
     finally:
         for s in servers:
             s.__exit__()
     assert info is not None
     assert sorted(info.capacities) == [1000, 2000, 3000] and info.total_kv_tokens == 6000
+    assert seen.max_total_num_tokens == 6000 and seen.context_length == 16384
+    assert seen.worker_capacities == {s.url: c for s, c in zip(servers, (1000, 2000, 3000), strict=True)}
+    assert seen.model_path == str(tmp_path)
     admission = KVAdmission.for_workers(info.capacities, headroom=0.5)
     assert admission.capacity == 3000
     with pytest.raises(ValueError, match="no worker reported"):

@@ -27,6 +27,7 @@ from qwq_agent.agent.clients.errors import (
 )
 from qwq_agent.agent.clients.retry import RetryPolicy
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
+from qwq_agent.agent.clients.router_info import capacity_of, is_router_summary, worker_infos
 from qwq_agent.agent.clients.routing import routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
@@ -55,6 +56,9 @@ class ServerInfo(BaseModel):
     """KV-cache capacity in tokens: how many tokens all resident sessions can hold together."""
     version: str | None = None
     raw: dict[str, Any] = Field(default_factory=dict)
+    worker_capacities: dict[str, int] = Field(default_factory=dict)
+    """Behind SGLang's router: each healthy worker's KV capacity by URL (`max_total_num_tokens` is their
+    sum, `context_length` the smallest); empty for a single server."""
 
 
 def sampling_payload(params: SamplingParams) -> dict[str, Any]:
@@ -163,15 +167,35 @@ class SGLangClient:
     async def server_info(self) -> ServerInfo:
         """The server's configuration and KV capacity (`/server_info`, or `/get_server_info` on older ones)."""
         raw = await self._get_json("/server_info", fallback="/get_server_info")
-        states = raw.get("internal_states") or [{}]
-        first = states[0] if isinstance(states, list) and states and isinstance(states[0], dict) else {}
-        capacity = raw.get("max_total_num_tokens", first.get("max_total_num_tokens"))
+        if is_router_summary(raw):
+            return await self._fleet_info(raw)
+        capacity = capacity_of(raw)
         return ServerInfo(
             model_path=raw.get("model_path"),
             context_length=raw.get("context_length"),
             max_total_num_tokens=capacity,
             version=raw.get("version"),
             raw=raw,
+        )
+
+    async def _fleet_info(self, summary: dict[str, Any]) -> ServerInfo:
+        """`server_info` behind SGLang's router: the workers' capacities summed."""
+        try:
+            infos = await worker_infos(self._http)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ModelServerError(f"the router at {self.base_url} did not list its workers: {exc}") from exc
+        capacities = {url: c for url, raw in infos.items() if (c := capacity_of(raw))}
+        lengths = [
+            raw["context_length"] for raw in infos.values() if isinstance(raw.get("context_length"), int)
+        ]
+        first = next(iter(infos.values()), {})
+        return ServerInfo(
+            model_path=first.get("model_path"),
+            context_length=min(lengths) if lengths else None,
+            max_total_num_tokens=sum(capacities.values()) or None,
+            version=first.get("version"),
+            raw=summary,
+            worker_capacities=capacities,
         )
 
     async def abort(self, rid: str) -> None:
