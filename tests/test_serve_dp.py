@@ -56,6 +56,17 @@ def test_worker_commands_get_one_gpu_and_port_each_and_the_router_fronts_them():
         FleetConfig(dp=3, gpus=["0", "1"])
 
 
+def test_with_tensor_parallelism_each_replica_gets_its_own_gpus(capsys):
+    fleet = FleetConfig(dp=2)
+    specs = worker_specs(ServeConfig(tp=2), fleet)
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in specs] == ["0,1", "2,3"]
+    assert main(["serve", "--dp", "2", "--tp", "2", "--gpus", "4,5,6,7", "--print-command"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("CUDA_VISIBLE_DEVICES=4,5 ") and out[1].startswith("CUDA_VISIBLE_DEVICES=6,7 ")
+    assert main(["serve", "--dp", "2", "--tp", "2", "--gpus", "0,1", "--print-command"]) == 2
+    assert "--gpus names 2 GPUs; 2 replicas of --tp 2 need 4" in capsys.readouterr().err
+
+
 def test_print_command_shows_every_worker_and_the_router(capsys):
     assert main(["serve", "--dp", "2", "--port", "31100", "--gpus", "2,3", "--print-command"]) == 0
     out = capsys.readouterr().out.splitlines()

@@ -70,7 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="with --dp: worker i listens on this port + i (default: --port + 1 + i)",
     )
-    p.add_argument("--gpus", default=None, help="with --dp: comma-separated GPU ids, one per worker")
+    p.add_argument(
+        "--gpus",
+        default=None,
+        help="with --dp: GPU ids, comma-separated, replica 0's --tp GPUs first (default 0,1,...)",
+    )
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags passed to sglang.launch_server")
     p.set_defaults(func=_serve)
 

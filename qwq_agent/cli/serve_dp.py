@@ -21,7 +21,16 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
 
     if args.dp < 1:
         raise CliError(f"--dp {args.dp}: the number of replicas must be at least 1", "pass --dp 2 or more")
-    gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
+    gpus = None
+    if args.gpus:
+        flat = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        tp = max(1, args.tp)
+        if len(flat) != args.dp * tp:
+            raise CliError(
+                f"--gpus names {len(flat)} GPUs; {args.dp} replicas of --tp {tp} need {args.dp * tp}",
+                "list the GPUs of replica 0, then replica 1, ...: --gpus 0,1,2,3 for --dp 2 --tp 2",
+            )
+        gpus = [",".join(flat[i * tp : (i + 1) * tp]) for i in range(args.dp)]
     try:
         fleet_config = FleetConfig(
             dp=args.dp,
@@ -34,7 +43,7 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
             tokenizer_path=config.model_path if Path(config.model_path).is_dir() else None,
         )
     except ValueError as exc:
-        raise CliError(str(exc), "name one GPU per replica: --gpus 0,1 for --dp 2") from None
+        raise CliError(str(exc), "see `qwq-agent serve --help`") from None
     specs = worker_specs(config, fleet_config, template=args.launch_command)
     if args.print_command:
         for spec in specs:

@@ -72,7 +72,7 @@ class FleetConfig:
     """Worker i listens on worker_base_port + i (default: router_port + 1 + i)."""
     policy: str = "cache_aware"
     gpus: list[str] | None = None
-    """GPU id of each worker (default 0..dp-1)."""
+    """`CUDA_VISIBLE_DEVICES` of each worker (default: GPU i for worker i, or its `tp` GPUs)."""
     router_args: list[str] = field(default_factory=list)
     metrics_port: int | None = None
     """The router's Prometheus port, on 127.0.0.1 (default: a free port; the router's own default, 29000
@@ -105,7 +105,8 @@ def worker_specs(serve: ServeConfig, fleet: FleetConfig, template: str | None = 
     filled in), on its own port, seeing only its own GPU."""
     specs = []
     for i in range(fleet.dp):
-        gpu = fleet.gpus[i] if fleet.gpus else str(i)
+        # with tensor parallelism each replica takes `tp` consecutive GPUs
+        gpu = fleet.gpus[i] if fleet.gpus else ",".join(str(i * serve.tp + k) for k in range(serve.tp))
         port = fleet.worker_port(i)
         config = dataclasses.replace(serve, host="127.0.0.1", port=port)
         if template is not None:
