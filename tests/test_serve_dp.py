@@ -178,10 +178,12 @@ def test_a_worker_that_never_gets_ready_times_out_naming_it(tmp_path):
         with pytest.raises(
             ServerStartTimeout, match=rf"worker 1 \(http://127.0.0.1:{base + 2}\) did not answer"
         ):
-            fleet.wait_ready(timeout=10, poll_interval=0.2, on_progress=progress.append)
+            fleet.wait_ready(timeout=10, poll_interval=0.2, on_progress=progress.append, report_every=1)
     finally:
         fleet.stop(5)
-    assert progress == [f"worker 0 ready: http://127.0.0.1:{base + 1}"]
+    assert progress.count(f"worker 0 ready: http://127.0.0.1:{base + 1}") == 1
+    waiting = [line for line in progress if line.startswith("still waiting for worker 1 after")]
+    assert waiting and f"scripted server on http://127.0.0.1:{base + 2}" in waiting[-1]  # its log's last line
 
 
 def test_model_url_of_a_router_reports_its_workers(tmp_path, capsys):

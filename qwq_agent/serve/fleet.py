@@ -267,13 +267,19 @@ class Fleet:
         timeout: float = 1800.0,
         poll_interval: float = 1.0,
         on_progress: Callable[[str], None] | None = None,
+        report_every: float = 30.0,
     ) -> FleetInfo:
         """Wait for every worker's `/health`, then start the router and wait until it counts them all.
+
+        `on_progress` gets a line when a worker is ready, and every `report_every` seconds one naming
+        the workers still loading with the last line of the first one's log (a model load is long).
 
         Raises `ServerExited` naming the worker (or the router) that ended, `ServerStartTimeout` when the
         deadline passes; `log_tail` holds the end of that process's log.
         """
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        reported = started
         pending = {i for i in range(len(self.workers))}
         while pending:
             for i in sorted(pending):
@@ -297,6 +303,12 @@ class Fleet:
                     f"{late} did not answer /health within {timeout:.0f} s",
                     self.workers[min(pending)].log_tail(),
                 )
+            if on_progress and time.monotonic() - reported >= report_every:
+                reported = time.monotonic()
+                first = self.workers[min(pending)]
+                last = next((ln for ln in reversed(first.log_tail(5).splitlines()) if ln.strip()), "")
+                names = ", ".join(f"worker {i}" for i in sorted(pending))
+                on_progress(f"still waiting for {names} after {reported - started:.0f}s; log: {last[:200]}")
             time.sleep(poll_interval)  # polling processes we do not control; nothing to wait on instead
         self.router.start()
         wait_router(self.router, len(self.workers), deadline - time.monotonic(), poll_interval)
