@@ -12,10 +12,20 @@
 #               .venv/bin/python -m qwq_agent.testing.scripted_server --port 30777 --random-tokens 200 &
 #               OUT=/tmp/aw AW_URL=http://127.0.0.1:30777 AW_PYTHON=.venv/bin/python AW_NO_INSTALL=1 \
 #                 bash benchmarks/gpu_agent_workload.sh exact
+#   scale-out (nvidia-h200-x2) one SGLang replica per GPU, then benchmarks/scale_out.py: (a) one GPU alone,
+#             (b)-(d) both behind SGLang's router round-robin, cache-aware, with session affinity; 64
+#             sessions x 6 turns; budgeted for one 10-minute call (install ~30 s, both replicas start in
+#             parallel ~150 s, four configurations ~60-90 s each)
 # First, on your own machine: scripts/prepare-gpu.sh (writes .device/, says what each call carries). Then
 # one call carrying .device/sglang/a runs `mkdir -p /tmp/sglang-a && cp .device/sglang/a/*.whl /tmp/sglang-a/`,
 # and each phase's call carries .device/sglang/b .device/qwq-32b .device/wheels.
 # Results go to $OUT/aw-<phase>.json (phase gpu: $OUT/gpu-suite.txt and $OUT/gpu-observations.json).
+# Phase scale-out, on nvidia-h200-x2, each call within 30 s of the last:
+#   1. carry .device/sglang/a: mkdir -p /tmp/sglang-a && cp .device/sglang/a/*.whl /tmp/sglang-a/
+#   2. carry .device/router:   mkdir -p /tmp/router && cp .device/router/*.whl /tmp/router/
+#   3. carry .device/sglang/b .device/qwq-32b .device/wheels: bash benchmarks/gpu_agent_workload.sh scale-out
+# It writes $OUT/scale_out-DATE.json; copy it to benchmarks/results/ and chart it here with
+# `python benchmarks/scale_out.py --plot benchmarks/results/scale_out-DATE.json` (no matplotlib there).
 set -u
 phase=${1:?phase}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -82,6 +92,36 @@ case "$phase" in
     bench --label "drop-reasoning" $common || rc=1
     bench --label "keep-reasoning-as-text" $common --keep-reasoning --text-prompts || rc=1
     bench --label "keep-reasoning-as-ids" $common --keep-reasoning || rc=1
+    ;;
+  scale-out)
+    if [ ! -d /tmp/router-site/sglang_router ]; then
+      ls /tmp/router/sglang_router-*.whl >/dev/null 2>&1 || { echo "no /tmp/router: run call 2 of the header first"; exit 1; }
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/router-site /tmp/router/*.whl || exit 1
+    fi
+    export PYTHONPATH=$PYTHONPATH:/tmp/router-site
+    SERVER_FLAGS="--schedule-policy lpm --enable-metrics --enable-cache-report --context-length 16384"
+    rm -f /tmp/sglang.pid
+    # Replica 0 through sglang-up.sh (it installs SGLang first, then writes its pid); replica 1 starts as
+    # soon as that pid exists, so both load and capture CUDA graphs at the same time.
+    CUDA_VISIBLE_DEVICES=0 bash .device/sglang/b/sglang-up.sh .device/qwq-32b $SERVER_FLAGS > "$OUT/up-0.txt" 2>&1 &
+    up=$!
+    for _ in $(seq 1 300); do [ -s /tmp/sglang.pid ] && break; kill -0 "$up" 2>/dev/null || break; sleep 1; done
+    CUDA_VISIBLE_DEVICES=1 PYTHONPATH=/tmp/site:$PYTHONPATH setsid python3 -m sglang.launch_server \
+      --model-path .device/qwq-32b --load-format dummy --attention-backend triton --sampling-backend pytorch \
+      --host 127.0.0.1 --port 30001 $SERVER_FLAGS > /tmp/sglang-1.log 2>&1 < /dev/null &
+    echo $! > /tmp/sglang-1.pid
+    wait "$up" || { cat "$OUT/up-0.txt"; tail -n 20 /tmp/sglang-1.log; exit 1; }
+    ok=0
+    for _ in $(seq 1 150); do
+      if [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:30001/health)" = 200 ]; then ok=1; break; fi
+      kill -0 "$(cat /tmp/sglang-1.pid)" 2>/dev/null || break
+      sleep 2
+    done
+    [ "$ok" = 1 ] || { echo "replica 1 not ready"; tail -n 40 /tmp/sglang-1.log; exit 1; }
+    python3 benchmarks/scale_out.py --worker-urls http://127.0.0.1:30000 http://127.0.0.1:30001 \
+      --tokenizer-path .device/qwq-32b --sessions 64 --turns 6 --gen-tokens 100 --out "$OUT/scale_out-$(date +%F).json"
+    rc=$?
+    cp /tmp/sglang-1.log "$OUT/sglang-scale-out-1.log" 2>/dev/null
     ;;
   hf)
     if [ -f /tmp/sglang.pid ]; then

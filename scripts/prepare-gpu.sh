@@ -4,6 +4,8 @@
 #   .device/sglang/b   part 2 (the trimmed kernel wheels) and sglang-up.sh
 #   .device/wheels     qwq-agent's own dependencies and the test runner, for CPython 3.12 on x86_64 Linux
 #   .device/qwq-32b    QwQ-32B's config.json, tokenizer and generation defaults (from ../shared/qwq-32b)
+#   .device/router     SGLang's router (sglang-router 0.3.2, one abi3 wheel of ~30 MB) and aiohttp, which its
+#                      launcher imports; SGLang's own set already has fastapi, uvicorn, orjson, setproctitle
 # It prints each folder's size and which device call carries which (at most 64 MiB travel with one call).
 # Run on your own machine, in the project's root; re-running skips what is already there.
 set -euo pipefail
@@ -51,6 +53,20 @@ EOF
   touch .device/wheels/.done
 fi
 
+if [ ! -f .device/router/.done ]; then
+  rm -rf .device/router && mkdir -p .device/router
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --abi abi3 --platform manylinux2014_x86_64 -d .device/router "sglang-router==0.3.2"
+  "$PY" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3 \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .device/router aiohttp
+  for w in .device/sglang/a/*.whl .device/wheels/*.whl; do  # carried already: keep one copy
+    name=$(basename "$w" | cut -d- -f1)
+    rm -f .device/router/"$name"-*.whl
+  done
+  touch .device/router/.done
+fi
+
 if [ ! -f .device/qwq-32b/config.json ]; then
   [ -d "$shared/qwq-32b" ] || { echo "prepare-gpu: $shared/qwq-32b not found (set QWQ_SHARED)"; exit 1; }
   mkdir -p .device/qwq-32b && cp "$shared"/qwq-32b/*.json "$shared"/qwq-32b/*.txt .device/qwq-32b/
@@ -59,10 +75,12 @@ fi
 size() { du -sm "$@" | awk '{s += $1} END {print s}'; }
 tree=$(git ls-files -z | du -cm --files0-from=- | tail -1 | cut -f1)
 a=$(size .device/sglang/a); b=$(size .device/sglang/b); w=$(size .device/wheels); m=$(size .device/qwq-32b)
-echo "prepared (MiB): sglang/a $a, sglang/b $b, wheels $w, qwq-32b $m; the working tree itself ${tree}"
+r=$(size .device/router)
+echo "prepared (MiB): sglang/a $a, sglang/b $b, wheels $w, qwq-32b $m, router $r; the working tree itself ${tree}"
 echo "device call 1 carries .device/sglang/a: $((a + tree)) MiB of 64"
+echo "  (phase scale-out only) a call carrying .device/router: $((r + tree)) MiB of 64"
 echo "device call 2 carries .device/sglang/b .device/qwq-32b .device/wheels: $((b + m + w + tree)) MiB of 64"
-if [ $((a + tree)) -gt 64 ] || [ $((b + m + w + tree)) -gt 64 ]; then
+if [ $((a + tree)) -gt 64 ] || [ $((b + m + w + tree)) -gt 64 ] || [ $((r + tree)) -gt 64 ]; then
   echo "prepare-gpu: a call would carry more than 64 MiB"; exit 1
 fi
 echo "then: benchmarks/gpu_agent_workload.sh <phase> (see its header), e.g. phase gpu runs the GPU test suite"

@@ -43,6 +43,7 @@ RUN_ID = "$(ls -tr traces | head -n1 | sed 's/[.]jsonl$//')"
 SUBSTITUTIONS = {
     # SGLang needs a GPU: show the launch command the same flags make.
     "qwq-agent serve --tp 2": "qwq-agent serve --tp 2 --print-command",
+    "qwq-agent serve --dp 2 --router-policy affinity": "qwq-agent serve --dp 2 --router-policy affinity --print-command",
     "export QWQ_MODEL_URL=http://127.0.0.1:30000": "export QWQ_MODEL_URL={model_url}",
     "source .venv/bin/activate": "source {venv}/bin/activate",
     "./scripts/demo.sh": "{root}/scripts/demo.sh",

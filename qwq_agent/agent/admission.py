@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 
@@ -23,6 +23,21 @@ class KVAdmission:
         self.capacity = int(capacity_tokens * headroom)
         self.in_use = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @classmethod
+    def for_workers(cls, capacities: Sequence[int], *, headroom: float = 0.9) -> KVAdmission:
+        """One admission over data-parallel replicas: their capacities summed.
+
+        The router (not the client) chooses the replica of a new routing key, and SGLang's router 0.3.2
+        reports that choice nowhere, so a client cannot reserve on the right replica; the sum is right
+        while the router spreads keys evenly (`serve --dp --router-policy affinity` assigns a new key to
+        the worker holding fewest). `PerWorkerAdmission` is the exact form for a caller that pins keys
+        to workers itself.
+        """
+        usable = [int(c) for c in capacities if c and c > 0]
+        if not usable:
+            raise ValueError("no worker reported a KV capacity")
+        return cls(sum(usable), headroom=headroom)
 
     @property
     def waiting(self) -> int:
@@ -68,3 +83,46 @@ class KVAdmission:
             yield got
         finally:
             self.release(got)
+
+
+class PerWorkerAdmission:
+    """Admission per replica: each worker's own `KVAdmission`, a routing key reserving on its worker.
+
+    For callers that know which worker a key lands on (a key pinned to a worker, or a deployment that
+    routes by key itself); `reserve(tokens, key=...)` picks the worker with the most free tokens for a
+    new key and keeps the key there while it holds reservations.
+    """
+
+    def __init__(self, capacities: Mapping[str, int], *, headroom: float = 0.9) -> None:
+        if not capacities:
+            raise ValueError("no workers")
+        self.workers = {url: KVAdmission(cap, headroom=headroom) for url, cap in capacities.items()}
+        self._keys: dict[str, str] = {}
+        self._holds: dict[str, int] = {}
+
+    @property
+    def capacity(self) -> int:
+        """The usable tokens over all workers."""
+        return sum(a.capacity for a in self.workers.values())
+
+    def worker_of(self, key: str) -> str:
+        """The worker `key` is pinned to, choosing the one with most free tokens for a new key."""
+        if key not in self._keys:
+            self._keys[key] = max(
+                self.workers, key=lambda url: self.workers[url].capacity - self.workers[url].in_use
+            )
+        return self._keys[key]
+
+    @asynccontextmanager
+    async def reserve(self, tokens: int, *, key: str) -> AsyncIterator[int]:
+        """Reserve `tokens` on the worker of `key` (FIFO per worker)."""
+        url = self.worker_of(key)
+        self._holds[key] = self._holds.get(key, 0) + 1
+        try:
+            async with self.workers[url].reserve(tokens) as got:
+                yield got
+        finally:
+            self._holds[key] -= 1
+            if not self._holds[key]:  # an idle key may move to a freer worker next time
+                del self._holds[key]
+                del self._keys[key]

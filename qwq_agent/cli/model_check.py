@@ -33,8 +33,13 @@ async def connect_model(
     model: str = "Qwen/QwQ-32B",
     keep_reasoning: bool = False,
     timeout: float = 3.0,
+    routing_key: str | None = None,
 ) -> Model:
-    """A client for `url` once the server has answered a cheap request within `timeout` seconds."""
+    """A client for `url` once the server has answered a cheap request within `timeout` seconds.
+
+    `routing_key` (a run's id) is sent with every request, so SGLang's router under session affinity
+    (`serve --dp N --router-policy affinity`) keeps the run on one replica; other servers ignore it.
+    """
     check_model_url(url)
     probe = "/health" if api == "native" else "/v1/models"
     try:
@@ -56,7 +61,7 @@ async def connect_model(
     if api == "native":
         from qwq_agent.agent.clients import SGLangClient
 
-        return SGLangClient(url, keep_reasoning=keep_reasoning)
+        return SGLangClient(url, keep_reasoning=keep_reasoning, routing_key=routing_key)
     from qwq_agent.agent.clients.openai_chat import OpenAIChatClient
 
-    return OpenAIChatClient(url, model=model)
+    return OpenAIChatClient(url, model=model, routing_key=routing_key)

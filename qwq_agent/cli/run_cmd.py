@@ -181,6 +181,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             model=endpoint.model,
             keep_reasoning=args.keep_reasoning,
             timeout=endpoint.connect_timeout_s,
+            routing_key=run_id,  # session affinity behind SGLang's router
         )
     model = ReplayModel.from_recording(recording, then=live) if recording else live
     assert model is not None

@@ -32,15 +32,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address the server listens on")
     p.add_argument("--port", type=int, default=30000, help="port the server listens on")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for /health")
-    p.add_argument("--log-file", type=Path, default=None, help="server log (default: a temporary file)")
+    p.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        help="server log (default: a temporary file); with --dp a folder for every process's log",
+    )
     p.add_argument("--print-command", action="store_true", help="print the launch command and exit")
     p.add_argument(
-        "--command", default=None, help="run this command instead of SGLang's launcher (a wrapper)"
+        "--command",
+        dest="launch_command",  # `args.command` names the subcommand (error messages say `qwq-agent serve`)
+        default=None,
+        help="run this command instead of SGLang's launcher (a wrapper); with --dp a template "
+        "with {port} and {gpu}",
     )
     p.add_argument(
         "--model-url",
         default=None,
         help="do not start anything: check the server already at this URL and report its capacity",
+    )
+    p.add_argument(
+        "--dp",
+        type=int,
+        default=1,
+        help="data-parallel replicas (one per GPU) behind SGLang's router; --port is then the router's",
+    )
+    p.add_argument(
+        "--router-policy",
+        default="cache_aware",
+        choices=["cache_aware", "round_robin", "affinity"],
+        help="with --dp: how the router spreads requests (affinity: a run's routing key pins it to a worker)",
+    )
+    p.add_argument(
+        "--worker-base-port",
+        type=int,
+        default=None,
+        help="with --dp: worker i listens on this port + i (default: --port + 1 + i)",
+    )
+    p.add_argument(
+        "--gpus",
+        default=None,
+        help="with --dp: GPU ids, comma-separated, replica 0's --tp GPUs first (default 0,1,...)",
     )
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags passed to sglang.launch_server")
     p.set_defaults(func=_serve)
@@ -70,13 +102,24 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         extra_args=extra,
     )
-    command = shlex.split(args.command) if args.command else build_command(config)
+    if args.dp != 1:
+        from qwq_agent.cli.serve_dp import serve_fleet
+
+        return serve_fleet(args, config)
+    command = shlex.split(args.launch_command) if args.launch_command else build_command(config)
     if args.print_command:
         print(shlex.join(command))
         return 0
 
     if args.model_url:
         check_model_url(args.model_url)
+        from qwq_agent.cli.serve_dp import report_fleet
+        from qwq_agent.serve.fleet import probe_router
+
+        fleet = probe_router(args.model_url.rstrip("/"))
+        if fleet is not None:  # SGLang's router: its workers' capacities, not its own
+            report_fleet(fleet)
+            return 0
         info = probe(args.model_url.rstrip("/"))
         if info is None:
             raise CliError(
@@ -87,7 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
         _report(info)
         return 0
 
-    if args.command is None:
+    if args.launch_command is None:
         problems = check_prerequisites()
         if problems:
             raise CliError(

@@ -282,11 +282,6 @@ class ScriptedModelServer:
             if not out.started:
                 await out.send_json(500, {"error": {"message": f"scripted server: {exc}"}})
 
-    async def _flush_cache(self, req: HttpRequest, out: HttpResponder) -> None:
-        """Forget every cached sequence, as SGLang's `/flush_cache` empties its radix tree."""
-        self._cache.clear()
-        await out.send_bytes(200, b"")
-
     async def _health(self, req: HttpRequest, out: HttpResponder) -> None:
         await out.send_bytes(200 if self.ready else 503, b"")
 
@@ -305,6 +300,11 @@ class ScriptedModelServer:
                 "internal_states": [{"max_total_num_tokens": self.max_total_num_tokens}],
             },
         )
+
+    async def _flush_cache(self, req: HttpRequest, out: HttpResponder) -> None:
+        # SGLang's /flush_cache empties the radix cache; benchmarks call it between configurations.
+        self._cache.clear()
+        await out.send_bytes(200, b"Cache flushed.")
 
     async def _model_info(self, req: HttpRequest, out: HttpResponder) -> None:
         await out.send_json(200, {"model_path": self.model, "is_generation": True})

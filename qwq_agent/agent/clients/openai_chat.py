@@ -20,6 +20,7 @@ into the header of each outgoing request.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -38,6 +39,7 @@ from qwq_agent.agent.clients.errors import (
 )
 from qwq_agent.agent.clients.retry import RetryPolicy
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
+from qwq_agent.agent.clients.routing import routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
@@ -134,6 +136,8 @@ class OpenAIChatClient:
         extra_sampling: also send `top_k`/`min_p` (SGLang, vLLM and DashScope accept them; strict
             OpenAI servers may not).
         extra_body: more fields merged into every request body.
+        routing_key: sent as `x-smg-routing-key` so SGLang's router (policy `manual`) keeps a run on
+            the replica holding its KV cache; `with_routing_key` gives a per-run copy.
     """
 
     def __init__(
@@ -149,8 +153,12 @@ class OpenAIChatClient:
         extra_sampling: bool = True,
         extra_body: dict[str, Any] | None = None,
         max_connections: int = 1024,
+        routing_key: str | None = None,
     ) -> None:
         from qwq_agent.settings import get_settings
+
+        self.routing_key = routing_key
+        self._routing = routing_headers(routing_key)
 
         env = get_settings()
         url = base_url or env.openai_base_url
@@ -189,8 +197,17 @@ class OpenAIChatClient:
         """Close the connection pool."""
         await self._http.aclose()
 
+    def with_routing_key(self, key: str | None) -> OpenAIChatClient:
+        """A client for one run that sends `key` as its routing key (session affinity behind SGLang's
+        router); it shares this client's connection pool, which this client still owns and closes."""
+        clone = copy.copy(self)
+        clone._routing = routing_headers(key)
+        clone.routing_key = key
+        return clone
+
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._key.reveal()}"} if self._key else {}
+        auth = {"Authorization": f"Bearer {self._key.reveal()}"} if self._key else {}
+        return {**auth, **self._routing}
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key.reveal(), "***") if self._key else text

@@ -7,6 +7,7 @@ radix cache sees the same prefix turn after turn) and that reports `cached_token
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -26,6 +27,8 @@ from qwq_agent.agent.clients.errors import (
 )
 from qwq_agent.agent.clients.retry import RetryPolicy
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
+from qwq_agent.agent.clients.router_info import capacity_of, is_router_summary, worker_infos
+from qwq_agent.agent.clients.routing import routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.deadline import current_deadline
@@ -54,6 +57,9 @@ class ServerInfo(BaseModel):
     """KV-cache capacity in tokens: how many tokens all resident sessions can hold together."""
     version: str | None = None
     raw: dict[str, Any] = Field(default_factory=dict)
+    worker_capacities: dict[str, int] = Field(default_factory=dict)
+    """Behind SGLang's router: each healthy worker's KV capacity by URL (`max_total_num_tokens` is their
+    sum, `context_length` the smallest); empty for a single server."""
 
 
 def sampling_payload(params: SamplingParams) -> dict[str, Any]:
@@ -98,6 +104,8 @@ class SGLangClient:
             None detects it per request from `output_ids` and `meta_info.completion_tokens`.
         max_connections: concurrent requests the connection pool allows.
         abort_timeout: seconds allowed for `/abort_request` when a request is cancelled.
+        routing_key: sent as `x-smg-routing-key` so SGLang's router (policy `manual`) keeps a run on
+            the replica holding its KV cache; `with_routing_key` gives a per-run copy.
     """
 
     def __init__(
@@ -114,8 +122,11 @@ class SGLangClient:
         incremental: bool | None = None,
         max_connections: int = 1024,
         abort_timeout: float = 5.0,
+        routing_key: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.routing_key = routing_key
+        self._routing = routing_headers(routing_key)
         self.profile = profile
         self.keep_reasoning = keep_reasoning
         self.exact_tokens = exact_tokens
@@ -132,6 +143,14 @@ class SGLangClient:
 
     def __repr__(self) -> str:
         return f"SGLangClient({self.base_url!r}, profile={self.profile!r})"
+
+    def with_routing_key(self, key: str | None) -> SGLangClient:
+        """A client for one run that sends `key` as its routing key (session affinity behind SGLang's
+        router); it shares this client's connection pool, which this client still owns and closes."""
+        clone = copy.copy(self)
+        clone._routing = routing_headers(key)
+        clone.routing_key = key
+        return clone
 
     async def __aenter__(self) -> SGLangClient:
         return self
@@ -156,9 +175,9 @@ class SGLangClient:
     async def server_info(self) -> ServerInfo:
         """The server's configuration and KV capacity (`/server_info`, or `/get_server_info` on older ones)."""
         raw = await self._get_json("/server_info", fallback="/get_server_info")
-        states = raw.get("internal_states") or [{}]
-        first = states[0] if isinstance(states, list) and states and isinstance(states[0], dict) else {}
-        capacity = raw.get("max_total_num_tokens", first.get("max_total_num_tokens"))
+        if is_router_summary(raw):
+            return await self._fleet_info(raw)
+        capacity = capacity_of(raw)
         return ServerInfo(
             model_path=raw.get("model_path"),
             context_length=raw.get("context_length"),
@@ -167,12 +186,34 @@ class SGLangClient:
             raw=raw,
         )
 
+    async def _fleet_info(self, summary: dict[str, Any]) -> ServerInfo:
+        """`server_info` behind SGLang's router: the workers' capacities summed."""
+        try:
+            infos = await worker_infos(self._http)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ModelServerError(f"the router at {self.base_url} did not list its workers: {exc}") from exc
+        capacities = {url: c for url, raw in infos.items() if (c := capacity_of(raw))}
+        lengths = [
+            raw["context_length"] for raw in infos.values() if isinstance(raw.get("context_length"), int)
+        ]
+        first = next(iter(infos.values()), {})
+        return ServerInfo(
+            model_path=first.get("model_path"),
+            context_length=min(lengths) if lengths else None,
+            max_total_num_tokens=sum(capacities.values()) or None,
+            version=first.get("version"),
+            raw=summary,
+            worker_capacities=capacities,
+        )
+
     async def abort(self, rid: str) -> None:
         """Ask the server to stop generating request `rid` (it frees its KV slots)."""
         try:
             # An abort counts against the caller's deadline; the floor still lets it reach a local server.
             timeout = max(ABORT_FLOOR_S, current_deadline().clamp(self.abort_timeout) or 0.0)
-            response = await self._http.post("/abort_request", json={"rid": rid}, timeout=timeout)
+            response = await self._http.post(
+                "/abort_request", json={"rid": rid}, timeout=timeout, headers=self._routing
+            )
         except httpx.HTTPError as exc:
             raise ModelConnectionError(f"abort of {rid} failed: {type(exc).__name__}") from exc
         if response.status_code >= 400:
@@ -312,7 +353,7 @@ class SGLangClient:
         stops = StopScanner(payload["sampling_params"].get("stop") or [])
         sent = finished = False
         try:
-            request = self._http.build_request("POST", "/generate", json=payload)
+            request = self._http.build_request("POST", "/generate", json=payload, headers=self._routing)
             try:
                 sent = True
                 response = await self._http.send(request, stream=True)

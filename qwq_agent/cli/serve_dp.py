@@ -1,0 +1,117 @@
+"""`qwq-agent serve --dp N`: N SGLang replicas behind SGLang's router, until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shlex
+import signal
+import tempfile
+from pathlib import Path
+
+from qwq_agent.serve.fleet import FleetInfo
+from qwq_agent.serve.launcher import ServeConfig
+
+
+def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
+    """Start the fleet, print the router URL and each worker's KV capacity, serve until Ctrl-C."""
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.serve import INSTALL_HINT, ServerError, check_prerequisites
+    from qwq_agent.serve.fleet import ROUTER_INSTALL_HINT, Fleet, FleetConfig, router_command, worker_specs
+
+    if args.dp < 1:
+        raise CliError(f"--dp {args.dp}: the number of replicas must be at least 1", "pass --dp 2 or more")
+    gpus = None
+    if args.gpus:
+        flat = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        tp = max(1, args.tp)
+        if len(flat) != args.dp * tp:
+            raise CliError(
+                f"--gpus names {len(flat)} GPUs; {args.dp} replicas of --tp {tp} need {args.dp * tp}",
+                "list the GPUs of replica 0, then replica 1, ...: --gpus 0,1,2,3 for --dp 2 --tp 2",
+            )
+        gpus = [",".join(flat[i * tp : (i + 1) * tp]) for i in range(args.dp)]
+    try:
+        fleet_config = FleetConfig(
+            dp=args.dp,
+            host=args.host,
+            router_port=args.port,
+            worker_base_port=args.worker_base_port,
+            policy=args.router_policy,
+            gpus=gpus,
+            # A local model folder has the tokenizer the router wants; else it would ask a model hub.
+            tokenizer_path=config.model_path if Path(config.model_path).is_dir() else None,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), "see `qwq-agent serve --help`") from None
+    specs = worker_specs(config, fleet_config, template=args.launch_command)
+    if args.print_command:
+        for spec in specs:
+            print(f"CUDA_VISIBLE_DEVICES={spec.gpu} {shlex.join(spec.command)}")
+        print(shlex.join(router_command(fleet_config, [s.url for s in specs])))
+        return 0
+
+    if importlib.util.find_spec("sglang_router") is None:
+        raise CliError("SGLang's router is not installed (`--dp` needs it)", ROUTER_INSTALL_HINT)
+    if args.launch_command is None:
+        problems = check_prerequisites()
+        if problems:
+            raise CliError(
+                "cannot serve here: " + "; ".join(problems), f"on a GPU machine run `{INSTALL_HINT}`"
+            )
+
+    log_dir = args.log_file or Path(tempfile.mkdtemp(prefix="qwq-serve-dp-"))
+    fleet = Fleet(fleet_config, specs, log_dir)
+    print(f"starting {args.dp} replicas and the router ({args.router_policy}); logs: {log_dir}", flush=True)
+
+    def stop_on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop_on_signal)
+    try:
+        fleet.start_workers()
+        print("pids: " + " ".join(str(w.pid) for w in fleet.workers), flush=True)
+        try:
+            info = fleet.wait_ready(timeout=args.timeout, on_progress=lambda line: print(line, flush=True))
+        except ServerError as exc:
+            last = next((ln.strip() for ln in reversed(exc.log_tail.splitlines()) if ln.strip()), "")
+            raise CliError(
+                str(exc),
+                f"read the logs in {log_dir}" + (f" (it ends: {last[:200]})" if last else ""),
+                code=1,
+            ) from None
+        print(f"router pid: {fleet.router.pid}", flush=True)
+        report_fleet(info)
+        print("Ctrl-C stops the router and the replicas.", flush=True)
+        ended = _wait_for_an_exit(fleet)
+        raise CliError(f"{ended[0]} exited with status {ended[1]}", f"read the logs in {log_dir}", code=1)
+    except KeyboardInterrupt:
+        print("stopping the router and the replicas...", flush=True)
+        return 0
+    finally:
+        fleet.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_for_an_exit(fleet) -> tuple[str, int | None]:
+    """Block until a process of the fleet ends (Ctrl-C interrupts the wait)."""
+    import time
+
+    while True:
+        ended = fleet.exited()
+        if ended is not None:
+            return ended
+        time.sleep(1.0)  # several processes, no single one to wait() on
+
+
+def report_fleet(info: FleetInfo) -> None:
+    """The router's URL, each worker's KV capacity, and the total."""
+    policy = f", policy {info.policy}" if info.policy else ""
+    print(f"ready: {info.router_url} (router{policy})", flush=True)
+    for i, w in enumerate(info.workers):
+        state = "healthy" if w.healthy else "UNHEALTHY"
+        print(f"worker {i}: {w.url} {state}, KV capacity: {w.max_total_num_tokens} tokens")
+    print(f"total KV capacity: {info.total_kv_tokens} tokens over {len(info.capacities)} workers")
+    if info.policy == "affinity":
+        print("affinity: clients send a routing key per run (routing_key=..., header x-smg-routing-key)")
+    print(f'connect with: qwq-agent run --model-url {info.router_url} "TASK"', flush=True)
