@@ -293,8 +293,6 @@ class DockerSandbox:
     # ------------------------------------------------------------------------------------------ operations
 
     # `timeout` is enforced inside the sandbox (interrupt, then kill), which asyncio.timeout cannot do.
-    # Sandbox tools pass `on_output=` only to sandboxes that say they take it (the protocol does not).
-    supports_output_stream = True
 
     async def python(
         self,
