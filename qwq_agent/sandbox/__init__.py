@@ -18,11 +18,13 @@ from qwq_agent.sandbox.errors import (
     SandboxAcquireTimeout,
     SandboxDead,
     SandboxError,
+    SandboxHostLost,
     SandboxStartError,
     SandboxTimeout,
     ToolError,
     UnsafeArchive,
 )
+from qwq_agent.sandbox.hosts import HostFull
 from qwq_agent.sandbox.pool import SandboxPool
 from qwq_agent.sandbox.protocol import (
     DownloadResult,
@@ -34,12 +36,15 @@ from qwq_agent.sandbox.protocol import (
     ShellResult,
     UploadResult,
 )
+from qwq_agent.sandbox.transport import DockerHost, TLSFiles
 
 __all__ = [
+    "DockerHost",
     "DockerSandbox",
     "DockerUnreachable",
     "DownloadResult",
     "FileResult",
+    "HostFull",
     "InvalidRequest",
     "OutputChunk",
     "PathOutsideWorkspace",
@@ -49,12 +54,14 @@ __all__ = [
     "SandboxConfig",
     "SandboxDead",
     "SandboxError",
+    "SandboxHostLost",
     "SandboxPool",
     "SandboxStartError",
     "SandboxTimeout",
     "SearchMatch",
     "SearchResult",
     "ShellResult",
+    "TLSFiles",
     "ToolError",
     "UnsafeArchive",
     "UploadResult",
