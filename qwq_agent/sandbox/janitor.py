@@ -106,10 +106,10 @@ class SandboxInfo(BaseModel):
 
 
 def _client(timeout: float = 30.0) -> Any:
-    import docker
+    """docker-py for the `DOCKER_HOST` engine, through our own transport (so ssh:// works too)."""
+    from qwq_agent.sandbox.transport import default_connector
 
-    # docker-py wants whole seconds or more; a zero timeout would mean "no timeout" to requests.
-    return docker.from_env(timeout=max(1, round(timeout)))
+    return default_connector().docker_client(timeout)
 
 
 def list_sandboxes(client: Any = None) -> list[SandboxInfo]:
