@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,8 +22,8 @@ from qwq_agent.sandbox import (
     SandboxConfig,
     SandboxHostLost,
     SandboxPool,
+    janitor,
 )
-from qwq_agent.sandbox import janitor
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import DockerAPIError
 from qwq_agent.sandbox.protocol import OutputChunk

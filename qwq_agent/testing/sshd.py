@@ -83,7 +83,18 @@ class SSHDockerEndpoint:
     def _keys(self) -> None:
         for name in ("host_key", "client_key"):
             subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"qwq-test-{name}", "-f", str(self.dir / name)],
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    f"qwq-test-{name}",
+                    "-f",
+                    str(self.dir / name),
+                ],
                 check=True,
             )
         shutil.copy(self.dir / "client_key.pub", self.dir / "authorized_keys")
@@ -144,7 +155,9 @@ class SSHDockerEndpoint:
                     return self
             if time.monotonic() >= give_up:
                 self.stop()
-                raise RuntimeError(f"sshd did not answer on 127.0.0.1:{self.port} within {START_TIMEOUT_S:g} s")
+                raise RuntimeError(
+                    f"sshd did not answer on 127.0.0.1:{self.port} within {START_TIMEOUT_S:g} s"
+                )
             time.sleep(0.05)
 
     def cut(self) -> None:
