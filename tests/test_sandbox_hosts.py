@@ -146,3 +146,15 @@ async def test_a_host_cut_mid_run_fails_its_sandboxes_typed_and_the_pool_serves_
                 assert [(await sb.shell("echo fine")).stdout for sb in (a, b)] == ["fine\n"] * 2
     # The lost host's containers exit on their own: their attach stream (stdin) closed with the link.
     await gone(remote_ids)
+
+
+def test_the_sessions_sandboxes_go_to_the_test_docker_host() -> None:
+    """With QWQ_TEST_DOCKER_HOST set (see conftest), a default sandbox's engine is that host."""
+    import os
+
+    target = os.environ.get("QWQ_TEST_DOCKER_HOST")
+    if not target:
+        pytest.skip("QWQ_TEST_DOCKER_HOST is not set: the suite runs against the local engine")
+    url = DockerSandbox().engine.url
+    assert url == os.environ["DOCKER_HOST"]
+    assert url.startswith("ssh://") if target == "ssh" else url == target

@@ -163,3 +163,9 @@ def default_connector() -> Connector:
     settings = get_settings()
     config = settings.docker_ssh_config
     return connector_for(DockerHost(url=settings.docker_host, ssh_config=Path(config) if config else None))
+
+
+def docker_from_env(timeout: float = 60.0) -> Any:
+    """docker-py for the `DOCKER_HOST` engine, like `docker.from_env()` but through these connectors
+    (so `ssh://` needs neither paramiko nor the docker CLI, and `tcp://` is TLS-only)."""
+    return default_connector().docker_client(timeout)
