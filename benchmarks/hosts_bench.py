@@ -162,7 +162,7 @@ async def main() -> None:
     args = ap.parse_args()
     config = SandboxConfig(image=ensure_image(progress=lambda *a, **k: None))
     cap = await capacity(config, args.sandboxes, min(args.busy, args.sandboxes), args.cells, args.idle_window)
-    hops = {"skipped": "--no-ssh"} if args.no_ssh else await transports(config, args.reps)
+    hops: dict[str, Any] = {"skipped": "--no-ssh"} if args.no_ssh else await transports(config, args.reps)
     result = {
         "host": {"cpus": os.cpu_count(), "mem_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB,
                  "platform": platform.platform()},
@@ -174,12 +174,12 @@ async def main() -> None:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'measure':44} {'value':>12}")
     for key, value in cap.items():
-        print(f"{key:44} {value:12.3f}" if isinstance(value, float) else f"{key:44} {value:>12}")
+        print(f"{key:44} {value:12.5g}" if isinstance(value, float) else f"{key:44} {value:>12}")
     if "skipped" in hops:
         print(f"ssh: skipped ({hops['skipped']})")
     else:
         for k in ("local", "ssh"):
-            for key, value in hops[k].items():
+            for key, value in dict(hops[k]).items():
                 print(f"{k + ' ' + key:44} {value:12.2f}")
         print(f"{'ssh / local trivial call p50':44} {hops['ssh_over_local_call_p50']:12.2f}")
         print(f"{'ssh / local cold start p50':44} {hops['ssh_over_local_start_p50']:12.2f}")
