@@ -158,3 +158,40 @@ def test_the_sessions_sandboxes_go_to_the_test_docker_host() -> None:
     url = DockerSandbox().engine.url
     assert url == os.environ["DOCKER_HOST"]
     assert url.startswith("ssh://") if target == "ssh" else url == target
+
+
+async def test_a_sandbox_over_tcp_with_mutual_tls_and_a_client_without_a_certificate_refused(
+    sandbox_image: str, tmp_path
+) -> None:
+    import shutil as _shutil
+
+    from qwq_agent.sandbox import TLSFiles
+    from qwq_agent.testing.tls_docker import TLSDockerEndpoint, make_certs
+
+    if _shutil.which("openssl") is None:
+        pytest.skip("the openssl CLI is missing")
+    async with TLSDockerEndpoint() as ep:
+        engine = DockerEngine(connector=connector_for(DockerHost(url=ep.url, tls=ep.tls)))
+        async with DockerSandbox.create(SandboxConfig(image=sandbox_image), engine=engine) as sb:
+            assert sb.engine.url == ep.url
+            assert (await sb.python("6 * 7")).value == "42"
+            assert ep.url in janitor._started
+            cid = sb.id
+        # A client whose certificate another CA signed is refused by the TLS handshake.
+        other = tmp_path / "other"
+        other.mkdir()
+        stranger = make_certs(other)
+        forged = TLSFiles(
+            ca_cert=ep.tls.ca_cert, client_cert=stranger.client_cert, client_key=stranger.client_key
+        )
+        refused = DockerEngine(connector=connector_for(DockerHost(url=ep.url, tls=forged)), timeout=10)
+        assert "cannot talk to the Docker engine at " + ep.url in (await refused.unreachable(10) or "")
+    await gone([cid])
+
+
+def test_a_plain_tcp_host_is_refused_without_tls(monkeypatch) -> None:
+    from qwq_agent.sandbox import SandboxError
+
+    monkeypatch.delenv("DOCKER_CERT_PATH", raising=False)
+    with pytest.raises(SandboxError, match="needs TLS"):
+        connector_for("tcp://127.0.0.1:2375")

@@ -103,9 +103,17 @@ class TLSConnector:
             ca_cert=str(self.tls.ca_cert),
             verify=True,
         )
-        return docker.DockerClient(
-            base_url=f"https://{self.host}:{self.port}", tls=tls, timeout=max(1, round(timeout))
+        # A fixed API version: no probe in the constructor, so that the next line applies to every call.
+        client = docker.DockerClient(
+            base_url=f"https://{self.host}:{self.port}",
+            tls=tls,
+            timeout=max(1, round(timeout)),
+            version="1.41",
         )
+        # requests would otherwise replace our CA with REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE when set, and
+        # the daemon's certificate would fail (or, worse, pass) against the system's CAs.
+        client.api.trust_env = False
+        return client
 
 
 class DockerHost(BaseModel):
