@@ -72,6 +72,8 @@ def observation(session: int, turn: int, words: int) -> str:
 class LookupTool:
     """A tool whose result is scripted text of a fixed length (about `words` * 1.3 tokens)."""
 
+    uses_sandbox = False
+
     def __init__(self, words: int) -> None:
         self.words = words
 

@@ -5,13 +5,26 @@ Each is a `typing.Protocol`, so users plug in their own implementations without 
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.deadline import Deadline
+
+if TYPE_CHECKING:  # the result models live with the sandbox's wire protocol (no import cycle at run time)
+    from qwq_agent.sandbox.protocol import (
+        DownloadResult,
+        FileResult,
+        OutputChunk,
+        PythonResult,
+        SearchResult,
+        ShellResult,
+        UploadResult,
+    )
+    from qwq_agent.sandbox.snapshot import PythonState, RestoreResult, Snapshot
 
 
 class SamplingParams(BaseModel):
@@ -114,7 +127,15 @@ class ToolOutput(BaseModel):
 
 @runtime_checkable
 class Tool(Protocol):
-    """A named, described, JSON-Schema-typed async callable."""
+    """A named, described, JSON-Schema-typed async callable.
+
+    `uses_sandbox` is part of a tool's definition: True when it reads or changes the run's sandbox.
+    Such calls run one at a time in the order the model wrote them (an edit, then a search of what
+    was edited); calls of tools that do not touch the sandbox run concurrently.
+    """
+
+    @property
+    def uses_sandbox(self) -> bool: ...
 
     @property
     def spec(self) -> ToolSpec: ...
@@ -124,15 +145,106 @@ class Tool(Protocol):
 
 @runtime_checkable
 class Sandbox(Protocol):
-    """An isolated place to run code; see `qwq_agent.sandbox` for the Docker implementation."""
+    """An isolated place to run code: every operation the built-in tools use, with typed results.
+
+    `qwq_agent.sandbox.DockerSandbox` implements it (on any Docker host: a local socket, `ssh://`,
+    `tcp://` with TLS); another backend (e.g. Kubernetes pods, see docs/scale-out.md) implements the
+    same methods. Failures raise `qwq_agent.sandbox.SandboxError` subclasses (`SandboxDead`,
+    `SandboxHostLost`, `SandboxTimeout`, `ToolError`, ...), whose messages are written for the model.
+
+    `timeout` is the in-sandbox limit of a call; `deadline`, when given, is when its result must be
+    back (the limit is shortened to fit); `on_output` receives output while the call runs.
+    """
 
     id: str
 
-    async def python(self, code: str, *, timeout: float | None = None) -> Any: ...
+    # -- code ------------------------------------------------------------------------------------
+    async def python(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        deadline: Deadline | None = None,
+        on_output: Callable[[OutputChunk], None] | None = None,
+    ) -> PythonResult:
+        """Run a cell in the sandbox's persistent interpreter."""
+        ...
 
-    async def shell(self, command: str, *, timeout: float | None = None) -> Any: ...
+    async def shell(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        deadline: Deadline | None = None,
+        on_output: Callable[[OutputChunk], None] | None = None,
+    ) -> ShellResult:
+        """Run `bash -c command`; everything it started is killed when it returns."""
+        ...
 
-    async def close(self) -> None: ...
+    def clamp_timeout(
+        self, timeout: float | None, deadline: Deadline | None, default: float | None = None
+    ) -> float:
+        """The in-sandbox limit for `timeout` such that the call reports back before `deadline`."""
+        ...
+
+    # -- the editor (str_replace_editor's commands) ------------------------------------------------
+    async def view(self, path: str, view_range: list[int] | None = None) -> FileResult: ...
+
+    async def create_file(self, path: str, file_text: str) -> FileResult: ...
+
+    async def str_replace(self, path: str, old_str: str, new_str: str = "") -> FileResult: ...
+
+    async def insert(self, path: str, insert_line: int, new_str: str) -> FileResult: ...
+
+    async def undo_edit(self, path: str) -> FileResult: ...
+
+    # -- search and files ------------------------------------------------------------------------
+    async def search(
+        self,
+        pattern: str,
+        *,
+        path: str = "/workspace",
+        literal: bool = False,
+        globs: list[str] = ...,
+        context_lines: int = 0,
+        case: Literal["smart", "sensitive", "insensitive"] = "smart",
+        max_results: int = 100,
+        timeout: float = 30.0,
+    ) -> SearchResult:
+        """ripgrep over the workspace."""
+        ...
+
+    async def upload(
+        self,
+        local: str | os.PathLike[str],
+        dest: str = "/workspace",
+        *,
+        contents: bool = False,
+        exclude: Sequence[str] = (),
+    ) -> UploadResult:
+        """Copy a local file or folder into the sandbox directory `dest`."""
+        ...
+
+    async def download(self, src: str, local_dir: str | os.PathLike[str]) -> DownloadResult:
+        """Copy a sandbox file or folder into the local directory `local_dir` (checked first)."""
+        ...
+
+    # -- file state --------------------------------------------------------------------------------
+    async def snapshot(self, *, max_bytes: int = ..., timeout: float = 120.0) -> Snapshot:
+        """Archive the workspace and home into a `Snapshot` the host keeps (size-capped)."""
+        ...
+
+    async def restore(
+        self, snapshot: Snapshot, *, python_state: PythonState = "fresh", timeout: float = 120.0
+    ) -> RestoreResult:
+        """Replace the workspace and home with `snapshot`'s files; rebuild or reset the interpreter."""
+        ...
+
+    # -- lifetime --------------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Destroy the sandbox (idempotent)."""
+        ...
 
 
 class ToolContext(BaseModel):
@@ -147,7 +259,7 @@ class ToolContext(BaseModel):
 
     model_config = {"arbitrary_types_allowed": True}
 
-    sandbox: Any = None
+    sandbox: Sandbox | None = None
     run_id: str = ""
     call_id: str = ""
     deadline: Deadline | None = None

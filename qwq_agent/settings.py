@@ -79,7 +79,12 @@ class Settings(BaseSettings):
     docker_host: str = Field(
         DEFAULT_DOCKER_HOST,
         validation_alias=_env("DOCKER_HOST"),
-        description="Docker engine socket (unix:// only)",
+        description="Docker engine of the sandboxes: unix:///path, ssh://user@host[:port] or tcp://host:port (TLS)",
+    )
+    docker_ssh_config: str | None = Field(
+        None,
+        validation_alias=_env("QWQ_DOCKER_SSH_CONFIG"),
+        description="ssh_config file for an ssh:// DOCKER_HOST (default: the user's ~/.ssh/config)",
     )
     docker_ping_timeout_s: float = Field(
         10.0,

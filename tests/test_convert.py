@@ -22,6 +22,8 @@ SAMPLE = Path(__file__).parent / "data" / "bfcl" / "bfcl_v4_sample.jsonl"
 
 
 class _Echo:
+    uses_sandbox = False
+
     def __init__(self, spec):
         self.spec = spec
 

@@ -248,7 +248,9 @@ async def test_default_image_lookup_against_a_hung_daemon_fails_within_the_start
     monkeypatch.delenv("QWQ_SANDBOX_IMAGE", raising=False)
     monkeypatch.setattr(docker_sandbox, "_image_cache", {})  # as in a fresh process: no image resolved yet
     engine = DockerEngine(hung.path, timeout=3600)
-    with pytest.raises(DockerUnreachable, match="_ping"):
+    # The janitor runs against the sandbox's own engine first (one per Docker host), so it is the
+    # first call to meet the hung daemon; either way the start fails within its time naming the engine.
+    with pytest.raises(DockerUnreachable, match=f"engine at unix://{hung.path}"):
         await asyncio.wait_for(
             DockerSandbox.create(SandboxConfig(start_timeout_s=1.0), engine=engine), GUARD_S
         )

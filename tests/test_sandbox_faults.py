@@ -214,9 +214,21 @@ async def test_garbage_frame_does_not_break_the_channel(small: DockerSandbox) ->
 
 
 async def _docker_exec_root(sb: DockerSandbox, *argv: str) -> None:
-    """Act on the supervisor from the host (`docker exec` runs as root with the container's caps)."""
-    proc = await asyncio.create_subprocess_exec("docker", "exec", sb.id, *argv)
-    assert await asyncio.wait_for(proc.wait(), 60) == 0
+    """Act on the supervisor from the host (`docker exec` runs as root with the container's caps).
+
+    Through the sandbox's own engine API (not the `docker` CLI), so it works on any Docker host the
+    suite runs against (QWQ_TEST_DOCKER_HOST).
+    """
+    _, created = await sb.engine.request(
+        "POST",
+        f"/containers/{sb.id}/exec",
+        body={"Cmd": list(argv), "User": "0", "AttachStdout": True, "AttachStderr": True},
+        timeout=60,
+    )
+    # Not detached: the answer streams the command's output and ends when it exits.
+    await sb.engine.request("POST", f"/exec/{created['Id']}/start", body={"Detach": False}, timeout=60)
+    _, info = await sb.engine.request("GET", f"/exec/{created['Id']}/json", timeout=60)
+    assert info["ExitCode"] == 0, info
 
 
 async def test_kill_supervisor_mid_call_then_replaced(fresh: DockerSandbox) -> None:

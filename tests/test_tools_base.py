@@ -283,6 +283,8 @@ async def test_timeouts_per_tool_and_per_registry():
 
 async def test_third_party_tool_returning_plain_values_is_normalised():
     class Echo:
+        uses_sandbox = False
+
         spec = FunctionTool(lambda text: text, name="echo").spec
 
         async def __call__(self, arguments, context):
@@ -295,6 +297,8 @@ async def test_third_party_tool_returning_plain_values_is_normalised():
 
 def test_registry_rejects_an_invalid_schema():
     class Broken:
+        uses_sandbox = False
+
         spec = FunctionTool(lambda: None, name="broken").spec.model_copy(update={"parameters": {"type": 5}})
 
         async def __call__(self, arguments, context):
@@ -374,6 +378,8 @@ async def test_a_value_equal_to_the_documented_default_is_accepted():
 
 async def test_a_third_party_schema_documenting_a_default_outside_its_type_is_honoured():
     class Lookup:
+        uses_sandbox = False
+
         spec = ToolSpec(
             name="lookup",
             description="look up",

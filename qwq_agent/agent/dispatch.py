@@ -132,7 +132,7 @@ class ToolDispatcher:
             sandbox=sandbox, run_id=self.run_id, call_id=call.id, deadline=deadline, on_output=on_output
         )
         tool = self.tools.get(call.name)
-        if tool is not None and getattr(tool, "uses_sandbox", False):
+        if tool is not None and tool.uses_sandbox:
             async with lock:
                 progress.put_nowait(ToolStarted(call_id=call.id, name=call.name))
                 output = await self.tools.call(call, ctx, timeout=self.timeout_s)

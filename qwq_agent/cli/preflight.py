@@ -39,11 +39,30 @@ def docker_socket() -> str:
     host = get_settings().docker_host
     if not host.startswith("unix://"):
         raise CliError(
-            f"DOCKER_HOST={host} is not a unix socket; qwq-agent talks to a local Docker engine only",
+            f"DOCKER_HOST={host} is not a unix socket",
             "unset DOCKER_HOST, or set it to unix:///path/to/docker.sock",
             code=EXIT_DOCKER,
         )
     return host[len("unix://") :]
+
+
+def check_remote_docker(host: str, timeout: float) -> None:
+    """Ping an ssh:// or tcp:// (TLS) engine through the sandbox transport, within `timeout` s."""
+    import asyncio
+
+    from qwq_agent.sandbox.engine import DockerEngine
+    from qwq_agent.sandbox.errors import SandboxError
+
+    try:
+        problem = asyncio.run(DockerEngine(timeout=timeout).unreachable(timeout))
+    except SandboxError as exc:  # a malformed URL, missing TLS files, no ssh client
+        problem = str(exc)
+    if problem:
+        raise CliError(
+            f"Docker is not reachable at {host}: {problem}",
+            "check the host, its ssh key or TLS files (QWQ_DOCKER_SSH_CONFIG, DOCKER_CERT_PATH), or unset DOCKER_HOST",
+            code=EXIT_DOCKER,
+        )
 
 
 def check_docker(timeout: float | None = None) -> None:
@@ -53,9 +72,13 @@ def check_docker(timeout: float | None = None) -> None:
     never answers (a hung daemon) is reported instead of waited on. `QWQ_DOCKER_PING_TIMEOUT`
     overrides the default of 10 s.
     """
-    path = docker_socket()
     if timeout is None:
         timeout = get_settings().docker_ping_timeout_s
+    host = get_settings().docker_host
+    if host.startswith(("ssh://", "tcp://")):
+        check_remote_docker(host, timeout)
+        return
+    path = docker_socket()
     deadline = time.monotonic() + timeout
     answer = b""
     try:

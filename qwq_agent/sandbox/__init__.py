@@ -21,12 +21,14 @@ from qwq_agent.sandbox.errors import (
     SandboxAcquireTimeout,
     SandboxDead,
     SandboxError,
+    SandboxHostLost,
     SandboxStartError,
     SandboxTimeout,
     SnapshotTooLarge,
     ToolError,
     UnsafeArchive,
 )
+from qwq_agent.sandbox.hosts import HostFull
 from qwq_agent.sandbox.pool import SandboxPool
 from qwq_agent.sandbox.protocol import (
     DownloadResult,
@@ -39,12 +41,15 @@ from qwq_agent.sandbox.protocol import (
     UploadResult,
 )
 from qwq_agent.sandbox.snapshot import RestoreResult, Snapshot
+from qwq_agent.sandbox.transport import DockerHost, TLSFiles
 
 __all__ = [
+    "DockerHost",
     "DockerSandbox",
     "DockerUnreachable",
     "DownloadResult",
     "FileResult",
+    "HostFull",
     "InvalidRequest",
     "OutputChunk",
     "PathOutsideWorkspace",
@@ -55,6 +60,7 @@ __all__ = [
     "SandboxConfig",
     "SandboxDead",
     "SandboxError",
+    "SandboxHostLost",
     "SandboxPool",
     "SandboxStartError",
     "SandboxTimeout",
@@ -63,6 +69,7 @@ __all__ = [
     "ShellResult",
     "Snapshot",
     "SnapshotTooLarge",
+    "TLSFiles",
     "ToolError",
     "UnsafeArchive",
     "UploadResult",

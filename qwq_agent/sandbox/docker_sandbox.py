@@ -31,6 +31,7 @@ from qwq_agent.sandbox.errors import (
     InvalidRequest,
     SandboxDead,
     SandboxError,
+    SandboxHostLost,
     SandboxStartError,
     SandboxTimeout,
     UnsafeArchive,
@@ -69,6 +70,8 @@ _image_cache: dict[str, str] = {}
 # (half this slack before it), and the tool registry cancels the call (at the deadline itself).
 DEADLINE_SLACK_S = 1.0
 MIN_TIMEOUT_S = 0.05
+# When a sandbox dies, a ping this long tells "the container died" from "its host went away".
+HOST_CHECK_TIMEOUT_S = 3.0
 
 
 @contextlib.contextmanager
@@ -155,10 +158,10 @@ class DockerSandbox:
         # within `start_timeout_s` with an error naming Docker.
         deadline = (deadline or Deadline.never()).sooner(self.config.start_timeout_s)
         try:
-            await asyncio.to_thread(janitor.startup_once, deadline.left() or 0.0)
+            await asyncio.to_thread(janitor.startup_once, deadline.left() or 0.0, self.engine.connector)
         except Exception as exc:  # docker-py's own errors (timeouts, refused connections)
             raise DockerUnreachable(
-                f"the Docker engine failed the start-up clean-up of old sandboxes: {exc}"
+                f"the Docker engine at {self.engine.url} failed the start-up clean-up of old sandboxes: {exc}"
             ) from exc
         if not (self.config.image or get_settings().sandbox_image or "default" in _image_cache):
             # The image lookup below uses docker-py in a thread: make sure the engine answers first, so
@@ -242,10 +245,13 @@ class DockerSandbox:
                 return True  # another caller replaced it while we waited: state is lost for us too
             reason = self._channel.closed_reason if self._channel else "not started"
             if not self.config.auto_replace:
-                raise SandboxDead(f"sandbox {self.id}: {reason}")
+                raise await self._dead(f"sandbox {self.id}: {reason}")
             await self._discard()
             self.id = ""
-            await self._start()
+            try:
+                await self._start()
+            except DockerUnreachable as exc:  # no replacement where the host is gone
+                raise SandboxHostLost(f"sandbox lost with its Docker host ({reason}): {exc}") from None
             self.replacements += 1
             return True
 
@@ -269,8 +275,15 @@ class DockerSandbox:
             await self._discard()
             raise SandboxTimeout(f"sandbox {self.id}: {exc}; the container was killed") from None
         except SandboxDead as exc:
-            raise SandboxDead(f"sandbox {self.id}: {exc}") from None
+            raise await self._dead(f"sandbox {self.id}: {exc}") from None
         return raw, replaced
+
+    async def _dead(self, message: str) -> SandboxDead:
+        """`SandboxHostLost` when the engine stopped answering too (its host went away), else `SandboxDead`."""
+        gone = await self.engine.unreachable(HOST_CHECK_TIMEOUT_S)
+        return (
+            SandboxHostLost(f"{message}; its Docker host is gone: {gone}") if gone else SandboxDead(message)
+        )
 
     async def _call(
         self,
@@ -304,8 +317,6 @@ class DockerSandbox:
     # ------------------------------------------------------------------------------------------ operations
 
     # `timeout` is enforced inside the sandbox (interrupt, then kill), which asyncio.timeout cannot do.
-    # Sandbox tools pass `on_output=` only to sandboxes that say they take it (the protocol does not).
-    supports_output_stream = True
 
     async def python(
         self,

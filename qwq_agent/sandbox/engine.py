@@ -1,7 +1,9 @@
-"""A minimal asyncio client of the Docker Engine API over its unix socket.
+"""A minimal asyncio client of the Docker Engine API over its unix socket (or another transport).
 
 One connection per request (connecting to a local socket costs microseconds), so nothing here is bound to
-an event loop and sandboxes can be created from any loop. `attach` returns the hijacked stream.
+an event loop and sandboxes can be created from any loop. `attach` returns the hijacked stream. How a
+connection is opened is the `Connector`'s job (`qwq_agent.sandbox.transport`: a unix socket, an ssh
+tunnel, TLS over TCP); this module speaks HTTP over whatever it opens.
 
 Every call has a timeout (the engine's default, or the caller's `timeout=`): a daemon that accepts
 connections but never answers raises `DockerUnreachable` naming the socket and the call, instead of
@@ -14,21 +16,25 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from qwq_agent.sandbox.errors import DockerAPIError, DockerUnreachable, SandboxError
+
+if TYPE_CHECKING:
+    from qwq_agent.sandbox.transport import Connector
 
 API_VERSION = "v1.41"
 DEFAULT_TIMEOUT_S = 60.0
 
 
 def default_socket() -> str:
+    """The path of the configured unix socket (`DOCKER_HOST`); other schemes go through `transport`."""
     from qwq_agent.settings import get_settings
 
     host = get_settings().docker_host
     if not host.startswith("unix://"):
-        raise SandboxError(f"only unix-socket Docker hosts are supported, not {host!r}")
+        raise SandboxError(f"{host!r} is not a unix socket; use DockerEngine() for ssh:// and tcp:// hosts")
     return host[len("unix://") :]
 
 
@@ -63,12 +69,34 @@ class DockerEngine:
     """Async calls to the Docker Engine API (the subset sandboxes need).
 
     `timeout` (seconds) bounds each call from connecting to the last byte of the answer; every method
-    also takes `timeout=` for a tighter limit (e.g. what is left of a sandbox's start time).
+    also takes `timeout=` for a tighter limit (e.g. what is left of a sandbox's start time). Without
+    `socket_path` or `connector`, the engine is the one `DOCKER_HOST` names (unix://, ssh:// or tcp://).
     """
 
-    def __init__(self, socket_path: str | None = None, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-        self.socket_path = socket_path or default_socket()
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        connector: Connector | None = None,
+    ) -> None:
+        from qwq_agent.sandbox import transport
+
+        if connector is None:
+            connector = transport.UnixConnector(socket_path) if socket_path else transport.default_connector()
+        self.connector = connector
+        self.url = connector.url
         self.timeout = timeout
+
+    async def unreachable(self, timeout: float) -> str | None:
+        """Why the engine does not answer a ping within `timeout` s, or None when it does."""
+        try:
+            await self.request("GET", "/_ping", timeout=timeout)
+        except DockerUnreachable as exc:
+            return str(exc)
+        except DockerAPIError:
+            return None  # it answered, if oddly
+        return None
 
     @contextlib.asynccontextmanager
     async def _bounded(self, what: str, timeout: float | None) -> AsyncIterator[None]:
@@ -79,17 +107,17 @@ class DockerEngine:
                 yield
         except TimeoutError:
             raise DockerUnreachable(
-                f"the Docker engine at unix://{self.socket_path} did not answer {what} within {limit:g} s "
+                f"the Docker engine at {self.url} did not answer {what} within {limit:g} s "
                 "(is dockerd hung? `docker info` should answer)"
             ) from None
-        except (ConnectionError, FileNotFoundError, PermissionError, asyncio.IncompleteReadError) as exc:
+        except (OSError, asyncio.IncompleteReadError) as exc:  # refused, reset, no socket, TLS failure
             raise DockerUnreachable(
-                f"cannot talk to the Docker engine at unix://{self.socket_path} ({what}): {exc or type(exc).__name__} "
+                f"cannot talk to the Docker engine at {self.url} ({what}): {exc or type(exc).__name__} "
                 "(is dockerd running, and may this user use its socket?)"
             ) from None
 
     async def _open(self, method: str, path: str, params: dict[str, Any] | None, body: Any, extra: str = ""):
-        reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=1 << 20)
+        reader, writer = await self.connector.open()
         payload = b"" if body is None else json.dumps(body).encode()
         query = f"?{urlencode(params)}" if params else ""
         head = (

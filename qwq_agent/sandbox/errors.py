@@ -85,3 +85,11 @@ def error_from_reply(error: dict[str, str]) -> SandboxError:
     message = error.get("message", "")
     cls = _BY_KIND.get(kind, SandboxError)
     return cls(message if cls is not SandboxError else f"{kind}: {message}")
+
+
+class SandboxHostLost(SandboxDead):
+    """The Docker host the sandbox ran on went away (the engine, or the ssh/TLS link to it, stopped
+    answering): the sandbox and its state are gone, and no replacement can start there.
+
+    A `SandboxPool` over several hosts keeps serving from the others; acquire again to go on.
+    """

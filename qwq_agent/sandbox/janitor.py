@@ -1,8 +1,8 @@
 """Ownership labels on every sandbox container, and the janitor that removes orphans.
 
 A container is an orphan when its owner process is gone (same host and boot, pid dead or reused) or its
-expiry has passed. The janitor runs once per process before the first sandbox starts and, via atexit,
-removes whatever this process still owns on the way out.
+expiry has passed. The janitor runs once per process and Docker engine before the first sandbox starts
+there and, via atexit, removes whatever this process still owns on each engine on the way out.
 """
 
 from __future__ import annotations
@@ -106,10 +106,10 @@ class SandboxInfo(BaseModel):
 
 
 def _client(timeout: float = 30.0) -> Any:
-    import docker
+    """docker-py for the `DOCKER_HOST` engine, through our own transport (so ssh:// works too)."""
+    from qwq_agent.sandbox.transport import default_connector
 
-    # docker-py wants whole seconds or more; a zero timeout would mean "no timeout" to requests.
-    return docker.from_env(timeout=max(1, round(timeout)))
+    return default_connector().docker_client(timeout)
 
 
 def list_sandboxes(client: Any = None) -> list[SandboxInfo]:
@@ -159,26 +159,35 @@ def prune(*, everything: bool = False, mine: bool = False, client: Any = None) -
     return removed
 
 
-_started = False
+_started: dict[str, Any] = {}  # engine URL -> its connector, for the exit-time clean-up
 _lock = threading.Lock()
 
 
 def _at_exit() -> None:
-    try:
-        prune(mine=True)
-    except Exception:  # the engine may be gone at interpreter exit; nothing better to do then
-        pass
+    for connector in list(_started.values()):
+        try:
+            prune(mine=True, client=_client() if connector is None else connector.docker_client(10.0))
+        except Exception:  # the engine (or the link to it) may be gone at interpreter exit
+            pass
 
 
-def startup_once(timeout: float = 30.0) -> None:
-    """Prune orphans once per process and make sure our own containers go when the process exits.
+def startup_once(timeout: float = 30.0, connector: Any = None) -> None:
+    """Prune orphans once per process and engine, and make sure our own containers go when the process
+    exits. `connector` (a `transport.Connector`) names the engine; None is the `DOCKER_HOST` one.
 
+    Each Docker host has its own janitor run: orphans are found per engine, by the owner labels.
     `timeout` bounds each call to the engine, so a hung daemon fails this instead of blocking it.
     """
-    global _started
+    key = "default" if connector is None else connector.url
     with _lock:
-        if _started:
+        if key in _started:
             return
-        _started = True
-    atexit.register(_at_exit)
-    prune(client=_client(timeout))
+        if not _started:
+            atexit.register(_at_exit)
+        _started[key] = connector
+    try:
+        prune(client=_client(timeout) if connector is None else connector.docker_client(timeout))
+    except BaseException:
+        with _lock:
+            _started.pop(key, None)  # try again with the next sandbox on this engine
+        raise

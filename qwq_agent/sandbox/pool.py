@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 
 from qwq_agent.deadline import Deadline
@@ -20,7 +20,9 @@ from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import SandboxAcquireTimeout, SandboxError, SandboxStartError
+from qwq_agent.sandbox.hosts import HostSet
 from qwq_agent.sandbox.snapshot import PythonState, Snapshot
+from qwq_agent.sandbox.transport import DockerHost
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ class _Warm:
 class SandboxPool:
     """`async with SandboxPool(size=4) as pool: async with pool.acquire() as sb: ...`
 
+    `hosts=["unix:///var/run/docker.sock", "ssh://docker@gpu2"]` spreads the sandboxes over several
+    Docker engines by free capacity; a host that goes away is skipped while the others serve.
+
     Acquiring takes a ready sandbox from a queue, checks it (alive, not about to expire, answers a ping
     within `health_check_timeout_s`; None skips the ping, and with it the check for paused containers)
     and starts a replacement in the background; when none is ready the
@@ -57,12 +62,19 @@ class SandboxPool:
         acquire_timeout_s: float | None = None,
         health_check_timeout_s: float | None = 2.0,
         engine: DockerEngine | None = None,
+        hosts: Sequence[DockerHost | str] | None = None,
     ) -> None:
         if size < 0:
             raise ValueError("size must be >= 0")
+        if hosts is not None and engine is not None:
+            raise ValueError("pass `engine` or `hosts`, not both")
         self.size = size
         self.config = config or SandboxConfig()
         self.engine = engine or DockerEngine(timeout=self.config.start_timeout_s)
+        # Where sandboxes start: `hosts` (spread by free capacity, see `sandbox.hosts`) or the one engine.
+        self.hosts = (
+            HostSet.of(hosts, timeout=self.config.start_timeout_s) if hosts else HostSet.single(self.engine)
+        )
         self.acquire_timeout_s = (
             acquire_timeout_s if acquire_timeout_s is not None else self.config.start_timeout_s + 10.0
         )
@@ -99,11 +111,9 @@ class SandboxPool:
             async with self._starts:
                 if self._closed:
                     return
-                sandbox = DockerSandbox(self.config, engine=self.engine)
                 try:
-                    await sandbox._start()
+                    sandbox = await self.hosts.start(self.config)
                 except Exception as exc:  # whatever broke, a waiter must hear of it rather than hang
-                    await sandbox.close()
                     self._failed(
                         exc
                         if isinstance(exc, SandboxError)

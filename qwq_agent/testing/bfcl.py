@@ -156,6 +156,8 @@ def mutations(spec: ToolSpec, args: dict[str, Any]) -> list[Mutation]:
 class _SpecTool:
     """A tool that only has a spec: calling it means the registry let the arguments through."""
 
+    uses_sandbox = False
+
     def __init__(self, spec: ToolSpec) -> None:
         self.spec = spec
 

@@ -156,12 +156,9 @@ class FunctionTool:
 
     Arguments are validated by pydantic against the function's signature (extra arguments are
     rejected) before the call. Sync functions run in a worker thread so they do not block the loop.
-    `timeout` (seconds) is a per-tool default that `ToolRegistry` honours.
+    `timeout` (seconds) is a per-tool default that `ToolRegistry` honours. `uses_sandbox` declares
+    that the tool works on the run's sandbox, so its calls keep the order the model wrote them in.
     """
-
-    # True for tools that act on the run's sandbox: the loop runs their calls one at a time, in the
-    # order the model wrote them (optional on the `Tool` protocol; the loop reads it with getattr).
-    uses_sandbox: bool = False
 
     def __init__(
         self,
@@ -170,9 +167,11 @@ class FunctionTool:
         name: str | None = None,
         description: str | None = None,
         timeout: float | None = None,
+        uses_sandbox: bool = False,
     ) -> None:
         self.func = func
         self.timeout = timeout
+        self.uses_sandbox = uses_sandbox
         doc_description, arg_docs = parse_docstring(inspect.getdoc(func))
         hints = get_type_hints(func, include_extras=True)
         params = list(inspect.signature(func).parameters.values())
@@ -234,6 +233,7 @@ class FunctionTool:
         name: str | None = None,
         description: str | None = None,
         timeout: float | None = None,
+        uses_sandbox: bool = False,
     ) -> FunctionTool:
         """A tool whose arguments are the fields of `model`; `func` receives a `model` instance.
 
@@ -262,7 +262,7 @@ class FunctionTool:
         }
         wrapper.__name__ = getattr(func, "__name__", model.__name__)
         wrapper.__doc__ = func.__doc__ or model.__doc__
-        return cls(wrapper, name=name, description=description, timeout=timeout)
+        return cls(wrapper, name=name, description=description, timeout=timeout, uses_sandbox=uses_sandbox)
 
     def bind(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Validate `arguments` with pydantic and return the keyword arguments for the function."""
@@ -299,7 +299,11 @@ def tool(func: Callable[..., Any], /) -> FunctionTool: ...
 
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, timeout: float | None = None
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    uses_sandbox: bool = False,
 ) -> Callable[[Callable[..., Any]], FunctionTool]: ...
 
 
@@ -310,13 +314,14 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     timeout: float | None = None,
+    uses_sandbox: bool = False,
 ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
-    """Make a `FunctionTool` from a function: `@tool` or `@tool(name=..., description=..., timeout=...)`."""
+    """Make a `FunctionTool` from a function: `@tool` or `@tool(name=..., timeout=..., uses_sandbox=...)`."""
     if func is not None:
         return FunctionTool(func)
 
     def decorate(f: Callable[..., Any]) -> FunctionTool:
-        return FunctionTool(f, name=name, description=description, timeout=timeout)
+        return FunctionTool(f, name=name, description=description, timeout=timeout, uses_sandbox=uses_sandbox)
 
     return decorate
 
@@ -339,16 +344,17 @@ ArgsT = TypeVar("ArgsT", bound=BaseModel)
 class ModelTool(Generic[ArgsT]):
     """Base of a configured tool (it holds settings: a database, a policy) whose arguments are one model.
 
-    Subclasses (`class FetchUrl(ModelTool[FetchUrlArgs])`) set `name`, `description` and `Args` and
-    implement `run(args, context)`, where `args` is an `Args` instance. Arguments are validated again
-    with pydantic here, since callers may bypass the registry's schema check; a failure becomes an
-    error observation, not an exception.
+    Subclasses (`class FetchUrl(ModelTool[FetchUrlArgs])`) set `name`, `description` and `Args` (and
+    `uses_sandbox = True` when `run` works on the run's sandbox) and implement `run(args, context)`, where
+    `args` is an `Args` instance. Arguments are validated again with pydantic here, since callers may bypass
+    the registry's schema check; a failure becomes an error observation, not an exception.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
     # Set on the class; not a ClassVar only because a ClassVar cannot hold a type variable.
     Args: type[ArgsT]
+    uses_sandbox: ClassVar[bool] = False
     _specs: ClassVar[dict[type, ToolSpec]] = {}
 
     @property

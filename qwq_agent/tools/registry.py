@@ -146,7 +146,14 @@ class ToolRegistry:
             self.add(t)
 
     def add(self, tool: Tool) -> Tool:
-        """Register `tool`; raises ValueError on a duplicate name or an invalid JSON Schema."""
+        """Register `tool`; raises ValueError on a duplicate name or an invalid JSON Schema, and
+        TypeError for an object that is not a `Tool` (e.g. one that does not declare `uses_sandbox`)."""
+        if not isinstance(tool, Tool):
+            missing = [m for m in ("spec", "uses_sandbox", "__call__") if m not in dir(tool)]
+            raise TypeError(
+                f"{tool!r} is not a tool: it lacks {', '.join(missing)} (a tool declares `spec`, "
+                "`uses_sandbox` (True when it works on the run's sandbox) and an async `__call__`)"
+            )
         spec = tool.spec
         if spec.name in self._tools:
             raise ValueError(f"a tool named {spec.name!r} is already registered")

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from qwq_agent.protocols import ToolContext, ToolOutput
+from qwq_agent.protocols import Sandbox, ToolContext, ToolOutput
 from qwq_agent.sandbox.errors import SandboxError, ToolError
 from qwq_agent.sandbox.protocol import PythonResult, Result, ShellResult
 from qwq_agent.tools.base import FunctionTool, tool
@@ -88,13 +88,10 @@ def format_shell(result: ShellResult, timeout: float) -> ToolOutput:
     )
 
 
-def _limits(sandbox: Any, timeout: float, ctx: ToolContext) -> dict[str, Any]:
-    """`timeout=`, plus `deadline=` and `on_output=` for sandboxes that take them (the `Sandbox`
-    protocol does not)."""
-    limits: dict[str, Any] = {"timeout": timeout}
-    if ctx.deadline is not None and hasattr(sandbox, "clamp_timeout"):
-        limits["deadline"] = ctx.deadline
-    if ctx.on_output is not None and getattr(sandbox, "supports_output_stream", False):
+def _limits(timeout: float, ctx: ToolContext) -> dict[str, Any]:
+    """`timeout=`, `deadline=` and `on_output=` (the `Sandbox` protocol's keywords) for this call."""
+    limits: dict[str, Any] = {"timeout": timeout, "deadline": ctx.deadline}
+    if ctx.on_output is not None:
         hook = ctx.on_output
         limits["on_output"] = lambda chunk: hook(chunk.stream, chunk.text, chunk.capped)
     return limits
@@ -103,25 +100,24 @@ def _limits(sandbox: Any, timeout: float, ctx: ToolContext) -> dict[str, Any]:
 async def _timed(
     ctx: ToolContext,
     timeout: float,
-    op: Callable[[Any, float], Awaitable[Any]],
+    op: Callable[[Sandbox, float], Awaitable[Any]],
     render: Callable[[Any, float], ToolOutput],
 ) -> ToolOutput:
     """Run a timed sandbox operation, clamping the model's timeout and turning failures into text."""
     if ctx.sandbox is None:
         return _no_sandbox()
     timeout = min(max(timeout, 1.0), MAX_TIMEOUT_S)
-    clamp = getattr(ctx.sandbox, "clamp_timeout", None)
-    if ctx.deadline is not None and clamp is not None:
+    if ctx.deadline is not None:
         # Ends early enough that the sandbox interrupts the code and reports (with its partial output)
         # before the call's deadline, instead of the loop cancelling a call that goes on running.
-        timeout = clamp(timeout, ctx.deadline)
+        timeout = ctx.sandbox.clamp_timeout(timeout, ctx.deadline)
     try:
         return render(await op(ctx.sandbox, timeout), timeout)
     except SandboxError as exc:
         return _failure(exc)
 
 
-@tool(name="python")
+@tool(name="python", uses_sandbox=True)
 async def python_tool(ctx: ToolContext, code: str, timeout: float = DEFAULT_TIMEOUT_S) -> ToolOutput:
     """Run Python code in a persistent interpreter inside the sandbox (like a notebook cell).
 
@@ -134,10 +130,10 @@ async def python_tool(ctx: ToolContext, code: str, timeout: float = DEFAULT_TIME
         code: the Python source to run
         timeout: seconds before the cell is interrupted (the interpreter is restarted if it must be killed)
     """
-    return await _timed(ctx, timeout, lambda sb, t: sb.python(code, **_limits(sb, t, ctx)), format_python)
+    return await _timed(ctx, timeout, lambda sb, t: sb.python(code, **_limits(t, ctx)), format_python)
 
 
-@tool(name="shell")
+@tool(name="shell", uses_sandbox=True)
 async def shell_tool(ctx: ToolContext, command: str, timeout: float = DEFAULT_TIMEOUT_S) -> ToolOutput:
     """Run a bash command in the sandbox's /workspace and return its output and exit code.
 
@@ -150,7 +146,7 @@ async def shell_tool(ctx: ToolContext, command: str, timeout: float = DEFAULT_TI
         command: the bash command line
         timeout: seconds before the command and everything it started are killed
     """
-    return await _timed(ctx, timeout, lambda sb, t: sb.shell(command, **_limits(sb, t, ctx)), format_shell)
+    return await _timed(ctx, timeout, lambda sb, t: sb.shell(command, **_limits(t, ctx)), format_shell)
 
 
 class EditorArgs(BaseModel):
@@ -201,15 +197,17 @@ async def _edit(ctx: ToolContext, args: EditorArgs) -> ToolOutput:
                 text=f"ERROR:\nParameter `{field}` is required for command: {args.command}.", is_error=True
             )
     sb = ctx.sandbox
+    # The `is not None` tests repeat the check above for the type checker; they are always true here.
+    text, old, new, line = args.file_text, args.old_str, args.new_str, args.insert_line
     try:
         if args.command == "view":
             result = await sb.view(args.path, view_range=args.view_range)
-        elif args.command == "create":
-            result = await sb.create_file(args.path, args.file_text)
-        elif args.command == "str_replace":
-            result = await sb.str_replace(args.path, args.old_str, args.new_str or "")
-        elif args.command == "insert":
-            result = await sb.insert(args.path, args.insert_line, args.new_str)
+        elif args.command == "create" and text is not None:
+            result = await sb.create_file(args.path, text)
+        elif args.command == "str_replace" and old is not None:
+            result = await sb.str_replace(args.path, old, new or "")
+        elif args.command == "insert" and line is not None and new is not None:
+            result = await sb.insert(args.path, line, new)
         else:
             result = await sb.undo_edit(args.path)
     except SandboxError as exc:
@@ -217,8 +215,6 @@ async def _edit(ctx: ToolContext, args: EditorArgs) -> ToolOutput:
     return ToolOutput(text="\n".join([*_notes(result), result.output]))
 
 
-editor_tool: FunctionTool = FunctionTool.from_model(EditorArgs, _edit, name="str_replace_editor")
-
-for _t in (python_tool, shell_tool, editor_tool):
-    # Calls on one sandbox run in the order the model wrote them (see the agent loop).
-    _t.uses_sandbox = True
+editor_tool: FunctionTool = FunctionTool.from_model(
+    EditorArgs, _edit, name="str_replace_editor", uses_sandbox=True
+)

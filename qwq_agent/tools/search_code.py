@@ -51,13 +51,14 @@ class SearchCode(ModelTool[SearchCodeArgs]):
         "grouped by file; binary and ignored files are skipped."
     )
     Args = SearchCodeArgs
+    uses_sandbox = True  # a search must see the edits the model asked for before it
 
     def __init__(self, timeout_s: float = 30.0) -> None:
         self.timeout_s = timeout_s
 
     async def run(self, args: SearchCodeArgs, context: ToolContext) -> ToolOutput:
         sandbox = context.sandbox
-        if sandbox is None or not hasattr(sandbox, "search"):
+        if sandbox is None:
             return ToolOutput(
                 text="search_code: no sandbox with a workspace is attached to this run.", is_error=True
             )

@@ -16,6 +16,7 @@ from qwq_agent.sandbox.image.final import build_final
 from qwq_agent.sandbox.image.mode import choose_mode, requested_mode
 from qwq_agent.sandbox.image.progress import ProgressFn, Stopwatch
 from qwq_agent.sandbox.image.recipe import Recipe
+from qwq_agent.sandbox.transport import docker_from_env
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def image_exists(tag: str, client: docker.DockerClient | None = None) -> bool:
     if not tag or not isinstance(tag, str):
         raise ValueError(f"image tag must be a non-empty string, got {tag!r}")
     own = client is None
-    client = client or docker.from_env()
+    client = client or docker_from_env()
     try:
         client.images.get(tag)
         return True
@@ -70,7 +71,7 @@ def build_image(
     recipe = recipe or Recipe()
     log = Stopwatch(progress)
     tag = recipe.image_tag()
-    client = docker.from_env()
+    client = docker_from_env()
     try:
         if not force and image_exists(tag, client):
             return BuildResult(tag, False, log.elapsed, _size(client, tag), None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import docker
 
+from qwq_agent.sandbox.transport import docker_from_env
+
 SLIM_IMAGE = "python:3.12-slim"
 MODES = ("auto", "debian", "dockerfile")
 # The daemon answers at once when DNS or the network is missing; the cap is for a registry that hangs.
@@ -27,7 +29,7 @@ def registry_answers(client: docker.DockerClient) -> bool:
         return True
     except docker.errors.ImageNotFound:
         pass
-    probe = docker.from_env(timeout=PROBE_TIMEOUT_S)
+    probe = docker_from_env(timeout=PROBE_TIMEOUT_S)
     try:
         probe.api.inspect_distribution(SLIM_IMAGE)
         return True

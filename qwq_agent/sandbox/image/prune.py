@@ -10,6 +10,7 @@ import docker
 from docker.errors import APIError, ImageNotFound
 
 from qwq_agent.sandbox.image.recipe import BASE_REPO, Recipe
+from qwq_agent.sandbox.transport import docker_from_env
 
 FINAL_REPO = "qwq-agent-sandbox"
 
@@ -17,7 +18,7 @@ FINAL_REPO = "qwq-agent-sandbox"
 def stale_images(recipe: Recipe | None = None, client: docker.DockerClient | None = None) -> list[str]:
     """Ids of our images (final, base, or untagged build leftovers) other than the current recipe's."""
     recipe = recipe or Recipe()
-    client = client or docker.from_env()
+    client = client or docker_from_env()
     keep = {recipe.image_tag(), recipe.base_tag()}
     stale = []
     for image in client.images.list(all=True):
@@ -32,7 +33,7 @@ def stale_images(recipe: Recipe | None = None, client: docker.DockerClient | Non
 
 def prune_images(recipe: Recipe | None = None) -> tuple[list[str], list[str]]:
     """Remove stale images; returns (removed ids, ids kept because a container still uses them)."""
-    client = docker.from_env()
+    client = docker_from_env()
     removed, in_use = [], []
     for image_id in stale_images(recipe, client):
         try:

@@ -1,0 +1,170 @@
+"""An ssh tunnel to a remote Docker engine: `ssh -N -L <local socket>:/var/run/docker.sock user@host`.
+
+One OpenSSH client process per host forwards a private local unix socket to the remote engine's
+socket; the engine client and docker-py both connect to the local end. Keepalives (ServerAlive*) make
+ssh exit when the host stops answering, which closes every attach stream through it: the sandboxes
+there see EOF and exit, and calls on them fail as `SandboxHostLost`. A tunnel that exited is started
+again on the next connection, so a host that comes back is used again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from qwq_agent.sandbox.errors import DockerUnreachable, SandboxError
+from qwq_agent.sandbox.transport import STREAM_LIMIT, UnixConnector
+
+REMOTE_SOCKET = "/var/run/docker.sock"
+CONNECT_TIMEOUT_S = 10.0
+# ssh gives up on a silent host after ALIVE_INTERVAL_S * ALIVE_COUNT seconds.
+ALIVE_INTERVAL_S, ALIVE_COUNT = 5, 3
+_POLL_S = 0.02
+
+
+class SSHTunnel:
+    """A connector to the Docker engine of `ssh://user@host[:port][?socket=/path]` through OpenSSH.
+
+    `ssh_config` is passed as `ssh -F` (the test suite's own keys and known hosts); without it ssh
+    reads the user's configuration. Host keys are checked strictly (`BatchMode`: never a prompt).
+    """
+
+    def __init__(self, url: str, ssh_config: str | os.PathLike[str] | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "ssh" or not parts.hostname:
+            raise SandboxError(f"not an ssh:// Docker host: {url!r}")
+        self.url = url
+        self.destination = f"{parts.username}@{parts.hostname}" if parts.username else parts.hostname
+        self.port = parts.port
+        self.remote_socket = parse_qs(parts.query).get("socket", [REMOTE_SOCKET])[0]
+        self.ssh_config = str(ssh_config) if ssh_config else None
+        self._dir = Path(tempfile.mkdtemp(prefix="qwq-ssh-"))  # 0700: only we reach the local end
+        self.path = str(self._dir / "docker.sock")
+        self._local = UnixConnector(self.path)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._up = False  # the current process's forward is set up
+        self._lock = threading.Lock()
+        self.starts = 0
+        atexit.register(self.close)
+
+    # -- the ssh process ---------------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        ssh = shutil.which("ssh")
+        if ssh is None:
+            raise DockerUnreachable(
+                f"{self.url}: the OpenSSH client (`ssh`) is not installed (apt-get install openssh-client)"
+            )
+        cmd = [ssh]
+        if self.ssh_config:
+            cmd += ["-F", self.ssh_config]
+        cmd += [
+            "-N",  # no remote command: the connection only carries the forward
+            "-T",
+            "-o", "BatchMode=yes",
+            "-o", "ExitOnForwardFailure=yes",
+            "-o", "StreamLocalBindUnlink=yes",
+            "-o", f"ConnectTimeout={int(CONNECT_TIMEOUT_S)}",
+            "-o", f"ServerAliveInterval={ALIVE_INTERVAL_S}",
+            "-o", f"ServerAliveCountMax={ALIVE_COUNT}",
+            "-o", "ControlMaster=no",
+            "-o", "ControlPath=none",
+            "-L", f"{self.path}:{self.remote_socket}",
+        ]  # fmt: skip
+        if self.port:
+            cmd += ["-p", str(self.port)]
+        return [*cmd, self.destination]
+
+    @property
+    def alive(self) -> bool:
+        """True while the ssh process whose forward `ensure` saw set up still runs."""
+        return self._up and self._proc is not None and self._proc.poll() is None
+
+    def ensure(self, timeout: float) -> str:
+        """Start the tunnel unless it runs; returns the local socket. Blocking: call it in a thread.
+
+        Raises `DockerUnreachable` with ssh's own words when it exits (refused, bad key, unknown host
+        key) or the forward is not up within `timeout` s.
+        """
+        with self._lock:
+            if self.alive:
+                return self.path
+            self._stop()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            log = self._dir / "ssh.log"
+            with open(log, "wb") as err:
+                self._proc = subprocess.Popen(
+                    self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+                )
+            self.starts += 1
+            # ssh creates the local socket once it is authenticated and the forward is set up.
+            give_up = time.monotonic() + max(0.0, timeout)
+            while not os.path.exists(self.path):
+                code = self._proc.poll()
+                if code is not None:
+                    said = log.read_text(errors="replace").strip().splitlines()[-3:]
+                    raise DockerUnreachable(
+                        f"cannot reach the Docker engine at {self.url}: ssh exited with code {code}: "
+                        + (" / ".join(said) or "no message")
+                    )
+                if time.monotonic() >= give_up:
+                    self._stop()
+                    raise DockerUnreachable(
+                        f"cannot reach the Docker engine at {self.url}: the ssh tunnel was not up within {timeout:g} s"
+                    )
+                time.sleep(_POLL_S)
+            self._up = True
+            return self.path
+
+    def _stop(self) -> None:
+        self._up = False
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        """Stop the ssh process and remove the local socket (idempotent)."""
+        with self._lock:
+            self._stop()
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    # -- Connector ---------------------------------------------------------------------------------
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if not self.alive:  # exited (host gone, or never started): start it again
+            await asyncio.to_thread(self.ensure, CONNECT_TIMEOUT_S + 5)
+        return await asyncio.open_unix_connection(self.path, limit=STREAM_LIMIT)
+
+    def docker_client(self, timeout: float) -> Any:
+        self.ensure(timeout)
+        return self._local.docker_client(timeout)
+
+
+_tunnels: dict[tuple[str, str | None], SSHTunnel] = {}
+_tunnels_lock = threading.Lock()
+
+
+def shared_tunnel(url: str, ssh_config: str | os.PathLike[str] | None = None) -> SSHTunnel:
+    """The process's tunnel to `url` (one ssh connection per host, whatever uses it)."""
+    key = (url, str(ssh_config) if ssh_config else None)
+    with _tunnels_lock:
+        tunnel = _tunnels.get(key)
+        if tunnel is None:
+            tunnel = _tunnels[key] = SSHTunnel(url, ssh_config)
+        return tunnel

@@ -1,0 +1,197 @@
+"""Sandboxes on several Docker hosts: this machine's engine and the same engine over ssh on 127.0.0.1.
+
+The ssh endpoint is a real sshd (Debian's openssh-server) started by the fixture with keys made here,
+logging in as `qwq-docker` (docker group, no shell); the tunnel is the real OpenSSH client. Cutting
+the host kills sshd and its connections, as when a machine goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+
+from qwq_agent.deadline import Deadline
+from qwq_agent.sandbox import (
+    DockerHost,
+    DockerSandbox,
+    DockerUnreachable,
+    HostFull,
+    SandboxConfig,
+    SandboxHostLost,
+    SandboxPool,
+    janitor,
+)
+from qwq_agent.sandbox.engine import DockerEngine
+from qwq_agent.sandbox.errors import DockerAPIError
+from qwq_agent.sandbox.protocol import OutputChunk
+from qwq_agent.sandbox.transport import connector_for
+from qwq_agent.testing import sshd
+
+pytestmark = pytest.mark.docker
+LOCAL = "unix:///var/run/docker.sock"
+
+
+@pytest.fixture
+def endpoint(sandbox_image: str) -> Iterator[sshd.SSHDockerEndpoint]:
+    problem = sshd.unavailable()
+    if problem:
+        pytest.skip(problem)
+    with sshd.SSHDockerEndpoint() as ep:
+        yield ep
+
+
+def ssh_host(ep: sshd.SSHDockerEndpoint, capacity: int | None = None) -> DockerHost:
+    return DockerHost(url=ep.url, ssh_config=ep.ssh_config, capacity=capacity)
+
+
+async def gone(container_ids: list[str], timeout: float = 30.0) -> None:
+    """Wait (at most `timeout` s) until the local engine says each container was removed."""
+    engine = DockerEngine(timeout=timeout)
+    deadline = Deadline.after(timeout)
+    for cid in container_ids:
+        with contextlib.suppress(DockerAPIError):  # 404: already gone
+            await engine.request(
+                "POST", f"/containers/{cid}/wait", params={"condition": "removed"}, timeout=deadline.left()
+            )
+
+
+async def test_a_sandbox_over_ssh_runs_code_edits_files_and_is_cleaned_up_by_its_own_janitor(
+    endpoint: sshd.SSHDockerEndpoint, sandbox_image: str, tmp_path
+) -> None:
+    engine = DockerEngine(connector=connector_for(ssh_host(endpoint)))
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image), engine=engine) as sb:
+        assert sb.engine.url == endpoint.url
+        assert (await sb.python("21 * 2")).value == "42"
+        shell = await sb.shell("echo $((6 * 7)) && id -u")
+        assert shell.exit_code == 0 and shell.stdout.split() == ["42", "1000"]
+        await sb.create_file("/workspace/a.py", "x = 1\n")
+        assert "x = 2" in (await sb.str_replace("/workspace/a.py", "x = 1", "x = 2")).output
+        assert (await sb.search("x = ", path="/workspace")).total_matches == 1
+        (tmp_path / "up.txt").write_text("uploaded over ssh")
+        await sb.upload(tmp_path / "up.txt")
+        result = await sb.download("/workspace/up.txt", tmp_path / "back")
+        assert (tmp_path / "back" / "up.txt").read_text() == "uploaded over ssh" and result.bytes > 0
+        # The janitor ran against this engine by its own URL (one run per Docker host).
+        assert endpoint.url in janitor._started
+        cid = sb.id
+    await gone([cid])
+
+
+async def test_an_unreachable_ssh_host_fails_the_start_with_a_typed_error_naming_it(
+    endpoint: sshd.SSHDockerEndpoint, sandbox_image: str
+) -> None:
+    endpoint.cut()  # nothing listens on its port now
+    engine = DockerEngine(connector=connector_for(ssh_host(endpoint)))
+    config = SandboxConfig(image=sandbox_image, start_timeout_s=20)
+    with pytest.raises(DockerUnreachable, match=f"{endpoint.url}.*ssh exited.*refused"):
+        await asyncio.wait_for(DockerSandbox.create(config, engine=engine), 30)
+
+
+async def test_the_pool_spreads_sandboxes_over_hosts_by_free_capacity(
+    endpoint: sshd.SSHDockerEndpoint, sandbox_image: str
+) -> None:
+    hosts = [DockerHost(url=LOCAL, capacity=2), ssh_host(endpoint, capacity=2)]
+    config = SandboxConfig(image=sandbox_image)
+    async with SandboxPool(size=0, config=config, hosts=hosts) as pool:
+        async with contextlib.AsyncExitStack() as stack:
+            held = [await stack.enter_async_context(pool.acquire()) for _ in range(4)]
+            assert sorted(sb.engine.url for sb in held) == sorted([LOCAL, LOCAL, endpoint.url, endpoint.url])
+            outs = await asyncio.gather(*(sb.shell("echo ok") for sb in held))
+            assert [o.stdout for o in outs] == ["ok\n"] * 4
+            with pytest.raises(HostFull, match="every Docker host is full"):
+                async with pool.acquire(timeout=30):
+                    pass
+            ids = [sb.id for sb in held]
+    await gone(ids)
+
+
+async def test_a_host_cut_mid_run_fails_its_sandboxes_typed_and_the_pool_serves_from_the_other(
+    endpoint: sshd.SSHDockerEndpoint, sandbox_image: str
+) -> None:
+    hosts = [DockerHost(url=LOCAL, capacity=4), ssh_host(endpoint, capacity=4)]
+    config = SandboxConfig(image=sandbox_image)
+    # size=0: each acquire starts one, so placement alone decides where (a warm pool hands out whichever
+    # start finished first); equal free capacity, so the first goes to the first host, the second to the other.
+    async with SandboxPool(size=0, config=config, hosts=hosts) as pool:
+        async with pool.acquire() as first, pool.acquire() as second:
+            by_host = {first.engine.url: first, second.engine.url: second}
+            assert set(by_host) == {LOCAL, endpoint.url}
+            remote, local = by_host[endpoint.url], by_host[LOCAL]
+            await remote.python("state = 'remote'")
+            await local.python("state = 'local'")
+
+            started = asyncio.Event()
+
+            def seen(chunk: OutputChunk) -> None:
+                if "running" in chunk.text:
+                    started.set()
+
+            call = asyncio.create_task(remote.shell("echo running; sleep 120", timeout=150, on_output=seen))
+            await asyncio.wait_for(started.wait(), 30)
+            endpoint.cut()
+            with pytest.raises(SandboxHostLost, match="Docker host is gone"):
+                await asyncio.wait_for(call, 60)
+            with pytest.raises(SandboxHostLost):  # and every later call on it, without a replacement
+                await asyncio.wait_for(remote.python("state"), 60)
+            assert (await local.python("state")).value == "'local'"
+            remote_ids = [remote.id]
+
+            # New sandboxes come from the host that is left: the lost one has the most free capacity now,
+            # so it is tried first, fails to answer, and is set aside.
+            async with pool.acquire(timeout=60) as a, pool.acquire(timeout=60) as b:
+                assert a.engine.url == b.engine.url == LOCAL
+                assert [(await sb.shell("echo fine")).stdout for sb in (a, b)] == ["fine\n"] * 2
+    # The lost host's containers exit on their own: their attach stream (stdin) closed with the link.
+    await gone(remote_ids)
+
+
+def test_the_sessions_sandboxes_go_to_the_test_docker_host() -> None:
+    """With QWQ_TEST_DOCKER_HOST set (see conftest), a default sandbox's engine is that host."""
+    import os
+
+    target = os.environ.get("QWQ_TEST_DOCKER_HOST")
+    if not target:
+        pytest.skip("QWQ_TEST_DOCKER_HOST is not set: the suite runs against the local engine")
+    url = DockerSandbox().engine.url
+    assert url == os.environ["DOCKER_HOST"]
+    assert url.startswith("ssh://") if target == "ssh" else url == target
+
+
+async def test_a_sandbox_over_tcp_with_mutual_tls_and_a_client_without_a_certificate_refused(
+    sandbox_image: str, tmp_path
+) -> None:
+    import shutil as _shutil
+
+    from qwq_agent.sandbox import TLSFiles
+    from qwq_agent.testing.tls_docker import TLSDockerEndpoint, make_certs
+
+    if _shutil.which("openssl") is None:
+        pytest.skip("the openssl CLI is missing")
+    async with TLSDockerEndpoint() as ep:
+        engine = DockerEngine(connector=connector_for(DockerHost(url=ep.url, tls=ep.tls)))
+        async with DockerSandbox.create(SandboxConfig(image=sandbox_image), engine=engine) as sb:
+            assert sb.engine.url == ep.url
+            assert (await sb.python("6 * 7")).value == "42"
+            assert ep.url in janitor._started
+            cid = sb.id
+        # A client whose certificate another CA signed is refused by the TLS handshake.
+        other = tmp_path / "other"
+        other.mkdir()
+        stranger = make_certs(other)
+        forged = TLSFiles(
+            ca_cert=ep.tls.ca_cert, client_cert=stranger.client_cert, client_key=stranger.client_key
+        )
+        refused = DockerEngine(connector=connector_for(DockerHost(url=ep.url, tls=forged)), timeout=10)
+        assert "cannot talk to the Docker engine at " + ep.url in (await refused.unreachable(10) or "")
+    await gone([cid])
+
+
+def test_a_plain_tcp_host_is_refused_without_tls(monkeypatch) -> None:
+    from qwq_agent.sandbox import SandboxError
+
+    monkeypatch.delenv("DOCKER_CERT_PATH", raising=False)
+    with pytest.raises(SandboxError, match="needs TLS"):
+        connector_for("tcp://127.0.0.1:2375")
