@@ -29,6 +29,8 @@ from qwq_agent.agent.loops.periodic import PeriodicTail
 __all__ = ["LoopSignal", "ReasoningLoopDetector", "SignalKind"]
 
 SignalKind = Literal["periodic", "steps", "candidates", "echo"]
+Level = Literal[1, 2, 3]
+_LEVELS: dict[int, Level] = {1: 1, 2: 2, 3: 3}  # the detector counts in ints; a signal carries a Level
 
 _WORD = re.compile(r"[^\W_]+(?:[.,][0-9]+)*", re.UNICODE)
 _NUMBER = re.compile(r"^[0-9]+(?:[.,][0-9]+)*$")
@@ -46,7 +48,7 @@ _MAX_SEGMENT_CHARS = 4096
 class LoopSignal(BaseModel):
     """What the detector saw: 1 = nudge towards a tool, 2 = close the reasoning, 3 = stop the run."""
 
-    level: Literal[1, 2, 3]
+    level: Level
     reason: str
     kind: str = "steps"
     candidates: list[str] = Field(
@@ -263,7 +265,7 @@ class ReasoningLoopDetector:
                 "already weighed twice"
             )
         signal = LoopSignal(
-            level=self.level,  # type: ignore[arg-type]
+            level=_LEVELS[self.level],
             reason="circular reasoning: " + reason,
             kind=kind,
             candidates=candidates,
