@@ -62,6 +62,9 @@ class Turn:
     hold_after: int | None = None
     """After this many tokens, send nothing more until the request is aborted or `hold_timeout` passes."""
     hold_timeout: float = 30.0
+    hold_until_requests: int | None = None
+    """With `hold_after`: hold until the server has received this many requests in all (not until an
+    abort), e.g. until side requests made while this stream is open (answer-stability probes) arrive."""
     error_event_after: int | None = None
     """Send an in-stream error event (as SGLang does on a failure mid-request) after this many tokens."""
     stop_order: Literal["text", "listed", "ignore"] = "text"
@@ -422,7 +425,10 @@ class ScriptedModelServer:
                     await asyncio.wait_for(event.wait(), turn.keepalive_interval)
                 except TimeoutError:
                     pass
-        if turn.hold_after == index and event is not None:
+        if turn.hold_after == index and turn.hold_until_requests is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait_for_requests(turn.hold_until_requests), turn.hold_timeout)
+        elif turn.hold_after == index and event is not None:
             try:
                 await asyncio.wait_for(event.wait(), turn.hold_timeout)
             except TimeoutError:
@@ -705,6 +711,22 @@ def _loads_obj(arguments: Any) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+def probe_aware(texts: Sequence[str], probe_answer: str) -> Callable[[ScriptedRequest], str | Turn]:
+    """A script that answers answer-stability probes (`qwq_agent.agent.loops.probe`) with
+    `probe_answer` and every other request with the next of `texts`, cycling."""
+    from qwq_agent.agent.loops.config import LoopDetectorConfig
+
+    suffix = LoopDetectorConfig().probe_suffix
+    turn = iter(range(1 << 62))
+
+    def answer(request: ScriptedRequest) -> str:
+        if (request.prompt or "").endswith(suffix):
+            return probe_answer
+        return texts[next(turn) % len(texts)]
+
+    return answer
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a scripted server as a process until SIGINT/SIGTERM (for launcher tests)."""
     import signal
@@ -713,6 +735,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--text", action="append", default=[], help="a turn (repeatable; cycles)")
+    parser.add_argument(
+        "--probe-answer",
+        default=None,
+        help="answer requests whose prompt ends with the loop detector's probe suffix with this text "
+        "(answer-stability probes); other requests get the --text turns",
+    )
     parser.add_argument("--model", default="Qwen/QwQ-32B")
     parser.add_argument("--max-total-num-tokens", type=int, default=18391)
     parser.add_argument("--unready-for", type=float, default=0.0, help="answer /health 503 this long (s)")
@@ -722,8 +750,12 @@ def main(argv: list[str] | None = None) -> int:
     args, _unknown = parser.parse_known_args(argv)  # launcher flags meant for SGLang are ignored
 
     async def serve() -> None:
+        texts = args.text or ["scripted\n</think>\n\nok"]
+        turns: Sequence[TurnSource] | Callable[[ScriptedRequest], str | Turn] = texts
+        if args.probe_answer is not None:
+            turns = probe_aware(texts, args.probe_answer)
         server = ScriptedModelServer(
-            args.text or ["scripted\n</think>\n\nok"],
+            turns,
             model=args.model,
             when_exhausted="repeat",
             max_total_num_tokens=args.max_total_num_tokens,

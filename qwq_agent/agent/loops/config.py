@@ -197,3 +197,43 @@ class LoopDetectorConfig(BaseModel):
         "final check that restates its steps without saying it goes back does not count. (2-3 markers "
         "nudge 3-12 healthy corpus traces; 8 or more adds nothing over the third-visit signals.)",
     )
+
+    # ---- answer-stability probe (opt-in) -------------------------------------------------------
+    probe_enabled: bool = Field(
+        default=False,
+        description="Send short greedy side requests on the reasoning's prefix (`AnswerProbe`) and let "
+        "a stable answer close a loop that keeps circling after the nudge. Off by default: it costs "
+        "extra requests (measure with `benchmarks/probe_cost.py`) and needs a client with "
+        "`render_prompt` and `generate` (SGLang's native one).",
+    )
+    probe_min_reasoning_chars: int = Field(
+        default=4000,
+        ge=0,
+        description="No probe before this much reasoning (~1,000 tokens): twice the statistical "
+        "signals' floor, since a probe only ever acts after a nudge, which cannot come sooner.",
+    )
+    probe_every_chars: int = Field(
+        default=2000,
+        ge=200,
+        description="Reasoning between two probes (~500 tokens): with 16 tokens decoded per probe the "
+        "extra decoding is ~3% of the reasoning's, and two probes span ~1,000 tokens of circling.",
+    )
+    probe_max_new_tokens: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Tokens a probe may decode: enough for a number, an option or a short phrase.",
+    )
+    probe_stable_count: int = Field(
+        default=2,
+        ge=2,
+        description="Probes taken after the nudge that must give the same answer to close: one answer "
+        "can be a guess, the same answer twice over ~500 tokens of circling means the circling no "
+        "longer changes it.",
+    )
+    probe_suffix: str = Field(
+        default="\n\n...\n</think>\n\n**Final answer:**",
+        min_length=1,
+        description="Appended to the reasoning so far to ask for the answer; the elision keeps the "
+        "model from reading the probe as its own finished reasoning.",
+    )

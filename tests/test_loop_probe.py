@@ -1,0 +1,174 @@
+"""The answer-stability probe end to end: a real HTTP model server, the real client, turn and detector.
+
+The scripted model stands in for QwQ's intelligence only: it circles (or reasons healthily) in its main
+stream and answers the side requests that end with the probe suffix with a fixed answer. Streams pause
+at scripted points (`hold_after`) until the side requests arrive or an abort comes, so what is
+asserted does not depend on how fast either side runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import Final, Warning_
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.loop_detector import LoopDetectorConfig, ReasoningLoopDetector, close_text
+from qwq_agent.agent.loops.probe import ProbeResult, normalise_answer
+from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn, probe_aware
+from qwq_agent.tools.catalog import build_tools
+
+DATA = Path(__file__).parent / "data" / "reasoning"
+CIRCLING = (DATA / "qwq_parentheses_loop.txt").read_text(encoding="utf-8")
+HEALTHY = (DATA / "healthy_enumeration.txt").read_text(encoding="utf-8")
+NUDGE_MARK = "I'm going in circles"
+CLOSE_MARK = "Each time I stopped to state my answer"
+PROBING = LoopDetectorConfig(probe_enabled=True, probe_min_reasoning_chars=0, probe_every_chars=500)
+SUFFIX = PROBING.probe_suffix
+
+
+def is_probe(req: ScriptedRequest) -> bool:
+    return (req.prompt or "").endswith(SUFFIX)
+
+
+async def run_agent(server: ScriptedModelServer, config: LoopDetectorConfig = PROBING) -> list:
+    async with SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(
+            client,
+            build_tools(["python"]),
+            config=AgentConfig(check_language=False, loop_detector=config),
+        )
+        return [ev async for ev in agent.stream("Insert parentheses in 2*3*4*5+1 to get 144.")]
+
+
+async def test_stable_probe_answer_closes_a_loop_that_keeps_circling_after_the_nudge():
+    server: ScriptedModelServer
+
+    def model(req: ScriptedRequest) -> str | Turn:
+        prompt = req.prompt or ""
+        if is_probe(req):
+            return " 126\n\nThe expression 2*3*(4*5+1) gives 126."
+        if CLOSE_MARK in prompt:
+            return "126"
+        if NUDGE_MARK in prompt:
+            # It ignores the nudge and circles on, then stalls (until aborted) ~1,500 characters in:
+            # short of the 2,000 the detector's own close needs, past the two probes that may close.
+            hold = len(server.tokenizer.pieces(CIRCLING[:1500]))
+            return Turn(text=CIRCLING * 2, hold_after=hold)
+        return CIRCLING * 3
+
+    async with ScriptedModelServer(model) as server:
+        events = await run_agent(server)
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed" and final.answer == "126", final
+    warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "reasoning_loop"]
+    assert [w.level for w in warnings] == [1, 2]
+    assert "answer stayed '126'" in warnings[1].message
+    main = [r for r in server.requests if not is_probe(r)]
+    probes = [r for r in server.requests if is_probe(r)]
+    assert len(main) == 3
+    closed = main[2].prompt or ""
+    assert closed.startswith(main[1].prompt or "") and CLOSE_MARK in closed and "`126`" in closed
+    assert closed.rstrip().endswith("</think>")
+    # At least two probes after the nudge, each a short greedy request on the turn's own prefix.
+    after_nudge = [p for p in probes if NUDGE_MARK in (p.prompt or "")]
+    assert len(after_nudge) >= 2
+    for p in probes:
+        assert p.sampling_params["max_new_tokens"] == 16 and p.sampling_params["temperature"] == 0.0
+        body = (p.prompt or "")[: -len(SUFFIX)]
+        assert body.startswith(main[0].prompt or "")
+    # The stalled stream was aborted on the server when the probe closed the reasoning.
+    assert main[1].rid in server.aborted_rids
+
+
+async def test_healthy_long_stream_with_probes_is_untouched_even_when_the_answer_is_stable():
+    answer = "The largest value comes from the last case."
+    # The stream pauses two thirds in until two probes have arrived: the side channel really ran.
+    main_text = HEALTHY + "\n</think>\n\n" + answer
+
+    def model(req: ScriptedRequest) -> str | Turn:
+        if is_probe(req):
+            return " the last case"
+        hold = len(server.tokenizer.pieces(HEALTHY[: 2 * len(HEALTHY) // 3]))
+        return Turn(text=main_text, hold_after=hold, hold_until_requests=3)
+
+    async with ScriptedModelServer(model) as server:
+        events = await run_agent(server)
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed" and final.answer == answer
+    assert not [e for e in events if isinstance(e, Warning_)]
+    main = [r for r in server.requests if not is_probe(r)]
+    assert len(main) == 1 and not any(SUFFIX in (r.prompt or "") for r in main)
+    assert len([r for r in server.requests if is_probe(r)]) >= 2
+    assert main[0].rid not in server.aborted_rids
+
+
+async def test_probes_are_off_by_default():
+    async with ScriptedModelServer(probe_aware([HEALTHY + "\n</think>\n\nok"], " 1")) as server:
+        events = await run_agent(server, LoopDetectorConfig())
+    assert isinstance(events[-1], Final) and events[-1].status == "completed"
+    assert len(server.requests) == 1 and not is_probe(server.requests[0])
+
+
+async def test_failing_probe_is_no_answer_and_not_a_failed_turn():
+    answer = "The largest value comes from the last case."
+
+    def model(req: ScriptedRequest) -> str | Turn:
+        if is_probe(req):
+            return Turn(http_status=500)
+        hold = len(server.tokenizer.pieces(HEALTHY[: len(HEALTHY) // 2]))
+        return Turn(text=HEALTHY + "\n</think>\n\n" + answer, hold_after=hold, hold_until_requests=2)
+
+    async with ScriptedModelServer(model) as server:
+        events = await run_agent(server)
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed" and final.answer == answer
+    assert any(is_probe(r) for r in server.requests)
+
+
+# ---- the detector's side of the probe ---------------------------------------------------------
+
+
+def _feed(det: ReasoningLoopDetector, text: str, *, until_level: int | None = None) -> int:
+    """Feed in 16-character deltas (up to the delta that reaches `until_level`); return chars fed."""
+    for i in range(0, len(text), 16):
+        det.feed(text[i : i + 16])
+        if until_level is not None and det.level >= until_level:
+            return i + 16
+    return len(text)
+
+
+def test_probe_answers_never_nudge_and_close_only_after_the_nudge_while_circling() -> None:
+    det = ReasoningLoopDetector(PROBING)
+    _feed(det, CIRCLING[:1500])
+    # Before any signal, stable answers do nothing: converging is not circling.
+    assert det.observe_probe(ProbeResult(at_chars=1000, answer="126", text="126")) is None
+    assert det.observe_probe(ProbeResult(at_chars=1400, answer="126", text="126")) is None
+    assert det.level == 0
+    _feed(det, CIRCLING[1500:], until_level=1)
+    assert det.level == 1
+    at = det.chars
+    # One answer after the nudge, or two that differ, or an empty one: no close.
+    assert det.observe_probe(ProbeResult(at_chars=at - 10, answer="126", text="126")) is None
+    assert det.observe_probe(ProbeResult(at_chars=at + 1, answer="126", text="126")) is None
+    assert det.observe_probe(ProbeResult(at_chars=at + 2, answer="125", text="125")) is None
+    assert det.observe_probe(ProbeResult(at_chars=at + 3, answer="", text="")) is None
+    assert det.observe_probe(ProbeResult(at_chars=at + 4, answer="", text="")) is None
+    # The reasoning has not moved since the nudge: nothing new circled, so no close either.
+    assert det.revisits == det.signals[-1].evidence["revisits"]
+    # It keeps circling, and two probes agree: close, naming the answer.
+    _feed(det, CIRCLING[:600])
+    assert det.observe_probe(ProbeResult(at_chars=det.chars, answer="126", text="126")) is None
+    signal = det.observe_probe(ProbeResult(at_chars=det.chars + 1, answer="126", text="126"))
+    assert signal is not None and signal.level == 2 and signal.kind == "probe"
+    assert signal.evidence["probe_answer"] == "126"
+    assert "126" in close_text(signal) and close_text(signal).rstrip().endswith("</think>")
+
+
+def test_probe_answers_are_compared_without_markup() -> None:
+    assert normalise_answer(" **126**\n\nbecause ...") == "126"
+    assert normalise_answer(r" $\boxed{126}$") == "126"
+    assert normalise_answer(" (B) Down, Involvement") == "B"
+    assert normalise_answer(" B. Down") == "B"
+    assert normalise_answer(" The answer is 126.") == "the answer is 126"
+    assert normalise_answer("\n\n") == ""
