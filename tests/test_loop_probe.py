@@ -8,6 +8,7 @@ asserted does not depend on how fast either side runs.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
@@ -172,3 +173,27 @@ def test_probe_answers_are_compared_without_markup() -> None:
     assert normalise_answer(" B. Down") == "B"
     assert normalise_answer(" The answer is 126.") == "the answer is 126"
     assert normalise_answer("\n\n") == ""
+
+
+# ---- the cost benchmark runs against the scripted server ----------------------------------------
+
+
+async def test_probe_cost_benchmark_measures_probes_beside_the_same_greedy_reasoning() -> None:
+    import argparse
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "probe_cost.py"
+    spec = importlib.util.spec_from_file_location("probe_cost", path)
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(url=None, scripted=True, max_new_tokens=4096, min_chars=1000, every_chars=2000)
+    summary = await bench.amain(args)
+    # The scripted reasoning is ~7,600 characters: probes at >= 1,000 and then every >= 2,000.
+    assert 2 <= summary["probes"] <= 4 and summary["probe_errors"] == 0
+    assert summary["answers"] == ["126"] * summary["probes"]
+    assert summary["with_probes"]["same_output_as_baseline"]
+    assert summary["probe_decoded_tokens"] <= 16 * summary["probes"]
+    assert 0 < summary["probe_cached_tokens"] <= summary["probe_prompt_tokens"]
+    ats = [p["at_chars"] for p in summary["per_probe"]]
+    assert ats[0] >= 1000 and all(b - a >= 2000 for a, b in pairwise(ats))
