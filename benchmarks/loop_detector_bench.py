@@ -38,6 +38,8 @@ OWN_CASES = {
     "healthy_verify_once": False,
     "healthy_many_waits": False,
     "healthy_options_weighed": False,
+    "qwq_24_loop": True,
+    "healthy_reconfirm": False,
 }
 _WORD = re.compile(r"[^\W_]+(?:[.,][0-9]+)*", re.UNICODE)
 

@@ -197,3 +197,31 @@ async def test_probe_cost_benchmark_measures_probes_beside_the_same_greedy_reaso
     assert 0 < summary["probe_cached_tokens"] <= summary["probe_prompt_tokens"]
     ats = [p["at_chars"] for p in summary["per_probe"]]
     assert ats[0] >= 1000 and all(b - a >= 2000 for a, b in pairwise(ats))
+
+
+async def test_a_probing_run_replays_from_its_trace_without_asking_the_replay_model(tmp_path):
+    from qwq_agent.agent.replay import ReplayModel
+    from qwq_agent.testing.helpers import add, call
+
+    def model(req: ScriptedRequest) -> str | Turn:
+        if is_probe(req):
+            return " the last case"
+        if "<tool_response>" in (req.prompt or ""):
+            return "The sum is known.\n</think>\n\n5"
+        # The first turn pauses halfway until a probe has arrived, then calls a tool.
+        hold = len(server.tokenizer.pieces(HEALTHY[: len(HEALTHY) // 2]))
+        text = HEALTHY + "\n</think>\n\n" + call("add", a=2, b=3)
+        return Turn(text=text, hold_after=hold, hold_until_requests=2)
+
+    trace = tmp_path / "t.jsonl"
+    config = AgentConfig(check_language=False, loop_detector=PROBING)
+    async with ScriptedModelServer(model) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        recorded = await Agent(client, [add], config=config, trace_path=trace).run("Add 2 and 3.")
+    assert recorded.status == "completed" and any(is_probe(r) for r in server.requests)
+    # The trace holds the two streamed completions; a probe sent to the replay model would take the
+    # second turn's completion and leave that turn without one.
+    replay = Agent(ReplayModel.from_trace(trace), [add], config=config)
+    events = [ev async for ev in replay.stream("Add 2 and 3.")]
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed" and final.answer == "5", final
+    assert not [e for e in events if isinstance(e, Warning_)]

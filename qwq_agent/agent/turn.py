@@ -85,8 +85,12 @@ class TurnStreamer:
         self._constrain = config.constrained_tool_calls and bool(self.specs) and raw_prompts
         # The answer-stability probe needs the raw prompt the turn streams from (native client only).
         self._probe_model: ProbeModel | None = None
-        if config.loop_detector.probe_enabled and isinstance(model, PromptRenderer):
+        # A replayed turn is answered from the trace, which holds no probes: asking the replay model
+        # would consume recorded completions, so a replay runs without them.
+        replaying = bool(getattr(model, "replaying", False))
+        if config.loop_detector.probe_enabled and isinstance(model, PromptRenderer) and not replaying:
             self._probe_model = model if isinstance(model, ProbeModel) else None
+        self._pull: asyncio.Task[ModelEvent | None] | None = None  # the stream's pending read (probing)
         self._probe_base: str | None = None
         self._reset()
 
@@ -154,7 +158,6 @@ class TurnStreamer:
         pieces: list[str] = []
         stream = self.model.stream(self.messages, self.specs, self._sampling(), prefix=self.prefix)
         events = aiter(stream)
-        pull: asyncio.Task[ModelEvent | None] | None = None  # the pending read, while probes run beside it
         try:
             while True:
                 # The timer covers each wait for the next event, not the yields below: keep-alives,
@@ -164,7 +167,7 @@ class TurnStreamer:
                         if self.probe is None:
                             mev: ModelEvent | None = await anext(events)
                         else:
-                            mev, pull = await self._next_or_probe(events, pull, attempt, pieces)
+                            mev = await self._next_or_probe(events, attempt, pieces)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
@@ -197,7 +200,8 @@ class TurnStreamer:
                     break  # closing the stream aborts the request on the server
         finally:
             attempt.text = "".join(pieces)
-            if pull is not None:  # cancelling the read closes the stream (and aborts the request)
+            if (pull := self._pull) is not None:  # cancelling the read closes the stream (and aborts)
+                self._pull = None
                 pull.cancel()
                 await asyncio.gather(pull, return_exceptions=True)
             if self.probe is not None:
@@ -216,20 +220,17 @@ class TurnStreamer:
         self.probe.maybe_launch(self._probe_base + self.prefix + "".join(pieces), self.detector.chars)
 
     async def _next_or_probe(
-        self,
-        events: AsyncIterator[ModelEvent],
-        pull: asyncio.Task[ModelEvent | None] | None,
-        attempt: _Attempt,
-        pieces: list[str],
-    ) -> tuple[ModelEvent | None, asyncio.Task[ModelEvent | None] | None]:
+        self, events: AsyncIterator[ModelEvent], attempt: _Attempt, pieces: list[str]
+    ) -> ModelEvent | None:
         """The next event of the stream, while taking the answers of probes that finish meanwhile.
 
-        Returns (event, None) for the next event (None at the stream's end), or (None, the pending
-        read) when a probe's answer made the detector close the reasoning (`attempt.signal`).
+        Returns None at the stream's end, or when a probe's answer made the detector close the
+        reasoning (`attempt.signal`). The read runs as a task (`self._pull`, cancelled by `_stream`
+        whatever happens) so that a probe finishing first is taken at once.
         """
         assert self.probe is not None
-        if pull is None:
-            pull = asyncio.ensure_future(_pull(events))
+        if self._pull is None:
+            self._pull = asyncio.ensure_future(_pull(events))
         while True:
             for result in self.probe.collect():
                 self.tracker.account(
@@ -241,11 +242,12 @@ class TurnStreamer:
                 )
                 if (signal := self.detector.observe_probe(result)) is not None:
                     attempt.signal = signal
-                    return None, pull
+                    return None
             self._maybe_probe(pieces)  # a probe that finished during a pause makes room for the next
-            if pull.done():
-                return pull.result(), None
-            await asyncio.wait({pull, *self.probe.pending}, return_when=asyncio.FIRST_COMPLETED)
+            if self._pull.done():
+                pull, self._pull = self._pull, None
+                return pull.result()
+            await asyncio.wait({self._pull, *self.probe.pending}, return_when=asyncio.FIRST_COMPLETED)
 
     async def _record(self, attempt: _Attempt) -> AsyncIterator[Event]:
         done = attempt.completion
