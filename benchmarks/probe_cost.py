@@ -177,7 +177,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         url = args.url
         if args.scripted:
-            from qwq_agent.testing.scripted_server import ScriptedModelServer, probe_aware
+            from qwq_agent.testing.probes import probe_aware
+            from qwq_agent.testing.scripted_server import ScriptedModelServer
 
             reasoning = SCRIPTED_REASONING.read_text(encoding="utf-8")
             server = await stack.enter_async_context(

@@ -16,7 +16,8 @@ from qwq_agent.agent.events import Final, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.loop_detector import LoopDetectorConfig, ReasoningLoopDetector, close_text
 from qwq_agent.agent.loops.probe import ProbeResult, normalise_answer
-from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn, probe_aware
+from qwq_agent.testing.probes import probe_aware
+from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
 from qwq_agent.tools.catalog import build_tools
 
 DATA = Path(__file__).parent / "data" / "reasoning"
@@ -225,3 +226,32 @@ async def test_a_probing_run_replays_from_its_trace_without_asking_the_replay_mo
     final = events[-1]
     assert isinstance(final, Final) and final.status == "completed" and final.answer == "5", final
     assert not [e for e in events if isinstance(e, Warning_)]
+
+
+async def test_scripted_server_process_answers_probes_with_probe_answer() -> None:
+    import asyncio
+    import sys
+
+    from qwq_agent.protocols import SamplingParams
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "qwq_agent.testing.scripted_server",
+        "--text",
+        "main turn",
+        "--probe-answer",
+        " 7",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        url = line.strip().rsplit(" ", 1)[-1]
+        async with SGLangClient(url, retry=NO_RETRY) as client:
+            params = SamplingParams(max_new_tokens=16)
+            assert (await client.generate("question" + SUFFIX, params)).text == " 7"
+            assert (await client.generate("question", params)).text == "main turn"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)

@@ -711,22 +711,6 @@ def _loads_obj(arguments: Any) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
-def probe_aware(texts: Sequence[str], probe_answer: str) -> Callable[[ScriptedRequest], str | Turn]:
-    """A script that answers answer-stability probes (`qwq_agent.agent.loops.probe`) with
-    `probe_answer` and every other request with the next of `texts`, cycling."""
-    from qwq_agent.agent.loops.config import LoopDetectorConfig
-
-    suffix = LoopDetectorConfig().probe_suffix
-    turn = iter(range(1 << 62))
-
-    def answer(request: ScriptedRequest) -> str:
-        if (request.prompt or "").endswith(suffix):
-            return probe_answer
-        return texts[next(turn) % len(texts)]
-
-    return answer
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run a scripted server as a process until SIGINT/SIGTERM (for launcher tests)."""
     import signal
@@ -753,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         texts = args.text or ["scripted\n</think>\n\nok"]
         turns: Sequence[TurnSource] | Callable[[ScriptedRequest], str | Turn] = texts
         if args.probe_answer is not None:
+            from qwq_agent.testing.probes import probe_aware
+
             turns = probe_aware(texts, args.probe_answer)
         server = ScriptedModelServer(
             turns,
