@@ -2,7 +2,8 @@
 
 One greedy reasoning request is streamed twice on the same prompt: first alone (the baseline), then
 with the probes the agent would send beside it (`AnswerProbe`, the same code and schedule the turn
-uses: past `probe_min_reasoning_chars`, every `probe_every_chars`, one in flight at a time). Greedy
+uses once it has nudged: past `probe_min_reasoning_chars`, every `probe_every_chars`, one in flight
+at a time; here from the start, as if the nudge came at `--min-chars`). Greedy
 decoding makes both runs write the same reasoning, so the ratios compare like with like:
 
 - extra decoded tokens: the probes' completion tokens / the main request's completion tokens;

@@ -72,9 +72,9 @@ async def test_stable_probe_answer_closes_a_loop_that_keeps_circling_after_the_n
     closed = main[2].prompt or ""
     assert closed.startswith(main[1].prompt or "") and CLOSE_MARK in closed and "`126`" in closed
     assert closed.rstrip().endswith("</think>")
-    # At least two probes after the nudge, each a short greedy request on the turn's own prefix.
-    after_nudge = [p for p in probes if NUDGE_MARK in (p.prompt or "")]
-    assert len(after_nudge) >= 2
+    # Probes only after the nudge (at least the two that agreed), each a short greedy request on the
+    # turn's own prefix.
+    assert len(probes) >= 2 and all(NUDGE_MARK in (p.prompt or "") for p in probes)
     for p in probes:
         assert p.sampling_params["max_new_tokens"] == 16 and p.sampling_params["temperature"] == 0.0
         body = (p.prompt or "")[: -len(SUFFIX)]
@@ -83,26 +83,16 @@ async def test_stable_probe_answer_closes_a_loop_that_keeps_circling_after_the_n
     assert main[1].rid in server.aborted_rids
 
 
-async def test_healthy_long_stream_with_probes_is_untouched_even_when_the_answer_is_stable():
+async def test_healthy_long_stream_with_probes_enabled_is_untouched_and_sends_no_probe():
     answer = "The largest value comes from the last case."
-    # The stream pauses two thirds in until two probes have arrived: the side channel really ran.
-    main_text = HEALTHY + "\n</think>\n\n" + answer
-
-    def model(req: ScriptedRequest) -> str | Turn:
-        if is_probe(req):
-            return " the last case"
-        hold = len(server.tokenizer.pieces(HEALTHY[: 2 * len(HEALTHY) // 3]))
-        return Turn(text=main_text, hold_after=hold, hold_until_requests=3)
-
-    async with ScriptedModelServer(model) as server:
+    # A turn that is never nudged pays nothing: only answers given after a nudge can count.
+    async with ScriptedModelServer(probe_aware([HEALTHY + "\n</think>\n\n" + answer], " 7")) as server:
         events = await run_agent(server)
     final = events[-1]
     assert isinstance(final, Final) and final.status == "completed" and final.answer == answer
     assert not [e for e in events if isinstance(e, Warning_)]
-    main = [r for r in server.requests if not is_probe(r)]
-    assert len(main) == 1 and not any(SUFFIX in (r.prompt or "") for r in main)
-    assert len([r for r in server.requests if is_probe(r)]) >= 2
-    assert main[0].rid not in server.aborted_rids
+    assert len(server.requests) == 1 and not is_probe(server.requests[0])
+    assert not server.aborted_rids
 
 
 async def test_probes_are_off_by_default():
@@ -112,19 +102,27 @@ async def test_probes_are_off_by_default():
     assert len(server.requests) == 1 and not is_probe(server.requests[0])
 
 
-async def test_failing_probe_is_no_answer_and_not_a_failed_turn():
-    answer = "The largest value comes from the last case."
+async def test_failing_probes_are_no_answer_and_the_detector_closes_on_its_own():
+    server: ScriptedModelServer
 
     def model(req: ScriptedRequest) -> str | Turn:
+        prompt = req.prompt or ""
         if is_probe(req):
             return Turn(http_status=500)
-        hold = len(server.tokenizer.pieces(HEALTHY[: len(HEALTHY) // 2]))
-        return Turn(text=HEALTHY + "\n</think>\n\n" + answer, hold_after=hold, hold_until_requests=2)
+        if "</think>" in prompt:  # closed by the detector's own signal
+            return "126"
+        if NUDGE_MARK in prompt:
+            # Circling on after the nudge; it pauses until a probe has arrived (and failed).
+            hold = len(server.tokenizer.pieces(CIRCLING[:300]))
+            return Turn(text=CIRCLING * 3, hold_after=hold, hold_until_requests=3)
+        return CIRCLING * 3
 
     async with ScriptedModelServer(model) as server:
         events = await run_agent(server)
     final = events[-1]
-    assert isinstance(final, Final) and final.status == "completed" and final.answer == answer
+    assert isinstance(final, Final) and final.status == "completed" and final.answer == "126", final
+    warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "reasoning_loop"]
+    assert [w.level for w in warnings] == [1, 2] and "answer stayed" not in warnings[1].message
     assert any(is_probe(r) for r in server.requests)
 
 
@@ -205,27 +203,31 @@ async def test_a_probing_run_replays_from_its_trace_without_asking_the_replay_mo
     from qwq_agent.testing.helpers import add, call
 
     def model(req: ScriptedRequest) -> str | Turn:
+        prompt = req.prompt or ""
         if is_probe(req):
-            return " the last case"
-        if "<tool_response>" in (req.prompt or ""):
+            return f" {len(server.requests)}"  # a different answer each time: probes never close
+        if "<tool_response>" in prompt:
             return "The sum is known.\n</think>\n\n5"
-        # The first turn pauses halfway until a probe has arrived, then calls a tool.
-        hold = len(server.tokenizer.pieces(HEALTHY[: len(HEALTHY) // 2]))
-        text = HEALTHY + "\n</think>\n\n" + call("add", a=2, b=3)
-        return Turn(text=text, hold_after=hold, hold_until_requests=2)
+        if NUDGE_MARK in prompt:
+            # It takes the nudge, after a pause until a probe has arrived.
+            text = CIRCLING[:400] + "Right, a tool settles it.\n</think>\n\n" + call("add", a=2, b=3)
+            hold = len(server.tokenizer.pieces(CIRCLING[:300]))
+            return Turn(text=text, hold_after=hold, hold_until_requests=3)
+        return CIRCLING * 3
 
     trace = tmp_path / "t.jsonl"
     config = AgentConfig(check_language=False, loop_detector=PROBING)
     async with ScriptedModelServer(model) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
         recorded = await Agent(client, [add], config=config, trace_path=trace).run("Add 2 and 3.")
-    assert recorded.status == "completed" and any(is_probe(r) for r in server.requests)
-    # The trace holds the two streamed completions; a probe sent to the replay model would take the
-    # second turn's completion and leave that turn without one.
+    assert recorded.status == "completed" and recorded.answer == "5"
+    assert any(is_probe(r) for r in server.requests)
+    # The trace holds the three streamed completions; a probe sent to the replay model would take a
+    # later turn's completion and leave that turn without one.
     replay = Agent(ReplayModel.from_trace(trace), [add], config=config)
     events = [ev async for ev in replay.stream("Add 2 and 3.")]
     final = events[-1]
     assert isinstance(final, Final) and final.status == "completed" and final.answer == "5", final
-    assert not [e for e in events if isinstance(e, Warning_)]
+    assert not [e for e in events if isinstance(e, Warning_) and e.kind != "reasoning_loop"]
 
 
 async def test_scripted_server_process_answers_probes_with_probe_answer() -> None:

@@ -195,7 +195,8 @@ class TurnStreamer:
                         attempt.signal = self.detector.feed(ev.text) or attempt.signal
                     if self.probe is not None:
                         self._reasoning_open = isinstance(ev, ReasoningDelta)
-                        self._maybe_probe(pieces)
+                        if attempt.signal is None:  # else this stream ends here: no probe rides on it
+                            self._maybe_probe(pieces)
                 if attempt.signal is not None or attempt.call_open:
                     break  # closing the stream aborts the request on the server
         finally:
@@ -212,7 +213,10 @@ class TurnStreamer:
     def _maybe_probe(self, pieces: list[str]) -> None:
         """Start an answer-stability probe on the reasoning so far, when one is due."""
         assert self.probe is not None
-        if not self._reasoning_open or self.forced_close or not self.probe.due(self.detector.chars):
+        # Only answers given after the nudge count, so a turn that was never nudged pays nothing.
+        if self.detector.level != 1 or not self._reasoning_open or self.forced_close:
+            return
+        if not self.probe.due(self.detector.chars):
             return
         if self._probe_base is None:
             assert isinstance(self.model, PromptRenderer)  # checked with the probe model in __init__

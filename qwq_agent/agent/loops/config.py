@@ -201,22 +201,23 @@ class LoopDetectorConfig(BaseModel):
     # ---- answer-stability probe (opt-in) -------------------------------------------------------
     probe_enabled: bool = Field(
         default=False,
-        description="Send short greedy side requests on the reasoning's prefix (`AnswerProbe`) and let "
-        "a stable answer close a loop that keeps circling after the nudge. Off by default: it costs "
-        "extra requests (measure with `benchmarks/probe_cost.py`) and needs a client with "
-        "`render_prompt` and `generate` (SGLang's native one).",
+        description="After the nudge, send short greedy side requests on the reasoning's prefix "
+        "(`AnswerProbe`) and let a stable answer close a loop that keeps circling. Off by default: it "
+        "costs extra requests (measure with `benchmarks/probe_cost.py`) and needs a client with "
+        "`render_prompt` and `generate` (SGLang's native one). Turns never nudged send no probe.",
     )
     probe_min_reasoning_chars: int = Field(
-        default=4000,
+        default=2000,
         ge=0,
-        description="No probe before this much reasoning (~1,000 tokens): twice the statistical "
-        "signals' floor, since a probe only ever acts after a nudge, which cannot come sooner.",
+        description="No probe before this much reasoning (the statistical signals' floor): a nudge "
+        "from the exact-cycle signal can come sooner, and its loop gets the detector's own close.",
     )
     probe_every_chars: int = Field(
-        default=2000,
+        default=1000,
         ge=200,
-        description="Reasoning between two probes (~500 tokens): with 16 tokens decoded per probe the "
-        "extra decoding is ~3% of the reasoning's, and two probes span ~1,000 tokens of circling.",
+        description="Reasoning between two probes (~250 tokens): 16 tokens decoded per probe is ~6% "
+        "more decoding, paid only after a nudge, and two probes can close ~1,000 characters after it, "
+        "half the detector's own gap (`level2_gap_chars`).",
     )
     probe_max_new_tokens: int = Field(
         default=16,
@@ -228,7 +229,7 @@ class LoopDetectorConfig(BaseModel):
         default=2,
         ge=2,
         description="Probes taken after the nudge that must give the same answer to close: one answer "
-        "can be a guess, the same answer twice over ~500 tokens of circling means the circling no "
+        "can be a guess, the same answer twice ~250 tokens of circling apart means the circling no "
         "longer changes it.",
     )
     probe_suffix: str = Field(

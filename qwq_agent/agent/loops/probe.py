@@ -87,6 +87,7 @@ class AnswerProbe:
         self.config = config
         self.results: list[ProbeResult] = []
         self.pending: set[asyncio.Task[ProbeResult]] = set()
+        self._launched_at: dict[asyncio.Task[ProbeResult], int] = {}
         self._next_at = config.probe_min_reasoning_chars
 
     def due(self, reasoning_chars: int) -> bool:
@@ -100,6 +101,7 @@ class AnswerProbe:
         self._next_at = reasoning_chars + self.config.probe_every_chars
         task = asyncio.ensure_future(self._probe(prompt + self.config.probe_suffix, reasoning_chars))
         self.pending.add(task)
+        self._launched_at[task] = reasoning_chars
         return True
 
     def collect(self) -> list[ProbeResult]:
@@ -107,15 +109,21 @@ class AnswerProbe:
         done = sorted((t for t in self.pending if t.done()), key=lambda t: t.result().at_chars)
         for task in done:
             self.pending.discard(task)
+            self._launched_at.pop(task, None)
         out = [t.result() for t in done]
         self.results.extend(out)
         return out
 
     async def aclose(self) -> None:
-        """Cancel the probes still in flight (their answers no longer matter) and wait for them."""
+        """Cancel the probes still in flight (the stream they rode on ended) and wait for them.
+
+        A cancelled probe gave no answer, so the schedule goes back to its point: the turn's next
+        request (after a nudge, say) probes again at once.
+        """
         tasks, self.pending = self.pending, set()
         for task in tasks:
             task.cancel()
+            self._next_at = min(self._next_at, self._launched_at.pop(task, self._next_at))
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
