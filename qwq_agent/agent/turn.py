@@ -8,6 +8,7 @@ status that ends the run.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -19,10 +20,11 @@ from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.constrained import CallOpenWatcher, constrained_tool_call_completion, grammar_ignored
 from qwq_agent.agent.events import ContentDelta, Event, ModelCall, ReasoningDelta, UsageEvent, Warning_
 from qwq_agent.agent.loop_detector import LoopSignal, ReasoningLoopDetector, close_text, nudge_text
+from qwq_agent.agent.loops.probe import AnswerProbe, ProbeModel, PromptRenderer
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.agent.turn_limits import ContextLength, TurnLimits
 from qwq_agent.deadline import Deadline
-from qwq_agent.protocols import Completion, Model, PromptModel, SamplingParams, TextDelta, Usage
+from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta, Usage
 
 Emit = Callable[..., Event]
 
@@ -86,13 +88,25 @@ class TurnStreamer:
         self._native: PromptModel | None = (
             model if config.constrained_tool_calls and self.specs and isinstance(model, PromptModel) else None
         )
+        # The answer-stability probe needs the raw prompt the turn streams from (native client only).
+        self._probe_model: ProbeModel | None = None
+        # A replayed turn is answered from the trace, which holds no probes: asking the replay model
+        # would consume recorded completions, so a replay runs without them.
+        replaying = bool(getattr(model, "replaying", False))
+        if config.loop_detector.probe_enabled and isinstance(model, PromptRenderer) and not replaying:
+            self._probe_model = model if isinstance(model, ProbeModel) else None
+        self._pull: asyncio.Task[ModelEvent | None] | None = None  # the stream's pending read (probing)
+        self._probe_base: str | None = None
         self._reset()
 
     def _reset(self) -> None:
         self.detector = ReasoningLoopDetector(self.config.loop_detector)
+        probe_model = self._probe_model
+        self.probe = None if probe_model is None else AnswerProbe(probe_model, self.config.loop_detector)
         self.parser = qparser.StreamParser(id_prefix=f"call_{self.step}_")
         self.prefix = ""
         self.forced_close = False
+        self._reasoning_open = False  # the last parsed output was reasoning (probes ask only then)
 
     async def run(self) -> AsyncIterator[Event]:
         attempts = 0
@@ -157,13 +171,18 @@ class TurnStreamer:
                 # a stalled stream or the client's retries cannot outlast the deadline.
                 try:
                     async with self.deadline.timer(reserve=self._reserve):
-                        mev = await anext(events)
+                        if self.probe is None:
+                            mev: ModelEvent | None = await anext(events)
+                        else:
+                            mev = await self._next_or_probe(events, attempt, pieces)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
                     if not self._wall_out():
                         raise
                     attempt.wall_out = True
+                    break
+                if mev is None:  # the stream ended, or a probe's answer closed the reasoning
                     break
                 if isinstance(mev, Completion):
                     attempt.completion = mev
@@ -181,12 +200,65 @@ class TurnStreamer:
                     # After a forced `</think>` a model that still circles does so in its answer.
                     if isinstance(ev, ReasoningDelta) or (self.forced_close and isinstance(ev, ContentDelta)):
                         attempt.signal = self.detector.feed(ev.text) or attempt.signal
+                    if self.probe is not None:
+                        self._reasoning_open = isinstance(ev, ReasoningDelta)
+                        if attempt.signal is None:  # else this stream ends here: no probe rides on it
+                            self._maybe_probe(pieces)
                 if attempt.signal is not None or attempt.call_open:
                     break  # closing the stream aborts the request on the server
         finally:
             attempt.text = "".join(pieces)
+            if (pull := self._pull) is not None:  # cancelling the read closes the stream (and aborts)
+                self._pull = None
+                pull.cancel()
+                await asyncio.gather(pull, return_exceptions=True)
+            if self.probe is not None:
+                await self.probe.aclose()
             with self.deadline.scope():  # the abort this may send counts against the deadline
                 await _aclose(stream)
+
+    def _maybe_probe(self, pieces: list[str]) -> None:
+        """Start an answer-stability probe on the reasoning so far, when one is due."""
+        assert self.probe is not None
+        # Only answers given after the nudge count, so a turn that was never nudged pays nothing.
+        if self.detector.level != 1 or not self._reasoning_open or self.forced_close:
+            return
+        if not self.probe.due(self.detector.chars):
+            return
+        if self._probe_base is None:
+            assert isinstance(self.model, PromptRenderer)  # checked with the probe model in __init__
+            self._probe_base = self.model.render_prompt(self.messages, self.specs)
+        self.probe.maybe_launch(self._probe_base + self.prefix + "".join(pieces), self.detector.chars)
+
+    async def _next_or_probe(
+        self, events: AsyncIterator[ModelEvent], attempt: _Attempt, pieces: list[str]
+    ) -> ModelEvent | None:
+        """The next event of the stream, while taking the answers of probes that finish meanwhile.
+
+        Returns None at the stream's end, or when a probe's answer made the detector close the
+        reasoning (`attempt.signal`). The read runs as a task (`self._pull`, cancelled by `_stream`
+        whatever happens) so that a probe finishing first is taken at once.
+        """
+        assert self.probe is not None
+        if self._pull is None:
+            self._pull = asyncio.ensure_future(_pull(events))
+        while True:
+            for result in self.probe.collect():
+                self.tracker.account(
+                    Usage(
+                        prompt_tokens=result.prompt_tokens,
+                        cached_tokens=result.cached_tokens,
+                        completion_tokens=result.completion_tokens,
+                    )
+                )
+                if (signal := self.detector.observe_probe(result)) is not None:
+                    attempt.signal = signal
+                    return None
+            self._maybe_probe(pieces)  # a probe that finished during a pause makes room for the next
+            if self._pull.done():
+                pull, self._pull = self._pull, None
+                return pull.result()
+            await asyncio.wait({self._pull, *self.probe.pending}, return_when=asyncio.FIRST_COMPLETED)
 
     async def _record(self, attempt: _Attempt) -> AsyncIterator[Event]:
         done = attempt.completion
@@ -303,6 +375,14 @@ def _is_model_error(exc: BaseException) -> bool:
     from qwq_agent.agent.clients.errors import ModelError
 
     return isinstance(exc, ModelError | OSError | TimeoutError)
+
+
+async def _pull(events: AsyncIterator[ModelEvent]) -> ModelEvent | None:
+    """The next event, or None at the end (a task cannot end in StopAsyncIteration)."""
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        return None
 
 
 async def _aclose(stream: Any) -> None:

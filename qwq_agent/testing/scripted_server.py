@@ -62,6 +62,9 @@ class Turn:
     hold_after: int | None = None
     """After this many tokens, send nothing more until the request is aborted or `hold_timeout` passes."""
     hold_timeout: float = 30.0
+    hold_until_requests: int | None = None
+    """With `hold_after`: hold until the server has received this many requests in all (not until an
+    abort), e.g. until side requests made while this stream is open (answer-stability probes) arrive."""
     error_event_after: int | None = None
     """Send an in-stream error event (as SGLang does on a failure mid-request) after this many tokens."""
     stop_order: Literal["text", "listed", "ignore"] = "text"
@@ -435,7 +438,10 @@ class ScriptedModelServer:
                     await asyncio.wait_for(event.wait(), turn.keepalive_interval)
                 except TimeoutError:
                     pass
-        if turn.hold_after == index and event is not None:
+        if turn.hold_after == index and turn.hold_until_requests is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait_for_requests(turn.hold_until_requests), turn.hold_timeout)
+        elif turn.hold_after == index and event is not None:
             try:
                 await asyncio.wait_for(event.wait(), turn.hold_timeout)
             except TimeoutError:
@@ -729,6 +735,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--text", action="append", default=[], help="a turn (repeatable; cycles)")
+    parser.add_argument(
+        "--probe-answer",
+        default=None,
+        help="answer requests whose prompt ends with the loop detector's probe suffix with this text "
+        "(answer-stability probes); other requests get the --text turns",
+    )
     parser.add_argument("--model", default="Qwen/QwQ-32B")
     parser.add_argument("--max-total-num-tokens", type=int, default=18391)
     parser.add_argument(
@@ -745,12 +757,16 @@ def main(argv: list[str] | None = None) -> int:
     args, _unknown = parser.parse_known_args(argv)  # launcher flags meant for SGLang are ignored
 
     async def serve() -> None:
-        turns: Sequence[TurnSource] | Callable[[ScriptedRequest], str | Turn]
-        turns = args.text or ["scripted\n</think>\n\nok"]
+        texts = args.text or ["scripted\n</think>\n\nok"]
+        turns: Sequence[TurnSource] | Callable[[ScriptedRequest], str | Turn] = texts
         if args.random_tokens > 0:
             from qwq_agent.testing.random_turns import random_token_turns
 
             turns = random_token_turns(args.random_tokens)
+        if args.probe_answer is not None:
+            from qwq_agent.testing.probes import probe_aware
+
+            turns = probe_aware(texts, args.probe_answer)
         server = ScriptedModelServer(
             turns,
             model=args.model,

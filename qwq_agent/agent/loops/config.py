@@ -20,31 +20,31 @@ class LoopDetectorConfig(BaseModel):
 
     # ---- floors and escalation ----------------------------------------------------------------
     min_reasoning_chars: int = Field(
-        2000,
+        default=2000,
         ge=0,
         description="No near-duplicate or ledger signal before this much reasoning: a model restating the "
         "problem and trying its first ideas twice is normal, and ~500 tokens of circling costs little.",
     )
     periodic_min_reasoning_chars: int = Field(
-        600,
+        default=600,
         ge=0,
         description="Floor for the exact-cycle signal alone. An exact repeat of a long span is never "
         "progress, so it may fire sooner than the statistical signals (a degenerate `,000,000...` run "
         "fills the context in a few hundred tokens).",
     )
     level2_gap_chars: int = Field(
-        2000,
+        default=2000,
         ge=0,
         description="Reasoning needed after the nudge (level 1) before closing (level 2): ~500 tokens, "
         "time for the model to act on the nudge (start a tool call) or answer.",
     )
     level3_gap_chars: int = Field(
-        2000,
+        default=2000,
         ge=0,
         description="Reasoning needed after closing (level 2) before stopping (level 3); same reason.",
     )
     min_new_repeats: int = Field(
-        3,
+        default=3,
         ge=1,
         description="New revisits (third-or-later visits of a step or a candidate, or exact-cycle checks) "
         "needed since the last level before escalating: a model that stopped circling after the nudge "
@@ -52,7 +52,7 @@ class LoopDetectorConfig(BaseModel):
     )
 
     persist_chars: int = Field(
-        1000,
+        default=1000,
         ge=0,
         description="The near-duplicate and ledger signals must hold without a break for this much "
         "reasoning (~250 tokens) before they count: a loop persists, while a healthy answer that "
@@ -62,22 +62,22 @@ class LoopDetectorConfig(BaseModel):
 
     # ---- exact cycle on characters ------------------------------------------------------------
     periodic_check_every: int = Field(
-        32,
+        default=32,
         ge=1,
         description="Characters between two exact-cycle checks (a check is a few C-level string "
         "comparisons; every 32 characters keeps the cost well under a microsecond per character).",
     )
     periodic_anchor_chars: int = Field(
-        24, ge=4, description="Length of the tail that is looked up earlier to propose a period."
+        default=24, ge=4, description="Length of the tail that is looked up earlier to propose a period."
     )
     periodic_max_period: int = Field(
-        2500,
+        default=2500,
         ge=8,
         description="Longest cycle looked for: the verbatim loops seen in real outputs repeat blocks of "
         "4 to ~1,400 characters; 2,500 leaves room and bounds the buffer.",
     )
     periodic_min_run: int = Field(
-        256,
+        default=256,
         ge=32,
         description="Exact repeat length (characters identical to those one period earlier) that counts "
         "as a cycle: ~64 tokens copied verbatim from the model's own reasoning. Reasoning never "
@@ -86,26 +86,28 @@ class LoopDetectorConfig(BaseModel):
         "~200 it starts to catch repeated LaTeX derivation lines.)",
     )
     periodic_max_tries: int = Field(
-        3, ge=1, description="Earlier occurrences of the anchor tried as the period start, newest first."
+        default=3,
+        ge=1,
+        description="Earlier occurrences of the anchor tried as the period start, newest first.",
     )
 
     # ---- near-duplicate steps -----------------------------------------------------------------
     min_segment_words: int = Field(
-        8, ge=1, description="Sentences shorter than this are merged with the next before comparison."
+        default=8, ge=1, description="Sentences shorter than this are merged with the next before comparison."
     )
     max_segment_words: int = Field(
-        120, ge=8, description="A segment is cut here even without a sentence end (run-on text)."
+        default=120, ge=8, description="A segment is cut here even without a sentence end (run-on text)."
     )
-    shingle_size: int = Field(3, ge=1, description="Words per shingle for near-duplicate comparison.")
+    shingle_size: int = Field(default=3, ge=1, description="Words per shingle for near-duplicate comparison.")
     similarity_threshold: float = Field(
-        0.5,
+        default=0.5,
         gt=0,
         le=1,
         description="Jaccard similarity of normalised shingles at or above which a segment is a "
         "near-duplicate of an earlier one (half the 3-word phrases shared: a reworded restatement).",
     )
     number_reuse_threshold: float = Field(
-        0.5,
+        default=0.5,
         ge=0,
         le=1,
         description="A near-duplicate counts only if its numbers also agree with the earlier segment's "
@@ -113,17 +115,19 @@ class LoopDetectorConfig(BaseModel):
         "of cases) reuses the wording but produces new numbers, a loop recomputes the same ones.",
     )
     revisit_visits: int = Field(
-        3,
+        default=3,
         ge=2,
         description="A step counts as circling on this visit (a third one): one verification pass "
         "revisits each step once, a loop again and again.",
     )
     lookback_segments: int = Field(
-        300, ge=1, description="How many earlier segments a new one is compared against."
+        default=300, ge=1, description="How many earlier segments a new one is compared against."
     )
-    attempt_window: int = Field(16, ge=2, description="How many recent segments the revisit share uses.")
+    attempt_window: int = Field(
+        default=16, ge=2, description="How many recent segments the revisit share uses."
+    )
     attempt_share_threshold: float = Field(
-        0.5,
+        default=0.5,
         gt=0,
         le=1,
         description="Share of the recent segments that are third-or-later visits at or above which the "
@@ -132,13 +136,13 @@ class LoopDetectorConfig(BaseModel):
 
     # ---- ledger of candidates -----------------------------------------------------------------
     ledger_window: int = Field(
-        24,
+        default=24,
         ge=4,
         description="How many recent candidate mentions (expressions, values, answer options, answer "
         "claims) novelty is measured over: about three passes over a handful of candidates.",
     )
     ledger_stale_threshold: float = Field(
-        0.9,
+        default=0.9,
         gt=0,
         le=1,
         description="Share of the window's mentions that are a third-or-later mention of the same "
@@ -146,19 +150,19 @@ class LoopDetectorConfig(BaseModel):
         "computed or weighed was already weighed twice.",
     )
     ledger_max_distinct: int = Field(
-        5,
+        default=5,
         ge=1,
         description="At most this many distinct candidates in the window: circling is a few candidates "
         "again and again; a long verification pass touches many.",
     )
     ledger_min_distinct: int = Field(
-        2,
+        default=2,
         ge=1,
         description="At least this many distinct candidates in the window: coming back to one answer "
         "again and again ('so the answer is B ... yes, B') is converging, not circling.",
     )
     ledger_min_markers: int = Field(
-        10,
+        default=10,
         ge=0,
         description="Revisit markers ('wait', 'again', '再', '重新', ...) needed within the text the "
         "mention window covers (one per two or three mentions): the model itself saying, over and "
@@ -168,14 +172,14 @@ class LoopDetectorConfig(BaseModel):
 
     # ---- second-visit echo (level 1 only) ------------------------------------------------------
     echo_enabled: bool = Field(
-        True,
+        default=True,
         description="Allow the level-1-only echo signal: a nudge costs the model one sentence, so it may "
         "come on second-visit evidence, which a healthy re-check also produces; closing never does. "
         "It obeys `min_reasoning_chars` and `persist_chars` like the other statistical signals "
         "(shorter persistence lets a healthy trace reach level 2 on the corpus).",
     )
     echo_share_threshold: float = Field(
-        0.35,
+        default=0.35,
         gt=0,
         le=1,
         description="Share of the last `attempt_window` steps that revisit an earlier step at least "
@@ -186,10 +190,51 @@ class LoopDetectorConfig(BaseModel):
         "`benchmarks/loop_detector_loo.py`, picks 0.35 in 92 of 96 folds.)",
     )
     echo_min_markers: int = Field(
-        5,
+        default=5,
         ge=0,
         description="Revisit markers ('wait', 'again', '再', ...) needed in those steps as well (one "
         "per three steps): an echo the model itself keeps announcing as going back, so a summary or a "
         "final check that restates its steps without saying it goes back does not count. (2-3 markers "
         "nudge 3-12 healthy corpus traces; 8 or more adds nothing over the third-visit signals.)",
+    )
+
+    # ---- answer-stability probe (opt-in) -------------------------------------------------------
+    probe_enabled: bool = Field(
+        default=False,
+        description="After the nudge, send short greedy side requests on the reasoning's prefix "
+        "(`AnswerProbe`) and let a stable answer close a loop that keeps circling. Off by default: it "
+        "costs extra requests (measure with `benchmarks/probe_cost.py`) and needs a client with "
+        "`render_prompt` and `generate` (SGLang's native one). Turns never nudged send no probe.",
+    )
+    probe_min_reasoning_chars: int = Field(
+        default=2000,
+        ge=0,
+        description="No probe before this much reasoning (the statistical signals' floor): a nudge "
+        "from the exact-cycle signal can come sooner, and its loop gets the detector's own close.",
+    )
+    probe_every_chars: int = Field(
+        default=1000,
+        ge=200,
+        description="Reasoning between two probes (~250 tokens): 16 tokens decoded per probe is ~6% "
+        "more decoding, paid only after a nudge, and two probes can close ~1,000 characters after it, "
+        "half the detector's own gap (`level2_gap_chars`).",
+    )
+    probe_max_new_tokens: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Tokens a probe may decode: enough for a number, an option or a short phrase.",
+    )
+    probe_stable_count: int = Field(
+        default=2,
+        ge=2,
+        description="Probes taken after the nudge that must give the same answer to close: one answer "
+        "can be a guess, the same answer twice ~250 tokens of circling apart means the circling no "
+        "longer changes it.",
+    )
+    probe_suffix: str = Field(
+        default="\n\n...\n</think>\n\n**Final answer:**",
+        min_length=1,
+        description="Appended to the reasoning so far to ask for the answer; the elision keeps the "
+        "model from reading the probe as its own finished reasoning.",
     )

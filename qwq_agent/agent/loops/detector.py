@@ -7,6 +7,8 @@ Signals (each cheap per character and streaming):
 - `echo` (level 1 only): many recent steps restate an earlier one at least once (a second visit) while
   the model keeps saying it goes back ("wait", "again", "再"). A healthy re-check produces this too, so
   it may only nudge; closing and stopping need the third-visit signals above.
+- `probe` (level 2 only, opt-in): after the nudge, the answer-stability probes (`loops.probe`) keep
+  giving the same answer while the reasoning keeps circling; `observe_probe` takes their answers.
 
 Any signal gives level 1 (nudge towards a tool). Each further level needs a gap of reasoning since the
 last one and new evidence of circling in it (new revisits, not the old loop still inside a window), so a
@@ -25,10 +27,13 @@ from qwq_agent.agent.loops.config import LoopDetectorConfig
 from qwq_agent.agent.loops.duplicates import NearDuplicates
 from qwq_agent.agent.loops.ledger import CandidateLedger, count_markers, extract_mentions
 from qwq_agent.agent.loops.periodic import PeriodicTail
+from qwq_agent.agent.loops.probe import ProbeResult
 
 __all__ = ["LoopSignal", "ReasoningLoopDetector", "SignalKind"]
 
-SignalKind = Literal["periodic", "steps", "candidates", "echo"]
+SignalKind = Literal["periodic", "steps", "candidates", "echo", "probe"]
+Level = Literal[1, 2, 3]
+_LEVELS: dict[int, Level] = {1: 1, 2: 2, 3: 3}  # the detector counts in ints; a signal carries a Level
 
 _WORD = re.compile(r"[^\W_]+(?:[.,][0-9]+)*", re.UNICODE)
 _NUMBER = re.compile(r"^[0-9]+(?:[.,][0-9]+)*$")
@@ -46,7 +51,7 @@ _MAX_SEGMENT_CHARS = 4096
 class LoopSignal(BaseModel):
     """What the detector saw: 1 = nudge towards a tool, 2 = close the reasoning, 3 = stop the run."""
 
-    level: Literal[1, 2, 3]
+    level: Level
     reason: str
     kind: str = "steps"
     candidates: list[str] = Field(
@@ -94,6 +99,8 @@ class ReasoningLoopDetector:
         self._echo: deque[tuple[bool, int]] = deque()  # per recent segment: a second visit, markers
         self._echo_sum = 0
         self._echo_markers = 0
+        self.probes: list[ProbeResult] = []
+        self._probe_answer = ""
 
     # ---- feeding -------------------------------------------------------------------------------
 
@@ -224,6 +231,31 @@ class ReasoningLoopDetector:
         n = len(self._flags) - self._flag_start
         return self._flag_sum / n if n >= self.config.attempt_window else 0.0
 
+    # ---- the answer-stability probe --------------------------------------------------------------
+
+    def observe_probe(self, result: ProbeResult) -> LoopSignal | None:
+        """Take a probe's answer; return a close (level 2) when it is time.
+
+        Only after the nudge: the last `probe_stable_count` probes taken since the nudge gave the same
+        (non-empty) answer, and the reasoning kept circling meanwhile (some new revisit: a third visit
+        of a step, a stale candidate or an exact-cycle check). A model that converges without
+        circling, or that took the nudge, is left alone; a stable answer alone never nudges.
+        """
+        self.probes.append(result)
+        cfg = self.config
+        if self.level != 1:
+            return None
+        since = [p.answer for p in self.probes if p.at_chars > self._chars_at_signal]
+        last = since[-cfg.probe_stable_count :]
+        if len(last) < cfg.probe_stable_count or not last[0] or len(set(last)) != 1:
+            return None
+        if self.revisits == self._revisits_at_signal:
+            return None
+        self._probe_answer = last[0]
+        self._maybe_signal("probe")
+        new, self._new = self._new, []
+        return new[-1] if new else None
+
     # ---- escalation ----------------------------------------------------------------------------
 
     def _maybe_signal(self, kind: SignalKind) -> None:
@@ -232,7 +264,7 @@ class ReasoningLoopDetector:
             return
         if kind != "periodic" and self._pos < cfg.min_reasoning_chars:
             return
-        if self.level > 0:
+        if self.level > 0 and kind != "probe":  # the probe's own conditions stand in for the gap
             gap = cfg.level2_gap_chars if self.level == 1 else cfg.level3_gap_chars
             if self._pos - self._chars_at_signal < gap:
                 return
@@ -252,6 +284,11 @@ class ReasoningLoopDetector:
                 f"{self.attempt_share:.0%} of the last {cfg.attempt_window} steps go over ground "
                 "covered twice already"
             )
+        elif kind == "probe":
+            reason = (
+                f"the answer stayed {self._probe_answer!r} over {cfg.probe_stable_count} probes while the "
+                "reasoning kept circling"
+            )
         elif kind == "echo":
             reason = (
                 f"{self.echo_share:.0%} of the last {cfg.attempt_window} steps restate earlier ones, with "
@@ -263,7 +300,7 @@ class ReasoningLoopDetector:
                 "already weighed twice"
             )
         signal = LoopSignal(
-            level=self.level,  # type: ignore[arg-type]
+            level=_LEVELS[self.level],
             reason="circular reasoning: " + reason,
             kind=kind,
             candidates=candidates,
@@ -275,6 +312,7 @@ class ReasoningLoopDetector:
                 "cycle_period": self._periodic.period,
                 "cycle_run": self._periodic.run,
                 "revisits": self.revisits,
+                **({"probe_answer": self._probe_answer} if kind == "probe" else {}),
             },
         )
         self._new.append(signal)

@@ -26,8 +26,9 @@ def number_overlap(a: list[str], b: list[str]) -> float:
     """
     if not a and not b:
         return 1.0
-    pa = list(pairwise(a)) or [(n,) for n in a]
-    pb = list(pairwise(b)) or [(n,) for n in b]
+    # Tuples of two numbers, or of one when a segment holds a single number.
+    pa: list[tuple[str, ...]] = list(pairwise(a)) or [(n,) for n in a]
+    pb: list[tuple[str, ...]] = list(pairwise(b)) or [(n,) for n in b]
     ca, cb = Counter(pa), Counter(pb)
 
     def digits(pairs: Counter[tuple[str, ...]]) -> int:

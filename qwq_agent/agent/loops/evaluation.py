@@ -65,10 +65,11 @@ def evaluate_text(
 ) -> FileResult:
     """Feed `text` in 16-character deltas; report the highest level and the first signal."""
     det = ReasoningLoopDetector(config)
-    t0 = time.perf_counter()
+    # CPU time of this process, not wall time: on shared cores wall time measures the other tenants.
+    t0 = time.process_time()
     for i in range(0, len(text), DELTA_CHARS):
         det.feed(text[i : i + DELTA_CHARS])
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     first = det.signals[0] if det.signals else None
     first_at = int(first.evidence.get("chars", 0)) if first else None
     return FileResult(
@@ -116,7 +117,7 @@ def evaluate_corpus(corpus: Path, config: LoopDetectorConfig | None = None) -> C
     loops = [f for f in files if f.looping]
     healthy = [f for f in files if not f.looping]
     fracs = [f.first_frac for f in loops if f.first_frac is not None]
-    evident = [f.evident_at / f.chars for f in loops if f.evident_at is not None]
+    evident_fracs = [f.evident_at / f.chars for f in loops if f.evident_at is not None]
     # A missed loop counts as signalled at the end of its trace, so a miss cannot improve the median.
     lead = [
         ((f.first_at if f.first_at is not None else f.chars) - f.evident_at) / f.chars
@@ -130,7 +131,7 @@ def evaluate_corpus(corpus: Path, config: LoopDetectorConfig | None = None) -> C
         looping_total=len(loops),
         looping_flagged=sum(1 for f in loops if f.level >= 1),
         median_first_frac=statistics.median(fracs) if fracs else None,
-        median_evident_frac=round(statistics.median(evident), 3) if evident else None,
+        median_evident_frac=round(statistics.median(evident_fracs), 3) if evident_fracs else None,
         median_first_minus_evident=round(statistics.median(lead), 3) if lead else None,
         healthy_total=len(healthy),
         healthy_by_level=by_level,

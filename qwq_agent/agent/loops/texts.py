@@ -64,6 +64,13 @@ def nudge_text(signal: LoopSignal | None = None, tools: Iterable[str] | None = N
 
 def close_text(signal: LoopSignal | None = None) -> str:
     """Level-2 text: end the reasoning and force an answer, naming what was being circled."""
+    answer = signal.evidence.get("probe_answer") if signal is not None else None
+    if isinstance(answer, str) and answer:
+        # The probe heard the same answer each time it asked: the model is told its own answer held.
+        return (
+            f"\n\nEach time I stopped to state my answer it was {_named([answer])}, and going over it "
+            "again will not change it. Time to answer.\n</think>\n\n"
+        )
     if signal is None or not signal.candidates:
         return CLOSE_REASONING_TEXT
     return (

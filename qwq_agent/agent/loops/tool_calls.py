@@ -17,15 +17,19 @@ class RepetitionConfig(BaseModel):
     """Thresholds of `ToolCallRepetitionDetector`; counts are tool-call steps."""
 
     identical_calls_in_a_row: int = Field(
-        3, ge=2, description="Same tool and same (canonicalised) arguments this many times in a row."
+        default=3, ge=2, description="Same tool and same (canonicalised) arguments this many times in a row."
     )
     same_call_same_result: int = Field(
-        3, ge=2, description="The same call returning the same observation this many times in the window."
+        default=3,
+        ge=2,
+        description="The same call returning the same observation this many times in the window.",
     )
     identical_observations_in_a_row: int = Field(
-        4, ge=2, description="The same observation text this many times in a row, whatever the calls."
+        default=4, ge=2, description="The same observation text this many times in a row, whatever the calls."
     )
-    window_steps: int = Field(10, ge=2, description="How many recent steps the call/result count covers.")
+    window_steps: int = Field(
+        default=10, ge=2, description="How many recent steps the call/result count covers."
+    )
 
 
 class RepetitionSignal(BaseModel):

@@ -15,6 +15,13 @@ Added for issue 12's earliness work (cases outside the corpus, written before lo
   over the same step twice, then answers (markers alone must not flag);
 - healthy_options_weighed: a multiple-choice question whose options are each weighed with "wait",
   one of them reconsidered once, then answered (must not be flagged).
+Added for the probe/earliness work (written before running the detector on them):
+- qwq_24_loop: the "make 24 from 3, 3, 8, 8" puzzle; the model keeps recomputing the same four wrong
+  expressions (same values each time), with a few fresh ideas in between and fewer revisit markers
+  than the parentheses case, never answering;
+- healthy_reconfirm: a long amortisation table (all numbers new), then the answer stated, re-checked
+  once by the closed formula, and re-confirmed twice with "wait" / "let me double-check" (the
+  re-confirmation pattern healthy corpus traces show more often than loops): must not be flagged.
 Seeded, so re-running reproduces the same files.
 """
 
@@ -261,6 +268,73 @@ def healthy_options_weighed(rng: random.Random) -> str:
     return "".join(out)
 
 
+_24_CANDIDATES = [
+    ("(8 + 8) * 3 / 3", 16),
+    ("8 * 3 + 8 - 3", 29),
+    ("(8 - 3) * 3 + 8", 23),
+    ("8 * (3 + 3) - 8", 40),
+]
+_24_IDEAS = [
+    "Maybe division helps: 8 / 3 is not an integer, but fractions are allowed. ",
+    "What about subtracting first, like 3 - 8 / 3, which is 1/3? ",
+    "Perhaps the two 8s should not be added together. ",
+    "Multiplying everything gives 8 * 8 * 3 * 3 = 576, far too big. ",
+]
+
+
+def qwq_24_loop(rng: random.Random, chars: int = 8000) -> str:
+    out = [
+        "We must make 24 from 3, 3, 8, 8 using each number once with +, -, *, / and parentheses. "
+        "Obvious tries first: 8 * 3 = 24 already, but then a 3 and an 8 are left over and must cancel.\n\n"
+    ]
+    while sum(map(len, out)) < chars:
+        expr, value = rng.choice(_24_CANDIDATES)
+        out.append(
+            _pick(rng, "Let me try ", "Try ", "Hmm, ", "Alternatively, ", "What about ", "Wait, again ")
+            + f"{expr} = {value}. "
+            + _pick(rng, "Not 24. ", f"{value}, not 24. ", "No. ", "That doesn't work. ")
+            + (rng.choice(_24_IDEAS) if rng.random() < 0.25 else "")
+            + _pick(rng, "", "", "I think I tried this. ", "Let me think differently. ")
+            + ("\n\n" if rng.random() < 0.3 else "")
+        )
+    return "".join(out)
+
+
+def healthy_reconfirm(rng: random.Random) -> str:
+    principal, rate, months = 12000.0, 0.06 / 12, 36
+    payment = principal * rate / (1 - (1 + rate) ** -months)
+    out = [
+        f"A loan of {principal:.0f} at 6% a year, paid monthly over {months} months: what is the total "
+        f"interest? The monthly payment is P * r / (1 - (1 + r)^-n) = {payment:.2f}. Let me build the "
+        "table month by month.\n\n"
+    ]
+    balance, interest_total = principal, 0.0
+    for month in range(1, months + 1):
+        interest = balance * rate
+        interest_total += interest
+        balance -= payment - interest
+        out.append(
+            f"Month {month}: "
+            + _pick(rng, "interest ", "the interest is ", "interest part ")
+            + f"{interest:.2f}, principal repaid {payment - interest:.2f}, balance {max(balance, 0):.2f}, "
+            + f"interest so far {interest_total:.2f}.\n"
+        )
+    total = payment * months - principal
+    out.append(f"\nSo the answer is {total:.2f} in total interest.\n\n")
+    out.append(
+        "Wait, let me double-check with the closed form instead of the table: total paid is "
+        f"{months} * {payment:.2f} = {payment * months:.2f}, minus the principal {principal:.0f} leaves "
+        f"{total:.2f}. "
+        f"So the answer is {total:.2f} again, and the table's last running total agrees up to rounding.\n\n"
+    )
+    out.append(
+        "Hmm, one more sanity check: a simple-interest estimate on the average balance, about half the "
+        f"principal over three years at 6%, gives roughly {principal / 2 * 0.06 * 3:.0f}, close to the "
+        f"exact figure, as it should be. Yes, the answer is {total:.2f}.\n"
+    )
+    return "".join(out)
+
+
 CASES: dict[str, Callable[[random.Random], str]] = {
     "qwq_parentheses_loop": qwq_parentheses_loop,
     "qwq_zh_loop": qwq_zh_loop,
@@ -270,6 +344,8 @@ CASES: dict[str, Callable[[random.Random], str]] = {
     "qwq_rederive_loop": qwq_rederive_loop,
     "healthy_many_waits": healthy_many_waits,
     "healthy_options_weighed": healthy_options_weighed,
+    "qwq_24_loop": qwq_24_loop,
+    "healthy_reconfirm": healthy_reconfirm,
 }
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""Cases written outside the corpus for the earliness work: a quiet arithmetic loop, a healthy
+re-confirmation. Written (tests/data/reasoning/make_qwq_cases.py) before the detector was run on them;
+the assertions state what the detector does, including where it is late."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from qwq_agent.agent.loop_detector import ReasoningLoopDetector
+
+DATA = Path(__file__).parent / "data" / "reasoning"
+EXPRESSIONS = {"(8+8)*3/3 = 16", "8*3+8-3 = 29", "(8-3)*3+8 = 23", "8*(3+3)-8 = 40"}
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_qwq_cases", DATA / "make_qwq_cases.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def feed16(text: str) -> ReasoningLoopDetector:
+    det = ReasoningLoopDetector()
+    for i in range(0, len(text), 16):
+        det.feed(text[i : i + 16])
+    return det
+
+
+@pytest.mark.parametrize("name", ["qwq_24_loop", "healthy_reconfirm"])
+def test_committed_cases_match_their_generator(name: str) -> None:
+    text = (DATA / f"{name}.txt").read_text(encoding="utf-8")
+    assert generator().CASES[name](random.Random(name)) == text
+
+
+@pytest.mark.parametrize("seed", ["qwq_24_loop", 1, 2, 3])
+def test_quiet_24_loop_is_nudged_before_it_ends_naming_the_four_expressions(seed: object) -> None:
+    text = generator().CASES["qwq_24_loop"](random.Random(seed))
+    det = feed16(text)
+    assert det.level >= 1
+    first = det.signals[0]
+    # Late: few revisit markers ("Try", "Alternatively" are not ones), so it comes at 50-65% of the
+    # text, where the louder QwQ cases come at 28-41% (README, "Loop detection").
+    assert first.evidence["chars"] < 0.7 * len(text)
+    assert set(first.candidates) == EXPRESSIONS
+
+
+@pytest.mark.parametrize("seed", ["healthy_reconfirm", 1, 2, 3])
+def test_answer_reconfirmed_after_one_check_is_not_flagged(seed: object) -> None:
+    text = generator().CASES["healthy_reconfirm"](random.Random(seed))
+    assert text.count("the answer is") >= 3 and len(text) > 4000
+    assert feed16(text).signals == []
