@@ -136,12 +136,18 @@ async def run_branches(
         if isinstance(ev, ModelCall):
             calls[index].append(ev)
 
-    async with DockerSandbox.create(sandbox_config) as parent_sb:
-        await parent_sb.upload(ws, "/workspace", contents=True)
+    async with AsyncExitStack() as stack:
+        parent_sb = None
+        if sandbox_config is not None:
+            parent_sb = await stack.enter_async_context(DockerSandbox.create(sandbox_config))
+            await parent_sb.upload(ws, "/workspace", contents=True)
         agent = Agent(model, tools, sandbox=parent_sb, config=agent_config(args))
         started = time.perf_counter()
         result = await agent.explore(task(args), n=args.branches, select="first", on_event=on_event)
         wall = time.perf_counter() - started
+        if parent_sb is None:  # --no-sandbox: the model side only
+            await result.aclose()
+            return _branches_row(args, result, calls, wall, [])
         # One restore at a time into an idle, already started sandbox (the winner's), for comparison
         # with the branches' restores, which run at once while their sandboxes are still starting.
         snap = await parent_sb.snapshot()
@@ -151,6 +157,12 @@ async def run_branches(
             await result.sandbox.restore(snap)
             warm_restores.append(time.perf_counter() - t0)
         await result.aclose()
+    return _branches_row(args, result, calls, wall, warm_restores)
+
+
+def _branches_row(
+    args: argparse.Namespace, result: Any, calls: dict[int, list[ModelCall]], wall: float, warm_restores: list
+) -> dict:
     warm = result.warmup
     prompt, cached = first_turns(calls)
     return {
@@ -181,10 +193,12 @@ async def run_independent(
 
     async def one(i: int) -> None:
         async with AsyncExitStack() as stack:
-            t0 = time.perf_counter()
-            sb = await stack.enter_async_context(DockerSandbox.create(sandbox_config))
-            await sb.upload(ws, "/workspace", contents=True)
-            ready.append(time.perf_counter() - t0)
+            sb = None
+            if sandbox_config is not None:
+                t0 = time.perf_counter()
+                sb = await stack.enter_async_context(DockerSandbox.create(sandbox_config))
+                await sb.upload(ws, "/workspace", contents=True)
+                ready.append(time.perf_counter() - t0)
             sampling = base.sampling.model_copy(update={"seed": 1000 + i})
             agent = Agent(model, tools, sandbox=sb, config=base.model_copy(update={"sampling": sampling}))
             async for ev in agent.stream(task(args)):
@@ -227,8 +241,20 @@ async def amain(args: argparse.Namespace) -> list[dict]:
     from qwq_agent.testing.scripted_server import ScriptedModelServer
     from qwq_agent.tools.catalog import build_tools
 
-    sandbox_config = SandboxConfig(image=ensure_image(progress=lambda *a, **k: None))
-    tools = build_tools(["shell"])
+    if args.no_sandbox:
+        # A machine without Docker (the lent GPU): the same scripted call, answered on the host, so only
+        # the model side (prefill, cached share, wall) is measured; the sandbox side is measured here.
+        from qwq_agent.tools.base import tool
+
+        @tool(name="shell")
+        def fake_shell(command: str) -> str:
+            """Run a command (answered on the host with a fixed listing: --no-sandbox)."""
+            return "data.bin\n" + "ok " * 40
+
+        sandbox_config, tools = None, [fake_shell]
+    else:
+        sandbox_config = SandboxConfig(image=ensure_image(progress=lambda *a, **k: None))
+        tools = build_tools(["shell"])
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
@@ -284,6 +310,11 @@ def main() -> None:
     p.add_argument("--system-words", type=int, default=1850)
     p.add_argument("--task-words", type=int, default=700)
     p.add_argument("--workspace-mb", type=float, default=10.0)
+    p.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="no Docker here: answer the scripted tool call on the host and measure the model side only",
+    )
     p.add_argument("--label-suffix", default="", help="appended to the labels (e.g. -h200)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()

@@ -12,6 +12,8 @@
 #               .venv/bin/python -m qwq_agent.testing.scripted_server --port 30777 --random-tokens 200 &
 #               OUT=/tmp/aw AW_URL=http://127.0.0.1:30777 AW_PYTHON=.venv/bin/python AW_NO_INSTALL=1 \
 #                 bash benchmarks/gpu_agent_workload.sh exact
+#   branches-probe  issue 16's branches (model side, --no-sandbox) and issue 12's probe cost; leaves the
+#             server up as phase gpu expects, so `gpu` can follow on the warm machine
 #   scale-out (nvidia-h200-x2) one SGLang replica per GPU, then benchmarks/scale_out.py: (a) one GPU alone,
 #             (b)-(d) both behind SGLang's router round-robin, cache-aware, with session affinity; 64
 #             sessions x 6 turns; budgeted for one 10-minute call (install ~30 s, both replicas start in
@@ -122,6 +124,19 @@ case "$phase" in
       --tokenizer-path .device/qwq-32b --sessions 64 --turns 6 --gen-tokens 100 --out "$OUT/scale_out-$(date +%F).json"
     rc=$?
     cp /tmp/sglang-1.log "$OUT/sglang-scale-out-1.log" 2>/dev/null
+    ;;
+  branches-probe)
+    # Issues 16 and 12 on one GPU: parallel branches vs independent runs (the model side: no Docker on the
+    # lent machine, so --no-sandbox; the sandbox side is measured on the Docker host), then the loop
+    # detector's answer-stability probe cost. The server is started as phase gpu expects, so `gpu` can
+    # follow in the next call on the warm machine.
+    SERVER_FLAGS="--schedule-policy lpm --enable-cache-report --reasoning-parser deepseek-r1 --tool-call-parser qwen25 --context-length 16384"
+    if ! curl -s -o /dev/null "$URL/health"; then
+      bash .device/sglang/b/sglang-up.sh .device/qwq-32b $SERVER_FLAGS || exit 1
+    fi
+    "$PY" benchmarks/branches_bench.py --url "$URL" --no-sandbox --flush-cache --label-suffix h200 \
+      --out "$OUT/branches-$(date +%F).json" || rc=1
+    "$PY" benchmarks/probe_cost.py --url "$URL" --max-new-tokens 2048 --out "$OUT/probe_cost.json" || rc=1
     ;;
   hf)
     if [ -f /tmp/sglang.pid ]; then
