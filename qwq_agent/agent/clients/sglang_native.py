@@ -411,11 +411,16 @@ class SGLangClient:
                 await response.aclose()
             if final is None:
                 raise ModelConnectionError("stream ended before the server reported a finish reason")
+            matched_streaming = stops.matched is not None
             held = stops.flush()
             if held:
                 ttft = ttft if ttft is not None else time.perf_counter() - started
                 text += held
                 yield TextDelta(text=held)
+            if not matched_streaming and stops.matched is not None:
+                # The held tail held the earliest stop string; the server had already ended the stream.
+                final = {**final, "finish_reason": {"type": "stop", "matched": stops.matched}}
+                finished = True
             # A cut made here leaves `finished` as the server left it, so `finally` aborts a request still
             # generating past the stop string.
             finished = finished or stops.matched is None

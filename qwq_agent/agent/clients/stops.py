@@ -27,17 +27,25 @@ class StopScanner:
             return ""
         text = self._held + delta
         hit = self._earliest(text)
-        if hit is not None:
+        open_at = len(text) - self._open_prefix(text)
+        # A complete stop string decides only if no longer one could still complete starting before it
+        # (stops `<` and `><<`, text `><` so far: `><<` may yet begin at 0, ahead of the `<` at 1).
+        if hit is not None and hit[0] <= open_at:
             at, self.matched = hit
             self._held = ""
             return text[:at]
-        keep = self._open_prefix(text)
-        self._held = text[len(text) - keep :] if keep else ""
-        return text[: len(text) - keep]
+        self._held = text[open_at:]
+        return text[:open_at]
 
     def flush(self) -> str:
-        """What was held back when the stream ends without reaching a stop string."""
+        """What was held back when the stream ends: up to the earliest stop string in it (then `matched`)."""
         held, self._held = self._held, ""
+        if self.matched is not None:
+            return ""
+        hit = self._earliest(held)
+        if hit is not None:
+            at, self.matched = hit
+            return held[:at]
         return held
 
     def cut(self, text: str) -> tuple[str, str | None]:
