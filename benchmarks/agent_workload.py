@@ -41,6 +41,7 @@ from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.loop_detector import LoopDetectorConfig
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, ToolOutput
+from qwq_agent.testing._tokens import common_prefix_len
 
 WORDS = (
     "alpha beta gamma delta kernel cache prefix token radix tree schedule batch decode prefill memory "
@@ -123,7 +124,7 @@ class ScriptedTurns:
         keep = bool(getattr(self.inner, "keep_reasoning", False))
         form = encode_segments([*render_segments(messages, tools, keep_reasoning=keep), prefix])
         held = self._held or []
-        self.new_tokens.append(len(form) - common_prefix(form, held))
+        self.new_tokens.append(len(form) - common_prefix_len(form, held))
         async for ev in self.inner.stream(messages, tools, params, prefix=prefix):  # type: ignore[attr-defined]
             if isinstance(ev, Completion):
                 self._held = form + list(ev.output_ids)
@@ -141,15 +142,6 @@ class ScriptedTurns:
 
     async def aclose(self) -> None:
         pass
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def pct(values: list[float], q: float) -> float | None:

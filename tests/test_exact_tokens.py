@@ -15,6 +15,7 @@ from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.messages import Message
 from qwq_agent.agent.tokenizer import IM_END, get_tokenizer
 from qwq_agent.agent.trace import ReplayModel, read_trace
+from qwq_agent.testing._tokens import common_prefix_len
 from qwq_agent.testing.helpers import add, call
 from qwq_agent.testing.scripted_server import ScriptedModelServer, Turn
 
@@ -30,15 +31,6 @@ def sampled_ids(reasoning: str, rest: str) -> list[int]:
     ids = [i for ch in reasoning for i in TOK.encode(ch)] + TOK.encode(rest)
     assert TOK.decode(ids) == reasoning + rest and ids != TOK.encode(reasoning + rest)
     return ids
-
-
-def lcp(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def conversation() -> list[Message]:
@@ -74,7 +66,7 @@ def test_text_and_id_paths_render_the_same_conversation():
     assert ids[: len(before)] == canonical[: len(before)]  # the prompt that asked for the turn
     assert TOK.decode(before).endswith("<|im_start|>assistant\n<think>\n")
     assert ids[len(before) : len(before) + len(kept)] == kept
-    assert lcp(ids, canonical) < len(before) + len(kept)
+    assert common_prefix_len(ids, canonical) < len(before) + len(kept)
     # A conversation whose kept ids are all canonical encodes to exactly the text path's ids.
     plain = [m.model_copy(update={"token_ids": TOK.encode(m.raw)}) if m.raw else m for m in messages]
     assert encode_segments(render_segments(plain, [add.spec], keep_reasoning=True)) == canonical

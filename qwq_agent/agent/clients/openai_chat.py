@@ -20,7 +20,6 @@ into the header of each outgoing request.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -39,7 +38,7 @@ from qwq_agent.agent.clients.errors import (
 )
 from qwq_agent.agent.clients.retry import RetryPolicy
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
-from qwq_agent.agent.clients.routing import routing_headers
+from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
@@ -124,7 +123,7 @@ def format_tool_call(name: str, arguments: str) -> str:
     return f"<tool_call>\n{body}\n</tool_call>"
 
 
-class OpenAIChatClient:
+class OpenAIChatClient(RoutingKeyMixin):
     """Async client for an OpenAI-compatible chat API; implements the `Model` protocol.
 
     Args:
@@ -196,14 +195,6 @@ class OpenAIChatClient:
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._http.aclose()
-
-    def with_routing_key(self, key: str | None) -> OpenAIChatClient:
-        """A client for one run that sends `key` as its routing key (session affinity behind SGLang's
-        router); it shares this client's connection pool, which this client still owns and closes."""
-        clone = copy.copy(self)
-        clone._routing = routing_headers(key)
-        clone.routing_key = key
-        return clone
 
     def _headers(self) -> dict[str, str]:
         auth = {"Authorization": f"Bearer {self._key.reveal()}"} if self._key else {}

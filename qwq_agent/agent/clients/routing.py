@@ -9,6 +9,9 @@ places requests itself, e.g. by its cache-aware prefix tree.
 
 from __future__ import annotations
 
+import copy
+from typing import Self
+
 ROUTING_KEY_HEADER = "x-smg-routing-key"
 
 
@@ -19,3 +22,18 @@ def routing_headers(key: str | None) -> dict[str, str]:
     if not key or any(c in key for c in "\r\n") or len(key) > 256:
         raise ValueError("a routing key is 1-256 characters without line breaks")
     return {ROUTING_KEY_HEADER: key}
+
+
+class RoutingKeyMixin:
+    """`with_routing_key` for the clients: a per-run copy that shares the connection pool."""
+
+    routing_key: str | None
+    _routing: dict[str, str]
+
+    def with_routing_key(self, key: str | None) -> Self:
+        """A client for one run that sends `key` as its routing key (session affinity behind SGLang's
+        router); it shares this client's connection pool, which this client still owns and closes."""
+        clone = copy.copy(self)
+        clone._routing = routing_headers(key)
+        clone.routing_key = key
+        return clone

@@ -7,7 +7,6 @@ radix cache sees the same prefix turn after turn) and that reports `cached_token
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -28,7 +27,7 @@ from qwq_agent.agent.clients.errors import (
 from qwq_agent.agent.clients.retry import RetryPolicy
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.router_info import capacity_of, is_router_summary, worker_infos
-from qwq_agent.agent.clients.routing import routing_headers
+from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.deadline import current_deadline
@@ -85,7 +84,7 @@ def sampling_payload(params: SamplingParams) -> dict[str, Any]:
     return payload
 
 
-class SGLangClient:
+class SGLangClient(RoutingKeyMixin):
     """Async client for one SGLang server's native API; implements the `Model` protocol.
 
     Args:
@@ -143,14 +142,6 @@ class SGLangClient:
 
     def __repr__(self) -> str:
         return f"SGLangClient({self.base_url!r}, profile={self.profile!r})"
-
-    def with_routing_key(self, key: str | None) -> SGLangClient:
-        """A client for one run that sends `key` as its routing key (session affinity behind SGLang's
-        router); it shares this client's connection pool, which this client still owns and closes."""
-        clone = copy.copy(self)
-        clone._routing = routing_headers(key)
-        clone.routing_key = key
-        return clone
 
     async def __aenter__(self) -> SGLangClient:
         return self
