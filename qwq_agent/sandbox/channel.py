@@ -19,6 +19,9 @@ request carries a random nonce that its reply must echo: a reply whose id is pen
 not that request's is a protocol violation (the channel closes, the sandbox is replaced on the next call),
 so one call's result is never delivered as another's. A call the host gives up on (cancelled, timed out)
 sends a `cancel` frame, and the supervisor kills or interrupts that call's work.
+
+Bulk bytes (snapshot archives) travel as a *blob*, both ways: raw bytes right after a frame that says
+`"blob": n`, so an archive is neither base64-encoded nor parsed as JSON; a blob is capped like a frame.
 """
 
 from __future__ import annotations
