@@ -121,7 +121,7 @@ async def take_snapshot(
         cells=sandbox.cells.recorded(),
         source=sandbox.id,
     )
-    snapshot._verified = True  # its sha256 was just computed from these very bytes
+    snapshot.mark_verified()  # its sha256 was just computed from these very bytes
     return snapshot
 
 
@@ -142,7 +142,7 @@ async def restore_snapshot(
         raise InvalidRequest(f"python_state must be 'fresh' or 'replay', not {python_state!r}")
     started = time.perf_counter()
     # Hashed once per object, off the event loop; later restores of the same snapshot skip the hop.
-    if not (snapshot._verified or await asyncio.to_thread(snapshot.verify)):
+    if not (snapshot.verified or await asyncio.to_thread(snapshot.verify)):
         raise UnsafeArchive(
             f"snapshot {snapshot.id}'s archive does not match its sha256 (changed since it was taken); "
             "nothing was restored"
