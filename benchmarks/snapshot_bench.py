@@ -1,6 +1,7 @@
 """Snapshot benchmark: snapshot and restore of a 10 MB / 100 MB workspace, beside a cold start, one run.
 
-    .venv/bin/python benchmarks/snapshot_bench.py [--image TAG] [--sizes 10,100] [--n 20] [--quick]
+    .venv/bin/python benchmarks/snapshot_bench.py [--image TAG] [--cases 10:100,10:1,100:100] [--n 20]
+        [--cold 5] [--quick] [--out PATH]
 
 Prints a table and writes benchmarks/results/snapshot-<date>.json (a list of rows: label, workspace_mb,
 n, p50_ms, p90_ms, mean_ms, plus a `meta` row). Target (issue 16): restore of 10 MB into a warm sandbox
@@ -14,7 +15,8 @@ n, p50_ms, p90_ms, mean_ms, plus a `meta` row). Target (issue 16): restore of 10
   container keeps /workspace in its writable layer; `put_archive` there does not empty the workspace
   first (our restore does), which only flatters the baseline.
 
-The workspace is 100 files of random (incompressible) bytes adding up to the size.
+A case `MB:FILES` is a workspace of FILES files of random (incompressible) bytes adding up to MB; rows
+carry `files`. The pool row restores into an empty warm sandbox (nothing to clear), as branches do.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from qwq_agent.sandbox import DockerSandbox, SandboxConfig, SandboxPool, janitor
 from qwq_agent.sandbox.docker_sandbox import resolve_image
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FILES = 100
 
 
 def pct(values: list[float], q: float) -> float:
@@ -46,6 +47,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def row(label: str, mb: int | None, values: list[float], **extra: Any) -> dict[str, Any]:
+    """One table row; `extra` (e.g. files=) lands in the JSON."""
     ms = [v * 1000 for v in values]
     return {"label": label, "workspace_mb": mb, "n": len(ms), "p50_ms": round(pct(ms, 0.5), 2),
             "p90_ms": round(pct(ms, 0.9), 2), "mean_ms": round(statistics.fmean(ms), 2), **extra}  # fmt: skip
@@ -60,9 +62,9 @@ async def timed(n: int, fn: Callable[[], Awaitable[Any]]) -> list[float]:
     return out
 
 
-def fill_command(mb: int) -> str:
-    size = mb * 1024 * 1024 // FILES
-    return f"mkdir -p /workspace/data && for i in $(seq {FILES}); do head -c {size} /dev/urandom > /workspace/data/f$i; done"
+def fill_command(mb: int, files: int) -> str:
+    size = mb * 1024 * 1024 // files
+    return f"mkdir -p /workspace/data && for i in $(seq {files}); do head -c {size} /dev/urandom > /workspace/data/f$i; done"
 
 
 class PlainPair:
@@ -76,8 +78,8 @@ class PlainPair:
         self.src, self.dst = self.containers
         self.data = b""
 
-    def fill(self, mb: int) -> None:
-        code, out = self.src.exec_run(["bash", "-c", fill_command(mb)])
+    def fill(self, mb: int, files: int) -> None:
+        code, out = self.src.exec_run(["bash", "-c", fill_command(mb, files)])
         assert code == 0, out
 
     def get(self) -> None:
@@ -92,14 +94,14 @@ class PlainPair:
             c.remove(force=True)
 
 
-async def compare(cfg: SandboxConfig, image: str, mb: int, n: int) -> list[dict[str, Any]]:
+async def compare(cfg: SandboxConfig, image: str, mb: int, files: int, n: int) -> list[dict[str, Any]]:
     """Ours and docker-py's, interleaved call by call so a load swing hits both alike."""
     plain = await asyncio.to_thread(PlainPair, image)
     try:
         async with DockerSandbox.create(cfg) as src, DockerSandbox.create(cfg) as dst:
-            r = await src.shell(fill_command(mb), timeout=120)
+            r = await src.shell(fill_command(mb, files), timeout=120)
             assert r.exit_code == 0, r.stderr
-            await asyncio.to_thread(plain.fill, mb)
+            await asyncio.to_thread(plain.fill, mb, files)
             snap = await src.snapshot()
             await asyncio.to_thread(plain.get)
             t: dict[str, list[float]] = {k: [] for k in ("snap", "get", "restore", "inside", "put")}
@@ -118,29 +120,48 @@ async def compare(cfg: SandboxConfig, image: str, mb: int, n: int) -> list[dict[
                 t["restore"].append(t3 - t2)
                 t["put"].append(t4 - t3)
                 t["inside"].append(sum(result.sandbox_seconds.values()))
+            # Then each path alone, back to back (as 8 branches restoring one snapshot would): the
+            # interleaved loop above charges each side with the other's after-effects (dockerd's
+            # buffers and page-cache writeback, our sandbox's freed tmpfs).
+            alone = await timed(n, lambda: dst.restore(snap))
+            put_alone = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await asyncio.to_thread(plain.put)
+                put_alone.append(time.perf_counter() - t0)
             check = await dst.shell("du -sb /workspace/data | cut -f1")
-            assert int(check.stdout) >= mb * 1024 * 1024 - FILES, check.stdout
+            assert int(check.stdout) >= mb * 1024 * 1024 - files, check.stdout
     finally:
         await asyncio.to_thread(plain.close)
     return [
-        row("snapshot (supervisor channel)", mb, t["snap"], archive_bytes=snap.size_bytes),
-        row("docker-py get_archive (plain container, baseline)", mb, t["get"], archive_bytes=len(plain.data)),
-        row("restore into a warm sandbox (supervisor channel)", mb, t["restore"]),
-        row("  of which inside the sandbox (sha256, checks, clear, extract)", mb, t["inside"]),
-        row("docker-py put_archive (plain container, baseline)", mb, t["put"]),
+        row("snapshot (supervisor channel)", mb, t["snap"], files=files, archive_bytes=snap.size_bytes),
+        row("docker-py get_archive (plain container, baseline)", mb, t["get"], files=files),
+        row("restore into a warm sandbox (supervisor channel)", mb, t["restore"], files=files),
+        row("  of which inside the sandbox (sha256, checks, clear, extract)", mb, t["inside"], files=files),
+        row("docker-py put_archive (plain container, baseline)", mb, t["put"], files=files),
+        row("restore, back to back", mb, alone, files=files),
+        row("docker-py put_archive, back to back (baseline)", mb, put_alone, files=files),
     ]
 
 
-async def pool_acquire(cfg: SandboxConfig, data_mb: int, snap_src: DockerSandbox, n: int) -> dict[str, Any]:
+async def pool_acquire(
+    cfg: SandboxConfig, mb: int, files: int, snap_src: DockerSandbox, n: int
+) -> list[dict[str, Any]]:
+    """Acquire with a snapshot from a pool of one; the refill it starts competes, as it would in use."""
     snap = await snap_src.snapshot()
-    times = []
+    times, restores = [], []
     async with SandboxPool(size=1, config=cfg) as pool:
         for _ in range(n):
             await pool.wait_ready()  # a warm sandbox waits, as in a pool sized for the load
             t0 = time.perf_counter()
-            async with pool.acquire(snapshot=snap):
+            async with pool.acquire(snapshot=snap) as sb:
                 times.append(time.perf_counter() - t0)
-    return row("pool.acquire(snapshot=) from a warm pool (ping + restore)", data_mb, times)
+                assert sb.last_restore is not None
+                restores.append(sb.last_restore.duration_s)
+    return [
+        row("pool.acquire(snapshot=) from a warm pool (ping + restore)", mb, times, files=files),
+        row("  of which the restore into its empty workspace", mb, restores, files=files),
+    ]
 
 
 async def cold(cfg: SandboxConfig, n: int, snap_data_src: DockerSandbox | None) -> list[dict[str, Any]]:
@@ -168,10 +189,11 @@ async def cold(cfg: SandboxConfig, n: int, snap_data_src: DockerSandbox | None) 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image")
-    ap.add_argument("--sizes", default="10,100")
+    ap.add_argument("--cases", default="10:100,10:1,100:100", help="MB:FILES,...")
     ap.add_argument("--n", type=int, default=20, help="repetitions for 10 MB (fewer for bigger sizes)")
     ap.add_argument("--cold", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="n=5, cold=2")
+    ap.add_argument("--out", help="JSON path (default benchmarks/results/snapshot-<date>.json)")
     args = ap.parse_args()
     if args.quick:
         args.n, args.cold = 5, 2
@@ -180,23 +202,28 @@ async def main() -> None:
     cfg = cfg.model_copy(update={"image": image})
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
-    for mb in (int(s) for s in args.sizes.split(",")):
+    first = True
+    for mb, files in (tuple(int(x) for x in case.split(":")) for case in args.cases.split(",")):
         n = args.n if mb <= 10 else max(3, args.n // 3)
-        rows += await compare(cfg, image, mb, n)
-        if mb <= 10:
+        rows += await compare(cfg, image, mb, files, n)
+        if first:  # the pool and the cold start once, with the first case's workspace
+            first = False
             async with DockerSandbox.create(cfg) as src:
-                await src.shell(fill_command(mb))
-                rows.append(await pool_acquire(cfg, mb, src, max(3, n // 4)))
+                await src.shell(fill_command(mb, files), timeout=120)
+                rows += await pool_acquire(cfg, mb, files, src, max(5, n // 2))
                 rows += await cold(cfg, args.cold, src)
     meta = {"label": "meta", "date": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(),
             "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-            "image": image, "files_per_workspace": FILES}  # fmt: skip
-    print(f"{'measure':<66} {'MB':>4} {'n':>3} {'p50 ms':>9} {'p90 ms':>9}")
+            "image": image, "cases": args.cases}  # fmt: skip
+    print(f"{'measure':<66} {'MB':>4} {'files':>5} {'n':>3} {'p50 ms':>9} {'p90 ms':>9}")
     for r in rows:
-        mb = "" if r["workspace_mb"] is None else r["workspace_mb"]
-        print(f"{r['label']:<66} {mb!s:>4} {r['n']:>3} {r['p50_ms']:>9.1f} {r['p90_ms']:>9.1f}")
+        size = "" if r["workspace_mb"] is None else r["workspace_mb"]
+        files = r.get("files", "")
+        print(
+            f"{r['label']:<66} {size!s:>4} {files!s:>5} {r['n']:>3} {r['p50_ms']:>9.1f} {r['p90_ms']:>9.1f}"
+        )
     print(f"load average before/after: {load_before} / {meta['loadavg_after']} on {meta['cpus']} cpus")
-    out = RESULTS / f"snapshot-{datetime.now(UTC).date().isoformat()}.json"
+    out = Path(args.out) if args.out else RESULTS / f"snapshot-{datetime.now(UTC).date().isoformat()}.json"
     out.write_text(json.dumps([*rows, meta], indent=2) + "\n")
     print(f"wrote {out}")
 

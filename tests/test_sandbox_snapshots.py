@@ -206,8 +206,9 @@ async def test_an_archive_claiming_more_data_than_it_holds_is_refused(pair) -> N
 async def test_checksums_are_verified_on_the_host_and_in_the_sandbox(pair) -> None:
     _, dst = pair
     good = archive(lambda tar: add(tar, "workspace/f", data=b"fine"))
+    assert good.verify() and good.verified
     tampered = good.model_copy(update={"data": good.data.replace(b"fine", b"evil")})
-    tampered._verified = False
+    assert not tampered.verified  # a copy with other data is hashed again, not trusted
     with pytest.raises(UnsafeArchive, match="does not match its sha256"):
         await dst.restore(tampered)
     await sh(dst, "echo keep > /workspace/marker")
@@ -337,3 +338,9 @@ async def test_pool_acquire_with_a_snapshot(sandbox_image: str, pair) -> None:
             assert await sh(sb, "stat -c %U /workspace/f") == "sandbox\n"
         async with pool.acquire() as sb:  # without one: an empty workspace, as ever
             assert await sh(sb, "ls -A /workspace") == ""
+        bad = raw_snapshot(b"not a tar" * 100)
+        with pytest.raises(UnsafeArchive):  # the sandbox it restored into is destroyed, not handed out
+            async with pool.acquire(snapshot=bad):
+                pytest.fail("a sandbox was handed out although its restore failed")
+        async with pool.acquire(snapshot=snap) as sb:  # the pool still works
+            assert await sh(sb, "cat /workspace/f") == "from-snapshot\n"

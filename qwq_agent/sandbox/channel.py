@@ -19,6 +19,9 @@ request carries a random nonce that its reply must echo: a reply whose id is pen
 not that request's is a protocol violation (the channel closes, the sandbox is replaced on the next call),
 so one call's result is never delivered as another's. A call the host gives up on (cancelled, timed out)
 sends a `cancel` frame, and the supervisor kills or interrupts that call's work.
+
+Bulk bytes (snapshot archives) travel as a *blob*, both ways: raw bytes right after a frame that says
+`"blob": n`, so an archive is neither base64-encoded nor parsed as JSON; a blob is capped like a frame.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class Channel:
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], str, OnEvent | None]] = {}
         self._buf = bytearray()
+        self._need = 4  # bytes `_buf` must hold before the next frame (and its blob) can be taken
         self._stderr: deque[bytes] = deque(maxlen=64)
         self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.closed_reason: str | None = None
@@ -151,23 +155,28 @@ class Channel:
         self._close(reason)
 
     def _dispatch_frames(self) -> None:
-        while len(self._buf) >= 4:
+        # While a blob streams in (thousands of Docker frames), nothing is parsed until all of it is here.
+        while len(self._buf) >= self._need:
             (n,) = _FRAME.unpack_from(self._buf)
             if n > self._max_reply:  # a hostile sandbox must not make the host buffer without bound
                 raise ValueError(f"reply frame of {n} bytes exceeds the limit of {self._max_reply}")
             if len(self._buf) < 4 + n:
+                self._need = 4 + n
                 return
             msg = json.loads(bytes(self._buf[4 : 4 + n]))
             blob = msg.get("blob")
             if blob is not None:
                 # Raw bytes follow the frame: wait for all of them (the frame is parsed again then).
+                # The buffer stays bounded: at most a frame and a blob, each within `max_reply_bytes`.
                 if not isinstance(blob, int) or isinstance(blob, bool) or not 0 <= blob <= self._max_reply:
                     raise ValueError(f"a blob length of {blob!r} (the limit is {self._max_reply})")
                 if len(self._buf) < 4 + n + blob:
+                    self._need = 4 + n + blob
                     return
                 with memoryview(self._buf) as view:  # one copy, not two (slice, then bytes)
                     msg["_blob"] = bytes(view[4 + n : 4 + n + blob])
             del self._buf[: 4 + n + (blob or 0)]
+            self._need = 4
             rid = msg.get("id")
             if rid is None:
                 self._event(msg)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from qwq_agent.deadline import Deadline
-from qwq_agent.sandbox import janitor, snapshotting
+from qwq_agent.sandbox import janitor
 from qwq_agent.sandbox.cells import CellLog
 from qwq_agent.sandbox.channel import Channel, OnEvent
 from qwq_agent.sandbox.config import SandboxConfig
@@ -58,7 +58,8 @@ from qwq_agent.sandbox.protocol import (
     UploadResult,
     ViewRequest,
 )
-from qwq_agent.sandbox.snapshot import DEFAULT_MAX_BYTES, PythonState, RestoreResult, Snapshot
+from qwq_agent.sandbox.snapshot import RestoreResult
+from qwq_agent.sandbox.snapshotting import SnapshotOps
 from qwq_agent.sandbox.supervisor import check_member
 from qwq_agent.settings import get_settings
 
@@ -117,10 +118,10 @@ class _Starting:
         await self._sandbox.close()
 
 
-class DockerSandbox:
+class DockerSandbox(SnapshotOps):
     """A sandbox container with a persistent Python interpreter, a shell, an editor and search.
 
-    Satisfies `qwq_agent.protocols.Sandbox`. Use `async with DockerSandbox.create() as sb: ...` or
+    Satisfies `qwq_agent.protocols.Sandbox`; `snapshot()` and `restore()` come from `SnapshotOps`. Use `async with DockerSandbox.create() as sb: ...` or
     `sb = await DockerSandbox.create()` followed by `await sb.close()`.
     """
 
@@ -484,27 +485,6 @@ class DockerSandbox:
         limit = self.config.max_download_bytes
         paths, written = await asyncio.to_thread(_extract_counted, data, Path(local_dir), limit)
         return DownloadResult(paths=paths, bytes=written, sandbox_replaced=replaced, state_lost=replaced)
-
-    async def snapshot(self, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = 120.0) -> Snapshot:
-        """Archive /workspace and the home directory into a `Snapshot` kept in host memory.
-
-        Raises `SnapshotTooLarge` past `max_bytes` (archive size), `UnsafeArchive` if what arrived does
-        not check out. FIFOs, sockets and unreadable files are left out and listed in `skipped`.
-        """
-        return await snapshotting.take_snapshot(self, max_bytes=max_bytes, timeout=timeout)
-
-    async def restore(
-        self, snapshot: Snapshot, *, python_state: PythonState = "fresh", timeout: float = 120.0
-    ) -> RestoreResult:
-        """Replace /workspace and home with `snapshot`'s files (owned by the user), verified by sha256.
-
-        The interpreter is restarted (if it ran anything); with `python_state="replay"` the snapshot's
-        recorded cells are re-run and the result says which failed, else it reports `fresh`.
-        """
-        self.last_restore = await snapshotting.restore_snapshot(
-            self, snapshot, python_state=python_state, timeout=timeout
-        )
-        return self.last_restore
 
     async def __aenter__(self) -> DockerSandbox:
         if self._channel is None:

@@ -65,15 +65,26 @@ class Snapshot(BaseModel):
         description="the Python cells run before the snapshot; None if too many were run to record",
     )
     source: str = Field(default="", description="id of the sandbox it was taken from")
-    _verified: bool = PrivateAttr(default=False)
+    # id() of the `data` object last found to match: bytes are immutable and a frozen model cannot swap
+    # them, so it stays verified; a copy with other data (`model_copy(update=...)`) is hashed again.
+    _verified_id: int | None = PrivateAttr(default=None)
+
+    @property
+    def verified(self) -> bool:
+        """Whether `data` was already found to match (no hashing)."""
+        return self._verified_id == id(self.data)
 
     def verify(self) -> bool:
-        """True when `data` matches `size_bytes` and `sha256` (hashed once per object: bytes are immutable)."""
-        if not self._verified:
-            self._verified = (
-                len(self.data) == self.size_bytes and hashlib.sha256(self.data).hexdigest() == self.sha256
-            )
-        return self._verified
+        """True when `data` matches `size_bytes` and `sha256`; hashes once per data object."""
+        if not self.verified:
+            if len(self.data) != self.size_bytes or hashlib.sha256(self.data).hexdigest() != self.sha256:
+                return False
+            self._verified_id = id(self.data)
+        return True
+
+    def mark_verified(self) -> None:
+        """Record that `sha256` was computed from `data` itself (by whoever built this snapshot)."""
+        self._verified_id = id(self.data)
 
 
 class ReplayFailure(BaseModel):

@@ -19,8 +19,9 @@ import secrets
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from qwq_agent.sandbox.cells import CellLog
 from qwq_agent.sandbox.errors import (
     InvalidRequest,
     SandboxDead,
@@ -120,7 +121,7 @@ async def take_snapshot(
         cells=sandbox.cells.recorded(),
         source=sandbox.id,
     )
-    snapshot._verified = True  # its sha256 was just computed from these very bytes
+    snapshot.mark_verified()  # its sha256 was just computed from these very bytes
     return snapshot
 
 
@@ -141,7 +142,7 @@ async def restore_snapshot(
         raise InvalidRequest(f"python_state must be 'fresh' or 'replay', not {python_state!r}")
     started = time.perf_counter()
     # Hashed once per object, off the event loop; later restores of the same snapshot skip the hop.
-    if not (snapshot._verified or await asyncio.to_thread(snapshot.verify)):
+    if not (snapshot.verified or await asyncio.to_thread(snapshot.verify)):
         raise UnsafeArchive(
             f"snapshot {snapshot.id}'s archive does not match its sha256 (changed since it was taken); "
             "nothing was restored"
@@ -208,3 +209,31 @@ async def _replay(sandbox: DockerSandbox, snapshot: Snapshot, result: RestoreRes
         + (f"; {len(result.failed_cells)} failed on replay" if result.failed_cells else "")
         + (f"; {result.skipped_cells} that had timed out were skipped" if result.skipped_cells else "")
     )
+
+
+class SnapshotOps:
+    """`snapshot()` and `restore()` of `DockerSandbox`, kept here with the rest of the snapshot logic."""
+
+    cells: CellLog
+    last_restore: RestoreResult | None
+
+    async def snapshot(self, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = 120.0) -> Snapshot:
+        """Archive /workspace and the home directory into a `Snapshot` kept in host memory.
+
+        Raises `SnapshotTooLarge` past `max_bytes` (archive size), `UnsafeArchive` if what arrived does
+        not check out. FIFOs, sockets and unreadable files are left out and listed in `skipped`.
+        """
+        return await take_snapshot(cast("DockerSandbox", self), max_bytes=max_bytes, timeout=timeout)
+
+    async def restore(
+        self, snapshot: Snapshot, *, python_state: PythonState = "fresh", timeout: float = 120.0
+    ) -> RestoreResult:
+        """Replace /workspace and home with `snapshot`'s files (owned by the user), verified by sha256.
+
+        The interpreter is restarted (if it ran anything); with `python_state="replay"` the snapshot's
+        recorded cells are re-run and the result says which failed, else it reports `fresh`.
+        """
+        self.last_restore = await restore_snapshot(
+            cast("DockerSandbox", self), snapshot, python_state=python_state, timeout=timeout
+        )
+        return self.last_restore

@@ -10,7 +10,8 @@ switches the supervisor to its own uid keeping just those, and every user proces
 interpreter) runs as the user's uid with no capabilities at all, under a per-call "keeper" subreaper
 that user code cannot signal. Modules: `framing` (frames, output capture), `privileges` (uids and
 capabilities), `procs` (spawning and killing process trees), `shell`, `interpreter` + `worker` (the
-persistent Python), `editor`, `search`, `archives`, `server` (the request loop).
+persistent Python), `editor`, `search`, `archives`, `snapshots` (workspace + home archives, taken and
+restored without trust), `server` (the request loop).
 """
 
 from .archives import check_member
