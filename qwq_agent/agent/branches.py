@@ -39,10 +39,11 @@ from qwq_agent.agent.events import (
 from qwq_agent.agent.messages import Message
 from qwq_agent.agent.selection import Selector, parse_select
 from qwq_agent.agent.trace import TraceError, TraceWriter
-from qwq_agent.protocols import Usage
+from qwq_agent.protocols import PromptModel, Sandbox, Usage
 
 if TYPE_CHECKING:
     from qwq_agent.agent.loop import Agent
+    from qwq_agent.sandbox.snapshot import PythonState, Snapshot
 
 __all__ = ["BranchError", "branch_trace_path", "run_branches"]
 
@@ -79,7 +80,7 @@ async def run_branches(
     select: Any = "first",
     seeds: list[int] | None = None,
     temperature: float | None = None,
-    python_state: str = "fresh",
+    python_state: PythonState = "fresh",
     branch_timeout_s: float | None = None,
     warm_prefix: bool = True,
     on_event: Callable[[int, Event], None] | None = None,
@@ -232,17 +233,14 @@ def _emitter(parent: Agent, trace: TraceWriter | None) -> Callable[[Event], Even
     return emit
 
 
-async def _snapshot(sandbox: Any) -> Any:
+async def _snapshot(sandbox: Sandbox | None) -> Snapshot | None:
     """The parent's sandbox state for the branches (None: no sandbox, each branch starts fresh)."""
-    if sandbox is None:
-        return None
-    take = getattr(sandbox, "snapshot", None)
-    if take is None:
-        raise BranchError(f"{type(sandbox).__name__} cannot take snapshots, so it cannot be branched")
-    return await take()
+    return None if sandbox is None else await sandbox.snapshot()
 
 
-async def _sandbox_for(branch: _Branch, parent: Agent, snapshot: Any, python_state: str) -> None:
+async def _sandbox_for(
+    branch: _Branch, parent: Agent, snapshot: Snapshot | None, python_state: PythonState
+) -> None:
     """Give `branch` a sandbox holding `snapshot`; a failure makes it a losing branch, not an error.
 
     From the parent's pool when it has one (released back to it), else a sandbox started like the
@@ -264,7 +262,7 @@ async def _sandbox_for(branch: _Branch, parent: Agent, snapshot: Any, python_sta
         if snapshot is not None:
             restoring = time.perf_counter()
             restored = await sandbox.restore(snapshot, python_state=python_state)
-            branch.outcome.python_state = getattr(restored, "python_state", None)
+            branch.outcome.python_state = restored.python_state
             if template is not None:  # the baseline's git dir came with the home: patches still work
                 from qwq_agent.agent.patch import inherit_baseline
 
@@ -285,17 +283,15 @@ async def _warm_prefix(parent: Agent, messages: list[Message], specs: list[Any])
     at once and rely on the server. A failure here is no failure of the branches.
     """
     model = parent.model
-    render, generate = getattr(model, "render_prompt", None), getattr(model, "generate", None)
-    if render is None or generate is None:
+    if not isinstance(model, PromptModel):
         return None
     params = parent.config.sampling.model_copy(update={"max_new_tokens": 1, "stop": [], "seed": None})
     try:
         async with asyncio.timeout(WARMUP_TIMEOUT_S):
-            completion = await generate(render(messages, specs), params)
+            completion = await model.generate(model.render_prompt(messages, specs), params)
     except Exception:
         return None
-    usage = getattr(completion, "usage", None)
-    return usage if isinstance(usage, Usage) else None
+    return completion.usage
 
 
 async def _run_one(

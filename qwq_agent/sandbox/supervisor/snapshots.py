@@ -102,7 +102,9 @@ def snapshot(args):
     out = _Out(send, max_bytes)
     skipped = _Skipped()
     entries = 0
-    links = {}  # (dev, ino) -> archive name of the first path of a multiply linked file
+    links: dict[
+        tuple[int, int], str
+    ] = {}  # (dev, ino) -> archive name of the first path of a multiply linked file
     for prefix, root in ROOTS.items():
         stack = [(prefix, root)]
         while stack:
@@ -207,7 +209,9 @@ def check_archive(data):
             members = tar.getmembers()
     except tarfile.TarError as exc:
         raise RequestError("UnsafeArchive", f"not a valid snapshot archive: {exc}") from None
-    dirs, files, seen = set(ROOTS), set(), set()
+    dirs: set[str] = set(ROOTS)
+    files: set[str] = set()
+    seen: set[str] = set()
     total = 0
     for m in members:
         problem = _problem(m, dirs, files, seen)
