@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+bash scripts/test-setup.sh
 echo "[test] ruff"
 .venv/bin/ruff check qwq_agent tests benchmarks examples
 .venv/bin/ruff format --check qwq_agent tests benchmarks examples

@@ -163,7 +163,7 @@ def browser():
     if CHROMIUM is None or CHROMEDRIVER is None:
         pytest.skip(
             "chromium and chromium-driver are not installed (apt-get install chromium chromium-driver; "
-            "scripts/bootstrap.sh does it when run as root)"
+            "scripts/test-setup.sh does it when run as root)"
         )
     webdriver = pytest.importorskip(
         "selenium.webdriver", reason="selenium is not installed (pip install selenium)"
