@@ -18,6 +18,8 @@
 #             (b)-(d) both behind SGLang's router round-robin, cache-aware, with session affinity; 64
 #             sessions x 6 turns; budgeted for one 10-minute call (install ~30 s, both replicas start in
 #             parallel ~150 s, four configurations ~60-90 s each)
+#   router-check (nvidia-h200) the scale-out rehearsal on one GPU: one replica, alone and then behind
+#             SGLang's router with each policy (scale_out.py --router-check), same calls as scale-out
 # First, on your own machine: scripts/prepare-gpu.sh (writes .device/, says what each call carries). Then
 # one call carrying .device/sglang/a runs `mkdir -p /tmp/sglang-a && cp .device/sglang/a/*.whl /tmp/sglang-a/`,
 # and each phase's call carries .device/sglang/b .device/qwq-32b .device/wheels.
@@ -94,6 +96,18 @@ case "$phase" in
     bench --label "drop-reasoning" $common || rc=1
     bench --label "keep-reasoning-as-text" $common --keep-reasoning --text-prompts || rc=1
     bench --label "keep-reasoning-as-ids" $common --keep-reasoning || rc=1
+    ;;
+  router-check)
+    if [ ! -d /tmp/router-site/sglang_router ]; then
+      ls /tmp/router/sglang_router-*.whl >/dev/null 2>&1 || { echo "no /tmp/router: run call 2 of the header first"; exit 1; }
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/router-site /tmp/router/*.whl || exit 1
+    fi
+    export PYTHONPATH=$PYTHONPATH:/tmp/router-site
+    SERVER_FLAGS="--schedule-policy lpm --enable-metrics --enable-cache-report --context-length 16384"
+    bash .device/sglang/b/sglang-up.sh .device/qwq-32b $SERVER_FLAGS > "$OUT/up-0.txt" 2>&1 || { tail -n 40 "$OUT/up-0.txt"; exit 1; }
+    python3 benchmarks/scale_out.py --worker-urls http://127.0.0.1:30000 --router-check \
+      --tokenizer-path .device/qwq-32b --sessions 64 --turns 6 --gen-tokens 100 --out "$OUT/router_check-$(date +%F).json"
+    rc=$?
     ;;
   scale-out)
     if [ ! -d /tmp/router-site/sglang_router ]; then

@@ -11,6 +11,8 @@ per agent session: `serve --dp --router-policy affinity`). Every configuration s
     # the whole pipeline against scripted workers behind the real router (no GPU, small sizes):
     python benchmarks/scale_out.py --scripted 2 --sessions 8 --turns 3 --out /tmp/scale_out.json
     python benchmarks/scale_out.py --plot benchmarks/results/scale_out-DATE.json   # the chart alone
+    # one GPU: the worker alone and behind the router with each policy (phase router-check)
+    python benchmarks/scale_out.py --worker-urls http://127.0.0.1:30000 --router-check --out ...
 
 Prints a table, writes the JSON list (`label`, `gpus`, `policy`, `sessions`, `turns`, `generated_tok_s`,
 `cached_share_turn2plus`, `ttft_p50_s`, `ttft_p90_s`, `wall_s`, plus per-turn rows) and a PNG chart
@@ -48,6 +50,15 @@ CONFIGS = [
     ("b-two-round-robin", 2, "round_robin"),
     ("c-two-cache-aware", 2, "cache_aware"),
     ("d-two-affinity", 2, "affinity"),
+]
+# --router-check, on a machine with one GPU: the same worker alone, then behind the router with each
+# policy. It proves the router path on real SGLang (tokenizer, routing header, cache reports) and measures
+# what the router itself costs, before two GPUs are spent on the full run.
+ROUTER_CHECK = [
+    ("a-one-gpu", 1, None),
+    ("r-one-round-robin", 1, "round_robin"),
+    ("r-one-cache-aware", 1, "cache_aware"),
+    ("r-one-affinity", 1, "affinity"),
 ]
 
 
@@ -136,7 +147,7 @@ async def measure(
 
 async def run_all(args: argparse.Namespace, workers: list[str], log_dir: Path) -> list[dict]:
     results = []
-    for label, gpus, policy in CONFIGS:
+    for label, gpus, policy in ROUTER_CHECK if args.router_check else CONFIGS:
         if gpus > len(workers):
             continue
         await flush(workers)
@@ -183,6 +194,14 @@ def check_targets(results: list[dict]) -> list[str]:
         if r["ttft_p50_s"] and r["ttft_p90_s"] is not None:
             spread = r["ttft_p90_s"] / r["ttft_p50_s"]
             lines.append(f"{'PASS' if spread <= 2 else 'FAIL'} {r['label']} TTFT p90/p50 {spread:.2f} (<= 2)")
+    base_row = next((r for r in results if r["policy"] == "none"), None)
+    for r in results:
+        if r["gpus"] == 1 and r["policy"] != "none" and base_row and base_row["generated_tok_s"]:
+            ratio = r["generated_tok_s"] / base_row["generated_tok_s"]
+            lines.append(
+                f"INFO {r['label']}: {ratio:.2f}x (a) through the router, "
+                f"cached share turn>=2 {100 * r['cached_share_turn2plus']:.1f}%"
+            )
     return lines
 
 
@@ -237,6 +256,11 @@ def main() -> None:
     p.add_argument("--task-words", type=int, default=1000)
     p.add_argument("--reserve-tokens", type=int, default=4096)
     p.add_argument("--keep-reasoning", action="store_true")
+    p.add_argument(
+        "--router-check",
+        action="store_true",
+        help="one worker: alone, then behind the router with each policy (a one-GPU rehearsal)",
+    )
     p.add_argument("--token-delay", type=float, default=0.002, help="scripted workers: seconds per token")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
