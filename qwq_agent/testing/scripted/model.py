@@ -31,27 +31,15 @@ class ScriptedModel:
         self,
         turns: Sequence[TurnSource] | Callable[[ScriptedRequest], str | Turn] = (),
         *,
-        model: str = "Qwen/QwQ-32B",
-        max_total_num_tokens: int = 18391,
-        context_length: int = 16384,
-        incremental: bool = False,
         when_exhausted: str = "error",
-        ready: bool = True,
         use_project_tokenizer: bool = True,
-        abort_delay: float = 0.0,
     ) -> None:
         self._turns = turns
-        self.model = model
-        self.max_total_num_tokens = max_total_num_tokens
-        self.context_length = context_length
-        self.incremental = incremental
         self.when_exhausted = when_exhausted
-        self.ready = ready
         self.tokenizer = ScriptTokenizer(use_project_tokenizer)
         self.requests: list[ScriptedRequest] = []
         self.aborted_rids: list[str] = []
         self.abort_requests: list[str] = []
-        self.abort_delay = abort_delay
         self.errors: list[str] = []
         self._next_turn = 0
         self._cache: list[list[int]] = []
@@ -60,10 +48,6 @@ class ScriptedModel:
         self._stopping: asyncio.Event | None = None
         self.prompt_tokens_total = 0
         self.cached_tokens_total = 0
-
-    def set_ready(self, ready: bool = True) -> None:
-        """Make `/health` answer 200 (or 503 again)."""
-        self.ready = ready
 
     async def wait_for_requests(self, n: int) -> ScriptedRequest:
         """Wait until `n` requests to the model endpoints arrived; returns the n-th (server's loop only)."""

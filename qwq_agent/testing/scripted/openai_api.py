@@ -18,7 +18,10 @@ _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 
 class OpenAIRoutes(ScriptedModel):
-    """The routes an OpenAI-compatible client calls."""
+    """The routes an OpenAI-compatible client calls; the settings they report are the server's."""
+
+    model: str
+    context_length: int
 
     async def _models(self, req: HttpRequest, out: HttpResponder) -> None:
         data = [

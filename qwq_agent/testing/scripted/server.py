@@ -44,17 +44,13 @@ class ScriptedModelServer(SGLangRoutes, OpenAIRoutes):
         port: int = 0,
         abort_delay: float = 0.0,
     ) -> None:
-        super().__init__(
-            turns,
-            model=model,
-            max_total_num_tokens=max_total_num_tokens,
-            context_length=context_length,
-            incremental=incremental,
-            when_exhausted=when_exhausted,
-            ready=ready,
-            use_project_tokenizer=use_project_tokenizer,
-            abort_delay=abort_delay,
-        )
+        super().__init__(turns, when_exhausted=when_exhausted, use_project_tokenizer=use_project_tokenizer)
+        self.model = model
+        self.max_total_num_tokens = max_total_num_tokens
+        self.context_length = context_length
+        self.incremental = incremental
+        self.ready = ready
+        self.abort_delay = abort_delay
         self.api_key = api_key
         self.host = host
         self.port = port
@@ -127,6 +123,10 @@ class ScriptedModelServer(SGLangRoutes, OpenAIRoutes):
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._thread = None
+
+    def set_ready(self, ready: bool = True) -> None:
+        """Make `/health` answer 200 (or 503 again)."""
+        self.ready = ready
 
     # ----- dispatch --------------------------------------------------------------------------------
 

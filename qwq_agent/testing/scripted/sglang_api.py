@@ -16,7 +16,14 @@ from qwq_agent.testing.scripted.script import ScriptedRequest
 
 
 class SGLangRoutes(ScriptedModel):
-    """The routes a client of SGLang's own server calls."""
+    """The routes a client of SGLang's own server calls; the settings they report are the server's."""
+
+    model: str
+    context_length: int
+    max_total_num_tokens: int
+    incremental: bool
+    ready: bool
+    abort_delay: float
 
     async def _health(self, req: HttpRequest, out: HttpResponder) -> None:
         await out.send_bytes(200 if self.ready else 503, b"")
