@@ -32,6 +32,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from results_json import append_results
+
 from qwq_agent.agent.admission import KVAdmission
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.chat_format import render_segments
@@ -330,10 +332,7 @@ def main() -> None:
     args = p.parse_args()
     result = asyncio.run(amain(args))
     print_table(result)
-    existing = json.loads(args.out.read_text()) if args.out.exists() else []
-    existing.append(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(existing, indent=1))
+    append_results(args.out, [result])
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from results_json import append_results
+
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.events import Event, ModelCall
 from qwq_agent.agent.loop import Agent, AgentConfig
@@ -322,10 +324,7 @@ def main() -> None:
         args.label_suffix = "-" + args.label_suffix
     results = asyncio.run(amain(args))
     print_table(results)
-    existing = json.loads(args.out.read_text()) if args.out.exists() else []
-    existing.extend(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(existing, indent=1))
+    append_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -100,11 +100,11 @@ async def test_size_one_pool_whose_start_raises_a_foreign_error_fails_acquire(
 ) -> None:
     """A start that fails with something other than a sandbox error (here the image builder's own error
     for a bad QWQ_SANDBOX_BUILD) used to end the start task silently, leaving acquire waiting forever."""
-    from qwq_agent.sandbox import docker_sandbox
+    from qwq_agent.sandbox import container
 
     monkeypatch.delenv("QWQ_SANDBOX_IMAGE", raising=False)
     monkeypatch.setenv("QWQ_SANDBOX_BUILD", "no-such-mode")
-    monkeypatch.setattr(docker_sandbox, "_image_cache", {})  # as in a fresh process: no image resolved yet
+    monkeypatch.setattr(container, "_image_cache", {})  # as in a fresh process: no image resolved yet
     async with SandboxPool(size=1, config=SandboxConfig()) as pool:
 
         async def acquire() -> None:
@@ -243,10 +243,10 @@ async def _collect(agent) -> list:  # type: ignore[no-untyped-def,type-arg]
 async def test_default_image_lookup_against_a_hung_daemon_fails_within_the_start_time(
     hung: HungDaemon, monkeypatch
 ) -> None:
-    from qwq_agent.sandbox import docker_sandbox
+    from qwq_agent.sandbox import container
 
     monkeypatch.delenv("QWQ_SANDBOX_IMAGE", raising=False)
-    monkeypatch.setattr(docker_sandbox, "_image_cache", {})  # as in a fresh process: no image resolved yet
+    monkeypatch.setattr(container, "_image_cache", {})  # as in a fresh process: no image resolved yet
     engine = DockerEngine(hung.path, timeout=3600)
     # The janitor runs against the sandbox's own engine first (one per Docker host), so it is the
     # first call to meet the hung daemon; either way the start fails within its time naming the engine.

@@ -8,8 +8,8 @@ import tarfile
 import pytest
 
 from qwq_agent.sandbox import InvalidRequest, PathOutsideWorkspace, SandboxConfig, ToolError, UnsafeArchive
+from qwq_agent.sandbox.archive_extract import _extract_counted, _safe_extract
 from qwq_agent.sandbox.config import parse_bytes
-from qwq_agent.sandbox.docker_sandbox import _extract_counted, _safe_extract
 from qwq_agent.sandbox.errors import SandboxError, error_from_reply
 from qwq_agent.sandbox.supervisor import Capture
 

@@ -19,9 +19,9 @@ import secrets
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from qwq_agent.sandbox.cells import CellLog
+from qwq_agent.sandbox.calls import SandboxCalls
 from qwq_agent.sandbox.errors import (
     InvalidRequest,
     SandboxDead,
@@ -41,9 +41,6 @@ from qwq_agent.sandbox.snapshot import (
 )
 from qwq_agent.sandbox.supervisor.framing import RequestError
 from qwq_agent.sandbox.supervisor.snapshots import check_archive
-
-if TYPE_CHECKING:
-    from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 
 # Archives that fit in one request go as its blob; bigger ones are staged in chunks of this size.
 CHUNK_BYTES = 64 * 1024 * 1024
@@ -82,7 +79,7 @@ def _vet(data: bytes) -> None:
 
 
 async def take_snapshot(
-    sandbox: DockerSandbox, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = 120.0
+    sandbox: SandboxCalls, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = 120.0
 ) -> Snapshot:
     """Archive the sandbox's workspace and home; see `DockerSandbox.snapshot`."""
     if max_bytes <= 0:
@@ -131,7 +128,7 @@ def _count(value: object) -> int:
 
 
 async def restore_snapshot(
-    sandbox: DockerSandbox,
+    sandbox: SandboxCalls,
     snapshot: Snapshot,
     *,
     python_state: PythonState = "fresh",
@@ -170,7 +167,7 @@ async def restore_snapshot(
     return result
 
 
-async def _send(sandbox: DockerSandbox, snapshot: Snapshot, reply: float) -> tuple[dict[str, Any], bool]:
+async def _send(sandbox: SandboxCalls, snapshot: Snapshot, reply: float) -> tuple[dict[str, Any], bool]:
     """The restore request: the archive as its blob, or staged first in chunks when it is too big."""
     data = snapshot.data
     step = min(CHUNK_BYTES, sandbox.config.max_request_bytes - _REQUEST_SLACK)
@@ -190,7 +187,7 @@ def _seconds(value: object) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float)}
 
 
-async def _replay(sandbox: DockerSandbox, snapshot: Snapshot, result: RestoreResult) -> None:
+async def _replay(sandbox: SandboxCalls, snapshot: Snapshot, result: RestoreResult) -> None:
     if snapshot.cells is None:
         result.note = "the interpreter is fresh: the snapshot's sandbox ran too many cells to record"
         return
@@ -211,11 +208,8 @@ async def _replay(sandbox: DockerSandbox, snapshot: Snapshot, result: RestoreRes
     )
 
 
-class SnapshotOps:
+class SnapshotOps(SandboxCalls):
     """`snapshot()` and `restore()` of `DockerSandbox`, kept here with the rest of the snapshot logic."""
-
-    cells: CellLog
-    last_restore: RestoreResult | None
 
     async def snapshot(self, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = 120.0) -> Snapshot:
         """Archive /workspace and the home directory into a `Snapshot` kept in host memory.
@@ -223,7 +217,7 @@ class SnapshotOps:
         Raises `SnapshotTooLarge` past `max_bytes` (archive size), `UnsafeArchive` if what arrived does
         not check out. FIFOs, sockets and unreadable files are left out and listed in `skipped`.
         """
-        return await take_snapshot(cast("DockerSandbox", self), max_bytes=max_bytes, timeout=timeout)
+        return await take_snapshot(self, max_bytes=max_bytes, timeout=timeout)
 
     async def restore(
         self, snapshot: Snapshot, *, python_state: PythonState = "fresh", timeout: float = 120.0
@@ -233,7 +227,5 @@ class SnapshotOps:
         The interpreter is restarted (if it ran anything); with `python_state="replay"` the snapshot's
         recorded cells are re-run and the result says which failed, else it reports `fresh`.
         """
-        self.last_restore = await restore_snapshot(
-            cast("DockerSandbox", self), snapshot, python_state=python_state, timeout=timeout
-        )
+        self.last_restore = await restore_snapshot(self, snapshot, python_state=python_state, timeout=timeout)
         return self.last_restore

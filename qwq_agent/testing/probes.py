@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Callable, Sequence
 
 from qwq_agent.agent.loops.config import LoopDetectorConfig
-from qwq_agent.testing.scripted_server import ScriptedRequest, Turn
+from qwq_agent.testing.scripted.script import ScriptedRequest, Turn
 
 __all__ = ["probe_aware"]
 

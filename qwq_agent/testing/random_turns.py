@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from qwq_agent.testing.scripted_server import ScriptedRequest, Turn
+from qwq_agent.testing.scripted.script import ScriptedRequest, Turn
 
 __all__ = ["random_token_turns"]
 

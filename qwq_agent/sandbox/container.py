@@ -1,0 +1,173 @@
+"""`SandboxContainer`: starting, replacing and removing the container behind a `DockerSandbox`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+from qwq_agent.deadline import Deadline
+from qwq_agent.sandbox import janitor
+from qwq_agent.sandbox.cells import CellLog
+from qwq_agent.sandbox.channel import Channel
+from qwq_agent.sandbox.config import SandboxConfig
+from qwq_agent.sandbox.engine import DockerEngine
+from qwq_agent.sandbox.errors import (
+    DockerAPIError,
+    DockerUnreachable,
+    SandboxDead,
+    SandboxError,
+    SandboxHostLost,
+    SandboxStartError,
+)
+from qwq_agent.sandbox.snapshot import RestoreResult
+from qwq_agent.settings import get_settings
+
+_image_cache: dict[str, str] = {}
+# When a sandbox dies, a ping this long tells "the container died" from "its host went away".
+HOST_CHECK_TIMEOUT_S = 3.0
+
+
+def resolve_image(config: SandboxConfig) -> str:
+    """The configured image, env QWQ_SANDBOX_IMAGE, or the project's sandbox image (built if missing; cached per process)."""
+    if config.image:
+        return config.image
+    env_image = get_settings().sandbox_image
+    if env_image:
+        return env_image
+    if "default" not in _image_cache:
+        from qwq_agent.sandbox.image import ensure_image
+
+        _image_cache["default"] = ensure_image(progress=lambda *a, **k: None)
+    return _image_cache["default"]
+
+
+class SandboxContainer:
+    """One sandbox container and its supervisor channel: started, replaced when it dies, removed."""
+
+    def __init__(self, config: SandboxConfig | None = None, *, engine: DockerEngine | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self.engine = engine or DockerEngine()
+        self.id = ""
+        self.name = ""
+        self.replacements = 0
+        self._channel: Channel | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self.cells = CellLog()
+        """The Python cells run so far, kept so a snapshot can rebuild the interpreter by replay."""
+        self.last_restore: RestoreResult | None = None
+
+    @property
+    def alive(self) -> bool:
+        """False once the container died or was closed (the next call replaces it if `auto_replace`)."""
+        return self._channel is not None and not self._channel.closed and not self._closed
+
+    async def _start(self, deadline: Deadline | None = None) -> None:
+        # Every engine call below gets what is left of the start time, so a hung daemon fails the start
+        # within `start_timeout_s` with an error naming Docker.
+        deadline = (deadline or Deadline.never()).sooner(self.config.start_timeout_s)
+        try:
+            await asyncio.to_thread(janitor.startup_once, deadline.left() or 0.0, self.engine.connector)
+        except Exception as exc:  # docker-py's own errors (timeouts, refused connections)
+            raise DockerUnreachable(
+                f"the Docker engine at {self.engine.url} failed the start-up clean-up of old sandboxes: {exc}"
+            ) from exc
+        if not (self.config.image or get_settings().sandbox_image or "default" in _image_cache):
+            # The image lookup below uses docker-py in a thread: make sure the engine answers first, so
+            # a hung daemon fails here within the start time rather than there after docker-py's 60 s.
+            await self.engine.request("GET", "/_ping", timeout=deadline.left())
+        image = await asyncio.to_thread(resolve_image, self.config)
+        self.name = f"qwq-sbx-{uuid.uuid4().hex[:12]}"
+        labels = janitor.owner_labels(self.config.lifetime_s)
+        try:
+            cid = await self.engine.create(
+                self.name, self.config.container_body(image, labels), timeout=deadline.left()
+            )
+        except DockerAPIError as exc:
+            raise SandboxStartError(f"could not create the sandbox container: {exc}") from exc
+        self.id = cid[:12]
+        try:
+            reader, writer = await self.engine.attach(cid, timeout=deadline.left())
+            # Downloads are base64 (4/3) inside JSON; anything far beyond that is not an honest reply.
+            max_reply = 2 * max(self.config.max_download_bytes, self.config.output_head_bytes * 8) + (
+                16 << 20
+            )
+            self._channel = Channel(
+                reader, writer, max_request_bytes=self.config.max_request_bytes, max_reply_bytes=max_reply
+            )
+            await self.engine.start(cid, timeout=deadline.left())
+            hello = await asyncio.wait_for(asyncio.shield(self._channel.hello), deadline.left())
+            if not hello.get("privilege_split"):
+                # An image without the uid split would let user code write into the channel: refuse it.
+                raise SandboxStartError(
+                    f"the image's supervisor does not run under its own uid (hello: {hello}); rebuild it with "
+                    "`qwq-agent sandbox build` or start the container as root with the default cap_add"
+                )
+        except BaseException as exc:
+            await self._discard()
+            if isinstance(exc, TimeoutError | DockerAPIError | SandboxDead) and not isinstance(
+                exc, DockerUnreachable
+            ):
+                raise SandboxStartError(f"the sandbox did not start: {exc}") from exc
+            raise
+
+    async def _discard(self) -> None:
+        if self._channel is not None:
+            await self._channel.aclose()
+        if self.id:
+            with contextlib.suppress(DockerAPIError, DockerUnreachable, OSError):
+                await self.engine.remove(self.id)
+
+    async def close(self) -> None:
+        """Destroy the container (idempotent)."""
+        self._closed = True
+        await self._discard()
+
+    async def responsive(self, timeout: float) -> bool:
+        """True when the supervisor answers a ping within `timeout` s; never starts a replacement.
+
+        A paused or frozen container keeps its channel open but cannot answer; this tells it apart.
+        """
+        if not self.alive or self._channel is None:
+            return False
+        try:
+            await self._channel.call("ping", {}, timeout)
+        except SandboxError:
+            return False
+        return True
+
+    async def wait_closed(self) -> str:
+        """Wait until the current container's channel closes (death, idle or lifetime limit); returns why."""
+        if self._channel is None:
+            return "not started"
+        await asyncio.shield(self._channel.closed_event.wait())
+        return self._channel.closed_reason or ""
+
+    async def _ensure_alive(self) -> bool:
+        """Replace a dead container when allowed; True if this call did."""
+        if self._closed:
+            raise SandboxDead("the sandbox was closed")
+        if self._channel is not None and not self._channel.closed:
+            return False
+        async with self._lock:
+            if self._channel is not None and not self._channel.closed:
+                return True  # another caller replaced it while we waited: state is lost for us too
+            reason = self._channel.closed_reason if self._channel else "not started"
+            if not self.config.auto_replace:
+                raise await self._dead(f"sandbox {self.id}: {reason}")
+            await self._discard()
+            self.id = ""
+            try:
+                await self._start()
+            except DockerUnreachable as exc:  # no replacement where the host is gone
+                raise SandboxHostLost(f"sandbox lost with its Docker host ({reason}): {exc}") from None
+            self.replacements += 1
+            return True
+
+    async def _dead(self, message: str) -> SandboxDead:
+        """`SandboxHostLost` when the engine stopped answering too (its host went away), else `SandboxDead`."""
+        gone = await self.engine.unreachable(HOST_CHECK_TIMEOUT_S)
+        return (
+            SandboxHostLost(f"{message}; its Docker host is gone: {gone}") if gone else SandboxDead(message)
+        )

@@ -1,0 +1,137 @@
+"""`FileOps`: the editor, search, upload and download calls of a sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from qwq_agent.sandbox.archive_extract import _extract_counted
+from qwq_agent.sandbox.calls import SandboxCalls, _checked
+from qwq_agent.sandbox.errors import InvalidRequest, UnsafeArchive
+from qwq_agent.sandbox.protocol import (
+    CreateRequest,
+    DownloadRequest,
+    DownloadResult,
+    FileResult,
+    InsertRequest,
+    PingResult,
+    Request,
+    SearchRequest,
+    SearchResult,
+    StrReplaceRequest,
+    UndoEditRequest,
+    UploadRequest,
+    UploadResult,
+    ViewRequest,
+)
+
+
+class FileOps(SandboxCalls):
+    """Files in the sandbox: view and edit them, search them, copy them in and out."""
+
+    async def view(self, path: str, view_range: list[int] | None = None) -> FileResult:
+        """`cat -n` of a file (optionally lines [start, end], end -1 = to the end) or a 2-level listing."""
+        with _checked():
+            req = ViewRequest(path=path, view_range=view_range)
+        return await self._call(req, FileResult, self._grace(60))
+
+    async def create_file(self, path: str, file_text: str) -> FileResult:
+        """Create a new file (refuses to overwrite)."""
+        with _checked():
+            req = CreateRequest(path=path, file_text=file_text)
+        return await self._call(req, FileResult, self._grace(60))
+
+    async def str_replace(self, path: str, old_str: str, new_str: str = "") -> FileResult:
+        """Replace the one occurrence of `old_str`; zero or several matches raise `ToolError`."""
+        with _checked():
+            req = StrReplaceRequest(path=path, old_str=old_str, new_str=new_str)
+        return await self._call(req, FileResult, self._grace(60))
+
+    async def insert(self, path: str, insert_line: int, new_str: str) -> FileResult:
+        """Insert `new_str` after line `insert_line` (0: at the top)."""
+        with _checked():
+            req = InsertRequest(path=path, insert_line=insert_line, new_str=new_str)
+        return await self._call(req, FileResult, self._grace(60))
+
+    async def undo_edit(self, path: str) -> FileResult:
+        """Revert the last `str_replace` or `insert` on `path`."""
+        with _checked():
+            req = UndoEditRequest(path=path)
+        return await self._call(req, FileResult, self._grace(60))
+
+    async def search(self, pattern: str, **options: Any) -> SearchResult:
+        """ripgrep over the workspace; options are `SearchRequest` fields (literal, globs, context_lines...)."""
+        with _checked():
+            req = SearchRequest(pattern=pattern, **options)
+        return await self._call(req, SearchResult, self._grace(req.timeout))
+
+    async def ping(self) -> PingResult:
+        return await self._call(Request.model_construct(op="ping"), PingResult, self._grace(10))
+
+    async def upload_archive(self, data: bytes, dest: str = "/workspace") -> UploadResult:
+        """Extract a tar archive under `dest`; unsafe entries make the whole archive refused (`UnsafeArchive`)."""
+        with _checked():
+            req = UploadRequest(dest=dest, data=base64.b64encode(data).decode("ascii"))
+        return await self._call(req, UploadResult, self._grace(120))
+
+    async def upload(
+        self,
+        local: str | os.PathLike[str],
+        dest: str = "/workspace",
+        *,
+        contents: bool = False,
+        exclude: Sequence[str] = (),
+    ) -> UploadResult:
+        """Copy a local file or folder into the directory `dest` (like `docker cp local dest/`).
+
+        With `contents`, a folder's entries land directly in `dest` (like `docker cp local/. dest/`).
+        Paths with a component named in `exclude` (e.g. `.git`, `__pycache__`) are left out.
+        """
+        path = Path(local)
+        excluded = set(exclude)
+
+        def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+            return None if excluded.intersection(Path(info.name).parts) else info
+
+        def pack() -> bytes:
+            if not path.exists():
+                raise InvalidRequest(f"{local} does not exist")
+            if contents and not path.is_dir():
+                raise InvalidRequest(f"{local} is not a directory")
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                for entry in sorted(path.iterdir()) if contents else [path]:
+                    tar.add(entry, arcname=entry.name, filter=keep)
+            return buf.getvalue()
+
+        data = await asyncio.to_thread(pack)
+        if len(data) * 4 // 3 > self.config.max_request_bytes:
+            raise InvalidRequest(
+                f"{local} packs to {len(data)} bytes, over the request limit; nothing was sent"
+            )
+        return await self.upload_archive(data, dest)
+
+    async def download(self, src: str, local_dir: str | os.PathLike[str]) -> DownloadResult:
+        """Copy a workspace file or folder into the local directory `local_dir` (created if missing).
+
+        The archive comes from an untrusted sandbox, so it is checked in full before anything is written:
+        absolute paths, `..`, links leaving `local_dir` and special files raise `UnsafeArchive`.
+        """
+        with _checked():
+            req = DownloadRequest(path=src)
+        raw, replaced = await self._call_raw(req, self._grace(120))
+        try:
+            data = base64.b64decode(raw.get("data") or "", validate=True)
+        except (ValueError, TypeError) as exc:
+            raise UnsafeArchive(
+                f"the sandbox sent a download that is not base64: {exc}; nothing was written"
+            ) from None
+        limit = self.config.max_download_bytes
+        paths, written = await asyncio.to_thread(_extract_counted, data, Path(local_dir), limit)
+        return DownloadResult(paths=paths, bytes=written, sandbox_replaced=replaced, state_lost=replaced)
