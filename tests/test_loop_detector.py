@@ -337,6 +337,28 @@ def test_exact_copy_counts_as_a_cycle_only_past_the_minimum_run() -> None:
     assert [s.kind for s in feed16(base + long).signals] == ["periodic"]
 
 
+def test_two_separate_long_copies_nudge_once_one_copy_does_not() -> None:
+    # One long verbatim copy of earlier reasoning is a restatement; a second, separate one soon after is
+    # the model writing out the same paragraphs again: a nudge (level 1), never more on its own. Each
+    # copy is shorter than the exact-cycle signal's minimum run, so only the copy signal can see it.
+    base = sample("healthy_subproblems")[:4000]
+    cfg = LoopDetectorConfig()
+    n = cfg.copy_min_chars + 30
+    assert n < cfg.periodic_min_run
+    one = base + base[2000 : 2000 + n] + "\nHmm, so the units of that part are metres per second. "
+    second = base[3400 : 3400 + n] + "\nAnd that settles the second part as well, I think. "
+    two = one + second
+    assert feed16(one).signals == []
+    det = feed16(two)
+    assert [(s.level, s.kind) for s in det.signals] == [(1, "copies")]
+    assert "copied verbatim" in det.signals[0].reason
+    assert feed16(two, LoopDetectorConfig(copy_enabled=False)).signals == []
+    # Copies further apart than the window are restatements scattered over a long answer.
+    far = one + " ".join(f"Side note {k}: {k * k} is the square of {k}." for k in range(40)) + second
+    assert [s.kind for s in feed16(far).signals] == ["copies"]
+    assert feed16(far, LoopDetectorConfig(copy_window_chars=1000)).signals == []
+
+
 def test_second_visit_is_not_circling_third_is() -> None:
     steps = [
         f"Step {k}: the remainder of {k * 37} divided by 11 is {k * 37 % 11}, which I note down carefully."
