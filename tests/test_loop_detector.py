@@ -337,26 +337,30 @@ def test_exact_copy_counts_as_a_cycle_only_past_the_minimum_run() -> None:
     assert [s.kind for s in feed16(base + long).signals] == ["periodic"]
 
 
-def test_two_separate_long_copies_nudge_once_one_copy_does_not() -> None:
-    # One long verbatim copy of earlier reasoning is a restatement; a second, separate one soon after is
-    # the model writing out the same paragraphs again: a nudge (level 1), never more on its own. Each
-    # copy is shorter than the exact-cycle signal's minimum run, so only the copy signal can see it.
+def test_separate_long_copies_nudge_once_fewer_do_not() -> None:
+    # One or two long verbatim copies of earlier reasoning are restatements; a third separate one soon
+    # after is the model writing out the same paragraphs again: a nudge (level 1), never more on its
+    # own. Each copy is shorter than the exact-cycle signal's minimum run, so only the copy signal sees it.
     base = sample("healthy_subproblems")[:4000]
     cfg = LoopDetectorConfig()
     n = cfg.copy_min_chars + 30
     assert n < cfg.periodic_min_run
-    one = base + base[2000 : 2000 + n] + "\nHmm, so the units of that part are metres per second. "
-    second = base[3400 : 3400 + n] + "\nAnd that settles the second part as well, I think. "
-    two = one + second
-    assert feed16(one).signals == []
-    det = feed16(two)
+    copies = [
+        base[at : at + n] + f"\nHmm, so part {k} comes out in metres per second, fine. "
+        for k, at in enumerate(range(2250, 4000 - n, 350))
+    ][-cfg.copy_count :]  # the latest sources: every copy stays within `periodic_max_period`
+    assert len(copies) == cfg.copy_count
+    fewer = base + "".join(copies[:-1])
+    assert feed16(fewer).signals == []
+    det = feed16(fewer + copies[-1])
     assert [(s.level, s.kind) for s in det.signals] == [(1, "copies")]
     assert "copied verbatim" in det.signals[0].reason
-    assert feed16(two, LoopDetectorConfig(copy_enabled=False)).signals == []
+    assert feed16(fewer + copies[-1], LoopDetectorConfig(copy_enabled=False)).signals == []
     # Copies further apart than the window are restatements scattered over a long answer.
-    far = one + " ".join(f"Side note {k}: {k * k} is the square of {k}." for k in range(40)) + second
+    filler = " ".join(f"Side note {k}: {k * k} is the square of {k}." for k in range(40))
+    far = fewer + filler + copies[-1]
     assert [s.kind for s in feed16(far).signals] == ["copies"]
-    assert feed16(far, LoopDetectorConfig(copy_window_chars=1000)).signals == []
+    assert feed16(far, LoopDetectorConfig(copy_window_chars=len(filler))).signals == []
 
 
 def test_second_visit_is_not_circling_third_is() -> None:

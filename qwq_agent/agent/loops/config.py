@@ -211,17 +211,18 @@ class LoopDetectorConfig(BaseModel):
         ge=64,
         description="Length of the tail (~50 tokens) that must occur verbatim earlier, within "
         "`periodic_max_period` characters, for the tail to count as a copy: a healthy re-check rewords "
-        "its steps, and one that restates a whole option or derivation does it once. (On the corpus, "
-        "with two copies, 180 and below nudge a healthy Qwen3 trace that restates its reasoning near "
-        "the end; 240 and above no longer catch the option-cycling loop: see the README.)",
+        "its steps, and one that restates a whole option or derivation does it once or twice. (On the "
+        "corpus 160-180 nudge a healthy Qwen3 trace that restates its reasoning near its end; 240 and "
+        "above add nothing over the exact-cycle signal.)",
     )
     copy_count: int = Field(
-        default=2,
+        default=3,
         ge=2,
         description="Separate copies (each a new stretch of copied tail after uncopied text) needed "
-        "within `copy_window_chars`: one long copy is a restatement, two separate ones in a short "
-        "stretch are the model writing out the same paragraphs again. (Three catch one loop fewer on "
-        "the corpus with the same healthy outcome.)",
+        "within `copy_window_chars`: a third copy, as the other signals count a third visit. (Two "
+        "copies of 200 characters catch one more corpus loop, at 98% of its trace, but whether they "
+        "also nudge a healthy trace depends on where the checks fall: shifting the traces by a few "
+        "characters flips it, `benchmarks/loop_detector_shift.py`. Three keep a margin.)",
     )
     copy_window_chars: int = Field(
         default=4000,
