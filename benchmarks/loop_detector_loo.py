@@ -30,10 +30,22 @@ from qwq_agent.agent.loops.evaluation import FileResult, evaluate_corpus, find_c
 ROOT = Path(__file__).resolve().parent.parent
 SHARES = (0.3, 0.35, 0.4, 0.45, 0.5)
 MARKERS = (3, 4, 5, 6, 8)
-# Per signal: its two thresholds with the values tried (larger = stricter), and the switch that turns it off.
-GRIDS: dict[str, tuple[tuple[str, tuple[float, ...]], tuple[str, tuple[float, ...]], str]] = {
-    "echo": (("echo_share_threshold", SHARES), ("echo_min_markers", MARKERS), "echo_enabled"),
-    "copy": (("copy_min_chars", (160, 180, 200, 240, 256)), ("copy_count", (2, 3, 4)), "copy_enabled"),
+# Per signal: its two thresholds with the values tried (larger = stricter, unless named in SMALLER_IS_STRICTER),
+# and what turns it off.
+SMALLER_IS_STRICTER = {"copy_echo_window_chars"}
+GRIDS: dict[str, tuple[tuple[str, tuple[float, ...]], tuple[str, tuple[float, ...]], dict[str, object]]] = {
+    "echo": (("echo_share_threshold", SHARES), ("echo_min_markers", MARKERS), {"echo_enabled": False}),
+    "copy": (
+        ("copy_min_chars", (160, 180, 200, 240, 256)),
+        ("copy_count", (2, 3, 4)),
+        {"copy_enabled": False},
+    ),
+    # The echo after a copy: its markers, and how recent the copy must be.
+    "copy_echo": (
+        ("copy_echo_markers", (3, 4, 5, 6)),
+        ("copy_echo_window_chars", (4000, 2000, 1000)),
+        {"copy_echo_markers": 1000},
+    ),
 }
 
 
@@ -66,21 +78,25 @@ def main() -> int:
         print("reasoning corpus not found beside the clone (../shared/reasoning-corpus); nothing to do")
         return 0
     default = LoopDetectorConfig()
-    (name_a, values_a), (name_b, values_b), switch = GRIDS[args.signal]
+    (name_a, values_a), (name_b, values_b), off_config = GRIDS[args.signal]
     grid = list(itertools.product(values_a, values_b))
     results = {
         point: evaluate_corpus(corpus, LoopDetectorConfig(**{name_a: point[0], name_b: point[1]})).files
         for point in grid
     }
     n = len(results[grid[0]])
-    off = evaluate_corpus(corpus, LoopDetectorConfig(**{switch: False})).files
+    off = evaluate_corpus(corpus, LoopDetectorConfig.model_validate(off_config)).files
 
     def pick(skip: int | None) -> tuple[float, int] | None:
         best = None
         for point in grid:
             score = _score([f for i, f in enumerate(results[point]) if i != skip])
             # Earliest median; then fewest healthy flagged; then the stricter point (fewer nudges).
-            key = (score[0], score[1], -point[0], -point[1]) if score else None
+            strict = tuple(
+                v if name in SMALLER_IS_STRICTER else -v
+                for name, v in zip((name_a, name_b), point, strict=True)
+            )
+            key = (score[0], score[1], *strict) if score else None
             if key and (best is None or key < best[0]):
                 best = (key, point)
         return best[1] if best else None

@@ -363,6 +363,34 @@ def test_separate_long_copies_nudge_once_fewer_do_not() -> None:
     assert feed16(far, LoopDetectorConfig(copy_window_chars=len(filler))).signals == []
 
 
+def _quiet_second_pass(every: int, copy: bool) -> str:
+    """Distinct steps, then a reworded pass over them with 'Wait,' on every `every`-th step, and
+    optionally a 230-character verbatim copy of the first pass in the middle of it."""
+    steps = [
+        f"Step {k}: the remainder of {k * 37} divided by 11 is {k * 37 % 11}, which I note down carefully."
+        for k in range(1, 40)
+    ]
+    first = "\n".join(steps)
+    again = [("Wait, " if k % every == 0 else "So, ") + s for k, s in enumerate(steps[:24])]
+    at = first.index("Step 30")
+    middle = [first[at : at + 230]] if copy else []
+    return first + "\n" + "\n".join([*again[:12], *middle, *again[12:]])
+
+
+def test_a_long_copy_lets_the_echo_nudge_with_fewer_markers() -> None:
+    # Two weak signals together: steps restated with a few "Wait," (fewer than the echo needs alone)
+    # and one long verbatim copy. Either alone is common in healthy reasoning and is left alone.
+    cfg = LoopDetectorConfig()
+    assert cfg.copy_echo_markers < cfg.echo_min_markers
+    assert feed16(_quiet_second_pass(every=4, copy=False)).signals == []
+    assert feed16(_quiet_second_pass(every=100, copy=True)).signals == []
+    det = feed16(_quiet_second_pass(every=4, copy=True))
+    assert [(s.level, s.kind) for s in det.signals] == [(1, "echo")]
+    assert "copied verbatim" in det.signals[0].reason
+    stricter = LoopDetectorConfig(copy_echo_markers=cfg.echo_min_markers)
+    assert feed16(_quiet_second_pass(every=4, copy=True), stricter).signals == []
+
+
 def test_second_visit_is_not_circling_third_is() -> None:
     steps = [
         f"Step {k}: the remainder of {k * 37} divided by 11 is {k * 37 % 11}, which I note down carefully."

@@ -232,6 +232,23 @@ class LoopDetectorConfig(BaseModel):
         "the same loops and healthy outcome on the corpus.)",
     )
 
+    copy_echo_markers: int = Field(
+        default=4,
+        ge=0,
+        description="Two weak signals together: when a copy (`copy_min_chars`) began within "
+        "`copy_echo_window_chars`, the echo nudges with this many revisit markers instead of "
+        "`echo_min_markers`, and without waiting `persist_chars`: a long verbatim copy and steps that "
+        "keep announcing they go back are each common in healthy reasoning, together they are a loop "
+        "starting. (On the corpus 3 nudges a healthy Qwen3 trace; 5 adds almost nothing over the "
+        "echo alone; see `benchmarks/loop_detector_loo.py --signal copy_echo`.)",
+    )
+    copy_echo_window_chars: int = Field(
+        default=2000,
+        ge=0,
+        description="How recent the copy must be for `copy_echo_markers` to apply (~500 tokens: the "
+        "stretch the echo's steps cover). (1,000-4,000 give the same healthy outcome on the corpus.)",
+    )
+
     # ---- answer-stability probe (opt-in) -------------------------------------------------------
     probe_enabled: bool = Field(
         default=False,

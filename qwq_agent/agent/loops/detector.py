@@ -101,6 +101,7 @@ class ReasoningLoopDetector:
         self._echo: deque[tuple[bool, int]] = deque()  # per recent segment: a second visit, markers
         self._echo_sum = 0
         self._echo_markers = 0
+        self._echo_copy_at: int | None = None  # where the copy began that let the echo nudge sooner
         self.probes: list[ProbeResult] = []
         self._probe_answer = ""
 
@@ -166,14 +167,30 @@ class ReasoningLoopDetector:
             self._cycle_checks += 1
             self.revisits += 1
             self._maybe_signal("periodic")
-        if cfg.copy_enabled and self.level == 0 and self._copy_burst():
-            self._maybe_signal("copies")
+        if cfg.copy_enabled and self.level == 0:
+            if self._copy_burst():
+                self._maybe_signal("copies")
+            elif self._echo_with_copy():
+                self._echo_copy_at = self._periodic.copies[-1]
+                self._maybe_signal("echo")
 
     def _copy_burst(self) -> bool:
         cfg = self.config
         copies = self._periodic.copies
         n = self._periodic.check_copy(self._pos)
         return n >= cfg.copy_count and copies[-1] - copies[-cfg.copy_count] <= cfg.copy_window_chars
+
+    def _echo_with_copy(self) -> bool:
+        """The echo's step share with fewer markers, right after a long verbatim copy."""
+        cfg = self.config
+        copies = self._periodic.copies
+        return (
+            cfg.echo_enabled
+            and bool(copies)
+            and copies[-1] >= self._pos - cfg.copy_echo_window_chars
+            and self.echo_share >= cfg.echo_share_threshold
+            and self._echo_markers >= cfg.copy_echo_markers
+        )
 
     def _flush_segment(self) -> None:
         words, self._seg_words = self._seg_words, []
@@ -310,6 +327,8 @@ class ReasoningLoopDetector:
                 f"{self.echo_share:.0%} of the last {cfg.attempt_window} steps restate earlier ones, with "
                 f"{self._echo_markers} 'wait'/'again' markers"
             )
+            if self._echo_copy_at is not None:
+                reason += f", after a span of {cfg.copy_min_chars}+ characters copied verbatim"
         else:
             reason = (
                 f"{self._ledger.stale_share:.0%} of the last {cfg.ledger_window} candidates weighed were "
