@@ -41,6 +41,8 @@ OWN_CASES = {
     "healthy_options_weighed": False,
     "qwq_24_loop": True,
     "healthy_reconfirm": False,
+    "qwq_recopy_loop": True,
+    "healthy_restate": False,
 }
 _WORD = re.compile(r"[^\W_]+(?:[.,][0-9]+)*", re.UNICODE)
 

@@ -337,6 +337,60 @@ def test_exact_copy_counts_as_a_cycle_only_past_the_minimum_run() -> None:
     assert [s.kind for s in feed16(base + long).signals] == ["periodic"]
 
 
+def test_separate_long_copies_nudge_once_fewer_do_not() -> None:
+    # One or two long verbatim copies of earlier reasoning are restatements; a third separate one soon
+    # after is the model writing out the same paragraphs again: a nudge (level 1), never more on its
+    # own. Each copy is shorter than the exact-cycle signal's minimum run, so only the copy signal sees it.
+    base = sample("healthy_subproblems")[:4000]
+    cfg = LoopDetectorConfig()
+    n = cfg.copy_min_chars + 30
+    assert n < cfg.periodic_min_run
+    copies = [
+        base[at : at + n] + f"\nHmm, so part {k} comes out in metres per second, fine. "
+        for k, at in enumerate(range(2250, 4000 - n, 350))
+    ][-cfg.copy_count :]  # the latest sources: every copy stays within `periodic_max_period`
+    assert len(copies) == cfg.copy_count
+    fewer = base + "".join(copies[:-1])
+    assert feed16(fewer).signals == []
+    det = feed16(fewer + copies[-1])
+    assert [(s.level, s.kind) for s in det.signals] == [(1, "copies")]
+    assert "copied verbatim" in det.signals[0].reason
+    assert feed16(fewer + copies[-1], LoopDetectorConfig(copy_enabled=False)).signals == []
+    # Copies further apart than the window are restatements scattered over a long answer.
+    filler = " ".join(f"Side note {k}: {k * k} is the square of {k}." for k in range(40))
+    far = fewer + filler + copies[-1]
+    assert [s.kind for s in feed16(far).signals] == ["copies"]
+    assert feed16(far, LoopDetectorConfig(copy_window_chars=len(filler))).signals == []
+
+
+def _quiet_second_pass(every: int, copy: bool) -> str:
+    """Distinct steps, then a reworded pass over them with 'Wait,' on every `every`-th step, and
+    optionally a 230-character verbatim copy of the first pass in the middle of it."""
+    steps = [
+        f"Step {k}: the remainder of {k * 37} divided by 11 is {k * 37 % 11}, which I note down carefully."
+        for k in range(1, 40)
+    ]
+    first = "\n".join(steps)
+    again = [("Wait, " if k % every == 0 else "So, ") + s for k, s in enumerate(steps[:24])]
+    at = first.index("Step 30")
+    middle = [first[at : at + 230]] if copy else []
+    return first + "\n" + "\n".join([*again[:12], *middle, *again[12:]])
+
+
+def test_a_long_copy_lets_the_echo_nudge_with_fewer_markers() -> None:
+    # Two weak signals together: steps restated with a few "Wait," (fewer than the echo needs alone)
+    # and one long verbatim copy. Either alone is common in healthy reasoning and is left alone.
+    cfg = LoopDetectorConfig()
+    assert cfg.copy_echo_markers < cfg.echo_min_markers
+    assert feed16(_quiet_second_pass(every=4, copy=False)).signals == []
+    assert feed16(_quiet_second_pass(every=100, copy=True)).signals == []
+    det = feed16(_quiet_second_pass(every=4, copy=True))
+    assert [(s.level, s.kind) for s in det.signals] == [(1, "echo")]
+    assert "copied verbatim" in det.signals[0].reason
+    stricter = LoopDetectorConfig(copy_echo_markers=cfg.echo_min_markers)
+    assert feed16(_quiet_second_pass(every=4, copy=True), stricter).signals == []
+
+
 def test_second_visit_is_not_circling_third_is() -> None:
     steps = [
         f"Step {k}: the remainder of {k * 37} divided by 11 is {k * 37 % 11}, which I note down carefully."

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from qwq_agent.agent.loop_detector import ReasoningLoopDetector
+from qwq_agent.agent.loop_detector import LoopDetectorConfig, ReasoningLoopDetector
 
 DATA = Path(__file__).parent / "data" / "reasoning"
 EXPRESSIONS = {"(8+8)*3/3 = 16", "8*3+8-3 = 29", "(8-3)*3+8 = 23", "8*(3+3)-8 = 40"}
@@ -25,14 +25,14 @@ def generator() -> ModuleType:
     return module
 
 
-def feed16(text: str) -> ReasoningLoopDetector:
-    det = ReasoningLoopDetector()
+def feed16(text: str, config: LoopDetectorConfig | None = None) -> ReasoningLoopDetector:
+    det = ReasoningLoopDetector(config)
     for i in range(0, len(text), 16):
         det.feed(text[i : i + 16])
     return det
 
 
-@pytest.mark.parametrize("name", ["qwq_24_loop", "healthy_reconfirm"])
+@pytest.mark.parametrize("name", ["qwq_24_loop", "healthy_reconfirm", "qwq_recopy_loop", "healthy_restate"])
 def test_committed_cases_match_their_generator(name: str) -> None:
     text = (DATA / f"{name}.txt").read_text(encoding="utf-8")
     assert generator().CASES[name](random.Random(name)) == text
@@ -54,4 +54,24 @@ def test_quiet_24_loop_is_nudged_before_it_ends_naming_the_four_expressions(seed
 def test_answer_reconfirmed_after_one_check_is_not_flagged(seed: object) -> None:
     text = generator().CASES["healthy_reconfirm"](random.Random(seed))
     assert text.count("the answer is") >= 3 and len(text) > 4000
+    assert feed16(text).signals == []
+
+
+@pytest.mark.parametrize("seed", ["qwq_recopy_loop", 1, 2, 3, 4, 5])
+def test_paragraphs_written_out_again_are_nudged_by_the_copies(seed: object) -> None:
+    # Three paragraphs re-written word for word behind changing openers: the copy signal nudges at
+    # ~23% of the text; without it the exact-cycle signal waits for a 256-character run (23-42%).
+    text = generator().CASES["qwq_recopy_loop"](random.Random(seed))
+    det = feed16(text)
+    off = feed16(text, LoopDetectorConfig(copy_enabled=False))
+    assert det.signals[0].kind == "copies" and det.signals[0].level == 1
+    assert det.signals[0].evidence["chars"] <= off.signals[0].evidence["chars"]
+    assert det.signals[0].evidence["chars"] < 0.3 * len(text)
+    assert det.level == 3  # closing and stopping still come, from the other signals
+
+
+@pytest.mark.parametrize("seed", ["healthy_restate", 1, 2, 3])
+def test_problem_reread_and_key_step_restated_once_are_not_flagged(seed: object) -> None:
+    text = generator().CASES["healthy_restate"](random.Random(seed))
+    assert text.count("A tank is filled by pipe A") == 2 and text.count("Pipe A fills 1/6") == 2
     assert feed16(text).signals == []

@@ -3,9 +3,9 @@
 Lengths are in characters of reasoning (about 4 per token). The values were chosen from what circling
 *is* (a cycle is a third visit, not a second; a verbatim copy of a long span of one's own reasoning is
 never progress) and then checked on the whole development corpus (`../shared/reasoning-corpus`), not
-fitted to single files: see `benchmarks/loop_detector_bench.py` and the README for the figures. The one
-signal allowed on second visits (`echo_*`) may only nudge, and its thresholds were checked leave-one-out
-(`benchmarks/loop_detector_loo.py`).
+fitted to single files: see `benchmarks/loop_detector_bench.py` and the README for the figures. The
+signals allowed on second visits (`echo_*`, `copy_*`) may only nudge, and their thresholds were checked
+leave-one-out (`benchmarks/loop_detector_loo.py`).
 """
 
 from __future__ import annotations
@@ -196,6 +196,57 @@ class LoopDetectorConfig(BaseModel):
         "per three steps): an echo the model itself keeps announcing as going back, so a summary or a "
         "final check that restates its steps without saying it goes back does not count. (2-3 markers "
         "nudge 3-12 healthy corpus traces; 8 or more adds nothing over the third-visit signals.)",
+    )
+
+    # ---- long verbatim copies (level 1 only) ---------------------------------------------------
+    copy_enabled: bool = Field(
+        default=True,
+        description="Allow the level-1-only copy signal: several separate spans of the model's own "
+        "recent reasoning copied verbatim, each long, counted on their second visit. One long copy is "
+        "what a healthy answer does when it restates an option or a derivation; a loop copies "
+        "paragraph after paragraph. It may only nudge; closing needs the third-visit signals.",
+    )
+    copy_min_chars: int = Field(
+        default=200,
+        ge=64,
+        description="Length of the tail (~50 tokens) that must occur verbatim earlier, within "
+        "`periodic_max_period` characters, for the tail to count as a copy: a healthy re-check rewords "
+        "its steps, and one that restates a whole option or derivation does it once or twice. (On the "
+        "corpus 160-180 nudge a healthy Qwen3 trace that restates its reasoning near its end; 240 and "
+        "above add nothing over the exact-cycle signal.)",
+    )
+    copy_count: int = Field(
+        default=3,
+        ge=2,
+        description="Separate copies (each a new stretch of copied tail after uncopied text) needed "
+        "within `copy_window_chars`: a third copy, as the other signals count a third visit. (Two "
+        "copies of 200 characters catch one more corpus loop, at 98% of its trace, but whether they "
+        "also nudge a healthy trace depends on where the checks fall: shifting the traces by a few "
+        "characters flips it, `benchmarks/loop_detector_shift.py`. Three keep a margin.)",
+    )
+    copy_window_chars: int = Field(
+        default=4000,
+        ge=500,
+        description="The copies must start within this much reasoning (~1,000 tokens): copies "
+        "scattered over a long answer are restatements, a burst of them is a loop. (3,000-6,000 give "
+        "the same loops and healthy outcome on the corpus.)",
+    )
+
+    copy_echo_markers: int = Field(
+        default=4,
+        ge=0,
+        description="Two weak signals together: when a copy (`copy_min_chars`) began within "
+        "`copy_echo_window_chars`, the echo nudges with this many revisit markers instead of "
+        "`echo_min_markers`, and without waiting `persist_chars`: a long verbatim copy and steps that "
+        "keep announcing they go back are each common in healthy reasoning, together they are a loop "
+        "starting. (On the corpus 3 nudges a healthy Qwen3 trace; 5 adds almost nothing over the "
+        "echo alone; see `benchmarks/loop_detector_loo.py --signal copy_echo`.)",
+    )
+    copy_echo_window_chars: int = Field(
+        default=2000,
+        ge=0,
+        description="How recent the copy must be for `copy_echo_markers` to apply (~500 tokens: the "
+        "stretch the echo's steps cover). (1,000-4,000 give the same healthy outcome on the corpus.)",
     )
 
     # ---- answer-stability probe (opt-in) -------------------------------------------------------

@@ -7,6 +7,8 @@ Signals (each cheap per character and streaming):
 - `echo` (level 1 only): many recent steps restate an earlier one at least once (a second visit) while
   the model keeps saying it goes back ("wait", "again", "再"). A healthy re-check produces this too, so
   it may only nudge; closing and stopping need the third-visit signals above.
+- `copies` (level 1 only): several separate long spans of the recent reasoning copied verbatim (each on
+  its second visit; one copy is a restatement, a burst of them a loop);
 - `probe` (level 2 only, opt-in): after the nudge, the answer-stability probes (`loops.probe`) keep
   giving the same answer while the reasoning keeps circling; `observe_probe` takes their answers.
 
@@ -31,7 +33,7 @@ from qwq_agent.agent.loops.probe import ProbeResult
 
 __all__ = ["LoopSignal", "ReasoningLoopDetector", "SignalKind"]
 
-SignalKind = Literal["periodic", "steps", "candidates", "echo", "probe"]
+SignalKind = Literal["periodic", "steps", "candidates", "echo", "copies", "probe"]
 Level = Literal[1, 2, 3]
 _LEVELS: dict[int, Level] = {1: 1, 2: 2, 3: 3}  # the detector counts in ints; a signal carries a Level
 
@@ -99,6 +101,7 @@ class ReasoningLoopDetector:
         self._echo: deque[tuple[bool, int]] = deque()  # per recent segment: a second visit, markers
         self._echo_sum = 0
         self._echo_markers = 0
+        self._echo_copy_at: int | None = None  # where the copy began that let the echo nudge sooner
         self.probes: list[ProbeResult] = []
         self._probe_answer = ""
 
@@ -158,11 +161,36 @@ class ReasoningLoopDetector:
     def _check_cycle(self) -> None:
         cfg = self.config
         run = self._periodic.check()
-        if run < cfg.periodic_min_run or self._pos < cfg.periodic_min_reasoning_chars:
+        if self._pos < cfg.periodic_min_reasoning_chars:
             return
-        self._cycle_checks += 1
-        self.revisits += 1
-        self._maybe_signal("periodic")
+        if run >= cfg.periodic_min_run:
+            self._cycle_checks += 1
+            self.revisits += 1
+            self._maybe_signal("periodic")
+        if cfg.copy_enabled and self.level == 0:
+            if self._copy_burst():
+                self._maybe_signal("copies")
+            elif self._echo_with_copy():
+                self._echo_copy_at = self._periodic.copies[-1]
+                self._maybe_signal("echo")
+
+    def _copy_burst(self) -> bool:
+        cfg = self.config
+        copies = self._periodic.copies
+        n = self._periodic.check_copy(self._pos)
+        return n >= cfg.copy_count and copies[-1] - copies[-cfg.copy_count] <= cfg.copy_window_chars
+
+    def _echo_with_copy(self) -> bool:
+        """The echo's step share with fewer markers, right after a long verbatim copy."""
+        cfg = self.config
+        copies = self._periodic.copies
+        return (
+            cfg.echo_enabled
+            and bool(copies)
+            and copies[-1] >= self._pos - cfg.copy_echo_window_chars
+            and self.echo_share >= cfg.echo_share_threshold
+            and self._echo_markers >= cfg.copy_echo_markers
+        )
 
     def _flush_segment(self) -> None:
         words, self._seg_words = self._seg_words, []
@@ -260,7 +288,7 @@ class ReasoningLoopDetector:
 
     def _maybe_signal(self, kind: SignalKind) -> None:
         cfg = self.config
-        if self.level >= 3 or (kind == "echo" and self.level >= 1):
+        if self.level >= 3 or (kind in ("echo", "copies") and self.level >= 1):
             return
         if kind != "periodic" and self._pos < cfg.min_reasoning_chars:
             return
@@ -289,11 +317,18 @@ class ReasoningLoopDetector:
                 f"the answer stayed {self._probe_answer!r} over {cfg.probe_stable_count} probes while the "
                 "reasoning kept circling"
             )
+        elif kind == "copies":
+            reason = (
+                f"{cfg.copy_count} separate spans of {cfg.copy_min_chars}+ characters copied verbatim from "
+                f"the last {cfg.periodic_max_period} characters of reasoning"
+            )
         elif kind == "echo":
             reason = (
                 f"{self.echo_share:.0%} of the last {cfg.attempt_window} steps restate earlier ones, with "
                 f"{self._echo_markers} 'wait'/'again' markers"
             )
+            if self._echo_copy_at is not None:
+                reason += f", after a span of {cfg.copy_min_chars}+ characters copied verbatim"
         else:
             reason = (
                 f"{self._ledger.stale_share:.0%} of the last {cfg.ledger_window} candidates weighed were "

@@ -23,6 +23,8 @@ class PeriodicTail:
         self._keep = 2 * config.periodic_max_period + config.periodic_min_run + 64
         self.period = 0  # the cycle found at the last check (0 = none)
         self.run = 0  # characters equal to those one period earlier, ending at the tail
+        self._copying = False  # the tail was a copy at the last check
+        self.copies: list[int] = []  # where each new stretch of copied tail began (recent ones)
 
     def extend(self, text: str) -> None:
         """Append consumed text; the caller checks at fixed positions so chunking cannot matter."""
@@ -54,6 +56,26 @@ class PeriodicTail:
             end = at + a - 1
         self.period, self.run = best_p, best_run
         return best_run
+
+    def check_copy(self, pos: int) -> int:
+        """Note whether the tail is a long verbatim copy of earlier text; return the copies so far.
+
+        A copy counts once per stretch: consecutive checks inside one copied paragraph are one copy.
+        `pos` is where the check is (characters consumed), kept for each copy's start.
+        """
+        cfg = self.config
+        buf, n = self._buf, cfg.copy_min_chars
+        if len(buf) <= n:
+            return len(self.copies)
+        lo = max(0, len(buf) - cfg.periodic_max_period - n)
+        # The earlier occurrence must start before the tail does (it may overlap it: short cycles).
+        copying = buf.find(buf[-n:], lo, len(buf) - 1) >= 0
+        if copying and not self._copying:
+            self.copies.append(pos)
+            if len(self.copies) > cfg.copy_count:
+                del self.copies[0]
+        self._copying = copying
+        return len(self.copies)
 
 
 def _repeat_len(buf: str, p: int) -> int:

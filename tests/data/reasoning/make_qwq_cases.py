@@ -22,6 +22,13 @@ Added for the probe/earliness work (written before running the detector on them)
 - healthy_reconfirm: a long amortisation table (all numbers new), then the answer stated, re-checked
   once by the closed formula, and re-confirmed twice with "wait" / "let me double-check" (the
   re-confirmation pattern healthy corpus traces show more often than loops): must not be flagged.
+Added for the copy signals (written before running the detector on them):
+- qwq_recopy_loop: a geometry problem where, after some real work, the model writes out the same three
+  paragraphs again and again, each time behind a different opener ("Wait,", "Alternatively,", "Hmm,")
+  and with a short new remark in between, never answering (near-verbatim cycling);
+- healthy_restate: a long forward derivation that re-reads the problem once, word for word, re-states
+  its key equation paragraph word for word in the summary, and says "wait" a few times while fixing
+  slips: two long copies and some markers, must not be flagged.
 Seeded, so re-running reproduces the same files.
 """
 
@@ -335,6 +342,101 @@ def healthy_reconfirm(rng: random.Random) -> str:
     return "".join(out)
 
 
+_RECOPY_PARAGRAPHS = [
+    "the triangle has sides 7, 8 and 9, so by Heron's formula the semi-perimeter is 12 and the area is "
+    "sqrt(12 * 5 * 4 * 3) = sqrt(720) = 12 * sqrt(5), which is about 26.83. The inradius is the area "
+    "divided by the semi-perimeter, so r = sqrt(5), about 2.236.",
+    "the circumradius is R = abc / (4 * area) = 504 / (48 * sqrt(5)) = 21 / (2 * sqrt(5)), about 4.696. "
+    "Then the distance between the centres should follow from Euler's formula d^2 = R^2 - 2Rr, which "
+    "gives R^2 = 22.05 and 2Rr = 21, so d^2 = 1.05.",
+    "but the problem asks for the distance from the incentre to the side of length 8 along the median, "
+    "not the distance between the centres, so Euler's formula is not what we need here. The median to "
+    "the side of length 8 has length sqrt((2 * 49 + 2 * 81 - 64) / 4) = 7.",
+]
+
+
+def qwq_recopy_loop(rng: random.Random, chars: int = 9000) -> str:
+    out = [
+        "A triangle has sides 7, 8 and 9. Find the distance from the incentre to the side of length 8, "
+        "measured along the median to that side. First the basic quantities. "
+        + " ".join(
+            f"Side {a} is opposite the angle whose cosine is {c}."
+            for a, c in ((7, "2/3"), (8, "11/21"), (9, "2/7"))
+        )
+        + "\n\nSo "
+        + _RECOPY_PARAGRAPHS[0]
+        + "\n\nNext, "
+        + _RECOPY_PARAGRAPHS[1]
+        + "\n\n"
+        "I should place coordinates: put the side of length 8 on the x-axis from (0, 0) to (8, 0); the third "
+        "vertex is then at (2, 3 * sqrt(5)), since 2^2 + 45 = 49 and 6^2 + 45 = 81.\n\n"
+        "Wait, " + _RECOPY_PARAGRAPHS[2] + "\n\n"
+    ]
+    k = 0
+    while sum(map(len, out)) < chars:
+        para = _RECOPY_PARAGRAPHS[k % 3]
+        k += 1
+        out.append(
+            _pick(rng, "Wait, ", "Alternatively, ", "Hmm, ", "Let me redo this: ", "Again, ")
+            + para
+            + "\n\n"
+            + _pick(
+                rng,
+                "",
+                "I keep coming back to this. ",
+                "Maybe the coordinates make it easier. ",
+                "Something is off here. ",
+                "Let me think again. ",
+            )
+        )
+    return "".join(out)
+
+
+def healthy_restate(rng: random.Random) -> str:
+    problem = (
+        "A tank is filled by pipe A in 6 hours and by pipe B in 9 hours, and drained by pipe C in 12 "
+        "hours. Starting empty with all three open, after 2 hours pipe C is closed. How long does the "
+        "tank take to fill in total?"
+    )
+    key = (
+        "Pipe A fills 1/6 of the tank per hour, pipe B fills 1/9, and pipe C drains 1/12, so with all three "
+        "open the net rate is 1/6 + 1/9 - 1/12 = 6/36 + 4/36 - 3/36 = 7/36 of the tank per hour."
+    )
+    out = [f"The problem: {problem}\n\n{key}\n\n"]
+    filled = 0.0
+    for minute in range(0, 121, 10):
+        filled = 7 / 36 * minute / 60
+        out.append(
+            f"At {minute} minutes "
+            + _pick(rng, "the tank holds ", "the fill level is ", "we have ")
+            + f"{filled:.4f} of the tank ({filled * 36:.2f}/36).\n"
+        )
+    out.append(
+        "\nWait, I should double-check the net rate before going on: 1/6 is 6/36, 1/9 is 4/36, 1/12 is 3/36, "
+        "so 6 + 4 - 3 = 7 parts in 36, yes.\n\nAfter 2 hours the tank holds 14/36 = 7/18. Then only A and B "
+        "run, at 1/6 + 1/9 = 5/18 per hour, and 11/18 remain.\n\n"
+    )
+    rest = 11 / 18 / (5 / 18)
+    for tenth in range(1, 23):
+        t = tenth / 10
+        out.append(
+            f"After {t:.1f} more hours with A and B: "
+            + f"{7 / 18 + 5 / 18 * t:.4f} of the tank"
+            + _pick(rng, ".", ", still filling.", ", not yet full.")
+            + "\n"
+        )
+    out.append(
+        f"\nWait, {rest:.1f} hours for the remaining 11/18: 11/18 divided by 5/18 is 11/5 = 2.2 hours, which "
+        "matches the table reaching 1 at 2.2.\n\nLet me re-read the question to be sure what is asked. "
+        f"{problem}\n\nSo the total is 2 + 2.2 = 4.2 hours, that is 4 hours 12 minutes.\n\n"
+        f"To summarise the key step: {key} After closing C the rate is 5/18, and the remaining 11/18 takes "
+        "2.2 hours.\n\nHmm, one sanity check: without pipe C the whole tank would take 1 / (5/18) = 3.6 "
+        "hours, and with C draining for the first 2 hours it must take longer; 4.2 is longer. "
+        "So the answer is 4.2 hours.\n"
+    )
+    return "".join(out)
+
+
 CASES: dict[str, Callable[[random.Random], str]] = {
     "qwq_parentheses_loop": qwq_parentheses_loop,
     "qwq_zh_loop": qwq_zh_loop,
@@ -346,6 +448,8 @@ CASES: dict[str, Callable[[random.Random], str]] = {
     "healthy_options_weighed": healthy_options_weighed,
     "qwq_24_loop": qwq_24_loop,
     "healthy_reconfirm": healthy_reconfirm,
+    "qwq_recopy_loop": qwq_recopy_loop,
+    "healthy_restate": healthy_restate,
 }
 
 if __name__ == "__main__":
