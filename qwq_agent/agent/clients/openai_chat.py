@@ -40,6 +40,7 @@ from qwq_agent.agent.clients.retry import RetryPolicy
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
+from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
 
@@ -91,7 +92,8 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
                 ]
             out.append(item)
         elif m.role == "tool":
-            item = {"role": "tool", "content": m.content, "tool_call_id": m.tool_call_id or ""}
+            # The server renders the template and tokenizes markers as control tokens (see `markers`).
+            item = {"role": "tool", "content": defuse(m.content), "tool_call_id": m.tool_call_id or ""}
             if m.name:
                 item["name"] = m.name
             out.append(item)
