@@ -124,7 +124,7 @@ def format_tool_call(name: str, arguments: str) -> str:
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
         body = json.dumps({"name": name, "arguments": parsed}, ensure_ascii=False)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # nested too deeply to read: the parser reports it
         body = '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": ' + arguments + "}"
     return f"<tool_call>\n{body}\n</tool_call>"
 
