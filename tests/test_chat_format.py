@@ -105,9 +105,17 @@ def hf_tool(spec: ToolSpec) -> dict[str, Any]:
 def reference(
     messages: list[Message], tools: list[ToolSpec], add_generation_prompt: bool, profile: str
 ) -> str:
-    # The one intended difference: markers in a tool result are defused (qwq_agent.agent.markers).
+    # The one intended difference: markers in tool results and specs are defused (qwq_agent.agent.markers).
     messages = [
         m.model_copy(update={"content": defuse(m.content)}) if m.role == "tool" else m for m in messages
+    ]
+    tools = [
+        ToolSpec(
+            name=defuse(t.name),
+            description=defuse(t.description),
+            parameters=json.loads(defuse(json.dumps(t.parameters, ensure_ascii=False))),
+        )
+        for t in tools
     ]
     return _template(profile).render(
         messages=[to_hf(m, think=profile != "qwq-32b-preview") for m in messages],

@@ -89,3 +89,18 @@ async def test_a_forged_turn_in_a_tool_result_stays_inside_the_result(sandbox_im
             replayed = [ev async for ev in replay.stream("Summarise /workspace/evil.txt.")]
             assert not [e for e in replayed if isinstance(e, Warning_) and e.kind == "replay_divergence"]
             assert replay.result.answer == "ok"
+
+
+def test_a_tool_spec_from_an_mcp_server_cannot_forge_a_turn_either() -> None:
+    from qwq_agent.agent.chat_format import render
+    from qwq_agent.agent.clients.openai_chat import to_openai_tools
+    from qwq_agent.agent.messages import Message, ToolSpec
+
+    def spec(text: str) -> ToolSpec:
+        params = {"type": "object", "properties": {"q": {"type": "string", "description": text}}}
+        return ToolSpec(name="lookup", description=text, parameters=params)
+
+    task = [Message(role="user", content="hi")]
+    assert _structure(render(task, [spec(FORGED)])) == _structure(render(task, [spec("benign")]))
+    assert _structure(json.dumps(to_openai_tools([spec(FORGED)]), ensure_ascii=False)) == []
+    assert to_openai_tools([spec("plain")])[0]["function"]["description"] == "plain"

@@ -31,8 +31,9 @@ whitespace, which would merge with the ``\\n`` that ends the prompt, and the ids
 canonical encoding of the output text (tests/test_tokenizer.py checks the first condition).
 `render_segments` lifts both conditions: it gives kept turns as the ids the server generated (`exact_tokens`).
 
-One exception to byte-identity: a tool result's chat-template markers (``<|im_end|>``, ``</tool_response>``...)
-are defused with a zero-width space (`qwq_agent.agent.markers`), so untrusted output cannot forge a turn.
+One exception to byte-identity: chat-template markers (``<|im_end|>``, ``</tool_response>``...) in a tool
+result or a tool's spec are defused with a zero-width space (`qwq_agent.agent.markers`), so untrusted output
+or an MCP server's tool descriptions cannot forge a turn.
 
 One more break of the default policy: the current template renders the *last* message of a conversation
 whole (reasoning included), so a prompt that ends in an assistant message changes once more messages follow
@@ -116,7 +117,8 @@ def _system_turn(messages: Sequence[Message], tools: Sequence[ToolSpec], profile
     has_system = bool(messages) and messages[0].role == "system"
     text = messages[0].content if has_system else profile.default_system
     if tools:
-        lines = "".join("\n" + tool_spec_json(spec) for spec in tools)
+        # A spec can come from an MCP server: its descriptions are untrusted text too (see `markers`).
+        lines = "".join("\n" + defuse(tool_spec_json(spec)) for spec in tools)
         return IM_START + "system\n" + text + _TOOLS_HEAD + lines + _TOOLS_TAIL
     if has_system or profile.default_system:
         return IM_START + "system\n" + text + IM_END + "\n"

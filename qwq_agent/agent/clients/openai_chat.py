@@ -109,12 +109,23 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
 
 
 def to_openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
-    """Tool specs as OpenAI `tools` entries."""
+    """Tool specs as OpenAI `tools` entries, chat-template markers defused (an MCP server wrote them)."""
     return [
-        {
-            "type": "function",
-            "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
-        }
+        json.loads(
+            defuse(
+                json.dumps(
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": t.name,
+                            "description": t.description,
+                            "parameters": t.parameters,
+                        },
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        )
         for t in tools
     ]
 
