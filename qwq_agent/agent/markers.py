@@ -30,17 +30,21 @@ ZWSP = "\u200b"
 # of a result; `<|` + other text is ordinary text to the tokenizer and stays as written.
 # Read from the package data directly: the tokenizer module needs the optional `tokenizer` extra.
 _ADDED = json.loads(resources.files("qwq_agent.agent").joinpath("qwen_added_tokens.json").read_text("utf-8"))
-_DEFUSED = sorted(
+_DEFUSED = frozenset(
     [t["content"] for t in _ADDED if t["content"].startswith("<|")]
-    + [TOOL_RESPONSE_TEXT, TOOL_RESPONSE_END_TEXT],
-    key=len,
-    reverse=True,
+    + [TOOL_RESPONSE_TEXT, TOOL_RESPONSE_END_TEXT]
 )
-_MARKER = re.compile("<(?=" + "|".join(re.escape(t[1:]) for t in _DEFUSED) + ")")
+# Candidates only; `_defuse_one` keeps those that are real markers (a set lookup beats a 26-way lookahead).
+_CANDIDATE = re.compile(r"<(?:\|[a-z_]{1,40}\|>|/?tool_response>)")
+
+
+def _defuse_one(match: re.Match[str]) -> str:
+    marker = match.group()
+    return "<" + ZWSP + marker[1:] if marker in _DEFUSED else marker
 
 
 def defuse(text: str) -> str:
     """`text` with each chat-template marker broken by a zero-width space after its ``<`` (idempotent)."""
-    if "<" not in text:
+    if "<|" not in text and "tool_response>" not in text:
         return text
-    return _MARKER.sub("<" + ZWSP, text)
+    return _CANDIDATE.sub(_defuse_one, text)
