@@ -18,6 +18,7 @@ from qwq_agent.agent.chat_format import (
     render,
     render_assistant_turn,
 )
+from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolCall, ToolSpec
 from qwq_agent.agent.profiles import PROFILES, ChatProfile, get_profile
 
@@ -104,6 +105,18 @@ def hf_tool(spec: ToolSpec) -> dict[str, Any]:
 def reference(
     messages: list[Message], tools: list[ToolSpec], add_generation_prompt: bool, profile: str
 ) -> str:
+    # The one intended difference: markers in tool results and specs are defused (qwq_agent.agent.markers).
+    messages = [
+        m.model_copy(update={"content": defuse(m.content)}) if m.role == "tool" else m for m in messages
+    ]
+    tools = [
+        ToolSpec(
+            name=defuse(t.name),
+            description=defuse(t.description),
+            parameters=json.loads(defuse(json.dumps(t.parameters, ensure_ascii=False))),
+        )
+        for t in tools
+    ]
     return _template(profile).render(
         messages=[to_hf(m, think=profile != "qwq-32b-preview") for m in messages],
         tools=[hf_tool(t) for t in tools] or None,
@@ -279,9 +292,8 @@ def test_earlier_reasoning_dropped_last_kept() -> None:
 
 # --- generated conversations --------------------------------------------------------------------------
 
-_FRAGMENTS = st.sampled_from(
-    ["</think>", "<think>", "\n", "\n\n", " ", "<tool_call>", "<|im_end|>", '"', "\\", "{}", "😀", "é", "\t"]
-)
+_MARKUP = ["</think>", "<think>", "<tool_call>", "<|im_end|>", "</tool_response>"]
+_FRAGMENTS = st.sampled_from([*_MARKUP, "\n", "\n\n", " ", '"', "\\", "{}", "😀", "é", "\t"])
 TEXT = st.lists(st.one_of(st.text(max_size=12), _FRAGMENTS), max_size=5).map("".join)
 NAMES = st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1, max_size=12)
 JSON_VALUES = st.recursive(

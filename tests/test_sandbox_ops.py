@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import tarfile
 
 import pytest
@@ -188,7 +189,7 @@ async def test_odd_file_names(shared_sandbox: DockerSandbox, tmp_path) -> None:
     path = "/workspace/odd names/ünï cödé\nnewline ✓.txt"
     await shared_sandbox.create_file(path, "héllo wörld\n")
     r = await shared_sandbox.view("/workspace/odd names")
-    assert path in r.output
+    assert json.dumps(path, ensure_ascii=False) in r.output.splitlines()  # quoted: on one line
     await shared_sandbox.str_replace(path, "wörld", "welt")
     assert "héllo welt" in (await shared_sandbox.view(path)).output
     await shared_sandbox.download("/workspace/odd names", tmp_path)

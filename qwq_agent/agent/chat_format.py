@@ -31,6 +31,10 @@ whitespace, which would merge with the ``\\n`` that ends the prompt, and the ids
 canonical encoding of the output text (tests/test_tokenizer.py checks the first condition).
 `render_segments` lifts both conditions: it gives kept turns as the ids the server generated (`exact_tokens`).
 
+One exception to byte-identity: chat-template markers (``<|im_end|>``, ``</tool_response>``...) in a tool
+result or a tool's spec are defused with a zero-width space (`qwq_agent.agent.markers`), so untrusted output
+or an MCP server's tool descriptions cannot forge a turn.
+
 One more break of the default policy: the current template renders the *last* message of a conversation
 whole (reasoning included), so a prompt that ends in an assistant message changes once more messages follow
 (the v1-release profile, `qwq-32b-v1`, strips that message too).
@@ -44,6 +48,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qwq_agent.agent.exact_tokens import Segment, TokenSpan, ids_spell, segment_text
+from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolCall, ToolSpec
 from qwq_agent.agent.profiles import DEFAULT_PROFILE, ChatProfile, get_profile
 
@@ -112,7 +117,8 @@ def _system_turn(messages: Sequence[Message], tools: Sequence[ToolSpec], profile
     has_system = bool(messages) and messages[0].role == "system"
     text = messages[0].content if has_system else profile.default_system
     if tools:
-        lines = "".join("\n" + tool_spec_json(spec) for spec in tools)
+        # A spec can come from an MCP server: its descriptions are untrusted text too (see `markers`).
+        lines = "".join("\n" + defuse(tool_spec_json(spec)) for spec in tools)
         return IM_START + "system\n" + text + _TOOLS_HEAD + lines + _TOOLS_TAIL
     if has_system or profile.default_system:
         return IM_START + "system\n" + text + IM_END + "\n"
@@ -296,7 +302,8 @@ def _render_parts(
         elif role == "tool":
             if index == 0 or messages[index - 1].role != "tool":
                 out.append(IM_START + "user")
-            out.append("\n<tool_response>\n" + message.content + "\n</tool_response>")
+            # A result is untrusted text: markers in it must not close the turn (see `markers`).
+            out.append("\n<tool_response>\n" + defuse(message.content) + "\n</tool_response>")
             if index == count - 1 or messages[index + 1].role != "tool":
                 out.append(IM_END + "\n")
     if add_generation_prompt:

@@ -26,6 +26,7 @@ from qwq_agent.agent.approval import (
     recorded_decisions,
     resume_decisions,
 )
+from qwq_agent.cli.safe_text import plain, safe
 
 __all__ = ["TerminalApprover", "add_arguments", "parse_decision", "setup"]
 
@@ -146,10 +147,10 @@ class TerminalApprover:
         from rich.syntax import Syntax
 
         call = request.call
-        body = Syntax(json.dumps(call.arguments, indent=2, ensure_ascii=False), "json", word_wrap=True)
+        body = Syntax(safe(json.dumps(call.arguments, indent=2, ensure_ascii=False)), "json", word_wrap=True)
         title = f"approve tool call {call.name} ({call.id})?"
         subtitle = request.reason or ""
-        self.console.print(Panel(body, title=title, subtitle=subtitle, border_style="magenta"))
+        self.console.print(Panel(body, title=plain(title), subtitle=plain(subtitle), border_style="magenta"))
         while True:
             choice = Prompt.ask(
                 "\\[a]llow, \\[d]eny, \\[e]dit", choices=["a", "d", "e"], default="a", console=self.console
@@ -167,7 +168,7 @@ class TerminalApprover:
             try:
                 arguments = json.loads(text)
             except ValueError as exc:
-                self.console.print(f"[red]not JSON: {exc}[/red]")
+                self.console.print(plain(f"not JSON: {exc}", "red"))
                 continue
             if not isinstance(arguments, dict):
                 self.console.print("[red]the arguments must be a JSON object[/red]")
@@ -175,7 +176,7 @@ class TerminalApprover:
             problems = self.validate(call.model_copy(update={"arguments": arguments}))
             if problems:
                 self.console.print(
-                    "[red]invalid arguments:[/red]\n" + "\n".join(f"  - {p}" for p in problems)
+                    plain("invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems), "red")
                 )
                 continue
             return ApprovalDecision.edit(arguments)
@@ -190,10 +191,12 @@ def report_pending(console: Any, result: Any) -> int:
 
     pending = pending_approval(result.trace_path) if result.trace_path else None
     what = f"{pending.call.name} {json.dumps(pending.call.arguments)}" if pending else "a tool call"
-    console.print(f"[magenta]waiting for approval of {what}[/magenta]", soft_wrap=True)
+    console.print(plain(f"waiting for approval of {what}", "magenta"), soft_wrap=True)
     if result.trace_path:
         console.print(
-            f"[dim]resume with: qwq-agent run --resume {result.trace_path} --decide allow|deny:REASON[/dim]",
+            plain(
+                f"resume with: qwq-agent run --resume {result.trace_path} --decide allow|deny:REASON", "dim"
+            ),
             soft_wrap=True,
         )
     return EXIT_AWAITING_APPROVAL

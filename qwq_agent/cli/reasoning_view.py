@@ -71,6 +71,8 @@ class FoldedReasoning:
         from rich.console import Group
         from rich.text import Text
 
+        from qwq_agent.cli.safe_text import safe
+
         last = self._text.strip("\n").splitlines()[-self.lines :]
         # One screen line each, so the block redrawn in place keeps its height.
-        return Group(*(Text(line, style="dim", no_wrap=True, overflow="ellipsis") for line in last))
+        return Group(*(Text(safe(line), style="dim", no_wrap=True, overflow="ellipsis") for line in last))

@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
-from rich.text import Text
 
 from qwq_agent.agent.events import (
     BranchEnded,
@@ -33,6 +32,7 @@ from qwq_agent.agent.events import (
 from qwq_agent.agent.parser import parse
 from qwq_agent.cli.activity import Activity
 from qwq_agent.cli.reasoning_view import FoldedReasoning, ReasoningMode
+from qwq_agent.cli.safe_text import plain, safe
 
 MAX_RESULT_CHARS = 4000
 _BLANK_RUNS = re.compile(r"\n{3,}")
@@ -129,7 +129,7 @@ class EventRenderer:
         text = _BLANK_RUNS.sub("\n\n", text)
         if not text:
             return
-        self.console.print(Text(text, style=style), end="")
+        self.console.print(plain(text, style), end="")
         body = text.rstrip("\n")
         self._newlines = len(text) - len(body) if body else self._newlines + len(text)
         self._in_text = True
@@ -137,24 +137,24 @@ class EventRenderer:
     def _structured(self, ev: Event) -> None:
         c = self.console
         if isinstance(ev, RunStarted):
-            c.rule(f"[bold]run {ev.run_id}[/bold] · {ev.model}")
-            c.print(Panel(ev.task, title="task", border_style="cyan"))
+            c.rule(plain(f"run {ev.run_id} · {ev.model}", "bold"))
+            c.print(Panel(plain(ev.task), title="task", border_style="cyan"))
             if ev.sandbox_id:
                 c.print(f"[dim]sandbox {ev.sandbox_id} · tools: {', '.join(ev.tools)}[/dim]")
             if ev.history:
                 c.print(f"[dim]continues a conversation of {len(ev.history)} earlier messages[/dim]")
         elif isinstance(ev, ModelCall):
             if self.show_prompts and ev.prompt:
-                c.print(Panel(Text(ev.prompt), title="prompt", border_style="dim"))
+                c.print(Panel(plain(ev.prompt), title="prompt", border_style="dim"))
             if self.replaying:
                 result = parse(ev.prefix + ev.completion)
                 if result.reasoning and self.reasoning == "full":
-                    c.print(Text(result.reasoning.strip(), style="dim"))
+                    c.print(plain(result.reasoning.strip(), "dim"))
                 elif result.reasoning:
                     self._folded.add(result.reasoning)
                     self._folded.end()
                 if result.content.strip():
-                    c.print(result.content.strip())
+                    c.print(plain(result.content.strip()))
             u = ev.usage
             c.print(
                 f"[dim]step {ev.step}: {u.prompt_tokens} prompt tokens ({u.cached_tokens} cached), "
@@ -165,18 +165,19 @@ class EventRenderer:
 
             args = json.dumps(ev.call.arguments, ensure_ascii=False, indent=2)
             body = ev.call.arguments.get("code") if ev.call.name == "python" else None
-            renderable = Syntax(body, "python") if isinstance(body, str) else Syntax(args, "json")
-            c.print(Panel(renderable, title=f"tool call · {ev.call.name}", border_style="blue"))
+            renderable = Syntax(safe(body), "python") if isinstance(body, str) else Syntax(safe(args), "json")
+            c.print(Panel(renderable, title=plain(f"tool call · {ev.call.name}"), border_style="blue"))
             if ev.repairs:
-                c.print(f"[dim]repaired: {'; '.join(ev.repairs)}[/dim]")
+                c.print(plain(f"repaired: {'; '.join(ev.repairs)}", "dim"))
         elif isinstance(ev, ToolResultEvent):
             text = ev.text if len(ev.text) <= MAX_RESULT_CHARS else ev.text[:MAX_RESULT_CHARS] + "\n…"
             style = "red" if ev.is_error else "green"
-            c.print(Panel(Text(text), title=f"result · {ev.name} · {ev.duration_s:.2f}s", border_style=style))
+            title = plain(f"result · {ev.name} · {ev.duration_s:.2f}s")
+            c.print(Panel(plain(text), title=title, border_style=style))
             for img in ev.images:
                 self._save_image(img)
         elif isinstance(ev, Warning_):
-            c.print(f"[yellow]⚠ {ev.kind} (level {ev.level}): {ev.message}[/yellow]")
+            c.print(plain(f"⚠ {ev.kind} (level {ev.level}): {ev.message}", "yellow"))
         elif isinstance(ev, ReplayEnded):
             c.rule(
                 f"[cyan]replay ends after {ev.completions} recorded completions: the live model takes over[/cyan]"
@@ -198,13 +199,13 @@ class EventRenderer:
             why = ev.verdict or ev.error or ""
             cached = f"first turn {ev.first_turn_cached_tokens}/{ev.first_turn_prompt_tokens} cached"
             line = f"branch {ev.index}: {ev.status}" + (f" - {why}" if why else "") + f" · {cached}"
-            c.print(Text(line, style="green" if ev.passed else ""))
+            c.print(plain(line, "green" if ev.passed else ""))
             if ev.trace:
-                c.print(f"[dim]  trace: {ev.trace}[/dim]", soft_wrap=True)
+                c.print(plain(f"  trace: {ev.trace}", "dim"), soft_wrap=True)
         elif ev.winner is None:
-            c.print(Text(f"no branch won: {ev.reason}", style="red"))
+            c.print(plain(f"no branch won: {ev.reason}", "red"))
         else:
-            c.print(Text(f"branch {ev.winner} won: {ev.reason}", style="bold green"))
+            c.print(plain(f"branch {ev.winner} won: {ev.reason}", "bold green"))
 
     def _save_image(self, b64: str) -> None:
         self._images += 1
@@ -216,12 +217,12 @@ class EventRenderer:
         path = (self.image_dir / f"image-{self._images}.png").resolve()
         path.write_bytes(base64.b64decode(b64))
         self.saved_images.append(path)
-        self.console.print(f"[magenta]image saved: {path}[/magenta]", soft_wrap=True)
+        self.console.print(plain(f"image saved: {path}", "magenta"), soft_wrap=True)
 
     def _summary(self, ev: Final) -> None:
         c = self.console
         if ev.answer:
-            c.print(Panel(ev.answer, title="answer", border_style="bold green"))
+            c.print(Panel(plain(ev.answer), title="answer", border_style="bold green"))
         t = ev.totals
         table = Table(title=f"run {ev.run_id}: {ev.status}", show_header=False)
         prompt = t.get("prompt_tokens", 0) or 0
@@ -233,5 +234,5 @@ class EventRenderer:
         table.add_row("tool time", f"{t.get('tool_s', 0):.2f} s")
         table.add_row("wall time", f"{t.get('wall_s', 0):.2f} s")
         if ev.error:
-            table.add_row("error", ev.error)
+            table.add_row("error", plain(ev.error))
         c.print(table)

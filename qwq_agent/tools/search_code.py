@@ -7,6 +7,8 @@ relative to `/workspace` so they can be passed back to the editor tools as they 
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -144,7 +146,13 @@ def _explain_failure(exc: Exception, args: SearchCodeArgs) -> str:
 
 
 def _relative(path: str) -> str:
-    return path[len(WORKSPACE) + 1 :] if path.startswith(WORKSPACE + "/") else path
+    """The path shown for a match, on one line: a name holding a line break is JSON-quoted, so that it
+    cannot forge `path:line: text` lines of its own."""
+    path = path[len(WORKSPACE) + 1 :] if path.startswith(WORKSPACE + "/") else path
+    return json.dumps(path, ensure_ascii=False) if _CONTROL.search(path) else path
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 
 
 def _clip(text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,20 +15,31 @@ DONE = object()
 """Sentinel yielded for `data: [DONE]`."""
 
 
+MAX_LINE_CHARS = 64 * 1024 * 1024
+"""The longest SSE line read (a cumulative `/generate` event of a long output is a few MB): a server that
+sends more without a newline is refused before it fills the host's memory."""
+
+_FIELDS = frozenset({"data", "event", "id", "retry"})
+
+
 async def iter_sse_json(response: httpx.Response) -> AsyncIterator[dict[str, Any] | object]:
     """Yield each `data:` payload of an SSE response, decoded as a JSON object, or `DONE`.
 
     Comments, `event:`/`id:` fields and blank lines are skipped. Multi-line `data:` fields are joined,
     as the SSE spec says. Transport failures become `ModelConnectionError`/`ModelTimeoutError`; a payload
-    that is not a JSON object becomes `ModelProtocolError`.
+    that is not a JSON object, a line longer than `MAX_LINE_CHARS`, and a body that is not an event stream
+    at all (a proxy's HTML error page sent with status 200) become `ModelProtocolError`.
     """
     data_lines: list[str] = []
+    events = 0
+    other = ""  # the start of any text that is not SSE, to show if no event ever comes
     try:
-        async for line in response.aiter_lines():
+        async for line in _bounded_lines(response):
             if line == "":
                 if data_lines:
                     payload = "\n".join(data_lines)
                     data_lines = []
+                    events += 1
                     yield _decode(payload)
                 continue
             if line.startswith(":"):
@@ -37,12 +49,56 @@ async def iter_sse_json(response: httpx.Response) -> AsyncIterator[dict[str, Any
                 value = value[1:]
             if field == "data":
                 data_lines.append(value)
+            elif field not in _FIELDS and len(other) < 200:
+                other += line.strip()[: 200 - len(other)] + " "
         if data_lines:  # a last event without its blank line still counts
+            events += 1
             yield _decode("\n".join(data_lines))
     except httpx.TimeoutException as exc:
         raise ModelTimeoutError(f"stream stalled: {type(exc).__name__}") from exc
     except (httpx.TransportError, httpx.StreamError) as exc:
         raise ModelConnectionError(f"stream broke off: {type(exc).__name__}: {exc}") from exc
+    if not events and other:
+        kind = response.headers.get("content-type") or "no content type"
+        raise ModelProtocolError(
+            f"the server answered {response.status_code} with {kind}, not an event stream "
+            f"(a proxy's error page?): {other.strip()[:200]!r}"
+        )
+
+
+# str.splitlines' line breaks, as httpx's `aiter_lines` (which this replaces) uses.
+_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+async def _bounded_lines(response: httpx.Response) -> AsyncIterator[str]:
+    """`response.aiter_lines()`, refusing a line longer than `MAX_LINE_CHARS` instead of buffering it."""
+    parts: list[str] = []  # the line read so far, in pieces (no copying while a long line comes in)
+    pending = 0
+    async for text in response.aiter_text():
+        if parts and parts[-1].endswith("\r"):  # a "\r\n" split between two chunks is one break
+            text = "\r" + text
+            parts[-1] = parts[-1][:-1]
+        if not _BREAKS.search(text) or text == "\r":
+            parts.append(text)
+            pending += len(text)
+            if pending > MAX_LINE_CHARS:
+                raise ModelProtocolError(f"the server sent a line of more than {MAX_LINE_CHARS} characters")
+            continue
+        hold = text.endswith("\r")
+        lines = ("".join(parts) + (text[:-1] if hold else text)).splitlines(keepends=True)
+        parts, pending = [], 0
+        if lines and not _BREAKS.match(lines[-1][-1:]):
+            parts, pending = [lines[-1]], len(lines[-1])
+            lines.pop()
+        if hold:
+            parts.append("\r")
+        for line in lines:
+            yield line.rstrip("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+        if pending > MAX_LINE_CHARS:
+            raise ModelProtocolError(f"the server sent a line of more than {MAX_LINE_CHARS} characters")
+    rest = "".join(parts)
+    if rest:
+        yield rest.rstrip("\r")
 
 
 def _decode(payload: str) -> dict[str, Any] | object:
@@ -52,6 +108,8 @@ def _decode(payload: str) -> dict[str, Any] | object:
         obj = json.loads(payload)
     except json.JSONDecodeError as exc:
         raise ModelProtocolError(f"malformed stream event: {payload[:200]!r}") from exc
+    except RecursionError:
+        raise ModelProtocolError(f"stream event nested too deeply to read: {payload[:50]!r}...") from None
     if not isinstance(obj, dict):
         raise ModelProtocolError(f"stream event is not a JSON object: {payload[:200]!r}")
     return obj

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
@@ -36,12 +37,16 @@ from qwq_agent.agent.clients.errors import (
     ModelServerError,
     ModelTimeoutError,
 )
+from qwq_agent.agent.clients.overrun import OverrunGuard
 from qwq_agent.agent.clients.retry import RetryPolicy
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
+from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
+
+log = logging.getLogger(__name__)
 
 KEY_ENV_VARS = ("QWQ_OPENAI_API_KEY", "OPENAI_API_KEY", "DASHSCOPE_API_KEY")
 URL_ENV_VARS = ("QWQ_OPENAI_BASE_URL", "OPENAI_BASE_URL")
@@ -91,7 +96,8 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
                 ]
             out.append(item)
         elif m.role == "tool":
-            item = {"role": "tool", "content": m.content, "tool_call_id": m.tool_call_id or ""}
+            # The server renders the template and tokenizes markers as control tokens (see `markers`).
+            item = {"role": "tool", "content": defuse(m.content), "tool_call_id": m.tool_call_id or ""}
             if m.name:
                 item["name"] = m.name
             out.append(item)
@@ -103,12 +109,23 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
 
 
 def to_openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
-    """Tool specs as OpenAI `tools` entries."""
+    """Tool specs as OpenAI `tools` entries, chat-template markers defused (an MCP server wrote them)."""
     return [
-        {
-            "type": "function",
-            "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
-        }
+        json.loads(
+            defuse(
+                json.dumps(
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": t.name,
+                            "description": t.description,
+                            "parameters": t.parameters,
+                        },
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        )
         for t in tools
     ]
 
@@ -118,7 +135,7 @@ def format_tool_call(name: str, arguments: str) -> str:
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
         body = json.dumps({"name": name, "arguments": parsed}, ensure_ascii=False)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # nested too deeply to read: the parser reports it
         body = '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": ' + arguments + "}"
     return f"<tool_call>\n{body}\n</tool_call>"
 
@@ -298,6 +315,7 @@ class OpenAIChatClient(RoutingKeyMixin):
         finish: str | None = None
         done = False
         stops = StopScanner(body.get("stop") or [])
+        guard = OverrunGuard(body.get("max_tokens"))
         emitted = ""  # the raw text yielded: writer.text up to the earliest stop string
         request = self._http.build_request("POST", "/chat/completions", json=body, headers=self._headers())
         try:
@@ -334,8 +352,10 @@ class OpenAIChatClient(RoutingKeyMixin):
                         )
                     if isinstance(event.get("usage"), dict):
                         usage = event["usage"]
+                    pieces = 0
                     for choice in event.get("choices") or []:
                         delta = choice.get("delta") or {}
+                        pieces += sum(len(v) for v in delta.values() if isinstance(v, str))
                         piece = stops.feed(writer.feed(delta))
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
@@ -343,8 +363,14 @@ class OpenAIChatClient(RoutingKeyMixin):
                             ttft = ttft if ttft is not None else time.perf_counter() - started
                             emitted += piece
                             yield TextDelta(text=piece)
+                    guard.feed(pieces)
                     if stops.matched is not None:
                         done, finish = True, "stop"  # closing the response makes the server abort
+                        break
+                    if finish is None and guard.overran:
+                        # The server ignores max_tokens: end it here, as it should have.
+                        log.warning("/chat/completions: %s", guard.describe())
+                        done, finish = True, "length"
                         break
             finally:
                 await response.aclose()

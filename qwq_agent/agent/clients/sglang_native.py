@@ -7,6 +7,7 @@ radix cache sees the same prefix turn after turn) and that reports `cached_token
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -24,6 +25,7 @@ from qwq_agent.agent.clients.errors import (
     ModelServerError,
     ModelTimeoutError,
 )
+from qwq_agent.agent.clients.overrun import OverrunGuard
 from qwq_agent.agent.clients.retry import RetryPolicy
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.router_info import capacity_of, is_router_summary, worker_infos
@@ -32,6 +34,8 @@ from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.deadline import current_deadline
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
+
+log = logging.getLogger(__name__)
 
 ABORT_FLOOR_S = 0.05
 
@@ -342,7 +346,8 @@ class SGLangClient(RoutingKeyMixin):
         final: dict[str, Any] | None = None
         incremental = self.incremental
         stops = StopScanner(payload["sampling_params"].get("stop") or [])
-        sent = finished = False
+        guard = OverrunGuard(payload["sampling_params"].get("max_new_tokens"))
+        sent = finished = overran = False
         try:
             request = self._http.build_request("POST", "/generate", json=payload, headers=self._routing)
             try:
@@ -385,6 +390,7 @@ class SGLangClient(RoutingKeyMixin):
                     delta, ids = _delta(event, received, bool(incremental))
                     output_ids = output_ids + ids if incremental else ids
                     received += delta
+                    overran = guard.feed(len(delta), cumulative_ids=len(output_ids))
                     piece = stops.feed(delta) if stops.stops else delta
                     if piece:
                         if ttft is None:
@@ -398,6 +404,11 @@ class SGLangClient(RoutingKeyMixin):
                         break
                     if meta.get("finish_reason") is not None:
                         final = meta
+                    elif overran:
+                        # The server ignores max_new_tokens: end it here, as it should have (and abort it).
+                        log.warning("/generate %s: %s", rid, guard.describe())
+                        final = {**meta, "finish_reason": {"type": "length"}}
+                        break
             finally:
                 await response.aclose()
             if final is None:
@@ -414,7 +425,7 @@ class SGLangClient(RoutingKeyMixin):
                 finished = True
             # A cut made here leaves `finished` as the server left it, so `finally` aborts a request still
             # generating past the stop string.
-            finished = finished or stops.matched is None
+            finished = finished or (stops.matched is None and not overran)
         except ModelError as exc:
             exc.partial_text = exc.partial_text or text
             raise

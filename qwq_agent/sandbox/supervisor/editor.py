@@ -5,7 +5,9 @@ to `MAX_EDIT_BYTES`, occurrence listing stops early, undo history is capped in b
 the output says so). FIFOs, sockets and devices are refused without being opened; writes are atomic.
 """
 
+import json
 import os
+import re
 import threading
 
 from .files import iter_lines, make_parents, open_regular, resolve, write_atomic
@@ -173,6 +175,7 @@ class Editor:
         return {"output": text + TRUNCATED_NOTE if clipped else text}
 
     def list_dir(self, shown, real):
+        # One entry per line: a name holding a newline would otherwise add forged entries to the listing.
         entries, omitted = [shown], 0
 
         def visit(dirpath, shown_dir, depth):
@@ -187,7 +190,7 @@ class Editor:
                 if len(entries) > MAX_DIR_ENTRIES:
                     omitted += 1
                     continue
-                entries.append(f"{shown_dir}/{item.name}")
+                entries.append(one_line(f"{shown_dir}/{item.name}"))
                 if depth < 2 and item.is_dir(follow_symlinks=False):
                     visit(item.path, f"{shown_dir}/{item.name}", depth + 1)
 
@@ -305,3 +308,11 @@ class Editor:
             "output": f"Last edit to {shown} undone successfully. "
             + cat_n(old.decode("utf-8", "replace"), shown)
         }
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(path):
+    """`path` as written, or JSON-quoted when it holds a line break or other control character."""
+    return json.dumps(path, ensure_ascii=False) if _CONTROL.search(path) else path

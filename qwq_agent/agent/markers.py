@@ -1,0 +1,50 @@
+"""Chat-template markers in untrusted text, defused before the text enters a prompt.
+
+A tool's output is written by whatever the tool touched: a file in the sandbox, a web page, an MCP server.
+QwQ's prompt is text, and the server tokenizes it with its added tokens recognised (the official template
+and Hugging Face's tokenizer do the same), so an output that contains ``<|im_end|>\\n<|im_start|>assistant``
+would close the tool turn and open a forged assistant (or system) turn: the model would read the
+attacker's text as its own earlier words. `defuse` breaks every such marker with a zero-width space
+after its ``<``, so it tokenizes as ordinary text and the model still reads what was written.
+
+Defused: every ``<|...|>`` control token of QwQ's vocabulary (turn boundaries, end of text, vision and
+FIM tokens) and ``<tool_response>``/``</tool_response>``, the frame around each tool result. Left alone:
+``<tool_call>`` and ``<think>`` (in a result they only quote what a model writes; our parser reads model
+output, never results), so source code that mentions them is shown as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+
+__all__ = ["ZWSP", "defuse"]
+
+TOOL_RESPONSE_TEXT = "<tool_response>"
+TOOL_RESPONSE_END_TEXT = "</tool_response>"
+
+ZWSP = "\u200b"
+
+# The control tokens of QwQ's vocabulary (`<|im_end|>`, `<|endoftext|>`, `<|vision_pad|>`...) and the frame
+# of a result; `<|` + other text is ordinary text to the tokenizer and stays as written.
+# Read from the package data directly: the tokenizer module needs the optional `tokenizer` extra.
+_ADDED = json.loads(resources.files("qwq_agent.agent").joinpath("qwen_added_tokens.json").read_text("utf-8"))
+_DEFUSED = frozenset(
+    [t["content"] for t in _ADDED if t["content"].startswith("<|")]
+    + [TOOL_RESPONSE_TEXT, TOOL_RESPONSE_END_TEXT]
+)
+# Candidates only; `_defuse_one` keeps those that are real markers (a set lookup beats a 26-way lookahead).
+_CANDIDATE = re.compile(r"<(?:\|[a-z_]{1,40}\|>|/?tool_response>)")
+
+
+def _defuse_one(match: re.Match[str]) -> str:
+    marker = match.group()
+    return "<" + ZWSP + marker[1:] if marker in _DEFUSED else marker
+
+
+def defuse(text: str) -> str:
+    """`text` with each chat-template marker broken by a zero-width space after its ``<`` (idempotent)."""
+    if "<|" not in text and "tool_response>" not in text:
+        return text
+    return _CANDIDATE.sub(_defuse_one, text)

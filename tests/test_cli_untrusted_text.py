@@ -1,0 +1,80 @@
+"""What a sandbox or a model writes reaches the operator's terminal as text, never as terminal commands.
+
+Before: an OSC 52 sequence in a tool's output wrote the operator's clipboard, `\\x1b[2J` cleared the
+screen, and a model's answer mentioning ``[/workspace/out.txt]`` crashed the CLI with Rich's MarkupError
+at the very end of a run (exit 70, the answer never shown).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from qwq_agent.cli.safe_text import safe
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+
+CLIPBOARD = "\x1b]52;c;cHduZWQ=\x1b\\"  # OSC 52: "set the clipboard to 'pwned'"
+HOSTILE_PRINT = (
+    "import sys\n"
+    "sys.stdout.write('\\x1b[2J\\x1b[H\\x1b]0;title\\x07' + '\\x1b]52;c;cHduZWQ=\\x1b\\\\' + '\\x9b31m"
+    "shown\\u202eevil\\n')\n"
+)
+ANSWER = f"The result is in [/workspace/out.txt] and [bold]here[/]. {CLIPBOARD}\u202edone"
+
+
+def _tool_call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+def _no_control(text: str) -> None:
+    bad = sorted({hex(ord(ch)) for ch in text if safe(ch) != ch and ch not in "\r"})
+    assert not bad, f"control characters reached the terminal: {bad}"
+
+
+def test_safe_makes_controls_visible_and_keeps_layout() -> None:
+    assert safe("a\tb\nc\r\nd") == "a\tb\nc\nd"
+    assert safe("\x1b[2J\x07\x9b\u202e\x00") == "\\x1b[2J\\x07\\x9b\\u202e\\x00"
+    assert safe("plain [/x] ü 字") == "plain [/x] ü 字"
+
+
+@pytest.mark.docker
+def test_hostile_tool_output_and_answer_print_as_text_live_and_in_trace_show(sandbox_image, tmp_path) -> None:
+    turns = [
+        "Print it.\n</think>\n\n" + _tool_call("python", code=HOSTILE_PRINT),
+        "Done.\n</think>\n\n" + ANSWER,
+    ]
+    trace = tmp_path / "run.jsonl"
+    with ScriptedModelServer(turns) as server:
+        argv = [
+            "run",
+            "Print [/etc] for me.",
+            "--model-url",
+            server.url,
+            "--tools",
+            "python",
+            "--trace",
+            str(trace),
+        ]
+        proc = subprocess.run(
+            [*CLI, *argv],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "MarkupError" not in proc.stderr
+    _no_control(proc.stdout)
+    # What was hidden is shown, escaped, and the answer and the task are there in full, brackets and all.
+    assert "\\x1b]52;c;cHduZWQ=" in proc.stdout and "\\x9b31m" in proc.stdout and "\\u202e" in proc.stdout
+    assert "[/workspace/out.txt] and [bold]here[/]." in proc.stdout
+    assert "Print [/etc] for me." in proc.stdout
+
+    shown = subprocess.run([*CLI, "trace", "show", str(trace)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    _no_control(shown.stdout)
+    assert "[/workspace/out.txt] and [bold]here[/]." in shown.stdout and "\\x1b[2J" in shown.stdout

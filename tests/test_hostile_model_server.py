@@ -1,0 +1,151 @@
+"""Model servers that answer with something other than an event stream get one clear, typed error.
+
+Before: a proxy's HTML error page sent with status 200 was reported as "stream ended before the server
+reported a finish reason" (and retried as a dropped connection); an event or a tool call's arguments
+nested 100k deep raised a bare RecursionError out of the client; a body without a newline was buffered
+whole, however large. Each server here is real HTTP on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qwq_agent.agent.clients import NO_RETRY, OpenAIChatClient, SGLangClient, _sse
+from qwq_agent.agent.clients.errors import ModelProtocolError
+from qwq_agent.agent.messages import Message
+from qwq_agent.agent.parser import parse
+from qwq_agent.protocols import Completion, SamplingParams
+
+
+class RawServer:
+    """Answers every POST with status 200, `content_type` and what `write` sends, then closes."""
+
+    def __init__(self, content_type: str, write: Callable[[asyncio.StreamWriter], object]) -> None:
+        self.content_type = content_type
+        self.write = write
+        self.requests = 0
+        self.url = ""
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
+            length = next(
+                (int(h.split(":")[1]) for h in head.split("\r\n") if h.lower().startswith("content-length:")),
+                0,
+            )
+            await reader.readexactly(length)
+            if head.startswith("POST /abort_request"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                return
+            self.requests += 1
+            writer.write(
+                f"HTTP/1.1 200 OK\r\nContent-Type: {self.content_type}\r\nConnection: close\r\n\r\n".encode()
+            )
+            result = self.write(writer)
+            if asyncio.iscoroutine(result):
+                await result
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+def _html(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body>\n</html>\n")
+
+
+def _deep(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"data: " + b"[" * 200_000 + b"\n\n")
+
+
+async def _endless_line(writer: asyncio.StreamWriter) -> None:
+    chunk = b"data: " + b"x" * (1 << 20)
+    for _ in range(_sse.MAX_LINE_CHARS // (1 << 20) + 8):  # a little past the limit, then it would go on
+        writer.write(chunk)
+        await writer.drain()
+        chunk = b"x" * (1 << 20)
+
+
+async def _native(url: str) -> Completion:
+    async with SGLangClient(url, retry=NO_RETRY) as client:
+        return await asyncio.wait_for(client.generate("hi", SamplingParams(max_new_tokens=8)), timeout=120)
+
+
+async def _openai(url: str) -> list[object]:
+    async with OpenAIChatClient(url, model="m", retry=NO_RETRY) as client:
+        stream = client.stream([Message(role="user", content="hi")], [], SamplingParams(max_new_tokens=8))
+        return await asyncio.wait_for(_all(stream), timeout=120)
+
+
+async def _all(events: AsyncIterator[object]) -> list[object]:
+    return [ev async for ev in events]
+
+
+@pytest.mark.parametrize("call", [_native, _openai], ids=["native", "openai"])
+async def test_an_html_page_with_status_200_is_named_for_what_it_is(call) -> None:
+    async with RawServer("text/html", _html) as server:
+        with pytest.raises(ModelProtocolError) as err:
+            await call(server.url)
+    message = str(err.value)
+    assert "text/html" in message and "not an event stream" in message and "502 Bad Gateway" in message
+
+
+@pytest.mark.parametrize("call", [_native, _openai], ids=["native", "openai"])
+async def test_an_event_nested_too_deeply_is_a_protocol_error(call) -> None:
+    async with RawServer("text/event-stream", _deep) as server:
+        with pytest.raises(ModelProtocolError, match="nested too deeply"):
+            await call(server.url)
+
+
+async def test_a_line_without_end_is_refused_at_the_limit_not_buffered_whole() -> None:
+    async with RawServer("text/event-stream", _endless_line) as server:
+        with pytest.raises(ModelProtocolError, match="a line of more than"):
+            await _native(server.url)
+
+
+def test_tool_call_arguments_nested_too_deeply_become_a_parse_error_not_a_crash() -> None:
+    from qwq_agent.agent.clients.openai_chat import format_tool_call
+
+    result = parse("ok\n</think>\n\n" + format_tool_call("shell", "[" * 100_000))
+    assert not result.tool_calls and "nested too deeply" in result.errors[0].message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="ab\r\n\u2028 :", min_size=1, max_size=8), max_size=8))
+def test_lines_are_split_like_httpx_aiter_lines(chunks: list[str]) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk.encode()
+
+    async def lines() -> list[str]:
+        return [line async for line in _sse._bounded_lines(httpx.Response(200, content=body()))]
+
+    assert asyncio.run(lines()) == "".join(chunks).splitlines()
+
+
+async def test_a_normal_stream_still_reads() -> None:
+    def ok(writer: asyncio.StreamWriter) -> None:
+        meta = {"id": "x", "finish_reason": {"type": "stop"}, "prompt_tokens": 1, "completion_tokens": 1}
+        writer.write(b"data: " + json.dumps({"text": "fine", "output_ids": [1], "meta_info": meta}).encode())
+        writer.write(b"\r\n\r\ndata: [DONE]\r\n\r\n")
+
+    async with RawServer("text/event-stream", ok) as server:
+        completion = await _native(server.url)
+    assert completion.text == "fine"
