@@ -149,3 +149,44 @@ async def test_a_normal_stream_still_reads() -> None:
     async with RawServer("text/event-stream", ok) as server:
         completion = await _native(server.url)
     assert completion.text == "fine"
+
+
+def _lying_native(writer: asyncio.StreamWriter) -> None:
+    # Five tokens streamed (cumulative ids), then counts that would give back budget or crash a client.
+    for i in range(1, 6):
+        meta = {"id": "x", "finish_reason": None, "prompt_tokens": "many", "completion_tokens": i}
+        if i == 5:
+            meta = {**meta, "finish_reason": {"type": "length"}, "completion_tokens": -(10**9)}
+            meta["cached_tokens"] = float("inf")
+        event = {"text": "tok " * i, "output_ids": list(range(i)), "meta_info": meta}
+        writer.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+    writer.write(b"data: [DONE]\n\n")
+
+
+def _lying_openai(writer: asyncio.StreamWriter) -> None:
+    chunk = {"choices": [{"delta": {"content": "tok "}, "finish_reason": None}]}
+    writer.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    usage = {"prompt_tokens": 12, "completion_tokens": -500, "prompt_tokens_details": {"cached_tokens": 99}}
+    end = {"choices": [{"delta": {}, "finish_reason": "stop"}], "usage": usage}
+    writer.write(b"data: " + json.dumps(end).encode() + b"\n\ndata: [DONE]\n\n")
+
+
+async def test_lying_token_counts_cannot_give_back_budget_or_crash_the_client() -> None:
+    from qwq_agent.agent.budgets import Budget, BudgetTracker
+
+    async with RawServer("text/event-stream", _lying_native) as server:
+        native = await _native(server.url)
+    # The five ids received are a floor the server cannot talk the count below; text and inf read as 0.
+    assert native.usage.completion_tokens == 5
+    assert native.usage.prompt_tokens == 0 and native.usage.cached_tokens == 0
+
+    async with RawServer("text/event-stream", _lying_openai) as server:
+        events = await _openai(server.url)
+    openai = next(ev for ev in events if isinstance(ev, Completion))
+    assert openai.usage.completion_tokens == 0 and openai.usage.prompt_tokens == 12
+    assert openai.usage.cached_tokens == 12  # never more cached than the prompt holds
+
+    tracker = BudgetTracker(budget=Budget(max_generated_tokens=10))
+    for usage in (native.usage, openai.usage, native.usage):
+        tracker.account(usage)
+    assert tracker.generated_tokens == 10 and tracker.exceeded() == ("generated_tokens", 10.0, 10.0)

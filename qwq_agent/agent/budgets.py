@@ -73,10 +73,10 @@ class BudgetTracker(BaseModel):
         return None if limit is None else max(0.0, limit - used)
 
     def account(self, usage: Usage) -> None:
-        """Add one model call's token usage."""
-        self.generated_tokens += usage.completion_tokens
-        self.prompt_tokens += usage.prompt_tokens
-        self.cached_tokens += usage.cached_tokens
+        """Add one model call's token usage (a negative count, which no client sends, adds nothing)."""
+        self.generated_tokens += max(0, usage.completion_tokens)
+        self.prompt_tokens += max(0, usage.prompt_tokens)
+        self.cached_tokens += max(0, usage.cached_tokens)
 
     def totals(self) -> dict[str, float]:
         return {

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from qwq_agent.agent.clients._sse import DONE, iter_sse_json
+from qwq_agent.agent.clients.counts import server_count
 from qwq_agent.agent.clients.errors import (
     ModelConnectionError,
     ModelError,
@@ -391,9 +392,12 @@ class OpenAIChatClient(RoutingKeyMixin):
             text=emitted,
             prompt=None,
             usage=Usage(
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                cached_tokens=int((details.get("cached_tokens") if isinstance(details, dict) else 0) or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
+                prompt_tokens=(prompt_tokens := server_count(usage.get("prompt_tokens"))),
+                cached_tokens=min(
+                    server_count(details.get("cached_tokens") if isinstance(details, dict) else 0),
+                    prompt_tokens,
+                ),
+                completion_tokens=server_count(usage.get("completion_tokens")),
                 finish_reason=finish,
                 ttft_s=ttft,
                 latency_s=time.perf_counter() - started,

@@ -18,6 +18,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from qwq_agent.agent.clients._sse import DONE, iter_sse_json
+from qwq_agent.agent.clients.counts import server_count
 from qwq_agent.agent.clients.errors import (
     ModelConnectionError,
     ModelError,
@@ -439,9 +440,9 @@ class SGLangClient(RoutingKeyMixin):
             prompt=prompt if isinstance(prompt, str) else None,
             prompt_ids=None if isinstance(prompt, str) else list(prompt),
             usage=Usage(
-                prompt_tokens=int(final.get("prompt_tokens") or 0),
-                cached_tokens=int(final.get("cached_tokens") or 0),
-                completion_tokens=int(final.get("completion_tokens") or 0),
+                prompt_tokens=(prompt_tokens := server_count(final.get("prompt_tokens"))),
+                cached_tokens=min(server_count(final.get("cached_tokens")), prompt_tokens),
+                completion_tokens=server_count(final.get("completion_tokens"), floor=len(output_ids)),
                 finish_reason=kind,
                 ttft_s=ttft,
                 latency_s=time.perf_counter() - started,
