@@ -378,13 +378,3 @@ class ModelTool(Generic[ArgsT]):
 
     async def run(self, args: ArgsT, context: ToolContext) -> ToolOutput:
         raise NotImplementedError
-
-
-def __getattr__(name: str) -> Any:
-    # `ToolRegistry` lives in its own module (which imports this one); re-exported lazily for
-    # `from qwq_agent.tools.base import ToolRegistry` without an import cycle.
-    if name == "ToolRegistry":
-        from qwq_agent.tools.registry import ToolRegistry
-
-        return ToolRegistry
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
