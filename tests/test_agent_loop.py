@@ -12,7 +12,8 @@ from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Final, ModelCall, ToolResultEvent, Warning_
 from qwq_agent.agent.loop import REASONING_CALL_HINT, Agent, AgentConfig
-from qwq_agent.agent.trace import ReplayModel, read_trace, recorded_completions
+from qwq_agent.agent.replay import ReplayModel
+from qwq_agent.agent.trace import read_trace, recorded_completions
 from qwq_agent.protocols import ToolContext
 from qwq_agent.testing.helpers import add, call
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn

@@ -13,8 +13,9 @@ from qwq_agent.agent.events import ModelCall, Warning_
 from qwq_agent.agent.exact_tokens import TokenSpan, encode_segments, exact_output_ids, segment_text
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.messages import Message
+from qwq_agent.agent.replay import ReplayModel
 from qwq_agent.agent.tokenizer import IM_END, get_tokenizer
-from qwq_agent.agent.trace import ReplayModel, read_trace
+from qwq_agent.agent.trace import read_trace
 from qwq_agent.testing._tokens import common_prefix_len
 from qwq_agent.testing.helpers import add, call
 from qwq_agent.testing.scripted_server import ScriptedModelServer, Turn

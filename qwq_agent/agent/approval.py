@@ -25,7 +25,9 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, field_validator
 
+from qwq_agent.agent.events import ApprovalDecided, ApprovalRequested, Final
 from qwq_agent.agent.messages import Message, ToolCall
+from qwq_agent.agent.trace import read_trace
 
 __all__ = [
     "ApprovalDecision",
@@ -193,9 +195,6 @@ async def review_calls(
     the wait for all the turn's decisions (the run's deadline): when it passes, the call waiting is
     deferred, so the run stops awaiting approval instead of running out of budget mid-question.
     """
-
-    from qwq_agent.agent.events import ApprovalDecided, ApprovalRequested
-
     out = GateOutcome()
     started = time.monotonic()
     for call in calls:
@@ -263,9 +262,6 @@ class PendingApproval(BaseModel):
 
 def pending_approval(path: str | Path) -> PendingApproval | None:
     """The call the run in `path` waits on, or None if it did not stop awaiting approval."""
-    from qwq_agent.agent.events import ApprovalRequested, Final
-    from qwq_agent.agent.trace import read_trace
-
     events = read_trace(path)
     final = next((e for e in reversed(events) if isinstance(e, Final)), None)
     if final is None or final.status != "awaiting_approval":
@@ -278,9 +274,6 @@ def pending_approval(path: str | Path) -> PendingApproval | None:
 
 def recorded_decisions(path: str | Path) -> dict[str, ApprovalDecision]:
     """The decisions a trace recorded, by call id (a resume applies them again without asking)."""
-    from qwq_agent.agent.events import ApprovalDecided
-    from qwq_agent.agent.trace import read_trace
-
     return {
         e.call_id: ApprovalDecision(action=e.action, reason=e.reason, arguments=e.arguments, by=e.by)
         for e in read_trace(path)

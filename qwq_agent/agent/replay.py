@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.events import Event, ModelCall, ReplayEnded, ReplaySource, RunStarted, Warning_
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.agent.trace import TraceError, common_prefix_len, read_trace, recorded_completions
@@ -51,10 +52,8 @@ class Recording(BaseModel):
         """`history` as messages."""
         return [Message.model_validate(m) for m in self.history]
 
-    def agent_config(self) -> Any:
+    def agent_config(self) -> AgentConfig:
         """The recorded `AgentConfig` (defaults fill in settings added since it was written)."""
-        from qwq_agent.agent.config import AgentConfig
-
         return AgentConfig.model_validate(self.config)
 
 

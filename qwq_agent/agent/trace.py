@@ -296,13 +296,3 @@ def task_of(events: Sequence[Event]) -> str:
         if isinstance(e, RunStarted):
             return e.task
     raise ValueError("trace has no run_started event")
-
-
-def __getattr__(name: str) -> object:
-    # Replay lives in its own module (which reads traces with this one); re-exported lazily so
-    # `from qwq_agent.agent.trace import ReplayModel` keeps working without an import cycle.
-    if name in ("ReplayModel", "ReplayExhausted", "Recording", "load_recording"):
-        from qwq_agent.agent import replay
-
-        return getattr(replay, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
