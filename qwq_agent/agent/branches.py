@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qwq_agent.agent.branch_result import BranchOutcome, BranchResult
+from qwq_agent.agent.config import AgentConfig, RunResult
 from qwq_agent.agent.events import (
     BranchEnded,
     BranchesStarted,
@@ -39,16 +40,45 @@ from qwq_agent.agent.events import (
 from qwq_agent.agent.messages import Message
 from qwq_agent.agent.selection import Selector, parse_select
 from qwq_agent.agent.trace import TraceError, TraceWriter
-from qwq_agent.protocols import PromptModel, Sandbox, Usage
+from qwq_agent.protocols import Model, PromptModel, Sandbox, Usage
+from qwq_agent.tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
-    from qwq_agent.agent.loop import Agent
     from qwq_agent.sandbox.snapshot import PythonState, Snapshot
 
 __all__ = ["BranchError", "branch_trace_path", "run_branches"]
 
 WARMUP_TIMEOUT_S = 120.0
 MAX_BRANCHES = 64
+
+
+class Branchable(Protocol):
+    """An agent to branch from (`qwq_agent.agent.loop.Agent`): what the branches read of it, and how
+    it makes each branch's agent. `Agent.branch` calls this module, so this module names no `Agent`."""
+
+    model: Model
+    tools: ToolRegistry
+    config: AgentConfig
+    sandbox: Any
+    sandbox_pool: Any
+    trace_path: Path | None
+    run_id: str
+    tool_options: dict[str, Any]
+    messages: list[Message]
+    result: RunResult | None
+    _running: bool
+
+    def _initial_messages(self, task: str) -> list[Message]: ...
+
+    def _child(self, run_id: str, *, sandbox: Any, config: AgentConfig, trace_path: str | None) -> Branchable:
+        """An agent like this one (model, tools, admission, approver) with its own sandbox, config and trace."""
+        ...
+
+    def stream(
+        self, task: str, *, history: Sequence[Message] = (), continues: bool = False
+    ) -> AsyncIterator[Event]: ...
+
+    def end_run(self, status: str = "interrupted", error: str | None = None) -> RunResult | None: ...
 
 
 class BranchError(ValueError):
@@ -73,7 +103,7 @@ class _Branch:
 
 
 async def run_branches(
-    parent: Agent,
+    parent: Branchable,
     n: int,
     task: str | None,
     *,
@@ -214,7 +244,7 @@ async def _none() -> None:
     return None
 
 
-def _open_parent_trace(parent: Agent) -> TraceWriter | None:
+def _open_parent_trace(parent: Branchable) -> TraceWriter | None:
     if parent.trace_path is None:
         return None
     try:
@@ -223,7 +253,7 @@ def _open_parent_trace(parent: Agent) -> TraceWriter | None:
         return None
 
 
-def _emitter(parent: Agent, trace: TraceWriter | None) -> Callable[[Event], Event]:
+def _emitter(parent: Branchable, trace: TraceWriter | None) -> Callable[[Event], Event]:
     def emit(event: Event) -> Event:
         event.run_id = parent.run_id
         if trace is not None:
@@ -239,7 +269,7 @@ async def _snapshot(sandbox: Sandbox | None) -> Snapshot | None:
 
 
 async def _sandbox_for(
-    branch: _Branch, parent: Agent, snapshot: Snapshot | None, python_state: PythonState
+    branch: _Branch, parent: Branchable, snapshot: Snapshot | None, python_state: PythonState
 ) -> None:
     """Give `branch` a sandbox holding `snapshot`; a failure makes it a losing branch, not an error.
 
@@ -276,7 +306,7 @@ async def _sandbox_for(
     branch.sandbox, branch.ready = sandbox, True
 
 
-async def _warm_prefix(parent: Agent, messages: list[Message], specs: list[Any]) -> Usage | None:
+async def _warm_prefix(parent: Branchable, messages: list[Message], specs: list[Any]) -> Usage | None:
     """Prefill the branches' shared first prompt once (one generated token), so all of them hit the cache.
 
     Only for clients that render prompts themselves (SGLang's native API); others send the branches
@@ -295,7 +325,7 @@ async def _warm_prefix(parent: Agent, messages: list[Message], specs: list[Any])
 
 
 async def _run_one(
-    parent: Agent,
+    parent: Branchable,
     branch: _Branch,
     task: str,
     history: list[Message],
@@ -306,24 +336,17 @@ async def _run_one(
     on_event: Callable[[int, Event], None] | None,
 ) -> None:
     """Run one branch to its end; whatever happens becomes its outcome."""
-    from qwq_agent.agent.loop import Agent
-
     out = branch.outcome
     if not branch.ready:
         return
     sampling = parent.config.sampling.model_copy(
         update={"seed": out.seed, **({"temperature": temperature} if temperature is not None else {})}
     )
-    child = Agent(
-        parent.model,
-        parent.tools,
+    child = parent._child(
+        f"{parent.run_id}-b{branch.index}",
         sandbox=branch.sandbox,
         config=parent.config.model_copy(update={"sampling": sampling}),
         trace_path=trace_path,
-        admission=parent.admission,
-        run_id=f"{parent.run_id}-b{branch.index}",
-        tool_options=parent.tool_options,
-        approver=parent.approver,
     )
     first_usage = True
     try:

@@ -22,6 +22,7 @@ from typing import Any, overload
 from qwq_agent.agent.admission import KVAdmission
 from qwq_agent.agent.approval import ApprovalPolicy, Approver, review_calls
 from qwq_agent.agent.branch_result import BranchResult
+from qwq_agent.agent.branches import run_branches
 from qwq_agent.agent.budgets import BudgetTracker, Deadline
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
 from qwq_agent.agent.dispatch import ToolDispatcher
@@ -194,14 +195,26 @@ class Agent:
         sandboxes are released; the winner's is `result.sandbox` until `await result.aclose()`.
         Options: see `qwq_agent.agent.branches.run_branches`.
         """
-        from qwq_agent.agent.branches import run_branches
-
         return await run_branches(self, n, task, select=select, **options)
 
     async def explore(self, task: str, n: int = 8, *, select: Any = "first", **options: Any) -> BranchResult:
         """`n` concurrent attempts at `task` from a fresh conversation (see `branch`); one is selected."""
         self.messages = []
         return await self.branch(n, task, select=select, **options)
+
+    def _child(self, run_id: str, *, sandbox: Any, config: AgentConfig, trace_path: str | None) -> Agent:
+        """A branch's agent: this one's model, tools, admission, tool options and approver."""
+        return Agent(
+            self.model,
+            self.tools,
+            sandbox=sandbox,
+            config=config,
+            trace_path=trace_path,
+            admission=self.admission,
+            run_id=run_id,
+            tool_options=self.tool_options,
+            approver=self.approver,
+        )
 
     def end_run(self, status: str = "interrupted", error: str | None = None) -> RunResult | None:
         """End the current run from outside: write its `final` event, close the trace, set `result`.
