@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
+from qwq_agent.cli.endpoint import check_model_url
 from qwq_agent.cli.errors import EXIT_MODEL, CliError
-from qwq_agent.cli.preflight import check_model_url
 from qwq_agent.protocols import Model
 
 KEY_HINT = "QWQ_OPENAI_API_KEY, OPENAI_API_KEY or DASHSCOPE_API_KEY"

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from qwq_agent.cli.errors import DOCKER_FIX, EXIT_DOCKER, EXIT_MODEL, CliError
+from qwq_agent.cli.endpoint import check_model_url, model_endpoint
+from qwq_agent.cli.errors import DOCKER_FIX, EXIT_DOCKER, CliError
 from qwq_agent.settings import get_settings
 
 # Tools that run inside the sandbox; a run choosing none of them starts no container.
@@ -283,23 +283,6 @@ def check_tools(names: list[str], *, docs_db: Path | None) -> None:
         check_web_search()
 
 
-def check_model_url(url: str) -> None:
-    """The model URL must be `http(s)://host[:port]`; a bare host or another scheme is refused."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CliError(
-            f"model URL {url!r} is not an http:// or https:// URL",
-            f"use e.g. --model-url http://{parts.path or '127.0.0.1:30000'} (or set QWQ_MODEL_URL)",
-            code=EXIT_MODEL,
-        )
-    try:
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError as exc:
-        raise CliError(
-            f"model URL {url!r}: {exc}", "use e.g. http://127.0.0.1:30000", code=EXIT_MODEL
-        ) from None
-
-
 def read_text(path: str | Path, what: str) -> str:
     """A UTF-8 file's text, or a `CliError` saying why it cannot be read; `what` names what it should be."""
     try:
@@ -381,8 +364,6 @@ def check_run(args: Any, settings: Any, trace_path: Path) -> RunPlan:
     check_patch_target(getattr(args, "patch", None), workspace)
     check_trace_target(trace_path)
     if args.replay is None:
-        from qwq_agent.cli.run_cmd import model_endpoint
-
         check_model_url(model_endpoint(args).url)
     if sandbox:
         check_docker()

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -97,29 +97,6 @@ def tools_epilog() -> str:
     return "tools:\n" + "\n".join(f"  {n:<{width}}  {TOOL_SUMMARIES[n]}" for n in TOOL_NAMES)
 
 
-class Endpoint(NamedTuple):
-    """Where `run` finds its model, from the flags and the settings."""
-
-    url: str
-    api: str
-    model: str
-    connect_timeout_s: float
-
-
-def model_endpoint(args: argparse.Namespace) -> Endpoint:
-    """Flags first, then the environment (`qwq_agent.settings`): --api openai honours OPENAI_BASE_URL."""
-    from qwq_agent.settings import get_settings
-
-    s = get_settings()
-    api = args.api or s.api
-    if api == "openai":
-        url = args.model_url or s.openai_base_url or s.model_url
-        model = args.model or s.openai_model or s.model
-    else:
-        url, model = args.model_url or s.model_url, args.model or s.model
-    return Endpoint(url, api, model, s.model_connect_timeout_s)
-
-
 def _run(args: argparse.Namespace) -> int:
     return asyncio.run(_main(args))
 
@@ -149,6 +126,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     from qwq_agent.agent.replay import ReplayModel
     from qwq_agent.agent.workspace import open_sandbox
     from qwq_agent.cli import preflight
+    from qwq_agent.cli.endpoint import model_endpoint
     from qwq_agent.cli.errors import CliError
     from qwq_agent.cli.image_status import ensure_run_image
     from qwq_agent.cli.model_check import connect_model

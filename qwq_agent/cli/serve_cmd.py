@@ -79,8 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from qwq_agent.cli.endpoint import check_model_url
     from qwq_agent.cli.errors import CliError
-    from qwq_agent.cli.preflight import check_model_url
     from qwq_agent.serve import (
         INSTALL_HINT,
         ServeConfig,

@@ -1,0 +1,52 @@
+"""Where `run` finds its model: the server's URL, API and model name, and the check of that URL.
+
+`preflight` checks the URL before anything starts and `model_check` before it connects; both take it
+from here, as `run` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from qwq_agent.cli.errors import EXIT_MODEL, CliError
+from qwq_agent.settings import get_settings
+
+
+class Endpoint(NamedTuple):
+    """Where `run` finds its model, from the flags and the settings."""
+
+    url: str
+    api: str
+    model: str
+    connect_timeout_s: float
+
+
+def model_endpoint(args: argparse.Namespace) -> Endpoint:
+    """Flags first, then the environment (`qwq_agent.settings`): --api openai honours OPENAI_BASE_URL."""
+    s = get_settings()
+    api = args.api or s.api
+    if api == "openai":
+        url = args.model_url or s.openai_base_url or s.model_url
+        model = args.model or s.openai_model or s.model
+    else:
+        url, model = args.model_url or s.model_url, args.model or s.model
+    return Endpoint(url, api, model, s.model_connect_timeout_s)
+
+
+def check_model_url(url: str) -> None:
+    """The model URL must be `http(s)://host[:port]`; a bare host or another scheme is refused."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CliError(
+            f"model URL {url!r} is not an http:// or https:// URL",
+            f"use e.g. --model-url http://{parts.path or '127.0.0.1:30000'} (or set QWQ_MODEL_URL)",
+            code=EXIT_MODEL,
+        )
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise CliError(
+            f"model URL {url!r}: {exc}", "use e.g. http://127.0.0.1:30000", code=EXIT_MODEL
+        ) from None
