@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 from qwq_agent.sandbox.errors import DockerAPIError, DockerUnreachable, SandboxError
 
 if TYPE_CHECKING:
-    from qwq_agent.sandbox.transport import Connector
+    from qwq_agent.sandbox.connector import Connector
 
 API_VERSION = "v1.41"
 DEFAULT_TIMEOUT_S = 60.0

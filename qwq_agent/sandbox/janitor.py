@@ -173,7 +173,7 @@ def _at_exit() -> None:
 
 def startup_once(timeout: float = 30.0, connector: Any = None) -> None:
     """Prune orphans once per process and engine, and make sure our own containers go when the process
-    exits. `connector` (a `transport.Connector`) names the engine; None is the `DOCKER_HOST` one.
+    exits. `connector` (a `connector.Connector`) names the engine; None is the `DOCKER_HOST` one.
 
     Each Docker host has its own janitor run: orphans are found per engine, by the owner labels.
     `timeout` bounds each call to the engine, so a hung daemon fails this instead of blocking it.

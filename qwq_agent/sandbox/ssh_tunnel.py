@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from qwq_agent.sandbox.connector import STREAM_LIMIT, UnixConnector
 from qwq_agent.sandbox.errors import DockerUnreachable, SandboxError
-from qwq_agent.sandbox.transport import STREAM_LIMIT, UnixConnector
 
 REMOTE_SOCKET = "/var/run/docker.sock"
 CONNECT_TIMEOUT_S = 10.0

@@ -9,6 +9,8 @@ ssh goes through the OpenSSH client (`ssh -L local.sock:/var/run/docker.sock`, s
 authenticated connection per host carries every request and every sandbox's attach stream, it honours
 the user's `~/.ssh/config` (keys, jump hosts, known hosts), and it needs neither paramiko nor the
 `docker` CLI on either side. docker-py's own ssh support would need one of those two.
+
+The `Connector` seam and the local unix socket are in `connector`, which the ssh tunnel builds on.
 """
 
 from __future__ import annotations
@@ -16,46 +18,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
+from qwq_agent.sandbox.connector import STREAM_LIMIT, Connector, UnixConnector
 from qwq_agent.sandbox.errors import SandboxError
-
-STREAM_LIMIT = 1 << 20
-
-
-class Connector(Protocol):
-    """Opens connections to one Docker engine."""
-
-    url: str
-    """The engine as the user named it (for messages)."""
-
-    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A new byte stream to the engine API; raises OSError (or `DockerUnreachable`) when it cannot."""
-        ...
-
-    def docker_client(self, timeout: float) -> Any:
-        """A docker-py client of the same engine, each call bounded by `timeout` s (blocking: call in a thread)."""
-        ...
-
-
-class UnixConnector:
-    """The engine's unix socket on this machine."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.url = f"unix://{path}"
-
-    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_unix_connection(self.path, limit=STREAM_LIMIT)
-
-    def docker_client(self, timeout: float) -> Any:
-        import docker
-
-        # docker-py wants whole seconds or more; a zero timeout would mean "no timeout" to requests.
-        return docker.DockerClient(base_url=self.url, timeout=max(1, round(timeout)))
+from qwq_agent.sandbox.ssh_tunnel import shared_tunnel
 
 
 class TLSFiles(BaseModel):
@@ -147,8 +117,6 @@ def connector_for(host: DockerHost | str) -> Connector:
     if scheme == "unix":
         return UnixConnector(host.url[len("unix://") :])
     if scheme == "ssh":
-        from qwq_agent.sandbox.ssh_tunnel import shared_tunnel
-
         return shared_tunnel(host.url, host.ssh_config)
     tls = host.tls
     if tls is None:
