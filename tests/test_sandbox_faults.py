@@ -213,7 +213,7 @@ async def test_garbage_frame_does_not_break_the_channel(small: DockerSandbox) ->
     await still_works(small)
 
 
-async def _docker_exec_root(sb: DockerSandbox, *argv: str) -> None:
+async def _docker_exec_root(sb: DockerSandbox, *argv: str, ends_the_container: bool = False) -> None:
     """Act on the supervisor from the host (`docker exec` runs as root with the container's caps).
 
     Through the sandbox's own engine API (not the `docker` CLI), so it works on any Docker host the
@@ -228,7 +228,9 @@ async def _docker_exec_root(sb: DockerSandbox, *argv: str) -> None:
     # Not detached: the answer streams the command's output and ends when it exits.
     await sb.engine.request("POST", f"/exec/{created['Id']}/start", body={"Detach": False}, timeout=60)
     _, info = await sb.engine.request("GET", f"/exec/{created['Id']}/json", timeout=60)
-    assert info["ExitCode"] == 0, info
+    # A command that ends the container can itself be SIGKILLed (137) in the container's teardown before
+    # it exits: on a busy machine it often is. What it did is checked by the caller.
+    assert info["ExitCode"] in ((0, 137) if ends_the_container else (0,)), info
 
 
 async def test_kill_supervisor_mid_call_then_replaced(fresh: DockerSandbox) -> None:
@@ -241,7 +243,7 @@ async def test_kill_supervisor_mid_call_then_replaced(fresh: DockerSandbox) -> N
     assert (
         await fresh.shell("while [ ! -e /tmp/mid-call ]; do sleep 0.01; done; echo in", timeout=30)
     ).stdout == "in\n"
-    await _docker_exec_root(fresh, "kill", "-9", pid)
+    await _docker_exec_root(fresh, "kill", "-9", pid, ends_the_container=True)
     with pytest.raises(SandboxDead, match="exited"):
         await call
     r = await fresh.python("1")
