@@ -8,6 +8,14 @@ labelled as ours and owned by this test process is left (then removing any it fo
 ssh (an sshd on 127.0.0.1 started for the session, see `qwq_agent.testing.sshd`); any other value is
 used as `DOCKER_HOST` for the sandboxes (e.g. `ssh://docker@buildhost`). The image is resolved on the
 local engine first.
+
+Parallel runs (pytest-xdist, `-n N`, as `scripts/test.sh` does): every worker is its own test process, so
+its sandboxes carry its own pid and the janitor of another worker leaves them alone (their owner is alive).
+Each worker lists what it leaked at its session end (before its atexit clean-up could hide it) and hands
+the list to the controller, which fails the run once, after all workers are down. Tests marked `serial`
+act on the whole engine (pruning images, planting orphans for the janitor to find): another test process
+running beside them could change what they see, so `scripts/test.sh` runs them in a pass of their own
+after the parallel one (`-m serial`, no workers).
 """
 
 from __future__ import annotations
@@ -86,16 +94,85 @@ async def shared_sandbox(sandbox_image: str):
         yield sb
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _no_leaked_sandboxes():
-    """Fails the session if a sandbox container created by this process outlived its test."""
-    yield
-    if _docker_problem():
-        return
+def _leaked_by(pids: list[int]) -> list[str]:
+    """Names of our containers owned by these processes, after removing them (a leak fails the run, but
+    is not left behind for the next one)."""
+    import docker.errors
+
     from qwq_agent.sandbox.janitor import L_PID, LABEL
 
     client = _docker_client()
-    left = client.api.containers(all=True, filters={"label": [f"{LABEL}=1", f"{L_PID}={os.getpid()}"]})
-    for c in left:
-        client.api.remove_container(c["Id"], force=True)
-    assert not left, f"sandbox containers leaked by the test session: {[c['Names'] for c in left]}"
+    names = []
+    for pid in pids:
+        for c in client.api.containers(all=True, filters={"label": [f"{LABEL}=1", f"{L_PID}={pid}"]}):
+            try:
+                client.api.remove_container(c["Id"], force=True)
+            except docker.errors.NotFound:
+                pass  # it was on its way out (auto-removed once its owner's attach stream closed)
+            names.append(f"{(c.get('Names') or ['?'])[0].lstrip('/')} (owner pid {pid})")
+    return names
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leaked_sandboxes(request: pytest.FixtureRequest):
+    """Fails the session if a sandbox container created by this process outlived its test. In an xdist
+    worker the finding goes to the controller instead (`pytest_sessionfinish` below fails the run)."""
+    yield
+    if _docker_problem():
+        return
+    left = _leaked_by([os.getpid()])
+    workeroutput = getattr(request.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["qwq_leaked"] = left
+        return
+    assert not left, f"sandbox containers leaked by the test session: {left}"
+
+
+_LEAKS_KEY = pytest.StashKey[dict[str, list[str]]]()
+_WORKER_PIDS_KEY = pytest.StashKey[list[int]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["qwq_pid"] = os.getpid()
+    config.stash[_LEAKS_KEY] = {}
+    config.stash[_WORKER_PIDS_KEY] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """(xdist controller) A worker is done: keep what it leaked and its pid for the final check."""
+    out = getattr(node, "workeroutput", None) or {}
+    worker = str(getattr(node, "gateway", None) and node.gateway.id)
+    if out.get("qwq_leaked"):
+        node.config.stash[_LEAKS_KEY][worker] = list(out["qwq_leaked"])
+    if "qwq_pid" in out:
+        node.config.stash[_WORKER_PIDS_KEY].append(int(out["qwq_pid"]))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """(xdist controller) Once, after every worker is down: fail the run if any worker leaked a sandbox,
+    or if one of theirs is there still (started after its check; a worker that crashes fails the run
+    anyway)."""
+    config = session.config
+    if getattr(config, "workeroutput", None) is not None:
+        return  # a worker: its fixture above reported to the controller
+    leaks = dict(config.stash.get(_LEAKS_KEY, {}))
+    pids = config.stash.get(_WORKER_PIDS_KEY, [])
+    if pids and not _docker_problem():
+        still = _leaked_by(pids)
+        if still:
+            leaks["after the workers"] = still
+    if not leaks:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"{worker}: {', '.join(names)}" for worker, names in leaks.items()]
+    if reporter is not None:
+        reporter.line("")  # after the progress line, which xdist leaves open
+        reporter.write_sep("=", "sandbox containers leaked by the test session", red=True)
+        for line in lines:
+            reporter.write_line(line)
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -10,7 +10,9 @@ import sys
 import docker
 import pytest
 
-pytestmark = pytest.mark.docker
+# Removes every sandbox image the current recipe does not name, including one another test process may
+# have just built: run in the serial pass (conftest.py).
+pytestmark = [pytest.mark.docker, pytest.mark.serial]
 
 
 def test_stale_images_go_and_the_current_one_stays(sandbox_image):

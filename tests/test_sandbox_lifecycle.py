@@ -59,6 +59,9 @@ async def _container_with(engine: DockerEngine, image: str, labels: dict[str, st
     return cid
 
 
+# Serial: the janitor of any other test process (every CLI child runs one) would remove these orphans
+# first, and this prune would not report them.
+@pytest.mark.serial
 async def test_janitor_removes_orphans_and_keeps_live_ones(sandbox_image: str) -> None:
     engine = DockerEngine()
     dead = await asyncio.to_thread(
