@@ -51,6 +51,14 @@ bench() { "$PY" benchmarks/agent_workload.py --url "$URL" --out "$OUT/aw-$phase.
 common="--sessions 8 --turns 6 --gen-tokens 200 --obs-words 150"
 over="--sessions 32 --turns 4 --gen-tokens 100 --obs-words 300 --task-words 2000 --reserve-tokens 5000"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$OUT/device.txt"
+# SGLang's router, from the wheels call 2 of the header copied to /tmp/router (phases scale-out, router-check).
+install_router() {
+  if [ ! -d /tmp/router-site/sglang_router ]; then
+    ls /tmp/router/sglang_router-*.whl >/dev/null 2>&1 || { echo "no /tmp/router: run call 2 of the header first"; exit 1; }
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/router-site /tmp/router/*.whl || exit 1
+  fi
+  export PYTHONPATH=$PYTHONPATH:/tmp/router-site
+}
 case "$phase" in
   start-a)
     SERVER_FLAGS="--schedule-policy lpm $FLAGS"
@@ -98,11 +106,7 @@ case "$phase" in
     bench --label "keep-reasoning-as-ids" $common --keep-reasoning || rc=1
     ;;
   router-check)
-    if [ ! -d /tmp/router-site/sglang_router ]; then
-      ls /tmp/router/sglang_router-*.whl >/dev/null 2>&1 || { echo "no /tmp/router: run call 2 of the header first"; exit 1; }
-      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/router-site /tmp/router/*.whl || exit 1
-    fi
-    export PYTHONPATH=$PYTHONPATH:/tmp/router-site
+    install_router
     SERVER_FLAGS="--schedule-policy lpm --enable-metrics --enable-cache-report --context-length 16384"
     bash .device/sglang/b/sglang-up.sh .device/qwq-32b $SERVER_FLAGS > "$OUT/up-0.txt" 2>&1 || { tail -n 40 "$OUT/up-0.txt"; exit 1; }
     python3 benchmarks/scale_out.py --worker-urls http://127.0.0.1:30000 --router-check \
@@ -110,11 +114,7 @@ case "$phase" in
     rc=$?
     ;;
   scale-out)
-    if [ ! -d /tmp/router-site/sglang_router ]; then
-      ls /tmp/router/sglang_router-*.whl >/dev/null 2>&1 || { echo "no /tmp/router: run call 2 of the header first"; exit 1; }
-      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/router-site /tmp/router/*.whl || exit 1
-    fi
-    export PYTHONPATH=$PYTHONPATH:/tmp/router-site
+    install_router
     SERVER_FLAGS="--schedule-policy lpm --enable-metrics --enable-cache-report --context-length 16384"
     rm -f /tmp/sglang.pid
     # Replica 0 through sglang-up.sh (it installs SGLang first, then writes its pid); replica 1 starts as
