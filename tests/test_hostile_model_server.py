@@ -186,6 +186,12 @@ async def test_lying_token_counts_cannot_give_back_budget_or_crash_the_client() 
     assert openai.usage.completion_tokens == 0 and openai.usage.prompt_tokens == 12
     assert openai.usage.cached_tokens == 12  # never more cached than the prompt holds
 
+    from qwq_agent.agent.clients.counts import MAX_COUNT, server_count
+
+    # A JSON integer too long for a float, and other shapes a count can take in JSON.
+    assert server_count(10**400) == MAX_COUNT and server_count("1e400") == 0
+    assert server_count(True) == 0 and server_count([3]) == 0 and server_count("7") == 7
+
     tracker = BudgetTracker(budget=Budget(max_generated_tokens=10))
     for usage in (native.usage, openai.usage, native.usage):
         tracker.account(usage)

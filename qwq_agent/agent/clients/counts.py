@@ -19,12 +19,13 @@ MAX_COUNT = 10**9
 
 def server_count(value: object, *, floor: int = 0) -> int:
     """`value` as a token count in [floor, MAX_COUNT]; anything that is not a finite number >= 0 reads as 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        n = 0
-    else:
+    number: float = 0.0
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = min(value, MAX_COUNT)  # a JSON integer of any length: float() of it could overflow
+    elif isinstance(value, float | str):
         try:
             number = float(value)
         except ValueError:
             number = 0.0
-        n = int(min(number, MAX_COUNT)) if math.isfinite(number) and number > 0 else 0
+    n = int(min(number, MAX_COUNT)) if math.isfinite(number) and number > 0 else 0
     return max(n, floor)
