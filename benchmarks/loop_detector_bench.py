@@ -43,6 +43,7 @@ OWN_CASES = {
     "healthy_reconfirm": False,
     "qwq_recopy_loop": True,
     "healthy_restate": False,
+    "healthy_zh_verify": False,
 }
 _WORD = re.compile(r"[^\W_]+(?:[.,][0-9]+)*", re.UNICODE)
 

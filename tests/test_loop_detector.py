@@ -326,6 +326,28 @@ def test_chinese_verbatim_block_is_caught_by_the_character_cycle() -> None:
     assert det.level >= 1 and det.signals[0].kind == "periodic"
 
 
+def test_lengths_are_weighed_in_bytes_so_a_chinese_copy_counts_like_an_english_one() -> None:
+    # A Chinese character is about a token, an English one a quarter: the same ~64 tokens copied
+    # verbatim is 256 characters of English but ~90 of Chinese. Weighed in UTF-8 bytes, both are a
+    # cycle; weighed in characters the Chinese copy would need three times as many tokens.
+    cfg = LoopDetectorConfig()
+    opening = "先看性能问题的整体情况，整理一下已经确认的数据，再决定下一步。\n" * 1
+    rng_text = "".join(f"第{i}个指标记录为{i * 37 % 101}，和基线相比变化不大。" for i in range(40))
+    block = (
+        "等等，我重新算一下。单次查询耗时零点零五微秒，八个分片是四点三二微秒，但纯树结构在一个和八个分片时"
+        "一样快。这说明问题出在插值缓存上，缓存命中时应该同样很快，所以要看每个分片的网格是否被重复构建。\n"
+    )
+    assert len(block) < cfg.periodic_min_run <= len(block.encode("utf-8"))
+    det = feed16(opening + rng_text + block + block[: len(block) - 8])
+    assert det.signals == []  # not yet a whole block copied
+    det = feed16(opening + rng_text + block + block + "再看下一项。")
+    assert [s.kind for s in det.signals] == ["periodic"]
+    # The same length in characters of English is far from a cycle (a quarter of the tokens).
+    english = ("Wait, let me recompute the query time once more. " * 3)[: len(block)]
+    det = feed16(sample("healthy_subproblems")[:3000] + english + english)
+    assert det.signals == []
+
+
 def test_exact_copy_counts_as_a_cycle_only_past_the_minimum_run() -> None:
     # Healthy text that repeats a phrase just after writing it (shorter than the minimum run) is not
     # a cycle; the same text repeating a longer span is.

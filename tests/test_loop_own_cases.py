@@ -32,7 +32,9 @@ def feed16(text: str, config: LoopDetectorConfig | None = None) -> ReasoningLoop
     return det
 
 
-@pytest.mark.parametrize("name", ["qwq_24_loop", "healthy_reconfirm", "qwq_recopy_loop", "healthy_restate"])
+@pytest.mark.parametrize(
+    "name", ["qwq_24_loop", "healthy_reconfirm", "qwq_recopy_loop", "healthy_restate", "healthy_zh_verify"]
+)
 def test_committed_cases_match_their_generator(name: str) -> None:
     text = (DATA / f"{name}.txt").read_text(encoding="utf-8")
     assert generator().CASES[name](random.Random(name)) == text
@@ -75,3 +77,34 @@ def test_problem_reread_and_key_step_restated_once_are_not_flagged(seed: object)
     text = generator().CASES["healthy_restate"](random.Random(seed))
     assert text.count("A tank is filled by pipe A") == 2 and text.count("Pipe A fills 1/6") == 2
     assert feed16(text).signals == []
+
+
+@pytest.mark.parametrize("seed", ["healthy_zh_verify", 1, 2, 3, 4, 5])
+def test_chinese_enumeration_checked_once_is_not_flagged(seed: object) -> None:
+    # Lengths are weighed in bytes (a Chinese character is ~3): this ~2,300-character trace is ~3,950
+    # bytes, past the 2,000 floor, with a slip fixed after "等等" and one "再检查一遍" pass.
+    text = generator().CASES["healthy_zh_verify"](random.Random(seed))
+    assert len(text.encode("utf-8")) > 1.5 * LoopDetectorConfig().min_reasoning_chars
+    assert "等等" in text and text.count("检查第") == 12
+    assert feed16(text).signals == []
+
+
+@pytest.mark.parametrize("seed", ["qwq_zh_loop", 1, 2, 3])
+def test_chinese_candidate_loop_is_nudged_in_its_first_third(seed: object) -> None:
+    # Weighed in characters, the floors held this loop back to ~41% of its text; in bytes it is
+    # nudged where an English loop of the same tokens would be.
+    text = generator().CASES["qwq_zh_loop"](random.Random(seed))
+    det = feed16(text)
+    assert det.level == 3
+    assert det.signals[0].evidence["chars"] < 0.36 * len(text)
+
+
+@pytest.mark.parametrize("name", ["dsh_zh_real_loop2", "dsh_zh_real_loop3"])
+def test_real_chinese_agent_loops_under_the_corpus_floor_are_caught(name: str) -> None:
+    # Real DeepSeek agent reasoning (tests/data/reasoning/external/SOURCES.md), left out of the corpus
+    # for being under 2,000 characters. Four paragraphs repeated verbatim: caught before the end, in
+    # the first half of the text (it was 53% and 65% with lengths in characters).
+    text = (DATA / "external" / f"{name}.txt").read_text(encoding="utf-8")
+    det = feed16(text)
+    assert det.level >= 1 and det.signals[0].kind == "periodic"
+    assert det.signals[0].evidence["chars"] < 0.5 * len(text)

@@ -1,6 +1,10 @@
 """Thresholds of the reasoning-loop detector, each with the reason for its value.
 
-Lengths are in characters of reasoning (about 4 per token). The values were chosen from what circling
+Lengths (the fields named `*_chars`, `periodic_min_run`) are weighed in UTF-8 bytes of reasoning:
+about 4 per token in English and in Chinese alike (a Chinese character is ~3 bytes and ~1 token), and
+equal to characters for ASCII text, so a threshold means the same number of tokens whatever the script
+QwQ writes in. Weighed in characters, a Chinese loop had to run ~3 times as many tokens as an English
+one before any floor, gap or minimum copy was met. The values were chosen from what circling
 *is* (a cycle is a third visit, not a second; a verbatim copy of a long span of one's own reasoning is
 never progress) and then checked on the whole development corpus (`../shared/reasoning-corpus`), not
 fitted to single files: see `benchmarks/loop_detector_bench.py` and the README for the figures. The
@@ -16,7 +20,7 @@ __all__ = ["LoopDetectorConfig"]
 
 
 class LoopDetectorConfig(BaseModel):
-    """Thresholds of `ReasoningLoopDetector`."""
+    """Thresholds of `ReasoningLoopDetector` (lengths in UTF-8 bytes: see the module's docstring)."""
 
     # ---- floors and escalation ----------------------------------------------------------------
     min_reasoning_chars: int = Field(
@@ -60,7 +64,7 @@ class LoopDetectorConfig(BaseModel):
         "from 600 to 1,500 gives the same loops caught and no healthy trace closed; 1,000 is mid-range.)",
     )
 
-    # ---- exact cycle on characters ------------------------------------------------------------
+    # ---- exact cycle on characters (the buffer's own positions and periods are in characters) -----
     periodic_check_every: int = Field(
         default=32,
         ge=1,
@@ -79,7 +83,7 @@ class LoopDetectorConfig(BaseModel):
     periodic_min_run: int = Field(
         default=256,
         ge=32,
-        description="Exact repeat length (characters identical to those one period earlier) that counts "
+        description="Exact repeat length, in bytes (characters identical to those one period earlier), that counts "
         "as a cycle: ~64 tokens copied verbatim from the model's own reasoning. Reasoning never "
         "contains the prompt, so such a copy is not a quote, and a healthy re-check rewords its steps. "
         "(On the corpus 480 fires later on the verbatim loops with the same false positives; below "

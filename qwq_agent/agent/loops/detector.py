@@ -79,6 +79,10 @@ class ReasoningLoopDetector:
         cfg = self.config
         self.chars = 0  # all text fed
         self._pos = 0  # text consumed; positions use it so chunking cannot change the outcome
+        # The same in UTF-8 bytes: the clock of every length threshold. A token is ~4 bytes in English
+        # and in Chinese alike (one character there, four here), so bytes keep the thresholds' meaning
+        # in tokens whatever the script.
+        self._size = 0
         self.level = 0
         self.signals: list[LoopSignal] = []
         self._new: list[LoopSignal] = []
@@ -96,6 +100,7 @@ class ReasoningLoopDetector:
         self.revisits = 0  # all evidence of circling so far (for escalation)
         self._revisits_at_signal = 0
         self._chars_at_signal = 0
+        self._size_at_signal = 0
         self._cycle_checks = 0
         self._circling_since: int | None = None  # where the statistical signals last became true
         self._echo: deque[tuple[bool, int]] = deque()  # per recent segment: a second visit, markers
@@ -138,10 +143,12 @@ class ReasoningLoopDetector:
         while end >= self._next_check:
             j = self._next_check - base
             self._periodic.extend(chunk[i:j])
+            self._size += len(chunk[i:j].encode("utf-8"))
             self._pos, i = self._next_check, j
             self._next_check += cfg.periodic_check_every
             self._check_cycle()
         self._periodic.extend(chunk[i:])
+        self._size += len(chunk[i:].encode("utf-8"))
         self._pos = end
         self._seg_raw.append(chunk)
         self._seg_raw_len += len(chunk)
@@ -161,7 +168,7 @@ class ReasoningLoopDetector:
     def _check_cycle(self) -> None:
         cfg = self.config
         run = self._periodic.check()
-        if self._pos < cfg.periodic_min_reasoning_chars:
+        if self._size < cfg.periodic_min_reasoning_chars:
             return
         if run >= cfg.periodic_min_run:
             self._cycle_checks += 1
@@ -177,7 +184,7 @@ class ReasoningLoopDetector:
     def _copy_burst(self) -> bool:
         cfg = self.config
         copies = self._periodic.copies
-        n = self._periodic.check_copy(self._pos)
+        n = self._periodic.check_copy(self._size)
         return n >= cfg.copy_count and copies[-1] - copies[-cfg.copy_count] <= cfg.copy_window_chars
 
     def _echo_with_copy(self) -> bool:
@@ -187,7 +194,7 @@ class ReasoningLoopDetector:
         return (
             cfg.echo_enabled
             and bool(copies)
-            and copies[-1] >= self._pos - cfg.copy_echo_window_chars
+            and copies[-1] >= self._size - cfg.copy_echo_window_chars
             and self.echo_share >= cfg.echo_share_threshold
             and self._echo_markers >= cfg.copy_echo_markers
         )
@@ -226,8 +233,8 @@ class ReasoningLoopDetector:
             self._circling_since = None
             return
         if self._circling_since is None:
-            self._circling_since = self._pos
-        if self._pos - self._circling_since >= cfg.persist_chars:
+            self._circling_since = self._size
+        if self._size - self._circling_since >= cfg.persist_chars:
             self._maybe_signal(kind)
 
     def _push_echo(self, second_visit: bool, markers: int) -> None:
@@ -290,16 +297,17 @@ class ReasoningLoopDetector:
         cfg = self.config
         if self.level >= 3 or (kind in ("echo", "copies") and self.level >= 1):
             return
-        if kind != "periodic" and self._pos < cfg.min_reasoning_chars:
+        if kind != "periodic" and self._size < cfg.min_reasoning_chars:
             return
         if self.level > 0 and kind != "probe":  # the probe's own conditions stand in for the gap
             gap = cfg.level2_gap_chars if self.level == 1 else cfg.level3_gap_chars
-            if self._pos - self._chars_at_signal < gap:
+            if self._size - self._size_at_signal < gap:
                 return
             if self.revisits - self._revisits_at_signal < cfg.min_new_repeats:
                 return
         self.level += 1
         self._chars_at_signal = self._pos
+        self._size_at_signal = self._size
         self._revisits_at_signal = self.revisits
         candidates = self._ledger.top()
         if kind == "periodic":

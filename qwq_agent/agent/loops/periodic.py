@@ -23,6 +23,7 @@ class PeriodicTail:
         self._keep = 2 * config.periodic_max_period + config.periodic_min_run + 64
         self.period = 0  # the cycle found at the last check (0 = none)
         self.run = 0  # characters equal to those one period earlier, ending at the tail
+        self.run_bytes = 0  # the same run in UTF-8 bytes (about 4 per token in any script)
         self._copying = False  # the tail was a copy at the last check
         self.copies: list[int] = []  # where each new stretch of copied tail began (recent ones)
 
@@ -37,7 +38,7 @@ class PeriodicTail:
         """Measure the cycle that ends at the text consumed so far; return its run (0 = none)."""
         cfg = self.config
         buf = self._buf
-        self.period = self.run = 0
+        self.period = self.run = self.run_bytes = 0
         a = cfg.periodic_anchor_chars
         if len(buf) < 2 * a:
             return 0
@@ -55,7 +56,10 @@ class PeriodicTail:
                 best_run, best_p = run, p
             end = at + a - 1
         self.period, self.run = best_p, best_run
-        return best_run
+        # A character of Chinese is about a token, one of English a quarter: the run is weighed in bytes
+        # so that the same number of tokens copied counts the same in any script.
+        self.run_bytes = len(buf[len(buf) - best_run :].encode("utf-8")) if best_run else 0
+        return self.run_bytes
 
     def check_copy(self, pos: int) -> int:
         """Note whether the tail is a long verbatim copy of earlier text; return the copies so far.
@@ -64,7 +68,8 @@ class PeriodicTail:
         `pos` is where the check is (characters consumed), kept for each copy's start.
         """
         cfg = self.config
-        buf, n = self._buf, cfg.copy_min_chars
+        buf = self._buf
+        n = _tail_chars(buf, cfg.copy_min_chars)
         if len(buf) <= n:
             return len(self.copies)
         lo = max(0, len(buf) - cfg.periodic_max_period - n)
@@ -76,6 +81,23 @@ class PeriodicTail:
                 del self.copies[0]
         self._copying = copying
         return len(self.copies)
+
+
+def _tail_chars(buf: str, size: int) -> int:
+    """How many trailing characters of `buf` hold `size` UTF-8 bytes (all of it when it holds fewer).
+
+    Lengths are weighed in bytes, about 4 per token in English and in Chinese alike.
+    """
+    if buf[-size:].isascii():
+        return size
+    lo, hi = size // 4, size  # at most 4 bytes a character
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(buf[-mid:].encode("utf-8")) >= size:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _repeat_len(buf: str, p: int) -> int:

@@ -29,6 +29,11 @@ Added for the copy signals (written before running the detector on them):
 - healthy_restate: a long forward derivation that re-reads the problem once, word for word, re-states
   its key equation paragraph word for word in the summary, and says "wait" a few times while fixing
   slips: two long copies and some markers, must not be flagged.
+Added with the byte-weighed lengths (Chinese text is ~3 bytes a character; written before running the
+detector on it):
+- healthy_zh_verify: the Chinese sibling of the parentheses puzzle solved well: every grouping of
+  2 * 3 * 4 * 5 + 1 worked out with its steps, a slip fixed after "等等", one verification pass over
+  every grouping ("再检查一遍"), the problem re-read once, then the answer: must not be flagged.
 Seeded, so re-running reproduces the same files.
 """
 
@@ -437,6 +442,72 @@ def healthy_restate(rng: random.Random) -> str:
     return "".join(out)
 
 
+# Every placement of one pair of parentheses in 2 * 3 * 4 * 5 + 1 that changes something, with the
+# steps a careful solver writes out.
+_ZH_GROUPINGS = [
+    ("2 * 3 * 4 * 5 + 1", "不加括号，先乘后加", "2 * 3 * 4 * 5 = 120，加 1 得 121", 121),
+    ("2 * 3 * 4 * (5 + 1)", "括号里 5 + 1 = 6", "2 * 3 * 4 = 24，24 * 6 = 144", 144),
+    ("2 * 3 * (4 * 5 + 1)", "括号里 4 * 5 + 1 = 21", "2 * 3 = 6，6 * 21 = 126", 126),
+    ("2 * (3 * 4 * 5 + 1)", "括号里 3 * 4 * 5 + 1 = 61", "2 * 61 = 122", 122),
+    ("(2 * 3) * (4 * 5) + 1", "两组乘积 6 和 20", "6 * 20 = 120，加 1 得 121", 121),
+    ("2 * (3 * 4) * 5 + 1", "括号里 3 * 4 = 12", "2 * 12 = 24，24 * 5 = 120，加 1 得 121", 121),
+    ("(2 * 3 * 4) * (5 + 1)", "两个括号分别是 24 和 6", "24 * 6 = 144", 144),
+    ("2 * (3 * 4) * (5 + 1)", "括号里 12 和 6", "2 * 12 = 24，24 * 6 = 144", 144),
+    ("(2 * 3) * (4 * 5 + 1)", "括号里 6 和 21", "6 * 21 = 126", 126),
+    ("2 * ((3 * 4) * 5 + 1)", "内层 3 * 4 = 12，12 * 5 = 60，加 1 得 61", "2 * 61 = 122", 122),
+    ("2 * (3 * (4 * 5) + 1)", "内层 4 * 5 = 20，3 * 20 = 60，加 1 得 61", "2 * 61 = 122", 122),
+    ("(2 * 3) * (4 * (5 + 1))", "内层 5 + 1 = 6，4 * 6 = 24", "6 * 24 = 144", 144),
+]
+
+
+_ZH_WHY = {
+    121: "这里 + 1 在所有乘法之后才加，括号只是改变了乘法的先后，乘积还是 120。",
+    144: "这里 + 1 只加到最后的 5 上，把 5 变成 6，相当于 24 乘 6，所以比 121 大很多。",
+    126: "这里 + 1 加到 4 * 5 = 20 上，变成 21，前面的 2 * 3 = 6 再乘上去。",
+    122: "这里 + 1 加到 3 * 4 * 5 = 60 上，变成 61，只剩一个 2 去乘。",
+}
+
+
+def healthy_zh_verify(rng: random.Random) -> str:
+    problem = "题目：在 2 * 3 * 4 * 5 + 1 中插入括号（只能加括号，不能交换顺序），一共能得到多少个不同的值？"
+    out = [
+        problem + "\n\n先想清楚：乘法满足结合律，只在乘号之间加括号不会改变结果，真正起作用的是把 + 1 "
+        "包进括号，让它先于某些乘法计算。下面把每一种加括号的方式列出来，逐个算。\n\n"
+    ]
+    first: dict[int, int] = {}
+    for i, (expr, inner, steps, value) in enumerate(_ZH_GROUPINGS, 1):
+        why = _ZH_WHY[value] if value not in first else f"和第 {first[value]} 种的值一样。"
+        first.setdefault(value, i)
+        out.append(
+            f"第 {i} 种：{expr}。"
+            + _pick(rng, "", "先看括号。", "按顺序算。")
+            + f"{inner}，{steps}。"
+            + _pick(rng, f"所以第 {i} 种得到 {value}。", f"结果是 {value}。", f"记下 {value}。")
+            + why
+            + "\n"
+        )
+        if i == 8:
+            out.append(
+                "等等，第 8 种我刚才差点先算了 24 + 1，那样会得到 150；按括号应当是 24 乘 6，"
+                "所以 144 是对的。\n"
+            )
+    out.append(
+        "\n整理一下不同的值：第 1、5、6 种是 121，第 2、7、8、12 种是 144，第 3、9 种是 126，"
+        "第 4、10、11 种是 122。\n\n"
+        "为什么不会有别的值？+ 1 只能加到一个以 5 结尾的乘积上：加到 5 上得 2 * 3 * 4 * 6 = 144，"
+        "加到 4 * 5 上得 6 * 21 = 126，加到 3 * 4 * 5 上得 2 * 61 = 122，加到整个乘积上得 121。"
+        "括号只在乘号之间移动时，结合律保证结果不变，所以新的值只来自 + 1 的位置，一共四种位置。\n\n"
+        "再检查一遍每一种，确认没有算错：\n"
+    )
+    for i, (expr, _inner, _steps, value) in enumerate(_ZH_GROUPINGS, 1):
+        out.append(f"检查第 {i} 种 {expr} = {value}，" + _pick(rng, "没问题。", "对。", "确认。") + "\n")
+    out.append(
+        "\n再读一遍题目：" + problem + "题目问的是不同值的个数，不是最大值。\n\n"
+        "所以不同的值一共有 4 个：121、122、126、144。答案是 4。\n"
+    )
+    return "".join(out)
+
+
 CASES: dict[str, Callable[[random.Random], str]] = {
     "qwq_parentheses_loop": qwq_parentheses_loop,
     "qwq_zh_loop": qwq_zh_loop,
@@ -450,6 +521,7 @@ CASES: dict[str, Callable[[random.Random], str]] = {
     "healthy_reconfirm": healthy_reconfirm,
     "qwq_recopy_loop": qwq_recopy_loop,
     "healthy_restate": healthy_restate,
+    "healthy_zh_verify": healthy_zh_verify,
 }
 
 if __name__ == "__main__":
