@@ -6,6 +6,10 @@ Two measurements on `../shared/reasoning-corpus`, fed as the agent feeds the det
    where `sources.md` notes the loop as evident (a signal that is never later than the loop becomes
    evident, and keeps every earlier signal it already has). The median of those is the best a
    detector can do without firing before the circling exists, i.e. without predicting loops.
+   The "evident" column marks where the looping block *begins*, and for a verbatim loop that is
+   before anything has repeated: no detector can see a copy before the second one is written. The
+   stricter bound also waits, for each verbatim loop, until some 128-character span of it has occurred
+   verbatim before (`first_repeat`), which is when a verbatim loop becomes observable at all.
 2. Candidate early signals, each added to the detector as a level-1 signal (first signal = the earlier
    of the two; a healthy trace counts as flagged if either flags it), over a grid of thresholds:
    - `markers`: at least k revisit markers ("wait", "again", "再", ...) in the last w characters;
@@ -120,6 +124,17 @@ def combined(files: list[FileResult], texts: dict[str, str], signal: Signal | No
     return Score(flagged, round(statistics.median(fracs), 3) if fracs else None, healthy)
 
 
+def first_repeat(text: str, span: int = 128) -> int:
+    """Where the text first ends a `span`-character stretch that occurred verbatim earlier in it."""
+    seen: set[str] = set()
+    for i in range(len(text) - span + 1):
+        piece = text[i : i + span]
+        if piece in seen:
+            return i + span
+        seen.add(piece)
+    return len(text)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, default=None)
@@ -139,8 +154,19 @@ def main() -> int:
         min(f.first_frac if f.first_frac is not None else 1.0, (f.evident_at or f.chars) / f.chars)
         for f in loops
     )
+    observable = sorted(
+        min(
+            f.first_frac if f.first_frac is not None else 1.0,
+            max(f.evident_at or f.chars, first_repeat(texts[f.name]) if f.label == "verbatim" else 0)
+            / f.chars,
+        )
+        for f in loops
+    )
     bound = {
         "median_if_every_loop_were_caught_where_evident": round(statistics.median(oracle), 3),
+        "median_if_caught_where_evident_and_observable": round(statistics.median(observable), 3),
+        "loops_at_or_under_35pct_when_observable": sum(x <= TARGET for x in observable),
+        "observable_fracs": [round(x, 3) for x in observable],
         "loops_at_or_under_35pct_under_the_oracle": sum(x <= TARGET for x in oracle),
         "loops_needed_at_or_under_35pct": len(loops) // 2 + 1,
         "oracle_fracs": [round(x, 3) for x in oracle],
@@ -175,6 +201,14 @@ def main() -> int:
         str(bound["median_if_every_loop_were_caught_where_evident"]),
         "-",
         f"{bound['loops_at_or_under_35pct_under_the_oracle']} loops <= 35% (10 needed)",
+    )
+    table.add_row(
+        "oracle: ... and a verbatim copy exists",
+        "",
+        "19",
+        str(bound["median_if_caught_where_evident_and_observable"]),
+        "-",
+        f"{bound['loops_at_or_under_35pct_when_observable']} loops <= 35% (10 needed)",
     )
     signals: dict[str, object] = {}
     for name, grid in grids.items():
