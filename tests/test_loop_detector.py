@@ -348,6 +348,14 @@ def test_lengths_are_weighed_in_bytes_so_a_chinese_copy_counts_like_an_english_o
     assert det.signals == []
 
 
+def test_lone_surrogates_from_a_broken_stream_do_not_crash_the_byte_weighing() -> None:
+    # A server's JSON may carry "\\ud800" escapes: Python decodes them to lone surrogates, which
+    # str.encode("utf-8") refuses. The detector weighs them (3 bytes each) instead of raising.
+    block = "\ud800 wait, the same step \udfff again with \ud83d the value 121. " * 2
+    det = feed16("Let me start. " * 40 + block * 40)
+    assert det.level >= 1 and det.signals[0].kind == "periodic"
+
+
 def test_exact_copy_counts_as_a_cycle_only_past_the_minimum_run() -> None:
     # Healthy text that repeats a phrase just after writing it (shorter than the minimum run) is not
     # a cycle; the same text repeating a longer span is.

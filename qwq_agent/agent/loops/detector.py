@@ -143,12 +143,12 @@ class ReasoningLoopDetector:
         while end >= self._next_check:
             j = self._next_check - base
             self._periodic.extend(chunk[i:j])
-            self._size += len(chunk[i:j].encode("utf-8"))
+            self._size += len(chunk[i:j].encode("utf-8", "surrogatepass"))
             self._pos, i = self._next_check, j
             self._next_check += cfg.periodic_check_every
             self._check_cycle()
         self._periodic.extend(chunk[i:])
-        self._size += len(chunk[i:].encode("utf-8"))
+        self._size += len(chunk[i:].encode("utf-8", "surrogatepass"))
         self._pos = end
         self._seg_raw.append(chunk)
         self._seg_raw_len += len(chunk)

@@ -58,7 +58,7 @@ class PeriodicTail:
         self.period, self.run = best_p, best_run
         # A character of Chinese is about a token, one of English a quarter: the run is weighed in bytes
         # so that the same number of tokens copied counts the same in any script.
-        self.run_bytes = len(buf[len(buf) - best_run :].encode("utf-8")) if best_run else 0
+        self.run_bytes = len(buf[len(buf) - best_run :].encode("utf-8", "surrogatepass")) if best_run else 0
         return self.run_bytes
 
     def check_copy(self, pos: int) -> int:
@@ -93,7 +93,7 @@ def _tail_chars(buf: str, size: int) -> int:
     lo, hi = size // 4, size  # at most 4 bytes a character
     while lo < hi:
         mid = (lo + hi) // 2
-        if len(buf[-mid:].encode("utf-8")) >= size:
+        if len(buf[-mid:].encode("utf-8", "surrogatepass")) >= size:
             hi = mid
         else:
             lo = mid + 1
