@@ -86,6 +86,7 @@ class Agent:
         self._events = 0
         self._patch: str | None = None
         self._step = 0
+        self._arithmetic_hinted = False  # the run's one hand-arithmetic hint was written
         self._running = False
         self._ended = True
         self._trace_reported = False
@@ -114,6 +115,7 @@ class Agent:
         self._running, self._ended = True, False
         self._patch = None
         self.tracker = BudgetTracker(budget=self.config.budget)
+        self._arithmetic_hinted = False
         # Opened before any sandbox or model request, so a bad trace folder costs nothing.
         trace_notes = self._open_trace()
         if continues:
@@ -333,9 +335,11 @@ class Agent:
                 self._step,
                 deadline,
                 self._context_length,
+                arithmetic_hint=not self._arithmetic_hinted,
             )
             async for ev in turn.run():
                 yield ev
+            self._arithmetic_hinted = self._arithmetic_hinted or turn.result.arithmetic_hinted
             for note in _take_notices(self.model):
                 yield self._emit(note)
             result = turn.result

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from qwq_agent.agent.loops.config import LoopDetectorConfig
 from qwq_agent.agent.loops.detector import LoopSignal, ReasoningLoopDetector
-from qwq_agent.agent.loops.texts import CLOSE_REASONING_TEXT, NUDGE_TEXT, close_text, nudge_text
+from qwq_agent.agent.loops.texts import (
+    CLOSE_REASONING_TEXT,
+    NUDGE_TEXT,
+    arithmetic_text,
+    close_text,
+    nudge_text,
+)
 from qwq_agent.agent.loops.tool_calls import (
     RepetitionConfig,
     RepetitionSignal,
@@ -27,6 +33,7 @@ __all__ = [
     "RepetitionConfig",
     "RepetitionSignal",
     "ToolCallRepetitionDetector",
+    "arithmetic_text",
     "canonical_call",
     "close_text",
     "nudge_text",

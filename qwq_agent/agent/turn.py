@@ -19,7 +19,13 @@ from qwq_agent.agent.budgets import BudgetTracker
 from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.constrained import CallOpenWatcher, constrained_tool_call_completion, grammar_ignored
 from qwq_agent.agent.events import ContentDelta, Event, ModelCall, ReasoningDelta, UsageEvent, Warning_
-from qwq_agent.agent.loop_detector import LoopSignal, ReasoningLoopDetector, close_text, nudge_text
+from qwq_agent.agent.loop_detector import (
+    LoopSignal,
+    ReasoningLoopDetector,
+    arithmetic_text,
+    close_text,
+    nudge_text,
+)
 from qwq_agent.agent.loops.probe import AnswerProbe, ProbeModel, PromptRenderer
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.agent.turn_limits import ContextLength, TurnLimits
@@ -44,6 +50,7 @@ class TurnResult(BaseModel):
     # The ids the server generated for `raw`, when the turn was one request the model wrote alone; a turn
     # continued with injected text (a nudge, a forced `</think>`, a grammar) was never one sequence.
     output_ids: list[int] | None = None
+    arithmetic_hinted: bool = False  # the run's one hand-arithmetic hint was written in this turn
 
 
 class _Attempt(BaseModel):
@@ -54,6 +61,7 @@ class _Attempt(BaseModel):
     signal: LoopSignal | None = None
     call_open: bool = False
     wall_out: bool = False
+    hint: str | None = None  # the hand-arithmetic hint to write before continuing
 
 
 class TurnStreamer:
@@ -70,8 +78,11 @@ class TurnStreamer:
         step: int,
         deadline: Deadline | None = None,
         context_length: ContextLength | None = None,
+        arithmetic_hint: bool = True,
     ) -> None:
         self.model = model
+        # Whether this turn may write the run's one hand-arithmetic hint (the run passes False after it).
+        self._hint_allowed = arithmetic_hint
         self.messages = messages
         self.specs = list(specs)
         self.config = config
@@ -107,6 +118,8 @@ class TurnStreamer:
         self.prefix = ""
         self.forced_close = False
         self._reasoning_open = False  # the last parsed output was reasoning (probes ask only then)
+        if self.result.arithmetic_hinted:  # a retry starts the turn again: the hint went with its prefix
+            self._hint_allowed, self.result.arithmetic_hinted = True, False
 
     async def run(self) -> AsyncIterator[Event]:
         attempts = 0
@@ -142,6 +155,10 @@ class TurnStreamer:
                     yield ev
                 if self.result.stop_status is not None:
                     return
+                continue
+            if attempt.hint is not None:
+                async for ev in self._write_hint(attempt):
+                    yield ev
                 continue
             if attempt.signal is None and not self._ran_out_thinking(self.prefix + attempt.text, attempt):
                 usage = attempt.completion.usage if attempt.completion else None
@@ -200,11 +217,15 @@ class TurnStreamer:
                     # After a forced `</think>` a model that still circles does so in its answer.
                     if isinstance(ev, ReasoningDelta) or (self.forced_close and isinstance(ev, ContentDelta)):
                         attempt.signal = self.detector.feed(ev.text) or attempt.signal
+                        if attempt.signal is None and isinstance(ev, ReasoningDelta):
+                            attempt.hint = self._arithmetic_hint()
+                    if attempt.hint is not None and not isinstance(ev, ReasoningDelta):
+                        attempt.hint = None  # the reasoning closed in this same piece: no place for it
                     if self.probe is not None:
                         self._reasoning_open = isinstance(ev, ReasoningDelta)
                         if attempt.signal is None:  # else this stream ends here: no probe rides on it
                             self._maybe_probe(pieces)
-                if attempt.signal is not None or attempt.call_open:
+                if attempt.signal is not None or attempt.call_open or attempt.hint is not None:
                     break  # closing the stream aborts the request on the server
         finally:
             attempt.text = "".join(pieces)
@@ -314,6 +335,31 @@ class TurnStreamer:
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
         self.prefix += text + call_text
+
+    def _arithmetic_hint(self) -> str | None:
+        """The run's one hand-arithmetic hint, when it is due (a slip, or many computations by hand)."""
+        cfg, hand = self.config.loop_detector, self.detector.arithmetic
+        if not (hand.slips or cfg.arithmetic_heavy_hint) or not self._hint_allowed or self.forced_close:
+            return None
+        tools = [spec.name for spec in self.specs]
+        if cfg.arithmetic_slip_hint and hand.slips:
+            text = arithmetic_text(hand.slips[0], hand.checked, tools)
+        elif cfg.arithmetic_heavy_hint and hand.checked >= cfg.arithmetic_heavy_hint:
+            text = arithmetic_text(None, hand.checked, tools)
+        else:
+            return None
+        return text or None
+
+    async def _write_hint(self, attempt: _Attempt) -> AsyncIterator[Event]:
+        """Continue the reasoning after the hint: the same turn, the hint in the model's voice."""
+        assert attempt.hint is not None
+        self._hint_allowed = False
+        self.result.arithmetic_hinted = True
+        yield self.emit(Warning_(kind="hand_arithmetic", message=attempt.hint.strip(), level=0))
+        for pev in self.parser.feed(attempt.hint):
+            if (ev := self._parser_event(pev)) is not None:
+                yield ev
+        self.prefix += attempt.text + attempt.hint
 
     async def _intervene(self, attempt: _Attempt) -> AsyncIterator[Event]:
         """Escalate on a reasoning loop (or reasoning cut off by the token limit): nudge, close, stop."""

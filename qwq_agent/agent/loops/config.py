@@ -253,6 +253,25 @@ class LoopDetectorConfig(BaseModel):
         "stretch the echo's steps cover). (1,000-4,000 give the same healthy outcome on the corpus.)",
     )
 
+    # ---- hand arithmetic (a one-time hint, separate from the loop levels) ------------------------
+    arithmetic_slip_hint: bool = Field(
+        default=True,
+        description="When the reasoning writes a hand computation whose value is wrong (`17 * 24 = 418`, "
+        "checked exactly by `loops.arithmetic`), write once per run, in the model's voice, what the "
+        "expression really gives and, when the agent has a python tool, that the numbers should be "
+        "checked with it. A slip sends the reasoning down a wrong road that no amount of re-checking by "
+        "hand finds when the same slip is repeated; anything ambiguous is skipped, so the hint is rare "
+        "(none in the 1,155 hand computations of the corpus).",
+    )
+    arithmetic_heavy_hint: int = Field(
+        default=0,
+        ge=0,
+        description="After this many hand computations (`expression = value`) in one turn, hint once per "
+        "run that the python tool could compute them (0 = never). Off by default: a long enumeration "
+        "worked out correctly by hand is healthy and is better left uninterrupted; turn it on for agents "
+        "whose tasks are mostly arithmetic.",
+    )
+
     # ---- answer-stability probe (opt-in) -------------------------------------------------------
     probe_enabled: bool = Field(
         default=False,

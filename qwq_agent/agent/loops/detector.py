@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from qwq_agent.agent.loops.arithmetic import HandArithmetic
 from qwq_agent.agent.loops.config import LoopDetectorConfig
 from qwq_agent.agent.loops.duplicates import NearDuplicates
 from qwq_agent.agent.loops.ledger import CandidateLedger, count_markers, extract_mentions
@@ -109,6 +110,9 @@ class ReasoningLoopDetector:
         self._echo_copy_at: int | None = None  # where the copy began that let the echo nudge sooner
         self.probes: list[ProbeResult] = []
         self._probe_answer = ""
+        # Hand computations checked exactly (read by the turn for its one-time hint, not a loop level).
+        self.arithmetic = HandArithmetic()
+        self._check_arithmetic = cfg.arithmetic_slip_hint or cfg.arithmetic_heavy_hint > 0
 
     # ---- feeding -------------------------------------------------------------------------------
 
@@ -220,6 +224,8 @@ class ReasoningLoopDetector:
         if self._flag_start > 4096:  # keep the list short without a deque's slower indexing
             self._flags = self._flags[self._flag_start :]
             self._flag_start = 0
+        if self._check_arithmetic:
+            self.arithmetic.add(raw)
         stale = self._ledger.add(extract_mentions(raw), markers)
         self.revisits += flag + stale
         kind: SignalKind | None = None

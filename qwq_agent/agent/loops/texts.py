@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from qwq_agent.agent.loops.arithmetic import Slip
 from qwq_agent.agent.loops.detector import LoopSignal
 
-__all__ = ["CLOSE_REASONING_TEXT", "NUDGE_TEXT", "close_text", "nudge_text"]
+__all__ = ["CLOSE_REASONING_TEXT", "NUDGE_TEXT", "arithmetic_text", "close_text", "nudge_text"]
 
 NUDGE_TEXT = (
     "\n\nWait — I'm going in circles. I should stop re-deriving this by hand and call the python tool "
@@ -30,14 +31,37 @@ def _named(candidates: list[str]) -> str:
     return ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
+def _python_tool(tools: Iterable[str] | None) -> str | None:
+    names = None if tools is None else list(tools)
+    return "python" if names is None else next((n for n in names if n in _PYTHON_TOOLS), None)
+
+
+def arithmetic_text(slip: Slip | None, computations: int, tools: Iterable[str] | None = None) -> str:
+    """The one-time hand-arithmetic hint: the slip corrected (exactly), or the count of hand computations.
+
+    Written in the model's voice inside `<think>`; it proposes the python tool only when the agent has one.
+    """
+    python = _python_tool(tools)
+    if slip is not None:
+        fix = f"\n\nWait — I wrote `{slip}`, but {slip.expression} is {slip.correct}."
+        if python is None:
+            return fix + " I should redo the steps that used the wrong value.\n\n"
+        return fix + f" Hand arithmetic is slipping; I should check the numbers with the {python} tool.\n\n"
+    if python is None:
+        return ""
+    return (
+        f"\n\nI have worked out {computations} computations by hand; the {python} tool would compute them "
+        "exactly and faster.\n\n"
+    )
+
+
 def nudge_text(signal: LoopSignal | None = None, tools: Iterable[str] | None = None) -> str:
     """Level-1 text: name what is being recomputed and propose the tool.
 
     `tools` are the names of the tools the agent has; `None` (unknown) keeps the old behaviour of
     proposing python. With no python tool the model is told to settle on one candidate instead.
     """
-    names = None if tools is None else list(tools)
-    python = "python" if names is None else next((n for n in names if n in _PYTHON_TOOLS), None)
+    python = _python_tool(tools)
     candidates = signal.candidates if signal is not None else []
     if not candidates:
         if python is None:

@@ -1,0 +1,195 @@
+"""Arithmetic the model works out by hand in its reasoning, checked exactly as it streams.
+
+QwQ computes by hand and trusts what it wrote: a slip (`17 * 24 = 418`) sends the reasoning down a
+wrong road, and a loop recomputes the same wrong value again and again. Each `expression = value`
+written in plain numbers is evaluated exactly (fractions, no `eval`); a value that is not what the
+expression gives, at the precision it was written with, is a slip. Anything ambiguous is skipped rather
+than judged: expressions touching letters, functions, units, percentages, `mod`, a unary minus, a
+value that goes on (`= 3.98 * 10^14`, `= 6 + 4`), integer division written as a quotient. A false alarm
+would put a wrong correction into the model's own voice, so the checker only speaks when sure.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from qwq_agent.agent.loops.ledger import normalise_expression
+
+__all__ = ["HandArithmetic", "Slip", "evaluate", "find_slips"]
+
+_NUM = r"\d+(?:\.\d+)?"
+_OP = r"[-+*/×÷·^]"
+# The ledger's expression pattern (numbers joined by operators, optional brackets) followed by the
+# written value: thousands separators and a fraction are part of the value, so `10^6 = 1,000,000`
+# and `3/6 = 1/2` are read whole.
+_WRITTEN = re.compile(
+    rf"(?<![\w^.,/])(?P<expr>[(\[]*\s*{_NUM}\s*[)\]]*(?:\s*{_OP}\s*[(\[]*\s*{_NUM}\s*[)\]]*)+)"
+    r"\s*=\s*(?P<value>-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?)"
+)
+# What may follow a value for it to be the whole value: the end, a space or punctuation that ends it,
+# never an operator, a digit, a letter glued to it, `%`, `^`, `e5`, `!`.
+_AFTER_OK = re.compile(r"(?:$|[\s,;:.。，；：、)\]?!？！](?![\d]))")
+_OPERATOR_AFTER = re.compile(r"\s*(?:[-+*/×÷·^%!]|\\times|\\cdot|x\s*10)")
+_RANGE = re.compile(r"\d+-\d+")
+_MOD = re.compile(r"mod|≡|\\equiv|同余", re.IGNORECASE)
+_MAX_CHARS = 200  # longer expressions are not hand arithmetic worth judging
+_MAX_EXPONENT = 64
+_MAX_DIGITS = 200  # results past this size are skipped (hostile `9^9^9` cannot blow up)
+
+
+class _Skip(Exception):
+    """The expression is not one to judge."""
+
+
+def evaluate(expr: str) -> Fraction | None:
+    """The exact value of a normalised expression (`2*(3*4)*5+1`), or None when not plain arithmetic."""
+    if len(expr) > _MAX_CHARS:
+        return None
+    tokens = re.findall(r"\d+(?:\.\d+)?|[-+*/^()]", expr)
+    if "".join(tokens) != expr:
+        return None
+    try:
+        value, rest = _sum(tokens, 0)
+    except (_Skip, ZeroDivisionError, IndexError):
+        return None
+    return value if rest == len(tokens) else None
+
+
+def _sum(t: list[str], i: int) -> tuple[Fraction, int]:
+    value, i = _product(t, i)
+    while i < len(t) and t[i] in "+-":
+        op = t[i]
+        rhs, i = _product(t, i + 1)
+        value = value + rhs if op == "+" else value - rhs
+    return value, i
+
+
+def _product(t: list[str], i: int) -> tuple[Fraction, int]:
+    value, i = _power(t, i)
+    while i < len(t) and t[i] in "*/":
+        op = t[i]
+        rhs, i = _power(t, i + 1)
+        value = value * rhs if op == "*" else value / rhs
+    return value, i
+
+
+def _power(t: list[str], i: int) -> tuple[Fraction, int]:
+    base, i = _atom(t, i)
+    if i < len(t) and t[i] == "^":
+        exp, i = _power(t, i + 1)  # right-associative, as written by hand
+        if exp.denominator != 1 or abs(exp) > _MAX_EXPONENT:
+            raise _Skip
+        base = base ** int(exp)
+    if len(str(base.numerator)) > _MAX_DIGITS or len(str(base.denominator)) > _MAX_DIGITS:
+        raise _Skip
+    return base, i
+
+
+def _atom(t: list[str], i: int) -> tuple[Fraction, int]:
+    if t[i] == "(":
+        value, i = _sum(t, i + 1)
+        if i >= len(t) or t[i] != ")":
+            raise _Skip
+        return value, i + 1
+    if t[i][0].isdigit():
+        return Fraction(t[i]), i + 1
+    raise _Skip  # a unary sign or a stray operator: not written the way a slip is judged
+
+
+@dataclass(frozen=True)
+class Slip:
+    """`written` (`17*24 = 418`) is not what the expression gives (`correct`, as the model would write it)."""
+
+    expression: str
+    written: str
+    correct: str
+
+    def __str__(self) -> str:
+        return f"{self.expression} = {self.written}"
+
+
+def _shown(value: Fraction, like: str) -> str:
+    """`value` written like `like`: an integer when exact, else with `like`'s decimals (at most 4)."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    decimals = len(like.split(".")[1]) if "." in like else 4
+    text = f"{float(value):.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." not in like else text
+
+
+def _agrees(value: Fraction, written: str, expr: str) -> bool:
+    if "/" in written:
+        num, den = written.split("/")
+        return int(den) != 0 and Fraction(int(num.replace(",", "")), int(den)) == value
+    stated = Fraction(written.replace(",", ""))
+    if stated == value:
+        return True
+    decimals = len(written.split(".")[1]) if "." in written else 0
+    if decimals and abs(value - stated) <= Fraction(1, 2 * 10**decimals):
+        return True  # rounded to the digits written
+    if (decimals or "." in expr) and abs(value - stated) <= abs(value) / 10_000:
+        return True  # a rounded operand carried along (`36 * 365.06 = 13142.28`): within 0.01%
+    if not decimals and "/" in expr and value.denominator != 1:
+        # An integer written for a quotient that is not one: integer division, rounding or a
+        # remainder to come ("7/2 = 3 remainder 1"); not judged.
+        return True
+    return False
+
+
+def _is_range(raw: str) -> bool:
+    """`6-10` written tight, low to high: a range of cases, not a subtraction."""
+    if not _RANGE.fullmatch(raw.strip()):
+        return False
+    low, high = raw.strip().split("-")
+    return int(low) < int(high)
+
+
+def find_slips(text: str) -> list[Slip]:
+    """The hand computations of `text` whose written value is not what the expression gives."""
+    slips: list[Slip] = []
+    for m in _WRITTEN.finditer(text):
+        start, end = m.start("expr"), m.end("value")
+        before = text[max(0, start - 8) : start]
+        after = text[end : end + 12]
+        if not _AFTER_OK.match(after) or _OPERATOR_AFTER.match(after) or _MOD.search(before + after):
+            continue
+        # A sign, an operator or a function name right before it: the expression is part of a larger
+        # one (`-3 * 4`, `sqrt(12 * 5)`, `2 + 3 * 4` cut short) that the pattern did not take whole.
+        # A closing bracket or a number right before it: implicit multiplication (`(2+1)(2+1) = 9`)
+        # or a mixed number (`9 14/15`). LaTeX around it (`-27 \times 1^2`): not read whole.
+        lead = before.rstrip()
+        if lead and (
+            lead[-1] in "-+*/×÷·^−√∛<>≈~)]"
+            or lead[-1].isdigit()
+            or (lead[-1] in "([" and lead[:-1][-1:].isalnum())
+            or "\\" in before
+        ):
+            continue
+        expr = normalise_expression(m.group("expr"))
+        if expr.count("/") >= 2 or _is_range(m.group("expr")):
+            continue  # `14/10 ÷ 68/10` is a fraction of fractions; `6-10` is a range of cases
+        value = evaluate(expr)
+        written = m.group("value")
+        if value is None or _agrees(value, written, expr):
+            continue
+        if after.startswith(",") and len(str(abs(int(value)))) > len(written.lstrip("-")):
+            continue  # `1344*70 = 93,` a number cut at its thousands comma
+        slips.append(Slip(expr, written, _shown(value, written)))
+    return slips
+
+
+class HandArithmetic:
+    """Collects the slips of a reasoning fed piece by piece (whole sentences, as the detector cuts them)."""
+
+    def __init__(self) -> None:
+        self.slips: list[Slip] = []
+        self.checked = 0  # hand computations judged so far
+
+    def add(self, text: str) -> list[Slip]:
+        """Check one piece of reasoning; return its slips (also kept in `slips`)."""
+        found = find_slips(text)
+        self.checked += len(_WRITTEN.findall(text))
+        self.slips.extend(found)
+        return found

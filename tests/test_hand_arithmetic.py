@@ -1,0 +1,172 @@
+"""Hand arithmetic checked exactly: the slips found, what is left alone, and the one-time hint end to end.
+
+The scripted model stands in for QwQ's intelligence only; the checker, the turn, the client and the
+HTTP server are real.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import Final, Warning_
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.loop_detector import LoopDetectorConfig
+from qwq_agent.agent.loops.arithmetic import evaluate, find_slips
+from qwq_agent.agent.loops.evaluation import find_corpus
+from qwq_agent.agent.replay import ReplayModel, load_recording
+from qwq_agent.testing.helpers import add
+from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest
+from qwq_agent.tools.catalog import build_tools
+
+ROOT = Path(__file__).resolve().parent.parent
+HEALTHY = (ROOT / "tests/data/reasoning/healthy_enumeration.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("text", "slip", "correct"),
+    [
+        ("So 17 * 24 = 418. Next", "17*24 = 418", "408"),
+        ("x = 3 * 4 = 13.", "3*4 = 13", "12"),
+        ("还是 2 * 3 * (4 * 5 + 1) = 125，不对", "2*3*(4*5+1) = 125", "126"),
+        ("then 22 / 7 = 3.15 roughly", "22/7 = 3.15", "3.14"),
+        ("and 2^10 = 1000 here", "2^10 = 1000", "1024"),
+        ("so 7 * 1.5 = 11.", "7*1.5 = 11", "10.5"),
+        ("Then 5 - 12 = 7, odd", "5-12 = 7", "-7"),
+        ("the total [2 × 3] ÷ 4 = 2.5, so", "(2*3)/4 = 2.5", "1.5"),
+    ],
+)
+def test_a_wrong_hand_computation_is_found_with_its_exact_value(text: str, slip: str, correct: str) -> None:
+    [found] = find_slips(text)
+    assert (str(found), found.correct) == (slip, correct)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "17 * 24 = 408.",
+        "2*(3*4)*5+1 = 121 and (2 * 3 * 4 + 1) * 5 = 125",
+        "10^6 = 1,000,000.",
+        "1/3 = 0.33 and 22/7 = 3.14",
+        "3/6 = 1/2",
+        "0.1 + 0.2 = 0.3",
+        "36 * 365.06 = 13142.28 with the rounded payment",  # a rounded operand carried along
+        "7/2 = 3 remainder 1",  # integer division
+        "-3 * 4 = -12",  # a unary minus the pattern does not take
+        "sqrt(12 * 5 * 4 * 3) = 26.83",  # a function
+        "3^100 = 1 (mod 7)",
+        "6.67 * 5.97 = 39.8 * 10^13",  # the value goes on
+        "2*3 = 6 + 4 = 10",
+        "50 / 100 = 5%",
+        "(2+1)(2+1) = 9",  # implicit multiplication
+        "9 + 14/15 = 9 14/15 = 169/15",  # a mixed number
+        "\\( -27 \\times 1^2 = -27 \\)",  # LaTeX
+        "cases 1-5 and 6-10 = 10 in all",  # a range
+        "14/10 ÷ 68/10 = 14/68",  # a fraction of fractions
+        "1344*70 = 93,  1344*70: 1344*7=9,408",  # a number cut at its comma
+        "2x + 3 = 7",  # algebra
+        "第 8 种 2 * (3 * 4) * (5 + 1) = 144，确认。",
+    ],
+)
+def test_correct_or_ambiguous_computations_are_left_alone(text: str) -> None:
+    assert find_slips(text) == []
+
+
+def test_hostile_expressions_are_refused_quickly() -> None:
+    t0 = time.process_time()
+    assert evaluate("9^9^9^9") is None
+    assert evaluate("10^64^64") is None
+    assert evaluate("(" * 500 + "1" + ")" * 500) is None  # longer than any hand computation
+    assert evaluate("1/0") is None
+    assert find_slips("9^9^9 = 5. " * 200 + "2*" * 5000 + "2 = 3") == []
+    assert time.process_time() - t0 < 5  # a bound on runaway work, not a timing measurement
+
+
+def test_no_hand_computation_of_the_corpus_is_judged_a_slip() -> None:
+    corpus = find_corpus(ROOT)
+    if corpus is None:
+        pytest.skip("reasoning corpus not found beside the clone")
+    texts = [
+        p.read_text(encoding="utf-8") for sub in ("healthy", "looping") for p in (corpus / sub).glob("*.txt")
+    ]
+    assert [s for t in texts for s in find_slips(t)] == []
+
+
+def _slipping_model(req: ScriptedRequest) -> str:
+    """Writes a slip, then (after the hint) fixes it and answers; a second slip later gets no second hint."""
+    prompt = req.prompt or ""
+    if "but 17*24 is 408" in prompt:
+        return "Right, 408. Then 408 + 5 = 413, and 3 * 3 = 10 is another slip.\n</think>\n\n413"
+    return "We need 17 boxes of 24 plus 5. So 17 * 24 = 418. Then 418 + 5 = 423, so the answer is 423. " * 3
+
+
+async def test_a_slip_gets_one_hint_in_the_reasoning_and_the_run_goes_on(tmp_path: Path) -> None:
+    trace = tmp_path / "run.jsonl"
+    async with ScriptedModelServer(_slipping_model) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(
+                client, build_tools(["python"]), config=AgentConfig(check_language=False), trace_path=trace
+            )
+            events = [ev async for ev in agent.stream("How many items in 17 boxes of 24 and 5 loose?")]
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed" and final.answer == "413"
+    hints = [e for e in events if isinstance(e, Warning_) and e.kind == "hand_arithmetic"]
+    assert len(hints) == 1 and hints[0].level == 0  # one per run, not a loop level
+    assert "`17*24 = 418`" in hints[0].message and "python tool" in hints[0].message
+    # The hint continues the same assistant turn, after the text that held the slip.
+    first, second = server.requests[0].prompt or "", server.requests[1].prompt or ""
+    assert second.startswith(first) and "17 * 24 = 418" in second[len(first) :]
+    assert second.rstrip().endswith("I should check the numbers with the python tool.")
+    assert len(server.requests) == 2 and len(server.aborted_rids) == 1
+    # Replayed from the trace, the run writes the same hint at the same place.
+    rec = load_recording(trace)
+    replayed = Agent(ReplayModel.from_recording(rec), build_tools(["python"]), config=rec.agent_config())
+    again = [ev async for ev in replayed.stream(rec.task)]
+    assert [e.message for e in again if isinstance(e, Warning_) and e.kind == "hand_arithmetic"] == [
+        hints[0].message
+    ]
+    assert isinstance(again[-1], Final) and again[-1].answer == "413"
+
+
+async def test_without_a_python_tool_the_hint_only_corrects() -> None:
+    async with ScriptedModelServer(_slipping_model) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [add], config=AgentConfig(check_language=False))
+            events = [ev async for ev in agent.stream("How many items?")]
+    [hint] = [e for e in events if isinstance(e, Warning_) and e.kind == "hand_arithmetic"]
+    assert "python" not in hint.message and "redo the steps" in hint.message
+
+
+async def test_turned_off_no_hint_is_written() -> None:
+    cfg = AgentConfig(check_language=False, loop_detector=LoopDetectorConfig(arithmetic_slip_hint=False))
+    async with ScriptedModelServer(_slipping_model) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            events = [
+                ev async for ev in Agent(client, build_tools(["python"]), config=cfg).stream("How many?")
+            ]
+    assert not [e for e in events if isinstance(e, Warning_) and e.kind == "hand_arithmetic"]
+    assert len(server.requests) == 1
+
+
+async def test_heavy_hand_computation_earns_the_hint_only_when_asked_for() -> None:
+    done = HEALTHY + "\n</think>\n\nThe largest value comes from the last case."
+
+    async def run(config: AgentConfig) -> tuple[list[object], int]:
+        async with ScriptedModelServer(
+            lambda req: done if "by hand" not in (req.prompt or "") else "ok\n</think>\n\nok"
+        ) as server:
+            async with SGLangClient(server.url, retry=NO_RETRY) as client:
+                events = [
+                    ev async for ev in Agent(client, build_tools(["python"]), config=config).stream("Go")
+                ]
+        return events, len(server.requests)
+
+    events, requests = await run(AgentConfig(check_language=False))
+    assert not [e for e in events if isinstance(e, Warning_)] and requests == 1  # default: untouched
+    cfg = AgentConfig(check_language=False, loop_detector=LoopDetectorConfig(arithmetic_heavy_hint=20))
+    events, requests = await run(cfg)
+    [hint] = [e for e in events if isinstance(e, Warning_) and e.kind == "hand_arithmetic"]
+    assert "20 computations by hand" in hint.message and requests == 2
