@@ -82,17 +82,28 @@ def test_hostile_expressions_are_refused_quickly() -> None:
     assert evaluate("(" * 500 + "1" + ")" * 500) is None  # longer than any hand computation
     assert evaluate("1/0") is None
     assert find_slips("9^9^9 = 5. " * 200 + "2*" * 5000 + "2 = 3") == []
-    assert time.process_time() - t0 < 5  # a bound on runaway work, not a timing measurement
+    # Text built to make a backtracking pattern take minutes (one took 36 s on the first of these).
+    assert find_slips("(" * 2000 + "1" + " " * 2000 + "= 2") == []
+    assert find_slips(("1" + " " * 30 + "+" + " " * 30) * 60 + "=") == []
+    assert find_slips("= " * 2000 + "1 +" * 1000) == []
+    assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a timing measurement
 
 
-def test_no_hand_computation_of_the_corpus_is_judged_a_slip() -> None:
+def test_the_one_slip_judged_in_the_corpus_is_a_real_one() -> None:
+    # 1,249 hand computations in 96 traces of other models; one is judged wrong, and it is wrong:
+    # "9 + 14/15 = 169/15 ≈ 11.2667" (it is 149/15), in a trace graded wrong. The model says "that's
+    # not right" and then writes 169/15 again.
     corpus = find_corpus(ROOT)
     if corpus is None:
         pytest.skip("reasoning corpus not found beside the clone")
-    texts = [
-        p.read_text(encoding="utf-8") for sub in ("healthy", "looping") for p in (corpus / sub).glob("*.txt")
-    ]
-    assert [s for t in texts for s in find_slips(t)] == []
+    slips = {
+        p.name: [(str(s), s.correct) for s in find_slips(p.read_text(encoding="utf-8"))]
+        for sub in ("healthy", "looping")
+        for p in (corpus / sub).glob("*.txt")
+    }
+    assert {k: v for k, v in slips.items() if v} == {
+        "r1-distill-llama-8b_math500-0011.txt": [("9+14/15 = 169/15", "149/15")]
+    }
 
 
 def _slipping_model(req: ScriptedRequest) -> str:

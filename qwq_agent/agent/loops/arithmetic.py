@@ -19,15 +19,15 @@ from qwq_agent.agent.loops.ledger import normalise_expression
 
 __all__ = ["HandArithmetic", "Slip", "evaluate", "find_slips"]
 
-_NUM = r"\d+(?:\.\d+)?"
-_OP = r"[-+*/×÷·^]"
-# The ledger's expression pattern (numbers joined by operators, optional brackets) followed by the
-# written value: thousands separators and a fraction are part of the value, so `10^6 = 1,000,000`
-# and `3/6 = 1/2` are read whole.
-_WRITTEN = re.compile(
-    rf"(?<![\w^.,/])(?P<expr>[(\[]*\s*{_NUM}\s*[)\]]*(?:\s*{_OP}\s*[(\[]*\s*{_NUM}\s*[)\]]*)+)"
-    r"\s*=\s*(?P<value>-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?)"
-)
+# Found without a backtracking pattern (hostile text such as 2,000 `(` then 2,000 spaces made one take
+# 36 s): from each `=`, walk back over the characters an expression is made of, never past the
+# previous `=` (so every character is walked at most once), then check the shape token by token.
+_EXPR_CHARS = frozenset("0123456789.+-*/×÷·^()[] \t")
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[-+*/×÷·^]|[(\[]|[)\]]|[ \t]+")
+_OPS = frozenset("-+*/×÷·^")
+# The written value: thousands separators and a fraction are part of it, so `10^6 = 1,000,000` and
+# `3/6 = 1/2` are read whole.
+_VALUE = re.compile(r"[ \t]?(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?)")
 # What may follow a value for it to be the whole value: the end, a space or punctuation that ends it,
 # never an operator, a digit, a letter glued to it, `%`, `^`, `e5`, `!`.
 _AFTER_OK = re.compile(r"(?:$|[\s,;:.。，；：、)\]?!？！](?![\d]))")
@@ -111,9 +111,12 @@ class Slip:
 
 
 def _shown(value: Fraction, like: str) -> str:
-    """`value` written like `like`: an integer when exact, else with `like`'s decimals (at most 4)."""
+    """`value` written like `like`: an integer when exact, a fraction for a fraction, else with `like`'s
+    decimals (4 for an integer)."""
     if value.denominator == 1:
         return str(value.numerator)
+    if "/" in like:
+        return f"{value.numerator}/{value.denominator}"
     decimals = len(like.split(".")[1]) if "." in like else 4
     text = f"{float(value):.{decimals}f}"
     return text.rstrip("0").rstrip(".") if "." not in like else text
@@ -146,19 +149,72 @@ def _is_range(raw: str) -> bool:
     return int(low) < int(high)
 
 
+def _well_formed(raw: str) -> bool:
+    """Numbers joined by operators, brackets around any part, at least one operator: `2 * (3 + 4)`."""
+    tokens = [t for t in _TOKEN.findall(raw) if not t.isspace()]
+    if "".join(tokens) != raw.replace(" ", "").replace("\t", ""):
+        return False
+    want_number, numbers = True, 0
+    for tok in tokens:
+        if tok in "([":
+            if not want_number:
+                return False  # `(2+1)(2+1)`: implicit multiplication is not read
+        elif tok in ")]":
+            if want_number:
+                return False
+        elif tok in _OPS:
+            if want_number:
+                return False  # two operators in a row, or a leading sign
+            want_number = True
+        elif want_number:
+            want_number, numbers = False, numbers + 1
+        else:
+            return False  # two numbers in a row: a mixed number `9 14/15`
+    return numbers >= 2 and not want_number
+
+
+def _written(text: str) -> list[tuple[int, str, str, int]]:
+    """Each `expression = value` of `text`: (where the expression starts, it, the value, its end)."""
+    found: list[tuple[int, str, str, int]] = []
+    floor = 0
+    for eq in (i for i, ch in enumerate(text) if ch == "="):
+        j, low = eq, floor
+        floor = eq + 1
+        if text[eq - 1 : eq] in ("<", ">", "!", "=") or text[eq + 1 : eq + 2] == "=":
+            continue  # `<=`, `==`: a comparison
+        while j > low and eq - j < _MAX_CHARS and text[j - 1] in _EXPR_CHARS:
+            j -= 1
+        start = j
+        while start < eq and not (text[start].isdigit() or text[start] in "(["):
+            start += 1
+        raw = text[start:eq].rstrip()
+        if not raw or eq - j >= _MAX_CHARS or not _well_formed(raw):
+            continue
+        prev = text[start - 1 : start]
+        if prev and (prev.isalnum() or prev in "_^.,/"):
+            continue  # `x2 + 3`, `1,000 * 3`: the expression starts before what was walked
+        value = _VALUE.match(text, eq + 1)
+        if value is None:
+            continue
+        found.append((start, raw, value.group(1), value.end(1)))
+    return found
+
+
 def find_slips(text: str) -> list[Slip]:
     """The hand computations of `text` whose written value is not what the expression gives."""
+    return _judge(text, _written(text))
+
+
+def _judge(text: str, written: list[tuple[int, str, str, int]]) -> list[Slip]:
     slips: list[Slip] = []
-    for m in _WRITTEN.finditer(text):
-        start, end = m.start("expr"), m.end("value")
+    for start, raw, value_text, end in written:
         before = text[max(0, start - 8) : start]
         after = text[end : end + 12]
         if not _AFTER_OK.match(after) or _OPERATOR_AFTER.match(after) or _MOD.search(before + after):
             continue
         # A sign, an operator or a function name right before it: the expression is part of a larger
-        # one (`-3 * 4`, `sqrt(12 * 5)`, `2 + 3 * 4` cut short) that the pattern did not take whole.
-        # A closing bracket or a number right before it: implicit multiplication (`(2+1)(2+1) = 9`)
-        # or a mixed number (`9 14/15`). LaTeX around it (`-27 \times 1^2`): not read whole.
+        # one (`-3 * 4`, `sqrt(12 * 5)`, `2 + 3 * 4` cut short) that was not taken whole. A number
+        # right before it: a mixed number (`9 14/15`). LaTeX around it (`-27 \times 1^2`).
         lead = before.rstrip()
         if lead and (
             lead[-1] in "-+*/×÷·^−√∛<>≈~)]"
@@ -167,16 +223,15 @@ def find_slips(text: str) -> list[Slip]:
             or "\\" in before
         ):
             continue
-        expr = normalise_expression(m.group("expr"))
-        if expr.count("/") >= 2 or _is_range(m.group("expr")):
+        expr = normalise_expression(raw)
+        if expr.count("/") >= 2 or _is_range(raw):
             continue  # `14/10 ÷ 68/10` is a fraction of fractions; `6-10` is a range of cases
         value = evaluate(expr)
-        written = m.group("value")
-        if value is None or _agrees(value, written, expr):
+        if value is None or _agrees(value, value_text, expr):
             continue
-        if after.startswith(",") and len(str(abs(int(value)))) > len(written.lstrip("-")):
+        if after.startswith(",") and len(str(abs(int(value)))) > len(value_text.lstrip("-")):
             continue  # `1344*70 = 93,` a number cut at its thousands comma
-        slips.append(Slip(expr, written, _shown(value, written)))
+        slips.append(Slip(expr, value_text, _shown(value, value_text)))
     return slips
 
 
@@ -189,7 +244,8 @@ class HandArithmetic:
 
     def add(self, text: str) -> list[Slip]:
         """Check one piece of reasoning; return its slips (also kept in `slips`)."""
-        found = find_slips(text)
-        self.checked += len(_WRITTEN.findall(text))
+        written = _written(text)
+        found = _judge(text, written)
+        self.checked += len(written)
         self.slips.extend(found)
         return found
