@@ -15,7 +15,7 @@ from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Final, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.loop_detector import LoopDetectorConfig
-from qwq_agent.agent.loops.arithmetic import evaluate, find_slips
+from qwq_agent.agent.loops.arithmetic import HandArithmetic, evaluate, find_slips
 from qwq_agent.agent.loops.evaluation import find_corpus
 from qwq_agent.agent.replay import ReplayModel, load_recording
 from qwq_agent.testing.helpers import add
@@ -69,10 +69,25 @@ def test_a_wrong_hand_computation_is_found_with_its_exact_value(text: str, slip:
         "1344*70 = 93,  1344*70: 1344*7=9,408",  # a number cut at its comma
         "2x + 3 = 7",  # algebra
         "第 8 种 2 * (3 * 4) * (5 + 1) = 144，确认。",
+        "10:30 - 2 = 8:30",  # a time
+        "2^3^2 = 64",  # a tower, read either way by hand
+        "101 + 11 = 1000 in binary",
+        "Wait, 17 * 24 = 418? Let me redo it.",  # the model doubting its value
+        "So 17 * 24 = 418. No wait, that is 408.",  # corrected right after
     ],
 )
 def test_correct_or_ambiguous_computations_are_left_alone(text: str) -> None:
     assert find_slips(text) == []
+
+
+def test_a_slip_counts_only_when_the_next_piece_does_not_fix_it() -> None:
+    # The detector feeds whole sentences; a model that fixes its slip in the next one needs no hint.
+    fixed, kept = HandArithmetic(), HandArithmetic()
+    assert fixed.add("So 17 * 24 = 418.") == [] and kept.add("So 17 * 24 = 418.") == []
+    assert fixed.add(" Hmm, no: it is 408, I dropped a ten.") == [] and fixed.slips == []
+    [slip] = kept.add(" Then 418 + 5 = 423 boxes in all.")
+    assert kept.slips == [slip] and (str(slip), slip.correct) == ("17*24 = 418", "408")
+    assert kept.checked == 2
 
 
 def test_hostile_expressions_are_refused_quickly() -> None:

@@ -30,11 +30,13 @@ _OPS = frozenset("-+*/×÷·^")
 _VALUE = re.compile(r"[ \t]?(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?)")
 # What may follow a value for it to be the whole value: the end, a space or punctuation that ends it,
 # never an operator, a digit, a letter glued to it, `%`, `^`, `e5`, `!`.
-_AFTER_OK = re.compile(r"(?:$|[\s,;:.。，；：、)\]?!？！](?![\d]))")
+# A `?` after it is the model doubting its own value, not a slip to correct.
+_AFTER_OK = re.compile(r"(?:$|[\s,;:.。，；：、)\]!！](?![\d]))")
 _OPERATOR_AFTER = re.compile(r"\s*(?:[-+*/×÷·^%!]|\\times|\\cdot|x\s*10)")
 _RANGE = re.compile(r"\d+-\d+")
-_MOD = re.compile(r"mod|≡|\\equiv|同余", re.IGNORECASE)
+_MOD = re.compile(r"mod|≡|\\equiv|同余|base|binary|octal|hex|进制", re.IGNORECASE)
 _MAX_CHARS = 200  # longer expressions are not hand arithmetic worth judging
+_SELF_FIX_CHARS = 300  # the right value written this soon after the slip: corrected, no hint
 _MAX_EXPONENT = 64
 _MAX_DIGITS = 200  # results past this size are skipped (hostile `9^9^9` cannot blow up)
 
@@ -191,8 +193,8 @@ def _written(text: str) -> list[tuple[int, str, str, int]]:
         if not raw or eq - j >= _MAX_CHARS or not _well_formed(raw):
             continue
         prev = text[start - 1 : start]
-        if prev and (prev.isalnum() or prev in "_^.,/"):
-            continue  # `x2 + 3`, `1,000 * 3`: the expression starts before what was walked
+        if prev and (prev.isalnum() or prev in "_^.,/:'\"#"):
+            continue  # `x2 + 3`, `1,000 * 3`, `10:30 - 2`: the expression starts before what was walked
         value = _VALUE.match(text, eq + 1)
         if value is None:
             continue
@@ -224,28 +226,39 @@ def _judge(text: str, written: list[tuple[int, str, str, int]]) -> list[Slip]:
         ):
             continue
         expr = normalise_expression(raw)
-        if expr.count("/") >= 2 or _is_range(raw):
-            continue  # `14/10 ÷ 68/10` is a fraction of fractions; `6-10` is a range of cases
+        if expr.count("/") >= 2 or expr.count("^") >= 2 or _is_range(raw):
+            # `14/10 ÷ 68/10` is a fraction of fractions, `2^3^2` a tower read either way by hand, `6-10`
+            # a range of cases.
+            continue
         value = evaluate(expr)
         if value is None or _agrees(value, value_text, expr):
             continue
         if after.startswith(",") and len(str(abs(int(value)))) > len(value_text.lstrip("-")):
             continue  # `1344*70 = 93,` a number cut at its thousands comma
-        slips.append(Slip(expr, value_text, _shown(value, value_text)))
+        correct = _shown(value, value_text)
+        if correct in text[end : end + _SELF_FIX_CHARS]:
+            continue  # the model writes the right value soon after: it corrected itself
+        slips.append(Slip(expr, value_text, correct))
     return slips
 
 
 class HandArithmetic:
-    """Collects the slips of a reasoning fed piece by piece (whole sentences, as the detector cuts them)."""
+    """Collects the slips of a reasoning fed piece by piece (whole sentences, as the detector cuts them).
+
+    A slip is confirmed only when the next piece does not fix it: a model that writes `17 * 24 = 418`
+    and then "no, 408" has corrected itself and needs no hint.
+    """
 
     def __init__(self) -> None:
-        self.slips: list[Slip] = []
+        self.slips: list[Slip] = []  # confirmed: the piece after each did not correct it
         self.checked = 0  # hand computations judged so far
+        self._pending: list[Slip] = []
 
     def add(self, text: str) -> list[Slip]:
-        """Check one piece of reasoning; return its slips (also kept in `slips`)."""
+        """Check one piece of reasoning; return the slips confirmed by it (also kept in `slips`)."""
+        confirmed = [slip for slip in self._pending if slip.correct not in text]
         written = _written(text)
-        found = _judge(text, written)
+        self._pending = _judge(text, written)
         self.checked += len(written)
-        self.slips.extend(found)
-        return found
+        self.slips.extend(confirmed)
+        return confirmed
