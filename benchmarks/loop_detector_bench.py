@@ -44,6 +44,7 @@ OWN_CASES = {
     "qwq_recopy_loop": True,
     "healthy_restate": False,
     "healthy_zh_verify": False,
+    "healthy_code_refine": False,
 }
 _WORD = re.compile(r"[^\W_]+(?:[.,][0-9]+)*", re.UNICODE)
 

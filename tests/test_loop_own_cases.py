@@ -33,7 +33,15 @@ def feed16(text: str, config: LoopDetectorConfig | None = None) -> ReasoningLoop
 
 
 @pytest.mark.parametrize(
-    "name", ["qwq_24_loop", "healthy_reconfirm", "qwq_recopy_loop", "healthy_restate", "healthy_zh_verify"]
+    "name",
+    [
+        "qwq_24_loop",
+        "healthy_reconfirm",
+        "qwq_recopy_loop",
+        "healthy_restate",
+        "healthy_zh_verify",
+        "healthy_code_refine",
+    ],
 )
 def test_committed_cases_match_their_generator(name: str) -> None:
     text = (DATA / f"{name}.txt").read_text(encoding="utf-8")

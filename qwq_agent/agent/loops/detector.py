@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from qwq_agent.agent.loops.arithmetic import HandArithmetic
 from qwq_agent.agent.loops.config import LoopDetectorConfig
 from qwq_agent.agent.loops.duplicates import NearDuplicates
+from qwq_agent.agent.loops.fences import CodeBlock, FenceSplitter
 from qwq_agent.agent.loops.ledger import CandidateLedger, count_markers, extract_mentions
 from qwq_agent.agent.loops.periodic import PeriodicTail
 from qwq_agent.agent.loops.probe import ProbeResult
@@ -110,6 +111,12 @@ class ReasoningLoopDetector:
         self._echo_copy_at: int | None = None  # where the copy began that let the echo nudge sooner
         self.probes: list[ProbeResult] = []
         self._probe_answer = ""
+        # Fenced code: one step per block, its own exact-cycle buffer (`loops.fences`).
+        self._fences = FenceSplitter()
+        self._block: CodeBlock | None = None
+        self._code_tail = PeriodicTail(cfg)
+        self._blocks: dict[str, int] = {}  # fingerprint -> times written
+        self._cycle = (0, 0)  # (run, period) of the last exact cycle found, prose or code
         # Hand computations checked exactly (read by the turn for its one-time hint, not a loop level).
         self.arithmetic = HandArithmetic()
         self._check_arithmetic = cfg.arithmetic_slip_hint or cfg.arithmetic_heavy_hint > 0
@@ -123,6 +130,18 @@ class ReasoningLoopDetector:
         self.chars += len(delta)
         if self.level >= 3:
             return None
+        for kind, text in self._fences.feed(delta):
+            if kind == "prose":
+                self._feed_prose(text)
+            elif kind == "code":
+                self._feed_code(text)
+            else:
+                self._close_code()
+        new, self._new = self._new, []
+        # A huge delta can cross several levels at once; the strongest is what the loop must act on.
+        return new[-1] if new else None
+
+    def _feed_prose(self, delta: str) -> None:
         text = self._pending + delta
         cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t")) + 1
         if cut == 0 and len(text) >= _BLOCK:
@@ -134,26 +153,48 @@ class ReasoningLoopDetector:
             start = m.end()
             self._end_sentence()
         self._consume(done[start:])
-        new, self._new = self._new, []
-        # A huge delta can cross several levels at once; the strongest is what the loop must act on.
-        return new[-1] if new else None
 
-    def _consume(self, chunk: str) -> None:
+    def _feed_code(self, text: str) -> None:
+        if self._block is None:  # a block starts: the prose before it is a finished step
+            self._consume(self._pending)
+            self._pending = ""
+            self._flush_segment()
+            self._block = CodeBlock()
+            self._code_tail = PeriodicTail(self.config)  # cycles are looked for inside a block only
+        self._block.add(text)
+        self._consume(text, code=True)
+
+    def _close_code(self) -> None:
+        """A block ends: one step, a visit of each earlier block with the same code."""
+        if self._block is None:
+            return
+        fingerprint = self._block.fingerprint()
+        self._block = None
+        earlier = self._blocks.get(fingerprint, 0)
+        self._blocks[fingerprint] = earlier + 1
+        # The prose buffer gets a stand-in, so a verbatim cycle of prose and unchanged code stays one.
+        self._periodic.extend(f"\n[code {fingerprint[:12]}]\n")
+        self._step_done(min(earlier, self.config.revisit_visits - 1), markers=0, stale=0)
+
+    def _consume(self, chunk: str, *, code: bool = False) -> None:
         if not chunk:
             return
         cfg = self.config
+        tail = self._code_tail if code else self._periodic
         # Exact-cycle checks at fixed positions: extend the buffer up to each one, then check.
         base, i, end = self._pos, 0, self._pos + len(chunk)
         while end >= self._next_check:
             j = self._next_check - base
-            self._periodic.extend(chunk[i:j])
+            tail.extend(chunk[i:j])
             self._size += len(chunk[i:j].encode("utf-8", "surrogatepass"))
             self._pos, i = self._next_check, j
             self._next_check += cfg.periodic_check_every
-            self._check_cycle()
-        self._periodic.extend(chunk[i:])
+            self._check_cycle(tail)
+        tail.extend(chunk[i:])
         self._size += len(chunk[i:].encode("utf-8", "surrogatepass"))
         self._pos = end
+        if code:
+            return  # code is compared block by block (`_close_code`), not as words and sentences
         self._seg_raw.append(chunk)
         self._seg_raw_len += len(chunk)
         if self._seg_raw_len > _MAX_SEGMENT_CHARS:  # punctuation or spaces only: nothing to compare
@@ -169,16 +210,17 @@ class ReasoningLoopDetector:
 
     # ---- signals -------------------------------------------------------------------------------
 
-    def _check_cycle(self) -> None:
+    def _check_cycle(self, tail: PeriodicTail) -> None:
         cfg = self.config
-        run = self._periodic.check()
+        run = tail.check()
         if self._size < cfg.periodic_min_reasoning_chars:
             return
         if run >= cfg.periodic_min_run:
+            self._cycle = (tail.run, tail.period)
             self._cycle_checks += 1
             self.revisits += 1
             self._maybe_signal("periodic")
-        if cfg.copy_enabled and self.level == 0:
+        if cfg.copy_enabled and self.level == 0 and tail is self._periodic:
             if self._copy_burst():
                 self._maybe_signal("copies")
             elif self._echo_with_copy():
@@ -209,12 +251,19 @@ class ReasoningLoopDetector:
         self._seg_raw, self._seg_raw_len = [], 0
         if not words:
             return
-        cfg = self.config
         numbers = [w for w in words if _NUMBER.match(w)]
         labels = frozenset(_LABEL.findall(raw))
         earlier = self._dups.add(words, numbers, labels)
-        flag = earlier >= cfg.revisit_visits - 1
         markers = count_markers(raw)
+        if self._check_arithmetic:
+            self.arithmetic.add(raw)
+        stale = self._ledger.add(extract_mentions(raw), markers)
+        self._step_done(earlier, markers, stale)
+
+    def _step_done(self, earlier: int, markers: int, stale: int) -> None:
+        """A step (a sentence, a run-on stretch, a code block) ended: update the windows and signals."""
+        cfg = self.config
+        flag = earlier >= cfg.revisit_visits - 1
         self._push_echo(earlier >= 1, markers)
         self._flags.append(flag)
         self._flag_sum += flag
@@ -224,9 +273,6 @@ class ReasoningLoopDetector:
         if self._flag_start > 4096:  # keep the list short without a deque's slower indexing
             self._flags = self._flags[self._flag_start :]
             self._flag_start = 0
-        if self._check_arithmetic:
-            self.arithmetic.add(raw)
-        stale = self._ledger.add(extract_mentions(raw), markers)
         self.revisits += flag + stale
         kind: SignalKind | None = None
         if self.attempt_share >= cfg.attempt_share_threshold:
@@ -318,8 +364,7 @@ class ReasoningLoopDetector:
         candidates = self._ledger.top()
         if kind == "periodic":
             reason = (
-                f"an exact cycle: the last {self._periodic.run} characters repeat with period "
-                f"{self._periodic.period}"
+                f"an exact cycle: the last {self._cycle[0]} characters repeat with period {self._cycle[1]}"
             )
         elif kind == "steps":
             reason = (
@@ -358,8 +403,8 @@ class ReasoningLoopDetector:
                 "attempt_share": round(self.attempt_share, 3),
                 "candidate_stale_share": round(self._ledger.stale_share, 3),
                 "echo_share": round(self.echo_share, 3),
-                "cycle_period": self._periodic.period,
-                "cycle_run": self._periodic.run,
+                "cycle_period": self._cycle[1],
+                "cycle_run": self._cycle[0],
                 "revisits": self.revisits,
                 **({"probe_answer": self._probe_answer} if kind == "probe" else {}),
             },

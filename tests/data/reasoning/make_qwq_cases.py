@@ -34,6 +34,12 @@ detector on it):
 - healthy_zh_verify: the Chinese sibling of the parentheses puzzle solved well: every grouping of
   2 * 3 * 4 * 5 + 1 worked out with its steps, a slip fixed after "等等", one verification pass over
   every grouping ("再检查一遍"), the problem re-read once, then the answer: must not be flagged.
+Added after the held-out check (a healthy coding trace pasting its function again and again reached
+level 2 there; written before running the detector on it):
+- healthy_code_refine: a coding task solved by refining one function: the whole function written out
+  four times in ```python fences, each time with a real change (an empty-list guard, an off-by-one in
+  the loop bound, a sort-based rewrite, a docstring fix), "wait"/"hmm" between the versions, the
+  doctests traced by hand, then the answer: must not be closed.
 Seeded, so re-running reproduces the same files.
 """
 
@@ -508,6 +514,74 @@ def healthy_zh_verify(rng: random.Random) -> str:
     return "".join(out)
 
 
+_REFINE_HEAD = (
+    "def has_close_elements(numbers: list[float], threshold: float) -> bool:\n"
+    '    """Whether any two numbers are closer to each other than threshold.\n'
+    "    >>> has_close_elements([1.0, 2.0, 3.0], 0.5)\n"
+    "    False\n"
+    "    >>> has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)\n"
+    "    True\n"
+    '    """\n'
+)
+_REFINE_BODIES = [
+    "    for i in range(len(numbers)):\n"
+    "        for j in range(i, len(numbers)):\n"
+    "            if abs(numbers[i] - numbers[j]) < threshold:\n"
+    "                return True\n"
+    "    return False\n",
+    "    if len(numbers) < 2:\n"
+    "        return False\n"
+    "    for i in range(len(numbers)):\n"
+    "        for j in range(i, len(numbers)):\n"
+    "            if abs(numbers[i] - numbers[j]) < threshold:\n"
+    "                return True\n"
+    "    return False\n",
+    "    if len(numbers) < 2:\n"
+    "        return False\n"
+    "    for i in range(len(numbers)):\n"
+    "        for j in range(i + 1, len(numbers)):\n"
+    "            if abs(numbers[i] - numbers[j]) < threshold:\n"
+    "                return True\n"
+    "    return False\n",
+    "    ordered = sorted(numbers)\n"
+    "    for left, right in zip(ordered, ordered[1:]):\n"
+    "        if right - left < threshold:\n"
+    "            return True\n"
+    "    return False\n",
+]
+_REFINE_BETWEEN = [
+    "Wait, an empty list or a single number has no pair at all; the loops happen to return False "
+    "there, but let me make that explicit so the intent is clear.",
+    "Hmm, the inner loop starts at j = i, so every number is compared with itself: the difference is "
+    "0, which is always below a positive threshold, so this returns True for [1.0, 2.0, 3.0]. The inner "
+    "loop must start at i + 1.",
+    "Now the first doctest: pairs (1, 2), (1, 3), (2, 3) give 1.0, 2.0, 1.0, none below 0.5, False. The "
+    "second: 2.8 and 3.0 differ by 0.2 < 0.3, True. Both pass. But this is quadratic; after sorting, "
+    "the closest pair is always adjacent, so one pass over neighbours is enough.",
+]
+
+
+def healthy_code_refine(rng: random.Random) -> str:
+    out = [
+        "The task: implement has_close_elements, which says whether any two numbers in the list are "
+        "closer to each other than the threshold. A first version compares every pair.\n\n"
+    ]
+    for k, body in enumerate(_REFINE_BODIES):
+        out.append("```python\n" + _REFINE_HEAD + body + "```\n\n")
+        if k < len(_REFINE_BETWEEN):
+            out.append(_REFINE_BETWEEN[k] + "\n\n")
+    out.append(
+        _pick(rng, "Let me trace the doctests on the sorted version. ", "Checking the doctests again. ")
+        + "[1.0, 2.0, 3.0] sorted is the same; neighbours differ by 1.0 and 1.0, not below 0.5, so "
+        "False. [1.0, 2.8, 3.0, 4.0, 5.0, 2.0] sorted is [1.0, 2.0, 2.8, 3.0, 4.0, 5.0]; neighbours "
+        "differ by 1.0, 0.8, 0.2, 1.0, 1.0, and 0.2 < 0.3, so True. An empty list gives no pairs from "
+        "zip, so False, and the length guard is no longer needed. Equal numbers give a difference of 0, "
+        "which counts as closer for any positive threshold, as it should.\n\n"
+        "The sorted version is O(n log n) and passes both doctests, so that is the answer.\n"
+    )
+    return "".join(out)
+
+
 CASES: dict[str, Callable[[random.Random], str]] = {
     "qwq_parentheses_loop": qwq_parentheses_loop,
     "qwq_zh_loop": qwq_zh_loop,
@@ -522,6 +596,7 @@ CASES: dict[str, Callable[[random.Random], str]] = {
     "qwq_recopy_loop": qwq_recopy_loop,
     "healthy_restate": healthy_restate,
     "healthy_zh_verify": healthy_zh_verify,
+    "healthy_code_refine": healthy_code_refine,
 }
 
 if __name__ == "__main__":

@@ -1,0 +1,98 @@
+"""Fenced code in the reasoning, told apart from prose as it streams.
+
+A coding model writes its function out again and again while it refines it: the docstring, the
+signature and most lines are copied verbatim each time, one line changes. Read as prose, that is a
+long verbatim copy (the exact-cycle signal) and steps visited a third time (the steps signal), and a
+healthy refinement gets nudged or even closed. So code between ``` (or ~~~) fences is not prose: each
+block is one step, a visit of an earlier block only when it is the same code (whitespace aside), and
+a cycle is looked for inside a block only (a block that repeats itself is degenerate whatever it holds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+__all__ = ["CodeBlock", "FenceSplitter", "Piece"]
+
+PieceKind = Literal["prose", "code", "close"]
+Piece = tuple[PieceKind, str]
+
+_FENCES = ("```", "~~~")
+_MAX_BLOCK_CHARS = 1 << 20  # a block past this is hashed on its first megabyte (bounded memory)
+
+
+class FenceSplitter:
+    """Cuts a stream into prose and code pieces; ("close", "") marks the end of a code block.
+
+    Fences are recognised at the start of a line (after spaces), whatever way the stream was cut: the
+    start of each line is held back until it holds three characters past its indent or ends.
+    """
+
+    def __init__(self) -> None:
+        self.in_code = False
+        self._head: str | None = ""  # the start of the current line while undecided; None once decided
+        self._line_kind: PieceKind = "prose"  # what the rest of a decided line is
+        self._closing = False  # the current line is a closing fence: the block ends with the line
+
+    def feed(self, delta: str) -> list[Piece]:
+        out: list[Piece] = []
+        i, n = 0, len(delta)
+        while i < n:
+            nl = delta.find("\n", i)
+            end = n if nl < 0 else nl + 1
+            if self._head is None:
+                self._emit(out, self._line_kind, delta[i:end])
+            else:
+                head = self._head + delta[i:end]
+                stripped = head.lstrip(" \t")
+                if len(stripped) < 3 and not head.endswith("\n"):
+                    self._head = head
+                    break  # undecided until more of the line arrives
+                fence = stripped.startswith(_FENCES)
+                # A fence line belongs to its block, the opening one and the closing one alike.
+                self._line_kind = "code" if self.in_code or fence else "prose"
+                self._closing = fence and self.in_code
+                if fence:
+                    self.in_code = not self.in_code
+                self._emit(out, self._line_kind, head)
+                self._head = None
+            i = end
+            if nl >= 0:
+                if self._closing:
+                    out.append(("close", ""))
+                    self._closing = False
+                self._head = ""  # the next line starts undecided
+        return out
+
+    @staticmethod
+    def _emit(out: list[Piece], kind: PieceKind, text: str) -> None:
+        if out and out[-1][0] == kind:
+            out[-1] = (kind, out[-1][1] + text)
+        else:
+            out.append((kind, text))
+
+
+class CodeBlock:
+    """The code of one block, kept as a fingerprint of its lines with the whitespace squeezed out."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.blake2b(digest_size=12)
+        self._line = ""
+        self._size = 0
+
+    def add(self, text: str) -> None:
+        if self._size >= _MAX_BLOCK_CHARS:
+            return
+        text = text[: _MAX_BLOCK_CHARS - self._size]
+        self._size += len(text)
+        lines = (self._line + text).split("\n")
+        self._line = lines.pop()
+        for line in lines:
+            self._hash.update("".join(line.split()).encode("utf-8", "surrogatepass") + b"\n")
+
+    def fingerprint(self) -> str:
+        """The same for the same code, whitespace aside; different when any line changed."""
+        final = self._hash.copy()
+        final.update("".join(self._line.split()).encode("utf-8", "surrogatepass"))
+        return final.hexdigest()

@@ -1,0 +1,106 @@
+"""Fenced code in the reasoning: refining a function is not circling, repeating one is.
+
+A coding model writes its function out again each time it changes a line; read as prose that is a long
+verbatim copy and steps visited a third time. Code between fences is compared block by block instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from qwq_agent.agent.loop_detector import LoopDetectorConfig, ReasoningLoopDetector
+from qwq_agent.agent.loops.fences import CodeBlock, FenceSplitter
+
+DATA = Path(__file__).parent / "data" / "reasoning"
+
+FUNCTION = (
+    "def has_close_elements(numbers: list[float], threshold: float) -> bool:\n"
+    '    """Whether any two numbers are closer to each other than threshold."""\n'
+    "    ordered = sorted(numbers)\n"
+    "    for left, right in zip(ordered, ordered[1:]):\n"
+    "        if right - left < threshold:\n"
+    "            return True\n"
+    "    return False\n"
+)
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_qwq_cases", DATA / "make_qwq_cases.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def feed(text: str, step: int = 16, config: LoopDetectorConfig | None = None) -> ReasoningLoopDetector:
+    det = ReasoningLoopDetector(config)
+    for i in range(0, len(text), step):
+        det.feed(text[i : i + step])
+    return det
+
+
+def outcome(det: ReasoningLoopDetector) -> list[tuple[int, str, int]]:
+    return [(s.level, s.kind, s.evidence["chars"]) for s in det.signals]
+
+
+def test_fences_are_found_however_the_stream_is_cut() -> None:
+    text = "Prose first.\n  ```python\nx = 1\n```\nMore prose ``` inline.\n~~~\ny\n~~~\nend"
+    for step in (1, 2, 3, 5, 16, len(text)):
+        splitter, pieces = FenceSplitter(), []
+        for i in range(0, len(text), step):
+            pieces += splitter.feed(text[i : i + step])
+        code = "".join(t for k, t in pieces if k == "code")
+        prose = "".join(t for k, t in pieces if k == "prose")
+        assert code == "  ```python\nx = 1\n```\n~~~\ny\n~~~\n", step
+        assert prose == "Prose first.\nMore prose ``` inline.\nend", step
+        assert [k for k, _ in pieces].count("close") == 2
+
+
+def test_a_block_fingerprint_ignores_whitespace_but_not_a_changed_line() -> None:
+    def fp(code: str) -> str:
+        block = CodeBlock()
+        for i in range(0, len(code), 7):
+            block.add(code[i : i + 7])
+        return block.fingerprint()
+
+    assert fp(FUNCTION) == fp(FUNCTION.replace("    ", "\t").replace("(", "( "))
+    assert fp(FUNCTION) != fp(FUNCTION.replace("< threshold", "<= threshold"))
+
+
+@pytest.mark.parametrize("seed", ["healthy_code_refine", 1, 2, 3])
+def test_a_function_refined_and_written_out_four_times_is_not_flagged(seed: object) -> None:
+    text = generator().CASES["healthy_code_refine"](random.Random(seed))
+    assert text.count("```python") == 4
+    assert feed(text).signals == []
+    # Read as prose (no fences), the unchanged docstring and signature are a verbatim cycle.
+    assert feed(text.replace("```python\n", "").replace("```\n", "")).level >= 1
+
+
+def test_the_same_block_written_again_and_again_is_circling() -> None:
+    text = "The task is to find close elements; a sorted scan over neighbours does it.\n\n"
+    text += "".join(
+        f"```python\n{FUNCTION}```\n\nWait, this is still inefficient. Let me think of a better approach.\n\n"
+        for _ in range(12)
+    )
+    det = feed(text)
+    assert det.level >= 2 and det.signals[0].kind in ("steps", "periodic")
+
+
+def test_a_block_that_repeats_itself_is_caught_inside_it_even_unclosed() -> None:
+    text = "Let me write the test table.\n\n```python\ncases = [\n" + "    (1, 2, 3),\n    (4, 5, 6),\n" * 60
+    det = feed(text)
+    assert det.level >= 1 and det.signals[0].kind == "periodic"
+
+
+def test_chunking_does_not_change_the_outcome_around_code() -> None:
+    refine = (DATA / "healthy_code_refine.txt").read_text(encoding="utf-8")
+    looping = "Intro line for the task.\n" + f"```python\n{FUNCTION}```\nHmm, again the same.\n" * 14
+    for text in (refine, looping):
+        expected = outcome(feed(text, 16))
+        for step in (1, 3, 7, 64, len(text)):
+            assert outcome(feed(text, step)) == expected, step
