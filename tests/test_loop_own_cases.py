@@ -116,3 +116,16 @@ def test_real_chinese_agent_loops_under_the_corpus_floor_are_caught(name: str) -
     det = feed16(text)
     assert det.level >= 1 and det.signals[0].kind == "periodic"
     assert det.signals[0].evidence["chars"] < 0.5 * len(text)
+
+
+def test_a_real_parentheses_loop_stretch_is_nudged_naming_the_groupings() -> None:
+    # A real R1-Distill-Qwen-7B stretch (external/SOURCES.md) re-listing the same groupings of
+    # 2*3*4*5+1 with few revisit markers: a quiet loop. Nudged late in the stretch (80%: the echo, with
+    # "same as above" counted as a revisit marker), naming what it recomputes; the closing levels need
+    # more of the loop than the stretch holds.
+    text = (DATA / "external" / "r1-distill-qwen-7b_math500-0009_stretch.txt").read_text(encoding="utf-8")
+    det = feed16(text)
+    assert det.level >= 1
+    first = det.signals[0]
+    assert first.evidence["chars"] < len(text)
+    assert "((2*3)*4)*(5+1)" in first.candidates and any("144" in c for c in first.candidates)

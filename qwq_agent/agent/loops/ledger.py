@@ -38,7 +38,7 @@ _CLAIM = re.compile(
 )
 _MARKERS = re.compile(
     r"\b(?:wait|again|re-?check|re-?calculate|re-?compute|re-?count|re-?examine|re-?evaluate|"
-    r"double-?check|once more|go(?:ing)? back|tried th(?:at|is)|earlier|previously|same as before|"
+    r"double-?check|once more|go(?:ing)? back|tried th(?:at|is)|earlier|previously|same as (?:before|above)|"
     r"reconsider)\b|等等|再|重新|之前|回到|又|还是|不对",
     re.IGNORECASE,
 )
