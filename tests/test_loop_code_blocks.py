@@ -61,6 +61,13 @@ def test_fences_are_found_however_the_stream_is_cut() -> None:
         assert [k for k, _ in pieces].count("close") == 2
 
 
+def test_a_line_of_endless_spaces_is_not_held_back() -> None:
+    splitter = FenceSplitter()
+    pieces = [p for _ in range(1000) for p in splitter.feed(" " * 64)]
+    assert sum(len(t) for _, t in pieces) >= 64 * 1000 - 256  # all but the undecided start went on
+    assert {k for k, _ in pieces} == {"prose"}
+
+
 def test_a_block_fingerprint_ignores_whitespace_but_not_a_changed_line() -> None:
     def fp(code: str) -> str:
         block = CodeBlock()

@@ -19,6 +19,9 @@ PieceKind = Literal["prose", "code", "close"]
 Piece = tuple[PieceKind, str]
 
 _FENCES = ("```", "~~~")
+_MAX_INDENT = (
+    256  # a line start of only spaces this long is not a fence (a hostile stream holds nothing back)
+)
 _MAX_BLOCK_CHARS = 1 << 20  # a block past this is hashed on its first megabyte (bounded memory)
 
 
@@ -46,7 +49,7 @@ class FenceSplitter:
             else:
                 head = self._head + delta[i:end]
                 stripped = head.lstrip(" \t")
-                if len(stripped) < 3 and not head.endswith("\n"):
+                if len(stripped) < 3 and not head.endswith("\n") and len(head) < _MAX_INDENT:
                     self._head = head
                     break  # undecided until more of the line arrives
                 fence = stripped.startswith(_FENCES)
