@@ -159,6 +159,8 @@ class TurnStreamer:
             if attempt.hint is not None:
                 async for ev in self._write_hint(attempt):
                     yield ev
+                if self.result.stop_status is not None:
+                    return
                 continue
             if attempt.signal is None and not self._ran_out_thinking(self.prefix + attempt.text, attempt):
                 usage = attempt.completion.usage if attempt.completion else None
@@ -353,6 +355,10 @@ class TurnStreamer:
     async def _write_hint(self, attempt: _Attempt) -> AsyncIterator[Event]:
         """Continue the reasoning after the hint: the same turn, the hint in the model's voice."""
         assert attempt.hint is not None
+        if self.tracker.exceeded() is not None:  # as for a nudge: no continuation past the budget
+            self.result.raw = self.prefix + attempt.text
+            self.result.stop_status = "budget_exceeded"
+            return
         self._hint_allowed = False
         self.result.arithmetic_hinted = True
         yield self.emit(Warning_(kind="hand_arithmetic", message=attempt.hint.strip(), level=0))
