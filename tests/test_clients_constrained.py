@@ -10,6 +10,7 @@ from qwq_agent.agent.clients import SGLangClient
 from qwq_agent.agent.constrained import (
     UnsupportedSchema,
     constrained_tool_call,
+    grammar_ignored,
     tool_call_ebnf,
     tool_call_schema,
     validate_tool_call,
@@ -62,6 +63,15 @@ def test_schema_accepts_calls_of_any_tool_and_rejects_the_rest():
         "search",
         "now",
     ]
+
+
+def test_hostile_json_is_a_reason_not_an_exception():
+    # json.loads raises a plain ValueError past 4300 digits and RecursionError when nested too deeply.
+    huge = '{"name": "now", "arguments": {"n": ' + "1" * 5000 + "}}"
+    assert "not JSON" in validate_tool_call(huge, TOOLS)
+    assert "not JSON" in validate_tool_call("[" * 100_000, TOOLS)
+    assert "ignored the tool-call grammar" in grammar_ignored(huge, TOOLS, "stop")
+    assert "ignored the tool-call grammar" in grammar_ignored("[" * 100_000, TOOLS, "stop")
 
 
 def test_ebnf_fixes_names_spacing_and_bounds():

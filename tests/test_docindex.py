@@ -97,6 +97,22 @@ def locations(index: DocIndex, query: str, **kw: object) -> list[str]:
     return [hit.location for hit in index.search(query, **kw)]  # type: ignore[arg-type]
 
 
+def test_a_hostile_heading_line_is_read_in_linear_time() -> None:
+    import time
+
+    from qwq_agent.docindex.extract import extract
+
+    # The heading pattern's lazy title retried its closing-`#` class at every character: ~9 s on 64 KB.
+    t0 = time.process_time()
+    _, sections = extract(("# Title" + " #" * 32_000 + "\n\nbody\n").encode(), "markdown")
+    assert sections[0].heading == "Title"
+    _, sections = extract(("## A #b" + " #" * 32_000 + "x\n").encode(), "markdown")
+    assert sections[0].heading.startswith("A #b # #")  # the title, whole up to the "x" (then cut)
+    _, sections = extract(b"# ###   \n\nbody\n", "markdown")
+    assert sections[0].heading == "(untitled)"
+    assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a timing measurement
+
+
 def test_builds_index_and_cites_path_and_line(corpus: Path, tmp_path: Path) -> None:
     with build(corpus, tmp_path) as index:
         stats = index.update()

@@ -322,6 +322,24 @@ async def test_html_charset_is_read_from_meta_when_the_header_has_none(server: S
     assert "Title: Café" in out.text and "naïve" in out.text
 
 
+def test_unclosed_tags_at_the_end_of_a_page_are_read_in_linear_time() -> None:
+    import time
+
+    from qwq_agent.tools.web.readable import html_to_readable
+
+    # CPython 3.11.7's HTMLParser rescans to the end from each `<` that no `>` follows: 64 KB of `<a "`
+    # took 18 s (a 2 MB page, hours). Such a `<` is text, escaped before parsing.
+    t0 = time.process_time()
+    for page, text in (
+        ('<a "' * 16_384, '<a "' * 16_384),
+        ("<p>ok</p>" + "<b" * 32_768, "ok\n\n" + "<b" * 32_768),
+        ("<!--" * 16_384, "<!--" * 16_384),
+    ):
+        assert html_to_readable(page).text == html_to_readable(page.encode()).text == text
+    assert html_to_readable("<p>a &lt; b</p><p>x < y").text == "a < b\n\nx < y"
+    assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a timing measurement
+
+
 async def test_a_name_is_resolved_once_per_hop_and_the_connection_is_pinned(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

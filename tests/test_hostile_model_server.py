@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -125,6 +126,46 @@ def test_tool_call_arguments_nested_too_deeply_become_a_parse_error_not_a_crash(
 
     result = parse("ok\n</think>\n\n" + format_tool_call("shell", "[" * 100_000))
     assert not result.tool_calls and "nested too deeply" in result.errors[0].message
+
+
+def _huge_int(writer: asyncio.StreamWriter) -> None:
+    writer.write(b'data: {"text": "x", "n": ' + b"1" * 5000 + b"}\n\n")
+
+
+@pytest.mark.parametrize("call", [_native, _openai], ids=["native", "openai"])
+async def test_an_integer_past_pythons_digit_limit_is_a_protocol_error(call) -> None:
+    # json.loads raises a plain ValueError (not JSONDecodeError) past 4300 digits; it escaped the client.
+    async with RawServer("text/event-stream", _huge_int) as server:
+        with pytest.raises(ModelProtocolError, match="malformed stream event"):
+            await call(server.url)
+
+
+def test_tool_call_arguments_with_a_huge_integer_become_a_parse_error_not_a_crash() -> None:
+    from qwq_agent.agent.clients.openai_chat import format_tool_call
+
+    text = format_tool_call("shell", '{"n": ' + "1" * 5000 + "}")  # raised ValueError before
+    result = parse("ok\n</think>\n\n" + text)
+    assert not result.tool_calls and "4300" in result.errors[0].message
+
+
+def test_the_chat_delta_writer_stays_linear_on_a_long_stream() -> None:
+    from qwq_agent.agent.clients.openai_chat import _RawWriter
+
+    # 1 MB of reasoning and of call arguments in 16-character deltas took 5 s (strings regrown per delta).
+    writer, piece, out = _RawWriter(), "x" * 16, []
+    t0 = time.process_time()
+    for _ in range(1 << 16):
+        out.append(writer.feed({"reasoning_content": piece}))
+    out.append(writer.feed({"content": "done"}))
+    for i in range(1 << 16):
+        writer.feed(
+            {"tool_calls": [{"index": 0, "function": {"name": "f" if i == 0 else "", "arguments": piece}}]}
+        )
+    out.append(writer.finish())
+    assert time.process_time() - t0 < 10  # a bound on runaway work (well under 1 s expected), not a timing
+    text = "".join(out)
+    assert text.startswith("x" * (1 << 20) + "\n</think>\n\ndone\n<tool_call>\n")
+    assert text.endswith('"arguments": ' + "x" * (1 << 20) + "}\n</tool_call>")
 
 
 @settings(max_examples=300, deadline=None)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -353,6 +354,37 @@ def test_quoted_english_inside_a_german_answer_is_not_drift() -> None:
 def test_short_sentences_join_a_neighbour_on_their_line() -> None:
     parts = split_parts("Bonjour. Voici la réponse complète à votre question.\nOk.", 12)
     assert parts == ["Bonjour. Voici la réponse complète à votre question.", "Ok."]
+
+
+def test_hostile_text_is_stripped_in_linear_time() -> None:
+    # 64 KB of these took from 0.2 s to minutes: the e-mail pattern is cubic on "@" repeated (160 s on
+    # 8 KB), "\\[" and "\\(" without a closer rescanned to the end, "A-A-..." retried every capital.
+    t0 = time.process_time()
+    n = 1 << 16
+    for text in (
+        "@" * n,
+        "a@" * (n // 2),
+        "a@a." * (n // 4),
+        "\\[" * (n // 2),
+        "\\(" * (n // 2),
+        "A-" * (n // 2),
+    ):
+        assert len(strip_non_language(text)) <= len(text)
+    assert strip_non_language("a@" * (n // 2)) == "a@" * (n // 2)  # no dot: no address
+    assert strip_non_language("x" + "@a." * (n // 3) + "b") == " "  # one token, one address
+    assert split_parts("。" * n, 12) == [" ".join("。" * n)]  # letterless sentences, joined
+    # Normal text reads as before.
+    assert strip_non_language("Write to me@example.org, or see \\(x^2\\) and \\[y\\].").split() == [
+        "Write",
+        "to",
+        ",",
+        "or",
+        "see",
+        "and",
+        ".",
+    ]
+    assert strip_non_language("The x-Men Power Rangers show") == "The x-  show"  # a name after a "-"
+    assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a timing measurement
 
 
 def test_latin_terms_inside_cjk_sentences_are_normal() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -495,6 +496,26 @@ def test_ledger_mentions_expressions_options_claims() -> None:
     assert ("option", "C") in got and ("option", "D") in got
     assert ("claim", "42") in got
     assert not any(m[1].startswith("2-9") for m in got)
+
+
+def test_hostile_text_is_read_in_linear_time() -> None:
+    # Each of these took 11 s to 43 s on 64 KB (the ledger's pattern retried every bracket of a run;
+    # normalising recounted brackets per bracket dropped; the sentence split retried every dot).
+    t0 = time.process_time()
+    n = 1 << 16
+    assert extract_mentions("(" * n) == []
+    assert extract_mentions("(" * (n // 2) + "1" + " " * (n // 2)) == []
+    assert extract_mentions("f" + "(" * n) == []
+    assert extract_mentions("(" * n + "1+1)") == [("expr", "1+1")]
+    assert extract_mentions("f((1 + 2) = 3") == [("expr", "1+2=3")]  # a run after a letter still starts
+    assert normalise_expression("(" * n + "1+1)") == "1+1"
+    assert normalise_expression("1+1" + ")" * n) == "1+1"
+    for text in ("." * n, "!?" * (n // 2), "f" + "(" * n):
+        one, chunked = ReasoningLoopDetector(), feed16(text)
+        one.feed(text)
+        # The same outcome in one piece as in deltas (an exact cycle of period 1 or 2, or nothing).
+        assert [x.kind for x in one.signals] == [x.kind for x in chunked.signals]
+    assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a timing measurement
 
 
 def test_nudge_names_candidates_and_proposes_python_only_when_the_agent_has_it() -> None:

@@ -398,6 +398,42 @@ def test_at_the_token_limit_a_call_closed_by_the_client_but_not_whole_is_cut_off
     assert parse(cut_between_values).tool_calls[0].arguments == {"a": 1, "b": 2}
 
 
+def test_a_long_blank_start_is_held_in_linear_time():
+    # Blank output before the first word was re-stripped whole on every chunk: 1 MB in 16-character
+    # chunks took about 10 s. It is still held back (it may precede <think>) and then kept.
+    import time
+
+    t0 = time.process_time()
+    blank = " \n" * (1 << 19)
+    for tail, reasoning in (("<think>\nabc</think>\n\nok", "abc"), ("abc</think>\n\nok", blank + "abc")):
+        parser, events = StreamParser(), []
+        text = blank + tail
+        for i in range(0, len(text), 16):
+            events += parser.feed(text[i : i + 16])
+        events += parser.close()
+        merged = merge_deltas(events)
+        assert merged[0] == ReasoningDelta(text=reasoning) and merged[-1] == ContentDelta(text="\n\nok")
+    parser = StreamParser()
+    for i in range(0, len(blank), 16):
+        assert parser.feed(blank[i : i + 16]) == []
+    assert parser.close() == [ReasoningDelta(text=blank)]
+    assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a timing measurement
+
+
+def test_a_huge_call_body_is_refused_without_the_tokenizer():
+    # The last repair tokenized any body that failed JSON (pure Python, ~2.5 µs a character) even with
+    # no true/false/null in it to map.
+    import time
+
+    t0 = time.process_time()
+    for body in ("(" * 200_000, "([{" * 60_000, "1^" * 100_000):
+        result = parse("</think>\n<tool_call>\n" + body + "\n</tool_call>")
+        assert not result.tool_calls and result.errors[0].message.startswith(
+            "the tool call is not valid JSON"
+        )
+    assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a timing measurement
+
+
 def test_brackets_are_only_added_after_a_complete_value():
     # Ending on a comma means another value was coming: closing the brackets would drop it silently.
     r = parse('</think><tool_call>\n{"name": "f", "arguments": {"a": 1, "b": [1, 2,')

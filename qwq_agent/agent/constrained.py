@@ -291,6 +291,8 @@ def validate_tool_call(text: str, tools: Sequence[ToolSpec]) -> str | None:
         call = json.loads(body)
     except json.JSONDecodeError as exc:
         return f"not JSON: {exc.msg}"
+    except (ValueError, RecursionError) as exc:  # an integer past 4300 digits; nesting too deep
+        return f"not JSON: {exc}"
     try:
         jsonschema.validate(call, tool_call_schema(tools))
     except jsonschema.ValidationError as exc:
@@ -311,7 +313,7 @@ def grammar_ignored(text: str, tools: Sequence[ToolSpec], finish_reason: str | N
     body = text.strip()
     try:
         call = json.loads(body)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, an integer past 4300 digits, nesting too deep
         call = None
     names = {t.name for t in tools}
     if isinstance(call, dict) and call.get("name") in names:

@@ -216,6 +216,9 @@ def _python_literal(text: str) -> tuple[Any, list[str] | None]:
 def _python_literal_json_constants(text: str) -> tuple[Any, list[str] | None]:
     """Python literal that mixes in JSON's true/false/null (e.g. single quotes and `true`)."""
     mapping = {"true": "True", "false": "False", "null": "None"}
+    if not any(word in text for word in mapping):
+        # Nothing to map: skip the tokenizer, pure Python at ~2.5 µs a character (64 KB of "(": 0.17 s).
+        return None, None
     tokens = []
     changed = False
     for tok in tokenize.generate_tokens(io.StringIO(text).readline):

@@ -29,7 +29,9 @@ SUFFIXES: dict[str, str] = {
 TARGET_CHARS = 1200  # a section grows until about this size; big enough for context, small enough to cite
 MAX_CHARS = 4000  # one block longer than this is cut up on its own
 
-_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t#]*$")
+# The title keeps its closing `#`s and blanks; they are stripped after the match (a lazy title before
+# `[ \t#]*$` retried that class at every character: a 64 KB line of " #" took ~9 s).
+_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*)$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 
@@ -228,7 +230,9 @@ def _markdown_blocks(text: str) -> Iterable[Block]:
         if heading:
             yield from flush()
             yield Block(
-                line=i + 1, text=heading.group(2).strip() or "(untitled)", level=len(heading.group(1))
+                line=i + 1,
+                text=heading.group(2).rstrip(" \t#").strip() or "(untitled)",
+                level=len(heading.group(1)),
             )
             i += 1
             continue

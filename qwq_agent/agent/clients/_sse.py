@@ -106,7 +106,7 @@ def _decode(payload: str) -> dict[str, Any] | object:
         return DONE
     try:
         obj = json.loads(payload)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer past Python's 4300-digit limit
         raise ModelProtocolError(f"malformed stream event: {payload[:200]!r}") from exc
     except RecursionError:
         raise ModelProtocolError(f"stream event nested too deeply to read: {payload[:50]!r}...") from None

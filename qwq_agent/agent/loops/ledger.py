@@ -25,7 +25,16 @@ _OP = r"[-+*/×÷·^]"
 # Two or more numbers joined by operators, with optional brackets around any part.
 # Purely numeric: an expression touching a letter or `^` (`k^2 - 9`, `2x + 3`) is algebra, where
 # the same sub-terms recur as the work progresses, so it is not a candidate.
-_EXPR = re.compile(rf"(?<![\w^.])[(\[]*\s*{_NUM}\s*[)\]]*(?:\s*{_OP}\s*[(\[]*\s*{_NUM}\s*[)\]]*)+(?![\w^(])")
+#
+# Inside a run of opening brackets only its first possible start is tried: every start in the run
+# reaches the same text after it, so where the first fails they all fail, and trying each one again
+# took 43 s on 64 KB of "(" (quadratic). The first possible start is the run's first bracket, or its
+# second when a letter, digit, `^` or `.` comes before the run (the first lookbehind); the other two
+# lookbehinds refuse a bracket-preceded start unless that bracket itself could not start.
+_EXPR = re.compile(
+    rf"(?<![\w^.])(?<!^[(\[])(?<![^\w^.][(\[])"
+    rf"[(\[]*\s*{_NUM}\s*[)\]]*(?:\s*{_OP}\s*[(\[]*\s*{_NUM}\s*[)\]]*)+(?![\w^(])"
+)
 _SPACES = re.compile(r"\s+")
 _VALUE = re.compile(rf"\s*=\s*(-?{_NUM})")
 _OPTION = re.compile(
@@ -49,11 +58,14 @@ def normalise_expression(text: str) -> str:
     balanced, without one redundant pair around the whole."""
     s = re.sub(r"\s+", "", text).replace("×", "*").replace("·", "*").replace("÷", "/")
     s = s.replace("[", "(").replace("]", ")")
-    # The regex may take a bracket that belongs to the surrounding text: drop unmatched ones.
-    while s.startswith("(") and s.count("(") > s.count(")"):
-        s = s[1:]
-    while s.endswith(")") and s.count(")") > s.count("("):
-        s = s[:-1]
+    # The regex may take a bracket that belongs to the surrounding text: drop unmatched ones, leading
+    # "(" while they outnumber ")", then trailing ")" while those do (counted once: a loop that
+    # recounted per bracket was quadratic on a long run of them).
+    opens, closes = s.count("("), s.count(")")
+    drop = min(len(s) - len(s.lstrip("(")), max(0, opens - closes))
+    s, opens = s[drop:], opens - drop
+    drop = min(len(s) - len(s.rstrip(")")), max(0, closes - opens))
+    s = s[: len(s) - drop]
     if s.startswith("(") and s.endswith(")") and _wraps(s):
         s = s[1:-1]
     return s
