@@ -39,7 +39,7 @@ class FenceSplitter:
         self._closing = False  # the current line is a closing fence: the block ends with the line
 
     def feed(self, delta: str) -> list[Piece]:
-        out: list[Piece] = []
+        out: list[tuple[PieceKind, list[str]]] = []  # pieces of one kind gathered, joined once at the end
         i, n = 0, len(delta)
         while i < n:
             nl = delta.find("\n", i)
@@ -63,17 +63,17 @@ class FenceSplitter:
             i = end
             if nl >= 0:
                 if self._closing:
-                    out.append(("close", ""))
+                    out.append(("close", []))
                     self._closing = False
                 self._head = ""  # the next line starts undecided
-        return out
+        return [(kind, "".join(texts)) for kind, texts in out]
 
     @staticmethod
-    def _emit(out: list[Piece], kind: PieceKind, text: str) -> None:
+    def _emit(out: list[tuple[PieceKind, list[str]]], kind: PieceKind, text: str) -> None:
         if out and out[-1][0] == kind:
-            out[-1] = (kind, out[-1][1] + text)
+            out[-1][1].append(text)
         else:
-            out.append((kind, text))
+            out.append((kind, [text]))
 
 
 class CodeBlock:
