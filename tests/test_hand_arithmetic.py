@@ -14,7 +14,7 @@ import pytest
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Final, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
-from qwq_agent.agent.loop_detector import LoopDetectorConfig
+from qwq_agent.agent.loop_detector import LoopDetectorConfig, ReasoningLoopDetector
 from qwq_agent.agent.loops.arithmetic import HandArithmetic, evaluate, find_slips
 from qwq_agent.agent.loops.evaluation import find_corpus
 from qwq_agent.agent.replay import ReplayModel, load_recording
@@ -32,7 +32,7 @@ HEALTHY = (ROOT / "tests/data/reasoning/healthy_enumeration.txt").read_text(enco
         ("So 17 * 24 = 418. Next", "17*24 = 418", "408"),
         ("x = 3 * 4 = 13.", "3*4 = 13", "12"),
         ("还是 2 * 3 * (4 * 5 + 1) = 125，不对", "2*3*(4*5+1) = 125", "126"),
-        ("then 22 / 7 = 3.15 roughly", "22/7 = 3.15", "3.14"),
+        ("then 22 / 7 = 3.17 roughly", "22/7 = 3.17", "3.14"),
         ("and 2^10 = 1000 here", "2^10 = 1000", "1024"),
         ("so 7 * 1.5 = 11.", "7*1.5 = 11", "10.5"),
         ("Then 5 - 12 = 7, odd", "5-12 = 7", "-7"),
@@ -50,7 +50,7 @@ def test_a_wrong_hand_computation_is_found_with_its_exact_value(text: str, slip:
         "17 * 24 = 408.",
         "2*(3*4)*5+1 = 121 and (2 * 3 * 4 + 1) * 5 = 125",
         "10^6 = 1,000,000.",
-        "1/3 = 0.33 and 22/7 = 3.14",
+        "1/3 = 0.33 and 22/7 = 3.14 and 2/3 = 0.666... and 5/9 = 0.555 (cut)",
         "3/6 = 1/2",
         "0.1 + 0.2 = 0.3",
         "36 * 365.06 = 13142.28 with the rounded payment",  # a rounded operand carried along
@@ -80,14 +80,56 @@ def test_correct_or_ambiguous_computations_are_left_alone(text: str) -> None:
     assert find_slips(text) == []
 
 
-def test_a_slip_counts_only_when_the_next_piece_does_not_fix_it() -> None:
-    # The detector feeds whole sentences; a model that fixes its slip in the next one needs no hint.
+FILLER = " Then the boxes go on the shelf, one row per colour, and the labels face out." * 5
+
+
+def test_a_slip_counts_only_when_the_text_after_it_does_not_fix_it() -> None:
+    # Judged once 300 characters follow the value: a model that fixes its slip needs no hint.
     fixed, kept = HandArithmetic(), HandArithmetic()
     assert fixed.add("So 17 * 24 = 418.") == [] and kept.add("So 17 * 24 = 418.") == []
-    assert fixed.add(" Hmm, no: it is 408, I dropped a ten.") == [] and fixed.slips == []
-    [slip] = kept.add(" Then 418 + 5 = 423 boxes in all.")
+    assert fixed.add(" Hmm, no: it is 408, I dropped a ten." + FILLER) == [] and fixed.slips == []
+    [slip] = kept.add(" Then 418 + 5 = 423 boxes in all." + FILLER)
     assert kept.slips == [slip] and (str(slip), slip.correct) == ("17*24 = 418", "408")
     assert kept.checked == 2
+
+
+ZH_CORRECT = "我们逐一计算每一种：" + "".join(
+    f"第{k}种：{a}×{b}={a * b}，"
+    for k, (a, b) in enumerate(zip(range(17, 60), range(23, 90, 2), strict=False), 1)
+)
+EN_RUN_ON = (
+    ";".join(
+        f"then{k};{a}*{b}={a * b}" for k, (a, b) in enumerate(zip(range(11, 70), range(13, 99), strict=False))
+    )
+    + "."
+)
+
+
+@pytest.mark.parametrize("pad", range(0, 40, 3))
+def test_the_outcome_does_not_depend_on_where_the_stream_is_cut(pad: int) -> None:
+    # Text without spaces is consumed in blocks, and a block may end in the middle of a number
+    # (`48*85=40` | `80`): the checker sees the text whole, whatever the cuts.
+    slipped = "Pad" * pad + " so 17 * 24 = 418 boxes; " + EN_RUN_ON + FILLER + ZH_CORRECT + FILLER
+    for text in ("我" * pad + ZH_CORRECT + FILLER, "x" * pad + EN_RUN_ON + FILLER, slipped):
+        expected = ["17*24 = 418"] if text is slipped else []
+        for step in (1, 3, 4, 7, 16, 64, len(text)):
+            det = ReasoningLoopDetector()
+            for i in range(0, len(text), step):
+                det.feed(text[i : i + step])
+            assert [str(s) for s in det.arithmetic.slips] == expected, (step, pad)
+
+
+def test_values_out_of_range_are_skipped_not_raised() -> None:
+    huge = "So 999^64*" + "9" * 130 + "/7 = 1.5 here. " + FILLER
+    long_value = "Ok. So 2 * 3 = " + "1" * 5000 + " then. " + FILLER
+    tower = "Then 99^60^60 = 3 and 10^64 * 10^64 * 10^64 = 1. " + FILLER
+    for text in (huge, long_value, tower):
+        assert find_slips(text) == []
+        for step in (16, len(text)):
+            det = ReasoningLoopDetector()
+            for i in range(0, len(text), step):
+                det.feed(text[i : i + step])
+            assert det.arithmetic.slips == []
 
 
 def test_hostile_expressions_are_refused_quickly() -> None:
@@ -126,7 +168,7 @@ def _slipping_model(req: ScriptedRequest) -> str:
     prompt = req.prompt or ""
     if "but 17*24 is 408" in prompt:
         return "Right, 408. Then 408 + 5 = 413, and 3 * 3 = 10 is another slip.\n</think>\n\n413"
-    return "We need 17 boxes of 24 plus 5. So 17 * 24 = 418. Then 418 + 5 = 423, so the answer is 423. " * 3
+    return "We need 17 boxes of 24 plus 5. So 17 * 24 = 418. Then 418 + 5 = 423, so the answer is 423. " * 6
 
 
 async def test_a_slip_gets_one_hint_in_the_reasoning_and_the_run_goes_on(tmp_path: Path) -> None:

@@ -221,8 +221,12 @@ class TurnStreamer:
                         attempt.signal = self.detector.feed(ev.text) or attempt.signal
                         if attempt.signal is None and isinstance(ev, ReasoningDelta):
                             attempt.hint = self._arithmetic_hint()
-                    if attempt.hint is not None and not isinstance(ev, ReasoningDelta):
-                        attempt.hint = None  # the reasoning closed in this same piece: no place for it
+                    if attempt.hint is not None and (
+                        attempt.signal is not None or not isinstance(ev, ReasoningDelta)
+                    ):
+                        # A loop signal in the same piece comes first; and if the reasoning closed in
+                        # this piece, the hint has no place.
+                        attempt.hint = None
                     if self.probe is not None:
                         self._reasoning_open = isinstance(ev, ReasoningDelta)
                         if attempt.signal is None:  # else this stream ends here: no probe rides on it

@@ -27,18 +27,22 @@ _TOKEN = re.compile(r"\d+(?:\.\d+)?|[-+*/×÷·^]|[(\[]|[)\]]|[ \t]+")
 _OPS = frozenset("-+*/×÷·^")
 # The written value: thousands separators and a fraction are part of it, so `10^6 = 1,000,000` and
 # `3/6 = 1/2` are read whole.
-_VALUE = re.compile(r"[ \t]?(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?)")
+# Bounded: a value of more than ~40 digits is not hand arithmetic (and `Fraction` refuses 4,300).
+_VALUE = re.compile(
+    r"[ \t]?(-?(?:\d{1,3}(?:,\d{3}){1,12}|\d{1,40})(?:\.\d{1,20})?(?:/\d{1,20})?)(?![\d.,]\d)"
+)
 # What may follow a value for it to be the whole value: the end, a space or punctuation that ends it,
 # never an operator, a digit, a letter glued to it, `%`, `^`, `e5`, `!`.
 # A `?` after it is the model doubting its own value, not a slip to correct.
 _AFTER_OK = re.compile(r"(?:$|[\s,;:.。，；：、)\]!！](?![\d]))")
-_OPERATOR_AFTER = re.compile(r"\s*(?:[-+*/×÷·^%!]|\\times|\\cdot|x\s*10)")
+# `= 0.666...`: written as truncated, not judged; an operator after it: the value goes on.
+_OPERATOR_AFTER = re.compile(r"\s*(?:[-+*/×÷·^%!…]|\.\.|\\times|\\cdot|x\s*10)")
 _RANGE = re.compile(r"\d+-\d+")
 _MOD = re.compile(r"mod|≡|\\equiv|同余|base|binary|octal|hex|进制", re.IGNORECASE)
 _MAX_CHARS = 200  # longer expressions are not hand arithmetic worth judging
 _SELF_FIX_CHARS = 300  # the right value written this soon after the slip: corrected, no hint
 _MAX_EXPONENT = 64
-_MAX_DIGITS = 200  # results past this size are skipped (hostile `9^9^9` cannot blow up)
+_MAX_BITS = 665  # ~200 digits: results past this are skipped (hostile `9^9^9` cannot blow up)
 
 
 class _Skip(Exception):
@@ -59,12 +63,18 @@ def evaluate(expr: str) -> Fraction | None:
     return value if rest == len(tokens) else None
 
 
+def _bounded(value: Fraction) -> Fraction:
+    if value.numerator.bit_length() > _MAX_BITS or value.denominator.bit_length() > _MAX_BITS:
+        raise _Skip  # far past hand arithmetic (`999^64 * 9…9`): not judged, and no float overflow later
+    return value
+
+
 def _sum(t: list[str], i: int) -> tuple[Fraction, int]:
     value, i = _product(t, i)
     while i < len(t) and t[i] in "+-":
         op = t[i]
         rhs, i = _product(t, i + 1)
-        value = value + rhs if op == "+" else value - rhs
+        value = _bounded(value + rhs if op == "+" else value - rhs)
     return value, i
 
 
@@ -73,7 +83,7 @@ def _product(t: list[str], i: int) -> tuple[Fraction, int]:
     while i < len(t) and t[i] in "*/":
         op = t[i]
         rhs, i = _power(t, i + 1)
-        value = value * rhs if op == "*" else value / rhs
+        value = _bounded(value * rhs if op == "*" else value / rhs)
     return value, i
 
 
@@ -83,10 +93,10 @@ def _power(t: list[str], i: int) -> tuple[Fraction, int]:
         exp, i = _power(t, i + 1)  # right-associative, as written by hand
         if exp.denominator != 1 or abs(exp) > _MAX_EXPONENT:
             raise _Skip
+        if max(base.numerator.bit_length(), base.denominator.bit_length()) * abs(exp) > 2 * _MAX_BITS:
+            raise _Skip  # checked before it is computed
         base = base ** int(exp)
-    if len(str(base.numerator)) > _MAX_DIGITS or len(str(base.denominator)) > _MAX_DIGITS:
-        raise _Skip
-    return base, i
+    return _bounded(base), i
 
 
 def _atom(t: list[str], i: int) -> tuple[Fraction, int]:
@@ -114,13 +124,15 @@ class Slip:
 
 def _shown(value: Fraction, like: str) -> str:
     """`value` written like `like`: an integer when exact, a fraction for a fraction, else with `like`'s
-    decimals (4 for an integer)."""
+    decimals (4 for an integer). Exact integer arithmetic: no float, whatever the size."""
     if value.denominator == 1:
         return str(value.numerator)
     if "/" in like:
         return f"{value.numerator}/{value.denominator}"
     decimals = len(like.split(".")[1]) if "." in like else 4
-    text = f"{float(value):.{decimals}f}"
+    scaled = round(abs(value) * 10**decimals)
+    whole, frac = divmod(scaled, 10**decimals)
+    text = ("-" if value < 0 else "") + f"{whole}.{frac:0{decimals}d}"
     return text.rstrip("0").rstrip(".") if "." not in like else text
 
 
@@ -132,8 +144,8 @@ def _agrees(value: Fraction, written: str, expr: str) -> bool:
     if stated == value:
         return True
     decimals = len(written.split(".")[1]) if "." in written else 0
-    if decimals and abs(value - stated) <= Fraction(1, 2 * 10**decimals):
-        return True  # rounded to the digits written
+    if decimals and abs(value - stated) < Fraction(1, 10**decimals):
+        return True  # rounded or cut to the digits written (`2/3 = 0.666`, `= 0.667`)
     if (decimals or "." in expr) and abs(value - stated) <= abs(value) / 10_000:
         return True  # a rounded operand carried along (`36 * 365.06 = 13142.28`): within 0.01%
     if not decimals and "/" in expr and value.denominator != 1:
@@ -175,14 +187,20 @@ def _well_formed(raw: str) -> bool:
     return numbers >= 2 and not want_number
 
 
-def _written(text: str) -> list[tuple[int, str, str, int]]:
-    """Each `expression = value` of `text`: (where the expression starts, it, the value, its end)."""
-    found: list[tuple[int, str, str, int]] = []
+Written = tuple[int, str, str, int, int]  # expression start, expression, value, value end, `=` position
+
+
+def _written(text: str) -> list[Written]:
+    """Each `expression = value` of `text`."""
+    found: list[Written] = []
     floor = 0
-    for eq in (i for i, ch in enumerate(text) if ch == "="):
+    eq = text.find("=")
+    while eq >= 0:
         j, low = eq, floor
+        nxt = text.find("=", eq + 1)
         floor = eq + 1
         if text[eq - 1 : eq] in ("<", ">", "!", "=") or text[eq + 1 : eq + 2] == "=":
+            eq = nxt
             continue  # `<=`, `==`: a comparison
         while j > low and eq - j < _MAX_CHARS and text[j - 1] in _EXPR_CHARS:
             j -= 1
@@ -191,25 +209,32 @@ def _written(text: str) -> list[tuple[int, str, str, int]]:
             start += 1
         raw = text[start:eq].rstrip()
         if not raw or eq - j >= _MAX_CHARS or not _well_formed(raw):
+            eq = nxt
             continue
         prev = text[start - 1 : start]
         if prev and (prev.isalnum() or prev in "_^.,/:'\"#"):
+            eq = nxt
             continue  # `x2 + 3`, `1,000 * 3`, `10:30 - 2`: the expression starts before what was walked
         value = _VALUE.match(text, eq + 1)
         if value is None:
+            eq = nxt
             continue
-        found.append((start, raw, value.group(1), value.end(1)))
+        found.append((start, raw, value.group(1), value.end(1), eq))
+        eq = nxt
     return found
 
 
 def find_slips(text: str) -> list[Slip]:
     """The hand computations of `text` whose written value is not what the expression gives."""
-    return _judge(text, _written(text))
+    try:
+        return _judge(text, _written(text))
+    except (ArithmeticError, ValueError, RecursionError):
+        return []
 
 
-def _judge(text: str, written: list[tuple[int, str, str, int]]) -> list[Slip]:
+def _judge(text: str, written: list[Written]) -> list[Slip]:
     slips: list[Slip] = []
-    for start, raw, value_text, end in written:
+    for start, raw, value_text, end, _eq in written:
         before = text[max(0, start - 8) : start]
         after = text[end : end + 12]
         if not _AFTER_OK.match(after) or _OPERATOR_AFTER.match(after) or _MOD.search(before + after):
@@ -243,22 +268,45 @@ def _judge(text: str, written: list[tuple[int, str, str, int]]) -> list[Slip]:
 
 
 class HandArithmetic:
-    """Collects the slips of a reasoning fed piece by piece (whole sentences, as the detector cuts them).
+    """Checks the hand computations of a reasoning fed piece by piece, however it was cut.
 
-    A slip is confirmed only when the next piece does not fix it: a model that writes `17 * 24 = 418`
-    and then "no, 408" has corrected itself and needs no hint.
+    A computation is judged once `_SELF_FIX_CHARS` of text follow its value, so that a model which
+    writes `17 * 24 = 418` and then "no, 408" has corrected itself and gets no hint, and so that the
+    outcome depends on the text only, not on where the pieces were cut (a piece may end in the middle
+    of a number). The text still needed is carried from one piece to the next.
     """
 
+    _CARRY = _SELF_FIX_CHARS + _MAX_CHARS + 128  # an expression, its value and what follows
+
     def __init__(self) -> None:
-        self.slips: list[Slip] = []  # confirmed: the piece after each did not correct it
+        self.slips: list[Slip] = []  # confirmed: the text after each did not correct it
         self.checked = 0  # hand computations judged so far
-        self._pending: list[Slip] = []
+        self._buf = ""
+        self._offset = 0  # position of `_buf` in the whole text
+        self._judged_to = -1  # the position of the last `=` judged
 
     def add(self, text: str) -> list[Slip]:
-        """Check one piece of reasoning; return the slips confirmed by it (also kept in `slips`)."""
-        confirmed = [slip for slip in self._pending if slip.correct not in text]
-        written = _written(text)
-        self._pending = _judge(text, written)
-        self.checked += len(written)
-        self.slips.extend(confirmed)
-        return confirmed
+        """Take the next piece of reasoning; return the slips it confirmed (also kept in `slips`)."""
+        buf = self._buf + text
+        if "=" not in buf[max(0, self._judged_to - self._offset + 1) :]:  # nothing left to judge
+            keep = max(0, len(buf) - self._CARRY)
+            self._buf, self._offset = buf[keep:], self._offset + keep
+            return []
+        # Every `=` this far from the end is decided now, judged or not: what follows it is all here
+        # (a value is at most ~100 characters), so a later piece, or less context, cannot change it.
+        limit = len(buf) - _SELF_FIX_CHARS - 100
+        done_from = self._judged_to - self._offset
+        ready = [w for w in _written(buf) if done_from < w[4] < limit]
+        last = buf.rfind("=", 0, max(0, limit))
+        if last > done_from:
+            self._judged_to = self._offset + last
+        found: list[Slip] = []
+        try:
+            found = _judge(buf, ready)
+        except (ArithmeticError, ValueError, RecursionError):
+            found = []  # a computation nothing here was built for is not judged; the reasoning goes on
+        self.checked += len(ready)
+        keep = max(0, len(buf) - self._CARRY)
+        self._buf, self._offset = buf[keep:], self._offset + keep
+        self.slips.extend(found)
+        return found

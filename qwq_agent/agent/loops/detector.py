@@ -197,6 +197,8 @@ class ReasoningLoopDetector:
         self._pos = end
         if code:
             return  # code is compared block by block (`_close_code`), not as words and sentences
+        if self._check_arithmetic:  # the whole prose, in order: the checker's outcome ignores the cuts
+            self.arithmetic.add(chunk)
         self._seg_raw.append(chunk)
         self._seg_raw_len += len(chunk)
         if self._seg_raw_len > _MAX_SEGMENT_CHARS:  # punctuation or spaces only: nothing to compare
@@ -257,8 +259,6 @@ class ReasoningLoopDetector:
         labels = frozenset(_LABEL.findall(raw))
         earlier = self._dups.add(words, numbers, labels)
         markers = count_markers(raw)
-        if self._check_arithmetic:
-            self.arithmetic.add(raw)
         stale = self._ledger.add(extract_mentions(raw), markers)
         self._step_done(earlier, markers, stale)
 

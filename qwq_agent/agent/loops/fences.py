@@ -19,9 +19,11 @@ PieceKind = Literal["prose", "code", "close"]
 Piece = tuple[PieceKind, str]
 
 _FENCES = ("```", "~~~")
-_MAX_INDENT = (
-    256  # a line start of only spaces this long is not a fence (a hostile stream holds nothing back)
-)
+# A line start of only spaces this long is not a fence (a hostile stream of spaces holds nothing back).
+_MAX_INDENT = 256
+# A block still open past this many characters (~300 lines) is read as prose again: a stray fence, or
+# output cut short, must not hide the rest of the reasoning from the prose signals.
+_MAX_OPEN_BLOCK = 12_000
 _MAX_BLOCK_CHARS = 1 << 20  # a block past this is hashed on its first megabyte (bounded memory)
 
 
@@ -37,6 +39,7 @@ class FenceSplitter:
         self._head: str | None = ""  # the start of the current line while undecided; None once decided
         self._line_kind: PieceKind = "prose"  # what the rest of a decided line is
         self._closing = False  # the current line is a closing fence: the block ends with the line
+        self._code_chars = 0  # in the open block, up to the current line
 
     def feed(self, delta: str) -> list[Piece]:
         out: list[tuple[PieceKind, list[str]]] = []  # pieces of one kind gathered, joined once at the end
@@ -46,18 +49,27 @@ class FenceSplitter:
             end = n if nl < 0 else nl + 1
             if self._head is None:
                 self._emit(out, self._line_kind, delta[i:end])
+                if self._line_kind == "code":
+                    self._code_chars += end - i
             else:
                 head = self._head + delta[i:end]
                 stripped = head.lstrip(" \t")
-                if len(stripped) < 3 and not head.endswith("\n") and len(head) < _MAX_INDENT:
+                indent = len(head) - len(stripped)
+                if len(stripped) < 3 and not head.endswith("\n") and indent < _MAX_INDENT:
                     self._head = head
                     break  # undecided until more of the line arrives
-                fence = stripped.startswith(_FENCES)
+                if self.in_code and self._code_chars > _MAX_OPEN_BLOCK:
+                    out.append(("close", []))
+                    self.in_code = False
+                fence = indent < _MAX_INDENT and stripped.startswith(_FENCES)
                 # A fence line belongs to its block, the opening one and the closing one alike.
                 self._line_kind = "code" if self.in_code or fence else "prose"
                 self._closing = fence and self.in_code
                 if fence:
                     self.in_code = not self.in_code
+                    self._code_chars = 0
+                if self._line_kind == "code":
+                    self._code_chars += len(head)
                 self._emit(out, self._line_kind, head)
                 self._head = None
             i = end
@@ -81,7 +93,7 @@ class CodeBlock:
 
     def __init__(self) -> None:
         self._hash = hashlib.blake2b(digest_size=12)
-        self._line = ""
+        self._line: list[str] = []  # the current line's pieces: a long line is joined once, not per piece
         self._size = 0
 
     def add(self, text: str) -> None:
@@ -89,13 +101,23 @@ class CodeBlock:
             return
         text = text[: _MAX_BLOCK_CHARS - self._size]
         self._size += len(text)
-        lines = (self._line + text).split("\n")
-        self._line = lines.pop()
-        for line in lines:
-            self._hash.update("".join(line.split()).encode("utf-8", "surrogatepass") + b"\n")
+        start = 0
+        nl = text.find("\n")
+        while nl >= 0:
+            self._line.append(text[start:nl])
+            self._hash.update(_squeezed("".join(self._line)) + b"\n")
+            self._line = []
+            start = nl + 1
+            nl = text.find("\n", start)
+        if start < len(text):
+            self._line.append(text[start:])
 
     def fingerprint(self) -> str:
         """The same for the same code, whitespace aside; different when any line changed."""
         final = self._hash.copy()
-        final.update("".join(self._line.split()).encode("utf-8", "surrogatepass"))
+        final.update(_squeezed("".join(self._line)))
         return final.hexdigest()
+
+
+def _squeezed(line: str) -> bytes:
+    return "".join(line.split()).encode("utf-8", "surrogatepass")
