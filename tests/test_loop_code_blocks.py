@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 
 from qwq_agent.agent.loop_detector import LoopDetectorConfig, ReasoningLoopDetector
-from qwq_agent.agent.loops.fences import CodeBlock, FenceSplitter
+from qwq_agent.agent.loops.fences import _MAX_OPEN_BLOCK, CodeBlock, FenceSplitter
 
 DATA = Path(__file__).parent / "data" / "reasoning"
 
@@ -111,3 +111,28 @@ def test_chunking_does_not_change_the_outcome_around_code() -> None:
         expected = outcome(feed(text, 16))
         for step in (1, 3, 7, 64, len(text)):
             assert outcome(feed(text, step)) == expected, step
+
+
+def test_a_stray_fence_silences_the_prose_signals_only_for_a_bounded_stretch() -> None:
+    # An opening fence never closed (a stray one, or output cut short) made everything after it code.
+    loop = (DATA / "qwq_parentheses_loop.txt").read_text(encoding="utf-8")
+    plain = feed(loop * 2)
+    stray = feed("I will sketch the format first:\n```\n" + loop * 2)
+    assert plain.level == 3 and stray.level == 3
+    # Read as prose again past `_MAX_OPEN_BLOCK`, the loop is caught as soon after as without the fence.
+    delay = stray.signals[0].evidence["chars"] - plain.signals[0].evidence["chars"]
+    assert delay <= _MAX_OPEN_BLOCK + 200
+
+
+def test_a_deeply_indented_fence_is_read_the_same_however_it_is_cut() -> None:
+    pad = " " * 254
+    text = f"Intro line for the task.\n{pad}```python\n{FUNCTION}{pad}```\nAfter the block, prose again.\n"
+    expected = None
+    for step in (1, 4, 16, len(text)):
+        splitter, kinds = FenceSplitter(), []
+        for i in range(0, len(text), step):
+            kinds += [k for k, _ in splitter.feed(text[i : i + step])]
+        assert kinds.count("close") == 1, step
+        det = feed(text, step)
+        assert expected is None or outcome(det) == expected
+        expected = outcome(det)

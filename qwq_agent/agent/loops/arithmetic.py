@@ -190,14 +190,15 @@ def _well_formed(raw: str) -> bool:
 Written = tuple[int, str, str, int, int]  # expression start, expression, value, value end, `=` position
 
 
-def _written(text: str) -> list[Written]:
-    """Each `expression = value` of `text`."""
+def _written(text: str, lo: int = 0, hi: int | None = None) -> list[Written]:
+    """Each `expression = value` of `text` whose `=` lies in `[lo, hi)`."""
     found: list[Written] = []
-    floor = 0
-    eq = text.find("=")
+    hi = len(text) if hi is None else hi
+    floor = text.rfind("=", 0, lo) + 1
+    eq = text.find("=", lo, hi)
     while eq >= 0:
         j, low = eq, floor
-        nxt = text.find("=", eq + 1)
+        nxt = text.find("=", eq + 1, hi)
         floor = eq + 1
         if text[eq - 1 : eq] in ("<", ">", "!", "=") or text[eq + 1 : eq + 2] == "=":
             eq = nxt
@@ -284,22 +285,31 @@ class HandArithmetic:
         self._buf = ""
         self._offset = 0  # position of `_buf` in the whole text
         self._judged_to = -1  # the position of the last `=` judged
+        self._undecided = False  # the carry holds an `=` not decided yet
 
     def add(self, text: str) -> list[Slip]:
         """Take the next piece of reasoning; return the slips it confirmed (also kept in `slips`)."""
         buf = self._buf + text
-        if "=" not in buf[max(0, self._judged_to - self._offset + 1) :]:  # nothing left to judge
-            keep = max(0, len(buf) - self._CARRY)
-            self._buf, self._offset = buf[keep:], self._offset + keep
+        if not self._undecided and "=" not in text:  # nothing to judge: only keep the carry
+            if len(buf) > 2 * self._CARRY:  # trimmed now and then, not on every piece
+                keep = len(buf) - self._CARRY
+                self._buf, self._offset = buf[keep:], self._offset + keep
+            else:
+                self._buf = buf
             return []
         # Every `=` this far from the end is decided now, judged or not: what follows it is all here
         # (a value is at most ~100 characters), so a later piece, or less context, cannot change it.
         limit = len(buf) - _SELF_FIX_CHARS - 100
         done_from = self._judged_to - self._offset
-        ready = [w for w in _written(buf) if done_from < w[4] < limit]
-        last = buf.rfind("=", 0, max(0, limit))
-        if last > done_from:
-            self._judged_to = self._offset + last
+        first = buf.find("=", max(0, done_from + 1))
+        if first < 0 or first >= limit:  # nothing new to decide yet: only keep the carry
+            self._buf, self._undecided = buf, first >= 0
+            if len(buf) > 2 * self._CARRY:
+                keep = len(buf) - self._CARRY
+                self._buf, self._offset = buf[keep:], self._offset + keep
+            return []
+        ready = _written(buf, first, max(first, limit))
+        self._judged_to = self._offset + buf.rfind("=", 0, limit)
         found: list[Slip] = []
         try:
             found = _judge(buf, ready)
@@ -308,5 +318,6 @@ class HandArithmetic:
         self.checked += len(ready)
         keep = max(0, len(buf) - self._CARRY)
         self._buf, self._offset = buf[keep:], self._offset + keep
+        self._undecided = "=" in self._buf[max(0, self._judged_to - self._offset + 1) :]
         self.slips.extend(found)
         return found

@@ -21,9 +21,9 @@ Piece = tuple[PieceKind, str]
 _FENCES = ("```", "~~~")
 # A line start of only spaces this long is not a fence (a hostile stream of spaces holds nothing back).
 _MAX_INDENT = 256
-# A block still open past this many characters (~300 lines) is read as prose again: a stray fence, or
+# A block still open past this many characters (~150 lines) is read as prose again: a stray fence, or
 # output cut short, must not hide the rest of the reasoning from the prose signals.
-_MAX_OPEN_BLOCK = 12_000
+_MAX_OPEN_BLOCK = 6_000
 _MAX_BLOCK_CHARS = 1 << 20  # a block past this is hashed on its first megabyte (bounded memory)
 
 
