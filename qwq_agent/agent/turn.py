@@ -250,12 +250,12 @@ class TurnStreamer:
         # Only answers given after the nudge count, so a turn that was never nudged pays nothing.
         if self.detector.level != 1 or not self._reasoning_open or self.forced_close:
             return
-        if not self.probe.due(self.detector.chars):
+        if not self.probe.due(self.detector.bytes_fed):
             return
         if self._probe_base is None:
             assert isinstance(self.model, PromptRenderer)  # checked with the probe model in __init__
             self._probe_base = self.model.render_prompt(self.messages, self.specs)
-        self.probe.maybe_launch(self._probe_base + self.prefix + "".join(pieces), self.detector.chars)
+        self.probe.maybe_launch(self._probe_base + self.prefix + "".join(pieces), self.detector.bytes_fed)
 
     async def _next_or_probe(
         self, events: AsyncIterator[ModelEvent], attempt: _Attempt, pieces: list[str]

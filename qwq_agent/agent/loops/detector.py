@@ -82,6 +82,7 @@ class ReasoningLoopDetector:
         """Forget everything fed so far (a new reasoning block)."""
         cfg = self.config
         self.chars = 0  # all text fed
+        self.bytes_fed = 0  # the same in UTF-8 bytes, the unit of the length thresholds (and the probe's)
         self._pos = 0  # text consumed; positions use it so chunking cannot change the outcome
         # The same in UTF-8 bytes: the clock of every length threshold. A token is ~4 bytes in English
         # and in Chinese alike (one character there, four here), so bytes keep the thresholds' meaning
@@ -130,6 +131,7 @@ class ReasoningLoopDetector:
         if not delta:
             return None
         self.chars += len(delta)
+        self.bytes_fed += len(delta.encode("utf-8", "surrogatepass"))
         if self.level >= 3:
             return None
         for kind, text in self._fences.feed(delta):
@@ -334,7 +336,7 @@ class ReasoningLoopDetector:
         cfg = self.config
         if self.level != 1:
             return None
-        since = [p.answer for p in self.probes if p.at_chars > self._chars_at_signal]
+        since = [p.answer for p in self.probes if p.at_chars > self._size_at_signal]
         last = since[-cfg.probe_stable_count :]
         if len(last) < cfg.probe_stable_count or not last[0] or len(set(last)) != 1:
             return None

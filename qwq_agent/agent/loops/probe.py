@@ -47,7 +47,7 @@ class ProbeModel(Protocol):
 class ProbeResult(BaseModel):
     """One probe: where in the reasoning it was taken, what it answered and what it cost."""
 
-    at_chars: int
+    at_chars: int  # where, in UTF-8 bytes of reasoning (characters for ASCII), like the length thresholds
     answer: str  # normalised (`normalise_answer`); "" when the model gave nothing usable
     text: str
     prompt_tokens: int = 0
