@@ -6,6 +6,8 @@ HTTP server are real.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -33,6 +35,7 @@ HEALTHY = (ROOT / "tests/data/reasoning/healthy_enumeration.txt").read_text(enco
         ("x = 3 * 4 = 13.", "3*4 = 13", "12"),
         ("还是 2 * 3 * (4 * 5 + 1) = 125，不对", "2*3*(4*5+1) = 125", "126"),
         ("then 22 / 7 = 3.17 roughly", "22/7 = 3.17", "3.14"),
+        ("and 0.25 / 2 = 0.15 each", "0.25/2 = 0.15", "0.13"),  # half up, as written by hand
         ("and 2^10 = 1000 here", "2^10 = 1000", "1024"),
         ("so 7 * 1.5 = 11.", "7*1.5 = 11", "10.5"),
         ("Then 5 - 12 = 7, odd", "5-12 = 7", "-7"),
@@ -117,6 +120,16 @@ def test_the_outcome_does_not_depend_on_where_the_stream_is_cut(pad: int) -> Non
             for i in range(0, len(text), step):
                 det.feed(text[i : i + step])
             assert [str(s) for s in det.arithmetic.slips] == expected, (step, pad)
+
+
+def test_one_value_not_to_judge_does_not_drop_the_others() -> None:
+    text = "First 17 * 24 = 418 boxes." + FILLER + " Then 3 / 4 = 1.5/2 of the crate." + FILLER + FILLER
+    assert [str(s) for s in find_slips(text)] == ["17*24 = 418"]
+    for step in (50, 16, len(text)):
+        det = ReasoningLoopDetector()
+        for i in range(0, len(text), step):
+            det.feed(text[i : i + step])
+        assert [str(s) for s in det.arithmetic.slips] == ["17*24 = 418"], step
 
 
 def test_values_out_of_range_are_skipped_not_raised() -> None:
@@ -238,3 +251,55 @@ async def test_heavy_hand_computation_earns_the_hint_only_when_asked_for() -> No
     events, requests = await run(cfg)
     [hint] = [e for e in events if isinstance(e, Warning_) and e.kind == "hand_arithmetic"]
     assert "20 computations by hand" in hint.message and requests == 2
+
+
+class _OneDeltaServer:
+    """Real HTTP on 127.0.0.1 speaking SGLang's native stream: the whole reasoning and `</think>` arrive in
+    one event (a server may batch its output), then the answer."""
+
+    def __init__(self, reasoning: str, answer: str) -> None:
+        self.texts = [reasoning + "</think>", reasoning + "</think>\n\n" + answer]
+        self.requests = 0
+
+    async def __aenter__(self) -> _OneDeltaServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        length = next(
+            (int(h.split(":")[1]) for h in head.split("\r\n") if h.lower().startswith("content-length:")), 0
+        )
+        await reader.readexactly(length)
+        if not head.startswith("POST /generate"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        else:
+            self.requests += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+            for k, text in enumerate(self.texts):
+                finish = {"type": "stop"} if k == len(self.texts) - 1 else None
+                meta = {"id": "x", "finish_reason": finish, "prompt_tokens": 10, "completion_tokens": k + 1}
+                event = {"text": text, "output_ids": list(range(k + 1)), "meta_info": meta}
+                writer.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            writer.write(b"data: [DONE]\n\n")
+        await writer.drain()
+        writer.close()
+
+
+async def test_a_slip_in_the_same_piece_as_the_end_of_the_reasoning_writes_nothing_into_the_answer() -> None:
+    # Nothing may be written into the reasoning once `</think>` came in the same piece: the hint would land
+    # in the answer.
+    reasoning = "So 17 * 24 = 418 boxes." + FILLER * 2 + " Done."
+    async with _OneDeltaServer(reasoning, "The answer is 418.") as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, build_tools(["python"]), config=AgentConfig(check_language=False))
+            events = [ev async for ev in agent.stream("How many boxes?")]
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed" and final.answer == "The answer is 418."
+    assert not [e for e in events if isinstance(e, Warning_) and e.kind == "hand_arithmetic"]
+    assert server.requests == 1

@@ -116,8 +116,8 @@ def test_chunking_does_not_change_the_outcome_around_code() -> None:
 def test_a_stray_fence_silences_the_prose_signals_only_for_a_bounded_stretch() -> None:
     # An opening fence never closed (a stray one, or output cut short) made everything after it code.
     loop = (DATA / "qwq_parentheses_loop.txt").read_text(encoding="utf-8")
-    plain = feed(loop * 2)
-    stray = feed("I will sketch the format first:\n```\n" + loop * 2)
+    plain = feed(loop * 4)
+    stray = feed("I will sketch the format first:\n```\n" + loop * 4)
     assert plain.level == 3 and stray.level == 3
     # Read as prose again past `_MAX_OPEN_BLOCK`, the loop is caught as soon after as without the fence.
     delay = stray.signals[0].evidence["chars"] - plain.signals[0].evidence["chars"]

@@ -212,6 +212,12 @@ class TurnStreamer:
                     delta, attempt.call_open = delta[:cut], True
                 pieces.append(delta)
                 for pev in self.parser.feed(delta):
+                    if isinstance(pev, qparser.ReasoningEnd) and not self.forced_close:
+                        # The model closed its reasoning in this same piece: what would have been
+                        # written into the reasoning (a hint, a nudge, a close) has no place left.
+                        attempt.hint = None
+                        if attempt.signal is not None and attempt.signal.level < 3:
+                            attempt.signal = None
                     ev = self._parser_event(pev)
                     if ev is None:
                         continue

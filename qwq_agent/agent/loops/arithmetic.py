@@ -11,6 +11,7 @@ would put a wrong correction into the model's own voice, so the checker only spe
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,9 +29,8 @@ _OPS = frozenset("-+*/×÷·^")
 # The written value: thousands separators and a fraction are part of it, so `10^6 = 1,000,000` and
 # `3/6 = 1/2` are read whole.
 # Bounded: a value of more than ~40 digits is not hand arithmetic (and `Fraction` refuses 4,300).
-_VALUE = re.compile(
-    r"[ \t]?(-?(?:\d{1,3}(?:,\d{3}){1,12}|\d{1,40})(?:\.\d{1,20})?(?:/\d{1,20})?)(?![\d.,]\d)"
-)
+# A decimal or a fraction of integers, not both (`1.5/2` is not a value to judge).
+_VALUE = re.compile(r"[ \t]?(-?(?:\d{1,3}(?:,\d{3}){1,12}|\d{1,40})(?:\.\d{1,20}|/\d{1,20})?)(?![\d.,/]\d)")
 # What may follow a value for it to be the whole value: the end, a space or punctuation that ends it,
 # never an operator, a digit, a letter glued to it, `%`, `^`, `e5`, `!`.
 # A `?` after it is the model doubting its own value, not a slip to correct.
@@ -130,7 +130,7 @@ def _shown(value: Fraction, like: str) -> str:
     if "/" in like:
         return f"{value.numerator}/{value.denominator}"
     decimals = len(like.split(".")[1]) if "." in like else 4
-    scaled = round(abs(value) * 10**decimals)
+    scaled = math.floor(abs(value) * 10**decimals + Fraction(1, 2))  # half up, as written by hand
     whole, frac = divmod(scaled, 10**decimals)
     text = ("-" if value < 0 else "") + f"{whole}.{frac:0{decimals}d}"
     return text.rstrip("0").rstrip(".") if "." not in like else text
@@ -235,37 +235,47 @@ def find_slips(text: str) -> list[Slip]:
 
 def _judge(text: str, written: list[Written]) -> list[Slip]:
     slips: list[Slip] = []
-    for start, raw, value_text, end, _eq in written:
-        before = text[max(0, start - 8) : start]
-        after = text[end : end + 12]
-        if not _AFTER_OK.match(after) or _OPERATOR_AFTER.match(after) or _MOD.search(before + after):
-            continue
-        # A sign, an operator or a function name right before it: the expression is part of a larger
-        # one (`-3 * 4`, `sqrt(12 * 5)`, `2 + 3 * 4` cut short) that was not taken whole. A number
-        # right before it: a mixed number (`9 14/15`). LaTeX around it (`-27 \times 1^2`).
-        lead = before.rstrip()
-        if lead and (
-            lead[-1] in "-+*/×÷·^−√∛<>≈~)]"
-            or lead[-1].isdigit()
-            or (lead[-1] in "([" and lead[:-1][-1:].isalnum())
-            or "\\" in before
-        ):
-            continue
-        expr = normalise_expression(raw)
-        if expr.count("/") >= 2 or expr.count("^") >= 2 or _is_range(raw):
-            # `14/10 ÷ 68/10` is a fraction of fractions, `2^3^2` a tower read either way by hand, `6-10`
-            # a range of cases.
-            continue
-        value = evaluate(expr)
-        if value is None or _agrees(value, value_text, expr):
-            continue
-        if after.startswith(",") and len(str(abs(int(value)))) > len(value_text.lstrip("-")):
-            continue  # `1344*70 = 93,` a number cut at its thousands comma
-        correct = _shown(value, value_text)
-        if correct in text[end : end + _SELF_FIX_CHARS]:
-            continue  # the model writes the right value soon after: it corrected itself
-        slips.append(Slip(expr, value_text, correct))
+    for item in written:
+        try:
+            slip = _judge_one(text, item)
+        except (ArithmeticError, ValueError, RecursionError):
+            slip = None  # one computation nothing here was built for: skipped, the others still judged
+        if slip is not None:
+            slips.append(slip)
     return slips
+
+
+def _judge_one(text: str, item: Written) -> Slip | None:
+    start, raw, value_text, end, _eq = item
+    before = text[max(0, start - 8) : start]
+    after = text[end : end + 12]
+    if not _AFTER_OK.match(after) or _OPERATOR_AFTER.match(after) or _MOD.search(before + after):
+        return None
+    # A sign, an operator or a function name right before it: the expression is part of a larger
+    # one (`-3 * 4`, `sqrt(12 * 5)`, `2 + 3 * 4` cut short) that was not taken whole. A number
+    # right before it: a mixed number (`9 14/15`). LaTeX around it (`-27 \times 1^2`).
+    lead = before.rstrip()
+    if lead and (
+        lead[-1] in "-+*/×÷·^−√∛<>≈~)]"
+        or lead[-1].isdigit()
+        or (lead[-1] in "([" and lead[:-1][-1:].isalnum())
+        or "\\" in before
+    ):
+        return None
+    expr = normalise_expression(raw)
+    if expr.count("/") >= 2 or expr.count("^") >= 2 or _is_range(raw):
+        # `14/10 ÷ 68/10` is a fraction of fractions, `2^3^2` a tower read either way by hand, `6-10`
+        # a range of cases.
+        return None
+    value = evaluate(expr)
+    if value is None or _agrees(value, value_text, expr):
+        return None
+    if after.startswith(",") and len(str(abs(int(value)))) > len(value_text.lstrip("-")):
+        return None  # `1344*70 = 93,` a number cut at its thousands comma
+    correct = _shown(value, value_text)
+    if correct in text[end : end + _SELF_FIX_CHARS]:
+        return None  # the model writes the right value soon after: it corrected itself
+    return Slip(expr, value_text, correct)
 
 
 class HandArithmetic:

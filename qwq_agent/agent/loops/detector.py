@@ -106,6 +106,7 @@ class ReasoningLoopDetector:
         self._revisits_at_signal = 0
         self._chars_at_signal = 0
         self._size_at_signal = 0
+        self._fed_at_signal = 0
         self._cycle_checks = 0
         self._circling_since: int | None = None  # where the statistical signals last became true
         self._echo: deque[tuple[bool, int]] = deque()  # per recent segment: a second visit, markers
@@ -336,7 +337,7 @@ class ReasoningLoopDetector:
         cfg = self.config
         if self.level != 1:
             return None
-        since = [p.answer for p in self.probes if p.at_chars > self._size_at_signal]
+        since = [p.answer for p in self.probes if p.at_chars > self._fed_at_signal]
         last = since[-cfg.probe_stable_count :]
         if len(last) < cfg.probe_stable_count or not last[0] or len(set(last)) != 1:
             return None
@@ -364,6 +365,9 @@ class ReasoningLoopDetector:
         self.level += 1
         self._chars_at_signal = self._pos
         self._size_at_signal = self._size
+        # Probes are placed by the text fed (`bytes_fed`): one taken where the nudge was written,
+        # whatever the cut of the stream, is not "after" it.
+        self._fed_at_signal = self.bytes_fed
         self._revisits_at_signal = self.revisits
         candidates = self._ledger.top()
         if kind == "periodic":

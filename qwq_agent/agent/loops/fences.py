@@ -21,9 +21,10 @@ Piece = tuple[PieceKind, str]
 _FENCES = ("```", "~~~")
 # A line start of only spaces this long is not a fence (a hostile stream of spaces holds nothing back).
 _MAX_INDENT = 256
-# A block still open past this many characters (~150 lines) is read as prose again: a stray fence, or
-# output cut short, must not hide the rest of the reasoning from the prose signals.
-_MAX_OPEN_BLOCK = 6_000
+# Past this many characters (~500 lines) an open block's text goes to the prose signals, while its fences
+# still pair: a stray fence, or output cut short, must not hide the rest of the reasoning for long, and
+# real code blocks in reasoning are far shorter.
+_MAX_OPEN_BLOCK = 20_000
 _MAX_BLOCK_CHARS = 1 << 20  # a block past this is hashed on its first megabyte (bounded memory)
 
 
@@ -39,7 +40,8 @@ class FenceSplitter:
         self._head: str | None = ""  # the start of the current line while undecided; None once decided
         self._line_kind: PieceKind = "prose"  # what the rest of a decided line is
         self._closing = False  # the current line is a closing fence: the block ends with the line
-        self._code_chars = 0  # in the open block, up to the current line
+        self._fence_line = False  # the current line is a fence line (always code: it pairs the fences)
+        self._code_chars = 0  # characters of the open block so far
 
     def feed(self, delta: str) -> list[Piece]:
         out: list[tuple[PieceKind, list[str]]] = []  # pieces of one kind gathered, joined once at the end
@@ -48,9 +50,7 @@ class FenceSplitter:
             nl = delta.find("\n", i)
             end = n if nl < 0 else nl + 1
             if self._head is None:
-                self._emit(out, self._line_kind, delta[i:end])
-                if self._line_kind == "code":
-                    self._code_chars += end - i
+                self._emit_line(out, delta[i:end])
             else:
                 head = self._head + delta[i:end]
                 stripped = head.lstrip(" \t")
@@ -58,19 +58,16 @@ class FenceSplitter:
                 if len(stripped) < 3 and not head.endswith("\n") and indent < _MAX_INDENT:
                     self._head = head
                     break  # undecided until more of the line arrives
-                if self.in_code and self._code_chars > _MAX_OPEN_BLOCK:
-                    out.append(("close", []))
-                    self.in_code = False
                 fence = indent < _MAX_INDENT and stripped.startswith(_FENCES)
                 # A fence line belongs to its block, the opening one and the closing one alike.
                 self._line_kind = "code" if self.in_code or fence else "prose"
+                self._fence_line = fence
                 self._closing = fence and self.in_code
+                if fence and not self.in_code:
+                    self._code_chars = 0
                 if fence:
                     self.in_code = not self.in_code
-                    self._code_chars = 0
-                if self._line_kind == "code":
-                    self._code_chars += len(head)
-                self._emit(out, self._line_kind, head)
+                self._emit_line(out, head)
                 self._head = None
             i = end
             if nl >= 0:
@@ -79,6 +76,20 @@ class FenceSplitter:
                     self._closing = False
                 self._head = ""  # the next line starts undecided
         return [(kind, "".join(texts)) for kind, texts in out]
+
+    def _emit_line(self, out: list[tuple[PieceKind, list[str]]], text: str) -> None:
+        """Emit part of the current line: code, up to where an open block has run too long, then prose."""
+        if self._line_kind != "code" or self._fence_line:
+            self._emit(out, self._line_kind, text)
+            return
+        room = max(0, _MAX_OPEN_BLOCK - self._code_chars)
+        self._code_chars += len(text)
+        if room:
+            self._emit(out, "code", text[:room])
+        if len(text) > room:
+            # A block open this long is read as prose from here on (a stray fence, or output cut
+            # short, must not hide the rest of the reasoning); its fences still pair as written.
+            self._emit(out, "prose", text[room:])
 
     @staticmethod
     def _emit(out: list[tuple[PieceKind, list[str]]], kind: PieceKind, text: str) -> None:
