@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from qwq_agent.agent.loops.arithmetic import HandArithmetic, evaluate, find_slip
 from qwq_agent.agent.loops.evaluation import find_corpus
 from qwq_agent.agent.replay import ReplayModel, load_recording
 from qwq_agent.testing.helpers import add
+from qwq_agent.testing.raw_server import RawServer
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest
 from qwq_agent.tools.catalog import build_tools
 
@@ -253,49 +255,27 @@ async def test_heavy_hand_computation_earns_the_hint_only_when_asked_for() -> No
     assert "20 computations by hand" in hint.message and requests == 2
 
 
-class _OneDeltaServer:
-    """Real HTTP on 127.0.0.1 speaking SGLang's native stream: the whole reasoning and `</think>` arrive in
-    one event (a server may batch its output), then the answer."""
+def _batched(reasoning: str, answer: str) -> Callable[[asyncio.StreamWriter], None]:
+    """SGLang's native stream with the whole reasoning and `</think>` in one event (a server may batch
+    its output), then the answer."""
 
-    def __init__(self, reasoning: str, answer: str) -> None:
-        self.texts = [reasoning + "</think>", reasoning + "</think>\n\n" + answer]
-        self.requests = 0
+    def write(writer: asyncio.StreamWriter) -> None:
+        texts = [reasoning + "</think>", reasoning + "</think>\n\n" + answer]
+        for k, text in enumerate(texts):
+            finish = {"type": "stop"} if k == len(texts) - 1 else None
+            meta = {"id": "x", "finish_reason": finish, "prompt_tokens": 10, "completion_tokens": k + 1}
+            event = {"text": text, "output_ids": list(range(k + 1)), "meta_info": meta}
+            writer.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        writer.write(b"data: [DONE]\n\n")
 
-    async def __aenter__(self) -> _OneDeltaServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode()
-        length = next(
-            (int(h.split(":")[1]) for h in head.split("\r\n") if h.lower().startswith("content-length:")), 0
-        )
-        await reader.readexactly(length)
-        if not head.startswith("POST /generate"):
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
-        else:
-            self.requests += 1
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
-            for k, text in enumerate(self.texts):
-                finish = {"type": "stop"} if k == len(self.texts) - 1 else None
-                meta = {"id": "x", "finish_reason": finish, "prompt_tokens": 10, "completion_tokens": k + 1}
-                event = {"text": text, "output_ids": list(range(k + 1)), "meta_info": meta}
-                writer.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-            writer.write(b"data: [DONE]\n\n")
-        await writer.drain()
-        writer.close()
+    return write
 
 
 async def test_a_slip_in_the_same_piece_as_the_end_of_the_reasoning_writes_nothing_into_the_answer() -> None:
     # Nothing may be written into the reasoning once `</think>` came in the same piece: the hint would land
     # in the answer.
     reasoning = "So 17 * 24 = 418 boxes." + FILLER * 2 + " Done."
-    async with _OneDeltaServer(reasoning, "The answer is 418.") as server:
+    async with RawServer("text/event-stream", _batched(reasoning, "The answer is 418.")) as server:
         async with SGLangClient(server.url, retry=NO_RETRY) as client:
             agent = Agent(client, build_tools(["python"]), config=AgentConfig(check_language=False))
             events = [ev async for ev in agent.stream("How many boxes?")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -23,49 +23,7 @@ from qwq_agent.agent.clients.errors import ModelProtocolError
 from qwq_agent.agent.messages import Message
 from qwq_agent.agent.parser import parse
 from qwq_agent.protocols import Completion, SamplingParams
-
-
-class RawServer:
-    """Answers every POST with status 200, `content_type` and what `write` sends, then closes."""
-
-    def __init__(self, content_type: str, write: Callable[[asyncio.StreamWriter], object]) -> None:
-        self.content_type = content_type
-        self.write = write
-        self.requests = 0
-        self.url = ""
-
-    async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = (await reader.readuntil(b"\r\n\r\n")).decode()
-            length = next(
-                (int(h.split(":")[1]) for h in head.split("\r\n") if h.lower().startswith("content-length:")),
-                0,
-            )
-            await reader.readexactly(length)
-            if head.startswith("POST /abort_request"):
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
-                return
-            self.requests += 1
-            writer.write(
-                f"HTTP/1.1 200 OK\r\nContent-Type: {self.content_type}\r\nConnection: close\r\n\r\n".encode()
-            )
-            result = self.write(writer)
-            if asyncio.iscoroutine(result):
-                await result
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+from qwq_agent.testing.raw_server import RawServer
 
 
 def _html(writer: asyncio.StreamWriter) -> None:
