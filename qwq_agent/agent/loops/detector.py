@@ -104,7 +104,6 @@ class ReasoningLoopDetector:
         self._flag_start = 0
         self.revisits = 0  # all evidence of circling so far (for escalation)
         self._revisits_at_signal = 0
-        self._chars_at_signal = 0
         self._size_at_signal = 0
         self._fed_at_signal = 0
         self._cycle_checks = 0
@@ -363,7 +362,6 @@ class ReasoningLoopDetector:
             if self.revisits - self._revisits_at_signal < cfg.min_new_repeats:
                 return
         self.level += 1
-        self._chars_at_signal = self._pos
         self._size_at_signal = self._size
         # Probes are placed by the text fed (`bytes_fed`): one taken where the nudge was written,
         # whatever the cut of the stream, is not "after" it.
