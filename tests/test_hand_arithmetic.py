@@ -255,12 +255,13 @@ async def test_heavy_hand_computation_earns_the_hint_only_when_asked_for() -> No
     assert "20 computations by hand" in hint.message and requests == 2
 
 
-def _batched(reasoning: str, answer: str) -> Callable[[asyncio.StreamWriter], None]:
-    """SGLang's native stream with the whole reasoning and `</think>` in one event (a server may batch
-    its output), then the answer."""
+def _batched(reasoning: str, answer: str, cut: int = 8) -> Callable[[asyncio.StreamWriter], None]:
+    """SGLang's native stream with the whole reasoning and the first `cut` characters of `</think>` in one
+    event (a server may batch its output, or split a tag), then the rest and the answer."""
 
     def write(writer: asyncio.StreamWriter) -> None:
-        texts = [reasoning + "</think>", reasoning + "</think>\n\n" + answer]
+        whole = reasoning + "</think>\n\n" + answer
+        texts = [reasoning + "</think>"[:cut], whole]
         for k, text in enumerate(texts):
             finish = {"type": "stop"} if k == len(texts) - 1 else None
             meta = {"id": "x", "finish_reason": finish, "prompt_tokens": 10, "completion_tokens": k + 1}
@@ -271,11 +272,14 @@ def _batched(reasoning: str, answer: str) -> Callable[[asyncio.StreamWriter], No
     return write
 
 
-async def test_a_slip_in_the_same_piece_as_the_end_of_the_reasoning_writes_nothing_into_the_answer() -> None:
+@pytest.mark.parametrize("cut", [8, 4, 2])  # `</think>` whole, or cut as `</th` | `ink>`, `</` | `think>`
+async def test_a_slip_in_the_same_piece_as_the_end_of_the_reasoning_writes_nothing_into_the_answer(
+    cut: int,
+) -> None:
     # Nothing may be written into the reasoning once `</think>` came in the same piece: the hint would land
     # in the answer.
     reasoning = "So 17 * 24 = 418 boxes." + FILLER * 2 + " Done."
-    async with RawServer("text/event-stream", _batched(reasoning, "The answer is 418.")) as server:
+    async with RawServer("text/event-stream", _batched(reasoning, "The answer is 418.", cut)) as server:
         async with SGLangClient(server.url, retry=NO_RETRY) as client:
             agent = Agent(client, build_tools(["python"]), config=AgentConfig(check_language=False))
             events = [ev async for ev in agent.stream("How many boxes?")]

@@ -136,3 +136,16 @@ def test_a_deeply_indented_fence_is_read_the_same_however_it_is_cut() -> None:
         det = feed(text, step)
         assert expected is None or outcome(det) == expected
         expected = outcome(det)
+
+
+def test_a_block_past_the_cap_stays_one_block_fingerprinted_whole_and_its_text_reaches_the_prose() -> None:
+    shared = "".join(f"    value_{k} = compute({k})\n" for k in range(_MAX_OPEN_BLOCK // 26 + 50))
+    one = f"Intro line for the task.\n```python\n{shared}    return 1\n```\nThen prose.\n"
+    two = one.replace("return 1", "return 2")
+    det = feed(one + two)
+    assert sorted(det._blocks.values()) == [1, 1]  # different code past the cap: not a revisit
+    # A fence line never ended either: past the cap its text is read as prose (a slip in it is found).
+    body = "".join(f"So 17 * 24 = 418 boxes in pile {k}, then more piles follow. " for k in range(700))
+    for opening in ("```", "```\n"):
+        det = feed(opening + body)
+        assert [str(s) for s in det.arithmetic.slips][:1] == ["17*24 = 418"], opening

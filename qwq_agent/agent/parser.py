@@ -170,6 +170,10 @@ class StreamParser:
         """Whether `</think>` has been seen."""
         return self._state in (_State.CONTENT, _State.CALL)
 
+    def holding(self) -> bool:
+        """Whether text is held back undecided (it may start a tag, such as a `</think>` cut in two)."""
+        return bool(self._buf)
+
     def feed(self, chunk: str) -> list[ParseEvent]:
         """Consume the next piece of output; return the events it completes."""
         if self._closed:

@@ -237,7 +237,11 @@ class TurnStreamer:
                         self._reasoning_open = isinstance(ev, ReasoningDelta)
                         if attempt.signal is None:  # else this stream ends here: no probe rides on it
                             self._maybe_probe(pieces)
-                if attempt.signal is not None or attempt.call_open or attempt.hint is not None:
+                if attempt.call_open or (
+                    # A tag cut in two (`</th` | `ink>`) is read to its end first: if it closes the
+                    # reasoning, nothing may be written into it (see `ReasoningEnd` above).
+                    (attempt.signal is not None or attempt.hint is not None) and not self.parser.holding()
+                ):
                     break  # closing the stream aborts the request on the server
         finally:
             attempt.text = "".join(pieces)

@@ -139,6 +139,10 @@ class ReasoningLoopDetector:
                 self._feed_prose(text)
             elif kind == "code":
                 self._feed_code(text)
+            elif kind == "overflow":  # a block open too long: still one block, and prose to the signals
+                if self._block is not None:
+                    self._block.add(text)
+                self._feed_prose(text)
             else:
                 self._close_code()
         new, self._new = self._new, []

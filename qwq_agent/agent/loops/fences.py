@@ -15,7 +15,8 @@ from typing import Literal
 
 __all__ = ["CodeBlock", "FenceSplitter", "Piece"]
 
-PieceKind = Literal["prose", "code", "close"]
+# "overflow": code of a block open past `_MAX_OPEN_BLOCK`, which the prose signals read too.
+PieceKind = Literal["prose", "code", "overflow", "close"]
 Piece = tuple[PieceKind, str]
 
 _FENCES = ("```", "~~~")
@@ -40,7 +41,6 @@ class FenceSplitter:
         self._head: str | None = ""  # the start of the current line while undecided; None once decided
         self._line_kind: PieceKind = "prose"  # what the rest of a decided line is
         self._closing = False  # the current line is a closing fence: the block ends with the line
-        self._fence_line = False  # the current line is a fence line (always code: it pairs the fences)
         self._code_chars = 0  # characters of the open block so far
 
     def feed(self, delta: str) -> list[Piece]:
@@ -61,7 +61,6 @@ class FenceSplitter:
                 fence = indent < _MAX_INDENT and stripped.startswith(_FENCES)
                 # A fence line belongs to its block, the opening one and the closing one alike.
                 self._line_kind = "code" if self.in_code or fence else "prose"
-                self._fence_line = fence
                 self._closing = fence and self.in_code
                 if fence and not self.in_code:
                     self._code_chars = 0
@@ -78,8 +77,8 @@ class FenceSplitter:
         return [(kind, "".join(texts)) for kind, texts in out]
 
     def _emit_line(self, out: list[tuple[PieceKind, list[str]]], text: str) -> None:
-        """Emit part of the current line: code, up to where an open block has run too long, then prose."""
-        if self._line_kind != "code" or self._fence_line:
+        """Emit part of the current line: code, up to where an open block has run too long, then overflow."""
+        if self._line_kind != "code":
             self._emit(out, self._line_kind, text)
             return
         room = max(0, _MAX_OPEN_BLOCK - self._code_chars)
@@ -87,9 +86,9 @@ class FenceSplitter:
         if room:
             self._emit(out, "code", text[:room])
         if len(text) > room:
-            # A block open this long is read as prose from here on (a stray fence, or output cut
-            # short, must not hide the rest of the reasoning); its fences still pair as written.
-            self._emit(out, "prose", text[room:])
+            # A block open this long is read by the prose signals too from here on (a stray fence, or
+            # output cut short, must not hide the rest of the reasoning); it stays one block, whole.
+            self._emit(out, "overflow", text[room:])
 
     @staticmethod
     def _emit(out: list[tuple[PieceKind, list[str]]], kind: PieceKind, text: str) -> None:
