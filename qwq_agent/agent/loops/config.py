@@ -253,6 +253,40 @@ class LoopDetectorConfig(BaseModel):
         "stretch the echo's steps cover). (1,000-4,000 give the same healthy outcome on the corpus.)",
     )
 
+    # ---- runaway counting (level 1 only) ---------------------------------------------------------
+    counter_enabled: bool = Field(
+        default=True,
+        description="Allow the level-1-only counting signal (`loops.counter`): the same line written again "
+        "and again with only a counter changing (`Level 5: next even after Level 4 ...`), which the "
+        "exact-cycle check misses because the digits differ. Every number of the repeated line must move "
+        "by a constant step, so a healthy enumeration, whose results are not a progression, is left alone.",
+    )
+    counter_min_run: int = Field(
+        default=1000,
+        ge=256,
+        description="Bytes of text (~250 tokens, as `persist_chars`) that must repeat, digits masked, for a "
+        "count to be runaway: a short numbered list is how a model lays out cases; hundreds of tokens of "
+        "lines that say nothing new is a loop. (No file of the corpus, looping or healthy, has a count "
+        "even at 400 bytes and 4 repeats.)",
+    )
+    counter_min_repeats: int = Field(
+        default=8,
+        ge=3,
+        description="Repetitions of the line needed as well: a long paragraph written twice with a number "
+        "changed is a restatement, not a count.",
+    )
+    counter_max_period: int = Field(
+        default=600,
+        ge=16,
+        description="Longest repeated line (or group of lines), in characters, looked for.",
+    )
+    counter_check_every: int = Field(
+        default=256,
+        ge=1,
+        description="Characters between two counting checks (each masks the last 4,096 characters; "
+        "the signal needs over a thousand, so checking more often gains nothing).",
+    )
+
     # ---- hand arithmetic (a one-time hint, separate from the loop levels) ------------------------
     arithmetic_slip_hint: bool = Field(
         default=True,

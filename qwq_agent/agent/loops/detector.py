@@ -9,6 +9,7 @@ Signals (each cheap per character and streaming):
   it may only nudge; closing and stopping need the third-visit signals above.
 - `copies` (level 1 only): several separate long spans of the recent reasoning copied verbatim (each on
   its second visit; one copy is a restatement, a burst of them a loop);
+- `counter` (level 1 only): the same line again and again with only a counter changing (`loops.counter`);
 - `probe` (level 2 only, opt-in): after the nudge, the answer-stability probes (`loops.probe`) keep
   giving the same answer while the reasoning keeps circling; `observe_probe` takes their answers.
 
@@ -27,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from qwq_agent.agent.loops.arithmetic import HandArithmetic
 from qwq_agent.agent.loops.config import LoopDetectorConfig
+from qwq_agent.agent.loops.counter import CountRun, runaway_count
 from qwq_agent.agent.loops.duplicates import NearDuplicates
 from qwq_agent.agent.loops.fences import CodeBlock, FenceSplitter
 from qwq_agent.agent.loops.ledger import CandidateLedger, count_markers, extract_mentions
@@ -35,7 +37,7 @@ from qwq_agent.agent.loops.probe import ProbeResult
 
 __all__ = ["LoopSignal", "ReasoningLoopDetector", "SignalKind"]
 
-SignalKind = Literal["periodic", "steps", "candidates", "echo", "copies", "probe"]
+SignalKind = Literal["periodic", "steps", "candidates", "echo", "copies", "counter", "probe"]
 Level = Literal[1, 2, 3]
 _LEVELS: dict[int, Level] = {1: 1, 2: 2, 3: 3}  # the detector counts in ints; a signal carries a Level
 
@@ -50,6 +52,8 @@ _BOUNDARY = re.compile(r"(?<![.!?])[.!?]+(?=\s)|[。！？]+|\n")
 # runs without whitespace (digits, CJK) are consumed in blocks of this size, counted from the run's
 # start, so the outcome does not depend on how the stream was cut.
 _BLOCK = 64
+# The counting check looks this far back (within the exact-cycle buffer, whatever the stream's cuts).
+_COUNTER_WINDOW = 4096
 # A segment is cut here whatever it holds, which bounds the text the ledger's patterns scan.
 _MAX_SEGMENT_CHARS = 4096
 
@@ -120,6 +124,7 @@ class ReasoningLoopDetector:
         self._code_tail = PeriodicTail(cfg)
         self._blocks: dict[str, int] = {}  # fingerprint -> times written
         self._cycle = (0, 0)  # (run, period) of the last exact cycle found, prose or code
+        self._count: CountRun | None = None  # the runaway count that nudged
         # Hand computations checked exactly (read by the turn for its one-time hint, not a loop level).
         self.arithmetic = HandArithmetic()
         self._check_arithmetic = cfg.arithmetic_slip_hint or cfg.arithmetic_heavy_hint > 0
@@ -236,6 +241,23 @@ class ReasoningLoopDetector:
             elif self._echo_with_copy():
                 self._echo_copy_at = self._periodic.copies[-1]
                 self._maybe_signal("echo")
+        if (
+            cfg.counter_enabled
+            and self.level == 0
+            and self._pos % cfg.counter_check_every < cfg.periodic_check_every
+        ):
+            # Prose or code alike: a real one was ~70 comment lines in an unclosed code block.
+            found = runaway_count(
+                tail.recent(_COUNTER_WINDOW),
+                anchor=cfg.periodic_anchor_chars,
+                max_period=cfg.counter_max_period,
+                tries=cfg.periodic_max_tries,
+                min_run_bytes=cfg.counter_min_run,
+                min_repeats=cfg.counter_min_repeats,
+            )
+            if found is not None:
+                self._count = found
+                self._maybe_signal("counter")
 
     def _copy_burst(self) -> bool:
         cfg = self.config
@@ -355,7 +377,7 @@ class ReasoningLoopDetector:
 
     def _maybe_signal(self, kind: SignalKind) -> None:
         cfg = self.config
-        if self.level >= 3 or (kind in ("echo", "copies") and self.level >= 1):
+        if self.level >= 3 or (kind in ("echo", "copies", "counter") and self.level >= 1):
             return
         if kind != "periodic" and self._size < cfg.min_reasoning_chars:
             return
@@ -390,6 +412,11 @@ class ReasoningLoopDetector:
             reason = (
                 f"{cfg.copy_count} separate spans of {cfg.copy_min_chars}+ characters copied verbatim from "
                 f"the last {cfg.periodic_max_period} characters of reasoning"
+            )
+        elif kind == "counter" and self._count is not None:
+            reason = (
+                f"a runaway count: the same {self._count.period}-character line {self._count.repeats} times "
+                f"with only its numbers counting up (last: {self._count.line!r})"
             )
         elif kind == "echo":
             reason = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from qwq_agent.agent.loops.config import LoopDetectorConfig
 
-__all__ = ["PeriodicTail"]
+__all__ = ["PeriodicTail", "longest_cycle"]
 
 
 class PeriodicTail:
@@ -38,28 +38,18 @@ class PeriodicTail:
         """Measure the cycle that ends at the text consumed so far; return its run (0 = none)."""
         cfg = self.config
         buf = self._buf
-        self.period = self.run = self.run_bytes = 0
-        a = cfg.periodic_anchor_chars
-        if len(buf) < 2 * a:
-            return 0
-        anchor = buf[-a:]
-        lo = max(0, len(buf) - cfg.periodic_max_period - a)
-        end = len(buf) - 1  # occurrences must start before the tail's own anchor
-        best_run, best_p = 0, 0
-        for _ in range(cfg.periodic_max_tries):
-            at = buf.rfind(anchor, lo, end)
-            if at < 0:
-                break
-            p = len(buf) - a - at
-            run = _repeat_len(buf, p)
-            if run > best_run:
-                best_run, best_p = run, p
-            end = at + a - 1
+        best_run, best_p = longest_cycle(
+            buf, cfg.periodic_anchor_chars, cfg.periodic_max_period, cfg.periodic_max_tries
+        )
         self.period, self.run = best_p, best_run
         # A character of Chinese is about a token, one of English a quarter: the run is weighed in bytes
         # so that the same number of tokens copied counts the same in any script.
         self.run_bytes = len(buf[len(buf) - best_run :].encode("utf-8", "surrogatepass")) if best_run else 0
         return self.run_bytes
+
+    def recent(self, n: int) -> str:
+        """The last `n` characters consumed, at most the buffer's keep (so stream cuts cannot matter)."""
+        return self._buf[-min(n, self._keep) :]
 
     def check_copy(self, pos: int) -> int:
         """Note whether the tail is a long verbatim copy of earlier text; return the copies so far.
@@ -81,6 +71,32 @@ class PeriodicTail:
                 del self.copies[0]
         self._copying = copying
         return len(self.copies)
+
+
+def longest_cycle(buf: str, anchor_chars: int, max_period: int, tries: int) -> tuple[int, int]:
+    """(run, period) of the longest exact cycle ending at the tail of `buf`; (0, 0) when none.
+
+    The last `anchor_chars` are looked up earlier (newest first, `tries` occurrences, within
+    `max_period`); each occurrence proposes a period, measured by how many trailing characters equal
+    the ones a period earlier.
+    """
+    a = anchor_chars
+    if len(buf) < 2 * a:
+        return 0, 0
+    anchor = buf[-a:]
+    lo = max(0, len(buf) - max_period - a)
+    end = len(buf) - 1  # occurrences must start before the tail's own anchor
+    best_run, best_p = 0, 0
+    for _ in range(tries):
+        at = buf.rfind(anchor, lo, end)
+        if at < 0:
+            break
+        p = len(buf) - a - at
+        run = _repeat_len(buf, p)
+        if run > best_run:
+            best_run, best_p = run, p
+        end = at + a - 1
+    return best_run, best_p
 
 
 def _tail_chars(buf: str, size: int) -> int:

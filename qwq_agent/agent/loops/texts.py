@@ -62,6 +62,17 @@ def nudge_text(signal: LoopSignal | None = None, tools: Iterable[str] | None = N
     proposing python. With no python tool the model is told to settle on one candidate instead.
     """
     python = _python_tool(tools)
+    if signal is not None and signal.kind == "counter":
+        # Counting by hand, line after line: the rule is known, so state it (or compute it) once.
+        if python is None:
+            return (
+                "\n\nWait — I keep writing the same line with only a number counting up. The pattern is "
+                "clear; I should state the rule once and move on.\n\n"
+            )
+        return (
+            "\n\nWait — I keep writing the same line with only a number counting up. The pattern is clear; "
+            f"I should state the rule once, or compute what I need with the {python} tool, and move on.\n\n"
+        )
     candidates = signal.candidates if signal is not None else []
     if not candidates:
         if python is None:
