@@ -550,3 +550,20 @@ def test_new_signals_do_not_depend_on_the_chunking(name: str) -> None:
     assert [s.model_dump() for s in run(digits, 4)[0].signals] == [
         s.model_dump() for s in feed16(digits).signals
     ]
+
+
+def test_a_value_is_the_number_that_ends_an_equals_chain() -> None:
+    # `2*(3*(4*5))+1 = 2*60+1 = 121`: the `2` right after the first `=` starts the next step; the
+    # nudge once named `2*(3*(4*5))+1 = 2`, a false sum in the model's own voice.
+    from qwq_agent.agent.loops.ledger import extract_mentions
+
+    assert extract_mentions("so 2 * (3 * (4 * 5)) + 1 = 2 * 60 + 1 = 121.") == [
+        ("expr", "2*(3*(4*5))+1=121"),
+        ("expr", "2*60+1=121"),
+    ]
+    # A running total is not a chain of equal things: 3*4 is not 17.
+    assert extract_mentions("3 * 4 = 12 + 5 = 17") == [("expr", "3*4"), ("expr", "12+5=17")]
+    # A value followed by a dash or words is a value; a huge one is kept as written, never converted.
+    assert extract_mentions("3 + 4 = 7 - wait") == [("expr", "3+4=7")]
+    big = "9" * 5000
+    assert extract_mentions(f"1 + 2 = 3 + 0 = {big}")[-1] == ("expr", f"3+0={big}")

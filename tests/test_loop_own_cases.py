@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import importlib.util
 import random
+from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from qwq_agent.agent.loop_detector import LoopDetectorConfig, ReasoningLoopDetector
+from qwq_agent.agent.loops.exact import evaluate
 
 DATA = Path(__file__).parent / "data" / "reasoning"
 EXPRESSIONS = {"(8+8)*3/3 = 16", "8*3+8-3 = 29", "(8-3)*3+8 = 23", "8*(3+3)-8 = 40"}
@@ -129,3 +131,20 @@ def test_a_real_parentheses_loop_stretch_is_nudged_naming_the_groupings() -> Non
     first = det.signals[0]
     assert first.evidence["chars"] < len(text)
     assert "((2*3)*4)*(5+1)" in first.candidates and any("144" in c for c in first.candidates)
+
+
+def test_the_whole_real_parentheses_loop_is_nudged_in_its_first_third_naming_true_values() -> None:
+    # The whole output (external/SOURCES.md): 75,344 characters that never close, the model's
+    # 32,768-token cap. Nudged at ~34%; closed and stopped at ~63-66%, where it falls into a verbatim
+    # cycle of four lines.
+    text = (DATA / "external" / "r1-distill-qwen-7b_math500-0009.txt").read_text(encoding="utf-8")
+    det = feed16(text)
+    assert [s.level for s in det.signals] == [1, 2, 3]
+    assert det.signals[0].evidence["chars"] < 0.36 * len(text)
+    assert det.signals[2].evidence["chars"] < 0.7 * len(text)
+    # Every value named beside an expression is the expression's value: in `2*(3*(4*5))+1 = 2*60+1`
+    # the `2` after the `=` starts the next step, and the nudge once named `2*(3*(4*5))+1 = 2`.
+    named = [c.split(" = ") for s in det.signals for c in s.candidates if " = " in c]
+    assert named
+    for expr, value in named:
+        assert evaluate(expr) == Fraction(value), (expr, value)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter, deque
+from fractions import Fraction
 
 from qwq_agent.agent.loops.config import LoopDetectorConfig
+from qwq_agent.agent.loops.exact import evaluate
 
 __all__ = ["CandidateLedger", "Mention", "extract_mentions", "normalise_expression"]
 
@@ -36,7 +38,11 @@ _EXPR = re.compile(
     rf"[(\[]*\s*{_NUM}\s*[)\]]*(?:\s*{_OP}\s*[(\[]*\s*{_NUM}\s*[)\]]*)+(?![\w^(])"
 )
 _SPACES = re.compile(r"\s+")
-_VALUE = re.compile(rf"\s*=\s*(-?{_NUM})")
+_EQUALS = re.compile(r" ?= ?")
+_MAX_VALUE_DIGITS = 200  # a longer number is not a hand result to hand on (and int() refuses > 4,300)
+_VALUE = re.compile(rf"(-?{_NUM})")
+# After a value, more of an expression: the number was the first term of the next step, not a result.
+_CONTINUES = re.compile(r" ?[-+*/×÷·^] ?[\d(\[]| ?[(\[] ?\d")
 _OPTION = re.compile(
     r"(?:\b(?:[Oo]ption|[Cc]hoice|[Aa]nswer(?: is)?|[Aa]nswer would be|[Ss]o it'?s)\s*\(?([A-J])\)?(?![\w'])"
     r"|\(([A-J])\)|\b([A-J]) or ([A-J])\b|选项\s*([A-J])|选\s*([A-J]))"
@@ -85,13 +91,39 @@ def extract_mentions(text: str) -> list[Mention]:
     # One space per gap keeps the expression pattern linear (adjacent `\s*` would backtrack).
     text = _SPACES.sub(" ", text)
     out: list[Mention] = []
+    # The value rides along for the nudge (the candidate is the expression, whatever was found). It is
+    # the number that ends an `=` chain: in `2*(3*20)+1 = 2*60+1 = 121` the first number after an `=`
+    # is the start of the next step, and naming `2*(3*20)+1 = 2` would put a false sum in the model's
+    # mouth; the chain's earlier expressions get its final number.
+    chain: list[int] = []  # expressions whose `=` led straight into the next expression
+    chain_next = -1  # where that next expression must start
     for m in _EXPR.finditer(text):
         expr = normalise_expression(m.group(0))
         if not any(op in expr for op in "+-*/^") or expr.replace(".", "").isdigit():
+            chain = []
             continue
-        v = _VALUE.match(text, m.end())
-        # The value rides along for the nudge; the candidate is the expression, whatever was found.
-        out.append(("expr", expr + ("=" + v.group(1) if v else "")))
+        raw = m.group(0)
+        if m.start() + len(raw) - len(raw.lstrip()) != chain_next:
+            chain = []
+        out.append(("expr", expr))
+        eq = _EQUALS.match(text, m.end())
+        if eq is None:
+            chain = []
+            continue
+        v = _VALUE.match(text, eq.end())
+        if v is not None and not _CONTINUES.match(text, v.end()):
+            value = v.group(1)
+            out[-1] = ("expr", expr + "=" + value)
+            # A chain's earlier steps get its number only where it is their value: a running total
+            # (`3 * 4 = 12 + 5 = 17`) is not a chain of equal things.
+            exact = Fraction(value) if len(value) <= _MAX_VALUE_DIGITS else None
+            for j in chain:
+                if exact is not None and evaluate(out[j][1]) == exact:
+                    out[j] = ("expr", out[j][1] + "=" + value)
+            chain = []
+        else:
+            chain.append(len(out) - 1)
+            chain_next = eq.end()
     for m in _OPTION.finditer(text):
         for letter in m.groups():
             if letter:
