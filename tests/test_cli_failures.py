@@ -360,3 +360,18 @@ def test_a_run_whose_tools_need_no_sandbox_starts_none(server, tmp_path) -> None
     assert proc.returncode == 0, proc.stderr
     assert "The answer is 42." in proc.stdout
     assert '"sandbox_id":null' in proc.stdout.splitlines()[0].replace(" ", "")
+
+
+def test_run_json_writes_an_unserialisable_event_as_a_warning_line():
+    import json
+
+    from qwq_agent.agent.events import ToolCallEvent
+    from qwq_agent.agent.messages import ToolCall
+    from qwq_agent.cli.run_cmd import _event_json
+
+    deep: object = "x"
+    for _ in range(300):  # past pydantic's serialisation recursion limit
+        deep = [deep]
+    line = json.loads(_event_json(ToolCallEvent(call=ToolCall(name="t", arguments={"a": deep}), run_id="r")))
+    assert (line["type"], line["kind"], line["run_id"]) == ("warning", "unserialisable_event", "r")
+    assert "tool_call event could not be written" in line["message"]
