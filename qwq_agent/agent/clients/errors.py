@@ -47,5 +47,16 @@ class ModelServerError(ModelError):
         return self.status_code is not None and (self.status_code >= 500 or self.status_code == 429)
 
 
+def server_abort(detail: str, status_code: object = None) -> ModelServerError:
+    """The server ended a generation with finish reason "abort" (out of KV memory, shutting down, an
+    operator's abort): an error, never a finished turn, since the text stops wherever the abort came.
+
+    Retryable (as a 503) unless the server gave its own status: SGLang sends 400 for a request that can
+    never succeed (input longer than the context).
+    """
+    code = status_code if isinstance(status_code, int) and status_code >= 400 else 503
+    return ModelServerError(f"the server aborted the generation: {detail}", status_code=code)
+
+
 class ModelProtocolError(ModelError):
     """The server answered something that is not the protocol we speak (malformed event, missing fields)."""

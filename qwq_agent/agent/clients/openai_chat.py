@@ -37,6 +37,7 @@ from qwq_agent.agent.clients.errors import (
     ModelProtocolError,
     ModelServerError,
     ModelTimeoutError,
+    server_abort,
 )
 from qwq_agent.agent.clients.overrun import OverrunGuard
 from qwq_agent.agent.clients.retry import RetryPolicy
@@ -379,6 +380,8 @@ class OpenAIChatClient(RoutingKeyMixin):
                 await response.aclose()
             if not done and finish is None:
                 raise ModelConnectionError("stream ended before the server finished")
+            if finish == "abort" and stops.matched is None:  # SGLang's and vLLM's aborted request
+                raise server_abort('finish_reason "abort"')
             tail = stops.feed(writer.finish()) + stops.flush()
             if tail:
                 ttft = ttft if ttft is not None else time.perf_counter() - started

@@ -25,6 +25,7 @@ from qwq_agent.agent.clients.errors import (
     ModelProtocolError,
     ModelServerError,
     ModelTimeoutError,
+    server_abort,
 )
 from qwq_agent.agent.clients.overrun import OverrunGuard
 from qwq_agent.agent.clients.retry import RetryPolicy
@@ -403,7 +404,12 @@ class SGLangClient(RoutingKeyMixin):
                         final = {**meta, "finish_reason": {"type": "stop", "matched": stops.matched}}
                         finished = meta.get("finish_reason") is not None
                         break
-                    if meta.get("finish_reason") is not None:
+                    if _is_abort(reason := meta.get("finish_reason")):
+                        finished = True  # the server ended it: nothing to abort
+                        detail = reason.get("message") if isinstance(reason, dict) else None
+                        code = reason.get("status_code") if isinstance(reason, dict) else None
+                        raise server_abort(str(detail or "no reason given")[:300], code)
+                    if reason is not None:
                         final = meta
                     elif overran:
                         # The server ignores max_new_tokens: end it here, as it should have (and abort it).
@@ -459,6 +465,11 @@ class SGLangClient(RoutingKeyMixin):
             await asyncio.shield(self.abort(rid))
         except (ModelError, RuntimeError, asyncio.CancelledError):
             pass  # best effort: SGLang also aborts when it notices the disconnect
+
+
+def _is_abort(reason: object) -> bool:
+    kind = reason.get("type") if isinstance(reason, dict) else reason
+    return kind == "abort"
 
 
 def _retryable(exc: ModelError) -> bool:
