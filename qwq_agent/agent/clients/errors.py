@@ -35,11 +35,19 @@ class ModelServerError(ModelError):
     """The server answered with an error: an HTTP status >= 400, or an error event inside the stream."""
 
     def __init__(
-        self, message: str, *, status_code: int | None = None, body: str = "", partial_text: str = ""
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: str = "",
+        partial_text: str = "",
+        retry_after: float | None = None,
     ):
         super().__init__(message, partial_text=partial_text)
         self.status_code = status_code
         self.body = body
+        # seconds the server asked us to wait before the next try (its Retry-After header), if any
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:

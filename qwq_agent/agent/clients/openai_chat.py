@@ -40,7 +40,7 @@ from qwq_agent.agent.clients.errors import (
     server_abort,
 )
 from qwq_agent.agent.clients.overrun import OverrunGuard
-from qwq_agent.agent.clients.retry import RetryPolicy
+from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_delay
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
@@ -308,6 +308,7 @@ class OpenAIChatClient(RoutingKeyMixin):
                 delay = next(delays, None) if retryable and not emitted else None
                 if delay is None:
                     raise
+                delay = retry_delay(delay, exc)
                 _check_deadline(delay, exc)
                 await asyncio.sleep(delay)
 
@@ -336,6 +337,7 @@ class OpenAIChatClient(RoutingKeyMixin):
                     raise ModelServerError(
                         f"/chat/completions answered {response.status_code}: {text}",
                         status_code=response.status_code,
+                        retry_after=parse_retry_after(response.headers.get("retry-after")),
                         body=text,
                     )
                 async for event in iter_sse_json(response):

@@ -28,7 +28,7 @@ from qwq_agent.agent.clients.errors import (
     server_abort,
 )
 from qwq_agent.agent.clients.overrun import OverrunGuard
-from qwq_agent.agent.clients.retry import RetryPolicy
+from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_delay
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.router_info import capacity_of, is_router_summary, worker_infos
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
@@ -333,6 +333,7 @@ class SGLangClient(RoutingKeyMixin):
                 delay = next(delays, None)
                 if delay is None:
                     raise
+                delay = retry_delay(delay, exc)
                 _check_deadline(delay, exc)
                 attempt += 1
                 await asyncio.sleep(delay)
@@ -368,6 +369,7 @@ class SGLangClient(RoutingKeyMixin):
                     raise ModelServerError(
                         f"/generate answered {response.status_code}: {body}",
                         status_code=response.status_code,
+                        retry_after=parse_retry_after(response.headers.get("retry-after")),
                         body=body,
                     )
                 async for event in iter_sse_json(response):
