@@ -47,6 +47,7 @@ from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
+from qwq_agent.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class OpenAIChatClient(RoutingKeyMixin):
         )
 
     def __repr__(self) -> str:
-        return f"OpenAIChatClient({self.base_url!r}, model={self.model!r}, api_key={'***' if self._key else None})"
+        return f"OpenAIChatClient({redact_url(self.base_url)!r}, model={self.model!r}, api_key={'***' if self._key else None})"
 
     async def __aenter__(self) -> OpenAIChatClient:
         return self

@@ -36,6 +36,7 @@ from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.deadline import current_deadline
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
+from qwq_agent.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class SGLangClient(RoutingKeyMixin):
         )
 
     def __repr__(self) -> str:
-        return f"SGLangClient({self.base_url!r}, profile={self.profile!r})"
+        return f"SGLangClient({redact_url(self.base_url)!r}, profile={self.profile!r})"
 
     async def __aenter__(self) -> SGLangClient:
         return self
@@ -188,7 +189,9 @@ class SGLangClient(RoutingKeyMixin):
         try:
             infos = await worker_infos(self._http)
         except (httpx.HTTPError, ValueError) as exc:
-            raise ModelServerError(f"the router at {self.base_url} did not list its workers: {exc}") from exc
+            raise ModelServerError(
+                f"the router at {redact_url(self.base_url)} did not list its workers: {exc}"
+            ) from exc
         capacities = {url: c for url, raw in infos.items() if (c := capacity_of(raw))}
         lengths = [
             raw["context_length"] for raw in infos.values() if isinstance(raw.get("context_length"), int)
