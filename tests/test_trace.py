@@ -67,6 +67,11 @@ def test_a_last_line_torn_inside_a_multibyte_character_is_skipped(tmp_path):
     with path.open("ab") as fh:
         fh.write(torn)
     assert [e.type for e in read_trace(path)] == ["model_call"]
+    # a byte no UTF-8 text holds is no torn write: the file is reported as not UTF-8
+    with path.open("ab") as fh:
+        fh.write(b"\n\xff\xfe")
+    with pytest.raises(UnicodeDecodeError):
+        read_trace(path)
 
 
 def test_an_event_pydantic_cannot_serialise_is_a_trace_error_not_an_exception(tmp_path):

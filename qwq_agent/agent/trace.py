@@ -232,13 +232,21 @@ def _read_lines(path: str | Path) -> list[Event]:
     # inside a multi-byte UTF-8 sequence, so the split is exact.)
     lines = Path(path).read_bytes().split(b"\n")
     for i, raw in enumerate(lines):
+        last = i == len(lines) - 1
         try:
             line = raw.decode("utf-8")
-            if not line.strip():
-                continue
+        except UnicodeDecodeError as exc:
+            # A torn write leaves at most an unfinished character at the end; bytes that are wrong
+            # anywhere else mean the file is not UTF-8 (not a trace), which is reported as such.
+            if last and exc.reason == "unexpected end of data":
+                break
+            raise
+        if not line.strip():
+            continue
+        try:
             event = EVENT_ADAPTER.validate_json(line)
-        except ValueError:  # UnicodeDecodeError included
-            if i == len(lines) - 1:
+        except ValueError:
+            if last:
                 break
             raise
         if isinstance(event, ModelCall) and event.prompt is not None:
