@@ -7,6 +7,7 @@ without the named image, a real HTTP model server (scripted), real files that ar
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -95,6 +96,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     (root / "garbage.jsonl").write_text('{"type": "run_started", "task": 3}\nnot json at all\n{}\n')
     (root / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x81" * 64)
     (root / "empty.jsonl").write_text("")
+    from qwq_agent.agent.config import AgentConfig
+    from qwq_agent.agent.events import RunStarted
+
+    started = json.loads(RunStarted(task="hi", model="m", tools=["fetch_url"], run_id="r1").model_dump_json())
+    started["config"] = AgentConfig().model_dump(mode="json")
+    started["config"]["budget"]["max_steps"] = "lots"  # edited by hand, or an incompatible version
+    (root / "config-edited.jsonl").write_text(json.dumps(started) + "\n")
     (root / "garbage.db").write_bytes(b"this is not an SQLite database" * 100)
     with sqlite3.connect(root / "other.db") as conn:
         conn.execute("CREATE TABLE customers (id INTEGER)")
@@ -158,6 +166,10 @@ CASES |= {
         ["run", "hi", "--model-url", "127.0.0.1:30000", "--tools", "fetch_url"],
         ["not an http:// or https:// url", "--model-url http://127.0.0.1:30000"],
     ),
+    "model-invalid-ipv6/run": Case(
+        ["run", "hi", "--model-url", "http://[::1", "--tools", "fetch_url"],
+        ["not a valid url (invalid ipv6 url)", "http://[::1]:30000"],
+    ),
     "model-wrong-scheme/run": Case(
         ["run", "hi", "--model-url", "ftp://127.0.0.1:30000", "--tools", "fetch_url"],
         ["not an http:// or https:// url", "--model-url http://"],
@@ -208,6 +220,10 @@ CASES |= {
     "trace-garbage/run": Case(
         ["run", "--replay", "{tmp}/garbage.jsonl", "--tools", "fetch_url"],
         ["not a qwq-agent event", "qwq-agent run"],
+    ),
+    "trace-config-edited/run": Case(
+        ["run", "--replay", "{tmp}/config-edited.jsonl", "--tools", "fetch_url"],
+        ["config-edited.jsonl", "recorded config is not valid", "budget.max_steps", "'lots'"],
     ),
     "trace-binary/run-resume": Case(
         ["run", "--resume", "{tmp}/binary.jsonl", "--model-url", "{model}", "--tools", "fetch_url"],
@@ -360,3 +376,37 @@ def test_a_run_whose_tools_need_no_sandbox_starts_none(server, tmp_path) -> None
     assert proc.returncode == 0, proc.stderr
     assert "The answer is 42." in proc.stdout
     assert '"sandbox_id":null' in proc.stdout.splitlines()[0].replace(" ", "")
+
+
+def test_run_json_writes_an_unserialisable_event_as_a_warning_line():
+    import json
+
+    from qwq_agent.agent.events import ToolCallEvent
+    from qwq_agent.agent.messages import ToolCall
+    from qwq_agent.cli.run_cmd import _event_json
+
+    deep: object = "x"
+    for _ in range(300):  # past pydantic's serialisation recursion limit
+        deep = [deep]
+    line = json.loads(_event_json(ToolCallEvent(call=ToolCall(name="t", arguments={"a": deep}), run_id="r")))
+    assert (line["type"], line["kind"], line["run_id"]) == ("warning", "unserialisable_event", "r")
+    assert "tool_call event could not be written" in line["message"]
+
+
+@pytest.mark.parametrize(
+    ("case_id", "code"),
+    [("model-invalid-ipv6/run", 3), ("trace-config-edited/run", 2), ("model-wrong-scheme/run", 3)],
+)
+def test_bad_input_exits_with_its_code_not_as_a_bug(case_id: str, code: int, files) -> None:
+    proc = _run([_fill(a, files) for a in CASES[case_id].argv], {})
+    assert proc.returncode == code, proc.stderr
+    assert "bug" not in proc.stderr
+
+
+def test_the_model_urls_password_is_never_printed(files) -> None:
+    url = f"http://ops:Sup3rSecretPw@127.0.0.1:{_dead_port()}"
+    for argv in (["run", "hi", "--tools", "fetch_url", "--model-url", url], ["serve", "--model-url", url]):
+        proc = _run(argv, {})
+        assert proc.returncode != 0 and "no" in proc.stderr, proc.stderr
+        assert "Sup3rSecretPw" not in proc.stdout + proc.stderr
+        assert "http://ops:***@127.0.0.1:" in proc.stderr

@@ -195,3 +195,44 @@ async def test_lying_token_counts_cannot_give_back_budget_or_crash_the_client() 
     for usage in (native.usage, openai.usage, native.usage):
         tracker.account(usage)
     assert tracker.generated_tokens == 10 and tracker.exceeded() == ("generated_tokens", 10.0, 10.0)
+
+
+def _sglang_abort(writer: asyncio.StreamWriter, reason: dict) -> None:
+    meta = {"id": "x", "finish_reason": None, "prompt_tokens": 5, "completion_tokens": 1}
+    writer.write(
+        b"data: " + json.dumps({"text": "The answer is 3", "output_ids": [0], "meta_info": meta}).encode()
+    )
+    meta = {**meta, "completion_tokens": 1, "finish_reason": reason}
+    writer.write(
+        b"\n\ndata: " + json.dumps({"text": "The answer is 3", "output_ids": [0], "meta_info": meta}).encode()
+    )
+    writer.write(b"\n\ndata: [DONE]\n\n")
+
+
+def _openai_abort(writer: asyncio.StreamWriter) -> None:
+    chunk = {"choices": [{"index": 0, "delta": {"content": "The answer is 3"}, "finish_reason": None}]}
+    end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "abort"}]}
+    writer.write(b"data: " + json.dumps(chunk).encode() + b"\n\ndata: " + json.dumps(end).encode())
+    writer.write(b"\n\ndata: [DONE]\n\n")
+
+
+async def test_a_generation_the_server_aborted_is_a_retryable_error_with_its_partial_text() -> None:
+    from qwq_agent.agent.clients import ModelServerError
+
+    kv = {"type": "abort", "message": "out of KV cache memory"}
+    async with RawServer("text/event-stream", lambda w: _sglang_abort(w, kv)) as server:
+        with pytest.raises(ModelServerError, match="aborted the generation: out of KV") as info:
+            await _native(server.url)
+    assert info.value.retryable and info.value.partial_text == "The answer is 3"
+
+    # a request that can never succeed keeps the server's own status: not retried
+    too_long = {"type": "abort", "message": "input is longer than the context", "status_code": 400}
+    async with RawServer("text/event-stream", lambda w: _sglang_abort(w, too_long)) as server:
+        with pytest.raises(ModelServerError) as info:
+            await _native(server.url)
+    assert not info.value.retryable
+
+    async with RawServer("text/event-stream", _openai_abort) as server:
+        with pytest.raises(ModelServerError, match="aborted the generation") as info:
+            await _openai(server.url + "/v1")
+    assert info.value.retryable and info.value.partial_text == "The answer is 3"

@@ -259,6 +259,17 @@ def test_unrepairable_calls_are_reported_precisely(body, needle):
     assert needle in only_error(body).message
 
 
+def test_arguments_nested_past_the_limit_are_a_malformed_call_that_keeps_the_name():
+    deep = json.dumps({"name": "store", "arguments": {"data": json.loads("[" * 300 + "]" * 300)}})
+    err = only_error(deep)
+    assert err.name == "store"
+    assert "nest deeper than 100 levels" in err.message
+    # depth 100 counting the arguments object itself is still a call
+    ok = "think</think>\n\n" + call_block("store", {"data": json.loads("[" * 99 + "]" * 99)})
+    result = parse(ok)
+    assert [c.name for c in result.tool_calls] == ["store"] and result.errors == []
+
+
 def test_error_keeps_the_name_when_known():
     err = only_error('{"name": "f", "arguments": "{oops"}')
     assert err.name == "f"

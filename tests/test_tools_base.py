@@ -419,3 +419,59 @@ async def test_model_tools_accept_their_documented_default():
         ToolCall(id="1", name="find", arguments={"query": "q", "lang": None})
     )
     assert not out.is_error and out.text == "q/None"
+
+
+async def test_a_tool_exiting_becomes_an_error_observation_not_the_end_of_the_process():
+    def exits(code: int) -> str:
+        """Calls sys.exit, as argparse does on a bad flag."""
+        raise SystemExit(code)
+
+    def interrupted() -> str:
+        """Raises KeyboardInterrupt in its worker thread."""
+        raise KeyboardInterrupt
+
+    async def exits_async() -> str:
+        """Calls sys.exit on the event loop."""
+        raise SystemExit(3)
+
+    reg = ToolRegistry([tool(exits), tool(interrupted), tool(exits_async)])
+    out = await reg.call(ToolCall(name="exits", arguments={"code": 2}))
+    assert out.is_error and out.text.startswith("Tool 'exits' raised SystemExit: 2")
+    assert out.metadata["exception_type"] == "SystemExit"
+    out = await reg.call(ToolCall(name="interrupted", arguments={}))
+    assert out.is_error and out.metadata["exception_type"] == "KeyboardInterrupt"
+    out = await reg.call(ToolCall(name="exits_async", arguments={}))
+    assert out.is_error and out.text.startswith("Tool 'exits_async' raised SystemExit: 3")
+
+
+async def test_a_tool_swallowing_its_cancellation_cannot_hold_the_call_past_its_limit(monkeypatch):
+    import qwq_agent.tools.registry as registry_module
+
+    monkeypatch.setattr(registry_module, "_CANCEL_GRACE_S", 0.1)
+    release = asyncio.Event()
+
+    async def stubborn() -> str:
+        """Ignores cancellation until released."""
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                pass
+        return "late"
+
+    reg = ToolRegistry([tool(stubborn)], timeout=0.1)
+    call = asyncio.ensure_future(reg.call(ToolCall(name="stubborn", arguments={})))
+    done, _ = await asyncio.wait({call}, timeout=5)  # asyncio.wait never cancels: it only watches
+    try:
+        assert done, "the call waited on a tool that ignores cancellation"
+        out = call.result()
+        assert out.is_error and out.metadata["error"] == "timeout"
+        assert "ignored cancellation" in out.text
+        # a cancellation from outside (the run's deadline) ends the call too
+        outer = asyncio.ensure_future(reg.call(ToolCall(name="stubborn", arguments={}), timeout=None))
+        await asyncio.sleep(0)
+        outer.cancel()
+        done, _ = await asyncio.wait({outer}, timeout=5)
+        assert done and outer.cancelled()
+    finally:
+        release.set()

@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
-from qwq_agent.agent.events import Final, ModelCall, RunStarted
+from qwq_agent.agent.events import Final, ModelCall, RunStarted, ToolCallEvent
 from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.messages import ToolCall
 from qwq_agent.agent.replay import ReplayModel
 from qwq_agent.agent.trace import (
     MixedTraceError,
@@ -54,6 +55,35 @@ def test_a_torn_last_line_is_skipped(tmp_path):
         fh.write('{"type": "model_call", "prompt": "ab')
     events = read_trace(path)
     assert [e.type for e in events] == ["model_call", "final"]
+
+
+def test_a_last_line_torn_inside_a_multibyte_character_is_skipped(tmp_path):
+    # a full disk cuts the write anywhere, also one byte into a 3-byte character
+    path = tmp_path / "trace.jsonl"
+    writer = TraceWriter(path)
+    writer.write(ModelCall(prompt="abc", completion="x", usage=Usage()))
+    writer.close()
+    torn = '{"type": "model_call", "prompt": "计算'.encode()[:-2]
+    with path.open("ab") as fh:
+        fh.write(torn)
+    assert [e.type for e in read_trace(path)] == ["model_call"]
+    # a byte no UTF-8 text holds is no torn write: the file is reported as not UTF-8
+    with path.open("ab") as fh:
+        fh.write(b"\n\xff\xfe")
+    with pytest.raises(UnicodeDecodeError):
+        read_trace(path)
+
+
+def test_an_event_pydantic_cannot_serialise_is_a_trace_error_not_an_exception(tmp_path):
+    path = tmp_path / "trace.jsonl"
+    writer = TraceWriter(path)
+    assert writer.write(RunStarted(task="t", model="m", tools=[], run_id="r"))
+    deep: object = "x"
+    for _ in range(300):  # past pydantic's serialisation recursion limit
+        deep = [deep]
+    assert not writer.write(ToolCallEvent(call=ToolCall(name="t", arguments={"a": deep})))
+    assert writer.error is not None and "tool_call" in writer.error
+    assert [e.type for e in read_trace(path)] == ["run_started"]
 
 
 # -- one file, one run -----------------------------------------------------------------------------

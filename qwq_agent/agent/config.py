@@ -29,6 +29,9 @@ class AgentConfig(BaseModel):
     # deadline; the registry, the tools and the sandbox each clamp to it (no other setting to match).
     tool_timeout_s: float = 660.0
     model_retries: int = 2
+    # Wait before the n-th retry of a turn: this doubled per retry (capped at 30 s), or longer when the
+    # server asked for it (Retry-After); a wait the wall deadline cannot fit ends the run instead.
+    model_retry_backoff_s: float = Field(default=1.0, ge=0.0)
     max_reasoning_call_hints: int = 2
     # Generate every tool call under a grammar built from the tools' schemas, so calls are always
     # well formed (SGLang's native client only; see qwq_agent.agent.constrained).

@@ -23,6 +23,9 @@ from pydantic import BaseModel, Field
 # Beyond this size we do not attempt the costlier repairs (Python parsing); a real call is far smaller.
 _MAX_REPAIR_CHARS = 200_000
 _FENCE = "```"
+# Real arguments nest a few levels; far deeper ones cannot be recorded (pydantic refuses to serialise
+# past ~255 levels) and are no honest call. Refused here, the model reads why and can retry.
+MAX_ARGUMENT_DEPTH = 100
 
 
 class RepairedCall(BaseModel):
@@ -309,4 +312,27 @@ def _to_call(value: Any, repairs: list[str]) -> RepairedCall:
             f'"arguments" must be a JSON object mapping parameter names to values, got a {_json_type(args)}',
             name=name,
         )
+    if _depth_exceeds(args, MAX_ARGUMENT_DEPTH):
+        raise CallDecodeError(
+            f'"arguments" nest deeper than {MAX_ARGUMENT_DEPTH} levels of arrays and objects; '
+            "pass deep data flattened or as a string",
+            name=name,
+        )
     return RepairedCall(name=name, arguments=args, repairs=repairs)
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests deeper than `limit` containers (iterative: no recursion limit to hit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False

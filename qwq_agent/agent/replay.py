@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.events import Event, ModelCall, ReplayEnded, ReplaySource, RunStarted, Warning_
@@ -49,12 +49,33 @@ class Recording(BaseModel):
     continues: bool = False
 
     def history_messages(self) -> list[Message]:
-        """`history` as messages."""
-        return [Message.model_validate(m) for m in self.history]
+        """`history` as messages; `TraceError` naming the trace when a recorded one is not valid."""
+        try:
+            return [Message.model_validate(m) for m in self.history]
+        except ValidationError as exc:
+            raise TraceError(
+                f"trace {self.path}: its recorded history is not valid ({_first(exc)})"
+            ) from None
 
     def agent_config(self) -> AgentConfig:
-        """The recorded `AgentConfig` (defaults fill in settings added since it was written)."""
-        return AgentConfig.model_validate(self.config)
+        """The recorded `AgentConfig` (defaults fill in settings added since it was written).
+
+        A config edited by hand or written by an incompatible version raises `TraceError` naming the
+        trace and the setting, not pydantic's error.
+        """
+        try:
+            return AgentConfig.model_validate(self.config)
+        except ValidationError as exc:
+            raise TraceError(f"trace {self.path}: its recorded config is not valid ({_first(exc)})") from None
+
+
+def _first(exc: ValidationError) -> str:
+    """The first problem pydantic found, as `where: what` (and how many more there are)."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": str(exc)}
+    where = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
+    more = f"; {len(errors) - 1} more" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', '')}, got {str(first.get('input'))[:80]!r}{more}"
 
 
 def load_recording(path: str | Path, *, run_id: str | None = None) -> Recording:
@@ -68,7 +89,7 @@ def recording_of(events: list[Event], path: str | Path) -> Recording:
     if started is None:
         raise TraceError(f"trace {path} has no run_started event: nothing to replay")
     final = next((e for e in reversed(events) if e.type == "final"), None)
-    return Recording(
+    recording = Recording(
         path=str(path),
         run_id=started.run_id,
         task=started.task,
@@ -81,6 +102,10 @@ def recording_of(events: list[Event], path: str | Path) -> Recording:
         history=list(started.history),
         continues=started.continues,
     )
+    # found now, when the trace is read, not once a run built from it has started
+    recording.agent_config()
+    recording.history_messages()
+    return recording
 
 
 def _excerpt(text: str, at: int) -> str:

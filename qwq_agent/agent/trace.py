@@ -75,7 +75,14 @@ class TraceWriter:
             event = event.model_copy(
                 update={"prompt": event.prompt[shared:], "prompt_shared_prefix_chars": shared}
             )
-        data = (event.model_dump_json(exclude_none=False) + "\n").encode("utf-8")
+        try:
+            data = (event.model_dump_json(exclude_none=False) + "\n").encode("utf-8")
+        except ValueError as exc:
+            # pydantic refuses some values (nesting past its recursion limit): lose this event, not
+            # the run, and keep the failure like a disk error so the trace is known to be incomplete
+            self.error = f"{self.path}: cannot record a {event.type} event: {str(exc)[:200]}"
+            self.close()
+            return False
         try:
             view = memoryview(data)
             while view:  # unbuffered: a line is on disk (or the failure known) when write returns
@@ -220,14 +227,26 @@ def _read_lines(path: str | Path) -> list[Event]:
     events: list[Event] = []
     last_prompt = ""
     # JSON lines end at "\n" only; splitlines() would also split inside strings at U+0085, U+2028, ...
-    lines = Path(path).read_text(encoding="utf-8").split("\n")
-    for i, line in enumerate(lines):
+    # Split the bytes, not the text: a write torn by a full disk can end inside a multi-byte character,
+    # and decoding the whole file would lose every event to that one torn line. (b"\n" never occurs
+    # inside a multi-byte UTF-8 sequence, so the split is exact.)
+    lines = Path(path).read_bytes().split(b"\n")
+    for i, raw in enumerate(lines):
+        last = i == len(lines) - 1
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # A torn write leaves at most an unfinished character at the end; bytes that are wrong
+            # anywhere else mean the file is not UTF-8 (not a trace), which is reported as such.
+            if last and exc.reason == "unexpected end of data":
+                break
+            raise
         if not line.strip():
             continue
         try:
             event = EVENT_ADAPTER.validate_json(line)
         except ValueError:
-            if i == len(lines) - 1:
+            if last:
                 break
             raise
         if isinstance(event, ModelCall) and event.prompt is not None:

@@ -38,6 +38,7 @@ Emit = Callable[..., Event]
 # so that the abort, too, ends before the deadline (capped at a tenth of the budget for short budgets).
 ABORT_RESERVE_S = 0.5
 WALL_OUT = "the wall-time deadline passed while waiting for the model"
+_MAX_TURN_BACKOFF_S = 30.0
 
 
 class TurnResult(BaseModel):
@@ -140,8 +141,14 @@ class TurnStreamer:
                     yield self._stop("model_error", f"{type(exc).__name__}: {exc}")
                     return
                 attempts += 1
-                message = f"{type(exc).__name__}: {exc}; retrying the turn"
+                wait = self._retry_wait(attempts, exc)
+                if not self.deadline.allows(wait + self._reserve):
+                    why = f"no time left before the wall-time deadline to retry the turn in {wait:.1f} s"
+                    yield self._stop("model_error", f"{type(exc).__name__}: {exc} ({why})")
+                    return
+                message = f"{type(exc).__name__}: {exc}; retrying the turn in {wait:.1f} s"
                 yield self.emit(Warning_(kind="model_error", message=message))
+                await asyncio.sleep(wait)
                 self._reset()
                 continue
             async for ev in self._record(attempt):
@@ -400,6 +407,16 @@ class TurnStreamer:
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
         self.prefix += attempt.text + inject
+
+    def _retry_wait(self, retry: int, exc: BaseException) -> float:
+        """Seconds before the `retry`-th retry of the turn: a server failing now (a restart, a full
+        queue) is not asked again at once, and one that said when to come back is not asked sooner.
+        """
+        from qwq_agent.agent.clients.errors import ModelError
+        from qwq_agent.agent.clients.retry import retry_delay
+
+        backoff = min(_MAX_TURN_BACKOFF_S, self.config.model_retry_backoff_s * 2 ** (retry - 1))
+        return retry_delay(backoff, exc) if isinstance(exc, ModelError) else backoff
 
     def _wall_out(self, exc: BaseException | None = None) -> bool:
         from qwq_agent.agent.clients.errors import ModelDeadlineExceeded

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from qwq_agent.cli.errors import EXIT_MODEL, CliError
 from qwq_agent.settings import get_settings
+from qwq_agent.urls import redact_url
 
 
 class Endpoint(NamedTuple):
@@ -37,16 +38,23 @@ def model_endpoint(args: argparse.Namespace) -> Endpoint:
 
 def check_model_url(url: str) -> None:
     """The model URL must be `http(s)://host[:port]`; a bare host or another scheme is refused."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL" for an unclosed [
+        raise CliError(
+            f"model URL {redact_url(url)!r} is not a valid URL ({exc})",
+            "use e.g. http://127.0.0.1:30000 (an IPv6 host in brackets: http://[::1]:30000)",
+            code=EXIT_MODEL,
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise CliError(
-            f"model URL {url!r} is not an http:// or https:// URL",
-            f"use e.g. --model-url http://{parts.path or '127.0.0.1:30000'} (or set QWQ_MODEL_URL)",
+            f"model URL {redact_url(url)!r} is not an http:// or https:// URL",
+            f"use e.g. --model-url http://{redact_url(parts.path) or '127.0.0.1:30000'} (or set QWQ_MODEL_URL)",
             code=EXIT_MODEL,
         )
     try:
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError as exc:
         raise CliError(
-            f"model URL {url!r}: {exc}", "use e.g. http://127.0.0.1:30000", code=EXIT_MODEL
+            f"model URL {redact_url(url)!r}: {exc}", "use e.g. http://127.0.0.1:30000", code=EXIT_MODEL
         ) from None

@@ -7,6 +7,7 @@ import httpx
 from qwq_agent.cli.endpoint import check_model_url
 from qwq_agent.cli.errors import EXIT_MODEL, CliError
 from qwq_agent.protocols import Model
+from qwq_agent.urls import redact_url
 
 KEY_HINT = "QWQ_OPENAI_API_KEY, OPENAI_API_KEY or DASHSCOPE_API_KEY"
 
@@ -20,7 +21,7 @@ class ModelUnavailable(CliError):
 
 def advice(url: str, why: str) -> ModelUnavailable:
     return ModelUnavailable(
-        f"no model server answers at {url} ({why})",
+        f"no model server answers at {redact_url(url)} ({why})",
         "start one on a GPU machine with `qwq-agent serve` (`pip install -e '.[serve]'` in a checkout), or point "
         "--model-url / QWQ_MODEL_URL at a running SGLang server (or an OpenAI-compatible one with --api openai)",
     )
@@ -53,7 +54,7 @@ async def connect_model(
         raise advice(url, why) from None
     if response.status_code in (401, 403):
         raise ModelUnavailable(
-            f"the model server at {url} refused the API key (HTTP {response.status_code} on {probe})",
+            f"the model server at {redact_url(url)} refused the API key (HTTP {response.status_code} on {probe})",
             f"set the server's key in {KEY_HINT}",
         )
     if api == "native" and response.status_code != 200:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from qwq_agent.agent.events import Event
     from qwq_agent.cli.interrupted import Started
 
 from qwq_agent.cli import approval_prompt, branch_cmd, ecosystem
@@ -200,7 +201,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 continues = recording.continues if recording else False
                 async for ev in extras.observe(agent.stream(task, history=history, continues=continues)):
                     if args.json:
-                        sys.stdout.write(ev.model_dump_json() + "\n")
+                        sys.stdout.write(_event_json(ev) + "\n")
                         sys.stdout.flush()
                     else:
                         renderer.handle(ev)
@@ -225,3 +226,16 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     if result is not None and result.status == "awaiting_approval":
         return approval_prompt.report_pending(console, result)
     return 0 if result is not None and result.status == "completed" else 1
+
+
+def _event_json(ev: Event) -> str:
+    """`ev` as one JSON line; an event pydantic cannot serialise becomes a warning line in its place."""
+    from qwq_agent.agent.events import Warning_
+
+    try:
+        return ev.model_dump_json()
+    except ValueError as exc:  # e.g. nesting past pydantic's serialisation limit
+        note = f"a {ev.type} event could not be written as JSON: {str(exc)[:200]}"
+        return Warning_(
+            kind="unserialisable_event", message=note, run_id=ev.run_id, step=ev.step
+        ).model_dump_json()

@@ -8,6 +8,8 @@ import signal
 import tempfile
 from pathlib import Path
 
+from qwq_agent.urls import redact_url
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -123,7 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
         info = probe(args.model_url.rstrip("/"))
         if info is None:
             raise CliError(
-                f"no healthy server at {args.model_url} (/health did not answer 200)",
+                f"no healthy server at {redact_url(args.model_url)} (/health did not answer 200)",
                 "start one with `qwq-agent serve`, or check the URL (scheme, host and port)",
                 code=1,
             )

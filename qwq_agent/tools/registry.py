@@ -11,7 +11,7 @@ import asyncio
 import difflib
 import json
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any
 
 from jsonschema import Draft202012Validator, validators
@@ -26,6 +26,36 @@ __all__ = ["DefaultsValidator", "ToolRegistry", "describe_schema_errors", "same_
 
 _MAX_VALUE_CHARS = 80
 _TRACEBACK_LINES = 6
+# How long a timed-out or cancelled tool gets to finish its clean-up before it is left behind.
+_CANCEL_GRACE_S = 5.0
+
+
+class _ToolExit(Exception):
+    """A tool's SystemExit or KeyboardInterrupt, carried as an ordinary exception (`original`)."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+async def _contained(awaitable: Awaitable[Any]) -> Any:
+    # A tool calling sys.exit() (argparse on a bad flag) or raising KeyboardInterrupt in its thread
+    # would leave its task as such, and asyncio re-raises those out of the event loop: the process
+    # dies. Converted inside the task, it becomes the tool's failure like any other.
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _ToolExit(exc) from None
+
+
+async def _stop(task: asyncio.Future[Any]) -> bool:
+    """Cancel `task` and give it `_CANCEL_GRACE_S` to end; False when it would not."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=_CANCEL_GRACE_S)
+    if not done:
+        # its eventual exception is nobody's to handle; retrieve it so asyncio does not log it
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return bool(done)
 
 
 def _show(value: Any) -> str:
@@ -223,28 +253,40 @@ class ToolRegistry:
                 context = context.model_copy(update={"deadline": deadline})
             # A backstop: tools that clamp to the deadline themselves report before it fires.
             limit = deadline.clamp(limit)
+        task = asyncio.ensure_future(_contained(tool(call.arguments, context)))
         try:
-            result = await asyncio.wait_for(tool(call.arguments, context), timeout=limit)
-        except TimeoutError:
+            # not asyncio.wait_for: it waits, without end, for a tool that swallows its cancellation
+            done, _ = await asyncio.wait({task}, timeout=limit)
+        except asyncio.CancelledError:
+            await _stop(task)
+            raise
+        if not done:
+            stopped = await _stop(task)
             return ToolOutput(
-                text=f"Tool '{call.name}' timed out after {limit:g} s and was cancelled.",
+                text=f"Tool '{call.name}' timed out after {limit:g} s and was cancelled."
+                if stopped
+                else f"Tool '{call.name}' timed out after {limit:g} s; it ignored cancellation and was "
+                "left running in the background.",
                 is_error=True,
                 metadata={"error": "timeout"},
             )
+        try:
+            result = task.result()
         except ToolArgumentsError as exc:
             return ToolOutput(
                 text=f"Invalid arguments for tool '{call.name}':\n{exc}",
                 is_error=True,
                 metadata={"error": "invalid_arguments"},
             )
-        except Exception as exc:  # the tool's own failure, reported to the model instead of ending the run
-            tail = traceback.format_exception(exc)
+        except Exception as caught:  # the tool's own failure, reported to the model instead of ending the run
+            failure: BaseException = caught.original if isinstance(caught, _ToolExit) else caught
+            tail = traceback.format_exception(failure)
             short = "".join(tail).rstrip().splitlines()[-_TRACEBACK_LINES:]
             return ToolOutput(
-                text=f"Tool '{call.name}' raised {type(exc).__name__}: {exc}\nTraceback (last lines):\n"
+                text=f"Tool '{call.name}' raised {type(failure).__name__}: {failure}\nTraceback (last lines):\n"
                 + "\n".join(short),
                 is_error=True,
-                metadata={"error": "exception", "exception_type": type(exc).__name__},
+                metadata={"error": "exception", "exception_type": type(failure).__name__},
             )
         try:
             return to_tool_output(result)

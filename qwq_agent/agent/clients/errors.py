@@ -35,16 +35,35 @@ class ModelServerError(ModelError):
     """The server answered with an error: an HTTP status >= 400, or an error event inside the stream."""
 
     def __init__(
-        self, message: str, *, status_code: int | None = None, body: str = "", partial_text: str = ""
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: str = "",
+        partial_text: str = "",
+        retry_after: float | None = None,
     ):
         super().__init__(message, partial_text=partial_text)
         self.status_code = status_code
         self.body = body
+        # seconds the server asked us to wait before the next try (its Retry-After header), if any
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
         """5xx and 429 are worth another try; other 4xx mean the request itself is wrong."""
         return self.status_code is not None and (self.status_code >= 500 or self.status_code == 429)
+
+
+def server_abort(detail: str, status_code: object = None) -> ModelServerError:
+    """The server ended a generation with finish reason "abort" (out of KV memory, shutting down, an
+    operator's abort): an error, never a finished turn, since the text stops wherever the abort came.
+
+    Retryable (as a 503) unless the server gave its own status: SGLang sends 400 for a request that can
+    never succeed (input longer than the context).
+    """
+    code = status_code if isinstance(status_code, int) and status_code >= 400 else 503
+    return ModelServerError(f"the server aborted the generation: {detail}", status_code=code)
 
 
 class ModelProtocolError(ModelError):

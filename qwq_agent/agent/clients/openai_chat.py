@@ -37,15 +37,17 @@ from qwq_agent.agent.clients.errors import (
     ModelProtocolError,
     ModelServerError,
     ModelTimeoutError,
+    server_abort,
 )
 from qwq_agent.agent.clients.overrun import OverrunGuard
-from qwq_agent.agent.clients.retry import RetryPolicy
+from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_delay
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
+from qwq_agent.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +206,7 @@ class OpenAIChatClient(RoutingKeyMixin):
         )
 
     def __repr__(self) -> str:
-        return f"OpenAIChatClient({self.base_url!r}, model={self.model!r}, api_key={'***' if self._key else None})"
+        return f"OpenAIChatClient({redact_url(self.base_url)!r}, model={self.model!r}, api_key={'***' if self._key else None})"
 
     async def __aenter__(self) -> OpenAIChatClient:
         return self
@@ -307,6 +309,7 @@ class OpenAIChatClient(RoutingKeyMixin):
                 delay = next(delays, None) if retryable and not emitted else None
                 if delay is None:
                     raise
+                delay = retry_delay(delay, exc)
                 _check_deadline(delay, exc)
                 await asyncio.sleep(delay)
 
@@ -335,6 +338,7 @@ class OpenAIChatClient(RoutingKeyMixin):
                     raise ModelServerError(
                         f"/chat/completions answered {response.status_code}: {text}",
                         status_code=response.status_code,
+                        retry_after=parse_retry_after(response.headers.get("retry-after")),
                         body=text,
                     )
                 async for event in iter_sse_json(response):
@@ -379,6 +383,8 @@ class OpenAIChatClient(RoutingKeyMixin):
                 await response.aclose()
             if not done and finish is None:
                 raise ModelConnectionError("stream ended before the server finished")
+            if finish == "abort" and stops.matched is None:  # SGLang's and vLLM's aborted request
+                raise server_abort('finish_reason "abort"')
             tail = stops.feed(writer.finish()) + stops.flush()
             if tail:
                 ttft = ttft if ttft is not None else time.perf_counter() - started

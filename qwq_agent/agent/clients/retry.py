@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 
-from qwq_agent.agent.clients.errors import ModelDeadlineExceeded, ModelError
+from qwq_agent.agent.clients.errors import ModelDeadlineExceeded, ModelError, ModelServerError
 from qwq_agent.deadline import current_deadline
 
 
@@ -39,6 +42,36 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
+
+# A Retry-After longer than this is taken for a misconfigured server, not a plan: ignored.
+MAX_RETRY_AFTER_S = 3600.0
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds a `Retry-After` header asks for (delay-seconds or an HTTP date); None when absent,
+    unreadable, negative or absurd (past `MAX_RETRY_AFTER_S`). A date already past means 0.
+    """
+    if value is None or not (value := value.strip()):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # only GMT dates are valid; a naive one is read as UTC
+            return None
+        seconds = max(0.0, when.timestamp() - (time.time() if now is None else now))
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_RETRY_AFTER_S:
+        return None
+    return seconds
+
+
+def retry_delay(delay: float, error: ModelError) -> float:
+    """The wait before the next try: the backoff's `delay`, or longer when the server asked for it."""
+    asked = error.retry_after if isinstance(error, ModelServerError) else None
+    return delay if asked is None else max(delay, asked)
 
 
 def check_deadline(delay: float, error: ModelError) -> None:

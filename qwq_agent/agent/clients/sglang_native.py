@@ -25,9 +25,10 @@ from qwq_agent.agent.clients.errors import (
     ModelProtocolError,
     ModelServerError,
     ModelTimeoutError,
+    server_abort,
 )
 from qwq_agent.agent.clients.overrun import OverrunGuard
-from qwq_agent.agent.clients.retry import RetryPolicy
+from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_delay
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.router_info import capacity_of, is_router_summary, worker_infos
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
@@ -35,6 +36,7 @@ from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.deadline import current_deadline
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
+from qwq_agent.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +148,7 @@ class SGLangClient(RoutingKeyMixin):
         )
 
     def __repr__(self) -> str:
-        return f"SGLangClient({self.base_url!r}, profile={self.profile!r})"
+        return f"SGLangClient({redact_url(self.base_url)!r}, profile={self.profile!r})"
 
     async def __aenter__(self) -> SGLangClient:
         return self
@@ -187,7 +189,9 @@ class SGLangClient(RoutingKeyMixin):
         try:
             infos = await worker_infos(self._http)
         except (httpx.HTTPError, ValueError) as exc:
-            raise ModelServerError(f"the router at {self.base_url} did not list its workers: {exc}") from exc
+            raise ModelServerError(
+                f"the router at {redact_url(self.base_url)} did not list its workers: {exc}"
+            ) from exc
         capacities = {url: c for url, raw in infos.items() if (c := capacity_of(raw))}
         lengths = [
             raw["context_length"] for raw in infos.values() if isinstance(raw.get("context_length"), int)
@@ -332,6 +336,7 @@ class SGLangClient(RoutingKeyMixin):
                 delay = next(delays, None)
                 if delay is None:
                     raise
+                delay = retry_delay(delay, exc)
                 _check_deadline(delay, exc)
                 attempt += 1
                 await asyncio.sleep(delay)
@@ -367,6 +372,7 @@ class SGLangClient(RoutingKeyMixin):
                     raise ModelServerError(
                         f"/generate answered {response.status_code}: {body}",
                         status_code=response.status_code,
+                        retry_after=parse_retry_after(response.headers.get("retry-after")),
                         body=body,
                     )
                 async for event in iter_sse_json(response):
@@ -403,7 +409,12 @@ class SGLangClient(RoutingKeyMixin):
                         final = {**meta, "finish_reason": {"type": "stop", "matched": stops.matched}}
                         finished = meta.get("finish_reason") is not None
                         break
-                    if meta.get("finish_reason") is not None:
+                    if _is_abort(reason := meta.get("finish_reason")):
+                        finished = True  # the server ended it: nothing to abort
+                        detail = reason.get("message") if isinstance(reason, dict) else None
+                        code = reason.get("status_code") if isinstance(reason, dict) else None
+                        raise server_abort(str(detail or "no reason given")[:300], code)
+                    if reason is not None:
                         final = meta
                     elif overran:
                         # The server ignores max_new_tokens: end it here, as it should have (and abort it).
@@ -459,6 +470,11 @@ class SGLangClient(RoutingKeyMixin):
             await asyncio.shield(self.abort(rid))
         except (ModelError, RuntimeError, asyncio.CancelledError):
             pass  # best effort: SGLang also aborts when it notices the disconnect
+
+
+def _is_abort(reason: object) -> bool:
+    kind = reason.get("type") if isinstance(reason, dict) else reason
+    return kind == "abort"
 
 
 def _retryable(exc: ModelError) -> bool:
