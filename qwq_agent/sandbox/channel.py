@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import secrets
 import struct
 from collections import deque
@@ -37,9 +38,12 @@ from collections.abc import Callable
 from typing import Any
 
 from qwq_agent.sandbox.errors import InvalidRequest, SandboxDead, SandboxTimeout, error_from_reply
+from qwq_agent.sandbox.surrogates import clean
 
 _DOCKER_HEADER = struct.Struct(">BxxxI")
 _FRAME = struct.Struct(">I")
+# A JSON escape of a UTF-16 surrogate: decoded alone, it is a string that cannot be encoded again.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # Called with each frame the supervisor streams for a call (e.g. `{"event": "output", ...}`) before its reply.
 OnEvent = Callable[[dict[str, Any]], None]
 
@@ -163,7 +167,10 @@ class Channel:
             if len(self._buf) < 4 + n:
                 self._need = 4 + n
                 return
-            msg = json.loads(bytes(self._buf[4 : 4 + n]))
+            raw = bytes(self._buf[4 : 4 + n])
+            msg = json.loads(raw)
+            if _SURROGATE_ESCAPE.search(raw):  # a non-UTF-8 file name may be among them
+                msg = clean(msg)
             blob = msg.get("blob")
             if blob is not None:
                 # Raw bytes follow the frame: wait for all of them (the frame is parsed again then).

@@ -10,7 +10,7 @@ import time
 
 from . import archives, procs, search, snapshots
 from .editor import Editor
-from .framing import RequestError, cap_text, encode_frame, read_exact, read_into, skip, write_all
+from .framing import RequestError, cap_text, encode_frame, path_text, read_exact, read_into, skip, write_all
 from .interpreter import Interpreter
 from .privileges import act_on_files_as_user, become_supervisor
 from .settings import IDLE_TIMEOUT, LIFETIME, MAX_FRAME, MAX_STAGED, OUT_HEAD, OUT_TAIL, WORKSPACE
@@ -117,7 +117,10 @@ class Supervisor:
             )
         except OSError as exc:
             reply = self.error(
-                rid, nonce, "ToolError", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+                rid,
+                nonce,
+                "ToolError",
+                path_text(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")),
             )
         except Exception as exc:
             reply = self.error(rid, nonce, "InternalError", f"{type(exc).__name__}: {exc}")
