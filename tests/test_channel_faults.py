@@ -11,12 +11,32 @@ import asyncio
 import json
 import socket
 import struct
+import time
 
 import pytest
 
 from qwq_agent.sandbox.channel import Channel
+from qwq_agent.sandbox.errors import SandboxDead, SandboxTimeout
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+
+
+async def test_a_send_to_a_peer_that_stopped_reading_times_out_and_closes_the_channel() -> None:
+    host, container = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=host)
+    chan = Channel(reader, writer, max_request_bytes=64 << 20)
+    try:
+        big = {"command": "x" * (16 << 20)}  # far more than the socket buffers hold; the peer reads nothing
+        t0 = time.monotonic()
+        with pytest.raises(SandboxTimeout, match=r"took no 'shell' request within 0\.5s"):
+            await asyncio.wait_for(chan.call("shell", big, 0.5), 30)
+        assert time.monotonic() - t0 < 5
+        assert chan.closed  # half a frame may be out: the stream cannot carry another call
+        with pytest.raises(SandboxDead, match="stalled"):
+            await chan.call("ping", {}, 1)
+    finally:
+        await chan.aclose()
+        container.close()
 
 
 async def test_surrogates_in_a_reply_arrive_as_escapes() -> None:

@@ -112,16 +112,29 @@ class Channel:
             self._writer.write(_FRAME.pack(len(body)) + body)
             if blob is not None:  # no await in between: no other frame can slip between the two
                 self._writer.write(blob)
+            loop = asyncio.get_running_loop()
+            deadline = None if reply_timeout is None else loop.time() + reply_timeout
+            # The send is under the reply's deadline: a paused container or a stalled link stops reading,
+            # and a request bigger than the buffers would otherwise wait in drain() for ever.
             try:
-                await self._writer.drain()
+                await asyncio.wait_for(self._writer.drain(), reply_timeout)
+            except TimeoutError:  # before OSError, of which it is a subclass
+                # Half a frame may be out: nothing more can go on this stream, so it is closed for good.
+                self._close(f"sending {op!r} stalled for {reply_timeout:g}s", abort=True)
+                raise SandboxTimeout(
+                    f"the sandbox took no {op!r} request within {reply_timeout:g}s (it stopped reading)"
+                ) from None
             except (ConnectionError, OSError) as exc:
                 self._close(f"the channel broke while sending: {exc}")
             try:
-                reply = await asyncio.wait_for(fut, reply_timeout)
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                reply = await asyncio.wait_for(fut, left)
             except TimeoutError:
                 raise SandboxTimeout(f"no reply to {op!r} within {reply_timeout:g}s") from None
         finally:
             self._pending.pop(rid, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed by a close while still sending: the caller got its own error
             if not fut.done() or fut.cancelled():
                 # Cancelled or timed out here: stop the work in the sandbox too (no reply is awaited).
                 self._send_cancel(rid)
@@ -209,7 +222,7 @@ class Channel:
         elif event == "exit":
             self.exit_reason = msg.get("reason")
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, *, abort: bool = False) -> None:
         if self.closed:
             return
         if self.exit_reason:
@@ -229,7 +242,10 @@ class Channel:
             self.hello.set_exception(error)
             self.hello.exception()  # retrieved here so an unawaited hello does not warn
         with contextlib.suppress(Exception):
-            self._writer.close()
+            if abort:  # close() would first wait, unbounded, for the stuck buffer to drain
+                self._writer.transport.abort()
+            else:
+                self._writer.close()
 
     async def aclose(self) -> None:
         """Close the stream (the supervisor sees EOF and exits) and stop the reader."""
