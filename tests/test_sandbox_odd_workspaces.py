@@ -29,3 +29,23 @@ async def test_a_name_that_is_not_utf8_is_shown_escaped(shared_sandbox: DockerSa
         snap.model_dump_json()
     finally:
         await sb.shell("rm -rf /workspace/latin1")
+
+
+async def test_download_skips_links_out_of_the_workspace_and_keeps_the_rest(
+    shared_sandbox: DockerSandbox, tmp_path
+) -> None:
+    sb = shared_sandbox
+    r = await sb.shell(
+        "mkdir -p /workspace/cb/docs && cd /workspace/cb && echo result > result.txt && echo hi > README.md && "
+        "ln -s ../README.md docs/README.md && python3 -m venv --without-pip .venv",
+        timeout=60,
+    )
+    assert r.exit_code == 0, r
+    try:
+        res = await sb.download("/workspace/cb", tmp_path)
+        assert (tmp_path / "cb" / "result.txt").read_text() == "result\n"
+        assert (tmp_path / "cb" / "docs" / "README.md").read_text() == "hi\n"
+        assert any(s.startswith("cb/.venv/bin/python3 -> /") for s in res.skipped), res.skipped
+        assert not (tmp_path / "cb" / ".venv" / "bin" / "python3").is_symlink()
+    finally:
+        await sb.shell("rm -rf /workspace/cb")

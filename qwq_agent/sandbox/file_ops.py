@@ -121,7 +121,8 @@ class FileOps(SandboxCalls):
         """Copy a workspace file or folder into the local directory `local_dir` (created if missing).
 
         The archive comes from an untrusted sandbox, so it is checked in full before anything is written:
-        absolute paths, `..`, links leaving `local_dir` and special files raise `UnsafeArchive`.
+        absolute paths, `..` and special files raise `UnsafeArchive`. A symlink that is absolute or leaves
+        `local_dir` (a venv's `bin/python3 -> /usr/bin/python3`) is not written; it is named in `skipped`.
         """
         with _checked():
             req = DownloadRequest(path=src)
@@ -133,5 +134,7 @@ class FileOps(SandboxCalls):
                 f"the sandbox sent a download that is not base64: {exc}; nothing was written"
             ) from None
         limit = self.config.max_download_bytes
-        paths, written = await asyncio.to_thread(_extract_counted, data, Path(local_dir), limit)
-        return DownloadResult(paths=paths, bytes=written, sandbox_replaced=replaced, state_lost=replaced)
+        paths, written, skipped = await asyncio.to_thread(_extract_counted, data, Path(local_dir), limit)
+        return DownloadResult(
+            paths=paths, bytes=written, skipped=skipped, sandbox_replaced=replaced, state_lost=replaced
+        )
