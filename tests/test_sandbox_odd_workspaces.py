@@ -7,9 +7,11 @@ parked in the interpreter. Each test checks the call's answer and that the sandb
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from qwq_agent.sandbox import DockerSandbox
+from qwq_agent.sandbox import DockerSandbox, InvalidRequest
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
 
@@ -29,6 +31,26 @@ async def test_a_name_that_is_not_utf8_is_shown_escaped(shared_sandbox: DockerSa
         snap.model_dump_json()
     finally:
         await sb.shell("rm -rf /workspace/latin1")
+
+
+async def test_search_finds_its_match_beside_many_unreadable_dirs(shared_sandbox: DockerSandbox) -> None:
+    sb = shared_sandbox
+    r = await sb.shell(
+        "mkdir -p /workspace/locked_tree/locked && cd /workspace/locked_tree/locked && "
+        "for i in $(seq 1500); do mkdir d_with_a_longish_name_$i; done && chmod 000 d_* && "
+        "echo needle_in_locked_tree > /workspace/locked_tree/zz_target.txt",
+        timeout=60,
+    )
+    assert r.exit_code == 0, r
+    try:
+        t0 = time.monotonic()
+        res = await sb.search("needle_in_locked_tree", path="/workspace/locked_tree", timeout=20)
+        assert [m.path for m in res.matches] == ["/workspace/locked_tree/zz_target.txt"]
+        assert res.complete and time.monotonic() - t0 < 10  # not the whole timeout: rg never stalled
+        with pytest.raises(InvalidRequest, match="regex"):  # what stderr still carries is still reported
+            await sb.search("(unclosed", path="/workspace/locked_tree")
+    finally:
+        await sb.shell("chmod -R 755 /workspace/locked_tree; rm -rf /workspace/locked_tree", timeout=60)
 
 
 async def test_download_skips_links_out_of_the_workspace_and_keeps_the_rest(
