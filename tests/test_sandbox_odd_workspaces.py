@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from qwq_agent.sandbox import DockerSandbox, InvalidRequest
+from qwq_agent.sandbox import DockerSandbox, InvalidRequest, SandboxConfig
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
 
@@ -71,3 +71,41 @@ async def test_download_skips_links_out_of_the_workspace_and_keeps_the_rest(
         assert not (tmp_path / "cb" / ".venv" / "bin" / "python3").is_symlink()
     finally:
         await sb.shell("rm -rf /workspace/cb")
+
+
+async def test_a_download_counts_tar_headers_so_many_empty_files_are_refused(
+    sandbox_image: str, tmp_path
+) -> None:
+    config = SandboxConfig(image=sandbox_image, max_download_bytes=1 << 20, auto_replace=False)
+    async with DockerSandbox.create(config) as sb:
+        await sb.python("import os\nos.makedirs('/workspace/many')\nfor i in range(3000):\n"
+                        "    open(f'/workspace/many/{i}', 'w').close()\nmarker = 'kept'")  # fmt: skip
+        with pytest.raises(InvalidRequest, match="larger than the download limit"):
+            await sb.download("/workspace/many", tmp_path)  # no content, but 3000 headers of 512 bytes
+        assert list(tmp_path.iterdir()) == []
+        assert (await sb.python("marker")).value == "'kept'"
+        await sb.shell("mkdir /workspace/few && touch /workspace/few/a /workspace/few/b")
+        assert (await sb.download("/workspace/few", tmp_path)).paths == [str(tmp_path / "few")]
+        assert sorted(p.name for p in (tmp_path / "few").iterdir()) == ["a", "b"]
+
+
+async def test_a_download_with_the_tmpfs_mostly_full_leaves_the_sandbox_alive(
+    sandbox_image: str, tmp_path
+) -> None:
+    """The archive streams out in chunks: it is never held whole (nor base64'd) in the container's memory."""
+    config = SandboxConfig(image=sandbox_image, memory="512m", workspace_size="420m", auto_replace=False)
+    async with DockerSandbox.create(config) as sb:
+        r = await sb.shell(
+            "head -c $((40*1024*1024)) /dev/urandom > /workspace/result.bin && "
+            "head -c $((360*1024*1024)) /dev/zero > /workspace/filler.bin && sha256sum /workspace/result.bin",
+            timeout=120,
+        )
+        assert r.exit_code == 0, r
+        await sb.python("state = 'kept'")
+        res = await sb.download("/workspace/result.bin", tmp_path)
+        assert res.bytes == 40 * 1024 * 1024 and not res.state_lost
+        import hashlib
+
+        digest = hashlib.sha256((tmp_path / "result.bin").read_bytes()).hexdigest()
+        assert r.stdout.split()[0] == digest
+        assert (await sb.python("state")).value == "'kept'"

@@ -20,7 +20,7 @@ from .streaming import OutputStream
 # Operations that start user processes: they get a cancel pipe the host can trip mid-call.
 CANCELLABLE = ("python", "shell")
 # Operations that stream their result as events (`args["_send"]` sends a frame tied to the request).
-STREAMING = ("snapshot",)
+STREAMING = ("snapshot", "download")
 
 
 class Supervisor:
