@@ -109,3 +109,19 @@ async def test_a_download_with_the_tmpfs_mostly_full_leaves_the_sandbox_alive(
         digest = hashlib.sha256((tmp_path / "result.bin").read_bytes()).hexdigest()
         assert r.stdout.split()[0] == digest
         assert (await sb.python("state")).value == "'kept'"
+
+
+async def test_threads_a_cell_left_behind_do_not_lock_the_shell_out(sandbox_image: str) -> None:
+    config = SandboxConfig(image=sandbox_image, pids_limit=64, auto_replace=False)
+    async with DockerSandbox.create(config) as sb:
+        r = await sb.python(
+            "import threading\nev = threading.Event()\nn = 0\ntry:\n    while True:\n"
+            "        threading.Thread(target=ev.wait, daemon=True).start(); n += 1\n"
+            "except RuntimeError:\n    pass\nn",
+            timeout=30,
+        )
+        assert r.value is not None and int(r.value) > 32, r
+        res = await sb.shell("echo ok", timeout=10)
+        assert res.stdout == "ok\n" and res.state_lost and "holds" in res.stderr and "restarted" in res.stderr
+        assert (await sb.python("'n' in dir()")).value == "False"  # the fresh interpreter
+        assert (await sb.shell("echo again", timeout=10)).stdout == "again\n"
