@@ -75,14 +75,61 @@ def _tar(name: str, *, link: str | None = None) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("name", "link"),
-    [("../escape.txt", None), ("/abs.txt", None), ("lnk", "/etc/passwd"), ("lnk", "../../outside")],
+    ("name", "link"), [("../escape.txt", None), ("/abs.txt", None), ("../lnk", "x"), ("/lnk", "x")]
 )
 def test_downloads_from_a_hostile_sandbox_cannot_write_outside(tmp_path, name: str, link: str | None) -> None:
     dest = tmp_path / "dest"
     with pytest.raises(UnsafeArchive, match="nothing was written"):
         _safe_extract(_tar(name, link=link), dest)
     assert list(dest.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
+
+
+def _tar_links(*links: tuple[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in ("ws", "ws/docs", "ws/.venv", "ws/.venv/bin"):
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        for name, data in (("ws/README.md", b"hi"), ("ws/result.txt", b"important")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def test_a_download_keeps_links_inside_and_skips_links_leaving(tmp_path) -> None:
+    """A venv's `python3 -> /usr/bin/python3` no longer costs the whole copy-back: it alone is left out."""
+    dest = tmp_path / "dest"
+    data = _tar_links(
+        ("ws/.venv/bin/python3", "/usr/bin/python3"),
+        ("ws/docs/README.md", "../README.md"),
+        ("ws/up", "../../outside"),
+    )
+    paths, written, skipped = _extract_counted(data, dest, 1 << 20)
+    assert (dest / "ws" / "result.txt").read_bytes() == b"important" and written == len(b"hiimportant")
+    assert (dest / "ws" / "docs" / "README.md").read_text() == "hi"  # the relative link inside is kept
+    assert not (dest / "ws" / ".venv" / "bin" / "python3").is_symlink()
+    assert not (dest / "ws" / "up").is_symlink()
+    assert [s.split(" -> ")[0] for s in skipped] == ["ws/.venv/bin/python3", "ws/up"]
+    assert paths == [str(dest / "ws")]
+
+
+def test_links_that_leave_only_together_are_removed(tmp_path) -> None:
+    """`c -> a/b/../..` is inside while `a/b` does not exist; once `a/b -> ..` is written, it leaves."""
+    dest = tmp_path / "dest"
+    data = _tar_links(("ws/a", "docs"), ("ws/c", "a/b/../../.."), ("ws/docs/b", ".."))
+    _, _, skipped = _extract_counted(data, dest, 1 << 20)
+    root = dest.resolve()
+    for link in (dest / "ws").rglob("*"):
+        if link.is_symlink():
+            resolved = link.resolve()
+            assert resolved == root or root in resolved.parents, (link, resolved)
+    assert any(s.startswith("ws/c ->") for s in skipped)
 
 
 def _tar_files(*files: tuple[str, bytes], sparse: bool = False) -> bytes:
@@ -103,7 +150,7 @@ def test_download_limit_counts_bytes_written_not_claims(tmp_path) -> None:
     with pytest.raises(UnsafeArchive, match="download limit of 1000000 bytes"):
         _extract_counted(data, dest, 1_000_000)
     assert list(dest.iterdir()) == []  # what was written before the limit hit is gone again
-    paths, written = _extract_counted(data, dest, 2_000_000)
+    paths, written, _ = _extract_counted(data, dest, 2_000_000)
     assert written == 1_200_000 and sorted(p.rsplit("/", 1)[1] for p in paths) == ["a.bin", "b.bin"]
 
 

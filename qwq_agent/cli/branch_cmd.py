@@ -66,8 +66,15 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
         else:
             print_result(console, result)
         if args.copy_back is not None and result.sandbox is not None:
-            await result.sandbox.download("/workspace", args.copy_back)
+            copied = await result.sandbox.download("/workspace", args.copy_back)
             console.print(f"[dim]the winner's workspace copied back to {args.copy_back}[/dim]")
+            if copied.skipped:
+                console.print(
+                    f"{len(copied.skipped)} link(s) pointing outside the workspace were not copied back: "
+                    f"{', '.join(copied.skipped[:3])}{' ...' if len(copied.skipped) > 3 else ''}",
+                    markup=False,
+                    style="yellow",
+                )
     won = result.won
     if args.patch is not None and won is not None and won.result is not None and won.result.patch is not None:
         args.patch.write_text(won.result.patch, encoding="utf-8")

@@ -208,8 +208,15 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             finally:
                 renderer.close()  # the live status goes before anything else is printed
             if args.copy_back is not None and sandbox is not None:
-                await sandbox.download("/workspace", args.copy_back)
+                copied = await sandbox.download("/workspace", args.copy_back)
                 console.print(f"[dim]workspace copied back to {args.copy_back}[/dim]")
+                if copied.skipped:
+                    console.print(
+                        f"{len(copied.skipped)} link(s) pointing outside the workspace were not copied back: "
+                        f"{', '.join(copied.skipped[:3])}{' ...' if len(copied.skipped) > 3 else ''}",
+                        markup=False,
+                        style="yellow",
+                    )
     finally:
         await model.aclose()
         await extras.aclose()

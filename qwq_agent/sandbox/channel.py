@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import secrets
 import struct
 from collections import deque
@@ -37,9 +38,12 @@ from collections.abc import Callable
 from typing import Any
 
 from qwq_agent.sandbox.errors import InvalidRequest, SandboxDead, SandboxTimeout, error_from_reply
+from qwq_agent.sandbox.surrogates import clean
 
 _DOCKER_HEADER = struct.Struct(">BxxxI")
 _FRAME = struct.Struct(">I")
+# A JSON escape of a UTF-16 surrogate: decoded alone, it is a string that cannot be encoded again.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # Called with each frame the supervisor streams for a call (e.g. `{"event": "output", ...}`) before its reply.
 OnEvent = Callable[[dict[str, Any]], None]
 
@@ -108,16 +112,29 @@ class Channel:
             self._writer.write(_FRAME.pack(len(body)) + body)
             if blob is not None:  # no await in between: no other frame can slip between the two
                 self._writer.write(blob)
+            loop = asyncio.get_running_loop()
+            deadline = None if reply_timeout is None else loop.time() + reply_timeout
+            # The send is under the reply's deadline: a paused container or a stalled link stops reading,
+            # and a request bigger than the buffers would otherwise wait in drain() for ever.
             try:
-                await self._writer.drain()
+                await asyncio.wait_for(self._writer.drain(), reply_timeout)
+            except TimeoutError:  # before OSError, of which it is a subclass
+                # Half a frame may be out: nothing more can go on this stream, so it is closed for good.
+                self._close(f"sending {op!r} stalled for {reply_timeout:g}s", abort=True)
+                raise SandboxTimeout(
+                    f"the sandbox took no {op!r} request within {reply_timeout:g}s (it stopped reading)"
+                ) from None
             except (ConnectionError, OSError) as exc:
                 self._close(f"the channel broke while sending: {exc}")
             try:
-                reply = await asyncio.wait_for(fut, reply_timeout)
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                reply = await asyncio.wait_for(fut, left)
             except TimeoutError:
                 raise SandboxTimeout(f"no reply to {op!r} within {reply_timeout:g}s") from None
         finally:
             self._pending.pop(rid, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed by a close while still sending: the caller got its own error
             if not fut.done() or fut.cancelled():
                 # Cancelled or timed out here: stop the work in the sandbox too (no reply is awaited).
                 self._send_cancel(rid)
@@ -163,7 +180,10 @@ class Channel:
             if len(self._buf) < 4 + n:
                 self._need = 4 + n
                 return
-            msg = json.loads(bytes(self._buf[4 : 4 + n]))
+            raw = bytes(self._buf[4 : 4 + n])
+            msg = json.loads(raw)
+            if _SURROGATE_ESCAPE.search(raw):  # a non-UTF-8 file name may be among them
+                msg = clean(msg)
             blob = msg.get("blob")
             if blob is not None:
                 # Raw bytes follow the frame: wait for all of them (the frame is parsed again then).
@@ -202,7 +222,7 @@ class Channel:
         elif event == "exit":
             self.exit_reason = msg.get("reason")
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, *, abort: bool = False) -> None:
         if self.closed:
             return
         if self.exit_reason:
@@ -222,7 +242,10 @@ class Channel:
             self.hello.set_exception(error)
             self.hello.exception()  # retrieved here so an unawaited hello does not warn
         with contextlib.suppress(Exception):
-            self._writer.close()
+            if abort:  # close() would first wait, unbounded, for the stuck buffer to drain
+                self._writer.transport.abort()
+            else:
+                self._writer.close()
 
     async def aclose(self) -> None:
         """Close the stream (the supervisor sees EOF and exits) and stop the reader."""

@@ -121,17 +121,42 @@ class FileOps(SandboxCalls):
         """Copy a workspace file or folder into the local directory `local_dir` (created if missing).
 
         The archive comes from an untrusted sandbox, so it is checked in full before anything is written:
-        absolute paths, `..`, links leaving `local_dir` and special files raise `UnsafeArchive`.
+        absolute paths, `..` and special files raise `UnsafeArchive`. A symlink that is absolute or leaves
+        `local_dir` (a venv's `bin/python3 -> /usr/bin/python3`) is not written; it is named in `skipped`.
         """
         with _checked():
             req = DownloadRequest(path=src)
-        raw, replaced = await self._call_raw(req, self._grace(120))
-        try:
-            data = base64.b64decode(raw.get("data") or "", validate=True)
-        except (ValueError, TypeError) as exc:
-            raise UnsafeArchive(
-                f"the sandbox sent a download that is not base64: {exc}; nothing was written"
-            ) from None
+        chunks = _Chunks(self.config.max_download_bytes)
+        _, replaced = await self._call_raw(req, self._grace(120), chunks)
+        if chunks.problem:
+            raise UnsafeArchive(f"the sandbox sent a broken download: {chunks.problem}; nothing was written")
+        data = b"".join(chunks.parts)
         limit = self.config.max_download_bytes
-        paths, written = await asyncio.to_thread(_extract_counted, data, Path(local_dir), limit)
-        return DownloadResult(paths=paths, bytes=written, sandbox_replaced=replaced, state_lost=replaced)
+        paths, written, skipped = await asyncio.to_thread(_extract_counted, data, Path(local_dir), limit)
+        return DownloadResult(
+            paths=paths, bytes=written, skipped=skipped, sandbox_replaced=replaced, state_lost=replaced
+        )
+
+
+class _Chunks:
+    """The streamed pieces of one download, counted as they come: the sandbox's sizes are not trusted."""
+
+    def __init__(self, max_bytes: int) -> None:
+        # The supervisor counts headers and padding against the same limit; the slack is tar's last record.
+        self.max_bytes = max_bytes + 16 * 1024
+        self.parts: list[bytes] = []
+        self.received = 0
+        self.problem: str | None = None
+
+    def __call__(self, frame: dict[str, Any]) -> None:
+        if frame.get("event") != "download_chunk" or self.problem:
+            return
+        raw = frame.get("_blob")
+        if not isinstance(raw, bytes):
+            self.problem, self.parts = "a chunk without its bytes", []
+            return
+        self.received += len(raw)
+        if self.received > self.max_bytes:
+            self.problem, self.parts = f"more than the download limit of {self.max_bytes} bytes", []
+            return
+        self.parts.append(raw)

@@ -178,6 +178,9 @@ class UploadResult(Result):
 class DownloadResult(Result):
     paths: list[str] = Field(default_factory=list, description="host paths written")
     bytes: int = Field(0, description="bytes actually written on the host (never the sandbox's own claim)")
+    skipped: list[str] = Field(
+        default_factory=list, description="links not written: absolute, or pointing out of the destination"
+    )
 
 
 class PingResult(Result):

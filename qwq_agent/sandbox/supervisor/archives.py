@@ -78,28 +78,81 @@ def upload(args):
     return {"dest": shown, "entries": len(members), "bytes": written}
 
 
+MAX_DOWNLOAD_ENTRIES = 100_000  # the host writes every entry to its disk; a million empty files is no result
+CHUNK = 4 * 1024 * 1024  # raw archive bytes per streamed event frame
+_BLOCK = 512
+
+
+class _Stream(io.BufferedIOBase):
+    """The archive as tarfile writes it: every byte counted against the limit and sent out in chunks.
+
+    Counting what is written (headers, PAX records, padding) rather than file sizes means a folder of a
+    million empty files is refused like one huge file; sending chunks as they fill means the supervisor
+    never holds more than one of them, whatever the size (it shares the container's memory with tmpfs).
+    """
+
+    def __init__(self, send, shown):
+        super().__init__()
+        self.send, self.shown = send, shown
+        self.buf = bytearray()
+        self.total = 0
+
+    def too_large(self):
+        return RequestError(
+            "InvalidRequest",
+            f"{self.shown} is larger than the download limit of {MAX_DOWNLOAD} bytes (file contents and "
+            f"512-byte tar headers, at most {MAX_DOWNLOAD_ENTRIES} entries); download a smaller part of it",
+        )
+
+    def reserve(self, n):
+        if self.total + n > MAX_DOWNLOAD:
+            raise self.too_large()
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.reserve(len(data))
+        self.total += len(data)
+        self.buf += data
+        if len(self.buf) >= CHUNK:
+            self.send_rest()
+        return len(data)
+
+    def send_rest(self):  # not flush(): IOBase calls that from close() and __del__, after the reply
+        if self.buf:
+            self.send({"event": "download_chunk"}, self.buf)
+            self.buf = bytearray()
+
+
 def download(args):
     import tarfile
 
     shown, real = resolve(args.get("path"), allow_missing=False)
-    total = 0
+    send = args.get("_send")
+    if send is None:
+        raise RequestError("InvalidRequest", "download is a streaming call")
+    out = _Stream(send, shown)
+    entries = 0
+    content = 0
 
     def budget(info):
-        nonlocal total
-        total += info.size
-        if total > MAX_DOWNLOAD:
-            raise RequestError(
-                "InvalidRequest", f"{shown} is larger than the download limit of {MAX_DOWNLOAD} bytes"
-            )
+        nonlocal entries, content
+        entries += 1
+        if entries > MAX_DOWNLOAD_ENTRIES:
+            raise out.too_large()
+        # Refused on the sizes the headers will claim, before a big file is read at all.
+        out.reserve(_BLOCK + info.size + (-info.size % _BLOCK))
+        content += info.size
         return info
 
-    buf = io.BytesIO()
     try:
-        with tarfile.open(fileobj=buf, mode="w") as archive:
+        with tarfile.open(fileobj=out, mode="w|") as archive:  # stream mode: only write() is needed
             archive.add(real, arcname=os.path.basename(shown.rstrip("/")) or "workspace", filter=budget)
     except RecursionError:
         raise RequestError(
             "ToolError",
             f"{shown} is nested too deeply to download; archive a shallower part of it with the shell",
         ) from None
-    return {"data": base64.b64encode(buf.getvalue()).decode("ascii"), "bytes": total}
+    out.send_rest()
+    return {"bytes": content, "archive_bytes": out.total, "entries": entries}

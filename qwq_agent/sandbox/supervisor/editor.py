@@ -11,7 +11,7 @@ import re
 import threading
 
 from .files import iter_lines, make_parents, open_regular, resolve, write_atomic
-from .framing import RequestError, cap_text
+from .framing import RequestError, cap_text, path_text
 from .settings import MAX_UNDO_BYTES
 
 MAX_EDIT_BYTES = 10 * 1024 * 1024
@@ -176,7 +176,7 @@ class Editor:
 
     def list_dir(self, shown, real):
         # One entry per line: a name holding a newline would otherwise add forged entries to the listing.
-        entries, omitted = [shown], 0
+        entries, omitted = [path_text(shown)], 0
 
         def visit(dirpath, shown_dir, depth):
             nonlocal omitted
@@ -190,12 +190,12 @@ class Editor:
                 if len(entries) > MAX_DIR_ENTRIES:
                     omitted += 1
                     continue
-                entries.append(one_line(f"{shown_dir}/{item.name}"))
+                entries.append(one_line(path_text(f"{shown_dir}/{item.name}")))
                 if depth < 2 and item.is_dir(follow_symlinks=False):
                     visit(item.path, f"{shown_dir}/{item.name}", depth + 1)
 
         visit(real, shown.rstrip("/") or "/", 1)
-        text = f"Here's the files and directories up to 2 levels deep in {shown}, excluding hidden items:\n"
+        text = f"Here's the files and directories up to 2 levels deep in {path_text(shown)}, excluding hidden items:\n"
         text += "\n".join(entries) + "\n"
         if omitted:
             text += f"[... {omitted} more entries not shown ...]\n"

@@ -17,6 +17,18 @@ class RequestError(Exception):
         self.kind = kind
 
 
+def path_text(name):
+    """A file name as text that encodes as UTF-8: bytes that are not UTF-8 become `\\xNN`.
+
+    `os` hands such names back with lone surrogates (surrogateescape); passed through as they are, the
+    host gets a string nothing can encode, and the first thing that sends it on (the model request) fails.
+    """
+    try:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that surrogateescape did not make (e.g. from a JSON escape)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def encode_frame(obj):
     body = json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
     return struct.pack(">I", len(body)) + body

@@ -28,6 +28,15 @@ def _rg_text(obj):
     return base64.b64decode(obj.get("bytes", "")).decode("utf-8", "backslashreplace")
 
 
+def _keep_tail(pipe, tail, keep=4096):
+    try:
+        while chunk := pipe.read1(65536):
+            tail += chunk
+            del tail[:-keep]
+    except (OSError, ValueError):  # closed under us when the search is abandoned
+        pass
+
+
 def search(args):
     pattern = args.get("pattern")
     if not isinstance(pattern, str) or not pattern:
@@ -35,7 +44,9 @@ def search(args):
     shown, real = resolve(args.get("path") or WORKSPACE, allow_missing=False)
     max_results = int(args.get("max_results", 100))
     context = int(args.get("context_lines", 0))
-    cmd = ["/usr/bin/rg", "--json", "--no-config", "--max-filesize", "50M"]
+    # --no-messages: unreadable files and dirs are not errors worth reporting (a tree of them once filled
+    # stderr's pipe while stdout was read to its end: rg blocked and every search timed out empty).
+    cmd = ["/usr/bin/rg", "--json", "--no-config", "--no-messages", "--max-filesize", "50M"]
     cmd += ["-F"] if args.get("literal") else []
     cmd += {"sensitive": ["-s"], "insensitive": ["-i"], "smart": ["-S"]}[args.get("case", "smart")]
     cmd += ["-C", str(context)] if context else []
@@ -63,6 +74,10 @@ def search(args):
     root = os.path.realpath(WORKSPACE)
     killer = threading.Timer(max(0.0, deadline - time.monotonic()), kill_group, (proc.pid,))
     killer.start()
+    # What stderr still carries (a bad regex) is read beside stdout, so neither pipe can stall rg.
+    err_tail = bytearray()
+    reader = threading.Thread(target=_keep_tail, args=(proc.stderr, err_tail), daemon=True)
+    reader.start()
     try:
         for raw in proc.stdout:
             msg = json.loads(raw)
@@ -104,12 +119,13 @@ def search(args):
                 complete = False  # counting everything could take forever on a huge tree
                 kill_group(proc.pid)
                 break
-        stderr = proc.stderr.read().decode("utf-8", "replace")
         proc.wait()
+        reader.join(max(0.0, deadline - time.monotonic()) + 1)
     finally:
         killer.cancel()
         proc.stdout.close()
         proc.stderr.close()
+    stderr = err_tail.decode("utf-8", "replace")
     if time.monotonic() >= deadline:
         complete = False
     if proc.returncode == 2 and not matches and complete:

@@ -10,7 +10,7 @@ import time
 
 from . import archives, procs, search, snapshots
 from .editor import Editor
-from .framing import RequestError, cap_text, encode_frame, read_exact, read_into, skip, write_all
+from .framing import RequestError, cap_text, encode_frame, path_text, read_exact, read_into, skip, write_all
 from .interpreter import Interpreter
 from .privileges import act_on_files_as_user, become_supervisor
 from .settings import IDLE_TIMEOUT, LIFETIME, MAX_FRAME, MAX_STAGED, OUT_HEAD, OUT_TAIL, WORKSPACE
@@ -20,7 +20,7 @@ from .streaming import OutputStream
 # Operations that start user processes: they get a cancel pipe the host can trip mid-call.
 CANCELLABLE = ("python", "shell")
 # Operations that stream their result as events (`args["_send"]` sends a frame tied to the request).
-STREAMING = ("snapshot",)
+STREAMING = ("snapshot", "download")
 
 
 class Supervisor:
@@ -41,7 +41,7 @@ class Supervisor:
         self.ops = {
             "ping": lambda a: {"pong": True, "worker_pid": self.interpreter.pid},
             "python": self.python,
-            "shell": run_shell,
+            "shell": self.shell,
             "view": self.editor.view,
             "create": self.editor.create,
             "str_replace": self.editor.str_replace,
@@ -66,6 +66,39 @@ class Supervisor:
             if blob is not None:
                 write_all(self.out_fd, blob)
 
+    def shell(self, args):
+        try:
+            return run_shell(args)
+        except RequestError as exc:
+            if exc.kind != "ResourceExhausted":
+                raise
+            note = self.reclaim_threads()
+            if note is None:
+                raise
+        return with_note(run_shell(args), note)
+
+    def reclaim_threads(self):
+        """Restart the interpreter when its threads hold the pids limit; the note saying so, else None.
+
+        Threads count against the pids limit like processes, and the end of a cell kills the processes
+        it forked but not threads it left parked inside the interpreter: nothing else would free them.
+        """
+        threads, limit = interpreter_threads(self.interpreter.pid), pids_limit()
+        if threads * 2 < (limit or 64):
+            return None
+        held = f"the Python interpreter holds {threads} threads of the sandbox's limit of {limit or '?'} processes and threads"
+        if not self.interpreter.lock.acquire(blocking=False):
+            raise RequestError(
+                "ResourceExhausted",
+                f"no process could be started: {held}, and a cell is running; interrupt it or reset Python",
+            )
+        try:
+            self.interpreter.restart()
+            self.interpreter_used = False
+        finally:
+            self.interpreter.lock.release()
+        return f"[{held}, left by an earlier cell; Python was restarted to free them and its variables are gone]\n"
+
     def reset_interpreter(self):
         """A fresh interpreter (its processes killed), unless the current one never ran a cell."""
         with self.interpreter.lock:
@@ -82,7 +115,7 @@ class Supervisor:
             code, float(args.get("timeout") or 60), args["_arrived"], args["_cancel"], args.get("_stream")
         )
 
-    def handle(self, req, arrived):
+    def handle(self, req, arrived, note=None):
         rid, nonce = req.get("id"), req.get("nonce")
         cancel_r = None
         try:
@@ -108,7 +141,13 @@ class Supervisor:
                 args["_stream"] = OutputStream.for_request(self.send, args)
             if req.get("op") in STREAMING:
                 args["_send"] = lambda frame, blob=None: self.send({"id": rid, "nonce": nonce, **frame}, blob)
-            reply = {"id": rid, "nonce": nonce, "ok": True, "result": op(args)}
+            result = op(args)
+            reply = {
+                "id": rid,
+                "nonce": nonce,
+                "ok": True,
+                "result": with_note(result, note) if note else result,
+            }
         except RequestError as exc:
             reply = self.error(rid, nonce, exc.kind, str(exc))
         except RecursionError:
@@ -117,7 +156,10 @@ class Supervisor:
             )
         except OSError as exc:
             reply = self.error(
-                rid, nonce, "ToolError", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+                rid,
+                nonce,
+                "ToolError",
+                path_text(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")),
             )
         except Exception as exc:
             reply = self.error(rid, nonce, "InternalError", f"{type(exc).__name__}: {exc}")
@@ -161,19 +203,25 @@ class Supervisor:
         with self.state_lock:
             self.inflight += 1
             self.last_activity = time.monotonic()
-        try:
-            threading.Thread(target=self.handle, args=(req, time.monotonic()), daemon=True).start()
-        except RuntimeError as exc:  # no threads left: the pids limit is exhausted
-            with self.state_lock:
-                self.inflight -= 1
-            self.send(
-                self.error(
-                    req.get("id"),
-                    req.get("nonce"),
-                    "ResourceExhausted",
-                    f"{exc}: the sandbox's process limit is used up",
-                )
-            )
+        arrived, note = time.monotonic(), None
+        for _ in range(2):
+            try:
+                threading.Thread(target=self.handle, args=(req, arrived, note), daemon=True).start()
+                return
+            except RuntimeError as exc:  # no threads left: the pids limit is exhausted
+                why = f"{exc}: the sandbox's process limit is used up"
+            if note is not None:
+                break
+            # This is the reader thread: whatever happens, the request gets its answer.
+            try:
+                note = self.reclaim_threads()
+            except Exception as exc:
+                why = str(exc)
+            if note is None:
+                break
+        with self.state_lock:
+            self.inflight -= 1
+        self.send(self.error(req.get("id"), req.get("nonce"), "ResourceExhausted", why))
 
     def exit(self, reason):
         try:
@@ -256,3 +304,30 @@ def main():
     os.makedirs(WORKSPACE, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     Supervisor(out_fd, split).serve(in_fd)
+
+
+def with_note(result, note):
+    """A result that says the interpreter was restarted (its state is gone) to free the pids limit."""
+    if not isinstance(result, dict):
+        return result
+    extra = {"stderr": note + result["stderr"]} if isinstance(result.get("stderr"), str) else {}
+    return {**result, **extra, "state_lost": True}
+
+
+def interpreter_threads(pid):
+    """How many threads the interpreter process runs (0 when that cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("Threads:")), 0)
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
+def pids_limit():
+    """The container's pids limit (cgroup v2), or None when there is none or it cannot be read."""
+    try:
+        with open("/sys/fs/cgroup/pids.max") as f:
+            value = f.read().strip()
+    except OSError:
+        return None
+    return int(value) if value.isdigit() else None

@@ -26,7 +26,7 @@ import tarfile
 import threading
 import time
 
-from .framing import RequestError
+from .framing import RequestError, path_text
 from .settings import HOME_DIR, WORKSPACE
 
 ROOTS = {"workspace": WORKSPACE, "home": HOME_DIR}
@@ -55,7 +55,7 @@ class _Skipped:
     def append(self, why):
         self.count += 1
         if len(self.shown) < MAX_SKIPPED_SHOWN:
-            self.shown.append(why)
+            self.shown.append(path_text(why))
 
 
 class _Out:
@@ -327,7 +327,7 @@ def restore(args, staging, reset_interpreter):
             clear(root)
         raise RequestError(
             "ToolError",
-            f"restore failed at {exc.filename or '?'}: {exc.strerror}; the workspace and home were left empty",
+            f"restore failed at {path_text(exc.filename or '?')}: {exc.strerror}; the workspace and home were left empty",
         ) from None
     t4 = time.monotonic()
     # Where the time went inside the sandbox (the benchmark reports it beside the host's total).

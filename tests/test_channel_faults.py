@@ -1,0 +1,64 @@
+"""The host end of the channel against a peer that misbehaves at the byte level (a real socket pair).
+
+A sandbox that stops reading its stdin (paused, SIGSTOPped supervisor, stalled ssh link) must not hold a
+call past its deadline while the request is still being sent; and a reply holding names that were not
+UTF-8 in the sandbox must arrive as text that can be encoded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import time
+
+import pytest
+
+from qwq_agent.sandbox.channel import Channel
+from qwq_agent.sandbox.errors import SandboxDead, SandboxTimeout
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+
+
+async def test_a_send_to_a_peer_that_stopped_reading_times_out_and_closes_the_channel() -> None:
+    host, container = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=host)
+    chan = Channel(reader, writer, max_request_bytes=64 << 20)
+    try:
+        big = {"command": "x" * (16 << 20)}  # far more than the socket buffers hold; the peer reads nothing
+        t0 = time.monotonic()
+        with pytest.raises(SandboxTimeout, match=r"took no 'shell' request within 0\.5s"):
+            await asyncio.wait_for(chan.call("shell", big, 0.5), 30)
+        assert time.monotonic() - t0 < 5
+        assert chan.closed  # half a frame may be out: the stream cannot carry another call
+        with pytest.raises(SandboxDead, match="stalled"):
+            await chan.call("ping", {}, 1)
+    finally:
+        await chan.aclose()
+        container.close()
+
+
+async def test_surrogates_in_a_reply_arrive_as_escapes() -> None:
+    host, container = socket.socketpair()
+    container.setblocking(False)
+    reader, writer = await asyncio.open_unix_connection(sock=host)
+    chan = Channel(reader, writer, max_request_bytes=1 << 20)
+    loop = asyncio.get_running_loop()
+    try:
+        call = asyncio.create_task(chan.call("view", {"path": "/workspace"}, 10))
+        sent = b""
+        while not sent or len(sent) < 4 + struct.unpack(">I", sent[:4])[0]:
+            sent += await loop.sock_recv(container, 65536)
+        req = json.loads(sent[4:])
+        # What the supervisor's JSON makes of os.scandir()'s name for b"r\xe9sum\xe9.txt" (and a stray high surrogate).
+        output = "/workspace/r\udce9sum\udce9.txt \ud800"
+        reply = json.dumps({"id": req["id"], "nonce": req["nonce"], "ok": True, "result": {"output": output}})
+        body = struct.pack(">I", len(reply)) + reply.encode()
+        await loop.sock_sendall(container, struct.pack(">BxxxI", 1, len(body)) + body)
+        result = await asyncio.wait_for(call, 10)
+        assert result["output"] == "/workspace/r\\xe9sum\\xe9.txt \\ud800"
+        result["output"].encode("utf-8")
+    finally:
+        await chan.aclose()
+        container.close()

@@ -1,0 +1,127 @@
+"""Workspaces that real work leaves behind, which once broke a sandbox call or the whole sandbox.
+
+Names that are not UTF-8, trees of unreadable directories, a venv's links out of the workspace, folders
+of many empty files, a download while the tmpfs mounts hold most of the memory, and threads a cell left
+parked in the interpreter. Each test checks the call's answer and that the sandbox and its state live on.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from qwq_agent.sandbox import DockerSandbox, InvalidRequest, SandboxConfig
+
+pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def test_a_name_that_is_not_utf8_is_shown_escaped(shared_sandbox: DockerSandbox) -> None:
+    sb = shared_sandbox
+    r = await sb.shell(
+        "mkdir -p /workspace/latin1 && cd /workspace/latin1 && touch $'r\\xe9sum\\xe9.txt' && mkfifo $'p\\xff'"
+    )
+    assert r.exit_code == 0, r
+    try:
+        listing = (await sb.view("/workspace/latin1")).output
+        assert "/workspace/latin1/r\\xe9sum\\xe9.txt" in listing
+        listing.encode("utf-8")  # what the model request does with it
+        snap = await sb.snapshot()
+        assert any("latin1/p\\xff" in s for s in snap.skipped), snap.skipped
+        snap.model_dump_json()
+    finally:
+        await sb.shell("rm -rf /workspace/latin1")
+
+
+async def test_search_finds_its_match_beside_many_unreadable_dirs(shared_sandbox: DockerSandbox) -> None:
+    sb = shared_sandbox
+    r = await sb.shell(
+        "mkdir -p /workspace/locked_tree/locked && cd /workspace/locked_tree/locked && "
+        "for i in $(seq 1500); do mkdir d_with_a_longish_name_$i; done && chmod 000 d_* && "
+        "echo needle_in_locked_tree > /workspace/locked_tree/zz_target.txt",
+        timeout=60,
+    )
+    assert r.exit_code == 0, r
+    try:
+        t0 = time.monotonic()
+        res = await sb.search("needle_in_locked_tree", path="/workspace/locked_tree", timeout=20)
+        assert [m.path for m in res.matches] == ["/workspace/locked_tree/zz_target.txt"]
+        assert res.complete and time.monotonic() - t0 < 10  # not the whole timeout: rg never stalled
+        with pytest.raises(InvalidRequest, match="regex"):  # what stderr still carries is still reported
+            await sb.search("(unclosed", path="/workspace/locked_tree")
+    finally:
+        await sb.shell("chmod -R 755 /workspace/locked_tree; rm -rf /workspace/locked_tree", timeout=60)
+
+
+async def test_download_skips_links_out_of_the_workspace_and_keeps_the_rest(
+    shared_sandbox: DockerSandbox, tmp_path
+) -> None:
+    sb = shared_sandbox
+    r = await sb.shell(
+        "mkdir -p /workspace/cb/docs && cd /workspace/cb && echo result > result.txt && echo hi > README.md && "
+        "ln -s ../README.md docs/README.md && python3 -m venv --without-pip .venv",
+        timeout=60,
+    )
+    assert r.exit_code == 0, r
+    try:
+        res = await sb.download("/workspace/cb", tmp_path)
+        assert (tmp_path / "cb" / "result.txt").read_text() == "result\n"
+        assert (tmp_path / "cb" / "docs" / "README.md").read_text() == "hi\n"
+        assert any(s.startswith("cb/.venv/bin/python3 -> /") for s in res.skipped), res.skipped
+        assert not (tmp_path / "cb" / ".venv" / "bin" / "python3").is_symlink()
+    finally:
+        await sb.shell("rm -rf /workspace/cb")
+
+
+async def test_a_download_counts_tar_headers_so_many_empty_files_are_refused(
+    sandbox_image: str, tmp_path
+) -> None:
+    config = SandboxConfig(image=sandbox_image, max_download_bytes=1 << 20, auto_replace=False)
+    async with DockerSandbox.create(config) as sb:
+        await sb.python("import os\nos.makedirs('/workspace/many')\nfor i in range(3000):\n"
+                        "    open(f'/workspace/many/{i}', 'w').close()\nmarker = 'kept'")  # fmt: skip
+        with pytest.raises(InvalidRequest, match="larger than the download limit"):
+            await sb.download("/workspace/many", tmp_path)  # no content, but 3000 headers of 512 bytes
+        assert list(tmp_path.iterdir()) == []
+        assert (await sb.python("marker")).value == "'kept'"
+        await sb.shell("mkdir /workspace/few && touch /workspace/few/a /workspace/few/b")
+        assert (await sb.download("/workspace/few", tmp_path)).paths == [str(tmp_path / "few")]
+        assert sorted(p.name for p in (tmp_path / "few").iterdir()) == ["a", "b"]
+
+
+async def test_a_download_with_the_tmpfs_mostly_full_leaves_the_sandbox_alive(
+    sandbox_image: str, tmp_path
+) -> None:
+    """The archive streams out in chunks: it is never held whole (nor base64'd) in the container's memory."""
+    config = SandboxConfig(image=sandbox_image, memory="512m", workspace_size="420m", auto_replace=False)
+    async with DockerSandbox.create(config) as sb:
+        r = await sb.shell(
+            "head -c $((40*1024*1024)) /dev/urandom > /workspace/result.bin && "
+            "head -c $((360*1024*1024)) /dev/zero > /workspace/filler.bin && sha256sum /workspace/result.bin",
+            timeout=120,
+        )
+        assert r.exit_code == 0, r
+        await sb.python("state = 'kept'")
+        res = await sb.download("/workspace/result.bin", tmp_path)
+        assert res.bytes == 40 * 1024 * 1024 and not res.state_lost
+        import hashlib
+
+        digest = hashlib.sha256((tmp_path / "result.bin").read_bytes()).hexdigest()
+        assert r.stdout.split()[0] == digest
+        assert (await sb.python("state")).value == "'kept'"
+
+
+async def test_threads_a_cell_left_behind_do_not_lock_the_shell_out(sandbox_image: str) -> None:
+    config = SandboxConfig(image=sandbox_image, pids_limit=64, auto_replace=False)
+    async with DockerSandbox.create(config) as sb:
+        r = await sb.python(
+            "import threading\nev = threading.Event()\nn = 0\ntry:\n    while True:\n"
+            "        threading.Thread(target=ev.wait, daemon=True).start(); n += 1\n"
+            "except RuntimeError:\n    pass\nn",
+            timeout=30,
+        )
+        assert r.value is not None and int(r.value) > 32, r
+        res = await sb.shell("echo ok", timeout=10)
+        assert res.stdout == "ok\n" and res.state_lost and "holds" in res.stderr and "restarted" in res.stderr
+        assert (await sb.python("'n' in dir()")).value == "False"  # the fresh interpreter
+        assert (await sb.shell("echo again", timeout=10)).stdout == "again\n"
