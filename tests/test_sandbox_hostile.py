@@ -447,3 +447,29 @@ async def test_one_calls_end_does_not_kill_another_calls_processes(sb: DockerSan
         assert (await sb.shell("sleep 0.05 & echo short")).stdout == "short\n"
     assert (await long_shell).stdout == "long-done\n"
     assert (await long_cell).value == "0"
+
+
+async def test_too_many_or_too_large_figures_are_dropped_not_the_interpreter(sandbox_image: str) -> None:
+    # 14 photo-like 1500x1500 figures once made a 145 MB result frame, over the result pipe's limit: the
+    # interpreter was killed as a protocol violator and every variable was lost, because of plots.
+    code = (
+        "import numpy as np, matplotlib\n"
+        "matplotlib.use('Agg')\n"
+        "import matplotlib.pyplot as plt\n"
+        "rng = np.random.default_rng(0)\n"
+        "for i in range(3):\n"
+        "    f = plt.figure(figsize=(15, 15), dpi=100)\n"
+        "    f.figimage(rng.integers(0, 255, (1500, 1500, 3), dtype=np.uint8))\n"
+        "for i in range(20):\n"
+        "    plt.figure(figsize=(1, 1)); plt.plot([0, i])\n"
+        "print('plotted')\n"
+    )
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sb:
+        await sb.python("model = 'trained for an hour'")
+        r = await sb.python(code, timeout=120)
+        assert r.ok and not r.state_lost, r
+        assert "plotted" in r.stdout
+        # One photo-like figure fits the 16 MB budget, two do not; then 19 small ones up to 20 in all.
+        assert len(r.images) == 20
+        assert "3 figure(s) not returned" in r.stderr
+        assert (await sb.python("model")).value == "'trained for an hour'"

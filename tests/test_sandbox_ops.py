@@ -104,6 +104,23 @@ async def test_editor_create_view_replace_insert_undo(shared_sandbox: DockerSand
         await shared_sandbox.undo_edit(path)
 
 
+async def test_edits_keep_a_windows_file_in_crlf(shared_sandbox: DockerSandbox) -> None:
+    # `view` shows no line endings, so the model writes `\n`: inside a CRLF file that was a silently
+    # mixed file, and a multi-line old_str never matched.
+    path = "/workspace/ops_win.txt"
+    await shared_sandbox.shell(f"printf 'line1\\r\\nline2\\r\\nline3\\r\\n' > {path}")
+    await shared_sandbox.insert(path, 1, "inserted")
+    await shared_sandbox.str_replace(path, "line2\nline3", "line2\nline3a\nline3b")
+    r = await shared_sandbox.shell(f"base64 -w0 {path}")
+    raw = base64.b64decode(r.stdout.split()[-1])
+    assert raw == b"line1\r\ninserted\r\nline2\r\nline3a\r\nline3b\r\n"
+    # A file that already mixes endings is edited as written, not converted.
+    mixed = "/workspace/ops_mixed.txt"
+    await shared_sandbox.shell(f"printf 'a\\r\\nb\\nc\\n' > {mixed}")
+    await shared_sandbox.insert(mixed, 3, "d")
+    assert base64.b64decode((await shared_sandbox.shell(f"base64 -w0 {mixed}")).stdout) == b"a\r\nb\nc\nd\n"
+
+
 async def test_str_replace_needs_exactly_one_match(shared_sandbox: DockerSandbox) -> None:
     path = "/workspace/edit/twice.txt"
     await shared_sandbox.create_file(path, "x\nsame\ny\nsame\n")

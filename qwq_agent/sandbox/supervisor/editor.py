@@ -223,6 +223,12 @@ class Editor:
         echo = cap_text(old, ECHO_CHARS // 2, ECHO_CHARS // 2)
         with self.lock:
             before, content = self.read_text(shown, real)
+            # A Windows file is edited in its own line endings: `view` shows none, so the model writes
+            # `\n`, and bare `\n` inside a CRLF file is a silently mixed file (and a multi-line old_str
+            # would never match).
+            crlf = _is_crlf(content)
+            if crlf:
+                content, old, new = (t.replace("\r\n", "\n") for t in (content, old, new))
             if old == new:
                 raise RequestError(
                     "ToolError", "No replacement was performed. `new_str` and `old_str` must be different."
@@ -246,7 +252,8 @@ class Editor:
                 )
             pos = hits[0]
             new_content = content[:pos] + new + content[pos + len(old) :]
-            write_atomic(shown, real, new_content.encode("utf-8", "surrogatepass"))
+            written = new_content.replace("\n", "\r\n") if crlf else new_content
+            write_atomic(shown, real, written.encode("utf-8", "surrogatepass"))
             note = self.remember(real, before)
             line = content.count("\n", 0, pos)
             start = max(0, line - SNIPPET_LINES)
@@ -266,6 +273,9 @@ class Editor:
             raise RequestError("ToolError", "Parameter `new_str` is required for command: insert")
         with self.lock:
             before, content = self.read_text(shown, real)
+            crlf = _is_crlf(content)  # as in str_replace: the new lines take the file's endings
+            if crlf:
+                content, new = content.replace("\r\n", "\n"), new.replace("\r\n", "\n")
             lines = content.split("\n")
             if type(line) is not int or line < 0 or line > len(lines):
                 raise RequestError(
@@ -273,11 +283,10 @@ class Editor:
                     f"Invalid `insert_line` parameter: {line}. It should be within the range of lines of the file: {[0, len(lines)]}",
                 )
             new_lines = new.split("\n")
-            write_atomic(
-                shown,
-                real,
-                "\n".join(lines[:line] + new_lines + lines[line:]).encode("utf-8", "surrogatepass"),
-            )
+            written = "\n".join(lines[:line] + new_lines + lines[line:])
+            if crlf:
+                written = written.replace("\n", "\r\n")
+            write_atomic(shown, real, written.encode("utf-8", "surrogatepass"))
             note = self.remember(real, before)
             snippet = (
                 lines[max(0, line - SNIPPET_LINES) : line] + new_lines + lines[line : line + SNIPPET_LINES]
@@ -316,3 +325,8 @@ _CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 def one_line(path):
     """`path` as written, or JSON-quoted when it holds a line break or other control character."""
     return json.dumps(path, ensure_ascii=False) if _CONTROL.search(path) else path
+
+
+def _is_crlf(content):
+    """Whether every line of the file ends in CRLF (a mixed file is left as it is)."""
+    return "\r\n" in content and content.count("\n") == content.count("\r\n")

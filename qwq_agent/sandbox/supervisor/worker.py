@@ -17,6 +17,10 @@ from .framing import cap_text, encode_frame, read_exact, write_all
 from .settings import OUT_HEAD, OUT_TAIL
 
 CMD_FD, RES_FD = 3, 4
+MAX_FIGURES = 20
+# Base64 bytes of figures per cell: well under the result pipe's 64 MB frame limit (`interpreter.py`),
+# and more than any plot a model can read (a 2000x2000 photo-like PNG is ~8 MB).
+IMAGE_BUDGET = 16 * 1024 * 1024
 
 
 def _restore_output(saved):
@@ -64,12 +68,32 @@ def worker_main():
         plt = sys.modules.get("matplotlib.pyplot")
         if plt is None:
             return []
-        images = []
-        for num in plt.get_fignums()[:20]:
+        images, total, dropped = [], 0, 0
+        for num in plt.get_fignums():
+            if len(images) >= MAX_FIGURES:
+                dropped += 1
+                continue
             buf = io.BytesIO()
             plt.figure(num).savefig(buf, format="png", bbox_inches="tight")
-            images.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+            encoded = base64.b64encode(buf.getvalue()).decode("ascii")
+            # Past the budget a figure is dropped, not sent: a result frame over the pipe's limit is a
+            # protocol violation that costs the interpreter and every variable in it.
+            if total + len(encoded) > IMAGE_BUDGET:
+                dropped += 1
+                continue
+            images.append(encoded)
+            total += len(encoded)
         plt.close("all")
+        if dropped:
+            try:
+                print(
+                    f"[{dropped} figure(s) not returned: more than {MAX_FIGURES} figures or "
+                    f"{IMAGE_BUDGET // 2**20} MB of images in one cell; save them with savefig, or plot "
+                    "fewer or smaller ones per cell]",
+                    file=sys.stderr,
+                )
+            except Exception:
+                pass  # the cell closed or replaced stderr: the figures that fit still come back
         return images
 
     def error_of(exc, skip_frames):
