@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -34,6 +35,72 @@ def _keep_tail(pipe, tail, keep=4096):
             tail += chunk
             del tail[:-keep]
     except (OSError, ValueError):  # closed under us when the search is abandoned
+        pass
+
+
+# rg --json writes one record per matching line, holding the whole line and one entry per match in it:
+# a 4 MB minified line matching `a` is a ~180 MB record (no --max-columns in JSON mode), whose parsing
+# once took the supervisor past the container's memory. Records past this size are read in pieces and
+# kept to what a result shows (`_oversized`).
+MAX_RECORD = 256 * 1024
+_LINE_NUMBER = re.compile(rb'"\},"line_number":(\d+),')
+
+
+def _records(stdout):
+    """rg's JSON records, one at a time, none held whole past `MAX_RECORD` bytes."""
+    while raw := stdout.readline(MAX_RECORD):
+        if raw.endswith(b"\n"):
+            yield json.loads(raw)
+            continue
+        msg = _oversized(raw, stdout)
+        if msg is not None:
+            yield msg
+
+
+def _oversized(head, stdout):
+    """A match record too long to parse: its path, the start of its line and its line number, read from
+    the head and the pieces that follow (discarded as they are read); None for anything else."""
+    if not head.startswith(b'{"type":"match"'):
+        _skip_line(stdout)
+        return None
+    decoder = json.JSONDecoder()
+    text = head.decode("utf-8", "replace")
+    try:
+        at = text.index('"path":') + len('"path":')
+        path, end = decoder.raw_decode(text, at)
+        at = text.index('"lines":{', end) + len('"lines":{')
+    except ValueError:
+        _skip_line(stdout)
+        return None
+    key = "text" if text.startswith('"text":"', at) else "bytes"
+    prefix = text[at + len(key) + 4 : at + len(key) + 4 + 4 * 2000]
+    # Unescape the start of the (unterminated) string: cut back to where a closing quote parses.
+    preview = ""
+    for cut in range(len(prefix), max(-1, len(prefix) - 8), -1):
+        try:
+            preview = json.loads('"' + prefix[:cut] + '"')
+            break
+        except ValueError:
+            continue
+    if key == "bytes":
+        preview = base64.b64decode(preview[: len(preview) // 4 * 4] or b"").decode(
+            "utf-8", "backslashreplace"
+        )
+    found = _LINE_NUMBER.search(head)
+    number, carry = (int(found.group(1)) if found else None), head[-64:]
+    while True:
+        piece = stdout.readline(MAX_RECORD)
+        if number is None:
+            found = _LINE_NUMBER.search(carry + piece)
+            number = int(found.group(1)) if found else None
+            carry = piece[-64:]
+        if not piece or piece.endswith(b"\n"):
+            break
+    return {"type": "match", "data": {"path": path, "lines": {"text": preview}, "line_number": number}}
+
+
+def _skip_line(stdout):
+    while (piece := stdout.readline(MAX_RECORD)) and not piece.endswith(b"\n"):
         pass
 
 
@@ -79,8 +146,7 @@ def search(args):
     reader = threading.Thread(target=_keep_tail, args=(proc.stderr, err_tail), daemon=True)
     reader.start()
     try:
-        for raw in proc.stdout:
-            msg = json.loads(raw)
+        for msg in _records(proc.stdout):
             kind = msg.get("type")
             if kind not in ("match", "context"):
                 continue
