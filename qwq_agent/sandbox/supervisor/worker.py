@@ -68,7 +68,8 @@ def worker_main():
         plt = sys.modules.get("matplotlib.pyplot")
         if plt is None:
             return []
-        images, total, dropped = [], 0, 0
+        images: list[str] = []
+        total = dropped = 0
         for num in plt.get_fignums():
             if len(images) >= MAX_FIGURES:
                 dropped += 1
