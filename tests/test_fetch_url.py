@@ -8,6 +8,8 @@ import socket
 import ssl
 import subprocess
 import threading
+import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -370,3 +372,56 @@ async def test_a_name_is_resolved_once_per_hop_and_the_connection_is_pinned(
         assert other.hits == []
     finally:
         other.close()
+
+
+def _gzip(data: bytes, wbits: int = 31) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    return c.compress(data) + c.flush()
+
+
+async def test_compressed_bodies_are_inflated_under_the_byte_cap(server: Server) -> None:
+    # httpx inflated each network chunk whole before the cap was checked: ~50 KB of gzip became 50 MB
+    # in memory at once, and stacked encodings multiplied that (822 bytes -> 791 MB).
+    bomb = _gzip(b"\0" * (50 * 1024 * 1024))
+    server.routes["/bomb"] = lambda h: send(h, 200, "text/plain", bomb, Content_Encoding="gzip")
+    tracemalloc.start()
+    try:
+        page = await guarded_get(
+            server.url("/bomb"), policy=LOOPBACK_OK, limits=FetchLimits(max_bytes=100_000)
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert page.truncated and page.body == b"\0" * 100_000
+    assert peak < 10 * 1024 * 1024
+    assert server.hits[-1][1]["Accept-Encoding"] == "gzip, deflate"  # only what is decoded here
+
+
+async def test_gzip_and_both_deflate_forms_are_decoded(server: Server) -> None:
+    text = "héllo wörld " * 1000
+    for path, body, coding in (
+        ("/gz", _gzip(text.encode()), "gzip"),
+        ("/gz2", _gzip(text.encode()[:5000]) + _gzip(text.encode()[5000:]), "x-gzip"),  # two members
+        ("/zl", _gzip(text.encode(), 15), "deflate"),
+        ("/raw", _gzip(text.encode(), -15), "deflate"),
+    ):
+        server.routes[path] = lambda h, b=body, c=coding: send(
+            h, 200, "text/plain; charset=utf-8", b, Content_Encoding=c
+        )
+        page = await guarded_get(server.url(path), policy=LOOPBACK_OK)
+        assert page.body.decode() == text and not page.truncated, path
+
+
+async def test_stacked_unknown_and_corrupt_encodings_are_clear_errors(server: Server) -> None:
+    twice = _gzip(_gzip(b"\0" * (8 * 1024 * 1024)))
+    server.routes["/twice"] = lambda h: send(h, 200, "text/plain", twice, Content_Encoding="gzip, gzip")
+    server.routes["/br"] = lambda h: send(h, 200, "text/plain", b"\x0b\x02\x80hi\x03", Content_Encoding="br")
+    server.routes["/bad"] = lambda h: send(h, 200, "text/plain", b"\x1f\x8bnot gzip", Content_Encoding="gzip")
+    tool = FetchUrl(policy=LOOPBACK_OK)
+    for path, expected in (
+        ("/twice", "stacked"),
+        ("/br", "unsupported content encoding 'br'"),
+        ("/bad", "corrupt"),
+    ):
+        out = await tool({"url": server.url(path)}, CTX)
+        assert out.is_error and expected in out.text, out.text
