@@ -15,6 +15,7 @@ from qwq_agent.mcp.connection import MCPConnection, MCPError, MCPServerDied, MCP
 from qwq_agent.protocols import ToolContext, ToolOutput
 from qwq_agent.tools.convert import spec_from_mcp
 from qwq_agent.tools.registry import describe_schema_errors
+from qwq_agent.tools.schema_refs import LOCAL_ONLY
 
 __all__ = ["MCPTool", "MCPToolset", "mcp_tools", "to_tool_output"]
 
@@ -70,7 +71,7 @@ class MCPTool:
         self.connection = connection
         self.remote_name: str = remote.name
         self._spec = spec_from_mcp(remote, name=name)
-        self._validator = Draft202012Validator(self._spec.parameters)
+        self._validator = Draft202012Validator(self._spec.parameters, registry=LOCAL_ONLY)
 
     @property
     def spec(self) -> ToolSpec:

@@ -21,6 +21,7 @@ from qwq_agent.agent.messages import ToolCall, ToolSpec
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Tool, ToolContext, ToolOutput
 from qwq_agent.tools.base import ToolArgumentsError, same_json_value, to_tool_output
+from qwq_agent.tools.schema_refs import LOCAL_ONLY, unresolvable_refs
 
 __all__ = ["DefaultsValidator", "ToolRegistry", "describe_schema_errors", "same_json_value"]
 
@@ -146,8 +147,8 @@ class ToolRegistry:
             self.add(t)
 
     def add(self, tool: Tool) -> Tool:
-        """Register `tool`; raises ValueError on a duplicate name or an invalid JSON Schema, and
-        TypeError for an object that is not a `Tool` (e.g. one that does not declare `uses_sandbox`)."""
+        """Register `tool`; raises ValueError on a duplicate name or an invalid JSON Schema (one with a
+        `$ref` that does not resolve within it included), and TypeError for an object that is not a `Tool` (e.g. one that does not declare `uses_sandbox`)."""
         if not isinstance(tool, Tool):
             missing = [m for m in ("spec", "uses_sandbox", "__call__") if m not in dir(tool)]
             raise TypeError(
@@ -158,8 +159,14 @@ class ToolRegistry:
         if spec.name in self._tools:
             raise ValueError(f"a tool named {spec.name!r} is already registered")
         Draft202012Validator.check_schema(spec.parameters)
+        dangling = unresolvable_refs(spec.parameters)
+        if dangling:
+            raise ValueError(
+                f"tool {spec.name!r}: {dangling[0]}; only references into the schema itself are supported"
+            )
         self._tools[spec.name] = tool
-        self._validators[spec.name] = DefaultsValidator(spec.parameters)
+        # LOCAL_ONLY: a `$ref` to a URL must never make the host fetch it.
+        self._validators[spec.name] = DefaultsValidator(spec.parameters, registry=LOCAL_ONLY)
         return tool
 
     def get(self, name: str) -> Tool | None:
@@ -181,10 +188,18 @@ class ToolRegistry:
 
     def argument_problems(self, call: ToolCall) -> list[str]:
         """Why `call`'s arguments do not fit its tool's schema, one line each (empty: they fit)."""
-        validator = self._validators.get(call.name)
-        if validator is None:
+        if call.name not in self._validators:
             return [f"there is no tool named {call.name!r}"]
-        return describe_schema_errors(list(validator.iter_errors(call.arguments)), limit=self.max_errors)
+        try:
+            return self._problems(call)
+        except Exception as exc:
+            return [
+                f"the arguments could not be checked against the tool's schema: {type(exc).__name__}: {exc}"
+            ]
+
+    def _problems(self, call: ToolCall) -> list[str]:
+        errors = list(self._validators[call.name].iter_errors(call.arguments))
+        return describe_schema_errors(errors, limit=self.max_errors)
 
     async def call(
         self,
@@ -199,9 +214,15 @@ class ToolRegistry:
         if tool is None:
             return self._unknown(call.name)
 
-        problems = describe_schema_errors(
-            list(self._validators[call.name].iter_errors(call.arguments)), limit=self.max_errors
-        )
+        try:
+            problems = self._problems(call)
+        except Exception as exc:  # e.g. a schema whose `$ref` fails to resolve: the run goes on
+            return ToolOutput(
+                text=f"Tool '{call.name}' could not check its arguments: its schema is broken "
+                f"({type(exc).__name__}: {str(exc)[:300]}). Try another tool or approach.",
+                is_error=True,
+                metadata={"error": "bad_schema"},
+            )
         if problems:
             return ToolOutput(
                 text=f"Invalid arguments for tool '{call.name}':\n" + "\n".join(f"- {p}" for p in problems),
