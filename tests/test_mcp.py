@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -251,3 +252,35 @@ async def test_a_stdio_server_that_died_between_calls_is_restarted_by_the_next_c
         again = await call(registry, "whoami")
         assert not again.is_error and again.text.startswith("idle pid=") and again.text != first
         assert conn.starts == 2
+
+
+def raw_server(tools: list[dict], **env: str) -> MCPServerSpec:
+    """A stdio server (tests/raw_mcp_server.py) that lists `tools` as given, however wrong."""
+    script = str(Path(__file__).parent / "raw_mcp_server.py")
+    return MCPServerSpec(
+        command=[sys.executable, script],
+        env={**os.environ, "RAW_MCP_TOOLS": json.dumps(tools), **env},
+        name="raw",
+    )
+
+
+async def test_tools_that_cannot_be_used_are_skipped_and_the_rest_of_the_server_works():
+    good = {"name": "good", "inputSchema": {"type": "object", "properties": {}}}
+    liar = raw_server(
+        [
+            good,
+            {"name": "file", "inputSchema": {"type": "object", "properties": {"f": {"type": "file"}}}},
+            {
+                "name": "dangling",
+                "inputSchema": {"type": "object", "properties": {"o": {"$ref": "#/$defs/X"}}},
+            },
+            {**good, "description": "the same name again"},
+        ]
+    )
+    async with await mcp_tools(liar) as toolset:
+        assert [t.spec.name for t in toolset] == ["good"]
+        assert len(toolset.skipped) == 3
+        assert "tool 'file'" in toolset.skipped[0] and "unknown type 'file'" in toolset.skipped[0]
+        assert "tool 'dangling'" in toolset.skipped[1] and "listed twice" in toolset.skipped[2]
+        registry = ToolRegistry(toolset)  # a duplicate name used to make this raise
+        assert (await call(registry, "good")).text == "ok"
