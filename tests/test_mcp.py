@@ -284,3 +284,16 @@ async def test_tools_that_cannot_be_used_are_skipped_and_the_rest_of_the_server_
         assert "tool 'dangling'" in toolset.skipped[1] and "listed twice" in toolset.skipped[2]
         registry = ToolRegistry(toolset)  # a duplicate name used to make this raise
         assert (await call(registry, "good")).text == "ok"
+
+
+async def test_a_huge_result_is_cut_to_head_and_tail_and_images_past_the_budget_are_dropped():
+    dump = {"name": "dump", "inputSchema": {"type": "object", "properties": {}}}
+    server = raw_server(
+        [dump], RAW_MCP_CALL="huge", RAW_MCP_HUGE=str(5 * 1024 * 1024), RAW_MCP_IMAGE=str(13 << 20)
+    )
+    async with await mcp_tools(server) as toolset:
+        out = await call(ToolRegistry(toolset), "dump")
+    assert len(out.text) < 100_200  # was the whole 5 MB
+    assert out.text.startswith("x" * 40_000) and "x" * 40_000 + "\n[1 image(s) dropped" in out.text
+    assert f"[... {5 * 1024 * 1024 - 100_000} chars omitted from the middle ...]" in out.text
+    assert out.images == [] and out.metadata["images_dropped"] == 1

@@ -419,3 +419,27 @@ async def test_model_tools_accept_their_documented_default():
         ToolCall(id="1", name="find", arguments={"query": "q", "lang": None})
     )
     assert not out.is_error and out.text == "q/None"
+
+
+async def test_every_tool_output_is_capped_by_the_registry() -> None:
+    @tool
+    def log(n: int) -> str:
+        """Return a long log."""
+        return "head " + "." * n + " tail"
+
+    @tool
+    def explode() -> str:
+        """Fail with a long message."""
+        raise RuntimeError("y" * 1_000_000)
+
+    registry = ToolRegistry([log, explode], max_output_chars=1_000)
+    short = await registry.call(ToolCall(id="1", name="log", arguments={"n": 10}))
+    assert short.text == "head .......... tail" and "chars_omitted" not in short.metadata
+    long = await registry.call(ToolCall(id="2", name="log", arguments={"n": 100_000}))
+    assert long.text.startswith("head ") and long.text.endswith(" tail")
+    assert (
+        "[... 99010 chars omitted from the middle ...]" in long.text
+        and long.metadata["chars_omitted"] == 99_010
+    )
+    failed = await registry.call(ToolCall(id="3", name="explode", arguments={}))
+    assert failed.is_error and len(failed.text) < 1_100

@@ -21,6 +21,7 @@ from qwq_agent.tools.schema_refs import LOCAL_ONLY
 __all__ = ["MCPTool", "MCPToolset", "mcp_tools", "to_tool_output"]
 
 _PREFIX_SEP = "__"
+_MAX_STRUCTURED_CHARS = 100_000
 log = logging.getLogger(__name__)
 
 
@@ -52,7 +53,12 @@ def to_tool_output(result: Any, *, server: str) -> ToolOutput:
     text = "\n".join(texts) if texts else ("(no output)" if not images else "")
     metadata: dict[str, Any] = {"mcp_server": server}
     if structured is not None:
-        metadata["structured_content"] = structured
+        # Kept for the trace when small; the text (capped by the registry) already carries it.
+        size = len(json.dumps(structured, ensure_ascii=False, default=str))
+        if size <= _MAX_STRUCTURED_CHARS:
+            metadata["structured_content"] = structured
+        else:
+            metadata["structured_content_chars"] = size
     if mime_types:
         metadata["image_mime_types"] = mime_types
     if result.is_error:

@@ -21,6 +21,7 @@ from qwq_agent.agent.messages import ToolCall, ToolSpec
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Tool, ToolContext, ToolOutput
 from qwq_agent.tools.base import ToolArgumentsError, same_json_value, to_tool_output
+from qwq_agent.tools.output_cap import MAX_OUTPUT_CHARS, cap_output
 from qwq_agent.tools.schema_refs import LOCAL_ONLY, unresolvable_refs
 
 __all__ = ["DefaultsValidator", "ToolRegistry", "describe_schema_errors", "same_json_value"]
@@ -130,6 +131,8 @@ def describe_schema_errors(errors: list[SchemaError], *, limit: int = 10) -> lis
 class ToolRegistry:
     """The tools available to a run, by name.
 
+    Every output is capped at `max_output_chars` of text (head and tail kept) and 16 MB of images.
+
     Time limit of a call, most specific first: the tool's own `timeout` attribute (e.g.
     `FunctionTool(timeout=...)`, for a tool known to be slow or fast), then `call(..., timeout=)`, then
     the registry's `timeout` (seconds; None for no limit); whichever applies is clamped to the call's
@@ -137,10 +140,16 @@ class ToolRegistry:
     """
 
     def __init__(
-        self, tools: Iterable[Tool] = (), *, timeout: float | None = 60.0, max_errors: int = 10
+        self,
+        tools: Iterable[Tool] = (),
+        *,
+        timeout: float | None = 60.0,
+        max_errors: int = 10,
+        max_output_chars: int = MAX_OUTPUT_CHARS,
     ) -> None:
         self.timeout = timeout
         self.max_errors = max_errors
+        self.max_output_chars = max_output_chars
         self._tools: dict[str, Tool] = {}
         self._validators: dict[str, Any] = {}
         for t in tools:
@@ -209,7 +218,21 @@ class ToolRegistry:
         timeout: float | None = None,
         deadline: Deadline | None = None,
     ) -> ToolOutput:
-        """Run `call` and return its output; every failure is an `is_error=True` observation."""
+        """Run `call` and return its output; every failure is an `is_error=True` observation.
+
+        The text is cut to `max_output_chars` (head and tail), whatever the tool returned.
+        """
+        output = await self._call(call, context, timeout=timeout, deadline=deadline)
+        return cap_output(output, self.max_output_chars)
+
+    async def _call(
+        self,
+        call: ToolCall,
+        context: ToolContext | None,
+        *,
+        timeout: float | None,
+        deadline: Deadline | None,
+    ) -> ToolOutput:
         tool = self._tools.get(call.name)
         if tool is None:
             return self._unknown(call.name)
