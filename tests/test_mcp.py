@@ -237,6 +237,17 @@ async def test_mcp_serve_exposes_our_sandbox_tools_to_an_mcp_client(sandbox_imag
         assert bad.is_error and "commandx" in bad.text
 
 
+@pytest.mark.docker
+async def test_mcp_serve_lets_the_tools_own_timeout_govern_past_60_s(sandbox_image):
+    # The server's registry cancelled every call at its default 60 s, whatever `timeout` the caller set.
+    cmd = [sys.executable, "-m", "qwq_agent.cli.main", "mcp-serve", "--tools", "python"]
+    async with await mcp_tools(MCPServerSpec(command=cmd, connect_timeout_s=120)) as tools:
+        registry = ToolRegistry(tools, timeout=300)
+        code = "import time\nprint('started', flush=True)\ntime.sleep(62)\nprint('done')"
+        out = await call(registry, "python", code=code, timeout=100)
+    assert not out.is_error and "started" in out.text and "done" in out.text, out.text
+
+
 async def test_a_stdio_server_that_died_between_calls_is_restarted_by_the_next_call():
     import signal
 
