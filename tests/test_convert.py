@@ -191,3 +191,74 @@ async def test_bfcl_sample_correct_calls_validate_and_wrong_ones_are_rejected_na
     # Every kind of wrong call was exercised, many times.
     for kind in ("missing", "extra", "wrong_type", "bad_enum"):
         assert totals[f"{kind}_total"] >= 50 and totals[f"{kind}_ok"] == totals[f"{kind}_total"]
+
+
+@pytest.fixture
+def internal_url():
+    """A URL of an HTTP service on the host, with the list of requests it received."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            body = b'{"type": "string"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_port}/internal-admin", hits
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_refs_that_do_not_resolve_within_the_schema_are_refused_naming_the_tool(internal_url):
+    from qwq_agent.agent.messages import ToolSpec
+
+    url, hits = internal_url
+    for ref in ("#/$defs/Missing", url, "other.json#/x"):
+        schema = {"type": "object", "properties": {"q": {"$ref": ref}}}
+        with pytest.raises(SchemaConversionError, match=r"tool 'bad'.*\$\.q.*does not resolve"):
+            spec_from_mcp({"name": "bad", "inputSchema": schema})
+        # A spec made by hand skips conversion; the registry refuses it all the same.
+        with pytest.raises(ValueError, match=r"tool 'bad'.*does not resolve"):
+            ToolRegistry([_Echo(ToolSpec(name="bad", parameters=schema))])
+    assert hits == []  # the host never fetched the URL
+    # References within the schema still work, under a nested `$id` too.
+    spec = spec_from_mcp(
+        {
+            "name": "ok",
+            "inputSchema": {
+                "$id": "https://example.com/root",
+                "type": "object",
+                "$defs": {"Sub": {"$id": "sub", "$defs": {"Y": {"type": "integer"}}, "$ref": "#/$defs/Y"}},
+                "properties": {"a": {"$ref": "sub"}, "e": {"enum": [{"$ref": url}]}},
+            },
+        }
+    )
+    assert spec.parameters["properties"]["a"] == {"$ref": "sub"}
+
+
+async def test_a_schema_that_fails_while_validating_is_an_observation_not_a_crash():
+    from qwq_agent.agent.messages import ToolSpec
+
+    # Every ref resolves, but validating recurses forever: RecursionError from jsonschema.
+    looping = {
+        "type": "object",
+        "$defs": {"a": {"$ref": "#/$defs/a"}},
+        "properties": {"x": {"$ref": "#/$defs/a"}},
+    }
+    registry = ToolRegistry([_Echo(ToolSpec(name="loop", parameters=looping))])
+    out = await registry.call(ToolCall(id="1", name="loop", arguments={"x": 1}))
+    assert out.is_error and out.metadata["error"] == "bad_schema" and "RecursionError" in out.text
+    assert (
+        "RecursionError" in registry.argument_problems(ToolCall(id="2", name="loop", arguments={"x": 1}))[0]
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -293,3 +294,31 @@ def test_line_numbers_count_newlines_only(tmp_path):
         index.update()
         hits = index.search("zebrafish")
     assert [h.location for h in hits] == ["notes.txt:5"]
+
+
+# A PDF on which pypdf raises neither PdfReadError nor ValueError (a /Lengths typo, an 'endstream' typo).
+ODD_PDF = base64.b64decode(
+    "JVBERi0xLjQKMSAwIG9iago8PCAvVHlwZSAvQ2F0YWxvUmcgL1BhZ2VzIDIgMCBSID4+CmVuZG9iagoyIDAgb2JqCjw8IC9U"
+    "eXBlIC9QYWdlcyAvS2lkcyBbMyAwIFJdIC9Db3VudCAxID4+CmVuZG9iagozIDAgb2JqCjw8IC9UeXBlIC9QYWdlIC9QYXJl"
+    "bnQgMiAwIFIgL01lZGlhQm94IFswIDAgNjEyIDc5Ml0gL0NvbnRlbnRzIDQgMCBSIC9SZXNvdXJjZXMgPDwgL0ZvbnQgPDwg"
+    "L0YxIDUgMCBSID4+ID4+ID4+CmVuZG9iago0IDAgb2JqCjw8IC9MZW5ndFJoIDU2ID4+CnN0cmVhbQpCVCAvRjEgMTIgVGYg"
+    "NzIgNzEyIFRkIChIZWxsbyB3b3JsZCBpbnN0YWxsIGd1aWRlKSBUaiBFVApl6GRzdHJlYW0KZW5kb2JqCjUgMCBvYmoKPDwg"
+    "L1R5cGUgL0ZvbnQgL1N1YnR5cGUgL1R5cGUxIC9CYXNlRm9udCAvSGVsdmV0aWNhID4+CmVuZG9iagp4cmVmCjAgNgowMDAw"
+    "MDAwMDAwIDY1NTM1IGYgCjAwMDAwMDAwMDkgMDAwMDAgbiAKMDAwMDAwMDA1OCAwMDAwMCBuIAowMDAwMDAwMTE1IDAwMDAw"
+    "IG4gCjAwMDAwMDAyNDEgMDAwMDAgbiAKMDAwMDAwMDM0NyAwMDAwMCBuIAp0cmFpbGVyCjw8IC9TaXplIDYgL1Jvb3QgMSAw"
+    "IFIgPj4Kc3RhcnR4cmVmCjQxNwolJUVPRgo="
+)
+
+
+def test_a_document_a_parser_chokes_on_is_reported_and_the_rest_indexed(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "marked.html").write_bytes(b"<html><body><p>Conditional: <![x> text</p></body></html>")
+    (root / "odd.pdf").write_bytes(ODD_PDF)
+    (root / "good.md").write_text("# Install\n\nRun pip install qwq-agent to install it.\n")
+    with build(root, tmp_path) as index:
+        stats = index.update()  # used to raise, rolling back every document
+        errors = dict(stats.errors)
+        assert set(errors) == {"marked.html", "odd.pdf"}
+        assert "ParserRejectedMarkup" in errors["marked.html"]
+        assert locations(index, "install") == ["good.md:1"]

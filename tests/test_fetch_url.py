@@ -8,6 +8,8 @@ import socket
 import ssl
 import subprocess
 import threading
+import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -370,3 +372,112 @@ async def test_a_name_is_resolved_once_per_hop_and_the_connection_is_pinned(
         assert other.hits == []
     finally:
         other.close()
+
+
+def _gzip(data: bytes, wbits: int = 31) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    return c.compress(data) + c.flush()
+
+
+async def test_compressed_bodies_are_inflated_under_the_byte_cap(server: Server) -> None:
+    # httpx inflated each network chunk whole before the cap was checked: ~50 KB of gzip became 50 MB
+    # in memory at once, and stacked encodings multiplied that (822 bytes -> 791 MB).
+    bomb = _gzip(b"\0" * (50 * 1024 * 1024))
+    server.routes["/bomb"] = lambda h: send(h, 200, "text/plain", bomb, Content_Encoding="gzip")
+    tracemalloc.start()
+    try:
+        page = await guarded_get(
+            server.url("/bomb"), policy=LOOPBACK_OK, limits=FetchLimits(max_bytes=100_000)
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert page.truncated and page.body == b"\0" * 100_000
+    assert peak < 10 * 1024 * 1024
+    assert server.hits[-1][1]["Accept-Encoding"] == "gzip, deflate"  # only what is decoded here
+
+
+async def test_gzip_and_both_deflate_forms_are_decoded(server: Server) -> None:
+    text = "héllo wörld " * 1000
+    for path, body, coding in (
+        ("/gz", _gzip(text.encode()), "gzip"),
+        ("/gz2", _gzip(text.encode()[:5000]) + _gzip(text.encode()[5000:]), "x-gzip"),  # two members
+        ("/zl", _gzip(text.encode(), 15), "deflate"),
+        ("/raw", _gzip(text.encode(), -15), "deflate"),
+    ):
+        server.routes[path] = lambda h, b=body, c=coding: send(
+            h, 200, "text/plain; charset=utf-8", b, Content_Encoding=c
+        )
+        page = await guarded_get(server.url(path), policy=LOOPBACK_OK)
+        assert page.body.decode() == text and not page.truncated, path
+
+
+async def test_stacked_unknown_and_corrupt_encodings_are_clear_errors(server: Server) -> None:
+    twice = _gzip(_gzip(b"\0" * (8 * 1024 * 1024)))
+    server.routes["/twice"] = lambda h: send(h, 200, "text/plain", twice, Content_Encoding="gzip, gzip")
+    server.routes["/br"] = lambda h: send(h, 200, "text/plain", b"\x0b\x02\x80hi\x03", Content_Encoding="br")
+    server.routes["/bad"] = lambda h: send(h, 200, "text/plain", b"\x1f\x8bnot gzip", Content_Encoding="gzip")
+    tool = FetchUrl(policy=LOOPBACK_OK)
+    for path, expected in (
+        ("/twice", "stacked"),
+        ("/br", "unsupported content encoding 'br'"),
+        ("/bad", "corrupt"),
+    ):
+        out = await tool({"url": server.url(path)}, CTX)
+        assert out.is_error and expected in out.text, out.text
+
+
+def test_nested_articles_and_deep_tags_are_read_in_linear_time() -> None:
+    import time
+
+    from qwq_agent.tools.web.readable import html_to_readable
+
+    # Measuring every nested <article> read the page once per article (110 KB: a minute), and the
+    # recursive walk hit RecursionError past ~1,000 nested tags.
+    t0 = time.process_time()
+    articles = html_to_readable("<html><body>" + "<article>x " * 10_000 + "</body></html>")
+    assert articles.text.split() == ["x"] * 10_000
+    spans = html_to_readable("<p>top</p>" + "<span>" * 5_000 + "deep" + "</span>" * 5_000)
+    assert spans.text == "top\n\ndeep"
+    lists = html_to_readable("<ul><li>a<table><tr><td>1</td><td>2</td></tr></table></li><li>b</li></ul>")
+    assert lists.text == "- a\n\n1 | 2\n\n- b"  # as the recursive walk wrote it
+    assert (
+        time.process_time() - t0 < 30
+    )  # a bound on runaway work (seconds expected), not a timing measurement
+
+
+async def test_parsing_a_page_leaves_the_event_loop_free_so_the_time_limit_fires(server: Server) -> None:
+    import time
+
+    from qwq_agent.agent.messages import ToolCall
+    from qwq_agent.tools.registry import ToolRegistry
+
+    # Seconds of parsing (a large page) used to run on the event loop: no deadline could fire.
+    page = b"<html><body>" + b"<p>word <b>bold</b> <a href=/x>l</a></p>" * 10_000 + b"</body></html>"
+    server.routes["/large"] = lambda h: send(h, 200, "text/html; charset=utf-8", page)
+    registry = ToolRegistry([FetchUrl(policy=LOOPBACK_OK)], timeout=0.2)
+    t0 = time.monotonic()
+    out = await registry.call(ToolCall(id="c", name="fetch_url", arguments={"url": server.url("/large")}))
+    assert out.metadata.get("error") == "timeout", out.text[:200]
+    assert time.monotonic() - t0 < 2
+
+
+async def test_pages_a_browser_shows_are_shown_not_raised(server: Server) -> None:
+    pages = {
+        "/bogus": ("text/html; charset=bogus", b"<html><body><p>caf\xc3\xa9 text</p></body></html>"),
+        "/marked": ("text/html; charset=utf-8", b"<p>before &amp; <![x> after</p><script>x=1</script>"),
+        "/deepjson": ("application/json", b'{"key": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        "/plainbogus": ("text/plain; charset=bogus", "naïve".encode()),
+    }
+    for path, (ctype, body) in pages.items():
+        server.routes[path] = lambda h, c=ctype, b=body: send(h, 200, c, b)
+    tool = FetchUrl(policy=LOOPBACK_OK)
+    bogus = await tool({"url": server.url("/bogus")}, CTX)
+    assert not bogus.is_error and "café text" in bogus.text
+    marked = await tool({"url": server.url("/marked")}, CTX)
+    assert not marked.is_error and "before & after" in marked.text and "x=1" not in marked.text
+    assert "could not be parsed" in marked.text
+    deep = await tool({"url": server.url("/deepjson")}, CTX)
+    assert not deep.is_error and '{"key": [[[' in deep.text
+    plain = await tool({"url": server.url("/plainbogus")}, CTX)
+    assert not plain.is_error and "naïve" in plain.text

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -236,6 +237,17 @@ async def test_mcp_serve_exposes_our_sandbox_tools_to_an_mcp_client(sandbox_imag
         assert bad.is_error and "commandx" in bad.text
 
 
+@pytest.mark.docker
+async def test_mcp_serve_lets_the_tools_own_timeout_govern_past_60_s(sandbox_image):
+    # The server's registry cancelled every call at its default 60 s, whatever `timeout` the caller set.
+    cmd = [sys.executable, "-m", "qwq_agent.cli.main", "mcp-serve", "--tools", "python"]
+    async with await mcp_tools(MCPServerSpec(command=cmd, connect_timeout_s=120)) as tools:
+        registry = ToolRegistry(tools, timeout=300)
+        code = "import time\nprint('started', flush=True)\ntime.sleep(62)\nprint('done')"
+        out = await call(registry, "python", code=code, timeout=100)
+    assert not out.is_error and "started" in out.text and "done" in out.text, out.text
+
+
 async def test_a_stdio_server_that_died_between_calls_is_restarted_by_the_next_call():
     import signal
 
@@ -251,3 +263,48 @@ async def test_a_stdio_server_that_died_between_calls_is_restarted_by_the_next_c
         again = await call(registry, "whoami")
         assert not again.is_error and again.text.startswith("idle pid=") and again.text != first
         assert conn.starts == 2
+
+
+def raw_server(tools: list[dict], **env: str) -> MCPServerSpec:
+    """A stdio server (tests/raw_mcp_server.py) that lists `tools` as given, however wrong."""
+    script = str(Path(__file__).parent / "raw_mcp_server.py")
+    return MCPServerSpec(
+        command=[sys.executable, script],
+        env={**os.environ, "RAW_MCP_TOOLS": json.dumps(tools), **env},
+        name="raw",
+    )
+
+
+async def test_tools_that_cannot_be_used_are_skipped_and_the_rest_of_the_server_works():
+    good = {"name": "good", "inputSchema": {"type": "object", "properties": {}}}
+    liar = raw_server(
+        [
+            good,
+            {"name": "file", "inputSchema": {"type": "object", "properties": {"f": {"type": "file"}}}},
+            {
+                "name": "dangling",
+                "inputSchema": {"type": "object", "properties": {"o": {"$ref": "#/$defs/X"}}},
+            },
+            {**good, "description": "the same name again"},
+        ]
+    )
+    async with await mcp_tools(liar) as toolset:
+        assert [t.spec.name for t in toolset] == ["good"]
+        assert len(toolset.skipped) == 3
+        assert "tool 'file'" in toolset.skipped[0] and "unknown type 'file'" in toolset.skipped[0]
+        assert "tool 'dangling'" in toolset.skipped[1] and "listed twice" in toolset.skipped[2]
+        registry = ToolRegistry(toolset)  # a duplicate name used to make this raise
+        assert (await call(registry, "good")).text == "ok"
+
+
+async def test_a_huge_result_is_cut_to_head_and_tail_and_images_past_the_budget_are_dropped():
+    dump = {"name": "dump", "inputSchema": {"type": "object", "properties": {}}}
+    server = raw_server(
+        [dump], RAW_MCP_CALL="huge", RAW_MCP_HUGE=str(5 * 1024 * 1024), RAW_MCP_IMAGE=str(13 << 20)
+    )
+    async with await mcp_tools(server) as toolset:
+        out = await call(ToolRegistry(toolset), "dump")
+    assert len(out.text) < 100_200  # was the whole 5 MB
+    assert out.text.startswith("x" * 40_000) and "x" * 40_000 + "\n[1 image(s) dropped" in out.text
+    assert f"[... {5 * 1024 * 1024 - 100_000} chars omitted from the middle ...]" in out.text
+    assert out.images == [] and out.metadata["images_dropped"] == 1

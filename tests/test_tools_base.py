@@ -475,3 +475,27 @@ async def test_a_tool_swallowing_its_cancellation_cannot_hold_the_call_past_its_
         assert done and outer.cancelled()
     finally:
         release.set()
+
+
+async def test_every_tool_output_is_capped_by_the_registry() -> None:
+    @tool
+    def log(n: int) -> str:
+        """Return a long log."""
+        return "head " + "." * n + " tail"
+
+    @tool
+    def explode() -> str:
+        """Fail with a long message."""
+        raise RuntimeError("y" * 1_000_000)
+
+    registry = ToolRegistry([log, explode], max_output_chars=1_000)
+    short = await registry.call(ToolCall(id="1", name="log", arguments={"n": 10}))
+    assert short.text == "head .......... tail" and "chars_omitted" not in short.metadata
+    long = await registry.call(ToolCall(id="2", name="log", arguments={"n": 100_000}))
+    assert long.text.startswith("head ") and long.text.endswith(" tail")
+    assert (
+        "[... 99010 chars omitted from the middle ...]" in long.text
+        and long.metadata["chars_omitted"] == 99_010
+    )
+    failed = await registry.call(ToolCall(id="3", name="explode", arguments={}))
+    assert failed.is_error and len(failed.text) < 1_100

@@ -86,6 +86,11 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
             console.print(f"[red]{exc}[/red]")
             return None
         console.print(f"[dim]MCP tools: {', '.join(t.spec.name for t in toolset) or 'none'}[/dim]")
+        if toolset.skipped:
+            from qwq_agent.cli.safe_text import plain
+
+            # The reasons quote the server's own names and schemas: untrusted text.
+            console.print(plain("MCP tools skipped: " + "; ".join(toolset.skipped), style="yellow"))
 
     export = recorder = None
     from qwq_agent.settings import get_settings

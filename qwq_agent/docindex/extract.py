@@ -77,6 +77,19 @@ def kind_of(path: str | PurePath) -> str | None:
 
 def extract(data: bytes, kind: str) -> tuple[str, list[Section]]:
     """Return (title, sections) of a document's bytes; raises `ExtractError` when unreadable."""
+    try:
+        return _extract(data, kind)
+    except ExtractError:
+        raise
+    except Exception as exc:
+        # The parsers raise what they like on hostile input (bs4 ParserRejectedMarkup, pypdf
+        # LimitReachedError or a bare AttributeError, RecursionError): one bad document is reported,
+        # it must not abort the build of the whole index.
+        detail = " ".join(str(exc).split())[:200]  # one line in the list of errors
+        raise ExtractError(f"unreadable {kind} ({type(exc).__name__}: {detail})") from None
+
+
+def _extract(data: bytes, kind: str) -> tuple[str, list[Section]]:
     if kind == "pdf":
         title, blocks = _pdf_blocks(data)
     else:

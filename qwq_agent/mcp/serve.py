@@ -12,8 +12,14 @@ from typing import Any
 from qwq_agent.agent.messages import ToolCall
 from qwq_agent.protocols import Tool, ToolContext
 from qwq_agent.tools.registry import ToolRegistry
+from qwq_agent.tools.sandbox_tools import MAX_TIMEOUT_S
 
-__all__ = ["build_server", "serve_stdio"]
+# The sandbox tools enforce the caller's `timeout` (up to MAX_TIMEOUT_S) in the sandbox and report with
+# the partial output; the registry's limit is only a backstop past that and the interrupt's grace.
+# Its 60 s default cancelled a cell asked to run for 100 s, output lost.
+CALL_LIMIT_S = MAX_TIMEOUT_S + 60.0
+
+__all__ = ["CALL_LIMIT_S", "build_server", "serve_stdio"]
 
 
 def build_server(tools: Sequence[Tool], *, sandbox: Any = None, name: str = "qwq-agent") -> Any:
@@ -21,7 +27,7 @@ def build_server(tools: Sequence[Tool], *, sandbox: Any = None, name: str = "qwq
     from mcp import types
     from mcp.server.lowlevel import Server
 
-    registry = ToolRegistry(tools)
+    registry = ToolRegistry(tools, timeout=CALL_LIMIT_S)
     listed = [
         types.Tool(name=s.name, description=s.description or None, input_schema=s.parameters)
         for s in registry.specs()

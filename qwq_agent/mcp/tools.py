@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -13,12 +14,15 @@ from jsonschema import Draft202012Validator
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.mcp.connection import MCPConnection, MCPError, MCPServerDied, MCPServerSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
-from qwq_agent.tools.convert import spec_from_mcp
+from qwq_agent.tools.convert import SchemaConversionError, spec_from_mcp
 from qwq_agent.tools.registry import describe_schema_errors
+from qwq_agent.tools.schema_refs import LOCAL_ONLY
 
 __all__ = ["MCPTool", "MCPToolset", "mcp_tools", "to_tool_output"]
 
 _PREFIX_SEP = "__"
+_MAX_STRUCTURED_CHARS = 100_000
+log = logging.getLogger(__name__)
 
 
 def to_tool_output(result: Any, *, server: str) -> ToolOutput:
@@ -49,7 +53,12 @@ def to_tool_output(result: Any, *, server: str) -> ToolOutput:
     text = "\n".join(texts) if texts else ("(no output)" if not images else "")
     metadata: dict[str, Any] = {"mcp_server": server}
     if structured is not None:
-        metadata["structured_content"] = structured
+        # Kept for the trace when small; the text (capped by the registry) already carries it.
+        size = len(json.dumps(structured, ensure_ascii=False, default=str))
+        if size <= _MAX_STRUCTURED_CHARS:
+            metadata["structured_content"] = structured
+        else:
+            metadata["structured_content_chars"] = size
     if mime_types:
         metadata["image_mime_types"] = mime_types
     if result.is_error:
@@ -70,7 +79,7 @@ class MCPTool:
         self.connection = connection
         self.remote_name: str = remote.name
         self._spec = spec_from_mcp(remote, name=name)
-        self._validator = Draft202012Validator(self._spec.parameters)
+        self._validator = Draft202012Validator(self._spec.parameters, registry=LOCAL_ONLY)
 
     @property
     def spec(self) -> ToolSpec:
@@ -113,11 +122,18 @@ class MCPTool:
 
 
 class MCPToolset(list[MCPTool]):
-    """The tools of some MCP servers (a list) that also owns their connections: `aclose()` them."""
+    """The tools of some MCP servers (a list) that also owns their connections: `aclose()` them.
 
-    def __init__(self, tools: Iterable[MCPTool], connections: Sequence[MCPConnection]) -> None:
+    `skipped` says which offered tools were left out and why (a schema that cannot be converted, a
+    name the server listed twice).
+    """
+
+    def __init__(
+        self, tools: Iterable[MCPTool], connections: Sequence[MCPConnection], skipped: Sequence[str] = ()
+    ) -> None:
         super().__init__(tools)
         self.connections = list(connections)
+        self.skipped = list(skipped)
 
     async def aclose(self) -> None:
         """Stop every server; bounded by the SDK's own shutdown deadlines."""
@@ -142,7 +158,9 @@ async def mcp_tools(
 
     Each server is a URL (streamable HTTP), a command line, an argv list or an `MCPServerSpec`.
     A tool name that more than one server offers, or that is in `reserved` (the run's other tools),
-    is prefixed with its server's name: `server__tool`. Raises `MCPConnectError` (naming the server)
+    is prefixed with its server's name: `server__tool`. A tool whose schema cannot be converted, or a
+    second tool of one server under the same name, is left out with a warning (`MCPToolset.skipped`).
+    Raises `MCPConnectError` (naming the server)
     if one cannot be reached; those already started are stopped again.
     """
     specs = [MCPServerSpec.parse(s) for s in servers]
@@ -150,10 +168,19 @@ async def mcp_tools(
     try:
         await asyncio.gather(*(c.connect() for c in connections))
         listed = await asyncio.gather(*(c.list_tools() for c in connections))
+        tools, skipped = _build(connections, listed, set(reserved))
     except BaseException:
+        # Nothing is handed back to close them: stop every server started so far.
         await asyncio.gather(*(c.aclose() for c in connections), return_exceptions=True)
         raise
+    for line in skipped:
+        log.warning("MCP tool skipped: %s", line)
+    return MCPToolset(tools, connections, skipped)
 
+
+def _build(
+    connections: Sequence[MCPConnection], listed: Sequence[Sequence[Any]], taken: set[str]
+) -> tuple[list[MCPTool], list[str]]:
     # Servers may share a name (two instances of one server): number them so prefixes differ.
     seen: dict[str, int] = {}
     for conn in connections:
@@ -161,15 +188,25 @@ async def mcp_tools(
         seen[base] = seen.get(base, 0) + 1
         conn.server_name = base if seen[base] == 1 else f"{base}_{seen[base]}"
 
-    taken = set(reserved)
+    # A name one server lists twice is counted once: it is not a clash between servers.
     counts: dict[str, int] = {}
     for remote_tools in listed:
-        for remote in remote_tools:
-            counts[remote.name] = counts.get(remote.name, 0) + 1
+        for remote_name in {remote.name for remote in remote_tools}:
+            counts[remote_name] = counts.get(remote_name, 0) + 1
     tools: list[MCPTool] = []
+    skipped: list[str] = []
     for conn, remote_tools in zip(connections, listed, strict=True):
+        own: set[str] = set()
         for remote in remote_tools:
+            if remote.name in own:
+                skipped.append(f"{conn.server_name}: {remote.name!r} is listed twice; the first is kept")
+                continue
+            own.add(remote.name)
             clash = counts[remote.name] > 1 or remote.name in taken
             name = f"{conn.server_name}{_PREFIX_SEP}{remote.name}" if clash else remote.name
-            tools.append(MCPTool(conn, remote, name=name))
-    return MCPToolset(tools, connections)
+            try:
+                tools.append(MCPTool(conn, remote, name=name))
+            except SchemaConversionError as exc:
+                # One tool with a schema we cannot check must not take the server's others with it.
+                skipped.append(f"{conn.server_name}: {exc}")
+    return tools, skipped

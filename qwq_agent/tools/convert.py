@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from qwq_agent.agent.messages import ToolSpec
+from qwq_agent.tools.schema_refs import unresolvable_refs
 
 __all__ = [
     "SchemaConversionError",
@@ -212,6 +213,14 @@ def normalize_schema(schema: Mapping[str, Any] | None, *, close: bool = True) ->
     except SchemaError as exc:
         where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
         raise SchemaConversionError(f"{where}: {exc.message}") from None
+    # A dangling `$ref` (a generator bug) or one to another document (fetched from the host) would
+    # fail, or worse, at the first call: refuse the schema now.
+    dangling = unresolvable_refs(out)
+    if dangling:
+        more = f" (and {len(dangling) - 1} more)" if len(dangling) > 1 else ""
+        raise SchemaConversionError(
+            f"{dangling[0]}{more}; only references into the schema itself are supported"
+        )
     return out
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import codecs
+import html
 import json
+import re
 import ssl
 from typing import Any
 
@@ -69,7 +73,9 @@ class FetchUrl(ModelTool[FetchUrlArgs]):
             )
         except FetchError as exc:
             return ToolOutput(text=f"fetch_url failed: {exc}", is_error=True)
-        return render_page(page, args.offset, args.max_chars)
+        # Parsing a 2 MB page takes a while: off the event loop, so deadlines and heartbeats still fire.
+        # A call cancelled by the registry's timeout returns then; the thread finishes on its own.
+        return await asyncio.to_thread(render_page, page, args.offset, args.max_chars)
 
 
 def render_page(page: FetchedPage, offset: int, max_chars: int) -> ToolOutput:
@@ -92,18 +98,25 @@ def render_page(page: FetchedPage, offset: int, max_chars: int) -> ToolOutput:
             is_error=True,
             metadata=meta,
         )
-    text = page.body.decode(page.charset or "utf-8", errors="replace")
-    title, links = "", []
+    charset = _known_charset(page.charset)
+    text = page.body.decode(charset or "utf-8", errors="replace")
+    title, links, note = "", [], ""
     if kind == "html":
-        # Without a charset header, let the parser read <meta charset> from the bytes.
-        readable = html_to_readable(text if page.charset else page.body, base_url=page.url)
-        title, text, links = readable.title, readable.text, readable.links
+        try:
+            # Without a (known) charset header, let the parser read <meta charset> from the bytes.
+            readable = html_to_readable(text if charset else page.body, base_url=page.url)
+        except Exception:  # markup the parser rejects (`<![x>`), nesting too deep: a browser shows it
+            text, note = _strip_tags(text), "Note: the HTML could not be parsed; shown as plain text."
+        else:
+            title, text, links = readable.title, readable.text, readable.links
     elif kind == "json" and not page.truncated:
         try:
             text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass  # show it as it came
     header = [f"URL: {page.url}"]
+    if note:
+        header.append(note)
     if page.redirects:
         header.append(f"(redirected {len(page.redirects)} time(s))")
     if title:
@@ -143,3 +156,37 @@ def _kind(page: FetchedPage) -> str | None:
         if b"\x00" not in page.body[:4096]:
             return "text"
     return None
+
+
+def _known_charset(charset: str | None) -> str | None:
+    """`charset` if Python has a codec of that name; a page that names a bogus one is still shown."""
+    if not charset:
+        return None
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        return None
+    return charset
+
+
+_TAG = re.compile(r"<[^<>]*>")  # not `<[^>]*>`: each unclosed `<` would rescan to the end
+_INVISIBLE = re.compile(r"<(script|style)\b", re.IGNORECASE)
+_SPACES = re.compile(r"[ \t\f\v]+")
+_BLANKS = re.compile(r" ?\r?\n\s*")
+
+
+def _strip_tags(markup: str) -> str:
+    """The text of HTML the parser cannot read: tags, scripts and styles dropped, entities decoded."""
+    kept: list[str] = []
+    pos = 0
+    lower = markup.lower()
+    while (found := _INVISIBLE.search(markup, pos)) is not None:
+        kept.append(markup[pos : found.start()])
+        end = lower.find(f"</{found.group(1).lower()}", found.end())
+        if end < 0:
+            pos = len(markup)
+            break
+        pos = end  # the closing tag itself goes with the other tags
+    kept.append(markup[pos:])
+    text = html.unescape(_TAG.sub(" ", "".join(kept)))
+    return _BLANKS.sub("\n", _SPACES.sub(" ", text)).strip()

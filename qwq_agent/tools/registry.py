@@ -21,6 +21,8 @@ from qwq_agent.agent.messages import ToolCall, ToolSpec
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Tool, ToolContext, ToolOutput
 from qwq_agent.tools.base import ToolArgumentsError, same_json_value, to_tool_output
+from qwq_agent.tools.output_cap import MAX_OUTPUT_CHARS, cap_output
+from qwq_agent.tools.schema_refs import LOCAL_ONLY, unresolvable_refs
 
 __all__ = ["DefaultsValidator", "ToolRegistry", "describe_schema_errors", "same_json_value"]
 
@@ -159,6 +161,8 @@ def describe_schema_errors(errors: list[SchemaError], *, limit: int = 10) -> lis
 class ToolRegistry:
     """The tools available to a run, by name.
 
+    Every output is capped at `max_output_chars` of text (head and tail kept) and 16 MB of images.
+
     Time limit of a call, most specific first: the tool's own `timeout` attribute (e.g.
     `FunctionTool(timeout=...)`, for a tool known to be slow or fast), then `call(..., timeout=)`, then
     the registry's `timeout` (seconds; None for no limit); whichever applies is clamped to the call's
@@ -166,18 +170,24 @@ class ToolRegistry:
     """
 
     def __init__(
-        self, tools: Iterable[Tool] = (), *, timeout: float | None = 60.0, max_errors: int = 10
+        self,
+        tools: Iterable[Tool] = (),
+        *,
+        timeout: float | None = 60.0,
+        max_errors: int = 10,
+        max_output_chars: int = MAX_OUTPUT_CHARS,
     ) -> None:
         self.timeout = timeout
         self.max_errors = max_errors
+        self.max_output_chars = max_output_chars
         self._tools: dict[str, Tool] = {}
         self._validators: dict[str, Any] = {}
         for t in tools:
             self.add(t)
 
     def add(self, tool: Tool) -> Tool:
-        """Register `tool`; raises ValueError on a duplicate name or an invalid JSON Schema, and
-        TypeError for an object that is not a `Tool` (e.g. one that does not declare `uses_sandbox`)."""
+        """Register `tool`; raises ValueError on a duplicate name or an invalid JSON Schema (one with a
+        `$ref` that does not resolve within it included), and TypeError for an object that is not a `Tool` (e.g. one that does not declare `uses_sandbox`)."""
         if not isinstance(tool, Tool):
             missing = [m for m in ("spec", "uses_sandbox", "__call__") if m not in dir(tool)]
             raise TypeError(
@@ -188,8 +198,14 @@ class ToolRegistry:
         if spec.name in self._tools:
             raise ValueError(f"a tool named {spec.name!r} is already registered")
         Draft202012Validator.check_schema(spec.parameters)
+        dangling = unresolvable_refs(spec.parameters)
+        if dangling:
+            raise ValueError(
+                f"tool {spec.name!r}: {dangling[0]}; only references into the schema itself are supported"
+            )
         self._tools[spec.name] = tool
-        self._validators[spec.name] = DefaultsValidator(spec.parameters)
+        # LOCAL_ONLY: a `$ref` to a URL must never make the host fetch it.
+        self._validators[spec.name] = DefaultsValidator(spec.parameters, registry=LOCAL_ONLY)
         return tool
 
     def get(self, name: str) -> Tool | None:
@@ -211,10 +227,18 @@ class ToolRegistry:
 
     def argument_problems(self, call: ToolCall) -> list[str]:
         """Why `call`'s arguments do not fit its tool's schema, one line each (empty: they fit)."""
-        validator = self._validators.get(call.name)
-        if validator is None:
+        if call.name not in self._validators:
             return [f"there is no tool named {call.name!r}"]
-        return describe_schema_errors(list(validator.iter_errors(call.arguments)), limit=self.max_errors)
+        try:
+            return self._problems(call)
+        except Exception as exc:
+            return [
+                f"the arguments could not be checked against the tool's schema: {type(exc).__name__}: {exc}"
+            ]
+
+    def _problems(self, call: ToolCall) -> list[str]:
+        errors = list(self._validators[call.name].iter_errors(call.arguments))
+        return describe_schema_errors(errors, limit=self.max_errors)
 
     async def call(
         self,
@@ -224,14 +248,34 @@ class ToolRegistry:
         timeout: float | None = None,
         deadline: Deadline | None = None,
     ) -> ToolOutput:
-        """Run `call` and return its output; every failure is an `is_error=True` observation."""
+        """Run `call` and return its output; every failure is an `is_error=True` observation.
+
+        The text is cut to `max_output_chars` (head and tail), whatever the tool returned.
+        """
+        output = await self._call(call, context, timeout=timeout, deadline=deadline)
+        return cap_output(output, self.max_output_chars)
+
+    async def _call(
+        self,
+        call: ToolCall,
+        context: ToolContext | None,
+        *,
+        timeout: float | None,
+        deadline: Deadline | None,
+    ) -> ToolOutput:
         tool = self._tools.get(call.name)
         if tool is None:
             return self._unknown(call.name)
 
-        problems = describe_schema_errors(
-            list(self._validators[call.name].iter_errors(call.arguments)), limit=self.max_errors
-        )
+        try:
+            problems = self._problems(call)
+        except Exception as exc:  # e.g. a schema whose `$ref` fails to resolve: the run goes on
+            return ToolOutput(
+                text=f"Tool '{call.name}' could not check its arguments: its schema is broken "
+                f"({type(exc).__name__}: {str(exc)[:300]}). Try another tool or approach.",
+                is_error=True,
+                metadata={"error": "bad_schema"},
+            )
         if problems:
             return ToolOutput(
                 text=f"Invalid arguments for tool '{call.name}':\n" + "\n".join(f"- {p}" for p in problems),

@@ -1,0 +1,51 @@
+"""A hand-written stdio MCP server (newline-delimited JSON-RPC) that lists whatever tools the
+environment says (RAW_MCP_TOOLS, JSON): it plays a server that lies, which the SDK's servers cannot.
+
+RAW_MCP_CALL picks the answer to every call: `echo` ("ok"), `huge` (RAW_MCP_HUGE characters of text,
+RAW_MCP_IMAGE bytes of image data) or `hang`.
+"""
+
+import base64
+import json
+import os
+import sys
+import time
+
+tools = json.loads(os.environ.get("RAW_MCP_TOOLS", "[]"))
+mode = os.environ.get("RAW_MCP_CALL", "echo")
+
+
+def send(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def result(mid: object) -> dict:
+    if mode == "huge":
+        content: list[dict] = [{"type": "text", "text": "x" * int(os.environ.get("RAW_MCP_HUGE", "0"))}]
+        size = int(os.environ.get("RAW_MCP_IMAGE", "0"))
+        if size:
+            data = base64.b64encode(b"\0" * size).decode()
+            content.append({"type": "image", "data": data, "mimeType": "image/png"})
+        return {"content": content}
+    return {"content": [{"type": "text", "text": "ok"}]}
+
+
+for line in sys.stdin:
+    msg = json.loads(line)
+    mid, method = msg.get("id"), msg.get("method")
+    if mid is None:
+        continue
+    if method == "initialize":
+        info = {"name": "liar", "version": "1"}
+        version = msg["params"]["protocolVersion"]
+        answer = {"protocolVersion": version, "capabilities": {"tools": {}}, "serverInfo": info}
+        send({"jsonrpc": "2.0", "id": mid, "result": answer})
+    elif method == "tools/list":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"tools": tools}})
+    elif method == "tools/call":
+        if mode == "hang":
+            time.sleep(3600)
+        send({"jsonrpc": "2.0", "id": mid, "result": result(mid)})
+    else:
+        send({"jsonrpc": "2.0", "id": mid, "result": {}})
