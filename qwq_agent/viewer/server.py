@@ -12,9 +12,10 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlparse
 
+from qwq_agent.viewer.hosts import host_allowed
 from qwq_agent.viewer.page import PAGE
 from qwq_agent.viewer.summary import read_events, summarize
 
@@ -32,7 +33,7 @@ class TraceViewer:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise FileNotFoundError(f"trace folder {root} does not exist or is not a folder")
-        handler = type("Handler", (_Handler,), {"root": self.root})
+        handler = type("Handler", (_Handler,), {"root": self.root, "bind_host": host})
         self._host = host
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
@@ -65,11 +66,19 @@ class TraceViewer:
 
 class _Handler(BaseHTTPRequestHandler):
     root: Path
+    bind_host: str
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per poll would drown the terminal
 
     def do_GET(self) -> None:
+        port = cast(ThreadingHTTPServer, self.server).server_port
+        if not host_allowed(self.headers.get("Host"), self.bind_host, port):
+            self._json(
+                {"error": "unexpected Host header: open the viewer at the address it printed"},
+                HTTPStatus.MISDIRECTED_REQUEST,
+            )
+            return
         url = urlparse(self.path)
         query = parse_qs(url.query)
         if url.path == "/":
