@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlparse
 
 from qwq_agent.viewer.hosts import host_allowed
 from qwq_agent.viewer.page import PAGE
-from qwq_agent.viewer.summary import read_events, summarize
+from qwq_agent.viewer.summary import read_events, summarize, unreadable
 
 __all__ = ["TraceViewer"]
 
@@ -88,8 +88,10 @@ class _Handler(BaseHTTPRequestHandler):
             for path in sorted(self.root.rglob("*.jsonl")):
                 try:
                     runs.append(summarize(path, self.root).model_dump())
-                except OSError:
+                except FileNotFoundError:
                     continue  # removed while listing
+                except Exception as exc:  # one file must not empty the list: it is listed, saying why
+                    runs.append(unreadable(path, self.root, exc).model_dump())
             runs.sort(key=lambda r: r["modified"], reverse=True)
             self._json({"root": str(self.root), "runs": runs})
         elif url.path == "/api/events":
@@ -102,8 +104,12 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 self._json({"error": "`from` must be a line number"}, HTTPStatus.BAD_REQUEST)
                 return
-            events, nxt = read_events(trace, start)
-            self._json({"events": events, "next": nxt, "summary": summarize(trace, self.root).model_dump()})
+            try:
+                events, nxt = read_events(trace, start)
+                summary = summarize(trace, self.root)
+            except Exception as exc:
+                events, nxt, summary = [], start, unreadable(trace, self.root, exc)
+            self._json({"events": events, "next": nxt, "summary": summary.model_dump()})
         else:
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
 
