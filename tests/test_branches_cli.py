@@ -111,3 +111,34 @@ def test_bad_branch_flags_get_one_clear_line(tmp_path):
         err = proc.stdout + proc.stderr
         assert proc.returncode == 2 and expected in err, err
         assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+@pytest.mark.docker
+def test_the_winners_answer_is_printed_literally_and_copy_back_still_happens(sandbox_image, tmp_path):
+    """An answer naming `[/workspace/out.txt]` is not Rich markup (a MarkupError lost it and skipped
+    --copy-back), and its escape sequence (ESC c resets the terminal) is shown, not sent."""
+    answer = "Done: the output is in [/workspace/out.txt].\x1bc all tests pass"
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "kept.txt").write_text("kept")
+
+    def route(req: ScriptedRequest) -> str:  # every branch, every request: the same answer
+        return "x" if req.sampling_params.get("max_new_tokens") == 1 else f"done\n</think>\n\n{answer}"
+
+    with ScriptedModelServer(route) as server:
+        proc = subprocess.run(
+            [
+                *CLI, "run", "Say where the output is.", "--model-url", server.url,
+                "--tools", "shell", "--workspace", str(workspace),
+                "--branches", "2", "--select", "first",
+                "--trace", str(tmp_path / "x.jsonl"), "--copy-back", str(tmp_path / "back"),
+            ],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and "MarkupError" not in out
+    assert "\x1b" + "c" not in proc.stdout
+    assert "Done: the output is in [/workspace/out.txt].\\x1bc all tests pass" in proc.stdout
+    assert "workspace copied back to" in proc.stdout
+    assert (tmp_path / "back" / "workspace" / "kept.txt").read_text() == "kept"

@@ -192,3 +192,80 @@ def test_content_capture_follows_the_standard_variable_unless_told(monkeypatch):
     assert SpanRecorder(capture_content=False).capture_content is False
     monkeypatch.delenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
     assert SpanRecorder().capture_content is False
+
+
+class HungCollector:
+    """A collector that accepts connections and never answers (a stuck proxy, a wedged process)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list[object] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()  # type: ignore[attr-defined]
+
+
+def test_shutdown_against_a_hung_collector_keeps_its_deadline_and_counts_the_lost_spans():
+    import time
+
+    collector = HungCollector()
+    try:
+        export = OtelExport(collector.endpoint, timeout_s=1.0)
+        tracer = export.tracer()
+        for i in range(2500):  # a long run: more than one 512-span batch, more than the 2048 queue
+            tracer.start_span(f"s{i}").end()
+        started = time.monotonic()
+        assert export.shutdown() is False
+        took = time.monotonic() - started
+        assert took < 2.0, f"shutdown took {took:.1f} s with timeout_s=1"
+        assert export.lost == 2500
+    finally:
+        collector.close()
+
+
+def test_shutdown_with_a_collector_that_takes_everything_loses_nothing():
+    with OTLPReceiver() as rx:
+        export = OtelExport(rx.endpoint)
+        tracer = export.tracer()
+        for i in range(600):
+            tracer.start_span(f"s{i}").end()
+        assert export.shutdown() is True and export.lost == 0
+        assert len(rx.wait_for(lambda got: len(got) >= 600)) == 600
+
+
+async def test_the_cli_says_in_one_line_that_spans_were_lost():
+    import io
+
+    from rich.console import Console
+
+    from qwq_agent.cli.ecosystem import RunExtras
+
+    collector = HungCollector()
+    out = io.StringIO()
+    try:
+        export = OtelExport(collector.endpoint, timeout_s=0.5)
+        export.tracer().start_span("step 1").end()
+        await RunExtras([], export=export, console=Console(file=out, width=200)).aclose()
+    finally:
+        collector.close()
+    lines = out.getvalue().strip().splitlines()
+    assert lines == [
+        f"OpenTelemetry: 1 spans did not reach {export.endpoint} (refused, or not taken within 0.5 s)"
+    ]

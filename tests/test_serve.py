@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -259,3 +260,155 @@ def test_log_follower_reads_only_whats_new_and_bounds_a_flood(tmp_path):
     with open(log, "ab") as f:
         f.write(b"more\n")
     assert follower.read() == "more\n"
+
+
+STUBBORN = [sys.executable, os.path.join(os.path.dirname(__file__), "stubborn_sglang_server.py")]
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` no longer runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _start_cli(server_command: list[str], port: int) -> tuple[subprocess.Popen[str], int]:
+    """`qwq-agent serve --command ...` until it says the server is ready; returns it and the server's pid."""
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qwq_agent.cli.main",
+            "serve",
+            "--command",
+            " ".join(server_command),
+            "--port",
+            str(port),
+            "--timeout",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=sigint_as_a_terminal_sends_it,
+    )
+    assert cli.stdout is not None
+    lines = []
+    for line in cli.stdout:
+        lines.append(line)
+        if line.startswith("Ctrl-C stops"):
+            break
+    pid = next((line for line in lines if line.startswith("pid: ")), None)
+    assert pid is not None, "".join(lines)
+    return cli, int(pid.split()[1])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM])
+def test_cli_stops_the_server_when_its_terminal_goes_away(sig):
+    """SIGHUP (the SSH session drops) and SIGQUIT stop the server like Ctrl-C: it runs in a session of its
+    own, so only the CLI's clean-up can reach it."""
+    port = free_port()
+    cli, server_pid = _start_cli([*SCRIPTED, "--port", str(port)], port)
+    try:
+        cli.send_signal(sig)
+        out, _ = cli.communicate(timeout=30)
+        assert cli.returncode == 0, out
+        assert "stopping the server" in out and "Traceback" not in out
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server_pid, 0)
+
+
+def test_a_second_ctrl_c_during_the_grace_kills_a_hung_server_at_once():
+    port = free_port()
+    cli, server_pid = _start_cli([*STUBBORN, str(port)], port)
+    assert cli.stdout is not None
+    try:
+        cli.send_signal(signal.SIGINT)
+        for line in cli.stdout:
+            if line.startswith("stopping the server"):
+                break
+        # the server ignores the SIGTERM: stop() now waits out its 20 s grace, unless told to hurry
+        cli.send_signal(signal.SIGINT)
+        out, _ = cli.communicate(timeout=15)
+        assert cli.returncode == 130, out
+        assert "Traceback" not in out
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server_pid, 0)
+
+
+def test_an_interrupted_fleet_stop_still_kills_every_worker(tmp_path):
+    """A second Ctrl-C while the first worker's grace runs: that worker and all the others are killed."""
+    from qwq_agent.serve.fleet import Fleet, FleetConfig, WorkerSpec
+
+    ports = [free_port(), free_port()]
+    specs = [
+        WorkerSpec(i, str(i), [*STUBBORN, str(p)], f"http://127.0.0.1:{p}", dict(os.environ))
+        for i, p in enumerate(ports)
+    ]
+    fleet = Fleet(FleetConfig(dp=2), specs, tmp_path)
+    fleet.start_workers()
+    pids = [w.pid for w in fleet.workers]
+
+    def second_ctrl_c(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, second_ctrl_c)
+    try:
+        for worker in fleet.workers:
+            worker.wait_ready(timeout=60, poll_interval=0.05)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)  # lands in worker 0's 60 s grace
+        with pytest.raises(KeyboardInterrupt):
+            fleet.stop(grace=60)
+        # checked before any clean-up of ours: the interrupted stop itself must have killed them all
+        assert [w.process.poll() if w.process else None for w in fleet.workers] == [-signal.SIGKILL] * 2
+        assert all(pid is not None and _gone(pid) for pid in pids)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        for worker in fleet.workers:
+            worker.kill()
+
+
+def test_the_server_stops_when_its_parent_is_killed(tmp_path):
+    """SIGKILL leaves the CLI no chance to clean up; the kernel then SIGTERMs the server (PDEATHSIG)."""
+    port = free_port()
+    parent_code = (
+        "import sys\n"
+        "from qwq_agent.serve import ServerProcess\n"
+        f"server = ServerProcess({[*SCRIPTED, '--port', str(port)]!r}, {f'http://127.0.0.1:{port}'!r}, "
+        f"{str(tmp_path / 'log')!r})\n"
+        "server.start()\n"
+        "server.wait_ready(timeout=60, poll_interval=0.05)\n"
+        "print(server.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    server_pid = None
+    try:
+        assert parent.stdout is not None
+        server_pid = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait(timeout=10)
+        # the orphan is reparented to init (or a subreaper) and exits on its SIGTERM; poll its state
+        deadline = time.monotonic() + 30
+        while not _gone(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # another process's exit: nothing of ours to wait on
+        assert _gone(server_pid)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if server_pid is not None and not _gone(server_pid):
+            os.killpg(server_pid, signal.SIGKILL)

@@ -41,7 +41,8 @@ class KVAdmission:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        """Sessions queued for a reservation."""
+        return sum(1 for _, fut in self._waiters if not fut.done())
 
     def _wake(self) -> None:
         # FIFO: a large request at the head is not overtaken, so it cannot starve.
@@ -59,7 +60,7 @@ class KVAdmission:
     async def acquire(self, tokens: int) -> int:
         """Reserve `tokens` (clamped to capacity); returns the amount reserved."""
         tokens = max(1, min(int(tokens), self.capacity))
-        if not self._waiters and self.in_use + tokens <= self.capacity:
+        if not self.waiting and self.in_use + tokens <= self.capacity:
             self.in_use += tokens
             return tokens
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -68,7 +69,12 @@ class KVAdmission:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release(tokens)
+                self.release(tokens)  # granted just as it was cancelled: give the tokens back
+            else:
+                # Leave the queue now, and let those behind in: a dead entry at the head would hold
+                # back every later session (even one that fits) until an unrelated release.
+                self._waiters = deque(w for w in self._waiters if w[1] is not fut)
+                self._wake()
             raise
         return tokens
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import queue
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 from qwq_agent.agent.approval import (
     ApprovalDecision,
@@ -115,8 +116,97 @@ def setup(
     return RecordedApprover(recorded_decisions(source), then=interactive)
 
 
+_TERMINAL = threading.Lock()
+"""One question on the terminal at a time, whichever run asks: parallel branches share one terminal,
+and a key typed for the panel on screen must not answer another branch's call."""
+
+
+class _Withdrawn(Exception):
+    """Nobody waits for this question's answer any more (its wait timed out, or the run stopped)."""
+
+
+_WAKE = object()
+"""Put in a `_StdinLines` queue when a question is withdrawn, to wake the thread reading for it."""
+
+
+class _StdinLines:
+    """The one reader of a stdin stream for approval questions: a thread reads lines into a queue.
+
+    A question then stops reading the moment it is withdrawn, instead of leaving a thread blocked in
+    `input()` that would swallow the next line, typed for the next question.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.lines: queue.Queue[object] = queue.Queue()
+        threading.Thread(target=self._read, name="approval-stdin", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                line = self.stream.readline()
+            except (OSError, ValueError):  # the terminal went away, or stdin was closed
+                line = ""
+            self.lines.put(line)
+            if not line:
+                return  # EOF: the "" stays in the queue for every later question
+
+    def discard_typed_ahead(self) -> None:
+        """Drop lines typed before the question was shown: they were not answers to it."""
+        while True:
+            try:
+                item = self.lines.get_nowait()
+            except queue.Empty:
+                return
+            if item == "":
+                self.lines.put(item)
+                return
+
+    def reader(self, withdrawn: threading.Event) -> _Answers:
+        return _Answers(self, withdrawn)
+
+
+class _Answers:
+    """What `Prompt.ask(stream=...)` reads a question's answers from: raises `_Withdrawn` once the
+    question is withdrawn, `EOFError` at the end of stdin (like `input()`)."""
+
+    def __init__(self, source: _StdinLines, withdrawn: threading.Event) -> None:
+        self.source = source
+        self.withdrawn = withdrawn
+
+    def readline(self) -> str:
+        while True:
+            if self.withdrawn.is_set():
+                raise _Withdrawn
+            item = self.source.lines.get()
+            if item is _WAKE:
+                continue  # for a withdrawn question: ours, checked above, or an earlier one
+            if item == "":
+                self.source.lines.put(item)
+                raise EOFError
+            assert isinstance(item, str)
+            return item.rstrip("\r\n")  # as input() returns it: Enter alone takes the default
+
+
+_READERS: dict[int, _StdinLines] = {}
+_READERS_LOCK = threading.Lock()
+
+
+def _stdin_lines() -> _StdinLines:
+    stream = sys.stdin
+    with _READERS_LOCK:
+        found = _READERS.get(id(stream))
+        if found is None or found.stream is not stream:
+            found = _READERS[id(stream)] = _StdinLines(stream)
+        return found
+
+
 class TerminalApprover:
-    """Asks at the terminal; `validate` checks edited arguments (lines of problems, empty when fine)."""
+    """Asks at the terminal; `validate` checks edited arguments (lines of problems, empty when fine).
+
+    Questions from concurrent runs (branches) are asked one after the other, each panel naming its
+    run; a question whose wait ends (timed out, cancelled) is withdrawn and says so.
+    """
 
     def __init__(self, console: Any, validate: Callable[[Any], list[str]]) -> None:
         self.console = console
@@ -127,43 +217,73 @@ class TerminalApprover:
         # process alive after Ctrl-C ends the run.
         loop = asyncio.get_running_loop()
         done: asyncio.Future[ApprovalDecision] = loop.create_future()
+        withdrawn = threading.Event()
+        lines = _stdin_lines()
 
         def ask() -> None:
             try:
-                result = self._ask(request)
+                with _TERMINAL:
+                    if withdrawn.is_set():
+                        return  # withdrawn before its turn came: never shown
+                    lines.discard_typed_ahead()
+                    try:
+                        result = self._ask(request, lines.reader(withdrawn))
+                    except _Withdrawn:
+                        self.console.print(
+                            plain(
+                                f"\nthe question on {request.call.name} ({request.call.id}) was withdrawn; "
+                                "that answer is not used",
+                                "yellow",
+                            )
+                        )
+                        return
             except EOFError:  # stdin closed: nobody can answer now, so the run waits for a decision
                 loop.call_soon_threadsafe(_settle, done, ApprovalDecision(action="defer"), None)
-            except BaseException as exc:  # EOF on stdin, or the terminal went away
+            except BaseException as exc:  # the terminal went away
                 loop.call_soon_threadsafe(_settle, done, None, exc)
             else:
                 loop.call_soon_threadsafe(_settle, done, result, None)
 
         threading.Thread(target=ask, name="approval-prompt", daemon=True).start()
-        return await done
+        try:
+            return await done
+        finally:
+            if not done.done() or done.cancelled():
+                withdrawn.set()
+                lines.lines.put(_WAKE)
 
-    def _ask(self, request: ApprovalRequest) -> ApprovalDecision:
+    def _ask(self, request: ApprovalRequest, answers: _Answers) -> ApprovalDecision:
         from rich.panel import Panel
         from rich.prompt import Prompt
         from rich.syntax import Syntax
 
+        stream = cast(TextIO, answers)  # Prompt.ask only calls its readline()
         call = request.call
         body = Syntax(safe(json.dumps(call.arguments, indent=2, ensure_ascii=False)), "json", word_wrap=True)
-        title = f"approve tool call {call.name} ({call.id})?"
+        run = f"run {request.run_id}: " if request.run_id else ""
+        title = f"{run}approve tool call {call.name} ({call.id})?"
         subtitle = request.reason or ""
         self.console.print(Panel(body, title=plain(title), subtitle=plain(subtitle), border_style="magenta"))
         while True:
             choice = Prompt.ask(
-                "\\[a]llow, \\[d]eny, \\[e]dit", choices=["a", "d", "e"], default="a", console=self.console
+                "\\[a]llow, \\[d]eny, \\[e]dit",
+                choices=["a", "d", "e"],
+                default="a",
+                console=self.console,
+                stream=stream,
             )
             if choice == "a":
                 return ApprovalDecision.allow()
             if choice == "d":
-                reason = Prompt.ask("reason (the model reads it)", default="", console=self.console)
+                reason = Prompt.ask(
+                    "reason (the model reads it)", default="", console=self.console, stream=stream
+                )
                 return ApprovalDecision.deny(reason.strip() or None)
             text = Prompt.ask(
                 "new arguments (JSON)",
                 default=json.dumps(call.arguments, ensure_ascii=False),
                 console=self.console,
+                stream=stream,
             )
             try:
                 arguments = json.loads(text)

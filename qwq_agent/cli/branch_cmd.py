@@ -52,6 +52,8 @@ def check(args: argparse.Namespace) -> Any:
 
 async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, console: Console) -> int:
     """Explore `task` in `args.branches` branches; print one line per branch and the winner."""
+    from qwq_agent.cli.safe_text import plain
+
     if not args.json:
         console.print(
             f"[dim]running {args.branches} branches (select: {selector.label})[/dim]", soft_wrap=True
@@ -67,21 +69,22 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
             print_result(console, result)
         if args.copy_back is not None and result.sandbox is not None:
             copied = await result.sandbox.download("/workspace", args.copy_back)
-            console.print(f"[dim]the winner's workspace copied back to {args.copy_back}[/dim]")
+            console.print(plain(f"the winner's workspace copied back to {args.copy_back}", "dim"))
             if copied.skipped:
                 console.print(
-                    f"{len(copied.skipped)} link(s) pointing outside the workspace were not copied back: "
-                    f"{', '.join(copied.skipped[:3])}{' ...' if len(copied.skipped) > 3 else ''}",
-                    markup=False,
-                    style="yellow",
+                    plain(
+                        f"{len(copied.skipped)} link(s) pointing outside the workspace were not copied back: "
+                        f"{', '.join(copied.skipped[:3])}{' ...' if len(copied.skipped) > 3 else ''}",
+                        "yellow",
+                    )
                 )
     won = result.won
     if args.patch is not None and won is not None and won.result is not None and won.result.patch is not None:
         args.patch.write_text(won.result.patch, encoding="utf-8")
-        console.print(f"[dim]the winner's patch: {args.patch.resolve()}[/dim]", soft_wrap=True)
+        console.print(plain(f"the winner's patch: {args.patch.resolve()}", "dim"), soft_wrap=True)
     if result.trace_path:
         console.print(
-            f"[dim]trace: {result.trace_path} (one file per branch beside it)[/dim]", soft_wrap=True
+            plain(f"trace: {result.trace_path} (one file per branch beside it)", "dim"), soft_wrap=True
         )
     return 0 if result.winner is not None else 1
 
@@ -112,16 +115,16 @@ def describe(outcome: Any) -> str:
 
 
 def print_result(console: Console, result: BranchResult) -> None:
-    from rich.markup import escape
+    """Each branch's line, the verdict and the winner's answer: model and sandbox text, so printed
+    through `safe_text.plain` (never parsed as markup, control characters visible)."""
+    from qwq_agent.cli.safe_text import plain
 
     for b in result.branches:
         style = "green" if b.index == result.winner else "dim"
-        console.print(f"[{style}]{escape(describe(b))}[/{style}]", soft_wrap=True)
+        console.print(plain(describe(b), style), soft_wrap=True)
     if result.winner is None:
-        console.print(f"[red]no branch won: {escape(result.reason)}[/red]", soft_wrap=True)
+        console.print(plain(f"no branch won: {result.reason}", "red"), soft_wrap=True)
     else:
-        console.print(
-            f"[bold green]branch {result.winner} won: {escape(result.reason)}[/bold green]", soft_wrap=True
-        )
+        console.print(plain(f"branch {result.winner} won: {result.reason}", "bold green"), soft_wrap=True)
         if result.answer:
-            console.print(result.answer, soft_wrap=True)
+            console.print(plain(result.answer), soft_wrap=True)

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from qwq_agent.cli.safe_text import plain
 from qwq_agent.protocols import Tool
 
 __all__ = ["RunExtras", "add_arguments", "open_extras"]
@@ -46,12 +47,18 @@ class RunExtras:
     """What the options set up for one run: MCP connections and a span exporter; `aclose()` ends both."""
 
     def __init__(
-        self, tools: list[Tool], toolset: Any = None, export: Any = None, recorder: Any = None
+        self,
+        tools: list[Tool],
+        toolset: Any = None,
+        export: Any = None,
+        recorder: Any = None,
+        console: Any = None,
     ) -> None:
         self.tools = tools
         self._toolset = toolset
         self._export = export
         self._recorder = recorder
+        self._console = console
 
     def observe(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """The run's events, passed through the span recorder when telemetry is on."""
@@ -65,7 +72,16 @@ class RunExtras:
         if self._toolset is not None:
             await self._toolset.aclose()
         if self._export is not None:
-            await asyncio.to_thread(self._export.shutdown)  # bounded by the exporter's timeout
+            export = self._export
+            if not await asyncio.to_thread(export.shutdown) and self._console is not None:  # within timeout_s
+                self._console.print(
+                    plain(
+                        f"OpenTelemetry: {export.lost} spans did not reach {export.endpoint} "
+                        f"(refused, or not taken within {export.timeout_s:g} s)",
+                        "yellow",
+                    ),
+                    soft_wrap=True,
+                )
 
 
 async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: Any) -> RunExtras | None:
@@ -112,4 +128,4 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
             export.tracer(), provider=provider, capture_content=True if args.otel_content else None
         )
         console.print(f"[dim]OpenTelemetry spans to {export.endpoint}[/dim]")
-    return RunExtras([*tools, *(toolset or [])], toolset, export, recorder)
+    return RunExtras([*tools, *(toolset or [])], toolset, export, recorder, console)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 from qwq_agent.cli import approval_prompt, branch_cmd, ecosystem
 from qwq_agent.cli.reasoning_view import REASONING_MODES
+from qwq_agent.cli.safe_text import plain
 
 DEFAULT_URL = "http://127.0.0.1:30000"
 
@@ -209,13 +210,14 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 renderer.close()  # the live status goes before anything else is printed
             if args.copy_back is not None and sandbox is not None:
                 copied = await sandbox.download("/workspace", args.copy_back)
-                console.print(f"[dim]workspace copied back to {args.copy_back}[/dim]")
-                if copied.skipped:
+                console.print(plain(f"workspace copied back to {args.copy_back}", "dim"))
+                if copied.skipped:  # names from the sandbox: printed literally, control characters shown
                     console.print(
-                        f"{len(copied.skipped)} link(s) pointing outside the workspace were not copied back: "
-                        f"{', '.join(copied.skipped[:3])}{' ...' if len(copied.skipped) > 3 else ''}",
-                        markup=False,
-                        style="yellow",
+                        plain(
+                            f"{len(copied.skipped)} link(s) pointing outside the workspace were not copied "
+                            f"back: {', '.join(copied.skipped[:3])}{' ...' if len(copied.skipped) > 3 else ''}",
+                            "yellow",
+                        )
                     )
     finally:
         await model.aclose()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import tempfile
 from pathlib import Path
 
+from qwq_agent.cli.serve_signals import stop_on_signals
 from qwq_agent.urls import redact_url
 
 
@@ -146,30 +146,28 @@ def _serve(args: argparse.Namespace) -> int:
     server = ServerProcess(command, config.url, log_path)
     print(f"starting: {shlex.join(command)}\nlog: {log_path}", flush=True)
 
-    def stop_on_signal(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop_on_signal)
-    try:
-        server.start()
-        print(f"pid: {server.pid}", flush=True)
+    with stop_on_signals():
         try:
-            info = _wait_ready(server, args.timeout)
-        except ServerError as exc:
-            raise CliError(str(exc), _log_hint(log_path, exc.log_tail), code=1) from None
-        _report(info)
-        print("Ctrl-C stops the server.", flush=True)
-        assert server.process is not None
-        code = server.process.wait()
-        raise CliError(
-            f"the server exited with status {code}", _log_hint(log_path, server.log_tail()), code=code or 1
-        )
-    except KeyboardInterrupt:
-        print("stopping the server...", flush=True)
-        return 0
-    finally:
-        server.stop()
-        signal.signal(signal.SIGTERM, previous)
+            server.start()
+            print(f"pid: {server.pid}", flush=True)
+            try:
+                info = _wait_ready(server, args.timeout)
+            except ServerError as exc:
+                raise CliError(str(exc), _log_hint(log_path, exc.log_tail), code=1) from None
+            _report(info)
+            print("Ctrl-C stops the server.", flush=True)
+            assert server.process is not None
+            code = server.process.wait()
+            raise CliError(
+                f"the server exited with status {code}",
+                _log_hint(log_path, server.log_tail()),
+                code=code or 1,
+            )
+        except KeyboardInterrupt:
+            print("stopping the server (Ctrl-C again kills it)...", flush=True)
+            return 0
+        finally:
+            server.stop()
 
 
 def _wait_ready(server, timeout: float):

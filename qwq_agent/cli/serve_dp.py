@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shlex
-import signal
 import tempfile
 from pathlib import Path
 
+from qwq_agent.cli.serve_signals import stop_on_signals
 from qwq_agent.serve.fleet import FleetInfo
 from qwq_agent.serve.launcher import ServeConfig
 
@@ -64,33 +64,31 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
     fleet = Fleet(fleet_config, specs, log_dir)
     print(f"starting {args.dp} replicas and the router ({args.router_policy}); logs: {log_dir}", flush=True)
 
-    def stop_on_signal(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop_on_signal)
-    try:
-        fleet.start_workers()
-        print("pids: " + " ".join(str(w.pid) for w in fleet.workers), flush=True)
+    with stop_on_signals():
         try:
-            info = fleet.wait_ready(timeout=args.timeout, on_progress=lambda line: print(line, flush=True))
-        except ServerError as exc:
-            last = next((ln.strip() for ln in reversed(exc.log_tail.splitlines()) if ln.strip()), "")
-            raise CliError(
-                str(exc),
-                f"read the logs in {log_dir}" + (f" (it ends: {last[:200]})" if last else ""),
-                code=1,
-            ) from None
-        print(f"router pid: {fleet.router.pid}", flush=True)
-        report_fleet(info)
-        print("Ctrl-C stops the router and the replicas.", flush=True)
-        ended = _wait_for_an_exit(fleet)
-        raise CliError(f"{ended[0]} exited with status {ended[1]}", f"read the logs in {log_dir}", code=1)
-    except KeyboardInterrupt:
-        print("stopping the router and the replicas...", flush=True)
-        return 0
-    finally:
-        fleet.stop()
-        signal.signal(signal.SIGTERM, previous)
+            fleet.start_workers()
+            print("pids: " + " ".join(str(w.pid) for w in fleet.workers), flush=True)
+            try:
+                info = fleet.wait_ready(
+                    timeout=args.timeout, on_progress=lambda line: print(line, flush=True)
+                )
+            except ServerError as exc:
+                last = next((ln.strip() for ln in reversed(exc.log_tail.splitlines()) if ln.strip()), "")
+                raise CliError(
+                    str(exc),
+                    f"read the logs in {log_dir}" + (f" (it ends: {last[:200]})" if last else ""),
+                    code=1,
+                ) from None
+            print(f"router pid: {fleet.router.pid}", flush=True)
+            report_fleet(info)
+            print("Ctrl-C stops the router and the replicas.", flush=True)
+            ended = _wait_for_an_exit(fleet)
+            raise CliError(f"{ended[0]} exited with status {ended[1]}", f"read the logs in {log_dir}", code=1)
+        except KeyboardInterrupt:
+            print("stopping the router and the replicas (Ctrl-C again kills them)...", flush=True)
+            return 0
+        finally:
+            fleet.stop()
 
 
 def _wait_for_an_exit(fleet) -> tuple[str, int | None]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
+
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Tracer
 
 __all__ = ["DEFAULT_ENDPOINT", "OtelExport", "endpoint_from_env"]
@@ -19,6 +22,40 @@ def endpoint_from_env() -> str | None:
     from qwq_agent.settings import get_settings
 
     return get_settings().otel_endpoint
+
+
+class _Delivered(SpanExporter):
+    """Counts the spans `exporter` delivered (the collector answered success)."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+        self.spans = 0
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self.exporter.export(spans)
+        if result is SpanExportResult.SUCCESS:
+            with self._lock:
+                self.spans += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+class _Ended(SpanProcessor):
+    """Counts the spans ended: what should reach the collector (the batch queue drops when full)."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self._lock = threading.Lock()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        with self._lock:
+            self.spans += 1
 
 
 class OtelExport:
@@ -39,18 +76,41 @@ class OtelExport:
         base = endpoint or settings.otel_endpoint or DEFAULT_ENDPOINT
         self.endpoint = base if base.rstrip("/").endswith("/v1/traces") else base.rstrip("/") + "/v1/traces"
         self.timeout_s = timeout_s
+        self.lost = 0
+        """After `shutdown()`: how many spans did not reach the collector."""
         resource = Resource.create({"service.name": settings.otel_service_name or service_name})
-        self.provider = TracerProvider(resource=resource)
-        self.provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=self.endpoint, timeout=timeout_s))
-        )
+        # Not shut down at exit: that would export every queued batch again, one timeout each, with no
+        # deadline; `shutdown()` is the one place that ends the export, within `timeout_s`.
+        self.provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        self._ended = _Ended()
+        self._exporter = OTLPSpanExporter(endpoint=self.endpoint, timeout=timeout_s)
+        self._delivered = _Delivered(self._exporter)
+        self.provider.add_span_processor(self._ended)
+        self.provider.add_span_processor(BatchSpanProcessor(self._delivered))
 
     def tracer(self) -> Tracer:
         """A tracer of this provider, for `SpanRecorder`."""
         return self.provider.get_tracer("qwq_agent")
 
     def shutdown(self) -> bool:
-        """Export what is pending and stop; False if the collector did not take it in time."""
-        flushed = self.provider.force_flush(timeout_millis=int(self.timeout_s * 1000))
-        self.provider.shutdown()
-        return flushed
+        """Export what is pending and stop, within `timeout_s` in all; False when spans were lost.
+
+        Against a collector that accepts connections and never answers, each batch would take a
+        full exporter timeout: the flush runs in a daemon thread given `timeout_s`, after which the
+        exporter is shut down so the batches still queued fail at once. `lost` then says how many
+        spans (ended, but not acknowledged by the collector) are missing.
+        """
+        done = threading.Event()
+
+        def finish() -> None:
+            try:
+                self.provider.force_flush(timeout_millis=int(self.timeout_s * 1000))
+                self.provider.shutdown()
+            finally:
+                done.set()
+
+        threading.Thread(target=finish, name="otel-shutdown", daemon=True).start()
+        if not done.wait(self.timeout_s):
+            self._exporter.shutdown()  # the rest fails fast; the request in flight ends at its timeout
+        self.lost = max(0, self._ended.spans - self._delivered.spans)
+        return self.lost == 0

@@ -332,10 +332,18 @@ class Fleet:
         return None
 
     def stop(self, grace: float = 20.0) -> None:
-        """Stop the router first (no new requests), then every worker."""
-        self.router.stop(grace)
-        for worker in self.workers:
-            worker.stop(grace)
+        """Stop the router first (no new requests), then every worker.
+
+        Interrupted (a second Ctrl-C), it SIGKILLs every process not yet stopped before the exception
+        propagates: each runs in a session of its own, so nothing else would stop it.
+        """
+        processes = [self.router, *self.workers]
+        try:
+            for process in processes:
+                process.stop(grace)
+        finally:
+            for process in processes:
+                process.kill()
 
 
 __all__ = [

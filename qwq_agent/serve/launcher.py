@@ -6,6 +6,8 @@ reaches every process SGLang spawns (tokenizer, scheduler and detokenizer worker
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
 import os
 import shutil
@@ -145,6 +147,35 @@ def probe(url: str, *, timeout: float = 5.0) -> ReadyInfo | None:
 
 
 LOG_CHUNK = 64 * 1024
+KILL_WAIT_S = 5.0
+"""How long to wait for a SIGKILLed process to be reaped (it cannot refuse, but may be in the kernel)."""
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child receive SIGTERM when its parent dies (Linux), else None.
+
+    The server runs in a session of its own (so Ctrl-C on the terminal does not reach it mid-load, and
+    `stop()` can signal its whole group); without this, a parent killed by a signal it cannot handle
+    (SIGKILL, the OOM killer) would leave SGLang running and holding the GPU. The kernel sends the
+    signal when the *thread* that started the child ends, so start servers from a long-lived thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    try:
+        prctl = ctypes.CDLL(name, use_errno=True).prctl  # resolved here, not between fork and exec
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect: nobody would stop us
+            os._exit(1)
+
+    return preexec
 
 
 class LogFollower:
@@ -192,6 +223,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 env=self.env,
+                preexec_fn=_die_with_parent(),
             )
 
     @property
@@ -242,19 +274,33 @@ class ServerProcess:
             time.sleep(poll_interval)  # polling a process we do not control; nothing to wait on instead
 
     def stop(self, grace: float = 20.0) -> int | None:
-        """SIGTERM the process group, then SIGKILL it after `grace` seconds; returns the exit status."""
+        """SIGTERM the process group, then SIGKILL it after `grace` seconds; returns the exit status.
+
+        An exception during the grace (a second Ctrl-C) still kills the group before it propagates: the
+        server runs in a session of its own, so nothing else would ever stop it.
+        """
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self._signal(signal.SIGTERM)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
-                self.process.wait()
-        # workers that outlived the leader are in the same group
-        self._signal(signal.SIGKILL)
+        try:
+            if self.process.poll() is None:
+                self._signal(signal.SIGTERM)
+                try:
+                    self.process.wait(grace)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            self.kill()
         return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (workers that outlived the leader too) and reap the leader."""
+        if self.process is None:
+            return
+        self._signal(signal.SIGKILL)
+        try:
+            self.process.wait(KILL_WAIT_S)
+        except subprocess.TimeoutExpired:
+            pass
 
     def _signal(self, sig: signal.Signals) -> None:
         assert self.process is not None

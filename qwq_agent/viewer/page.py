@@ -39,16 +39,24 @@ details.reasoning summary{cursor:pointer;font-style:italic}
 "use strict";
 const $ = (s) => document.querySelector(s);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
-const num = (n) => (n ?? 0).toLocaleString("en");
-const pct = (x) => x == null ? "–" : (100 * x).toFixed(1) + "%";
-const secs = (x) => x == null ? "–" : (x < 1 ? (1000 * x).toFixed(0) + " ms" : x.toFixed(2) + " s");
+// Markup is only ever built with the `html` tag: each value it interpolates is escaped unless it is
+// markup `html` made itself (or an array of such), so no trace field, whatever its type, becomes markup.
+class Markup { constructor(s) { this.s = s; } toString() { return this.s; } }
+const part = (v) => v instanceof Markup ? v.s : Array.isArray(v) ? v.map(part).join("") : esc(v);
+const html = (strings, ...values) => new Markup(strings.reduce((out, s, i) => out + part(values[i - 1]) + s));
+const joined = (items, sep) => new Markup(items.map(part).join(esc(sep)));
+const setHTML = (el, markup) => { el.innerHTML = part(markup); };
+const num = (n) => { const x = Number(n ?? 0); return Number.isFinite(x) ? x.toLocaleString("en") : String(n); };
+const pct = (x) => x == null || !Number.isFinite(Number(x)) ? "–" : (100 * x).toFixed(1) + "%";
+const secs = (x) => x == null || !Number.isFinite(Number(x)) ? "–" : (x < 1 ? (1000 * x).toFixed(0) + " ms" : Number(x).toFixed(2) + " s");
+const list = (v) => Array.isArray(v) ? v.join(", ") : v;
 const LOOP = /loop|repeat|identical|same_call/;
 let current = null, timer = null;
 
 // Arguments one per line, strings as written (code reads as code, not as an escaped JSON string).
 function args(a) { return Object.entries(a || {}).map(([k, v]) => `${k}: ${typeof v === "string" ? v : JSON.stringify(v)}`).join("\n"); }
 
-function statusBadge(s) { return `<span class="status ${esc(s)}">${esc(s)}</span>`; }
+function statusBadge(s) { return html`<span class="status ${s}">${s}</span>`; }
 
 async function getJSON(url) { const r = await fetch(url, {cache: "no-store"}); return r.json(); }
 
@@ -56,10 +64,10 @@ async function showList() {
   stopPolling(); current = null; $("#run").hidden = true; $("#list").hidden = false; $("#live").textContent = "";
   const data = await getJSON("/api/runs");
   $("#where").textContent = data.root;
-  $("#runs tbody").innerHTML = data.runs.map((r) => `<tr class="run" data-file="${esc(r.file)}">
-    <td>${esc(r.file)}</td><td>${esc((r.task || "").slice(0, 90))}</td><td>${statusBadge(r.status)}</td>
+  setHTML($("#runs tbody"), data.runs.map((r) => html`<tr class="run" data-file="${r.file}">
+    <td>${r.file}</td><td>${String(r.task || "").slice(0, 90)}</td><td>${statusBadge(r.status)}</td>
     <td class="num">${r.steps}</td><td class="num">${num(r.prompt_tokens)} / ${num(r.generated_tokens)}</td>
-    <td class="num">${pct(r.cached_share)}</td><td class="num">${secs(r.wall_s)}</td><td class="num">${r.warnings}</td></tr>`).join("");
+    <td class="num">${pct(r.cached_share)}</td><td class="num">${secs(r.wall_s)}</td><td class="num">${r.warnings}</td></tr>`));
   document.querySelectorAll("tr.run").forEach((tr) => tr.addEventListener("click", () => {
     location.hash = "run=" + encodeURIComponent(tr.dataset.file); }));
   if (location.hash === "" || location.hash === "#") timer = setTimeout(showList, 3000);
@@ -78,11 +86,11 @@ async function poll() {
   const run = current; if (!run) return;
   const data = await getJSON(`/api/events?file=${encodeURIComponent(run.file)}&from=${run.next}`);
   if (run !== current) return;
-  if (data.error) { $("#summary").innerHTML = `<p>${esc(data.error)}</p>`; return; }
+  if (data.error) { setHTML($("#summary"), html`<p>${data.error}</p>`); return; }
   run.events.push(...data.events); run.next = data.next;
   const s = data.summary;
-  $("#summary").innerHTML = `<h2>${esc(s.task)}</h2><p>${statusBadge(s.status)} <span class="muted">${esc(s.file)} · run ${esc(s.run_id)} · ${esc(s.model)}
-    · ${s.steps} steps · ${num(s.prompt_tokens)} prompt tokens (${pct(s.cached_share)} cached) · ${num(s.generated_tokens)} generated · ${secs(s.wall_s)}</span></p>`;
+  setHTML($("#summary"), html`<h2>${s.task}</h2><p>${statusBadge(s.status)} <span class="muted">${s.file} · run ${s.run_id} · ${s.model}
+    · ${s.steps} steps · ${num(s.prompt_tokens)} prompt tokens (${pct(s.cached_share)} cached) · ${num(s.generated_tokens)} generated · ${secs(s.wall_s)}</span></p>`);
   if (data.events.length) render(run);
   const live = s.status === "running";
   $("#live").textContent = live ? "● live" : "";
@@ -100,7 +108,7 @@ function stepsOf(events) {
       // The trace holds each model call's whole output: reasoning up to </think>, then the answer
       // (tool calls are shown from their own events).
       st.calls.push(ev);
-      const text = (ev.prefix || "") + (ev.completion || ""), cut = text.indexOf("</think>");
+      const text = String(ev.prefix || "") + String(ev.completion || ""), cut = text.indexOf("</think>");
       const reasoning = cut < 0 ? text : text.slice(0, cut);
       const content = cut < 0 ? "" : text.slice(cut + 8).replace(/<tool_call>[\s\S]*?(<\/tool_call>|$)/g, "");
       if (reasoning.trim()) st.items.push({type: "reasoning", text: reasoning.trim(), key: `${st.n}-${st.calls.length}`});
@@ -115,38 +123,44 @@ function stepsOf(events) {
 
 function item(ev, st, run) {
   switch (ev.type) {
-    case "run_started": return `<div class="muted"><span class="label">started</span>tools: ${esc(ev.tools.join(", "))}${ev.replay_of ? " · " + esc(ev.replay_of.mode) + " of " + esc(ev.replay_of.path) : ""}</div>`;
+    case "run_started": return html`<div class="muted"><span class="label">started</span>tools: ${list(ev.tools)}${ev.replay_of ? html` · ${ev.replay_of.mode} of ${ev.replay_of.path}` : ""}</div>`;
     case "reasoning": {
-      const open = run.open.has(ev.key) ? " open" : "";
-      return `<details class="reasoning" data-key="${esc(ev.key)}"${open}><summary>reasoning (${num(ev.text.length)} characters)</summary><pre>${esc(ev.text)}</pre></details>`;
+      const text = String(ev.text ?? "");
+      return html`<details class="reasoning" data-key="${ev.key}"${run.open.has(ev.key) ? html` open` : ""}><summary>reasoning (${num(text.length)} characters)</summary><pre>${text}</pre></details>`;
     }
-    case "content": return ev.text.trim() ? `<div class="content"><pre>${esc(ev.text.trim())}</pre></div>` : "";
-    case "tool_call": return `<div class="tool-call"><span class="label">call</span><b>${esc(ev.call.name)}</b> <span class="muted">${esc(ev.call.id)}</span><pre>${esc(args(ev.call.arguments))}</pre></div>`;
+    case "content": { const text = String(ev.text ?? "").trim(); return text ? html`<div class="content"><pre>${text}</pre></div>` : ""; }
+    case "tool_call": return html`<div class="tool-call"><span class="label">call</span><b>${ev.call.name}</b> <span class="muted">${ev.call.id}</span><pre>${args(ev.call.arguments)}</pre></div>`;
     case "tool_result": {
-      const imgs = (ev.images || []).map((b) => `<img class="tool-image" alt="image from ${esc(ev.name)}" src="${b.startsWith("data:") ? esc(b) : "data:image/png;base64," + esc(b)}">`).join("");
-      return `<div class="tool-result${ev.is_error ? " error" : ""}"><span class="label">result</span><b>${esc(ev.name)}</b> <span class="muted">${esc(ev.call_id)} · ${secs(ev.duration_s)}${ev.error_type ? " · " + esc(ev.error_type) : ""}</span><pre>${esc(ev.text)}</pre>${imgs}</div>`;
+      const imgs = (Array.isArray(ev.images) ? ev.images : []).map((b) => html`<img class="tool-image" alt="image from ${ev.name}" src="${String(b).startsWith("data:") ? b : "data:image/png;base64," + b}">`);
+      return html`<div class="tool-result${ev.is_error ? " error" : ""}"><span class="label">result</span><b>${ev.name}</b> <span class="muted">${ev.call_id} · ${secs(ev.duration_s)}${ev.error_type ? " · " + ev.error_type : ""}</span><pre>${ev.text}</pre>${imgs}</div>`;
     }
-    case "warning": return `<div class="warning${LOOP.test(ev.kind) ? " loop" : ""}"><span class="label">${esc(ev.kind)}${ev.level > 1 ? " · level " + ev.level : ""}</span>${esc(ev.message)}</div>`;
-    case "budget": return `<div class="warning loop"><span class="label">budget</span>${esc(ev.budget)}: ${ev.used} of ${ev.limit}</div>`;
-    case "approval_requested": return `<div class="approval"><span class="label">approval asked</span><b>${esc(ev.call.name)}</b> ${esc(ev.call.id)}${ev.reason ? " — " + esc(ev.reason) : ""}<pre>${esc(JSON.stringify(ev.call.arguments))}</pre></div>`;
-    case "approval": return `<div class="approval"><span class="label">approval</span>${esc(ev.action)} by ${esc(ev.by)}: ${esc(ev.name)} ${esc(ev.call_id)}${ev.reason ? " — " + esc(ev.reason) : ""}${ev.arguments ? "<pre>" + esc(JSON.stringify(ev.arguments)) + "</pre>" : ""}</div>`;
-    case "replay_end": return `<div class="muted"><span class="label">replay ended</span>${ev.completions} recorded completions used; the live model answers from here</div>`;
-    case "branches": return `<div class="muted"><span class="label">branches</span>${ev.n} branches · select ${esc(ev.select)} · seeds ${esc(ev.seeds.join(", "))}</div>`;
-    case "branch_end": return `<div class="${ev.passed ? "final" : "muted"}"><span class="label">branch ${ev.index}</span>${statusBadge(ev.status)} ${esc(ev.verdict ?? ev.error ?? "")} ${ev.trace ? "· " + esc(ev.trace) : ""}</div>`;
-    case "branch_selected": return `<div class="final"><span class="label">selected</span>${ev.winner === null ? "no branch" : "branch " + ev.winner}: ${esc(ev.reason)}</div>`;
-    case "final": return `<div class="final"><span class="label">final</span>${statusBadge(ev.status)} ${esc(ev.answer ?? "")}${ev.error ? "<pre>" + esc(ev.error) + "</pre>" : ""}</div>`;
-    default: return `<div class="muted"><span class="label">${esc(ev.type)}</span></div>`;
+    case "warning": return html`<div class="warning${LOOP.test(ev.kind) ? " loop" : ""}"><span class="label">${ev.kind}${ev.level > 1 ? " · level " + ev.level : ""}</span>${ev.message}</div>`;
+    case "budget": return html`<div class="warning loop"><span class="label">budget</span>${ev.budget}: ${ev.used} of ${ev.limit}</div>`;
+    case "approval_requested": return html`<div class="approval"><span class="label">approval asked</span><b>${ev.call.name}</b> ${ev.call.id}${ev.reason ? " — " + ev.reason : ""}<pre>${JSON.stringify(ev.call.arguments)}</pre></div>`;
+    case "approval": return html`<div class="approval"><span class="label">approval</span>${ev.action} by ${ev.by}: ${ev.name} ${ev.call_id}${ev.reason ? " — " + ev.reason : ""}${ev.arguments ? html`<pre>${JSON.stringify(ev.arguments)}</pre>` : ""}</div>`;
+    case "replay_end": return html`<div class="muted"><span class="label">replay ended</span>${ev.completions} recorded completions used; the live model answers from here</div>`;
+    case "branches": return html`<div class="muted"><span class="label">branches</span>${ev.n} branches · select ${ev.select} · seeds ${list(ev.seeds)}</div>`;
+    case "branch_end": return html`<div class="${ev.passed ? "final" : "muted"}"><span class="label">branch ${ev.index}</span>${statusBadge(ev.status)} ${ev.verdict ?? ev.error ?? ""} ${ev.trace ? "· " + ev.trace : ""}</div>`;
+    case "branch_selected": return html`<div class="final"><span class="label">selected</span>${ev.winner === null ? "no branch" : "branch " + ev.winner}: ${ev.reason}</div>`;
+    case "final": return html`<div class="final"><span class="label">final</span>${statusBadge(ev.status)} ${ev.answer ?? ""}${ev.error ? html`<pre>${ev.error}</pre>` : ""}</div>`;
+    default: return html`<div class="muted"><span class="label">${ev.type}</span></div>`;
   }
 }
 
+// An event of an unexpected shape (another version, another tool) shows as such; the rest still renders.
+function safeItem(ev, st, run) {
+  try { return item(ev, st, run); }
+  catch (e) { return html`<div class="warning"><span class="label">${ev.type}</span>an event this page cannot show</div>`; }
+}
+
 function metrics(st) {
-  return st.calls.map((c) => { const u = c.usage || {};
-    return `<span class="metrics">prompt ${num(u.prompt_tokens)} · cached ${num(u.cached_tokens)} (${pct(u.prompt_tokens ? u.cached_tokens / u.prompt_tokens : null)}) · generated ${num(u.completion_tokens)} · TTFT ${secs(u.ttft_s)} · latency ${secs(u.latency_s)}${u.finish_reason ? " · " + esc(u.finish_reason) : ""}</span>`; }).join(" ");
+  return joined(st.calls.map((c) => { const u = c.usage && typeof c.usage === "object" ? c.usage : {};
+    return html`<span class="metrics">prompt ${num(u.prompt_tokens)} · cached ${num(u.cached_tokens)} (${pct(u.prompt_tokens ? u.cached_tokens / u.prompt_tokens : null)}) · generated ${num(u.completion_tokens)} · TTFT ${secs(u.ttft_s)} · latency ${secs(u.latency_s)}${u.finish_reason ? " · " + u.finish_reason : ""}</span>`; }), " ");
 }
 
 function render(run) {
-  $("#timeline").innerHTML = stepsOf(run.events).map((st) =>
-    `<section class="step" data-step="${st.n}"><h3>${st.n ? "Step " + st.n : "Run"} ${metrics(st)}</h3>${st.items.map((ev) => item(ev, st, run)).join("")}</section>`).join("");
+  setHTML($("#timeline"), stepsOf(run.events).map((st) =>
+    html`<section class="step" data-step="${st.n}"><h3>${st.n ? "Step " + st.n : "Run"} ${metrics(st)}</h3>${st.items.map((ev) => safeItem(ev, st, run))}</section>`));
   document.querySelectorAll("details.reasoning").forEach((d) => d.addEventListener("toggle", () => {
     const k = d.dataset.key; if (d.open) run.open.add(k); else run.open.delete(k); }));
 }

@@ -12,11 +12,12 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlparse
 
+from qwq_agent.viewer.hosts import host_allowed
 from qwq_agent.viewer.page import PAGE
-from qwq_agent.viewer.summary import read_events, summarize
+from qwq_agent.viewer.summary import read_events, summarize, unreadable
 
 __all__ = ["TraceViewer"]
 
@@ -32,7 +33,7 @@ class TraceViewer:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise FileNotFoundError(f"trace folder {root} does not exist or is not a folder")
-        handler = type("Handler", (_Handler,), {"root": self.root})
+        handler = type("Handler", (_Handler,), {"root": self.root, "bind_host": host})
         self._host = host
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
@@ -65,11 +66,19 @@ class TraceViewer:
 
 class _Handler(BaseHTTPRequestHandler):
     root: Path
+    bind_host: str
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per poll would drown the terminal
 
     def do_GET(self) -> None:
+        port = cast(ThreadingHTTPServer, self.server).server_port
+        if not host_allowed(self.headers.get("Host"), self.bind_host, port):
+            self._json(
+                {"error": "unexpected Host header: open the viewer at the address it printed"},
+                HTTPStatus.MISDIRECTED_REQUEST,
+            )
+            return
         url = urlparse(self.path)
         query = parse_qs(url.query)
         if url.path == "/":
@@ -79,8 +88,10 @@ class _Handler(BaseHTTPRequestHandler):
             for path in sorted(self.root.rglob("*.jsonl")):
                 try:
                     runs.append(summarize(path, self.root).model_dump())
-                except OSError:
+                except FileNotFoundError:
                     continue  # removed while listing
+                except Exception as exc:  # one file must not empty the list: it is listed, saying why
+                    runs.append(unreadable(path, self.root, exc).model_dump())
             runs.sort(key=lambda r: r["modified"], reverse=True)
             self._json({"root": str(self.root), "runs": runs})
         elif url.path == "/api/events":
@@ -93,8 +104,12 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 self._json({"error": "`from` must be a line number"}, HTTPStatus.BAD_REQUEST)
                 return
-            events, nxt = read_events(trace, start)
-            self._json({"events": events, "next": nxt, "summary": summarize(trace, self.root).model_dump()})
+            try:
+                events, nxt = read_events(trace, start)
+                summary = summarize(trace, self.root)
+            except Exception as exc:
+                events, nxt, summary = [], start, unreadable(trace, self.root, exc)
+            self._json({"events": events, "next": nxt, "summary": summary.model_dump()})
         else:
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
 

@@ -8,12 +8,13 @@ is left for the next poll).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["RunSummary", "read_events", "summarize"]
+__all__ = ["RunSummary", "read_events", "summarize", "unreadable"]
 
 # Prompts are the bulk of a trace and the page does not show them; it gets their length instead.
 _DROPPED = ("prompt",)
@@ -51,7 +52,7 @@ def read_events(path: Path, start: int = 0) -> tuple[list[dict[str, Any]], int]:
     for raw in complete[start:]:
         try:
             ev = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
             continue
         if not isinstance(ev, dict):
             continue
@@ -62,31 +63,70 @@ def read_events(path: Path, start: int = 0) -> tuple[list[dict[str, Any]], int]:
     return events, max(start, len(complete))
 
 
+def _number(value: Any) -> float | None:
+    """`value` as a finite number; None for anything else (a string, a list, a bool, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _count(value: Any) -> int:
+    """`value` as a count of tokens or steps; 0 for anything that is not a number."""
+    number = _number(value)
+    return int(number) if number is not None else 0
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else "" if value is None else json.dumps(value)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def summarize(path: Path, root: Path) -> RunSummary:
-    """The run list's row for the trace at `path` (named relative to `root`)."""
+    """The run list's row for the trace at `path` (named relative to `root`).
+
+    Fields are read defensively: a trace written by another version or tool, or edited by hand, may
+    hold any JSON in any field; what is not of the expected type counts as absent.
+    """
     events, _ = read_events(path)
     row = RunSummary(file=path.relative_to(root).as_posix(), modified=path.stat().st_mtime)
     last_ts: float | None = None
     for ev in events:
         kind = ev.get("type")
-        last_ts = ev.get("ts", last_ts)
+        ts = _number(ev.get("ts"))
+        last_ts = ts if ts is not None else last_ts
         if kind == "run_started":
-            row.run_id, row.task, row.model = ev.get("run_id", ""), ev.get("task", ""), ev.get("model", "")
-            row.started = ev.get("ts")
+            row.run_id, row.task, row.model = (_text(ev.get(k)) for k in ("run_id", "task", "model"))
+            row.started = _number(ev.get("ts"))
         elif kind == "model_call":
-            usage = ev.get("usage") or {}
-            row.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            row.cached_tokens += int(usage.get("cached_tokens") or 0)
-            row.generated_tokens += int(usage.get("completion_tokens") or 0)
+            usage = _mapping(ev.get("usage"))
+            row.prompt_tokens += _count(usage.get("prompt_tokens"))
+            row.cached_tokens += _count(usage.get("cached_tokens"))
+            row.generated_tokens += _count(usage.get("completion_tokens"))
         elif kind == "warning":
             row.warnings += 1
         elif kind == "final":
-            row.status = ev.get("status", "?")
-            totals = ev.get("totals") or {}
-            row.wall_s = totals.get("wall_s")
-        row.steps = max(row.steps, int(ev.get("step") or 0))
+            row.status = _text(ev.get("status")) or "?"
+            row.wall_s = _number(_mapping(ev.get("totals")).get("wall_s"))
+        row.steps = max(row.steps, _count(ev.get("step")))
     if row.wall_s is None and row.started is not None and last_ts is not None:
         row.wall_s = round(last_ts - row.started, 3)
     if row.prompt_tokens:
         row.cached_share = round(row.cached_tokens / row.prompt_tokens, 4)
     return row
+
+
+def unreadable(path: Path, root: Path, error: Exception) -> RunSummary:
+    """The run list's row for a trace `summarize` could not read: listed, saying why."""
+    try:
+        modified = path.stat().st_mtime
+    except OSError:
+        modified = 0.0
+    return RunSummary(
+        file=path.relative_to(root).as_posix(),
+        status="unreadable",
+        task=f"cannot read this trace: {type(error).__name__}: {error}"[:300],
+        modified=modified,
+    )

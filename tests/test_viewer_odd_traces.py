@@ -1,0 +1,85 @@
+"""A trace with fields of unexpected types (another version or tool, a hand edit) is summarized with
+those fields counted as absent; one that cannot be read at all is listed as unreadable. Either way the
+run list keeps every other run."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.viewer import TraceViewer, summarize
+
+ODD = {
+    "step_str.jsonl": [{"type": "note", "step": "step-1"}, {"type": "note", "step": 2}],
+    "usage_list.jsonl": [
+        {"type": "model_call", "usage": [1, 2]},
+        {
+            "type": "model_call",
+            "usage": {"prompt_tokens": "9", "completion_tokens": 5, "cached_tokens": None},
+        },
+    ],
+    "ts_str.jsonl": [
+        {"type": "run_started", "ts": 1.0, "run_id": 7, "task": ["a"], "model": None},
+        {"type": "x", "ts": "2026-01-01T00:00:00"},
+        {"type": "x", "ts": 3.5},
+    ],
+    "final_odd.jsonl": [{"type": "final", "status": None, "totals": [], "step": 1e400}],
+    "bools.jsonl": [{"type": "model_call", "step": True, "usage": {"prompt_tokens": True}}],
+}
+
+
+def _write(folder: Path, name: str, events: list[dict]) -> Path:
+    path = folder / name
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(ODD))
+def test_odd_field_types_count_as_absent(tmp_path, name):
+    row = summarize(_write(tmp_path, name, ODD[name]), tmp_path)
+    assert row.model_dump()["file"] == name
+
+
+def test_what_an_odd_trace_still_says(tmp_path):
+    steps = summarize(_write(tmp_path, "a.jsonl", ODD["step_str.jsonl"]), tmp_path)
+    assert steps.steps == 2
+    usage = summarize(_write(tmp_path, "b.jsonl", ODD["usage_list.jsonl"]), tmp_path)
+    assert (usage.prompt_tokens, usage.generated_tokens, usage.cached_tokens) == (0, 5, 0)
+    ts = summarize(_write(tmp_path, "c.jsonl", ODD["ts_str.jsonl"]), tmp_path)
+    assert ts.wall_s == 2.5 and ts.run_id == "7" and ts.task == '["a"]' and ts.model == ""
+    final = summarize(_write(tmp_path, "d.jsonl", ODD["final_odd.jsonl"]), tmp_path)
+    assert final.status == "?" and final.wall_s is None and final.steps == 0
+    bools = summarize(_write(tmp_path, "e.jsonl", ODD["bools.jsonl"]), tmp_path)
+    assert bools.steps == 0 and bools.prompt_tokens == 0
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_the_run_list_keeps_every_run_whatever_one_file_holds(tmp_path):
+    _write(
+        tmp_path,
+        "good.jsonl",
+        [
+            {"type": "run_started", "run_id": "r1", "task": "hello", "model": "m", "ts": 1.0, "step": 0},
+            {"type": "final", "status": "completed", "ts": 2.0, "step": 1, "totals": {}},
+        ],
+    )
+    for name, events in ODD.items():
+        _write(tmp_path, name, events)
+    (tmp_path / "deep.jsonl").write_text("[" * 200_000 + "]" * 200_000 + "\n")  # deeper than json parses
+    (tmp_path / "folder.jsonl").mkdir()  # matches the glob, cannot be read as a file
+    with TraceViewer(tmp_path) as viewer:
+        runs = {r["file"]: r for r in _get(viewer.url + "api/runs")["runs"]}
+        assert runs["good.jsonl"]["status"] == "completed" and runs["good.jsonl"]["task"] == "hello"
+        assert set(runs) == {"good.jsonl", "deep.jsonl", "folder.jsonl", *ODD}
+        assert runs["folder.jsonl"]["status"] == "unreadable"
+        assert "IsADirectoryError" in runs["folder.jsonl"]["task"]
+        for name in ODD:
+            answer = _get(viewer.url + f"api/events?file={name}&from=0")
+            assert len(answer["events"]) == len(ODD[name]) and answer["summary"]["file"] == name
