@@ -74,7 +74,8 @@ EDIT_TURNS = [
 
 def test_run_on_a_git_workspace_writes_the_patch_and_copies_back(sandbox_image, tmp_path):
     repo = make_repo(tmp_path / "repo")
-    patch, out = tmp_path / "out.diff", tmp_path / "out"
+    # A bracket in the copy-back path was once read as Rich markup (MarkupError after the run).
+    patch, out = tmp_path / "out.diff", tmp_path / "out[" / "back]"
     with ScriptedModelServer(EDIT_TURNS) as server:
         proc = subprocess.run(
             [
@@ -115,6 +116,7 @@ def test_run_on_a_git_workspace_writes_the_patch_and_copies_back(sandbox_image, 
     assert git(repo, "log", "--oneline").count("\n") == 1
     assert git(repo, "status", "--porcelain") == "?? NOTES.md\n"
     # --copy-back keeps working, `.git` included.
+    assert f"workspace copied back to {out}" in " ".join(proc.stderr.split())
     copied = out / "workspace"
     assert (copied / "calc.py").read_text().endswith("return a + b\n")
     assert (copied / "test_calc.py").exists() and (copied / ".git" / "HEAD").exists()
