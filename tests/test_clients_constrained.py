@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 
 import pytest
 
@@ -63,6 +65,40 @@ def test_schema_accepts_calls_of_any_tool_and_rejects_the_rest():
         "search",
         "now",
     ]
+
+
+def test_validating_a_call_never_fetches_a_ref_and_never_raises() -> None:
+    # A tool schema from a remote MCP server with `$ref` to a URL once made the host GET it (urllib,
+    # no timeout, no address policy) while checking a constrained call.
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"type": "string"}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/schema.json"
+        spec = ToolSpec(name="lookup", parameters={"type": "object", "properties": {"key": {"$ref": url}}})
+        why = validate_tool_call('{"name": "lookup", "arguments": {"key": "a"}}', [spec])
+        assert why is not None and why.startswith("invalid")
+        dangling = ToolSpec(
+            name="d", parameters={"type": "object", "properties": {"k": {"$ref": "#/$defs/No"}}}
+        )
+        assert (validate_tool_call('{"name": "d", "arguments": {"k": 1}}', [dangling]) or "").startswith(
+            "invalid"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits == []
 
 
 def test_hostile_json_is_a_reason_not_an_exception():

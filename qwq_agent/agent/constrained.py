@@ -26,9 +26,11 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import jsonschema
+import jsonschema.exceptions
 
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.protocols import Completion, PromptModel, SamplingParams
+from qwq_agent.tools.schema_refs import LOCAL_ONLY
 
 Mode = Literal["ebnf", "json_schema"]
 
@@ -293,11 +295,13 @@ def validate_tool_call(text: str, tools: Sequence[ToolSpec]) -> str | None:
         return f"not JSON: {exc.msg}"
     except (ValueError, RecursionError) as exc:  # an integer past 4300 digits; nesting too deep
         return f"not JSON: {exc}"
+    # LOCAL_ONLY: a `$ref` in a tool's schema must never make the host fetch a URL.
+    validator = jsonschema.Draft202012Validator(tool_call_schema(tools), registry=LOCAL_ONLY)
     try:
-        jsonschema.validate(call, tool_call_schema(tools))
-    except jsonschema.ValidationError as exc:
-        return f"invalid: {exc.message[:200]}"
-    return None
+        error = jsonschema.exceptions.best_match(validator.iter_errors(call))
+    except Exception as exc:  # a schema that cannot be checked (an unresolvable `$ref`, endless nesting)
+        return f"invalid: the tool's schema could not be checked ({type(exc).__name__})"
+    return None if error is None else f"invalid: {error.message[:200]}"
 
 
 def grammar_ignored(text: str, tools: Sequence[ToolSpec], finish_reason: str | None) -> str | None:
