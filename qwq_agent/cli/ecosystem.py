@@ -99,13 +99,11 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
         try:
             toolset = await mcp_tools(*servers, reserved=[t.spec.name for t in tools])
         except (MCPError, ValueError) as exc:
-            console.print(f"[red]{exc}[/red]")
+            # The error and the names quote the server's own text: untrusted, printed literally.
+            console.print(plain(str(exc), "red"))
             return None
-        console.print(f"[dim]MCP tools: {', '.join(t.spec.name for t in toolset) or 'none'}[/dim]")
+        console.print(plain(f"MCP tools: {', '.join(t.spec.name for t in toolset) or 'none'}", "dim"))
         if toolset.skipped:
-            from qwq_agent.cli.safe_text import plain
-
-            # The reasons quote the server's own names and schemas: untrusted text.
             console.print(plain("MCP tools skipped: " + "; ".join(toolset.skipped), style="yellow"))
 
     export = recorder = None
@@ -127,5 +125,5 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
         recorder = SpanRecorder(
             export.tracer(), provider=provider, capture_content=True if args.otel_content else None
         )
-        console.print(f"[dim]OpenTelemetry spans to {export.endpoint}[/dim]")
+        console.print(plain(f"OpenTelemetry spans to {export.endpoint}", "dim"))
     return RunExtras([*tools, *(toolset or [])], toolset, export, recorder, console)
