@@ -69,7 +69,9 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
             print_result(console, result)
         if args.copy_back is not None and result.sandbox is not None:
             copied = await result.sandbox.download("/workspace", args.copy_back)
-            console.print(plain(f"the winner's workspace copied back to {args.copy_back}", "dim"))
+            console.print(
+                plain(f"the winner's workspace copied back to {args.copy_back}", "dim"), soft_wrap=True
+            )
             if copied.skipped:
                 console.print(
                     plain(

@@ -210,7 +210,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 renderer.close()  # the live status goes before anything else is printed
             if args.copy_back is not None and sandbox is not None:
                 copied = await sandbox.download("/workspace", args.copy_back)
-                console.print(plain(f"workspace copied back to {args.copy_back}", "dim"))
+                console.print(plain(f"workspace copied back to {args.copy_back}", "dim"), soft_wrap=True)
                 if copied.skipped:  # names from the sandbox: printed literally, control characters shown
                     console.print(
                         plain(
