@@ -281,10 +281,11 @@ class LoopDetectorConfig(BaseModel):
         description="Longest repeated line (or group of lines), in characters, looked for.",
     )
     counter_check_every: int = Field(
-        default=256,
+        default=512,
         ge=1,
-        description="Characters between two counting checks (each masks the last 4,096 characters; "
-        "the signal needs over a thousand, so checking more often gains nothing).",
+        description="Characters between two counting checks (each masks the digits of the last 1,280 "
+        "characters, and of 4,096 when those repeat; the signal needs a thousand bytes of count, so "
+        "checking more often gains little and costs a regex pass each time).",
     )
 
     # ---- hand arithmetic (a one-time hint, separate from the loop levels) ------------------------

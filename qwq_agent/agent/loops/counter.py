@@ -18,6 +18,7 @@ from qwq_agent.agent.loops.periodic import longest_cycle
 __all__ = ["CountRun", "runaway_count"]
 
 _DIGITS = re.compile(r"\d+")
+_QUICK_CHARS = 1280
 _MAX_INT_DIGITS = 18  # longer digit runs are compared as text (equal or not), never converted
 
 
@@ -37,6 +38,15 @@ def runaway_count(
     text: str, *, anchor: int, max_period: int, tries: int, min_run_bytes: int, min_repeats: int
 ) -> CountRun | None:
     """The runaway count that ends at the tail of `text`, if there is one."""
+    # Masking is the cost (a regex pass over the text): first only a stretch a little longer than the
+    # run needed, and the whole text only when that stretch is periodic throughout.
+    quick = _DIGITS.sub("0", text[-_QUICK_CHARS:])
+    run, period = longest_cycle(quick, anchor, max_period, tries)
+    if not period:
+        return None
+    saturated = run >= len(quick) - period - anchor  # the cycle may reach further back than this stretch
+    if not saturated and len(quick[len(quick) - run :].encode("utf-8", "surrogatepass")) < min_run_bytes:
+        return None
     masked = _DIGITS.sub("0", text)
     run, period = longest_cycle(masked, anchor, max_period, tries)
     if not period or run < min_repeats * period:
