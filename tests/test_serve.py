@@ -143,27 +143,18 @@ def sigint_as_a_terminal_sends_it() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def serve_cli(command: str, port: int, timeout: int = 60, **popen: object) -> subprocess.Popen[str]:
+    """`qwq-agent serve --command COMMAND --port PORT` as a child process (text mode, SIGINT default)."""
+    argv = [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--command", command, "--port", str(port)]
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [*argv, "--timeout", str(timeout)], text=True, preexec_fn=sigint_as_a_terminal_sends_it, **popen
+    )
+
+
 def test_cli_serves_until_sigint_then_stops_the_server():
     port = free_port()
     cmd = " ".join([*SCRIPTED, "--port", str(port)])
-    cli = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "qwq_agent.cli.main",
-            "serve",
-            "--command",
-            cmd,
-            "--port",
-            str(port),
-            "--timeout",
-            "60",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=sigint_as_a_terminal_sends_it,
-    )
+    cli = serve_cli(cmd, port, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         lines = []
         for line in cli.stdout:
@@ -276,24 +267,7 @@ def _gone(pid: int) -> bool:
 
 def _start_cli(server_command: list[str], port: int) -> tuple[subprocess.Popen[str], int]:
     """`qwq-agent serve --command ...` until it says the server is ready; returns it and the server's pid."""
-    cli = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "qwq_agent.cli.main",
-            "serve",
-            "--command",
-            " ".join(server_command),
-            "--port",
-            str(port),
-            "--timeout",
-            "60",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=sigint_as_a_terminal_sends_it,
-    )
+    cli = serve_cli(" ".join(server_command), port, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert cli.stdout is not None
     lines = []
     for line in cli.stdout:
