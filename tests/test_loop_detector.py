@@ -567,3 +567,10 @@ def test_a_value_is_the_number_that_ends_an_equals_chain() -> None:
     assert extract_mentions("3 + 4 = 7 - wait") == [("expr", "3+4=7")]
     big = "9" * 5000
     assert extract_mentions(f"1 + 2 = 3 + 0 = {big}")[-1] == ("expr", f"3+0={big}")
+    # A number is read whole or not at all: `1,000` is not 1, `1.5e3` not 1.5, `6x` not 6.
+    assert extract_mentions("so 5 * 200 = 500 + 500 = 1,000.") == [
+        ("expr", "5*200=1,000"),
+        ("expr", "500+500=1,000"),
+    ]
+    assert extract_mentions("3 * 500 = 1.5e3 ok") == [("expr", "3*500")]
+    assert extract_mentions("2 * 3 = 6x and 50 * 2 = 100%") == [("expr", "2*3"), ("expr", "50*2")]

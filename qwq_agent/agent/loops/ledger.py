@@ -40,9 +40,11 @@ _EXPR = re.compile(
 _SPACES = re.compile(r"\s+")
 _EQUALS = re.compile(r" ?= ?")
 _MAX_VALUE_DIGITS = 200  # a longer number is not a hand result to hand on (and int() refuses > 4,300)
-_VALUE = re.compile(rf"(-?{_NUM})")
+# A written result: digits with thousands separators (`1,000`) read whole, not as `1`.
+_VALUE = re.compile(r"(-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?)")
 # After a value, more of an expression: the number was the first term of the next step, not a result.
-_CONTINUES = re.compile(r" ?[-+*/×÷·^] ?[\d(\[]| ?[(\[] ?\d")
+# Or the number is not the whole value: an exponent (`1.5e3`), a unit or variable (`5x`), a percent.
+_CONTINUES = re.compile(r" ?[-+*/×÷·^] ?[\d(\[]| ?[(\[] ?\d|[eE][-+]?\d|[^\W_]|%")
 _OPTION = re.compile(
     r"(?:\b(?:[Oo]ption|[Cc]hoice|[Aa]nswer(?: is)?|[Aa]nswer would be|[Ss]o it'?s)\s*\(?([A-J])\)?(?![\w'])"
     r"|\(([A-J])\)|\b([A-J]) or ([A-J])\b|选项\s*([A-J])|选\s*([A-J]))"
@@ -116,7 +118,7 @@ def extract_mentions(text: str) -> list[Mention]:
             out[-1] = ("expr", expr + "=" + value)
             # A chain's earlier steps get its number only where it is their value: a running total
             # (`3 * 4 = 12 + 5 = 17`) is not a chain of equal things.
-            exact = Fraction(value) if len(value) <= _MAX_VALUE_DIGITS else None
+            exact = Fraction(value.replace(",", "")) if len(value) <= _MAX_VALUE_DIGITS else None
             for j in chain:
                 if exact is not None and evaluate(out[j][1]) == exact:
                     out[j] = ("expr", out[j][1] + "=" + value)
