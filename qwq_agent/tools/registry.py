@@ -330,6 +330,16 @@ class ToolRegistry:
                 is_error=True,
                 metadata={"error": "timeout"},
             )
+        if task.cancelled():
+            # Only `_stop` cancels the task, and not on this path: the tool's own await ended in
+            # CancelledError (a shared future someone else cancelled). Re-raised, it would read as
+            # this call being cancelled, and nobody is waiting for that.
+            return ToolOutput(
+                text=f"Tool '{call.name}' raised CancelledError: something it awaited was cancelled "
+                "(the tool itself was not).",
+                is_error=True,
+                metadata={"error": "exception", "exception_type": "CancelledError"},
+            )
         try:
             result = task.result()
         except ToolArgumentsError as exc:
