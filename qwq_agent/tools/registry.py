@@ -212,8 +212,11 @@ class ToolRegistry:
         spec = tool.spec
         if spec.name in self._tools:
             raise ValueError(f"a tool named {spec.name!r} is already registered")
-        Draft202012Validator.check_schema(spec.parameters)
-        dangling = unresolvable_refs(spec.parameters)
+        try:
+            Draft202012Validator.check_schema(spec.parameters)
+            dangling = unresolvable_refs(spec.parameters)
+        except RecursionError:  # a few frames per level: ~150 levels pass Python's limit
+            raise ValueError(f"tool {spec.name!r}: its schema nests too deeply to be checked") from None
         if dangling:
             raise ValueError(
                 f"tool {spec.name!r}: {dangling[0]}; only references into the schema itself are supported"
