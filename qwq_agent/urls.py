@@ -8,17 +8,55 @@ from __future__ import annotations
 
 import re
 
-# The userinfo of `scheme://userinfo@host...`: read from the raw text, so a URL that does not parse
-# (the one an error line is about) is redacted too.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^/?#]*)@")
+# Read from the raw text, so a URL that does not parse (the one an error line is about) is redacted
+# too, and one given without a scheme (`user:pw@host:30000`) as well.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+_PORT = re.compile(r":[0-9]*")
+_HOST_PORT = re.compile(r"[^:@]+:[0-9]+")
+
+
+def _userinfo_end(rest: str) -> int:
+    """Where the userinfo of `rest` (a URL after its `scheme://`) ends: the index of its `@`, or -1.
+
+    By the standard it ends at the first `/ ? #`, but an operator pastes passwords with those
+    unencoded (`user:S3CR/ET@host`): the `@` that ends such a userinfo comes after them. Such an `@`
+    is read as the end of the userinfo when what precedes the first `/ ? #` cannot be a host (a colon
+    followed by no port) or what follows the `@` is a `host:port`; else it is part of a path
+    (`host/users/@me`) and the URL has no userinfo.
+    """
+    stop = re.search(r"[/?#]", rest)
+    head = rest if stop is None else rest[: stop.start()]
+    if "@" in head:
+        return head.rindex("@")
+    last = rest.rfind("@")
+    if last < 0:
+        return -1
+    colon = head.find(":")
+    not_a_port = colon >= 0 and not _PORT.fullmatch(head[colon:])
+    after = re.split(r"[/?#]", rest[last + 1 :], maxsplit=1)[0]
+    return last if not_a_port or _HOST_PORT.fullmatch(after) else -1
 
 
 def redact_url(url: str) -> str:
     """`url` with its password replaced by `***` (`user:***@host`); a user name alone, often a token
-    itself, is replaced whole (`***@host`). A URL without credentials comes back unchanged."""
+    itself, is replaced whole (`***@host`). A URL without credentials comes back unchanged; so does
+    one whose only `@` is in its path."""
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme else 0
+    end = _userinfo_end(url[start:])
+    if end < 0:
+        return url
+    user, sep, _ = url[start : start + end].partition(":")
+    return f"{url[:start]}{user}:***{url[start + end :]}" if sep else f"{url[:start]}***{url[start + end :]}"
 
-    def hide(m: re.Match[str]) -> str:
-        user, sep, _ = m["info"].partition(":")
-        return f"{m['scheme']}{user}:***@" if sep else f"{m['scheme']}***@"
 
-    return _USERINFO.sub(hide, url, count=1)
+def hide_userinfo(url: str) -> str:
+    """`url` with everything between its scheme (if any) and its last `@` shown as `***`.
+
+    For a URL already known to be misread (a password with an unencoded `/ ? #`): where its password
+    ends is unclear, so user name and password are hidden together.
+    """
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme else 0
+    at = url.rfind("@")
+    return f"{url[:start]}***{url[at:]}" if at >= start else url

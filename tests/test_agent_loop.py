@@ -432,3 +432,22 @@ async def test_a_malformed_stream_event_is_retried_and_then_reported():
         result, _ = await run_agent(server, [add], config=config(model_retries=2))
     assert result.status == "model_error"
     assert "Protocol" in (result.error or "") or "malformed" in (result.error or "").lower()
+
+
+@tool
+async def shared_wait(x: int) -> str:
+    """Wait for a result shared with others."""
+    shared = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.05, shared.cancel)  # another waiter gave up on it
+    return str(await shared)
+
+
+async def test_a_tool_ending_in_someone_elses_cancellation_is_observed_and_the_run_goes_on():
+    turns = ["Call it.\n</think>\n\n" + call("shared_wait", x=1), "It failed.\n</think>\n\nThe tool failed."]
+    async with ScriptedModelServer(turns) as server:
+        # before: the dispatcher waited for this call's result for ever, past the run's wall time
+        result, _ = await asyncio.wait_for(
+            run_agent(server, [shared_wait], config=config(budget=Budget(max_wall_s=30))), 60
+        )
+    assert result.status == "completed" and result.answer == "The tool failed."
+    assert "raised CancelledError" in server.requests[1].prompt

@@ -262,3 +262,25 @@ async def test_a_schema_that_fails_while_validating_is_an_observation_not_a_cras
     assert (
         "RecursionError" in registry.argument_problems(ToolCall(id="2", name="loop", arguments={"x": 1}))[0]
     )
+
+
+def test_a_schema_nested_past_the_recursion_limit_is_a_conversion_error_and_refused_by_the_registry():
+    from qwq_agent.agent.messages import ToolSpec
+    from qwq_agent.protocols import ToolOutput
+
+    deep: dict = {"type": "string"}
+    for _ in range(150):  # jsonschema's check_schema recurses a few frames per level
+        deep = {"type": "array", "items": deep}
+    schema = {"type": "object", "properties": {"a": deep}}
+    with pytest.raises(SchemaConversionError, match=r"tool 'deep': .*nests too deeply"):
+        spec_from_mcp({"name": "deep", "inputSchema": schema})
+
+    class Deep:
+        spec = ToolSpec(name="deep", description="", parameters=schema)
+        uses_sandbox = False
+
+        async def __call__(self, arguments, context):
+            return ToolOutput(text="")
+
+    with pytest.raises(ValueError, match="tool 'deep': its schema nests too deeply"):
+        ToolRegistry([Deep()])

@@ -481,3 +481,18 @@ async def test_pages_a_browser_shows_are_shown_not_raised(server: Server) -> Non
     assert not deep.is_error and '{"key": [[[' in deep.text
     plain = await tool({"url": server.url("/plainbogus")}, CTX)
     assert not plain.is_error and "naïve" in plain.text
+
+
+@pytest.mark.parametrize(
+    ("charset", "body"), [("utf-7", b"Welcome +2D0- in"), ("unicode_escape", b"Welcome \\ud83d in")]
+)
+async def test_a_charset_that_decodes_to_lone_surrogates_is_read_as_utf_8(
+    server: Server, charset: str, body: bytes
+) -> None:
+    # utf-7 and the escape codecs turn these bytes into half a surrogate pair, which nothing can encode:
+    # the next request to the model and the trace would fail on it.
+    server.routes["/odd"] = lambda h: send(h, 200, f"text/plain; charset={charset}", body)
+    out = await FetchUrl(policy=LOOPBACK_OK)({"url": server.url("/odd")}, CTX)
+    assert not out.is_error, out.text
+    assert body.decode() in out.text
+    out.text.encode("utf-8")  # raises on a lone surrogate

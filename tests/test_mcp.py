@@ -297,6 +297,21 @@ async def test_tools_that_cannot_be_used_are_skipped_and_the_rest_of_the_server_
         assert (await call(registry, "good")).text == "ok"
 
 
+async def test_a_tool_whose_schema_nests_past_the_recursion_limit_is_skipped_not_the_server():
+    deep: dict = {"type": "string"}
+    for _ in range(150):  # well inside what the MCP SDK parses; check_schema recursed past Python's limit
+        deep = {"type": "array", "items": deep}
+    good = {"name": "good", "inputSchema": {"type": "object", "properties": {}}}
+    server = raw_server(
+        [good, {"name": "deep", "inputSchema": {"type": "object", "properties": {"a": deep}}}]
+    )
+    async with await mcp_tools(server) as toolset:
+        assert [t.spec.name for t in toolset] == ["good"]
+        assert len(toolset.skipped) == 1 and "tool 'deep'" in toolset.skipped[0]
+        assert "nests too deeply" in toolset.skipped[0]
+        assert (await call(ToolRegistry(toolset), "good")).text == "ok"
+
+
 async def test_a_huge_result_is_cut_to_head_and_tail_and_images_past_the_budget_are_dropped():
     dump = {"name": "dump", "inputSchema": {"type": "object", "properties": {}}}
     server = raw_server(

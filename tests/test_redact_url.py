@@ -18,10 +18,63 @@ from qwq_agent.urls import redact_url
         ("http://127.0.0.1:30000", "http://127.0.0.1:30000"),
         ("http://host/path@v2", "http://host/path@v2"),  # an @ in the path is no userinfo
         ("127.0.0.1:30000", "127.0.0.1:30000"),
+        # no scheme: the userinfo is there all the same
+        ("admin:S3CRETPW@127.0.0.1:30000", "admin:***@127.0.0.1:30000"),
+        ("ghp_token@host", "***@host"),
+        # an unencoded / ? # in the password: the @ before the host still ends the userinfo
+        ("http://admin:S3CR/ETPW@127.0.0.1:30000", "http://admin:***@127.0.0.1:30000"),
+        ("http://a:b?c#d@host", "http://a:***@host"),
+        ("http://admin:1234/56@host:30000/v1", "http://admin:***@host:30000/v1"),
+        ("http://host:80/users/@me", "http://host:80/users/@me"),
     ],
 )
 def test_credentials_are_hidden_and_the_rest_kept(url, shown):
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "admin:S3CRETPW@127.0.0.1:30000",  # no scheme: urlsplit reads "admin" as the scheme
+        "http://admin:S3CR/ETPW@127.0.0.1:30000",  # urlsplit's port error quoted 'S3CR'
+        "http://admin:S3CR?ETPW@127.0.0.1:30000",
+        "http://admin:1234/S3CR@127.0.0.1",  # parses, with the password in the path
+        "http://admin:S3CR@[::1",  # does not parse at all
+        "ftp://admin:S3CR@127.0.0.1:30000",
+    ],
+)
+def test_no_part_of_a_password_is_in_the_model_url_check_s_lines(url):
+    from qwq_agent.cli.endpoint import check_model_url
+    from qwq_agent.cli.errors import CliError
+
+    with pytest.raises(CliError) as err:
+        check_model_url(url)
+    lines = err.value.render("run")
+    assert "S3CR" not in lines and "1234" not in lines, lines
+    assert "127.0.0.1" in lines or "[::1" in lines or "valid URL" in lines
+
+
+def test_the_cli_prints_a_bad_model_url_without_its_password():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qwq_agent.cli.main",
+            "run",
+            "hi",
+            "--model-url",
+            "admin:S3CRETPW@127.0.0.1:30000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "S3CR" not in proc.stdout + proc.stderr
+    assert "--model-url http://***@127.0.0.1:30000" in proc.stderr
 
 
 async def test_clients_never_show_the_password_in_their_repr():

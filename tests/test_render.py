@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from qwq_agent.agent.events import ContentDelta, ReasoningDelta, ToolCallEvent
+from qwq_agent.agent.events import ContentDelta, ReasoningDelta, ToolCallEvent, ToolResultEvent
 from qwq_agent.agent.messages import ToolCall
 from qwq_agent.cli.render import EventRenderer
 
@@ -32,3 +32,16 @@ def test_a_panel_starts_on_its_own_line():
         ToolCallEvent(call=ToolCall(id="c", name="python", arguments={"code": "1"})),
     )
     assert text.startswith("Calling.\n╭")
+
+
+def test_an_image_whose_data_is_not_base64_is_dropped_with_a_note_and_the_next_one_saved(tmp_path):
+    # An MCP server may send any text as an image's data; it used to raise binascii.Error out of the live view.
+    out = io.StringIO()
+    renderer = EventRenderer(Console(file=out, width=100, color_system=None), image_dir=tmp_path)
+    png = "iVBORw0KGgo=\n"  # the PNG signature, with a line break as some encoders write
+    images = ["not base64 at all!", "iVBO\u00e9Rw0K", png]
+    renderer.handle(ToolResultEvent(call_id="c", name="shot", text="see", images=images, duration_s=0.1))
+    text = out.getvalue()
+    assert text.count("not saved: its data is not valid base64") == 2
+    assert [p.name for p in renderer.saved_images] == ["image-3.png"]
+    assert renderer.saved_images[0].read_bytes() == b"\x89PNG\r\n\x1a\n"

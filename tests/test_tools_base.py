@@ -444,6 +444,22 @@ async def test_a_tool_exiting_becomes_an_error_observation_not_the_end_of_the_pr
     assert out.is_error and out.text.startswith("Tool 'exits_async' raised SystemExit: 3")
 
 
+async def test_a_tool_whose_own_await_was_cancelled_by_someone_else_is_an_error_observation():
+    async def shared_result() -> str:
+        """Waits on a future another user of it cancels."""
+        shared = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(shared.cancel)
+        return str(await shared)
+
+    reg = ToolRegistry([tool(shared_result)])
+    call = asyncio.ensure_future(reg.call(ToolCall(name="shared_result", arguments={})))
+    done, _ = await asyncio.wait({call}, timeout=10)  # watches without cancelling anything
+    assert done and not call.cancelled(), "the tool's CancelledError escaped the registry as its own"
+    out = call.result()
+    assert out.is_error and out.text.startswith("Tool 'shared_result' raised CancelledError")
+    assert out.metadata["exception_type"] == "CancelledError"
+
+
 async def test_a_tool_swallowing_its_cancellation_cannot_hold_the_call_past_its_limit(monkeypatch):
     import qwq_agent.tools.registry as registry_module
 

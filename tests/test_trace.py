@@ -83,7 +83,11 @@ def test_an_event_pydantic_cannot_serialise_is_a_trace_error_not_an_exception(tm
         deep = [deep]
     assert not writer.write(ToolCallEvent(call=ToolCall(name="t", arguments={"a": deep})))
     assert writer.error is not None and "tool_call" in writer.error
-    assert [e.type for e in read_trace(path)] == ["run_started"]
+    # the event is left out, a placeholder says so, and the run's later events are still written
+    assert writer.write(Final(status="completed", run_id="r"))
+    events = read_trace(path)
+    assert [e.type for e in events] == ["run_started", "warning", "final"]
+    assert "tool_call" in events[1].message
 
 
 # -- one file, one run -----------------------------------------------------------------------------

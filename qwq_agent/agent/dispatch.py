@@ -106,7 +106,13 @@ class ToolDispatcher:
         try:
             result = await self._call(call, sandbox, lock, progress)
         except asyncio.CancelledError:
-            raise
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            # A CancelledError nobody asked for: `run` waits for one item from each call, so it must
+            # hear of it (as an error) or it waits for ever.
+            progress.put_nowait(RuntimeError(f"tool call {call.name!r} ended in a stray CancelledError"))
+            return None
         except Exception as exc:  # raised in `run` instead, where awaiting the task used to raise it
             progress.put_nowait(exc)
             return None

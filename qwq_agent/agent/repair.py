@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from qwq_agent.surrogates import replace_surrogates, replace_surrogates_in
+
 # Beyond this size we do not attempt the costlier repairs (Python parsing); a real call is far smaller.
 _MAX_REPAIR_CHARS = 200_000
 _FENCE = "```"
@@ -318,7 +320,12 @@ def _to_call(value: Any, repairs: list[str]) -> RepairedCall:
             "pass deep data flattened or as a string",
             name=name,
         )
-    return RepairedCall(name=name, arguments=args, repairs=repairs)
+    # json.loads accepts "\ud83d" (half a pair) as a lone surrogate, which nothing can encode again:
+    # the next request, the trace and the terminal would all fail on it.
+    clean_name, clean_args = replace_surrogates(name), replace_surrogates_in(args)
+    if clean_name is not name or clean_args is not args:
+        repairs.append("replaced unpaired surrogate escape(s) (\\udXXX) with U+FFFD")
+    return RepairedCall(name=clean_name, arguments=clean_args, repairs=repairs)
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:

@@ -8,13 +8,15 @@ holds one run, and nothing about writing it can fail the run: a failure is repor
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-from qwq_agent.agent.events import EVENT_ADAPTER, Event, Final, ModelCall, RunStarted
+from qwq_agent.agent.events import EVENT_ADAPTER, Event, Final, ModelCall, RunStarted, Warning_
+from qwq_agent.surrogates import replace_surrogates_in
 
 
 class TraceError(Exception):
@@ -43,7 +45,9 @@ class TraceWriter:
 
     Writing never raises. The first failure (a full disk, a removed folder) is kept in `error`, and
     nothing more is written: what is in the file stays a readable trace (a torn last line is skipped
-    by `read_trace`).
+    by `read_trace`). An event is never a reason to stop: lone surrogates in it are written as U+FFFD,
+    and one that cannot be serialised at all (nested past pydantic's limit) is replaced by a
+    `trace_event_dropped` warning, noted in `error`, and the events after it are written as usual.
 
     Each prompt extends the previous one almost entirely, so a `model_call` line stores only what
     follows the prefix it shares with the previous prompt (`prompt_shared_prefix_chars` says how
@@ -69,20 +73,22 @@ class TraceWriter:
         """Append `event`; False when it was not written (closed, or the trace failed before or now)."""
         if self._fd is None:
             return False
+        last_prompt = self._last_prompt
         if isinstance(event, ModelCall) and event.prompt is not None:
             shared = common_prefix_len(self._last_prompt, event.prompt)
             self._last_prompt = event.prompt
             event = event.model_copy(
                 update={"prompt": event.prompt[shared:], "prompt_shared_prefix_chars": shared}
             )
-        try:
-            data = (event.model_dump_json(exclude_none=False) + "\n").encode("utf-8")
-        except ValueError as exc:
-            # pydantic refuses some values (nesting past its recursion limit): lose this event, not
-            # the run, and keep the failure like a disk error so the trace is known to be incomplete
-            self.error = f"{self.path}: cannot record a {event.type} event: {str(exc)[:200]}"
-            self.close()
-            return False
+        data = _encode(event)
+        written = data is not None
+        if data is None:
+            # Not even with its surrogates replaced (nesting past pydantic's limit): a placeholder says
+            # what is missing here, and the trace goes on with the run's later events.
+            self.error = self.error or f"{self.path}: could not record a {event.type} event (left out)"
+            self._last_prompt = last_prompt  # the next prompt is stored against the last one on disk
+            data = _encode(_dropped(event))
+            assert data is not None  # a Warning_ of short strings always serialises
         try:
             view = memoryview(data)
             while view:  # unbuffered: a line is on disk (or the failure known) when write returns
@@ -91,9 +97,9 @@ class TraceWriter:
             self.error = f"{self.path}: {exc.strerror or exc}"
             self.close()
             return False
-        if isinstance(event, Final):
+        if written and isinstance(event, Final):
             self.final_written = True
-        return True
+        return written
 
     def write_final(
         self,
@@ -131,6 +137,31 @@ class TraceWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _encode(event: Event) -> bytes | None:
+    """`event` as one JSONL line; None when it cannot be written even with lone surrogates replaced."""
+    try:
+        return (event.model_dump_json(exclude_none=False) + "\n").encode("utf-8")
+    except ValueError:
+        pass  # pydantic refuses lone surrogates (UnicodeEncodeError) and nesting past its limit
+    # A lone surrogate slipped past the boundaries that replace them (a user's own event, a tool's
+    # output streamed before the registry saw it): the event is kept, the surrogates become U+FFFD.
+    try:
+        fields = replace_surrogates_in(event.model_dump(mode="json", exclude_none=False))
+        return (json.dumps(fields, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    except (ValueError, RecursionError):
+        return None
+
+
+def _dropped(event: Event) -> Warning_:
+    return Warning_(
+        kind="trace_event_dropped",
+        message=f"a {event.type} event could not be recorded (nested too deeply to serialise) and was left out",
+        run_id=event.run_id,
+        step=event.step,
+        ts=event.ts,
+    )
 
 
 def _candidates(path: Path, tag: str | None) -> Iterator[Path]:

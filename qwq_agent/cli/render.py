@@ -212,10 +212,16 @@ class EventRenderer:
         if self.image_dir is None:
             self.console.print(f"[dim](image {self._images} not saved: pass --images DIR to save it)[/dim]")
             return
+        try:
+            # A tool (an MCP server) may send any text as image data: such an image is dropped, not the run
+            data = base64.b64decode("".join(b64.split()), validate=True)  # line breaks are allowed
+        except ValueError:  # binascii.Error
+            self.console.print(f"[dim](image {self._images} not saved: its data is not valid base64)[/dim]")
+            return
         self.image_dir.mkdir(parents=True, exist_ok=True)
         # Absolute, so that a terminal (or a click on the path) opens it from anywhere.
         path = (self.image_dir / f"image-{self._images}.png").resolve()
-        path.write_bytes(base64.b64decode(b64))
+        path.write_bytes(data)
         self.saved_images.append(path)
         self.console.print(plain(f"image saved: {path}", "magenta"), soft_wrap=True)
 

@@ -18,8 +18,9 @@ __all__ = ["plain", "safe"]
 
 # C0 controls but tab and newline, DEL, C1 controls (0x9b is a one-character CSI), and the Unicode
 # format characters that reorder or hide text: bidi embeddings/overrides/isolates and the line and
-# paragraph separators some terminals treat as newlines.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+# paragraph separators some terminals treat as newlines; and lone surrogates (half a pair from a JSON
+# escape), which no terminal encoding can write: printing one raises UnicodeEncodeError.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -28,7 +29,8 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def safe(text: str) -> str:
-    """`text` with control and bidi characters written as visible escapes (``\\x1b``, ``\\u202e``).
+    """`text` with control and bidi characters and lone surrogates written as visible escapes
+    (``\\x1b``, ``\\u202e``, ``\\ud83d``).
 
     Tab and newline stay (and CRLF becomes a newline): they only lay text out.
     """

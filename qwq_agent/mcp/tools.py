@@ -206,7 +206,11 @@ def _build(
             name = f"{conn.server_name}{_PREFIX_SEP}{remote.name}" if clash else remote.name
             try:
                 tools.append(MCPTool(conn, remote, name=name))
-            except SchemaConversionError as exc:
+            except Exception as exc:
                 # One tool with a schema we cannot check must not take the server's others with it.
-                skipped.append(f"{conn.server_name}: {exc}")
+                if isinstance(exc, SchemaConversionError):  # its message names the tool
+                    skipped.append(f"{conn.server_name}: {exc}")
+                else:
+                    why = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    skipped.append(f"{conn.server_name}: tool {remote.name!r} could not be set up ({why})")
     return tools, skipped

@@ -195,6 +195,20 @@ def normalize_schema(schema: Mapping[str, Any] | None, *, close: bool = True) ->
     The root is always an object schema (a missing or empty schema means "no arguments"). With
     `close`, object schemas that list `properties` and say nothing about other keys are closed.
     """
+    try:
+        return _normalize_schema(schema, close=close)
+    except SchemaConversionError:
+        raise
+    except RecursionError:
+        # check_schema and the walks recurse a few frames per level: ~150 levels pass Python's limit
+        raise SchemaConversionError("$: the schema nests too deeply to be checked") from None
+    except Exception as exc:  # whatever else jsonschema trips on in a schema from outside
+        raise SchemaConversionError(
+            f"$: the schema could not be checked ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
+
+
+def _normalize_schema(schema: Mapping[str, Any] | None, *, close: bool) -> dict[str, Any]:
     if not schema:
         schema = {"type": "object", "properties": {}}
     out = _normalize(copy.deepcopy(dict(schema)), "$", close=close)

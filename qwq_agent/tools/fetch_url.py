@@ -158,13 +158,24 @@ def _kind(page: FetchedPage) -> str | None:
     return None
 
 
+# Codecs Python has that are no page encoding: utf-7 and the escape codecs decode to lone surrogates
+# (text nothing can encode again), punycode is quadratic in the input, idna and `undefined` raise
+# whatever the error handler. A page naming one is read as UTF-8, like one naming no charset.
+_REFUSED_CODECS = frozenset(
+    {"utf-7", "unicode-escape", "raw-unicode-escape", "punycode", "idna", "undefined"}
+)
+
+
 def _known_charset(charset: str | None) -> str | None:
-    """`charset` if Python has a codec of that name; a page that names a bogus one is still shown."""
+    """`charset` if it names a text encoding a page can be in; a page that names another is still shown."""
     if not charset:
         return None
     try:
-        codecs.lookup(charset)
+        info = codecs.lookup(charset)
     except LookupError:
+        return None
+    # bytes-to-bytes codecs (base64, zlib) are no text encodings; str.decode refuses them anyway
+    if not getattr(info, "_is_text_encoding", True) or info.name in _REFUSED_CODECS:
         return None
     return charset
 

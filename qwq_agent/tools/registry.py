@@ -20,6 +20,7 @@ from jsonschema.exceptions import ValidationError as SchemaError
 from qwq_agent.agent.messages import ToolCall, ToolSpec
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Tool, ToolContext, ToolOutput
+from qwq_agent.surrogates import replace_surrogates, replace_surrogates_in
 from qwq_agent.tools.base import ToolArgumentsError, same_json_value, to_tool_output
 from qwq_agent.tools.output_cap import MAX_OUTPUT_CHARS, cap_output
 from qwq_agent.tools.schema_refs import LOCAL_ONLY, unresolvable_refs
@@ -48,6 +49,20 @@ async def _contained(awaitable: Awaitable[Any]) -> Any:
         return await awaitable
     except (SystemExit, KeyboardInterrupt) as exc:
         raise _ToolExit(exc) from None
+
+
+def _encodable(output: ToolOutput) -> ToolOutput:
+    # A page decoded with a codec that makes lone surrogates, an MCP server's JSON escape of half a pair:
+    # such text cannot be encoded as UTF-8, so the next request to the model and the trace would fail.
+    text = replace_surrogates(output.text)
+    images = replace_surrogates_in(output.images)
+    try:
+        metadata = replace_surrogates_in(output.metadata)
+    except RecursionError:  # metadata nested past Python's limit is the tool's own; it stays as it is
+        metadata = output.metadata
+    if text is output.text and images is output.images and metadata is output.metadata:
+        return output
+    return output.model_copy(update={"text": text, "images": images, "metadata": metadata})
 
 
 async def _stop(task: asyncio.Future[Any]) -> bool:
@@ -197,8 +212,11 @@ class ToolRegistry:
         spec = tool.spec
         if spec.name in self._tools:
             raise ValueError(f"a tool named {spec.name!r} is already registered")
-        Draft202012Validator.check_schema(spec.parameters)
-        dangling = unresolvable_refs(spec.parameters)
+        try:
+            Draft202012Validator.check_schema(spec.parameters)
+            dangling = unresolvable_refs(spec.parameters)
+        except RecursionError:  # a few frames per level: ~150 levels pass Python's limit
+            raise ValueError(f"tool {spec.name!r}: its schema nests too deeply to be checked") from None
         if dangling:
             raise ValueError(
                 f"tool {spec.name!r}: {dangling[0]}; only references into the schema itself are supported"
@@ -250,10 +268,11 @@ class ToolRegistry:
     ) -> ToolOutput:
         """Run `call` and return its output; every failure is an `is_error=True` observation.
 
-        The text is cut to `max_output_chars` (head and tail), whatever the tool returned.
+        The text is cut to `max_output_chars` (head and tail), whatever the tool returned, and lone
+        surrogates in it become U+FFFD.
         """
         output = await self._call(call, context, timeout=timeout, deadline=deadline)
-        return cap_output(output, self.max_output_chars)
+        return _encodable(cap_output(output, self.max_output_chars))
 
     async def _call(
         self,
@@ -313,6 +332,16 @@ class ToolRegistry:
                 "left running in the background.",
                 is_error=True,
                 metadata={"error": "timeout"},
+            )
+        if task.cancelled():
+            # Only `_stop` cancels the task, and not on this path: the tool's own await ended in
+            # CancelledError (a shared future someone else cancelled). Re-raised, it would read as
+            # this call being cancelled, and nobody is waiting for that.
+            return ToolOutput(
+                text=f"Tool '{call.name}' raised CancelledError: something it awaited was cancelled "
+                "(the tool itself was not).",
+                is_error=True,
+                metadata={"error": "exception", "exception_type": "CancelledError"},
             )
         try:
             result = task.result()

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from qwq_agent.agent.clients.errors import ModelConnectionError, ModelProtocolError, ModelTimeoutError
+from qwq_agent.surrogates import may_decode_to_surrogates, replace_surrogates_in
 
 DONE = object()
 """Sentinel yielded for `data: [DONE]`."""
@@ -112,4 +113,11 @@ def _decode(payload: str) -> dict[str, Any] | object:
         raise ModelProtocolError(f"stream event nested too deeply to read: {payload[:50]!r}...") from None
     if not isinstance(obj, dict):
         raise ModelProtocolError(f"stream event is not a JSON object: {payload[:200]!r}")
+    if may_decode_to_surrogates(payload):
+        # A server (or a proxy) escaping half a surrogate pair hands us text nothing can encode again:
+        # the next request would fail on it, and the trace with it.
+        try:
+            obj = replace_surrogates_in(obj)
+        except RecursionError:
+            raise ModelProtocolError(f"stream event nested too deeply to read: {payload[:50]!r}...") from None
     return obj
