@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwq_agent.sandbox import DockerSandbox, InvalidRequest, SandboxConfig
+from qwq_agent.sandbox import DockerSandbox, InvalidRequest, ResourceExhausted, SandboxConfig
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
 
@@ -138,3 +138,42 @@ async def test_a_huge_single_line_match_is_clipped_not_the_sandbox(sandbox_image
         assert big.line_number == 1 and big.line == "a" * 2000
         assert by_path["/workspace/small.txt"].line_number == 2
         assert (await sb.python("work")).value == "'three hours of state'"
+
+
+HOG = r"""
+import os, time
+end = time.time() + 6
+while time.time() < end:
+    try:
+        pid = os.fork()
+    except OSError:
+        continue
+    if pid == 0:
+        end = min(end, time.time() + 6)
+"""
+
+
+async def test_python_starts_again_after_a_reclaim_whose_restart_failed(sandbox_image: str) -> None:
+    """The reclaim's restart could not start a new interpreter while a pid hog took the freed pids; every
+    later python call then said 'the interpreter is stopped'. (Whether the restart loses the race to the
+    hog depends on the scheduler; the hog keeps forking so that it usually does.)"""
+    import asyncio
+
+    config = SandboxConfig(image=sandbox_image, pids_limit=64, auto_replace=False)
+    async with DockerSandbox.create(config) as sb:
+        await sb.python(
+            "import threading\nev = threading.Event()\nts = [threading.Thread(target=ev.wait, daemon=True)"
+            " for _ in range(40)]\nfor t in ts: t.start()"
+        )
+        await sb.shell(f"cat > /tmp/hog.py <<'EOF2'\n{HOG}\nEOF2")
+        hog = asyncio.create_task(sb.shell("python3 /tmp/hog.py 2>/dev/null; true", timeout=30))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 20
+        reclaimed = False
+        while not reclaimed and not hog.done() and loop.time() < end:  # calls while the pids are held
+            try:
+                reclaimed = (await sb.shell("echo hi", timeout=10)).state_lost
+            except ResourceExhausted:
+                continue  # not even a request thread could start: try again
+        await hog
+        assert (await sb.python("1 + 1", timeout=20)).value == "2"
