@@ -140,6 +140,33 @@ async def test_a_huge_single_line_match_is_clipped_not_the_sandbox(sandbox_image
         assert (await sb.python("work")).value == "'three hours of state'"
 
 
+async def test_the_editor_opens_a_non_utf8_name_as_the_listing_shows_it(
+    shared_sandbox: DockerSandbox,
+) -> None:
+    sb = shared_sandbox
+    r = await sb.shell("mkdir -p /workspace/l1 && printf 'data\\n' > /workspace/l1/$'r\\xe9sum\\xe9.txt'")
+    assert r.exit_code == 0, r
+    try:
+        shown = "/workspace/l1/r\\xe9sum\\xe9.txt"
+        assert shown in (await sb.view("/workspace/l1")).output
+        assert "data" in (await sb.view(shown)).output
+        await sb.str_replace(shown, "data", "edited")
+        assert (await sb.shell("cat /workspace/l1/$'r\\xe9sum\\xe9.txt'")).stdout == "edited\n"
+    finally:
+        await sb.shell("rm -rf /workspace/l1")
+
+
+async def test_a_short_line_with_a_huge_record_keeps_its_text(shared_sandbox: DockerSandbox) -> None:
+    """7,000 matches of `a` make a record over 256 KB although the line fits the preview window."""
+    sb = shared_sandbox
+    await sb.python("open('/workspace/dense.txt','w').write('x = \"' + 'a' * 7000 + '\"\\n')")
+    try:
+        res = await sb.search("a", path="/workspace/dense.txt")
+        assert res.matches[0].line_number == 1 and res.matches[0].line.startswith('x = "aaa')
+    finally:
+        await sb.shell("rm -f /workspace/dense.txt")
+
+
 HOG = r"""
 import os, time
 end = time.time() + 6
