@@ -140,6 +140,45 @@ async def test_a_huge_single_line_match_is_clipped_not_the_sandbox(sandbox_image
         assert (await sb.python("work")).value == "'three hours of state'"
 
 
+async def test_a_fifo_socket_or_unreadable_folder_is_left_out_of_a_download_and_named(
+    shared_sandbox: DockerSandbox, tmp_path
+) -> None:
+    """One of these once cost the whole copy-back (the host refused the FIFO, tar.add the folder)."""
+    sb = shared_sandbox
+    r = await sb.shell(
+        "mkdir -p /workspace/sp/locked && cd /workspace/sp && echo important > result.txt && mkfifo .pipe && "
+        "python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('sock')\" && chmod 000 locked"
+    )
+    assert r.exit_code == 0, r
+    try:
+        res = await sb.download("/workspace/sp", tmp_path)
+        assert (tmp_path / "sp" / "result.txt").read_text() == "important\n"
+        assert sorted(res.skipped) == ["sp/.pipe: FIFO", "sp/locked/: Permission denied", "sp/sock: socket"]
+        assert sorted(p.name for p in (tmp_path / "sp").iterdir()) == ["result.txt"]
+    finally:
+        await sb.shell("chmod 755 /workspace/sp/locked; rm -rf /workspace/sp")
+
+
+async def test_a_project_with_a_venv_and_relative_links_uploads(
+    shared_sandbox: DockerSandbox, tmp_path
+) -> None:
+    ws = tmp_path / "proj"
+    (ws / "docs").mkdir(parents=True)
+    (ws / ".venv" / "bin").mkdir(parents=True)
+    (ws / "README.md").write_text("hi\n")
+    (ws / "docs" / "README.md").symlink_to("../README.md")
+    # What `python -m venv` leaves: relative links to one that leaves the project.
+    (ws / ".venv" / "bin" / "python3.11").symlink_to("/root/.pyenv/versions/3.11.7/bin/python3.11")
+    (ws / ".venv" / "bin" / "python3").symlink_to("python3.11")
+    res = await shared_sandbox.upload(ws, "/workspace/proj", contents=True)
+    absolute = [s.split(" -> ")[0] for s in res.skipped if s.endswith("(absolute link)")]
+    assert absolute == [".venv/bin/python3.11"], res.skipped
+    r = await shared_sandbox.shell("cat /workspace/proj/docs/README.md; ls /workspace/proj/.venv/bin")
+    assert r.stdout.startswith("hi\n")
+    assert not set(absolute) & {f".venv/bin/{name}" for name in r.stdout.split()}
+    await shared_sandbox.shell("rm -rf /workspace/proj")
+
+
 async def test_the_editor_opens_a_non_utf8_name_as_the_listing_shows_it(
     shared_sandbox: DockerSandbox,
 ) -> None:
