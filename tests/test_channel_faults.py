@@ -62,3 +62,43 @@ async def test_surrogates_in_a_reply_arrive_as_escapes() -> None:
     finally:
         await chan.aclose()
         container.close()
+
+
+async def _slow_peer(sock: socket.socket) -> None:
+    """Reads steadily at ~2 MB/s and answers every request: a slow but live link."""
+    loop = asyncio.get_running_loop()
+    buf = b""
+    while data := await loop.sock_recv(sock, 64 * 1024):
+        buf += data
+        await asyncio.sleep(0.03)
+        while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+            n = struct.unpack(">I", buf[:4])[0]
+            req, buf = json.loads(buf[4 : 4 + n]), buf[4 + n :]
+            if req.get("op") == "cancel":
+                continue
+            reply = json.dumps(
+                {"id": req["id"], "nonce": req["nonce"], "ok": True, "result": {"op": req["op"]}}
+            )
+            body = struct.pack(">I", len(reply)) + reply.encode()
+            await loop.sock_sendall(sock, struct.pack(">BxxxI", 1, len(body)) + body)
+
+
+async def test_a_short_call_behind_a_big_one_on_a_slow_link_kills_neither() -> None:
+    """drain() waits for the shared buffer: a ping's 2 s deadline once aborted the channel under a 12 MB
+    create that the sandbox was reading all along (SandboxDead for both, the container killed)."""
+    host, container = socket.socketpair()
+    container.setblocking(False)
+    reader, writer = await asyncio.open_unix_connection(sock=host)
+    chan = Channel(reader, writer, max_request_bytes=64 << 20)
+    serve = asyncio.create_task(_slow_peer(container))
+    try:
+        big = asyncio.create_task(chan.call("create", {"file_text": "x" * (12 << 20)}, 60))
+        await asyncio.sleep(0)  # one step of the task: the big request is written, its drain awaited
+        assert writer.transport.get_write_buffer_size() > 0
+        ping = await asyncio.wait_for(chan.call("ping", {}, 2), 60)
+        assert ping == {"op": "ping"} and await asyncio.wait_for(big, 60) == {"op": "create"}
+        assert not chan.closed
+    finally:
+        serve.cancel()
+        await chan.aclose()
+        container.close()

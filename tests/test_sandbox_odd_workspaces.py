@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwq_agent.sandbox import DockerSandbox, InvalidRequest, SandboxConfig
+from qwq_agent.sandbox import DockerSandbox, InvalidRequest, ResourceExhausted, SandboxConfig
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
 
@@ -138,3 +138,108 @@ async def test_a_huge_single_line_match_is_clipped_not_the_sandbox(sandbox_image
         assert big.line_number == 1 and big.line == "a" * 2000
         assert by_path["/workspace/small.txt"].line_number == 2
         assert (await sb.python("work")).value == "'three hours of state'"
+
+
+async def test_a_fifo_socket_or_unreadable_folder_is_left_out_of_a_download_and_named(
+    shared_sandbox: DockerSandbox, tmp_path
+) -> None:
+    """One of these once cost the whole copy-back (the host refused the FIFO, tar.add the folder)."""
+    sb = shared_sandbox
+    r = await sb.shell(
+        "mkdir -p /workspace/sp/locked && cd /workspace/sp && echo important > result.txt && mkfifo .pipe && "
+        "python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('sock')\" && chmod 000 locked"
+    )
+    assert r.exit_code == 0, r
+    try:
+        res = await sb.download("/workspace/sp", tmp_path)
+        assert (tmp_path / "sp" / "result.txt").read_text() == "important\n"
+        assert sorted(res.skipped) == ["sp/.pipe: FIFO", "sp/locked/: Permission denied", "sp/sock: socket"]
+        assert sorted(p.name for p in (tmp_path / "sp").iterdir()) == ["result.txt"]
+    finally:
+        await sb.shell("chmod 755 /workspace/sp/locked; rm -rf /workspace/sp")
+
+
+async def test_a_project_with_a_venv_and_relative_links_uploads(
+    shared_sandbox: DockerSandbox, tmp_path
+) -> None:
+    ws = tmp_path / "proj"
+    (ws / "docs").mkdir(parents=True)
+    (ws / ".venv" / "bin").mkdir(parents=True)
+    (ws / "README.md").write_text("hi\n")
+    (ws / "docs" / "README.md").symlink_to("../README.md")
+    # What `python -m venv` leaves: relative links to one that leaves the project.
+    (ws / ".venv" / "bin" / "python3.11").symlink_to("/root/.pyenv/versions/3.11.7/bin/python3.11")
+    (ws / ".venv" / "bin" / "python3").symlink_to("python3.11")
+    res = await shared_sandbox.upload(ws, "/workspace/proj", contents=True)
+    absolute = [s.split(" -> ")[0] for s in res.skipped if s.endswith("(absolute link)")]
+    assert absolute == [".venv/bin/python3.11"], res.skipped
+    r = await shared_sandbox.shell("cat /workspace/proj/docs/README.md; ls /workspace/proj/.venv/bin")
+    assert r.stdout.startswith("hi\n")
+    assert not set(absolute) & {f".venv/bin/{name}" for name in r.stdout.split()}
+    await shared_sandbox.shell("rm -rf /workspace/proj")
+
+
+async def test_the_editor_opens_a_non_utf8_name_as_the_listing_shows_it(
+    shared_sandbox: DockerSandbox,
+) -> None:
+    sb = shared_sandbox
+    r = await sb.shell("mkdir -p /workspace/l1 && printf 'data\\n' > /workspace/l1/$'r\\xe9sum\\xe9.txt'")
+    assert r.exit_code == 0, r
+    try:
+        shown = "/workspace/l1/r\\xe9sum\\xe9.txt"
+        assert shown in (await sb.view("/workspace/l1")).output
+        assert "data" in (await sb.view(shown)).output
+        await sb.str_replace(shown, "data", "edited")
+        assert (await sb.shell("cat /workspace/l1/$'r\\xe9sum\\xe9.txt'")).stdout == "edited\n"
+    finally:
+        await sb.shell("rm -rf /workspace/l1")
+
+
+async def test_a_short_line_with_a_huge_record_keeps_its_text(shared_sandbox: DockerSandbox) -> None:
+    """7,000 matches of `a` make a record over 256 KB although the line fits the preview window."""
+    sb = shared_sandbox
+    await sb.python("open('/workspace/dense.txt','w').write('x = \"' + 'a' * 7000 + '\"\\n')")
+    try:
+        res = await sb.search("a", path="/workspace/dense.txt")
+        assert res.matches[0].line_number == 1 and res.matches[0].line.startswith('x = "aaa')
+    finally:
+        await sb.shell("rm -f /workspace/dense.txt")
+
+
+HOG = r"""
+import os, time
+end = time.time() + 6
+while time.time() < end:
+    try:
+        pid = os.fork()
+    except OSError:
+        continue
+    if pid == 0:
+        end = min(end, time.time() + 6)
+"""
+
+
+async def test_python_starts_again_after_a_reclaim_whose_restart_failed(sandbox_image: str) -> None:
+    """The reclaim's restart could not start a new interpreter while a pid hog took the freed pids; every
+    later python call then said 'the interpreter is stopped'. (Whether the restart loses the race to the
+    hog depends on the scheduler; the hog keeps forking so that it usually does.)"""
+    import asyncio
+
+    config = SandboxConfig(image=sandbox_image, pids_limit=64, auto_replace=False)
+    async with DockerSandbox.create(config) as sb:
+        await sb.python(
+            "import threading\nev = threading.Event()\nts = [threading.Thread(target=ev.wait, daemon=True)"
+            " for _ in range(40)]\nfor t in ts: t.start()"
+        )
+        await sb.shell(f"cat > /tmp/hog.py <<'EOF2'\n{HOG}\nEOF2")
+        hog = asyncio.create_task(sb.shell("python3 /tmp/hog.py 2>/dev/null; true", timeout=30))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 20
+        reclaimed = False
+        while not reclaimed and not hog.done() and loop.time() < end:  # calls while the pids are held
+            try:
+                reclaimed = (await sb.shell("echo hi", timeout=10)).state_lost
+            except ResourceExhausted:
+                continue  # not even a request thread could start: try again
+        await hog
+        assert (await sb.python("1 + 1", timeout=20)).value == "2"

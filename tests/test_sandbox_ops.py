@@ -114,6 +114,11 @@ async def test_edits_keep_a_windows_file_in_crlf(shared_sandbox: DockerSandbox) 
     r = await shared_sandbox.shell(f"base64 -w0 {path}")
     raw = base64.b64decode(r.stdout.split()[-1])
     assert raw == b"line1\r\ninserted\r\nline2\r\nline3a\r\nline3b\r\n"
+    # A `\r` the strings end on is half of the file's own ending after them, not a second `\r`.
+    await shared_sandbox.str_replace(path, "line3b\r", "line3c\r")
+    await shared_sandbox.insert(path, 0, "top\r")
+    raw = base64.b64decode((await shared_sandbox.shell(f"base64 -w0 {path}")).stdout.split()[-1])
+    assert raw == b"top\r\nline1\r\ninserted\r\nline2\r\nline3a\r\nline3c\r\n"
     # A file that already mixes endings is edited as written, not converted.
     mixed = "/workspace/ops_mixed.txt"
     await shared_sandbox.shell(f"printf 'a\\r\\nb\\nc\\n' > {mixed}")

@@ -132,6 +132,44 @@ def test_links_that_leave_only_together_are_removed(tmp_path) -> None:
     assert any(s.startswith("ws/c ->") for s in skipped)
 
 
+def test_a_chain_of_links_is_resolved_once_and_too_deep_ones_are_named_so(tmp_path) -> None:
+    """l1 -> l0, l2 -> l1, ...: each link once walked the whole chain (minutes for 100,000 links), and
+    past Python's recursion limit a chain inside was dropped as 'leads out of the destination'."""
+    import time
+
+    links = [("ws/l1", "README.md")] + [(f"ws/l{i}", f"l{i - 1}") for i in range(2, 3000)]
+    data = _tar_links(*links, ("ws/loop_a", "loop_b"), ("ws/loop_b", "loop_a"))
+    t0 = time.monotonic()
+    _, _, skipped = _extract_counted(data, tmp_path / "dest", 1 << 20)
+    assert time.monotonic() - t0 < 20  # ~2 s here, of which the symlink() calls are most
+    ws = tmp_path / "dest" / "ws"
+    assert (ws / "l40").read_text() == "hi" and (ws / "l1").is_symlink()  # 40 links: what the kernel follows
+    assert not (ws / "l41").is_symlink() and not (ws / "loop_a").is_symlink()
+    assert len(skipped) == 2999 - 40 + 2 and not [s for s in skipped if "leads out" in s]
+    assert "ws/l41 -> l40 (more than 40 links deep, or a loop)" in skipped
+
+
+def test_a_download_into_a_folder_that_holds_it_already_is_refused_untouched(tmp_path) -> None:
+    """A second copy-back into the same folder was a raw FileExistsError halfway through the writing."""
+    from qwq_agent.sandbox import DestinationExists
+
+    dest = tmp_path / "dest"
+    data = _tar_files(("ws/a.txt", b"new"), ("ws/b.txt", b"new"))
+    (dest / "ws").mkdir(parents=True)
+    (dest / "ws" / "b.txt").write_bytes(b"old")
+    with pytest.raises(DestinationExists, match=r"b\.txt already exists"):
+        _extract_counted(data, dest, 1 << 20)
+    assert sorted(p.name for p in (dest / "ws").iterdir()) == ["b.txt"]
+    assert (dest / "ws" / "b.txt").read_bytes() == b"old"
+
+
+def test_writing_a_download_is_under_a_deadline(tmp_path) -> None:
+    data = _tar_links(*[(f"ws/l{i}", f"l{i - 1}") for i in range(1, 200)])
+    with pytest.raises(UnsafeArchive, match="took more than 0s; nothing was written"):
+        _extract_counted(data, tmp_path / "dest", 1 << 20, timeout=0)
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
 def _tar_files(*files: tuple[str, bytes], sparse: bool = False) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:

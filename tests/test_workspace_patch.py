@@ -184,3 +184,33 @@ async def test_a_large_patch_comes_back_whole(sandbox_image, tmp_path):
         patch = await workspace_patch(sandbox)
     lines = [line for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++")]
     assert lines == [f"+{n}" for n in range(1, 40001)]
+
+
+def test_a_failed_copy_back_still_writes_the_patch_and_the_trace_line(sandbox_image, tmp_path):
+    """The copy-back's exception once left `run` before --patch and the trace line; a second copy-back
+    into the same folder was a raw FileExistsError. A link out of --workspace is left out and named."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "notes.txt").write_text("old\n")
+    (ws / "host").symlink_to("/etc/hostname")
+    back = tmp_path / "back"
+    (back / "workspace").mkdir(parents=True)
+    (back / "workspace" / "notes.txt").write_text("an earlier copy\n")
+    turns = [
+        "Work.\n</think>\n\n" + call("shell", command="echo new > notes.txt && mkfifo .ctl"),
+        "Done.\n</think>\n\nDone.",
+    ]
+    patch, trace = tmp_path / "p.diff", tmp_path / "t.jsonl"
+    with ScriptedModelServer(turns) as server:
+        proc = subprocess.run(
+            [*CLI, "run", "Update notes.", "--model-url", server.url, "--tools", "shell",
+             "--workspace", str(ws), "--copy-back", str(back), "--patch", str(patch), "--trace", str(trace)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    err = " ".join((proc.stdout + proc.stderr).split())  # the live view prints on stdout
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert "1 entries were not copied into the sandbox" in err and "host -> /etc/hostname" in err
+    assert f"the workspace was not copied back to {back}" in err and "already exists" in err
+    assert "+new" in patch.read_text() and f"trace: {trace}" in err
+    assert (back / "workspace" / "notes.txt").read_text() == "an earlier copy\n"

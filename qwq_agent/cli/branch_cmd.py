@@ -7,6 +7,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.console import Console
 
     from qwq_agent.agent.branch_result import BranchResult
@@ -67,19 +69,9 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
             sys.stdout.flush()
         else:
             print_result(console, result)
+        copied = True
         if args.copy_back is not None and result.sandbox is not None:
-            copied = await result.sandbox.download("/workspace", args.copy_back)
-            console.print(
-                plain(f"the winner's workspace copied back to {args.copy_back}", "dim"), soft_wrap=True
-            )
-            if copied.skipped:
-                console.print(
-                    plain(
-                        f"{len(copied.skipped)} link(s) pointing outside the workspace were not copied back: "
-                        f"{', '.join(copied.skipped[:3])}{' ...' if len(copied.skipped) > 3 else ''}",
-                        "yellow",
-                    )
-                )
+            copied = await copy_back(result.sandbox, args.copy_back, console, "the winner's workspace")
     won = result.won
     if args.patch is not None and won is not None and won.result is not None and won.result.patch is not None:
         args.patch.write_text(won.result.patch, encoding="utf-8")
@@ -88,7 +80,40 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
         console.print(
             plain(f"trace: {result.trace_path} (one file per branch beside it)", "dim"), soft_wrap=True
         )
-    return 0 if result.winner is not None else 1
+    return 0 if result.winner is not None and copied else 1
+
+
+async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bool:
+    """Copy /workspace into `dest`, saying what was left out; a failure is one warning line and False,
+    so the patch and the trace line, which do not depend on it, still come."""
+    from qwq_agent.cli.safe_text import plain
+    from qwq_agent.sandbox.errors import SandboxError
+
+    try:
+        copied = await sandbox.download("/workspace", dest)
+    except (SandboxError, OSError) as exc:  # texts from the sandbox: printed literally
+        console.print(plain(f"{what} was not copied back to {dest}: {exc}", "yellow"), soft_wrap=True)
+        return False
+    console.print(plain(f"{what} copied back to {dest}", "dim"), soft_wrap=True)
+    show_left_out(console, copied.skipped, "copied back")
+    return True
+
+
+def show_left_out(console: Console, skipped: list[str], verb: str, count: int = 0) -> None:
+    """One line naming the entries a copy left out (links leading out, FIFOs, unreadable entries)."""
+    from qwq_agent.cli.safe_text import plain
+
+    if skipped:  # names from the sandbox or the user's folder: printed literally, control characters shown
+        more = " ..." if len(skipped) > 3 else ""
+        n = max(count, len(skipped))
+        console.print(
+            plain(
+                f"{n} entries were not {verb} (links leading out, special or unreadable files): "
+                f"{', '.join(skipped[:3])}{more}",
+                "yellow",
+            ),
+            soft_wrap=True,
+        )
 
 
 def _progress(console: Console, quiet: bool) -> Any:

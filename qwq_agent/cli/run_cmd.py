@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
 from qwq_agent.cli import approval_prompt, branch_cmd, ecosystem
 from qwq_agent.cli.reasoning_view import REASONING_MODES
-from qwq_agent.cli.safe_text import plain
 
 DEFAULT_URL = "http://127.0.0.1:30000"
 
@@ -173,6 +172,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
         return 2
     tools = extras.tools
     agent = None
+    copied = True
     try:
         approver = approval_prompt.setup(args, settings.config, source, tools, console)
         workspace = Path(settings.workspace) if settings.workspace else None
@@ -181,6 +181,11 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
         async with (
             open_sandbox(workspace=workspace, **sandbox_config) if plan.sandbox else contextlib.nullcontext()
         ) as sandbox:
+            uploaded = getattr(sandbox, "last_upload", None)
+            if uploaded is not None:
+                branch_cmd.show_left_out(
+                    console, uploaded.skipped, "copied into the sandbox", uploaded.skipped_count
+                )
             agent = Agent(
                 model,
                 tools,
@@ -209,16 +214,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             finally:
                 renderer.close()  # the live status goes before anything else is printed
             if args.copy_back is not None and sandbox is not None:
-                copied = await sandbox.download("/workspace", args.copy_back)
-                console.print(plain(f"workspace copied back to {args.copy_back}", "dim"), soft_wrap=True)
-                if copied.skipped:  # names from the sandbox: printed literally, control characters shown
-                    console.print(
-                        plain(
-                            f"{len(copied.skipped)} link(s) pointing outside the workspace were not copied "
-                            f"back: {', '.join(copied.skipped[:3])}{' ...' if len(copied.skipped) > 3 else ''}",
-                            "yellow",
-                        )
-                    )
+                copied = await branch_cmd.copy_back(sandbox, args.copy_back, console, "the workspace")
     finally:
         await model.aclose()
         await extras.aclose()
@@ -234,7 +230,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
         console.print(f"[dim]trace: {result.trace_path}{incomplete}[/dim]", soft_wrap=True)
     if result is not None and result.status == "awaiting_approval":
         return approval_prompt.report_pending(console, result)
-    return 0 if result is not None and result.status == "completed" else 1
+    return 0 if result is not None and result.status == "completed" and copied else 1
 
 
 def _event_json(ev: Event) -> str:

@@ -14,6 +14,7 @@ async with SandboxPool(size=4) as pool:
 from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 from qwq_agent.sandbox.errors import (
+    DestinationExists,
     DockerUnreachable,
     InvalidRequest,
     PathOutsideWorkspace,
@@ -44,6 +45,7 @@ from qwq_agent.sandbox.snapshot import RestoreResult, Snapshot
 from qwq_agent.sandbox.transport import DockerHost, TLSFiles
 
 __all__ = [
+    "DestinationExists",
     "DockerHost",
     "DockerSandbox",
     "DockerUnreachable",

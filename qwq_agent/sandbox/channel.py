@@ -46,6 +46,7 @@ _FRAME = struct.Struct(">I")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # Called with each frame the supervisor streams for a call (e.g. `{"event": "output", ...}`) before its reply.
 OnEvent = Callable[[dict[str, Any]], None]
+_PROGRESS_CHECK_S = 1.0  # how often a waiting send looks whether the peer is still taking bytes
 
 
 class Channel:
@@ -64,6 +65,7 @@ class Channel:
         self._max_reply = max_reply_bytes
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], str, OnEvent | None]] = {}
+        self._queued = 0  # bytes ever handed to the writer: less what it still buffers, what the peer took
         self._buf = bytearray()
         self._need = 4  # bytes `_buf` must hold before the next frame (and its blob) can be taken
         self._stderr: deque[bytes] = deque(maxlen=64)
@@ -112,20 +114,15 @@ class Channel:
             self._writer.write(_FRAME.pack(len(body)) + body)
             if blob is not None:  # no await in between: no other frame can slip between the two
                 self._writer.write(blob)
+            self._queued += 4 + len(body) + (0 if blob is None else len(blob))
             loop = asyncio.get_running_loop()
-            deadline = None if reply_timeout is None else loop.time() + reply_timeout
-            # The send is under the reply's deadline: a paused container or a stalled link stops reading,
-            # and a request bigger than the buffers would otherwise wait in drain() for ever.
             try:
-                await asyncio.wait_for(self._writer.drain(), reply_timeout)
-            except TimeoutError:  # before OSError, of which it is a subclass
-                # Half a frame may be out: nothing more can go on this stream, so it is closed for good.
-                self._close(f"sending {op!r} stalled for {reply_timeout:g}s", abort=True)
-                raise SandboxTimeout(
-                    f"the sandbox took no {op!r} request within {reply_timeout:g}s (it stopped reading)"
-                ) from None
+                await self._drain(op, reply_timeout)
             except (ConnectionError, OSError) as exc:
                 self._close(f"the channel broke while sending: {exc}")
+            # The reply's deadline starts once the request is out: a ping queued behind a big upload
+            # waited for the upload's bytes, not for the sandbox.
+            deadline = None if reply_timeout is None else loop.time() + reply_timeout
             try:
                 left = None if deadline is None else max(0.0, deadline - loop.time())
                 reply = await asyncio.wait_for(fut, left)
@@ -142,12 +139,44 @@ class Channel:
             return reply["result"]
         raise error_from_reply(reply.get("error") or {})
 
+    async def _drain(self, op: str, stall_timeout: float | None) -> None:
+        """Wait until the write buffer drains, failing only if the peer took no bytes for `stall_timeout`.
+
+        A paused container or a stalled link stops reading, and a request bigger than the buffers would
+        otherwise wait in drain() for ever. The buffer is shared: a short call's own deadline must not
+        abort a big request that the sandbox is still reading steadily, so progress (bytes the transport
+        handed on) restarts the clock, whoever's bytes they are.
+        """
+        if stall_timeout is None:
+            await self._writer.drain()
+            return
+        loop = asyncio.get_running_loop()
+        transport = self._writer.transport
+        accepted = self._queued - transport.get_write_buffer_size()
+        stalled_since = loop.time()
+        while True:
+            left = stall_timeout - (loop.time() - stalled_since)
+            try:
+                await asyncio.wait_for(self._writer.drain(), max(0.0, min(left, _PROGRESS_CHECK_S)))
+                return
+            except TimeoutError:  # before OSError, of which it is a subclass
+                now = self._queued - transport.get_write_buffer_size()
+                if now > accepted:
+                    accepted, stalled_since = now, loop.time()
+                elif loop.time() - stalled_since >= stall_timeout:
+                    # Half a frame may be out: nothing more can go on this stream, so it is closed for good.
+                    self._close(f"sending {op!r} stalled for {stall_timeout:g}s", abort=True)
+                    raise SandboxTimeout(
+                        f"the sandbox took no {op!r} request within {stall_timeout:g}s (it stopped reading)"
+                    ) from None
+
     def _send_cancel(self, rid: int) -> None:
         if self.closed:
             return
         body = json.dumps({"id": None, "op": "cancel", "args": {"target": rid}}).encode()
         with contextlib.suppress(Exception):
             self._writer.write(_FRAME.pack(len(body)) + body)
+            self._queued += 4 + len(body)
 
     async def _read_loop(self) -> None:
         reason = "the channel closed"

@@ -34,6 +34,10 @@ class UnsafeArchive(InvalidRequest):
     """A tar archive had absolute paths, `..` components, links leaving it or special files."""
 
 
+class DestinationExists(InvalidRequest):
+    """A download would overwrite something already on the host; nothing was written."""
+
+
 class SnapshotTooLarge(SandboxError):
     """A snapshot's archive would exceed its size cap (`max_bytes`); nothing was kept."""
 

@@ -30,10 +30,14 @@ from qwq_agent.sandbox.protocol import (
     UploadResult,
     ViewRequest,
 )
+from qwq_agent.sandbox.surrogates import clean_text
 
 
 class FileOps(SandboxCalls):
     """Files in the sandbox: view and edit them, search them, copy them in and out."""
+
+    # The last `upload`'s result: what it left out is shown by whoever opened the sandbox (the CLI).
+    last_upload: UploadResult | None = None
 
     async def view(self, path: str, view_range: list[int] | None = None) -> FileResult:
         """`cat -n` of a file (optionally lines [start, end], end -1 = to the end) or a 2-level listing."""
@@ -75,7 +79,8 @@ class FileOps(SandboxCalls):
         return await self._call(Request.model_construct(op="ping"), PingResult, self._grace(10))
 
     async def upload_archive(self, data: bytes, dest: str = "/workspace") -> UploadResult:
-        """Extract a tar archive under `dest`; unsafe entries make the whole archive refused (`UnsafeArchive`)."""
+        """Extract a tar archive under `dest`; unsafe entries make the whole archive refused (`UnsafeArchive`),
+        except symlinks that are absolute or lead out of `dest`: those are left out and named in `skipped`."""
         with _checked():
             req = UploadRequest(dest=dest, data=base64.b64encode(data).decode("ascii"))
         return await self._call(req, UploadResult, self._grace(120))
@@ -115,27 +120,43 @@ class FileOps(SandboxCalls):
             raise InvalidRequest(
                 f"{local} packs to {len(data)} bytes, over the request limit; nothing was sent"
             )
-        return await self.upload_archive(data, dest)
+        self.last_upload = await self.upload_archive(data, dest)
+        return self.last_upload
 
     async def download(self, src: str, local_dir: str | os.PathLike[str]) -> DownloadResult:
         """Copy a workspace file or folder into the local directory `local_dir` (created if missing).
 
         The archive comes from an untrusted sandbox, so it is checked in full before anything is written:
         absolute paths, `..` and special files raise `UnsafeArchive`. A symlink that is absolute or leaves
-        `local_dir` (a venv's `bin/python3 -> /usr/bin/python3`) is not written; it is named in `skipped`.
+        `local_dir` (a venv's `bin/python3 -> /usr/bin/python3`) is not written; it is named in `skipped`,
+        as are FIFOs, sockets and unreadable entries, which the sandbox leaves out of the archive.
+        Something already at a path the archive holds raises `DestinationExists`; nothing is written then.
         """
         with _checked():
             req = DownloadRequest(path=src)
         chunks = _Chunks(self.config.max_download_bytes)
-        _, replaced = await self._call_raw(req, self._grace(120), chunks)
+        raw, replaced = await self._call_raw(req, self._grace(120), chunks)
         if chunks.problem:
             raise UnsafeArchive(f"the sandbox sent a broken download: {chunks.problem}; nothing was written")
         data = b"".join(chunks.parts)
         limit = self.config.max_download_bytes
         paths, written, skipped = await asyncio.to_thread(_extract_counted, data, Path(local_dir), limit)
         return DownloadResult(
-            paths=paths, bytes=written, skipped=skipped, sandbox_replaced=replaced, state_lost=replaced
+            paths=paths,
+            bytes=written,
+            skipped=_left_out(raw) + skipped,
+            sandbox_replaced=replaced,
+            state_lost=replaced,
         )
+
+
+def _left_out(raw: dict[str, Any]) -> list[str]:
+    """What the supervisor did not put in the archive (FIFOs, sockets, unreadable entries), as shown text."""
+    named = raw.get("skipped")
+    shown = [clean_text(str(s))[:300] for s in named[:50]] if isinstance(named, list) else []
+    count = raw.get("skipped_count")
+    more = count - len(shown) if isinstance(count, int) and not isinstance(count, bool) else 0
+    return shown + ([f"... and {more} more"] if more > 0 else [])
 
 
 class _Chunks:

@@ -173,13 +173,19 @@ class UploadResult(Result):
     dest: str
     entries: int
     bytes: int
+    skipped: list[str] = Field(
+        default_factory=list, description="links not written: absolute, or pointing out of the destination"
+    )
+    skipped_count: int = Field(0, description="entries not written, also those beyond the named ones")
 
 
 class DownloadResult(Result):
     paths: list[str] = Field(default_factory=list, description="host paths written")
     bytes: int = Field(0, description="bytes actually written on the host (never the sandbox's own claim)")
     skipped: list[str] = Field(
-        default_factory=list, description="links not written: absolute, or pointing out of the destination"
+        default_factory=list,
+        description="entries not written: links absolute, leaving the destination or too deep; FIFOs, "
+        "sockets, devices and unreadable entries",
     )
 
 

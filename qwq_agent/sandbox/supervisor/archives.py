@@ -3,10 +3,12 @@
 import base64
 import io
 import os
+import stat
 
 from .files import make_parents, resolve
 from .framing import RequestError
 from .settings import MAX_DOWNLOAD, WORKSPACE
+from .snapshots import _KINDS, _Skipped
 
 
 def check_member(member):
@@ -36,8 +38,19 @@ def upload(args):
         members = archive.getmembers()
     except (ValueError, tarfile.TarError) as exc:
         raise RequestError("InvalidRequest", f"not a valid tar archive: {exc}") from None
+    skipped = _Skipped()
+    kept = []
     for member in members:
+        leaving = _link_leaving(member)
+        if leaving:
+            # A project's `.venv/bin/python3 -> /usr/bin/python3`: the link would point at something
+            # else in here anyway, and refusing the lot would mean the run cannot start at all.
+            skipped.append(f"{member.name} -> {member.linkname} ({leaving})")
+            continue
+        kept.append(member)
         problem = check_member(member)
+        if problem and member.issym() and problem.startswith("link to"):
+            problem = None  # `docs/README.md -> ../README.md`: _link_leaving says it stays inside
         if problem:
             raise RequestError(
                 "UnsafeArchive",
@@ -46,7 +59,7 @@ def upload(args):
     make_parents(shown, dest)
     root = os.path.realpath(WORKSPACE)
     written = 0
-    for member in members:
+    for member in kept:
         target = os.path.join(dest, member.name)
         parent = os.path.realpath(os.path.dirname(target))
         if parent != root and not parent.startswith(root + "/"):
@@ -75,7 +88,23 @@ def upload(args):
                 while chunk := src.read(1 << 20):
                     out.write(chunk)
             written += member.size
-    return {"dest": shown, "entries": len(members), "bytes": written}
+    return {"dest": shown, "entries": len(kept), "bytes": written, "skipped": skipped.shown,
+            "skipped_count": skipped.count}  # fmt: skip
+
+
+def _link_leaving(member):
+    """Why the symlink `member` would lead out of the upload's destination (absolute, too many `..`), or None."""
+    if not member.issym():
+        return None
+    name, target = member.name.replace("\\", "/"), member.linkname
+    if name.startswith("/") or ".." in name.split("/"):
+        return None  # the name itself is refused with the rest of the archive
+    if target.startswith("/") or os.path.isabs(target):
+        return "absolute link"
+    lands = os.path.normpath(os.path.join(os.path.dirname(name), target))
+    if lands == ".." or lands.startswith("../"):
+        return "leads out of the destination"
+    return None
 
 
 MAX_DOWNLOAD_ENTRIES = 100_000  # the host writes every entry to its disk; a million empty files is no result
@@ -133,6 +162,7 @@ def download(args):
     if send is None:
         raise RequestError("InvalidRequest", "download is a streaming call")
     out = _Stream(send, shown)
+    skipped = _Skipped()
     entries = 0
     content = 0
 
@@ -146,13 +176,36 @@ def download(args):
         content += info.size
         return info
 
-    try:
-        with tarfile.open(fileobj=out, mode="w|") as archive:  # stream mode: only write() is needed
-            archive.add(real, arcname=os.path.basename(shown.rstrip("/")) or "workspace", filter=budget)
-    except RecursionError:
-        raise RequestError(
-            "ToolError",
-            f"{shown} is nested too deeply to download; archive a shallower part of it with the shell",
-        ) from None
+    top = os.path.basename(shown.rstrip("/")) or "workspace"
+    with tarfile.open(fileobj=out, mode="w|") as archive:  # stream mode: only write() is needed
+        # Our own walk, not archive.add: one FIFO, socket or unreadable folder (an agent's `mkfifo`, a
+        # server it left running, `chmod 000`) is left out and named, as snapshots do, rather than
+        # costing the whole copy-back; and a stack, not recursion, so depth is no limit either.
+        stack = [(top, real)]
+        while stack:
+            name, path = stack.pop()
+            try:
+                st = os.lstat(path)
+                if stat.S_ISDIR(st.st_mode):
+                    with os.scandir(path) as it:
+                        children = sorted(e.name for e in it)
+                    archive.addfile(budget(archive.gettarinfo(path, name)))
+                    stack.extend((f"{name}/{c}", os.path.join(path, c)) for c in reversed(children))
+                elif stat.S_ISREG(st.st_mode):
+                    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+                    with os.fdopen(fd, "rb") as f:
+                        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped after the lstat
+                            skipped.append(f"{name}: changed while it was archived")
+                            continue
+                        info = budget(archive.gettarinfo(name, name, f))
+                        archive.addfile(info, None if info.islnk() else f)
+                elif stat.S_ISLNK(st.st_mode):
+                    archive.addfile(budget(archive.gettarinfo(path, name)))
+                else:
+                    skipped.append(f"{name}: {_KINDS.get(stat.S_IFMT(st.st_mode), 'special file')}")
+            except OSError as exc:  # unreadable, or gone mid-walk
+                suffix = "/" if os.path.isdir(path) and not os.path.islink(path) else ""
+                skipped.append(f"{name}{suffix}: {exc.strerror or exc}")
     out.send_rest()
-    return {"bytes": content, "archive_bytes": out.total, "entries": entries}
+    return {"bytes": content, "archive_bytes": out.total, "entries": entries,
+            "skipped": skipped.shown, "skipped_count": skipped.count}  # fmt: skip

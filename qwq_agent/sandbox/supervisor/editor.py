@@ -228,7 +228,7 @@ class Editor:
             # would never match).
             crlf = _is_crlf(content)
             if crlf:
-                content, old, new = (t.replace("\r\n", "\n") for t in (content, old, new))
+                content, old, new = content.replace("\r\n", "\n"), _lf(old), _lf(new)
             if old == new:
                 raise RequestError(
                     "ToolError", "No replacement was performed. `new_str` and `old_str` must be different."
@@ -275,7 +275,7 @@ class Editor:
             before, content = self.read_text(shown, real)
             crlf = _is_crlf(content)  # as in str_replace: the new lines take the file's endings
             if crlf:
-                content, new = content.replace("\r\n", "\n"), new.replace("\r\n", "\n")
+                content, new = content.replace("\r\n", "\n"), _lf(new)
             lines = content.split("\n")
             if type(line) is not int or line < 0 or line > len(lines):
                 raise RequestError(
@@ -330,3 +330,10 @@ def one_line(path):
 def _is_crlf(content):
     """Whether every line of the file ends in CRLF (a mixed file is left as it is)."""
     return "\r\n" in content and content.count("\n") == content.count("\r\n")
+
+
+def _lf(text):
+    """A string the model wrote for a CRLF file, in `\\n` endings; a `\\r` it ends on is half of the file's
+    own line ending after it (written back as `\\r\\n`, not `\\r\\r\\n`)."""
+    text = text.replace("\r\n", "\n")
+    return text[:-1] if text.endswith("\r") else text

@@ -1,6 +1,7 @@
 """Workspace paths and careful file I/O: no special files opened, bounded reads, atomic writes."""
 
 import os
+import re
 import secrets
 import stat
 
@@ -10,6 +11,7 @@ from .settings import WORKSPACE
 MAX_PATH = 4096  # PATH_MAX: longer paths fail in the kernel anyway, refuse them with a clear message
 _KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
           stat.S_IFBLK: "a block device"}  # fmt: skip
+_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 
 
 def resolve(path, *, allow_missing=True):
@@ -22,7 +24,7 @@ def resolve(path, *, allow_missing=True):
             f"the path is {len(path)} characters long; paths are limited to {MAX_PATH} bytes",
         )
     shown = os.path.normpath(path if os.path.isabs(path) else os.path.join(WORKSPACE, path))
-    real = os.path.realpath(shown)
+    real = os.path.realpath(_unescaped(shown))
     root = os.path.realpath(WORKSPACE)
     if real != root and not real.startswith(root + "/"):
         raise RequestError(
@@ -32,6 +34,19 @@ def resolve(path, *, allow_missing=True):
     if not allow_missing and not os.path.lexists(real):
         raise RequestError("ToolError", f"The path {shown} does not exist. Please provide a valid path.")
     return shown, real
+
+
+def _unescaped(shown):
+    """`shown`, or the name it stands for when it does not exist but its `\\xNN` escapes do.
+
+    Listings and search results show a name that is not UTF-8 as `r\\xe9sum\\xe9.txt` (path_text); the
+    model passes that text back, and it must open the file it was shown. The literal name wins.
+    """
+    if "\\x" not in shown or os.path.lexists(shown):
+        return shown
+    raw = _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), shown.encode("utf-8", "surrogatepass"))
+    name = os.fsdecode(raw)
+    return name if os.path.lexists(name) else shown
 
 
 def refuse_special(shown, mode):

@@ -142,8 +142,13 @@ class Interpreter:
 
     def _run(self, code, timeout, cancel_fd, stream=None):
         started = time.monotonic()
-        lost = []
-        if self._live().read_status() is not None:  # e.g. a background thread called os._exit
+        lost: list = []  # why earlier state is gone
+        if self.proc is None:
+            # A restart whose start() failed (the pids limit taken again in between) left none: start one
+            # now; should that fail too, the call says ResourceExhausted and the next one tries again.
+            self.start()
+            lost.append("the interpreter had been stopped (a restart could not start a new one)")
+        elif self._live().read_status() is not None:  # e.g. a background thread called os._exit
             lost.append(self._died() + " between cells")
             self.restart()
         elif self._stray_output():

@@ -73,15 +73,12 @@ def _oversized(head, stdout):
         _skip_line(stdout)
         return None
     key = "text" if text.startswith('"text":"', at) else "bytes"
-    prefix = text[at + len(key) + 4 : at + len(key) + 4 + 4 * 2000]
-    # Unescape the start of the (unterminated) string: cut back to where a closing quote parses.
-    preview = ""
-    for cut in range(len(prefix), max(-1, len(prefix) - 8), -1):
-        try:
-            preview = json.loads('"' + prefix[:cut] + '"')
-            break
-        except ValueError:
-            continue
+    opening = at + len(key) + 3
+    try:
+        # A short line whose record is long only for its many submatches: the string ends in the head.
+        preview = decoder.raw_decode(text, opening)[0][: 4 * 2000]
+    except ValueError:
+        preview = _unterminated(text[opening + 1 : opening + 1 + 4 * 2000])
     if key == "bytes":
         preview = base64.b64decode(preview[: len(preview) // 4 * 4] or b"").decode(
             "utf-8", "backslashreplace"
@@ -97,6 +94,16 @@ def _oversized(head, stdout):
         if not piece or piece.endswith(b"\n"):
             break
     return {"type": "match", "data": {"path": path, "lines": {"text": preview}, "line_number": number}}
+
+
+def _unterminated(prefix):
+    """The start of a JSON string cut off mid-way: cut back to where a closing quote parses."""
+    for cut in range(len(prefix), max(-1, len(prefix) - 8), -1):
+        try:
+            return json.loads('"' + prefix[:cut] + '"')
+        except ValueError:
+            continue
+    return ""
 
 
 def _skip_line(stdout):

@@ -84,7 +84,9 @@ class Supervisor:
         it forked but not threads it left parked inside the interpreter: nothing else would free them.
         """
         threads, limit = interpreter_threads(self.interpreter.pid), pids_limit()
-        if threads * 2 < (limit or 64):
+        # Only when those threads are most of the limit and most of what is in use: a library's pools
+        # (OpenBLAS, torch: one thread per core) are not worth the variables while a fork bomb is the hog.
+        if threads * 2 < (limit or 64) or threads * 2 < (pids_current() or 0):
             return None
         held = f"the Python interpreter holds {threads} threads of the sandbox's limit of {limit or '?'} processes and threads"
         if not self.interpreter.lock.acquire(blocking=False):
@@ -94,10 +96,15 @@ class Supervisor:
             )
         try:
             self.interpreter.restart()
-            self.interpreter_used = False
+            restarted = "Python was restarted to free them"
+        except RequestError as exc:
+            if exc.kind != "ResourceExhausted":
+                raise
+            restarted = "Python was stopped to free them (the next python call starts it)"
         finally:
+            self.interpreter_used = False
             self.interpreter.lock.release()
-        return f"[{held}, left by an earlier cell; Python was restarted to free them and its variables are gone]\n"
+        return f"[{held}, left by an earlier cell; {restarted} and its variables are gone]\n"
 
     def reset_interpreter(self):
         """A fresh interpreter (its processes killed), unless the current one never ran a cell."""
@@ -331,3 +338,12 @@ def pids_limit():
     except OSError:
         return None
     return int(value) if value.isdigit() else None
+
+
+def pids_current():
+    """How many processes and threads the container runs now (cgroup v2), or None."""
+    try:
+        with open("/sys/fs/cgroup/pids.current") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
