@@ -164,10 +164,15 @@ def _serve(args: argparse.Namespace) -> int:
                 code=code or 1,
             )
         except KeyboardInterrupt:
-            print("stopping the server (Ctrl-C again kills it)...", flush=True)
+            try:
+                print("stopping the server (Ctrl-C again kills it)...", flush=True)
+                server.stop()
+            except KeyboardInterrupt:  # the second one, however soon after the line it came: kill now
+                server.kill()
+                raise
             return 0
         finally:
-            server.stop()
+            server.stop()  # a no-op once stopped above
 
 
 def _wait_ready(server, timeout: float):

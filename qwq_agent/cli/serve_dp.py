@@ -85,10 +85,16 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
             ended = _wait_for_an_exit(fleet)
             raise CliError(f"{ended[0]} exited with status {ended[1]}", f"read the logs in {log_dir}", code=1)
         except KeyboardInterrupt:
-            print("stopping the router and the replicas (Ctrl-C again kills them)...", flush=True)
+            try:
+                print("stopping the router and the replicas (Ctrl-C again kills them)...", flush=True)
+                fleet.stop()
+            except KeyboardInterrupt:  # the second one, however soon after the line it came: kill now
+                for process in (fleet.router, *fleet.workers):
+                    process.kill()
+                raise
             return 0
         finally:
-            fleet.stop()
+            fleet.stop()  # a no-op once stopped above
 
 
 def _wait_for_an_exit(fleet) -> tuple[str, int | None]:
