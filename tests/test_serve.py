@@ -6,6 +6,7 @@ model); the same readiness code is pointed at real SGLang in tests/test_gpu_sgla
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -313,9 +314,11 @@ def test_a_second_ctrl_c_during_the_grace_kills_a_hung_server_at_once():
         assert cli.returncode == 130, out
         assert "Traceback" not in out
     finally:
-        if cli.poll() is None:
+        if cli.poll() is None:  # the test failed: leave no server behind (it ignores SIGTERM)
             cli.kill()
             cli.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server_pid, signal.SIGKILL)
     with pytest.raises(ProcessLookupError):
         os.killpg(server_pid, 0)
 
