@@ -11,12 +11,20 @@ escapes (`qwq_agent.sandbox.surrogates`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["REPLACEMENT", "may_decode_to_surrogates", "replace_surrogates", "replace_surrogates_in"]
+__all__ = [
+    "REPLACEMENT",
+    "SURROGATE",
+    "map_strings",
+    "may_decode_to_surrogates",
+    "replace_surrogates",
+    "replace_surrogates_in",
+]
 
 REPLACEMENT = "\ufffd"
-_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE = re.compile("[\ud800-\udfff]")
 # A JSON escape that decodes to a surrogate: JSON text without one decodes to strings without them
 # (when the text itself holds none), so only text with one needs the decoded value walked.
 _ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -24,25 +32,31 @@ _ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 def may_decode_to_surrogates(json_text: str) -> bool:
     """Whether `json.loads(json_text)` can hold a lone surrogate (False is certain, True is a maybe)."""
-    return _ESCAPE.search(json_text) is not None or _SURROGATE.search(json_text) is not None
+    return _ESCAPE.search(json_text) is not None or SURROGATE.search(json_text) is not None
 
 
 def replace_surrogates(text: str) -> str:
     """`text` with each lone surrogate replaced by U+FFFD (the same object when there is none)."""
-    return _SURROGATE.sub(REPLACEMENT, text) if _SURROGATE.search(text) else text
+    return SURROGATE.sub(REPLACEMENT, text) if SURROGATE.search(text) else text
 
 
 def replace_surrogates_in(obj: Any) -> Any:
     """`obj` (decoded JSON: dicts, lists, scalars) with `replace_surrogates` applied to every string,
     keys included; containers without one come back as they are."""
+    return map_strings(obj, replace_surrogates)
+
+
+def map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
+    """`obj` (decoded JSON) with `fn` applied to every string, keys included; a container in which `fn`
+    changed nothing (returned each string itself) comes back as the same object."""
     if isinstance(obj, str):
-        return replace_surrogates(obj)
+        return fn(obj)
     if isinstance(obj, dict):
-        items = [(replace_surrogates_in(k), replace_surrogates_in(v)) for k, v in obj.items()]
+        items = [(map_strings(k, fn), map_strings(v, fn)) for k, v in obj.items()]
         if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(items, obj.items(), strict=True)):
             return obj
         return dict(items)
     if isinstance(obj, list):
-        values = [replace_surrogates_in(v) for v in obj]
+        values = [map_strings(v, fn) for v in obj]
         return obj if all(v is v0 for v, v0 in zip(values, obj, strict=True)) else values
     return obj

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+from qwq_agent.surrogates import SURROGATE, map_strings
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -21,15 +21,9 @@ def _escape(match: re.Match[str]) -> str:
 
 def clean_text(text: str) -> str:
     """`text` with each lone surrogate replaced by a backslash escape (unchanged when there is none)."""
-    return _SURROGATE.sub(_escape, text) if _SURROGATE.search(text) else text
+    return SURROGATE.sub(_escape, text) if SURROGATE.search(text) else text
 
 
 def clean(obj: Any) -> Any:
     """`obj` (decoded JSON) with every string, keys included, passed through `clean_text`."""
-    if isinstance(obj, str):
-        return clean_text(obj)
-    if isinstance(obj, dict):
-        return {clean(k): clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [clean(v) for v in obj]
-    return obj
+    return map_strings(obj, clean_text)
