@@ -498,6 +498,45 @@ def test_ledger_mentions_expressions_options_claims() -> None:
     assert not any(m[1].startswith("2-9") for m in got)
 
 
+def test_amounts_with_thousands_separators_are_read_whole() -> None:
+    # `1,250 + 3,400` was read as `250+3`: the nudge then named sums the model never wrote.
+    assert extract_mentions("1,250 + 3,400 = 4,650") == [("expr", "1250+3400=4,650")]
+    assert extract_mentions("So (1,250 + 3,400) * 2 = 9,300.") == [("expr", "(1250+3400)*2=9,300")]
+    assert extract_mentions("Then 12,000.5 - 0.5 = 12,000") == [("expr", "12000.5-0.5=12,000")]
+    # Never a piece of a number: not `2345+1` out of `1,2345`, nor `3 + 4` out of a decimal comma.
+    assert extract_mentions("x 1,2345 + 1 and 5,3 + 4") == []
+    assert normalise_expression("1,250 + 3,400") == "1250+3400"
+
+
+@pytest.mark.parametrize(
+    "text", ["failed on 2024-01-15", "call 555-123-4567", "due 01/15/2024", "in 2024-01", "1-800-555-0199"]
+)
+def test_dates_and_phone_numbers_are_not_arithmetic(text: str) -> None:
+    assert extract_mentions(text) == []
+
+
+def test_subtractions_and_fractions_written_tight_are_still_arithmetic() -> None:
+    assert extract_mentions("8-3 = 5, and 3/4 + 1/2 = 5/4") == [
+        ("expr", "8-3=5"),
+        ("expr", "3/4+1/2"),
+        ("expr", "5/4"),
+    ]
+
+
+def test_a_loop_over_amounts_names_the_sums_it_recomputes() -> None:
+    paras = [
+        "The invoice lists three items. First, 1,250 + 3,400 = 4,650. Then 4,650 + 2,175 = 6,825.",
+        "Wait, let me double-check that again. 1,250 + 3,400 = 4,650, yes. And 4,650 + 2,175 = 6,825.",
+        "But wait, was it 3,400? Going back: it says 3,400. So again 1,250 + 3,400 = 4,650 and "
+        "4,650 + 2,175 = 6,825.",
+        "Let me recompute once more: 1,250 + 3,400 = 4,650. Then 4,650 + 2,175 = 6,825. Same as previously.",
+    ]
+    det = feed16("\n\n".join(paras[i % len(paras)] for i in range(40)))
+    named = {c for s in det.signals for c in s.candidates}
+    assert det.level >= 1 and named
+    assert named <= {"1250+3400 = 4,650", "4650+2175 = 6,825"}
+
+
 def test_hostile_text_is_read_in_linear_time() -> None:
     # Each of these took 11 s to 43 s on 64 KB (the ledger's pattern retried every bracket of a run;
     # normalising recounted brackets per bracket dropped; the sentence split retried every dot).
