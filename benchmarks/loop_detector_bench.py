@@ -45,6 +45,9 @@ OWN_CASES = {
     "healthy_restate": False,
     "healthy_zh_verify": False,
     "healthy_code_refine": False,
+    "healthy_table_puzzle": False,
+    "healthy_code_refine_unfenced": False,
+    "healthy_fence_in_string": False,
 }
 _WORD = re.compile(r"[^\W_]+(?:[.,][0-9]+)*", re.UNICODE)
 

@@ -79,10 +79,53 @@ def test_a_wrong_hand_computation_is_found_with_its_exact_value(text: str, slip:
         "101 + 11 = 1000 in binary",
         "Wait, 17 * 24 = 418? Let me redo it.",  # the model doubting its value
         "So 17 * 24 = 418. No wait, that is 408.",  # corrected right after
+        # Modular arithmetic, said earlier in the paragraph, each value right modulo 7 or 5.
+        "We need 3^100 modulo 7. The powers of 3 modulo 7 cycle: 3^1 = 3, 3^2 = 2, 3^3 = 6, 3^6 = 1.",
+        "The powers of 2 modulo 5 are: 2^1 = 2, 2^2 = 4, 2^3 = 3, 2^4 = 1, so the order of 2 is 4.",
+        "Work in Z/7, the residues: 4 * 5 = 6 and 6 * 6 = 1, so 6 is its own inverse.",
+        # Measured quantities, the result rounded to the significant figures written.
+        "so 9.8 * 15.3 = 150 N to three significant figures.",
+        "The circle's area is 3.14 * 7.5 * 7.5 = 177 square metres.",
+        "and 0.33 * 12.7 = 4.2 in all",
     ],
 )
 def test_correct_or_ambiguous_computations_are_left_alone(text: str) -> None:
     assert find_slips(text) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "slip"),
+    [
+        ("so 9.8 * 15.3 = 100 N.", "9.8*15.3 = 100"),  # rounder than the data (two figures)
+        ("so 2.5 * 2.5 = 6 here.", "2.5*2.5 = 6"),
+        ("so 9.8 * 15.3 = 160 N.", "9.8*15.3 = 160"),  # not a rounding of 149.94 at all
+        # The modular paragraph ended: the next one is ordinary arithmetic again.
+        ("The powers of 3 modulo 7 cycle: 3^2 = 2.\n\nNext, the boxes: 17 * 24 = 418 in all.", "17*24 = 418"),
+        # "model" and "database" are not `mod` or `base`.
+        ("The model reads the database, then counts the rows: 17 * 24 = 418 in all.", "17*24 = 418"),
+    ],
+)
+def test_rounding_and_modular_context_do_not_hide_a_real_slip(text: str, slip: str) -> None:
+    assert [str(s) for s in find_slips(text)] == [slip]
+
+
+MODULAR = (
+    "Let me set this up. We need 3^100 modulo 7. The powers of 3 modulo 7 cycle: 3^1 = 3, 3^2 = 2, 3^3 = 6, "
+    "3^4 = 4, 3^5 = 5, 3^6 = 1. The cycle length is 6 and 100 = 6*16 + 4, so 3^100 leaves remainder 4."
+)
+
+
+@pytest.mark.parametrize("pad", [0, 5, 200, 390])
+def test_the_modular_paragraph_is_read_however_the_stream_is_cut(pad: int) -> None:
+    # The paragraph before a computation is carried along with it: "modulo" 60+ characters before
+    # `3^6 = 1` (the reviewer's case) counts whatever the cuts, as it does for the whole text.
+    text = "x" * pad + " " + MODULAR + FILLER + FILLER
+    assert find_slips(text) == []
+    for step in (1, 7, 16, 64, len(text)):
+        det = ReasoningLoopDetector()
+        for i in range(0, len(text), step):
+            det.feed(text[i : i + step])
+        assert det.arithmetic.slips == [], step
 
 
 FILLER = " Then the boxes go on the shelf, one row per colour, and the labels face out." * 5

@@ -149,3 +149,53 @@ def test_a_block_past_the_cap_stays_one_block_fingerprinted_whole_and_its_text_r
     for opening in ("```", "```\n"):
         det = feed(opening + body)
         assert [str(s) for s in det.arithmetic.slips][:1] == ["17*24 = 418"], opening
+
+
+def split(text: str, step: int) -> list[tuple[str, str]]:
+    splitter, pieces = FenceSplitter(), []
+    for i in range(0, len(text), step):
+        pieces += splitter.feed(text[i : i + step])
+    return pieces
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 16, 1000])
+def test_a_closing_fence_is_the_openers_fence_with_only_whitespace_after(step: int) -> None:
+    # CommonMark: a line that merely starts with ``` (the end of an f-string that builds a Markdown
+    # fence) does not close the block; nor does a shorter fence or the other fence character.
+    lines = [
+        "````python",
+        "def wrap(body, lang):",
+        '    return f"""```{lang}',
+        "{body}",
+        '```"""',
+        "```",
+        "~~~",
+        "````   ",
+    ]
+    code = "\n".join(lines) + "\n"
+    text = (
+        "Let me write it.\n"
+        + code
+        + "Prose after ``` the block.\n```x``` is inline code, not a fence.\nEnd.\n"
+    )
+    pieces = split(text, step)
+    assert "".join(t for k, t in pieces if k == "code") == code
+    assert "".join(t for k, t in pieces if k == "prose") == text.replace(code, "")
+    assert [k for k, _ in pieces].count("close") == 1
+
+
+def test_a_fence_inside_an_fstring_does_not_turn_later_code_into_prose() -> None:
+    # The reviewer's trace: before the fix the first block closed at ```""" and every later block
+    # was read as prose (and its unchanged lines as an exact cycle: closed at level 2).
+    text = (DATA / "healthy_fence_in_string.txt").read_text(encoding="utf-8")
+    pieces = split(text, 16)
+    assert not any('aliases = {"py": "python"' in t for k, t in pieces if k == "prose")
+    assert [k for k, _ in pieces].count("close") == text.count("```python")
+    assert feed(text).signals == []
+
+
+def test_a_line_of_backticks_is_decided_without_holding_everything_back() -> None:
+    splitter = FenceSplitter()
+    assert splitter.feed("```python\n") == [("code", "```python\n")]
+    pieces = [p for _ in range(100) for p in splitter.feed("`" * 64)]
+    assert sum(len(t) for _, t in pieces) >= 64 * 100 - 1024  # held back only up to a line start's bound

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import cProfile
 import importlib.util
+import pstats
 import random
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from qwq_agent.agent.loop_detector import (
     close_text,
     nudge_text,
 )
+from qwq_agent.agent.loops.duplicates import NearDuplicates, number_overlap
 from qwq_agent.agent.loops.ledger import extract_mentions, normalise_expression
 from qwq_agent.agent.messages import ToolCall
 
@@ -496,6 +499,94 @@ def test_ledger_mentions_expressions_options_claims() -> None:
     assert ("option", "C") in got and ("option", "D") in got
     assert ("claim", "42") in got
     assert not any(m[1].startswith("2-9") for m in got)
+
+
+def test_amounts_with_thousands_separators_are_read_whole() -> None:
+    # `1,250 + 3,400` was read as `250+3`: the nudge then named sums the model never wrote.
+    assert extract_mentions("1,250 + 3,400 = 4,650") == [("expr", "1250+3400=4,650")]
+    assert extract_mentions("So (1,250 + 3,400) * 2 = 9,300.") == [("expr", "(1250+3400)*2=9,300")]
+    assert extract_mentions("Then 12,000.5 - 0.5 = 12,000") == [("expr", "12000.5-0.5=12,000")]
+    # Never a piece of a number: not `2345+1` out of `1,2345`, nor `3 + 4` out of a decimal comma.
+    assert extract_mentions("x 1,2345 + 1 and 5,3 + 4") == []
+    assert normalise_expression("1,250 + 3,400") == "1250+3400"
+
+
+@pytest.mark.parametrize(
+    "text", ["failed on 2024-01-15", "call 555-123-4567", "due 01/15/2024", "in 2024-01", "1-800-555-0199"]
+)
+def test_dates_and_phone_numbers_are_not_arithmetic(text: str) -> None:
+    assert extract_mentions(text) == []
+
+
+def test_subtractions_and_fractions_written_tight_are_still_arithmetic() -> None:
+    assert extract_mentions("8-3 = 5, and 3/4 + 1/2 = 5/4") == [
+        ("expr", "8-3=5"),
+        ("expr", "3/4+1/2"),
+        ("expr", "5/4"),
+    ]
+
+
+def test_a_loop_over_amounts_names_the_sums_it_recomputes() -> None:
+    paras = [
+        "The invoice lists three items. First, 1,250 + 3,400 = 4,650. Then 4,650 + 2,175 = 6,825.",
+        "Wait, let me double-check that again. 1,250 + 3,400 = 4,650, yes. And 4,650 + 2,175 = 6,825.",
+        "But wait, was it 3,400? Going back: it says 3,400. So again 1,250 + 3,400 = 4,650 and "
+        "4,650 + 2,175 = 6,825.",
+        "Let me recompute once more: 1,250 + 3,400 = 4,650. Then 4,650 + 2,175 = 6,825. Same as previously.",
+    ]
+    det = feed16("\n\n".join(paras[i % len(paras)] for i in range(40)))
+    named = {c for s in det.signals for c in s.candidates}
+    assert det.level >= 1 and named
+    assert named <= {"1250+3400 = 4,650", "4650+2175 = 6,825"}
+
+
+def _calls_per_char(text: str) -> float:
+    """Python-level function calls the detector makes per character (a count of work, not a timing)."""
+    det, profile = ReasoningLoopDetector(), cProfile.Profile()
+    profile.enable()
+    for i in range(0, len(text), 16):
+        det.feed(text[i : i + 16])
+    profile.disable()
+    return pstats.Stats(profile).total_calls / len(text)
+
+
+def test_a_long_list_of_small_numbers_costs_what_prose_costs() -> None:
+    # Every 120-number segment is the shingles `# # #`, so it matched all 300 lookback segments on
+    # wording and had its numbers compared with each (two Counters built per comparison): ~180 calls
+    # and 15-25 us a character, ~15x prose. The number pairs are indexed now.
+    rng = random.Random(7)
+    numbers = " ".join(str(rng.choice([rng.randint(0, 9), rng.randint(10, 99)])) for _ in range(24000))
+    listing = f"The failing test's input array is:\n\n{numbers}\n\nSo n is 24000, values 0 to 99."
+    prose = (DATA / "healthy_many_waits.txt").read_text(encoding="utf-8")
+    assert _calls_per_char(listing) < 3 * _calls_per_char(prose)
+
+
+def test_indexed_number_comparison_finds_the_visits_pairwise_comparison_finds() -> None:
+    # The index must not change what counts as a visit: check against `number_overlap` pair by pair.
+    cfg = LoopDetectorConfig(lookback_segments=40)
+    rng = random.Random(3)
+    dups, stored = NearDuplicates(cfg), []
+    visits = 0
+    for _ in range(3000):
+        words = [
+            rng.choice(["the", "sum", str(rng.choice([1, 2, 3, 12, 25]))]) for _ in range(rng.randint(3, 8))
+        ]
+        numbers = [w for w in words if w[0].isdigit()]
+        labels = frozenset(rng.sample(["A", "B"], rng.randint(0, 1)))
+        got = dups.add(words, numbers, labels)
+        norm = ["#" if w[0].isdigit() else w for w in words]
+        k = min(cfg.shingle_size, len(norm))
+        shingles = {tuple(norm[i : i + k]) for i in range(len(norm) - k + 1)}
+        expected = sum(
+            len(shingles & sh) / len(shingles | sh) >= cfg.similarity_threshold
+            and labels == lab
+            and number_overlap(numbers, nums) >= cfg.number_reuse_threshold
+            for sh, nums, lab in stored[-cfg.lookback_segments :]
+        )
+        assert got == min(expected, cfg.revisit_visits - 1)
+        visits += got > 0
+        stored.append((shingles, numbers, labels))
+    assert visits > 100  # the check compared real visits, not only misses
 
 
 def test_hostile_text_is_read_in_linear_time() -> None:

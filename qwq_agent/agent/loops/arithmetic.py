@@ -4,8 +4,10 @@ QwQ computes by hand and trusts what it wrote: a slip (`17 * 24 = 418`) sends th
 wrong road, and a loop recomputes the same wrong value again and again. Each `expression = value`
 written in plain numbers is evaluated exactly (fractions, no `eval`); a value that is not what the
 expression gives, at the precision it was written with, is a slip. Anything ambiguous is skipped rather
-than judged: expressions touching letters, functions, units, percentages, `mod`, a unary minus, a
-value that goes on (`= 3.98 * 10^14`, `= 6 + 4`), integer division written as a quotient. A false alarm
+than judged: expressions touching letters, functions, units, percentages, a unary minus, a value that
+goes on (`= 3.98 * 10^14`, `= 6 + 4`), integer division written as a quotient, a paragraph that works
+modulo n or in another base (`3^2 = 2` there is right), a product of measured (decimal) quantities
+rounded to the significant figures written (`9.8 * 15.3 = 150`). A false alarm
 would put a wrong correction into the model's own voice, so the checker only speaks when sure.
 """
 
@@ -40,6 +42,16 @@ _AFTER_OK = re.compile(r"(?:$|[\s,;:.。，；：、)\]!！](?![\d]))")
 _OPERATOR_AFTER = re.compile(r"\s*(?:[-+*/×÷·^%!…]|\.\.|\\times|\\cdot|x\s*10)")
 _RANGE = re.compile(r"\d+-\d+")
 _MOD = re.compile(r"mod|≡|\\equiv|同余|base|binary|octal|hex|进制", re.IGNORECASE)
+# Arithmetic in a residue system or another base, said anywhere in the paragraph before the computation
+# (`The powers of 3 modulo 7 cycle: 3^1 = 3, 3^2 = 2, ...`) or in the sentence after it: each value is
+# right there. Whole words only, as the paragraph holds ordinary prose ("model", "database").
+_MODULAR = re.compile(
+    r"\bmod(?:ulo|ular|ulus)?\b|\\pmod|\\bmod|≡|\\equiv|同余|取模|模\s*\d|\bresidues?\b|\bbase[- ]?\d+\b"
+    r"|\bbinary\b|\boctal\b|\bhexadecimal\b|进制",
+    re.IGNORECASE,
+)
+_CONTEXT_CHARS = 400  # how far back the paragraph of a computation is read for `_MODULAR` (~100 tokens)
+_PARAGRAPH = re.compile(r"\n[ \t]*\n")
 _MAX_CHARS = 200  # longer expressions are not hand arithmetic worth judging
 _SELF_FIX_CHARS = 300  # the right value written this soon after the slip: corrected, no hint
 
@@ -82,11 +94,66 @@ def _agrees(value: Fraction, written: str, expr: str) -> bool:
         return True  # rounded or cut to the digits written (`2/3 = 0.666`, `= 0.667`)
     if (decimals or "." in expr) and abs(value - stated) <= abs(value) / 10_000:
         return True  # a rounded operand carried along (`36 * 365.06 = 13142.28`): within 0.01%
+    if not decimals and "." in expr and _rounded_to_figures(value, written, expr):
+        return True  # measured (decimal) data, the result rounded to the figures written
     if not decimals and "/" in expr and value.denominator != 1:
         # An integer written for a quotient that is not one: integer division, rounding or a
         # remainder to come ("7/2 = 3 remainder 1"); not judged.
         return True
     return False
+
+
+def _modular_context(text: str, start: int, end: int) -> bool:
+    """Whether the paragraph around a computation says it is modular or in another base.
+
+    Read back to the paragraph's start (at most `_CONTEXT_CHARS`) and on to the end of the paragraph
+    (at most `_SELF_FIX_CHARS`, what is known when it is judged), so the outcome is the same however
+    the stream was cut.
+    """
+    back = text[max(0, start - _CONTEXT_CHARS) : start]
+    breaks = list(_PARAGRAPH.finditer(back))
+    if breaks:
+        back = back[breaks[-1].end() :]
+    ahead = text[end : end + _SELF_FIX_CHARS]
+    brk = _PARAGRAPH.search(ahead)
+    if brk is not None:
+        ahead = ahead[: brk.start()]
+    return bool(_MODULAR.search(back) or _MODULAR.search(ahead))
+
+
+def _figures(number: str) -> tuple[int, int]:
+    """Significant figures of a written number and the power of ten of its last one.
+
+    `150` -> (2, 1), `177` -> (3, 0), `9.8` -> (2, -1), `0.05` -> (1, -2): an integer's trailing zeros are
+    not counted (they may be rounding), a decimal's are.
+    """
+    digits = number.lstrip("-").replace(",", "")
+    whole, _, frac = digits.partition(".")
+    if frac:
+        significant = (whole + frac).lstrip("0")
+        return len(significant), -len(frac)
+    kept = whole.rstrip("0")
+    return len(kept.lstrip("0")), len(whole) - len(kept)
+
+
+def _rounded_to_figures(value: Fraction, written: str, expr: str) -> bool:
+    """`written` is `value` rounded to the significant figures it shows (`9.8 * 15.3 = 150`,
+    `3.14 * 7.5 * 7.5 = 177`): a product of measured quantities is written to their precision.
+
+    Only where the exact value has more decimals than any operand (149.94 from 9.8 and 15.3: digits the
+    data cannot vouch for), and to no fewer figures than the least precise operand: `7 * 1.5 = 11` drops
+    a digit the data gives (10.5), and `9.8 * 15.3 = 100` is rounder than the data; both are slips.
+    """
+    figures, place = _figures(written)
+    operands = re.findall(r"\d+(?:\.\d+)?", expr)
+    if figures == 0 or not operands:
+        return False
+    data_decimals = max(len(op.partition(".")[2]) for op in operands)
+    if value * 10**data_decimals == int(value * 10**data_decimals):
+        return False  # the exact value is as precise as the data: nothing to round away
+    if figures < min(_figures(op)[0] or 1 for op in operands):
+        return False  # rounder than the data allows
+    return abs(value - Fraction(written.replace(",", ""))) <= Fraction(10) ** place / 2
 
 
 def _is_range(raw: str) -> bool:
@@ -185,6 +252,8 @@ def _judge_one(text: str, item: Written) -> Slip | None:
     after = text[end : end + 12]
     if not _AFTER_OK.match(after) or _OPERATOR_AFTER.match(after) or _MOD.search(before + after):
         return None
+    if _modular_context(text, start, end):
+        return None
     # A sign, an operator or a function name right before it: the expression is part of a larger
     # one (`-3 * 4`, `sqrt(12 * 5)`, `2 + 3 * 4` cut short) that was not taken whole. A number
     # right before it: a mixed number (`9 14/15`). LaTeX around it (`-27 \times 1^2`).
@@ -221,7 +290,8 @@ class HandArithmetic:
     of a number). The text still needed is carried from one piece to the next.
     """
 
-    _CARRY = _SELF_FIX_CHARS + _MAX_CHARS + 128  # an expression, its value and what follows
+    # The paragraph before an expression (`_CONTEXT_CHARS`), the expression, its value and what follows.
+    _CARRY = _CONTEXT_CHARS + _SELF_FIX_CHARS + _MAX_CHARS + 128
 
     def __init__(self) -> None:
         self.slips: list[Slip] = []  # confirmed: the text after each did not correct it

@@ -87,7 +87,10 @@ class LoopDetectorConfig(BaseModel):
         "as a cycle: ~64 tokens copied verbatim from the model's own reasoning. Reasoning never "
         "contains the prompt, so such a copy is not a quote, and a healthy re-check rewords its steps. "
         "(On the corpus 480 fires later on the verbatim loops with the same false positives; below "
-        "~200 it starts to catch repeated LaTeX derivation lines.)",
+        "~200 it starts to catch repeated LaTeX derivation lines.) A run shorter than its period is one "
+        "copy with new text between (a state table or a function rewritten with a cell or a line "
+        "changed): it may nudge, but only a run of a whole period, the same text again with nothing new "
+        "between, closes and stops.",
     )
     periodic_max_tries: int = Field(
         default=3,

@@ -1,7 +1,9 @@
 """The streaming reasoning-loop detector: three signals and one escalation ladder.
 
 Signals (each cheap per character and streaming):
-- `periodic`: the tail is an exact cycle on characters (`PeriodicTail`);
+- `periodic`: the tail is an exact cycle on characters (`PeriodicTail`); a single long verbatim copy
+  with new text between it and its original (a table or a function rewritten with one change) is a
+  second visit and only nudges;
 - `steps`: many recent steps are third-or-later visits of earlier ones (`NearDuplicates`);
 - `candidates`: the same few candidates come back again and again (`CandidateLedger`);
 - `echo` (level 1 only): many recent steps restate an earlier one at least once (a second visit) while
@@ -230,7 +232,11 @@ class ReasoningLoopDetector:
         run = tail.check()
         if self._size < cfg.periodic_min_reasoning_chars:
             return
-        if run >= cfg.periodic_min_run:
+        # A run shorter than its period is one verbatim copy with other text between the two: a table
+        # or a function written out again with a cell or a line changed, a step restated. That is a
+        # second visit, and like the other second-visit signals it may only nudge. Only a run of a whole
+        # period or more (the same text again with nothing new between) is a cycle that closes and stops.
+        if run >= cfg.periodic_min_run and (tail.run >= tail.period or self.level == 0):
             self._cycle = (tail.run, tail.period)
             self._cycle_checks += 1
             self.revisits += 1
@@ -394,7 +400,12 @@ class ReasoningLoopDetector:
         self._fed_at_signal = self.bytes_fed
         self._revisits_at_signal = self.revisits
         candidates = self._ledger.top()
-        if kind == "periodic":
+        if kind == "periodic" and self._cycle[0] < self._cycle[1]:
+            reason = (
+                f"a verbatim copy: the last {self._cycle[0]} characters repeat text written "
+                f"{self._cycle[1]} characters earlier"
+            )
+        elif kind == "periodic":
             reason = (
                 f"an exact cycle: the last {self._cycle[0]} characters repeat with period {self._cycle[1]}"
             )

@@ -19,9 +19,13 @@ __all__ = ["CodeBlock", "FenceSplitter", "Piece"]
 PieceKind = Literal["prose", "code", "overflow", "close"]
 Piece = tuple[PieceKind, str]
 
-_FENCES = ("```", "~~~")
+_FENCE_CHARS = "`~"
 # A line start of only spaces this long is not a fence (a hostile stream of spaces holds nothing back).
 _MAX_INDENT = 256
+# A line that may be a fence is held back until its end, to see what follows the backticks; past this
+# many characters it is decided on what it holds (a hostile line of backticks holds nothing back, and
+# the decision does not depend on where the stream was cut).
+_MAX_HELD = 1024
 # Past this many characters (~500 lines) an open block's text goes to the prose signals, while its fences
 # still pair: a stray fence, or output cut short, must not hide the rest of the reasoning for long, and
 # real code blocks in reasoning are far shorter.
@@ -32,12 +36,17 @@ _MAX_BLOCK_CHARS = 1 << 20  # a block past this is hashed on its first megabyte 
 class FenceSplitter:
     """Cuts a stream into prose and code pieces; ("close", "") marks the end of a code block.
 
-    Fences are recognised at the start of a line (after spaces), whatever way the stream was cut: the
-    start of each line is held back until it holds three characters past its indent or ends.
+    Fences follow CommonMark, at the start of a line (after spaces), whatever way the stream was cut: an
+    opening fence is three or more backticks or tildes (a backtick fence's info string has no backtick:
+    "```x``` is inline code" opens nothing); a closing fence is the opener's character, at least as many,
+    with only whitespace after. So a code line that merely starts with backticks (the end of an
+    f-string that builds a Markdown fence: three backticks, then the closing triple quote) stays code.
+    The start of each line is held back until it is decided.
     """
 
     def __init__(self) -> None:
         self.in_code = False
+        self._open = ""  # the open block's fence (its character, as many as it had)
         self._head: str | None = ""  # the start of the current line while undecided; None once decided
         self._line_kind: PieceKind = "prose"  # what the rest of a decided line is
         self._closing = False  # the current line is a closing fence: the block ends with the line
@@ -53,17 +62,16 @@ class FenceSplitter:
                 self._emit_line(out, delta[i:end])
             else:
                 head = self._head + delta[i:end]
-                stripped = head.lstrip(" \t")
-                indent = len(head) - len(stripped)
-                if len(stripped) < 3 and not head.endswith("\n") and indent < _MAX_INDENT:
+                fence = self._fence(head)
+                if fence is None:
                     self._head = head
                     break  # undecided until more of the line arrives
-                fence = indent < _MAX_INDENT and stripped.startswith(_FENCES)
                 # A fence line belongs to its block, the opening one and the closing one alike.
                 self._line_kind = "code" if self.in_code or fence else "prose"
-                self._closing = fence and self.in_code
+                self._closing = bool(fence) and self.in_code
                 if fence and not self.in_code:
                     self._code_chars = 0
+                    self._open = fence
                 if fence:
                     self.in_code = not self.in_code
                 self._emit_line(out, head)
@@ -75,6 +83,34 @@ class FenceSplitter:
                     self._closing = False
                 self._head = ""  # the next line starts undecided
         return [(kind, "".join(texts)) for kind, texts in out]
+
+    def _fence(self, head: str) -> str | None:
+        """The fence that the line starting with `head` is ("" when none); None while undecided.
+
+        Decided on the line's first `_MAX_HELD` characters only, so the outcome does not depend on
+        where the stream was cut.
+        """
+        done = head.endswith("\n") or len(head) >= _MAX_HELD
+        stripped = head[:_MAX_HELD].lstrip(" \t")
+        if len(head) - len(stripped) >= _MAX_INDENT:
+            return ""
+        char = stripped[:1]
+        run = len(stripped) - len(stripped.lstrip(char)) if char and char in _FENCE_CHARS else 0
+        rest = stripped[run:].rstrip("\n")
+        if not done and (len(stripped) < 3 or (run >= 3 and not rest)):
+            return None  # too short to tell, or the run of fence characters may go on
+        if run < 3:
+            return ""
+        if self.in_code:
+            if char != self._open[0] or run < len(self._open) or rest.strip(" \t"):
+                return ""  # another fence, a shorter one, or text after it: a line of the code
+            return None if not done else char * run  # only whitespace so far: wait for the line's end
+        if char == "`":
+            if "`" in rest:
+                return ""  # "```x``` ..." is inline code, not a fence
+            if not done:
+                return None  # a backtick may still come before the line ends
+        return char * run
 
     def _emit_line(self, out: list[tuple[PieceKind, list[str]]], text: str) -> None:
         """Emit part of the current line: code, up to where an open block has run too long, then overflow."""

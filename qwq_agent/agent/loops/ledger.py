@@ -22,9 +22,11 @@ __all__ = ["CandidateLedger", "Mention", "extract_mentions", "normalise_expressi
 
 Mention = tuple[str, str]  # (kind, normalised text); kinds: expr, option, claim
 
-_NUM = r"\d+(?:\.\d+)?"
+# A number: digits with thousands separators (`1,250`) are read whole, never as `250` after a comma.
+_NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
 _OP = r"[-+*/×÷·^]"
-# Two or more numbers joined by operators, with optional brackets around any part.
+# Two or more numbers joined by operators, with optional brackets around any part, never starting inside
+# a number (`1,2345`, a decimal comma `5,3`: not the number `2345` or `3`).
 # Purely numeric: an expression touching a letter or `^` (`k^2 - 9`, `2x + 3`) is algebra, where
 # the same sub-terms recur as the work progresses, so it is not a candidate.
 #
@@ -34,10 +36,12 @@ _OP = r"[-+*/×÷·^]"
 # second when a letter, digit, `^` or `.` comes before the run (the first lookbehind); the other two
 # lookbehinds refuse a bracket-preceded start unless that bracket itself could not start.
 _EXPR = re.compile(
-    rf"(?<![\w^.])(?<!^[(\[])(?<![^\w^.][(\[])"
+    rf"(?<![\w^.])(?<!\d,)(?<!^[(\[])(?<![^\w^.][(\[])"
     rf"[(\[]*\s*{_NUM}\s*[)\]]*(?:\s*{_OP}\s*[(\[]*\s*{_NUM}\s*[)\]]*)+(?![\w^(])"
 )
 _SPACES = re.compile(r"\s+")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3})")
+_TIGHT = re.compile(r"\d+(?:[-/]\d+)+")
 _EQUALS = re.compile(r" ?= ?")
 _MAX_VALUE_DIGITS = 200  # a longer number is not a hand result to hand on (and int() refuses > 4,300)
 # A written result: digits with thousands separators (`1,000`) read whole, not as `1`.
@@ -65,6 +69,7 @@ def normalise_expression(text: str) -> str:
     """Canonical form of an arithmetic expression: no spaces, `*` and `/` operators, round brackets,
     balanced, without one redundant pair around the whole."""
     s = re.sub(r"\s+", "", text).replace("×", "*").replace("·", "*").replace("÷", "/")
+    s = _THOUSANDS.sub("", s)  # `1,250` is 1250
     s = s.replace("[", "(").replace("]", ")")
     # The regex may take a bracket that belongs to the surrounding text: drop unmatched ones, leading
     # "(" while they outnumber ")", then trailing ")" while those do (counted once: a loop that
@@ -77,6 +82,18 @@ def normalise_expression(text: str) -> str:
     if s.startswith("(") and s.endswith(")") and _wraps(s):
         s = s[1:-1]
     return s
+
+
+def _identifier(raw: str) -> bool:
+    """Numbers joined tight by `-` or `/` that are not arithmetic: dates, phone numbers, serials.
+
+    Three or more of them (`2024-01-15`, `555-123-4567`, `01/15/2024`), or any zero-padded one
+    (`2024-01`, `09-15`): nobody computes `2024-01-15` by hand.
+    """
+    if not _TIGHT.fullmatch(raw):
+        return False
+    parts = re.split(r"[-/]", raw)
+    return len(parts) >= 3 or any(len(p) > 1 and p[0] == "0" for p in parts)
 
 
 def _wraps(s: str) -> bool:
@@ -105,6 +122,9 @@ def extract_mentions(text: str) -> list[Mention]:
             chain = []
             continue
         raw = m.group(0)
+        if _identifier(raw.strip()):
+            chain = []
+            continue
         if m.start() + len(raw) - len(raw.lstrip()) != chain_next:
             chain = []
         out.append(("expr", expr))
