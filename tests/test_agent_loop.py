@@ -451,3 +451,79 @@ async def test_a_tool_ending_in_someone_elses_cancellation_is_observed_and_the_r
         )
     assert result.status == "completed" and result.answer == "The tool failed."
     assert "raised CancelledError" in server.requests[1].prompt
+
+
+class Abort(BaseException):
+    """A library's own BaseException (like pytest's Failed or trio's Cancelled), not an Exception."""
+
+
+@tool
+def bail_out(x: int) -> str:
+    """Raises a BaseException that is not an Exception."""
+    raise Abort(f"bailed out on {x}")
+
+
+async def test_a_tool_raising_a_base_exception_is_an_error_observation_and_the_run_goes_on():
+    turns = ["Call it.\n</think>\n\n" + call("bail_out", x=1), "It failed.\n</think>\n\nThe tool failed."]
+    async with ScriptedModelServer(turns) as server:
+        # before: the call never reported to the dispatcher, which waited for ever past max_wall_s
+        result, _ = await asyncio.wait_for(
+            run_agent(server, [bail_out], config=config(budget=Budget(max_wall_s=30))), 60
+        )
+    assert result.status == "completed" and result.answer == "The tool failed."
+    assert "raised Abort: bailed out on 1" in server.requests[1].prompt
+
+
+class Unprintable(Exception):
+    def __init__(self, response: dict | None) -> None:
+        super().__init__(response)
+        self.response = response
+
+    def __str__(self) -> str:
+        return f"API said {self.response['message']}"  # type: ignore[index]  # None: TypeError
+
+
+@tool
+def fetch_it(x: int) -> str:
+    """Fails with an exception that cannot print itself."""
+    raise Unprintable(None)
+
+
+async def test_a_tool_exception_that_cannot_be_printed_is_an_observation_and_the_run_goes_on():
+    turns = [
+        "Two calls.\n</think>\n\n" + call("add", a=1, b=2) + "\n" + call("fetch_it", x=1),
+        "One failed.\n</think>\n\nDone.",
+    ]
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [add, fetch_it])
+    assert result.status == "completed", result.error
+    observations = [m.content for m in result.messages if m.role == "tool"]
+    assert observations[0] == "3" and observations[1].startswith("Tool 'fetch_it' raised Unprintable")
+
+
+async def test_queued_sandbox_calls_get_their_own_timeout_and_tool_time():
+    sleeps = {0: 1.5, 1: 1.0}
+
+    @tool(uses_sandbox=True)
+    async def job(n: int) -> str:
+        """Work in the sandbox (calls on it run one after another)."""
+        await asyncio.sleep(sleeps[n])
+        return f"job {n} done"
+
+    turns = ["Two jobs.\n</think>\n\n" + call("job", n=0) + "\n" + call("job", n=1), "ok\n</think>\n\ndone"]
+    results: list[ToolResultEvent] = []
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        # Each call needs less than its 2 s; the second can only start once the first is done (1.5 s in),
+        # so a timeout counted from before its wait for the sandbox killed it after 0.5 s.
+        agent = Agent(client, [job], config=config(tool_timeout_s=2.0))
+        async for ev in agent.stream("run the jobs"):
+            if isinstance(ev, ToolResultEvent):
+                results.append(ev)
+    assert agent.result is not None and agent.result.status == "completed"
+    assert [(r.is_error, r.text) for r in results] == [(False, "job 0 done"), (False, "job 1 done")]
+    # Calls that ran one after another cannot have used more tool time than the run's wall time: the
+    # wait for the sandbox was charged as the second call's time too.
+    totals = agent.result.totals
+    assert sum(r.duration_s for r in results) == pytest.approx(totals["tool_s"], abs=1e-3)
+    assert totals["tool_s"] <= totals["wall_s"]
+
