@@ -527,3 +527,36 @@ async def test_queued_sandbox_calls_get_their_own_timeout_and_tool_time():
     assert sum(r.duration_s for r in results) == pytest.approx(totals["tool_s"], abs=1e-3)
     assert totals["tool_s"] <= totals["wall_s"]
 
+
+MALFORMED = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": }\n</tool_call>'
+
+
+@pytest.mark.parametrize("keep_reasoning", [False, True])
+async def test_observations_follow_the_order_the_calls_were_written(keep_reasoning: bool):
+    # QwQ's template gives results no ids: the model pairs the n-th <tool_response> with its n-th call.
+    first = (
+        "Three calls.\n</think>\n\n" + call("add", a=1, b=2) + "\n" + MALFORMED + "\n" + call("add", a=3, b=4)
+    )
+    turns = [first, "ok\n</think>\n\ndone"]
+    async with ScriptedModelServer(turns) as server:
+        async with SGLangClient(
+            server.url, retry=NO_RETRY, keep_reasoning=keep_reasoning, exact_tokens=False
+        ) as c:
+            result = await Agent(c, [add], config=config()).run("add")
+    assert [m.tool_call_id for m in result.messages if m.role == "tool"] == [
+        "call_1_0",
+        "call_1_1",
+        "call_1_2",
+    ]
+    prompt = server.requests[1].prompt
+    assert prompt is not None
+    # Whatever the history policy, the turn shows all three calls in the order written...
+    history = prompt[: prompt.index("<|im_start|>user\n<tool_response>")]
+    shown = history[history.rindex("<|im_start|>assistant") :]
+    assert shown.count("<tool_call>") == 3
+    assert shown.index('"a": 1, "b": 2') < shown.index('"b": }') < shown.index('"a": 3, "b": 4')
+    # ... and its results in the same order.
+    responses = [r.split("\n</tool_response>")[0] for r in prompt.split("<tool_response>\n")[1:]]
+    assert responses[0] == "3" and responses[1].startswith("Error: your tool call could not be used.")
+    assert responses[2] == "7"
+
