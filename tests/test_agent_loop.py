@@ -560,3 +560,14 @@ async def test_observations_follow_the_order_the_calls_were_written(keep_reasoni
     assert responses[0] == "3" and responses[1].startswith("Error: your tool call could not be used.")
     assert responses[2] == "7"
 
+
+async def test_a_requested_translation_is_not_taken_for_language_drift():
+    task = "Translate this sentence into German: I love reading books in the evening."
+    translation = "Ich lese abends gern Bücher."
+    turns = [
+        "The user wants German.\n</think>\n\n" + translation,
+        "Now English.\n</think>\n\nI love reading.",
+    ]
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [], task=task, config=AgentConfig())  # the check is on by default
+    assert len(server.requests) == 1 and result.answer == translation
