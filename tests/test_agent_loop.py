@@ -451,3 +451,123 @@ async def test_a_tool_ending_in_someone_elses_cancellation_is_observed_and_the_r
         )
     assert result.status == "completed" and result.answer == "The tool failed."
     assert "raised CancelledError" in server.requests[1].prompt
+
+
+class Abort(BaseException):
+    """A library's own BaseException (like pytest's Failed or trio's Cancelled), not an Exception."""
+
+
+@tool
+def bail_out(x: int) -> str:
+    """Raises a BaseException that is not an Exception."""
+    raise Abort(f"bailed out on {x}")
+
+
+async def test_a_tool_raising_a_base_exception_is_an_error_observation_and_the_run_goes_on():
+    turns = ["Call it.\n</think>\n\n" + call("bail_out", x=1), "It failed.\n</think>\n\nThe tool failed."]
+    async with ScriptedModelServer(turns) as server:
+        # before: the call never reported to the dispatcher, which waited for ever past max_wall_s
+        result, _ = await asyncio.wait_for(
+            run_agent(server, [bail_out], config=config(budget=Budget(max_wall_s=30))), 60
+        )
+    assert result.status == "completed" and result.answer == "The tool failed."
+    assert "raised Abort: bailed out on 1" in server.requests[1].prompt
+
+
+class Unprintable(Exception):
+    def __init__(self, response: dict | None) -> None:
+        super().__init__(response)
+        self.response = response
+
+    def __str__(self) -> str:
+        return f"API said {self.response['message']}"  # type: ignore[index]  # None: TypeError
+
+
+@tool
+def fetch_it(x: int) -> str:
+    """Fails with an exception that cannot print itself."""
+    raise Unprintable(None)
+
+
+async def test_a_tool_exception_that_cannot_be_printed_is_an_observation_and_the_run_goes_on():
+    turns = [
+        "Two calls.\n</think>\n\n" + call("add", a=1, b=2) + "\n" + call("fetch_it", x=1),
+        "One failed.\n</think>\n\nDone.",
+    ]
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [add, fetch_it])
+    assert result.status == "completed", result.error
+    observations = [m.content for m in result.messages if m.role == "tool"]
+    assert observations[0] == "3" and observations[1].startswith("Tool 'fetch_it' raised Unprintable")
+
+
+async def test_queued_sandbox_calls_get_their_own_timeout_and_tool_time():
+    sleeps = {0: 1.5, 1: 1.0}
+
+    @tool(uses_sandbox=True)
+    async def job(n: int) -> str:
+        """Work in the sandbox (calls on it run one after another)."""
+        await asyncio.sleep(sleeps[n])
+        return f"job {n} done"
+
+    turns = ["Two jobs.\n</think>\n\n" + call("job", n=0) + "\n" + call("job", n=1), "ok\n</think>\n\ndone"]
+    results: list[ToolResultEvent] = []
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        # Each call needs less than its 2 s; the second can only start once the first is done (1.5 s in),
+        # so a timeout counted from before its wait for the sandbox killed it after 0.5 s.
+        agent = Agent(client, [job], config=config(tool_timeout_s=2.0))
+        async for ev in agent.stream("run the jobs"):
+            if isinstance(ev, ToolResultEvent):
+                results.append(ev)
+    assert agent.result is not None and agent.result.status == "completed"
+    assert [(r.is_error, r.text) for r in results] == [(False, "job 0 done"), (False, "job 1 done")]
+    # Calls that ran one after another cannot have used more tool time than the run's wall time: the
+    # wait for the sandbox was charged as the second call's time too.
+    totals = agent.result.totals
+    assert sum(r.duration_s for r in results) == pytest.approx(totals["tool_s"], abs=1e-3)
+    assert totals["tool_s"] <= totals["wall_s"]
+
+
+MALFORMED = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": }\n</tool_call>'
+
+
+@pytest.mark.parametrize("keep_reasoning", [False, True])
+async def test_observations_follow_the_order_the_calls_were_written(keep_reasoning: bool):
+    # QwQ's template gives results no ids: the model pairs the n-th <tool_response> with its n-th call.
+    first = (
+        "Three calls.\n</think>\n\n" + call("add", a=1, b=2) + "\n" + MALFORMED + "\n" + call("add", a=3, b=4)
+    )
+    turns = [first, "ok\n</think>\n\ndone"]
+    async with ScriptedModelServer(turns) as server:
+        async with SGLangClient(
+            server.url, retry=NO_RETRY, keep_reasoning=keep_reasoning, exact_tokens=False
+        ) as c:
+            result = await Agent(c, [add], config=config()).run("add")
+    assert [m.tool_call_id for m in result.messages if m.role == "tool"] == [
+        "call_1_0",
+        "call_1_1",
+        "call_1_2",
+    ]
+    prompt = server.requests[1].prompt
+    assert prompt is not None
+    # Whatever the history policy, the turn shows all three calls in the order written...
+    history = prompt[: prompt.index("<|im_start|>user\n<tool_response>")]
+    shown = history[history.rindex("<|im_start|>assistant") :]
+    assert shown.count("<tool_call>") == 3
+    assert shown.index('"a": 1, "b": 2') < shown.index('"b": }') < shown.index('"a": 3, "b": 4')
+    # ... and its results in the same order.
+    responses = [r.split("\n</tool_response>")[0] for r in prompt.split("<tool_response>\n")[1:]]
+    assert responses[0] == "3" and responses[1].startswith("Error: your tool call could not be used.")
+    assert responses[2] == "7"
+
+
+async def test_a_requested_translation_is_not_taken_for_language_drift():
+    task = "Translate this sentence into German: I love reading books in the evening."
+    translation = "Ich lese abends gern Bücher."
+    turns = [
+        "The user wants German.\n</think>\n\n" + translation,
+        "Now English.\n</think>\n\nI love reading.",
+    ]
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [], task=task, config=AgentConfig())  # the check is on by default
+    assert len(server.requests) == 1 and result.answer == translation

@@ -243,3 +243,20 @@ def test_deferred_approval_resumes_in_another_process_without_asking_the_model_a
         assert "the user denied it: keep it" in prompt
     assert pending_approval(resumed) is None
     assert recorded_decisions(resumed)["call_1_1"].action == decision
+
+
+async def test_a_denied_call_is_answered_at_its_place_among_the_calls():
+    # QwQ's template gives results no ids: the model pairs the n-th <tool_response> with its n-th call.
+    calls = "\n".join(
+        [call("shell", command="ls"), call("shell", command="sudo reboot"), call("shell", command="pwd")]
+    )
+    turns = ["Three.\n</think>\n\n" + calls, "ok\n</think>\n\ndone"]
+    async with ScriptedModelServer(turns) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [shell], config=AgentConfig(check_language=False, approval=DANGER))
+            result = await agent.run("look around")
+    results = [m.content for m in result.messages if m.role == "tool"]
+    assert results[0] == "ran: ls" and results[1].startswith("Error: this call was not run")
+    assert results[2] == "ran: pwd"
+    responses = server.requests[1].prompt.split("<tool_response>\n")[1:]
+    assert responses[0].startswith("ran: ls") and responses[1].startswith("Error: this call was not run")

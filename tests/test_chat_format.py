@@ -448,3 +448,41 @@ def test_profiles_are_data() -> None:
     assert get_profile("qwq-32b") is PROFILES["qwq-32b"]
     with pytest.raises(ValueError, match="unknown chat profile"):
         get_profile("nope")
+
+
+# --- calls the template cannot write back as the model wrote them ---------------------------------------
+
+
+NOTE = ToolCall(id="c0", name="write_note", arguments={"text": 'stops at "</tool_call>" tags', "n": "</div>"})
+
+
+def test_a_call_holding_the_closing_tag_round_trips_through_every_rendering():
+    from qwq_agent.agent.parser import parse
+
+    turn = assistant("Writing.", reasoning="why", calls=(NOTE,))
+    renderings = {
+        "history": render_assistant_turn(turn),
+        "kept reasoning": render_assistant_turn(turn, keep_reasoning=True),
+        "model output": model_output(turn),
+    }
+    for how, text in renderings.items():
+        body = text.split("</think>\n\n")[-1] if "</think>" in text else text.split("\n", 1)[1]
+        parsed = parse("r\n</think>\n\n" + body.removesuffix("<|im_end|>\n"))
+        assert not parsed.errors, (how, parsed.errors)
+        assert [c.arguments for c in parsed.tool_calls] == [NOTE.arguments], how
+    # only the closing tag is escaped: other "</" stay as the template writes them
+    assert '"n": "</div>"' in renderings["history"] and "<\\/tool_call>" in renderings["history"]
+
+
+def test_malformed_calls_are_shown_where_they_were_written():
+    from qwq_agent.agent.messages import MalformedCall
+
+    first = ToolCall(id="c0", name="add", arguments={"a": 1})
+    last = ToolCall(id="c2", name="add", arguments={"a": 3})
+    bad = MalformedCall(id="c1", raw='\n{"name": "add", "arguments": {"a": }\n', position=1)
+    turn = Message(
+        role="assistant", content="Three.", reasoning="r", tool_calls=[first, last], malformed_calls=[bad]
+    )
+    for text in (render_assistant_turn(turn), render_assistant_turn(turn, keep_reasoning=True)):
+        assert text.index('"a": 1}') < text.index('{"a": }\n</tool_call>') < text.index('"a": 3}')
+        assert text.count("<tool_call>\n") == text.count("\n</tool_call>") == 3

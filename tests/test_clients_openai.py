@@ -172,3 +172,73 @@ async def test_both_clients_satisfy_the_model_protocol():
     async with OpenAIChatClient("http://127.0.0.1:9") as openai, SGLangClient("http://127.0.0.1:9") as native:
         assert isinstance(openai, Model) and isinstance(native, Model)
         assert openai.name == "qwq-32b" and native.name == "qwq-32b"
+
+
+def _chunk(delta: dict, finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return (
+        "data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "choices": [choice]}) + "\n\n"
+    ).encode()
+
+
+async def test_a_parsed_call_whose_argument_holds_the_closing_tag_runs_with_it_intact():
+    from qwq_agent.agent.clients import NO_RETRY
+    from qwq_agent.agent.loop import Agent, AgentConfig
+    from qwq_agent.testing.raw_server import RawServer
+    from qwq_agent.tools.base import tool
+
+    note = 'The parser stops at "</tool_call>" tags.'
+    seen: list[str] = []
+
+    @tool
+    def write_note(text: str) -> str:
+        """Write a note."""
+        seen.append(text)
+        return "written"
+
+    answered: list[int] = []
+
+    def write(w) -> None:  # the server already parsed the call: its arguments arrive as a JSON string
+        answered.append(1)
+        if len(answered) == 1:
+            w.write(_chunk({"role": "assistant", "reasoning_content": "I will write the note."}))
+            w.write(_chunk({"tool_calls": [{"index": 0, "id": "t0", "type": "function",
+                                            "function": {"name": "write_note", "arguments": ""}}]}))  # fmt: skip
+            w.write(
+                _chunk({"tool_calls": [{"index": 0, "function": {"arguments": json.dumps({"text": note})}}]})
+            )
+            w.write(_chunk({}, "tool_calls"))
+        else:
+            w.write(_chunk({"role": "assistant", "reasoning_content": "Done."}))
+            w.write(_chunk({"content": "written"}, "stop"))
+        w.write(b"data: [DONE]\n\n")
+
+    async with RawServer("text/event-stream", write) as server:
+        async with OpenAIChatClient(server.url, model="qwq-32b", retry=NO_RETRY) as client:
+            result = await Agent(client, [write_note], config=AgentConfig(check_language=False)).run("note")
+    # before: re-serialised raw, the tag ended the block mid-string and the call was reported malformed
+    assert seen == [note] and result.status == "completed"
+
+
+def test_malformed_calls_are_sent_in_the_content_and_answered_first():
+    from qwq_agent.agent.clients.openai_chat import to_openai_messages
+    from qwq_agent.agent.messages import MalformedCall
+
+    turn = Message(
+        role="assistant",
+        content="Two calls.",
+        tool_calls=[ToolCall(id="c0", name="add", arguments={"a": 1, "b": 2})],
+        malformed_calls=[MalformedCall(id="c1", raw='\n{"name": "add", "arguments": {"a": }\n', position=1)],
+    )
+    results = [
+        Message(role="tool", tool_call_id="c0", content="3"),
+        Message(role="tool", tool_call_id="c1", content="Error"),
+    ]
+    sent = to_openai_messages(
+        [Message(role="user", content="add"), turn, *results, Message(role="user", content="ok")]
+    )
+    # The server's template writes the content before the calls: the malformed block is shown first,
+    # so its result must come first too.
+    assert sent[1]["content"] == 'Two calls.\n<tool_call>\n{"name": "add", "arguments": {"a": }\n</tool_call>'
+    assert [m.get("tool_call_id") for m in sent[2:4]] == ["c1", "c0"]
+    assert sent[4] == {"role": "user", "content": "ok"}

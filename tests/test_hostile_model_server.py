@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -128,7 +129,9 @@ def test_the_chat_delta_writer_stays_linear_on_a_long_stream() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(alphabet="ab\r\n\u2028 :", min_size=1, max_size=8), max_size=8))
-def test_lines_are_split_like_httpx_aiter_lines(chunks: list[str]) -> None:
+def test_lines_are_split_at_sse_line_ends_only(chunks: list[str]) -> None:
+    # The SSE spec's line ends are CRLF, LF and CR; U+2028 (and U+0085, U+2029...), which str.splitlines
+    # and httpx's aiter_lines also break at, stay inside the line (JSON writers leave them raw).
     async def body() -> AsyncIterator[bytes]:
         for chunk in chunks:
             yield chunk.encode()
@@ -136,7 +139,10 @@ def test_lines_are_split_like_httpx_aiter_lines(chunks: list[str]) -> None:
     async def lines() -> list[str]:
         return [line async for line in _sse._bounded_lines(httpx.Response(200, content=body()))]
 
-    assert asyncio.run(lines()) == "".join(chunks).splitlines()
+    expected = re.split("\r\n|\r|\n", "".join(chunks))
+    if expected[-1] == "":  # the text after the last line end, when there is any
+        expected.pop()
+    assert asyncio.run(lines()) == expected
 
 
 async def test_a_normal_stream_still_reads() -> None:
@@ -236,3 +242,19 @@ async def test_a_generation_the_server_aborted_is_a_retryable_error_with_its_par
         with pytest.raises(ModelServerError, match="aborted the generation") as info:
             await _openai(server.url + "/v1")
     assert info.value.retryable and info.value.partial_text == "The answer is 3"
+
+
+async def test_a_line_separator_inside_an_event_does_not_cut_it() -> None:
+    # SGLang writes events with orjson, which leaves U+2028, U+2029 and U+0085 raw inside JSON strings.
+    text = "Lines: a\u2028b, c\u2029d and e\x85f\n</think>\n\nok"
+
+    def write(writer: asyncio.StreamWriter) -> None:
+        meta = {"id": "x", "prompt_tokens": 3, "completion_tokens": 1, "cached_tokens": 0,
+                "finish_reason": {"type": "stop", "matched": 151645}}  # fmt: skip
+        event = {"text": text, "output_ids": [1], "meta_info": meta}
+        writer.write(b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\ndata: [DONE]\n\n")
+
+    async with RawServer("text/event-stream", write) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            done = await client.generate("hi")
+    assert done.text == text

@@ -20,6 +20,7 @@ from qwq_agent.agent.language import (
     detect_language,
     language_mismatch,
     reasoning_drift,
+    requested_languages,
     split_parts,
     strip_non_language,
 )
@@ -522,3 +523,43 @@ def test_model_loads_lazily_and_once_per_process() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    ("task", "langs"),
+    [
+        ("Translate this sentence into German: I love reading books in the evening.", {"de"}),
+        ("translate the paragraph below to spanish", {"es"}),
+        ("Write a short poem in French about the sea.", {"fr"}),
+        ("How do you say 'thank you' in Japanese?", {"ja"}),
+        ("Answer in Simplified Chinese, please.", {"zh"}),
+        ("Explain how a hash map works.", set()),
+        ("Reply to French customers politely.", set()),  # "to" counts only after "translate"
+    ],
+)
+def test_languages_a_task_asks_for(task: str, langs: set[str]) -> None:
+    assert requested_languages(task) == langs
+
+
+@pytest.mark.parametrize(
+    ("task", "answer"),
+    [
+        (
+            "Translate this sentence into German: I love reading books in the evening.",
+            "Ich lese abends gern Bücher.",
+        ),
+        (
+            "Write two sentences in French about the sea.",
+            "La mer est calme ce matin. Les bateaux rentrent au port.",
+        ),
+        ("How do you say 'I am learning to cook' in Japanese?", "「料理を習っています」と言います。"),
+    ],
+)
+def test_an_answer_in_the_language_the_task_asks_for_is_not_flagged(task: str, answer: str) -> None:
+    assert language_mismatch(task, answer) is None
+    assert reasoning_drift(task, "The user wants it translated. " + answer) is None
+
+
+def test_a_requested_language_does_not_excuse_a_third_one() -> None:
+    task = "Translate this sentence into German: I love reading books in the evening."
+    assert language_mismatch(task, "我喜欢在晚上看书，这是我最喜欢的爱好之一。") is not None

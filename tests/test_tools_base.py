@@ -515,3 +515,39 @@ async def test_every_tool_output_is_capped_by_the_registry() -> None:
     )
     failed = await registry.call(ToolCall(id="3", name="explode", arguments={}))
     assert failed.is_error and len(failed.text) < 1_100
+
+
+class _Abort(BaseException):
+    """A library's own BaseException (pytest's Failed, trio's Cancelled), not an Exception."""
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise TypeError("no message to show")
+
+
+async def test_a_tool_raising_any_base_exception_is_an_error_observation():
+    def aborts() -> str:
+        """Bails out with a BaseException in its worker thread."""
+        raise _Abort("bailed out")
+
+    async def aborts_async() -> str:
+        """Bails out with a BaseException on the event loop."""
+        raise _Abort("bailed out here")
+
+    reg = ToolRegistry([tool(aborts), tool(aborts_async)])
+    out = await reg.call(ToolCall(name="aborts", arguments={}))
+    assert out.is_error and out.text.startswith("Tool 'aborts' raised _Abort: bailed out")
+    assert out.metadata["exception_type"] == "_Abort"
+    out = await reg.call(ToolCall(name="aborts_async", arguments={}))
+    assert out.is_error and out.text.startswith("Tool 'aborts_async' raised _Abort: bailed out here")
+
+
+async def test_a_tool_exception_that_cannot_print_itself_is_reported_by_its_type():
+    def fails() -> str:
+        """Raises an exception whose __str__ raises."""
+        raise _Unprintable()
+
+    out = await ToolRegistry([tool(fails)]).call(ToolCall(name="fails", arguments={}))
+    assert out.is_error and out.text.startswith("Tool 'fails' raised _Unprintable\n")
+    assert out.metadata["exception_type"] == "_Unprintable"

@@ -35,6 +35,12 @@ One exception to byte-identity: chat-template markers (``<|im_end|>``, ``</tool_
 result or a tool's spec are defused with a zero-width space (`qwq_agent.agent.markers`), so untrusted output
 or an MCP server's tool descriptions cannot forge a turn.
 
+Tool calls, two more exceptions, neither of which an ordinary call meets: a ``</tool_call>`` inside a call's
+arguments is written ``<\\/tool_call>`` (the same JSON value; raw, it would end the block mid-string for any
+parser, ours included), and a call the model wrote that could not be decoded (`Message.malformed_calls`),
+which the template has no form for, is written back as it was, at its place among the calls, so that each
+``<tool_response>`` still follows the order of the calls it answers.
+
 One more break of the default policy: the current template renders the *last* message of a conversation
 whole (reasoning included), so a prompt that ends in an assistant message changes once more messages follow
 (the v1-release profile, `qwq-32b-v1`, strips that message too).
@@ -49,18 +55,22 @@ from typing import Any
 
 from qwq_agent.agent.exact_tokens import Segment, TokenSpan, ids_spell, segment_text
 from qwq_agent.agent.markers import defuse
-from qwq_agent.agent.messages import Message, ToolCall, ToolSpec
+from qwq_agent.agent.messages import MalformedCall, Message, ToolCall, ToolSpec
+from qwq_agent.agent.parser import CALL_CLOSE
 from qwq_agent.agent.profiles import DEFAULT_PROFILE, ChatProfile, get_profile
 
 __all__ = [
+    "ESCAPED_CALL_CLOSE",
     "GENERATION_PROMPT",
     "IM_END",
     "IM_START",
     "ChatProfile",
+    "malformed_call_block",
     "model_output",
     "render",
     "render_assistant_turn",
     "render_segments",
+    "safe_call_json",
     "tojson",
     "tool_call_json",
     "tool_spec_json",
@@ -104,13 +114,42 @@ def tool_spec_json(spec: ToolSpec) -> str:
     )
 
 
+ESCAPED_CALL_CLOSE = "<\\/tool_call>"
+"""``</tool_call>`` as it is written inside a JSON string of a call: ``\\/`` is JSON's escape for ``/``."""
+
+
+def safe_call_json(json_text: str) -> str:
+    """`json_text` (a call's JSON) with every ``</tool_call>`` written ``<\\/tool_call>``: the same value.
+
+    Outside its strings JSON has no ``<``, so only strings change. Raw, the tag would end the
+    `<tool_call>` block in the middle of a string, for our parser and for the model reading its history.
+    """
+    return json_text.replace(CALL_CLOSE, ESCAPED_CALL_CLOSE)
+
+
 def tool_call_json(call: ToolCall) -> str:
-    """A call as the template writes it between `<tool_call>` tags (name spliced in unescaped, as there)."""
-    return '{"name": "' + call.name + '", "arguments": ' + tojson(call.arguments) + "}"
+    """A call as the template writes it between `<tool_call>` tags (name spliced in unescaped, as there).
+
+    A ``</tool_call>`` inside the arguments is escaped (`safe_call_json`); the template leaves it raw.
+    """
+    return '{"name": "' + call.name + '", "arguments": ' + safe_call_json(tojson(call.arguments)) + "}"
 
 
 def _tool_call_block(call: ToolCall) -> str:
     return "<tool_call>\n" + tool_call_json(call) + "\n</tool_call>"
+
+
+def malformed_call_block(call: MalformedCall) -> str:
+    """A call that could not be decoded, as the model wrote it, framed like any `<tool_call>` block."""
+    return "<tool_call>\n" + call.raw.strip("\n") + "\n</tool_call>"
+
+
+def _call_blocks(message: Message) -> list[str]:
+    """The turn's `<tool_call>` blocks in the order written: malformed calls back at their places."""
+    blocks = [_tool_call_block(call) for call in message.tool_calls]
+    for bad in sorted(message.malformed_calls, key=lambda c: c.position):
+        blocks.insert(min(max(bad.position, 0), len(blocks)), malformed_call_block(bad))
+    return blocks
 
 
 def _system_turn(messages: Sequence[Message], tools: Sequence[ToolSpec], profile: ChatProfile) -> str:
@@ -127,10 +166,11 @@ def _system_turn(messages: Sequence[Message], tools: Sequence[ToolSpec], profile
 
 def _canonical_body(message: Message) -> str:
     """Content and tool-call blocks, newline-separated, as the model writes them after its reasoning."""
-    if not message.tool_calls:
+    blocks = _call_blocks(message)
+    if not blocks:
         return message.content
     parts = [message.content] if message.content else []
-    parts.extend(_tool_call_block(call) for call in message.tool_calls)
+    parts.extend(blocks)
     return "\n".join(parts)
 
 
@@ -166,11 +206,12 @@ def render_assistant_turn(
         shown = full.split(THINK_END)[-1].lstrip("\n") if (not last or prof.strip_final_reasoning) else full
     else:
         full = shown = message.content
-    if not message.tool_calls:
+    blocks = _call_blocks(message)
+    if not blocks:
         return _ASSISTANT_HEADER + "\n" + shown + IM_END + "\n"
     # The template tests the unsplit content: reasoning followed by empty content still yields "\n".
     head = "\n" + shown if full else ""
-    calls = "".join("\n" + _tool_call_block(call) for call in message.tool_calls)
+    calls = "".join("\n" + block for block in blocks)
     return _ASSISTANT_HEADER + head + calls + IM_END + "\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -19,7 +20,12 @@ from qwq_agent.agent.events import (
 from qwq_agent.agent.loop_detector import ToolCallRepetitionDetector
 from qwq_agent.agent.messages import Message, ToolCall
 from qwq_agent.protocols import ToolContext, ToolOutput
-from qwq_agent.tools.registry import ToolRegistry
+from qwq_agent.tools.registry import ToolRegistry, describe_exception
+
+# How long past the run's deadline `run` still waits for its calls. The registry stops each call by
+# the deadline and gives it 5 s to end its clean-up, so only a call stuck below the registry is still
+# out by then; it is abandoned rather than left to hold the run for ever.
+OVERDUE_GRACE_S = 10.0
 
 
 class ToolDispatcher:
@@ -55,42 +61,47 @@ class ToolDispatcher:
         """Yield call and result events as they happen; append one observation per call, in call order.
 
         `repairs` maps a call id to the repairs the parser made to it (shown in its `ToolCallEvent`).
+        A call still out `OVERDUE_GRACE_S` after the run's deadline is abandoned: its observation says
+        so, and the run's next step finds the wall-time budget used up.
         """
         sandbox_lock = asyncio.Lock()  # FIFO, so sandbox calls run in the order the model wrote them
         for call in calls:
             yield self.emit(ToolCallEvent(call=call, repairs=list((repairs or {}).get(call.id, ()))))
         # The calls report progress (started, output) and their end on one queue, in the order it happens.
-        progress: asyncio.Queue[Event | tuple[ToolCall, ToolOutput, float] | BaseException] = asyncio.Queue()
-        tasks = [asyncio.create_task(self._report(call, sandbox, sandbox_lock, progress)) for call in calls]
+        progress: asyncio.Queue[Event | tuple[int, ToolOutput, float] | BaseException] = asyncio.Queue()
+        tasks = [
+            asyncio.create_task(self._report(k, call, sandbox, sandbox_lock, progress))
+            for k, call in enumerate(calls)
+        ]
+        started = time.monotonic()
+        ended: dict[int, tuple[ToolOutput, float]] = {}
         try:
-            done = 0
-            while done < len(tasks):
-                item = await progress.get()
+            while len(ended) < len(tasks):
+                try:
+                    item = await self._next(progress)
+                except TimeoutError:  # only a call stuck below the registry's own limits gets here
+                    for k, call in enumerate(calls):
+                        if k not in ended:
+                            ended[k] = (_abandoned(call), time.monotonic() - started)
+                            yield self._result_event(call, *ended[k])
+                    break
                 if isinstance(item, BaseException):
                     raise item
                 if not isinstance(item, tuple):
                     yield self.emit(item)
                     continue
-                done += 1
-                call, output, duration = item
-                yield self.emit(
-                    ToolResultEvent(
-                        call_id=call.id,
-                        name=call.name,
-                        text=output.text,
-                        is_error=output.is_error,
-                        images=output.images,
-                        duration_s=duration,
-                        error_type=output.metadata.get("error") if output.is_error else None,
-                    )
-                )
+                k, output, duration = item
+                ended[k] = (output, duration)
+                yield self._result_event(calls[k], output, duration)
         finally:
             for t in tasks:
-                t.cancel()
-        for call, t in zip(calls, tasks, strict=True):
-            done_call = await t
-            assert done_call is not None  # a failed call raised above
-            _, output, _ = done_call
+                if not t.done():
+                    t.cancel()
+                    # an abandoned call's eventual end is nobody's to handle; retrieved so asyncio does
+                    # not log it
+                    t.add_done_callback(lambda t: t.cancelled() or t.exception())
+        for k, call in enumerate(calls):
+            output, _ = ended[k]
             text = output.text
             if output.images:
                 text += f"\n[{len(output.images)} image(s) produced; shown to the user]"
@@ -100,28 +111,72 @@ class ToolDispatcher:
                 text += f"\n\nNote: {warning.message}"
             observations.append(Message(role="tool", name=call.name, tool_call_id=call.id, content=text))
 
+    async def _next(self, progress: asyncio.Queue[Any]) -> Any:
+        """The next item of `progress`; TimeoutError once the run's deadline is `OVERDUE_GRACE_S` past.
+
+        Every call is limited by the deadline in the registry, so this wait ends before then unless
+        something below it hangs; the run must end all the same.
+        """
+        left = self.deadline.left()
+        async with asyncio.timeout(None if left is None else left + OVERDUE_GRACE_S):
+            return await progress.get()
+
+    def _result_event(self, call: ToolCall, output: ToolOutput, duration: float) -> Event:
+        return self.emit(
+            ToolResultEvent(
+                call_id=call.id,
+                name=call.name,
+                text=output.text,
+                is_error=output.is_error,
+                images=output.images,
+                duration_s=duration,
+                error_type=output.metadata.get("error") if output.is_error else None,
+            )
+        )
+
     async def _report(
-        self, call: ToolCall, sandbox: Any, lock: asyncio.Lock, progress: asyncio.Queue[Any]
-    ) -> tuple[ToolCall, ToolOutput, float] | None:
+        self, index: int, call: ToolCall, sandbox: Any, lock: asyncio.Lock, progress: asyncio.Queue[Any]
+    ) -> None:
         try:
-            result = await self._call(call, sandbox, lock, progress)
+            output, duration = await self._call(call, sandbox, lock, progress)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is None or task.cancelling():
                 raise
             # A CancelledError nobody asked for: `run` waits for one item from each call, so it must
-            # hear of it (as an error) or it waits for ever.
+            # hear of it (as an error) or it waits until the deadline.
             progress.put_nowait(RuntimeError(f"tool call {call.name!r} ended in a stray CancelledError"))
-            return None
-        except Exception as exc:  # raised in `run` instead, where awaiting the task used to raise it
+            return
+        except (KeyboardInterrupt, SystemExit):
+            # The process is being stopped (a tool's own are its output already, in the registry):
+            # asyncio re-raises these out of the event loop.
+            raise
+        except Exception as exc:  # our own failure: raised in `run`, where the loop reports it
             progress.put_nowait(exc)
-            return None
-        progress.put_nowait(result)
-        return result
+            return
+        except BaseException as exc:
+            # Not an Exception, yet not a stop of the process either (pytest's Failed, a library's
+            # `Abort` raised around the tool): this call's failure, not the run's.
+            output = ToolOutput(
+                text=f"Tool '{call.name}' failed: {describe_exception(exc)}",
+                is_error=True,
+                metadata={"error": "exception", "exception_type": type(exc).__name__},
+            )
+            duration = 0.0
+        progress.put_nowait((index, output, duration))
 
     async def _call(
         self, call: ToolCall, sandbox: Any, lock: asyncio.Lock, progress: asyncio.Queue[Any]
-    ) -> tuple[ToolCall, ToolOutput, float]:
+    ) -> tuple[ToolOutput, float]:
+        tool = self.tools.get(call.name)
+        # A sandbox call waits here for the ones written before it; its time (its timeout, its share of
+        # the tool-time budget) starts when its turn comes, not while it waits.
+        async with lock if tool is not None and tool.uses_sandbox else contextlib.nullcontext():
+            return await self._run_call(call, sandbox, progress)
+
+    async def _run_call(
+        self, call: ToolCall, sandbox: Any, progress: asyncio.Queue[Any]
+    ) -> tuple[ToolOutput, float]:
         started = time.monotonic()
         # The call's deadline: the run's, or sooner for the per-call limit and the tool-time budget.
         # The registry, the tool and the sandbox below all clamp to it.
@@ -137,14 +192,16 @@ class ToolDispatcher:
         ctx = ToolContext(
             sandbox=sandbox, run_id=self.run_id, call_id=call.id, deadline=deadline, on_output=on_output
         )
-        tool = self.tools.get(call.name)
-        if tool is not None and tool.uses_sandbox:
-            async with lock:
-                progress.put_nowait(ToolStarted(call_id=call.id, name=call.name))
-                output = await self.tools.call(call, ctx, timeout=self.timeout_s)
-        else:
-            progress.put_nowait(ToolStarted(call_id=call.id, name=call.name))
-            output = await self.tools.call(call, ctx, timeout=self.timeout_s)
+        progress.put_nowait(ToolStarted(call_id=call.id, name=call.name))
+        output = await self.tools.call(call, ctx, timeout=self.timeout_s)
         duration = time.monotonic() - started
         self.tracker.tool_s += duration
-        return call, output, duration
+        return output, duration
+
+
+def _abandoned(call: ToolCall) -> ToolOutput:
+    return ToolOutput(
+        text=f"Tool '{call.name}' had not finished when the run's time was up; it was abandoned.",
+        is_error=True,
+        metadata={"error": "timeout"},
+    )

@@ -29,7 +29,8 @@ from qwq_agent.agent.dispatch import ToolDispatcher
 from qwq_agent.agent.events import BudgetExceeded, Event, Final, ReplaySource, RunStarted, Warning_
 from qwq_agent.agent.language import correction_prompt, language_mismatch, reasoning_drift
 from qwq_agent.agent.loop_detector import ToolCallRepetitionDetector
-from qwq_agent.agent.messages import Message
+from qwq_agent.agent.messages import MalformedCall, Message
+from qwq_agent.agent.parser import ParseResult
 from qwq_agent.agent.trace import TraceError, TraceWriter
 from qwq_agent.agent.turn import TurnStreamer
 from qwq_agent.protocols import Model, Tool
@@ -361,6 +362,7 @@ class Agent:
                     content=parsed.content.strip(),
                     reasoning=parsed.reasoning,
                     tool_calls=list(parsed.tool_calls),
+                    malformed_calls=_malformed_calls(parsed),
                     raw=result.raw,
                     token_ids=_kept_ids(result.raw, result.output_ids),
                 )
@@ -405,7 +407,7 @@ class Agent:
                 async for ev in dispatcher.run(calls, self.sandbox, observations, repairs=parsed.repairs):
                     yield ev
             if observations:
-                self.messages.extend(observations)
+                self.messages.extend(_in_written_order(observations, parsed.call_ids))
                 continue
             if parsed.reasoning_tool_calls and reasoning_hints < self.config.max_reasoning_call_hints:
                 reasoning_hints += 1
@@ -489,6 +491,23 @@ def _budget_error(over: tuple[str, float, float] | None) -> str | None:
     if name == "wall_s":  # ended by the timer, a little before the limit (the abort's reserve)
         return f"budget wall_s used up: the run's {limit:g} s deadline was reached ({used:.2f} s)"
     return f"budget {name} used up ({used:g} >= {limit:g})"
+
+
+def _malformed_calls(parsed: ParseResult) -> list[MalformedCall]:
+    """The turn's undecodable calls, each at its place among the calls (what a renderer shows)."""
+    position = {call_id: k for k, call_id in enumerate(parsed.call_ids)}
+    return [
+        MalformedCall(id=err.id, raw=err.raw, position=position.get(err.id, len(position)))
+        for err in parsed.errors
+    ]
+
+
+def _in_written_order(observations: list[Message], call_ids: list[str]) -> list[Message]:
+    """The observations in the order their calls were written, whether they ran, were malformed or
+    were denied: QwQ's template gives results no ids, so the model pairs them with its calls by
+    position. One whose call is not in the turn (none the loop makes) goes last, in the order given."""
+    rank = {call_id: k for k, call_id in enumerate(call_ids)}
+    return sorted(observations, key=lambda m: rank.get(m.tool_call_id or "", len(rank)))
 
 
 def _kept_ids(raw: str, output_ids: list[int] | None) -> list[int] | None:

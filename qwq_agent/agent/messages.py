@@ -23,6 +23,20 @@ class ToolCall(BaseModel):
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
+class MalformedCall(BaseModel):
+    """A `<tool_call>` block of an assistant turn that could not be decoded: never run, answered by an error.
+
+    Kept in the turn so that a renderer can show it where it was written, at `position` among the
+    turn's calls (parsed and malformed, counted from 0): QwQ's template matches tool results to calls
+    by position, and each error must follow the block it answers. `raw` is the text between the tags
+    (or to the end of the output, for a call that was cut off), as written.
+    """
+
+    id: str = ""
+    raw: str
+    position: int
+
+
 class Message(BaseModel):
     """One turn of a conversation.
 
@@ -35,6 +49,8 @@ class Message(BaseModel):
     content: str = ""
     reasoning: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
+    # The turn's calls that could not be decoded (see `MalformedCall`); their errors are tool messages.
+    malformed_calls: list[MalformedCall] = Field(default_factory=list)
     tool_call_id: str | None = None
     name: str | None = None
     # The model's exact output for an assistant turn, when known. Renderers that keep reasoning in

@@ -103,6 +103,8 @@ class ParseResult(BaseModel):
 
     `reasoning` and `content` are stripped of surrounding whitespace (the deltas keep it); `content`
     excludes the tool call blocks. `repairs` maps a call id to the repairs applied to that call.
+    `call_ids` are the ids of `tool_calls` and `errors` together, in the order the calls were written:
+    QwQ's template gives tool results no ids, so the model matches them to its calls by position.
     """
 
     reasoning: str = ""
@@ -112,6 +114,7 @@ class ParseResult(BaseModel):
     reasoning_tool_calls: list[str] = Field(default_factory=list)
     reasoning_closed: bool = False
     repairs: dict[str, list[str]] = Field(default_factory=dict)
+    call_ids: list[str] = Field(default_factory=list)
 
 
 class _State(Enum):
@@ -389,10 +392,12 @@ def result_from_events(events: list[ParseEvent], *, reasoning_closed: bool | Non
             saw_end = True
         elif isinstance(ev, ToolCallParsed):
             res.tool_calls.append(ev.call)
+            res.call_ids.append(ev.call.id)
             if ev.repairs:
                 res.repairs[ev.call.id] = list(ev.repairs)
         elif isinstance(ev, ToolCallError):
             res.errors.append(ev)
+            res.call_ids.append(ev.id)
         elif isinstance(ev, ToolCallInReasoning):
             res.reasoning_tool_calls.append(ev.raw)
     res.reasoning = "".join(reasoning).strip()

@@ -11,7 +11,7 @@ import asyncio
 import difflib
 import json
 import traceback
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from jsonschema import Draft202012Validator, validators
@@ -25,7 +25,13 @@ from qwq_agent.tools.base import ToolArgumentsError, same_json_value, to_tool_ou
 from qwq_agent.tools.output_cap import MAX_OUTPUT_CHARS, cap_output
 from qwq_agent.tools.schema_refs import LOCAL_ONLY, unresolvable_refs
 
-__all__ = ["DefaultsValidator", "ToolRegistry", "describe_schema_errors", "same_json_value"]
+__all__ = [
+    "DefaultsValidator",
+    "ToolRegistry",
+    "describe_exception",
+    "describe_schema_errors",
+    "same_json_value",
+]
 
 _MAX_VALUE_CHARS = 80
 _TRACEBACK_LINES = 6
@@ -37,18 +43,38 @@ class _ToolExit(Exception):
     """A tool's SystemExit or KeyboardInterrupt, carried as an ordinary exception (`original`)."""
 
     def __init__(self, original: BaseException) -> None:
-        super().__init__(str(original))
+        # Not str(original): a tool's exception may fail to print (see `_message`).
+        super().__init__(type(original).__name__)
         self.original = original
 
 
-async def _contained(awaitable: Awaitable[Any]) -> Any:
+async def _contained(tool: Tool, arguments: dict[str, Any], context: ToolContext) -> Any:
     # A tool calling sys.exit() (argparse on a bad flag) or raising KeyboardInterrupt in its thread
     # would leave its task as such, and asyncio re-raises those out of the event loop: the process
-    # dies. Converted inside the task, it becomes the tool's failure like any other.
+    # dies. Converted inside the task, it becomes the tool's failure like any other. Other
+    # BaseExceptions (pytest's Failed, a library's own `Abort`) only end the task: `_call` reports them.
+    # The tool is called in here too, so a `__call__` that raises before returning its awaitable is
+    # the tool's failure as well.
     try:
-        return await awaitable
+        return await tool(arguments, context)
     except (SystemExit, KeyboardInterrupt) as exc:
         raise _ToolExit(exc) from None
+
+
+def _message(exc: BaseException) -> str:
+    """`str(exc)`, or `""` when it cannot be had: a tool's exception may fail to print itself (a
+    `__str__` reading an attribute its `__init__` never set), and reporting the failure must not fail."""
+    try:
+        return str(exc)
+    except Exception:
+        return ""
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`Type: message` for a tool's failure, or the type's name alone when the message is empty or
+    cannot be had; never raises."""
+    message = _message(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _encodable(output: ToolOutput) -> ToolOutput:
@@ -316,7 +342,7 @@ class ToolRegistry:
                 context = context.model_copy(update={"deadline": deadline})
             # A backstop: tools that clamp to the deadline themselves report before it fires.
             limit = deadline.clamp(limit)
-        task = asyncio.ensure_future(_contained(tool(call.arguments, context)))
+        task = asyncio.ensure_future(_contained(tool, call.arguments, context))
         try:
             # not asyncio.wait_for: it waits, without end, for a tool that swallows its cancellation
             done, _ = await asyncio.wait({task}, timeout=limit)
@@ -347,16 +373,21 @@ class ToolRegistry:
             result = task.result()
         except ToolArgumentsError as exc:
             return ToolOutput(
-                text=f"Invalid arguments for tool '{call.name}':\n{exc}",
+                text=f"Invalid arguments for tool '{call.name}':\n{_message(exc)}",
                 is_error=True,
                 metadata={"error": "invalid_arguments"},
             )
-        except Exception as caught:  # the tool's own failure, reported to the model instead of ending the run
+        # The tool's own failure, reported to the model instead of ending the run. Any BaseException:
+        # the task was not cancelled (checked above), so whatever it ended in came from the tool, and
+        # one that is not an Exception (pytest's Failed, trio's Cancelled, a library's `Abort`) would
+        # otherwise leave `call`, documented never to raise for a tool's failure.
+        except BaseException as caught:
             failure: BaseException = caught.original if isinstance(caught, _ToolExit) else caught
+            # traceback prints an exception whose __str__ raises as "<exception str() failed>"
             tail = traceback.format_exception(failure)
             short = "".join(tail).rstrip().splitlines()[-_TRACEBACK_LINES:]
             return ToolOutput(
-                text=f"Tool '{call.name}' raised {type(failure).__name__}: {failure}\nTraceback (last lines):\n"
+                text=f"Tool '{call.name}' raised {describe_exception(failure)}\nTraceback (last lines):\n"
                 + "\n".join(short),
                 is_error=True,
                 metadata={"error": "exception", "exception_type": type(failure).__name__},
@@ -365,7 +396,8 @@ class ToolRegistry:
             return to_tool_output(result)
         except Exception as exc:
             return ToolOutput(
-                text=f"Tool '{call.name}' returned a value that could not be serialised: {exc}",
+                text=f"Tool '{call.name}' returned a value that could not be serialised: "
+                + describe_exception(exc),
                 is_error=True,
                 metadata={"error": "bad_return"},
             )

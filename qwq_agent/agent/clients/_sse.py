@@ -67,39 +67,36 @@ async def iter_sse_json(response: httpx.Response) -> AsyncIterator[dict[str, Any
         )
 
 
-# str.splitlines' line breaks, as httpx's `aiter_lines` (which this replaces) uses.
-_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# The SSE spec's line ends: CRLF, LF, or CR alone. Not str.splitlines' (nor httpx's `aiter_lines`'), which
+# also break at U+0085, U+2028, U+2029 and a few controls: SGLang writes its events with orjson (pydantic
+# for the OpenAI API), which leaves those raw inside JSON strings, so an output holding one would be cut.
+_BREAK = re.compile("\r\n|\r|\n")
 
 
 async def _bounded_lines(response: httpx.Response) -> AsyncIterator[str]:
-    """`response.aiter_lines()`, refusing a line longer than `MAX_LINE_CHARS` instead of buffering it."""
+    """The lines of the body (SSE line ends only), refusing one longer than `MAX_LINE_CHARS`."""
     parts: list[str] = []  # the line read so far, in pieces (no copying while a long line comes in)
     pending = 0
     async for text in response.aiter_text():
-        if parts and parts[-1].endswith("\r"):  # a "\r\n" split between two chunks is one break
+        if parts and parts[-1] == "\r":  # a "\r\n" split between two chunks is one break
             text = "\r" + text
-            parts[-1] = parts[-1][:-1]
-        if not _BREAKS.search(text) or text == "\r":
-            parts.append(text)
-            pending += len(text)
-            if pending > MAX_LINE_CHARS:
-                raise ModelProtocolError(f"the server sent a line of more than {MAX_LINE_CHARS} characters")
-            continue
-        hold = text.endswith("\r")
-        lines = ("".join(parts) + (text[:-1] if hold else text)).splitlines(keepends=True)
-        parts, pending = [], 0
-        if lines and not _BREAKS.match(lines[-1][-1:]):
-            parts, pending = [lines[-1]], len(lines[-1])
-            lines.pop()
+            parts.pop()
+        hold = text.endswith("\r")  # maybe the first half of "\r\n": decided with the next chunk
+        lines = _BREAK.split(text[:-1] if hold else text)
+        if len(lines) > 1:
+            yield "".join(parts) + lines[0]
+            for line in lines[1:-1]:
+                yield line
+            parts, pending = [], 0
+        parts.append(lines[-1])
+        pending += len(lines[-1])
         if hold:
             parts.append("\r")
-        for line in lines:
-            yield line.rstrip("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
         if pending > MAX_LINE_CHARS:
             raise ModelProtocolError(f"the server sent a line of more than {MAX_LINE_CHARS} characters")
     rest = "".join(parts)
     if rest:
-        yield rest.rstrip("\r")
+        yield rest.removesuffix("\r")
 
 
 def _decode(payload: str) -> dict[str, Any] | object:

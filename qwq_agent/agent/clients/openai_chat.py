@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from qwq_agent.agent.chat_format import malformed_call_block, safe_call_json
 from qwq_agent.agent.clients._sse import DONE, iter_sse_json
 from qwq_agent.agent.clients.counts import server_count
 from qwq_agent.agent.clients.errors import (
@@ -79,12 +80,19 @@ class Secret:
 def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[dict[str, Any]]:
     """Our messages as OpenAI chat messages (assistant `tool_calls`, `tool` role results).
 
-    Reasoning of earlier turns is not sent: QwQ's template drops it from history anyway.
+    Reasoning of earlier turns is not sent: QwQ's template drops it from history anyway. The API has
+    no form for a call that could not be decoded (`Message.malformed_calls`): its block is sent in the
+    content, which the server's template writes before the calls, and its result first among the
+    results, so that each result still follows the order of the calls the model sees.
     """
     out: list[dict[str, Any]] = []
-    for m in messages:
+    for m in _malformed_results_first(messages):
         if m.role == "assistant":
-            item: dict[str, Any] = {"role": "assistant", "content": m.content or ""}
+            content = m.content or ""
+            if m.malformed_calls:
+                blocks = [malformed_call_block(c) for c in m.malformed_calls]
+                content = "\n".join([content, *blocks] if content else blocks)
+            item: dict[str, Any] = {"role": "assistant", "content": content}
             if m.tool_calls:
                 item["tool_calls"] = [
                     {
@@ -108,6 +116,27 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
             out.append({"role": m.role, "content": m.content})
     if prefix:
         out.append({"role": "assistant", "content": prefix})
+    return out
+
+
+def _malformed_results_first(messages: Sequence[Message]) -> list[Message]:
+    """`messages`, the results that follow a turn with malformed calls answering those calls first."""
+    out: list[Message] = []
+    first: set[str] = set()  # ids of the malformed calls of the last assistant turn
+    run: list[Message] = []  # the tool messages after it, so far
+
+    def flush() -> None:
+        out.extend(sorted(run, key=lambda r: r.tool_call_id not in first))
+        run.clear()
+
+    for m in messages:
+        if m.role == "tool" and first:
+            run.append(m)
+            continue
+        flush()
+        first = {c.id for c in m.malformed_calls} if m.role == "assistant" else set()
+        out.append(m)
+    flush()
     return out
 
 
@@ -137,7 +166,8 @@ def format_tool_call(name: str, arguments: str) -> str:
     """One call in QwQ's format; arguments that are not JSON are kept verbatim for the parser to flag."""
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
-        body = json.dumps({"name": name, "arguments": parsed}, ensure_ascii=False)
+        # The server decoded the call: a "</tool_call>" inside a string must not end its block here.
+        body = safe_call_json(json.dumps({"name": name, "arguments": parsed}, ensure_ascii=False))
     # ValueError: JSON errors, and integers past Python's 4300-digit limit; RecursionError: nested too
     # deeply to read. The parser reports either.
     except (ValueError, RecursionError):

@@ -8,7 +8,7 @@ model; Latin-script text by the model (py3langid, loaded lazily, once per proces
 
 Modules: `scripts` (Unicode scripts, Han forms), `strip` (what is in no language), `model` (the
 statistical model), `parts` (cutting and judging parts), `mismatch` (the checks), `names` (names
-and the correction prompt), `config` (thresholds).
+and the correction prompt), `requested` (languages the task asks for), `config` (thresholds).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from qwq_agent.agent.language.mismatch import (
 )
 from qwq_agent.agent.language.names import correction_prompt, language_name
 from qwq_agent.agent.language.parts import Part, judge_part, split_parts
+from qwq_agent.agent.language.requested import requested_languages
 from qwq_agent.agent.language.scripts import script_of
 from qwq_agent.agent.language.strip import strip_non_language
 
@@ -37,6 +38,7 @@ __all__ = [
     "language_mismatch",
     "language_name",
     "reasoning_drift",
+    "requested_languages",
     "script_of",
     "split_parts",
     "strip_non_language",

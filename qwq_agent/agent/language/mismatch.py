@@ -11,6 +11,7 @@ from qwq_agent.agent.language.config import LanguageConfig
 from qwq_agent.agent.language.model import LATIN_LANGS
 from qwq_agent.agent.language.names import language_name
 from qwq_agent.agent.language.parts import Part, judge_part, latin_text, split_parts
+from qwq_agent.agent.language.requested import requested_languages
 from qwq_agent.agent.language.scripts import CJK, script_weights
 from qwq_agent.agent.language.strip import strip_non_language
 
@@ -137,14 +138,16 @@ def language_mismatch(
 
     Each sentence (short ones joined to a neighbour) is judged on its own, so a switch midway is
     caught even when most of the answer is right. Code, URLs, math, quotations and proper names are
-    left out first; Latin technical terms inside CJK sentences belong to those sentences.
+    left out first; Latin technical terms inside CJK sentences belong to those sentences. A language
+    the question asks for ("translate into German", "a poem in French") is accepted too
+    (`requested_languages`).
     """
     config = config or LanguageConfig()
     user = detect_language(user_text, config)
     if user.lang == "und":
         return None
     doubt = [lang for lang, p in user.candidates.items() if p >= config.question_doubt]
-    return _drift(user.lang, answer_text, config, tolerated=doubt)
+    return _drift(user.lang, answer_text, config, tolerated=[*doubt, *requested_languages(user_text)])
 
 
 def reasoning_drift(user_text: str, reasoning: str, config: LanguageConfig | None = None) -> Mismatch | None:
@@ -157,4 +160,4 @@ def reasoning_drift(user_text: str, reasoning: str, config: LanguageConfig | Non
     if user.lang == "und":
         return None
     doubt = [lang for lang, p in user.candidates.items() if p >= config.question_doubt]
-    return _drift(user.lang, reasoning, config, tolerated=("en", *doubt))
+    return _drift(user.lang, reasoning, config, tolerated=("en", *doubt, *requested_languages(user_text)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["correction_prompt", "language_name"]
+__all__ = ["correction_prompt", "language_codes", "language_name"]
 
 _NAMES = {
     "en": ("English", "Please answer in English."),
@@ -32,6 +32,11 @@ _NAMES = {
     "he": ("Hebrew", "אנא ענה בעברית."),
     "th": ("Thai", "กรุณาตอบเป็นภาษาไทย"),
 }
+
+
+def language_codes() -> dict[str, str]:
+    """Every language code the checks name, with its English name."""
+    return {code: name for code, (name, _) in _NAMES.items()}
 
 
 def language_name(lang: str) -> str:
