@@ -38,7 +38,7 @@ from qwq_agent.agent.events import (
     UsageEvent,
 )
 from qwq_agent.agent.messages import Message
-from qwq_agent.agent.selection import Selector, parse_select
+from qwq_agent.agent.selection import Selection, Selector, checked, parse_select
 from qwq_agent.agent.trace import TraceError, TraceWriter
 from qwq_agent.protocols import Model, PromptModel, Sandbox, Usage
 from qwq_agent.tools.registry import ToolRegistry
@@ -374,13 +374,12 @@ async def _run_one(
         out.status, out.error = "error", "the branch ended without a result"
 
 
-async def _select(selector: Selector, outcomes: list[BranchOutcome], sandboxes: dict[int, Any]) -> Any:
-    from qwq_agent.agent.selection import Selection
-
+async def _select(selector: Selector, outcomes: list[BranchOutcome], sandboxes: dict[int, Any]) -> Selection:
     try:
-        return await selector.select(outcomes, sandboxes)
+        choice = await selector.select(outcomes, sandboxes)
     except Exception as exc:  # a broken selector: no winner, every branch kept in the result
         return Selection(winner=None, reason=f"the selection failed: {type(exc).__name__}: {exc}")
+    return checked(choice, outcomes)
 
 
 def _summed(outcomes: list[BranchOutcome]) -> dict[str, float]:
