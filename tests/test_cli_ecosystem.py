@@ -39,6 +39,41 @@ def test_an_mcp_server_that_cannot_start_is_a_clear_error_not_a_traceback():
     assert "Traceback" not in out
 
 
+def test_a_tool_image_that_cannot_be_saved_is_a_note_and_the_run_goes_on(tmp_path):
+    # The live view saves images under ./qwq-agent-images/: here that name is a file, so it cannot
+    # (as in a folder the user cannot write). The OSError used to escape the event loop and end the run.
+    (tmp_path / "qwq-agent-images").write_text("not a folder")
+    turns = ["Draw.\n</think>\n\n" + tool_call("picture"), "Done.\n</think>\n\nHere is the picture."]
+    trace = tmp_path / "run.jsonl"
+    with ScriptedModelServer(turns) as server:
+        proc = subprocess.run(
+            [
+                *CLI,
+                "run",
+                "Draw.",
+                "--model-url",
+                server.url,
+                "--tools",
+                "fetch_url",
+                "--trace",
+                str(trace),
+                "--mcp",
+                shlex.join(stdio_command("cli")),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 0, out
+    assert "(image 1 not saved: " in out and "qwq-agent-images" in out
+    assert "Traceback" not in out
+    final = json.loads(trace.read_text().splitlines()[-1])
+    assert final["type"] == "final" and final["status"] == "completed"
+    assert final["answer"] == "Here is the picture."
+
+
 @pytest.mark.docker
 def test_run_with_mcp_servers_on_both_transports_and_otel_spans_to_a_real_receiver(sandbox_image, tmp_path):
     turns = [
