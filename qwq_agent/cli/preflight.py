@@ -295,7 +295,7 @@ def read_text(path: str | Path, what: str) -> str:
 
 def load_trace(path: Path, run_id: str | None = None) -> list[Any]:
     """A trace's events (of run `run_id` when given), or a `CliError` naming the file and what is wrong."""
-    from qwq_agent.agent.trace import MixedTraceError, read_trace
+    from qwq_agent.agent.trace import MixedTraceError, NotATraceFileError, read_trace
 
     fix = "pass a trace written by `qwq-agent run` (see ./traces/)"
     try:
@@ -306,6 +306,8 @@ def load_trace(path: Path, run_id: str | None = None) -> list[Any]:
         raise CliError(f"cannot read trace {path}: no such file", fix) from None
     except IsADirectoryError:
         raise CliError(f"cannot read trace {path}: it is a folder", fix) from None
+    except NotATraceFileError as exc:  # a FIFO, a device: refused, never waited on
+        raise CliError(f"cannot read trace {path}: it is {exc.kind}", fix) from None
     except OSError as exc:
         raise CliError(f"cannot read trace {path}: {exc.strerror or exc}", fix) from None
     except UnicodeDecodeError:
