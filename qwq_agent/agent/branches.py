@@ -62,6 +62,8 @@ class Branchable(Protocol):
     sandbox: Any
     sandbox_pool: Any
     trace_path: Path | None
+    # Where the exploration running (or last run) from this agent is traced; set by `run_branches`.
+    exploration_trace: Path | None
     run_id: str
     tool_options: dict[str, Any]
     messages: list[Message]
@@ -146,6 +148,8 @@ async def run_branches(
     seeds = list(seeds) if seeds is not None else [random.randrange(2**31) for _ in range(n)]
     branches = [_Branch(i, s) for i, s in enumerate(seeds)]
     trace = _open_parent_trace(parent)
+    # Known to the caller from now on: a Ctrl-C before `run_branches` returns still has a trace to name.
+    parent.exploration_trace = trace.path if trace is not None else None
     emit = _emitter(parent, trace)
     try:
         snapshot = await _snapshot(parent.sandbox)
@@ -231,7 +235,17 @@ async def run_branches(
             result.sandbox = keep.sandbox
             result.keep(keep.stack.aclose)
         return result
-    except BaseException:
+    except BaseException as exc:
+        if trace is not None:
+            # Cancelled (Ctrl-C) or failed before the selection: the trace still ends with `final`,
+            # as a run's does. (After a normal `final` this writes nothing.)
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            trace.write_final(
+                "cancelled" if cancelled else "error",
+                error="the exploration was cancelled" if cancelled else f"{type(exc).__name__}: {exc}",
+                run_id=parent.run_id,
+                totals=_summed([b.outcome for b in branches]),
+            )
         for b in branches:
             await b.stack.aclose()
         raise
@@ -364,7 +378,12 @@ async def _run_one(
     except Exception as exc:  # a crashing branch loses; the exploration goes on
         child.end_run("error", f"{type(exc).__name__}: {exc}")
         out.status, out.error = "error", f"{type(exc).__name__}: {exc}"
-    result = child.result
+    finally:  # cancelled too: the child ended its run, and the exploration's `final` sums its totals
+        _collect(out, child.result)
+
+
+def _collect(out: BranchOutcome, result: RunResult | None) -> None:
+    """Fill a branch's outcome from its child's result, unless a timeout or crash decided it already."""
     if result is not None:
         out.result = result
         out.trace_path = result.trace_path

@@ -73,6 +73,9 @@ class Agent:
         self.sandbox_pool = sandbox_pool
         self.config = config or AgentConfig()
         self.trace_path = Path(trace_path) if trace_path else None
+        # The trace of the exploration (`branch` / `explore`) running or last run from this agent,
+        # once its file is open: the branches run as child agents, so `result` says nothing of them.
+        self.exploration_trace: Path | None = None
         self.admission = admission
         self.run_id = run_id or uuid.uuid4().hex[:12]
         # Recorded in run_started so a replay can build the same tools (e.g. `build_tools` options).
