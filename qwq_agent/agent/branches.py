@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from qwq_agent.agent.branch_result import BranchOutcome, BranchResult
+from qwq_agent.agent.chat_format import prompt_options_of
 from qwq_agent.agent.config import AgentConfig, RunResult
 from qwq_agent.agent.events import (
     BranchEnded,
@@ -174,6 +175,7 @@ async def run_branches(
                 tool_options=parent.tool_options,
                 history=[m.model_dump(mode="json") for m in history],
                 continues=continues,
+                prompt_options=prompt_options_of(parent.model),
             )
         )
         emit(

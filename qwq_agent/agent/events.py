@@ -41,6 +41,10 @@ class RunStarted(_Event):
     history: list[dict[str, Any]] = Field(default_factory=list)
     # True when no user turn was added to `history` (the run continued it as it stood).
     continues: bool = False
+    # How the client rendered the prompts (`chat_format.PromptOptions`, e.g. keep_reasoning), so a
+    # replay renders the same ones; empty for a model that renders none (an OpenAI-compatible API),
+    # and in traces written before it was recorded (the defaults then apply).
+    prompt_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ReplayEnded(_Event):

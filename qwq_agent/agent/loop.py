@@ -24,6 +24,7 @@ from qwq_agent.agent.approval import ApprovalPolicy, Approver, review_calls
 from qwq_agent.agent.branch_result import BranchResult
 from qwq_agent.agent.branches import run_branches
 from qwq_agent.agent.budgets import BudgetTracker, Deadline
+from qwq_agent.agent.chat_format import prompt_options_of
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
 from qwq_agent.agent.dispatch import ToolDispatcher
 from qwq_agent.agent.events import BudgetExceeded, Event, Final, ReplaySource, RunStarted, Warning_
@@ -153,6 +154,7 @@ class Agent:
                         replay_of=_replay_source(self.model),
                         history=[m.model_dump(mode="json") for m in history],
                         continues=continues,
+                        prompt_options=prompt_options_of(self.model),
                     )
                 )
                 for note in trace_notes:

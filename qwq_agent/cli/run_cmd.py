@@ -58,7 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="tokens per model call (default 8192; with --replay/--resume: recorded)",
     )
-    p.add_argument("--keep-reasoning", action="store_true", help="keep earlier reasoning in the prompt")
+    p.add_argument(
+        "--keep-reasoning",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep earlier reasoning in the prompt (default: off; with --replay/--resume: recorded)",
+    )
     p.add_argument(
         "--constrained",
         action="store_true",
@@ -158,11 +163,16 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             endpoint.url,
             api=endpoint.api,
             model=endpoint.model,
-            keep_reasoning=args.keep_reasoning,
+            keep_reasoning=settings.prompt.keep_reasoning,
+            profile=settings.prompt.profile,
             timeout=endpoint.connect_timeout_s,
             routing_key=run_id,  # session affinity behind SGLang's router
         )
-    model = ReplayModel.from_recording(recording, then=live) if recording else live
+    model = (
+        ReplayModel.from_recording(recording, then=live, prompt_options=settings.prompt)
+        if recording
+        else live
+    )
     assert model is not None
 
     tools = build_tools(settings.tools, **settings.build_options())

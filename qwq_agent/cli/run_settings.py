@@ -1,7 +1,7 @@
 """What `qwq-agent run` runs with: its flags, or for --replay/--resume the recorded run's settings.
 
-A replay must rebuild the run it recorded, not today's CLI defaults: the tools, their options and the
-`AgentConfig` come from the trace's `run_started` event. A flag given explicitly still wins, and each
+A replay must rebuild the run it recorded, not today's CLI defaults: the tools, their options, the
+`AgentConfig` and how prompts are rendered (`--keep-reasoning`) come from the trace's `run_started` event. A flag given explicitly still wins, and each
 such override is reported, since it makes the run diverge from its recording.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from qwq_agent.agent.chat_format import PromptOptions
 from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.replay import Recording
 
@@ -33,6 +34,8 @@ class RunSettings(BaseModel):
     tool_options: dict[str, Any]
     config: AgentConfig
     workspace: str | None = None
+    # How the model client renders prompts (a client setting, recorded in `run_started.prompt_options`).
+    prompt: PromptOptions = PromptOptions()
     overrides: list[str] = []
 
     def build_options(self) -> dict[str, Any]:
@@ -63,7 +66,11 @@ def fresh_settings(args: argparse.Namespace) -> RunSettings:
     )
     workspace = str(args.workspace.resolve()) if args.workspace is not None else None
     return RunSettings(
-        tools=_names(args.tools or DEFAULT_TOOLS), tool_options=options, config=config, workspace=workspace
+        tools=_names(args.tools or DEFAULT_TOOLS),
+        tool_options=options,
+        config=config,
+        workspace=workspace,
+        prompt=PromptOptions(keep_reasoning=bool(args.keep_reasoning)),
     )
 
 
@@ -92,6 +99,16 @@ def recorded_settings(args: argparse.Namespace, recording: Recording) -> RunSett
     if args.constrained and not config.constrained_tool_calls:
         overrides.append("constrained tool calls (recorded: off)")
         config.constrained_tool_calls = True
+    prompt = recording.prompt()
+    if args.keep_reasoning is not None and args.keep_reasoning != prompt.keep_reasoning:
+        recorded = "on" if prompt.keep_reasoning else "off"
+        overrides.append(f"keep reasoning {'on' if args.keep_reasoning else 'off'} (recorded: {recorded})")
+        prompt = prompt.model_copy(update={"keep_reasoning": args.keep_reasoning})
     return RunSettings(
-        tools=tools, tool_options=options, config=config, workspace=workspace, overrides=overrides
+        tools=tools,
+        tool_options=options,
+        config=config,
+        workspace=workspace,
+        prompt=prompt,
+        overrides=overrides,
     )
