@@ -270,13 +270,23 @@ def check_web_search() -> None:
         ) from None
 
 
-def check_tools(names: list[str], *, docs_db: Path | None) -> None:
-    """Every named tool exists and has what it needs to work."""
+SAME_MCP = "pass the same --mcp 'CMD ARGS' / --mcp-url URL as the recorded run"
+
+
+def check_tools(names: list[str], *, docs_db: Path | None, recorded: bool = False) -> None:
+    """Every named tool exists and has what it needs to work.
+
+    `recorded`: the names come from a trace, where a name that is no built-in tool may be an MCP
+    server's (in a trace that does not say so): the fix then says to pass the servers again.
+    """
     from qwq_agent.tools.catalog import TOOL_NAMES
 
     for name in names:
         if name not in TOOL_NAMES:
-            raise CliError(f"unknown tool {name!r}", f"choose from {', '.join(TOOL_NAMES)}")
+            fix = f"choose from {', '.join(TOOL_NAMES)}"
+            if recorded:
+                fix = f"if the recorded run had it from an MCP server, {SAME_MCP}; else {fix}"
+            raise CliError(f"unknown tool {name!r}", fix)
     if "search_docs" in names:
         check_docs_db(docs_db)
     if "web_search" in names:
@@ -333,6 +343,27 @@ def load_recording(path: Path, run_id: str | None = None) -> Any:
         raise CliError(f"cannot replay {path}: {exc}", "pass a trace written by `qwq-agent run`") from None
 
 
+def check_mcp_given(recorded: list[str], args: Any) -> None:
+    """A replay of a run that used MCP servers' tools is given servers to have them from."""
+    if recorded and not (args.mcp or args.mcp_url):
+        raise CliError(
+            f"the recorded run used tools of MCP servers ({', '.join(recorded)}), and no server was given",
+            SAME_MCP,
+        )
+
+
+def check_mcp_tools(recorded: list[str], given: list[str]) -> None:
+    """The MCP servers given to a replay have every MCP tool the recorded run had."""
+    missing = [name for name in recorded if name not in given]
+    if missing:
+        have = ", ".join(given) or "none"
+        raise CliError(
+            f"the MCP servers given have no tool {', '.join(map(repr, missing))} of the recorded run "
+            f"(they have: {have})",
+            SAME_MCP,
+        )
+
+
 def check_trace_target(path: Path) -> None:
     """The trace can be written there: a new or empty file in a folder that exists or can be made."""
     from qwq_agent.agent.trace import TraceError, check_trace_path
@@ -360,7 +391,9 @@ def check_run(args: Any, settings: Any, trace_path: Path) -> RunPlan:
     names = list(settings.tools)
     sandbox = needs_sandbox(names)
     docs_db = settings.build_options().get("docs_db")
-    check_tools(names, docs_db=Path(docs_db) if docs_db else None)
+    replaying = args.replay is not None or args.resume is not None
+    check_tools(names, docs_db=Path(docs_db) if docs_db else None, recorded=replaying and args.tools is None)
+    check_mcp_given(settings.mcp_tools, args)
     workspace = Path(settings.workspace) if settings.workspace else None
     check_workspace(workspace, args.copy_back, sandbox=sandbox)
     check_patch_target(getattr(args, "patch", None), workspace)

@@ -184,6 +184,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     agent = None
     copied = True
     try:
+        preflight.check_mcp_tools(settings.mcp_tools, extras.mcp_tool_names)
         approver = approval_prompt.setup(args, settings.config, source, tools, console)
         workspace = Path(settings.workspace) if settings.workspace else None
         image = await ensure_run_image(console) if plan.sandbox else None  # a status while it builds
@@ -203,7 +204,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 config=settings.config,
                 run_id=run_id,
                 trace_path=trace_path,
-                tool_options=settings.recorded_options(),
+                tool_options=settings.recorded_options(mcp_tools=extras.mcp_tool_names),
                 approver=approver,
             )
             started.agent, started.trace_path = agent, trace_path

@@ -23,6 +23,9 @@ DEFAULT_MAX_NEW_TOKENS = 8192
 TOOL_OPTION_KEYS = ("docs_db", "allow_loopback_fetch")
 # Recorded with them, not passed to `build_tools`: the folder the sandbox's /workspace started from.
 WORKSPACE_KEY = "workspace"
+# Recorded too: the names of the tools that MCP servers (--mcp/--mcp-url) gave the run. They are in
+# `run_started.tools` beside the built-in ones, and a replay gets them from the same servers again.
+MCP_TOOLS_KEY = "mcp_tools"
 
 
 class RunSettings(BaseModel):
@@ -36,15 +39,21 @@ class RunSettings(BaseModel):
     workspace: str | None = None
     # How the model client renders prompts (a client setting, recorded in `run_started.prompt_options`).
     prompt: PromptOptions = PromptOptions()
+    # On a replay: the recorded tools that came from MCP servers (not in `tools`, which are built).
+    mcp_tools: list[str] = []
     overrides: list[str] = []
 
     def build_options(self) -> dict[str, Any]:
         """The `build_tools` keywords."""
         return {k: v for k, v in self.tool_options.items() if k in TOOL_OPTION_KEYS}
 
-    def recorded_options(self) -> dict[str, Any]:
-        """What `run_started.tool_options` records."""
-        return {**self.build_options(), **({WORKSPACE_KEY: self.workspace} if self.workspace else {})}
+    def recorded_options(self, mcp_tools: list[str] | None = None) -> dict[str, Any]:
+        """What `run_started.tool_options` records; `mcp_tools`: the names the MCP servers gave."""
+        return {
+            **self.build_options(),
+            **({WORKSPACE_KEY: self.workspace} if self.workspace else {}),
+            **({MCP_TOOLS_KEY: list(mcp_tools)} if mcp_tools else {}),
+        }
 
 
 def _names(text: str) -> list[str]:
@@ -75,8 +84,18 @@ def fresh_settings(args: argparse.Namespace) -> RunSettings:
 
 
 def recorded_settings(args: argparse.Namespace, recording: Recording) -> RunSettings:
-    """The recorded run's settings, with the flags given explicitly applied on top (and listed)."""
-    tools = list(recording.tools)
+    """The recorded run's settings, with the flags given explicitly applied on top (and listed).
+
+    The recorded tools that came from MCP servers go to `mcp_tools`, to be had from the servers given
+    again (`--mcp`/`--mcp-url`). A trace written before they were recorded does not say which they
+    were: given servers, the names that are no built-in tool are taken to be theirs.
+    """
+    from qwq_agent.tools.catalog import TOOL_NAMES
+
+    mcp_tools = [str(n) for n in recording.tool_options.get(MCP_TOOLS_KEY) or []]
+    if not mcp_tools and (args.mcp or args.mcp_url):
+        mcp_tools = [n for n in recording.tools if n not in TOOL_NAMES]
+    tools = [n for n in recording.tools if n not in mcp_tools]
     options = {k: v for k, v in recording.tool_options.items() if k in TOOL_OPTION_KEYS}
     config = recording.agent_config()
     overrides: list[str] = []
@@ -110,5 +129,6 @@ def recorded_settings(args: argparse.Namespace, recording: Recording) -> RunSett
         config=config,
         workspace=workspace,
         prompt=prompt,
+        mcp_tools=mcp_tools,
         overrides=overrides,
     )
