@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from qwq_agent.agent.loops.detector import LoopSignal
 from qwq_agent.agent.messages import ToolCall
 from qwq_agent.protocols import Usage
 
@@ -76,6 +77,9 @@ class ModelCall(_Event):
     prompt_shared_prefix_chars: int | None = None
     completion_ids: list[int] | None = None
     """The token ids the server generated (native API), so a replay keeps the turn token-exact."""
+    intervention: LoopSignal | None = None
+    """The loop signal this request was cut short for (a nudge, a close, a stop), so a replay steps in
+    the same way where it cannot decide so itself (a probe's answers are not replayed)."""
 
 
 class ToolCallEvent(_Event):

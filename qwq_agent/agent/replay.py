@@ -19,13 +19,21 @@ from pydantic import BaseModel, Field, ValidationError
 from qwq_agent.agent.chat_format import PromptOptions
 from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.events import Event, ModelCall, ReplayEnded, ReplaySource, RunStarted, Warning_
+from qwq_agent.agent.loops.detector import LoopSignal
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.agent.trace import TraceError, common_prefix_len, read_trace, recorded_completions
 from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta
 
-__all__ = ["Recording", "ReplayExhausted", "ReplayModel", "load_recording"]
+__all__ = ["RecordedCompletion", "Recording", "ReplayExhausted", "ReplayModel", "load_recording"]
 
 _EXCERPT = 60
+
+
+class RecordedCompletion(Completion):
+    """A completion served from a trace, with the intervention that cut it short in the recorded run
+    (`ModelCall.intervention`): the turn takes it where its own detector does not step in."""
+
+    intervention: LoopSignal | None = None
 
 
 class ReplayExhausted(RuntimeError):
@@ -280,8 +288,12 @@ class ReplayModel:
         text = call.completion
         for i in range(0, len(text), self._chunk):
             yield TextDelta(text=text[i : i + self._chunk])
-        yield Completion(
-            text=text, prompt=call.prompt, usage=call.usage, output_ids=call.completion_ids or []
+        yield RecordedCompletion(
+            text=text,
+            prompt=call.prompt,
+            usage=call.usage,
+            output_ids=call.completion_ids or [],
+            intervention=call.intervention,
         )
 
     def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
