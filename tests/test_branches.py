@@ -226,6 +226,33 @@ async def test_user_function_selects_and_its_mistakes_are_reported():
         assert [b.status for b in bad.branches] == ["completed", "completed"]
 
 
+async def test_a_select_function_cannot_make_a_failed_branch_or_a_bool_the_winner():
+    scripts: dict[int, list[str | Turn]] = {
+        SEEDS[0]: [Turn(http_status=500)],
+        SEEDS[1]: ["ok\n</think>\n\nfine"],
+    }
+
+    def best_score(outcomes: list[BranchOutcome]) -> int:
+        # A scorer's NaN for the branch without an answer: max() keeps the first, the failed one.
+        scores = [len(o.answer) if o.answer else float("nan") for o in outcomes]
+        return max(range(len(outcomes)), key=lambda i: scores[i])
+
+    async with (
+        ScriptedModelServer(per_branch(scripts)) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config())
+        result = await agent.explore("Go.", n=2, select=best_score, seeds=SEEDS[:2])
+        assert [b.status for b in result.branches] == ["model_error", "completed"]
+        assert result.winner is None and result.status == "no_winner"
+        assert "branch 0 ended model_error" in result.reason
+        assert agent.messages == []  # no dead branch's transcript handed to the parent
+        yes = await Agent(client, [], config=config()).explore(
+            "Go.", n=2, select=lambda o: True, seeds=SEEDS[:2]
+        )
+        assert yes.winner is None and "returned True" in yes.reason
+
+
 async def test_crashing_and_timed_out_branches_lose_without_ending_the_exploration():
     scripts: dict[int, list[str | Turn]] = {
         SEEDS[0]: [Turn(http_status=500)],

@@ -7,6 +7,7 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,94 @@ def test_an_mcp_server_that_cannot_start_is_a_clear_error_not_a_traceback():
     assert proc.returncode == 2, out
     assert "definitely-not-a-command-xyz" in out and "could not be started" in out
     assert "Traceback" not in out
+
+
+def test_a_run_that_used_mcp_tools_replays_with_the_same_servers_and_says_so_without(tmp_path):
+    turns = ["add\n</think>\n\n" + tool_call("add", a=20, b=22), "ok\n</think>\n\nThe answer is 42."]
+    mcp = ["--mcp", shlex.join(stdio_command("cli"))]
+    original = tmp_path / "run.jsonl"
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, "run", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    with ScriptedModelServer(turns) as server:
+        rec = cli("Add 20 and 22.", "--model-url", server.url, "--tools", "fetch_url", "--json",
+                  "--trace", str(original), *mcp)  # fmt: skip
+    assert rec.returncode == 0, rec.stderr
+    started = json.loads(original.read_text().splitlines()[0])
+    assert "add" in started["tools"] and "add" in started["tool_options"]["mcp_tools"]
+    assert "fetch_url" not in started["tool_options"]["mcp_tools"]
+
+    def replay(trace: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+        return cli(
+            "--replay",
+            str(trace),
+            "--json",
+            "--trace",
+            str(tmp_path / f"{trace.stem}-{len(argv)}.jsonl"),
+            *argv,
+        )
+
+    same = replay(original, *mcp)
+    assert same.returncode == 0, same.stderr
+    events = [json.loads(line) for line in same.stdout.splitlines()]
+    assert events[-1]["answer"] == "The answer is 42."
+    assert not [e for e in events if e.get("kind") == "replay_divergence"]
+    assert (
+        json.loads((tmp_path / "run-2.jsonl").read_text().splitlines()[0])["tool_options"]
+        == started["tool_options"]
+    )
+
+    without = replay(original)
+    assert without.returncode == 2 and "Traceback" not in without.stderr
+    assert "the recorded run used tools of MCP servers (add," in without.stderr
+    assert "pass the same --mcp" in without.stderr
+
+    # A trace that does not say which tools were MCP servers' (written before that was recorded).
+    old = tmp_path / "old.jsonl"
+    lines = original.read_text().splitlines()
+    first = json.loads(lines[0])
+    del first["tool_options"]["mcp_tools"]
+    old.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    assert replay(old, *mcp).returncode == 0
+    unknown = replay(old)
+    assert unknown.returncode == 2 and "unknown tool 'add'" in unknown.stderr
+    assert "pass the same --mcp" in unknown.stderr
+
+
+def test_a_tool_image_that_cannot_be_saved_is_a_note_and_the_run_goes_on(tmp_path):
+    # The live view saves images under ./qwq-agent-images/: here that name is a file, so it cannot
+    # (as in a folder the user cannot write). The OSError used to escape the event loop and end the run.
+    (tmp_path / "qwq-agent-images").write_text("not a folder")
+    turns = ["Draw.\n</think>\n\n" + tool_call("picture"), "Done.\n</think>\n\nHere is the picture."]
+    trace = tmp_path / "run.jsonl"
+    with ScriptedModelServer(turns) as server:
+        proc = subprocess.run(
+            [
+                *CLI,
+                "run",
+                "Draw.",
+                "--model-url",
+                server.url,
+                "--tools",
+                "fetch_url",
+                "--trace",
+                str(trace),
+                "--mcp",
+                shlex.join(stdio_command("cli")),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 0, out
+    assert "(image 1 not saved: " in out and "qwq-agent-images" in out
+    assert "Traceback" not in out
+    final = json.loads(trace.read_text().splitlines()[-1])
+    assert final["type"] == "final" and final["status"] == "completed"
+    assert final["answer"] == "Here is the picture."
 
 
 @pytest.mark.docker

@@ -96,6 +96,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     (root / "garbage.jsonl").write_text('{"type": "run_started", "task": 3}\nnot json at all\n{}\n')
     (root / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x81" * 64)
     (root / "empty.jsonl").write_text("")
+    os.mkfifo(root / "fifo.jsonl")  # opening it for I/O waits for its other end: forever
     from qwq_agent.agent.config import AgentConfig
     from qwq_agent.agent.events import RunStarted
 
@@ -230,6 +231,15 @@ CASES |= {
         ["not utf-8", "qwq-agent run"],
         before_model=True,
     ),
+    "trace-fifo/run": Case(
+        ["run", "hi", "--model-url", "{model}", "--tools", "fetch_url", "--trace", "{tmp}/fifo.jsonl"],
+        ["fifo.jsonl is a fifo", "pass --trace a new file"],
+        before_model=True,
+    ),
+    "trace-fifo/run-replay": Case(
+        ["run", "--replay", "{tmp}/fifo.jsonl", "--tools", "fetch_url"], ["it is a fifo", "qwq-agent run"]
+    ),
+    "trace-fifo/trace-show": Case(["trace", "show", "{tmp}/fifo.jsonl"], ["it is a fifo", "qwq-agent run"]),
     "trace-missing/trace-show": Case(
         ["trace", "show", "{tmp}/absent.jsonl"], ["no such file", "qwq-agent run"]
     ),

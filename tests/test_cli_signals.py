@@ -163,3 +163,41 @@ def test_signal_before_the_run_started_says_so(tmp_path):
     assert "Traceback" not in out + err
     assert "stopped before the run started; no trace was written" in out
     assert not list(tmp_path.glob("traces/*.jsonl"))  # the folder may exist (checked at start-up), no trace
+
+
+def test_signal_during_branches_ends_the_exploration_trace_and_names_it(tmp_path):
+    """Ctrl-C while `run --branches` waits on its branches: the branches run as child agents, so the
+    exploration's own trace must be ended (and named) too, not only each branch's."""
+
+    def model(req) -> str | Turn:
+        if req.sampling_params.get("max_new_tokens") == 1:  # the shared prefix's warm-up
+            return "x"
+        return Turn(text="thinking " * 40, hold_after=3, hold_timeout=300)  # never ends by itself
+
+    def branch_requests() -> int:
+        return sum(1 for r in server.requests if r.sampling_params.get("max_new_tokens") != 1)
+
+    trace = tmp_path / "explore.jsonl"
+    with ScriptedModelServer(model) as server:
+        options = ["--tools", "fetch_url", "--branches", "2", "--json", "--trace", str(trace)]
+        proc = start(["run", "Go.", "--model-url", server.url, *options], tmp_path)
+        try:
+            wait_for(lambda: branch_requests() >= 2 or proc.poll() is not None, "both branches' requests")
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=DEADLINE_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in out + err
+    assert "no trace was written" not in err
+    assert "SIGINT: the exploration was stopped" in err
+    assert f"trace: {trace} (one file per branch beside it)" in err.replace("\n", "")
+    events = trace_events(trace)
+    assert [e["type"] for e in events][:2] == ["run_started", "branches"]
+    assert events[-1]["type"] == "final" and events[-1]["status"] == "cancelled"
+    assert json.loads(out.splitlines()[-1]) == events[-1]  # --json: the final event is the last line
+    for i in range(2):  # and each branch's own run ended too
+        branch = trace_events(tmp_path / f"explore.branch-{i}.jsonl")
+        assert branch[-1]["type"] == "final" and branch[-1]["status"] == "cancelled"

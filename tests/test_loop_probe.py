@@ -230,6 +230,46 @@ async def test_a_probing_run_replays_from_its_trace_without_asking_the_replay_mo
     assert not [e for e in events if isinstance(e, Warning_) and e.kind != "reasoning_loop"]
 
 
+async def test_a_run_closed_by_a_probe_replays_the_close_from_its_trace(tmp_path):
+    """The replay sends no probes, so it cannot decide the close itself: the trace records it
+    (`model_call.intervention`) and the replay steps in where the recorded run did."""
+    from qwq_agent.agent.events import ModelCall
+    from qwq_agent.agent.replay import ReplayModel
+    from qwq_agent.agent.trace import read_trace
+
+    server: ScriptedModelServer
+
+    def model(req: ScriptedRequest) -> str | Turn:
+        prompt = req.prompt or ""
+        if is_probe(req):
+            return " 126\n\nThe expression 2*3*(4*5+1) gives 126."
+        if CLOSE_MARK in prompt:
+            return "126"
+        if NUDGE_MARK in prompt:  # circles on past the nudge and stalls until the probes close it
+            return Turn(text=CIRCLING * 2, hold_after=len(server.tokenizer.pieces(CIRCLING[:1500])))
+        return CIRCLING * 3
+
+    def summary(events: list) -> tuple:
+        warnings = [(w.kind, w.level) for w in events if isinstance(w, Warning_)]
+        return warnings, events[-1].status, events[-1].answer
+
+    trace = tmp_path / "t.jsonl"
+    config = AgentConfig(check_language=False, loop_detector=PROBING)
+    task = "Insert parentheses in 2*3*4*5+1 to get 144."
+    async with ScriptedModelServer(model) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, build_tools(["python"]), config=config, trace_path=trace)
+        live = [ev async for ev in agent.stream(task)]
+    assert summary(live) == ([("reasoning_loop", 1), ("reasoning_loop", 2)], "completed", "126")
+
+    replay = Agent(ReplayModel.from_trace(trace), build_tools(["python"]), config=config)
+    replayed = [ev async for ev in replay.stream(task)]
+    assert summary(replayed) == summary(live)  # no replay_divergence, the same close and answer
+    assert replay.messages == agent.messages
+    calls = [e for e in read_trace(trace) if isinstance(e, ModelCall)]
+    assert [c.intervention.kind if c.intervention else None for c in calls][1:] == ["probe", None]
+    assert calls[1].intervention.evidence["probe_answer"] == "126"
+
+
 async def test_scripted_server_process_answers_probes_with_probe_answer() -> None:
     import asyncio
     import sys

@@ -174,3 +174,60 @@ def test_cli_replay_and_resume_use_the_recorded_tools_and_config(sandbox_image, 
     assert started.tools == ["python"] and started.replay_of.mode == "resume"
     assert started.replay_of.path == str(cut)
     assert [e.type for e in read_trace(resumed)].count("replay_end") == 1
+
+
+# A turn whose reasoning stays in the next prompt only under keep_reasoning.
+REASONED = [
+    "I will look it up.\n</think>\n\n" + call("no_such_tool", q="x"),
+    "That tool does not exist; I answer directly.\n</think>\n\nHello.",
+]
+
+
+async def test_a_replay_renders_prompts_with_the_recorded_keep_reasoning(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    async with (
+        ScriptedModelServer(REASONED) as server,
+        SGLangClient(server.url, retry=NO_RETRY, keep_reasoning=True) as client,
+    ):
+        await Agent(client, [add], config=config(), trace_path=trace).run("Say hello.")
+    assert started_of(trace).prompt_options == {"keep_reasoning": True, "profile": "qwq-32b"}
+    replay = Agent(ReplayModel.from_trace(trace), [add], config=config())
+    events = [ev async for ev in replay.stream("Say hello.")]
+    assert not [e for e in events if isinstance(e, Warning_) and e.kind == "replay_divergence"]
+    assert replay.result.answer == "Hello."
+
+
+def test_cli_replay_and_resume_keep_the_recorded_reasoning_policy(tmp_path):
+    """`--keep-reasoning` is a client setting, not the AgentConfig's: it must be recorded and re-applied,
+    or a replay reports false divergences and a resume continues under the other history policy."""
+    original = tmp_path / "original.jsonl"
+    with ScriptedModelServer(REASONED) as server:
+        proc = run_cli("Say hello.", "--model-url", server.url, "--tools", "fetch_url", "--keep-reasoning",
+                       "--trace", str(original))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    replayed = tmp_path / "replayed.jsonl"
+    proc = run_cli("--replay", str(original), "--json", "--trace", str(replayed))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "replay_divergence" not in proc.stdout
+    assert json.loads(proc.stdout.splitlines()[-1])["answer"] == "Hello."
+    assert started_of(replayed).prompt_options["keep_reasoning"] is True  # and so on, replay after replay
+    # An explicit flag still wins, and says so (the prompts then differ from the recording).
+    proc = run_cli(
+        "--replay", str(original), "--no-keep-reasoning", "--json", "--trace", str(tmp_path / "r2.jsonl")
+    )
+    assert "--replay overrides the recording: keep reasoning off (recorded: on)" in proc.stderr
+    assert "replay_divergence" in proc.stdout
+
+    # Resumed after its first step: the live model's prompt keeps the replayed turn's reasoning.
+    cut = tmp_path / "cut.jsonl"
+    with ScriptedModelServer(REASONED[:1]) as server:
+        run_cli("Say hello.", "--model-url", server.url, "--tools", "fetch_url", "--keep-reasoning",
+                "--max-steps", "1", "--trace", str(cut))  # fmt: skip
+    with ScriptedModelServer(REASONED[1:]) as server:
+        proc = run_cli("--resume", str(cut), "--model-url", server.url, "--max-steps", "4", "--json",
+                       "--trace", str(tmp_path / "resumed.jsonl"))  # fmt: skip
+        # Sent as ids under keep_reasoning (the kept turn's own ids spliced in): decoded to compare.
+        prompts = [r.prompt or server.tokenizer.decode(r.input_ids or []) for r in server.requests]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "replay_divergence" not in proc.stdout
+    assert len(prompts) == 1 and "I will look it up." in prompts[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 
@@ -19,7 +20,9 @@ from qwq_agent.agent.replay import ReplayModel
 from qwq_agent.agent.trace import (
     MixedTraceError,
     TraceExistsError,
+    TracePathError,
     TraceWriter,
+    check_trace_path,
     common_prefix_len,
     read_trace,
     trace_runs,
@@ -106,6 +109,27 @@ def test_a_file_holding_a_run_is_refused_or_a_named_new_file_is_used(tmp_path):
         pass
     assert third.path == tmp_path / "run.bbb.2.jsonl"
     assert [e.run_id for e in read_trace(path)] == ["aaa"]
+
+
+def test_a_fifo_or_a_device_is_refused_as_a_trace_never_opened_for_blocking_io(tmp_path):
+    fifo = tmp_path / "t.jsonl"
+    os.mkfifo(fifo)
+    # A reader on the other end, so that an open that does not refuse the FIFO returns instead of
+    # waiting (forever, in the event loop's thread) for one.
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(TracePathError, match=r"is a FIFO \(named pipe\), not a file"):
+            check_trace_path(fifo)
+        with pytest.raises(TracePathError, match="is a FIFO"):
+            TraceWriter(fifo)
+        with pytest.raises(TracePathError, match="is a FIFO"):
+            TraceWriter(fifo, if_exists="new", tag="x")
+    finally:
+        os.close(reader)
+    with pytest.raises(TracePathError, match="is a character device"):
+        TraceWriter("/dev/null")
+    with pytest.raises(TracePathError, match="is a character device"):
+        read_trace("/dev/null")
 
 
 def test_two_writers_never_share_a_file_even_an_empty_one(tmp_path):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from qwq_agent.agent.branch_result import BranchOutcome, BranchResult
+from qwq_agent.agent.chat_format import prompt_options_of
 from qwq_agent.agent.config import AgentConfig, RunResult
 from qwq_agent.agent.events import (
     BranchEnded,
@@ -38,7 +39,7 @@ from qwq_agent.agent.events import (
     UsageEvent,
 )
 from qwq_agent.agent.messages import Message
-from qwq_agent.agent.selection import Selector, parse_select
+from qwq_agent.agent.selection import Selection, Selector, checked, parse_select
 from qwq_agent.agent.trace import TraceError, TraceWriter
 from qwq_agent.protocols import Model, PromptModel, Sandbox, Usage
 from qwq_agent.tools.registry import ToolRegistry
@@ -62,6 +63,8 @@ class Branchable(Protocol):
     sandbox: Any
     sandbox_pool: Any
     trace_path: Path | None
+    # Where the exploration running (or last run) from this agent is traced; set by `run_branches`.
+    exploration_trace: Path | None
     run_id: str
     tool_options: dict[str, Any]
     messages: list[Message]
@@ -146,6 +149,8 @@ async def run_branches(
     seeds = list(seeds) if seeds is not None else [random.randrange(2**31) for _ in range(n)]
     branches = [_Branch(i, s) for i, s in enumerate(seeds)]
     trace = _open_parent_trace(parent)
+    # Known to the caller from now on: a Ctrl-C before `run_branches` returns still has a trace to name.
+    parent.exploration_trace = trace.path if trace is not None else None
     emit = _emitter(parent, trace)
     try:
         snapshot = await _snapshot(parent.sandbox)
@@ -170,6 +175,7 @@ async def run_branches(
                 tool_options=parent.tool_options,
                 history=[m.model_dump(mode="json") for m in history],
                 continues=continues,
+                prompt_options=prompt_options_of(parent.model),
             )
         )
         emit(
@@ -231,7 +237,17 @@ async def run_branches(
             result.sandbox = keep.sandbox
             result.keep(keep.stack.aclose)
         return result
-    except BaseException:
+    except BaseException as exc:
+        if trace is not None:
+            # Cancelled (Ctrl-C) or failed before the selection: the trace still ends with `final`,
+            # as a run's does. (After a normal `final` this writes nothing.)
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            trace.write_final(
+                "cancelled" if cancelled else "error",
+                error="the exploration was cancelled" if cancelled else f"{type(exc).__name__}: {exc}",
+                run_id=parent.run_id,
+                totals=_summed([b.outcome for b in branches]),
+            )
         for b in branches:
             await b.stack.aclose()
         raise
@@ -364,7 +380,12 @@ async def _run_one(
     except Exception as exc:  # a crashing branch loses; the exploration goes on
         child.end_run("error", f"{type(exc).__name__}: {exc}")
         out.status, out.error = "error", f"{type(exc).__name__}: {exc}"
-    result = child.result
+    finally:  # cancelled too: the child ended its run, and the exploration's `final` sums its totals
+        _collect(out, child.result)
+
+
+def _collect(out: BranchOutcome, result: RunResult | None) -> None:
+    """Fill a branch's outcome from its child's result, unless a timeout or crash decided it already."""
     if result is not None:
         out.result = result
         out.trace_path = result.trace_path
@@ -374,13 +395,12 @@ async def _run_one(
         out.status, out.error = "error", "the branch ended without a result"
 
 
-async def _select(selector: Selector, outcomes: list[BranchOutcome], sandboxes: dict[int, Any]) -> Any:
-    from qwq_agent.agent.selection import Selection
-
+async def _select(selector: Selector, outcomes: list[BranchOutcome], sandboxes: dict[int, Any]) -> Selection:
     try:
-        return await selector.select(outcomes, sandboxes)
+        choice = await selector.select(outcomes, sandboxes)
     except Exception as exc:  # a broken selector: no winner, every branch kept in the result
         return Selection(winner=None, reason=f"the selection failed: {type(exc).__name__}: {exc}")
+    return checked(choice, outcomes)
 
 
 def _summed(outcomes: list[BranchOutcome]) -> dict[str, float]:

@@ -53,6 +53,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
+
 from qwq_agent.agent.exact_tokens import Segment, TokenSpan, ids_spell, segment_text
 from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import MalformedCall, Message, ToolCall, ToolSpec
@@ -65,8 +67,10 @@ __all__ = [
     "IM_END",
     "IM_START",
     "ChatProfile",
+    "PromptOptions",
     "malformed_call_block",
     "model_output",
+    "prompt_options_of",
     "render",
     "render_assistant_turn",
     "render_segments",
@@ -82,6 +86,23 @@ THINK_END = "</think>"
 
 GENERATION_PROMPT = DEFAULT_PROFILE.generation_prompt
 """QwQ-32B's generation prompt, ``<|im_start|>assistant\\n<think>\\n``."""
+
+
+class PromptOptions(BaseModel):
+    """How a client renders its prompts (`render`'s options): a setting of the client, not of the run's
+    `AgentConfig`, so a trace records it apart (`run_started.prompt_options`). A replay renders with
+    it, or every prompt after the first differs from the recorded one; a resumed run goes on under the
+    same history policy (the other one would break its prefix cache)."""
+
+    keep_reasoning: bool = False
+    profile: str = DEFAULT_PROFILE.name
+
+
+def prompt_options_of(model: Any) -> dict[str, Any]:
+    """What `run_started.prompt_options` records of `model` (empty: it renders no prompts itself)."""
+    options = getattr(model, "prompt_options", None)
+    return options.model_dump(mode="json") if isinstance(options, PromptOptions) else {}
+
 
 _TOOLS_HEAD = (
     "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"

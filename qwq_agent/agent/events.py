@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from qwq_agent.agent.loops.detector import LoopSignal
 from qwq_agent.agent.messages import ToolCall
 from qwq_agent.protocols import Usage
 
@@ -41,6 +42,10 @@ class RunStarted(_Event):
     history: list[dict[str, Any]] = Field(default_factory=list)
     # True when no user turn was added to `history` (the run continued it as it stood).
     continues: bool = False
+    # How the client rendered the prompts (`chat_format.PromptOptions`, e.g. keep_reasoning), so a
+    # replay renders the same ones; empty for a model that renders none (an OpenAI-compatible API),
+    # and in traces written before it was recorded (the defaults then apply).
+    prompt_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ReplayEnded(_Event):
@@ -72,6 +77,9 @@ class ModelCall(_Event):
     prompt_shared_prefix_chars: int | None = None
     completion_ids: list[int] | None = None
     """The token ids the server generated (native API), so a replay keeps the turn token-exact."""
+    intervention: LoopSignal | None = None
+    """The loop signal this request was cut short for (a nudge, a close, a stop), so a replay steps in
+    the same way where it cannot decide so itself (a probe's answers are not replayed)."""
 
 
 class ToolCallEvent(_Event):

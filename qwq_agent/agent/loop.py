@@ -24,6 +24,7 @@ from qwq_agent.agent.approval import ApprovalPolicy, Approver, review_calls
 from qwq_agent.agent.branch_result import BranchResult
 from qwq_agent.agent.branches import run_branches
 from qwq_agent.agent.budgets import BudgetTracker, Deadline
+from qwq_agent.agent.chat_format import prompt_options_of
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
 from qwq_agent.agent.dispatch import ToolDispatcher
 from qwq_agent.agent.events import BudgetExceeded, Event, Final, ReplaySource, RunStarted, Warning_
@@ -74,6 +75,9 @@ class Agent:
         self.sandbox_pool = sandbox_pool
         self.config = config or AgentConfig()
         self.trace_path = Path(trace_path) if trace_path else None
+        # The trace of the exploration (`branch` / `explore`) running or last run from this agent,
+        # once its file is open: the branches run as child agents, so `result` says nothing of them.
+        self.exploration_trace: Path | None = None
         self.admission = admission
         self.run_id = run_id or uuid.uuid4().hex[:12]
         # Recorded in run_started so a replay can build the same tools (e.g. `build_tools` options).
@@ -151,6 +155,7 @@ class Agent:
                         replay_of=_replay_source(self.model),
                         history=[m.model_dump(mode="json") for m in history],
                         continues=continues,
+                        prompt_options=prompt_options_of(self.model),
                     )
                 )
                 for note in trace_notes:

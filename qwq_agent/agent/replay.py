@@ -16,15 +16,24 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from qwq_agent.agent.chat_format import PromptOptions
 from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.events import Event, ModelCall, ReplayEnded, ReplaySource, RunStarted, Warning_
+from qwq_agent.agent.loops.detector import LoopSignal
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.agent.trace import TraceError, common_prefix_len, read_trace, recorded_completions
 from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta
 
-__all__ = ["Recording", "ReplayExhausted", "ReplayModel", "load_recording"]
+__all__ = ["RecordedCompletion", "Recording", "ReplayExhausted", "ReplayModel", "load_recording"]
 
 _EXCERPT = 60
+
+
+class RecordedCompletion(Completion):
+    """A completion served from a trace, with the intervention that cut it short in the recorded run
+    (`ModelCall.intervention`): the turn takes it where its own detector does not step in."""
+
+    intervention: LoopSignal | None = None
 
 
 class ReplayExhausted(RuntimeError):
@@ -47,6 +56,12 @@ class Recording(BaseModel):
     # `agent.stream(task, history=recording.history_messages())`.
     history: list[dict[str, Any]] = Field(default_factory=list)
     continues: bool = False
+    # How the prompts were rendered (`PromptOptions`; empty in older traces: the defaults).
+    prompt_options: dict[str, Any] = Field(default_factory=dict)
+
+    def prompt(self) -> PromptOptions:
+        """The recorded `PromptOptions`; `TraceError` naming the trace when they are not valid."""
+        return _prompt_options(self.prompt_options, self.path)
 
     def history_messages(self) -> list[Message]:
         """`history` as messages; `TraceError` naming the trace when a recorded one is not valid."""
@@ -67,6 +82,13 @@ class Recording(BaseModel):
             return AgentConfig.model_validate(self.config)
         except ValidationError as exc:
             raise TraceError(f"trace {self.path}: its recorded config is not valid ({_first(exc)})") from None
+
+
+def _prompt_options(recorded: dict[str, Any], path: str | Path) -> PromptOptions:
+    try:
+        return PromptOptions.model_validate(recorded)
+    except ValidationError as exc:
+        raise TraceError(f"trace {path}: its recorded prompt options are not valid ({_first(exc)})") from None
 
 
 def _first(exc: ValidationError) -> str:
@@ -101,10 +123,12 @@ def recording_of(events: list[Event], path: str | Path) -> Recording:
         status=getattr(final, "status", None),
         history=list(started.history),
         continues=started.continues,
+        prompt_options=dict(started.prompt_options),
     )
     # found now, when the trace is read, not once a run built from it has started
     recording.agent_config()
     recording.history_messages()
+    recording.prompt()
     return recording
 
 
@@ -119,6 +143,10 @@ class ReplayModel:
     With `then`, it hands over to a live model once the recording runs out: that is how an
     interrupted run resumes (the recorded turns are replayed, tools re-run in a fresh sandbox so its
     state is rebuilt, and the live model continues from where the trace ends).
+
+    The prompts it checks against the recording are rendered with `prompt_options` (the recorded
+    ones, by `from_trace` / `from_recording`), or by `then` when that renders prompts itself: a
+    resumed run's live client must be made with the recorded options (`Recording.prompt()`).
     """
 
     def __init__(
@@ -128,10 +156,12 @@ class ReplayModel:
         then: Model | None = None,
         chunk: int = 16,
         source: ReplaySource | None = None,
+        prompt_options: PromptOptions | None = None,
     ) -> None:
         self._calls = list(calls)
         self._next = 0
         self._then = then
+        self._prompt_options = prompt_options or PromptOptions()
         self._chunk = chunk
         self.source = source
         self.divergences = 0
@@ -152,19 +182,36 @@ class ReplayModel:
             run_id=next((e.run_id for e in events if e.run_id), ""),
             completions=len(calls),
         )
-        return cls(calls, then=then, chunk=chunk, source=source)
+        started = next((e for e in events if isinstance(e, RunStarted)), None)
+        options = _prompt_options(started.prompt_options if started else {}, path)
+        return cls(calls, then=then, chunk=chunk, source=source, prompt_options=options)
 
     @classmethod
     def from_recording(
-        cls, recording: Recording, *, then: Model | None = None, chunk: int = 16
+        cls,
+        recording: Recording,
+        *,
+        then: Model | None = None,
+        chunk: int = 16,
+        prompt_options: PromptOptions | None = None,
     ) -> ReplayModel:
+        """Replay `recording`; `prompt_options` overrides the recorded ones (e.g. a flag given anew)."""
         source = ReplaySource(
             mode="resume" if then is not None else "replay",
             path=recording.path,
             run_id=recording.run_id,
             completions=len(recording.completions),
         )
-        return cls(recording.completions, then=then, chunk=chunk, source=source)
+        options = prompt_options or recording.prompt()
+        return cls(recording.completions, then=then, chunk=chunk, source=source, prompt_options=options)
+
+    @property
+    def prompt_options(self) -> PromptOptions:
+        """How the prompts are rendered: by the live model when it renders them, else as recorded."""
+        live = getattr(self._then, "prompt_options", None)
+        if isinstance(self._then, PromptModel) and isinstance(live, PromptOptions):
+            return live
+        return self._prompt_options
 
     @property
     def remaining(self) -> int:
@@ -241,8 +288,12 @@ class ReplayModel:
         text = call.completion
         for i in range(0, len(text), self._chunk):
             yield TextDelta(text=text[i : i + self._chunk])
-        yield Completion(
-            text=text, prompt=call.prompt, usage=call.usage, output_ids=call.completion_ids or []
+        yield RecordedCompletion(
+            text=text,
+            prompt=call.prompt,
+            usage=call.usage,
+            output_ids=call.completion_ids or [],
+            intervention=call.intervention,
         )
 
     def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
@@ -251,7 +302,10 @@ class ReplayModel:
             return self._then.render_prompt(messages, tools)
         from qwq_agent.agent.chat_format import render
 
-        return render(list(messages), list(tools))
+        options = self._prompt_options
+        return render(
+            list(messages), list(tools), keep_reasoning=options.keep_reasoning, profile=options.profile
+        )
 
     async def generate(self, prompt: str, params: SamplingParams | None = None) -> Completion:
         """The next recorded completion as a whole (a constrained tool call, when replaying one)."""

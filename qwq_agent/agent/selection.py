@@ -26,6 +26,7 @@ __all__ = [
     "SelectionError",
     "Selector",
     "Verifier",
+    "checked",
     "parse_select",
 ]
 
@@ -151,11 +152,33 @@ class FunctionSelector:
             return Selection(winner=None, reason=f"the select function raised {type(exc).__name__}: {exc}")
         if choice is None:
             return Selection(winner=None, reason="the select function chose no branch")
-        if not isinstance(choice, int) or not 0 <= choice < len(outcomes):
+        # bool is an int to Python, but `True` is a yes, not "branch 1".
+        if isinstance(choice, bool) or not isinstance(choice, int) or not 0 <= choice < len(outcomes):
             return Selection(
                 winner=None, reason=f"the select function returned {choice!r}, not a branch index"
             )
         return Selection(winner=choice, reason=f"chosen by {self.label}")
+
+
+def checked(selection: Selection, outcomes: Sequence[BranchOutcome]) -> Selection:
+    """`selection` if its winner may win, else no winner with the reason.
+
+    Applied to every selector's choice (a user's function or `Selector` included): a winner that is
+    no branch index, or a branch that did not complete (e.g. a scorer's NaN for a failed branch),
+    would hand the caller a dead branch's state as the result of the exploration.
+    """
+    winner = selection.winner
+    if winner is None:
+        return selection
+    if isinstance(winner, bool) or not 0 <= winner < len(outcomes):
+        return Selection(winner=None, reason=f"{selection.reason}, but {winner!r} is not a branch index")
+    status = outcomes[winner].status
+    if status != "completed":
+        return Selection(
+            winner=None,
+            reason=f"{selection.reason}, but branch {winner} ended {status}: only a completed branch can win",
+        )
+    return selection
 
 
 def normalize_answer(text: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -25,6 +26,20 @@ class TraceError(Exception):
 
 class TracePathError(TraceError, OSError):
     """The trace file cannot be created: a bad folder, no permission, or a path that is not a file."""
+
+
+class NotATraceFileError(TracePathError):
+    """The trace path names a FIFO, a device, a socket or a folder: no trace is written to or read from it.
+
+    Opening a FIFO waits for its other end, forever and out of Ctrl-C's reach (the open blocks the
+    event loop's thread), so such a path is refused, never opened for blocking I/O. `kind` says what
+    the path is instead ("a FIFO (named pipe)", "a folder", ...).
+    """
+
+    def __init__(self, path: str | Path, kind: str) -> None:
+        super().__init__(f"trace path {path} is {kind}, not a file")
+        self.path = str(path)
+        self.kind = kind
 
 
 class TraceExistsError(TracePathError):
@@ -176,10 +191,13 @@ def _claim(path: Path, *, if_exists: str, tag: str | None) -> tuple[Path, int]:
     """Open the first free candidate for `path`: created or empty, and locked by us."""
     check_trace_folder(path)
     for candidate in _candidates(path, tag):
+        _refuse_special(candidate)
         try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            fd = _open_regular(candidate, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         except IsADirectoryError:
-            raise TracePathError(f"trace path {candidate} is a folder, not a file") from None
+            raise NotATraceFileError(candidate, "a folder") from None
+        except NotATraceFileError:
+            raise
         except OSError as exc:
             raise TracePathError(f"cannot create trace file {candidate}: {exc.strerror or exc}") from None
         try:
@@ -197,14 +215,55 @@ def _claim(path: Path, *, if_exists: str, tag: str | None) -> tuple[Path, int]:
     raise TraceExistsError(f"no free trace file name next to {path}")
 
 
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _not_a_file(path: Path, mode: int) -> NotATraceFileError:
+    return NotATraceFileError(path, _KINDS.get(stat.S_IFMT(mode), "a special file"))
+
+
+def _refuse_special(path: Path) -> None:
+    """Raise `NotATraceFileError` when `path` exists and is no regular file (a stat never blocks)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing (it will be created) or unreadable: opening it says why
+    if not stat.S_ISREG(mode):
+        raise _not_a_file(path, mode)
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """`os.open` that cannot block, and that keeps the fd only when it is a regular file.
+
+    O_NONBLOCK makes opening a FIFO return (or fail with ENXIO) at once instead of waiting for its
+    other end; fstat then checks what was opened, since the path may have been swapped since any
+    earlier check. On a regular file O_NONBLOCK changes nothing, but it is cleared all the same.
+    """
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_a_file(path, mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def check_trace_folder(path: str | Path) -> None:
     """Raise `TracePathError` unless a trace file can be created at `path` (folders are made).
 
     Cheap enough to call before any sandbox or model request, so a bad folder costs nothing.
     """
     path = Path(path)
-    if path.is_dir():
-        raise TracePathError(f"trace path {path} is a folder, not a file")
+    _refuse_special(path)
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -220,7 +279,10 @@ def check_trace_folder(path: str | Path) -> None:
 
 
 def check_trace_path(path: str | Path) -> None:
-    """`check_trace_folder`, and refuse (`TraceExistsError`) a file that already holds events."""
+    """`check_trace_folder`, and refuse (`TraceExistsError`) a file that already holds events.
+
+    A path that is no regular file (a FIFO, a device) is refused with `NotATraceFileError`.
+    """
     path = Path(path)
     check_trace_folder(path)
     try:
@@ -261,7 +323,9 @@ def _read_lines(path: str | Path) -> list[Event]:
     # Split the bytes, not the text: a write torn by a full disk can end inside a multi-byte character,
     # and decoding the whole file would lose every event to that one torn line. (b"\n" never occurs
     # inside a multi-byte UTF-8 sequence, so the split is exact.)
-    lines = Path(path).read_bytes().split(b"\n")
+    fd = _open_regular(Path(path), os.O_RDONLY)  # a FIFO is refused, not waited on
+    with open(fd, "rb") as f:
+        lines = f.read().split(b"\n")
     for i, raw in enumerate(lines):
         last = i == len(lines) - 1
         try:

@@ -28,6 +28,7 @@ from qwq_agent.agent.loop_detector import (
 )
 from qwq_agent.agent.loops.probe import AnswerProbe, ProbeModel, PromptRenderer
 from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.agent.replay import RecordedCompletion
 from qwq_agent.agent.turn_limits import ContextLength, TurnLimits
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta, Usage
@@ -103,7 +104,8 @@ class TurnStreamer:
         # The answer-stability probe needs the raw prompt the turn streams from (native client only).
         self._probe_model: ProbeModel | None = None
         # A replayed turn is answered from the trace, which holds no probes: asking the replay model
-        # would consume recorded completions, so a replay runs without them.
+        # would consume recorded completions, so a replay runs without them, and takes what they
+        # decided from the recording instead (`_recorded_signal`).
         replaying = bool(getattr(model, "replaying", False))
         if config.loop_detector.probe_enabled and isinstance(model, PromptRenderer) and not replaying:
             self._probe_model = model if isinstance(model, ProbeModel) else None
@@ -212,6 +214,8 @@ class TurnStreamer:
                     break
                 if isinstance(mev, Completion):
                     attempt.completion = mev
+                    if attempt.signal is None:
+                        attempt.signal = self._recorded_signal(mev)
                     continue
                 delta = mev.text if isinstance(mev, TextDelta) else ""
                 cut = watcher.feed(delta) if watcher is not None else None
@@ -260,6 +264,13 @@ class TurnStreamer:
                 await self.probe.aclose()
             with self.deadline.scope():  # the abort this may send counts against the deadline
                 await _aclose(stream)
+
+    def _recorded_signal(self, done: Completion) -> LoopSignal | None:
+        """On a replay: the intervention the recorded run made where this request ended, when this
+        turn's detector made none (a close decided on probes' answers, which are not replayed)."""
+        if isinstance(done, RecordedCompletion) and done.intervention is not None:
+            return self.detector.adopt(done.intervention)
+        return None
 
     def _maybe_probe(self, pieces: list[str]) -> None:
         """Start an answer-stability probe on the reasoning so far, when one is due."""
@@ -314,7 +325,12 @@ class TurnStreamer:
         ids = list(done.output_ids) if done is not None and done.output_ids else None
         yield self.emit(
             ModelCall(
-                prompt=prompt, prefix=self.prefix, completion=attempt.text, usage=usage, completion_ids=ids
+                prompt=prompt,
+                prefix=self.prefix,
+                completion=attempt.text,
+                usage=usage,
+                completion_ids=ids,
+                intervention=attempt.signal,  # what a replay must do here too
             )
         )
         yield self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))

@@ -60,6 +60,11 @@ class RunExtras:
         self._recorder = recorder
         self._console = console
 
+    @property
+    def mcp_tool_names(self) -> list[str]:
+        """The names of the tools the MCP servers gave (recorded, so that a replay can ask for them)."""
+        return [t.spec.name for t in self._toolset] if self._toolset is not None else []
+
     def observe(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """The run's events, passed through the span recorder when telemetry is on."""
         if self._recorder is None:

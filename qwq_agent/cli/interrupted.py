@@ -33,6 +33,10 @@ def print_interrupted(console: Console, started: Started, signal_name: str, *, a
         # The loop usually wrote `final` when its task was cancelled; if not, this writes it (once) and
         # closes the trace, so the file always ends with one.
         result = agent.end_run("interrupted", f"interrupted by {signal_name}") or agent.result
+    exploration = agent.exploration_trace if agent is not None else None
+    if result is None and exploration is not None:
+        _print_exploration_interrupted(console, exploration, signal_name, as_json=as_json)
+        return
     if result is None:
         console.print(f"[yellow]{signal_name}: stopped before the run started; no trace was written[/yellow]")
         return
@@ -50,3 +54,28 @@ def print_interrupted(console: Console, started: Started, signal_name: str, *, a
     console.print(f"[yellow]{signal_name}: the run was stopped[/yellow]")
     EventRenderer(console).handle(final)
     console.print(f"trace: {trace_path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_exploration_interrupted(console: Console, trace: Path, signal_name: str, *, as_json: bool) -> None:
+    """`run --branches` stopped: the exploration's summary (its trace's `final`) and where it is traced.
+
+    The agent's own run never started (the branches run as child agents), but the exploration wrote
+    its trace and one per branch; the cancellation, as it unwound, ended each with `final`.
+    """
+    from qwq_agent.agent.trace import TraceError, read_trace
+    from qwq_agent.cli.render import EventRenderer
+
+    try:
+        events = read_trace(trace)
+    except (TraceError, OSError, ValueError):  # unreadable now: the path is still worth printing
+        events = []
+    final = events[-1] if events and isinstance(events[-1], Final) else None
+    if as_json and final is not None:
+        sys.stdout.write(final.model_dump_json() + "\n")
+        sys.stdout.flush()
+    console.print(f"[yellow]{signal_name}: the exploration was stopped[/yellow]")
+    if final is not None:
+        EventRenderer(console).handle(final)
+    console.print(
+        f"trace: {trace} (one file per branch beside it)", markup=False, highlight=False, soft_wrap=True
+    )

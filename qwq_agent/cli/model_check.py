@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from qwq_agent.agent.profiles import DEFAULT_PROFILE
 from qwq_agent.cli.endpoint import check_model_url
 from qwq_agent.cli.errors import EXIT_MODEL, CliError
 from qwq_agent.protocols import Model
@@ -33,10 +34,14 @@ async def connect_model(
     api: str = "native",
     model: str = "Qwen/QwQ-32B",
     keep_reasoning: bool = False,
+    profile: str = DEFAULT_PROFILE.name,
     timeout: float = 3.0,
     routing_key: str | None = None,
 ) -> Model:
     """A client for `url` once the server has answered a cheap request within `timeout` seconds.
+
+    `keep_reasoning` and `profile` (the chat format) are how the native client renders prompts; an
+    OpenAI-compatible server renders them itself.
 
     `routing_key` (a run's id) is sent with every request, so SGLang's router under session affinity
     (`serve --dp N --router-policy affinity`) keeps the run on one replica; other servers ignore it.
@@ -62,7 +67,7 @@ async def connect_model(
     if api == "native":
         from qwq_agent.agent.clients import SGLangClient
 
-        return SGLangClient(url, keep_reasoning=keep_reasoning, routing_key=routing_key)
+        return SGLangClient(url, profile=profile, keep_reasoning=keep_reasoning, routing_key=routing_key)
     from qwq_agent.agent.clients.openai_chat import OpenAIChatClient
 
     return OpenAIChatClient(url, model=model, routing_key=routing_key)

@@ -270,13 +270,23 @@ def check_web_search() -> None:
         ) from None
 
 
-def check_tools(names: list[str], *, docs_db: Path | None) -> None:
-    """Every named tool exists and has what it needs to work."""
+SAME_MCP = "pass the same --mcp 'CMD ARGS' / --mcp-url URL as the recorded run"
+
+
+def check_tools(names: list[str], *, docs_db: Path | None, recorded: bool = False) -> None:
+    """Every named tool exists and has what it needs to work.
+
+    `recorded`: the names come from a trace, where a name that is no built-in tool may be an MCP
+    server's (in a trace that does not say so): the fix then says to pass the servers again.
+    """
     from qwq_agent.tools.catalog import TOOL_NAMES
 
     for name in names:
         if name not in TOOL_NAMES:
-            raise CliError(f"unknown tool {name!r}", f"choose from {', '.join(TOOL_NAMES)}")
+            fix = f"choose from {', '.join(TOOL_NAMES)}"
+            if recorded:
+                fix = f"if the recorded run had it from an MCP server, {SAME_MCP}; else {fix}"
+            raise CliError(f"unknown tool {name!r}", fix)
     if "search_docs" in names:
         check_docs_db(docs_db)
     if "web_search" in names:
@@ -295,7 +305,7 @@ def read_text(path: str | Path, what: str) -> str:
 
 def load_trace(path: Path, run_id: str | None = None) -> list[Any]:
     """A trace's events (of run `run_id` when given), or a `CliError` naming the file and what is wrong."""
-    from qwq_agent.agent.trace import MixedTraceError, read_trace
+    from qwq_agent.agent.trace import MixedTraceError, NotATraceFileError, read_trace
 
     fix = "pass a trace written by `qwq-agent run` (see ./traces/)"
     try:
@@ -306,6 +316,8 @@ def load_trace(path: Path, run_id: str | None = None) -> list[Any]:
         raise CliError(f"cannot read trace {path}: no such file", fix) from None
     except IsADirectoryError:
         raise CliError(f"cannot read trace {path}: it is a folder", fix) from None
+    except NotATraceFileError as exc:  # a FIFO, a device: refused, never waited on
+        raise CliError(f"cannot read trace {path}: it is {exc.kind}", fix) from None
     except OSError as exc:
         raise CliError(f"cannot read trace {path}: {exc.strerror or exc}", fix) from None
     except UnicodeDecodeError:
@@ -329,6 +341,27 @@ def load_recording(path: Path, run_id: str | None = None) -> Any:
         return recording_of(events, path)
     except TraceError as exc:
         raise CliError(f"cannot replay {path}: {exc}", "pass a trace written by `qwq-agent run`") from None
+
+
+def check_mcp_given(recorded: list[str], args: Any) -> None:
+    """A replay of a run that used MCP servers' tools is given servers to have them from."""
+    if recorded and not (args.mcp or args.mcp_url):
+        raise CliError(
+            f"the recorded run used tools of MCP servers ({', '.join(recorded)}), and no server was given",
+            SAME_MCP,
+        )
+
+
+def check_mcp_tools(recorded: list[str], given: list[str]) -> None:
+    """The MCP servers given to a replay have every MCP tool the recorded run had."""
+    missing = [name for name in recorded if name not in given]
+    if missing:
+        have = ", ".join(given) or "none"
+        raise CliError(
+            f"the MCP servers given have no tool {', '.join(map(repr, missing))} of the recorded run "
+            f"(they have: {have})",
+            SAME_MCP,
+        )
 
 
 def check_trace_target(path: Path) -> None:
@@ -358,7 +391,9 @@ def check_run(args: Any, settings: Any, trace_path: Path) -> RunPlan:
     names = list(settings.tools)
     sandbox = needs_sandbox(names)
     docs_db = settings.build_options().get("docs_db")
-    check_tools(names, docs_db=Path(docs_db) if docs_db else None)
+    replaying = args.replay is not None or args.resume is not None
+    check_tools(names, docs_db=Path(docs_db) if docs_db else None, recorded=replaying and args.tools is None)
+    check_mcp_given(settings.mcp_tools, args)
     workspace = Path(settings.workspace) if settings.workspace else None
     check_workspace(workspace, args.copy_back, sandbox=sandbox)
     check_patch_target(getattr(args, "patch", None), workspace)

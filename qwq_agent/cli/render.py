@@ -218,10 +218,16 @@ class EventRenderer:
         except ValueError:  # binascii.Error
             self.console.print(f"[dim](image {self._images} not saved: its data is not valid base64)[/dim]")
             return
-        self.image_dir.mkdir(parents=True, exist_ok=True)
         # Absolute, so that a terminal (or a click on the path) opens it from anywhere.
         path = (self.image_dir / f"image-{self._images}.png").resolve()
-        path.write_bytes(data)
+        try:
+            self.image_dir.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        except OSError as exc:  # e.g. started from a folder it cannot write: the image is lost, not the run
+            reason = exc.strerror or type(exc).__name__
+            note = f"(image {self._images} not saved: {reason}: {exc.filename or path})"
+            self.console.print(plain(note, "dim"), soft_wrap=True)
+            return
         self.saved_images.append(path)
         self.console.print(plain(f"image saved: {path}", "magenta"), soft_wrap=True)
 

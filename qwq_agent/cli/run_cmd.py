@@ -58,7 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="tokens per model call (default 8192; with --replay/--resume: recorded)",
     )
-    p.add_argument("--keep-reasoning", action="store_true", help="keep earlier reasoning in the prompt")
+    p.add_argument(
+        "--keep-reasoning",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep earlier reasoning in the prompt (default: off; with --replay/--resume: recorded)",
+    )
     p.add_argument(
         "--constrained",
         action="store_true",
@@ -158,11 +163,16 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             endpoint.url,
             api=endpoint.api,
             model=endpoint.model,
-            keep_reasoning=args.keep_reasoning,
+            keep_reasoning=settings.prompt.keep_reasoning,
+            profile=settings.prompt.profile,
             timeout=endpoint.connect_timeout_s,
             routing_key=run_id,  # session affinity behind SGLang's router
         )
-    model = ReplayModel.from_recording(recording, then=live) if recording else live
+    model = (
+        ReplayModel.from_recording(recording, then=live, prompt_options=settings.prompt)
+        if recording
+        else live
+    )
     assert model is not None
 
     tools = build_tools(settings.tools, **settings.build_options())
@@ -174,6 +184,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     agent = None
     copied = True
     try:
+        preflight.check_mcp_tools(settings.mcp_tools, extras.mcp_tool_names)
         approver = approval_prompt.setup(args, settings.config, source, tools, console)
         workspace = Path(settings.workspace) if settings.workspace else None
         image = await ensure_run_image(console) if plan.sandbox else None  # a status while it builds
@@ -193,7 +204,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 config=settings.config,
                 run_id=run_id,
                 trace_path=trace_path,
-                tool_options=settings.recorded_options(),
+                tool_options=settings.recorded_options(mcp_tools=extras.mcp_tool_names),
                 approver=approver,
             )
             started.agent, started.trace_path = agent, trace_path

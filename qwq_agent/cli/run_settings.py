@@ -1,7 +1,7 @@
 """What `qwq-agent run` runs with: its flags, or for --replay/--resume the recorded run's settings.
 
-A replay must rebuild the run it recorded, not today's CLI defaults: the tools, their options and the
-`AgentConfig` come from the trace's `run_started` event. A flag given explicitly still wins, and each
+A replay must rebuild the run it recorded, not today's CLI defaults: the tools, their options, the
+`AgentConfig` and how prompts are rendered (`--keep-reasoning`) come from the trace's `run_started` event. A flag given explicitly still wins, and each
 such override is reported, since it makes the run diverge from its recording.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from qwq_agent.agent.chat_format import PromptOptions
 from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.replay import Recording
 
@@ -22,6 +23,9 @@ DEFAULT_MAX_NEW_TOKENS = 8192
 TOOL_OPTION_KEYS = ("docs_db", "allow_loopback_fetch")
 # Recorded with them, not passed to `build_tools`: the folder the sandbox's /workspace started from.
 WORKSPACE_KEY = "workspace"
+# Recorded too: the names of the tools that MCP servers (--mcp/--mcp-url) gave the run. They are in
+# `run_started.tools` beside the built-in ones, and a replay gets them from the same servers again.
+MCP_TOOLS_KEY = "mcp_tools"
 
 
 class RunSettings(BaseModel):
@@ -33,15 +37,23 @@ class RunSettings(BaseModel):
     tool_options: dict[str, Any]
     config: AgentConfig
     workspace: str | None = None
+    # How the model client renders prompts (a client setting, recorded in `run_started.prompt_options`).
+    prompt: PromptOptions = PromptOptions()
+    # On a replay: the recorded tools that came from MCP servers (not in `tools`, which are built).
+    mcp_tools: list[str] = []
     overrides: list[str] = []
 
     def build_options(self) -> dict[str, Any]:
         """The `build_tools` keywords."""
         return {k: v for k, v in self.tool_options.items() if k in TOOL_OPTION_KEYS}
 
-    def recorded_options(self) -> dict[str, Any]:
-        """What `run_started.tool_options` records."""
-        return {**self.build_options(), **({WORKSPACE_KEY: self.workspace} if self.workspace else {})}
+    def recorded_options(self, mcp_tools: list[str] | None = None) -> dict[str, Any]:
+        """What `run_started.tool_options` records; `mcp_tools`: the names the MCP servers gave."""
+        return {
+            **self.build_options(),
+            **({WORKSPACE_KEY: self.workspace} if self.workspace else {}),
+            **({MCP_TOOLS_KEY: list(mcp_tools)} if mcp_tools else {}),
+        }
 
 
 def _names(text: str) -> list[str]:
@@ -63,13 +75,27 @@ def fresh_settings(args: argparse.Namespace) -> RunSettings:
     )
     workspace = str(args.workspace.resolve()) if args.workspace is not None else None
     return RunSettings(
-        tools=_names(args.tools or DEFAULT_TOOLS), tool_options=options, config=config, workspace=workspace
+        tools=_names(args.tools or DEFAULT_TOOLS),
+        tool_options=options,
+        config=config,
+        workspace=workspace,
+        prompt=PromptOptions(keep_reasoning=bool(args.keep_reasoning)),
     )
 
 
 def recorded_settings(args: argparse.Namespace, recording: Recording) -> RunSettings:
-    """The recorded run's settings, with the flags given explicitly applied on top (and listed)."""
-    tools = list(recording.tools)
+    """The recorded run's settings, with the flags given explicitly applied on top (and listed).
+
+    The recorded tools that came from MCP servers go to `mcp_tools`, to be had from the servers given
+    again (`--mcp`/`--mcp-url`). A trace written before they were recorded does not say which they
+    were: given servers, the names that are no built-in tool are taken to be theirs.
+    """
+    from qwq_agent.tools.catalog import TOOL_NAMES
+
+    mcp_tools = [str(n) for n in recording.tool_options.get(MCP_TOOLS_KEY) or []]
+    if not mcp_tools and (args.mcp or args.mcp_url):
+        mcp_tools = [n for n in recording.tools if n not in TOOL_NAMES]
+    tools = [n for n in recording.tools if n not in mcp_tools]
     options = {k: v for k, v in recording.tool_options.items() if k in TOOL_OPTION_KEYS}
     config = recording.agent_config()
     overrides: list[str] = []
@@ -92,6 +118,17 @@ def recorded_settings(args: argparse.Namespace, recording: Recording) -> RunSett
     if args.constrained and not config.constrained_tool_calls:
         overrides.append("constrained tool calls (recorded: off)")
         config.constrained_tool_calls = True
+    prompt = recording.prompt()
+    if args.keep_reasoning is not None and args.keep_reasoning != prompt.keep_reasoning:
+        recorded = "on" if prompt.keep_reasoning else "off"
+        overrides.append(f"keep reasoning {'on' if args.keep_reasoning else 'off'} (recorded: {recorded})")
+        prompt = prompt.model_copy(update={"keep_reasoning": args.keep_reasoning})
     return RunSettings(
-        tools=tools, tool_options=options, config=config, workspace=workspace, overrides=overrides
+        tools=tools,
+        tool_options=options,
+        config=config,
+        workspace=workspace,
+        prompt=prompt,
+        mcp_tools=mcp_tools,
+        overrides=overrides,
     )

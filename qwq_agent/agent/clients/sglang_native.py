@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
+from qwq_agent.agent.chat_format import PromptOptions
 from qwq_agent.agent.clients._sse import DONE, iter_sse_json
 from qwq_agent.agent.clients.counts import server_count
 from qwq_agent.agent.clients.errors import (
@@ -266,6 +267,11 @@ class SGLangClient(RoutingKeyMixin):
                 if ids is not None and isinstance(event, SGLangCompletion):
                     event.prompt = text  # traces and replay compare prompts as text
                 yield event
+
+    @property
+    def prompt_options(self) -> PromptOptions:
+        """How this client renders prompts, as a trace records it."""
+        return PromptOptions(keep_reasoning=self.keep_reasoning, profile=self.profile)
 
     def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
         """The prompt `stream` sends for this conversation (before any `prefix`)."""

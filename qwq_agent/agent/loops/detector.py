@@ -393,12 +393,7 @@ class ReasoningLoopDetector:
                 return
             if self.revisits - self._revisits_at_signal < cfg.min_new_repeats:
                 return
-        self.level += 1
-        self._size_at_signal = self._size
-        # Probes are placed by the text fed (`bytes_fed`): one taken where the nudge was written,
-        # whatever the cut of the stream, is not "after" it.
-        self._fed_at_signal = self.bytes_fed
-        self._revisits_at_signal = self.revisits
+        self._mark(self.level + 1)
         candidates = self._ledger.top()
         if kind == "periodic" and self._cycle[0] < self._cycle[1]:
             reason = (
@@ -459,6 +454,34 @@ class ReasoningLoopDetector:
         )
         self._new.append(signal)
         self.signals.append(signal)
+        self._clear_windows()
+
+    def adopt(self, signal: LoopSignal) -> LoopSignal:
+        """Escalate to `signal`, decided outside this detector, as if it had fired here.
+
+        For a replay: the recorded run stepped in on what the replay does not repeat (a probe's
+        answers; probes would take recorded completions). Taking the recorded decision keeps the
+        levels in step with the recording, so the later escalations are judged as they were then.
+        """
+        if signal.level > self.level:
+            answer = signal.evidence.get("probe_answer")
+            if signal.kind == "probe" and isinstance(answer, str):
+                self._probe_answer = answer
+            self._mark(signal.level)
+            self.signals.append(signal)
+            self._clear_windows()
+        return signal
+
+    def _mark(self, level: int) -> None:
+        """Enter `level`: where it was reached is where the next one is measured from."""
+        self.level = level
+        self._size_at_signal = self._size
+        # Probes are placed by the text fed (`bytes_fed`): one taken where the nudge was written,
+        # whatever the cut of the stream, is not "after" it.
+        self._fed_at_signal = self.bytes_fed
+        self._revisits_at_signal = self.revisits
+
+    def _clear_windows(self) -> None:
         # The next level must be earned by text written after this one: the windows start empty
         # (what was seen stays indexed, so going back to it again still counts).
         self._flags, self._flag_sum, self._flag_start = [], 0, 0
