@@ -20,6 +20,8 @@ from qwq_agent.sandbox import (
     DockerSandbox,
     DockerUnreachable,
     SandboxConfig,
+    SandboxPool,
+    SandboxPoolClosed,
 )
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import DockerAPIError
@@ -52,6 +54,83 @@ async def removed(engine: DockerEngine, cid: str) -> None:
     except DockerAPIError as exc:
         if exc.status != 404:
             raise
+
+
+# ------------------------------------------------------------------------------------ the warm pool
+
+
+@pytest.mark.docker
+async def test_an_acquire_cancelled_during_its_health_check_destroys_that_sandbox_and_refills(
+    sandbox_image: str,
+) -> None:
+    """The sandbox taken from the queue was neither handed out, put back nor closed: its container ran on
+    unowned and the pool stayed one sandbox short for good."""
+    engine = DockerEngine()
+    async with SandboxPool(
+        size=1, config=SandboxConfig(image=sandbox_image), health_check_timeout_s=GUARD_S
+    ) as pool:
+        await pool.wait_ready()
+        (warm,) = [w.sandbox for w in list(pool._ready._queue)]  # type: ignore[attr-defined]
+        paused = warm.id
+        await engine.request("POST", f"/containers/{paused}/pause")
+        try:
+            # A run's deadline ends the acquire while the pause holds its health check's ping up.
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.0), pool.acquire():
+                    pass
+            await asyncio.wait_for(removed(engine, paused), GUARD_S)
+            await asyncio.wait_for(pool.wait_ready(), GUARD_S)
+            assert pool.ready == 1
+        finally:
+            await engine.remove(paused)  # forced: paused or not
+
+
+@pytest.mark.docker
+async def test_the_pool_gets_back_to_its_size_after_a_burst_of_failed_starts(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """A failed start's slot used to be lost: after one outage the pool never held `size` sandboxes again."""
+    proxy.refusing = True  # dockerd restarting: every start fails
+    config = SandboxConfig(image=sandbox_image)
+    async with SandboxPool(size=2, config=config, engine=DockerEngine(proxy.path)) as pool:
+        await asyncio.wait_for(pool.wait_ready(), GUARD_S)
+        assert pool.ready == 0 and pool.start_failures >= 2
+        proxy.refusing = False  # back: with no acquire at all, the pool fills up again
+
+        async def full() -> None:
+            while pool.ready < pool.size:
+                await pool.wait_ready()
+                # Between the pool's retries there is nothing to wait on but the clock.
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(full(), GUARD_S)
+        async with pool.acquire() as sb:
+            assert (await sb.shell("echo ok")).stdout == "ok\n"
+
+
+@pytest.mark.docker
+async def test_closing_the_pool_fails_its_waiting_acquires_at_once(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """Waiting acquires were left to their own timeout (70 s by default), or to a later start failure."""
+    proxy.delays["/containers/create"] = 600.0  # a busy daemon: the start fails after its 3 s
+    config = SandboxConfig(image=sandbox_image, start_timeout_s=3.0)
+    pool = SandboxPool(size=1, config=config, engine=DockerEngine(proxy.path), acquire_timeout_s=GUARD_S)
+    await pool.__aenter__()
+
+    async def acquire() -> None:
+        async with pool.acquire():
+            pass
+
+    task = asyncio.create_task(acquire())
+    await asyncio.sleep(0)  # one step: it waits for the start in flight
+    assert pool._waiters == 1
+    await asyncio.wait_for(pool.aclose(), GUARD_S)  # it waits for the start in flight to fail
+    assert task.done()
+    with pytest.raises(SandboxPoolClosed, match="closed while the acquire waited"):
+        await task
+    with pytest.raises(SandboxPoolClosed):
+        await acquire()
 
 
 # ------------------------------------------------------------------------- what a failed start leaves
