@@ -9,12 +9,18 @@ generous `wait_for`, so a regression fails instead of hanging the suite.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from docker_proxy import DockerProxy
+from docker_proxy import MARK_LABEL, DockerProxy
 
 from qwq_agent.sandbox import (
     DockerSandbox,
@@ -22,7 +28,9 @@ from qwq_agent.sandbox import (
     SandboxConfig,
     SandboxPool,
     SandboxPoolClosed,
+    janitor,
 )
+from qwq_agent.sandbox.connector import UnixConnector
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import DockerAPIError
 
@@ -197,3 +205,75 @@ async def test_a_default_image_removed_since_it_was_resolved_is_resolved_again(
     async with DockerSandbox.create(SandboxConfig()) as sb:
         assert (await sb.shell("echo ok")).stdout == "ok\n"
     assert container._image_cache["default"] == sandbox_image
+
+
+# ----------------------------------------------------------------------------------------- the janitor
+
+
+async def test_an_owner_in_another_pid_namespace_is_judged_by_expiry_only() -> None:
+    """Its pids are not visible here: a live owner looked dead, and its sandboxes were removed mid-run."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a new PID namespace needs root and unshare(1)")
+    live = janitor.owner_labels(3600)  # this process: alive, in the namespace the child cannot see
+    expired = {**live, janitor.L_EXPIRES: "1000"}
+    child = textwrap.dedent("""
+        import json, sys
+        from qwq_agent.sandbox import janitor
+        print(json.dumps([janitor.orphan_reason(json.loads(a)) for a in sys.argv[1:]]
+                         + [janitor.owned_by_me({**json.loads(sys.argv[1]), janitor.L_PID: "1"})]))
+    """)
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            sys.executable,
+            "-c",
+            child,
+            *map(json.dumps, [live, expired]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if out.returncode and "Operation not permitted" in out.stderr:
+        pytest.skip(f"unshare refused: {out.stderr.strip()}")
+    assert out.returncode == 0, out.stderr
+    # Not an orphan; expired all the same; and pid 1 there (the child itself) is not our pid 1.
+    assert json.loads(out.stdout) == [None, "expired", False]
+    # Labels from before the namespace was recorded: only their expiry tells, wherever they come from.
+    old = {k: v for k, v in live.items() if k != janitor.L_PIDNS}
+    assert janitor.orphan_reason({**old, janitor.L_PID: "999999999"}) is None
+    assert janitor.orphan_reason({**old, janitor.L_EXPIRES: "1000"}) == "expired"
+    # In this namespace a dead owner is still found out.
+    assert janitor.orphan_reason({**live, janitor.L_PID: "999999999"}) == "owner process is gone"
+
+
+@pytest.mark.docker
+async def test_an_orphan_the_engine_cannot_remove_does_not_stop_sandboxes_starting(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """A removal error other than 404/409 failed the start-up clean-up, and so every start, for good."""
+    engine = DockerEngine()
+    labels = {
+        **janitor.owner_labels(3600),
+        janitor.L_PID: "999999999",  # its owner is gone
+        janitor.L_START: "1",
+        MARK_LABEL: proxy.mark,  # the only container the janitor sees through the proxy
+    }
+    body = SandboxConfig(image=sandbox_image).container_body(sandbox_image, labels)
+    orphan = await engine.create(f"qwq-sbx-test-{uuid.uuid4().hex[:8]}", body)
+    proxy.failures[orphan] = (
+        500,
+        'driver "overlay2" failed to remove root filesystem: device or resource busy',
+    )
+    try:
+        via_proxy = DockerEngine(connector=UnixConnector(proxy.path))
+        async with DockerSandbox.create(SandboxConfig(image=sandbox_image), engine=via_proxy) as sb:
+            assert (await sb.shell("echo ok")).stdout == "ok\n"
+        assert any(line.startswith("DELETE") and orphan in line for line in proxy.seen)
+        assert proxy.url in janitor._started  # done for this engine: not retried (and failed) per start
+    finally:
+        await engine.remove(orphan)
