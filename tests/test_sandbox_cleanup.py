@@ -277,3 +277,44 @@ async def test_an_orphan_the_engine_cannot_remove_does_not_stop_sandboxes_starti
         assert proxy.url in janitor._started  # done for this engine: not retried (and failed) per start
     finally:
         await engine.remove(orphan)
+
+
+# -------------------------------------------------------------------------------------- the idle limit
+
+
+@pytest.mark.docker
+async def test_a_live_host_keeps_its_idle_sandbox_while_a_frozen_host_s_is_reaped(sandbox_image: str) -> None:
+    """The idle limit counted whether or not the host was alive: an agent waiting on a model turn longer
+    than the limit (900 s) lost its sandbox and its Python state. A live host now pings its sandboxes;
+    the limit still reaps one whose host stopped (here frozen: its attach stream stays open, so the
+    supervisor sees no EOF)."""
+    config = SandboxConfig(image=sandbox_image, idle_timeout_s=2.0)
+    child = textwrap.dedent(f"""
+        import asyncio, os, signal
+        from qwq_agent.sandbox import DockerSandbox, SandboxConfig, janitor
+        from qwq_agent.sandbox.engine import DockerEngine
+        janitor._started.setdefault(DockerEngine().url, None)  # other processes' orphans are not its own
+        async def main():
+            sb = await DockerSandbox.create(SandboxConfig(image={sandbox_image!r}, idle_timeout_s=2.0))
+            print(sb.id, flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        asyncio.run(main())
+    """)
+    engine = DockerEngine()
+    async with DockerSandbox.create(config) as sb:
+        await sb.python("x = 42")  # our last call: idle from here on
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", child, stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert proc.stdout is not None
+            frozen = (await asyncio.wait_for(proc.stdout.readline(), GUARD_S)).decode().strip()
+            assert frozen
+            # Started after ours went idle, with the same limit: reaped after ours would have been.
+            await asyncio.wait_for(removed(engine, frozen), GUARD_S)
+            assert sb.alive
+            r = await sb.python("x")
+            assert r.value == "42" and not r.sandbox_replaced and not r.state_lost
+        finally:
+            proc.kill()
+            await proc.wait()

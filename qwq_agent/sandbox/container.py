@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Coroutine
@@ -32,6 +33,11 @@ HOST_CHECK_TIMEOUT_S = 3.0
 # A failed start waits for its container's removal this long at least (more if its start time has more
 # left); a daemon slower than that finishes the removal in the background, so the start fails on time.
 DISCARD_WAIT_S = 2.0
+# A live host pings its sandbox this often, as a fraction of the idle limit: the supervisor's idle clock
+# then runs out only for a host that stopped (frozen, or its link hung without closing; a host that died
+# closes the attach stream and the supervisor exits at once). A model generating a turn longer than the
+# idle limit must not cost the agent its Python state.
+KEEPALIVE_FRACTION = 1 / 3
 # Removals handed to the background, held here so that they are not garbage-collected half-way.
 _removals: set[asyncio.Task[None]] = set()
 
@@ -72,6 +78,7 @@ class SandboxContainer:
         self.name = ""
         self.replacements = 0
         self._channel: Channel | None = None
+        self._keepalive: asyncio.Task[None] | None = None
         self._removing = ""  # the container (id or name) whose removal has been started
         self._lock = asyncio.Lock()
         self._closed = False
@@ -126,6 +133,7 @@ class SandboxContainer:
                     f"the image's supervisor does not run under its own uid (hello: {hello}); rebuild it with "
                     "`qwq-agent sandbox build` or start the container as root with the default cap_add"
                 )
+            self._keepalive = asyncio.create_task(self._keep_alive(self._channel))
         except BaseException as exc:
             await self._discard(deadline)
             if isinstance(exc, TimeoutError | DockerAPIError | SandboxDead) and not isinstance(
@@ -167,6 +175,8 @@ class SandboxContainer:
         daemon does not hold the start past its time by the engine's whole timeout. A container whose
         removal has started is not removed again (a failed start is followed by `close()`).
         """
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         if self._channel is not None:
             await self._channel.aclose()
         target = self.id or self.name
@@ -184,6 +194,16 @@ class SandboxContainer:
             await self.engine.remove(target)  # the engine's own timeout bounds it
         except (DockerAPIError, DockerUnreachable, OSError) as exc:
             log.warning("could not remove sandbox container %s: %s", target, exc)
+
+    async def _keep_alive(self, channel: Channel) -> None:
+        """Ping the supervisor every `KEEPALIVE_FRACTION` of its idle limit until the channel closes."""
+        interval = self.config.idle_timeout_s * KEEPALIVE_FRACTION
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(channel.closed_event.wait(), interval)
+                return
+            with contextlib.suppress(SandboxError):  # a paused sandbox: its idle clock stands still too
+                await channel.call("ping", {}, interval)
 
     async def close(self) -> None:
         """Destroy the container (idempotent)."""

@@ -2,8 +2,7 @@
 
 `acquire()` always ends within a bounded time: it returns a sandbox that answered a health check, or raises
 a `SandboxStartError` (`SandboxAcquireTimeout` when nothing worked in time). Warm sandboxes that died while
-waiting (killed, crashed, idle or lifetime limit reached), are close to their idle or lifetime limit, or do
-not answer (a paused or frozen container) are destroyed and replaced, never handed out. Starts that failed
+waiting (killed, crashed, lifetime limit reached), are close to their lifetime limit, or do not answer (a paused or frozen container) are destroyed and replaced, never handed out. Starts that failed
 are tried again after a pause that grows with each failed round, so the pool gets back to its size once
 Docker is back. Closing the pool fails the acquires still waiting with `SandboxPoolClosed`.
 """
@@ -33,7 +32,7 @@ from qwq_agent.sandbox.transport import DockerHost
 
 log = logging.getLogger(__name__)
 
-# A warm sandbox this close to its idle or lifetime limit may exit while the caller uses it: replace it.
+# A warm sandbox this close to its lifetime limit may exit while the caller uses it: replace it.
 EXPIRY_MARGIN = 0.1
 # After a failed start the missing sandboxes are started again after this pause, doubled with each failed
 # start in a row up to the cap: a dockerd restart ends, a host that stays down is not hammered.
@@ -43,10 +42,12 @@ REFILL_MAX_DELAY_S = 60.0
 
 @dataclass
 class _Warm:
-    """A started sandbox waiting in the pool, and when it last answered (its idle clock's start)."""
+    """A started sandbox waiting in the pool, and when it started (its lifetime's start).
+
+    No idle clock: the pool's process pings its sandboxes, so a warm one does not idle out.
+    """
 
     sandbox: DockerSandbox
-    ready_at: float
     started_at: float
 
 
@@ -56,7 +57,7 @@ class SandboxPool:
     `hosts=["unix:///var/run/docker.sock", "ssh://docker@gpu2"]` spreads the sandboxes over several
     Docker engines by free capacity; a host that goes away is skipped while the others serve.
 
-    Acquiring takes a ready sandbox from a queue, checks it (alive, not about to expire, answers a ping
+    Acquiring takes a ready sandbox from a queue, checks it (alive, not near its lifetime, answers a ping
     within `health_check_timeout_s`; None skips the ping, and with it the check for paused containers)
     and starts a replacement in the background; when none is ready the
     caller waits for the next one to finish starting, at most `acquire_timeout_s` (default: the config's
@@ -138,8 +139,7 @@ class SandboxPool:
                 if self._closed:
                     await sandbox.close()
                     return
-                now = time.monotonic()
-                self._ready.put_nowait(_Warm(sandbox, ready_at=now, started_at=now))
+                self._ready.put_nowait(_Warm(sandbox, started_at=time.monotonic()))
         finally:
             self._starting -= 1
 
@@ -188,9 +188,7 @@ class SandboxPool:
     def _expiring(self, warm: _Warm) -> str | None:
         """Why `warm` should not be handed out although its channel is open, or None."""
         now = time.monotonic()
-        idle, life = self.config.idle_timeout_s, self.config.lifetime_s
-        if now - warm.ready_at >= idle * (1 - EXPIRY_MARGIN):
-            return f"idle for {now - warm.ready_at:.0f} s (its idle limit is {idle:g} s)"
+        life = self.config.lifetime_s
         if now - warm.started_at >= life * (1 - EXPIRY_MARGIN):
             return f"started {now - warm.started_at:.0f} s ago (its lifetime is {life:g} s)"
         return None
