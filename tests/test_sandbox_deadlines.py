@@ -1,6 +1,6 @@
 """Nothing in the sandbox layer waits forever: the warm pool's acquire and every Docker engine call.
 
-Faults are real: warm containers killed or paused through the engine, a short idle limit that makes
+Faults are real: warm containers killed or paused through the engine, a short lifetime that makes
 the supervisor exit, and a unix socket server that accepts connections and never answers (a hung dockerd).
 Each test is guarded by a generous `wait_for`, so a regression fails instead of hanging the suite.
 """
@@ -77,13 +77,14 @@ async def test_acquire_replaces_a_paused_warm_sandbox(sandbox_image: str) -> Non
 
 
 @pytest.mark.docker
-async def test_acquire_replaces_a_warm_sandbox_past_its_idle_limit(sandbox_image: str) -> None:
-    config = SandboxConfig(image=sandbox_image, idle_timeout_s=2.0)
+async def test_acquire_replaces_a_warm_sandbox_past_its_lifetime(sandbox_image: str) -> None:
+    # (Warm sandboxes do not idle out: the pool's process pings them.)
+    config = SandboxConfig(image=sandbox_image, lifetime_s=5.0)
     async with SandboxPool(size=1, config=config) as pool:
         await pool.wait_ready()
         (expired,) = warm_ids(pool)
         reason = await asyncio.wait_for(pool._ready._queue[0].sandbox.wait_closed(), GUARD_S)  # type: ignore[attr-defined]
-        assert "idle limit reached" in reason
+        assert "lifetime limit reached" in reason
 
         async def acquire_and_use() -> str:
             async with pool.acquire() as sb:

@@ -45,7 +45,11 @@ class SandboxConfig(BaseModel):
     tmp_size: int = parse_bytes("256m")
     home_size: int = parse_bytes("64m")
     log_driver: str = "none"
-    idle_timeout_s: float = 900.0
+    idle_timeout_s: float = Field(
+        900.0,
+        description="the supervisor exits after this long without a request; its host pings it while "
+        "alive, so this reaps only sandboxes whose host stopped (frozen, or its link hung)",
+    )
     lifetime_s: float = 3600.0
     python_timeout_s: float = 60.0
     shell_timeout_s: float = 60.0

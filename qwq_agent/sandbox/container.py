@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
+from collections.abc import Coroutine
 
 from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox import janitor
@@ -23,9 +25,33 @@ from qwq_agent.sandbox.errors import (
 from qwq_agent.sandbox.snapshot import RestoreResult
 from qwq_agent.settings import get_settings
 
+log = logging.getLogger(__name__)
+
 _image_cache: dict[str, str] = {}
 # When a sandbox dies, a ping this long tells "the container died" from "its host went away".
 HOST_CHECK_TIMEOUT_S = 3.0
+# A failed start waits for its container's removal this long at least (more if its start time has more
+# left); a daemon slower than that finishes the removal in the background, so the start fails on time.
+DISCARD_WAIT_S = 2.0
+# A live host pings its sandbox this often, as a fraction of the idle limit: the supervisor's idle clock
+# then runs out only for a host that stopped (frozen, or its link hung without closing; a host that died
+# closes the attach stream and the supervisor exits at once). A model generating a turn longer than the
+# idle limit must not cost the agent its Python state.
+KEEPALIVE_FRACTION = 1 / 3
+# Removals handed to the background, held here so that they are not garbage-collected half-way.
+_removals: set[asyncio.Task[None]] = set()
+
+
+def _in_background(coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+    task = asyncio.ensure_future(coro)
+    _removals.add(task)
+    task.add_done_callback(_removals.discard)
+    return task
+
+
+def _default_image(config: SandboxConfig) -> bool:
+    """Whether the image is the project's own, resolved once per process (not one the user named)."""
+    return not (config.image or get_settings().sandbox_image)
 
 
 def resolve_image(config: SandboxConfig) -> str:
@@ -52,6 +78,8 @@ class SandboxContainer:
         self.name = ""
         self.replacements = 0
         self._channel: Channel | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self._removing = ""  # the container (id or name) whose removal has been started
         self._lock = asyncio.Lock()
         self._closed = False
         self.cells = CellLog()
@@ -73,19 +101,20 @@ class SandboxContainer:
             raise DockerUnreachable(
                 f"the Docker engine at {self.engine.url} failed the start-up clean-up of old sandboxes: {exc}"
             ) from exc
-        if not (self.config.image or get_settings().sandbox_image or "default" in _image_cache):
+        if _default_image(self.config) and "default" not in _image_cache:
             # The image lookup below uses docker-py in a thread: make sure the engine answers first, so
             # a hung daemon fails here within the start time rather than there after docker-py's 60 s.
             await self.engine.request("GET", "/_ping", timeout=deadline.left())
-        image = await asyncio.to_thread(resolve_image, self.config)
         self.name = f"qwq-sbx-{uuid.uuid4().hex[:12]}"
-        labels = janitor.owner_labels(self.config.lifetime_s)
         try:
-            cid = await self.engine.create(
-                self.name, self.config.container_body(image, labels), timeout=deadline.left()
-            )
+            cid = await self._create(deadline)
         except DockerAPIError as exc:
             raise SandboxStartError(f"could not create the sandbox container: {exc}") from exc
+        except BaseException:
+            # No answer in time, or cancelled: dockerd may have created the container all the same, and
+            # one that never starts is never auto-removed. Its name is known: remove it by that.
+            await self._discard(deadline)
+            raise
         self.id = cid[:12]
         try:
             reader, writer = await self.engine.attach(cid, timeout=deadline.left())
@@ -104,20 +133,77 @@ class SandboxContainer:
                     f"the image's supervisor does not run under its own uid (hello: {hello}); rebuild it with "
                     "`qwq-agent sandbox build` or start the container as root with the default cap_add"
                 )
+            self._keepalive = asyncio.create_task(self._keep_alive(self._channel))
         except BaseException as exc:
-            await self._discard()
+            await self._discard(deadline)
             if isinstance(exc, TimeoutError | DockerAPIError | SandboxDead) and not isinstance(
                 exc, DockerUnreachable
             ):
                 raise SandboxStartError(f"the sandbox did not start: {exc}") from exc
             raise
 
-    async def _discard(self) -> None:
+    async def _create(self, deadline: Deadline) -> str:
+        """Create the container named `self.name`; its full id.
+
+        The default image's tag is cached for the process: when that image has gone since (`docker image
+        prune -a`, a prune by another version), resolve it again (finding or building it) and retry once,
+        rather than fail every start until the process restarts.
+        """
+        labels = janitor.owner_labels(self.config.lifetime_s)
+        image = await asyncio.to_thread(resolve_image, self.config)
+        try:
+            return await self.engine.create(
+                self.name, self.config.container_body(image, labels), timeout=deadline.left()
+            )
+        except DockerAPIError as exc:
+            if not (
+                exc.status == 404 and "no such image" in str(exc).lower() and _default_image(self.config)
+            ):
+                raise
+            log.warning("sandbox image %s is gone; resolving the default image again", image)
+        _image_cache.pop("default", None)
+        image = await asyncio.to_thread(resolve_image, self.config)
+        return await self.engine.create(
+            self.name, self.config.container_body(image, labels), timeout=deadline.left()
+        )
+
+    async def _discard(self, deadline: Deadline | None = None) -> None:
+        """Close the channel and remove the container: by id, or by name when its create got no answer.
+
+        Without `deadline` this waits for the removal. A failed start passes its deadline: it waits what
+        is left of it, at least `DISCARD_WAIT_S`, and leaves a slower removal to the background, so a hung
+        daemon does not hold the start past its time by the engine's whole timeout. A container whose
+        removal has started is not removed again (a failed start is followed by `close()`).
+        """
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         if self._channel is not None:
             await self._channel.aclose()
-        if self.id:
-            with contextlib.suppress(DockerAPIError, DockerUnreachable, OSError):
-                await self.engine.remove(self.id)
+        target = self.id or self.name
+        if not target or target == self._removing:
+            return
+        self._removing = target
+        removal = _in_background(self._remove(target))
+        if deadline is None:
+            await asyncio.shield(removal)  # a cancelled close() still removes the container
+        else:
+            await asyncio.wait({removal}, timeout=max(deadline.left() or 0.0, DISCARD_WAIT_S))
+
+    async def _remove(self, target: str) -> None:
+        try:
+            await self.engine.remove(target)  # the engine's own timeout bounds it
+        except (DockerAPIError, DockerUnreachable, OSError) as exc:
+            log.warning("could not remove sandbox container %s: %s", target, exc)
+
+    async def _keep_alive(self, channel: Channel) -> None:
+        """Ping the supervisor every `KEEPALIVE_FRACTION` of its idle limit until the channel closes."""
+        interval = self.config.idle_timeout_s * KEEPALIVE_FRACTION
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(channel.closed_event.wait(), interval)
+                return
+            with contextlib.suppress(SandboxError):  # a paused sandbox: its idle clock stands still too
+                await channel.call("ping", {}, interval)
 
     async def close(self) -> None:
         """Destroy the container (idempotent)."""
@@ -157,7 +243,7 @@ class SandboxContainer:
             if not self.config.auto_replace:
                 raise await self._dead(f"sandbox {self.id}: {reason}")
             await self._discard()
-            self.id = ""
+            self.id = self.name = ""
             try:
                 await self._start()
             except DockerUnreachable as exc:  # no replacement where the host is gone

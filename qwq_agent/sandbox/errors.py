@@ -65,6 +65,10 @@ class SandboxAcquireTimeout(SandboxStartError):
     """`SandboxPool.acquire()` found no working sandbox within its time limit."""
 
 
+class SandboxPoolClosed(SandboxError):
+    """`SandboxPool.acquire()` on a pool that is closed, or that closed while the acquire waited."""
+
+
 class DockerAPIError(SandboxError):
     """The Docker engine refused a request."""
 

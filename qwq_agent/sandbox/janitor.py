@@ -1,13 +1,17 @@
 """Ownership labels on every sandbox container, and the janitor that removes orphans.
 
-A container is an orphan when its owner process is gone (same host and boot, pid dead or reused) or its
-expiry has passed. The janitor runs once per process and Docker engine before the first sandbox starts
-there and, via atexit, removes whatever this process still owns on each engine on the way out.
+A container is an orphan when its owner process is gone (same host, boot and PID namespace; pid dead or
+reused) or its expiry has passed. An owner in another PID namespace (a container sharing the host's
+hostname and Docker socket) has pids this process cannot see: only its expiry tells, as for another host.
+
+The janitor runs once per process and Docker engine before the first sandbox starts there and, via
+atexit, removes whatever this process still owns on each engine on the way out.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import socket
 import threading
@@ -16,12 +20,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
+log = logging.getLogger(__name__)
+
 LABEL = "qwq-agent"
-L_PID, L_START, L_BOOT, L_HOST, L_EXPIRES, L_CREATED = (
+L_PID, L_START, L_BOOT, L_HOST, L_PIDNS, L_EXPIRES, L_CREATED = (
     f"{LABEL}.owner-pid",
     f"{LABEL}.owner-start",
     f"{LABEL}.owner-boot",
     f"{LABEL}.owner-host",
+    f"{LABEL}.owner-pidns",
     f"{LABEL}.expires",
     f"{LABEL}.created",
 )
@@ -45,7 +52,18 @@ def _start_ticks(pid: int) -> str | None:
         return None
 
 
-BOOT_ID, HOSTNAME = _boot_id(), socket.gethostname()
+def _pid_namespace() -> str:
+    """This process's PID namespace (the inode of /proc/self/ns/pid), or "" when it cannot be read.
+
+    Unique per kernel boot: with the host and boot id it says whose pids `/proc` shows this process.
+    """
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+BOOT_ID, HOSTNAME, PID_NS = _boot_id(), socket.gethostname(), _pid_namespace()
 
 
 def owner_labels(lifetime_s: float) -> dict[str, str]:
@@ -58,6 +76,7 @@ def owner_labels(lifetime_s: float) -> dict[str, str]:
         L_START: _start_ticks(pid) or "",
         L_BOOT: BOOT_ID,
         L_HOST: HOSTNAME,
+        L_PIDNS: PID_NS,
         L_CREATED: f"{now:.3f}",
         L_EXPIRES: f"{now + lifetime_s + EXPIRY_GRACE_S:.3f}",
     }
@@ -75,6 +94,10 @@ def orphan_reason(labels: dict[str, str], now: float | None = None) -> str | Non
         return None  # another host's process: only its expiry tells
     if labels.get(L_BOOT) != BOOT_ID:
         return "owner's host rebooted"
+    if not PID_NS or labels.get(L_PIDNS) != PID_NS:
+        # Another PID namespace (or an unknown one: labels older than this one) on the same host and boot:
+        # its pids are not ours to look up, and a live owner would look dead. Only its expiry tells.
+        return None
     try:
         pid = int(labels.get(L_PID, ""))
     except ValueError:
@@ -90,6 +113,7 @@ def owned_by_me(labels: dict[str, str]) -> bool:
         labels.get(L_PID) == str(os.getpid())
         and labels.get(L_BOOT) == BOOT_ID
         and labels.get(L_HOST) == HOSTNAME
+        and labels.get(L_PIDNS) == PID_NS  # the same pid number in another namespace is another process
     )
 
 
@@ -132,19 +156,30 @@ def list_sandboxes(client: Any = None) -> list[SandboxInfo]:
     return out
 
 
-def prune(*, everything: bool = False, mine: bool = False, client: Any = None) -> list[SandboxInfo]:
-    """Remove orphans (or, with `everything`, all of ours; with `mine`, this process's). Returns them."""
+def prune(
+    *, everything: bool = False, mine: bool = False, client: Any = None, deadline: float | None = None
+) -> list[SandboxInfo]:
+    """Remove orphans (or, with `everything`, all of ours; with `mine`, this process's). Returns them.
+
+    Failing to list raises. A container the engine fails to remove (a busy filesystem, a process stuck
+    in the kernel) is logged and skipped: it is garbage, and must not stop the next sandbox from
+    starting. Past `deadline` (`time.monotonic()`), the rest are left for a later run.
+    """
     client = client or _client()
     removed = []
     for c in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
         labels = c.get("Labels") or {}
         if not (everything or (mine and owned_by_me(labels)) or (not mine and orphan_reason(labels))):
             continue
+        if deadline is not None and time.monotonic() >= deadline:
+            log.warning("sandbox janitor: out of time; the remaining orphans are left for a later run")
+            break
         try:
             client.api.remove_container(c["Id"], force=True)
-        except Exception as exc:  # already gone, or removal in progress
+        except Exception as exc:  # already gone, or removal in progress: done; anything else: skipped
             if getattr(getattr(exc, "response", None), "status_code", None) not in (404, 409):
-                raise
+                log.warning("sandbox janitor: could not remove container %s: %s", c["Id"][:12], exc)
+                continue
         removed.append(
             SandboxInfo(
                 id=c["Id"][:12],
@@ -176,8 +211,10 @@ def startup_once(timeout: float = 30.0, connector: Any = None) -> None:
     exits. `connector` (a `connector.Connector`) names the engine; None is the `DOCKER_HOST` one.
 
     Each Docker host has its own janitor run: orphans are found per engine, by the owner labels.
-    `timeout` bounds each call to the engine, so a hung daemon fails this instead of blocking it.
+    `timeout` bounds each call to the engine, so a hung daemon fails this instead of blocking it, and
+    the removals together: orphans left when it runs out are for a later run (of another process).
     """
+    deadline = time.monotonic() + timeout
     key = "default" if connector is None else connector.url
     with _lock:
         if key in _started:
@@ -186,7 +223,10 @@ def startup_once(timeout: float = 30.0, connector: Any = None) -> None:
             atexit.register(_at_exit)
         _started[key] = connector
     try:
-        prune(client=_client(timeout) if connector is None else connector.docker_client(timeout))
+        prune(
+            client=_client(timeout) if connector is None else connector.docker_client(timeout),
+            deadline=deadline,
+        )
     except BaseException:
         with _lock:
             _started.pop(key, None)  # try again with the next sandbox on this engine

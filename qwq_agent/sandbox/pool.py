@@ -2,8 +2,9 @@
 
 `acquire()` always ends within a bounded time: it returns a sandbox that answered a health check, or raises
 a `SandboxStartError` (`SandboxAcquireTimeout` when nothing worked in time). Warm sandboxes that died while
-waiting (killed, crashed, idle or lifetime limit reached), are close to their idle or lifetime limit, or do
-not answer (a paused or frozen container) are destroyed and replaced, never handed out.
+waiting (killed, crashed, lifetime limit reached), are close to their lifetime limit, or do not answer (a paused or frozen container) are destroyed and replaced, never handed out. Starts that failed
+are tried again after a pause that grows with each failed round, so the pool gets back to its size once
+Docker is back. Closing the pool fails the acquires still waiting with `SandboxPoolClosed`.
 """
 
 from __future__ import annotations
@@ -19,23 +20,34 @@ from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 from qwq_agent.sandbox.engine import DockerEngine
-from qwq_agent.sandbox.errors import SandboxAcquireTimeout, SandboxError, SandboxStartError
+from qwq_agent.sandbox.errors import (
+    SandboxAcquireTimeout,
+    SandboxError,
+    SandboxPoolClosed,
+    SandboxStartError,
+)
 from qwq_agent.sandbox.hosts import HostSet
 from qwq_agent.sandbox.snapshot import PythonState, Snapshot
 from qwq_agent.sandbox.transport import DockerHost
 
 log = logging.getLogger(__name__)
 
-# A warm sandbox this close to its idle or lifetime limit may exit while the caller uses it: replace it.
+# A warm sandbox this close to its lifetime limit may exit while the caller uses it: replace it.
 EXPIRY_MARGIN = 0.1
+# After a failed start the missing sandboxes are started again after this pause, doubled with each failed
+# start in a row up to the cap: a dockerd restart ends, a host that stays down is not hammered.
+REFILL_DELAY_S = 1.0
+REFILL_MAX_DELAY_S = 60.0
 
 
 @dataclass
 class _Warm:
-    """A started sandbox waiting in the pool, and when it last answered (its idle clock's start)."""
+    """A started sandbox waiting in the pool, and when it started (its lifetime's start).
+
+    No idle clock: the pool's process pings its sandboxes, so a warm one does not idle out.
+    """
 
     sandbox: DockerSandbox
-    ready_at: float
     started_at: float
 
 
@@ -45,7 +57,7 @@ class SandboxPool:
     `hosts=["unix:///var/run/docker.sock", "ssh://docker@gpu2"]` spreads the sandboxes over several
     Docker engines by free capacity; a host that goes away is skipped while the others serve.
 
-    Acquiring takes a ready sandbox from a queue, checks it (alive, not about to expire, answers a ping
+    Acquiring takes a ready sandbox from a queue, checks it (alive, not near its lifetime, answers a ping
     within `health_check_timeout_s`; None skips the ping, and with it the check for paused containers)
     and starts a replacement in the background; when none is ready the
     caller waits for the next one to finish starting, at most `acquire_timeout_s` (default: the config's
@@ -87,6 +99,8 @@ class SandboxPool:
         self._starting = 0
         self._waiters = 0
         self._closed = False
+        self._failed_in_a_row = 0
+        self._refill: asyncio.Task[None] | None = None  # the pending top-up after failed starts
         self.start_failures = 0
         self.replaced = 0
         """Warm sandboxes found dead, expired or unresponsive at acquire time, and replaced."""
@@ -119,21 +133,44 @@ class SandboxPool:
                         if isinstance(exc, SandboxError)
                         else SandboxStartError(f"{type(exc).__name__}: {exc}")
                     )
+                    self._refill_later()
                     return
+                self._failed_in_a_row = 0
                 if self._closed:
                     await sandbox.close()
                     return
-                now = time.monotonic()
-                self._ready.put_nowait(_Warm(sandbox, ready_at=now, started_at=now))
+                self._ready.put_nowait(_Warm(sandbox, started_at=time.monotonic()))
         finally:
             self._starting -= 1
 
     def _failed(self, error: SandboxError) -> None:
         self.start_failures += 1
+        self._failed_in_a_row += 1
         self.last_error = error
         log.warning("warm pool: a sandbox failed to start: %s", error)
         if self._waiters > self._ready.qsize():
             self._ready.put_nowait(error)
+
+    def _refill_later(self) -> None:
+        """After a failed start: start whatever the pool then lacks of its size, after a growing pause.
+
+        Without it a failed start's slot was lost for good: after one burst of failures (a dockerd restart)
+        the pool only replaced what was acquired, and stayed below its size for the rest of the process.
+        """
+        if self._closed or not self.size or self._refill is not None:
+            return  # one pending top-up covers every slot that is missing when it runs
+        delay = min(REFILL_MAX_DELAY_S, REFILL_DELAY_S * 2 ** min(self._failed_in_a_row - 1, 16))
+        self._refill = asyncio.create_task(self._refill_after(delay))
+
+    async def _refill_after(self, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._refill = None
+        if self._closed:
+            return
+        for _ in range(self.size - self._ready.qsize() - self._starting):
+            self._spawn_fill()
 
     async def wait_ready(self) -> None:
         """Wait until the pool holds `size` started sandboxes or its starts have finished."""
@@ -151,9 +188,7 @@ class SandboxPool:
     def _expiring(self, warm: _Warm) -> str | None:
         """Why `warm` should not be handed out although its channel is open, or None."""
         now = time.monotonic()
-        idle, life = self.config.idle_timeout_s, self.config.lifetime_s
-        if now - warm.ready_at >= idle * (1 - EXPIRY_MARGIN):
-            return f"idle for {now - warm.ready_at:.0f} s (its idle limit is {idle:g} s)"
+        life = self.config.lifetime_s
         if now - warm.started_at >= life * (1 - EXPIRY_MARGIN):
             return f"started {now - warm.started_at:.0f} s ago (its lifetime is {life:g} s)"
         return None
@@ -170,8 +205,16 @@ class SandboxPool:
             log.info("warm pool: replacing sandbox %s: %s", sb.id, problem)
         return problem is None
 
+    def _discard_taken(self, sandbox: DockerSandbox) -> None:
+        """Destroy a sandbox taken from the queue but not handed out, and start its replacement."""
+        self._spawn(sandbox.close())
+        if self.size and not self._closed:
+            self._spawn_fill()
+
     async def _take(self, deadline: Deadline) -> DockerSandbox:
         while True:
+            if self._closed:
+                raise SandboxPoolClosed("the pool is closed")
             if self._ready.empty() and self._starting == 0:
                 self._spawn_fill()  # size 0, or every start failed: start one on demand
             self._waiters += 1
@@ -187,12 +230,23 @@ class SandboxPool:
                 self._waiters -= 1
             if isinstance(item, SandboxError):
                 raise item
-            if await self._usable(item, deadline):
+            if self._closed:
+                self._discard_taken(item.sandbox)
+                raise SandboxPoolClosed("the pool was closed while the acquire waited")
+            try:
+                usable = await self._usable(item, deadline)
+            except BaseException:
+                # Cancelled during the health check (Ctrl-C, the run's deadline): the sandbox is nobody's
+                # now, so it must go, and its slot be refilled, or the container runs on unowned.
+                self._discard_taken(item.sandbox)
+                raise
+            if self._closed:
+                self._discard_taken(item.sandbox)
+                raise SandboxPoolClosed("the pool was closed while the acquire waited")
+            if usable:
                 return item.sandbox
             self.replaced += 1
-            self._spawn(item.sandbox.close())
-            if self.size and not self._closed:
-                self._spawn_fill()
+            self._discard_taken(item.sandbox)
 
     @contextlib.asynccontextmanager
     async def acquire(
@@ -211,7 +265,7 @@ class SandboxPool:
         interpreter was left); a failed restore destroys it and raises.
         """
         if self._closed:
-            raise SandboxError("the pool is closed")
+            raise SandboxPoolClosed("the pool is closed")
         limit = self.acquire_timeout_s if timeout is None else timeout
         sandbox = await self._take((deadline or Deadline.never()).sooner(limit))
         if self.size:
@@ -224,8 +278,15 @@ class SandboxPool:
             self._spawn(sandbox.close())
 
     async def aclose(self) -> None:
-        """Destroy every sandbox the pool still holds and wait for background starts and removals."""
+        """Destroy every sandbox the pool still holds and wait for background starts and removals.
+
+        Acquires still waiting fail at once with `SandboxPoolClosed` rather than wait out their timeout.
+        """
         self._closed = True
+        if self._refill is not None:
+            self._refill.cancel()
+        for _ in range(self._waiters):
+            self._ready.put_nowait(SandboxPoolClosed("the pool was closed while the acquire waited"))
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         while not self._ready.empty():

@@ -1,0 +1,320 @@
+"""What failed, late or cancelled starts leave behind, the warm pool after outages and at close, and the
+janitor's limits (owners in other PID namespaces, orphans the engine cannot remove).
+
+Faults are real: containers paused through the engine, and `DockerProxy`, a unix socket in front of the
+real engine that refuses connections, holds answers back or fails a removal. Every test is guarded by a
+generous `wait_for`, so a regression fails instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from docker_proxy import MARK_LABEL, DockerProxy
+
+from qwq_agent.sandbox import (
+    DockerSandbox,
+    DockerUnreachable,
+    SandboxConfig,
+    SandboxPool,
+    SandboxPoolClosed,
+    janitor,
+)
+from qwq_agent.sandbox.connector import UnixConnector
+from qwq_agent.sandbox.engine import DockerEngine
+from qwq_agent.sandbox.errors import DockerAPIError
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session")]
+
+GUARD_S = 120.0  # far beyond any bound under test: only a hang reaches it
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def proxy() -> AsyncIterator[DockerProxy]:
+    async with DockerProxy() as p:
+        yield p
+
+
+async def exists(engine: DockerEngine, name_or_id: str) -> bool:
+    try:
+        await engine.inspect(name_or_id)
+    except DockerAPIError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+async def removed(engine: DockerEngine, cid: str) -> None:
+    """Return once the container is gone (the engine's own wait, bounded)."""
+    try:
+        await engine.request("POST", f"/containers/{cid}/wait", params={"condition": "removed"}, timeout=60)
+    except DockerAPIError as exc:
+        if exc.status != 404:
+            raise
+
+
+# ------------------------------------------------------------------------------------ the warm pool
+
+
+@pytest.mark.docker
+async def test_an_acquire_cancelled_during_its_health_check_destroys_that_sandbox_and_refills(
+    sandbox_image: str,
+) -> None:
+    """The sandbox taken from the queue was neither handed out, put back nor closed: its container ran on
+    unowned and the pool stayed one sandbox short for good."""
+    engine = DockerEngine()
+    async with SandboxPool(
+        size=1, config=SandboxConfig(image=sandbox_image), health_check_timeout_s=GUARD_S
+    ) as pool:
+        await pool.wait_ready()
+        (warm,) = [w.sandbox for w in list(pool._ready._queue)]  # type: ignore[attr-defined]
+        paused = warm.id
+        await engine.request("POST", f"/containers/{paused}/pause")
+        try:
+            # A run's deadline ends the acquire while the pause holds its health check's ping up.
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.0), pool.acquire():
+                    pass
+            await asyncio.wait_for(removed(engine, paused), GUARD_S)
+            await asyncio.wait_for(pool.wait_ready(), GUARD_S)
+            assert pool.ready == 1
+        finally:
+            await engine.remove(paused)  # forced: paused or not
+
+
+@pytest.mark.docker
+async def test_the_pool_gets_back_to_its_size_after_a_burst_of_failed_starts(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """A failed start's slot used to be lost: after one outage the pool never held `size` sandboxes again."""
+    proxy.refusing = True  # dockerd restarting: every start fails
+    config = SandboxConfig(image=sandbox_image)
+    async with SandboxPool(size=2, config=config, engine=DockerEngine(proxy.path)) as pool:
+        await asyncio.wait_for(pool.wait_ready(), GUARD_S)
+        assert pool.ready == 0 and pool.start_failures >= 2
+        proxy.refusing = False  # back: with no acquire at all, the pool fills up again
+
+        async def full() -> None:
+            while pool.ready < pool.size:
+                await pool.wait_ready()
+                # Between the pool's retries there is nothing to wait on but the clock.
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(full(), GUARD_S)
+        async with pool.acquire() as sb:
+            assert (await sb.shell("echo ok")).stdout == "ok\n"
+
+
+@pytest.mark.docker
+async def test_closing_the_pool_fails_its_waiting_acquires_at_once(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """Waiting acquires were left to their own timeout (70 s by default), or to a later start failure."""
+    proxy.delays["/containers/create"] = 600.0  # a busy daemon: the start fails after its 3 s
+    config = SandboxConfig(image=sandbox_image, start_timeout_s=3.0)
+    pool = SandboxPool(size=1, config=config, engine=DockerEngine(proxy.path), acquire_timeout_s=GUARD_S)
+    await pool.__aenter__()
+
+    async def acquire() -> None:
+        async with pool.acquire():
+            pass
+
+    task = asyncio.create_task(acquire())
+    await asyncio.sleep(0)  # one step: it waits for the start in flight
+    assert pool._waiters == 1
+    await asyncio.wait_for(pool.aclose(), GUARD_S)  # it waits for the start in flight to fail
+    assert task.done()
+    with pytest.raises(SandboxPoolClosed, match="closed while the acquire waited"):
+        await task
+    with pytest.raises(SandboxPoolClosed):
+        await acquire()
+
+
+# ------------------------------------------------------------------------- what a failed start leaves
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("how", ["answered late", "cancelled"])
+async def test_a_create_without_an_answer_leaves_no_container(
+    sandbox_image: str, proxy: DockerProxy, how: str
+) -> None:
+    """dockerd creates the container although its answer comes after the start time (or the start was
+    cancelled meanwhile); with no id to remove, a never-started container stayed for good."""
+    proxy.delays["/containers/create"] = 600.0
+    config = SandboxConfig(image=sandbox_image, start_timeout_s=3.0)
+    sandbox = DockerSandbox(config, engine=DockerEngine(proxy.path))
+    engine = DockerEngine()
+    start = asyncio.create_task(sandbox._start())
+    try:
+        if how == "cancelled":
+            await asyncio.wait_for(proxy.held.wait(), GUARD_S)  # dockerd created it; the answer is held
+            start.cancel()
+        with pytest.raises(DockerUnreachable if how == "answered late" else asyncio.CancelledError):
+            await asyncio.wait_for(start, GUARD_S)
+        assert sandbox.name.startswith("qwq-sbx-") and not sandbox.id
+        assert not await exists(engine, sandbox.name)
+    finally:
+        if sandbox.name:
+            await engine.remove(sandbox.name)
+
+
+@pytest.mark.docker
+async def test_a_start_whose_clean_up_meets_a_hung_daemon_still_fails_within_its_start_time(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """The failed start's removal used the engine's own timeout (here an hour) instead of the start's."""
+    proxy.delays["/attach"] = 3600.0
+    proxy.delays["DELETE /"] = 3600.0  # the removal is done, its answer never comes
+    engine = DockerEngine(proxy.path, timeout=3600.0)
+    sandbox = DockerSandbox(SandboxConfig(image=sandbox_image, start_timeout_s=2.0), engine=engine)
+    with pytest.raises(DockerUnreachable, match="attach"):
+        await asyncio.wait_for(sandbox._start(), GUARD_S)
+    await asyncio.wait_for(sandbox.close(), GUARD_S)  # its removal is under way already: not waited again
+    await removed(DockerEngine(), sandbox.id)
+
+
+@pytest.mark.docker
+async def test_a_default_image_removed_since_it_was_resolved_is_resolved_again(
+    sandbox_image: str, monkeypatch
+) -> None:
+    """The default tag was cached for the process: once its image was pruned, no sandbox could start."""
+    from qwq_agent.sandbox import container
+    from qwq_agent.sandbox.image import image_tag
+
+    if sandbox_image != image_tag():
+        pytest.skip("resolving the default image again would build it: the session uses another image")
+    monkeypatch.delenv("QWQ_SANDBOX_IMAGE", raising=False)
+    engine = DockerEngine()
+    gone_tag = f"qwq-test-gone-{uuid.uuid4().hex[:8]}"
+    await engine.request(
+        "POST", f"/images/{sandbox_image}/tag", params={"repo": "qwq-agent-sandbox", "tag": gone_tag}
+    )
+    await engine.request("DELETE", f"/images/qwq-agent-sandbox:{gone_tag}")  # only the tag goes
+    monkeypatch.setattr(container, "_image_cache", {"default": f"qwq-agent-sandbox:{gone_tag}"})
+    async with DockerSandbox.create(SandboxConfig()) as sb:
+        assert (await sb.shell("echo ok")).stdout == "ok\n"
+    assert container._image_cache["default"] == sandbox_image
+
+
+# ----------------------------------------------------------------------------------------- the janitor
+
+
+async def test_an_owner_in_another_pid_namespace_is_judged_by_expiry_only() -> None:
+    """Its pids are not visible here: a live owner looked dead, and its sandboxes were removed mid-run."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a new PID namespace needs root and unshare(1)")
+    live = janitor.owner_labels(3600)  # this process: alive, in the namespace the child cannot see
+    expired = {**live, janitor.L_EXPIRES: "1000"}
+    child = textwrap.dedent("""
+        import json, sys
+        from qwq_agent.sandbox import janitor
+        print(json.dumps([janitor.orphan_reason(json.loads(a)) for a in sys.argv[1:]]
+                         + [janitor.owned_by_me({**json.loads(sys.argv[1]), janitor.L_PID: "1"})]))
+    """)
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            sys.executable,
+            "-c",
+            child,
+            *map(json.dumps, [live, expired]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if out.returncode and "Operation not permitted" in out.stderr:
+        pytest.skip(f"unshare refused: {out.stderr.strip()}")
+    assert out.returncode == 0, out.stderr
+    # Not an orphan; expired all the same; and pid 1 there (the child itself) is not our pid 1.
+    assert json.loads(out.stdout) == [None, "expired", False]
+    # Labels from before the namespace was recorded: only their expiry tells, wherever they come from.
+    old = {k: v for k, v in live.items() if k != janitor.L_PIDNS}
+    assert janitor.orphan_reason({**old, janitor.L_PID: "999999999"}) is None
+    assert janitor.orphan_reason({**old, janitor.L_EXPIRES: "1000"}) == "expired"
+    # In this namespace a dead owner is still found out.
+    assert janitor.orphan_reason({**live, janitor.L_PID: "999999999"}) == "owner process is gone"
+
+
+@pytest.mark.docker
+async def test_an_orphan_the_engine_cannot_remove_does_not_stop_sandboxes_starting(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """A removal error other than 404/409 failed the start-up clean-up, and so every start, for good."""
+    engine = DockerEngine()
+    labels = {
+        **janitor.owner_labels(3600),
+        janitor.L_PID: "999999999",  # its owner is gone
+        janitor.L_START: "1",
+        MARK_LABEL: proxy.mark,  # the only container the janitor sees through the proxy
+    }
+    body = SandboxConfig(image=sandbox_image).container_body(sandbox_image, labels)
+    orphan = await engine.create(f"qwq-sbx-test-{uuid.uuid4().hex[:8]}", body)
+    proxy.failures[orphan] = (
+        500,
+        'driver "overlay2" failed to remove root filesystem: device or resource busy',
+    )
+    try:
+        via_proxy = DockerEngine(connector=UnixConnector(proxy.path))
+        async with DockerSandbox.create(SandboxConfig(image=sandbox_image), engine=via_proxy) as sb:
+            assert (await sb.shell("echo ok")).stdout == "ok\n"
+        assert any(line.startswith("DELETE") and orphan in line for line in proxy.seen)
+        assert proxy.url in janitor._started  # done for this engine: not retried (and failed) per start
+    finally:
+        await engine.remove(orphan)
+
+
+# -------------------------------------------------------------------------------------- the idle limit
+
+
+@pytest.mark.docker
+async def test_a_live_host_keeps_its_idle_sandbox_while_a_frozen_host_s_is_reaped(sandbox_image: str) -> None:
+    """The idle limit counted whether or not the host was alive: an agent waiting on a model turn longer
+    than the limit (900 s) lost its sandbox and its Python state. A live host now pings its sandboxes;
+    the limit still reaps one whose host stopped (here frozen: its attach stream stays open, so the
+    supervisor sees no EOF)."""
+    config = SandboxConfig(image=sandbox_image, idle_timeout_s=2.0)
+    child = textwrap.dedent(f"""
+        import asyncio, os, signal
+        from qwq_agent.sandbox import DockerSandbox, SandboxConfig, janitor
+        from qwq_agent.sandbox.engine import DockerEngine
+        janitor._started.setdefault(DockerEngine().url, None)  # other processes' orphans are not its own
+        async def main():
+            sb = await DockerSandbox.create(SandboxConfig(image={sandbox_image!r}, idle_timeout_s=2.0))
+            print(sb.id, flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        asyncio.run(main())
+    """)
+    engine = DockerEngine()
+    async with DockerSandbox.create(config) as sb:
+        await sb.python("x = 42")  # our last call: idle from here on
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", child, stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert proc.stdout is not None
+            frozen = (await asyncio.wait_for(proc.stdout.readline(), GUARD_S)).decode().strip()
+            assert frozen
+            # Started after ours went idle, with the same limit: reaped after ours would have been.
+            await asyncio.wait_for(removed(engine, frozen), GUARD_S)
+            assert sb.alive
+            r = await sb.python("x")
+            assert r.value == "42" and not r.sandbox_replaced and not r.state_lost
+        finally:
+            proc.kill()
+            await proc.wait()
