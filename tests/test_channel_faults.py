@@ -102,3 +102,33 @@ async def test_a_short_call_behind_a_big_one_on_a_slow_link_kills_neither() -> N
         serve.cancel()
         await chan.aclose()
         container.close()
+
+
+async def test_a_cancel_accepted_as_the_reply_arrives_is_never_swallowed() -> None:
+    """Python 3.11's `asyncio.wait_for` returns the result when a cancel lands as the awaited future
+    finishes, dropping the cancel: a cancelled acquire then ran on to its deadline. Whatever the order,
+    a cancel the task accepted (`cancel()` returned True) must end it with CancelledError."""
+    host, container = socket.socketpair()
+    container.setblocking(False)
+    reader, writer = await asyncio.open_unix_connection(sock=host)
+    chan = Channel(reader, writer, max_request_bytes=1 << 20)
+    loop = asyncio.get_running_loop()
+    try:
+        call = asyncio.create_task(chan.call("ping", {}, 10))
+        sent = b""
+        while len(sent) < 4 or len(sent) < 4 + struct.unpack(">I", sent[:4])[0]:
+            sent += await loop.sock_recv(container, 65536)
+        req = json.loads(sent[4:])
+        accepted: list[bool] = []
+        # Cancel in the very loop iteration the reply is handed over (after the waiter's own callbacks).
+        chan._pending[req["id"]][0].add_done_callback(lambda _f: accepted.append(call.cancel()))
+        reply = json.dumps({"id": req["id"], "nonce": req["nonce"], "ok": True, "result": {}})
+        body = struct.pack(">I", len(reply)) + reply.encode()
+        await loop.sock_sendall(container, struct.pack(">BxxxI", 1, len(body)) + body)
+        done, _ = await asyncio.wait({call}, timeout=10)
+        assert done and accepted
+        if accepted[0]:
+            assert call.cancelled(), "the call accepted a cancel and then returned as if none had come"
+    finally:
+        await chan.aclose()
+        container.close()

@@ -125,7 +125,10 @@ class Channel:
             deadline = None if reply_timeout is None else loop.time() + reply_timeout
             try:
                 left = None if deadline is None else max(0.0, deadline - loop.time())
-                reply = await asyncio.wait_for(fut, left)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+                # lands as the awaited thing finishes, and a cancelled caller then ran on to its deadline.
+                async with asyncio.timeout(left):
+                    reply = await fut
             except TimeoutError:
                 raise SandboxTimeout(f"no reply to {op!r} within {reply_timeout:g}s") from None
         finally:
@@ -157,7 +160,8 @@ class Channel:
         while True:
             left = stall_timeout - (loop.time() - stalled_since)
             try:
-                await asyncio.wait_for(self._writer.drain(), max(0.0, min(left, _PROGRESS_CHECK_S)))
+                async with asyncio.timeout(max(0.0, min(left, _PROGRESS_CHECK_S))):  # not wait_for: above
+                    await self._writer.drain()
                 return
             except TimeoutError:  # before OSError, of which it is a subclass
                 now = self._queued - transport.get_write_buffer_size()

@@ -126,7 +126,10 @@ class SandboxContainer:
                 reader, writer, max_request_bytes=self.config.max_request_bytes, max_reply_bytes=max_reply
             )
             await self.engine.start(cid, timeout=deadline.left())
-            hello = await asyncio.wait_for(asyncio.shield(self._channel.hello), deadline.left())
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that lands
+            # as the hello arrives, and the cancelled start went on to hand out a sandbox.
+            async with asyncio.timeout(deadline.left()):
+                hello = await asyncio.shield(self._channel.hello)
             if not hello.get("privilege_split"):
                 # An image without the uid split would let user code write into the channel: refuse it.
                 raise SandboxStartError(
@@ -200,7 +203,8 @@ class SandboxContainer:
         interval = self.config.idle_timeout_s * KEEPALIVE_FRACTION
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(channel.closed_event.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await channel.closed_event.wait()
                 return
             with contextlib.suppress(SandboxError):  # a paused sandbox: its idle clock stands still too
                 await channel.call("ping", {}, interval)
