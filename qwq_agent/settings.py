@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_URL = "http://127.0.0.1:30000"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# The most seconds a timeout variable may hold: `inf` or 1e300 passed `gt=0` and then overflowed the
+# socket and clock arithmetic they feed (an "unexpected error", not a bad variable); nan never expires.
+LONGEST_WAIT_S = 86400.0
 
 
 def _env(*names: str) -> AliasChoices:
@@ -66,12 +69,16 @@ class Settings(BaseSettings):
     model_connect_timeout_s: float = Field(
         3.0,
         gt=0,
+        le=LONGEST_WAIT_S,
+        allow_inf_nan=False,
         validation_alias=_env("QWQ_MODEL_CONNECT_TIMEOUT"),
         description="seconds `run` waits for the model server's first answer at start-up",
     )
     model_read_timeout_s: float = Field(
         600.0,
         gt=0,
+        le=LONGEST_WAIT_S,
+        allow_inf_nan=False,
         validation_alias=_env("QWQ_MODEL_READ_TIMEOUT"),
         description="seconds an OpenAI-compatible stream may stay silent",
     )
@@ -89,6 +96,8 @@ class Settings(BaseSettings):
     docker_ping_timeout_s: float = Field(
         10.0,
         gt=0,
+        le=LONGEST_WAIT_S,
+        allow_inf_nan=False,
         validation_alias=_env("QWQ_DOCKER_PING_TIMEOUT"),
         description="seconds `run` waits for Docker to answer a ping",
     )

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
 from typing import Any, overload
 
@@ -107,7 +107,7 @@ class Agent:
 
     async def stream(
         self, task: str, *, history: Sequence[Message] = (), continues: bool = False
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Run the task, yielding every event as it happens; the last one is always `Final`.
 
         `history` is an earlier conversation this task continues (e.g. a previous run's
@@ -160,13 +160,17 @@ class Agent:
                 )
                 for note in trace_notes:
                     yield self._emit(note)
-                async for ev in self._steps(task, deadline):
-                    if isinstance(ev, Final):
-                        status, answer, error = ev.status, ev.answer, ev.error
-                        break
-                    yield ev
-                    if (failed := self._trace_failure()) is not None:
-                        yield failed
+                # aclosing here and below: a consumer that stops iterating (a closed stdout) closes this
+                # generator, and the close must reach the model request now, in order; left to the
+                # event loop's shutdown, the nested generators were closed at once and collided.
+                async with aclosing(self._steps(task, deadline)) as steps:
+                    async for ev in steps:
+                        if isinstance(ev, Final):
+                            status, answer, error = ev.status, ev.answer, ev.error
+                            break
+                        yield ev
+                        if (failed := self._trace_failure()) is not None:
+                            yield failed
                 for note in _take_notices(self.model, final=True):
                     yield self._emit(note)
                 if (failed := await self._collect_patch()) is not None:
@@ -307,7 +311,7 @@ class Agent:
         )
         return [*system, Message(role="user", content=task)]
 
-    async def _steps(self, task: str, deadline: Deadline) -> AsyncIterator[Event]:
+    async def _steps(self, task: str, deadline: Deadline) -> AsyncGenerator[Event, None]:
         dispatcher = ToolDispatcher(
             self.tools,
             self.tracker,
@@ -343,8 +347,9 @@ class Agent:
                 self._context_length,
                 arithmetic_hint=not self._arithmetic_hinted,
             )
-            async for ev in turn.run():
-                yield ev
+            async with aclosing(turn.run()) as turn_events:
+                async for ev in turn_events:
+                    yield ev
             self._arithmetic_hinted = self._arithmetic_hinted or turn.result.arithmetic_hinted
             for note in _take_notices(self.model):
                 yield self._emit(note)

@@ -9,7 +9,8 @@ status that ends the run.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -124,7 +125,7 @@ class TurnStreamer:
         if self.result.arithmetic_hinted:  # a retry starts the turn again: the hint went with its prefix
             self._hint_allowed, self.result.arithmetic_hinted = True, False
 
-    async def run(self) -> AsyncIterator[Event]:
+    async def run(self) -> AsyncGenerator[Event, None]:
         attempts = 0
         while True:
             if (problem := await self._limits.before_request()) is not None:
@@ -133,8 +134,11 @@ class TurnStreamer:
                 return
             attempt = _Attempt()
             try:
-                async for ev in self._stream(attempt):
-                    yield ev
+                # aclosing: a consumer that stops early closes this generator; the close must reach
+                # `_stream` now (its `finally` aborts the request), not at the event loop's shutdown.
+                async with aclosing(self._stream(attempt)) as events:
+                    async for ev in events:
+                        yield ev
             except Exception as exc:
                 if self._wall_out(exc):
                     yield self._wall_stop(f"{WALL_OUT} ({type(exc).__name__}: {exc})")
@@ -187,7 +191,7 @@ class TurnStreamer:
             if self.result.stop_status is not None:
                 return
 
-    async def _stream(self, attempt: _Attempt) -> AsyncIterator[Event]:
+    async def _stream(self, attempt: _Attempt) -> AsyncGenerator[Event, None]:
         """One request: feed the parser and the detectors; stop early when they say so."""
         watcher = CallOpenWatcher(self.prefix) if self._native is not None else None
         pieces: list[str] = []

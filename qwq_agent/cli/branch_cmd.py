@@ -85,17 +85,37 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
 
 async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bool:
     """Copy /workspace into `dest`, saying what was left out; a failure is one warning line and False,
-    so the patch and the trace line, which do not depend on it, still come."""
+    so the patch and the trace line, which do not depend on it, still come.
+
+    The run has ended by now and the sandbox holds the only copy of its work, so a Ctrl-C or SIGTERM
+    (a cancellation) lets the copy finish first, then propagates; a second signal exits at once
+    (`signals.Interrupts`), and the line before says that the copy is then abandoned.
+    """
+    import asyncio
+
     from qwq_agent.cli.safe_text import plain
     from qwq_agent.sandbox.errors import SandboxError
 
+    download = asyncio.ensure_future(sandbox.download("/workspace", dest))
+    cancelled: asyncio.CancelledError | None = None
     try:
-        copied = await sandbox.download("/workspace", dest)
+        try:
+            copied = await asyncio.shield(download)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+            if not download.done():
+                note = f"finishing the copy-back of {what} to {dest} first (again to abandon it)"
+                console.print(plain(note, "yellow"), soft_wrap=True)
+            copied = await download  # bounded: the download has its own deadline
     except (SandboxError, OSError) as exc:  # texts from the sandbox: printed literally
         console.print(plain(f"{what} was not copied back to {dest}: {exc}", "yellow"), soft_wrap=True)
+        if cancelled is not None:
+            raise cancelled from None
         return False
     console.print(plain(f"{what} copied back to {dest}", "dim"), soft_wrap=True)
     show_left_out(console, copied.skipped, "copied back")
+    if cancelled is not None:
+        raise cancelled
     return True
 
 

@@ -9,7 +9,10 @@ reported as such, still in one line unless `--debug` is given.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import select
 import sqlite3
 import sys
 import traceback
@@ -20,6 +23,7 @@ EXIT_USAGE = 2  # bad input: a path, a URL, a trace, an index, a missing key
 EXIT_MODEL = 3  # the model server
 EXIT_DOCKER = 4  # Docker, the sandbox image or a sandbox
 EXIT_BUG = 70  # EX_SOFTWARE: an error we did not expect (a bug of ours)
+EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell shows for a writer whose reader (`| head`) went away
 
 
 class CliError(Exception):
@@ -91,7 +95,44 @@ def _os_error(exc: BaseException) -> CliError:
     assert isinstance(exc, OSError)
     where = f" {exc.filename}" if exc.filename else ""
     why = exc.strerror or type(exc).__name__
+    if exc.errno == errno.EPIPE and stdout_closed():
+        return CliError(
+            "stdout was closed before the output ended (its reader, e.g. `head`, exited)", code=EXIT_PIPE
+        )
+    if exc.errno == errno.EPIPE:
+        return CliError(
+            f"cannot write{where}: the other end closed the connection ({why})",
+            "rerun with --debug to see which connection it was",
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return CliError(
+            f"cannot listen{where}: the address is already in use ({why})",
+            "pass another --port (0: any free one, where allowed), or stop what listens there",
+        )
     return CliError(f"cannot use{where}: {why}", "check the path and its permissions")
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (`qwq-agent ... | head`, once `head` exited)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no stdout, or not a real file
+        return False
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit does not raise again.
+
+    What Python's documentation advises for SIGPIPE (library/signal.html, "Note on SIGPIPE"): without
+    it, the exit prints "Exception ignored ... BrokenPipeError" after our own message.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _unicode(exc: BaseException) -> CliError:
@@ -160,6 +201,8 @@ def report(exc: BaseException, command: str, *, debug: bool) -> int:
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     error = explain(exc)
+    if error is not None and error.code == EXIT_PIPE:
+        quiet_stdout()
     if error is None:
         error = CliError(
             f"unexpected error: {type(exc).__name__}: {_first_line(str(exc))}",

@@ -21,6 +21,7 @@ class Started:
 
     agent: Agent | None = None
     trace_path: Path | None = None
+    ended: bool = False  # the run's own `final` was shown (the signal came during the copy-back)
 
 
 def print_interrupted(console: Console, started: Started, signal_name: str, *, as_json: bool) -> None:
@@ -28,6 +29,10 @@ def print_interrupted(console: Console, started: Started, signal_name: str, *, a
     from qwq_agent.cli.render import EventRenderer
 
     agent = started.agent
+    if started.ended:  # its summary (or, with --json, its `final` line) is out already: not a second one
+        console.print(f"[yellow]{signal_name}: stopped after the run had ended[/yellow]")
+        console.print(f"trace: {started.trace_path}", markup=False, highlight=False, soft_wrap=True)
+        return
     result = None
     if agent is not None and (agent.result is not None or getattr(agent, "_running", False)):
         # The loop usually wrote `final` when its task was cancelled; if not, this writes it (once) and

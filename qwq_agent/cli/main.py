@@ -12,8 +12,12 @@ which turns it into one or two lines (what failed, how to fix it) and an exit co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from qwq_agent import __version__
 
@@ -91,7 +95,41 @@ def command_name(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    with _sigint_noted() as interrupted:
+        args = build_parser().parse_args(argv)
+    try:
+        if interrupted:
+            raise KeyboardInterrupt
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print(f"qwq-agent {command_name(args)}: interrupted", file=sys.stderr)
+        return 130
+
+
+@contextlib.contextmanager
+def _sigint_noted() -> Iterator[list[int]]:
+    """While parsing, a Ctrl-C is only noted (the list is not empty then), to be acted on afterwards.
+
+    Parsing imports pydantic, the settings and every sub-command's module: a fraction of a second in
+    which a KeyboardInterrupt printed a traceback, or landed in an import-machinery callback ("Exception
+    ignored", and the command ran on) or in pydantic-core's start-up (a PanicException).
+    """
+    noted: list[int] = []
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield noted  # a caller's own handler (or no way to set one here): left alone
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; what it raises becomes one or two lines and an exit code."""
     try:
         from qwq_agent.settings import get_settings
 
@@ -101,9 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print(f"qwq-agent {command_name(args)}: interrupted", file=sys.stderr)
-        return 130
     except Exception as exc:
         from qwq_agent.cli.errors import report
 

@@ -138,7 +138,8 @@ def check_sandbox_image() -> None:
 
 
 def check_workspace(workspace: Path | None, copy_back: Path | None, *, sandbox: bool) -> None:
-    """`--workspace` must be a readable folder, `--copy-back` a folder or a path that can become one."""
+    """`--workspace` must be a readable folder, `--copy-back` a folder or a path that can become one,
+    without a non-empty `workspace` in it (the copy-back writes `DIR/workspace` and overwrites nothing)."""
     if (workspace is not None or copy_back is not None) and not sandbox:
         raise CliError(
             "--workspace and --copy-back need a tool that works in the sandbox, and none was chosen",
@@ -158,6 +159,15 @@ def check_workspace(workspace: Path | None, copy_back: Path | None, *, sandbox: 
             raise CliError(f"--copy-back {copy_back}: {existing} is not a folder", "pass a folder path")
         if not os.access(existing, os.W_OK | os.X_OK):
             raise CliError(f"--copy-back {copy_back}: {existing} is not writable", "pass a writable folder")
+        # The copy-back refuses to write over anything (DestinationExists), and it comes after the run:
+        # found then, the agent's work went with the sandbox. An empty folder is written into.
+        target = copy_back / "workspace"
+        if os.path.lexists(target) and (target.is_symlink() or not target.is_dir() or any(target.iterdir())):
+            raise CliError(
+                f"--copy-back {copy_back}: {target} already exists (an earlier copy-back?) and would not be "
+                "overwritten at the end of the run",
+                "pass a new folder to --copy-back, or move that one away",
+            )
 
 
 def check_patch_target(patch: Path | None, workspace: Path | None) -> None:

@@ -109,12 +109,11 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _main(args: argparse.Namespace) -> int:
     """Run the agent; Ctrl-C or SIGTERM stops it cleanly and shows how far it got."""
-    from rich.console import Console
-
+    from qwq_agent.cli.console import PipeConsole
     from qwq_agent.cli.interrupted import Started, print_interrupted
     from qwq_agent.cli.signals import Interrupts
 
-    console = Console(stderr=args.json)
+    console = PipeConsole(stderr=args.json)
     started = Started()
     with Interrupts() as interrupts:
         code = await _run_agent(args, console, started)
@@ -216,14 +215,19 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             try:
                 history = recording.history_messages() if recording else []
                 continues = recording.continues if recording else False
-                async for ev in extras.observe(agent.stream(task, history=history, continues=continues)):
-                    if args.json:
-                        sys.stdout.write(_event_json(ev) + "\n")
-                        sys.stdout.flush()
-                    else:
-                        renderer.handle(ev)
+                stream = agent.stream(task, history=history, continues=continues)
+                # Closed here, before the sandbox: left to asyncio's shutdown (after a write to a closed
+                # stdout raised), the stream was closed while still running and printed a traceback.
+                async with contextlib.aclosing(stream):
+                    async for ev in extras.observe(stream):
+                        if args.json:
+                            sys.stdout.write(_event_json(ev) + "\n")
+                            sys.stdout.flush()
+                        else:
+                            renderer.handle(ev)
             finally:
                 renderer.close()  # the live status goes before anything else is printed
+            started.ended = True
             if args.copy_back is not None and sandbox is not None:
                 copied = await branch_cmd.copy_back(sandbox, args.copy_back, console, "the workspace")
     finally:

@@ -10,8 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qwq_agent.cli import arg_types
+
 if TYPE_CHECKING:
     from qwq_agent.sandbox.janitor import SandboxInfo
+
+# A sandbox is removed after `SandboxConfig.lifetime_s` (an hour); a cell cannot run longer. Not imported
+# from the config: that would load the sandbox package for every command's argument parsing.
+LONGEST_CELL_S = 3600.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     what = run.add_mutually_exclusive_group(required=True)
     what.add_argument("--python", metavar="CODE", help="a Python cell")
     what.add_argument("--shell", metavar="CMD", help="a bash command")
-    run.add_argument("--timeout", type=float, default=None, help="seconds (default: the config's)")
+    run.add_argument(
+        "--timeout",
+        type=arg_types.seconds(LONGEST_CELL_S),
+        default=None,
+        help=f"seconds, at most {LONGEST_CELL_S:g} (default: the config's)",
+    )
     run.add_argument(
         "--images",
         type=Path,
@@ -115,15 +126,16 @@ def save_pngs(images: Sequence[str], folder: Path) -> list[Path]:
 
 
 def _table(rows: Sequence[SandboxInfo], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from qwq_agent.cli.console import PipeConsole
 
     table = Table(title=title)
     for col in ("id", "name", "status", "owner pid", "orphan"):
         table.add_column(col)
     for r in rows:
         table.add_row(r.id, r.name, r.status, str(r.owner_pid or ""), r.orphan or "")
-    Console().print(table)
+    PipeConsole().print(table)
 
 
 def _ls(args: argparse.Namespace) -> int:

@@ -7,8 +7,11 @@ import shlex
 import tempfile
 from pathlib import Path
 
+from qwq_agent.cli import arg_types
 from qwq_agent.cli.serve_signals import stop_on_signals
 from qwq_agent.urls import redact_url
+
+LONGEST_WAIT_S = 86400.0  # a day: longer than any model load, short enough for every clock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,8 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="SGLang's scheduling (lpm: longest prefix match first, reuses caches)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address the server listens on")
-    p.add_argument("--port", type=int, default=30000, help="port the server listens on")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for /health")
+    p.add_argument("--port", type=arg_types.port, default=30000, help="port the server listens on")
+    p.add_argument(
+        "--timeout",
+        type=arg_types.seconds(LONGEST_WAIT_S),
+        default=1800.0,
+        help="seconds to wait for /health",
+    )
     p.add_argument(
         "--log-file",
         type=Path,
@@ -44,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--command",
         dest="launch_command",  # `args.command` names the subcommand (error messages say `qwq-agent serve`)
+        type=arg_types.command_line,
         default=None,
         help="run this command instead of SGLang's launcher (a wrapper); with --dp a template "
         "with {port} and {gpu}",
@@ -67,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--worker-base-port",
-        type=int,
+        type=arg_types.port,
         default=None,
         help="with --dp: worker i listens on this port + i (default: --port + 1 + i)",
     )
@@ -142,6 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "OpenAI-compatible one",
             )
 
+    check_port_free(args.host, args.port)
     log_path = args.log_file or Path(tempfile.mkdtemp(prefix="qwq-serve-")) / "server.log"
     server = ServerProcess(command, config.url, log_path)
     print(f"starting: {shlex.join(command)}\nlog: {log_path}", flush=True)
@@ -175,6 +185,21 @@ def _serve(args: argparse.Namespace) -> int:
             server.stop()  # a no-op once stopped above
 
 
+def check_port_free(host: str, port: int, what: str = "--port") -> None:
+    """A `CliError` when something already listens on `host:port`: the server could not bind it, and
+    the other server would answer the ready check in its place."""
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.serve.launcher import port_in_use
+
+    if port_in_use(host, port):
+        raise CliError(
+            f"{what} {port}: the port is already in use on {host} (another server, e.g. an earlier "
+            "`qwq-agent serve`, listens there)",
+            f"stop that server, pass another {what}, or check the running one with "
+            f"`qwq-agent serve --model-url http://{host}:{port}`",
+        )
+
+
 def _wait_ready(server, timeout: float):
     """`server.wait_ready`, showing how long it has waited and the tail of the server's log meanwhile.
 
@@ -183,11 +208,10 @@ def _wait_ready(server, timeout: float):
     """
     import time
 
-    from rich.console import Console
-
     from qwq_agent.cli.activity import Activity
+    from qwq_agent.cli.console import PipeConsole
 
-    activity = Activity(Console())
+    activity = Activity(PipeConsole())
     activity.start(f"waiting for {server.url}/health (the server loads the model)")
     last_line, last_report = "", time.monotonic()
 

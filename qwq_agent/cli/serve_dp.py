@@ -7,6 +7,7 @@ import importlib.util
 import shlex
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from qwq_agent.cli.serve_signals import stop_on_signals
 from qwq_agent.serve.fleet import FleetInfo
@@ -60,6 +61,12 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
                 "cannot serve here: " + "; ".join(problems), f"on a GPU machine run `{INSTALL_HINT}`"
             )
 
+    from qwq_agent.cli.serve_cmd import check_port_free
+
+    check_port_free(args.host, args.port)
+    for spec in specs:  # the workers listen on 127.0.0.1, behind the router
+        where = urlsplit(spec.url)
+        check_port_free(where.hostname or "127.0.0.1", int(where.port or 0), "--worker-base-port")
     log_dir = args.log_file or Path(tempfile.mkdtemp(prefix="qwq-serve-dp-"))
     fleet = Fleet(fleet_config, specs, log_dir)
     print(f"starting {args.dp} replicas and the router ({args.router_policy}); logs: {log_dir}", flush=True)

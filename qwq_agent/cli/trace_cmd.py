@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qwq_agent.cli import arg_types
 from qwq_agent.cli.reasoning_view import REASONING_MODES
 
 
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve = tsub.add_parser("serve", help="browse traces in a local web page (live while runs write them)")
     serve.add_argument("dir", nargs="?", default="traces", help="folder of traces, searched recursively")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
-    serve.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    serve.add_argument("--port", type=arg_types.port_or_zero, default=8765, help="port (0: any free one)")
     serve.set_defaults(func=_serve)
 
 
@@ -55,12 +56,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from qwq_agent.cli.console import PipeConsole
     from qwq_agent.cli.preflight import load_trace
     from qwq_agent.cli.render import EventRenderer
 
-    console = Console()
+    console = PipeConsole()
     events = load_trace(Path(args.file), run_id=args.run_id)
     renderer = EventRenderer(
         console, show_prompts=args.prompts, replaying=True, image_dir=args.images, reasoning=args.reasoning
@@ -73,6 +73,20 @@ def _show(args: argparse.Namespace) -> int:
         for ev in events:
             if isinstance(ev, BranchEnded) and ev.trace:
                 console.rule(f"[bold]branch {ev.index}[/bold] · {ev.trace}")
-                for branch_ev in load_trace(Path(ev.trace), run_id=None):
+                for branch_ev in load_trace(branch_trace(Path(args.file), ev.trace), run_id=None):
                     renderer.handle(branch_ev)
     return 0
+
+
+def branch_trace(trace: Path, recorded: str) -> Path:
+    """Where a branch's trace is: `recorded` as the exploration wrote it, relative to the run's folder.
+
+    The run knows its branch files by a path relative to the folder it ran in (`traces/<id>.branch-0.jsonl`
+    with the default --trace), and writes them beside its own trace; so a relative one is looked for
+    beside `trace` first, then from the current folder (a run with a --trace elsewhere).
+    """
+    path = Path(recorded)
+    if path.is_absolute():
+        return path
+    beside = trace.parent / path.name
+    return beside if beside.is_file() else path

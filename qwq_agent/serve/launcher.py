@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -146,6 +148,30 @@ def probe(url: str, *, timeout: float = 5.0) -> ReadyInfo | None:
     )
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on `host:port`, so that a server started there cannot bind it.
+
+    Found by binding the address the way the server will (with SO_REUSEADDR, as uvicorn does, so only a
+    listener counts, not a closed connection's TIME_WAIT). Before this check, another server already
+    on the port (yesterday's, in another terminal) answered `/health` and a launch that served nothing
+    was reported ready with that server's model. An address that cannot be bound for another reason
+    (not local, no permission) is left for the server itself to report.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:  # an unknown host name: the server will say so
+        return False
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
 LOG_CHUNK = 64 * 1024
 KILL_WAIT_S = 5.0
 """How long to wait for a SIGKILLed process to be reaped (it cannot refuse, but may be in the kernel)."""
@@ -259,12 +285,13 @@ class ServerProcess:
                 new = follower.read()
                 if new:
                     on_log(new)
+            info = probe(self.url, timeout=min(5.0, poll_interval * 2))
+            # Checked after the probe: whatever answered /health then, it was not the server we started.
             code = self.process.poll()
             if code is not None:
                 raise ServerExited(
                     f"the server exited with status {code} before it was ready", self.log_tail()
                 )
-            info = probe(self.url, timeout=min(5.0, poll_interval * 2))
             if info is not None:
                 return info
             if time.monotonic() >= deadline:
