@@ -187,17 +187,18 @@ async def test_a_large_patch_comes_back_whole(sandbox_image, tmp_path):
 
 
 def test_a_failed_copy_back_still_writes_the_patch_and_the_trace_line(sandbox_image, tmp_path):
-    """The copy-back's exception once left `run` before --patch and the trace line; a second copy-back
-    into the same folder was a raw FileExistsError. A link out of --workspace is left out and named."""
+    """The copy-back's exception once left `run` before --patch and the trace line. (A used copy-back
+    folder is now refused before the run, so the failure here is one only the run can make: a workspace
+    past the download limit.) A link out of --workspace is left out and named."""
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "notes.txt").write_text("old\n")
     (ws / "host").symlink_to("/etc/hostname")
     back = tmp_path / "back"
-    (back / "workspace").mkdir(parents=True)
-    (back / "workspace" / "notes.txt").write_text("an earlier copy\n")
+    # Past the 64 MiB download limit, and ignored so that the patch stays small.
+    big = "echo big.bin > .gitignore && head -c 70M /dev/urandom > big.bin"
     turns = [
-        "Work.\n</think>\n\n" + call("shell", command="echo new > notes.txt && mkfifo .ctl"),
+        "Work.\n</think>\n\n" + call("shell", command=f"echo new > notes.txt && mkfifo .ctl && {big}"),
         "Done.\n</think>\n\nDone.",
     ]
     patch, trace = tmp_path / "p.diff", tmp_path / "t.jsonl"
@@ -211,6 +212,6 @@ def test_a_failed_copy_back_still_writes_the_patch_and_the_trace_line(sandbox_im
     assert proc.returncode == 1, err
     assert "Traceback" not in err
     assert "1 entries were not copied into the sandbox" in err and "host -> /etc/hostname" in err
-    assert f"the workspace was not copied back to {back}" in err and "already exists" in err
+    assert f"the workspace was not copied back to {back}" in err and "download limit" in err
     assert "+new" in patch.read_text() and f"trace: {trace}" in err
-    assert (back / "workspace" / "notes.txt").read_text() == "an earlier copy\n"
+    assert not (back / "workspace").exists()
