@@ -236,12 +236,22 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
-        """The last `lines` lines of the log."""
+        """The last `lines` lines of the log (of its last `LOG_CHUNK` bytes at most).
+
+        Only the end is read: SGLang logs every batch, so after days of serving the log is gigabytes,
+        and this runs the moment the server exits (and every progress line while a fleet loads).
+        """
         try:
-            text = self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                start = max(0, size - LOG_CHUNK)
+                f.seek(start)
+                data = f.read(size - start)
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        if start > 0:  # began mid-line: drop the fragment
+            data = data.partition(b"\n")[2]
+        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
     def wait_ready(
         self, timeout: float = 1800.0, poll_interval: float = 2.0, on_log: Callable[[str], None] | None = None

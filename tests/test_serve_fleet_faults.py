@@ -1,0 +1,49 @@
+"""`serve` and `serve --dp` under faults: huge logs, hung or crashing replicas, odd `/server_info`
+answers, ports already taken, a CLI killed outright.
+
+The servers are the scripted model server, tests/stubborn_sglang_server.py (ignores SIGTERM) and the real
+`sglang-router`, all real processes on 127.0.0.1. A stubborn server is always SIGKILLed by the test's
+own clean-up, whatever happens.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from qwq_agent.serve import ServerProcess, launcher
+
+
+def test_log_tail_gives_the_last_lines_of_a_log_larger_than_its_window(tmp_path):
+    log = tmp_path / "server.log"
+    log.write_bytes(b"".join(b"line %d\n" % i for i in range(100_000)))  # ~1 MB, many LOG_CHUNKs
+    tail = ServerProcess(["true"], "http://127.0.0.1:1", log).log_tail(3)
+    assert tail == "line 99997\nline 99998\nline 99999"
+    # one huge line: the window's fragment is dropped, never returned as a line of its own
+    log.write_bytes(b"x" * (3 * launcher.LOG_CHUNK) + b"\nCUDA error\n")
+    assert ServerProcess(["true"], "http://127.0.0.1:1", log).log_tail(5) == "CUDA error"
+
+
+def test_log_tail_of_a_huge_log_reads_only_its_end(tmp_path):
+    """SGLang logs every batch: after days the log is gigabytes. The tail read must not load it: here in a
+    process whose address space cannot hold the (sparse, 512 MB) log, the last line still comes back."""
+    log = tmp_path / "server.log"
+    with open(log, "wb") as f:
+        f.truncate(512 * 1024 * 1024)  # sparse: no disk used
+        f.seek(0, 2)
+        f.write(b"\nRuntimeError: CUDA error: an illegal memory access was encountered\n")
+    code = textwrap.dedent(
+        f"""
+        import resource
+        from qwq_agent.serve import ServerProcess
+        server = ServerProcess(["true"], "http://127.0.0.1:1", {str(log)!r})
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + 256 * 2**20, resource.RLIM_INFINITY))
+        print(server.log_tail(1))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "RuntimeError: CUDA error: an illegal memory access was encountered"
