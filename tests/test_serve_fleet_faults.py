@@ -8,11 +8,35 @@ own clean-up, whatever happens.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from pathlib import Path
 
 from qwq_agent.serve import ServerProcess, launcher
+from qwq_agent.serve.fleet import Fleet, FleetConfig, WorkerSpec
+
+DEAF = (
+    "import signal\n"
+    "signal.signal(signal.SIGTERM, lambda *_: print('got SIGTERM', flush=True))\n"
+    "print('deaf', flush=True)\n"
+    "while True:\n"
+    "    signal.pause()\n"
+)
+"""A replica that notes every SIGTERM and carries on (a hung SGLang); only SIGKILL ends it."""
+
+
+def _wait_for_text(path: Path, text: str, timeout: float = 30.0) -> bool:
+    """Poll a log another process writes until it holds `text` (nothing of ours to wait on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_log_tail_gives_the_last_lines_of_a_log_larger_than_its_window(tmp_path):
@@ -47,3 +71,25 @@ def test_log_tail_of_a_huge_log_reads_only_its_end(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "RuntimeError: CUDA error: an illegal memory access was encountered"
+
+
+def test_fleet_stop_sigterms_every_process_before_waiting_out_any_grace(tmp_path):
+    """Hung replicas share one grace: all are SIGTERMed at once, not one after another's full grace."""
+    specs = [
+        WorkerSpec(i, str(i), [sys.executable, "-c", DEAF], f"http://127.0.0.1:{1 + i}", dict(os.environ))
+        for i in range(3)
+    ]
+    fleet = Fleet(FleetConfig(dp=3), specs, tmp_path)
+    fleet.start_workers()
+    logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
+    stopper = threading.Thread(target=fleet.stop, kwargs={"grace": 600})
+    try:
+        assert all(_wait_for_text(log, "deaf") for log in logs)  # their SIGTERM handler is in place
+        stopper.start()
+        told = [_wait_for_text(log, "got SIGTERM") for log in logs]
+        assert told == [True, True, True]
+    finally:
+        for worker in fleet.workers:
+            worker.kill()  # ends the stop's grace at once
+        stopper.join(timeout=60)
+    assert not stopper.is_alive()

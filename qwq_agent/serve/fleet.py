@@ -332,15 +332,21 @@ class Fleet:
         return None
 
     def stop(self, grace: float = 20.0) -> None:
-        """Stop the router first (no new requests), then every worker.
+        """SIGTERM the router (first: no new requests) and every worker, give them all one shared
+        `grace` seconds, then SIGKILL whatever still runs.
 
+        One grace for all, not one each: hung replicas (a stuck CUDA call ignores SIGTERM) would
+        otherwise take (1 + N) x grace, longer than a supervisor waits before it SIGKILLs the CLI.
         Interrupted (a second Ctrl-C), it SIGKILLs every process not yet stopped before the exception
         propagates: each runs in a session of its own, so nothing else would stop it.
         """
         processes = [self.router, *self.workers]
+        deadline = time.monotonic() + grace
         try:
             for process in processes:
-                process.stop(grace)
+                process.terminate()
+            for process in processes:
+                process.wait_exit(deadline - time.monotonic())
         finally:
             for process in processes:
                 process.kill()

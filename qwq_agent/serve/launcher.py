@@ -292,15 +292,26 @@ class ServerProcess:
         if self.process is None:
             return None
         try:
-            if self.process.poll() is None:
-                self._signal(signal.SIGTERM)
-                try:
-                    self.process.wait(grace)
-                except subprocess.TimeoutExpired:
-                    pass
+            self.terminate()
+            self.wait_exit(grace)
         finally:
             self.kill()
         return self.process.returncode
+
+    def terminate(self) -> None:
+        """SIGTERM the process group, if the process still runs (`stop` without the wait and the kill)."""
+        if self.process is not None and self.process.poll() is None:
+            self._signal(signal.SIGTERM)
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the process to end; True when it has."""
+        if self.process is None:
+            return True
+        try:
+            self.process.wait(max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def kill(self) -> None:
         """SIGKILL the whole process group (workers that outlived the leader too) and reap the leader."""
