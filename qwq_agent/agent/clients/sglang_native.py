@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from qwq_agent.agent.clients._sse import DONE, iter_sse_json
 from qwq_agent.agent.clients.counts import server_count
 from qwq_agent.agent.clients.errors import (
+    ModelClientClosed,
     ModelConnectionError,
     ModelError,
     ModelProtocolError,
@@ -156,14 +157,13 @@ class SGLangClient(RoutingKeyMixin):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
-
     # ----- server state ----------------------------------------------------------------------------
 
     async def health(self) -> bool:
-        """True when `/health` answers 200; False when it answers otherwise or cannot be reached."""
+        """True when `/health` answers 200; False when it answers otherwise or cannot be reached.
+
+        Raises `ModelClientClosed` once this client is closed."""
+        self._check_open()
         try:
             response = await self._http.get("/health")
         except httpx.HTTPError:
@@ -211,6 +211,7 @@ class SGLangClient(RoutingKeyMixin):
         try:
             # An abort counts against the caller's deadline; the floor still lets it reach a local server.
             timeout = max(ABORT_FLOOR_S, current_deadline().clamp(self.abort_timeout) or 0.0)
+            self._check_open()
             response = await self._http.post(
                 "/abort_request", json={"rid": rid}, timeout=timeout, headers=self._routing
             )
@@ -222,6 +223,7 @@ class SGLangClient(RoutingKeyMixin):
             )
 
     async def _get_json(self, path: str, *, fallback: str | None = None) -> dict[str, Any]:
+        self._check_open()
         try:
             response = await self._http.get(path)
             if response.status_code == 404 and fallback:
@@ -354,6 +356,7 @@ class SGLangClient(RoutingKeyMixin):
         stops = StopScanner(payload["sampling_params"].get("stop") or [])
         guard = OverrunGuard(payload["sampling_params"].get("max_new_tokens"))
         sent = finished = overran = False
+        self._check_open()
         try:
             request = self._http.build_request("POST", "/generate", json=payload, headers=self._routing)
             try:
@@ -480,7 +483,9 @@ def _is_abort(reason: object) -> bool:
 def _retryable(exc: ModelError) -> bool:
     if isinstance(exc, ModelServerError):
         return exc.retryable
-    return isinstance(exc, ModelConnectionError) and not isinstance(exc, ModelTimeoutError)
+    return isinstance(exc, ModelConnectionError) and not isinstance(
+        exc, ModelTimeoutError | ModelClientClosed
+    )
 
 
 def _detect_incremental(event: dict[str, Any], meta: dict[str, Any], emitted: str) -> bool | None:
