@@ -108,13 +108,18 @@ def _wait_for_an_exit(fleet) -> tuple[str, int | None]:
         time.sleep(1.0)  # several processes, no single one to wait() on
 
 
+def _tokens(count: int | None) -> str:
+    """A KV capacity for the read-out; "unknown" when the server did not report a usable one."""
+    return "unknown" if count is None else f"{count} tokens"
+
+
 def report_fleet(info: FleetInfo) -> None:
     """The router's URL, each worker's KV capacity, and the total."""
     policy = f", policy {info.policy}" if info.policy else ""
     print(f"ready: {info.router_url} (router{policy})", flush=True)
     for i, w in enumerate(info.workers):
         state = "healthy" if w.healthy else "UNHEALTHY"
-        print(f"worker {i}: {w.url} {state}, KV capacity: {w.max_total_num_tokens} tokens")
+        print(f"worker {i}: {w.url} {state}, KV capacity: {_tokens(w.max_total_num_tokens)}")
     print(f"total KV capacity: {info.total_kv_tokens} tokens over {len(info.capacities)} workers")
     if info.policy == "affinity":
         print("affinity: clients send a routing key per run (routing_key=..., header x-smg-routing-key)")

@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from qwq_agent.server_info import read_server_info
+
 DEFAULT_MODEL = "Qwen/QwQ-32B"
 INSTALL_HINT = "pip install -e '.[serve]' (in the qwq-agent checkout)"
 
@@ -135,14 +137,13 @@ def probe(url: str, *, timeout: float = 5.0) -> ReadyInfo | None:
             info = response.json() if response.status_code == 200 else {}
     except (httpx.HTTPError, ValueError):
         return None
-    states = info.get("internal_states") or [{}]
-    first = states[0] if isinstance(states, list) and states and isinstance(states[0], dict) else {}
+    facts = read_server_info(info)  # healthy, but an odd /server_info: its capacity is unknown
     return ReadyInfo(
         url=url,
-        model=info.get("served_model_name") or info.get("model_path"),
-        max_total_num_tokens=info.get("max_total_num_tokens", first.get("max_total_num_tokens")),
-        context_length=info.get("context_length"),
-        version=info.get("version"),
+        model=facts.model,
+        max_total_num_tokens=facts.max_total_num_tokens,
+        context_length=facts.context_length,
+        version=facts.version,
     )
 
 

@@ -31,12 +31,13 @@ from qwq_agent.agent.clients.errors import (
 from qwq_agent.agent.clients.overrun import OverrunGuard
 from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_delay
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
-from qwq_agent.agent.clients.router_info import capacity_of, is_router_summary, worker_infos
+from qwq_agent.agent.clients.router_info import is_router_summary, worker_infos
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.deadline import current_deadline
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
+from qwq_agent.server_info import ServerFacts, read_server_info
 from qwq_agent.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -175,12 +176,12 @@ class SGLangClient(RoutingKeyMixin):
         raw = await self._get_json("/server_info", fallback="/get_server_info")
         if is_router_summary(raw):
             return await self._fleet_info(raw)
-        capacity = capacity_of(raw)
+        facts = read_server_info(raw)  # a value of the wrong type reads as unknown (None)
         return ServerInfo(
-            model_path=raw.get("model_path"),
-            context_length=raw.get("context_length"),
-            max_total_num_tokens=capacity,
-            version=raw.get("version"),
+            model_path=facts.model_path,
+            context_length=facts.context_length,
+            max_total_num_tokens=facts.max_total_num_tokens,
+            version=facts.version,
             raw=raw,
         )
 
@@ -192,16 +193,15 @@ class SGLangClient(RoutingKeyMixin):
             raise ModelServerError(
                 f"the router at {redact_url(self.base_url)} did not list its workers: {exc}"
             ) from exc
-        capacities = {url: c for url, raw in infos.items() if (c := capacity_of(raw))}
-        lengths = [
-            raw["context_length"] for raw in infos.values() if isinstance(raw.get("context_length"), int)
-        ]
-        first = next(iter(infos.values()), {})
+        facts = {url: read_server_info(raw) for url, raw in infos.items()}
+        capacities = {url: c for url, f in facts.items() if (c := f.max_total_num_tokens)}
+        lengths = [f.context_length for f in facts.values() if f.context_length]
+        first = next(iter(facts.values()), ServerFacts())
         return ServerInfo(
-            model_path=first.get("model_path"),
+            model_path=first.model_path,
             context_length=min(lengths) if lengths else None,
             max_total_num_tokens=sum(capacities.values()) or None,
-            version=first.get("version"),
+            version=first.version,
             raw=summary,
             worker_capacities=capacities,
         )
