@@ -16,8 +16,12 @@ import threading
 import time
 from pathlib import Path
 
-from qwq_agent.serve import ServerProcess, launcher
-from qwq_agent.serve.fleet import Fleet, FleetConfig, WorkerSpec
+import pytest
+from router_helpers import SCRIPTED, free_ports
+
+from qwq_agent.cli.serve_dp import last_log_line
+from qwq_agent.serve import ServeConfig, ServerExited, ServerProcess, launcher
+from qwq_agent.serve.fleet import Fleet, FleetConfig, WorkerSpec, worker_specs
 
 DEAF = (
     "import signal\n"
@@ -93,3 +97,32 @@ def test_fleet_stop_sigterms_every_process_before_waiting_out_any_grace(tmp_path
             worker.kill()  # ends the stop's grace at once
         stopper.join(timeout=60)
     assert not stopper.is_alive()
+
+
+def test_a_worker_that_dies_after_answering_health_ends_the_wait_at_once(tmp_path):
+    """Worker 1 is ready at once and crashes 2 s later, while worker 0 still loads: the wait names worker 1
+    then, instead of waiting out the whole timeout and blaming worker 0 (or the router)."""
+    base = free_ports(3)
+    fleet_config = FleetConfig(dp=2, router_port=base)
+    specs = worker_specs(ServeConfig(), fleet_config, f"{SCRIPTED} --port {{port}} --model {tmp_path}")
+    specs[0].command += ["--unready-for", "600"]  # loads for longer than the test's deadline
+    specs[1].command += ["--exit-after", "2"]
+    fleet = Fleet(fleet_config, specs, tmp_path / "logs")
+    fleet.start_workers()
+    progress: list[str] = []
+    try:
+        with pytest.raises(
+            ServerExited, match=rf"worker 1 \(http://127.0.0.1:{base + 2}, GPU 1\) exited"
+        ) as info:
+            fleet.wait_ready(timeout=300, poll_interval=0.2, on_progress=progress.append)
+    finally:
+        fleet.stop(5)
+    if f"worker 1 ready: http://127.0.0.1:{base + 2}" in progress:
+        assert "after it answered /health" in str(info.value)
+    assert "crashing on purpose" in info.value.log_tail
+    assert not fleet.router.alive()
+
+
+def test_the_hint_shows_the_router_logs_last_line_without_terminal_escapes():
+    tail = "start\n\x1b[2m2025-01-01T00:00:00Z\x1b[0m \x1b[31mERROR\x1b[0m \x1b]0;x\x07port in use\n\x1b[0m\n"
+    assert last_log_line(tail) == "2025-01-01T00:00:00Z ERROR port in use"

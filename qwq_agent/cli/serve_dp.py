@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import shlex
 import tempfile
 from pathlib import Path
@@ -73,7 +74,7 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
                     timeout=args.timeout, on_progress=lambda line: print(line, flush=True)
                 )
             except ServerError as exc:
-                last = next((ln.strip() for ln in reversed(exc.log_tail.splitlines()) if ln.strip()), "")
+                last = last_log_line(exc.log_tail)
                 raise CliError(
                     str(exc),
                     f"read the logs in {log_dir}" + (f" (it ends: {last[:200]})" if last else ""),
@@ -95,6 +96,16 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
             return 0
         finally:
             fleet.stop()  # a no-op once stopped above
+
+
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+"""Terminal escape sequences (CSI colours, OSC, two-byte ones): the router colours its log lines."""
+
+
+def last_log_line(tail: str) -> str:
+    """The last non-blank line of a log tail, without terminal escape sequences (for a one-line hint)."""
+    lines = (_ANSI.sub("", line).strip() for line in reversed(tail.splitlines()))
+    return next((line for line in lines if line), "")
 
 
 def _wait_for_an_exit(fleet) -> tuple[str, int | None]:

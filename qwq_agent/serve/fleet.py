@@ -220,13 +220,22 @@ def _ready_workers(url: str, timeout: float) -> int | None:
         return None
 
 
-def wait_router(router: ServerProcess, workers: int, timeout: float, poll_interval: float = 0.5) -> None:
+def wait_router(
+    router: ServerProcess,
+    workers: int,
+    timeout: float,
+    poll_interval: float = 0.5,
+    watch: Callable[[], None] | None = None,
+) -> None:
     """Wait until the router's `/readiness` counts `workers` healthy workers, while it runs.
 
+    `watch` is called every poll (the fleet checks its workers still run, and raises if one ended).
     Raises `ServerExited` when the router ends, `ServerStartTimeout` after `timeout` seconds.
     """
     deadline = time.monotonic() + max(0.0, timeout)
     while True:
+        if watch is not None:
+            watch()
         if not router.alive():
             code = router.process.poll() if router.process else None
             raise ServerExited(f"the router exited with status {code} before it was ready", router.log_tail())
@@ -282,15 +291,11 @@ class Fleet:
         reported = started
         pending = {i for i in range(len(self.workers))}
         while pending:
+            # every worker, the ready ones too: one that dies now (a CUDA error on its first batch, the
+            # OOM killer) must end the wait at once, not after the whole deadline blaming another
+            self._check_workers(pending)
             for i in sorted(pending):
                 worker = self.workers[i]
-                if not worker.alive():
-                    code = worker.process.poll() if worker.process else None
-                    raise ServerExited(
-                        f"worker {i} ({worker.url}, GPU {self.specs[i].gpu}) exited with status {code} "
-                        "before it was ready",
-                        worker.log_tail(),
-                    )
                 if probe(worker.url, timeout=min(5.0, poll_interval * 2)) is not None:
                     pending.discard(i)
                     if on_progress:
@@ -311,7 +316,13 @@ class Fleet:
                 on_progress(f"still waiting for {names} after {reported - started:.0f}s; log: {last[:200]}")
             time.sleep(poll_interval)  # polling processes we do not control; nothing to wait on instead
         self.router.start()
-        wait_router(self.router, len(self.workers), deadline - time.monotonic(), poll_interval)
+        wait_router(
+            self.router,
+            len(self.workers),
+            deadline - time.monotonic(),
+            poll_interval,
+            watch=lambda: self._check_workers(set()),
+        )
         info = probe_router(self.router.url)
         if info is None:
             raise ServerError(
@@ -321,6 +332,17 @@ class Fleet:
         order = {spec.url: spec.index for spec in self.specs}  # as started: worker i is GPU i's
         info.workers.sort(key=lambda w: order.get(w.url, len(order)))
         return info
+
+    def _check_workers(self, pending: set[int]) -> None:
+        """Raise `ServerExited` naming the first worker that has ended (`pending`: those not yet ready)."""
+        for i, worker in enumerate(self.workers):
+            if not worker.alive():
+                code = worker.process.poll() if worker.process else None
+                when = "before it was ready" if i in pending else "after it answered /health"
+                raise ServerExited(
+                    f"worker {i} ({worker.url}, GPU {self.specs[i].gpu}) exited with status {code} {when}",
+                    worker.log_tail(),
+                )
 
     def exited(self) -> tuple[str, int | None] | None:
         """The first process of the fleet that has ended, as (name, status); None while all run."""
