@@ -8,7 +8,10 @@ own clean-up, whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import signal
 import subprocess
 import sys
 import textwrap
@@ -16,12 +19,13 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
-from router_helpers import SCRIPTED, free_ports
+from router_helpers import SCRIPTED, free_ports, sigint_as_a_terminal_sends_it
 
 from qwq_agent.cli.serve_dp import last_log_line
 from qwq_agent.serve import ServeConfig, ServerExited, ServerProcess, launcher
-from qwq_agent.serve.fleet import Fleet, FleetConfig, WorkerSpec, worker_specs
+from qwq_agent.serve.fleet import Fleet, FleetConfig, WorkerSpec, probe_router, worker_specs
 
 DEAF = (
     "import signal\n"
@@ -31,6 +35,15 @@ DEAF = (
     "    signal.pause()\n"
 )
 """A replica that notes every SIGTERM and carries on (a hung SGLang); only SIGKILL ends it."""
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` no longer runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def _wait_for_text(path: Path, text: str, timeout: float = 30.0) -> bool:
@@ -126,3 +139,75 @@ def test_a_worker_that_dies_after_answering_health_ends_the_wait_at_once(tmp_pat
 def test_the_hint_shows_the_router_logs_last_line_without_terminal_escapes():
     tail = "start\n\x1b[2m2025-01-01T00:00:00Z\x1b[0m \x1b[31mERROR\x1b[0m \x1b]0;x\x07port in use\n\x1b[0m\n"
     assert last_log_line(tail) == "2025-01-01T00:00:00Z ERROR port in use"
+
+
+def _lines(stream) -> queue.Queue[str]:
+    """The lines of `stream` as a reader thread gets them (so each wait for one can have a deadline)."""
+    got: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            got.put(line)
+        got.put("")  # end of output
+
+    threading.Thread(target=pump, daemon=True).start()
+    return got
+
+
+def _until(lines: queue.Queue[str], prefix: str, seen: list[str], timeout: float = 90.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        seen.append(line)
+        if line.startswith(prefix):
+            return line
+        assert line, f"output ended before {prefix!r}: {''.join(seen)}"
+
+
+def test_serve_dp_keeps_serving_when_one_replica_dies_and_stops_when_none_is_left(tmp_path):
+    base = free_ports(3)
+    cli = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "qwq_agent.cli.main", "serve", "--dp", "2", "--port", str(base)),
+            *("--command", f"{SCRIPTED} --port {{port}} --model {tmp_path}", "--timeout", "60"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_as_a_terminal_sends_it,
+    )
+    pids: list[int] = []
+    try:
+        assert cli.stdout is not None and cli.stderr is not None
+        lines, seen = _lines(cli.stdout), []
+        pids = [int(p) for p in _until(lines, "pids: ", seen).split()[1:]]
+        router_pid = int(_until(lines, "router pid: ", seen).split()[2])
+        _until(lines, "Ctrl-C stops", seen)
+        os.killpg(pids[1], signal.SIGKILL)  # replica 1 crashes (the OOM killer, a CUDA error)
+        warning = _until(lines, "warning: worker 1", seen)
+        assert "exited with status -9; 1 of 2 workers still serve" in warning
+        assert cli.poll() is None and not _gone(pids[0]) and not _gone(router_pid)
+        router = f"http://127.0.0.1:{base}"
+        deadline = time.monotonic() + 60
+        while (info := probe_router(router)) is None or [w.healthy for w in info.workers] != [True, False]:
+            assert time.monotonic() < deadline, info
+            time.sleep(0.2)  # the router's own health check takes the dead worker out of rotation
+        answer = httpx.post(
+            router + "/generate", json={"text": "hi", "sampling_params": {"max_new_tokens": 8}}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        os.killpg(pids[0], signal.SIGKILL)  # the last replica: nothing is left to serve
+        assert cli.wait(timeout=60) == 1
+        assert "every worker has exited" in cli.stderr.read()
+        assert _gone(router_pid)  # the CLI stopped the router on its way out
+    finally:
+        if cli.poll() is None:
+            cli.send_signal(signal.SIGINT)
+            try:
+                cli.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                cli.kill()
+                cli.wait()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)

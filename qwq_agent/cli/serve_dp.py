@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from qwq_agent.cli.serve_signals import stop_on_signals
-from qwq_agent.serve.fleet import FleetInfo
+from qwq_agent.serve.fleet import Fleet, FleetInfo
 from qwq_agent.serve.launcher import ServeConfig
 
 
@@ -18,7 +18,7 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
     """Start the fleet, print the router URL and each worker's KV capacity, serve until Ctrl-C."""
     from qwq_agent.cli.errors import CliError
     from qwq_agent.serve import INSTALL_HINT, ServerError, check_prerequisites
-    from qwq_agent.serve.fleet import ROUTER_INSTALL_HINT, Fleet, FleetConfig, router_command, worker_specs
+    from qwq_agent.serve.fleet import ROUTER_INSTALL_HINT, FleetConfig, router_command, worker_specs
 
     if args.dp < 1:
         raise CliError(f"--dp {args.dp}: the number of replicas must be at least 1", "pass --dp 2 or more")
@@ -83,8 +83,8 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
             print(f"router pid: {fleet.router.pid}", flush=True)
             report_fleet(info)
             print("Ctrl-C stops the router and the replicas.", flush=True)
-            ended = _wait_for_an_exit(fleet)
-            raise CliError(f"{ended[0]} exited with status {ended[1]}", f"read the logs in {log_dir}", code=1)
+            ended = _serve_until_the_fleet_is_gone(fleet, log_dir)
+            raise CliError(ended, f"read the logs in {log_dir}", code=1)
         except KeyboardInterrupt:
             try:
                 print("stopping the router and the replicas (Ctrl-C again kills them)...", flush=True)
@@ -108,14 +108,34 @@ def last_log_line(tail: str) -> str:
     return next((line for line in lines if line), "")
 
 
-def _wait_for_an_exit(fleet) -> tuple[str, int | None]:
-    """Block until a process of the fleet ends (Ctrl-C interrupts the wait)."""
+def _serve_until_the_fleet_is_gone(fleet: Fleet, log_dir: Path) -> str:
+    """Serve until the router ends or no worker is left; returns why (Ctrl-C interrupts the wait).
+
+    A worker that ends is reported and its process group killed (SGLang's scheduler processes may
+    outlive their leader and hold the GPU), while the others keep serving: the router takes a dead
+    worker out of rotation within seconds and moves its sessions' keys to a live one.
+    """
     import time
 
+    gone: set[int] = set()
     while True:
-        ended = fleet.exited()
-        if ended is not None:
-            return ended
+        if fleet.router.process is not None and not fleet.router.alive():
+            return f"the router exited with status {fleet.router.process.poll()}"
+        for i, worker in enumerate(fleet.workers):
+            if i in gone or worker.alive():
+                continue
+            gone.add(i)
+            code = worker.process.poll() if worker.process else None
+            worker.kill()
+            left = len(fleet.workers) - len(gone)
+            print(
+                f"warning: worker {i} ({worker.url}) exited with status {code}; "
+                f"{left} of {len(fleet.workers)} workers still serve (its log: {worker.log_path}; "
+                f"it ends: {last_log_line(worker.log_tail())[:200]})",
+                flush=True,
+            )
+        if len(gone) == len(fleet.workers):
+            return "every worker has exited (the router has none left to send requests to)"
         time.sleep(1.0)  # several processes, no single one to wait() on
 
 
