@@ -211,7 +211,22 @@ def test_model_url_of_a_router_reports_its_workers(tmp_path, capsys):
 def test_a_router_that_cannot_start_is_a_clear_error_and_the_workers_are_stopped(tmp_path):
     base = free_ports(3)
     template = f"{SCRIPTED} --port {{port}} --model {tmp_path}"
-    with socket.socket() as taken:  # the router's port is taken: the router exits
+    fleet_config = FleetConfig(dp=2, router_port=base, router_args=["--no-such-router-flag"])
+    fleet = Fleet(fleet_config, worker_specs(ServeConfig(), fleet_config, template), tmp_path / "logs")
+    fleet.start_workers()
+    try:
+        with pytest.raises(ServerExited, match="the router exited with status"):
+            fleet.wait_ready(timeout=60, poll_interval=0.2)
+    finally:
+        fleet.stop(5)
+    for port in (base + 1, base + 2):
+        assert probe(f"http://127.0.0.1:{port}", timeout=1) is None
+
+
+def test_a_taken_router_port_is_refused_before_anything_starts(tmp_path):
+    base = free_ports(3)
+    template = f"{SCRIPTED} --port {{port}} --model {tmp_path}"
+    with socket.socket() as taken:  # the router's port is taken
         taken.bind(("127.0.0.1", base))
         taken.listen()
         cli = subprocess.run(
@@ -236,7 +251,6 @@ def test_a_router_that_cannot_start_is_a_clear_error_and_the_workers_are_stopped
             timeout=120,
         )
     assert cli.returncode == 1, cli.stdout + cli.stderr
-    assert "qwq-agent serve: the router exited with status" in cli.stderr
-    assert f"fix: read the logs in {tmp_path / 'logs'}" in cli.stderr and "Traceback" not in cli.stderr
-    for port in (base + 1, base + 2):
-        assert probe(f"http://127.0.0.1:{port}", timeout=1) is None
+    assert f"qwq-agent serve: cannot serve: the router's port {base} is already in use" in cli.stderr
+    assert "Traceback" not in cli.stderr and "pids:" not in cli.stdout  # nothing was started
+    assert not (tmp_path / "logs").exists()

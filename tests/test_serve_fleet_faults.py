@@ -26,6 +26,7 @@ from router_helpers import SCRIPTED, free_ports, sigint_as_a_terminal_sends_it
 from qwq_agent.cli.serve_dp import last_log_line
 from qwq_agent.serve import ServeConfig, ServerExited, ServerProcess, launcher
 from qwq_agent.serve.fleet import Fleet, FleetConfig, WorkerSpec, probe_router, worker_specs
+from qwq_agent.testing.scripted_server import ScriptedModelServer
 
 DEAF = (
     "import signal\n"
@@ -211,3 +212,34 @@ def test_serve_dp_keeps_serving_when_one_replica_dies_and_stops_when_none_is_lef
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def _serve_dp(base: int, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "qwq_agent.cli.main", "serve", "--dp", "2", "--port", str(base)),
+            *("--command", f"{SCRIPTED} --port {{port}} --model {tmp_path}", "--timeout", "60", *extra),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_serve_dp_refuses_a_worker_port_another_server_answers_on(tmp_path):
+    """A foreign server on worker 1's port would pass its /health and go behind the router as worker 1."""
+    base = free_ports(3)
+    foreign = ScriptedModelServer(["unused"], port=base + 2)
+    with foreign:
+        done = _serve_dp(base, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"cannot serve: worker 1's port {base + 2} is already in use" in done.stderr
+    assert "pids:" not in done.stdout and "ready" not in done.stdout  # nothing was started
+
+
+def test_serve_dp_refuses_worker_ports_that_overlap_the_routers(tmp_path):
+    base = free_ports(3)
+    done = _serve_dp(base + 1, tmp_path, "--worker-base-port", str(base))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"worker 1's port {base + 1} is the router's too" in done.stderr
+    assert "pids:" not in done.stdout

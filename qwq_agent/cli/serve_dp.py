@@ -18,7 +18,13 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
     """Start the fleet, print the router URL and each worker's KV capacity, serve until Ctrl-C."""
     from qwq_agent.cli.errors import CliError
     from qwq_agent.serve import INSTALL_HINT, ServerError, check_prerequisites
-    from qwq_agent.serve.fleet import ROUTER_INSTALL_HINT, FleetConfig, router_command, worker_specs
+    from qwq_agent.serve.fleet import (
+        ROUTER_INSTALL_HINT,
+        FleetConfig,
+        port_problems,
+        router_command,
+        worker_specs,
+    )
 
     if args.dp < 1:
         raise CliError(f"--dp {args.dp}: the number of replicas must be at least 1", "pass --dp 2 or more")
@@ -61,6 +67,14 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
                 "cannot serve here: " + "; ".join(problems), f"on a GPU machine run `{INSTALL_HINT}`"
             )
 
+    taken = port_problems(fleet_config)
+    if taken:
+        raise CliError(
+            "cannot serve: " + "; ".join(taken),
+            "stop what listens there (a serve still running?), or choose other ports with --port and "
+            "--worker-base-port (worker i listens on --worker-base-port + i)",
+            code=1,
+        )
     log_dir = args.log_file or Path(tempfile.mkdtemp(prefix="qwq-serve-dp-"))
     fleet = Fleet(fleet_config, specs, log_dir)
     print(f"starting {args.dp} replicas and the router ({args.router_policy}); logs: {log_dir}", flush=True)

@@ -145,6 +145,42 @@ def router_command(fleet: FleetConfig, worker_urls: Sequence[str]) -> list[str]:
     ]
 
 
+def port_problems(fleet: FleetConfig) -> list[str]:
+    """Why the router's or a worker's port cannot be used now (empty when every one can).
+
+    Checked before anything starts: SGLang binds its port only after loading the model (minutes), and
+    meanwhile another server already answering on a worker's port (a leftover serve, another user's
+    SGLang) would pass its /health and be put behind the router as that worker. Two of the fleet's
+    own processes on one port (--worker-base-port overlapping --port) are refused too.
+    """
+    ports = {"the router": (fleet.host, fleet.router_port)}
+    ports.update({f"worker {i}": ("127.0.0.1", fleet.worker_port(i)) for i in range(fleet.dp)})
+    problems: list[str] = []
+    owner: dict[int, str] = {}
+    for name, (host, port) in ports.items():
+        if not 0 < port < 65536:
+            problems.append(f"{name}'s port {port} is not a TCP port (1-65535)")
+        elif port in owner:
+            problems.append(f"{name}'s port {port} is {owner[port]}'s too")
+        elif not _bindable(host, port):
+            problems.append(f"{name}'s port {port} is already in use on {host}")
+        owner.setdefault(port, name)
+    return problems
+
+
+def _bindable(host: str, port: int) -> bool:
+    """True when a server could listen on (host, port) now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # as servers do: a closed connection's TIME_WAIT does not block the port, a listener does
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_port() -> int:
     """A port free now on 127.0.0.1 (the router binds it moments later)."""
     with socket.socket() as s:
@@ -382,6 +418,7 @@ __all__ = [
     "FleetInfo",
     "WorkerInfo",
     "WorkerSpec",
+    "port_problems",
     "probe_router",
     "router_command",
     "router_policy_args",
