@@ -243,3 +243,54 @@ def test_serve_dp_refuses_worker_ports_that_overlap_the_routers(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"worker 1's port {base + 1} is the router's too" in done.stderr
     assert "pids:" not in done.stdout
+
+
+STUBBORN = [sys.executable, str(Path(__file__).with_name("stubborn_sglang_server.py"))]
+
+
+def test_a_hung_server_is_killed_when_its_parent_is_sigkilled(tmp_path):
+    """PDEATHSIG only SIGTERMs the server, which a hung one ignores; its watchdog SIGKILLs it after a grace."""
+    port = free_ports(1)
+    parent_code = (
+        "import sys\n"
+        "from qwq_agent.serve import ServerProcess\n"
+        f"server = ServerProcess({[*STUBBORN, str(port)]!r}, 'http://127.0.0.1:{port}', {str(tmp_path / 'log')!r})\n"
+        "server.start()\n"
+        "server.wait_ready(timeout=60, poll_interval=0.05)\n"
+        "print(server.pid, server.watchdog.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    server_pid = watchdog_pid = None
+    try:
+        assert parent.stdout is not None
+        server_pid, watchdog_pid = map(int, parent.stdout.readline().split())
+        parent.kill()  # no clean-up of its own runs
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while not (_gone(server_pid) and _gone(watchdog_pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # other processes' exits: nothing of ours to wait on
+        assert _gone(server_pid) and _gone(watchdog_pid)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in (server_pid, watchdog_pid):
+            if pid is not None and not _gone(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_stopped_server_leaves_no_watchdog(tmp_path):
+    port = free_ports(1)
+    server = ServerProcess([*STUBBORN, str(port)], f"http://127.0.0.1:{port}", tmp_path / "log")
+    server.start()
+    try:
+        server.wait_ready(timeout=60, poll_interval=0.05)
+        assert server.watchdog is not None and server.watchdog.poll() is None
+        server.stop(grace=0.5)  # ignores the SIGTERM: killed after the grace
+    finally:
+        server.kill()
+    assert server.watchdog.poll() == 0  # told to stand down, and reaped

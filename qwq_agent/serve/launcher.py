@@ -6,6 +6,7 @@ reaches every process SGLang spawns (tokenizer, scheduler and detokenizer worker
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import importlib.util
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from qwq_agent.serve.watchdog import STAND_DOWN
 from qwq_agent.server_info import read_server_info
 
 DEFAULT_MODEL = "Qwen/QwQ-32B"
@@ -152,6 +154,9 @@ KILL_WAIT_S = 5.0
 """How long to wait for a SIGKILLed process to be reaped (it cannot refuse, but may be in the kernel)."""
 
 PR_SET_PDEATHSIG = 1
+WATCHDOG_GRACE_S = 5.0
+"""How long a server whose CLI died gets after its SIGTERM before its watchdog SIGKILLs it."""
+WATCHDOG = Path(__file__).with_name("watchdog.py")
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -212,9 +217,12 @@ class ServerProcess:
         self.log_path = Path(log_path)
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
+        self.watchdog: subprocess.Popen[bytes] | None = None
+        """SIGKILLs the server's group if this process dies without stopping it (see `watchdog.py`)."""
+        self._watchdog_pipe: int | None = None
 
     def start(self) -> None:
-        """Start the command (stdout and stderr to the log)."""
+        """Start the command (stdout and stderr to the log), and its watchdog."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -226,6 +234,46 @@ class ServerProcess:
                 env=self.env,
                 preexec_fn=_die_with_parent(),
             )
+        self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        """The watchdog holds a pipe's read end; the write end is ours alone (not inherited by any child),
+        so the kernel closes it when this process dies, however it dies."""
+        assert self.process is not None
+        read_end, write_end = os.pipe()
+        try:
+            self.watchdog = subprocess.Popen(
+                [sys.executable, str(WATCHDOG), str(read_end), str(self.process.pid), str(WATCHDOG_GRACE_S)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C on the terminal must not reach it
+                pass_fds=(read_end,),
+            )
+        except OSError:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._watchdog_pipe = write_end
+
+    def _stand_down_watchdog(self) -> None:
+        """Tell the watchdog the server is stopped (it exits), and reap it."""
+        if self._watchdog_pipe is None:
+            return
+        pipe, self._watchdog_pipe = self._watchdog_pipe, None
+        try:
+            os.write(pipe, STAND_DOWN)
+        except OSError:  # the watchdog is gone already
+            pass
+        finally:
+            os.close(pipe)
+        if self.watchdog is not None:
+            try:
+                self.watchdog.wait(KILL_WAIT_S)
+            except subprocess.TimeoutExpired:  # cannot happen unless it hangs: it must not linger
+                self.watchdog.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.watchdog.wait(KILL_WAIT_S)
 
     @property
     def pid(self) -> int | None:
@@ -323,6 +371,7 @@ class ServerProcess:
             self.process.wait(KILL_WAIT_S)
         except subprocess.TimeoutExpired:
             pass
+        self._stand_down_watchdog()
 
     def _signal(self, sig: signal.Signals) -> None:
         assert self.process is not None
