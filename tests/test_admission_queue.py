@@ -59,3 +59,19 @@ async def test_a_cancelled_waiter_in_the_middle_leaves_the_queue_and_order_holds
     async with asyncio.timeout(1):
         assert await first == 40 and await last == 40
     assert admission.in_use == 80 and admission.waiting == 0
+
+
+@pytest.mark.parametrize(
+    ("capacity", "headroom"),
+    [(1, 0.9), (100_000, 0.0), (1000, 5.0), (1000, -0.5), (1000, float("nan"))],
+)
+def test_a_capacity_that_could_never_admit_or_overcommits_is_refused(capacity, headroom):
+    # 1 token at 0.9 rounds to 0 usable: every reservation (at least 1 token) would wait forever;
+    # a headroom above 1 would admit more than the KV cache holds
+    with pytest.raises(ValueError):
+        KVAdmission(capacity, headroom=headroom)
+
+
+def test_workers_with_no_usable_capacity_are_refused():
+    with pytest.raises(ValueError):
+        KVAdmission.for_workers([1], headroom=0.5)

@@ -211,28 +211,46 @@ def test_model_url_of_a_router_reports_its_workers(tmp_path, capsys):
 def test_a_router_that_cannot_start_is_a_clear_error_and_the_workers_are_stopped(tmp_path):
     base = free_ports(3)
     template = f"{SCRIPTED} --port {{port}} --model {tmp_path}"
-    argv = [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--dp", "2", "--port", str(base)]
-    argv += ["--command", template, "--timeout", "60", "--log-file", str(tmp_path / "logs")]
-    # The router is to listen on an address of no interface here (TEST-NET-1): it cannot bind, and exits.
-    # (A port already taken is refused before anything starts: the test below.)
-    cli = subprocess.run([*argv, "--host", "192.0.2.1"], capture_output=True, text=True, timeout=120)
-    assert cli.returncode == 1, cli.stdout + cli.stderr
-    assert "qwq-agent serve: the router exited with status" in cli.stderr
-    assert f"fix: read the logs in {tmp_path / 'logs'}" in cli.stderr and "Traceback" not in cli.stderr
+    fleet_config = FleetConfig(dp=2, router_port=base, router_args=["--no-such-router-flag"])
+    fleet = Fleet(fleet_config, worker_specs(ServeConfig(), fleet_config, template), tmp_path / "logs")
+    fleet.start_workers()
+    try:
+        with pytest.raises(ServerExited, match="the router exited with status"):
+            fleet.wait_ready(timeout=60, poll_interval=0.2)
+    finally:
+        fleet.stop(5)
     for port in (base + 1, base + 2):
         assert probe(f"http://127.0.0.1:{port}", timeout=1) is None
 
 
-def test_a_taken_router_or_worker_port_is_refused_before_anything_starts(tmp_path):
+def test_a_taken_router_port_is_refused_before_anything_starts(tmp_path):
     base = free_ports(3)
     template = f"{SCRIPTED} --port {{port}} --model {tmp_path}"
-    argv = [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--dp", "2", "--port", str(base)]
-    argv += ["--command", template, "--timeout", "60", "--log-file", str(tmp_path / "logs")]
-    for port, flag in ((base, "--port"), (base + 2, "--worker-base-port")):
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", port))
-            taken.listen()
-            cli = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        assert cli.returncode == 2, cli.stdout + cli.stderr
-        assert f"{flag} {port}: the port is already in use" in cli.stderr
-        assert "starting" not in cli.stdout and not (tmp_path / "logs").exists()
+    with socket.socket() as taken:  # the router's port is taken
+        taken.bind(("127.0.0.1", base))
+        taken.listen()
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qwq_agent.cli.main",
+                "serve",
+                "--dp",
+                "2",
+                "--port",
+                str(base),
+                "--command",
+                template,
+                "--timeout",
+                "60",
+                "--log-file",
+                str(tmp_path / "logs"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert cli.returncode == 2, cli.stdout + cli.stderr
+    assert f"qwq-agent serve: cannot serve: the router's port {base} is already in use" in cli.stderr
+    assert "Traceback" not in cli.stderr and "pids:" not in cli.stdout  # nothing was started
+    assert not (tmp_path / "logs").exists()

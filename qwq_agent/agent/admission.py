@@ -18,9 +18,22 @@ class KVAdmission:
     """A fair (FIFO) weighted semaphore over KV-cache tokens."""
 
     def __init__(self, capacity_tokens: int, *, headroom: float = 0.9) -> None:
+        """Admit sessions into `capacity_tokens * headroom` tokens of KV cache.
+
+        Raises `ValueError` when `headroom` is not in (0, 1] (above 1 would admit more than the cache
+        holds) or when the usable capacity rounds to 0 tokens: every reservation takes at least one
+        token, so nothing could ever be admitted and every session would wait forever.
+        """
         if capacity_tokens <= 0:
             raise ValueError("capacity_tokens must be positive")
+        if not 0 < headroom <= 1:  # also refuses NaN
+            raise ValueError(f"headroom must be in (0, 1], got {headroom}")
         self.capacity = int(capacity_tokens * headroom)
+        if self.capacity < 1:
+            raise ValueError(
+                f"{capacity_tokens} tokens at headroom {headroom} leave no usable KV capacity "
+                "(every session would wait forever)"
+            )
         self.in_use = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import shlex
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from qwq_agent.cli.serve_signals import stop_on_signals
-from qwq_agent.serve.fleet import FleetInfo
+from qwq_agent.serve.fleet import Fleet, FleetInfo
 from qwq_agent.serve.launcher import ServeConfig
 
 
@@ -18,7 +18,13 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
     """Start the fleet, print the router URL and each worker's KV capacity, serve until Ctrl-C."""
     from qwq_agent.cli.errors import CliError
     from qwq_agent.serve import INSTALL_HINT, ServerError, check_prerequisites
-    from qwq_agent.serve.fleet import ROUTER_INSTALL_HINT, Fleet, FleetConfig, router_command, worker_specs
+    from qwq_agent.serve.fleet import (
+        ROUTER_INSTALL_HINT,
+        FleetConfig,
+        port_problems,
+        router_command,
+        worker_specs,
+    )
 
     if args.dp < 1:
         raise CliError(f"--dp {args.dp}: the number of replicas must be at least 1", "pass --dp 2 or more")
@@ -61,12 +67,13 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
                 "cannot serve here: " + "; ".join(problems), f"on a GPU machine run `{INSTALL_HINT}`"
             )
 
-    from qwq_agent.cli.serve_cmd import check_port_free
-
-    check_port_free(args.host, args.port)
-    for spec in specs:  # the workers listen on 127.0.0.1, behind the router
-        where = urlsplit(spec.url)
-        check_port_free(where.hostname or "127.0.0.1", int(where.port or 0), "--worker-base-port")
+    taken = port_problems(fleet_config)
+    if taken:
+        raise CliError(
+            "cannot serve: " + "; ".join(taken),
+            "stop what listens there (a serve still running?), or choose other ports with --port and "
+            "--worker-base-port (worker i listens on --worker-base-port + i)",
+        )  # exit 2, as a single server's taken --port
     log_dir = args.log_file or Path(tempfile.mkdtemp(prefix="qwq-serve-dp-"))
     fleet = Fleet(fleet_config, specs, log_dir)
     print(f"starting {args.dp} replicas and the router ({args.router_policy}); logs: {log_dir}", flush=True)
@@ -80,7 +87,7 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
                     timeout=args.timeout, on_progress=lambda line: print(line, flush=True)
                 )
             except ServerError as exc:
-                last = next((ln.strip() for ln in reversed(exc.log_tail.splitlines()) if ln.strip()), "")
+                last = last_log_line(exc.log_tail)
                 raise CliError(
                     str(exc),
                     f"read the logs in {log_dir}" + (f" (it ends: {last[:200]})" if last else ""),
@@ -89,8 +96,8 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
             print(f"router pid: {fleet.router.pid}", flush=True)
             report_fleet(info)
             print("Ctrl-C stops the router and the replicas.", flush=True)
-            ended = _wait_for_an_exit(fleet)
-            raise CliError(f"{ended[0]} exited with status {ended[1]}", f"read the logs in {log_dir}", code=1)
+            ended = _serve_until_the_fleet_is_gone(fleet, log_dir)
+            raise CliError(ended, f"read the logs in {log_dir}", code=1)
         except KeyboardInterrupt:
             try:
                 print("stopping the router and the replicas (Ctrl-C again kills them)...", flush=True)
@@ -104,15 +111,50 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
             fleet.stop()  # a no-op once stopped above
 
 
-def _wait_for_an_exit(fleet) -> tuple[str, int | None]:
-    """Block until a process of the fleet ends (Ctrl-C interrupts the wait)."""
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+"""Terminal escape sequences (CSI colours, OSC, two-byte ones): the router colours its log lines."""
+
+
+def last_log_line(tail: str) -> str:
+    """The last non-blank line of a log tail, without terminal escape sequences (for a one-line hint)."""
+    lines = (_ANSI.sub("", line).strip() for line in reversed(tail.splitlines()))
+    return next((line for line in lines if line), "")
+
+
+def _serve_until_the_fleet_is_gone(fleet: Fleet, log_dir: Path) -> str:
+    """Serve until the router ends or no worker is left; returns why (Ctrl-C interrupts the wait).
+
+    A worker that ends is reported and its process group killed (SGLang's scheduler processes may
+    outlive their leader and hold the GPU), while the others keep serving: the router takes a dead
+    worker out of rotation within seconds and moves its sessions' keys to a live one.
+    """
     import time
 
+    gone: set[int] = set()
     while True:
-        ended = fleet.exited()
-        if ended is not None:
-            return ended
+        if fleet.router.process is not None and not fleet.router.alive():
+            return f"the router exited with status {fleet.router.process.poll()}"
+        for i, worker in enumerate(fleet.workers):
+            if i in gone or worker.alive():
+                continue
+            gone.add(i)
+            code = worker.process.poll() if worker.process else None
+            worker.kill()
+            left = len(fleet.workers) - len(gone)
+            print(
+                f"warning: worker {i} ({worker.url}) exited with status {code}; "
+                f"{left} of {len(fleet.workers)} workers still serve (its log: {worker.log_path}; "
+                f"it ends: {last_log_line(worker.log_tail())[:200]})",
+                flush=True,
+            )
+        if len(gone) == len(fleet.workers):
+            return "every worker has exited (the router has none left to send requests to)"
         time.sleep(1.0)  # several processes, no single one to wait() on
+
+
+def _tokens(count: int | None) -> str:
+    """A KV capacity for the read-out; "unknown" when the server did not report a usable one."""
+    return "unknown" if count is None else f"{count} tokens"
 
 
 def report_fleet(info: FleetInfo) -> None:
@@ -121,7 +163,7 @@ def report_fleet(info: FleetInfo) -> None:
     print(f"ready: {info.router_url} (router{policy})", flush=True)
     for i, w in enumerate(info.workers):
         state = "healthy" if w.healthy else "UNHEALTHY"
-        print(f"worker {i}: {w.url} {state}, KV capacity: {w.max_total_num_tokens} tokens")
+        print(f"worker {i}: {w.url} {state}, KV capacity: {_tokens(w.max_total_num_tokens)}")
     print(f"total KV capacity: {info.total_kv_tokens} tokens over {len(info.capacities)} workers")
     if info.policy == "affinity":
         print("affinity: clients send a routing key per run (routing_key=..., header x-smg-routing-key)")

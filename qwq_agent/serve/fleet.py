@@ -145,6 +145,42 @@ def router_command(fleet: FleetConfig, worker_urls: Sequence[str]) -> list[str]:
     ]
 
 
+def port_problems(fleet: FleetConfig) -> list[str]:
+    """Why the router's or a worker's port cannot be used now (empty when every one can).
+
+    Checked before anything starts: SGLang binds its port only after loading the model (minutes), and
+    meanwhile another server already answering on a worker's port (a leftover serve, another user's
+    SGLang) would pass its /health and be put behind the router as that worker. Two of the fleet's
+    own processes on one port (--worker-base-port overlapping --port) are refused too.
+    """
+    ports = {"the router": (fleet.host, fleet.router_port)}
+    ports.update({f"worker {i}": ("127.0.0.1", fleet.worker_port(i)) for i in range(fleet.dp)})
+    problems: list[str] = []
+    owner: dict[int, str] = {}
+    for name, (host, port) in ports.items():
+        if not 0 < port < 65536:
+            problems.append(f"{name}'s port {port} is not a TCP port (1-65535)")
+        elif port in owner:
+            problems.append(f"{name}'s port {port} is {owner[port]}'s too")
+        elif not _bindable(host, port):
+            problems.append(f"{name}'s port {port} is already in use on {host}")
+        owner.setdefault(port, name)
+    return problems
+
+
+def _bindable(host: str, port: int) -> bool:
+    """True when a server could listen on (host, port) now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # as servers do: a closed connection's TIME_WAIT does not block the port, a listener does
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_port() -> int:
     """A port free now on 127.0.0.1 (the router binds it moments later)."""
     with socket.socket() as s:
@@ -220,13 +256,22 @@ def _ready_workers(url: str, timeout: float) -> int | None:
         return None
 
 
-def wait_router(router: ServerProcess, workers: int, timeout: float, poll_interval: float = 0.5) -> None:
+def wait_router(
+    router: ServerProcess,
+    workers: int,
+    timeout: float,
+    poll_interval: float = 0.5,
+    watch: Callable[[], None] | None = None,
+) -> None:
     """Wait until the router's `/readiness` counts `workers` healthy workers, while it runs.
 
+    `watch` is called every poll (the fleet checks its workers still run, and raises if one ended).
     Raises `ServerExited` when the router ends, `ServerStartTimeout` after `timeout` seconds.
     """
     deadline = time.monotonic() + max(0.0, timeout)
     while True:
+        if watch is not None:
+            watch()
         if not router.alive():
             code = router.process.poll() if router.process else None
             raise ServerExited(f"the router exited with status {code} before it was ready", router.log_tail())
@@ -282,15 +327,11 @@ class Fleet:
         reported = started
         pending = {i for i in range(len(self.workers))}
         while pending:
+            # every worker, the ready ones too: one that dies now (a CUDA error on its first batch, the
+            # OOM killer) must end the wait at once, not after the whole deadline blaming another
+            self._check_workers(pending)
             for i in sorted(pending):
                 worker = self.workers[i]
-                if not worker.alive():
-                    code = worker.process.poll() if worker.process else None
-                    raise ServerExited(
-                        f"worker {i} ({worker.url}, GPU {self.specs[i].gpu}) exited with status {code} "
-                        "before it was ready",
-                        worker.log_tail(),
-                    )
                 if probe(worker.url, timeout=min(5.0, poll_interval * 2)) is not None:
                     pending.discard(i)
                     if on_progress:
@@ -311,7 +352,13 @@ class Fleet:
                 on_progress(f"still waiting for {names} after {reported - started:.0f}s; log: {last[:200]}")
             time.sleep(poll_interval)  # polling processes we do not control; nothing to wait on instead
         self.router.start()
-        wait_router(self.router, len(self.workers), deadline - time.monotonic(), poll_interval)
+        wait_router(
+            self.router,
+            len(self.workers),
+            deadline - time.monotonic(),
+            poll_interval,
+            watch=lambda: self._check_workers(set()),
+        )
         info = probe_router(self.router.url)
         if info is None:
             raise ServerError(
@@ -321,6 +368,17 @@ class Fleet:
         order = {spec.url: spec.index for spec in self.specs}  # as started: worker i is GPU i's
         info.workers.sort(key=lambda w: order.get(w.url, len(order)))
         return info
+
+    def _check_workers(self, pending: set[int]) -> None:
+        """Raise `ServerExited` naming the first worker that has ended (`pending`: those not yet ready)."""
+        for i, worker in enumerate(self.workers):
+            if not worker.alive():
+                code = worker.process.poll() if worker.process else None
+                when = "before it was ready" if i in pending else "after it answered /health"
+                raise ServerExited(
+                    f"worker {i} ({worker.url}, GPU {self.specs[i].gpu}) exited with status {code} {when}",
+                    worker.log_tail(),
+                )
 
     def exited(self) -> tuple[str, int | None] | None:
         """The first process of the fleet that has ended, as (name, status); None while all run."""
@@ -332,15 +390,21 @@ class Fleet:
         return None
 
     def stop(self, grace: float = 20.0) -> None:
-        """Stop the router first (no new requests), then every worker.
+        """SIGTERM the router (first: no new requests) and every worker, give them all one shared
+        `grace` seconds, then SIGKILL whatever still runs.
 
+        One grace for all, not one each: hung replicas (a stuck CUDA call ignores SIGTERM) would
+        otherwise take (1 + N) x grace, longer than a supervisor waits before it SIGKILLs the CLI.
         Interrupted (a second Ctrl-C), it SIGKILLs every process not yet stopped before the exception
         propagates: each runs in a session of its own, so nothing else would stop it.
         """
         processes = [self.router, *self.workers]
+        deadline = time.monotonic() + grace
         try:
             for process in processes:
-                process.stop(grace)
+                process.terminate()
+            for process in processes:
+                process.wait_exit(deadline - time.monotonic())
         finally:
             for process in processes:
                 process.kill()
@@ -354,6 +418,7 @@ __all__ = [
     "FleetInfo",
     "WorkerInfo",
     "WorkerSpec",
+    "port_problems",
     "probe_router",
     "router_command",
     "router_policy_args",

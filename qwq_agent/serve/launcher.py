@@ -6,6 +6,7 @@ reaches every process SGLang spawns (tokenizer, scheduler and detokenizer worker
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from qwq_agent.serve.watchdog import STAND_DOWN
+from qwq_agent.server_info import read_server_info
 
 DEFAULT_MODEL = "Qwen/QwQ-32B"
 INSTALL_HINT = "pip install -e '.[serve]' (in the qwq-agent checkout)"
@@ -137,14 +141,13 @@ def probe(url: str, *, timeout: float = 5.0) -> ReadyInfo | None:
             info = response.json() if response.status_code == 200 else {}
     except (httpx.HTTPError, ValueError):
         return None
-    states = info.get("internal_states") or [{}]
-    first = states[0] if isinstance(states, list) and states and isinstance(states[0], dict) else {}
+    facts = read_server_info(info)  # healthy, but an odd /server_info: its capacity is unknown
     return ReadyInfo(
         url=url,
-        model=info.get("served_model_name") or info.get("model_path"),
-        max_total_num_tokens=info.get("max_total_num_tokens", first.get("max_total_num_tokens")),
-        context_length=info.get("context_length"),
-        version=info.get("version"),
+        model=facts.model,
+        max_total_num_tokens=facts.max_total_num_tokens,
+        context_length=facts.context_length,
+        version=facts.version,
     )
 
 
@@ -177,6 +180,9 @@ KILL_WAIT_S = 5.0
 """How long to wait for a SIGKILLed process to be reaped (it cannot refuse, but may be in the kernel)."""
 
 PR_SET_PDEATHSIG = 1
+WATCHDOG_GRACE_S = 5.0
+"""How long a server whose CLI died gets after its SIGTERM before its watchdog SIGKILLs it."""
+WATCHDOG = Path(__file__).with_name("watchdog.py")
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -237,9 +243,12 @@ class ServerProcess:
         self.log_path = Path(log_path)
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
+        self.watchdog: subprocess.Popen[bytes] | None = None
+        """SIGKILLs the server's group if this process dies without stopping it (see `watchdog.py`)."""
+        self._watchdog_pipe: int | None = None
 
     def start(self) -> None:
-        """Start the command (stdout and stderr to the log)."""
+        """Start the command (stdout and stderr to the log), and its watchdog."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -251,6 +260,46 @@ class ServerProcess:
                 env=self.env,
                 preexec_fn=_die_with_parent(),
             )
+        self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        """The watchdog holds a pipe's read end; the write end is ours alone (not inherited by any child),
+        so the kernel closes it when this process dies, however it dies."""
+        assert self.process is not None
+        read_end, write_end = os.pipe()
+        try:
+            self.watchdog = subprocess.Popen(
+                [sys.executable, str(WATCHDOG), str(read_end), str(self.process.pid), str(WATCHDOG_GRACE_S)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C on the terminal must not reach it
+                pass_fds=(read_end,),
+            )
+        except OSError:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._watchdog_pipe = write_end
+
+    def _stand_down_watchdog(self) -> None:
+        """Tell the watchdog the server is stopped (it exits), and reap it."""
+        if self._watchdog_pipe is None:
+            return
+        pipe, self._watchdog_pipe = self._watchdog_pipe, None
+        try:
+            os.write(pipe, STAND_DOWN)
+        except OSError:  # the watchdog is gone already
+            pass
+        finally:
+            os.close(pipe)
+        if self.watchdog is not None:
+            try:
+                self.watchdog.wait(KILL_WAIT_S)
+            except subprocess.TimeoutExpired:  # cannot happen unless it hangs: it must not linger
+                self.watchdog.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.watchdog.wait(KILL_WAIT_S)
 
     @property
     def pid(self) -> int | None:
@@ -262,12 +311,22 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
-        """The last `lines` lines of the log."""
+        """The last `lines` lines of the log (of its last `LOG_CHUNK` bytes at most).
+
+        Only the end is read: SGLang logs every batch, so after days of serving the log is gigabytes,
+        and this runs the moment the server exits (and every progress line while a fleet loads).
+        """
         try:
-            text = self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                start = max(0, size - LOG_CHUNK)
+                f.seek(start)
+                data = f.read(size - start)
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        if start > 0:  # began mid-line: drop the fragment
+            data = data.partition(b"\n")[2]
+        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
     def wait_ready(
         self, timeout: float = 1800.0, poll_interval: float = 2.0, on_log: Callable[[str], None] | None = None
@@ -309,15 +368,26 @@ class ServerProcess:
         if self.process is None:
             return None
         try:
-            if self.process.poll() is None:
-                self._signal(signal.SIGTERM)
-                try:
-                    self.process.wait(grace)
-                except subprocess.TimeoutExpired:
-                    pass
+            self.terminate()
+            self.wait_exit(grace)
         finally:
             self.kill()
         return self.process.returncode
+
+    def terminate(self) -> None:
+        """SIGTERM the process group, if the process still runs (`stop` without the wait and the kill)."""
+        if self.process is not None and self.process.poll() is None:
+            self._signal(signal.SIGTERM)
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the process to end; True when it has."""
+        if self.process is None:
+            return True
+        try:
+            self.process.wait(max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def kill(self) -> None:
         """SIGKILL the whole process group (workers that outlived the leader too) and reap the leader."""
@@ -328,6 +398,7 @@ class ServerProcess:
             self.process.wait(KILL_WAIT_S)
         except subprocess.TimeoutExpired:
             pass
+        self._stand_down_watchdog()
 
     def _signal(self, sig: signal.Signals) -> None:
         assert self.process is not None

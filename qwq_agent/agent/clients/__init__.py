@@ -1,6 +1,7 @@
 """Model clients: SGLang's native `/generate` API and OpenAI-compatible chat APIs, one `Model` protocol."""
 
 from qwq_agent.agent.clients.errors import (
+    ModelClientClosed,
     ModelConnectionError,
     ModelError,
     ModelProtocolError,
@@ -12,6 +13,7 @@ from qwq_agent.agent.clients.sglang_native import ServerInfo, SGLangClient, SGLa
 
 __all__ = [
     "NO_RETRY",
+    "ModelClientClosed",
     "ModelConnectionError",
     "ModelError",
     "ModelProtocolError",

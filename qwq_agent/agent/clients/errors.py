@@ -23,6 +23,11 @@ class ModelConnectionError(ModelError):
     """The server could not be reached, or the connection dropped before the response was complete."""
 
 
+class ModelClientClosed(ModelConnectionError):
+    """The client's connection pool is closed (`aclose` ran): no request can be sent, and a retry cannot
+    help."""
+
+
 class ModelTimeoutError(ModelConnectionError):
     """The server did not answer (or stopped sending) within the configured timeout."""
 

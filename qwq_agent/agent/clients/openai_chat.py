@@ -33,6 +33,7 @@ from qwq_agent.agent.chat_format import malformed_call_block, safe_call_json
 from qwq_agent.agent.clients._sse import DONE, iter_sse_json
 from qwq_agent.agent.clients.counts import server_count
 from qwq_agent.agent.clients.errors import (
+    ModelClientClosed,
     ModelConnectionError,
     ModelError,
     ModelProtocolError,
@@ -244,10 +245,6 @@ class OpenAIChatClient(RoutingKeyMixin):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
-
     def _headers(self) -> dict[str, str]:
         auth = {"Authorization": f"Bearer {self._key.reveal()}"} if self._key else {}
         return {**auth, **self._routing}
@@ -257,6 +254,7 @@ class OpenAIChatClient(RoutingKeyMixin):
 
     async def list_models(self) -> list[str]:
         """Model ids from `/v1/models`."""
+        self._check_open()
         try:
             response = await self._http.get("/models", headers=self._headers())
         except httpx.HTTPError as exc:
@@ -334,7 +332,10 @@ class OpenAIChatClient(RoutingKeyMixin):
                 retryable = (
                     exc.retryable
                     if isinstance(exc, ModelServerError)
-                    else (isinstance(exc, ModelConnectionError) and not isinstance(exc, ModelTimeoutError))
+                    else (
+                        isinstance(exc, ModelConnectionError)
+                        and not isinstance(exc, ModelTimeoutError | ModelClientClosed)
+                    )
                 )
                 delay = next(delays, None) if retryable and not emitted else None
                 if delay is None:
@@ -353,6 +354,7 @@ class OpenAIChatClient(RoutingKeyMixin):
         stops = StopScanner(body.get("stop") or [])
         guard = OverrunGuard(body.get("max_tokens"))
         emitted = ""  # the raw text yielded: what the writer wrote, up to the earliest stop string
+        self._check_open()
         request = self._http.build_request("POST", "/chat/completions", json=body, headers=self._headers())
         try:
             try:

@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from qwq_agent.agent.clients.errors import ModelProtocolError
+
 
 def is_router_summary(raw: dict[str, Any]) -> bool:
     """True for the router's own `/get_server_info` answer."""
@@ -19,10 +21,20 @@ def is_router_summary(raw: dict[str, Any]) -> bool:
 
 
 async def worker_infos(http: httpx.AsyncClient, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
-    """Each healthy worker's `/server_info` (or `/get_server_info`), by URL; unreachable ones are left out."""
+    """Each healthy worker's `/server_info` (or `/get_server_info`), by URL; unreachable ones (and those
+    answering anything but a JSON object) are left out.
+
+    Raises `ModelProtocolError` when `/workers` is not the router's `{"workers": [...]}`.
+    """
     response = await http.get("/workers")
     response.raise_for_status()
-    listed = response.json().get("workers") or []
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise ModelProtocolError("the router's /workers did not answer JSON") from exc
+    listed = body.get("workers") if isinstance(body, dict) else None
+    if not isinstance(listed, list):
+        raise ModelProtocolError(f"the router's /workers is not a list of workers: {response.text[:200]!r}")
     urls = [
         str(w["url"]) for w in listed if isinstance(w, dict) and w.get("url") and w.get("is_healthy", True)
     ]
@@ -34,18 +46,13 @@ async def worker_infos(http: httpx.AsyncClient, timeout: float = 10.0) -> dict[s
             except httpx.HTTPError:
                 return url, None
             if r.status_code == 200:
-                body = r.json()
+                try:
+                    body = r.json()
+                except ValueError:
+                    return url, None
                 return url, body if isinstance(body, dict) else None
         return url, None
 
     async with httpx.AsyncClient(timeout=timeout) as client:
         found = await asyncio.gather(*(one(client, u) for u in urls))
     return {url: info for url, info in found if info is not None}
-
-
-def capacity_of(raw: dict[str, Any]) -> int | None:
-    """`max_total_num_tokens` of one worker's `/server_info` (top level or its first internal state)."""
-    states = raw.get("internal_states") or [{}]
-    first = states[0] if isinstance(states, list) and states and isinstance(states[0], dict) else {}
-    value = raw.get("max_total_num_tokens", first.get("max_total_num_tokens"))
-    return int(value) if isinstance(value, int | float) else None

@@ -12,6 +12,10 @@ from __future__ import annotations
 import copy
 from typing import Self
 
+import httpx
+
+from qwq_agent.agent.clients.errors import ModelClientClosed
+
 ROUTING_KEY_HEADER = "x-smg-routing-key"
 
 
@@ -25,15 +29,32 @@ def routing_headers(key: str | None) -> dict[str, str]:
 
 
 class RoutingKeyMixin:
-    """`with_routing_key` for the clients: a per-run copy that shares the connection pool."""
+    """`with_routing_key` for the clients: a per-run copy that shares the connection pool; and `aclose`,
+    which only the pool's owner (the client that created it) acts on."""
 
     routing_key: str | None
     _routing: dict[str, str]
+    _http: httpx.AsyncClient
+    _borrows_pool = False
+    """True on a `with_routing_key` copy: the pool is its parent's, shared with every other copy."""
 
     def with_routing_key(self, key: str | None) -> Self:
         """A client for one run that sends `key` as its routing key (session affinity behind SGLang's
-        router); it shares this client's connection pool, which this client still owns and closes."""
+        router); it shares this client's connection pool, which this client still owns and closes:
+        closing the copy (`async with client.with_routing_key(run_id) as model:`) leaves the pool open
+        for the other runs."""
         clone = copy.copy(self)
         clone._routing = routing_headers(key)
         clone.routing_key = key
+        clone._borrows_pool = True
         return clone
+
+    async def aclose(self) -> None:
+        """Close the connection pool (a no-op on a `with_routing_key` copy, which does not own it)."""
+        if not self._borrows_pool:
+            await self._http.aclose()
+
+    def _check_open(self) -> None:
+        """Raise `ModelClientClosed` once the pool is closed (httpx would raise a bare RuntimeError)."""
+        if self._http.is_closed:
+            raise ModelClientClosed(f"{self!r} is closed: its connection pool was closed by aclose()")

@@ -21,6 +21,7 @@ from qwq_agent.agent.chat_format import PromptOptions
 from qwq_agent.agent.clients._sse import DONE, iter_sse_json
 from qwq_agent.agent.clients.counts import server_count
 from qwq_agent.agent.clients.errors import (
+    ModelClientClosed,
     ModelConnectionError,
     ModelError,
     ModelProtocolError,
@@ -31,12 +32,13 @@ from qwq_agent.agent.clients.errors import (
 from qwq_agent.agent.clients.overrun import OverrunGuard
 from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_delay
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
-from qwq_agent.agent.clients.router_info import capacity_of, is_router_summary, worker_infos
+from qwq_agent.agent.clients.router_info import is_router_summary, worker_infos
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.deadline import current_deadline
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
+from qwq_agent.server_info import ServerFacts, read_server_info
 from qwq_agent.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -157,14 +159,13 @@ class SGLangClient(RoutingKeyMixin):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
-
     # ----- server state ----------------------------------------------------------------------------
 
     async def health(self) -> bool:
-        """True when `/health` answers 200; False when it answers otherwise or cannot be reached."""
+        """True when `/health` answers 200; False when it answers otherwise or cannot be reached.
+
+        Raises `ModelClientClosed` once this client is closed."""
+        self._check_open()
         try:
             response = await self._http.get("/health")
         except httpx.HTTPError:
@@ -176,12 +177,12 @@ class SGLangClient(RoutingKeyMixin):
         raw = await self._get_json("/server_info", fallback="/get_server_info")
         if is_router_summary(raw):
             return await self._fleet_info(raw)
-        capacity = capacity_of(raw)
+        facts = read_server_info(raw)  # a value of the wrong type reads as unknown (None)
         return ServerInfo(
-            model_path=raw.get("model_path"),
-            context_length=raw.get("context_length"),
-            max_total_num_tokens=capacity,
-            version=raw.get("version"),
+            model_path=facts.model_path,
+            context_length=facts.context_length,
+            max_total_num_tokens=facts.max_total_num_tokens,
+            version=facts.version,
             raw=raw,
         )
 
@@ -193,16 +194,15 @@ class SGLangClient(RoutingKeyMixin):
             raise ModelServerError(
                 f"the router at {redact_url(self.base_url)} did not list its workers: {exc}"
             ) from exc
-        capacities = {url: c for url, raw in infos.items() if (c := capacity_of(raw))}
-        lengths = [
-            raw["context_length"] for raw in infos.values() if isinstance(raw.get("context_length"), int)
-        ]
-        first = next(iter(infos.values()), {})
+        facts = {url: read_server_info(raw) for url, raw in infos.items()}
+        capacities = {url: c for url, f in facts.items() if (c := f.max_total_num_tokens)}
+        lengths = [f.context_length for f in facts.values() if f.context_length]
+        first = next(iter(facts.values()), ServerFacts())
         return ServerInfo(
-            model_path=first.get("model_path"),
+            model_path=first.model_path,
             context_length=min(lengths) if lengths else None,
             max_total_num_tokens=sum(capacities.values()) or None,
-            version=first.get("version"),
+            version=first.version,
             raw=summary,
             worker_capacities=capacities,
         )
@@ -212,6 +212,7 @@ class SGLangClient(RoutingKeyMixin):
         try:
             # An abort counts against the caller's deadline; the floor still lets it reach a local server.
             timeout = max(ABORT_FLOOR_S, current_deadline().clamp(self.abort_timeout) or 0.0)
+            self._check_open()
             response = await self._http.post(
                 "/abort_request", json={"rid": rid}, timeout=timeout, headers=self._routing
             )
@@ -223,6 +224,7 @@ class SGLangClient(RoutingKeyMixin):
             )
 
     async def _get_json(self, path: str, *, fallback: str | None = None) -> dict[str, Any]:
+        self._check_open()
         try:
             response = await self._http.get(path)
             if response.status_code == 404 and fallback:
@@ -360,6 +362,7 @@ class SGLangClient(RoutingKeyMixin):
         stops = StopScanner(payload["sampling_params"].get("stop") or [])
         guard = OverrunGuard(payload["sampling_params"].get("max_new_tokens"))
         sent = finished = overran = False
+        self._check_open()
         try:
             request = self._http.build_request("POST", "/generate", json=payload, headers=self._routing)
             try:
@@ -486,7 +489,9 @@ def _is_abort(reason: object) -> bool:
 def _retryable(exc: ModelError) -> bool:
     if isinstance(exc, ModelServerError):
         return exc.retryable
-    return isinstance(exc, ModelConnectionError) and not isinstance(exc, ModelTimeoutError)
+    return isinstance(exc, ModelConnectionError) and not isinstance(
+        exc, ModelTimeoutError | ModelClientClosed
+    )
 
 
 def _detect_incremental(event: dict[str, Any], meta: dict[str, Any], emitted: str) -> bool | None:
