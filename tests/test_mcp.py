@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import os
 import sys
@@ -207,6 +208,32 @@ async def test_a_server_that_never_answers_the_handshake_times_out_and_is_stoppe
     while _running(pid):
         assert time.monotonic() < deadline, f"the silent server (pid {pid}) was left running"
         await asyncio.sleep(0.05)
+
+
+async def test_a_handshake_timeout_cancels_the_stuck_handshake_and_leaves_no_unread_error():
+    # The holder task sat in `initialize()` while we waited 10 s for it to notice a stop event, and
+    # the error it then put on the abandoned handshake future was printed by asyncio at exit
+    # ("Future exception was never retrieved ... MCPError('CancelledError()')").
+    silent = MCPServerSpec(
+        command=[sys.executable, "-c", "import time; time.sleep(120)"], connect_timeout_s=1
+    )
+    loop = asyncio.get_running_loop()
+    unread: list[dict] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unread.append(context))
+    try:
+        # A deadline, not a measurement: the timeout plus the SDK's own ~2 s to stop the process,
+        # far below the 10 s the stuck holder used to add.
+        async with asyncio.timeout(8):
+            with pytest.raises(MCPConnectError, match="did not answer the handshake within 1 s"):
+                await mcp_tools(silent)
+        holders = [t for t in asyncio.all_tasks() if t.get_name().startswith("mcp:")]
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert holders == [], "the holder task outlived the failed connect"
+    assert [c.get("message") for c in unread] == []
 
 
 def _running(pid: int) -> bool:
