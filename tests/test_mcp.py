@@ -324,6 +324,20 @@ async def test_tools_that_cannot_be_used_are_skipped_and_the_rest_of_the_server_
         assert (await call(registry, "good")).text == "ok"
 
 
+async def test_a_prefixed_name_that_another_tool_already_has_is_skipped_not_duplicated():
+    # `python` clashes with our own tool and became `raw__python`: the name of the server's other tool.
+    # Two tools of one name made ToolRegistry raise ValueError, and `run --mcp` exit 70.
+    schema = {"type": "object", "properties": {}}
+    server = raw_server(
+        [{"name": "python", "inputSchema": schema}, {"name": "raw__python", "inputSchema": schema}]
+    )
+    async with await mcp_tools(server, reserved=["python", "shell"]) as toolset:
+        assert [(t.spec.name, t.remote_name) for t in toolset] == [("raw__python", "raw__python")]
+        assert len(toolset.skipped) == 1
+        assert "tool 'python' would be named 'raw__python'" in toolset.skipped[0]
+        assert (await call(ToolRegistry(toolset), "raw__python")).text == "ok"
+
+
 async def test_a_tool_whose_schema_nests_past_the_recursion_limit_is_skipped_not_the_server():
     deep: dict = {"type": "string"}
     for _ in range(150):  # well inside what the MCP SDK parses; check_schema recursed past Python's limit
