@@ -265,7 +265,7 @@ class OpenAIChatClient(RoutingKeyMixin):
             raise ModelServerError(
                 f"GET /models answered {response.status_code}",
                 status_code=response.status_code,
-                body=self._redact(response.text[:500]),
+                body=self._redact(response.text)[:500],  # redacted before cut: a cut key would not match
             )
         try:
             return [m["id"] for m in response.json()["data"]]
@@ -364,7 +364,7 @@ class OpenAIChatClient(RoutingKeyMixin):
                 raise ModelConnectionError(f"/chat/completions failed: {type(exc).__name__}") from None
             try:
                 if response.status_code >= 400:
-                    text = self._redact((await _read_quietly(response))[:500])
+                    text = self._redact(await _read_quietly(response))[:500]
                     raise ModelServerError(
                         f"/chat/completions answered {response.status_code}: {text}",
                         status_code=response.status_code,
