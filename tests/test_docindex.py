@@ -322,3 +322,24 @@ def test_a_document_a_parser_chokes_on_is_reported_and_the_rest_indexed(tmp_path
         assert set(errors) == {"marked.html", "odd.pdf"}
         assert "ParserRejectedMarkup" in errors["marked.html"]
         assert locations(index, "install") == ["good.md:1"]
+
+
+def test_a_long_block_of_blank_lines_is_split_in_linear_time_into_no_empty_sections(tmp_path: Path) -> None:
+    import time
+
+    from qwq_agent.docindex.extract import extract
+
+    # The splitter re-summed its line buffer (up to 1,200 blank lines) for every line: ~25 µs a line,
+    # 20 s for this 1 MB fence; and each 1,200 blank lines became a section of nothing.
+    data = b"# Notes\n\n```\n" + b"\n" * 1_000_000 + b"```\n\nradix\n"
+    t0 = time.process_time()
+    _, sections = extract(data, "markdown")
+    assert time.process_time() - t0 < 10  # a bound on runaway work (~1 s expected), not a measurement
+    assert all(section.body.strip() for section in sections)
+    assert len(sections) == 3  # the heading with the fence's opening, its closing, then "radix"
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "notes.md").write_bytes(data)
+    with build(root, tmp_path) as index:
+        index.update()
+        assert locations(index, "radix") == [f"notes.md:{1_000_000 + 6}"]
