@@ -343,3 +343,17 @@ def test_a_long_block_of_blank_lines_is_split_in_linear_time_into_no_empty_secti
     with build(root, tmp_path) as index:
         index.update()
         assert locations(index, "radix") == [f"notes.md:{1_000_000 + 6}"]
+
+
+def test_hostile_html_is_parsed_in_linear_time() -> None:
+    import time
+
+    from qwq_agent.docindex.extract import extract
+
+    # CPython's HTMLParser (no CVE-2025-6069 fix in 3.11.7) rescanned to the end from every `<` that
+    # cannot close: 100 KB of `<a "` took minutes. fetch_url was guarded; the index was not.
+    data = b"<html><body><h1>Radix</h1><p>radix cache notes</p>" + b'<a "' * 25_000
+    t0 = time.process_time()
+    _, sections = extract(data, "html")
+    assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a measurement
+    assert sections[0].heading == "Radix" and "radix cache notes" in sections[0].body

@@ -289,9 +289,10 @@ _HTML_BLOCKS = (
 
 
 def _html_blocks(text: str) -> tuple[str, list[Block]]:
-    from bs4 import BeautifulSoup
+    from qwq_agent.html_parse import parse_html
 
-    soup = BeautifulSoup(text, "html.parser")
+    # Guarded like fetch_url's parser: a hostile page stalled the whole build in quadratic time.
+    soup = parse_html(text)
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     for tag in soup.find_all(("script", "style", "noscript", "template", "svg")):
         tag.decompose()
