@@ -357,3 +357,48 @@ def test_hostile_html_is_parsed_in_linear_time() -> None:
     _, sections = extract(data, "html")
     assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a measurement
     assert sections[0].heading == "Radix" and "radix cache notes" in sections[0].body
+
+
+def compressed_pdf(pages: int, lines_per_page: int) -> bytes:
+    """A PDF whose pages all show one Flate-compressed content stream of many lines of text."""
+    import zlib
+
+    content = b"BT /F1 12 Tf 72 712 Td " + b"(hello world) Tj 0 -14 Td " * lines_per_page + b"ET"
+    stream = zlib.compress(content, 9)
+    kids = " ".join(f"{4 + i} 0 R" for i in range(pages)).encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [" + kids + b"] /Count %d >>" % pages,
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream",
+    ]
+    objects += [
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R "
+        b"/Resources << /Font << /F1 %d 0 R >> >> >>" % (4 + pages)
+    ] * pages
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
+def test_a_pdf_whose_pages_share_one_compressed_stream_is_cut_at_the_text_cap(tmp_path: Path) -> None:
+    from qwq_agent.docindex.extract import MIN_PDF_CHARS
+
+    # 24 pages x 240,000 characters from a 5 KB file: all of it was extracted and indexed (20 s;
+    # 1,000 such pages took hours and gigabytes). Now the text stops at the cap, mid-page.
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "bomb.pdf").write_bytes(compressed_pdf(pages=24, lines_per_page=20_000))
+    with build(root, tmp_path) as index:
+        stats = index.update()
+        chars = index.conn.execute("SELECT sum(length(body)) FROM fts").fetchone()[0]
+        assert locations(index, "hello world", limit=1) == ["bomb.pdf#page=1"]
+    assert 0.9 * MIN_PDF_CHARS < chars <= MIN_PDF_CHARS
+    assert stats.errors == [
+        ("bomb.pdf", f"text cut at {MIN_PDF_CHARS:,} characters; indexed up to page 5 of 24")
+    ]

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from qwq_agent.docindex.extract import ExtractError, Section, extract, kind_of
+from qwq_agent.docindex.extract import ExtractError, Section, extract_document, kind_of
 from qwq_agent.docindex.query import plain_to_fts, query_phrases, query_words
 
 SCHEMA_VERSION = "1"
@@ -60,7 +60,8 @@ class IndexStats(BaseModel):
     unchanged: int = 0
     chunks: int = 0  # sections written by this run
     seconds: float = 0.0
-    errors: list[tuple[str, str]] = Field(default_factory=list)  # (path, why) of unreadable files
+    # (path, why) of files skipped, unreadable, or indexed only in part (a PDF's text cut at its cap)
+    errors: list[tuple[str, str]] = Field(default_factory=list)
 
 
 class Hit(BaseModel):
@@ -175,9 +176,11 @@ class DocIndex:
                 title, error = "", None
                 sections: list[Section] = []
                 try:
-                    title, sections = extract(data, kind)
+                    done = extract_document(data, kind)
+                    title, sections, error = done.title, done.sections, done.note
                 except ExtractError as exc:
                     error = str(exc)
+                if error:
                     stats.errors.append((rel, error))
                 if row:
                     self._delete_chunks(row[0])
