@@ -402,3 +402,38 @@ def test_a_pdf_whose_pages_share_one_compressed_stream_is_cut_at_the_text_cap(tm
     assert stats.errors == [
         ("bomb.pdf", f"text cut at {MIN_PDF_CHARS:,} characters; indexed up to page 5 of 24")
     ]
+
+
+def test_a_file_skipped_on_reindex_loses_its_old_sections(tmp_path: Path) -> None:
+    import socket
+
+    from qwq_agent.docindex.store import MAX_FILE_BYTES
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    log, door = root / "log.txt", root / "door.txt"
+    log.write_text("the launch code is zebra42\n")
+    door.write_text("the door code is okapi7\n")
+    with build(root, tmp_path) as index:
+        index.update()
+        assert locations(index, "zebra42") == ["log.txt:1"] and locations(index, "okapi7") == ["door.txt:1"]
+        log.write_text("rotated\n" + "x" * (MAX_FILE_BYTES + 10) + "\n")  # too large now
+        door.unlink()
+        with socket.socket(socket.AF_UNIX) as sock:  # listed and stat()ed like a file; open() fails
+            sock.bind(str(door))
+            stats = index.update()
+        errors = dict(stats.errors)
+        # They stayed searchable, cited at lines that now hold other text.
+        assert locations(index, "zebra42") == [] and locations(index, "okapi7") == []
+        assert errors["log.txt"] == (
+            f"larger than {MAX_FILE_BYTES} bytes, skipped; its old sections were removed from the index"
+        )
+        assert (
+            errors["door.txt"].startswith("cannot read (")
+            and "old sections were removed" in errors["door.txt"]
+        )
+        assert index.file_count() == 0 and index.chunk_count() == 0
+        # Forgotten rather than remembered as unchanged: readable again, it is indexed again.
+        door.unlink()
+        door.write_text("the door code is okapi8\n")
+        assert index.update().added == 1 and locations(index, "okapi8") == ["door.txt:1"]

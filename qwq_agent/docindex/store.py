@@ -132,7 +132,9 @@ class DocIndex:
         """Bring the index in line with the files under `root`.
 
         A file whose mtime and size are unchanged is not read. One whose stat changed is hashed and
-        re-extracted only if its content changed. Files gone from disk are removed.
+        re-extracted only if its content changed. Files gone from disk are removed, and so are the
+        sections of a file now skipped (too large, unreadable). `IndexStats.errors` lists the files
+        skipped, unreadable or indexed only in part.
         """
         if self.root is None:
             raise ValueError("this index has no root directory; open it with DocIndex(db, root)")
@@ -157,13 +159,21 @@ class DocIndex:
                 if row and row[1] == st.st_mtime_ns and row[2] == st.st_size:
                     stats.unchanged += 1
                     continue
+                skip = None
                 if st.st_size > MAX_FILE_BYTES:
-                    stats.errors.append((rel, f"larger than {MAX_FILE_BYTES} bytes, skipped"))
-                    continue
-                try:
-                    data = full.read_bytes()
-                except OSError as exc:
-                    stats.errors.append((rel, f"cannot read: {exc.strerror or exc}"))
+                    skip = f"larger than {MAX_FILE_BYTES} bytes, skipped"
+                else:
+                    try:
+                        data = full.read_bytes()
+                    except OSError as exc:
+                        skip = f"cannot read ({exc.strerror or exc}), skipped"
+                if skip is not None:
+                    if row:
+                        # Its old sections no longer match the file: they would be found and cited
+                        # at lines that hold other text now. Forgotten, it is tried again next time.
+                        self._forget(row[0])
+                        skip += "; its old sections were removed from the index"
+                    stats.errors.append((rel, skip))
                     continue
                 sha = hashlib.sha256(data).hexdigest()
                 if row and row[3] == sha:
@@ -206,8 +216,7 @@ class DocIndex:
                     self.conn.commit()
                     pending = 0
             for rel in known.keys() - seen:
-                self._delete_chunks(known[rel][0])
-                self.conn.execute("DELETE FROM files WHERE id = ?", (known[rel][0],))
+                self._forget(known[rel][0])
                 stats.removed += 1
         stats.seconds = time.perf_counter() - started
         return stats
@@ -232,6 +241,10 @@ class DocIndex:
                 if full.is_symlink() or full == db:
                     continue
                 yield full.relative_to(self.root).as_posix(), full, kind
+
+    def _forget(self, file_id: int) -> None:
+        self._delete_chunks(file_id)
+        self.conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
 
     def _delete_chunks(self, file_id: int) -> None:
         self.conn.execute(
