@@ -18,10 +18,13 @@ from qwq_agent.tools.convert import SchemaConversionError, spec_from_mcp
 from qwq_agent.tools.registry import describe_schema_errors
 from qwq_agent.tools.schema_refs import LOCAL_ONLY
 
-__all__ = ["MCPTool", "MCPToolset", "mcp_tools", "to_tool_output"]
+__all__ = ["MAX_DESCRIPTION_CHARS", "MCPTool", "MCPToolset", "mcp_tools", "to_tool_output"]
 
 _PREFIX_SEP = "__"
 _MAX_STRUCTURED_CHARS = 100_000
+# A tool's description goes into every prompt of the run (the system turn lists every tool), and a
+# server can write it as long as it likes: one of 1 MB would fill the context before the task.
+MAX_DESCRIPTION_CHARS = 4_000
 log = logging.getLogger(__name__)
 
 
@@ -71,6 +74,7 @@ class MCPTool:
 
     Arguments are checked against the converted schema (the registry does so too; this covers direct
     callers). Every failure (a tool error, a protocol error, a server that died) is an observation.
+    A description longer than `MAX_DESCRIPTION_CHARS` is cut, with a note saying so.
     """
 
     uses_sandbox = False
@@ -78,7 +82,18 @@ class MCPTool:
     def __init__(self, connection: MCPConnection, remote: Any, *, name: str | None = None) -> None:
         self.connection = connection
         self.remote_name: str = remote.name
-        self._spec = spec_from_mcp(remote, name=name)
+        spec = spec_from_mcp(remote, name=name)
+        if len(spec.description) > MAX_DESCRIPTION_CHARS:
+            log.warning(
+                "MCP tool %r: its description of %d characters is cut to %d",
+                spec.name,
+                len(spec.description),
+                MAX_DESCRIPTION_CHARS,
+            )
+            cut = spec.description[:MAX_DESCRIPTION_CHARS]
+            note = f"\n[description cut at {MAX_DESCRIPTION_CHARS:,} of {len(spec.description):,} characters]"
+            spec = spec.model_copy(update={"description": cut + note})
+        self._spec = spec
         self._validator = Draft202012Validator(self._spec.parameters, registry=LOCAL_ONLY)
 
     @property

@@ -45,7 +45,7 @@ from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
-from qwq_agent.agent.markers import defuse
+from qwq_agent.agent.markers import defuse, defuse_spec
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
 from qwq_agent.urls import redact_url
@@ -144,7 +144,7 @@ def to_openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
     """Tool specs as OpenAI `tools` entries, chat-template markers defused (an MCP server wrote them)."""
     return [
         json.loads(
-            defuse(
+            defuse_spec(
                 json.dumps(
                     {
                         "type": "function",
