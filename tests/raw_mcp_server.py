@@ -2,7 +2,8 @@
 environment says (RAW_MCP_TOOLS, JSON): it plays a server that lies, which the SDK's servers cannot.
 
 RAW_MCP_CALL picks the answer to every call: `echo` ("ok"), `huge` (RAW_MCP_HUGE characters of text,
-RAW_MCP_IMAGE bytes of image data) or `hang`.
+RAW_MCP_IMAGE bytes of image data), `hang`, or `chatty` ("ok" after a stray non-JSON line on stdout,
+as a server's debug print would be).
 """
 
 import base64
@@ -11,8 +12,9 @@ import os
 import sys
 import time
 
-tools = json.loads(os.environ.get("RAW_MCP_TOOLS", "[]"))
-mode = os.environ.get("RAW_MCP_CALL", "echo")
+# Or as arguments, `raw_mcp_server.py CALL TOOLS`: the CLI's `--mcp` passes no environment of its own.
+mode = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("RAW_MCP_CALL", "echo")
+tools = json.loads(sys.argv[2] if len(sys.argv) > 2 else os.environ.get("RAW_MCP_TOOLS", "[]"))
 
 
 def send(obj: object) -> None:
@@ -46,6 +48,8 @@ for line in sys.stdin:
     elif method == "tools/call":
         if mode == "hang":
             time.sleep(3600)
+        if mode == "chatty":
+            sys.stdout.write("debug: got a call\n")
         send({"jsonrpc": "2.0", "id": mid, "result": result(mid)})
     else:
         send({"jsonrpc": "2.0", "id": mid, "result": {}})

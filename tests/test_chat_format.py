@@ -18,7 +18,7 @@ from qwq_agent.agent.chat_format import (
     render,
     render_assistant_turn,
 )
-from qwq_agent.agent.markers import defuse
+from qwq_agent.agent.markers import defuse, defuse_spec
 from qwq_agent.agent.messages import Message, ToolCall, ToolSpec
 from qwq_agent.agent.profiles import PROFILES, ChatProfile, get_profile
 
@@ -111,9 +111,9 @@ def reference(
     ]
     tools = [
         ToolSpec(
-            name=defuse(t.name),
-            description=defuse(t.description),
-            parameters=json.loads(defuse(json.dumps(t.parameters, ensure_ascii=False))),
+            name=defuse_spec(t.name),
+            description=defuse_spec(t.description),
+            parameters=json.loads(defuse_spec(json.dumps(t.parameters, ensure_ascii=False))),
         )
         for t in tools
     ]

@@ -230,3 +230,32 @@ def test_server_specs_from_the_command_line():
         MCPServerSpec(command=["a"], url="http://x")
     with pytest.raises(ValueError, match="empty"):
         MCPServerSpec.parse("   ")
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_stray_line_on_an_mcp_servers_stdout_is_one_log_line_not_a_traceback(tmp_path, debug):
+    # The MCP SDK logs it with `logger.exception`; with no logging configured, Python's last-resort
+    # handler printed the whole traceback in a run that worked.
+    script = str(Path(__file__).parent / "raw_mcp_server.py")
+    tools = json.dumps([{"name": "echo", "inputSchema": {"type": "object"}}])
+    turns = ["Call it.\n</think>\n\n" + tool_call("echo"), "Called.\n</think>\n\nDone."]
+    with ScriptedModelServer(turns) as server:
+        proc = subprocess.run(
+            [*CLI, "run", "hi", "--model-url", server.url, "--tools", "fetch_url", "--mcp"]
+            + [shlex.join([sys.executable, script, "chatty", tools])]
+            + ["--trace", str(tmp_path / "run.jsonl")]
+            + (["--debug"] if debug else []),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert "Unknown tool" not in proc.stdout, proc.stdout
+    noted = [line for line in proc.stderr.splitlines() if "Failed to parse JSONRPC message" in line]
+    assert len(noted) == 1, proc.stderr
+    if debug:
+        assert "Traceback" in proc.stderr
+    else:
+        assert "Traceback" not in proc.stdout + proc.stderr
+        assert "ValidationError" in noted[0] and "mcp.client.stdio" in noted[0]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -119,6 +121,40 @@ async def test_api_key_is_sent_but_never_shown(caplog):
     for text in shown:
         assert KEY not in text
     assert info.value.status_code == 401
+
+
+async def test_a_key_an_error_body_echoes_across_its_cut_leaves_no_part_of_it():
+    # The body was cut to 500 characters and then redacted: the key, cut in two, no longer matched.
+    class EchoesTheKey(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            body = ("x" * 495 + token).encode()  # the key starts 5 characters before the cut
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), EchoesTheKey)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    client = OpenAIChatClient(f"http://127.0.0.1:{httpd.server_address[1]}", api_key=KEY, retry=FAST_RETRY)
+    try:
+        with pytest.raises(ModelServerError) as streamed:
+            await collect(client.stream([Message(role="user", content="hi")], [], SamplingParams()))
+        with pytest.raises(ModelServerError) as listed:
+            await client.list_models()
+    finally:
+        await client.aclose()
+        httpd.shutdown()
+        httpd.server_close()
+    for error in (streamed.value, listed.value):
+        assert error.status_code == 401
+        assert KEY[:5] not in f"{error} {error.body}"
 
 
 async def test_wrong_key_is_rejected_with_a_typed_error():

@@ -322,3 +322,118 @@ def test_a_document_a_parser_chokes_on_is_reported_and_the_rest_indexed(tmp_path
         assert set(errors) == {"marked.html", "odd.pdf"}
         assert "ParserRejectedMarkup" in errors["marked.html"]
         assert locations(index, "install") == ["good.md:1"]
+
+
+def test_a_long_block_of_blank_lines_is_split_in_linear_time_into_no_empty_sections(tmp_path: Path) -> None:
+    import time
+
+    from qwq_agent.docindex.extract import extract
+
+    # The splitter re-summed its line buffer (up to 1,200 blank lines) for every line: ~25 µs a line,
+    # 20 s for this 1 MB fence; and each 1,200 blank lines became a section of nothing.
+    data = b"# Notes\n\n```\n" + b"\n" * 1_000_000 + b"```\n\nradix\n"
+    t0 = time.process_time()
+    _, sections = extract(data, "markdown")
+    assert time.process_time() - t0 < 10  # a bound on runaway work (~1 s expected), not a measurement
+    assert all(section.body.strip() for section in sections)
+    assert len(sections) == 3  # the heading with the fence's opening, its closing, then "radix"
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "notes.md").write_bytes(data)
+    with build(root, tmp_path) as index:
+        index.update()
+        assert locations(index, "radix") == [f"notes.md:{1_000_000 + 6}"]
+
+
+def test_hostile_html_is_parsed_in_linear_time() -> None:
+    import time
+
+    from qwq_agent.docindex.extract import extract
+
+    # CPython's HTMLParser (no CVE-2025-6069 fix in 3.11.7) rescanned to the end from every `<` that
+    # cannot close: 100 KB of `<a "` took minutes. fetch_url was guarded; the index was not.
+    data = b"<html><body><h1>Radix</h1><p>radix cache notes</p>" + b'<a "' * 25_000
+    t0 = time.process_time()
+    _, sections = extract(data, "html")
+    assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a measurement
+    assert sections[0].heading == "Radix" and "radix cache notes" in sections[0].body
+
+
+def compressed_pdf(pages: int, lines_per_page: int) -> bytes:
+    """A PDF whose pages all show one Flate-compressed content stream of many lines of text."""
+    import zlib
+
+    content = b"BT /F1 12 Tf 72 712 Td " + b"(hello world) Tj 0 -14 Td " * lines_per_page + b"ET"
+    stream = zlib.compress(content, 9)
+    kids = " ".join(f"{4 + i} 0 R" for i in range(pages)).encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [" + kids + b"] /Count %d >>" % pages,
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream",
+    ]
+    objects += [
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R "
+        b"/Resources << /Font << /F1 %d 0 R >> >> >>" % (4 + pages)
+    ] * pages
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
+def test_a_pdf_whose_pages_share_one_compressed_stream_is_cut_at_the_text_cap(tmp_path: Path) -> None:
+    from qwq_agent.docindex.extract import MIN_PDF_CHARS
+
+    # 24 pages x 240,000 characters from a 5 KB file: all of it was extracted and indexed (20 s;
+    # 1,000 such pages took hours and gigabytes). Now the text stops at the cap, mid-page.
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "bomb.pdf").write_bytes(compressed_pdf(pages=24, lines_per_page=20_000))
+    with build(root, tmp_path) as index:
+        stats = index.update()
+        chars = index.conn.execute("SELECT sum(length(body)) FROM fts").fetchone()[0]
+        assert locations(index, "hello world", limit=1) == ["bomb.pdf#page=1"]
+    assert 0.9 * MIN_PDF_CHARS < chars <= MIN_PDF_CHARS
+    assert stats.errors == [
+        ("bomb.pdf", f"text cut at {MIN_PDF_CHARS:,} characters; indexed up to page 5 of 24")
+    ]
+
+
+def test_a_file_skipped_on_reindex_loses_its_old_sections(tmp_path: Path) -> None:
+    import socket
+
+    from qwq_agent.docindex.store import MAX_FILE_BYTES
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    log, door = root / "log.txt", root / "door.txt"
+    log.write_text("the launch code is zebra42\n")
+    door.write_text("the door code is okapi7\n")
+    with build(root, tmp_path) as index:
+        index.update()
+        assert locations(index, "zebra42") == ["log.txt:1"] and locations(index, "okapi7") == ["door.txt:1"]
+        log.write_text("rotated\n" + "x" * (MAX_FILE_BYTES + 10) + "\n")  # too large now
+        door.unlink()
+        with socket.socket(socket.AF_UNIX) as sock:  # listed and stat()ed like a file; open() fails
+            sock.bind(str(door))
+            stats = index.update()
+        errors = dict(stats.errors)
+        # They stayed searchable, cited at lines that now hold other text.
+        assert locations(index, "zebra42") == [] and locations(index, "okapi7") == []
+        assert errors["log.txt"] == (
+            f"larger than {MAX_FILE_BYTES} bytes, skipped; its old sections were removed from the index"
+        )
+        assert (
+            errors["door.txt"].startswith("cannot read (")
+            and "old sections were removed" in errors["door.txt"]
+        )
+        assert index.file_count() == 0 and index.chunk_count() == 0
+        # Forgotten rather than remembered as unchanged: readable again, it is indexed again.
+        door.unlink()
+        door.write_text("the door code is okapi8\n")
+        assert index.update().added == 1 and locations(index, "okapi8") == ["door.txt:1"]

@@ -66,6 +66,7 @@ class ApiServer:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.fail_with: int | None = None
+        self.error_padding = 0  # characters of the failure body before it quotes the key
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -90,7 +91,11 @@ class ApiServer:
                 req = self._record()
                 if outer.fail_with:
                     self._reply(
-                        {"error": f"bad token {req['headers'].get('X-Subscription-Token')}"}, outer.fail_with
+                        {
+                            "error": "x" * outer.error_padding
+                            + f"bad token {req['headers'].get('X-Subscription-Token')}"
+                        },
+                        outer.fail_with,
                     )
                 elif req["path"] == "/search" and req["query"].get("format") == ["json"]:
                     self._reply(SEARXNG_BODY)
@@ -174,6 +179,15 @@ async def test_provider_errors_never_echo_the_key(api: ApiServer, caplog: pytest
     assert BRAVE_KEY not in caplog.text
     bad = await WebSearch(TavilyProvider(api_key="tvly-wrong-secret", base_url=api.base))({"query": "x"}, CTX)
     assert bad.is_error and "401" in bad.text and "tvly-wrong-secret" not in bad.text
+
+
+async def test_a_key_straddling_the_cut_of_an_error_body_leaves_no_part_of_it(api: ApiServer) -> None:
+    # The body was cut to 300 characters and then scrubbed: the key, cut in two, no longer matched.
+    api.fail_with = 403
+    api.error_padding = 300 - len('{"error": "bad token ') - 5  # the key starts 5 characters before the cut
+    out = await WebSearch(BraveProvider(api_key=BRAVE_KEY, base_url=api.base))({"query": "x"}, CTX)
+    assert out.is_error and "HTTP 403" in out.text and "bad token ***" in out.text
+    assert BRAVE_KEY[:4] not in out.text
 
 
 async def test_unreachable_provider_is_a_clear_error(api: ApiServer) -> None:

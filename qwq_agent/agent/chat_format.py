@@ -56,7 +56,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from qwq_agent.agent.exact_tokens import Segment, TokenSpan, ids_spell, segment_text
-from qwq_agent.agent.markers import defuse
+from qwq_agent.agent.markers import defuse, defuse_spec
 from qwq_agent.agent.messages import MalformedCall, Message, ToolCall, ToolSpec
 from qwq_agent.agent.parser import CALL_CLOSE
 from qwq_agent.agent.profiles import DEFAULT_PROFILE, ChatProfile, get_profile
@@ -178,7 +178,7 @@ def _system_turn(messages: Sequence[Message], tools: Sequence[ToolSpec], profile
     text = messages[0].content if has_system else profile.default_system
     if tools:
         # A spec can come from an MCP server: its descriptions are untrusted text too (see `markers`).
-        lines = "".join("\n" + defuse(tool_spec_json(spec)) for spec in tools)
+        lines = "".join("\n" + defuse_spec(tool_spec_json(spec)) for spec in tools)
         return IM_START + "system\n" + text + _TOOLS_HEAD + lines + _TOOLS_TAIL
     if has_system or profile.default_system:
         return IM_START + "system\n" + text + IM_END + "\n"

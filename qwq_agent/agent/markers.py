@@ -8,7 +8,8 @@ attacker's text as its own earlier words. `defuse` breaks every such marker with
 after its ``<``, so it tokenizes as ordinary text and the model still reads what was written.
 
 Defused: every ``<|...|>`` control token of QwQ's vocabulary (turn boundaries, end of text, vision and
-FIM tokens) and ``<tool_response>``/``</tool_response>``, the frame around each tool result. Left alone:
+FIM tokens) and ``<tool_response>``/``</tool_response>``, the frame around each tool result; in a tool's
+spec (`defuse_spec`), also ``<tools>``/``</tools>``, the frame around the list of tools. Left alone:
 ``<tool_call>`` and ``<think>`` (in a result they only quote what a model writes; our parser reads model
 output, never results), so source code that mentions them is shown as it is.
 """
@@ -19,7 +20,7 @@ import json
 import re
 from importlib import resources
 
-__all__ = ["ZWSP", "defuse"]
+__all__ = ["ZWSP", "defuse", "defuse_spec"]
 
 TOOL_RESPONSE_TEXT = "<tool_response>"
 TOOL_RESPONSE_END_TEXT = "</tool_response>"
@@ -48,3 +49,19 @@ def defuse(text: str) -> str:
     if "<|" not in text and "tool_response>" not in text:
         return text
     return _CANDIDATE.sub(_defuse_one, text)
+
+
+_TOOLS_FRAME = re.compile(r"</?tools>")
+
+
+def defuse_spec(text: str) -> str:
+    """`defuse`, and the ``<tools>``/``</tools>`` frame too, for a tool's spec (idempotent).
+
+    A spec (an MCP server wrote its name and descriptions) is rendered inside that frame in the
+    system turn: a ``</tools>`` in a description would end the list there, and what follows would
+    read as the system prompt's own instructions.
+    """
+    text = defuse(text)
+    if "tools>" not in text:
+        return text
+    return _TOOLS_FRAME.sub(lambda m: "<" + ZWSP + m.group()[1:], text)

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                 f"({index.file_count()} documents, {index.chunk_count()} sections) -> {db}"
             )
             for path, why in stats.errors:
-                print(f"  skipped {path}: {why}", file=sys.stderr)
+                print(f"  {path}: {why}", file=sys.stderr)  # each reason says what was left out
         if args.query:
             try:
                 print(format_hits(args.query, index.search(args.query), index.file_count()))

@@ -137,6 +137,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad environment variable: say which
         print(f"qwq-agent {command_name(args)}: {exc}", file=sys.stderr)
         return 2
+    from qwq_agent.cli.log_setup import configure_logging
+
+    configure_logging(debug)
     try:
         return int(args.func(args) or 0)
     except Exception as exc:

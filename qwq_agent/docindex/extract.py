@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from collections.abc import Iterable
 from pathlib import PurePath
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -28,6 +30,15 @@ SUFFIXES: dict[str, str] = {
 }
 TARGET_CHARS = 1200  # a section grows until about this size; big enough for context, small enough to cite
 MAX_CHARS = 4000  # one block longer than this is cut up on its own
+# A PDF's text is not bounded by its size: pages can share one compressed content stream, and a 4 KB
+# file held 6 million characters (150 KB: hours and gigabytes). Its text is capped at
+# PDF_CHARS_PER_BYTE characters per byte of the file (real papers and books hold a few), within
+# [MIN_PDF_CHARS, MAX_PDF_CHARS], and its extraction stops after PDF_SECONDS; what was read by then
+# is indexed, with a note.
+PDF_CHARS_PER_BYTE = 50
+MIN_PDF_CHARS = 1_000_000
+MAX_PDF_CHARS = 20_000_000
+PDF_SECONDS = 60.0
 
 # The title keeps its closing `#`s and blanks; they are stripped after the match (a lazy title before
 # `[ \t#]*$` retried that class at every character: a 64 KB line of " #" took ~9 s).
@@ -70,13 +81,31 @@ class Section(BaseModel):
         return line + self.body.count("\n", start, offset) if raw else line
 
 
+class Extracted(BaseModel):
+    """A document's title and sections, and a note when only part of its text was read."""
+
+    title: str = ""
+    sections: list[Section] = Field(default_factory=list)
+    note: str | None = None  # e.g. the text was cut at a cap
+
+
 def kind_of(path: str | PurePath) -> str | None:
     """The extractor kind for a file name, or None when it is not a supported document."""
     return SUFFIXES.get(PurePath(path).suffix.lower())
 
 
 def extract(data: bytes, kind: str) -> tuple[str, list[Section]]:
-    """Return (title, sections) of a document's bytes; raises `ExtractError` when unreadable."""
+    """Return (title, sections) of a document's bytes; raises `ExtractError` when unreadable.
+
+    `extract_document` also says when only part of the text was read.
+    """
+    done = extract_document(data, kind)
+    return done.title, done.sections
+
+
+def extract_document(data: bytes, kind: str) -> Extracted:
+    """A document's title and sections, with a note when its text was cut (a PDF's cap or deadline);
+    raises `ExtractError` when unreadable."""
     try:
         return _extract(data, kind)
     except ExtractError:
@@ -89,9 +118,10 @@ def extract(data: bytes, kind: str) -> tuple[str, list[Section]]:
         raise ExtractError(f"unreadable {kind} ({type(exc).__name__}: {detail})") from None
 
 
-def _extract(data: bytes, kind: str) -> tuple[str, list[Section]]:
+def _extract(data: bytes, kind: str) -> Extracted:
+    note = None
     if kind == "pdf":
-        title, blocks = _pdf_blocks(data)
+        title, blocks, note = _pdf_blocks(data)
     else:
         text = _decode(data)
         if kind == "markdown":
@@ -102,7 +132,7 @@ def _extract(data: bytes, kind: str) -> tuple[str, list[Section]]:
             blocks = list(_text_blocks(text))
         if kind != "html":
             title = next((b.text for b in blocks if b.level), "")
-    return title, chunk_blocks(blocks)
+    return Extracted(title=title, sections=chunk_blocks(blocks), note=note)
 
 
 def chunk_blocks(blocks: Iterable[Block]) -> list[Section]:
@@ -150,6 +180,8 @@ def chunk_blocks(blocks: Iterable[Block]) -> list[Section]:
 
 
 def _split_long(blocks: Iterable[Block]) -> Iterable[Block]:
+    # Pieces that are only whitespace (the blank middle of a long code fence) are dropped: nothing in
+    # them can be found, and each would be a section of its own. Every piece keeps its own line.
     for block in blocks:
         if len(block.text) <= MAX_CHARS:
             yield block
@@ -158,17 +190,27 @@ def _split_long(blocks: Iterable[Block]) -> Iterable[Block]:
         if len(lines) == 1:
             text = lines[0]
             for i in range(0, len(text), MAX_CHARS):
-                yield block.model_copy(update={"text": text[i : i + MAX_CHARS]})
+                if not text[i : i + MAX_CHARS].isspace():
+                    yield block.model_copy(update={"text": text[i : i + MAX_CHARS]})
             continue
+        # A running size: re-summing the buffer for every line cost ~25 µs a line (10 s for 0.5 MB
+        # of blank lines, a buffer holds up to TARGET_CHARS of them).
         buf: list[str] = []
+        size = 0
         first = block.line
         for i, line in enumerate(lines):
-            if buf and sum(len(x) + 1 for x in buf) + len(line) > TARGET_CHARS:
-                yield block.model_copy(update={"text": "\n".join(buf), "line": first})
-                buf, first = [], block.line + i
+            if buf and size + len(line) > TARGET_CHARS:
+                yield from _piece(block, buf, first)
+                buf, size, first = [], 0, block.line + i
             buf.append(line[:MAX_CHARS])
-        if buf:
-            yield block.model_copy(update={"text": "\n".join(buf), "line": first})
+            size += len(buf[-1]) + 1
+        yield from _piece(block, buf, first)
+
+
+def _piece(block: Block, lines: list[str], line: int) -> Iterable[Block]:
+    text = "\n".join(lines)
+    if text.strip():
+        yield block.model_copy(update={"text": text, "line": line})
 
 
 def _decode(data: bytes) -> str:
@@ -277,9 +319,10 @@ _HTML_BLOCKS = (
 
 
 def _html_blocks(text: str) -> tuple[str, list[Block]]:
-    from bs4 import BeautifulSoup
+    from qwq_agent.html_parse import parse_html
 
-    soup = BeautifulSoup(text, "html.parser")
+    # Guarded like fetch_url's parser: a hostile page stalled the whole build in quadratic time.
+    soup = parse_html(text)
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     for tag in soup.find_all(("script", "style", "noscript", "template", "svg")):
         tag.decompose()
@@ -311,7 +354,17 @@ def _html_blocks(text: str) -> tuple[str, list[Block]]:
     return title, blocks
 
 
-def _pdf_blocks(data: bytes) -> tuple[str, list[Block]]:
+class _StopExtraction(Exception):
+    """Raised from pypdf's visitor callbacks to stop a page's extraction at the cap or deadline."""
+
+
+def _pdf_blocks(data: bytes) -> tuple[str, list[Block], str | None]:
+    """The PDF's title and blocks (page by page), and a note when its text was cut.
+
+    The cap and the deadline are checked at every text fragment and every content-stream operator,
+    so a page stops mid-way; what is not bounded here is pypdf's parse of one page's content stream
+    before its operators run (its own limits cap a decompressed stream at 75 MB).
+    """
     try:
         from pypdf import PdfReader
         from pypdf.errors import PdfReadError
@@ -320,11 +373,49 @@ def _pdf_blocks(data: bytes) -> tuple[str, list[Block]]:
         title = ""
         if reader.metadata and reader.metadata.title:
             title = str(reader.metadata.title)
+        cap = min(MAX_PDF_CHARS, max(MIN_PDF_CHARS, PDF_CHARS_PER_BYTE * len(data)))
+        deadline = time.monotonic() + PDF_SECONDS
+        pages = len(reader.pages)
         blocks: list[Block] = []
+        used = 0
         for number, page in enumerate(reader.pages, 1):
-            text = page.extract_text() or ""
+            text, stopped = _page_text(page, cap - used, deadline)
+            used += len(text)
             for block in _paragraphs(text.splitlines()):
                 blocks.append(block.model_copy(update={"page": number}))
+            if not stopped and number < pages:
+                stopped = used >= cap or time.monotonic() > deadline
+            if stopped:
+                why = (
+                    f"text cut at {cap:,} characters"
+                    if used >= cap
+                    else f"extraction stopped after {PDF_SECONDS:g} s"
+                )
+                return title, blocks, f"{why}; indexed up to page {number} of {pages}"
     except (PdfReadError, ValueError, KeyError, TypeError) as exc:
         raise ExtractError(f"unreadable PDF: {exc}") from None
-    return title, blocks
+    return title, blocks, None
+
+
+def _page_text(page: Any, budget: int, deadline: float) -> tuple[str, bool]:
+    """A page's text, at most `budget` characters, and whether it was stopped (cap or deadline)."""
+    fragments: list[str] = []
+    size = 0
+
+    def on_text(text: str, *_: Any) -> None:
+        nonlocal size
+        fragments.append(text)
+        size += len(text)
+        if size > budget:
+            raise _StopExtraction
+
+    def on_operator(*_: Any) -> None:
+        if time.monotonic() > deadline:
+            raise _StopExtraction
+
+    try:
+        text = page.extract_text(visitor_text=on_text, visitor_operand_before=on_operator) or ""
+    except _StopExtraction:
+        # What the page gave before the stop: the fragments are the pieces its text is made of.
+        return "".join(fragments)[:budget], True
+    return text[:budget], len(text) > budget

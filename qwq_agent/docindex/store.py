@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from qwq_agent.docindex.extract import ExtractError, Section, extract, kind_of
+from qwq_agent.docindex.extract import ExtractError, Section, extract_document, kind_of
 from qwq_agent.docindex.query import plain_to_fts, query_phrases, query_words
 
 SCHEMA_VERSION = "1"
@@ -60,7 +60,8 @@ class IndexStats(BaseModel):
     unchanged: int = 0
     chunks: int = 0  # sections written by this run
     seconds: float = 0.0
-    errors: list[tuple[str, str]] = Field(default_factory=list)  # (path, why) of unreadable files
+    # (path, why) of files skipped, unreadable, or indexed only in part (a PDF's text cut at its cap)
+    errors: list[tuple[str, str]] = Field(default_factory=list)
 
 
 class Hit(BaseModel):
@@ -131,7 +132,9 @@ class DocIndex:
         """Bring the index in line with the files under `root`.
 
         A file whose mtime and size are unchanged is not read. One whose stat changed is hashed and
-        re-extracted only if its content changed. Files gone from disk are removed.
+        re-extracted only if its content changed. Files gone from disk are removed, and so are the
+        sections of a file now skipped (too large, unreadable). `IndexStats.errors` lists the files
+        skipped, unreadable or indexed only in part.
         """
         if self.root is None:
             raise ValueError("this index has no root directory; open it with DocIndex(db, root)")
@@ -156,13 +159,21 @@ class DocIndex:
                 if row and row[1] == st.st_mtime_ns and row[2] == st.st_size:
                     stats.unchanged += 1
                     continue
+                skip = None
                 if st.st_size > MAX_FILE_BYTES:
-                    stats.errors.append((rel, f"larger than {MAX_FILE_BYTES} bytes, skipped"))
-                    continue
-                try:
-                    data = full.read_bytes()
-                except OSError as exc:
-                    stats.errors.append((rel, f"cannot read: {exc.strerror or exc}"))
+                    skip = f"larger than {MAX_FILE_BYTES} bytes, skipped"
+                else:
+                    try:
+                        data = full.read_bytes()
+                    except OSError as exc:
+                        skip = f"cannot read ({exc.strerror or exc}), skipped"
+                if skip is not None:
+                    if row:
+                        # Its old sections no longer match the file: they would be found and cited
+                        # at lines that hold other text now. Forgotten, it is tried again next time.
+                        self._forget(row[0])
+                        skip += "; its old sections were removed from the index"
+                    stats.errors.append((rel, skip))
                     continue
                 sha = hashlib.sha256(data).hexdigest()
                 if row and row[3] == sha:
@@ -175,9 +186,11 @@ class DocIndex:
                 title, error = "", None
                 sections: list[Section] = []
                 try:
-                    title, sections = extract(data, kind)
+                    done = extract_document(data, kind)
+                    title, sections, error = done.title, done.sections, done.note
                 except ExtractError as exc:
                     error = str(exc)
+                if error:
                     stats.errors.append((rel, error))
                 if row:
                     self._delete_chunks(row[0])
@@ -203,8 +216,7 @@ class DocIndex:
                     self.conn.commit()
                     pending = 0
             for rel in known.keys() - seen:
-                self._delete_chunks(known[rel][0])
-                self.conn.execute("DELETE FROM files WHERE id = ?", (known[rel][0],))
+                self._forget(known[rel][0])
                 stats.removed += 1
         stats.seconds = time.perf_counter() - started
         return stats
@@ -229,6 +241,10 @@ class DocIndex:
                 if full.is_symlink() or full == db:
                     continue
                 yield full.relative_to(self.root).as_posix(), full, kind
+
+    def _forget(self, file_id: int) -> None:
+        self._delete_chunks(file_id)
+        self.conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
 
     def _delete_chunks(self, file_id: int) -> None:
         self.conn.execute(

@@ -22,6 +22,9 @@ from pydantic import BaseModel, Field, model_validator
 __all__ = ["MCPConnectError", "MCPConnection", "MCPError", "MCPServerDied", "MCPServerSpec"]
 
 _STDERR_TAIL_CHARS = 800
+# How long a holder task gets to leave its transport (the SDK bounds its own steps: ~2 s for the
+# process to exit once its stdin closes, 2 s more after SIGTERM) before it is cancelled, and again after.
+_SHUTDOWN_S = 10.0
 
 
 class MCPError(RuntimeError):
@@ -113,7 +116,11 @@ class MCPConnection:
             try:
                 init = await asyncio.wait_for(asyncio.shield(ready), self.spec.connect_timeout_s)
             except TimeoutError:
-                await self._shutdown()
+                # The holder is stuck in the handshake, not in `stop.wait()`: asking it to stop would
+                # only wait out `_SHUTDOWN_S`. Cancel it now; `ready` first, so that the holder does
+                # not put an exception on it that no one will read (asyncio would print it at exit).
+                ready.cancel()
+                await self._shutdown(cancel=True)
                 raise MCPConnectError(
                     f"MCP server {self.spec.label!r} did not answer the handshake within "
                     f"{self.spec.connect_timeout_s:g} s{self._stderr_tail()}"
@@ -123,6 +130,12 @@ class MCPConnection:
                 raise MCPConnectError(
                     f"MCP server {self.spec.label!r} could not be started: {_describe(exc)}{self._stderr_tail()}"
                 ) from None
+            except asyncio.CancelledError:
+                # Our caller gave up: the same as a timeout, but without waiting for the holder
+                # (it winds the transport down on its own once cancelled).
+                ready.cancel()
+                self._abandon()
+                raise
             self.starts += 1
             if not self.spec.name:
                 self.server_name = init.server_info.name or self.spec.label
@@ -238,21 +251,30 @@ class MCPConnection:
             return ""
         return f"; its stderr ends with:\n{tail}" if tail else ""
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, *, cancel: bool = False) -> None:
+        """End the holder task: politely (its `stop` event), or at once with `cancel`; bounded."""
         task, self._task = self._task, None
         if task is None:
             return
         if self._stop is not None:
             self._stop.set()
-        try:
-            # The SDK bounds its own shutdown (it terminates the process, then kills it).
-            await asyncio.wait_for(asyncio.shield(task), 10.0)
-        except TimeoutError:
+        if cancel:
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        except BaseException:
-            pass
+        # The SDK bounds its own shutdown (it terminates the process, then kills it); these deadlines
+        # only guard against a holder that ignores its stop event or a transport that ignores a cancel.
+        done, _ = await asyncio.wait({task}, timeout=_SHUTDOWN_S)
+        if not done:
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=_SHUTDOWN_S)
+        if done and not task.cancelled():
+            task.exception()  # `_hold` reports through `ready`; this only marks it read
+        self._session = None
+
+    def _abandon(self) -> None:
+        """Cancel the holder task without waiting for it (our caller is being cancelled)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
         self._session = None
 
     async def aclose(self) -> None:

@@ -18,10 +18,13 @@ from qwq_agent.tools.convert import SchemaConversionError, spec_from_mcp
 from qwq_agent.tools.registry import describe_schema_errors
 from qwq_agent.tools.schema_refs import LOCAL_ONLY
 
-__all__ = ["MCPTool", "MCPToolset", "mcp_tools", "to_tool_output"]
+__all__ = ["MAX_DESCRIPTION_CHARS", "MCPTool", "MCPToolset", "mcp_tools", "to_tool_output"]
 
 _PREFIX_SEP = "__"
 _MAX_STRUCTURED_CHARS = 100_000
+# A tool's description goes into every prompt of the run (the system turn lists every tool), and a
+# server can write it as long as it likes: one of 1 MB would fill the context before the task.
+MAX_DESCRIPTION_CHARS = 4_000
 log = logging.getLogger(__name__)
 
 
@@ -71,6 +74,7 @@ class MCPTool:
 
     Arguments are checked against the converted schema (the registry does so too; this covers direct
     callers). Every failure (a tool error, a protocol error, a server that died) is an observation.
+    A description longer than `MAX_DESCRIPTION_CHARS` is cut, with a note saying so.
     """
 
     uses_sandbox = False
@@ -78,7 +82,18 @@ class MCPTool:
     def __init__(self, connection: MCPConnection, remote: Any, *, name: str | None = None) -> None:
         self.connection = connection
         self.remote_name: str = remote.name
-        self._spec = spec_from_mcp(remote, name=name)
+        spec = spec_from_mcp(remote, name=name)
+        if len(spec.description) > MAX_DESCRIPTION_CHARS:
+            log.warning(
+                "MCP tool %r: its description of %d characters is cut to %d",
+                spec.name,
+                len(spec.description),
+                MAX_DESCRIPTION_CHARS,
+            )
+            cut = spec.description[:MAX_DESCRIPTION_CHARS]
+            note = f"\n[description cut at {MAX_DESCRIPTION_CHARS:,} of {len(spec.description):,} characters]"
+            spec = spec.model_copy(update={"description": cut + note})
+        self._spec = spec
         self._validator = Draft202012Validator(self._spec.parameters, registry=LOCAL_ONLY)
 
     @property
@@ -158,8 +173,9 @@ async def mcp_tools(
 
     Each server is a URL (streamable HTTP), a command line, an argv list or an `MCPServerSpec`.
     A tool name that more than one server offers, or that is in `reserved` (the run's other tools),
-    is prefixed with its server's name: `server__tool`. A tool whose schema cannot be converted, or a
-    second tool of one server under the same name, is left out with a warning (`MCPToolset.skipped`).
+    is prefixed with its server's name: `server__tool`. The names handed back are unique: a tool whose
+    prefixed name another tool already has, a tool whose schema cannot be converted, and a second
+    tool of one server under the same name are left out with a warning (`MCPToolset.skipped`).
     Raises `MCPConnectError` (naming the server)
     if one cannot be reached; those already started are stopped again.
     """
@@ -193,24 +209,51 @@ def _build(
     for remote_tools in listed:
         for remote_name in {remote.name for remote in remote_tools}:
             counts[remote_name] = counts.get(remote_name, 0) + 1
-    tools: list[MCPTool] = []
-    skipped: list[str] = []
+    # Every offered tool in order, with its final name, or the reason it is left out.
+    planned: list[tuple[MCPConnection, Any, str, bool] | str] = []
     for conn, remote_tools in zip(connections, listed, strict=True):
         own: set[str] = set()
         for remote in remote_tools:
             if remote.name in own:
-                skipped.append(f"{conn.server_name}: {remote.name!r} is listed twice; the first is kept")
+                planned.append(f"{conn.server_name}: {remote.name!r} is listed twice; the first is kept")
                 continue
             own.add(remote.name)
             clash = counts[remote.name] > 1 or remote.name in taken
             name = f"{conn.server_name}{_PREFIX_SEP}{remote.name}" if clash else remote.name
-            try:
-                tools.append(MCPTool(conn, remote, name=name))
-            except Exception as exc:
-                # One tool with a schema we cannot check must not take the server's others with it.
-                if isinstance(exc, SchemaConversionError):  # its message names the tool
-                    skipped.append(f"{conn.server_name}: {exc}")
-                else:
-                    why = f"{type(exc).__name__}: {str(exc)[:300]}"
-                    skipped.append(f"{conn.server_name}: tool {remote.name!r} could not be set up ({why})")
-    return tools, skipped
+            planned.append((conn, remote, name, clash))
+
+    # Final names must be unique. Names kept as offered cannot clash (a shared or reserved one is
+    # prefixed), but a prefixed name can equal a name some server really offers (server `raw` lists
+    # `python` and `raw__python`, next to our own `python`), or another prefixed one (`a` + `b__c`,
+    # `a__b` + `c`). The prefixed name is our invention, so the tools keeping their names are placed
+    # first and a prefixed tool whose name is taken by then is left out.
+    built: dict[int, MCPTool | str] = {i: p for i, p in enumerate(planned) if isinstance(p, str)}
+    used = set(taken)
+    for prefixed_pass in (False, True):
+        for i, plan in enumerate(planned):
+            if isinstance(plan, str) or plan[3] != prefixed_pass:
+                continue
+            conn, remote, name, _ = plan
+            if name in used:
+                built[i] = (
+                    f"{conn.server_name}: tool {remote.name!r} would be named {name!r}, "
+                    "which another tool already has"
+                )
+                continue
+            built[i] = _make_tool(conn, remote, name)
+            if isinstance(built[i], MCPTool):
+                used.add(name)
+    ordered = [built[i] for i in sorted(built)]
+    return [t for t in ordered if isinstance(t, MCPTool)], [t for t in ordered if isinstance(t, str)]
+
+
+def _make_tool(conn: MCPConnection, remote: Any, name: str) -> MCPTool | str:
+    """The tool, or why it is left out: one tool with a schema we cannot check must not take the
+    server's others with it."""
+    try:
+        return MCPTool(conn, remote, name=name)
+    except SchemaConversionError as exc:  # its message names the tool
+        return f"{conn.server_name}: {exc}"
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {str(exc)[:300]}"
+        return f"{conn.server_name}: tool {remote.name!r} could not be set up ({why})"

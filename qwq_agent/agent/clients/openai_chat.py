@@ -46,7 +46,7 @@ from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
-from qwq_agent.agent.markers import defuse
+from qwq_agent.agent.markers import defuse, defuse_spec
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
 from qwq_agent.urls import redact_url
@@ -145,7 +145,7 @@ def to_openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
     """Tool specs as OpenAI `tools` entries, chat-template markers defused (an MCP server wrote them)."""
     return [
         json.loads(
-            defuse(
+            defuse_spec(
                 json.dumps(
                     {
                         "type": "function",
@@ -263,7 +263,7 @@ class OpenAIChatClient(RoutingKeyMixin):
             raise ModelServerError(
                 f"GET /models answered {response.status_code}",
                 status_code=response.status_code,
-                body=self._redact(response.text[:500]),
+                body=self._redact(response.text)[:500],  # redacted before cut: a cut key would not match
             )
         try:
             return [m["id"] for m in response.json()["data"]]
@@ -366,7 +366,7 @@ class OpenAIChatClient(RoutingKeyMixin):
                 raise ModelConnectionError(f"/chat/completions failed: {type(exc).__name__}") from None
             try:
                 if response.status_code >= 400:
-                    text = self._redact((await _read_quietly(response))[:500])
+                    text = self._redact(await _read_quietly(response))[:500]
                     raise ModelServerError(
                         f"/chat/completions answered {response.status_code}: {text}",
                         status_code=response.status_code,

@@ -156,7 +156,8 @@ async def _request(
             _scrub(f"search request to {url} failed: {type(exc).__name__}: {exc}", secrets)
         ) from None
     if response.status_code >= 400:
-        detail = response.text[:300].strip()
+        # Scrubbed before it is cut: a key straddling the cut would keep its first characters.
+        detail = _scrub(response.text, secrets)[:300].strip()
         raise SearchError(_scrub(f"search provider answered HTTP {response.status_code}: {detail}", secrets))
     try:
         data = response.json()

@@ -14,6 +14,8 @@ from urllib.parse import urljoin
 from bs4 import BeautifulSoup, NavigableString, PageElement, Tag
 from pydantic import BaseModel, Field
 
+from qwq_agent.html_parse import parse_html
+
 _DROP = ("script", "style", "noscript", "template", "svg", "canvas", "iframe", "form", "button", "select")
 _CHROME = ("nav", "header", "footer", "aside")
 _BLOCK = {
@@ -45,7 +47,7 @@ def html_to_readable(html: str | bytes, base_url: str = "") -> ReadablePage:
 
     Bytes are decoded by the parser, which honours `<meta charset>`.
     """
-    soup = BeautifulSoup(_escape_unclosed(html), "html.parser")
+    soup = parse_html(html)  # guarded against the quadratic rescan of CVE-2025-6069
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     for tag in soup.find_all(_DROP):
         tag.decompose()
@@ -55,25 +57,6 @@ def html_to_readable(html: str | bytes, base_url: str = "") -> ReadablePage:
     writer = _Writer(base_url)
     writer.walk(root)
     return ReadablePage(title=title, text=writer.finish(), links=writer.links)
-
-
-def _escape_unclosed(html: str | bytes) -> str | bytes:
-    """`html` with each `<` after its last `>` written `&lt;`.
-
-    Such a `<` can never complete a tag, and the parser ends up reading it as text all the same; but
-    CPython's HTMLParser without the CVE-2025-6069 fix (3.11.7 here) rescans to the end of the page
-    from each one: 64 KB of `<a "` took 18 s, a 2 MB page hours, blocking the event loop. Bytes are
-    left alone when the tail holds NUL bytes (UTF-16/32), where `<` is not one byte.
-    """
-    if isinstance(html, bytes):
-        last = html.rfind(b">") + 1
-        tail = html[last:]
-        if b"<" not in tail or b"\x00" in tail:
-            return html
-        return html[:last] + tail.replace(b"<", b"&lt;")
-    end = html.rfind(">") + 1
-    rest = html[end:]
-    return html if "<" not in rest else html[:end] + rest.replace("<", "&lt;")
 
 
 def _main_content(soup: BeautifulSoup) -> Tag:
