@@ -18,10 +18,11 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 
-# Exit codes, so scripts can tell the kinds of failure apart.
+# Exit codes, so scripts can tell the kinds of failure apart: one meaning each (listed in the README).
 EXIT_USAGE = 2  # bad input: a path, a URL, a trace, an index, a missing key, an environment variable
 EXIT_MODEL = 3  # the model server
 EXIT_DOCKER = 4  # Docker, the sandbox image or a sandbox
+EXIT_AWAITING_APPROVAL = 5  # not a failure: `run` stopped at a call that needs a decision (no terminal)
 EXIT_BUG = 70  # EX_SOFTWARE: an error we did not expect (a bug of ours)
 EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell shows for a writer whose reader (`| head`) went away
 
