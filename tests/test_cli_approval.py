@@ -140,7 +140,7 @@ def test_without_a_terminal_the_run_waits_and_resumes_later_with_the_decision(sa
     with ScriptedModelServer(TURNS[1:2]) as server:
         proc = run_cli("Echo two.", "--model-url", server.url, "--tools", "shell", "--approve", str(policy),
                        "--trace", str(trace))  # fmt: skip
-    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.returncode == 5, proc.stdout + proc.stderr  # its own code: 3 is the model server's
     assert "waiting for approval of shell" in proc.stdout and "--decide" in proc.stdout
     assert pending_approval(trace).call.arguments == {"command": "echo two"}
 

@@ -85,3 +85,21 @@ def test_an_unknown_error_is_reported_as_a_bug_in_one_line(capsys):
     ]
     assert report(CliError("x failed", "do y", code=5), "index", debug=False) == 5
     assert capsys.readouterr().err == "qwq-agent index: x failed\n  fix: do y\n"
+
+
+def test_each_exit_code_has_one_meaning():
+    """`awaiting_approval` exited with 3, the model server's code: a script could not tell them apart."""
+    from qwq_agent.cli import approval_prompt, errors
+
+    codes = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+    codes["EXIT_AWAITING_APPROVAL"] = approval_prompt.EXIT_AWAITING_APPROVAL  # the code `run` returns
+    assert len(set(codes.values())) == len(codes), codes
+
+
+def test_a_missing_recipe_file_is_an_incomplete_install_not_a_bug(tmp_path):
+    """`sandbox build` printed it as "error: ..." with exit 1; elsewhere it was reported as our bug."""
+    from qwq_agent.sandbox.image import Recipe
+
+    error = explain(raised(lambda: Recipe(directory=tmp_path).file("base.Dockerfile")))
+    assert error is not None and error.code == EXIT_DOCKER
+    assert "recipe file missing" in error.what and "reinstall" in error.fix

@@ -300,7 +300,45 @@ CASES |= {
         ["unknown tool 'telepathy'", "choose from python"],
         before_model=True,
     ),
+    # mcp-serve and sandbox build: found before Docker is asked anything (it is unreachable here).
+    "unknown-tool/mcp-serve": Case(
+        ["mcp-serve", "--tools", "python,telepathy"],
+        ["unknown tool 'telepathy'", "choose from python"],
+        NO_DOCKER,
+    ),
+    "docs-db-not-given/mcp-serve": Case(
+        ["mcp-serve", "--tools", "python,search_docs"],
+        ["search_docs needs a document index", "choose from python"],
+        NO_DOCKER,
+    ),
+    "workspace-missing/mcp-serve": Case(
+        ["mcp-serve", "--workspace", "{tmp}/absent"], ["does not exist", "pass an existing folder"], NO_DOCKER
+    ),
+    "workspace-is-a-file/mcp-serve": Case(
+        ["mcp-serve", "--workspace", "{tmp}/a-file"],
+        ["is not a folder", "pass a folder to --workspace"],
+        NO_DOCKER,
+    ),
+    "build-mode-unknown/sandbox-build": Case(
+        ["sandbox", "build"],
+        ["qwq_sandbox_build='weird'", "auto, debian, dockerfile", "unset"],
+        NO_DOCKER | {"QWQ_SANDBOX_BUILD": "weird"},
+    ),
+    "bad-variable/sandbox-ls": Case(
+        ["sandbox", "ls"],
+        ["qwq_docker_ping_timeout", "'abc'", "qwq-agent --help"],
+        {"QWQ_DOCKER_PING_TIMEOUT": "abc"},
+    ),
 }
+# Bad input of the user's, each with the fix that fits the command it was given to: exit 2.
+BAD_INPUT = [
+    "unknown-tool/mcp-serve",
+    "docs-db-not-given/mcp-serve",
+    "workspace-missing/mcp-serve",
+    "workspace-is-a-file/mcp-serve",
+    "build-mode-unknown/sandbox-build",
+    "bad-variable/sandbox-ls",
+]
 
 
 def _dead_port() -> int:
@@ -413,6 +451,20 @@ def test_bad_input_exits_with_its_code_not_as_a_bug(case_id: str, code: int, fil
     assert "bug" not in proc.stderr
 
 
+@pytest.mark.parametrize("case_id", BAD_INPUT)
+def test_bad_input_is_named_with_a_fix_for_that_command(case_id: str, files) -> None:
+    """Through the one error path: the command's prefix, a fix line, exit 2 (not a raw line, not 1)."""
+    case = CASES[case_id]
+    proc = _run([_fill(a, files) for a in case.argv], {k: _fill(v, files) for k, v in case.env.items()})
+    message = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(message) == 2 and message[1].startswith("  fix: "), proc.stderr
+    command = " ".join(case.argv[:2]) if case.argv[0] == "sandbox" else case.argv[0]
+    assert message[0].startswith(f"qwq-agent {command}: "), proc.stderr
+    if case.argv[0] == "mcp-serve":
+        assert "--copy-back" not in proc.stderr and "--docs-db" not in proc.stderr  # flags it does not have
+
+
 def test_the_model_urls_password_is_never_printed(files) -> None:
     url = f"http://ops:Sup3rSecretPw@127.0.0.1:{_dead_port()}"
     for argv in (["run", "hi", "--tools", "fetch_url", "--model-url", url], ["serve", "--model-url", url]):
@@ -420,3 +472,19 @@ def test_the_model_urls_password_is_never_printed(files) -> None:
         assert proc.returncode != 0 and "no" in proc.stderr, proc.stderr
         assert "Sup3rSecretPw" not in proc.stdout + proc.stderr
         assert "http://ops:***@127.0.0.1:" in proc.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    "argv",
+    [["sandbox", "run", "--python", "1"], ["mcp-serve"]],
+    ids=["sandbox-run", "mcp-serve"],
+)
+def test_a_bad_build_mode_found_by_a_sandbox_start_is_bad_input(argv: list[str]) -> None:
+    """The image builder's SettingsError reached the CLI wrapped twice (SandboxStartError <- ImageBuildError):
+    reported as a failed sandbox (exit 4), it had a fix about Docker."""
+    proc = _run(argv, {"QWQ_SANDBOX_BUILD": "weird"})
+    message = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert "QWQ_SANDBOX_BUILD='weird'" in message[0] and message[-1].startswith("  fix: "), proc.stderr
+    assert "Docker" not in proc.stderr and "bug" not in proc.stderr

@@ -201,3 +201,33 @@ def test_serve_refuses_a_port_another_server_answers_on(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "ready" not in proc.stdout and "starting" not in proc.stdout
     assert f"--port {port}: the port is already in use" in proc.stderr
+
+
+def test_a_run_with_a_relative_docs_db_replays_from_another_folder(tmp_path: Path) -> None:
+    """The trace recorded `--docs-db` as given (`docs.db`): a replay elsewhere found no index there."""
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    (run_dir / "docs").mkdir(parents=True)
+    elsewhere.mkdir()
+    (run_dir / "docs" / "notes.md").write_text("# notes\nRadix caches share prompt prefixes.\n")
+    built = _run(["index", "docs", "--db", "docs.db"], run_dir)
+    assert built.returncode == 0, built.stderr
+    search = '<tool_call>\n{"name": "search_docs", "arguments": {"query": "radix"}}\n</tool_call>'
+    turns = ["look\n</think>\n\n" + search, "ok\n</think>\n\nThey share prefixes."]
+    with ScriptedModelServer(turns) as server:
+        proc = _run(["run", "q", "--model-url", server.url, "--tools", "search_docs", "--docs-db", "docs.db",
+                     "--trace", "t.jsonl"], run_dir)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    started = json.loads((run_dir / "t.jsonl").read_text().splitlines()[0])
+    assert started["tool_options"]["docs_db"] == str(run_dir / "docs.db")
+
+    replayed = _run(["run", "--replay", str(run_dir / "t.jsonl"), "--trace", "r.jsonl"], elsewhere)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "--replay overrides" not in replayed.stdout
+    # The same path given again, relative to where it is now, is no override either.
+    again = _run(
+        ["run", "--replay", "run/t.jsonl", "--docs-db", "run/docs.db", "--trace", "a.jsonl"], tmp_path
+    )
+    assert again.returncode == 0, again.stderr
+    assert "overrides" not in again.stdout, again.stdout
+    source = json.loads((tmp_path / "a.jsonl").read_text().splitlines()[0])["replay_of"]
+    assert source["path"] == str(run_dir / "t.jsonl")

@@ -178,7 +178,7 @@ class ReplayModel:
         calls = recorded_completions(events)
         source = ReplaySource(
             mode="resume" if then is not None else "replay",
-            path=str(path),
+            path=_absolute(path),
             run_id=next((e.run_id for e in events if e.run_id), ""),
             completions=len(calls),
         )
@@ -198,7 +198,7 @@ class ReplayModel:
         """Replay `recording`; `prompt_options` overrides the recorded ones (e.g. a flag given anew)."""
         source = ReplaySource(
             mode="resume" if then is not None else "replay",
-            path=recording.path,
+            path=_absolute(recording.path),
             run_id=recording.run_id,
             completions=len(recording.completions),
         )
@@ -329,3 +329,8 @@ class ReplayModel:
     async def aclose(self) -> None:
         if self._then is not None:
             await self._then.aclose()
+
+
+def _absolute(path: str | Path) -> str:
+    """The recording's path as `run_started.replay_of` records it: absolute, meaningful from any folder."""
+    return str(Path(path).resolve())

@@ -27,6 +27,7 @@ from qwq_agent.agent.approval import (
     recorded_decisions,
     resume_decisions,
 )
+from qwq_agent.cli.errors import EXIT_AWAITING_APPROVAL
 from qwq_agent.cli.safe_text import plain, safe
 
 __all__ = ["TerminalApprover", "add_arguments", "parse_decision", "setup"]
@@ -300,9 +301,6 @@ class TerminalApprover:
                 )
                 continue
             return ApprovalDecision.edit(arguments)
-
-
-EXIT_AWAITING_APPROVAL = 3
 
 
 def report_pending(console: Any, result: Any) -> int:

@@ -16,12 +16,13 @@ import select
 import sqlite3
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-# Exit codes, so scripts can tell the kinds of failure apart.
-EXIT_USAGE = 2  # bad input: a path, a URL, a trace, an index, a missing key
+# Exit codes, so scripts can tell the kinds of failure apart: one meaning each (listed in the README).
+EXIT_USAGE = 2  # bad input: a path, a URL, a trace, an index, a missing key, an environment variable
 EXIT_MODEL = 3  # the model server
 EXIT_DOCKER = 4  # Docker, the sandbox image or a sandbox
+EXIT_AWAITING_APPROVAL = 5  # not a failure: `run` stopped at a call that needs a decision (no terminal)
 EXIT_BUG = 70  # EX_SOFTWARE: an error we did not expect (a bug of ours)
 EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell shows for a writer whose reader (`| head`) went away
 
@@ -81,6 +82,21 @@ def _image_build(exc: BaseException) -> CliError:
         f"the sandbox image could not be built: {_first_line(str(exc))}",
         "run `qwq-agent sandbox build` to see the whole build log (it needs Docker and Debian mirrors)",
         code=EXIT_DOCKER,
+    )
+
+
+def _recipe(exc: BaseException) -> CliError:
+    return CliError(
+        f"the sandbox image cannot be built: {_first_line(str(exc))}",
+        "the installed qwq-agent is incomplete: reinstall it (`pip install -e .` in the checkout)",
+        code=EXIT_DOCKER,
+    )
+
+
+def _setting(exc: BaseException) -> CliError:
+    return CliError(
+        _first_line(str(exc)),
+        "fix or unset that environment variable (`qwq-agent --help` lists them with their defaults)",
     )
 
 
@@ -162,8 +178,9 @@ def _mappers() -> list[tuple[type[BaseException], Callable[[BaseException], CliE
     except ImportError:  # pragma: no cover - the sandbox package is part of every install
         pass
     from qwq_agent.sandbox.image.errors import ImageBuildError
+    from qwq_agent.sandbox.image.recipe import RecipeError
 
-    mappers.append((ImageBuildError, _image_build))
+    mappers += [(ImageBuildError, _image_build), (RecipeError, _recipe)]
     try:
         import docker.errors
 
@@ -186,6 +203,13 @@ def explain(exc: BaseException) -> CliError | None:
     """The user-facing error for `exc`, or None when it is not a failure we know (a bug of ours)."""
     if isinstance(exc, CliError):
         return exc
+    # A bad environment variable is the user's input wherever it was read: in a sandbox start, or an
+    # image build that a sandbox start wrapped (SandboxStartError <- ImageBuildError <- SettingsError).
+    from qwq_agent.settings import SettingsError
+
+    for cause in _causes(exc):
+        if isinstance(cause, SettingsError):
+            return _setting(cause)
     # Docker's own typed errors (engine timeouts, unreachable daemon) are recognised by name so that
     # new ones raised by the sandbox layer are mapped without this module knowing each of them.
     if "docker" in type(exc).__name__.lower():
@@ -211,6 +235,16 @@ def report(exc: BaseException, command: str, *, debug: bool) -> int:
         )
     print(error.render(command), file=sys.stderr, flush=True)
     return error.code
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it was raised from (`raise ... from`), and so on (a cycle ends it)."""
+    seen: set[int] = set()
+    each: BaseException | None = exc
+    while each is not None and id(each) not in seen:
+        seen.add(id(each))
+        yield each
+        each = each.__cause__
 
 
 def _first_line(text: str) -> str:

@@ -130,21 +130,19 @@ def _sigint_noted() -> Iterator[list[int]]:
 
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the parsed command; what it raises becomes one or two lines and an exit code."""
-    try:
-        from qwq_agent.settings import get_settings
+    from qwq_agent.cli.errors import report
+    from qwq_agent.settings import SettingsError, get_settings
 
+    try:
         debug = bool(args.debug or get_settings().debug)
-    except ValueError as exc:  # a bad environment variable: say which
-        print(f"qwq-agent {command_name(args)}: {exc}", file=sys.stderr)
-        return 2
+    except SettingsError as exc:  # a bad environment variable: named, like any other error
+        return report(exc, command_name(args), debug=bool(args.debug))
     from qwq_agent.cli.log_setup import configure_logging
 
     configure_logging(debug)
     try:
         return int(args.func(args) or 0)
     except Exception as exc:
-        from qwq_agent.cli.errors import report
-
         return report(exc, command_name(args), debug=debug)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 
 
@@ -16,18 +15,43 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.cli.preflight import tool_names
+
     try:
         from qwq_agent.mcp.serve import serve_stdio
     except ImportError:
-        print(
-            "mcp-serve needs the MCP SDK: pip install -e '.[mcp]' (in the qwq-agent checkout)",
-            file=sys.stderr,
-        )
-        return 2
-    names = [n for n in args.tools.split(",") if n.strip()]
-    try:
-        asyncio.run(serve_stdio(names, workspace=str(args.workspace) if args.workspace else None))
-    except ValueError as exc:  # an unknown tool name
-        print(str(exc), file=sys.stderr)
-        return 2
+        raise CliError(
+            "mcp-serve needs the MCP SDK, which is not installed",
+            "pip install -e '.[mcp]' (in the qwq-agent checkout)",
+        ) from None
+    names = tool_names(args.tools)
+    check_serve(names, args.workspace)
+    asyncio.run(serve_stdio(names, workspace=str(args.workspace) if args.workspace else None))
     return 0
+
+
+def check_serve(names: list[str], workspace: Path | None) -> None:
+    """`mcp-serve`'s start-up checks: the tools, the workspace, then Docker, before its sandbox starts.
+
+    The server always starts a sandbox (seconds, and Docker): a bad flag found only when that sandbox
+    refused the upload was reported as Docker's failure, or with the fix of another command's flags.
+    Raises `CliError`.
+    """
+    from qwq_agent.cli import preflight
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.tools.catalog import TOOL_NAMES
+
+    servable = [name for name in TOOL_NAMES if name != "search_docs"]  # mcp-serve takes no --docs-db
+    for name in names:
+        if name not in servable:
+            what = (
+                "search_docs needs a document index, and mcp-serve takes none"
+                if name == "search_docs"
+                else f"unknown tool {name!r}"
+            )
+            raise CliError(what, f"choose from {', '.join(servable)}")
+    preflight.check_tools(names, docs_db=None)  # what the tools need (web_search: a provider)
+    preflight.check_workspace(workspace, None, sandbox=True)
+    preflight.check_docker()
+    preflight.check_sandbox_image()

@@ -8,6 +8,7 @@ such override is reported, since it makes the run diverge from its recording.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -56,6 +57,11 @@ class RunSettings(BaseModel):
         }
 
 
+def _absolute(path: Path) -> str:
+    """`path` as recorded: absolute, so that a replay or resume from another folder finds the same file."""
+    return str(path.resolve())
+
+
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
@@ -65,7 +71,7 @@ def fresh_settings(args: argparse.Namespace) -> RunSettings:
     from qwq_agent.agent.budgets import Budget
     from qwq_agent.protocols import SamplingParams
 
-    options: dict[str, Any] = {"docs_db": str(args.docs_db)} if args.docs_db is not None else {}
+    options: dict[str, Any] = {"docs_db": _absolute(args.docs_db)} if args.docs_db is not None else {}
     config = AgentConfig(
         budget=Budget(max_steps=args.max_steps if args.max_steps is not None else DEFAULT_MAX_STEPS),
         sampling=SamplingParams(
@@ -73,7 +79,7 @@ def fresh_settings(args: argparse.Namespace) -> RunSettings:
         ),
         constrained_tool_calls=bool(args.constrained),
     )
-    workspace = str(args.workspace.resolve()) if args.workspace is not None else None
+    workspace = _absolute(args.workspace) if args.workspace is not None else None
     return RunSettings(
         tools=_names(args.tools or DEFAULT_TOOLS),
         tool_options=options,
@@ -100,15 +106,15 @@ def recorded_settings(args: argparse.Namespace, recording: Recording) -> RunSett
     config = recording.agent_config()
     overrides: list[str] = []
     workspace = recording.tool_options.get(WORKSPACE_KEY)
-    if args.workspace is not None and str(args.workspace.resolve()) != workspace:
+    if args.workspace is not None and _absolute(args.workspace) != workspace:
         overrides.append(f"workspace {args.workspace} (recorded: {workspace})")
-        workspace = str(args.workspace.resolve())
+        workspace = _absolute(args.workspace)
     if args.tools is not None and _names(args.tools) != tools:
         overrides.append(f"tools {','.join(_names(args.tools))} (recorded: {','.join(tools)})")
         tools = _names(args.tools)
-    if args.docs_db is not None and str(args.docs_db) != options.get("docs_db"):
+    if args.docs_db is not None and _absolute(args.docs_db) != options.get("docs_db"):
         overrides.append(f"docs db {args.docs_db} (recorded: {options.get('docs_db')})")
-        options["docs_db"] = str(args.docs_db)
+        options["docs_db"] = _absolute(args.docs_db)
     if args.max_steps is not None and args.max_steps != config.budget.max_steps:
         overrides.append(f"max steps {args.max_steps} (recorded: {config.budget.max_steps})")
         config.budget = config.budget.model_copy(update={"max_steps": args.max_steps})

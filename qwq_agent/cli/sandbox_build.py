@@ -10,7 +10,8 @@ def build_command(force: bool, as_json: bool) -> int:
     """Ensure the sandbox image exists; print progress and a summary (or one JSON object).
 
     With `as_json`, progress goes to stderr and stdout carries only
-    `{"tag", "built", "seconds", "size_bytes", "mode"}` (or `{"error": ...}`). Returns the exit code.
+    `{"tag", "built", "seconds", "size_bytes", "mode"}` (or `{"error": ...}`). Returns the exit code;
+    a failed build raises, for `qwq_agent.cli.errors` to report (what failed, the fix, its exit code).
     """
     from qwq_agent.sandbox.image import ImageBuildError, RecipeError, build_image
 
@@ -20,11 +21,9 @@ def build_command(force: bool, as_json: bool) -> int:
     try:
         result = build_image(progress=progress, force=force)
     except (ImageBuildError, RecipeError) as exc:
-        if as_json:
-            print(json.dumps({"error": str(exc)}))
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        return 1
+        if as_json:  # stdout stays one JSON object; the message and the exit code are the error path's
+            print(json.dumps({"error": str(exc)}), flush=True)
+        raise
     if as_json:
         print(
             json.dumps(

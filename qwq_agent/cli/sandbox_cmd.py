@@ -69,7 +69,9 @@ def _docker_ready() -> None:
 
 def _build(args: argparse.Namespace) -> int:
     from qwq_agent.cli.sandbox_build import build_command
+    from qwq_agent.sandbox.image.mode import requested_mode
 
+    requested_mode()  # a bad QWQ_SANDBOX_BUILD is the user's input: named before Docker is asked anything
     _docker_ready()
     return int(build_command(args.force, args.json) or 0)
 

@@ -13,12 +13,16 @@ PROBE_TIMEOUT_S = 5
 
 
 def requested_mode() -> str:
-    """`QWQ_SANDBOX_BUILD` (auto, debian or dockerfile; default auto), validated."""
-    from qwq_agent.settings import get_settings
+    """`QWQ_SANDBOX_BUILD` (auto, debian or dockerfile; default auto), validated.
+
+    Raises `SettingsError` (a `ValueError`) for another value: the user's input, which the CLI reports
+    as such however deep the build wrapped it.
+    """
+    from qwq_agent.settings import SettingsError, get_settings
 
     mode = get_settings().sandbox_build
     if mode not in MODES:
-        raise ValueError(f"QWQ_SANDBOX_BUILD={mode!r}: expected one of {', '.join(MODES)}")
+        raise SettingsError(f"QWQ_SANDBOX_BUILD={mode!r}: expected one of {', '.join(MODES)}")
     return mode
 
 
