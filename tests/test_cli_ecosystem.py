@@ -38,6 +38,8 @@ def test_an_mcp_server_that_cannot_start_is_a_clear_error_not_a_traceback():
     assert proc.returncode == 2, out
     assert "definitely-not-a-command-xyz" in out and "could not be started" in out
     assert "Traceback" not in out
+    # Through the one error path, like every other bad input: the command named, and a fix line.
+    assert proc.stderr.startswith("qwq-agent run: ") and "\n  fix: check the --mcp command" in proc.stderr
 
 
 def test_a_run_that_used_mcp_tools_replays_with_the_same_servers_and_says_so_without(tmp_path):

@@ -89,24 +89,32 @@ class RunExtras:
                 )
 
 
-async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: Any) -> RunExtras | None:
-    """Connect the MCP servers and start telemetry as asked; None (after saying why) if that fails."""
+async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: Any) -> RunExtras:
+    """Connect the MCP servers and start telemetry as asked.
+
+    A failure is a `CliError` (prefixed, with a fix line, exit 2) like every other bad input; the
+    servers' own text in it is made safe for the terminal (it is untrusted).
+    """
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.cli.safe_text import safe
+
     servers = [*args.mcp, *args.mcp_url]
     toolset = None
     if servers:
         try:
             from qwq_agent.mcp import MCPError, mcp_tools
         except ImportError:
-            console.print(
-                "[red]--mcp needs the MCP SDK: pip install -e '.[mcp]' (in the qwq-agent checkout)[/red]"
-            )
-            return None
+            raise CliError(
+                "--mcp and --mcp-url need the MCP SDK, which is not installed",
+                "pip install -e '.[mcp]' (in the qwq-agent checkout)",
+            ) from None
         try:
             toolset = await mcp_tools(*servers, reserved=[t.spec.name for t in tools])
         except (MCPError, ValueError) as exc:
-            # The error and the names quote the server's own text: untrusted, printed literally.
-            console.print(plain(str(exc), "red"))
-            return None
+            raise CliError(
+                safe(str(exc)),
+                "check the --mcp command (it must speak MCP on stdin/stdout) or the --mcp-url server",
+            ) from exc
         console.print(plain(f"MCP tools: {', '.join(t.spec.name for t in toolset) or 'none'}", "dim"))
         if toolset.skipped:
             console.print(plain("MCP tools skipped: " + "; ".join(toolset.skipped), style="yellow"))
@@ -118,12 +126,12 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
         try:
             from qwq_agent.otel import OtelExport, SpanRecorder
         except ImportError:
-            console.print(
-                "[red]--otel needs OpenTelemetry: pip install -e '.[otel]' (in the qwq-agent checkout)[/red]"
-            )
             if toolset is not None:
                 await toolset.aclose()
-            return None
+            raise CliError(
+                "--otel needs OpenTelemetry, which is not installed",
+                "pip install -e '.[otel]' (in the qwq-agent checkout)",
+            ) from None
         export = OtelExport(args.otel or None)
         api = getattr(args, "api", None) or get_settings().api  # the flag, else QWQ_API
         provider = "sglang" if api == "native" else "openai"

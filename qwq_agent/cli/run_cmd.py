@@ -175,10 +175,11 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     assert model is not None
 
     tools = build_tools(settings.tools, **settings.build_options())
-    extras = await ecosystem.open_extras(args, tools, console)  # MCP servers' tools, OpenTelemetry
-    if extras is None:
+    try:
+        extras = await ecosystem.open_extras(args, tools, console)  # MCP servers' tools, OpenTelemetry
+    except BaseException:
         await model.aclose()
-        return 2
+        raise
     tools = extras.tools
     agent = None
     copied = True
