@@ -414,8 +414,12 @@ class Agent:
                 calls = gate.approved
                 observations.extend(gate.denied)
             if calls:
-                async for ev in dispatcher.run(calls, self.sandbox, observations, repairs=parsed.repairs):
-                    yield ev
+                # aclosing: closing the run's stream must end its tool calls before the close returns
+                # (and the sandbox goes back to the pool), not whenever the GC finalises the generator.
+                tool_run = dispatcher.run(calls, self.sandbox, observations, repairs=parsed.repairs)
+                async with aclosing(tool_run) as tool_events:
+                    async for ev in tool_events:
+                        yield ev
             if observations:
                 self.messages.extend(_in_written_order(observations, parsed.call_ids))
                 continue
