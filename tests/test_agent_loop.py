@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -14,7 +15,7 @@ from qwq_agent.agent.events import Final, ModelCall, ToolResultEvent, Warning_
 from qwq_agent.agent.loop import REASONING_CALL_HINT, Agent, AgentConfig
 from qwq_agent.agent.replay import ReplayModel
 from qwq_agent.agent.trace import read_trace, recorded_completions
-from qwq_agent.protocols import ToolContext
+from qwq_agent.protocols import Sandbox, ToolContext
 from qwq_agent.testing.helpers import add, call
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
 from qwq_agent.tools.base import tool
@@ -571,3 +572,43 @@ async def test_a_requested_translation_is_not_taken_for_language_drift():
     async with ScriptedModelServer(turns) as server:
         result, _ = await run_agent(server, [], task=task, config=AgentConfig())  # the check is on by default
     assert len(server.requests) == 1 and result.answer == translation
+
+
+async def test_closing_the_stream_ends_a_running_tool_call_before_the_sandbox_goes_back():
+    # The consumer stops (a closed stdout, a `break` under aclosing) while a tool call runs: once
+    # aclose() returns, the call has ended, and it ended before the sandbox went back to the pool.
+    log: list[str] = []
+    running = asyncio.Event()
+
+    @tool
+    async def hang() -> str:
+        """Wait until cancelled."""
+        log.append("tool started")
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            log.append("tool ended")
+        return "never"
+
+    class NoSandbox(Sandbox):
+        id = "none"
+
+    class Pool:
+        @contextlib.asynccontextmanager
+        async def acquire(self):
+            try:
+                yield NoSandbox()
+            finally:
+                log.append("sandbox released")
+
+    turns = ["go\n</think>\n\n" + call("hang"), "ok\n</think>\n\ndone"]
+    async with ScriptedModelServer(turns) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [hang], sandbox_pool=Pool(), config=AgentConfig(check_language=False))
+            async with contextlib.aclosing(agent.stream("t")) as events:
+                async for ev in events:
+                    if ev.type == "tool_started":
+                        await asyncio.wait_for(running.wait(), 30)
+                        break
+            assert log == ["tool started", "tool ended", "sandbox released"]

@@ -404,6 +404,36 @@ def test_a_pdf_whose_pages_share_one_compressed_stream_is_cut_at_the_text_cap(tm
     ]
 
 
+def test_a_pdf_cut_by_the_deadline_is_extracted_again_and_one_cut_at_the_cap_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    extract = importlib.import_module("qwq_agent.docindex.extract")  # the package exports a function so named
+    # A PDF cut by the extraction deadline (a loaded machine) was stored as indexed and every later
+    # update counted it unchanged: its later pages stayed out of the index for good.
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "paper.pdf").write_bytes(make_pdf(["alphaword here", "bravoword here", "charlieword here"]))
+    (root / "bomb.pdf").write_bytes(compressed_pdf(pages=8, lines_per_page=20_000))
+    with build(root, tmp_path) as index:
+        monkeypatch.setattr(extract, "PDF_SECONDS", 0.0)  # the first build runs out of time at once
+        first = index.update()
+        assert not locations(index, "charlieword")
+        monkeypatch.undo()
+        second = index.update()
+        assert (second.updated, second.unchanged) == (2, 0)  # both were cut by the deadline
+        assert locations(index, "alphaword") == ["paper.pdf#page=1"]
+        assert locations(index, "charlieword") == ["paper.pdf#page=3"]
+        third = index.update()  # read whole, or cut at the cap (the same cut every time): not read again
+        assert (third.updated, third.unchanged) == (0, 2)
+    assert [why for _, why in first.errors] == [
+        "extraction stopped after 0 s; indexed up to page 1 of 8",
+        "extraction stopped after 0 s; indexed up to page 1 of 3",
+    ]
+    assert [path for path, _ in second.errors] == ["bomb.pdf"] and "text cut at" in second.errors[0][1]
+
+
 def test_a_file_skipped_on_reindex_loses_its_old_sections(tmp_path: Path) -> None:
     import socket
 

@@ -330,3 +330,40 @@ async def test_a_slip_in_the_same_piece_as_the_end_of_the_reasoning_writes_nothi
     assert isinstance(final, Final) and final.status == "completed" and final.answer == "The answer is 418."
     assert not [e for e in events if isinstance(e, Warning_) and e.kind == "hand_arithmetic"]
     assert server.requests == 1
+
+
+TAIL = " Let me continue with the rest of the plan now, step by step, and check the remaining parts." * 5
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A word in the paragraph that names no modulus and no base the numbers are written in.
+        "I'll count the cells and then use binary search over them. There are 17 rows of 24 cells, so "
+        "17 * 24 = 418 cells in total.",
+        "The dry residue is spread over 17 trays with 24 grams on each, so 17 * 24 = 418 grams of it.",
+        "There are 17 rows of 24 cells, so 17 * 24 = 418 cells. Then I take the base 10 logarithm of that.",
+        "The shelf is modular: 17 units of 24 books each, so 17 * 24 = 418 books.",
+        # A modulus is named, but the value is wrong under it too (408 - 418 is no multiple of 7).
+        "Working modulo 7 later on; first the plain count: 17 * 24 = 418 cells.",
+    ],
+)
+def test_a_word_about_modular_or_other_bases_does_not_hide_a_decimal_slip(text: str) -> None:
+    assert [str(s) for s in find_slips(text + TAIL)] == ["17*24 = 418"]
+    h = HandArithmetic()
+    for i in range(0, len(text + TAIL), 7):
+        h.add((text + TAIL)[i : i + 7])
+    h.add("\n\n" + "x " * 300)
+    assert [str(s) for s in h.slips] == ["17*24 = 418"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Now work in base 5, carrying by hand: 14 + 13 = 32 and 4 * 4 = 31, as the table shows.",
+        "In binary the sum is easy to check: 101 + 11 = 1000, which is eight.",
+        "Everything below is modulo 11: 7 * 8 = 1 and 5 * 9 = 1, so 7 and 8 are inverses.",
+    ],
+)
+def test_a_value_right_in_the_named_base_or_modulus_is_left_alone(text: str) -> None:
+    assert find_slips(text + TAIL) == []

@@ -563,3 +563,30 @@ def test_an_answer_in_the_language_the_task_asks_for_is_not_flagged(task: str, a
 def test_a_requested_language_does_not_excuse_a_third_one() -> None:
     task = "Translate this sentence into German: I love reading books in the evening."
     assert language_mismatch(task, "我喜欢在晚上看书，这是我最喜欢的爱好之一。") is not None
+
+
+@pytest.mark.parametrize(
+    ("task", "answer"),
+    [
+        (
+            "Übersetze bitte diesen Satz ins Englische: Ich lese abends sehr gern spannende Bücher.",
+            "I really like reading exciting books in the evening.",
+        ),
+        (
+            "Traduis cette phrase en anglais, s'il te plaît : Je lis volontiers des livres le soir.",
+            "I like reading books in the evening.",
+        ),
+        ("请把这句话翻译成英文：我晚上喜欢读有趣的书。", "I like to read interesting books in the evening."),
+        ("Переведи на английский: я люблю читать книги по вечерам.", "I love reading books in the evening."),
+    ],
+)
+def test_a_translation_asked_for_in_another_language_is_not_flagged(task: str, answer: str) -> None:
+    assert language_mismatch(task, answer) is None
+
+
+def test_an_english_mention_of_translation_still_gets_the_answer_checked() -> None:
+    task = "Explain how network address translation works in a home router."
+    assert (
+        language_mismatch(task, "网络地址转换把内网地址映射到一个公网地址上，路由器记录每个连接。")
+        is not None
+    )

@@ -138,6 +138,25 @@ def test_a_deeply_indented_fence_is_read_the_same_however_it_is_cut() -> None:
         expected = outcome(det)
 
 
+def test_a_fence_line_longer_than_the_held_head_is_read_the_same_however_it_is_cut() -> None:
+    # A line past 1,280 characters arriving whole had its indent measured on the uncut line (>= 256: "not
+    # a fence"), while fed in pieces it was decided at 1,024 characters (a fence).
+    for fence, line in (
+        ("~~~", "~~~" + "x" * 1400),
+        ("```", "```" + "y" * 2000),
+        ("~~~~", " " * 99 + "~~~~z" * 300),
+    ):
+        text = "Let me write it:\n" + line + "\nprint(1)\n" + fence + "\nDone.\n"
+        seen = set()
+        for step in (1, 16, 1000, len(text)):
+            splitter, pieces = FenceSplitter(), []
+            for i in range(0, len(text), step):
+                pieces += splitter.feed(text[i : i + step])
+            code = "".join(t for k, t in pieces if k == "code")
+            seen.add((code, [k for k, _ in pieces].count("close")))
+        assert len(seen) == 1 and seen.pop()[1] == 1, fence
+
+
 def test_a_block_past_the_cap_stays_one_block_fingerprinted_whole_and_its_text_reaches_the_prose() -> None:
     shared = "".join(f"    value_{k} = compute({k})\n" for k in range(_MAX_OPEN_BLOCK // 26 + 50))
     one = f"Intro line for the task.\n```python\n{shared}    return 1\n```\nThen prose.\n"

@@ -381,6 +381,35 @@ async def test_a_tool_description_cannot_close_the_tool_list_or_fill_the_prompt(
     assert len(prompt) < 3 * MAX_DESCRIPTION_CHARS
 
 
+async def test_the_input_schema_text_is_capped_too_and_a_tool_still_too_big_is_skipped():
+    # Only the top-level description was capped: a property's description of any length went whole
+    # into every prompt's <tools> block.
+    from qwq_agent.agent.chat_format import tool_spec_json
+    from qwq_agent.mcp.tools import MAX_DESCRIPTION_CHARS
+
+    big = "blah " * 12_000  # one environment variable holds at most 128 KiB (a real server has no limit)
+    wordy = {"type": "object", "properties": {"q": {"type": "string", "description": big}}}
+    many = {
+        "type": "object",
+        "properties": {f"p{i}": {"type": "string", "enum": [big[:900]]} for i in range(40)},
+    }
+    server = raw_server(
+        [
+            {"name": "lookup", "description": "Look something up.", "inputSchema": wordy},
+            {"name": "sprawl", "inputSchema": many},
+        ]
+    )
+    async with await mcp_tools(server) as toolset:
+        assert [t.spec.name for t in toolset] == ["lookup"]
+        lookup = toolset[0]
+        described = lookup.spec.parameters["properties"]["q"]["description"]
+        assert described.startswith("blah blah") and described.endswith("of 60,000 characters]")
+        assert len(tool_spec_json(lookup.spec)) < MAX_DESCRIPTION_CHARS
+        assert len(toolset.skipped) == 1 and "tool 'sprawl'" in toolset.skipped[0]
+        assert "characters long after the cuts" in toolset.skipped[0]
+        assert (await call(ToolRegistry(toolset), "lookup", q="x")).text == "ok"
+
+
 async def test_a_huge_result_is_cut_to_head_and_tail_and_images_past_the_budget_are_dropped():
     dump = {"name": "dump", "inputSchema": {"type": "object", "properties": {}}}
     server = raw_server(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.replay import ReplayModel, load_recording
 from qwq_agent.agent.trace import read_trace
 from qwq_agent.protocols import SamplingParams
+from qwq_agent.testing import helpers
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 from qwq_agent.tools.base import tool
 
@@ -190,7 +192,11 @@ async def test_a_replay_renders_prompts_with_the_recorded_keep_reasoning(tmp_pat
         SGLangClient(server.url, retry=NO_RETRY, keep_reasoning=True) as client,
     ):
         await Agent(client, [add], config=config(), trace_path=trace).run("Say hello.")
-    assert started_of(trace).prompt_options == {"keep_reasoning": True, "profile": "qwq-32b"}
+    assert started_of(trace).prompt_options == {
+        "keep_reasoning": True,
+        "profile": "qwq-32b",
+        "written_order": True,
+    }
     replay = Agent(ReplayModel.from_trace(trace), [add], config=config())
     events = [ev async for ev in replay.stream("Say hello.")]
     assert not [e for e in events if isinstance(e, Warning_) and e.kind == "replay_divergence"]
@@ -231,3 +237,45 @@ def test_cli_replay_and_resume_keep_the_recorded_reasoning_policy(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "replay_divergence" not in proc.stdout
     assert len(prompts) == 1 and "I will look it up." in prompts[0]
+
+
+# A trace written by the code of commit 4054742, before malformed calls were rendered back into their
+# turn and tool results put in call order (`PromptOptions.written_order`): the first turn holds a call
+# and then a malformed one, so its prompts had the error's result first and no malformed block.
+OLD_TRACE = Path(__file__).parent / "data" / "old-traces" / "malformed_call_at_4054742.jsonl"
+
+
+async def test_an_old_trace_with_a_malformed_call_replays_as_it_was_rendered(tmp_path):
+    agent = Agent(
+        ReplayModel.from_trace(OLD_TRACE),
+        [helpers.add],  # the tool it was recorded with
+        config=AgentConfig(check_language=False),
+        trace_path=tmp_path / "replay.jsonl",
+    )
+    events = [ev async for ev in agent.stream("add")]
+    assert [ev.message for ev in events if ev.type == "warning" and ev.kind == "replay_divergence"] == []
+    assert agent.result.status == "completed" and agent.result.answer == "done"
+    # The replay records the rendering it used, so replaying the replay renders the old way too.
+    assert read_trace(tmp_path / "replay.jsonl")[0].prompt_options["written_order"] is False
+    again = Agent(
+        ReplayModel.from_trace(tmp_path / "replay.jsonl"),
+        [helpers.add],
+        config=AgentConfig(check_language=False),
+    )
+    events = [ev async for ev in again.stream("add")]
+    assert not [ev for ev in events if ev.type == "warning" and ev.kind == "replay_divergence"]
+
+
+async def test_a_new_trace_records_the_written_order_rendering(tmp_path):
+    path = tmp_path / "new.jsonl"
+    bad = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": }\n</tool_call>'
+    turns = ["r1\n</think>\n\n" + call("add", a=1, b=2) + "\n" + bad, "ok\n</think>\n\ndone"]
+    async with ScriptedModelServer(turns) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            await Agent(client, [add], config=AgentConfig(check_language=False), trace_path=path).run("add")
+        second_prompt = server.requests[1].prompt or ""
+    assert read_trace(path)[0].prompt_options["written_order"] is True
+    assert second_prompt.index('"b": }') < second_prompt.index("<tool_response>")
+    replay = Agent(ReplayModel.from_trace(path), [add], config=AgentConfig(check_language=False))
+    events = [ev async for ev in replay.stream("add")]
+    assert not [ev for ev in events if ev.type == "warning" and ev.kind == "replay_divergence"]

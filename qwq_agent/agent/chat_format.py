@@ -39,7 +39,8 @@ Tool calls, two more exceptions, neither of which an ordinary call meets: a ``</
 arguments is written ``<\\/tool_call>`` (the same JSON value; raw, it would end the block mid-string for any
 parser, ours included), and a call the model wrote that could not be decoded (`Message.malformed_calls`),
 which the template has no form for, is written back as it was, at its place among the calls, so that each
-``<tool_response>`` still follows the order of the calls it answers.
+``<tool_response>`` still follows the order of the calls it answers. Prompts were not rendered so before
+`PromptOptions.written_order`; a trace recorded without that option is replayed the old way.
 
 One more break of the default policy: the current template renders the *last* message of a conversation
 whole (reasoning included), so a prompt that ends in an assistant message changes once more messages follow
@@ -71,6 +72,7 @@ __all__ = [
     "malformed_call_block",
     "model_output",
     "prompt_options_of",
+    "recorded_prompt_options",
     "render",
     "render_assistant_turn",
     "render_segments",
@@ -96,6 +98,17 @@ class PromptOptions(BaseModel):
 
     keep_reasoning: bool = False
     profile: str = DEFAULT_PROFILE.name
+    # Malformed calls written back at their places, and tool results in the order the calls were
+    # written (see the module docstring). A trace recorded before this option existed has no such key:
+    # its prompts had neither (`recorded_prompt_options`), and a replay must render them the same way.
+    written_order: bool = True
+
+
+def recorded_prompt_options(recorded: dict[str, Any]) -> PromptOptions:
+    """The `PromptOptions` a trace's `run_started.prompt_options` describe (pydantic's ValidationError
+    when they are not valid). Keys a trace lacks are options that did not exist when it was written:
+    each takes the value that renders as the code of that time did, not today's default."""
+    return PromptOptions.model_validate({"written_order": False, **recorded})
 
 
 def prompt_options_of(model: Any) -> dict[str, Any]:
@@ -165,9 +178,12 @@ def malformed_call_block(call: MalformedCall) -> str:
     return "<tool_call>\n" + call.raw.strip("\n") + "\n</tool_call>"
 
 
-def _call_blocks(message: Message) -> list[str]:
-    """The turn's `<tool_call>` blocks in the order written: malformed calls back at their places."""
+def _call_blocks(message: Message, written_order: bool = True) -> list[str]:
+    """The turn's `<tool_call>` blocks in the order written: malformed calls back at their places
+    (left out without `written_order`, as prompts were rendered before `PromptOptions.written_order`)."""
     blocks = [_tool_call_block(call) for call in message.tool_calls]
+    if not written_order:
+        return blocks
     for bad in sorted(message.malformed_calls, key=lambda c: c.position):
         blocks.insert(min(max(bad.position, 0), len(blocks)), malformed_call_block(bad))
     return blocks
@@ -185,9 +201,9 @@ def _system_turn(messages: Sequence[Message], tools: Sequence[ToolSpec], profile
     return ""
 
 
-def _canonical_body(message: Message) -> str:
+def _canonical_body(message: Message, written_order: bool = True) -> str:
     """Content and tool-call blocks, newline-separated, as the model writes them after its reasoning."""
-    blocks = _call_blocks(message)
+    blocks = _call_blocks(message, written_order)
     if not blocks:
         return message.content
     parts = [message.content] if message.content else []
@@ -205,6 +221,7 @@ def render_assistant_turn(
     keep_reasoning: bool = False,
     last: bool = False,
     profile: str | ChatProfile = DEFAULT_PROFILE,
+    written_order: bool = True,
 ) -> str:
     """The text one assistant message becomes in a prompt, from ``<|im_start|>assistant`` to ``<|im_end|>\\n``.
 
@@ -218,7 +235,8 @@ def render_assistant_turn(
     if keep_reasoning:
         if message.raw is not None:
             return prof.generation_prompt + message.raw + IM_END + "\n"
-        return _ASSISTANT_HEADER + "\n" + _think_block(message) + _canonical_body(message) + IM_END + "\n"
+        body = _canonical_body(message, written_order)
+        return _ASSISTANT_HEADER + "\n" + _think_block(message) + body + IM_END + "\n"
 
     if prof.think:
         # The template sees reasoning and content as one string and splits it itself; emulating that on the
@@ -227,7 +245,7 @@ def render_assistant_turn(
         shown = full.split(THINK_END)[-1].lstrip("\n") if (not last or prof.strip_final_reasoning) else full
     else:
         full = shown = message.content
-    blocks = _call_blocks(message)
+    blocks = _call_blocks(message, written_order)
     if not blocks:
         return _ASSISTANT_HEADER + "\n" + shown + IM_END + "\n"
     # The template tests the unsplit content: reasoning followed by empty content still yields "\n".
@@ -260,16 +278,18 @@ def model_output(message: Message, *, profile: str | ChatProfile = DEFAULT_PROFI
 # An agent re-renders its whole history every step; an earlier assistant turn always renders the same
 # way, and serialising its tool calls is most of the cost. Entries hold the message itself, so an id is
 # never reused while cached; messages are treated as immutable once sent.
-_HISTORY_CACHE: OrderedDict[tuple[int, bool, str], tuple[Message, str]] = OrderedDict()
+_HISTORY_CACHE: OrderedDict[tuple[int, bool, str, bool], tuple[Message, str]] = OrderedDict()
 _HISTORY_CACHE_SIZE = 8192
 
 
-def _history_turn(message: Message, keep_reasoning: bool, profile: ChatProfile) -> str:
-    key = (id(message), keep_reasoning, profile.name)
+def _history_turn(message: Message, keep_reasoning: bool, profile: ChatProfile, written_order: bool) -> str:
+    key = (id(message), keep_reasoning, profile.name, written_order)
     hit = _HISTORY_CACHE.get(key)
     if hit is not None and hit[0] is message:
         return hit[1]
-    text = render_assistant_turn(message, keep_reasoning=keep_reasoning, last=False, profile=profile)
+    text = render_assistant_turn(
+        message, keep_reasoning=keep_reasoning, last=False, profile=profile, written_order=written_order
+    )
     _HISTORY_CACHE[key] = (message, text)
     if len(_HISTORY_CACHE) > _HISTORY_CACHE_SIZE:
         _HISTORY_CACHE.popitem(last=False)
@@ -283,6 +303,7 @@ def render(
     add_generation_prompt: bool = True,
     keep_reasoning: bool = False,
     profile: str | ChatProfile = DEFAULT_PROFILE,
+    written_order: bool = True,
 ) -> str:
     """Render a conversation as the official chat template of `profile` does.
 
@@ -290,9 +311,10 @@ def render(
     tools); later system messages are rendered as turns of their own. Consecutive `tool` messages are
     folded into one user turn of `<tool_response>` blocks. `keep_reasoning` is the history policy described
     in the module docstring. An empty conversation renders as the system turn (if any) and the generation
-    prompt, where the Jinja template would fail.
+    prompt, where the Jinja template would fail. `written_order` is `PromptOptions.written_order`.
     """
-    parts = _render_parts(messages, tools, add_generation_prompt, keep_reasoning, get_profile(profile), False)
+    prof = get_profile(profile)
+    parts = _render_parts(messages, tools, add_generation_prompt, keep_reasoning, prof, False, written_order)
     return "".join(segment_text(part) for part in parts)
 
 
@@ -303,6 +325,7 @@ def render_segments(
     add_generation_prompt: bool = True,
     keep_reasoning: bool = False,
     profile: str | ChatProfile = DEFAULT_PROFILE,
+    written_order: bool = True,
 ) -> list[Segment]:
     """`render`, with kept assistant turns as the ids the server generated (see `exact_tokens`).
 
@@ -311,7 +334,8 @@ def render_segments(
     texts of the segments concatenate to `render(...)` with the same arguments. Without `keep_reasoning`
     (or when no turn has ids) the result is text only.
     """
-    return _render_parts(messages, tools, add_generation_prompt, keep_reasoning, get_profile(profile), True)
+    prof = get_profile(profile)
+    return _render_parts(messages, tools, add_generation_prompt, keep_reasoning, prof, True, written_order)
 
 
 # Checking that a turn's ids still spell its text costs a decode; each (message, ids, raw) is checked
@@ -342,6 +366,7 @@ def _render_parts(
     keep_reasoning: bool,
     prof: ChatProfile,
     splice: bool,
+    written_order: bool = True,
 ) -> list[Segment]:
     out: list[Segment] = [_system_turn(messages, tools, prof)]
     count = len(messages)
@@ -357,10 +382,16 @@ def _render_parts(
                 out.extend([prof.generation_prompt, span, IM_END + "\n"])
             elif last:
                 out.append(
-                    render_assistant_turn(message, keep_reasoning=keep_reasoning, last=True, profile=prof)
+                    render_assistant_turn(
+                        message,
+                        keep_reasoning=keep_reasoning,
+                        last=True,
+                        profile=prof,
+                        written_order=written_order,
+                    )
                 )
             else:
-                out.append(_history_turn(message, keep_reasoning, prof))
+                out.append(_history_turn(message, keep_reasoning, prof, written_order))
         elif role == "tool":
             if index == 0 or messages[index - 1].role != "tool":
                 out.append(IM_START + "user")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from qwq_agent.agent.budgets import BudgetTracker, Deadline
@@ -26,6 +26,9 @@ from qwq_agent.tools.registry import ToolRegistry, describe_exception
 # the deadline and gives it 5 s to end its clean-up, so only a call stuck below the registry is still
 # out by then; it is abandoned rather than left to hold the run for ever.
 OVERDUE_GRACE_S = 10.0
+# How long a closed or failed `run` waits for the calls it cancels: the registry gives each tool 5 s to
+# end its clean-up once cancelled, so this is only passed by a call stuck below the registry.
+CANCEL_WAIT_S = 6.0
 
 
 class ToolDispatcher:
@@ -57,7 +60,7 @@ class ToolDispatcher:
         observations: list[Message],
         *,
         repairs: Mapping[str, list[str]] | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Yield call and result events as they happen; append one observation per call, in call order.
 
         `repairs` maps a call id to the repairs the parser made to it (shown in its `ToolCallEvent`).
@@ -75,11 +78,13 @@ class ToolDispatcher:
         ]
         started = time.monotonic()
         ended: dict[int, tuple[ToolOutput, float]] = {}
+        abandoned = False
         try:
             while len(ended) < len(tasks):
                 try:
                     item = await self._next(progress)
                 except TimeoutError:  # only a call stuck below the registry's own limits gets here
+                    abandoned = True
                     for k, call in enumerate(calls):
                         if k not in ended:
                             ended[k] = (_abandoned(call), time.monotonic() - started)
@@ -94,12 +99,18 @@ class ToolDispatcher:
                 ended[k] = (output, duration)
                 yield self._result_event(calls[k], output, duration)
         finally:
-            for t in tasks:
-                if not t.done():
-                    t.cancel()
-                    # an abandoned call's eventual end is nobody's to handle; retrieved so asyncio does
-                    # not log it
-                    t.add_done_callback(lambda t: t.cancelled() or t.exception())
+            out = [t for t in tasks if not t.done()]
+            for t in out:
+                t.cancel()
+            if out and not abandoned:
+                # Closed early (the consumer stopped) or failed: the calls end before `run` does, so
+                # once the run's stream is closed none of them still runs in the sandbox it hands back.
+                _, left = await asyncio.wait(out, timeout=CANCEL_WAIT_S)
+                out = list(left)
+            for t in out:
+                # an abandoned call's eventual end is nobody's to handle; retrieved so asyncio does
+                # not log it
+                t.add_done_callback(lambda t: t.cancelled() or t.exception())
         for k, call in enumerate(calls):
             output, _ = ended[k]
             text = output.text

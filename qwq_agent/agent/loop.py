@@ -24,7 +24,7 @@ from qwq_agent.agent.approval import ApprovalPolicy, Approver, review_calls
 from qwq_agent.agent.branch_result import BranchResult
 from qwq_agent.agent.branches import run_branches
 from qwq_agent.agent.budgets import BudgetTracker, Deadline
-from qwq_agent.agent.chat_format import prompt_options_of
+from qwq_agent.agent.chat_format import PromptOptions, prompt_options_of
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
 from qwq_agent.agent.dispatch import ToolDispatcher
 from qwq_agent.agent.events import BudgetExceeded, Event, Final, ReplaySource, RunStarted, Warning_
@@ -414,10 +414,17 @@ class Agent:
                 calls = gate.approved
                 observations.extend(gate.denied)
             if calls:
-                async for ev in dispatcher.run(calls, self.sandbox, observations, repairs=parsed.repairs):
-                    yield ev
+                # aclosing: closing the run's stream must end its tool calls before the close returns
+                # (and the sandbox goes back to the pool), not whenever the GC finalises the generator.
+                tool_run = dispatcher.run(calls, self.sandbox, observations, repairs=parsed.repairs)
+                async with aclosing(tool_run) as tool_events:
+                    async for ev in tool_events:
+                        yield ev
             if observations:
-                self.messages.extend(_in_written_order(observations, parsed.call_ids))
+                written = _renders_in_written_order(self.model)
+                self.messages.extend(
+                    _in_written_order(observations, parsed.call_ids) if written else observations
+                )
                 continue
             if parsed.reasoning_tool_calls and reasoning_hints < self.config.max_reasoning_call_hints:
                 reasoning_hints += 1
@@ -510,6 +517,13 @@ def _malformed_calls(parsed: ParseResult) -> list[MalformedCall]:
         MalformedCall(id=err.id, raw=err.raw, position=position.get(err.id, len(position)))
         for err in parsed.errors
     ]
+
+
+def _renders_in_written_order(model: Any) -> bool:
+    """Whether `model`'s prompts put results in call order (`PromptOptions.written_order`): off only
+    while replaying or resuming a trace recorded before then, whose results came errors first."""
+    options = getattr(model, "prompt_options", None)
+    return options.written_order if isinstance(options, PromptOptions) else True
 
 
 def _in_written_order(observations: list[Message], call_ids: list[str]) -> list[Message]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from qwq_agent.agent.chat_format import PromptOptions
+from qwq_agent.agent.chat_format import PromptOptions, recorded_prompt_options
 from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.events import Event, ModelCall, ReplayEnded, ReplaySource, RunStarted, Warning_
 from qwq_agent.agent.loops.detector import LoopSignal
@@ -86,7 +86,7 @@ class Recording(BaseModel):
 
 def _prompt_options(recorded: dict[str, Any], path: str | Path) -> PromptOptions:
     try:
-        return PromptOptions.model_validate(recorded)
+        return recorded_prompt_options(recorded)
     except ValidationError as exc:
         raise TraceError(f"trace {path}: its recorded prompt options are not valid ({_first(exc)})") from None
 
@@ -304,7 +304,11 @@ class ReplayModel:
 
         options = self._prompt_options
         return render(
-            list(messages), list(tools), keep_reasoning=options.keep_reasoning, profile=options.profile
+            list(messages),
+            list(tools),
+            keep_reasoning=options.keep_reasoning,
+            profile=options.profile,
+            written_order=options.written_order,
         )
 
     async def generate(self, prompt: str, params: SamplingParams | None = None) -> Completion:

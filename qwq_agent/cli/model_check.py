@@ -35,12 +35,14 @@ async def connect_model(
     model: str = "Qwen/QwQ-32B",
     keep_reasoning: bool = False,
     profile: str = DEFAULT_PROFILE.name,
+    written_order: bool = True,
     timeout: float = 3.0,
     routing_key: str | None = None,
 ) -> Model:
     """A client for `url` once the server has answered a cheap request within `timeout` seconds.
 
-    `keep_reasoning` and `profile` (the chat format) are how the native client renders prompts; an
+    `keep_reasoning`, `profile` (the chat format) and `written_order` are how the native client renders
+    prompts (`PromptOptions`); an
     OpenAI-compatible server renders them itself.
 
     `routing_key` (a run's id) is sent with every request, so SGLang's router under session affinity
@@ -67,7 +69,13 @@ async def connect_model(
     if api == "native":
         from qwq_agent.agent.clients import SGLangClient
 
-        return SGLangClient(url, profile=profile, keep_reasoning=keep_reasoning, routing_key=routing_key)
+        return SGLangClient(
+            url,
+            profile=profile,
+            keep_reasoning=keep_reasoning,
+            written_order=written_order,
+            routing_key=routing_key,
+        )
     from qwq_agent.agent.clients.openai_chat import OpenAIChatClient
 
     return OpenAIChatClient(url, model=model, routing_key=routing_key)

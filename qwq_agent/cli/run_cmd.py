@@ -164,6 +164,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             model=endpoint.model,
             keep_reasoning=settings.prompt.keep_reasoning,
             profile=settings.prompt.profile,
+            written_order=settings.prompt.written_order,
             timeout=endpoint.connect_timeout_s,
             routing_key=run_id,  # session affinity behind SGLang's router
         )

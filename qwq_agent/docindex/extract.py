@@ -87,6 +87,9 @@ class Extracted(BaseModel):
     title: str = ""
     sections: list[Section] = Field(default_factory=list)
     note: str | None = None  # e.g. the text was cut at a cap
+    # Cut by the deadline (PDF_SECONDS), not by a cap: a busy machine's outcome, so worth reading
+    # again (a cap cuts the same text every time).
+    timed_out: bool = False
 
 
 def kind_of(path: str | PurePath) -> str | None:
@@ -119,9 +122,9 @@ def extract_document(data: bytes, kind: str) -> Extracted:
 
 
 def _extract(data: bytes, kind: str) -> Extracted:
-    note = None
+    note, timed_out = None, False
     if kind == "pdf":
-        title, blocks, note = _pdf_blocks(data)
+        title, blocks, note, timed_out = _pdf_blocks(data)
     else:
         text = _decode(data)
         if kind == "markdown":
@@ -132,7 +135,7 @@ def _extract(data: bytes, kind: str) -> Extracted:
             blocks = list(_text_blocks(text))
         if kind != "html":
             title = next((b.text for b in blocks if b.level), "")
-    return Extracted(title=title, sections=chunk_blocks(blocks), note=note)
+    return Extracted(title=title, sections=chunk_blocks(blocks), note=note, timed_out=timed_out)
 
 
 def chunk_blocks(blocks: Iterable[Block]) -> list[Section]:
@@ -358,8 +361,9 @@ class _StopExtraction(Exception):
     """Raised from pypdf's visitor callbacks to stop a page's extraction at the cap or deadline."""
 
 
-def _pdf_blocks(data: bytes) -> tuple[str, list[Block], str | None]:
-    """The PDF's title and blocks (page by page), and a note when its text was cut.
+def _pdf_blocks(data: bytes) -> tuple[str, list[Block], str | None, bool]:
+    """The PDF's title and blocks (page by page), a note when its text was cut, and whether the
+    deadline (not the cap) cut it.
 
     The cap and the deadline are checked at every text fragment and every content-stream operator,
     so a page stops mid-way; what is not bounded here is pypdf's parse of one page's content stream
@@ -391,10 +395,10 @@ def _pdf_blocks(data: bytes) -> tuple[str, list[Block], str | None]:
                     if used >= cap
                     else f"extraction stopped after {PDF_SECONDS:g} s"
                 )
-                return title, blocks, f"{why}; indexed up to page {number} of {pages}"
+                return title, blocks, f"{why}; indexed up to page {number} of {pages}", used < cap
     except (PdfReadError, ValueError, KeyError, TypeError) as exc:
         raise ExtractError(f"unreadable PDF: {exc}") from None
-    return title, blocks, None
+    return title, blocks, None, False
 
 
 def _page_text(page: Any, budget: int, deadline: float) -> tuple[str, bool]:

@@ -20,6 +20,10 @@ from qwq_agent.docindex.query import plain_to_fts, query_phrases, query_words
 SCHEMA_VERSION = "1"
 DEFAULT_DB_NAME = ".qwq-docindex.sqlite3"
 MAX_FILE_BYTES = 50 * 1024 * 1024
+# Stored for a file whose extraction the deadline cut (`Extracted.timed_out`) in place of its mtime and
+# hash: no file on disk has them, so the next `update` reads it again; its partial text stays searchable.
+_RETRY_MTIME_NS = -1
+_RETRY_SHA256 = ""
 _SKIP_DIRS = {"node_modules", "__pycache__", "venv", ".venv", "site-packages"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -132,9 +136,10 @@ class DocIndex:
         """Bring the index in line with the files under `root`.
 
         A file whose mtime and size are unchanged is not read. One whose stat changed is hashed and
-        re-extracted only if its content changed. Files gone from disk are removed, and so are the
-        sections of a file now skipped (too large, unreadable). `IndexStats.errors` lists the files
-        skipped, unreadable or indexed only in part.
+        re-extracted only if its content changed. A PDF whose extraction the deadline cut is read again
+        on every update until it is read whole (or cut at its cap, which cuts it the same each time).
+        Files gone from disk are removed, and so are the sections of a file now skipped (too large,
+        unreadable). `IndexStats.errors` lists the files skipped, unreadable or indexed only in part.
         """
         if self.root is None:
             raise ValueError("this index has no root directory; open it with DocIndex(db, root)")
@@ -183,27 +188,28 @@ class DocIndex:
                     )
                     stats.unchanged += 1
                     continue
-                title, error = "", None
+                title, error, retry = "", None, False
                 sections: list[Section] = []
                 try:
                     done = extract_document(data, kind)
-                    title, sections, error = done.title, done.sections, done.note
+                    title, sections, error, retry = done.title, done.sections, done.note, done.timed_out
                 except ExtractError as exc:
                     error = str(exc)
                 if error:
                     stats.errors.append((rel, error))
+                mtime_ns, stored_sha = (_RETRY_MTIME_NS, _RETRY_SHA256) if retry else (st.st_mtime_ns, sha)
                 if row:
                     self._delete_chunks(row[0])
                     self.conn.execute(
                         "UPDATE files SET mtime_ns=?, size=?, sha256=?, kind=?, title=?, error=? WHERE id=?",
-                        (st.st_mtime_ns, st.st_size, sha, kind, title, error, row[0]),
+                        (mtime_ns, st.st_size, stored_sha, kind, title, error, row[0]),
                     )
                     file_id = row[0]
                     stats.updated += 1
                 else:
                     cur = self.conn.execute(
                         "INSERT INTO files (path, mtime_ns, size, sha256, kind, title, error) VALUES (?,?,?,?,?,?,?)",
-                        (rel, st.st_mtime_ns, st.st_size, sha, kind, title, error),
+                        (rel, mtime_ns, st.st_size, stored_sha, kind, title, error),
                     )
                     file_id = int(cur.lastrowid or 0)
                     stats.added += 1

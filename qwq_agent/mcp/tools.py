@@ -11,6 +11,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from qwq_agent.agent.chat_format import tool_spec_json
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.mcp.connection import MCPConnection, MCPError, MCPServerDied, MCPServerSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
@@ -18,14 +19,58 @@ from qwq_agent.tools.convert import SchemaConversionError, spec_from_mcp
 from qwq_agent.tools.registry import describe_schema_errors
 from qwq_agent.tools.schema_refs import LOCAL_ONLY
 
-__all__ = ["MAX_DESCRIPTION_CHARS", "MCPTool", "MCPToolset", "mcp_tools", "to_tool_output"]
+__all__ = [
+    "MAX_DESCRIPTION_CHARS",
+    "MAX_SCHEMA_TEXT_CHARS",
+    "MAX_SPEC_CHARS",
+    "MCPTool",
+    "MCPToolset",
+    "ToolSpecTooLarge",
+    "mcp_tools",
+    "to_tool_output",
+]
 
 _PREFIX_SEP = "__"
 _MAX_STRUCTURED_CHARS = 100_000
 # A tool's description goes into every prompt of the run (the system turn lists every tool), and a
 # server can write it as long as it likes: one of 1 MB would fill the context before the task.
 MAX_DESCRIPTION_CHARS = 4_000
+# The input schema goes into every prompt too, and its annotations are the server's free text as well
+# (a property's description, a title): each is cut to this. They only describe; validation is unchanged.
+MAX_SCHEMA_TEXT_CHARS = 1_000
+_ANNOTATIONS = ("description", "title", "$comment")
+# What is left can still be large (hundreds of properties, a long enum or default): a tool whose spec,
+# as the system turn writes it, is longer than this after the cuts is left out (`MCPToolset.skipped`).
+MAX_SPEC_CHARS = 16_000
 log = logging.getLogger(__name__)
+
+
+class ToolSpecTooLarge(ValueError):
+    """An MCP tool's spec is longer than `MAX_SPEC_CHARS` once its texts are cut; the tool is left out."""
+
+
+def _cut(text: str, limit: int, what: str) -> str:
+    return text[:limit] + f"\n[{what} cut at {limit:,} of {len(text):,} characters]"
+
+
+def _cut_annotations(schema: Any) -> tuple[Any, int]:
+    """`schema` with every annotation string (`_ANNOTATIONS`) cut to `MAX_SCHEMA_TEXT_CHARS`, and how many
+    were cut. A property *named* "description" is a schema (a dict), not a string, and is walked into."""
+    if isinstance(schema, list):
+        items = [_cut_annotations(item) for item in schema]
+        return [item for item, _ in items], sum(n for _, n in items)
+    if not isinstance(schema, dict):
+        return schema, 0
+    out: dict[str, Any] = {}
+    cuts = 0
+    for key, value in schema.items():
+        if key in _ANNOTATIONS and isinstance(value, str) and len(value) > MAX_SCHEMA_TEXT_CHARS:
+            out[key] = _cut(value, MAX_SCHEMA_TEXT_CHARS, key)
+            cuts += 1
+        else:
+            out[key], n = _cut_annotations(value)
+            cuts += n
+    return out, cuts
 
 
 def to_tool_output(result: Any, *, server: str) -> ToolOutput:
@@ -74,7 +119,9 @@ class MCPTool:
 
     Arguments are checked against the converted schema (the registry does so too; this covers direct
     callers). Every failure (a tool error, a protocol error, a server that died) is an observation.
-    A description longer than `MAX_DESCRIPTION_CHARS` is cut, with a note saying so.
+    A description longer than `MAX_DESCRIPTION_CHARS` is cut, with a note saying so, and so is every
+    annotation in the input schema longer than `MAX_SCHEMA_TEXT_CHARS`; raises `ToolSpecTooLarge` when
+    the spec is still longer than `MAX_SPEC_CHARS`.
     """
 
     uses_sandbox = False
@@ -90,9 +137,24 @@ class MCPTool:
                 len(spec.description),
                 MAX_DESCRIPTION_CHARS,
             )
-            cut = spec.description[:MAX_DESCRIPTION_CHARS]
-            note = f"\n[description cut at {MAX_DESCRIPTION_CHARS:,} of {len(spec.description):,} characters]"
-            spec = spec.model_copy(update={"description": cut + note})
+            spec = spec.model_copy(
+                update={"description": _cut(spec.description, MAX_DESCRIPTION_CHARS, "description")}
+            )
+        parameters, cuts = _cut_annotations(spec.parameters)
+        if cuts:
+            log.warning(
+                "MCP tool %r: %d text(s) of its input schema cut to %d characters",
+                spec.name,
+                cuts,
+                MAX_SCHEMA_TEXT_CHARS,
+            )
+            spec = spec.model_copy(update={"parameters": parameters})
+        size = len(tool_spec_json(spec))
+        if size > MAX_SPEC_CHARS:
+            raise ToolSpecTooLarge(
+                f"tool {remote.name!r}: its spec is {size:,} characters long after the cuts, over the "
+                f"{MAX_SPEC_CHARS:,} every prompt could carry for it"
+            )
         self._spec = spec
         self._validator = Draft202012Validator(self._spec.parameters, registry=LOCAL_ONLY)
 
@@ -139,8 +201,8 @@ class MCPTool:
 class MCPToolset(list[MCPTool]):
     """The tools of some MCP servers (a list) that also owns their connections: `aclose()` them.
 
-    `skipped` says which offered tools were left out and why (a schema that cannot be converted, a
-    name the server listed twice).
+    `skipped` says which offered tools were left out and why (a schema that cannot be converted, a spec
+    longer than `MAX_SPEC_CHARS`, a name the server listed twice).
     """
 
     def __init__(
@@ -174,7 +236,8 @@ async def mcp_tools(
     Each server is a URL (streamable HTTP), a command line, an argv list or an `MCPServerSpec`.
     A tool name that more than one server offers, or that is in `reserved` (the run's other tools),
     is prefixed with its server's name: `server__tool`. The names handed back are unique: a tool whose
-    prefixed name another tool already has, a tool whose schema cannot be converted, and a second
+    prefixed name another tool already has, a tool whose schema cannot be converted or whose spec is too
+    long (`MCPTool`), and a second
     tool of one server under the same name are left out with a warning (`MCPToolset.skipped`).
     Raises `MCPConnectError` (naming the server)
     if one cannot be reached; those already started are stopped again.
@@ -252,7 +315,7 @@ def _make_tool(conn: MCPConnection, remote: Any, name: str) -> MCPTool | str:
     server's others with it."""
     try:
         return MCPTool(conn, remote, name=name)
-    except SchemaConversionError as exc:  # its message names the tool
+    except (SchemaConversionError, ToolSpecTooLarge) as exc:  # its message names the tool
         return f"{conn.server_name}: {exc}"
     except Exception as exc:
         why = f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -102,6 +102,8 @@ class SGLangClient(RoutingKeyMixin):
         profile: the chat-format profile `stream()` renders prompts with.
         keep_reasoning: keep earlier turns' reasoning in the prompt (prefix-stable history, more tokens)
             instead of dropping it as QwQ's template does.
+        written_order: render malformed calls back at their places and tool results in call order
+            (`PromptOptions.written_order`); off only to go on from a trace recorded before that.
         exact_tokens: with `keep_reasoning`, send prompts as ids with each earlier turn's `token_ids`
             (the ids this server generated) spliced in verbatim, so the radix cache matches the whole
             history; turns without ids are tokenized as text. Off: the prompt is sent as text.
@@ -123,6 +125,7 @@ class SGLangClient(RoutingKeyMixin):
         *,
         profile: str = "qwq-32b",
         keep_reasoning: bool = False,
+        written_order: bool = True,
         exact_tokens: bool = True,
         name: str | None = None,
         connect_timeout: float = 10.0,
@@ -138,6 +141,7 @@ class SGLangClient(RoutingKeyMixin):
         self._routing = routing_headers(routing_key)
         self.profile = profile
         self.keep_reasoning = keep_reasoning
+        self.written_order = written_order
         self.exact_tokens = exact_tokens
         self.name = name or profile
         self.retry = retry or RetryPolicy()
@@ -273,7 +277,9 @@ class SGLangClient(RoutingKeyMixin):
     @property
     def prompt_options(self) -> PromptOptions:
         """How this client renders prompts, as a trace records it."""
-        return PromptOptions(keep_reasoning=self.keep_reasoning, profile=self.profile)
+        return PromptOptions(
+            keep_reasoning=self.keep_reasoning, profile=self.profile, written_order=self.written_order
+        )
 
     def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
         """The prompt `stream` sends for this conversation (before any `prefix`)."""
@@ -285,6 +291,7 @@ class SGLangClient(RoutingKeyMixin):
             add_generation_prompt=True,
             keep_reasoning=self.keep_reasoning,
             profile=self.profile,
+            written_order=self.written_order,
         )
 
     def prompt_ids(
@@ -296,7 +303,13 @@ class SGLangClient(RoutingKeyMixin):
         from qwq_agent.agent.chat_format import render_segments
         from qwq_agent.agent.exact_tokens import TokenSpan, encode_segments
 
-        segments = render_segments(list(messages), list(tools), keep_reasoning=True, profile=self.profile)
+        segments = render_segments(
+            list(messages),
+            list(tools),
+            keep_reasoning=True,
+            profile=self.profile,
+            written_order=self.written_order,
+        )
         if not any(isinstance(segment, TokenSpan) for segment in segments):
             return None
         # The prefix joins the last text run (the generation prompt), tokenized with it as the text path does.

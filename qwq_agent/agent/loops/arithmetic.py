@@ -5,8 +5,10 @@ wrong road, and a loop recomputes the same wrong value again and again. Each `ex
 written in plain numbers is evaluated exactly (fractions, no `eval`); a value that is not what the
 expression gives, at the precision it was written with, is a slip. Anything ambiguous is skipped rather
 than judged: expressions touching letters, functions, units, percentages, a unary minus, a value that
-goes on (`= 3.98 * 10^14`, `= 6 + 4`), integer division written as a quotient, a paragraph that works
-modulo n or in another base (`3^2 = 2` there is right), a product of measured (decimal) quantities
+goes on (`= 3.98 * 10^14`, `= 6 + 4`), integer division written as a quotient, modular or other-base
+notation right at the computation (`= 1 (mod 7)`, `= 1000 in binary`), a value that is right modulo
+the n or in the base n its paragraph names (`modulo 7 ... 3^2 = 2`: right there; a paragraph that only
+mentions "binary search" or a "residue" hides nothing), a product of measured (decimal) quantities
 rounded to the significant figures written (`9.8 * 15.3 = 150`). A false alarm
 would put a wrong correction into the model's own voice, so the checker only speaks when sure.
 """
@@ -42,15 +44,21 @@ _AFTER_OK = re.compile(r"(?:$|[\s,;:.。，；：、)\]!！](?![\d]))")
 _OPERATOR_AFTER = re.compile(r"\s*(?:[-+*/×÷·^%!…]|\.\.|\\times|\\cdot|x\s*10)")
 _RANGE = re.compile(r"\d+-\d+")
 _MOD = re.compile(r"mod|≡|\\equiv|同余|base|binary|octal|hex|进制", re.IGNORECASE)
-# Arithmetic in a residue system or another base, said anywhere in the paragraph before the computation
-# (`The powers of 3 modulo 7 cycle: 3^1 = 3, 3^2 = 2, ...`) or in the sentence after it: each value is
-# right there. Whole words only, as the paragraph holds ordinary prose ("model", "database").
-_MODULAR = re.compile(
-    r"\bmod(?:ulo|ular|ulus)?\b|\\pmod|\\bmod|≡|\\equiv|同余|取模|模\s*\d|\bresidues?\b|\bbase[- ]?\d+\b"
-    r"|\bbinary\b|\boctal\b|\bhexadecimal\b|进制",
+# A modulus the paragraph of a computation names, before it (`The powers of 3 modulo 7 cycle: 3^1 = 3,
+# 3^2 = 2, ...`) or in the sentence after it: `mod 7`, `modulo 7`, `(mod 7)`, `\pmod{7}`, `Z/7`, `模 7`.
+# A word alone ("modular design", "the residue") names no modulus: the computation is judged in decimal.
+_MODULUS = re.compile(
+    r"\bmod(?:ulo|ulus)?\s*\{?\s*(\d{1,9})\b|\\[pb]mod\s*\{?\s*(\d{1,9})\b|(?:\bZ|ℤ)\s*(?:/|_\{?)\s*(\d{1,9})\b"
+    r"|模\s*(\d{1,9})",
     re.IGNORECASE,
 )
-_CONTEXT_CHARS = 400  # how far back the paragraph of a computation is read for `_MODULAR` (~100 tokens)
+# A base the paragraph names (`in base 5`, `binary`, `八进制` written `8进制`). "Binary search" names base 2
+# too, but decimal numbers are not binary ones: only a value right in that base is left alone.
+_BASE = re.compile(
+    r"\bbase[- ]?(\d{1,2})\b|\b(binary)\b|\b(octal)\b|\b(hexadecimal)\b|(\d{1,2})\s*进制", re.IGNORECASE
+)
+_BASE_WORDS = {"binary": 2, "octal": 8, "hexadecimal": 16}
+_CONTEXT_CHARS = 400  # how far back the paragraph of a computation is read for a modulus (~100 tokens)
 _PARAGRAPH = re.compile(r"\n[ \t]*\n")
 _MAX_CHARS = 200  # longer expressions are not hand arithmetic worth judging
 _SELF_FIX_CHARS = 300  # the right value written this soon after the slip: corrected, no hint
@@ -103,13 +111,10 @@ def _agrees(value: Fraction, written: str, expr: str) -> bool:
     return False
 
 
-def _modular_context(text: str, start: int, end: int) -> bool:
-    """Whether the paragraph around a computation says it is modular or in another base.
-
-    Read back to the paragraph's start (at most `_CONTEXT_CHARS`) and on to the end of the paragraph
-    (at most `_SELF_FIX_CHARS`, what is known when it is judged), so the outcome is the same however
-    the stream was cut.
-    """
+def _paragraph_around(text: str, start: int, end: int) -> str:
+    """The paragraph around a computation: back to its start (at most `_CONTEXT_CHARS`) and on to its end
+    (at most `_SELF_FIX_CHARS`, what is known when it is judged), so the outcome is the same however the
+    stream was cut. The computation itself is left out (a space stands for it)."""
     back = text[max(0, start - _CONTEXT_CHARS) : start]
     breaks = list(_PARAGRAPH.finditer(back))
     if breaks:
@@ -118,7 +123,37 @@ def _modular_context(text: str, start: int, end: int) -> bool:
     brk = _PARAGRAPH.search(ahead)
     if brk is not None:
         ahead = ahead[: brk.start()]
-    return bool(_MODULAR.search(back) or _MODULAR.search(ahead))
+    return back + " " + ahead
+
+
+def _right_in_context(text: str, start: int, end: int, expr: str, value: Fraction, written: str) -> bool:
+    """Whether a value that is wrong in decimal is right modulo a modulus, or in a base, that the
+    computation's paragraph names (`3^2 = 2` after "modulo 7", `101 + 11 = 1000` in binary)."""
+    around = _paragraph_around(text, start, end)
+    try:
+        mine = Fraction(written.replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return False
+    if value.denominator == 1 and mine.denominator == 1:
+        for m in _MODULUS.finditer(around):
+            modulus = int(next(g for g in m.groups() if g is not None))
+            if modulus > 1 and (value.numerator - mine.numerator) % modulus == 0:
+                return True
+    for m in _BASE.finditer(around):
+        found = next(g for g in m.groups() if g is not None)
+        base = _BASE_WORDS.get(found.lower()) or int(found)
+        if 2 <= base <= 10 and _in_base(expr, written, base):
+            return True
+    return False
+
+
+def _in_base(expr: str, written: str, base: int) -> bool:
+    """Whether `expr = written`, every number read as an integer in `base` (2 to 10), holds."""
+    numbers = re.findall(r"[\d.,/]+", written) + re.findall(r"\d+(?:\.\d+)?", expr)
+    if any(not n.isdigit() or any(int(d) >= base for d in n) for n in numbers):
+        return False
+    converted = re.sub(r"\d+", lambda m: str(int(m.group(), base)), expr)
+    return evaluate(converted) == int(written, base)
 
 
 def _figures(number: str) -> tuple[int, int]:
@@ -252,8 +287,6 @@ def _judge_one(text: str, item: Written) -> Slip | None:
     after = text[end : end + 12]
     if not _AFTER_OK.match(after) or _OPERATOR_AFTER.match(after) or _MOD.search(before + after):
         return None
-    if _modular_context(text, start, end):
-        return None
     # A sign, an operator or a function name right before it: the expression is part of a larger
     # one (`-3 * 4`, `sqrt(12 * 5)`, `2 + 3 * 4` cut short) that was not taken whole. A number
     # right before it: a mixed number (`9 14/15`). LaTeX around it (`-27 \times 1^2`).
@@ -272,6 +305,8 @@ def _judge_one(text: str, item: Written) -> Slip | None:
         return None
     value = evaluate(expr)
     if value is None or _agrees(value, value_text, expr):
+        return None
+    if _right_in_context(text, start, end, expr, value, value_text):
         return None
     if after.startswith(",") and len(str(abs(int(value)))) > len(value_text.lstrip("-")):
         return None  # `1344*70 = 93,` a number cut at its thousands comma

@@ -91,7 +91,10 @@ class FenceSplitter:
         where the stream was cut.
         """
         done = head.endswith("\n") or len(head) >= _MAX_HELD
-        stripped = head[:_MAX_HELD].lstrip(" \t")
+        # Cut first: every measure below (the indent included) must see the same text whether the
+        # line came whole in one delta or was decided at `_MAX_HELD` characters.
+        head = head[:_MAX_HELD]
+        stripped = head.lstrip(" \t")
         if len(head) - len(stripped) >= _MAX_INDENT:
             return ""
         char = stripped[:1]
