@@ -124,6 +124,23 @@ def test_a_closed_stdout_is_one_line_not_a_traceback(as_json: bool, tmp_path: Pa
     assert last["type"] == "final"
 
 
+def test_stdout_and_stderr_to_one_closed_pipe_exit_141(tmp_path: Path) -> None:
+    """`qwq-agent run --json ... 2>&1 | head -1`: the one line saying so cannot be written either (stderr
+    is the same closed pipe); the exit status still says what happened."""
+    turns = ["think\n</think>\n\n" + "line\n" * 2000 + "the answer"]
+    argv = ["run", "t", "--tools", "fetch_url", "--json", "--trace", str(tmp_path / "t.jsonl")]
+    with ScriptedModelServer(turns) as server:
+        read, write = os.pipe()
+        proc = subprocess.Popen(
+            [*CLI, *argv, "--model-url", server.url], cwd=tmp_path, env=ENV, stdout=write, stderr=write
+        )
+        os.close(write)
+        with os.fdopen(read) as reader:
+            reader.readline()
+        proc.wait(timeout=120)
+    assert proc.returncode == 141
+
+
 def test_ctrl_c_while_the_arguments_are_parsed_is_an_interruption(tmp_path: Path) -> None:
     """Parsing imports the settings (pydantic) and every command: a Ctrl-C then is not a traceback."""
     script = textwrap.dedent(

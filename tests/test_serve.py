@@ -389,3 +389,56 @@ def test_the_server_stops_when_its_parent_is_killed(tmp_path):
             parent.wait()
         if server_pid is not None and not _gone(server_pid):
             os.killpg(server_pid, signal.SIGKILL)
+
+
+def test_cli_exits_1_naming_the_status_when_its_server_is_killed():
+    """The server's own status is not the CLI's exit code: -9 would exit 247 (no documented code), a
+    server's 70 would claim a bug of ours, its 2 bad input."""
+    port = free_port()
+    cli, server_pid = _start_cli([*SCRIPTED, "--port", str(port)], port)
+    try:
+        os.killpg(server_pid, signal.SIGKILL)  # the OOM killer
+        out, _ = cli.communicate(timeout=60)
+        assert cli.returncode == 1, out
+        assert "qwq-agent serve: the server was killed by SIGKILL (status -9)" in out
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+
+
+def test_the_url_of_an_ipv6_host_is_bracketed():
+    from qwq_agent.serve.fleet import FleetConfig
+
+    assert ServeConfig(host="::1", port=30000).url == "http://[::1]:30000"
+    assert ServeConfig(host="::", port=30000).url == "http://127.0.0.1:30000"
+    assert FleetConfig(dp=2, host="fe80::1", router_port=8000).router_url == "http://[fe80::1]:8000"
+    assert probe("http://::1:1", timeout=1) is None  # not a URL httpx can parse: no answer, not a crash
+
+
+def test_cli_serves_on_an_ipv6_host():
+    port = free_port()
+    cmd = " ".join([*SCRIPTED, "--host", "::1", "--port", str(port)])
+    argv = [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--host", "::1", "--command", cmd]
+    cli = subprocess.Popen(
+        [*argv, "--port", str(port), "--timeout", "60"],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=sigint_as_a_terminal_sends_it,
+    )
+    try:
+        assert cli.stdout is not None
+        lines = []
+        for line in cli.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C stops"):
+                break
+        assert f"ready: http://[::1]:{port}\n" in lines, "".join(lines)
+        cli.send_signal(signal.SIGINT)
+        out, _ = cli.communicate(timeout=30)
+        assert cli.returncode == 0, "".join(lines) + out
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()

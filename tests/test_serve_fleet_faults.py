@@ -9,9 +9,12 @@ own clean-up, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -294,3 +297,183 @@ def test_a_stopped_server_leaves_no_watchdog(tmp_path):
     finally:
         server.kill()
     assert server.watchdog.poll() == 0  # told to stand down, and reaped
+
+
+def _start_with_pid(pid: int, argv: list[str], tries: int = 50) -> subprocess.Popen[bytes] | None:
+    """Start `argv` as a session (and process group) leader whose pid is `pid`, through the kernel's
+    `ns_last_pid` (root only); None when another process keeps taking that pid first."""
+    for _ in range(tries):
+        if os.path.exists(f"/proc/{pid}"):
+            return None  # a zombie or a process still holds it: not free for reuse
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        stranger = subprocess.Popen(argv, start_new_session=True)
+        if stranger.pid == pid:
+            return stranger
+        stranger.kill()  # another process on the machine took the pid in between: try again
+        stranger.wait()
+    return None
+
+
+@pytest.mark.skipif(
+    not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK), reason="placing a process at a pid needs root"
+)
+def test_stopping_a_fleet_never_signals_the_group_of_a_worker_that_died_earlier(tmp_path):
+    """A worker dies (the OOM killer) and is reported; hours later its pid, hence its group id, belongs to
+    another program's process group. Stopping the fleet must not SIGKILL that stranger."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    specs = [WorkerSpec(i, str(i), sleeper, f"http://127.0.0.1:{i + 1}", dict(os.environ)) for i in range(2)]
+    fleet = Fleet(FleetConfig(dp=2), specs, tmp_path)
+    fleet.start_workers()
+    stranger = None
+    try:
+        dead = fleet.workers[1].pid
+        assert dead is not None
+        os.killpg(dead, signal.SIGKILL)
+        assert fleet.workers[1].wait_exit(30)
+        assert fleet.exited() == (f"worker 1 ({specs[1].url})", -signal.SIGKILL)  # reported, and reaped
+        stranger = _start_with_pid(dead, ["sleep", "600"])
+        if stranger is None:
+            pytest.skip(f"pid {dead} could not be reused here")
+        assert os.getpgid(stranger.pid) == dead
+        fleet.stop(grace=5)
+        fleet.workers[1].kill()  # again, as the CLI's `finally` does: still nothing sent to the stranger
+        assert stranger.poll() is None, f"the stranger's group was signalled (status {stranger.poll()})"
+        assert fleet.workers[0].process is not None and fleet.workers[0].process.returncode is not None
+    finally:
+        for process in (fleet.router, *fleet.workers):
+            process.kill()
+        if stranger is not None:
+            stranger.kill()
+            stranger.wait()
+
+
+def test_a_servers_leftover_processes_are_killed_before_it_is_reaped(tmp_path):
+    """SGLang's scheduler processes can outlive its main process: the first look that finds the leader
+    ended kills the rest of its group (while the group's id is still surely its own)."""
+    leftover = tmp_path / "leftover.pid"
+    command = ["sh", "-c", f"sleep 600 & echo $! > {leftover}; exit 7"]
+    server = ServerProcess(command, "http://127.0.0.1:1", tmp_path / "log")
+    server.start()
+    child = None
+    try:
+        assert server.wait_exit(30)
+        assert _wait_for_text(leftover, "\n")
+        child = int(leftover.read_text())
+        assert not server.alive()
+        assert server.process is not None and server.process.returncode == 7
+        deadline = time.monotonic() + 30
+        while not _gone(child) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a SIGKILLed process of another session: nothing of ours to wait on
+        assert _gone(child)
+    finally:
+        server.kill()
+        if child is not None and not _gone(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_the_watchdog_works_with_a_pipe_fd_above_select_s_limit(tmp_path):
+    """A CLI with many files open hands its watchdog a fd >= 1024 (FD_SETSIZE); the watchdog still
+    SIGKILLs a hung server (one that ignores SIGTERM) once the CLI is gone."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    high = 1100
+    if hard != resource.RLIM_INFINITY and hard <= high:
+        pytest.skip(f"RLIMIT_NOFILE's hard limit {hard} is too low for fd {high}")
+    hung = subprocess.Popen([*DEAF_COMMAND], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    read_end, write_end = os.pipe()
+    watchdog = None
+    try:
+        assert hung.stdout is not None and hung.stdout.readline() == "deaf\n"  # its SIGTERM handler is set
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, high + 1), hard))
+        os.dup2(read_end, high)
+        watchdog = subprocess.Popen(
+            [sys.executable, str(launcher.WATCHDOG), str(high), str(hung.pid), "0.2"],
+            stderr=subprocess.PIPE,
+            text=True,
+            pass_fds=(high,),
+            start_new_session=True,
+        )
+        os.close(high)
+        os.close(write_end)  # the CLI dies: the watchdog reads EOF
+        write_end = -1
+        assert hung.wait(timeout=60) == -signal.SIGKILL
+        _, err = watchdog.communicate(timeout=30)
+        assert watchdog.returncode == 0 and "Traceback" not in err, err
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+        if hung.poll() is None:
+            os.killpg(hung.pid, signal.SIGKILL)
+            hung.wait()
+        if watchdog is not None and watchdog.poll() is None:
+            watchdog.kill()
+            watchdog.wait()
+
+
+DEAF_COMMAND = [sys.executable, "-c", DEAF]
+
+
+def _port_problems_as(user_id: int | None, fleet: FleetConfig) -> list[str]:
+    """`port_problems(fleet)`, run as `user_id` (a privileged port is refused only to an unprivileged user)."""
+    if user_id is None:
+        from qwq_agent.serve.fleet import port_problems
+
+        return port_problems(fleet)
+    code = (
+        "import json, sys\n"
+        "from qwq_agent.serve.fleet import FleetConfig, port_problems\n"
+        f"print(json.dumps(port_problems(FleetConfig(dp={fleet.dp}, host={fleet.host!r}, "
+        f"router_port={fleet.router_port}, worker_base_port={fleet.worker_base_port}))))\n"
+    )
+    done = subprocess.run(
+        ["setpriv", f"--reuid={user_id}", f"--regid={user_id}", "--clear-groups", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def test_port_problems_say_what_a_bind_failure_is_not_always_in_use():
+    from qwq_agent.serve.fleet import port_problems
+
+    base = free_ports(3)
+    (problem,) = port_problems(FleetConfig(dp=2, host="192.0.2.1", router_port=base))  # TEST-NET-1
+    assert "192.0.2.1 is not one of this machine's" in problem and "in use" not in problem
+    unprivileged = 65534 if os.geteuid() == 0 else None
+    (problem,) = _port_problems_as(unprivileged, FleetConfig(dp=2, router_port=81, worker_base_port=base))
+    assert "port 81 needs privileges" in problem and "in use" not in problem
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", base + 1))
+        listener.listen()
+        assert port_problems(FleetConfig(dp=2, router_port=base)) == [
+            f"worker 0's port {base + 1} is already in use on 127.0.0.1"
+        ]
+
+
+def test_a_dp_command_template_keeps_braces_of_its_own(tmp_path):
+    """SGLang's `--json-model-override-args '{"rope_scaling": ...}'` in a `--dp` template: only `{port}`
+    and `{gpu}` are filled in, the JSON is passed on as written."""
+    override = '{"rope_scaling":{"factor":4.0,"type":"yarn"}}'
+    flags = f"--json-model-override-args '{override}' --port {{port}} --x {{gpu}}"
+    template = f"python -m sglang.launch_server {flags}"
+    specs = worker_specs(ServeConfig(), FleetConfig(dp=2, router_port=7000), template=template)
+    assert [s.command[4:] for s in specs] == [
+        [override, "--port", "7001", "--x", "0"],
+        [override, "--port", "7002", "--x", "1"],
+    ]
+    cli = [sys.executable, "-m", "qwq_agent.cli.main", "serve", "--dp", "2"]
+    done = subprocess.run(
+        [*cli, "--command", template, "--print-command"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"--json-model-override-args '{override}' --port 30002 --x 1" in done.stdout

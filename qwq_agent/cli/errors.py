@@ -9,6 +9,7 @@ reported as such, still in one line unless `--debug` is given.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -17,6 +18,7 @@ import sqlite3
 import sys
 import traceback
 from collections.abc import Callable, Iterator
+from typing import TextIO
 
 # Exit codes, so scripts can tell the kinds of failure apart: one meaning each (listed in the README).
 EXIT_USAGE = 2  # bad input: a path, a URL, a trace, an index, a missing key, an environment variable
@@ -144,11 +146,26 @@ def quiet_stdout() -> None:
     What Python's documentation advises for SIGPIPE (library/signal.html, "Note on SIGPIPE"): without
     it, the exit prints "Exception ignored ... BrokenPipeError" after our own message.
     """
+    _to_devnull(sys.stdout)
+
+
+def _to_devnull(stream: TextIO) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
     finally:
         os.close(devnull)
+
+
+def _to_stderr(write: Callable[[TextIO], object]) -> None:
+    """Run `write(sys.stderr)`; a stderr whose reader has gone (`2>&1 | head -1`: the same closed pipe as
+    stdout) loses the text, and is pointed at /dev/null so the exit's flush does not raise either.
+    The exit code is what tells the caller then."""
+    try:
+        write(sys.stderr)
+    except OSError:  # BrokenPipeError, or a stderr closed some other way: nowhere left to say it
+        with contextlib.suppress(OSError, ValueError):
+            _to_devnull(sys.stderr)
 
 
 def _unicode(exc: BaseException) -> CliError:
@@ -223,7 +240,7 @@ def explain(exc: BaseException) -> CliError | None:
 def report(exc: BaseException, command: str, *, debug: bool) -> int:
     """Print `exc` for the user (with its traceback when `debug`) and return the exit code."""
     if debug:
-        traceback.print_exception(exc, file=sys.stderr)
+        _to_stderr(lambda stderr: traceback.print_exception(exc, file=stderr))
     error = explain(exc)
     if error is not None and error.code == EXIT_PIPE:
         quiet_stdout()
@@ -233,7 +250,8 @@ def report(exc: BaseException, command: str, *, debug: bool) -> int:
             "this is a bug in qwq-agent: rerun with --debug and report the traceback",
             code=EXIT_BUG,
         )
-    print(error.render(command), file=sys.stderr, flush=True)
+    text = error.render(command)
+    _to_stderr(lambda stderr: print(text, file=stderr, flush=True))
     return error.code
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import tempfile
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=arg_types.command_line,
         default=None,
         help="run this command instead of SGLang's launcher (a wrapper); with --dp a template "
-        "with {port} and {gpu}",
+        "whose {port} and {gpu} are filled in (other braces are kept as written)",
     )
     p.add_argument(
         "--model-url",
@@ -166,12 +167,15 @@ def _serve(args: argparse.Namespace) -> int:
                 raise CliError(str(exc), _log_hint(log_path, exc.log_tail), code=1) from None
             _report(info)
             print("Ctrl-C stops the server.", flush=True)
+            server.wait_exit(None)
+            server.kill()  # what is left of its group, before it is reaped
             assert server.process is not None
-            code = server.process.wait()
+            # Exit 1, like a server that never got ready: the server's own status (-9, 70, 2) would read
+            # as one of our documented codes or none of them, so it is only in the message.
             raise CliError(
-                f"the server exited with status {code}",
+                f"the server {exit_status(server.process.returncode)}",
                 _log_hint(log_path, server.log_tail()),
-                code=code or 1,
+                code=1,
             )
         except KeyboardInterrupt:
             try:
@@ -185,18 +189,28 @@ def _serve(args: argparse.Namespace) -> int:
             server.stop()  # a no-op once stopped above
 
 
+def exit_status(code: int | None) -> str:
+    """How a process ended, from its `returncode` (negative: the signal that killed it)."""
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name} (status {code})"
+        except ValueError:
+            pass
+    return f"exited with status {code}"
+
+
 def check_port_free(host: str, port: int, what: str = "--port") -> None:
     """A `CliError` when something already listens on `host:port`: the server could not bind it, and
     the other server would answer the ready check in its place."""
     from qwq_agent.cli.errors import CliError
-    from qwq_agent.serve.launcher import port_in_use
+    from qwq_agent.serve.launcher import http_url, port_in_use
 
     if port_in_use(host, port):
         raise CliError(
             f"{what} {port}: the port is already in use on {host} (another server, e.g. an earlier "
             "`qwq-agent serve`, listens there)",
             f"stop that server, pass another {what}, or check the running one with "
-            f"`qwq-agent serve --model-url http://{host}:{port}`",
+            f"`qwq-agent serve --model-url {http_url(host, port)}`",
         )
 
 

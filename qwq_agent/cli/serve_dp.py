@@ -133,13 +133,13 @@ def _serve_until_the_fleet_is_gone(fleet: Fleet, log_dir: Path) -> str:
     gone: set[int] = set()
     while True:
         if fleet.router.process is not None and not fleet.router.alive():
-            return f"the router exited with status {fleet.router.process.poll()}"
+            return f"the router exited with status {fleet.router.process.returncode}"
         for i, worker in enumerate(fleet.workers):
             if i in gone or worker.alive():
                 continue
             gone.add(i)
-            code = worker.process.poll() if worker.process else None
-            worker.kill()
+            # alive() found it ended, SIGKILLed what was left of its group and reaped it
+            code = worker.process.returncode if worker.process else None
             left = len(fleet.workers) - len(gone)
             print(
                 f"warning: worker {i} ({worker.url}) exited with status {code}; "

@@ -11,7 +11,9 @@ servers as workers (a command template with `{port}` and `{gpu}`) behind the rea
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import re
 import shlex
 import socket
 import sys
@@ -29,7 +31,9 @@ from qwq_agent.serve.launcher import (
     ServerExited,
     ServerProcess,
     ServerStartTimeout,
+    bind_error,
     build_command,
+    http_url,
     probe,
 )
 
@@ -91,8 +95,7 @@ class FleetConfig:
     @property
     def router_url(self) -> str:
         """Where the router will answer."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.router_port}"
+        return http_url(self.host, self.router_port)
 
     def worker_port(self, index: int) -> int:
         """The port of worker `index`."""
@@ -110,12 +113,26 @@ def worker_specs(serve: ServeConfig, fleet: FleetConfig, template: str | None = 
         port = fleet.worker_port(i)
         config = dataclasses.replace(serve, host="127.0.0.1", port=port)
         if template is not None:
-            command = shlex.split(template.format(port=port, gpu=gpu))
+            command = shlex.split(fill_template(template, port=port, gpu=gpu))
         else:
             command = build_command(config)
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
         specs.append(WorkerSpec(index=i, gpu=gpu, command=command, url=config.url, env=env))
     return specs
+
+
+_PLACEHOLDER = re.compile(r"\{(port|gpu)\}")
+
+
+def fill_template(template: str, *, port: int, gpu: str) -> str:
+    """`template` with every `{port}` and `{gpu}` replaced, and nothing else touched.
+
+    Not `str.format`: a worker's command line often holds braces of its own, SGLang's
+    `--json-model-override-args '{"rope_scaling": ...}'` (QwQ-32B's YaRN setting) for one, which
+    `format` would read as fields and fail on (or need doubled, which the JSON then would not be).
+    """
+    values = {"port": str(port), "gpu": gpu}
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
 
 
 def router_command(fleet: FleetConfig, worker_urls: Sequence[str]) -> list[str]:
@@ -162,23 +179,26 @@ def port_problems(fleet: FleetConfig) -> list[str]:
             problems.append(f"{name}'s port {port} is not a TCP port (1-65535)")
         elif port in owner:
             problems.append(f"{name}'s port {port} is {owner[port]}'s too")
-        elif not _bindable(host, port):
-            problems.append(f"{name}'s port {port} is already in use on {host}")
+        elif (error := bind_error(host, port)) is not None:
+            problems.append(_bind_problem(name, host, port, error))
         owner.setdefault(port, name)
     return problems
 
 
-def _bindable(host: str, port: int) -> bool:
-    """True when a server could listen on (host, port) now."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        # as servers do: a closed connection's TIME_WAIT does not block the port, a listener does
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+def _bind_problem(name: str, host: str, port: int, error: OSError) -> str:
+    """What `error` (from binding `host:port`) means, said as such: only EADDRINUSE is "in use"."""
+    if isinstance(error, socket.gaierror):
+        return f"{name}'s host {host} does not resolve ({error.strerror})"
+    if error.errno == errno.EADDRINUSE:
+        return f"{name}'s port {port} is already in use on {host}"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"{name}'s address {host} is not one of this machine's (port {port} cannot be bound there)"
+    if error.errno == errno.EACCES:
+        return (
+            f"{name}'s port {port} needs privileges to bind on {host} (below 1024: root or "
+            "CAP_NET_BIND_SERVICE)"
+        )
+    return f"{name}'s port {port} cannot be bound on {host}: {error.strerror or error}"
 
 
 def _free_port() -> int:
@@ -226,7 +246,7 @@ def probe_router(url: str, *, timeout: float = 5.0) -> FleetInfo | None:
             if response.status_code != 200:
                 return None
             listed = response.json().get("workers")
-    except (httpx.HTTPError, ValueError, AttributeError):
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError):
         return None
     if not isinstance(listed, list):
         return None
@@ -252,7 +272,7 @@ def _ready_workers(url: str, timeout: float) -> int | None:
     try:
         response = httpx.get(url + "/readiness", timeout=timeout)
         return int(response.json().get("healthy_workers", 0))
-    except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError, TypeError):
         return None
 
 
@@ -273,7 +293,7 @@ def wait_router(
         if watch is not None:
             watch()
         if not router.alive():
-            code = router.process.poll() if router.process else None
+            code = router.process.returncode if router.process else None
             raise ServerExited(f"the router exited with status {code} before it was ready", router.log_tail())
         healthy = _ready_workers(router.url, timeout=min(5.0, poll_interval * 2))
         if healthy is not None and healthy >= workers:
@@ -373,7 +393,7 @@ class Fleet:
         """Raise `ServerExited` naming the first worker that has ended (`pending`: those not yet ready)."""
         for i, worker in enumerate(self.workers):
             if not worker.alive():
-                code = worker.process.poll() if worker.process else None
+                code = worker.process.returncode if worker.process else None
                 when = "before it was ready" if i in pending else "after it answered /health"
                 raise ServerExited(
                     f"worker {i} ({worker.url}, GPU {self.specs[i].gpu}) exited with status {code} {when}",
@@ -383,10 +403,10 @@ class Fleet:
     def exited(self) -> tuple[str, int | None] | None:
         """The first process of the fleet that has ended, as (name, status); None while all run."""
         if self.router.process is not None and not self.router.alive():
-            return ("the router", self.router.process.poll())
+            return ("the router", self.router.process.returncode)
         for i, worker in enumerate(self.workers):
             if worker.process is not None and not worker.alive():
-                return (f"worker {i} ({worker.url})", worker.process.poll())
+                return (f"worker {i} ({worker.url})", worker.process.returncode)
         return None
 
     def stop(self, grace: float = 20.0) -> None:
@@ -396,7 +416,9 @@ class Fleet:
         One grace for all, not one each: hung replicas (a stuck CUDA call ignores SIGTERM) would
         otherwise take (1 + N) x grace, longer than a supervisor waits before it SIGKILLs the CLI.
         Interrupted (a second Ctrl-C), it SIGKILLs every process not yet stopped before the exception
-        propagates: each runs in a session of its own, so nothing else would stop it.
+        propagates: each runs in a session of its own, so nothing else would stop it. A process that
+        ended earlier (a worker that died and was reported) is not signalled again: its group id may
+        belong to another program by now (see `ServerProcess.kill`).
         """
         processes = [self.router, *self.workers]
         deadline = time.monotonic() + grace
@@ -418,6 +440,7 @@ __all__ = [
     "FleetInfo",
     "WorkerInfo",
     "WorkerSpec",
+    "fill_template",
     "port_problems",
     "probe_router",
     "router_command",

@@ -53,8 +53,17 @@ class ServeConfig:
     @property
     def url(self) -> str:
         """Where the server will answer."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
+
+
+def http_url(host: str, port: int) -> str:
+    """The `http://` URL of a server listening on `host:port`: a wildcard address is reached on
+    127.0.0.1, and an IPv6 literal is bracketed (`http://::1:30000` is not a URL httpx can parse)."""
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def build_command(config: ServeConfig) -> list[str]:
@@ -139,7 +148,7 @@ def probe(url: str, *, timeout: float = 5.0) -> ReadyInfo | None:
             if response.status_code == 404:
                 response = http.get("/get_server_info")
             info = response.json() if response.status_code == 200 else {}
-    except (httpx.HTTPError, ValueError):
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError):  # InvalidURL is no HTTPError
         return None
     facts = read_server_info(info)  # healthy, but an odd /server_info: its capacity is unknown
     return ReadyInfo(
@@ -154,16 +163,31 @@ def probe(url: str, *, timeout: float = 5.0) -> ReadyInfo | None:
 def port_in_use(host: str, port: int) -> bool:
     """Whether something already listens on `host:port`, so that a server started there cannot bind it.
 
-    Found by binding the address the way the server will (with SO_REUSEADDR, as uvicorn does, so only a
-    listener counts, not a closed connection's TIME_WAIT). Before this check, another server already
-    on the port (yesterday's, in another terminal) answered `/health` and a launch that served nothing
-    was reported ready with that server's model. An address that cannot be bound for another reason
-    (not local, no permission) is left for the server itself to report.
+    Before this check, another server already on the port (yesterday's, in another terminal) answered
+    `/health` and a launch that served nothing was reported ready with that server's model. An address
+    that cannot be bound for another reason (not local, no permission) is left for the server itself to
+    report.
+    """
+    error = bind_error(host, port)
+    return error is not None and error.errno == errno.EADDRINUSE
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on `host:port` now (None: it could), found by binding it.
+
+    Bound the way the server will (every address `host` resolves to, with SO_REUSEADDR as uvicorn sets
+    it, so only a listener counts, not a closed connection's TIME_WAIT). The error says which problem it
+    is: `errno.EADDRINUSE` (something listens there), `EADDRNOTAVAIL` (not an address of this machine),
+    `EACCES` (a port below 1024 without the privilege), or a `socket.gaierror` for a host name that does
+    not resolve. A listener on any of the addresses is reported first; another error only when none of
+    the addresses can be bound.
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError:  # an unknown host name: the server will say so
-        return False
+    except OSError as exc:  # socket.gaierror: an unknown host name
+        return exc
+    first: OSError | None = None
+    bound = False
     for family, kind, proto, _, address in infos:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -171,8 +195,11 @@ def port_in_use(host: str, port: int) -> bool:
                 sock.bind(address)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    return True
-    return False
+                    return exc
+                first = first or exc
+            else:
+                bound = True
+    return None if bound else first
 
 
 LOG_CHUNK = 64 * 1024
@@ -307,8 +334,34 @@ class ServerProcess:
         return self.process.pid if self.process else None
 
     def alive(self) -> bool:
-        """True while the process runs."""
-        return self.process is not None and self.process.poll() is None
+        """True while the process runs.
+
+        Once it has ended, what is left of its group is SIGKILLed and it is reaped (`kill`), so that its
+        status is then in `process.returncode`. Callers read that, never `process.poll()` or `wait()`:
+        those reap the leader without killing its group first (see `kill`).
+        """
+        if self.process is None or self.process.returncode is not None:
+            return False
+        if not self._ended():
+            return True
+        self.kill()
+        return False
+
+    def _ended(self, block: bool = False) -> bool:
+        """Whether the process has exited, found *without* reaping it (`block`: wait until it has).
+
+        An unreaped (zombie) leader keeps its pid, which is its group's id, from being given to any other
+        process: while it is unreaped, signalling the group cannot reach a stranger.
+        """
+        assert self.process is not None
+        if self.process.returncode is not None:
+            return True
+        flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+        try:
+            return os.waitid(os.P_PID, self.process.pid, flags) is not None
+        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): let Popen record that
+            self.process.poll()
+            return True
 
     def log_tail(self, lines: int = 40) -> str:
         """The last `lines` lines of the log (of its last `LOG_CHUNK` bytes at most).
@@ -346,8 +399,8 @@ class ServerProcess:
                     on_log(new)
             info = probe(self.url, timeout=min(5.0, poll_interval * 2))
             # Checked after the probe: whatever answered /health then, it was not the server we started.
-            code = self.process.poll()
-            if code is not None:
+            if not self.alive():
+                code = self.process.returncode
                 raise ServerExited(
                     f"the server exited with status {code} before it was ready", self.log_tail()
                 )
@@ -376,32 +429,48 @@ class ServerProcess:
 
     def terminate(self) -> None:
         """SIGTERM the process group, if the process still runs (`stop` without the wait and the kill)."""
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and not self._ended():
             self._signal(signal.SIGTERM)
 
-    def wait_exit(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for the process to end; True when it has."""
+    def wait_exit(self, timeout: float | None) -> bool:
+        """Wait up to `timeout` seconds (None: however long it takes) for the process to end; True when
+        it has. The process is not reaped: `kill` (or `alive`) does that, after killing its group."""
         if self.process is None:
             return True
-        try:
-            self.process.wait(max(0.0, timeout))
-        except subprocess.TimeoutExpired:
-            return False
+        if timeout is None:
+            return self._ended(block=True)  # a signal handler's KeyboardInterrupt still ends the wait
+        deadline = time.monotonic() + max(0.0, timeout)
+        delay = 0.0005
+        while not self._ended():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            delay = min(delay * 2, remaining, 0.05)
+            time.sleep(delay)  # as Popen.wait(timeout) does: waitid() has no timeout of its own
         return True
 
     def kill(self) -> None:
-        """SIGKILL the whole process group (workers that outlived the leader too) and reap the leader."""
+        """SIGKILL the whole process group (workers that outlived the leader too), then reap the leader.
+
+        The group is signalled only while its leader is unreaped: the group's id is the leader's pid, and
+        once the leader is reaped (and the last member gone) the kernel may give that number to any new
+        process, whose own group (another user's job, a sandbox) a later signal would kill. So a reaped
+        server is never signalled again; its group was SIGKILLed here, just before the reaping. Idempotent.
+        """
         if self.process is None:
             return
         self._signal(signal.SIGKILL)
+        # Stood down before the reaping: a watchdog outliving it would watch an id that is no longer ours.
+        self._stand_down_watchdog()
         try:
             self.process.wait(KILL_WAIT_S)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # stuck in the kernel: unreaped still, so `kill` may signal again
             pass
-        self._stand_down_watchdog()
 
     def _signal(self, sig: signal.Signals) -> None:
         assert self.process is not None
+        if self.process.returncode is not None:  # reaped: the group's id may be a stranger's now
+            return
         try:
             os.killpg(self.process.pid, sig)
         except (ProcessLookupError, PermissionError):

@@ -47,9 +47,13 @@ def _signal(pgid: int, sig: signal.Signals) -> None:
 
 def watch(fd: int, pgid: int, grace: float) -> None:
     """Wait for the CLI's word or its death on `fd`; on its death stop group `pgid` (SIGKILL after `grace`)."""
+    # poll(), not select(): the fd keeps the number it had in the CLI, and a CLI with many files or
+    # sockets open gives one >= FD_SETSIZE (1024), which select() refuses (the watchdog would die at once).
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     while True:
-        readable, _, _ = select.select([fd], [], [], POLL_S)
-        if readable:
+        readable = poller.poll(POLL_S * 1000)
+        if readable:  # POLLIN, or POLLHUP/POLLERR: the read below tells the word from EOF
             if os.read(fd, 1) == STAND_DOWN:
                 return  # the CLI stopped the server itself
             break  # EOF: the CLI died without a word
