@@ -279,6 +279,38 @@ async def test_an_orphan_the_engine_cannot_remove_does_not_stop_sandboxes_starti
         await engine.remove(orphan)
 
 
+@pytest.mark.docker
+async def test_prune_all_names_a_container_it_could_not_remove_and_fails(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """The janitor's skip of containers the engine cannot remove also applied to the operator's explicit
+    `sandbox prune`: it exited 0, and a script took the sandboxes for gone."""
+    engine = DockerEngine()
+    labels = {**janitor.owner_labels(3600), MARK_LABEL: proxy.mark}  # the only container the CLI sees
+    body = SandboxConfig(image=sandbox_image).container_body(sandbox_image, labels)
+    stuck = await engine.create(f"qwq-sbx-test-{uuid.uuid4().hex[:8]}", body)
+    proxy.failures[stuck] = (500, "device or resource busy")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "qwq_agent.cli.main",
+            "sandbox",
+            "prune",
+            "--all",
+            env={**os.environ, "DOCKER_HOST": proxy.url},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), GUARD_S)
+        assert proc.returncode == 4, (out, err)  # Docker failed
+        assert stuck[:12] in err.decode() and "device or resource busy" in err.decode()
+        assert "removed 0 sandbox container(s)" in out.decode()
+        assert await exists(engine, stuck)
+    finally:
+        await engine.remove(stuck)
+
+
 # -------------------------------------------------------------------------------------- the idle limit
 
 
