@@ -185,6 +185,67 @@ async def test_a_start_whose_clean_up_meets_a_hung_daemon_still_fails_within_its
 
 
 @pytest.mark.docker
+async def test_a_cancelled_start_waits_for_its_clean_up_only_briefly(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """A cancelled start (Ctrl-C, the caller's own timeout) waited for the removal of its container as long
+    as its start time had left (here 10 minutes), instead of `DISCARD_WAIT_S`, the removal going on in the
+    background."""
+    proxy.delays["/containers/create"] = 3600.0  # a hung daemon: it creates, and answers nothing
+    proxy.delays["DELETE /"] = 3600.0
+    config = SandboxConfig(image=sandbox_image, start_timeout_s=600.0)  # far beyond the guard
+    sandbox = DockerSandbox(config, engine=DockerEngine(proxy.path, timeout=3600.0))
+    start = asyncio.create_task(sandbox._start())
+    await asyncio.wait_for(proxy.held.wait(), GUARD_S)
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(start, GUARD_S)
+    await removed(DockerEngine(), sandbox.name)  # the removal went through; only its answer is held
+
+
+@pytest.mark.docker
+async def test_a_create_carried_out_after_its_start_gave_up_leaves_no_container(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """dockerd got to the create only after the failed start had removed the container by name (finding
+    nothing): the container it then created was never started, nor removed."""
+    from qwq_agent.sandbox import container
+
+    proxy.late["/containers/create"] = 5.0  # past the start time
+    sandbox = DockerSandbox(
+        SandboxConfig(image=sandbox_image, start_timeout_s=2.0), engine=DockerEngine(proxy.path)
+    )
+    with pytest.raises(DockerUnreachable, match="POST /containers/create"):
+        await asyncio.wait_for(sandbox._start(), GUARD_S)
+    engine = DockerEngine()
+    try:
+        await asyncio.wait_for(proxy.late_done.wait(), GUARD_S)  # dockerd has created it now
+        await asyncio.wait_for(asyncio.gather(*container._removals), GUARD_S)
+        assert not await exists(engine, sandbox.name)
+    finally:
+        await engine.remove(sandbox.name)
+
+
+@pytest.mark.docker
+async def test_a_refused_create_logs_no_failed_removal(
+    sandbox_image: str, proxy: DockerProxy, caplog
+) -> None:
+    """Every create refused by a restarting dockerd also warned that its container (never created) could
+    not be removed."""
+    from qwq_agent.sandbox import container
+
+    engine = DockerEngine(proxy.path)
+    await asyncio.to_thread(janitor.startup_once, GUARD_S, engine.connector)  # done before the restart
+    proxy.refusing = True
+    sandbox = DockerSandbox(SandboxConfig(image=sandbox_image), engine=engine)
+    with caplog.at_level("WARNING", logger=container.__name__):
+        with pytest.raises(DockerUnreachable, match="POST /containers/create"):
+            await asyncio.wait_for(sandbox._start(), GUARD_S)
+        await asyncio.wait_for(sandbox.close(), GUARD_S)
+    assert not [r for r in caplog.records if "could not remove" in r.getMessage()]
+
+
+@pytest.mark.docker
 async def test_a_default_image_removed_since_it_was_resolved_is_resolved_again(
     sandbox_image: str, monkeypatch
 ) -> None:
