@@ -141,6 +141,78 @@ async def test_closing_the_pool_fails_its_waiting_acquires_at_once(
         await acquire()
 
 
+@pytest.mark.docker
+async def test_closing_the_pool_fails_an_acquire_waiting_for_a_retry_at_once(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """Two acquires on a size-1 pool while dockerd restarts: one heard of the failed start, the other waited
+    for the retry. `aclose()` put its notice in the queue and then emptied the queue itself: the acquire
+    waited out its whole timeout."""
+    proxy.refusing = True
+    config = SandboxConfig(image=sandbox_image, start_timeout_s=5.0)
+    pool = SandboxPool(size=1, config=config, engine=DockerEngine(proxy.path), acquire_timeout_s=3 * GUARD_S)
+    await pool.__aenter__()
+
+    async def acquire() -> BaseException | None:
+        try:
+            async with pool.acquire():
+                return None
+        except Exception as exc:
+            return exc
+
+    tasks = [asyncio.create_task(acquire()) for _ in range(2)]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait_for(pool.aclose(), GUARD_S)
+    errors = await asyncio.wait_for(asyncio.gather(*tasks), GUARD_S)
+    # Each heard of a failed start or of the close; none waits for a sandbox that will never come.
+    assert all(isinstance(e, DockerUnreachable | SandboxPoolClosed) for e in errors), errors
+
+
+@pytest.mark.docker
+async def test_a_size_0_pool_starts_a_sandbox_for_each_concurrent_acquire(sandbox_image: str) -> None:
+    """The second acquire saw the first one's start in flight and started none: the first took that
+    sandbox, and with size 0 nothing replaced it, so the second waited out its whole timeout."""
+    both_in = asyncio.Barrier(2)
+    async with SandboxPool(
+        size=0, config=SandboxConfig(image=sandbox_image), acquire_timeout_s=3 * GUARD_S
+    ) as pool:
+
+        async def use() -> str:
+            async with pool.acquire() as sb:
+                await both_in.wait()  # each holds its sandbox until the other has one too
+                return (await sb.shell("echo ok")).stdout
+
+        assert await asyncio.wait_for(asyncio.gather(use(), use()), GUARD_S) == ["ok\n", "ok\n"]
+
+
+@pytest.mark.docker
+async def test_closing_the_pool_destroys_a_sandbox_under_its_health_check(sandbox_image: str) -> None:
+    """A warm sandbox taken off the queue for its health check was the pool's no more: `aclose()` returned
+    while its container still ran, and the acquire's later removal was a task nobody awaited."""
+    engine = DockerEngine()
+    pool = SandboxPool(size=1, config=SandboxConfig(image=sandbox_image), health_check_timeout_s=GUARD_S)
+    await pool.__aenter__()
+    await asyncio.wait_for(pool.wait_ready(), GUARD_S)
+    (warm,) = [w.sandbox for w in list(pool._ready._queue)]  # type: ignore[attr-defined]
+    await engine.request("POST", f"/containers/{warm.id}/pause")  # its ping goes unanswered
+    try:
+
+        async def acquire() -> None:
+            async with pool.acquire():
+                pass
+
+        task = asyncio.create_task(acquire())
+
+        await asyncio.sleep(0)  # one step: it takes the sandbox and waits on its ping, unanswered
+        assert pool.ready == 0 and not task.done()
+        await asyncio.wait_for(pool.aclose(), GUARD_S)
+        assert not await exists(engine, warm.id)
+        with pytest.raises(SandboxPoolClosed):
+            await asyncio.wait_for(task, GUARD_S)
+    finally:
+        await engine.remove(warm.id)  # forced: paused or not
+
+
 # ------------------------------------------------------------------------- what a failed start leaves
 
 
