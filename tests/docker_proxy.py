@@ -1,8 +1,9 @@
 """`DockerProxy`: a unix socket in front of the real Docker engine that misbehaves on request.
 
 The faults are those of a real daemon: it refuses connections (restarting), holds an answer back (slow or
-hung, while the request itself goes through and takes effect), or answers a chosen request with an
-error (a removal dockerd cannot do). Every other byte is the real engine's. The container listing is
+hung, while the request itself goes through and takes effect), gets to a request late (it takes effect
+after the client may have given up on it), or answers a chosen request with an error (a removal dockerd
+cannot do). Every other byte is the real engine's. The container listing is
 filtered to containers carrying `proxy.mark` (label `MARK_LABEL`), so a janitor run through the proxy never
 sees, let alone prunes, other users' containers on a shared engine.
 
@@ -37,6 +38,10 @@ class DockerProxy:
         """Close every new connection at once, as a daemon that is restarting."""
         self.delays: dict[str, float] = {}
         """Request-line substring -> seconds the engine's answer is held back (the request goes through)."""
+        self.late: dict[str, float] = {}
+        """Request-line substring -> seconds before the request is passed on to the engine at all."""
+        self.late_done = asyncio.Event()
+        """Set once the engine has answered a request passed on late (it took effect)."""
         self.failures: dict[str, tuple[int, str]] = {}
         """Request-line substring -> (status, message) answered instead; the engine never sees it."""
         self.seen: list[str] = []
@@ -86,6 +91,9 @@ class DockerProxy:
         if not any(h.lower() == "connection: upgrade" for h in lines):
             kept = [h for h in lines[:-2] if not h.lower().startswith("connection:")]
             head = "\r\n".join([*kept, "Connection: close", "", ""]).encode("latin-1")
+        late = next((d for key, d in self.late.items() if key in line), 0.0)
+        if late:
+            await asyncio.sleep(late)  # the fault under test: a daemon that gets to the request late
         up_reader, up_writer = await asyncio.open_unix_connection(self.upstream)
         try:
             up_writer.write(head + body)
@@ -95,6 +103,8 @@ class DockerProxy:
                 return
             delay = next((d for key, d in self.delays.items() if key in line), 0.0)
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer, delay, self.held))
+            if late:
+                self.late_done.set()
         finally:
             up_writer.close()
 

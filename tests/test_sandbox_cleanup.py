@@ -141,6 +141,78 @@ async def test_closing_the_pool_fails_its_waiting_acquires_at_once(
         await acquire()
 
 
+@pytest.mark.docker
+async def test_closing_the_pool_fails_an_acquire_waiting_for_a_retry_at_once(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """Two acquires on a size-1 pool while dockerd restarts: one heard of the failed start, the other waited
+    for the retry. `aclose()` put its notice in the queue and then emptied the queue itself: the acquire
+    waited out its whole timeout."""
+    proxy.refusing = True
+    config = SandboxConfig(image=sandbox_image, start_timeout_s=5.0)
+    pool = SandboxPool(size=1, config=config, engine=DockerEngine(proxy.path), acquire_timeout_s=3 * GUARD_S)
+    await pool.__aenter__()
+
+    async def acquire() -> BaseException | None:
+        try:
+            async with pool.acquire():
+                return None
+        except Exception as exc:
+            return exc
+
+    tasks = [asyncio.create_task(acquire()) for _ in range(2)]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait_for(pool.aclose(), GUARD_S)
+    errors = await asyncio.wait_for(asyncio.gather(*tasks), GUARD_S)
+    # Each heard of a failed start or of the close; none waits for a sandbox that will never come.
+    assert all(isinstance(e, DockerUnreachable | SandboxPoolClosed) for e in errors), errors
+
+
+@pytest.mark.docker
+async def test_a_size_0_pool_starts_a_sandbox_for_each_concurrent_acquire(sandbox_image: str) -> None:
+    """The second acquire saw the first one's start in flight and started none: the first took that
+    sandbox, and with size 0 nothing replaced it, so the second waited out its whole timeout."""
+    both_in = asyncio.Barrier(2)
+    async with SandboxPool(
+        size=0, config=SandboxConfig(image=sandbox_image), acquire_timeout_s=3 * GUARD_S
+    ) as pool:
+
+        async def use() -> str:
+            async with pool.acquire() as sb:
+                await both_in.wait()  # each holds its sandbox until the other has one too
+                return (await sb.shell("echo ok")).stdout
+
+        assert await asyncio.wait_for(asyncio.gather(use(), use()), GUARD_S) == ["ok\n", "ok\n"]
+
+
+@pytest.mark.docker
+async def test_closing_the_pool_destroys_a_sandbox_under_its_health_check(sandbox_image: str) -> None:
+    """A warm sandbox taken off the queue for its health check was the pool's no more: `aclose()` returned
+    while its container still ran, and the acquire's later removal was a task nobody awaited."""
+    engine = DockerEngine()
+    pool = SandboxPool(size=1, config=SandboxConfig(image=sandbox_image), health_check_timeout_s=GUARD_S)
+    await pool.__aenter__()
+    await asyncio.wait_for(pool.wait_ready(), GUARD_S)
+    (warm,) = [w.sandbox for w in list(pool._ready._queue)]  # type: ignore[attr-defined]
+    await engine.request("POST", f"/containers/{warm.id}/pause")  # its ping goes unanswered
+    try:
+
+        async def acquire() -> None:
+            async with pool.acquire():
+                pass
+
+        task = asyncio.create_task(acquire())
+
+        await asyncio.sleep(0)  # one step: it takes the sandbox and waits on its ping, unanswered
+        assert pool.ready == 0 and not task.done()
+        await asyncio.wait_for(pool.aclose(), GUARD_S)
+        assert not await exists(engine, warm.id)
+        with pytest.raises(SandboxPoolClosed):
+            await asyncio.wait_for(task, GUARD_S)
+    finally:
+        await engine.remove(warm.id)  # forced: paused or not
+
+
 # ------------------------------------------------------------------------- what a failed start leaves
 
 
@@ -182,6 +254,67 @@ async def test_a_start_whose_clean_up_meets_a_hung_daemon_still_fails_within_its
         await asyncio.wait_for(sandbox._start(), GUARD_S)
     await asyncio.wait_for(sandbox.close(), GUARD_S)  # its removal is under way already: not waited again
     await removed(DockerEngine(), sandbox.id)
+
+
+@pytest.mark.docker
+async def test_a_cancelled_start_waits_for_its_clean_up_only_briefly(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """A cancelled start (Ctrl-C, the caller's own timeout) waited for the removal of its container as long
+    as its start time had left (here 10 minutes), instead of `DISCARD_WAIT_S`, the removal going on in the
+    background."""
+    proxy.delays["/containers/create"] = 3600.0  # a hung daemon: it creates, and answers nothing
+    proxy.delays["DELETE /"] = 3600.0
+    config = SandboxConfig(image=sandbox_image, start_timeout_s=600.0)  # far beyond the guard
+    sandbox = DockerSandbox(config, engine=DockerEngine(proxy.path, timeout=3600.0))
+    start = asyncio.create_task(sandbox._start())
+    await asyncio.wait_for(proxy.held.wait(), GUARD_S)
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(start, GUARD_S)
+    await removed(DockerEngine(), sandbox.name)  # the removal went through; only its answer is held
+
+
+@pytest.mark.docker
+async def test_a_create_carried_out_after_its_start_gave_up_leaves_no_container(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """dockerd got to the create only after the failed start had removed the container by name (finding
+    nothing): the container it then created was never started, nor removed."""
+    from qwq_agent.sandbox import container
+
+    proxy.late["/containers/create"] = 5.0  # past the start time
+    sandbox = DockerSandbox(
+        SandboxConfig(image=sandbox_image, start_timeout_s=2.0), engine=DockerEngine(proxy.path)
+    )
+    with pytest.raises(DockerUnreachable, match="POST /containers/create"):
+        await asyncio.wait_for(sandbox._start(), GUARD_S)
+    engine = DockerEngine()
+    try:
+        await asyncio.wait_for(proxy.late_done.wait(), GUARD_S)  # dockerd has created it now
+        await asyncio.wait_for(asyncio.gather(*container._removals), GUARD_S)
+        assert not await exists(engine, sandbox.name)
+    finally:
+        await engine.remove(sandbox.name)
+
+
+@pytest.mark.docker
+async def test_a_refused_create_logs_no_failed_removal(
+    sandbox_image: str, proxy: DockerProxy, caplog
+) -> None:
+    """Every create refused by a restarting dockerd also warned that its container (never created) could
+    not be removed."""
+    from qwq_agent.sandbox import container
+
+    engine = DockerEngine(proxy.path)
+    await asyncio.to_thread(janitor.startup_once, GUARD_S, engine.connector)  # done before the restart
+    proxy.refusing = True
+    sandbox = DockerSandbox(SandboxConfig(image=sandbox_image), engine=engine)
+    with caplog.at_level("WARNING", logger=container.__name__):
+        with pytest.raises(DockerUnreachable, match="POST /containers/create"):
+            await asyncio.wait_for(sandbox._start(), GUARD_S)
+        await asyncio.wait_for(sandbox.close(), GUARD_S)
+    assert not [r for r in caplog.records if "could not remove" in r.getMessage()]
 
 
 @pytest.mark.docker
@@ -277,6 +410,38 @@ async def test_an_orphan_the_engine_cannot_remove_does_not_stop_sandboxes_starti
         assert proxy.url in janitor._started  # done for this engine: not retried (and failed) per start
     finally:
         await engine.remove(orphan)
+
+
+@pytest.mark.docker
+async def test_prune_all_names_a_container_it_could_not_remove_and_fails(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """The janitor's skip of containers the engine cannot remove also applied to the operator's explicit
+    `sandbox prune`: it exited 0, and a script took the sandboxes for gone."""
+    engine = DockerEngine()
+    labels = {**janitor.owner_labels(3600), MARK_LABEL: proxy.mark}  # the only container the CLI sees
+    body = SandboxConfig(image=sandbox_image).container_body(sandbox_image, labels)
+    stuck = await engine.create(f"qwq-sbx-test-{uuid.uuid4().hex[:8]}", body)
+    proxy.failures[stuck] = (500, "device or resource busy")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "qwq_agent.cli.main",
+            "sandbox",
+            "prune",
+            "--all",
+            env={**os.environ, "DOCKER_HOST": proxy.url},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), GUARD_S)
+        assert proc.returncode == 4, (out, err)  # Docker failed
+        assert stuck[:12] in err.decode() and "device or resource busy" in err.decode()
+        assert "removed 0 sandbox container(s)" in out.decode()
+        assert await exists(engine, stuck)
+    finally:
+        await engine.remove(stuck)
 
 
 # -------------------------------------------------------------------------------------- the idle limit

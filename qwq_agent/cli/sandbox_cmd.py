@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qwq_agent.cli import arg_types
+from qwq_agent.cli.errors import EXIT_DOCKER, CliError
 
 if TYPE_CHECKING:
     from qwq_agent.sandbox.janitor import SandboxInfo
@@ -153,10 +154,15 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from qwq_agent.sandbox.janitor import prune
+    """Remove what is asked; a container the engine failed to remove is named and exits with 4 (Docker)."""
+    from qwq_agent.sandbox.janitor import PruneIncomplete, prune
 
     _docker_ready()
-    rows = prune(everything=args.all)
+    try:
+        rows = prune(everything=args.all)
+        failed: list[tuple[SandboxInfo, str]] = []
+    except PruneIncomplete as exc:  # the others were removed: reported as such, then the failure
+        rows, failed = exc.removed, exc.failed
     removed: list[str] = []
     in_use: list[str] = []
     if args.images:
@@ -174,4 +180,11 @@ def _prune(args: argparse.Namespace) -> int:
         _table(rows, f"removed {len(rows)} sandbox container(s)")
         if args.images:
             print(f"removed {len(removed)} stale image(s); {len(in_use)} still in use")
+    if failed:
+        reasons = "; ".join(f"{info.id} ({info.name}): {why}" for info, why in failed)
+        raise CliError(
+            f"could not remove {len(failed)} sandbox container(s): {reasons}",
+            "see why with `docker inspect ID`; `docker rm -f ID` once the cause is gone, or prune again",
+            code=EXIT_DOCKER,
+        )
     return 0

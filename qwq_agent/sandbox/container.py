@@ -7,6 +7,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Coroutine
+from typing import Any
 
 from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox import janitor
@@ -31,8 +32,13 @@ _image_cache: dict[str, str] = {}
 # When a sandbox dies, a ping this long tells "the container died" from "its host went away".
 HOST_CHECK_TIMEOUT_S = 3.0
 # A failed start waits for its container's removal this long at least (more if its start time has more
-# left); a daemon slower than that finishes the removal in the background, so the start fails on time.
+# left; a cancelled start this long at most); a daemon slower than that finishes the removal in the
+# background, so the start fails on time.
 DISCARD_WAIT_S = 2.0
+# A create the start gave up on (no answer in its time, or cancelled) keeps its request going this long in
+# the background: dockerd may carry it out late (storage under load, a daemon lock), after the removal by
+# name found nothing, and a container that never starts is never auto-removed. What it returns is removed.
+LATE_CREATE_WAIT_S = 60.0
 # A live host pings its sandbox this often, as a fraction of the idle limit: the supervisor's idle clock
 # then runs out only for a host that stopped (frozen, or its link hung without closing; a host that died
 # closes the attach stream and the supervisor exits at once). A model generating a turn longer than the
@@ -47,6 +53,12 @@ def _in_background(coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
     _removals.add(task)
     task.add_done_callback(_removals.discard)
     return task
+
+
+def _cleanup_deadline(deadline: Deadline, exc: BaseException) -> Deadline:
+    """How long a failed start waits for its clean-up: what is left of its time, but a cancelled start
+    (Ctrl-C, the caller's own timeout) only `DISCARD_WAIT_S`; the removal goes on in the background."""
+    return Deadline.after(0.0) if isinstance(exc, asyncio.CancelledError) else deadline
 
 
 def _default_image(config: SandboxConfig) -> bool:
@@ -110,10 +122,11 @@ class SandboxContainer:
             cid = await self._create(deadline)
         except DockerAPIError as exc:
             raise SandboxStartError(f"could not create the sandbox container: {exc}") from exc
-        except BaseException:
+        except BaseException as exc:
             # No answer in time, or cancelled: dockerd may have created the container all the same, and
-            # one that never starts is never auto-removed. Its name is known: remove it by that.
-            await self._discard(deadline)
+            # one that never starts is never auto-removed. Its name is known: remove it by that (and
+            # `_create_request` removes what a create carried out later returns).
+            await self._discard(_cleanup_deadline(deadline, exc))
             raise
         self.id = cid[:12]
         try:
@@ -138,7 +151,7 @@ class SandboxContainer:
                 )
             self._keepalive = asyncio.create_task(self._keep_alive(self._channel))
         except BaseException as exc:
-            await self._discard(deadline)
+            await self._discard(_cleanup_deadline(deadline, exc))
             if isinstance(exc, TimeoutError | DockerAPIError | SandboxDead) and not isinstance(
                 exc, DockerUnreachable
             ):
@@ -155,9 +168,7 @@ class SandboxContainer:
         labels = janitor.owner_labels(self.config.lifetime_s)
         image = await asyncio.to_thread(resolve_image, self.config)
         try:
-            return await self.engine.create(
-                self.name, self.config.container_body(image, labels), timeout=deadline.left()
-            )
+            return await self._create_request(self.config.container_body(image, labels), deadline)
         except DockerAPIError as exc:
             if not (
                 exc.status == 404 and "no such image" in str(exc).lower() and _default_image(self.config)
@@ -166,9 +177,44 @@ class SandboxContainer:
             log.warning("sandbox image %s is gone; resolving the default image again", image)
         _image_cache.pop("default", None)
         image = await asyncio.to_thread(resolve_image, self.config)
-        return await self.engine.create(
-            self.name, self.config.container_body(image, labels), timeout=deadline.left()
+        return await self._create_request(self.config.container_body(image, labels), deadline)
+
+    async def _create_request(self, body: dict[str, Any], deadline: Deadline) -> str:
+        """POST the create of `self.name`; its full id, answered by `deadline` or the start fails.
+
+        The request itself is not cut off at the deadline, nor by a cancellation: it goes on in the
+        background for up to `LATE_CREATE_WAIT_S`, and the container it returns is removed. Cutting it off
+        left a create that dockerd carried out after the removal by name (which then found nothing).
+        """
+        name = self.name
+        limit = deadline.left() or 0.0
+        if limit <= 0:  # no time left (an image build took it): send nothing there is no time to wait for
+            raise self.engine.no_answer("POST /containers/create", 0.0)
+        request = asyncio.ensure_future(
+            self.engine.create(name, body, timeout=max(limit, LATE_CREATE_WAIT_S))
         )
+        try:
+            async with asyncio.timeout(limit):
+                return await asyncio.shield(request)
+        except BaseException as exc:
+            # Unless the engine refused it (raised below), the answer is still to come, or came just as
+            # the wait ended: either way what it created is removed.
+            if not request.done() or (not request.cancelled() and request.exception() is None):
+                _in_background(self._remove_late_create(request, name))
+            if isinstance(exc, TimeoutError):
+                raise self.engine.no_answer("POST /containers/create", limit) from None
+            raise
+
+    async def _remove_late_create(self, request: asyncio.Future[str], name: str) -> None:
+        """Remove the container a create returns after its start gave up on it; by name if no answer."""
+        try:
+            cid = await request
+        except DockerAPIError:
+            return  # refused: nothing was created
+        except (DockerUnreachable, OSError):
+            await self._remove(name, by_name=True)  # no answer still: it may exist all the same
+            return
+        await self._remove(cid)
 
     async def _discard(self, deadline: Deadline | None = None) -> None:
         """Close the channel and remove the container: by id, or by name when its create got no answer.
@@ -186,17 +232,24 @@ class SandboxContainer:
         if not target or target == self._removing:
             return
         self._removing = target
-        removal = _in_background(self._remove(target))
+        removal = _in_background(self._remove(target, by_name=not self.id))
         if deadline is None:
             await asyncio.shield(removal)  # a cancelled close() still removes the container
         else:
             await asyncio.wait({removal}, timeout=max(deadline.left() or 0.0, DISCARD_WAIT_S))
 
-    async def _remove(self, target: str) -> None:
+    async def _remove(self, target: str, *, by_name: bool = False) -> None:
+        """Remove a container, logging a failure: a warning for one known to exist (by id).
+
+        By name the container may never have been created (a create refused at the door, or not carried
+        out): a failed removal then only says the engine did not answer, which the failed start has
+        reported already, so it is logged at debug level.
+        """
         try:
             await self.engine.remove(target)  # the engine's own timeout bounds it
         except (DockerAPIError, DockerUnreachable, OSError) as exc:
-            log.warning("could not remove sandbox container %s: %s", target, exc)
+            level = logging.DEBUG if by_name and not isinstance(exc, DockerAPIError) else logging.WARNING
+            log.log(level, "could not remove sandbox container %s: %s", target, exc)
 
     async def _keep_alive(self, channel: Channel) -> None:
         """Ping the supervisor every `KEEPALIVE_FRACTION` of its idle limit until the channel closes."""

@@ -88,6 +88,13 @@ class DockerEngine:
         self.url = connector.url
         self.timeout = timeout
 
+    def no_answer(self, what: str, limit: float) -> DockerUnreachable:
+        """The error for a call (`what`, e.g. "POST /containers/create") not answered within `limit` s."""
+        return DockerUnreachable(
+            f"the Docker engine at {self.url} did not answer {what} within {limit:g} s "
+            "(is dockerd hung? `docker info` should answer)"
+        )
+
     async def unreachable(self, timeout: float) -> str | None:
         """Why the engine does not answer a ping within `timeout` s, or None when it does."""
         try:
@@ -106,10 +113,7 @@ class DockerEngine:
             async with asyncio.timeout(limit):
                 yield
         except TimeoutError:
-            raise DockerUnreachable(
-                f"the Docker engine at {self.url} did not answer {what} within {limit:g} s "
-                "(is dockerd hung? `docker info` should answer)"
-            ) from None
+            raise self.no_answer(what, limit) from None
         except (OSError, asyncio.IncompleteReadError) as exc:  # refused, reset, no socket, TLS failure
             raise DockerUnreachable(
                 f"cannot talk to the Docker engine at {self.url} ({what}): {exc or type(exc).__name__} "

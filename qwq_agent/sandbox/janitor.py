@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from qwq_agent.sandbox.errors import SandboxError
+
 log = logging.getLogger(__name__)
 
 LABEL = "qwq-agent"
@@ -129,6 +131,19 @@ class SandboxInfo(BaseModel):
     orphan: str | None
 
 
+class PruneIncomplete(SandboxError):
+    """An explicit `prune()` could not remove some containers; the others were removed.
+
+    `removed` lists what went, `failed` each container left with the engine's reason.
+    """
+
+    def __init__(self, removed: list[SandboxInfo], failed: list[tuple[SandboxInfo, str]]) -> None:
+        reasons = "; ".join(f"{info.id}: {why}" for info, why in failed)
+        super().__init__(f"could not remove {len(failed)} sandbox container(s): {reasons}")
+        self.removed = removed
+        self.failed = failed
+
+
 def _client(timeout: float = 30.0) -> Any:
     """docker-py for the `DOCKER_HOST` engine, through our own transport (so ssh:// works too)."""
     from qwq_agent.sandbox.transport import default_connector
@@ -157,16 +172,24 @@ def list_sandboxes(client: Any = None) -> list[SandboxInfo]:
 
 
 def prune(
-    *, everything: bool = False, mine: bool = False, client: Any = None, deadline: float | None = None
+    *,
+    everything: bool = False,
+    mine: bool = False,
+    client: Any = None,
+    deadline: float | None = None,
+    skip_failures: bool = False,
 ) -> list[SandboxInfo]:
     """Remove orphans (or, with `everything`, all of ours; with `mine`, this process's). Returns them.
 
     Failing to list raises. A container the engine fails to remove (a busy filesystem, a process stuck
-    in the kernel) is logged and skipped: it is garbage, and must not stop the next sandbox from
-    starting. Past `deadline` (`time.monotonic()`), the rest are left for a later run.
+    in the kernel) does not stop the others; once they are done, `PruneIncomplete` names what is left.
+    With `skip_failures` (the start-up and exit janitor) such a container is logged and skipped instead:
+    it is garbage, and must not stop the next sandbox from starting. Past `deadline`
+    (`time.monotonic()`), the rest are left for a later run.
     """
     client = client or _client()
     removed = []
+    failed: list[tuple[SandboxInfo, str]] = []
     for c in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
         labels = c.get("Labels") or {}
         if not (everything or (mine and owned_by_me(labels)) or (not mine and orphan_reason(labels))):
@@ -174,23 +197,26 @@ def prune(
         if deadline is not None and time.monotonic() >= deadline:
             log.warning("sandbox janitor: out of time; the remaining orphans are left for a later run")
             break
+        info = SandboxInfo(
+            id=c["Id"][:12],
+            name=(c.get("Names") or ["?"])[0].lstrip("/"),
+            status=c.get("Status", ""),
+            owner_pid=int(labels[L_PID]) if labels.get(L_PID, "").isdigit() else None,
+            created=None,
+            expires=None,
+            orphan=orphan_reason(labels) or ("owned" if mine else "all"),
+        )
         try:
             client.api.remove_container(c["Id"], force=True)
-        except Exception as exc:  # already gone, or removal in progress: done; anything else: skipped
+        except Exception as exc:  # already gone, or removal in progress: done; anything else: failed
             if getattr(getattr(exc, "response", None), "status_code", None) not in (404, 409):
-                log.warning("sandbox janitor: could not remove container %s: %s", c["Id"][:12], exc)
+                if skip_failures:
+                    log.warning("sandbox janitor: could not remove container %s: %s", info.id, exc)
+                failed.append((info, str(exc)))
                 continue
-        removed.append(
-            SandboxInfo(
-                id=c["Id"][:12],
-                name=(c.get("Names") or ["?"])[0].lstrip("/"),
-                status=c.get("Status", ""),
-                owner_pid=int(labels[L_PID]) if labels.get(L_PID, "").isdigit() else None,
-                created=None,
-                expires=None,
-                orphan=orphan_reason(labels) or ("owned" if mine else "all"),
-            )
-        )
+        removed.append(info)
+    if failed and not skip_failures:
+        raise PruneIncomplete(removed, failed)
     return removed
 
 
@@ -201,7 +227,11 @@ _lock = threading.Lock()
 def _at_exit() -> None:
     for connector in list(_started.values()):
         try:
-            prune(mine=True, client=_client() if connector is None else connector.docker_client(10.0))
+            prune(
+                mine=True,
+                client=_client() if connector is None else connector.docker_client(10.0),
+                skip_failures=True,
+            )
         except Exception:  # the engine (or the link to it) may be gone at interpreter exit
             pass
 
@@ -226,6 +256,7 @@ def startup_once(timeout: float = 30.0, connector: Any = None) -> None:
         prune(
             client=_client(timeout) if connector is None else connector.docker_client(timeout),
             deadline=deadline,
+            skip_failures=True,
         )
     except BaseException:
         with _lock:

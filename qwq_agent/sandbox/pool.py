@@ -98,6 +98,9 @@ class SandboxPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting = 0
         self._waiters = 0
+        # Sandboxes taken off the queue for their health check and not yet handed out or discarded: still
+        # the pool's, so `aclose()` destroys them too.
+        self._checking: set[DockerSandbox] = set()
         self._closed = False
         self._failed_in_a_row = 0
         self._refill: asyncio.Task[None] | None = None  # the pending top-up after failed starts
@@ -148,7 +151,9 @@ class SandboxPool:
         self._failed_in_a_row += 1
         self.last_error = error
         log.warning("warm pool: a sandbox failed to start: %s", error)
-        if self._waiters > self._ready.qsize():
+        # Every waiter that neither a queued item nor another start in flight (this one still counts in
+        # `_starting`) will serve hears of it now, rather than waiting out its timeout.
+        for _ in range(self._waiters - self._ready.qsize() - (self._starting - 1)):
             self._ready.put_nowait(error)
 
     def _refill_later(self) -> None:
@@ -207,6 +212,7 @@ class SandboxPool:
 
     def _discard_taken(self, sandbox: DockerSandbox) -> None:
         """Destroy a sandbox taken from the queue but not handed out, and start its replacement."""
+        self._checking.discard(sandbox)
         self._spawn(sandbox.close())
         if self.size and not self._closed:
             self._spawn_fill()
@@ -215,10 +221,12 @@ class SandboxPool:
         while True:
             if self._closed:
                 raise SandboxPoolClosed("the pool is closed")
-            if self._ready.empty() and self._starting == 0:
-                self._spawn_fill()  # size 0, or every start failed: start one on demand
             self._waiters += 1
             try:
+                if self._waiters > self._ready.qsize() + self._starting:
+                    # Nothing queued or starting is left for this caller (size 0, every start failed, more
+                    # callers than the pool holds): start one on demand, or it would wait out its timeout.
+                    self._spawn_fill()
                 async with deadline.timer():
                     item = await self._ready.get()
             except TimeoutError:
@@ -233,6 +241,7 @@ class SandboxPool:
             if self._closed:
                 self._discard_taken(item.sandbox)
                 raise SandboxPoolClosed("the pool was closed while the acquire waited")
+            self._checking.add(item.sandbox)
             try:
                 usable = await self._usable(item, deadline)
             except BaseException:
@@ -244,6 +253,7 @@ class SandboxPool:
                 self._discard_taken(item.sandbox)
                 raise SandboxPoolClosed("the pool was closed while the acquire waited")
             if usable:
+                self._checking.discard(item.sandbox)
                 return item.sandbox
             self.replaced += 1
             self._discard_taken(item.sandbox)
@@ -285,11 +295,16 @@ class SandboxPool:
         self._closed = True
         if self._refill is not None:
             self._refill.cancel()
+        # Empty the queue, then leave one notice per waiting acquire, with no await in between: no waiter
+        # runs meanwhile, so each finds its notice. (Emptying it after the notices threw them away whenever
+        # no start was left to wait for, and the acquires waited out their timeout.)
+        held = [self._ready.get_nowait() for _ in range(self._ready.qsize())]
         for _ in range(self._waiters):
             self._ready.put_nowait(SandboxPoolClosed("the pool was closed while the acquire waited"))
+        # A sandbox under its health check is destroyed too (its acquire then fails with SandboxPoolClosed);
+        # one whose removal its acquire started already is waited for among the tasks.
+        for sandbox in [w.sandbox for w in held if isinstance(w, _Warm)] + list(self._checking):
+            self._spawn(sandbox.close())
+        self._checking.clear()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        while not self._ready.empty():
-            item = self._ready.get_nowait()
-            if isinstance(item, _Warm):
-                await item.sandbox.close()
