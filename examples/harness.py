@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -132,10 +133,22 @@ async def _run(
     )
 
 
-def main(example: Example, argv: list[str] | None = None) -> int:
+def main(example: Example, argv: list[str] | None = None, *, one_of_several: bool = False) -> int:
+    """Run `example` from the command line; the exit code (0 checked, 1 failed, 2 or more: could not run).
+
+    `one_of_several`: the script runs several examples, so a `--trace FILE` names one file per example
+    (FILE's name with `-NAME` added), not one they would all write to.
+    """
     parser = argparse.ArgumentParser(description=f"qwq-agent example: {example.name}")
     parser.add_argument("--model-url", default=os.environ.get("QWQ_MODEL_URL"))
-    parser.add_argument("--trace", type=Path, default=Path("traces") / f"example-{example.name}.jsonl")
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="where the run's trace is written; an existing FILE is refused (default: "
+        "traces/example-NAME.jsonl, replaced at each run)",
+    )
     parser.add_argument(
         "--images",
         type=Path,
@@ -144,15 +157,34 @@ def main(example: Example, argv: list[str] | None = None) -> int:
         help="where figures are saved as PNGs (default: example-NAME-images/ next to the trace)",
     )
     args = parser.parse_args(argv)
-    if args.trace.exists():
-        args.trace.unlink()
+    if args.trace is None:
+        trace = Path("traces") / f"example-{example.name}.jsonl"
+        trace.unlink(missing_ok=True)  # the example's own file, holding its last run
+    else:
+        trace = args.trace
+        if one_of_several:
+            trace = trace.with_name(f"{trace.stem}-{example.name}{trace.suffix or '.jsonl'}")
+        if trace.exists():  # a file the user named may hold an earlier, real run: never replaced
+            print(f"example {example.name}: {trace} already exists; give --trace a new file", file=sys.stderr)
+            return 2
     images = args.images
     if images is None:
-        images = args.trace.parent / f"example-{example.name}-images"
+        images = trace.parent / f"example-{example.name}-images"
         for stale in images.glob("image-*.png"):  # our own folder: a shorter run leaves no old figures
             stale.unlink()
-    outcome = asyncio.run(run(example, model_url=args.model_url, trace_path=args.trace, image_dir=images))
-    Console().print(f"[dim]trace: {args.trace} (view it with `qwq-agent trace show {args.trace}`)[/dim]")
+    try:
+        outcome = asyncio.run(run(example, model_url=args.model_url, trace_path=trace, image_dir=images))
+    except Exception as exc:
+        # What the CLI explains in one line (Docker unreachable, no model server...) is said the same
+        # way here; anything else is a bug, and its traceback is what to report.
+        from qwq_agent.cli.errors import explain
+
+        error = explain(exc)
+        if error is None:
+            raise
+        print(error.render(f"example {example.name}"), file=sys.stderr)
+        return error.code
+    Console().print(f"[dim]trace: {trace} (view it with `qwq-agent trace show {trace}`)[/dim]")
     return 0 if outcome.result.status == "completed" and not outcome.problems else 1
 
 

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         validation_alias=_env("DOCKER_HOST"),
         description="Docker engine of the sandboxes: unix:///path, ssh://user@host[:port] or tcp://host:port (TLS)",
     )
+    docker_cert_path: str | None = Field(
+        None,
+        validation_alias=_env("DOCKER_CERT_PATH"),
+        description="folder of ca.pem, cert.pem and key.pem for a tcp:// DOCKER_HOST (its TLS)",
+    )
     docker_ssh_config: str | None = Field(
         None,
         validation_alias=_env("QWQ_DOCKER_SSH_CONFIG"),

@@ -114,3 +114,54 @@ def test_image_problems_catches_a_missing_or_broken_figure(tmp_path):
     empty = tmp_path / "image-2.png"
     empty.write_bytes(harness.PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR" + b"\x00" * 8)
     assert harness.image_problems([empty], 0) == [f"{empty} is not a PNG image"]  # zero by zero
+
+
+def _example(script: str, *args: str, cwd: Path, **env: str):
+    import os
+    import subprocess
+
+    environ = {k: v for k, v in os.environ.items() if k != "QWQ_MODEL_URL"}
+    environ.update(COLUMNS="300", **env)
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        env=environ,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+EARLIER = '{"type": "run_started", "run_id": "earlier-live-run"}\n'
+
+
+def test_an_example_never_replaces_a_trace_it_is_given_and_each_puzzle_keeps_its_own(sandbox_image, tmp_path):
+    """`--trace FILE` deleted whatever FILE held (an earlier, real run), and the three math puzzles all
+    wrote that one file, each deleting the one before: only the last run was left."""
+    from qwq_agent.agent.trace import read_trace
+
+    precious = tmp_path / "precious.jsonl"
+    precious.write_text(EARLIER)
+    done = _example("math_puzzles/run.py", "strawberry", "--trace", str(precious), cwd=tmp_path)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"{precious} already exists" in done.stderr
+    assert precious.read_text() == EARLIER
+
+    done = _example(
+        "math_puzzles/run.py", "--trace", str(precious), cwd=tmp_path, QWQ_SANDBOX_IMAGE=sandbox_image
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert precious.read_text() == EARLIER
+    for name in ("strawberry", "parentheses", "pi"):
+        events = read_trace(tmp_path / f"precious-{name}.jsonl")
+        assert events[-1].type == "final" and events[-1].status == "completed"
+
+
+def test_an_example_without_docker_says_so_in_one_line(tmp_path):
+    done = _example(
+        "math_puzzles/run.py", "strawberry", cwd=tmp_path, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock"
+    )
+    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("qwq-agent example strawberry: Docker failed")
+    assert "fix: start Docker" in done.stderr

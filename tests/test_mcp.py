@@ -410,6 +410,35 @@ async def test_the_input_schema_text_is_capped_too_and_a_tool_still_too_big_is_s
         assert (await call(ToolRegistry(toolset), "lookup", q="x")).text == "ok"
 
 
+async def test_schema_text_caps_cut_annotations_only_never_the_values_arguments_must_match():
+    # Every string under a key named title/description was cut, inside `const`/`enum`/`default` values
+    # too: the schema then rejected the very argument its server requires.
+    long = "T" * 1_500
+    schema = {
+        "type": "object",
+        "properties": {
+            "doc": {"const": {"title": long}, "description": "the header, as is"},
+            "kind": {"enum": [{"title": long, "v": 1}, "plain"], "default": {"description": long}},
+            "tags": {"type": "array", "items": {"type": "string", "description": long}},
+        },
+        "anyOf": [{"required": ["doc"], "description": long}],
+    }
+    server = raw_server([{"name": "put", "description": "Store a document.", "inputSchema": schema}])
+    async with await mcp_tools(server) as toolset:
+        props = toolset[0].spec.parameters["properties"]
+        assert props["doc"]["const"] == {"title": long}
+        assert props["kind"]["enum"][0] == {"title": long, "v": 1}
+        assert props["kind"]["default"] == {"description": long}
+        # the annotations of subschemas are still cut
+        assert props["tags"]["items"]["description"].endswith(
+            "[description cut at 1,000 of 1,500 characters]"
+        )
+        assert toolset[0].spec.parameters["anyOf"][0]["description"].endswith("of 1,500 characters]")
+        arguments = {"doc": {"title": long}, "kind": {"title": long, "v": 1}}
+        assert (await call(ToolRegistry(toolset), "put", **arguments)).text == "ok"
+        assert (await toolset[0](arguments, None)).text == "ok"  # type: ignore[arg-type]
+
+
 async def test_a_huge_result_is_cut_to_head_and_tail_and_images_past_the_budget_are_dropped():
     dump = {"name": "dump", "inputSchema": {"type": "object", "properties": {}}}
     server = raw_server(

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from qwq_agent.agent.approval import ApprovalDecision, ApprovalPolicy
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.clients.openai_chat import OpenAIChatClient
 from qwq_agent.agent.events import ModelCall, ReplayEnded, RunStarted, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.replay import ReplayModel, load_recording
@@ -279,3 +281,56 @@ async def test_a_new_trace_records_the_written_order_rendering(tmp_path):
     replay = Agent(ReplayModel.from_trace(path), [add], config=AgentConfig(check_language=False))
     events = [ev async for ev in replay.stream("add")]
     assert not [ev for ev in events if ev.type == "warning" and ev.kind == "replay_divergence"]
+
+
+# Two calls, the second denied: errors-first order would put its denial before the first call's result.
+DENIED_SECOND = [
+    "r1\n</think>\n\n" + call("add", a=1, b=2) + "\n" + call("add", a=3, b=4),
+    "r2\n</think>\n\n" + call("add", a=5, b=6),
+    "ok\n</think>\n\ndone",
+]
+
+
+async def _deny_a3(req):
+    return ApprovalDecision.deny("no") if req.call.arguments.get("a") == 3 else ApprovalDecision.allow()
+
+
+def _tool_results(body: dict) -> list[str]:
+    return [m["content"][:20] for m in body["messages"] if m["role"] == "tool"]
+
+
+def _first_turn_only(trace: Path, to: Path, *, prompt_options: dict | None = None) -> None:
+    """`trace` cut after its first model call (a resume replays it and goes on live), optionally with
+    its `run_started.prompt_options` replaced (as an older trace recorded them)."""
+    kept, calls = [], 0
+    for line in trace.read_text().splitlines():
+        event = json.loads(line)
+        calls += event.get("type") == "model_call"
+        if calls > 1 and event.get("type") == "model_call":
+            continue
+        if prompt_options is not None and event.get("type") == "run_started":
+            event["prompt_options"] = prompt_options
+        kept.append(json.dumps(event))
+    to.write_text("\n".join(kept) + "\n")
+
+
+@pytest.mark.parametrize("recorded", [None, {}], ids=["as-recorded-today", "recorded-no-options"])
+async def test_a_resumed_openai_api_run_sends_tool_results_in_call_order(tmp_path, recorded):
+    """An OpenAI-API client renders no prompts, and its traces recorded no prompt options: the resume took
+    that for a trace older than `written_order` and sent the denial of call 2 before call 1's result."""
+    cfg = AgentConfig(check_language=False, approval=ApprovalPolicy(default="ask"))
+    trace = tmp_path / "t.jsonl"
+    async with ScriptedModelServer(DENIED_SECOND) as server:
+        async with OpenAIChatClient(server.url + "/v1") as client:
+            await Agent(client, [add], config=cfg, approver=_deny_a3, trace_path=trace).run("add")
+        original = _tool_results(server.requests[1].body)
+    assert read_trace(trace)[0].prompt_options == {"written_order": True}
+    assert original[0] == "3" and original[1].startswith("Error")
+    cut = tmp_path / "cut.jsonl"
+    _first_turn_only(trace, cut, prompt_options=recorded)
+    async with ScriptedModelServer(DENIED_SECOND[1:]) as server:
+        async with OpenAIChatClient(server.url + "/v1") as live:
+            resumed = ReplayModel.from_trace(cut, then=live)
+            await Agent(resumed, [add], config=cfg, approver=_deny_a3).run("add")
+        assert _tool_results(server.requests[0].body) == original
+    assert load_recording(cut).prompt().written_order is True

@@ -113,3 +113,32 @@ def test_run_api_openai_honours_openai_base_url_and_the_model_variable(tmp_path)
         chat = [r for r in server.requests if r.path == "/v1/chat/completions"]
         assert chat and chat[0].body["model"] == "qwq-plus"
         assert chat[0].headers.get("authorization") == "Bearer sk-test"
+
+
+def test_every_variable_the_package_reads_is_a_setting_listed_in_help() -> None:
+    """settings.py: "nothing else in the package reads os.environ" (but the in-container supervisor);
+    DOCKER_CERT_PATH, which picks a tcp:// Docker host's TLS certificates, was read straight from it."""
+    import re
+    from pathlib import Path
+
+    import qwq_agent
+
+    root = Path(qwq_agent.__file__).parent
+    # A named variable read (a child's environment passed on whole, `{**os.environ, ...}`, is no read).
+    reads = re.compile(r"(?:os\.environ\.get|os\.getenv|os\.environ\[)\(?\s*[\"']([A-Z_][A-Z0-9_]*)[\"']")
+    read = {
+        name: str(f.relative_to(root))
+        for f in root.rglob("*.py")
+        if "supervisor" not in f.parts and f.name != "settings.py"
+        for name in reads.findall(f.read_text())
+    }
+    assert read == {}
+    help_text = subprocess.run([*CLI, "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "DOCKER_CERT_PATH" in help_text
+
+
+def test_docker_cert_path_is_read_through_settings(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(tmp_path))
+    assert get_settings().docker_cert_path == str(tmp_path)
+    monkeypatch.setenv("DOCKER_CERT_PATH", "")  # empty counts as unset
+    assert get_settings().docker_cert_path is None

@@ -46,4 +46,5 @@ if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "all"
     rest = sys.argv[2:] if which != "all" or (len(sys.argv) > 1 and sys.argv[1] == "all") else sys.argv[1:]
     names = list(EXAMPLES) if which == "all" else [which]
-    sys.exit(max(main(EXAMPLES[n], rest) for n in names))
+    # Several puzzles: each its own trace (`--trace FILE` gives FILE-NAME.jsonl), none replaces another.
+    sys.exit(max(main(EXAMPLES[n], rest, one_of_several=len(names) > 1) for n in names))

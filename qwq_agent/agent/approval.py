@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qwq_agent.agent.events import ApprovalDecided, ApprovalRequested, Final
 from qwq_agent.agent.messages import Message, ToolCall
@@ -48,6 +48,9 @@ Action = Literal["allow", "deny", "ask"]
 
 class Rule(BaseModel):
     """One line of a policy: which calls it covers and what happens to them."""
+
+    # A misspelt key ("argumnets", "reasons") is an error: ignored, it widens or silences the rule.
+    model_config = ConfigDict(extra="forbid")
 
     tool: str = "*"  # a glob on the tool name
     action: Action
@@ -82,6 +85,9 @@ class Rule(BaseModel):
 
 class ApprovalPolicy(BaseModel):
     """Rules in order (the first match wins), then `default` for calls no rule covers."""
+
+    # A misspelt key ("rule") is an error: ignored, it would leave an allow-all policy.
+    model_config = ConfigDict(extra="forbid")
 
     rules: list[Rule] = Field(default_factory=list)
     default: Action = "allow"

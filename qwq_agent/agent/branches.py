@@ -73,6 +73,10 @@ class Branchable(Protocol):
 
     def _initial_messages(self, task: str) -> list[Message]: ...
 
+    def _recorded_config(self) -> dict[str, Any]:
+        """The config as `run_started` records it (the approval policy in effect included)."""
+        ...
+
     def _child(self, run_id: str, *, sandbox: Any, config: AgentConfig, trace_path: str | None) -> Branchable:
         """An agent like this one (model, tools, admission, approver) with its own sandbox, config and trace."""
         ...
@@ -171,7 +175,7 @@ async def run_branches(
                 task=task,
                 model=getattr(parent.model, "name", type(parent.model).__name__),
                 tools=[s.name for s in specs],
-                config=parent.config.model_dump(mode="json"),
+                config=parent._recorded_config(),
                 tool_options=parent.tool_options,
                 history=[m.model_dump(mode="json") for m in history],
                 continues=continues,

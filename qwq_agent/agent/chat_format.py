@@ -104,17 +104,30 @@ class PromptOptions(BaseModel):
     written_order: bool = True
 
 
-def recorded_prompt_options(recorded: dict[str, Any]) -> PromptOptions:
+def recorded_prompt_options(recorded: dict[str, Any], *, rendered_prompts: bool = True) -> PromptOptions:
     """The `PromptOptions` a trace's `run_started.prompt_options` describe (pydantic's ValidationError
     when they are not valid). Keys a trace lacks are options that did not exist when it was written:
-    each takes the value that renders as the code of that time did, not today's default."""
-    return PromptOptions.model_validate({"written_order": False, **recorded})
+    each takes the value that renders as the code of that time did, not today's default.
+
+    `rendered_prompts` is False for a trace whose client rendered no prompts (an OpenAI-compatible API:
+    its model calls record none). Until every trace recorded `written_order` such a trace recorded no
+    options at all, whenever it was written; with no prompt to match byte for byte, its results go
+    back in written order, the order QwQ's template pairs them with their calls.
+    """
+    return PromptOptions.model_validate({"written_order": not rendered_prompts, **recorded})
 
 
 def prompt_options_of(model: Any) -> dict[str, Any]:
-    """What `run_started.prompt_options` records of `model` (empty: it renders no prompts itself)."""
+    """What `run_started.prompt_options` records of `model`.
+
+    A model that renders no prompts itself (an OpenAI-compatible API) still records `written_order`:
+    the loop puts its tool results in call order too, and without the key a resume would take the
+    trace for one written before that order existed (`recorded_prompt_options`).
+    """
     options = getattr(model, "prompt_options", None)
-    return options.model_dump(mode="json") if isinstance(options, PromptOptions) else {}
+    if isinstance(options, PromptOptions):
+        return options.model_dump(mode="json")
+    return {"written_order": True}
 
 
 _TOOLS_HEAD = (

@@ -43,8 +43,9 @@ class RunStarted(_Event):
     # True when no user turn was added to `history` (the run continued it as it stood).
     continues: bool = False
     # How the client rendered the prompts (`chat_format.PromptOptions`, e.g. keep_reasoning), so a
-    # replay renders the same ones; empty for a model that renders none (an OpenAI-compatible API),
-    # and in traces written before it was recorded (the defaults then apply).
+    # replay renders the same ones; only `written_order` for a model that renders none (an
+    # OpenAI-compatible API; empty in its traces written before that), and empty in traces written
+    # before it was recorded (`chat_format.recorded_prompt_options` says what applies then).
     prompt_options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -150,7 +150,7 @@ class Agent:
                         model=getattr(self.model, "name", type(self.model).__name__),
                         tools=[s.name for s in self.tools.specs()],
                         sandbox_id=getattr(self.sandbox, "id", None),
-                        config=self.config.model_dump(mode="json"),
+                        config=self._recorded_config(),
                         tool_options=self.tool_options,
                         replay_of=_replay_source(self.model),
                         history=[m.model_dump(mode="json") for m in history],
@@ -446,6 +446,18 @@ class Agent:
         if self.config.approval is not None:
             return self.config.approval
         return ApprovalPolicy(default="ask") if self.approver is not None else None
+
+    def _recorded_config(self) -> dict[str, Any]:
+        """The config as `run_started` records it: with the approval policy in effect, the implicit
+        ask-every-call of an approver alone included. A resume has the recorded config but not the
+        approver: without the policy it would run a call that waited for a decision, undecided."""
+        policy = self._approval_policy()
+        config = (
+            self.config
+            if policy is self.config.approval
+            else self.config.model_copy(update={"approval": policy})
+        )
+        return config.model_dump(mode="json")
 
     def _emit(self, event: Event, *, trace: bool = True) -> Event:
         event.run_id = self.run_id

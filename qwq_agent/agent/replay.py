@@ -61,7 +61,7 @@ class Recording(BaseModel):
 
     def prompt(self) -> PromptOptions:
         """The recorded `PromptOptions`; `TraceError` naming the trace when they are not valid."""
-        return _prompt_options(self.prompt_options, self.path)
+        return _prompt_options(self.prompt_options, self.path, self.completions)
 
     def history_messages(self) -> list[Message]:
         """`history` as messages; `TraceError` naming the trace when a recorded one is not valid."""
@@ -84,9 +84,11 @@ class Recording(BaseModel):
             raise TraceError(f"trace {self.path}: its recorded config is not valid ({_first(exc)})") from None
 
 
-def _prompt_options(recorded: dict[str, Any], path: str | Path) -> PromptOptions:
+def _prompt_options(recorded: dict[str, Any], path: str | Path, calls: Sequence[ModelCall]) -> PromptOptions:
+    # OpenAI-API model calls record no prompt: the client rendered none (`recorded_prompt_options`).
+    rendered = not calls or any(call.prompt is not None for call in calls)
     try:
-        return recorded_prompt_options(recorded)
+        return recorded_prompt_options(recorded, rendered_prompts=rendered)
     except ValidationError as exc:
         raise TraceError(f"trace {path}: its recorded prompt options are not valid ({_first(exc)})") from None
 
@@ -183,7 +185,7 @@ class ReplayModel:
             completions=len(calls),
         )
         started = next((e for e in events if isinstance(e, RunStarted)), None)
-        options = _prompt_options(started.prompt_options if started else {}, path)
+        options = _prompt_options(started.prompt_options if started else {}, path, calls)
         return cls(calls, then=then, chunk=chunk, source=source, prompt_options=options)
 
     @classmethod

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
+from pydantic import ValidationError
+
 from qwq_agent.agent.approval import (
     ApprovalDecision,
     ApprovalPolicy,
@@ -30,7 +32,7 @@ from qwq_agent.agent.approval import (
 from qwq_agent.cli.errors import EXIT_AWAITING_APPROVAL
 from qwq_agent.cli.safe_text import plain, safe
 
-__all__ = ["TerminalApprover", "add_arguments", "parse_decision", "setup"]
+__all__ = ["PolicyFileError", "TerminalApprover", "add_arguments", "load_policy", "parse_decision", "setup"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,14 +69,46 @@ def parse_decision(value: str) -> ApprovalDecision:
     raise ValueError(f"--decide takes allow, deny[:REASON] or edit:JSON, not {value!r}")
 
 
+POLICY_FIX = (
+    'write it as {"rules": [{"tool": GLOB, "action": "allow|deny|ask", "arguments": {NAME: [REGEX, ...]}, '
+    '"reason": TEXT}, ...], "default": "allow|deny|ask"}'
+)
+
+
+class PolicyFileError(ValueError):
+    """An `--approve FILE.json` that cannot be read or is not a valid `ApprovalPolicy`; the message
+    names the file and every problem (where in the file, what is wrong)."""
+
+
 def load_policy(value: str) -> ApprovalPolicy:
-    """The `--approve` value as a policy (a `.json` path is read as a policy file)."""
+    """The `--approve` value as a policy (a `.json` path is read as a policy file).
+
+    Raises `PolicyFileError` for a policy file that cannot be read or is not valid, ValueError for a
+    bad flag value.
+    """
     if value.endswith(".json"):
         try:
             return ApprovalPolicy.model_validate_json(Path(value).read_text(encoding="utf-8"))
         except OSError as exc:
-            raise ValueError(f"--approve: cannot read {value}: {exc.strerror or exc}") from None
+            raise PolicyFileError(f"--approve: cannot read {value}: {exc.strerror or exc}") from None
+        except ValidationError as exc:
+            raise PolicyFileError(f"--approve: {value} is not a valid policy: {_problems(exc)}") from None
     return ApprovalPolicy.from_flag(value)
+
+
+def _problems(exc: ValidationError) -> str:
+    """Pydantic's errors on one line, each as `where: what`: `rules[1].action: ...`, not only its
+    header line ("1 validation error for ApprovalPolicy"), which says neither."""
+    parts = []
+    for error in exc.errors():
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.get("loc", ())).lstrip(".")
+        what = error.get("msg", "").removeprefix("Value error, ")
+        if error.get("type") == "extra_forbidden":
+            what = "unknown key (misspelt?)"
+        elif error.get("type") not in ("value_error", "json_invalid") and "input" in error:
+            what += f", got {json.dumps(error['input'], default=str)[:60]}"
+        parts.append(f"{where}: {what}" if where else what)
+    return "; ".join(parts)
 
 
 def setup(
@@ -93,6 +127,8 @@ def setup(
         if approve is not None:
             config.approval = load_policy(approve)
         decision = parse_decision(decide) if decide else None
+    except PolicyFileError as exc:
+        raise CliError(str(exc), POLICY_FIX) from None
     except ValueError as exc:
         raise CliError(str(exc).splitlines()[0], "see `qwq-agent run --help`") from None
     if decision is not None and source is None:
@@ -102,7 +138,8 @@ def setup(
             raise CliError("--decide: the run has no approval policy, so nothing waits", "drop --decide")
         return None  # an approver alone would ask about every call
     interactive: Approver | None = None
-    if sys.stdin.isatty():
+    # sys.stdin is None when fd 0 is closed (`<&-`): no terminal either, so calls wait for a decision.
+    if sys.stdin is not None and sys.stdin.isatty():
         interactive = TerminalApprover(console, ToolRegistry(list(tools)).argument_problems)
     if source is None:
         return interactive

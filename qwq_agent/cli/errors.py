@@ -22,7 +22,7 @@ from typing import TextIO
 
 # Exit codes, so scripts can tell the kinds of failure apart: one meaning each (listed in the README).
 EXIT_USAGE = 2  # bad input: a path, a URL, a trace, an index, a missing key, an environment variable
-EXIT_MODEL = 3  # the model server
+EXIT_MODEL = 3  # the model server, its URL included (a bad --model-url is 3, not EXIT_USAGE)
 EXIT_DOCKER = 4  # Docker, the sandbox image or a sandbox
 EXIT_AWAITING_APPROVAL = 5  # not a failure: `run` stopped at a call that needs a decision (no terminal)
 EXIT_BUG = 70  # EX_SOFTWARE: an error we did not expect (a bug of ours)

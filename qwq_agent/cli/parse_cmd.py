@@ -27,13 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read the output, parse it and print JSON; exit 2 when the file cannot be read."""
+    """Read the output, parse it and print JSON; exit 2 when the file (or a closed stdin) cannot be read."""
     import json
 
     from qwq_agent.agent.parser import StreamParser, merge_deltas
+    from qwq_agent.cli.errors import CliError
     from qwq_agent.cli.preflight import read_text
 
-    text = sys.stdin.read() if args.file == "-" else read_text(args.file, "a raw model output (text)")
+    if args.file != "-":
+        text = read_text(args.file, "a raw model output (text)")
+    elif sys.stdin is None:  # fd 0 closed (`<&-`): there is no stdin to read
+        raise CliError("stdin is closed: no raw model output to read", "give a FILE, or pipe the output in")
+    else:
+        text = sys.stdin.read()
 
     parser = StreamParser()
     events = parser.feed(text) + parser.close()

@@ -36,7 +36,8 @@ _MAX_STRUCTURED_CHARS = 100_000
 # server can write it as long as it likes: one of 1 MB would fill the context before the task.
 MAX_DESCRIPTION_CHARS = 4_000
 # The input schema goes into every prompt too, and its annotations are the server's free text as well
-# (a property's description, a title): each is cut to this. They only describe; validation is unchanged.
+# (a property's description, a title): each is cut to this. They only describe; validation is unchanged
+# (`_cut_annotations` cuts only a schema's own annotations, and `MCPTool` validates against the uncut one).
 MAX_SCHEMA_TEXT_CHARS = 1_000
 _ANNOTATIONS = ("description", "title", "$comment")
 # What is left can still be large (hundreds of properties, a long enum or default): a tool whose spec,
@@ -53,23 +54,41 @@ def _cut(text: str, limit: int, what: str) -> str:
     return text[:limit] + f"\n[{what} cut at {limit:,} of {len(text):,} characters]"
 
 
+# Where a JSON Schema holds subschemas; every other keyword's value is data (`const`, `enum`, `default`,
+# `examples`, an unknown keyword) and is left as written, whatever keys it has.
+_SUBSCHEMA = frozenset({
+    "items", "additionalItems", "additionalProperties", "contains", "not", "if", "then", "else",
+    "propertyNames", "unevaluatedItems", "unevaluatedProperties", "contentSchema",
+})  # fmt: skip
+_SUBSCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems", "items"})
+_SUBSCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
 def _cut_annotations(schema: Any) -> tuple[Any, int]:
-    """`schema` with every annotation string (`_ANNOTATIONS`) cut to `MAX_SCHEMA_TEXT_CHARS`, and how many
-    were cut. A property *named* "description" is a schema (a dict), not a string, and is walked into."""
-    if isinstance(schema, list):
-        items = [_cut_annotations(item) for item in schema]
-        return [item for item, _ in items], sum(n for _, n in items)
+    """`schema` with every annotation string (`_ANNOTATIONS`) of a schema or subschema cut to
+    `MAX_SCHEMA_TEXT_CHARS`, and how many were cut. Only schema positions are walked: a property
+    *named* "description" is a schema, not an annotation, and a "title" inside a `const` or `enum`
+    value is data the arguments must match."""
     if not isinstance(schema, dict):
         return schema, 0
     out: dict[str, Any] = {}
     cuts = 0
     for key, value in schema.items():
+        n = 0
         if key in _ANNOTATIONS and isinstance(value, str) and len(value) > MAX_SCHEMA_TEXT_CHARS:
-            out[key] = _cut(value, MAX_SCHEMA_TEXT_CHARS, key)
-            cuts += 1
-        else:
+            out[key], n = _cut(value, MAX_SCHEMA_TEXT_CHARS, key), 1
+        elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+            items = [_cut_annotations(item) for item in value]
+            out[key], n = [item for item, _ in items], sum(k for _, k in items)
+        elif key in _SUBSCHEMA:
             out[key], n = _cut_annotations(value)
-            cuts += n
+        elif (key in _SUBSCHEMA_MAPS or key == "dependencies") and isinstance(value, dict):
+            # draft 7's `dependencies` maps to a schema or to a list of names (left as it is)
+            cut = {name: _cut_annotations(sub) for name, sub in value.items()}
+            out[key], n = {name: sub for name, (sub, _) in cut.items()}, sum(k for _, k in cut.values())
+        else:
+            out[key] = value
+        cuts += n
     return out, cuts
 
 
@@ -140,6 +159,9 @@ class MCPTool:
             spec = spec.model_copy(
                 update={"description": _cut(spec.description, MAX_DESCRIPTION_CHARS, "description")}
             )
+        # Arguments are validated against the schema as the server wrote it: the cuts only shorten the
+        # prompt's copy, and must never change what is accepted.
+        uncut = spec.parameters
         parameters, cuts = _cut_annotations(spec.parameters)
         if cuts:
             log.warning(
@@ -156,7 +178,7 @@ class MCPTool:
                 f"{MAX_SPEC_CHARS:,} every prompt could carry for it"
             )
         self._spec = spec
-        self._validator = Draft202012Validator(self._spec.parameters, registry=LOCAL_ONLY)
+        self._validator = Draft202012Validator(uncut, registry=LOCAL_ONLY)
 
     @property
     def spec(self) -> ToolSpec:

@@ -120,9 +120,9 @@ def connector_for(host: DockerHost | str) -> Connector:
         return shared_tunnel(host.url, host.ssh_config)
     tls = host.tls
     if tls is None:
-        import os
+        from qwq_agent.settings import get_settings
 
-        cert_path = os.environ.get("DOCKER_CERT_PATH")
+        cert_path = get_settings().docker_cert_path
         if not cert_path:
             raise SandboxError(
                 f"{host.url}: a tcp:// Docker host needs TLS (pass DockerHost(tls=TLSFiles(...)) or set "

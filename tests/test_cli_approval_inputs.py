@@ -1,0 +1,140 @@
+"""`qwq-agent run --approve`: what the CLI makes of its inputs when they are odd.
+
+A closed stdin, a run whose approver alone deferred, a policy file with a misspelt key or a bad rule. The
+CLI runs as its own process against a scripted model server; the one tool, fetch_url, is never allowed
+to run here except where a test says so (its URL does not resolve).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.agent.approval import ApprovalDecision, pending_approval, recorded_decisions
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import RunStarted, ToolCallEvent, ToolResultEvent
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.trace import read_trace
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+from qwq_agent.tools.catalog import build_tools
+
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+URL = "http://example.invalid/needs-approval"
+FETCH = (
+    "fetch it\n</think>\n\n<tool_call>\n"
+    + json.dumps({"name": "fetch_url", "arguments": {"url": URL}})
+    + "\n</tool_call>"
+)
+DONE = "done\n</think>\n\nAll done."
+
+
+def cli(*args: str, closed_stdin: bool = False) -> subprocess.CompletedProcess[str]:
+    """The CLI with stdin not a terminal: /dev/null, or fd 0 closed (`<&-`, as some supervisors do)."""
+    if closed_stdin:
+        # bash closes fd 0 for the child; subprocess cannot start a child without one.
+        command = " ".join(json.dumps(a) for a in [*CLI, *args]) + " <&-"
+        return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120
+    )
+
+
+def ran(trace: Path) -> list[object]:
+    return [e for e in read_trace(trace) if isinstance(e, (ToolCallEvent, ToolResultEvent))]
+
+
+def test_with_stdin_closed_a_call_that_needs_approval_waits_and_parse_says_what_is_wrong(tmp_path):
+    trace = tmp_path / "a.jsonl"
+    with ScriptedModelServer([FETCH]) as server:
+        proc = cli("run", "Fetch.", "--model-url", server.url, "--tools", "fetch_url", "--approve", "ask",
+                   "--trace", str(trace), closed_stdin=True)  # fmt: skip
+    # No terminal, as with stdin not a tty: the run waits for a decision (5), not a crash (70).
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    pending = pending_approval(trace)
+    assert pending is not None and pending.call.arguments == {"url": URL}
+    proc = cli("parse", closed_stdin=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "stdin is closed" in proc.stderr and "unexpected error" not in proc.stderr
+
+
+@pytest.fixture
+def approver_only_trace(tmp_path: Path) -> Path:
+    """A run whose approver alone (no policy) deferred its one call: it awaits approval."""
+
+    async def defer(request: object) -> ApprovalDecision:  # a web form nobody answered yet
+        return ApprovalDecision(action="defer")
+
+    async def first() -> str:
+        trace = tmp_path / "a.jsonl"
+        async with ScriptedModelServer([FETCH]) as s, SGLangClient(s.url, retry=NO_RETRY) as client:
+            agent = Agent(
+                client, build_tools(["fetch_url"]), config=AgentConfig(check_language=False),
+                approver=defer, trace_path=trace,
+            )  # fmt: skip
+            return (await agent.run("Fetch it.")).status
+
+    import asyncio
+
+    assert asyncio.run(first()) == "awaiting_approval"
+    return tmp_path / "a.jsonl"
+
+
+def test_an_approver_only_run_records_its_policy_so_a_resume_waits_for_a_decision(
+    approver_only_trace, tmp_path
+):
+    started = read_trace(approver_only_trace)[0]
+    assert isinstance(started, RunStarted)
+    assert started.config["approval"] == {"rules": [], "default": "ask"}
+    # Without a decision (and no terminal) the call waits again (it used to run, undecided).
+    again = tmp_path / "again.jsonl"
+    with ScriptedModelServer([DONE]) as server:
+        proc = cli("run", "--resume", str(approver_only_trace), "--model-url", server.url,
+                   "--trace", str(again))  # fmt: skip
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert ran(again) == []
+    # With one, it is applied (it was refused: "the run has no approval policy").
+    denied = tmp_path / "denied.jsonl"
+    with ScriptedModelServer([DONE]) as server:
+        proc = cli("run", "--resume", str(approver_only_trace), "--model-url", server.url,
+                   "--decide", "deny:not that", "--trace", str(denied))  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "not that" in (server.requests[0].prompt or "")
+    assert recorded_decisions(denied)["call_1_0"].action == "deny"
+    assert not [e for e in ran(denied) if isinstance(e, ToolResultEvent) and not e.is_error]
+
+
+@pytest.mark.parametrize(
+    ("policy", "named"),
+    [
+        ({"rule": [{"tool": "fetch_url", "action": "deny"}], "default": "allow"}, "rule: unknown key"),
+        (
+            {"rules": [{"tool": "fetch_url", "action": "deny", "reasons": "no"}]},
+            "rules[0].reasons: unknown key",
+        ),
+        (
+            {"rules": [{"tool": "*", "action": "ask", "argumnets": {"url": ["x"]}}], "default": "allow"},
+            "rules[0].argumnets: unknown key",
+        ),
+        ({"rules": [{"tool": "shell", "action": "maybe"}]}, "rules[0].action: Input should be"),
+        (
+            {"rules": [{"tool": "fetch_url", "action": "ask", "arguments": {"url": ["("]}}]},
+            "rules[0].arguments: argument 'url': bad pattern '('",
+        ),
+    ],
+    ids=["top-level-typo", "rule-key-typo", "arguments-typo", "bad-action", "bad-regex"],
+)
+def test_a_policy_file_with_a_misspelt_key_or_a_bad_rule_is_refused_naming_it(tmp_path, policy, named):
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(policy))
+    trace = tmp_path / "t.jsonl"
+    with ScriptedModelServer([FETCH, DONE]) as server:
+        proc = cli("run", "x", "--tools", "fetch_url", "--approve", str(path), "--model-url", server.url,
+                   "--trace", str(trace))  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{path} is not a valid policy: {named}" in proc.stderr
+    assert "fix: write it as" in proc.stderr
+    assert not trace.exists() or ran(trace) == []
