@@ -42,7 +42,7 @@ USER_PROCS = (
     "        st = open(f'/proc/{p}/status').read(); cmd = open(f'/proc/{p}/cmdline').read()\n"
     "    except OSError: continue\n"
     "    uid = st.split('Uid:')[1].split()[0]\n"
-    "    if uid == '1000' and '--worker' not in cmd and 'Z' not in st.split('State:')[1].split()[0]:\n"
+    "    if uid == str(os.getuid()) and '--worker' not in cmd and 'Z' not in st.split('State:')[1].split()[0]:\n"
     "        print(p, cmd.replace(chr(0), ' ').strip())\n"
     "\" | grep -v -e 'bash -c python3' || true"
 )
@@ -80,7 +80,7 @@ async def test_user_code_cannot_reach_or_signal_the_supervisor(sb: DockerSandbox
         "out = []\n"
         "for p in sorted(int(p) for p in os.listdir('/proc') if p.isdigit()):\n"
         "    uid = open(f'/proc/{p}/status').read().split('Uid:')[1].split()[0]\n"
-        "    if uid == '1000' or p == 1: continue\n"
+        "    if uid == str(os.getuid()) or p == 1: continue\n"
         "    for attempt in ('list', 'open', 'kill'):\n"
         "        try:\n"
         "            if attempt == 'list': os.listdir(f'/proc/{p}/fd')\n"

@@ -128,8 +128,8 @@ async def test_no_network_egress(shared_sandbox: DockerSandbox) -> None:
 
 
 async def test_privileges_are_dropped(shared_sandbox: DockerSandbox) -> None:
-    r = await shared_sandbox.shell("id -u; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs):' /proc/self/status")
-    assert r.stdout.split() == ["1000", "CapPrm:", "0000000000000000", "CapEff:", "0000000000000000",
+    r = await shared_sandbox.shell("id -un; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs):' /proc/self/status")
+    assert r.stdout.split() == ["sandbox", "CapPrm:", "0000000000000000", "CapEff:", "0000000000000000",
                                 "CapBnd:", "0000000000000000", "NoNewPrivs:", "1"]  # fmt: skip
 
 
@@ -156,10 +156,58 @@ async def test_container_carries_the_hardening(shared_sandbox: DockerSandbox) ->
     assert host["Memory"] == host["MemorySwap"] == cfg.memory and host["NanoCpus"] == int(cfg.cpus * 1e9)
     assert host["LogConfig"]["Type"] == "none" and host["AutoRemove"]
     assert {u["Name"] for u in host["Ulimits"]} == {"nofile", "fsize", "core"}
-    assert set(host["Tmpfs"]) == {"/workspace", "/tmp", "/home/sandbox"}
+    assert set(host["Tmpfs"]) == {"/workspace", "/tmp", "/home/sandbox", "/run/qwq"}
+    assert "noexec" in host["Tmpfs"]["/run/qwq"] and "uid=" not in host["Tmpfs"]["/run/qwq"]
     assert f"size={cfg.workspace_size}" in host["Tmpfs"]["/workspace"]
     # Root at start holding only what the supervisor keeps; it switches to its own uid at once.
     assert info["Config"]["User"] == "0:0" and not host.get("Binds")
     assert sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
     labels = info["Config"]["Labels"]
     assert labels["qwq-agent"] == "1" and {"qwq-agent.owner-pid", "qwq-agent.expires"} <= set(labels)
+
+
+# Takes every inotify instance user code can get (the kernel counts them per uid, across all
+# containers and the host), keeping them open in the interpreter.
+HOLD_INOTIFY = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+_held = []
+while len(_held) < 100_000:
+    fd = libc.inotify_init1(0)
+    if fd < 0:
+        break
+    _held.append(fd)
+len(_held), os.strerror(ctypes.get_errno())
+"""
+PROBE_INOTIFY = """
+import ctypes, os
+fd = ctypes.CDLL(None, use_errno=True).inotify_init1(0)
+"ok" if fd >= 0 else os.strerror(ctypes.get_errno())
+"""
+
+
+async def test_each_sandbox_runs_user_code_under_a_uid_no_host_account_or_other_sandbox_has(
+    sandbox_image: str,
+) -> None:
+    """Per-uid kernel limits are shared by everything of one uid without a user namespace: with one uid
+    for all sandboxes (once 1000, often the host operator's own), one sandbox holding all inotify
+    instances left the host's account and every other sandbox unable to make one."""
+    import pwd
+
+    config = SandboxConfig(image=sandbox_image)  # one config, as a pool uses: the uid is per container
+    async with DockerSandbox.create(config) as a, DockerSandbox.create(config) as b:
+        limit = int((await a.shell("cat /proc/sys/fs/inotify/max_user_instances")).stdout)
+        if limit >= config.nofile - 16:
+            pytest.skip(f"max_user_instances is {limit}: the per-process fd limit would stop the hold first")
+        held = await a.python(HOLD_INOTIFY)
+        assert held.value is not None and held.value.startswith(f"({limit},"), held
+        assert (await b.python(PROBE_INOTIFY)).value == "'ok'"
+        uids = [int((await sb.shell("id -u")).stdout) for sb in (a, b)]
+        names = [(await sb.shell("id -un && id -gn")).stdout.split() for sb in (a, b)]
+    from qwq_agent.sandbox.config import USER_ID_RANGE
+
+    assert uids[0] != uids[1] and all(uid in USER_ID_RANGE for uid in uids)
+    assert names == [["sandbox", "sandbox"]] * 2
+    for uid in uids:
+        with pytest.raises(KeyError):
+            pwd.getpwuid(uid)

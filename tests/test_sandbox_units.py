@@ -9,7 +9,7 @@ import pytest
 
 from qwq_agent.sandbox import InvalidRequest, PathOutsideWorkspace, SandboxConfig, ToolError, UnsafeArchive
 from qwq_agent.sandbox.archive_extract import _extract_counted, _safe_extract
-from qwq_agent.sandbox.config import parse_bytes
+from qwq_agent.sandbox.config import USER_ID_RANGE, parse_bytes
 from qwq_agent.sandbox.errors import SandboxError, error_from_reply
 from qwq_agent.sandbox.supervisor import Capture
 
@@ -31,9 +31,16 @@ def test_container_body_defaults_are_hardened() -> None:
     assert body["User"] == "0:0" and body["StdinOnce"] and not body["Tty"]
     assert sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
     env = dict(e.split("=", 1) for e in body["Env"])
-    assert env["QWQ_USER"] == "1000:1000" and env["QWQ_SUPERVISOR_USER"] == "999:999"
+    assert env["QWQ_SUPERVISOR_USER"] == "999:999"
+    # User code runs under a uid of its own per container, the one its tmpfs mounts belong to.
+    uid, _, gid = env["QWQ_USER"].partition(":")
+    assert int(uid) in USER_ID_RANGE and gid == uid
+    assert f"uid={uid},gid={gid}," in host["Tmpfs"]["/workspace"]
+    assert SandboxConfig().container_body("img", {})["Env"] != body["Env"]
+    explicit = SandboxConfig(user="4321:4321").container_body("img", {})
+    assert "QWQ_USER=4321:4321" in explicit["Env"]
     with pytest.raises(ValueError, match="another uid"):
-        SandboxConfig(supervisor_user="1000:1000")
+        SandboxConfig(user="1000:1000", supervisor_user="1000:1000")
     with pytest.raises(ValueError, match="non-root"):
         SandboxConfig(user="0:0")
 

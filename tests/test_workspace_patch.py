@@ -215,3 +215,53 @@ def test_a_failed_copy_back_still_writes_the_patch_and_the_trace_line(sandbox_im
     assert f"the workspace was not copied back to {back}" in err and "download limit" in err
     assert "+new" in patch.read_text() and f"trace: {trace}" in err
     assert not (back / "workspace").exists()
+
+
+async def test_links_leading_out_of_the_repository_stay_out_of_the_patch_and_are_named(
+    sandbox_image, tmp_path
+):
+    """`git apply` would plant them in the user's checkout (copy-back leaves them out too); links that
+    stay inside the repository are kept, and a changed link keeps its old target."""
+    from qwq_agent import Agent, SGLangClient, build_tools
+    from qwq_agent.agent.workspace import open_sandbox
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "README.md").write_text("hello\n")
+    (repo / "docs").mkdir()
+    (repo / "docs" / "old").symlink_to("../README.md")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    command = (
+        "ln -s /root/.ssh/authorized_keys 'notes *.txt' && ln -s ../../../../etc/shadow up.txt"
+        " && ln -s ../README.md docs/readme && mkdir sub && ln -s .. sub/d && ln -s sub/d/../etc chained"
+        " && ln -sfn /etc/passwd docs/old"
+    )
+    turns = ["Link.\n</think>\n\n" + call("shell", command=command), "Done.\n</think>\n\nLinked."]
+    trace = tmp_path / "trace.jsonl"
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url) as model:
+        async with open_sandbox(workspace=repo) as sandbox:
+            agent = Agent(model, build_tools(["shell"]), sandbox=sandbox, trace_path=trace)
+            result = await agent.run("Make links.")
+    assert result.status == "completed" and result.patch is not None
+    warnings = [
+        json.loads(line) for line in trace.read_text().splitlines() if '"patch_links_left_out"' in line
+    ]
+    assert len(warnings) == 1
+    message = warnings[0]["message"]
+    for named in (
+        "notes *.txt -> /root/.ssh/authorized_keys (absolute)",
+        "up.txt -> ../../../../etc/shadow (leads out of the repository)",
+        "chained -> sub/d/../etc (leads out of the repository)",
+        "docs/old -> /etc/passwd (absolute)",
+    ):
+        assert named in message
+    assert "docs/readme" not in message and "sub/d" not in message.replace("sub/d/../etc", "")
+    patch = tmp_path / "p.diff"
+    patch.write_text(result.patch)
+    await asyncio.to_thread(subprocess.run, ["git", "apply", str(patch)], cwd=repo, check=True, timeout=60)
+    assert sorted(p.name for p in repo.iterdir()) == [".git", "README.md", "docs", "sub"], result.patch
+    assert str((repo / "docs" / "old").readlink()) == "../README.md"
+    assert str((repo / "docs" / "readme").readlink()) == "../README.md"
+    assert str((repo / "sub" / "d").readlink()) == ".."

@@ -46,6 +46,8 @@ REASONING_CALL_HINT = (
 
 
 SERVER_INFO_TIMEOUT_S = 10.0
+# Left-out symlinks named in the patch warning; past that, only counted.
+PATCH_LINKS_SHOWN = 20
 
 
 class Agent:
@@ -268,16 +270,28 @@ class Agent:
 
     async def _collect_patch(self) -> Event | None:
         """What the run changed in /workspace, when the sandbox has a baseline (`open_sandbox(workspace=)`)."""
-        from qwq_agent.agent.patch import baseline_of, workspace_patch
+        from qwq_agent.agent.patch import baseline_of, workspace_changes
 
         baseline = baseline_of(self.sandbox) if self.sandbox is not None else None
         if baseline is None:
             return None
         try:
-            self._patch = await workspace_patch(self.sandbox, baseline)
+            changes = await workspace_changes(self.sandbox, baseline)
         except Exception as exc:  # a dead sandbox, a full home: the run's answer still stands
             return self._emit(Warning_(kind="patch_failed", message=f"the workspace patch is missing: {exc}"))
-        return None
+        self._patch = changes.text
+        if not changes.left_out:
+            return None
+        # Named, so that a user who needs such a link makes it by hand rather than missing it silently.
+        shown = changes.left_out[:PATCH_LINKS_SHOWN]
+        more = len(changes.left_out) - len(shown)
+        message = (
+            f"{len(changes.left_out)} symlink(s) left out of the patch (absolute or leading out of the "
+            f"repository; `git apply` would plant them in your checkout): "
+            + "; ".join(shown)
+            + (f"; and {more} more" if more else "")
+        )
+        return self._emit(Warning_(kind="patch_links_left_out", message=message))
 
     async def _enter_resources(self, stack: AsyncExitStack, deadline: Deadline) -> None:
         if self.admission is not None:

@@ -8,6 +8,11 @@ apply either way. `workspace_patch` snapshots the tree again and returns `git di
 changed, new and deleted files, binary ones in git's binary format (`git apply` takes it; a text-only
 patch also applies with `patch -p1`). Ignored files (`.gitignore`) are in neither snapshot.
 
+Symlinks the run created or changed that are absolute or resolve out of /workspace (followed through the
+other links there, as the sandbox sees them) are left out of the patch and named (`WorkspacePatch.left_out`):
+`git apply` would plant them in the user's checkout, aiming a path of the repository at any file of the
+host; copy-back leaves the same links out (`sandbox.archive_extract`). Links inside the repository stay.
+
 Against the snapshot rather than the repository's HEAD: edits the user had not committed before the
 run are theirs, not the agent's, and stay out of the patch (for a clean tree the two are the same).
 """
@@ -34,6 +39,13 @@ _ENV = f'export GIT_DIR="{BASELINE_DIR}" GIT_WORK_TREE={WORKSPACE}'
 
 class PatchError(RuntimeError):
     """The workspace could not be snapshotted or diffed; the message has git's own words."""
+
+
+class WorkspacePatch(BaseModel):
+    """The patch, and the symlinks left out of it as `path -> target (why)`."""
+
+    text: str
+    left_out: list[str] = []
 
 
 class Baseline(BaseModel):
@@ -96,8 +108,47 @@ echo "$repo"
     return baseline
 
 
+# Each symlink the run added or changed (new mode 120000) that is absolute or resolves out of /workspace
+# goes back to its baseline entry (or out) in the end snapshot, and is listed as NUL-separated
+# path, target, why. Literal pathspecs: a path holding `*` names only itself.
+_OUTWARD_LINKS = f"""
+: > "{BASELINE_DIR}/left-out"
+export GIT_LITERAL_PATHSPECS=1
+{_GIT} diff-tree -r -z --no-renames --diff-filter=AMT "$base" "$now" |
+while IFS= read -r -d '' meta && IFS= read -r -d '' path; do
+  set -- $meta
+  [ "$2" = 120000 ] || continue
+  target=$({_GIT} cat-file blob "$4")
+  case "$target" in
+    /*) why="absolute" ;;
+    *) real=$(realpath -m -- "{WORKSPACE}/$path" 2>/dev/null) || real=""
+       case "$real" in
+         {WORKSPACE}|{WORKSPACE}/*) continue ;;
+         "") why="cannot be resolved" ;;
+         *) why="leads out of the repository" ;;
+       esac ;;
+  esac
+  printf '%s\\0%s\\0%s\\0' "$path" "$target" "$why" >> "{BASELINE_DIR}/left-out"
+  entry=$({_GIT} ls-tree "$base" -- "$path" | cut -c1-6)
+  if [ -n "$entry" ] && [ "$entry" != 040000 ]; then
+    {_GIT} ls-tree -z "$base" -- "$path" | {_GIT} update-index -z --index-info
+  else
+    {_GIT} update-index --force-remove -- "$path"
+  fi
+done
+now=$({_GIT} write-tree)
+"""
+
+
 async def workspace_patch(sandbox: Any, baseline: Baseline | None = None) -> str:
-    """`git diff` of /workspace from `baseline` (default: the one recorded for `sandbox`) to now."""
+    """`git diff` of /workspace from `baseline` (default: the one recorded for `sandbox`) to now, without
+    the symlinks that lead out of it (`workspace_changes` also names those)."""
+    return (await workspace_changes(sandbox, baseline)).text
+
+
+async def workspace_changes(sandbox: Any, baseline: Baseline | None = None) -> WorkspacePatch:
+    """The patch of /workspace from `baseline` (default: the one recorded for `sandbox`) to now, and the
+    symlinks left out of it because they are absolute or lead out of /workspace."""
     baseline = baseline or baseline_of(sandbox)
     if baseline is None:
         raise PatchError("no baseline was recorded for this sandbox: call record_baseline after the upload")
@@ -105,23 +156,38 @@ async def workspace_patch(sandbox: Any, baseline: Baseline | None = None) -> str
     script = f"""
 cp "{BASELINE_DIR}/index" "{BASELINE_DIR}/index-end"
 now=$({_snapshot("index-end")})
-{_ENV}
-{_GIT} diff --binary --no-color --no-ext-diff --no-renames {shlex.quote(baseline.tree)} "$now" > "{patch_file}"
+base={shlex.quote(baseline.tree)}
+{_ENV} GIT_INDEX_FILE="{BASELINE_DIR}/index-end"
+{_OUTWARD_LINKS}
+{_GIT} diff --binary --no-color --no-ext-diff --no-renames "$base" "$now" > "{patch_file}"
+wc -c < "{BASELINE_DIR}/left-out"
 wc -c < "{patch_file}"
 """
-    size = int((await _sh(sandbox, script, "diffing /workspace with git")).split()[-1])
+    sizes = (await _sh(sandbox, script, "diffing /workspace with git")).split()
+    listed, size = int(sizes[-2]), int(sizes[-1])
     if size > MAX_PATCH_BYTES:
         raise PatchError(f"the patch is {size} bytes, over the {MAX_PATCH_BYTES}-byte limit")
+    fields = (await _read(sandbox, f"{BASELINE_DIR}/left-out", listed)).split(b"\0")
+    left_out = [
+        "{} -> {} ({})".format(*(f.decode("utf-8", errors="replace") for f in fields[i : i + 3]))
+        for i in range(0, len(fields) - 2, 3)
+    ]
+    # Bytes that are not UTF-8 (a Latin-1 source file) become U+FFFD: RunResult must serialise as JSON.
+    text = (await _read(sandbox, patch_file, size)).decode("utf-8", errors="replace")
+    return WorkspacePatch(text=text, left_out=left_out)
+
+
+async def _read(sandbox: Any, path: str, size: int) -> bytes:
+    """The first `size` bytes of `path` in the sandbox, in pieces the shell's output limit lets through."""
     data = bytearray()
     while len(data) < size:
         piece = await _sh(
             sandbox,
-            f'tail -c +{len(data) + 1} "{patch_file}" | head -c {CHUNK_BYTES} | base64 -w0',
+            f'tail -c +{len(data) + 1} "{path}" | head -c {CHUNK_BYTES} | base64 -w0',
             "reading the patch",
         )
         chunk = base64.b64decode(piece.strip())
         if not chunk:
-            raise PatchError(f"the patch ended after {len(data)} of {size} bytes")
+            raise PatchError(f"{path} ended after {len(data)} of {size} bytes")
         data += chunk
-    # Bytes that are not UTF-8 (a Latin-1 source file) become U+FFFD: RunResult must serialise as JSON.
-    return data.decode("utf-8", errors="replace")
+    return bytes(data)

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import re
+import secrets
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+# Where a sandbox's own uid (and gid, the same number) is drawn from. Without a user namespace, the kernel
+# counts per-uid limits (inotify instances and watches, processes, POSIX message queues, pending signals)
+# across every container and the host alike, so a shared uid let one sandbox exhaust them for the host's
+# account of that uid and for every other sandbox. No distribution hands out uids this high (logins start
+# at 1000, subordinate ranges for rootless containers at 100000), and with a fresh draw per container from
+# 2^30 numbers two live sandboxes share one with odds of about n^2/2^31 for n of them.
+USER_ID_RANGE = range(2**30, 2**31 - 1)
+# A root-owned tmpfs of each sandbox where the supervisor writes passwd and group files naming that uid.
+ACCOUNTS_DIR = "/run/qwq"
 
 
 def parse_bytes(value: int | str) -> int:
@@ -34,7 +45,11 @@ class SandboxConfig(BaseModel):
     cap_add: list[str] = Field(default_factory=lambda: ["SETUID", "SETGID", "KILL", "SETPCAP"])
     no_new_privileges: bool = True
     read_only_root: bool = True
-    user: str = Field("1000:1000", description="uid:gid user code runs as")
+    user: str | None = Field(
+        None,
+        description="uid:gid user code runs as; by default a fresh one per sandbox from `USER_ID_RANGE`, "
+        "shared with no host account and no other sandbox",
+    )
     supervisor_user: str = Field("999:999", description="uid:gid of the supervisor, never the same as `user`")
     pids_limit: int = 256
     memory: int = parse_bytes("1g")
@@ -68,14 +83,14 @@ class SandboxConfig(BaseModel):
 
     @field_validator("user", "supervisor_user")
     @classmethod
-    def _ids(cls, value: str) -> str:
-        if not re.fullmatch(r"[1-9]\d*(:[1-9]\d*)?", value):
+    def _ids(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[1-9]\d*(:[1-9]\d*)?", value):
             raise ValueError(f"not a non-root uid[:gid]: {value!r}")
         return value
 
     @model_validator(mode="after")
     def _distinct_uids(self) -> SandboxConfig:
-        if self.user.partition(":")[0] == self.supervisor_user.partition(":")[0]:
+        if self.user is not None and self.user.partition(":")[0] == self.supervisor_user.partition(":")[0]:
             raise ValueError(
                 "`supervisor_user` must be another uid than `user`: user code must not reach the supervisor"
             )
@@ -86,8 +101,19 @@ class SandboxConfig(BaseModel):
     def _sizes(cls, value: int | str) -> int:
         return parse_bytes(value)
 
-    def supervisor_env(self) -> dict[str, str]:
-        """What the supervisor reads at start-up (it is stdlib-only and takes its settings from env)."""
+    def sandbox_user(self) -> str:
+        """The `uid:gid` of one new sandbox: `user`, or a fresh draw from `USER_ID_RANGE` (never the
+        supervisor's uid)."""
+        if self.user is not None:
+            return self.user
+        supervisor_uid = int(self.supervisor_user.partition(":")[0])
+        while (uid := USER_ID_RANGE.start + secrets.randbelow(len(USER_ID_RANGE))) == supervisor_uid:
+            pass
+        return f"{uid}:{uid}"
+
+    def supervisor_env(self, user: str | None = None) -> dict[str, str]:
+        """What the supervisor reads at start-up (it is stdlib-only and takes its settings from env);
+        `user` is the sandbox's `uid:gid` (`sandbox_user()`; drawn anew when not given)."""
         return {
             "QWQ_IDLE_TIMEOUT": str(self.idle_timeout_s),
             "QWQ_LIFETIME": str(self.lifetime_s),
@@ -97,16 +123,17 @@ class SandboxConfig(BaseModel):
             "QWQ_MAX_FRAME": str(self.max_request_bytes + 1024),
             "QWQ_MAX_DOWNLOAD": str(self.max_download_bytes),
             "QWQ_MAX_UNDO_BYTES": str(self.max_undo_bytes),
-            "QWQ_USER": self.user,
+            "QWQ_USER": user or self.sandbox_user(),
             "QWQ_SUPERVISOR_USER": self.supervisor_user,
         }
 
     def container_body(self, image: str, labels: dict[str, str]) -> dict:
-        """The Docker Engine API `POST /containers/create` body."""
+        """The Docker Engine API `POST /containers/create` body, with the uid of this one container."""
         tmpfs_opts = "rw,nosuid,nodev"
-        uid, _, gid = self.user.partition(":")
+        user = self.sandbox_user()
+        uid, _, gid = user.partition(":")
         env = {"HOME": "/home/sandbox", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", **self.env}
-        env.update(self.supervisor_env())
+        env.update(self.supervisor_env(user))
         host = {
             "NetworkMode": self.network_mode,
             "CapDrop": list(self.cap_drop),
@@ -117,6 +144,9 @@ class SandboxConfig(BaseModel):
                 "/workspace": f"{tmpfs_opts},exec,size={self.workspace_size},uid={uid},gid={gid or uid},mode=0755",
                 "/tmp": f"{tmpfs_opts},exec,size={self.tmp_size},mode=1777",
                 "/home/sandbox": f"{tmpfs_opts},size={self.home_size},uid={uid},gid={gid or uid},mode=0755",
+                # Root's, for the passwd and group files the supervisor writes at start-up naming the
+                # sandbox's uid (/etc/passwd and /etc/group lead there; the root is read-only).
+                ACCOUNTS_DIR: f"{tmpfs_opts},noexec,size=1m,mode=0755",
             },
             "PidsLimit": self.pids_limit,
             "Memory": self.memory,

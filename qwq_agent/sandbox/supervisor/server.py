@@ -9,6 +9,7 @@ import threading
 import time
 
 from . import archives, procs, search, snapshots
+from .accounts import write_accounts
 from .editor import Editor
 from .framing import RequestError, cap_text, encode_frame, path_text, read_exact, read_into, skip, write_all
 from .interpreter import Interpreter
@@ -24,9 +25,10 @@ STREAMING = ("snapshot", "download")
 
 
 class Supervisor:
-    def __init__(self, out_fd, split):
+    def __init__(self, out_fd, split, accounts_error=None):
         self.out_fd = out_fd
         self.split = split
+        self.accounts_error = accounts_error
         self.out_lock = threading.Lock()
         self.state_lock = threading.Lock()
         self.inflight = 0
@@ -250,7 +252,7 @@ class Supervisor:
     def serve(self, in_fd):
         threading.Thread(target=self.watchdog, daemon=True).start()
         self.send({"id": None, "event": "hello", "pid": os.getpid(), "version": 2, "uid": os.getuid(),
-                   "privilege_split": self.split})  # fmt: skip
+                   "privilege_split": self.split, "accounts_error": self.accounts_error})  # fmt: skip
         while True:
             head = read_exact(in_fd, 4)
             if head is None:
@@ -307,10 +309,12 @@ def main():
             fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
         except OSError:
             pass  # not a pipe, or the cap is lower: the default size works, only slower
+    # While still root: the files are root's, so user code cannot rewrite them.
+    accounts_error = write_accounts() if os.getuid() == 0 else "the supervisor did not start as root"
     split = become_supervisor()
     os.makedirs(WORKSPACE, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    Supervisor(out_fd, split).serve(in_fd)
+    Supervisor(out_fd, split, accounts_error).serve(in_fd)
 
 
 def with_note(result, note):

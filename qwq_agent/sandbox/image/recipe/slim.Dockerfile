@@ -17,6 +17,11 @@ ENV LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/sandbox
 COPY root/ /
+# /etc/passwd and /etc/group lead into /run/qwq, where a sandbox mounts a tmpfs and the supervisor names
+# that sandbox's own uid at start-up (supervisor/accounts.py, from the image's entries kept as *.image).
+# Without that mount (a plain `docker run`) they lead to copies of the image's own.
+RUN mkdir -p /run/qwq && for f in passwd group; do cp -p /etc/$f /etc/$f.image \
+    && mv /etc/$f /run/qwq/$f && ln -s /run/qwq/$f /etc/$f; done
 WORKDIR /workspace
 ENTRYPOINT ["/usr/bin/tini", "--", "python3", "-I", "-u", "/opt/qwq/supervisor/boot.py"]
 LABEL qwq-agent.image=1 qwq-agent.recipe-hash=${RECIPE_HASH} qwq-agent.build-mode=dockerfile
