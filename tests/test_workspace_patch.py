@@ -265,3 +265,46 @@ async def test_links_leading_out_of_the_repository_stay_out_of_the_patch_and_are
     assert str((repo / "docs" / "old").readlink()) == "../README.md"
     assert str((repo / "docs" / "readme").readlink()) == "../README.md"
     assert str((repo / "sub" / "d").readlink()) == ".."
+
+
+async def test_links_are_judged_from_the_snapshot_not_the_live_sandbox_tree(sandbox_image, tmp_path):
+    """The filter once asked `realpath` in the sandbox: an ignored path (a real folder in the user's
+    checkout, a link in the sandbox), a link it had itself left out, and a climb past `/` that came back
+    down through the literal name `workspace` all made an outward link look inside, and `git apply`
+    planted it. Judged from the end snapshot alone, each is left out; links that stay inside are kept."""
+    from qwq_agent.agent.patch import workspace_changes
+    from qwq_agent.agent.workspace import open_sandbox
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / ".gitignore").write_text(".venv\n")
+    (repo / "README.md").write_text("hi\n")
+    (repo / "a").mkdir()
+    (repo / "a" / "keep").write_text("k\n")
+    (repo / "L1").symlink_to("a")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    (repo / ".venv").mkdir()  # the user's ignored folder: on the host it stays a real, shallow folder
+    ups, deep = "../" * 10, "a/b/c/d/e/f/g/h/i/j"
+    command = (
+        f"set -e; mkdir -p {deep}; touch {deep}/f; rm -rf .venv; ln -s {deep} .venv; ln -s .venv/{ups}etc/passwd viaignored;"
+        f" ln -sfn /workspace/{deep} L1; ln -s L1/{ups}etc/passwd viadropped;"
+        f" ln -s {'../' * 12}workspace/README.md byname; ln -s ../workspace/README.md byname2;"
+        " ln -s L1/keep kept; ln -s a/b/../keep kept2"
+    )
+    async with open_sandbox(workspace=repo) as sandbox:
+        done = await sandbox.shell(command)
+        assert done.exit_code == 0, done.stderr
+        changes = await workspace_changes(sandbox)
+    left = " | ".join(changes.left_out)
+    for named in ("L1 -> ", "viaignored -> ", "viadropped -> ", "byname -> ", "byname2 -> "):
+        assert named in left
+    assert "kept" not in left
+    patch = tmp_path / "p.diff"
+    patch.write_text(changes.text)
+    await asyncio.to_thread(subprocess.run, ["git", "apply", str(patch)], cwd=repo, check=True, timeout=60)
+    links = sorted(p.name for p in repo.iterdir() if p.is_symlink())
+    assert links == ["L1", "kept", "kept2"], changes.text
+    assert str((repo / "L1").readlink()) == "a"
+    assert (repo / "kept").read_text() == (repo / "kept2").read_text() == "k\n"

@@ -8,8 +8,9 @@ apply either way. `workspace_patch` snapshots the tree again and returns `git di
 changed, new and deleted files, binary ones in git's binary format (`git apply` takes it; a text-only
 patch also applies with `patch -p1`). Ignored files (`.gitignore`) are in neither snapshot.
 
-Symlinks the run created or changed that are absolute or resolve out of /workspace (followed through the
-other links there, as the sandbox sees them) are left out of the patch and named (`WorkspacePatch.left_out`):
+Symlinks the run created or changed that are absolute or resolve out of the repository (followed through
+the other links of the end snapshot, as the host's checkout will hold them once the patch is applied, see
+`link_judge`) are left out of the patch and named (`WorkspacePatch.left_out`):
 `git apply` would plant them in the user's checkout, aiming a path of the repository at any file of the
 host; copy-back leaves the same links out (`sandbox.archive_extract`). Links inside the repository stay.
 
@@ -20,11 +21,14 @@ run are theirs, not the agent's, and stay out of the patch (for a clean tree the
 from __future__ import annotations
 
 import base64
+import inspect
 import shlex
 import weakref
 from typing import Any
 
 from pydantic import BaseModel
+
+from qwq_agent.agent import link_judge
 
 BASELINE_DIR = "$HOME/.qwq-agent/baseline.git"
 WORKSPACE = "/workspace"
@@ -108,35 +112,32 @@ echo "$repo"
     return baseline
 
 
-# Each symlink the run added or changed (new mode 120000) that is absolute or resolves out of /workspace
-# goes back to its baseline entry (or out) in the end snapshot, and is listed as NUL-separated
-# path, target, why. Literal pathspecs: a path holding `*` names only itself.
+# Each symlink the run added or changed that leads out of the repository, judged from the end snapshot's
+# own blobs and tree (`link_judge`, never the live /workspace, which ignored paths, the dropped links and a
+# process still running in the sandbox can steer), goes back to its baseline entry (or out) in the end
+# snapshot and is listed as NUL-separated path, target, why. Judged again until a round drops none: a kept
+# link may have led through one that is now dropped. Literal pathspecs: a path holding `*` names only itself.
+_JUDGE = "python3 -I -S -c " + shlex.quote(inspect.getsource(link_judge))
 _OUTWARD_LINKS = f"""
 : > "{BASELINE_DIR}/left-out"
 export GIT_LITERAL_PATHSPECS=1
-{_GIT} diff-tree -r -z --no-renames --diff-filter=AMT "$base" "$now" |
-while IFS= read -r -d '' meta && IFS= read -r -d '' path; do
-  set -- $meta
-  [ "$2" = 120000 ] || continue
-  target=$({_GIT} cat-file blob "$4")
-  case "$target" in
-    /*) why="absolute" ;;
-    *) real=$(realpath -m -- "{WORKSPACE}/$path" 2>/dev/null) || real=""
-       case "$real" in
-         {WORKSPACE}|{WORKSPACE}/*) continue ;;
-         "") why="cannot be resolved" ;;
-         *) why="leads out of the repository" ;;
-       esac ;;
-  esac
-  printf '%s\\0%s\\0%s\\0' "$path" "$target" "$why" >> "{BASELINE_DIR}/left-out"
-  entry=$({_GIT} ls-tree "$base" -- "$path" | cut -c1-6)
-  if [ -n "$entry" ] && [ "$entry" != 040000 ]; then
-    {_GIT} ls-tree -z "$base" -- "$path" | {_GIT} update-index -z --index-info
-  else
-    {_GIT} update-index --force-remove -- "$path"
-  fi
+while :; do
+  dropped=no
+  # Straight from the judge through a pipe: a file in the sandbox user's home could be rewritten meanwhile.
+  while IFS= read -r -d '' path && IFS= read -r -d '' target && IFS= read -r -d '' why; do
+    dropped=yes
+    printf '%s\\0%s\\0%s\\0' "$path" "$target" "$why" >> "{BASELINE_DIR}/left-out"
+    entry=$({_GIT} ls-tree "$base" -- "$path" | cut -c1-6)
+    if [ -n "$entry" ] && [ "$entry" != 040000 ]; then
+      {_GIT} ls-tree -z "$base" -- "$path" | {_GIT} update-index -z --index-info
+    else
+      {_GIT} update-index --force-remove -- "$path"
+    fi
+  done < <({_JUDGE} "$base" "$now")
+  wait $!  # the judge's own exit status: a judge that failed must fail the patch, not keep every link
+  [ "$dropped" = yes ] || break
+  now=$({_GIT} write-tree)
 done
-now=$({_GIT} write-tree)
 """
 
 
