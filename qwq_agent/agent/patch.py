@@ -155,7 +155,7 @@ async def workspace_changes(sandbox: Any, baseline: Baseline | None = None) -> W
         raise PatchError("no baseline was recorded for this sandbox: call record_baseline after the upload")
     patch_file = f"{BASELINE_DIR}/run.patch"
     script = f"""
-cp "{BASELINE_DIR}/index" "{BASELINE_DIR}/index-end"
+cp -p "{BASELINE_DIR}/index" "{BASELINE_DIR}/index-end"
 now=$({_snapshot("index-end")})
 base={shlex.quote(baseline.tree)}
 {_ENV} GIT_INDEX_FILE="{BASELINE_DIR}/index-end"
