@@ -154,7 +154,8 @@ def main(example: Example, argv: list[str] | None = None, *, one_of_several: boo
         type=Path,
         default=None,
         metavar="DIR",
-        help="where figures are saved as PNGs (default: example-NAME-images/ next to the trace)",
+        help="where figures are saved as PNGs (default: a folder next to the trace, named after it: "
+        "TRACE-images/)",
     )
     args = parser.parse_args(argv)
     if args.trace is None:
@@ -169,9 +170,12 @@ def main(example: Example, argv: list[str] | None = None, *, one_of_several: boo
             return 2
     images = args.images
     if images is None:
-        images = trace.parent / f"example-{example.name}-images"
-        for stale in images.glob("image-*.png"):  # our own folder: a shorter run leaves no old figures
-            stale.unlink()
+        # Named after the trace, so that a run to a new --trace never shares (and clears) the folder
+        # of an earlier run's figures; the default trace's is example-NAME-images/.
+        images = trace.with_name(f"{trace.stem}-images")
+        if args.trace is None:
+            for stale in images.glob("image-*.png"):  # our own folder: a shorter run leaves no old figures
+                stale.unlink()
     try:
         outcome = asyncio.run(run(example, model_url=args.model_url, trace_path=trace, image_dir=images))
     except Exception as exc:

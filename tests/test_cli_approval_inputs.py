@@ -138,3 +138,52 @@ def test_a_policy_file_with_a_misspelt_key_or_a_bad_rule_is_refused_naming_it(tm
     assert f"{path} is not a valid policy: {named}" in proc.stderr
     assert "fix: write it as" in proc.stderr
     assert not trace.exists() or ran(trace) == []
+
+
+def test_a_trace_without_a_recorded_policy_that_awaits_approval_still_waits_for_a_decision(
+    approver_only_trace, tmp_path
+):
+    """A trace written before approver-only runs recorded their policy (`approval: null`) that stopped
+    awaiting approval: its resume refused --decide ("no approval policy") and, without one, ran the
+    waiting call undecided. Its approver asked about every call, so the resume does too."""
+    events = [json.loads(line) for line in approver_only_trace.read_text().splitlines()]
+    for event in events:
+        if event.get("type") == "run_started":
+            event["config"]["approval"] = None
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(json.dumps(e) + "\n" for e in events))
+    again = tmp_path / "again.jsonl"
+    with ScriptedModelServer([DONE]) as server:
+        proc = cli("run", "--resume", str(old), "--model-url", server.url, "--trace", str(again))
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert ran(again) == []
+    denied = tmp_path / "denied.jsonl"
+    with ScriptedModelServer([DONE]) as server:
+        proc = cli("run", "--resume", str(old), "--model-url", server.url,
+                   "--decide", "deny:not that", "--trace", str(denied))  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "not that" in (server.requests[0].prompt or "")
+    assert recorded_decisions(denied)["call_1_0"].action == "deny"
+    started = read_trace(denied)[0]
+    assert isinstance(started, RunStarted) and started.config["approval"] == {"rules": [], "default": "ask"}
+
+
+def test_a_policy_file_that_is_not_utf8_is_refused_naming_the_flag_and_the_file(tmp_path):
+    path = tmp_path / "policy.json"
+    policy = {"rules": [{"tool": "shell", "action": "deny", "reason": "pas de réseau"}]}
+    path.write_bytes(json.dumps(policy, ensure_ascii=False).encode("latin-1"))
+    trace = tmp_path / "t.jsonl"
+    with ScriptedModelServer([FETCH, DONE]) as server:
+        proc = cli("run", "x", "--tools", "fetch_url", "--approve", str(path), "--model-url", server.url,
+                   "--trace", str(trace))  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--approve: {path} is not UTF-8" in proc.stderr
+    assert f"fix: save {path} as UTF-8" in proc.stderr
+    assert not trace.exists()
+
+
+def test_mcp_serve_with_stdin_closed_says_so_before_starting_anything():
+    proc = cli("mcp-serve", closed_stdin=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "stdin is closed: an MCP client must talk on stdin" in proc.stderr
+    assert "unexpected error" not in proc.stderr

@@ -157,6 +157,29 @@ def test_an_example_never_replaces_a_trace_it_is_given_and_each_puzzle_keeps_its
         assert events[-1].type == "final" and events[-1].status == "completed"
 
 
+def test_a_run_to_a_new_trace_keeps_an_earlier_runs_figures(sandbox_image, tmp_path):
+    """Runs to two --trace files the user named shared one image folder, and the second run deleted
+    the first one's figures from it: each trace now has its own folder, named after it."""
+    import re
+
+    marked = b"\x89PNG monday's figure"
+    folders = []
+    for day in ("monday", "tuesday"):
+        done = _example(
+            "plotting/run.py", "--trace", str(tmp_path / f"{day}.jsonl"), cwd=tmp_path,
+            QWQ_SANDBOX_IMAGE=sandbox_image,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        found = re.search(r"images: 1 PNG\(s\) in (\S+)", " ".join(done.stdout.split()))
+        assert found, done.stdout[-3000:]
+        folders.append(Path(found.group(1)))
+        if day == "monday":
+            # marked, as the replayed run draws the same figure again: only a kept file keeps this
+            (folders[0] / "image-1.png").write_bytes(marked)
+    assert folders[0] != folders[1]
+    assert (folders[0] / "image-1.png").read_bytes() == marked  # the earlier run's figure is kept
+
+
 def test_an_example_without_docker_says_so_in_one_line(tmp_path):
     done = _example(
         "math_puzzles/run.py", "strawberry", cwd=tmp_path, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock"

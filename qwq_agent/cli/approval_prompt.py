@@ -77,20 +77,32 @@ POLICY_FIX = (
 
 class PolicyFileError(ValueError):
     """An `--approve FILE.json` that cannot be read or is not a valid `ApprovalPolicy`; the message
-    names the file and every problem (where in the file, what is wrong)."""
+    names the file and every problem (where in the file, what is wrong), `fix` says what to do."""
+
+    def __init__(self, message: str, fix: str = POLICY_FIX) -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 def load_policy(value: str) -> ApprovalPolicy:
     """The `--approve` value as a policy (a `.json` path is read as a policy file).
 
-    Raises `PolicyFileError` for a policy file that cannot be read or is not valid, ValueError for a
-    bad flag value.
+    Raises `PolicyFileError` for a policy file that cannot be read, is not UTF-8 or is not valid,
+    ValueError for a bad flag value.
     """
     if value.endswith(".json"):
         try:
             return ApprovalPolicy.model_validate_json(Path(value).read_text(encoding="utf-8"))
         except OSError as exc:
             raise PolicyFileError(f"--approve: cannot read {value}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            # A ValueError too: caught here so that the message names the flag and the file, not
+            # only the codec's complaint (a Latin-1 reason, a UTF-16 file saved by an editor).
+            byte = exc.object[exc.start : exc.start + 1]
+            raise PolicyFileError(
+                f"--approve: {value} is not UTF-8 (byte {byte!r} at offset {exc.start})",
+                f"save {value} as UTF-8",
+            ) from None
         except ValidationError as exc:
             raise PolicyFileError(f"--approve: {value} is not a valid policy: {_problems(exc)}") from None
     return ApprovalPolicy.from_flag(value)
@@ -128,11 +140,16 @@ def setup(
             config.approval = load_policy(approve)
         decision = parse_decision(decide) if decide else None
     except PolicyFileError as exc:
-        raise CliError(str(exc), POLICY_FIX) from None
+        raise CliError(str(exc), exc.fix) from None
     except ValueError as exc:
         raise CliError(str(exc).splitlines()[0], "see `qwq-agent run --help`") from None
     if decision is not None and source is None:
         raise CliError("--decide needs --resume TRACE of a run awaiting approval", "add --resume TRACE")
+    if config.approval is None and source is not None and _approver_only(source):
+        # A trace from before approver-only runs recorded their policy (`approval: null`), whose
+        # approver alone asked about calls: that approver asked about every call, so the resume
+        # does too. Without a policy here, a call still waiting for a decision would run, undecided.
+        config.approval = ApprovalPolicy(default="ask")
     if config.approval is None:
         if decision is not None:
             raise CliError("--decide: the run has no approval policy, so nothing waits", "drop --decide")
@@ -152,6 +169,15 @@ def setup(
             ) from None
     # A replay or resume applies the recorded decisions again instead of asking.
     return RecordedApprover(recorded_decisions(source), then=interactive)
+
+
+def _approver_only(source: Path) -> bool:
+    """Whether the run in `source` asked for approvals (a run awaiting approval asked too): with no
+    recorded policy, its approver alone asked."""
+    from qwq_agent.agent.events import ApprovalRequested
+    from qwq_agent.agent.trace import read_trace
+
+    return any(isinstance(e, ApprovalRequested) for e in read_trace(source))
 
 
 _TERMINAL = threading.Lock()

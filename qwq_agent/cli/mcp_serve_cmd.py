@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 
 
@@ -18,6 +19,12 @@ def _run(args: argparse.Namespace) -> int:
     from qwq_agent.cli.errors import CliError
     from qwq_agent.cli.preflight import tool_names
 
+    # fd 0 closed (`<&-`): sys.stdin is None, and the stdio transport would fail only once the
+    # sandbox had started, as an internal error. The client's requests come on stdin: say so first.
+    if sys.stdin is None:
+        raise CliError(
+            "stdin is closed: an MCP client must talk on stdin", "start mcp-serve from an MCP client"
+        )
     try:
         from qwq_agent.mcp.serve import serve_stdio
     except ImportError:
