@@ -19,7 +19,8 @@ import shutil
 import tempfile
 import uuid
 
-from qwq_agent.sandbox.engine import _read_body, _read_head
+from qwq_agent.sandbox.engine import DockerEngine, _read_body, _read_head
+from qwq_agent.sandbox.errors import DockerAPIError
 
 UPSTREAM = "/var/run/docker.sock"
 MARK_LABEL = "qwq-test-proxy"
@@ -146,3 +147,12 @@ async def _pipe(
             writer.write_eof()
     except OSError:
         pass
+
+
+async def removed(engine: DockerEngine, cid: str) -> None:
+    """Return once the container is gone (the engine's own wait, bounded)."""
+    try:
+        await engine.request("POST", f"/containers/{cid}/wait", params={"condition": "removed"}, timeout=60)
+    except DockerAPIError as exc:
+        if exc.status != 404:
+            raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,3 +89,15 @@ def scripted(tmp_path: Path, capacity: int = 18391) -> ScriptedModelServer:
     return ScriptedModelServer(
         lambda r: ANSWER, when_exhausted="repeat", max_total_num_tokens=capacity, model=str(tmp_path)
     )
+
+
+def stop_serve_cli(cli: subprocess.Popen) -> None:
+    """End a `serve --dp` CLI a test started, if it still runs: SIGINT first (the CLI stops its router
+    and workers; a kill would orphan them), a kill if it does not end within a minute."""
+    if cli.poll() is None:
+        cli.send_signal(signal.SIGINT)
+        try:
+            cli.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            cli.kill()
+            cli.wait()

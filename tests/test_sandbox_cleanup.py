@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from docker_proxy import MARK_LABEL, DockerProxy
+from docker_proxy import MARK_LABEL, DockerProxy, removed
 
 from qwq_agent.sandbox import (
     DockerSandbox,
@@ -53,15 +53,6 @@ async def exists(engine: DockerEngine, name_or_id: str) -> bool:
             return False
         raise
     return True
-
-
-async def removed(engine: DockerEngine, cid: str) -> None:
-    """Return once the container is gone (the engine's own wait, bounded)."""
-    try:
-        await engine.request("POST", f"/containers/{cid}/wait", params={"condition": "removed"}, timeout=60)
-    except DockerAPIError as exc:
-        if exc.status != 404:
-            raise
 
 
 # ------------------------------------------------------------------------------------ the warm pool

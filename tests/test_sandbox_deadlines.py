@@ -15,23 +15,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from docker_proxy import removed
 
 from qwq_agent.sandbox import DockerSandbox, SandboxConfig, SandboxPool, SandboxStartError
 from qwq_agent.sandbox.engine import DockerEngine
-from qwq_agent.sandbox.errors import DockerAPIError, DockerUnreachable
+from qwq_agent.sandbox.errors import DockerUnreachable
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
 GUARD_S = 120.0  # far beyond any bound under test: only a hang reaches it
-
-
-async def removed(engine: DockerEngine, cid: str) -> None:
-    """Return once the container is gone (the engine's own wait, bounded)."""
-    try:
-        await engine.request("POST", f"/containers/{cid}/wait", params={"condition": "removed"}, timeout=60)
-    except DockerAPIError as exc:
-        if exc.status != 404:
-            raise
 
 
 def warm_ids(pool: SandboxPool) -> list[str]:

@@ -28,7 +28,14 @@ from qwq_agent.serve.launcher import ServeConfig
 
 pytest.importorskip("sglang_router", reason="sglang-router is not installed (pip install -e '.[router]')")
 
-from router_helpers import SCRIPTED, Router, free_ports, scripted, sigint_as_a_terminal_sends_it
+from router_helpers import (
+    SCRIPTED,
+    Router,
+    free_ports,
+    scripted,
+    sigint_as_a_terminal_sends_it,
+    stop_serve_cli,
+)
 
 # ----- commands ------------------------------------------------------------------------------------
 
@@ -133,13 +140,7 @@ def test_cli_serve_dp_waits_for_all_prints_capacities_and_stops_everything(tmp_p
         cli.send_signal(signal.SIGINT)
         assert cli.wait(timeout=60) == 0
     finally:
-        if cli.poll() is None:  # SIGINT first: the CLI stops its router and workers; a kill would orphan them
-            cli.send_signal(signal.SIGINT)
-            try:
-                cli.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                cli.kill()
-                cli.wait()
+        stop_serve_cli(cli)
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from router_helpers import SCRIPTED, free_ports, sigint_as_a_terminal_sends_it
+from router_helpers import SCRIPTED, free_ports, sigint_as_a_terminal_sends_it, stop_serve_cli
 
 from qwq_agent.cli.serve_dp import last_log_line
 from qwq_agent.serve import ServeConfig, ServerExited, ServerProcess, launcher
@@ -205,13 +205,7 @@ def test_serve_dp_keeps_serving_when_one_replica_dies_and_stops_when_none_is_lef
         assert "every worker has exited" in cli.stderr.read()
         assert _gone(router_pid)  # the CLI stopped the router on its way out
     finally:
-        if cli.poll() is None:
-            cli.send_signal(signal.SIGINT)
-            try:
-                cli.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                cli.kill()
-                cli.wait()
+        stop_serve_cli(cli)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
