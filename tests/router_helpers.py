@@ -101,3 +101,12 @@ def stop_serve_cli(cli: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             cli.kill()
             cli.wait()
+
+
+def gone(pid: int) -> bool:
+    """True once `pid` no longer runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

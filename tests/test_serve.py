@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+from router_helpers import gone
 
 from qwq_agent.cli.main import main
 from qwq_agent.serve import (
@@ -257,15 +258,6 @@ def test_log_follower_reads_only_whats_new_and_bounds_a_flood(tmp_path):
 STUBBORN = [sys.executable, os.path.join(os.path.dirname(__file__), "stubborn_sglang_server.py")]
 
 
-def _gone(pid: int) -> bool:
-    """True once `pid` no longer runs (a zombie waiting for its parent counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 def _start_cli(server_command: list[str], port: int) -> tuple[subprocess.Popen[str], int]:
     """`qwq-agent serve --command ...` until it says the server is ready; returns it and the server's pid."""
     cli = serve_cli(" ".join(server_command), port, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -348,7 +340,7 @@ def test_an_interrupted_fleet_stop_still_kills_every_worker(tmp_path):
             fleet.stop(grace=60)
         # checked before any clean-up of ours: the interrupted stop itself must have killed them all
         assert [w.process.poll() if w.process else None for w in fleet.workers] == [-signal.SIGKILL] * 2
-        assert all(pid is not None and _gone(pid) for pid in pids)
+        assert all(pid is not None and gone(pid) for pid in pids)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -380,14 +372,14 @@ def test_the_server_stops_when_its_parent_is_killed(tmp_path):
         parent.wait(timeout=10)
         # the orphan is reparented to init (or a subreaper) and exits on its SIGTERM; poll its state
         deadline = time.monotonic() + 30
-        while not _gone(server_pid) and time.monotonic() < deadline:
+        while not gone(server_pid) and time.monotonic() < deadline:
             time.sleep(0.05)  # another process's exit: nothing of ours to wait on
-        assert _gone(server_pid)
+        assert gone(server_pid)
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
-        if server_pid is not None and not _gone(server_pid):
+        if server_pid is not None and not gone(server_pid):
             os.killpg(server_pid, signal.SIGKILL)
 
 

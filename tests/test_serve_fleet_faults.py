@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from router_helpers import SCRIPTED, free_ports, sigint_as_a_terminal_sends_it, stop_serve_cli
+from router_helpers import SCRIPTED, free_ports, gone, sigint_as_a_terminal_sends_it, stop_serve_cli
 
 from qwq_agent.cli.serve_dp import last_log_line
 from qwq_agent.serve import ServeConfig, ServerExited, ServerProcess, launcher
@@ -39,15 +39,6 @@ DEAF = (
     "    signal.pause()\n"
 )
 """A replica that notes every SIGTERM and carries on (a hung SGLang); only SIGKILL ends it."""
-
-
-def _gone(pid: int) -> bool:
-    """True once `pid` no longer runs (a zombie waiting for its parent counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def _wait_for_text(path: Path, text: str, timeout: float = 30.0) -> bool:
@@ -190,7 +181,7 @@ def test_serve_dp_keeps_serving_when_one_replica_dies_and_stops_when_none_is_lef
         os.killpg(pids[1], signal.SIGKILL)  # replica 1 crashes (the OOM killer, a CUDA error)
         warning = _until(lines, "warning: worker 1", seen)
         assert "exited with status -9; 1 of 2 workers still serve" in warning
-        assert cli.poll() is None and not _gone(pids[0]) and not _gone(router_pid)
+        assert cli.poll() is None and not gone(pids[0]) and not gone(router_pid)
         router = f"http://127.0.0.1:{base}"
         deadline = time.monotonic() + 60
         while (info := probe_router(router)) is None or [w.healthy for w in info.workers] != [True, False]:
@@ -203,7 +194,7 @@ def test_serve_dp_keeps_serving_when_one_replica_dies_and_stops_when_none_is_lef
         os.killpg(pids[0], signal.SIGKILL)  # the last replica: nothing is left to serve
         assert cli.wait(timeout=60) == 1
         assert "every worker has exited" in cli.stderr.read()
-        assert _gone(router_pid)  # the CLI stopped the router on its way out
+        assert gone(router_pid)  # the CLI stopped the router on its way out
     finally:
         stop_serve_cli(cli)
         for pid in pids:
@@ -267,15 +258,15 @@ def test_a_hung_server_is_killed_when_its_parent_is_sigkilled(tmp_path):
         parent.kill()  # no clean-up of its own runs
         parent.wait(timeout=10)
         deadline = time.monotonic() + 60
-        while not (_gone(server_pid) and _gone(watchdog_pid)) and time.monotonic() < deadline:
+        while not (gone(server_pid) and gone(watchdog_pid)) and time.monotonic() < deadline:
             time.sleep(0.05)  # other processes' exits: nothing of ours to wait on
-        assert _gone(server_pid) and _gone(watchdog_pid)
+        assert gone(server_pid) and gone(watchdog_pid)
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
         for pid in (server_pid, watchdog_pid):
-            if pid is not None and not _gone(pid):
+            if pid is not None and not gone(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
 
@@ -357,12 +348,12 @@ def test_a_servers_leftover_processes_are_killed_before_it_is_reaped(tmp_path):
         assert not server.alive()
         assert server.process is not None and server.process.returncode == 7
         deadline = time.monotonic() + 30
-        while not _gone(child) and time.monotonic() < deadline:
+        while not gone(child) and time.monotonic() < deadline:
             time.sleep(0.05)  # a SIGKILLed process of another session: nothing of ours to wait on
-        assert _gone(child)
+        assert gone(child)
     finally:
         server.kill()
-        if child is not None and not _gone(child):
+        if child is not None and not gone(child):
             os.kill(child, signal.SIGKILL)
 
 
