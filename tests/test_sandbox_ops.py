@@ -240,3 +240,15 @@ async def test_upload_archive_of_safe_links_inside(shared_sandbox: DockerSandbox
         tar.addfile(link)
     await shared_sandbox.upload_archive(buf.getvalue(), "/workspace/arch")
     assert (await shared_sandbox.shell("cat /workspace/arch/safe/link.txt")).stdout == "target text\n"
+
+
+async def test_git_commit_works_and_a_repositorys_own_identity_wins(shared_sandbox: DockerSandbox) -> None:
+    """git cannot guess an email in a sandbox ("Author identity unknown"): the image gives a default at
+    the system level, below a repository's own `user.*`."""
+    r = await shared_sandbox.shell(
+        "cd /tmp && rm -rf gitid && git init -q gitid && cd gitid && echo a > f && git add f"
+        " && git commit -qm one && git -c user.name=Ada -c user.email=ada@example.org commit -q"
+        " --allow-empty -m two && git log --format='%an <%ae>'"
+    )
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["Ada <ada@example.org>", "sandbox <sandbox@qwq-agent.invalid>"]

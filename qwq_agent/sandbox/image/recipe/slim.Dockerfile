@@ -20,8 +20,11 @@ COPY root/ /
 # /etc/passwd and /etc/group lead into /run/qwq, where a sandbox mounts a tmpfs and the supervisor names
 # that sandbox's own uid at start-up (supervisor/accounts.py, from the image's entries kept as *.image).
 # Without that mount (a plain `docker run`) they lead to copies of the image's own.
+# /etc/gitconfig: a default identity, so that `git commit` works in a sandbox (git cannot guess an email
+# there); system-level, so a repository's or the user's own identity wins.
 RUN mkdir -p /run/qwq && for f in passwd group; do cp -p /etc/$f /etc/$f.image \
-    && mv /etc/$f /run/qwq/$f && ln -s /run/qwq/$f /etc/$f; done
+    && mv /etc/$f /run/qwq/$f && ln -s /run/qwq/$f /etc/$f; done \
+    && printf '[user]\n\tname = sandbox\n\temail = sandbox@qwq-agent.invalid\n' > /etc/gitconfig
 WORKDIR /workspace
 ENTRYPOINT ["/usr/bin/tini", "--", "python3", "-I", "-u", "/opt/qwq/supervisor/boot.py"]
 LABEL qwq-agent.image=1 qwq-agent.recipe-hash=${RECIPE_HASH} qwq-agent.build-mode=dockerfile
