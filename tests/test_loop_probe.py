@@ -33,6 +33,25 @@ def is_probe(req: ScriptedRequest) -> bool:
     return (req.prompt or "").endswith(SUFFIX)
 
 
+class CirclesPastTheNudge:
+    """The scripted model of the probe tests: it circles, ignores the nudge and circles on, then stalls
+    (until aborted) ~1,500 characters in: short of the 2,000 the detector's own close needs, past the two
+    probes that may close. Probes answer 126; after the close it answers 126. (`server` is set once the
+    server it runs in has started: the hold is counted in that server's tokens.)"""
+
+    server: ScriptedModelServer
+
+    def __call__(self, req: ScriptedRequest) -> str | Turn:
+        prompt = req.prompt or ""
+        if is_probe(req):
+            return " 126\n\nThe expression 2*3*(4*5+1) gives 126."
+        if CLOSE_MARK in prompt:
+            return "126"
+        if NUDGE_MARK in prompt:
+            return Turn(text=CIRCLING * 2, hold_after=len(self.server.tokenizer.pieces(CIRCLING[:1500])))
+        return CIRCLING * 3
+
+
 async def run_agent(server: ScriptedModelServer, config: LoopDetectorConfig = PROBING) -> list:
     async with SGLangClient(server.url, retry=NO_RETRY) as client:
         agent = Agent(
@@ -44,22 +63,9 @@ async def run_agent(server: ScriptedModelServer, config: LoopDetectorConfig = PR
 
 
 async def test_stable_probe_answer_closes_a_loop_that_keeps_circling_after_the_nudge():
-    server: ScriptedModelServer
-
-    def model(req: ScriptedRequest) -> str | Turn:
-        prompt = req.prompt or ""
-        if is_probe(req):
-            return " 126\n\nThe expression 2*3*(4*5+1) gives 126."
-        if CLOSE_MARK in prompt:
-            return "126"
-        if NUDGE_MARK in prompt:
-            # It ignores the nudge and circles on, then stalls (until aborted) ~1,500 characters in:
-            # short of the 2,000 the detector's own close needs, past the two probes that may close.
-            hold = len(server.tokenizer.pieces(CIRCLING[:1500]))
-            return Turn(text=CIRCLING * 2, hold_after=hold)
-        return CIRCLING * 3
-
+    model = CirclesPastTheNudge()
     async with ScriptedModelServer(model) as server:
+        model.server = server
         events = await run_agent(server)
     final = events[-1]
     assert isinstance(final, Final) and final.status == "completed" and final.answer == "126", final
@@ -237,17 +243,7 @@ async def test_a_run_closed_by_a_probe_replays_the_close_from_its_trace(tmp_path
     from qwq_agent.agent.replay import ReplayModel
     from qwq_agent.agent.trace import read_trace
 
-    server: ScriptedModelServer
-
-    def model(req: ScriptedRequest) -> str | Turn:
-        prompt = req.prompt or ""
-        if is_probe(req):
-            return " 126\n\nThe expression 2*3*(4*5+1) gives 126."
-        if CLOSE_MARK in prompt:
-            return "126"
-        if NUDGE_MARK in prompt:  # circles on past the nudge and stalls until the probes close it
-            return Turn(text=CIRCLING * 2, hold_after=len(server.tokenizer.pieces(CIRCLING[:1500])))
-        return CIRCLING * 3
+    model = CirclesPastTheNudge()
 
     def summary(events: list) -> tuple:
         warnings = [(w.kind, w.level) for w in events if isinstance(w, Warning_)]
@@ -257,6 +253,7 @@ async def test_a_run_closed_by_a_probe_replays_the_close_from_its_trace(tmp_path
     config = AgentConfig(check_language=False, loop_detector=PROBING)
     task = "Insert parentheses in 2*3*4*5+1 to get 144."
     async with ScriptedModelServer(model) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        model.server = server
         agent = Agent(client, build_tools(["python"]), config=config, trace_path=trace)
         live = [ev async for ev in agent.stream(task)]
     assert summary(live) == ([("reasoning_loop", 1), ("reasoning_loop", 2)], "completed", "126")
