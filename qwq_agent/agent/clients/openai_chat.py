@@ -33,7 +33,6 @@ from qwq_agent.agent.chat_format import malformed_call_block, safe_call_json
 from qwq_agent.agent.clients._sse import DONE, iter_sse_json
 from qwq_agent.agent.clients.counts import server_count
 from qwq_agent.agent.clients.errors import (
-    ModelClientClosed,
     ModelConnectionError,
     ModelError,
     ModelProtocolError,
@@ -42,7 +41,7 @@ from qwq_agent.agent.clients.errors import (
     server_abort,
 )
 from qwq_agent.agent.clients.overrun import OverrunGuard
-from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_delay
+from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_delay, retryable
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
@@ -329,15 +328,7 @@ class OpenAIChatClient(RoutingKeyMixin):
                         yield event
                 return
             except ModelError as exc:
-                retryable = (
-                    exc.retryable
-                    if isinstance(exc, ModelServerError)
-                    else (
-                        isinstance(exc, ModelConnectionError)
-                        and not isinstance(exc, ModelTimeoutError | ModelClientClosed)
-                    )
-                )
-                delay = next(delays, None) if retryable and not emitted else None
+                delay = next(delays, None) if retryable(exc) and not emitted else None
                 if delay is None:
                     raise
                 delay = retry_delay(delay, exc)

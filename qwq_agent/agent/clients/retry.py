@@ -9,7 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
-from qwq_agent.agent.clients.errors import ModelDeadlineExceeded, ModelError, ModelServerError
+from qwq_agent.agent.clients.errors import (
+    ModelClientClosed,
+    ModelConnectionError,
+    ModelDeadlineExceeded,
+    ModelError,
+    ModelServerError,
+    ModelTimeoutError,
+)
 from qwq_agent.deadline import current_deadline
 
 
@@ -85,3 +92,14 @@ def check_deadline(delay: float, error: ModelError) -> None:
             f"no time left before the deadline for another try (next backoff {delay:.2f} s); last failure: {error}",
             partial_text=error.partial_text,
         ) from error
+
+
+def retryable(exc: ModelError) -> bool:
+    """Whether a request that failed with `exc` before any output may be sent again: a server error
+    that says so, or a broken connection (not a timeout, which already spent the wait, and not a
+    client closed by its owner)."""
+    if isinstance(exc, ModelServerError):
+        return exc.retryable
+    return isinstance(exc, ModelConnectionError) and not isinstance(
+        exc, ModelTimeoutError | ModelClientClosed
+    )

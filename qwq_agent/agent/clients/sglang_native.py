@@ -21,7 +21,6 @@ from qwq_agent.agent.chat_format import PromptOptions
 from qwq_agent.agent.clients._sse import DONE, iter_sse_json
 from qwq_agent.agent.clients.counts import server_count
 from qwq_agent.agent.clients.errors import (
-    ModelClientClosed,
     ModelConnectionError,
     ModelError,
     ModelProtocolError,
@@ -30,7 +29,7 @@ from qwq_agent.agent.clients.errors import (
     server_abort,
 )
 from qwq_agent.agent.clients.overrun import OverrunGuard
-from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_delay
+from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_delay, retryable
 from qwq_agent.agent.clients.retry import check_deadline as _check_deadline
 from qwq_agent.agent.clients.router_info import is_router_summary, worker_infos
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
@@ -352,7 +351,7 @@ class SGLangClient(RoutingKeyMixin):
                         yield event
                 return
             except ModelError as exc:
-                if emitted or not _retryable(exc):
+                if emitted or not retryable(exc):
                     raise
                 delay = next(delays, None)
                 if delay is None:
@@ -497,14 +496,6 @@ class SGLangClient(RoutingKeyMixin):
 def _is_abort(reason: object) -> bool:
     kind = reason.get("type") if isinstance(reason, dict) else reason
     return kind == "abort"
-
-
-def _retryable(exc: ModelError) -> bool:
-    if isinstance(exc, ModelServerError):
-        return exc.retryable
-    return isinstance(exc, ModelConnectionError) and not isinstance(
-        exc, ModelTimeoutError | ModelClientClosed
-    )
 
 
 def _detect_incremental(event: dict[str, Any], meta: dict[str, Any], emitted: str) -> bool | None:
