@@ -10,9 +10,8 @@ from pathlib import Path
 
 from qwq_agent.cli import arg_types
 from qwq_agent.cli.serve_signals import stop_on_signals
+from qwq_agent.settings import LONGEST_WAIT_S
 from qwq_agent.urls import redact_url
-
-LONGEST_WAIT_S = 86400.0  # a day: longer than any model load, short enough for every clock
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -103,8 +103,7 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
                 print("stopping the router and the replicas (Ctrl-C again kills them)...", flush=True)
                 fleet.stop()
             except KeyboardInterrupt:  # the second one, however soon after the line it came: kill now
-                for process in (fleet.router, *fleet.workers):
-                    process.kill()
+                fleet.kill()
                 raise
             return 0
         finally:

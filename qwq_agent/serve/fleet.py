@@ -428,8 +428,12 @@ class Fleet:
             for process in processes:
                 process.wait_exit(deadline - time.monotonic())
         finally:
-            for process in processes:
-                process.kill()
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the router and every worker still running (the end of `stop`, and a second Ctrl-C)."""
+        for process in (self.router, *self.workers):
+            process.kill()
 
 
 __all__ = [
