@@ -111,9 +111,9 @@ class SandboxConfig(BaseModel):
             pass
         return f"{uid}:{uid}"
 
-    def supervisor_env(self, user: str | None = None) -> dict[str, str]:
+    def supervisor_env(self, user: str) -> dict[str, str]:
         """What the supervisor reads at start-up (it is stdlib-only and takes its settings from env);
-        `user` is the sandbox's `uid:gid` (`sandbox_user()`; drawn anew when not given)."""
+        `user` is the sandbox's `uid:gid` (`sandbox_user()`, the one its mounts are owned by)."""
         return {
             "QWQ_IDLE_TIMEOUT": str(self.idle_timeout_s),
             "QWQ_LIFETIME": str(self.lifetime_s),
@@ -123,7 +123,7 @@ class SandboxConfig(BaseModel):
             "QWQ_MAX_FRAME": str(self.max_request_bytes + 1024),
             "QWQ_MAX_DOWNLOAD": str(self.max_download_bytes),
             "QWQ_MAX_UNDO_BYTES": str(self.max_undo_bytes),
-            "QWQ_USER": user or self.sandbox_user(),
+            "QWQ_USER": user,
             "QWQ_SUPERVISOR_USER": self.supervisor_user,
         }
 
