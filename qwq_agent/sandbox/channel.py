@@ -111,10 +111,9 @@ class Channel:
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = (fut, nonce, on_event)
         try:
-            self._writer.write(_FRAME.pack(len(body)) + body)
+            self._write(_FRAME.pack(len(body)) + body)
             if blob is not None:  # no await in between: no other frame can slip between the two
-                self._writer.write(blob)
-            self._queued += 4 + len(body) + (0 if blob is None else len(blob))
+                self._write(blob)
             loop = asyncio.get_running_loop()
             try:
                 await self._drain(op, reply_timeout)
@@ -174,13 +173,17 @@ class Channel:
                         f"the sandbox took no {op!r} request within {stall_timeout:g}s (it stopped reading)"
                     ) from None
 
+    def _write(self, data: bytes | memoryview) -> None:
+        """Hand `data` to the writer and count it: `_drain` reads progress from that count."""
+        self._writer.write(data)
+        self._queued += len(data)
+
     def _send_cancel(self, rid: int) -> None:
         if self.closed:
             return
         body = json.dumps({"id": None, "op": "cancel", "args": {"target": rid}}).encode()
         with contextlib.suppress(Exception):
-            self._writer.write(_FRAME.pack(len(body)) + body)
-            self._queued += 4 + len(body)
+            self._write(_FRAME.pack(len(body)) + body)
 
     async def _read_loop(self) -> None:
         reason = "the channel closed"
