@@ -245,18 +245,25 @@ class LogFollower:
         self.offset = 0
 
     def read(self) -> str:
-        try:
-            with open(self.path, "rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                if size < self.offset:  # truncated or replaced: start over
-                    self.offset = 0
-                start = max(self.offset, size - LOG_CHUNK)
-                f.seek(start)
-                data = f.read(size - start)
-        except OSError:
+        read = _read_tail(self.path, self.offset)
+        if read is None:
             return ""
+        start, data = read
         self.offset = start + len(data)
         return data.decode("utf-8", "replace")
+
+
+def _read_tail(path: Path, offset: int) -> tuple[int, bytes] | None:
+    """The bytes of `path` from `offset` (from 0 if the file is now shorter: truncated or replaced) to
+    its end, the last `LOG_CHUNK` of them at most, and where they start; None if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(offset if offset <= size else 0, size - LOG_CHUNK)
+            f.seek(start)
+            return start, f.read(size - start)
+    except OSError:
+        return None
 
 
 class ServerProcess:
@@ -369,14 +376,10 @@ class ServerProcess:
         Only the end is read: SGLang logs every batch, so after days of serving the log is gigabytes,
         and this runs the moment the server exits (and every progress line while a fleet loads).
         """
-        try:
-            with open(self.log_path, "rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                start = max(0, size - LOG_CHUNK)
-                f.seek(start)
-                data = f.read(size - start)
-        except OSError:
+        read = _read_tail(self.log_path, 0)
+        if read is None:
             return ""
+        start, data = read
         if start > 0:  # began mid-line: drop the fragment
             data = data.partition(b"\n")[2]
         return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
