@@ -15,7 +15,13 @@ from qwq_agent.agent.chat_format import tool_spec_json
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.mcp.connection import MCPConnection, MCPError, MCPServerDied, MCPServerSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
-from qwq_agent.tools.convert import SchemaConversionError, spec_from_mcp
+from qwq_agent.tools.convert import (
+    SUBSCHEMA_MANY,
+    SUBSCHEMA_MAP,
+    SUBSCHEMA_ONE,
+    SchemaConversionError,
+    spec_from_mcp,
+)
 from qwq_agent.tools.registry import describe_schema_errors
 from qwq_agent.tools.schema_refs import LOCAL_ONLY
 
@@ -54,14 +60,12 @@ def _cut(text: str, limit: int, what: str) -> str:
     return text[:limit] + f"\n[{what} cut at {limit:,} of {len(text):,} characters]"
 
 
-# Where a JSON Schema holds subschemas; every other keyword's value is data (`const`, `enum`, `default`,
-# `examples`, an unknown keyword) and is left as written, whatever keys it has.
-_SUBSCHEMA = frozenset({
-    "items", "additionalItems", "additionalProperties", "contains", "not", "if", "then", "else",
-    "propertyNames", "unevaluatedItems", "unevaluatedProperties", "contentSchema",
-})  # fmt: skip
-_SUBSCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems", "items"})
-_SUBSCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+# Where a JSON Schema holds subschemas, as `spec_from_mcp` leaves it (draft-7 `definitions`,
+# `dependencies` and list-form `items` already rewritten); every other keyword's value is data (`const`,
+# `enum`, `default`, `examples`, an unknown keyword) and is left as written, whatever keys it has.
+_SUBSCHEMA = frozenset({*SUBSCHEMA_ONE, "contentSchema"})
+_SUBSCHEMA_LISTS = frozenset(SUBSCHEMA_MANY)
+_SUBSCHEMA_MAPS = frozenset(SUBSCHEMA_MAP)
 
 
 def _cut_annotations(schema: Any) -> tuple[Any, int]:
@@ -82,8 +86,7 @@ def _cut_annotations(schema: Any) -> tuple[Any, int]:
             out[key], n = [item for item, _ in items], sum(k for _, k in items)
         elif key in _SUBSCHEMA:
             out[key], n = _cut_annotations(value)
-        elif (key in _SUBSCHEMA_MAPS or key == "dependencies") and isinstance(value, dict):
-            # draft 7's `dependencies` maps to a schema or to a list of names (left as it is)
+        elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
             cut = {name: _cut_annotations(sub) for name, sub in value.items()}
             out[key], n = {name: sub for name, (sub, _) in cut.items()}, sum(k for _, k in cut.values())
         else:

@@ -57,8 +57,9 @@ _TYPE_ALIASES: dict[str, str | None] = {
     "any": None,
 }
 
-# Keywords whose value is one schema, a list of schemas, or a {name: schema} map.
-_ONE = (
+# Keywords whose value is one schema, a list of schemas, or a {name: schema} map (the MCP tools'
+# annotation cuts walk the same positions).
+SUBSCHEMA_ONE = (
     "additionalProperties",
     "items",
     "contains",
@@ -71,8 +72,8 @@ _ONE = (
     "unevaluatedProperties",
     "additionalItems",
 )
-_MANY = ("allOf", "anyOf", "oneOf", "prefixItems")
-_MAP = ("properties", "patternProperties", "$defs", "dependentSchemas")
+SUBSCHEMA_MANY = ("allOf", "anyOf", "oneOf", "prefixItems")
+SUBSCHEMA_MAP = ("properties", "patternProperties", "$defs", "dependentSchemas")
 _OPEN_KEYS = ("additionalProperties", "patternProperties", "unevaluatedProperties")
 
 
@@ -158,16 +159,16 @@ def _normalize(schema: Any, path: str, *, close: bool, in_all_of: bool = False) 
         if required or "required" in s:
             s["required"] = required
 
-    for key in _ONE:
+    for key in SUBSCHEMA_ONE:
         if key in s and isinstance(s[key], Mapping | bool):
             s[key] = _normalize(s[key], f"{path}.{key}", close=close)
-    for key in _MANY:
+    for key in SUBSCHEMA_MANY:
         if isinstance(s.get(key), list):
             s[key] = [
                 _normalize(sub, f"{path}.{key}[{i}]", close=close, in_all_of=key == "allOf")
                 for i, sub in enumerate(s[key])
             ]
-    for key in _MAP:
+    for key in SUBSCHEMA_MAP:
         if isinstance(s.get(key), Mapping):
             s[key] = {
                 name: _normalize(
