@@ -255,3 +255,16 @@ def test_a_taken_router_port_is_refused_before_anything_starts(tmp_path):
     assert f"qwq-agent serve: cannot serve: the router's port {base} is already in use" in cli.stderr
     assert "Traceback" not in cli.stderr and "pids:" not in cli.stdout  # nothing was started
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_command_template_without_port_is_refused_for_several_replicas(capsys):
+    # Every replica would run the same command: they would fight over one port while the router waits on
+    # ports nobody listens on, and the operator would learn it only when the health deadline passes.
+    assert main(["serve", "--dp", "2", "--command", "my-server --gpu {gpu}", "--print-command"]) == 2
+    err = capsys.readouterr().err
+    assert "{port}" in err and "--dp 2" in err
+    # One replica needs no placeholder; a template with {port} is taken.
+    assert main(["serve", "--dp", "1", "--command", "my-server", "--print-command"]) == 0
+    assert main(["serve", "--dp", "2", "--command", "my-server --port {port}", "--print-command"]) == 0
+    out = capsys.readouterr().out
+    assert "my-server --port 30001" in out and "my-server --port 30002" in out

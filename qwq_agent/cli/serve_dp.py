@@ -51,6 +51,14 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
         )
     except ValueError as exc:
         raise CliError(str(exc), "see `qwq-agent serve --help`") from None
+    if args.launch_command is not None and args.dp > 1 and "{port}" not in args.launch_command:
+        # Each replica would run the same command on the same port while the router waits on the
+        # ports it was told; better said now than when the health deadline passes.
+        raise CliError(
+            f"--command has no {{port}}: the --dp {args.dp} replicas would all start on one port",
+            "write {port} where the command takes its port (and {gpu} for its GPUs): "
+            "--command 'my-server --port {port}'",
+        )
     specs = worker_specs(config, fleet_config, template=args.launch_command)
     if args.print_command:
         for spec in specs:
