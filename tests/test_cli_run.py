@@ -133,7 +133,12 @@ def test_sandbox_run_saves_figures_where_a_terminal_opens_them(sandbox_image, tm
     assert saved.returncode == 0, saved.stderr[-2000:]
     assert saved.stdout == "drawn\n"
     png = (tmp_path / "plots" / "image-1.png").resolve()
-    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    saved_png = png.read_bytes()
+    assert saved_png.startswith(b"\x89PNG\r\n\x1a\n")
     assert f"image saved: {png}" in saved.stderr  # absolute, from a relative --images
+    again = subprocess.run([*CLI, "sandbox", "run", "--python", code, "--images", "plots"], **env_run)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert png.read_bytes() == saved_png  # the first figure stays; the second gets a name of its own
+    assert f"image saved: {png.with_name('image-1-2.png')}" in again.stderr
     plain = subprocess.run([*CLI, "sandbox", "run", "--python", code], **env_run)
     assert plain.returncode == 0 and "1 figure(s) not saved: pass --images DIR" in plain.stderr

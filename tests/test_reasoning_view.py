@@ -127,3 +127,16 @@ def test_trace_show_images_writes_the_pngs_of_a_real_run(sandbox_image, tmp_path
     assert [p.name for p in written] == ["image-1.png"]
     assert written[0].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert f"image saved: {written[0]}" in " ".join(shown.stdout.split())
+    # Shown again into the same folder (say, another trace's figure there): the first file is kept.
+    written[0].write_bytes(b"a figure the user saved before")
+    again = subprocess.run(
+        [*CLI, "trace", "show", str(trace), "--images", str(images)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stderr
+    assert written[0].read_bytes() == b"a figure the user saved before"
+    second = images / "image-1-2.png"
+    assert second.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert f"image saved: {second}" in " ".join(again.stdout.split())

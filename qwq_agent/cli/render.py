@@ -31,6 +31,7 @@ from qwq_agent.agent.events import (
 )
 from qwq_agent.agent.parser import parse
 from qwq_agent.cli.activity import Activity
+from qwq_agent.cli.image_files import write_new_png
 from qwq_agent.cli.reasoning_view import FoldedReasoning, ReasoningMode
 from qwq_agent.cli.safe_text import plain, safe
 
@@ -219,13 +220,11 @@ class EventRenderer:
             self.console.print(f"[dim](image {self._images} not saved: its data is not valid base64)[/dim]")
             return
         # Absolute, so that a terminal (or a click on the path) opens it from anywhere.
-        path = (self.image_dir / f"image-{self._images}.png").resolve()
         try:
-            self.image_dir.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            path = write_new_png(self.image_dir, self._images, data)
         except OSError as exc:  # e.g. started from a folder it cannot write: the image is lost, not the run
-            reason = exc.strerror or type(exc).__name__
-            note = f"(image {self._images} not saved: {reason}: {exc.filename or path})"
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            note = f"(image {self._images} not saved: {reason}: {exc.filename or self.image_dir})"
             self.console.print(plain(note, "dim"), soft_wrap=True)
             return
         self.saved_images.append(path)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from qwq_agent.cli import arg_types
 from qwq_agent.cli.errors import EXIT_DOCKER, CliError
+from qwq_agent.cli.image_files import write_new_png
 
 if TYPE_CHECKING:
     from qwq_agent.sandbox.janitor import SandboxInfo
@@ -118,14 +119,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def save_pngs(images: Sequence[str], folder: Path) -> list[Path]:
-    """Write base64 PNGs as `folder/image-N.png`; absolute paths, which a terminal opens from anywhere."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, b64 in enumerate(images, 1):
-        path = (folder / f"image-{i}.png").resolve()
-        path.write_bytes(base64.b64decode(b64))
-        paths.append(path)
-    return paths
+    """Write base64 PNGs as `folder/image-N.png` (never over an existing file: `write_new_png`)."""
+    return [write_new_png(folder, i, base64.b64decode(b64)) for i, b64 in enumerate(images, 1)]
 
 
 def _table(rows: Sequence[SandboxInfo], title: str) -> None:

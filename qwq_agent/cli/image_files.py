@@ -1,0 +1,28 @@
+"""Image files the CLI writes into a folder the user named (`--images DIR`).
+
+Never over an existing file: the same folder is often given to several runs or traces in turn, and a
+figure written earlier (whose path was printed) must keep showing what it showed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Enough for any folder a person looks through; past it the folder is not one to add to.
+MAX_SUFFIX = 10_000
+
+
+def write_new_png(folder: Path, number: int, data: bytes) -> Path:
+    """Write `data` as `folder/image-N.png`, or `image-N-2.png`, ... when that name is taken; the
+    absolute path (a terminal opens it from anywhere). `OSError` if it cannot be written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix in range(1, MAX_SUFFIX + 1):
+        name = f"image-{number}.png" if suffix == 1 else f"image-{number}-{suffix}.png"
+        path = (folder / name).resolve()
+        try:
+            with path.open("xb") as out:  # exclusive: an existing file (or a link planted there) is left
+                out.write(data)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{folder}: image-{number}.png and {MAX_SUFFIX - 1} variants of it exist")
