@@ -126,6 +126,70 @@ def test_a_download_keeps_links_inside_and_skips_links_leaving(tmp_path) -> None
     assert paths == [str(dest / "ws")]
 
 
+def _tar_entries(*entries: tuple[str, str, str | bytes]) -> bytes:
+    """An archive of (name, kind, payload) entries in this order: kind "dir", "file" (payload: its bytes)
+    or "link" (payload: its target)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind, payload in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, str(payload)
+                tar.addfile(info)
+            else:
+                data = payload if isinstance(payload, bytes) else payload.encode()
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_links_are_judged_against_the_folder_copied_back_not_the_destination(tmp_path) -> None:
+    """`ws/notes.md -> ../other/secrets.env` stays inside DIR but leaves DIR/ws, the folder being copied
+    back; and `ws/l -> ..` once carried `ws/l/other/planted.txt` into the operator's DIR/other."""
+    dest = tmp_path / "dest"
+    (dest / "other").mkdir(parents=True)
+    (dest / "other" / "secrets.env").write_text("KEY=1\n")
+    data = _tar_entries(
+        ("ws", "dir", ""),
+        ("ws/README.md", "file", "hi"),
+        ("ws/notes.md", "link", "../other/secrets.env"),
+        ("ws/l", "link", ".."),
+        ("ws/l/other/planted.txt", "file", "from the sandbox"),
+        ("ws/back.md", "link", "../ws/README.md"),
+    )
+    paths, _, skipped = _extract_counted(data, dest, 1 << 20)
+    assert [p.name for p in (dest / "other").iterdir()] == ["secrets.env"]
+    assert sorted(p.name for p in dest.iterdir()) == ["other", "ws"] and paths == [str(dest / "ws")]
+    assert skipped == [
+        "ws/notes.md -> ../other/secrets.env (leads out of the destination)",
+        "ws/l -> .. (leads out of the destination)",
+    ]
+    assert (dest / "ws" / "l" / "other" / "planted.txt").read_text() == "from the sandbox"  # a folder now
+    assert (dest / "ws" / "back.md").read_text() == "hi"
+
+
+def test_an_archive_with_a_second_top_level_entry_is_refused_whole(tmp_path) -> None:
+    """A download is one file or folder: `other/x` beside `ws/` would be written into DIR/other."""
+    from qwq_agent.sandbox import UnsafeArchive
+
+    dest = tmp_path / "dest"
+    (dest / "other").mkdir(parents=True)
+    data = _tar_entries(
+        ("ws", "dir", ""), ("ws/a", "file", "a"), ("other", "dir", ""), ("other/x", "file", "x")
+    )
+    with pytest.raises(
+        UnsafeArchive,
+        match="'other' is not under 'ws', the one file or folder downloaded; nothing was written",
+    ):
+        _extract_counted(data, dest, 1 << 20)
+    with pytest.raises(UnsafeArchive, match="'ws' is not under 'workspace'"):
+        _extract_counted(_tar_entries(("ws", "dir", "")), dest, 1 << 20, top="workspace")
+    assert sorted(p.name for p in dest.iterdir()) == ["other"] and list((dest / "other").iterdir()) == []
+
+
 def test_links_that_leave_only_together_are_removed(tmp_path) -> None:
     """`c -> a/b/../..` is inside while `a/b` does not exist; once `a/b -> ..` is written, it leaves."""
     dest = tmp_path / "dest"
@@ -191,12 +255,13 @@ def _tar_files(*files: tuple[str, bytes], sparse: bool = False) -> bytes:
 
 def test_download_limit_counts_bytes_written_not_claims(tmp_path) -> None:
     dest = tmp_path / "dest"
-    data = _tar_files(("a.bin", b"a" * 600_000), ("b.bin", b"b" * 600_000))
+    data = _tar_files(("ws/a.bin", b"a" * 600_000), ("ws/b.bin", b"b" * 600_000))
     with pytest.raises(UnsafeArchive, match="download limit of 1000000 bytes"):
         _extract_counted(data, dest, 1_000_000)
     assert list(dest.iterdir()) == []  # what was written before the limit hit is gone again
     paths, written, _ = _extract_counted(data, dest, 2_000_000)
-    assert written == 1_200_000 and sorted(p.rsplit("/", 1)[1] for p in paths) == ["a.bin", "b.bin"]
+    assert written == 1_200_000 and paths == [str(dest / "ws")]
+    assert sorted(p.name for p in (dest / "ws").iterdir()) == ["a.bin", "b.bin"]
 
 
 def test_sparse_members_are_refused(tmp_path) -> None:

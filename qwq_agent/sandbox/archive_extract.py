@@ -20,13 +20,16 @@ def _safe_extract(data: bytes, dest: Path, max_bytes: int = 64 * 1024 * 1024) ->
 
 
 def _extract_counted(
-    data: bytes, dest: Path, max_bytes: int, timeout: float = 120.0
+    data: bytes, dest: Path, max_bytes: int, timeout: float = 120.0, *, top: str | None = None
 ) -> tuple[list[str], int, list[str]]:
     """Extract an archive from an untrusted sandbox under `dest`.
 
-    Returns (top-level paths, bytes written, symlinks left out). Everything is checked before anything
+    Returns (top-level paths, bytes written, symlinks left out). The archive is one file or folder
+    (`top`, when the caller knows its name): every entry is under one top-level name, and links and
+    parent folders are judged against `dest/top`, the folder being copied back, not `dest`, which holds
+    the operator's other work. Everything is checked before anything
     is written: names, links, types (sparse members too: their headers do not say how much they expand
-    to). A symlink that is absolute or resolves out of `dest` is left out and named rather than refusing
+    to). A symlink that is absolute or resolves out of `dest/top` is left out and named rather than refusing
     the lot: a workspace routinely holds one (a venv's `bin/python3 -> /usr/bin/python3`), and copying
     the rest back matters more than a link that would point somewhere else on the host anyway. Hard links are written as copies. Then files are written by our own loop that counts the
     bytes that actually reach the disk and stops at `max_bytes` whatever the headers claim; on any
@@ -37,6 +40,7 @@ def _extract_counted(
     deadline = time.monotonic() + timeout
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
+    inside = root  # `root / top` once the top-level name is known: nothing may resolve out of it
     created: list[Path] = []
     skipped: list[str] = []
     links: list[tuple[tarfile.TarInfo, Path]] = []
@@ -46,7 +50,9 @@ def _extract_counted(
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members = []
             for member in tar.getmembers():
-                outside = _link_outside(member, dest) if member.issym() else None
+                top = _top_entry(member, top)
+                inside = root / top
+                outside = _link_outside(member, dest, top) if member.issym() else None
                 if outside:
                     skipped.append(clean_text(f"{member.name} -> {member.linkname} ({outside})"))
                     continue
@@ -73,16 +79,17 @@ def _extract_counted(
                     raise _Timeout
                 target = dest / member.name
                 parent = _resolve_under(target.parent, dest, root, parents)
-                if parent != root and root not in parent.parents:
+                allowed = (
+                    inside if "/" in member.name.rstrip("/") else root
+                )  # the top entry itself lands in `dest`
+                if parent != allowed and allowed not in parent.parents:
                     raise UnsafeArchive(
-                        f"refusing the downloaded archive: entry {member.name!r} would land outside {dest} through a link; nothing was written"
+                        f"refusing the downloaded archive: entry {member.name!r} would land outside {dest / str(top)} through a link; nothing was written"
                     )
                 if member.isdir():
-                    if not target.is_dir():
-                        target.mkdir(parents=True)
-                        created.append(target)
+                    _make_dirs(target, created)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
+                _make_dirs(target.parent, created)
                 if member.issym():
                     target.symlink_to(member.linkname)
                     created.append(target)
@@ -108,7 +115,7 @@ def _extract_counted(
                                 f"refusing the downloaded archive: it holds more than the download limit of {max_bytes} bytes; nothing was written"
                             )
                         out.write(chunk)
-            _drop_links_leaving(links, root, skipped, deadline)
+            _drop_links_leaving(links, inside, skipped, deadline)
     except tarfile.TarError as exc:
         _remove(created)
         raise UnsafeArchive(f"the sandbox sent a broken archive: {exc}") from None
@@ -120,7 +127,18 @@ def _extract_counted(
     except BaseException:
         _remove(created)
         raise
-    return [str(dest / m.name) for m in members if "/" not in m.name.rstrip("/")], written, skipped
+    return ([str(dest / top)] if members and top else []), written, skipped
+
+
+def _make_dirs(path: Path, created: list[Path]) -> None:
+    """`path` and its missing parents, each one recorded: a refused archive leaves none of them behind."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir()
+        created.append(folder)
 
 
 def _resolve_under(path: Path, dest: Path, root: Path, resolved: dict[Path, Path]) -> Path:
@@ -235,8 +253,25 @@ class _Timeout(Exception):
     pass
 
 
-def _link_outside(member: tarfile.TarInfo, dest: Path) -> str | None:
-    """Why the symlink `member` may not be written under `dest` (absolute, leaving it), or None."""
+def _top_entry(member: tarfile.TarInfo, top: str | None) -> str:
+    """The archive's top-level name: `top`, or the first entry's; an entry under another is refused.
+
+    A download is one file or folder. A second top-level name (`otherproject/conftest.py` beside
+    `workspace/`) would be written into the operator's folder of that name beside the copy.
+    """
+    first = member.name.replace("\\", "/").split("/")[0]
+    if top is None:
+        top = first
+    if first != top or first in ("", ".", ".."):
+        raise UnsafeArchive(
+            f"refusing the downloaded archive: entry {member.name!r} is not under {top!r}, the one file "
+            "or folder downloaded; nothing was written"
+        )
+    return top
+
+
+def _link_outside(member: tarfile.TarInfo, dest: Path, top: str) -> str | None:
+    """Why the symlink `member` may not be written under `dest/top` (absolute, leaving it), or None."""
     name = member.name
     if name.startswith("/") or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
         return None  # not a link problem: the name itself is refused with the rest of the archive
@@ -244,6 +279,11 @@ def _link_outside(member: tarfile.TarInfo, dest: Path) -> str | None:
         _data_filter(member, dest)
     except _Outside as exc:
         return str(exc)
+    # Inside `dest` is not enough: `workspace/notes.md -> ../otherproject/secrets.env` would aim the
+    # copy at the operator's other files beside it. (Links through links are judged once all are written.)
+    lands = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname))
+    if lands != top and not lands.startswith(top + "/"):
+        return "leads out of the destination"
     return None
 
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import os
+import posixpath
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,8 +128,9 @@ class FileOps(SandboxCalls):
         """Copy a workspace file or folder into the local directory `local_dir` (created if missing).
 
         The archive comes from an untrusted sandbox, so it is checked in full before anything is written:
-        absolute paths, `..` and special files raise `UnsafeArchive`. A symlink that is absolute or leaves
-        `local_dir` (a venv's `bin/python3 -> /usr/bin/python3`) is not written; it is named in `skipped`,
+        absolute paths, `..`, special files and entries beside `src`'s own name raise `UnsafeArchive`. A
+        symlink that is absolute or leaves the copy of `src` (a venv's `bin/python3 -> /usr/bin/python3`;
+        `notes.md -> ../otherproject/x`, beside it in `local_dir`) is not written; it is named in `skipped`,
         as are FIFOs, sockets and unreadable entries, which the sandbox leaves out of the archive.
         Something already at a path the archive holds raises `DestinationExists`; nothing is written then.
         """
@@ -140,7 +142,9 @@ class FileOps(SandboxCalls):
             raise UnsafeArchive(f"the sandbox sent a broken download: {chunks.problem}; nothing was written")
         data = b"".join(chunks.parts)
         limit = self.config.max_download_bytes
-        paths, written, skipped = await asyncio.to_thread(_extract_counted, data, Path(local_dir), limit)
+        paths, written, skipped = await asyncio.to_thread(
+            _extract_counted, data, Path(local_dir), limit, top=_top_name(src)
+        )
         return DownloadResult(
             paths=paths,
             bytes=written,
@@ -148,6 +152,11 @@ class FileOps(SandboxCalls):
             sandbox_replaced=replaced,
             state_lost=replaced,
         )
+
+
+def _top_name(src: str) -> str:
+    """The name the supervisor gives `src` in its archive: the last component of the workspace path."""
+    return posixpath.basename(posixpath.normpath(posixpath.join("/workspace", src))) or "workspace"
 
 
 def _left_out(raw: dict[str, Any]) -> list[str]:
