@@ -53,3 +53,94 @@ async def test_a_link_into_a_folder_beside_the_copy_is_left_out_and_named(sandbo
     assert (ws / "docs" / "readme").read_text() == "hello\n" and (ws / "byname").read_text() == "hello\n"
     assert sorted(p.name for p in dest.iterdir()) == ["otherproject", "workspace"]
     assert [p.name for p in (dest / "otherproject").iterdir()] == ["secrets.env"]
+
+
+# The supervisor's own download walk, run in a real sandbox's interpreter (its package is readable there)
+# with a `_send` that collects the archive: a chunk going out is the one moment we can act between two
+# steps of the walk without a race, as a thread the agent left running might.
+_WALK = r"""
+import json, os, sys, tarfile
+sys.path.insert(0, "/opt/qwq")
+from supervisor import archives
+from supervisor.framing import RequestError
+
+W = "/workspace/t"
+os.makedirs(W + "/d")
+with open(W + "/d/a.bin", "wb") as f:
+    f.write(os.urandom(5 * 1024 * 1024))  # past one chunk: a chunk goes out while the walk is in d/
+open(W + "/d/enabled", "w").write("mine\n")
+if BIG:  # walked before d/: the first chunk goes out while it is
+    with open(W + "/big.bin", "wb") as f:
+        f.write(b"b" * (12 * 1024 * 1024))
+
+
+def header(name, size=0, kind=tarfile.REGTYPE, link=""):
+    t = tarfile.TarInfo(name)
+    t.size, t.type, t.linkname, t.mode = size, kind, link, 0o644
+    return t.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+# A file the agent wrote: if a member's header promised more bytes than came, the host read on into
+# this, and wherever it landed, every block sends it on to `t/l -> ..` and a file through that link.
+payload = b"print('ran on the host')\n"
+sled = b"".join(header(f"t/s{i}", (63 - i) * 512) for i in range(64))
+sled += header("t/l", kind=tarfile.SYMTYPE, link="..")
+sled += header("t/l/otherproject/conftest.py", len(payload)) + payload.ljust(512, b"\0") + b"\0" * 1024
+open(W + "/e_sled", "wb").write(sled)
+
+sent = []
+
+
+def send(frame, blob):
+    sent.append(bytes(blob))
+    if len(sent) == 1:
+        ACT()
+
+
+try:
+    reply = archives.download({"path": W, "_send": send})
+except RequestError as exc:
+    reply = {"error": str(exc)}
+archive = b"".join(sent)
+try:
+    with tarfile.open(fileobj=__import__("io").BytesIO(archive), mode="r:") as tar:
+        reply["parsed"] = tar.getnames()
+except tarfile.TarError as exc:
+    reply["parsed"] = f"broken: {exc}"
+reply["from_sys"] = b"madvise" in archive
+print(json.dumps(reply))
+"""
+
+
+async def _walk(act: str, *, big: bool) -> dict:
+    """The supervisor's reply (or its error) with `act` run as the first chunk goes out, and the names
+    tarfile (as the host) reads from the archive it streamed."""
+    import json
+
+    async with open_sandbox() as sb:
+        r = await sb.python(f"BIG = {big}\ndef ACT():\n    {act}\n" + _WALK, timeout=60)
+        assert r.error is None, r.error
+        return json.loads(r.stdout)
+
+
+async def test_a_folder_swapped_for_a_link_mid_walk_is_left_out_not_read_through(sandbox_image) -> None:
+    """`d` becomes a link into /sys between its listing and its files: `d/enabled` was opened through it
+    (O_NOFOLLOW guards only the last component), sysfs said 4096 bytes and gave fewer, the header went
+    out with no data behind it, and the host read the next file's contents as headers: `t/l -> ..` and
+    `t/l/otherproject/conftest.py`, planted outside the copy. Now the file is left out and named."""
+    reply = await _walk(
+        'os.rename(W + "/d", W + "/d_old"); os.symlink("/sys/kernel/mm/transparent_hugepage", W + "/d")',
+        big=False,
+    )
+    assert "error" not in reply, reply
+    assert reply["parsed"] == ["t", "t/d", "t/d/a.bin", "t/e_sled"]
+    assert reply["skipped"] == ["t/d/enabled: changed while it was archived"]
+    assert reply["entries"] == len(reply["parsed"]) and not reply["from_sys"]
+
+
+async def test_a_file_that_shrinks_while_it_is_sent_stops_the_download(sandbox_image) -> None:
+    """A log cut short by a writer still running while its bytes stream out: its header already claimed
+    the size it had, so going on (as the walk did, naming it skipped) left the stream lying about itself."""
+    reply = await _walk('os.truncate(W + "/big.bin", 1024 * 1024)', big=True)
+    assert reply.get("error", "").startswith("t/big.bin changed while it was archived"), reply
+    assert "try again" in reply["error"]

@@ -190,6 +190,36 @@ def test_an_archive_with_a_second_top_level_entry_is_refused_whole(tmp_path) -> 
     assert sorted(p.name for p in dest.iterdir()) == ["other"] and list((dest / "other").iterdir()) == []
 
 
+def _header(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE, link: str = "") -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.linkname = size, kind, link
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def test_an_archive_that_reads_as_other_entries_than_were_sent_is_refused(tmp_path) -> None:
+    """What the supervisor streamed when a file shrank under it: the header of `ws/d/enabled` promising
+    4096 bytes with none behind it, then `ws/e_sled`, a file the sandbox wrote, whose contents the host
+    read as headers: `ws/l -> ..` and a file through it. The reply counted the 3 entries it sent."""
+    payload = b"print('ran on the host')\n"
+    sled = b"".join(_header(f"ws/s{i}", (63 - i) * 512) for i in range(64))
+    sled += _header("ws/l", kind=tarfile.SYMTYPE, link="..")
+    sled += _header("ws/l/other/conftest.py", len(payload)) + payload.ljust(512, b"\0") + b"\0" * 1024
+    data = _header("ws", kind=tarfile.DIRTYPE) + _header("ws/d/enabled", 4096)
+    data += _header("ws/e_sled", len(sled)) + sled + b"\0" * 10240
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeArchive, match="reads as 5 entries where the sandbox sent 3"):
+        _extract_counted(data, dest, 1 << 20, entries=3)
+    assert list(dest.iterdir()) == []
+    # Junk where the end should be: tarfile stops reading at a block that is no header, silently.
+    data = _header("ws", kind=tarfile.DIRTYPE) + _header("ws/a") + b"x" * 512 + b"\0" * 10240
+    with pytest.raises(UnsafeArchive, match="there is more after its end"):
+        _extract_counted(data, dest, 1 << 20, entries=2)
+    assert list(dest.iterdir()) == []
+    # As the supervisor writes one: all it sent, and zeros after the end.
+    _extract_counted(_tar_entries(("ws", "dir", ""), ("ws/a", "file", "a")), dest, 1 << 20, entries=2)
+    assert (dest / "ws" / "a").read_text() == "a"
+
+
 def test_links_that_leave_only_together_are_removed(tmp_path) -> None:
     """`c -> a/b/../..` is inside while `a/b` does not exist; once `a/b -> ..` is written, it leaves."""
     dest = tmp_path / "dest"

@@ -20,7 +20,13 @@ def _safe_extract(data: bytes, dest: Path, max_bytes: int = 64 * 1024 * 1024) ->
 
 
 def _extract_counted(
-    data: bytes, dest: Path, max_bytes: int, timeout: float = 120.0, *, top: str | None = None
+    data: bytes,
+    dest: Path,
+    max_bytes: int,
+    timeout: float = 120.0,
+    *,
+    top: str | None = None,
+    entries: int | None = None,
 ) -> tuple[list[str], int, list[str]]:
     """Extract an archive from an untrusted sandbox under `dest`.
 
@@ -36,6 +42,9 @@ def _extract_counted(
     refusal, what was written is removed again, so a refused archive leaves nothing behind. It all runs
     under `timeout` (a worker thread that no deadline or Ctrl-C could stop otherwise), and an entry
     that is already on the host (a second copy-back into the same folder) refuses the lot up front.
+    With `entries` (the count the sandbox's reply gives), an archive that reads as another number of
+    entries, or holds anything but zeros after its end, is refused: a header promising more bytes than
+    came after it makes the following file contents read as headers of the sandbox's choosing.
     """
     deadline = time.monotonic() + timeout
     dest.mkdir(parents=True, exist_ok=True)
@@ -49,6 +58,7 @@ def _extract_counted(
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members = []
+            _check_whole(tar, data, entries)
             for member in tar.getmembers():
                 top = _top_entry(member, top)
                 inside = root / top
@@ -128,6 +138,24 @@ def _extract_counted(
         _remove(created)
         raise
     return ([str(dest / top)] if members and top else []), written, skipped
+
+
+def _check_whole(tar: tarfile.TarFile, data: bytes, entries: int | None) -> None:
+    """Refuse an archive that is not the one the sandbox's reply describes (see `_extract_counted`)."""
+    if entries is None:
+        return
+    found = len(tar.getmembers())
+    end = tar.offset  # where reading stopped: the end-of-archive blocks, or a block that is no header
+    if found != entries or end > len(data) or data[end:].strip(b"\0"):
+        why = (
+            f"it reads as {found} entries where the sandbox sent {entries}"
+            if found != entries
+            else "there is more after its end"
+        )
+        raise UnsafeArchive(
+            f"refusing the downloaded archive: {why} (a header that does not match what follows it); "
+            "nothing was written"
+        )
 
 
 def _make_dirs(path: Path, created: list[Path]) -> None:

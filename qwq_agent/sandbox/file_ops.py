@@ -132,7 +132,8 @@ class FileOps(SandboxCalls):
         symlink that is absolute or leaves the copy of `src` (a venv's `bin/python3 -> /usr/bin/python3`;
         `notes.md -> ../otherproject/x`, beside it in `local_dir`) is not written; it is named in `skipped`,
         as are FIFOs, sockets and unreadable entries, which the sandbox leaves out of the archive.
-        Something already at a path the archive holds raises `DestinationExists`; nothing is written then.
+        Something already at a path the archive holds raises `DestinationExists`, and an archive that does
+        not read as the entries the reply counts raises `UnsafeArchive`; nothing is written then.
         """
         with _checked():
             req = DownloadRequest(path=src)
@@ -142,8 +143,11 @@ class FileOps(SandboxCalls):
             raise UnsafeArchive(f"the sandbox sent a broken download: {chunks.problem}; nothing was written")
         data = b"".join(chunks.parts)
         limit = self.config.max_download_bytes
+        entries = raw.get("entries")
+        if not isinstance(entries, int) or isinstance(entries, bool):
+            raise UnsafeArchive("the sandbox's download reply has no entry count; nothing was written")
         paths, written, skipped = await asyncio.to_thread(
-            _extract_counted, data, Path(local_dir), limit, top=_top_name(src)
+            _extract_counted, data, Path(local_dir), limit, top=_top_name(src), entries=entries
         )
         return DownloadResult(
             paths=paths,
