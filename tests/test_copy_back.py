@@ -144,3 +144,17 @@ async def test_a_file_that_shrinks_while_it_is_sent_stops_the_download(sandbox_i
     reply = await _walk('os.truncate(W + "/big.bin", 1024 * 1024)', big=True)
     assert reply.get("error", "").startswith("t/big.bin changed while it was archived"), reply
     assert "try again" in reply["error"]
+
+
+async def test_the_count_of_entries_left_out_is_the_true_one(sandbox_image, tmp_path) -> None:
+    """200 FIFOs printed "51 entries were not copied back": the supervisor names 50, the host appended
+    "... and 150 more" as a 51st name, and the printed count was the length of that list."""
+    async with open_sandbox(workspace=_project(tmp_path)) as sb:
+        r = await sb.shell("for i in $(seq 1 200); do mkfifo p$i; done && ln -s /etc/passwd pw", timeout=60)
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, tmp_path / "out")
+        res = await sb.download("/workspace", tmp_path / "again")
+    assert ok and "201 entries were not copied back" in said, said
+    assert res.skipped_count == 201 and len(res.skipped) == 51
+    assert res.skipped[-1] == "workspace/pw -> /etc/passwd ('workspace/pw' is a link to an absolute path)"
+    assert not [s for s in res.skipped if "more" in s]

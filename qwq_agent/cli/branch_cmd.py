@@ -113,7 +113,7 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bo
             raise cancelled from None
         return False
     console.print(plain(f"{what} copied back to {dest}", "dim"), soft_wrap=True)
-    show_left_out(console, copied.skipped, "copied back")
+    show_left_out(console, copied.skipped, "copied back", copied.skipped_count)
     if cancelled is not None:
         raise cancelled
     return True

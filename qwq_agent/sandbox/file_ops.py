@@ -149,10 +149,12 @@ class FileOps(SandboxCalls):
         paths, written, skipped = await asyncio.to_thread(
             _extract_counted, data, Path(local_dir), limit, top=_top_name(src), entries=entries
         )
+        named, count = _left_out(raw)
         return DownloadResult(
             paths=paths,
             bytes=written,
-            skipped=_left_out(raw) + skipped,
+            skipped=named + skipped,
+            skipped_count=count + len(skipped),
             sandbox_replaced=replaced,
             state_lost=replaced,
         )
@@ -163,13 +165,15 @@ def _top_name(src: str) -> str:
     return posixpath.basename(posixpath.normpath(posixpath.join("/workspace", src))) or "workspace"
 
 
-def _left_out(raw: dict[str, Any]) -> list[str]:
-    """What the supervisor did not put in the archive (FIFOs, sockets, unreadable entries), as shown text."""
+def _left_out(raw: dict[str, Any]) -> tuple[list[str], int]:
+    """What the supervisor did not put in the archive (FIFOs, sockets, unreadable entries): the names it
+    gave, as shown text, and how many there were in all (never fewer than it named)."""
     named = raw.get("skipped")
     shown = [clean_text(str(s))[:300] for s in named[:50]] if isinstance(named, list) else []
     count = raw.get("skipped_count")
-    more = count - len(shown) if isinstance(count, int) and not isinstance(count, bool) else 0
-    return shown + ([f"... and {more} more"] if more > 0 else [])
+    if not isinstance(count, int) or isinstance(count, bool):
+        count = 0
+    return shown, max(count, len(shown))
 
 
 class _Chunks:
