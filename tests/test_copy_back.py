@@ -5,7 +5,11 @@ Real parts only: a real sandbox, real folders on the host, the CLI's own `copy_b
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -158,3 +162,40 @@ async def test_the_count_of_entries_left_out_is_the_true_one(sandbox_image, tmp_
     assert res.skipped_count == 201 and len(res.skipped) == 51
     assert res.skipped[-1] == "workspace/pw -> /etc/passwd ('workspace/pw' is a link to an absolute path)"
     assert not [s for s in res.skipped if "more" in s]
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=Dev", "-c", "user.email=dev@example.com", *args],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return done.stdout
+
+
+async def test_executable_files_stay_executable_and_nothing_else_is_kept(sandbox_image, tmp_path) -> None:
+    """Every file came back 0644: scripts lost +x, and in a repository `git status` showed each of them
+    modified. Any exec bit now gives 0755 (the umask applies); setuid, setgid and sticky never come back."""
+    repo = _project(tmp_path)
+    (repo / "run_tests.sh").write_text("#!/bin/sh\necho ok\n")
+    (repo / "run_tests.sh").chmod(0o755)
+    await asyncio.to_thread(_git, repo, "init", "-q")
+    await asyncio.to_thread(_git, repo, "add", "-A")
+    await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
+    async with open_sandbox(workspace=repo) as sb:
+        r = await sb.shell(
+            "printf '#!/bin/sh\\necho built\\n' > build.sh && chmod +x build.sh && echo x > suid && "
+            "chmod 6755 suid && echo x > group_x && chmod 0654 group_x && echo x > sticky && chmod 1600 sticky",
+            timeout=60,
+        )
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, tmp_path / "out")
+    assert ok, said
+    ws = tmp_path / "out" / "workspace"
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ws.iterdir() if p.is_file()}
+    exe, plain = 0o755 & ~umask, 0o644 & ~umask
+    assert modes == {"README.md": plain, "run_tests.sh": exe, "build.sh": exe, "suid": exe,
+                     "group_x": exe, "sticky": plain}  # fmt: skip
+    status = await asyncio.to_thread(_git, ws, "status", "--short")
+    assert status.split("\n") == ["?? build.sh", "?? group_x", "?? sticky", "?? suid", ""], status

@@ -33,18 +33,20 @@ def _extract_counted(
     Returns (top-level paths, bytes written, symlinks left out). The archive is one file or folder
     (`top`, when the caller knows its name): every entry is under one top-level name, and links and
     parent folders are judged against `dest/top`, the folder being copied back, not `dest`, which holds
-    the operator's other work. Everything is checked before anything
-    is written: names, links, types (sparse members too: their headers do not say how much they expand
-    to). A symlink that is absolute or resolves out of `dest/top` is left out and named rather than refusing
-    the lot: a workspace routinely holds one (a venv's `bin/python3 -> /usr/bin/python3`), and copying
-    the rest back matters more than a link that would point somewhere else on the host anyway. Hard links are written as copies. Then files are written by our own loop that counts the
-    bytes that actually reach the disk and stops at `max_bytes` whatever the headers claim; on any
-    refusal, what was written is removed again, so a refused archive leaves nothing behind. It all runs
-    under `timeout` (a worker thread that no deadline or Ctrl-C could stop otherwise), and an entry
-    that is already on the host (a second copy-back into the same folder) refuses the lot up front.
-    With `entries` (the count the sandbox's reply gives), an archive that reads as another number of
-    entries, or holds anything but zeros after its end, is refused: a header promising more bytes than
-    came after it makes the following file contents read as headers of the sandbox's choosing.
+    the operator's other work. Everything is checked before anything is written: names, links, types
+    (sparse members too: their headers do not say how much they expand to). A symlink that is absolute
+    or resolves out of `dest/top` is left out and named rather than refusing the lot: a workspace
+    routinely holds one (a venv's `bin/python3 -> /usr/bin/python3`), and copying the rest back matters
+    more than a link that would point somewhere else on the host anyway. Hard links are written as
+    copies; files are 0755 if the sandbox's had any exec bit, else 0644. Files are written by our own
+    loop that counts the bytes that actually reach the disk and stops at `max_bytes` whatever the
+    headers claim; on any refusal, what was written is removed again, so a refused archive leaves
+    nothing behind. It all runs under `timeout` (a worker thread that no deadline or Ctrl-C could stop
+    otherwise), and an entry that is already on the host (a second copy-back into the same folder)
+    refuses the lot up front. With `entries` (the count the sandbox's reply gives), an archive that
+    reads as another number of entries, or holds anything but zeros after its end, is refused: a header
+    promising more bytes than came after it makes the following file contents read as headers of the
+    sandbox's choosing.
     """
     deadline = time.monotonic() + timeout
     dest.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,10 @@ def _extract_counted(
                     raise UnsafeArchive(
                         f"refusing the downloaded archive: entry {member.name!r} has no data; nothing was written"
                     )
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                # The exec bit, which scripts need (and git records), and nothing else of the sandbox's
+                # mode: never setuid, setgid or sticky. The umask applies as to any new file.
+                mode = 0o755 if member.mode & 0o111 else 0o644
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
                 created.append(target)
                 with os.fdopen(fd, "wb") as out:
                     while chunk := src.read(1 << 20):
