@@ -21,10 +21,10 @@ from qwq_agent.cli.branch_cmd import copy_back
 pytestmark = [pytest.mark.docker]
 
 
-async def _copy_back(sandbox, dest: Path) -> tuple[bool, str]:
+async def _copy_back(sandbox, dest: Path, original: Path | None = None) -> tuple[bool, str]:
     """Copy /workspace into `dest` as the CLI does; whether it worked and what it printed (one line each)."""
     out = io.StringIO()
-    ok = await copy_back(sandbox, dest, Console(file=out, width=100_000), "the workspace")
+    ok = await copy_back(sandbox, dest, Console(file=out, width=100_000), "the workspace", original)
     return ok, out.getvalue()
 
 
@@ -199,3 +199,67 @@ async def test_executable_files_stay_executable_and_nothing_else_is_kept(sandbox
                      "group_x": exe, "sticky": plain}  # fmt: skip
     status = await asyncio.to_thread(_git, ws, "status", "--short")
     assert status.split("\n") == ["?? build.sh", "?? group_x", "?? sticky", "?? suid", ""], status
+
+
+def _host_git(repo: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """git as the operator runs it in the copy: no system or global config of this machine's."""
+    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+    return subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+
+
+async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_image, tmp_path) -> None:
+    """The sandbox's `.git/config` came back as it was: `core.fsmonitor` ran its command on the host at
+    the operator's next `git status`, and new hooks ran at the next commit. Now a git folder's config,
+    commondir and hooks, a `.git` file and an embedded bare repository's config are left out and named
+    on a line of their own, and git still works; what is the user's own (identical to the upload) stays."""
+    repo = _project(tmp_path)
+    await asyncio.to_thread(_git, repo, "init", "-q")
+    await asyncio.to_thread(_git, repo, "remote", "add", "origin", "https://example.com/repo.git")
+    (repo / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\nexit 0\n")
+    (repo / ".git" / "hooks" / "pre-commit").chmod(0o755)
+    await asyncio.to_thread(_git, repo, "add", "-A")
+    await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
+    nested = repo / "nested"  # a second repository inside: its config is the user's own too
+    nested.mkdir()
+    (nested / "a.txt").write_text("a\n")
+    for args in (("init", "-q"), ("add", "-A"), ("commit", "-qm", "nested")):
+        await asyncio.to_thread(_git, nested, *args)
+    marker = tmp_path / "RAN_ON_THE_HOST"
+    run = f"touch {marker}; false"
+    async with open_sandbox(workspace=repo) as sb:
+        r = await sb.shell(
+            f"git config core.fsmonitor '{run}' && git config alias.st '!{run}' && "
+            f"printf '#!/bin/sh\\n{run}\\n' > .git/hooks/post-checkout && chmod +x .git/hooks/post-checkout && "
+            f"git init -q --bare --template= evil && git config -f evil/config core.fsmonitor '{run}' && "
+            "git config -f evil/config core.bare false && git config -f evil/config core.worktree .. && "
+            "mkdir sub && echo 'gitdir: ../evil' > sub/.git && echo ../evil > .git/commondir && "
+            "ln -s .git/hooks hk && printf '#!/bin/sh\\ntrue\\n' > hk/pre-push && chmod +x hk/pre-push",
+            timeout=60,
+        )
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, tmp_path / "out", original=repo)
+        res = await sb.download("/workspace", tmp_path / "again", original=repo)
+    ws = tmp_path / "out" / "workspace"
+    assert ok, said
+    for folder in (ws, ws / "sub", ws / "evil", ws / "nested"):
+        await asyncio.to_thread(_host_git, folder, tmp_path, "status")
+    await asyncio.to_thread(_host_git, ws, tmp_path, "st")
+    assert not marker.exists(), said
+    left = [
+        "workspace/.git/commondir",
+        "workspace/.git/config",
+        "workspace/.git/hooks/post-checkout",
+        "workspace/.git/hooks/pre-push",
+        "workspace/evil/config",
+        "workspace/sub/.git",
+    ]
+    assert sorted(res.git_left_out) == left and res.skipped == []
+    assert "6 entries were not copied back, as git would run commands from them on the host" in said
+    status = await asyncio.to_thread(_host_git, ws, tmp_path, "status", "--short")
+    assert status.returncode == 0, status.stderr  # git works without .git/config
+    # The user's own: an unchanged hook (still executable), git's samples, the nested repository's config.
+    assert os.access(ws / ".git" / "hooks" / "pre-commit", os.X_OK)
+    assert (ws / ".git" / "hooks" / "pre-commit.sample").exists()
+    assert (ws / "nested" / ".git" / "config").read_bytes() == (
+        repo / "nested" / ".git" / "config"
+    ).read_bytes()

@@ -8,15 +8,26 @@ import os
 import tarfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from qwq_agent.sandbox.errors import DestinationExists, UnsafeArchive
+from qwq_agent.sandbox.git_files import GitFiles
 from qwq_agent.sandbox.supervisor import check_member
 from qwq_agent.sandbox.surrogates import clean_text
 
 
+class Extracted(NamedTuple):
+    """What `_extract_counted` wrote and left out."""
+
+    paths: list[str]  # the top-level path written
+    written: int  # bytes that reached the disk
+    skipped: list[str]  # links left out, each with why
+    git_left_out: list[str]  # entries git would run commands from (`git_files`), left out
+
+
 def _safe_extract(data: bytes, dest: Path, max_bytes: int = 64 * 1024 * 1024) -> list[str]:
     """Extract a downloaded archive under `dest`; see `_extract_counted`. Returns the top-level paths."""
-    return _extract_counted(data, dest, max_bytes)[0]
+    return _extract_counted(data, dest, max_bytes).paths
 
 
 def _extract_counted(
@@ -27,10 +38,11 @@ def _extract_counted(
     *,
     top: str | None = None,
     entries: int | None = None,
-) -> tuple[list[str], int, list[str]]:
+    original: Path | None = None,
+) -> Extracted:
     """Extract an archive from an untrusted sandbox under `dest`.
 
-    Returns (top-level paths, bytes written, symlinks left out). The archive is one file or folder
+    Returns what was written and left out (`Extracted`). The archive is one file or folder
     (`top`, when the caller knows its name): every entry is under one top-level name, and links and
     parent folders are judged against `dest/top`, the folder being copied back, not `dest`, which holds
     the operator's other work. Everything is checked before anything is written: names, links, types
@@ -46,7 +58,9 @@ def _extract_counted(
     refuses the lot up front. With `entries` (the count the sandbox's reply gives), an archive that
     reads as another number of entries, or holds anything but zeros after its end, is refused: a header
     promising more bytes than came after it makes the following file contents read as headers of the
-    sandbox's choosing.
+    sandbox's choosing. Entries git would run commands from (`git_files`) are left out and named, but
+    for one byte-identical to its counterpart in `original` (the folder `top` was uploaded from): that
+    one is the user's own.
     """
     deadline = time.monotonic() + timeout
     dest.mkdir(parents=True, exist_ok=True)
@@ -54,6 +68,7 @@ def _extract_counted(
     inside = root  # `root / top` once the top-level name is known: nothing may resolve out of it
     created: list[Path] = []
     skipped: list[str] = []
+    git_left_out: list[str] = []
     links: list[tuple[tarfile.TarInfo, Path]] = []
     parents: dict[Path, Path] = {}  # each folder resolved once, not once per entry in it
     written = 0
@@ -61,6 +76,7 @@ def _extract_counted(
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members = []
             _check_whole(tar, data, entries)
+            git = GitFiles(m.name for m in tar.getmembers())
             for member in tar.getmembers():
                 top = _top_entry(member, top)
                 inside = root / top
@@ -68,7 +84,6 @@ def _extract_counted(
                 if outside:
                     skipped.append(clean_text(f"{member.name} -> {member.linkname} ({outside})"))
                     continue
-                members.append(member)
                 problem = check_member(member)
                 if problem and member.issym() and problem.startswith("link to"):
                     problem = None  # `docs/README.md -> ../README.md`: data_filter below says it stays inside
@@ -80,12 +95,16 @@ def _extract_counted(
                     )
                 if not member.issym():  # _link_outside ran the filter on links already
                     _data_filter(member, dest)
+                if git.runs(member) and not _same_as_original(tar, member, top, original):
+                    git_left_out.append(clean_text(member.name))
+                    continue
                 existing = dest / member.name
                 if os.path.lexists(existing) and not (member.isdir() and existing.is_dir()):
                     raise DestinationExists(
                         f"{existing} already exists; copy into a folder that does not hold "
                         f"{member.name.split('/')[0]!r} yet; nothing was written"
                     )
+                members.append(member)
             for member in members:
                 if time.monotonic() > deadline:
                     raise _Timeout
@@ -98,6 +117,11 @@ def _extract_counted(
                     raise UnsafeArchive(
                         f"refusing the downloaded archive: entry {member.name!r} would land outside {dest / str(top)} through a link; nothing was written"
                     )
+                if parent != root:  # `a -> .git` written before `a/config`: judged where it lands
+                    lands = "/".join((top or "", *parent.relative_to(inside).parts, target.name))
+                    if lands != member.name and git.runs(member, lands):
+                        git_left_out.append(clean_text(member.name))
+                        continue
                 if member.isdir():
                     _make_dirs(target, created)
                     continue
@@ -142,7 +166,34 @@ def _extract_counted(
     except BaseException:
         _remove(created)
         raise
-    return ([str(dest / top)] if members and top else []), written, skipped
+    return Extracted([str(dest / top)] if members and top else [], written, skipped, git_left_out)
+
+
+MAX_COMPARED = 1024 * 1024  # configs and hooks are small; a larger one is left out unread
+
+
+def _same_as_original(tar: tarfile.TarFile, member: tarfile.TarInfo, top: str, original: Path | None) -> bool:
+    """Whether `member` is what the user's own `original` folder holds at the same place: the same
+    bytes (a file, no exec bit the original lacks) or the same target (a symlink)."""
+    if original is None or "/" not in member.name:
+        return False
+    mine = original / member.name.split("/", 1)[1]
+    try:
+        if member.issym():
+            return mine.is_symlink() and os.readlink(mine) == member.linkname
+        if not member.isfile() or mine.is_symlink() or not mine.is_file():  # hard links: left out
+            return False
+        st = mine.stat()
+        if (
+            st.st_size != member.size
+            or st.st_size > MAX_COMPARED
+            or (member.mode & 0o111 and not st.st_mode & 0o111)
+        ):
+            return False
+        src = tar.extractfile(member)
+        return src is not None and src.read(MAX_COMPARED + 1) == mine.read_bytes()
+    except (OSError, KeyError, tarfile.TarError):
+        return False
 
 
 def _check_whole(tar: tarfile.TarFile, data: bytes, entries: int | None) -> None:

@@ -124,7 +124,13 @@ class FileOps(SandboxCalls):
         self.last_upload = await self.upload_archive(data, dest)
         return self.last_upload
 
-    async def download(self, src: str, local_dir: str | os.PathLike[str]) -> DownloadResult:
+    async def download(
+        self,
+        src: str,
+        local_dir: str | os.PathLike[str],
+        *,
+        original: str | os.PathLike[str] | None = None,
+    ) -> DownloadResult:
         """Copy a workspace file or folder into the local directory `local_dir` (created if missing).
 
         The archive comes from an untrusted sandbox, so it is checked in full before anything is written:
@@ -134,6 +140,9 @@ class FileOps(SandboxCalls):
         as are FIFOs, sockets and unreadable entries, which the sandbox leaves out of the archive.
         Something already at a path the archive holds raises `DestinationExists`, and an archive that does
         not read as the entries the reply counts raises `UnsafeArchive`; nothing is written then.
+        Entries git would run commands from (`.git/config`, `.git/hooks/*`, a `.git` file: see
+        `sandbox.git_files`) are not written and are named in `git_left_out`, but for one byte-identical
+        to the file at the same place in `original`, the local folder `src` was uploaded from.
         """
         with _checked():
             req = DownloadRequest(path=src)
@@ -146,15 +155,22 @@ class FileOps(SandboxCalls):
         entries = raw.get("entries")
         if not isinstance(entries, int) or isinstance(entries, bool):
             raise UnsafeArchive("the sandbox's download reply has no entry count; nothing was written")
-        paths, written, skipped = await asyncio.to_thread(
-            _extract_counted, data, Path(local_dir), limit, top=_top_name(src), entries=entries
+        done = await asyncio.to_thread(
+            _extract_counted,
+            data,
+            Path(local_dir),
+            limit,
+            top=_top_name(src),
+            entries=entries,
+            original=Path(original) if original is not None else None,
         )
         named, count = _left_out(raw)
         return DownloadResult(
-            paths=paths,
-            bytes=written,
-            skipped=named + skipped,
-            skipped_count=count + len(skipped),
+            paths=done.paths,
+            bytes=done.written,
+            skipped=named + done.skipped,
+            skipped_count=count + len(done.skipped),
+            git_left_out=done.git_left_out,
             sandbox_replaced=replaced,
             state_lost=replaced,
         )
