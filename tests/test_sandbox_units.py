@@ -117,7 +117,7 @@ def test_a_download_keeps_links_inside_and_skips_links_leaving(tmp_path) -> None
         ("ws/docs/README.md", "../README.md"),
         ("ws/up", "../../outside"),
     )
-    paths, written, skipped = _extract_counted(data, dest, 1 << 20)
+    paths, written, skipped, _ = _extract_counted(data, dest, 1 << 20)
     assert (dest / "ws" / "result.txt").read_bytes() == b"important" and written == len(b"hiimportant")
     assert (dest / "ws" / "docs" / "README.md").read_text() == "hi"  # the relative link inside is kept
     assert not (dest / "ws" / ".venv" / "bin" / "python3").is_symlink()
@@ -126,11 +126,154 @@ def test_a_download_keeps_links_inside_and_skips_links_leaving(tmp_path) -> None
     assert paths == [str(dest / "ws")]
 
 
+def _tar_entries(*entries: tuple[str, str, str | bytes]) -> bytes:
+    """An archive of (name, kind, payload) entries in this order: kind "dir", "file" (payload: its bytes)
+    or "link" (payload: its target)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind, payload in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, str(payload)
+                tar.addfile(info)
+            else:
+                data = payload if isinstance(payload, bytes) else payload.encode()
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_links_are_judged_against_the_folder_copied_back_not_the_destination(tmp_path) -> None:
+    """`ws/notes.md -> ../other/secrets.env` stays inside DIR but leaves DIR/ws, the folder being copied
+    back; and `ws/l -> ..` once carried `ws/l/other/planted.txt` into the operator's DIR/other."""
+    dest = tmp_path / "dest"
+    (dest / "other").mkdir(parents=True)
+    (dest / "other" / "secrets.env").write_text("KEY=1\n")
+    data = _tar_entries(
+        ("ws", "dir", ""),
+        ("ws/README.md", "file", "hi"),
+        ("ws/notes.md", "link", "../other/secrets.env"),
+        ("ws/l", "link", ".."),
+        ("ws/l/other/planted.txt", "file", "from the sandbox"),
+        ("ws/back.md", "link", "../ws/README.md"),
+    )
+    paths, _, skipped, _ = _extract_counted(data, dest, 1 << 20)
+    assert [p.name for p in (dest / "other").iterdir()] == ["secrets.env"]
+    assert sorted(p.name for p in dest.iterdir()) == ["other", "ws"] and paths == [str(dest / "ws")]
+    assert skipped == [
+        "ws/notes.md -> ../other/secrets.env (leads out of the destination)",
+        "ws/l -> .. (leads out of the destination)",
+    ]
+    assert (dest / "ws" / "l" / "other" / "planted.txt").read_text() == "from the sandbox"  # a folder now
+    assert (dest / "ws" / "back.md").read_text() == "hi"
+
+
+def test_an_archive_with_a_second_top_level_entry_is_refused_whole(tmp_path) -> None:
+    """A download is one file or folder: `other/x` beside `ws/` would be written into DIR/other."""
+    from qwq_agent.sandbox import UnsafeArchive
+
+    dest = tmp_path / "dest"
+    (dest / "other").mkdir(parents=True)
+    data = _tar_entries(
+        ("ws", "dir", ""), ("ws/a", "file", "a"), ("other", "dir", ""), ("other/x", "file", "x")
+    )
+    with pytest.raises(
+        UnsafeArchive,
+        match="'other' is not under 'ws', the one file or folder downloaded; nothing was written",
+    ):
+        _extract_counted(data, dest, 1 << 20)
+    with pytest.raises(UnsafeArchive, match="'ws' is not under 'workspace'"):
+        _extract_counted(_tar_entries(("ws", "dir", "")), dest, 1 << 20, top="workspace")
+    assert sorted(p.name for p in dest.iterdir()) == ["other"] and list((dest / "other").iterdir()) == []
+
+
+def _header(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE, link: str = "") -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.linkname = size, kind, link
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def test_an_archive_that_reads_as_other_entries_than_were_sent_is_refused(tmp_path) -> None:
+    """What the supervisor streamed when a file shrank under it: the header of `ws/d/enabled` promising
+    4096 bytes with none behind it, then `ws/e_sled`, a file the sandbox wrote, whose contents the host
+    read as headers: `ws/l -> ..` and a file through it. The reply counted the 3 entries it sent."""
+    payload = b"print('ran on the host')\n"
+    sled = b"".join(_header(f"ws/s{i}", (63 - i) * 512) for i in range(64))
+    sled += _header("ws/l", kind=tarfile.SYMTYPE, link="..")
+    sled += _header("ws/l/other/conftest.py", len(payload)) + payload.ljust(512, b"\0") + b"\0" * 1024
+    data = _header("ws", kind=tarfile.DIRTYPE) + _header("ws/d/enabled", 4096)
+    data += _header("ws/e_sled", len(sled)) + sled + b"\0" * 10240
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeArchive, match="reads as 5 entries where the sandbox sent 3"):
+        _extract_counted(data, dest, 1 << 20, entries=3)
+    assert list(dest.iterdir()) == []
+    # Junk where the end should be: tarfile stops reading at a block that is no header, silently.
+    data = _header("ws", kind=tarfile.DIRTYPE) + _header("ws/a") + b"x" * 512 + b"\0" * 10240
+    with pytest.raises(UnsafeArchive, match="there is more after its end"):
+        _extract_counted(data, dest, 1 << 20, entries=2)
+    assert list(dest.iterdir()) == []
+    # As the supervisor writes one: all it sent, and zeros after the end.
+    _extract_counted(_tar_entries(("ws", "dir", ""), ("ws/a", "file", "a")), dest, 1 << 20, entries=2)
+    assert (dest / "ws" / "a").read_text() == "a"
+
+
+def test_git_files_are_left_out_also_through_a_link_or_in_other_case(tmp_path) -> None:
+    """`a -> .git` then `a/config`: the name holds no `.git`, the file lands in one. `.GIT/CONFIG` is
+    `.git/config` on a case-insensitive disk. A `hooks` link would make git run the folder it names."""
+    entries = (
+        ("ws", "dir", ""),
+        ("ws/.git", "dir", ""),
+        ("ws/.git/HEAD", "file", "ref: refs/heads/main\n"),
+        ("ws/.git/hooks", "link", "../scripts"),
+        ("ws/a", "link", ".git"),
+        ("ws/a/config", "file", "[core]\n\tfsmonitor = touch /tmp/x\n"),
+        ("ws/sub", "dir", ""),
+        ("ws/sub/.GIT", "dir", ""),
+        ("ws/sub/.GIT/CONFIG", "file", "[core]\n"),
+        ("ws/scripts", "dir", ""),
+        ("ws/scripts/pre-commit", "file", "#!/bin/sh\n"),
+        ("ws/config", "file", "not git's: no git folder around it"),
+    )
+    dest = tmp_path / "dest"
+    done = _extract_counted(_tar_entries(*entries), dest, 1 << 20)
+    assert sorted(done.git_left_out) == ["ws/.git/hooks", "ws/a/config", "ws/sub/.GIT/CONFIG"]
+    ws = dest / "ws"
+    assert sorted(p.name for p in (ws / ".git").iterdir()) == ["HEAD"] and (ws / "a").is_symlink()
+    assert (ws / "config").exists() and (ws / "scripts" / "pre-commit").exists()
+    assert list((ws / "sub" / ".GIT").iterdir()) == []
+
+
+def test_a_git_file_identical_to_the_users_own_is_copied_back(tmp_path) -> None:
+    """What the user uploaded is theirs: the same bytes at the same place come back. Not with an exec
+    bit their copy lacks (a hook they had disabled), nor changed by a byte."""
+    original = tmp_path / "repo"
+    (original / ".git" / "hooks").mkdir(parents=True)
+    (original / ".git" / "config").write_text("[core]\n\tbare = false\n")
+    (original / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\nexit 0\n")  # not executable
+    (original / ".git" / "hooks" / "pre-push").write_text("#!/bin/sh\nexit 0\n")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data, mode in (
+            ("ws/.git/config", b"[core]\n\tbare = false\n", 0o644),
+            ("ws/.git/hooks/pre-commit", b"#!/bin/sh\nexit 0\n", 0o755),
+            ("ws/.git/hooks/pre-push", b"#!/bin/sh\nexit 1\n", 0o644),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    done = _extract_counted(buf.getvalue(), tmp_path / "dest", 1 << 20, original=original)
+    assert done.git_left_out == ["ws/.git/hooks/pre-commit", "ws/.git/hooks/pre-push"]
+    assert (tmp_path / "dest" / "ws" / ".git" / "config").read_text() == "[core]\n\tbare = false\n"
+
+
 def test_links_that_leave_only_together_are_removed(tmp_path) -> None:
     """`c -> a/b/../..` is inside while `a/b` does not exist; once `a/b -> ..` is written, it leaves."""
     dest = tmp_path / "dest"
     data = _tar_links(("ws/a", "docs"), ("ws/c", "a/b/../../.."), ("ws/docs/b", ".."))
-    _, _, skipped = _extract_counted(data, dest, 1 << 20)
+    _, _, skipped, _ = _extract_counted(data, dest, 1 << 20)
     root = dest.resolve()
     for link in (dest / "ws").rglob("*"):
         if link.is_symlink():
@@ -147,7 +290,7 @@ def test_a_chain_of_links_is_resolved_once_and_too_deep_ones_are_named_so(tmp_pa
     links = [("ws/l1", "README.md")] + [(f"ws/l{i}", f"l{i - 1}") for i in range(2, 3000)]
     data = _tar_links(*links, ("ws/loop_a", "loop_b"), ("ws/loop_b", "loop_a"))
     t0 = time.monotonic()
-    _, _, skipped = _extract_counted(data, tmp_path / "dest", 1 << 20)
+    _, _, skipped, _ = _extract_counted(data, tmp_path / "dest", 1 << 20)
     assert time.monotonic() - t0 < 20  # ~2 s here, of which the symlink() calls are most
     ws = tmp_path / "dest" / "ws"
     assert (ws / "l40").read_text() == "hi" and (ws / "l1").is_symlink()  # 40 links: what the kernel follows
@@ -191,12 +334,13 @@ def _tar_files(*files: tuple[str, bytes], sparse: bool = False) -> bytes:
 
 def test_download_limit_counts_bytes_written_not_claims(tmp_path) -> None:
     dest = tmp_path / "dest"
-    data = _tar_files(("a.bin", b"a" * 600_000), ("b.bin", b"b" * 600_000))
+    data = _tar_files(("ws/a.bin", b"a" * 600_000), ("ws/b.bin", b"b" * 600_000))
     with pytest.raises(UnsafeArchive, match="download limit of 1000000 bytes"):
         _extract_counted(data, dest, 1_000_000)
     assert list(dest.iterdir()) == []  # what was written before the limit hit is gone again
-    paths, written, _ = _extract_counted(data, dest, 2_000_000)
-    assert written == 1_200_000 and sorted(p.rsplit("/", 1)[1] for p in paths) == ["a.bin", "b.bin"]
+    paths, written, _, _ = _extract_counted(data, dest, 2_000_000)
+    assert written == 1_200_000 and paths == [str(dest / "ws")]
+    assert sorted(p.name for p in (dest / "ws").iterdir()) == ["a.bin", "b.bin"]
 
 
 def test_sparse_members_are_refused(tmp_path) -> None:

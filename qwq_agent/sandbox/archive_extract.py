@@ -8,49 +8,82 @@ import os
 import tarfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from qwq_agent.sandbox.errors import DestinationExists, UnsafeArchive
+from qwq_agent.sandbox.git_files import GitFiles
 from qwq_agent.sandbox.supervisor import check_member
 from qwq_agent.sandbox.surrogates import clean_text
 
 
+class Extracted(NamedTuple):
+    """What `_extract_counted` wrote and left out."""
+
+    paths: list[str]  # the top-level path written
+    written: int  # bytes that reached the disk
+    skipped: list[str]  # links left out, each with why
+    git_left_out: list[str]  # entries git would run commands from (`git_files`), left out
+
+
 def _safe_extract(data: bytes, dest: Path, max_bytes: int = 64 * 1024 * 1024) -> list[str]:
     """Extract a downloaded archive under `dest`; see `_extract_counted`. Returns the top-level paths."""
-    return _extract_counted(data, dest, max_bytes)[0]
+    return _extract_counted(data, dest, max_bytes).paths
 
 
 def _extract_counted(
-    data: bytes, dest: Path, max_bytes: int, timeout: float = 120.0
-) -> tuple[list[str], int, list[str]]:
+    data: bytes,
+    dest: Path,
+    max_bytes: int,
+    timeout: float = 120.0,
+    *,
+    top: str | None = None,
+    entries: int | None = None,
+    original: Path | None = None,
+) -> Extracted:
     """Extract an archive from an untrusted sandbox under `dest`.
 
-    Returns (top-level paths, bytes written, symlinks left out). Everything is checked before anything
-    is written: names, links, types (sparse members too: their headers do not say how much they expand
-    to). A symlink that is absolute or resolves out of `dest` is left out and named rather than refusing
-    the lot: a workspace routinely holds one (a venv's `bin/python3 -> /usr/bin/python3`), and copying
-    the rest back matters more than a link that would point somewhere else on the host anyway. Hard links are written as copies. Then files are written by our own loop that counts the
-    bytes that actually reach the disk and stops at `max_bytes` whatever the headers claim; on any
-    refusal, what was written is removed again, so a refused archive leaves nothing behind. It all runs
-    under `timeout` (a worker thread that no deadline or Ctrl-C could stop otherwise), and an entry
-    that is already on the host (a second copy-back into the same folder) refuses the lot up front.
+    Returns what was written and left out (`Extracted`). The archive is one file or folder
+    (`top`, when the caller knows its name): every entry is under one top-level name, and links and
+    parent folders are judged against `dest/top`, the folder being copied back, not `dest`, which holds
+    the operator's other work. Everything is checked before anything is written: names, links, types
+    (sparse members too: their headers do not say how much they expand to). A symlink that is absolute
+    or resolves out of `dest/top` is left out and named rather than refusing the lot: a workspace
+    routinely holds one (a venv's `bin/python3 -> /usr/bin/python3`), and copying the rest back matters
+    more than a link that would point somewhere else on the host anyway. Hard links are written as
+    copies; files are 0755 if the sandbox's had any exec bit, else 0644. Files are written by our own
+    loop that counts the bytes that actually reach the disk and stops at `max_bytes` whatever the
+    headers claim; on any refusal, what was written is removed again, so a refused archive leaves
+    nothing behind. It all runs under `timeout` (a worker thread that no deadline or Ctrl-C could stop
+    otherwise), and an entry that is already on the host (a second copy-back into the same folder)
+    refuses the lot up front. With `entries` (the count the sandbox's reply gives), an archive that
+    reads as another number of entries, or holds anything but zeros after its end, is refused: a header
+    promising more bytes than came after it makes the following file contents read as headers of the
+    sandbox's choosing. Entries git would run commands from (`git_files`) are left out and named, but
+    for one byte-identical to its counterpart in `original` (the folder `top` was uploaded from): that
+    one is the user's own.
     """
     deadline = time.monotonic() + timeout
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
+    inside = root  # `root / top` once the top-level name is known: nothing may resolve out of it
     created: list[Path] = []
     skipped: list[str] = []
+    git_left_out: list[str] = []
     links: list[tuple[tarfile.TarInfo, Path]] = []
     parents: dict[Path, Path] = {}  # each folder resolved once, not once per entry in it
     written = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members = []
+            _check_whole(tar, data, entries)
+            git = GitFiles(m.name for m in tar.getmembers())
             for member in tar.getmembers():
-                outside = _link_outside(member, dest) if member.issym() else None
+                top = _top_entry(member, top)
+                inside = root / top
+                outside = _link_outside(member, dest, top) if member.issym() else None
                 if outside:
                     skipped.append(clean_text(f"{member.name} -> {member.linkname} ({outside})"))
                     continue
-                members.append(member)
                 problem = check_member(member)
                 if problem and member.issym() and problem.startswith("link to"):
                     problem = None  # `docs/README.md -> ../README.md`: data_filter below says it stays inside
@@ -62,27 +95,37 @@ def _extract_counted(
                     )
                 if not member.issym():  # _link_outside ran the filter on links already
                     _data_filter(member, dest)
+                if git.runs(member) and not _same_as_original(tar, member, top, original):
+                    git_left_out.append(clean_text(member.name))
+                    continue
                 existing = dest / member.name
                 if os.path.lexists(existing) and not (member.isdir() and existing.is_dir()):
                     raise DestinationExists(
                         f"{existing} already exists; copy into a folder that does not hold "
                         f"{member.name.split('/')[0]!r} yet; nothing was written"
                     )
+                members.append(member)
             for member in members:
                 if time.monotonic() > deadline:
                     raise _Timeout
                 target = dest / member.name
                 parent = _resolve_under(target.parent, dest, root, parents)
-                if parent != root and root not in parent.parents:
+                allowed = (
+                    inside if "/" in member.name.rstrip("/") else root
+                )  # the top entry itself lands in `dest`
+                if parent != allowed and allowed not in parent.parents:
                     raise UnsafeArchive(
-                        f"refusing the downloaded archive: entry {member.name!r} would land outside {dest} through a link; nothing was written"
+                        f"refusing the downloaded archive: entry {member.name!r} would land outside {dest / str(top)} through a link; nothing was written"
                     )
+                if parent != root:  # `a -> .git` written before `a/config`: judged where it lands
+                    lands = "/".join((top or "", *parent.relative_to(inside).parts, target.name))
+                    if lands != member.name and git.runs(member, lands):
+                        git_left_out.append(clean_text(member.name))
+                        continue
                 if member.isdir():
-                    if not target.is_dir():
-                        target.mkdir(parents=True)
-                        created.append(target)
+                    _make_dirs(target, created)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
+                _make_dirs(target.parent, created)
                 if member.issym():
                     target.symlink_to(member.linkname)
                     created.append(target)
@@ -98,7 +141,10 @@ def _extract_counted(
                     raise UnsafeArchive(
                         f"refusing the downloaded archive: entry {member.name!r} has no data; nothing was written"
                     )
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                # The exec bit, which scripts need (and git records), and nothing else of the sandbox's
+                # mode: never setuid, setgid or sticky. The umask applies as to any new file.
+                mode = 0o755 if member.mode & 0o111 else 0o644
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
                 created.append(target)
                 with os.fdopen(fd, "wb") as out:
                     while chunk := src.read(1 << 20):
@@ -108,7 +154,7 @@ def _extract_counted(
                                 f"refusing the downloaded archive: it holds more than the download limit of {max_bytes} bytes; nothing was written"
                             )
                         out.write(chunk)
-            _drop_links_leaving(links, root, skipped, deadline)
+            _drop_links_leaving(links, inside, skipped, deadline)
     except tarfile.TarError as exc:
         _remove(created)
         raise UnsafeArchive(f"the sandbox sent a broken archive: {exc}") from None
@@ -120,7 +166,63 @@ def _extract_counted(
     except BaseException:
         _remove(created)
         raise
-    return [str(dest / m.name) for m in members if "/" not in m.name.rstrip("/")], written, skipped
+    return Extracted([str(dest / top)] if members and top else [], written, skipped, git_left_out)
+
+
+MAX_COMPARED = 1024 * 1024  # configs and hooks are small; a larger one is left out unread
+
+
+def _same_as_original(tar: tarfile.TarFile, member: tarfile.TarInfo, top: str, original: Path | None) -> bool:
+    """Whether `member` is what the user's own `original` folder holds at the same place: the same
+    bytes (a file, no exec bit the original lacks) or the same target (a symlink)."""
+    if original is None or "/" not in member.name:
+        return False
+    mine = original / member.name.split("/", 1)[1]
+    try:
+        if member.issym():
+            return mine.is_symlink() and os.readlink(mine) == member.linkname
+        if not member.isfile() or mine.is_symlink() or not mine.is_file():  # hard links: left out
+            return False
+        st = mine.stat()
+        if (
+            st.st_size != member.size
+            or st.st_size > MAX_COMPARED
+            or (member.mode & 0o111 and not st.st_mode & 0o111)
+        ):
+            return False
+        src = tar.extractfile(member)
+        return src is not None and src.read(MAX_COMPARED + 1) == mine.read_bytes()
+    except (OSError, KeyError, tarfile.TarError):
+        return False
+
+
+def _check_whole(tar: tarfile.TarFile, data: bytes, entries: int | None) -> None:
+    """Refuse an archive that is not the one the sandbox's reply describes (see `_extract_counted`)."""
+    if entries is None:
+        return
+    found = len(tar.getmembers())
+    end = tar.offset  # where reading stopped: the end-of-archive blocks, or a block that is no header
+    if found != entries or end > len(data) or data[end:].strip(b"\0"):
+        why = (
+            f"it reads as {found} entries where the sandbox sent {entries}"
+            if found != entries
+            else "there is more after its end"
+        )
+        raise UnsafeArchive(
+            f"refusing the downloaded archive: {why} (a header that does not match what follows it); "
+            "nothing was written"
+        )
+
+
+def _make_dirs(path: Path, created: list[Path]) -> None:
+    """`path` and its missing parents, each one recorded: a refused archive leaves none of them behind."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir()
+        created.append(folder)
 
 
 def _resolve_under(path: Path, dest: Path, root: Path, resolved: dict[Path, Path]) -> Path:
@@ -235,8 +337,25 @@ class _Timeout(Exception):
     pass
 
 
-def _link_outside(member: tarfile.TarInfo, dest: Path) -> str | None:
-    """Why the symlink `member` may not be written under `dest` (absolute, leaving it), or None."""
+def _top_entry(member: tarfile.TarInfo, top: str | None) -> str:
+    """The archive's top-level name: `top`, or the first entry's; an entry under another is refused.
+
+    A download is one file or folder. A second top-level name (`otherproject/conftest.py` beside
+    `workspace/`) would be written into the operator's folder of that name beside the copy.
+    """
+    first = member.name.replace("\\", "/").split("/")[0]
+    if top is None:
+        top = first
+    if first != top or first in ("", ".", ".."):
+        raise UnsafeArchive(
+            f"refusing the downloaded archive: entry {member.name!r} is not under {top!r}, the one file "
+            "or folder downloaded; nothing was written"
+        )
+    return top
+
+
+def _link_outside(member: tarfile.TarInfo, dest: Path, top: str) -> str | None:
+    """Why the symlink `member` may not be written under `dest/top` (absolute, leaving it), or None."""
     name = member.name
     if name.startswith("/") or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
         return None  # not a link problem: the name itself is refused with the rest of the archive
@@ -244,6 +363,11 @@ def _link_outside(member: tarfile.TarInfo, dest: Path) -> str | None:
         _data_filter(member, dest)
     except _Outside as exc:
         return str(exc)
+    # Inside `dest` is not enough: `workspace/notes.md -> ../otherproject/secrets.env` would aim the
+    # copy at the operator's other files beside it. (Links through links are judged once all are written.)
+    lands = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname))
+    if lands != top and not lands.startswith(top + "/"):
+        return "leads out of the destination"
     return None
 
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import os
+import posixpath
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,14 +124,25 @@ class FileOps(SandboxCalls):
         self.last_upload = await self.upload_archive(data, dest)
         return self.last_upload
 
-    async def download(self, src: str, local_dir: str | os.PathLike[str]) -> DownloadResult:
+    async def download(
+        self,
+        src: str,
+        local_dir: str | os.PathLike[str],
+        *,
+        original: str | os.PathLike[str] | None = None,
+    ) -> DownloadResult:
         """Copy a workspace file or folder into the local directory `local_dir` (created if missing).
 
         The archive comes from an untrusted sandbox, so it is checked in full before anything is written:
-        absolute paths, `..` and special files raise `UnsafeArchive`. A symlink that is absolute or leaves
-        `local_dir` (a venv's `bin/python3 -> /usr/bin/python3`) is not written; it is named in `skipped`,
+        absolute paths, `..`, special files and entries beside `src`'s own name raise `UnsafeArchive`. A
+        symlink that is absolute or leaves the copy of `src` (a venv's `bin/python3 -> /usr/bin/python3`;
+        `notes.md -> ../otherproject/x`, beside it in `local_dir`) is not written; it is named in `skipped`,
         as are FIFOs, sockets and unreadable entries, which the sandbox leaves out of the archive.
-        Something already at a path the archive holds raises `DestinationExists`; nothing is written then.
+        Something already at a path the archive holds raises `DestinationExists`, and an archive that does
+        not read as the entries the reply counts raises `UnsafeArchive`; nothing is written then.
+        Entries git would run commands from (`.git/config`, `.git/hooks/*`, a `.git` file: see
+        `sandbox.git_files`) are not written and are named in `git_left_out`, but for one byte-identical
+        to the file at the same place in `original`, the local folder `src` was uploaded from.
         """
         with _checked():
             req = DownloadRequest(path=src)
@@ -140,23 +152,44 @@ class FileOps(SandboxCalls):
             raise UnsafeArchive(f"the sandbox sent a broken download: {chunks.problem}; nothing was written")
         data = b"".join(chunks.parts)
         limit = self.config.max_download_bytes
-        paths, written, skipped = await asyncio.to_thread(_extract_counted, data, Path(local_dir), limit)
+        entries = raw.get("entries")
+        if not isinstance(entries, int) or isinstance(entries, bool):
+            raise UnsafeArchive("the sandbox's download reply has no entry count; nothing was written")
+        done = await asyncio.to_thread(
+            _extract_counted,
+            data,
+            Path(local_dir),
+            limit,
+            top=_top_name(src),
+            entries=entries,
+            original=Path(original) if original is not None else None,
+        )
+        named, count = _left_out(raw)
         return DownloadResult(
-            paths=paths,
-            bytes=written,
-            skipped=_left_out(raw) + skipped,
+            paths=done.paths,
+            bytes=done.written,
+            skipped=named + done.skipped,
+            skipped_count=count + len(done.skipped),
+            git_left_out=done.git_left_out,
             sandbox_replaced=replaced,
             state_lost=replaced,
         )
 
 
-def _left_out(raw: dict[str, Any]) -> list[str]:
-    """What the supervisor did not put in the archive (FIFOs, sockets, unreadable entries), as shown text."""
+def _top_name(src: str) -> str:
+    """The name the supervisor gives `src` in its archive: the last component of the workspace path."""
+    return posixpath.basename(posixpath.normpath(posixpath.join("/workspace", src))) or "workspace"
+
+
+def _left_out(raw: dict[str, Any]) -> tuple[list[str], int]:
+    """What the supervisor did not put in the archive (FIFOs, sockets, unreadable entries): the names it
+    gave, as shown text, and how many there were in all (never fewer than it named)."""
     named = raw.get("skipped")
     shown = [clean_text(str(s))[:300] for s in named[:50]] if isinstance(named, list) else []
     count = raw.get("skipped_count")
-    more = count - len(shown) if isinstance(count, int) and not isinstance(count, bool) else 0
-    return shown + ([f"... and {more} more"] if more > 0 else [])
+    if not isinstance(count, int) or isinstance(count, bool):
+        count = 0
+    return shown, max(count, len(shown))
 
 
 class _Chunks:

@@ -185,7 +185,13 @@ class DownloadResult(Result):
     skipped: list[str] = Field(
         default_factory=list,
         description="entries not written: links absolute, leaving the destination or too deep; FIFOs, "
-        "sockets, devices and unreadable entries",
+        "sockets, devices and unreadable entries (the sandbox names its first 50)",
+    )
+    skipped_count: int = Field(0, description="entries not written, also those beyond the named ones")
+    git_left_out: list[str] = Field(
+        default_factory=list,
+        description="entries not written because git would run commands from them (`.git/config`, "
+        "`.git/hooks/*`, a `.git` file; see `sandbox.git_files`); not in `skipped`",
     )
 
 

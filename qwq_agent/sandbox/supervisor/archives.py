@@ -177,35 +177,87 @@ def download(args):
         return info
 
     top = os.path.basename(shown.rstrip("/")) or "workspace"
+    root = os.path.realpath(WORKSPACE)
     with tarfile.open(fileobj=out, mode="w|") as archive:  # stream mode: only write() is needed
         # Our own walk, not archive.add: one FIFO, socket or unreadable folder (an agent's `mkfifo`, a
         # server it left running, `chmod 000`) is left out and named, as snapshots do, rather than
-        # costing the whole copy-back; and a stack, not recursion, so depth is no limit either.
+        # costing the whole copy-back; and a stack, not recursion, so depth is no limit either. An
+        # error may skip an entry only before its header is out (see `_emit`).
         stack = [(top, real)]
         while stack:
             name, path = stack.pop()
             try:
                 st = os.lstat(path)
                 if stat.S_ISDIR(st.st_mode):
-                    with os.scandir(path) as it:
-                        children = sorted(e.name for e in it)
-                    archive.addfile(budget(archive.gettarinfo(path, name)))
+                    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                    try:
+                        if not _inside(fd, root):
+                            skipped.append(f"{name}/: changed while it was archived")
+                            continue
+                        with os.scandir(fd) as it:
+                            children = sorted(e.name for e in it)
+                    finally:
+                        os.close(fd)
+                    _emit(archive, budget(archive.gettarinfo(path, name)))
                     stack.extend((f"{name}/{c}", os.path.join(path, c)) for c in reversed(children))
                 elif stat.S_ISREG(st.st_mode):
                     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
                     with os.fdopen(fd, "rb") as f:
-                        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped after the lstat
+                        # Swapped after the lstat, or reached through a folder swapped for a link since
+                        # it was listed (O_NOFOLLOW guards only the last component): not ours to read.
+                        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _inside(fd, root):
                             skipped.append(f"{name}: changed while it was archived")
                             continue
-                        info = budget(archive.gettarinfo(name, name, f))
-                        archive.addfile(info, None if info.islnk() else f)
+                        info = archive.gettarinfo(name, name, f)
+                        if info.islnk():
+                            _emit(archive, budget(info))
+                            continue
+                        out.reserve(_BLOCK + info.size)  # refused on the size it claims, before reading
+                        source = _contents(f, info)
+                        _emit(archive, budget(info), source)
                 elif stat.S_ISLNK(st.st_mode):
-                    archive.addfile(budget(archive.gettarinfo(path, name)))
+                    _emit(archive, budget(archive.gettarinfo(path, name)))
                 else:
                     skipped.append(f"{name}: {_KINDS.get(stat.S_IFMT(st.st_mode), 'special file')}")
-            except OSError as exc:  # unreadable, or gone mid-walk
+            except OSError as exc:  # unreadable, or gone mid-walk; before its header, see `_emit`
                 suffix = "/" if os.path.isdir(path) and not os.path.islink(path) else ""
                 skipped.append(f"{name}{suffix}: {exc.strerror or exc}")
     out.send_rest()
     return {"bytes": content, "archive_bytes": out.total, "entries": entries,
             "skipped": skipped.shown, "skipped_count": skipped.count}  # fmt: skip
+
+
+def _inside(fd, root):
+    """Whether the open file or folder `fd` really is under `root` (the path it was opened by may not be)."""
+    where = os.readlink(f"/proc/self/fd/{fd}")
+    return where == root or where.startswith(root + "/")
+
+
+def _contents(f, info):
+    """What to archive of the open file `f`, with `info.size` set to what that holds.
+
+    A file up to one chunk is read whole first and its header says what was read, so one that shrinks
+    or grows meanwhile (a log a running process truncates) is archived consistently as it was read. A
+    larger one is streamed from `f` for `info.size` bytes (held whole, it would share the container's
+    memory with the tmpfs it came from): one that grows is cut there; one that shrinks stops the
+    download in `_emit`.
+    """
+    if info.size > CHUNK:
+        return f
+    data = f.read(info.size)
+    info.size = len(data)
+    return io.BytesIO(data)
+
+
+def _emit(archive, info, source=None):
+    """Write one member, header and data. Once its header is out, nothing may skip it and go on: the
+    host would take the bytes after a header promising more than came (the next file's contents,
+    which the sandbox chose) as headers of entries of its making. So any failure stops the download."""
+    try:
+        archive.addfile(info, source)
+    except OSError as exc:
+        raise RequestError(
+            "ToolError",
+            f"{info.name} changed while it was archived ({exc.strerror or exc}: something in the sandbox "
+            "still writes to it); the download was stopped and nothing was written; try again",
+        ) from None

@@ -1,0 +1,265 @@
+"""`--copy-back DIR`: what a hostile or merely busy sandbox can make of the copy written on the host.
+
+Real parts only: a real sandbox, real folders on the host, the CLI's own `copy_back` printing to a console.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from qwq_agent.agent.workspace import open_sandbox
+from qwq_agent.cli.branch_cmd import copy_back
+
+pytestmark = [pytest.mark.docker]
+
+
+async def _copy_back(sandbox, dest: Path, original: Path | None = None) -> tuple[bool, str]:
+    """Copy /workspace into `dest` as the CLI does; whether it worked and what it printed (one line each)."""
+    out = io.StringIO()
+    ok = await copy_back(sandbox, dest, Console(file=out, width=100_000), "the workspace", original)
+    return ok, out.getvalue()
+
+
+def _project(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "README.md").write_text("hello\n")
+    return repo
+
+
+async def test_a_link_into_a_folder_beside_the_copy_is_left_out_and_named(sandbox_image, tmp_path) -> None:
+    """`workspace/notes.md -> ../otherproject/secrets.env` stays inside DIR but leaves DIR/workspace: kept,
+    the copied-back workspace aimed at the operator's other files in DIR (`cat` showed them, `>>` wrote them)."""
+    dest = tmp_path / "out"
+    (dest / "otherproject").mkdir(parents=True)
+    (dest / "otherproject" / "secrets.env").write_text("API_KEY=operator-secret\n")
+    async with open_sandbox(workspace=_project(tmp_path)) as sb:
+        r = await sb.shell(
+            "ln -s ../otherproject/secrets.env notes.md && mkdir docs && ln -s ../README.md docs/readme "
+            "&& ln -s ../workspace/README.md byname",
+            timeout=60,
+        )
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, dest)
+    ws = dest / "workspace"
+    assert ok, said
+    assert "notes.md" not in [p.name for p in ws.iterdir()]
+    assert "workspace/notes.md -> ../otherproject/secrets.env (leads out of the destination)" in said
+    # Links that stay inside the folder copied back are kept, also one that climbs out and back by name.
+    assert (ws / "docs" / "readme").read_text() == "hello\n" and (ws / "byname").read_text() == "hello\n"
+    assert sorted(p.name for p in dest.iterdir()) == ["otherproject", "workspace"]
+    assert [p.name for p in (dest / "otherproject").iterdir()] == ["secrets.env"]
+
+
+# The supervisor's own download walk, run in a real sandbox's interpreter (its package is readable there)
+# with a `_send` that collects the archive: a chunk going out is the one moment we can act between two
+# steps of the walk without a race, as a thread the agent left running might.
+_WALK = r"""
+import json, os, sys, tarfile
+sys.path.insert(0, "/opt/qwq")
+from supervisor import archives
+from supervisor.framing import RequestError
+
+W = "/workspace/t"
+os.makedirs(W + "/d")
+with open(W + "/d/a.bin", "wb") as f:
+    f.write(os.urandom(5 * 1024 * 1024))  # past one chunk: a chunk goes out while the walk is in d/
+open(W + "/d/enabled", "w").write("mine\n")
+if BIG:  # walked before d/: the first chunk goes out while it is
+    with open(W + "/big.bin", "wb") as f:
+        f.write(b"b" * (12 * 1024 * 1024))
+
+
+def header(name, size=0, kind=tarfile.REGTYPE, link=""):
+    t = tarfile.TarInfo(name)
+    t.size, t.type, t.linkname, t.mode = size, kind, link, 0o644
+    return t.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+# A file the agent wrote: if a member's header promised more bytes than came, the host read on into
+# this, and wherever it landed, every block sends it on to `t/l -> ..` and a file through that link.
+payload = b"print('ran on the host')\n"
+sled = b"".join(header(f"t/s{i}", (63 - i) * 512) for i in range(64))
+sled += header("t/l", kind=tarfile.SYMTYPE, link="..")
+sled += header("t/l/otherproject/conftest.py", len(payload)) + payload.ljust(512, b"\0") + b"\0" * 1024
+open(W + "/e_sled", "wb").write(sled)
+
+sent = []
+
+
+def send(frame, blob):
+    sent.append(bytes(blob))
+    if len(sent) == 1:
+        ACT()
+
+
+try:
+    reply = archives.download({"path": W, "_send": send})
+except RequestError as exc:
+    reply = {"error": str(exc)}
+archive = b"".join(sent)
+try:
+    with tarfile.open(fileobj=__import__("io").BytesIO(archive), mode="r:") as tar:
+        reply["parsed"] = tar.getnames()
+except tarfile.TarError as exc:
+    reply["parsed"] = f"broken: {exc}"
+reply["from_sys"] = b"madvise" in archive
+print(json.dumps(reply))
+"""
+
+
+async def _walk(act: str, *, big: bool) -> dict:
+    """The supervisor's reply (or its error) with `act` run as the first chunk goes out, and the names
+    tarfile (as the host) reads from the archive it streamed."""
+    import json
+
+    async with open_sandbox() as sb:
+        r = await sb.python(f"BIG = {big}\ndef ACT():\n    {act}\n" + _WALK, timeout=60)
+        assert r.error is None, r.error
+        return json.loads(r.stdout)
+
+
+async def test_a_folder_swapped_for_a_link_mid_walk_is_left_out_not_read_through(sandbox_image) -> None:
+    """`d` becomes a link into /sys between its listing and its files: `d/enabled` was opened through it
+    (O_NOFOLLOW guards only the last component), sysfs said 4096 bytes and gave fewer, the header went
+    out with no data behind it, and the host read the next file's contents as headers: `t/l -> ..` and
+    `t/l/otherproject/conftest.py`, planted outside the copy. Now the file is left out and named."""
+    reply = await _walk(
+        'os.rename(W + "/d", W + "/d_old"); os.symlink("/sys/kernel/mm/transparent_hugepage", W + "/d")',
+        big=False,
+    )
+    assert "error" not in reply, reply
+    assert reply["parsed"] == ["t", "t/d", "t/d/a.bin", "t/e_sled"]
+    assert reply["skipped"] == ["t/d/enabled: changed while it was archived"]
+    assert reply["entries"] == len(reply["parsed"]) and not reply["from_sys"]
+
+
+async def test_a_file_that_shrinks_while_it_is_sent_stops_the_download(sandbox_image) -> None:
+    """A log cut short by a writer still running while its bytes stream out: its header already claimed
+    the size it had, so going on (as the walk did, naming it skipped) left the stream lying about itself."""
+    reply = await _walk('os.truncate(W + "/big.bin", 1024 * 1024)', big=True)
+    assert reply.get("error", "").startswith("t/big.bin changed while it was archived"), reply
+    assert "try again" in reply["error"]
+
+
+async def test_the_count_of_entries_left_out_is_the_true_one(sandbox_image, tmp_path) -> None:
+    """200 FIFOs printed "51 entries were not copied back": the supervisor names 50, the host appended
+    "... and 150 more" as a 51st name, and the printed count was the length of that list."""
+    async with open_sandbox(workspace=_project(tmp_path)) as sb:
+        r = await sb.shell("for i in $(seq 1 200); do mkfifo p$i; done && ln -s /etc/passwd pw", timeout=60)
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, tmp_path / "out")
+        res = await sb.download("/workspace", tmp_path / "again")
+    assert ok and "201 entries were not copied back" in said, said
+    assert res.skipped_count == 201 and len(res.skipped) == 51
+    assert res.skipped[-1] == "workspace/pw -> /etc/passwd ('workspace/pw' is a link to an absolute path)"
+    assert not [s for s in res.skipped if "more" in s]
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=Dev", "-c", "user.email=dev@example.com", *args],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return done.stdout
+
+
+async def test_executable_files_stay_executable_and_nothing_else_is_kept(sandbox_image, tmp_path) -> None:
+    """Every file came back 0644: scripts lost +x, and in a repository `git status` showed each of them
+    modified. Any exec bit now gives 0755 (the umask applies); setuid, setgid and sticky never come back."""
+    repo = _project(tmp_path)
+    (repo / "run_tests.sh").write_text("#!/bin/sh\necho ok\n")
+    (repo / "run_tests.sh").chmod(0o755)
+    await asyncio.to_thread(_git, repo, "init", "-q")
+    await asyncio.to_thread(_git, repo, "add", "-A")
+    await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
+    async with open_sandbox(workspace=repo) as sb:
+        r = await sb.shell(
+            "printf '#!/bin/sh\\necho built\\n' > build.sh && chmod +x build.sh && echo x > suid && "
+            "chmod 6755 suid && echo x > group_x && chmod 0654 group_x && echo x > sticky && chmod 1600 sticky",
+            timeout=60,
+        )
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, tmp_path / "out")
+    assert ok, said
+    ws = tmp_path / "out" / "workspace"
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ws.iterdir() if p.is_file()}
+    exe, plain = 0o755 & ~umask, 0o644 & ~umask
+    assert modes == {"README.md": plain, "run_tests.sh": exe, "build.sh": exe, "suid": exe,
+                     "group_x": exe, "sticky": plain}  # fmt: skip
+    status = await asyncio.to_thread(_git, ws, "status", "--short")
+    assert status.split("\n") == ["?? build.sh", "?? group_x", "?? sticky", "?? suid", ""], status
+
+
+def _host_git(repo: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """git as the operator runs it in the copy: no system or global config of this machine's."""
+    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+    return subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+
+
+async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_image, tmp_path) -> None:
+    """The sandbox's `.git/config` came back as it was: `core.fsmonitor` ran its command on the host at
+    the operator's next `git status`, and new hooks ran at the next commit. Now a git folder's config,
+    commondir and hooks, a `.git` file and an embedded bare repository's config are left out and named
+    on a line of their own, and git still works; what is the user's own (identical to the upload) stays."""
+    repo = _project(tmp_path)
+    await asyncio.to_thread(_git, repo, "init", "-q")
+    await asyncio.to_thread(_git, repo, "remote", "add", "origin", "https://example.com/repo.git")
+    (repo / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\nexit 0\n")
+    (repo / ".git" / "hooks" / "pre-commit").chmod(0o755)
+    await asyncio.to_thread(_git, repo, "add", "-A")
+    await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
+    nested = repo / "nested"  # a second repository inside: its config is the user's own too
+    nested.mkdir()
+    (nested / "a.txt").write_text("a\n")
+    for args in (("init", "-q"), ("add", "-A"), ("commit", "-qm", "nested")):
+        await asyncio.to_thread(_git, nested, *args)
+    marker = tmp_path / "RAN_ON_THE_HOST"
+    run = f"touch {marker}; false"
+    async with open_sandbox(workspace=repo) as sb:
+        r = await sb.shell(
+            f"git config core.fsmonitor '{run}' && git config alias.st '!{run}' && "
+            f"printf '#!/bin/sh\\n{run}\\n' > .git/hooks/post-checkout && chmod +x .git/hooks/post-checkout && "
+            f"git init -q --bare --template= evil && git config -f evil/config core.fsmonitor '{run}' && "
+            "git config -f evil/config core.bare false && git config -f evil/config core.worktree .. && "
+            "mkdir sub && echo 'gitdir: ../evil' > sub/.git && echo ../evil > .git/commondir && "
+            "ln -s .git/hooks hk && printf '#!/bin/sh\\ntrue\\n' > hk/pre-push && chmod +x hk/pre-push",
+            timeout=60,
+        )
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, tmp_path / "out", original=repo)
+        res = await sb.download("/workspace", tmp_path / "again", original=repo)
+    ws = tmp_path / "out" / "workspace"
+    assert ok, said
+    for folder in (ws, ws / "sub", ws / "evil", ws / "nested"):
+        await asyncio.to_thread(_host_git, folder, tmp_path, "status")
+    await asyncio.to_thread(_host_git, ws, tmp_path, "st")
+    assert not marker.exists(), said
+    left = [
+        "workspace/.git/commondir",
+        "workspace/.git/config",
+        "workspace/.git/hooks/post-checkout",
+        "workspace/.git/hooks/pre-push",
+        "workspace/evil/config",
+        "workspace/sub/.git",
+    ]
+    assert sorted(res.git_left_out) == left and res.skipped == []
+    assert "6 entries were not copied back, as git would run commands from them on the host" in said
+    status = await asyncio.to_thread(_host_git, ws, tmp_path, "status", "--short")
+    assert status.returncode == 0, status.stderr  # git works without .git/config
+    # The user's own: an unchanged hook (still executable), git's samples, the nested repository's config.
+    assert os.access(ws / ".git" / "hooks" / "pre-commit", os.X_OK)
+    assert (ws / ".git" / "hooks" / "pre-commit.sample").exists()
+    assert (ws / "nested" / ".git" / "config").read_bytes() == (
+        repo / "nested" / ".git" / "config"
+    ).read_bytes()
