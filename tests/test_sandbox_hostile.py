@@ -479,3 +479,20 @@ async def test_too_many_or_too_large_figures_are_dropped_not_the_interpreter(san
         assert len(r.images) == 20
         assert "3 figure(s) not returned" in r.stderr
         assert (await sb.python("model")).value == "'trained for an hour'"
+
+
+async def test_a_figure_that_cannot_render_is_reported_once_and_closed(fresh: DockerSandbox) -> None:
+    # 100000 px wide: Agg refuses it. It was never closed, so every later cell (even `1 + 1`) failed with
+    # its ValueError until the model guessed to call plt.close('all'); the good figure beside it was lost.
+    r = await fresh.python(
+        "import matplotlib.pyplot as plt\n"
+        "plt.figure(figsize=(1000, 10), dpi=100); plt.plot([1, 2])\n"
+        "plt.figure(figsize=(2, 2)); plt.plot([3, 4])\n"
+        "'made'"
+    )
+    assert r.ok and r.value == "'made'", r
+    assert len(r.images) == 1  # the figure that renders still comes back
+    assert r.stderr.count("could not be rendered") == 1 and "Image size of 100000x1000" in r.stderr, r.stderr
+    for code, value in (("1 + 1", "2"), ("x = 3", None), ("x", "3")):
+        r = await fresh.python(code)
+        assert r.ok and r.value == value and r.stderr == "" and r.images == [], (code, r)

@@ -64,37 +64,55 @@ def worker_main():
     builtins.input = no_input
     namespace = {"__name__": "__main__", "__builtins__": builtins}
 
+    def note(text):
+        try:
+            print(text, file=sys.stderr)
+        except Exception:
+            pass  # the cell closed or replaced stderr: the result still comes back
+
     def figures():
+        """The cell's open figures as base64 PNGs. Every figure is closed at the end, whatever happened:
+        one left open is rendered again at the end of every later cell, and fails (or hangs) there too."""
         plt = sys.modules.get("matplotlib.pyplot")
         if plt is None:
             return []
         images: list[str] = []
+        failed: list[str] = []
         total = dropped = 0
-        for num in plt.get_fignums():
-            if len(images) >= MAX_FIGURES:
-                dropped += 1
-                continue
-            buf = io.BytesIO()
-            plt.figure(num).savefig(buf, format="png", bbox_inches="tight")
-            encoded = base64.b64encode(buf.getvalue()).decode("ascii")
-            # Past the budget a figure is dropped, not sent: a result frame over the pipe's limit is a
-            # protocol violation that costs the interpreter and every variable in it.
-            if total + len(encoded) > IMAGE_BUDGET:
-                dropped += 1
-                continue
-            images.append(encoded)
-            total += len(encoded)
-        plt.close("all")
-        if dropped:
+        try:
+            for num in plt.get_fignums():
+                if len(images) >= MAX_FIGURES:
+                    dropped += 1
+                    continue
+                buf = io.BytesIO()
+                try:
+                    plt.figure(num).savefig(buf, format="png", bbox_inches="tight")
+                except Exception as exc:  # one figure Agg cannot draw (too large...) costs only itself
+                    failed.append(f"figure {num}: {type(exc).__name__}: {str(exc)[:500]}")
+                    continue
+                encoded = base64.b64encode(buf.getvalue()).decode("ascii")
+                # Past the budget a figure is dropped, not sent: a result frame over the pipe's limit is a
+                # protocol violation that costs the interpreter and every variable in it.
+                if total + len(encoded) > IMAGE_BUDGET:
+                    dropped += 1
+                    continue
+                images.append(encoded)
+                total += len(encoded)
+        finally:
+            # SIGINT is held off while closing: an interrupt landing here would leave figures open again.
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
-                print(
-                    f"[{dropped} figure(s) not returned: more than {MAX_FIGURES} figures or "
-                    f"{IMAGE_BUDGET // 2**20} MB of images in one cell; save them with savefig, or plot "
-                    "fewer or smaller ones per cell]",
-                    file=sys.stderr,
-                )
-            except Exception:
-                pass  # the cell closed or replaced stderr: the figures that fit still come back
+                plt.close("all")
+            finally:
+                signal.signal(signal.SIGINT, previous)
+        if failed:
+            note(f"[{len(failed)} figure(s) could not be rendered and were closed: {'; '.join(failed)}]")
+        if dropped:
+            note(
+                f"[{dropped} figure(s) not returned: more than {MAX_FIGURES} figures or "
+                f"{IMAGE_BUDGET // 2**20} MB of images in one cell; save them with savefig, or plot "
+                "fewer or smaller ones per cell]"
+            )
         return images
 
     def error_of(exc, skip_frames):
