@@ -496,3 +496,24 @@ async def test_a_figure_that_cannot_render_is_reported_once_and_closed(fresh: Do
     for code, value in (("1 + 1", "2"), ("x = 3", None), ("x", "3")):
         r = await fresh.python(code)
         assert r.ok and r.value == value and r.stderr == "" and r.images == [], (code, r)
+
+
+async def test_a_figure_interrupted_while_rendering_is_closed(fresh: DockerSandbox) -> None:
+    # The timeout's SIGINT landed inside savefig and left the figure open: every later cell re-rendered it
+    # at its end and timed out too. The slow artist stands in for a 50-million-point scatter plot.
+    await fresh.python("import time, matplotlib.pyplot as plt\nfrom matplotlib.artist import Artist")
+    r = await fresh.python(
+        "class Slow(Artist):\n"
+        "    def draw(self, renderer):\n"
+        "        while True:\n"
+        "            time.sleep(0.05)\n"
+        "plt.figure().add_artist(Slow())\n"
+        "'figure made'",
+        timeout=2,
+    )
+    assert r.timed_out and not r.state_lost and r.images == [], r
+    for code, value in (("1 + 1", "2"), ("2 + 2", "4")):
+        later = await fresh.python(code, timeout=10)
+        assert not later.timed_out and later.ok and later.value == value and later.stderr == "", (code, later)
+    # The cell that made the figure says why none came back.
+    assert "interrupted while its figures were being rendered" in r.stderr, r.stderr

@@ -98,6 +98,14 @@ def worker_main():
                     continue
                 images.append(encoded)
                 total += len(encoded)
+        except KeyboardInterrupt:
+            # The timeout (or the host's cancel) hit inside savefig: say why no figure came back.
+            note(
+                "[figures not returned: the cell was interrupted while its figures were being rendered "
+                "(a timeout or cancellation); they were closed. Plot less per figure, or save it with "
+                "savefig in a cell of its own]"
+            )
+            raise
         finally:
             # SIGINT is held off while closing: an interrupt landing here would leave figures open again.
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
