@@ -243,3 +243,19 @@ async def test_python_starts_again_after_a_reclaim_whose_restart_failed(sandbox_
                 continue  # not even a request thread could start: try again
         await hog
         assert (await sb.python("1 + 1", timeout=20)).value == "2"
+
+
+async def test_a_long_multibyte_name_can_be_edited(shared_sandbox: DockerSandbox) -> None:
+    # 60 emoji are 240 bytes, a legal name (NAME_MAX is 255 bytes); the editor's temporary file took the
+    # name's first 100 *characters* (400 bytes) and every write failed with "File name too long".
+    sb = shared_sandbox
+    name = "/workspace/mb/" + "\U0001f600" * 60
+    try:
+        assert "File created successfully" in (await sb.create_file(name, "a = 1\n")).output
+        assert "has been edited" in (await sb.str_replace(name, "a = 1", "a = 2")).output
+        assert "has been edited" in (await sb.insert(name, 1, "b = 3")).output
+        assert "undone successfully" in (await sb.undo_edit(name)).output
+        r = await sb.shell("cat /workspace/mb/*; ls -a /workspace/mb | wc -l")
+        assert r.stdout == "a = 2\n3\n", r  # `.`, `..` and the file: no temporary file left
+    finally:
+        await sb.shell("rm -rf /workspace/mb")

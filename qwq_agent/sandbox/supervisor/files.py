@@ -127,7 +127,7 @@ def write_atomic(shown, real, data, *, replace=True):
         mode = stat.S_IMODE(st.st_mode)
         # Only what the user could write in place may be replaced (a rename alone would ignore its mode).
         os.close(open_regular(shown, real, os.O_WRONLY))
-    tmp = os.path.join(directory, f".{name[:100]}.{secrets.token_hex(6)}.qwq-tmp")
+    tmp = os.path.join(directory, f".{_stem(name)}.{secrets.token_hex(6)}.qwq-tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -163,3 +163,9 @@ def write_atomic(shown, real, data, *, replace=True):
             os.close(dfd)
     except OSError:
         pass
+
+
+def _stem(name, limit=100):
+    """The start of `name` for a temporary file's name: at most `limit` bytes (NAME_MAX counts bytes, and
+    100 characters can be 400), cut at a character boundary. A byte that is not UTF-8 is left out."""
+    return os.fsencode(name)[:limit].decode("utf-8", "ignore")
