@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from qwq_agent.sandbox import DockerSandbox, InvalidRequest, ResourceExhausted, SandboxConfig
+from qwq_agent.sandbox import (
+    DockerSandbox,
+    InvalidRequest,
+    PathOutsideWorkspace,
+    ResourceExhausted,
+    SandboxConfig,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
 
@@ -259,3 +265,31 @@ async def test_a_long_multibyte_name_can_be_edited(shared_sandbox: DockerSandbox
         assert r.stdout == "a = 2\n3\n", r  # `.`, `..` and the file: no temporary file left
     finally:
         await sb.shell("rm -rf /workspace/mb")
+
+
+async def test_dotdot_after_a_symlink_names_what_the_kernel_opens(shared_sandbox: DockerSandbox) -> None:
+    # `link/../x` with link -> a/b is a/x to the kernel (and to the shell and python); the editor
+    # normalised `..` lexically first and edited /workspace/dd/x instead, saying so.
+    sb = shared_sandbox
+    r = await sb.shell(
+        "mkdir -p /workspace/dd/a/b && cd /workspace/dd && echo 'value = 1' > a/x && echo 'value = 1' > x"
+        " && ln -s a/b link && ln -s / up"
+    )
+    assert r.exit_code == 0, r
+    try:
+        r = await sb.str_replace("/workspace/dd/link/../x", "value = 1", "value = 2")
+        assert r.output.startswith("The file /workspace/dd/a/x has been edited."), r.output
+        cat = await sb.shell("cd /workspace/dd && cat link/../x a/x x")
+        assert cat.stdout == "value = 2\nvalue = 2\nvalue = 1\n", cat
+        assert "value = 2" in (await sb.view("/workspace/dd/link/../x")).output
+        created = await sb.create_file("/workspace/dd/link/../new.py", "n = 1\n")
+        assert created.output == "File created successfully at: /workspace/dd/a/new.py"
+        # The workspace check is on the kernel's path: `up/..` is `/`, lexically it looked like dd/.
+        with pytest.raises(PathOutsideWorkspace):
+            await sb.create_file("/workspace/dd/up/../tmp/planted", "x")
+        assert (await sb.shell("ls /workspace/dd")).stdout == "a\nlink\nup\nx\n"
+        # Paths without a link before `..` are shown as written, normalised.
+        plain = await sb.str_replace("/workspace/dd/a/../x", "value = 1", "value = 3")
+        assert plain.output.startswith("The file /workspace/dd/x has been edited."), plain.output
+    finally:
+        await sb.shell("rm -rf /workspace/dd")

@@ -23,14 +23,20 @@ def resolve(path, *, allow_missing=True):
             "InvalidRequest",
             f"the path is {len(path)} characters long; paths are limited to {MAX_PATH} bytes",
         )
-    shown = os.path.normpath(path if os.path.isabs(path) else os.path.join(WORKSPACE, path))
-    real = os.path.realpath(_unescaped(shown))
+    joined = path if os.path.isabs(path) else os.path.join(WORKSPACE, path)
+    # Resolved as the kernel does, `..` after whatever link comes before it: with link -> a/b,
+    # `link/../x` is a/x for the shell and python, so it must be a/x for the editor too (a lexical
+    # normpath first would make it x). The workspace check is on this resolved path.
+    real = os.path.realpath(_unescaped(joined))
     root = os.path.realpath(WORKSPACE)
     if real != root and not real.startswith(root + "/"):
         raise RequestError(
             "PathOutsideWorkspace",
             f"The path {path} is outside the workspace {WORKSPACE}; only paths in it can be used.",
         )
+    shown = os.path.normpath(joined)
+    if os.path.realpath(_unescaped(shown)) != real:
+        shown = WORKSPACE + real[len(root) :]  # the tidy spelling names another file: name the real one
     if not allow_missing and not os.path.lexists(real):
         raise RequestError("ToolError", f"The path {shown} does not exist. Please provide a valid path.")
     return shown, real
