@@ -103,6 +103,30 @@ async def test_errors_are_observations(sandbox: object) -> None:
     assert not none.is_error and none.text.startswith("No matches")
 
 
+@pytest.mark.docker
+async def test_a_fifo_path_is_refused_not_read_until_the_timeout(sandbox: object) -> None:
+    # ripgrep blocked on the FIFO for the whole timeout, then the search said "No matches".
+    await sandbox.shell("mkfifo /workspace/pipe")
+    out = await SearchCode(timeout_s=5)({"pattern": "needle", "path": "pipe"}, ctx(sandbox))
+    assert out.is_error and "is a FIFO (named pipe)" in out.text, out.text
+
+
+@pytest.mark.docker
+async def test_a_search_that_times_out_says_so_not_no_matches(sandbox: object) -> None:
+    # ~100 MB of text and a regex ripgrep cannot skip through: far more than a 1 ms timeout covers.
+    await sandbox.shell(
+        'mkdir -p /workspace/bulk && python3 -c "import random; r = random.Random(0); '
+        "line = lambda: ' '.join(r.choice(['alpha', 'beta', 'gamma', 'delta']) for _ in range(12)); "
+        "text = '\\n'.join(line() for _ in range(5000)) + '\\n'\n"
+        "for i in range(4):\n"
+        "    open(f'/workspace/bulk/f{i}.txt', 'w').write(text * 80)\""
+    )
+    out = await SearchCode(timeout_s=0.001)({"pattern": r"\w+_no_such_\d{3}\b"}, ctx(sandbox))
+    assert not out.is_error, out.text
+    assert not out.text.startswith("No matches") and "timed out" in out.text, out.text
+    assert out.metadata["complete"] is False and out.metadata["timed_out"] is True
+
+
 async def test_without_a_sandbox_the_error_is_clear() -> None:
     out = await SearchCode()({"pattern": "x"}, ToolContext())
     assert out.is_error and "no sandbox" in out.text
@@ -115,3 +139,11 @@ def test_schema_describes_every_argument() -> None:
     assert schema["required"] == ["pattern"]
     assert set(schema["properties"]) == set(SearchCodeArgs.model_fields)
     assert all("description" in p for p in schema["properties"].values())
+
+
+@pytest.mark.docker
+async def test_a_symlink_loop_path_is_refused_with_its_reason(sandbox: object) -> None:
+    # ripgrep's message was suppressed (--no-messages): the answer was "ripgrep failed: " and no reason.
+    await sandbox.shell("ln -s loop /workspace/loop")
+    out = await SearchCode()({"pattern": "x", "path": "loop"}, ctx(sandbox))
+    assert out.is_error and "Too many levels of symbolic links" in out.text, out.text

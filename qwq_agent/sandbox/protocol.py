@@ -166,6 +166,9 @@ class SearchResult(Result):
     total_matches: int = 0
     omitted: int = Field(0, description="matches found beyond max_results")
     complete: bool = Field(True, description="false when counting stopped early (time or volume)")
+    timed_out: bool = Field(
+        False, description="the timeout stopped ripgrep: files it had not reached were not searched"
+    )
     path: str = "/workspace"
 
 

@@ -89,14 +89,23 @@ def format_matches(args: SearchCodeArgs, result: Any) -> str:
     """The observation: a summary line, then matches grouped by file with `--` between groups."""
     matches = list(result.matches)
     shown_where = args.path if args.path not in ("", ".") else "the workspace"
+    timed_out = result.timed_out
     if not matches:
+        if timed_out:
+            # Not "No matches": the files ripgrep had not reached yet were never searched.
+            return (
+                f"The search timed out before it finished: no matches for {args.pattern!r} in {shown_where} "
+                "so far, but not every file was searched. Narrow `path` or `globs` and search again."
+            )
         hint = (
             " (try literal=true, case='insensitive' or fewer globs)" if not args.literal or args.globs else ""
         )
         return f"No matches for {args.pattern!r} in {shown_where}{hint}."
     files = list(dict.fromkeys(m.path for m in matches))
     head = f"{result.total_matches} matches"
-    if not result.complete:
+    if timed_out:
+        head = f"at least {result.total_matches} matches (the search timed out before it finished)"
+    elif not result.complete:
         head = f"at least {result.total_matches} matches (counting stopped early)"
     head += f" for {args.pattern!r} in {shown_where}"
     if result.omitted:
@@ -128,6 +137,7 @@ def _metadata(result: Any) -> dict[str, Any]:
         "shown": len(result.matches),
         "omitted": result.omitted,
         "complete": result.complete,
+        "timed_out": result.timed_out,
         "locations": [f"{_relative(m.path)}:{m.line_number}" for m in result.matches],
     }
 

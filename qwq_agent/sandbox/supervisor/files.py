@@ -55,10 +55,11 @@ def _unescaped(shown):
     return name if os.path.lexists(name) else shown
 
 
-def refuse_special(shown, mode):
+def refuse_special(shown, mode, done="opened"):
+    """A FIFO, socket or device is refused: opening or reading one can block (a FIFO) or never end."""
     kind = _KINDS.get(stat.S_IFMT(mode))
     if kind:
-        raise RequestError("ToolError", f"The path {shown} is {kind}, not a regular file; it was not opened.")
+        raise RequestError("ToolError", f"The path {shown} is {kind}, not a regular file; it was not {done}.")
 
 
 def open_regular(shown, real, flags=os.O_RDONLY):

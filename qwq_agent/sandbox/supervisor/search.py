@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 
-from .files import resolve
+from .files import refuse_special, resolve
 from .framing import RequestError
 from .settings import USER_GID, USER_UID, WORKSPACE
 
@@ -116,6 +116,13 @@ def search(args):
     if not isinstance(pattern, str) or not pattern:
         raise RequestError("InvalidRequest", "`pattern` must be a non-empty string")
     shown, real = resolve(args.get("path") or WORKSPACE, allow_missing=False)
+    # ripgrep opens a path it is given whatever it is (it skips such files only while walking a folder):
+    # on a FIFO it blocked for the whole timeout.
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        raise RequestError("ToolError", f"The path {shown} cannot be searched: {exc.strerror}.") from None
+    refuse_special(shown, st.st_mode, "searched")
     max_results = int(args.get("max_results", 100))
     context = int(args.get("context_lines", 0))
     # --no-messages: unreadable files and dirs are not errors worth reporting (a tree of them once filled
@@ -146,7 +153,13 @@ def search(args):
     pending: list[dict] = []
     total, last, complete = 0, None, True
     root = os.path.realpath(WORKSPACE)
-    killer = threading.Timer(max(0.0, deadline - time.monotonic()), kill_group, (proc.pid,))
+    expired = threading.Event()
+
+    def expire():
+        expired.set()
+        kill_group(proc.pid)
+
+    killer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
     killer.start()
     # What stderr still carries (a bad regex) is read beside stdout, so neither pipe can stall rg.
     err_tail = bytearray()
@@ -199,7 +212,9 @@ def search(args):
         proc.stdout.close()
         proc.stderr.close()
     stderr = err_tail.decode("utf-8", "replace")
-    if time.monotonic() >= deadline:
+    # Killed by the timeout: the files it had not reached yet were not searched, matches or none.
+    timed_out = expired.is_set() or time.monotonic() >= deadline
+    if timed_out:
         complete = False
     if proc.returncode == 2 and not matches and complete:
         raise RequestError("InvalidRequest", f"ripgrep failed: {stderr.strip()[-2000:]}")
@@ -208,5 +223,6 @@ def search(args):
         "total_matches": total,
         "omitted": total - len(matches),
         "complete": complete,
+        "timed_out": timed_out,
         "path": shown,
     }
