@@ -127,6 +127,34 @@ async def test_a_search_that_times_out_says_so_not_no_matches(sandbox: object) -
     assert out.metadata["complete"] is False and out.metadata["timed_out"] is True
 
 
+@pytest.mark.docker
+async def test_hidden_files_are_searched_but_not_git_and_large_files_are_counted(sandbox: object) -> None:
+    # Dotfiles and dot-folders (CI configs, .env.example) were skipped and files over 50 MB too, and the
+    # search still answered "No matches", complete.
+    r = await sandbox.shell(
+        "cd /workspace && mkdir -p .github/workflows .git && echo 'run: deploy_v2' > .github/workflows/ci.yml"
+        " && echo 'DEPLOY=deploy_v2' > .env.example && echo 'deploy_v2' > .git/config && "
+        "python3 -c \"open('app.log', 'w').write('x' * (51 * 1024 * 1024) + '\\nFATAL boom\\n')\""
+    )
+    assert r.exit_code == 0, r
+    tool = SearchCode()
+    found = await tool({"pattern": "deploy_v2"}, ctx(sandbox))
+    lines = found.text.splitlines()
+    assert (
+        ".github/workflows/ci.yml:1: run: deploy_v2" in lines and ".env.example:1: DEPLOY=deploy_v2" in lines
+    )
+    assert ".git/" not in found.text  # the repository's own files stay out
+    # The large file is not searched, but the answer says so and is marked incomplete.
+    assert "1 file over 50 MB" in found.text and found.metadata["complete"] is False, found.text
+    fatal = await tool({"pattern": "FATAL"}, ctx(sandbox))
+    assert not fatal.is_error and not fatal.text.startswith("No matches"), fatal.text
+    assert "1 file over 50 MB" in fatal.text and "not searched" in fatal.text, fatal.text
+    assert fatal.metadata["complete"] is False and fatal.metadata["skipped_large"] == 1
+    # A path inside .git is still searched when named.
+    inside = await tool({"pattern": "deploy_v2", "path": ".git"}, ctx(sandbox))
+    assert ".git/config:1: deploy_v2" in inside.text.splitlines(), inside.text
+
+
 async def test_without_a_sandbox_the_error_is_clear() -> None:
     out = await SearchCode()({"pattern": "x"}, ToolContext())
     assert out.is_error and "no sandbox" in out.text
