@@ -155,6 +155,28 @@ async def test_a_process_forked_in_a_cell_dies_with_the_cell(sb: DockerSandbox) 
     assert (await sb.python("6 * 7")).value == "42"
 
 
+async def test_a_forked_child_running_off_the_end_of_the_cell_writes_no_result(fresh: DockerSandbox) -> None:
+    # A child forked without os._exit went on to the end of the cell and wrote a result frame of its own:
+    # a second frame for the cell, so the interpreter was replaced and every variable lost.
+    await fresh.python("state = 'kept'")
+    ends_well = "import os\npid = os.fork()\nif pid:\n    status = os.waitpid(pid, 0)[1]\n'child' if pid == 0 else status"
+    r = await fresh.python(ends_well)
+    assert r.value == "0" and r.error is None and not r.state_lost, r  # the child exited with 0
+    fails = (
+        "import os\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    raise ValueError('raised in the child')\n"
+        "os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])"
+    )
+    r = await fresh.python(fails)
+    # As a script's child would: its traceback on stderr, exit status 1; the cell's result is the parent's.
+    assert r.value == "1" and r.error is None and not r.state_lost, r
+    assert "ValueError: raised in the child" in r.stderr, r.stderr
+    r = await fresh.python("state")
+    assert r.value == "'kept'" and not r.state_lost, r
+
+
 async def test_other_user_processes_cannot_reach_the_interpreters_pipes(sb: DockerSandbox) -> None:
     await sb.python("pipes_state = 'kept'")
     pid = (await sb.ping()).worker_pid

@@ -2,7 +2,8 @@
 
 Fd 3 carries `{"code", "nonce"}` frames in, fd 4 carries results out; each result echoes its cell's
 nonce, which the supervisor checks. A process forked inside a cell has a copy of these fds, but it only
-ever knows the nonce of the cell it was forked in, and the supervisor kills it when that cell ends.
+ever knows the nonce of the cell it was forked in, and the supervisor kills it when that cell ends; one
+that reaches the cell's end exits there without writing a result (`end_forked_child`).
 """
 
 import base64
@@ -63,6 +64,7 @@ def worker_main():
 
     builtins.input = no_input
     namespace = {"__name__": "__main__", "__builtins__": builtins}
+    interpreter_pid = os.getpid()
 
     def note(text):
         try:
@@ -140,6 +142,24 @@ def worker_main():
             "traceback": cap_text("".join(lines)),
         }
 
+    def end_forked_child(error):
+        """A process the cell forked that ran off the cell's end (no os._exit) ends as a script's child
+        would: its traceback on stderr, status 1 (or its SystemExit code). It never writes a result: a
+        second frame for the cell is a protocol violation that costs the interpreter all its state."""
+        status = 0
+        if error is not None and error["ename"] == "SystemExit":
+            code = error["evalue"]
+            status = int(code) if code.lstrip("-").isdigit() else (0 if code == "None" else 1)
+        elif error is not None:
+            note(error["traceback"].rstrip("\n"))
+            status = 1
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(status & 0xFF)
+
     def run_cell(code, n):
         filename = f"<cell {n}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
@@ -161,6 +181,8 @@ def worker_main():
             error = error_of(exc, 99)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the interpreter lives on
             error = error_of(exc, 1)
+        if os.getpid() != interpreter_pid:
+            end_forked_child(error)
         try:
             images = figures()
         except Exception as exc:
