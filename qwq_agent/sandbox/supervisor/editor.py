@@ -203,6 +203,13 @@ class Editor:
 
     def create(self, args):
         shown, real = resolve(args.get("path"))
+        if args["path"].endswith("/"):
+            # The resolved path has no trailing slash: `newdir/` would become a FILE called newdir.
+            raise RequestError(
+                "ToolError",
+                f"The path {args['path']} ends with '/', so it names a directory; `create` makes files. "
+                "Give the file's name (a folder is made with the shell: mkdir -p).",
+            )
         text = args.get("file_text")
         if not isinstance(text, str):
             raise RequestError("ToolError", "Parameter `file_text` is required for command: create")
