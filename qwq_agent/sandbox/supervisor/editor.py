@@ -227,6 +227,12 @@ class Editor:
         old, new = args.get("old_str"), args.get("new_str") or ""
         if not isinstance(old, str):
             raise RequestError("ToolError", "Parameter `old_str` is required for command: str_replace")
+        if not old:
+            raise RequestError(
+                "ToolError",
+                "No replacement was performed: `old_str` is empty. Give the exact text to replace, "
+                "or use the `insert` command to add text at a line.",
+            )
         echo = cap_text(old, ECHO_CHARS // 2, ECHO_CHARS // 2)
         with self.lock:
             before, content = self.read_text(shown, real)
