@@ -56,6 +56,25 @@ async def test_search_finds_its_match_beside_many_unreadable_dirs(shared_sandbox
         await sb.shell("chmod -R 755 /workspace/locked_tree; rm -rf /workspace/locked_tree", timeout=60)
 
 
+async def test_no_match_beside_an_unreadable_dir_is_no_matches_not_a_failure(
+    shared_sandbox: DockerSandbox,
+) -> None:
+    # ripgrep exits 2 when it could not read something, and --no-messages keeps the reason off stderr:
+    # with no match the search failed with "ripgrep failed: " and nothing after it (with a match it was
+    # a plain result).
+    sb = shared_sandbox
+    r = await sb.shell(
+        "mkdir -p /workspace/ur/locked && chmod 000 /workspace/ur/locked && echo hay > /workspace/ur/a"
+    )
+    assert r.exit_code == 0, r
+    try:
+        res = await sb.search("needle_not_there", path="/workspace/ur")
+        assert res.matches == [] and res.complete and not res.timed_out, res
+        assert [m.path for m in (await sb.search("hay", path="/workspace/ur")).matches] == ["/workspace/ur/a"]
+    finally:
+        await sb.shell("chmod -R 755 /workspace/ur; rm -rf /workspace/ur")
+
+
 async def test_download_skips_links_out_of_the_workspace_and_keeps_the_rest(
     shared_sandbox: DockerSandbox, tmp_path
 ) -> None:

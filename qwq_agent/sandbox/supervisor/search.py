@@ -238,7 +238,10 @@ def search(args):
     # Killed by the timeout: the files it had not reached yet were not searched, matches or none.
     timed_out = expired.is_set() or time.monotonic() >= deadline
     stopped = timed_out or not complete
-    if proc.returncode == 2 and not matches and not stopped:
+    # Exit 2 is also files or folders rg could not read (their messages are off, see --no-messages): a
+    # failure is one whose message still reaches stderr (a bad regex or glob); the rest is a result,
+    # as it is when something matched.
+    if proc.returncode == 2 and not matches and not stopped and stderr.strip():
         raise RequestError("InvalidRequest", f"ripgrep failed: {stderr.strip()[-2000:]}")
     return {
         "matches": matches,
