@@ -155,6 +155,28 @@ async def test_a_process_forked_in_a_cell_dies_with_the_cell(sb: DockerSandbox) 
     assert (await sb.python("6 * 7")).value == "42"
 
 
+async def test_a_forked_child_running_off_the_end_of_the_cell_writes_no_result(fresh: DockerSandbox) -> None:
+    # A child forked without os._exit went on to the end of the cell and wrote a result frame of its own:
+    # a second frame for the cell, so the interpreter was replaced and every variable lost.
+    await fresh.python("state = 'kept'")
+    ends_well = "import os\npid = os.fork()\nif pid:\n    status = os.waitpid(pid, 0)[1]\n'child' if pid == 0 else status"
+    r = await fresh.python(ends_well)
+    assert r.value == "0" and r.error is None and not r.state_lost, r  # the child exited with 0
+    fails = (
+        "import os\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    raise ValueError('raised in the child')\n"
+        "os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])"
+    )
+    r = await fresh.python(fails)
+    # As a script's child would: its traceback on stderr, exit status 1; the cell's result is the parent's.
+    assert r.value == "1" and r.error is None and not r.state_lost, r
+    assert "ValueError: raised in the child" in r.stderr, r.stderr
+    r = await fresh.python("state")
+    assert r.value == "'kept'" and not r.state_lost, r
+
+
 async def test_other_user_processes_cannot_reach_the_interpreters_pipes(sb: DockerSandbox) -> None:
     await sb.python("pipes_state = 'kept'")
     pid = (await sb.ping()).worker_pid
@@ -479,3 +501,41 @@ async def test_too_many_or_too_large_figures_are_dropped_not_the_interpreter(san
         assert len(r.images) == 20
         assert "3 figure(s) not returned" in r.stderr
         assert (await sb.python("model")).value == "'trained for an hour'"
+
+
+async def test_a_figure_that_cannot_render_is_reported_once_and_closed(fresh: DockerSandbox) -> None:
+    # 100000 px wide: Agg refuses it. It was never closed, so every later cell (even `1 + 1`) failed with
+    # its ValueError until the model guessed to call plt.close('all'); the good figure beside it was lost.
+    r = await fresh.python(
+        "import matplotlib.pyplot as plt\n"
+        "plt.figure(figsize=(1000, 10), dpi=100); plt.plot([1, 2])\n"
+        "plt.figure(figsize=(2, 2)); plt.plot([3, 4])\n"
+        "'made'"
+    )
+    assert r.ok and r.value == "'made'", r
+    assert len(r.images) == 1  # the figure that renders still comes back
+    assert r.stderr.count("could not be rendered") == 1 and "Image size of 100000x1000" in r.stderr, r.stderr
+    for code, value in (("1 + 1", "2"), ("x = 3", None), ("x", "3")):
+        r = await fresh.python(code)
+        assert r.ok and r.value == value and r.stderr == "" and r.images == [], (code, r)
+
+
+async def test_a_figure_interrupted_while_rendering_is_closed(fresh: DockerSandbox) -> None:
+    # The timeout's SIGINT landed inside savefig and left the figure open: every later cell re-rendered it
+    # at its end and timed out too. The slow artist stands in for a 50-million-point scatter plot.
+    await fresh.python("import time, matplotlib.pyplot as plt\nfrom matplotlib.artist import Artist")
+    r = await fresh.python(
+        "class Slow(Artist):\n"
+        "    def draw(self, renderer):\n"
+        "        while True:\n"
+        "            time.sleep(0.05)\n"
+        "plt.figure().add_artist(Slow())\n"
+        "'figure made'",
+        timeout=2,
+    )
+    assert r.timed_out and not r.state_lost and r.images == [], r
+    for code, value in (("1 + 1", "2"), ("2 + 2", "4")):
+        later = await fresh.python(code, timeout=10)
+        assert not later.timed_out and later.ok and later.value == value and later.stderr == "", (code, later)
+    # The cell that made the figure says why none came back.
+    assert "interrupted while its figures were being rendered" in r.stderr, r.stderr

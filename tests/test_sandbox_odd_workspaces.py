@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from qwq_agent.sandbox import DockerSandbox, InvalidRequest, ResourceExhausted, SandboxConfig
+from qwq_agent.sandbox import (
+    DockerSandbox,
+    InvalidRequest,
+    PathOutsideWorkspace,
+    ResourceExhausted,
+    SandboxConfig,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
 
@@ -48,6 +54,25 @@ async def test_search_finds_its_match_beside_many_unreadable_dirs(shared_sandbox
             await sb.search("(unclosed", path="/workspace/locked_tree")
     finally:
         await sb.shell("chmod -R 755 /workspace/locked_tree; rm -rf /workspace/locked_tree", timeout=60)
+
+
+async def test_no_match_beside_an_unreadable_dir_is_no_matches_not_a_failure(
+    shared_sandbox: DockerSandbox,
+) -> None:
+    # ripgrep exits 2 when it could not read something, and --no-messages keeps the reason off stderr:
+    # with no match the search failed with "ripgrep failed: " and nothing after it (with a match it was
+    # a plain result).
+    sb = shared_sandbox
+    r = await sb.shell(
+        "mkdir -p /workspace/ur/locked && chmod 000 /workspace/ur/locked && echo hay > /workspace/ur/a"
+    )
+    assert r.exit_code == 0, r
+    try:
+        res = await sb.search("needle_not_there", path="/workspace/ur")
+        assert res.matches == [] and res.complete and not res.timed_out, res
+        assert [m.path for m in (await sb.search("hay", path="/workspace/ur")).matches] == ["/workspace/ur/a"]
+    finally:
+        await sb.shell("chmod -R 755 /workspace/ur; rm -rf /workspace/ur")
 
 
 async def test_download_skips_links_out_of_the_workspace_and_keeps_the_rest(
@@ -243,3 +268,47 @@ async def test_python_starts_again_after_a_reclaim_whose_restart_failed(sandbox_
                 continue  # not even a request thread could start: try again
         await hog
         assert (await sb.python("1 + 1", timeout=20)).value == "2"
+
+
+async def test_a_long_multibyte_name_can_be_edited(shared_sandbox: DockerSandbox) -> None:
+    # 60 emoji are 240 bytes, a legal name (NAME_MAX is 255 bytes); the editor's temporary file took the
+    # name's first 100 *characters* (400 bytes) and every write failed with "File name too long".
+    sb = shared_sandbox
+    name = "/workspace/mb/" + "\U0001f600" * 60
+    try:
+        assert "File created successfully" in (await sb.create_file(name, "a = 1\n")).output
+        assert "has been edited" in (await sb.str_replace(name, "a = 1", "a = 2")).output
+        assert "has been edited" in (await sb.insert(name, 1, "b = 3")).output
+        assert "undone successfully" in (await sb.undo_edit(name)).output
+        r = await sb.shell("cat /workspace/mb/*; ls -a /workspace/mb | wc -l")
+        assert r.stdout == "a = 2\n3\n", r  # `.`, `..` and the file: no temporary file left
+    finally:
+        await sb.shell("rm -rf /workspace/mb")
+
+
+async def test_dotdot_after_a_symlink_names_what_the_kernel_opens(shared_sandbox: DockerSandbox) -> None:
+    # `link/../x` with link -> a/b is a/x to the kernel (and to the shell and python); the editor
+    # normalised `..` lexically first and edited /workspace/dd/x instead, saying so.
+    sb = shared_sandbox
+    r = await sb.shell(
+        "mkdir -p /workspace/dd/a/b && cd /workspace/dd && echo 'value = 1' > a/x && echo 'value = 1' > x"
+        " && ln -s a/b link && ln -s / up"
+    )
+    assert r.exit_code == 0, r
+    try:
+        r = await sb.str_replace("/workspace/dd/link/../x", "value = 1", "value = 2")
+        assert r.output.startswith("The file /workspace/dd/a/x has been edited."), r.output
+        cat = await sb.shell("cd /workspace/dd && cat link/../x a/x x")
+        assert cat.stdout == "value = 2\nvalue = 2\nvalue = 1\n", cat
+        assert "value = 2" in (await sb.view("/workspace/dd/link/../x")).output
+        created = await sb.create_file("/workspace/dd/link/../new.py", "n = 1\n")
+        assert created.output == "File created successfully at: /workspace/dd/a/new.py"
+        # The workspace check is on the kernel's path: `up/..` is `/`, lexically it looked like dd/.
+        with pytest.raises(PathOutsideWorkspace):
+            await sb.create_file("/workspace/dd/up/../tmp/planted", "x")
+        assert (await sb.shell("ls /workspace/dd")).stdout == "a\nlink\nup\nx\n"
+        # Paths without a link before `..` are shown as written, normalised.
+        plain = await sb.str_replace("/workspace/dd/a/../x", "value = 1", "value = 3")
+        assert plain.output.startswith("The file /workspace/dd/x has been edited."), plain.output
+    finally:
+        await sb.shell("rm -rf /workspace/dd")

@@ -153,6 +153,23 @@ async def test_str_replace_needs_exactly_one_match(shared_sandbox: DockerSandbox
         await shared_sandbox.view("/workspace/edit/none.txt")
 
 
+async def test_create_refuses_a_path_ending_in_a_slash(shared_sandbox: DockerSandbox) -> None:
+    # `/workspace/newdir/` names a folder; create made a FILE called newdir.
+    with pytest.raises(ToolError, match=r"ends with '/'.*names a directory"):
+        await shared_sandbox.create_file("/workspace/ops_newdir/", "x = 1\n")
+    r = await shared_sandbox.shell("ls -ld /workspace/ops_newdir 2>&1 || true")
+    assert "No such file or directory" in r.stdout, r.stdout
+
+
+async def test_an_empty_old_str_is_called_empty(shared_sandbox: DockerSandbox) -> None:
+    path = "/workspace/ops_empty_old.txt"
+    await shared_sandbox.create_file(path, "a\n")
+    with pytest.raises(ToolError) as err:
+        await shared_sandbox.str_replace(path, "", "b")
+    # It said "old_str `` did not appear verbatim", as if the file lacked it.
+    assert "`old_str` is empty" in str(err.value) and "insert" in str(err.value), str(err.value)
+
+
 async def test_view_directory_two_levels_without_hidden(shared_sandbox: DockerSandbox) -> None:
     await shared_sandbox.shell(
         "mkdir -p /workspace/tree/a/b/c && touch /workspace/tree/a/b/c/deep /workspace/tree/top /workspace/tree/.hidden"

@@ -103,6 +103,58 @@ async def test_errors_are_observations(sandbox: object) -> None:
     assert not none.is_error and none.text.startswith("No matches")
 
 
+@pytest.mark.docker
+async def test_a_fifo_path_is_refused_not_read_until_the_timeout(sandbox: object) -> None:
+    # ripgrep blocked on the FIFO for the whole timeout, then the search said "No matches".
+    await sandbox.shell("mkfifo /workspace/pipe")
+    out = await SearchCode(timeout_s=5)({"pattern": "needle", "path": "pipe"}, ctx(sandbox))
+    assert out.is_error and "is a FIFO (named pipe)" in out.text, out.text
+
+
+@pytest.mark.docker
+async def test_a_search_that_times_out_says_so_not_no_matches(sandbox: object) -> None:
+    # ~100 MB of text and a regex ripgrep cannot skip through: far more than a 1 ms timeout covers.
+    await sandbox.shell(
+        'mkdir -p /workspace/bulk && python3 -c "import random; r = random.Random(0); '
+        "line = lambda: ' '.join(r.choice(['alpha', 'beta', 'gamma', 'delta']) for _ in range(12)); "
+        "text = '\\n'.join(line() for _ in range(5000)) + '\\n'\n"
+        "for i in range(4):\n"
+        "    open(f'/workspace/bulk/f{i}.txt', 'w').write(text * 80)\""
+    )
+    out = await SearchCode(timeout_s=0.001)({"pattern": r"\w+_no_such_\d{3}\b"}, ctx(sandbox))
+    assert not out.is_error, out.text
+    assert not out.text.startswith("No matches") and "timed out" in out.text, out.text
+    assert out.metadata["complete"] is False and out.metadata["timed_out"] is True
+
+
+@pytest.mark.docker
+async def test_hidden_files_are_searched_but_not_git_and_large_files_are_counted(sandbox: object) -> None:
+    # Dotfiles and dot-folders (CI configs, .env.example) were skipped and files over 50 MB too, and the
+    # search still answered "No matches", complete.
+    r = await sandbox.shell(
+        "cd /workspace && mkdir -p .github/workflows .git && echo 'run: deploy_v2' > .github/workflows/ci.yml"
+        " && echo 'DEPLOY=deploy_v2' > .env.example && echo 'deploy_v2' > .git/config && "
+        "python3 -c \"open('app.log', 'w').write('x' * (51 * 1024 * 1024) + '\\nFATAL boom\\n')\""
+    )
+    assert r.exit_code == 0, r
+    tool = SearchCode()
+    found = await tool({"pattern": "deploy_v2"}, ctx(sandbox))
+    lines = found.text.splitlines()
+    assert (
+        ".github/workflows/ci.yml:1: run: deploy_v2" in lines and ".env.example:1: DEPLOY=deploy_v2" in lines
+    )
+    assert ".git/" not in found.text  # the repository's own files stay out
+    # The large file is not searched, but the answer says so and is marked incomplete.
+    assert "1 file over 50 MB" in found.text and found.metadata["complete"] is False, found.text
+    fatal = await tool({"pattern": "FATAL"}, ctx(sandbox))
+    assert not fatal.is_error and not fatal.text.startswith("No matches"), fatal.text
+    assert "1 file over 50 MB" in fatal.text and "not searched" in fatal.text, fatal.text
+    assert fatal.metadata["complete"] is False and fatal.metadata["skipped_large"] == 1
+    # A path inside .git is still searched when named.
+    inside = await tool({"pattern": "deploy_v2", "path": ".git"}, ctx(sandbox))
+    assert ".git/config:1: deploy_v2" in inside.text.splitlines(), inside.text
+
+
 async def test_without_a_sandbox_the_error_is_clear() -> None:
     out = await SearchCode()({"pattern": "x"}, ToolContext())
     assert out.is_error and "no sandbox" in out.text
@@ -115,3 +167,11 @@ def test_schema_describes_every_argument() -> None:
     assert schema["required"] == ["pattern"]
     assert set(schema["properties"]) == set(SearchCodeArgs.model_fields)
     assert all("description" in p for p in schema["properties"].values())
+
+
+@pytest.mark.docker
+async def test_a_symlink_loop_path_is_refused_with_its_reason(sandbox: object) -> None:
+    # ripgrep's message was suppressed (--no-messages): the answer was "ripgrep failed: " and no reason.
+    await sandbox.shell("ln -s loop /workspace/loop")
+    out = await SearchCode()({"pattern": "x", "path": "loop"}, ctx(sandbox))
+    assert out.is_error and "Too many levels of symbolic links" in out.text, out.text

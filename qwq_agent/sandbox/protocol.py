@@ -76,7 +76,9 @@ class SearchRequest(Request):
     globs: list[str] = Field(default_factory=list)
     context_lines: int = Field(0, ge=0, le=20)
     case: Literal["smart", "sensitive", "insensitive"] = "smart"
-    include_hidden: bool = False
+    include_hidden: bool = Field(
+        True, description="search dotfiles and dot-folders too; `.git` only when it is the path searched"
+    )
     max_results: int = Field(100, ge=1, le=10_000)
     timeout: float = Field(30.0, gt=0)
 
@@ -165,7 +167,14 @@ class SearchResult(Result):
     matches: list[SearchMatch] = Field(default_factory=list)
     total_matches: int = 0
     omitted: int = Field(0, description="matches found beyond max_results")
-    complete: bool = Field(True, description="false when counting stopped early (time or volume)")
+    complete: bool = Field(
+        True, description="false when counting stopped early (time or volume) or large files were skipped"
+    )
+    stopped_early: bool = Field(False, description="ripgrep was stopped before it finished (time or volume)")
+    timed_out: bool = Field(
+        False, description="the timeout stopped ripgrep: files it had not reached were not searched"
+    )
+    skipped_large: int = Field(0, description="files not searched because they are over 50 MB")
     path: str = "/workspace"
 
 

@@ -18,6 +18,7 @@ from qwq_agent.tools.base import ModelTool
 
 WORKSPACE = "/workspace"
 _MAX_LINE = 300  # long lines (minified code) would flood the observation
+_MAX_FILE_MB = 50  # files over this are not searched (MAX_FILESIZE in sandbox/supervisor/search.py)
 
 
 class SearchCodeArgs(BaseModel):
@@ -50,7 +51,9 @@ class SearchCode(ModelTool[SearchCodeArgs]):
     description = (
         "Search the files of /workspace with ripgrep (regex or literal text, file globs, context "
         "lines). Matches are shown as `path:line: text` (context lines as `path-line- text`), "
-        "grouped by file; binary and ignored files are skipped."
+        "grouped by file. Dotfiles and dot-folders (.github, .env.example) are searched, `.git` only "
+        "when it is the path; binary files, files ignored by .gitignore and files over 50 MB are "
+        "skipped (the answer says how many large files were)."
     )
     Args = SearchCodeArgs
     uses_sandbox = True  # a search must see the edits the model asked for before it
@@ -89,20 +92,35 @@ def format_matches(args: SearchCodeArgs, result: Any) -> str:
     """The observation: a summary line, then matches grouped by file with `--` between groups."""
     matches = list(result.matches)
     shown_where = args.path if args.path not in ("", ".") else "the workspace"
+    timed_out = result.timed_out
+    large = _large_note(result.skipped_large, shown_where)
     if not matches:
+        if timed_out:
+            # Not "No matches": the files ripgrep had not reached yet were never searched.
+            return (
+                f"The search timed out before it finished: no matches for {args.pattern!r} in {shown_where} "
+                "so far, but not every file was searched. Narrow `path` or `globs` and search again."
+                + (f" Also, {large}." if large else "")
+            )
+        if large:
+            return f"Search incomplete: {large}. No matches for {args.pattern!r} in the other files."
         hint = (
             " (try literal=true, case='insensitive' or fewer globs)" if not args.literal or args.globs else ""
         )
         return f"No matches for {args.pattern!r} in {shown_where}{hint}."
     files = list(dict.fromkeys(m.path for m in matches))
     head = f"{result.total_matches} matches"
-    if not result.complete:
+    if timed_out:
+        head = f"at least {result.total_matches} matches (the search timed out before it finished)"
+    elif result.stopped_early:
         head = f"at least {result.total_matches} matches (counting stopped early)"
     head += f" for {args.pattern!r} in {shown_where}"
     if result.omitted:
         head += f"; showing the first {len(matches)} in {len(files)} files, {result.omitted} more not shown (narrow the pattern or globs)"
     else:
         head += f" in {len(files)} files"
+    if large:
+        head += f"; {large}"
     out = [head + ":"]
     prev_path, prev_last = None, -1
     for m in matches:
@@ -122,12 +140,25 @@ def format_matches(args: SearchCodeArgs, result: Any) -> str:
     return "\n".join(out)
 
 
+def _large_note(count: int, where: str) -> str:
+    """What to say about files ripgrep skipped for size ('' for none): how many, and how to search them."""
+    if not count:
+        return ""
+    files = "1 file" if count == 1 else f"{count} files"
+    return (
+        f"{files} over {_MAX_FILE_MB} MB in {where} {'was' if count == 1 else 'were'} not searched (list them "
+        f"with `find . -size +{_MAX_FILE_MB}M`, search them with grep in the shell)"
+    )
+
+
 def _metadata(result: Any) -> dict[str, Any]:
     return {
         "total_matches": result.total_matches,
         "shown": len(result.matches),
         "omitted": result.omitted,
         "complete": result.complete,
+        "timed_out": result.timed_out,
+        "skipped_large": result.skipped_large,
         "locations": [f"{_relative(m.path)}:{m.line_number}" for m in result.matches],
     }
 

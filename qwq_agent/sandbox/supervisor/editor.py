@@ -203,6 +203,13 @@ class Editor:
 
     def create(self, args):
         shown, real = resolve(args.get("path"))
+        if args["path"].endswith("/"):
+            # The resolved path has no trailing slash: `newdir/` would become a FILE called newdir.
+            raise RequestError(
+                "ToolError",
+                f"The path {args['path']} ends with '/', so it names a directory; `create` makes files. "
+                "Give the file's name (a folder is made with the shell: mkdir -p).",
+            )
         text = args.get("file_text")
         if not isinstance(text, str):
             raise RequestError("ToolError", "Parameter `file_text` is required for command: create")
@@ -220,6 +227,12 @@ class Editor:
         old, new = args.get("old_str"), args.get("new_str") or ""
         if not isinstance(old, str):
             raise RequestError("ToolError", "Parameter `old_str` is required for command: str_replace")
+        if not old:
+            raise RequestError(
+                "ToolError",
+                "No replacement was performed: `old_str` is empty. Give the exact text to replace, "
+                "or use the `insert` command to add text at a line.",
+            )
         echo = cap_text(old, ECHO_CHARS // 2, ECHO_CHARS // 2)
         with self.lock:
             before, content = self.read_text(shown, real)

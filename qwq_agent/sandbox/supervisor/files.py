@@ -23,14 +23,20 @@ def resolve(path, *, allow_missing=True):
             "InvalidRequest",
             f"the path is {len(path)} characters long; paths are limited to {MAX_PATH} bytes",
         )
-    shown = os.path.normpath(path if os.path.isabs(path) else os.path.join(WORKSPACE, path))
-    real = os.path.realpath(_unescaped(shown))
+    joined = path if os.path.isabs(path) else os.path.join(WORKSPACE, path)
+    # Resolved as the kernel does, `..` after whatever link comes before it: with link -> a/b,
+    # `link/../x` is a/x for the shell and python, so it must be a/x for the editor too (a lexical
+    # normpath first would make it x). The workspace check is on this resolved path.
+    real = os.path.realpath(_unescaped(joined))
     root = os.path.realpath(WORKSPACE)
     if real != root and not real.startswith(root + "/"):
         raise RequestError(
             "PathOutsideWorkspace",
             f"The path {path} is outside the workspace {WORKSPACE}; only paths in it can be used.",
         )
+    shown = os.path.normpath(joined)
+    if os.path.realpath(_unescaped(shown)) != real:
+        shown = WORKSPACE + real[len(root) :]  # the tidy spelling names another file: name the real one
     if not allow_missing and not os.path.lexists(real):
         raise RequestError("ToolError", f"The path {shown} does not exist. Please provide a valid path.")
     return shown, real
@@ -49,10 +55,11 @@ def _unescaped(shown):
     return name if os.path.lexists(name) else shown
 
 
-def refuse_special(shown, mode):
+def refuse_special(shown, mode, done="opened"):
+    """A FIFO, socket or device is refused: opening or reading one can block (a FIFO) or never end."""
     kind = _KINDS.get(stat.S_IFMT(mode))
     if kind:
-        raise RequestError("ToolError", f"The path {shown} is {kind}, not a regular file; it was not opened.")
+        raise RequestError("ToolError", f"The path {shown} is {kind}, not a regular file; it was not {done}.")
 
 
 def open_regular(shown, real, flags=os.O_RDONLY):
@@ -127,7 +134,7 @@ def write_atomic(shown, real, data, *, replace=True):
         mode = stat.S_IMODE(st.st_mode)
         # Only what the user could write in place may be replaced (a rename alone would ignore its mode).
         os.close(open_regular(shown, real, os.O_WRONLY))
-    tmp = os.path.join(directory, f".{name[:100]}.{secrets.token_hex(6)}.qwq-tmp")
+    tmp = os.path.join(directory, f".{_stem(name)}.{secrets.token_hex(6)}.qwq-tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -163,3 +170,9 @@ def write_atomic(shown, real, data, *, replace=True):
             os.close(dfd)
     except OSError:
         pass
+
+
+def _stem(name, limit=100):
+    """The start of `name` for a temporary file's name: at most `limit` bytes (NAME_MAX counts bytes, and
+    100 characters can be 400), cut at a character boundary. A byte that is not UTF-8 is left out."""
+    return os.fsencode(name)[:limit].decode("utf-8", "ignore")

@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 
-from .files import resolve
+from .files import refuse_special, resolve
 from .framing import RequestError
 from .settings import USER_GID, USER_UID, WORKSPACE
 
@@ -29,13 +29,32 @@ def _rg_text(obj):
     return base64.b64decode(obj.get("bytes", "")).decode("utf-8", "backslashreplace")
 
 
-def _keep_tail(pipe, tail, keep=4096):
-    try:
-        while chunk := pipe.read1(65536):
-            tail += chunk
-            del tail[:-keep]
-    except (OSError, ValueError):  # closed under us when the search is abandoned
-        pass
+# Files over this size are not searched (a 2 GB log would take the whole timeout).
+MAX_FILESIZE = "50M"
+# At --debug ripgrep logs each file its walk skips for --max-filesize, and nothing else reports them:
+# `DEBUG|ignore::walk|<source>:<line>: ignoring <path>: <size> bytes` (one line per file).
+_TOO_LARGE = re.compile(rb"DEBUG\|ignore::walk\|\S+: ignoring .*: \d+ bytes")
+
+
+class _Stderr:
+    """ripgrep's stderr, read beside stdout so neither pipe can stall it: its debug log is dropped, the
+    files it skipped for size counted; of the rest (a bad regex's message) the last `keep` bytes are kept."""
+
+    def __init__(self, keep=4096):
+        self.tail = bytearray()
+        self.too_large = 0
+        self.keep = keep
+
+    def read(self, pipe):
+        try:
+            while line := pipe.readline(65536):
+                if line.startswith(b"DEBUG|"):
+                    self.too_large += bool(_TOO_LARGE.fullmatch(line.rstrip(b"\n")))
+                    continue
+                self.tail += line
+                del self.tail[: -self.keep]
+        except (OSError, ValueError):  # closed under us when the search is abandoned
+            pass
 
 
 # rg --json writes one record per matching line, holding the whole line and one entry per match in it:
@@ -116,15 +135,27 @@ def search(args):
     if not isinstance(pattern, str) or not pattern:
         raise RequestError("InvalidRequest", "`pattern` must be a non-empty string")
     shown, real = resolve(args.get("path") or WORKSPACE, allow_missing=False)
+    # ripgrep opens a path it is given whatever it is (it skips such files only while walking a folder):
+    # on a FIFO it blocked for the whole timeout.
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        raise RequestError("ToolError", f"The path {shown} cannot be searched: {exc.strerror}.") from None
+    refuse_special(shown, st.st_mode, "searched")
     max_results = int(args.get("max_results", 100))
     context = int(args.get("context_lines", 0))
     # --no-messages: unreadable files and dirs are not errors worth reporting (a tree of them once filled
     # stderr's pipe while stdout was read to its end: rg blocked and every search timed out empty).
-    cmd = ["/usr/bin/rg", "--json", "--no-config", "--no-messages", "--max-filesize", "50M"]
+    # --debug: the only way ripgrep tells which files it skipped for size (`_Stderr` counts them).
+    cmd = ["/usr/bin/rg", "--json", "--no-config", "--no-messages", "--debug", "--max-filesize", MAX_FILESIZE]
     cmd += ["-F"] if args.get("literal") else []
     cmd += {"sensitive": ["-s"], "insensitive": ["-i"], "smart": ["-S"]}[args.get("case", "smart")]
     cmd += ["-C", str(context)] if context else []
-    cmd += ["--hidden"] if args.get("include_hidden") else []
+    if args.get("include_hidden", True):
+        # Dotfiles and dot-folders (.github/workflows, .env.example) are what a coding agent looks for; a
+        # repository's own .git is not (compressed objects, a binary index). Before the caller's globs,
+        # which take precedence over it. A search of a path inside .git still searches it.
+        cmd += ["--hidden", "-g", "!.git"]
     for glob in args.get("globs") or []:
         cmd += ["-g", glob]
     cmd += ["-e", pattern, "--", real]
@@ -146,11 +177,16 @@ def search(args):
     pending: list[dict] = []
     total, last, complete = 0, None, True
     root = os.path.realpath(WORKSPACE)
-    killer = threading.Timer(max(0.0, deadline - time.monotonic()), kill_group, (proc.pid,))
+    expired = threading.Event()
+
+    def expire():
+        expired.set()
+        kill_group(proc.pid)
+
+    killer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
     killer.start()
-    # What stderr still carries (a bad regex) is read beside stdout, so neither pipe can stall rg.
-    err_tail = bytearray()
-    reader = threading.Thread(target=_keep_tail, args=(proc.stderr, err_tail), daemon=True)
+    err = _Stderr()
+    reader = threading.Thread(target=err.read, args=(proc.stderr,), daemon=True)
     reader.start()
     try:
         for msg in _records(proc.stdout):
@@ -198,15 +234,22 @@ def search(args):
         killer.cancel()
         proc.stdout.close()
         proc.stderr.close()
-    stderr = err_tail.decode("utf-8", "replace")
-    if time.monotonic() >= deadline:
-        complete = False
-    if proc.returncode == 2 and not matches and complete:
+    stderr = err.tail.decode("utf-8", "replace")
+    # Killed by the timeout: the files it had not reached yet were not searched, matches or none.
+    timed_out = expired.is_set() or time.monotonic() >= deadline
+    stopped = timed_out or not complete
+    # Exit 2 is also files or folders rg could not read (their messages are off, see --no-messages): a
+    # failure is one whose message still reaches stderr (a bad regex or glob); the rest is a result,
+    # as it is when something matched.
+    if proc.returncode == 2 and not matches and not stopped and stderr.strip():
         raise RequestError("InvalidRequest", f"ripgrep failed: {stderr.strip()[-2000:]}")
     return {
         "matches": matches,
         "total_matches": total,
         "omitted": total - len(matches),
-        "complete": complete,
+        "complete": not stopped and not err.too_large,
+        "stopped_early": stopped,
+        "timed_out": timed_out,
+        "skipped_large": err.too_large,
         "path": shown,
     }

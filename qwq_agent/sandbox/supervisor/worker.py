@@ -2,7 +2,8 @@
 
 Fd 3 carries `{"code", "nonce"}` frames in, fd 4 carries results out; each result echoes its cell's
 nonce, which the supervisor checks. A process forked inside a cell has a copy of these fds, but it only
-ever knows the nonce of the cell it was forked in, and the supervisor kills it when that cell ends.
+ever knows the nonce of the cell it was forked in, and the supervisor kills it when that cell ends; one
+that reaches the cell's end exits there without writing a result (`end_forked_child`).
 """
 
 import base64
@@ -63,38 +64,65 @@ def worker_main():
 
     builtins.input = no_input
     namespace = {"__name__": "__main__", "__builtins__": builtins}
+    interpreter_pid = os.getpid()
+
+    def note(text):
+        try:
+            print(text, file=sys.stderr)
+        except Exception:
+            pass  # the cell closed or replaced stderr: the result still comes back
 
     def figures():
+        """The cell's open figures as base64 PNGs. Every figure is closed at the end, whatever happened:
+        one left open is rendered again at the end of every later cell, and fails (or hangs) there too."""
         plt = sys.modules.get("matplotlib.pyplot")
         if plt is None:
             return []
         images: list[str] = []
+        failed: list[str] = []
         total = dropped = 0
-        for num in plt.get_fignums():
-            if len(images) >= MAX_FIGURES:
-                dropped += 1
-                continue
-            buf = io.BytesIO()
-            plt.figure(num).savefig(buf, format="png", bbox_inches="tight")
-            encoded = base64.b64encode(buf.getvalue()).decode("ascii")
-            # Past the budget a figure is dropped, not sent: a result frame over the pipe's limit is a
-            # protocol violation that costs the interpreter and every variable in it.
-            if total + len(encoded) > IMAGE_BUDGET:
-                dropped += 1
-                continue
-            images.append(encoded)
-            total += len(encoded)
-        plt.close("all")
-        if dropped:
+        try:
+            for num in plt.get_fignums():
+                if len(images) >= MAX_FIGURES:
+                    dropped += 1
+                    continue
+                buf = io.BytesIO()
+                try:
+                    plt.figure(num).savefig(buf, format="png", bbox_inches="tight")
+                except Exception as exc:  # one figure Agg cannot draw (too large...) costs only itself
+                    failed.append(f"figure {num}: {type(exc).__name__}: {str(exc)[:500]}")
+                    continue
+                encoded = base64.b64encode(buf.getvalue()).decode("ascii")
+                # Past the budget a figure is dropped, not sent: a result frame over the pipe's limit is a
+                # protocol violation that costs the interpreter and every variable in it.
+                if total + len(encoded) > IMAGE_BUDGET:
+                    dropped += 1
+                    continue
+                images.append(encoded)
+                total += len(encoded)
+        except KeyboardInterrupt:
+            # The timeout (or the host's cancel) hit inside savefig: say why no figure came back.
+            note(
+                "[figures not returned: the cell was interrupted while its figures were being rendered "
+                "(a timeout or cancellation); they were closed. Plot less per figure, or save it with "
+                "savefig in a cell of its own]"
+            )
+            raise
+        finally:
+            # SIGINT is held off while closing: an interrupt landing here would leave figures open again.
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
-                print(
-                    f"[{dropped} figure(s) not returned: more than {MAX_FIGURES} figures or "
-                    f"{IMAGE_BUDGET // 2**20} MB of images in one cell; save them with savefig, or plot "
-                    "fewer or smaller ones per cell]",
-                    file=sys.stderr,
-                )
-            except Exception:
-                pass  # the cell closed or replaced stderr: the figures that fit still come back
+                plt.close("all")
+            finally:
+                signal.signal(signal.SIGINT, previous)
+        if failed:
+            note(f"[{len(failed)} figure(s) could not be rendered and were closed: {'; '.join(failed)}]")
+        if dropped:
+            note(
+                f"[{dropped} figure(s) not returned: more than {MAX_FIGURES} figures or "
+                f"{IMAGE_BUDGET // 2**20} MB of images in one cell; save them with savefig, or plot "
+                "fewer or smaller ones per cell]"
+            )
         return images
 
     def error_of(exc, skip_frames):
@@ -113,6 +141,24 @@ def worker_main():
             "evalue": cap_text(evalue),
             "traceback": cap_text("".join(lines)),
         }
+
+    def end_forked_child(error):
+        """A process the cell forked that ran off the cell's end (no os._exit) ends as a script's child
+        would: its traceback on stderr, status 1 (or its SystemExit code). It never writes a result: a
+        second frame for the cell is a protocol violation that costs the interpreter all its state."""
+        status = 0
+        if error is not None and error["ename"] == "SystemExit":
+            code = error["evalue"]
+            status = int(code) if code.lstrip("-").isdigit() else (0 if code == "None" else 1)
+        elif error is not None:
+            note(error["traceback"].rstrip("\n"))
+            status = 1
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(status & 0xFF)
 
     def run_cell(code, n):
         filename = f"<cell {n}>"
@@ -135,6 +181,8 @@ def worker_main():
             error = error_of(exc, 99)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the interpreter lives on
             error = error_of(exc, 1)
+        if os.getpid() != interpreter_pid:
+            end_forked_child(error)
         try:
             images = figures()
         except Exception as exc:
