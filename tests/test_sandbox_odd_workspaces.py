@@ -16,6 +16,7 @@ from qwq_agent.sandbox import (
     ResourceExhausted,
     SandboxConfig,
 )
+from qwq_agent.tools.search_code import SearchCodeArgs, format_matches
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
 
@@ -49,7 +50,8 @@ async def test_search_finds_its_match_beside_many_unreadable_dirs(shared_sandbox
     try:
         res = await sb.search("needle_in_locked_tree", path="/workspace/locked_tree", timeout=20)
         assert [m.path for m in res.matches] == ["/workspace/locked_tree/zz_target.txt"]
-        assert res.complete  # finished before its deadline: rg never stalled on its error pipe
+        # Finished before its deadline (rg never stalled on its error pipe); the locked folders are said.
+        assert not res.timed_out and not res.stopped_early and res.unreadable
         with pytest.raises(InvalidRequest, match="regex"):  # what stderr still carries is still reported
             await sb.search("(unclosed", path="/workspace/locked_tree")
     finally:
@@ -69,8 +71,14 @@ async def test_no_match_beside_an_unreadable_dir_is_no_matches_not_a_failure(
     assert r.exit_code == 0, r
     try:
         res = await sb.search("needle_not_there", path="/workspace/ur")
-        assert res.matches == [] and res.complete and not res.timed_out, res
-        assert [m.path for m in (await sb.search("hay", path="/workspace/ur")).matches] == ["/workspace/ur/a"]
+        # Not a failure, but not "searched everything" either: the locked folder was not read.
+        assert res.matches == [] and res.unreadable and not res.complete and not res.timed_out, res
+        args = SearchCodeArgs(pattern="needle_not_there", path="/workspace/ur")
+        assert "could not be read (permissions) and were not searched" in format_matches(args, res)
+        found = await sb.search("hay", path="/workspace/ur")
+        assert [m.path for m in found.matches] == ["/workspace/ur/a"] and found.unreadable
+        readable = await sb.search("hay", path="/workspace/ur/a")
+        assert readable.complete and not readable.unreadable
     finally:
         await sb.shell("chmod -R 755 /workspace/ur; rm -rf /workspace/ur")
 

@@ -168,13 +168,17 @@ class SearchResult(Result):
     total_matches: int = 0
     omitted: int = Field(0, description="matches found beyond max_results")
     complete: bool = Field(
-        True, description="false when counting stopped early (time or volume) or large files were skipped"
+        True,
+        description="false when counting stopped early (time or volume), or large or unreadable files were skipped",
     )
     stopped_early: bool = Field(False, description="ripgrep was stopped before it finished (time or volume)")
     timed_out: bool = Field(
         False, description="the timeout stopped ripgrep: files it had not reached were not searched"
     )
     skipped_large: int = Field(0, description="files not searched because they are over 50 MB")
+    unreadable: bool = Field(
+        False, description="some files or folders could not be read, so were not searched"
+    )
     path: str = "/workspace"
 
 

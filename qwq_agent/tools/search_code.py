@@ -94,6 +94,10 @@ def format_matches(args: SearchCodeArgs, result: Any) -> str:
     shown_where = args.path if args.path not in ("", ".") else "the workspace"
     timed_out = result.timed_out
     large = _large_note(result.skipped_large, shown_where)
+    if result.unreadable:
+        # ripgrep's own messages are off (see the supervisor's search): the model gets the fact, not a list.
+        unread = "some files or folders there could not be read (permissions) and were not searched"
+        large = f"{large}; {unread}" if large else unread
     if not matches:
         if timed_out:
             # Not "No matches": the files ripgrep had not reached yet were never searched.

@@ -243,11 +243,13 @@ def search(args):
     # as it is when something matched.
     if proc.returncode == 2 and not matches and not stopped and stderr.strip():
         raise RequestError("InvalidRequest", f"ripgrep failed: {stderr.strip()[-2000:]}")
+    unreadable = proc.returncode == 2 and not stopped
     return {
         "matches": matches,
         "total_matches": total,
         "omitted": total - len(matches),
-        "complete": not stopped and not err.too_large,
+        "complete": not stopped and not err.too_large and not unreadable,
+        "unreadable": unreadable,
         "stopped_early": stopped,
         "timed_out": timed_out,
         "skipped_large": err.too_large,
