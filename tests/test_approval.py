@@ -260,3 +260,48 @@ async def test_a_denied_call_is_answered_at_its_place_among_the_calls():
     assert results[2] == "ran: pwd"
     responses = server.requests[1].prompt.split("<tool_response>\n")[1:]
     assert responses[0].startswith("ran: ls") and responses[1].startswith("Error: this call was not run")
+
+
+@pytest.mark.parametrize("now", ["allow", "deny"])
+async def test_a_resume_decides_the_recorded_calls_as_they_were_whatever_the_policy_now(tmp_path, now):
+    """The recorded turns are history: under a policy that allows everything, the calls the recorded run
+    denied (by policy or by the user) stay denied and the edited one runs as edited; under one that denies
+    everything, the calls that ran run again. The call the run waits on waits for a decision either way;
+    only the live turns after the recording follow the new policy."""
+    from qwq_agent.agent.approval import replay_approver, resume_decisions
+    from qwq_agent.agent.replay import ReplayModel
+
+    async def approver(request: ApprovalRequest) -> ApprovalDecision:
+        command = request.call.arguments["command"]
+        if command == "rm b":
+            return ApprovalDecision.deny("not b")
+        if command == "rm x":
+            return ApprovalDecision.edit({"command": "rm y"})
+        return ApprovalDecision(action="defer")
+
+    recorded = [
+        "a\n</think>\n\n" + call("shell", command="sudo a") + "\n" + call("shell", command="rm b"),
+        "c\n</think>\n\n" + call("shell", command="rm x") + "\n" + call("shell", command="ls"),
+        "z\n</think>\n\n" + call("shell", command="rm z"),
+    ]
+    trace = tmp_path / "t.jsonl"
+    RAN.clear()
+    async with ScriptedModelServer(recorded) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        result = await Agent(client, [shell], config=config(), approver=approver, trace_path=trace).run("Go.")
+    assert result.status == "awaiting_approval" and RAN == ["rm y", "ls"]
+
+    policy = AgentConfig(check_language=False, approval=ApprovalPolicy(default=now))
+    live = ["live\n</think>\n\n" + call("shell", command="sudo live"), "done\n</think>\n\nDone."]
+    for approve, status in ((replay_approver(trace), "awaiting_approval"),
+                            (resume_decisions(trace, ApprovalDecision.allow()), "completed")):  # fmt: skip
+        RAN.clear()
+        async with ScriptedModelServer(live) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+            model = ReplayModel.from_trace(trace, then=client)
+            result = await Agent(model, [shell], config=policy, approver=approve).run("Go.")
+            prompts = [r.prompt for r in server.requests]
+        assert result.status == status, result.error
+        if status == "awaiting_approval":
+            assert RAN == ["rm y", "ls"] and prompts == []
+            continue
+        assert RAN == ["rm y", "ls", "rm z", *(["sudo live"] if now == "allow" else [])]
+        assert "the user denied it: not b" in prompts[0] and "the user denied it: no sudo here" in prompts[0]

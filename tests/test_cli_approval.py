@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from qwq_agent.agent.approval import pending_approval, recorded_decisions
-from qwq_agent.agent.events import ToolResultEvent
+from qwq_agent.agent.events import ToolCallEvent, ToolResultEvent
 from qwq_agent.agent.trace import read_trace
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 
@@ -155,3 +155,39 @@ def test_without_a_terminal_the_run_waits_and_resumes_later_with_the_decision(sa
 
     proc = run_cli("--replay", str(resumed), "--decide", "allow")
     assert proc.returncode != 0 and "not awaiting approval" in proc.stdout + proc.stderr
+
+
+def test_a_resume_keeps_the_recorded_decisions_whatever_the_new_policy(sandbox_image, tmp_path):
+    """`--resume TRACE --approve auto` replayed the recorded turns under `auto`: a call the user had
+    denied ran after all, an edited call ran with the model's arguments, and a call still waiting for a
+    decision ran undecided. The recorded part is history; only the turns after it follow the new policy."""
+    ws, back = tmp_path / "ws", tmp_path / "back"
+    ws.mkdir()
+    turns = [
+        "one\n</think>\n\n" + call("shell", command="touch denied.txt"),
+        "two\n</think>\n\n" + call("shell", command="touch as-written.txt"),
+        "three\n</think>\n\n" + call("shell", command="touch waited.txt"),
+        "four\n</think>\n\n" + call("shell", command="touch live.txt"),
+        "done\n</think>\n\nDone.",
+    ]
+    traces = [tmp_path / f"{n}.jsonl" for n in range(5)]
+    steps: list[tuple[list[str], list[str]]] = [
+        (["Touch files.", "--tools", "shell", "--workspace", str(ws), "--approve", "ask"], turns[0:1]),
+        (["--resume", str(traces[0]), "--decide", "deny:not that one"], turns[1:2]),
+        (["--resume", str(traces[1]), "--decide", 'edit:{"command": "touch edited.txt"}'], turns[2:3]),
+        # Under `auto` now, and no decision given for the call the run waits on: it waits still.
+        (["--resume", str(traces[2]), "--approve", "auto"], []),
+        (["--resume", str(traces[2]), "--approve", "auto", "--decide", "allow", "--copy-back", str(back)],
+         turns[3:]),
+    ]  # fmt: skip
+    for n, (args, live) in enumerate(steps):
+        with ScriptedModelServer(live or ["unused"]) as server:
+            proc = run_cli(*args, "--model-url", server.url, "--trace", str(traces[n]))
+            prompts = [r.prompt for r in server.requests]
+        assert proc.returncode == (0 if n == 4 else 5), proc.stdout + proc.stderr
+        assert len(prompts) == len(live)  # the recorded turns were replayed, not asked again
+    assert pending_approval(traces[3]).call.arguments == {"command": "touch waited.txt"}
+    assert "the user denied it: not that one" in prompts[0]
+    assert sorted(p.name for p in (back / "workspace").iterdir()) == ["edited.txt", "live.txt", "waited.txt"]
+    ran = [e.call.arguments["command"] for e in read_trace(traces[4]) if isinstance(e, ToolCallEvent)]
+    assert ran == ["touch edited.txt", "touch waited.txt", "touch live.txt"]

@@ -176,6 +176,66 @@ async def test_a_size_0_pool_starts_a_sandbox_for_each_concurrent_acquire(sandbo
         assert await asyncio.wait_for(asyncio.gather(use(), use()), GUARD_S) == ["ok\n", "ok\n"]
 
 
+async def settled(pool: SandboxPool) -> None:
+    """Until the pool's background starts and removals are over (`wait_ready` waits for none at size 0)."""
+    while pool._tasks:
+        await asyncio.gather(*list(pool._tasks), return_exceptions=True)
+
+
+@pytest.mark.docker
+async def test_a_start_failure_goes_to_its_own_acquire_not_to_the_next_one(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """An acquire cancelled while its start was in flight left that start behind, and the next acquire
+    counted on it instead of starting one: when it failed, that acquire failed at once with the error of a
+    start it never asked for, although the daemon was well again."""
+    proxy.delays["/containers/create"] = 600.0  # created, but the answer is held: the start fails after 3 s
+    config = SandboxConfig(image=sandbox_image, start_timeout_s=3.0)
+    async with SandboxPool(
+        size=0, config=config, engine=DockerEngine(proxy.path), acquire_timeout_s=GUARD_S
+    ) as pool:
+
+        async def use() -> str:
+            async with pool.acquire() as sb:
+                return (await sb.shell("echo ok")).stdout
+
+        first = asyncio.create_task(use())
+        await asyncio.wait_for(proxy.held.wait(), GUARD_S)  # its start is in flight, and will fail
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        proxy.delays.clear()  # the daemon answers again: a start of its own succeeds
+        assert await asyncio.wait_for(use(), GUARD_S) == "ok\n"
+        await asyncio.wait_for(settled(pool), GUARD_S)
+        assert pool.start_failures == 1 and pool.ready == 0
+
+
+@pytest.mark.docker
+async def test_a_sandbox_started_for_an_acquire_that_left_goes_to_the_pool(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """Nobody waits for it any more, but it is a good sandbox: the next acquire gets it, and the pool
+    destroys it at close if none does."""
+    proxy.delays["/containers/create"] = 5.0  # answered late, well within the start time
+    config = SandboxConfig(image=sandbox_image)
+    engine = DockerEngine()
+    async with SandboxPool(size=0, config=config, engine=DockerEngine(proxy.path)) as pool:
+        for taken in (True, False):
+            first = asyncio.create_task(pool.acquire().__aenter__())
+            await asyncio.wait_for(proxy.held.wait(), GUARD_S)
+            proxy.held.clear()
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            await asyncio.wait_for(settled(pool), GUARD_S)
+            (warm,) = [w.sandbox for w in list(pool._ready._queue)]  # type: ignore[attr-defined]
+            if taken:
+                async with pool.acquire() as sb:
+                    assert sb is warm and (await sb.shell("echo ok")).stdout == "ok\n"
+        assert pool.start_failures == 0
+    assert not await exists(engine, warm.id)
+
+
 @pytest.mark.docker
 async def test_closing_the_pool_destroys_a_sandbox_under_its_health_check(sandbox_image: str) -> None:
     """A warm sandbox taken off the queue for its health check was the pool's no more: `aclose()` returned

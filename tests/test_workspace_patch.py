@@ -308,3 +308,83 @@ async def test_links_are_judged_from_the_snapshot_not_the_live_sandbox_tree(sand
     assert links == ["L1", "kept", "kept2"], changes.text
     assert str((repo / "L1").readlink()) == "a"
     assert (repo / "kept").read_text() == (repo / "kept2").read_text() == "k\n"
+
+
+# A thread left running in the sandbox's interpreter (it outlives its cell): the diff is written into
+# the baseline's git directory, which the sandbox user owns, so it puts a FIFO where the patch file goes,
+# takes git's diff from it (after the links were judged), and renames a file with that diff plus a link
+# to /etc/passwd over it. A reader that opened the FIFO before the rename gets the same text through it:
+# FIFO opens wait for one another, so no timing decides what the host reads.
+SWAP_THE_PATCH = r"""
+import hashlib, os, threading
+patch = os.path.expanduser("~/.qwq-agent/baseline.git/run.patch")
+os.mkfifo(patch)
+oid = hashlib.sha1(b"blob 11\0/etc/passwd").hexdigest()[:7]
+evil = (
+    "diff --git a/evil b/evil\nnew file mode 120000\nindex 0000000.." + oid + "\n--- /dev/null\n"
+    "+++ b/evil\n@@ -0,0 +1 @@\n+/etc/passwd\n\\ No newline at end of file\n"
+).encode()
+def swap():
+    with open(patch, "rb") as f:
+        forged = f.read() + evil
+    with open(patch + ".new", "wb") as f:
+        f.write(forged)
+    fifo = os.open(patch, os.O_RDONLY | os.O_NONBLOCK)
+    os.rename(patch + ".new", patch)
+    late = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY)
+    os.write(late, forged)
+    os.close(late)
+threading.Thread(target=swap, daemon=True).start()
+"""
+
+
+async def test_a_link_put_into_the_patch_after_the_judgement_is_cut(sandbox_image, tmp_path):
+    """The links were judged in the sandbox, then the diff was read back from a file there: a process
+    the agent left running could put an outward link into the text in between, and `git apply` planted
+    it. The text that comes back is judged on the host: the link is cut and named."""
+    from qwq_agent.agent.patch import workspace_changes
+    from qwq_agent.agent.workspace import open_sandbox
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "README.md").write_text("hello\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    async with open_sandbox(workspace=repo) as sandbox:
+        done = await sandbox.shell("echo more >> README.md && ln -s README.md readme")
+        assert done.exit_code == 0, done.stderr
+        started = await sandbox.python(SWAP_THE_PATCH)
+        assert started.error is None, started.error
+        changes = await workspace_changes(sandbox)
+    assert "evil -> /etc/passwd (absolute)" in changes.left_out, changes.left_out
+    assert "+more" in changes.text and "b/evil" not in changes.text
+    patch = tmp_path / "p.diff"
+    patch.write_text(changes.text)
+    await asyncio.to_thread(subprocess.run, ["git", "apply", str(patch)], cwd=repo, check=True, timeout=60)
+    assert not (repo / "evil").is_symlink()
+    assert str((repo / "readme").readlink()) == "README.md"
+
+
+async def test_the_sandbox_users_git_config_does_not_change_the_patchs_form(sandbox_image, tmp_path):
+    """The agent may set git config of its own (no a/ b/ prefixes, no space on empty context lines): the
+    patch keeps git's usual form, which the host's check of the text reads and `git apply -p1` takes."""
+    from qwq_agent.agent.patch import workspace_changes
+    from qwq_agent.agent.workspace import open_sandbox
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "data.txt").write_text("one\n\ntwo\n")
+    command = (
+        "git config --global diff.noprefix true && git config --global diff.suppressBlankEmpty true"
+        " && printf 'one\\n\\nthree\\n' > data.txt"
+    )
+    async with open_sandbox(workspace=folder) as sandbox:
+        done = await sandbox.shell(command)
+        assert done.exit_code == 0, done.stderr
+        changes = await workspace_changes(sandbox)
+    assert changes.text.startswith("diff --git a/data.txt b/data.txt\n"), changes.text
+    patch = tmp_path / "p.diff"
+    patch.write_text(changes.text)
+    await asyncio.to_thread(subprocess.run, ["git", "apply", str(patch)], cwd=folder, check=True, timeout=60)
+    assert (folder / "data.txt").read_text() == "one\n\nthree\n"

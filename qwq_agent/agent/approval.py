@@ -11,6 +11,11 @@ arguments (re-validated against the tool's schema), or defer. With no approver, 
 run stops with status `awaiting_approval`; its trace holds everything needed to resume it in another
 process with the decision (`resume_decisions`), replaying the recorded model turns instead of asking
 the model again. No call of a turn runs before every call of that turn is decided.
+
+A replay's recorded turns are history (`replay_approver`): each call is decided as the recorded run
+decided it, whatever the policy now (denied stays denied, an edited call runs with the edited
+arguments, one that ran runs again, one that waited for a decision waits for one); only the calls after
+the recording follow the policy.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ import asyncio
 import fnmatch
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from qwq_agent.agent.events import ApprovalDecided, ApprovalRequested, Final
+from qwq_agent.agent.events import ApprovalDecided, ApprovalRequested, Final, ToolCallEvent
 from qwq_agent.agent.messages import Message, ToolCall
 from qwq_agent.agent.trace import read_trace
 
@@ -40,6 +45,8 @@ __all__ = [
     "Rule",
     "pending_approval",
     "recorded_decisions",
+    "replay_approver",
+    "resume_decisions",
     "review_calls",
 ]
 
@@ -151,12 +158,22 @@ class Approver(Protocol):
 class RecordedApprover:
     """Decisions known in advance by call id (a trace's, or the one a resume brings), then `then`.
 
-    A call with no known decision goes to `then`; with no `then` it is deferred again.
+    The known decisions are binding: `review_calls` applies them whatever the policy says (a recorded
+    run's calls are decided again as they were). The calls in `undecided` waited for a decision that the
+    recording does not hold: they are asked about whatever the policy says. Any other call follows the
+    policy; one it asks about goes to `then`, and with no `then` it is deferred again.
     """
 
-    def __init__(self, decisions: Mapping[str, ApprovalDecision], then: Approver | None = None) -> None:
+    def __init__(
+        self,
+        decisions: Mapping[str, ApprovalDecision],
+        then: Approver | None = None,
+        *,
+        undecided: Iterable[str] = (),
+    ) -> None:
         self.decisions = dict(decisions)
         self.then = then
+        self.undecided = set(undecided) - self.decisions.keys()
 
     async def __call__(self, request: ApprovalRequest) -> ApprovalDecision:
         known = self.decisions.get(request.call.id)
@@ -203,9 +220,17 @@ async def review_calls(
     """
     out = GateOutcome()
     started = time.monotonic()
+    recorded = approver if isinstance(approver, RecordedApprover) else None
     for call in calls:
         action, rule = policy.action_for(call)
         reason = rule.reason if rule is not None else None
+        known = recorded.decisions.get(call.id) if recorded is not None else None
+        if known is not None and known.by == "policy" and known.action in ("allow", "deny"):
+            # Decided by the recorded run's policy (allowed: it ran; or denied): so again, whatever the
+            # policy now, for the replay to rebuild what the recording saw.
+            action, reason = known.action, known.reason
+        elif known is not None or (recorded is not None and call.id in recorded.undecided):
+            action = "ask"  # the recorded run asked about it: its decision (or a new one) stands
         if action == "ask":
             request = ApprovalRequest(run_id=run_id, step=step, call=call, reason=reason)
             out.events.append(emit(ApprovalRequested(call=call, reason=reason)))
@@ -287,16 +312,33 @@ def recorded_decisions(path: str | Path) -> dict[str, ApprovalDecision]:
     }
 
 
+def replay_approver(path: str | Path, *, then: Approver | None = None) -> RecordedApprover:
+    """An approver for a replay or resume of the run in `path` that decides its calls as it did.
+
+    Its recorded decisions; each call it ran with no decision (the policy allowed it) allowed again; each
+    call it asked about and never decided (the one it waits on) asked about again, through `then`.
+    Calls the recording does not hold follow the policy, and `then` decides those it asks about.
+    """
+    events = read_trace(path)
+    decisions = recorded_decisions(path)
+    for e in events:
+        if isinstance(e, ToolCallEvent) and e.call.id not in decisions:
+            decisions[e.call.id] = ApprovalDecision.allow(by="policy")
+    asked = [e.call.id for e in events if isinstance(e, ApprovalRequested)]
+    return RecordedApprover(decisions, then=then, undecided=asked)
+
+
 def resume_decisions(
     path: str | Path, decision: ApprovalDecision, *, then: Approver | None = None
 ) -> RecordedApprover:
-    """An approver to resume the run in `path`: its recorded decisions, plus `decision` for the pending call.
+    """An approver to resume the run in `path`: `replay_approver`'s, plus `decision` for the pending call.
 
     Raises ValueError when the run is not awaiting approval.
     """
     pending = pending_approval(path)
     if pending is None:
         raise ValueError(f"the run in {path} is not awaiting approval: nothing to decide")
-    decisions = recorded_decisions(path)
-    decisions[pending.call.id] = decision
-    return RecordedApprover(decisions, then=then)
+    approver = replay_approver(path, then=then)
+    approver.decisions[pending.call.id] = decision
+    approver.undecided.discard(pending.call.id)
+    return approver

@@ -11,12 +11,17 @@ So a path the tree does not hold (absent, or ignored: a real folder on the host,
 sandbox) cannot be walked through; a link is followed by its target in the tree; `..` above the
 repository root leads out, whatever the folders above it are called; and a link swapped in the live
 tree after the snapshot changes nothing.
+
+`python3 - --entries TREE` prints the folders and links of TREE (zlib-compressed; `entries`):
+`record_baseline` keeps them on the host, so that the patch text that comes back can be judged there
+again (`patch_text`) against what the user's checkout holds.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 
 MAX_HOPS = 40  # as the kernel's own limit on links followed in one path (ELOOP)
@@ -81,18 +86,61 @@ def _git(*args: str, data: bytes | None = None) -> bytes:
     return subprocess.run([*git, *args], input=data, capture_output=True, check=True).stdout
 
 
-def main(base: str, now: str) -> None:
-    """Print `path\\0target\\0why\\0` for each added or changed link of `now` (against `base`) that leads out."""
-    listing = _git("ls-tree", "-r", "-t", "-z", "--full-tree", now).split(b"\0")
-    tree: dict[str, Entry] = {}
+def _listing(tree: str) -> dict[str, Entry]:
+    listing = _git("ls-tree", "-r", "-t", "-z", "--full-tree", tree).split(b"\0")
+    entries: dict[str, Entry] = {}
     for line in filter(None, listing):
         meta, name = line.split(b"\t", 1)
         mode, _kind, oid = meta.decode().split()
-        tree[name.decode("utf-8", "surrogateescape")] = (mode, oid)
+        entries[name.decode("utf-8", "surrogateescape")] = (mode, oid)
+    return entries
 
-    def blob(oid: str) -> str:
-        return _git("cat-file", "blob", oid).decode("utf-8", "surrogateescape")
 
+def _blob(oid: str) -> str:
+    return _git("cat-file", "blob", oid).decode("utf-8", "surrogateescape")
+
+
+def entries(tree: str) -> None:
+    """Print, zlib-compressed, `d\\0path\\0` for each folder of `tree` and `l\\0path\\0target\\0` for
+    each link (`read_entries` reads it back)."""
+    listing = _listing(tree)
+    links = [(path, oid) for path, (mode, oid) in listing.items() if mode == LINK]
+    # One `cat-file --batch` for all the targets: a checkout may hold thousands of links.
+    batch = _git("cat-file", "--batch", data="".join(f"{oid}\n" for _, oid in links).encode())
+    out = bytearray()
+    for path, (mode, _) in listing.items():
+        if mode == TREE:
+            out += b"d\0" + path.encode("utf-8", "surrogateescape") + b"\0"
+    at = 0
+    for path, _ in links:
+        head_end = batch.index(b"\n", at)
+        size = int(batch[at:head_end].split()[2])
+        target = batch[head_end + 1 : head_end + 1 + size]
+        at = head_end + 1 + size + 1
+        out += b"l\0" + path.encode("utf-8", "surrogateescape") + b"\0" + target + b"\0"
+    sys.stdout.buffer.write(zlib.compress(bytes(out)))
+
+
+def read_entries(data: bytes) -> tuple[set[str], dict[str, str]]:
+    """The folders and the links (path to target) that `entries` printed."""
+    fields = zlib.decompress(data).split(b"\0")
+    dirs: set[str] = set()
+    links: dict[str, str] = {}
+    i = 0
+    while i < len(fields) - 1:
+        kind, path = fields[i], fields[i + 1].decode("utf-8", "surrogateescape")
+        if kind == b"d":
+            dirs.add(path)
+            i += 2
+        else:
+            links[path] = fields[i + 2].decode("utf-8", "surrogateescape")
+            i += 3
+    return dirs, links
+
+
+def main(base: str, now: str) -> None:
+    """Print `path\\0target\\0why\\0` for each added or changed link of `now` (against `base`) that leads out."""
+    tree = _listing(now)
     changed = _git("diff-tree", "-r", "-z", "--no-renames", "--diff-filter=AMT", base, now).split(b"\0")
     outward: dict[str, tuple[str, str, set[str]]] = {}
     for meta, raw in zip(changed[0::2], changed[1::2], strict=False):
@@ -100,8 +148,8 @@ def main(base: str, now: str) -> None:
         if len(fields) < 4 or fields[1] != LINK:
             continue
         path = raw.decode("utf-8", "surrogateescape")
-        target, followed = blob(fields[3]), set[str]()
-        why = outward_reason(path, target, tree.get, blob, followed)
+        target, followed = _blob(fields[3]), set[str]()
+        why = outward_reason(path, target, tree.get, _blob, followed)
         if why is not None:
             outward[path] = (target, why, followed - {path})
     # A link that only led out through another one leaving now is judged again next round, once that one
@@ -115,4 +163,7 @@ def main(base: str, now: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--entries":
+        entries(sys.argv[2])
+    else:
+        main(sys.argv[1], sys.argv[2])

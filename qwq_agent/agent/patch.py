@@ -13,6 +13,9 @@ the other links of the end snapshot, as the host's checkout will hold them once 
 `link_judge`) are left out of the patch and named (`WorkspacePatch.left_out`):
 `git apply` would plant them in the user's checkout, aiming a path of the repository at any file of the
 host; copy-back leaves the same links out (`sandbox.archive_extract`). Links inside the repository stay.
+The text that comes back is judged again on the host (`patch_text`), against the folders and links the
+baseline recorded before the agent ran: everything in the sandbox after that (the snapshot's objects,
+the patch file) is the agent's to rewrite, even between the judgement there and the diff.
 
 Against the snapshot rather than the repository's HEAD: edits the user had not committed before the
 run are theirs, not the agent's, and stay out of the patch (for a clean tree the two are the same).
@@ -28,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from qwq_agent.agent import link_judge
+from qwq_agent.agent import link_judge, patch_text
 
 BASELINE_DIR = "$HOME/.qwq-agent/baseline.git"
 WORKSPACE = "/workspace"
@@ -53,10 +56,13 @@ class WorkspacePatch(BaseModel):
 
 
 class Baseline(BaseModel):
-    """The tree /workspace held when the run began, and whether it was a git repository."""
+    """The tree /workspace held when the run began, whether it was a git repository, and the tree's
+    folders and links (path to target): the host judges the patch's links against them."""
 
     tree: str
     repository: bool
+    dirs: set[str] = set()
+    links: dict[str, str] = {}
 
 
 # Per sandbox, so that `Agent` finds the baseline of a sandbox `open_sandbox` prepared.
@@ -91,8 +97,13 @@ def _snapshot(index: str) -> str:
     return f'{_ENV} GIT_INDEX_FILE="{BASELINE_DIR}/{index}"\n{_GIT} add -A\n{_GIT} write-tree'
 
 
+_JUDGE = "python3 -I -S -c " + shlex.quote(inspect.getsource(link_judge))
+
+
 async def record_baseline(sandbox: Any) -> Baseline:
-    """Snapshot /workspace as it is now; `workspace_patch` later diffs against it."""
+    """Snapshot /workspace as it is now; `workspace_patch` later diffs against it, and the host judges the
+    patch's links against the snapshot's folders and links (kept in the `Baseline`)."""
+    entries = f"{BASELINE_DIR}/entries"
     script = f"""
 rm -rf "{BASELINE_DIR}"
 mkdir -p "{BASELINE_DIR}"
@@ -104,10 +115,16 @@ if [ -d {WORKSPACE}/.git/objects ]; then
   cp {WORKSPACE}/.git/info/exclude "{BASELINE_DIR}/info/exclude" 2>/dev/null || true
 fi
 echo "$repo"
-{_snapshot("index")}
+tree=$({_snapshot("index")})
+echo "$tree"
+{_ENV}
+{_JUDGE} --entries "$tree" > "{entries}"
+wc -c < "{entries}"
 """
+    # Read back now, before the agent runs: later, the git directory is the agent's to rewrite.
     lines = (await _sh(sandbox, script, "snapshotting /workspace with git")).split()
-    baseline = Baseline(tree=lines[-1], repository=lines[0] == "yes")
+    dirs, links = link_judge.read_entries(await _read(sandbox, entries, int(lines[-1])))
+    baseline = Baseline(tree=lines[-2], repository=lines[0] == "yes", dirs=dirs, links=links)
     _baselines[sandbox] = baseline
     return baseline
 
@@ -117,7 +134,7 @@ echo "$repo"
 # process still running in the sandbox can steer), goes back to its baseline entry (or out) in the end
 # snapshot and is listed as NUL-separated path, target, why. Judged again until a round drops none: a kept
 # link may have led through one that is now dropped. Literal pathspecs: a path holding `*` names only itself.
-_JUDGE = "python3 -I -S -c " + shlex.quote(inspect.getsource(link_judge))
+# The objects stay the agent's to rewrite after this judgement: the text is judged again on the host.
 _OUTWARD_LINKS = f"""
 : > "{BASELINE_DIR}/left-out"
 export GIT_LITERAL_PATHSPECS=1
@@ -141,6 +158,11 @@ done
 """
 
 
+# git's own form whatever the sandbox user's git config says (diff.noprefix, a textconv driver, an
+# external diff): `patch_text` refuses any other.
+_DIFF_OPTIONS = "--binary --no-color --no-ext-diff --no-textconv --no-renames --src-prefix=a/ --dst-prefix=b/"
+
+
 async def workspace_patch(sandbox: Any, baseline: Baseline | None = None) -> str:
     """`git diff` of /workspace from `baseline` (default: the one recorded for `sandbox`) to now, without
     the symlinks that lead out of it (`workspace_changes` also names those)."""
@@ -160,7 +182,7 @@ now=$({_snapshot("index-end")})
 base={shlex.quote(baseline.tree)}
 {_ENV} GIT_INDEX_FILE="{BASELINE_DIR}/index-end"
 {_OUTWARD_LINKS}
-{_GIT} diff --binary --no-color --no-ext-diff --no-renames "$base" "$now" > "{patch_file}"
+{_GIT} diff {_DIFF_OPTIONS} "$base" "$now" > "{patch_file}"
 wc -c < "{BASELINE_DIR}/left-out"
 wc -c < "{patch_file}"
 """
@@ -175,7 +197,11 @@ wc -c < "{patch_file}"
     ]
     # Bytes that are not UTF-8 (a Latin-1 source file) become U+FFFD: RunResult must serialise as JSON.
     text = (await _read(sandbox, patch_file, size)).decode("utf-8", errors="replace")
-    return WorkspacePatch(text=text, left_out=left_out)
+    try:
+        text, cut = patch_text.cut_outward_links(text, baseline.dirs, baseline.links)
+    except patch_text.PatchTextError as exc:
+        raise PatchError(f"the patch read back from the sandbox is not git's diff: {exc}") from exc
+    return WorkspacePatch(text=text, left_out=left_out + [c for c in cut if c not in left_out])
 
 
 async def _read(sandbox: Any, path: str, size: int) -> bytes:

@@ -25,8 +25,7 @@ from qwq_agent.agent.approval import (
     ApprovalPolicy,
     ApprovalRequest,
     Approver,
-    RecordedApprover,
-    recorded_decisions,
+    replay_approver,
     resume_decisions,
 )
 from qwq_agent.cli.errors import EXIT_AWAITING_APPROVAL
@@ -167,8 +166,9 @@ def setup(
             raise CliError(
                 str(exc), "drop --decide, or resume a run whose status is awaiting_approval"
             ) from None
-    # A replay or resume applies the recorded decisions again instead of asking.
-    return RecordedApprover(recorded_decisions(source), then=interactive)
+    # A replay or resume decides the recorded calls as the recorded run did, whatever `--approve` says
+    # now (a denied call stays denied); only the calls after the recording follow the policy.
+    return replay_approver(source, then=interactive)
 
 
 def _approver_only(source: Path) -> bool:

@@ -5,6 +5,11 @@ a `SandboxStartError` (`SandboxAcquireTimeout` when nothing worked in time). War
 waiting (killed, crashed, lifetime limit reached), are close to their lifetime limit, or do not answer (a paused or frozen container) are destroyed and replaced, never handed out. Starts that failed
 are tried again after a pause that grows with each failed round, so the pool gets back to its size once
 Docker is back. Closing the pool fails the acquires still waiting with `SandboxPoolClosed`.
+
+Each waiting acquire waits on a start of its own: one it began, or one of the pool's own top-ups that no
+other acquire waits on. A failed start's error goes to that acquire alone; when it has left (timed out,
+cancelled, or served by another sandbox), the error goes to nobody, and a later acquire makes its own
+attempt. A sandbox that starts goes to its acquire, else to the acquire waiting longest, else the queue.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox.config import SandboxConfig
@@ -49,6 +55,22 @@ class _Warm:
 
     sandbox: DockerSandbox
     started_at: float
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """An acquire waiting for a sandbox: it lands in `got`, or the error of the acquire's own start."""
+
+    got: asyncio.Future[_Warm] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(eq=False)
+class _Start:
+    """A start in flight and the acquire waiting on it (None: nobody). Only the pool's own top-ups are
+    `claimable`, once: a start whose acquire left stays nobody's, so its error reaches no later acquire."""
+
+    waiter: _Waiter | None = None
+    claimable: bool = True
 
 
 class SandboxPool:
@@ -91,13 +113,11 @@ class SandboxPool:
             acquire_timeout_s if acquire_timeout_s is not None else self.config.start_timeout_s + 10.0
         )
         self.health_check_timeout_s = health_check_timeout_s
-        # Failed starts are queued as their exception only while someone waits, so a waiting acquire
-        # fails at once instead of waiting out its timeout, and no stale failure meets a later caller.
-        self._ready: asyncio.Queue[_Warm | SandboxError] = asyncio.Queue()
-        self._starts = asyncio.Semaphore(max(1, max_parallel_starts))
+        self._ready: asyncio.Queue[_Warm] = asyncio.Queue()
+        self._start_slots = asyncio.Semaphore(max(1, max_parallel_starts))
         self._tasks: set[asyncio.Task[None]] = set()
-        self._starting = 0
-        self._waiters = 0
+        self._in_flight: set[_Start] = set()
+        self._waiting: deque[_Waiter] = deque()  # oldest first
         # Sandboxes taken off the queue for their health check and not yet handed out or discarded: still
         # the pool's, so `aclose()` destroys them too.
         self._checking: set[DockerSandbox] = set()
@@ -114,27 +134,38 @@ class SandboxPool:
         """How many started sandboxes are waiting to be acquired."""
         return self._ready.qsize()
 
+    @property
+    def _starting(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def _waiters(self) -> int:
+        return len(self._waiting)
+
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _spawn_fill(self) -> None:
-        self._starting += 1
-        self._spawn(self._fill_one())
+    def _spawn_fill(self, waiter: _Waiter | None = None) -> None:
+        """Start a sandbox: for `waiter` (an acquire that found nothing to wait on), or the pool's own."""
+        start = _Start(waiter, claimable=waiter is None)
+        self._in_flight.add(start)
+        self._spawn(self._fill_one(start))
 
-    async def _fill_one(self) -> None:
+    async def _fill_one(self, start: _Start) -> None:
         try:
-            async with self._starts:
+            async with self._start_slots:
                 if self._closed:
                     return
                 try:
                     sandbox = await self.hosts.start(self.config)
                 except Exception as exc:  # whatever broke, a waiter must hear of it rather than hang
                     self._failed(
+                        start,
                         exc
                         if isinstance(exc, SandboxError)
-                        else SandboxStartError(f"{type(exc).__name__}: {exc}")
+                        else SandboxStartError(f"{type(exc).__name__}: {exc}"),
                     )
                     self._refill_later()
                     return
@@ -142,19 +173,51 @@ class SandboxPool:
                 if self._closed:
                     await sandbox.close()
                     return
-                self._ready.put_nowait(_Warm(sandbox, started_at=time.monotonic()))
+                self._in_flight.discard(start)
+                self._hand_out(_Warm(sandbox, started_at=time.monotonic()), start.waiter)
         finally:
-            self._starting -= 1
+            self._in_flight.discard(start)
 
-    def _failed(self, error: SandboxError) -> None:
+    def _hand_out(self, warm: _Warm, waiter: _Waiter | None) -> None:
+        """`warm` to `waiter` if it still waits, else to the acquire waiting longest, else to the queue."""
+        if waiter is None or waiter not in self._waiting:
+            waiter = self._waiting[0] if self._waiting else None
+        if waiter is None:
+            self._ready.put_nowait(warm)
+            return
+        self._leave(waiter)
+        waiter.got.set_result(warm)
+
+    def _failed(self, start: _Start, error: SandboxError) -> None:
         self.start_failures += 1
         self._failed_in_a_row += 1
         self.last_error = error
         log.warning("warm pool: a sandbox failed to start: %s", error)
-        # Every waiter that neither a queued item nor another start in flight (this one still counts in
-        # `_starting`) will serve hears of it now, rather than waiting out its timeout.
-        for _ in range(self._waiters - self._ready.qsize() - (self._starting - 1)):
-            self._ready.put_nowait(error)
+        # The acquire waiting on this start hears of it now, rather than waiting out its timeout; one that
+        # left does not pass it on.
+        waiter = start.waiter
+        if waiter is not None and waiter in self._waiting:
+            self._leave(waiter)
+            waiter.got.set_exception(error)
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """`waiter` waits no more: out of the line, and its start (if still in flight) is nobody's."""
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(waiter)
+        for start in self._in_flight:
+            if start.waiter is waiter:
+                start.waiter = None
+
+    def _wait(self) -> _Waiter:
+        """Join the line, waiting on a start of one's own: a top-up nobody waits on, or a new one."""
+        waiter = _Waiter()
+        self._waiting.append(waiter)
+        start = next((s for s in self._in_flight if s.claimable), None)
+        if start is None:
+            self._spawn_fill(waiter)
+        else:
+            start.waiter, start.claimable = waiter, False
+        return waiter
 
     def _refill_later(self) -> None:
         """After a failed start: start whatever the pool then lacks of its size, after a growing pause.
@@ -221,23 +284,7 @@ class SandboxPool:
         while True:
             if self._closed:
                 raise SandboxPoolClosed("the pool is closed")
-            self._waiters += 1
-            try:
-                if self._waiters > self._ready.qsize() + self._starting:
-                    # Nothing queued or starting is left for this caller (size 0, every start failed, more
-                    # callers than the pool holds): start one on demand, or it would wait out its timeout.
-                    self._spawn_fill()
-                async with deadline.timer():
-                    item = await self._ready.get()
-            except TimeoutError:
-                why = f"; the last start failed: {self.last_error}" if self.last_error else ""
-                raise SandboxAcquireTimeout(
-                    f"no working sandbox could be acquired within {self.acquire_timeout_s:g} s{why}"
-                ) from None
-            finally:
-                self._waiters -= 1
-            if isinstance(item, SandboxError):
-                raise item
+            item = self._ready.get_nowait() if self._ready.qsize() else await self._await_one(deadline)
             if self._closed:
                 self._discard_taken(item.sandbox)
                 raise SandboxPoolClosed("the pool was closed while the acquire waited")
@@ -257,6 +304,25 @@ class SandboxPool:
                 return item.sandbox
             self.replaced += 1
             self._discard_taken(item.sandbox)
+
+    async def _await_one(self, deadline: Deadline) -> _Warm:
+        """The next sandbox for this acquire; the error of its own start if that fails first."""
+        waiter = self._wait()
+        try:
+            async with deadline.timer():
+                # Shielded: `got` stays whole when the acquire is cancelled, to be looked at below.
+                return await asyncio.shield(waiter.got)
+        except BaseException as exc:
+            self._leave(waiter)
+            got = waiter.got
+            if got.done() and got.exception() is None:  # handed over as the acquire left: the next one's
+                self._hand_out(got.result(), None)
+            if isinstance(exc, TimeoutError):
+                why = f"; the last start failed: {self.last_error}" if self.last_error else ""
+                raise SandboxAcquireTimeout(
+                    f"no working sandbox could be acquired within {self.acquire_timeout_s:g} s{why}"
+                ) from None
+            raise
 
     @contextlib.asynccontextmanager
     async def acquire(
@@ -295,15 +361,14 @@ class SandboxPool:
         self._closed = True
         if self._refill is not None:
             self._refill.cancel()
-        # Empty the queue, then leave one notice per waiting acquire, with no await in between: no waiter
-        # runs meanwhile, so each finds its notice. (Emptying it after the notices threw them away whenever
-        # no start was left to wait for, and the acquires waited out their timeout.)
+        # Every waiting acquire hears of the close in its own `got`, whatever start it waited on.
         held = [self._ready.get_nowait() for _ in range(self._ready.qsize())]
-        for _ in range(self._waiters):
-            self._ready.put_nowait(SandboxPoolClosed("the pool was closed while the acquire waited"))
+        for waiter in list(self._waiting):
+            self._leave(waiter)
+            waiter.got.set_exception(SandboxPoolClosed("the pool was closed while the acquire waited"))
         # A sandbox under its health check is destroyed too (its acquire then fails with SandboxPoolClosed);
         # one whose removal its acquire started already is waited for among the tasks.
-        for sandbox in [w.sandbox for w in held if isinstance(w, _Warm)] + list(self._checking):
+        for sandbox in [w.sandbox for w in held] + list(self._checking):
             self._spawn(sandbox.close())
         self._checking.clear()
         while self._tasks:

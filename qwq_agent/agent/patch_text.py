@@ -1,0 +1,342 @@
+"""The links of a patch text, judged on the host from the text itself.
+
+The links of the end snapshot are judged inside the sandbox (`link_judge`), but the text is made and read
+back afterwards, from a git directory the sandbox user owns: a process the agent left running can rewrite
+the snapshot's objects, or the patch file itself, after the judgement. So the text that came back is read
+as `git apply` will read it, and every link it would create or change is judged again here, against the
+folders and links the user's checkout held when the run began (recorded by `record_baseline` before the
+agent ran) and the patch's own entries. An outward link is cut from the text, with the other entries of
+its path (a file it replaced stays), until a round cuts none.
+
+Only git's own diff form passes (`diff --git` entries with the headers, hunks and binary blocks our
+`git diff --binary --no-renames` writes; hunk lines counted as the `@@` header says): a text with anything
+else in it is refused whole (`PatchError`), for `git apply` could read a part the parse did not.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qwq_agent.agent.link_judge import LINK, TREE, Entry, outward_reason
+
+MODES = ("100644", "100755", LINK, "160000")
+_MODE_LINE = re.compile(r"(old mode|new mode|deleted file mode|new file mode) (\d{6})")
+_INDEX_LINE = re.compile(r"index [0-9a-f]+\.\.[0-9a-f]+(?: (\d{6}))?")
+_HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+_BINARY_SIZE = re.compile(r"(literal|delta) (\d+)")
+_BASE85_LINE = re.compile(r"[A-Za-z][0-9A-Za-z!#$%&()*+\-;<=>?@^_`{|}~]+")
+# git's C quoting of a name: these escapes, and three octal digits for any other byte.
+_UNQUOTED = dict(zip('abtnvfr"\\', '\a\b\t\n\v\f\r"\\', strict=True))
+UNREADABLE = "the patch does not show the link's target whole"
+
+
+class PatchTextError(ValueError):
+    """The text is not in git's diff form; the message says where."""
+
+
+@dataclass
+class _Entry:
+    """One `diff --git` entry: its path, raw lines, modes and what it holds of the new content."""
+
+    path: str
+    lines: list[str]
+    modes: dict[str, str] = field(default_factory=dict)  # header words ("new file mode", "index") to mode
+    old: str | None = None  # the whole old and new content when one hunk holds all of both
+    new: str | None = None
+    literal: bytes | None = None  # the new content of a binary entry, when its block is a literal
+
+    @property
+    def deleted(self) -> bool:
+        return "deleted file mode" in self.modes
+
+    def link_result(self, was_link: bool) -> bool:
+        """Whether `git apply` leaves a link at the path (`was_link`: the checkout holds one there now)."""
+        if self.deleted:
+            return False
+        new = self.modes.get("new file mode") or self.modes.get("new mode") or self.modes.get("index")
+        return new == LINK if new is not None else was_link
+
+
+def cut_outward_links(text: str, dirs: set[str], links: dict[str, str]) -> tuple[str, list[str]]:
+    """`text` without the entries of links that lead out of the checkout, and those links named as
+    `path -> target (why)`. `dirs` and `links` are the checkout's folders and links before the patch.
+    `PatchTextError` for a text not in git's diff form."""
+    entries = _parse(text)
+    held = set(dirs)
+    for entry in entries:  # and the folders the patch itself fills
+        parts = entry.path.split("/")[:-1]
+        held.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    cut: dict[str, tuple[str, str]] = {}
+    while True:
+        now, judged = _links_after(entries, cut, links)
+        tree = _tree(now, held)
+        outward: dict[str, tuple[str, str, set[str]]] = {}
+        for path, target in judged.items():
+            if target is None:
+                outward[path] = ("?", UNREADABLE, set())
+                continue
+            followed: set[str] = set()
+            # `git apply --whitespace=fix` drops blanks at line ends: `.. ` would become `..`.
+            for variant in dict.fromkeys((target, _whitespace_fixed(target))):
+                why = outward_reason(path, variant, tree, now.__getitem__, followed)
+                if why is not None:
+                    outward[path] = (target, why, followed - {path})
+                    break
+        # As `link_judge.main`: a link that only leads out through another one cut now is judged again
+        # once that one is back at what the checkout holds; a ring of such links all goes.
+        first = {p: v for p, v in outward.items() if not v[2] & outward.keys()} or outward
+        if not first:
+            break
+        cut.update({p: (target, why) for p, (target, why, _) in first.items()})
+    kept = "".join(line + "\n" for e in entries if e.path not in cut for line in e.lines)
+    return kept, [f"{path} -> {target} ({why})" for path, (target, why) in cut.items()]
+
+
+def _tree(links: dict[str, str], dirs: set[str]) -> Callable[[str], Entry | None]:
+    """`outward_reason`'s tree: a link's "object" is its own path, whose target `links` gives."""
+
+    def entry(path: str) -> Entry | None:
+        if path in links:
+            return (LINK, path)
+        return (TREE, "") if path in dirs else None
+
+    return entry
+
+
+def _whitespace_fixed(target: str) -> str:
+    lines = [line.rstrip(" \t\r\v\f") for line in target.split("\n")]
+    while len(lines) > 1 and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
+def _links_after(
+    entries: list[_Entry], cut: dict[str, tuple[str, str]], links: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str | None]]:
+    """The checkout's links once the entries not cut are applied, and those the patch makes or changes
+    (None for one whose target the text does not show whole)."""
+    now = dict(links)
+    judged: dict[str, str | None] = {}
+    for entry in entries:
+        if entry.path in cut:
+            continue
+        was_link = entry.path in now
+        if entry.link_result(was_link):
+            judged[entry.path] = _new_target(entry, now.get(entry.path))
+            now[entry.path] = judged[entry.path] or ""
+        elif entry.deleted or was_link:  # a link deleted, or made a file (`git apply` checks the type)
+            now.pop(entry.path, None)
+    return now, judged
+
+
+def _new_target(entry: _Entry, old: str | None) -> str | None:
+    """The link's target after the entry, when the text shows it whole: a new link's content, or a changed
+    one whose hunk starts from exactly what the checkout's link holds now."""
+    if entry.literal is not None:
+        content = entry.literal.decode("utf-8", "surrogateescape")
+    elif entry.new is not None and entry.old == ("" if "new file mode" in entry.modes else old):
+        content = entry.new
+    else:
+        return None
+    return content if content and "\0" not in content else None
+
+
+# ------------------------------------------------------------------------------------------------ parse
+
+
+def _parse(text: str) -> list[_Entry]:
+    """The entries of `text`, each with its raw lines; `PatchTextError` for anything not in git's form."""
+    if not text:
+        return []
+    if not text.endswith("\n"):
+        raise PatchTextError("the text does not end with a line break")
+    lines = text[:-1].split("\n")  # "\n" only: git reads a "\r" or a "\u2028" as part of the line
+    entries: list[_Entry] = []
+    at = 0
+    while at < len(lines):
+        start = at
+        if not lines[at].startswith("diff --git "):
+            raise PatchTextError(f"line {at + 1} does not start an entry: {lines[at][:80]!r}")
+        entry = _Entry(path=_header_path(lines[at][len("diff --git ") :], at), lines=[])
+        at += 1
+        at = _headers(lines, at, entry)
+        if at < len(lines) and lines[at].startswith("--- "):
+            at = _names(lines, at, entry)
+            at = _hunks(lines, at, entry)
+        elif at < len(lines) and lines[at] == "GIT binary patch":
+            at = _binary(lines, at + 1, entry)
+        entry.lines = lines[start:at]
+        entries.append(entry)
+    _one_change_a_path(entries)
+    return entries
+
+
+def _one_change_a_path(entries: list[_Entry]) -> None:
+    """A path has one entry, or two when its type changed (git writes the deletion, then the addition):
+    `git apply --reject` would apply the first of two that the judgement above took as one."""
+    by_path: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        by_path.setdefault(entry.path, []).append(entry)
+    for path, group in by_path.items():
+        retyped = len(group) == 2 and group[0].deleted and "new file mode" in group[1].modes
+        if len(group) > 1 and not retyped:
+            raise PatchTextError(f"more than one change of {path!r}")
+
+
+def _headers(lines: list[str], at: int, entry: _Entry) -> int:
+    """The extended headers git writes with --no-renames: modes and the index line, each once."""
+    seen: set[str] = set()
+    while at < len(lines):
+        if found := _MODE_LINE.fullmatch(lines[at]):
+            word, mode = found.group(1), found.group(2)
+        elif found := _INDEX_LINE.fullmatch(lines[at]):
+            word, mode = "index", found.group(1)
+        else:
+            break
+        if word in seen or (mode is not None and mode not in MODES):
+            raise PatchTextError(f"line {at + 1}: a header given twice, or a mode git does not write")
+        seen.add(word)
+        if mode is not None:
+            entry.modes[word] = mode
+        at += 1
+    return at
+
+
+def _header_path(rest: str, at: int) -> str:
+    """The path of `diff --git a/P b/P` (each name quoted or not); both names must be the same."""
+    if rest.startswith('"'):
+        a, after = _quoted(rest, at)
+        second = after[1:]
+        if not after.startswith(" "):
+            raise PatchTextError(f"line {at + 1}: no second name")
+        b, tail = _quoted(second, at) if second.startswith('"') else (second, "")
+        if tail:
+            raise PatchTextError(f"line {at + 1}: text after the names")
+    else:
+        half = (len(rest) - 1) // 2  # unquoted, the two names hold the same path: `a/P b/P`
+        a, b = rest[:half], rest[half + 1 :]
+        if rest[half : half + 1] != " " or '"' in rest:
+            raise PatchTextError(f"line {at + 1}: names git would not write")
+    if not (a.startswith("a/") and b.startswith("b/") and a[2:] == b[2:] and a[2:]):
+        raise PatchTextError(f"line {at + 1}: the entry's two names differ (a rename or copy)")
+    return a[2:]
+
+
+def _quoted(text: str, at: int) -> tuple[str, str]:
+    """A C-quoted name at the start of `text` (git's quoting) and what follows its closing quote."""
+    out = bytearray()
+    i = 1
+    while i < len(text) and text[i] != '"':
+        if text[i] != "\\":
+            out += text[i].encode("utf-8", "surrogateescape")
+            i += 1
+        elif text[i + 1 : i + 2] in _UNQUOTED:
+            out += _UNQUOTED[text[i + 1]].encode()
+            i += 2
+        elif re.fullmatch(r"[0-3][0-7][0-7]", text[i + 1 : i + 4]):
+            out.append(int(text[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            raise PatchTextError(f"line {at + 1}: a quoted name git would not write")
+    if i >= len(text):
+        raise PatchTextError(f"line {at + 1}: a quoted name without its end")
+    return out.decode("utf-8", "surrogateescape"), text[i + 1 :]
+
+
+def _names(lines: list[str], at: int, entry: _Entry) -> int:
+    """The `---` and `+++` lines: each names the entry's path (or /dev/null for an added or deleted file)."""
+    if at + 1 >= len(lines) or not lines[at + 1].startswith("+++ "):
+        raise PatchTextError(f"line {at + 1}: `---` without `+++`")
+    created, deleted = "new file mode" in entry.modes, entry.deleted
+    for line, prefix, null in ((lines[at], "a/", created), (lines[at + 1], "b/", deleted)):
+        name = line[4:]
+        if null:
+            if name != "/dev/null":
+                raise PatchTextError(f"line {at + 1}: an added or deleted file without /dev/null")
+            continue
+        # git ends a name that holds a space with a tab (after the quotes, for a quoted one).
+        name, after = _quoted(name, at) if name.startswith('"') else (name.removesuffix("\t"), "")
+        if after not in ("", "\t"):
+            raise PatchTextError(f"line {at + 1}: text after the name")
+        if name != prefix + entry.path:
+            raise PatchTextError(f"line {at + 1}: a name that is not the entry's")
+    return at + 2
+
+
+def _hunks(lines: list[str], at: int, entry: _Entry) -> int:
+    """The hunks, each exactly as many lines as its header counts; `entry.old`/`new` when one hunk
+    holds the whole of both contents (as git writes a link's)."""
+    count = 0
+    while at < len(lines) and (hunk := _HUNK.match(lines[at])):
+        count += 1
+        start_old, start_new = int(hunk.group(1)), int(hunk.group(3))
+        left_old = 1 if hunk.group(2) is None else int(hunk.group(2))
+        left_new = 1 if hunk.group(4) is None else int(hunk.group(4))
+        whole = count == 1 and start_old <= 1 and start_new <= 1
+        old: list[str] = []
+        new: list[str] = []
+        at += 1
+        last = ""  # the kind of the line a "\\ No newline at end of file" marker would end
+        while left_old or left_new or (at < len(lines) and lines[at].startswith("\\")):
+            line = lines[at] if at < len(lines) else None
+            if line is None:
+                raise PatchTextError("the text ends inside a hunk")
+            kind = line[:1]
+            if kind == "\\" and last:
+                for side, touched in ((old, last in " -"), (new, last in " +")):
+                    if touched:
+                        side[-1] = side[-1][:-1]
+                last = ""
+            elif (kind in ("", " ") and left_old and left_new) or (kind == "-" and left_old):
+                # An empty line is context to `git apply` (git writes one with diff.suppressBlankEmpty).
+                left_old -= 1
+                old.append(line[1:] + "\n")
+                if kind != "-":
+                    left_new -= 1
+                    new.append(line[1:] + "\n")
+                last = kind
+            elif kind == "+" and left_new:
+                left_new -= 1
+                new.append(line[1:] + "\n")
+                last = kind
+            else:
+                raise PatchTextError(f"line {at + 1}: not a line of its hunk")
+            at += 1
+        entry.old, entry.new = ("".join(old), "".join(new)) if whole else (None, None)
+    if not count:
+        raise PatchTextError(f"line {at + 1}: names without a hunk")
+    if count > 1:
+        entry.old = entry.new = None
+    return at
+
+
+def _binary(lines: list[str], at: int, entry: _Entry) -> int:
+    """The two blocks of a `GIT binary patch` (forward, then reverse); `entry.literal` from the forward
+    one when it is a literal."""
+    for block in range(2):
+        size = _BINARY_SIZE.fullmatch(lines[at]) if at < len(lines) else None
+        if size is None:
+            raise PatchTextError(f"line {at + 1}: not a binary block")
+        data = bytearray()
+        at += 1
+        while at < len(lines) and lines[at]:
+            line = lines[at]
+            if not _BASE85_LINE.fullmatch(line) or (len(line) - 1) % 5:
+                raise PatchTextError(f"line {at + 1}: not a line of base85")
+            length = ord(line[0]) - (ord("A") - 1 if line[0] <= "Z" else ord("a") - 27)
+            data += base64.b85decode(line[1:])[:length]
+            at += 1
+        if at >= len(lines):
+            raise PatchTextError("the text ends inside a binary block")
+        at += 1  # the empty line that ends the block
+        if block == 0 and size.group(1) == "literal":
+            try:
+                content = zlib.decompress(bytes(data))
+            except zlib.error:
+                content = None
+            entry.literal = content if content is not None and len(content) == int(size.group(2)) else None
+    return at

@@ -1,0 +1,206 @@
+"""`cut_outward_links` reads a patch text as `git apply` does and cuts the links that would lead out of the
+checkout. Real git on the host makes the texts (and applies them), so the parse is checked against what
+git writes and what it does with the result; hostile texts are git's own output, edited."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.agent.patch_text import UNREADABLE, PatchTextError, cut_outward_links
+
+
+def git(repo: Path, *args: str, data: str | None = None) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=Dev", "-c", "user.email=dev@example.com",
+         "-c", "core.quotepath=false", *args],
+        input=data, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return done.stdout
+
+
+def make_repo(path: Path) -> Path:
+    """README, a folder `a` with a file, `sub/up -> ..` (the user's own link to the root), `bin.dat`."""
+    path.mkdir()
+    git(path, "init", "-q")
+    (path / "README").write_text("hello\n")
+    (path / "a").mkdir()
+    (path / "a" / "f").write_text("f\n")
+    (path / "sub").mkdir()
+    (path / "sub" / "up").symlink_to("..")
+    (path / "bin.dat").write_bytes(b"\0\1\2")
+    (path / "old").symlink_to("README")
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "init")
+    return path
+
+
+def checkout(repo: Path) -> tuple[set[str], dict[str, str]]:
+    """The folders and links of HEAD, as `record_baseline` records them."""
+    dirs, links = set(), {}
+    for line in git(repo, "ls-tree", "-r", "-t", "--full-tree", "HEAD").splitlines():
+        meta, path = line.split("\t", 1)
+        mode, _, oid = meta.split()
+        if mode == "040000":
+            dirs.add(path)
+        elif mode == "120000":
+            links[path] = git(repo, "cat-file", "blob", oid)
+    return dirs, links
+
+
+def diff(repo: Path) -> str:
+    """What the sandbox's `git diff` writes for the work tree against HEAD."""
+    git(repo, "add", "-A")
+    text = git(repo, "diff", "--cached", "--binary", "--no-color", "--no-ext-diff", "--no-renames", "HEAD")
+    git(repo, "reset", "-q", "--hard")
+    git(repo, "clean", "-qfdx")
+    return text
+
+
+def applied(repo: Path, text: str, tmp_path: Path) -> None:
+    patch = tmp_path / "p.diff"
+    patch.write_text(text)
+    git(repo, "apply", str(patch))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+def test_what_git_writes_passes_whole(repo: Path, tmp_path: Path) -> None:
+    """Names with spaces, tabs and quotes, binary files, a type change, a mode change, a link with a line
+    break in its target, links inside the checkout (one through the checkout's own link): nothing cut, and the text still applies."""
+    (repo / "README").write_text("hello\nworld\n")
+    (repo / "with space.txt").write_text("s\n")
+    (repo / 'tab\tand"quote').write_text("t\n")
+    (repo / "space and\ttab").write_text("t\n")
+    (repo / "bin.dat").write_bytes(b"\0\1\2\3")
+    (repo / "a" / "f").unlink()
+    (repo / "a" / "f").symlink_to("../README")
+    (repo / "new" / "deep").mkdir(parents=True)
+    (repo / "new" / "deep" / "l").symlink_to("../../a")
+    (repo / "odd").symlink_to("line\nbreak")
+    (repo / "via up").symlink_to("sub/up/README")
+    (repo / "old").unlink()
+    (repo / "old").symlink_to("a/f")
+    (repo / "run.sh").write_text("#!/bin/sh\n")
+    (repo / "run.sh").chmod(0o755)
+    before = checkout(repo)
+    text = diff(repo)
+    assert "GIT binary patch" in text and "new file mode 120000" in text
+    assert '+++ "b/tab\\tand\\"quote"\n' in text and '+++ "b/space and\\ttab"\t\n' in text
+    kept, cut = cut_outward_links(text, *before)
+    assert cut == []
+    assert kept == text
+    applied(repo, kept, tmp_path)
+    assert str((repo / "a" / "f").readlink()) == "../README"
+
+
+def test_outward_links_are_cut_with_the_other_entries_of_their_path(repo: Path, tmp_path: Path) -> None:
+    """A file the link replaced stays; a changed link keeps the checkout's target; the rest applies."""
+    (repo / "README").write_text("hello\nworld\n")
+    (repo / "abs").symlink_to("/etc/passwd")
+    (repo / "a" / "f").unlink()
+    (repo / "a" / "f").symlink_to("../../etc/passwd")  # a file became a link: two entries
+    (repo / "old").unlink()
+    (repo / "old").symlink_to("../x")
+    (repo / "sub" / "x").symlink_to("up/../etc")  # out through the checkout's own `sub/up -> ..`
+    (repo / "sub" / "in").symlink_to("up/README")
+    text = diff(repo)
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    assert sorted(cut) == [
+        "a/f -> ../../etc/passwd (leads out of the repository)",
+        "abs -> /etc/passwd (absolute)",
+        "old -> ../x (leads out of the repository)",
+        "sub/x -> up/../etc (leads out of the repository)",
+    ]
+    applied(repo, kept, tmp_path)
+    assert (repo / "README").read_text() == "hello\nworld\n"
+    assert (repo / "a" / "f").read_text() == "f\n" and not (repo / "a" / "f").is_symlink()
+    assert str((repo / "old").readlink()) == "README"
+    assert str((repo / "sub" / "in").readlink()) == "up/README"
+    assert not (repo / "abs").is_symlink() and not (repo / "sub" / "x").is_symlink()
+
+
+def test_links_through_what_the_checkout_does_not_hold_or_through_cut_links_are_cut(repo: Path) -> None:
+    """`.venv` is not in the tree (ignored: on the host it may be a link anywhere); `hop` leads out only
+    through `step`, which is cut first; a ring goes whole."""
+    (repo / "tool").symlink_to(".venv/bin/python")
+    (repo / "step").symlink_to("..")
+    (repo / "hop").symlink_to("step/x")
+    (repo / "r1").symlink_to("r2/..")
+    (repo / "r2").symlink_to("r1/..")
+    kept, cut = cut_outward_links(diff(repo), *checkout(repo))
+    assert sorted(cut) == [
+        "hop -> step/x (leads through a path the patch does not hold)",
+        "r1 -> r2/.. (too many levels of links)",
+        "r2 -> r1/.. (too many levels of links)",
+        "step -> .. (leads out of the repository)",
+        "tool -> .venv/bin/python (leads through a path the patch does not hold)",
+    ]
+    assert kept == ""
+
+
+def test_a_link_in_a_binary_literal_is_read_and_judged(repo: Path, tmp_path: Path) -> None:
+    """git writes a link as text, but `git apply` makes a link of a binary literal with mode 120000 too."""
+    (repo / ".gitattributes").write_text("* binary\n")
+    git(repo, "add", ".gitattributes")
+    git(repo, "commit", "-qm", "attributes")
+    (repo / "evil").write_text("/etc/passwd")
+    (repo / "fine").write_text("README")
+    text = diff(repo).replace("new file mode 100644", "new file mode 120000")
+    assert text.count("GIT binary patch") == 2
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    assert cut == ["evil -> /etc/passwd (absolute)"]
+    applied(repo, kept, tmp_path)
+    assert str((repo / "fine").readlink()) == "README" and not (repo / "evil").exists()
+
+
+def test_a_link_whose_target_the_text_does_not_show_whole_is_cut(repo: Path, tmp_path: Path) -> None:
+    """A changed link whose hunk does not start from the checkout's target, a file made a link by a mode
+    line: `git apply` would fail on the first and write the second; the judgement cannot follow either."""
+    (repo / "old").unlink()
+    (repo / "old").symlink_to("a/f")
+    text = diff(repo).replace("-README", "-elsewhere")
+    assert cut_outward_links(text, *checkout(repo)) == ("", [f"old -> ? ({UNREADABLE})"])
+    (repo / "README").write_text("/etc/passwd")
+    text = diff(repo).replace(" 100644\n", "\n", 1)
+    text = text.replace("index", "old mode 100644\nnew mode 120000\nindex", 1)
+    assert "new mode 120000" in text
+    assert cut_outward_links(text, *checkout(repo)) == ("", [f"README -> ? ({UNREADABLE})"])
+
+
+def test_a_target_that_whitespace_fixing_would_turn_outward_is_cut(repo: Path) -> None:
+    """`git apply --whitespace=fix` strips `a/../.. ` to `a/../..`: judged both ways."""
+    (repo / "l").symlink_to("a/../.. ")
+    _, cut = cut_outward_links(diff(repo), *checkout(repo))
+    assert cut == ["l -> a/../..  (leads out of the repository)"]
+
+
+NEW_LINK = (
+    "diff --git a/x b/x\nnew file mode 120000\nindex 0000000..1234567\n--- /dev/null\n+++ b/x\n"
+    "@@ -0,0 +1 @@\n+README\n\\ No newline at end of file\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("garbage\n" + NEW_LINK, "line 1 does not start an entry"),
+        (NEW_LINK[:-1], "does not end with a line break"),
+        # A traditional diff after the counted lines: `git apply` would read it as a patch of its own.
+        (NEW_LINK + "--- a/old\n+++ b/old\n@@ -1 +1 @@\n-README\n+/etc\n", "line 9 does not start"),
+        (NEW_LINK.replace("@@ -0,0 +1 @@", "@@ -0,0 +1,2 @@"), "ends inside a hunk"),
+        (NEW_LINK.replace("+++ b/x", "+++ b/y"), "not the entry's"),
+        (NEW_LINK.replace("diff --git a/x b/x", "diff --git a/x b/y"), "two names differ"),
+        (NEW_LINK.replace("index", "rename from x\nindex"), "line 3 does not start"),
+        (NEW_LINK + NEW_LINK, "more than one change of 'x'"),
+        (NEW_LINK.replace("+README", "-README"), "not a line of its hunk"),
+    ],
+)
+def test_a_text_not_in_gits_form_is_refused(text: str, where: str) -> None:
+    with pytest.raises(PatchTextError, match=where):
+        cut_outward_links(text, set(), {"old": "README"})
