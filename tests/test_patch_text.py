@@ -199,6 +199,15 @@ NEW_LINK = (
         (NEW_LINK.replace("index", "rename from x\nindex"), "line 3 does not start"),
         (NEW_LINK + NEW_LINK, "more than one change of 'x'"),
         (NEW_LINK.replace("+README", "-README"), "not a line of its hunk"),
+        # Paths git never writes (it refuses them itself), but `patch -p1` would follow: a hook planted in
+        # the user's .git, a file above the checkout.
+        (
+            NEW_LINK.replace(" x", " .git/hooks/post-checkout").replace("/x", "/.git/hooks/post-checkout"),
+            "'.git'",
+        ),
+        (NEW_LINK.replace(" x", " sub/.GIT/config").replace("/x", "/sub/.GIT/config"), "'.GIT'"),
+        (NEW_LINK.replace(" x", " ../x").replace("/x", "/../x"), "'..'"),
+        (NEW_LINK.replace(" x", " a//x").replace("/x", "/a//x"), "an empty part"),
     ],
 )
 def test_a_text_not_in_gits_form_is_refused(text: str, where: str) -> None:

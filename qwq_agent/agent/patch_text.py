@@ -223,7 +223,27 @@ def _header_path(rest: str, at: int) -> str:
             raise PatchTextError(f"line {at + 1}: names git would not write")
     if not (a.startswith("a/") and b.startswith("b/") and a[2:] == b[2:] and a[2:]):
         raise PatchTextError(f"line {at + 1}: the entry's two names differ (a rename or copy)")
+    _check_parts(a[2:], at)
     return a[2:]
+
+
+# What HFS+ leaves out of a name it compares (git's `is_hfs_dotgit` skips the same), so `.g\u200cit` is `.git`.
+_HFS_IGNORED = dict.fromkeys(
+    [0x200C, 0x200D, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x206A, 0x2070), 0xFEFF]
+)
+
+
+def _check_parts(path: str, at: int) -> None:
+    """Refuse a path git never writes in a diff (its own `verify_path` refuses them on apply, but
+    `patch -p1` would follow them): a `.git` part in any spelling a file system takes for it (case,
+    trailing dots and spaces for NTFS, its short name `git~1`, HFS+'s ignored characters), `.`, `..`,
+    an empty part."""
+    for part in path.split("/"):
+        folded = part.translate(_HFS_IGNORED).lower().rstrip(". ")
+        if not part:
+            raise PatchTextError(f"line {at + 1}: a path with an empty part: {path!r}")
+        if part in (".", "..") or folded in (".git", "git~1"):
+            raise PatchTextError(f"line {at + 1}: a path through {part!r}, which git never writes: {path!r}")
 
 
 def _quoted(text: str, at: int) -> tuple[str, str]:
