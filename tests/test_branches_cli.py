@@ -142,3 +142,29 @@ def test_the_winners_answer_is_printed_literally_and_copy_back_still_happens(san
     assert "Done: the output is in [/workspace/out.txt].\\x1bc all tests pass" in proc.stdout
     assert "workspace copied back to" in proc.stdout
     assert (tmp_path / "back" / "workspace" / "kept.txt").read_text() == "kept"
+
+
+def test_only_the_selected_branch_is_marked_won_others_that_passed_say_passed():
+    """Two branches pass `tests:`; only the selected one is "won" (an operator greps for `: won`)."""
+    from rich.console import Console
+
+    from qwq_agent.agent.branch_result import BranchOutcome, BranchResult
+    from qwq_agent.cli.branch_cmd import print_result
+
+    outcomes = [
+        BranchOutcome(index=i, seed=i, status="completed", passed=True, verdict="`true` exited 0")
+        for i in range(3)
+    ]
+    outcomes[2].passed, outcomes[2].verdict = False, "`true` exited 1"
+    result = BranchResult(
+        winner=1, reason="`true` exited 0 in its sandbox", select="tests:true", branches=outcomes
+    )
+    console = Console(record=True, width=200)
+    print_result(console, result)
+    lines = [ln for ln in console.export_text().splitlines() if ln.startswith("branch ")]
+    assert lines[:3] == [
+        "branch 0 (seed 0): passed - `true` exited 0",
+        "branch 1 (seed 1): won - `true` exited 0",
+        "branch 2 (seed 2): completed - `true` exited 1",
+    ]
+    assert lines[3] == "branch 1 won: `true` exited 0 in its sandbox"
