@@ -286,6 +286,28 @@ async def test_bad_arguments_fail_before_anything_starts():
         assert server.requests == []
 
 
+async def test_a_tests_selection_without_a_sandbox_is_refused_before_anything_starts():
+    """`tests:` can only be checked in a sandbox: without one, nothing is sent to the model (all branches
+    ran before and the verdict then said the command "failed in every branch", which never ran)."""
+    async with ScriptedModelServer(["never"]) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [], config=config())
+        for select in (TESTS, "verify:true"):
+            with pytest.raises(SelectionError, match="needs a sandbox"):
+                await agent.explore("x", n=2, select=select)
+        assert server.requests == []
+
+
+async def test_a_verdict_that_could_not_run_says_so_not_that_the_command_failed():
+    from qwq_agent.agent.selection import Verifier
+
+    outcomes = [BranchOutcome(index=i, seed=i, status="completed") for i in range(2)]
+    choice = await Verifier("python3 -m unittest").select(outcomes, {0: None, 1: None})
+    assert choice.winner is None
+    assert [o.passed for o in outcomes] == [False, False]
+    assert [o.verdict for o in outcomes] == ["`python3 -m unittest` could not be run: no sandbox"] * 2
+    assert "could not be run" in choice.reason and "failed" not in choice.reason, choice.reason
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-x", "-q"]))
 

@@ -39,7 +39,14 @@ from qwq_agent.agent.events import (
     UsageEvent,
 )
 from qwq_agent.agent.messages import Message
-from qwq_agent.agent.selection import Selection, Selector, checked, parse_select
+from qwq_agent.agent.selection import (
+    Selection,
+    SelectionError,
+    Selector,
+    Verifier,
+    checked,
+    parse_select,
+)
 from qwq_agent.agent.trace import TraceError, TraceWriter
 from qwq_agent.protocols import Model, PromptModel, Sandbox, Usage
 from qwq_agent.tools.registry import ToolRegistry
@@ -141,6 +148,12 @@ async def run_branches(
     if parent._running:  # its transcript is still changing: branch after its run ends
         raise BranchError("the agent is running a task: branch from it after its run ends")
     selector = parse_select(select)
+    if isinstance(selector, Verifier) and parent.sandbox is None and parent.sandbox_pool is None:
+        # Every branch would run (all its model time spent) and then have nowhere to run the command.
+        raise SelectionError(
+            f"'{selector.label}' needs a sandbox to run its command in, and the agent has none: "
+            "give it a sandbox (or a sandbox pool), or select with 'majority', 'first' or a function"
+        )
     history = list(parent.messages)
     continues = task is None
     if continues:

@@ -81,18 +81,20 @@ class Verifier:
         self.timeout_s = timeout_s
         self.label = f"{kind}:{command}"
 
-    async def _verify(self, outcome: BranchOutcome, sandbox: Any) -> None:
-        if outcome.status != "completed":
-            outcome.passed, outcome.verdict = False, f"not verified: the branch ended {outcome.status}"
-            return
+    def _not_run(self, outcome: BranchOutcome, why: str) -> str:
+        outcome.passed, outcome.verdict = False, f"`{self.command}` could not be run: {why}"
+        return why
+
+    async def _verify(self, outcome: BranchOutcome, sandbox: Any) -> str | None:
+        """Fill `outcome.passed` / `verdict` of a completed branch; why the command could not be run
+        there, or None when it ran (a branch it could not run in has not failed it: the selection's
+        reason must not say so)."""
         if sandbox is None:
-            outcome.passed, outcome.verdict = False, "not verified: the branch has no sandbox"
-            return
+            return self._not_run(outcome, "no sandbox")
         try:
             res = await sandbox.shell(self.command, timeout=self.timeout_s)
         except Exception as exc:  # a dead sandbox is a failed verification, not a failed exploration
-            outcome.passed, outcome.verdict = False, f"verifier failed: {type(exc).__name__}: {exc}"
-            return
+            return self._not_run(outcome, f"{type(exc).__name__}: {exc}")
         code = getattr(res, "exit_code", None)
         outcome.passed = code == 0
         if getattr(res, "timed_out", False):
@@ -100,14 +102,31 @@ class Verifier:
         else:
             tail = _last_line(getattr(res, "stdout", "") or getattr(res, "stderr", ""))
             outcome.verdict = f"`{self.command}` exited {code}" + (f": {tail}" if tail else "")
+        return None
 
     async def select(self, outcomes: Sequence[BranchOutcome], sandboxes: dict[int, Any]) -> Selection:
-        await asyncio.gather(*(self._verify(o, sandboxes.get(o.index)) for o in outcomes))
-        passed = [o for o in outcomes if o.passed]
+        done = _completed(outcomes)
+        for o in outcomes:
+            if o.status != "completed":
+                o.passed, o.verdict = False, f"not verified: the branch ended {o.status}"
+        not_run = await asyncio.gather(*(self._verify(o, sandboxes.get(o.index)) for o in done))
+        passed = [o for o in done if o.passed]
         if passed:
             return Selection(winner=passed[0].index, reason=f"`{self.command}` exited 0 in its sandbox")
-        if not _completed(outcomes):
+        if not done:
             return _none_completed(outcomes)
+        whys = [why for why in not_run if why is not None]
+        if len(whys) == len(done):
+            return Selection(
+                winner=None,
+                reason=f"`{self.command}` could not be run in any branch that completed: {whys[0]}",
+            )
+        if whys:
+            return Selection(
+                winner=None,
+                reason=f"`{self.command}` failed in every branch where it ran, and could not be run in "
+                f"{len(whys)} of the {len(done)} that completed",
+            )
         return Selection(winner=None, reason=f"`{self.command}` failed in every branch that completed")
 
 
