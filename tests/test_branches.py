@@ -308,6 +308,62 @@ async def test_a_verdict_that_could_not_run_says_so_not_that_the_command_failed(
     assert "could not be run" in choice.reason and "failed" not in choice.reason, choice.reason
 
 
+def kill_container(cid: str) -> None:
+    import docker
+
+    docker.from_env().api.kill(cid)
+
+
+@pytest.mark.docker
+async def test_a_branch_whose_sandbox_died_is_not_verified_in_its_empty_replacement(sandbox_image):
+    """The branch's container dies while the model answers (as one outliving its lifetime does). The
+    check must not run in the fresh, empty container `auto_replace` would start: there `python3 -m
+    unittest` runs no test and exits 0, and the branch that changed nothing (its tests fail) won."""
+    from qwq_agent.agent.workspace import open_sandbox
+
+    before = len(our_containers())
+    async with open_sandbox(workspace=REPO, image=sandbox_image) as parent_sb:
+        parents = {c["Id"] for c in our_containers()}
+        killed: list[str] = []
+
+        def answer(req: ScriptedRequest) -> str:
+            if req.sampling_params.get("max_new_tokens") == 1:
+                return "x"
+            for c in our_containers():  # the branch's sandbox: the one container that is not the parent's
+                if c["Id"] not in parents:
+                    kill_container(c["Id"])
+                    killed.append(c["Id"])
+            return "nothing\n</think>\n\nThe code looks fine."
+
+        async with ScriptedModelServer(answer) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, build_tools(["shell"]), sandbox=parent_sb, config=config())
+            result = await agent.explore("Fix the failing test.", n=1, select=TESTS, seeds=SEEDS[:1])
+        async with result:
+            [b] = result.branches
+            assert len(killed) == 1 and b.status == "completed"
+            assert result.winner is None and result.sandbox is None, (result.reason, b.verdict)
+            assert b.passed is False and "the branch's sandbox was lost" in (b.verdict or ""), b.verdict
+            assert "could not be run" in result.reason
+        assert len(our_containers()) == before + 1
+    assert len(our_containers()) == before
+
+
+@pytest.mark.docker
+async def test_the_verifier_never_replaces_a_dead_sandbox_to_run_its_check(sandbox_image):
+    """A sandbox that died after its branch ended: the check fails ("lost"), no replacement is started."""
+    from qwq_agent.agent.selection import Verifier
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sb:
+        kill_container(sb.id)
+        await sb.wait_closed()
+        outcome = BranchOutcome(index=0, seed=0, status="completed")
+        choice = await Verifier("true").select([outcome], {0: sb})
+        assert choice.winner is None and outcome.passed is False
+        assert "the branch's sandbox was lost" in (outcome.verdict or ""), outcome.verdict
+        assert sb.replacements == 0 and not sb.alive
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-x", "-q"]))
 

@@ -114,6 +114,14 @@ class _Branch:
         self.stack = AsyncExitStack()
         self.sandbox: Any = None
         self.ready = False
+        # How many times the sandbox's container had been replaced when the branch began: more at the
+        # end means it died meanwhile, and what it holds now is not the branch's work.
+        self.replacements = 0
+
+    @property
+    def lost(self) -> bool:
+        """Whether the branch's sandbox died (and was replaced by an empty one) after it began."""
+        return self.sandbox is not None and getattr(self.sandbox, "replacements", 0) > self.replacements
 
 
 async def run_branches(
@@ -222,7 +230,8 @@ async def run_branches(
             )
         )
         outcomes = [b.outcome for b in branches]
-        choice = await _select(selector, outcomes, {b.index: b.sandbox for b in branches if b.ready})
+        sandboxes = {b.index: b.sandbox for b in branches if b.ready}
+        choice = await _select(selector, outcomes, sandboxes, lost={b.index for b in branches if b.lost})
         for o in outcomes:
             emit(_ended(o))
         emit(BranchSelected(winner=choice.winner, reason=choice.reason))
@@ -337,6 +346,7 @@ async def _sandbox_for(
         return
     branch.outcome.sandbox_s = time.perf_counter() - started
     branch.sandbox, branch.ready = sandbox, True
+    branch.replacements = getattr(sandbox, "replacements", 0)
 
 
 async def _warm_prefix(parent: Branchable, messages: list[Message], specs: list[Any]) -> Usage | None:
@@ -412,9 +422,14 @@ def _collect(out: BranchOutcome, result: RunResult | None) -> None:
         out.status, out.error = "error", "the branch ended without a result"
 
 
-async def _select(selector: Selector, outcomes: list[BranchOutcome], sandboxes: dict[int, Any]) -> Selection:
+async def _select(
+    selector: Selector, outcomes: list[BranchOutcome], sandboxes: dict[int, Any], *, lost: set[int]
+) -> Selection:
     try:
-        choice = await selector.select(outcomes, sandboxes)
+        if isinstance(selector, Verifier):  # it checks files: it must know which sandboxes lost theirs
+            choice = await selector.select(outcomes, sandboxes, lost=lost)
+        else:
+            choice = await selector.select(outcomes, sandboxes)
     except Exception as exc:  # a broken selector: no winner, every branch kept in the result
         return Selection(winner=None, reason=f"the selection failed: {type(exc).__name__}: {exc}")
     return checked(choice, outcomes)

@@ -8,10 +8,11 @@ budget is a losing branch with its error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 VERIFY_TIMEOUT_S = 300.0
+SANDBOX_LOST = "the branch's sandbox was lost (its container died; a replacement holds none of its files)"
 
 
 class SelectionError(ValueError):
@@ -85,16 +87,30 @@ class Verifier:
         outcome.passed, outcome.verdict = False, f"`{self.command}` could not be run: {why}"
         return why
 
-    async def _verify(self, outcome: BranchOutcome, sandbox: Any) -> str | None:
+    async def _verify(self, outcome: BranchOutcome, sandbox: Any, lost: bool) -> str | None:
         """Fill `outcome.passed` / `verdict` of a completed branch; why the command could not be run
         there, or None when it ran (a branch it could not run in has not failed it: the selection's
-        reason must not say so)."""
+        reason must not say so).
+
+        Only in the branch's own container: one that died was replaced by an empty one (`lost`, or
+        found dead now), where a test command may well pass (no test found, exit 0) for files the
+        branch never had.
+        """
         if sandbox is None:
             return self._not_run(outcome, "no sandbox")
+        if lost:
+            return self._not_run(outcome, SANDBOX_LOST)
+        replacing = getattr(sandbox, "no_replacement", None)
         try:
-            res = await sandbox.shell(self.command, timeout=self.timeout_s)
+            with replacing() if replacing is not None else contextlib.nullcontext():
+                res = await sandbox.shell(self.command, timeout=self.timeout_s)
         except Exception as exc:  # a dead sandbox is a failed verification, not a failed exploration
-            return self._not_run(outcome, f"{type(exc).__name__}: {exc}")
+            dead = not getattr(sandbox, "alive", True)
+            return self._not_run(
+                outcome, (f"{SANDBOX_LOST}: " if dead else "") + f"{type(exc).__name__}: {exc}"
+            )
+        if getattr(res, "sandbox_replaced", False) or getattr(res, "state_lost", False):
+            return self._not_run(outcome, SANDBOX_LOST)  # a sandbox without `no_replacement` replaced it
         code = getattr(res, "exit_code", None)
         outcome.passed = code == 0
         if getattr(res, "timed_out", False):
@@ -104,12 +120,18 @@ class Verifier:
             outcome.verdict = f"`{self.command}` exited {code}" + (f": {tail}" if tail else "")
         return None
 
-    async def select(self, outcomes: Sequence[BranchOutcome], sandboxes: dict[int, Any]) -> Selection:
+    async def select(
+        self, outcomes: Sequence[BranchOutcome], sandboxes: dict[int, Any], *, lost: Collection[int] = ()
+    ) -> Selection:
+        """The first completed branch where the command exits 0. `lost`: the branches whose sandbox
+        died (and was replaced) after they began, so it no longer holds their work."""
         done = _completed(outcomes)
         for o in outcomes:
             if o.status != "completed":
                 o.passed, o.verdict = False, f"not verified: the branch ended {o.status}"
-        not_run = await asyncio.gather(*(self._verify(o, sandboxes.get(o.index)) for o in done))
+        not_run = await asyncio.gather(
+            *(self._verify(o, sandboxes.get(o.index), o.index in lost) for o in done)
+        )
         passed = [o for o in done if o.passed]
         if passed:
             return Selection(winner=passed[0].index, reason=f"`{self.command}` exited 0 in its sandbox")
