@@ -7,7 +7,8 @@
    transcript so far plus the task) once with a one-token request, so SGLang's radix cache holds it;
 3. then sends all branches at once, each a child `Agent` with its own sampling seed, continuing the
    same messages, so their first prompts are served from that cached prefix;
-4. selects a winner (`qwq_agent.agent.selection`); losing sandboxes are released at once, the
+4. selects a winner (`qwq_agent.agent.selection`; a `tests:` check runs on each branch's patch in a
+   fresh sandbox of the start state, see `_checkout`); losing sandboxes are released at once, the
    winner's is handed to the caller in the `BranchResult`.
 
 A branch that crashes, times out or cannot get a sandbox is a losing branch with its error. Traces: the
@@ -22,7 +23,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +41,7 @@ from qwq_agent.agent.events import (
 )
 from qwq_agent.agent.messages import Message
 from qwq_agent.agent.selection import (
+    Checkout,
     Selection,
     SelectionError,
     Selector,
@@ -231,7 +233,14 @@ async def run_branches(
         )
         outcomes = [b.outcome for b in branches]
         sandboxes = {b.index: b.sandbox for b in branches if b.ready}
-        choice = await _select(selector, outcomes, sandboxes, lost={b.index for b in branches if b.lost})
+        choice = await _select(
+            selector,
+            outcomes,
+            sandboxes,
+            lost={b.index for b in branches if b.lost},
+            checkout=_checkout(parent, snapshot),
+            timeout_s=branch_timeout_s,
+        )
         for o in outcomes:
             emit(_ended(o))
         emit(BranchSelected(winner=choice.winner, reason=choice.reason))
@@ -349,6 +358,37 @@ async def _sandbox_for(
     branch.replacements = getattr(sandbox, "replacements", 0)
 
 
+def _checkout(parent: Branchable, snapshot: Snapshot | None) -> Checkout | None:
+    """How a `tests:` check sees what a branch delivers: a fresh sandbox started like the parent's,
+    holding the start state's files (the snapshot; a fresh interpreter), with the branch's patch applied
+    over the baseline. None when the branches have no patch (no baseline): they are checked in place.
+
+    Not from the parent's pool: the branches' sandboxes are still held, and a pool of n would have none
+    left to give.
+    """
+    from qwq_agent.agent.patch import baseline_of
+
+    template = parent.sandbox
+    if snapshot is None or template is None or baseline_of(template) is None:
+        return None
+    if getattr(template, "config", None) is None or getattr(template, "engine", None) is None:
+        return None  # not a sandbox this module can start another of
+    start = snapshot
+
+    @asynccontextmanager
+    async def checkout(patch: str) -> AsyncIterator[Any]:
+        from qwq_agent.agent.patch import apply_patch, inherit_baseline
+        from qwq_agent.sandbox.docker_sandbox import DockerSandbox
+
+        async with DockerSandbox.create(template.config, engine=template.engine) as sandbox:
+            await sandbox.restore(start)
+            inherit_baseline(sandbox, template)
+            await apply_patch(sandbox, patch)
+            yield sandbox
+
+    return checkout
+
+
 async def _warm_prefix(parent: Branchable, messages: list[Message], specs: list[Any]) -> Usage | None:
     """Prefill the branches' shared first prompt once (one generated token), so all of them hit the cache.
 
@@ -423,11 +463,19 @@ def _collect(out: BranchOutcome, result: RunResult | None) -> None:
 
 
 async def _select(
-    selector: Selector, outcomes: list[BranchOutcome], sandboxes: dict[int, Any], *, lost: set[int]
+    selector: Selector,
+    outcomes: list[BranchOutcome],
+    sandboxes: dict[int, Any],
+    *,
+    lost: set[int],
+    checkout: Checkout | None,
+    timeout_s: float | None,
 ) -> Selection:
     try:
-        if isinstance(selector, Verifier):  # it checks files: it must know which sandboxes lost theirs
-            choice = await selector.select(outcomes, sandboxes, lost=lost)
+        if isinstance(selector, Verifier):  # it checks the branches' work: where it is, and how long
+            choice = await selector.select(
+                outcomes, sandboxes, lost=lost, checkout=checkout, timeout_s=timeout_s
+            )
         else:
             choice = await selector.select(outcomes, sandboxes)
     except Exception as exc:  # a broken selector: no winner, every branch kept in the result
