@@ -6,8 +6,11 @@ results its prompt already holds, so every branch gets its own script.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -284,6 +287,212 @@ async def test_bad_arguments_fail_before_anything_starts():
         with pytest.raises(SelectionError, match="needs a command"):
             await agent.explore("x", n=2, select="tests:  ")
         assert server.requests == []
+
+
+async def test_a_tests_selection_without_a_sandbox_is_refused_before_anything_starts():
+    """`tests:` can only be checked in a sandbox: without one, nothing is sent to the model (all branches
+    ran before and the verdict then said the command "failed in every branch", which never ran)."""
+    async with ScriptedModelServer(["never"]) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [], config=config())
+        for select in (TESTS, "verify:true"):
+            with pytest.raises(SelectionError, match="needs a sandbox"):
+                await agent.explore("x", n=2, select=select)
+        assert server.requests == []
+
+
+async def test_a_verdict_that_could_not_run_says_so_not_that_the_command_failed():
+    from qwq_agent.agent.selection import Verifier
+
+    outcomes = [BranchOutcome(index=i, seed=i, status="completed") for i in range(2)]
+    choice = await Verifier("python3 -m unittest").select(outcomes, {0: None, 1: None})
+    assert choice.winner is None
+    assert [o.passed for o in outcomes] == [False, False]
+    assert [o.verdict for o in outcomes] == ["`python3 -m unittest` could not be run: no sandbox"] * 2
+    assert "could not be run" in choice.reason and "failed" not in choice.reason, choice.reason
+
+
+def kill_container(cid: str) -> None:
+    import docker
+
+    docker.from_env().api.kill(cid)
+
+
+@pytest.mark.docker
+async def test_a_branch_whose_sandbox_died_is_not_verified_in_its_empty_replacement(sandbox_image):
+    """The branch's container dies while the model answers (as one outliving its lifetime does). The
+    check must not run in the fresh, empty container `auto_replace` would start: there `python3 -m
+    unittest` runs no test and exits 0, and the branch that changed nothing (its tests fail) won."""
+    from qwq_agent.agent.workspace import open_sandbox
+
+    before = len(our_containers())
+    async with open_sandbox(workspace=REPO, image=sandbox_image) as parent_sb:
+        parents = {c["Id"] for c in our_containers()}
+        killed: list[str] = []
+
+        def answer(req: ScriptedRequest) -> str:
+            if req.sampling_params.get("max_new_tokens") == 1:
+                return "x"
+            for c in our_containers():  # the branch's sandbox: the one container that is not the parent's
+                if c["Id"] not in parents:
+                    kill_container(c["Id"])
+                    killed.append(c["Id"])
+            return "nothing\n</think>\n\nThe code looks fine."
+
+        async with ScriptedModelServer(answer) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, build_tools(["shell"]), sandbox=parent_sb, config=config())
+            result = await agent.explore("Fix the failing test.", n=1, select=TESTS, seeds=SEEDS[:1])
+        async with result:
+            [b] = result.branches
+            assert len(killed) == 1 and b.status == "completed"
+            assert result.winner is None and result.sandbox is None, (result.reason, b.verdict)
+            assert b.passed is False and "the branch's sandbox was lost" in (b.verdict or ""), b.verdict
+            assert "could not be run" in result.reason
+        assert len(our_containers()) == before + 1
+    assert len(our_containers()) == before
+
+
+@pytest.mark.docker
+async def test_the_verifier_never_replaces_a_dead_sandbox_to_run_its_check(sandbox_image):
+    """A sandbox that died after its branch ended: the check fails ("lost"), no replacement is started."""
+    from qwq_agent.agent.selection import Verifier
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sb:
+        kill_container(sb.id)
+        await sb.wait_closed()
+        outcome = BranchOutcome(index=0, seed=0, status="completed")
+        choice = await Verifier("true").select([outcome], {0: sb})
+        assert choice.winner is None and outcome.passed is False
+        assert "the branch's sandbox was lost" in (outcome.verdict or ""), outcome.verdict
+        assert sb.replacements == 0 and not sb.alive
+
+
+# A branch's HOME (snapshotted, never in the patch nor copied back) turning every exit status into 0.
+PLANT_EXIT_0 = (
+    "d=$(python3 -c 'import site;print(site.getusersitepackages())') && mkdir -p \"$d\" && "
+    "printf 'import atexit, os\\natexit.register(lambda: os._exit(0))\\n' > \"$d/usercustomize.py\""
+)
+
+
+@pytest.mark.docker
+async def test_the_tests_verdict_is_about_the_delivered_patch_not_the_branchs_sandbox(
+    sandbox_image, tmp_path
+):
+    """A branch makes a wrong edit and plants a `usercustomize.py` in its HOME that turns every failing
+    exit into 0. Its sandbox passes the command; what it delivers (the patch) fails it. The check runs
+    in a fresh sandbox restored from the parent's snapshot with the branch's patch applied."""
+    from qwq_agent.agent.workspace import open_sandbox
+
+    cheat = [
+        *fix(WRONG)[:1],
+        "env\n</think>\n\n" + call("shell", command=PLANT_EXIT_0),
+        "done\n</think>\n\nFixed the median; the tests pass.",
+    ]
+    scripts: dict[int, list[str | Turn]] = {SEEDS[0]: cheat, SEEDS[1]: fix(GOOD)}
+    before = len(our_containers())
+    async with open_sandbox(workspace=REPO, image=sandbox_image) as parent_sb:
+        await parent_sb.shell("echo parent-was-here > /workspace/NOTE")  # the start state, not the upload
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
+            agent = Agent(
+                client, build_tools(["shell", "str_replace_editor"]), sandbox=parent_sb, config=config()
+            )
+            select = "tests:cd /workspace && test -f NOTE && python3 -m unittest -q"
+            async with await agent.explore("Fix it.", n=2, select=select, seeds=SEEDS[:2]) as result:
+                [b0, b1] = result.branches
+                # The cheat worked in its own sandbox: the planted file turned the failure into 0 there.
+                assert result.winner == 1, (result.reason, b0.verdict, b1.verdict)
+                assert b0.passed is False and "exited 1" in (b0.verdict or ""), b0.verdict
+                assert "patch" in (b0.verdict or "") and "fresh sandbox" in (b0.verdict or ""), b0.verdict
+                assert b1.passed is True and "exited 0" in (b1.verdict or "")
+                assert "exited 0" in result.reason and "patch" in result.reason, result.reason
+                assert len(our_containers()) == before + 2  # the checks' sandboxes are closed already
+        assert len(our_containers()) == before + 1
+    assert len(our_containers()) == before
+    # What was checked is what is delivered: the winner's patch on the user's checkout passes.
+    patch = b1.result.patch if b1.result else None
+    assert patch
+    ran = await asyncio.to_thread(apply_and_test, patch, tmp_path / "checkout")
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "checkout" / "NOTE").read_text() == "parent-was-here\n"
+
+
+def apply_and_test(patch: str, work: Path) -> subprocess.CompletedProcess[str]:
+    """`patch` applied to a copy of the user's checkout, and its tests run there."""
+    shutil.copytree(REPO, work)
+    subprocess.run(["patch", "-p1", "-s"], input=patch, text=True, cwd=work, check=True)
+    return subprocess.run([sys.executable, "-m", "unittest", "-q"], cwd=work, capture_output=True, text=True)
+
+
+@pytest.mark.docker
+async def test_without_a_patch_the_check_runs_in_place_with_no_branch_process_and_a_clean_home(sandbox_image):
+    """No baseline (a sandbox not opened on a workspace), so no patch: the check runs in the branch's own
+    sandbox, but after its processes are stopped (a server the branch left running in the interpreter)
+    and with a fresh HOME without user site-packages (a planted `usercustomize.py`)."""
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+
+    check = "import sys, urllib.request\nurllib.request.urlopen('http://127.0.0.1:8765', timeout=5)\n"
+    serve = (
+        "import http.server, threading\n"
+        "srv = http.server.HTTPServer(('127.0.0.1', 8765), http.server.SimpleHTTPRequestHandler)\n"
+        "threading.Thread(target=srv.serve_forever, daemon=True).start()"
+    )
+    scripts: dict[int, list[str | Turn]] = {
+        SEEDS[0]: ["home\n</think>\n\n" + call("shell", command=PLANT_EXIT_0), "d\n</think>\n\nDone."],
+        SEEDS[1]: ["serve\n</think>\n\n" + call("python", code=serve), "d\n</think>\n\nDone."],
+        SEEDS[2]: [
+            "fix\n</think>\n\n" + call("shell", command="echo pass > /workspace/check.py"),
+            "d\n</think>\n\nDone.",
+        ],
+    }
+    before = len(our_containers())
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as parent_sb:
+        await parent_sb.create_file("/workspace/check.py", check)
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
+            agent = Agent(client, build_tools(["shell", "python"]), sandbox=parent_sb, config=config())
+            select = "tests:python3 /workspace/check.py"
+            async with await agent.explore(
+                "Make check.py pass.", n=3, select=select, seeds=SEEDS[:3]
+            ) as result:
+                [b0, b1, b2] = result.branches
+                assert [b.status for b in result.branches] == ["completed"] * 3
+                assert result.winner == 2, (result.reason, b0.verdict, b1.verdict)
+                assert (b0.passed, b1.passed, b2.passed) == (False, False, True)
+                for b in result.branches:
+                    assert "in the branch's own sandbox" in (b.verdict or ""), b.verdict
+                assert "exited 1" in (b0.verdict or "") and "exited 1" in (b1.verdict or "")
+                assert len(our_containers()) == before + 2
+    assert len(our_containers()) == before
+
+
+@pytest.mark.docker
+async def test_a_check_is_bounded_by_the_branch_timeout_and_leaves_no_sandbox(sandbox_image):
+    from qwq_agent.agent.workspace import open_sandbox
+
+    scripts: dict[int, list[str | Turn]] = {SEEDS[0]: ["ok\n</think>\n\nDone."]}
+    before = len(our_containers())
+    async with open_sandbox(workspace=REPO, image=sandbox_image) as parent_sb:
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
+            agent = Agent(client, build_tools(["shell"]), sandbox=parent_sb, config=config())
+            started = asyncio.get_running_loop().time()
+            result = await agent.explore(
+                "Go.", n=1, select="tests:sleep 40", seeds=SEEDS[:1], branch_timeout_s=8.0
+            )
+            took = asyncio.get_running_loop().time() - started
+        [b] = result.branches
+        assert b.status == "completed" and result.winner is None
+        assert "8 s" in (b.verdict or "") and "could not be run" in (b.verdict or ""), b.verdict
+        assert took < 60
+        assert len(our_containers()) == before + 1
+    assert len(our_containers()) == before
 
 
 if __name__ == "__main__":  # pragma: no cover

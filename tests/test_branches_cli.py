@@ -113,6 +113,28 @@ def test_bad_branch_flags_get_one_clear_line(tmp_path):
         assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
 
 
+def test_tests_selection_without_a_sandbox_tool_is_refused_before_any_model_request(tmp_path):
+    """`--select tests:` with tools that start no sandbox cannot be checked: refused up front, like
+    --workspace without a sandbox tool, rather than every branch run and "failed in every branch"."""
+    with ScriptedModelServer(
+        lambda req: "x" if req.sampling_params.get("max_new_tokens") == 1 else "t\n</think>\n\n42"
+    ) as server:
+        for select in ("tests:python3 -m unittest", "verify:true"):
+            proc = subprocess.run(
+                [
+                    *CLI, "run", "Go.", "--model-url", server.url, "--tools", "fetch_url",
+                    "--branches", "3", "--select", select, "--trace", str(tmp_path / "t.jsonl"),
+                ],
+                capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            )  # fmt: skip
+            err = proc.stdout + proc.stderr
+            assert proc.returncode == 2, err
+            assert "needs a tool that works in the sandbox" in err and "--tools" in err, err
+            assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+        assert server.requests == []
+    assert not (tmp_path / "t.jsonl").exists()
+
+
 @pytest.mark.docker
 def test_the_winners_answer_is_printed_literally_and_copy_back_still_happens(sandbox_image, tmp_path):
     """An answer naming `[/workspace/out.txt]` is not Rich markup (a MarkupError lost it and skipped
@@ -142,3 +164,29 @@ def test_the_winners_answer_is_printed_literally_and_copy_back_still_happens(san
     assert "Done: the output is in [/workspace/out.txt].\\x1bc all tests pass" in proc.stdout
     assert "workspace copied back to" in proc.stdout
     assert (tmp_path / "back" / "workspace" / "kept.txt").read_text() == "kept"
+
+
+def test_only_the_selected_branch_is_marked_won_others_that_passed_say_passed():
+    """Two branches pass `tests:`; only the selected one is "won" (an operator greps for `: won`)."""
+    from rich.console import Console
+
+    from qwq_agent.agent.branch_result import BranchOutcome, BranchResult
+    from qwq_agent.cli.branch_cmd import print_result
+
+    outcomes = [
+        BranchOutcome(index=i, seed=i, status="completed", passed=True, verdict="`true` exited 0")
+        for i in range(3)
+    ]
+    outcomes[2].passed, outcomes[2].verdict = False, "`true` exited 1"
+    result = BranchResult(
+        winner=1, reason="`true` exited 0 in its sandbox", select="tests:true", branches=outcomes
+    )
+    console = Console(record=True, width=200)
+    print_result(console, result)
+    lines = [ln for ln in console.export_text().splitlines() if ln.startswith("branch ")]
+    assert lines[:3] == [
+        "branch 0 (seed 0): passed - `true` exited 0",
+        "branch 1 (seed 1): won - `true` exited 0",
+        "branch 2 (seed 2): completed - `true` exited 1",
+    ]
+    assert lines[3] == "branch 1 won: `true` exited 0 in its sandbox"

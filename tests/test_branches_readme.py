@@ -86,7 +86,10 @@ def test_branches_python_block_runs(sandbox_image, tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert sum(ln.startswith("branch ") and "exited 0" in ln for ln in lines) == 1, done.stdout
-    assert re.search(r"winner: \d \(`python3 -m unittest -q` exited 0 in its sandbox\)", done.stdout)
+    # Checked on what the winner delivers: its patch, applied in a fresh sandbox to the start state.
+    assert re.search(
+        r"winner: \d \(`python3 -m unittest -q` exited 0 on its patch in a fresh sandbox\)", done.stdout
+    )
     assert (cwd / "traces" / "explore.branch-3.jsonl").exists()
 
 

@@ -7,7 +7,8 @@
    transcript so far plus the task) once with a one-token request, so SGLang's radix cache holds it;
 3. then sends all branches at once, each a child `Agent` with its own sampling seed, continuing the
    same messages, so their first prompts are served from that cached prefix;
-4. selects a winner (`qwq_agent.agent.selection`); losing sandboxes are released at once, the
+4. selects a winner (`qwq_agent.agent.selection`; a `tests:` check runs on each branch's patch in a
+   fresh sandbox of the start state, see `_checkout`); losing sandboxes are released at once, the
    winner's is handed to the caller in the `BranchResult`.
 
 A branch that crashes, times out or cannot get a sandbox is a losing branch with its error. Traces: the
@@ -22,7 +23,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,7 +40,15 @@ from qwq_agent.agent.events import (
     UsageEvent,
 )
 from qwq_agent.agent.messages import Message
-from qwq_agent.agent.selection import Selection, Selector, checked, parse_select
+from qwq_agent.agent.selection import (
+    Checkout,
+    Selection,
+    SelectionError,
+    Selector,
+    Verifier,
+    checked,
+    parse_select,
+)
 from qwq_agent.agent.trace import TraceError, TraceWriter
 from qwq_agent.protocols import Model, PromptModel, Sandbox, Usage
 from qwq_agent.tools.registry import ToolRegistry
@@ -107,6 +116,14 @@ class _Branch:
         self.stack = AsyncExitStack()
         self.sandbox: Any = None
         self.ready = False
+        # How many times the sandbox's container had been replaced when the branch began: more at the
+        # end means it died meanwhile, and what it holds now is not the branch's work.
+        self.replacements = 0
+
+    @property
+    def lost(self) -> bool:
+        """Whether the branch's sandbox died (and was replaced by an empty one) after it began."""
+        return self.sandbox is not None and getattr(self.sandbox, "replacements", 0) > self.replacements
 
 
 async def run_branches(
@@ -141,6 +158,12 @@ async def run_branches(
     if parent._running:  # its transcript is still changing: branch after its run ends
         raise BranchError("the agent is running a task: branch from it after its run ends")
     selector = parse_select(select)
+    if isinstance(selector, Verifier) and parent.sandbox is None and parent.sandbox_pool is None:
+        # Every branch would run (all its model time spent) and then have nowhere to run the command.
+        raise SelectionError(
+            f"'{selector.label}' needs a sandbox to run its command in, and the agent has none: "
+            "give it a sandbox (or a sandbox pool), or select with 'majority', 'first' or a function"
+        )
     history = list(parent.messages)
     continues = task is None
     if continues:
@@ -209,7 +232,15 @@ async def run_branches(
             )
         )
         outcomes = [b.outcome for b in branches]
-        choice = await _select(selector, outcomes, {b.index: b.sandbox for b in branches if b.ready})
+        sandboxes = {b.index: b.sandbox for b in branches if b.ready}
+        choice = await _select(
+            selector,
+            outcomes,
+            sandboxes,
+            lost={b.index for b in branches if b.lost},
+            checkout=_checkout(parent, snapshot),
+            timeout_s=branch_timeout_s,
+        )
         for o in outcomes:
             emit(_ended(o))
         emit(BranchSelected(winner=choice.winner, reason=choice.reason))
@@ -324,6 +355,38 @@ async def _sandbox_for(
         return
     branch.outcome.sandbox_s = time.perf_counter() - started
     branch.sandbox, branch.ready = sandbox, True
+    branch.replacements = getattr(sandbox, "replacements", 0)
+
+
+def _checkout(parent: Branchable, snapshot: Snapshot | None) -> Checkout | None:
+    """How a `tests:` check sees what a branch delivers: a fresh sandbox started like the parent's,
+    holding the start state's files (the snapshot; a fresh interpreter), with the branch's patch applied
+    over the baseline. None when the branches have no patch (no baseline): they are checked in place.
+
+    Not from the parent's pool: the branches' sandboxes are still held, and a pool of n would have none
+    left to give.
+    """
+    from qwq_agent.agent.patch import baseline_of
+
+    template = parent.sandbox
+    if snapshot is None or template is None or baseline_of(template) is None:
+        return None
+    if getattr(template, "config", None) is None or getattr(template, "engine", None) is None:
+        return None  # not a sandbox this module can start another of
+    start = snapshot
+
+    @asynccontextmanager
+    async def checkout(patch: str) -> AsyncIterator[Any]:
+        from qwq_agent.agent.patch import apply_patch, inherit_baseline
+        from qwq_agent.sandbox.docker_sandbox import DockerSandbox
+
+        async with DockerSandbox.create(template.config, engine=template.engine) as sandbox:
+            await sandbox.restore(start)
+            inherit_baseline(sandbox, template)
+            await apply_patch(sandbox, patch)
+            yield sandbox
+
+    return checkout
 
 
 async def _warm_prefix(parent: Branchable, messages: list[Message], specs: list[Any]) -> Usage | None:
@@ -399,9 +462,22 @@ def _collect(out: BranchOutcome, result: RunResult | None) -> None:
         out.status, out.error = "error", "the branch ended without a result"
 
 
-async def _select(selector: Selector, outcomes: list[BranchOutcome], sandboxes: dict[int, Any]) -> Selection:
+async def _select(
+    selector: Selector,
+    outcomes: list[BranchOutcome],
+    sandboxes: dict[int, Any],
+    *,
+    lost: set[int],
+    checkout: Checkout | None,
+    timeout_s: float | None,
+) -> Selection:
     try:
-        choice = await selector.select(outcomes, sandboxes)
+        if isinstance(selector, Verifier):  # it checks the branches' work: where it is, and how long
+            choice = await selector.select(
+                outcomes, sandboxes, lost=lost, checkout=checkout, timeout_s=timeout_s
+            )
+        else:
+            choice = await selector.select(outcomes, sandboxes)
     except Exception as exc:  # a broken selector: no winner, every branch kept in the result
         return Selection(winner=None, reason=f"the selection failed: {type(exc).__name__}: {exc}")
     return checked(choice, outcomes)

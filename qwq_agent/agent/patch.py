@@ -23,9 +23,13 @@ run are theirs, not the agent's, and stay out of the patch (for a clean tree the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import inspect
+import io
+import secrets
 import shlex
+import tarfile
 import weakref
 from typing import Any
 
@@ -202,6 +206,45 @@ wc -c < "{patch_file}"
     except patch_text.PatchTextError as exc:
         raise PatchError(f"the patch read back from the sandbox is not git's diff: {exc}") from exc
     return WorkspacePatch(text=text, left_out=left_out + [c for c in cut if c not in left_out])
+
+
+async def apply_patch(sandbox: Any, patch: str, baseline: Baseline | None = None) -> None:
+    """Make /workspace `baseline`'s tree (default: the one recorded for `sandbox`) with `patch` applied:
+    what the user's checkout holds once a run's patch (`workspace_patch`) is applied to it.
+
+    For a sandbox restored from a snapshot of the run's start: that start may already differ from the
+    baseline (the parent's own changes), and the patch, being against the baseline, holds those too; so
+    the files the baseline tracks are first put back as they were in it. Ignored files (`.gitignore`)
+    are left as they are. Raises `PatchError` (with git's words) when the patch does not apply.
+    """
+    baseline = baseline or baseline_of(sandbox)
+    if baseline is None:
+        raise PatchError("no baseline was recorded for this sandbox: call record_baseline after the upload")
+    # File calls only reach /workspace: the patch lands there under a name of its own, and is moved
+    # into the baseline's git directory before anything looks at the tree.
+    name = f".qwq-agent-apply-{secrets.token_hex(8)}.patch"
+    data = patch.encode("utf-8")
+
+    def pack() -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    await sandbox.upload_archive(await asyncio.to_thread(pack), WORKSPACE)
+    kept = f"{BASELINE_DIR}/apply.patch"
+    script = f"""
+mv -f {WORKSPACE}/{name} "{kept}"
+cp -p "{BASELINE_DIR}/index" "{BASELINE_DIR}/index-apply"
+{_ENV} GIT_INDEX_FILE="{BASELINE_DIR}/index-apply"
+{_GIT} add -A
+{_GIT} read-tree -u --reset {shlex.quote(baseline.tree)}
+if [ -s "{kept}" ]; then {_GIT} apply --whitespace=nowarn "{kept}"; fi
+rm -f "{kept}"
+"""
+    await _sh(sandbox, script, "applying the patch to /workspace")
 
 
 async def _read(sandbox: Any, path: str, size: int) -> bytes:

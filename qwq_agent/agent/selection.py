@@ -8,10 +8,13 @@ budget is a losing branch with its error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import re
+import shlex
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
@@ -19,6 +22,7 @@ from pydantic import BaseModel
 from qwq_agent.agent.branch_result import BranchOutcome
 
 __all__ = [
+    "Checkout",
     "FirstCompleted",
     "FunctionSelector",
     "Majority",
@@ -31,6 +35,13 @@ __all__ = [
 ]
 
 VERIFY_TIMEOUT_S = 300.0
+SANDBOX_LOST = "the branch's sandbox was lost (its container died; a replacement holds none of its files)"
+# How a verdict was reached: on what the branch delivers, or (no patch) in what it left.
+ON_PATCH = "on the branch's patch in a fresh sandbox"
+IN_PLACE = "in the branch's own sandbox (no patch: its processes stopped, a fresh HOME)"
+
+Checkout = Callable[[str], AbstractAsyncContextManager[Any]]
+"""`checkout(patch)`: a fresh sandbox holding an exploration's start state with `patch` applied."""
 
 
 class SelectionError(ValueError):
@@ -72,7 +83,15 @@ class FirstCompleted:
 
 
 class Verifier:
-    """The first completed branch in whose sandbox `command` exits with status 0 (e.g. the tests pass)."""
+    """The first completed branch whose work passes `command` (exit status 0: e.g. the tests pass).
+
+    What is checked is what the branch delivers. With a `checkout` (the exploration started from a
+    sandbox with a baseline, so each branch's run ends with its patch), the command runs in a fresh
+    sandbox holding the start state's files with the branch's patch applied: nothing outside the patch
+    counts (what the branch left in its HOME or in ignored files, a process it left running). A branch
+    without a patch is checked in its own sandbox, after its processes are stopped (the interpreter
+    restarted) and under a fresh, empty HOME without user site-packages; the verdict says which way.
+    """
 
     def __init__(self, command: str, *, timeout_s: float = VERIFY_TIMEOUT_S, kind: str = "tests") -> None:
         if not command.strip():
@@ -81,34 +100,139 @@ class Verifier:
         self.timeout_s = timeout_s
         self.label = f"{kind}:{command}"
 
-    async def _verify(self, outcome: BranchOutcome, sandbox: Any) -> None:
-        if outcome.status != "completed":
-            outcome.passed, outcome.verdict = False, f"not verified: the branch ended {outcome.status}"
-            return
-        if sandbox is None:
-            outcome.passed, outcome.verdict = False, "not verified: the branch has no sandbox"
-            return
+    def _not_run(self, outcome: BranchOutcome, why: str) -> str:
+        outcome.passed, outcome.verdict = False, f"`{self.command}` could not be run: {why}"
+        return why
+
+    async def _verify(
+        self,
+        outcome: BranchOutcome,
+        sandbox: Any,
+        *,
+        lost: bool,
+        checkout: Checkout | None,
+        timeout_s: float | None,
+    ) -> str | None:
+        """Fill `outcome.passed` / `verdict` of a completed branch; why the command could not be run
+        for it, or None when it ran (a branch it could not run in has not failed it: the selection's
+        reason must not say so).
+
+        Never in a replacement of the branch's container: one that died (`lost`, or found dead now)
+        holds none of the branch's files, and a test command may well pass there (no test found).
+        """
+        if lost:
+            return self._not_run(outcome, SANDBOX_LOST)
+        patch = _patch_of(outcome, checkout)
+        if patch is None and sandbox is None:
+            return self._not_run(outcome, "no sandbox")
+        limit = asyncio.timeout(timeout_s)
         try:
-            res = await sandbox.shell(self.command, timeout=self.timeout_s)
+            async with limit:
+                if checkout is not None and patch is not None:
+                    async with checkout(patch) as fresh:
+                        res = await _run(fresh, self.command, self.timeout_s)
+                else:
+                    res = await _run(sandbox, self.command, self.timeout_s, in_place=True)
         except Exception as exc:  # a dead sandbox is a failed verification, not a failed exploration
-            outcome.passed, outcome.verdict = False, f"verifier failed: {type(exc).__name__}: {exc}"
-            return
+            if isinstance(exc, TimeoutError) and limit.expired():
+                return self._not_run(outcome, f"the check ran past the branch's {timeout_s:g} s limit")
+            dead = patch is None and not getattr(sandbox, "alive", True)
+            return self._not_run(
+                outcome, (f"{SANDBOX_LOST}: " if dead else "") + f"{type(exc).__name__}: {exc}"
+            )
+        if getattr(res, "sandbox_replaced", False) or getattr(res, "state_lost", False):
+            return self._not_run(outcome, SANDBOX_LOST)  # a sandbox without `no_replacement` replaced it
         code = getattr(res, "exit_code", None)
         outcome.passed = code == 0
+        where = ON_PATCH if patch is not None else IN_PLACE
         if getattr(res, "timed_out", False):
-            outcome.verdict = f"`{self.command}` timed out after {self.timeout_s:g} s"
+            outcome.verdict = f"`{self.command}` timed out after {self.timeout_s:g} s {where}"
         else:
             tail = _last_line(getattr(res, "stdout", "") or getattr(res, "stderr", ""))
-            outcome.verdict = f"`{self.command}` exited {code}" + (f": {tail}" if tail else "")
+            outcome.verdict = f"`{self.command}` exited {code} {where}" + (f": {tail}" if tail else "")
+        return None
 
-    async def select(self, outcomes: Sequence[BranchOutcome], sandboxes: dict[int, Any]) -> Selection:
-        await asyncio.gather(*(self._verify(o, sandboxes.get(o.index)) for o in outcomes))
-        passed = [o for o in outcomes if o.passed]
+    async def select(
+        self,
+        outcomes: Sequence[BranchOutcome],
+        sandboxes: dict[int, Any],
+        *,
+        lost: Collection[int] = (),
+        checkout: Checkout | None = None,
+        timeout_s: float | None = None,
+    ) -> Selection:
+        """The first completed branch whose check passes (see the class doc).
+
+        `lost`: the branches whose sandbox died (and was replaced) after they began. `checkout(patch)`:
+        a fresh sandbox holding the start state with `patch` applied (None: check in place).
+        `timeout_s` bounds each branch's whole check (a fresh sandbox's start included).
+        """
+        done = _completed(outcomes)
+        for o in outcomes:
+            if o.status != "completed":
+                o.passed, o.verdict = False, f"not verified: the branch ended {o.status}"
+        not_run = await asyncio.gather(
+            *(
+                self._verify(
+                    o, sandboxes.get(o.index), lost=o.index in lost, checkout=checkout, timeout_s=timeout_s
+                )
+                for o in done
+            )
+        )
+        passed = [o for o in done if o.passed]
         if passed:
-            return Selection(winner=passed[0].index, reason=f"`{self.command}` exited 0 in its sandbox")
-        if not _completed(outcomes):
+            won = passed[0]
+            where = (
+                "on its patch in a fresh sandbox"
+                if _patch_of(won, checkout) is not None
+                else "in its sandbox"
+            )
+            return Selection(winner=won.index, reason=f"`{self.command}` exited 0 {where}")
+        if not done:
             return _none_completed(outcomes)
+        whys = [why for why in not_run if why is not None]
+        if len(whys) == len(done):
+            return Selection(
+                winner=None,
+                reason=f"`{self.command}` could not be run in any branch that completed: {whys[0]}",
+            )
+        if whys:
+            return Selection(
+                winner=None,
+                reason=f"`{self.command}` failed in every branch where it ran, and could not be run in "
+                f"{len(whys)} of the {len(done)} that completed",
+            )
         return Selection(winner=None, reason=f"`{self.command}` failed in every branch that completed")
+
+
+def _patch_of(outcome: BranchOutcome, checkout: Checkout | None) -> str | None:
+    """The patch a branch delivers, when it can be checked on its own (else None: check in place)."""
+    if checkout is None or outcome.result is None:
+        return None
+    return outcome.result.patch
+
+
+async def _run(sandbox: Any, command: str, timeout_s: float, *, in_place: bool = False) -> Any:
+    """`command` in `sandbox`, never in a replacement of it. `in_place`: in a branch's own sandbox, so
+    first stop what the branch left running, and give the command a fresh HOME."""
+    replacing = getattr(sandbox, "no_replacement", None)
+    with replacing() if replacing is not None else contextlib.nullcontext():
+        if not in_place:
+            return await sandbox.shell(command, timeout=timeout_s)
+        reset = getattr(sandbox, "reset_python", None)
+        if reset is not None:  # shell calls' processes died with them; the interpreter's live on
+            await reset()
+        return await sandbox.shell(_with_clean_home(command), timeout=timeout_s)
+
+
+def _with_clean_home(command: str) -> str:
+    """`command` under a fresh, empty HOME (removed afterwards) without user site-packages: nothing the
+    branch left in its HOME (a `usercustomize.py`, a `.pth` file, shell or git settings) takes part."""
+    return (
+        "h=$(mktemp -d) || exit 125\n"
+        f'HOME="$h" PYTHONNOUSERSITE=1 bash -c {shlex.quote(command)}\n'
+        'rc=$?\nrm -rf "$h"\nexit $rc\n'
+    )
 
 
 class Majority:

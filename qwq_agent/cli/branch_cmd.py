@@ -170,9 +170,16 @@ def _progress(console: Console, quiet: bool) -> Any:
     return on_event
 
 
-def describe(outcome: Any) -> str:
-    """One line for a branch: status, verdict or error, answer."""
-    mark = "won" if outcome.passed else outcome.status
+def describe(outcome: Any, winner: int | None) -> str:
+    """One line for a branch: status, verdict or error, answer.
+
+    Only the selected branch (`winner`) is "won"; another whose check passed is "passed" (several may
+    pass, one wins: an operator reading or grepping the lines must find that one).
+    """
+    if outcome.index == winner:
+        mark = "won"
+    else:
+        mark = "passed" if outcome.passed else outcome.status
     why = outcome.verdict or outcome.error or ""
     answer = (outcome.answer or "").strip().splitlines()
     text = f"branch {outcome.index} (seed {outcome.seed}): {mark}"
@@ -190,7 +197,7 @@ def print_result(console: Console, result: BranchResult) -> None:
 
     for b in result.branches:
         style = "green" if b.index == result.winner else "dim"
-        console.print(plain(describe(b), style), soft_wrap=True)
+        console.print(plain(describe(b, result.winner), style), soft_wrap=True)
     if result.winner is None:
         console.print(plain(f"no branch won: {result.reason}", "red"), soft_wrap=True)
     else:

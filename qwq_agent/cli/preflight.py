@@ -170,6 +170,21 @@ def check_workspace(workspace: Path | None, copy_back: Path | None, *, sandbox: 
             )
 
 
+def check_select(select: str | None, *, sandbox: bool) -> None:
+    """`--select tests:CMD` / `verify:CMD` runs CMD in each branch's sandbox: it needs a sandbox tool.
+
+    Found after the run it would be too late: every branch would have spent its model time, and the
+    command could not have been run anywhere.
+    """
+    kind, sep, _ = (select or "").partition(":")
+    if sep and kind in ("tests", "verify") and not sandbox:
+        raise CliError(
+            f"--select {kind}:COMMAND needs a tool that works in the sandbox (COMMAND runs there), "
+            "and none was chosen",
+            f"add one of {', '.join(sorted(SANDBOX_TOOLS))} to --tools, or --select majority or first",
+        )
+
+
 def check_patch_target(patch: Path | None, workspace: Path | None) -> None:
     """`--patch FILE` needs `--workspace` (the patch is against it) and a file that can be written."""
     if patch is None:
@@ -406,6 +421,7 @@ def check_run(args: Any, settings: Any, trace_path: Path) -> RunPlan:
     check_mcp_given(settings.mcp_tools, args)
     workspace = Path(settings.workspace) if settings.workspace else None
     check_workspace(workspace, args.copy_back, sandbox=sandbox)
+    check_select(getattr(args, "select", None), sandbox=sandbox)
     check_patch_target(getattr(args, "patch", None), workspace)
     check_trace_target(trace_path)
     if args.replay is None:

@@ -15,6 +15,8 @@ from qwq_agent.sandbox.errors import InvalidRequest, SandboxDead, SandboxTimeout
 from qwq_agent.sandbox.output_stream import DEFAULT_STREAM_LIMIT, OnOutput, OutputRelay
 from qwq_agent.sandbox.protocol import (
     PythonRequest,
+    PythonResetRequest,
+    PythonResetResult,
     PythonResult,
     Request,
     Result,
@@ -121,6 +123,14 @@ class SandboxCalls(SandboxContainer):
             timeout, deadline, on_output, stream_limit,
         )  # fmt: skip
         self.cells.record(code, result)
+        return result
+
+    async def reset_python(self, *, timeout: float = 60.0) -> PythonResetResult:
+        """Stop the Python interpreter with every thread and process it started, and start a fresh one
+        (its variables are gone). An interpreter that never ran a cell is left as it is: it runs nothing
+        of the user's. Shell calls need no such stop: what they start dies when they return."""
+        result = await self._call(PythonResetRequest(), PythonResetResult, self._grace(timeout))
+        self.cells.reset()
         return result
 
     async def shell(

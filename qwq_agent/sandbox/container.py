@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from qwq_agent.deadline import Deadline
@@ -94,6 +94,7 @@ class SandboxContainer:
         self._removing = ""  # the container (id or name) whose removal has been started
         self._lock = asyncio.Lock()
         self._closed = False
+        self._replace_off = 0  # > 0 while `no_replacement()` holds: a dead container is not replaced
         self.cells = CellLog()
         """The Python cells run so far, kept so a snapshot can rebuild the interpreter by replay."""
         self.last_restore: RestoreResult | None = None
@@ -287,6 +288,17 @@ class SandboxContainer:
         await asyncio.shield(self._channel.closed_event.wait())
         return self._channel.closed_reason or ""
 
+    @contextlib.contextmanager
+    def no_replacement(self) -> Iterator[None]:
+        """Calls made inside this block fail with `SandboxDead` on a dead container instead of replacing
+        it, whatever `auto_replace` says (for calls about the state the container held, e.g. a check of
+        what a finished branch left: a fresh replacement holds none of it and would answer for it)."""
+        self._replace_off += 1
+        try:
+            yield
+        finally:
+            self._replace_off -= 1
+
     async def _ensure_alive(self) -> bool:
         """Replace a dead container when allowed; True if this call did."""
         if self._closed:
@@ -297,7 +309,7 @@ class SandboxContainer:
             if self._channel is not None and not self._channel.closed:
                 return True  # another caller replaced it while we waited: state is lost for us too
             reason = self._channel.closed_reason if self._channel else "not started"
-            if not self.config.auto_replace:
+            if not self.config.auto_replace or self._replace_off:
                 raise await self._dead(f"sandbox {self.id}: {reason}")
             await self._discard()
             self.id = self.name = ""

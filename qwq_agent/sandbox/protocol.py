@@ -37,6 +37,12 @@ class ShellRequest(Request):
     )
 
 
+class PythonResetRequest(Request):
+    """Stop the interpreter and all it started (threads, processes) and start a fresh one."""
+
+    op: Literal["python_reset"] = "python_reset"
+
+
 class ViewRequest(Request):
     op: Literal["view"] = "view"
     path: str
@@ -210,4 +216,8 @@ class DownloadResult(Result):
 
 class PingResult(Result):
     pong: bool = True
+    worker_pid: int | None = None
+
+
+class PythonResetResult(Result):
     worker_pid: int | None = None
