@@ -121,6 +121,7 @@ async def run_branches(
     branch_timeout_s: float | None = None,
     warm_prefix: bool = True,
     on_event: Callable[[int, Event], None] | None = None,
+    fresh: bool = False,
 ) -> BranchResult:
     """Run `task` in `n` concurrent branches of `parent`'s state and select one (see the module doc).
 
@@ -132,7 +133,8 @@ async def run_branches(
     branches sample differently. `branch_timeout_s` bounds each branch (on top of its budget): a
     branch past it is cancelled and loses with status "timeout". `on_event(index, event)` sees every
     event of every branch as it happens. Raises `BranchError` / `SelectionError` for bad arguments,
-    before anything starts.
+    before anything starts. `fresh` (`Agent.explore`) starts from an empty transcript: the parent's is
+    cleared once the exploration is accepted, never by one that is refused.
     """
     if not 1 <= n <= MAX_BRANCHES:
         raise BranchError(f"n must be between 1 and {MAX_BRANCHES}, got {n}")
@@ -141,7 +143,7 @@ async def run_branches(
     if parent._running:  # its transcript is still changing: branch after its run ends
         raise BranchError("the agent is running a task: branch from it after its run ends")
     selector = parse_select(select)
-    history = list(parent.messages)
+    history = [] if fresh else list(parent.messages)
     continues = task is None
     if continues:
         if not history or history[-1].role not in ("user", "tool"):
@@ -150,6 +152,8 @@ async def run_branches(
             )
         task = next((m.content for m in history if m.role == "user"), "")
     assert task is not None
+    if fresh:
+        parent.messages = []
     seeds = list(seeds) if seeds is not None else [random.randrange(2**31) for _ in range(n)]
     branches = [_Branch(i, s) for i, s in enumerate(seeds)]
     trace = _open_parent_trace(parent)

@@ -212,9 +212,12 @@ class Agent:
         return await run_branches(self, n, task, select=select, **options)
 
     async def explore(self, task: str, n: int = 8, *, select: Any = "first", **options: Any) -> BranchResult:
-        """`n` concurrent attempts at `task` from a fresh conversation (see `branch`); one is selected."""
-        self.messages = []
-        return await self.branch(n, task, select=select, **options)
+        """`n` concurrent attempts at `task` from a fresh conversation (see `branch`); one is selected.
+
+        The transcript is cleared only once the exploration is accepted: one refused (bad arguments, or
+        this agent is running a task) leaves it as it was.
+        """
+        return await run_branches(self, n, task, select=select, fresh=True, **options)
 
     def _child(self, run_id: str, *, sandbox: Any, config: AgentConfig, trace_path: str | None) -> Agent:
         """A branch's agent: this one's model, tools, admission, tool options and approver."""
