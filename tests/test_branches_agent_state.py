@@ -34,3 +34,40 @@ async def test_a_refused_explore_leaves_the_running_runs_transcript_alone():
     assert result.messages[1].content == "What is the answer?"
     assert agent.messages == result.messages
     assert len(server.requests) == 1  # the refused exploration sent nothing
+
+
+async def test_a_run_or_a_second_exploration_during_an_exploration_is_refused():
+    def model(req: ScriptedRequest) -> str | Turn:
+        params = req.sampling_params
+        if params.get("max_new_tokens") == 1:  # the shared prefix's warm-up
+            return "x"
+        if params.get("sampling_seed") == SEEDS[0]:  # the branch: still generating while the others try
+            return Turn(text="b\n</think>\n\nbranch answer", first_token_delay=1.0)
+        return "r\n</think>\n\nrun answer"
+
+    async with ScriptedModelServer(model) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [], config=config())
+        exploring = asyncio.create_task(agent.branch(1, "branch task", seeds=SEEDS[:1]))
+        # The warm-up comes first, then the branch: once it is at the model, the exploration is under way.
+        assert (await server.wait_for_requests(2)).sampling_params.get("sampling_seed") == SEEDS[0]
+        with pytest.raises(RuntimeError, match="already running"):
+            await agent.run("run task")
+        with pytest.raises(BranchError, match="running a task"):
+            await agent.branch(1, "another", seeds=SEEDS[1:2])
+        with pytest.raises(BranchError, match="running a task"):
+            await agent.explore("another", n=1, seeds=SEEDS[1:2])
+        result = await exploring
+        assert result.answer == "branch answer"
+        # Nothing that was refused sent a request, and the parent holds the exploration's winner.
+        assert [r.sampling_params.get("sampling_seed") for r in server.requests][-1] == SEEDS[0]
+        assert [m.content for m in agent.messages][-2:] == ["branch task", "branch answer"]
+        # Once the exploration is over, the agent runs again; an exploration that was cancelled too.
+        follow = await agent.run("run task", history=agent.messages)
+        assert follow.status == "completed" and follow.messages[-2].content == "run task"
+        sent = len(server.requests)
+        cancelled = asyncio.create_task(agent.branch(1, "branch task", seeds=SEEDS[:1]))
+        await server.wait_for_requests(sent + 2)  # its warm-up and its branch
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert (await agent.run("again")).status == "completed"

@@ -140,7 +140,7 @@ async def run_branches(
         raise BranchError(f"n must be between 1 and {MAX_BRANCHES}, got {n}")
     if seeds is not None and len(seeds) != n:
         raise BranchError(f"{len(seeds)} seeds given for {n} branches: give one per branch")
-    if parent._running:  # its transcript is still changing: branch after its run ends
+    if parent._running:  # its transcript is still changing: branch after its run (or exploration) ends
         raise BranchError("the agent is running a task: branch from it after its run ends")
     selector = parse_select(select)
     history = [] if fresh else list(parent.messages)
@@ -160,6 +160,9 @@ async def run_branches(
     # Known to the caller from now on: a Ctrl-C before `run_branches` returns still has a trace to name.
     parent.exploration_trace = trace.path if trace is not None else None
     emit = _emitter(parent, trace)
+    # The parent is busy until the exploration ends: a run or another exploration meanwhile is refused,
+    # as two runs at once are (the winner's transcript replaces the parent's at the end).
+    parent._running = True
     try:
         snapshot = await _snapshot(parent.sandbox)
         specs = parent.tools.specs()
@@ -260,6 +263,7 @@ async def run_branches(
             await b.stack.aclose()
         raise
     finally:
+        parent._running = False
         if trace is not None:
             trace.close()
 

@@ -207,7 +207,8 @@ class Agent:
         in the branch's sandbox), ``"majority"`` (most common final answer), ``"first"`` (first branch
         that completed) or a function of the outcomes (see `qwq_agent.agent.selection`). Losing
         sandboxes are released; the winner's is `result.sandbox` until `await result.aclose()`.
-        Options: see `qwq_agent.agent.branches.run_branches`.
+        The agent is busy until the exploration ends: `run()` and another `branch()` / `explore()` are
+        refused meanwhile, as two runs at once are. Options: see `qwq_agent.agent.branches.run_branches`.
         """
         return await run_branches(self, n, task, select=select, **options)
 
