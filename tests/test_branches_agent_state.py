@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_branches import SEEDS, config
+from test_branches import SEEDS, call, config, our_containers, per_branch
 
 from qwq_agent.agent.branches import BranchError
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.loop import Agent
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
+from qwq_agent.tools.catalog import build_tools
 
 
 async def test_a_refused_explore_leaves_the_running_runs_transcript_alone():
@@ -71,3 +72,46 @@ async def test_a_run_or_a_second_exploration_during_an_exploration_is_refused():
         with pytest.raises(asyncio.CancelledError):
             await cancelled
         assert (await agent.run("again")).status == "completed"
+
+
+@pytest.mark.docker
+async def test_a_pooled_agent_acquires_again_for_each_run_and_refuses_to_branch_from_released_files(
+    sandbox_image,
+):
+    from qwq_agent.sandbox import SandboxConfig, SandboxPool
+
+    write = "a\n</think>\n\n" + call("shell", command="echo parent > /workspace/f; cat /workspace/f")
+    scripts: dict[int, list[str | Turn]] = {
+        0: [write, "b\n</think>\n\ndone"],
+        SEEDS[0]: [
+            "c\n</think>\n\n" + call("shell", command="ls -A /workspace | wc -l"),
+            "d\n</think>\n\nok",
+        ],
+    }
+    before = len(our_containers())
+    async with (
+        SandboxPool(size=1, config=SandboxConfig(image=sandbox_image)) as pool,
+        ScriptedModelServer(per_branch(scripts)) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, build_tools(["shell"]), sandbox_pool=pool, config=config())
+        first = await agent.run("write f")
+        assert first.status == "completed" and "parent" in first.messages[-2].content
+        assert agent.sandbox is None  # the pool's sandbox went back (destroyed) with the run's end
+        # Its files went with it: branching from the transcript is refused, clearly, before anything starts.
+        sent = len(server.requests)
+        with pytest.raises(BranchError, match="sandbox_pool"):
+            await agent.branch(1, "read f", seeds=SEEDS[:1])
+        assert len(server.requests) == sent and agent.messages == first.messages
+        # The next run acquires a sandbox of its own again: its tool call runs.
+        second = await agent.run("write f again")
+        assert second.status == "completed"
+        [written] = [m.content for m in second.messages if m.role == "tool"]
+        assert "parent" in written and "Sandbox" not in written
+        # An exploration starts from nothing, so a pooled agent explores in the pool's sandboxes.
+        async with await agent.explore("list", n=1, seeds=SEEDS[:1]) as explored:
+            assert explored.winner == 0 and explored.sandbox is not None
+            [listed] = [m.content for m in explored.branches[0].result.messages if m.role == "tool"]
+            assert "[stdout]\n0\n" in listed  # a fresh sandbox: nothing of the earlier runs
+        assert agent.sandbox is None
+    assert len(our_containers()) == before

@@ -152,6 +152,12 @@ async def run_branches(
             )
         task = next((m.content for m in history if m.role == "user"), "")
     assert task is not None
+    if history and parent.sandbox is None and parent.sandbox_pool is not None:
+        raise BranchError(
+            "this agent has no sandbox of its own: the sandbox_pool sandbox of its last run was destroyed "
+            "when the run ended, so the files its transcript speaks of are gone; explore() starts from "
+            "nothing, or give the agent a sandbox (sandbox=) to branch from its files"
+        )
     if fresh:
         parent.messages = []
     seeds = list(seeds) if seeds is not None else [random.randrange(2**31) for _ in range(n)]

@@ -208,7 +208,11 @@ class Agent:
         that completed) or a function of the outcomes (see `qwq_agent.agent.selection`). Losing
         sandboxes are released; the winner's is `result.sandbox` until `await result.aclose()`.
         The agent is busy until the exploration ends: `run()` and another `branch()` / `explore()` are
-        refused meanwhile, as two runs at once are. Options: see `qwq_agent.agent.branches.run_branches`.
+        refused meanwhile, as two runs at once are. An agent with `sandbox_pool=` and no sandbox of its
+        own cannot branch from a transcript (`BranchError`): each run's pool sandbox is destroyed when
+        the run ends, so the files its transcript speaks of are gone (`explore()` starts from nothing
+        and works; to branch from a run's files, give the agent a sandbox with `sandbox=`).
+        Options: see `qwq_agent.agent.branches.run_branches`.
         """
         return await run_branches(self, n, task, select=select, **options)
 
@@ -306,6 +310,9 @@ class Agent:
             takes_deadline = "deadline" in inspect.signature(acquire).parameters
             cm = acquire(deadline=deadline) if takes_deadline else acquire()
             self.sandbox = await stack.enter_async_context(cm)
+            # Released (destroyed) when the run ends: forget it then, so the next run acquires again
+            # rather than calling a dead sandbox (and `branch()` does not snapshot one).
+            stack.callback(setattr, self, "sandbox", None)
 
     async def _context_length(self) -> int | None:
         """The model's context length: configured, or asked once from the server (None if unknown)."""
