@@ -115,3 +115,57 @@ async def test_a_pooled_agent_acquires_again_for_each_run_and_refuses_to_branch_
             assert "[stdout]\n0\n" in listed  # a fresh sandbox: nothing of the earlier runs
         assert agent.sandbox is None
     assert len(our_containers()) == before
+
+
+CHECK = "print(open('/workspace/results.csv').read().count('row'), 'data' in globals(), kept)"
+
+
+@pytest.mark.docker
+async def test_a_replayed_branch_has_the_parents_files_and_hears_which_cells_failed(sandbox_image, tmp_path):
+    from qwq_agent.agent.events import BranchEnded, RunStarted
+    from qwq_agent.agent.trace import read_trace
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+
+    scripts: dict[int, list[str | Turn]] = {
+        SEEDS[0]: ["x\n</think>\n\n" + call("python", code=CHECK), "y\n</think>\n\nchecked"]
+    }
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as parent:
+        await parent.shell("echo hello > /workspace/scratch.txt")
+        assert (
+            await parent.python("with open('/workspace/results.csv', 'a') as f:\n    f.write('row\\n')")
+        ).ok
+        consume = (
+            "import os\ndata = open('/workspace/scratch.txt').read()\nos.remove('/workspace/scratch.txt')"
+        )
+        assert (await parent.python(consume)).ok
+        assert (await parent.python("kept = 7")).ok
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
+            agent = Agent(
+                client,
+                build_tools(["python"]),
+                sandbox=parent,
+                config=config(),
+                trace_path=tmp_path / "e.jsonl",
+            )
+            async with await agent.explore("check", n=1, seeds=SEEDS[:1], python_state="replay") as result:
+                pass
+    [b] = result.branches
+    assert b.result is not None
+    # The row was written once (the parent's file, not the replay's second append); `kept` came back.
+    [seen] = [m.content for m in b.result.messages if m.role == "tool"]
+    assert "1 False 7" in seen
+    # The cell that could not run again is reported: in the outcome, the exploration's trace, and to the
+    # branch's model, in its first prompt.
+    assert b.python_state == "partly_replayed"
+    assert len(b.replay_failures) == 1 and "cell 1" in b.replay_failures[0]
+    assert "FileNotFoundError" in b.replay_failures[0]
+    [ended] = [e for e in read_trace(result.trace_path) if isinstance(e, BranchEnded)]
+    assert ended.python_state == "partly_replayed" and ended.replay_failures == b.replay_failures
+    first = next(r for r in server.requests if r.sampling_params.get("sampling_seed") == SEEDS[0])
+    assert "FileNotFoundError" in first.prompt and "data = open('/workspace/scratch.txt')" in first.prompt
+    assert "FileNotFoundError" in b.result.messages[1].content  # the task, with the note, as the model saw it
+    started = read_trace(b.trace_path)[0]
+    assert isinstance(started, RunStarted) and "FileNotFoundError" in started.task

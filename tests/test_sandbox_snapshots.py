@@ -244,7 +244,8 @@ async def test_replay_rebuilds_the_interpreter_and_fresh_says_so(pair) -> None:
     assert snap.cells is not None and [c.ok for c in snap.cells] == [True, True, False, True, False]
 
     replayed = await dst.restore(snap, python_state="replay")
-    assert replayed.python_state == "replayed" and replayed.replayed_cells == 4
+    # A cell that ran fine originally raised on replay: the interpreter is only partly rebuilt.
+    assert replayed.python_state == "partly_replayed" and replayed.replayed_cells == 4
     assert replayed.skipped_cells == 1  # the cell that timed out is not run again
     assert [f.index for f in replayed.failed_cells] == [3]
     assert "FileNotFoundError" in replayed.failed_cells[0].error
@@ -255,6 +256,32 @@ async def test_replay_rebuilds_the_interpreter_and_fresh_says_so(pair) -> None:
     r = await dst.python("x")
     assert r.error is not None and r.error.ename == "NameError"
     assert (await dst.python("open('/workspace/n.txt').read()")).value == "'20\\n'"
+
+
+async def test_replay_leaves_the_files_exactly_as_the_snapshot_holds_them(pair) -> None:
+    src, dst = pair
+    await empty(src)
+    await sh(src, "echo hello > /workspace/scratch.txt")
+    assert (await src.python("with open('/workspace/results.csv', 'a') as f:\n    f.write('row\\n')")).ok
+    consume = "import os\ndata = open('/workspace/scratch.txt').read()\nos.remove('/workspace/scratch.txt')"
+    assert (await src.python(consume)).ok
+    assert (await src.python("kept = 7")).ok
+    snap = await src.snapshot()
+    want = await sh(src, LISTING)
+    assert "results.csv" in want and "scratch.txt" not in want
+
+    result = await dst.restore(snap, python_state="replay")
+    # The replayed cells appended their row again and found no scratch file: the files were put back
+    # after the replay, exactly as the snapshot holds them.
+    assert await sh(dst, LISTING) == want
+    assert await sh(dst, "cat /workspace/results.csv") == "row\n"
+    # The interpreter keeps what the replay built; the cell that failed is named, and said so.
+    assert result.replayed_cells == 3 and [f.index for f in result.failed_cells] == [1]
+    assert "FileNotFoundError" in result.failed_cells[0].error
+    assert result.python_state == "partly_replayed" and "1 failed on replay" in result.note
+    assert (await dst.python("kept")).value == "7"
+    missing = await dst.python("data")
+    assert missing.error is not None and missing.error.ename == "NameError"
 
 
 async def test_restore_stops_the_old_interpreter_writing_into_the_workspace(pair) -> None:

@@ -31,8 +31,12 @@ class BranchOutcome(BaseModel):
     # (None: no sandbox, or no snapshot to restore).
     sandbox_s: float | None = None
     restore_s: float | None = None
-    # How the restore left the Python interpreter: "fresh" or "replayed" (the parent's cells re-run).
+    # How the restore left the Python interpreter: "fresh", "replayed" (the parent's cells re-run) or
+    # "partly_replayed" (re-run, but some that had run fine did not: `replay_failures`, one line each,
+    # which the branch's model was also told in its first prompt); `restore_note` says it in words.
     python_state: str | None = None
+    replay_failures: list[str] = Field(default_factory=list)
+    restore_note: str | None = None
     result: RunResult | None = None
 
 

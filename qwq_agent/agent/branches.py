@@ -326,7 +326,10 @@ async def _sandbox_for(
         if snapshot is not None:
             restoring = time.perf_counter()
             restored = await sandbox.restore(snapshot, python_state=python_state)
-            branch.outcome.python_state = restored.python_state
+            branch.outcome.python_state, branch.outcome.restore_note = restored.python_state, restored.note
+            branch.outcome.replay_failures = [
+                f"cell {f.index} ({_code_head(f.code)}): {f.error}" for f in restored.failed_cells
+            ]
             if template is not None:  # the baseline's git dir came with the home: patches still work
                 from qwq_agent.agent.patch import inherit_baseline
 
@@ -376,6 +379,12 @@ async def _run_one(
     sampling = parent.config.sampling.model_copy(
         update={"seed": out.seed, **({"temperature": temperature} if temperature is not None else {})}
     )
+    note = _replay_note(out)
+    if note is not None:  # told with the branch's first prompt: in its task, or as the turn it answers
+        if continues:
+            history = [*history, Message(role="user", content=note)]
+        else:
+            task = f"{task}\n\n{note}"
     child = parent._child(
         f"{parent.run_id}-b{branch.index}",
         sandbox=branch.sandbox,
@@ -446,4 +455,26 @@ def _ended(o: BranchOutcome) -> BranchEnded:
         trace=o.trace_path,
         first_turn_cached_tokens=o.first_turn_cached_tokens,
         first_turn_prompt_tokens=o.first_turn_prompt_tokens,
+        python_state=o.python_state,
+        replay_failures=o.replay_failures,
+    )
+
+
+def _code_head(code: str, limit: int = 120) -> str:
+    """A cell on one line (its lines joined by "; "), cut to `limit` characters, for a mention."""
+    line = "; ".join(x.strip() for x in code.splitlines() if x.strip())
+    return f"`{line[:limit]}`" + (" ..." if len(line) > limit else "")
+
+
+def _replay_note(outcome: BranchOutcome) -> str | None:
+    """What the branch's model is told when the parent's Python state came back incomplete, else None.
+
+    Its transcript says those cells ran fine; without this it would rely on what they defined.
+    """
+    if not outcome.replay_failures:
+        return None
+    return (
+        "[Note: this sandbox was restored from a snapshot, with its files exactly as they were, and its "
+        "Python interpreter was rebuilt by running the earlier cells again. These did not run as before, "
+        "so what they defined may be missing: " + "; ".join(outcome.replay_failures) + "]"
     )

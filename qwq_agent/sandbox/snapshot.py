@@ -88,7 +88,7 @@ class Snapshot(BaseModel):
 
 
 class ReplayFailure(BaseModel):
-    """A recorded cell that ran without error originally but raised on replay."""
+    """A recorded cell that ran without error originally but raised (or timed out) on replay."""
 
     index: int
     code: str
@@ -101,9 +101,10 @@ class RestoreResult(Result):
     snapshot_id: str
     entries: int = 0
     bytes: int = Field(default=0, description="file bytes written in the sandbox")
-    python_state: Literal["fresh", "replayed"] = Field(
+    python_state: Literal["fresh", "replayed", "partly_replayed"] = Field(
         default="fresh",
-        description="`replayed`: the recorded cells were re-run; `fresh`: an empty interpreter",
+        description="`replayed`: the recorded cells were re-run; `partly_replayed`: re-run, but some "
+        "that had run fine did not this time (`failed_cells`); `fresh`: an empty interpreter",
     )
     replayed_cells: int = 0
     skipped_cells: int = Field(
@@ -140,3 +141,6 @@ class RestoreRequest(Request):
     op: Literal["restore"] = "restore"
     sha256: str
     token: str | None = Field(default=None, description="an archive staged with restore_chunk")
+    keep_python: bool = Field(
+        default=False, description="leave the interpreter as it is (the files again, after a replay)"
+    )

@@ -161,24 +161,39 @@ async def restore_snapshot(
     )
     if python_state == "replay":
         await _replay(sandbox, snapshot, result)
+        if result.replayed_cells:
+            # The cells ran on the restored files, so their file side effects happened a second time (a
+            # row appended again, a file written over): put the files back exactly as the snapshot holds
+            # them, keeping the interpreter the replay built.
+            _, replaced = await _send(sandbox, snapshot, reply, keep_python=True)
+            if replaced:  # the container died during the replay: its replacement's interpreter is empty
+                sandbox.cells.reset()
+                result.sandbox_replaced, result.python_state = True, "fresh"
+                result.note = (
+                    "the sandbox died during the replay: its files are back, its interpreter is fresh"
+                )
     else:
         result.note = "the interpreter is fresh: no cell of the snapshot was run"
     result.duration_s = time.perf_counter() - started
     return result
 
 
-async def _send(sandbox: SandboxCalls, snapshot: Snapshot, reply: float) -> tuple[dict[str, Any], bool]:
+async def _send(
+    sandbox: SandboxCalls, snapshot: Snapshot, reply: float, *, keep_python: bool = False
+) -> tuple[dict[str, Any], bool]:
     """The restore request: the archive as its blob, or staged first in chunks when it is too big."""
     data = snapshot.data
     step = min(CHUNK_BYTES, sandbox.config.max_request_bytes - _REQUEST_SLACK)
     if len(data) <= step:
-        return await sandbox._call_raw(RestoreRequest(sha256=snapshot.sha256), reply, blob=data)
+        request = RestoreRequest(sha256=snapshot.sha256, keep_python=keep_python)
+        return await sandbox._call_raw(request, reply, blob=data)
     token = secrets.token_hex(8)
     view = memoryview(data)
     for seq, at in enumerate(range(0, len(data), step)):
         chunk = RestoreChunkRequest(token=token, seq=seq)
         await sandbox._call_raw(chunk, reply, blob=view[at : at + step])
-    return await sandbox._call_raw(RestoreRequest(sha256=snapshot.sha256, token=token), reply)
+    request = RestoreRequest(sha256=snapshot.sha256, token=token, keep_python=keep_python)
+    return await sandbox._call_raw(request, reply)
 
 
 def _seconds(value: object) -> dict[str, float]:
@@ -191,16 +206,20 @@ async def _replay(sandbox: SandboxCalls, snapshot: Snapshot, result: RestoreResu
     if snapshot.cells is None:
         result.note = "the interpreter is fresh: the snapshot's sandbox ran too many cells to record"
         return
-    result.python_state = "replayed"
     for index, cell in enumerate(snapshot.cells):
         if not cell.completed:
             result.skipped_cells += 1
             continue
         out = await sandbox.python(cell.code)
         result.replayed_cells += 1
-        if out.error is not None and cell.ok:
+        error = None
+        if out.state_lost:  # the interpreter died and a fresh one ran this cell
+            error = "the interpreter was restarted here: what the cells before it defined is gone"
+        elif out.error is not None and cell.ok:
             error = f"{out.error.ename}: {out.error.evalue}"[:500]
+        if error is not None:
             result.failed_cells.append(ReplayFailure(index=index, code=cell.code[:500], error=error))
+    result.python_state = "partly_replayed" if result.failed_cells else "replayed"
     result.note = (
         f"the interpreter was rebuilt by re-running {result.replayed_cells} recorded cell(s)"
         + (f"; {len(result.failed_cells)} failed on replay" if result.failed_cells else "")
