@@ -169,3 +169,33 @@ async def test_a_replayed_branch_has_the_parents_files_and_hears_which_cells_fai
     assert "FileNotFoundError" in b.result.messages[1].content  # the task, with the note, as the model saw it
     started = read_trace(b.trace_path)[0]
     assert isinstance(started, RunStarted) and "FileNotFoundError" in started.task
+
+
+@pytest.mark.docker
+async def test_a_branchs_time_limit_bounds_its_sandbox_setup_and_replay(sandbox_image):
+    import time
+
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+
+    scripts: dict[int, list[str | Turn]] = {SEEDS[0]: ["x\n</think>\n\nok"]}
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as parent:
+        assert (await parent.python("import time\ntime.sleep(6)\nx = 1", timeout=30)).ok
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
+            agent = Agent(client, [], sandbox=parent, config=config())
+            started = time.monotonic()
+            result = await agent.explore(
+                "go", n=1, seeds=SEEDS[:1], python_state="replay", branch_timeout_s=5
+            )
+            took = time.monotonic() - started
+            await result.aclose()
+    # The 6 s cell does not fit in what the sandbox's start left of the branch's 5 s: it is cut short or
+    # not run again, and the branch is told; the old replay took the whole 6 s on top of the limit.
+    assert took < 5.5
+    [b] = result.branches
+    assert b.sandbox_s is not None and b.sandbox_s < 5
+    assert b.python_state == "partly_replayed"
+    [failure] = b.replay_failures
+    assert "cell 0" in failure and "s limit" in failure and ("not run" in failure or "timed out" in failure)

@@ -41,6 +41,7 @@ from qwq_agent.agent.events import (
 from qwq_agent.agent.messages import Message
 from qwq_agent.agent.selection import Selection, Selector, checked, parse_select
 from qwq_agent.agent.trace import TraceError, TraceWriter
+from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Model, PromptModel, Sandbox, Usage
 from qwq_agent.tools.registry import ToolRegistry
 
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["BranchError", "branch_trace_path", "run_branches"]
 
 WARMUP_TIMEOUT_S = 120.0
+# A branch's restore (and replay) without a `branch_timeout_s`: `Sandbox.restore`'s own default.
+RESTORE_TIMEOUT_S = 120.0
 MAX_BRANCHES = 64
 
 
@@ -107,6 +110,8 @@ class _Branch:
         self.stack = AsyncExitStack()
         self.sandbox: Any = None
         self.ready = False
+        # When it must be done: `branch_timeout_s` from the start of its sandbox's setup, which counts.
+        self.deadline = Deadline.never()
 
 
 async def run_branches(
@@ -130,8 +135,9 @@ async def run_branches(
     message.
 
     `seeds` (one per branch; default: random) and `temperature` (default: the config's) make the
-    branches sample differently. `branch_timeout_s` bounds each branch (on top of its budget): a
-    branch past it is cancelled and loses with status "timeout". `on_event(index, event)` sees every
+    branches sample differently. `branch_timeout_s` bounds each branch (on top of its budget), from
+    the start of its sandbox's setup (the restore and a replay of the parent's cells included, see
+    `python_state`): a branch past it is cancelled and loses with status "timeout". `on_event(index, event)` sees every
     event of every branch as it happens. Raises `BranchError` / `SelectionError` for bad arguments,
     before anything starts. `fresh` (`Agent.explore`) starts from an empty transcript: the parent's is
     cleared once the exploration is accepted, never by one that is refused.
@@ -179,9 +185,11 @@ async def run_branches(
         else:
             first = parent._initial_messages(task)
         traces = [str(branch_trace_path(trace.path, i)) if trace else None for i in range(n)]
+        for b in branches:
+            b.deadline = Deadline.after(branch_timeout_s)
         warm, *_ = await asyncio.gather(
             _warm_prefix(parent, first, specs) if warm_prefix else _none(),
-            *(_sandbox_for(b, parent, snapshot, python_state) for b in branches),
+            *(_sandbox_for(b, parent, snapshot, python_state, branch_timeout_s) for b in branches),
         )
         emit(
             RunStarted(
@@ -303,44 +311,65 @@ async def _snapshot(sandbox: Sandbox | None) -> Snapshot | None:
 
 
 async def _sandbox_for(
-    branch: _Branch, parent: Branchable, snapshot: Snapshot | None, python_state: PythonState
+    branch: _Branch,
+    parent: Branchable,
+    snapshot: Snapshot | None,
+    python_state: PythonState,
+    limit_s: float | None,
 ) -> None:
-    """Give `branch` a sandbox holding `snapshot`; a failure makes it a losing branch, not an error.
+    """Give `branch` a sandbox holding `snapshot` by its deadline; a failure makes it a losing branch
+    (status "timeout" past the deadline), not an error.
 
     From the parent's pool when it has one (released back to it), else a sandbox started like the
     parent's (closed after use).
     """
-    pool, template = parent.sandbox_pool, parent.sandbox
-    if pool is None and template is None:
+    if parent.sandbox_pool is None and parent.sandbox is None:
         branch.ready = True  # a run without a sandbox: so are its branches
         return
     started = time.perf_counter()
+    timer = asyncio.timeout(branch.deadline.left())
     try:
-        if pool is not None:
-            sandbox = await branch.stack.enter_async_context(pool.acquire())
-        else:
-            from qwq_agent.sandbox.docker_sandbox import DockerSandbox
-
-            starting = DockerSandbox.create(template.config, engine=template.engine)
-            sandbox = await branch.stack.enter_async_context(starting)
-        if snapshot is not None:
-            restoring = time.perf_counter()
-            restored = await sandbox.restore(snapshot, python_state=python_state)
-            branch.outcome.python_state, branch.outcome.restore_note = restored.python_state, restored.note
-            branch.outcome.replay_failures = [
-                f"cell {f.index} ({_code_head(f.code)}): {f.error}" for f in restored.failed_cells
-            ]
-            if template is not None:  # the baseline's git dir came with the home: patches still work
-                from qwq_agent.agent.patch import inherit_baseline
-
-                inherit_baseline(sandbox, template)
-            branch.outcome.restore_s = time.perf_counter() - restoring
+        async with timer:
+            sandbox = await _set_up(branch, parent, snapshot, python_state)
     except Exception as exc:
-        branch.outcome.status, branch.outcome.error = "error", f"no sandbox: {type(exc).__name__}: {exc}"
+        if isinstance(exc, TimeoutError) and timer.expired():
+            why = f"the branch ran past its {limit_s:g} s limit while its sandbox was set up"
+            branch.outcome.status, branch.outcome.error = "timeout", why
+        else:
+            branch.outcome.status, branch.outcome.error = "error", f"no sandbox: {type(exc).__name__}: {exc}"
         await branch.stack.aclose()
         return
     branch.outcome.sandbox_s = time.perf_counter() - started
     branch.sandbox, branch.ready = sandbox, True
+
+
+async def _set_up(
+    branch: _Branch, parent: Branchable, snapshot: Snapshot | None, python_state: PythonState
+) -> Any:
+    """`branch`'s sandbox, held by its stack, with `snapshot` restored into it by the branch's deadline."""
+    pool, template = parent.sandbox_pool, parent.sandbox
+    if pool is not None:
+        sandbox = await branch.stack.enter_async_context(pool.acquire())
+    else:
+        from qwq_agent.sandbox.docker_sandbox import DockerSandbox
+
+        starting = DockerSandbox.create(template.config, engine=template.engine)
+        sandbox = await branch.stack.enter_async_context(starting)
+    if snapshot is not None:
+        restoring = time.perf_counter()
+        restored = await sandbox.restore(
+            snapshot, python_state=python_state, timeout=branch.deadline.clamp(RESTORE_TIMEOUT_S)
+        )
+        branch.outcome.python_state, branch.outcome.restore_note = restored.python_state, restored.note
+        branch.outcome.replay_failures = [
+            f"cell {f.index} ({_code_head(f.code)}): {f.error}" for f in restored.failed_cells
+        ]
+        if template is not None:  # the baseline's git dir came with the home: patches still work
+            from qwq_agent.agent.patch import inherit_baseline
+
+            inherit_baseline(sandbox, template)
+        branch.outcome.restore_s = time.perf_counter() - restoring
+    return sandbox
 
 
 async def _warm_prefix(parent: Branchable, messages: list[Message], specs: list[Any]) -> Usage | None:
@@ -393,7 +422,7 @@ async def _run_one(
     )
     first_usage = True
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(branch.deadline.left()):  # what its sandbox's setup left of it
             async for ev in child.stream(task, history=history, continues=continues):
                 if first_usage and isinstance(ev, UsageEvent):
                     first_usage = False

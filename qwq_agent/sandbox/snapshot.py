@@ -41,6 +41,9 @@ class RecordedCell(BaseModel):
     code: str
     ok: bool = Field(description="it ran without raising")
     completed: bool = Field(default=True, description="it ran to its end (not timed out or cancelled)")
+    timeout: float | None = Field(
+        default=None, description="the in-sandbox time limit it ran under; a replay gives it the same"
+    )
 
 
 class Snapshot(BaseModel):
@@ -104,11 +107,17 @@ class RestoreResult(Result):
     python_state: Literal["fresh", "replayed", "partly_replayed"] = Field(
         default="fresh",
         description="`replayed`: the recorded cells were re-run; `partly_replayed`: re-run, but some "
-        "that had run fine did not this time (`failed_cells`); `fresh`: an empty interpreter",
+        "that had run fine did not this time, or were not run in time (`failed_cells`); `fresh`: an "
+        "empty interpreter",
     )
     replayed_cells: int = 0
     skipped_cells: int = Field(
         default=0, description="recorded cells not replayed (they timed out originally)"
+    )
+    unreplayed_cells: int = Field(
+        default=0,
+        description="recorded cells not run because the restore's time limit came first (the first "
+        "of them is in `failed_cells`)",
     )
     failed_cells: list[ReplayFailure] = Field(default_factory=list)
     note: str = ""
