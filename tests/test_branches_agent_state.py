@@ -199,3 +199,49 @@ async def test_a_branchs_time_limit_bounds_its_sandbox_setup_and_replay(sandbox_
     assert b.python_state == "partly_replayed"
     [failure] = b.replay_failures
     assert "cell 0" in failure and "s limit" in failure and ("not run" in failure or "timed out" in failure)
+
+
+@pytest.mark.docker
+async def test_after_branch_the_parents_sandbox_holds_the_winners_files_and_interpreter(sandbox_image):
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+
+    def writes(name: str, value: int) -> list[str | Turn]:
+        code = f"open('/workspace/{name}', 'w').write('print({value})\\n')\nanswer = {value}"
+        return ["w\n</think>\n\n" + call("python", code=code), f"d\n</think>\n\nI wrote /workspace/{name}."]
+
+    scripts: dict[int, list[str | Turn]] = {
+        SEEDS[0]: writes("loser.py", 1),
+        SEEDS[1]: writes("solution.py", 42),
+        # The parent's follow-up run, continuing the winner's transcript.
+        0: [
+            "-",
+            "r\n</think>\n\n" + call("shell", command="python3 /workspace/solution.py"),
+            "e\n</think>\n\n42",
+        ],
+    }
+    tools = build_tools(["python", "shell"])
+    before = len(our_containers())
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as parent:
+        await parent.shell("echo parent > /workspace/NOTE")
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
+            agent = Agent(client, tools, sandbox=parent, config=config())
+            result = await agent.branch(
+                2, "Write solution.py", select=lambda outcomes: 1, seeds=SEEDS[:2], python_state="replay"
+            )
+            async with result:
+                assert result.winner == 1
+                assert agent.messages[-1].content == "I wrote /workspace/solution.py."
+            # The winner's sandbox is gone with the result; its files and Python state are the parent's.
+            assert agent.sandbox is parent and len(our_containers()) == before + 1
+            listed = (await parent.shell("ls /workspace")).stdout.split()
+            assert listed == ["NOTE", "solution.py"]  # the winner's file, not the loser's
+            assert (await parent.python("answer")).value == "42"
+            follow = await agent.run("Now run it", history=agent.messages)
+        assert follow.status == "completed" and follow.answer == "42"
+        ran = [m.content for m in follow.messages if m.role == "tool"][-1]
+        assert "42" in ran and "No such file" not in ran
+    assert len(our_containers()) == before
+    assert result.adopt_error is None

@@ -7,8 +7,9 @@
    transcript so far plus the task) once with a one-token request, so SGLang's radix cache holds it;
 3. then sends all branches at once, each a child `Agent` with its own sampling seed, continuing the
    same messages, so their first prompts are served from that cached prefix;
-4. selects a winner (`qwq_agent.agent.selection`); losing sandboxes are released at once, the
-   winner's is handed to the caller in the `BranchResult`.
+4. selects a winner (`qwq_agent.agent.selection`); the parent takes its transcript and, restored into
+   the parent's own sandbox, its files, so the two stay together; losing sandboxes are released at
+   once, the winner's is handed to the caller in the `BranchResult`.
 
 A branch that crashes, times out or cannot get a sandbox is a losing branch with its error. Traces: the
 parent's file holds `branches`, one `branch_end` per branch and `branch_selected`; each branch is a
@@ -37,6 +38,7 @@ from qwq_agent.agent.events import (
     Final,
     RunStarted,
     UsageEvent,
+    Warning_,
 )
 from qwq_agent.agent.messages import Message
 from qwq_agent.agent.selection import Selection, Selector, checked, parse_select
@@ -235,6 +237,16 @@ async def run_branches(
             emit(_ended(o))
         emit(BranchSelected(winner=choice.winner, reason=choice.reason))
         won = outcomes[choice.winner] if choice.winner is not None else None
+        keep = branches[choice.winner] if choice.winner is not None else None
+        adopt_error = None
+        if won is not None and won.result is not None and keep is not None:
+            adopt_error = await _hand_over(parent, keep, python_state)
+            if adopt_error is not None:
+                message = (
+                    "the parent keeps its own transcript and files: the winner's files could not be put "
+                    f"in its sandbox ({adopt_error})"
+                )
+                emit(Warning_(kind="winner_not_adopted", message=message))
         emit(
             Final(
                 status=won.status if won else "no_winner",
@@ -243,7 +255,7 @@ async def run_branches(
                 totals=_summed(outcomes),
             )
         )
-        if won is not None and won.result is not None:
+        if won is not None and won.result is not None and adopt_error is None:
             parent.messages = list(won.result.messages)
         result = BranchResult(
             winner=choice.winner,
@@ -253,8 +265,8 @@ async def run_branches(
             trace_path=str(trace.path) if trace else None,
             snapshot_id=getattr(snapshot, "id", None),
             warmup=warm,
+            adopt_error=adopt_error,
         )
-        keep = branches[choice.winner] if choice.winner is not None else None
         for b in branches:
             if b is not keep:
                 await b.stack.aclose()
@@ -370,6 +382,24 @@ async def _set_up(
             inherit_baseline(sandbox, template)
         branch.outcome.restore_s = time.perf_counter() - restoring
     return sandbox
+
+
+async def _hand_over(parent: Branchable, winner: _Branch, python_state: PythonState) -> str | None:
+    """Put the winner's files in the parent's sandbox, so that the parent's next turn (which continues the
+    winner's transcript) finds what that transcript says was done. None when done, or nothing to do.
+
+    The parent keeps its sandbox (whoever owns it still closes it), restored from a snapshot of the
+    winner's; its interpreter as `python_state` says, as each branch's was: fresh, or rebuilt by
+    replaying the winner's cells (the branch's own, after the parent's it replayed). Else why not.
+    """
+    if parent.sandbox is None or winner.sandbox is None:  # no files to keep with the transcript
+        return None
+    try:
+        snapshot = await winner.sandbox.snapshot()
+        await parent.sandbox.restore(snapshot, python_state=python_state)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 async def _warm_prefix(parent: Branchable, messages: list[Message], specs: list[Any]) -> Usage | None:

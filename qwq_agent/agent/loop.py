@@ -207,6 +207,10 @@ class Agent:
         in the branch's sandbox), ``"majority"`` (most common final answer), ``"first"`` (first branch
         that completed) or a function of the outcomes (see `qwq_agent.agent.selection`). Losing
         sandboxes are released; the winner's is `result.sandbox` until `await result.aclose()`.
+        This agent then continues from the winner: `self.messages` is its transcript and `self.sandbox`
+        (still this agent's own) is restored from its files, the interpreter as `python_state` says
+        (fresh, or rebuilt by replaying the winner's cells); if that restore fails, the agent keeps its
+        own transcript and files and `result.adopt_error` says why.
         The agent is busy until the exploration ends: `run()` and another `branch()` / `explore()` are
         refused meanwhile, as two runs at once are. An agent with `sandbox_pool=` and no sandbox of its
         own cannot branch from a transcript (`BranchError`): each run's pool sandbox is destroyed when
