@@ -133,9 +133,9 @@ async def test_coding_example_picks_the_branch_whose_tests_pass(sandbox_image, t
             for b in result.branches:
                 assert b.first_turn_cached_tokens >= 0.95 * b.first_turn_prompt_tokens > 0
             assert sorted(r.sampling_params["sampling_seed"] for r in firsts) == SEEDS[:3]
-        # The parent's own sandbox is untouched by the branches.
-        mine = await parent_sb.shell("cd /workspace && python3 -m unittest -q 2>&1 | tail -1")
-        assert "FAILED" in mine.stdout
+        # The parent continues from the winner: its own sandbox now holds the winner's fix (and its NOTE).
+        mine = await parent_sb.shell("cat /workspace/NOTE && python3 -m unittest -q 2>&1 | tail -1")
+        assert "parent-was-here" in mine.stdout and "OK" in mine.stdout and result.adopt_error is None
     assert len(our_containers()) == before
     # The parent trace links one file per branch, each a whole run.
     events = read_trace(result.trace_path)

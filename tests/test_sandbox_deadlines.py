@@ -269,3 +269,30 @@ async def test_waiting_for_a_pool_sandbox_counts_against_the_runs_wall_time(hung
     assert agent.result is not None and agent.result.status == "budget_exceeded"
     assert "before the run could start" in (agent.result.error or "")
     assert events[-1].type == "final" and not server.requests  # the model was never asked
+
+
+async def test_a_branch_waiting_for_its_pool_sandbox_times_out_with_its_branch_timeout(
+    hung: HungDaemon,
+) -> None:
+    import time
+
+    from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+    from qwq_agent.agent.loop import Agent, AgentConfig
+    from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+    # The pool's start hangs (up to its 10 s start time); the branch's 1 s covers the wait for it.
+    config = SandboxConfig(image="qwq-agent-sandbox:any", start_timeout_s=10.0)
+    async with SandboxPool(size=1, config=config, engine=DockerEngine(hung.path)) as pool:
+        async with (
+            ScriptedModelServer(["x\n</think>\n\nnever asked"]) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
+            agent = Agent(client, [], sandbox_pool=pool, config=AgentConfig(check_language=False))
+            started = time.monotonic()
+            result = await asyncio.wait_for(agent.explore("go", n=1, branch_timeout_s=1.0), GUARD_S)
+            took = time.monotonic() - started
+    assert took < 5
+    [b] = result.branches
+    assert b.status == "timeout" and "1 s limit" in (b.error or "") and "sandbox" in (b.error or "")
+    assert result.winner is None
+    assert all(r.sampling_params.get("max_new_tokens") == 1 for r in server.requests)  # only the warm-up

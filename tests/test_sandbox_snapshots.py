@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import tarfile
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -244,7 +245,8 @@ async def test_replay_rebuilds_the_interpreter_and_fresh_says_so(pair) -> None:
     assert snap.cells is not None and [c.ok for c in snap.cells] == [True, True, False, True, False]
 
     replayed = await dst.restore(snap, python_state="replay")
-    assert replayed.python_state == "replayed" and replayed.replayed_cells == 4
+    # A cell that ran fine originally raised on replay: the interpreter is only partly rebuilt.
+    assert replayed.python_state == "partly_replayed" and replayed.replayed_cells == 4
     assert replayed.skipped_cells == 1  # the cell that timed out is not run again
     assert [f.index for f in replayed.failed_cells] == [3]
     assert "FileNotFoundError" in replayed.failed_cells[0].error
@@ -255,6 +257,75 @@ async def test_replay_rebuilds_the_interpreter_and_fresh_says_so(pair) -> None:
     r = await dst.python("x")
     assert r.error is not None and r.error.ename == "NameError"
     assert (await dst.python("open('/workspace/n.txt').read()")).value == "'20\\n'"
+
+
+async def test_replay_leaves_the_files_exactly_as_the_snapshot_holds_them(pair) -> None:
+    src, dst = pair
+    await empty(src)
+    await sh(src, "echo hello > /workspace/scratch.txt")
+    assert (await src.python("with open('/workspace/results.csv', 'a') as f:\n    f.write('row\\n')")).ok
+    consume = "import os\ndata = open('/workspace/scratch.txt').read()\nos.remove('/workspace/scratch.txt')"
+    assert (await src.python(consume)).ok
+    assert (await src.python("kept = 7")).ok
+    snap = await src.snapshot()
+    want = await sh(src, LISTING)
+    assert "results.csv" in want and "scratch.txt" not in want
+
+    result = await dst.restore(snap, python_state="replay")
+    # The replayed cells appended their row again and found no scratch file: the files were put back
+    # after the replay, exactly as the snapshot holds them.
+    assert await sh(dst, LISTING) == want
+    assert await sh(dst, "cat /workspace/results.csv") == "row\n"
+    # The interpreter keeps what the replay built; the cell that failed is named, and said so.
+    assert result.replayed_cells == 3 and [f.index for f in result.failed_cells] == [1]
+    assert "FileNotFoundError" in result.failed_cells[0].error
+    assert result.python_state == "partly_replayed" and "1 failed on replay" in result.note
+    assert (await dst.python("kept")).value == "7"
+    missing = await dst.python("data")
+    assert missing.error is not None and missing.error.ename == "NameError"
+
+
+async def test_a_replayed_cell_gets_the_limit_it_ran_under(pair) -> None:
+    src, dst = pair
+    await empty(src)
+    await sh(src, "echo 0.1 > /workspace/d")
+    nap = "import time\ntime.sleep(float(open('/workspace/d').read()))\nslept = 1"
+    assert (await src.python(nap, timeout=2)).ok
+    await sh(src, "echo 30 > /workspace/d")  # the same cell, replayed, would now sleep 30 s
+    assert (await src.python("after = 2")).ok
+    snap = await src.snapshot()
+    assert snap.cells is not None and [c.timeout for c in snap.cells] == [2, src.config.python_timeout_s]
+
+    started = time.monotonic()
+    result = await dst.restore(snap, python_state="replay")
+    # Its own 2 s limit, not the 60 s default (which let the replay sleep the whole 30 s).
+    assert time.monotonic() - started < 10
+    assert [f.index for f in result.failed_cells] == [0] and "timed out" in result.failed_cells[0].error
+    assert result.python_state == "partly_replayed" and result.replayed_cells == 2
+    assert (await dst.python("after")).value == "2"
+
+
+async def test_a_replay_ends_within_the_restores_time_limit(pair) -> None:
+    src, dst = pair
+    await empty(src)
+    assert (await src.python("x = 1")).ok
+    assert (await src.python("import time\ntime.sleep(4)\ny = 2", timeout=30)).ok
+    assert (await src.python("z = 3")).ok
+    snap = await src.snapshot()
+
+    started = time.monotonic()
+    result = await dst.restore(snap, python_state="replay", timeout=5)
+    # The first cell runs; the 4 s one gets only what is left of the 5 s (less the interrupt's grace)
+    # and is interrupted; then no time is left to start the last one. The old replay took the whole
+    # history again, whatever the limit.
+    assert time.monotonic() - started < 3.5
+    assert result.replayed_cells == 2 and result.unreplayed_cells == 1
+    [cut, unrun] = result.failed_cells
+    assert cut.index == 1 and "timed out" in cut.error and "5 s limit" in cut.error
+    assert unrun.index == 2 and "not run" in unrun.error and "5 s limit" in unrun.error
+    assert result.python_state == "partly_replayed" and "not run" in result.note
+    assert (await dst.python("x")).value == "1"
+    assert (await dst.python("y")).error is not None
 
 
 async def test_restore_stops_the_old_interpreter_writing_into_the_workspace(pair) -> None:

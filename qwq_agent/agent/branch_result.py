@@ -31,8 +31,12 @@ class BranchOutcome(BaseModel):
     # (None: no sandbox, or no snapshot to restore).
     sandbox_s: float | None = None
     restore_s: float | None = None
-    # How the restore left the Python interpreter: "fresh" or "replayed" (the parent's cells re-run).
+    # How the restore left the Python interpreter: "fresh", "replayed" (the parent's cells re-run) or
+    # "partly_replayed" (re-run, but some that had run fine did not: `replay_failures`, one line each,
+    # which the branch's model was also told in its first prompt); `restore_note` says it in words.
     python_state: str | None = None
+    replay_failures: list[str] = Field(default_factory=list)
+    restore_note: str | None = None
     result: RunResult | None = None
 
 
@@ -41,7 +45,8 @@ class BranchResult(BaseModel):
 
     `winner` is the index of the selected branch (None when no branch was selected: `reason` says
     why). The winner's sandbox stays open as `sandbox` for the caller until `await result.aclose()`
-    (or the end of `async with result:`); every other branch's sandbox is already released.
+    (or the end of `async with result:`); every other branch's sandbox is already released. The
+    agent branched from has taken the winner's transcript and files already (`adopt_error`: why not).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -54,6 +59,9 @@ class BranchResult(BaseModel):
     snapshot_id: str | None = None
     # The one request that prefilled the shared prefix before the branches were sent (None: skipped).
     warmup: Usage | None = None
+    # Why the parent agent did not take the winner's transcript and files (its sandbox could not be
+    # restored from the winner's; it then keeps its own of both). None: it did, or there was no winner.
+    adopt_error: str | None = None
     sandbox: Any = Field(default=None, exclude=True)
     _release: Callable[[], Awaitable[None]] | None = PrivateAttr(default=None)
 

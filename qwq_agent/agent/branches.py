@@ -8,8 +8,9 @@
 3. then sends all branches at once, each a child `Agent` with its own sampling seed, continuing the
    same messages, so their first prompts are served from that cached prefix;
 4. selects a winner (`qwq_agent.agent.selection`; a `tests:` check runs on each branch's patch in a
-   fresh sandbox of the start state, see `_checkout`); losing sandboxes are released at once, the
-   winner's is handed to the caller in the `BranchResult`.
+   fresh sandbox of the start state, see `_checkout`); the parent takes its transcript and, restored
+   into the parent's own sandbox, its files, so the two stay together; losing sandboxes are released at
+   once, the winner's is handed to the caller in the `BranchResult`.
 
 A branch that crashes, times out or cannot get a sandbox is a losing branch with its error. Traces: the
 parent's file holds `branches`, one `branch_end` per branch and `branch_selected`; each branch is a
@@ -38,6 +39,7 @@ from qwq_agent.agent.events import (
     Final,
     RunStarted,
     UsageEvent,
+    Warning_,
 )
 from qwq_agent.agent.messages import Message
 from qwq_agent.agent.selection import (
@@ -50,6 +52,7 @@ from qwq_agent.agent.selection import (
     parse_select,
 )
 from qwq_agent.agent.trace import TraceError, TraceWriter
+from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Model, PromptModel, Sandbox, Usage
 from qwq_agent.tools.registry import ToolRegistry
 
@@ -59,6 +62,8 @@ if TYPE_CHECKING:
 __all__ = ["BranchError", "branch_trace_path", "run_branches"]
 
 WARMUP_TIMEOUT_S = 120.0
+# A branch's restore (and replay) without a `branch_timeout_s`: `Sandbox.restore`'s own default.
+RESTORE_TIMEOUT_S = 120.0
 MAX_BRANCHES = 64
 
 
@@ -119,6 +124,8 @@ class _Branch:
         # How many times the sandbox's container had been replaced when the branch began: more at the
         # end means it died meanwhile, and what it holds now is not the branch's work.
         self.replacements = 0
+        # When it must be done: `branch_timeout_s` from the start of its sandbox's setup, which counts.
+        self.deadline = Deadline.never()
 
     @property
     def lost(self) -> bool:
@@ -138,6 +145,7 @@ async def run_branches(
     branch_timeout_s: float | None = None,
     warm_prefix: bool = True,
     on_event: Callable[[int, Event], None] | None = None,
+    fresh: bool = False,
 ) -> BranchResult:
     """Run `task` in `n` concurrent branches of `parent`'s state and select one (see the module doc).
 
@@ -146,16 +154,18 @@ async def run_branches(
     message.
 
     `seeds` (one per branch; default: random) and `temperature` (default: the config's) make the
-    branches sample differently. `branch_timeout_s` bounds each branch (on top of its budget): a
-    branch past it is cancelled and loses with status "timeout". `on_event(index, event)` sees every
+    branches sample differently. `branch_timeout_s` bounds each branch (on top of its budget), from
+    the start of its sandbox's setup (the restore and a replay of the parent's cells included, see
+    `python_state`): a branch past it is cancelled and loses with status "timeout". `on_event(index, event)` sees every
     event of every branch as it happens. Raises `BranchError` / `SelectionError` for bad arguments,
-    before anything starts.
+    before anything starts. `fresh` (`Agent.explore`) starts from an empty transcript: the parent's is
+    cleared once the exploration is accepted, never by one that is refused.
     """
     if not 1 <= n <= MAX_BRANCHES:
         raise BranchError(f"n must be between 1 and {MAX_BRANCHES}, got {n}")
     if seeds is not None and len(seeds) != n:
         raise BranchError(f"{len(seeds)} seeds given for {n} branches: give one per branch")
-    if parent._running:  # its transcript is still changing: branch after its run ends
+    if parent._running:  # its transcript is still changing: branch after its run (or exploration) ends
         raise BranchError("the agent is running a task: branch from it after its run ends")
     selector = parse_select(select)
     if isinstance(selector, Verifier) and parent.sandbox is None and parent.sandbox_pool is None:
@@ -164,7 +174,7 @@ async def run_branches(
             f"'{selector.label}' needs a sandbox to run its command in, and the agent has none: "
             "give it a sandbox (or a sandbox pool), or select with 'majority', 'first' or a function"
         )
-    history = list(parent.messages)
+    history = [] if fresh else list(parent.messages)
     continues = task is None
     if continues:
         if not history or history[-1].role not in ("user", "tool"):
@@ -173,12 +183,23 @@ async def run_branches(
             )
         task = next((m.content for m in history if m.role == "user"), "")
     assert task is not None
+    if history and parent.sandbox is None and parent.sandbox_pool is not None:
+        raise BranchError(
+            "this agent has no sandbox of its own: the sandbox_pool sandbox of its last run was destroyed "
+            "when the run ended, so the files its transcript speaks of are gone; explore() starts from "
+            "nothing, or give the agent a sandbox (sandbox=) to branch from its files"
+        )
+    if fresh:
+        parent.messages = []
     seeds = list(seeds) if seeds is not None else [random.randrange(2**31) for _ in range(n)]
     branches = [_Branch(i, s) for i, s in enumerate(seeds)]
     trace = _open_parent_trace(parent)
     # Known to the caller from now on: a Ctrl-C before `run_branches` returns still has a trace to name.
     parent.exploration_trace = trace.path if trace is not None else None
     emit = _emitter(parent, trace)
+    # The parent is busy until the exploration ends: a run or another exploration meanwhile is refused,
+    # as two runs at once are (the winner's transcript replaces the parent's at the end).
+    parent._running = True
     try:
         snapshot = await _snapshot(parent.sandbox)
         specs = parent.tools.specs()
@@ -189,9 +210,11 @@ async def run_branches(
         else:
             first = parent._initial_messages(task)
         traces = [str(branch_trace_path(trace.path, i)) if trace else None for i in range(n)]
+        for b in branches:
+            b.deadline = Deadline.after(branch_timeout_s)
         warm, *_ = await asyncio.gather(
             _warm_prefix(parent, first, specs) if warm_prefix else _none(),
-            *(_sandbox_for(b, parent, snapshot, python_state) for b in branches),
+            *(_sandbox_for(b, parent, snapshot, python_state, branch_timeout_s) for b in branches),
         )
         emit(
             RunStarted(
@@ -245,6 +268,16 @@ async def run_branches(
             emit(_ended(o))
         emit(BranchSelected(winner=choice.winner, reason=choice.reason))
         won = outcomes[choice.winner] if choice.winner is not None else None
+        keep = branches[choice.winner] if choice.winner is not None else None
+        adopt_error = None
+        if won is not None and won.result is not None and keep is not None:
+            adopt_error = await _hand_over(parent, keep, python_state)
+            if adopt_error is not None:
+                message = (
+                    "the parent keeps its own transcript and files: the winner's files could not be put "
+                    f"in its sandbox ({adopt_error})"
+                )
+                emit(Warning_(kind="winner_not_adopted", message=message))
         emit(
             Final(
                 status=won.status if won else "no_winner",
@@ -253,7 +286,7 @@ async def run_branches(
                 totals=_summed(outcomes),
             )
         )
-        if won is not None and won.result is not None:
+        if won is not None and won.result is not None and adopt_error is None:
             parent.messages = list(won.result.messages)
         result = BranchResult(
             winner=choice.winner,
@@ -263,8 +296,8 @@ async def run_branches(
             trace_path=str(trace.path) if trace else None,
             snapshot_id=getattr(snapshot, "id", None),
             warmup=warm,
+            adopt_error=adopt_error,
         )
-        keep = branches[choice.winner] if choice.winner is not None else None
         for b in branches:
             if b is not keep:
                 await b.stack.aclose()
@@ -287,6 +320,7 @@ async def run_branches(
             await b.stack.aclose()
         raise
     finally:
+        parent._running = False
         if trace is not None:
             trace.close()
 
@@ -320,37 +354,32 @@ async def _snapshot(sandbox: Sandbox | None) -> Snapshot | None:
 
 
 async def _sandbox_for(
-    branch: _Branch, parent: Branchable, snapshot: Snapshot | None, python_state: PythonState
+    branch: _Branch,
+    parent: Branchable,
+    snapshot: Snapshot | None,
+    python_state: PythonState,
+    limit_s: float | None,
 ) -> None:
-    """Give `branch` a sandbox holding `snapshot`; a failure makes it a losing branch, not an error.
+    """Give `branch` a sandbox holding `snapshot` by its deadline; a failure makes it a losing branch
+    (status "timeout" past the deadline), not an error.
 
     From the parent's pool when it has one (released back to it), else a sandbox started like the
     parent's (closed after use).
     """
-    pool, template = parent.sandbox_pool, parent.sandbox
-    if pool is None and template is None:
+    if parent.sandbox_pool is None and parent.sandbox is None:
         branch.ready = True  # a run without a sandbox: so are its branches
         return
     started = time.perf_counter()
+    timer = asyncio.timeout(branch.deadline.left())
     try:
-        if pool is not None:
-            sandbox = await branch.stack.enter_async_context(pool.acquire())
-        else:
-            from qwq_agent.sandbox.docker_sandbox import DockerSandbox
-
-            starting = DockerSandbox.create(template.config, engine=template.engine)
-            sandbox = await branch.stack.enter_async_context(starting)
-        if snapshot is not None:
-            restoring = time.perf_counter()
-            restored = await sandbox.restore(snapshot, python_state=python_state)
-            branch.outcome.python_state = restored.python_state
-            if template is not None:  # the baseline's git dir came with the home: patches still work
-                from qwq_agent.agent.patch import inherit_baseline
-
-                inherit_baseline(sandbox, template)
-            branch.outcome.restore_s = time.perf_counter() - restoring
+        async with timer:
+            sandbox = await _set_up(branch, parent, snapshot, python_state)
     except Exception as exc:
-        branch.outcome.status, branch.outcome.error = "error", f"no sandbox: {type(exc).__name__}: {exc}"
+        if isinstance(exc, TimeoutError) and timer.expired():
+            why = f"the branch ran past its {limit_s:g} s limit while its sandbox was set up"
+            branch.outcome.status, branch.outcome.error = "timeout", why
+        else:
+            branch.outcome.status, branch.outcome.error = "error", f"no sandbox: {type(exc).__name__}: {exc}"
         await branch.stack.aclose()
         return
     branch.outcome.sandbox_s = time.perf_counter() - started
@@ -389,6 +418,53 @@ def _checkout(parent: Branchable, snapshot: Snapshot | None) -> Checkout | None:
     return checkout
 
 
+async def _set_up(
+    branch: _Branch, parent: Branchable, snapshot: Snapshot | None, python_state: PythonState
+) -> Any:
+    """`branch`'s sandbox, held by its stack, with `snapshot` restored into it by the branch's deadline."""
+    pool, template = parent.sandbox_pool, parent.sandbox
+    if pool is not None:
+        sandbox = await branch.stack.enter_async_context(pool.acquire())
+    else:
+        from qwq_agent.sandbox.docker_sandbox import DockerSandbox
+
+        starting = DockerSandbox.create(template.config, engine=template.engine)
+        sandbox = await branch.stack.enter_async_context(starting)
+    if snapshot is not None:
+        restoring = time.perf_counter()
+        restored = await sandbox.restore(
+            snapshot, python_state=python_state, timeout=branch.deadline.clamp(RESTORE_TIMEOUT_S)
+        )
+        branch.outcome.python_state, branch.outcome.restore_note = restored.python_state, restored.note
+        branch.outcome.replay_failures = [
+            f"cell {f.index} ({_code_head(f.code)}): {f.error}" for f in restored.failed_cells
+        ]
+        if template is not None:  # the baseline's git dir came with the home: patches still work
+            from qwq_agent.agent.patch import inherit_baseline
+
+            inherit_baseline(sandbox, template)
+        branch.outcome.restore_s = time.perf_counter() - restoring
+    return sandbox
+
+
+async def _hand_over(parent: Branchable, winner: _Branch, python_state: PythonState) -> str | None:
+    """Put the winner's files in the parent's sandbox, so that the parent's next turn (which continues the
+    winner's transcript) finds what that transcript says was done. None when done, or nothing to do.
+
+    The parent keeps its sandbox (whoever owns it still closes it), restored from a snapshot of the
+    winner's; its interpreter as `python_state` says, as each branch's was: fresh, or rebuilt by
+    replaying the winner's cells (the branch's own, after the parent's it replayed). Else why not.
+    """
+    if parent.sandbox is None or winner.sandbox is None:  # no files to keep with the transcript
+        return None
+    try:
+        snapshot = await winner.sandbox.snapshot()
+        await parent.sandbox.restore(snapshot, python_state=python_state)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 async def _warm_prefix(parent: Branchable, messages: list[Message], specs: list[Any]) -> Usage | None:
     """Prefill the branches' shared first prompt once (one generated token), so all of them hit the cache.
 
@@ -425,6 +501,12 @@ async def _run_one(
     sampling = parent.config.sampling.model_copy(
         update={"seed": out.seed, **({"temperature": temperature} if temperature is not None else {})}
     )
+    note = _replay_note(out)
+    if note is not None:  # told with the branch's first prompt: in its task, or as the turn it answers
+        if continues:
+            history = [*history, Message(role="user", content=note)]
+        else:
+            task = f"{task}\n\n{note}"
     child = parent._child(
         f"{parent.run_id}-b{branch.index}",
         sandbox=branch.sandbox,
@@ -433,7 +515,7 @@ async def _run_one(
     )
     first_usage = True
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(branch.deadline.left()):  # what its sandbox's setup left of it
             async for ev in child.stream(task, history=history, continues=continues):
                 if first_usage and isinstance(ev, UsageEvent):
                     first_usage = False
@@ -508,4 +590,26 @@ def _ended(o: BranchOutcome) -> BranchEnded:
         trace=o.trace_path,
         first_turn_cached_tokens=o.first_turn_cached_tokens,
         first_turn_prompt_tokens=o.first_turn_prompt_tokens,
+        python_state=o.python_state,
+        replay_failures=o.replay_failures,
+    )
+
+
+def _code_head(code: str, limit: int = 120) -> str:
+    """A cell on one line (its lines joined by "; "), cut to `limit` characters, for a mention."""
+    line = "; ".join(x.strip() for x in code.splitlines() if x.strip())
+    return f"`{line[:limit]}`" + (" ..." if len(line) > limit else "")
+
+
+def _replay_note(outcome: BranchOutcome) -> str | None:
+    """What the branch's model is told when the parent's Python state came back incomplete, else None.
+
+    Its transcript says those cells ran fine; without this it would rely on what they defined.
+    """
+    if not outcome.replay_failures:
+        return None
+    return (
+        "[Note: this sandbox was restored from a snapshot, with its files exactly as they were, and its "
+        "Python interpreter was rebuilt by running the earlier cells again. These did not run as before, "
+        "so what they defined may be missing: " + "; ".join(outcome.replay_failures) + "]"
     )

@@ -198,6 +198,9 @@ class BranchEnded(_Event):
     trace: str | None = None
     first_turn_cached_tokens: int = 0
     first_turn_prompt_tokens: int = 0
+    # How its sandbox's interpreter was restored, and the parent's cells that failed on replay.
+    python_state: str | None = None
+    replay_failures: list[str] = Field(default_factory=list)
 
 
 class BranchSelected(_Event):

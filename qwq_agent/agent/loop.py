@@ -207,14 +207,26 @@ class Agent:
         in the branch's sandbox), ``"majority"`` (most common final answer), ``"first"`` (first branch
         that completed) or a function of the outcomes (see `qwq_agent.agent.selection`). Losing
         sandboxes are released; the winner's is `result.sandbox` until `await result.aclose()`.
+        This agent then continues from the winner: `self.messages` is its transcript and `self.sandbox`
+        (still this agent's own) is restored from its files, the interpreter as `python_state` says
+        (fresh, or rebuilt by replaying the winner's cells); if that restore fails, the agent keeps its
+        own transcript and files and `result.adopt_error` says why.
+        The agent is busy until the exploration ends: `run()` and another `branch()` / `explore()` are
+        refused meanwhile, as two runs at once are. An agent with `sandbox_pool=` and no sandbox of its
+        own cannot branch from a transcript (`BranchError`): each run's pool sandbox is destroyed when
+        the run ends, so the files its transcript speaks of are gone (`explore()` starts from nothing
+        and works; to branch from a run's files, give the agent a sandbox with `sandbox=`).
         Options: see `qwq_agent.agent.branches.run_branches`.
         """
         return await run_branches(self, n, task, select=select, **options)
 
     async def explore(self, task: str, n: int = 8, *, select: Any = "first", **options: Any) -> BranchResult:
-        """`n` concurrent attempts at `task` from a fresh conversation (see `branch`); one is selected."""
-        self.messages = []
-        return await self.branch(n, task, select=select, **options)
+        """`n` concurrent attempts at `task` from a fresh conversation (see `branch`); one is selected.
+
+        The transcript is cleared only once the exploration is accepted: one refused (bad arguments, or
+        this agent is running a task) leaves it as it was.
+        """
+        return await run_branches(self, n, task, select=select, fresh=True, **options)
 
     def _child(self, run_id: str, *, sandbox: Any, config: AgentConfig, trace_path: str | None) -> Agent:
         """A branch's agent: this one's model, tools, admission, tool options and approver."""
@@ -302,6 +314,9 @@ class Agent:
             takes_deadline = "deadline" in inspect.signature(acquire).parameters
             cm = acquire(deadline=deadline) if takes_deadline else acquire()
             self.sandbox = await stack.enter_async_context(cm)
+            # Released (destroyed) when the run ends: forget it then, so the next run acquires again
+            # rather than calling a dead sandbox (and `branch()` does not snapshot one).
+            stack.callback(setattr, self, "sandbox", None)
 
     async def _context_length(self) -> int | None:
         """The model's context length: configured, or asked once from the server (None if unknown)."""

@@ -99,6 +99,12 @@ class SandboxCalls(SandboxContainer):
             limit = deadline.clamp(limit, reserve=self.config.interrupt_grace_s + DEADLINE_SLACK_S) or 0.0
         return max(MIN_TIMEOUT_S, limit)
 
+    def _limit(self, timeout: float | None, deadline: Deadline | None, default: float) -> float:
+        """The in-sandbox limit a call runs under: `timeout` (else `default`), clamped to `deadline`."""
+        if deadline is not None:
+            return self.clamp_timeout(timeout, deadline, default)
+        return timeout or default
+
     # ------------------------------------------------------------------------------------------ operations
 
     # `timeout` is enforced inside the sandbox (interrupt, then kill), which asyncio.timeout cannot do.
@@ -118,11 +124,13 @@ class SandboxCalls(SandboxContainer):
         `on_output`, output is passed to it while the cell runs (coalesced, at most `stream_limit`
         bytes); the result holds all of it regardless.
         """
+        # The limit it runs under is recorded with it: a replay of the cell gets the same.
+        limit = self._limit(timeout, deadline, self.config.python_timeout_s)
         result = await self._timed_call(
             PythonRequest, PythonResult, {"code": code}, self.config.python_timeout_s,
-            timeout, deadline, on_output, stream_limit,
+            limit, deadline, on_output, stream_limit,
         )  # fmt: skip
-        self.cells.record(code, result)
+        self.cells.record(code, result, limit)
         return result
 
     async def reset_python(self, *, timeout: float = 60.0) -> PythonResetResult:
@@ -166,12 +174,10 @@ class SandboxCalls(SandboxContainer):
         stream_limit: int,
     ) -> R:
         """A python or shell call: its time limit clamped to `deadline`, its output relayed if asked."""
-        if deadline is not None:
-            timeout = self.clamp_timeout(timeout, deadline, default_timeout)
         with _checked():
             req = request_type(
                 **fields,
-                timeout=timeout or default_timeout,
+                timeout=self._limit(timeout, deadline, default_timeout),
                 stream_limit=stream_limit if on_output is not None else None,
             )
         relay = OutputRelay(on_output, stream_limit) if on_output is not None else None

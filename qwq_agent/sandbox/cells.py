@@ -21,8 +21,9 @@ class CellLog:
         self.code_bytes = 0
         self.overflowed = False
 
-    def record(self, code: str, result: PythonResult) -> None:
-        """Note a cell that ran; a result saying the interpreter's state was lost starts the log over."""
+    def record(self, code: str, result: PythonResult, timeout: float | None = None) -> None:
+        """Note a cell that ran (under the in-sandbox limit `timeout`); a result saying the interpreter's
+        state was lost starts the log over."""
         if result.state_lost:
             self.reset()
         if self.overflowed:
@@ -32,7 +33,9 @@ class CellLog:
             self.cells, self.overflowed = [], True
             return
         completed = not (result.timed_out or result.cancelled)
-        self.cells.append(RecordedCell(code=code, ok=result.ok and completed, completed=completed))
+        self.cells.append(
+            RecordedCell(code=code, ok=result.ok and completed, completed=completed, timeout=timeout)
+        )
 
     def reset(self) -> None:
         """The interpreter starts fresh: forget every cell."""

@@ -41,6 +41,9 @@ class RecordedCell(BaseModel):
     code: str
     ok: bool = Field(description="it ran without raising")
     completed: bool = Field(default=True, description="it ran to its end (not timed out or cancelled)")
+    timeout: float | None = Field(
+        default=None, description="the in-sandbox time limit it ran under; a replay gives it the same"
+    )
 
 
 class Snapshot(BaseModel):
@@ -88,7 +91,7 @@ class Snapshot(BaseModel):
 
 
 class ReplayFailure(BaseModel):
-    """A recorded cell that ran without error originally but raised on replay."""
+    """A recorded cell that ran without error originally but raised (or timed out) on replay."""
 
     index: int
     code: str
@@ -101,13 +104,20 @@ class RestoreResult(Result):
     snapshot_id: str
     entries: int = 0
     bytes: int = Field(default=0, description="file bytes written in the sandbox")
-    python_state: Literal["fresh", "replayed"] = Field(
+    python_state: Literal["fresh", "replayed", "partly_replayed"] = Field(
         default="fresh",
-        description="`replayed`: the recorded cells were re-run; `fresh`: an empty interpreter",
+        description="`replayed`: the recorded cells were re-run; `partly_replayed`: re-run, but some "
+        "that had run fine did not this time, or were not run in time (`failed_cells`); `fresh`: an "
+        "empty interpreter",
     )
     replayed_cells: int = 0
     skipped_cells: int = Field(
         default=0, description="recorded cells not replayed (they timed out originally)"
+    )
+    unreplayed_cells: int = Field(
+        default=0,
+        description="recorded cells not run because the restore's time limit came first (the first "
+        "of them is in `failed_cells`)",
     )
     failed_cells: list[ReplayFailure] = Field(default_factory=list)
     note: str = ""
@@ -140,3 +150,6 @@ class RestoreRequest(Request):
     op: Literal["restore"] = "restore"
     sha256: str
     token: str | None = Field(default=None, description="an archive staged with restore_chunk")
+    keep_python: bool = Field(
+        default=False, description="leave the interpreter as it is (the files again, after a replay)"
+    )

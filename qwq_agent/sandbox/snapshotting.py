@@ -21,7 +21,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from qwq_agent.sandbox.calls import SandboxCalls
+from qwq_agent.deadline import Deadline
+from qwq_agent.sandbox.calls import DEADLINE_SLACK_S, MIN_TIMEOUT_S, SandboxCalls
 from qwq_agent.sandbox.errors import (
     InvalidRequest,
     SandboxDead,
@@ -144,8 +145,11 @@ async def restore_snapshot(
             f"snapshot {snapshot.id}'s archive does not match its sha256 (changed since it was taken); "
             "nothing was restored"
         )
+    # One limit for all of it: the files, the replay, and the files again after the replay.
+    ends = time.monotonic() + timeout
     reply = sandbox._grace(timeout)
     try:
+        sending = time.monotonic()
         raw, replaced = await _send(sandbox, snapshot, reply)
     except ToolError:
         sandbox.cells.reset()  # it failed after the interpreter was restarted and the roots emptied
@@ -160,25 +164,43 @@ async def restore_snapshot(
         sandbox_seconds=_seconds(raw.get("seconds")),
     )
     if python_state == "replay":
-        await _replay(sandbox, snapshot, result)
+        # The cells get what is left, less the time to put the files back once more afterwards (as
+        # long as they took now, and some slack).
+        files_s = time.monotonic() - sending
+        await _replay(sandbox, snapshot, result, Deadline(at=ends - files_s - DEADLINE_SLACK_S), timeout)
+        if result.replayed_cells:
+            # The cells ran on the restored files, so their file side effects happened a second time (a
+            # row appended again, a file written over): put the files back exactly as the snapshot holds
+            # them, keeping the interpreter the replay built.
+            _, replaced = await _send(sandbox, snapshot, reply, keep_python=True)
+            if replaced:  # the container died during the replay: its replacement's interpreter is empty
+                sandbox.cells.reset()
+                result.sandbox_replaced, result.python_state = True, "fresh"
+                result.note = (
+                    "the sandbox died during the replay: its files are back, its interpreter is fresh"
+                )
     else:
         result.note = "the interpreter is fresh: no cell of the snapshot was run"
     result.duration_s = time.perf_counter() - started
     return result
 
 
-async def _send(sandbox: SandboxCalls, snapshot: Snapshot, reply: float) -> tuple[dict[str, Any], bool]:
+async def _send(
+    sandbox: SandboxCalls, snapshot: Snapshot, reply: float, *, keep_python: bool = False
+) -> tuple[dict[str, Any], bool]:
     """The restore request: the archive as its blob, or staged first in chunks when it is too big."""
     data = snapshot.data
     step = min(CHUNK_BYTES, sandbox.config.max_request_bytes - _REQUEST_SLACK)
     if len(data) <= step:
-        return await sandbox._call_raw(RestoreRequest(sha256=snapshot.sha256), reply, blob=data)
+        request = RestoreRequest(sha256=snapshot.sha256, keep_python=keep_python)
+        return await sandbox._call_raw(request, reply, blob=data)
     token = secrets.token_hex(8)
     view = memoryview(data)
     for seq, at in enumerate(range(0, len(data), step)):
         chunk = RestoreChunkRequest(token=token, seq=seq)
         await sandbox._call_raw(chunk, reply, blob=view[at : at + step])
-    return await sandbox._call_raw(RestoreRequest(sha256=snapshot.sha256, token=token), reply)
+    request = RestoreRequest(sha256=snapshot.sha256, token=token, keep_python=keep_python)
+    return await sandbox._call_raw(request, reply)
 
 
 def _seconds(value: object) -> dict[str, float]:
@@ -187,24 +209,54 @@ def _seconds(value: object) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float)}
 
 
-async def _replay(sandbox: SandboxCalls, snapshot: Snapshot, result: RestoreResult) -> None:
+async def _replay(
+    sandbox: SandboxCalls, snapshot: Snapshot, result: RestoreResult, deadline: Deadline, limit_s: float
+) -> None:
+    """Re-run the snapshot's cells, each under the limit it ran under, all of them by `deadline`.
+
+    A cell that cannot start with time enough to report back before it is not run, nor is any after it
+    (they build on it); the first such cell is named in `failed_cells`, all are counted.
+    """
     if snapshot.cells is None:
         result.note = "the interpreter is fresh: the snapshot's sandbox ran too many cells to record"
         return
-    result.python_state = "replayed"
+    # What a cell's result needs after its limit: the interrupt's grace and the reply (`clamp_timeout`).
+    reserve = sandbox.config.interrupt_grace_s + DEADLINE_SLACK_S
     for index, cell in enumerate(snapshot.cells):
         if not cell.completed:
             result.skipped_cells += 1
             continue
-        out = await sandbox.python(cell.code)
+        left = deadline.left(reserve)
+        if left is not None and left <= MIN_TIMEOUT_S:
+            result.unreplayed_cells = sum(c.completed for c in snapshot.cells[index:])
+            late = f"not run: the restore's {limit_s:.3g} s limit was reached (nor were the cells after it)"
+            result.failed_cells.append(ReplayFailure(index=index, code=cell.code[:500], error=late))
+            break
+        own = cell.timeout or sandbox.config.python_timeout_s
+        given = sandbox.clamp_timeout(own, deadline)
+        out = await sandbox.python(cell.code, timeout=given, deadline=deadline)
         result.replayed_cells += 1
-        if out.error is not None and cell.ok:
+        error: str | None = None
+        if out.state_lost:  # the interpreter died and a fresh one ran this cell
+            error = "the interpreter was restarted here: what the cells before it defined is gone"
+        elif cell.ok and out.timed_out:
+            why = f"cut to fit the restore's {limit_s:.3g} s limit" if given < own else "its original limit"
+            error = f"timed out on replay after {given:.3g} s ({why})"
+        elif out.error is not None and cell.ok:
             error = f"{out.error.ename}: {out.error.evalue}"[:500]
+        if error is not None:
             result.failed_cells.append(ReplayFailure(index=index, code=cell.code[:500], error=error))
+    result.python_state = "partly_replayed" if result.failed_cells else "replayed"
+    failed = len(result.failed_cells) - (1 if result.unreplayed_cells else 0)
     result.note = (
         f"the interpreter was rebuilt by re-running {result.replayed_cells} recorded cell(s)"
-        + (f"; {len(result.failed_cells)} failed on replay" if result.failed_cells else "")
+        + (f"; {failed} failed on replay" if failed else "")
         + (f"; {result.skipped_cells} that had timed out were skipped" if result.skipped_cells else "")
+        + (
+            f"; {result.unreplayed_cells} not run: the restore's {limit_s:.3g} s limit was reached"
+            if result.unreplayed_cells
+            else ""
+        )
     )
 
 
@@ -225,7 +277,9 @@ class SnapshotOps(SandboxCalls):
         """Replace /workspace and home with `snapshot`'s files (owned by the user), verified by sha256.
 
         The interpreter is restarted (if it ran anything); with `python_state="replay"` the snapshot's
-        recorded cells are re-run and the result says which failed, else it reports `fresh`.
+        recorded cells are re-run, each under the limit it ran under, and the result says which failed,
+        else it reports `fresh`. `timeout` bounds all of it, the replay included: cells that no longer
+        fit are not run (`unreplayed_cells`).
         """
         self.last_restore = await restore_snapshot(self, snapshot, python_state=python_state, timeout=timeout)
         return self.last_restore

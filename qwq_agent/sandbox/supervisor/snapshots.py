@@ -316,7 +316,10 @@ def restore(args, staging, reset_interpreter):
     t1 = time.monotonic()
     members = check_archive(data)
     t2 = time.monotonic()
-    reset_interpreter()  # nothing of the old state may keep writing while the files are replaced
+    if not args.get("keep_python"):
+        reset_interpreter()  # nothing of the old state may keep writing while the files are replaced
+    # `keep_python`: the files again after a replay, whose cells redid their file side effects on top of
+    # them; the interpreter they rebuilt is kept (the host sends nothing else while it restores).
     for root in ROOTS.values():
         clear(root)
     t3 = time.monotonic()
