@@ -359,6 +359,37 @@ def test_hostile_html_is_parsed_in_linear_time() -> None:
     assert sections[0].heading == "Radix" and "radix cache notes" in sections[0].body
 
 
+def test_html_that_never_closes_is_parsed_in_linear_time_and_a_huge_page_is_cut_at_a_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from html_probe import count_failed_scans
+
+    from qwq_agent.docindex.extract import MAX_HTML_CHARS, extract
+
+    # Each unclosed `<!--` rescanned to the end of the page for `-->` (140 KB: seconds, 2 MB: about
+    # 9 minutes), with no deadline in the indexer at all; a linear parse fails a couple of scans at most.
+    failed = count_failed_scans(monkeypatch)
+    data = b"<html><body><h1>Radix</h1><p>radix cache notes</p>" + b"<!--<a>" * 20_000
+    _, sections = extract(data, "html")
+    assert len(failed) <= 2, len(failed)
+    assert sections[0].heading == "Radix" and "radix cache notes" in sections[0].body
+    # Linear is still ~2 s a megabyte of dense tags and a tree of ~150 bytes a character: a page
+    # past the cap is indexed up to it, with a note, like a PDF's text.
+    root = tmp_path / "docs"
+    root.mkdir()
+    head, filler = "<h1>Start</h1>\n<p>alphaword</p>\n", "<p>" + "filler words " * 1000 + "</p>\n"
+    page = head + filler * (MAX_HTML_CHARS // len(filler) + 1) + "<p>omegaword</p>\n"
+    (root / "huge.html").write_text(page)
+    with build(root, tmp_path) as index:
+        stats = index.update()
+        assert locations(index, "alphaword") == ["huge.html:2"]
+        assert locations(index, "omegaword") == []
+    line = 3 + (MAX_HTML_CHARS - len(head)) // len(filler)  # the filler line the cut falls in
+    assert stats.errors == [
+        ("huge.html", f"HTML cut at {MAX_HTML_CHARS:,} characters; indexed up to line {line}")
+    ]
+
+
 def compressed_pdf(pages: int, lines_per_page: int) -> bytes:
     """A PDF whose pages all show one Flate-compressed content stream of many lines of text."""
     import zlib

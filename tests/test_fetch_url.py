@@ -342,6 +342,34 @@ def test_unclosed_tags_at_the_end_of_a_page_are_read_in_linear_time() -> None:
     assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a timing measurement
 
 
+def test_comments_and_sections_that_never_close_are_read_in_linear_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from html_probe import count_failed_scans
+
+    from qwq_agent.tools.web.readable import html_to_readable
+
+    # Only a `<` after the last `>` was escaped: an unclosed `<!--` looks for `-->` (any `>` will not
+    # do), `<![CDATA[` for `]]>`, so each of these scanned to the end of the page and failed (140 KB:
+    # seconds; a 2 MB page: minutes, in a thread the call's timeout does not stop). One NUL byte in
+    # the page switched the guard off for bytes (80 KB of `<a "`: 26 s). A linear parse fails at most
+    # a couple of scans, whatever the size.
+    failed = count_failed_scans(monkeypatch)
+    for page in (
+        "<html><body><p>hello</p>" + "<!--<a>" * 20_000,
+        "<p>hello</p>" + "<![CDATA[<a>]>" * 10_000,  # `]>` closes `<![if`, not a CDATA section
+        "<p>hello</p>" + "<![if x]<b>" * 10_000,
+        b"<p>hello</p>" + b'<a "' * 5_000 + b"\x00",
+    ):
+        failed.clear()
+        assert html_to_readable(page).text.startswith("hello\n\n<")
+        assert len(failed) <= 2, (len(failed), page[:40])
+    # What does close is still read as markup.
+    shown = "<p>a</p><!-- hidden --><![if !IE]><p>b</p><![endif]><![CDATA[c]]><!--x--><p>d</p>"
+    assert html_to_readable(shown).text == "a\n\nb\n\nd"
+    assert failed == []
+
+
 async def test_a_name_is_resolved_once_per_hop_and_the_connection_is_pinned(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
