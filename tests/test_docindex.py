@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qwq_agent.cli.main import main
-from qwq_agent.docindex import DocIndex, QuerySyntaxError
+from qwq_agent.docindex import DocIndex, IndexStats, QuerySyntaxError
 from qwq_agent.protocols import ToolContext
 from qwq_agent.tools.search_docs import SearchDocs
 
@@ -233,6 +233,35 @@ def test_symlinks_out_of_root_are_not_followed(tmp_path: Path) -> None:
     with build(root, tmp_path) as index:
         assert index.update().added == 1
         assert index.search("diary") == []
+
+
+def test_a_fifo_named_like_a_document_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    import threading
+
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "a.md").write_text("# A\nhello radix\n")
+    fifo = root / "b.md"
+    os.mkfifo(fifo)
+    # Reading a FIFO by path blocked until a writer came: `qwq-agent index` hung for good on one
+    # `mkfifo` in the folder. Now the file is opened without blocking and skipped as no regular file.
+    done: list[tuple[IndexStats, list[str]]] = []
+
+    def index_it() -> None:  # SQLite connections stay in the thread that made them
+        with build(root, tmp_path) as index:
+            done.append((index.update(), locations(index, "radix")))
+
+    worker = threading.Thread(target=index_it, daemon=True)
+    worker.start()
+    worker.join(timeout=30)  # milliseconds expected
+    blocked = worker.is_alive()
+    if blocked:  # let the old code's read end (a writer that closes at once is an EOF) before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join()
+    assert not blocked, "update() blocked reading the FIFO b.md"
+    ((stats, hits),) = done
+    assert stats.errors == [("b.md", "not a regular file (a FIFO), skipped")]
+    assert hits == ["a.md:2"]
 
 
 def test_an_index_belongs_to_one_root(corpus: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,29 +157,23 @@ class DocIndex:
         with self.conn:
             for rel, full, kind in self._walk():
                 seen.add(rel)
-                try:
-                    st = full.stat()
-                except OSError:
-                    continue  # vanished while walking; handled as removed next time
                 row = known.get(rel)
-                if row and row[1] == st.st_mtime_ns and row[2] == st.st_size:
-                    stats.unchanged += 1
-                    continue
-                skip = None
-                if st.st_size > MAX_FILE_BYTES:
-                    skip = f"larger than {MAX_FILE_BYTES} bytes, skipped"
-                else:
-                    try:
-                        data = full.read_bytes()
-                    except OSError as exc:
-                        skip = f"cannot read ({exc.strerror or exc}), skipped"
-                if skip is not None:
+                try:
+                    doc = _read_document(full, unchanged=(row[1], row[2]) if row else None)
+                except _Skipped as exc:
+                    skip = str(exc)
                     if row:
                         # Its old sections no longer match the file: they would be found and cited
                         # at lines that hold other text now. Forgotten, it is tried again next time.
                         self._forget(row[0])
                         skip += "; its old sections were removed from the index"
                     stats.errors.append((rel, skip))
+                    continue
+                if doc is None:
+                    continue  # vanished while walking; handled as removed next time
+                st, data = doc
+                if data is None:
+                    stats.unchanged += 1
                     continue
                 sha = hashlib.sha256(data).hexdigest()
                 if row and row[3] == sha:
@@ -339,6 +334,56 @@ class DocIndex:
 
     def _set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+class _Skipped(Exception):
+    """A file the walk found but `update` does not index; the message says why."""
+
+
+# Read without following a link and without waiting: should the file be a FIFO (or be swapped for
+# one, or for a link, after the walk listed it), open() neither blocks for a writer that never comes
+# nor reads outside the root; the fd's own fstat then says what was opened, and it alone is read.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_TYPES = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+}
+
+
+def _read_document(
+    path: Path, unchanged: tuple[int, int] | None
+) -> tuple[os.stat_result, bytes | None] | None:
+    """The stat and bytes of the regular file at `path`, both through one fd; None if it is gone.
+
+    `unchanged` is the (mtime_ns, size) the index holds for it: a file that still has them is not
+    read (its bytes are None). Raises `_Skipped` for a file that is not indexed.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # a socket (ENXIO), a link swapped in (ELOOP), no permission
+        raise _Skipped(f"cannot read ({exc.strerror or exc}), skipped") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = _FILE_TYPES.get(stat.S_IFMT(st.st_mode), "of an unknown type")
+            raise _Skipped(f"not a regular file ({what}), skipped")
+        if unchanged == (st.st_mtime_ns, st.st_size):
+            return st, None
+        if st.st_size <= MAX_FILE_BYTES:
+            with open(fd, "rb", closefd=False) as file:
+                data = file.read(MAX_FILE_BYTES + 1)  # it may have grown since the fstat
+            if len(data) <= MAX_FILE_BYTES:
+                return st, data
+        raise _Skipped(f"larger than {MAX_FILE_BYTES} bytes, skipped")
+    except OSError as exc:
+        raise _Skipped(f"cannot read ({exc.strerror or exc}), skipped") from None
+    finally:
+        os.close(fd)
 
 
 def _match_line(section: Section, words: list[str], phrases: list[list[str]]) -> int:
