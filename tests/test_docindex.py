@@ -235,6 +235,31 @@ def test_symlinks_out_of_root_are_not_followed(tmp_path: Path) -> None:
         assert index.search("diary") == []
 
 
+def test_a_folder_swapped_for_a_link_during_the_walk_is_not_read_through(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "b.md").write_text("# key\nHOSTSECRETTOKEN begin private key\n")
+    root = tmp_path / "r"
+    sub = root / "sub"
+    sub.mkdir(parents=True)
+    (sub / "a.md").write_text("first harmless note\n")
+    (sub / "b.md").write_text("second harmless note\n")
+
+    def swap(rel: str) -> None:
+        # Whoever writes into the folder (sandboxed code in a shared workspace) swaps `sub` for a link
+        # after the walk listed it: links were rejected when listed, then files were opened by path,
+        # through the link, and the host's file was indexed and served by search_docs.
+        if rel == "sub/a.md":
+            sub.rename(root / ".moved")
+            sub.symlink_to(outside, target_is_directory=True)
+
+    with build(root, tmp_path) as index:
+        index.update(progress=swap)
+        assert index.search("HOSTSECRETTOKEN") == []
+        # Read through the folder the walk listed (its fd), wherever it was moved.
+        assert locations(index, "second harmless") == ["sub/b.md:1"]
+
+
 def test_a_fifo_named_like_a_document_is_skipped_not_waited_on(tmp_path: Path) -> None:
     import threading
 

@@ -155,11 +155,11 @@ class DocIndex:
         seen: set[str] = set()
         pending = 0
         with self.conn:
-            for rel, full, kind in self._walk():
+            for rel, dirfd, name, kind in self._walk():
                 seen.add(rel)
                 row = known.get(rel)
                 try:
-                    doc = _read_document(full, unchanged=(row[1], row[2]) if row else None)
+                    doc = _read_document(dirfd, name, unchanged=(row[1], row[2]) if row else None)
                 except _Skipped as exc:
                     skip = str(exc)
                     if row:
@@ -222,26 +222,33 @@ class DocIndex:
         stats.seconds = time.perf_counter() - started
         return stats
 
-    def _walk(self) -> Iterator[tuple[str, Path, str]]:
+    def _walk(self) -> Iterator[tuple[str, int, str, str]]:
+        """(path relative to the root, fd of its folder, file name, kind) of each document file.
+
+        The folder's fd is valid until the next item is asked for; files are opened relative to it
+        (`_read_document`). Nothing here is looked up by path again: a folder swapped for a link
+        after it was listed is neither walked into (fwalk checks each folder it opens against what
+        it listed) nor read through (its files are opened in the folder that was listed).
+        """
         assert self.root is not None
         db = self.db_path.resolve()
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            # Hidden and dependency folders are noise; symlinks could lead outside the root.
-            dirnames[:] = sorted(
-                d
-                for d in dirnames
-                if not d.startswith(".")
-                and d not in _SKIP_DIRS
-                and not os.path.islink(os.path.join(dirpath, d))
-            )
+        for dirpath, dirnames, filenames, dirfd in os.fwalk(self.root):
+            # Hidden and dependency folders are noise; fwalk does not enter links to folders.
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
             for name in sorted(filenames):
                 kind = kind_of(name)
                 if kind is None or name.startswith("."):
                     continue
                 full = Path(dirpath, name)
-                if full.is_symlink() or full == db:
+                try:
+                    # A link could lead outside the root: left out, as before. One swapped in after
+                    # this check is refused by O_NOFOLLOW when opened.
+                    if stat.S_ISLNK(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
+                        continue
+                except FileNotFoundError:
                     continue
-                yield full.relative_to(self.root).as_posix(), full, kind
+                if full != db:
+                    yield full.relative_to(self.root).as_posix(), dirfd, name, kind
 
     def _forget(self, file_id: int) -> None:
         self._delete_chunks(file_id)
@@ -354,15 +361,16 @@ _FILE_TYPES = {
 
 
 def _read_document(
-    path: Path, unchanged: tuple[int, int] | None
+    dirfd: int, name: str, unchanged: tuple[int, int] | None
 ) -> tuple[os.stat_result, bytes | None] | None:
-    """The stat and bytes of the regular file at `path`, both through one fd; None if it is gone.
+    """The stat and bytes of the regular file `name` in the folder `dirfd`, both through one fd;
+    None if it is gone.
 
     `unchanged` is the (mtime_ns, size) the index holds for it: a file that still has them is not
     read (its bytes are None). Raises `_Skipped` for a file that is not indexed.
     """
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=dirfd)
     except FileNotFoundError:
         return None
     except OSError as exc:  # a socket (ENXIO), a link swapped in (ELOOP), no permission
