@@ -151,6 +151,19 @@ async def test_plain_text_json_and_http_errors(server: Server) -> None:
     assert missing.is_error and "HTTP status: 404" in missing.text
 
 
+async def test_deeply_nested_json_is_shown_as_it_came_not_re_indented_into_gigabytes(server: Server) -> None:
+    # Re-indented, every value gets 2 spaces a level: 300 levels around 100,000 zeros (200 KB) became
+    # 60 M characters, a 2 MB body 1.2 G (2.4 GB of host memory), all before the 12,000-character
+    # window was cut. The pretty form is now built only while it stays a few times the body's size.
+    depth = 300
+    body = b"[" * depth + b"0," * 100_000 + b"0" + b"]" * depth
+    server.routes["/deep.json"] = lambda h: send(h, 200, "application/json", body)
+    out = await FetchUrl(policy=LOOPBACK_OK)({"url": server.url("/deep.json")}, CTX)
+    assert not out.is_error, out.text[:300]
+    assert out.metadata["chars"] == len(body)
+    assert "[[[[0,0,0," in out.text and f"of {len(body)}; call fetch_url with offset=" in out.text
+
+
 async def test_unsupported_content_type_is_refused_clearly(server: Server) -> None:
     out = await FetchUrl(policy=LOOPBACK_OK)({"url": server.url("/image")}, CTX)
     assert out.is_error
