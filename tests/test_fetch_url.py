@@ -274,6 +274,32 @@ async def test_bad_urls_and_schemes_are_clear_errors() -> None:
     assert out.is_error and "url" in out.text
 
 
+async def test_malformed_hosts_and_ports_are_clear_errors_not_raw_exceptions() -> None:
+    from qwq_agent.agent.messages import ToolCall
+    from qwq_agent.tools.registry import ToolRegistry
+
+    # The idna codec (a 64-character label, an empty one), httpx's IDNA checks (`xn--a`) and anyio (a
+    # port of -1) raised their own exceptions out of guarded_get: through the registry the model read
+    # "Tool 'fetch_url' raised UnicodeError ..." and library traceback lines. Port 0 became port 80.
+    registry = ToolRegistry([FetchUrl(policy=LOOPBACK_OK)])
+    for url, expected in [
+        ("http://" + "a" * 64 + ".com/", "invalid host name"),
+        ("http://.../", "invalid host name"),
+        ("http://xn--a.com/", "invalid URL"),
+        ("http://xn--/", "invalid URL"),
+        ("http://127.0.0.1:-1/", "invalid port -1"),
+        ("http://127.0.0.1:0/", "invalid port 0"),
+        ("http://127.0.0.1:70000/", "invalid port 70000"),
+    ]:
+        with pytest.raises(FetchError, match=expected):
+            await guarded_get(url, policy=LOOPBACK_OK)
+        out = await registry.call(ToolCall(id="c", name="fetch_url", arguments={"url": url}))
+        assert out.is_error and out.text.startswith(f"fetch_url failed: {expected}"), out.text
+        assert "Traceback" not in out.text
+    with pytest.raises(AddressRefused, match="cannot resolve host"):  # the resolver's own check
+        await resolve_checked("a" * 64 + ".com", 80, LOOPBACK_OK)
+
+
 def test_parse_ip_loose_reads_inet_aton_forms() -> None:
     assert str(parse_ip_loose("2130706433")) == "127.0.0.1"
     assert str(parse_ip_loose("0177.0.0.01")) == "127.0.0.1"
