@@ -322,6 +322,51 @@ async def test_search_docs_tool_errors_are_observations(corpus: Path, tmp_path: 
     assert invalid.is_error and "limit" in invalid.text
 
 
+async def test_a_damaged_or_replaced_index_is_an_observation_and_is_only_read(
+    corpus: Path, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from qwq_agent.agent.messages import ToolCall
+    from qwq_agent.tools.registry import ToolRegistry
+
+    db = tmp_path / "index.sqlite3"
+    with build(corpus, tmp_path) as index:
+        index.update()
+    registry = ToolRegistry([SearchDocs(db)])
+
+    def remove_index() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+    async def search(query: str = "telescope", syntax: str = "plain") -> str:
+        out = await registry.call(
+            ToolCall(id="c", name="search_docs", arguments={"query": query, "syntax": syntax})
+        )
+        assert out.is_error and "Traceback" not in out.text, out.text
+        return out.text
+
+    # An index whose search table is gone: every OperationalError read as the query's fault.
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE fts")
+    assert f"the index at {db} is unreadable: no such table: fts" in await search(syntax="fts")
+    assert "qwq-agent index DIR" in await search()
+    assert "not valid FTS5 syntax" in await search("mount AND", syntax="fts")  # that one is the query's
+    # The file replaced by another program's database: the query connection set WAL mode and created
+    # the index's tables in it. It is opened read-only now, and left as it was.
+    remove_index()
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.close()
+    before = db.read_bytes()
+    assert "is unreadable: no such table: meta" in await search()
+    assert db.read_bytes() == before
+    # Damaged (or half written): raw DatabaseError and a traceback in the observation before.
+    remove_index()
+    db.write_bytes(b"this is not an sqlite file at all" * 200)
+    assert "is unreadable: file is not a database" in await search()
+
+
 def test_cli_index_prints_counts(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "cli.sqlite3"
     assert main(["index", str(corpus), "--db", str(db)]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -50,6 +51,10 @@ CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
     heading, body, tokenize = 'porter unicode61 remove_diacritics 2'
 );
 """
+# An empty table like `fts`, to tell a query FTS5 cannot parse from an index that cannot be read.
+_FTS_PROBE = (
+    "CREATE VIRTUAL TABLE fts USING fts5(heading, body, tokenize = 'porter unicode61 remove_diacritics 2')"
+)
 
 
 class QuerySyntaxError(ValueError):
@@ -91,8 +96,27 @@ class DocIndex:
     Paths are stored relative to `root` with forward slashes, so hits cite them as the user sees them.
     """
 
-    def __init__(self, db_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str],
+        root: str | os.PathLike[str] | None = None,
+        *,
+        read_only: bool = False,
+    ) -> None:
         self.db_path = Path(db_path)
+        if read_only:
+            if root is not None:
+                raise ValueError("a read-only index cannot be given a root to index")
+            # mode=ro and nothing else: a query sets no journal mode and creates no table, so a file
+            # that is no index (or no longer one) is reported, never turned into an empty one.
+            self.conn = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                stored_root = self._meta("root")
+            except BaseException:
+                self.conn.close()
+                raise
+            self.root = Path(stored_root) if stored_root else None
+            return
         self.conn = sqlite3.connect(self.db_path)
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.execute("PRAGMA journal_mode = WAL")
@@ -111,10 +135,13 @@ class DocIndex:
 
     @classmethod
     def open_existing(cls, db_path: str | os.PathLike[str]) -> DocIndex:
-        """Open an index that must already exist (for querying)."""
+        """Open an index that must already exist, read-only (for querying).
+
+        Raises FileNotFoundError when there is none, `sqlite3.Error` when the file cannot be read as one.
+        """
         if not Path(db_path).is_file():
             raise FileNotFoundError(f"no document index at {db_path}; build it with `qwq-agent index DIR`")
-        return cls(db_path)
+        return cls(db_path, read_only=True)
 
     def close(self) -> None:
         self.conn.close()
@@ -319,6 +346,9 @@ class DocIndex:
         try:
             rows = self.conn.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
+            # Locked, damaged, a table missing: the index's trouble, not the query's.
+            if not _unparsable(match):
+                raise
             raise QuerySyntaxError(_explain(str(exc), match)) from None
         hits = []
         for path, line, page, linemap, heading, body, snippet, score in rows:
@@ -411,6 +441,17 @@ def _match_line(section: Section, words: list[str], phrases: list[list[str]]) ->
         if starts:
             return section.line_at(min(starts))
     return section.line
+
+
+def _unparsable(match: str) -> bool:
+    """Whether FTS5 refuses `match` itself: tried on an empty table of the same columns in memory."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as probe:
+        probe.execute(_FTS_PROBE)
+        try:
+            probe.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (match,)).fetchall()
+        except sqlite3.OperationalError:
+            return True
+    return False
 
 
 def _explain(error: str, match: str) -> str:
