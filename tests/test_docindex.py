@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qwq_agent.cli.main import main
-from qwq_agent.docindex import DocIndex, QuerySyntaxError
+from qwq_agent.docindex import DocIndex, IndexStats, QuerySyntaxError
 from qwq_agent.protocols import ToolContext
 from qwq_agent.tools.search_docs import SearchDocs
 
@@ -235,6 +235,60 @@ def test_symlinks_out_of_root_are_not_followed(tmp_path: Path) -> None:
         assert index.search("diary") == []
 
 
+def test_a_folder_swapped_for_a_link_during_the_walk_is_not_read_through(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "b.md").write_text("# key\nHOSTSECRETTOKEN begin private key\n")
+    root = tmp_path / "r"
+    sub = root / "sub"
+    sub.mkdir(parents=True)
+    (sub / "a.md").write_text("first harmless note\n")
+    (sub / "b.md").write_text("second harmless note\n")
+
+    def swap(rel: str) -> None:
+        # Whoever writes into the folder (sandboxed code in a shared workspace) swaps `sub` for a link
+        # after the walk listed it: links were rejected when listed, then files were opened by path,
+        # through the link, and the host's file was indexed and served by search_docs.
+        if rel == "sub/a.md":
+            sub.rename(root / ".moved")
+            sub.symlink_to(outside, target_is_directory=True)
+
+    with build(root, tmp_path) as index:
+        index.update(progress=swap)
+        assert index.search("HOSTSECRETTOKEN") == []
+        # Read through the folder the walk listed (its fd), wherever it was moved.
+        assert locations(index, "second harmless") == ["sub/b.md:1"]
+
+
+def test_a_fifo_named_like_a_document_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    import threading
+
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "a.md").write_text("# A\nhello radix\n")
+    fifo = root / "b.md"
+    os.mkfifo(fifo)
+    # Reading a FIFO by path blocked until a writer came: `qwq-agent index` hung for good on one
+    # `mkfifo` in the folder. Now the file is opened without blocking and skipped as no regular file.
+    done: list[tuple[IndexStats, list[str]]] = []
+
+    def index_it() -> None:  # SQLite connections stay in the thread that made them
+        with build(root, tmp_path) as index:
+            done.append((index.update(), locations(index, "radix")))
+
+    worker = threading.Thread(target=index_it, daemon=True)
+    worker.start()
+    worker.join(timeout=30)  # milliseconds expected
+    blocked = worker.is_alive()
+    if blocked:  # let the old code's read end (a writer that closes at once is an EOF) before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join()
+    assert not blocked, "update() blocked reading the FIFO b.md"
+    ((stats, hits),) = done
+    assert stats.errors == [("b.md", "not a regular file (a FIFO), skipped")]
+    assert hits == ["a.md:2"]
+
+
 def test_an_index_belongs_to_one_root(corpus: Path, tmp_path: Path) -> None:
     with build(corpus, tmp_path) as index:
         index.update()
@@ -266,6 +320,51 @@ async def test_search_docs_tool_errors_are_observations(corpus: Path, tmp_path: 
     assert bad.is_error and "not valid FTS5 syntax" in bad.text
     invalid = await tool({"query": "x", "limit": 0}, CTX)
     assert invalid.is_error and "limit" in invalid.text
+
+
+async def test_a_damaged_or_replaced_index_is_an_observation_and_is_only_read(
+    corpus: Path, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from qwq_agent.agent.messages import ToolCall
+    from qwq_agent.tools.registry import ToolRegistry
+
+    db = tmp_path / "index.sqlite3"
+    with build(corpus, tmp_path) as index:
+        index.update()
+    registry = ToolRegistry([SearchDocs(db)])
+
+    def remove_index() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+    async def search(query: str = "telescope", syntax: str = "plain") -> str:
+        out = await registry.call(
+            ToolCall(id="c", name="search_docs", arguments={"query": query, "syntax": syntax})
+        )
+        assert out.is_error and "Traceback" not in out.text, out.text
+        return out.text
+
+    # An index whose search table is gone: every OperationalError read as the query's fault.
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE fts")
+    assert f"the index at {db} is unreadable: no such table: fts" in await search(syntax="fts")
+    assert "qwq-agent index DIR" in await search()
+    assert "not valid FTS5 syntax" in await search("mount AND", syntax="fts")  # that one is the query's
+    # The file replaced by another program's database: the query connection set WAL mode and created
+    # the index's tables in it. It is opened read-only now, and left as it was.
+    remove_index()
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.close()
+    before = db.read_bytes()
+    assert "is unreadable: no such table: meta" in await search()
+    assert db.read_bytes() == before
+    # Damaged (or half written): raw DatabaseError and a traceback in the observation before.
+    remove_index()
+    db.write_bytes(b"this is not an sqlite file at all" * 200)
+    assert "is unreadable: file is not a database" in await search()
 
 
 def test_cli_index_prints_counts(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -357,6 +456,37 @@ def test_hostile_html_is_parsed_in_linear_time() -> None:
     _, sections = extract(data, "html")
     assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a measurement
     assert sections[0].heading == "Radix" and "radix cache notes" in sections[0].body
+
+
+def test_html_that_never_closes_is_parsed_in_linear_time_and_a_huge_page_is_cut_at_a_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from html_probe import count_failed_scans
+
+    from qwq_agent.docindex.extract import MAX_HTML_CHARS, extract
+
+    # Each unclosed `<!--` rescanned to the end of the page for `-->` (140 KB: seconds, 2 MB: about
+    # 9 minutes), with no deadline in the indexer at all; a linear parse fails a couple of scans at most.
+    failed = count_failed_scans(monkeypatch)
+    data = b"<html><body><h1>Radix</h1><p>radix cache notes</p>" + b"<!--<a>" * 20_000
+    _, sections = extract(data, "html")
+    assert len(failed) <= 2, len(failed)
+    assert sections[0].heading == "Radix" and "radix cache notes" in sections[0].body
+    # Linear is still ~2 s a megabyte of dense tags and a tree of ~150 bytes a character: a page
+    # past the cap is indexed up to it, with a note, like a PDF's text.
+    root = tmp_path / "docs"
+    root.mkdir()
+    head, filler = "<h1>Start</h1>\n<p>alphaword</p>\n", "<p>" + "filler words " * 1000 + "</p>\n"
+    page = head + filler * (MAX_HTML_CHARS // len(filler) + 1) + "<p>omegaword</p>\n"
+    (root / "huge.html").write_text(page)
+    with build(root, tmp_path) as index:
+        stats = index.update()
+        assert locations(index, "alphaword") == ["huge.html:2"]
+        assert locations(index, "omegaword") == []
+    line = 3 + (MAX_HTML_CHARS - len(head)) // len(filler)  # the filler line the cut falls in
+    assert stats.errors == [
+        ("huge.html", f"HTML cut at {MAX_HTML_CHARS:,} characters; indexed up to line {line}")
+    ]
 
 
 def compressed_pdf(pages: int, lines_per_page: int) -> bytes:

@@ -151,6 +151,19 @@ async def test_plain_text_json_and_http_errors(server: Server) -> None:
     assert missing.is_error and "HTTP status: 404" in missing.text
 
 
+async def test_deeply_nested_json_is_shown_as_it_came_not_re_indented_into_gigabytes(server: Server) -> None:
+    # Re-indented, every value gets 2 spaces a level: 300 levels around 100,000 zeros (200 KB) became
+    # 60 M characters, a 2 MB body 1.2 G (2.4 GB of host memory), all before the 12,000-character
+    # window was cut. The pretty form is now built only while it stays a few times the body's size.
+    depth = 300
+    body = b"[" * depth + b"0," * 100_000 + b"0" + b"]" * depth
+    server.routes["/deep.json"] = lambda h: send(h, 200, "application/json", body)
+    out = await FetchUrl(policy=LOOPBACK_OK)({"url": server.url("/deep.json")}, CTX)
+    assert not out.is_error, out.text[:300]
+    assert out.metadata["chars"] == len(body)
+    assert "[[[[0,0,0," in out.text and f"of {len(body)}; call fetch_url with offset=" in out.text
+
+
 async def test_unsupported_content_type_is_refused_clearly(server: Server) -> None:
     out = await FetchUrl(policy=LOOPBACK_OK)({"url": server.url("/image")}, CTX)
     assert out.is_error
@@ -261,6 +274,32 @@ async def test_bad_urls_and_schemes_are_clear_errors() -> None:
     assert out.is_error and "url" in out.text
 
 
+async def test_malformed_hosts_and_ports_are_clear_errors_not_raw_exceptions() -> None:
+    from qwq_agent.agent.messages import ToolCall
+    from qwq_agent.tools.registry import ToolRegistry
+
+    # The idna codec (a 64-character label, an empty one), httpx's IDNA checks (`xn--a`) and anyio (a
+    # port of -1) raised their own exceptions out of guarded_get: through the registry the model read
+    # "Tool 'fetch_url' raised UnicodeError ..." and library traceback lines. Port 0 became port 80.
+    registry = ToolRegistry([FetchUrl(policy=LOOPBACK_OK)])
+    for url, expected in [
+        ("http://" + "a" * 64 + ".com/", "invalid host name"),
+        ("http://.../", "invalid host name"),
+        ("http://xn--a.com/", "invalid URL"),
+        ("http://xn--/", "invalid URL"),
+        ("http://127.0.0.1:-1/", "invalid port -1"),
+        ("http://127.0.0.1:0/", "invalid port 0"),
+        ("http://127.0.0.1:70000/", "invalid port 70000"),
+    ]:
+        with pytest.raises(FetchError, match=expected):
+            await guarded_get(url, policy=LOOPBACK_OK)
+        out = await registry.call(ToolCall(id="c", name="fetch_url", arguments={"url": url}))
+        assert out.is_error and out.text.startswith(f"fetch_url failed: {expected}"), out.text
+        assert "Traceback" not in out.text
+    with pytest.raises(AddressRefused, match="cannot resolve host"):  # the resolver's own check
+        await resolve_checked("a" * 64 + ".com", 80, LOOPBACK_OK)
+
+
 def test_parse_ip_loose_reads_inet_aton_forms() -> None:
     assert str(parse_ip_loose("2130706433")) == "127.0.0.1"
     assert str(parse_ip_loose("0177.0.0.01")) == "127.0.0.1"
@@ -340,6 +379,34 @@ def test_unclosed_tags_at_the_end_of_a_page_are_read_in_linear_time() -> None:
         assert html_to_readable(page).text == html_to_readable(page.encode()).text == text
     assert html_to_readable("<p>a &lt; b</p><p>x < y").text == "a < b\n\nx < y"
     assert time.process_time() - t0 < 10  # a bound on runaway work (ms expected), not a timing measurement
+
+
+def test_comments_and_sections_that_never_close_are_read_in_linear_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from html_probe import count_failed_scans
+
+    from qwq_agent.tools.web.readable import html_to_readable
+
+    # Only a `<` after the last `>` was escaped: an unclosed `<!--` looks for `-->` (any `>` will not
+    # do), `<![CDATA[` for `]]>`, so each of these scanned to the end of the page and failed (140 KB:
+    # seconds; a 2 MB page: minutes, in a thread the call's timeout does not stop). One NUL byte in
+    # the page switched the guard off for bytes (80 KB of `<a "`: 26 s). A linear parse fails at most
+    # a couple of scans, whatever the size.
+    failed = count_failed_scans(monkeypatch)
+    for page in (
+        "<html><body><p>hello</p>" + "<!--<a>" * 20_000,
+        "<p>hello</p>" + "<![CDATA[<a>]>" * 10_000,  # `]>` closes `<![if`, not a CDATA section
+        "<p>hello</p>" + "<![if x]<b>" * 10_000,
+        b"<p>hello</p>" + b'<a "' * 5_000 + b"\x00",
+    ):
+        failed.clear()
+        assert html_to_readable(page).text.startswith("hello\n\n<")
+        assert len(failed) <= 2, (len(failed), page[:40])
+    # What does close is still read as markup.
+    shown = "<p>a</p><!-- hidden --><![if !IE]><p>b</p><![endif]><![CDATA[c]]><!--x--><p>d</p>"
+    assert html_to_readable(shown).text == "a\n\nb\n\nd"
+    assert failed == []
 
 
 async def test_a_name_is_resolved_once_per_hop_and_the_connection_is_pinned(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import itertools
 import json
 import os
 import sys
@@ -452,3 +453,43 @@ async def test_a_huge_result_is_cut_to_head_and_tail_and_images_past_the_budget_
     assert out.text.startswith("x" * 40_000) and "x" * 40_000 + "\n[1 image(s) dropped" in out.text
     assert f"[... {5 * 1024 * 1024 - 100_000} chars omitted from the middle ...]" in out.text
     assert out.images == [] and out.metadata["images_dropped"] == 1
+
+
+async def test_a_backtracking_pattern_in_a_tool_schema_cannot_stall_the_event_loop():
+    # jsonschema matched `pattern`, `patternProperties` and the property names `additionalProperties`
+    # checks with Python's backtracking `re`, on the event loop (the registry's check, then MCPTool's
+    # own) and holding the GIL: `^(\w+\s?)*$` against 26 characters of an argument froze every task
+    # for ~4 s a search (34 characters: ~16 minutes), and no timeout could fire. RE2 runs them now.
+    words = r"^(\w+\s?)*$"
+    schema = {
+        "type": "object",
+        "properties": {"q": {"type": "string", "pattern": words}},
+        "patternProperties": {words: {"type": "string"}},
+        "additionalProperties": False,
+    }
+    hostile = "a" * 25 + "!"
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.05)
+
+    async with await mcp_tools(raw_server([{"name": "lookup", "inputSchema": schema}])) as toolset:
+        registry = ToolRegistry(toolset, timeout=30)
+        ticking = asyncio.create_task(ticker())
+        try:
+            await asyncio.sleep(0.2)
+            value = await call(registry, "lookup", q=hostile)
+            key = await call(registry, "lookup", **{hostile: "x"})
+            direct = await toolset[0]({"q": hostile}, None)  # type: ignore[arg-type]
+            fine = await call(registry, "lookup", q="two words", other="x")
+            await asyncio.sleep(0.2)
+        finally:
+            ticking.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert max(gaps) < 1.0, f"the event loop stalled for {max(gaps):.1f} s"  # ~4 s a search before
+    assert value.metadata["error"] == "invalid_arguments" and "does not match" in value.text, value.text
+    assert key.metadata["error"] == "invalid_arguments" and "unexpected argument(s)" in key.text, key.text
+    assert direct.metadata["error"] == "invalid_arguments" and "does not match" in direct.text
+    assert fine.text == "ok"

@@ -2,6 +2,7 @@
 
 import asyncio
 import datetime as dt
+import itertools
 import threading
 from typing import Literal
 
@@ -551,3 +552,82 @@ async def test_a_tool_exception_that_cannot_print_itself_is_reported_by_its_type
     out = await ToolRegistry([tool(fails)]).call(ToolCall(name="fails", arguments={}))
     assert out.is_error and out.text.startswith("Tool 'fails' raised _Unprintable\n")
     assert out.metadata["exception_type"] == "_Unprintable"
+
+
+async def test_a_slow_argument_check_leaves_the_event_loop_free_and_ends_at_the_time_limit():
+    import time
+
+    class Store:
+        uses_sandbox = False
+        spec = ToolSpec(
+            name="store",
+            description="Store rows.",
+            parameters={
+                "type": "object",
+                "properties": {"rows": {"type": "array", "uniqueItems": True}},
+            },
+        )
+
+        async def __call__(self, arguments, context):
+            return ToolOutput(text="stored")
+
+    # jsonschema compares unhashable items pairwise for `uniqueItems`: 3,000 rows are ~6 s of checking,
+    # which ran on the event loop before the timed part of the call: nothing else ran and the time
+    # limit could not fire. It runs in a worker thread now, under the call's time limit.
+    rows = [{"k": i} for i in range(3_000)]
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.05)
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        out = await ToolRegistry([Store()], timeout=0.5).call(
+            ToolCall(name="store", arguments={"rows": rows})
+        )
+        took = time.monotonic() - started
+    finally:
+        ticking.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert out.is_error and out.metadata["error"] == "timeout", out.text
+    assert "could not be checked" in out.text and "0.5 s" in out.text
+    assert took < 3 and max(gaps) < 1.0, (took, max(gaps))  # ~6 s and one gap of ~6 s before
+    quick = await ToolRegistry([Store()], timeout=0.5).call(
+        ToolCall(name="store", arguments={"rows": [1, 2]})
+    )
+    assert quick.text == "stored"
+
+
+async def test_schema_patterns_run_on_re2_and_what_it_cannot_tell_is_left_to_the_tool():
+    class Tagged:
+        uses_sandbox = False
+        spec = ToolSpec(
+            name="tagged",
+            description="Tag a word.",
+            parameters={
+                "type": "object",
+                "properties": {
+                    "word": {"type": "string", "pattern": r"^\w+$"},
+                    "code": {"type": "string", "pattern": r"^(?=.*\d)\w+$"},  # lookahead: not in RE2
+                },
+            },
+        )
+
+        async def __call__(self, arguments, context):
+            return ToolOutput(text="tagged")
+
+    reg = ToolRegistry([Tagged()])
+
+    async def check(**arguments: str) -> str:
+        return (await reg.call(ToolCall(name="tagged", arguments=arguments))).text
+
+    assert "does not match" in await check(word="two words")
+    assert await check(word="words") == "tagged"
+    # RE2's \w is ASCII (as in ECMA-262), Python's and pydantic's Unicode: a miss on other text is no error.
+    assert await check(word="café") == "tagged"
+    assert await check(word="\ud800") == "tagged"  # a lone surrogate, which RE2 cannot read
+    assert await check(code="no digits") == "tagged"  # the tool checks what RE2 cannot

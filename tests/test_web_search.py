@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -67,18 +68,31 @@ class ApiServer:
         self.requests: list[dict[str, Any]] = []
         self.fail_with: int | None = None
         self.error_padding = 0  # characters of the failure body before it quotes the key
+        self.snippet_padding = 0  # characters added to the first result's snippet
+        self.drip = 0.0  # seconds between the 20 pieces the reply is sent in
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def _reply(self, body: Any, status: int = 200) -> None:
+                if outer.snippet_padding and "results" in body:
+                    body = json.loads(json.dumps(body))
+                    body["results"][0]["content"] += "x" * outer.snippet_padding
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                # Dripped: 20 pieces, each well within a read timeout, the whole taking long.
+                step = len(data) // 20 + 1 if outer.drip else len(data)
+                try:
+                    for start in range(0, len(data), step):
+                        self.wfile.write(data[start : start + step])
+                        self.wfile.flush()
+                        time.sleep(outer.drip)
+                except OSError:
+                    pass  # the client stopped reading, as it should
 
             def _record(self, body: bytes = b"") -> dict[str, Any]:
                 parts = urlsplit(self.path)
@@ -195,6 +209,22 @@ async def test_unreachable_provider_is_a_clear_error(api: ApiServer) -> None:
     api.close()
     out = await WebSearch(SearxngProvider(base_url=base))({"query": "x"}, CTX)
     assert out.is_error and "search request to" in out.text
+
+
+async def test_a_huge_or_dripping_provider_reply_is_cut_off(api: ApiServer) -> None:
+    from qwq_agent.tools.web.providers import MAX_REPLY_BYTES
+
+    # The reply was read whole however large, and httpx's timeout bounds each read only: a provider
+    # dripping its answer kept the call going as long as it liked (the registry's limit aside).
+    api.snippet_padding = MAX_REPLY_BYTES
+    huge = await WebSearch(SearxngProvider(base_url=api.base))({"query": "x"}, CTX)
+    assert huge.is_error and f"larger than {MAX_REPLY_BYTES:,} bytes" in huge.text, huge.text[:200]
+    api.snippet_padding = 0
+    api.drip = 0.2  # 20 pieces, 4 s in all
+    started = time.monotonic()
+    slow = await WebSearch(SearxngProvider(base_url=api.base), timeout_s=1.0)({"query": "x"}, CTX)
+    assert slow.is_error and "took longer than 1 s" in slow.text, slow.text[:200]
+    assert time.monotonic() - started < 3
 
 
 async def test_invalid_arguments_are_reported() -> None:

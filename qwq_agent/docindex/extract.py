@@ -39,6 +39,11 @@ PDF_CHARS_PER_BYTE = 50
 MIN_PDF_CHARS = 1_000_000
 MAX_PDF_CHARS = 20_000_000
 PDF_SECONDS = 60.0
+# HTML is parsed whole into a tree before any text comes out, so it is bounded before the parse:
+# the markup is cut at MAX_HTML_CHARS characters (what the cut leaves unclosed is guarded like any
+# other page). The parse is linear (`html_parse.escape_unclosed`) but not cheap: dense tags take ~2 s
+# and ~150 MB of tree a megabyte. A deadline cannot stop html.parser mid-feed; this cap can.
+MAX_HTML_CHARS = 8_000_000
 
 # The title keeps its closing `#`s and blanks; they are stripped after the match (a lazy title before
 # `[ \t#]*$` retried that class at every character: a 64 KB line of " #" took ~9 s).
@@ -107,8 +112,8 @@ def extract(data: bytes, kind: str) -> tuple[str, list[Section]]:
 
 
 def extract_document(data: bytes, kind: str) -> Extracted:
-    """A document's title and sections, with a note when its text was cut (a PDF's cap or deadline);
-    raises `ExtractError` when unreadable."""
+    """A document's title and sections, with a note when its text was cut (a PDF's cap or deadline,
+    an HTML page's cap); raises `ExtractError` when unreadable."""
     try:
         return _extract(data, kind)
     except ExtractError:
@@ -130,6 +135,10 @@ def _extract(data: bytes, kind: str) -> Extracted:
         if kind == "markdown":
             blocks = list(_markdown_blocks(text))
         elif kind == "html":
+            if len(text) > MAX_HTML_CHARS:
+                line = text.count("\n", 0, MAX_HTML_CHARS) + 1
+                note = f"HTML cut at {MAX_HTML_CHARS:,} characters; indexed up to line {line}"
+                text = text[:MAX_HTML_CHARS]
             title, blocks = _html_blocks(text)
         else:
             blocks = list(_text_blocks(text))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,6 +51,10 @@ CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
     heading, body, tokenize = 'porter unicode61 remove_diacritics 2'
 );
 """
+# An empty table like `fts`, to tell a query FTS5 cannot parse from an index that cannot be read.
+_FTS_PROBE = (
+    "CREATE VIRTUAL TABLE fts USING fts5(heading, body, tokenize = 'porter unicode61 remove_diacritics 2')"
+)
 
 
 class QuerySyntaxError(ValueError):
@@ -90,8 +96,27 @@ class DocIndex:
     Paths are stored relative to `root` with forward slashes, so hits cite them as the user sees them.
     """
 
-    def __init__(self, db_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str],
+        root: str | os.PathLike[str] | None = None,
+        *,
+        read_only: bool = False,
+    ) -> None:
         self.db_path = Path(db_path)
+        if read_only:
+            if root is not None:
+                raise ValueError("a read-only index cannot be given a root to index")
+            # mode=ro and nothing else: a query sets no journal mode and creates no table, so a file
+            # that is no index (or no longer one) is reported, never turned into an empty one.
+            self.conn = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                stored_root = self._meta("root")
+            except BaseException:
+                self.conn.close()
+                raise
+            self.root = Path(stored_root) if stored_root else None
+            return
         self.conn = sqlite3.connect(self.db_path)
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.execute("PRAGMA journal_mode = WAL")
@@ -110,10 +135,13 @@ class DocIndex:
 
     @classmethod
     def open_existing(cls, db_path: str | os.PathLike[str]) -> DocIndex:
-        """Open an index that must already exist (for querying)."""
+        """Open an index that must already exist, read-only (for querying).
+
+        Raises FileNotFoundError when there is none, `sqlite3.Error` when the file cannot be read as one.
+        """
         if not Path(db_path).is_file():
             raise FileNotFoundError(f"no document index at {db_path}; build it with `qwq-agent index DIR`")
-        return cls(db_path)
+        return cls(db_path, read_only=True)
 
     def close(self) -> None:
         self.conn.close()
@@ -154,31 +182,25 @@ class DocIndex:
         seen: set[str] = set()
         pending = 0
         with self.conn:
-            for rel, full, kind in self._walk():
+            for rel, dirfd, name, kind in self._walk():
                 seen.add(rel)
-                try:
-                    st = full.stat()
-                except OSError:
-                    continue  # vanished while walking; handled as removed next time
                 row = known.get(rel)
-                if row and row[1] == st.st_mtime_ns and row[2] == st.st_size:
-                    stats.unchanged += 1
-                    continue
-                skip = None
-                if st.st_size > MAX_FILE_BYTES:
-                    skip = f"larger than {MAX_FILE_BYTES} bytes, skipped"
-                else:
-                    try:
-                        data = full.read_bytes()
-                    except OSError as exc:
-                        skip = f"cannot read ({exc.strerror or exc}), skipped"
-                if skip is not None:
+                try:
+                    doc = _read_document(dirfd, name, unchanged=(row[1], row[2]) if row else None)
+                except _Skipped as exc:
+                    skip = str(exc)
                     if row:
                         # Its old sections no longer match the file: they would be found and cited
                         # at lines that hold other text now. Forgotten, it is tried again next time.
                         self._forget(row[0])
                         skip += "; its old sections were removed from the index"
                     stats.errors.append((rel, skip))
+                    continue
+                if doc is None:
+                    continue  # vanished while walking; handled as removed next time
+                st, data = doc
+                if data is None:
+                    stats.unchanged += 1
                     continue
                 sha = hashlib.sha256(data).hexdigest()
                 if row and row[3] == sha:
@@ -227,26 +249,33 @@ class DocIndex:
         stats.seconds = time.perf_counter() - started
         return stats
 
-    def _walk(self) -> Iterator[tuple[str, Path, str]]:
+    def _walk(self) -> Iterator[tuple[str, int, str, str]]:
+        """(path relative to the root, fd of its folder, file name, kind) of each document file.
+
+        The folder's fd is valid until the next item is asked for; files are opened relative to it
+        (`_read_document`). Nothing here is looked up by path again: a folder swapped for a link
+        after it was listed is neither walked into (fwalk checks each folder it opens against what
+        it listed) nor read through (its files are opened in the folder that was listed).
+        """
         assert self.root is not None
         db = self.db_path.resolve()
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            # Hidden and dependency folders are noise; symlinks could lead outside the root.
-            dirnames[:] = sorted(
-                d
-                for d in dirnames
-                if not d.startswith(".")
-                and d not in _SKIP_DIRS
-                and not os.path.islink(os.path.join(dirpath, d))
-            )
+        for dirpath, dirnames, filenames, dirfd in os.fwalk(self.root):
+            # Hidden and dependency folders are noise; fwalk does not enter links to folders.
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
             for name in sorted(filenames):
                 kind = kind_of(name)
                 if kind is None or name.startswith("."):
                     continue
                 full = Path(dirpath, name)
-                if full.is_symlink() or full == db:
+                try:
+                    # A link could lead outside the root: left out, as before. One swapped in after
+                    # this check is refused by O_NOFOLLOW when opened.
+                    if stat.S_ISLNK(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
+                        continue
+                except FileNotFoundError:
                     continue
-                yield full.relative_to(self.root).as_posix(), full, kind
+                if full != db:
+                    yield full.relative_to(self.root).as_posix(), dirfd, name, kind
 
     def _forget(self, file_id: int) -> None:
         self._delete_chunks(file_id)
@@ -317,6 +346,9 @@ class DocIndex:
         try:
             rows = self.conn.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
+            # Locked, damaged, a table missing: the index's trouble, not the query's.
+            if not _unparsable(match):
+                raise
             raise QuerySyntaxError(_explain(str(exc), match)) from None
         hits = []
         for path, line, page, linemap, heading, body, snippet, score in rows:
@@ -341,6 +373,57 @@ class DocIndex:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
+class _Skipped(Exception):
+    """A file the walk found but `update` does not index; the message says why."""
+
+
+# Read without following a link and without waiting: should the file be a FIFO (or be swapped for
+# one, or for a link, after the walk listed it), open() neither blocks for a writer that never comes
+# nor reads outside the root; the fd's own fstat then says what was opened, and it alone is read.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_TYPES = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+}
+
+
+def _read_document(
+    dirfd: int, name: str, unchanged: tuple[int, int] | None
+) -> tuple[os.stat_result, bytes | None] | None:
+    """The stat and bytes of the regular file `name` in the folder `dirfd`, both through one fd;
+    None if it is gone.
+
+    `unchanged` is the (mtime_ns, size) the index holds for it: a file that still has them is not
+    read (its bytes are None). Raises `_Skipped` for a file that is not indexed.
+    """
+    try:
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=dirfd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # a socket (ENXIO), a link swapped in (ELOOP), no permission
+        raise _Skipped(f"cannot read ({exc.strerror or exc}), skipped") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = _FILE_TYPES.get(stat.S_IFMT(st.st_mode), "of an unknown type")
+            raise _Skipped(f"not a regular file ({what}), skipped")
+        if unchanged == (st.st_mtime_ns, st.st_size):
+            return st, None
+        if st.st_size <= MAX_FILE_BYTES:
+            with open(fd, "rb", closefd=False) as file:
+                data = file.read(MAX_FILE_BYTES + 1)  # it may have grown since the fstat
+            if len(data) <= MAX_FILE_BYTES:
+                return st, data
+        raise _Skipped(f"larger than {MAX_FILE_BYTES} bytes, skipped")
+    except OSError as exc:
+        raise _Skipped(f"cannot read ({exc.strerror or exc}), skipped") from None
+    finally:
+        os.close(fd)
+
+
 def _match_line(section: Section, words: list[str], phrases: list[list[str]]) -> int:
     # The first place a query phrase, else a query word (or its stem's prefix, as porter may have
     # matched a variant), appears gives a more precise line than the section start.
@@ -358,6 +441,17 @@ def _match_line(section: Section, words: list[str], phrases: list[list[str]]) ->
         if starts:
             return section.line_at(min(starts))
     return section.line
+
+
+def _unparsable(match: str) -> bool:
+    """Whether FTS5 refuses `match` itself: tried on an empty table of the same columns in memory."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as probe:
+        probe.execute(_FTS_PROBE)
+        try:
+            probe.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (match,)).fetchall()
+        except sqlite3.OperationalError:
+            return True
+    return False
 
 
 def _explain(error: str, match: str) -> str:

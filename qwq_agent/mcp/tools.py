@@ -9,8 +9,6 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from qwq_agent.agent.chat_format import tool_spec_json
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.mcp.connection import MCPConnection, MCPError, MCPServerDied, MCPServerSpec
@@ -23,6 +21,7 @@ from qwq_agent.tools.convert import (
     spec_from_mcp,
 )
 from qwq_agent.tools.registry import describe_schema_errors
+from qwq_agent.tools.schema_patterns import Re2Validator
 from qwq_agent.tools.schema_refs import LOCAL_ONLY
 
 __all__ = [
@@ -181,14 +180,16 @@ class MCPTool:
                 f"{MAX_SPEC_CHARS:,} every prompt could carry for it"
             )
         self._spec = spec
-        self._validator = Draft202012Validator(uncut, registry=LOCAL_ONLY)
+        # RE2 for the server's patterns, which the model's arguments are matched against (schema_patterns.py).
+        self._validator = Re2Validator(uncut, registry=LOCAL_ONLY)
 
     @property
     def spec(self) -> ToolSpec:
         return self._spec
 
     async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
-        problems = describe_schema_errors(list(self._validator.iter_errors(arguments)))
+        # Off the event loop, like the registry's check: the registry's time limit can then fire.
+        problems = await asyncio.to_thread(self._problems, arguments)
         if problems:
             return ToolOutput(
                 text=f"Invalid arguments for tool '{self._spec.name}':\n"
@@ -218,6 +219,9 @@ class MCPTool:
                 metadata={"error": "mcp_protocol_error", "mcp_server": server},
             )
         return to_tool_output(result, server=server)
+
+    def _problems(self, arguments: dict[str, Any]) -> list[str]:
+        return describe_schema_errors(list(self._validator.iter_errors(arguments)))
 
     def __repr__(self) -> str:
         return f"MCPTool(name={self._spec.name!r}, server={self.connection.server_name!r})"

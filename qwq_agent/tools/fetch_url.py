@@ -110,10 +110,7 @@ def render_page(page: FetchedPage, offset: int, max_chars: int) -> ToolOutput:
         else:
             title, text, links = readable.title, readable.text, readable.links
     elif kind == "json" and not page.truncated:
-        try:
-            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-        except (ValueError, RecursionError):
-            pass  # show it as it came
+        text = _pretty_json(text)
     header = [f"URL: {page.url}"]
     if note:
         header.append(note)
@@ -156,6 +153,31 @@ def _kind(page: FetchedPage) -> str | None:
         if b"\x00" not in page.body[:4096]:
             return "text"
     return None
+
+
+# Re-indenting puts 2 spaces a level before every value: 600 levels around a million zeros (a 2 MB
+# body) became 1.2 G characters before the window was cut. The pretty form is kept while it stays
+# within this many times the body (plus some room for small documents), else the body is shown as it
+# came. It depends on the body alone, so every `offset` pages through the same text.
+_PRETTY_JSON_FACTOR = 4
+_PRETTY_JSON_SLACK = 64 * 1024
+
+
+def _pretty_json(text: str) -> str:
+    """`text` indented if it is JSON whose indented form stays small, else `text` itself."""
+    try:
+        value = json.loads(text)
+        limit = _PRETTY_JSON_FACTOR * len(text) + _PRETTY_JSON_SLACK
+        pieces: list[str] = []
+        size = 0
+        for piece in json.JSONEncoder(indent=2, ensure_ascii=False).iterencode(value):
+            size += len(piece)
+            if size > limit:
+                return text  # stopped before the rest is built
+            pieces.append(piece)
+    except (ValueError, RecursionError):
+        return text  # show it as it came
+    return "".join(pieces)
 
 
 # Codecs Python has that are no page encoding: utf-7 and the escape codecs decode to lone surrogates

@@ -172,6 +172,8 @@ async def resolve_all_checked(host: str, port: int, policy: AddressPolicy) -> li
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise AddressRefused(f"cannot resolve host {host!r}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # the idna codec: a label over 63 characters, an empty one (`...`)
+        raise AddressRefused(f"cannot resolve host {host!r}: {exc}") from None
     # An inet sockaddr's host is a str (the stub's `str | int` covers other families); `%` is an IPv6 zone.
     addresses = _unique(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos)
     if not addresses:

@@ -23,6 +23,7 @@ from qwq_agent.protocols import Tool, ToolContext, ToolOutput
 from qwq_agent.surrogates import replace_surrogates, replace_surrogates_in
 from qwq_agent.tools.base import ToolArgumentsError, same_json_value, to_tool_output
 from qwq_agent.tools.output_cap import MAX_OUTPUT_CHARS, cap_output
+from qwq_agent.tools.schema_patterns import Re2Validator
 from qwq_agent.tools.schema_refs import LOCAL_ONLY, unresolvable_refs
 
 __all__ = [
@@ -179,10 +180,11 @@ def _default_accepted(check: Any) -> Any:
     return wrapped
 
 
-# Draft 2020-12, except that a value equal to the schema's documented `default` is always valid.
+# Draft 2020-12, except that a value equal to the schema's documented `default` is always valid; its
+# regular expressions run on RE2 (schema_patterns.py: a backtracking `pattern` froze the event loop).
 DefaultsValidator = validators.extend(
-    Draft202012Validator,
-    {keyword: _default_accepted(check) for keyword, check in Draft202012Validator.VALIDATORS.items()},
+    Re2Validator,
+    {keyword: _default_accepted(check) for keyword, check in Re2Validator.VALIDATORS.items()},
 )
 
 
@@ -312,22 +314,6 @@ class ToolRegistry:
         if tool is None:
             return self._unknown(call.name)
 
-        try:
-            problems = self._problems(call)
-        except Exception as exc:  # e.g. a schema whose `$ref` fails to resolve: the run goes on
-            return ToolOutput(
-                text=f"Tool '{call.name}' could not check its arguments: its schema is broken "
-                f"({type(exc).__name__}: {str(exc)[:300]}). Try another tool or approach.",
-                is_error=True,
-                metadata={"error": "bad_schema"},
-            )
-        if problems:
-            return ToolOutput(
-                text=f"Invalid arguments for tool '{call.name}':\n" + "\n".join(f"- {p}" for p in problems),
-                is_error=True,
-                metadata={"error": "invalid_arguments"},
-            )
-
         if context is None:
             context = ToolContext(call_id=call.id)
         elif call.id and context.call_id != call.id:
@@ -342,6 +328,40 @@ class ToolRegistry:
                 context = context.model_copy(update={"deadline": deadline})
             # A backstop: tools that clamp to the deadline themselves report before it fires.
             limit = deadline.clamp(limit)
+
+        # In a worker thread, under the call's limit: a check can be slow (`uniqueItems` compares
+        # unhashable items pairwise), and on the event loop it stopped every other task and the timer.
+        checking = asyncio.ensure_future(asyncio.to_thread(self._problems, call))
+        try:
+            checked, _ = await asyncio.wait({checking}, timeout=limit)
+        except asyncio.CancelledError:
+            checking.cancel()  # the thread finishes on its own; nobody reads its answer
+            raise
+        if not checked:
+            checking.cancel()
+            return ToolOutput(
+                text=f"Tool '{call.name}': its arguments could not be checked against its schema within "
+                f"{limit:g} s, the time limit of the call.",
+                is_error=True,
+                metadata={"error": "timeout"},
+            )
+        try:
+            problems = checking.result()
+        except Exception as exc:  # e.g. a schema whose `$ref` fails to resolve: the run goes on
+            return ToolOutput(
+                text=f"Tool '{call.name}' could not check its arguments: its schema is broken "
+                f"({type(exc).__name__}: {str(exc)[:300]}). Try another tool or approach.",
+                is_error=True,
+                metadata={"error": "bad_schema"},
+            )
+        if problems:
+            return ToolOutput(
+                text=f"Invalid arguments for tool '{call.name}':\n" + "\n".join(f"- {p}" for p in problems),
+                is_error=True,
+                metadata={"error": "invalid_arguments"},
+            )
+        if deadline is not None:
+            limit = deadline.clamp(limit)  # the check took some of it
         task = asyncio.ensure_future(_contained(tool, call.arguments, context))
         try:
             # not asyncio.wait_for: it waits, without end, for a tool that swallows its cancellation

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +53,12 @@ class SearchDocs(ModelTool[SearchDocsArgs]):
             return ToolOutput(text=f"search_docs: {exc}", is_error=True)
         except QuerySyntaxError as exc:
             return ToolOutput(text=f"search_docs: {exc}", is_error=True)
+        except sqlite3.Error as exc:  # damaged, replaced by another program's file, locked
+            return ToolOutput(
+                text=f"search_docs: the index at {self.db_path} is unreadable: {exc}. If it is damaged or "
+                "was replaced, rebuild it with `qwq-agent index DIR`.",
+                is_error=True,
+            )
         return ToolOutput(
             text=format_hits(args.query, hits, files),
             metadata={"hits": [h.model_dump() | {"location": h.location} for h in hits]},

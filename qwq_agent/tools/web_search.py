@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,16 +36,23 @@ class WebSearch(ModelTool[WebSearchArgs]):
     Args = WebSearchArgs
 
     def __init__(self, provider: SearchProvider | None = None, *, timeout_s: float = 15.0) -> None:
+        """`timeout_s` bounds the whole search, reading the reply included."""
         self._provider = provider
         self.timeout_s = timeout_s
 
     async def run(self, args: WebSearchArgs, context: ToolContext) -> ToolOutput:
         try:
             provider = self._provider or provider_from_env()
-            async with httpx.AsyncClient(timeout=self.timeout_s, trust_env=False) as client:
-                results = await provider.search(client, args.query, args.count)
+            # httpx's timeout bounds each read; this bounds the whole search (a provider could drip).
+            async with asyncio.timeout(self.timeout_s):
+                async with httpx.AsyncClient(timeout=self.timeout_s, trust_env=False) as client:
+                    results = await provider.search(client, args.query, args.count)
         except SearchError as exc:
             return ToolOutput(text=f"web_search failed: {exc}", is_error=True)
+        except TimeoutError:
+            return ToolOutput(
+                text=f"web_search failed: the search took longer than {self.timeout_s:g} s", is_error=True
+            )
         return ToolOutput(
             text=format_results(args.query, results),
             metadata={"provider": provider.name, "results": [r.model_dump() for r in results]},

@@ -124,21 +124,30 @@ def _parse(url: str, policy: AddressPolicy) -> httpx.URL:
         check_host_literal(host, policy)
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
+        host = parsed.host  # decoded on access: idna's IDNAError, a ValueError, for `xn--a`
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
         raise FetchError(f"invalid URL {url!r}: {exc}") from None
     if parsed.scheme not in ("http", "https"):
         raise FetchError(
             f"only http and https URLs can be fetched, not {parsed.scheme or 'a relative URL'!r}"
         )
-    if not parsed.host:
+    if not host:
         raise FetchError(f"URL {url!r} has no host")
+    # httpx takes any integer (-1 reached the socket as an OverflowError; 0 read as "no port": 80).
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise FetchError(f"invalid port {parsed.port} in {url!r}")
+    try:
+        # As the resolver will encode it: a label over 63 characters, or an empty one (`...`).
+        host.encode("idna")
+    except UnicodeError as exc:
+        raise FetchError(f"invalid host name {host!r}: {exc}") from None
     return parsed
 
 
 async def _send(
     client: httpx.AsyncClient, url: httpx.URL, policy: AddressPolicy, limits: FetchLimits, accept: str
 ) -> httpx.Response:
-    port = url.port or (443 if url.scheme == "https" else 80)
+    port = url.port if url.port is not None else (443 if url.scheme == "https" else 80)
     addresses = await resolve_all_checked(url.host, port, policy)
     host_header = url.netloc.decode("ascii").rsplit("@", 1)[-1]
     headers = {
@@ -164,6 +173,10 @@ async def _send(
         except httpx.TimeoutException:
             raise FetchError(f"timed out connecting to or reading from {url}") from None
         except httpx.HTTPError as exc:
+            raise FetchError(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # what the transport lets out unwrapped (anyio's ExceptionGroup, ...)
+            while isinstance(exc, ExceptionGroup) and exc.exceptions:
+                exc = exc.exceptions[0]  # the group's own message says nothing of what went wrong
             raise FetchError(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
     raise FetchError(f"no address to connect to for {url}")  # unreachable: resolving gives at least one
 

@@ -7,6 +7,8 @@ messages are scrubbed of them, so they never reach logs or the model.
 
 from __future__ import annotations
 
+import codecs
+import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -15,6 +17,8 @@ from pydantic import BaseModel, SecretStr
 
 BRAVE_BASE_URL = "https://api.search.brave.com"
 TAVILY_BASE_URL = "https://api.tavily.com"
+# A page of results is tens of kilobytes; a reply past this is read no further (decoded bytes).
+MAX_REPLY_BYTES = 2_000_000
 
 
 class SearchResult(BaseModel):
@@ -148,24 +152,39 @@ async def _request(
     client: httpx.AsyncClient, method: str, url: str, *, secrets: tuple[str, ...], **kwargs: Any
 ) -> dict[str, Any]:
     try:
-        response = await client.request(method, url, **kwargs)
+        async with client.stream(method, url, **kwargs) as response:
+            status, charset = response.status_code, response.charset_encoding
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_REPLY_BYTES:
+                    raise SearchError(f"search provider's reply is larger than {MAX_REPLY_BYTES:,} bytes")
     except httpx.TimeoutException:
         raise SearchError(_scrub(f"search request to {url} timed out", secrets)) from None
     except httpx.HTTPError as exc:
         raise SearchError(
             _scrub(f"search request to {url} failed: {type(exc).__name__}: {exc}", secrets)
         ) from None
-    if response.status_code >= 400:
+    if status >= 400:
         # Scrubbed before it is cut: a key straddling the cut would keep its first characters.
-        detail = _scrub(response.text, secrets)[:300].strip()
-        raise SearchError(_scrub(f"search provider answered HTTP {response.status_code}: {detail}", secrets))
+        text = bytes(body).decode(_codec(charset), errors="replace")
+        detail = _scrub(text, secrets)[:300].strip()
+        raise SearchError(_scrub(f"search provider answered HTTP {status}: {detail}", secrets))
     try:
-        data = response.json()
-    except ValueError:
+        data = json.loads(bytes(body))  # JSON's own UTF-8/16/32 detection, as httpx's .json() does
+    except (ValueError, RecursionError):
         raise SearchError("search provider answered with something that is not JSON") from None
     if not isinstance(data, dict):
         raise SearchError("search provider answered with unexpected JSON (not an object)")
     return data
+
+
+def _codec(charset: str | None) -> str:
+    """`charset` if Python knows it, else UTF-8."""
+    try:
+        return codecs.lookup(charset).name if charset else "utf-8"
+    except LookupError:
+        return "utf-8"
 
 
 def _normalise(items: Any, url_key: str, title_key: str, snippet_keys: tuple[str, ...]) -> list[SearchResult]:
