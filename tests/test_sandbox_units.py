@@ -347,3 +347,22 @@ def test_sparse_members_are_refused(tmp_path) -> None:
     with pytest.raises(UnsafeArchive, match="sparse"):
         _extract_counted(_tar_files(("s.bin", b"x" * 10), sparse=True), tmp_path / "d", 1 << 20)
     assert list((tmp_path / "d").iterdir()) == []
+
+
+@pytest.mark.parametrize("field", ["path", "linkpath"])
+def test_a_nul_byte_in_a_name_or_link_target_refuses_the_archive(tmp_path, field: str) -> None:
+    """A PAX `path` (or `linkpath`) holding a NUL: tarfile reads it, but the filter's `realpath` and
+    `open` raise a bare ValueError ("embedded null byte"), which escaped the copy-back as a traceback
+    where any other hostile archive is one warning. Now it refuses the archive, and nothing is left."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(tarfile.TarInfo("ws/a.txt"), io.BytesIO(b""))  # written before the bad one
+        info = tarfile.TarInfo("ws/x")
+        if field == "linkpath":
+            info.type = tarfile.SYMTYPE
+        info.pax_headers = {field: "ws/a\x00b" if field == "path" else "a\x00b"}
+        tar.addfile(info, io.BytesIO(b""))
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeArchive, match="NUL byte; nothing was written"):
+        _extract_counted(buf.getvalue(), dest, 1 << 20, top="ws", entries=2)
+    assert list(dest.iterdir()) == []

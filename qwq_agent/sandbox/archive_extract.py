@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from qwq_agent.sandbox.errors import DestinationExists, UnsafeArchive
+from qwq_agent.sandbox.errors import DestinationExists, SandboxError, UnsafeArchive
 from qwq_agent.sandbox.git_files import GitFiles
 from qwq_agent.sandbox.supervisor import check_member
 from qwq_agent.sandbox.surrogates import clean_text
@@ -78,6 +78,11 @@ def _extract_counted(
             _check_whole(tar, data, entries)
             git = GitFiles(m.name for m in tar.getmembers())
             for member in tar.getmembers():
+                if "\0" in member.name or "\0" in member.linkname:  # a PAX record can hold one
+                    raise UnsafeArchive(
+                        f"refusing the downloaded archive: entry {member.name!r}: its name or link target "
+                        "holds a NUL byte; nothing was written"
+                    )
                 top = _top_entry(member, top)
                 inside = root / top
                 outside = _link_outside(member, dest, top) if member.issym() else None
@@ -162,6 +167,14 @@ def _extract_counted(
         _remove(created)
         raise UnsafeArchive(
             f"writing the downloaded archive took more than {timeout:g}s; nothing was written"
+        ) from None
+    except (SandboxError, OSError):  # refused, or the host's own disk failed: said as it is
+        _remove(created)
+        raise
+    except Exception as exc:  # what the checks above missed in a forged archive: still a refusal
+        _remove(created)
+        raise UnsafeArchive(
+            f"refusing the downloaded archive: {type(exc).__name__}: {exc}; nothing was written"
         ) from None
     except BaseException:
         _remove(created)
