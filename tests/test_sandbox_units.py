@@ -366,3 +366,30 @@ def test_a_nul_byte_in_a_name_or_link_target_refuses_the_archive(tmp_path, field
     with pytest.raises(UnsafeArchive, match="NUL byte; nothing was written"):
         _extract_counted(buf.getvalue(), dest, 1 << 20, top="ws", entries=2)
     assert list(dest.iterdir()) == []
+
+
+def test_a_file_the_sandbox_names_changed_is_left_out_and_named(tmp_path) -> None:
+    """The supervisor pads a big file that shrank while it was sent with zeros to the size its header
+    claimed and names its entry as changed (the download goes on): the host writes neither it nor a hard
+    link to it, and says so; an index that is no file is ignored."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(_info("ws", tarfile.DIRTYPE))
+        big = _info("ws/state.json", size=8)
+        tar.addfile(big, io.BytesIO(b"ab\0\0\0\0\0\0"))
+        tar.addfile(_info("ws/same", tarfile.LNKTYPE, link="ws/state.json"))
+        tar.addfile(_info("ws/result.txt", size=2), io.BytesIO(b"ok"))
+    dest = tmp_path / "dest"
+    done = _extract_counted(buf.getvalue(), dest, 1 << 20, top="ws", entries=4, changed=[0, 1])
+    assert sorted(p.name for p in (dest / "ws").iterdir()) == ["result.txt"]
+    assert done.skipped == [
+        "ws/state.json: changed while it was copied (it shrank as it was read)",
+        "ws/same: changed while it was copied (it shrank as it was read)",
+    ]
+    assert done.written == 2
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, *, size: int = 0, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = kind, size, link
+    return info

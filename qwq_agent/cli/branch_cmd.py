@@ -136,6 +136,13 @@ async def copy_back(
             f"config or hook, a .git file; git works without them): {', '.join(copied.git_left_out[:3])}{more}"
         )
         console.print(plain(note, "yellow"), soft_wrap=True)
+    if copied.cut:  # names from the sandbox: printed literally
+        more = " ..." if len(copied.cut) > 3 else ""
+        note = (
+            f"{max(copied.cut_count, len(copied.cut))} files grew while they were copied and are cut at the "
+            f"size they had when the copy reached them: {', '.join(copied.cut[:3])}{more}"
+        )
+        console.print(plain(note, "yellow"), soft_wrap=True)
     if cancelled is not None:
         raise cancelled
     return True
@@ -150,7 +157,7 @@ def show_left_out(console: Console, skipped: list[str], verb: str, count: int = 
         n = max(count, len(skipped))
         console.print(
             plain(
-                f"{n} entries were not {verb} (links leading out, special or unreadable files): "
+                f"{n} entries were not {verb} (links leading out, special, unreadable or changing files): "
                 f"{', '.join(skipped[:3])}{more}",
                 "yellow",
             ),

@@ -7,6 +7,7 @@ import io
 import os
 import tarfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,6 +40,7 @@ def _extract_counted(
     top: str | None = None,
     entries: int | None = None,
     original: Path | None = None,
+    changed: Collection[int] = (),
 ) -> Extracted:
     """Extract an archive from an untrusted sandbox under `dest`.
 
@@ -58,7 +60,9 @@ def _extract_counted(
     refuses the lot up front. With `entries` (the count the sandbox's reply gives), an archive that
     reads as another number of entries, or holds anything but zeros after its end, is refused: a header
     promising more bytes than came after it makes the following file contents read as headers of the
-    sandbox's choosing. Entries git would run commands from (`git_files`) are left out and named, but
+    sandbox's choosing. The files at the entry numbers in `changed` (the supervisor's: they shrank while
+    they were sent, and it padded them with zeros) are left out and named, as are hard links to them.
+    Entries git would run commands from (`git_files`) are left out and named, but
     for one byte-identical to its counterpart in `original` (the folder `top` was uploaded from): that
     one is the user's own.
     """
@@ -77,7 +81,8 @@ def _extract_counted(
             members = []
             _check_whole(tar, data, entries)
             git = GitFiles(m.name for m in tar.getmembers())
-            for member in tar.getmembers():
+            shrank: set[str] = set()
+            for index, member in enumerate(tar.getmembers()):
                 if "\0" in member.name or "\0" in member.linkname:  # a PAX record can hold one
                     raise UnsafeArchive(
                         f"refusing the downloaded archive: entry {member.name!r}: its name or link target "
@@ -100,6 +105,12 @@ def _extract_counted(
                     )
                 if not member.issym():  # _link_outside ran the filter on links already
                     _data_filter(member, dest)
+                if (member.isreg() and index in changed) or (member.islnk() and member.linkname in shrank):
+                    shrank.add(member.name)
+                    skipped.append(
+                        clean_text(f"{member.name}: changed while it was copied (it shrank as it was read)")
+                    )
+                    continue
                 if git.runs(member) and not _same_as_original(tar, member, top, original):
                     git_left_out.append(clean_text(member.name))
                     continue

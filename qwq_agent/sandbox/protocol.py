@@ -206,6 +206,12 @@ class DownloadResult(Result):
         description="entries not written because git would run commands from them (`.git/config`, "
         "`.git/hooks/*`, a `.git` file; see `sandbox.git_files`); not in `skipped`",
     )
+    cut: list[str] = Field(
+        default_factory=list,
+        description="files that grew while they were copied, written at the size they had when the copy "
+        "reached them (the sandbox names its first 50); one that shrank is in `skipped`, not written",
+    )
+    cut_count: int = Field(0, description="files cut, also those beyond the named ones")
 
 
 class PingResult(Result):
