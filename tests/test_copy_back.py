@@ -10,6 +10,7 @@ import io
 import os
 import stat
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,56 @@ async def test_a_folder_swapped_for_a_link_mid_walk_is_left_out_not_read_through
     assert reply["parsed"] == ["t", "t/d", "t/d/a.bin", "t/e_sled"]
     assert reply["skipped"] == ["t/d/enabled: changed while it was archived"]
     assert reply["entries"] == len(reply["parsed"]) and not reply["from_sys"]
+
+
+# The walk again, with a thread of the agent's (it swaps a folder and a link with renameat2's
+# RENAME_EXCHANGE, over and over) played at one exact moment: as the walk lists the folder `d`.
+_SWAP = r"""
+import io, json, os, sys, tarfile
+sys.path.insert(0, "/opt/qwq")
+from supervisor import archives
+
+W = "/workspace/t"
+os.makedirs(W + "/a/refs")
+open(W + "/a/HEAD", "w").write("ref: refs/heads/main\n")
+os.makedirs(W + "/d/objects")
+os.symlink("a", W + "/l")
+os.symlink("a", W + "/k")
+listing = os.scandir
+
+
+def scandir(fd):
+    if isinstance(fd, int) and os.readlink(f"/proc/self/fd/{fd}") == W + "/d":
+        os.rename(W + "/d", W + "/d_was")
+        os.rename(W + "/l", W + "/d")
+    return listing(fd)
+
+
+os.scandir = scandir
+sent = []
+reply = archives.download({"path": W, "_send": lambda frame, blob: sent.append(bytes(blob))})
+with tarfile.open(fileobj=io.BytesIO(b"".join(sent)), mode="r:") as tar:
+    reply["members"] = [[m.name, m.type.decode(), m.linkname] for m in tar.getmembers()]
+print(json.dumps(reply))
+"""
+
+
+async def test_a_folder_swapped_for_a_link_as_it_is_listed_keeps_its_folder_header(sandbox_image) -> None:
+    """The walk listed `d` (a folder, opened O_NOFOLLOW), then took its header from a second lstat by
+    path: by then `d` was the link `l -> a`, so the archive held `t/d -> a` with `d`'s children after it,
+    and the host wrote them through the link into `a` (making it a bare repository whose config git
+    runs). The header now comes from the fstat of the fd that was listed: a folder, whatever is at the
+    path by then."""
+    import json
+
+    async with open_sandbox() as sb:
+        r = await sb.python(_SWAP, timeout=60)
+    assert r.error is None, r.error
+    reply = json.loads(r.stdout)
+    members = {name: (kind, link) for name, kind, link in reply["members"]}
+    assert members["t/d"] == (tarfile.DIRTYPE.decode(), ""), reply
+    assert not [m for m in reply["members"] if m[1] == tarfile.SYMTYPE.decode() and m[0] == "t/d"]
+    assert members["t/k"] == (tarfile.SYMTYPE.decode(), "a")  # a link that stays one is archived as one
 
 
 async def test_a_big_file_that_shrinks_while_it_is_sent_is_named_changed_not_the_end(sandbox_image) -> None:

@@ -196,11 +196,12 @@ def download(args):
                         if not _inside(fd, root):
                             skipped.append(f"{name}/: changed while it was archived")
                             continue
+                        info = _header(name, os.fstat(fd))  # the folder listed: a folder (O_DIRECTORY)
                         with os.scandir(fd) as it:
                             children = sorted(e.name for e in it)
                     finally:
                         os.close(fd)
-                    _emit(archive, budget(archive.gettarinfo(path, name)))
+                    _emit(archive, budget(info))
                     stack.extend((f"{name}/{c}", os.path.join(path, c)) for c in reversed(children))
                 elif stat.S_ISREG(st.st_mode):
                     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
@@ -222,7 +223,18 @@ def download(args):
                         elif os.fstat(fd).st_size > info.size:
                             cut.append(name)
                 elif stat.S_ISLNK(st.st_mode):
-                    _emit(archive, budget(archive.gettarinfo(path, name)))
+                    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)  # the link itself
+                    try:
+                        st = os.fstat(fd)
+                        if not stat.S_ISLNK(st.st_mode) or not _inside(fd, root):
+                            skipped.append(f"{name}: changed while it was archived")
+                            continue
+                        info = _header(
+                            name, st, os.readlink("", dir_fd=fd)
+                        )  # readlinkat(fd, ""): this link's
+                    finally:
+                        os.close(fd)
+                    _emit(archive, budget(info))
                 else:
                     skipped.append(f"{name}: {_KINDS.get(stat.S_IFMT(st.st_mode), 'special file')}")
             except OSError as exc:  # unreadable, or gone mid-walk; before its header, see `_emit`
@@ -232,6 +244,21 @@ def download(args):
     return {"bytes": content, "archive_bytes": out.total, "entries": entries,
             "skipped": skipped.shown, "skipped_count": skipped.count, "changed": changed,
             "cut": cut.shown, "cut_count": cut.count}  # fmt: skip
+
+
+def _header(name, st, linkname=""):
+    """The tar header of a folder or symlink from `st`, the fstat of the fd it was opened by with
+    O_NOFOLLOW. Never from a second look by path (`gettarinfo`): by then the path may be something
+    else, a folder swapped for a link, and a link header with the folder's listing after it lets the
+    host write those entries through the link. (Files: `gettarinfo` with their open file, an fstat too.)"""
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE if stat.S_ISLNK(st.st_mode) else tarfile.DIRTYPE
+    info.linkname = linkname
+    info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    info.mtime = int(st.st_mtime)
+    return info
 
 
 def _inside(fd, root):
