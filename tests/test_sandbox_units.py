@@ -220,53 +220,101 @@ def test_an_archive_that_reads_as_other_entries_than_were_sent_is_refused(tmp_pa
     assert (dest / "ws" / "a").read_text() == "a"
 
 
-def test_git_files_are_left_out_also_through_a_link_or_in_other_case(tmp_path) -> None:
-    """`a -> .git` then `a/config`: the name holds no `.git`, the file lands in one. `.GIT/CONFIG` is
-    `.git/config` on a case-insensitive disk. A `hooks` link would make git run the folder it names."""
+def _host_git(folder, home, *args: str):
+    """git as the operator runs it in the copy: no system or global config of this machine's."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+    return subprocess.run(["git", *args], cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("how", ["made as a parent", "written through a link"])
+def test_a_bare_repository_is_told_from_the_disk_not_from_the_names(tmp_path, how: str) -> None:
+    """`a` holds HEAD, refs/ and a config whose core.fsmonitor runs a command. Its `objects` was named by
+    no entry: made as the parent of `a/objects/info`, or written as `b/objects` through `b -> a`. Judged
+    by the archive's names, `a` was no git folder, its config was written, and `git status` in `a` ran
+    the command on the host. Git folders are now found on disk once everything is written."""
+    marker = tmp_path / "RAN_ON_THE_HOST"
+    config = f'[core]\n\tbare = false\n\tworktree = ..\n\tfsmonitor = "touch {marker}; false"\n'
+    entries = [("ws", "dir", ""), ("ws/a", "dir", ""), ("ws/a/HEAD", "file", "ref: refs/heads/main\n")]
+    entries += [("ws/a/refs", "dir", ""), ("ws/a/refs/heads", "dir", ""), ("ws/a/config", "file", config)]
+    if how == "made as a parent":
+        entries.append(("ws/a/objects/info", "dir", ""))
+    else:
+        entries += [("ws/b", "link", "a"), ("ws/b/objects", "dir", "")]
+    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20, entries=len(entries))
+    a = tmp_path / "dest" / "ws" / "a"
+    assert (a / "objects").is_dir()
+    _host_git(a, tmp_path, "status")
+    assert not marker.exists()
+    assert done.git_left_out == ["ws/a/config"] and not (a / "config").exists()
+
+
+def test_git_folders_lose_what_git_runs_commands_from_whatever_the_names_said(tmp_path) -> None:
+    """Judged on disk: `a -> .git` then `a/config` lands in `.git`; `.GIT/CONFIG` is `.git/config` on a
+    case-insensitive disk; a `hooks` link, `commondir`, the todo lists of a rebase or cherry-pick (their
+    `exec` lines run), any link inside a git folder, and a `.git` that is a file or a link anywhere."""
     entries = (
         ("ws", "dir", ""),
         ("ws/.git", "dir", ""),
         ("ws/.git/HEAD", "file", "ref: refs/heads/main\n"),
         ("ws/.git/hooks", "link", "../scripts"),
+        ("ws/.git/commondir", "file", "../evil\n"),
+        ("ws/.git/rebase-merge/git-rebase-todo", "file", "exec touch /tmp/x\n"),
+        ("ws/.git/sequencer/todo", "file", "exec touch /tmp/x\n"),
+        ("ws/.git/refs/heads/main", "file", "0" * 40 + "\n"),
+        ("ws/.git/info/exclude", "file", "*.log\n"),
+        ("ws/.git/info/HEAD_link", "link", "../HEAD"),
         ("ws/a", "link", ".git"),
         ("ws/a/config", "file", "[core]\n\tfsmonitor = touch /tmp/x\n"),
-        ("ws/sub", "dir", ""),
-        ("ws/sub/.GIT", "dir", ""),
         ("ws/sub/.GIT/CONFIG", "file", "[core]\n"),
-        ("ws/scripts", "dir", ""),
+        ("ws/w/.git", "file", "gitdir: ../evil\n"),
+        ("ws/v/.git", "link", "../.git"),
         ("ws/scripts/pre-commit", "file", "#!/bin/sh\n"),
         ("ws/config", "file", "not git's: no git folder around it"),
+        ("ws/hooks/x", "file", "not git's either"),
     )
     dest = tmp_path / "dest"
     done = _extract_counted(_tar_entries(*entries), dest, 1 << 20)
-    assert sorted(done.git_left_out) == ["ws/.git/hooks", "ws/a/config", "ws/sub/.GIT/CONFIG"]
+    assert sorted(done.git_left_out) == [
+        "ws/.git/commondir",
+        "ws/.git/config",
+        "ws/.git/hooks",
+        "ws/.git/info/HEAD_link",
+        "ws/.git/rebase-merge/",
+        "ws/.git/sequencer/",
+        "ws/sub/.GIT/CONFIG",
+        "ws/v/.git",
+        "ws/w/.git",
+    ]
     ws = dest / "ws"
-    assert sorted(p.name for p in (ws / ".git").iterdir()) == ["HEAD"] and (ws / "a").is_symlink()
-    assert (ws / "config").exists() and (ws / "scripts" / "pre-commit").exists()
-    assert list((ws / "sub" / ".GIT").iterdir()) == []
+    assert sorted(p.name for p in (ws / ".git").iterdir()) == ["HEAD", "info", "refs"]
+    assert (ws / ".git" / "info" / "exclude").exists() and (ws / ".git" / "refs" / "heads" / "main").exists()
+    assert (ws / "a").is_symlink() and list((ws / "sub" / ".GIT").iterdir()) == []
+    assert list((ws / "w").iterdir()) == [] and list((ws / "v").iterdir()) == []
+    assert (
+        (ws / "config").exists()
+        and (ws / "scripts" / "pre-commit").exists()
+        and (ws / "hooks" / "x").exists()
+    )
 
 
-def test_a_git_file_identical_to_the_users_own_is_copied_back(tmp_path) -> None:
-    """What the user uploaded is theirs: the same bytes at the same place come back. Not with an exec
-    bit their copy lacks (a hook they had disabled), nor changed by a byte."""
-    original = tmp_path / "repo"
-    (original / ".git" / "hooks").mkdir(parents=True)
-    (original / ".git" / "config").write_text("[core]\n\tbare = false\n")
-    (original / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\nexit 0\n")  # not executable
-    (original / ".git" / "hooks" / "pre-push").write_text("#!/bin/sh\nexit 0\n")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data, mode in (
-            ("ws/.git/config", b"[core]\n\tbare = false\n", 0o644),
-            ("ws/.git/hooks/pre-commit", b"#!/bin/sh\nexit 0\n", 0o755),
-            ("ws/.git/hooks/pre-push", b"#!/bin/sh\nexit 1\n", 0o644),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    done = _extract_counted(buf.getvalue(), tmp_path / "dest", 1 << 20, original=original)
-    assert done.git_left_out == ["ws/.git/hooks/pre-commit", "ws/.git/hooks/pre-push"]
-    assert (tmp_path / "dest" / "ws" / ".git" / "config").read_text() == "[core]\n\tbare = false\n"
+def test_only_what_the_copy_back_wrote_leaves_a_git_folder_that_was_there(tmp_path) -> None:
+    """Copied into a folder that already holds the operator's repository: their config and hook stay."""
+    git = tmp_path / "dest" / "ws" / ".git"
+    (git / "hooks").mkdir(parents=True)
+    (git / "config").write_text("[core]\n\tbare = false\n")
+    (git / "hooks" / "pre-commit").write_text("#!/bin/sh\n")
+    entries = (
+        ("ws/.git/hooks/post-checkout", "file", "#!/bin/sh\ntouch /tmp/x\n"),
+        ("ws/.git/sequencer/todo", "file", "exec touch /tmp/x\n"),
+    )
+    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
+    assert sorted(done.git_left_out) == ["ws/.git/hooks/post-checkout", "ws/.git/sequencer/"]
+    assert sorted(p.name for p in git.iterdir()) == ["config", "hooks"]
+    assert [p.name for p in (git / "hooks").iterdir()] == ["pre-commit"]
+    assert (git / "config").read_text() == "[core]\n\tbare = false\n"
 
 
 def test_links_that_leave_only_together_are_removed(tmp_path) -> None:

@@ -124,13 +124,7 @@ class FileOps(SandboxCalls):
         self.last_upload = await self.upload_archive(data, dest)
         return self.last_upload
 
-    async def download(
-        self,
-        src: str,
-        local_dir: str | os.PathLike[str],
-        *,
-        original: str | os.PathLike[str] | None = None,
-    ) -> DownloadResult:
+    async def download(self, src: str, local_dir: str | os.PathLike[str]) -> DownloadResult:
         """Copy a workspace file or folder into the local directory `local_dir` (created if missing).
 
         The archive comes from an untrusted sandbox, so it is checked in full before anything is written:
@@ -142,9 +136,9 @@ class FileOps(SandboxCalls):
         and is named in `skipped`; one that grew is written cut, and named in `cut`.
         Something already at a path the archive holds raises `DestinationExists`, and an archive that does
         not read as the entries the reply counts raises `UnsafeArchive`; nothing is written then.
-        Entries git would run commands from (`.git/config`, `.git/hooks/*`, a `.git` file: see
-        `sandbox.git_files`) are not written and are named in `git_left_out`, but for one byte-identical
-        to the file at the same place in `original`, the local folder `src` was uploaded from.
+        What git would run commands from (a git folder's `config`, `hooks/`, a `.git` file: see
+        `sandbox.git_files`), judged on disk once all is written, is removed again and named in
+        `git_left_out`.
         """
         with _checked():
             req = DownloadRequest(path=src)
@@ -164,7 +158,6 @@ class FileOps(SandboxCalls):
             limit,
             top=_top_name(src),
             entries=entries,
-            original=Path(original) if original is not None else None,
             changed=_numbers(raw.get("changed")),
         )
         named, count = _left_out(raw)

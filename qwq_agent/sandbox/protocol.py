@@ -203,8 +203,8 @@ class DownloadResult(Result):
     skipped_count: int = Field(0, description="entries not written, also those beyond the named ones")
     git_left_out: list[str] = Field(
         default_factory=list,
-        description="entries not written because git would run commands from them (`.git/config`, "
-        "`.git/hooks/*`, a `.git` file; see `sandbox.git_files`); not in `skipped`",
+        description="what was not copied back because git would run commands from it (a git folder's "
+        "`config`, `hooks/`, a `.git` file; see `sandbox.git_files`); a folder ends in `/`; not in `skipped`",
     )
     cut: list[str] = Field(
         default_factory=list,
