@@ -276,8 +276,9 @@ def _host_git(repo: Path, home: Path, *args: str) -> subprocess.CompletedProcess
 async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_image, tmp_path) -> None:
     """The sandbox's `.git/config` came back as it was: `core.fsmonitor` ran its command on the host at
     the operator's next `git status`, and new hooks ran at the next commit. Now a git folder's config,
-    commondir and hooks, a `.git` file and an embedded bare repository's config are left out and named
-    on a line of their own, and git still works. Hooks never come back, the user's own included."""
+    commondir and hooks and a `.git` file are left out and named on a line of their own, configs (an
+    embedded bare repository's too) come back without what could run, and git still works. Hooks never
+    come back, the user's own included."""
     repo = _project(tmp_path)
     await asyncio.to_thread(_git, repo, "init", "-q")
     await asyncio.to_thread(_git, repo, "remote", "add", "origin", "https://example.com/repo.git")
@@ -313,15 +314,83 @@ async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_ima
     assert not marker.exists(), said
     left = [
         "workspace/.git/commondir",
-        "workspace/.git/config",
         "workspace/.git/hooks/",  # `hk/pre-push` was written into it through the link `hk`
-        "workspace/evil/config",
-        "workspace/nested/.git/config",
         "workspace/nested/.git/hooks/",
         "workspace/sub/.git",
     ]
     assert res.git_left_out == left and res.skipped == []
-    assert "7 entries were not copied back, as git would run commands from them on the host" in said
+    assert "4 entries were not copied back, as git would run commands from them on the host" in said
+    why = "settings git could run commands from (or not known to be safe)"
+    assert res.git_settings_dropped == [
+        f"workspace/.git/config: kept remotes/branches and basic settings, dropped 2 {why}: core.fsmonitor, alias.st",
+        f"workspace/evil/config: kept remotes/branches and basic settings, dropped 2 {why}: core.fsmonitor, core.worktree",
+    ]  # the nested repository's config had nothing to drop
+    remotes = await asyncio.to_thread(_host_git, ws, tmp_path, "remote", "-v")
+    assert "origin\thttps://example.com/repo.git (fetch)" in remotes.stdout
     for folder in (ws, ws / "nested"):
         status = await asyncio.to_thread(_host_git, folder, tmp_path, "status", "--short")
         assert status.returncode == 0, status.stderr  # git works without .git/config
+
+
+async def test_the_users_own_config_cannot_lead_git_to_files_the_sandbox_rewrote(
+    sandbox_image, tmp_path
+) -> None:
+    """The user's `.git/config`, unchanged, came back as theirs; but it delegates to worktree files the
+    sandbox may rewrite at will (`include.path = ../.gitconfig`, `core.hooksPath = .githooks`, an alias
+    running `./tools/check.sh`, a hook that is a link to it): the sandbox's fsmonitor and hook ran at the
+    operator's next `git status` and commit. Now hooks never come back, and a config comes back rebuilt
+    from the settings that can run nothing and name no other file (remotes, branches, user, core basics),
+    the rest named on a line."""
+    repo = _project(tmp_path)
+    (repo / ".gitconfig").write_text("[core]\n\tautocrlf = false\n")
+    for script in (".githooks/pre-commit", "tools/check.sh"):
+        (repo / script).parent.mkdir(exist_ok=True)
+        (repo / script).write_text("#!/bin/sh\nexit 0\n")
+        (repo / script).chmod(0o755)
+    await asyncio.to_thread(_git, repo, "init", "-q", "-b", "main")
+    for key, value in (
+        ("include.path", "../.gitconfig"),
+        ("core.hooksPath", ".githooks"),
+        ("alias.check", "!./tools/check.sh"),
+        ("remote.origin.url", "https://example.com/repo.git"),
+        ("branch.main.remote", "origin"),
+        ("branch.main.merge", "refs/heads/main"),
+        ("user.name", "Dev"),
+    ):
+        await asyncio.to_thread(_git, repo, "config", key, value)
+    (repo / ".git" / "hooks" / "pre-push").symlink_to("../../tools/check.sh")
+    await asyncio.to_thread(_git, repo, "add", "-A")
+    await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
+    marker = tmp_path / "RAN_ON_THE_HOST"
+    planted = f"printf '#!/bin/sh\\ntouch {marker}\\nexit 0\\n' >"
+    async with open_sandbox(workspace=repo) as sb:
+        r = await sb.shell(
+            f"printf '[core]\\n\\tfsmonitor = \"touch {marker}; false\"\\n' > .gitconfig && "
+            f"{planted} .githooks/pre-commit && {planted} tools/check.sh",
+            timeout=60,
+        )
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, tmp_path / "out")
+    ws = tmp_path / "out" / "workspace"
+    assert ok, said
+    await asyncio.to_thread(_host_git, ws, tmp_path, "status")
+    (ws / "README.md").write_text("edited by the operator\n")
+    commit = await asyncio.to_thread(
+        _host_git, ws, tmp_path, "-c", "user.email=d@e", "commit", "-qam", "mine"
+    )
+    assert commit.returncode == 0, commit.stderr
+    await asyncio.to_thread(_host_git, ws, tmp_path, "check")
+    assert not marker.exists(), said
+    assert not (ws / ".git" / "hooks").exists()
+    listed = await asyncio.to_thread(_host_git, ws, tmp_path, "config", "--file", ".git/config", "--list")
+    settings = listed.stdout.splitlines()
+    assert "remote.origin.url=https://example.com/repo.git" in settings
+    assert "branch.main.remote=origin" in settings and "branch.main.merge=refs/heads/main" in settings
+    assert "user.name=Dev" in settings and "core.bare=false" in settings
+    assert not [
+        s for s in settings if s.startswith(("include.", "core.hookspath", "alias.", "core.fsmonitor"))
+    ]
+    assert (
+        "workspace/.git/config: kept remotes/branches and basic settings, dropped 3 settings git could "
+        "run commands from (or not known to be safe): core.hookspath, include.path, alias.check"
+    ) in said

@@ -117,7 +117,7 @@ def test_a_download_keeps_links_inside_and_skips_links_leaving(tmp_path) -> None
         ("ws/docs/README.md", "../README.md"),
         ("ws/up", "../../outside"),
     )
-    paths, written, skipped, _ = _extract_counted(data, dest, 1 << 20)
+    paths, written, skipped, *_ = _extract_counted(data, dest, 1 << 20)
     assert (dest / "ws" / "result.txt").read_bytes() == b"important" and written == len(b"hiimportant")
     assert (dest / "ws" / "docs" / "README.md").read_text() == "hi"  # the relative link inside is kept
     assert not (dest / "ws" / ".venv" / "bin" / "python3").is_symlink()
@@ -160,7 +160,7 @@ def test_links_are_judged_against_the_folder_copied_back_not_the_destination(tmp
         ("ws/l/other/planted.txt", "file", "from the sandbox"),
         ("ws/back.md", "link", "../ws/README.md"),
     )
-    paths, _, skipped, _ = _extract_counted(data, dest, 1 << 20)
+    paths, _, skipped, *_ = _extract_counted(data, dest, 1 << 20)
     assert [p.name for p in (dest / "other").iterdir()] == ["secrets.env"]
     assert sorted(p.name for p in dest.iterdir()) == ["other", "ws"] and paths == [str(dest / "ws")]
     assert skipped == [
@@ -248,7 +248,11 @@ def test_a_bare_repository_is_told_from_the_disk_not_from_the_names(tmp_path, ho
     assert (a / "objects").is_dir()
     _host_git(a, tmp_path, "status")
     assert not marker.exists()
-    assert done.git_left_out == ["ws/a/config"] and not (a / "config").exists()
+    assert done.git_left_out == [] and (a / "config").read_text() == '[core]\n\tbare = "false"\n'
+    assert done.git_settings == [
+        "ws/a/config: kept remotes/branches and basic settings, dropped 2 settings git could run "
+        "commands from (or not known to be safe): core.worktree, core.fsmonitor"
+    ]
 
 
 def test_git_folders_lose_what_git_runs_commands_from_whatever_the_names_said(tmp_path) -> None:
@@ -279,19 +283,19 @@ def test_git_folders_lose_what_git_runs_commands_from_whatever_the_names_said(tm
     done = _extract_counted(_tar_entries(*entries), dest, 1 << 20)
     assert sorted(done.git_left_out) == [
         "ws/.git/commondir",
-        "ws/.git/config",
         "ws/.git/hooks",
         "ws/.git/info/HEAD_link",
         "ws/.git/rebase-merge/",
         "ws/.git/sequencer/",
-        "ws/sub/.GIT/CONFIG",
         "ws/v/.git",
         "ws/w/.git",
     ]
+    assert [line.split(":")[0] for line in done.git_settings] == ["ws/.git/config"]  # CONFIG dropped none
     ws = dest / "ws"
-    assert sorted(p.name for p in (ws / ".git").iterdir()) == ["HEAD", "info", "refs"]
+    assert sorted(p.name for p in (ws / ".git").iterdir()) == ["HEAD", "config", "info", "refs"]
+    assert (ws / ".git" / "config").read_text() == "" and (ws / "sub" / ".GIT" / "CONFIG").read_text() == ""
     assert (ws / ".git" / "info" / "exclude").exists() and (ws / ".git" / "refs" / "heads" / "main").exists()
-    assert (ws / "a").is_symlink() and list((ws / "sub" / ".GIT").iterdir()) == []
+    assert (ws / "a").is_symlink()
     assert list((ws / "w").iterdir()) == [] and list((ws / "v").iterdir()) == []
     assert (
         (ws / "config").exists()
@@ -321,7 +325,7 @@ def test_links_that_leave_only_together_are_removed(tmp_path) -> None:
     """`c -> a/b/../..` is inside while `a/b` does not exist; once `a/b -> ..` is written, it leaves."""
     dest = tmp_path / "dest"
     data = _tar_links(("ws/a", "docs"), ("ws/c", "a/b/../../.."), ("ws/docs/b", ".."))
-    _, _, skipped, _ = _extract_counted(data, dest, 1 << 20)
+    _, _, skipped, *_ = _extract_counted(data, dest, 1 << 20)
     root = dest.resolve()
     for link in (dest / "ws").rglob("*"):
         if link.is_symlink():
@@ -338,7 +342,7 @@ def test_a_chain_of_links_is_resolved_once_and_too_deep_ones_are_named_so(tmp_pa
     links = [("ws/l1", "README.md")] + [(f"ws/l{i}", f"l{i - 1}") for i in range(2, 3000)]
     data = _tar_links(*links, ("ws/loop_a", "loop_b"), ("ws/loop_b", "loop_a"))
     t0 = time.monotonic()
-    _, _, skipped, _ = _extract_counted(data, tmp_path / "dest", 1 << 20)
+    _, _, skipped, *_ = _extract_counted(data, tmp_path / "dest", 1 << 20)
     assert time.monotonic() - t0 < 20  # ~2 s here, of which the symlink() calls are most
     ws = tmp_path / "dest" / "ws"
     assert (ws / "l40").read_text() == "hi" and (ws / "l1").is_symlink()  # 40 links: what the kernel follows
@@ -386,7 +390,7 @@ def test_download_limit_counts_bytes_written_not_claims(tmp_path) -> None:
     with pytest.raises(UnsafeArchive, match="download limit of 1000000 bytes"):
         _extract_counted(data, dest, 1_000_000)
     assert list(dest.iterdir()) == []  # what was written before the limit hit is gone again
-    paths, written, _, _ = _extract_counted(data, dest, 2_000_000)
+    paths, written, *_ = _extract_counted(data, dest, 2_000_000)
     assert written == 1_200_000 and paths == [str(dest / "ws")]
     assert sorted(p.name for p in (dest / "ws").iterdir()) == ["a.bin", "b.bin"]
 
@@ -441,3 +445,47 @@ def _info(name: str, kind: bytes = tarfile.REGTYPE, *, size: int = 0, link: str 
     info = tarfile.TarInfo(name)
     info.type, info.size, info.linkname = kind, size, link
     return info
+
+
+def test_a_rebuilt_git_config_keeps_safe_settings_and_no_value_can_start_a_setting(tmp_path) -> None:
+    """Values that hold newlines, quotes, backslashes, `;` or `#` (which git reads back fine) are written
+    quoted and escaped: one that spells `[core] fsmonitor = ...` stays a value. Includes, hooksPath,
+    aliases, filters and the like are dropped, and a bare repository's `core.bare = true` too."""
+    from qwq_agent.sandbox.git_config import read_settings, rebuild
+
+    forged = 'x"\\\n[core]\n\tfsmonitor = touch /tmp/ran ; # \t\b'
+    config = tmp_path / "config"
+    config.write_text(
+        "[core]\n\trepositoryformatversion = 0\n\tbare = true\n\tfilemode\n\tfsmonitor = touch /tmp/ran\n"
+        '\thooksPath = .githooks\n[include]\n\tpath = ../.gitconfig\n[includeIf "gitdir:/"]\n\tpath = x\n'
+        '[remote "or\\"ig\\\\in"]\n\tfetch = +refs/heads/*:refs/remotes/o/*\n\tfetch = +refs/tags/*:refs/tags/*\n'
+        "\tuploadpack = touch /tmp/ran\n[alias]\n\tst = !touch /tmp/ran\n"
+        '[filter "lfs"]\n\tclean = touch /tmp/ran\n[branch "main"]\n\tremote = origin\n'
+    )
+    set_value = ["git", "config", "--file", str(config), 'remote.or"ig\\in.url', forged]
+    assert __import__("subprocess").run(set_value, capture_output=True).returncode == 0
+    new = rebuild(config, 30)
+    assert new is not None
+    assert new.dropped == [
+        "core.bare", "core.fsmonitor", "core.hookspath", "include.path", "includeif.gitdir:/.path",
+        'remote.or"ig\\in.uploadpack', "alias.st", "filter.lfs.clean",
+    ]  # fmt: skip
+    out = tmp_path / "rebuilt"
+    out.write_bytes(new.text)
+    assert read_settings(out, 30) == [
+        (b"core.repositoryformatversion", b"0"),
+        (b"core.filemode", None),
+        (b'remote.or"ig\\in.fetch', b"+refs/heads/*:refs/remotes/o/*"),
+        (b'remote.or"ig\\in.fetch', b"+refs/tags/*:refs/tags/*"),
+        (b'remote.or"ig\\in.url', forged.encode()),  # git put it at the end of its section
+        (b"branch.main.remote", b"origin"),
+    ]
+
+
+def test_without_git_on_the_host_a_config_is_left_out(tmp_path, monkeypatch) -> None:
+    """Nothing can read it without running anything: it is removed and named."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+    entries = (("ws/.git/HEAD", "file", "ref: refs/heads/main\n"), ("ws/.git/config", "file", "[core]\n"))
+    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
+    assert done.git_left_out == ["ws/.git/config"] and done.git_settings == []
+    assert [p.name for p in (tmp_path / "dest" / "ws" / ".git").iterdir()] == ["HEAD"]

@@ -86,7 +86,8 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
 async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bool:
     """Copy /workspace into `dest`, saying what was left out; a failure is one warning line and False,
     so the patch and the trace line, which do not depend on it, still come. What git would run
-    commands from is left out (`sandbox.git_files`) and named on a line of its own.
+    commands from is left out (`sandbox.git_files`) and named on a line of its own; a git config
+    comes back with only its safe settings, a line naming those dropped.
 
     The run has ended by now and the sandbox holds the only copy of its work, so a Ctrl-C or SIGTERM
     (a cancellation) lets the copy finish first, then propagates; a second signal exits at once
@@ -120,9 +121,15 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bo
         more = " ..." if len(copied.git_left_out) > 3 else ""
         note = (
             f"{len(copied.git_left_out)} entries were not copied back, as {WHY} on the host (a git "
-            f"folder's config, hooks or todo lists, a .git file; git works without them): "
+            f"folder's hooks or todo lists, a .git file; git works without them): "
             f"{', '.join(copied.git_left_out[:3])}{more}"
         )
+        console.print(plain(note, "yellow"), soft_wrap=True)
+    configs = copied.git_settings_dropped  # a line per config, keys from the sandbox: printed literally
+    for line in configs[:3]:
+        console.print(plain(line, "yellow"), soft_wrap=True)
+    if len(configs) > 3:
+        note = f"and {len(configs) - 3} more git configs copied back without some of their settings"
         console.print(plain(note, "yellow"), soft_wrap=True)
     if copied.cut:  # names from the sandbox: printed literally
         more = " ..." if len(copied.cut) > 3 else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import tarfile
 import time
 from collections.abc import Collection
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from qwq_agent.sandbox.errors import DestinationExists, SandboxError, UnsafeArchive
-from qwq_agent.sandbox.git_files import TooLong, identity, remove_from_git_folders
+from qwq_agent.sandbox.git_files import Cleaned, TooLong, identity, remove_from_git_folders
 from qwq_agent.sandbox.supervisor import check_member
 from qwq_agent.sandbox.surrogates import clean_text
 
@@ -24,6 +25,7 @@ class Extracted(NamedTuple):
     written: int  # bytes that reached the disk
     skipped: list[str]  # links left out, each with why
     git_left_out: list[str]  # what git would run commands from (`git_files`), removed again
+    git_settings: list[str]  # a line per git config rebuilt without some of its settings (`git_files`)
 
 
 def _safe_extract(data: bytes, dest: Path, max_bytes: int = 64 * 1024 * 1024) -> list[str]:
@@ -62,7 +64,8 @@ def _extract_counted(
     sandbox's choosing. The files at the entry numbers in `changed` (the supervisor's: they shrank while
     they were sent, and it padded them with zeros) are left out and named, as are hard links to them.
     Once all is written, what git would run commands from is removed from every git folder found on
-    disk in what this copy-back wrote (`git_files`), and named in `git_left_out`.
+    disk in what this copy-back wrote, and named in `git_left_out`; its configs are rebuilt with only
+    their safe settings, a line per config naming those dropped in `git_settings` (`git_files`).
     """
     deadline = time.monotonic() + timeout
     dest.mkdir(parents=True, exist_ok=True)
@@ -71,7 +74,7 @@ def _extract_counted(
     created: list[Path] = []
     ours: set[tuple[int, int]] = set()  # `identity` of each entry written: only those are removed again
     skipped: list[str] = []
-    git_left_out: list[str] = []
+    git = Cleaned([], [])
     links: list[tuple[tarfile.TarInfo, Path]] = []
     parents: dict[Path, Path] = {}  # each folder resolved once, not once per entry in it
     written = 0
@@ -164,9 +167,7 @@ def _extract_counted(
                         out.write(chunk)
             _drop_links_leaving(links, inside, skipped, deadline)
             if top is not None:
-                git_left_out = [
-                    clean_text(p) for p in remove_from_git_folders(dest / top, dest, ours, deadline)
-                ]
+                git = remove_from_git_folders(dest / top, dest, ours, deadline)
     except tarfile.TarError as exc:
         _remove(created)
         raise UnsafeArchive(f"the sandbox sent a broken archive: {exc}") from None
@@ -186,7 +187,13 @@ def _extract_counted(
     except BaseException:
         _remove(created)
         raise
-    return Extracted([str(dest / top)] if members and top else [], written, skipped, git_left_out)
+    return Extracted(
+        [str(dest / top)] if members and top else [],
+        written,
+        skipped,
+        [clean_text(p) for p in git.removed],
+        [clean_text(line) for line in git.settings],
+    )
 
 
 def _check_whole(tar: tarfile.TarFile, data: bytes, entries: int | None) -> None:
@@ -382,6 +389,6 @@ def _remove(paths: list[Path]) -> None:
     for path in reversed(paths):
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():
-                path.rmdir()
+                shutil.rmtree(path)  # a folder made here: all in it is this copy's (a config rebuilt too)
             else:
                 path.unlink()

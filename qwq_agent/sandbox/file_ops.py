@@ -136,9 +136,10 @@ class FileOps(SandboxCalls):
         and is named in `skipped`; one that grew is written cut, and named in `cut`.
         Something already at a path the archive holds raises `DestinationExists`, and an archive that does
         not read as the entries the reply counts raises `UnsafeArchive`; nothing is written then.
-        What git would run commands from (a git folder's `config`, `hooks/`, a `.git` file: see
+        What git would run commands from (a git folder's `hooks/`, `commondir`, a `.git` file: see
         `sandbox.git_files`), judged on disk once all is written, is removed again and named in
-        `git_left_out`.
+        `git_left_out`; a git config is written with only its safe settings, and those dropped are
+        named in `git_settings_dropped`.
         """
         with _checked():
             req = DownloadRequest(path=src)
@@ -168,6 +169,7 @@ class FileOps(SandboxCalls):
             skipped=named + done.skipped,
             skipped_count=count + len(done.skipped),
             git_left_out=done.git_left_out,
+            git_settings_dropped=done.git_settings,
             cut=cut,
             cut_count=cut_count,
             sandbox_replaced=replaced,

@@ -6,11 +6,13 @@ operator's next `git status` or commit in the copy runs them on the host. Which 
 git directory is judged once the whole archive is written, from the disk, never from the archive's
 names: a folder made as the parent of a deeper entry, or filled through a link to it, is named by no
 entry of its own (both bypassed the names). A git folder is one named `.git`, or one holding `HEAD`
-beside `objects`, `refs` or `commondir` (git's `is_git_directory()` wants `HEAD` and `refs` or
-`commondir`, and `objects`: a superset of what it accepts). From each, this copy-back's own entries
-that git runs commands from, or is led by, are removed:
+beside `objects`, `refs` or `commondir` (git's own `is_git_directory()` wants `HEAD` with both
+`objects` and `refs`, or with `commondir`: every folder it accepts is one of these). From each, this
+copy-back's own entries that git runs commands from, or is led by, are removed:
 
-- `config` and `config.worktree`, which hold those settings;
+- `config` and `config.worktree`, which hold those settings: each is written anew with only the
+  settings that run nothing and name no other file (`git_config`: remotes, branches, user, core basics);
+  without git on the host to read it, it is removed;
 - `commondir`, which sends git to another folder's config;
 - `hooks/`, and `rebase-merge/`, `rebase-apply/` and `sequencer/`, whose todo lists hold `exec` lines;
 - every symlink inside it: git makes none there, and one can lead it to a file elsewhere in the tree;
@@ -29,12 +31,24 @@ import stat
 import time
 from collections.abc import Set
 from pathlib import Path
+from typing import NamedTuple
+
+from qwq_agent.sandbox.git_config import rebuild
 
 WHY = "git would run commands from them"
 _RUNS = frozenset(
     {"config", "config.worktree", "commondir", "hooks", "rebase-merge", "rebase-apply", "sequencer"}
 )
 _GIT_DIR_SIGNS = frozenset({"objects", "refs", "commondir"})
+_CONFIGS = frozenset({"config", "config.worktree"})
+MAX_SHOWN_KEYS = 5
+
+
+class Cleaned(NamedTuple):
+    """What `remove_from_git_folders` did: paths removed, and a line per config rebuilt without some settings."""
+
+    removed: list[str]
+    settings: list[str]
 
 
 class TooLong(Exception):
@@ -46,15 +60,18 @@ def identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def remove_from_git_folders(top: Path, dest: Path, ours: Set[tuple[int, int]], deadline: float) -> list[str]:
-    """Remove what git runs commands from out of every git folder under `top` (see the module's
-    docstring); only entries this copy-back wrote (`ours`: their `identity`) go. Links are never
-    followed. Returns the paths removed, relative to `dest` (a folder with a trailing `/`), sorted."""
-    if not os.path.lexists(top):
-        return []
-    if not stat.S_ISDIR(os.lstat(top).st_mode):  # one file (or link) was copied back
-        return _remove_ours(top, dest, ours) if top.name.lower() == ".git" else []
+def remove_from_git_folders(top: Path, dest: Path, ours: Set[tuple[int, int]], deadline: float) -> Cleaned:
+    """Remove what git runs commands from out of every git folder under `top`, and rebuild its configs
+    (see the module's docstring); only entries this copy-back wrote (`ours`: their `identity`) are
+    touched. Links are never followed. Paths are named relative to `dest` (a folder with a trailing `/`)."""
     removed: list[str] = []
+    settings: list[str] = []
+    if not os.path.lexists(top):
+        return Cleaned(removed, settings)
+    if not stat.S_ISDIR(os.lstat(top).st_mode):  # one file (or link) was copied back
+        if top.name.lower() == ".git":
+            removed += _remove_ours(top, dest, ours)
+        return Cleaned(removed, settings)
     stack = [(top, False)]
     while stack:
         if time.monotonic() > deadline:
@@ -68,11 +85,36 @@ def remove_from_git_folders(top: Path, dest: Path, ours: Set[tuple[int, int]], d
         for entry in entries:
             name, path = entry.name.lower(), Path(entry.path)
             is_dir = entry.is_dir(follow_symlinks=False)
-            if (name == ".git" and not is_dir) or (git and name in _RUNS) or (within and entry.is_symlink()):
+            if git and name in _CONFIGS and entry.is_file(follow_symlinks=False):
+                if identity(entry.stat(follow_symlinks=False)) in ours:
+                    _rebuild(path, dest, deadline, removed, settings)
+            elif (
+                (name == ".git" and not is_dir) or (git and name in _RUNS) or (within and entry.is_symlink())
+            ):
                 removed += _remove_ours(path, dest, ours)
             elif is_dir:
                 stack.append((path, within))
-    return sorted(removed)
+    return Cleaned(sorted(removed), sorted(settings))
+
+
+def _rebuild(path: Path, dest: Path, deadline: float, removed: list[str], settings: list[str]) -> None:
+    """Write the config at `path` anew with its safe settings, naming those dropped; or remove it."""
+    shown = str(path.relative_to(dest))
+    new = rebuild(path, deadline - time.monotonic())
+    path.unlink()
+    if new is None:
+        removed.append(shown)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        out.write(new.text)
+    if new.dropped:
+        keys = list(dict.fromkeys(new.dropped))
+        more = " ..." if len(keys) > MAX_SHOWN_KEYS else ""
+        settings.append(
+            f"{shown}: kept remotes/branches and basic settings, dropped {len(new.dropped)} settings git "
+            f"could run commands from (or not known to be safe): {', '.join(keys[:MAX_SHOWN_KEYS])}{more}"
+        )
 
 
 def _remove_ours(path: Path, dest: Path, ours: Set[tuple[int, int]]) -> list[str]:

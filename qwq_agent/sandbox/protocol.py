@@ -206,6 +206,11 @@ class DownloadResult(Result):
         description="what was not copied back because git would run commands from it (a git folder's "
         "`config`, `hooks/`, a `.git` file; see `sandbox.git_files`); a folder ends in `/`; not in `skipped`",
     )
+    git_settings_dropped: list[str] = Field(
+        default_factory=list,
+        description="a line per git config written with only its safe settings (remotes, branches, user, "
+        "core basics), naming the settings dropped",
+    )
     cut: list[str] = Field(
         default_factory=list,
         description="files that grew while they were copied, written at the size they had when the copy "
