@@ -226,15 +226,9 @@ class Sandbox(Protocol):
         """Copy a local file or folder into the sandbox directory `dest`."""
         ...
 
-    async def download(
-        self,
-        src: str,
-        local_dir: str | os.PathLike[str],
-        *,
-        original: str | os.PathLike[str] | None = None,
-    ) -> DownloadResult:
-        """Copy a sandbox file or folder into the local directory `local_dir` (checked first); files
-        git would run commands from are left out unless identical to theirs in `original`."""
+    async def download(self, src: str, local_dir: str | os.PathLike[str]) -> DownloadResult:
+        """Copy a sandbox file or folder into the local directory `local_dir` (checked first); what
+        git would run commands from is left out (`sandbox.git_files`)."""
         ...
 
     # -- file state --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import io
 import os
 import stat
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,10 @@ from qwq_agent.cli.branch_cmd import copy_back
 pytestmark = [pytest.mark.docker]
 
 
-async def _copy_back(sandbox, dest: Path, original: Path | None = None) -> tuple[bool, str]:
+async def _copy_back(sandbox, dest: Path) -> tuple[bool, str]:
     """Copy /workspace into `dest` as the CLI does; whether it worked and what it printed (one line each)."""
     out = io.StringIO()
-    ok = await copy_back(sandbox, dest, Console(file=out, width=100_000), "the workspace", original)
+    ok = await copy_back(sandbox, dest, Console(file=out, width=100_000), "the workspace")
     return ok, out.getvalue()
 
 
@@ -109,6 +110,9 @@ archive = b"".join(sent)
 try:
     with tarfile.open(fileobj=__import__("io").BytesIO(archive), mode="r:") as tar:
         reply["parsed"] = tar.getnames()
+        reply["sizes"] = {m.name: m.size for m in tar.getmembers()}
+        if "t/big.bin" in reply["sizes"]:
+            reply["tail_of_big"] = tar.extractfile("t/big.bin").read()[-16:].hex()
 except tarfile.TarError as exc:
     reply["parsed"] = f"broken: {exc}"
 reply["from_sys"] = b"madvise" in archive
@@ -142,12 +146,74 @@ async def test_a_folder_swapped_for_a_link_mid_walk_is_left_out_not_read_through
     assert reply["entries"] == len(reply["parsed"]) and not reply["from_sys"]
 
 
-async def test_a_file_that_shrinks_while_it_is_sent_stops_the_download(sandbox_image) -> None:
-    """A log cut short by a writer still running while its bytes stream out: its header already claimed
-    the size it had, so going on (as the walk did, naming it skipped) left the stream lying about itself."""
+# The walk again, with a thread of the agent's (it swaps a folder and a link with renameat2's
+# RENAME_EXCHANGE, over and over) played at one exact moment: as the walk lists the folder `d`.
+_SWAP = r"""
+import io, json, os, sys, tarfile
+sys.path.insert(0, "/opt/qwq")
+from supervisor import archives
+
+W = "/workspace/t"
+os.makedirs(W + "/a/refs")
+open(W + "/a/HEAD", "w").write("ref: refs/heads/main\n")
+os.makedirs(W + "/d/objects")
+os.symlink("a", W + "/l")
+os.symlink("a", W + "/k")
+listing = os.scandir
+
+
+def scandir(fd):
+    if isinstance(fd, int) and os.readlink(f"/proc/self/fd/{fd}") == W + "/d":
+        os.rename(W + "/d", W + "/d_was")
+        os.rename(W + "/l", W + "/d")
+    return listing(fd)
+
+
+os.scandir = scandir
+sent = []
+reply = archives.download({"path": W, "_send": lambda frame, blob: sent.append(bytes(blob))})
+with tarfile.open(fileobj=io.BytesIO(b"".join(sent)), mode="r:") as tar:
+    reply["members"] = [[m.name, m.type.decode(), m.linkname] for m in tar.getmembers()]
+print(json.dumps(reply))
+"""
+
+
+async def test_a_folder_swapped_for_a_link_as_it_is_listed_keeps_its_folder_header(sandbox_image) -> None:
+    """The walk listed `d` (a folder, opened O_NOFOLLOW), then took its header from a second lstat by
+    path: by then `d` was the link `l -> a`, so the archive held `t/d -> a` with `d`'s children after it,
+    and the host wrote them through the link into `a` (making it a bare repository whose config git
+    runs). The header now comes from the fstat of the fd that was listed: a folder, whatever is at the
+    path by then."""
+    import json
+
+    async with open_sandbox() as sb:
+        r = await sb.python(_SWAP, timeout=60)
+    assert r.error is None, r.error
+    reply = json.loads(r.stdout)
+    members = {name: (kind, link) for name, kind, link in reply["members"]}
+    assert members["t/d"] == (tarfile.DIRTYPE.decode(), ""), reply
+    assert not [m for m in reply["members"] if m[1] == tarfile.SYMTYPE.decode() and m[0] == "t/d"]
+    assert members["t/k"] == (tarfile.SYMTYPE.decode(), "a")  # a link that stays one is archived as one
+
+
+async def test_a_big_file_that_shrinks_while_it_is_sent_is_named_changed_not_the_end(sandbox_image) -> None:
+    """A checkpoint a thread rewrites (truncate, then write) while its bytes stream out: its header had
+    claimed the size it had, and the short read stopped the whole download, so one busy file cost every
+    other file of the run (the sandbox is gone right after). Now its data is padded with zeros to that
+    size, the walk goes on, and the reply names its entry as changed: the host leaves just it out."""
     reply = await _walk('os.truncate(W + "/big.bin", 1024 * 1024)', big=True)
-    assert reply.get("error", "").startswith("t/big.bin changed while it was archived"), reply
-    assert "try again" in reply["error"]
+    assert "error" not in reply, reply
+    assert reply["parsed"] == ["t", "t/big.bin", "t/d", "t/d/a.bin", "t/d/enabled", "t/e_sled"]
+    assert reply["sizes"]["t/big.bin"] == 12 * 1024 * 1024 and reply["tail_of_big"] == "00" * 16
+    assert reply["changed"] == [1] and reply["entries"] == 6 and reply["cut"] == []
+
+
+async def test_a_file_that_grows_while_it_is_sent_is_cut_and_said_so(sandbox_image) -> None:
+    """Only the size its header claimed is sent (a log still being written); the reply says it is cut."""
+    reply = await _walk('open(W + "/big.bin", "ab").write(b"g" * 4096)', big=True)
+    assert "error" not in reply, reply
+    assert reply["sizes"]["t/big.bin"] == 12 * 1024 * 1024 and reply["tail_of_big"] == "62" * 16
+    assert reply["changed"] == [] and reply["cut"] == ["t/big.bin"] and reply["cut_count"] == 1
 
 
 async def test_the_count_of_entries_left_out_is_the_true_one(sandbox_image, tmp_path) -> None:
@@ -210,8 +276,9 @@ def _host_git(repo: Path, home: Path, *args: str) -> subprocess.CompletedProcess
 async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_image, tmp_path) -> None:
     """The sandbox's `.git/config` came back as it was: `core.fsmonitor` ran its command on the host at
     the operator's next `git status`, and new hooks ran at the next commit. Now a git folder's config,
-    commondir and hooks, a `.git` file and an embedded bare repository's config are left out and named
-    on a line of their own, and git still works; what is the user's own (identical to the upload) stays."""
+    commondir and hooks and a `.git` file are left out and named on a line of their own, configs (an
+    embedded bare repository's too) come back without what could run, and git still works. Hooks never
+    come back, the user's own included."""
     repo = _project(tmp_path)
     await asyncio.to_thread(_git, repo, "init", "-q")
     await asyncio.to_thread(_git, repo, "remote", "add", "origin", "https://example.com/repo.git")
@@ -219,7 +286,7 @@ async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_ima
     (repo / ".git" / "hooks" / "pre-commit").chmod(0o755)
     await asyncio.to_thread(_git, repo, "add", "-A")
     await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
-    nested = repo / "nested"  # a second repository inside: its config is the user's own too
+    nested = repo / "nested"  # a second repository inside
     nested.mkdir()
     (nested / "a.txt").write_text("a\n")
     for args in (("init", "-q"), ("add", "-A"), ("commit", "-qm", "nested")):
@@ -237,8 +304,8 @@ async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_ima
             timeout=60,
         )
         assert r.exit_code == 0, r
-        ok, said = await _copy_back(sb, tmp_path / "out", original=repo)
-        res = await sb.download("/workspace", tmp_path / "again", original=repo)
+        ok, said = await _copy_back(sb, tmp_path / "out")
+        res = await sb.download("/workspace", tmp_path / "again")
     ws = tmp_path / "out" / "workspace"
     assert ok, said
     for folder in (ws, ws / "sub", ws / "evil", ws / "nested"):
@@ -247,19 +314,83 @@ async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_ima
     assert not marker.exists(), said
     left = [
         "workspace/.git/commondir",
-        "workspace/.git/config",
-        "workspace/.git/hooks/post-checkout",
-        "workspace/.git/hooks/pre-push",
-        "workspace/evil/config",
+        "workspace/.git/hooks/",  # `hk/pre-push` was written into it through the link `hk`
+        "workspace/nested/.git/hooks/",
         "workspace/sub/.git",
     ]
-    assert sorted(res.git_left_out) == left and res.skipped == []
-    assert "6 entries were not copied back, as git would run commands from them on the host" in said
-    status = await asyncio.to_thread(_host_git, ws, tmp_path, "status", "--short")
-    assert status.returncode == 0, status.stderr  # git works without .git/config
-    # The user's own: an unchanged hook (still executable), git's samples, the nested repository's config.
-    assert os.access(ws / ".git" / "hooks" / "pre-commit", os.X_OK)
-    assert (ws / ".git" / "hooks" / "pre-commit.sample").exists()
-    assert (ws / "nested" / ".git" / "config").read_bytes() == (
-        repo / "nested" / ".git" / "config"
-    ).read_bytes()
+    assert res.git_left_out == left and res.skipped == []
+    assert "4 entries were not copied back, as git would run commands from them on the host" in said
+    why = "settings git could run commands from (or not known to be safe)"
+    assert res.git_settings_dropped == [
+        f"workspace/.git/config: kept remotes/branches and basic settings, dropped 2 {why}: core.fsmonitor, alias.st",
+        f"workspace/evil/config: kept remotes/branches and basic settings, dropped 2 {why}: core.fsmonitor, core.worktree",
+    ]  # the nested repository's config had nothing to drop
+    remotes = await asyncio.to_thread(_host_git, ws, tmp_path, "remote", "-v")
+    assert "origin\thttps://example.com/repo.git (fetch)" in remotes.stdout
+    for folder in (ws, ws / "nested"):
+        status = await asyncio.to_thread(_host_git, folder, tmp_path, "status", "--short")
+        assert status.returncode == 0, status.stderr  # git works without .git/config
+
+
+async def test_the_users_own_config_cannot_lead_git_to_files_the_sandbox_rewrote(
+    sandbox_image, tmp_path
+) -> None:
+    """The user's `.git/config`, unchanged, came back as theirs; but it delegates to worktree files the
+    sandbox may rewrite at will (`include.path = ../.gitconfig`, `core.hooksPath = .githooks`, an alias
+    running `./tools/check.sh`, a hook that is a link to it): the sandbox's fsmonitor and hook ran at the
+    operator's next `git status` and commit. Now hooks never come back, and a config comes back rebuilt
+    from the settings that can run nothing and name no other file (remotes, branches, user, core basics),
+    the rest named on a line."""
+    repo = _project(tmp_path)
+    (repo / ".gitconfig").write_text("[core]\n\tautocrlf = false\n")
+    for script in (".githooks/pre-commit", "tools/check.sh"):
+        (repo / script).parent.mkdir(exist_ok=True)
+        (repo / script).write_text("#!/bin/sh\nexit 0\n")
+        (repo / script).chmod(0o755)
+    await asyncio.to_thread(_git, repo, "init", "-q", "-b", "main")
+    for key, value in (
+        ("include.path", "../.gitconfig"),
+        ("core.hooksPath", ".githooks"),
+        ("alias.check", "!./tools/check.sh"),
+        ("remote.origin.url", "https://example.com/repo.git"),
+        ("branch.main.remote", "origin"),
+        ("branch.main.merge", "refs/heads/main"),
+        ("user.name", "Dev"),
+    ):
+        await asyncio.to_thread(_git, repo, "config", key, value)
+    (repo / ".git" / "hooks" / "pre-push").symlink_to("../../tools/check.sh")
+    await asyncio.to_thread(_git, repo, "add", "-A")
+    await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
+    marker = tmp_path / "RAN_ON_THE_HOST"
+    planted = f"printf '#!/bin/sh\\ntouch {marker}\\nexit 0\\n' >"
+    async with open_sandbox(workspace=repo) as sb:
+        r = await sb.shell(
+            f"printf '[core]\\n\\tfsmonitor = \"touch {marker}; false\"\\n' > .gitconfig && "
+            f"{planted} .githooks/pre-commit && {planted} tools/check.sh",
+            timeout=60,
+        )
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, tmp_path / "out")
+    ws = tmp_path / "out" / "workspace"
+    assert ok, said
+    await asyncio.to_thread(_host_git, ws, tmp_path, "status")
+    (ws / "README.md").write_text("edited by the operator\n")
+    commit = await asyncio.to_thread(
+        _host_git, ws, tmp_path, "-c", "user.email=d@e", "commit", "-qam", "mine"
+    )
+    assert commit.returncode == 0, commit.stderr
+    await asyncio.to_thread(_host_git, ws, tmp_path, "check")
+    assert not marker.exists(), said
+    assert not (ws / ".git" / "hooks").exists()
+    listed = await asyncio.to_thread(_host_git, ws, tmp_path, "config", "--file", ".git/config", "--list")
+    settings = listed.stdout.splitlines()
+    assert "remote.origin.url=https://example.com/repo.git" in settings
+    assert "branch.main.remote=origin" in settings and "branch.main.merge=refs/heads/main" in settings
+    assert "user.name=Dev" in settings and "core.bare=false" in settings
+    assert not [
+        s for s in settings if s.startswith(("include.", "core.hookspath", "alias.", "core.fsmonitor"))
+    ]
+    assert (
+        "workspace/.git/config: kept remotes/branches and basic settings, dropped 3 settings git could "
+        "run commands from (or not known to be safe): core.hookspath, include.path, alias.check"
+    ) in said

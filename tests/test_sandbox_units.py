@@ -117,7 +117,7 @@ def test_a_download_keeps_links_inside_and_skips_links_leaving(tmp_path) -> None
         ("ws/docs/README.md", "../README.md"),
         ("ws/up", "../../outside"),
     )
-    paths, written, skipped, _ = _extract_counted(data, dest, 1 << 20)
+    paths, written, skipped, *_ = _extract_counted(data, dest, 1 << 20)
     assert (dest / "ws" / "result.txt").read_bytes() == b"important" and written == len(b"hiimportant")
     assert (dest / "ws" / "docs" / "README.md").read_text() == "hi"  # the relative link inside is kept
     assert not (dest / "ws" / ".venv" / "bin" / "python3").is_symlink()
@@ -160,7 +160,7 @@ def test_links_are_judged_against_the_folder_copied_back_not_the_destination(tmp
         ("ws/l/other/planted.txt", "file", "from the sandbox"),
         ("ws/back.md", "link", "../ws/README.md"),
     )
-    paths, _, skipped, _ = _extract_counted(data, dest, 1 << 20)
+    paths, _, skipped, *_ = _extract_counted(data, dest, 1 << 20)
     assert [p.name for p in (dest / "other").iterdir()] == ["secrets.env"]
     assert sorted(p.name for p in dest.iterdir()) == ["other", "ws"] and paths == [str(dest / "ws")]
     assert skipped == [
@@ -220,60 +220,112 @@ def test_an_archive_that_reads_as_other_entries_than_were_sent_is_refused(tmp_pa
     assert (dest / "ws" / "a").read_text() == "a"
 
 
-def test_git_files_are_left_out_also_through_a_link_or_in_other_case(tmp_path) -> None:
-    """`a -> .git` then `a/config`: the name holds no `.git`, the file lands in one. `.GIT/CONFIG` is
-    `.git/config` on a case-insensitive disk. A `hooks` link would make git run the folder it names."""
+def _host_git(folder, home, *args: str):
+    """git as the operator runs it in the copy: no system or global config of this machine's."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+    return subprocess.run(["git", *args], cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("how", ["made as a parent", "written through a link"])
+def test_a_bare_repository_is_told_from_the_disk_not_from_the_names(tmp_path, how: str) -> None:
+    """`a` holds HEAD, refs/ and a config whose core.fsmonitor runs a command. Its `objects` was named by
+    no entry: made as the parent of `a/objects/info`, or written as `b/objects` through `b -> a`. Judged
+    by the archive's names, `a` was no git folder, its config was written, and `git status` in `a` ran
+    the command on the host. Git folders are now found on disk once everything is written."""
+    marker = tmp_path / "RAN_ON_THE_HOST"
+    config = f'[core]\n\tbare = false\n\tworktree = ..\n\tfsmonitor = "touch {marker}; false"\n'
+    entries = [("ws", "dir", ""), ("ws/a", "dir", ""), ("ws/a/HEAD", "file", "ref: refs/heads/main\n")]
+    entries += [("ws/a/refs", "dir", ""), ("ws/a/refs/heads", "dir", ""), ("ws/a/config", "file", config)]
+    if how == "made as a parent":
+        entries.append(("ws/a/objects/info", "dir", ""))
+    else:
+        entries += [("ws/b", "link", "a"), ("ws/b/objects", "dir", "")]
+    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20, entries=len(entries))
+    a = tmp_path / "dest" / "ws" / "a"
+    assert (a / "objects").is_dir()
+    _host_git(a, tmp_path, "status")
+    assert not marker.exists()
+    assert done.git_left_out == [] and (a / "config").read_text() == '[core]\n\tbare = "false"\n'
+    assert done.git_settings == [
+        "ws/a/config: kept remotes/branches and basic settings, dropped 2 settings git could run "
+        "commands from (or not known to be safe): core.worktree, core.fsmonitor"
+    ]
+
+
+def test_git_folders_lose_what_git_runs_commands_from_whatever_the_names_said(tmp_path) -> None:
+    """Judged on disk: `a -> .git` then `a/config` lands in `.git`; `.GIT/CONFIG` is `.git/config` on a
+    case-insensitive disk; a `hooks` link, `commondir`, the todo lists of a rebase or cherry-pick (their
+    `exec` lines run), any link inside a git folder, and a `.git` that is a file or a link anywhere."""
     entries = (
         ("ws", "dir", ""),
         ("ws/.git", "dir", ""),
         ("ws/.git/HEAD", "file", "ref: refs/heads/main\n"),
         ("ws/.git/hooks", "link", "../scripts"),
+        ("ws/.git/commondir", "file", "../evil\n"),
+        ("ws/.git/rebase-merge/git-rebase-todo", "file", "exec touch /tmp/x\n"),
+        ("ws/.git/sequencer/todo", "file", "exec touch /tmp/x\n"),
+        ("ws/.git/refs/heads/main", "file", "0" * 40 + "\n"),
+        ("ws/.git/info/exclude", "file", "*.log\n"),
+        ("ws/.git/info/HEAD_link", "link", "../HEAD"),
         ("ws/a", "link", ".git"),
         ("ws/a/config", "file", "[core]\n\tfsmonitor = touch /tmp/x\n"),
-        ("ws/sub", "dir", ""),
-        ("ws/sub/.GIT", "dir", ""),
         ("ws/sub/.GIT/CONFIG", "file", "[core]\n"),
-        ("ws/scripts", "dir", ""),
+        ("ws/w/.git", "file", "gitdir: ../evil\n"),
+        ("ws/v/.git", "link", "../.git"),
         ("ws/scripts/pre-commit", "file", "#!/bin/sh\n"),
         ("ws/config", "file", "not git's: no git folder around it"),
+        ("ws/hooks/x", "file", "not git's either"),
     )
     dest = tmp_path / "dest"
     done = _extract_counted(_tar_entries(*entries), dest, 1 << 20)
-    assert sorted(done.git_left_out) == ["ws/.git/hooks", "ws/a/config", "ws/sub/.GIT/CONFIG"]
+    assert sorted(done.git_left_out) == [
+        "ws/.git/commondir",
+        "ws/.git/hooks",
+        "ws/.git/info/HEAD_link",
+        "ws/.git/rebase-merge/",
+        "ws/.git/sequencer/",
+        "ws/v/.git",
+        "ws/w/.git",
+    ]
+    assert [line.split(":")[0] for line in done.git_settings] == ["ws/.git/config"]  # CONFIG dropped none
     ws = dest / "ws"
-    assert sorted(p.name for p in (ws / ".git").iterdir()) == ["HEAD"] and (ws / "a").is_symlink()
-    assert (ws / "config").exists() and (ws / "scripts" / "pre-commit").exists()
-    assert list((ws / "sub" / ".GIT").iterdir()) == []
+    assert sorted(p.name for p in (ws / ".git").iterdir()) == ["HEAD", "config", "info", "refs"]
+    assert (ws / ".git" / "config").read_text() == "" and (ws / "sub" / ".GIT" / "CONFIG").read_text() == ""
+    assert (ws / ".git" / "info" / "exclude").exists() and (ws / ".git" / "refs" / "heads" / "main").exists()
+    assert (ws / "a").is_symlink()
+    assert list((ws / "w").iterdir()) == [] and list((ws / "v").iterdir()) == []
+    assert (
+        (ws / "config").exists()
+        and (ws / "scripts" / "pre-commit").exists()
+        and (ws / "hooks" / "x").exists()
+    )
 
 
-def test_a_git_file_identical_to_the_users_own_is_copied_back(tmp_path) -> None:
-    """What the user uploaded is theirs: the same bytes at the same place come back. Not with an exec
-    bit their copy lacks (a hook they had disabled), nor changed by a byte."""
-    original = tmp_path / "repo"
-    (original / ".git" / "hooks").mkdir(parents=True)
-    (original / ".git" / "config").write_text("[core]\n\tbare = false\n")
-    (original / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\nexit 0\n")  # not executable
-    (original / ".git" / "hooks" / "pre-push").write_text("#!/bin/sh\nexit 0\n")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data, mode in (
-            ("ws/.git/config", b"[core]\n\tbare = false\n", 0o644),
-            ("ws/.git/hooks/pre-commit", b"#!/bin/sh\nexit 0\n", 0o755),
-            ("ws/.git/hooks/pre-push", b"#!/bin/sh\nexit 1\n", 0o644),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    done = _extract_counted(buf.getvalue(), tmp_path / "dest", 1 << 20, original=original)
-    assert done.git_left_out == ["ws/.git/hooks/pre-commit", "ws/.git/hooks/pre-push"]
-    assert (tmp_path / "dest" / "ws" / ".git" / "config").read_text() == "[core]\n\tbare = false\n"
+def test_only_what_the_copy_back_wrote_leaves_a_git_folder_that_was_there(tmp_path) -> None:
+    """Copied into a folder that already holds the operator's repository: their config and hook stay."""
+    git = tmp_path / "dest" / "ws" / ".git"
+    (git / "hooks").mkdir(parents=True)
+    (git / "config").write_text("[core]\n\tbare = false\n")
+    (git / "hooks" / "pre-commit").write_text("#!/bin/sh\n")
+    entries = (
+        ("ws/.git/hooks/post-checkout", "file", "#!/bin/sh\ntouch /tmp/x\n"),
+        ("ws/.git/sequencer/todo", "file", "exec touch /tmp/x\n"),
+    )
+    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
+    assert sorted(done.git_left_out) == ["ws/.git/hooks/post-checkout", "ws/.git/sequencer/"]
+    assert sorted(p.name for p in git.iterdir()) == ["config", "hooks"]
+    assert [p.name for p in (git / "hooks").iterdir()] == ["pre-commit"]
+    assert (git / "config").read_text() == "[core]\n\tbare = false\n"
 
 
 def test_links_that_leave_only_together_are_removed(tmp_path) -> None:
     """`c -> a/b/../..` is inside while `a/b` does not exist; once `a/b -> ..` is written, it leaves."""
     dest = tmp_path / "dest"
     data = _tar_links(("ws/a", "docs"), ("ws/c", "a/b/../../.."), ("ws/docs/b", ".."))
-    _, _, skipped, _ = _extract_counted(data, dest, 1 << 20)
+    _, _, skipped, *_ = _extract_counted(data, dest, 1 << 20)
     root = dest.resolve()
     for link in (dest / "ws").rglob("*"):
         if link.is_symlink():
@@ -290,7 +342,7 @@ def test_a_chain_of_links_is_resolved_once_and_too_deep_ones_are_named_so(tmp_pa
     links = [("ws/l1", "README.md")] + [(f"ws/l{i}", f"l{i - 1}") for i in range(2, 3000)]
     data = _tar_links(*links, ("ws/loop_a", "loop_b"), ("ws/loop_b", "loop_a"))
     t0 = time.monotonic()
-    _, _, skipped, _ = _extract_counted(data, tmp_path / "dest", 1 << 20)
+    _, _, skipped, *_ = _extract_counted(data, tmp_path / "dest", 1 << 20)
     assert time.monotonic() - t0 < 20  # ~2 s here, of which the symlink() calls are most
     ws = tmp_path / "dest" / "ws"
     assert (ws / "l40").read_text() == "hi" and (ws / "l1").is_symlink()  # 40 links: what the kernel follows
@@ -338,7 +390,7 @@ def test_download_limit_counts_bytes_written_not_claims(tmp_path) -> None:
     with pytest.raises(UnsafeArchive, match="download limit of 1000000 bytes"):
         _extract_counted(data, dest, 1_000_000)
     assert list(dest.iterdir()) == []  # what was written before the limit hit is gone again
-    paths, written, _, _ = _extract_counted(data, dest, 2_000_000)
+    paths, written, *_ = _extract_counted(data, dest, 2_000_000)
     assert written == 1_200_000 and paths == [str(dest / "ws")]
     assert sorted(p.name for p in (dest / "ws").iterdir()) == ["a.bin", "b.bin"]
 
@@ -347,3 +399,93 @@ def test_sparse_members_are_refused(tmp_path) -> None:
     with pytest.raises(UnsafeArchive, match="sparse"):
         _extract_counted(_tar_files(("s.bin", b"x" * 10), sparse=True), tmp_path / "d", 1 << 20)
     assert list((tmp_path / "d").iterdir()) == []
+
+
+@pytest.mark.parametrize("field", ["path", "linkpath"])
+def test_a_nul_byte_in_a_name_or_link_target_refuses_the_archive(tmp_path, field: str) -> None:
+    """A PAX `path` (or `linkpath`) holding a NUL: tarfile reads it, but the filter's `realpath` and
+    `open` raise a bare ValueError ("embedded null byte"), which escaped the copy-back as a traceback
+    where any other hostile archive is one warning. Now it refuses the archive, and nothing is left."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(tarfile.TarInfo("ws/a.txt"), io.BytesIO(b""))  # written before the bad one
+        info = tarfile.TarInfo("ws/x")
+        if field == "linkpath":
+            info.type = tarfile.SYMTYPE
+        info.pax_headers = {field: "ws/a\x00b" if field == "path" else "a\x00b"}
+        tar.addfile(info, io.BytesIO(b""))
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeArchive, match="NUL byte; nothing was written"):
+        _extract_counted(buf.getvalue(), dest, 1 << 20, top="ws", entries=2)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_file_the_sandbox_names_changed_is_left_out_and_named(tmp_path) -> None:
+    """The supervisor pads a big file that shrank while it was sent with zeros to the size its header
+    claimed and names its entry as changed (the download goes on): the host writes neither it nor a hard
+    link to it, and says so; an index that is no file is ignored."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(_info("ws", tarfile.DIRTYPE))
+        big = _info("ws/state.json", size=8)
+        tar.addfile(big, io.BytesIO(b"ab\0\0\0\0\0\0"))
+        tar.addfile(_info("ws/same", tarfile.LNKTYPE, link="ws/state.json"))
+        tar.addfile(_info("ws/result.txt", size=2), io.BytesIO(b"ok"))
+    dest = tmp_path / "dest"
+    done = _extract_counted(buf.getvalue(), dest, 1 << 20, top="ws", entries=4, changed=[0, 1])
+    assert sorted(p.name for p in (dest / "ws").iterdir()) == ["result.txt"]
+    assert done.skipped == [
+        "ws/state.json: changed while it was copied (it shrank as it was read)",
+        "ws/same: changed while it was copied (it shrank as it was read)",
+    ]
+    assert done.written == 2
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, *, size: int = 0, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = kind, size, link
+    return info
+
+
+def test_a_rebuilt_git_config_keeps_safe_settings_and_no_value_can_start_a_setting(tmp_path) -> None:
+    """Values that hold newlines, quotes, backslashes, `;` or `#` (which git reads back fine) are written
+    quoted and escaped: one that spells `[core] fsmonitor = ...` stays a value. Includes, hooksPath,
+    aliases, filters and the like are dropped, and a bare repository's `core.bare = true` too."""
+    from qwq_agent.sandbox.git_config import read_settings, rebuild
+
+    forged = 'x"\\\n[core]\n\tfsmonitor = touch /tmp/ran ; # \t\b'
+    config = tmp_path / "config"
+    config.write_text(
+        "[core]\n\trepositoryformatversion = 0\n\tbare = true\n\tfilemode\n\tfsmonitor = touch /tmp/ran\n"
+        '\thooksPath = .githooks\n[include]\n\tpath = ../.gitconfig\n[includeIf "gitdir:/"]\n\tpath = x\n'
+        '[remote "or\\"ig\\\\in"]\n\tfetch = +refs/heads/*:refs/remotes/o/*\n\tfetch = +refs/tags/*:refs/tags/*\n'
+        "\tuploadpack = touch /tmp/ran\n[alias]\n\tst = !touch /tmp/ran\n"
+        '[filter "lfs"]\n\tclean = touch /tmp/ran\n[branch "main"]\n\tremote = origin\n'
+    )
+    set_value = ["git", "config", "--file", str(config), 'remote.or"ig\\in.url', forged]
+    assert __import__("subprocess").run(set_value, capture_output=True).returncode == 0
+    new = rebuild(config, 30)
+    assert new is not None
+    assert new.dropped == [
+        "core.bare", "core.fsmonitor", "core.hookspath", "include.path", "includeif.gitdir:/.path",
+        'remote.or"ig\\in.uploadpack', "alias.st", "filter.lfs.clean",
+    ]  # fmt: skip
+    out = tmp_path / "rebuilt"
+    out.write_bytes(new.text)
+    assert read_settings(out, 30) == [
+        (b"core.repositoryformatversion", b"0"),
+        (b"core.filemode", None),
+        (b'remote.or"ig\\in.fetch', b"+refs/heads/*:refs/remotes/o/*"),
+        (b'remote.or"ig\\in.fetch', b"+refs/tags/*:refs/tags/*"),
+        (b'remote.or"ig\\in.url', forged.encode()),  # git put it at the end of its section
+        (b"branch.main.remote", b"origin"),
+    ]
+
+
+def test_without_git_on_the_host_a_config_is_left_out(tmp_path, monkeypatch) -> None:
+    """Nothing can read it without running anything: it is removed and named."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+    entries = (("ws/.git/HEAD", "file", "ref: refs/heads/main\n"), ("ws/.git/config", "file", "[core]\n"))
+    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
+    assert done.git_left_out == ["ws/.git/config"] and done.git_settings == []
+    assert [p.name for p in (tmp_path / "dest" / "ws" / ".git").iterdir()] == ["HEAD"]

@@ -52,16 +52,8 @@ def check(args: argparse.Namespace) -> Any:
         raise CliError(str(exc)) from None
 
 
-async def run(
-    args: argparse.Namespace,
-    agent: Any,
-    task: str,
-    selector: Any,
-    console: Console,
-    workspace: Path | None = None,
-) -> int:
-    """Explore `task` in `args.branches` branches; print one line per branch and the winner.
-    `workspace` is the folder uploaded at the start (for `copy_back`)."""
+async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, console: Console) -> int:
+    """Explore `task` in `args.branches` branches; print one line per branch and the winner."""
     from qwq_agent.cli.safe_text import plain
 
     if not args.json:
@@ -79,9 +71,7 @@ async def run(
             print_result(console, result)
         copied = True
         if args.copy_back is not None and result.sandbox is not None:
-            copied = await copy_back(
-                result.sandbox, args.copy_back, console, "the winner's workspace", workspace
-            )
+            copied = await copy_back(result.sandbox, args.copy_back, console, "the winner's workspace")
     won = result.won
     if args.patch is not None and won is not None and won.result is not None and won.result.patch is not None:
         args.patch.write_text(won.result.patch, encoding="utf-8")
@@ -93,13 +83,11 @@ async def run(
     return 0 if result.winner is not None and copied else 1
 
 
-async def copy_back(
-    sandbox: Any, dest: Path, console: Console, what: str, original: Path | None = None
-) -> bool:
+async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bool:
     """Copy /workspace into `dest`, saying what was left out; a failure is one warning line and False,
-    so the patch and the trace line, which do not depend on it, still come. Files git would run
-    commands from are left out unless identical to theirs in `original` (the folder uploaded at the
-    start), and named on a line of their own.
+    so the patch and the trace line, which do not depend on it, still come. What git would run
+    commands from is left out (`sandbox.git_files`) and named on a line of its own; a git config
+    comes back with only its safe settings, a line naming those dropped.
 
     The run has ended by now and the sandbox holds the only copy of its work, so a Ctrl-C or SIGTERM
     (a cancellation) lets the copy finish first, then propagates; a second signal exits at once
@@ -111,7 +99,7 @@ async def copy_back(
     from qwq_agent.sandbox.errors import SandboxError
     from qwq_agent.sandbox.git_files import WHY
 
-    download = asyncio.ensure_future(sandbox.download("/workspace", dest, original=original))
+    download = asyncio.ensure_future(sandbox.download("/workspace", dest))
     cancelled: asyncio.CancelledError | None = None
     try:
         try:
@@ -132,8 +120,22 @@ async def copy_back(
     if copied.git_left_out:  # names from the sandbox: printed literally
         more = " ..." if len(copied.git_left_out) > 3 else ""
         note = (
-            f"{len(copied.git_left_out)} entries were not copied back, as {WHY} on the host (a .git "
-            f"config or hook, a .git file; git works without them): {', '.join(copied.git_left_out[:3])}{more}"
+            f"{len(copied.git_left_out)} entries were not copied back, as {WHY} on the host (a git "
+            f"folder's hooks or todo lists, a .git file; git works without them): "
+            f"{', '.join(copied.git_left_out[:3])}{more}"
+        )
+        console.print(plain(note, "yellow"), soft_wrap=True)
+    configs = copied.git_settings_dropped  # a line per config, keys from the sandbox: printed literally
+    for line in configs[:3]:
+        console.print(plain(line, "yellow"), soft_wrap=True)
+    if len(configs) > 3:
+        note = f"and {len(configs) - 3} more git configs copied back without some of their settings"
+        console.print(plain(note, "yellow"), soft_wrap=True)
+    if copied.cut:  # names from the sandbox: printed literally
+        more = " ..." if len(copied.cut) > 3 else ""
+        note = (
+            f"{max(copied.cut_count, len(copied.cut))} files grew while they were copied and are cut at the "
+            f"size they had when the copy reached them: {', '.join(copied.cut[:3])}{more}"
         )
         console.print(plain(note, "yellow"), soft_wrap=True)
     if cancelled is not None:
@@ -150,7 +152,7 @@ def show_left_out(console: Console, skipped: list[str], verb: str, count: int = 
         n = max(count, len(skipped))
         console.print(
             plain(
-                f"{n} entries were not {verb} (links leading out, special or unreadable files): "
+                f"{n} entries were not {verb} (links leading out, special, unreadable or changing files): "
                 f"{', '.join(skipped[:3])}{more}",
                 "yellow",
             ),

@@ -210,7 +210,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             )
             started.agent, started.trace_path = agent, trace_path
             if selector is not None:
-                return await branch_cmd.run(args, agent, task, selector, console, workspace)
+                return await branch_cmd.run(args, agent, task, selector, console)
             renderer = EventRenderer(
                 console, image_dir=Path("qwq-agent-images") / agent.run_id, reasoning=args.reasoning
             )
@@ -231,9 +231,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 renderer.close()  # the live status goes before anything else is printed
             started.ended = True
             if args.copy_back is not None and sandbox is not None:
-                copied = await branch_cmd.copy_back(
-                    sandbox, args.copy_back, console, "the workspace", workspace
-                )
+                copied = await branch_cmd.copy_back(sandbox, args.copy_back, console, "the workspace")
     finally:
         await model.aclose()
         await extras.aclose()

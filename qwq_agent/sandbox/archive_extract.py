@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import tarfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import NamedTuple
 
-from qwq_agent.sandbox.errors import DestinationExists, UnsafeArchive
-from qwq_agent.sandbox.git_files import GitFiles
+from qwq_agent.sandbox.errors import DestinationExists, SandboxError, UnsafeArchive
+from qwq_agent.sandbox.git_files import Cleaned, TooLong, identity, remove_from_git_folders
 from qwq_agent.sandbox.supervisor import check_member
 from qwq_agent.sandbox.surrogates import clean_text
 
@@ -22,7 +24,8 @@ class Extracted(NamedTuple):
     paths: list[str]  # the top-level path written
     written: int  # bytes that reached the disk
     skipped: list[str]  # links left out, each with why
-    git_left_out: list[str]  # entries git would run commands from (`git_files`), left out
+    git_left_out: list[str]  # what git would run commands from (`git_files`), removed again
+    git_settings: list[str]  # a line per git config rebuilt without some of its settings (`git_files`)
 
 
 def _safe_extract(data: bytes, dest: Path, max_bytes: int = 64 * 1024 * 1024) -> list[str]:
@@ -38,7 +41,7 @@ def _extract_counted(
     *,
     top: str | None = None,
     entries: int | None = None,
-    original: Path | None = None,
+    changed: Collection[int] = (),
 ) -> Extracted:
     """Extract an archive from an untrusted sandbox under `dest`.
 
@@ -58,17 +61,20 @@ def _extract_counted(
     refuses the lot up front. With `entries` (the count the sandbox's reply gives), an archive that
     reads as another number of entries, or holds anything but zeros after its end, is refused: a header
     promising more bytes than came after it makes the following file contents read as headers of the
-    sandbox's choosing. Entries git would run commands from (`git_files`) are left out and named, but
-    for one byte-identical to its counterpart in `original` (the folder `top` was uploaded from): that
-    one is the user's own.
+    sandbox's choosing. The files at the entry numbers in `changed` (the supervisor's: they shrank while
+    they were sent, and it padded them with zeros) are left out and named, as are hard links to them.
+    Once all is written, what git would run commands from is removed from every git folder found on
+    disk in what this copy-back wrote, and named in `git_left_out`; its configs are rebuilt with only
+    their safe settings, a line per config naming those dropped in `git_settings` (`git_files`).
     """
     deadline = time.monotonic() + timeout
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     inside = root  # `root / top` once the top-level name is known: nothing may resolve out of it
     created: list[Path] = []
+    ours: set[tuple[int, int]] = set()  # `identity` of each entry written: only those are removed again
     skipped: list[str] = []
-    git_left_out: list[str] = []
+    git = Cleaned([], [])
     links: list[tuple[tarfile.TarInfo, Path]] = []
     parents: dict[Path, Path] = {}  # each folder resolved once, not once per entry in it
     written = 0
@@ -76,8 +82,13 @@ def _extract_counted(
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members = []
             _check_whole(tar, data, entries)
-            git = GitFiles(m.name for m in tar.getmembers())
-            for member in tar.getmembers():
+            shrank: set[str] = set()
+            for index, member in enumerate(tar.getmembers()):
+                if "\0" in member.name or "\0" in member.linkname:  # a PAX record can hold one
+                    raise UnsafeArchive(
+                        f"refusing the downloaded archive: entry {member.name!r}: its name or link target "
+                        "holds a NUL byte; nothing was written"
+                    )
                 top = _top_entry(member, top)
                 inside = root / top
                 outside = _link_outside(member, dest, top) if member.issym() else None
@@ -95,8 +106,11 @@ def _extract_counted(
                     )
                 if not member.issym():  # _link_outside ran the filter on links already
                     _data_filter(member, dest)
-                if git.runs(member) and not _same_as_original(tar, member, top, original):
-                    git_left_out.append(clean_text(member.name))
+                if (member.isreg() and index in changed) or (member.islnk() and member.linkname in shrank):
+                    shrank.add(member.name)
+                    skipped.append(
+                        clean_text(f"{member.name}: changed while it was copied (it shrank as it was read)")
+                    )
                     continue
                 existing = dest / member.name
                 if os.path.lexists(existing) and not (member.isdir() and existing.is_dir()):
@@ -117,18 +131,14 @@ def _extract_counted(
                     raise UnsafeArchive(
                         f"refusing the downloaded archive: entry {member.name!r} would land outside {dest / str(top)} through a link; nothing was written"
                     )
-                if parent != root:  # `a -> .git` written before `a/config`: judged where it lands
-                    lands = "/".join((top or "", *parent.relative_to(inside).parts, target.name))
-                    if lands != member.name and git.runs(member, lands):
-                        git_left_out.append(clean_text(member.name))
-                        continue
                 if member.isdir():
-                    _make_dirs(target, created)
+                    _make_dirs(target, created, ours)
                     continue
-                _make_dirs(target.parent, created)
+                _make_dirs(target.parent, created, ours)
                 if member.issym():
                     target.symlink_to(member.linkname)
                     created.append(target)
+                    ours.add(identity(os.lstat(target)))
                     links.append((member, target))
                     continue
                 try:
@@ -146,6 +156,7 @@ def _extract_counted(
                 mode = 0o755 if member.mode & 0o111 else 0o644
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
                 created.append(target)
+                ours.add(identity(os.fstat(fd)))
                 with os.fdopen(fd, "wb") as out:
                     while chunk := src.read(1 << 20):
                         written += len(chunk)
@@ -155,45 +166,34 @@ def _extract_counted(
                             )
                         out.write(chunk)
             _drop_links_leaving(links, inside, skipped, deadline)
+            if top is not None:
+                git = remove_from_git_folders(dest / top, dest, ours, deadline)
     except tarfile.TarError as exc:
         _remove(created)
         raise UnsafeArchive(f"the sandbox sent a broken archive: {exc}") from None
-    except _Timeout:
+    except (_Timeout, TooLong):
         _remove(created)
         raise UnsafeArchive(
             f"writing the downloaded archive took more than {timeout:g}s; nothing was written"
         ) from None
+    except (SandboxError, OSError):  # refused, or the host's own disk failed: said as it is
+        _remove(created)
+        raise
+    except Exception as exc:  # what the checks above missed in a forged archive: still a refusal
+        _remove(created)
+        raise UnsafeArchive(
+            f"refusing the downloaded archive: {type(exc).__name__}: {exc}; nothing was written"
+        ) from None
     except BaseException:
         _remove(created)
         raise
-    return Extracted([str(dest / top)] if members and top else [], written, skipped, git_left_out)
-
-
-MAX_COMPARED = 1024 * 1024  # configs and hooks are small; a larger one is left out unread
-
-
-def _same_as_original(tar: tarfile.TarFile, member: tarfile.TarInfo, top: str, original: Path | None) -> bool:
-    """Whether `member` is what the user's own `original` folder holds at the same place: the same
-    bytes (a file, no exec bit the original lacks) or the same target (a symlink)."""
-    if original is None or "/" not in member.name:
-        return False
-    mine = original / member.name.split("/", 1)[1]
-    try:
-        if member.issym():
-            return mine.is_symlink() and os.readlink(mine) == member.linkname
-        if not member.isfile() or mine.is_symlink() or not mine.is_file():  # hard links: left out
-            return False
-        st = mine.stat()
-        if (
-            st.st_size != member.size
-            or st.st_size > MAX_COMPARED
-            or (member.mode & 0o111 and not st.st_mode & 0o111)
-        ):
-            return False
-        src = tar.extractfile(member)
-        return src is not None and src.read(MAX_COMPARED + 1) == mine.read_bytes()
-    except (OSError, KeyError, tarfile.TarError):
-        return False
+    return Extracted(
+        [str(dest / top)] if members and top else [],
+        written,
+        skipped,
+        [clean_text(p) for p in git.removed],
+        [clean_text(line) for line in git.settings],
+    )
 
 
 def _check_whole(tar: tarfile.TarFile, data: bytes, entries: int | None) -> None:
@@ -214,7 +214,7 @@ def _check_whole(tar: tarfile.TarFile, data: bytes, entries: int | None) -> None
         )
 
 
-def _make_dirs(path: Path, created: list[Path]) -> None:
+def _make_dirs(path: Path, created: list[Path], ours: set[tuple[int, int]]) -> None:
     """`path` and its missing parents, each one recorded: a refused archive leaves none of them behind."""
     missing = []
     while not path.is_dir():
@@ -223,6 +223,7 @@ def _make_dirs(path: Path, created: list[Path]) -> None:
     for folder in reversed(missing):
         folder.mkdir()
         created.append(folder)
+        ours.add(identity(os.lstat(folder)))
 
 
 def _resolve_under(path: Path, dest: Path, root: Path, resolved: dict[Path, Path]) -> Path:
@@ -388,6 +389,6 @@ def _remove(paths: list[Path]) -> None:
     for path in reversed(paths):
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():
-                path.rmdir()
+                shutil.rmtree(path)  # a folder made here: all in it is this copy's (a config rebuilt too)
             else:
                 path.unlink()

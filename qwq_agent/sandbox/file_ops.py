@@ -124,13 +124,7 @@ class FileOps(SandboxCalls):
         self.last_upload = await self.upload_archive(data, dest)
         return self.last_upload
 
-    async def download(
-        self,
-        src: str,
-        local_dir: str | os.PathLike[str],
-        *,
-        original: str | os.PathLike[str] | None = None,
-    ) -> DownloadResult:
+    async def download(self, src: str, local_dir: str | os.PathLike[str]) -> DownloadResult:
         """Copy a workspace file or folder into the local directory `local_dir` (created if missing).
 
         The archive comes from an untrusted sandbox, so it is checked in full before anything is written:
@@ -138,11 +132,14 @@ class FileOps(SandboxCalls):
         symlink that is absolute or leaves the copy of `src` (a venv's `bin/python3 -> /usr/bin/python3`;
         `notes.md -> ../otherproject/x`, beside it in `local_dir`) is not written; it is named in `skipped`,
         as are FIFOs, sockets and unreadable entries, which the sandbox leaves out of the archive.
+        A file that shrank while it was sent (something in the sandbox still wrote it) is not written
+        and is named in `skipped`; one that grew is written cut, and named in `cut`.
         Something already at a path the archive holds raises `DestinationExists`, and an archive that does
         not read as the entries the reply counts raises `UnsafeArchive`; nothing is written then.
-        Entries git would run commands from (`.git/config`, `.git/hooks/*`, a `.git` file: see
-        `sandbox.git_files`) are not written and are named in `git_left_out`, but for one byte-identical
-        to the file at the same place in `original`, the local folder `src` was uploaded from.
+        What git would run commands from (a git folder's `hooks/`, `commondir`, a `.git` file: see
+        `sandbox.git_files`), judged on disk once all is written, is removed again and named in
+        `git_left_out`; a git config is written with only its safe settings, and those dropped are
+        named in `git_settings_dropped`.
         """
         with _checked():
             req = DownloadRequest(path=src)
@@ -162,15 +159,19 @@ class FileOps(SandboxCalls):
             limit,
             top=_top_name(src),
             entries=entries,
-            original=Path(original) if original is not None else None,
+            changed=_numbers(raw.get("changed")),
         )
         named, count = _left_out(raw)
+        cut, cut_count = _left_out(raw, "cut")
         return DownloadResult(
             paths=done.paths,
             bytes=done.written,
             skipped=named + done.skipped,
             skipped_count=count + len(done.skipped),
             git_left_out=done.git_left_out,
+            git_settings_dropped=done.git_settings,
+            cut=cut,
+            cut_count=cut_count,
             sandbox_replaced=replaced,
             state_lost=replaced,
         )
@@ -181,15 +182,23 @@ def _top_name(src: str) -> str:
     return posixpath.basename(posixpath.normpath(posixpath.join("/workspace", src))) or "workspace"
 
 
-def _left_out(raw: dict[str, Any]) -> tuple[list[str], int]:
-    """What the supervisor did not put in the archive (FIFOs, sockets, unreadable entries): the names it
-    gave, as shown text, and how many there were in all (never fewer than it named)."""
-    named = raw.get("skipped")
+def _left_out(raw: dict[str, Any], key: str = "skipped") -> tuple[list[str], int]:
+    """What the supervisor did not put in the archive (FIFOs, sockets, unreadable entries), or with
+    `key` "cut" the files it cut: the names it gave, as shown text, and how many there were in all
+    (never fewer than it named)."""
+    named = raw.get(key)
     shown = [clean_text(str(s))[:300] for s in named[:50]] if isinstance(named, list) else []
-    count = raw.get("skipped_count")
+    count = raw.get(f"{key}_count")
     if not isinstance(count, int) or isinstance(count, bool):
         count = 0
     return shown, max(count, len(shown))
+
+
+def _numbers(value: Any) -> set[int]:
+    """The entry numbers in the supervisor's `changed` (files that shrank while sent); anything else: none."""
+    if not isinstance(value, list):
+        return set()
+    return {n for n in value if isinstance(n, int) and not isinstance(n, bool)}
 
 
 class _Chunks:

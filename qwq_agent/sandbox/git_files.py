@@ -1,74 +1,135 @@
-"""The entries of a download that git would run commands from, which a copy-back never writes.
+"""What a copy-back removes from the git folders it wrote, judged from what is on disk.
 
 A sandbox's `.git/config` can set `core.fsmonitor`, `core.pager`, `core.sshCommand`, `core.hooksPath`,
-`alias.*` or `filter.*`, and its `.git/hooks/` hold programs: copied back as they are, the operator's
-next `git status` in the copy runs them on the host. So the copy-back leaves out, inside any git folder
-(a `.git` folder, also nested ones: `.git/modules/*/`, `.git/worktrees/*/`; and a folder git would take
-for one, holding `HEAD` and `objects` or `commondir`, as an embedded bare repository is):
+`alias.*`, `filter.*` or `include.path`, and `.git/hooks/` holds programs: copied back as they are, the
+operator's next `git status` or commit in the copy runs them on the host. Which folders git takes for a
+git directory is judged once the whole archive is written, from the disk, never from the archive's
+names: a folder made as the parent of a deeper entry, or filled through a link to it, is named by no
+entry of its own (both bypassed the names). A git folder is one named `.git`, or one holding `HEAD`
+beside `objects`, `refs` or `commondir` (git's own `is_git_directory()` wants `HEAD` with both
+`objects` and `refs`, or with `commondir`: every folder it accepts is one of these). From each, this
+copy-back's own entries that git runs commands from, or is led by, are removed:
 
-- `config` and `config.worktree`, which hold those settings;
-- `commondir`, which sends git to another folder's `config`;
-- everything under `hooks/` (and a `hooks` that is not a folder);
-- symlinks: git makes none there, and one can lead it to a file elsewhere in the tree;
+- `config` and `config.worktree`, which hold those settings: each is written anew with only the
+  settings that run nothing and name no other file (`git_config`: remotes, branches, user, core basics);
+  without git on the host to read it, it is removed;
+- `commondir`, which sends git to another folder's config;
+- `hooks/`, and `rebase-merge/`, `rebase-apply/` and `sequencer/`, whose todo lists hold `exec` lines;
+- every symlink inside it: git makes none there, and one can lead it to a file elsewhere in the tree;
 
-and a `.git` that is not a folder (a `gitdir:` file or a link can point git at a planted folder). Git
-works without them (a missing `.git/config` is read as empty).
+and anywhere, a `.git` that is not a folder (a `gitdir:` file or a link points git at a folder of the
+sandbox's choosing). Names are compared lower-cased: on a case-insensitive host disk `.GIT/CONFIG` is
+`.git/config`. What was there before the copy-back (the operator's own) stays. Git works without them:
+a missing `.git/config` reads as empty.
 """
 
 from __future__ import annotations
 
-import tarfile
-from collections.abc import Iterable
+import os
+import shutil
+import stat
+import time
+from collections.abc import Set
+from pathlib import Path
+from typing import NamedTuple
+
+from qwq_agent.sandbox.git_config import rebuild
 
 WHY = "git would run commands from them"
-_SETTINGS = frozenset({"config", "config.worktree", "commondir", "hooks"})
+_RUNS = frozenset(
+    {"config", "config.worktree", "commondir", "hooks", "rebase-merge", "rebase-apply", "sequencer"}
+)
+_GIT_DIR_SIGNS = frozenset({"objects", "refs", "commondir"})
+_CONFIGS = frozenset({"config", "config.worktree"})
+MAX_SHOWN_KEYS = 5
 
 
-class GitFiles:
-    """Judges the entries of one archive, knowing all its names (a git folder is told by its contents)."""
+class Cleaned(NamedTuple):
+    """What `remove_from_git_folders` did: paths removed, and a line per config rebuilt without some settings."""
 
-    def __init__(self, names: Iterable[str]) -> None:
-        # Compared lower-cased: on a case-insensitive host disk `.GIT/Config` is `.git/config`.
-        self.names = {name.lower().rstrip("/") for name in names}
-        self.known: dict[str, int] = {}  # folder -> length of the first git folder on its way, or -1
+    removed: list[str]
+    settings: list[str]
 
-    def runs(self, member: tarfile.TarInfo, name: str | None = None) -> bool:
-        """Whether git would run commands from `member` (see the module's docstring), written at `name`
-        (the path its parent folders really lead to, through links written before it) or its own."""
-        path = (name or member.name).lower()
-        folder, _, last = path.rpartition("/")
-        if last == ".git" and not member.isdir():
-            return True
-        end = self._first_git_folder(folder)
-        return end >= 0 and _inside_runs(path[end + 1 :].split("/"), member)
 
-    def _first_git_folder(self, folder: str) -> int:
-        """Where the first git folder on the way to `folder` ends in it (its length), or -1. Each folder
-        is judged once, from its parent's answer: per entry, the cost is its name's length, not its square."""
-        chain = []
-        while folder and folder not in self.known:
-            chain.append(folder)
-            folder = folder.rpartition("/")[0]
-        found = self.known[folder] if folder else -1
-        for step in reversed(chain):
-            if found < 0 and self._git_folder(step):
-                found = len(step)
-            self.known[step] = found
-        return found
+class TooLong(Exception):
+    """The deadline passed while the folders were judged."""
 
-    def _git_folder(self, folder: str) -> bool:
-        if folder.rpartition("/")[2] == ".git":
-            return True
-        return f"{folder}/head" in self.names and (
-            f"{folder}/objects" in self.names or f"{folder}/commondir" in self.names
+
+def identity(st: os.stat_result) -> tuple[int, int]:
+    """What tells one file from another on the host: its device and inode."""
+    return st.st_dev, st.st_ino
+
+
+def remove_from_git_folders(top: Path, dest: Path, ours: Set[tuple[int, int]], deadline: float) -> Cleaned:
+    """Remove what git runs commands from out of every git folder under `top`, and rebuild its configs
+    (see the module's docstring); only entries this copy-back wrote (`ours`: their `identity`) are
+    touched. Links are never followed. Paths are named relative to `dest` (a folder with a trailing `/`)."""
+    removed: list[str] = []
+    settings: list[str] = []
+    if not os.path.lexists(top):
+        return Cleaned(removed, settings)
+    if not stat.S_ISDIR(os.lstat(top).st_mode):  # one file (or link) was copied back
+        if top.name.lower() == ".git":
+            removed += _remove_ours(top, dest, ours)
+        return Cleaned(removed, settings)
+    stack = [(top, False)]
+    while stack:
+        if time.monotonic() > deadline:
+            raise TooLong
+        folder, within = stack.pop()
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        names = {e.name.lower() for e in entries}
+        git = folder.name.lower() == ".git" or ("head" in names and bool(names & _GIT_DIR_SIGNS))
+        within = within or git
+        for entry in entries:
+            name, path = entry.name.lower(), Path(entry.path)
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if git and name in _CONFIGS and entry.is_file(follow_symlinks=False):
+                if identity(entry.stat(follow_symlinks=False)) in ours:
+                    _rebuild(path, dest, deadline, removed, settings)
+            elif (
+                (name == ".git" and not is_dir) or (git and name in _RUNS) or (within and entry.is_symlink())
+            ):
+                removed += _remove_ours(path, dest, ours)
+            elif is_dir:
+                stack.append((path, within))
+    return Cleaned(sorted(removed), sorted(settings))
+
+
+def _rebuild(path: Path, dest: Path, deadline: float, removed: list[str], settings: list[str]) -> None:
+    """Write the config at `path` anew with its safe settings, naming those dropped; or remove it."""
+    shown = str(path.relative_to(dest))
+    new = rebuild(path, deadline - time.monotonic())
+    path.unlink()
+    if new is None:
+        removed.append(shown)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        out.write(new.text)
+    if new.dropped:
+        keys = list(dict.fromkeys(new.dropped))
+        more = " ..." if len(keys) > MAX_SHOWN_KEYS else ""
+        settings.append(
+            f"{shown}: kept remotes/branches and basic settings, dropped {len(new.dropped)} settings git "
+            f"could run commands from (or not known to be safe): {', '.join(keys[:MAX_SHOWN_KEYS])}{more}"
         )
 
 
-def _inside_runs(rest: list[str], member: tarfile.TarInfo) -> bool:
-    """Whether `member`, at `rest` inside a git folder, is one git runs commands from or is led by."""
-    if member.issym():
-        return True
-    *folders, last = rest
-    if "hooks" in folders:
-        return True
-    return not member.isdir() and last in _SETTINGS
+def _remove_ours(path: Path, dest: Path, ours: Set[tuple[int, int]]) -> list[str]:
+    """Remove `path` if this copy-back wrote it, else (a folder that was there) what it wrote inside."""
+    st = os.lstat(path)
+    folder = stat.S_ISDIR(st.st_mode)
+    if identity(st) in ours:
+        if folder:
+            shutil.rmtree(path)  # all of it ours: a folder this copy-back made holds nothing else
+        else:
+            path.unlink()
+        return [str(path.relative_to(dest)) + ("/" if folder else "")]
+    if not folder:
+        return []
+    removed = []
+    for child in sorted(os.listdir(path)):
+        removed += _remove_ours(path / child, dest, ours)
+    return removed

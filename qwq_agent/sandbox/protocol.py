@@ -209,9 +209,20 @@ class DownloadResult(Result):
     skipped_count: int = Field(0, description="entries not written, also those beyond the named ones")
     git_left_out: list[str] = Field(
         default_factory=list,
-        description="entries not written because git would run commands from them (`.git/config`, "
-        "`.git/hooks/*`, a `.git` file; see `sandbox.git_files`); not in `skipped`",
+        description="what was not copied back because git would run commands from it (a git folder's "
+        "`config`, `hooks/`, a `.git` file; see `sandbox.git_files`); a folder ends in `/`; not in `skipped`",
     )
+    git_settings_dropped: list[str] = Field(
+        default_factory=list,
+        description="a line per git config written with only its safe settings (remotes, branches, user, "
+        "core basics), naming the settings dropped",
+    )
+    cut: list[str] = Field(
+        default_factory=list,
+        description="files that grew while they were copied, written at the size they had when the copy "
+        "reached them (the sandbox names its first 50); one that shrank is in `skipped`, not written",
+    )
+    cut_count: int = Field(0, description="files cut, also those beyond the named ones")
 
 
 class PingResult(Result):

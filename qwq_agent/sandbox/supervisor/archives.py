@@ -163,6 +163,8 @@ def download(args):
         raise RequestError("InvalidRequest", "download is a streaming call")
     out = _Stream(send, shown)
     skipped = _Skipped()
+    changed = []  # entries (their numbers) that shrank while sent: padded with zeros, the host leaves them out
+    cut = _Skipped()  # files that grew while sent: archived at the size their header claims
     entries = 0
     content = 0
 
@@ -194,11 +196,12 @@ def download(args):
                         if not _inside(fd, root):
                             skipped.append(f"{name}/: changed while it was archived")
                             continue
+                        info = _header(name, os.fstat(fd))  # the folder listed: a folder (O_DIRECTORY)
                         with os.scandir(fd) as it:
                             children = sorted(e.name for e in it)
                     finally:
                         os.close(fd)
-                    _emit(archive, budget(archive.gettarinfo(path, name)))
+                    _emit(archive, budget(info))
                     stack.extend((f"{name}/{c}", os.path.join(path, c)) for c in reversed(children))
                 elif stat.S_ISREG(st.st_mode):
                     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
@@ -215,8 +218,23 @@ def download(args):
                         out.reserve(_BLOCK + info.size)  # refused on the size it claims, before reading
                         source = _contents(f, info)
                         _emit(archive, budget(info), source)
+                        if isinstance(source, _Padded) and source.short:
+                            changed.append(entries - 1)
+                        elif os.fstat(fd).st_size > info.size:
+                            cut.append(name)
                 elif stat.S_ISLNK(st.st_mode):
-                    _emit(archive, budget(archive.gettarinfo(path, name)))
+                    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)  # the link itself
+                    try:
+                        st = os.fstat(fd)
+                        if not stat.S_ISLNK(st.st_mode) or not _inside(fd, root):
+                            skipped.append(f"{name}: changed while it was archived")
+                            continue
+                        info = _header(
+                            name, st, os.readlink("", dir_fd=fd)
+                        )  # readlinkat(fd, ""): this link's
+                    finally:
+                        os.close(fd)
+                    _emit(archive, budget(info))
                 else:
                     skipped.append(f"{name}: {_KINDS.get(stat.S_IFMT(st.st_mode), 'special file')}")
             except OSError as exc:  # unreadable, or gone mid-walk; before its header, see `_emit`
@@ -224,7 +242,23 @@ def download(args):
                 skipped.append(f"{name}{suffix}: {exc.strerror or exc}")
     out.send_rest()
     return {"bytes": content, "archive_bytes": out.total, "entries": entries,
-            "skipped": skipped.shown, "skipped_count": skipped.count}  # fmt: skip
+            "skipped": skipped.shown, "skipped_count": skipped.count, "changed": changed,
+            "cut": cut.shown, "cut_count": cut.count}  # fmt: skip
+
+
+def _header(name, st, linkname=""):
+    """The tar header of a folder or symlink from `st`, the fstat of the fd it was opened by with
+    O_NOFOLLOW. Never from a second look by path (`gettarinfo`): by then the path may be something
+    else, a folder swapped for a link, and a link header with the folder's listing after it lets the
+    host write those entries through the link. (Files: `gettarinfo` with their open file, an fstat too.)"""
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE if stat.S_ISLNK(st.st_mode) else tarfile.DIRTYPE
+    info.linkname = linkname
+    info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    info.mtime = int(st.st_mtime)
+    return info
 
 
 def _inside(fd, root):
@@ -237,22 +271,40 @@ def _contents(f, info):
     """What to archive of the open file `f`, with `info.size` set to what that holds.
 
     A file up to one chunk is read whole first and its header says what was read, so one that shrinks
-    or grows meanwhile (a log a running process truncates) is archived consistently as it was read. A
-    larger one is streamed from `f` for `info.size` bytes (held whole, it would share the container's
-    memory with the tmpfs it came from): one that grows is cut there; one that shrinks stops the
-    download in `_emit`.
+    meanwhile (a log a running process truncates) is archived consistently as it was read. A larger one
+    is streamed from `f` for `info.size` bytes (held whole, it would share the container's memory with
+    the tmpfs it came from), its header out before its data is read: one that shrinks is padded with
+    zeros to that size (`_Padded`; stopping there would cost the whole download, every other file of
+    the run, for one file something still writes). Either kind that grows is cut at `info.size`.
     """
     if info.size > CHUNK:
-        return f
+        return _Padded(f, info.size)
     data = f.read(info.size)
     info.size = len(data)
     return io.BytesIO(data)
 
 
+class _Padded:
+    """`f` read for `size` bytes, zeros past where it ends (`short` then): the header's size always comes."""
+
+    def __init__(self, f, size):
+        self.f, self.left, self.short = f, size, False
+
+    def read(self, n):
+        n = min(n, self.left)
+        data = b"" if self.short else self.f.read(n)
+        if len(data) < n:
+            self.short = True
+            data += bytes(n - len(data))
+        self.left -= n
+        return data
+
+
 def _emit(archive, info, source=None):
     """Write one member, header and data. Once its header is out, nothing may skip it and go on: the
     host would take the bytes after a header promising more than came (the next file's contents,
-    which the sandbox chose) as headers of entries of its making. So any failure stops the download."""
+    which the sandbox chose) as headers of entries of its making. So a failed read stops the download
+    (a file that shrank is no failure: `_Padded`)."""
     try:
         archive.addfile(info, source)
     except OSError as exc:
