@@ -9,7 +9,10 @@ Docker is back. Closing the pool fails the acquires still waiting with `SandboxP
 Each waiting acquire waits on a start of its own: one it began, or one of the pool's own top-ups that no
 other acquire waits on. A failed start's error goes to that acquire alone; when it has left (timed out,
 cancelled, or served by another sandbox), the error goes to nobody, and a later acquire makes its own
-attempt. A sandbox that starts goes to its acquire, else to the acquire waiting longest, else the queue.
+attempt. A sandbox that starts goes to its acquire, else to the acquire waiting longest, else the queue
+while that holds fewer than `size`, else it is destroyed; a start nobody waits on that has not begun is
+dropped when the pool is full without it. So the pool never holds more than its size for long, however
+many acquires gave up on starts of their own.
 """
 
 from __future__ import annotations
@@ -156,7 +159,7 @@ class SandboxPool:
     async def _fill_one(self, start: _Start) -> None:
         try:
             async with self._start_slots:
-                if self._closed:
+                if self._closed or self._surplus(start):
                     return
                 try:
                     sandbox = await self.hosts.start(self.config)
@@ -178,15 +181,30 @@ class SandboxPool:
         finally:
             self._in_flight.discard(start)
 
+    def _surplus(self, start: _Start) -> bool:
+        """Whether `start`, about to begin, would only take the pool past its size: nobody waits on it
+        (its acquire left, or none claimed it) and the queue with the other starts nobody waits on fill
+        the pool. Such a start is dropped; without that, each acquire that timed out left a sandbox more."""
+        if start.waiter is not None:
+            return False
+        others = sum(1 for s in self._in_flight if s is not start and s.waiter is None)
+        return self._ready.qsize() + others >= self.size
+
     def _hand_out(self, warm: _Warm, waiter: _Waiter | None) -> None:
-        """`warm` to `waiter` if it still waits, else to the acquire waiting longest, else to the queue."""
+        """`warm` to `waiter` if it still waits, else to the acquire waiting longest, else to the queue
+        while that holds fewer than `size`; else it is destroyed, in a task `aclose()` waits for."""
         if waiter is None or waiter not in self._waiting:
             waiter = self._waiting[0] if self._waiting else None
-        if waiter is None:
+        if waiter is not None:
+            self._leave(waiter)
+            waiter.got.set_result(warm)
+        elif not self._closed and self._ready.qsize() < self.size:
             self._ready.put_nowait(warm)
-            return
-        self._leave(waiter)
-        waiter.got.set_result(warm)
+        else:
+            # Started for an acquire that left, with the pool full: kept, it would stay warm and unused
+            # until `aclose()`, and every later acquire would start a replacement beside it.
+            log.info("warm pool: destroying sandbox %s: the pool holds its size already", warm.sandbox.id)
+            self._spawn(warm.sandbox.close())
 
     def _failed(self, start: _Start, error: SandboxError) -> None:
         self.start_failures += 1
