@@ -84,7 +84,8 @@ class SandboxPool:
 
     Acquiring takes a ready sandbox from a queue, checks it (alive, not near its lifetime, answers a ping
     within `health_check_timeout_s`; None skips the ping, and with it the check for paused containers)
-    and starts a replacement in the background; when none is ready the
+    and starts a replacement in the background. A ping the acquire's deadline cut short proves nothing:
+    that sandbox goes back unharmed and the acquire times out. When none is ready the
     caller waits for the next one to finish starting, at most `acquire_timeout_s` (default: the config's
     `start_timeout_s` plus 10 s). Released sandboxes are destroyed, so no state ever passes from one user
     to the next.
@@ -279,13 +280,19 @@ class SandboxPool:
             return f"started {now - warm.started_at:.0f} s ago (its lifetime is {life:g} s)"
         return None
 
-    async def _usable(self, warm: _Warm, deadline: Deadline) -> bool:
+    async def _usable(self, warm: _Warm, deadline: Deadline) -> bool | None:
+        """True: `warm` may be handed out; False: it must be replaced; None: the acquire's deadline left its
+        ping too little time to tell."""
         sb = warm.sandbox
         problem = None if sb.alive else "it died while waiting"
         problem = problem or self._expiring(warm)
         if problem is None and self.health_check_timeout_s is not None:
             timeout = deadline.clamp(self.health_check_timeout_s) or 0.0
             if not await sb.responsive(timeout):
+                if sb.alive and timeout < self.health_check_timeout_s:
+                    # The deadline, not the sandbox, is to blame: an acquire with no time left would
+                    # otherwise destroy every healthy warm sandbox in turn as "paused or frozen".
+                    return None
                 problem = f"it did not answer a ping within {timeout:g} s (paused or frozen?)"
         if problem is not None:
             log.info("warm pool: replacing sandbox %s: %s", sb.id, problem)
@@ -317,6 +324,10 @@ class SandboxPool:
             if self._closed:
                 self._discard_taken(item.sandbox)
                 raise SandboxPoolClosed("the pool was closed while the acquire waited")
+            if usable is None:  # unharmed: back to the pool (or the acquire waiting longest)
+                self._checking.discard(item.sandbox)
+                self._hand_out(item, None)
+                raise self._timed_out()
             if usable:
                 self._checking.discard(item.sandbox)
                 return item.sandbox
@@ -336,11 +347,14 @@ class SandboxPool:
             if got.done() and got.exception() is None:  # handed over as the acquire left: the next one's
                 self._hand_out(got.result(), None)
             if isinstance(exc, TimeoutError):
-                why = f"; the last start failed: {self.last_error}" if self.last_error else ""
-                raise SandboxAcquireTimeout(
-                    f"no working sandbox could be acquired within {self.acquire_timeout_s:g} s{why}"
-                ) from None
+                raise self._timed_out() from None
             raise
+
+    def _timed_out(self) -> SandboxAcquireTimeout:
+        why = f"; the last start failed: {self.last_error}" if self.last_error else ""
+        return SandboxAcquireTimeout(
+            f"no working sandbox could be acquired within {self.acquire_timeout_s:g} s{why}"
+        )
 
     @contextlib.asynccontextmanager
     async def acquire(
