@@ -308,6 +308,54 @@ async def test_closing_the_pool_destroys_a_sandbox_under_its_health_check(sandbo
         await engine.remove(warm.id)  # forced: paused or not
 
 
+@pytest.mark.docker
+async def test_closing_the_pool_destroys_a_sandbox_handed_to_an_acquire_that_has_not_resumed(
+    sandbox_image: str,
+) -> None:
+    """A start handed its sandbox to the waiting acquire, and `aclose()` ran before that acquire resumed:
+    nothing of the pool's held the sandbox then, so `aclose()` returned at once with the container still
+    running, and the acquire, seeing the pool closed, destroyed it in a task nobody awaited."""
+    engine = DockerEngine()
+    pool = SandboxPool(size=0, config=SandboxConfig(image=sandbox_image), acquire_timeout_s=GUARD_S)
+    await pool.__aenter__()
+
+    async def acquire() -> None:
+        async with pool.acquire():
+            pass
+
+    task = asyncio.create_task(acquire())
+    await asyncio.sleep(0)  # one step: it waits on a start of its own
+    (start,) = pool._tasks
+    (waiter,) = pool._waiting
+    # Awaited directly, not under a guard's task (the start time bounds the start, the engine's timeout
+    # the removal), so this test wakes in the very step the start ends, its sandbox handed over, and
+    # closes the pool in it: the acquire, waiting through a shield, wakes one step later.
+    await start
+    sandbox = waiter.got.result().sandbox
+    assert not task.done() and sandbox.alive
+    await pool.aclose()
+    assert not sandbox.alive and not await exists(engine, sandbox.id)
+    with pytest.raises(SandboxPoolClosed):
+        await asyncio.wait_for(task, GUARD_S)
+    assert not pool._tasks  # nothing left running behind the closed pool
+
+
+@pytest.mark.docker
+async def test_a_sandbox_released_after_the_pool_closed_is_destroyed_by_its_release(
+    sandbox_image: str,
+) -> None:
+    """`aclose()` leaves a sandbox in use to its user; released after that, it was destroyed in a task of
+    the closed pool that nobody awaited, cut off with its container running if the event loop ended."""
+    engine = DockerEngine()
+    pool = SandboxPool(size=1, config=SandboxConfig(image=sandbox_image))
+    await pool.__aenter__()
+    async with pool.acquire() as sb:
+        await asyncio.wait_for(pool.aclose(), GUARD_S)
+        assert (await sb.shell("echo ok")).stdout == "ok\n"  # still the user's
+    assert not sb.alive and not await exists(engine, sb.id)
+    assert not pool._tasks
+
+
 # ------------------------------------------------------------------------- what a failed start leaves
 
 

@@ -122,8 +122,9 @@ class SandboxPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[_Start] = set()
         self._waiting: deque[_Waiter] = deque()  # oldest first
-        # Sandboxes taken off the queue for their health check and not yet handed out or discarded: still
-        # the pool's, so `aclose()` destroys them too.
+        # Sandboxes taken off the queue for their health check, or handed to a waiting acquire that has
+        # not checked them yet, and not yet handed out or discarded: still the pool's, so `aclose()`
+        # destroys them too (and waits for that), and the acquire then leaves them alone.
         self._checking: set[DockerSandbox] = set()
         self._closed = False
         self._failed_in_a_row = 0
@@ -198,6 +199,8 @@ class SandboxPool:
             waiter = self._waiting[0] if self._waiting else None
         if waiter is not None:
             self._leave(waiter)
+            # The acquire resumes a step or two later: an `aclose()` in between must find it the pool's.
+            self._checking.add(warm.sandbox)
             waiter.got.set_result(warm)
         elif not self._closed and self._ready.qsize() < self.size:
             self._ready.put_nowait(warm)
@@ -299,7 +302,10 @@ class SandboxPool:
         return problem is None
 
     def _discard_taken(self, sandbox: DockerSandbox) -> None:
-        """Destroy a sandbox taken from the queue but not handed out, and start its replacement."""
+        """Destroy a sandbox taken for an acquire but not handed out, and start its replacement; one no
+        longer among `_checking` was destroyed by `aclose()` already, which waited for that."""
+        if sandbox not in self._checking:
+            return
         self._checking.discard(sandbox)
         self._spawn(sandbox.close())
         if self.size and not self._closed:
@@ -309,11 +315,14 @@ class SandboxPool:
         while True:
             if self._closed:
                 raise SandboxPoolClosed("the pool is closed")
-            item = self._ready.get_nowait() if self._ready.qsize() else await self._await_one(deadline)
+            if self._ready.qsize():
+                item = self._ready.get_nowait()
+                self._checking.add(item.sandbox)
+            else:
+                item = await self._await_one(deadline)  # among `_checking` already (see `_hand_out`)
             if self._closed:
                 self._discard_taken(item.sandbox)
                 raise SandboxPoolClosed("the pool was closed while the acquire waited")
-            self._checking.add(item.sandbox)
             try:
                 usable = await self._usable(item, deadline)
             except BaseException:
@@ -345,7 +354,10 @@ class SandboxPool:
             self._leave(waiter)
             got = waiter.got
             if got.done() and got.exception() is None:  # handed over as the acquire left: the next one's
-                self._hand_out(got.result(), None)
+                warm = got.result()
+                if warm.sandbox in self._checking:  # else `aclose()` destroyed it already
+                    self._checking.discard(warm.sandbox)
+                    self._hand_out(warm, None)
             if isinstance(exc, TimeoutError):
                 raise self._timed_out() from None
             raise
@@ -383,12 +395,19 @@ class SandboxPool:
                 await sandbox.restore(snapshot, python_state=python_state)
             yield sandbox
         finally:
-            self._spawn(sandbox.close())
+            if self._closed:
+                # Released after (or while) the pool closed: a task of its own might outlive `aclose()`,
+                # awaited by nobody and cut off, container and all, when the event loop ends.
+                await sandbox.close()
+            else:
+                self._spawn(sandbox.close())
 
     async def aclose(self) -> None:
         """Destroy every sandbox the pool still holds and wait for background starts and removals.
 
         Acquires still waiting fail at once with `SandboxPoolClosed` rather than wait out their timeout.
+        Sandboxes in use stay their users' until released; one released after this returned is destroyed
+        before its release returns.
         """
         self._closed = True
         if self._refill is not None:
