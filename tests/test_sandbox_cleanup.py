@@ -17,6 +17,7 @@ import sys
 import textwrap
 import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import pytest_asyncio
@@ -25,6 +26,7 @@ from docker_proxy import MARK_LABEL, DockerProxy, removed
 from qwq_agent.sandbox import (
     DockerSandbox,
     DockerUnreachable,
+    SandboxAcquireTimeout,
     SandboxConfig,
     SandboxPool,
     SandboxPoolClosed,
@@ -210,17 +212,26 @@ async def test_a_start_failure_goes_to_its_own_acquire_not_to_the_next_one(
         assert pool.start_failures == 1 and pool.ready == 0
 
 
+def created(proxy: DockerProxy) -> list[str]:
+    """The names of the containers whose create went through `proxy` so far, oldest first."""
+    lines = [line for line in proxy.seen if "/containers/create" in line]
+    return [parse_qs(urlsplit(line.split(" ")[1]).query)["name"][0] for line in lines]
+
+
 @pytest.mark.docker
-async def test_a_sandbox_started_for_an_acquire_that_left_goes_to_the_pool(
-    sandbox_image: str, proxy: DockerProxy
+@pytest.mark.parametrize("size", [1, 0])
+async def test_a_sandbox_started_for_an_acquire_that_left_goes_to_the_pool_if_it_has_room(
+    sandbox_image: str, proxy: DockerProxy, size: int
 ) -> None:
-    """Nobody waits for it any more, but it is a good sandbox: the next acquire gets it, and the pool
-    destroys it at close if none does."""
+    """Nobody waits for it any more, but it is a good sandbox: while the pool holds fewer than its size
+    the next acquire gets it, and the pool destroys it at close if none does. A size-0 pool keeps none:
+    it is destroyed at once (it stayed warm, unused, until `aclose()`)."""
     proxy.delays["/containers/create"] = 5.0  # answered late, well within the start time
     config = SandboxConfig(image=sandbox_image)
     engine = DockerEngine()
-    async with SandboxPool(size=0, config=config, engine=DockerEngine(proxy.path)) as pool:
+    async with SandboxPool(size=size, config=config, engine=DockerEngine(proxy.path)) as pool:
         for taken in (True, False):
+            # The acquire waits on the pool's top-up (size 1) or on a start of its own (size 0).
             first = asyncio.create_task(pool.acquire().__aenter__())
             await asyncio.wait_for(proxy.held.wait(), GUARD_S)
             proxy.held.clear()
@@ -228,12 +239,45 @@ async def test_a_sandbox_started_for_an_acquire_that_left_goes_to_the_pool(
             with pytest.raises(asyncio.CancelledError):
                 await first
             await asyncio.wait_for(settled(pool), GUARD_S)
+            if size == 0:
+                assert pool.ready == 0 and not await exists(engine, created(proxy)[-1])
+                continue
             (warm,) = [w.sandbox for w in list(pool._ready._queue)]  # type: ignore[attr-defined]
             if taken:
                 async with pool.acquire() as sb:
                     assert sb is warm and (await sb.shell("echo ok")).stdout == "ok\n"
         assert pool.start_failures == 0
-    assert not await exists(engine, warm.id)
+    assert not [name for name in created(proxy) if await exists(engine, name)]
+
+
+@pytest.mark.docker
+async def test_acquires_that_time_out_leave_the_pool_no_bigger_than_its_size(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """Each acquire that found nothing to claim started a sandbox of its own; when it timed out, that start
+    still ran (once a start slot was free) and its sandbox went to the queue, nobody's: after N timed-out
+    acquires a size-1 pool held N warm containers until `aclose()`, each later acquire starting a
+    replacement, so the count never came down."""
+    config = SandboxConfig(image=sandbox_image)
+    engine = DockerEngine()
+    pool = SandboxPool(size=1, config=config, engine=DockerEngine(proxy.path), max_parallel_starts=2)
+    async with pool:
+        await asyncio.wait_for(pool.wait_ready(), GUARD_S)
+        proxy.delays["/containers/create"] = 5.0  # Docker slow for a moment, well within the start time
+        async with pool.acquire():  # the one warm sandbox in use; its replacement starts, slowly
+            before = len(created(proxy))
+            for _ in range(4):  # the first claims the replacement; each other starts one of its own
+                with pytest.raises(SandboxAcquireTimeout):
+                    async with pool.acquire(timeout=0.2):
+                        pass
+            await asyncio.wait_for(settled(pool), GUARD_S)
+            # The two starts under way finished: one sandbox for the queue, the other destroyed; the two
+            # still waiting for a start slot were dropped, their acquires gone and the pool full.
+            assert pool.ready == 1 and pool.start_failures == 0
+            late = created(proxy)[before:]
+            assert len(late) == 2
+            assert [await exists(engine, name) for name in late].count(True) == 1
+    assert not [name for name in created(proxy) if await exists(engine, name)]
 
 
 @pytest.mark.docker
@@ -262,6 +306,54 @@ async def test_closing_the_pool_destroys_a_sandbox_under_its_health_check(sandbo
             await asyncio.wait_for(task, GUARD_S)
     finally:
         await engine.remove(warm.id)  # forced: paused or not
+
+
+@pytest.mark.docker
+async def test_closing_the_pool_destroys_a_sandbox_handed_to_an_acquire_that_has_not_resumed(
+    sandbox_image: str,
+) -> None:
+    """A start handed its sandbox to the waiting acquire, and `aclose()` ran before that acquire resumed:
+    nothing of the pool's held the sandbox then, so `aclose()` returned at once with the container still
+    running, and the acquire, seeing the pool closed, destroyed it in a task nobody awaited."""
+    engine = DockerEngine()
+    pool = SandboxPool(size=0, config=SandboxConfig(image=sandbox_image), acquire_timeout_s=GUARD_S)
+    await pool.__aenter__()
+
+    async def acquire() -> None:
+        async with pool.acquire():
+            pass
+
+    task = asyncio.create_task(acquire())
+    await asyncio.sleep(0)  # one step: it waits on a start of its own
+    (start,) = pool._tasks
+    (waiter,) = pool._waiting
+    # Awaited directly, not under a guard's task (the start time bounds the start, the engine's timeout
+    # the removal), so this test wakes in the very step the start ends, its sandbox handed over, and
+    # closes the pool in it: the acquire, waiting through a shield, wakes one step later.
+    await start
+    sandbox = waiter.got.result().sandbox
+    assert not task.done() and sandbox.alive
+    await pool.aclose()
+    assert not sandbox.alive and not await exists(engine, sandbox.id)
+    with pytest.raises(SandboxPoolClosed):
+        await asyncio.wait_for(task, GUARD_S)
+    assert not pool._tasks  # nothing left running behind the closed pool
+
+
+@pytest.mark.docker
+async def test_a_sandbox_released_after_the_pool_closed_is_destroyed_by_its_release(
+    sandbox_image: str,
+) -> None:
+    """`aclose()` leaves a sandbox in use to its user; released after that, it was destroyed in a task of
+    the closed pool that nobody awaited, cut off with its container running if the event loop ended."""
+    engine = DockerEngine()
+    pool = SandboxPool(size=1, config=SandboxConfig(image=sandbox_image))
+    await pool.__aenter__()
+    async with pool.acquire() as sb:
+        await asyncio.wait_for(pool.aclose(), GUARD_S)
+        assert (await sb.shell("echo ok")).stdout == "ok\n"  # still the user's
+    assert not sb.alive and not await exists(engine, sb.id)
+    assert not pool._tasks
 
 
 # ------------------------------------------------------------------------- what a failed start leaves

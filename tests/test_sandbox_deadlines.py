@@ -8,6 +8,7 @@ Each test is guarded by a generous `wait_for`, so a regression fails instead of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,7 +18,14 @@ import pytest
 import pytest_asyncio
 from docker_proxy import removed
 
-from qwq_agent.sandbox import DockerSandbox, SandboxConfig, SandboxPool, SandboxStartError
+from qwq_agent.deadline import Deadline
+from qwq_agent.sandbox import (
+    DockerSandbox,
+    SandboxAcquireTimeout,
+    SandboxConfig,
+    SandboxPool,
+    SandboxStartError,
+)
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import DockerUnreachable
 
@@ -66,6 +74,27 @@ async def test_acquire_replaces_a_paused_warm_sandbox(sandbox_image: str) -> Non
         got = await asyncio.wait_for(acquire_and_use(), GUARD_S)
         assert got != paused and pool.replaced >= 1
         await removed(pool.engine, paused)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("left", [0.0, 0.001])
+async def test_an_acquire_out_of_time_leaves_the_healthy_warm_sandboxes_alone(
+    sandbox_image: str, left: float
+) -> None:
+    """The health check's ping got only what the acquire's deadline had left, maybe nothing: an acquire
+    with (almost) no time left found each warm sandbox "paused or frozen" and destroyed it, one after the
+    other. The deadline is the problem, not the sandbox: it goes back, and the acquire times out."""
+    async with SandboxPool(size=2, config=SandboxConfig(image=sandbox_image)) as pool:
+        await asyncio.wait_for(pool.wait_ready(), GUARD_S)
+        warm = warm_ids(pool)
+        got: list[str] = []
+        with contextlib.suppress(SandboxAcquireTimeout):
+            async with pool.acquire(deadline=Deadline.after(left)) as sb:
+                got.append(sb.id)  # its ping was answered within the millisecond: as good an outcome
+        assert pool.replaced == 0 and set(warm) <= set(warm_ids(pool) + got)
+        assert not got or left > 0
+        async with pool.acquire() as sb:
+            assert sb.id in warm and (await sb.shell("echo ok")).stdout == "ok\n"
 
 
 @pytest.mark.docker

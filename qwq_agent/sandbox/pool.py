@@ -9,7 +9,10 @@ Docker is back. Closing the pool fails the acquires still waiting with `SandboxP
 Each waiting acquire waits on a start of its own: one it began, or one of the pool's own top-ups that no
 other acquire waits on. A failed start's error goes to that acquire alone; when it has left (timed out,
 cancelled, or served by another sandbox), the error goes to nobody, and a later acquire makes its own
-attempt. A sandbox that starts goes to its acquire, else to the acquire waiting longest, else the queue.
+attempt. A sandbox that starts goes to its acquire, else to the acquire waiting longest, else the queue
+while that holds fewer than `size`, else it is destroyed; a start nobody waits on that has not begun is
+dropped when the pool is full without it. So the pool never holds more than its size for long, however
+many acquires gave up on starts of their own.
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ class SandboxPool:
 
     Acquiring takes a ready sandbox from a queue, checks it (alive, not near its lifetime, answers a ping
     within `health_check_timeout_s`; None skips the ping, and with it the check for paused containers)
-    and starts a replacement in the background; when none is ready the
+    and starts a replacement in the background. A ping the acquire's deadline cut short proves nothing:
+    that sandbox goes back unharmed and the acquire times out. When none is ready the
     caller waits for the next one to finish starting, at most `acquire_timeout_s` (default: the config's
     `start_timeout_s` plus 10 s). Released sandboxes are destroyed, so no state ever passes from one user
     to the next.
@@ -118,8 +122,9 @@ class SandboxPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[_Start] = set()
         self._waiting: deque[_Waiter] = deque()  # oldest first
-        # Sandboxes taken off the queue for their health check and not yet handed out or discarded: still
-        # the pool's, so `aclose()` destroys them too.
+        # Sandboxes taken off the queue for their health check, or handed to a waiting acquire that has
+        # not checked them yet, and not yet handed out or discarded: still the pool's, so `aclose()`
+        # destroys them too (and waits for that), and the acquire then leaves them alone.
         self._checking: set[DockerSandbox] = set()
         self._closed = False
         self._failed_in_a_row = 0
@@ -156,7 +161,7 @@ class SandboxPool:
     async def _fill_one(self, start: _Start) -> None:
         try:
             async with self._start_slots:
-                if self._closed:
+                if self._closed or self._surplus(start):
                     return
                 try:
                     sandbox = await self.hosts.start(self.config)
@@ -178,15 +183,32 @@ class SandboxPool:
         finally:
             self._in_flight.discard(start)
 
+    def _surplus(self, start: _Start) -> bool:
+        """Whether `start`, about to begin, would only take the pool past its size: nobody waits on it
+        (its acquire left, or none claimed it) and the queue with the other starts nobody waits on fill
+        the pool. Such a start is dropped; without that, each acquire that timed out left a sandbox more."""
+        if start.waiter is not None:
+            return False
+        others = sum(1 for s in self._in_flight if s is not start and s.waiter is None)
+        return self._ready.qsize() + others >= self.size
+
     def _hand_out(self, warm: _Warm, waiter: _Waiter | None) -> None:
-        """`warm` to `waiter` if it still waits, else to the acquire waiting longest, else to the queue."""
+        """`warm` to `waiter` if it still waits, else to the acquire waiting longest, else to the queue
+        while that holds fewer than `size`; else it is destroyed, in a task `aclose()` waits for."""
         if waiter is None or waiter not in self._waiting:
             waiter = self._waiting[0] if self._waiting else None
-        if waiter is None:
+        if waiter is not None:
+            self._leave(waiter)
+            # The acquire resumes a step or two later: an `aclose()` in between must find it the pool's.
+            self._checking.add(warm.sandbox)
+            waiter.got.set_result(warm)
+        elif not self._closed and self._ready.qsize() < self.size:
             self._ready.put_nowait(warm)
-            return
-        self._leave(waiter)
-        waiter.got.set_result(warm)
+        else:
+            # Started for an acquire that left, with the pool full: kept, it would stay warm and unused
+            # until `aclose()`, and every later acquire would start a replacement beside it.
+            log.info("warm pool: destroying sandbox %s: the pool holds its size already", warm.sandbox.id)
+            self._spawn(warm.sandbox.close())
 
     def _failed(self, start: _Start, error: SandboxError) -> None:
         self.start_failures += 1
@@ -261,20 +283,29 @@ class SandboxPool:
             return f"started {now - warm.started_at:.0f} s ago (its lifetime is {life:g} s)"
         return None
 
-    async def _usable(self, warm: _Warm, deadline: Deadline) -> bool:
+    async def _usable(self, warm: _Warm, deadline: Deadline) -> bool | None:
+        """True: `warm` may be handed out; False: it must be replaced; None: the acquire's deadline left its
+        ping too little time to tell."""
         sb = warm.sandbox
         problem = None if sb.alive else "it died while waiting"
         problem = problem or self._expiring(warm)
         if problem is None and self.health_check_timeout_s is not None:
             timeout = deadline.clamp(self.health_check_timeout_s) or 0.0
             if not await sb.responsive(timeout):
+                if sb.alive and timeout < self.health_check_timeout_s:
+                    # The deadline, not the sandbox, is to blame: an acquire with no time left would
+                    # otherwise destroy every healthy warm sandbox in turn as "paused or frozen".
+                    return None
                 problem = f"it did not answer a ping within {timeout:g} s (paused or frozen?)"
         if problem is not None:
             log.info("warm pool: replacing sandbox %s: %s", sb.id, problem)
         return problem is None
 
     def _discard_taken(self, sandbox: DockerSandbox) -> None:
-        """Destroy a sandbox taken from the queue but not handed out, and start its replacement."""
+        """Destroy a sandbox taken for an acquire but not handed out, and start its replacement; one no
+        longer among `_checking` was destroyed by `aclose()` already, which waited for that."""
+        if sandbox not in self._checking:
+            return
         self._checking.discard(sandbox)
         self._spawn(sandbox.close())
         if self.size and not self._closed:
@@ -284,11 +315,14 @@ class SandboxPool:
         while True:
             if self._closed:
                 raise SandboxPoolClosed("the pool is closed")
-            item = self._ready.get_nowait() if self._ready.qsize() else await self._await_one(deadline)
+            if self._ready.qsize():
+                item = self._ready.get_nowait()
+                self._checking.add(item.sandbox)
+            else:
+                item = await self._await_one(deadline)  # among `_checking` already (see `_hand_out`)
             if self._closed:
                 self._discard_taken(item.sandbox)
                 raise SandboxPoolClosed("the pool was closed while the acquire waited")
-            self._checking.add(item.sandbox)
             try:
                 usable = await self._usable(item, deadline)
             except BaseException:
@@ -299,6 +333,10 @@ class SandboxPool:
             if self._closed:
                 self._discard_taken(item.sandbox)
                 raise SandboxPoolClosed("the pool was closed while the acquire waited")
+            if usable is None:  # unharmed: back to the pool (or the acquire waiting longest)
+                self._checking.discard(item.sandbox)
+                self._hand_out(item, None)
+                raise self._timed_out()
             if usable:
                 self._checking.discard(item.sandbox)
                 return item.sandbox
@@ -316,13 +354,19 @@ class SandboxPool:
             self._leave(waiter)
             got = waiter.got
             if got.done() and got.exception() is None:  # handed over as the acquire left: the next one's
-                self._hand_out(got.result(), None)
+                warm = got.result()
+                if warm.sandbox in self._checking:  # else `aclose()` destroyed it already
+                    self._checking.discard(warm.sandbox)
+                    self._hand_out(warm, None)
             if isinstance(exc, TimeoutError):
-                why = f"; the last start failed: {self.last_error}" if self.last_error else ""
-                raise SandboxAcquireTimeout(
-                    f"no working sandbox could be acquired within {self.acquire_timeout_s:g} s{why}"
-                ) from None
+                raise self._timed_out() from None
             raise
+
+    def _timed_out(self) -> SandboxAcquireTimeout:
+        why = f"; the last start failed: {self.last_error}" if self.last_error else ""
+        return SandboxAcquireTimeout(
+            f"no working sandbox could be acquired within {self.acquire_timeout_s:g} s{why}"
+        )
 
     @contextlib.asynccontextmanager
     async def acquire(
@@ -351,12 +395,19 @@ class SandboxPool:
                 await sandbox.restore(snapshot, python_state=python_state)
             yield sandbox
         finally:
-            self._spawn(sandbox.close())
+            if self._closed:
+                # Released after (or while) the pool closed: a task of its own might outlive `aclose()`,
+                # awaited by nobody and cut off, container and all, when the event loop ends.
+                await sandbox.close()
+            else:
+                self._spawn(sandbox.close())
 
     async def aclose(self) -> None:
         """Destroy every sandbox the pool still holds and wait for background starts and removals.
 
         Acquires still waiting fail at once with `SandboxPoolClosed` rather than wait out their timeout.
+        Sandboxes in use stay their users' until released; one released after this returned is destroyed
+        before its release returns.
         """
         self._closed = True
         if self._refill is not None:
