@@ -321,6 +321,25 @@ def test_only_what_the_copy_back_wrote_leaves_a_git_folder_that_was_there(tmp_pa
     assert (git / "config").read_text() == "[core]\n\tbare = false\n"
 
 
+def test_past_a_bound_of_nested_repositories_configs_are_left_out_not_each_read_with_git(tmp_path) -> None:
+    """Each config costs one `git config` run on the host: a sandbox holding thousands of nested
+    repositories would spend the copy-back's whole deadline on them (and lose all of it)."""
+    from qwq_agent.sandbox.git_files import MAX_REBUILT_CONFIGS
+
+    count = MAX_REBUILT_CONFIGS + 5
+    entries = []
+    for i in range(count):
+        entries.append((f"ws/r{i:03d}/.git/HEAD", "file", "ref: refs/heads/main\n"))
+        entries.append((f"ws/r{i:03d}/.git/config", "file", '[remote "origin"]\n\turl = https://x/r.git\n'))
+    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
+    kept = sorted((tmp_path / "dest" / "ws").glob("r*/.git/config"))
+    assert len(kept) == MAX_REBUILT_CONFIGS
+    assert all("https://x/r.git" in p.read_text() for p in kept)
+    left = sorted(done.git_left_out)
+    assert len(left) == 5 and all(p.endswith("/.git/config") for p in left)
+    assert not {str(p.relative_to(tmp_path / "dest")) for p in kept} & set(left)
+
+
 def test_links_that_leave_only_together_are_removed(tmp_path) -> None:
     """`c -> a/b/../..` is inside while `a/b` does not exist; once `a/b -> ..` is written, it leaves."""
     dest = tmp_path / "dest"

@@ -55,6 +55,11 @@ class TooLong(Exception):
     """The deadline passed while the folders were judged."""
 
 
+# Each config rebuilt costs one `git config` run on the host; past this many (a sandbox holding thousands
+# of nested repositories) the rest are left out, named, so the deadline is not spent on them.
+MAX_REBUILT_CONFIGS = 32
+
+
 def identity(st: os.stat_result) -> tuple[int, int]:
     """What tells one file from another on the host: its device and inode."""
     return st.st_dev, st.st_ino
@@ -66,6 +71,7 @@ def remove_from_git_folders(top: Path, dest: Path, ours: Set[tuple[int, int]], d
     touched. Links are never followed. Paths are named relative to `dest` (a folder with a trailing `/`)."""
     removed: list[str] = []
     settings: list[str] = []
+    rebuilt = 0
     if not os.path.lexists(top):
         return Cleaned(removed, settings)
     if not stat.S_ISDIR(os.lstat(top).st_mode):  # one file (or link) was copied back
@@ -86,8 +92,13 @@ def remove_from_git_folders(top: Path, dest: Path, ours: Set[tuple[int, int]], d
             name, path = entry.name.lower(), Path(entry.path)
             is_dir = entry.is_dir(follow_symlinks=False)
             if git and name in _CONFIGS and entry.is_file(follow_symlinks=False):
-                if identity(entry.stat(follow_symlinks=False)) in ours:
+                if identity(entry.stat(follow_symlinks=False)) not in ours:
+                    continue
+                if rebuilt < MAX_REBUILT_CONFIGS:
                     _rebuild(path, dest, deadline, removed, settings)
+                    rebuilt += 1
+                else:
+                    removed += _remove_ours(path, dest, ours)
             elif (
                 (name == ".git" and not is_dir) or (git and name in _RUNS) or (within and entry.is_symlink())
             ):
