@@ -213,3 +213,92 @@ NEW_LINK = (
 def test_a_text_not_in_gits_form_is_refused(text: str, where: str) -> None:
     with pytest.raises(PatchTextError, match=where):
         cut_outward_links(text, set(), {"old": "README"})
+
+
+def link_entry(header: str, target: str, plus: str) -> str:
+    """A new link: `header` is what follows `diff --git `, `plus` what follows `+++ `."""
+    return (
+        f"diff --git {header}\nnew file mode 120000\nindex 0000000..1234567\n--- /dev/null\n"
+        f"+++ {plus}\n@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n"
+    )
+
+
+ODD_NAMES = [
+    "back\\slash",
+    "ctl\x01x",
+    "del\x7fx",
+    "bell\x07",
+    "cr\rx",
+    "vt\x0bx",
+    "é acc",
+    "nb\u00a0sp",
+    "sp ace",
+]
+
+
+@pytest.mark.parametrize("quotepath", ["true", "false"])
+def test_odd_names_as_git_writes_them_pass_whole(repo: Path, tmp_path: Path, quotepath: str) -> None:
+    """Control bytes, a backslash, DEL, non-ASCII (escaped or raw, as core.quotepath says), blanks: each
+    name as git quotes it (or not) passes, and the text applies."""
+    for name in ODD_NAMES:
+        (repo / name).write_text("x\n")
+    (repo / "cr\rx").unlink()
+    (repo / "cr\rx").symlink_to("README")
+    git(repo, "add", "-A")
+    text = git(
+        repo, "-c", f"core.quotepath={quotepath}", "diff", "--cached", "--binary", "--no-renames", "HEAD"
+    )
+    git(repo, "reset", "-q", "--hard")
+    git(repo, "clean", "-qfdx")
+    assert '"b/cr\\rx"' in text and ("b/\\303\\251 acc" in text) == (quotepath == "true")
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    assert (kept, cut) == (text, [])
+    applied(repo, kept, tmp_path)
+    assert sorted(p.name for p in repo.iterdir() if p.name in ODD_NAMES) == sorted(ODD_NAMES)
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    [
+        # git reads the C string up to the NUL: `lnk`, a link at the root, where the parse saw one two
+        # folders deep whose `../..` stays inside.
+        r"lnk\000/a/x",
+        r"\101bc",  # octal for a printable byte: git writes `A`
+        r"a\011b",  # octal for a tab: git writes `\t`
+        "a\tb",  # a raw tab inside the quotes: git writes `\t`
+        "a\x01b",
+        r"plain",  # quoted, though nothing in it needs it
+        r"a\qb",
+    ],
+)
+def test_a_quoted_name_git_would_not_write_is_refused(repo: Path, tmp_path: Path, quoted: str) -> None:
+    name = f'"a/{quoted}" "b/{quoted}"'
+    text = link_entry(name, "../..", plus=f'"b/{quoted}"')
+    with pytest.raises(PatchTextError, match="quoted name"):
+        cut_outward_links(text, *checkout(repo))
+
+
+def test_a_link_named_with_a_nul_is_refused_where_git_apply_would_plant_it_at_the_root(
+    repo: Path, tmp_path: Path
+) -> None:
+    """What the refusal prevents: the same entry without the NUL in the name is a link two folders deep
+    that stays inside; with it, `git apply` plants `lnk -> ../..` at the root (out of the checkout)."""
+    inside = link_entry('"a/lnk\\001/a/x" "b/lnk\\001/a/x"', "../..", plus='"b/lnk\\001/a/x"')
+    assert cut_outward_links(inside, *checkout(repo)) == (inside, [])
+    nul = inside.replace("\\001", "\\000")
+    (tmp_path / "nul.diff").write_text(nul)
+    git(repo, "apply", str(tmp_path / "nul.diff"))
+    assert str((repo / "lnk").readlink()) == "../.."
+    (repo / "lnk").unlink()
+    with pytest.raises(PatchTextError, match="quoted name"):
+        cut_outward_links(nul, *checkout(repo))
+
+
+@pytest.mark.parametrize(
+    "header",
+    ['"a/x\\tb" b/x\tb', 'a/x\\tb "b/x\\tb"'],
+)
+def test_a_header_quoting_one_name_only_is_refused(header: str) -> None:
+    text = link_entry(header, "README", '"b/x\\tb"')
+    with pytest.raises(PatchTextError):
+        cut_outward_links(text, set(), {})

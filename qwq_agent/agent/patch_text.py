@@ -9,8 +9,9 @@ agent ran) and the patch's own entries. An outward link is cut from the text, wi
 its path (a file it replaced stays), until a round cuts none.
 
 Only git's own diff form passes (`diff --git` entries with the headers, hunks and binary blocks our
-`git diff --binary --no-renames` writes; hunk lines counted as the `@@` header says): a text with anything
-else in it is refused whole (`PatchError`), for `git apply` could read a part the parse did not.
+`git diff --binary --no-renames` writes; hunk lines counted as the `@@` header says; names quoted, or not,
+exactly as git quotes them): a text with anything else in it is refused whole (`PatchError`), for
+`git apply` (or `patch -p1`) could read a part the parse did not.
 """
 
 from __future__ import annotations
@@ -213,13 +214,15 @@ def _header_path(rest: str, at: int) -> str:
         second = after[1:]
         if not after.startswith(" "):
             raise PatchTextError(f"line {at + 1}: no second name")
-        b, tail = _quoted(second, at) if second.startswith('"') else (second, "")
+        if not second.startswith('"'):  # git quotes both names or neither: they hold the same path
+            raise PatchTextError(f"line {at + 1}: one name quoted, the other not")
+        b, tail = _quoted(second, at)
         if tail:
             raise PatchTextError(f"line {at + 1}: text after the names")
     else:
         half = (len(rest) - 1) // 2  # unquoted, the two names hold the same path: `a/P b/P`
-        a, b = rest[:half], rest[half + 1 :]
-        if rest[half : half + 1] != " " or '"' in rest:
+        a, b = _plain(rest[:half], at), _plain(rest[half + 1 :], at)
+        if rest[half : half + 1] != " ":
             raise PatchTextError(f"line {at + 1}: names git would not write")
     if not (a.startswith("a/") and b.startswith("b/") and a[2:] == b[2:] and a[2:]):
         raise PatchTextError(f"line {at + 1}: the entry's two names differ (a rename or copy)")
@@ -247,24 +250,54 @@ def _check_parts(path: str, at: int) -> None:
 
 
 def _quoted(text: str, at: int) -> tuple[str, str]:
-    """A C-quoted name at the start of `text` (git's quoting) and what follows its closing quote."""
+    """A C-quoted name at the start of `text` and what follows its closing quote, if git would write it
+    so (its `quote_c_style`): a raw byte only where git leaves it raw, an escape only for a byte git
+    escapes (with its letter where it has one), and at least one escape (else git writes no quotes).
+    Above all never a NUL: `git apply` and `patch` read the name as a C string, cut there."""
     out = bytearray()
+    escaped = False
     i = 1
     while i < len(text) and text[i] != '"':
-        if text[i] != "\\":
-            out += text[i].encode("utf-8", "surrogateescape")
+        char = text[i]
+        if char != "\\":
+            if _git_quotes(ord(char)):
+                raise PatchTextError(f"line {at + 1}: a quoted name with a raw {char!r}, which git escapes")
+            out += char.encode("utf-8", "surrogateescape")
             i += 1
-        elif text[i + 1 : i + 2] in _UNQUOTED:
+            continue
+        escaped = True
+        if text[i + 1 : i + 2] in _UNQUOTED:
             out += _UNQUOTED[text[i + 1]].encode()
             i += 2
         elif re.fullmatch(r"[0-3][0-7][0-7]", text[i + 1 : i + 4]):
-            out.append(int(text[i + 1 : i + 4], 8))
+            byte = int(text[i + 1 : i + 4], 8)
+            # git writes octal for the control bytes without a letter, DEL, and bytes past ASCII.
+            if not (_git_quotes(byte) or byte >= 0x80) or byte == 0 or chr(byte) in _UNQUOTED.values():
+                raise PatchTextError(
+                    f"line {at + 1}: a quoted name with \\{text[i + 1 : i + 4]}, which git never writes"
+                )
+            out.append(byte)
             i += 4
         else:
             raise PatchTextError(f"line {at + 1}: a quoted name git would not write")
     if i >= len(text):
         raise PatchTextError(f"line {at + 1}: a quoted name without its end")
+    if not escaped:
+        raise PatchTextError(f"line {at + 1}: a quoted name with nothing git quotes in it")
     return out.decode("utf-8", "surrogateescape"), text[i + 1 :]
+
+
+def _plain(name: str, at: int) -> str:
+    """`name`, written without quotes: refused if it holds a character git would have quoted it for."""
+    for char in name:
+        if _git_quotes(ord(char)):
+            raise PatchTextError(f"line {at + 1}: a name with a raw {char!r}, which git quotes")
+    return name
+
+
+def _git_quotes(code: int) -> bool:
+    """Whether git quotes a name for holding this character (a control byte, DEL, `"` or a backslash)."""
+    return code < 0x20 or code == 0x7F or chr(code) in '"\\'
 
 
 def _names(lines: list[str], at: int, entry: _Entry) -> int:
@@ -279,7 +312,7 @@ def _names(lines: list[str], at: int, entry: _Entry) -> int:
                 raise PatchTextError(f"line {at + 1}: an added or deleted file without /dev/null")
             continue
         # git ends a name that holds a space with a tab (after the quotes, for a quoted one).
-        name, after = _quoted(name, at) if name.startswith('"') else (name.removesuffix("\t"), "")
+        name, after = _quoted(name, at) if name.startswith('"') else (_plain(name.removesuffix("\t"), at), "")
         if after not in ("", "\t"):
             raise PatchTextError(f"line {at + 1}: text after the name")
         if name != prefix + entry.path:
