@@ -302,3 +302,75 @@ def test_a_header_quoting_one_name_only_is_refused(header: str) -> None:
     text = link_entry(header, "README", '"b/x\\tb"')
     with pytest.raises(PatchTextError):
         cut_outward_links(text, set(), {})
+
+
+def test_names_with_blanks_as_git_writes_them_are_read_alike_by_git_apply_and_patch(
+    repo: Path, tmp_path: Path
+) -> None:
+    """git ends a `---`/`+++` name that holds a space with a tab; GNU `patch -p1` then reads the whole
+    name, as `git apply` does: the same files and links land either way."""
+    (repo / "lnk ").mkdir()
+    (repo / "lnk " / "x").symlink_to("..")
+    (repo / "two  spaces.txt").write_text("t\n")
+    (repo / "a" / "f").write_text("f\nmore\n")
+    text = diff(repo)
+    assert "+++ b/lnk /x\t\n" in text
+    assert cut_outward_links(text, *checkout(repo)) == (text, [])
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(repo), str(other))
+    (tmp_path / "p.diff").write_text(text)
+    subprocess.run(
+        ["patch", "-p1", "--batch", "-i", str(tmp_path / "p.diff")], cwd=other, check=True, timeout=60
+    )
+    applied(repo, text, tmp_path)
+    for checkout_ in (repo, other):
+        assert str((checkout_ / "lnk " / "x").readlink()) == ".."
+        assert (checkout_ / "two  spaces.txt").read_text() == "t\n"
+        assert not (checkout_ / "lnk").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        # `patch -p1` ends a name at its first blank unless a tab follows: `lnk -> ..` at the root.
+        (("/x\t\n", "/x\n"), "a name with a blank, without the tab"),
+        (("/x\t\n", "/x \t\n"), "ends in a blank"),  # `patch -p1` drops the blank: another name
+        (("lnk /x", "lnk\x0b/x"), "which git quotes"),
+        (("lnk /x", "lnk\x0c/x"), "which git quotes"),
+        (("lnk /x", "lnk\r/x"), "which git quotes"),
+    ],
+)
+def test_a_name_patch_would_read_otherwise_is_refused(
+    repo: Path, tmp_path: Path, edit: tuple[str, str], where: str
+) -> None:
+    (repo / "lnk ").mkdir()
+    (repo / "lnk " / "x").symlink_to("..")
+    text = diff(repo)
+    hostile = text.replace(*edit)
+    assert hostile != text
+    with pytest.raises(PatchTextError, match=where):
+        cut_outward_links(hostile, *checkout(repo))
+
+
+def test_a_tab_after_a_name_without_a_blank_is_refused(repo: Path) -> None:
+    (repo / "new").write_text("n\n")
+    text = diff(repo)
+    with pytest.raises(PatchTextError, match="a tab after a name without a blank"):
+        cut_outward_links(text.replace("+++ b/new\n", "+++ b/new\t\n"), *checkout(repo))
+
+
+@pytest.mark.parametrize("path", ["sub/.git x", "sub/.GIT\u00a0x/config", "x ../y", "x .  y"])
+def test_a_part_that_a_blank_would_cut_to_a_name_git_refuses_is_refused(
+    repo: Path, tmp_path: Path, path: str
+) -> None:
+    """`patch -p1` reads a name without its tab up to the first blank (and the `diff --git` line's names
+    always so): `sub/.git x` is `sub/.git`, a gitdir file pointing git at a planted repository."""
+    text = (
+        NEW_LINK.replace(" x", f" {path}")
+        .replace("/x", f"/{path}")
+        .replace("+++ b/" + path, f"+++ b/{path}\t")
+    )
+    if " " not in path:
+        text = text.replace("\t\n", "\n")
+    with pytest.raises(PatchTextError, match="which git never writes"):
+        cut_outward_links(text, set(), {})

@@ -240,13 +240,17 @@ def _check_parts(path: str, at: int) -> None:
     """Refuse a path git never writes in a diff (its own `verify_path` refuses them on apply, but
     `patch -p1` would follow them): a `.git` part in any spelling a file system takes for it (case,
     trailing dots and spaces for NTFS, its short name `git~1`, HFS+'s ignored characters), `.`, `..`,
-    an empty part."""
+    an empty part. Each word of a part is judged too: `patch -p1` ends a name at a blank where no tab
+    follows (always on the `diff --git` line), so `sub/.git x` can be written as `sub/.git`."""
     for part in path.split("/"):
-        folded = part.translate(_HFS_IGNORED).lower().rstrip(". ")
         if not part:
             raise PatchTextError(f"line {at + 1}: a path with an empty part: {path!r}")
-        if part in (".", "..") or folded in (".git", "git~1"):
-            raise PatchTextError(f"line {at + 1}: a path through {part!r}, which git never writes: {path!r}")
+        for word in (part, *part.split()):
+            folded = word.translate(_HFS_IGNORED).lower().rstrip(". ")
+            if word in (".", "..") or folded in (".git", "git~1"):
+                raise PatchTextError(
+                    f"line {at + 1}: a path through {part!r}, which git never writes: {path!r}"
+                )
 
 
 def _quoted(text: str, at: int) -> tuple[str, str]:
@@ -288,10 +292,13 @@ def _quoted(text: str, at: int) -> tuple[str, str]:
 
 
 def _plain(name: str, at: int) -> str:
-    """`name`, written without quotes: refused if it holds a character git would have quoted it for."""
+    """`name`, written without quotes: refused if it holds a character git would have quoted it for, or
+    ends in a blank (git writes it, but `patch -p1` reads the name without it: another file)."""
     for char in name:
         if _git_quotes(ord(char)):
             raise PatchTextError(f"line {at + 1}: a name with a raw {char!r}, which git quotes")
+    if name.endswith(" "):
+        raise PatchTextError(f"line {at + 1}: a name that ends in a blank, which `patch -p1` leaves out")
     return name
 
 
@@ -305,18 +312,30 @@ def _names(lines: list[str], at: int, entry: _Entry) -> int:
     if at + 1 >= len(lines) or not lines[at + 1].startswith("+++ "):
         raise PatchTextError(f"line {at + 1}: `---` without `+++`")
     created, deleted = "new file mode" in entry.modes, entry.deleted
-    for line, prefix, null in ((lines[at], "a/", created), (lines[at + 1], "b/", deleted)):
-        name = line[4:]
+    for here, prefix, null in ((at, "a/", created), (at + 1, "b/", deleted)):
+        name = lines[here][4:]
         if null:
             if name != "/dev/null":
-                raise PatchTextError(f"line {at + 1}: an added or deleted file without /dev/null")
+                raise PatchTextError(f"line {here + 1}: an added or deleted file without /dev/null")
             continue
-        # git ends a name that holds a space with a tab (after the quotes, for a quoted one).
-        name, after = _quoted(name, at) if name.startswith('"') else (_plain(name.removesuffix("\t"), at), "")
+        if name.startswith('"'):
+            label, (name, after) = name, _quoted(name, here)
+            label = label[: len(label) - len(after)]
+        else:
+            label, after = (name[:-1], "\t") if name.endswith("\t") else (name, "")
+            name = _plain(label, here)
+        # git ends a name that holds a space with a tab (after the quotes, for a quoted one), and no other
+        # name. Without it GNU `patch -p1` ends the name at its first blank: `b/lnk /x` is `lnk`.
         if after not in ("", "\t"):
-            raise PatchTextError(f"line {at + 1}: text after the name")
+            raise PatchTextError(f"line {here + 1}: text after the name")
+        if " " in label and not after:
+            raise PatchTextError(f"line {here + 1}: a name with a blank, without the tab git writes after it")
+        if after and " " not in label:
+            raise PatchTextError(
+                f"line {here + 1}: a tab after a name without a blank, which git never writes"
+            )
         if name != prefix + entry.path:
-            raise PatchTextError(f"line {at + 1}: a name that is not the entry's")
+            raise PatchTextError(f"line {here + 1}: a name that is not the entry's")
     return at + 2
 
 
