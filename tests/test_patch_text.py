@@ -374,3 +374,81 @@ def test_a_part_that_a_blank_would_cut_to_a_name_git_refuses_is_refused(
         text = text.replace("\t\n", "\n")
     with pytest.raises(PatchTextError, match="which git never writes"):
         cut_outward_links(text, set(), {})
+
+
+def plant_git_dir(folder: Path, mark: Path) -> None:
+    """Plain files that make `folder` a git directory whose work tree is its parent and whose
+    `core.fsmonitor` runs `touch mark` at the next `git status` there."""
+    files = {
+        "HEAD": "ref: refs/heads/main\n",
+        "config": f'[core]\n\trepositoryformatversion = 0\n\tbare = false\n\tworktree = ..\n\tfsmonitor = "touch {mark}; false"\n',
+        "objects/info/keep": "x\n",
+        "refs/heads/keep": "x\n",
+    }
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(content)
+
+
+def test_files_git_would_run_commands_from_in_a_planted_git_directory_are_cut(
+    repo: Path, tmp_path: Path
+) -> None:
+    """An agent can write a git directory as plain files; `git apply` (or `patch -p1`) would write them,
+    and `git status` there would run its `core.fsmonitor` on the host. Its config, hooks and rebase
+    state are cut and named; the rest of it, and a `config` in a folder that is no git directory, stay."""
+    mark = tmp_path / "PWNED"
+    plant_git_dir(repo / "tools", mark)
+    (repo / "tools" / "hooks").mkdir()
+    (repo / "tools" / "hooks" / "pre-commit").write_text(f"touch {mark}\n")
+    (repo / "tools" / "config.worktree").write_text("[core]\n\tpager = touch\n")
+    (repo / "tools" / "rebase-merge").mkdir()
+    (repo / "tools" / "rebase-merge" / "git-rebase-todo").write_text(f"exec touch {mark}\n")
+    (repo / "app").mkdir()
+    (repo / "app" / "config").write_text("debug = true\n")
+    text = diff(repo)
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    why = "(git would run commands from it)"
+    assert sorted(cut) == [
+        f"tools/config {why}",
+        f"tools/config.worktree {why}",
+        f"tools/hooks/pre-commit {why}",
+        f"tools/rebase-merge/git-rebase-todo {why}",
+    ]
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(repo), str(other))
+    (tmp_path / "kept.diff").write_text(kept)
+    subprocess.run(
+        ["patch", "-p1", "--batch", "-i", str(tmp_path / "kept.diff")], cwd=other, check=True, timeout=60
+    )
+    applied(repo, kept, tmp_path)
+    for checkout_ in (repo, other):
+        assert (checkout_ / "app" / "config").read_text() == "debug = true\n"
+        assert (checkout_ / "tools" / "HEAD").exists() and not (checkout_ / "tools" / "config").exists()
+        assert (
+            not (checkout_ / "tools" / "hooks").exists()
+            and not (checkout_ / "tools" / "rebase-merge").exists()
+        )
+        subprocess.run(["git", "status"], cwd=checkout_ / "tools", capture_output=True, timeout=60)
+    assert not mark.exists()
+
+
+def test_a_git_directory_is_told_by_what_the_checkout_already_holds_and_in_any_case(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The checkout already holds the repository's `objects` and `refs`: the patch adds only its config.
+    On a case-insensitive disk `OBJECTS` and `Config` are git's `objects` and `config`."""
+    mark = tmp_path / "PWNED"
+    plant_git_dir(repo / "vendor.git", mark)
+    (repo / "vendor.git" / "config").unlink()
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a bare repository as a fixture")
+    plant_git_dir(repo / "vendor.git", mark)
+    (repo / "cache" / "OBJECTS").mkdir(parents=True)
+    (repo / "cache" / "OBJECTS" / "keep").write_text("x\n")
+    (repo / "cache" / "Config").write_text("[core]\n")
+    kept, cut = cut_outward_links(diff(repo), *checkout(repo))
+    assert sorted(cut) == [
+        "cache/Config (git would run commands from it)",
+        "vendor.git/config (git would run commands from it)",
+    ]
+    assert "cache/OBJECTS/keep" in kept

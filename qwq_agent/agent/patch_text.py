@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 from qwq_agent.agent.link_judge import LINK, TREE, Entry, outward_reason
@@ -63,15 +63,17 @@ class _Entry:
 
 
 def cut_outward_links(text: str, dirs: set[str], links: dict[str, str]) -> tuple[str, list[str]]:
-    """`text` without the entries of links that lead out of the checkout, and those links named as
-    `path -> target (why)`. `dirs` and `links` are the checkout's folders and links before the patch.
-    `PatchTextError` for a text not in git's diff form."""
+    """`text` without the entries of links that lead out of the checkout, named as `path -> target (why)`,
+    and without the files git would run commands from (`_git_runs`), named as `path (why)`. `dirs` and
+    `links` are the checkout's folders and links before the patch. `PatchTextError` for a text not in
+    git's diff form."""
     entries = _parse(text)
     held = set(dirs)
     for entry in entries:  # and the folders the patch itself fills
         parts = entry.path.split("/")[:-1]
         held.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-    cut: dict[str, tuple[str, str]] = {}
+    runs = _git_runs(entries, dirs, links)
+    cut: dict[str, str] = {path: f"{path} ({GIT_RUNS})" for path in runs}
     while True:
         now, judged = _links_after(entries, cut, links)
         tree = _tree(now, held)
@@ -92,9 +94,63 @@ def cut_outward_links(text: str, dirs: set[str], links: dict[str, str]) -> tuple
         first = {p: v for p, v in outward.items() if not v[2] & outward.keys()} or outward
         if not first:
             break
-        cut.update({p: (target, why) for p, (target, why, _) in first.items()})
+        cut.update({p: f"{p} -> {target} ({why})" for p, (target, why, _) in first.items()})
     kept = "".join(line + "\n" for e in entries if e.path not in cut for line in e.lines)
-    return kept, [f"{path} -> {target} ({why})" for path, (target, why) in cut.items()]
+    return kept, list(cut.values())
+
+
+# Inside a git directory: the files whose settings or programs git runs (`core.fsmonitor`, `core.pager`,
+# `alias.*`, hooks; `commondir` sends git to another folder's `config`), and the state of a rebase or
+# cherry-pick, whose `exec` lines `git rebase --continue` runs. As `sandbox.git_files` keeps them out of a
+# copy-back.
+_GIT_SETTINGS = frozenset({"config", "config.worktree", "commondir", "hooks"})
+_GIT_STATE = frozenset({"hooks", "rebase-merge", "rebase-apply", "sequencer"})
+GIT_RUNS = "git would run commands from it"
+
+
+def _git_runs(entries: list[_Entry], dirs: set[str], links: dict[str, str]) -> set[str]:
+    """The paths the patch writes that git would run commands from: a `config`, `config.worktree`,
+    `commondir` or `hooks` entry, or anything under `hooks/`, `rebase-merge/`, `rebase-apply/` or
+    `sequencer/`, in a folder that looks like a git directory once the patch is applied (`git status`
+    there runs what they say). Generous, as a real project rarely ships such a folder: one that holds,
+    in the checkout or the patch, an `objects` or `refs` entry, or a `HEAD` or `commondir` one that is
+    not a folder; names compared as a case-insensitive disk does (`_fold`)."""
+    ids: dict[tuple[int, str], int] = {}  # (folder's id, folded name) -> id; the root is 0
+
+    def steps(path: str) -> list[tuple[int, str]]:
+        """Each part of `path` as (its folder's id, its folded name): linear in the path's length."""
+        out, folder = [], 0
+        for part in path.split("/"):
+            name = _fold(part)
+            out.append((folder, name))
+            folder = ids.setdefault((folder, name), len(ids) + 1)
+        return out
+
+    git_dirs: set[int] = set()
+
+    def mark(path: str, folder: bool) -> list[tuple[int, str]]:
+        found = steps(path)
+        for at, (parent, name) in enumerate(found):
+            last = at == len(found) - 1
+            if name in ("objects", "refs") or (last and not folder and name in ("head", "commondir")):
+                git_dirs.add(parent)
+        return found
+
+    for path in dirs:
+        mark(path, folder=True)
+    for path in links:
+        mark(path, folder=False)
+    written = {e.path: mark(e.path, folder=False) for e in entries}
+    deleted = {e.path for e in entries if e.deleted} - {e.path for e in entries if not e.deleted}
+    runs = set()
+    for path, found in written.items():
+        if path in deleted:  # a deletion plants nothing
+            continue
+        for at, (parent, name) in enumerate(found):
+            if parent in git_dirs and name in (_GIT_SETTINGS if at == len(found) - 1 else _GIT_STATE):
+                runs.add(path)
+                break
+    return runs
 
 
 def _tree(links: dict[str, str], dirs: set[str]) -> Callable[[str], Entry | None]:
@@ -116,7 +172,7 @@ def _whitespace_fixed(target: str) -> str:
 
 
 def _links_after(
-    entries: list[_Entry], cut: dict[str, tuple[str, str]], links: dict[str, str]
+    entries: list[_Entry], cut: Container[str], links: dict[str, str]
 ) -> tuple[dict[str, str], dict[str, str | None]]:
     """The checkout's links once the entries not cut are applied, and those the patch makes or changes
     (None for one whose target the text does not show whole)."""
@@ -236,6 +292,12 @@ _HFS_IGNORED = dict.fromkeys(
 )
 
 
+def _fold(part: str) -> str:
+    """A name as a case-insensitive file system compares it (HFS+'s ignored characters, NTFS's trailing
+    dots and spaces dropped)."""
+    return part.translate(_HFS_IGNORED).lower().rstrip(". ")
+
+
 def _check_parts(path: str, at: int) -> None:
     """Refuse a path git never writes in a diff (its own `verify_path` refuses them on apply, but
     `patch -p1` would follow them): a `.git` part in any spelling a file system takes for it (case,
@@ -246,8 +308,7 @@ def _check_parts(path: str, at: int) -> None:
         if not part:
             raise PatchTextError(f"line {at + 1}: a path with an empty part: {path!r}")
         for word in (part, *part.split()):
-            folded = word.translate(_HFS_IGNORED).lower().rstrip(". ")
-            if word in (".", "..") or folded in (".git", "git~1"):
+            if word in (".", "..") or _fold(word) in (".git", "git~1"):
                 raise PatchTextError(
                     f"line {at + 1}: a path through {part!r}, which git never writes: {path!r}"
                 )
