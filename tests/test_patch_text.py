@@ -5,6 +5,7 @@ git writes and what it does with the result; hostile texts are git's own output,
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,9 @@ NEW_LINK = (
         (NEW_LINK.replace("index", "rename from x\nindex"), "line 3 does not start"),
         (NEW_LINK + NEW_LINK, "more than one change of 'x'"),
         (NEW_LINK.replace("+README", "-README"), "not a line of its hunk"),
+        # A count `int` would refuse (past 4300 digits) is no hunk header.
+        (NEW_LINK.replace("@@ -0,0 +1 @@", "@@ -0,0 +1," + "9" * 5000 + " @@"), "names without a hunk"),
+        (NEW_LINK.replace("index 0000000..1234567", "index 0000000..1234567 "), "line 3 does not start"),
         # Paths git never writes (it refuses them itself), but `patch -p1` would follow: a hook planted in
         # the user's .git, a file above the checkout.
         (
@@ -452,3 +456,104 @@ def test_a_git_directory_is_told_by_what_the_checkout_already_holds_and_in_any_c
         "vendor.git/config (git would run commands from it)",
     ]
     assert "cache/OBJECTS/keep" in kept
+
+
+def new_link(name: str, target: str) -> str:
+    return (
+        f"diff --git a/{name} b/{name}\nnew file mode 120000\nindex 0000000..1234567\n--- /dev/null\n"
+        f"+++ b/{name}\n@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n"
+    )
+
+
+def judged_in(seconds: float, text: str, dirs: set[str], links: dict[str, str]) -> tuple[str, list[str]]:
+    """`cut_outward_links` of `text`, failing when it takes longer than `seconds` (or raising its error)."""
+    start = time.monotonic()
+    try:
+        return cut_outward_links(text, dirs, links)
+    finally:
+        took = time.monotonic() - start
+        assert took < seconds, f"{len(text)} bytes judged in {took:.1f} s"
+
+
+def test_a_chain_of_links_that_leads_out_is_cut_whole_in_a_moment(repo: Path) -> None:
+    """`l0 -> l1/x`, ..., `l1000 -> /etc`: each leads out only through the next, so rounds that cut one
+    link each (re-following every chain each time) took 24 s for this, on the event loop."""
+    n = 1000
+    text = "".join(new_link(f"l{i}", f"l{i + 1}/x") for i in range(n)) + new_link(f"l{n}", "/etc")
+    kept, cut = judged_in(3.0, text, *checkout(repo))
+    assert kept == "" and len(cut) == n + 1
+    assert f"l{n} -> /etc (absolute)" in cut and "l0 -> l1/x (too many levels of links)" in cut
+
+
+def test_a_patch_with_more_links_than_a_real_one_holds_is_refused_whole(repo: Path) -> None:
+    from qwq_agent.agent.patch_text import MAX_LINKS
+
+    text = "".join(new_link(f"l{i}", "README") for i in range(MAX_LINKS + 1))
+    with pytest.raises(PatchTextError, match=f"more than {MAX_LINKS} links"):
+        judged_in(3.0, text, *checkout(repo))
+    inside = "".join(new_link(f"l{i}", "README") for i in range(MAX_LINKS))
+    assert judged_in(3.0, inside, *checkout(repo)) == (inside, [])
+
+
+def deep_paths() -> str:
+    """Entries 2000 folders deep (4 KB paths, as deep as a path goes), each path its own: every prefix
+    is a folder no other entry shares."""
+    deep = "/".join(["d"] * 2000)
+    entry = (
+        "diff --git a/{p} b/{p}\nnew file mode 100644\nindex 0000000..1234567\n--- /dev/null\n"
+        "+++ b/{p}\n@@ -0,0 +1 @@\n+x\n"
+    )
+    return "".join(entry.format(p=f"e{i}/{deep}/f") for i in range(200))
+
+
+def far_walks() -> str:
+    """1900 links, each walking 800 folders down and up again through 41 links (4 KB targets)."""
+    down, up = "/".join(["d"] * 800), "/".join([".."] * 800)
+    text = new_link(f"{down}/f", "x") + "".join(new_link(f"h{i}", f"{down}/{up}/h{i + 1}") for i in range(40))
+    return (
+        text + new_link("h40", "README") + "".join(new_link(f"w{i}", f"{down}/{up}/h0") for i in range(1900))
+    )
+
+
+def bomb() -> str:
+    """A link whose binary literal inflates to 256 MiB from 250 KB."""
+    import base64
+    import zlib
+
+    packer = zlib.compressobj(6)
+    data = b"".join(packer.compress(b"\0" * (64 << 20)) for _ in range(4)) + packer.flush()
+    lines = []
+    for at in range(0, len(data), 52):
+        piece = data[at : at + 52]
+        size = chr(ord("A") + len(piece) - 1) if len(piece) <= 26 else chr(ord("a") + len(piece) - 27)
+        lines.append(size + base64.b85encode(piece + b"\0" * (-len(piece) % 4)).decode())
+    return (
+        "diff --git a/b b/b\nnew file mode 120000\nindex 0000000..1234567\nGIT binary patch\n"
+        f"literal {256 << 20}\n" + "\n".join(lines) + "\n\nliteral 0\nHcmV?d00001\n\n"
+    )
+
+
+def test_a_text_as_deep_as_paths_go_is_judged_in_a_moment(repo: Path) -> None:
+    """The folders the patch fills were built as strings, every prefix of every path: quadratic."""
+    text = deep_paths()
+    assert judged_in(3.0, text, *checkout(repo)) == (text, [])
+
+
+def test_links_that_walk_too_far_are_refused_within_a_bound(repo: Path) -> None:
+    """Following each link costs its walk: past a bound on all of them together, the text is refused."""
+    with pytest.raises(PatchTextError, match="too long to follow"):
+        judged_in(4.0, far_walks(), *checkout(repo))
+
+
+def test_a_link_whose_literal_inflates_without_end_is_cut_without_inflating_it(repo: Path) -> None:
+    import tracemalloc
+
+    text = bomb()
+    tracemalloc.start()
+    try:
+        kept, cut = judged_in(3.0, text, *checkout(repo))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (kept, cut) == ("", [f"b -> ? ({UNREADABLE})"])
+    assert peak < 64 << 20

@@ -435,3 +435,30 @@ async def test_a_git_directory_the_agent_wrote_as_plain_files_loses_its_config_i
     status = ["git", "status"]
     await asyncio.to_thread(subprocess.run, status, cwd=repo / "tools", capture_output=True, timeout=60)
     assert not mark.exists()
+
+
+async def test_the_host_judges_the_patch_text_off_the_event_loop(sandbox_image, tmp_path, monkeypatch):
+    """Up to 32 MB of the sandbox's text is parsed and its links followed on the host: seconds at worst,
+    which once ran on the event loop and stalled every other run and stream of the process."""
+    import threading
+
+    from qwq_agent.agent import patch_text
+    from qwq_agent.agent.patch import workspace_changes
+    from qwq_agent.agent.workspace import open_sandbox
+
+    judged_on: list[int] = []
+    judge = patch_text.cut_outward_links
+
+    def watched(*args):  # the real judgement, noting the thread it ran on
+        judged_on.append(threading.get_ident())
+        return judge(*args)
+
+    monkeypatch.setattr(patch_text, "cut_outward_links", watched)
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    async with open_sandbox(workspace=folder) as sandbox:
+        done = await sandbox.shell("echo new > new.txt && ln -s /etc/passwd out")
+        assert done.exit_code == 0, done.stderr
+        changes = await workspace_changes(sandbox)
+    assert "+new" in changes.text and changes.left_out == ["out -> /etc/passwd (absolute)"]
+    assert judged_on and judged_on[0] != threading.get_ident()

@@ -206,9 +206,10 @@ wc -c < "{patch_file}"
     # Bytes that are not UTF-8 (a Latin-1 source file) become U+FFFD: RunResult must serialise as JSON.
     text = (await _read(sandbox, patch_file, size)).decode("utf-8", errors="replace")
     try:
-        text, cut = patch_text.cut_outward_links(text, baseline.dirs, baseline.links)
+        # Up to MAX_PATCH_BYTES of the sandbox's text: seconds of work at worst, so not on the event loop.
+        text, cut = await asyncio.to_thread(patch_text.cut_outward_links, text, baseline.dirs, baseline.links)
     except patch_text.PatchTextError as exc:
-        raise PatchError(f"the patch read back from the sandbox is not git's diff: {exc}") from exc
+        raise PatchError(f"the patch read back from the sandbox was refused: {exc}") from exc
     return WorkspacePatch(text=text, left_out=left_out + [c for c in cut if c not in left_out])
 
 
