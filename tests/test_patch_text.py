@@ -5,6 +5,7 @@ git writes and what it does with the result; hostile texts are git's own output,
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,9 @@ NEW_LINK = (
         (NEW_LINK.replace("index", "rename from x\nindex"), "line 3 does not start"),
         (NEW_LINK + NEW_LINK, "more than one change of 'x'"),
         (NEW_LINK.replace("+README", "-README"), "not a line of its hunk"),
+        # A count `int` would refuse (past 4300 digits) is no hunk header.
+        (NEW_LINK.replace("@@ -0,0 +1 @@", "@@ -0,0 +1," + "9" * 5000 + " @@"), "names without a hunk"),
+        (NEW_LINK.replace("index 0000000..1234567", "index 0000000..1234567 "), "line 3 does not start"),
         # Paths git never writes (it refuses them itself), but `patch -p1` would follow: a hook planted in
         # the user's .git, a file above the checkout.
         (
@@ -213,3 +217,343 @@ NEW_LINK = (
 def test_a_text_not_in_gits_form_is_refused(text: str, where: str) -> None:
     with pytest.raises(PatchTextError, match=where):
         cut_outward_links(text, set(), {"old": "README"})
+
+
+def link_entry(header: str, target: str, plus: str) -> str:
+    """A new link: `header` is what follows `diff --git `, `plus` what follows `+++ `."""
+    return (
+        f"diff --git {header}\nnew file mode 120000\nindex 0000000..1234567\n--- /dev/null\n"
+        f"+++ {plus}\n@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n"
+    )
+
+
+ODD_NAMES = [
+    "back\\slash",
+    "ctl\x01x",
+    "del\x7fx",
+    "bell\x07",
+    "cr\rx",
+    "vt\x0bx",
+    "é acc",
+    "nb\u00a0sp",
+    "sp ace",
+]
+
+
+@pytest.mark.parametrize("quotepath", ["true", "false"])
+def test_odd_names_as_git_writes_them_pass_whole(repo: Path, tmp_path: Path, quotepath: str) -> None:
+    """Control bytes, a backslash, DEL, non-ASCII (escaped or raw, as core.quotepath says), blanks: each
+    name as git quotes it (or not) passes, and the text applies."""
+    for name in ODD_NAMES:
+        (repo / name).write_text("x\n")
+    (repo / "cr\rx").unlink()
+    (repo / "cr\rx").symlink_to("README")
+    git(repo, "add", "-A")
+    text = git(
+        repo, "-c", f"core.quotepath={quotepath}", "diff", "--cached", "--binary", "--no-renames", "HEAD"
+    )
+    git(repo, "reset", "-q", "--hard")
+    git(repo, "clean", "-qfdx")
+    assert '"b/cr\\rx"' in text and ("b/\\303\\251 acc" in text) == (quotepath == "true")
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    assert (kept, cut) == (text, [])
+    applied(repo, kept, tmp_path)
+    assert sorted(p.name for p in repo.iterdir() if p.name in ODD_NAMES) == sorted(ODD_NAMES)
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    [
+        # git reads the C string up to the NUL: `lnk`, a link at the root, where the parse saw one two
+        # folders deep whose `../..` stays inside.
+        r"lnk\000/a/x",
+        r"\101bc",  # octal for a printable byte: git writes `A`
+        r"a\011b",  # octal for a tab: git writes `\t`
+        "a\tb",  # a raw tab inside the quotes: git writes `\t`
+        "a\x01b",
+        r"plain",  # quoted, though nothing in it needs it
+        r"a\qb",
+    ],
+)
+def test_a_quoted_name_git_would_not_write_is_refused(repo: Path, tmp_path: Path, quoted: str) -> None:
+    name = f'"a/{quoted}" "b/{quoted}"'
+    text = link_entry(name, "../..", plus=f'"b/{quoted}"')
+    with pytest.raises(PatchTextError, match="quoted name"):
+        cut_outward_links(text, *checkout(repo))
+
+
+def test_a_link_named_with_a_nul_is_refused_where_git_apply_would_plant_it_at_the_root(
+    repo: Path, tmp_path: Path
+) -> None:
+    """What the refusal prevents: the same entry without the NUL in the name is a link two folders deep
+    that stays inside; with it, `git apply` plants `lnk -> ../..` at the root (out of the checkout)."""
+    inside = link_entry('"a/lnk\\001/a/x" "b/lnk\\001/a/x"', "../..", plus='"b/lnk\\001/a/x"')
+    assert cut_outward_links(inside, *checkout(repo)) == (inside, [])
+    nul = inside.replace("\\001", "\\000")
+    (tmp_path / "nul.diff").write_text(nul)
+    git(repo, "apply", str(tmp_path / "nul.diff"))
+    assert str((repo / "lnk").readlink()) == "../.."
+    (repo / "lnk").unlink()
+    with pytest.raises(PatchTextError, match="quoted name"):
+        cut_outward_links(nul, *checkout(repo))
+
+
+@pytest.mark.parametrize(
+    "header",
+    ['"a/x\\tb" b/x\tb', 'a/x\\tb "b/x\\tb"'],
+)
+def test_a_header_quoting_one_name_only_is_refused(header: str) -> None:
+    text = link_entry(header, "README", '"b/x\\tb"')
+    with pytest.raises(PatchTextError):
+        cut_outward_links(text, set(), {})
+
+
+def test_names_with_blanks_as_git_writes_them_are_read_alike_by_git_apply_and_patch(
+    repo: Path, tmp_path: Path
+) -> None:
+    """git ends a `---`/`+++` name that holds a space with a tab; GNU `patch -p1` then reads the whole
+    name, as `git apply` does: the same files and links land either way."""
+    (repo / "lnk ").mkdir()
+    (repo / "lnk " / "x").symlink_to("..")
+    (repo / "two  spaces.txt").write_text("t\n")
+    (repo / "a" / "f").write_text("f\nmore\n")
+    text = diff(repo)
+    assert "+++ b/lnk /x\t\n" in text
+    assert cut_outward_links(text, *checkout(repo)) == (text, [])
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(repo), str(other))
+    (tmp_path / "p.diff").write_text(text)
+    subprocess.run(
+        ["patch", "-p1", "--batch", "-i", str(tmp_path / "p.diff")], cwd=other, check=True, timeout=60
+    )
+    applied(repo, text, tmp_path)
+    for checkout_ in (repo, other):
+        assert str((checkout_ / "lnk " / "x").readlink()) == ".."
+        assert (checkout_ / "two  spaces.txt").read_text() == "t\n"
+        assert not (checkout_ / "lnk").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        # `patch -p1` ends a name at its first blank unless a tab follows: `lnk -> ..` at the root.
+        (("/x\t\n", "/x\n"), "a name with a blank, without the tab"),
+        (("/x\t\n", "/x \t\n"), "ends in a blank"),  # `patch -p1` drops the blank: another name
+        (("lnk /x", "lnk\x0b/x"), "which git quotes"),
+        (("lnk /x", "lnk\x0c/x"), "which git quotes"),
+        (("lnk /x", "lnk\r/x"), "which git quotes"),
+    ],
+)
+def test_a_name_patch_would_read_otherwise_is_refused(
+    repo: Path, tmp_path: Path, edit: tuple[str, str], where: str
+) -> None:
+    (repo / "lnk ").mkdir()
+    (repo / "lnk " / "x").symlink_to("..")
+    text = diff(repo)
+    hostile = text.replace(*edit)
+    assert hostile != text
+    with pytest.raises(PatchTextError, match=where):
+        cut_outward_links(hostile, *checkout(repo))
+
+
+def test_a_tab_after_a_name_without_a_blank_is_refused(repo: Path) -> None:
+    (repo / "new").write_text("n\n")
+    text = diff(repo)
+    with pytest.raises(PatchTextError, match="a tab after a name without a blank"):
+        cut_outward_links(text.replace("+++ b/new\n", "+++ b/new\t\n"), *checkout(repo))
+
+
+@pytest.mark.parametrize("path", ["sub/.git x", "sub/.GIT\u00a0x/config", "x ../y", "x .  y"])
+def test_a_part_that_a_blank_would_cut_to_a_name_git_refuses_is_refused(
+    repo: Path, tmp_path: Path, path: str
+) -> None:
+    """`patch -p1` reads a name without its tab up to the first blank (and the `diff --git` line's names
+    always so): `sub/.git x` is `sub/.git`, a gitdir file pointing git at a planted repository."""
+    text = (
+        NEW_LINK.replace(" x", f" {path}")
+        .replace("/x", f"/{path}")
+        .replace("+++ b/" + path, f"+++ b/{path}\t")
+    )
+    if " " not in path:
+        text = text.replace("\t\n", "\n")
+    with pytest.raises(PatchTextError, match="which git never writes"):
+        cut_outward_links(text, set(), {})
+
+
+def plant_git_dir(folder: Path, mark: Path) -> None:
+    """Plain files that make `folder` a git directory whose work tree is its parent and whose
+    `core.fsmonitor` runs `touch mark` at the next `git status` there."""
+    files = {
+        "HEAD": "ref: refs/heads/main\n",
+        "config": f'[core]\n\trepositoryformatversion = 0\n\tbare = false\n\tworktree = ..\n\tfsmonitor = "touch {mark}; false"\n',
+        "objects/info/keep": "x\n",
+        "refs/heads/keep": "x\n",
+    }
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(content)
+
+
+def test_files_git_would_run_commands_from_in_a_planted_git_directory_are_cut(
+    repo: Path, tmp_path: Path
+) -> None:
+    """An agent can write a git directory as plain files; `git apply` (or `patch -p1`) would write them,
+    and `git status` there would run its `core.fsmonitor` on the host. Its config, hooks and rebase
+    state are cut and named; the rest of it, and a `config` in a folder that is no git directory, stay."""
+    mark = tmp_path / "PWNED"
+    plant_git_dir(repo / "tools", mark)
+    (repo / "tools" / "hooks").mkdir()
+    (repo / "tools" / "hooks" / "pre-commit").write_text(f"touch {mark}\n")
+    (repo / "tools" / "config.worktree").write_text("[core]\n\tpager = touch\n")
+    (repo / "tools" / "rebase-merge").mkdir()
+    (repo / "tools" / "rebase-merge" / "git-rebase-todo").write_text(f"exec touch {mark}\n")
+    (repo / "app").mkdir()
+    (repo / "app" / "config").write_text("debug = true\n")
+    text = diff(repo)
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    why = "(git would run commands from it)"
+    assert sorted(cut) == [
+        f"tools/config {why}",
+        f"tools/config.worktree {why}",
+        f"tools/hooks/pre-commit {why}",
+        f"tools/rebase-merge/git-rebase-todo {why}",
+    ]
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(repo), str(other))
+    (tmp_path / "kept.diff").write_text(kept)
+    subprocess.run(
+        ["patch", "-p1", "--batch", "-i", str(tmp_path / "kept.diff")], cwd=other, check=True, timeout=60
+    )
+    applied(repo, kept, tmp_path)
+    for checkout_ in (repo, other):
+        assert (checkout_ / "app" / "config").read_text() == "debug = true\n"
+        assert (checkout_ / "tools" / "HEAD").exists() and not (checkout_ / "tools" / "config").exists()
+        assert (
+            not (checkout_ / "tools" / "hooks").exists()
+            and not (checkout_ / "tools" / "rebase-merge").exists()
+        )
+        subprocess.run(["git", "status"], cwd=checkout_ / "tools", capture_output=True, timeout=60)
+    assert not mark.exists()
+
+
+def test_a_git_directory_is_told_by_what_the_checkout_already_holds_and_in_any_case(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The checkout already holds the repository's `objects` and `refs`: the patch adds only its config.
+    On a case-insensitive disk `OBJECTS` and `Config` are git's `objects` and `config`."""
+    mark = tmp_path / "PWNED"
+    plant_git_dir(repo / "vendor.git", mark)
+    (repo / "vendor.git" / "config").unlink()
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a bare repository as a fixture")
+    plant_git_dir(repo / "vendor.git", mark)
+    (repo / "cache" / "OBJECTS").mkdir(parents=True)
+    (repo / "cache" / "OBJECTS" / "keep").write_text("x\n")
+    (repo / "cache" / "Config").write_text("[core]\n")
+    kept, cut = cut_outward_links(diff(repo), *checkout(repo))
+    assert sorted(cut) == [
+        "cache/Config (git would run commands from it)",
+        "vendor.git/config (git would run commands from it)",
+    ]
+    assert "cache/OBJECTS/keep" in kept
+
+
+def new_link(name: str, target: str) -> str:
+    return (
+        f"diff --git a/{name} b/{name}\nnew file mode 120000\nindex 0000000..1234567\n--- /dev/null\n"
+        f"+++ b/{name}\n@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n"
+    )
+
+
+def judged_in(seconds: float, text: str, dirs: set[str], links: dict[str, str]) -> tuple[str, list[str]]:
+    """`cut_outward_links` of `text`, failing when it takes longer than `seconds` (or raising its error)."""
+    start = time.monotonic()
+    try:
+        return cut_outward_links(text, dirs, links)
+    finally:
+        took = time.monotonic() - start
+        assert took < seconds, f"{len(text)} bytes judged in {took:.1f} s"
+
+
+def test_a_chain_of_links_that_leads_out_is_cut_whole_in_a_moment(repo: Path) -> None:
+    """`l0 -> l1/x`, ..., `l1000 -> /etc`: each leads out only through the next, so rounds that cut one
+    link each (re-following every chain each time) took 24 s for this, on the event loop."""
+    n = 1000
+    text = "".join(new_link(f"l{i}", f"l{i + 1}/x") for i in range(n)) + new_link(f"l{n}", "/etc")
+    kept, cut = judged_in(3.0, text, *checkout(repo))
+    assert kept == "" and len(cut) == n + 1
+    assert f"l{n} -> /etc (absolute)" in cut and "l0 -> l1/x (too many levels of links)" in cut
+
+
+def test_a_patch_with_more_links_than_a_real_one_holds_is_refused_whole(repo: Path) -> None:
+    from qwq_agent.agent.patch_text import MAX_LINKS
+
+    text = "".join(new_link(f"l{i}", "README") for i in range(MAX_LINKS + 1))
+    with pytest.raises(PatchTextError, match=f"more than {MAX_LINKS} links"):
+        judged_in(3.0, text, *checkout(repo))
+    inside = "".join(new_link(f"l{i}", "README") for i in range(MAX_LINKS))
+    assert judged_in(3.0, inside, *checkout(repo)) == (inside, [])
+
+
+def deep_paths() -> str:
+    """Entries 2000 folders deep (4 KB paths, as deep as a path goes), each path its own: every prefix
+    is a folder no other entry shares."""
+    deep = "/".join(["d"] * 2000)
+    entry = (
+        "diff --git a/{p} b/{p}\nnew file mode 100644\nindex 0000000..1234567\n--- /dev/null\n"
+        "+++ b/{p}\n@@ -0,0 +1 @@\n+x\n"
+    )
+    return "".join(entry.format(p=f"e{i}/{deep}/f") for i in range(200))
+
+
+def far_walks() -> str:
+    """1900 links, each walking 800 folders down and up again through 41 links (4 KB targets)."""
+    down, up = "/".join(["d"] * 800), "/".join([".."] * 800)
+    text = new_link(f"{down}/f", "x") + "".join(new_link(f"h{i}", f"{down}/{up}/h{i + 1}") for i in range(40))
+    return (
+        text + new_link("h40", "README") + "".join(new_link(f"w{i}", f"{down}/{up}/h0") for i in range(1900))
+    )
+
+
+def bomb() -> str:
+    """A link whose binary literal inflates to 256 MiB from 250 KB."""
+    import base64
+    import zlib
+
+    packer = zlib.compressobj(6)
+    data = b"".join(packer.compress(b"\0" * (64 << 20)) for _ in range(4)) + packer.flush()
+    lines = []
+    for at in range(0, len(data), 52):
+        piece = data[at : at + 52]
+        size = chr(ord("A") + len(piece) - 1) if len(piece) <= 26 else chr(ord("a") + len(piece) - 27)
+        lines.append(size + base64.b85encode(piece + b"\0" * (-len(piece) % 4)).decode())
+    return (
+        "diff --git a/b b/b\nnew file mode 120000\nindex 0000000..1234567\nGIT binary patch\n"
+        f"literal {256 << 20}\n" + "\n".join(lines) + "\n\nliteral 0\nHcmV?d00001\n\n"
+    )
+
+
+def test_a_text_as_deep_as_paths_go_is_judged_in_a_moment(repo: Path) -> None:
+    """The folders the patch fills were built as strings, every prefix of every path: quadratic."""
+    text = deep_paths()
+    assert judged_in(3.0, text, *checkout(repo)) == (text, [])
+
+
+def test_links_that_walk_too_far_are_refused_within_a_bound(repo: Path) -> None:
+    """Following each link costs its walk: past a bound on all of them together, the text is refused."""
+    with pytest.raises(PatchTextError, match="too long to follow"):
+        judged_in(4.0, far_walks(), *checkout(repo))
+
+
+def test_a_link_whose_literal_inflates_without_end_is_cut_without_inflating_it(repo: Path) -> None:
+    import tracemalloc
+
+    text = bomb()
+    tracemalloc.start()
+    try:
+        kept, cut = judged_in(3.0, text, *checkout(repo))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (kept, cut) == ("", [f"b -> ? ({UNREADABLE})"])
+    assert peak < 64 << 20

@@ -388,3 +388,77 @@ async def test_the_sandbox_users_git_config_does_not_change_the_patchs_form(sand
     patch.write_text(changes.text)
     await asyncio.to_thread(subprocess.run, ["git", "apply", str(patch)], cwd=folder, check=True, timeout=60)
     assert (folder / "data.txt").read_text() == "one\n\nthree\n"
+
+
+async def test_a_git_directory_the_agent_wrote_as_plain_files_loses_its_config_in_the_patch(
+    sandbox_image, tmp_path
+):
+    """The agent writes `tools/HEAD`, `tools/config` (work tree `..`, a `core.fsmonitor` command),
+    `tools/objects/`, `tools/refs/` and a hook as plain files: the sandbox's own diff carries them, and
+    `git status` in `tools/` after `git apply` ran the command on the host. Copy-back leaves such files
+    out; the patch now does too, and the run's warning names them."""
+    from qwq_agent import Agent, SGLangClient, build_tools
+    from qwq_agent.agent.workspace import open_sandbox
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "README.md").write_text("hello\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    mark = tmp_path / "PWNED"
+    command = (
+        "mkdir -p tools/objects/info tools/refs/heads tools/hooks && echo 'ref: refs/heads/main' > tools/HEAD"
+        " && echo x > tools/objects/info/keep && echo x > tools/refs/heads/keep"
+        f" && printf '[core]\\n\\tbare = false\\n\\tworktree = ..\\n\\tfsmonitor = \"touch {mark}; false\"\\n'"
+        f" > tools/config && printf 'touch {mark}\\n' > tools/hooks/post-checkout && echo more >> README.md"
+    )
+    turns = ["Write.\n</think>\n\n" + call("shell", command=command), "Done.\n</think>\n\nWritten."]
+    trace = tmp_path / "trace.jsonl"
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url) as model:
+        async with open_sandbox(workspace=repo) as sandbox:
+            agent = Agent(model, build_tools(["shell"]), sandbox=sandbox, trace_path=trace)
+            result = await agent.run("Write the files.")
+    assert result.status == "completed" and result.patch is not None
+    warnings = [
+        json.loads(line) for line in trace.read_text().splitlines() if '"patch_links_left_out"' in line
+    ]
+    assert len(warnings) == 1
+    message = warnings[0]["message"]
+    for named in ("tools/config (git would run commands from it)", "tools/hooks/post-checkout (git would"):
+        assert named in message
+    assert "b/tools/config" not in result.patch and "b/tools/hooks" not in result.patch
+    assert "+more" in result.patch and "b/tools/HEAD" in result.patch
+    patch = tmp_path / "p.diff"
+    patch.write_text(result.patch)
+    await asyncio.to_thread(subprocess.run, ["git", "apply", str(patch)], cwd=repo, check=True, timeout=60)
+    status = ["git", "status"]
+    await asyncio.to_thread(subprocess.run, status, cwd=repo / "tools", capture_output=True, timeout=60)
+    assert not mark.exists()
+
+
+async def test_the_host_judges_the_patch_text_off_the_event_loop(sandbox_image, tmp_path, monkeypatch):
+    """Up to 32 MB of the sandbox's text is parsed and its links followed on the host: seconds at worst,
+    which once ran on the event loop and stalled every other run and stream of the process."""
+    import threading
+
+    from qwq_agent.agent import patch_text
+    from qwq_agent.agent.patch import workspace_changes
+    from qwq_agent.agent.workspace import open_sandbox
+
+    judged_on: list[int] = []
+    judge = patch_text.cut_outward_links
+
+    def watched(*args):  # the real judgement, noting the thread it ran on
+        judged_on.append(threading.get_ident())
+        return judge(*args)
+
+    monkeypatch.setattr(patch_text, "cut_outward_links", watched)
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    async with open_sandbox(workspace=folder) as sandbox:
+        done = await sandbox.shell("echo new > new.txt && ln -s /etc/passwd out")
+        assert done.exit_code == 0, done.stderr
+        changes = await workspace_changes(sandbox)
+    assert "+new" in changes.text and changes.left_out == ["out -> /etc/passwd (absolute)"]
+    assert judged_on and judged_on[0] != threading.get_ident()

@@ -45,10 +45,10 @@ def outward_reason(
     if target.startswith("/"):
         return "absolute"
     here = path.split("/")[:-1]  # the folder holding the link
-    todo = _parts(target)
+    todo = _parts(target)[::-1]  # a stack, the next part last: a link's parts go on top in one step
     hops = 0
     while todo:
-        part = todo.pop(0)
+        part = todo.pop()
         if part == "..":
             if not here:
                 return "leads out of the repository"
@@ -72,7 +72,7 @@ def outward_reason(
         inner = blob(found[1])
         if inner.startswith("/"):
             return "leads through an absolute link"
-        todo = _parts(inner) + todo
+        todo.extend(reversed(_parts(inner)))
     return None
 
 

@@ -298,10 +298,9 @@ class Agent:
         shown = changes.left_out[:PATCH_LINKS_SHOWN]
         more = len(changes.left_out) - len(shown)
         message = (
-            f"{len(changes.left_out)} symlink(s) left out of the patch (absolute or leading out of the "
-            f"repository; `git apply` would plant them in your checkout): "
-            + "; ".join(shown)
-            + (f"; and {more} more" if more else "")
+            f"{len(changes.left_out)} entries left out of the patch (symlinks absolute or leading out of "
+            f"the repository, files git would run commands from; `git apply` would plant them in your "
+            f"checkout): " + "; ".join(shown) + (f"; and {more} more" if more else "")
         )
         return self._emit(Warning_(kind="patch_links_left_out", message=message))
 

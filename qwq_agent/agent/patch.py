@@ -15,7 +15,9 @@ the other links of the end snapshot, as the host's checkout will hold them once 
 host; copy-back leaves the same links out (`sandbox.archive_extract`). Links inside the repository stay.
 The text that comes back is judged again on the host (`patch_text`), against the folders and links the
 baseline recorded before the agent ran: everything in the sandbox after that (the snapshot's objects,
-the patch file) is the agent's to rewrite, even between the judgement there and the diff.
+the patch file) is the agent's to rewrite, even between the judgement there and the diff. The host also
+leaves out (and names) the files git would run commands from in a folder the patch makes look like a
+git directory (its `config`, hooks: `git status` there would run them), as copy-back does.
 
 Against the snapshot rather than the repository's HEAD: edits the user had not committed before the
 run are theirs, not the agent's, and stay out of the patch (for a clean tree the two are the same).
@@ -53,7 +55,8 @@ class PatchError(RuntimeError):
 
 
 class WorkspacePatch(BaseModel):
-    """The patch, and the symlinks left out of it as `path -> target (why)`."""
+    """The patch, and what was left out of it: symlinks as `path -> target (why)`, files git would run
+    commands from as `path (why)`."""
 
     text: str
     left_out: list[str] = []
@@ -175,7 +178,8 @@ async def workspace_patch(sandbox: Any, baseline: Baseline | None = None) -> str
 
 async def workspace_changes(sandbox: Any, baseline: Baseline | None = None) -> WorkspacePatch:
     """The patch of /workspace from `baseline` (default: the one recorded for `sandbox`) to now, and the
-    symlinks left out of it because they are absolute or lead out of /workspace."""
+    symlinks left out of it because they are absolute or lead out of /workspace (and the files git would
+    run commands from, `patch_text`)."""
     baseline = baseline or baseline_of(sandbox)
     if baseline is None:
         raise PatchError("no baseline was recorded for this sandbox: call record_baseline after the upload")
@@ -202,9 +206,10 @@ wc -c < "{patch_file}"
     # Bytes that are not UTF-8 (a Latin-1 source file) become U+FFFD: RunResult must serialise as JSON.
     text = (await _read(sandbox, patch_file, size)).decode("utf-8", errors="replace")
     try:
-        text, cut = patch_text.cut_outward_links(text, baseline.dirs, baseline.links)
+        # Up to MAX_PATCH_BYTES of the sandbox's text: seconds of work at worst, so not on the event loop.
+        text, cut = await asyncio.to_thread(patch_text.cut_outward_links, text, baseline.dirs, baseline.links)
     except patch_text.PatchTextError as exc:
-        raise PatchError(f"the patch read back from the sandbox is not git's diff: {exc}") from exc
+        raise PatchError(f"the patch read back from the sandbox was refused: {exc}") from exc
     return WorkspacePatch(text=text, left_out=left_out + [c for c in cut if c not in left_out])
 
 

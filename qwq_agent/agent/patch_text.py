@@ -9,41 +9,54 @@ agent ran) and the patch's own entries. An outward link is cut from the text, wi
 its path (a file it replaced stays), until a round cuts none.
 
 Only git's own diff form passes (`diff --git` entries with the headers, hunks and binary blocks our
-`git diff --binary --no-renames` writes; hunk lines counted as the `@@` header says): a text with anything
-else in it is refused whole (`PatchError`), for `git apply` could read a part the parse did not.
+`git diff --binary --no-renames` writes; hunk lines counted as the `@@` header says; names quoted, or not,
+exactly as git quotes them): a text with anything else in it is refused whole (`PatchError`), for
+`git apply` (or `patch -p1`) could read a part the parse did not.
+
+The text is the sandbox's, up to `patch.MAX_PATCH_BYTES`: the work stays linear in it. A link is judged
+again only when a link its walk followed is cut; past a few such rounds every link that leads out goes
+at once; and a text with more links than a real patch makes (`MAX_LINKS`), or whose links take too long
+to follow (`FOLLOW_BUDGET`), is refused whole.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
+import codecs
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Container
 from dataclasses import dataclass, field
 
+from qwq_agent.agent import patch_git_dirs
 from qwq_agent.agent.link_judge import LINK, TREE, Entry, outward_reason
 
 MODES = ("100644", "100755", LINK, "160000")
-_MODE_LINE = re.compile(r"(old mode|new mode|deleted file mode|new file mode) (\d{6})")
-_INDEX_LINE = re.compile(r"index [0-9a-f]+\.\.[0-9a-f]+(?: (\d{6}))?")
-_HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
-_BINARY_SIZE = re.compile(r"(literal|delta) (\d+)")
+# A mode line (its words, its mode) or the index line (the mode, when it has one): one match a line.
+_HEADER = re.compile(
+    r"(old mode|new mode|deleted file mode|new file mode) (\d{6})|index [0-9a-f]+\.\.[0-9a-f]+(?: (\d{6}))?"
+)
+# Counts of at most 10 digits: `int` refuses a string of thousands, and no real text holds more lines.
+_HUNK = re.compile(r"@@ -(\d{1,10})(?:,(\d{1,10}))? \+(\d{1,10})(?:,(\d{1,10}))? @@")
+_BINARY_SIZE = re.compile(r"(literal|delta) (\d{1,10})")
 _BASE85_LINE = re.compile(r"[A-Za-z][0-9A-Za-z!#$%&()*+\-;<=>?@^_`{|}~]+")
-# git's C quoting of a name: these escapes, and three octal digits for any other byte.
-_UNQUOTED = dict(zip('abtnvfr"\\', '\a\b\t\n\v\f\r"\\', strict=True))
 UNREADABLE = "the patch does not show the link's target whole"
+MAX_TARGET = 4095  # the bytes a link's target can hold (PATH_MAX less its NUL)
 
 
 class PatchTextError(ValueError):
     """The text is not in git's diff form; the message says where."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
-    """One `diff --git` entry: its path, raw lines, modes and what it holds of the new content."""
+    """One `diff --git` entry: its path, lines (`start` to `end` of the text's), modes and what it holds
+    of the new content."""
 
     path: str
-    lines: list[str]
+    start: int
+    end: int = 0
     modes: dict[str, str] = field(default_factory=dict)  # header words ("new file mode", "index") to mode
     old: str | None = None  # the whole old and new content when one hunk holds all of both
     new: str | None = None
@@ -52,6 +65,12 @@ class _Entry:
     @property
     def deleted(self) -> bool:
         return "deleted file mode" in self.modes
+
+    @property
+    def may_link(self) -> bool:
+        """Whether the entry may leave a link: only then is its content kept (`old`, `new`, `literal`)."""
+        new = self.modes.get("new file mode") or self.modes.get("new mode") or self.modes.get("index")
+        return new is None or new == LINK
 
     def link_result(self, was_link: bool) -> bool:
         """Whether `git apply` leaves a link at the path (`was_link`: the checkout holds one there now)."""
@@ -62,49 +81,121 @@ class _Entry:
 
 
 def cut_outward_links(text: str, dirs: set[str], links: dict[str, str]) -> tuple[str, list[str]]:
-    """`text` without the entries of links that lead out of the checkout, and those links named as
-    `path -> target (why)`. `dirs` and `links` are the checkout's folders and links before the patch.
-    `PatchTextError` for a text not in git's diff form."""
+    """`text` without the entries of links that lead out of the checkout, named as `path -> target (why)`,
+    and without the files git would run commands from (`patch_git_dirs`), named as `path (why)`. `dirs` and
+    `links` are the checkout's folders and links before the patch. `PatchTextError` for a text not in
+    git's diff form, or one whose links are more than a real patch makes (`MAX_LINKS`) or take too long
+    to follow (`FOLLOW_BUDGET`). The work is bounded for any text: run it off the event loop all the same."""
     entries = _parse(text)
-    held = set(dirs)
-    for entry in entries:  # and the folders the patch itself fills
-        parts = entry.path.split("/")[:-1]
-        held.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-    cut: dict[str, tuple[str, str]] = {}
-    while True:
-        now, judged = _links_after(entries, cut, links)
-        tree = _tree(now, held)
-        outward: dict[str, tuple[str, str, set[str]]] = {}
-        for path, target in judged.items():
-            if target is None:
-                outward[path] = ("?", UNREADABLE, set())
-                continue
-            followed: set[str] = set()
+    written = list(dict.fromkeys(e.path for e in entries if not e.deleted))
+    runs = patch_git_dirs.git_runs(written, dirs, links, [e.path for e in entries])
+    cut = {path: f"{path} ({patch_git_dirs.WHY})" for path in runs}
+    cut.update(_Links(entries, cut, dirs, links).cut())
+    if not cut:
+        return text, []
+    lines = text.split("\n")
+    kept = "".join("\n".join(lines[e.start : e.end]) + "\n" for e in entries if e.path not in cut)
+    return kept, list(cut.values())
+
+
+# Links a patch makes or changes, judged one by one: a real patch holds far fewer.
+MAX_LINKS = 2000
+# Rounds that cut only the links leading out on their own (see `_Links.cut`); then every one that leads
+# out goes at once, and past MAX_ROUNDS (no real patch needs a second) the text is refused.
+CAREFUL_ROUNDS = 8
+MAX_ROUNDS = 32
+# What following links may cost, all of them together: the characters of the paths looked up and of the
+# targets read, and 64 for each. Far beyond any real patch's links, about a second of work at most.
+FOLLOW_BUDGET = 20_000_000
+
+
+class _Links:
+    """The links the patch makes or changes, judged against the checkout as the patch leaves it, each
+    again only when a link its walk followed is cut."""
+
+    def __init__(self, entries: list[_Entry], cut: Container[str], dirs: set[str], links: dict[str, str]):
+        self.before = links
+        self.now, self.targets = _links_after(entries, cut, links)
+        if len(self.targets) > MAX_LINKS:
+            raise PatchTextError(
+                f"the patch makes or changes {len(self.targets)} links, more than {MAX_LINKS} links a patch "
+                "is judged for"
+            )
+        self.dirs = dirs
+        # The folders the patch fills are prefixes of its paths (sorted only if there is a link to judge).
+        self.paths = sorted(e.path for e in entries) if self.targets else []
+        self.budget = FOLLOW_BUDGET
+        self.why: dict[str, str | None] = {}  # not cut: why it leads out, or None
+        self.followed: dict[str, set[str]] = {}
+        self.dependents: dict[str, set[str]] = {}  # a link's path -> the links whose walks followed it
+
+    def cut(self) -> dict[str, str]:
+        """The links to cut, as `path -> target (why)`, until none left leads out.
+
+        As `link_judge.main`: a link that only leads out through another one cut now is judged again
+        once that one is back at what the checkout holds; a ring of such links all goes. A link whose
+        walk goes through one that leads out leads out too, so rounds past the first few cut them all."""
+        for path in self.targets:
+            self._judge(path)
+        cut: dict[str, str] = {}
+        for round_ in range(MAX_ROUNDS):
+            outward = {p for p, why in self.why.items() if why is not None}
+            if not outward:
+                return cut
+            careful = round_ < CAREFUL_ROUNDS
+            going = {p for p in outward if careful and not self.followed[p] & outward} or outward
+            again: set[str] = set()
+            for path in [p for p in self.targets if p in going]:  # in the text's order
+                target = self.targets[path]
+                cut[path] = f"{path} -> {'?' if target is None else target} ({self.why.pop(path)})"
+                if path in self.before:  # back to what the checkout holds
+                    self.now[path] = self.before[path]
+                else:
+                    self.now.pop(path, None)
+                again |= self.dependents.get(path, set())
+            for path in again - cut.keys():
+                self._judge(path)
+        raise PatchTextError(f"the patch's links still lead out after {MAX_ROUNDS} rounds of cutting")
+
+    def _judge(self, path: str) -> None:
+        for other in self.followed.pop(path, ()):
+            self.dependents[other].discard(path)
+        target = self.targets[path]
+        why: str | None = UNREADABLE if target is None else None
+        followed: set[str] = set()
+        if target is not None:
             # `git apply --whitespace=fix` drops blanks at line ends: `.. ` would become `..`.
             for variant in dict.fromkeys((target, _whitespace_fixed(target))):
-                why = outward_reason(path, variant, tree, now.__getitem__, followed)
+                why = outward_reason(path, variant, self._entry, self._target, followed)
                 if why is not None:
-                    outward[path] = (target, why, followed - {path})
                     break
-        # As `link_judge.main`: a link that only leads out through another one cut now is judged again
-        # once that one is back at what the checkout holds; a ring of such links all goes.
-        first = {p: v for p, v in outward.items() if not v[2] & outward.keys()} or outward
-        if not first:
-            break
-        cut.update({p: (target, why) for p, (target, why, _) in first.items()})
-    kept = "".join(line + "\n" for e in entries if e.path not in cut for line in e.lines)
-    return kept, [f"{path} -> {target} ({why})" for path, (target, why) in cut.items()]
+        followed.discard(path)
+        self.why[path], self.followed[path] = why, followed
+        for other in followed:
+            self.dependents.setdefault(other, set()).add(path)
 
-
-def _tree(links: dict[str, str], dirs: set[str]) -> Callable[[str], Entry | None]:
-    """`outward_reason`'s tree: a link's "object" is its own path, whose target `links` gives."""
-
-    def entry(path: str) -> Entry | None:
-        if path in links:
+    def _entry(self, path: str) -> Entry | None:
+        """`outward_reason`'s tree: a link's "object" is its own path, whose target `_target` gives."""
+        self._spend(len(path))
+        if path in self.now:
             return (LINK, path)
-        return (TREE, "") if path in dirs else None
+        if path in self.dirs:
+            return (TREE, "")
+        prefix = path + "/"
+        at = bisect.bisect_left(self.paths, prefix)
+        return (TREE, "") if at < len(self.paths) and self.paths[at].startswith(prefix) else None
 
-    return entry
+    def _target(self, path: str) -> str:
+        target = self.now[path]
+        self._spend(len(target))
+        return target
+
+    def _spend(self, length: int) -> None:
+        self.budget -= length + 64
+        if self.budget < 0:
+            raise PatchTextError(
+                "the patch's links take too long to follow (far longer walks than a real patch's)"
+            )
 
 
 def _whitespace_fixed(target: str) -> str:
@@ -115,7 +206,7 @@ def _whitespace_fixed(target: str) -> str:
 
 
 def _links_after(
-    entries: list[_Entry], cut: dict[str, tuple[str, str]], links: dict[str, str]
+    entries: list[_Entry], cut: Container[str], links: dict[str, str]
 ) -> tuple[dict[str, str], dict[str, str | None]]:
     """The checkout's links once the entries not cut are applied, and those the patch makes or changes
     (None for one whose target the text does not show whole)."""
@@ -142,6 +233,8 @@ def _new_target(entry: _Entry, old: str | None) -> str | None:
         content = entry.new
     else:
         return None
+    if len(content.encode("utf-8", "surrogateescape")) > MAX_TARGET:  # no link holds it: symlink() fails
+        return None
     return content if content and "\0" not in content else None
 
 
@@ -149,7 +242,7 @@ def _new_target(entry: _Entry, old: str | None) -> str | None:
 
 
 def _parse(text: str) -> list[_Entry]:
-    """The entries of `text`, each with its raw lines; `PatchTextError` for anything not in git's form."""
+    """The entries of `text`, each with its lines; `PatchTextError` for anything not in git's form."""
     if not text:
         return []
     if not text.endswith("\n"):
@@ -158,10 +251,9 @@ def _parse(text: str) -> list[_Entry]:
     entries: list[_Entry] = []
     at = 0
     while at < len(lines):
-        start = at
         if not lines[at].startswith("diff --git "):
             raise PatchTextError(f"line {at + 1} does not start an entry: {lines[at][:80]!r}")
-        entry = _Entry(path=_header_path(lines[at][len("diff --git ") :], at), lines=[])
+        entry = _Entry(path=_header_path(lines[at][len("diff --git ") :], at), start=at)
         at += 1
         at = _headers(lines, at, entry)
         if at < len(lines) and lines[at].startswith("--- "):
@@ -169,7 +261,7 @@ def _parse(text: str) -> list[_Entry]:
             at = _hunks(lines, at, entry)
         elif at < len(lines) and lines[at] == "GIT binary patch":
             at = _binary(lines, at + 1, entry)
-        entry.lines = lines[start:at]
+        entry.end = at
         entries.append(entry)
     _one_change_a_path(entries)
     return entries
@@ -178,25 +270,20 @@ def _parse(text: str) -> list[_Entry]:
 def _one_change_a_path(entries: list[_Entry]) -> None:
     """A path has one entry, or two when its type changed (git writes the deletion, then the addition):
     `git apply --reject` would apply the first of two that the judgement above took as one."""
-    by_path: dict[str, list[_Entry]] = {}
+    first: dict[str, _Entry] = {}
+    again: dict[str, _Entry] = {}
     for entry in entries:
-        by_path.setdefault(entry.path, []).append(entry)
-    for path, group in by_path.items():
-        retyped = len(group) == 2 and group[0].deleted and "new file mode" in group[1].modes
-        if len(group) > 1 and not retyped:
-            raise PatchTextError(f"more than one change of {path!r}")
+        if first.setdefault(entry.path, entry) is not entry:
+            retyped = first[entry.path].deleted and "new file mode" in entry.modes
+            if not retyped or again.setdefault(entry.path, entry) is not entry:
+                raise PatchTextError(f"more than one change of {entry.path!r}")
 
 
 def _headers(lines: list[str], at: int, entry: _Entry) -> int:
     """The extended headers git writes with --no-renames: modes and the index line, each once."""
     seen: set[str] = set()
-    while at < len(lines):
-        if found := _MODE_LINE.fullmatch(lines[at]):
-            word, mode = found.group(1), found.group(2)
-        elif found := _INDEX_LINE.fullmatch(lines[at]):
-            word, mode = "index", found.group(1)
-        else:
-            break
+    while at < len(lines) and (found := _HEADER.fullmatch(lines[at])):
+        word, mode = found.group(1) or "index", found.group(2) or found.group(3)
         if word in seen or (mode is not None and mode not in MODES):
             raise PatchTextError(f"line {at + 1}: a header given twice, or a mode git does not write")
         seen.add(word)
@@ -213,58 +300,74 @@ def _header_path(rest: str, at: int) -> str:
         second = after[1:]
         if not after.startswith(" "):
             raise PatchTextError(f"line {at + 1}: no second name")
-        b, tail = _quoted(second, at) if second.startswith('"') else (second, "")
+        if not second.startswith('"'):  # git quotes both names or neither: they hold the same path
+            raise PatchTextError(f"line {at + 1}: one name quoted, the other not")
+        b, tail = _quoted(second, at)
         if tail:
             raise PatchTextError(f"line {at + 1}: text after the names")
     else:
         half = (len(rest) - 1) // 2  # unquoted, the two names hold the same path: `a/P b/P`
-        a, b = rest[:half], rest[half + 1 :]
-        if rest[half : half + 1] != " " or '"' in rest:
+        a, b = rest[:half], _plain(rest[half + 1 :], at)
+        if rest[half : half + 1] != " ":
             raise PatchTextError(f"line {at + 1}: names git would not write")
+        _plain(a, at)  # the same characters as `b`, when the two are the same
     if not (a.startswith("a/") and b.startswith("b/") and a[2:] == b[2:] and a[2:]):
         raise PatchTextError(f"line {at + 1}: the entry's two names differ (a rename or copy)")
     _check_parts(a[2:], at)
     return a[2:]
 
 
-# What HFS+ leaves out of a name it compares (git's `is_hfs_dotgit` skips the same), so `.g\u200cit` is `.git`.
-_HFS_IGNORED = dict.fromkeys(
-    [0x200C, 0x200D, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x206A, 0x2070), 0xFEFF]
-)
+# A `.`, `..`, `.git` or `git~1` part or blank-separated word (trailing dots dropped), in `fold_case`.
+_DOTS = re.compile(r"(?:^|[/\s])(?:\.{1,2}|\.git\.*|git~1\.*)(?=[/\s]|$)")
 
 
 def _check_parts(path: str, at: int) -> None:
     """Refuse a path git never writes in a diff (its own `verify_path` refuses them on apply, but
     `patch -p1` would follow them): a `.git` part in any spelling a file system takes for it (case,
     trailing dots and spaces for NTFS, its short name `git~1`, HFS+'s ignored characters), `.`, `..`,
-    an empty part."""
+    an empty part. Each word of a part is judged too: `patch -p1` ends a name at a blank where no tab
+    follows (always on the `diff --git` line), so `sub/.git x` can be written as `sub/.git`."""
+    if not path or path.startswith("/") or path.endswith("/") or "//" in path:
+        raise PatchTextError(f"line {at + 1}: a path with an empty part: {path!r}")
+    if not _DOTS.search(patch_git_dirs.fold_case(path)):
+        return  # the whole path judged at once; the loop below, for the message, finds the same
     for part in path.split("/"):
-        folded = part.translate(_HFS_IGNORED).lower().rstrip(". ")
-        if not part:
-            raise PatchTextError(f"line {at + 1}: a path with an empty part: {path!r}")
-        if part in (".", "..") or folded in (".git", "git~1"):
-            raise PatchTextError(f"line {at + 1}: a path through {part!r}, which git never writes: {path!r}")
+        for word in (part, *part.split()):
+            if word in (".", "..") or patch_git_dirs.fold(word) in (".git", "git~1"):
+                raise PatchTextError(
+                    f"line {at + 1}: a path through {part!r}, which git never writes: {path!r}"
+                )
+
+
+# A name as git's quote_c_style writes it: raw, any character git does not escape; escaped, with its letter
+# where it has one, else three octal digits (control bytes without a letter, DEL, bytes past ASCII).
+_QUOTED = re.compile(
+    r'"((?:[^"\\\x00-\x1f\x7f]|\\[abtnvfr"\\]|\\(?:00[1-6]|01[67]|0[23][0-7]|177|[23][0-7]{2}))*)"'
+)
+_GIT_QUOTES = re.compile(r'[\x00-\x1f\x7f"\\]')  # a name holding one is quoted
 
 
 def _quoted(text: str, at: int) -> tuple[str, str]:
-    """A C-quoted name at the start of `text` (git's quoting) and what follows its closing quote."""
-    out = bytearray()
-    i = 1
-    while i < len(text) and text[i] != '"':
-        if text[i] != "\\":
-            out += text[i].encode("utf-8", "surrogateescape")
-            i += 1
-        elif text[i + 1 : i + 2] in _UNQUOTED:
-            out += _UNQUOTED[text[i + 1]].encode()
-            i += 2
-        elif re.fullmatch(r"[0-3][0-7][0-7]", text[i + 1 : i + 4]):
-            out.append(int(text[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            raise PatchTextError(f"line {at + 1}: a quoted name git would not write")
-    if i >= len(text):
-        raise PatchTextError(f"line {at + 1}: a quoted name without its end")
-    return out.decode("utf-8", "surrogateescape"), text[i + 1 :]
+    """A C-quoted name at the start of `text` and what follows its closing quote, if git would write it
+    so (`_QUOTED`, with at least one escape: git quotes nothing else). Above all never a NUL:
+    `git apply` and `patch` read the name as a C string, cut there."""
+    found = _QUOTED.match(text)
+    if found is None:
+        raise PatchTextError(f"line {at + 1}: a quoted name git would not write: {text[:120]!r}")
+    if "\\" not in found.group(1):
+        raise PatchTextError(f"line {at + 1}: a quoted name with nothing git quotes in it")
+    name = codecs.escape_decode(found.group(1).encode("utf-8", "surrogateescape"))[0]
+    return name.decode("utf-8", "surrogateescape"), text[found.end() :]
+
+
+def _plain(name: str, at: int) -> str:
+    """`name`, written without quotes: refused if it holds a character git would have quoted it for, or
+    ends in a blank (git writes it, but `patch -p1` reads the name without it: another file)."""
+    if quoted := _GIT_QUOTES.search(name):
+        raise PatchTextError(f"line {at + 1}: a name with a raw {quoted.group()!r}, which git quotes")
+    if name.endswith(" "):
+        raise PatchTextError(f"line {at + 1}: a name that ends in a blank, which `patch -p1` leaves out")
+    return name
 
 
 def _names(lines: list[str], at: int, entry: _Entry) -> int:
@@ -272,18 +375,30 @@ def _names(lines: list[str], at: int, entry: _Entry) -> int:
     if at + 1 >= len(lines) or not lines[at + 1].startswith("+++ "):
         raise PatchTextError(f"line {at + 1}: `---` without `+++`")
     created, deleted = "new file mode" in entry.modes, entry.deleted
-    for line, prefix, null in ((lines[at], "a/", created), (lines[at + 1], "b/", deleted)):
-        name = line[4:]
+    for here, prefix, null in ((at, "a/", created), (at + 1, "b/", deleted)):
+        name = lines[here][4:]
         if null:
             if name != "/dev/null":
-                raise PatchTextError(f"line {at + 1}: an added or deleted file without /dev/null")
+                raise PatchTextError(f"line {here + 1}: an added or deleted file without /dev/null")
             continue
-        # git ends a name that holds a space with a tab (after the quotes, for a quoted one).
-        name, after = _quoted(name, at) if name.startswith('"') else (name.removesuffix("\t"), "")
+        if name.startswith('"'):
+            label, (name, after) = name, _quoted(name, here)
+            label = label[: len(label) - len(after)]
+        else:
+            label, after = (name[:-1], "\t") if name.endswith("\t") else (name, "")
+            name = _plain(label, here)
+        # git ends a name that holds a space with a tab (after the quotes, for a quoted one), and no other
+        # name. Without it GNU `patch -p1` ends the name at its first blank: `b/lnk /x` is `lnk`.
         if after not in ("", "\t"):
-            raise PatchTextError(f"line {at + 1}: text after the name")
+            raise PatchTextError(f"line {here + 1}: text after the name")
+        if " " in label and not after:
+            raise PatchTextError(f"line {here + 1}: a name with a blank, without the tab git writes after it")
+        if after and " " not in label:
+            raise PatchTextError(
+                f"line {here + 1}: a tab after a name without a blank, which git never writes"
+            )
         if name != prefix + entry.path:
-            raise PatchTextError(f"line {at + 1}: a name that is not the entry's")
+            raise PatchTextError(f"line {here + 1}: a name that is not the entry's")
     return at + 2
 
 
@@ -296,7 +411,7 @@ def _hunks(lines: list[str], at: int, entry: _Entry) -> int:
         start_old, start_new = int(hunk.group(1)), int(hunk.group(3))
         left_old = 1 if hunk.group(2) is None else int(hunk.group(2))
         left_new = 1 if hunk.group(4) is None else int(hunk.group(4))
-        whole = count == 1 and start_old <= 1 and start_new <= 1
+        whole = count == 1 and start_old <= 1 and start_new <= 1 and entry.may_link
         old: list[str] = []
         new: list[str] = []
         at += 1
@@ -308,20 +423,23 @@ def _hunks(lines: list[str], at: int, entry: _Entry) -> int:
             kind = line[:1]
             if kind == "\\" and last:
                 for side, touched in ((old, last in " -"), (new, last in " +")):
-                    if touched:
+                    if touched and whole:
                         side[-1] = side[-1][:-1]
                 last = ""
             elif (kind in ("", " ") and left_old and left_new) or (kind == "-" and left_old):
                 # An empty line is context to `git apply` (git writes one with diff.suppressBlankEmpty).
                 left_old -= 1
-                old.append(line[1:] + "\n")
+                if whole:  # the content is kept only where it may be a link's target
+                    old.append(line[1:] + "\n")
                 if kind != "-":
                     left_new -= 1
-                    new.append(line[1:] + "\n")
+                    if whole:
+                        new.append(line[1:] + "\n")
                 last = kind
             elif kind == "+" and left_new:
                 left_new -= 1
-                new.append(line[1:] + "\n")
+                if whole:
+                    new.append(line[1:] + "\n")
                 last = kind
             else:
                 raise PatchTextError(f"line {at + 1}: not a line of its hunk")
@@ -336,27 +454,37 @@ def _hunks(lines: list[str], at: int, entry: _Entry) -> int:
 
 def _binary(lines: list[str], at: int, entry: _Entry) -> int:
     """The two blocks of a `GIT binary patch` (forward, then reverse); `entry.literal` from the forward
-    one when it is a literal."""
+    one when it is a literal of a size a link's target can have (only then is anything decoded: the
+    text is the sandbox's, and a few megabytes of it can inflate to gigabytes)."""
     for block in range(2):
         size = _BINARY_SIZE.fullmatch(lines[at]) if at < len(lines) else None
         if size is None:
             raise PatchTextError(f"line {at + 1}: not a binary block")
+        wanted = (
+            block == 0 and size.group(1) == "literal" and entry.may_link and int(size.group(2)) <= MAX_TARGET
+        )
         data = bytearray()
         at += 1
         while at < len(lines) and lines[at]:
             line = lines[at]
             if not _BASE85_LINE.fullmatch(line) or (len(line) - 1) % 5:
                 raise PatchTextError(f"line {at + 1}: not a line of base85")
-            length = ord(line[0]) - (ord("A") - 1 if line[0] <= "Z" else ord("a") - 27)
-            data += base64.b85decode(line[1:])[:length]
+            if wanted and len(data) <= 2 * MAX_TARGET:  # deflate never grows a target past that
+                length = ord(line[0]) - (ord("A") - 1 if line[0] <= "Z" else ord("a") - 27)
+                data += base64.b85decode(line[1:])[:length]
+            else:
+                wanted = False
             at += 1
         if at >= len(lines):
             raise PatchTextError("the text ends inside a binary block")
         at += 1  # the empty line that ends the block
-        if block == 0 and size.group(1) == "literal":
+        if wanted:
+            inflate = zlib.decompressobj()
             try:
-                content = zlib.decompress(bytes(data))
+                content = inflate.decompress(bytes(data), int(size.group(2)) + 1)
             except zlib.error:
-                content = None
-            entry.literal = content if content is not None and len(content) == int(size.group(2)) else None
+                content = b""
+            # The whole stream, and exactly the size the block says, as `git apply` checks.
+            whole = inflate.eof and len(content) == int(size.group(2))
+            entry.literal = content if whole else None
     return at
