@@ -15,6 +15,14 @@ if [ "${QWQ_SKIP_BROWSER:-0}" != "1" ] && ! command -v chromedriver >/dev/null 2
     || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; } \
     || echo "[setup] could not install chromium; the browser tests will skip"
 fi
+# The patch tests apply hostile texts with GNU patch as well as git (the docs name both); Debian ships it
+# with its build tools, but a slim machine may lack it.
+if ! command -v patch >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing patch (tests/test_patch_text.py)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends patch >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends patch >/dev/null; } \
+    || echo "[setup] could not install patch; tests/test_patch_text.py needs it"
+fi
 # The multi-host sandbox tests reach this machine's Docker engine a second time over ssh: Debian's
 # openssh-server (an sshd the test starts on a free port with its own keys) and a user that may use
 # the Docker socket but has no shell. Skippable like the browser; without it those tests skip.
