@@ -24,6 +24,9 @@ class BranchOutcome(BaseModel):
     # What the selection found (e.g. "tests passed (exit 0)"); `passed` is the verifier's verdict.
     verdict: str | None = None
     passed: bool | None = None
+    # The branch's container died after it began and was replaced by an empty one: what its sandbox
+    # holds is not its work, so it cannot win under any selector (its run may still have completed).
+    lost: bool = False
     trace_path: str | None = None
     first_turn_prompt_tokens: int = 0
     first_turn_cached_tokens: int = 0

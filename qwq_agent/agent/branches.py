@@ -43,6 +43,7 @@ from qwq_agent.agent.events import (
 )
 from qwq_agent.agent.messages import Message
 from qwq_agent.agent.selection import (
+    SANDBOX_LOST,
     Checkout,
     Selection,
     SelectionError,
@@ -256,6 +257,9 @@ async def run_branches(
         )
         outcomes = [b.outcome for b in branches]
         sandboxes = {b.index: b.sandbox for b in branches if b.ready}
+        for b in branches:
+            if b.lost:  # no selector may pick it (`selection.checked`); a verifier says so in its own words
+                b.outcome.lost, b.outcome.verdict = True, f"cannot win: {SANDBOX_LOST}"
         choice = await _select(
             selector,
             outcomes,
@@ -457,6 +461,8 @@ async def _hand_over(parent: Branchable, winner: _Branch, python_state: PythonSt
     """
     if parent.sandbox is None or winner.sandbox is None:  # no files to keep with the transcript
         return None
+    if winner.lost:  # its replacement is empty: restoring it would wipe the parent's files
+        return f"{SANDBOX_LOST}; the parent's sandbox was not touched"
     try:
         snapshot = await winner.sandbox.snapshot()
         await parent.sandbox.restore(snapshot, python_state=python_state)

@@ -2,7 +2,9 @@
 
 A `Selector` looks at the branches' outcomes (and their still-open sandboxes) and names a winner, or
 none with a reason. Only branches that completed can win: one that crashed, timed out or ran out of
-budget is a losing branch with its error.
+budget is a losing branch with its error. Nor can a branch whose sandbox was lost (`BranchOutcome.lost`:
+its container died and an empty one replaced it), whatever the selector: its sandbox holds none of its
+work, and handing it over would empty the parent's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pydantic import BaseModel
 from qwq_agent.agent.branch_result import BranchOutcome
 
 __all__ = [
+    "SANDBOX_LOST",
     "Checkout",
     "FirstCompleted",
     "FunctionSelector",
@@ -63,10 +66,18 @@ class Selector(Protocol):
 
 
 def _completed(outcomes: Sequence[BranchOutcome]) -> list[BranchOutcome]:
-    return [o for o in outcomes if o.status == "completed"]
+    """The branches that may win: completed, with their sandbox (not lost)."""
+    return [o for o in outcomes if o.status == "completed" and not o.lost]
 
 
 def _none_completed(outcomes: Sequence[BranchOutcome]) -> Selection:
+    lost = sum(o.status == "completed" and o.lost for o in outcomes)
+    if lost:
+        return Selection(
+            winner=None,
+            reason=f"none of the {len(outcomes)} branches completed with its sandbox: {lost} that "
+            f"completed lost it ({SANDBOX_LOST})",
+        )
     return Selection(winner=None, reason=f"none of the {len(outcomes)} branches completed")
 
 
@@ -167,14 +178,19 @@ class Verifier:
         a fresh sandbox holding the start state with `patch` applied (None: check in place).
         `timeout_s` bounds each branch's whole check (a fresh sandbox's start included).
         """
-        done = _completed(outcomes)
+        # Lost ones too: their check "could not be run", which the reason must say.
+        done = [o for o in outcomes if o.status == "completed"]
         for o in outcomes:
             if o.status != "completed":
                 o.passed, o.verdict = False, f"not verified: the branch ended {o.status}"
         not_run = await asyncio.gather(
             *(
                 self._verify(
-                    o, sandboxes.get(o.index), lost=o.index in lost, checkout=checkout, timeout_s=timeout_s
+                    o,
+                    sandboxes.get(o.index),
+                    lost=o.lost or o.index in lost,
+                    checkout=checkout,
+                    timeout_s=timeout_s,
                 )
                 for o in done
             )
@@ -288,8 +304,9 @@ def checked(selection: Selection, outcomes: Sequence[BranchOutcome]) -> Selectio
     """`selection` if its winner may win, else no winner with the reason.
 
     Applied to every selector's choice (a user's function or `Selector` included): a winner that is
-    no branch index, or a branch that did not complete (e.g. a scorer's NaN for a failed branch),
-    would hand the caller a dead branch's state as the result of the exploration.
+    no branch index, a branch that did not complete (e.g. a scorer's NaN for a failed branch) or one
+    whose sandbox was lost would hand the caller (and the parent) a dead branch's state as the result of
+    the exploration.
     """
     winner = selection.winner
     if winner is None:
@@ -301,6 +318,11 @@ def checked(selection: Selection, outcomes: Sequence[BranchOutcome]) -> Selectio
         return Selection(
             winner=None,
             reason=f"{selection.reason}, but branch {winner} ended {status}: only a completed branch can win",
+        )
+    if outcomes[winner].lost:
+        return Selection(
+            winner=None,
+            reason=f"{selection.reason}, but branch {winner} cannot win: {SANDBOX_LOST}",
         )
     return selection
 
