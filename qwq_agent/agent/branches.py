@@ -394,7 +394,8 @@ async def _sandbox_for(
 def _checkout(parent: Branchable, snapshot: Snapshot | None) -> Checkout | None:
     """How a `tests:` check sees what a branch delivers: a fresh sandbox started like the parent's,
     holding the start state's files (the snapshot; a fresh interpreter), with the branch's patch applied
-    over the baseline. None when the branches have no patch (no baseline): they are checked in place.
+    over the baseline. None only when there is no baseline (so no patch): the branches are then checked
+    in place. With a baseline, a branch without a patch fails its check (never in place instead).
 
     Not from the parent's pool: the branches' sandboxes are still held, and a pool of n would have none
     left to give.
@@ -404,8 +405,6 @@ def _checkout(parent: Branchable, snapshot: Snapshot | None) -> Checkout | None:
     template = parent.sandbox
     if snapshot is None or template is None or baseline_of(template) is None:
         return None
-    if getattr(template, "config", None) is None or getattr(template, "engine", None) is None:
-        return None  # not a sandbox this module can start another of
     start = snapshot
 
     @asynccontextmanager
@@ -413,6 +412,10 @@ def _checkout(parent: Branchable, snapshot: Snapshot | None) -> Checkout | None:
         from qwq_agent.agent.patch import apply_patch, inherit_baseline
         from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 
+        if getattr(template, "config", None) is None or getattr(template, "engine", None) is None:
+            raise TypeError(
+                f"a fresh sandbox like the parent's ({type(template).__name__}) cannot be started"
+            )
         async with DockerSandbox.create(template.config, engine=template.engine) as sandbox:
             await sandbox.restore(start)
             inherit_baseline(sandbox, template)

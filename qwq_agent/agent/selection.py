@@ -39,6 +39,7 @@ __all__ = [
 
 VERIFY_TIMEOUT_S = 300.0
 SANDBOX_LOST = "the branch's sandbox was lost (its container died; a replacement holds none of its files)"
+NO_PATCH = "its patch could not be computed (a `patch_failed` warning in its trace says why)"
 # How a verdict was reached: on what the branch delivers, or (no patch) in what it left.
 ON_PATCH = "on the branch's patch in a fresh sandbox"
 IN_PLACE = "in the branch's own sandbox (no patch: its processes stopped, a fresh HOME)"
@@ -99,9 +100,11 @@ class Verifier:
     What is checked is what the branch delivers. With a `checkout` (the exploration started from a
     sandbox with a baseline, so each branch's run ends with its patch), the command runs in a fresh
     sandbox holding the start state's files with the branch's patch applied: nothing outside the patch
-    counts (what the branch left in its HOME or in ignored files, a process it left running). A branch
-    without a patch is checked in its own sandbox, after its processes are stopped (the interpreter
-    restarted) and under a fresh, empty HOME without user site-packages; the verdict says which way.
+    counts (what the branch left in its HOME or in ignored files, a process it left running); a branch
+    whose patch could not be computed fails ("could not be run"). Only without a baseline at all (no
+    `checkout`) is a branch checked in its own sandbox, after its processes are stopped (the
+    interpreter restarted) and under a fresh, empty HOME without user site-packages; the verdict says
+    which way.
     """
 
     def __init__(self, command: str, *, timeout_s: float = VERIFY_TIMEOUT_S, kind: str = "tests") -> None:
@@ -134,6 +137,10 @@ class Verifier:
         if lost:
             return self._not_run(outcome, SANDBOX_LOST)
         patch = _patch_of(outcome, checkout)
+        if checkout is not None and patch is None:
+            # Never in place instead: a branch could dodge the check of what it delivers by breaking its
+            # own patch (its baseline's git directory is in its HOME), and it delivers nothing anyway.
+            return self._not_run(outcome, NO_PATCH)
         if patch is None and sandbox is None:
             return self._not_run(outcome, "no sandbox")
         limit = asyncio.timeout(timeout_s)
@@ -222,7 +229,7 @@ class Verifier:
 
 
 def _patch_of(outcome: BranchOutcome, checkout: Checkout | None) -> str | None:
-    """The patch a branch delivers, when it can be checked on its own (else None: check in place)."""
+    """The patch a branch delivers when there is a checkout to check it in; else None."""
     if checkout is None or outcome.result is None:
         return None
     return outcome.result.patch
