@@ -66,3 +66,68 @@ async def test_with_a_baseline_a_branch_without_a_patch_fails_its_check(sandbox_
                 assert "own sandbox" not in (b0.verdict or ""), b0.verdict
                 assert b1.passed is True and "patch" in (b1.verdict or ""), b1.verdict
     assert len(our_containers()) == before
+
+
+# What the branch leaves in its HOME: run by any Python that starts with user site-packages on (as the
+# sandbox's interpreter does), it marks that the branch's code ran.
+PLANT_MARKER = (
+    "d=$(python3 -c 'import site;print(site.getusersitepackages())') && mkdir -p \"$d\" && "
+    "echo \"open('/tmp/branch-code-ran', 'w').close()\" > \"$d/usercustomize.py\""
+)
+# Passes when the branch's code runs while the check does (the marker appears within 10 s), else fails.
+CHEAT_CHECK = (
+    "tests:for i in $(seq 100); do test -e /tmp/branch-code-ran && exit 0; sleep 0.1; done; "
+    "echo the branch left nothing running; exit 1"
+)
+
+
+@pytest.mark.docker
+async def test_the_in_place_check_runs_no_code_of_the_branch(sandbox_image):
+    """No baseline: the check runs in the branch's own sandbox after its interpreter is stopped. The
+    branch planted a `usercustomize.py` in its HOME and ran a cell; an interpreter restarted for the check
+    (in the branch's HOME, user site-packages on) runs it while the check does."""
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+
+    scripts: dict[int, list[str | Turn]] = {
+        SEEDS[0]: [
+            "home\n</think>\n\n" + call("shell", command=PLANT_MARKER),
+            "py\n</think>\n\n" + call("python", code="print('a cell ran')"),
+            "d\n</think>\n\nDone.",
+        ]
+    }
+    before = len(our_containers())
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as parent_sb:
+        async with (
+            ScriptedModelServer(per_branch(scripts)) as server,
+            SGLangClient(server.url, retry=NO_RETRY) as client,
+        ):
+            agent = Agent(client, build_tools(["shell", "python"]), sandbox=parent_sb, config=config())
+            async with await agent.explore("Go.", n=1, select=CHEAT_CHECK, seeds=SEEDS[:1]) as result:
+                [b] = result.branches
+                assert b.status == "completed" and "a cell ran" in b.result.messages[-2].content  # type: ignore[union-attr]
+                assert result.winner is None, (result.reason, b.verdict)
+                assert "exited 1" in (b.verdict or "") and "own sandbox" in (b.verdict or ""), b.verdict
+    assert len(our_containers()) == before
+
+
+@pytest.mark.docker
+async def test_a_reset_without_restart_starts_python_at_the_next_call_as_usual(sandbox_image):
+    """`reset_python(restart=False)` leaves no interpreter running; the next python call starts one, says
+    that earlier state is gone, and sees the user's site-packages as any interpreter does."""
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sb:
+        await sb.python("x = 1")
+        await sb.shell(
+            "d=$(python3 -c 'import site;print(site.getusersitepackages())') && mkdir -p \"$d\" && "
+            "echo 'VALUE = 42' > \"$d/mine.py\""
+        )
+        reset = await sb.reset_python(restart=False)
+        assert reset.worker_pid is None
+        ps = await sb.shell("ps -eo args | grep -c '[b]oot.py --worker' || true")
+        assert ps.stdout.strip() == "0", ps.stdout
+        out = await sb.python("import mine\nprint(mine.VALUE, 'x' in globals())")
+        assert out.stdout.strip() == "42 False" and out.state_lost, out
+        assert "stopped" in out.stderr, out.stderr
+        again = await sb.python("print(mine.VALUE)")
+        assert again.stdout.strip() == "42" and not again.state_lost

@@ -103,8 +103,8 @@ class Verifier:
     counts (what the branch left in its HOME or in ignored files, a process it left running); a branch
     whose patch could not be computed fails ("could not be run"). Only without a baseline at all (no
     `checkout`) is a branch checked in its own sandbox, after its processes are stopped (the
-    interpreter restarted) and under a fresh, empty HOME without user site-packages; the verdict says
-    which way.
+    interpreter too, with none started in its place) and under a fresh, empty HOME without user
+    site-packages; the verdict says which way.
     """
 
     def __init__(self, command: str, *, timeout_s: float = VERIFY_TIMEOUT_S, kind: str = "tests") -> None:
@@ -244,7 +244,9 @@ async def _run(sandbox: Any, command: str, timeout_s: float, *, in_place: bool =
             return await sandbox.shell(command, timeout=timeout_s)
         reset = getattr(sandbox, "reset_python", None)
         if reset is not None:  # shell calls' processes died with them; the interpreter's live on
-            await reset()
+            # Stopped, not restarted: a fresh interpreter would run what the branch left in its HOME
+            # (a `usercustomize.py`) while the command runs. The next python call starts one.
+            await reset(restart=False)
         return await sandbox.shell(_with_clean_home(command), timeout=timeout_s)
 
 

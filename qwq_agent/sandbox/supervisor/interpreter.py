@@ -54,6 +54,8 @@ class Interpreter:
     def __init__(self):
         self.lock = threading.Lock()
         self.proc = None
+        # What the next cell's note says when it finds no interpreter (see `_run`).
+        self.stopped_why = None
         self.start()
 
     @property
@@ -91,7 +93,9 @@ class Interpreter:
             os.set_blocking(fd, False)
         self.closed_streams = set()
 
-    def stop(self):
+    def stop(self, why="the interpreter had been stopped (a restart could not start a new one)"):
+        """Kill the interpreter and all it started; the next cell starts a fresh one, noting `why`."""
+        self.stopped_why = why
         if self.proc is None:
             return
         self.proc.close(budget=KILL_BUDGET)
@@ -144,10 +148,11 @@ class Interpreter:
         started = time.monotonic()
         lost: list = []  # why earlier state is gone
         if self.proc is None:
-            # A restart whose start() failed (the pids limit taken again in between) left none: start one
-            # now; should that fail too, the call says ResourceExhausted and the next one tries again.
+            # A reset that started none, or a restart whose start() failed (the pids limit taken again in
+            # between), left none: start one now; should that fail too, the call says ResourceExhausted
+            # and the next one tries again.
             self.start()
-            lost.append("the interpreter had been stopped (a restart could not start a new one)")
+            lost.append(self.stopped_why or "the interpreter had been stopped")
         elif self._live().read_status() is not None:  # e.g. a background thread called os._exit
             lost.append(self._died() + " between cells")
             self.restart()

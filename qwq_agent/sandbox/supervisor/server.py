@@ -55,7 +55,10 @@ class Supervisor:
             "snapshot": snapshots.snapshot,
             "restore_chunk": self.staging.add,
             "restore": lambda a: snapshots.restore(a, self.staging, self.reset_interpreter),
-            "python_reset": lambda a: self.reset_interpreter() or {"worker_pid": self.interpreter.pid},
+            "python_reset": lambda a: (
+                self.reset_interpreter(restart=a.get("restart") is not False)
+                or {"worker_pid": self.interpreter.pid}
+            ),
         }
 
     def send(self, obj, blob=None):
@@ -108,12 +111,18 @@ class Supervisor:
             self.interpreter.lock.release()
         return f"[{held}, left by an earlier cell; {restarted} and its variables are gone]\n"
 
-    def reset_interpreter(self):
-        """A fresh interpreter (its processes killed), unless the current one never ran a cell."""
+    def reset_interpreter(self, restart=True):
+        """A fresh interpreter (its processes killed), unless the current one never ran a cell.
+
+        `restart=False`: stop it in any case (one that ran no cell may still have run the HOME's
+        `usercustomize.py` at its start) and start none; the next python call starts one.
+        """
         with self.interpreter.lock:
-            if self.interpreter_used:
+            if not restart:
+                self.interpreter.stop("the interpreter had been stopped (a reset that started none)")
+            elif self.interpreter_used:
                 self.interpreter.restart()
-                self.interpreter_used = False
+            self.interpreter_used = False
 
     def python(self, args):
         self.interpreter_used = True
