@@ -8,7 +8,7 @@
 3. then sends all branches at once, each a child `Agent` with its own sampling seed, continuing the
    same messages, so their first prompts are served from that cached prefix;
 4. selects a winner (`qwq_agent.agent.selection`; a `tests:` check runs on each branch's patch in a
-   fresh sandbox of the start state, see `_checkout`); the parent takes its transcript and, restored
+   fresh sandbox holding what the user's checkout will, see `_checkout`); the parent takes its transcript and, restored
    into the parent's own sandbox, its files, so the two stay together; losing sandboxes are released at
    once, the winner's is handed to the caller in the `BranchResult`.
 
@@ -392,24 +392,39 @@ async def _sandbox_for(
 
 
 def _checkout(parent: Branchable, snapshot: Snapshot | None) -> Checkout | None:
-    """How a `tests:` check sees what a branch delivers: a fresh sandbox started like the parent's,
-    holding the start state's files (the snapshot; a fresh interpreter), with the branch's patch applied
-    over the baseline. None only when there is no baseline (so no patch): the branches are then checked
-    in place. With a baseline, a branch without a patch fails its check (never in place instead).
+    """How a `tests:` check sees what a branch delivers: what the user's checkout will hold once the
+    branch's patch is applied to it, in a fresh sandbox started like the parent's. None only when there
+    is no baseline (so no patch): the branches are then checked in place. With a baseline, a branch
+    without a patch fails its check (never in place instead).
+
+    From the user's own folder when it is known (the parent's sandbox was opened on it, `origin_of`):
+    uploaded again as `open_sandbox` does, a baseline recorded, the patch applied. Nothing of the start
+    state's sandbox takes part (its HOME, its ignored files, its git directory: all the parent's runs'
+    to rewrite), and the user's ignored files the tests may need (a local settings file, a built
+    extension) are there as they will be. Else from the parent's snapshot, files only, with every file
+    the baseline's tree does not hold removed, ignored ones included (`apply_patch(clean=True)`): the
+    next best thing, which keeps only what git tracked at the start; it still trusts the start state's
+    git objects and `/workspace/.git`. Either way the command runs under a fresh, empty HOME without
+    user site-packages (`selection`).
 
     Not from the parent's pool: the branches' sandboxes are still held, and a pool of n would have none
     left to give.
     """
     from qwq_agent.agent.patch import baseline_of
+    from qwq_agent.agent.workspace import origin_of
 
     template = parent.sandbox
     if snapshot is None or template is None or baseline_of(template) is None:
         return None
     start = snapshot
+    origin = origin_of(template)
+    if origin is not None and not origin.is_dir():
+        origin = None  # gone from the host since: the snapshot is all there is
 
     @asynccontextmanager
     async def checkout(patch: str) -> AsyncIterator[Any]:
         from qwq_agent.agent.patch import apply_patch, inherit_baseline
+        from qwq_agent.agent.workspace import upload_workspace
         from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 
         if getattr(template, "config", None) is None or getattr(template, "engine", None) is None:
@@ -417,9 +432,13 @@ def _checkout(parent: Branchable, snapshot: Snapshot | None) -> Checkout | None:
                 f"a fresh sandbox like the parent's ({type(template).__name__}) cannot be started"
             )
         async with DockerSandbox.create(template.config, engine=template.engine) as sandbox:
-            await sandbox.restore(start)
-            inherit_baseline(sandbox, template)
-            await apply_patch(sandbox, patch)
+            if origin is not None:
+                await upload_workspace(sandbox, origin)
+                await apply_patch(sandbox, patch)
+            else:
+                await sandbox.restore(start)
+                inherit_baseline(sandbox, template)
+                await apply_patch(sandbox, patch, clean=True)
             yield sandbox
 
     return checkout
@@ -448,8 +467,10 @@ async def _set_up(
         ]
         if template is not None:  # the baseline's git dir came with the home: patches still work
             from qwq_agent.agent.patch import inherit_baseline
+            from qwq_agent.agent.workspace import inherit_origin
 
             inherit_baseline(sandbox, template)
+            inherit_origin(sandbox, template)
         branch.outcome.restore_s = time.perf_counter() - restoring
     return sandbox
 

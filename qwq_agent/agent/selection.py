@@ -99,8 +99,9 @@ class Verifier:
 
     What is checked is what the branch delivers. With a `checkout` (the exploration started from a
     sandbox with a baseline, so each branch's run ends with its patch), the command runs in a fresh
-    sandbox holding the start state's files with the branch's patch applied: nothing outside the patch
-    counts (what the branch left in its HOME or in ignored files, a process it left running); a branch
+    sandbox holding what the user's checkout will once the branch's patch is applied, under a fresh,
+    empty HOME without user site-packages: nothing outside the patch counts (what the branch or the
+    parent's earlier runs left in a HOME or in ignored files, a process left running); a branch
     whose patch could not be computed fails ("could not be run"). Only without a baseline at all (no
     `checkout`) is a branch checked in its own sandbox, after its processes are stopped (the
     interpreter too, with none started in its place) and under a fresh, empty HOME without user
@@ -236,12 +237,12 @@ def _patch_of(outcome: BranchOutcome, checkout: Checkout | None) -> str | None:
 
 
 async def _run(sandbox: Any, command: str, timeout_s: float, *, in_place: bool = False) -> Any:
-    """`command` in `sandbox`, never in a replacement of it. `in_place`: in a branch's own sandbox, so
-    first stop what the branch left running, and give the command a fresh HOME."""
+    """`command` in `sandbox` under a fresh HOME, never in a replacement of it. `in_place`: in a
+    branch's own sandbox, so first stop what the branch left running."""
     replacing = getattr(sandbox, "no_replacement", None)
     with replacing() if replacing is not None else contextlib.nullcontext():
         if not in_place:
-            return await sandbox.shell(command, timeout=timeout_s)
+            return await sandbox.shell(_with_clean_home(command), timeout=timeout_s)
         reset = getattr(sandbox, "reset_python", None)
         if reset is not None:  # shell calls' processes died with them; the interpreter's live on
             # Stopped, not restarted: a fresh interpreter would run what the branch left in its HOME
