@@ -62,8 +62,9 @@ class BranchResult(BaseModel):
     snapshot_id: str | None = None
     # The one request that prefilled the shared prefix before the branches were sent (None: skipped).
     warmup: Usage | None = None
-    # Why the parent agent did not take the winner's transcript and files (its sandbox could not be
-    # restored from the winner's; it then keeps its own of both). None: it did, or there was no winner.
+    # Why the parent agent did not take the winner's transcript and files, and what its sandbox holds:
+    # its own files again when the hand-over failed midway (it is undone), or, should that undo fail
+    # too, neither's (said here). It keeps its own transcript. None: it did, or there was no winner.
     adopt_error: str | None = None
     sandbox: Any = Field(default=None, exclude=True)
     _release: Callable[[], Awaitable[None]] | None = PrivateAttr(default=None)

@@ -23,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from qwq_agent.agent.branch_result import BranchOutcome, BranchResult
 from qwq_agent.agent.chat_format import prompt_options_of
@@ -62,9 +62,15 @@ if TYPE_CHECKING:
 
 __all__ = ["BranchError", "branch_trace_path", "run_branches"]
 
+T = TypeVar("T")
+
 WARMUP_TIMEOUT_S = 120.0
 # A branch's restore (and replay) without a `branch_timeout_s`: `Sandbox.restore`'s own default.
 RESTORE_TIMEOUT_S = 120.0
+# Putting the parent's own files back after a failed or cancelled hand-over (its replay included); the
+# restore's own limit is shorter by the slack its reply needs (the interrupt's grace and more).
+UNDO_TIMEOUT_S = 120.0
+UNDO_SLACK_S = 10.0
 MAX_BRANCHES = 64
 
 
@@ -275,12 +281,9 @@ async def run_branches(
         keep = branches[choice.winner] if choice.winner is not None else None
         adopt_error = None
         if won is not None and won.result is not None and keep is not None:
-            adopt_error = await _hand_over(parent, keep, python_state)
+            adopt_error = await _hand_over(parent, keep, python_state, branch_timeout_s, emit)
             if adopt_error is not None:
-                message = (
-                    "the parent keeps its own transcript and files: the winner's files could not be put "
-                    f"in its sandbox ({adopt_error})"
-                )
+                message = f"the parent keeps its own transcript: {adopt_error}"
                 emit(Warning_(kind="winner_not_adopted", message=message))
         emit(
             Final(
@@ -475,24 +478,94 @@ async def _set_up(
     return sandbox
 
 
-async def _hand_over(parent: Branchable, winner: _Branch, python_state: PythonState) -> str | None:
+async def _hand_over(
+    parent: Branchable,
+    winner: _Branch,
+    python_state: PythonState,
+    limit_s: float | None,
+    emit: Callable[[Event], Event],
+) -> str | None:
     """Put the winner's files in the parent's sandbox, so that the parent's next turn (which continues the
-    winner's transcript) finds what that transcript says was done. None when done, or nothing to do.
+    winner's transcript) finds what that transcript says was done. None when done, or nothing to do;
+    else why not, and what the parent's sandbox holds (the caller adopts the transcript only on None).
 
     The parent keeps its sandbox (whoever owns it still closes it), restored from a snapshot of the
     winner's; its interpreter as `python_state` says, as each branch's was: fresh, or rebuilt by
-    replaying the winner's cells (the branch's own, after the parent's it replayed). Else why not.
+    replaying the winner's cells (the branch's own, after the parent's it replayed).
+
+    All or nothing: the parent's sandbox is snapshotted first, and when the restore fails midway, runs
+    past `limit_s` (the exploration's `branch_timeout_s`, else `RESTORE_TIMEOUT_S`) or is cancelled, that
+    snapshot is restored again (shielded from the cancellation, bounded by `UNDO_TIMEOUT_S`), so the
+    parent's files stay with its own transcript; the answer says whether that worked. A cancellation is
+    raised again once it is done, after a `winner_not_adopted` warning saying so.
     """
-    if parent.sandbox is None or winner.sandbox is None:  # no files to keep with the transcript
+    target, source = parent.sandbox, winner.sandbox
+    if target is None or source is None:  # no files to keep with the transcript
         return None
     if winner.lost:  # its replacement is empty: restoring it would wipe the parent's files
         return f"{SANDBOX_LOST}; the parent's sandbox was not touched"
+    deadline = Deadline.after(limit_s if limit_s is not None else RESTORE_TIMEOUT_S)
+    limit = f"{limit_s if limit_s is not None else RESTORE_TIMEOUT_S:g} s"
     try:
-        snapshot = await winner.sandbox.snapshot()
-        await parent.sandbox.restore(snapshot, python_state=python_state)
+        async with asyncio.timeout(deadline.left()):
+            own = await target.snapshot(timeout=deadline.left())
+            theirs = await source.snapshot(timeout=deadline.left())
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+        why = f"the hand-over ran past its {limit} limit" if isinstance(exc, TimeoutError) else _why(exc)
+        return (
+            f"a snapshot for the hand-over could not be taken ({why}); the parent's sandbox was not touched"
+        )
+    try:
+        async with asyncio.timeout(deadline.left()):
+            await target.restore(theirs, python_state=python_state, timeout=deadline.left())
+    except BaseException as exc:
+        undone = await _finish(_put_back(target, own, python_state))
+        if isinstance(exc, asyncio.CancelledError):
+            emit(Warning_(kind="winner_not_adopted", message=f"the exploration was cancelled; {undone}"))
+            raise
+        if not isinstance(exc, Exception):
+            raise
+        why = f"it ran past the hand-over's {limit} limit" if isinstance(exc, TimeoutError) else _why(exc)
+        return f"the winner's files could not be put in the parent's sandbox ({why}); {undone}"
     return None
+
+
+async def _put_back(sandbox: Any, snapshot: Snapshot, python_state: PythonState) -> str:
+    """Restore the parent's own `snapshot` into its sandbox; what its sandbox holds now, in words."""
+    try:
+        async with asyncio.timeout(UNDO_TIMEOUT_S):
+            restored = await sandbox.restore(
+                snapshot, python_state=python_state, timeout=UNDO_TIMEOUT_S - UNDO_SLACK_S
+            )
+    except Exception as exc:
+        why = f"over {UNDO_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else _why(exc)
+        return (
+            f"putting the parent's own files back failed too ({why}): its sandbox holds neither its "
+            "own files nor the winner's as they were"
+        )
+    return f"the parent's own files were put back ({restored.note})"
+
+
+async def _finish(work: Awaitable[T]) -> T:
+    """`work` run to its end even when the caller is cancelled meanwhile (it must be bounded); such a
+    cancellation is raised once it is done."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def _warm_prefix(parent: Branchable, messages: list[Message], specs: list[Any]) -> Usage | None:

@@ -7,6 +7,7 @@ is never delivered as another's. When a cell ends (result, timeout, cancellation
 forked is killed; the interpreter itself lives on.
 """
 
+import contextlib
 import json
 import os
 import secrets
@@ -18,7 +19,7 @@ import threading
 import time
 
 from .framing import Capture, cap_text, drain, encode_frame, write_all
-from .procs import Spawned
+from .procs import Spawned, continue_tree, stop_tree
 from .settings import INTERRUPT_GRACE, KILL_BUDGET, OUT_HEAD, OUT_TAIL, WORKSPACE, child_env
 
 BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot.py")
@@ -106,6 +107,19 @@ class Interpreter:
     def restart(self):
         self.stop()
         self.start()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Nothing of the interpreter runs inside: its processes (each of their threads) are stopped,
+        and continued on the way out. RequestError("ToolError") when they could not all be stopped."""
+        if self.proc is None:
+            yield
+            return
+        pids = stop_tree(self.proc.keeper)
+        try:
+            yield
+        finally:
+            continue_tree(pids)
 
     def run(self, code, timeout, arrived, cancel_fd, stream=None):
         # The timeout covers waiting behind other cells too, so the host's own deadline always holds.
