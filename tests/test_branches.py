@@ -380,7 +380,7 @@ async def test_the_tests_verdict_is_about_the_delivered_patch_not_the_branchs_sa
 ):
     """A branch makes a wrong edit and plants a `usercustomize.py` in its HOME that turns every failing
     exit into 0. Its sandbox passes the command; what it delivers (the patch) fails it. The check runs
-    in a fresh sandbox restored from the parent's snapshot with the branch's patch applied."""
+    in a fresh sandbox holding the user's folder with the branch's patch applied."""
     from qwq_agent.agent.workspace import open_sandbox
 
     cheat = [

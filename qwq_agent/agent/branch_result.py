@@ -24,6 +24,9 @@ class BranchOutcome(BaseModel):
     # What the selection found (e.g. "tests passed (exit 0)"); `passed` is the verifier's verdict.
     verdict: str | None = None
     passed: bool | None = None
+    # The branch's container died after it began and was replaced by an empty one: what its sandbox
+    # holds is not its work, so it cannot win under any selector (its run may still have completed).
+    lost: bool = False
     trace_path: str | None = None
     first_turn_prompt_tokens: int = 0
     first_turn_cached_tokens: int = 0
@@ -59,8 +62,9 @@ class BranchResult(BaseModel):
     snapshot_id: str | None = None
     # The one request that prefilled the shared prefix before the branches were sent (None: skipped).
     warmup: Usage | None = None
-    # Why the parent agent did not take the winner's transcript and files (its sandbox could not be
-    # restored from the winner's; it then keeps its own of both). None: it did, or there was no winner.
+    # Why the parent agent did not take the winner's transcript and files, and what its sandbox holds:
+    # its own files again when the hand-over failed midway (it is undone), or, should that undo fail
+    # too, neither's (said here). It keeps its own transcript. None: it did, or there was no winner.
     adopt_error: str | None = None
     sandbox: Any = Field(default=None, exclude=True)
     _release: Callable[[], Awaitable[None]] | None = PrivateAttr(default=None)

@@ -8,7 +8,7 @@
 3. then sends all branches at once, each a child `Agent` with its own sampling seed, continuing the
    same messages, so their first prompts are served from that cached prefix;
 4. selects a winner (`qwq_agent.agent.selection`; a `tests:` check runs on each branch's patch in a
-   fresh sandbox of the start state, see `_checkout`); the parent takes its transcript and, restored
+   fresh sandbox holding what the user's checkout will, see `_checkout`); the parent takes its transcript and, restored
    into the parent's own sandbox, its files, so the two stay together; losing sandboxes are released at
    once, the winner's is handed to the caller in the `BranchResult`.
 
@@ -23,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from qwq_agent.agent.branch_result import BranchOutcome, BranchResult
 from qwq_agent.agent.chat_format import prompt_options_of
@@ -43,6 +43,7 @@ from qwq_agent.agent.events import (
 )
 from qwq_agent.agent.messages import Message
 from qwq_agent.agent.selection import (
+    SANDBOX_LOST,
     Checkout,
     Selection,
     SelectionError,
@@ -61,9 +62,15 @@ if TYPE_CHECKING:
 
 __all__ = ["BranchError", "branch_trace_path", "run_branches"]
 
+T = TypeVar("T")
+
 WARMUP_TIMEOUT_S = 120.0
 # A branch's restore (and replay) without a `branch_timeout_s`: `Sandbox.restore`'s own default.
 RESTORE_TIMEOUT_S = 120.0
+# Putting the parent's own files back after a failed or cancelled hand-over (its replay included); the
+# restore's own limit is shorter by the slack its reply needs (the interrupt's grace and more).
+UNDO_TIMEOUT_S = 120.0
+UNDO_SLACK_S = 10.0
 MAX_BRANCHES = 64
 
 
@@ -256,6 +263,9 @@ async def run_branches(
         )
         outcomes = [b.outcome for b in branches]
         sandboxes = {b.index: b.sandbox for b in branches if b.ready}
+        for b in branches:
+            if b.lost:  # no selector may pick it (`selection.checked`); a verifier says so in its own words
+                b.outcome.lost, b.outcome.verdict = True, f"cannot win: {SANDBOX_LOST}"
         choice = await _select(
             selector,
             outcomes,
@@ -271,12 +281,9 @@ async def run_branches(
         keep = branches[choice.winner] if choice.winner is not None else None
         adopt_error = None
         if won is not None and won.result is not None and keep is not None:
-            adopt_error = await _hand_over(parent, keep, python_state)
+            adopt_error = await _hand_over(parent, keep, python_state, branch_timeout_s, emit)
             if adopt_error is not None:
-                message = (
-                    "the parent keeps its own transcript and files: the winner's files could not be put "
-                    f"in its sandbox ({adopt_error})"
-                )
+                message = f"the parent keeps its own transcript: {adopt_error}"
                 emit(Warning_(kind="winner_not_adopted", message=message))
         emit(
             Final(
@@ -388,31 +395,53 @@ async def _sandbox_for(
 
 
 def _checkout(parent: Branchable, snapshot: Snapshot | None) -> Checkout | None:
-    """How a `tests:` check sees what a branch delivers: a fresh sandbox started like the parent's,
-    holding the start state's files (the snapshot; a fresh interpreter), with the branch's patch applied
-    over the baseline. None when the branches have no patch (no baseline): they are checked in place.
+    """How a `tests:` check sees what a branch delivers: what the user's checkout will hold once the
+    branch's patch is applied to it, in a fresh sandbox started like the parent's. None only when there
+    is no baseline (so no patch): the branches are then checked in place. With a baseline, a branch
+    without a patch fails its check (never in place instead).
+
+    From the user's own folder when it is known (the parent's sandbox was opened on it, `origin_of`):
+    uploaded again as `open_sandbox` does, a baseline recorded, the patch applied. Nothing of the start
+    state's sandbox takes part (its HOME, its ignored files, its git directory: all the parent's runs'
+    to rewrite), and the user's ignored files the tests may need (a local settings file, a built
+    extension) are there as they will be. Else from the parent's snapshot, files only, with every file
+    the baseline's tree does not hold removed, ignored ones included (`apply_patch(clean=True)`): the
+    next best thing, which keeps only what git tracked at the start; it still trusts the start state's
+    git objects and `/workspace/.git`. Either way the command runs under a fresh, empty HOME without
+    user site-packages (`selection`).
 
     Not from the parent's pool: the branches' sandboxes are still held, and a pool of n would have none
     left to give.
     """
     from qwq_agent.agent.patch import baseline_of
+    from qwq_agent.agent.workspace import origin_of
 
     template = parent.sandbox
     if snapshot is None or template is None or baseline_of(template) is None:
         return None
-    if getattr(template, "config", None) is None or getattr(template, "engine", None) is None:
-        return None  # not a sandbox this module can start another of
     start = snapshot
+    origin = origin_of(template)
+    if origin is not None and not origin.is_dir():
+        origin = None  # gone from the host since: the snapshot is all there is
 
     @asynccontextmanager
     async def checkout(patch: str) -> AsyncIterator[Any]:
         from qwq_agent.agent.patch import apply_patch, inherit_baseline
+        from qwq_agent.agent.workspace import upload_workspace
         from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 
+        if getattr(template, "config", None) is None or getattr(template, "engine", None) is None:
+            raise TypeError(
+                f"a fresh sandbox like the parent's ({type(template).__name__}) cannot be started"
+            )
         async with DockerSandbox.create(template.config, engine=template.engine) as sandbox:
-            await sandbox.restore(start)
-            inherit_baseline(sandbox, template)
-            await apply_patch(sandbox, patch)
+            if origin is not None:
+                await upload_workspace(sandbox, origin)
+                await apply_patch(sandbox, patch)
+            else:
+                await sandbox.restore(start)
+                inherit_baseline(sandbox, template)
+                await apply_patch(sandbox, patch, clean=True)
             yield sandbox
 
     return checkout
@@ -441,28 +470,102 @@ async def _set_up(
         ]
         if template is not None:  # the baseline's git dir came with the home: patches still work
             from qwq_agent.agent.patch import inherit_baseline
+            from qwq_agent.agent.workspace import inherit_origin
 
             inherit_baseline(sandbox, template)
+            inherit_origin(sandbox, template)
         branch.outcome.restore_s = time.perf_counter() - restoring
     return sandbox
 
 
-async def _hand_over(parent: Branchable, winner: _Branch, python_state: PythonState) -> str | None:
+async def _hand_over(
+    parent: Branchable,
+    winner: _Branch,
+    python_state: PythonState,
+    limit_s: float | None,
+    emit: Callable[[Event], Event],
+) -> str | None:
     """Put the winner's files in the parent's sandbox, so that the parent's next turn (which continues the
-    winner's transcript) finds what that transcript says was done. None when done, or nothing to do.
+    winner's transcript) finds what that transcript says was done. None when done, or nothing to do;
+    else why not, and what the parent's sandbox holds (the caller adopts the transcript only on None).
 
     The parent keeps its sandbox (whoever owns it still closes it), restored from a snapshot of the
     winner's; its interpreter as `python_state` says, as each branch's was: fresh, or rebuilt by
-    replaying the winner's cells (the branch's own, after the parent's it replayed). Else why not.
+    replaying the winner's cells (the branch's own, after the parent's it replayed).
+
+    All or nothing: the parent's sandbox is snapshotted first, and when the restore fails midway, runs
+    past `limit_s` (the exploration's `branch_timeout_s`, else `RESTORE_TIMEOUT_S`) or is cancelled, that
+    snapshot is restored again (shielded from the cancellation, bounded by `UNDO_TIMEOUT_S`), so the
+    parent's files stay with its own transcript; the answer says whether that worked. A cancellation is
+    raised again once it is done, after a `winner_not_adopted` warning saying so.
     """
-    if parent.sandbox is None or winner.sandbox is None:  # no files to keep with the transcript
+    target, source = parent.sandbox, winner.sandbox
+    if target is None or source is None:  # no files to keep with the transcript
         return None
+    if winner.lost:  # its replacement is empty: restoring it would wipe the parent's files
+        return f"{SANDBOX_LOST}; the parent's sandbox was not touched"
+    deadline = Deadline.after(limit_s if limit_s is not None else RESTORE_TIMEOUT_S)
+    limit = f"{limit_s if limit_s is not None else RESTORE_TIMEOUT_S:g} s"
     try:
-        snapshot = await winner.sandbox.snapshot()
-        await parent.sandbox.restore(snapshot, python_state=python_state)
+        async with asyncio.timeout(deadline.left()):
+            own = await target.snapshot(timeout=deadline.left())
+            theirs = await source.snapshot(timeout=deadline.left())
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+        why = f"the hand-over ran past its {limit} limit" if isinstance(exc, TimeoutError) else _why(exc)
+        return (
+            f"a snapshot for the hand-over could not be taken ({why}); the parent's sandbox was not touched"
+        )
+    try:
+        async with asyncio.timeout(deadline.left()):
+            await target.restore(theirs, python_state=python_state, timeout=deadline.left())
+    except BaseException as exc:
+        undone = await _finish(_put_back(target, own, python_state))
+        if isinstance(exc, asyncio.CancelledError):
+            emit(Warning_(kind="winner_not_adopted", message=f"the exploration was cancelled; {undone}"))
+            raise
+        if not isinstance(exc, Exception):
+            raise
+        why = f"it ran past the hand-over's {limit} limit" if isinstance(exc, TimeoutError) else _why(exc)
+        return f"the winner's files could not be put in the parent's sandbox ({why}); {undone}"
     return None
+
+
+async def _put_back(sandbox: Any, snapshot: Snapshot, python_state: PythonState) -> str:
+    """Restore the parent's own `snapshot` into its sandbox; what its sandbox holds now, in words."""
+    try:
+        async with asyncio.timeout(UNDO_TIMEOUT_S):
+            restored = await sandbox.restore(
+                snapshot, python_state=python_state, timeout=UNDO_TIMEOUT_S - UNDO_SLACK_S
+            )
+    except Exception as exc:
+        why = f"over {UNDO_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else _why(exc)
+        return (
+            f"putting the parent's own files back failed too ({why}): its sandbox holds neither its "
+            "own files nor the winner's as they were"
+        )
+    return f"the parent's own files were put back ({restored.note})"
+
+
+async def _finish(work: Awaitable[T]) -> T:
+    """`work` run to its end even when the caller is cancelled meanwhile (it must be bounded); such a
+    cancellation is raised once it is done."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def _warm_prefix(parent: Branchable, messages: list[Message], specs: list[Any]) -> Usage | None:

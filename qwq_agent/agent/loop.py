@@ -209,8 +209,10 @@ class Agent:
         sandboxes are released; the winner's is `result.sandbox` until `await result.aclose()`.
         This agent then continues from the winner: `self.messages` is its transcript and `self.sandbox`
         (still this agent's own) is restored from its files, the interpreter as `python_state` says
-        (fresh, or rebuilt by replaying the winner's cells); if that restore fails, the agent keeps its
-        own transcript and files and `result.adopt_error` says why.
+        (fresh, or rebuilt by replaying the winner's cells); if that restore fails, runs past
+        `branch_timeout_s` or is cancelled, it is undone (the sandbox restored from its own snapshot)
+        and the agent keeps its own transcript; `result.adopt_error` says why, and whether the undo
+        worked (after a cancellation, a `winner_not_adopted` warning in the exploration's trace does).
         The agent is busy until the exploration ends: `run()` and another `branch()` / `explore()` are
         refused meanwhile, as two runs at once are. An agent with `sandbox_pool=` and no sandbox of its
         own cannot branch from a transcript (`BranchError`): each run's pool sandbox is destroyed when

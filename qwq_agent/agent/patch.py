@@ -213,14 +213,20 @@ wc -c < "{patch_file}"
     return WorkspacePatch(text=text, left_out=left_out + [c for c in cut if c not in left_out])
 
 
-async def apply_patch(sandbox: Any, patch: str, baseline: Baseline | None = None) -> None:
+async def apply_patch(
+    sandbox: Any, patch: str, baseline: Baseline | None = None, *, clean: bool = False
+) -> None:
     """Make /workspace `baseline`'s tree (default: the one recorded for `sandbox`) with `patch` applied:
     what the user's checkout holds once a run's patch (`workspace_patch`) is applied to it.
 
     For a sandbox restored from a snapshot of the run's start: that start may already differ from the
     baseline (the parent's own changes), and the patch, being against the baseline, holds those too; so
     the files the baseline tracks are first put back as they were in it. Ignored files (`.gitignore`)
-    are left as they are. Raises `PatchError` (with git's words) when the patch does not apply.
+    are left as they are, unless `clean`: then every file the baseline's tree does not hold, ignored
+    or not, is removed first (`git clean -ffdx`), and the git directory's own settings (its `config`,
+    `info/attributes`: the start state's to rewrite) are reset to a new one's. git never reads the
+    sandbox's global or system settings here. Raises `PatchError` (with git's words) when the patch
+    does not apply.
     """
     baseline = baseline or baseline_of(sandbox)
     if baseline is None:
@@ -240,13 +246,22 @@ async def apply_patch(sandbox: Any, patch: str, baseline: Baseline | None = None
 
     await sandbox.upload_archive(await asyncio.to_thread(pack), WORKSPACE)
     kept = f"{BASELINE_DIR}/apply.patch"
+    # `clean`: no filter, fsmonitor or attribute the start state's run set up may act on the tree (a clean
+    # filter runs a command; `eol`/`working-tree-encoding` rewrite the files checked out): the settings
+    # `git init --bare` writes.
+    config = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
+    fresh = f"""printf %s {shlex.quote(config)} > "{BASELINE_DIR}/config"
+rm -f "{BASELINE_DIR}/info/attributes"
+"""
+    wipe = f"{_GIT} clean -ffdxq\n"
     script = f"""
+export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 mv -f {WORKSPACE}/{name} "{kept}"
-cp -p "{BASELINE_DIR}/index" "{BASELINE_DIR}/index-apply"
+{fresh if clean else ""}cp -p "{BASELINE_DIR}/index" "{BASELINE_DIR}/index-apply"
 {_ENV} GIT_INDEX_FILE="{BASELINE_DIR}/index-apply"
 {_GIT} add -A
 {_GIT} read-tree -u --reset {shlex.quote(baseline.tree)}
-if [ -s "{kept}" ]; then {_GIT} apply --whitespace=nowarn "{kept}"; fi
+{wipe if clean else ""}if [ -s "{kept}" ]; then {_GIT} apply --whitespace=nowarn "{kept}"; fi
 rm -f "{kept}"
 """
     await _sh(sandbox, script, "applying the patch to /workspace")

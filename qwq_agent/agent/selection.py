@@ -2,7 +2,9 @@
 
 A `Selector` looks at the branches' outcomes (and their still-open sandboxes) and names a winner, or
 none with a reason. Only branches that completed can win: one that crashed, timed out or ran out of
-budget is a losing branch with its error.
+budget is a losing branch with its error. Nor can a branch whose sandbox was lost (`BranchOutcome.lost`:
+its container died and an empty one replaced it), whatever the selector: its sandbox holds none of its
+work, and handing it over would empty the parent's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pydantic import BaseModel
 from qwq_agent.agent.branch_result import BranchOutcome
 
 __all__ = [
+    "SANDBOX_LOST",
     "Checkout",
     "FirstCompleted",
     "FunctionSelector",
@@ -36,6 +39,7 @@ __all__ = [
 
 VERIFY_TIMEOUT_S = 300.0
 SANDBOX_LOST = "the branch's sandbox was lost (its container died; a replacement holds none of its files)"
+NO_PATCH = "its patch could not be computed (a `patch_failed` warning in its trace says why)"
 # How a verdict was reached: on what the branch delivers, or (no patch) in what it left.
 ON_PATCH = "on the branch's patch in a fresh sandbox"
 IN_PLACE = "in the branch's own sandbox (no patch: its processes stopped, a fresh HOME)"
@@ -63,10 +67,18 @@ class Selector(Protocol):
 
 
 def _completed(outcomes: Sequence[BranchOutcome]) -> list[BranchOutcome]:
-    return [o for o in outcomes if o.status == "completed"]
+    """The branches that may win: completed, with their sandbox (not lost)."""
+    return [o for o in outcomes if o.status == "completed" and not o.lost]
 
 
 def _none_completed(outcomes: Sequence[BranchOutcome]) -> Selection:
+    lost = sum(o.status == "completed" and o.lost for o in outcomes)
+    if lost:
+        return Selection(
+            winner=None,
+            reason=f"none of the {len(outcomes)} branches completed with its sandbox: {lost} that "
+            f"completed lost it ({SANDBOX_LOST})",
+        )
     return Selection(winner=None, reason=f"none of the {len(outcomes)} branches completed")
 
 
@@ -87,10 +99,13 @@ class Verifier:
 
     What is checked is what the branch delivers. With a `checkout` (the exploration started from a
     sandbox with a baseline, so each branch's run ends with its patch), the command runs in a fresh
-    sandbox holding the start state's files with the branch's patch applied: nothing outside the patch
-    counts (what the branch left in its HOME or in ignored files, a process it left running). A branch
-    without a patch is checked in its own sandbox, after its processes are stopped (the interpreter
-    restarted) and under a fresh, empty HOME without user site-packages; the verdict says which way.
+    sandbox holding what the user's checkout will once the branch's patch is applied, under a fresh,
+    empty HOME without user site-packages: nothing outside the patch counts (what the branch or the
+    parent's earlier runs left in a HOME or in ignored files, a process left running); a branch
+    whose patch could not be computed fails ("could not be run"). Only without a baseline at all (no
+    `checkout`) is a branch checked in its own sandbox, after its processes are stopped (the
+    interpreter too, with none started in its place) and under a fresh, empty HOME without user
+    site-packages; the verdict says which way.
     """
 
     def __init__(self, command: str, *, timeout_s: float = VERIFY_TIMEOUT_S, kind: str = "tests") -> None:
@@ -123,6 +138,10 @@ class Verifier:
         if lost:
             return self._not_run(outcome, SANDBOX_LOST)
         patch = _patch_of(outcome, checkout)
+        if checkout is not None and patch is None:
+            # Never in place instead: a branch could dodge the check of what it delivers by breaking its
+            # own patch (its baseline's git directory is in its HOME), and it delivers nothing anyway.
+            return self._not_run(outcome, NO_PATCH)
         if patch is None and sandbox is None:
             return self._not_run(outcome, "no sandbox")
         limit = asyncio.timeout(timeout_s)
@@ -167,14 +186,19 @@ class Verifier:
         a fresh sandbox holding the start state with `patch` applied (None: check in place).
         `timeout_s` bounds each branch's whole check (a fresh sandbox's start included).
         """
-        done = _completed(outcomes)
+        # Lost ones too: their check "could not be run", which the reason must say.
+        done = [o for o in outcomes if o.status == "completed"]
         for o in outcomes:
             if o.status != "completed":
                 o.passed, o.verdict = False, f"not verified: the branch ended {o.status}"
         not_run = await asyncio.gather(
             *(
                 self._verify(
-                    o, sandboxes.get(o.index), lost=o.index in lost, checkout=checkout, timeout_s=timeout_s
+                    o,
+                    sandboxes.get(o.index),
+                    lost=o.lost or o.index in lost,
+                    checkout=checkout,
+                    timeout_s=timeout_s,
                 )
                 for o in done
             )
@@ -206,22 +230,24 @@ class Verifier:
 
 
 def _patch_of(outcome: BranchOutcome, checkout: Checkout | None) -> str | None:
-    """The patch a branch delivers, when it can be checked on its own (else None: check in place)."""
+    """The patch a branch delivers when there is a checkout to check it in; else None."""
     if checkout is None or outcome.result is None:
         return None
     return outcome.result.patch
 
 
 async def _run(sandbox: Any, command: str, timeout_s: float, *, in_place: bool = False) -> Any:
-    """`command` in `sandbox`, never in a replacement of it. `in_place`: in a branch's own sandbox, so
-    first stop what the branch left running, and give the command a fresh HOME."""
+    """`command` in `sandbox` under a fresh HOME, never in a replacement of it. `in_place`: in a
+    branch's own sandbox, so first stop what the branch left running."""
     replacing = getattr(sandbox, "no_replacement", None)
     with replacing() if replacing is not None else contextlib.nullcontext():
         if not in_place:
-            return await sandbox.shell(command, timeout=timeout_s)
+            return await sandbox.shell(_with_clean_home(command), timeout=timeout_s)
         reset = getattr(sandbox, "reset_python", None)
         if reset is not None:  # shell calls' processes died with them; the interpreter's live on
-            await reset()
+            # Stopped, not restarted: a fresh interpreter would run what the branch left in its HOME
+            # (a `usercustomize.py`) while the command runs. The next python call starts one.
+            await reset(restart=False)
         return await sandbox.shell(_with_clean_home(command), timeout=timeout_s)
 
 
@@ -288,8 +314,9 @@ def checked(selection: Selection, outcomes: Sequence[BranchOutcome]) -> Selectio
     """`selection` if its winner may win, else no winner with the reason.
 
     Applied to every selector's choice (a user's function or `Selector` included): a winner that is
-    no branch index, or a branch that did not complete (e.g. a scorer's NaN for a failed branch),
-    would hand the caller a dead branch's state as the result of the exploration.
+    no branch index, a branch that did not complete (e.g. a scorer's NaN for a failed branch) or one
+    whose sandbox was lost would hand the caller (and the parent) a dead branch's state as the result of
+    the exploration.
     """
     winner = selection.winner
     if winner is None:
@@ -301,6 +328,11 @@ def checked(selection: Selection, outcomes: Sequence[BranchOutcome]) -> Selectio
         return Selection(
             winner=None,
             reason=f"{selection.reason}, but branch {winner} ended {status}: only a completed branch can win",
+        )
+    if outcomes[winner].lost:
+        return Selection(
+            winner=None,
+            reason=f"{selection.reason}, but branch {winner} cannot win: {SANDBOX_LOST}",
         )
     return selection
 

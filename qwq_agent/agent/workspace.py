@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,6 +13,36 @@ WORKSPACE = "/workspace"
 # Bytecode caches are the host's business; `.git` goes in, so the agent can `git diff` and `git log`.
 NOT_COPIED = ("__pycache__",)
 
+# Per sandbox: the host folder its /workspace was uploaded from, so that a `tests:` check of a branch's
+# patch can start from the user's folder itself rather than from what a run left in the sandbox.
+_origins: weakref.WeakKeyDictionary[Any, Path] = weakref.WeakKeyDictionary()
+
+
+def origin_of(sandbox: Any) -> Path | None:
+    """The host folder `sandbox`'s /workspace was uploaded from (`upload_workspace`), or None."""
+    try:
+        return _origins.get(sandbox)
+    except TypeError:  # an object that cannot be weakly referenced never had one
+        return None
+
+
+def inherit_origin(sandbox: Any, parent: Any) -> None:
+    """Give `sandbox` the origin of `parent`, whose snapshot (and baseline) it was restored from."""
+    origin = origin_of(parent)
+    if origin is not None:
+        _origins[sandbox] = origin
+
+
+async def upload_workspace(sandbox: Any, workspace: str | Path) -> None:
+    """Copy `workspace`'s contents into `sandbox`'s /workspace (bytecode caches left out), record the
+    baseline its patch is computed against, and remember the folder (`origin_of`)."""
+    from qwq_agent.agent.patch import record_baseline
+
+    folder = await asyncio.to_thread(Path(workspace).absolute)  # against the cwd of now
+    await sandbox.upload(folder, WORKSPACE, contents=True, exclude=NOT_COPIED)
+    await record_baseline(sandbox)
+    _origins[sandbox] = folder
+
 
 @asynccontextmanager
 async def open_sandbox(*, workspace: str | Path | None = None, **config: Any) -> AsyncIterator[Any]:
@@ -19,11 +51,9 @@ async def open_sandbox(*, workspace: str | Path | None = None, **config: Any) ->
     The upload is snapshotted (`qwq_agent.agent.patch`), so an `Agent` on this sandbox ends its run with
     the patch of what it changed in `RunResult.patch`.
     """
-    from qwq_agent.agent.patch import record_baseline
     from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 
     async with DockerSandbox.create(**config) as sandbox:
         if workspace is not None:
-            await sandbox.upload(Path(workspace), WORKSPACE, contents=True, exclude=NOT_COPIED)
-            await record_baseline(sandbox)
+            await upload_workspace(sandbox, workspace)
         yield sandbox

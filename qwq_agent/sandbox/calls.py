@@ -133,11 +133,19 @@ class SandboxCalls(SandboxContainer):
         self.cells.record(code, result, limit)
         return result
 
-    async def reset_python(self, *, timeout: float = 60.0) -> PythonResetResult:
+    async def reset_python(self, *, timeout: float = 60.0, restart: bool = True) -> PythonResetResult:
         """Stop the Python interpreter with every thread and process it started, and start a fresh one
         (its variables are gone). An interpreter that never ran a cell is left as it is: it runs nothing
-        of the user's. Shell calls need no such stop: what they start dies when they return."""
-        result = await self._call(PythonResetRequest(), PythonResetResult, self._grace(timeout))
+        of the user's. Shell calls need no such stop: what they start dies when they return.
+
+        `restart=False` stops it (whether or not it ran a cell) and starts none: nothing of Python runs
+        until the next python call starts a fresh interpreter, as usual, and says that earlier state is
+        gone. A fresh interpreter runs what the HOME holds at its start (`usercustomize.py`, `.pth`
+        files), so a check that must run none of it stops the interpreter this way.
+        """
+        result = await self._call(
+            PythonResetRequest(restart=restart), PythonResetResult, self._grace(timeout)
+        )
         self.cells.reset()
         return result
 

@@ -41,6 +41,9 @@ class PythonResetRequest(Request):
     """Stop the interpreter and all it started (threads, processes) and start a fresh one."""
 
     op: Literal["python_reset"] = "python_reset"
+    restart: bool = Field(
+        True, description="start a fresh interpreter now; False: none until the next python call"
+    )
 
 
 class ViewRequest(Request):

@@ -7,6 +7,7 @@ is never delivered as another's. When a cell ends (result, timeout, cancellation
 forked is killed; the interpreter itself lives on.
 """
 
+import contextlib
 import json
 import os
 import secrets
@@ -18,7 +19,7 @@ import threading
 import time
 
 from .framing import Capture, cap_text, drain, encode_frame, write_all
-from .procs import Spawned
+from .procs import Spawned, continue_tree, stop_tree
 from .settings import INTERRUPT_GRACE, KILL_BUDGET, OUT_HEAD, OUT_TAIL, WORKSPACE, child_env
 
 BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot.py")
@@ -54,6 +55,8 @@ class Interpreter:
     def __init__(self):
         self.lock = threading.Lock()
         self.proc = None
+        # What the next cell's note says when it finds no interpreter (see `_run`).
+        self.stopped_why = None
         self.start()
 
     @property
@@ -91,7 +94,9 @@ class Interpreter:
             os.set_blocking(fd, False)
         self.closed_streams = set()
 
-    def stop(self):
+    def stop(self, why="the interpreter had been stopped (a restart could not start a new one)"):
+        """Kill the interpreter and all it started; the next cell starts a fresh one, noting `why`."""
+        self.stopped_why = why
         if self.proc is None:
             return
         self.proc.close(budget=KILL_BUDGET)
@@ -102,6 +107,19 @@ class Interpreter:
     def restart(self):
         self.stop()
         self.start()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Nothing of the interpreter runs inside: its processes (each of their threads) are stopped,
+        and continued on the way out. RequestError("ToolError") when they could not all be stopped."""
+        if self.proc is None:
+            yield
+            return
+        pids = stop_tree(self.proc.keeper)
+        try:
+            yield
+        finally:
+            continue_tree(pids)
 
     def run(self, code, timeout, arrived, cancel_fd, stream=None):
         # The timeout covers waiting behind other cells too, so the host's own deadline always holds.
@@ -144,10 +162,11 @@ class Interpreter:
         started = time.monotonic()
         lost: list = []  # why earlier state is gone
         if self.proc is None:
-            # A restart whose start() failed (the pids limit taken again in between) left none: start one
-            # now; should that fail too, the call says ResourceExhausted and the next one tries again.
+            # A reset that started none, or a restart whose start() failed (the pids limit taken again in
+            # between), left none: start one now; should that fail too, the call says ResourceExhausted
+            # and the next one tries again.
             self.start()
-            lost.append("the interpreter had been stopped (a restart could not start a new one)")
+            lost.append(self.stopped_why or "the interpreter had been stopped")
         elif self._live().read_status() is not None:  # e.g. a background thread called os._exit
             lost.append(self._died() + " between cells")
             self.restart()

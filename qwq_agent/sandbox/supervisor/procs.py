@@ -201,6 +201,57 @@ def descendants(root, table=None):
     return [pid for pid, _, state in _tree(root, table) if state not in (b"Z", b"X")]
 
 
+def _all_stopped(pid):
+    """Whether every thread of `pid` is stopped (or gone): a group stop reaches each thread on its own."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        if data[data.rindex(b")") + 2 :][:1] not in (b"T", b"t", b"Z", b"X"):
+            return False
+    return True
+
+
+def stop_tree(root, *, budget=5.0):
+    """SIGSTOP every live descendant of `root`, in rounds until all of them (each of their threads) are
+    stopped, a process forked meanwhile included; returns the pids stopped, for `continue_tree`.
+
+    Raises RequestError("ToolError") past `budget` (nothing is left stopped then).
+    """
+    stopped = set()
+    deadline = time.monotonic() + budget
+    while True:
+        live = descendants(root)
+        for pid in live:
+            if pid not in stopped:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except (ProcessLookupError, PermissionError):
+                    continue
+                stopped.add(pid)
+        if all(_all_stopped(pid) for pid in live) and set(live) <= stopped:
+            return stopped
+        if time.monotonic() > deadline:
+            continue_tree(stopped)
+            raise RequestError("ToolError", "the interpreter's processes could not be paused")
+        time.sleep(0.0005)  # let SIGSTOP land on every thread before looking again
+
+
+def continue_tree(pids):
+    """SIGCONT the processes `stop_tree` stopped."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def kill_tree(root, *, spare=frozenset(), budget=10.0):
     """SIGKILL all descendants of `root` except those in `spare` until none is left; False if time ran out.
 

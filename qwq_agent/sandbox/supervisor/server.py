@@ -1,5 +1,6 @@
 """The request loop: frames in from the host, one thread per request, replies tied to request and nonce."""
 
+import contextlib
 import fcntl
 import json
 import os
@@ -40,6 +41,7 @@ class Supervisor:
         self.editor = Editor()
         self.interpreter_used = False  # a restore need not restart an interpreter that never ran a cell
         self.staging = snapshots.Staging(MAX_STAGED)
+        self.restore_lock = threading.Lock()
         self.ops = {
             "ping": lambda a: {"pong": True, "worker_pid": self.interpreter.pid},
             "python": self.python,
@@ -54,8 +56,11 @@ class Supervisor:
             "download": archives.download,
             "snapshot": snapshots.snapshot,
             "restore_chunk": self.staging.add,
-            "restore": lambda a: snapshots.restore(a, self.staging, self.reset_interpreter),
-            "python_reset": lambda a: self.reset_interpreter() or {"worker_pid": self.interpreter.pid},
+            "restore": lambda a: snapshots.restore(a, self.staging, self.files_replaced),
+            "python_reset": lambda a: (
+                self.reset_interpreter(restart=a.get("restart") is not False)
+                or {"worker_pid": self.interpreter.pid}
+            ),
         }
 
     def send(self, obj, blob=None):
@@ -108,12 +113,44 @@ class Supervisor:
             self.interpreter.lock.release()
         return f"[{held}, left by an earlier cell; {restarted} and its variables are gone]\n"
 
-    def reset_interpreter(self):
-        """A fresh interpreter (its processes killed), unless the current one never ran a cell."""
+    def reset_interpreter(self, restart=True):
+        """A fresh interpreter (its processes killed), unless the current one never ran a cell.
+
+        `restart=False`: stop it in any case (one that ran no cell may still have run the HOME's
+        `usercustomize.py` at its start) and start none; the next python call starts one.
+        """
         with self.interpreter.lock:
-            if self.interpreter_used:
+            if not restart:
+                self.interpreter.stop("the interpreter had been stopped (a reset that started none)")
+            elif self.interpreter_used:
                 self.interpreter.restart()
+            self.interpreter_used = False
+
+    @contextlib.contextmanager
+    def files_replaced(self, keep_python):
+        """Held while a restore replaces the workspace and home.
+
+        One restore at a time: one the host gave up on (cancelled, timed out) still runs here, and the
+        next (a hand-over putting the parent's own files back) must not clear and extract beside it.
+        Nothing of the interpreter runs meanwhile: one that ran cells is stopped, and a fresh one starts
+        once the files are in (it starts on the new HOME); with `keep_python` (the files again after a
+        replay) the interpreter the replay built is paused, so a thread it left writing under the
+        workspace cannot refill what is being cleared or take a name before it is extracted.
+        """
+        with self.restore_lock, self.interpreter.lock:
+            fresh = not keep_python and self.interpreter_used
+            if fresh:
+                self.interpreter.stop()
                 self.interpreter_used = False
+            try:
+                with self.interpreter.paused():
+                    yield
+            finally:
+                if fresh and self.interpreter.proc is None:
+                    try:
+                        self.interpreter.start()
+                    except (RequestError, OSError):
+                        pass  # the next python call starts one, and says that state was lost
 
     def python(self, args):
         self.interpreter_used = True

@@ -13,7 +13,9 @@ vets every header before anything is touched: names under `workspace/` or `home/
 duplicates, each entry's parent an earlier directory of the archive (so no entry can land under a link),
 regular files, directories, symlinks and hard links to an earlier file only, nothing sparse. The roots are
 then emptied and everything is created fresh (O_EXCL, O_NOFOLLOW, mkdir), with the user's rights, so
-every file is the user's and nothing is ever written through a link. Symlink targets are kept as they
+every file is the user's and nothing is ever written through a link. Meanwhile the server lets no other
+restore and nothing of the interpreter run; a writer that is still there anyway makes the emptying walk
+again, and a restore that fails says what it left (partly cleared, empty, part of the archive). Symlink targets are kept as they
 were: inside the container a link is only a name, user code could make the same one, and extraction
 never follows it.
 """
@@ -301,8 +303,12 @@ class Staging:
         return data
 
 
-def restore(args, staging, reset_interpreter):
-    """Replace the workspace and home with the archive's content; returns counts."""
+def restore(args, staging, files_replaced):
+    """Replace the workspace and home with the archive's content; returns counts.
+
+    `files_replaced(keep_python)` is held while the roots are cleared and extracted (the server's: one
+    restore at a time, nothing of the interpreter running). A failure says what it left behind.
+    """
     t0 = time.monotonic()
     data = args.get("_blob")
     if data is None:
@@ -316,30 +322,62 @@ def restore(args, staging, reset_interpreter):
     t1 = time.monotonic()
     members = check_archive(data)
     t2 = time.monotonic()
-    if not args.get("keep_python"):
-        reset_interpreter()  # nothing of the old state may keep writing while the files are replaced
     # `keep_python`: the files again after a replay, whose cells redid their file side effects on top of
     # them; the interpreter they rebuilt is kept (the host sends nothing else while it restores).
-    for root in ROOTS.values():
-        clear(root)
-    t3 = time.monotonic()
-    try:
-        written = _extract(data, members)
-    except OSError as exc:
-        for root in ROOTS.values():
-            clear(root)
-        raise RequestError(
-            "ToolError",
-            f"restore failed at {path_text(exc.filename or '?')}: {exc.strerror}; the workspace and home were left empty",
-        ) from None
-    t4 = time.monotonic()
+    with files_replaced(bool(args.get("keep_python"))):
+        t3 = time.monotonic()
+        try:
+            for root in ROOTS.values():
+                clear(root)
+        except RequestError as exc:
+            raise RequestError(
+                "ToolError", f"restore failed: {exc}; the workspace and home are partly cleared"
+            ) from None
+        t4 = time.monotonic()
+        try:
+            written = _extract(data, members)
+        except OSError as exc:
+            raise RequestError(
+                "ToolError",
+                f"restore failed at {path_text(exc.filename or '?')}: {exc.strerror}; {_emptied()}",
+            ) from None
+    t5 = time.monotonic()
     # Where the time went inside the sandbox (the benchmark reports it beside the host's total).
-    seconds = {"sha256": t1 - t0, "check": t2 - t1, "clear": t3 - t2, "extract": t4 - t3}
+    seconds = {"sha256": t1 - t0, "check": t2 - t1, "wait": t3 - t2, "clear": t4 - t3, "extract": t5 - t4}
     return {"entries": len(members), "bytes": written, "seconds": seconds}
 
 
+def _emptied():
+    """After a failed extraction: the roots emptied again, and what the failure left said truthfully."""
+    try:
+        for root in ROOTS.values():
+            clear(root)
+    except RequestError as exc:
+        return f"the workspace and home hold part of the archive ({exc})"
+    return "the workspace and home were left empty"
+
+
+CLEAR_ROUNDS = 5
+
+
 def clear(root):
-    """Delete everything under `root` (not `root` itself), making read-only directories writable first."""
+    """Delete everything under `root` (not `root` itself), making read-only directories writable first.
+
+    Something still writing there (a process nobody stopped) can refill a directory between its scan
+    and its removal: the walk is repeated; RequestError("ToolError") naming what could not be removed
+    when `root` is still not empty after `CLEAR_ROUNDS` walks.
+    """
+    for _ in range(CLEAR_ROUNDS):
+        problem = _clear_once(root)
+        if problem is None:
+            os.chmod(root, 0o755)
+            return
+    raise RequestError("ToolError", f"{path_text(root)} could not be emptied: {problem}")
+
+
+def _clear_once(root):
+    """One walk of `clear`; what could not be removed (the first of it), or None when all was."""
+    problem = None
     stack = [root]
     dirs = []
     while stack:
@@ -362,12 +400,16 @@ def clear(root):
                     os.unlink(e.path)
                 except FileNotFoundError:
                     pass
+                except OSError as exc:
+                    problem = problem or path_text(f"{e.path}: {exc.strerror}")
     for d in reversed(dirs[1:]):
         try:
             os.rmdir(d)
         except FileNotFoundError:
             pass
-    os.chmod(root, 0o755)
+        except OSError as exc:  # ENOTEMPTY: refilled since its scan
+            problem = problem or path_text(f"{d}: {exc.strerror}")
+    return problem
 
 
 def _path(name):
