@@ -597,3 +597,73 @@ def test_a_file_skipped_on_reindex_loses_its_old_sections(tmp_path: Path) -> Non
         door.unlink()
         door.write_text("the door code is okapi8\n")
         assert index.update().added == 1 and locations(index, "okapi8") == ["door.txt:1"]
+
+
+_RO_PROBE = """
+import asyncio, sys
+from pathlib import Path
+from qwq_agent.cli.preflight import check_docs_db
+from qwq_agent.protocols import ToolContext
+from qwq_agent.tools.search_docs import SearchDocs, SearchDocsArgs
+check_docs_db(Path(sys.argv[1]))
+out = asyncio.run(SearchDocs(sys.argv[1]).run(SearchDocsArgs(query="quick fox"), ToolContext(call_id="x")))
+print(out.text)
+sys.exit(1 if out.is_error else 0)
+"""
+
+
+def _search_read_only(folder: Path, db_name: str) -> tuple[int, str]:
+    """search_docs (and the CLI's preflight) on `folder` bind-mounted read-only, in a mount namespace."""
+    import subprocess
+    import sys
+
+    mount = folder.parent / "ro"
+    mount.mkdir(exist_ok=True)
+    script = folder.parent / "probe.py"
+    script.write_text(_RO_PROBE)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    shell = (
+        f"mount --bind -o ro '{folder}' '{mount}' && exec '{sys.executable}' '{script}' '{mount}/{db_name}'"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", shell], capture_output=True, text=True, env=env, timeout=60
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root (unshare -m)")
+async def test_an_index_on_read_only_storage_is_searched_and_searching_leaves_no_files(
+    tmp_path: Path,
+) -> None:
+    import shutil
+    import sqlite3
+
+    # The index was left in WAL mode, and SQLite's read-only open of a WAL database must create its
+    # -shm file: on a read-only mount search_docs said the intact index was "unreadable ... rebuild
+    # it", and on writable storage every search left -wal and -shm files next to it.
+    docs, store = tmp_path / "docs", tmp_path / "store"
+    docs.mkdir()
+    store.mkdir()
+    (docs / "a.md").write_text("# Title\n\nThe quick brown fox jumps.\n")
+    db = store / "db.sqlite3"
+    with DocIndex(db, docs) as index:
+        index.update()
+    assert sorted(p.name for p in store.iterdir()) == ["db.sqlite3"]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    conn.close()
+    out = await SearchDocs(db).run(SearchDocs.Args(query="quick fox"), CTX)
+    assert not out.is_error and "a.md:3" in out.text
+    assert sorted(p.name for p in store.iterdir()) == ["db.sqlite3"]  # the search left nothing
+    rc, text = _search_read_only(store, "db.sqlite3")
+    assert rc == 0 and "a.md:3" in text, text
+    # An index built before (still in WAL mode, no -wal left) is read as immutable there.
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shutil.copy(db, legacy / "db.sqlite3")
+    with sqlite3.connect(legacy / "db.sqlite3") as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    assert sorted(p.name for p in legacy.iterdir()) == ["db.sqlite3"]
+    rc, text = _search_read_only(legacy, "db.sqlite3")
+    assert rc == 0 and "a.md:3" in text, text

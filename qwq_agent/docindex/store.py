@@ -57,6 +57,28 @@ _FTS_PROBE = (
 )
 
 
+def connect_read_only(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """`db_path` opened for reading only: nothing is created, changed or left next to it.
+
+    `mode=ro` and nothing else, so a file that is no index (or no longer one) is reported, never turned
+    into an empty one. An index left in WAL mode (built before `update` switched it back) cannot be
+    opened so on read-only storage (a `:ro` mount, a read-only image layer): SQLite needs to create
+    its -shm file. Without a -wal holding anything, the file alone is the whole index, and it is read
+    as `immutable`.
+    """
+    path = Path(db_path).resolve()
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        wal = Path(f"{path}-wal")
+        if wal.exists() and wal.stat().st_size:
+            raise  # committed changes may be in it: the file alone is not the index
+    return sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True)
+
+
 class QuerySyntaxError(ValueError):
     """An FTS5 query the engine could not parse; the message says how to fix it."""
 
@@ -107,9 +129,8 @@ class DocIndex:
         if read_only:
             if root is not None:
                 raise ValueError("a read-only index cannot be given a root to index")
-            # mode=ro and nothing else: a query sets no journal mode and creates no table, so a file
-            # that is no index (or no longer one) is reported, never turned into an empty one.
-            self.conn = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?mode=ro", uri=True)
+            # A query sets no journal mode and creates no table (`connect_read_only`).
+            self.conn = connect_read_only(self.db_path)
             try:
                 stored_root = self._meta("root")
             except BaseException:
@@ -119,7 +140,6 @@ class DocIndex:
             return
         self.conn = sqlite3.connect(self.db_path)
         self.conn.execute("PRAGMA foreign_keys = ON")
-        self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.conn.executescript(_SCHEMA)
         stored_root = self._meta("root")
@@ -168,9 +188,22 @@ class DocIndex:
         on every update until it is read whole (or cut at its cap, which cuts it the same each time).
         Files gone from disk are removed, and so are the sections of a file now skipped (too large,
         unreadable). `IndexStats.errors` lists the files skipped, unreadable or indexed only in part.
+
+        While it runs the index is in WAL mode (searches go on meanwhile); it ends in rollback-journal
+        mode, a single file that can be read where nothing can be written (a read-only mount).
         """
         if self.root is None:
             raise ValueError("this index has no root directory; open it with DocIndex(db, root)")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        try:
+            return self._update(progress, batch)
+        finally:
+            with contextlib.suppress(sqlite3.OperationalError):  # a reader still has it open: WAL stays
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.conn.execute("PRAGMA journal_mode = DELETE")
+
+    def _update(self, progress: Callable[[str], None] | None, batch: int) -> IndexStats:
+        assert self.root is not None
         started = time.perf_counter()
         stats = IndexStats()
         known = {
