@@ -667,3 +667,74 @@ async def test_an_index_on_read_only_storage_is_searched_and_searching_leaves_no
     assert sorted(p.name for p in legacy.iterdir()) == ["db.sqlite3"]
     rc, text = _search_read_only(legacy, "db.sqlite3")
     assert rc == 0 and "a.md:3" in text, text
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_the_rest_indexed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `qwq-agent index` ended with "unexpected error ... UnicodeEncodeError" (exit 70) and indexed
+    # nothing: the walk's name held a lone surrogate, which SQLite's UTF-8 text cannot.
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "ok.md").write_text("# ok\n\nhello okword\n")
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.md"), "wb") as f:
+        f.write(b"# Cafe\n\nhello oddword\n")
+    os.mkdir(os.path.join(os.fsencode(root), b"d\xe9j\xe0"))
+    with open(os.path.join(os.fsencode(root), b"d\xe9j\xe0", b"inner.md"), "wb") as f:
+        f.write(b"# Inner\n\nhello innerword\n")
+    assert main(["index", str(root), "--db", str(tmp_path / "db.sqlite3"), "--query", "okword"]) == 0
+    printed = capsys.readouterr()
+    out = printed.out + printed.err
+    assert "ok.md:3" in out
+    assert "caf\\xe9.md: file name is not UTF-8, skipped" in out
+    assert "d\\xe9j\\xe0: folder name is not UTF-8, skipped" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops root's capabilities with setpriv to meet a permission")
+def test_a_folder_that_cannot_be_listed_is_reported_and_its_documents_are_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # os.fwalk without `onerror` skipped a folder it could not open without a word, and the documents
+    # indexed under it before were counted "removed" and dropped from the index.
+    root = tmp_path / "docs"
+    (root / "locked").mkdir(parents=True)
+    (root / "top.md").write_text("# Top\n\nhello topword\n")
+    (root / "locked" / "inner.md").write_text("# Inner\n\nhello innerword\n")
+    db = tmp_path / "db.sqlite3"
+    with DocIndex(db, root) as index:
+        assert index.update().added == 2
+    (root / "locked").chmod(0)
+    # Root reads any folder; without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH it meets mode 000 too.
+    update = (
+        "import sys; from qwq_agent.docindex import DocIndex\n"
+        "with DocIndex(sys.argv[1], sys.argv[2]) as index: print(index.update().model_dump_json())"
+    )
+    drop = "-dac_override,-dac_read_search"
+    try:
+        done = subprocess.run(
+            [
+                "setpriv",
+                f"--inh-caps={drop}",
+                f"--bounding-set={drop}",
+                sys.executable,
+                "-c",
+                update,
+                str(db),
+                str(root),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+    finally:
+        (root / "locked").chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    stats = IndexStats.model_validate_json(done.stdout)
+    assert stats.removed == 0 and stats.unchanged == 1, stats
+    assert stats.errors == [
+        ("locked", "folder cannot be read (Permission denied); what was indexed under it is kept")
+    ]
+    with DocIndex(db, root) as index:
+        assert locations(index, "innerword") == ["locked/inner.md:3"]
