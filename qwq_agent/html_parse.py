@@ -1,33 +1,34 @@
-"""HTML parsed by BeautifulSoup's `html.parser`, guarded against CPython's quadratic rescan.
+"""HTML parsed by BeautifulSoup on libxml2's HTML parser (lxml), in time linear in the page.
 
 Every place that parses HTML we did not write (fetched pages, indexed documents) goes through
-`parse_html`, so none of them can forget the guard.
+`parse_html`, so none of them can pick a slower parser.
+
+Why not `html.parser`: CPython 3.11.7's HTMLParser rescans to the end of the page from every construct
+that does not close (hours for 2 MB), and it never closes an element by itself, so ordinary pages that
+leave out optional end tags (`<li>a<li>b`, `<p>a<p>b`) nest every item in the one before, and
+BeautifulSoup's tree builder walks all of those ancestors for each string it adds: quadratic again. A
+guard that escaped the unclosed constructs (round 1) had its own end marker leak into the text (at a
+`&#` that is no reference, HTMLParser dumps the rest of the page as raw text). libxml2 tokenizes in C,
+in one pass, and closes implied end tags as browsers do.
+
+What is still bounded here: nesting. Markup nested thousands deep on purpose (`<div>` after `<div>`)
+costs BeautifulSoup O(depth) a string; past `MAX_DEPTH` open elements, start tags are left out (their
+text stays, in the deepest element), which keeps the cost linear. Browsers cap it too (Chromium: 512).
 """
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, Any
+
+from qwq_agent.surrogates import replace_surrogates
 
 if TYPE_CHECKING:
     from bs4 import BeautifulSoup
 
-__all__ = ["decode_html", "escape_unclosed", "parse_html"]
+__all__ = ["MAX_DEPTH", "decode_html", "parse_html"]
 
-# Where the last of each closer html.parser looks for starts (3.11.7's `_markupbase` patterns): the
-# greedy `.*` backs off from the end, so the first match is the one that starts last. Anchored with
-# `match`, it backs off once (linear); `search` would start over from every position.
-_LAST_COMMENT_CLOSE = re.compile(r"(?s:.*)(--\s*>)")
-_LAST_SECTION_CLOSE = re.compile(r"(?s:.*)(\]\s*\]\s*>)")  # <![CDATA[ ... ]]> and its kin
-_LAST_MS_SECTION_CLOSE = re.compile(r"(?s:.*)(\]\s*>)")  # <![if ...]> ... <![endif]>
-_SECTION_OPEN = re.compile(r"<!\[([a-zA-Z][-_.a-zA-Z0-9]*)")
-_SECTION_NAMES = frozenset({"temp", "cdata", "ignore", "include", "rcdata"})
-_MS_SECTION_NAMES = frozenset({"if", "else", "endif"})
-# After text, an empty comment. Inside a start tag it is more of the tag and ends it with its `>`,
-# wherever the tag stopped: in its name or an attribute's (the characters are allowed there), after
-# `=` (a bare value: it starts with `<`, not a quote), in a value quoted with `'` or `"` (a quote
-# closes it, the rest is an attribute name) or one whose quote never closed.
-_TERMINATOR = "<!--'\"'\"-->"
+MAX_DEPTH = 256
 
 
 def decode_html(html: bytes) -> str:
@@ -44,67 +45,71 @@ def decode_html(html: bytes) -> str:
     return text
 
 
-def escape_unclosed(html: str) -> str:
-    """`html` made safe for CPython's HTMLParser: every construct in it has an end to find.
+@functools.cache
+def _builder_class() -> Any:
+    from bs4.builder._lxml import LXMLTreeBuilder
+    from bs4.exceptions import ParserRejectedMarkup
+    from lxml import etree
 
-    The parser without the CVE-2025-6069 fix (3.11.7 here) looks ahead from each `<` for the end of
-    what it opens: `>` for a tag, `-->` for `<!--`, `]]>` for `<![CDATA[` (`]>` for `<![if`). When
-    the end is not there it reads the construct as text up to the next `>` and tries again at the
-    next opener, so each one rescans to the end of the page: 64 KB of `<a "` took 18 s, 140 KB of
-    `<!--<a>` 3 s, a 2 MB page hours. So:
+    class Builder(LXMLTreeBuilder):
+        """bs4's lxml builder, with source lines (`Tag.sourceline`) and nesting capped at MAX_DEPTH.
 
-    - the `<` of each opener whose end never comes is written `&lt;`: it is the text the parser
-      would have made of it, at once;
-    - `_TERMINATOR` is appended: a start tag's look-ahead crosses `>`s inside quoted values, and
-      one that ran into the end of the page (or into a quote never closed) failed far away, again
-      for every tag of the chain. The terminator ends such a tag whatever state it stopped in
-      (the tag then holds the rest of the page, as in a browser); after text it is an empty comment.
+        lxml's parser target hears of elements, not of where they are, so the page is fed a line at a
+        time (up to a `>`, the earliest a start tag can be reported): a tag's line is that of its `>`,
+        where its text starts.
+        """
 
-    Only `<` is replaced, never a closer, so what did close still closes. Line breaks are untouched:
-    the parser's `sourceline`s still count the original lines.
-    """
-    escape: list[int] = []
-    comment_close = _last_start(_LAST_COMMENT_CLOSE, html)
-    start = max(0, comment_close - 3)  # the parser looks for `--` from 4 past the `<` of `<!--`
-    while (found := html.find("<!--", start)) >= 0:
-        escape.append(found)
-        start = found + 4
-    section_close = _last_start(_LAST_SECTION_CLOSE, html)
-    ms_section_close = _last_start(_LAST_MS_SECTION_CLOSE, html)
-    for opener in _SECTION_OPEN.finditer(html, max(0, min(section_close, ms_section_close) - 2)):
-        name = opener.group(1).lower()
-        close = section_close if name in _SECTION_NAMES else ms_section_close
-        # Other names make the parser raise at once (bs4's ParserRejectedMarkup): no rescan to stop.
-        if (name in _SECTION_NAMES or name in _MS_SECTION_NAMES) and close < opener.start() + 3:
-            escape.append(opener.start())
-    last_gt = html.rfind(">")
-    start = last_gt + 1
-    while (found := html.find("<", start)) >= 0:  # nothing after the last `>` can close
-        escape.append(found)
-        start = found + 1
-    pieces: list[str] = []
-    done = 0
-    for at in sorted(set(escape)):
-        pieces += (html[done:at], "&lt;")
-        done = at + 1
-    pieces += (html[done:], _TERMINATOR)
-    return "".join(pieces)
+        def feed(self, markup: Any) -> None:
+            assert self.soup is not None  # set by BeautifulSoup before it feeds
+            if not isinstance(markup, str):
+                markup = markup.decode("utf-8", "replace")  # prepare_markup's fallback; decoded above
+            self._line = 1
+            self._opened: list[bool] = []
+            self._depth = 0
+            try:
+                parser = self.parser_for(self.soup.original_encoding)
+                start, size = 0, len(markup)
+                while start < size:
+                    gt = markup.find(">", start)
+                    stop = size if gt < 0 else markup.find("\n", gt) + 1 or size
+                    self._line_of_gt = self._line + markup.count("\n", start, gt if gt >= 0 else stop)
+                    parser.feed(markup[start:stop])
+                    self._line += markup.count("\n", start, stop)
+                    start = stop
+                try:
+                    parser.close()
+                except etree.XMLSyntaxError:
+                    pass  # a page with no element at all ("no element found"): an empty tree
+            except (UnicodeDecodeError, LookupError, etree.ParserError) as exc:
+                raise ParserRejectedMarkup(exc) from exc
 
+        def start(self, tag: Any, attrib: Any, nsmap: Any = None) -> None:
+            if self._depth >= MAX_DEPTH:
+                self._opened.append(False)
+                return
+            self._opened.append(True)
+            self._depth += 1
+            super().start(tag, attrib, nsmap or {})
+            opened = self.soup.currentTag if self.soup is not None else None
+            if opened is not None:
+                opened.sourceline = self._line_of_gt
 
-def _last_start(last: re.Pattern[str], html: str) -> int:
-    """Where the last match of a closer starts, or -1."""
-    found = last.match(html)
-    return found.start(1) if found else -1
+        def end(self, tag: Any) -> None:
+            # libxml2 reports an end for every start, implied ones included
+            if self._opened and self._opened.pop():
+                self._depth -= 1
+                super().end(tag)
+
+    return Builder
 
 
 def parse_html(html: str | bytes) -> BeautifulSoup:
-    """`html` parsed with `html.parser` after `escape_unclosed`.
+    """`html` parsed by libxml2 into a BeautifulSoup tree whose tags know their source line.
 
-    Bytes are decoded first (`decode_html`, which honours `<meta charset>`), so the guard sees the
-    text the parser will: it used to skip bytes holding a NUL (UTF-16 pages, where `<` is not one
-    byte), and one NUL byte in a UTF-8 page switched it off.
+    Bytes are decoded first (`decode_html`, which honours `<meta charset>`). Lone surrogates (a page
+    decoded with a codec that makes them) become U+FFFD: libxml2 reads UTF-8, which has none.
     """
     from bs4 import BeautifulSoup
 
     text = decode_html(html) if isinstance(html, bytes) else html
-    return BeautifulSoup(escape_unclosed(text), "html.parser")
+    return BeautifulSoup(replace_surrogates(text), builder=_builder_class()())

@@ -412,15 +412,16 @@ ODD_PDF = base64.b64decode(
 def test_a_document_a_parser_chokes_on_is_reported_and_the_rest_indexed(tmp_path: Path) -> None:
     root = tmp_path / "r"
     root.mkdir()
+    # html.parser raised on `<![x>` (ParserRejectedMarkup); libxml2 reads it as a browser does
     (root / "marked.html").write_bytes(b"<html><body><p>Conditional: <![x> text</p></body></html>")
     (root / "odd.pdf").write_bytes(ODD_PDF)
     (root / "good.md").write_text("# Install\n\nRun pip install qwq-agent to install it.\n")
     with build(root, tmp_path) as index:
         stats = index.update()  # used to raise, rolling back every document
         errors = dict(stats.errors)
-        assert set(errors) == {"marked.html", "odd.pdf"}
-        assert "ParserRejectedMarkup" in errors["marked.html"]
+        assert set(errors) == {"odd.pdf"}
         assert locations(index, "install") == ["good.md:1"]
+        assert locations(index, "conditional") == ["marked.html:1"]
 
 
 def test_a_long_block_of_blank_lines_is_split_in_linear_time_into_no_empty_sections(tmp_path: Path) -> None:
@@ -487,6 +488,42 @@ def test_html_that_never_closes_is_parsed_in_linear_time_and_a_huge_page_is_cut_
     assert stats.errors == [
         ("huge.html", f"HTML cut at {MAX_HTML_CHARS:,} characters; indexed up to line {line}")
     ]
+
+
+def test_html_that_leaves_out_end_tags_is_indexed_in_linear_time_item_by_item(tmp_path: Path) -> None:
+    import time
+
+    from qwq_agent.docindex.extract import extract
+
+    # html.parser nested each `<li>` whose end tag is left out in the one before: BeautifulSoup's
+    # tree builder went quadratic on it (the indexer's 8 MB cap: hours), and the whole list was one
+    # block cited at its first line. Each item is its own block now, at its own line.
+    items = 40_000
+    data = (
+        "<html><body><h1>List</h1>\n<ul>\n" + "".join(f"<li>Item <b>{i}</b> text\n" for i in range(items))
+    ).encode()
+    t0 = time.process_time()
+    _, sections = extract(data, "html")
+    assert sections[0].heading == "List" and "Item 39999 text" in sections[-1].body
+    assert time.process_time() - t0 < 30  # a bound on runaway work (seconds expected), not a measurement
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "list.html").write_bytes(data)
+    (root / "entities.html").write_text(
+        "<html><body>\n<h1>Entities</h1>\n<p>A reference starts with &# and ends with a semicolon.</p>\n"
+        "<p>Closing words.</p>\n</body></html>\n"
+    )
+    with build(root, tmp_path) as index:
+        index.update()
+        assert locations(index, '"Item 30000 text"') == [f"list.html:{3 + 30_000}"]
+        assert locations(index, "semicolon") == ["entities.html:3"]
+        (hit,) = index.search("closing")
+        # the text after a stray `&#` was raw markup and round 1's end marker
+        assert (
+            hit.location == "entities.html:4"
+            and "<" not in hit.snippet
+            and "&#" in index.search("semicolon")[0].snippet
+        )
 
 
 def compressed_pdf(pages: int, lines_per_page: int) -> bytes:
@@ -597,3 +634,144 @@ def test_a_file_skipped_on_reindex_loses_its_old_sections(tmp_path: Path) -> Non
         door.unlink()
         door.write_text("the door code is okapi8\n")
         assert index.update().added == 1 and locations(index, "okapi8") == ["door.txt:1"]
+
+
+_RO_PROBE = """
+import asyncio, sys
+from pathlib import Path
+from qwq_agent.cli.preflight import check_docs_db
+from qwq_agent.protocols import ToolContext
+from qwq_agent.tools.search_docs import SearchDocs, SearchDocsArgs
+check_docs_db(Path(sys.argv[1]))
+out = asyncio.run(SearchDocs(sys.argv[1]).run(SearchDocsArgs(query="quick fox"), ToolContext(call_id="x")))
+print(out.text)
+sys.exit(1 if out.is_error else 0)
+"""
+
+
+def _search_read_only(folder: Path, db_name: str) -> tuple[int, str]:
+    """search_docs (and the CLI's preflight) on `folder` bind-mounted read-only, in a mount namespace."""
+    import subprocess
+    import sys
+
+    mount = folder.parent / "ro"
+    mount.mkdir(exist_ok=True)
+    script = folder.parent / "probe.py"
+    script.write_text(_RO_PROBE)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    shell = (
+        f"mount --bind -o ro '{folder}' '{mount}' && exec '{sys.executable}' '{script}' '{mount}/{db_name}'"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", shell], capture_output=True, text=True, env=env, timeout=60
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root (unshare -m)")
+async def test_an_index_on_read_only_storage_is_searched_and_searching_leaves_no_files(
+    tmp_path: Path,
+) -> None:
+    import shutil
+    import sqlite3
+
+    # The index was left in WAL mode, and SQLite's read-only open of a WAL database must create its
+    # -shm file: on a read-only mount search_docs said the intact index was "unreadable ... rebuild
+    # it", and on writable storage every search left -wal and -shm files next to it.
+    docs, store = tmp_path / "docs", tmp_path / "store"
+    docs.mkdir()
+    store.mkdir()
+    (docs / "a.md").write_text("# Title\n\nThe quick brown fox jumps.\n")
+    db = store / "db.sqlite3"
+    with DocIndex(db, docs) as index:
+        index.update()
+    assert sorted(p.name for p in store.iterdir()) == ["db.sqlite3"]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    conn.close()
+    out = await SearchDocs(db).run(SearchDocs.Args(query="quick fox"), CTX)
+    assert not out.is_error and "a.md:3" in out.text
+    assert sorted(p.name for p in store.iterdir()) == ["db.sqlite3"]  # the search left nothing
+    rc, text = _search_read_only(store, "db.sqlite3")
+    assert rc == 0 and "a.md:3" in text, text
+    # An index built before (still in WAL mode, no -wal left) is read as immutable there.
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shutil.copy(db, legacy / "db.sqlite3")
+    with sqlite3.connect(legacy / "db.sqlite3") as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    assert sorted(p.name for p in legacy.iterdir()) == ["db.sqlite3"]
+    rc, text = _search_read_only(legacy, "db.sqlite3")
+    assert rc == 0 and "a.md:3" in text, text
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_the_rest_indexed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `qwq-agent index` ended with "unexpected error ... UnicodeEncodeError" (exit 70) and indexed
+    # nothing: the walk's name held a lone surrogate, which SQLite's UTF-8 text cannot.
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "ok.md").write_text("# ok\n\nhello okword\n")
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.md"), "wb") as f:
+        f.write(b"# Cafe\n\nhello oddword\n")
+    os.mkdir(os.path.join(os.fsencode(root), b"d\xe9j\xe0"))
+    with open(os.path.join(os.fsencode(root), b"d\xe9j\xe0", b"inner.md"), "wb") as f:
+        f.write(b"# Inner\n\nhello innerword\n")
+    assert main(["index", str(root), "--db", str(tmp_path / "db.sqlite3"), "--query", "okword"]) == 0
+    printed = capsys.readouterr()
+    out = printed.out + printed.err
+    assert "ok.md:3" in out
+    assert "caf\\xe9.md: file name is not UTF-8, skipped" in out
+    assert "d\\xe9j\\xe0: folder name is not UTF-8, skipped" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops root's capabilities with setpriv to meet a permission")
+def test_a_folder_that_cannot_be_listed_is_reported_and_its_documents_are_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # os.fwalk without `onerror` skipped a folder it could not open without a word, and the documents
+    # indexed under it before were counted "removed" and dropped from the index.
+    root = tmp_path / "docs"
+    (root / "locked").mkdir(parents=True)
+    (root / "top.md").write_text("# Top\n\nhello topword\n")
+    (root / "locked" / "inner.md").write_text("# Inner\n\nhello innerword\n")
+    db = tmp_path / "db.sqlite3"
+    with DocIndex(db, root) as index:
+        assert index.update().added == 2
+    (root / "locked").chmod(0)
+    # Root reads any folder; without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH it meets mode 000 too.
+    update = (
+        "import sys; from qwq_agent.docindex import DocIndex\n"
+        "with DocIndex(sys.argv[1], sys.argv[2]) as index: print(index.update().model_dump_json())"
+    )
+    drop = "-dac_override,-dac_read_search"
+    try:
+        done = subprocess.run(
+            [
+                "setpriv",
+                f"--inh-caps={drop}",
+                f"--bounding-set={drop}",
+                sys.executable,
+                "-c",
+                update,
+                str(db),
+                str(root),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+    finally:
+        (root / "locked").chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    stats = IndexStats.model_validate_json(done.stdout)
+    assert stats.removed == 0 and stats.unchanged == 1, stats
+    assert stats.errors == [
+        ("locked", "folder cannot be read (Permission denied); what was indexed under it is kept")
+    ]
+    with DocIndex(db, root) as index:
+        assert locations(index, "innerword") == ["locked/inner.md:3"]

@@ -459,7 +459,8 @@ async def test_a_backtracking_pattern_in_a_tool_schema_cannot_stall_the_event_lo
     # jsonschema matched `pattern`, `patternProperties` and the property names `additionalProperties`
     # checks with Python's backtracking `re`, on the event loop (the registry's check, then MCPTool's
     # own) and holding the GIL: `^(\w+\s?)*$` against 26 characters of an argument froze every task
-    # for ~4 s a search (34 characters: ~16 minutes), and no timeout could fire. RE2 runs them now.
+    # for ~4 s a search (34 characters: ~16 minutes), and no timeout could fire. They run on `regex`
+    # now, with a time limit a match and off the GIL (schema_patterns.py).
     words = r"^(\w+\s?)*$"
     schema = {
         "type": "object",
@@ -493,3 +494,41 @@ async def test_a_backtracking_pattern_in_a_tool_schema_cannot_stall_the_event_lo
     assert key.metadata["error"] == "invalid_arguments" and "unexpected argument(s)" in key.text, key.text
     assert direct.metadata["error"] == "invalid_arguments" and "does not match" in direct.text
     assert fine.text == "ok"
+
+
+async def test_a_servers_patterns_are_enforced_on_any_text_and_a_pattern_that_cannot_run_drops_the_tool():
+    # With RE2 (round 1) one non-ASCII character switched a `pattern` off, and patterns it could not
+    # compile (`\\uXXXX`, `{1,4096}`) were never enforced: the server got what its schema forbids.
+    # An uncompilable pattern leaves the tool out, named, instead of offering it unchecked.
+    schema = {
+        "type": "object",
+        "properties": {
+            "file": {"type": "string", "pattern": "^[a-z0-9_-]+$"},
+            "header": {"type": "string", "pattern": "^[\\u0020-\\u007e]+$"},
+            "line": {"type": "string", "pattern": "^[^\\n]{1,4096}$"},
+            "slow": {"type": "string", "pattern": "^(a|a)*$"},
+        },
+        "additionalProperties": False,
+    }
+    broken = {"type": "object", "properties": {"p": {"type": "string", "pattern": "(?<x>a)\\k<x>"}}}
+    server = raw_server([{"name": "note", "inputSchema": schema}, {"name": "odd", "inputSchema": broken}])
+    async with await mcp_tools(server) as toolset:
+        assert [t.spec.name for t in toolset] == ["note"]
+        (skipped,) = toolset.skipped
+        assert (
+            "tool 'odd'" in skipped and "$.properties.p.pattern" in skipped and "is not a 'regex'" in skipped
+        )
+        registry = ToolRegistry(toolset, timeout=30)
+        for bad in (
+            {"file": "../../etc/passwd\u00e9"},
+            {"file": "ok\n; rm -rf ~ #\u00e9"},
+            {"header": "x\r\nSet-Cookie: pwned=1"},
+            {"line": "one\ntwo"},
+        ):
+            out = await call(registry, "note", **bad)
+            assert out.metadata["error"] == "invalid_arguments", (bad, out.text)
+        assert (await call(registry, "note", file="notes", header="a b", line="x" * 4096)).text == "ok"
+        # MCPTool checks again for direct callers: on the same threads, with the same refusal.
+        direct = await toolset[0]({"slow": "a" * 40 + "!"}, None)  # type: ignore[arg-type]
+        assert direct.metadata["error"] == "invalid_arguments", direct.text
+        assert "$.slow: the value could not be checked against the tool's pattern" in direct.text

@@ -557,24 +557,26 @@ async def test_a_tool_exception_that_cannot_print_itself_is_reported_by_its_type
 async def test_a_slow_argument_check_leaves_the_event_loop_free_and_ends_at_the_time_limit():
     import time
 
+    from qwq_agent.tools.arg_check import CHECK_THREADS
+
+    # Each level of this schema tries both branches of its `anyOf` when the first fails, and every
+    # leaf fails: 2**24 evaluations for an array nested 24 deep, minutes of checking. The check ran on
+    # the event loop before the timed part of the call (nothing else ran, the limit could not fire),
+    # then in a worker thread that ran on after the call gave up. Now it runs on the checks' own
+    # threads under the call's limit, and is stopped at its next keyword when the call gives up.
+    nest = {"type": "array", "items": {"anyOf": [{"$ref": "#/$defs/nest"}, {"$ref": "#/$defs/nest"}]}}
+    parameters = {"type": "object", "properties": {"rows": {"$ref": "#/$defs/nest"}}, "$defs": {"nest": nest}}
+
     class Store:
         uses_sandbox = False
-        spec = ToolSpec(
-            name="store",
-            description="Store rows.",
-            parameters={
-                "type": "object",
-                "properties": {"rows": {"type": "array", "uniqueItems": True}},
-            },
-        )
+        spec = ToolSpec(name="store", description="Store rows.", parameters=parameters)
 
         async def __call__(self, arguments, context):
             return ToolOutput(text="stored")
 
-    # jsonschema compares unhashable items pairwise for `uniqueItems`: 3,000 rows are ~6 s of checking,
-    # which ran on the event loop before the timed part of the call: nothing else ran and the time
-    # limit could not fire. It runs in a worker thread now, under the call's time limit.
-    rows = [{"k": i} for i in range(3_000)]
+    rows: list = [0]
+    for _ in range(24):
+        rows = [rows]
     ticks: list[float] = []
 
     async def ticker() -> None:
@@ -583,51 +585,251 @@ async def test_a_slow_argument_check_leaves_the_event_loop_free_and_ends_at_the_
             await asyncio.sleep(0.05)
 
     ticking = asyncio.create_task(ticker())
+    registry = ToolRegistry([Store()], timeout=0.5)
     try:
         await asyncio.sleep(0.1)
         started = time.monotonic()
-        out = await ToolRegistry([Store()], timeout=0.5).call(
-            ToolCall(name="store", arguments={"rows": rows})
+        # more slow calls than the checks have threads: each is given up on at its limit
+        outs = await asyncio.gather(
+            *(
+                registry.call(ToolCall(name="store", arguments={"rows": rows}))
+                for _ in range(CHECK_THREADS + 1)
+            )
         )
         took = time.monotonic() - started
     finally:
         ticking.cancel()
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert out.is_error and out.metadata["error"] == "timeout", out.text
-    assert "could not be checked" in out.text and "0.5 s" in out.text
-    assert took < 3 and max(gaps) < 1.0, (took, max(gaps))  # ~6 s and one gap of ~6 s before
-    quick = await ToolRegistry([Store()], timeout=0.5).call(
-        ToolCall(name="store", arguments={"rows": [1, 2]})
-    )
+    for out in outs:
+        assert out.is_error and out.metadata["error"] == "timeout", out.text
+        assert "could not be checked" in out.text and "0.5 s" in out.text
+    assert took < 3 and max(gaps) < 1.0, (took, max(gaps))
+    # The abandoned checks stopped: the threads are free for the next call.
+    quick = await ToolRegistry([Store()], timeout=2).call(ToolCall(name="store", arguments={"rows": [[]]}))
     assert quick.text == "stored"
 
 
-async def test_schema_patterns_run_on_re2_and_what_it_cannot_tell_is_left_to_the_tool():
-    class Tagged:
-        uses_sandbox = False
-        spec = ToolSpec(
-            name="tagged",
-            description="Tag a word.",
-            parameters={
-                "type": "object",
-                "properties": {
-                    "word": {"type": "string", "pattern": r"^\w+$"},
-                    "code": {"type": "string", "pattern": r"^(?=.*\d)\w+$"},  # lookahead: not in RE2
-                },
-            },
-        )
+class _Tagged:
+    """A tool whose schema is given; it answers "tagged" when its arguments got through."""
 
-        async def __call__(self, arguments, context):
-            return ToolOutput(text="tagged")
+    uses_sandbox = False
 
-    reg = ToolRegistry([Tagged()])
+    def __init__(self, parameters: dict) -> None:
+        self.spec = ToolSpec(name="tagged", description="Tag a word.", parameters=parameters)
+
+    async def __call__(self, arguments, context):
+        return ToolOutput(text="tagged")
+
+
+async def test_schema_patterns_are_enforced_with_python_semantics_on_any_text():
+    # RE2 (round 1) skipped every `pattern` on a text with one non-ASCII character, could not compile
+    # `\uXXXX` or `{1,4096}` (so those were not enforced at all), and its `\s` has no `\v`. The
+    # patterns run on `regex` now, Python's dialect, with ECMA's `$` (the very end of the text).
+    properties = {
+        "name": {"type": "string", "pattern": "^[a-z0-9_-]+$"},
+        "header": {"type": "string", "pattern": "^[\\u0020-\\u007e]+$"},
+        "line": {"type": "string", "pattern": "^[^\\n]{1,4096}$"},
+        "token": {"type": "string", "pattern": r"^\S+$"},
+        "blank": {"type": "string", "pattern": r"^\s*$"},
+        "word": {"type": "string", "pattern": r"^\w+$"},
+        "code": {"type": "string", "pattern": r"^(?=.*\d)\w+$"},  # lookahead: RE2 had none
+        "emoji": {"type": "string", "pattern": "^\\u{1F600}+$"},  # ECMA's braced escape
+        "letters": {"type": "string", "pattern": r"^\p{L}+$"},
+    }
+    reg = ToolRegistry([_Tagged({"type": "object", "properties": properties})])
 
     async def check(**arguments: str) -> str:
         return (await reg.call(ToolCall(name="tagged", arguments=arguments))).text
 
-    assert "does not match" in await check(word="two words")
-    assert await check(word="words") == "tagged"
-    # RE2's \w is ASCII (as in ECMA-262), Python's and pydantic's Unicode: a miss on other text is no error.
-    assert await check(word="café") == "tagged"
-    assert await check(word="\ud800") == "tagged"  # a lone surrogate, which RE2 cannot read
-    assert await check(code="no digits") == "tagged"  # the tool checks what RE2 cannot
+    for refused in (
+        {"name": "../../etc/passwd\u00e9"},
+        {"name": "ok\n; rm -rf ~ #\u00e9"},
+        {"name": "ok\n"},  # Python's `$` also matches before a final newline; ECMA's does not
+        {"header": "x\r\nSet-Cookie: pwned=1"},
+        {"line": "one\ntwo"},
+        {"line": "x" * 4097},
+        {"token": "rm\x0b-rf"},
+        {"code": "no digits"},
+        {"emoji": "\U0001f600x"},
+        {"letters": "abc1"},
+        {"word": "\ud800"},  # a lone surrogate (RE2 could not read it: no check at all)
+    ):
+        (key,) = refused
+        text = await check(**refused)
+        assert text.startswith(f"Invalid arguments for tool 'tagged':\n- $.{key}: "), (refused, text)
+    for accepted in (
+        {"name": "notes_1"},
+        {"header": "text/plain; q=1"},
+        {"line": "x" * 4096},
+        {"blank": "\x0b \t"},
+        {"word": "café"},  # Python's (and pydantic's) \w is Unicode
+        {"code": "abc1"},
+        {"emoji": "\U0001f600\U0001f600"},
+        {"letters": "Straße"},
+    ):
+        assert await check(**accepted) == "tagged", accepted
+
+
+async def test_a_pattern_that_runs_out_of_time_refuses_the_call_and_leaves_the_loop_free():
+    import time
+
+    # `^(a|a)*$` backtracks through 2**40 paths on 40 `a`s and a `!`. Each match has a time limit;
+    # running out of it is a refusal that says so, never a pass: not even under `not`, where a
+    # failed subschema is what lets a value through.
+    slow = "^(a|a)*$"
+    reg = ToolRegistry(
+        [
+            _Tagged(
+                {
+                    "type": "object",
+                    "properties": {
+                        "word": {"type": "string", "pattern": slow},
+                        "free": {"type": "string", "not": {"pattern": slow}},
+                    },
+                    "patternProperties": {slow: {"type": "string"}},
+                    "additionalProperties": False,
+                }
+            )
+        ],
+        timeout=30,
+    )
+    hostile = "a" * 40 + "!"
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        value = await reg.call(ToolCall(name="tagged", arguments={"word": hostile}))
+        denied = await reg.call(ToolCall(name="tagged", arguments={"free": hostile}))
+        name = await reg.call(ToolCall(name="tagged", arguments={hostile: "x"}))
+        took = time.monotonic() - started
+    finally:
+        ticking.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    for out, where in ((value, "$.word: the value"), (denied, "$.free: the value")):
+        assert out.metadata["error"] == "invalid_arguments", out.text
+        assert f'{where} could not be checked against the tool\'s pattern "^(a|a)*$" in time' in out.text
+        assert "send a shorter value" in out.text
+    assert name.metadata["error"] == "invalid_arguments", name.text
+    assert 'the argument name "aaaa' in name.text and "send a shorter name" in name.text, name.text
+    assert took < 5 and max(gaps) < 0.5, (took, max(gaps))
+    assert (await reg.call(ToolCall(name="tagged", arguments={"word": "aaaa", "free": "b"}))).text == "tagged"
+
+
+async def test_unevaluated_properties_names_are_matched_off_the_gil():
+    import time
+
+    # jsonschema's unevaluatedProperties matched `patternProperties` names with Python's `re`, holding
+    # the GIL: a 26-character name froze the event loop ~4 s (34: minutes), whatever the time limit.
+    words = r"^(\w+\s?)*$"
+    schema = {
+        "type": "object",
+        "patternProperties": {words: {"type": "string"}},
+        "unevaluatedProperties": False,
+    }
+    reg = ToolRegistry([_Tagged(schema)], timeout=1.0)
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        out = await reg.call(ToolCall(name="tagged", arguments={"a" * 25 + "!": "x"}))
+        took = time.monotonic() - started
+    finally:
+        ticking.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert max(gaps) < 0.5 and took < 3, (max(gaps), took)
+    assert (
+        out.metadata["error"] == "invalid_arguments" and "Unevaluated properties are not allowed" in out.text
+    )
+    assert (await reg.call(ToolCall(name="tagged", arguments={"two words": "x"}))).text == "tagged"
+
+
+def test_a_pattern_that_does_not_compile_refuses_the_tool_at_load():
+    # An enforced check or none at all: a tool whose pattern cannot be compiled is not offered with
+    # the check silently off (what RE2 did for `\uXXXX`); ToolRegistry.add says which tool and where.
+    for pattern in ("[a-", r"(?<x>a)\k<x>"):
+        with pytest.raises(ValueError, match=r"tool 'tagged': invalid schema at \$\.properties\.p\.pattern"):
+            ToolRegistry(
+                [_Tagged({"type": "object", "properties": {"p": {"type": "string", "pattern": pattern}}})]
+            )
+    with pytest.raises(ValueError, match=r"tool 'tagged': invalid schema at \$\.patternProperties"):
+        ToolRegistry([_Tagged({"type": "object", "patternProperties": {"(": {}}})])
+
+
+async def test_unique_items_is_linear_with_jsonschemas_equality():
+    from jsonschema import Draft202012Validator
+
+    # jsonschema compares items that do not sort (objects) pairwise: 20,000 rows were minutes of
+    # checking, a timeout at best. Each item's canonical key goes into a set now.
+    schema = {"type": "object", "properties": {"rows": {"type": "array", "uniqueItems": True}}}
+    reg = ToolRegistry([_Tagged(schema)], timeout=5)
+    rows = [{"k": i, "tags": ["a", i]} for i in range(20_000)]
+    out = await reg.call(ToolCall(name="tagged", arguments={"rows": rows}))
+    assert out.text == "tagged", out.text
+    out = await reg.call(ToolCall(name="tagged", arguments={"rows": [*rows, {"tags": ["a", 7], "k": 7.0}]}))
+    assert "$.rows: has non-unique elements: item 20000 equals item 7" in out.text, out.text
+    reference = Draft202012Validator({"uniqueItems": True})
+    for items in (
+        [1, 1.0],
+        [True, 1],
+        [False, 0, None, ""],
+        [{"a": 1}, {"a": 1.0}],
+        [{"a": [1, {"b": True}]}, {"a": [1, {"b": 1}]}],
+        [[1], [True]],
+        ["1", 1],
+        [None, None],
+        [{"a": 1, "b": 2}, {"b": 2, "a": 1}],
+        [[], {}],
+        [0.5, 0.25, 0.5],
+    ):
+        ours = await reg.call(ToolCall(name="tagged", arguments={"rows": items}))
+        assert (ours.text == "tagged") == reference.is_valid(items), items
+
+
+async def test_argument_checks_run_on_their_own_threads_not_the_default_executor():
+    import concurrent.futures
+
+    # Checks the registry gave up on kept running in asyncio's default executor: one turn of slow
+    # checks left no thread there for DNS (`getaddrinfo`, fetch_url's resolver) or anyone else.
+    used: list[object] = []
+
+    class Watched(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            used.append(fn)
+            return super().submit(fn, *args, **kwargs)
+
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(Watched(max_workers=2))
+    schema = {"type": "object", "properties": {"rows": {"type": "array", "uniqueItems": True}}}
+    reg = ToolRegistry([_Tagged(schema)], timeout=5)
+    rows = [{"k": i} for i in range(6_000)]
+    outs = await asyncio.gather(
+        *(reg.call(ToolCall(id=f"s{i}", name="tagged", arguments={"rows": rows})) for i in range(8))
+    )
+    assert [o.text for o in outs] == ["tagged"] * 8
+    assert used == []
+    await asyncio.wait_for(loop.getaddrinfo("localhost", 80), 3)  # the pool is free for DNS
+
+
+async def test_arguments_too_large_to_check_are_refused_before_the_check():
+    from qwq_agent.tools.arg_check import MAX_ARGUMENT_CHARS
+
+    reg = ToolRegistry([_Tagged({"type": "object", "properties": {"s": {"type": "string"}}})])
+    out = await reg.call(ToolCall(name="tagged", arguments={"s": "x" * (MAX_ARGUMENT_CHARS + 1)}))
+    assert out.metadata["error"] == "invalid_arguments" and "longer than" in out.text, out.text
+    many = await reg.call(ToolCall(name="tagged", arguments={"s": "x", "n": [0] * MAX_ARGUMENT_CHARS}))
+    assert many.metadata["error"] == "invalid_arguments" and "longer than" in many.text
+    assert (await reg.call(ToolCall(name="tagged", arguments={"s": "x" * 100_000}))).text == "tagged"

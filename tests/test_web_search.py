@@ -70,6 +70,7 @@ class ApiServer:
         self.error_padding = 0  # characters of the failure body before it quotes the key
         self.snippet_padding = 0  # characters added to the first result's snippet
         self.drip = 0.0  # seconds between the 20 pieces the reply is sent in
+        self.raw_failure: tuple[str, bytes] | None = None  # (Content-Type, body) of an HTTP 500
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -103,7 +104,14 @@ class ApiServer:
 
             def do_GET(self) -> None:
                 req = self._record()
-                if outer.fail_with:
+                if outer.raw_failure:
+                    content_type, data = outer.raw_failure
+                    self.send_response(500)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                elif outer.fail_with:
                     self._reply(
                         {
                             "error": "x" * outer.error_padding
@@ -202,6 +210,21 @@ async def test_a_key_straddling_the_cut_of_an_error_body_leaves_no_part_of_it(ap
     out = await WebSearch(BraveProvider(api_key=BRAVE_KEY, base_url=api.base))({"query": "x"}, CTX)
     assert out.is_error and "HTTP 403" in out.text and "bad token ***" in out.text
     assert BRAVE_KEY[:4] not in out.text
+
+
+@pytest.mark.parametrize("charset", ["punycode", "idna", "undefined", "rot13", "utf-7"])
+async def test_an_error_reply_in_a_codec_no_page_is_in_is_read_as_utf_8_and_only_its_start(
+    api: ApiServer, charset: str
+) -> None:
+    # The error body was decoded whole with any codec it named, on the event loop: punycode is
+    # quadratic (this 200 KB: ~2 s; 2 MB: minutes, and the search's timeout cannot fire), idna,
+    # `undefined` and rot13 raised out of the tool. fetch_url's deny-list applies, to 4 KB of it.
+    api.raw_failure = (f"text/plain; charset={charset}", b"a" * 100_000 + b"-" + b"b" * 100_000)
+    started = time.monotonic()
+    out = await WebSearch(SearxngProvider(base_url=api.base), timeout_s=5.0)({"query": "x"}, CTX)
+    took = time.monotonic() - started
+    assert out.is_error and "search provider answered HTTP 500: aaaa" in out.text, out.text[:200]
+    assert took < 1, took
 
 
 async def test_unreachable_provider_is_a_clear_error(api: ApiServer) -> None:

@@ -206,8 +206,11 @@ INDEX_TABLES = frozenset({"meta", "files", "chunks", "fts"})
 
 
 def _sqlite_tables(path: Path) -> set[str]:
-    """The tables of an SQLite file, opened read-only so that checking never creates or changes it."""
-    conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+    """The tables of an SQLite file, opened read-only so that checking never creates or changes it
+    (an index on read-only storage included: `connect_read_only`)."""
+    from qwq_agent.docindex.store import connect_read_only
+
+    conn = connect_read_only(path)
     try:
         return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:

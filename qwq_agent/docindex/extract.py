@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import PurePath
 from typing import Any
 
@@ -40,9 +40,9 @@ MIN_PDF_CHARS = 1_000_000
 MAX_PDF_CHARS = 20_000_000
 PDF_SECONDS = 60.0
 # HTML is parsed whole into a tree before any text comes out, so it is bounded before the parse:
-# the markup is cut at MAX_HTML_CHARS characters (what the cut leaves unclosed is guarded like any
-# other page). The parse is linear (`html_parse.escape_unclosed`) but not cheap: dense tags take ~2 s
-# and ~150 MB of tree a megabyte. A deadline cannot stop html.parser mid-feed; this cap can.
+# the markup is cut at MAX_HTML_CHARS characters (what the cut leaves unclosed the parser closes, as
+# at the end of any page). The parse is linear (`html_parse`) but not cheap: dense tags take seconds
+# and ~150 MB of tree a megabyte. A deadline cannot stop the parser mid-feed; this cap can.
 MAX_HTML_CHARS = 8_000_000
 
 # The title keeps its closing `#`s and blanks; they are stripped after the match (a lazy title before
@@ -330,10 +330,27 @@ _HTML_BLOCKS = (
 )  # fmt: skip
 
 
+def _outermost(root: Any, names: frozenset[str]) -> Iterator[Any]:
+    """The tags named in `names` under `root` that no such tag holds, in document order: one walk
+    (`find_all` and then `find_parent` for each cost a filter per tag and a climb per block)."""
+    from bs4 import Tag
+
+    stack = [iter(root.children)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+        elif isinstance(child, Tag):
+            if child.name in names:
+                yield child  # its text holds any block inside it
+            else:
+                stack.append(iter(child.children))
+
+
 def _html_blocks(text: str) -> tuple[str, list[Block]]:
     from qwq_agent.html_parse import parse_html
 
-    # Guarded like fetch_url's parser: a hostile page stalled the whole build in quadratic time.
+    # fetch_url's parser (html_parse.py): linear in the page, where a hostile one stalled the build.
     soup = parse_html(text)
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     for tag in soup.find_all(("script", "style", "noscript", "template", "svg")):
@@ -341,9 +358,7 @@ def _html_blocks(text: str) -> tuple[str, list[Block]]:
     for br in soup.find_all("br"):
         br.replace_with(" ")  # a newline here would shift the line count against the source
     blocks: list[Block] = []
-    for tag in soup.find_all(_HTML_BLOCKS):
-        if tag.find_parent(_HTML_BLOCKS) is not None:
-            continue  # its outermost block already holds this text
+    for tag in _outermost(soup, frozenset(_HTML_BLOCKS)):
         level = int(tag.name[1]) if tag.name in ("h1", "h2", "h3", "h4", "h5", "h6") else 0
         # Text strings keep the source's newlines, so offsets in the block still map to lines.
         raw = tag.get_text("")

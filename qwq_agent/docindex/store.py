@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -57,6 +58,28 @@ _FTS_PROBE = (
 )
 
 
+def connect_read_only(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """`db_path` opened for reading only: nothing is created, changed or left next to it.
+
+    `mode=ro` and nothing else, so a file that is no index (or no longer one) is reported, never turned
+    into an empty one. An index left in WAL mode (built before `update` switched it back) cannot be
+    opened so on read-only storage (a `:ro` mount, a read-only image layer): SQLite needs to create
+    its -shm file. Without a -wal holding anything, the file alone is the whole index, and it is read
+    as `immutable`.
+    """
+    path = Path(db_path).resolve()
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        wal = Path(f"{path}-wal")
+        if wal.exists() and wal.stat().st_size:
+            raise  # committed changes may be in it: the file alone is not the index
+    return sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True)
+
+
 class QuerySyntaxError(ValueError):
     """An FTS5 query the engine could not parse; the message says how to fix it."""
 
@@ -107,9 +130,8 @@ class DocIndex:
         if read_only:
             if root is not None:
                 raise ValueError("a read-only index cannot be given a root to index")
-            # mode=ro and nothing else: a query sets no journal mode and creates no table, so a file
-            # that is no index (or no longer one) is reported, never turned into an empty one.
-            self.conn = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?mode=ro", uri=True)
+            # A query sets no journal mode and creates no table (`connect_read_only`).
+            self.conn = connect_read_only(self.db_path)
             try:
                 stored_root = self._meta("root")
             except BaseException:
@@ -119,7 +141,6 @@ class DocIndex:
             return
         self.conn = sqlite3.connect(self.db_path)
         self.conn.execute("PRAGMA foreign_keys = ON")
-        self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.conn.executescript(_SCHEMA)
         stored_root = self._meta("root")
@@ -167,10 +188,24 @@ class DocIndex:
         re-extracted only if its content changed. A PDF whose extraction the deadline cut is read again
         on every update until it is read whole (or cut at its cap, which cuts it the same each time).
         Files gone from disk are removed, and so are the sections of a file now skipped (too large,
-        unreadable). `IndexStats.errors` lists the files skipped, unreadable or indexed only in part.
+        unreadable); a folder that cannot be listed keeps what was indexed under it. `IndexStats.errors`
+        lists the files and folders skipped, unreadable or indexed only in part.
+
+        While it runs the index is in WAL mode (searches go on meanwhile); it ends in rollback-journal
+        mode, a single file that can be read where nothing can be written (a read-only mount).
         """
         if self.root is None:
             raise ValueError("this index has no root directory; open it with DocIndex(db, root)")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        try:
+            return self._update(progress, batch)
+        finally:
+            with contextlib.suppress(sqlite3.OperationalError):  # a reader still has it open: WAL stays
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.conn.execute("PRAGMA journal_mode = DELETE")
+
+    def _update(self, progress: Callable[[str], None] | None, batch: int) -> IndexStats:
+        assert self.root is not None
         started = time.perf_counter()
         stats = IndexStats()
         known = {
@@ -180,9 +215,10 @@ class DocIndex:
             )
         }
         seen: set[str] = set()
+        unlisted: list[str] = []  # folders that could not be listed: what they held is kept
         pending = 0
         with self.conn:
-            for rel, dirfd, name, kind in self._walk():
+            for rel, dirfd, name, kind in self._walk(stats.errors, unlisted):
                 seen.add(rel)
                 row = known.get(rel)
                 try:
@@ -244,27 +280,64 @@ class DocIndex:
                     self.conn.commit()
                     pending = 0
             for rel in known.keys() - seen:
+                if any(rel.startswith(folder) for folder in unlisted):
+                    continue
                 self._forget(known[rel][0])
                 stats.removed += 1
         stats.seconds = time.perf_counter() - started
         return stats
 
-    def _walk(self) -> Iterator[tuple[str, int, str, str]]:
+    def _walk(
+        self, errors: list[tuple[str, str]], unlisted: list[str]
+    ) -> Iterator[tuple[str, int, str, str]]:
         """(path relative to the root, fd of its folder, file name, kind) of each document file.
 
         The folder's fd is valid until the next item is asked for; files are opened relative to it
         (`_read_document`). Nothing here is looked up by path again: a folder swapped for a link
         after it was listed is neither walked into (fwalk checks each folder it opens against what
         it listed) nor read through (its files are opened in the folder that was listed).
+
+        Names that are not UTF-8 (SQLite stores text as UTF-8) and folders that cannot be listed are
+        added to `errors`; the latter also to `unlisted`, as the prefix of the paths they hold.
         """
         assert self.root is not None
         db = self.db_path.resolve()
-        for dirpath, dirnames, filenames, dirfd in os.fwalk(self.root):
+
+        def unlistable(exc: OSError) -> None:
+            # A folder that could not be opened after the check below (it changed meanwhile): fwalk
+            # names it relative to its parent only, so nothing is removed this time.
+            unlisted.append("")
+            errors.append((_shown(str(exc.filename)), f"folder cannot be read ({exc.strerror or exc})"))
+
+        for dirpath, dirnames, filenames, dirfd in os.fwalk(self.root, onerror=unlistable):
+            here = Path(dirpath).relative_to(self.root).as_posix()
+            prefix = "" if here == "." else f"{here}/"
             # Hidden and dependency folders are noise; fwalk does not enter links to folders.
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS)
+            kept = []
+            for d in sorted(dirnames):
+                if d.startswith(".") or d in _SKIP_DIRS:
+                    continue
+                if not _utf8(d):
+                    errors.append((_shown(prefix + d), "folder name is not UTF-8, skipped"))
+                    continue
+                why = _unreadable_folder(dirfd, d)
+                if why is not None:
+                    # fwalk's own `onerror` drops such a folder without a word, and its documents
+                    # then read as removed: it is reported, and what it held stays indexed.
+                    unlisted.append(f"{prefix}{d}/")
+                    errors.append(
+                        (prefix + d, f"folder cannot be read ({why}); what was indexed under it is kept")
+                    )
+                    continue
+                kept.append(d)
+            dirnames[:] = kept
             for name in sorted(filenames):
                 kind = kind_of(name)
                 if kind is None or name.startswith("."):
+                    continue
+                if not _utf8(name):
+                    # SQLite stores text as UTF-8: its INSERT failed and took the whole update with it
+                    errors.append((_shown(prefix + name), "file name is not UTF-8, skipped"))
                     continue
                 full = Path(dirpath, name)
                 try:
@@ -371,6 +444,29 @@ class DocIndex:
 
     def _set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _utf8(name: str) -> bool:
+    """Whether a name from the file system is UTF-8 (Python decodes other bytes to lone surrogates)."""
+    return name.isascii() or not any("\udc80" <= c <= "\udcff" for c in name)
+
+
+def _shown(rel: str) -> str:
+    """`rel` printable: bytes that are not UTF-8 as `\\xe9`."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def _unreadable_folder(dirfd: int, name: str) -> str | None:
+    """Why the folder `name` in `dirfd` cannot be listed, or None (it can, it is gone, or it is a link)."""
+    try:
+        os.close(os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None  # a link: fwalk does not enter it
+        return exc.strerror or str(exc)
+    return None
 
 
 class _Skipped(Exception):

@@ -13,6 +13,7 @@ from qwq_agent.agent.chat_format import tool_spec_json
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.mcp.connection import MCPConnection, MCPError, MCPServerDied, MCPServerSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
+from qwq_agent.tools.arg_check import run_check
 from qwq_agent.tools.convert import (
     SUBSCHEMA_MANY,
     SUBSCHEMA_MAP,
@@ -20,8 +21,8 @@ from qwq_agent.tools.convert import (
     SchemaConversionError,
     spec_from_mcp,
 )
-from qwq_agent.tools.registry import describe_schema_errors
-from qwq_agent.tools.schema_patterns import Re2Validator
+from qwq_agent.tools.registry import schema_problems
+from qwq_agent.tools.schema_patterns import ArgumentValidator, CheckStopped
 from qwq_agent.tools.schema_refs import LOCAL_ONLY
 
 __all__ = [
@@ -180,16 +181,21 @@ class MCPTool:
                 f"{MAX_SPEC_CHARS:,} every prompt could carry for it"
             )
         self._spec = spec
-        # RE2 for the server's patterns, which the model's arguments are matched against (schema_patterns.py).
-        self._validator = Re2Validator(uncut, registry=LOCAL_ONLY)
+        # The server's patterns, which the model's arguments are matched against, run under a time
+        # limit (schema_patterns.py).
+        self._validator = ArgumentValidator(uncut, registry=LOCAL_ONLY)
 
     @property
     def spec(self) -> ToolSpec:
         return self._spec
 
     async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
-        # Off the event loop, like the registry's check: the registry's time limit can then fire.
-        problems = await asyncio.to_thread(self._problems, arguments)
+        # Off the event loop, on the argument checks' own threads, like the registry's check.
+        limit = context.deadline.left() if context is not None and context.deadline is not None else None
+        try:
+            problems = await run_check(lambda: self._problems(arguments), limit=limit)
+        except (TimeoutError, CheckStopped):
+            problems = ["the arguments could not be checked against the tool's schema in time"]
         if problems:
             return ToolOutput(
                 text=f"Invalid arguments for tool '{self._spec.name}':\n"
@@ -221,7 +227,7 @@ class MCPTool:
         return to_tool_output(result, server=server)
 
     def _problems(self, arguments: dict[str, Any]) -> list[str]:
-        return describe_schema_errors(list(self._validator.iter_errors(arguments)))
+        return schema_problems(self._validator, arguments)
 
     def __repr__(self) -> str:
         return f"MCPTool(name={self._spec.name!r}, server={self.connection.server_name!r})"

@@ -14,10 +14,10 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from qwq_agent.agent.messages import ToolSpec
+from qwq_agent.tools.schema_patterns import check_schema
 from qwq_agent.tools.schema_refs import unresolvable_refs
 
 __all__ = [
@@ -224,7 +224,7 @@ def _normalize_schema(schema: Mapping[str, Any] | None, *, close: bool) -> dict[
     if close and not any(k in out for k in (*_OPEN_KEYS, "allOf")):
         out["additionalProperties"] = False
     try:
-        Draft202012Validator.check_schema(out)
+        check_schema(out)  # its patterns must compile (schema_patterns.py)
     except SchemaError as exc:
         where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
         raise SchemaConversionError(f"{where}: {exc.message}") from None

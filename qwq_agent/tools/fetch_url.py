@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import codecs
 import html
 import json
 import re
@@ -15,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from qwq_agent.protocols import ToolContext, ToolOutput
 from qwq_agent.tools.base import ModelTool
 from qwq_agent.tools.netguard import AddressPolicy, AddressRefused
-from qwq_agent.tools.web.fetch import FetchedPage, FetchError, FetchLimits, guarded_get
+from qwq_agent.tools.web.fetch import FetchedPage, FetchError, FetchLimits, guarded_get, known_charset
 from qwq_agent.tools.web.readable import html_to_readable
 
 _HTML = {"text/html", "application/xhtml+xml"}
@@ -98,7 +97,7 @@ def render_page(page: FetchedPage, offset: int, max_chars: int) -> ToolOutput:
             is_error=True,
             metadata=meta,
         )
-    charset = _known_charset(page.charset)
+    charset = known_charset(page.charset)
     text = page.body.decode(charset or "utf-8", errors="replace")
     title, links, note = "", [], ""
     if kind == "html":
@@ -178,28 +177,6 @@ def _pretty_json(text: str) -> str:
     except (ValueError, RecursionError):
         return text  # show it as it came
     return "".join(pieces)
-
-
-# Codecs Python has that are no page encoding: utf-7 and the escape codecs decode to lone surrogates
-# (text nothing can encode again), punycode is quadratic in the input, idna and `undefined` raise
-# whatever the error handler. A page naming one is read as UTF-8, like one naming no charset.
-_REFUSED_CODECS = frozenset(
-    {"utf-7", "unicode-escape", "raw-unicode-escape", "punycode", "idna", "undefined"}
-)
-
-
-def _known_charset(charset: str | None) -> str | None:
-    """`charset` if it names a text encoding a page can be in; a page that names another is still shown."""
-    if not charset:
-        return None
-    try:
-        info = codecs.lookup(charset)
-    except LookupError:
-        return None
-    # bytes-to-bytes codecs (base64, zlib) are no text encodings; str.decode refuses them anyway
-    if not getattr(info, "_is_text_encoding", True) or info.name in _REFUSED_CODECS:
-        return None
-    return charset
 
 
 _TAG = re.compile(r"<[^<>]*>")  # not `<[^>]*>`: each unclosed `<` would rescan to the end

@@ -10,20 +10,29 @@ from __future__ import annotations
 import asyncio
 import difflib
 import json
+import time
 import traceback
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from jsonschema import Draft202012Validator, validators
+from jsonschema import validators
+from jsonschema.exceptions import SchemaError as InvalidSchema
 from jsonschema.exceptions import ValidationError as SchemaError
 
 from qwq_agent.agent.messages import ToolCall, ToolSpec
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Tool, ToolContext, ToolOutput
 from qwq_agent.surrogates import replace_surrogates, replace_surrogates_in
+from qwq_agent.tools.arg_check import oversized, run_check
 from qwq_agent.tools.base import ToolArgumentsError, same_json_value, to_tool_output
 from qwq_agent.tools.output_cap import MAX_OUTPUT_CHARS, cap_output
-from qwq_agent.tools.schema_patterns import Re2Validator
+from qwq_agent.tools.schema_patterns import (
+    ArgumentValidator,
+    CheckStopped,
+    PatternTimeout,
+    check_budget,
+    check_schema,
+)
 from qwq_agent.tools.schema_refs import LOCAL_ONLY, unresolvable_refs
 
 __all__ = [
@@ -32,12 +41,15 @@ __all__ = [
     "describe_exception",
     "describe_schema_errors",
     "same_json_value",
+    "schema_problems",
 ]
 
 _MAX_VALUE_CHARS = 80
 _TRACEBACK_LINES = 6
 # How long a timed-out or cancelled tool gets to finish its clean-up before it is left behind.
 _CANCEL_GRACE_S = 5.0
+# `argument_problems` runs where it is called (an approval prompt, on the event loop): its bound.
+_SYNC_CHECK_S = 2.0
 
 
 class _ToolExit(Exception):
@@ -181,10 +193,11 @@ def _default_accepted(check: Any) -> Any:
 
 
 # Draft 2020-12, except that a value equal to the schema's documented `default` is always valid; its
-# regular expressions run on RE2 (schema_patterns.py: a backtracking `pattern` froze the event loop).
+# regular expressions run under a time limit (schema_patterns.py: a backtracking `pattern` froze the
+# event loop).
 DefaultsValidator = validators.extend(
-    Re2Validator,
-    {keyword: _default_accepted(check) for keyword, check in Re2Validator.VALIDATORS.items()},
+    ArgumentValidator,
+    {keyword: _default_accepted(check) for keyword, check in ArgumentValidator.VALIDATORS.items()},
 )
 
 
@@ -199,6 +212,46 @@ def describe_schema_errors(errors: list[SchemaError], *, limit: int = 10) -> lis
     if len(ordered) > limit:
         lines.append(f"... and {len(ordered) - limit} more")
     return lines
+
+
+def _where(arguments: Any, target: str, *, name: bool) -> str:
+    """The JSON path of the string `target` (that very object) in `arguments`: a value, or with
+    `name` the name of a property; `$` when it is not there."""
+    stack: list[tuple[Any, str]] = [(arguments, "$")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if name and key is target:
+                    return f"{path}.{key}" if len(key) <= _MAX_VALUE_CHARS else path
+                stack.append((item, f"{path}.{key}"))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+        elif value is target and not name:
+            return path
+    return "$"
+
+
+def schema_problems(validator: Any, arguments: Any, *, limit: int = 10) -> list[str]:
+    """Why `arguments` do not fit `validator`'s schema, one line each (at most `limit` and a count).
+
+    Arguments over `arg_check.MAX_ARGUMENT_CHARS` are refused unchecked, and a value or property name
+    that could not be matched against a pattern in time is refused too: never taken as fitting.
+    Raises `CheckStopped` when the check's budget (`check_budget`) runs out.
+    """
+    too_large = oversized(arguments)
+    if too_large:
+        return [too_large]
+    try:
+        errors = list(validator.iter_errors(arguments))
+    except PatternTimeout as exc:
+        where = _where(arguments, exc.text, name=exc.name)
+        what = f"the argument name {_show(exc.text)}" if exc.name else "the value"
+        return [
+            f"{where}: {what} could not be checked against the tool's pattern {_show(exc.pattern)} "
+            f"in time; send a shorter {'name' if exc.name else 'value'}"
+        ]
+    return describe_schema_errors(errors, limit=limit)
 
 
 class ToolRegistry:
@@ -230,7 +283,7 @@ class ToolRegistry:
 
     def add(self, tool: Tool) -> Tool:
         """Register `tool`; raises ValueError on a duplicate name or an invalid JSON Schema (one with a
-        `$ref` that does not resolve within it included), and TypeError for an object that is not a `Tool` (e.g. one that does not declare `uses_sandbox`)."""
+        `$ref` that does not resolve within it, or a `pattern` that does not compile, included), and TypeError for an object that is not a `Tool` (e.g. one that does not declare `uses_sandbox`)."""
         if not isinstance(tool, Tool):
             missing = [m for m in ("spec", "uses_sandbox", "__call__") if m not in dir(tool)]
             raise TypeError(
@@ -241,10 +294,13 @@ class ToolRegistry:
         if spec.name in self._tools:
             raise ValueError(f"a tool named {spec.name!r} is already registered")
         try:
-            Draft202012Validator.check_schema(spec.parameters)
+            check_schema(spec.parameters)  # its patterns must compile, or they could not be enforced
             dangling = unresolvable_refs(spec.parameters)
         except RecursionError:  # a few frames per level: ~150 levels pass Python's limit
             raise ValueError(f"tool {spec.name!r}: its schema nests too deeply to be checked") from None
+        except InvalidSchema as exc:  # a pattern that does not compile among them: refused, not skipped
+            where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
+            raise ValueError(f"tool {spec.name!r}: invalid schema at {where}: {exc.message}") from None
         if dangling:
             raise ValueError(
                 f"tool {spec.name!r}: {dangling[0]}; only references into the schema itself are supported"
@@ -272,19 +328,26 @@ class ToolRegistry:
         return [t.spec for t in self._tools.values()]
 
     def argument_problems(self, call: ToolCall) -> list[str]:
-        """Why `call`'s arguments do not fit its tool's schema, one line each (empty: they fit)."""
+        """Why `call`'s arguments do not fit its tool's schema, one line each (empty: they fit).
+
+        Runs in the calling thread, for at most a couple of seconds (then that is the problem).
+        """
         if call.name not in self._validators:
             return [f"there is no tool named {call.name!r}"]
         try:
-            return self._problems(call)
+            with check_budget(time.monotonic() + _SYNC_CHECK_S):
+                return self._problems(call)
+        except CheckStopped:
+            return [
+                f"the arguments could not be checked against the tool's schema within {_SYNC_CHECK_S:g} s"
+            ]
         except Exception as exc:
             return [
                 f"the arguments could not be checked against the tool's schema: {type(exc).__name__}: {exc}"
             ]
 
     def _problems(self, call: ToolCall) -> list[str]:
-        errors = list(self._validators[call.name].iter_errors(call.arguments))
-        return describe_schema_errors(errors, limit=self.max_errors)
+        return schema_problems(self._validators[call.name], call.arguments, limit=self.max_errors)
 
     async def call(
         self,
@@ -329,24 +392,17 @@ class ToolRegistry:
             # A backstop: tools that clamp to the deadline themselves report before it fires.
             limit = deadline.clamp(limit)
 
-        # In a worker thread, under the call's limit: a check can be slow (`uniqueItems` compares
-        # unhashable items pairwise), and on the event loop it stopped every other task and the timer.
-        checking = asyncio.ensure_future(asyncio.to_thread(self._problems, call))
+        # On the argument checks' own threads, under the call's limit (arg_check.py): a check can be
+        # slow, and on the event loop it stopped every other task and the timer.
         try:
-            checked, _ = await asyncio.wait({checking}, timeout=limit)
-        except asyncio.CancelledError:
-            checking.cancel()  # the thread finishes on its own; nobody reads its answer
-            raise
-        if not checked:
-            checking.cancel()
+            problems = await run_check(lambda: self._problems(call), limit=limit)
+        except (TimeoutError, CheckStopped):
             return ToolOutput(
                 text=f"Tool '{call.name}': its arguments could not be checked against its schema within "
                 f"{limit:g} s, the time limit of the call.",
                 is_error=True,
                 metadata={"error": "timeout"},
             )
-        try:
-            problems = checking.result()
         except Exception as exc:  # e.g. a schema whose `$ref` fails to resolve: the run goes on
             return ToolOutput(
                 text=f"Tool '{call.name}' could not check its arguments: its schema is broken "

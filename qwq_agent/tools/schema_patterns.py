@@ -1,62 +1,201 @@
-"""Tool schemas' regular expressions matched by RE2, in time linear in the text.
+"""The validator of tools' arguments: JSON Schema 2020-12 whose regular expressions run under a time
+limit, and whose `uniqueItems` is linear.
 
-jsonschema matches `pattern`, `patternProperties` and the property names `additionalProperties`
-checks with Python's `re`, which backtracks: a schema's `^(\\w+\\s?)*$` (a common "words" pattern)
-against 30 characters of a model's argument takes minutes, and holds the GIL all along, so not even a
-worker thread leaves the event loop free. Schemas come from MCP servers and arguments from a model
-that reads web pages, so neither can be trusted to keep that cheap.
+jsonschema matches `pattern`, `patternProperties`, the property names `additionalProperties` and
+`unevaluatedProperties` check with Python's `re`, which backtracks without end (`^(a|a)*$` against
+40 characters: longer than the universe) and holds the GIL all along, so not even a worker thread
+leaves the event loop free. Schemas come from MCP servers and arguments from a model that reads web
+pages, so neither can be trusted to keep that cheap.
 
-Why RE2 (google-re2, Google's own bindings): it never backtracks, so its time is linear in the text
-whatever the pattern; JSON Schema's patterns are ECMA-262, whose `\\d`, `\\w`, `\\s` and `$` RE2 reads
-as ECMA does (ASCII classes, `$` at the very end only) where Python's `re` does not. What it leaves
-out is what needs backtracking: lookaround and backreferences. A pattern RE2 cannot compile is not
-checked here, nor is a non-ASCII text it does not match (`pattern_search`): never an error on their
-account, as the tool, or its MCP server, still checks its own arguments. Python's `re` has no time
-limit, and a thread cannot stop it.
+Why the `regex` module: its syntax and semantics are Python's `re` (what these schemas were always
+enforced with, and what pydantic's checks of a local tool read `\\w` and `\\d` as), it takes a
+`timeout=` per match, and `concurrent=True` lets other threads run meanwhile. A match that runs out
+of time is never taken as a pass: it stops the check (`PatternTimeout`) and the call is refused.
+RE2 (before) was linear but not Python's dialect: it skipped non-ASCII text, its `\\s` has no `\\v`,
+and it could not compile `\\uXXXX` or `{1,4096}`, so those `pattern`s were silently not enforced.
+
+Patterns are JSON Schema's, i.e. ECMA-262: its `\\u{...}` and `\\cX` escapes are rewritten to Python's
+spelling, and its `$` (end of text; Python's also matches before a final newline, so `^[a-z]+$` let
+`"ok\\n"` through) to `\\Z` (`to_python`). A pattern that still does not compile makes the schema
+invalid at load (`check_schema`): the tool is refused, never offered with a check that cannot run.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-import re2
-from jsonschema import Draft202012Validator, validators
+import regex
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 
-from qwq_agent.surrogates import replace_surrogates
+__all__ = [
+    "MATCH_TIMEOUT_S",
+    "ArgumentValidator",
+    "CheckStopped",
+    "PatternTimeout",
+    "check_budget",
+    "check_schema",
+    "pattern_search",
+    "to_python",
+]
 
-__all__ = ["Re2Validator", "pattern_search"]
+# One match's limit. Real patterns take microseconds on real arguments; what needs more is backtracking.
+MATCH_TIMEOUT_S = 0.25
+# `uniqueItems` and the walks look at the budget every this many items.
+_CHECK_EVERY = 1024
 
-_OPTIONS = re2.Options()
-_OPTIONS.log_errors = False  # a pattern it cannot compile is expected, not worth a line on stderr
+
+class PatternTimeout(Exception):
+    """A value (or a property name) could not be matched against a schema's pattern in time.
+
+    Raised, not yielded as a `ValidationError`: under `not`, `anyOf` or `if`, a failure reads as a
+    branch not taken, and a check that did not finish must refuse the call, never let it through.
+    """
+
+    def __init__(self, pattern: str, text: str, *, name: bool) -> None:
+        super().__init__(pattern)
+        self.pattern = pattern
+        self.text = text
+        self.name = name  # a property name, not a value
+
+
+class CheckStopped(Exception):
+    """The check's time is up (the call's limit passed, or its caller gave up on it)."""
+
+
+class _Budget(threading.local):
+    deadline: float | None = None
+    stop: threading.Event | None = None
+
+
+_budget = _Budget()
+
+
+@contextmanager
+def check_budget(deadline: float | None, stop: threading.Event | None = None) -> Iterator[None]:
+    """Within it, this thread's checks end with `CheckStopped` once `time.monotonic()` passes
+    `deadline` or `stop` is set; each match is also cut to what is left."""
+    saved = _budget.deadline, _budget.stop
+    _budget.deadline, _budget.stop = deadline, stop
+    try:
+        yield
+    finally:
+        _budget.deadline, _budget.stop = saved
+
+
+def _time_left() -> float:
+    """The time the next match may take; raises `CheckStopped` when there is none."""
+    if _budget.stop is not None and _budget.stop.is_set():
+        raise CheckStopped
+    if _budget.deadline is None:
+        return MATCH_TIMEOUT_S
+    left = _budget.deadline - time.monotonic()
+    if left <= 0:
+        raise CheckStopped
+    return min(MATCH_TIMEOUT_S, left)
+
+
+def _stoppable(check: Any) -> Any:
+    # Every keyword first looks at the budget: a check given up on (a combinatorial `anyOf` nest runs
+    # for minutes) stops at its next keyword instead of holding one of the checks' threads.
+    def checked(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        if _budget.deadline is not None or _budget.stop is not None:
+            _time_left()
+        return check(validator, value, instance, schema)
+
+    return checked
+
+
+_BRACED = regex.compile(r"\{([0-9A-Fa-f]{1,6})\}")
+
+
+def to_python(pattern: str) -> str:
+    """An ECMA-262 `pattern` in Python's dialect: `\\u{1F600}` as `\\U0001f600`, `\\cJ` as `\\x0a`, and
+    `$` outside a class as `\\Z` (ECMA's `$` is the end of the text; Python's is also before a final
+    newline). `\\uXXXX` is the same in both."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            nxt = pattern[i + 1]
+            braced = _BRACED.match(pattern, i + 2) if nxt == "u" else None
+            if braced is not None and int(braced.group(1), 16) <= 0x10FFFF:
+                out.append(f"\\U{int(braced.group(1), 16):08x}")
+                i = braced.end()
+            elif nxt == "c" and i + 2 < n and pattern[i + 2].isascii() and pattern[i + 2].isalpha():
+                out.append(f"\\x{ord(pattern[i + 2]) % 32:02x}")
+                i += 3
+            else:
+                out.append(pattern[i : i + 2])
+                i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            # Python reads a `]` right after `[` or `[^` as a member, not the end of the class.
+            start = i + 2 if pattern.startswith("^", i + 1) else i + 1
+            if pattern.startswith("]", start):
+                out.append(pattern[i : start + 1])
+                i = start + 1
+                continue
+        elif c == "$":
+            c = "\\Z"
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 @functools.lru_cache(maxsize=512)
 def _compiled(pattern: str) -> Any:
+    return regex.compile(to_python(pattern), regex.V0)
+
+
+def _compiles(pattern: object) -> bool:
+    if not isinstance(pattern, str):
+        return True  # the metaschema's `type` says what is wrong with it
+    _compiled(pattern)  # raises regex.error
+    return True
+
+
+# The metaschema's `format: regex` (every `pattern` and `patternProperties` name) checked with the
+# compiler the arguments are matched with; jsonschema's default checks it with `re`, which refuses
+# `\p{L}` and ECMA's escapes that `to_python` reads. The other formats are jsonschema's own.
+_SCHEMA_FORMATS = FormatChecker(formats=list(Draft202012Validator.FORMAT_CHECKER.checkers))
+_SCHEMA_FORMATS.checks("regex", raises=(regex.error, ValueError, OverflowError))(_compiles)
+
+
+def check_schema(schema: Any) -> None:
+    """Raise jsonschema's `SchemaError` unless `schema` is a valid 2020-12 schema whose patterns all
+    compile (`to_python`, then `regex`)."""
+    Draft202012Validator.check_schema(schema, format_checker=_SCHEMA_FORMATS)
+
+
+def pattern_search(pattern: str, text: str, *, name: bool = False) -> bool:
+    """Whether `pattern` matches somewhere in `text` (JSON Schema's unanchored search).
+
+    Raises `PatternTimeout` when the match takes longer than `MATCH_TIMEOUT_S` (`name`: the text is a
+    property name), `CheckStopped` when the check's budget (`check_budget`) is spent, and
+    `regex.error` for a pattern that does not compile (`check_schema` refuses those at load).
+    """
+    timeout = _time_left()
     try:
-        return re2.compile(pattern, _OPTIONS)
-    except re2.error:  # lookaround, backreferences, a program past RE2's memory budget
-        return None
-
-
-def pattern_search(pattern: str, text: str) -> bool | None:
-    """Whether `pattern` matches somewhere in `text` (JSON Schema's unanchored search); None when it
-    cannot be told: RE2 cannot compile the pattern, or does not match a text that is not ASCII."""
-    compiled = _compiled(pattern)
-    if compiled is None:
-        return None
-    # RE2 reads UTF-8, and a lone surrogate (a JSON escape of half a pair) has none.
-    if compiled.search(replace_surrogates(text)) is not None:
-        return True
-    # Its `\d`, `\w`, `\s` and `\b` are ASCII; Python's `re` (and pydantic, checking a local tool's
-    # own arguments) reads them as Unicode. A miss on other text may be that difference: not an error.
-    return False if text.isascii() else None
+        return _compiled(pattern).search(text, timeout=timeout, concurrent=True) is not None
+    except TimeoutError:
+        if timeout < MATCH_TIMEOUT_S:
+            raise CheckStopped from None  # the check's own time ran out, not the match's
+        raise PatternTimeout(pattern, text, name=name) from None
 
 
 def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
-    if validator.is_type(instance, "string") and pattern_search(patrn, instance) is False:
+    if validator.is_type(instance, "string") and not pattern_search(patrn, instance):
         yield ValidationError(f"{instance!r} does not match {patrn!r}")
 
 
@@ -67,14 +206,14 @@ def _pattern_properties(
         return
     for patrn, subschema in patterns.items():
         for key, value in instance.items():
-            if pattern_search(patrn, key):
+            if pattern_search(patrn, key, name=True):
                 yield from validator.descend(value, subschema, path=key, schema_path=patrn)
 
 
 def _additional_properties(
     validator: Any, extra: Any, instance: Any, schema: Any
 ) -> Iterator[ValidationError]:
-    # jsonschema's own, with the names matched by RE2; one a pattern RE2 cannot run may cover is not extra.
+    # jsonschema's own, with the names matched here.
     if not validator.is_type(instance, "object"):
         return
     properties = schema.get("properties", {})
@@ -82,7 +221,7 @@ def _additional_properties(
     extras = [
         key
         for key in instance
-        if key not in properties and not any(pattern_search(p, key) is not False for p in patterns)
+        if key not in properties and not any(pattern_search(p, key, name=True) for p in patterns)
     ]
     if validator.is_type(extra, "object"):
         for key in extras:
@@ -98,15 +237,116 @@ def _additional_properties(
             yield ValidationError(f"Additional properties are not allowed ({names} {verb} unexpected)")
 
 
-# Draft 2020-12 with its regular expressions on RE2. Not covered: `unevaluatedProperties` next to
-# `patternProperties` still matches names with jsonschema's `re` (deep inside its evaluation walk,
-# which is not copied here); `format: regex` is not asserted at all (these validators have no format
-# checker).
-Re2Validator: Any = validators.extend(
-    Draft202012Validator,
-    {
-        "pattern": _pattern,
-        "patternProperties": _pattern_properties,
-        "additionalProperties": _additional_properties,
-    },
+def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> set[str]:
+    """jsonschema's `find_evaluated_property_keys_by_schema` (4.26), with `patternProperties` names
+    matched here: it calls `re.search` itself, deep in this walk."""
+    if validator.is_type(schema, "boolean"):
+        return set()
+    keys: set[str] = set()
+    for ref_keyword in ("$ref", "$dynamicRef"):
+        ref = schema.get(ref_keyword)
+        if ref is not None:
+            resolved = validator._resolver.lookup(ref)
+            keys |= _evaluated_keys(
+                validator.evolve(schema=resolved.contents, _resolver=resolved.resolver),
+                instance,
+                resolved.contents,
+            )
+    properties = schema.get("properties")
+    if validator.is_type(properties, "object"):
+        keys |= properties.keys() & instance.keys()
+    for keyword in ("additionalProperties", "unevaluatedProperties"):
+        if (subschema := schema.get(keyword)) is not None:
+            keys |= {
+                key
+                for key, value in instance.items()
+                if next(validator.descend(value, subschema), None) is None
+            }
+    for patrn in schema.get("patternProperties", ()):
+        keys |= {key for key in instance if pattern_search(patrn, key, name=True)}
+    for key, subschema in schema.get("dependentSchemas", {}).items():
+        if key in instance:
+            keys |= _evaluated_keys(validator, instance, subschema)
+    for keyword in ("allOf", "oneOf", "anyOf"):
+        for subschema in schema.get(keyword, []):
+            if next(validator.descend(instance, subschema), None) is None:
+                keys |= _evaluated_keys(validator, instance, subschema)
+    if "if" in schema:
+        if validator.evolve(schema=schema["if"]).is_valid(instance):
+            keys |= _evaluated_keys(validator, instance, schema["if"])
+            if "then" in schema:
+                keys |= _evaluated_keys(validator, instance, schema["then"])
+        elif "else" in schema:
+            keys |= _evaluated_keys(validator, instance, schema["else"])
+    return keys
+
+
+def _unevaluated_properties(
+    validator: Any, unevaluated: Any, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    # jsonschema's own (4.26), on `_evaluated_keys`.
+    if not validator.is_type(instance, "object"):
+        return
+    evaluated = _evaluated_keys(validator, instance, schema)
+    refused = [
+        key
+        for key in instance
+        if key not in evaluated
+        and next(validator.descend(instance[key], unevaluated, path=key, schema_path=key), None) is not None
+    ]
+    if refused:
+        names = ", ".join(repr(key) for key in sorted(refused, key=str))
+        verb = "was" if len(refused) == 1 else "were"
+        if unevaluated is False:
+            yield ValidationError(f"Unevaluated properties are not allowed ({names} {verb} unexpected)")
+        else:
+            yield ValidationError(
+                f"Unevaluated properties are not valid under the given schema ({names} {verb} unevaluated and invalid)"
+            )
+
+
+def _json_key(value: Any) -> Any:
+    """A hashable stand-in for a JSON value, equal for values jsonschema's `equal` calls equal: 1 and
+    1.0 are (Python's numbers compare and hash so), True and 1 are not (tagged apart), and object keys
+    are unordered."""
+    if value is True or value is False:
+        return ("bool", value)
+    if isinstance(value, str):
+        return ("str", value)
+    if isinstance(value, Mapping):
+        return ("object", frozenset((k, _json_key(v)) for k, v in value.items()))
+    if isinstance(value, Sequence):
+        return ("array", tuple(_json_key(v) for v in value))
+    if isinstance(value, int | float) or value is None:
+        return ("scalar", value)
+    return ("other", id(value))  # not JSON: equal only to itself, like jsonschema's fallback
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    # jsonschema compares items pairwise when they do not sort (objects, mixed types): 6,000 rows of
+    # `{"k": i}` took minutes. Each item's key goes into a set instead: linear.
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: dict[Any, int] = {}
+    for number, item in enumerate(instance):
+        if number % _CHECK_EVERY == 0:
+            _time_left()
+        first = seen.setdefault(_json_key(item), number)
+        if first != number:
+            # not jsonschema's message: it starts with the whole array, which can be megabytes
+            yield ValidationError(f"has non-unique elements: item {number} equals item {first}")
+            return
+
+
+# Draft 2020-12 with the keywords above, each stoppable. `format` is not asserted (no format checker).
+_KEYWORDS = {
+    **Draft202012Validator.VALIDATORS,
+    "pattern": _pattern,
+    "patternProperties": _pattern_properties,
+    "additionalProperties": _additional_properties,
+    "unevaluatedProperties": _unevaluated_properties,
+    "uniqueItems": _unique_items,
+}
+ArgumentValidator: Any = validators.extend(
+    Draft202012Validator, {keyword: _stoppable(check) for keyword, check in _KEYWORDS.items()}
 )

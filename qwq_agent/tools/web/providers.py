@@ -7,7 +7,6 @@ messages are scrubbed of them, so they never reach logs or the model.
 
 from __future__ import annotations
 
-import codecs
 import json
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -15,10 +14,16 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, SecretStr
 
+from qwq_agent.tools.web.fetch import known_charset
+
 BRAVE_BASE_URL = "https://api.search.brave.com"
 TAVILY_BASE_URL = "https://api.tavily.com"
 # A page of results is tens of kilobytes; a reply past this is read no further (decoded bytes).
 MAX_REPLY_BYTES = 2_000_000
+# Of an error reply, only this much is decoded: 300 characters of it are shown. A key the reply
+# quotes back within those is whole in what is decoded (at least 1,024 characters, 4 bytes to the
+# character at worst), so it is still scrubbed.
+_ERROR_BYTES = 4_096
 
 
 class SearchResult(BaseModel):
@@ -166,8 +171,10 @@ async def _request(
             _scrub(f"search request to {url} failed: {type(exc).__name__}: {exc}", secrets)
         ) from None
     if status >= 400:
-        # Scrubbed before it is cut: a key straddling the cut would keep its first characters.
-        text = bytes(body).decode(_codec(charset), errors="replace")
+        # Scrubbed before it is cut: a key straddling the cut would keep its first characters. Only
+        # the start is decoded, with a codec a page may name (punycode, quadratic, took minutes on
+        # the event loop for 2 MB; idna and rot13 raised out of the tool): else UTF-8.
+        text = bytes(body[:_ERROR_BYTES]).decode(known_charset(charset) or "utf-8", errors="replace")
         detail = _scrub(text, secrets)[:300].strip()
         raise SearchError(_scrub(f"search provider answered HTTP {status}: {detail}", secrets))
     try:
@@ -177,14 +184,6 @@ async def _request(
     if not isinstance(data, dict):
         raise SearchError("search provider answered with unexpected JSON (not an object)")
     return data
-
-
-def _codec(charset: str | None) -> str:
-    """`charset` if Python knows it, else UTF-8."""
-    try:
-        return codecs.lookup(charset).name if charset else "utf-8"
-    except LookupError:
-        return "utf-8"
 
 
 def _normalise(items: Any, url_key: str, title_key: str, snippet_keys: tuple[str, ...]) -> list[SearchResult]:
