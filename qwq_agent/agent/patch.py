@@ -32,12 +32,12 @@ import io
 import secrets
 import shlex
 import tarfile
-import weakref
 from typing import Any
 
 from pydantic import BaseModel
 
 from qwq_agent.agent import link_judge, patch_text
+from qwq_agent.agent.per_sandbox import PerSandbox
 
 BASELINE_DIR = "$HOME/.qwq-agent/baseline.git"
 WORKSPACE = "/workspace"
@@ -73,23 +73,18 @@ class Baseline(BaseModel):
 
 
 # Per sandbox, so that `Agent` finds the baseline of a sandbox `open_sandbox` prepared.
-_baselines: weakref.WeakKeyDictionary[Any, Baseline] = weakref.WeakKeyDictionary()
+_baselines: PerSandbox[Baseline] = PerSandbox()
 
 
 def baseline_of(sandbox: Any) -> Baseline | None:
     """The baseline recorded for `sandbox`, or None when none was."""
-    try:
-        return _baselines.get(sandbox)
-    except TypeError:  # an object that cannot be weakly referenced never had one
-        return None
+    return _baselines.get(sandbox)
 
 
 def inherit_baseline(sandbox: Any, parent: Any) -> None:
     """Give `sandbox` the baseline of `parent`: it holds a snapshot of `parent`'s workspace and home,
     and with it the baseline's git directory, so its patch is against the same start."""
-    baseline = baseline_of(parent)
-    if baseline is not None:
-        _baselines[sandbox] = baseline
+    _baselines.inherit(sandbox, parent)
 
 
 async def _sh(sandbox: Any, script: str, what: str) -> str:
@@ -132,7 +127,7 @@ wc -c < "{entries}"
     lines = (await _sh(sandbox, script, "snapshotting /workspace with git")).split()
     dirs, links = link_judge.read_entries(await _read(sandbox, entries, int(lines[-1])))
     baseline = Baseline(tree=lines[-2], repository=lines[0] == "yes", dirs=dirs, links=links)
-    _baselines[sandbox] = baseline
+    _baselines.set(sandbox, baseline)
     return baseline
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+from qwq_agent.agent.per_sandbox import PerSandbox
 
 WORKSPACE = "/workspace"
 # Bytecode caches are the host's business; `.git` goes in, so the agent can `git diff` and `git log`.
@@ -15,22 +16,17 @@ NOT_COPIED = ("__pycache__",)
 
 # Per sandbox: the host folder its /workspace was uploaded from, so that a `tests:` check of a branch's
 # patch can start from the user's folder itself rather than from what a run left in the sandbox.
-_origins: weakref.WeakKeyDictionary[Any, Path] = weakref.WeakKeyDictionary()
+_origins: PerSandbox[Path] = PerSandbox()
 
 
 def origin_of(sandbox: Any) -> Path | None:
     """The host folder `sandbox`'s /workspace was uploaded from (`upload_workspace`), or None."""
-    try:
-        return _origins.get(sandbox)
-    except TypeError:  # an object that cannot be weakly referenced never had one
-        return None
+    return _origins.get(sandbox)
 
 
 def inherit_origin(sandbox: Any, parent: Any) -> None:
     """Give `sandbox` the origin of `parent`, whose snapshot (and baseline) it was restored from."""
-    origin = origin_of(parent)
-    if origin is not None:
-        _origins[sandbox] = origin
+    _origins.inherit(sandbox, parent)
 
 
 async def upload_workspace(sandbox: Any, workspace: str | Path) -> None:
@@ -41,7 +37,7 @@ async def upload_workspace(sandbox: Any, workspace: str | Path) -> None:
     folder = await asyncio.to_thread(Path(workspace).absolute)  # against the cwd of now
     await sandbox.upload(folder, WORKSPACE, contents=True, exclude=NOT_COPIED)
     await record_baseline(sandbox)
-    _origins[sandbox] = folder
+    _origins.set(sandbox, folder)
 
 
 @asynccontextmanager
