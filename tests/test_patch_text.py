@@ -557,3 +557,45 @@ def test_a_link_whose_literal_inflates_without_end_is_cut_without_inflating_it(r
         tracemalloc.stop()
     assert (kept, cut) == ("", [f"b -> ? ({UNREADABLE})"])
     assert peak < 64 << 20
+
+
+def gnu_patch(repo: Path, text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """GNU `patch -p1` of `text` in `repo`, as a user who reads the README might apply it."""
+    (tmp_path / "gnu.diff").write_text(text)
+    return subprocess.run(
+        ["patch", "-p1", "--batch", "-i", str(tmp_path / "gnu.diff")],
+        cwd=repo, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def leads_out(repo: Path, link: str) -> bool:
+    path = repo / link
+    return path.is_symlink() and not path.resolve().is_relative_to(repo.resolve())
+
+
+RETARGET = (
+    "diff --git a/.venv/lib64 b/.venv/lib64\n{headers}--- a/.venv/lib64\n+++ b/.venv/lib64\n"
+    "@@ -1 +1 @@\n-lib\n\\ No newline at end of file\n+../..\n\\ No newline at end of file\n"
+)
+
+
+def test_an_entry_that_does_not_state_its_mode_is_refused(tmp_path: Path) -> None:
+    """An ignored link (`.venv/lib64 -> lib`, as every venv has) is in no baseline: an entry with no mode
+    line took it for a file, but `git apply` takes the missing mode from the disk and retargets the link
+    out of the checkout. git always states the mode an entry leaves, so one that does not is refused."""
+    text = RETARGET.format(headers="")
+    for apply in ("git", "check"):
+        repo = tmp_path / apply
+        repo.mkdir()
+        git(repo, "init", "-q")
+        (repo / ".gitignore").write_text(".venv/\n")
+        (repo / ".venv" / "lib").mkdir(parents=True)
+        (repo / ".venv" / "lib64").symlink_to("lib")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "init")
+        if apply == "git":  # what the refusal prevents
+            applied(repo, text, tmp_path)
+            assert leads_out(repo, ".venv/lib64")
+            continue
+        with pytest.raises(PatchTextError, match="does not state the mode"):
+            cut_outward_links(text, *checkout(repo))

@@ -290,6 +290,10 @@ def _headers(lines: list[str], at: int, entry: _Entry) -> int:
         if mode is not None:
             entry.modes[word] = mode
         at += 1
+    # git states the mode every entry leaves (or deletes). Without it `git apply` takes the mode from the
+    # disk: an ignored link (`.venv/lib64`, in no baseline) would stay a link, retargeted by the hunk.
+    if not entry.deleted and not entry.modes.keys() & {"new file mode", "new mode", "index"}:
+        raise PatchTextError(f"line {entry.start + 1}: an entry that does not state the mode it leaves")
     return at
 
 
