@@ -599,3 +599,47 @@ def test_an_entry_that_does_not_state_its_mode_is_refused(tmp_path: Path) -> Non
             continue
         with pytest.raises(PatchTextError, match="does not state the mode"):
             cut_outward_links(text, *checkout(repo))
+
+
+@pytest.mark.parametrize(
+    ("headers", "apply"),
+    [
+        # git and patch take the last mode line: a link, where the first said a file.
+        ("new file mode 100644\nnew mode 120000\n", "git"),
+        ("new file mode 100644\nnew mode 120000\n", "patch"),
+        # GNU patch takes the index line's mode.
+        ("new file mode 100644\nindex 0000000..1111111 120000\n", "patch"),
+        # git reads the index line's mode as the old one, overridden by `old mode`: no new mode, so the
+        # link the checkout holds stays a link, retargeted.
+        ("index 1111111..2222222 100644\nold mode 120000\n", "git"),
+        ("old mode 120000\n", "patch"),  # no new mode: patch keeps the link's type
+        ("new mode 100644\nold mode 100755\n", None),
+        ("new mode 100644\n", None),
+        ("deleted file mode 100644\nnew file mode 100644\n", None),
+        ("index 1111111..2222222 100644\nnew mode 100755\n", None),
+    ],
+)
+def test_mode_headers_git_does_not_write_are_refused(
+    repo: Path, tmp_path: Path, headers: str, apply: str | None
+) -> None:
+    """Only git's own combinations pass: `old mode` then `new mode`, `new file mode` or `deleted file mode`
+    alone (each then an index line without a mode), or an index line with the mode alone."""
+    if "new file mode" in headers:
+        text = link_entry("a/x b/x", "..", "b/x").replace(
+            "new file mode 120000\nindex 0000000..1234567\n", headers
+        )
+        link = "x"
+    else:
+        text = RETARGET.replace(".venv/lib64", "old").replace("lib", "README").format(headers=headers)
+        text = text.replace("+../..", "+..")
+        link = "old"
+    if apply is not None:  # what the refusal prevents
+        other = tmp_path / "other"
+        git(tmp_path, "clone", "-q", str(repo), str(other))
+        if apply == "git":
+            applied(other, text, tmp_path)
+        else:
+            gnu_patch(other, text, tmp_path)
+        assert leads_out(other, link)
+    with pytest.raises(PatchTextError, match="mode"):
+        cut_outward_links(text, *checkout(repo))

@@ -279,21 +279,43 @@ def _one_change_a_path(entries: list[_Entry]) -> None:
                 raise PatchTextError(f"more than one change of {entry.path!r}")
 
 
+# The extended headers git writes with --no-renames, in its order: a mode change, an added or a deleted
+# file's mode, or none; then the index line, which holds the mode (old and new alike) only where no mode
+# line came before. `git apply` and `patch` read any other mix otherwise than the judgement would: the
+# last mode line wins, git takes the index line's mode for the old one, `patch` for the new one.
+_HEADER_FORMS = {
+    ("old mode", "new mode"): False,
+    ("new file mode",): False,
+    ("deleted file mode",): False,
+    (): True,  # then the index line must hold the mode: git states the mode every entry leaves
+}
+
+
 def _headers(lines: list[str], at: int, entry: _Entry) -> int:
-    """The extended headers git writes with --no-renames: modes and the index line, each once."""
-    seen: set[str] = set()
+    """The extended headers, only in one of git's own forms (`_HEADER_FORMS`)."""
+    words: list[str] = []
+    index: str | None = None
+    indexed = False
     while at < len(lines) and (found := _HEADER.fullmatch(lines[at])):
         word, mode = found.group(1) or "index", found.group(2) or found.group(3)
-        if word in seen or (mode is not None and mode not in MODES):
-            raise PatchTextError(f"line {at + 1}: a header given twice, or a mode git does not write")
-        seen.add(word)
-        if mode is not None:
+        if indexed or (mode is not None and mode not in MODES):
+            raise PatchTextError(
+                f"line {at + 1}: a header after the index line, or a mode git does not write"
+            )
+        if word == "index":
+            indexed, index = True, mode
+        elif mode is not None:  # always, for a mode line
+            words.append(word)
             entry.modes[word] = mode
         at += 1
-    # git states the mode every entry leaves (or deletes). Without it `git apply` takes the mode from the
-    # disk: an ignored link (`.venv/lib64`, in no baseline) would stay a link, retargeted by the hunk.
-    if not entry.deleted and not entry.modes.keys() & {"new file mode", "new mode", "index"}:
-        raise PatchTextError(f"line {entry.start + 1}: an entry that does not state the mode it leaves")
+    form = _HEADER_FORMS.get(tuple(words))
+    if form is None or (index is not None) != form:
+        raise PatchTextError(
+            f"line {entry.start + 1}: mode headers git does not write (or an entry that does not state "
+            "the mode it leaves)"
+        )
+    if index is not None:
+        entry.modes["index"] = index
     return at
 
 
