@@ -643,3 +643,94 @@ def test_mode_headers_git_does_not_write_are_refused(
         assert leads_out(other, link)
     with pytest.raises(PatchTextError, match="mode"):
         cut_outward_links(text, *checkout(repo))
+
+
+def new_file(path: str, lines: list[str], mode: str = "100755") -> str:
+    body = "".join(f"+{line}\n" for line in lines)
+    return (
+        f"diff --git a/{path} b/{path}\nnew file mode {mode}\nindex 0000000..1234567\n--- /dev/null\n"
+        f"+++ b/{path}\n@@ -0,0 +1,{len(lines)} @@\n{body}"
+    )
+
+
+def through_links(repo: Path, tmp_path: Path) -> dict[str, tuple[str, Path]]:
+    """Texts that write through a link, and what GNU `patch -p1` plants with each: `git apply` refuses
+    each whole (beyond a symbolic link), but `patch -p1` follows the link, and goes on past an entry it
+    cannot apply."""
+    mark, outside = tmp_path / "PWNED", tmp_path / "outside"
+    config = ["[core]", "\trepositoryformatversion = 0", "\tbare = false", "\tworktree = ..",
+              f'\tfsmonitor = "touch {mark}; false"']  # fmt: skip
+    outside.mkdir()
+    (repo / "tools").mkdir()
+    (repo / "tools" / "README").write_text("t\n")
+    (repo / "lnk").symlink_to("tools")  # the user's own
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "tools")
+    git_dir = (
+        new_file("tools/HEAD", ["ref: refs/heads/main"])
+        + new_file("tools/objects/info/packs", [""])
+        + new_file("tools/refs/heads/keep", [""])
+    )
+    return {
+        # A git directory in tools/, its config written through the patch's own inward link x -> tools.
+        "config": (git_dir + new_link("x", "tools") + new_file("x/config", config), mark),
+        # The user's own .git, through a link to it.
+        "hook": (
+            new_link("x", ".git") + new_file("x/hooks/pre-commit", ["#!/bin/sh", f"touch {mark}"]),
+            mark,
+        ),
+        # `d/file` makes d a folder for patch -p1, which then skips the link d and keeps x -> d/../..
+        "skipped": (
+            new_file("d/file", ["x"])
+            + new_file("sub/deep/k", ["k"])
+            + new_link("d", "sub/deep")
+            + new_link("x", "d/../.."),
+            outside / "secret",
+        ),
+        # The same through the checkout's own link (the patch makes none).
+        "held": (git_dir + new_file("lnk/config", config), mark),
+    }
+
+
+@pytest.mark.parametrize("name", ["config", "hook", "skipped", "held"])
+def test_a_path_through_a_link_is_refused(repo: Path, tmp_path: Path, name: str) -> None:
+    text, planted = through_links(repo, tmp_path)[name]
+    (tmp_path / "outside" / "secret").write_text("host secret\n")
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(repo), str(other))
+    with pytest.raises(subprocess.CalledProcessError):
+        applied(other, text, tmp_path)  # git refuses it whole: refusing it too loses nothing
+    gnu_patch(other, text, tmp_path)  # what the refusal prevents
+    subprocess.run(["git", "status"], cwd=other / "tools", capture_output=True, timeout=60)
+    (other / "README").write_text("edited\n")
+    git(other, "commit", "-qam", "the user's next commit")
+    assert planted.exists() and (name != "skipped" or (other / "x" / "outside" / "secret").exists())
+    with pytest.raises(PatchTextError, match=r"through a link|as a folder"):
+        cut_outward_links(text, *checkout(repo))
+
+
+@pytest.mark.parametrize(
+    "target", [".git", "a/../.git/hooks", ".GIT.", "sub/git~1", ".g\u200cit/x", ".git x"]
+)
+def test_a_link_into_a_git_directory_is_cut(repo: Path, target: str) -> None:
+    """The checkout's own .git is in no baseline: a link to it ended as a dangling name inside."""
+    text = new_link("x", target) + new_link("y", "README")
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    assert cut == [f"x -> {target} (leads into a git directory)"]
+    assert kept == new_link("y", "README")
+
+
+def test_a_folder_made_a_file_and_a_file_made_a_folder_pass_whole(repo: Path, tmp_path: Path) -> None:
+    """git writes a folder made a file as the new file and the deletions under it: no path runs through a
+    link, and the text applies. (`patch -p1` skips the new file `a`, a folder still: not atomic.)"""
+    (repo / "a" / "f").unlink()
+    (repo / "a").rmdir()
+    (repo / "a").write_text("now a file\n")
+    (repo / "README").unlink()
+    (repo / "README").mkdir()
+    (repo / "README" / "x").write_text("now a folder\n")
+    text = diff(repo)
+    assert cut_outward_links(text, *checkout(repo)) == (text, [])
+    applied(repo, text, tmp_path)
+    assert (repo / "a").read_text() == "now a file\n"
+    assert (repo / "README" / "x").read_text() == "now a folder\n"
