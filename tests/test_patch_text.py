@@ -557,3 +557,180 @@ def test_a_link_whose_literal_inflates_without_end_is_cut_without_inflating_it(r
         tracemalloc.stop()
     assert (kept, cut) == ("", [f"b -> ? ({UNREADABLE})"])
     assert peak < 64 << 20
+
+
+def gnu_patch(repo: Path, text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """GNU `patch -p1` of `text` in `repo`, as a user who reads the README might apply it."""
+    (tmp_path / "gnu.diff").write_text(text)
+    return subprocess.run(
+        ["patch", "-p1", "--batch", "-i", str(tmp_path / "gnu.diff")],
+        cwd=repo, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def leads_out(repo: Path, link: str) -> bool:
+    path = repo / link
+    return path.is_symlink() and not path.resolve().is_relative_to(repo.resolve())
+
+
+RETARGET = (
+    "diff --git a/.venv/lib64 b/.venv/lib64\n{headers}--- a/.venv/lib64\n+++ b/.venv/lib64\n"
+    "@@ -1 +1 @@\n-lib\n\\ No newline at end of file\n+../..\n\\ No newline at end of file\n"
+)
+
+
+def test_an_entry_that_does_not_state_its_mode_is_refused(tmp_path: Path) -> None:
+    """An ignored link (`.venv/lib64 -> lib`, as every venv has) is in no baseline: an entry with no mode
+    line took it for a file, but `git apply` takes the missing mode from the disk and retargets the link
+    out of the checkout. git always states the mode an entry leaves, so one that does not is refused."""
+    text = RETARGET.format(headers="")
+    for apply in ("git", "check"):
+        repo = tmp_path / apply
+        repo.mkdir()
+        git(repo, "init", "-q")
+        (repo / ".gitignore").write_text(".venv/\n")
+        (repo / ".venv" / "lib").mkdir(parents=True)
+        (repo / ".venv" / "lib64").symlink_to("lib")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "init")
+        if apply == "git":  # what the refusal prevents
+            applied(repo, text, tmp_path)
+            assert leads_out(repo, ".venv/lib64")
+            continue
+        with pytest.raises(PatchTextError, match="does not state the mode"):
+            cut_outward_links(text, *checkout(repo))
+
+
+@pytest.mark.parametrize(
+    ("headers", "apply"),
+    [
+        # git and patch take the last mode line: a link, where the first said a file.
+        ("new file mode 100644\nnew mode 120000\n", "git"),
+        ("new file mode 100644\nnew mode 120000\n", "patch"),
+        # GNU patch takes the index line's mode.
+        ("new file mode 100644\nindex 0000000..1111111 120000\n", "patch"),
+        # git reads the index line's mode as the old one, overridden by `old mode`: no new mode, so the
+        # link the checkout holds stays a link, retargeted.
+        ("index 1111111..2222222 100644\nold mode 120000\n", "git"),
+        ("old mode 120000\n", "patch"),  # no new mode: patch keeps the link's type
+        ("new mode 100644\nold mode 100755\n", None),
+        ("new mode 100644\n", None),
+        ("deleted file mode 100644\nnew file mode 100644\n", None),
+        ("index 1111111..2222222 100644\nnew mode 100755\n", None),
+    ],
+)
+def test_mode_headers_git_does_not_write_are_refused(
+    repo: Path, tmp_path: Path, headers: str, apply: str | None
+) -> None:
+    """Only git's own combinations pass: `old mode` then `new mode`, `new file mode` or `deleted file mode`
+    alone (each then an index line without a mode), or an index line with the mode alone."""
+    if "new file mode" in headers:
+        text = link_entry("a/x b/x", "..", "b/x").replace(
+            "new file mode 120000\nindex 0000000..1234567\n", headers
+        )
+        link = "x"
+    else:
+        text = RETARGET.replace(".venv/lib64", "old").replace("lib", "README").format(headers=headers)
+        text = text.replace("+../..", "+..")
+        link = "old"
+    if apply is not None:  # what the refusal prevents
+        other = tmp_path / "other"
+        git(tmp_path, "clone", "-q", str(repo), str(other))
+        if apply == "git":
+            applied(other, text, tmp_path)
+        else:
+            gnu_patch(other, text, tmp_path)
+        assert leads_out(other, link)
+    with pytest.raises(PatchTextError, match="mode"):
+        cut_outward_links(text, *checkout(repo))
+
+
+def new_file(path: str, lines: list[str], mode: str = "100755") -> str:
+    body = "".join(f"+{line}\n" for line in lines)
+    return (
+        f"diff --git a/{path} b/{path}\nnew file mode {mode}\nindex 0000000..1234567\n--- /dev/null\n"
+        f"+++ b/{path}\n@@ -0,0 +1,{len(lines)} @@\n{body}"
+    )
+
+
+def through_links(repo: Path, tmp_path: Path) -> dict[str, tuple[str, Path]]:
+    """Texts that write through a link, and what GNU `patch -p1` plants with each: `git apply` refuses
+    each whole (beyond a symbolic link), but `patch -p1` follows the link, and goes on past an entry it
+    cannot apply."""
+    mark, outside = tmp_path / "PWNED", tmp_path / "outside"
+    config = ["[core]", "\trepositoryformatversion = 0", "\tbare = false", "\tworktree = ..",
+              f'\tfsmonitor = "touch {mark}; false"']  # fmt: skip
+    outside.mkdir()
+    (repo / "tools").mkdir()
+    (repo / "tools" / "README").write_text("t\n")
+    (repo / "lnk").symlink_to("tools")  # the user's own
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "tools")
+    git_dir = (
+        new_file("tools/HEAD", ["ref: refs/heads/main"])
+        + new_file("tools/objects/info/packs", [""])
+        + new_file("tools/refs/heads/keep", [""])
+    )
+    return {
+        # A git directory in tools/, its config written through the patch's own inward link x -> tools.
+        "config": (git_dir + new_link("x", "tools") + new_file("x/config", config), mark),
+        # The user's own .git, through a link to it.
+        "hook": (
+            new_link("x", ".git") + new_file("x/hooks/pre-commit", ["#!/bin/sh", f"touch {mark}"]),
+            mark,
+        ),
+        # `d/file` makes d a folder for patch -p1, which then skips the link d and keeps x -> d/../..
+        "skipped": (
+            new_file("d/file", ["x"])
+            + new_file("sub/deep/k", ["k"])
+            + new_link("d", "sub/deep")
+            + new_link("x", "d/../.."),
+            outside / "secret",
+        ),
+        # The same through the checkout's own link (the patch makes none).
+        "held": (git_dir + new_file("lnk/config", config), mark),
+    }
+
+
+@pytest.mark.parametrize("name", ["config", "hook", "skipped", "held"])
+def test_a_path_through_a_link_is_refused(repo: Path, tmp_path: Path, name: str) -> None:
+    text, planted = through_links(repo, tmp_path)[name]
+    (tmp_path / "outside" / "secret").write_text("host secret\n")
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(repo), str(other))
+    with pytest.raises(subprocess.CalledProcessError):
+        applied(other, text, tmp_path)  # git refuses it whole: refusing it too loses nothing
+    gnu_patch(other, text, tmp_path)  # what the refusal prevents
+    subprocess.run(["git", "status"], cwd=other / "tools", capture_output=True, timeout=60)
+    (other / "README").write_text("edited\n")
+    git(other, "commit", "-qam", "the user's next commit")
+    assert planted.exists() and (name != "skipped" or (other / "x" / "outside" / "secret").exists())
+    with pytest.raises(PatchTextError, match=r"through a link|as a folder"):
+        cut_outward_links(text, *checkout(repo))
+
+
+@pytest.mark.parametrize(
+    "target", [".git", "a/../.git/hooks", ".GIT.", "sub/git~1", ".g\u200cit/x", ".git x"]
+)
+def test_a_link_into_a_git_directory_is_cut(repo: Path, target: str) -> None:
+    """The checkout's own .git is in no baseline: a link to it ended as a dangling name inside."""
+    text = new_link("x", target) + new_link("y", "README")
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    assert cut == [f"x -> {target} (leads into a git directory)"]
+    assert kept == new_link("y", "README")
+
+
+def test_a_folder_made_a_file_and_a_file_made_a_folder_pass_whole(repo: Path, tmp_path: Path) -> None:
+    """git writes a folder made a file as the new file and the deletions under it: no path runs through a
+    link, and the text applies. (`patch -p1` skips the new file `a`, a folder still: not atomic.)"""
+    (repo / "a" / "f").unlink()
+    (repo / "a").rmdir()
+    (repo / "a").write_text("now a file\n")
+    (repo / "README").unlink()
+    (repo / "README").mkdir()
+    (repo / "README" / "x").write_text("now a folder\n")
+    text = diff(repo)
+    assert cut_outward_links(text, *checkout(repo)) == (text, [])
+    applied(repo, text, tmp_path)
+    assert (repo / "a").read_text() == "now a file\n"
+    assert (repo / "README" / "x").read_text() == "now a folder\n"

@@ -5,8 +5,10 @@ own under the sandbox user's home (so the workspace's own `.git`, if any, gets n
 changes, and a folder that is not a repository needs none). For a repository, that directory borrows
 the repository's objects (`objects/info/alternates`) and its `info/exclude`; its `.gitignore` files
 apply either way. `workspace_patch` snapshots the tree again and returns `git diff` between the two:
-changed, new and deleted files, binary ones in git's binary format (`git apply` takes it; a text-only
-patch also applies with `patch -p1`). Ignored files (`.gitignore`) are in neither snapshot.
+changed, new and deleted files, binary ones in git's binary format. Apply it with `git apply`, which
+checks the whole text first and applies all of it or nothing; a text-only patch (one that passed the
+host's check) also applies with GNU `patch -p1`, but that is not atomic: it skips a hunk that does not
+apply and writes the rest, the patch half done. Ignored files (`.gitignore`) are in neither snapshot.
 
 Symlinks the run created or changed that are absolute or resolve out of the repository (followed through
 the other links of the end snapshot, as the host's checkout will hold them once the patch is applied, see
@@ -17,7 +19,9 @@ The text that comes back is judged again on the host (`patch_text`), against the
 baseline recorded before the agent ran: everything in the sandbox after that (the snapshot's objects,
 the patch file) is the agent's to rewrite, even between the judgement there and the diff. The host also
 leaves out (and names) the files git would run commands from in a folder the patch makes look like a
-git directory (its `config`, hooks: `git status` there would run them), as copy-back does.
+git directory (its `config`, hooks: `git status` there would run them), as copy-back does, and links into
+a `.git`; it refuses a text with a path through a link (one the checkout holds or the text makes), which
+`git apply` refuses too but `patch -p1` would follow.
 
 Against the snapshot rather than the repository's HEAD: edits the user had not committed before the
 run are theirs, not the agent's, and stay out of the patch (for a clean tree the two are the same).

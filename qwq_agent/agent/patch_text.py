@@ -6,11 +6,15 @@ the snapshot's objects, or the patch file itself, after the judgement. So the te
 as `git apply` will read it, and every link it would create or change is judged again here, against the
 folders and links the user's checkout held when the run began (recorded by `record_baseline` before the
 agent ran) and the patch's own entries. An outward link is cut from the text, with the other entries of
-its path (a file it replaced stays), until a round cuts none.
+its path (a file it replaced stays), until a round cuts none; so is a link with a `.git` part in its
+target (the checkout's own `.git` is in no baseline). A text with a path through a link the checkout holds
+or the text makes, or through a file it writes, is refused whole: `git apply` refuses it too ("beyond a
+symbolic link"), but GNU `patch -p1` follows the link, and goes on past an entry it cannot apply.
 
 Only git's own diff form passes (`diff --git` entries with the headers, hunks and binary blocks our
 `git diff --binary --no-renames` writes; hunk lines counted as the `@@` header says; names quoted, or not,
-exactly as git quotes them): a text with anything else in it is refused whole (`PatchError`), for
+exactly as git quotes them; mode headers only in git's own forms, which state the mode each entry
+leaves): a text with anything else in it is refused whole (`PatchError`), for
 `git apply` (or `patch -p1`) could read a part the parse did not.
 
 The text is the sandbox's, up to `patch.MAX_PATCH_BYTES`: the work stays linear in it. A link is judged
@@ -42,6 +46,7 @@ _HUNK = re.compile(r"@@ -(\d{1,10})(?:,(\d{1,10}))? \+(\d{1,10})(?:,(\d{1,10}))?
 _BINARY_SIZE = re.compile(r"(literal|delta) (\d{1,10})")
 _BASE85_LINE = re.compile(r"[A-Za-z][0-9A-Za-z!#$%&()*+\-;<=>?@^_`{|}~]+")
 UNREADABLE = "the patch does not show the link's target whole"
+GIT_DIR = "leads into a git directory"
 MAX_TARGET = 4095  # the bytes a link's target can hold (PATH_MAX less its NUL)
 
 
@@ -87,6 +92,7 @@ def cut_outward_links(text: str, dirs: set[str], links: dict[str, str]) -> tuple
     git's diff form, or one whose links are more than a real patch makes (`MAX_LINKS`) or take too long
     to follow (`FOLLOW_BUDGET`). The work is bounded for any text: run it off the event loop all the same."""
     entries = _parse(text)
+    _through_links(entries, links)
     written = list(dict.fromkeys(e.path for e in entries if not e.deleted))
     runs = patch_git_dirs.git_runs(written, dirs, links, [e.path for e in entries])
     cut = {path: f"{path} ({patch_git_dirs.WHY})" for path in runs}
@@ -163,7 +169,9 @@ class _Links:
         target = self.targets[path]
         why: str | None = UNREADABLE if target is None else None
         followed: set[str] = set()
-        if target is not None:
+        if target is not None and _names_git_dir(target):
+            why = GIT_DIR
+        elif target is not None:
             # `git apply --whitespace=fix` drops blanks at line ends: `.. ` would become `..`.
             for variant in dict.fromkeys((target, _whitespace_fixed(target))):
                 why = outward_reason(path, variant, self._entry, self._target, followed)
@@ -195,6 +203,43 @@ class _Links:
         if self.budget < 0:
             raise PatchTextError(
                 "the patch's links take too long to follow (far longer walks than a real patch's)"
+            )
+
+
+def _names_git_dir(target: str) -> bool:
+    """Whether a part of `target`, or a blank-separated word of one, is `.git` in any spelling a disk takes
+    for it (as `_check_parts`). The checkout's own `.git` is in no baseline, so the walk ends there as at
+    any name inside; but `patch -p1` writes through such a link into the user's git directory (a hook)."""
+    return any(
+        patch_git_dirs.fold(word) in (".git", "git~1")
+        for part in target.split("/")
+        for word in (part, *part.split())
+    )
+
+
+def _through_links(entries: list[_Entry], links: dict[str, str]) -> None:
+    """Refuse a text with a path that runs through a link the checkout holds (`links`), or through a path
+    the text itself writes (a link, or a file) other than to delete what lies under it (git writes a
+    folder made a file so). `git apply` refuses such a text whole ("beyond a symbolic link"), but GNU
+    `patch -p1` follows the link, and, not atomic, goes on past an entry it cannot apply: after a
+    skipped link `d`, a link `x -> d/../..` through the folder `d` another entry made. Paths are
+    compared as a case-insensitive disk would (`patch_git_dirs.fold`); sorted, each prefix is one
+    bisection, whatever the text."""
+    every = sorted((patch_git_dirs.fold(e.path), e.path) for e in entries)
+    kept = {e.path for e in entries if not e.deleted}
+    written = [(folded, path) for folded, path in every if path in kept]
+
+    def first_under(folder: str, paths: list[tuple[str, str]]) -> str | None:
+        at = bisect.bisect_left(paths, (folder + "/",))
+        return paths[at][1] if at < len(paths) and paths[at][0].startswith(folder + "/") else None
+
+    for link in links:
+        if (path := first_under(patch_git_dirs.fold(link), every)) is not None:
+            raise PatchTextError(f"{path!r} runs through a link the checkout holds, {link!r}")
+    for folded, made in written:
+        if (path := first_under(folded, written)) is not None:
+            raise PatchTextError(
+                f"{path!r} uses {made!r}, which the text writes as a file or a link, as a folder"
             )
 
 
@@ -279,17 +324,43 @@ def _one_change_a_path(entries: list[_Entry]) -> None:
                 raise PatchTextError(f"more than one change of {entry.path!r}")
 
 
+# The extended headers git writes with --no-renames, in its order: a mode change, an added or a deleted
+# file's mode, or none; then the index line, which holds the mode (old and new alike) only where no mode
+# line came before. `git apply` and `patch` read any other mix otherwise than the judgement would: the
+# last mode line wins, git takes the index line's mode for the old one, `patch` for the new one.
+_HEADER_FORMS = {
+    ("old mode", "new mode"): False,
+    ("new file mode",): False,
+    ("deleted file mode",): False,
+    (): True,  # then the index line must hold the mode: git states the mode every entry leaves
+}
+
+
 def _headers(lines: list[str], at: int, entry: _Entry) -> int:
-    """The extended headers git writes with --no-renames: modes and the index line, each once."""
-    seen: set[str] = set()
+    """The extended headers, only in one of git's own forms (`_HEADER_FORMS`)."""
+    words: list[str] = []
+    index: str | None = None
+    indexed = False
     while at < len(lines) and (found := _HEADER.fullmatch(lines[at])):
         word, mode = found.group(1) or "index", found.group(2) or found.group(3)
-        if word in seen or (mode is not None and mode not in MODES):
-            raise PatchTextError(f"line {at + 1}: a header given twice, or a mode git does not write")
-        seen.add(word)
-        if mode is not None:
+        if indexed or (mode is not None and mode not in MODES):
+            raise PatchTextError(
+                f"line {at + 1}: a header after the index line, or a mode git does not write"
+            )
+        if word == "index":
+            indexed, index = True, mode
+        elif mode is not None:  # always, for a mode line
+            words.append(word)
             entry.modes[word] = mode
         at += 1
+    form = _HEADER_FORMS.get(tuple(words))
+    if form is None or (index is not None) != form:
+        raise PatchTextError(
+            f"line {entry.start + 1}: mode headers git does not write (or an entry that does not state "
+            "the mode it leaves)"
+        )
+    if index is not None:
+        entry.modes["index"] = index
     return at
 
 
