@@ -577,33 +577,22 @@ async def test_a_slow_argument_check_leaves_the_event_loop_free_and_ends_at_the_
     rows: list = [0]
     for _ in range(24):
         rows = [rows]
-    ticks: list[float] = []
-
-    async def ticker() -> None:
-        while True:
-            ticks.append(time.monotonic())
-            await asyncio.sleep(0.05)
-
-    ticking = asyncio.create_task(ticker())
     registry = ToolRegistry([Store()], timeout=0.5)
-    try:
-        await asyncio.sleep(0.1)
-        started = time.monotonic()
-        # more slow calls than the checks have threads: each is given up on at its limit
-        outs = await asyncio.gather(
-            *(
-                registry.call(ToolCall(name="store", arguments={"rows": rows}))
-                for _ in range(CHECK_THREADS + 1)
-            )
-        )
-        took = time.monotonic() - started
-    finally:
-        ticking.cancel()
-    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    started = time.monotonic()
+    # more slow calls than the checks have threads: each is given up on at its limit
+    calls = asyncio.gather(
+        *(registry.call(ToolCall(name="store", arguments={"rows": rows})) for _ in range(CHECK_THREADS + 1))
+    )
+    # The loop is free while they are checked: a short sleep, due long before any call's limit, ends
+    # while every call is still being checked (on the loop itself, the check would have run first).
+    await asyncio.sleep(0.05)
+    assert not calls.done()
+    outs = await calls
+    took = time.monotonic() - started
     for out in outs:
         assert out.is_error and out.metadata["error"] == "timeout", out.text
         assert "could not be checked" in out.text and "0.5 s" in out.text
-    assert took < 3 and max(gaps) < 1.0, (took, max(gaps))
+    assert took < 30, took  # a bound on runaway work (the limit's 0.5 s expected), not a measurement
     # The abandoned checks stopped: the threads are free for the next call.
     quick = await ToolRegistry([Store()], timeout=2).call(ToolCall(name="store", arguments={"rows": [[]]}))
     assert quick.text == "stored"

@@ -83,7 +83,8 @@ def read_settings(path: Path, timeout: float) -> list[Setting] | None:
         return None
     with tempfile.TemporaryDirectory(prefix="qwq-git-config-") as home:
         env = {
-            "PATH": os.environ.get("PATH", ""),
+            # `git` is found already (absolute); listing a config runs no other program.
+            "PATH": os.path.dirname(git) + os.pathsep + os.defpath,
             "HOME": home,
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_CONFIG_GLOBAL": os.devnull,
