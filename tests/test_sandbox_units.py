@@ -508,3 +508,41 @@ def test_without_git_on_the_host_a_config_is_left_out(tmp_path, monkeypatch) -> 
     done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
     assert done.git_left_out == ["ws/.git/config"] and done.git_settings == []
     assert [p.name for p in (tmp_path / "dest" / "ws" / ".git").iterdir()] == ["HEAD"]
+
+
+def test_a_config_too_large_or_with_too_many_settings_is_left_out_before_git_reads_it(tmp_path) -> None:
+    """An 8 MB `.git/config` ("[core]" then "a" lines) grew the host by ~800 MB and ran the copy-back past
+    its deadline (refused whole): every listed setting was held as Python objects, and a key string per
+    dropped one. A long section name multiplied what git lists (100 KB by each setting under it). Now a
+    config over 256 KB, or with more settings than a few thousand, is left out and named, before git
+    runs; what git lists is read up to a bound; and only the first few dropped keys are kept."""
+    from qwq_agent.sandbox.git_config import MAX_CONFIG_BYTES, MAX_SETTINGS, rebuild
+
+    big = b"[core]\n" + b"a\n" * (4 * 1024 * 1024)
+    many = b"[core]\n" + b"a\n" * (MAX_SETTINGS + 1)
+    wide = b"[" + b"s" * 100_000 + b"]\n" + b"a\n" * 4000  # under both bounds; 400 MB as git lists it
+    good = b'[remote "origin"]\n\turl = https://x/r.git\n'
+    entries: list[tuple[str, str, str | bytes]] = [("ws", "dir", "")]
+    for name, config in (("big", big), ("many", many), ("wide", wide), ("good", good)):
+        entries += [
+            (f"ws/{name}/.git/HEAD", "file", "ref: refs/heads/main\n"),
+            (f"ws/{name}/.git/config", "file", config),
+        ]
+    dest = tmp_path / "dest"
+    done = _extract_counted(_tar_entries(*entries), dest, 64 << 20, 2.0, top="ws", entries=len(entries))
+    assert done.git_left_out == ["ws/big/.git/config", "ws/many/.git/config", "ws/wide/.git/config"]
+    assert done.git_settings == [
+        f"ws/big/.git/config: left out: {len(big)} bytes, over the {MAX_CONFIG_BYTES} a config copied back may hold",
+        f"ws/many/.git/config: left out: more than {MAX_SETTINGS} settings",
+        "ws/wide/.git/config: left out: git lists its settings as more than 1048576 bytes",
+    ]
+    assert (
+        dest / "ws" / "good" / ".git" / "config"
+    ).read_text() == '[remote "origin"]\n\turl = "https://x/r.git"\n'
+    # A config within the bounds that drops thousands of settings keeps the first few names, and a count.
+    aliases = tmp_path / "aliases"
+    aliases.write_bytes(b"[alias]\n" + b"".join(b"\ta%d = !x\n" % i for i in range(3000)))
+    new = rebuild(aliases, 30)
+    assert new is not None and not isinstance(new, str)
+    assert new.dropped_count == 3000 and new.dropped == [f"alias.a{i}" for i in range(len(new.dropped))]
+    assert 0 < len(new.dropped) <= 16

@@ -215,7 +215,7 @@ class DownloadResult(Result):
     git_settings_dropped: list[str] = Field(
         default_factory=list,
         description="a line per git config written with only its safe settings (remotes, branches, user, "
-        "core basics), naming the settings dropped",
+        "core basics), naming the settings dropped; or left out whole as too large to read, and why",
     )
     cut: list[str] = Field(
         default_factory=list,
