@@ -469,7 +469,8 @@ def _info(name: str, kind: bytes = tarfile.REGTYPE, *, size: int = 0, link: str 
 def test_a_rebuilt_git_config_keeps_safe_settings_and_no_value_can_start_a_setting(tmp_path) -> None:
     """Values that hold newlines, quotes, backslashes, `;` or `#` (which git reads back fine) are written
     quoted and escaped: one that spells `[core] fsmonitor = ...` stays a value. Includes, hooksPath,
-    aliases, filters and the like are dropped, and a bare repository's `core.bare = true` too."""
+    aliases, filters and the like are dropped, and a bare repository's `core.bare = true` too, and a
+    fetch refspec that force-rewrites local tags."""
     from qwq_agent.sandbox.git_config import read_settings, rebuild
 
     forged = 'x"\\\n[core]\n\tfsmonitor = touch /tmp/ran ; # \t\b'
@@ -487,15 +488,14 @@ def test_a_rebuilt_git_config_keeps_safe_settings_and_no_value_can_start_a_setti
     assert new is not None
     assert new.dropped == [
         "core.bare", "core.fsmonitor", "core.hookspath", "include.path", "includeif.gitdir:/.path",
-        'remote.or"ig\\in.uploadpack', "alias.st", "filter.lfs.clean",
+        'remote.or"ig\\in.fetch', 'remote.or"ig\\in.uploadpack', "alias.st", "filter.lfs.clean",
     ]  # fmt: skip
     out = tmp_path / "rebuilt"
     out.write_bytes(new.text)
     assert read_settings(out, 30) == [
         (b"core.repositoryformatversion", b"0"),
         (b"core.filemode", None),
-        (b'remote.or"ig\\in.fetch', b"+refs/heads/*:refs/remotes/o/*"),
-        (b'remote.or"ig\\in.fetch', b"+refs/tags/*:refs/tags/*"),
+        (b'remote.or"ig\\in.fetch', b"+refs/heads/*:refs/remotes/o/*"),  # not `+refs/tags/*:refs/tags/*`
         (b'remote.or"ig\\in.url', forged.encode()),  # git put it at the end of its section
         (b"branch.main.remote", b"origin"),
     ]
@@ -546,3 +546,76 @@ def test_a_config_too_large_or_with_too_many_settings_is_left_out_before_git_rea
     assert new is not None and not isinstance(new, str)
     assert new.dropped_count == 3000 and new.dropped == [f"alias.a{i}" for i in range(len(new.dropped))]
     assert 0 < len(new.dropped) <= 16
+
+
+def test_a_copied_back_config_cannot_turn_the_operators_next_push_or_fetch_destructive(tmp_path) -> None:
+    """The rebuilt config kept `remote.origin.push = :refs/heads/release` and `+HEAD:refs/heads/main`: the
+    operator's next plain `git push` in the copy deleted `release` on their real remote and force-wrote
+    `main`. `pushurl`, `mirror`, `branch.*.pushRemote`, `remote.pushDefault` and `push.default` steered
+    pushes too, and a fetch refspec into `refs/heads/` force-rewrote local branches at the next fetch.
+    Now all of those are dropped and named; a fetch refspec into `refs/remotes/` stays."""
+    import os
+    import subprocess
+
+    from qwq_agent.sandbox.git_config import rebuild
+
+    env = {**os.environ, "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+    env.update(GIT_AUTHOR_NAME="a", GIT_AUTHOR_EMAIL="a@a", GIT_COMMITTER_NAME="a", GIT_COMMITTER_EMAIL="a@a")
+
+    def git(*args: str, cwd=tmp_path) -> str:
+        done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    origin, ws = tmp_path / "origin.git", tmp_path / "sandbox" / "ws"
+    git("init", "-q", "--bare", "-b", "main", str(origin))
+    git("clone", "-q", str(origin), str(tmp_path / "op"))
+    git("commit", "-q", "--allow-empty", "-m", "one", cwd=tmp_path / "op")
+    git("push", "-q", "origin", "main", "main:release", cwd=tmp_path / "op")
+    before = git("for-each-ref", "--format=%(refname) %(objectname)", cwd=origin)
+    # The sandbox's copy: history rewritten (no fast-forward of origin's main), its pushes made destructive.
+    git("clone", "-q", str(origin), str(ws))
+    git("commit", "-q", "--amend", "--allow-empty", "-m", "rewritten", cwd=ws)
+    for key, value in (
+        ("remote.origin.push", ":refs/heads/release"),
+        ("remote.origin.push", "+HEAD:refs/heads/main"),
+        ("remote.origin.fetch", "+refs/heads/*:refs/heads/*"),
+        ("push.default", "matching"),
+    ):
+        git("config", "--add", key, value, cwd=ws)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(ws, arcname="ws")
+        count = len(tar.getmembers())
+    done = _extract_counted(buf.getvalue(), tmp_path / "copy", 64 << 20, top="ws", entries=count)
+    copy = tmp_path / "copy" / "ws"
+    subprocess.run(["git", "push"], cwd=copy, env=env, capture_output=True, timeout=60)  # routine: rejected
+    assert git("for-each-ref", "--format=%(refname) %(objectname)", cwd=origin) == before
+    listed = git("config", "--file", ".git/config", "--list", cwd=copy).splitlines()
+    assert [s for s in listed if s.startswith(("remote.", "branch.", "push."))] == [
+        f"remote.origin.url={origin}",
+        "remote.origin.fetch=+refs/heads/*:refs/remotes/origin/*",
+        "branch.main.remote=origin",
+        "branch.main.merge=refs/heads/main",
+    ]
+    assert done.git_settings == [
+        "ws/.git/config: kept remotes/branches and basic settings, dropped 4 settings git could run "
+        "commands from (or not known to be safe): remote.origin.push, remote.origin.fetch, push.default"
+    ]
+    # What else would steer the next push: elsewhere, or mirroring (deleting what the copy lacks).
+    config = tmp_path / "config"
+    config.write_text(
+        '[remote "origin"]\n\turl = https://x/r.git\n\tpushurl = https://evil/r.git\n\tmirror = true\n'
+        "\tfetch = +refs/tags/*:refs/tags/*\n\tfetch = ^refs/heads/tmp/*\n\tfetch = refs/heads/a:refs/remotes/o/a\n"
+        '[remote]\n\tpushDefault = evil\n[branch "main"]\n\tremote = origin\n\tpushRemote = evil\n'
+    )
+    new = rebuild(config, 30)
+    assert new is not None and not isinstance(new, str)
+    assert new.dropped == [
+        "remote.origin.pushurl", "remote.origin.mirror", "remote.origin.fetch", "remote.pushdefault",
+        "branch.main.pushremote",
+    ]  # fmt: skip
+    assert new.text == (
+        b'[remote "origin"]\n\turl = "https://x/r.git"\n\tfetch = "^refs/heads/tmp/*"\n'
+        b'\tfetch = "refs/heads/a:refs/remotes/o/a"\n[branch "main"]\n\tremote = "origin"\n'
+    )

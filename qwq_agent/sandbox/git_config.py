@@ -5,7 +5,8 @@ run commands itself (`core.fsmonitor`, `alias.*`, `filter.*`, `core.sshCommand`.
 the sandbox rewrote (`include.path = ../.gitconfig`, `core.hooksPath = .githooks`). Dropping it whole
 loses the remotes and branch settings, so it is read as git reads it, without following includes and
 without running anything (`git config --file F --no-includes --null --list`: listing runs nothing), and
-written anew with the settings of an allowlist (`safe`); values are quoted and escaped, so that none can
+written anew with the settings of an allowlist (`safe`: nor any that makes the operator's next plain
+`git push` or `git fetch` delete, overwrite or go elsewhere); values are quoted and escaped, so that none can
 start a section or a setting of its own. Without git on PATH, or one it cannot read, there is nothing
 to rebuild from: the caller leaves the file out. So it does, and says why, with a config too large to
 read within bounded memory and time (`MAX_CONFIG_BYTES`, `MAX_SETTINGS`: judged before git runs).
@@ -59,15 +60,18 @@ _PLAIN = frozenset(
         "init.defaultbranch",
         "pull.rebase",
         "pull.ff",
-        "push.default",
         "fetch.prune",
     }
 )
 # Settings of `[section "name"]`, whatever the name. Not remote.*.uploadpack/receivepack/vcs or
-# proxy, nor submodule.*.update: those name programs.
+# proxy, nor submodule.*.update: those name programs. Nor what makes the operator's next plain
+# `git push` destructive or send it elsewhere: remote.*.push (`:refs/heads/release` deletes that branch,
+# `+HEAD:main` overwrites it), pushurl, mirror (`push --mirror` deletes what the copy lacks),
+# branch.*.pushRemote, remote.pushDefault and push.default (`matching` pushes every branch of the
+# sandbox's making). A fetch refspec only into `refs/remotes/` (see `_harmless_fetch`).
 _NAMED = {
-    "remote": frozenset({"url", "pushurl", "fetch", "push", "tagopt", "prune", "mirror"}),
-    "branch": frozenset({"remote", "merge", "rebase", "pushremote"}),
+    "remote": frozenset({"url", "fetch", "tagopt", "prune"}),
+    "branch": frozenset({"remote", "merge", "rebase"}),
     "submodule": frozenset({"url", "active", "branch"}),
 }
 
@@ -192,15 +196,30 @@ def _read_bounded(proc: subprocess.Popen[bytes], deadline: float) -> bytes | str
 
 
 def safe(key: bytes, value: bytes | None) -> bool:
-    """Whether the setting `key` is on the allowlist: it can run nothing and name no other file."""
+    """Whether the setting `key` is on the allowlist: it can run nothing, name no other file, and make
+    none of the operator's routine commands destructive (push refspecs, a fetch into their branches)."""
     section, name, variable = _split(key)
     if name is None:
         plain = f"{section}.{variable}"
         return plain in _PLAIN and (plain != "core.bare" or (value or b"").lower() in _FALSE)
-    return b"\n" not in name and variable in _NAMED.get(section, ())
+    if b"\n" in name or variable not in _NAMED.get(section, ()):
+        return False
+    return _harmless_fetch(value) if (section, variable) == ("remote", "fetch") else True
 
 
 _FALSE = frozenset({b"false", b"no", b"off", b"0"})
+
+
+def _harmless_fetch(refspec: bytes | None) -> bool:
+    """Whether a fetch refspec writes only remote-tracking refs (`+refs/heads/*:refs/remotes/origin/*`,
+    as git sets it) or excludes (`^refs/heads/tmp/*`): one into `refs/heads/` or `refs/tags/` force-rewrites
+    the operator's own branches and tags at their next `git fetch`."""
+    if refspec is None:
+        return False
+    if refspec.startswith(b"^"):
+        return b":" not in refspec
+    _, colon, target = refspec.removeprefix(b"+").partition(b":")
+    return bool(colon) and target.startswith(b"refs/remotes/") and b":" not in target
 
 
 def render(settings: list[Setting]) -> bytes:
