@@ -619,3 +619,28 @@ def test_a_copied_back_config_cannot_turn_the_operators_next_push_or_fetch_destr
         b'[remote "origin"]\n\turl = "https://x/r.git"\n\tfetch = "^refs/heads/tmp/*"\n'
         b'\tfetch = "refs/heads/a:refs/remotes/o/a"\n[branch "main"]\n\tremote = "origin"\n'
     )
+
+
+def test_a_backslash_is_an_ordinary_character_in_a_downloaded_name(tmp_path) -> None:
+    """`ws\\notes.sh` passed the one-top-level-entry rule (names were compared with `\\` read as `/`) but
+    was written under its raw name, where `\\` is an ordinary character: a file beside the copy, in the
+    operator's DIR. Names are now split on `/` only, as the disk does: that is a second top-level entry,
+    and the archive is refused; inside the copy such names are plain names, `..` in them too."""
+    dest = tmp_path / "dest"
+    forged = _tar_entries(
+        ("ws", "dir", ""), ("ws/README.md", "file", "hi\n"), ("ws\\notes.sh", "file", "echo planted\n"),
+        ("ws\\.git", "dir", ""),
+    )  # fmt: skip
+    with pytest.raises(UnsafeArchive, match=r"'ws\\\\notes.sh' is not under 'ws'.*nothing was written"):
+        _extract_counted(forged, dest, 1 << 20, top="ws", entries=4)
+    assert list(dest.iterdir()) == []
+    odd = _tar_entries(
+        ("ws", "dir", ""), ("ws/a\\..", "file", "1"), ("ws/b\\..\\..\\c", "file", "2"), ("ws/l", "link", "a\\.."),
+    )  # fmt: skip
+    done = _extract_counted(odd, dest, 1 << 20, top="ws", entries=4)
+    assert sorted(p.name for p in (dest / "ws").iterdir()) == ["a\\..", "b\\..\\..\\c", "l"]
+    assert (
+        (dest / "ws" / "l").read_text() == "1"
+        and done.skipped == []
+        and list(dest.iterdir()) == [dest / "ws"]
+    )

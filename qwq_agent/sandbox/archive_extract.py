@@ -342,9 +342,10 @@ def _top_entry(member: tarfile.TarInfo, top: str | None) -> str:
     """The archive's top-level name: `top`, or the first entry's; an entry under another is refused.
 
     A download is one file or folder. A second top-level name (`otherproject/conftest.py` beside
-    `workspace/`) would be written into the operator's folder of that name beside the copy.
+    `workspace/`) would be written into the operator's folder of that name beside the copy. Names are
+    split on `/` only, as they are written: `workspace\\notes.sh` is a name of its own, beside the copy.
     """
-    first = member.name.replace("\\", "/").split("/")[0]
+    first = member.name.split("/")[0]
     if top is None:
         top = first
     if first != top or first in ("", ".", ".."):
@@ -358,7 +359,7 @@ def _top_entry(member: tarfile.TarInfo, top: str | None) -> str:
 def _link_outside(member: tarfile.TarInfo, dest: Path, top: str) -> str | None:
     """Why the symlink `member` may not be written under `dest/top` (absolute, leaving it), or None."""
     name = member.name
-    if name.startswith("/") or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+    if name.startswith("/") or os.path.isabs(name) or ".." in name.split("/"):
         return None  # not a link problem: the name itself is refused with the rest of the archive
     try:
         _data_filter(member, dest)

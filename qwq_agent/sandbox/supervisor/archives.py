@@ -12,9 +12,12 @@ from .snapshots import _KINDS, _Skipped
 
 
 def check_member(member):
-    """Why a tar entry is unsafe to extract (absolute, `..`, a link leaving, a special file), or None."""
+    """Why a tar entry is unsafe to extract (absolute, `..`, a link leaving, a special file), or None.
+
+    Names are split on `/` only, as the disk does: a `\\` is an ordinary character on Linux, and a check
+    that read it as `/` judged another name than the one written (`workspace\\notes.sh`)."""
     name = member.name
-    parts = name.replace("\\", "/").split("/")
+    parts = name.split("/")
     if name.startswith("/") or os.path.isabs(name):
         return "absolute path"
     if ".." in parts:
@@ -96,7 +99,7 @@ def _link_leaving(member):
     """Why the symlink `member` would lead out of the upload's destination (absolute, too many `..`), or None."""
     if not member.issym():
         return None
-    name, target = member.name.replace("\\", "/"), member.linkname
+    name, target = member.name, member.linkname  # split on `/` only (see `check_member`)
     if name.startswith("/") or ".." in name.split("/"):
         return None  # the name itself is refused with the rest of the archive
     if target.startswith("/") or os.path.isabs(target):
