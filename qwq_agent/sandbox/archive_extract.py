@@ -61,8 +61,9 @@ def _extract_counted(
     refuses the lot up front. With `entries` (the count the sandbox's reply gives), an archive that
     reads as another number of entries, or holds anything but zeros after its end, is refused: a header
     promising more bytes than came after it makes the following file contents read as headers of the
-    sandbox's choosing. The files at the entry numbers in `changed` (the supervisor's: they shrank while
-    they were sent, and it padded them with zeros) are left out and named, as are hard links to them.
+    sandbox's choosing. The files at the entry numbers in `changed` (the supervisor's: written to while
+    they were read, so a mix of old and new contents, or shrunk and padded with zeros) are left out and
+    named, as are hard links to them.
     Once all is written, what git would run commands from is removed from every git folder found on
     disk in what this copy-back wrote, and named in `git_left_out`; its configs are rebuilt with only
     their safe settings, a line per config naming those dropped in `git_settings` (`git_files`).
@@ -109,7 +110,7 @@ def _extract_counted(
                 if (member.isreg() and index in changed) or (member.islnk() and member.linkname in shrank):
                     shrank.add(member.name)
                     skipped.append(
-                        clean_text(f"{member.name}: changed while it was copied (it shrank as it was read)")
+                        clean_text(f"{member.name}: changed while it was copied (written to as it was read)")
                     )
                     continue
                 existing = dest / member.name

@@ -220,7 +220,8 @@ class DownloadResult(Result):
     cut: list[str] = Field(
         default_factory=list,
         description="files that grew while they were copied, written at the size they had when the copy "
-        "reached them (the sandbox names its first 50); one that shrank is in `skipped`, not written",
+        "reached them (the sandbox names its first 50); one that shrank or was written to as it was read is "
+        "in `skipped`, not written",
     )
     cut_count: int = Field(0, description="files cut, also those beyond the named ones")
 
