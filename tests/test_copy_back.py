@@ -446,3 +446,20 @@ async def test_the_users_own_config_cannot_lead_git_to_files_the_sandbox_rewrote
         "workspace/.git/config: kept remotes/branches and basic settings, dropped 3 settings git could "
         "run commands from (or not known to be safe): core.hookspath, include.path, alias.check"
     ) in said
+
+
+async def test_a_path_too_long_for_the_host_costs_only_itself(sandbox_image, tmp_path) -> None:
+    """A legal 4,085-byte path in the sandbox is longer than PATH_MAX under the host's DIR: the host
+    raised ENAMETOOLONG, removed everything it had written, and the run's work was lost. Now that entry
+    alone is left out and named."""
+    make_deep = (
+        "import os; p = 'deep/' + '/'.join(['d' * 50] * 79); os.makedirs(p); open(p + '/' + 'f' * 40, 'w')"
+    )
+    async with open_sandbox(workspace=_project(tmp_path)) as sb:
+        r = await sb.shell(f'echo keep > important.txt && python3 -c "{make_deep}"', timeout=60)
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, tmp_path / "out")
+    ws = tmp_path / "out" / "workspace"
+    assert ok, said
+    assert (ws / "important.txt").read_text() == "keep\n" and (ws / "README.md").read_text() == "hello\n"
+    assert "entries were not copied back" in said and "its path on the host would be longer than" in said

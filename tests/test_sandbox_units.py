@@ -644,3 +644,34 @@ def test_a_backslash_is_an_ordinary_character_in_a_downloaded_name(tmp_path) -> 
         and done.skipped == []
         and list(dest.iterdir()) == [dest / "ws"]
     )
+
+
+def test_entries_whose_host_path_would_be_too_long_are_left_out_and_named_not_the_lot(tmp_path) -> None:
+    """One path that fits in the sandbox but not under the host's DIR (PATH_MAX: 4096 bytes with its
+    NUL), or a name over NAME_MAX (255 bytes, which a forged archive can hold), made the host raise
+    ENAMETOOLONG and remove everything written: every other file of the run was lost. Each such entry
+    is now left out and named, up front; the rest is written."""
+    import os
+
+    dest = tmp_path / "dest"
+    room = 4095 - len(os.fsencode(str(dest / "ws"))) - 1  # bytes a name under DIR/ws may take
+    dirs, rest = divmod(room - 1, 51)
+    fits = ("d" * 50 + "/") * dirs + "f" * (rest + 1)  # exactly `room` bytes: 4095 with DIR/ws/
+    deep = ("d" * 50 + "/") * dirs + "g" * (rest + 2)  # one more
+    entries: list[tuple[str, str, str | bytes]] = [
+        ("ws", "dir", ""), ("ws/important.txt", "file", "keep"), (f"ws/{fits}", "file", "fits"),
+        (f"ws/{deep}", "file", "deep"), (f"ws/{'n' * 256}", "file", "long name"), (f"ws/{'m' * 255}", "file", "255"),
+        (f"ws/{'o' * 300}/inner", "file", "under a long name"), ("ws/far", "link", "t" * 4096),
+    ]  # fmt: skip
+    assert len(os.fsencode(str(dest / "ws" / fits))) == 4095
+    done = _extract_counted(_tar_entries(*entries), dest, 1 << 20, top="ws", entries=len(entries))
+    assert (dest / "ws" / "important.txt").read_text() == "keep"
+    assert (dest / "ws" / fits).read_text() == "fits" and (dest / "ws" / ("m" * 255)).read_text() == "255"
+    assert sorted(os.listdir(dest / "ws")) == sorted(["important.txt", "d" * 50, "m" * 255])
+    assert [s.rsplit(": ", 1)[1] for s in done.skipped] == [
+        "its path on the host would be longer than 4095 bytes",
+        "a name in its path is longer than 255 bytes",
+        "a name in its path is longer than 255 bytes",
+        "its link target is longer than 4095 bytes",
+    ]
+    assert done.skipped[0].startswith("ws/ddddd") and "..." in done.skipped[0] and len(done.skipped[0]) < 400

@@ -63,7 +63,9 @@ def _extract_counted(
     promising more bytes than came after it makes the following file contents read as headers of the
     sandbox's choosing. The files at the entry numbers in `changed` (the supervisor's: written to while
     they were read, so a mix of old and new contents, or shrunk and padded with zeros) are left out and
-    named, as are hard links to them.
+    named, as are hard links to them. So is an entry whose path under `dest` (or a name in it, or its
+    link target) is too long for the host's kernel: a deep path that fits in the sandbox can exceed
+    PATH_MAX under the operator's DIR, and costs only itself.
     Once all is written, what git would run commands from is removed from every git folder found on
     disk in what this copy-back wrote, and named in `git_left_out`; its configs are rebuilt with only
     their safe settings, a line per config naming those dropped in `git_settings` (`git_files`).
@@ -71,6 +73,7 @@ def _extract_counted(
     deadline = time.monotonic() + timeout
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
+    limits = _Limits.of(dest)
     inside = root  # `root / top` once the top-level name is known: nothing may resolve out of it
     created: list[Path] = []
     ours: set[tuple[int, int]] = set()  # `identity` of each entry written: only those are removed again
@@ -92,6 +95,10 @@ def _extract_counted(
                     )
                 top = _top_entry(member, top)
                 inside = root / top
+                too_long = _too_long(member, dest, root, limits)
+                if too_long:
+                    skipped.append(clean_text(f"{_shortened(member.name)}: {too_long}"))
+                    continue
                 outside = _link_outside(member, dest, top) if member.issym() else None
                 if outside:
                     skipped.append(clean_text(f"{member.name} -> {member.linkname} ({outside})"))
@@ -337,6 +344,42 @@ class _Resolver:
 
 class _Timeout(Exception):
     pass
+
+
+class _Limits(NamedTuple):
+    """The longest path (bytes, its NUL not counted) and name the host's kernel takes under `dest`."""
+
+    path: int
+    name: int
+
+    @classmethod
+    def of(cls, dest: Path) -> _Limits:
+        try:  # Linux: 4096 with the NUL, and 255; macOS: 1024, and 255
+            return cls(os.pathconf(dest, "PC_PATH_MAX") - 1, os.pathconf(dest, "PC_NAME_MAX"))
+        except (OSError, ValueError):
+            return cls(4095, 255)
+
+
+def _too_long(member: tarfile.TarInfo, dest: Path, root: Path, limits: _Limits) -> str | None:
+    """Why `member` cannot be written on this host (its path under `dest` or a name in it too long for
+    the kernel, or its link target), or None. A path that fits in the sandbox can still be too long here,
+    under the operator's DIR: written, it raised ENAMETOOLONG and cost every other file of the copy."""
+    if any(len(os.fsencode(part)) > limits.name for part in member.name.split("/")):
+        return f"a name in its path is longer than {limits.name} bytes"
+    # Both forms are used: the one as given (maybe relative) for writing, the resolved one for judging.
+    if (
+        max(len(os.fsencode(str(dest / member.name))), len(os.fsencode(str(root / member.name))))
+        > limits.path
+    ):
+        return f"its path on the host would be longer than {limits.path} bytes"
+    if member.issym() and len(os.fsencode(member.linkname)) > limits.path:
+        return f"its link target is longer than {limits.path} bytes"
+    return None
+
+
+def _shortened(name: str, keep: int = 120) -> str:
+    """`name` with its middle left out when long: a 4,000-byte path named in full fills the screen."""
+    return name if len(name) <= 2 * keep + 3 else f"{name[:keep]}...{name[-keep:]}"
 
 
 def _top_entry(member: tarfile.TarInfo, top: str | None) -> str:

@@ -131,7 +131,8 @@ class FileOps(SandboxCalls):
         absolute paths, `..`, special files and entries beside `src`'s own name raise `UnsafeArchive`. A
         symlink that is absolute or leaves the copy of `src` (a venv's `bin/python3 -> /usr/bin/python3`;
         `notes.md -> ../otherproject/x`, beside it in `local_dir`) is not written; it is named in `skipped`,
-        as are FIFOs, sockets and unreadable entries, which the sandbox leaves out of the archive.
+        as are FIFOs, sockets and unreadable entries, which the sandbox leaves out of the archive, and
+        entries whose path under `local_dir` would be too long for this host (PATH_MAX, NAME_MAX).
         A file that shrank or was written to while it was sent (something in the sandbox still wrote it:
         what came may mix old and new contents) is not written and is named in `skipped`; one that grew
         is written cut, and named in `cut`.

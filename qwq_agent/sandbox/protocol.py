@@ -204,7 +204,8 @@ class DownloadResult(Result):
     skipped: list[str] = Field(
         default_factory=list,
         description="entries not written: links absolute, leaving the destination or too deep; FIFOs, "
-        "sockets, devices and unreadable entries (the sandbox names its first 50)",
+        "sockets, devices and unreadable entries (the sandbox names its first 50); files changed while "
+        "copied; paths too long for the host",
     )
     skipped_count: int = Field(0, description="entries not written, also those beyond the named ones")
     git_left_out: list[str] = Field(
