@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -675,3 +676,13 @@ def test_entries_whose_host_path_would_be_too_long_are_left_out_and_named_not_th
         "its link target is longer than 4095 bytes",
     ]
     assert done.skipped[0].startswith("ws/ddddd") and "..." in done.skipped[0] and len(done.skipped[0]) < 400
+
+
+def test_links_inside_are_kept_when_the_destination_is_a_relative_path(tmp_path, monkeypatch) -> None:
+    """`--copy-back out` (relative): the check of links once all was written resolved `out/ws/docs/...`
+    from `/`, found it outside the copy, and removed every link, even `docs/README.md -> ../README.md`."""
+    monkeypatch.chdir(tmp_path)
+    data = _tar_links(("ws/docs/README.md", "../README.md"), ("ws/up", "../../outside"))
+    _, _, skipped, *_ = _extract_counted(data, Path("out"), 1 << 20)
+    assert (tmp_path / "out" / "ws" / "docs" / "README.md").read_text() == "hi"
+    assert [s.split(" -> ")[0] for s in skipped] == ["ws/up"]

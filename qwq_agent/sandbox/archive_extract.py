@@ -293,8 +293,10 @@ class _Resolver:
 
     def leaves(self, link: Path, root: Path) -> str | None:
         """Why `link` may not stay (it leads out of `root`, or through too many links), or None."""
+        name = str(link)
+        start = "/" if name.startswith("/") else os.getcwd()  # a relative `dest`: `--copy-back out`
         try:
-            real, _ = self._real("/", str(link).split("/"), MAX_LINK_HOPS)
+            real, _ = self._real(start, name.split("/"), MAX_LINK_HOPS)
         except _TooDeep:
             return f"more than {MAX_LINK_HOPS} links deep, or a loop"
         path = Path(real)
