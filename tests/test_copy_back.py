@@ -77,6 +77,7 @@ open(W + "/d/enabled", "w").write("mine\n")
 if BIG:  # walked before d/: the first chunk goes out while it is
     with open(W + "/big.bin", "wb") as f:
         f.write(b"b" * (12 * 1024 * 1024))
+    os.utime(W + "/big.bin", (1, 1))  # last written long ago: a write during the walk changes its mtime
 
 
 def header(name, size=0, kind=tarfile.REGTYPE, link=""):
@@ -206,6 +207,57 @@ async def test_a_big_file_that_shrinks_while_it_is_sent_is_named_changed_not_the
     assert reply["parsed"] == ["t", "t/big.bin", "t/d", "t/d/a.bin", "t/d/enabled", "t/e_sled"]
     assert reply["sizes"]["t/big.bin"] == 12 * 1024 * 1024 and reply["tail_of_big"] == "00" * 16
     assert reply["changed"] == [1] and reply["entries"] == 6 and reply["cut"] == []
+
+
+async def test_a_big_file_rewritten_in_place_while_it_is_sent_is_named_changed(sandbox_image) -> None:
+    """A checkpoint or database overwritten in place at the same size while its bytes stream out came
+    back a silent mix of old and new contents: only a short read or growth was looked at. Its mtime and
+    ctime are now compared before and after: changed, and the host leaves it out and names it."""
+    reply = await _walk('open(W + "/big.bin", "r+b").write(b"n" * 4096)', big=True)
+    assert "error" not in reply, reply
+    assert reply["sizes"]["t/big.bin"] == 12 * 1024 * 1024
+    assert reply["changed"] == [1] and reply["cut"] == [] and reply["entries"] == 6
+
+
+# The walk of a folder of small files (each read whole before its header goes out), with a writer of
+# the agent's landing at one exact moment: right after the walk read `t/state.json`.
+_SMALL = r"""
+import io, json, os, sys
+sys.path.insert(0, "/opt/qwq")
+from supervisor import archives
+
+W = "/workspace/t"
+os.makedirs(W)
+for name in ("state.json", "other.txt"):
+    open(W + "/" + name, "w").write("old " * 100)
+    os.utime(W + "/" + name, (1, 1))
+contents = archives._contents
+
+
+def racing(f, info):
+    out = contents(f, info)
+    if info.name == "t/state.json":
+        with open(W + "/state.json", "r+") as g:
+            g.write("new ")
+    return out
+
+
+archives._contents = racing
+reply = archives.download({"path": W, "_send": lambda frame, blob: None})
+print(json.dumps(reply))
+"""
+
+
+async def test_a_small_file_written_while_it_is_read_is_named_changed(sandbox_image) -> None:
+    """The same for a file read whole: a write landing in the middle of the read went unseen."""
+    import json
+
+    async with open_sandbox() as sb:
+        r = await sb.python(_SMALL, timeout=60)
+    assert r.error is None, r.error
+    reply = json.loads(r.stdout)
+    # Entries: t, t/other.txt, t/state.json.
+    assert reply["entries"] == 3 and reply["changed"] == [2] and reply["cut"] == []
 
 
 async def test_a_file_that_grows_while_it_is_sent_is_cut_and_said_so(sandbox_image) -> None:
@@ -394,3 +446,20 @@ async def test_the_users_own_config_cannot_lead_git_to_files_the_sandbox_rewrote
         "workspace/.git/config: kept remotes/branches and basic settings, dropped 3 settings git could "
         "run commands from (or not known to be safe): core.hookspath, include.path, alias.check"
     ) in said
+
+
+async def test_a_path_too_long_for_the_host_costs_only_itself(sandbox_image, tmp_path) -> None:
+    """A legal 4,085-byte path in the sandbox is longer than PATH_MAX under the host's DIR: the host
+    raised ENAMETOOLONG, removed everything it had written, and the run's work was lost. Now that entry
+    alone is left out and named."""
+    make_deep = (
+        "import os; p = 'deep/' + '/'.join(['d' * 50] * 79); os.makedirs(p); open(p + '/' + 'f' * 40, 'w')"
+    )
+    async with open_sandbox(workspace=_project(tmp_path)) as sb:
+        r = await sb.shell(f'echo keep > important.txt && python3 -c "{make_deep}"', timeout=60)
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, tmp_path / "out")
+    ws = tmp_path / "out" / "workspace"
+    assert ok, said
+    assert (ws / "important.txt").read_text() == "keep\n" and (ws / "README.md").read_text() == "hello\n"
+    assert "entries were not copied back" in said and "its path on the host would be longer than" in said

@@ -83,7 +83,8 @@ async def test_an_acquire_out_of_time_leaves_the_healthy_warm_sandboxes_alone(
 ) -> None:
     """The health check's ping got only what the acquire's deadline had left, maybe nothing: an acquire
     with (almost) no time left found each warm sandbox "paused or frozen" and destroyed it, one after the
-    other. The deadline is the problem, not the sandbox: it goes back, and the acquire times out."""
+    other. The deadline is the problem, not the sandbox: the acquire times out, and the sandbox goes back
+    once the pool's own full-length check (in the background) finds it healthy."""
     async with SandboxPool(size=2, config=SandboxConfig(image=sandbox_image)) as pool:
         await asyncio.wait_for(pool.wait_ready(), GUARD_S)
         warm = warm_ids(pool)
@@ -91,10 +92,52 @@ async def test_an_acquire_out_of_time_leaves_the_healthy_warm_sandboxes_alone(
         with contextlib.suppress(SandboxAcquireTimeout):
             async with pool.acquire(deadline=Deadline.after(left)) as sb:
                 got.append(sb.id)  # its ping was answered within the millisecond: as good an outcome
+        await asyncio.wait_for(pool.wait_ready(), GUARD_S)  # its check in full, in the background
         assert pool.replaced == 0 and set(warm) <= set(warm_ids(pool) + got)
         assert not got or left > 0
         async with pool.acquire() as sb:
             assert sb.id in warm and (await sb.shell("echo ok")).stdout == "ok\n"
+
+
+@pytest.mark.docker
+async def test_a_frozen_warm_sandbox_is_replaced_though_every_acquire_has_too_little_time(
+    sandbox_image: str,
+) -> None:
+    """An acquire with less time than the health check's ping put a paused sandbox back as "the deadline
+    proves nothing", and nothing ever pinged it in full: with every acquire that short, each took the
+    same frozen sandbox, failed, and put it back; the pool stayed broken for good. Now it is checked in
+    full in the background (tracked by the pool), out of the queue meanwhile, and replaced."""
+    async with SandboxPool(size=1, config=SandboxConfig(image=sandbox_image)) as pool:  # a 2 s health check
+        await asyncio.wait_for(pool.wait_ready(), GUARD_S)
+        (paused,) = warm_ids(pool)
+        await pool.engine.request("POST", f"/containers/{paused}/pause")
+        with pytest.raises(SandboxAcquireTimeout):
+            async with pool.acquire(timeout=0.5):
+                pass
+        await asyncio.wait_for(pool.wait_ready(), GUARD_S)  # the full check, then the replacement's start
+        assert pool.replaced == 1 and warm_ids(pool) != [paused] and pool.ready == 1
+        async with pool.acquire(timeout=1.0) as sb:
+            assert sb.id != paused and (await sb.shell("echo ok")).stdout == "ok\n"
+        await asyncio.wait_for(removed(pool.engine, paused), GUARD_S)
+
+
+@pytest.mark.docker
+async def test_closing_the_pool_does_not_wait_out_a_background_health_check(sandbox_image: str) -> None:
+    """The full-length check of a sandbox an acquire ran out of time for is the pool's: `aclose()` stops
+    it rather than waiting out its ping, and destroys the sandbox."""
+    pool = SandboxPool(size=1, config=SandboxConfig(image=sandbox_image), health_check_timeout_s=GUARD_S)
+    await pool.__aenter__()
+    try:
+        await asyncio.wait_for(pool.wait_ready(), GUARD_S)
+        (paused,) = warm_ids(pool)
+        await pool.engine.request("POST", f"/containers/{paused}/pause")
+        with pytest.raises(SandboxAcquireTimeout):
+            async with pool.acquire(timeout=0.5):
+                pass
+    finally:
+        await asyncio.wait_for(pool.aclose(), GUARD_S / 4)  # well before the check's ping would end
+    await asyncio.wait_for(removed(pool.engine, paused), GUARD_S / 4)
+    assert pool.ready == 0 and not pool._tasks  # type: ignore[attr-defined]
 
 
 @pytest.mark.docker

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -454,8 +455,8 @@ def test_a_file_the_sandbox_names_changed_is_left_out_and_named(tmp_path) -> Non
     done = _extract_counted(buf.getvalue(), dest, 1 << 20, top="ws", entries=4, changed=[0, 1])
     assert sorted(p.name for p in (dest / "ws").iterdir()) == ["result.txt"]
     assert done.skipped == [
-        "ws/state.json: changed while it was copied (it shrank as it was read)",
-        "ws/same: changed while it was copied (it shrank as it was read)",
+        "ws/state.json: changed while it was copied (written to as it was read)",
+        "ws/same: changed while it was copied (written to as it was read)",
     ]
     assert done.written == 2
 
@@ -469,7 +470,8 @@ def _info(name: str, kind: bytes = tarfile.REGTYPE, *, size: int = 0, link: str 
 def test_a_rebuilt_git_config_keeps_safe_settings_and_no_value_can_start_a_setting(tmp_path) -> None:
     """Values that hold newlines, quotes, backslashes, `;` or `#` (which git reads back fine) are written
     quoted and escaped: one that spells `[core] fsmonitor = ...` stays a value. Includes, hooksPath,
-    aliases, filters and the like are dropped, and a bare repository's `core.bare = true` too."""
+    aliases, filters and the like are dropped, and a bare repository's `core.bare = true` too, and a
+    fetch refspec that force-rewrites local tags."""
     from qwq_agent.sandbox.git_config import read_settings, rebuild
 
     forged = 'x"\\\n[core]\n\tfsmonitor = touch /tmp/ran ; # \t\b'
@@ -487,15 +489,14 @@ def test_a_rebuilt_git_config_keeps_safe_settings_and_no_value_can_start_a_setti
     assert new is not None
     assert new.dropped == [
         "core.bare", "core.fsmonitor", "core.hookspath", "include.path", "includeif.gitdir:/.path",
-        'remote.or"ig\\in.uploadpack', "alias.st", "filter.lfs.clean",
+        'remote.or"ig\\in.fetch', 'remote.or"ig\\in.uploadpack', "alias.st", "filter.lfs.clean",
     ]  # fmt: skip
     out = tmp_path / "rebuilt"
     out.write_bytes(new.text)
     assert read_settings(out, 30) == [
         (b"core.repositoryformatversion", b"0"),
         (b"core.filemode", None),
-        (b'remote.or"ig\\in.fetch', b"+refs/heads/*:refs/remotes/o/*"),
-        (b'remote.or"ig\\in.fetch', b"+refs/tags/*:refs/tags/*"),
+        (b'remote.or"ig\\in.fetch', b"+refs/heads/*:refs/remotes/o/*"),  # not `+refs/tags/*:refs/tags/*`
         (b'remote.or"ig\\in.url', forged.encode()),  # git put it at the end of its section
         (b"branch.main.remote", b"origin"),
     ]
@@ -508,3 +509,180 @@ def test_without_git_on_the_host_a_config_is_left_out(tmp_path, monkeypatch) -> 
     done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
     assert done.git_left_out == ["ws/.git/config"] and done.git_settings == []
     assert [p.name for p in (tmp_path / "dest" / "ws" / ".git").iterdir()] == ["HEAD"]
+
+
+def test_a_config_too_large_or_with_too_many_settings_is_left_out_before_git_reads_it(tmp_path) -> None:
+    """An 8 MB `.git/config` ("[core]" then "a" lines) grew the host by ~800 MB and ran the copy-back past
+    its deadline (refused whole): every listed setting was held as Python objects, and a key string per
+    dropped one. A long section name multiplied what git lists (100 KB by each setting under it). Now a
+    config over 256 KB, or with more settings than a few thousand, is left out and named, before git
+    runs; what git lists is read up to a bound; and only the first few dropped keys are kept."""
+    from qwq_agent.sandbox.git_config import MAX_CONFIG_BYTES, MAX_SETTINGS, rebuild
+
+    big = b"[core]\n" + b"a\n" * (4 * 1024 * 1024)
+    many = b"[core]\n" + b"a\n" * (MAX_SETTINGS + 1)
+    wide = b"[" + b"s" * 100_000 + b"]\n" + b"a\n" * 4000  # under both bounds; 400 MB as git lists it
+    good = b'[remote "origin"]\n\turl = https://x/r.git\n'
+    entries: list[tuple[str, str, str | bytes]] = [("ws", "dir", "")]
+    for name, config in (("big", big), ("many", many), ("wide", wide), ("good", good)):
+        entries += [
+            (f"ws/{name}/.git/HEAD", "file", "ref: refs/heads/main\n"),
+            (f"ws/{name}/.git/config", "file", config),
+        ]
+    dest = tmp_path / "dest"
+    done = _extract_counted(_tar_entries(*entries), dest, 64 << 20, 2.0, top="ws", entries=len(entries))
+    assert done.git_left_out == ["ws/big/.git/config", "ws/many/.git/config", "ws/wide/.git/config"]
+    assert done.git_settings == [
+        f"ws/big/.git/config: left out: {len(big)} bytes, over the {MAX_CONFIG_BYTES} a config copied back may hold",
+        f"ws/many/.git/config: left out: more than {MAX_SETTINGS} settings",
+        "ws/wide/.git/config: left out: git lists its settings as more than 1048576 bytes",
+    ]
+    assert (
+        dest / "ws" / "good" / ".git" / "config"
+    ).read_text() == '[remote "origin"]\n\turl = "https://x/r.git"\n'
+    # A config within the bounds that drops thousands of settings keeps the first few names, and a count.
+    aliases = tmp_path / "aliases"
+    aliases.write_bytes(b"[alias]\n" + b"".join(b"\ta%d = !x\n" % i for i in range(3000)))
+    new = rebuild(aliases, 30)
+    assert new is not None and not isinstance(new, str)
+    assert new.dropped_count == 3000 and new.dropped == [f"alias.a{i}" for i in range(len(new.dropped))]
+    assert 0 < len(new.dropped) <= 16
+
+
+def test_a_copied_back_config_cannot_turn_the_operators_next_push_or_fetch_destructive(tmp_path) -> None:
+    """The rebuilt config kept `remote.origin.push = :refs/heads/release` and `+HEAD:refs/heads/main`: the
+    operator's next plain `git push` in the copy deleted `release` on their real remote and force-wrote
+    `main`. `pushurl`, `mirror`, `branch.*.pushRemote`, `remote.pushDefault` and `push.default` steered
+    pushes too, and a fetch refspec into `refs/heads/` force-rewrote local branches at the next fetch.
+    Now all of those are dropped and named; a fetch refspec into `refs/remotes/` stays."""
+    import os
+    import subprocess
+
+    from qwq_agent.sandbox.git_config import rebuild
+
+    env = {**os.environ, "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+    env.update(GIT_AUTHOR_NAME="a", GIT_AUTHOR_EMAIL="a@a", GIT_COMMITTER_NAME="a", GIT_COMMITTER_EMAIL="a@a")
+
+    def git(*args: str, cwd=tmp_path) -> str:
+        done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    origin, ws = tmp_path / "origin.git", tmp_path / "sandbox" / "ws"
+    git("init", "-q", "--bare", "-b", "main", str(origin))
+    git("clone", "-q", str(origin), str(tmp_path / "op"))
+    git("commit", "-q", "--allow-empty", "-m", "one", cwd=tmp_path / "op")
+    git("push", "-q", "origin", "main", "main:release", cwd=tmp_path / "op")
+    before = git("for-each-ref", "--format=%(refname) %(objectname)", cwd=origin)
+    # The sandbox's copy: history rewritten (no fast-forward of origin's main), its pushes made destructive.
+    git("clone", "-q", str(origin), str(ws))
+    git("commit", "-q", "--amend", "--allow-empty", "-m", "rewritten", cwd=ws)
+    for key, value in (
+        ("remote.origin.push", ":refs/heads/release"),
+        ("remote.origin.push", "+HEAD:refs/heads/main"),
+        ("remote.origin.fetch", "+refs/heads/*:refs/heads/*"),
+        ("push.default", "matching"),
+    ):
+        git("config", "--add", key, value, cwd=ws)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(ws, arcname="ws")
+        count = len(tar.getmembers())
+    done = _extract_counted(buf.getvalue(), tmp_path / "copy", 64 << 20, top="ws", entries=count)
+    copy = tmp_path / "copy" / "ws"
+    subprocess.run(["git", "push"], cwd=copy, env=env, capture_output=True, timeout=60)  # routine: rejected
+    assert git("for-each-ref", "--format=%(refname) %(objectname)", cwd=origin) == before
+    listed = git("config", "--file", ".git/config", "--list", cwd=copy).splitlines()
+    assert [s for s in listed if s.startswith(("remote.", "branch.", "push."))] == [
+        f"remote.origin.url={origin}",
+        "remote.origin.fetch=+refs/heads/*:refs/remotes/origin/*",
+        "branch.main.remote=origin",
+        "branch.main.merge=refs/heads/main",
+    ]
+    assert done.git_settings == [
+        "ws/.git/config: kept remotes/branches and basic settings, dropped 4 settings git could run "
+        "commands from (or not known to be safe): remote.origin.push, remote.origin.fetch, push.default"
+    ]
+    # What else would steer the next push: elsewhere, or mirroring (deleting what the copy lacks).
+    config = tmp_path / "config"
+    config.write_text(
+        '[remote "origin"]\n\turl = https://x/r.git\n\tpushurl = https://evil/r.git\n\tmirror = true\n'
+        "\tfetch = +refs/tags/*:refs/tags/*\n\tfetch = ^refs/heads/tmp/*\n\tfetch = refs/heads/a:refs/remotes/o/a\n"
+        '[remote]\n\tpushDefault = evil\n[branch "main"]\n\tremote = origin\n\tpushRemote = evil\n'
+    )
+    new = rebuild(config, 30)
+    assert new is not None and not isinstance(new, str)
+    assert new.dropped == [
+        "remote.origin.pushurl", "remote.origin.mirror", "remote.origin.fetch", "remote.pushdefault",
+        "branch.main.pushremote",
+    ]  # fmt: skip
+    assert new.text == (
+        b'[remote "origin"]\n\turl = "https://x/r.git"\n\tfetch = "^refs/heads/tmp/*"\n'
+        b'\tfetch = "refs/heads/a:refs/remotes/o/a"\n[branch "main"]\n\tremote = "origin"\n'
+    )
+
+
+def test_a_backslash_is_an_ordinary_character_in_a_downloaded_name(tmp_path) -> None:
+    """`ws\\notes.sh` passed the one-top-level-entry rule (names were compared with `\\` read as `/`) but
+    was written under its raw name, where `\\` is an ordinary character: a file beside the copy, in the
+    operator's DIR. Names are now split on `/` only, as the disk does: that is a second top-level entry,
+    and the archive is refused; inside the copy such names are plain names, `..` in them too."""
+    dest = tmp_path / "dest"
+    forged = _tar_entries(
+        ("ws", "dir", ""), ("ws/README.md", "file", "hi\n"), ("ws\\notes.sh", "file", "echo planted\n"),
+        ("ws\\.git", "dir", ""),
+    )  # fmt: skip
+    with pytest.raises(UnsafeArchive, match=r"'ws\\\\notes.sh' is not under 'ws'.*nothing was written"):
+        _extract_counted(forged, dest, 1 << 20, top="ws", entries=4)
+    assert list(dest.iterdir()) == []
+    odd = _tar_entries(
+        ("ws", "dir", ""), ("ws/a\\..", "file", "1"), ("ws/b\\..\\..\\c", "file", "2"), ("ws/l", "link", "a\\.."),
+    )  # fmt: skip
+    done = _extract_counted(odd, dest, 1 << 20, top="ws", entries=4)
+    assert sorted(p.name for p in (dest / "ws").iterdir()) == ["a\\..", "b\\..\\..\\c", "l"]
+    assert (
+        (dest / "ws" / "l").read_text() == "1"
+        and done.skipped == []
+        and list(dest.iterdir()) == [dest / "ws"]
+    )
+
+
+def test_entries_whose_host_path_would_be_too_long_are_left_out_and_named_not_the_lot(tmp_path) -> None:
+    """One path that fits in the sandbox but not under the host's DIR (PATH_MAX: 4096 bytes with its
+    NUL), or a name over NAME_MAX (255 bytes, which a forged archive can hold), made the host raise
+    ENAMETOOLONG and remove everything written: every other file of the run was lost. Each such entry
+    is now left out and named, up front; the rest is written."""
+    import os
+
+    dest = tmp_path / "dest"
+    room = 4095 - len(os.fsencode(str(dest / "ws"))) - 1  # bytes a name under DIR/ws may take
+    dirs, rest = divmod(room - 1, 51)
+    fits = ("d" * 50 + "/") * dirs + "f" * (rest + 1)  # exactly `room` bytes: 4095 with DIR/ws/
+    deep = ("d" * 50 + "/") * dirs + "g" * (rest + 2)  # one more
+    entries: list[tuple[str, str, str | bytes]] = [
+        ("ws", "dir", ""), ("ws/important.txt", "file", "keep"), (f"ws/{fits}", "file", "fits"),
+        (f"ws/{deep}", "file", "deep"), (f"ws/{'n' * 256}", "file", "long name"), (f"ws/{'m' * 255}", "file", "255"),
+        (f"ws/{'o' * 300}/inner", "file", "under a long name"), ("ws/far", "link", "t" * 4096),
+    ]  # fmt: skip
+    assert len(os.fsencode(str(dest / "ws" / fits))) == 4095
+    done = _extract_counted(_tar_entries(*entries), dest, 1 << 20, top="ws", entries=len(entries))
+    assert (dest / "ws" / "important.txt").read_text() == "keep"
+    assert (dest / "ws" / fits).read_text() == "fits" and (dest / "ws" / ("m" * 255)).read_text() == "255"
+    assert sorted(os.listdir(dest / "ws")) == sorted(["important.txt", "d" * 50, "m" * 255])
+    assert [s.rsplit(": ", 1)[1] for s in done.skipped] == [
+        "its path on the host would be longer than 4095 bytes",
+        "a name in its path is longer than 255 bytes",
+        "a name in its path is longer than 255 bytes",
+        "its link target is longer than 4095 bytes",
+    ]
+    assert done.skipped[0].startswith("ws/ddddd") and "..." in done.skipped[0] and len(done.skipped[0]) < 400
+
+
+def test_links_inside_are_kept_when_the_destination_is_a_relative_path(tmp_path, monkeypatch) -> None:
+    """`--copy-back out` (relative): the check of links once all was written resolved `out/ws/docs/...`
+    from `/`, found it outside the copy, and removed every link, even `docs/README.md -> ../README.md`."""
+    monkeypatch.chdir(tmp_path)
+    data = _tar_links(("ws/docs/README.md", "../README.md"), ("ws/up", "../../outside"))
+    _, _, skipped, *_ = _extract_counted(data, Path("out"), 1 << 20)
+    assert (tmp_path / "out" / "ws" / "docs" / "README.md").read_text() == "hi"
+    assert [s.split(" -> ")[0] for s in skipped] == ["ws/up"]

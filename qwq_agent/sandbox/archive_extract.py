@@ -61,8 +61,11 @@ def _extract_counted(
     refuses the lot up front. With `entries` (the count the sandbox's reply gives), an archive that
     reads as another number of entries, or holds anything but zeros after its end, is refused: a header
     promising more bytes than came after it makes the following file contents read as headers of the
-    sandbox's choosing. The files at the entry numbers in `changed` (the supervisor's: they shrank while
-    they were sent, and it padded them with zeros) are left out and named, as are hard links to them.
+    sandbox's choosing. The files at the entry numbers in `changed` (the supervisor's: written to while
+    they were read, so a mix of old and new contents, or shrunk and padded with zeros) are left out and
+    named, as are hard links to them. So is an entry whose path under `dest` (or a name in it, or its
+    link target) is too long for the host's kernel: a deep path that fits in the sandbox can exceed
+    PATH_MAX under the operator's DIR, and costs only itself.
     Once all is written, what git would run commands from is removed from every git folder found on
     disk in what this copy-back wrote, and named in `git_left_out`; its configs are rebuilt with only
     their safe settings, a line per config naming those dropped in `git_settings` (`git_files`).
@@ -70,6 +73,7 @@ def _extract_counted(
     deadline = time.monotonic() + timeout
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
+    limits = _Limits.of(dest)
     inside = root  # `root / top` once the top-level name is known: nothing may resolve out of it
     created: list[Path] = []
     ours: set[tuple[int, int]] = set()  # `identity` of each entry written: only those are removed again
@@ -91,6 +95,10 @@ def _extract_counted(
                     )
                 top = _top_entry(member, top)
                 inside = root / top
+                too_long = _too_long(member, dest, root, limits)
+                if too_long:
+                    skipped.append(clean_text(f"{_shortened(member.name)}: {too_long}"))
+                    continue
                 outside = _link_outside(member, dest, top) if member.issym() else None
                 if outside:
                     skipped.append(clean_text(f"{member.name} -> {member.linkname} ({outside})"))
@@ -109,7 +117,7 @@ def _extract_counted(
                 if (member.isreg() and index in changed) or (member.islnk() and member.linkname in shrank):
                     shrank.add(member.name)
                     skipped.append(
-                        clean_text(f"{member.name}: changed while it was copied (it shrank as it was read)")
+                        clean_text(f"{member.name}: changed while it was copied (written to as it was read)")
                     )
                     continue
                 existing = dest / member.name
@@ -285,8 +293,10 @@ class _Resolver:
 
     def leaves(self, link: Path, root: Path) -> str | None:
         """Why `link` may not stay (it leads out of `root`, or through too many links), or None."""
+        name = str(link)
+        start = "/" if name.startswith("/") else os.getcwd()  # a relative `dest`: `--copy-back out`
         try:
-            real, _ = self._real("/", str(link).split("/"), MAX_LINK_HOPS)
+            real, _ = self._real(start, name.split("/"), MAX_LINK_HOPS)
         except _TooDeep:
             return f"more than {MAX_LINK_HOPS} links deep, or a loop"
         path = Path(real)
@@ -338,13 +348,50 @@ class _Timeout(Exception):
     pass
 
 
+class _Limits(NamedTuple):
+    """The longest path (bytes, its NUL not counted) and name the host's kernel takes under `dest`."""
+
+    path: int
+    name: int
+
+    @classmethod
+    def of(cls, dest: Path) -> _Limits:
+        try:  # Linux: 4096 with the NUL, and 255; macOS: 1024, and 255
+            return cls(os.pathconf(dest, "PC_PATH_MAX") - 1, os.pathconf(dest, "PC_NAME_MAX"))
+        except (OSError, ValueError):
+            return cls(4095, 255)
+
+
+def _too_long(member: tarfile.TarInfo, dest: Path, root: Path, limits: _Limits) -> str | None:
+    """Why `member` cannot be written on this host (its path under `dest` or a name in it too long for
+    the kernel, or its link target), or None. A path that fits in the sandbox can still be too long here,
+    under the operator's DIR: written, it raised ENAMETOOLONG and cost every other file of the copy."""
+    if any(len(os.fsencode(part)) > limits.name for part in member.name.split("/")):
+        return f"a name in its path is longer than {limits.name} bytes"
+    # Both forms are used: the one as given (maybe relative) for writing, the resolved one for judging.
+    if (
+        max(len(os.fsencode(str(dest / member.name))), len(os.fsencode(str(root / member.name))))
+        > limits.path
+    ):
+        return f"its path on the host would be longer than {limits.path} bytes"
+    if member.issym() and len(os.fsencode(member.linkname)) > limits.path:
+        return f"its link target is longer than {limits.path} bytes"
+    return None
+
+
+def _shortened(name: str, keep: int = 120) -> str:
+    """`name` with its middle left out when long: a 4,000-byte path named in full fills the screen."""
+    return name if len(name) <= 2 * keep + 3 else f"{name[:keep]}...{name[-keep:]}"
+
+
 def _top_entry(member: tarfile.TarInfo, top: str | None) -> str:
     """The archive's top-level name: `top`, or the first entry's; an entry under another is refused.
 
     A download is one file or folder. A second top-level name (`otherproject/conftest.py` beside
-    `workspace/`) would be written into the operator's folder of that name beside the copy.
+    `workspace/`) would be written into the operator's folder of that name beside the copy. Names are
+    split on `/` only, as they are written: `workspace\\notes.sh` is a name of its own, beside the copy.
     """
-    first = member.name.replace("\\", "/").split("/")[0]
+    first = member.name.split("/")[0]
     if top is None:
         top = first
     if first != top or first in ("", ".", ".."):
@@ -358,7 +405,7 @@ def _top_entry(member: tarfile.TarInfo, top: str | None) -> str:
 def _link_outside(member: tarfile.TarInfo, dest: Path, top: str) -> str | None:
     """Why the symlink `member` may not be written under `dest/top` (absolute, leaving it), or None."""
     name = member.name
-    if name.startswith("/") or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+    if name.startswith("/") or os.path.isabs(name) or ".." in name.split("/"):
         return None  # not a link problem: the name itself is refused with the rest of the archive
     try:
         _data_filter(member, dest)

@@ -131,9 +131,11 @@ class FileOps(SandboxCalls):
         absolute paths, `..`, special files and entries beside `src`'s own name raise `UnsafeArchive`. A
         symlink that is absolute or leaves the copy of `src` (a venv's `bin/python3 -> /usr/bin/python3`;
         `notes.md -> ../otherproject/x`, beside it in `local_dir`) is not written; it is named in `skipped`,
-        as are FIFOs, sockets and unreadable entries, which the sandbox leaves out of the archive.
-        A file that shrank while it was sent (something in the sandbox still wrote it) is not written
-        and is named in `skipped`; one that grew is written cut, and named in `cut`.
+        as are FIFOs, sockets and unreadable entries, which the sandbox leaves out of the archive, and
+        entries whose path under `local_dir` would be too long for this host (PATH_MAX, NAME_MAX).
+        A file that shrank or was written to while it was sent (something in the sandbox still wrote it:
+        what came may mix old and new contents) is not written and is named in `skipped`; one that grew
+        is written cut, and named in `cut`.
         Something already at a path the archive holds raises `DestinationExists`, and an archive that does
         not read as the entries the reply counts raises `UnsafeArchive`; nothing is written then.
         What git would run commands from (a git folder's `hooks/`, `commondir`, a `.git` file: see
@@ -195,7 +197,8 @@ def _left_out(raw: dict[str, Any], key: str = "skipped") -> tuple[list[str], int
 
 
 def _numbers(value: Any) -> set[int]:
-    """The entry numbers in the supervisor's `changed` (files that shrank while sent); anything else: none."""
+    """The entry numbers in the supervisor's `changed` (files written to or shrunk while sent); anything
+    else: none."""
     if not isinstance(value, list):
         return set()
     return {n for n in value if isinstance(n, int) and not isinstance(n, bool)}

@@ -12,7 +12,7 @@ copy-back's own entries that git runs commands from, or is led by, are removed:
 
 - `config` and `config.worktree`, which hold those settings: each is written anew with only the
   settings that run nothing and name no other file (`git_config`: remotes, branches, user, core basics);
-  without git on the host to read it, it is removed;
+  without git on the host to read it, it is removed, as is one too large to read (and said so);
 - `commondir`, which sends git to another folder's config;
 - `hooks/`, and `rebase-merge/`, `rebase-apply/` and `sequencer/`, whose todo lists hold `exec` lines;
 - every symlink inside it: git makes none there, and one can lead it to a file elsewhere in the tree;
@@ -33,7 +33,7 @@ from collections.abc import Set
 from pathlib import Path
 from typing import NamedTuple
 
-from qwq_agent.sandbox.git_config import rebuild
+from qwq_agent.sandbox.git_config import TooLong, rebuild
 
 WHY = "git would run commands from them"
 _RUNS = frozenset(
@@ -45,14 +45,11 @@ MAX_SHOWN_KEYS = 5
 
 
 class Cleaned(NamedTuple):
-    """What `remove_from_git_folders` did: paths removed, and a line per config rebuilt without some settings."""
+    """What `remove_from_git_folders` did: paths removed, and a line per config rebuilt without some
+    settings (or left out whole for its size, and why)."""
 
     removed: list[str]
     settings: list[str]
-
-
-class TooLong(Exception):
-    """The deadline passed while the folders were judged."""
 
 
 # Each config rebuilt costs one `git config` run on the host; past this many (a sandbox holding thousands
@@ -109,22 +106,24 @@ def remove_from_git_folders(top: Path, dest: Path, ours: Set[tuple[int, int]], d
 
 
 def _rebuild(path: Path, dest: Path, deadline: float, removed: list[str], settings: list[str]) -> None:
-    """Write the config at `path` anew with its safe settings, naming those dropped; or remove it."""
+    """Write the config at `path` anew with its safe settings, naming those dropped; or remove it (and
+    say why, when it is too large to read)."""
     shown = str(path.relative_to(dest))
     new = rebuild(path, deadline - time.monotonic())
     path.unlink()
-    if new is None:
+    if new is None or isinstance(new, str):
         removed.append(shown)
+        if new is not None:
+            settings.append(f"{shown}: left out: {new}")
         return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "wb") as out:
         out.write(new.text)
-    if new.dropped:
-        keys = list(dict.fromkeys(new.dropped))
-        more = " ..." if len(keys) > MAX_SHOWN_KEYS else ""
+    if new.dropped_count:
+        more = " ..." if len(new.dropped) > MAX_SHOWN_KEYS else ""
         settings.append(
-            f"{shown}: kept remotes/branches and basic settings, dropped {len(new.dropped)} settings git "
-            f"could run commands from (or not known to be safe): {', '.join(keys[:MAX_SHOWN_KEYS])}{more}"
+            f"{shown}: kept remotes/branches and basic settings, dropped {new.dropped_count} settings git "
+            f"could run commands from (or not known to be safe): {', '.join(new.dropped[:MAX_SHOWN_KEYS])}{more}"
         )
 
 

@@ -84,11 +84,13 @@ class SandboxPool:
 
     Acquiring takes a ready sandbox from a queue, checks it (alive, not near its lifetime, answers a ping
     within `health_check_timeout_s`; None skips the ping, and with it the check for paused containers)
-    and starts a replacement in the background. A ping the acquire's deadline cut short proves nothing:
-    that sandbox goes back unharmed and the acquire times out. When none is ready the
-    caller waits for the next one to finish starting, at most `acquire_timeout_s` (default: the config's
-    `start_timeout_s` plus 10 s). Released sandboxes are destroyed, so no state ever passes from one user
-    to the next.
+    and starts a replacement in the background. A failed ping the acquire's deadline cut short proves
+    nothing: the acquire times out, and the pool pings that sandbox again for the full time in the
+    background, out of the queue meanwhile; it goes back if it answers, else it is replaced (without
+    that, acquires that all had less time than the check never got rid of a frozen one). When none is
+    ready the caller waits for the next one to finish starting, at most `acquire_timeout_s` (default:
+    the config's `start_timeout_s` plus 10 s). Released sandboxes are destroyed, so no state ever passes
+    from one user to the next.
     """
 
     def __init__(
@@ -126,6 +128,9 @@ class SandboxPool:
         # not checked them yet, and not yet handed out or discarded: still the pool's, so `aclose()`
         # destroys them too (and waits for that), and the acquire then leaves them alone.
         self._checking: set[DockerSandbox] = set()
+        # Full-length health checks of sandboxes an acquire ran out of time for (see `_recheck`); their
+        # sandboxes are among `_checking`. `aclose()` cancels them rather than waiting out their pings.
+        self._rechecks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._failed_in_a_row = 0
         self._refill: asyncio.Task[None] | None = None  # the pending top-up after failed starts
@@ -147,10 +152,11 @@ class SandboxPool:
     def _waiters(self) -> int:
         return len(self._waiting)
 
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _spawn_fill(self, waiter: _Waiter | None = None) -> None:
         """Start a sandbox: for `waiter` (an acquire that found nothing to wait on), or the pool's own."""
@@ -263,9 +269,13 @@ class SandboxPool:
             self._spawn_fill()
 
     async def wait_ready(self) -> None:
-        """Wait until the pool holds `size` started sandboxes or its starts have finished."""
-        while self._ready.qsize() < self.size and self._starting > 0:
-            await asyncio.wait([t for t in self._tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
+        """Wait until the pool holds `size` started sandboxes or its starts (and background health checks,
+        which may put one back or start a replacement) have finished."""
+        while self._ready.qsize() < self.size and (self._starting > 0 or self._rechecks):
+            pending = [t for t in self._tasks if not t.done()]
+            if not pending:  # a recheck just ended, its done-callback not run yet: nothing more to come
+                return
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
 
     async def __aenter__(self) -> SandboxPool:
         for _ in range(self.size):
@@ -333,15 +343,34 @@ class SandboxPool:
             if self._closed:
                 self._discard_taken(item.sandbox)
                 raise SandboxPoolClosed("the pool was closed while the acquire waited")
-            if usable is None:  # unharmed: back to the pool (or the acquire waiting longest)
-                self._checking.discard(item.sandbox)
-                self._hand_out(item, None)
+            if usable is None:  # maybe unharmed: checked in full in the background, then back or replaced
+                task = self._spawn(self._recheck(item))
+                self._rechecks.add(task)
+                task.add_done_callback(self._rechecks.discard)
                 raise self._timed_out()
             if usable:
                 self._checking.discard(item.sandbox)
                 return item.sandbox
             self.replaced += 1
             self._discard_taken(item.sandbox)
+
+    async def _recheck(self, warm: _Warm) -> None:
+        """The health check an acquire's deadline cut short, in full: `warm` (among `_checking`, out of
+        the queue) goes back to the pool if it passes, else it is replaced. Each acquire with too little
+        time took the same frozen sandbox off the queue and put it back otherwise, for good."""
+        try:
+            usable = await self._usable(warm, Deadline.never())
+        except Exception as exc:  # whatever broke, the sandbox must not stay out of the pool unowned
+            log.warning("warm pool: health check of sandbox %s failed: %s", warm.sandbox.id, exc)
+            usable = False
+        if warm.sandbox not in self._checking:  # `aclose()` destroyed it meanwhile
+            return
+        if usable:
+            self._checking.discard(warm.sandbox)
+            self._hand_out(warm, None)
+        else:
+            self.replaced += 1
+            self._discard_taken(warm.sandbox)
 
     async def _await_one(self, deadline: Deadline) -> _Warm:
         """The next sandbox for this acquire; the error of its own start if that fails first."""
@@ -412,6 +441,8 @@ class SandboxPool:
         self._closed = True
         if self._refill is not None:
             self._refill.cancel()
+        for task in self._rechecks:  # their sandboxes are among `_checking`: destroyed below
+            task.cancel()
         # Every waiting acquire hears of the close in its own `got`, whatever start it waited on.
         held = [self._ready.get_nowait() for _ in range(self._ready.qsize())]
         for waiter in list(self._waiting):

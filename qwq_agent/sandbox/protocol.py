@@ -207,7 +207,8 @@ class DownloadResult(Result):
     skipped: list[str] = Field(
         default_factory=list,
         description="entries not written: links absolute, leaving the destination or too deep; FIFOs, "
-        "sockets, devices and unreadable entries (the sandbox names its first 50)",
+        "sockets, devices and unreadable entries (the sandbox names its first 50); files changed while "
+        "copied; paths too long for the host",
     )
     skipped_count: int = Field(0, description="entries not written, also those beyond the named ones")
     git_left_out: list[str] = Field(
@@ -218,12 +219,13 @@ class DownloadResult(Result):
     git_settings_dropped: list[str] = Field(
         default_factory=list,
         description="a line per git config written with only its safe settings (remotes, branches, user, "
-        "core basics), naming the settings dropped",
+        "core basics), naming the settings dropped; or left out whole as too large to read, and why",
     )
     cut: list[str] = Field(
         default_factory=list,
         description="files that grew while they were copied, written at the size they had when the copy "
-        "reached them (the sandbox names its first 50); one that shrank is in `skipped`, not written",
+        "reached them (the sandbox names its first 50); one that shrank or was written to as it was read is "
+        "in `skipped`, not written",
     )
     cut_count: int = Field(0, description="files cut, also those beyond the named ones")
 

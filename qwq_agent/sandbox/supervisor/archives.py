@@ -1,6 +1,7 @@
 """`upload` and `download`: tar archives in and out of the workspace, checked entry by entry."""
 
 import base64
+import contextlib
 import io
 import os
 import stat
@@ -12,9 +13,12 @@ from .snapshots import _KINDS, _Skipped
 
 
 def check_member(member):
-    """Why a tar entry is unsafe to extract (absolute, `..`, a link leaving, a special file), or None."""
+    """Why a tar entry is unsafe to extract (absolute, `..`, a link leaving, a special file), or None.
+
+    Names are split on `/` only, as the disk does: a `\\` is an ordinary character on Linux, and a check
+    that read it as `/` judged another name than the one written (`workspace\\notes.sh`)."""
     name = member.name
-    parts = name.replace("\\", "/").split("/")
+    parts = name.split("/")
     if name.startswith("/") or os.path.isabs(name):
         return "absolute path"
     if ".." in parts:
@@ -96,7 +100,7 @@ def _link_leaving(member):
     """Why the symlink `member` would lead out of the upload's destination (absolute, too many `..`), or None."""
     if not member.issym():
         return None
-    name, target = member.name.replace("\\", "/"), member.linkname
+    name, target = member.name, member.linkname  # split on `/` only (see `check_member`)
     if name.startswith("/") or ".." in name.split("/"):
         return None  # the name itself is refused with the rest of the archive
     if target.startswith("/") or os.path.isabs(target):
@@ -163,7 +167,9 @@ def download(args):
         raise RequestError("InvalidRequest", "download is a streaming call")
     out = _Stream(send, shown)
     skipped = _Skipped()
-    changed = []  # entries (their numbers) that shrank while sent: padded with zeros, the host leaves them out
+    # Entries (their numbers) written to while they were read, or that shrank (padded with zeros): the host
+    # leaves them out.
+    changed = []
     cut = _Skipped()  # files that grew while sent: archived at the size their header claims
     entries = 0
     content = 0
@@ -211,6 +217,7 @@ def download(args):
                         if not stat.S_ISREG(os.fstat(fd).st_mode) or not _inside(fd, root):
                             skipped.append(f"{name}: changed while it was archived")
                             continue
+                        before = _settled_stat(fd)  # before anything is read: see `_written_meanwhile`
                         info = archive.gettarinfo(name, name, f)
                         if info.islnk():
                             _emit(archive, budget(info))
@@ -218,10 +225,13 @@ def download(args):
                         out.reserve(_BLOCK + info.size)  # refused on the size it claims, before reading
                         source = _contents(f, info)
                         _emit(archive, budget(info), source)
+                        after = os.fstat(fd)
                         if isinstance(source, _Padded) and source.short:
+                            changed.append(entries - 1)  # zeros where it ended: never written cut
+                        elif after.st_size > info.size:
+                            cut.append(name)  # a log appended to: what was read holds, cut at its size
+                        elif _written_meanwhile(before, after):
                             changed.append(entries - 1)
-                        elif os.fstat(fd).st_size > info.size:
-                            cut.append(name)
                 elif stat.S_ISLNK(st.st_mode):
                     fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)  # the link itself
                     try:
@@ -267,6 +277,32 @@ def _inside(fd, root):
     return where == root or where.startswith(root + "/")
 
 
+def _settled_stat(fd):
+    """The fstat of the regular file `fd`, taken before any write still in progress on it has ended;
+    its position back at 0.
+
+    A write stamps mtime/ctime as it begins and holds the inode's lock until its last byte: one that
+    began before the fstat could still be copying its bytes while the file is read, its stamp already
+    seen. `lseek(SEEK_DATA)` takes that lock (tmpfs, ext4, xfs), so once it returns, such a write has
+    ended, and a write still to come (any whose bytes can land in the read) stamps the file after the
+    fstat. (A write is one bounded copy: this waits for no process, only for the write one is in.)"""
+    st = os.fstat(fd)
+    with contextlib.suppress(OSError):  # ENXIO: empty; EINVAL: a filesystem without SEEK_DATA
+        os.lseek(fd, 0, os.SEEK_DATA)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return st
+
+
+def _written_meanwhile(before, after):
+    """Whether the file was written between `before` (`_settled_stat`) and `after`, the fstats around its
+    read: then what was read may mix old and new contents (a database or checkpoint rewritten in place at
+    the same size), and the host leaves it out. Timestamps are only as fine as the kernel keeps them: a
+    write within the same clock tick as the change before `before` may go unseen (kernels with multigrain
+    timestamps, 6.13+, give a change after a stat a timestamp of its own); and stores through a shared
+    mmap stamp nothing at all."""
+    return any(getattr(before, k) != getattr(after, k) for k in ("st_mtime_ns", "st_ctime_ns", "st_size"))
+
+
 def _contents(f, info):
     """What to archive of the open file `f`, with `info.size` set to what that holds.
 
@@ -275,7 +311,8 @@ def _contents(f, info):
     is streamed from `f` for `info.size` bytes (held whole, it would share the container's memory with
     the tmpfs it came from), its header out before its data is read: one that shrinks is padded with
     zeros to that size (`_Padded`; stopping there would cost the whole download, every other file of
-    the run, for one file something still writes). Either kind that grows is cut at `info.size`.
+    the run, for one file something still writes). Either kind that grows is cut at `info.size`; one
+    written while it was read, or that shrank, is named `changed` by the caller (`_written_meanwhile`).
     """
     if info.size > CHUNK:
         return _Padded(f, info.size)
