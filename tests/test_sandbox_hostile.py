@@ -280,6 +280,109 @@ async def test_python_fork_bomb_in_the_background_is_cleaned_up(sb: DockerSandbo
     assert (await sb.shell("echo ok")).stdout == "ok\n"
 
 
+# A child whose main thread ends (pthread_exit) while a thread of it goes on writing a counter: /proc shows
+# its thread-group leader as a zombie (Z), though the process still runs.
+GHOST_CHILD = (
+    "import ctypes, threading, time\n"
+    "def write():\n"
+    "    n = 0\n"
+    "    while True:\n"
+    "        n += 1\n"
+    "        with open('/workspace/ghost.txt', 'w') as f: f.write(str(n))\n"
+    "        time.sleep(0.01)\n"
+    "threading.Thread(target=write).start()\n"
+    "ctypes.CDLL(None).pthread_exit(None)\n"
+)
+# Starts GHOST_CHILD (through `start(argv)`) and waits until it wrote and its main thread is gone.
+GHOST_STARTED = (
+    "import os, sys, time\n"
+    f"open('/workspace/ghost.py', 'w').write({GHOST_CHILD!r})\n"
+    "def state(pid):\n"
+    "    data = open(f'/proc/{pid}/stat').read()\n"
+    "    return data[data.rindex(')') + 2]\n"
+    "ghost = start([sys.executable, '/workspace/ghost.py'])\n"
+    "deadline = time.monotonic() + 20\n"
+    "while not (state(ghost) == 'Z' and os.path.exists('/workspace/ghost.txt')):\n"
+    "    assert time.monotonic() < deadline, 'the child never ended its main thread'\n"
+    "    time.sleep(0.01)\n"
+)
+# "tid state" of each thread of process {pid} that is neither a zombie nor dead; nothing once it is all gone.
+LIVE_THREADS = (
+    'python3 -c "import os\n'
+    "try: tids = os.listdir('/proc/{pid}/task')\n"
+    "except OSError: tids = []\n"
+    "for t in tids:\n"
+    "    try: data = open(f'/proc/{pid}/task/{{t}}/stat').read()\n"
+    "    except OSError: continue\n"
+    "    s = data[data.rindex(')') + 2]\n"
+    "    if s not in 'ZX': print(t, s)\n"
+    '"'
+)
+
+
+async def test_a_child_whose_main_thread_exited_dies_with_the_cell(fresh: DockerSandbox) -> None:
+    # Its leader showed as a zombie, so the end-of-cell kill took it for an unreaped child of the spared
+    # interpreter and let its thread run on; the next interpreter stop (here: the restore) then waited on
+    # that "zombie" for the whole kill budget and the supervisor exited, taking the container with it.
+    r = await fresh.python(
+        "import subprocess\n"
+        "def start(argv):\n"
+        "    return subprocess.Popen(argv).pid\n" + GHOST_STARTED + "ghost",
+        timeout=30,
+    )
+    assert r.error is None and r.value is not None and not r.state_lost, r
+    pid = int(r.value)
+    assert (await fresh.shell(LIVE_THREADS.format(pid=pid))).stdout == ""
+    first = (await fresh.shell("cat /workspace/ghost.txt")).stdout
+    await fresh.ping()
+    assert (await fresh.shell("cat /workspace/ghost.txt")).stdout == first
+    snap = await fresh.snapshot()
+    await fresh.restore(snap, timeout=60)
+    assert (await fresh.python("6 * 7")).value == "42"
+    assert (await fresh.shell("cat /workspace/ghost.txt")).stdout == first
+
+
+async def test_pausing_and_killing_a_tree_reach_a_child_whose_main_thread_exited(
+    fresh: DockerSandbox,
+) -> None:
+    # The supervisor's own stop_tree/kill_tree, run in the sandbox's interpreter on a tree the cell owns: a
+    # root that reaps, as a keeper does, with the thread-only child under it. stop_tree is the keep_python
+    # pause of a restore, kill_tree the interpreter's stop; both skipped the child as a zombie.
+    r = await fresh.python(
+        "import json, os, signal, subprocess, sys\n"
+        "sys.path.insert(0, '/opt/qwq')\n"
+        "from supervisor import procs\n"
+        "ROOT = 'import subprocess, sys; p = subprocess.Popen(sys.argv[1:]); print(p.pid, flush=True); p.wait(); sys.stdin.read()'\n"
+        "root = None\n"
+        "def start(argv):\n"
+        "    global root\n"
+        "    root = subprocess.Popen([sys.executable, '-c', ROOT, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n"
+        "    return int(root.stdout.readline())\n" + GHOST_STARTED + "def live_states():\n"
+        "    out = []\n"
+        "    for t in os.listdir(f'/proc/{ghost}/task') if os.path.exists(f'/proc/{ghost}') else []:\n"
+        "        try: data = open(f'/proc/{ghost}/task/{t}/stat').read()\n"
+        "        except OSError: continue\n"
+        "        if data[data.rindex(')') + 2] not in 'ZX': out.append(data[data.rindex(')') + 2])\n"
+        "    return out\n"
+        "seen = {'ghost': ghost, 'descendants': procs.descendants(root.pid)}\n"
+        "stopped = procs.stop_tree(root.pid, budget=5)\n"
+        "seen['stopped'], seen['while_paused'] = sorted(stopped), live_states()\n"
+        "procs.continue_tree(stopped)\n"
+        "seen['killed'] = procs.kill_tree(root.pid, budget=3)\n"
+        "seen['after_kill'] = live_states()\n"
+        "try: os.kill(ghost, signal.SIGKILL)  # for the old code: no ghost outlives the test\n"
+        "except ProcessLookupError: pass\n"
+        "root.kill(); root.wait()\n"
+        "print(json.dumps(seen))",
+        timeout=30,
+    )
+    assert r.error is None, r
+    seen = json.loads(r.stdout)
+    assert seen["descendants"] == [seen["ghost"]], seen
+    assert seen["stopped"] == [seen["ghost"]] and seen["while_paused"] == ["T"], seen
+    assert seen["killed"] and seen["after_kill"] == [], seen
+
+
 async def test_host_cancellation_kills_the_shell_call(sb: DockerSandbox) -> None:
     call = asyncio.create_task(
         sb.shell("touch /tmp/cancel-sh; setsid sleep 307 & sleep 308; touch /tmp/never", timeout=60)

@@ -166,8 +166,38 @@ class Spawned:
         return self.exit_code
 
 
+_DEAD = (b"Z", b"X")
+
+
+def _state(data: bytes) -> bytes:
+    """The state letter of a /proc/.../stat line (after the command name, which may hold anything)."""
+    return data[data.rindex(b")") + 2 :][:1]
+
+
+def _threads_live(pid: str) -> bool:
+    """Whether a thread of `pid` other than its leader is neither a zombie nor dead."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        if tid == str(pid):
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                if _state(f.read()) not in _DEAD:
+                    return True
+        except OSError:
+            continue  # that thread just went
+    return False
+
+
 def _process_table():
-    """{pid: (ppid, state)} of every process visible in /proc."""
+    """{pid: (ppid, live)} of every process visible in /proc.
+
+    A process whose main thread ended (pthread_exit) while other threads run on shows its leader as a
+    zombie: it is live all the same, and counts as such everywhere (paused, killed, waited for).
+    """
     table = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -178,27 +208,28 @@ def _process_table():
         except OSError:
             continue
         rest = data[data.rindex(b")") + 2 :].split(b" ", 2)
-        table[int(name)] = (int(rest[1]), rest[0])
+        live = rest[0] not in _DEAD or _threads_live(name)
+        table[int(name)] = (int(rest[1]), live)
     return table
 
 
 def _tree(root, table):
-    """(pid, ppid, state) of every descendant of `root`, zombies included."""
+    """(pid, ppid, live) of every descendant of `root`, zombies included."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     out, todo = [], list(children.get(root, ()))
     while todo:
         pid = todo.pop()
-        out.append((pid, table[pid][0], table[pid][1]))
+        out.append((pid, *table[pid]))
         todo.extend(children.get(pid, ()))
     return out
 
 
 def descendants(root, table=None):
-    """Pids of the live (non-zombie) descendants of `root`."""
+    """Pids of the live descendants of `root`: not zombies, bar a zombie leader whose threads run on."""
     table = _process_table() if table is None else table
-    return [pid for pid, _, state in _tree(root, table) if state not in (b"Z", b"X")]
+    return [pid for pid, _, live in _tree(root, table) if live]
 
 
 def _all_stopped(pid):
@@ -213,7 +244,7 @@ def _all_stopped(pid):
                 data = f.read()
         except OSError:
             continue
-        if data[data.rindex(b")") + 2 :][:1] not in (b"T", b"t", b"Z", b"X"):
+        if _state(data) not in (b"T", b"t", *_DEAD):
             return False
     return True
 
@@ -262,11 +293,13 @@ def kill_tree(root, *, spare=frozenset(), budget=10.0):
     deadline = time.monotonic() + budget
     while True:
         tree = _tree(root, _process_table())
-        victims = [pid for pid, _, state in tree if state not in (b"Z", b"X") and pid not in spare]
-        unreaped = [pid for pid, ppid, state in tree if state in (b"Z", b"X") and ppid not in spare]
-        if not victims and not unreaped:
+        live = [pid for pid, _, alive in tree if alive and pid not in spare]
+        unreaped = [pid for pid, ppid, alive in tree if not alive and ppid not in spare]
+        if not live and not unreaped:
             return True
-        for pid in victims:
+        # Zombies too: SIGKILL to a leader takes its whole thread group (should a look at its threads
+        # have missed one that runs, as one that ends while it starts another), to a true zombie nothing.
+        for pid in (pid for pid, _, _ in tree if pid not in spare):
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
