@@ -26,9 +26,16 @@ from qwq_agent.surrogates import replace_surrogates
 if TYPE_CHECKING:
     from bs4 import BeautifulSoup
 
-__all__ = ["MAX_DEPTH", "decode_html", "parse_html"]
+__all__ = ["MAX_DEPTH", "decode_html", "parse_html", "unify_line_ends"]
 
 MAX_DEPTH = 256
+
+
+def unify_line_ends(text: str) -> str:
+    """`text` with each `\\r\\n` and each lone `\\r` as `\\n`: what the HTML standard does to a page's
+    text before it tokenizes it, and the lines editors, `grep -n` and the indexer (`extract._lines`)
+    count. Source lines are counted in `\\n`s, so a page with lone-`\\r` line ends was all "line 1"."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def decode_html(html: bytes) -> str:
@@ -63,6 +70,7 @@ def _builder_class() -> Any:
             assert self.soup is not None  # set by BeautifulSoup before it feeds
             if not isinstance(markup, str):
                 markup = markup.decode("utf-8", "replace")  # prepare_markup's fallback; decoded above
+            markup = unify_line_ends(markup)  # lines are counted in "\n"s below
             self._line = 1
             self._opened: list[bool] = []
             self._depth = 0
