@@ -820,3 +820,27 @@ def test_html_with_cr_or_crlf_line_ends_is_cited_at_the_right_lines(
     for end in ends.values():
         done = extract_module.extract_document(end.join(lines).encode(), "html")
         assert done.note is not None and done.note.endswith("indexed up to line 6"), (end, done.note)
+
+
+def test_html_past_the_depth_cap_keeps_scripts_out_and_headings_as_sections(tmp_path: Path) -> None:
+    from qwq_agent.html_parse import MAX_DEPTH
+
+    # html_parse dropped every start tag past MAX_DEPTH open elements: behind a few hundred unclosed
+    # `<font>`s a <script>'s code and a <style>'s rules were indexed as text, and no <h2> started a
+    # section (the rest of the page was one block, cited at one line).
+    fonts = "\n".join(f"<font size=2>line {i}<br>" for i in range(MAX_DEPTH + 44))
+    page = (
+        f"<html><head><title>t</title></head><body>{fonts}\n"  # lines 1..300
+        "<script>var apiKey='scriptword';</script><style>.styleword{color:red}</style>\n"
+        "<h2>Install</h2>\n<p>run makeword</p>\n<h2>Usage</h2>\n<p>call useword</p></body></html>"
+    )
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "deep.html").write_text(page)
+    first = MAX_DEPTH + 44 + 2  # the line of the first <h2>
+    with build(root, tmp_path) as index:
+        index.update()
+        assert locations(index, "scriptword") == [] and locations(index, "styleword") == []
+        assert locations(index, "makeword") == [f"deep.html:{first + 1}"]
+        assert locations(index, "useword") == [f"deep.html:{first + 3}"]
+        assert sorted(h.heading for h in index.search("makeword OR useword")) == ["Install", "Usage"]
