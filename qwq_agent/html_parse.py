@@ -12,8 +12,10 @@ guard that escaped the unclosed constructs (round 1) had its own end marker leak
 in one pass, and closes implied end tags as browsers do.
 
 What is still bounded here: nesting. Markup nested thousands deep on purpose (`<div>` after `<div>`)
-costs BeautifulSoup O(depth) a string; past `MAX_DEPTH` open elements, start tags are left out (their
-text stays, in the deepest element), which keeps the cost linear. Browsers cap it too (Chromium: 512).
+costs BeautifulSoup O(depth) a string; past `MAX_DEPTH` open elements, a new element closes the
+deepest one and takes its place, as its next sibling, which keeps the cost linear. Browsers cap it the
+same way (Chromium: 512). Dropping those start tags instead (round 2) turned a `<script>`'s code and a
+`<style>`'s rules behind a few hundred unclosed `<font>`s into page text, and its headings into words.
 """
 
 from __future__ import annotations
@@ -26,9 +28,16 @@ from qwq_agent.surrogates import replace_surrogates
 if TYPE_CHECKING:
     from bs4 import BeautifulSoup
 
-__all__ = ["MAX_DEPTH", "decode_html", "parse_html"]
+__all__ = ["MAX_DEPTH", "decode_html", "parse_html", "unify_line_ends"]
 
 MAX_DEPTH = 256
+
+
+def unify_line_ends(text: str) -> str:
+    """`text` with each `\\r\\n` and each lone `\\r` as `\\n`: what the HTML standard does to a page's
+    text before it tokenizes it, and the lines editors, `grep -n` and the indexer (`extract._lines`)
+    count. Source lines are counted in `\\n`s, so a page with lone-`\\r` line ends was all "line 1"."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def decode_html(html: bytes) -> str:
@@ -52,7 +61,8 @@ def _builder_class() -> Any:
     from lxml import etree
 
     class Builder(LXMLTreeBuilder):
-        """bs4's lxml builder, with source lines (`Tag.sourceline`) and nesting capped at MAX_DEPTH.
+        """bs4's lxml builder, with source lines (`Tag.sourceline`) and nesting capped at MAX_DEPTH
+        (an element that would go deeper is the next sibling of the deepest one instead).
 
         lxml's parser target hears of elements, not of where they are, so the page is fed a line at a
         time (up to a `>`, the earliest a start tag can be reported): a tag's line is that of its `>`,
@@ -63,8 +73,11 @@ def _builder_class() -> Any:
             assert self.soup is not None  # set by BeautifulSoup before it feeds
             if not isinstance(markup, str):
                 markup = markup.decode("utf-8", "replace")  # prepare_markup's fallback; decoded above
+            markup = unify_line_ends(markup)  # lines are counted in "\n"s below
             self._line = 1
-            self._opened: list[bool] = []
+            # One entry for each element libxml2 has open: its tag while it is open here too, None
+            # once it was closed to make room at the cap (its end, when it comes, is then a no-op).
+            self._opened: list[Any] = []
             self._depth = 0
             try:
                 parser = self.parser_for(self.soup.original_encoding)
@@ -85,9 +98,12 @@ def _builder_class() -> Any:
 
         def start(self, tag: Any, attrib: Any, nsmap: Any = None) -> None:
             if self._depth >= MAX_DEPTH:
-                self._opened.append(False)
-                return
-            self._opened.append(True)
+                # At the cap the deepest open element is always libxml2's innermost (the last entry):
+                # only an open element's start brings the depth to the cap, and its end leaves it.
+                super().end(self._opened[-1])
+                self._opened[-1] = None
+                self._depth -= 1
+            self._opened.append(tag)
             self._depth += 1
             super().start(tag, attrib, nsmap or {})
             opened = self.soup.currentTag if self.soup is not None else None
@@ -96,7 +112,7 @@ def _builder_class() -> Any:
 
         def end(self, tag: Any) -> None:
             # libxml2 reports an end for every start, implied ones included
-            if self._opened and self._opened.pop():
+            if self._opened and self._opened.pop() is not None:
                 self._depth -= 1
                 super().end(tag)
 

@@ -775,3 +775,72 @@ def test_a_folder_that_cannot_be_listed_is_reported_and_its_documents_are_kept(t
     ]
     with DocIndex(db, root) as index:
         assert locations(index, "innerword") == ["locked/inner.md:3"]
+
+
+def test_html_with_cr_or_crlf_line_ends_is_cited_at_the_right_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    # by name: the package's own `extract` is the function
+    extract_module = importlib.import_module("qwq_agent.docindex.extract")
+
+    # html_parse counted only "\n" for source lines while the rest of the indexer (and libxml2's text)
+    # counts a lone "\r" too: a page with classic-Mac line ends was cited at line 1 throughout, and
+    # the note of a page cut at the cap said "indexed up to line 1".
+    lines = [
+        "<html><body>",
+        "<h2>Intro</h2>",
+        "<p>firstword para</p>",
+        "",
+        "<p>secondword para",
+        "thirdword on the next line</p>",
+        "<h2>Install</h2>",
+        "<pre>make",
+        "make installword</pre>",
+        "<p>lastword</p>",
+        "</body></html>",
+    ]
+    expected = {"firstword": 3, "secondword": 5, "thirdword": 6, "installword": 9, "lastword": 10}
+    root = tmp_path / "docs"
+    root.mkdir()
+    ends = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
+    for name, end in ends.items():
+        (root / f"{name}.html").write_bytes(end.join(lines).encode())
+    with build(root, tmp_path) as index:
+        index.update()
+        for name in ends:
+            for word, line in expected.items():
+                assert locations(index, word, path_glob=f"{name}.html") == [f"{name}.html:{line}"], (
+                    name,
+                    word,
+                )
+    # A page cut at the cap: the note names the line the cut falls in, whatever the line ends.
+    monkeypatch.setattr(extract_module, "MAX_HTML_CHARS", len("\n".join(lines[:5])) + 3)
+    for end in ends.values():
+        done = extract_module.extract_document(end.join(lines).encode(), "html")
+        assert done.note is not None and done.note.endswith("indexed up to line 6"), (end, done.note)
+
+
+def test_html_past_the_depth_cap_keeps_scripts_out_and_headings_as_sections(tmp_path: Path) -> None:
+    from qwq_agent.html_parse import MAX_DEPTH
+
+    # html_parse dropped every start tag past MAX_DEPTH open elements: behind a few hundred unclosed
+    # `<font>`s a <script>'s code and a <style>'s rules were indexed as text, and no <h2> started a
+    # section (the rest of the page was one block, cited at one line).
+    fonts = "\n".join(f"<font size=2>line {i}<br>" for i in range(MAX_DEPTH + 44))
+    page = (
+        f"<html><head><title>t</title></head><body>{fonts}\n"  # lines 1..300
+        "<script>var apiKey='scriptword';</script><style>.styleword{color:red}</style>\n"
+        "<h2>Install</h2>\n<p>run makeword</p>\n<h2>Usage</h2>\n<p>call useword</p></body></html>"
+    )
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "deep.html").write_text(page)
+    first = MAX_DEPTH + 44 + 2  # the line of the first <h2>
+    with build(root, tmp_path) as index:
+        index.update()
+        assert locations(index, "scriptword") == [] and locations(index, "styleword") == []
+        assert locations(index, "makeword") == [f"deep.html:{first + 1}"]
+        assert locations(index, "useword") == [f"deep.html:{first + 3}"]
+        assert sorted(h.heading for h in index.search("makeword OR useword")) == ["Install", "Usage"]

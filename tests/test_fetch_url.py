@@ -612,3 +612,30 @@ async def test_a_charset_that_decodes_to_lone_surrogates_is_read_as_utf_8(
     assert not out.is_error, out.text
     assert body.decode() in out.text
     out.text.encode("utf-8")  # raises on a lone surrogate
+
+
+async def test_elements_past_the_depth_cap_stay_elements_scripts_dropped_headings_kept(
+    server: Server,
+) -> None:
+    from qwq_agent.html_parse import MAX_DEPTH, parse_html
+
+    # Past MAX_DEPTH open elements every start tag was dropped: a few hundred unclosed `<font>`s (old
+    # or broken pages; libxml2 keeps them open) turned a later <script>'s code and <style>'s rules into
+    # page text, and its <h2> into plain words. They are siblings at the cap depth now, as in a browser.
+    fonts = "\n".join(f"<font size=2>line {i}<br>" for i in range(MAX_DEPTH + 44))
+    page = (
+        f"<html><head><title>t</title></head><body>{fonts}\n"
+        "<script>var apiKey='JS_CODE_NOT_TEXT';</script><style>.x{color:red}</style>\n"
+        "<h2>Install</h2>\n<p>run make</p><p>then <b>test</b> it</p></body></html>"
+    )
+    soup = parse_html(page)
+    assert soup.find("script") is not None and soup.find("h2") is not None
+    assert max(len(list(tag.parents)) for tag in soup.find_all(True)) <= MAX_DEPTH + 1
+    server.routes["/deep.html"] = lambda h: send(h, 200, "text/html; charset=utf-8", page.encode())
+    out = await FetchUrl(policy=LOOPBACK_OK)({"url": server.url("/deep.html")}, CTX)
+    assert not out.is_error, out.text
+    assert "JS_CODE_NOT_TEXT" not in out.text and "color:red" not in out.text, out.text[-300:]
+    # At the cap an inline element closes the block it is in (<b> leaves the <p>): its text stays, in order.
+    assert out.text.endswith("## Install\n\nrun make\n\nthen\n\ntest it"), out.text[-300:]
+    shown = [int(line[5:]) for line in out.text.split("\n") if line.startswith("line ")]
+    assert shown == list(range(MAX_DEPTH + 44))  # the text before, all of it, in order

@@ -822,3 +822,58 @@ async def test_arguments_too_large_to_check_are_refused_before_the_check():
     many = await reg.call(ToolCall(name="tagged", arguments={"s": "x", "n": [0] * MAX_ARGUMENT_CHARS}))
     assert many.metadata["error"] == "invalid_arguments" and "longer than" in many.text
     assert (await reg.call(ToolCall(name="tagged", arguments={"s": "x" * 100_000}))).text == "tagged"
+
+
+def _twin_chain(levels: int, keyword: str) -> dict:
+    """`$defs` d0..d{levels}: each level reaches the one below twice through `keyword` (an object of
+    two keys for `dependentSchemas`, a list of two for `anyOf`), so a walk without memory is 2**levels."""
+    defs: dict = {"d0": {}}
+    for k in range(1, levels + 1):
+        below = {"$ref": f"#/$defs/d{k - 1}"}
+        defs[f"d{k}"] = {
+            keyword: {"a": below, "b": below} if keyword == "dependentSchemas" else [below, below]
+        }
+    return defs
+
+
+async def test_unevaluated_properties_walk_is_linear_in_the_schema():
+    # The walk that finds the evaluated keys followed each `anyOf` branch that passes, then each `$ref`
+    # below, afresh: 2**40 steps here, where jsonschema's own `anyOf` stops at the first branch that
+    # passes (40 steps). It remembers each (subschema, scope) it has walked now.
+    schema = {
+        "unevaluatedProperties": False,  # first: keywords run in the schema's order
+        "type": "object",
+        "properties": {"a": {}},
+        "$ref": "#/$defs/d40",
+        "$defs": _twin_chain(40, "anyOf"),
+    }
+    reg = ToolRegistry([_Tagged(schema)], timeout=10)
+    assert (await reg.call(ToolCall(name="tagged", arguments={"a": 1}))).text == "tagged"
+    out = await reg.call(ToolCall(name="tagged", arguments={"a": 1, "z": 2}))
+    assert "Unevaluated properties are not allowed ('z' was unexpected)" in out.text, out.text
+
+
+async def test_a_given_up_unevaluated_properties_check_ends_and_frees_its_thread():
+    from qwq_agent.tools.arg_check import CHECK_THREADS
+
+    # `dependentSchemas` two keys wide, 40 deep: 2**40 steps of walking, which looked at no budget, so
+    # a check given up on ran on forever. CHECK_THREADS such calls took every check thread, and every
+    # later call of any tool was refused at its limit. They stop at the next step now.
+    hostile = {
+        "unevaluatedProperties": False,
+        "type": "object",
+        "properties": {"a": {}, "b": {}},
+        "$ref": "#/$defs/d40",
+        "$defs": _twin_chain(40, "dependentSchemas"),
+    }
+    reg = ToolRegistry([_Tagged(hostile)], timeout=0.3)
+    outs = await asyncio.gather(
+        *(
+            reg.call(ToolCall(id=f"h{i}", name="tagged", arguments={"a": 1, "b": 2}))
+            for i in range(CHECK_THREADS)
+        )
+    )
+    assert all(o.metadata["error"] == "timeout" for o in outs), [o.text for o in outs]
+    # Queued behind the given-up checks: it runs only once one of them has ended.
+    plain = ToolRegistry([_Tagged({"type": "object", "properties": {"x": {"type": "string"}}})], timeout=5)
+    assert (await plain.call(ToolCall(name="tagged", arguments={"x": "hi"}))).text == "tagged"

@@ -135,6 +135,10 @@ def _extract(data: bytes, kind: str) -> Extracted:
         if kind == "markdown":
             blocks = list(_markdown_blocks(text))
         elif kind == "html":
+            from qwq_agent.html_parse import unify_line_ends
+
+            # as parse_html counts the lines: the cap's line below is then the one blocks are cited at
+            text = unify_line_ends(text)
             if len(text) > MAX_HTML_CHARS:
                 line = text.count("\n", 0, MAX_HTML_CHARS) + 1
                 note = f"HTML cut at {MAX_HTML_CHARS:,} characters; indexed up to line {line}"

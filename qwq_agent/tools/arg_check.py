@@ -6,7 +6,7 @@ task and the call's timer. In asyncio's default executor (`to_thread`), the chec
 kept running there, and a few of them (one model turn of hostile calls) left no thread for DNS
 (`getaddrinfo`), page parsing or the next call's check. Here they have `CHECK_THREADS` threads to
 themselves, a check that is given up on is told to stop (`schema_patterns.check_budget`: at its next
-pattern match or every so many array items), and a queued one never starts.
+keyword, step of a walk, pattern match or every so many array items), and a queued one never starts.
 """
 
 from __future__ import annotations

@@ -237,11 +237,35 @@ def _additional_properties(
             yield ValidationError(f"Additional properties are not allowed ({names} {verb} unexpected)")
 
 
-def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> set[str]:
+def _scope(validator: Any) -> tuple[str, tuple[str, ...]]:
+    """What a walk's result depends on besides the subschema and the instance: the base URI its `$ref`s
+    resolve against and the dynamic scope (`$dynamicRef`, in the validations the walk runs)."""
+    resolver = validator._resolver
+    return resolver._base_uri, tuple(uri for uri, _ in resolver.dynamic_scope())
+
+
+def _evaluated_keys(
+    validator: Any, instance: dict[str, Any], schema: Any, seen: dict[Any, set[str]] | None = None
+) -> set[str]:
     """jsonschema's `find_evaluated_property_keys_by_schema` (4.26), with `patternProperties` names
-    matched here: it calls `re.search` itself, deep in this walk."""
+    matched here (it calls `re.search` itself, deep in this walk), the budget looked at on every step,
+    and each (subschema, scope) walked once.
+
+    jsonschema's walk follows `$ref`, `dependentSchemas` and the passing `anyOf`/`allOf` branches
+    afresh each time it meets them: a schema 40 levels deep whose levels reach the next one twice is
+    2**40 steps, and with no keyword call on the way nothing stopped it when its call was given up on.
+    `seen` (one walk's memory: the instance is the same throughout) makes it linear in the schema.
+    """
+    if _budget.deadline is not None or _budget.stop is not None:
+        _time_left()
     if validator.is_type(schema, "boolean"):
         return set()
+    if seen is None:
+        seen = {}
+    # `id`: subschemas are parts of the schema (or of the resolver's registry), alive throughout.
+    memo_key = (id(schema), _scope(validator))
+    if (known := seen.get(memo_key)) is not None:
+        return known
     keys: set[str] = set()
     for ref_keyword in ("$ref", "$dynamicRef"):
         ref = schema.get(ref_keyword)
@@ -251,6 +275,7 @@ def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> se
                 validator.evolve(schema=resolved.contents, _resolver=resolved.resolver),
                 instance,
                 resolved.contents,
+                seen,
             )
     properties = schema.get("properties")
     if validator.is_type(properties, "object"):
@@ -266,18 +291,19 @@ def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> se
         keys |= {key for key in instance if pattern_search(patrn, key, name=True)}
     for key, subschema in schema.get("dependentSchemas", {}).items():
         if key in instance:
-            keys |= _evaluated_keys(validator, instance, subschema)
+            keys |= _evaluated_keys(validator, instance, subschema, seen)
     for keyword in ("allOf", "oneOf", "anyOf"):
         for subschema in schema.get(keyword, []):
             if next(validator.descend(instance, subschema), None) is None:
-                keys |= _evaluated_keys(validator, instance, subschema)
+                keys |= _evaluated_keys(validator, instance, subschema, seen)
     if "if" in schema:
         if validator.evolve(schema=schema["if"]).is_valid(instance):
-            keys |= _evaluated_keys(validator, instance, schema["if"])
+            keys |= _evaluated_keys(validator, instance, schema["if"], seen)
             if "then" in schema:
-                keys |= _evaluated_keys(validator, instance, schema["then"])
+                keys |= _evaluated_keys(validator, instance, schema["then"], seen)
         elif "else" in schema:
-            keys |= _evaluated_keys(validator, instance, schema["else"])
+            keys |= _evaluated_keys(validator, instance, schema["else"], seen)
+    seen[memo_key] = keys
     return keys
 
 
