@@ -140,3 +140,15 @@ def test_trace_show_images_writes_the_pngs_of_a_real_run(sandbox_image, tmp_path
     second = images / "image-1-2.png"
     assert second.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert f"image saved: {second}" in " ".join(again.stdout.split())
+
+
+def test_an_image_is_never_written_through_a_link_planted_at_its_name(tmp_path) -> None:
+    from qwq_agent.cli.image_files import write_new_png
+
+    victim = tmp_path / "victim"
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    (folder / "image-1.png").symlink_to(victim)  # dangling: an exclusive create must still not follow it
+    path = write_new_png(folder, 1, b"png bytes")
+    assert path == folder.resolve() / "image-1-2.png" and path.read_bytes() == b"png bytes"
+    assert not victim.exists()

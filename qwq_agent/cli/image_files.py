@@ -16,9 +16,11 @@ def write_new_png(folder: Path, number: int, data: bytes) -> Path:
     """Write `data` as `folder/image-N.png`, or `image-N-2.png`, ... when that name is taken; the
     absolute path (a terminal opens it from anywhere). `OSError` if it cannot be written."""
     folder.mkdir(parents=True, exist_ok=True)
+    # The folder resolved, the file's own name not: a link planted at a taken name is not followed.
+    base = folder.resolve()
     for suffix in range(1, MAX_SUFFIX + 1):
         name = f"image-{number}.png" if suffix == 1 else f"image-{number}-{suffix}.png"
-        path = (folder / name).resolve()
+        path = base / name
         try:
             with path.open("xb") as out:  # exclusive: an existing file (or a link planted there) is left
                 out.write(data)
