@@ -28,7 +28,9 @@ MAX_FILE_BYTES = 50 * 1024 * 1024
 _RETRY_MTIME_NS = -1
 _RETRY_SHA256 = ""
 _SKIP_DIRS = {"node_modules", "__pycache__", "venv", ".venv", "site-packages"}
-_SCHEMA = """
+# The full-text table's columns and tokenizer: the index's and the syntax probe's (`_FTS_PROBE`) alike.
+_FTS_COLUMNS = "heading, body, tokenize = 'porter unicode61 remove_diacritics 2'"
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
@@ -48,14 +50,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     linemap TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file_id);
-CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-    heading, body, tokenize = 'porter unicode61 remove_diacritics 2'
-);
+CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5({_FTS_COLUMNS});
 """
 # An empty table like `fts`, to tell a query FTS5 cannot parse from an index that cannot be read.
-_FTS_PROBE = (
-    "CREATE VIRTUAL TABLE fts USING fts5(heading, body, tokenize = 'porter unicode61 remove_diacritics 2')"
-)
+_FTS_PROBE = f"CREATE VIRTUAL TABLE fts USING fts5({_FTS_COLUMNS})"
 
 
 def connect_read_only(db_path: str | os.PathLike[str]) -> sqlite3.Connection:

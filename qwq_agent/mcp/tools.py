@@ -22,7 +22,7 @@ from qwq_agent.tools.convert import (
     spec_from_mcp,
 )
 from qwq_agent.tools.registry import schema_problems
-from qwq_agent.tools.schema_patterns import ArgumentValidator, CheckStopped
+from qwq_agent.tools.schema_patterns import ArgumentValidator
 from qwq_agent.tools.schema_refs import LOCAL_ONLY
 
 __all__ = [
@@ -194,7 +194,7 @@ class MCPTool:
         limit = context.deadline.left() if context is not None and context.deadline is not None else None
         try:
             problems = await run_check(lambda: self._problems(arguments), limit=limit)
-        except (TimeoutError, CheckStopped):
+        except TimeoutError:
             problems = ["the arguments could not be checked against the tool's schema in time"]
         if problems:
             return ToolOutput(

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from qwq_agent.tools.schema_patterns import check_budget
+from qwq_agent.tools.schema_patterns import CheckStopped, check_budget
 
 __all__ = ["CHECK_THREADS", "MAX_ARGUMENT_CHARS", "oversized", "run_check"]
 
@@ -127,4 +127,7 @@ async def run_check(check: Callable[[], T], *, limit: float | None) -> T:
         stop.set()
         future.cancel()
         raise TimeoutError
-    return future.result()
+    try:
+        return future.result()
+    except CheckStopped:  # its own deadline came a moment before the wait's: the same event
+        raise TimeoutError from None

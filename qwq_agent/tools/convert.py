@@ -17,7 +17,7 @@ from typing import Any
 from jsonschema.exceptions import SchemaError
 
 from qwq_agent.agent.messages import ToolSpec
-from qwq_agent.tools.schema_patterns import check_schema
+from qwq_agent.tools.schema_patterns import check_schema, schema_error_path
 from qwq_agent.tools.schema_refs import unresolvable_refs
 
 __all__ = [
@@ -226,8 +226,7 @@ def _normalize_schema(schema: Mapping[str, Any] | None, *, close: bool) -> dict[
     try:
         check_schema(out)  # its patterns must compile (schema_patterns.py)
     except SchemaError as exc:
-        where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
-        raise SchemaConversionError(f"{where}: {exc.message}") from None
+        raise SchemaConversionError(f"{schema_error_path(exc)}: {exc.message}") from None
     # A dangling `$ref` (a generator bug) or one to another document (fetched from the host) would
     # fail, or worse, at the first call: refuse the schema now.
     dangling = unresolvable_refs(out)

@@ -32,6 +32,7 @@ from qwq_agent.tools.schema_patterns import (
     PatternTimeout,
     check_budget,
     check_schema,
+    schema_error_path,
 )
 from qwq_agent.tools.schema_refs import LOCAL_ONLY, unresolvable_refs
 
@@ -299,7 +300,7 @@ class ToolRegistry:
         except RecursionError:  # a few frames per level: ~150 levels pass Python's limit
             raise ValueError(f"tool {spec.name!r}: its schema nests too deeply to be checked") from None
         except InvalidSchema as exc:  # a pattern that does not compile among them: refused, not skipped
-            where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
+            where = schema_error_path(exc)
             raise ValueError(f"tool {spec.name!r}: invalid schema at {where}: {exc.message}") from None
         if dangling:
             raise ValueError(
@@ -396,7 +397,7 @@ class ToolRegistry:
         # slow, and on the event loop it stopped every other task and the timer.
         try:
             problems = await run_check(lambda: self._problems(call), limit=limit)
-        except (TimeoutError, CheckStopped):
+        except TimeoutError:
             return ToolOutput(
                 text=f"Tool '{call.name}': its arguments could not be checked against its schema within "
                 f"{limit:g} s, the time limit of the call.",
