@@ -270,7 +270,6 @@ async def run_branches(
             selector,
             outcomes,
             sandboxes,
-            lost={b.index for b in branches if b.lost},
             checkout=_checkout(parent, snapshot),
             timeout_s=branch_timeout_s,
         )
@@ -652,15 +651,12 @@ async def _select(
     outcomes: list[BranchOutcome],
     sandboxes: dict[int, Any],
     *,
-    lost: set[int],
     checkout: Checkout | None,
     timeout_s: float | None,
 ) -> Selection:
     try:
         if isinstance(selector, Verifier):  # it checks the branches' work: where it is, and how long
-            choice = await selector.select(
-                outcomes, sandboxes, lost=lost, checkout=checkout, timeout_s=timeout_s
-            )
+            choice = await selector.select(outcomes, sandboxes, checkout=checkout, timeout_s=timeout_s)
         else:
             choice = await selector.select(outcomes, sandboxes)
     except Exception as exc:  # a broken selector: no winner, every branch kept in the result

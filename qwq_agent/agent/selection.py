@@ -15,7 +15,7 @@ import inspect
 import re
 import shlex
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,7 +45,8 @@ ON_PATCH = "on the branch's patch in a fresh sandbox"
 IN_PLACE = "in the branch's own sandbox (no patch: its processes stopped, a fresh HOME)"
 
 Checkout = Callable[[str], AbstractAsyncContextManager[Any]]
-"""`checkout(patch)`: a fresh sandbox holding an exploration's start state with `patch` applied."""
+"""`checkout(patch)`: a fresh sandbox holding the user's folder (else the exploration's start state's
+tracked files) with `patch` applied."""
 
 
 class SelectionError(ValueError):
@@ -124,7 +125,6 @@ class Verifier:
         outcome: BranchOutcome,
         sandbox: Any,
         *,
-        lost: bool,
         checkout: Checkout | None,
         timeout_s: float | None,
     ) -> str | None:
@@ -132,10 +132,10 @@ class Verifier:
         for it, or None when it ran (a branch it could not run in has not failed it: the selection's
         reason must not say so).
 
-        Never in a replacement of the branch's container: one that died (`lost`, or found dead now)
+        Never in a replacement of the branch's container: one that died (`outcome.lost`, or found dead now)
         holds none of the branch's files, and a test command may well pass there (no test found).
         """
-        if lost:
+        if outcome.lost:
             return self._not_run(outcome, SANDBOX_LOST)
         patch = _patch_of(outcome, checkout)
         if checkout is not None and patch is None:
@@ -176,14 +176,14 @@ class Verifier:
         outcomes: Sequence[BranchOutcome],
         sandboxes: dict[int, Any],
         *,
-        lost: Collection[int] = (),
         checkout: Checkout | None = None,
         timeout_s: float | None = None,
     ) -> Selection:
         """The first completed branch whose check passes (see the class doc).
 
-        `lost`: the branches whose sandbox died (and was replaced) after they began. `checkout(patch)`:
-        a fresh sandbox holding the start state with `patch` applied (None: check in place).
+        `checkout(patch)`: a fresh sandbox holding the user's folder (else the start state's tracked
+        files) with `patch` applied (None: check in place). A branch whose sandbox died after it began
+        (`BranchOutcome.lost`) fails its check.
         `timeout_s` bounds each branch's whole check (a fresh sandbox's start included).
         """
         # Lost ones too: their check "could not be run", which the reason must say.
@@ -196,7 +196,6 @@ class Verifier:
                 self._verify(
                     o,
                     sandboxes.get(o.index),
-                    lost=o.lost or o.index in lost,
                     checkout=checkout,
                     timeout_s=timeout_s,
                 )

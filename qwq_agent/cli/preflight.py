@@ -173,8 +173,8 @@ def check_workspace(workspace: Path | None, copy_back: Path | None, *, sandbox: 
 def check_select(select: str | None, *, sandbox: bool) -> None:
     """`--select tests:CMD` / `verify:CMD` runs CMD in each branch's sandbox: it needs a sandbox tool.
 
-    Found after the run it would be too late: every branch would have spent its model time, and the
-    command could not have been run anywhere.
+    `run_branches` refuses it too, but only once the model is reached and the sandboxes started: said
+    here, it costs nothing.
     """
     kind, sep, _ = (select or "").partition(":")
     if sep and kind in ("tests", "verify") and not sandbox:
