@@ -734,3 +734,43 @@ def test_a_folder_made_a_file_and_a_file_made_a_folder_pass_whole(repo: Path, tm
     applied(repo, text, tmp_path)
     assert (repo / "a").read_text() == "now a file\n"
     assert (repo / "README" / "x").read_text() == "now a folder\n"
+
+
+def test_a_link_replaced_by_a_folder_passes_whole(repo: Path, tmp_path: Path) -> None:
+    """git writes a link made a folder as the link's deletion and the files under it: the deleted link
+    is gone before they are written (`git apply` applies the text whole; GNU patch 2.7 removes the link,
+    then skips files under a link it touched), so no path runs through it."""
+    (repo / "vendor").symlink_to("a")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "vendor link")
+    (repo / "vendor").unlink()
+    (repo / "vendor").mkdir()
+    (repo / "vendor" / "f").write_text("vendored\n")
+    (repo / "old").unlink()  # `old -> README`: a file link made a folder
+    (repo / "old").mkdir()
+    (repo / "old" / "todo.md").write_text("t\n")
+    text = diff(repo)
+    assert "deleted file mode 120000" in text and "+++ b/vendor/f" in text
+    assert cut_outward_links(text, *checkout(repo)) == (text, [])
+    applied(repo, text, tmp_path)
+    assert (repo / "vendor" / "f").read_text() == "vendored\n" and not (repo / "vendor").is_symlink()
+    assert (repo / "old" / "todo.md").read_text() == "t\n"
+    assert (repo / "a" / "f").read_text() == "f\n"
+
+
+def test_a_link_deleted_otherwise_than_the_checkout_holds_it_is_still_a_link_to_go_through(
+    repo: Path,
+) -> None:
+    """A deletion whose hunk does not hold the checkout's target does not apply: the link stays, and the
+    files after it would be written through it."""
+    (repo / "old").unlink()
+    (repo / "old").mkdir()
+    (repo / "old" / "x").write_text("x\n")
+    text = diff(repo)
+    for hostile in (
+        text.replace("-README", "-elsewhere"),
+        text.replace("deleted file mode 120000", "deleted file mode 100644"),
+    ):
+        assert hostile != text
+        with pytest.raises(PatchTextError, match="runs through a link the checkout holds, 'old'"):
+            cut_outward_links(hostile, *checkout(repo))

@@ -222,10 +222,16 @@ def _through_links(entries: list[_Entry], links: dict[str, str]) -> None:
     the text itself writes (a link, or a file) other than to delete what lies under it (git writes a
     folder made a file so). `git apply` refuses such a text whole ("beyond a symbolic link"), but GNU
     `patch -p1` follows the link, and, not atomic, goes on past an entry it cannot apply: after a
-    skipped link `d`, a link `x -> d/../..` through the folder `d` another entry made. Paths are
-    compared as a case-insensitive disk would (`patch_git_dirs.fold`); sorted, each prefix is one
-    bisection, whatever the text."""
+    skipped link `d`, a link `x -> d/../..` through the folder `d` another entry made. A link the text
+    deletes, with the target the checkout holds (so the deletion applies), is gone before the entries
+    after it write there: git writes a link made a folder so. Paths are compared as a case-insensitive
+    disk would (`patch_git_dirs.fold`); sorted, each prefix is one bisection, whatever the text."""
     every = sorted((patch_git_dirs.fold(e.path), e.path) for e in entries)
+    gone = {
+        e.path
+        for e in entries
+        if e.modes.get("deleted file mode") == LINK and e.path in links and e.old == links[e.path]
+    }
     kept = {e.path for e in entries if not e.deleted}
     written = [(folded, path) for folded, path in every if path in kept]
 
@@ -233,7 +239,7 @@ def _through_links(entries: list[_Entry], links: dict[str, str]) -> None:
         at = bisect.bisect_left(paths, (folder + "/",))
         return paths[at][1] if at < len(paths) and paths[at][0].startswith(folder + "/") else None
 
-    for link in links:
+    for link in links.keys() - gone:
         if (path := first_under(patch_git_dirs.fold(link), every)) is not None:
             raise PatchTextError(f"{path!r} runs through a link the checkout holds, {link!r}")
     for folded, made in written:
