@@ -774,3 +774,52 @@ def test_a_link_deleted_otherwise_than_the_checkout_holds_it_is_still_a_link_to_
         assert hostile != text
         with pytest.raises(PatchTextError, match="runs through a link the checkout holds, 'old'"):
             cut_outward_links(hostile, *checkout(repo))
+
+
+def test_a_folder_beside_a_link_that_differs_in_case_or_trailing_dots_passes_whole(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The checkout holds both `docs` and `Docs -> docs` (`build.` and `build -> build.`): its disk tells
+    them apart, so an edit in the folder runs through no link there."""
+    (repo / "docs").mkdir()
+    (repo / "docs" / "guide.md").write_text("guide\n")
+    (repo / "Docs").symlink_to("docs")
+    (repo / "build.").mkdir()
+    (repo / "build." / "x").write_text("x\n")
+    (repo / "build").symlink_to("build.")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "compatibility links")
+    (repo / "docs" / "guide.md").write_text("guide, fixed\n")
+    (repo / "build." / "x").write_text("y\n")
+    (repo / "docs" / "new.md").write_text("new\n")
+    text = diff(repo)
+    assert cut_outward_links(text, *checkout(repo)) == (text, [])
+    applied(repo, text, tmp_path)
+    assert (repo / "docs" / "guide.md").read_text() == "guide, fixed\n"
+    assert (repo / "build." / "x").read_text() == "y\n"
+
+
+def test_a_path_through_a_link_only_where_a_disk_ignores_case_is_cut_not_refused(
+    repo: Path, tmp_path: Path
+) -> None:
+    """`lnk/new` beside the checkout's `Lnk -> a`, `notes/x` beside the text's own file `Notes`: on a
+    disk that ignores case (the user's, maybe) each runs through the other, which `patch -p1` follows;
+    on this one they are apart. Those entries are cut and named; the rest of the work applies."""
+    (repo / "Lnk").symlink_to("a")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "link")
+    (repo / "README").write_text("hello\nworld\n")
+    (repo / "lnk").mkdir()
+    (repo / "lnk" / "new").write_text("n\n")
+    (repo / "Notes").write_text("N\n")
+    (repo / "notes").mkdir()
+    (repo / "notes" / "x").write_text("x\n")
+    text = diff(repo)
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    assert cut == [
+        "lnk/new (on a disk that ignores case or a name's trailing dots, a path through 'Lnk')",
+        "notes/x (on a disk that ignores case or a name's trailing dots, a path through 'Notes')",
+    ]
+    applied(repo, kept, tmp_path)
+    assert (repo / "README").read_text() == "hello\nworld\n" and (repo / "Notes").read_text() == "N\n"
+    assert not (repo / "lnk").exists() and not (repo / "notes").exists()
