@@ -338,7 +338,7 @@ def test_names_with_blanks_as_git_writes_them_are_read_alike_by_git_apply_and_pa
     [
         # `patch -p1` ends a name at its first blank unless a tab follows: `lnk -> ..` at the root.
         (("/x\t\n", "/x\n"), "a name with a blank, without the tab"),
-        (("/x\t\n", "/x \t\n"), "ends in a blank"),  # `patch -p1` drops the blank: another name
+        (("/x\t\n", "/x \t\n"), "not the entry's"),  # `patch -p1` drops the blank: another name
         (("lnk /x", "lnk\x0b/x"), "which git quotes"),
         (("lnk /x", "lnk\x0c/x"), "which git quotes"),
         (("lnk /x", "lnk\r/x"), "which git quotes"),
@@ -363,21 +363,60 @@ def test_a_tab_after_a_name_without_a_blank_is_refused(repo: Path) -> None:
         cut_outward_links(text.replace("+++ b/new\n", "+++ b/new\t\n"), *checkout(repo))
 
 
-@pytest.mark.parametrize("path", ["sub/.git x", "sub/.GIT\u00a0x/config", "x ../y", "x .  y"])
-def test_a_part_that_a_blank_would_cut_to_a_name_git_refuses_is_refused(
-    repo: Path, tmp_path: Path, path: str
+BLANK_WORDS = [
+    "notes on .git internals.md",
+    "range 1 .. 10.txt",
+    "sub/.git x",
+    "sub/.GIT\u00a0x/config",
+    "x ../y",
+    "x .  y",
+]
+
+
+def test_names_with_a_word_git_refuses_pass_whole_and_land_whole(repo: Path, tmp_path: Path) -> None:
+    """A blank-separated word `.git` or `..` inside a name is no part of its path: git ends such a name
+    with a tab on `---`/`+++`, and GNU `patch -p1` reads the whole of it there; an entry without those
+    lines (an empty file) names the path only on its `diff --git` line, where `patch` finds no two
+    names and skips the entry. Either way nothing lands under another name."""
+    names = [*BLANK_WORDS, *(f"{name} empty" for name in BLANK_WORDS)]
+    for name in names:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("" if name.endswith(" empty") else "x\n")
+    text = diff(repo)
+    assert "diff --git a/x ../y empty b/x ../y empty\nnew file mode 100644\nindex" in text
+    assert cut_outward_links(text, *checkout(repo)) == (text, [])
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(repo), str(other))
+    gnu_patch(other, text, tmp_path)
+    landed = {str(p.relative_to(other)) for p in other.rglob("*") if ".git" not in p.relative_to(other).parts}
+    landed = {p for p in landed if not (other / p).is_dir() or (other / p).is_symlink()}
+    assert set(BLANK_WORDS) <= landed <= set(names) | {"README", "a/f", "sub/up", "bin.dat", "old"}
+    applied(repo, text, tmp_path)
+    assert all((repo / name).exists() for name in names)
+
+
+def test_a_name_that_ends_in_a_blank_is_cut_where_patch_would_write_another_file(
+    repo: Path, tmp_path: Path
 ) -> None:
-    """`patch -p1` reads a name without its tab up to the first blank (and the `diff --git` line's names
-    always so): `sub/.git x` is `sub/.git`, a gitdir file pointing git at a planted repository."""
-    text = (
-        NEW_LINK.replace(" x", f" {path}")
-        .replace("/x", f"/{path}")
-        .replace("+++ b/" + path, f"+++ b/{path}\t")
-    )
-    if " " not in path:
-        text = text.replace("\t\n", "\n")
-    with pytest.raises(PatchTextError, match="which git never writes"):
-        cut_outward_links(text, set(), {})
+    """GNU `patch -p1` reads `b/draft \t` as `draft` (and `diff --git a/e  b/e ` as `e`): another file.
+    Those entries are cut and named; the rest of the work applies."""
+    (repo / "README").write_text("hello\nworld\n")
+    (repo / "draft ").write_text("d\n")
+    (repo / "empty ").write_text("")
+    (repo / "lnk ").mkdir()
+    (repo / "lnk " / "x").write_text("in a folder that ends in a blank: read whole\n")
+    text = diff(repo)
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(repo), str(other))
+    gnu_patch(other, text, tmp_path)  # what the cut prevents
+    assert (other / "draft").read_text() == "d\n" and (other / "empty").exists()
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    why = "a name that ends in a blank, which `patch -p1` reads without it"
+    assert cut == [f"draft  ({why})", f"empty  ({why})"]
+    applied(repo, kept, tmp_path)
+    assert (repo / "README").read_text() == "hello\nworld\n"
+    assert (repo / "lnk " / "x").exists()
+    assert not any((repo / name).exists() for name in ("draft ", "draft", "empty ", "empty"))
 
 
 def plant_git_dir(folder: Path, mark: Path) -> None:

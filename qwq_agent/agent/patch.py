@@ -22,7 +22,8 @@ leaves out (and names) the files git would run commands from in a folder the pat
 git directory (its `config`, hooks: `git status` there would run them), as copy-back does, and links into
 a `.git`; it refuses a text with a path through a link (one the checkout holds or the text makes), which
 `git apply` refuses too but `patch -p1` would follow, and leaves out (and names) an entry whose path runs
-through one only on a disk that ignores case or trailing dots (`docs/x` beside a link `Docs`).
+through one only on a disk that ignores case or trailing dots (`docs/x` beside a link `Docs`), or whose
+name ends in a blank (`patch -p1` would write it without).
 
 Against the snapshot rather than the repository's HEAD: edits the user had not committed before the
 run are theirs, not the agent's, and stay out of the patch (for a clean tree the two are the same).

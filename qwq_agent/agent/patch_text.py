@@ -11,7 +11,8 @@ target (the checkout's own `.git` is in no baseline). A text with a path through
 or the text makes, or through a file it writes, is refused whole: `git apply` refuses it too ("beyond a
 symbolic link"), but GNU `patch -p1` follows the link, and goes on past an entry it cannot apply. A path
 that runs through one only on a disk that ignores case or a name's trailing dots (the user's may) is
-cut, with the entries of its path, and named.
+cut, with the entries of its path, and named; so is a name that ends in a blank, which `patch -p1`
+reads without it.
 
 Only git's own diff form passes (`diff --git` entries with the headers, hunks and binary blocks our
 `git diff --binary --no-renames` writes; hunk lines counted as the `@@` header says; names quoted, or not,
@@ -48,6 +49,7 @@ _HUNK = re.compile(r"@@ -(\d{1,10})(?:,(\d{1,10}))? \+(\d{1,10})(?:,(\d{1,10}))?
 _BINARY_SIZE = re.compile(r"(literal|delta) (\d{1,10})")
 _BASE85_LINE = re.compile(r"[A-Za-z][0-9A-Za-z!#$%&()*+\-;<=>?@^_`{|}~]+")
 UNREADABLE = "the patch does not show the link's target whole"
+BLANK_END = "a name that ends in a blank, which `patch -p1` reads without it"
 GIT_DIR = "leads into a git directory"
 MAX_TARGET = 4095  # the bytes a link's target can hold (PATH_MAX less its NUL)
 
@@ -89,13 +91,15 @@ class _Entry:
 
 def cut_outward_links(text: str, dirs: set[str], links: dict[str, str]) -> tuple[str, list[str]]:
     """`text` without the entries of links that lead out of the checkout, named as `path -> target (why)`,
-    and without the files git would run commands from (`patch_git_dirs`) or whose path runs through a
-    link or a file only as some disks compare names (`_through_links`), named as `path (why)`. `dirs` and
+    and without the files git would run commands from (`patch_git_dirs`), those whose path runs through a
+    link or a file only as some disks compare names (`_through_links`), and those `patch -p1` would
+    write under another name (`BLANK_END`), named as `path (why)`. `dirs` and
     `links` are the checkout's folders and links before the patch. `PatchTextError` for a text not in
     git's diff form, or one whose links are more than a real patch makes (`MAX_LINKS`) or take too long
     to follow (`FOLLOW_BUDGET`). The work is bounded for any text: run it off the event loop all the same."""
     entries = _parse(text)
-    cut = _through_links(entries, dirs, links)
+    cut = {e.path: f"{e.path} ({BLANK_END})" for e in entries if _blank_end(e.path)}
+    cut.update(_through_links([e for e in entries if e.path not in cut], dirs, links))
     written = list(dict.fromkeys(e.path for e in entries if not e.deleted))
     runs = patch_git_dirs.git_runs(written, dirs, links, [e.path for e in entries])
     cut.update({path: f"{path} ({patch_git_dirs.WHY})" for path in runs if path not in cut})
@@ -437,26 +441,26 @@ def _header_path(rest: str, at: int) -> str:
     return a[2:]
 
 
-# A `.`, `..`, `.git` or `git~1` part or blank-separated word (trailing dots dropped), in `fold_case`.
-_DOTS = re.compile(r"(?:^|[/\s])(?:\.{1,2}|\.git\.*|git~1\.*)(?=[/\s]|$)")
+# A `.`, `..` (trailing blanks dropped), `.git` or `git~1` part (trailing dots and blanks dropped), in
+# `fold_case`.
+_DOTS = re.compile(r"(?:^|/)(?:\.{1,2} *|\.git[. ]*|git~1[. ]*)(?=/|$)")
 
 
 def _check_parts(path: str, at: int) -> None:
     """Refuse a path git never writes in a diff (its own `verify_path` refuses them on apply, but
     `patch -p1` would follow them): a `.git` part in any spelling a file system takes for it (case,
-    trailing dots and spaces for NTFS, its short name `git~1`, HFS+'s ignored characters), `.`, `..`,
-    an empty part. Each word of a part is judged too: `patch -p1` ends a name at a blank where no tab
-    follows (always on the `diff --git` line), so `sub/.git x` can be written as `sub/.git`."""
+    trailing dots and spaces for NTFS, its short name `git~1`, HFS+'s ignored characters), `.`, `..`
+    (with trailing blanks, which NTFS drops), an empty part. A blank-separated word of a part is no
+    part: git ends a name that holds a blank with a tab, and `patch -p1` reads the whole of it (only
+    blanks at the end are lost, `BLANK_END`); without `---`/`+++` lines it finds no two names on the
+    `diff --git` line, and skips the entry."""
     if not path or path.startswith("/") or path.endswith("/") or "//" in path:
         raise PatchTextError(f"line {at + 1}: a path with an empty part: {path!r}")
     if not _DOTS.search(patch_git_dirs.fold_case(path)):
         return  # the whole path judged at once; the loop below, for the message, finds the same
     for part in path.split("/"):
-        for word in (part, *part.split()):
-            if word in (".", "..") or patch_git_dirs.fold(word) in (".git", "git~1"):
-                raise PatchTextError(
-                    f"line {at + 1}: a path through {part!r}, which git never writes: {path!r}"
-                )
+        if part.rstrip(" ") in (".", "..") or patch_git_dirs.fold(part) in (".git", "git~1"):
+            raise PatchTextError(f"line {at + 1}: a path through {part!r}, which git never writes: {path!r}")
 
 
 # A name as git's quote_c_style writes it: raw, any character git does not escape; escaped, with its letter
@@ -481,13 +485,16 @@ def _quoted(text: str, at: int) -> tuple[str, str]:
 
 
 def _plain(name: str, at: int) -> str:
-    """`name`, written without quotes: refused if it holds a character git would have quoted it for, or
-    ends in a blank (git writes it, but `patch -p1` reads the name without it: another file)."""
+    """`name`, written without quotes: refused if it holds a character git would have quoted it for."""
     if quoted := _GIT_QUOTES.search(name):
         raise PatchTextError(f"line {at + 1}: a name with a raw {quoted.group()!r}, which git quotes")
-    if name.endswith(" "):
-        raise PatchTextError(f"line {at + 1}: a name that ends in a blank, which `patch -p1` leaves out")
     return name
+
+
+def _blank_end(path: str) -> bool:
+    """Whether `patch -p1` reads the path without its end (`BLANK_END`): an unquoted name that ends in a
+    blank (git's tab after it, or the `diff --git` line's next blank, ends it there for `patch`)."""
+    return path.endswith(" ") and not _GIT_QUOTES.search(path)
 
 
 def _names(lines: list[str], at: int, entry: _Entry) -> int:
