@@ -578,6 +578,27 @@ def test_a_text_as_deep_as_paths_go_is_judged_in_a_moment(repo: Path) -> None:
     assert judged_in(3.0, text, *checkout(repo)) == (text, [])
 
 
+def test_names_of_long_runs_of_blanks_and_dots_are_judged_in_a_moment(repo: Path) -> None:
+    """Folding a path (a name's trailing dots and blanks dropped) took a regular expression that tried,
+    at each blank or dot of a run, every longer stretch of it: 10 s for these 2 MB, days for 32 MiB."""
+    path = "/".join(["x" + " " * 250 + "y", "z" + "." * 250 + "w"] * 4)
+    entry = "diff --git a/{p} b/{p}\nnew file mode 100644\nindex 0000000..e69de29\n"
+    text = "".join(entry.format(p=f"e{i}/{path}") for i in range(500))
+    assert judged_in(3.0, text, *checkout(repo)) == (text, [])
+
+
+def test_a_name_longer_than_any_disk_takes_is_refused_in_a_moment(repo: Path) -> None:
+    """No file system takes a name past 255 bytes: the text is refused before anything folds it."""
+    name = "x" + " " * 20000 + "y"
+    text = f"diff --git a/{name} b/{name}\nnew file mode 100644\nindex 0000000..e69de29\n"
+    with pytest.raises(PatchTextError, match="longer than 255 bytes"):
+        judged_in(1.0, text, *checkout(repo))
+    fits = "\u00e9" * 127  # 254 bytes
+    assert cut_outward_links(text.replace(name, fits), set(), {})[1] == []
+    with pytest.raises(PatchTextError, match="longer than 255 bytes"):
+        cut_outward_links(text.replace(name, fits + "\u00e9"), set(), {})
+
+
 def test_links_that_walk_too_far_are_refused_within_a_bound(repo: Path) -> None:
     """Following each link costs its walk: past a bound on all of them together, the text is refused."""
     with pytest.raises(PatchTextError, match="too long to follow"):

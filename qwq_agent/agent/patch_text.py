@@ -52,6 +52,7 @@ UNREADABLE = "the patch does not show the link's target whole"
 BLANK_END = "a name that ends in a blank, which `patch -p1` reads without it"
 GIT_DIR = "leads into a git directory"
 MAX_TARGET = 4095  # the bytes a link's target can hold (PATH_MAX less its NUL)
+MAX_NAME = 255  # the bytes a name (a part of a path) can hold, on any file system git runs on
 
 
 class PatchTextError(ValueError):
@@ -450,12 +451,16 @@ def _check_parts(path: str, at: int) -> None:
     """Refuse a path git never writes in a diff (its own `verify_path` refuses them on apply, but
     `patch -p1` would follow them): a `.git` part in any spelling a file system takes for it (case,
     trailing dots and spaces for NTFS, its short name `git~1`, HFS+'s ignored characters), `.`, `..`
-    (with trailing blanks, which NTFS drops), an empty part. A blank-separated word of a part is no
-    part: git ends a name that holds a blank with a tab, and `patch -p1` reads the whole of it (only
-    blanks at the end are lost, `BLANK_END`); without `---`/`+++` lines it finds no two names on the
-    `diff --git` line, and skips the entry."""
+    (with trailing blanks, which NTFS drops), an empty part, a part past `MAX_NAME`. A blank-separated
+    word of a part is no part: git ends a name that holds a blank with a tab, and `patch -p1` reads the
+    whole of it (only blanks at the end are lost, `BLANK_END`); without `---`/`+++` lines it finds no
+    two names on the `diff --git` line, and skips the entry."""
     if not path or path.startswith("/") or path.endswith("/") or "//" in path:
         raise PatchTextError(f"line {at + 1}: a path with an empty part: {path!r}")
+    # First, before anything folds the path: no file system takes a longer name, so a real diff holds
+    # none, and every later look at a part (a regular expression, a fold) is bounded by it.
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_NAME for part in path.split("/")):
+        raise PatchTextError(f"line {at + 1}: a name longer than {MAX_NAME} bytes: {path[:120]!r}...")
     if not _DOTS.search(patch_git_dirs.fold_case(path)):
         return  # the whole path judged at once; the loop below, for the message, finds the same
     for part in path.split("/"):
