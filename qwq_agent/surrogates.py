@@ -17,6 +17,7 @@ from typing import Any
 __all__ = [
     "REPLACEMENT",
     "SURROGATE",
+    "escape_surrogates",
     "map_strings",
     "may_decode_to_surrogates",
     "replace_surrogates",
@@ -38,6 +39,17 @@ def may_decode_to_surrogates(json_text: str) -> bool:
 def replace_surrogates(text: str) -> str:
     """`text` with each lone surrogate replaced by U+FFFD (the same object when there is none)."""
     return SURROGATE.sub(REPLACEMENT, text) if SURROGATE.search(text) else text
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` with each lone surrogate replaced by a backslash escape: `\\xNN` for one that stands for a
+    byte (`surrogateescape`), `\\udNNN` for any other; the same object when there is none."""
+    return SURROGATE.sub(_escape, text) if SURROGATE.search(text) else text
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def replace_surrogates_in(obj: Any) -> Any:

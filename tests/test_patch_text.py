@@ -338,7 +338,7 @@ def test_names_with_blanks_as_git_writes_them_are_read_alike_by_git_apply_and_pa
     [
         # `patch -p1` ends a name at its first blank unless a tab follows: `lnk -> ..` at the root.
         (("/x\t\n", "/x\n"), "a name with a blank, without the tab"),
-        (("/x\t\n", "/x \t\n"), "ends in a blank"),  # `patch -p1` drops the blank: another name
+        (("/x\t\n", "/x \t\n"), "not the entry's"),  # `patch -p1` drops the blank: another name
         (("lnk /x", "lnk\x0b/x"), "which git quotes"),
         (("lnk /x", "lnk\x0c/x"), "which git quotes"),
         (("lnk /x", "lnk\r/x"), "which git quotes"),
@@ -363,21 +363,60 @@ def test_a_tab_after_a_name_without_a_blank_is_refused(repo: Path) -> None:
         cut_outward_links(text.replace("+++ b/new\n", "+++ b/new\t\n"), *checkout(repo))
 
 
-@pytest.mark.parametrize("path", ["sub/.git x", "sub/.GIT\u00a0x/config", "x ../y", "x .  y"])
-def test_a_part_that_a_blank_would_cut_to_a_name_git_refuses_is_refused(
-    repo: Path, tmp_path: Path, path: str
+BLANK_WORDS = [
+    "notes on .git internals.md",
+    "range 1 .. 10.txt",
+    "sub/.git x",
+    "sub/.GIT\u00a0x/config",
+    "x ../y",
+    "x .  y",
+]
+
+
+def test_names_with_a_word_git_refuses_pass_whole_and_land_whole(repo: Path, tmp_path: Path) -> None:
+    """A blank-separated word `.git` or `..` inside a name is no part of its path: git ends such a name
+    with a tab on `---`/`+++`, and GNU `patch -p1` reads the whole of it there; an entry without those
+    lines (an empty file) names the path only on its `diff --git` line, where `patch` finds no two
+    names and skips the entry. Either way nothing lands under another name."""
+    names = [*BLANK_WORDS, *(f"{name} empty" for name in BLANK_WORDS)]
+    for name in names:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("" if name.endswith(" empty") else "x\n")
+    text = diff(repo)
+    assert "diff --git a/x ../y empty b/x ../y empty\nnew file mode 100644\nindex" in text
+    assert cut_outward_links(text, *checkout(repo)) == (text, [])
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(repo), str(other))
+    gnu_patch(other, text, tmp_path)
+    landed = {str(p.relative_to(other)) for p in other.rglob("*") if ".git" not in p.relative_to(other).parts}
+    landed = {p for p in landed if not (other / p).is_dir() or (other / p).is_symlink()}
+    assert set(BLANK_WORDS) <= landed <= set(names) | {"README", "a/f", "sub/up", "bin.dat", "old"}
+    applied(repo, text, tmp_path)
+    assert all((repo / name).exists() for name in names)
+
+
+def test_a_name_that_ends_in_a_blank_is_cut_where_patch_would_write_another_file(
+    repo: Path, tmp_path: Path
 ) -> None:
-    """`patch -p1` reads a name without its tab up to the first blank (and the `diff --git` line's names
-    always so): `sub/.git x` is `sub/.git`, a gitdir file pointing git at a planted repository."""
-    text = (
-        NEW_LINK.replace(" x", f" {path}")
-        .replace("/x", f"/{path}")
-        .replace("+++ b/" + path, f"+++ b/{path}\t")
-    )
-    if " " not in path:
-        text = text.replace("\t\n", "\n")
-    with pytest.raises(PatchTextError, match="which git never writes"):
-        cut_outward_links(text, set(), {})
+    """GNU `patch -p1` reads `b/draft \t` as `draft` (and `diff --git a/e  b/e ` as `e`): another file.
+    Those entries are cut and named; the rest of the work applies."""
+    (repo / "README").write_text("hello\nworld\n")
+    (repo / "draft ").write_text("d\n")
+    (repo / "empty ").write_text("")
+    (repo / "lnk ").mkdir()
+    (repo / "lnk " / "x").write_text("in a folder that ends in a blank: read whole\n")
+    text = diff(repo)
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(repo), str(other))
+    gnu_patch(other, text, tmp_path)  # what the cut prevents
+    assert (other / "draft").read_text() == "d\n" and (other / "empty").exists()
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    why = "a name that ends in a blank, which `patch -p1` reads without it"
+    assert cut == [f"draft  ({why})", f"empty  ({why})"]
+    applied(repo, kept, tmp_path)
+    assert (repo / "README").read_text() == "hello\nworld\n"
+    assert (repo / "lnk " / "x").exists()
+    assert not any((repo / name).exists() for name in ("draft ", "draft", "empty ", "empty"))
 
 
 def plant_git_dir(folder: Path, mark: Path) -> None:
@@ -537,6 +576,27 @@ def test_a_text_as_deep_as_paths_go_is_judged_in_a_moment(repo: Path) -> None:
     """The folders the patch fills were built as strings, every prefix of every path: quadratic."""
     text = deep_paths()
     assert judged_in(3.0, text, *checkout(repo)) == (text, [])
+
+
+def test_names_of_long_runs_of_blanks_and_dots_are_judged_in_a_moment(repo: Path) -> None:
+    """Folding a path (a name's trailing dots and blanks dropped) took a regular expression that tried,
+    at each blank or dot of a run, every longer stretch of it: 10 s for these 2 MB, days for 32 MiB."""
+    path = "/".join(["x" + " " * 250 + "y", "z" + "." * 250 + "w"] * 4)
+    entry = "diff --git a/{p} b/{p}\nnew file mode 100644\nindex 0000000..e69de29\n"
+    text = "".join(entry.format(p=f"e{i}/{path}") for i in range(500))
+    assert judged_in(3.0, text, *checkout(repo)) == (text, [])
+
+
+def test_a_name_longer_than_any_disk_takes_is_refused_in_a_moment(repo: Path) -> None:
+    """No file system takes a name past 255 bytes: the text is refused before anything folds it."""
+    name = "x" + " " * 20000 + "y"
+    text = f"diff --git a/{name} b/{name}\nnew file mode 100644\nindex 0000000..e69de29\n"
+    with pytest.raises(PatchTextError, match="longer than 255 bytes"):
+        judged_in(1.0, text, *checkout(repo))
+    fits = "\u00e9" * 127  # 254 bytes
+    assert cut_outward_links(text.replace(name, fits), set(), {})[1] == []
+    with pytest.raises(PatchTextError, match="longer than 255 bytes"):
+        cut_outward_links(text.replace(name, fits + "\u00e9"), set(), {})
 
 
 def test_links_that_walk_too_far_are_refused_within_a_bound(repo: Path) -> None:
@@ -734,3 +794,92 @@ def test_a_folder_made_a_file_and_a_file_made_a_folder_pass_whole(repo: Path, tm
     applied(repo, text, tmp_path)
     assert (repo / "a").read_text() == "now a file\n"
     assert (repo / "README" / "x").read_text() == "now a folder\n"
+
+
+def test_a_link_replaced_by_a_folder_passes_whole(repo: Path, tmp_path: Path) -> None:
+    """git writes a link made a folder as the link's deletion and the files under it: the deleted link
+    is gone before they are written (`git apply` applies the text whole; GNU patch 2.7 removes the link,
+    then skips files under a link it touched), so no path runs through it."""
+    (repo / "vendor").symlink_to("a")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "vendor link")
+    (repo / "vendor").unlink()
+    (repo / "vendor").mkdir()
+    (repo / "vendor" / "f").write_text("vendored\n")
+    (repo / "old").unlink()  # `old -> README`: a file link made a folder
+    (repo / "old").mkdir()
+    (repo / "old" / "todo.md").write_text("t\n")
+    text = diff(repo)
+    assert "deleted file mode 120000" in text and "+++ b/vendor/f" in text
+    assert cut_outward_links(text, *checkout(repo)) == (text, [])
+    applied(repo, text, tmp_path)
+    assert (repo / "vendor" / "f").read_text() == "vendored\n" and not (repo / "vendor").is_symlink()
+    assert (repo / "old" / "todo.md").read_text() == "t\n"
+    assert (repo / "a" / "f").read_text() == "f\n"
+
+
+def test_a_link_deleted_otherwise_than_the_checkout_holds_it_is_still_a_link_to_go_through(
+    repo: Path,
+) -> None:
+    """A deletion whose hunk does not hold the checkout's target does not apply: the link stays, and the
+    files after it would be written through it."""
+    (repo / "old").unlink()
+    (repo / "old").mkdir()
+    (repo / "old" / "x").write_text("x\n")
+    text = diff(repo)
+    for hostile in (
+        text.replace("-README", "-elsewhere"),
+        text.replace("deleted file mode 120000", "deleted file mode 100644"),
+    ):
+        assert hostile != text
+        with pytest.raises(PatchTextError, match="runs through a link the checkout holds, 'old'"):
+            cut_outward_links(hostile, *checkout(repo))
+
+
+def test_a_folder_beside_a_link_that_differs_in_case_or_trailing_dots_passes_whole(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The checkout holds both `docs` and `Docs -> docs` (`build.` and `build -> build.`): its disk tells
+    them apart, so an edit in the folder runs through no link there."""
+    (repo / "docs").mkdir()
+    (repo / "docs" / "guide.md").write_text("guide\n")
+    (repo / "Docs").symlink_to("docs")
+    (repo / "build.").mkdir()
+    (repo / "build." / "x").write_text("x\n")
+    (repo / "build").symlink_to("build.")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "compatibility links")
+    (repo / "docs" / "guide.md").write_text("guide, fixed\n")
+    (repo / "build." / "x").write_text("y\n")
+    (repo / "docs" / "new.md").write_text("new\n")
+    text = diff(repo)
+    assert cut_outward_links(text, *checkout(repo)) == (text, [])
+    applied(repo, text, tmp_path)
+    assert (repo / "docs" / "guide.md").read_text() == "guide, fixed\n"
+    assert (repo / "build." / "x").read_text() == "y\n"
+
+
+def test_a_path_through_a_link_only_where_a_disk_ignores_case_is_cut_not_refused(
+    repo: Path, tmp_path: Path
+) -> None:
+    """`lnk/new` beside the checkout's `Lnk -> a`, `notes/x` beside the text's own file `Notes`: on a
+    disk that ignores case (the user's, maybe) each runs through the other, which `patch -p1` follows;
+    on this one they are apart. Those entries are cut and named; the rest of the work applies."""
+    (repo / "Lnk").symlink_to("a")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "link")
+    (repo / "README").write_text("hello\nworld\n")
+    (repo / "lnk").mkdir()
+    (repo / "lnk" / "new").write_text("n\n")
+    (repo / "Notes").write_text("N\n")
+    (repo / "notes").mkdir()
+    (repo / "notes" / "x").write_text("x\n")
+    text = diff(repo)
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    assert cut == [
+        "lnk/new (on a disk that ignores case or a name's trailing dots, a path through 'Lnk')",
+        "notes/x (on a disk that ignores case or a name's trailing dots, a path through 'Notes')",
+    ]
+    applied(repo, kept, tmp_path)
+    assert (repo / "README").read_text() == "hello\nworld\n" and (repo / "Notes").read_text() == "N\n"
+    assert not (repo / "lnk").exists() and not (repo / "notes").exists()

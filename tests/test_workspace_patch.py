@@ -7,7 +7,9 @@ HTTP server, the CLI as a subprocess.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -462,3 +464,81 @@ async def test_the_host_judges_the_patch_text_off_the_event_loop(sandbox_image, 
         changes = await workspace_changes(sandbox)
     assert "+new" in changes.text and changes.left_out == ["out -> /etc/passwd (absolute)"]
     assert judged_on and judged_on[0] != threading.get_ident()
+
+
+LATIN1_WORK = (
+    r"printf 'caf\351\n' > new.txt && printf 'Ren\351\nligne 2 modifi\351e\n' > old.txt"
+    r""" && printf 'x\n' > "$(printf 'nom\351.txt')" && printf 'd\n' > "$(printf 'brouillon\351 ')" """
+)
+
+
+def latin1_repo(path: Path) -> Path:
+    """A repository with a Latin-1 (not UTF-8) source file."""
+    path.mkdir()
+    git(path, "init", "-q")
+    (path / "old.txt").write_bytes("Ren\xe9\nligne 2\n".encode("latin-1"))
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "init")
+    return path
+
+
+def assert_latin1_work(repo: Path) -> None:
+    """What LATIN1_WORK leaves, byte for byte (less the name that ends in a blank, cut from the patch)."""
+    assert (repo / "new.txt").read_bytes() == b"caf\xe9\n"
+    assert (repo / "old.txt").read_bytes() == b"Ren\xe9\nligne 2 modifi\xe9e\n"
+    names = sorted(name for name in os.listdir(bytes(repo)) if name != b".git")
+    assert names == [b"new.txt", b"nom\xe9.txt", b"old.txt"]
+
+
+def test_bytes_that_are_not_utf8_reach_the_patch_file_exact(sandbox_image, tmp_path):
+    """A Latin-1 file, edited and added, and a name that is not UTF-8: `--patch FILE` holds git's bytes
+    (each such byte once became U+FFFD: a new file corrupted, an edit that no longer applied)."""
+    repo = latin1_repo(tmp_path / "repo")
+    turns = ["Write.\n</think>\n\n" + call("shell", command=LATIN1_WORK), "Done.\n</think>\n\nDone."]
+    patch = tmp_path / "out.diff"
+    with ScriptedModelServer(turns) as server:
+        proc = subprocess.run(
+            [*CLI, "run", "Write files.", "--model-url", server.url, "--tools", "shell",
+             "--workspace", str(repo), "--patch", str(patch), "--trace", str(tmp_path / "t.jsonl"), "--json"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert b"+caf\xe9\n" in patch.read_bytes()
+    git(repo, "apply", str(patch))
+    assert_latin1_work(repo)
+
+
+async def test_run_result_patch_keeps_bytes_that_are_not_utf8(sandbox_image, tmp_path):
+    """`RunResult.patch` holds them as lone surrogates (`patch_bytes` gives git's bytes back, and
+    `apply_patch` applies them exact); in JSON they are `\\xNN` escapes, as in the entries named."""
+    from qwq_agent import Agent, SGLangClient, build_tools
+    from qwq_agent.agent.patch import apply_patch
+    from qwq_agent.agent.workspace import open_sandbox
+
+    repo = latin1_repo(tmp_path / "repo")
+    turns = ["Write.\n</think>\n\n" + call("shell", command=LATIN1_WORK), "Done.\n</think>\n\nDone."]
+    trace = tmp_path / "t.jsonl"
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url) as model:
+        async with open_sandbox(workspace=repo) as sandbox:
+            agent = Agent(model, build_tools(["shell"]), sandbox=sandbox, trace_path=trace)
+            result = await agent.run("Write files.")
+            assert result.status == "completed" and result.patch is not None
+            await apply_patch(sandbox, result.patch)  # the baseline's files back, then the patch
+            done = await sandbox.shell(
+                "base64 -w0 new.txt; echo; base64 -w0 old.txt; echo; ls -b", cwd="/workspace"
+            )
+    new, old, *names = done.stdout.split("\n")
+    assert (
+        base64.b64decode(new) == b"caf\xe9\n" and base64.b64decode(old) == b"Ren\xe9\nligne 2 modifi\xe9e\n"
+    )
+    assert "nom\\351.txt" in names, done.stdout
+    assert "caf\\\\xe9" in result.model_dump_json()
+    warning = next(
+        json.loads(line) for line in trace.read_text().splitlines() if "patch_links_left_out" in line
+    )
+    assert "brouillon\\xe9  (a name that ends in a blank" in warning["message"]
+    from qwq_agent.agent.patch import patch_bytes
+
+    (tmp_path / "p.diff").write_bytes(patch_bytes(result.patch))
+    git(repo, "apply", str(tmp_path / "p.diff"))
+    assert_latin1_work(repo)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer
 
 from qwq_agent.agent.approval import ApprovalPolicy
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.loop_detector import LoopDetectorConfig, RepetitionConfig
 from qwq_agent.agent.messages import Message
 from qwq_agent.protocols import SamplingParams
+from qwq_agent.surrogates import escape_surrogates
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful assistant that solves tasks with tools. Compute, count, inspect and verify with "
@@ -62,5 +63,11 @@ class RunResult(BaseModel):
     trace_error: str | None = None
     events: int = 0
     # `git diff` of /workspace from its upload to the run's end (`open_sandbox(workspace=...)`); None
-    # when no baseline was recorded or the diff failed (a `patch_failed` warning says why).
+    # when no baseline was recorded or the diff failed (a `patch_failed` warning says why). Bytes that
+    # are not UTF-8 are held as lone surrogates: `qwq_agent.agent.patch.patch_bytes` gives git's bytes
+    # back; in JSON (`model_dump_json`) they are `\xNN` escapes, which `git apply` would not read so.
     patch: str | None = None
+
+    @field_serializer("patch", when_used="json")
+    def _patch_in_json(self, patch: str | None) -> str | None:
+        return None if patch is None else escape_surrogates(patch)

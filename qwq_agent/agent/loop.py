@@ -301,8 +301,10 @@ class Agent:
         more = len(changes.left_out) - len(shown)
         message = (
             f"{len(changes.left_out)} entries left out of the patch (symlinks absolute or leading out of "
-            f"the repository, files git would run commands from; `git apply` would plant them in your "
-            f"checkout): " + "; ".join(shown) + (f"; and {more} more" if more else "")
+            f"the repository, files git would run commands from, paths `git apply` or `patch -p1` would "
+            f"take elsewhere on some disks; each says why): "
+            + "; ".join(shown)
+            + (f"; and {more} more" if more else "")
         )
         return self._emit(Warning_(kind="patch_links_left_out", message=message))
 

@@ -5,10 +5,12 @@ own under the sandbox user's home (so the workspace's own `.git`, if any, gets n
 changes, and a folder that is not a repository needs none). For a repository, that directory borrows
 the repository's objects (`objects/info/alternates`) and its `info/exclude`; its `.gitignore` files
 apply either way. `workspace_patch` snapshots the tree again and returns `git diff` between the two:
-changed, new and deleted files, binary ones in git's binary format. Apply it with `git apply`, which
-checks the whole text first and applies all of it or nothing; a text-only patch (one that passed the
-host's check) also applies with GNU `patch -p1`, but that is not atomic: it skips a hunk that does not
-apply and writes the rest, the patch half done. Ignored files (`.gitignore`) are in neither snapshot.
+changed, new and deleted files, binary ones in git's binary format; git's bytes, those that are not
+UTF-8 held as lone surrogates (`patch_bytes` gives them back; JSON shows them as `\\xNN`). Apply it
+with `git apply`, which checks the whole text first and applies all of it or nothing; a text-only
+patch (one that passed the host's check) also applies with GNU `patch -p1`, but that is not atomic: it
+skips a hunk that does not apply and writes the rest, the patch half done. Ignored files
+(`.gitignore`) are in neither snapshot.
 
 Symlinks the run created or changed that are absolute or resolve out of the repository (followed through
 the other links of the end snapshot, as the host's checkout will hold them once the patch is applied, see
@@ -21,7 +23,9 @@ the patch file) is the agent's to rewrite, even between the judgement there and 
 leaves out (and names) the files git would run commands from in a folder the patch makes look like a
 git directory (its `config`, hooks: `git status` there would run them), as copy-back does, and links into
 a `.git`; it refuses a text with a path through a link (one the checkout holds or the text makes), which
-`git apply` refuses too but `patch -p1` would follow.
+`git apply` refuses too but `patch -p1` would follow, and leaves out (and names) an entry whose path runs
+through one only on a disk that ignores case or trailing dots (`docs/x` beside a link `Docs`), or whose
+name ends in a blank (`patch -p1` would write it without).
 
 Against the snapshot rather than the repository's HEAD: edits the user had not committed before the
 run are theirs, not the agent's, and stay out of the patch (for a clean tree the two are the same).
@@ -42,6 +46,7 @@ from pydantic import BaseModel
 
 from qwq_agent.agent import link_judge, patch_text
 from qwq_agent.agent.per_sandbox import PerSandbox
+from qwq_agent.surrogates import escape_surrogates
 
 BASELINE_DIR = "$HOME/.qwq-agent/baseline.git"
 WORKSPACE = "/workspace"
@@ -60,7 +65,8 @@ class PatchError(RuntimeError):
 
 class WorkspacePatch(BaseModel):
     """The patch, and what was left out of it: symlinks as `path -> target (why)`, files git would run
-    commands from as `path (why)`."""
+    commands from as `path (why)`. `text` is git's bytes, those that are not UTF-8 as lone surrogates
+    (`patch_bytes` gives them back); in `left_out` they show as `\\xNN`."""
 
     text: str
     left_out: list[str] = []
@@ -199,17 +205,30 @@ wc -c < "{patch_file}"
         raise PatchError(f"the patch is {size} bytes, over the {MAX_PATCH_BYTES}-byte limit")
     fields = (await _read(sandbox, f"{BASELINE_DIR}/left-out", listed)).split(b"\0")
     left_out = [
-        "{} -> {} ({})".format(*(f.decode("utf-8", errors="replace") for f in fields[i : i + 3]))
+        "{} -> {} ({})".format(*(_shown(f.decode("utf-8", "surrogateescape")) for f in fields[i : i + 3]))
         for i in range(0, len(fields) - 2, 3)
     ]
-    # Bytes that are not UTF-8 (a Latin-1 source file) become U+FFFD: RunResult must serialise as JSON.
-    text = (await _read(sandbox, patch_file, size)).decode("utf-8", errors="replace")
+    # Bytes that are not UTF-8 (a Latin-1 source file, such a name) are kept as lone surrogates, so the
+    # text is git's, byte for byte (`patch_bytes`): U+FFFD would corrupt a new file and break a hunk.
+    text = (await _read(sandbox, patch_file, size)).decode("utf-8", "surrogateescape")
     try:
         # Up to MAX_PATCH_BYTES of the sandbox's text: seconds of work at worst, so not on the event loop.
         text, cut = await asyncio.to_thread(patch_text.cut_outward_links, text, baseline.dirs, baseline.links)
     except patch_text.PatchTextError as exc:
-        raise PatchError(f"the patch read back from the sandbox was refused: {exc}") from exc
-    return WorkspacePatch(text=text, left_out=left_out + [c for c in cut if c not in left_out])
+        raise PatchError(f"the patch read back from the sandbox was refused: {_shown(str(exc))}") from exc
+    return WorkspacePatch(text=text, left_out=left_out + [c for c in map(_shown, cut) if c not in left_out])
+
+
+def _shown(text: str) -> str:
+    """A name for a message: bytes that are not UTF-8 as `\\xNN` (a message goes to JSON and the trace)."""
+    return escape_surrogates(text)
+
+
+def patch_bytes(text: str) -> bytes:
+    """The bytes of a patch text (`WorkspacePatch.text`, `RunResult.patch`), exactly as git wrote them:
+    write these to a file for `git apply`. (Bytes that are not UTF-8 are held in the text as lone
+    surrogates, `surrogateescape`; `text.encode()` alone refuses them.)"""
+    return text.encode("utf-8", "surrogateescape")
 
 
 async def apply_patch(
@@ -233,7 +252,7 @@ async def apply_patch(
     # File calls only reach /workspace: the patch lands there under a name of its own, and is moved
     # into the baseline's git directory before anything looks at the tree.
     name = f".qwq-agent-apply-{secrets.token_hex(8)}.patch"
-    data = patch.encode("utf-8")
+    data = patch_bytes(patch)
 
     def pack() -> bytes:
         buf = io.BytesIO()

@@ -22,7 +22,6 @@ HFS_IGNORED = dict.fromkeys(
     [0x200C, 0x200D, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x206A, 0x2070), 0xFEFF]
 )
 _IGNORED = re.compile("[" + "".join(map(chr, HFS_IGNORED)) + "]")
-_TRAILING = re.compile(r"[. ]+(?=[/\n]|$)")  # NTFS drops a name's trailing dots and spaces
 
 # In a git directory: the files whose settings or programs git runs (`core.fsmonitor`, `core.pager`,
 # `alias.*`, hooks; `commondir` sends git to another folder's `config`), and the state of a rebase or a
@@ -38,8 +37,9 @@ MAX_NAMED = 8
 
 def fold(path: str) -> str:
     """`path` as a case-insensitive disk compares it: `fold_case`, and without the dots and spaces that
-    end a name (NTFS drops them)."""
-    return _TRAILING.sub("", fold_case(path))
+    end a name (NTFS drops them). Part by part, linear: a regular expression for a run of them at a
+    name's end tried every stretch of every run, quadratic in a run's length."""
+    return "/".join(part.rstrip(". ") for part in fold_case(path).split("/"))
 
 
 def fold_case(text: str) -> str:
@@ -57,7 +57,7 @@ def git_runs(written: list[str], dirs: set[str], links: dict[str, str], entries:
     checkout (`dirs`, `links`) or the patch (`entries`: all its paths), an `objects` or `refs` entry, or a
     `HEAD` or `commondir` one that is not a folder."""
     # The common case first: no such name in any path (joined, a name ends at a line break too).
-    if not _NAMED.search(_TRAILING.sub("", fold_case("\n".join(written)))):
+    if not _NAMED.search("\n".join(map(fold, written))):
         return set()
     named_in = ((path, islice(filter(_runs, _NAMED.finditer(fold(path))), MAX_NAMED + 1)) for path in written)
     found = {path: named for path, found_ in named_in if (named := list(found_))}

@@ -9,7 +9,10 @@ agent ran) and the patch's own entries. An outward link is cut from the text, wi
 its path (a file it replaced stays), until a round cuts none; so is a link with a `.git` part in its
 target (the checkout's own `.git` is in no baseline). A text with a path through a link the checkout holds
 or the text makes, or through a file it writes, is refused whole: `git apply` refuses it too ("beyond a
-symbolic link"), but GNU `patch -p1` follows the link, and goes on past an entry it cannot apply.
+symbolic link"), but GNU `patch -p1` follows the link, and goes on past an entry it cannot apply. A path
+that runs through one only on a disk that ignores case or a name's trailing dots (the user's may) is
+cut, with the entries of its path, and named; so is a name that ends in a blank, which `patch -p1`
+reads without it.
 
 Only git's own diff form passes (`diff --git` entries with the headers, hunks and binary blocks our
 `git diff --binary --no-renames` writes; hunk lines counted as the `@@` header says; names quoted, or not,
@@ -46,8 +49,10 @@ _HUNK = re.compile(r"@@ -(\d{1,10})(?:,(\d{1,10}))? \+(\d{1,10})(?:,(\d{1,10}))?
 _BINARY_SIZE = re.compile(r"(literal|delta) (\d{1,10})")
 _BASE85_LINE = re.compile(r"[A-Za-z][0-9A-Za-z!#$%&()*+\-;<=>?@^_`{|}~]+")
 UNREADABLE = "the patch does not show the link's target whole"
+BLANK_END = "a name that ends in a blank, which `patch -p1` reads without it"
 GIT_DIR = "leads into a git directory"
 MAX_TARGET = 4095  # the bytes a link's target can hold (PATH_MAX less its NUL)
+MAX_NAME = 255  # the bytes a name (a part of a path) can hold, on any file system git runs on
 
 
 class PatchTextError(ValueError):
@@ -87,15 +92,18 @@ class _Entry:
 
 def cut_outward_links(text: str, dirs: set[str], links: dict[str, str]) -> tuple[str, list[str]]:
     """`text` without the entries of links that lead out of the checkout, named as `path -> target (why)`,
-    and without the files git would run commands from (`patch_git_dirs`), named as `path (why)`. `dirs` and
+    and without the files git would run commands from (`patch_git_dirs`), those whose path runs through a
+    link or a file only as some disks compare names (`_through_links`), and those `patch -p1` would
+    write under another name (`BLANK_END`), named as `path (why)`. `dirs` and
     `links` are the checkout's folders and links before the patch. `PatchTextError` for a text not in
     git's diff form, or one whose links are more than a real patch makes (`MAX_LINKS`) or take too long
     to follow (`FOLLOW_BUDGET`). The work is bounded for any text: run it off the event loop all the same."""
     entries = _parse(text)
-    _through_links(entries, links)
+    cut = {e.path: f"{e.path} ({BLANK_END})" for e in entries if _blank_end(e.path)}
+    cut.update(_through_links([e for e in entries if e.path not in cut], dirs, links))
     written = list(dict.fromkeys(e.path for e in entries if not e.deleted))
     runs = patch_git_dirs.git_runs(written, dirs, links, [e.path for e in entries])
-    cut = {path: f"{path} ({patch_git_dirs.WHY})" for path in runs}
+    cut.update({path: f"{path} ({patch_git_dirs.WHY})" for path in runs if path not in cut})
     cut.update(_Links(entries, cut, dirs, links).cut())
     if not cut:
         return text, []
@@ -217,30 +225,76 @@ def _names_git_dir(target: str) -> bool:
     )
 
 
-def _through_links(entries: list[_Entry], links: dict[str, str]) -> None:
+def _through_links(entries: list[_Entry], dirs: set[str], links: dict[str, str]) -> dict[str, str]:
     """Refuse a text with a path that runs through a link the checkout holds (`links`), or through a path
     the text itself writes (a link, or a file) other than to delete what lies under it (git writes a
     folder made a file so). `git apply` refuses such a text whole ("beyond a symbolic link"), but GNU
     `patch -p1` follows the link, and, not atomic, goes on past an entry it cannot apply: after a
-    skipped link `d`, a link `x -> d/../..` through the folder `d` another entry made. Paths are
-    compared as a case-insensitive disk would (`patch_git_dirs.fold`); sorted, each prefix is one
-    bisection, whatever the text."""
-    every = sorted((patch_git_dirs.fold(e.path), e.path) for e in entries)
-    kept = {e.path for e in entries if not e.deleted}
-    written = [(folded, path) for folded, path in every if path in kept]
+    skipped link `d`, a link `x -> d/../..` through the folder `d` another entry made. A link the text
+    deletes, with the target the checkout holds (so the deletion applies), is gone before the entries
+    after it write there: git writes a link made a folder so. Sorted, each prefix is one bisection.
 
-    def first_under(folder: str, paths: list[tuple[str, str]]) -> str | None:
-        at = bisect.bisect_left(paths, (folder + "/",))
-        return paths[at][1] if at < len(paths) and paths[at][0].startswith(folder + "/") else None
+    The entries whose path runs through one only as a disk that ignores case or a name's trailing dots
+    compares names (`patch_git_dirs.fold`: `docs/x` beside the link `Docs`) are returned to cut, as
+    `path -> why`: the patch is applied on the user's disk, which may be such a one, but this one holds
+    both apart. Not where the checkout holds that folder itself (`docs` in `dirs`): its disk then told
+    the two apart."""
+    gone = {
+        e.path
+        for e in entries
+        if e.modes.get("deleted file mode") == LINK and e.path in links and e.old == links[e.path]
+    }
+    held = [link for link in links if link not in gone]
+    every = sorted({e.path for e in entries})
+    written = sorted({e.path for e in entries if not e.deleted})
 
-    for link in links:
-        if (path := first_under(patch_git_dirs.fold(link), every)) is not None:
+    def first_under(folder: str, paths: list[str]) -> str | None:
+        at = bisect.bisect_left(paths, folder + "/")
+        return paths[at] if at < len(paths) and paths[at].startswith(folder + "/") else None
+
+    for link in held:
+        if (path := first_under(link, every)) is not None:
             raise PatchTextError(f"{path!r} runs through a link the checkout holds, {link!r}")
-    for folded, made in written:
-        if (path := first_under(folded, written)) is not None:
+    for made in written:
+        if (path := first_under(made, written)) is not None:
             raise PatchTextError(
                 f"{path!r} uses {made!r}, which the text writes as a file or a link, as a folder"
             )
+    cut = _folded_through(held, every, dirs)
+    cut.update(
+        _folded_through([p for p in written if p not in cut], [p for p in written if p not in cut], dirs)
+    )
+    return {path: f"{path} ({FOLDED.format(through)})" for path, through in cut.items()}
+
+
+FOLDED = "on a disk that ignores case or a name's trailing dots, a path through {!r}"
+
+
+def _folded_through(blockers: list[str], paths: list[str], dirs: set[str]) -> dict[str, str]:
+    """Those of `paths` with a folder that, folded (`patch_git_dirs.fold`), is one of `blockers` folded
+    and is not in `dirs`, each to that blocker. A path's parts are looked up one by one, each once, in
+    a tree of the folded blockers' parts: linear in the paths, whatever the text. (Each folder the
+    checkout holds costs its length: `dirs` is the checkout's, not the text's.)"""
+    nodes: dict[tuple[int, str], int] = {}
+    ends: dict[int, str] = {}  # a node to a blocker that folds to the parts that lead to it
+    for blocker in blockers:
+        node = 0
+        for part in patch_git_dirs.fold(blocker).split("/"):
+            node = nodes.setdefault((node, part), len(nodes) + 1)
+        ends.setdefault(node, blocker)
+    found: dict[str, str] = {}
+    for path in paths if ends else ():
+        node, offset = 0, 0
+        exact = path.split("/")
+        for part, folded in zip(exact[:-1], patch_git_dirs.fold(path).split("/"), strict=False):
+            offset += len(part) + 1
+            if (next_ := nodes.get((node, folded))) is None:
+                break
+            node = next_
+            if node in ends and path[: offset - 1] not in dirs:
+                found[path] = ends[node]
+                break
+    return found
 
 
 def _whitespace_fixed(target: str) -> str:
@@ -388,26 +442,30 @@ def _header_path(rest: str, at: int) -> str:
     return a[2:]
 
 
-# A `.`, `..`, `.git` or `git~1` part or blank-separated word (trailing dots dropped), in `fold_case`.
-_DOTS = re.compile(r"(?:^|[/\s])(?:\.{1,2}|\.git\.*|git~1\.*)(?=[/\s]|$)")
+# A `.`, `..` (trailing blanks dropped), `.git` or `git~1` part (trailing dots and blanks dropped), in
+# `fold_case`.
+_DOTS = re.compile(r"(?:^|/)(?:\.{1,2} *|\.git[. ]*|git~1[. ]*)(?=/|$)")
 
 
 def _check_parts(path: str, at: int) -> None:
     """Refuse a path git never writes in a diff (its own `verify_path` refuses them on apply, but
     `patch -p1` would follow them): a `.git` part in any spelling a file system takes for it (case,
-    trailing dots and spaces for NTFS, its short name `git~1`, HFS+'s ignored characters), `.`, `..`,
-    an empty part. Each word of a part is judged too: `patch -p1` ends a name at a blank where no tab
-    follows (always on the `diff --git` line), so `sub/.git x` can be written as `sub/.git`."""
+    trailing dots and spaces for NTFS, its short name `git~1`, HFS+'s ignored characters), `.`, `..`
+    (with trailing blanks, which NTFS drops), an empty part, a part past `MAX_NAME`. A blank-separated
+    word of a part is no part: git ends a name that holds a blank with a tab, and `patch -p1` reads the
+    whole of it (only blanks at the end are lost, `BLANK_END`); without `---`/`+++` lines it finds no
+    two names on the `diff --git` line, and skips the entry."""
     if not path or path.startswith("/") or path.endswith("/") or "//" in path:
         raise PatchTextError(f"line {at + 1}: a path with an empty part: {path!r}")
+    # First, before anything folds the path: no file system takes a longer name, so a real diff holds
+    # none, and every later look at a part (a regular expression, a fold) is bounded by it.
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_NAME for part in path.split("/")):
+        raise PatchTextError(f"line {at + 1}: a name longer than {MAX_NAME} bytes: {path[:120]!r}...")
     if not _DOTS.search(patch_git_dirs.fold_case(path)):
         return  # the whole path judged at once; the loop below, for the message, finds the same
     for part in path.split("/"):
-        for word in (part, *part.split()):
-            if word in (".", "..") or patch_git_dirs.fold(word) in (".git", "git~1"):
-                raise PatchTextError(
-                    f"line {at + 1}: a path through {part!r}, which git never writes: {path!r}"
-                )
+        if part.rstrip(" ") in (".", "..") or patch_git_dirs.fold(part) in (".git", "git~1"):
+            raise PatchTextError(f"line {at + 1}: a path through {part!r}, which git never writes: {path!r}")
 
 
 # A name as git's quote_c_style writes it: raw, any character git does not escape; escaped, with its letter
@@ -432,13 +490,16 @@ def _quoted(text: str, at: int) -> tuple[str, str]:
 
 
 def _plain(name: str, at: int) -> str:
-    """`name`, written without quotes: refused if it holds a character git would have quoted it for, or
-    ends in a blank (git writes it, but `patch -p1` reads the name without it: another file)."""
+    """`name`, written without quotes: refused if it holds a character git would have quoted it for."""
     if quoted := _GIT_QUOTES.search(name):
         raise PatchTextError(f"line {at + 1}: a name with a raw {quoted.group()!r}, which git quotes")
-    if name.endswith(" "):
-        raise PatchTextError(f"line {at + 1}: a name that ends in a blank, which `patch -p1` leaves out")
     return name
+
+
+def _blank_end(path: str) -> bool:
+    """Whether `patch -p1` reads the path without its end (`BLANK_END`): an unquoted name that ends in a
+    blank (git's tab after it, or the `diff --git` line's next blank, ends it there for `patch`)."""
+    return path.endswith(" ") and not _GIT_QUOTES.search(path)
 
 
 def _names(lines: list[str], at: int, entry: _Entry) -> int:

@@ -74,7 +74,9 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
             copied = await copy_back(result.sandbox, args.copy_back, console, "the winner's workspace")
     won = result.won
     if args.patch is not None and won is not None and won.result is not None and won.result.patch is not None:
-        args.patch.write_text(won.result.patch, encoding="utf-8")
+        from qwq_agent.agent.patch import patch_bytes
+
+        args.patch.write_bytes(patch_bytes(won.result.patch))  # git's bytes, those not UTF-8 too
         console.print(plain(f"the winner's patch: {args.patch.resolve()}", "dim"), soft_wrap=True)
     if result.trace_path:
         console.print(

@@ -237,7 +237,9 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
         await extras.aclose()
     result = agent.result if agent is not None else None
     if args.patch is not None and result is not None and result.patch is not None:
-        args.patch.write_text(result.patch, encoding="utf-8")
+        from qwq_agent.agent.patch import patch_bytes
+
+        args.patch.write_bytes(patch_bytes(result.patch))  # git's bytes, those not UTF-8 too
         changed = result.patch.count("\ndiff --git ") + result.patch.startswith("diff --git ")
         console.print(f"[dim]patch ({changed} files changed): {args.patch.resolve()}[/dim]", soft_wrap=True)
     if result is not None and result.trace_path:

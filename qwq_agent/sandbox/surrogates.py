@@ -8,20 +8,14 @@ a surrogate that does not stand for a byte), as the supervisor itself writes the
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from qwq_agent.surrogates import SURROGATE, map_strings
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+from qwq_agent.surrogates import escape_surrogates, map_strings
 
 
 def clean_text(text: str) -> str:
     """`text` with each lone surrogate replaced by a backslash escape (unchanged when there is none)."""
-    return SURROGATE.sub(_escape, text) if SURROGATE.search(text) else text
+    return escape_surrogates(text)
 
 
 def clean(obj: Any) -> Any:
