@@ -320,3 +320,21 @@ async def test_dotdot_after_a_symlink_names_what_the_kernel_opens(shared_sandbox
         assert plain.output.startswith("The file /workspace/dd/x has been edited."), plain.output
     finally:
         await sb.shell("rm -rf /workspace/dd")
+
+
+async def test_a_download_of_dotdot_after_a_link_is_named_as_the_host_expects(
+    shared_sandbox: DockerSandbox, tmp_path
+) -> None:
+    # With link -> a/b, `link/..` is a (the kernel's reading, the editor's since), while the host names the
+    # archive's one top-level entry from the path as written: the supervisor named it `a`, and the host
+    # refused the whole download ("not under 'ws'").
+    sb = shared_sandbox
+    r = await sb.shell(
+        "mkdir -p /workspace/ws/a/b && echo kept > /workspace/ws/a/note && ln -s a/b /workspace/ws/link"
+    )
+    assert r.exit_code == 0, r
+    try:
+        res = await sb.download("/workspace/ws/link/..", tmp_path)
+        assert (tmp_path / "ws" / "note").read_text() == "kept\n", res
+    finally:
+        await sb.shell("rm -rf /workspace/ws")

@@ -184,7 +184,11 @@ def download(args):
         content += info.size
         return info
 
-    top = os.path.basename(shown.rstrip("/")) or "workspace"
+    # Named as the host names it (`file_ops._top_name`: the request's path, lexically): `shown` names the
+    # real file, which for `link/..` is another folder than the host expects, and it refuses the lot.
+    path = args.get("path")
+    top = os.path.basename(os.path.normpath(path if os.path.isabs(path) else os.path.join(WORKSPACE, path)))
+    top = top or "workspace"
     root = os.path.realpath(WORKSPACE)
     with tarfile.open(fileobj=out, mode="w|") as archive:  # stream mode: only write() is needed
         # Our own walk, not archive.add: one FIFO, socket or unreadable folder (an agent's `mkfifo`, a
