@@ -366,11 +366,17 @@ class SandboxPool:
         if warm.sandbox not in self._checking:  # `aclose()` destroyed it meanwhile
             return
         if usable:
-            self._checking.discard(warm.sandbox)
-            self._hand_out(warm, None)
+            self._put_back(warm)
         else:
             self.replaced += 1
             self._discard_taken(warm.sandbox)
+
+    def _put_back(self, warm: _Warm) -> None:
+        """Hand a sandbox this pool took out (to check it) on to the next acquire or the queue, unless
+        `aclose()` destroyed it meanwhile."""
+        if warm.sandbox in self._checking:
+            self._checking.discard(warm.sandbox)
+            self._hand_out(warm, None)
 
     async def _await_one(self, deadline: Deadline) -> _Warm:
         """The next sandbox for this acquire; the error of its own start if that fails first."""
@@ -383,10 +389,7 @@ class SandboxPool:
             self._leave(waiter)
             got = waiter.got
             if got.done() and got.exception() is None:  # handed over as the acquire left: the next one's
-                warm = got.result()
-                if warm.sandbox in self._checking:  # else `aclose()` destroyed it already
-                    self._checking.discard(warm.sandbox)
-                    self._hand_out(warm, None)
+                self._put_back(got.result())
             if isinstance(exc, TimeoutError):
                 raise self._timed_out() from None
             raise

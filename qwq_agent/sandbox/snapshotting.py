@@ -145,7 +145,8 @@ async def restore_snapshot(
             f"snapshot {snapshot.id}'s archive does not match its sha256 (changed since it was taken); "
             "nothing was restored"
         )
-    # One limit for all of it: the files, the replay, and the files again after the replay.
+    # One limit for the files and the replay; the replay ends early enough, by the time the files took,
+    # for putting them back once more to end about then too.
     ends = time.monotonic() + timeout
     reply = sandbox._grace(timeout)
     try:

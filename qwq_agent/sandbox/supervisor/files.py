@@ -35,7 +35,7 @@ def resolve(path, *, allow_missing=True):
             f"The path {path} is outside the workspace {WORKSPACE}; only paths in it can be used.",
         )
     shown = os.path.normpath(joined)
-    if os.path.realpath(_unescaped(shown)) != real:
+    if shown != joined and os.path.realpath(_unescaped(shown)) != real:
         shown = WORKSPACE + real[len(root) :]  # the tidy spelling names another file: name the real one
     if not allow_missing and not os.path.lexists(real):
         raise RequestError("ToolError", f"The path {shown} does not exist. Please provide a valid path.")

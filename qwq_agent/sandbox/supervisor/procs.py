@@ -174,22 +174,23 @@ def _state(data: bytes) -> bytes:
     return data[data.rindex(b")") + 2 :][:1]
 
 
-def _threads_live(pid: str) -> bool:
-    """Whether a thread of `pid` other than its leader is neither a zombie nor dead."""
+def _thread_states(pid):
+    """(tid, state letter) of each thread of `pid` still there; nothing when its task folder is gone."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return False
+        return
     for tid in tids:
-        if tid == str(pid):
-            continue
         try:
             with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                if _state(f.read()) not in _DEAD:
-                    return True
+                yield tid, _state(f.read())
         except OSError:
             continue  # that thread just went
-    return False
+
+
+def _threads_live(pid: str) -> bool:
+    """Whether a thread of `pid` other than its leader is neither a zombie nor dead."""
+    return any(state not in _DEAD for tid, state in _thread_states(pid) if tid != str(pid))
 
 
 def _process_table():
@@ -234,19 +235,7 @@ def descendants(root, table=None):
 
 def _all_stopped(pid):
     """Whether every thread of `pid` is stopped (or gone): a group stop reaches each thread on its own."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return True
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        if _state(data) not in (b"T", b"t", *_DEAD):
-            return False
-    return True
+    return all(state in (b"T", b"t", *_DEAD) for _, state in _thread_states(pid))
 
 
 def stop_tree(root, *, budget=5.0):

@@ -144,8 +144,9 @@ def search(args):
     refuse_special(shown, st.st_mode, "searched")
     max_results = int(args.get("max_results", 100))
     context = int(args.get("context_lines", 0))
-    # --no-messages: unreadable files and dirs are not errors worth reporting (a tree of them once filled
-    # stderr's pipe while stdout was read to its end: rg blocked and every search timed out empty).
+    # --no-messages: ripgrep's per-file complaints (unreadable files and dirs) stay off stderr, which then
+    # carries only real failures (a bad regex or glob: the exit-2 test below); an unreadable tree is told
+    # by the exit status alone (`unreadable`).
     # --debug: the only way ripgrep tells which files it skipped for size (`_Stderr` counts them).
     cmd = ["/usr/bin/rg", "--json", "--no-config", "--no-messages", "--debug", "--max-filesize", MAX_FILESIZE]
     cmd += ["-F"] if args.get("literal") else []
