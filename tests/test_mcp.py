@@ -468,7 +468,7 @@ async def test_a_backtracking_pattern_in_a_tool_schema_cannot_stall_the_event_lo
         "patternProperties": {words: {"type": "string"}},
         "additionalProperties": False,
     }
-    hostile = "a" * 25 + "!"
+    hostile = "a" * 30 + "!"  # ~1 minute a search on the old code
     ticks: list[float] = []
 
     async def ticker() -> None:
@@ -489,7 +489,9 @@ async def test_a_backtracking_pattern_in_a_tool_schema_cannot_stall_the_event_lo
         finally:
             ticking.cancel()
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert max(gaps) < 1.0, f"the event loop stalled for {max(gaps):.1f} s"  # ~4 s a search before
+    # A bound a loaded machine cannot reach (other tenants of the cores slow the ticks, they do not stop
+    # the loop) and the old code passed by far (a minute a search).
+    assert max(gaps) < 5.0, f"the event loop stalled for {max(gaps):.1f} s"
     assert value.metadata["error"] == "invalid_arguments" and "does not match" in value.text, value.text
     assert key.metadata["error"] == "invalid_arguments" and "unexpected argument(s)" in key.text, key.text
     assert direct.metadata["error"] == "invalid_arguments" and "does not match" in direct.text

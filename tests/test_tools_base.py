@@ -707,7 +707,8 @@ async def test_a_pattern_that_runs_out_of_time_refuses_the_call_and_leaves_the_l
         assert "send a shorter value" in out.text
     assert name.metadata["error"] == "invalid_arguments", name.text
     assert 'the argument name "aaaa' in name.text and "send a shorter name" in name.text, name.text
-    assert took < 5 and max(gaps) < 0.5, (took, max(gaps))
+    # Bounds a loaded machine cannot reach and the old code passed by far (minutes a match).
+    assert took < 30 and max(gaps) < 5.0, (took, max(gaps))
     assert (await reg.call(ToolCall(name="tagged", arguments={"word": "aaaa", "free": "b"}))).text == "tagged"
 
 
@@ -734,12 +735,14 @@ async def test_unevaluated_properties_names_are_matched_off_the_gil():
     try:
         await asyncio.sleep(0.1)
         started = time.monotonic()
-        out = await reg.call(ToolCall(name="tagged", arguments={"a" * 25 + "!": "x"}))
+        out = await reg.call(ToolCall(name="tagged", arguments={"a" * 30 + "!": "x"}))
         took = time.monotonic() - started
     finally:
         ticking.cancel()
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert max(gaps) < 0.5 and took < 3, (max(gaps), took)
+    # Bounds a loaded machine cannot reach and the old code passed by far (4 s at 26 characters, about
+    # a minute at these 31).
+    assert max(gaps) < 5.0 and took < 30, (max(gaps), took)
     assert (
         out.metadata["error"] == "invalid_arguments" and "Unevaluated properties are not allowed" in out.text
     )
