@@ -375,6 +375,7 @@ async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_ima
     why = "settings git could run commands from (or not known to be safe)"
     assert res.git_settings_dropped == [
         f"workspace/.git/config: kept remotes/branches and basic settings, dropped 2 {why}: core.fsmonitor, alias.st",
+        "workspace/.git/config: remotes point to origin -> https://example.com/repo.git",
         f"workspace/evil/config: kept remotes/branches and basic settings, dropped 2 {why}: core.fsmonitor, core.worktree",
     ]  # the nested repository's config had nothing to drop
     remotes = await asyncio.to_thread(_host_git, ws, tmp_path, "remote", "-v")

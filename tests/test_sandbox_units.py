@@ -481,7 +481,7 @@ def test_a_rebuilt_git_config_keeps_safe_settings_and_no_value_can_start_a_setti
         '\thooksPath = .githooks\n[include]\n\tpath = ../.gitconfig\n[includeIf "gitdir:/"]\n\tpath = x\n'
         '[remote "or\\"ig\\\\in"]\n\tfetch = +refs/heads/*:refs/remotes/o/*\n\tfetch = +refs/tags/*:refs/tags/*\n'
         "\tuploadpack = touch /tmp/ran\n[alias]\n\tst = !touch /tmp/ran\n"
-        '[filter "lfs"]\n\tclean = touch /tmp/ran\n[branch "main"]\n\tremote = origin\n'
+        '[filter "lfs"]\n\tclean = touch /tmp/ran\n[branch "main"]\n\tremote = .\n'
     )
     set_value = ["git", "config", "--file", str(config), 'remote.or"ig\\in.url', forged]
     assert __import__("subprocess").run(set_value, capture_output=True).returncode == 0
@@ -498,7 +498,7 @@ def test_a_rebuilt_git_config_keeps_safe_settings_and_no_value_can_start_a_setti
         (b"core.filemode", None),
         (b'remote.or"ig\\in.fetch', b"+refs/heads/*:refs/remotes/o/*"),  # not `+refs/tags/*:refs/tags/*`
         (b'remote.or"ig\\in.url', forged.encode()),  # git put it at the end of its section
-        (b"branch.main.remote", b"origin"),
+        (b"branch.main.remote", b"."),  # a remote the config defines, or `.` (see the test after next)
     ]
 
 
@@ -534,6 +534,7 @@ def test_a_config_too_large_or_with_too_many_settings_is_left_out_before_git_rea
     assert done.git_left_out == ["ws/big/.git/config", "ws/many/.git/config", "ws/wide/.git/config"]
     assert done.git_settings == [
         f"ws/big/.git/config: left out: {len(big)} bytes, over the {MAX_CONFIG_BYTES} a config copied back may hold",
+        "ws/good/.git/config: remotes point to origin -> https://x/r.git",
         f"ws/many/.git/config: left out: more than {MAX_SETTINGS} settings",
         "ws/wide/.git/config: left out: git lists its settings as more than 1048576 bytes",
     ]
@@ -601,7 +602,8 @@ def test_a_copied_back_config_cannot_turn_the_operators_next_push_or_fetch_destr
     ]
     assert done.git_settings == [
         "ws/.git/config: kept remotes/branches and basic settings, dropped 4 settings git could run "
-        "commands from (or not known to be safe): remote.origin.push, remote.origin.fetch, push.default"
+        "commands from (or not known to be safe): remote.origin.push, remote.origin.fetch, push.default",
+        f"ws/.git/config: remotes point to origin -> {origin}",
     ]
     # What else would steer the next push: elsewhere, or mirroring (deleting what the copy lacks).
     config = tmp_path / "config"
@@ -686,3 +688,26 @@ def test_links_inside_are_kept_when_the_destination_is_a_relative_path(tmp_path,
     _, _, skipped, *_ = _extract_counted(data, Path("out"), 1 << 20)
     assert (tmp_path / "out" / "ws" / "docs" / "README.md").read_text() == "hi"
     assert [s.split(" -> ")[0] for s in skipped] == ["ws/up"]
+
+
+def test_a_copied_back_config_cannot_send_the_operators_next_push_elsewhere(tmp_path) -> None:
+    """A second `remote.origin.url` (git pushes to every url of a remote, fetches from the first) or a
+    `branch.main.remote` that is itself a path or URL sent the operator's next plain `git push` to the
+    sandbox's chosen repository, while `git remote -v` looked normal. Now a remote keeps one url, a
+    branch's remote must be one the config defines (or `.`), and each kept url is named."""
+    from qwq_agent.sandbox.git_config import rebuild
+
+    config = tmp_path / "config"
+    config.write_text(
+        '[remote "origin"]\n\turl = https://example.com/real.git\n\turl = /tmp/attacker.git\n'
+        "\tfetch = +refs/heads/*:refs/remotes/origin/*\n"
+        '[branch "main"]\n\tremote = /tmp/attacker.git\n\tmerge = refs/heads/main\n'
+        '[branch "dev"]\n\tremote = origin\n[branch "local"]\n\tremote = .\n'
+    )
+    new = rebuild(config, 30)
+    assert not isinstance(new, str | None)
+    text = new.text.decode()
+    assert "real.git" in text and "attacker" not in text, text
+    assert "remote.origin.url" in new.dropped and "branch.main.remote" in new.dropped
+    assert 'remote = "origin"' in text and 'remote = "."' in text, text
+    assert new.urls == ("origin -> https://example.com/real.git",)

@@ -82,11 +82,13 @@ Setting = tuple[
 
 class Rebuilt(NamedTuple):
     """A config file's new text, the first keys of the settings dropped (up to `MAX_DROPPED_KEYS`
-    different ones, in file order) and how many settings were dropped in all."""
+    different ones, in file order), how many settings were dropped in all, and where each remote kept
+    points (`name -> url`: the operator should see where their next push goes)."""
 
     text: bytes
     dropped: list[str]
     dropped_count: int
+    urls: tuple[str, ...] = ()
 
 
 def rebuild(path: Path, timeout: float) -> Rebuilt | str | None:
@@ -98,14 +100,36 @@ def rebuild(path: Path, timeout: float) -> Rebuilt | str | None:
     kept: list[Setting] = []
     dropped: dict[str, None] = {}
     count = 0
+    urls: dict[bytes, bytes] = {}  # remote name -> its one url
+    remotes = {_split(key)[1] for key, _ in settings if key.startswith(b"remote.")}
     for key, value in settings:
-        if safe(key, value):
+        if safe(key, value) and _one_destination(key, value, urls, remotes):
             kept.append((key, value))
             continue
         count += 1
         if len(dropped) < MAX_DROPPED_KEYS:
             dropped[key.decode("utf-8", "backslashreplace")] = None
-    return Rebuilt(render(kept), list(dropped), count)
+    shown = tuple(f"{_text(name)} -> {_text(url)}" for name, url in urls.items())
+    return Rebuilt(render(kept), list(dropped), count, shown)
+
+
+def _one_destination(key: bytes, value: bytes | None, urls: dict[bytes, bytes], remotes: set) -> bool:
+    """Whether a safe setting still sends pushes and fetches where the remote says: a remote keeps its
+    first url only (git pushes to every url of a remote, and fetches from the first: a second one gets
+    the operator's pushes unseen), and a branch's remote must be a remote of the config or `.` (a path
+    or URL there is a destination `git remote -v` never shows). Records each url kept in `urls`."""
+    section, name, variable = _split(key)
+    if (section, variable) == ("remote", "url") and name is not None and value is not None:
+        if name in urls:
+            return False
+        urls[name] = value
+    elif (section, variable) == ("branch", "remote"):
+        return value == b"." or value in remotes
+    return True
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def read_settings(path: Path, timeout: float) -> list[Setting] | str | None:

@@ -119,6 +119,8 @@ def _rebuild(path: Path, dest: Path, deadline: float, removed: list[str], settin
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "wb") as out:
         out.write(new.text)
+    if new.urls:  # where the operator's next push goes: the sandbox wrote this config
+        settings.append(f"{shown}: remotes point to {', '.join(new.urls[:MAX_SHOWN_KEYS])}")
     if new.dropped_count:
         more = " ..." if len(new.dropped) > MAX_SHOWN_KEYS else ""
         settings.append(
