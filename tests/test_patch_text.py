@@ -4,6 +4,7 @@ git writes and what it does with the result; hostile texts are git's own output,
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -417,6 +418,115 @@ def test_a_name_that_ends_in_a_blank_is_cut_where_patch_would_write_another_file
     assert (repo / "README").read_text() == "hello\nworld\n"
     assert (repo / "lnk " / "x").exists()
     assert not any((repo / name).exists() for name in ("draft ", "draft", "empty ", "empty"))
+
+
+def test_an_entry_that_needs_a_cut_one_is_cut_with_it_and_the_rest_applies_whole(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The file `notes ` made a folder and the folder `drafts` (holding `x `) made a file: git writes each
+    as a deletion and additions. Only the blank-ended names were cut, so `git apply` of the rest passed its
+    check, then failed while writing ("Not a directory", "Directory not empty") after it had rewritten
+    README: a half-patched checkout. The entries that need a cut one are cut with it, and named."""
+    (repo / "notes ").write_text("old notes\n")
+    (repo / "drafts").mkdir()
+    (repo / "drafts" / "x ").write_text("x\n")
+    (repo / "drafts" / "keep").write_text("k\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "notes and drafts")
+    (repo / "README").write_text("hello\nworld\n")
+    (repo / "notes ").unlink()
+    (repo / "notes ").mkdir()
+    (repo / "notes " / "todo.md").write_text("t\n")
+    (repo / "notes " / "done.md").write_text("d\n")
+    shutil.rmtree(repo / "drafts")
+    (repo / "drafts").write_text("now a file\n")
+    text = diff(repo)
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    applied(repo, kept, tmp_path)  # whole, or `git apply` fails: never half
+    why = "a name that ends in a blank, which `patch -p1` reads without it"
+    assert cut == [
+        f"drafts/x  ({why})",
+        f"notes  ({why})",
+        "drafts (needs 'drafts/x ', which was left out)",
+        "drafts/keep (needs 'drafts', which was left out)",
+        "notes /done.md (needs 'notes ', which was left out)",
+        "notes /todo.md (needs 'notes ', which was left out)",
+    ]
+    assert (repo / "README").read_text() == "hello\nworld\n"
+    assert (repo / "notes ").read_text() == "old notes\n"
+    assert (repo / "drafts" / "x ").read_text() == "x\n" and (repo / "drafts" / "keep").read_text() == "k\n"
+
+
+def test_a_link_that_ends_in_a_blank_made_a_folder_is_cut_with_the_folder_not_refused(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The link `notes  -> README` made a folder: its deletion is cut (`BLANK_END`), so the folder's files
+    would be written through the link the checkout still holds. Those are cut and named, as for a file
+    made a folder, where the whole text was refused."""
+    (repo / "notes ").symlink_to("README")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "notes link")
+    (repo / "README").write_text("hello\nworld\n")
+    (repo / "notes ").unlink()
+    (repo / "notes ").mkdir()
+    (repo / "notes " / "todo.md").write_text("t\n")
+    text = diff(repo)
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    why = "a name that ends in a blank, which `patch -p1` reads without it"
+    assert cut == [f"notes  ({why})", "notes /todo.md (needs 'notes ', which was left out)"]
+    applied(repo, kept, tmp_path)
+    assert (repo / "README").read_text() == "hello\nworld\n"
+    assert str((repo / "notes ").readlink()) == "README"
+
+
+def test_links_are_judged_again_once_a_deletion_they_relied_on_is_cut(repo: Path, tmp_path: Path) -> None:
+    """The checkout's own link `sub/up -> ..` made a folder holding `evil -> /etc`, and `top -> sub/up/..`
+    beside it: inside while `sub/up` is a folder. The outward link is cut, and with it the rest of that
+    folder (the link's deletion among them): `sub/up` stays the link to `..`, through which `top` leads
+    out, so `top` is judged again and cut too."""
+    (repo / "sub" / "up").unlink()
+    (repo / "sub" / "up").mkdir()
+    (repo / "sub" / "up" / "evil").symlink_to("/etc")
+    (repo / "sub" / "up" / "ok.txt").write_text("ok\n")
+    (repo / "top").symlink_to("sub/up/..")
+    (repo / "README").write_text("hello\nworld\n")
+    text = diff(repo)
+    kept, cut = cut_outward_links(text, *checkout(repo))
+    assert cut == [
+        "sub/up/evil -> /etc (absolute)",
+        "sub/up (needs 'sub/up/evil', which was left out)",
+        "sub/up/ok.txt (needs 'sub/up', which was left out)",
+        "top -> sub/up/.. (leads out of the repository)",
+    ]
+    applied(repo, kept, tmp_path)
+    assert (repo / "README").read_text() == "hello\nworld\n"
+    assert str((repo / "sub" / "up").readlink()) == ".." and not (repo / "top").is_symlink()
+
+
+def test_cuts_that_keep_calling_for_more_are_refused_past_a_bound(tmp_path: Path) -> None:
+    """The checkout's links `l0`...`ln -> ..`, each made a folder holding `a`, which leads out through the
+    one before once that one's deletion is cut (`l0/a -> /etc` first): each pass cuts one more. A chain
+    that settles within `MAX_PASSES` is cut whole and applies; a longer one is refused whole."""
+    from qwq_agent.agent.patch_text import MAX_PASSES
+
+    for n, settles in ((MAX_PASSES - 1, True), (MAX_PASSES, False)):
+        repo = make_repo(tmp_path / f"chain{n}")
+        for i in range(n):
+            (repo / f"l{i}").symlink_to("..")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "links")
+        for i in range(n):
+            (repo / f"l{i}").unlink()
+            (repo / f"l{i}").mkdir()
+            (repo / f"l{i}" / "a").symlink_to(f"../l{i - 1}/.." if i else "/etc")
+        text = diff(repo)
+        if not settles:
+            with pytest.raises(PatchTextError, match=f"after {MAX_PASSES} passes"):
+                cut_outward_links(text, *checkout(repo))
+            continue
+        kept, cut = cut_outward_links(text, *checkout(repo))
+        assert kept == "" and len(cut) == 2 * n
+        assert f"l{n - 1}/a -> ../l{n - 2}/.. (leads out of the repository)" in cut
 
 
 def plant_git_dir(folder: Path, mark: Path) -> None:

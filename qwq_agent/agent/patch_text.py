@@ -12,7 +12,10 @@ or the text makes, or through a file it writes, is refused whole: `git apply` re
 symbolic link"), but GNU `patch -p1` follows the link, and goes on past an entry it cannot apply. A path
 that runs through one only on a disk that ignores case or a name's trailing dots (the user's may) is
 cut, with the entries of its path, and named; so is a name that ends in a blank, which `patch -p1`
-reads without it.
+reads without it. git writes a type change as a deletion and the entries under (or over) the path: an
+entry that needs a cut one so (`notes /todo.md`, once the deletion of the file `notes ` is cut) is cut
+with it and named, else `git apply` fails halfway through writing; then the rules judge what is kept
+again (a link whose deletion was cut stays, to walk through), until a pass cuts nothing.
 
 Only git's own diff form passes (`diff --git` entries with the headers, hunks and binary blocks our
 `git diff --binary --no-renames` writes; hunk lines counted as the `@@` header says; names quoted, or not,
@@ -22,8 +25,9 @@ leaves): a text with anything else in it is refused whole (`PatchError`), for
 
 The text is the sandbox's, up to `patch.MAX_PATCH_BYTES`: the work stays linear in it. A link is judged
 again only when a link its walk followed is cut; past a few such rounds every link that leads out goes
-at once; and a text with more links than a real patch makes (`MAX_LINKS`), or whose links take too long
-to follow (`FOLLOW_BUDGET`), is refused whole.
+at once; and a text with more links than a real patch makes (`MAX_LINKS`), whose links take too long
+to follow (`FOLLOW_BUDGET`, for all passes together), or whose cuts still call for more after
+`MAX_PASSES` passes, is refused whole.
 """
 
 from __future__ import annotations
@@ -93,23 +97,79 @@ class _Entry:
 def cut_outward_links(text: str, dirs: set[str], links: dict[str, str]) -> tuple[str, list[str]]:
     """`text` without the entries of links that lead out of the checkout, named as `path -> target (why)`,
     and without the files git would run commands from (`patch_git_dirs`), those whose path runs through a
-    link or a file only as some disks compare names (`_through_links`), and those `patch -p1` would
-    write under another name (`BLANK_END`), named as `path (why)`. `dirs` and
-    `links` are the checkout's folders and links before the patch. `PatchTextError` for a text not in
-    git's diff form, or one whose links are more than a real patch makes (`MAX_LINKS`) or take too long
-    to follow (`FOLLOW_BUDGET`). The work is bounded for any text: run it off the event loop all the same."""
+    link or a file only as some disks compare names (`_through_links`), those `patch -p1` would
+    write under another name (`BLANK_END`), and those that need a cut one (`_needing`), named as
+    `path (why)`. `dirs` and `links` are the checkout's folders and links before the patch.
+    `PatchTextError` for a text not in git's diff form, or one whose links are more than a real patch
+    makes (`MAX_LINKS`) or take too long to follow (`FOLLOW_BUDGET`), or whose cuts still call for more
+    after `MAX_PASSES` passes. The work is bounded for any text: run it off the event loop all the same."""
     entries = _parse(text)
     cut = {e.path: f"{e.path} ({BLANK_END})" for e in entries if _blank_end(e.path)}
-    cut.update(_through_links([e for e in entries if e.path not in cut], dirs, links))
     written = list(dict.fromkeys(e.path for e in entries if not e.deleted))
     runs = patch_git_dirs.git_runs(written, dirs, links, [e.path for e in entries])
     cut.update({path: f"{path} ({patch_git_dirs.WHY})" for path in runs if path not in cut})
-    cut.update(_Links(entries, cut, dirs, links).cut())
+    groups = _groups(entries)
+    budget = FOLLOW_BUDGET
+    # A cut can leave what the rules below judged otherwise (a link's deletion cut with the folder that
+    # replaced it: the link stays, to walk through): they judge the entries kept again, until none is cut.
+    for _ in range(MAX_PASSES):
+        size = len(cut)
+        cut.update(_needing(groups, cut))
+        cut.update(_through_links([e for e in entries if e.path not in cut], dirs, links))
+        cut.update(_needing(groups, cut))
+        judge = _Links(entries, cut, dirs, links, budget)
+        cut.update(judge.cut())
+        budget = judge.budget
+        cut.update(_needing(groups, cut))
+        if len(cut) == size:
+            break
+    else:
+        raise PatchTextError(f"the patch's cuts still call for more after {MAX_PASSES} passes")
     if not cut:
         return text, []
     lines = text.split("\n")
     kept = "".join("\n".join(lines[e.start : e.end]) + "\n" for e in entries if e.path not in cut)
     return kept, list(cut.values())
+
+
+NEEDS = "needs {!r}, which was left out"
+# Passes of the rules over the entries kept (`cut_outward_links`): a real patch's cuts settle in two.
+MAX_PASSES = 8
+
+
+def _groups(entries: list[_Entry]) -> list[list[str]]:
+    """The paths of the text that lie under another of its paths, each with that one (first): git writes
+    a type change so (a file made a folder: the file's deletion, the folder's files; a folder made a file:
+    the file, the deletions under it), and `git apply` can write none of them without the others. Sorted
+    with `/` as the least character, a path's descendants follow it at once: one pass, linear."""
+    groups: list[list[str]] = []
+    root: str | None = None
+    for path in sorted({e.path for e in entries}, key=lambda p: p.replace("/", "\0")):  # no NUL in a path
+        if root is not None and path.startswith(root + "/"):
+            groups[-1].append(path)
+        else:
+            root = path
+            groups.append([path])
+    return [group for group in groups if len(group) > 1]
+
+
+def _needing(groups: list[list[str]], cut: Container[str]) -> dict[str, str]:
+    """The paths of `groups` not in `cut` whose group holds a cut one, as `path -> why`: cut alone, the
+    deletion of `notes ` leaves the file that `notes /todo.md` is to be written under, and `git apply`
+    fails while writing, after it has written other files (a half-patched checkout). (The other entry of
+    a cut path's own type change goes with it: the text is cut by path.) Each is named as needing the
+    group's first path, or the first one cut there when that one is kept."""
+    found: dict[str, str] = {}
+    for group in groups:
+        gone = [path for path in group if path in cut]
+        if not gone:
+            continue
+        root = group[0]
+        for path in group:
+            if path not in cut:
+                needed = gone[0] if path == root else root
+                found[path] = f"{path} ({NEEDS.format(needed)})"
+    return found
 
 
 # Links a patch makes or changes, judged one by one: a real patch holds far fewer.
@@ -127,7 +187,14 @@ class _Links:
     """The links the patch makes or changes, judged against the checkout as the patch leaves it, each
     again only when a link its walk followed is cut."""
 
-    def __init__(self, entries: list[_Entry], cut: Container[str], dirs: set[str], links: dict[str, str]):
+    def __init__(
+        self,
+        entries: list[_Entry],
+        cut: Container[str],
+        dirs: set[str],
+        links: dict[str, str],
+        budget: int = FOLLOW_BUDGET,
+    ):
         self.before = links
         self.now, self.targets = _links_after(entries, cut, links)
         if len(self.targets) > MAX_LINKS:
@@ -136,9 +203,10 @@ class _Links:
                 "is judged for"
             )
         self.dirs = dirs
-        # The folders the patch fills are prefixes of its paths (sorted only if there is a link to judge).
-        self.paths = sorted(e.path for e in entries) if self.targets else []
-        self.budget = FOLLOW_BUDGET
+        # The folders the patch fills are prefixes of the paths it keeps (sorted only if there is a link
+        # to judge).
+        self.paths = sorted(e.path for e in entries if e.path not in cut) if self.targets else []
+        self.budget = budget  # what is left of FOLLOW_BUDGET, shared by `cut_outward_links`' passes
         self.why: dict[str, str | None] = {}  # not cut: why it leads out, or None
         self.followed: dict[str, set[str]] = {}
         self.dependents: dict[str, set[str]] = {}  # a link's path -> the links whose walks followed it
