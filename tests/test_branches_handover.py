@@ -178,3 +178,45 @@ async def test_a_cancelled_hand_over_puts_the_parents_own_files_back(sandbox_ima
     warned = [e for e in events if isinstance(e, Warning_) and e.kind == "winner_not_adopted"]
     assert warned and "put back" in warned[-1].message, warned
     assert isinstance(events[-1], Final) and events[-1].status == "cancelled"
+
+
+@pytest.mark.docker
+async def test_a_hand_over_given_up_on_never_lands_later(sandbox_image, monkeypatch):
+    """The hand-over's restore and its undo both run past their limits (here: held up behind a cell
+    the parent's interpreter is running). Both used to stay queued in the sandbox and run once the cell
+    ended, wiping what the parent did after the hand-over had returned, while the answer said its
+    sandbox held "neither" its files nor the winner's. Now neither starts late, the answer says what
+    the sandbox holds is unknown, and the parent's later work stays."""
+    import types
+
+    import qwq_agent.agent.branches as br
+    from qwq_agent.sandbox import DockerSandbox, SandboxConfig
+    from qwq_agent.sandbox.snapshot import RestoreRequest
+
+    config = SandboxConfig(image=sandbox_image)
+    async with DockerSandbox.create(config) as psb, DockerSandbox.create(config) as wsb:
+        await psb.shell("echo parent > /workspace/PARENT")
+        await wsb.shell("echo winner > /workspace/WINNER")
+        running = asyncio.Event()
+        hold = (
+            "import os, time\nheld = 'kept'\nprint('running', flush=True)\n"
+            "while not os.path.exists('/tmp/go'):\n    time.sleep(0.01)"
+        )
+        cell = asyncio.create_task(psb.python(hold, timeout=120, on_output=lambda _: running.set()))
+        await running.wait()
+        monkeypatch.setattr(br, "UNDO_TIMEOUT_S", 1.0)
+        monkeypatch.setattr(br, "UNDO_SLACK_S", 0.3)
+        parent = types.SimpleNamespace(sandbox=psb)
+        winner = types.SimpleNamespace(sandbox=wsb, lost=False)
+        answer = await br._hand_over(parent, winner, "fresh", 1.0, lambda e: e)  # type: ignore[arg-type]
+        assert answer is not None and "could not be put in the parent's sandbox" in answer, answer
+        assert "holds neither" not in answer and "unknown" in answer, answer
+        # The parent keeps its transcript and goes on in its sandbox.
+        await psb.shell("echo important > /workspace/AFTER")
+        now = await psb.snapshot()
+        await psb.shell("touch /tmp/go")
+        assert (await cell).ok
+        # Waits for any restore still queued ahead of it; one that ran stopped the interpreter.
+        await psb._call_raw(RestoreRequest(sha256=now.sha256, keep_python=True), 60, blob=now.data)
+        assert (await psb.python("held")).value == "'kept'"
+        assert (await psb.shell("cat /workspace/AFTER /workspace/PARENT")).stdout == "important\nparent\n"

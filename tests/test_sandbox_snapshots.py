@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -13,9 +14,17 @@ from datetime import UTC, datetime
 import pytest
 import pytest_asyncio
 
-from qwq_agent.sandbox import DockerSandbox, SandboxConfig, SandboxPool, ToolError, UnsafeArchive
+from qwq_agent.sandbox import (
+    DockerSandbox,
+    InvalidRequest,
+    SandboxConfig,
+    SandboxPool,
+    ToolError,
+    UnsafeArchive,
+)
 from qwq_agent.sandbox.cells import CellLog
 from qwq_agent.sandbox.errors import SnapshotTooLarge
+from qwq_agent.sandbox.protocol import PythonResult
 from qwq_agent.sandbox.snapshot import RestoreRequest, Snapshot
 from qwq_agent.sandbox.snapshotting import _Receiver
 
@@ -347,6 +356,69 @@ async def test_restore_stops_the_old_interpreter_writing_into_the_workspace(pair
     await dst.restore(snap)
     assert (await dst.python("import threading; threading.active_count()")).value == "1"  # the writer is gone
     assert await sh(dst, "ls -A /workspace") == "only\n"
+
+
+async def holding_python(sb: DockerSandbox, flag: str) -> asyncio.Task[PythonResult]:
+    """A cell that holds the interpreter (so a restore waits for it) until `flag` exists; it sets
+    `held = 'kept'` first. Returns once the cell runs."""
+    running = asyncio.Event()
+    code = (
+        "import os, time\nheld = 'kept'\nprint('running', flush=True)\n"
+        f"while not os.path.exists({flag!r}):\n    time.sleep(0.01)"
+    )
+    cell = asyncio.create_task(sb.python(code, timeout=120, on_output=lambda _: running.set()))
+    await running.wait()
+    return cell
+
+
+async def test_a_restore_that_cannot_start_within_its_limit_is_refused_and_never_runs_later(pair) -> None:
+    """A restore's limit was kept only by the host: one queued behind another restore (here held up by
+    a running cell) waited in the sandbox with no limit and cleared the files whenever it got its turn,
+    long after the host had given up on it. Now the sandbox refuses to start it once its limit has
+    passed, says nothing was changed, and the restore ahead of it runs as ever."""
+    src, dst = pair
+    await empty(src)
+    await sh(src, "echo first > /workspace/first")
+    first = await src.snapshot()
+    await sh(src, "rm /workspace/first && echo late > /workspace/late")
+    late = await src.snapshot()
+    await empty(dst)
+    await sh(dst, "echo mine > /workspace/mine")
+    cell = await holding_python(dst, "/tmp/go-limit")
+    ahead = asyncio.create_task(dst.restore(first, timeout=120))
+    queued = asyncio.create_task(dst.restore(late, timeout=2.0))
+    # Bounded for the old code, where no answer came before the host's reply grace killed the sandbox.
+    await asyncio.wait({queued}, timeout=30)
+    assert queued.done(), "the restore was still waiting in the sandbox past its limit"
+    with pytest.raises(InvalidRequest, match="nothing was changed"):
+        queued.result()
+    assert await sh(dst, "ls -A /workspace") == "mine\n"  # the cell still holds: neither ran yet
+    await sh(dst, "touch /tmp/go-limit")
+    assert (await cell).ok
+    await ahead
+    assert await sh(dst, "ls -A /workspace") == "first\n"
+
+
+async def test_a_restore_the_host_gave_up_on_never_starts_later(pair) -> None:
+    """The host gives up on a restore (cancelled) long before its limit while it waits behind a cell:
+    the cancel the host sends must keep it from starting. It used to run once the cell ended (the
+    interpreter stopped, the files replaced) under whatever the host had done meanwhile."""
+    src, dst = pair
+    await empty(src)
+    await sh(src, "echo first > /workspace/first")
+    first = await src.snapshot()
+    await empty(dst)
+    cell = await holding_python(dst, "/tmp/go-cancel")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await dst.restore(first, timeout=60)
+    await sh(dst, "touch /tmp/go-cancel")
+    assert (await cell).ok
+    # The files again, keeping the interpreter: this one waits for any restore still queued ahead of it,
+    # so a given-up restore that ran after all has stopped the interpreter (and `held` with it) by now.
+    await dst._call_raw(RestoreRequest(sha256=first.sha256, keep_python=True), 60, blob=first.data)
+    assert (await dst.python("held")).value == "'kept'"
+    assert await sh(dst, "ls -A /workspace") == "first\n"
 
 
 async def test_the_host_counts_streamed_chunks_against_the_cap() -> None:

@@ -537,10 +537,13 @@ async def _put_back(sandbox: Any, snapshot: Snapshot, python_state: PythonState)
                 snapshot, python_state=python_state, timeout=UNDO_TIMEOUT_S - UNDO_SLACK_S
             )
     except Exception as exc:
+        # Which of the two restores began in the sandbox, and how far it got, is not known here: each
+        # that began runs to its end there (none that had not begins late), so it may hold either's
+        # files, part of them, or nothing.
         why = f"over {UNDO_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else _why(exc)
         return (
-            f"putting the parent's own files back failed too ({why}): its sandbox holds neither its "
-            "own files nor the winner's as they were"
+            f"putting the parent's own files back failed too ({why}): what its sandbox holds is unknown "
+            "(its own files, the winner's, part of either, or nothing)"
         )
     return f"the parent's own files were put back ({restored.note})"
 

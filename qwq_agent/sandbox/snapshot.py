@@ -153,3 +153,11 @@ class RestoreRequest(Request):
     keep_python: bool = Field(
         default=False, description="leave the interpreter as it is (the files again, after a replay)"
     )
+    # Seconds, not a time: the sandbox's clock (another machine's, over ssh or TLS) need not be the host's.
+    start_within: float | None = Field(
+        default=None,
+        ge=0,
+        description="the host's limit, in seconds from when the request reaches the sandbox: a restore "
+        "that cannot begin replacing the files by then (waiting for another restore, or a cell) is "
+        "refused with nothing changed, as is one the host cancels before it begins; None: no limit",
+    )

@@ -151,7 +151,7 @@ async def restore_snapshot(
     reply = sandbox._grace(timeout)
     try:
         sending = time.monotonic()
-        raw, replaced = await _send(sandbox, snapshot, reply)
+        raw, replaced = await _send(sandbox, snapshot, reply, ends)
     except ToolError:
         sandbox.cells.reset()  # it failed after the interpreter was restarted and the roots emptied
         raise
@@ -173,7 +173,7 @@ async def restore_snapshot(
             # The cells ran on the restored files, so their file side effects happened a second time (a
             # row appended again, a file written over): put the files back exactly as the snapshot holds
             # them, keeping the interpreter the replay built.
-            _, replaced = await _send(sandbox, snapshot, reply, keep_python=True)
+            _, replaced = await _send(sandbox, snapshot, reply, ends, keep_python=True)
             if replaced:  # the container died during the replay: its replacement's interpreter is empty
                 sandbox.cells.reset()
                 result.sandbox_replaced, result.python_state = True, "fresh"
@@ -187,21 +187,30 @@ async def restore_snapshot(
 
 
 async def _send(
-    sandbox: SandboxCalls, snapshot: Snapshot, reply: float, *, keep_python: bool = False
+    sandbox: SandboxCalls, snapshot: Snapshot, reply: float, ends: float, *, keep_python: bool = False
 ) -> tuple[dict[str, Any], bool]:
-    """The restore request: the archive as its blob, or staged first in chunks when it is too big."""
+    """The restore request: the archive as its blob, or staged first in chunks when it is too big.
+
+    The sandbox refuses to begin it after `ends` (this host's monotonic clock, sent as the seconds left):
+    by then the caller has given up on it, and a restore that began later would replace whatever was
+    done in the sandbox since.
+    """
     data = snapshot.data
     step = min(CHUNK_BYTES, sandbox.config.max_request_bytes - _REQUEST_SLACK)
-    if len(data) <= step:
-        request = RestoreRequest(sha256=snapshot.sha256, keep_python=keep_python)
-        return await sandbox._call_raw(request, reply, blob=data)
-    token = secrets.token_hex(8)
-    view = memoryview(data)
-    for seq, at in enumerate(range(0, len(data), step)):
-        chunk = RestoreChunkRequest(token=token, seq=seq)
-        await sandbox._call_raw(chunk, reply, blob=view[at : at + step])
-    request = RestoreRequest(sha256=snapshot.sha256, token=token, keep_python=keep_python)
-    return await sandbox._call_raw(request, reply)
+    token = None
+    if len(data) > step:
+        token = secrets.token_hex(8)
+        view = memoryview(data)
+        for seq, at in enumerate(range(0, len(data), step)):
+            chunk = RestoreChunkRequest(token=token, seq=seq)
+            await sandbox._call_raw(chunk, reply, blob=view[at : at + step])
+    request = RestoreRequest(
+        sha256=snapshot.sha256,
+        token=token,
+        keep_python=keep_python,
+        start_within=max(0.0, ends - time.monotonic()),
+    )
+    return await sandbox._call_raw(request, reply, blob=data if token is None else None)
 
 
 def _seconds(value: object) -> dict[str, float]:
@@ -281,6 +290,11 @@ class SnapshotOps(SandboxCalls):
         recorded cells are re-run, each under the limit it ran under, and the result says which failed,
         else it reports `fresh`. `timeout` bounds all of it, the replay included: cells that no longer
         fit are not run (`unreplayed_cells`).
+
+        A restore that cannot begin within `timeout` (another restore, or a running cell, holds the
+        sandbox) raises `InvalidRequest` with nothing changed; one cancelled before it begins never
+        begins later. One that has begun replacing the files runs to its end in the sandbox even when
+        its caller stops waiting: the sandbox's files are then unknown until it is done.
         """
         self.last_restore = await restore_snapshot(self, snapshot, python_state=python_state, timeout=timeout)
         return self.last_restore

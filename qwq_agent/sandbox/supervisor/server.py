@@ -4,6 +4,7 @@ import contextlib
 import fcntl
 import json
 import os
+import select
 import signal
 import struct
 import threading
@@ -19,8 +20,9 @@ from .settings import IDLE_TIMEOUT, LIFETIME, MAX_FRAME, MAX_STAGED, OUT_HEAD, O
 from .shell import run_shell
 from .streaming import OutputStream
 
-# Operations that start user processes: they get a cancel pipe the host can trip mid-call.
-CANCELLABLE = ("python", "shell")
+# Operations the host can stop mid-call: they get a cancel pipe it can trip. Those that start user
+# processes, and restore (refused once cancelled, until it has begun clearing the files).
+CANCELLABLE = ("python", "shell", "restore")
 # Operations that stream their result as events (`args["_send"]` sends a frame tied to the request).
 STREAMING = ("snapshot", "download")
 
@@ -127,17 +129,34 @@ class Supervisor:
             self.interpreter_used = False
 
     @contextlib.contextmanager
-    def files_replaced(self, keep_python):
+    def files_replaced(self, keep_python, start_by=None, cancel_fd=None):
         """Held while a restore replaces the workspace and home.
 
-        One restore at a time: one the host gave up on (cancelled, timed out) still runs here, and the
-        next (a hand-over putting the parent's own files back) must not clear and extract beside it.
+        One restore at a time: one that already began clearing runs to its end even when the host gave
+        up on it, and the next (a hand-over putting the parent's own files back) must not clear and
+        extract beside it. A restore never starts late, though: the host's limit for it ends at
+        `start_by` (monotonic), and the locks are waited for until then at most; one still waiting then,
+        or one the host cancelled meanwhile (`cancel_fd` readable), is refused with nothing changed.
+        Otherwise it would run whenever its turn came, over what the host did since it gave up.
         Nothing of the interpreter runs meanwhile: one that ran cells is stopped, and a fresh one starts
         once the files are in (it starts on the new HOME); with `keep_python` (the files again after a
         replay) the interpreter the replay built is paused, so a thread it left writing under the
         workspace cannot refill what is being cleared or take a name before it is extracted.
         """
-        with self.restore_lock, self.interpreter.lock:
+        with contextlib.ExitStack() as held:
+            for lock in (self.restore_lock, self.interpreter.lock):
+                if not lock.acquire(
+                    timeout=-1 if start_by is None else max(0.0, start_by - time.monotonic())
+                ):
+                    raise too_late()
+                held.callback(lock.release)
+            if cancel_fd is not None and select.select([cancel_fd], [], [], 0)[0]:
+                raise RequestError(
+                    "InvalidRequest",
+                    "the restore was cancelled by the host before it began; nothing was changed",
+                )
+            if start_by is not None and time.monotonic() > start_by:
+                raise too_late()
             fresh = not keep_python and self.interpreter_used
             if fresh:
                 self.interpreter.stop()
@@ -174,6 +193,7 @@ class Supervisor:
             if not isinstance(args, dict):
                 raise RequestError("InvalidRequest", "`args` must be an object")
             args["_arrived"] = arrived
+            args["_began"] = req.get("_began", arrived)
             args["_blob"] = req.get("_blob")
             if req.get("op") in CANCELLABLE:
                 cancel_r, cancel_w = os.pipe()
@@ -294,6 +314,9 @@ class Supervisor:
             head = read_exact(in_fd, 4)
             if head is None:
                 self.exit("eof")  # the host went away: nobody can use this sandbox any more
+            # When the request began to arrive: a restore's limit counts from here, not from the end of
+            # its archive (megabytes later), so the host's deadline for it is not overrun by their transfer.
+            began = time.monotonic()
             (n,) = struct.unpack(">I", head)
             if n > MAX_FRAME:
                 if not skip(in_fd, n):
@@ -326,6 +349,7 @@ class Supervisor:
                 req["_blob"] = read_into(in_fd, blob)
                 if req["_blob"] is None:
                     self.exit("eof")
+            req["_began"] = began
             if req.get("op") == "cancel":
                 self.cancel((req.get("args") or {}).get("target"))
                 continue
@@ -352,6 +376,14 @@ def main():
     os.makedirs(WORKSPACE, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     Supervisor(out_fd, split, accounts_error).serve(in_fd)
+
+
+def too_late():
+    return RequestError(
+        "InvalidRequest",
+        "the restore could not begin within its time limit (another restore or a Python cell held the "
+        "sandbox meanwhile); nothing was changed",
+    )
 
 
 def with_note(result, note):

@@ -13,8 +13,10 @@ vets every header before anything is touched: names under `workspace/` or `home/
 duplicates, each entry's parent an earlier directory of the archive (so no entry can land under a link),
 regular files, directories, symlinks and hard links to an earlier file only, nothing sparse. The roots are
 then emptied and everything is created fresh (O_EXCL, O_NOFOLLOW, mkdir), with the user's rights, so
-every file is the user's and nothing is ever written through a link. Meanwhile the server lets no other
-restore and nothing of the interpreter run; a writer that is still there anyway makes the emptying walk
+every file is the user's and nothing is ever written through a link. A restore that cannot begin
+emptying within the host's limit (`start_within`), or that the host cancelled first, is refused with
+nothing changed: the host has given up on it, and it must not land later over what was done since.
+Meanwhile the server lets no other restore and nothing of the interpreter run; a writer that is still there anyway makes the emptying walk
 again, and a restore that fails says what it left (partly cleared, empty, part of the archive). Symlink targets are kept as they
 were: inside the container a link is only a name, user code could make the same one, and extraction
 never follows it.
@@ -306,10 +308,18 @@ class Staging:
 def restore(args, staging, files_replaced):
     """Replace the workspace and home with the archive's content; returns counts.
 
-    `files_replaced(keep_python)` is held while the roots are cleared and extracted (the server's: one
-    restore at a time, nothing of the interpreter running). A failure says what it left behind.
+    `files_replaced(keep_python, start_by, cancel_fd)` is held while the roots are cleared and extracted
+    (the server's: one restore at a time, nothing of the interpreter running); it refuses to begin past
+    `start_by`, the host's limit (`start_within` seconds from when the request began to arrive), or
+    once the host has cancelled the request. A failure says what it left behind.
     """
     t0 = time.monotonic()
+    within = args.get("start_within")
+    if within is not None and (
+        not isinstance(within, int | float) or isinstance(within, bool) or not 0 <= within < float("inf")
+    ):
+        raise RequestError("InvalidRequest", "`start_within` must be a number of seconds")
+    start_by = None if within is None else args.get("_began", t0) + within
     data = args.get("_blob")
     if data is None:
         data = staging.take(args.get("token"))
@@ -324,7 +334,7 @@ def restore(args, staging, files_replaced):
     t2 = time.monotonic()
     # `keep_python`: the files again after a replay, whose cells redid their file side effects on top of
     # them; the interpreter they rebuilt is kept (the host sends nothing else while it restores).
-    with files_replaced(bool(args.get("keep_python"))):
+    with files_replaced(bool(args.get("keep_python")), start_by, args.get("_cancel")):
         t3 = time.monotonic()
         try:
             for root in ROOTS.values():
