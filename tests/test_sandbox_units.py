@@ -703,11 +703,18 @@ def test_a_copied_back_config_cannot_send_the_operators_next_push_elsewhere(tmp_
         "\tfetch = +refs/heads/*:refs/remotes/origin/*\n"
         '[branch "main"]\n\tremote = /tmp/attacker.git\n\tmerge = refs/heads/main\n'
         '[branch "dev"]\n\tremote = origin\n[branch "local"]\n\tremote = .\n'
+        # A remote without a url is a url itself (git takes its name for one): not a remote to name.
+        '[branch "other"]\n\tremote = ../attacker.git\n[remote "../attacker.git"]\n\tprune = true\n'
     )
     new = rebuild(config, 30)
     assert not isinstance(new, str | None)
     text = new.text.decode()
     assert "real.git" in text and "attacker" not in text, text
-    assert "remote.origin.url" in new.dropped and "branch.main.remote" in new.dropped
+    assert {
+        "remote.origin.url",
+        "branch.main.remote",
+        "branch.other.remote",
+        "remote.../attacker.git.prune",
+    } <= set(new.dropped)
     assert 'remote = "origin"' in text and 'remote = "."' in text, text
     assert new.urls == ("origin -> https://example.com/real.git",)

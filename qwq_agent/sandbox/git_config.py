@@ -101,14 +101,20 @@ def rebuild(path: Path, timeout: float) -> Rebuilt | str | None:
     dropped: dict[str, None] = {}
     count = 0
     urls: dict[bytes, bytes] = {}  # remote name -> its one url
-    remotes = {_split(key)[1] for key, _ in settings if key.startswith(b"remote.")}
+    # Remotes that keep a url: git takes the name of one without a url for a url itself (a path), so a
+    # branch naming it would push there. Found first: a branch may come before its remote in the file.
+    remotes = {
+        _split(key)[1]
+        for key, value in settings
+        if value is not None and _split(key)[0::2] == ("remote", "url")
+    }
     for key, value in settings:
         if safe(key, value) and _one_destination(key, value, urls, remotes):
             kept.append((key, value))
             continue
         count += 1
         if len(dropped) < MAX_DROPPED_KEYS:
-            dropped[key.decode("utf-8", "backslashreplace")] = None
+            dropped[_text(key)] = None
     shown = tuple(f"{_text(name)} -> {_text(url)}" for name, url in urls.items())
     return Rebuilt(render(kept), list(dropped), count, shown)
 
@@ -116,9 +122,12 @@ def rebuild(path: Path, timeout: float) -> Rebuilt | str | None:
 def _one_destination(key: bytes, value: bytes | None, urls: dict[bytes, bytes], remotes: set) -> bool:
     """Whether a safe setting still sends pushes and fetches where the remote says: a remote keeps its
     first url only (git pushes to every url of a remote, and fetches from the first: a second one gets
-    the operator's pushes unseen), and a branch's remote must be a remote of the config or `.` (a path
-    or URL there is a destination `git remote -v` never shows). Records each url kept in `urls`."""
+    the operator's pushes unseen), a remote without a url keeps nothing (git takes its name for a url),
+    and a branch's remote must be a remote with a url or `.` (a path or URL there is a destination
+    `git remote -v` never shows). Records each url kept in `urls`."""
     section, name, variable = _split(key)
+    if section == "remote" and name not in remotes:  # no url: its name is one (`git fetch --all` uses it)
+        return False
     if (section, variable) == ("remote", "url") and name is not None and value is not None:
         if name in urls:
             return False
