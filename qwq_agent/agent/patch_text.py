@@ -8,7 +8,7 @@ folders and links the user's checkout held when the run began (recorded by `reco
 agent ran) and the patch's own entries. An outward link is cut from the text, with the other entries of
 its path (a file it replaced stays), until a round cuts none; so is a link with a `.git` part in its
 target (the checkout's own `.git` is in no baseline). A text with a path through a link the checkout holds
-or the text makes, or through a file it writes, is refused whole: `git apply` refuses it too ("beyond a
+(and the text does not delete) or the text makes, or through a file it writes, is refused whole: `git apply` refuses it too ("beyond a
 symbolic link"), but GNU `patch -p1` follows the link, and goes on past an entry it cannot apply. A path
 that runs through one only on a disk that ignores case or a name's trailing dots (the user's may) is
 cut, with the entries of its path, and named; so is a name that ends in a blank, which `patch -p1`

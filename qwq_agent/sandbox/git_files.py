@@ -120,7 +120,8 @@ def _rebuild(path: Path, dest: Path, deadline: float, removed: list[str], settin
     with os.fdopen(fd, "wb") as out:
         out.write(new.text)
     if new.urls:  # where the operator's next push goes: the sandbox wrote this config
-        settings.append(f"{shown}: remotes point to {', '.join(new.urls[:MAX_SHOWN_KEYS])}")
+        more = " ..." if len(new.urls) > MAX_SHOWN_KEYS else ""
+        settings.append(f"{shown}: remotes point to {', '.join(new.urls[:MAX_SHOWN_KEYS])}{more}")
     if new.dropped_count:
         more = " ..." if len(new.dropped) > MAX_SHOWN_KEYS else ""
         settings.append(
