@@ -371,6 +371,22 @@ async def holding_python(sb: DockerSandbox, flag: str) -> asyncio.Task[PythonRes
     return cell
 
 
+async def test_a_restore_whose_limit_went_on_its_archive_says_so_not_that_something_held_it(pair) -> None:
+    """A limit used up before anything could hold the sandbox (a big archive, a slow link: here a limit
+    shorter than any transfer) was refused as if another restore or a cell had held it, which sent the
+    operator looking for one. Now the refusal says where the time went."""
+    src, dst = pair
+    await empty(src)
+    await sh(src, "echo kept > /workspace/kept")
+    snap = await src.snapshot()
+    await empty(dst)
+    await sh(dst, "echo mine > /workspace/mine")
+    with pytest.raises(InvalidRequest, match="used up receiving and checking the archive") as refused:
+        await dst.restore(snap, timeout=1e-6)
+    assert "another restore" not in str(refused.value) and "nothing was changed" in str(refused.value)
+    assert await sh(dst, "ls -A /workspace") == "mine\n"
+
+
 async def test_a_restore_that_cannot_start_within_its_limit_is_refused_and_never_runs_later(pair) -> None:
     """A restore's limit was kept only by the host: one queued behind another restore (here held up by
     a running cell) waited in the sandbox with no limit and cleared the files whenever it got its turn,
@@ -390,7 +406,9 @@ async def test_a_restore_that_cannot_start_within_its_limit_is_refused_and_never
     # Bounded for the old code, where no answer came before the host's reply grace killed the sandbox.
     await asyncio.wait({queued}, timeout=30)
     assert queued.done(), "the restore was still waiting in the sandbox past its limit"
-    with pytest.raises(InvalidRequest, match="nothing was changed"):
+    with pytest.raises(
+        InvalidRequest, match=r"it waited [0-9.]+ s for another restore or a running Python cell"
+    ):
         queued.result()
     assert await sh(dst, "ls -A /workspace") == "mine\n"  # the cell still holds: neither ran yet
     await sh(dst, "touch /tmp/go-limit")

@@ -143,12 +143,13 @@ class Supervisor:
         replay) the interpreter the replay built is paused, so a thread it left writing under the
         workspace cannot refill what is being cleared or take a name before it is extracted.
         """
+        entered = time.monotonic()
         with contextlib.ExitStack() as held:
             for lock in (self.restore_lock, self.interpreter.lock):
                 if not lock.acquire(
                     timeout=-1 if start_by is None else max(0.0, start_by - time.monotonic())
                 ):
-                    raise too_late()
+                    raise too_late(start_by, entered)
                 held.callback(lock.release)
             if cancel_fd is not None and select.select([cancel_fd], [], [], 0)[0]:
                 raise RequestError(
@@ -156,7 +157,7 @@ class Supervisor:
                     "the restore was cancelled by the host before it began; nothing was changed",
                 )
             if start_by is not None and time.monotonic() > start_by:
-                raise too_late()
+                raise too_late(start_by, entered)
             fresh = not keep_python and self.interpreter_used
             if fresh:
                 self.interpreter.stop()
@@ -378,11 +379,16 @@ def main():
     Supervisor(out_fd, split, accounts_error).serve(in_fd)
 
 
-def too_late():
+def too_late(start_by, entered):
+    """The refusal of a restore past its limit, saying where the time went: on receiving and checking
+    its archive (a big one, a slow link), or on waiting for another restore or a running cell."""
+    if start_by <= entered:
+        why = "it was used up receiving and checking the archive, before anything held the sandbox"
+    else:
+        why = f"it waited {time.monotonic() - entered:.1f} s for another restore or a running Python cell"
     return RequestError(
         "InvalidRequest",
-        "the restore could not begin within its time limit (another restore or a Python cell held the "
-        "sandbox meanwhile); nothing was changed",
+        f"the restore could not begin within its time limit ({why}); nothing was changed: give it more time",
     )
 
 
