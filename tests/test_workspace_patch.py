@@ -38,6 +38,11 @@ def git(repo: Path, *args: str) -> str:
     return done.stdout
 
 
+def left_out_warnings(trace: Path) -> list[dict]:
+    """The `patch_links_left_out` warnings a run's trace holds."""
+    return [json.loads(line) for line in trace.read_text().splitlines() if '"patch_links_left_out"' in line]
+
+
 def make_repo(path: Path) -> Path:
     path.mkdir()
     git(path, "init", "-q")
@@ -247,9 +252,7 @@ async def test_links_leading_out_of_the_repository_stay_out_of_the_patch_and_are
             agent = Agent(model, build_tools(["shell"]), sandbox=sandbox, trace_path=trace)
             result = await agent.run("Make links.")
     assert result.status == "completed" and result.patch is not None
-    warnings = [
-        json.loads(line) for line in trace.read_text().splitlines() if '"patch_links_left_out"' in line
-    ]
+    warnings = left_out_warnings(trace)
     assert len(warnings) == 1
     message = warnings[0]["message"]
     for named in (
@@ -422,9 +425,7 @@ async def test_a_git_directory_the_agent_wrote_as_plain_files_loses_its_config_i
             agent = Agent(model, build_tools(["shell"]), sandbox=sandbox, trace_path=trace)
             result = await agent.run("Write the files.")
     assert result.status == "completed" and result.patch is not None
-    warnings = [
-        json.loads(line) for line in trace.read_text().splitlines() if '"patch_links_left_out"' in line
-    ]
+    warnings = left_out_warnings(trace)
     assert len(warnings) == 1
     message = warnings[0]["message"]
     for named in ("tools/config (git would run commands from it)", "tools/hooks/post-checkout (git would"):
@@ -533,9 +534,7 @@ async def test_run_result_patch_keeps_bytes_that_are_not_utf8(sandbox_image, tmp
     )
     assert "nom\\351.txt" in names, done.stdout
     assert "caf\\\\xe9" in result.model_dump_json()
-    warning = next(
-        json.loads(line) for line in trace.read_text().splitlines() if "patch_links_left_out" in line
-    )
+    (warning,) = left_out_warnings(trace)
     assert "brouillon\\xe9  (a name that ends in a blank" in warning["message"]
     from qwq_agent.agent.patch import patch_bytes
 
