@@ -4,8 +4,9 @@ Python strings may hold them (a JSON escape of half a pair, `"\\ud83d"`; a page 
 that makes them), but nothing can encode such a string as UTF-8: the first thing that sends it on (the
 next request to the model, the trace, the terminal) fails far from where it came in, and takes the run
 or its trace with it. The boundaries that take in text (the model clients, the tool-call parser,
-`ToolRegistry.call`) pass it through here once. Text from the sandbox has its own, byte-preserving
-escapes (`qwq_agent.sandbox.surrogates`).
+`ToolRegistry.call`, and `Agent.stream` for the user's task, history and system prompt: a command-line
+argument that is not UTF-8 arrives with them) pass it through here once. Text from the sandbox has its
+own, byte-preserving escapes (`qwq_agent.sandbox.surrogates`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,10 @@ Before: a model writing `"\\ud83d"` in a tool call's JSON, a server escaping hal
 output holding one (a page decoded as utf-7) gave Python strings nothing can encode as UTF-8. The trace
 writer closed the trace at that event (the final answer lost), the next request to the model failed to
 encode (the run ended `model_error`), and the CLI's live view died with a traceback. Now each boundary
-replaces them with U+FFFD, and the trace writer keeps going whatever one event holds.
+replaces them with U+FFFD, and the trace writer keeps going whatever one event holds. The text a user
+hands in (the task, `history`, the system prompt; a command-line argument that is not UTF-8 arrives with
+them) went into the prompt as it was: the run ended `model_error` before any request was sent. It is
+taken in the same way, so the prompt sent is the one the trace records.
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from qwq_agent.agent.clients import NO_RETRY, OpenAIChatClient, SGLangClient
-from qwq_agent.agent.events import ModelCall, ToolCallEvent, ToolResultEvent, Warning_
+from qwq_agent.agent.events import ModelCall, RunStarted, ToolCallEvent, ToolResultEvent, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
-from qwq_agent.agent.messages import Message, ToolCall
+from qwq_agent.agent.messages import Message, ToolCall, replace_surrogates_in_messages
 from qwq_agent.agent.parser import parse
 from qwq_agent.agent.trace import TraceWriter, read_trace
 from qwq_agent.cli.render import EventRenderer
@@ -173,3 +179,91 @@ async def test_a_model_writing_half_a_pair_gets_its_answer_and_a_whole_trace(tmp
     assert [e.type for e in events].count("final") == 1
     result = next(e for e in events if isinstance(e, ToolResultEvent))
     assert result.text == "7 characters" and not result.is_error
+
+
+ANSWER = "Easy.\n</think>\n\nA milky coffee."
+# What Python makes of the Latin-1 byte 0xe9 in a command-line argument (surrogateescape).
+CAFE = "What is a caf\udce9 au lait?"
+
+
+def _sent_and_traced(path: Path, requests: list[Any]) -> tuple[str, str, RunStarted]:
+    """The one request's prompt, the trace's record of it, and the trace's run_started."""
+    [request] = requests
+    events = read_trace(path)
+    [call] = [e for e in events if isinstance(e, ModelCall)]
+    [started] = [e for e in events if isinstance(e, RunStarted)]
+    assert request.prompt is not None
+    return request.prompt, call.prompt, started
+
+
+async def test_the_users_text_with_a_lone_surrogate_is_sent_as_u_fffd_as_the_trace_records_it(
+    tmp_path: Path,
+) -> None:
+    config = AgentConfig(check_language=False, system_prompt="Answer briefly, se\udcf1or.")
+    async with ScriptedModelServer([ANSWER], when_exhausted="repeat") as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [], config=config, trace_path=tmp_path / "fresh.jsonl")
+            result = await asyncio.wait_for(agent.run(CAFE), 60)
+        assert result.status == "completed", result.error
+        sent, traced, started = _sent_and_traced(tmp_path / "fresh.jsonl", server.requests)
+    assert "caf\ufffd au lait" in sent and "se\ufffdor" in sent and _encodable(sent)
+    assert sent == traced and started.task == "What is a caf\ufffd au lait?"
+
+    history = [
+        Message(role="user", content="Is na\udcefve a word?"),
+        Message(role="assistant", content="Yes: na\udcefve."),
+    ]
+    async with ScriptedModelServer([ANSWER], when_exhausted="repeat") as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [], config=config, trace_path=tmp_path / "history.jsonl")
+            result = await asyncio.wait_for(agent.run(CAFE, history=history), 60)
+        assert result.status == "completed", result.error
+        sent, traced, started = _sent_and_traced(tmp_path / "history.jsonl", server.requests)
+    assert "na\ufffdve a word" in sent and "Yes: na\ufffdve." in sent and "caf\ufffd" in sent
+    assert sent == traced and _encodable(sent)
+    assert [m["content"] for m in started.history] == ["Is na\ufffdve a word?", "Yes: na\ufffdve."]
+    assert all(_encodable(m.model_dump()) for m in result.messages)
+
+
+def test_a_history_message_keeps_its_token_ids_only_while_they_still_decode_to_its_raw_text() -> None:
+    clean = Message(role="assistant", content="fine", raw="ok\n</think>\n\nfine", token_ids=[1, 2])
+    in_answer = Message(role="assistant", content="caf\udce9", raw="ok\n</think>\n\ncaf\udce9", token_ids=[3])
+    in_call = Message(role="assistant", tool_calls=[ToolCall(id="c", name="echo", arguments={"t": LONE})])
+    kept, replaced, call = replace_surrogates_in_messages([clean, in_answer, in_call])
+    assert kept is clean
+    assert replaced.content == "caf\ufffd" and replaced.raw == "ok\n</think>\n\ncaf\ufffd"
+    assert replaced.token_ids is None  # they decode to the old raw text: tokenized again instead
+    assert call.tool_calls == [ToolCall(id="c", name="echo", arguments={"t": "\ufffd"})]
+
+
+async def test_branches_warm_the_prefix_they_send_for_a_task_with_a_lone_surrogate() -> None:
+    async with ScriptedModelServer([ANSWER], when_exhausted="repeat") as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [], config=AgentConfig(check_language=False))
+            result = await asyncio.wait_for(agent.explore(CAFE, n=2, select="first", seeds=[1, 2]), 60)
+        assert [b.status for b in result.branches] == ["completed", "completed"], result.branches
+        prompts = [r.prompt or "" for r in server.requests]
+    # The warm-up (one token) and both branches: the warm-up's prompt is the branches' shared prefix.
+    assert len(prompts) == 3 and all("caf\ufffd au lait" in p for p in prompts)
+    warm = next(r.prompt for r in server.requests if r.sampling_params.get("max_new_tokens") == 1)
+    assert warm is not None and all(p.startswith(warm) for p in prompts)
+
+
+def test_the_cli_runs_a_task_that_is_not_utf_8_and_says_so_in_one_line(tmp_path: Path) -> None:
+    with ScriptedModelServer([ANSWER], when_exhausted="repeat") as server:
+        env = dict(os.environ, QWQ_MODEL_URL=server.url, COLUMNS="200")
+        argv = [
+            sys.executable.encode(),
+            b"-m",
+            b"qwq_agent.cli.main",
+            b"run",
+            CAFE.encode("utf-8", "surrogateescape"),
+        ]
+        argv += [b"--tools", b"fetch_url", b"--trace", str(tmp_path / "t.jsonl").encode()]
+        proc = subprocess.run(argv, env=env, capture_output=True, timeout=120, cwd=tmp_path)
+        out = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+        assert proc.returncode == 0, out
+        sent, traced, started = _sent_and_traced(tmp_path / "t.jsonl", server.requests)
+    assert "caf\ufffd au lait" in sent and sent == traced and started.task == "What is a caf\ufffd au lait?"
+    [warning] = [line for line in out.splitlines() if "UTF-8" in line]
+    assert "the task is not valid UTF-8" in warning and "U+FFFD" in warning

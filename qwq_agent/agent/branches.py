@@ -41,7 +41,7 @@ from qwq_agent.agent.events import (
     UsageEvent,
     Warning_,
 )
-from qwq_agent.agent.messages import Message
+from qwq_agent.agent.messages import Message, replace_surrogates_in_messages
 from qwq_agent.agent.selection import (
     SANDBOX_LOST,
     Checkout,
@@ -55,6 +55,7 @@ from qwq_agent.agent.selection import (
 from qwq_agent.agent.trace import TraceError, TraceWriter
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Model, PromptModel, Sandbox, Usage
+from qwq_agent.surrogates import replace_surrogates
 from qwq_agent.tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
@@ -181,8 +182,11 @@ async def run_branches(
             f"'{selector.label}' needs a sandbox to run its command in, and the agent has none: "
             "give it a sandbox (or a sandbox pool), or select with 'majority', 'first' or a function"
         )
-    history = [] if fresh else list(parent.messages)
+    # Taken in as `Agent.stream` takes them (lone surrogates replaced), so the prefix warmed is the one
+    # the branches send.
+    history = [] if fresh else replace_surrogates_in_messages(parent.messages)
     continues = task is None
+    task = None if task is None else replace_surrogates(task)
     if continues:
         if not history or history[-1].role not in ("user", "tool"):
             raise BranchError(

@@ -30,11 +30,12 @@ from qwq_agent.agent.dispatch import ToolDispatcher
 from qwq_agent.agent.events import BudgetExceeded, Event, Final, ReplaySource, RunStarted, Warning_
 from qwq_agent.agent.language import correction_prompt, language_mismatch, reasoning_drift
 from qwq_agent.agent.loop_detector import ToolCallRepetitionDetector
-from qwq_agent.agent.messages import MalformedCall, Message
+from qwq_agent.agent.messages import MalformedCall, Message, replace_surrogates_in_messages
 from qwq_agent.agent.parser import ParseResult
 from qwq_agent.agent.trace import TraceError, TraceWriter
 from qwq_agent.agent.turn import TurnStreamer
 from qwq_agent.protocols import Model, Tool
+from qwq_agent.surrogates import replace_surrogates
 from qwq_agent.tools.registry import ToolRegistry
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "REASONING_CALL_HINT", "Agent", "AgentConfig", "RunResult"]
@@ -115,7 +116,8 @@ class Agent:
         `history` is an earlier conversation this task continues (e.g. a previous run's
         `result.messages`); the task is added to it as the next user turn. With `continues`, nothing
         is added: the model answers `history` as it stands (it ends with a user or tool message), and
-        `task` only names the run (a branch continuing a run that stopped mid-way).
+        `task` only names the run (a branch continuing a run that stopped mid-way). A lone surrogate in
+        `task`, `history` or the system prompt (which no request can encode) is sent as U+FFFD.
         """
         if self._running:  # its messages, budget and trace are one run's: two at once would mix them
             raise RuntimeError("this Agent is already running a task; create one Agent per concurrent task")
@@ -125,6 +127,10 @@ class Agent:
         self._arithmetic_hinted = False
         # Opened before any sandbox or model request, so a bad trace folder costs nothing.
         trace_notes = self._open_trace()
+        # The caller's text comes in here. A lone surrogate in it (a command-line argument that is not
+        # UTF-8 arrives with them) renders, but no request holding it can be encoded: the first turn
+        # failed as a model error. The model reads U+FFFD instead, as the trace records it.
+        task, history = replace_surrogates(task), replace_surrogates_in_messages(history)
         if continues:
             self.messages = list(history)
         elif history:
@@ -338,9 +344,8 @@ class Agent:
         return self._server_context[0]
 
     def _initial_messages(self, task: str) -> list[Message]:
-        system = (
-            [Message(role="system", content=self.config.system_prompt)] if self.config.system_prompt else []
-        )
+        prompt = self.config.system_prompt
+        system = [Message(role="system", content=replace_surrogates(prompt))] if prompt else []
         return [*system, Message(role="user", content=task)]
 
     async def _steps(self, task: str, deadline: Deadline) -> AsyncGenerator[Event, None]:

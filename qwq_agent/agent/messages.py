@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from qwq_agent.surrogates import replace_surrogates_in
 
 
 class ToolSpec(BaseModel):
@@ -61,3 +64,23 @@ class Message(BaseModel):
     # exactly what it generated instead of a re-tokenization of the text. None when unknown (OpenAI API,
     # an old trace, a turn the loop continued with injected text); then the text is tokenized instead.
     token_ids: list[int] | None = None
+
+
+def replace_surrogates_in_messages(messages: Sequence[Message]) -> list[Message]:
+    """`messages` with each lone surrogate in their text replaced by U+FFFD (see `qwq_agent.surrogates`);
+    a message without one is kept as the same object.
+
+    For a conversation handed in (`history`), which goes into the prompt as it is: a surrogate there
+    renders, but no request holding it can be encoded.
+    """
+    return [_without_surrogates(m) for m in messages]
+
+
+def _without_surrogates(message: Message) -> Message:
+    data = message.model_dump(exclude={"token_ids"})  # ints only: not walked
+    clean = replace_surrogates_in(data)
+    if clean is data:
+        return message
+    # The ids decode to the old `raw`; with `raw` changed they no longer do, so the text is tokenized.
+    ids = message.token_ids if clean["raw"] == message.raw else None
+    return Message.model_validate({**clean, "token_ids": ids})

@@ -137,6 +137,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     from qwq_agent.cli.model_check import connect_model
     from qwq_agent.cli.render import EventRenderer
     from qwq_agent.cli.run_settings import fresh_settings, recorded_settings
+    from qwq_agent.surrogates import SURROGATE
     from qwq_agent.tools.catalog import build_tools
 
     selector = branch_cmd.check(args)  # None unless --branches
@@ -149,6 +150,12 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     task = args.task or (recording.task if recording else None)
     if task is None:
         raise CliError("no task given", "pass the task as an argument, or --replay/--resume a trace")
+    if args.task and SURROGATE.search(args.task):  # argv bytes that are not UTF-8 (surrogateescape)
+        console.print(
+            "[yellow]the task is not valid UTF-8: the model is sent U+FFFD for each byte that cannot be "
+            "decoded (convert the text first, e.g. with iconv -f latin1 -t utf-8)[/yellow]",
+            soft_wrap=True,
+        )
     run_id = uuid.uuid4().hex[:12]
     trace_path = args.trace or Path("traces") / f"{run_id}.jsonl"
     # What cannot work (tools, workspace, trace path, Docker) is found before a sandbox starts or the
