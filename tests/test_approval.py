@@ -24,7 +24,7 @@ from qwq_agent.agent.approval import (
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import ApprovalDecided, ApprovalRequested, ToolCallEvent
 from qwq_agent.agent.loop import Agent, AgentConfig
-from qwq_agent.agent.messages import ToolCall
+from qwq_agent.agent.messages import Message, ToolCall
 from qwq_agent.agent.trace import read_trace
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 from qwq_agent.tools.base import tool
@@ -305,3 +305,151 @@ async def test_a_resume_decides_the_recorded_calls_as_they_were_whatever_the_pol
             continue
         assert RAN == ["rm y", "ls", "rm z", *(["sudo live"] if now == "allow" else [])]
         assert "the user denied it: not b" in prompts[0] and "the user denied it: no sudo here" in prompts[0]
+
+
+# Allows `ls`, asks about anything else.
+LS_ONLY = ApprovalPolicy(
+    rules=[Rule(tool="shell", action="allow", arguments={"command": ["^ls"]})], default="ask"
+)
+SECOND_RUN = [
+    "Greet.\n</think>\n\nHello!",  # run 1
+    "List.\n</think>\n\n" + call("shell", command="ls"),  # run 2: allowed by the policy
+    "Delete.\n</think>\n\n" + call("shell", command="rm -rf /data"),  # run 2: waits for a decision
+    "Done.\n</think>\n\nCleaned.",
+]
+
+
+async def _second_run_awaiting_approval(client, tmp_path) -> tuple[str, list[Message]]:
+    """Run 1 answers; run 2 of the same Agent, continuing run 1, runs `ls` and stops at `rm -rf /data`."""
+    config = AgentConfig(check_language=False, approval=LS_ONLY)
+    agent = Agent(client, [shell], config=config, trace_path=tmp_path / "t.jsonl")
+    first = await agent.run("Say hello.")
+    second = await agent.run("Clean up.", history=first.messages)
+    assert second.status == "awaiting_approval" and RAN == ["ls"]
+    assert second.trace_path is not None
+    return second.trace_path, first.messages
+
+
+async def test_a_resumed_second_run_applies_the_denial_to_the_denied_call(tmp_path):
+    """A second run on one Agent numbered its calls on from the first run's steps, a resume from 1: the
+    `deny` for `rm` (recorded id call_3_0) was looked up under the wrong id, and `rm`, replayed as
+    call_2_0, took the allowed-by-policy decision recorded for `ls` there, and ran."""
+    from qwq_agent.agent.approval import resume_decisions
+    from qwq_agent.agent.replay import ReplayModel, load_recording
+
+    RAN.clear()
+    async with ScriptedModelServer(SECOND_RUN) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        trace, _ = await _second_run_awaiting_approval(client, tmp_path)
+        RAN.clear()
+        rec = load_recording(trace)
+        approver = resume_decisions(trace, ApprovalDecision.deny("never delete /data"))
+        model = ReplayModel.from_recording(rec, then=client)
+        out = tmp_path / "resumed.jsonl"
+        resumed = Agent(model, [shell], config=rec.agent_config(), approver=approver, trace_path=out)
+        result = await resumed.run(rec.task, history=rec.history_messages())
+    assert result.status == "completed", result.error
+    assert RAN == ["ls"]
+    observations = {m.tool_call_id: m.content for m in result.messages if m.role == "tool"}
+    assert observations["call_2_0"] == "ran: ls"
+    assert "the user denied it: never delete /data" in observations["call_3_0"]
+    # The run's steps count from 1; its calls are numbered after the history's turn, as the replay's are.
+    recorded = read_trace(trace)
+    assert [(e.step, e.call.id) for e in recorded if isinstance(e, ToolCallEvent)] == [(1, "call_2_0")]
+    assert [(e.step, e.call.id) for e in recorded if isinstance(e, ApprovalRequested)] == [(2, "call_3_0")]
+    replayed = read_trace(result.trace_path)
+    assert [e.call.id for e in replayed if isinstance(e, ToolCallEvent)] == ["call_2_0"]
+    decided = [(e.call_id, e.action, e.call) for e in replayed if isinstance(e, ApprovalDecided)]
+    assert decided == [
+        ("call_3_0", "deny", ToolCall(id="call_3_0", name="shell", arguments={"command": "rm -rf /data"}))
+    ]
+
+
+async def test_a_recorded_decision_is_applied_to_no_other_call_than_its_own(tmp_path):
+    """A replay that numbers its calls otherwise than the recording (here: resumed without the recorded
+    history, as the old numbering of a trace would) meets under a recorded id a different call. The
+    decision recorded there (ls: allowed) does not let it (rm) run, nor does the user's `deny` land on
+    another call: rm is asked about again, and with no one to ask the run waits for a decision."""
+    from qwq_agent.agent.approval import resume_decisions
+    from qwq_agent.agent.replay import ReplayModel, load_recording
+
+    RAN.clear()
+    asked: list[ToolCall] = []
+
+    async def person(request: ApprovalRequest) -> ApprovalDecision:
+        asked.append(request.call)
+        return ApprovalDecision.deny("asked again: no")
+
+    async with ScriptedModelServer(SECOND_RUN) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        trace, _ = await _second_run_awaiting_approval(client, tmp_path)
+        rec = load_recording(trace)
+        for then in (None, person):
+            RAN.clear()
+            approver = resume_decisions(trace, ApprovalDecision.allow(), then=then)
+            model = ReplayModel.from_recording(rec, then=client)
+            result = await Agent(model, [shell], config=rec.agent_config(), approver=approver).run(rec.task)
+            assert not any(c.startswith("rm") for c in RAN), (then, RAN)
+            if then is None:
+                assert result.status == "awaiting_approval" and RAN == ["ls"]
+                assert "call_2_0 (shell)" in (result.error or "")
+    assert [(c.id, c.arguments) for c in asked] == [("call_2_0", {"command": "rm -rf /data"})]
+    assert result.status == "completed" and RAN == ["ls"]
+
+
+async def test_call_ids_repeat_none_of_the_historys_and_a_second_run_steps_from_1():
+    RAN.clear()
+    turns = [
+        "a\n</think>\n\n" + call("shell", command="ls a"),
+        "b\n</think>\n\nfirst done",
+        "c\n</think>\n\n" + call("shell", command="ls c"),
+        "d\n</think>\n\nsecond done",
+        "e\n</think>\n\n" + call("shell", command="ls e"),
+        "f\n</think>\n\nthird done",
+    ]
+    config = AgentConfig(check_language=False)
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [shell], config=config)
+        first = await agent.run("one")
+        steps: list[int] = []
+        async for ev in agent.stream("two", history=first.messages):
+            if isinstance(ev, ToolCallEvent):
+                steps.append(ev.step)
+        second = agent.result
+        assert second is not None
+        # Another Agent (a pooled one, a branch) continuing the same history numbers the same way.
+        third = await Agent(client, [shell], config=config).run("two", history=first.messages)
+    ids = [c.id for m in first.messages for c in m.tool_calls]
+    assert ids == ["call_1_0"]
+    assert [c.id for m in second.messages[len(first.messages) :] for c in m.tool_calls] == ["call_3_0"]
+    assert [c.id for m in third.messages[len(first.messages) :] for c in m.tool_calls] == ["call_3_0"]
+    assert steps == [1]
+    assert RAN == ["ls a", "ls c", "ls e"]
+
+
+async def test_a_policy_denial_recorded_without_its_call_lets_nothing_run_unasked(tmp_path):
+    """Traces written before `approval` events recorded their call cannot show which call a policy denied:
+    the denial is not applied, and a replay whose policy now allows the call asks about it instead."""
+    from qwq_agent.agent.approval import replay_approver
+    from qwq_agent.agent.replay import ReplayModel
+
+    turns = ["x\n</think>\n\n" + call("shell", command="sudo ls"), "done\n</think>\n\nNo."]
+    trace = tmp_path / "t.jsonl"
+    RAN.clear()
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        assert (
+            await Agent(client, [shell], config=config(), trace_path=trace).run("x")
+        ).status == "completed"
+    old = tmp_path / "old.jsonl"
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    for event in lines:
+        if event["type"] == "approval":
+            assert event.pop("call")["arguments"] == {"command": "sudo ls"}
+    old.write_text("".join(json.dumps(event) + "\n" for event in lines))
+
+    allow_all = AgentConfig(check_language=False, approval=ApprovalPolicy(default="allow"))
+    for recording, status in ((trace, "completed"), (old, "awaiting_approval")):
+        agent = Agent(
+            ReplayModel.from_trace(recording), [shell], config=allow_all, approver=replay_approver(recording)
+        )
+        result = await agent.run("x")
+        assert result.status == status, (recording, result.error)
+    assert RAN == []

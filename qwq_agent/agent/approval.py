@@ -15,7 +15,9 @@ the model again. No call of a turn runs before every call of that turn is decide
 A replay's recorded turns are history (`replay_approver`): each call is decided as the recorded run
 decided it, whatever the policy now (denied stays denied, an edited call runs with the edited
 arguments, one that ran runs again, one that waited for a decision waits for one); only the calls after
-the recording follow the policy.
+the recording follow the policy. A recorded decision is found by call id and applies only to the call it
+was made about (same tool, same arguments): a replayed call that differs from the one recorded under its
+id is not decided by the recording, and is not run without asking.
 """
 
 from __future__ import annotations
@@ -158,10 +160,17 @@ class Approver(Protocol):
 class RecordedApprover:
     """Decisions known in advance by call id (a trace's, or the one a resume brings), then `then`.
 
+    `calls` holds, by id, the call each decision was made about (as the model wrote it): a decision
+    applies only to a call with that id, tool name and arguments. A decision whose call is not in `calls`
+    is never applied (there is nothing to check it against).
+
     The known decisions are binding: `review_calls` applies them whatever the policy says (a recorded
     run's calls are decided again as they were). The calls in `undecided` waited for a decision that the
-    recording does not hold: they are asked about whatever the policy says. Any other call follows the
-    policy; one it asks about goes to `then`, and with no `then` it is deferred again.
+    recording does not hold: they are asked about whatever the policy says. A call under an id the
+    recording holds but that differs from the recorded one (the replay went another way, or the trace
+    numbered its calls otherwise) is decided by none of this, and is asked about where the policy would
+    let it run. Any other call follows the policy; one it asks about goes to `then`, and with no `then` it
+    is deferred again.
     """
 
     def __init__(
@@ -169,14 +178,35 @@ class RecordedApprover:
         decisions: Mapping[str, ApprovalDecision],
         then: Approver | None = None,
         *,
+        calls: Mapping[str, ToolCall],
         undecided: Iterable[str] = (),
     ) -> None:
         self.decisions = dict(decisions)
+        self.calls = dict(calls)
         self.then = then
         self.undecided = set(undecided) - self.decisions.keys()
 
+    def matches(self, call: ToolCall) -> bool:
+        """Whether the recording holds `call` itself under its id (same tool, same arguments)."""
+        recorded = self.calls.get(call.id)
+        return recorded is not None and recorded.name == call.name and recorded.arguments == call.arguments
+
+    def known(self, call: ToolCall) -> ApprovalDecision | None:
+        """The decision recorded for `call`; None when there is none, or it was made about another call."""
+        decision = self.decisions.get(call.id)
+        return decision if decision is not None and self.matches(call) else None
+
+    def waiting(self, call: ToolCall) -> bool:
+        """Whether `call` is one the recorded run asked about and never had decided."""
+        return call.id in self.undecided and self.matches(call)
+
+    def differs(self, call: ToolCall) -> bool:
+        """Whether the recording holds another call (or one it cannot check) under `call`'s id."""
+        held = call.id in self.calls or call.id in self.decisions or call.id in self.undecided
+        return held and not self.matches(call)
+
     async def __call__(self, request: ApprovalRequest) -> ApprovalDecision:
-        known = self.decisions.get(request.call.id)
+        known = self.known(request.call)
         if known is not None:
             return known
         if self.then is None:
@@ -224,13 +254,17 @@ async def review_calls(
     for call in calls:
         action, rule = policy.action_for(call)
         reason = rule.reason if rule is not None else None
-        known = recorded.decisions.get(call.id) if recorded is not None else None
+        known = recorded.known(call) if recorded is not None else None
         if known is not None and known.by == "policy" and known.action in ("allow", "deny"):
             # Decided by the recorded run's policy (allowed: it ran; or denied): so again, whatever the
             # policy now, for the replay to rebuild what the recording saw.
             action, reason = known.action, known.reason
-        elif known is not None or (recorded is not None and call.id in recorded.undecided):
+        elif known is not None or (recorded is not None and recorded.waiting(call)):
             action = "ask"  # the recorded run asked about it: its decision (or a new one) stands
+        elif recorded is not None and recorded.differs(call) and action == "allow":
+            # The recording decided another call under this id: whatever a person said there (a deny
+            # awaited on resume, say) says nothing of this one, and it does not run unasked.
+            action = "ask"
         if action == "ask":
             request = ApprovalRequest(run_id=run_id, step=step, call=call, reason=reason)
             out.events.append(emit(ApprovalRequested(call=call, reason=reason)))
@@ -266,6 +300,7 @@ async def review_calls(
                     reason=decision.reason,
                     arguments=decision.arguments,
                     by=decision.by,
+                    call=call,
                 )
             )
         )
@@ -317,15 +352,26 @@ def replay_approver(path: str | Path, *, then: Approver | None = None) -> Record
 
     Its recorded decisions; each call it ran with no decision (the policy allowed it) allowed again; each
     call it asked about and never decided (the one it waits on) asked about again, through `then`.
-    Calls the recording does not hold follow the policy, and `then` decides those it asks about.
+    Each applies only to the call it was made about (same id, tool and arguments). Calls the recording
+    does not hold follow the policy, and `then` decides those it asks about.
     """
     events = read_trace(path)
     decisions = recorded_decisions(path)
+    # The calls as the model wrote them: what was asked about, then what was decided (a policy's deny
+    # is asked about nowhere; older traces do not record its call), then what ran undecided.
+    calls: dict[str, ToolCall] = {}
+    for e in events:
+        if isinstance(e, ApprovalRequested):
+            calls.setdefault(e.call.id, e.call)
+    for e in events:
+        if isinstance(e, ApprovalDecided) and e.call is not None:
+            calls.setdefault(e.call_id, e.call)
     for e in events:
         if isinstance(e, ToolCallEvent) and e.call.id not in decisions:
             decisions[e.call.id] = ApprovalDecision.allow(by="policy")
+            calls.setdefault(e.call.id, e.call)
     asked = [e.call.id for e in events if isinstance(e, ApprovalRequested)]
-    return RecordedApprover(decisions, then=then, undecided=asked)
+    return RecordedApprover(decisions, then=then, calls=calls, undecided=asked)
 
 
 def resume_decisions(
@@ -340,5 +386,6 @@ def resume_decisions(
         raise ValueError(f"the run in {path} is not awaiting approval: nothing to decide")
     approver = replay_approver(path, then=then)
     approver.decisions[pending.call.id] = decision
+    approver.calls[pending.call.id] = pending.call  # `decision` is about this call, and only this one
     approver.undecided.discard(pending.call.id)
     return approver

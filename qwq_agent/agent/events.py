@@ -140,6 +140,9 @@ class ApprovalDecided(_Event):
     reason: str | None = None
     arguments: dict[str, Any] | None = None
     by: str = "user"
+    # The call as the model wrote it, so that a replay applies the decision to this call only (None in
+    # traces written before it was recorded).
+    call: ToolCall | None = None
 
 
 class UsageEvent(_Event):

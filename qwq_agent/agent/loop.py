@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import AsyncExitStack, aclosing
@@ -93,7 +94,8 @@ class Agent:
         self._trace: TraceWriter | None = None
         self._events = 0
         self._patch: str | None = None
-        self._step = 0
+        self._step = 0  # the run's step (from 1 in each run)
+        self._turns_before = 0  # the assistant turns of the history the run continues
         self._arithmetic_hinted = False  # the run's one hand-arithmetic hint was written
         self._running = False
         self._ended = True
@@ -117,7 +119,8 @@ class Agent:
         `result.messages`); the task is added to it as the next user turn. With `continues`, nothing
         is added: the model answers `history` as it stands (it ends with a user or tool message), and
         `task` only names the run (a branch continuing a run that stopped mid-way). A lone surrogate in
-        `task`, `history` or the system prompt (which no request can encode) is sent as U+FFFD.
+        `task`, `history` or the system prompt (which no request can encode) is sent as U+FFFD. Each run's
+        steps count from 1, and its call ids (`call_{turn}_{n}`) are numbered after `history`'s turns.
         """
         if self._running:  # its messages, budget and trace are one run's: two at once would mix them
             raise RuntimeError("this Agent is already running a task; create one Agent per concurrent task")
@@ -125,6 +128,12 @@ class Agent:
         self._patch = None
         self.tracker = BudgetTracker(budget=self.config.budget)
         self._arithmetic_hinted = False
+        # Each run counts its steps from 1, and numbers its call ids after the history's turns: the ids
+        # of one run are unique, repeat none of the history's, and a replay of the run (given the same
+        # history, which the trace records) numbers them the same, so that recorded approval decisions
+        # find their calls. A count kept across runs (a second run on this Agent) did neither.
+        self._step = 0
+        self._turns_before = _turns_in(history)
         # Opened before any sandbox or model request, so a bad trace folder costs nothing.
         trace_notes = self._open_trace()
         # The caller's text comes in here. A lone surrogate in it (a command-line argument that is not
@@ -383,6 +392,7 @@ class Agent:
                 deadline,
                 self._context_length,
                 arithmetic_hint=not self._arithmetic_hinted,
+                call_turn=self._turns_before + self._step,
             )
             async with aclosing(turn.run()) as turn_events:
                 async for ev in turn_events:
@@ -557,6 +567,22 @@ def _budget_error(over: tuple[str, float, float] | None) -> str | None:
     if name == "wall_s":  # ended by the timer, a little before the limit (the abort's reserve)
         return f"budget wall_s used up: the run's {limit:g} s deadline was reached ({used:.2f} s)"
     return f"budget {name} used up ({used:g} >= {limit:g})"
+
+
+# The loop's call ids: `call_{turn}_{n}` (bounded digits: a hostile history's id is no huge int).
+_CALL_ID = re.compile(r"call_(\d{1,9})_\d{1,9}")
+
+
+def _turns_in(history: Sequence[Message]) -> int:
+    """The turn after which a run continuing `history` numbers its call ids: the history's assistant
+    turns, or the highest turn its call ids name (a history with turns left out), whichever is larger."""
+    turns = sum(1 for m in history if m.role == "assistant")
+    for m in history:
+        ids = [c.id for c in m.tool_calls] + [c.id for c in m.malformed_calls] + [m.tool_call_id or ""]
+        for call_id in ids:
+            if (match := _CALL_ID.fullmatch(call_id)) is not None:
+                turns = max(turns, int(match.group(1)))
+    return turns
 
 
 def _malformed_calls(parsed: ParseResult) -> list[MalformedCall]:

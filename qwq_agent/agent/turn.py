@@ -82,6 +82,7 @@ class TurnStreamer:
         deadline: Deadline | None = None,
         context_length: ContextLength | None = None,
         arithmetic_hint: bool = True,
+        call_turn: int | None = None,
     ) -> None:
         self.model = model
         # Whether this turn may write the run's one hand-arithmetic hint (the run passes False after it).
@@ -92,6 +93,9 @@ class TurnStreamer:
         self.tracker = tracker
         self.emit = emit
         self.step = step
+        # Numbers the turn's call ids (`call_{turn}_{n}`): its place in the conversation, which the loop
+        # counts from the history's turns so that the ids repeat none of the history's.
+        self.call_turn = step if call_turn is None else call_turn
         # Every request of the turn (retries, continuations, the constrained call) runs under one timer.
         self.deadline = deadline if deadline is not None else tracker.deadline
         wall = config.budget.max_wall_s
@@ -118,7 +122,7 @@ class TurnStreamer:
         self.detector = ReasoningLoopDetector(self.config.loop_detector)
         probe_model = self._probe_model
         self.probe = None if probe_model is None else AnswerProbe(probe_model, self.config.loop_detector)
-        self.parser = qparser.StreamParser(id_prefix=f"call_{self.step}_")
+        self.parser = qparser.StreamParser(id_prefix=f"call_{self.call_turn}_")
         self.prefix = ""
         self.forced_close = False
         self._reasoning_open = False  # the last parsed output was reasoning (probes ask only then)
