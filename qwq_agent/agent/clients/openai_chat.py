@@ -397,8 +397,9 @@ class OpenAIChatClient(RoutingKeyMixin):
                     if stops.matched is not None:
                         done, finish = True, "stop"  # closing the response makes the server abort
                         break
-                    if finish is None and guard.overran:
-                        # The server ignores max_tokens: end it here, as it should have.
+                    if guard.overran:
+                        # The server ignores max_tokens: end it here, as it should have. Checked whatever
+                        # finish_reason said: a server that said "stop" and kept streaming is no better.
                         log.warning("/chat/completions: %s", guard.describe())
                         done, finish = True, "length"
                         break

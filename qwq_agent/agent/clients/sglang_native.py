@@ -435,13 +435,15 @@ class SGLangClient(RoutingKeyMixin):
                         detail = reason.get("message") if isinstance(reason, dict) else None
                         code = reason.get("status_code") if isinstance(reason, dict) else None
                         raise server_abort(str(detail or "no reason given")[:300], code)
-                    if reason is not None:
-                        final = meta
-                    elif overran:
+                    if overran:
                         # The server ignores max_new_tokens: end it here, as it should have (and abort it).
+                        # Checked whatever finish_reason said: a server that labels its events finished
+                        # and keeps streaming is no better.
                         log.warning("/generate %s: %s", rid, guard.describe())
                         final = {**meta, "finish_reason": {"type": "length"}}
                         break
+                    if reason is not None:
+                        final = meta
             finally:
                 await response.aclose()
             if final is None:
