@@ -3,7 +3,8 @@
 Before: a proxy's HTML error page sent with status 200 was reported as "stream ended before the server
 reported a finish reason" (and retried as a dropped connection); an event or a tool call's arguments
 nested 100k deep raised a bare RecursionError out of the client; a body without a newline was buffered
-whole, however large. Each server here is real HTTP on 127.0.0.1.
+whole, however large, and so was one event spread over many data lines. Each server here is real HTTP on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -78,6 +79,34 @@ async def test_a_line_without_end_is_refused_at_the_limit_not_buffered_whole() -
     async with RawServer("text/event-stream", _endless_line) as server:
         with pytest.raises(ModelProtocolError, match="a line of more than"):
             await _native(server.url)
+
+
+async def _endless_event(writer: asyncio.StreamWriter) -> None:
+    # Each line is far under the line limit; together they pass the event limit, and no blank line ends it.
+    line = b"data: " + b"x" * (1 << 20) + b"\n"
+    for _ in range(_sse.MAX_EVENT_CHARS // (1 << 20) + 8):
+        writer.write(line)
+        await writer.drain()
+    writer.write(b"\n")
+
+
+async def test_an_event_over_many_data_lines_is_refused_at_the_limit_not_buffered_whole() -> None:
+    # Before, only a line was bounded: the data lines of one event were buffered until a blank line came.
+    async with RawServer("text/event-stream", _endless_event) as server:
+        with pytest.raises(ModelProtocolError, match="an event of more than"):
+            await _native(server.url)
+
+
+async def test_an_event_over_several_data_lines_is_joined() -> None:
+    def write(writer: asyncio.StreamWriter) -> None:
+        meta = {"id": "x", "finish_reason": {"type": "stop"}, "prompt_tokens": 1, "completion_tokens": 1}
+        event = json.dumps({"text": "fine", "output_ids": [1], "meta_info": meta}, indent=1)
+        writer.write(b"".join(b"data: " + line.encode() + b"\n" for line in event.splitlines()))
+        writer.write(b"\ndata: [DONE]\n\n")
+
+    async with RawServer("text/event-stream", write) as server:
+        completion = await _native(server.url)
+    assert completion.text == "fine"
 
 
 def test_tool_call_arguments_nested_too_deeply_become_a_parse_error_not_a_crash() -> None:
