@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -437,6 +438,16 @@ class OpenAIChatClient(RoutingKeyMixin):
         )
 
 
+@dataclass
+class _StreamedCall:
+    """One tool call as its deltas arrive: the pieces of its name and arguments."""
+
+    index: int
+    id: str
+    name: list[str] = field(default_factory=list)
+    arguments: list[str] = field(default_factory=list)
+
+
 class _RawWriter:
     """Turns chat deltas into QwQ's raw text, in order: reasoning, `</think>`, content, tool calls.
 
@@ -449,7 +460,8 @@ class _RawWriter:
         self._blank = True  # ... is empty or whitespace only
         self._reasoning = False
         self._closed_think = False
-        self._calls: dict[int, dict[str, list[str]]] = {}
+        self._calls: list[_StreamedCall] = []  # in the order they were opened
+        self._open: dict[int, _StreamedCall] = {}  # the call each stream index is writing
 
     def _wrote(self, out: str) -> None:
         if out:
@@ -467,12 +479,18 @@ class _RawWriter:
         if isinstance(content, str) and content:
             out += self._close_think(out) + content
         for call in delta.get("tool_calls") or []:
-            slot = self._calls.setdefault(
-                int(call.get("index", len(self._calls))), {"name": [], "arguments": []}
-            )
+            index = int(call.get("index", len(self._calls)))
+            call_id = call.get("id") or ""
+            slot = self._open.get(index)
+            # Ollama, Gemini-compatible adapters and some proxies send every call of a parallel batch at
+            # index 0, each with its own id: a new id at an index is a new call, not more of the open one.
+            if slot is None or (call_id and slot.id and call_id != slot.id):
+                slot = self._open[index] = _StreamedCall(index=index, id=call_id)
+                self._calls.append(slot)
+            slot.id = slot.id or call_id
             fn = call.get("function") or {}
-            slot["name"].append(fn.get("name") or "")
-            slot["arguments"].append(fn.get("arguments") or "")
+            slot.name.append(fn.get("name") or "")
+            slot.arguments.append(fn.get("arguments") or "")
         self._wrote(out)
         return out
 
@@ -493,9 +511,10 @@ class _RawWriter:
         self._wrote(out)
         if not self._blank and not self._ends_with_newline:
             out += "\n"
+        # sorted() is stable: calls sharing an index stay in the order they came
         out += "\n".join(
-            format_tool_call("".join(c["name"]), "".join(c["arguments"]))
-            for _, c in sorted(self._calls.items())
+            format_tool_call("".join(c.name), "".join(c.arguments))
+            for c in sorted(self._calls, key=lambda c: c.index)
         )
         self._wrote(out)
         return out
