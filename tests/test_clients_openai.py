@@ -278,3 +278,34 @@ def test_malformed_calls_are_sent_in_the_content_and_answered_first():
     assert sent[1]["content"] == 'Two calls.\n<tool_call>\n{"name": "add", "arguments": {"a": }\n</tool_call>'
     assert [m.get("tool_call_id") for m in sent[2:4]] == ["c1", "c0"]
     assert sent[4] == {"role": "user", "content": "ok"}
+
+
+async def test_parallel_calls_sharing_an_index_stay_two_calls():
+    from qwq_agent.agent.clients import NO_RETRY
+    from qwq_agent.agent.parser import parse
+    from qwq_agent.testing.raw_server import RawServer
+
+    def call(delta: dict) -> bytes:
+        return _chunk({"tool_calls": [{"index": 0, **delta}]})
+
+    def write(w) -> None:  # as Ollama streams a parallel batch: every call at index 0, each with its own id
+        w.write(_chunk({"role": "assistant", "reasoning_content": "Two sums."}))
+        w.write(call({"id": "call_a", "type": "function", "function": {"name": "add", "arguments": ""}}))
+        w.write(call({"function": {"arguments": '{"a": 1, '}}))
+        w.write(call({"id": "call_a", "function": {"arguments": '"b": 2}'}}))  # its own id again: same call
+        w.write(call({"id": "call_b", "function": {"name": "add", "arguments": '{"a": 3, "b": 4}'}}))
+        w.write(_chunk({}, "tool_calls"))
+        w.write(b"data: [DONE]\n\n")
+
+    async with RawServer("text/event-stream", write) as server:
+        async with OpenAIChatClient(server.url, model="m", retry=NO_RETRY) as client:
+            done = await collect(
+                client.stream([Message(role="user", content="sums")], TOOLS, SamplingParams())
+            )
+    # before: one call named "addadd" with arguments '{"a": 1, "b": 2}{"a": 3, "b": 4}', reported malformed
+    parsed = parse(done.text)
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [
+        ("add", {"a": 1, "b": 2}),
+        ("add", {"a": 3, "b": 4}),
+    ]
+    assert not parsed.errors

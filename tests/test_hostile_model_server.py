@@ -3,7 +3,8 @@
 Before: a proxy's HTML error page sent with status 200 was reported as "stream ended before the server
 reported a finish reason" (and retried as a dropped connection); an event or a tool call's arguments
 nested 100k deep raised a bare RecursionError out of the client; a body without a newline was buffered
-whole, however large. Each server here is real HTTP on 127.0.0.1.
+whole, however large, and so was one event spread over many data lines. Each server here is real HTTP on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -78,6 +79,34 @@ async def test_a_line_without_end_is_refused_at_the_limit_not_buffered_whole() -
     async with RawServer("text/event-stream", _endless_line) as server:
         with pytest.raises(ModelProtocolError, match="a line of more than"):
             await _native(server.url)
+
+
+async def _endless_event(writer: asyncio.StreamWriter) -> None:
+    # Each line is far under the line limit; together they pass the event limit, and no blank line ends it.
+    line = b"data: " + b"x" * (1 << 20) + b"\n"
+    for _ in range(_sse.MAX_EVENT_CHARS // (1 << 20) + 8):
+        writer.write(line)
+        await writer.drain()
+    writer.write(b"\n")
+
+
+async def test_an_event_over_many_data_lines_is_refused_at_the_limit_not_buffered_whole() -> None:
+    # Before, only a line was bounded: the data lines of one event were buffered until a blank line came.
+    async with RawServer("text/event-stream", _endless_event) as server:
+        with pytest.raises(ModelProtocolError, match="an event of more than"):
+            await _native(server.url)
+
+
+async def test_an_event_over_several_data_lines_is_joined() -> None:
+    def write(writer: asyncio.StreamWriter) -> None:
+        meta = {"id": "x", "finish_reason": {"type": "stop"}, "prompt_tokens": 1, "completion_tokens": 1}
+        event = json.dumps({"text": "fine", "output_ids": [1], "meta_info": meta}, indent=1)
+        writer.write(b"".join(b"data: " + line.encode() + b"\n" for line in event.splitlines()))
+        writer.write(b"\ndata: [DONE]\n\n")
+
+    async with RawServer("text/event-stream", write) as server:
+        completion = await _native(server.url)
+    assert completion.text == "fine"
 
 
 def test_tool_call_arguments_nested_too_deeply_become_a_parse_error_not_a_crash() -> None:
@@ -258,3 +287,82 @@ async def test_a_line_separator_inside_an_event_does_not_cut_it() -> None:
         async with SGLangClient(server.url, retry=NO_RETRY) as client:
             done = await client.generate("hi")
     assert done.text == text
+
+
+def _events(*events: dict):
+    def write(writer: asyncio.StreamWriter) -> None:
+        for event in events:
+            writer.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        writer.write(b"data: [DONE]\n\n")
+
+    return write
+
+
+def _call(**fields: object) -> dict:
+    call = {"index": 0, "id": "c0", "function": {"name": "f", "arguments": "{}"}, **fields}
+    return {"choices": [{"delta": {"tool_calls": [call]}, "finish_reason": None}]}
+
+
+_CALLS_END = {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}
+_STOP = {"type": "stop", "matched": 151645}
+
+
+def _native_event(meta: dict | None = None, **fields: object) -> dict:
+    return {"text": "x", "output_ids": [1], "meta_info": {"finish_reason": _STOP, **(meta or {})}, **fields}
+
+
+# Each escaped the client as an AttributeError, a TypeError or a pydantic ValidationError (from `Usage` or
+# `SGLangCompletion`): not a ModelError, so the loop did not retry the turn, and the CLI printed pydantic's dump.
+_WRONG_TYPES = [
+    (_openai, "choices", [{"choices": "abc"}]),
+    (_openai, "choices[]", [{"choices": [None]}]),
+    (_openai, "choices[].delta", [{"choices": [{"delta": "hi"}]}]),
+    (_openai, "choices[].finish_reason", [{"choices": [{"delta": {"content": "x"}, "finish_reason": {"type": "stop"}}]}]),
+    (_openai, "delta.tool_calls", [{"choices": [{"delta": {"tool_calls": {"index": 0}}}]}, _CALLS_END]),
+    (_openai, "delta.tool_calls[]", [{"choices": [{"delta": {"tool_calls": [None]}}]}, _CALLS_END]),
+    (_openai, "delta.tool_calls[].index", [_call(index="a"), _CALLS_END]),
+    (_openai, "delta.tool_calls[].id", [_call(id=7), _CALLS_END]),
+    (_openai, "delta.tool_calls[].function", [_call(function="f"), _CALLS_END]),
+    (_openai, "delta.tool_calls[].function.name", [_call(function={"name": ["f"]}), _CALLS_END]),
+    (_openai, "delta.tool_calls[].function.arguments", [_call(function={"name": "f", "arguments": {"a": 1}}), _CALLS_END]),
+    (_native, "output_ids", [_native_event(output_ids=5)]),
+    (_native, "output_ids[]", [_native_event(output_ids=[1, "2"])]),
+    (_native, "meta_info.finish_reason", [_native_event({"finish_reason": ["stop"]})]),
+    (_native, "meta_info.finish_reason.type", [_native_event({"finish_reason": {"type": 1}})]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("call", "field", "events"), _WRONG_TYPES, ids=[f for _, f, _ in _WRONG_TYPES])
+async def test_an_event_field_of_the_wrong_type_is_a_protocol_error_naming_it(call, field, events) -> None:
+    async with RawServer("text/event-stream", _events(*events)) as server:
+        with pytest.raises(ModelProtocolError, match=re.escape(f"the server's {field} is not ")) as err:
+            await call(server.url)
+    assert "\n" not in str(err.value)
+
+
+async def test_fields_only_for_the_record_or_null_are_read_as_absent() -> None:
+    # A null tool call index is a call of its own (as a missing one is); a latency or a matched stop of
+    # the wrong type is unknown. Before: a TypeError and pydantic errors.
+    async with RawServer("text/event-stream", _events(_call(index=None), _CALLS_END)) as server:
+        events = await _openai(server.url)
+    done = next(ev for ev in events if isinstance(ev, Completion))
+    assert done.text == '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
+
+    odd = _native_event({"e2e_latency": "n/a", "finish_reason": {"type": "stop", "matched": ["</s>"]}})
+    async with RawServer("text/event-stream", _events(odd)) as server:
+        native = await _native(server.url)
+    assert native.text == "x" and native.usage.finish_reason == "stop"
+    assert native.server_latency_s is None and native.matched_stop is None
+
+
+async def test_a_run_against_a_server_sending_odd_events_ends_with_one_line_naming_the_field() -> None:
+    from qwq_agent.agent.loop import Agent, AgentConfig
+
+    odd = _events({"choices": [{"delta": {"content": "x"}, "finish_reason": {"type": "stop"}}]})
+    async with RawServer("text/event-stream", odd) as server:
+        async with OpenAIChatClient(server.url, model="m", retry=NO_RETRY) as client:
+            config = AgentConfig(check_language=False, model_retries=1, model_retry_backoff_s=0.0)
+            result = await asyncio.wait_for(Agent(client, [], config=config).run("hi"), timeout=60)
+    assert result.status == "model_error" and server.requests == 2  # retried as a model failure
+    assert result.error is not None and "\n" not in result.error
+    assert result.error.startswith("ModelProtocolError: the server's choices[].finish_reason is not a string")

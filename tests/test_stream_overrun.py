@@ -22,10 +22,18 @@ LIMIT = 40
 
 
 class EndlessServer:
-    """Answers `/generate` and `/v1/chat/completions` with an SSE stream that never finishes."""
+    """Answers `/generate` and `/v1/chat/completions` with an SSE stream that never finishes.
 
-    def __init__(self, piece: str = " word") -> None:
+    `says_finished`: the first event (every event, natively) carries a finish reason all the same;
+    `events`: stop after that many and send `[DONE]` (a run past the limit the old code read whole).
+    """
+
+    def __init__(
+        self, piece: str = " word", *, says_finished: bool = False, events: int | None = None
+    ) -> None:
         self.piece = piece
+        self.says_finished = says_finished
+        self.events = events
         self.aborts: list[str] = []
         self.streams_closed = 0
         self.url = ""
@@ -57,22 +65,25 @@ class EndlessServer:
                 return
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
             n = 0
-            while True:  # until the client goes away
+            while self.events is None or n < self.events:  # until the client goes away, or `events` are sent
                 n += 1
                 if path == "/generate":
                     meta = {
                         "id": body["rid"],
-                        "finish_reason": None,
+                        "finish_reason": {"type": "stop", "matched": 151645} if self.says_finished else None,
                         "prompt_tokens": 3,
                         "completion_tokens": n,
                     }
                     event = {"text": self.piece, "output_ids": [100], "meta_info": meta}
                 else:
+                    reason = "stop" if self.says_finished and n == 1 else None
                     event = {
-                        "choices": [{"index": 0, "delta": {"content": self.piece}, "finish_reason": None}]
+                        "choices": [{"index": 0, "delta": {"content": self.piece}, "finish_reason": reason}]
                     }
                 writer.write(b"data: " + json.dumps(event).encode() + b"\n\n")
                 await writer.drain()
+            writer.write(b"data: [DONE]\n\n")
+            await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             self.streams_closed += 1
         finally:
@@ -111,6 +122,24 @@ async def test_openai_client_ends_a_stream_past_max_tokens(endless: EndlessServe
         text, final = await asyncio.wait_for(_collect(stream), timeout=60)
     assert final.usage.finish_reason == "length"
     assert LIMIT * len(" word") <= len(text.removeprefix("<think>\n")) <= (LIMIT + 32) * len(" word")
+
+
+async def test_a_server_that_said_it_finished_and_keeps_streaming_is_still_cut() -> None:
+    # A finish reason switched the guard off: the native client never checked an event carrying one, the
+    # OpenAI client stopped checking after the first. Both read all 4000 events of this server.
+    async with EndlessServer(says_finished=True, events=4000) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            stream = client.generate_stream("hi", SamplingParams(max_new_tokens=LIMIT), rid="r1")
+            native, native_final = await asyncio.wait_for(_collect(stream), timeout=60)
+        async with OpenAIChatClient(server.url, model="m", retry=NO_RETRY) as client:
+            stream = client.stream(
+                [Message(role="user", content="hi")], [], SamplingParams(max_new_tokens=LIMIT)
+            )
+            openai, openai_final = await asyncio.wait_for(_collect(stream), timeout=60)
+    for text, final in ((native, native_final), (openai, openai_final)):
+        assert final.usage.finish_reason == "length"
+        assert LIMIT <= text.count(" word") <= LIMIT + 32
+    assert server.aborts == ["r1"]  # it said it had finished, but it went on: it is told to stop
 
 
 async def test_one_giant_event_counts_by_characters() -> None:

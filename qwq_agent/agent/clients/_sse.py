@@ -20,6 +20,10 @@ MAX_LINE_CHARS = 64 * 1024 * 1024
 """The longest SSE line read (a cumulative `/generate` event of a long output is a few MB): a server that
 sends more without a newline is refused before it fills the host's memory."""
 
+MAX_EVENT_CHARS = MAX_LINE_CHARS
+"""The most one event's `data:` lines may hold together: an event spread over many short lines, with no
+blank line to end it, is refused as a single long line is."""
+
 _FIELDS = frozenset({"data", "event", "id", "retry"})
 
 
@@ -29,9 +33,11 @@ async def iter_sse_json(response: httpx.Response) -> AsyncIterator[dict[str, Any
     Comments, `event:`/`id:` fields and blank lines are skipped. Multi-line `data:` fields are joined,
     as the SSE spec says. Transport failures become `ModelConnectionError`/`ModelTimeoutError`; a payload
     that is not a JSON object, a line longer than `MAX_LINE_CHARS`, and a body that is not an event stream
-    at all (a proxy's HTML error page sent with status 200) become `ModelProtocolError`.
+    at all (a proxy's HTML error page sent with status 200) become `ModelProtocolError`, as does an
+    event whose data lines together pass `MAX_EVENT_CHARS`.
     """
     data_lines: list[str] = []
+    data_chars = 0  # in data_lines, with the newlines that will join them
     events = 0
     other = ""  # the start of any text that is not SSE, to show if no event ever comes
     try:
@@ -39,7 +45,7 @@ async def iter_sse_json(response: httpx.Response) -> AsyncIterator[dict[str, Any
             if line == "":
                 if data_lines:
                     payload = "\n".join(data_lines)
-                    data_lines = []
+                    data_lines, data_chars = [], 0
                     events += 1
                     yield _decode(payload)
                 continue
@@ -49,6 +55,12 @@ async def iter_sse_json(response: httpx.Response) -> AsyncIterator[dict[str, Any
             if value.startswith(" "):
                 value = value[1:]
             if field == "data":
+                data_chars += len(value) + 1
+                if data_chars > MAX_EVENT_CHARS:
+                    raise ModelProtocolError(
+                        f"the server sent an event of more than {MAX_EVENT_CHARS} characters "
+                        f"(over {len(data_lines) + 1} data lines)"
+                    )
                 data_lines.append(value)
             elif field not in _FIELDS and len(other) < 200:
                 other += line.strip()[: 200 - len(other)] + " "

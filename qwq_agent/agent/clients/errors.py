@@ -6,6 +6,8 @@ httpx, so the agent loop can decide what to do (retry the turn, keep the partial
 
 from __future__ import annotations
 
+import reprlib
+
 
 class ModelError(Exception):
     """Base class of model-client failures.
@@ -73,3 +75,11 @@ def server_abort(detail: str, status_code: object = None) -> ModelServerError:
 
 class ModelProtocolError(ModelError):
     """The server answered something that is not the protocol we speak (malformed event, missing fields)."""
+
+
+def wrong_type(field: str, value: object, expected: str) -> ModelProtocolError:
+    """The error for a field of a server's event that has the wrong type (`field` as a path, e.g.
+    `choices[].delta`), saying what it held in one short line (reprlib stops at a length and a depth)."""
+    return ModelProtocolError(
+        f"the server's {field} is not {expected}: {type(value).__name__} {reprlib.repr(value)}"
+    )

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -39,6 +40,7 @@ from qwq_agent.agent.clients.errors import (
     ModelServerError,
     ModelTimeoutError,
     server_abort,
+    wrong_type,
 )
 from qwq_agent.agent.clients.overrun import OverrunGuard
 from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_delay, retryable
@@ -383,12 +385,11 @@ class OpenAIChatClient(RoutingKeyMixin):
                     if isinstance(event.get("usage"), dict):
                         usage = event["usage"]
                     pieces = 0
-                    for choice in event.get("choices") or []:
-                        delta = choice.get("delta") or {}
+                    for delta, reason in _choices(event):
                         pieces += sum(len(v) for v in delta.values() if isinstance(v, str))
                         piece = stops.feed(writer.feed(delta))
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
+                        if reason:
+                            finish = reason
                         if piece:
                             ttft = ttft if ttft is not None else time.perf_counter() - started
                             emitted += piece
@@ -397,8 +398,9 @@ class OpenAIChatClient(RoutingKeyMixin):
                     if stops.matched is not None:
                         done, finish = True, "stop"  # closing the response makes the server abort
                         break
-                    if finish is None and guard.overran:
-                        # The server ignores max_tokens: end it here, as it should have.
+                    if guard.overran:
+                        # The server ignores max_tokens: end it here, as it should have. Checked whatever
+                        # finish_reason said: a server that said "stop" and kept streaming is no better.
                         log.warning("/chat/completions: %s", guard.describe())
                         done, finish = True, "length"
                         break
@@ -436,6 +438,40 @@ class OpenAIChatClient(RoutingKeyMixin):
         )
 
 
+def _choices(event: dict[str, Any]) -> list[tuple[dict[str, Any], str | None]]:
+    """Each choice of a chunk as (delta, finish_reason), or `ModelProtocolError` naming the field of the
+    wrong type (it escaped the client as an AttributeError, or a pydantic error from `Usage`)."""
+    choices = event.get("choices")
+    if choices is None:
+        return []
+    if not isinstance(choices, list):
+        raise wrong_type("choices", choices, "a list")
+    out: list[tuple[dict[str, Any], str | None]] = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise wrong_type("choices[]", choice, "an object")
+        delta = choice.get("delta")
+        if delta is None:
+            delta = {}
+        if not isinstance(delta, dict):
+            raise wrong_type("choices[].delta", delta, "an object")
+        reason = choice.get("finish_reason")
+        if reason is not None and not isinstance(reason, str):
+            raise wrong_type("choices[].finish_reason", reason, "a string")
+        out.append((delta, reason))
+    return out
+
+
+@dataclass
+class _StreamedCall:
+    """One tool call as its deltas arrive: the pieces of its name and arguments."""
+
+    index: int
+    id: str
+    name: list[str] = field(default_factory=list)
+    arguments: list[str] = field(default_factory=list)
+
+
 class _RawWriter:
     """Turns chat deltas into QwQ's raw text, in order: reasoning, `</think>`, content, tool calls.
 
@@ -448,7 +484,8 @@ class _RawWriter:
         self._blank = True  # ... is empty or whitespace only
         self._reasoning = False
         self._closed_think = False
-        self._calls: dict[int, dict[str, list[str]]] = {}
+        self._calls: list[_StreamedCall] = []  # in the order they were opened
+        self._open: dict[int, _StreamedCall] = {}  # the call each stream index is writing
 
     def _wrote(self, out: str) -> None:
         if out:
@@ -465,13 +502,34 @@ class _RawWriter:
         content = delta.get("content")
         if isinstance(content, str) and content:
             out += self._close_think(out) + content
-        for call in delta.get("tool_calls") or []:
-            slot = self._calls.setdefault(
-                int(call.get("index", len(self._calls))), {"name": [], "arguments": []}
-            )
-            fn = call.get("function") or {}
-            slot["name"].append(fn.get("name") or "")
-            slot["arguments"].append(fn.get("arguments") or "")
+        calls = delta.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise wrong_type("delta.tool_calls", calls, "a list")
+        for call in calls or []:
+            if not isinstance(call, dict):
+                raise wrong_type("delta.tool_calls[]", call, "an object")
+            index, call_id, fn = call.get("index"), call.get("id") or "", call.get("function") or {}
+            if index is None:  # null as absent: a call of its own
+                index = len(self._calls)
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise wrong_type("delta.tool_calls[].index", index, "an integer")
+            if not isinstance(call_id, str):
+                raise wrong_type("delta.tool_calls[].id", call_id, "a string")
+            if not isinstance(fn, dict):
+                raise wrong_type("delta.tool_calls[].function", fn, "an object")
+            name, arguments = fn.get("name") or "", fn.get("arguments") or ""
+            for what, value in (("name", name), ("arguments", arguments)):
+                if not isinstance(value, str):
+                    raise wrong_type(f"delta.tool_calls[].function.{what}", value, "a string")
+            slot = self._open.get(index)
+            # Ollama, Gemini-compatible adapters and some proxies send every call of a parallel batch at
+            # index 0, each with its own id: a new id at an index is a new call, not more of the open one.
+            if slot is None or (call_id and slot.id and call_id != slot.id):
+                slot = self._open[index] = _StreamedCall(index=index, id=call_id)
+                self._calls.append(slot)
+            slot.id = slot.id or call_id
+            slot.name.append(name)
+            slot.arguments.append(arguments)
         self._wrote(out)
         return out
 
@@ -492,9 +550,10 @@ class _RawWriter:
         self._wrote(out)
         if not self._blank and not self._ends_with_newline:
             out += "\n"
+        # sorted() is stable: calls sharing an index stay in the order they came
         out += "\n".join(
-            format_tool_call("".join(c["name"]), "".join(c["arguments"]))
-            for _, c in sorted(self._calls.items())
+            format_tool_call("".join(c.name), "".join(c.arguments))
+            for c in sorted(self._calls, key=lambda c: c.index)
         )
         self._wrote(out)
         return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -27,6 +28,7 @@ from qwq_agent.agent.clients.errors import (
     ModelServerError,
     ModelTimeoutError,
     server_abort,
+    wrong_type,
 )
 from qwq_agent.agent.clients.overrun import OverrunGuard
 from qwq_agent.agent.clients.retry import RetryPolicy, parse_retry_after, retry_delay, retryable
@@ -413,6 +415,7 @@ class SGLangClient(RoutingKeyMixin):
                     meta = event.get("meta_info")
                     if not isinstance(meta, dict):
                         raise ModelProtocolError(f"event without meta_info: {str(event)[:200]}")
+                    _finish_kind(meta.get("finish_reason"))  # a shape no completion could carry: refused now
                     if incremental is None:
                         incremental = _detect_incremental(event, meta, received)
                     delta, ids = _delta(event, received, bool(incremental))
@@ -435,17 +438,23 @@ class SGLangClient(RoutingKeyMixin):
                         detail = reason.get("message") if isinstance(reason, dict) else None
                         code = reason.get("status_code") if isinstance(reason, dict) else None
                         raise server_abort(str(detail or "no reason given")[:300], code)
-                    if reason is not None:
-                        final = meta
-                    elif overran:
+                    if overran:
                         # The server ignores max_new_tokens: end it here, as it should have (and abort it).
+                        # Checked whatever finish_reason said: a server that labels its events finished
+                        # and keeps streaming is no better.
                         log.warning("/generate %s: %s", rid, guard.describe())
                         final = {**meta, "finish_reason": {"type": "length"}}
                         break
+                    if reason is not None:
+                        final = meta
             finally:
                 await response.aclose()
             if final is None:
                 raise ModelConnectionError("stream ended before the server reported a finish reason")
+            if not all(type(i) is int for i in output_ids):
+                raise wrong_type(
+                    "output_ids[]", next(i for i in output_ids if type(i) is not int), "an integer"
+                )
             matched_streaming = stops.matched is not None
             held = stops.flush()
             if held:
@@ -466,7 +475,8 @@ class SGLangClient(RoutingKeyMixin):
             if sent and not finished:
                 await self._abort_quietly(rid)
         reason = final.get("finish_reason")
-        kind = reason.get("type") if isinstance(reason, dict) else reason
+        matched = reason.get("matched") if isinstance(reason, dict) else None
+        latency = final.get("e2e_latency")
         yield SGLangCompletion(
             text=text,
             prompt=prompt if isinstance(prompt, str) else None,
@@ -475,13 +485,16 @@ class SGLangClient(RoutingKeyMixin):
                 prompt_tokens=(prompt_tokens := server_count(final.get("prompt_tokens"))),
                 cached_tokens=min(server_count(final.get("cached_tokens")), prompt_tokens),
                 completion_tokens=server_count(final.get("completion_tokens"), floor=len(output_ids)),
-                finish_reason=kind,
+                finish_reason=_finish_kind(reason),
                 ttft_s=ttft,
                 latency_s=time.perf_counter() - started,
             ),
             rid=rid,
-            matched_stop=reason.get("matched") if isinstance(reason, dict) else None,
-            server_latency_s=final.get("e2e_latency"),
+            # what the server reports only for the record: a value of the wrong type reads as unknown
+            matched_stop=matched if isinstance(matched, str) or type(matched) is int else None,
+            server_latency_s=latency
+            if isinstance(latency, int | float) and not isinstance(latency, bool) and math.isfinite(latency)
+            else None,
             output_ids=output_ids,
         )
 
@@ -496,6 +509,17 @@ class SGLangClient(RoutingKeyMixin):
 def _is_abort(reason: object) -> bool:
     kind = reason.get("type") if isinstance(reason, dict) else reason
     return kind == "abort"
+
+
+def _finish_kind(reason: object) -> str | None:
+    """The kind of a `meta_info.finish_reason` (`{"type": "stop", ...}`, or a bare string); None while
+    the request goes on. `ModelProtocolError` for any other shape: it reached `Usage` as a pydantic error."""
+    kind = reason.get("type") if isinstance(reason, dict) else reason
+    if kind is None or isinstance(kind, str):
+        return kind
+    raise wrong_type(
+        "meta_info.finish_reason" + (".type" if isinstance(reason, dict) else ""), kind, "a string"
+    )
 
 
 def _detect_incremental(event: dict[str, Any], meta: dict[str, Any], emitted: str) -> bool | None:
@@ -516,6 +540,8 @@ def _detect_incremental(event: dict[str, Any], meta: dict[str, Any], emitted: st
 def _delta(event: dict[str, Any], emitted: str, incremental: bool) -> tuple[str, list[int]]:
     text = event.get("text")
     ids = event.get("output_ids") or []
+    if not isinstance(ids, list):  # its items are checked once, at the end: cumulative events resend them all
+        raise wrong_type("output_ids", ids, "a list")
     if text is None:
         return "", list(ids)  # token-ids-only servers (--skip-tokenizer-init) send no text
     if not isinstance(text, str):
