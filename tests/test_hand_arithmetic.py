@@ -226,7 +226,10 @@ def _slipping_model(req: ScriptedRequest) -> str:
     prompt = req.prompt or ""
     if "but 17*24 is 408" in prompt:
         return "Right, 408. Then 408 + 5 = 413, and 3 * 3 = 10 is another slip.\n</think>\n\n413"
-    return "We need 17 boxes of 24 plus 5. So 17 * 24 = 418. Then 418 + 5 = 423, so the answer is 423. " * 6
+    return (
+        "We need 17 boxes of 24 plus 5. So 17 * 24 = 418. Then 418 + 5 = 423, so the answer is 423. " * 6
+        + "\n</think>\n\n423"
+    )
 
 
 async def test_a_slip_gets_one_hint_in_the_reasoning_and_the_run_goes_on(tmp_path: Path) -> None:

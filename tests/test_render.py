@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from qwq_agent.agent.events import ContentDelta, ReasoningDelta, ToolCallEvent, ToolResultEvent
+from qwq_agent.agent.events import ContentDelta, Final, ReasoningDelta, ToolCallEvent, ToolResultEvent
 from qwq_agent.agent.messages import ToolCall
 from qwq_agent.cli.render import EventRenderer
 
@@ -45,3 +45,9 @@ def test_an_image_whose_data_is_not_base64_is_dropped_with_a_note_and_the_next_o
     assert text.count("not saved: its data is not valid base64") == 2
     assert [p.name for p in renderer.saved_images] == ["image-3.png"]
     assert renderer.saved_images[0].read_bytes() == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_unfinished_answer_is_not_shown_as_the_answer():
+    cut = screen(Final(status="truncated_answer", answer="The answer is 42 and the", error="cut off"))
+    assert "answer, unfinished (truncated_answer)" in cut and "The answer is 42 and the" in cut
+    assert "answer, unfinished" not in screen(Final(status="completed", answer="42"))

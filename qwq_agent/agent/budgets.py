@@ -7,6 +7,7 @@ the loop hands it down and every layer below clamps its own limits to it.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 from pydantic import BaseModel, Field
 
@@ -47,8 +48,8 @@ class BudgetTracker(BaseModel):
     def wall_s(self) -> float:
         return time.monotonic() - self.started
 
-    def exceeded(self) -> tuple[str, float, float] | None:
-        """The first budget used up, as (name, limit, used), or None."""
+    def exceeded(self, only: Collection[str] | None = None) -> tuple[str, float, float] | None:
+        """The first budget used up, as (name, limit, used), or None; `only`: of those budgets."""
         b = self.budget
         checks = (
             ("steps", b.max_steps, self.steps),
@@ -58,7 +59,7 @@ class BudgetTracker(BaseModel):
             ("tool_s", b.max_tool_s, self.tool_s),
         )
         for name, limit, used in checks:
-            if limit is not None and used >= limit:
+            if limit is not None and used >= limit and (only is None or name in only):
                 return name, float(limit), float(used)
         return None
 

@@ -34,6 +34,10 @@ class AgentConfig(BaseModel):
     # server asked for it (Retry-After); a wait the wall deadline cannot fit ends the run instead.
     model_retry_backoff_s: float = Field(default=1.0, ge=0.0)
     max_reasoning_call_hints: int = 2
+    # Times one turn's answer cut off by the token limit (`sampling.max_new_tokens`) is continued in a new
+    # request before the run ends `truncated_answer` with what was written. None goes past the budget: an
+    # answer the generation budget cut off ends the run `budget_exceeded`.
+    max_answer_continuations: int = Field(default=2, ge=0)
     # Generate every tool call under a grammar built from the tools' schemas, so calls are always
     # well formed (SGLang's native client only; see qwq_agent.agent.constrained).
     constrained_tool_calls: bool = False

@@ -407,6 +407,8 @@ class Agent:
                     # The turn's timer fires a little before the budget is used up (the abort's reserve).
                     over = ("wall_s", float(self.config.budget.max_wall_s or 0), self.tracker.wall_s)
                     yield self._emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
+                elif result.budget is not None:  # the one that stopped the turn, not the first one used up
+                    over = self.tracker.exceeded(only=(result.budget,)) or over
                 budget_hit = result.stop_status == "budget_exceeded" and over is not None
                 yield Final(
                     status=result.stop_status, error=_budget_error(over) if budget_hit else result.error
@@ -486,6 +488,10 @@ class Agent:
                     yield self._emit(Warning_(kind="language_mix", message=mismatch.reason))
                     self.messages.append(Message(role="user", content=correction_prompt(mismatch.user_lang)))
                     continue
+            if result.truncated is not None:  # never a finished answer: a caller would act on half of one
+                yield self._emit(Warning_(kind="truncated_answer", message=result.truncated, level=3))
+                yield Final(status="truncated_answer", answer=answer, error=result.truncated)
+                return
             yield Final(status="completed", answer=answer)
             return
 

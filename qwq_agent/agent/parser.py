@@ -173,6 +173,21 @@ class StreamParser:
         """Whether `</think>` has been seen."""
         return self._state in (_State.CONTENT, _State.CALL)
 
+    @property
+    def answering(self) -> bool:
+        """Whether the output is in its answer: past `</think>`, outside any tool call, and with no call
+        written after the reasoning (so the text so far, cut here, is the turn's final answer)."""
+        return self._state is _State.CONTENT and not any(
+            isinstance(ev, ToolCallParsed | ToolCallError) for ev in self._events
+        )
+
+    @property
+    def reasoning_only(self) -> bool:
+        """Whether the output so far is all reasoning (no `</think>`) with no tool call written in it."""
+        return self._state in (_State.START, _State.AFTER_OPEN, _State.REASONING) and not any(
+            isinstance(ev, ToolCallInReasoning) for ev in self._events
+        )
+
     def holding(self) -> bool:
         """Whether text is held back undecided (it may start a tag, such as a `</think>` cut in two)."""
         return bool(self._buf)

@@ -1,8 +1,9 @@
 """One assistant turn: stream it, parse it as it comes, and step in when it goes wrong.
 
 The model's turn may take several requests: a reasoning loop gets a nudge or a forced `</think>`
-appended and the turn continues from there; a tool call can be finished under a grammar; a dropped
-connection retries the turn. Whatever happens, the turn ends with its raw text and parse, or with a
+appended and the turn continues from there; so does a turn that ended inside its reasoning (after a bare
+`</think>`) or whose answer the token limit cut off (after nothing at all); a tool call can be finished
+under a grammar; a dropped connection retries the turn. Whatever happens, the turn ends with its raw text and parse, or with a
 status that ends the run.
 """
 
@@ -40,6 +41,11 @@ Emit = Callable[..., Event]
 # so that the abort, too, ends before the deadline (capped at a tenth of the budget for short budgets).
 ABORT_RESERVE_S = 0.5
 WALL_OUT = "the wall-time deadline passed while waiting for the model"
+# Written for a model that ended its turn inside its reasoning (its answer never began): the close alone,
+# since the model thought it was done; what follows is the answer it owes.
+END_REASONING_TEXT = "\n</think>\n\n"
+# What a continuation of a cut-off answer may spend: its tokens and time, not another step or tool time.
+_CONTINUATION_BUDGETS = ("generated_tokens", "prompt_tokens", "wall_s")
 _MAX_TURN_BACKOFF_S = 30.0
 
 
@@ -54,6 +60,8 @@ class TurnResult(BaseModel):
     # continued with injected text (a nudge, a forced `</think>`, a grammar) was never one sequence.
     output_ids: list[int] | None = None
     arithmetic_hinted: bool = False  # the run's one hand-arithmetic hint was written in this turn
+    # Why the answer stops short: it hit the token limit and could not be continued (None: it is whole).
+    truncated: str | None = None
 
 
 class _Attempt(BaseModel):
@@ -65,6 +73,7 @@ class _Attempt(BaseModel):
     call_open: bool = False
     wall_out: bool = False
     hint: str | None = None  # the hand-arithmetic hint to write before continuing
+    max_new_tokens: int = 0  # the request's token limit
 
 
 class TurnStreamer:
@@ -126,6 +135,8 @@ class TurnStreamer:
         self.prefix = ""
         self.forced_close = False
         self._reasoning_open = False  # the last parsed output was reasoning (probes ask only then)
+        self._continuations = 0  # requests made to continue an answer cut off by the token limit
+        self._continuing: str | None = None  # why the next request continues the answer
         if self.result.arithmetic_hinted:  # a retry starts the turn again: the hint went with its prefix
             self._hint_allowed, self.result.arithmetic_hinted = True, False
 
@@ -133,9 +144,15 @@ class TurnStreamer:
         attempts = 0
         while True:
             if (problem := await self._limits.before_request()) is not None:
+                if self._continuing is not None:  # the answer is whole but for its cut-off end
+                    self.result.truncated = f"{self._continuing}, and it could not be continued: {problem}"
+                    for ev in self._finish(self.prefix, length_limited=True):
+                        yield ev
+                    return
                 self.result.raw = self.prefix
                 yield self._stop("model_error", problem)
                 return
+            self._continuing = None
             attempt = _Attempt()
             try:
                 # aclosing: a consumer that stops early closes this generator; the close must reach
@@ -179,14 +196,29 @@ class TurnStreamer:
                 if self.result.stop_status is not None:
                     return
                 continue
+            usage = attempt.completion.usage if attempt.completion else None
+            length_limited = usage is not None and usage.finish_reason == "length"
+            if attempt.signal is None and length_limited and self.parser.answering:
+                async for ev in self._answer_cut(attempt):
+                    yield ev
+                if self.result.stop_status is not None:
+                    return
+                if self._continuing is not None:
+                    continue
+            elif (
+                attempt.signal is None
+                and usage is not None
+                and not length_limited
+                and self.parser.reasoning_only
+            ):
+                async for ev in self._close_for_answer(attempt):
+                    yield ev
+                if self.result.stop_status is not None:
+                    return
+                continue
             if attempt.signal is None and not self._ran_out_thinking(self.prefix + attempt.text, attempt):
-                usage = attempt.completion.usage if attempt.completion else None
-                length_limited = usage is not None and usage.finish_reason == "length"
-                for pev in self.parser.close(length_limited=length_limited):
-                    if (closing := self._parser_event(pev)) is not None:
-                        yield closing
-                self.result.raw = self.prefix + attempt.text
-                self.result.parsed = self.parser.result()
+                for ev in self._finish(self.prefix + attempt.text, length_limited=length_limited):
+                    yield ev
                 if not self.prefix and attempt.completion is not None and attempt.completion.output_ids:
                     self.result.output_ids = list(attempt.completion.output_ids)
                 return
@@ -199,7 +231,9 @@ class TurnStreamer:
         """One request: feed the parser and the detectors; stop early when they say so."""
         watcher = CallOpenWatcher(self.prefix) if self._native is not None else None
         pieces: list[str] = []
-        stream = self.model.stream(self.messages, self.specs, self._sampling(), prefix=self.prefix)
+        params = self._sampling()
+        attempt.max_new_tokens = params.max_new_tokens
+        stream = self.model.stream(self.messages, self.specs, params, prefix=self.prefix)
         events = aiter(stream)
         try:
             while True:
@@ -411,6 +445,58 @@ class TurnStreamer:
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
         self.prefix += attempt.text + attempt.hint
+
+    def _finish(self, raw: str, *, length_limited: bool) -> list[Event]:
+        """End the turn with `raw` as its text: the parse's last events, and its result."""
+        events = [
+            ev for pev in self.parser.close(length_limited=length_limited) if (ev := self._parser_event(pev))
+        ]
+        self.result.raw = raw
+        self.result.parsed = self.parser.result()
+        return events
+
+    async def _answer_cut(self, attempt: _Attempt) -> AsyncIterator[Event]:
+        """The answer hit the token limit: continue it in a new request, within the budget and
+        `max_answer_continuations`; else say why it stops short (`result.truncated`, or a budget stop)."""
+        cut = f"the answer reached the token limit (max_new_tokens={attempt.max_new_tokens})"
+        if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
+            # No continuation past the budget (`_sampling` gave the request what it had left): the run
+            # ends on the budget, and the warning says the answer it leaves is cut off.
+            message = f"{cut} and the {over[0]} budget is used up: the answer stops there"
+            yield self.emit(Warning_(kind="truncated_answer", message=message, level=3))
+            self.result.raw = self.prefix + attempt.text
+            self.result.stop_status, self.result.budget = "budget_exceeded", over[0]
+            return
+        allowed = self.config.max_answer_continuations
+        if self._continuations >= allowed:
+            self.result.truncated = (
+                f"{cut} and was continued {self._continuations} times, the most "
+                f"AgentConfig.max_answer_continuations={allowed} allows: it stops there"
+            )
+            return
+        self._continuations += 1
+        self._continuing = cut
+        message = f"{cut}; the model continues it ({self._continuations} of {allowed})"
+        yield self.emit(Warning_(kind="answer_continued", message=message, level=0))
+        self.prefix += attempt.text
+
+    async def _close_for_answer(self, attempt: _Attempt) -> AsyncIterator[Event]:
+        """The model ended its turn inside its reasoning, with no answer: close the reasoning for it and
+        let it answer (what it concluded is in the reasoning, which is no answer to hand a caller)."""
+        message = (
+            "the model ended its turn inside its reasoning (no </think>, so no answer); "
+            "</think> was written for it and it was asked to answer"
+        )
+        yield self.emit(Warning_(kind="unclosed_reasoning", message=message, level=2))
+        if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
+            self.result.raw = self.prefix + attempt.text
+            self.result.stop_status, self.result.budget = "budget_exceeded", over[0]
+            return
+        self.forced_close = True
+        for pev in self.parser.feed(END_REASONING_TEXT):
+            if (ev := self._parser_event(pev)) is not None:
+                yield ev
+        self.prefix += attempt.text + END_REASONING_TEXT
 
     async def _intervene(self, attempt: _Attempt) -> AsyncIterator[Event]:
         """Escalate on a reasoning loop (or reasoning cut off by the token limit): nudge, close, stop."""

@@ -233,7 +233,12 @@ class EventRenderer:
     def _summary(self, ev: Final) -> None:
         c = self.console
         if ev.answer:
-            c.print(Panel(plain(ev.answer), title="answer", border_style="bold green"))
+            if ev.status == "completed":
+                c.print(Panel(plain(ev.answer), title="answer", border_style="bold green"))
+            else:  # what was written before the run ended (`truncated_answer`): not an answer to act on
+                c.print(
+                    Panel(plain(ev.answer), title=f"answer, unfinished ({ev.status})", border_style="yellow")
+                )
         t = ev.totals
         table = Table(title=f"run {ev.run_id}: {ev.status}", show_header=False)
         prompt = t.get("prompt_tokens", 0) or 0
