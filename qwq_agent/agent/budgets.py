@@ -18,7 +18,15 @@ __all__ = ["Budget", "BudgetTracker", "Deadline"]
 
 
 class Budget(BaseModel):
-    """Limits of one run; `None` means unlimited."""
+    """Limits of one run; `None` means unlimited.
+
+    `max_tool_s` bounds the sum of the tool calls' durations (`BudgetTracker.tool_s`), not the wall
+    time spent in tools: calls that run at once spend it together, each second of each running call
+    counting as it passes. When the calls that ended plus the elapsed time of those still running
+    reach it, the running calls are stopped (each one's observation says the tool-time budget ran
+    out), calls still waiting for the sandbox do not start, and the run ends `budget_exceeded`. A call
+    that runs alone gets what is left as its deadline and ends there, as any call at its deadline.
+    """
 
     max_steps: int | None = 30
     max_generated_tokens: int | None = 200_000

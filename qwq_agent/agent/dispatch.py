@@ -68,14 +68,16 @@ class ToolDispatcher:
         so, and the run's next step finds the wall-time budget used up.
         """
         sandbox_lock = asyncio.Lock()  # FIFO, so sandbox calls run in the order the model wrote them
+        clock = _ToolClock(self.tracker)
         for call in calls:
             yield self.emit(ToolCallEvent(call=call, repairs=list((repairs or {}).get(call.id, ()))))
         # The calls report progress (started, output) and their end on one queue, in the order it happens.
         progress: asyncio.Queue[Event | tuple[int, ToolOutput, float] | BaseException] = asyncio.Queue()
         tasks = [
-            asyncio.create_task(self._report(k, call, sandbox, sandbox_lock, progress))
+            asyncio.create_task(self._report(k, call, sandbox, sandbox_lock, clock, progress))
             for k, call in enumerate(calls)
         ]
+        watch = asyncio.create_task(clock.watch())
         started = time.monotonic()
         ended: dict[int, tuple[ToolOutput, float]] = {}
         abandoned = False
@@ -99,6 +101,7 @@ class ToolDispatcher:
                 ended[k] = (output, duration)
                 yield self._result_event(calls[k], output, duration)
         finally:
+            watch.cancel()
             out = [t for t in tasks if not t.done()]
             for t in out:
                 t.cancel()
@@ -146,10 +149,16 @@ class ToolDispatcher:
         )
 
     async def _report(
-        self, index: int, call: ToolCall, sandbox: Any, lock: asyncio.Lock, progress: asyncio.Queue[Any]
+        self,
+        index: int,
+        call: ToolCall,
+        sandbox: Any,
+        lock: asyncio.Lock,
+        clock: _ToolClock,
+        progress: asyncio.Queue[Any],
     ) -> None:
         try:
-            output, duration = await self._call(call, sandbox, lock, progress)
+            output, duration = await self._call(call, sandbox, lock, clock, progress)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is None or task.cancelling():
@@ -177,21 +186,30 @@ class ToolDispatcher:
         progress.put_nowait((index, output, duration))
 
     async def _call(
-        self, call: ToolCall, sandbox: Any, lock: asyncio.Lock, progress: asyncio.Queue[Any]
+        self,
+        call: ToolCall,
+        sandbox: Any,
+        lock: asyncio.Lock,
+        clock: _ToolClock,
+        progress: asyncio.Queue[Any],
     ) -> tuple[ToolOutput, float]:
         tool = self.tools.get(call.name)
         # A sandbox call waits here for the ones written before it; its time (its timeout, its share of
         # the tool-time budget) starts when its turn comes, not while it waits.
         async with lock if tool is not None and tool.uses_sandbox else contextlib.nullcontext():
-            return await self._run_call(call, sandbox, progress)
+            return await self._run_call(call, sandbox, clock, progress)
 
     async def _run_call(
-        self, call: ToolCall, sandbox: Any, progress: asyncio.Queue[Any]
+        self, call: ToolCall, sandbox: Any, clock: _ToolClock, progress: asyncio.Queue[Any]
     ) -> tuple[ToolOutput, float]:
-        started = time.monotonic()
-        # The call's deadline: the run's, or sooner for the per-call limit and the tool-time budget.
-        # The registry, the tool and the sandbox below all clamp to it.
-        deadline = self.deadline.sooner(self.timeout_s).sooner(self.tracker.left("tool_s"))
+        left = clock.left()
+        if left is not None and left <= 0:
+            # A sandbox call whose turn came after the calls before it used up the budget.
+            return _out_of_tool_time(call, self.tracker.budget.max_tool_s, 0.0, ran=False), 0.0
+        # The call's deadline: the run's, or sooner for the per-call limit and what is left of the
+        # tool-time budget were the calls running beside it to end now (`_ToolClock` stops it sooner
+        # when they do not). The registry, the tool and the sandbox below all clamp to it.
+        deadline = self.deadline.sooner(self.timeout_s).sooner(left)
 
         def on_output(stream: str, text: str, capped: bool = False) -> None:
             if text or capped:
@@ -204,10 +222,121 @@ class ToolDispatcher:
             sandbox=sandbox, run_id=self.run_id, call_id=call.id, deadline=deadline, on_output=on_output
         )
         progress.put_nowait(ToolStarted(call_id=call.id, name=call.name))
-        output = await self.tools.call(call, ctx, timeout=self.timeout_s)
-        duration = time.monotonic() - started
+        running = clock.start()
+        task = asyncio.ensure_future(self.tools.call(call, ctx, timeout=self.timeout_s))
+        try:
+            stopped = not await clock.ended_in_budget(task, running)
+            if stopped:
+                await _cancelled(task)
+        finally:
+            duration = clock.end(running)
+        if stopped:
+            return _out_of_tool_time(call, self.tracker.budget.max_tool_s, duration, ran=True), duration
+        return task.result(), duration
+
+
+class _Running:
+    """One call on the tool clock: when it started, and whether another call ran while it did."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.shared = False
+
+
+class _ToolClock:
+    """The tool-time budget as the calls of one turn spend it together (see `Budget`).
+
+    The budget bounds the sum of the calls' durations, so every running call's time counts as it
+    passes: with N calls running it runs out N times as fast. `watch()` sets `ran_out` once the ended
+    calls' time (`tracker.tool_s`) plus the running ones' elapsed time reaches the limit.
+    """
+
+    def __init__(self, tracker: BudgetTracker) -> None:
+        self.tracker = tracker
+        self.ran_out = asyncio.Event()
+        self._running: list[_Running] = []
+        self._changed = asyncio.Event()
+
+    def left(self) -> float | None:
+        """What is left of the budget now, the running calls' time so far counted; None: unlimited."""
+        limit = self.tracker.budget.max_tool_s
+        if limit is None:
+            return None
+        now = time.monotonic()
+        return max(0.0, limit - self.tracker.tool_s - sum(now - r.started for r in self._running))
+
+    def start(self) -> _Running:
+        running = _Running(time.monotonic())
+        self._running.append(running)
+        if len(self._running) > 1:
+            for r in self._running:
+                r.shared = True
+        self._changed.set()
+        return running
+
+    def end(self, running: _Running) -> float:
+        """Take `running` off the clock, adding its duration to the run's tool time; the duration."""
+        duration = time.monotonic() - running.started
+        self._running.remove(running)
         self.tracker.tool_s += duration
-        return output, duration
+        self._changed.set()
+        return duration
+
+    async def watch(self) -> None:
+        """Set `ran_out` when the budget is used up; returns then (or at once when it is unlimited)."""
+        while (left := self.left()) is not None:
+            if left <= 0:
+                self.ran_out.set()
+                return
+            self._changed.clear()
+            # At the present rate it runs out in left / N; a call starting or ending changes the rate.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left / len(self._running) if self._running else None):
+                    await self._changed.wait()
+
+    async def ended_in_budget(self, task: asyncio.Future[ToolOutput], running: _Running) -> bool:
+        """Wait for `task` to end; False when the budget ran out first and `running` is to be stopped.
+
+        A call that never ran beside another has what was left of the budget as its deadline, which
+        ends it at the moment the budget runs out: its own timeout is its observation, whichever of
+        the two fires first.
+        """
+        out: asyncio.Future[Any] = asyncio.ensure_future(self.ran_out.wait())
+        try:
+            done, _ = await asyncio.wait({task, out}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done or not running.shared:
+                await asyncio.wait({task})
+                return True
+            return False
+        except asyncio.CancelledError:
+            # Closed early: the call ends before this does, as when the registry was awaited directly.
+            await _cancelled(task)
+            raise
+        finally:
+            out.cancel()
+
+
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    """Cancel `task` and wait for it to end, even when cancelled meanwhile (the registry bounds the
+    wait by its clean-up grace): a stopped call must not go on in the sandbox after its turn."""
+    task.cancel()
+    try:
+        await asyncio.wait({task})
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
+
+
+def _out_of_tool_time(call: ToolCall, limit: float | None, duration: float, *, ran: bool) -> ToolOutput:
+    budget = f"the run's tool-time budget ({limit or 0:g} s, the sum of all tool calls' durations)"
+    return ToolOutput(
+        text=f"Tool '{call.name}' was stopped after {duration:.2f} s: {budget} ran out while it ran "
+        "beside other calls."
+        if ran
+        else f"Tool '{call.name}' was not run: {budget} was used up by the calls before it.",
+        is_error=True,
+        metadata={"error": "tool_budget"},
+    )
 
 
 def _abandoned(call: ToolCall) -> ToolOutput:
