@@ -7,6 +7,7 @@ import contextlib
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from qwq_agent.agent.admission import KVAdmission
 from qwq_agent.agent.budgets import Budget
@@ -698,3 +699,21 @@ async def test_a_tool_output_with_a_field_of_the_wrong_type_is_an_error_observat
     observations = [m.content for m in result.messages if m.role == "tool"]
     assert observations[0].startswith("Tool 'render' returned an invalid ToolOutput (")
     assert problem in observations[0] and observations[1] == "5"
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        ({"sampling": {"max_new_tokens": 0}}, "max_new_tokens"),
+        ({"sampling": {"max_new_tokens": -1}}, "max_new_tokens"),
+        ({"tool_timeout_s": 0}, "tool_timeout_s"),
+        ({"tool_timeout_s": -1.0}, "tool_timeout_s"),
+        ({"tool_timeout_s": float("nan")}, "tool_timeout_s"),
+    ],
+    ids=["no_tokens", "negative_tokens", "no_tool_time", "negative_tool_time", "nan_tool_time"],
+)
+def test_a_config_no_run_could_use_is_refused(setting, field):
+    # before: accepted; 0 tokens "completed" a run with an empty answer, and a tool timeout of 0 failed
+    # every call with "its arguments could not be checked against its schema within 0 s"
+    with pytest.raises(ValidationError, match=field):
+        AgentConfig(**setting)
