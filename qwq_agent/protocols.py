@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # the result models live with the sandbox's wire protocol (no
 class SamplingParams(BaseModel):
     """Sampling for one completion; defaults are QwQ-32B's recommended settings."""
 
-    max_new_tokens: int = 4096
+    # At least one: with 0 a turn generated nothing and the run "completed" with an empty answer.
+    max_new_tokens: int = Field(default=4096, ge=1)
     temperature: float = 0.6
     top_p: float = 0.95
     top_k: int = 40

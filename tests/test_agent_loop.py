@@ -7,6 +7,7 @@ import contextlib
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from qwq_agent.agent.admission import KVAdmission
 from qwq_agent.agent.budgets import Budget
@@ -15,7 +16,7 @@ from qwq_agent.agent.events import Final, ModelCall, ToolResultEvent, Warning_
 from qwq_agent.agent.loop import REASONING_CALL_HINT, Agent, AgentConfig
 from qwq_agent.agent.replay import ReplayModel
 from qwq_agent.agent.trace import read_trace, recorded_completions
-from qwq_agent.protocols import Sandbox, ToolContext
+from qwq_agent.protocols import Sandbox, ToolContext, ToolOutput
 from qwq_agent.testing.helpers import add, call
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
 from qwq_agent.tools.base import tool
@@ -612,3 +613,107 @@ async def test_closing_the_stream_ends_a_running_tool_call_before_the_sandbox_go
                         await asyncio.wait_for(running.wait(), 30)
                         break
             assert log == ["tool started", "tool ended", "sandbox released"]
+
+
+def reporting(error: object):
+    @tool
+    def fetch(url: str) -> ToolOutput:
+        """An HTTP wrapper that reports a failure's status in its metadata."""
+        return ToolOutput(text=f"GET {url}: 404 Not Found", is_error=True, metadata={"error": error})
+
+    return fetch
+
+
+@pytest.mark.parametrize(
+    ("error", "error_type"),
+    [
+        ({"status": 404}, None),
+        (404, None),
+        (True, None),
+        ("not_found", "not_found"),
+        ("x" * 5000, "x" * 99 + "…"),
+    ],
+    ids=["object", "int", "bool", "label", "long_label"],
+)
+async def test_error_metadata_a_tool_reports_is_no_reason_to_end_the_run(tmp_path, error, error_type):
+    turns = [
+        "Fetch and add.\n</think>\n\n"
+        + call("fetch", url="http://x.invalid/")
+        + "\n"
+        + call("add", a=2, b=3),
+        "Missing; 5.\n</think>\n\n5",
+    ]
+    async with ScriptedModelServer(turns) as server:
+        # before: a metadata["error"] that is not a string failed ToolResultEvent's validation in the
+        # dispatcher, and the run ended with status "error", the add's result lost
+        result, _ = await run_agent(server, [reporting(error), add], trace_path=tmp_path / "t.jsonl")
+    assert result.status == "completed", result.error
+    assert [m.content for m in result.messages if m.role == "tool"] == [
+        "GET http://x.invalid/: 404 Not Found",
+        "5",
+    ]
+    results = [e for e in read_trace(tmp_path / "t.jsonl") if isinstance(e, ToolResultEvent)]
+    assert [(e.name, e.is_error, e.error_type) for e in results] == [
+        ("fetch", True, error_type),
+        ("add", False, None),
+    ]
+
+
+def spoiled(change: str):
+    @tool
+    def render(x: int) -> ToolOutput:
+        """Returns a ToolOutput whose field was set, after it was built, to a value of the wrong type."""
+        out = ToolOutput(text="rendered")
+        if change == "text":
+            out.text = None  # type: ignore[assignment]
+        elif change == "images":
+            out.images.append(b"\x89PNG\r\n\x1a\n")  # type: ignore[arg-type]
+        elif change == "metadata":
+            out.metadata = None  # type: ignore[assignment]
+        else:
+            out = ToolOutput.model_construct(images=[])
+        return out
+
+    return render
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ("text", "text: Input should be a valid string"),
+        ("images", "images.0: Input should be a valid string"),
+        ("metadata", "metadata: Input should be a valid dictionary"),
+        ("constructed", "text: Field required"),
+    ],
+)
+async def test_a_tool_output_with_a_field_of_the_wrong_type_is_an_error_observation(change, problem):
+    turns = [
+        "Render and add.\n</think>\n\n" + call("render", x=1) + "\n" + call("add", a=2, b=3),
+        "It failed; 5.\n</think>\n\n5",
+    ]
+    async with ScriptedModelServer(turns) as server:
+        # before: pydantic does not check fields set after a model is built, and the wrong type failed
+        # in the registry's cap or in the result event: the run ended with status "error"
+        result, _ = await run_agent(server, [spoiled(change), add])
+    assert result.status == "completed", result.error
+    observations = [m.content for m in result.messages if m.role == "tool"]
+    assert observations[0].startswith("Tool 'render' returned an invalid ToolOutput (")
+    assert problem in observations[0] and observations[1] == "5"
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        ({"sampling": {"max_new_tokens": 0}}, "max_new_tokens"),
+        ({"sampling": {"max_new_tokens": -1}}, "max_new_tokens"),
+        ({"tool_timeout_s": 0}, "tool_timeout_s"),
+        ({"tool_timeout_s": -1.0}, "tool_timeout_s"),
+        ({"tool_timeout_s": float("nan")}, "tool_timeout_s"),
+    ],
+    ids=["no_tokens", "negative_tokens", "no_tool_time", "negative_tool_time", "nan_tool_time"],
+)
+def test_a_config_no_run_could_use_is_refused(setting, field):
+    # before: accepted; 0 tokens "completed" a run with an empty answer, and a tool timeout of 0 failed
+    # every call with "its arguments could not be checked against its schema within 0 s"
+    with pytest.raises(ValidationError, match=field):
+        AgentConfig(**setting)

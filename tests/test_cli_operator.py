@@ -178,6 +178,9 @@ def test_ctrl_c_while_the_arguments_are_parsed_is_an_interruption(tmp_path: Path
         (["sandbox", "run", "--python", "1", "--timeout", "1e10"], "--timeout"),
         (["sandbox", "run", "--python", "1", "--timeout", "-1"], "--timeout"),
         (["sandbox", "run", "--python", "1", "--timeout", "nan"], "--timeout"),
+        # before: taken as given, and a run with 0 "completed" with an empty answer
+        (["run", "t", "--model-url", "http://127.0.0.1:9", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["run", "t", "--model-url", "http://127.0.0.1:9", "--max-new-tokens", "-1"], "--max-new-tokens"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else v,
 )

@@ -28,7 +28,8 @@ class AgentConfig(BaseModel):
     check_language: bool = True
     # Per tool call. A call's deadline is the soonest of this, the tool-time budget and the run's wall
     # deadline; the registry, the tools and the sandbox each clamp to it (no other setting to match).
-    tool_timeout_s: float = 660.0
+    # More than 0: with 0 every call failed before its tool ran (its argument check had no time).
+    tool_timeout_s: float = Field(default=660.0, gt=0.0)
     model_retries: int = 2
     # Wait before the n-th retry of a turn: this doubled per retry (capped at 30 s), or longer when the
     # server asked for it (Retry-After); a wait the wall deadline cannot fit ends the run instead.

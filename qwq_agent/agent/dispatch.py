@@ -29,6 +29,8 @@ OVERDUE_GRACE_S = 10.0
 # How long a closed or failed `run` waits for the calls it cancels: the registry gives each tool 5 s to
 # end its clean-up once cancelled, so this is only passed by a call stuck below the registry.
 CANCEL_WAIT_S = 6.0
+# The longest `ToolResultEvent.error_type` kept: a label, not a message (the text says what happened).
+MAX_ERROR_TYPE_CHARS = 100
 
 
 class ToolDispatcher:
@@ -144,7 +146,7 @@ class ToolDispatcher:
                 is_error=output.is_error,
                 images=output.images,
                 duration_s=duration,
-                error_type=output.metadata.get("error") if output.is_error else None,
+                error_type=_error_type(output),
             )
         )
 
@@ -337,6 +339,20 @@ def _out_of_tool_time(call: ToolCall, limit: float | None, duration: float, *, r
         is_error=True,
         metadata={"error": "tool_budget"},
     )
+
+
+def _error_type(output: ToolOutput) -> str | None:
+    """The label of a failed output (its `metadata["error"]`, e.g. "timeout") for `ToolResultEvent`.
+
+    None for a success, and for a label that is not a string: the metadata is the tool's own, and an
+    HTTP or MCP wrapper puts a status code or an error object there, which is no label (and ended the
+    run when it failed the event's validation). A long one is cut: it goes into the event and the trace.
+    """
+    label = output.metadata.get("error") if output.is_error else None
+    if not isinstance(label, str):
+        return None
+    label = str.__str__(label)  # its characters: a str subclass may override len() and slicing
+    return label if len(label) <= MAX_ERROR_TYPE_CHARS else label[: MAX_ERROR_TYPE_CHARS - 1] + "…"
 
 
 def _abandoned(call: ToolCall) -> ToolOutput:

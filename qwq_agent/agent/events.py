@@ -119,7 +119,8 @@ class ToolResultEvent(_Event):
     is_error: bool = False
     images: list[str] = Field(default_factory=list)
     duration_s: float = 0.0
-    error_type: str | None = None  # the output's metadata["error"] (timeout, invalid_arguments, ...)
+    # The output's metadata["error"] when it is a string (timeout, invalid_arguments, ...), cut to 100 chars.
+    error_type: str | None = None
 
 
 class ApprovalRequested(_Event):

@@ -32,6 +32,14 @@ def port_or_zero(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    """A whole number, 1 or more (a count or a limit that 0 would make meaningless)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def seconds(most: float) -> Callable[[str], float]:
     """A converter for a duration in seconds: finite, more than 0 and at most `most`."""
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from qwq_agent.agent.events import Event
     from qwq_agent.cli.interrupted import Started
 
-from qwq_agent.cli import approval_prompt, branch_cmd, ecosystem
+from qwq_agent.cli import approval_prompt, arg_types, branch_cmd, ecosystem
 from qwq_agent.cli.reasoning_view import REASONING_MODES
 
 DEFAULT_URL = "http://127.0.0.1:30000"
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, help="step budget (default 30; with --replay/--resume: recorded)")
     p.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=arg_types.positive_int,
         help="tokens per model call (default 8192; with --replay/--resume: recorded)",
     )
     p.add_argument(

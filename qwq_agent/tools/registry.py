@@ -18,6 +18,7 @@ from typing import Any
 from jsonschema import validators
 from jsonschema.exceptions import SchemaError as InvalidSchema
 from jsonschema.exceptions import ValidationError as SchemaError
+from pydantic import ValidationError
 
 from qwq_agent.agent.messages import ToolCall, ToolSpec
 from qwq_agent.deadline import Deadline
@@ -47,6 +48,8 @@ __all__ = [
 
 _MAX_VALUE_CHARS = 80
 _TRACEBACK_LINES = 6
+# How many of an invalid ToolOutput's field errors its observation names.
+_MAX_PROBLEMS = 3
 # How long a timed-out or cancelled tool gets to finish its clean-up before it is left behind.
 _CANCEL_GRACE_S = 5.0
 # `argument_problems` runs where it is called (an approval prompt, on the event loop): its bound.
@@ -103,6 +106,26 @@ def _encodable(output: ToolOutput) -> ToolOutput:
     if text is output.text and images is output.images and metadata is output.metadata:
         return output
     return output.model_copy(update={"text": text, "images": images, "metadata": metadata})
+
+
+def _checked(name: str, output: ToolOutput) -> ToolOutput:
+    """`output` with its fields checked again; an error observation when one is not what it says.
+
+    pydantic checks a model's fields when it is built, not when they are set afterwards
+    (`out.text = None`, `out.images.append(png_bytes)`) nor in `model_construct`: such an output
+    failed far from its tool (when capped, in the result event) and ended the whole run.
+    """
+    try:
+        return ToolOutput.model_validate(output.__dict__)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'output'}: {e['msg']}" for e in exc.errors()[:_MAX_PROBLEMS]
+        )
+        return ToolOutput(
+            text=f"Tool '{name}' returned an invalid ToolOutput ({problems}); its output is lost.",
+            is_error=True,
+            metadata={"error": "bad_return"},
+        )
 
 
 async def _stop(task: asyncio.Future[Any]) -> bool:
@@ -470,7 +493,7 @@ class ToolRegistry:
                 metadata={"error": "exception", "exception_type": type(failure).__name__},
             )
         try:
-            return to_tool_output(result)
+            output = to_tool_output(result)
         except Exception as exc:
             return ToolOutput(
                 text=f"Tool '{call.name}' returned a value that could not be serialised: "
@@ -478,6 +501,7 @@ class ToolRegistry:
                 is_error=True,
                 metadata={"error": "bad_return"},
             )
+        return _checked(call.name, output)
 
     def _unknown(self, name: str) -> ToolOutput:
         available = list(self._tools)
