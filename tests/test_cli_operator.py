@@ -181,6 +181,7 @@ def test_ctrl_c_while_the_arguments_are_parsed_is_an_interruption(tmp_path: Path
         # before: taken as given, and a run with 0 "completed" with an empty answer
         (["run", "t", "--model-url", "http://127.0.0.1:9", "--max-new-tokens", "0"], "--max-new-tokens"),
         (["run", "t", "--model-url", "http://127.0.0.1:9", "--max-new-tokens", "-1"], "--max-new-tokens"),
+        (["run", "t", "--model-url", "http://127.0.0.1:9", "--max-steps", "0"], "--max-steps"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else v,
 )
