@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
-from qwq_agent.agent.events import ModelCall, ToolCallEvent
+from qwq_agent.agent.events import Final, ModelCall, ToolCallEvent
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.otel import OtelExport, SpanRecorder, traced
 from qwq_agent.testing.otlp_receiver import OTLPReceiver
@@ -166,6 +166,55 @@ async def test_a_stream_abandoned_midway_ends_its_spans_as_errors():
     run = next(s for s in spans if s.name.startswith("invoke_agent"))
     assert run.status.status_code == StatusCode.ERROR and run.attributes["error.type"] == "aborted"
     assert all(s.end_time is not None for s in spans)
+
+
+async def test_an_abandoned_stream_aborts_only_its_own_run_of_a_shared_recorder():
+    # One recorder for two concurrent runs (one tracer per service): client A goes away mid-run,
+    # run B goes on to its end and must be recorded as it happened, not as an aborted run.
+    exporter, provider = memory_tracer()
+    recorder = SpanRecorder(provider.get_tracer("t"))
+    turns = [
+        "Add.\n</think>\n\n" + call("add", a=2, b=3),
+        "Again.\n</think>\n\n" + call("add", a=5, b=5),
+        "Done.\n</think>\n\nThe sums are 5 and 10.",
+    ]
+    async with (
+        ScriptedModelServer(list(turns)) as sa,
+        ScriptedModelServer(list(turns)) as sb,
+        SGLangClient(sa.url, retry=NO_RETRY) as ca,
+        SGLangClient(sb.url, retry=NO_RETRY) as cb,
+    ):
+        agent_a = Agent(ca, [add], config=AgentConfig(check_language=False))
+        agent_b = Agent(cb, [add], config=AgentConfig(check_language=False))
+        stream_a = traced(agent_a.stream("sums?"), recorder)
+        stream_b = traced(agent_b.stream("sums?"), recorder)
+        async for ev in stream_b:
+            if isinstance(ev, ModelCall):
+                break
+        async for ev in stream_a:
+            if isinstance(ev, ToolCallEvent):
+                break
+        await stream_a.aclose()
+        rest_b = [ev async for ev in stream_b]
+    assert isinstance(rest_b[-1], Final) and rest_b[-1].status == "completed"
+
+    spans = exporter.get_finished_spans()
+    assert all(s.end_time is not None for s in spans)
+    runs = {s.attributes["qwq_agent.run_id"]: s for s in spans if s.name.startswith("invoke_agent")}
+    run_a, run_b = runs[agent_a.run_id], runs[agent_b.run_id]
+    assert run_a.status.status_code == StatusCode.ERROR and run_a.attributes["error.type"] == "aborted"
+    (tool_a,) = [
+        s
+        for s in spans
+        if s.name == "execute_tool add" and s.attributes["qwq_agent.run_id"] == agent_a.run_id
+    ]
+    assert tool_a.status.status_code == StatusCode.ERROR  # A's call never returned
+    assert run_b.status.status_code != StatusCode.ERROR and "error.type" not in run_b.attributes
+    assert run_b.attributes["qwq_agent.status"] == "completed"
+    of_b = [s for s in spans if s.attributes.get("qwq_agent.run_id") == agent_b.run_id]
+    assert sum(s.name.startswith("chat ") for s in of_b) == 3
+    assert sum(s.name == "execute_tool add" for s in of_b) == 2
+    assert all(s.status.status_code != StatusCode.ERROR for s in of_b)
 
 
 async def test_spans_reach_a_real_otlp_http_receiver():

@@ -11,7 +11,7 @@ are recorded only with `capture_content`.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,9 +110,15 @@ class SpanRecorder:
             return
         run.last_ts = max(run.last_ts, ev.ts)
 
-    def abort(self, reason: str) -> None:
-        """End every open span as failed (the stream stopped without a `Final`)."""
-        for run in list(self._runs.values()):
+    def abort(self, reason: str, run_ids: Iterable[str] | None = None) -> None:
+        """End the open spans of runs `run_ids` as failed (their stream stopped without a `Final`).
+
+        `run_ids=None` ends every run still open. Runs not open (ended, or never started) are
+        skipped; the other runs of this recorder are left as they are and go on being recorded.
+        """
+        ids = list(self._runs) if run_ids is None else [i for i in dict.fromkeys(run_ids) if i in self._runs]
+        for run_id in ids:
+            run = self._runs.pop(run_id)
             for span in run.tools.values():
                 span.set_status(Status(StatusCode.ERROR, reason))
                 span.end(end_time=_ns(run.last_ts))
@@ -121,7 +127,6 @@ class SpanRecorder:
             run.span.set_attribute("error.type", "aborted")
             run.span.set_status(Status(StatusCode.ERROR, reason))
             run.span.end(end_time=_ns(run.last_ts))
-        self._runs.clear()
 
     # -- one method per kind of event ---------------------------------------------------------------
 
@@ -308,14 +313,18 @@ def _messages(role: str, text: str, finish_reason: str | None = None) -> str:
 
 
 async def traced(events: AsyncIterator[Event], recorder: SpanRecorder | None = None) -> AsyncIterator[Event]:
-    """Pass `agent.stream(task)` through, recording spans; a stream cut short ends them as failed."""
+    """Pass `agent.stream(task)` through, recording spans; a stream cut short ends them as failed.
+
+    Only the runs of this stream are ended so: a recorder shared by several streams (one per
+    concurrent run) goes on recording the others.
+    """
     recorder = recorder or SpanRecorder()
-    finished = False
+    seen: set[str] = set()
     try:
         async for ev in events:
+            seen.add(ev.run_id)
             recorder.handle(ev)
-            finished = isinstance(ev, Final)
             yield ev
     finally:
-        if not finished:
-            recorder.abort("the event stream ended without a final event")
+        # A run of this stream whose `Final` came is no longer open, so this ends only the cut ones.
+        recorder.abort("the event stream ended without a final event", seen)
