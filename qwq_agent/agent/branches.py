@@ -103,6 +103,10 @@ class Branchable(Protocol):
         """An agent like this one (model, tools, admission, approver) with its own sandbox, config and trace."""
         ...
 
+    def _next_run_id(self) -> None:
+        """Give the run or exploration starting now its own `run_id` (unless the caller fixed one)."""
+        ...
+
     def stream(
         self, task: str, *, history: Sequence[Message] = (), continues: bool = False
     ) -> AsyncIterator[Event]: ...
@@ -202,6 +206,9 @@ async def run_branches(
         )
     if fresh:
         parent.messages = []
+    # An exploration is recorded as a run of its own (its trace, its branches' ids): not under the id of
+    # the agent's previous run.
+    parent._next_run_id()
     seeds = list(seeds) if seeds is not None else [random.randrange(2**31) for _ in range(n)]
     branches = [_Branch(i, s) for i, s in enumerate(seeds)]
     trace = _open_parent_trace(parent)

@@ -83,7 +83,11 @@ class Agent:
         # once its file is open: the branches run as child agents, so `result` says nothing of them.
         self.exploration_trace: Path | None = None
         self.admission = admission
+        # The id of the run running or last run (the first run's from the start). One given here names
+        # every run of this agent; otherwise each run after the first gets a new one (`_next_run_id`).
         self.run_id = run_id or uuid.uuid4().hex[:12]
+        self._given_run_id = run_id
+        self._used_run_id: str | None = None  # the id the last run (or exploration) was recorded under
         # Recorded in run_started so a replay can build the same tools (e.g. `build_tools` options).
         self.tool_options = dict(tool_options or {})
         # Decides the calls `config.approval` asks about (see `qwq_agent.agent.approval`).
@@ -120,11 +124,15 @@ class Agent:
         is added: the model answers `history` as it stands (it ends with a user or tool message), and
         `task` only names the run (a branch continuing a run that stopped mid-way). A lone surrogate in
         `task`, `history` or the system prompt (which no request can encode) is sent as U+FFFD. Each run's
-        steps count from 1, and its call ids (`call_{turn}_{n}`) are numbered after `history`'s turns.
+        steps count from 1, and its call ids (`call_{turn}_{n}`) are numbered after `history`'s turns. Each
+        run has its own `run_id` (`RunResult.run_id`): a new one for every run after the first, unless
+        `Agent(run_id=...)` fixed one; `RunResult.events` counts the run's own events.
         """
         if self._running:  # its messages, budget and trace are one run's: two at once would mix them
             raise RuntimeError("this Agent is already running a task; create one Agent per concurrent task")
         self._running, self._ended = True, False
+        self._next_run_id()
+        self._events = 0  # `RunResult.events` counts this run's events
         self._patch = None
         self.tracker = BudgetTracker(budget=self.config.budget)
         self._arithmetic_hinted = False
@@ -258,6 +266,14 @@ class Agent:
             tool_options=self.tool_options,
             approver=self.approver,
         )
+
+    def _next_run_id(self) -> None:
+        """Give the run (or exploration) starting now its own id: events, trace file name, result and
+        spans are filed by it, so a reused agent keeping one id mixed its runs. An id given to the
+        constructor is kept for every run, and one the caller set since the last run is used as set."""
+        if self.run_id == self._used_run_id and self.run_id != self._given_run_id:
+            self.run_id = uuid.uuid4().hex[:12]
+        self._used_run_id = self.run_id
 
     def end_run(self, status: str = "interrupted", error: str | None = None) -> RunResult | None:
         """End the current run from outside: write its `final` event, close the trace, set `result`.

@@ -1,0 +1,82 @@
+"""One Agent running several tasks in a row: each run is recorded as its own (id, steps, event count).
+
+Real scripted HTTP server and client, real in-process tools, real trace files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.events import ModelCall
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.trace import read_trace
+from qwq_agent.testing.helpers import add, call
+from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest
+
+TWO_STEPS = ["a\n</think>\n\n" + call("add", a=1, b=2), "b\n</think>\n\n3"]
+
+
+def config() -> AgentConfig:
+    return AgentConfig(check_language=False, model_retries=0)
+
+
+async def test_each_run_of_a_reused_agent_has_its_own_id_steps_and_event_count(tmp_path: Path):
+    async with (
+        ScriptedModelServer(TWO_STEPS * 4) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [add], config=config(), trace_path=tmp_path / "t.jsonl")
+        before = agent.run_id  # known before the first run (a routing key, an image folder)
+        results = [await agent.run(f"task {i}: add 1 and 2") for i in range(3)]
+        assert agent.run_id == results[-1].run_id  # the last run's
+        agent.run_id = "mine"  # set by the caller for the next run: used as set
+        assert (await agent.run("task 3: add 1 and 2")).run_id == "mine"
+    assert [r.status for r in results] == ["completed"] * 3
+    ids = [r.run_id for r in results]
+    assert ids[0] == before and len(set(ids)) == 3
+    for result in results:
+        assert result.trace_path is not None
+        events = read_trace(result.trace_path)
+        # The trace and the result speak of this run alone: its id, its steps from 1.
+        assert {e.run_id for e in events} == {result.run_id}
+        assert [e.step for e in events if isinstance(e, ModelCall)] == [1, 2]
+        assert result.totals["steps"] == 2
+    # Each run counts its own events (a later one has a trace_renamed warning more), not earlier runs'.
+    assert [r.events for r in results] == [results[0].events, results[0].events + 1, results[0].events + 1]
+    # Later runs are traced next to the first, each named by its own id.
+    assert [Path(r.trace_path or "").name for r in results] == ["t.jsonl", *(f"t.{i}.jsonl" for i in ids[1:])]
+
+
+async def test_a_run_id_given_to_the_agent_names_every_run(tmp_path: Path):
+    async with (
+        ScriptedModelServer(TWO_STEPS * 2) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [add], config=config(), trace_path=tmp_path / "t.jsonl", run_id="fixed")
+        results = [await agent.run(f"task {i}: add 1 and 2") for i in range(2)]
+    assert [r.run_id for r in results] == ["fixed", "fixed"]
+    for result in results:
+        assert result.trace_path is not None
+        assert {e.run_id for e in read_trace(result.trace_path)} == {"fixed"}
+    assert results[1].events == results[0].events + 1  # the trace_renamed warning, not run 1's events
+
+
+async def test_an_exploration_between_runs_is_recorded_under_its_own_id(tmp_path: Path):
+    def model(req: ScriptedRequest) -> str:
+        if req.sampling_params.get("max_new_tokens") == 1:  # the shared prefix's warm-up
+            return "x"
+        return "a\n</think>\n\ndone"
+
+    async with ScriptedModelServer(model) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [], config=config(), trace_path=tmp_path / "t.jsonl")
+        first = await agent.run("first")
+        explored = await agent.branch(1, "explore", seeds=[7])
+        exploration_id = agent.run_id
+        last = await agent.run("last", history=agent.messages)
+    assert explored.winner == 0 and explored.trace_path is not None
+    assert len({first.run_id, exploration_id, last.run_id}) == 3
+    assert {e.run_id for e in read_trace(explored.trace_path)} == {exploration_id}
+    branch_trace = explored.branches[0].trace_path
+    assert branch_trace is not None
+    assert {e.run_id for e in read_trace(branch_trace)} == {f"{exploration_id}-b0"}
