@@ -17,6 +17,7 @@ from qwq_agent.agent.chat_format import (
     model_output,
     render,
     render_assistant_turn,
+    safe_call_json,
 )
 from qwq_agent.agent.markers import defuse, defuse_spec
 from qwq_agent.agent.messages import Message, ToolCall, ToolSpec
@@ -105,10 +106,9 @@ def hf_tool(spec: ToolSpec) -> dict[str, Any]:
 def reference(
     messages: list[Message], tools: list[ToolSpec], add_generation_prompt: bool, profile: str
 ) -> str:
-    # The one intended difference: markers in tool results and specs are defused (qwq_agent.agent.markers).
-    messages = [
-        m.model_copy(update={"content": defuse(m.content)}) if m.role == "tool" else m for m in messages
-    ]
+    # The intended differences: markers in tool results and specs are defused (qwq_agent.agent.markers),
+    # and so are those in the model's own text: escaped as `\u003c` in its calls, broken elsewhere.
+    messages = [_defused(m) for m in messages]
     tools = [
         ToolSpec(
             name=defuse_spec(t.name),
@@ -121,6 +121,18 @@ def reference(
         messages=[to_hf(m, think=profile != "qwq-32b-preview") for m in messages],
         tools=[hf_tool(t) for t in tools] or None,
         add_generation_prompt=add_generation_prompt,
+    )
+
+
+def _defused(message: Message) -> Message:
+    if message.role == "tool":
+        return message.model_copy(update={"content": defuse(message.content)})
+    if message.role != "assistant":
+        return message
+    reasoning = None if message.reasoning is None else defuse(message.reasoning)
+    calls = [c.model_copy(update={"name": safe_call_json(c.name)}) for c in message.tool_calls]
+    return message.model_copy(
+        update={"content": defuse(message.content), "reasoning": reasoning, "tool_calls": calls}
     )
 
 

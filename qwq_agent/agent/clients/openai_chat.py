@@ -83,12 +83,15 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
     Reasoning of earlier turns is not sent: QwQ's template drops it from history anyway. The API has
     no form for a call that could not be decoded (`Message.malformed_calls`): its block is sent in the
     content, which the server's template writes before the calls, and its result first among the
-    results, so that each result still follows the order of the calls the model sees.
+    results, so that each result still follows the order of the calls the model sees. Chat-template
+    markers are defused in what the model wrote (content, call names, argument values) as in results.
     """
     out: list[dict[str, Any]] = []
     for m in _malformed_results_first(messages):
         if m.role == "assistant":
-            content = m.content or ""
+            # The model's own text too: a marker it spelt in ordinary tokens is one to the server's
+            # tokenizer once its template writes the text back (see `markers`).
+            content = defuse(m.content or "")
             if m.malformed_calls:
                 blocks = [malformed_call_block(c) for c in m.malformed_calls]
                 content = "\n".join([content, *blocks] if content else blocks)
@@ -99,8 +102,10 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
                         "id": c.id or f"call_{k}",
                         "type": "function",
                         "function": {
-                            "name": c.name,
-                            "arguments": json.dumps(c.arguments, ensure_ascii=False),
+                            "name": defuse(c.name),
+                            # Defused in the values, not as ``\u003c``: servers decode the arguments
+                            # before their template writes them (SGLang does), which would undo an escape.
+                            "arguments": defuse(json.dumps(c.arguments, ensure_ascii=False)),
                         },
                     }
                     for k, c in enumerate(m.tool_calls)
