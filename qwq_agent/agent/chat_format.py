@@ -40,14 +40,14 @@ prompt-injected file the model copied could open a system turn). A kept turn who
 (`render_segments`) needs none: its ids are the ordinary tokens the model generated. In a tool call the
 host re-serialises, a marker's ``<`` is written ``\\u003c`` instead (the same JSON value, see below).
 
-Tool calls, two more exceptions, neither of which an ordinary call meets: a ``</tool_call>`` inside a call's
-arguments is written ``<\\/tool_call>`` and a chat-template marker's ``<`` is written ``\\u003c`` (the same
-JSON value; raw, the tag would end the block mid-string for any parser, ours included, and the marker would
-become a control token), and a call the model wrote that could not be decoded (`Message.malformed_calls`),
-which the template has no form for, is written back as it was (markers defused), at its place among the
-calls, so that each ``<tool_response>`` still follows the order of the calls it answers. Prompts were not
-rendered so before `PromptOptions.written_order`; a trace recorded without that option is replayed the old
-way.
+Tool calls, more exceptions, none of which an ordinary call meets: a call's name is written as a JSON string
+(the template splices it in as it stands, so a ``"`` in it would end the string), a ``</tool_call>`` inside a
+call is written ``<\\/tool_call>`` and a chat-template marker's ``<`` is written ``\\u003c`` (the same JSON
+value; raw, the tag would end the block mid-string for any parser, ours included, and the marker would become
+a control token), and a call the model wrote that could not be decoded (`Message.malformed_calls`), which the
+template has no form for, is written back as it was (markers defused), at its place among the calls, so that
+each ``<tool_response>`` still follows the order of the calls it answers. Prompts were not rendered so before
+`PromptOptions.written_order`; a trace recorded without that option is replayed the old way.
 
 One more break of the default policy: the current template renders the *last* message of a conversation
 whole (reasoning included), so a prompt that ends in an assistant message changes once more messages follow
@@ -184,12 +184,14 @@ def safe_call_json(json_text: str) -> str:
 
 
 def tool_call_json(call: ToolCall) -> str:
-    """A call as the template writes it between `<tool_call>` tags (name spliced in unescaped, as there).
+    """A call as the template writes it between `<tool_call>` tags, ``{"name": ..., "arguments": ...}``.
 
-    A ``</tool_call>`` or a chat-template marker inside the call is escaped (`safe_call_json`); the
-    template leaves them raw.
+    The name is written as a JSON string, where the template splices it between quotes as it stands (the
+    same text for any ordinary name); a ``"`` or ``</tool_call>`` in it would end the string or the block
+    there, and one call the model wrote would read back as two. A ``</tool_call>`` or a chat-template
+    marker inside the call is escaped (`safe_call_json`); the template leaves them raw.
     """
-    return safe_call_json('{"name": "' + call.name + '", "arguments": ' + tojson(call.arguments) + "}")
+    return safe_call_json(tojson({"name": call.name, "arguments": call.arguments}))
 
 
 def _tool_call_block(call: ToolCall) -> str:

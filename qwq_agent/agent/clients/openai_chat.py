@@ -84,7 +84,8 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
     no form for a call that could not be decoded (`Message.malformed_calls`): its block is sent in the
     content, which the server's template writes before the calls, and its result first among the
     results, so that each result still follows the order of the calls the model sees. Chat-template
-    markers are defused in what the model wrote (content, call names, argument values) as in results.
+    markers are defused in what the model wrote (content, argument values) as in results; a call's name
+    is sent escaped as the inside of a JSON string (`safe_call_json`), as QwQ's template needs it.
     """
     out: list[dict[str, Any]] = []
     for m in _malformed_results_first(messages):
@@ -102,7 +103,10 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
                         "id": c.id or f"call_{k}",
                         "type": "function",
                         "function": {
-                            "name": defuse(c.name),
+                            # QwQ's template splices the name between quotes as it stands: sent as
+                            # the inside of a JSON string, escaped as our own rendering writes it, it
+                            # reads back there as the one name (an ordinary name is unchanged).
+                            "name": safe_call_json(json.dumps(c.name, ensure_ascii=False))[1:-1],
                             # Defused in the values, not as ``\u003c``: servers decode the arguments
                             # before their template writes them (SGLang does), which would undo an escape.
                             "arguments": defuse(json.dumps(c.arguments, ensure_ascii=False)),
