@@ -14,6 +14,7 @@ from tokenizer_corpus import ADDED, build_corpus
 
 from qwq_agent.agent import tokenizer as tokmod
 from qwq_agent.agent.chat_format import render
+from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolCall, ToolSpec
 from qwq_agent.agent.tokenizer import QwenTokenizer, get_tokenizer
 
@@ -182,12 +183,14 @@ _OUTPUTS = st.lists(st.one_of(_PIECES, st.text(max_size=8)), max_size=12).map(""
 def test_keep_reasoning_prompt_extends_token_prefix(raw: str, reply: str) -> None:
     """With keep_reasoning, turn N+1's ids begin with turn N's ids plus the output's ids and `<|im_end|>`.
 
-    The output must not begin with whitespace, which would merge with the `\\n` ending the prompt.
+    The output must not begin with whitespace, which would merge with the `\\n` ending the prompt. Its
+    chat-template markers are written defused (chat_format's docstring): the text path never turns one
+    into a control token (the ids path, `render_segments`, sends the ids the model generated).
     """
     tok = get_tokenizer()
     history = [Message(role="user", content="task")]
     turn = Message(role="assistant", content="", reasoning="", raw=raw)
     before = render(history, keep_reasoning=True)
     after = render([*history, turn, Message(role="tool", content=reply)], keep_reasoning=True)
-    expected = [*tok.encode(before), *tok.encode(raw), tokmod.IM_END]
+    expected = [*tok.encode(before), *tok.encode(defuse(raw)), tokmod.IM_END]
     assert tok.encode(after)[: len(expected)] == expected

@@ -20,12 +20,12 @@ after are prefilled again. `render_assistant_turn` gives the exact text a turn b
 the loop can compute the shared prefix.
 
 `keep_reasoning=True` keeps every assistant turn as the model wrote it: the generation prompt followed by
-`Message.raw` verbatim when it is set, else the canonical form ``<think>\\n{reasoning}\\n</think>\\n\\n{content}``
-followed by the tool calls. Then the prompt of turn N+1 begins with exactly the prompt of turn N plus
-`model_output(message)`, the model's raw output of turn N, so a prefix cache reuses all of it. Without `raw`
-this holds only for output in canonical form: other whitespace around ``</think>`` or another serialisation
-of a tool call (key spacing, `\\uXXXX` escapes) is re-serialised, and the shared prefix ends where the texts
-first differ.
+`Message.raw` verbatim when it is set (but for chat-template markers, defused: see below), else the canonical
+form ``<think>\\n{reasoning}\\n</think>\\n\\n{content}`` followed by the tool calls. Then the prompt of
+turn N+1 begins with exactly the prompt of turn N plus `model_output(message)`, the model's raw output of
+turn N, so a prefix cache reuses all of it. Without `raw` this holds only for output in canonical form:
+other whitespace around ``</think>`` or another serialisation of a tool call (key spacing, `\\uXXXX`
+escapes) is re-serialised, and the shared prefix ends where the texts first differ.
 In token ids (what SGLang's radix cache compares) the same holds when the output does not begin with
 whitespace, which would merge with the ``\\n`` that ends the prompt, and the ids the server generated are the
 canonical encoding of the output text (tests/test_tokenizer.py checks the first condition).
@@ -33,13 +33,20 @@ canonical encoding of the output text (tests/test_tokenizer.py checks the first 
 
 One exception to byte-identity: chat-template markers (``<|im_end|>``, ``</tool_response>``...) in a tool
 result or a tool's spec are defused with a zero-width space (`qwq_agent.agent.markers`), so untrusted output
-or an MCP server's tool descriptions cannot forge a turn.
+or an MCP server's tool descriptions cannot forge a turn. So are those in the model's own text written back
+as text (content, reasoning, `raw`, a malformed call): SGLang shows no control token in its output, so such
+a marker was spelt in ordinary tokens, and re-tokenized as it stands it would become the control token (a
+prompt-injected file the model copied could open a system turn). A kept turn whose ids are spliced in
+(`render_segments`) needs none: its ids are the ordinary tokens the model generated. In a tool call the
+host re-serialises, a marker's ``<`` is written ``\\u003c`` instead (the same JSON value, see below).
 
-Tool calls, two more exceptions, neither of which an ordinary call meets: a ``</tool_call>`` inside a call's
-arguments is written ``<\\/tool_call>`` (the same JSON value; raw, it would end the block mid-string for any
-parser, ours included), and a call the model wrote that could not be decoded (`Message.malformed_calls`),
-which the template has no form for, is written back as it was, at its place among the calls, so that each
-``<tool_response>`` still follows the order of the calls it answers. Prompts were not rendered so before
+Tool calls, more exceptions, none of which an ordinary call meets: a call's name is written as a JSON string
+(the template splices it in as it stands, so a ``"`` in it would end the string), a ``</tool_call>`` inside a
+call is written ``<\\/tool_call>`` and a chat-template marker's ``<`` is written ``\\u003c`` (the same JSON
+value; raw, the tag would end the block mid-string for any parser, ours included, and the marker would become
+a control token), and a call the model wrote that could not be decoded (`Message.malformed_calls`), which the
+template has no form for, is written back as it was (markers defused), at its place among the calls, so that
+each ``<tool_response>`` still follows the order of the calls it answers. Prompts were not rendered so before
 `PromptOptions.written_order`; a trace recorded without that option is replayed the old way.
 
 One more break of the default policy: the current template renders the *last* message of a conversation
@@ -57,7 +64,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from qwq_agent.agent.exact_tokens import Segment, TokenSpan, ids_spell, segment_text
-from qwq_agent.agent.markers import defuse, defuse_spec
+from qwq_agent.agent.markers import defuse, defuse_json, defuse_spec
 from qwq_agent.agent.messages import MalformedCall, Message, ToolCall, ToolSpec
 from qwq_agent.agent.parser import CALL_CLOSE
 from qwq_agent.agent.profiles import DEFAULT_PROFILE, ChatProfile, get_profile
@@ -166,20 +173,25 @@ ESCAPED_CALL_CLOSE = "<\\/tool_call>"
 
 
 def safe_call_json(json_text: str) -> str:
-    """`json_text` (a call's JSON) with every ``</tool_call>`` written ``<\\/tool_call>``: the same value.
+    """`json_text` (a call's JSON) with every ``</tool_call>`` written ``<\\/tool_call>`` and the ``<`` of
+    every chat-template marker written ``\\u003c`` (`markers.defuse_json`): the same value.
 
     Outside its strings JSON has no ``<``, so only strings change. Raw, the tag would end the
-    `<tool_call>` block in the middle of a string, for our parser and for the model reading its history.
+    `<tool_call>` block in the middle of a string, for our parser and for the model reading its history;
+    a marker (decoded from ``\\u003c|im_end|>`` the model wrote) would be tokenized as a control token.
     """
-    return json_text.replace(CALL_CLOSE, ESCAPED_CALL_CLOSE)
+    return defuse_json(json_text.replace(CALL_CLOSE, ESCAPED_CALL_CLOSE))
 
 
 def tool_call_json(call: ToolCall) -> str:
-    """A call as the template writes it between `<tool_call>` tags (name spliced in unescaped, as there).
+    """A call as the template writes it between `<tool_call>` tags, ``{"name": ..., "arguments": ...}``.
 
-    A ``</tool_call>`` inside the arguments is escaped (`safe_call_json`); the template leaves it raw.
+    The name is written as a JSON string, where the template splices it between quotes as it stands (the
+    same text for any ordinary name); a ``"`` or ``</tool_call>`` in it would end the string or the block
+    there, and one call the model wrote would read back as two. A ``</tool_call>`` or a chat-template
+    marker inside the call is escaped (`safe_call_json`); the template leaves them raw.
     """
-    return '{"name": "' + call.name + '", "arguments": ' + safe_call_json(tojson(call.arguments)) + "}"
+    return safe_call_json(tojson({"name": call.name, "arguments": call.arguments}))
 
 
 def _tool_call_block(call: ToolCall) -> str:
@@ -187,8 +199,9 @@ def _tool_call_block(call: ToolCall) -> str:
 
 
 def malformed_call_block(call: MalformedCall) -> str:
-    """A call that could not be decoded, as the model wrote it, framed like any `<tool_call>` block."""
-    return "<tool_call>\n" + call.raw.strip("\n") + "\n</tool_call>"
+    """A call that could not be decoded, as the model wrote it (chat-template markers defused), framed
+    like any `<tool_call>` block."""
+    return "<tool_call>\n" + defuse(call.raw.strip("\n")) + "\n</tool_call>"
 
 
 def _call_blocks(message: Message, written_order: bool = True) -> list[str]:
@@ -217,15 +230,18 @@ def _system_turn(messages: Sequence[Message], tools: Sequence[ToolSpec], profile
 def _canonical_body(message: Message, written_order: bool = True) -> str:
     """Content and tool-call blocks, newline-separated, as the model writes them after its reasoning."""
     blocks = _call_blocks(message, written_order)
+    content = defuse(message.content)
     if not blocks:
-        return message.content
-    parts = [message.content] if message.content else []
+        return content
+    parts = [content] if content else []
     parts.extend(blocks)
     return "\n".join(parts)
 
 
 def _think_block(message: Message) -> str:
-    return "" if message.reasoning is None else "<think>\n" + message.reasoning + "\n" + THINK_END + "\n\n"
+    if message.reasoning is None:
+        return ""
+    return "<think>\n" + defuse(message.reasoning) + "\n" + THINK_END + "\n\n"
 
 
 def render_assistant_turn(
@@ -242,22 +258,23 @@ def render_assistant_turn(
     of the conversation (`last=False`, the case of every earlier turn) only the text after the last
     ``</think>``, leading newlines removed. With `keep_reasoning` it is the turn in canonical form (see the
     module docstring): the generation prompt + `model_output(message)` + ``<|im_end|>\\n`` for a turn the model
-    wrote (one with `raw`, or with `reasoning` in a thinking profile).
+    wrote (one with `raw`, or with `reasoning` in a thinking profile). Either way the model's text is written
+    with its chat-template markers defused (see the module docstring).
     """
     prof = get_profile(profile)
     if keep_reasoning:
         if message.raw is not None:
-            return prof.generation_prompt + message.raw + IM_END + "\n"
+            return prof.generation_prompt + defuse(message.raw) + IM_END + "\n"
         body = _canonical_body(message, written_order)
         return _ASSISTANT_HEADER + "\n" + _think_block(message) + body + IM_END + "\n"
 
     if prof.think:
         # The template sees reasoning and content as one string and splits it itself; emulating that on the
         # same string keeps edge cases identical (a `</think>` inside content, content that is all newlines).
-        full = _think_block(message) + message.content
+        full = _think_block(message) + defuse(message.content)
         shown = full.split(THINK_END)[-1].lstrip("\n") if (not last or prof.strip_final_reasoning) else full
     else:
-        full = shown = message.content
+        full = shown = defuse(message.content)
     blocks = _call_blocks(message, written_order)
     if not blocks:
         return _ASSISTANT_HEADER + "\n" + shown + IM_END + "\n"
@@ -268,24 +285,25 @@ def render_assistant_turn(
 
 
 def model_output(message: Message, *, profile: str | ChatProfile = DEFAULT_PROFILE) -> str:
-    """The raw text the model wrote after the generation prompt to produce `message`.
+    """The raw text the model wrote after the generation prompt to produce `message`, as a prompt writes it.
 
     `message.raw` when set (the exact output, stop token excluded); otherwise the canonical form, for a
     thinking profile: ``reasoning + "\\n</think>\\n\\n" + content`` and the tool-call blocks (the stop
-    token ``<|im_end|>`` not included). With `keep_reasoning=True`, a prompt that contains this turn begins
-    with the prompt that asked for it followed by this text. Raises ValueError for a thinking profile when
-    `message.reasoning` is None: such a turn has no form that continues a prompt ending in ``<think>\\n``.
+    token ``<|im_end|>`` not included). Chat-template markers in it are defused (see the module docstring).
+    With `keep_reasoning=True`, a prompt that contains this turn begins with the prompt that asked for it
+    followed by this text. Raises ValueError for a thinking profile when `message.reasoning` is None: such a
+    turn has no form that continues a prompt ending in ``<think>\\n``.
     """
     prof = get_profile(profile)
     if message.role != "assistant":
         raise ValueError(f"model_output needs an assistant message, got role {message.role!r}")
     if message.raw is not None:
-        return message.raw
+        return defuse(message.raw)
     if not prof.think:
         return _think_block(message) + _canonical_body(message)
     if message.reasoning is None:
         raise ValueError("a thinking profile's turn needs reasoning (it may be empty, not None)")
-    return message.reasoning + "\n" + THINK_END + "\n\n" + _canonical_body(message)
+    return defuse(message.reasoning) + "\n" + THINK_END + "\n\n" + _canonical_body(message)
 
 
 # An agent re-renders its whole history every step; an earlier assistant turn always renders the same
@@ -344,8 +362,10 @@ def render_segments(
 
     With `keep_reasoning`, an assistant message whose `token_ids` spell its `raw` text becomes the
     generation prompt, a `TokenSpan` of those ids, and ``<|im_end|>\n``; every other piece is text. The
-    texts of the segments concatenate to `render(...)` with the same arguments. Without `keep_reasoning`
-    (or when no turn has ids) the result is text only.
+    texts of the segments concatenate to `render(...)` with the same arguments, but for a chat-template
+    marker in a span's text: `render` defuses it, the span holds the ordinary tokens the model generated
+    for it (neither is a control token). Without `keep_reasoning` (or when no turn has ids) the result is
+    text only.
     """
     prof = get_profile(profile)
     return _render_parts(messages, tools, add_generation_prompt, keep_reasoning, prof, True, written_order)

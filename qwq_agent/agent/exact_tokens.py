@@ -10,7 +10,9 @@ token for token.
 The seam: `chat_format.render_segments` renders a conversation as `Segment`s, text or a `TokenSpan` (a kept
 turn's ids and the text they spell); `encode_segments` tokenizes each run of text on its own and splices the
 spans in. `"".join(segment_text(s) for s in segments)` is exactly `render(...)`, so the text and id paths
-agree on what the prompt says (tests/test_exact_tokens.py checks decode(ids) == text).
+agree on what the prompt says (tests/test_exact_tokens.py checks decode(ids) == text); the one difference is
+a chat-template marker the model spelt in ordinary tokens, which a span sends as those tokens and `render`
+writes defused (`markers`): to the model neither is a control token.
 
 What the spliced ids hold, exactly (the stop token, stop strings, ``</think>``):
 

@@ -29,6 +29,7 @@ from qwq_agent.agent.loop_detector import (
     nudge_text,
 )
 from qwq_agent.agent.loops.probe import AnswerProbe, ProbeModel, PromptRenderer
+from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.agent.replay import RecordedCompletion
 from qwq_agent.agent.turn_limits import ContextLength, TurnLimits
@@ -233,7 +234,9 @@ class TurnStreamer:
         pieces: list[str] = []
         params = self._sampling()
         attempt.max_new_tokens = params.max_new_tokens
-        stream = self.model.stream(self.messages, self.specs, params, prefix=self.prefix)
+        # The turn so far goes back as text: a marker the model spelt in it must not become a control
+        # token (see `markers`), as in every later prompt.
+        stream = self.model.stream(self.messages, self.specs, params, prefix=defuse(self.prefix))
         events = aiter(stream)
         try:
             while True:
@@ -325,7 +328,9 @@ class TurnStreamer:
         if self._probe_base is None:
             assert isinstance(self.model, PromptRenderer)  # checked with the probe model in __init__
             self._probe_base = self.model.render_prompt(self.messages, self.specs)
-        self.probe.maybe_launch(self._probe_base + self.prefix + "".join(pieces), self.detector.bytes_fed)
+        self.probe.maybe_launch(
+            self._probe_base + defuse(self.prefix + "".join(pieces)), self.detector.bytes_fed
+        )
 
     async def _next_or_probe(
         self, events: AsyncIterator[ModelEvent], attempt: _Attempt, pieces: list[str]
@@ -381,7 +386,7 @@ class TurnStreamer:
         native = self._native
         if native is None:  # `_stream` opens a call for the grammar only when there is a native model
             raise RuntimeError("a tool call was left open for the grammar without a native model")
-        prompt_so_far = native.render_prompt(self.messages, self.specs) + self.prefix + text
+        prompt_so_far = native.render_prompt(self.messages, self.specs) + defuse(self.prefix + text)
         if (problem := await self._limits.before_request()) is not None:
             self.result.raw = self.prefix + text
             yield self._stop("model_error", problem)

@@ -85,12 +85,16 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
     Reasoning of earlier turns is not sent: QwQ's template drops it from history anyway. The API has
     no form for a call that could not be decoded (`Message.malformed_calls`): its block is sent in the
     content, which the server's template writes before the calls, and its result first among the
-    results, so that each result still follows the order of the calls the model sees.
+    results, so that each result still follows the order of the calls the model sees. Chat-template
+    markers are defused in what the model wrote (content, argument values) as in results; a call's name
+    is sent escaped as the inside of a JSON string (`safe_call_json`), as QwQ's template needs it.
     """
     out: list[dict[str, Any]] = []
     for m in _malformed_results_first(messages):
         if m.role == "assistant":
-            content = m.content or ""
+            # The model's own text too: a marker it spelt in ordinary tokens is one to the server's
+            # tokenizer once its template writes the text back (see `markers`).
+            content = defuse(m.content or "")
             if m.malformed_calls:
                 blocks = [malformed_call_block(c) for c in m.malformed_calls]
                 content = "\n".join([content, *blocks] if content else blocks)
@@ -101,8 +105,13 @@ def to_openai_messages(messages: Sequence[Message], prefix: str = "") -> list[di
                         "id": c.id or f"call_{k}",
                         "type": "function",
                         "function": {
-                            "name": c.name,
-                            "arguments": json.dumps(c.arguments, ensure_ascii=False),
+                            # QwQ's template splices the name between quotes as it stands: sent as
+                            # the inside of a JSON string, escaped as our own rendering writes it, it
+                            # reads back there as the one name (an ordinary name is unchanged).
+                            "name": safe_call_json(json.dumps(c.name, ensure_ascii=False))[1:-1],
+                            # Defused in the values, not as ``\u003c``: servers decode the arguments
+                            # before their template writes them (SGLang does), which would undo an escape.
+                            "arguments": defuse(json.dumps(c.arguments, ensure_ascii=False)),
                         },
                     }
                     for k, c in enumerate(m.tool_calls)
