@@ -52,7 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "new files included; `git apply FILE` in the original folder applies it)",
     )
     p.add_argument("--docs-db", type=Path, help="document index for search_docs (see `qwq-agent index`)")
-    p.add_argument("--max-steps", type=arg_types.positive_int, help="step budget (default 30; with --replay/--resume: recorded)")
+    p.add_argument(
+        "--max-steps",
+        type=arg_types.positive_int,
+        help="step budget (default 30; with --replay/--resume: recorded)",
+    )
     p.add_argument(
         "--max-new-tokens",
         type=arg_types.positive_int,
