@@ -57,9 +57,10 @@ whole (reasoning included), so a prompt that ends in an assistant message change
 from __future__ import annotations
 
 import json
+import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Hashable, Sequence
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -306,24 +307,58 @@ def model_output(message: Message, *, profile: str | ChatProfile = DEFAULT_PROFI
     return defuse(message.reasoning) + "\n" + THINK_END + "\n\n" + _canonical_body(message)
 
 
+_V = TypeVar("_V")
+
+
+class _MessageCache(Generic[_V]):
+    """Values worked out from a message, each kept while its message lives (and `size` entries at most).
+
+    An entry must not keep its message alive: a service running one run after another would keep every
+    finished run's turns (raw output, reasoning, token ids) for good, the count cap being no bound in
+    bytes. `Message` is a pydantic model, compared by value and so unhashable, which rules out a
+    `WeakKeyDictionary`: entries are keyed by the message's id() and hold a weak reference to it whose
+    callback drops them when it is collected (until then its id() cannot be reused).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[int, Hashable], tuple[weakref.ref[Message], _V]] = OrderedDict()
+
+    def get(self, message: Message, key: Hashable = ()) -> _V | None:
+        entry = self._entries.get((id(message), key))
+        if entry is None or entry[0]() is not message:
+            return None
+        return entry[1]
+
+    def put(self, message: Message, value: _V, key: Hashable = ()) -> None:
+        full = (id(message), key)
+        self._entries[full] = (weakref.ref(message, lambda dead: self._forget(full, dead)), value)
+        if len(self._entries) > self._size:
+            # The evicted entry's reference goes with it, and with the reference its callback.
+            self._entries.popitem(last=False)
+
+    def _forget(self, key: tuple[int, Hashable], dead: weakref.ref[Message]) -> None:
+        # Only if the entry is still this reference's: an entry put for another message under the same
+        # id() (once this one is gone) must stay.
+        if (entry := self._entries.get(key)) is not None and entry[0] is dead:
+            del self._entries[key]
+
+
 # An agent re-renders its whole history every step; an earlier assistant turn always renders the same
-# way, and serialising its tool calls is most of the cost. Entries hold the message itself, so an id is
-# never reused while cached; messages are treated as immutable once sent.
-_HISTORY_CACHE: OrderedDict[tuple[int, bool, str, bool], tuple[Message, str]] = OrderedDict()
+# way, and serialising its tool calls is most of the cost. Messages are treated as immutable once sent.
 _HISTORY_CACHE_SIZE = 8192
+_HISTORY_CACHE: _MessageCache[str] = _MessageCache(_HISTORY_CACHE_SIZE)
 
 
 def _history_turn(message: Message, keep_reasoning: bool, profile: ChatProfile, written_order: bool) -> str:
-    key = (id(message), keep_reasoning, profile.name, written_order)
-    hit = _HISTORY_CACHE.get(key)
-    if hit is not None and hit[0] is message:
-        return hit[1]
+    key = (keep_reasoning, profile.name, written_order)
+    text = _HISTORY_CACHE.get(message, key)
+    if text is not None:
+        return text
     text = render_assistant_turn(
         message, keep_reasoning=keep_reasoning, last=False, profile=profile, written_order=written_order
     )
-    _HISTORY_CACHE[key] = (message, text)
-    if len(_HISTORY_CACHE) > _HISTORY_CACHE_SIZE:
-        _HISTORY_CACHE.popitem(last=False)
+    _HISTORY_CACHE.put(message, text, key)
     return text
 
 
@@ -372,9 +407,9 @@ def render_segments(
 
 
 # Checking that a turn's ids still spell its text costs a decode; each (message, ids, raw) is checked
-# once. Entries hold the objects themselves, so an id() is never reused while cached; an edit that
-# replaces `raw` or `token_ids` (model_copy, assignment) is a miss and is checked again.
-_SPAN_CACHE: OrderedDict[int, tuple[Message, list[int], str, TokenSpan | None]] = OrderedDict()
+# once. Entries hold the ids and raw they were checked on, so an edit that replaces `raw` or `token_ids`
+# (assignment) is a miss and is checked again; a copy is another message.
+_SPAN_CACHE: _MessageCache[tuple[list[int], str, TokenSpan | None]] = _MessageCache(_HISTORY_CACHE_SIZE)
 
 
 def _kept_span(message: Message) -> TokenSpan | None:
@@ -382,13 +417,11 @@ def _kept_span(message: Message) -> TokenSpan | None:
     ids, raw = message.token_ids, message.raw
     if ids is None or raw is None:
         return None
-    hit = _SPAN_CACHE.get(id(message))
-    if hit is not None and hit[0] is message and hit[1] is ids and hit[2] is raw:
-        return hit[3]
+    hit = _SPAN_CACHE.get(message)
+    if hit is not None and hit[0] is ids and hit[1] is raw:
+        return hit[2]
     span = TokenSpan(tuple(ids), raw) if ids_spell(ids, raw) else None
-    _SPAN_CACHE[id(message)] = (message, ids, raw, span)
-    if len(_SPAN_CACHE) > _HISTORY_CACHE_SIZE:
-        _SPAN_CACHE.popitem(last=False)
+    _SPAN_CACHE.put(message, (ids, raw, span))
     return span
 
 
