@@ -152,6 +152,24 @@ async def test_a_failed_model_call_and_a_failed_run_are_error_spans():
     assert any(name == "qwq_agent.warning" for s in spans for name in (e.name for e in s.events))
 
 
+async def test_a_request_cut_mid_stream_is_one_error_span_with_the_tokens_it_generated():
+    exporter, provider = memory_tracer()
+    cut = Turn(text="Thinking it over. " * 20, drop_after=7)
+    _agent, events = await run_traced(
+        [cut, TURNS[1]], SpanRecorder(provider.get_tracer("t")), model_retries=1, model_retry_backoff_s=0.0
+    )
+    assert events[-1].status == "completed"
+    chats = sorted(
+        (s for s in exporter.get_finished_spans() if s.name.startswith("chat ")), key=lambda s: s.start_time
+    )
+    assert len(chats) == 2  # one per request: the retry warning adds none
+    failed, answered = chats
+    assert failed.status.status_code == StatusCode.ERROR
+    assert failed.attributes["error.type"] == "ModelConnectionError"
+    assert failed.attributes["gen_ai.usage.output_tokens"] == 7
+    assert answered.status.status_code != StatusCode.ERROR
+
+
 async def test_a_stream_abandoned_midway_ends_its_spans_as_errors():
     exporter, provider = memory_tracer()
     recorder = SpanRecorder(provider.get_tracer("t"))

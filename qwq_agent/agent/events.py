@@ -81,6 +81,12 @@ class ModelCall(_Event):
     intervention: LoopSignal | None = None
     """The loop signal this request was cut short for (a nudge, a close, a stop), so a replay steps in
     the same way where it cannot decide so itself (a probe's answers are not replayed)."""
+    error: str | None = None
+    """Why the request failed (a dropped connection, an error or abort from the server), as
+    `Type: message`; None for a request that returned. A failed request's `completion` is the output
+    received before the failure and its `usage` what that cost; the turn was then retried from its
+    start, or ended. A replay fails it again at the same place. (Traces written before it was recorded
+    hold no failed requests.)"""
 
 
 class ToolCallEvent(_Event):

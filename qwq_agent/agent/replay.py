@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from qwq_agent.agent.chat_format import PromptOptions, recorded_prompt_options
+from qwq_agent.agent.clients.errors import ModelError
 from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.events import Event, ModelCall, ReplayEnded, ReplaySource, RunStarted, Warning_
 from qwq_agent.agent.loops.detector import LoopSignal
@@ -24,7 +25,14 @@ from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.agent.trace import TraceError, common_prefix_len, read_trace, recorded_completions
 from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta
 
-__all__ = ["RecordedCompletion", "Recording", "ReplayExhausted", "ReplayModel", "load_recording"]
+__all__ = [
+    "RecordedCompletion",
+    "Recording",
+    "ReplayExhausted",
+    "ReplayModel",
+    "ReplayedModelError",
+    "load_recording",
+]
 
 _EXCERPT = 60
 
@@ -34,6 +42,11 @@ class RecordedCompletion(Completion):
     (`ModelCall.intervention`): the turn takes it where its own detector does not step in."""
 
     intervention: LoopSignal | None = None
+
+
+class ReplayedModelError(ModelError):
+    """A recorded request that failed (`ModelCall.error`) fails again on replay, after the output it had
+    received, so the turn is retried (or ends) as it was in the recorded run."""
 
 
 class ReplayExhausted(RuntimeError):
@@ -161,6 +174,13 @@ class ReplayModel:
         prompt_options: PromptOptions | None = None,
     ) -> None:
         self._calls = list(calls)
+        if then is not None:
+            # A run that ended on failed requests (its retries spent, or interrupted between them) resumes
+            # by asking the live model, not by failing them all again.
+            while self._calls and self._calls[-1].error is not None:
+                self._calls.pop()
+            if source is not None:
+                source = source.model_copy(update={"completions": len(self._calls)})
         self._next = 0
         self._then = then
         self._prompt_options = prompt_options or PromptOptions()
@@ -290,6 +310,8 @@ class ReplayModel:
         text = call.completion
         for i in range(0, len(text), self._chunk):
             yield TextDelta(text=text[i : i + self._chunk])
+        if call.error is not None:
+            raise ReplayedModelError(call.error, partial_text=text, partial_usage=call.usage)
         yield RecordedCompletion(
             text=text,
             prompt=call.prompt,
@@ -328,6 +350,8 @@ class ReplayModel:
         call = self._calls[self._next]
         self._next += 1
         self._check_prompt(call, prompt)
+        if call.error is not None:
+            raise ReplayedModelError(call.error, partial_text=call.completion, partial_usage=call.usage)
         return Completion(
             text=call.completion, prompt=call.prompt, usage=call.usage, output_ids=call.completion_ids or []
         )

@@ -31,7 +31,7 @@ from qwq_agent.agent.loop_detector import (
 from qwq_agent.agent.loops.probe import AnswerProbe, ProbeModel, PromptRenderer
 from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolSpec
-from qwq_agent.agent.replay import RecordedCompletion
+from qwq_agent.agent.replay import RecordedCompletion, ReplayedModelError
 from qwq_agent.agent.turn_limits import ContextLength, TurnLimits
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta, Usage
@@ -75,6 +75,7 @@ class _Attempt(BaseModel):
     wall_out: bool = False
     hint: str | None = None  # the hand-arithmetic hint to write before continuing
     max_new_tokens: int = 0  # the request's token limit
+    deltas: int = 0  # pieces of output received (a floor for its tokens where the model counts none)
 
 
 class TurnStreamer:
@@ -162,19 +163,29 @@ class TurnStreamer:
                     async for ev in events:
                         yield ev
             except Exception as exc:
+                failure = _describe(exc)
+                if _is_model_error(exc):
+                    async for ev in self._record_failure(attempt, exc, failure):
+                        yield ev
                 if self._wall_out(exc):
-                    yield self._wall_stop(f"{WALL_OUT} ({type(exc).__name__}: {exc})")
+                    yield self._wall_stop(f"{WALL_OUT} ({failure})")
                     return
                 if not _is_model_error(exc) or attempts >= self.config.model_retries:
-                    yield self._stop("model_error", f"{type(exc).__name__}: {exc}")
+                    yield self._stop("model_error", failure)
+                    return
+                if self.tracker.left("generated_tokens") == 0:
+                    # The failed attempts spent the budget: a retry would generate past it.
+                    why = "the generated-token budget is spent, so the turn is not retried"
+                    yield self._stop("budget_exceeded", f"{failure} ({why})", kind="budget")
                     return
                 attempts += 1
-                wait = self._retry_wait(attempts, exc)
+                # A replayed failure waits for no server: the recorded run already waited.
+                wait = 0.0 if isinstance(exc, ReplayedModelError) else self._retry_wait(attempts, exc)
                 if not self.deadline.allows(wait + self._reserve):
                     why = f"no time left before the wall-time deadline to retry the turn in {wait:.1f} s"
-                    yield self._stop("model_error", f"{type(exc).__name__}: {exc} ({why})")
+                    yield self._stop("model_error", f"{failure} ({why})")
                     return
-                message = f"{type(exc).__name__}: {exc}; retrying the turn in {wait:.1f} s"
+                message = f"{failure}; retrying the turn in {wait:.1f} s"
                 yield self.emit(Warning_(kind="model_error", message=message))
                 await asyncio.sleep(wait)
                 self._reset()
@@ -263,6 +274,7 @@ class TurnStreamer:
                         attempt.signal = self._recorded_signal(mev)
                     continue
                 delta = mev.text if isinstance(mev, TextDelta) else ""
+                attempt.deltas += 1
                 cut = watcher.feed(delta) if watcher is not None else None
                 if cut is not None:  # the rest of the call is generated under the grammar
                     delta, attempt.call_open = delta[:cut], True
@@ -378,6 +390,30 @@ class TurnStreamer:
                 usage=usage,
                 completion_ids=ids,
                 intervention=attempt.signal,  # what a replay must do here too
+            )
+        )
+        yield self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))
+
+    async def _record_failure(
+        self, attempt: _Attempt, exc: BaseException, failure: str
+    ) -> AsyncIterator[Event]:
+        """A request that failed: the tokens it generated count against the budget like any others
+        (a retry makes the server generate again), and the trace keeps the output that came, which
+        the operator saw stream, and why it failed, so that a replay fails it where the run did."""
+        from qwq_agent.agent.clients.errors import ModelError
+
+        counted = exc.partial_usage if isinstance(exc, ModelError) else None
+        usage = (counted or Usage(completion_tokens=attempt.deltas)).model_copy(
+            update={"finish_reason": "error"}
+        )
+        self.tracker.account(usage)
+        yield self.emit(
+            ModelCall(
+                prompt=None,
+                prefix=self.prefix,
+                completion=attempt.text,
+                usage=usage,
+                error=failure,
             )
         )
         yield self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))
@@ -567,6 +603,11 @@ class TurnStreamer:
         if isinstance(pev, qparser.ContentDelta):
             return self.emit(ContentDelta(text=pev.text), trace=False)
         return None
+
+
+def _describe(exc: BaseException) -> str:
+    """A failure as `Type: message`; a replayed one as the recorded run described it."""
+    return str(exc) if isinstance(exc, ReplayedModelError) else f"{type(exc).__name__}: {exc}"
 
 
 def _is_model_error(exc: BaseException) -> bool:

@@ -161,6 +161,8 @@ class EventRenderer:
                 f"[dim]step {ev.step}: {u.prompt_tokens} prompt tokens ({u.cached_tokens} cached), "
                 f"{u.completion_tokens} generated, finish={u.finish_reason}[/dim]"
             )
+            if ev.error is not None:
+                c.print(plain(f"the request failed: {ev.error}", "dim"))
         elif isinstance(ev, ToolCallEvent):
             import json
 

@@ -56,6 +56,7 @@ class _Run:
     step_start: float = 0.0
     tools: dict[str, Span] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=lambda: {"input": 0, "output": 0, "cached": 0})
+    failed_call: bool = False  # the last model call failed and has its span (its model_error warning follows)
 
 
 class SpanRecorder:
@@ -211,6 +212,10 @@ class SpanRecorder:
         )
         if usage.finish_reason == "aborted":
             span.set_attribute("error.type", "aborted")
+        if ev.error is not None:
+            span.set_attribute("error.type", ev.error.split(":", 1)[0] or "model_error")
+            span.set_status(Status(StatusCode.ERROR, ev.error[:200]))
+        run.failed_call = ev.error is not None
         span.end(end_time=_ns(ev.ts))
         run.usage["input"] += usage.prompt_tokens
         run.usage["output"] += usage.completion_tokens
@@ -261,7 +266,10 @@ class SpanRecorder:
             },
             timestamp=_ns(ev.ts),
         )
-        if ev.kind == "model_error":  # a request that failed has no ModelCall: record the failure as one
+        failed_call, run.failed_call = run.failed_call, False
+        # A failed request is a failed ModelCall; a trace written before those were recorded, or a turn
+        # that could send no request, has only this warning: it stands for the request.
+        if ev.kind == "model_error" and not failed_call:
             span = self.tracer.start_span(
                 f"chat {run.model}",
                 context=self._parent(run),

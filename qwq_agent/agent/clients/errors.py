@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import reprlib
 
+from qwq_agent.protocols import Usage
+
 
 class ModelError(Exception):
     """Base class of model-client failures.
 
     `partial_text` is the raw output received before the failure ("" when nothing arrived), so a caller
-    can keep or discard what the model already wrote.
+    can keep or discard what the model already wrote. `partial_usage` is what that output cost, as far as
+    the client counted it (the server's running counts, else one token per id or event received); None
+    when nothing arrived. The server generated those tokens all the same, so budgets count them.
     """
 
-    def __init__(self, message: str, *, partial_text: str = "") -> None:
+    def __init__(self, message: str, *, partial_text: str = "", partial_usage: Usage | None = None) -> None:
         super().__init__(message)
         self.partial_text = partial_text
+        self.partial_usage = partial_usage
 
 
 class ModelConnectionError(ModelError):
@@ -48,9 +53,10 @@ class ModelServerError(ModelError):
         status_code: int | None = None,
         body: str = "",
         partial_text: str = "",
+        partial_usage: Usage | None = None,
         retry_after: float | None = None,
     ):
-        super().__init__(message, partial_text=partial_text)
+        super().__init__(message, partial_text=partial_text, partial_usage=partial_usage)
         self.status_code = status_code
         self.body = body
         # seconds the server asked us to wait before the next try (its Retry-After header), if any

@@ -356,6 +356,7 @@ class OpenAIChatClient(RoutingKeyMixin):
         stops = StopScanner(body.get("stop") or [])
         guard = OverrunGuard(body.get("max_tokens"))
         emitted = ""  # the raw text yielded: what the writer wrote, up to the earliest stop string
+        chunks = 0  # events that carried output: a floor for the tokens generated, should the stream fail
         self._check_open()
         request = self._http.build_request("POST", "/chat/completions", json=body, headers=self._headers())
         try:
@@ -404,6 +405,7 @@ class OpenAIChatClient(RoutingKeyMixin):
                             emitted += piece
                             yield TextDelta(text=piece)
                     guard.feed(pieces)
+                    chunks += 1 if pieces else 0
                     if stops.matched is not None:
                         done, finish = True, "stop"  # closing the response makes the server abort
                         break
@@ -428,23 +430,28 @@ class OpenAIChatClient(RoutingKeyMixin):
                 finish = "stop"
         except ModelError as exc:
             exc.partial_text = exc.partial_text or emitted
+            if exc.partial_usage is None and (chunks or usage):
+                exc.partial_usage = _usage(usage, None, ttft, started, floor=chunks)
             raise
-        details = usage.get("prompt_tokens_details") or {}
-        yield Completion(
-            text=emitted,
-            prompt=None,
-            usage=Usage(
-                prompt_tokens=(prompt_tokens := server_count(usage.get("prompt_tokens"))),
-                cached_tokens=min(
-                    server_count(details.get("cached_tokens") if isinstance(details, dict) else 0),
-                    prompt_tokens,
-                ),
-                completion_tokens=server_count(usage.get("completion_tokens")),
-                finish_reason=finish,
-                ttft_s=ttft,
-                latency_s=time.perf_counter() - started,
-            ),
-        )
+        yield Completion(text=emitted, prompt=None, usage=_usage(usage, finish, ttft, started))
+
+
+def _usage(
+    usage: dict[str, Any], finish: str | None, ttft: float | None, started: float, *, floor: int = 0
+) -> Usage:
+    """The counts of a chunk's `usage` (`floor`: the generated tokens the client counted itself)."""
+    details = usage.get("prompt_tokens_details") or {}
+    prompt_tokens = server_count(usage.get("prompt_tokens"))
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        cached_tokens=min(
+            server_count(details.get("cached_tokens") if isinstance(details, dict) else 0), prompt_tokens
+        ),
+        completion_tokens=server_count(usage.get("completion_tokens"), floor=floor),
+        finish_reason=finish,
+        ttft_s=ttft,
+        latency_s=time.perf_counter() - started,
+    )
 
 
 def _choices(event: dict[str, Any]) -> list[tuple[dict[str, Any], str | None]]:

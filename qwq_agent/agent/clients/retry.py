@@ -91,6 +91,7 @@ def check_deadline(delay: float, error: ModelError) -> None:
         raise ModelDeadlineExceeded(
             f"no time left before the deadline for another try (next backoff {delay:.2f} s); last failure: {error}",
             partial_text=error.partial_text,
+            partial_usage=error.partial_usage,
         ) from error
 
 

@@ -372,6 +372,7 @@ class SGLangClient(RoutingKeyMixin):
         output_ids: list[int] = []
         ttft: float | None = None
         final: dict[str, Any] | None = None
+        counts: dict[str, Any] | None = None  # the last meta_info: the server's running token counts
         incremental = self.incremental
         stops = StopScanner(payload["sampling_params"].get("stop") or [])
         guard = OverrunGuard(payload["sampling_params"].get("max_new_tokens"))
@@ -415,6 +416,7 @@ class SGLangClient(RoutingKeyMixin):
                     meta = event.get("meta_info")
                     if not isinstance(meta, dict):
                         raise ModelProtocolError(f"event without meta_info: {str(event)[:200]}")
+                    counts = meta
                     _finish_kind(meta.get("finish_reason"))  # a shape no completion could carry: refused now
                     if incremental is None:
                         incremental = _detect_incremental(event, meta, received)
@@ -470,6 +472,8 @@ class SGLangClient(RoutingKeyMixin):
             finished = finished or (stops.matched is None and not overran)
         except ModelError as exc:
             exc.partial_text = exc.partial_text or text
+            if exc.partial_usage is None and (counts is not None or output_ids):
+                exc.partial_usage = _usage(counts or {}, len(output_ids), None, ttft, started)
             raise
         finally:
             if sent and not finished:
@@ -481,14 +485,7 @@ class SGLangClient(RoutingKeyMixin):
             text=text,
             prompt=prompt if isinstance(prompt, str) else None,
             prompt_ids=None if isinstance(prompt, str) else list(prompt),
-            usage=Usage(
-                prompt_tokens=(prompt_tokens := server_count(final.get("prompt_tokens"))),
-                cached_tokens=min(server_count(final.get("cached_tokens")), prompt_tokens),
-                completion_tokens=server_count(final.get("completion_tokens"), floor=len(output_ids)),
-                finish_reason=_finish_kind(reason),
-                ttft_s=ttft,
-                latency_s=time.perf_counter() - started,
-            ),
+            usage=_usage(final, len(output_ids), _finish_kind(reason), ttft, started),
             rid=rid,
             # what the server reports only for the record: a value of the wrong type reads as unknown
             matched_stop=matched if isinstance(matched, str) or type(matched) is int else None,
@@ -504,6 +501,21 @@ class SGLangClient(RoutingKeyMixin):
             await asyncio.shield(self.abort(rid))
         except (ModelError, RuntimeError, asyncio.CancelledError):
             pass  # best effort: SGLang also aborts when it notices the disconnect
+
+
+def _usage(
+    meta: dict[str, Any], ids: int, finish_reason: str | None, ttft: float | None, started: float
+) -> Usage:
+    """The counts of a `meta_info` (the ids received are a floor for the generated tokens)."""
+    prompt_tokens = server_count(meta.get("prompt_tokens"))
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        cached_tokens=min(server_count(meta.get("cached_tokens")), prompt_tokens),
+        completion_tokens=server_count(meta.get("completion_tokens"), floor=ids),
+        finish_reason=finish_reason,
+        ttft_s=ttft,
+        latency_s=time.perf_counter() - started,
+    )
 
 
 def _is_abort(reason: object) -> bool:

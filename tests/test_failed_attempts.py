@@ -1,0 +1,160 @@
+"""Requests that fail after output arrived: their tokens are counted, they are traced, and replayed.
+
+A real scripted model server (HTTP on 127.0.0.1) drops connections mid-stream; the agent loop, the
+clients, the trace and the replay are the project's own.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from qwq_agent.agent.budgets import Budget
+from qwq_agent.agent.clients import NO_RETRY, OpenAIChatClient, SGLangClient
+from qwq_agent.agent.events import ModelCall, Warning_
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.replay import ReplayModel
+from qwq_agent.agent.trace import read_trace, recorded_completions
+from qwq_agent.testing.helpers import add, call
+from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
+
+DROP_AFTER = 40
+LONG = "Let me think about this carefully. " * 60
+ANSWER = "Easy.\n</think>\n\nFive."
+LOOP_SENTENCES = [
+    "Let me count the r letters in strawberry again: s, t, r, a, w, b, e, r, r, y, so that gives 3 r's.",
+    "Wait, maybe I miscounted the letters of strawberry, let me go through s t r a w b e r r y once more.",
+    "Hmm, s-t-r-a-w-b-e-r-r-y, I see r at position 3 and then two more near the end, that is 3 again.",
+    "But did I count the double r correctly? Let me recount the letters in strawberry from the start.",
+]
+NUDGE_MARK = "I'm going in circles"  # every level-1 nudge says so
+
+
+def config(**kw: object) -> AgentConfig:
+    return AgentConfig(check_language=False, model_retry_backoff_s=0.0, **kw)
+
+
+def client_for(api: str, server: ScriptedModelServer) -> SGLangClient | OpenAIChatClient:
+    if api == "openai":
+        return OpenAIChatClient(server.url, model="qwq-32b", retry=NO_RETRY)
+    return SGLangClient(server.url, retry=NO_RETRY)
+
+
+def cut_turn() -> Turn:
+    return Turn(text=LONG, drop_after=DROP_AFTER)
+
+
+@pytest.mark.parametrize(
+    ("budget", "sent"),
+    [
+        (50, [50, 10]),  # the retry may generate only what the cut attempt left of the budget
+        (DROP_AFTER, [DROP_AFTER]),  # the cut attempt spent it all: no retry is sent
+    ],
+)
+async def test_a_cut_attempts_tokens_count_against_the_generation_budget(tmp_path, budget, sent):
+    trace = tmp_path / "run.jsonl"
+    async with ScriptedModelServer([cut_turn(), cut_turn(), ANSWER]) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            cfg = config(model_retries=2, budget=Budget(max_generated_tokens=budget, max_wall_s=120))
+            result = await Agent(client, [], config=cfg, trace_path=trace).run("What is 2 + 3?")
+        max_new = [r.sampling_params.get("max_new_tokens") for r in server.requests]
+    assert max_new == sent
+    assert result.status == "budget_exceeded"
+    assert "generated_tokens" in (result.error or "")
+    # What the server generated: 40 tokens before the drop, then what the retry was allowed.
+    assert result.totals["generated_tokens"] == sum(min(DROP_AFTER, n) for n in sent)
+    failed = recorded_completions(read_trace(trace))[0]
+    assert failed.error is not None and failed.error.startswith("ModelConnectionError")
+    assert failed.usage.completion_tokens == DROP_AFTER and failed.usage.finish_reason == "error"
+    assert failed.completion and LONG.startswith(failed.completion)
+
+
+@pytest.mark.parametrize("api", ["native", "openai"])
+async def test_failed_attempts_are_traced_and_in_the_totals(tmp_path, api):
+    trace = tmp_path / "run.jsonl"
+    async with ScriptedModelServer([cut_turn(), cut_turn(), ANSWER]) as server:
+        async with client_for(api, server) as client:
+            agent = Agent(client, [], config=config(model_retries=2), trace_path=trace)
+            events = [ev async for ev in agent.stream("What is 2 + 3?")]
+    final = events[-1]
+    assert final.type == "final" and final.status == "completed" and final.answer == "Five."
+    calls = recorded_completions(read_trace(trace))
+    assert [c.error is not None for c in calls] == [True, True, False]
+    # The operator saw each cut attempt's output stream: the trace has it.
+    streamed = "".join(e.text for e in events if e.type in ("reasoning", "content"))
+    assert all(c.completion and c.completion in streamed for c in calls[:2])
+    assert [c.usage.completion_tokens for c in calls[:2]] == [DROP_AFTER, DROP_AFTER]
+    assert final.totals["generated_tokens"] == sum(c.usage.completion_tokens for c in calls)
+    assert final.totals["generated_tokens"] > 2 * DROP_AFTER
+
+
+def nudge_then_cut(answer: str):
+    """A model whose reasoning loops (nudged), whose continuation after the nudge is cut mid-stream,
+    and which answers when the turn is retried from its start."""
+    fresh = 0
+
+    def model(req: ScriptedRequest) -> str | Turn:
+        nonlocal fresh
+        if NUDGE_MARK in (req.prompt or ""):
+            return Turn(text="Fine, I stop counting and", drop_after=3)
+        fresh += 1
+        if fresh == 1:
+            return " ".join(LOOP_SENTENCES[i % 4] for i in range(200))
+        return answer
+
+    return model
+
+
+async def test_a_replay_fails_a_request_again_where_it_failed_after_a_nudge(tmp_path):
+    trace = tmp_path / "run.jsonl"
+    answer = "Counted.\n</think>\n\nThere are 3 r's."
+    async with ScriptedModelServer(nudge_then_cut(answer)) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [add], config=config(), trace_path=trace)
+            recorded = await agent.run("How many r's are in strawberry?")
+        assert len(server.requests) == 3
+    assert recorded.status == "completed" and recorded.answer == "There are 3 r's."
+
+    # The replay takes the nudge, fails the continuation where it failed, and retries the turn from its
+    # start as the run did: every recorded request is answered at its own prompt. (Without the failed
+    # request in the trace, the retry's completion was served to the continuation: a divergence.)
+    replay = ReplayModel.from_trace(trace)
+    events = [
+        ev async for ev in Agent(replay, [add], config=config()).stream("How many r's are in strawberry?")
+    ]
+    assert [e.message for e in events if isinstance(e, Warning_) and e.kind == "replay_divergence"] == []
+    final = events[-1]
+    assert final.type == "final" and final.status == "completed" and final.answer == recorded.answer
+    assert replay.remaining == 0
+
+    calls = recorded_completions(read_trace(trace))
+    assert [(c.intervention is not None, c.error is not None) for c in calls] == [
+        (True, False),
+        (False, True),
+        (False, False),
+    ]
+    assert NUDGE_MARK in calls[1].prefix and calls[2].prefix == ""
+    again = [e for e in events if isinstance(e, ModelCall)]
+    assert [(c.prefix, c.completion, c.error) for c in again] == [
+        (c.prefix, c.completion, c.error) for c in calls
+    ]
+    assert final.totals["generated_tokens"] == recorded.totals["generated_tokens"]
+
+
+async def test_a_resume_asks_the_live_model_where_the_recording_ended_on_failures(tmp_path):
+    trace = tmp_path / "run.jsonl"
+    first = "add\n</think>\n\n" + call("add", a=2, b=3)
+    async with ScriptedModelServer(
+        [first, Turn(text=LONG, drop_after=3), Turn(text=LONG, drop_after=3)]
+    ) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [add], config=config(model_retries=1), trace_path=trace)
+            recorded = await agent.run("What is 2 + 3?")
+    assert recorded.status == "model_error"
+    assert [c.error is not None for c in recorded_completions(read_trace(trace))] == [False, True, True]
+
+    async with ScriptedModelServer(["The tool says 5.\n</think>\n\n5"]) as live_server:
+        async with SGLangClient(live_server.url, retry=NO_RETRY) as live:
+            replay = ReplayModel.from_trace(trace, then=live)
+            resumed = await Agent(replay, [add], config=config(model_retries=1)).run("What is 2 + 3?")
+        assert len(live_server.requests) == 1
+    assert resumed.status == "completed" and resumed.answer == "5"
