@@ -1,7 +1,10 @@
 """`redact_url`: a URL fit to print or log, its credentials hidden.
 
-A model server behind basic auth is given as `http://user:password@host`; the URL is shown in error
-lines (stderr goes to CI logs and cron mail), so every place that prints one passes it through here.
+A model server, an MCP server, an OTLP collector or a search endpoint behind basic auth is given as
+`http://user:password@host` (httpx and the OTLP exporter send the userinfo as basic auth). Such URLs
+are named in error lines (stderr goes to CI logs and cron mail) and in tool observations (the model's
+prompt, the trace, the spans), so every place that shows one passes it through here, and a library's
+error text, which may quote the URL it failed on, through `redact_urls_in`.
 """
 
 from __future__ import annotations
@@ -37,17 +40,38 @@ def _userinfo_end(rest: str) -> int:
     return last if not_a_port or _HOST_PORT.fullmatch(after) else -1
 
 
-def redact_url(url: str) -> str:
+def redact_url(url: str, *, keep_user: bool = False) -> str:
     """`url` with its password replaced by `***` (`user:***@host`); a user name alone, often a token
-    itself, is replaced whole (`***@host`). A URL without credentials comes back unchanged; so does
-    one whose only `@` is in its path."""
+    itself, is replaced whole (`***@host`), unless `keep_user` (an ssh login: `ssh://user@host`). A URL
+    without credentials comes back unchanged; so does one whose only `@` is in its path."""
     scheme = _SCHEME.match(url)
     start = scheme.end() if scheme else 0
     end = _userinfo_end(url[start:])
     if end < 0:
         return url
     user, sep, _ = url[start : start + end].partition(":")
-    return f"{url[:start]}{user}:***{url[start + end :]}" if sep else f"{url[:start]}***{url[start + end :]}"
+    if sep:
+        return f"{url[:start]}{user}:***{url[start + end :]}"
+    return url if keep_user else f"{url[:start]}***{url[start + end :]}"
+
+
+def has_password(url: str) -> bool:
+    """Whether `url` carries a password (`user:password@host`), read as `redact_url` reads it."""
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme else 0
+    end = _userinfo_end(url[start:])
+    return end >= 0 and ":" in url[start : start + end]
+
+
+# A URL inside free text: from its scheme to the next blank, quote or angle bracket (httpx quotes the
+# URL it names: `for url 'http://user:pw@host/x'`; it percent-encodes any of those in a password).
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` with every URL in it passed through `redact_url`: for an error message of a library (an
+    HTTP status error quotes the URL it was raised for, credentials and all)."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)
 
 
 def hide_userinfo(url: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qwq_agent.agent.clients import OpenAIChatClient, SGLangClient
-from qwq_agent.urls import redact_url
+from qwq_agent.urls import has_password, redact_url, redact_urls_in
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,31 @@ from qwq_agent.urls import redact_url
 )
 def test_credentials_are_hidden_and_the_rest_kept(url, shown):
     assert redact_url(url) == shown
+
+
+def test_an_ssh_login_can_be_kept_and_a_password_is_hidden_all_the_same():
+    assert redact_url("ssh://qwq@host:22", keep_user=True) == "ssh://qwq@host:22"
+    assert redact_url("ssh://qwq:S3CR@host:22", keep_user=True) == "ssh://qwq:***@host:22"
+    assert has_password("ssh://qwq:S3CR@host") and has_password("http://a:S3CR/ET@127.0.0.1:30000")
+    assert not has_password("ssh://qwq@host") and not has_password("http://host/users/a:b@me")
+
+
+def test_every_url_in_a_library_s_error_text_is_redacted():
+    import httpx
+
+    url = "http://ops:S3CRETPW@127.0.0.1:30000/workers"
+    response = httpx.Response(403, request=httpx.Request("GET", url))
+    with pytest.raises(httpx.HTTPStatusError) as err:
+        response.raise_for_status()
+    assert "S3CRETPW" in str(err.value)  # httpx quotes the URL whole
+    shown = redact_urls_in(str(err.value))
+    assert "S3CRETPW" not in shown and "'http://ops:***@127.0.0.1:30000/workers'" in shown
+    assert "https://developer.mozilla.org/en-US/docs/Web/HTTP/Status/403" in shown  # others unchanged
+    assert (
+        redact_urls_in("to https://tok@h/x and ftp://u:p@h, then")
+        == "to https://***@h/x and ftp://u:***@h, then"
+    )
+    assert redact_urls_in("no URL here: a:b@c") == "no URL here: a:b@c"
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from typing import Any
 
 from qwq_agent.cli.safe_text import plain
 from qwq_agent.protocols import Tool
+from qwq_agent.urls import redact_url
 
 __all__ = ["RunExtras", "add_arguments", "open_extras"]
 
@@ -81,7 +82,7 @@ class RunExtras:
             if not await asyncio.to_thread(export.shutdown) and self._console is not None:  # within timeout_s
                 self._console.print(
                     plain(
-                        f"OpenTelemetry: {export.lost} spans did not reach {export.endpoint} "
+                        f"OpenTelemetry: {export.lost} spans did not reach {redact_url(export.endpoint)} "
                         f"(refused, or not taken within {export.timeout_s:g} s)",
                         "yellow",
                     ),
@@ -98,17 +99,19 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
     from qwq_agent.cli.errors import CliError
     from qwq_agent.cli.safe_text import safe
 
-    servers = [*args.mcp, *args.mcp_url]
     toolset = None
-    if servers:
+    if args.mcp or args.mcp_url:
         try:
-            from qwq_agent.mcp import MCPError, mcp_tools
+            from qwq_agent.mcp import MCPError, MCPServerSpec, mcp_tools
         except ImportError:
             raise CliError(
                 "--mcp and --mcp-url need the MCP SDK, which is not installed",
                 "pip install -e '.[mcp]' (in the qwq-agent checkout)",
             ) from None
         try:
+            # An --mcp-url is a URL, whatever it looks like: not run as a command (whose name, the URL
+            # with its credentials, every error would then quote).
+            servers = [*args.mcp, *(MCPServerSpec(url=url.strip()) for url in args.mcp_url)]
             toolset = await mcp_tools(*servers, reserved=[t.spec.name for t in tools])
         except (MCPError, ValueError) as exc:
             raise CliError(
@@ -138,5 +141,5 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
         recorder = SpanRecorder(
             export.tracer(), provider=provider, capture_content=True if args.otel_content else None
         )
-        console.print(plain(f"OpenTelemetry spans to {export.endpoint}", "dim"))
+        console.print(plain(f"OpenTelemetry spans to {redact_url(export.endpoint)}", "dim"))
     return RunExtras([*tools, *(toolset or [])], toolset, export, recorder, console)

@@ -19,6 +19,7 @@ from typing import Any
 from qwq_agent.cli.endpoint import check_model_url, model_endpoint
 from qwq_agent.cli.errors import DOCKER_FIX, EXIT_DOCKER, CliError
 from qwq_agent.settings import get_settings
+from qwq_agent.urls import redact_url
 
 # Tools that run inside the sandbox; a run choosing none of them starts no container.
 SANDBOX_TOOLS = frozenset({"python", "shell", "str_replace_editor", "search_code"})
@@ -39,7 +40,7 @@ def docker_socket() -> str:
     host = get_settings().docker_host
     if not host.startswith("unix://"):
         raise CliError(
-            f"DOCKER_HOST={host} is not a unix socket",
+            f"DOCKER_HOST={redact_url(host)} is not a unix socket",
             "unset DOCKER_HOST, or set it to unix:///path/to/docker.sock",
             code=EXIT_DOCKER,
         )
@@ -59,7 +60,7 @@ def check_remote_docker(host: str, timeout: float) -> None:
         problem = str(exc)
     if problem:
         raise CliError(
-            f"Docker is not reachable at {host}: {problem}",
+            f"Docker is not reachable at {redact_url(host, keep_user=True)}: {problem}",
             "check the host, its ssh key or TLS files (QWQ_DOCKER_SSH_CONFIG, DOCKER_CERT_PATH), or unset DOCKER_HOST",
             code=EXIT_DOCKER,
         )

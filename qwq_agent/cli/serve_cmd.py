@@ -257,9 +257,10 @@ def _log_hint(log_path: Path, tail: str) -> str:
 
 
 def _report(info) -> None:
-    print(f"ready: {info.url}", flush=True)
+    url = redact_url(info.url)  # `serve --model-url` takes a server behind basic auth
+    print(f"ready: {url}", flush=True)
     print(f"model: {info.model}")
     capacity = "unknown" if info.max_total_num_tokens is None else f"{info.max_total_num_tokens} tokens"
     length = "unknown" if info.context_length is None else info.context_length
     print(f"KV capacity: {capacity} (max_total_num_tokens); context length: {length}")
-    print(f'connect with: qwq-agent run --model-url {info.url} "TASK"', flush=True)
+    print(f'connect with: qwq-agent run --model-url {url} "TASK"', flush=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from qwq_agent.cli.serve_signals import stop_on_signals
 from qwq_agent.serve.fleet import Fleet, FleetInfo
 from qwq_agent.serve.launcher import ServeConfig
+from qwq_agent.urls import redact_url
 
 
 def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
@@ -165,13 +166,15 @@ def _tokens(count: int | None) -> str:
 
 
 def report_fleet(info: FleetInfo) -> None:
-    """The router's URL, each worker's KV capacity, and the total."""
+    """The router's URL, each worker's KV capacity, and the total (URLs without their credentials:
+    `serve --model-url` takes a router behind basic auth)."""
     policy = f", policy {info.policy}" if info.policy else ""
-    print(f"ready: {info.router_url} (router{policy})", flush=True)
+    router = redact_url(info.router_url)
+    print(f"ready: {router} (router{policy})", flush=True)
     for i, w in enumerate(info.workers):
         state = "healthy" if w.healthy else "UNHEALTHY"
-        print(f"worker {i}: {w.url} {state}, KV capacity: {_tokens(w.max_total_num_tokens)}")
+        print(f"worker {i}: {redact_url(w.url)} {state}, KV capacity: {_tokens(w.max_total_num_tokens)}")
     print(f"total KV capacity: {info.total_kv_tokens} tokens over {len(info.capacities)} workers")
     if info.policy == "affinity":
         print("affinity: clients send a routing key per run (routing_key=..., header x-smg-routing-key)")
-    print(f'connect with: qwq-agent run --model-url {info.router_url} "TASK"', flush=True)
+    print(f'connect with: qwq-agent run --model-url {router} "TASK"', flush=True)

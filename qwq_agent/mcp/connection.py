@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from qwq_agent.urls import redact_url, redact_urls_in
 
 __all__ = ["MCPConnectError", "MCPConnection", "MCPError", "MCPServerDied", "MCPServerSpec"]
 
@@ -40,7 +42,14 @@ class MCPServerDied(MCPError):
 
 
 class MCPServerSpec(BaseModel):
-    """How to reach one MCP server: a command (stdio) or a URL (streamable HTTP)."""
+    """How to reach one MCP server: a command (stdio) or a URL (streamable HTTP).
+
+    A URL may carry credentials (`http://user:password@host/mcp`: httpx sends them as basic auth);
+    `label`, and so every message naming the server, shows it through `redact_url`.
+    """
+
+    # A validation error would quote the URL, the headers or the environment given: secrets, often.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     command: list[str] | None = None
     url: str | None = None
@@ -58,7 +67,9 @@ class MCPServerSpec(BaseModel):
         if self.command is not None and not self.command:
             raise ValueError("an MCP server's command is empty")
         if self.url is not None and not re.match(r"^https?://", self.url):
-            raise ValueError(f"an MCP server URL must start with http:// or https://, got {self.url!r}")
+            raise ValueError(
+                f"an MCP server URL must start with http:// or https://, got {redact_url(self.url)!r}"
+            )
         return self
 
     @classmethod
@@ -74,8 +85,11 @@ class MCPServerSpec(BaseModel):
 
     @property
     def label(self) -> str:
-        """What to call the server in messages before it has told us its name."""
-        return self.name or self.url or shlex.join(self.command or [])
+        """What to call the server in messages before it has told us its name (its URL's credentials
+        hidden: the messages reach the model, the trace, the spans and the console)."""
+        if self.name:
+            return self.name
+        return redact_url(self.url) if self.url is not None else shlex.join(self.command or [])
 
 
 class MCPConnection:
@@ -332,7 +346,8 @@ class _WatchedReadStream:
 
 
 def _describe(exc: BaseException) -> str:
-    """The first leaf of an exception group (anyio wraps transport errors), as `Type: message`."""
+    """The first leaf of an exception group (anyio wraps transport errors), as `Type: message`, any
+    URL in it redacted (httpx's status errors quote the request's URL, credentials and all)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
+    return redact_urls_in(f"{type(exc).__name__}: {exc}")

@@ -24,6 +24,7 @@ from qwq_agent.tools.convert import (
 from qwq_agent.tools.registry import schema_problems
 from qwq_agent.tools.schema_patterns import ArgumentValidator
 from qwq_agent.tools.schema_refs import LOCAL_ONLY
+from qwq_agent.urls import redact_urls_in
 
 __all__ = [
     "MAX_DESCRIPTION_CHARS",
@@ -219,8 +220,10 @@ class MCPTool:
                 metadata={"error": "mcp_unavailable", "mcp_server": server},
             )
         except Exception as exc:  # the SDK's MCPError: the server refused the request
+            # Or an httpx error that escaped the SDK, quoting the server's URL with its credentials.
             return ToolOutput(
-                text=f"Tool '{self._spec.name}': the MCP server {server!r} answered with an error: {exc}",
+                text=f"Tool '{self._spec.name}': the MCP server {server!r} answered with an error: "
+                + redact_urls_in(str(exc)),
                 is_error=True,
                 metadata={"error": "mcp_protocol_error", "mcp_server": server},
             )

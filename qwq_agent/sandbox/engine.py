@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from qwq_agent.sandbox.errors import DockerAPIError, DockerUnreachable, SandboxError
+from qwq_agent.urls import redact_url
 
 if TYPE_CHECKING:
     from qwq_agent.sandbox.connector import Connector
@@ -34,7 +35,9 @@ def default_socket() -> str:
 
     host = get_settings().docker_host
     if not host.startswith("unix://"):
-        raise SandboxError(f"{host!r} is not a unix socket; use DockerEngine() for ssh:// and tcp:// hosts")
+        raise SandboxError(
+            f"{redact_url(host)!r} is not a unix socket; use DockerEngine() for ssh:// and tcp:// hosts"
+        )
     return host[len("unix://") :]
 
 

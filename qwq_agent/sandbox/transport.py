@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qwq_agent.sandbox.connector import STREAM_LIMIT, Connector, UnixConnector
 from qwq_agent.sandbox.errors import SandboxError
 from qwq_agent.sandbox.ssh_tunnel import shared_tunnel
+from qwq_agent.urls import has_password, redact_url
 
 
 class TLSFiles(BaseModel):
@@ -92,7 +93,11 @@ class DockerHost(BaseModel):
     `capacity` is how many sandboxes it takes at once (default: its memory over the sandbox memory
     limit, read from the engine). `ssh_config` is an ssh_config(5) file for `ssh://` hosts (default:
     the user's); `tls` holds the certificates of a `tcp://` host (default: `DOCKER_CERT_PATH`).
+    A URL with a password (`ssh://user:pw@host`) raises `SandboxError`, as Docker's own client refuses
+    one: nothing would send it, and every message naming the host would show it.
     """
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # an error quoting the URL would show its password
 
     url: str
     capacity: int | None = Field(default=None, ge=1)
@@ -105,7 +110,14 @@ class DockerHost(BaseModel):
         scheme = url.partition("://")[0]
         if scheme not in ("unix", "ssh", "tcp") or "://" not in url:
             raise ValueError(
-                f"not a Docker host URL: {url!r} (use unix:///path, ssh://user@host or tcp://host:port)"
+                f"not a Docker host URL: {redact_url(url)!r} (use unix:///path, ssh://user@host or tcp://host:port)"
+            )
+        if has_password(url):
+            # Not a ValueError: pydantic would wrap it in a ValidationError, which callers catching
+            # SandboxError for a bad host do not expect.
+            raise SandboxError(
+                f"{redact_url(url, keep_user=True)}: a Docker host URL cannot carry a password (ssh:// logs "
+                "in with a key: QWQ_DOCKER_SSH_CONFIG or ~/.ssh/config; tcp:// with TLS certificates)"
             )
         return url
 

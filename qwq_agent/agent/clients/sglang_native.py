@@ -40,7 +40,7 @@ from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.deadline import current_deadline
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
 from qwq_agent.server_info import ServerFacts, read_server_info
-from qwq_agent.urls import redact_url
+from qwq_agent.urls import redact_url, redact_urls_in
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,10 @@ class SGLangClient(RoutingKeyMixin):
         try:
             infos = await worker_infos(self._http)
         except (httpx.HTTPError, ValueError) as exc:
+            # A status error quotes the URL it was raised for, with the router's credentials.
             raise ModelServerError(
-                f"the router at {redact_url(self.base_url)} did not list its workers: {exc}"
+                f"the router at {redact_url(self.base_url)} did not list its workers: "
+                + redact_urls_in(str(exc))
             ) from exc
         facts = {url: read_server_info(raw) for url, raw in infos.items()}
         capacities = {url: c for url, f in facts.items() if (c := f.max_total_num_tokens)}

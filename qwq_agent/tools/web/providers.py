@@ -2,7 +2,8 @@
 
 Supported: SearXNG (`GET /search?format=json`), Brave Search API (`GET /res/v1/web/search` with the
 `X-Subscription-Token` header) and Tavily (`POST /search`). Keys are held as `SecretStr` and error
-messages are scrubbed of them, so they never reach logs or the model.
+messages are scrubbed of them, so they never reach logs or the model; so are the credentials of an
+endpoint URL (`http://user:password@searx.internal`, sent as basic auth).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import httpx
 from pydantic import BaseModel, SecretStr
 
 from qwq_agent.tools.web.fetch import known_charset
+from qwq_agent.urls import redact_url, redact_urls_in
 
 BRAVE_BASE_URL = "https://api.search.brave.com"
 TAVILY_BASE_URL = "https://api.tavily.com"
@@ -165,11 +167,10 @@ async def _request(
                 if len(body) > MAX_REPLY_BYTES:
                     raise SearchError(f"search provider's reply is larger than {MAX_REPLY_BYTES:,} bytes")
     except httpx.TimeoutException:
-        raise SearchError(_scrub(f"search request to {url} timed out", secrets)) from None
+        raise SearchError(_scrub(f"search request to {redact_url(url)} timed out", secrets)) from None
     except httpx.HTTPError as exc:
-        raise SearchError(
-            _scrub(f"search request to {url} failed: {type(exc).__name__}: {exc}", secrets)
-        ) from None
+        detail = redact_urls_in(f"{type(exc).__name__}: {exc}")  # httpx may quote the URL
+        raise SearchError(_scrub(f"search request to {redact_url(url)} failed: {detail}", secrets)) from None
     if status >= 400:
         # Scrubbed before it is cut: a key straddling the cut would keep its first characters. Only
         # the start is decoded, with a codec a page may name (punycode, quadratic, took minutes on

@@ -1,0 +1,241 @@
+"""Credentials in the URLs a user gives (MCP servers, the OTLP collector, search endpoints, a model
+server or router checked by `serve`, Docker hosts) are shown nowhere: not on the console, not in an
+observation (the model's prompt, the trace), not in a span.
+
+httpx and the OTLP exporter send `user:password@` as basic auth, so such URLs work; every message
+naming one passes it through `redact_url` (`user:***@host`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from qwq_agent.agent.clients import NO_RETRY, ModelServerError, SGLangClient
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+SECRET = "S3cretPw"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_credentials(url: str, user: str = "alice") -> str:
+    return url.replace("://", f"://{user}:{SECRET}@", 1)
+
+
+def tool_call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+def cli(*argv: str, env: dict[str, str] | None = None, cwd: str | None = None) -> str:
+    proc = subprocess.run(
+        [*CLI, *argv], capture_output=True, text=True, timeout=240, cwd=cwd, env={**os.environ, **(env or {})}
+    )
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out, out
+    return out
+
+
+# ----- MCP ------------------------------------------------------------------------------------------
+
+
+async def test_an_mcp_server_gone_mid_run_is_named_without_its_password_in_prompt_trace_and_spans(tmp_path):
+    pytest.importorskip("mcp")
+    pytest.importorskip("opentelemetry.sdk")
+    from mcp_helpers import http_server
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from qwq_agent.agent.loop import Agent, AgentConfig
+    from qwq_agent.mcp import mcp_tools
+    from qwq_agent.otel import SpanRecorder, traced
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    recorder = SpanRecorder(provider.get_tracer("test"), capture_content=False)
+    trace = tmp_path / "run.jsonl"
+    turns = [  # the first call finds the connection ended; the second cannot reconnect
+        "Add.\n</think>\n\n" + tool_call("add", a=1, b=2),
+        "Again.\n</think>\n\n" + tool_call("add", a=1, b=2),
+        "Down.\n</think>\n\nThe tool is down.",
+    ]
+    with http_server("secure") as (url, proc):
+        async with await mcp_tools(with_credentials(url)) as tools:
+            proc.kill()
+            proc.wait(timeout=10)
+            async with ScriptedModelServer(turns) as model, SGLangClient(model.url, retry=NO_RETRY) as client:
+                agent = Agent(client, list(tools), config=AgentConfig(check_language=False), trace_path=trace)
+                async for _ in traced(agent.stream("add 1 and 2"), recorder):
+                    pass
+                prompts = [r.prompt or "" for r in model.requests]
+
+    assert len(prompts) == 3 and "MCP server 'http://alice:***@127.0.0.1" in prompts[2]  # still named
+    assert not [p for p in prompts if SECRET in p]
+    assert SECRET not in trace.read_text()
+    tool_spans = [s for s in exporter.get_finished_spans() if s.name == "execute_tool add"]
+    assert len(tool_spans) == 2 and "alice:***@" in (tool_spans[1].status.description or "")
+    for span in exporter.get_finished_spans():
+        assert SECRET not in json.dumps([dict(span.attributes or {}), span.status.description], default=str)
+
+
+@pytest.mark.parametrize("scheme", ["http", "ftp"])
+def test_the_cli_names_an_mcp_url_it_cannot_use_without_its_password(scheme):
+    pytest.importorskip("mcp")
+    url = f"{scheme}://alice:{SECRET}@127.0.0.1:{free_port()}/mcp"  # nothing listens there
+    with ScriptedModelServer([]) as model:
+        out = cli("run", "hi", "--model-url", model.url, "--mcp-url", url)
+    assert SECRET not in out
+    assert f"{scheme}://alice:***@127.0.0.1" in out
+    if scheme == "ftp":  # an --mcp-url is a URL: refused as one, not run as a command
+        assert "must start with http:// or https://" in out
+
+
+# ----- OpenTelemetry --------------------------------------------------------------------------------
+
+
+def test_the_cli_names_the_otlp_endpoint_without_its_password(tmp_path):
+    pytest.importorskip("opentelemetry.sdk")
+    from qwq_agent.testing.otlp_receiver import OTLPReceiver
+
+    with ScriptedModelServer(["ok\n</think>\n\nDone."]) as model, OTLPReceiver() as rx:
+        out = cli("run", "hi", "--model-url", model.url, "--otel", with_credentials(rx.endpoint),
+                  "--trace", str(tmp_path / "run.jsonl"), cwd=str(tmp_path))  # fmt: skip
+        assert rx.wait_for(lambda got: len(got) >= 1)  # the endpoint was used as given
+    assert SECRET not in out
+    assert f"OpenTelemetry spans to {with_credentials(rx.endpoint).replace(SECRET, '***')}/v1/traces" in out
+
+
+async def test_the_lost_spans_line_names_the_otlp_endpoint_without_its_password():
+    pytest.importorskip("opentelemetry.sdk")
+    import io
+
+    from rich.console import Console
+
+    from qwq_agent.cli.ecosystem import RunExtras
+    from qwq_agent.otel import OtelExport
+
+    out = io.StringIO()
+    export = OtelExport(f"http://alice:{SECRET}@127.0.0.1:{free_port()}", timeout_s=0.5)  # refused
+    export.tracer().start_span("step 1").end()
+    await RunExtras([], export=export, console=Console(file=out, width=300)).aclose()
+    assert "spans did not reach http://alice:***@127.0.0.1:" in out.getvalue()
+    assert SECRET not in out.getvalue()
+
+
+# ----- web search -----------------------------------------------------------------------------------
+
+
+async def test_a_search_endpoint_that_fails_is_named_without_its_password():
+    from qwq_agent.protocols import ToolContext
+    from qwq_agent.tools.web.providers import SearxngProvider
+    from qwq_agent.tools.web_search import WebSearch, WebSearchArgs
+
+    searx = SearxngProvider(base_url=f"http://alice:{SECRET}@127.0.0.1:{free_port()}")  # refused
+    out = await WebSearch(searx).run(WebSearchArgs(query="q"), ToolContext())
+    assert out.is_error and "search request to http://alice:***@127.0.0.1:" in out.text
+    assert SECRET not in out.text
+
+
+# ----- a model server or router behind basic auth ---------------------------------------------------
+
+
+@contextmanager
+def router_refusing_its_workers_list() -> Iterator[str]:
+    """A router (its own summary as server info) that answers 403 to `/workers`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path in ("/server_info", "/get_server_info"):
+                body, status = json.dumps({"router_manager": True, "workers_count": 1}).encode(), 200
+            else:
+                body, status = b"{}", 403
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+async def test_a_router_that_refuses_its_workers_list_is_named_without_its_password():
+    with router_refusing_its_workers_list() as url:
+        async with SGLangClient(with_credentials(url, "ops"), retry=NO_RETRY) as client:
+            with pytest.raises(ModelServerError) as err:
+                await client.server_info()
+    assert "403" in str(err.value) and "ops:***@127.0.0.1" in str(err.value)
+    assert SECRET not in str(err.value)
+
+
+def test_serve_checks_a_server_behind_basic_auth_and_prints_its_url_without_the_password(capsys):
+    from qwq_agent.cli.main import main
+
+    with ScriptedModelServer(max_total_num_tokens=777) as server:
+        assert main(["serve", "--model-url", with_credentials(server.url, "ops")]) == 0
+    out = capsys.readouterr().out
+    shown = with_credentials(server.url, "ops").replace(SECRET, "***")
+    assert f"ready: {shown}" in out and f"--model-url {shown} " in out
+    assert SECRET not in out
+
+
+def test_serve_checks_a_router_behind_basic_auth_and_prints_its_url_without_the_password(tmp_path, capsys):
+    pytest.importorskip("sglang_router", reason="sglang-router is not installed (pip install -e '.[router]')")
+    from router_helpers import Router, scripted
+
+    from qwq_agent.cli.main import main
+
+    with scripted(tmp_path, 1000) as worker, Router([worker], "cache_aware", tmp_path) as router:
+        assert main(["serve", "--model-url", with_credentials(router.url, "ops")]) == 0
+    out = capsys.readouterr().out
+    shown = with_credentials(router.url, "ops").replace(SECRET, "***")
+    assert f"ready: {shown} (router)" in out and f"--model-url {shown} " in out
+    assert "total KV capacity: 1000 tokens" in out and SECRET not in out
+
+
+# ----- Docker hosts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["ssh", "tcp"])
+def test_a_docker_host_url_with_a_password_is_refused_without_showing_it(scheme):
+    from qwq_agent.sandbox.errors import SandboxError
+    from qwq_agent.sandbox.transport import DockerHost
+
+    with pytest.raises(SandboxError) as err:
+        DockerHost(url=f"{scheme}://qwq:{SECRET}@127.0.0.1:1")  # ssh would not send it: refused
+    assert SECRET not in str(err.value) and f"{scheme}://qwq:***@127.0.0.1:1" in str(err.value)
+    assert DockerHost(url=f"{scheme}://qwq@127.0.0.1:1").url == f"{scheme}://qwq@127.0.0.1:1"
+
+
+@pytest.mark.parametrize("host", ["ssh://qwq:{}@127.0.0.1:1", "http://qwq:{}@127.0.0.1:1"])
+def test_the_cli_names_docker_host_without_its_password(host):
+    out = cli("run", "hi", "--tools", "python", "--model-url", "http://127.0.0.1:1",
+              env={"DOCKER_HOST": host.format(SECRET)})  # fmt: skip
+    assert SECRET not in out
+    assert host.format("***") in out
