@@ -453,3 +453,114 @@ async def test_a_policy_denial_recorded_without_its_call_lets_nothing_run_unaske
         result = await agent.run("x")
         assert result.status == status, (recording, result.error)
     assert RAN == []
+
+
+TIMEOUTS: list[float] = []
+
+
+@tool
+def run_for(command: str, timeout: float = 10.0) -> str:
+    """Run a command for at most `timeout` seconds (here: only recorded)."""
+    RAN.append(command)
+    TIMEOUTS.append(timeout)
+    return f"ran: {command}"
+
+
+NAN_CALL = (
+    '<tool_call>\n{"name": "run_for", "arguments": {"command": "make clean", "timeout": NaN}}\n</tool_call>'
+)
+HUGE_CALL = (
+    "<tool_call>\n{'name': 'run_for', 'arguments': {'command': 'make clean', 'timeout': 1e999}}\n</tool_call>"
+)
+
+
+async def test_a_call_with_nan_or_infinity_is_refused_and_a_resume_and_replay_get_past_the_retry(tmp_path):
+    """`NaN` (json.loads reads it) and `1e999` (the Python-literal repair reads it as inf) went to the
+    tool while the trace recorded `timeout: null`; the recorded call then never equalled the replayed
+    one, so `--resume --decide allow` asked again forever and a replay stopped where the recording went
+    on. Now such a call is not run: the model reads which argument and why, and its retry is decided,
+    resumed and replayed like any call."""
+    from qwq_agent.agent.approval import pending_approval, replay_approver, resume_decisions
+    from qwq_agent.agent.replay import ReplayModel, load_recording
+
+    turns = [
+        "clean\n</think>\n\n" + NAN_CALL + "\n" + HUGE_CALL,
+        "retry\n</think>\n\n" + call("run_for", command="make clean", timeout=30),
+    ]
+    policy = ApprovalPolicy(rules=[Rule(tool="run_for", action="ask")], default="allow")
+    trace = tmp_path / "t.jsonl"
+    RAN.clear()
+    TIMEOUTS.clear()
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        cfg = AgentConfig(check_language=False, approval=policy)
+        first = await Agent(client, [run_for], config=cfg, trace_path=trace).run("Clean up.")
+        retry_prompt = server.requests[1].prompt
+    assert first.status == "awaiting_approval" and RAN == []
+    assert 'argument "timeout" is NaN, which is not a number JSON allows' in retry_prompt
+    assert 'argument "timeout" is Infinity (or a number too large for JSON, such as 1e999)' in retry_prompt
+    pending = pending_approval(trace)
+    assert pending is not None and pending.call.arguments == {"command": "make clean", "timeout": 30}
+    # The one call asked about is the one the tool would get: no argument recorded as null.
+    asked = [e.call.arguments for e in read_trace(trace) if isinstance(e, ApprovalRequested)]
+    assert asked == [{"command": "make clean", "timeout": 30}]
+
+    rec = load_recording(trace)
+    resumed_trace = tmp_path / "resumed.jsonl"
+    async with (
+        ScriptedModelServer(["done\n</think>\n\nCleaned."]) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        model = ReplayModel.from_recording(rec, then=client)
+        approver = resume_decisions(trace, ApprovalDecision.allow())
+        agent = Agent(
+            model, [run_for], config=rec.agent_config(), approver=approver, trace_path=resumed_trace
+        )
+        resumed = await agent.run(rec.task)
+    assert resumed.status == "completed", resumed.error
+    assert RAN == ["make clean"] and TIMEOUTS == [30]
+
+    RAN.clear()
+    replay = load_recording(resumed_trace)
+    agent = Agent(
+        ReplayModel.from_recording(replay),
+        [run_for],
+        config=replay.agent_config(),
+        approver=replay_approver(resumed_trace),
+    )
+    replayed = await agent.run(replay.task)
+    assert replayed.status == "completed" and replayed.answer == "Cleaned." and RAN == ["make clean"]
+
+
+def test_a_recorded_decision_applies_to_its_call_compared_as_the_trace_wrote_it():
+    """A trace writes NaN as null and a tuple as a list: a live call holding them is the recorded call
+    itself (Python's `==` said otherwise: nan != nan), and any other value is still another call."""
+    from qwq_agent.agent.approval import RecordedApprover
+
+    recorded = ToolCall(id="c", name="run_for", arguments={"command": "x", "timeout": None, "env": ["A"]})
+    approver = RecordedApprover({"c": ApprovalDecision.allow()}, calls={"c": recorded})
+    live = ToolCall(
+        id="c", name="run_for", arguments={"command": "x", "timeout": float("nan"), "env": ("A",)}
+    )
+    assert approver.known(live) == ApprovalDecision.allow() and not approver.differs(live)
+    other = live.model_copy(update={"arguments": {**live.arguments, "timeout": 5}})
+    assert approver.known(other) is None and approver.differs(other)
+
+
+async def test_an_edit_holding_nan_is_refused_naming_the_argument():
+    """An edit's NaN passed the schema check (JSON Schema's `number` takes it) and ran, recorded as null."""
+    from qwq_agent.cli.approval_prompt import parse_decision
+
+    RAN.clear()
+
+    async def approver(request: ApprovalRequest) -> ApprovalDecision:
+        return ApprovalDecision.edit({"command": "make clean", "timeout": float("nan")})
+
+    turns = ["x\n</think>\n\n" + call("run_for", command="make"), "done\n</think>\n\nok"]
+    cfg = AgentConfig(check_language=False, approval=ApprovalPolicy(default="ask"))
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        result = await Agent(client, [run_for], config=cfg, approver=approver).run("Build.")
+        second = server.requests[1].prompt
+    assert result.status == "completed" and RAN == []
+    assert 'edited arguments are invalid: argument "timeout" is NaN' in second
+    with pytest.raises(ValueError, match='--decide edit: argument "timeout" is NaN'):
+        parse_decision('edit:{"command": "make clean", "timeout": NaN}')

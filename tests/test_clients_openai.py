@@ -256,6 +256,17 @@ async def test_a_parsed_call_whose_argument_holds_the_closing_tag_runs_with_it_i
     assert seen == [note] and result.status == "completed"
 
 
+def test_call_arguments_with_a_number_json_has_not_reach_the_parser_as_the_server_sent_them():
+    """`1e999` was read as inf and written back as `Infinity`: the model's own text was lost."""
+    from qwq_agent.agent.clients.openai_chat import format_tool_call
+    from qwq_agent.agent.parser import parse
+
+    text = format_tool_call("shell", '{"command": "x", "timeout": 1e999}')
+    assert '"timeout": 1e999' in text
+    result = parse("ok\n</think>\n\n" + text)
+    assert not result.tool_calls and 'argument "timeout" is Infinity' in result.errors[0].message
+
+
 def test_malformed_calls_are_sent_in_the_content_and_answered_first():
     from qwq_agent.agent.clients.openai_chat import to_openai_messages
     from qwq_agent.agent.messages import MalformedCall

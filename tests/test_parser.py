@@ -451,3 +451,31 @@ def test_brackets_are_only_added_after_a_complete_value():
     assert r.tool_calls == [] and len(r.errors) == 1
     r = parse('</think><tool_call>\n{"name": "f", "arguments": {"a": 1,')
     assert r.tool_calls == [] and len(r.errors) == 1
+
+
+@pytest.mark.parametrize(
+    ("arguments", "needle"),
+    [
+        ('{"timeout": NaN}', 'argument "timeout" is NaN'),
+        ('{"timeout": Infinity}', 'argument "timeout" is Infinity'),
+        ('{"timeout": -Infinity}', 'argument "timeout" is -Infinity'),
+        (
+            '{"timeout": 1e999}',
+            'argument "timeout" is Infinity (or a number too large for JSON, such as 1e999)',
+        ),
+        ("{'timeout': 1e999,}", 'argument "timeout" is Infinity'),  # through the Python-literal repair
+        ('{"opts": {"limits": [1, NaN]}}', 'argument "opts"["limits"][1] is NaN'),
+        ('"{\\"timeout\\": NaN}"', 'argument "timeout" is NaN'),  # arguments given as a JSON string
+    ],
+)
+def test_a_number_json_has_not_is_a_malformed_call_naming_the_argument(arguments, needle):
+    """Python's json reads NaN, Infinity and 1e999; the tool got them and the trace recorded null."""
+    result = parse(
+        'x\n</think>\n\n<tool_call>\n{"name": "shell", "arguments": ' + arguments + "}\n</tool_call>"
+    )
+    assert not result.tool_calls
+    (error,) = result.errors
+    assert error.name == "shell" and needle in error.message and "so the call was not run" in error.message
+    # The largest finite numbers are numbers like any other.
+    fine = parse("x\n</think>\n\n" + call_block("shell", {"timeout": 1.7976931348623157e308, "n": -1e-320}))
+    assert fine.tool_calls[0].arguments == {"timeout": 1.7976931348623157e308, "n": -1e-320}

@@ -34,7 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qwq_agent.agent.events import ApprovalDecided, ApprovalRequested, Final, ToolCallEvent
 from qwq_agent.agent.messages import Message, ToolCall
+from qwq_agent.agent.repair import non_finite_problem
 from qwq_agent.agent.trace import read_trace
+from qwq_agent.surrogates import replace_surrogates_in
 
 __all__ = [
     "ApprovalDecision",
@@ -187,9 +189,16 @@ class RecordedApprover:
         self.undecided = set(undecided) - self.decisions.keys()
 
     def matches(self, call: ToolCall) -> bool:
-        """Whether the recording holds `call` itself under its id (same tool, same arguments)."""
+        """Whether the recording holds `call` itself under its id (same tool, same arguments).
+
+        Both are compared as the trace records them: a live call's values that its JSON changes (NaN to
+        null, a tuple to a list) still match the recording of that very call.
+        """
         recorded = self.calls.get(call.id)
-        return recorded is not None and recorded.name == call.name and recorded.arguments == call.arguments
+        if recorded is None:
+            return False
+        mine, theirs = _as_recorded(call), _as_recorded(recorded)
+        return mine is not None and mine == theirs
 
     def known(self, call: ToolCall) -> ApprovalDecision | None:
         """The decision recorded for `call`; None when there is none, or it was made about another call."""
@@ -212,6 +221,18 @@ class RecordedApprover:
         if self.then is None:
             return ApprovalDecision(action="defer")
         return await self.then(request)
+
+
+def _as_recorded(call: ToolCall) -> dict[str, Any] | None:
+    """`call`'s tool and arguments in the form a trace writes them (see `trace._encode`); None when it
+    cannot be written at all."""
+    try:
+        form: dict[str, Any] = replace_surrogates_in(
+            call.model_dump(mode="json", include={"name", "arguments"})
+        )
+        return form
+    except (ValueError, RecursionError):
+        return None
 
 
 def denied_text(reason: str | None) -> str:
@@ -276,8 +297,12 @@ async def review_calls(
                         decision = await approver(request)
                 except TimeoutError:
                     pass  # deferred: the trace keeps the question for a later process
-            if decision.action == "edit" and validate is not None:
-                problems = validate(call.model_copy(update={"arguments": decision.arguments or {}}))
+            if decision.action == "edit":
+                # A NaN the tool would get and the trace record as null: refused like the model's own.
+                non_finite = non_finite_problem(decision.arguments or {})
+                problems = [non_finite] if non_finite is not None else []
+                if not problems and validate is not None:
+                    problems = validate(call.model_copy(update={"arguments": decision.arguments or {}}))
                 if problems:
                     # The approver's arguments are not valid: the call is refused, and the model told why.
                     decision = ApprovalDecision.deny(

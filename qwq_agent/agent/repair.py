@@ -15,7 +15,9 @@ from __future__ import annotations
 import ast
 import io
 import json
+import math
 import tokenize
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -320,6 +322,15 @@ def _to_call(value: Any, repairs: list[str]) -> RepairedCall:
             "pass deep data flattened or as a string",
             name=name,
         )
+    # json.loads reads NaN, Infinity and 1e999 (literal_eval too), which JSON has no numbers for: the tool
+    # would get them while the trace records null (and a NaN timeout never expires). The model is told.
+    problem = non_finite_problem(args)
+    if problem is not None:
+        raise CallDecodeError(
+            f"{problem}, so the call was not run. Give a finite number instead "
+            "(or leave the argument out, if it is optional).",
+            name=name,
+        )
     # json.loads accepts "\ud83d" (half a pair) as a lone surrogate, which nothing can encode again:
     # the next request, the trace and the terminal would all fail on it.
     clean_name, clean_args = replace_surrogates(name), replace_surrogates_in(args)
@@ -343,3 +354,31 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
             return True
         stack.extend((c, depth + 1) for c in children)
     return False
+
+
+def non_finite_problem(arguments: Mapping[str, Any]) -> str | None:
+    """The first NaN or infinity in `arguments`, named with where it is; None when there is none.
+
+    JSON has no such numbers, though Python's `json` reads `NaN`, `Infinity` and numbers past a
+    double's range (`1e999`). Iterative: no recursion limit to hit.
+    """
+    stack: list[tuple[str, Any]] = [(_key(k), v) for k, v in reversed(list(arguments.items()))]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            if math.isnan(value):
+                return f"argument {path} is NaN, which is not a number JSON allows (numbers must be finite)"
+            sign = "-" if value < 0 else ""
+            return (
+                f"argument {path} is {sign}Infinity (or a number too large for JSON, such as {sign}1e999), "
+                "which is not a number JSON allows (numbers must be finite)"
+            )
+        if isinstance(value, dict):
+            stack.extend((f"{path}[{_key(k)}]", v) for k, v in reversed(list(value.items())))
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def _key(key: Any) -> str:
+    return json.dumps(key, ensure_ascii=False)

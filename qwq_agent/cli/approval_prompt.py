@@ -28,6 +28,7 @@ from qwq_agent.agent.approval import (
     replay_approver,
     resume_decisions,
 )
+from qwq_agent.agent.repair import non_finite_problem
 from qwq_agent.cli.errors import EXIT_AWAITING_APPROVAL
 from qwq_agent.cli.safe_text import plain, safe
 
@@ -64,6 +65,8 @@ def parse_decision(value: str) -> ApprovalDecision:
             raise ValueError(f"--decide edit: the arguments are not JSON ({exc})") from None
         if not isinstance(arguments, dict):
             raise ValueError("--decide edit: the arguments must be a JSON object")
+        if (problem := non_finite_problem(arguments)) is not None:
+            raise ValueError(f"--decide edit: {problem}")
         return ApprovalDecision.edit(arguments)
     raise ValueError(f"--decide takes allow, deny[:REASON] or edit:JSON, not {value!r}")
 
@@ -356,6 +359,9 @@ class TerminalApprover:
                 continue
             if not isinstance(arguments, dict):
                 self.console.print("[red]the arguments must be a JSON object[/red]")
+                continue
+            if (problem := non_finite_problem(arguments)) is not None:
+                self.console.print(plain(problem, "red"))
                 continue
             problems = self.validate(call.model_copy(update={"arguments": arguments}))
             if problems:

@@ -178,9 +178,12 @@ def format_tool_call(name: str, arguments: str) -> str:
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
         # The server decoded the call: a "</tool_call>" inside a string must not end its block here.
-        body = safe_call_json(json.dumps({"name": name, "arguments": parsed}, ensure_ascii=False))
-    # ValueError: JSON errors, and integers past Python's 4300-digit limit; RecursionError: nested too
-    # deeply to read. The parser reports either.
+        # allow_nan=False: NaN or 1e999 (read as inf) stay as the server sent them, for the parser to refuse.
+        body = safe_call_json(
+            json.dumps({"name": name, "arguments": parsed}, ensure_ascii=False, allow_nan=False)
+        )
+    # ValueError: JSON errors, integers past Python's 4300-digit limit, numbers JSON has not (NaN, inf);
+    # RecursionError: nested too deeply to read. The parser reports each.
     except (ValueError, RecursionError):
         body = '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": ' + arguments + "}"
     return f"<tool_call>\n{body}\n</tool_call>"
