@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from qwq_agent.agent.profiles import DEFAULT_PROFILE
 from qwq_agent.cli.endpoint import check_model_url
 from qwq_agent.cli.errors import EXIT_MODEL, CliError
+from qwq_agent.http_probe import AnswerTooLarge, get_capped
 from qwq_agent.protocols import Model
 from qwq_agent.urls import redact_url
 
@@ -28,6 +31,15 @@ def advice(url: str, why: str) -> ModelUnavailable:
     )
 
 
+def _plain_http_hint(url: str) -> str:
+    # A plain-HTTP server never answers (or garbles) a TLS handshake.
+    return (
+        "; if the server speaks plain HTTP, use http:// instead of https://"
+        if url.startswith("https://")
+        else ""
+    )
+
+
 async def connect_model(
     url: str,
     *,
@@ -39,7 +51,8 @@ async def connect_model(
     timeout: float = 3.0,
     routing_key: str | None = None,
 ) -> Model:
-    """A client for `url` once the server has answered a cheap request within `timeout` seconds.
+    """A client for `url` once the server has answered a cheap request within `timeout` seconds (the
+    whole answer, however slowly it trickles in, of at most `PROBE_MAX_BYTES`).
 
     `keep_reasoning`, `profile` (the chat format) and `written_order` are how the native client renders
     prompts (`PromptOptions`); an
@@ -51,21 +64,27 @@ async def connect_model(
     check_model_url(url)
     probe = "/health" if api == "native" else "/v1/models"
     try:
-        async with httpx.AsyncClient(timeout=timeout) as http:
-            response = await http.get(url.rstrip("/") + probe)
+        # httpx's timeout bounds each read, not the request: a server dripping its answer would keep
+        # the CLI waiting, silent, before any run (and its deadline) begins.
+        async with asyncio.timeout(timeout), httpx.AsyncClient(timeout=timeout) as http:
+            answer = await get_capped(http, url.rstrip("/") + probe)
+    except TimeoutError:
+        # The deadline may have cut short a TLS handshake, as httpx's ConnectTimeout would have.
+        raise advice(url, f"{probe} did not answer within {timeout:g} s" + _plain_http_hint(url)) from None
+    except AnswerTooLarge as exc:
+        raise advice(url, str(exc)) from None
     except httpx.HTTPError as exc:
         why = type(exc).__name__
-        if url.startswith("https://") and isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-            # A plain-HTTP server never answers (or garbles) a TLS handshake.
-            why += "; if the server speaks plain HTTP, use http:// instead of https://"
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            why += _plain_http_hint(url)
         raise advice(url, why) from None
-    if response.status_code in (401, 403):
+    if answer.status_code in (401, 403):
         raise ModelUnavailable(
-            f"the model server at {redact_url(url)} refused the API key (HTTP {response.status_code} on {probe})",
+            f"the model server at {redact_url(url)} refused the API key (HTTP {answer.status_code} on {probe})",
             f"set the server's key in {KEY_HINT}",
         )
-    if api == "native" and response.status_code != 200:
-        raise advice(url, f"{probe} answered {response.status_code}")
+    if api == "native" and answer.status_code != 200:
+        raise advice(url, f"{probe} answered {answer.status_code}")
     if api == "native":
         from qwq_agent.agent.clients import SGLangClient
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from qwq_agent.http_probe import AnswerTooLarge, get_within
 from qwq_agent.serve.launcher import (
     ReadyInfo,
     ServeConfig,
@@ -239,14 +240,15 @@ class FleetInfo:
 
 def probe_router(url: str, *, timeout: float = 5.0) -> FleetInfo | None:
     """The fleet behind the router at `url` (its `/workers`, then each worker's `/server_info`);
-    None when the router does not answer or is not an SGLang router."""
+    None when the router does not answer or is not an SGLang router.
+
+    `timeout` bounds the router's `/workers` answer, and then each worker's probe, as a whole."""
     try:
-        with httpx.Client(base_url=url, timeout=timeout) as http:
-            response = http.get("/workers")
-            if response.status_code != 200:
-                return None
-            listed = response.json().get("workers")
-    except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError):
+        response = get_within(url + "/workers", timeout)
+        if response.status_code != 200:
+            return None
+        listed = response.json_body().get("workers")
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError, TimeoutError, AnswerTooLarge):
         return None
     if not isinstance(listed, list):
         return None
@@ -268,11 +270,20 @@ def probe_router(url: str, *, timeout: float = 5.0) -> FleetInfo | None:
 
 
 def _ready_workers(url: str, timeout: float) -> int | None:
-    """How many workers the router's `/readiness` counts healthy (None: no answer yet)."""
+    """How many workers the router's `/readiness` counts healthy (None: no answer yet, or none within
+    `timeout` seconds however slowly it trickles in)."""
     try:
-        response = httpx.get(url + "/readiness", timeout=timeout)
-        return int(response.json().get("healthy_workers", 0))
-    except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError, TypeError):
+        response = get_within(url + "/readiness", timeout)
+        return int(response.json_body().get("healthy_workers", 0))
+    except (
+        httpx.HTTPError,
+        httpx.InvalidURL,
+        ValueError,
+        AttributeError,
+        TypeError,
+        TimeoutError,
+        AnswerTooLarge,
+    ):
         return None
 
 

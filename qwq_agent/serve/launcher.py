@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from qwq_agent.http_probe import AnswerTooLarge, get_capped, run_bounded
 from qwq_agent.serve.watchdog import STAND_DOWN
 from qwq_agent.server_info import read_server_info
 
@@ -139,16 +140,22 @@ class ReadyInfo:
 
 
 def probe(url: str, *, timeout: float = 5.0) -> ReadyInfo | None:
-    """`ReadyInfo` when `url/health` answers 200 (with `/server_info` read), else None."""
+    """`ReadyInfo` when `url/health` answers 200 (with `/server_info` read), else None.
+
+    `timeout` bounds the whole probe, however slowly the server answers; an answer larger than
+    `PROBE_MAX_BYTES` is no answer.
+    """
     try:
-        with httpx.Client(base_url=url, timeout=timeout) as http:
-            if http.get("/health").status_code != 200:
-                return None
-            response = http.get("/server_info")
-            if response.status_code == 404:
-                response = http.get("/get_server_info")
-            info = response.json() if response.status_code == 200 else {}
-    except (httpx.HTTPError, httpx.InvalidURL, ValueError):  # InvalidURL is no HTTPError
+        info = run_bounded(_server_info_if_healthy(url, timeout), timeout)
+    except (
+        httpx.HTTPError,
+        httpx.InvalidURL,  # no HTTPError
+        ValueError,
+        TimeoutError,
+        AnswerTooLarge,
+    ):
+        return None
+    if info is None:
         return None
     facts = read_server_info(info)  # healthy, but an odd /server_info: its capacity is unknown
     return ReadyInfo(
@@ -158,6 +165,17 @@ def probe(url: str, *, timeout: float = 5.0) -> ReadyInfo | None:
         context_length=facts.context_length,
         version=facts.version,
     )
+
+
+async def _server_info_if_healthy(url: str, timeout: float) -> Any:
+    """The `/server_info` body ({} when the server has none) once `/health` answers 200, else None."""
+    async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
+        if (await get_capped(http, "/health")).status_code != 200:
+            return None
+        response = await get_capped(http, "/server_info")
+        if response.status_code == 404:
+            response = await get_capped(http, "/get_server_info")
+        return response.json_body() if response.status_code == 200 else {}
 
 
 def port_in_use(host: str, port: int) -> bool:

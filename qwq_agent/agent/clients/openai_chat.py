@@ -49,6 +49,7 @@ from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.markers import defuse, defuse_spec
 from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.http_probe import AnswerTooLarge, get_capped
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
 from qwq_agent.urls import redact_url
 
@@ -269,7 +270,9 @@ class OpenAIChatClient(RoutingKeyMixin):
         """Model ids from `/v1/models`."""
         self._check_open()
         try:
-            response = await self._http.get("/models", headers=self._headers())
+            response = await get_capped(self._http, "/models", headers=self._headers())
+        except AnswerTooLarge as exc:
+            raise ModelProtocolError(str(exc)) from None
         except httpx.HTTPError as exc:
             raise ModelConnectionError(f"GET /models failed: {type(exc).__name__}") from None
         if response.status_code >= 400:
@@ -279,7 +282,7 @@ class OpenAIChatClient(RoutingKeyMixin):
                 body=self._redact(response.text)[:500],  # redacted before cut: a cut key would not match
             )
         try:
-            return [m["id"] for m in response.json()["data"]]
+            return [m["id"] for m in response.json_body()["data"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelProtocolError("GET /models: unexpected answer") from exc
 

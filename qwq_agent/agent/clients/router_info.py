@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from qwq_agent.agent.clients.errors import ModelProtocolError
+from qwq_agent.agent.clients.errors import ModelProtocolError, ModelServerError
+from qwq_agent.http_probe import AnswerTooLarge, get_capped
 
 
 def is_router_summary(raw: dict[str, Any]) -> bool:
@@ -22,14 +23,22 @@ def is_router_summary(raw: dict[str, Any]) -> bool:
 
 async def worker_infos(http: httpx.AsyncClient, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
     """Each healthy worker's `/server_info` (or `/get_server_info`), by URL; unreachable ones (and those
-    answering anything but a JSON object) are left out.
+    answering anything but a JSON object of at most `PROBE_MAX_BYTES`, or not within `timeout` seconds)
+    are left out.
 
-    Raises `ModelProtocolError` when `/workers` is not the router's `{"workers": [...]}`.
+    Raises `ModelProtocolError` when `/workers` is not the router's `{"workers": [...]}` (or is larger
+    than `PROBE_MAX_BYTES`), `ModelServerError` when it answers an error status.
     """
-    response = await http.get("/workers")
-    response.raise_for_status()
     try:
-        body = response.json()
+        response = await get_capped(http, "/workers")
+    except AnswerTooLarge as exc:
+        raise ModelProtocolError(f"the router's {exc}") from None
+    if response.status_code >= 400:
+        raise ModelServerError(
+            f"the router's /workers answered {response.status_code}", status_code=response.status_code
+        )
+    try:
+        body = response.json_body()
     except ValueError as exc:
         raise ModelProtocolError("the router's /workers did not answer JSON") from exc
     listed = body.get("workers") if isinstance(body, dict) else None
@@ -40,17 +49,16 @@ async def worker_infos(http: httpx.AsyncClient, timeout: float = 10.0) -> dict[s
     ]
 
     async def one(client: httpx.AsyncClient, url: str) -> tuple[str, dict[str, Any] | None]:
-        for path in ("/server_info", "/get_server_info"):
-            try:
-                r = await client.get(url.rstrip("/") + path)
-            except httpx.HTTPError:
-                return url, None
-            if r.status_code == 200:
-                try:
-                    body = r.json()
-                except ValueError:
-                    return url, None
-                return url, body if isinstance(body, dict) else None
+        try:
+            # httpx's timeout bounds each read; a worker dripping its answer is left out, not waited on.
+            async with asyncio.timeout(timeout):
+                for path in ("/server_info", "/get_server_info"):
+                    r = await get_capped(client, url.rstrip("/") + path)
+                    if r.status_code == 200:
+                        body = r.json_body()
+                        return url, body if isinstance(body, dict) else None
+        except (httpx.HTTPError, TimeoutError, AnswerTooLarge, ValueError):
+            pass
         return url, None
 
     async with httpx.AsyncClient(timeout=timeout) as client:

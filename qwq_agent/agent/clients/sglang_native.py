@@ -38,6 +38,7 @@ from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.deadline import current_deadline
+from qwq_agent.http_probe import AnswerTooLarge, get_capped
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
 from qwq_agent.server_info import ServerFacts, read_server_info
 from qwq_agent.urls import redact_url, redact_urls_in
@@ -172,7 +173,7 @@ class SGLangClient(RoutingKeyMixin):
         Raises `ModelClientClosed` once this client is closed."""
         self._check_open()
         try:
-            response = await self._http.get("/health")
+            response = await get_capped(self._http, "/health", max_bytes=0)  # the body is not needed
         except httpx.HTTPError:
             return False
         return response.status_code == 200
@@ -195,11 +196,12 @@ class SGLangClient(RoutingKeyMixin):
         """`server_info` behind SGLang's router: the workers' capacities summed."""
         try:
             infos = await worker_infos(self._http)
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, ModelServerError) as exc:
             # A status error quotes the URL it was raised for, with the router's credentials.
             raise ModelServerError(
                 f"the router at {redact_url(self.base_url)} did not list its workers: "
-                + redact_urls_in(str(exc))
+                + redact_urls_in(str(exc)),
+                status_code=getattr(exc, "status_code", None),
             ) from exc
         facts = {url: read_server_info(raw) for url, raw in infos.items()}
         capacities = {url: c for url, f in facts.items() if (c := f.max_total_num_tokens)}
@@ -233,9 +235,11 @@ class SGLangClient(RoutingKeyMixin):
     async def _get_json(self, path: str, *, fallback: str | None = None) -> dict[str, Any]:
         self._check_open()
         try:
-            response = await self._http.get(path)
+            response = await get_capped(self._http, path)
             if response.status_code == 404 and fallback:
-                response = await self._http.get(fallback)
+                response = await get_capped(self._http, fallback)
+        except AnswerTooLarge as exc:
+            raise ModelProtocolError(str(exc)) from None
         except httpx.TimeoutException as exc:
             raise ModelTimeoutError(f"GET {path} timed out") from exc
         except httpx.HTTPError as exc:
@@ -247,7 +251,7 @@ class SGLangClient(RoutingKeyMixin):
                 body=response.text[:500],
             )
         try:
-            obj = response.json()
+            obj = response.json_body()
         except ValueError as exc:
             raise ModelProtocolError(f"GET {path} did not answer JSON") from exc
         if not isinstance(obj, dict):

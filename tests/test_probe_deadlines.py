@@ -1,0 +1,208 @@
+"""A model server that answers without end cannot stall the probes made before (or outside) a run.
+
+httpx's timeout bounds each read, not a request; a server that sends its answer a byte at a time keeps
+every read under it, and one that streams an endless body has it buffered. Each probe is bounded as a
+whole (a deadline) and by size (`PROBE_MAX_BYTES`): `run`'s model check (a real CLI process), `serve`'s
+`/health` probe, the router's `/workers` and `/readiness`, and the client's `/server_info` reads. The
+server is real HTTP on 127.0.0.1 and counts what it got out before the client hung up: a bounded probe
+hangs up after a few dozen dripped bytes (or a few MiB of a flood); an unbounded one takes all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from qwq_agent.agent.clients import SGLangClient
+from qwq_agent.agent.clients.errors import ModelProtocolError
+from qwq_agent.agent.clients.router_info import worker_infos
+from qwq_agent.http_probe import PROBE_MAX_BYTES
+from qwq_agent.serve.fleet import _ready_workers, probe_router
+from qwq_agent.serve.launcher import probe
+
+DRIP_S = 0.02
+DRIPS = 500  # 10 s of dripping: far past every probe's deadline below
+FLOOD = 256 * 2**20  # far past PROBE_MAX_BYTES and what the sockets between can hold
+PROBE_S = 0.5
+MODES = ["drip-body", "drip-headers", "flood"]
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+
+
+class Endless:
+    """An HTTP server answering every request with 200 and then, by `mode`: a body one byte per
+    `DRIP_S` (`drip-body`), its headers one byte per `DRIP_S` (`drip-headers`), or a body as fast as the
+    client reads it (`flood`); each until the client hangs up or `DRIPS` bytes (`FLOOD` for a flood).
+
+    `sent` holds, per connection once it is over, how many of those bytes went out.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.sent: list[int] = []
+        self._over = threading.Condition()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        sent = 0
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                if not (data := conn.recv(65536)):
+                    return
+                head += data
+            if self.mode == "drip-headers":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2**40))
+            if self.mode == "flood":
+                block = b"o" * 65536
+                while sent < FLOOD:
+                    conn.sendall(block)
+                    sent += len(block)
+                return
+            while sent < DRIPS and not _hung_up(conn):
+                time.sleep(DRIP_S)  # the server's pace, not a wait for anything
+                conn.sendall(b"o")
+                sent += 1
+        except OSError:  # the client hung up
+            pass
+        finally:
+            conn.close()
+            with self._over:
+                self.sent.append(sent)
+                self._over.notify_all()
+
+    def wait_over(self, connections: int = 1) -> list[int]:
+        """`sent`, once `connections` connections are over."""
+        with self._over:
+            assert self._over.wait_for(lambda: len(self.sent) >= connections, timeout=120), self.sent
+            return list(self.sent)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    if not select.select([conn], [], [], 0)[0]:
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+@contextmanager
+def endless(mode: str) -> Iterator[Endless]:
+    server = Endless(mode)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def bounded(sent: int, mode: str) -> bool:
+    """Whether a client hung up long before the server's end: a few probe deadlines' worth of drips, or
+    the cap plus what the loopback sockets buffer."""
+    return sent < (DRIPS // 2 if mode != "flood" else FLOOD // 4)
+
+
+@pytest.mark.parametrize(("mode", "api"), [(m, "native") for m in MODES] + [("drip-body", "openai")])
+def test_run_gives_up_on_a_model_server_that_never_finishes_answering(mode, api, tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QWQ_", "OPENAI_", "DASHSCOPE_"))}
+    env["QWQ_MODEL_CONNECT_TIMEOUT"] = "1"
+    with endless(mode) as server:
+        done = subprocess.run(
+            [*CLI, "run", "hi", "--model-url", server.url, "--api", api, "--tools", "fetch_url"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=tmp_path,
+        )
+        sent = server.wait_over()
+    out = (done.stdout + done.stderr).lower()
+    assert done.returncode != 0 and "no model server answers" in out and "qwq-agent serve" in out, out
+    assert "traceback" not in out, out
+    assert len(sent) == 1 and bounded(sent[0], mode), sent
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_serve_probes_give_up_on_a_server_that_never_finishes_answering(mode):
+    with endless(mode) as server:
+        assert probe(server.url, timeout=PROBE_S) is None  # `serve`'s /health wait and --model-url check
+        assert probe_router(server.url, timeout=PROBE_S) is None  # the router's /workers
+        assert _ready_workers(server.url, timeout=PROBE_S) is None  # the router's /readiness
+        sent = server.wait_over(3)
+    assert all(bounded(n, mode) for n in sent), sent
+
+
+async def test_serve_probe_from_async_code_is_bounded_too():
+    # A sync probe called inside a running event loop runs its own loop in a worker thread.
+    with endless("drip-body") as server:
+        assert probe(server.url, timeout=PROBE_S) is None
+        assert bounded(server.wait_over()[0], "drip-body")
+
+
+async def test_client_server_info_reads_at_most_the_cap():
+    with endless("flood") as server:
+        async with SGLangClient(server.url) as client:
+            with pytest.raises(ModelProtocolError, match=f"more than {PROBE_MAX_BYTES} bytes"):
+                await client.server_info()
+        assert bounded(server.wait_over()[0], "flood")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_router_worker_that_never_finishes_answering_is_left_out(mode):
+    with endless(mode) as worker, _answering_workers([worker.url]) as router:
+        async with httpx.AsyncClient(base_url=router) as http:
+            assert await worker_infos(http, timeout=PROBE_S) == {}
+        assert bounded(worker.wait_over()[0], mode)
+
+
+@contextmanager
+def _answering_workers(urls: list[str]) -> Iterator[str]:
+    """A router stand-in whose `/workers` lists `urls` (as SGLang's router does)."""
+    body = json.dumps({"workers": [{"url": u, "is_healthy": True} for u in urls]}).encode()
+    sock = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (data := conn.recv(65536)):
+                    head += data
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+                )
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
