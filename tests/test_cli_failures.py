@@ -426,6 +426,19 @@ def test_a_run_whose_tools_need_no_sandbox_starts_none(server, tmp_path) -> None
     assert '"sandbox_id":null' in proc.stdout.splitlines()[0].replace(" ", "")
 
 
+@pytest.mark.parametrize("suffix", ["", "/v1"])
+def test_a_key_protected_openai_server_is_probed_with_the_key(keyed_server, tmp_path, suffix: str) -> None:
+    """Before: the start-up probe of `/v1/models` went without the key, so a server that wants one
+    refused every run ("refused the API key") although OPENAI_API_KEY held it; and a URL given with its
+    `/v1` was probed at `/v1/v1/models`."""
+    proc = _run(
+        ["run", "hi", "--api", "openai", "--model-url", keyed_server.url + suffix, "--tools", "fetch_url"],
+        NO_DOCKER | {"OPENAI_API_KEY": "sk-test-key"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "The answer is 42." in proc.stdout
+
+
 def test_run_json_writes_an_unserialisable_event_as_a_warning_line():
     import json
 

@@ -63,11 +63,21 @@ async def connect_model(
     """
     check_model_url(url)
     probe = "/health" if api == "native" else "/v1/models"
+    probe_url, headers = url.rstrip("/") + probe, {}
+    if api == "openai":
+        # Asked as the client will ask: under the same base (a URL given with its `/v1` keeps it) and
+        # with the key it will send, or a key-protected server refused every run before it began.
+        from qwq_agent.settings import get_settings
+
+        base = url.rstrip("/")
+        probe_url = (base if base.endswith("/v1") else base + "/v1") + "/models"
+        if key := get_settings().openai_api_key:
+            headers["Authorization"] = f"Bearer {key.get_secret_value()}"
     try:
         # httpx's timeout bounds each read, not the request: a server dripping its answer would keep
         # the CLI waiting, silent, before any run (and its deadline) begins.
-        async with asyncio.timeout(timeout), httpx.AsyncClient(timeout=timeout) as http:
-            answer = await get_capped(http, url.rstrip("/") + probe)
+        async with asyncio.timeout(timeout), httpx.AsyncClient(timeout=timeout, headers=headers) as http:
+            answer = await get_capped(http, probe_url)
     except TimeoutError:
         # The deadline may have cut short a TLS handshake, as httpx's ConnectTimeout would have.
         raise advice(url, f"{probe} did not answer within {timeout:g} s" + _plain_http_hint(url)) from None
