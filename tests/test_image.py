@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,75 @@ def test_dockerfile_change_keeps_the_base(recipe_copy: Recipe) -> None:
     dockerfile.write_text(dockerfile.read_text() + "LABEL x=y\n")
     assert recipe_copy.base_tag() == before_base
     assert recipe_copy.image_tag() != before_image
+
+
+# Build inputs that live in the builder's code, not in recipe files. Each is edited in a copy of the
+# package, and the copy's tags are computed in a process of its own (the edit is to module code).
+_CODE_INPUTS = {
+    "base ENV": ("sandbox/image/debian.py", '"ENV MPLBACKEND=Agg",', '"ENV MPLBACKEND=svg",', True),
+    "base LABEL": ("sandbox/image/debian.py", 'f"LABEL {LABEL}=1 ', 'f"LABEL {LABEL}=1 x=y ', True),
+    "python shim": ("sandbox/image/final.py", 'exec python3 "$@"', 'exec python3 -I "$@"', False),
+    "supervisor mode": (
+        "sandbox/image/final.py",
+        'add(f"root/opt/qwq/supervisor/{name}", data, 0o644)',
+        'add(f"root/opt/qwq/supervisor/{name}", data, 0o600)',
+        False,
+    ),
+}
+
+_TAGS_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import qwq_agent
+from qwq_agent.sandbox.image import Recipe
+r = Recipe()
+print(json.dumps({"package": qwq_agent.__file__, "base": r.base_tag(), "image": r.image_tag()}))
+"""
+
+
+def _package_copy(root: Path) -> Path:
+    import qwq_agent
+
+    shutil.copytree(
+        Path(qwq_agent.__file__).parent, root / "qwq_agent", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return root / "qwq_agent"
+
+
+def _tags_of(root: Path) -> dict[str, str]:
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", _TAGS_PROBE, str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr
+    tags = json.loads(proc.stdout)
+    assert Path(tags["package"]).is_relative_to(root), tags  # the copy, not the installed package
+    return tags
+
+
+@pytest.fixture(scope="module")
+def unchanged_tags(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("unchanged")
+    _package_copy(root)
+    return _tags_of(root)
+
+
+@pytest.mark.parametrize("which", sorted(_CODE_INPUTS))
+def test_build_input_in_code_changes_the_tags(
+    which: str, tmp_path: Path, unchanged_tags: dict[str, str]
+) -> None:
+    module, old, new, in_base = _CODE_INPUTS[which]
+    path = _package_copy(tmp_path) / module
+    text = path.read_text()
+    assert text.count(old) == 1, f"{old!r} not found once in {module}"
+    path.write_text(text.replace(old, new))
+    tags = _tags_of(tmp_path)
+    # A tag that stays the same would have the next build reuse the image built from the old input.
+    assert tags["image"] != unchanged_tags["image"]
+    assert (tags["base"] != unchanged_tags["base"]) is in_base
 
 
 def test_missing_supervisor_falls_back_to_placeholder(recipe_copy: Recipe) -> None:

@@ -32,6 +32,14 @@ IMPORT_CHANGES = (
 )
 
 
+def import_changes(base_hash: str) -> list[str]:
+    """The `docker import --change` instructions of the base image whose recipe hash is `base_hash`.
+
+    `Recipe.base_hash` hashes this very list, so an edit here names a new base image.
+    """
+    return [*IMPORT_CHANGES, f"LABEL {LABEL}=1 {HASH_LABEL}={base_hash}"]
+
+
 def deb_cache_dir() -> Path:
     """Where downloaded .debs are kept between builds (`QWQ_SANDBOX_DEB_CACHE` overrides)."""
     from qwq_agent.settings import get_settings
@@ -80,7 +88,7 @@ def build_base(client: docker.DockerClient, recipe: Recipe, log: Stopwatch) -> s
         size_mb = tarball.stat().st_size / 1e6
         log(f"stage base: docker import ({size_mb:.0f} MB root filesystem) as {tag}")
         repo, _, version = tag.partition(":")
-        changes = [*IMPORT_CHANGES, f"LABEL {LABEL}=1 {HASH_LABEL}={recipe.base_hash()}"]
+        changes = import_changes(recipe.base_hash())
         try:
             client.api.import_image_from_file(str(tarball), repository=repo, tag=version, changes=changes)
         except docker.errors.APIError as exc:

@@ -50,6 +50,15 @@ def build_context(dockerfile: bytes, supervisor: bytes | list[tuple[str, bytes]]
     return buf
 
 
+def recipe_context(recipe: Recipe, dockerfile: str) -> io.BytesIO:
+    """The build context `build_final` sends for `dockerfile` (a recipe file name).
+
+    `Recipe.image_hash` hashes these very bytes, so whatever the context gains or changes (a file, a
+    mode, the shim) names a new image.
+    """
+    return build_context(recipe.file(dockerfile).read_bytes(), recipe.supervisor_files())
+
+
 def build_final(
     client: docker.DockerClient,
     recipe: Recipe,
@@ -63,7 +72,7 @@ def build_final(
     tag = recipe.image_tag()
     if recipe.uses_placeholder():
         log(f"warning: {recipe.supervisor} does not exist; using the placeholder supervisor")
-    context = build_context(recipe.file(dockerfile).read_bytes(), recipe.supervisor_files())
+    context = recipe_context(recipe, dockerfile)
     log(f"stage final: docker build {dockerfile} -> {tag}")
     # Labels go in as build args to the Dockerfile's single LABEL line: the `labels=` API parameter
     # would add one committed step per label.

@@ -1,12 +1,17 @@
 """The image recipe on disk and the content hashes that name its images.
 
-The base image's hash covers only what goes into the Debian root filesystem, so a change to the
-supervisor (or the final Dockerfile) rebuilds the cheap final stage and reuses the slow base.
+The base image's hash covers only what goes into the Debian base (the root filesystem's recipe and
+the `docker import` instructions), so a change to the supervisor (or the final Dockerfile) rebuilds
+the cheap final stage and reuses the slow base. The `docker import` instructions and the final
+stage's build context are hashed as the build hands them to Docker, made by the same functions the
+build uses, so an input kept in Python code (an ENV of the base, the `python` shim, a file mode)
+cannot be left out of the hash.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,14 +69,27 @@ class Recipe:
         return not (self.supervisor.is_file() or (self.supervisor / "boot.py").is_file())
 
     def base_hash(self) -> str:
-        """Content hash of everything that goes into the Debian base image."""
-        return _digest((name, self.file(name).read_bytes()) for name in BASE_FILES)
+        """Content hash of everything that goes into the Debian base image.
+
+        The root filesystem's recipe files and the instructions given to `docker import --change`.
+        """
+        from qwq_agent.sandbox.image.debian import import_changes  # debian imports this module
+
+        parts = [(name, self.file(name).read_bytes()) for name in BASE_FILES]
+        # The LABEL instruction carries this very hash, hence blank here.
+        parts.append(("docker import --change", json.dumps(import_changes("")).encode()))
+        return _digest(parts)
 
     def image_hash(self) -> str:
-        """Content hash of the whole recipe: the base, both Dockerfiles and the supervisor."""
+        """Content hash of the whole recipe: the base and the final stage's build context.
+
+        The context is the exact tar `docker build` is sent on either build path (its Dockerfile,
+        the supervisor, the `python` shim, every file's mode and place).
+        """
+        from qwq_agent.sandbox.image.final import recipe_context  # final imports this module
+
         parts = [("base", self.base_hash().encode())]
-        parts += [(name, self.file(name).read_bytes()) for name in FINAL_FILES]
-        parts += [(f"supervisor/{name}", data) for name, data in self.supervisor_files()]
+        parts += [(f"context/{name}", recipe_context(self, name).getvalue()) for name in FINAL_FILES]
         return _digest(parts)
 
     def base_tag(self) -> str:
