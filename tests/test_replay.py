@@ -334,3 +334,44 @@ async def test_a_resumed_openai_api_run_sends_tool_results_in_call_order(tmp_pat
             await Agent(resumed, [add], config=cfg, approver=_deny_a3).run("add")
         assert _tool_results(server.requests[0].body) == original
     assert load_recording(cut).prompt().written_order is True
+
+
+# Traces written by the code of commit 9a26afa, before an answer cut off by the token limit was continued
+# and a turn ended inside its reasoning was closed for the model (`max_answer_continuations`): each run
+# made one request and ended `completed`, with the cut-off answer, or with none.
+OLD_TURN_TRACES = {
+    "cut_answer_at_9a26afa.jsonl": "The answer is 42 and the",
+    "unclosed_reasoning_at_9a26afa.jsonl": "",
+}
+
+
+@pytest.mark.parametrize("name", list(OLD_TURN_TRACES))
+async def test_a_trace_recorded_before_answers_were_continued_replays_as_it_ran(name: str) -> None:
+    recording = load_recording(Path(__file__).parent / "data" / "old-traces" / name)
+    assert recording.status == "completed" and len(recording.completions) == 1
+    agent = Agent(ReplayModel.from_recording(recording), [], config=recording.agent_config())
+    events = [ev async for ev in agent.stream(recording.task)]
+    # Before, today's default continued the answer (or closed the reasoning) in a request the trace
+    # does not hold: the replay ended model_error, ReplayExhausted.
+    assert agent.result is not None
+    assert (agent.result.status, agent.result.error) == ("completed", None)
+    assert agent.result.answer == OLD_TURN_TRACES[name]
+    assert [ev.kind for ev in events if isinstance(ev, Warning_)] == []
+
+
+async def test_a_trace_recorded_today_replays_its_answer_continuation(tmp_path: Path) -> None:
+    cfg = config(sampling=SamplingParams(max_new_tokens=12))
+    trace = tmp_path / "t.jsonl"
+    long = "Short.\n</think>\n\nThe answer is 42 and the proof goes as follows: first we note that"
+    async with (
+        ScriptedModelServer([long, " it is so."]) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        recorded = await Agent(client, [], config=cfg, trace_path=trace).run("What is the answer?")
+    assert recorded.status == "completed" and recorded.answer == "The answer is 42 and the it is so."
+    recording = load_recording(trace)
+    assert recording.agent_config().max_answer_continuations == 2
+    replayed = await Agent(ReplayModel.from_recording(recording), [], config=recording.agent_config()).run(
+        recording.task
+    )
+    assert (replayed.status, replayed.answer) == (recorded.status, recorded.answer)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import BudgetExceeded, Event, Final, ToolResultEvent, ToolStarted
@@ -111,3 +113,42 @@ async def test_a_sandbox_call_shares_the_budget_and_the_next_one_does_not_start(
     started = {ev.call_id for ev in events if isinstance(ev, ToolStarted)}
     assert queued_cell.call_id not in started
     assert after.error is None and after.value == "42"  # the cell was stopped, the interpreter kept
+
+
+async def test_a_call_ignoring_its_stop_by_the_budget_is_said_to_be_left_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call that swallows its cancellation when the shared budget runs out is left running after the
+    registry's clean-up grace: its observation says so, as a timed-out one's does. Before, it read
+    "was stopped" while the tool went on after the run had ended."""
+    import qwq_agent.tools.registry as registry_module
+
+    monkeypatch.setattr(registry_module, "_CANCEL_GRACE_S", 0.3)
+    release = asyncio.Event()
+    running = {"now": False, "cancellations": 0}
+
+    @tool
+    async def stubborn(key: str) -> str:
+        """Keeps working through its cancellation until released."""
+        running["now"] = True
+        try:
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    running["cancellations"] += 1
+        finally:
+            running["now"] = False
+        return f"late value of {key}"
+
+    try:
+        calls = [call("lookup", key="fast"), call("stubborn", key="b")]
+        result, events, requests = await run_turn(calls, [lookup, stubborn], limit=0.5)
+        still_running = running["now"]
+    finally:
+        release.set()
+    assert_tool_budget_ended(result, events, requests)
+    assert still_running and running["cancellations"] >= 1
+    (obs,) = [ev for ev in events if isinstance(ev, ToolResultEvent) and ev.name == "stubborn"]
+    assert obs.error_type == "tool_budget" and "tool-time budget" in obs.text
+    assert "left running in the background" in obs.text and "was stopped" not in obs.text, obs.text

@@ -36,9 +36,12 @@ class AgentConfig(BaseModel):
     model_retry_backoff_s: float = Field(default=1.0, ge=0.0)
     max_reasoning_call_hints: int = 2
     # Times one turn's answer cut off by the token limit (`sampling.max_new_tokens`) is continued in a new
-    # request before the run ends `truncated_answer` with what was written. None goes past the budget: an
-    # answer the generation budget cut off ends the run `budget_exceeded`.
-    max_answer_continuations: int = Field(default=2, ge=0)
+    # request before the run ends `truncated_answer` with what was written. No continuation goes past the
+    # budget: an answer the generation budget cut off ends the run `budget_exceeded`.
+    # None: as before this setting existed, a cut-off answer is the turn's answer as it stands and a turn
+    # ended inside its reasoning is not closed for the model to answer. A trace written then lacks the
+    # key and replays so (`Recording.agent_config`): today's default asked for requests it never made.
+    max_answer_continuations: int | None = Field(default=2, ge=0)
     # Generate every tool call under a grammar built from the tools' schemas, so calls are always
     # well formed (SGLang's native client only; see qwq_agent.agent.constrained).
     constrained_tool_calls: bool = False

@@ -20,7 +20,7 @@ from qwq_agent.agent.events import (
 from qwq_agent.agent.loop_detector import ToolCallRepetitionDetector
 from qwq_agent.agent.messages import Message, ToolCall
 from qwq_agent.protocols import ToolContext, ToolOutput
-from qwq_agent.tools.registry import ToolRegistry, describe_exception
+from qwq_agent.tools.registry import LEFT_RUNNING, ToolCallStopped, ToolRegistry, describe_exception
 
 # How long past the run's deadline `run` still waits for its calls. The registry stops each call by
 # the deadline and gives it 5 s to end its clean-up, so only a call stuck below the registry is still
@@ -225,16 +225,25 @@ class ToolDispatcher:
         )
         progress.put_nowait(ToolStarted(call_id=call.id, name=call.name))
         running = clock.start()
-        task = asyncio.ensure_future(self.tools.call(call, ctx, timeout=self.timeout_s))
+        # Stopped through the registry, not cancelled: the registry then says whether the tool ended
+        # or ignored its cancellation and still runs.
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(self.tools.call(call, ctx, timeout=self.timeout_s, stop=stop))
         try:
-            stopped = not await clock.ended_in_budget(task, running)
-            if stopped:
-                await _cancelled(task)
+            if not await clock.ended_in_budget(task, running):
+                stop.set()
+                try:
+                    await asyncio.wait({task})
+                except asyncio.CancelledError:
+                    await _cancelled(task)
+                    raise
         finally:
             duration = clock.end(running)
-        if stopped:
-            return _out_of_tool_time(call, self.tracker.budget.max_tool_s, duration, ran=True), duration
-        return task.result(), duration
+        try:
+            return task.result(), duration
+        except ToolCallStopped as exc:
+            limit = self.tracker.budget.max_tool_s
+            return _out_of_tool_time(call, limit, duration, ran=True, left_running=exc.left_running), duration
 
 
 class _Running:
@@ -329,13 +338,24 @@ async def _cancelled(task: asyncio.Future[Any]) -> None:
         raise
 
 
-def _out_of_tool_time(call: ToolCall, limit: float | None, duration: float, *, ran: bool) -> ToolOutput:
+def _out_of_tool_time(
+    call: ToolCall, limit: float | None, duration: float, *, ran: bool, left_running: bool = False
+) -> ToolOutput:
     budget = f"the run's tool-time budget ({limit or 0:g} s, the sum of all tool calls' durations)"
+    if not ran:
+        text = f"Tool '{call.name}' was not run: {budget} was used up by the calls before it."
+    elif left_running:
+        text = (
+            f"Tool '{call.name}' was cancelled: {budget} ran out while it ran beside other calls; "
+            f"{LEFT_RUNNING} after {duration:.2f} s."
+        )
+    else:
+        text = (
+            f"Tool '{call.name}' was stopped after {duration:.2f} s: {budget} ran out while it ran beside "
+            "other calls."
+        )
     return ToolOutput(
-        text=f"Tool '{call.name}' was stopped after {duration:.2f} s: {budget} ran out while it ran "
-        "beside other calls."
-        if ran
-        else f"Tool '{call.name}' was not run: {budget} was used up by the calls before it.",
+        text=text,
         is_error=True,
         metadata={"error": "tool_budget"},
     )

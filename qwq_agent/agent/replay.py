@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 _EXCERPT = 60
+# `AgentConfig` settings whose default makes requests the code before them did not: what a recorded
+# config that lacks one (a trace written before it existed) is read with.
+_BEFORE_THEY_EXISTED: dict[str, Any] = {"max_answer_continuations": None}
 
 
 class RecordedCompletion(Completion):
@@ -88,11 +91,14 @@ class Recording(BaseModel):
     def agent_config(self) -> AgentConfig:
         """The recorded `AgentConfig` (defaults fill in settings added since it was written).
 
-        A config edited by hand or written by an incompatible version raises `TraceError` naming the
-        trace and the setting, not pydantic's error.
+        A setting that changes which requests a run makes takes, when the trace lacks it, the value
+        that behaves as the code of that time did: `max_answer_continuations` None (no continuation of
+        a cut-off answer, no close of an unclosed reasoning), or the replay asks for completions the
+        trace does not hold. A config edited by hand or written by an incompatible version raises
+        `TraceError` naming the trace and the setting, not pydantic's error.
         """
         try:
-            return AgentConfig.model_validate(self.config)
+            return AgentConfig.model_validate({**_BEFORE_THEY_EXISTED, **self.config})
         except ValidationError as exc:
             raise TraceError(f"trace {self.path}: its recorded config is not valid ({_first(exc)})") from None
 

@@ -210,8 +210,11 @@ class TurnStreamer:
                 continue
             usage = attempt.completion.usage if attempt.completion else None
             length_limited = usage is not None and usage.finish_reason == "length"
-            if attempt.signal is None and length_limited and self.parser.answering:
-                async for ev in self._answer_cut(attempt):
+            # None: neither a cut-off answer nor an unclosed reasoning is taken up, as in a trace
+            # recorded before they were (`AgentConfig.max_answer_continuations`)
+            allowed = self.config.max_answer_continuations
+            if attempt.signal is None and length_limited and allowed is not None and self.parser.answering:
+                async for ev in self._answer_cut(attempt, allowed):
                     yield ev
                 if self.result.stop_status is not None:
                     return
@@ -221,6 +224,7 @@ class TurnStreamer:
                 attempt.signal is None
                 and usage is not None
                 and not length_limited
+                and allowed is not None
                 and self.parser.reasoning_only
             ):
                 async for ev in self._close_for_answer(attempt):
@@ -496,9 +500,9 @@ class TurnStreamer:
         self.result.parsed = self.parser.result()
         return events
 
-    async def _answer_cut(self, attempt: _Attempt) -> AsyncIterator[Event]:
+    async def _answer_cut(self, attempt: _Attempt, allowed: int) -> AsyncIterator[Event]:
         """The answer hit the token limit: continue it in a new request, within the budget and
-        `max_answer_continuations`; else say why it stops short (`result.truncated`, or a budget stop)."""
+        `allowed` continuations; else say why it stops short (`result.truncated`, or a budget stop)."""
         cut = f"the answer reached the token limit (max_new_tokens={attempt.max_new_tokens})"
         if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
             # No continuation past the budget (`_sampling` gave the request what it had left): the run
@@ -508,7 +512,6 @@ class TurnStreamer:
             self.result.raw = self.prefix + attempt.text
             self.result.stop_status, self.result.budget = "budget_exceeded", over[0]
             return
-        allowed = self.config.max_answer_continuations
         if self._continuations >= allowed:
             self.result.truncated = (
                 f"{cut} and was continued {self._continuations} times, the most "

@@ -38,7 +38,9 @@ from qwq_agent.tools.schema_patterns import (
 from qwq_agent.tools.schema_refs import LOCAL_ONLY, unresolvable_refs
 
 __all__ = [
+    "LEFT_RUNNING",
     "DefaultsValidator",
+    "ToolCallStopped",
     "ToolRegistry",
     "describe_exception",
     "describe_schema_errors",
@@ -52,8 +54,21 @@ _TRACEBACK_LINES = 6
 _MAX_PROBLEMS = 3
 # How long a timed-out or cancelled tool gets to finish its clean-up before it is left behind.
 _CANCEL_GRACE_S = 5.0
+# What an observation says of a tool that did not end within `_CANCEL_GRACE_S` of its cancellation.
+LEFT_RUNNING = "it ignored cancellation and was left running in the background"
 # `argument_problems` runs where it is called (an approval prompt, on the event loop): its bound.
 _SYNC_CHECK_S = 2.0
+
+
+class ToolCallStopped(Exception):
+    """`ToolRegistry.call` was stopped by its caller's `stop` event before the tool ended.
+
+    `left_running`: the tool ignored its cancellation for `_CANCEL_GRACE_S` and still runs.
+    """
+
+    def __init__(self, name: str, *, left_running: bool) -> None:
+        super().__init__(f"tool {name!r} was stopped" + (f"; {LEFT_RUNNING}" if left_running else ""))
+        self.left_running = left_running
 
 
 class _ToolExit(Exception):
@@ -380,13 +395,16 @@ class ToolRegistry:
         *,
         timeout: float | None = None,
         deadline: Deadline | None = None,
+        stop: asyncio.Event | None = None,
     ) -> ToolOutput:
         """Run `call` and return its output; every failure is an `is_error=True` observation.
 
         The text is cut to `max_output_chars` (head and tail), whatever the tool returned, and lone
-        surrogates in it become U+FFFD.
+        surrogates in it become U+FFFD. Setting `stop` ends the call as its time limit does (the tool
+        is cancelled and given 5 s to end), but raises `ToolCallStopped`, which says whether the tool
+        ended: a cancellation from outside cannot tell its canceller that.
         """
-        output = await self._call(call, context, timeout=timeout, deadline=deadline)
+        output = await self._call(call, context, timeout=timeout, deadline=deadline, stop=stop)
         return _encodable(cap_output(output, self.max_output_chars))
 
     async def _call(
@@ -396,6 +414,7 @@ class ToolRegistry:
         *,
         timeout: float | None,
         deadline: Deadline | None,
+        stop: asyncio.Event | None,
     ) -> ToolOutput:
         tool = self._tools.get(call.name)
         if tool is None:
@@ -442,20 +461,30 @@ class ToolRegistry:
             )
         if deadline is not None:
             limit = deadline.clamp(limit)  # the check took some of it
+        if stop is not None and stop.is_set():  # stopped while its arguments were checked
+            raise ToolCallStopped(call.name, left_running=False)
         task = asyncio.ensure_future(_contained(tool, call.arguments, context))
+        stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
         try:
             # not asyncio.wait_for: it waits, without end, for a tool that swallows its cancellation
-            done, _ = await asyncio.wait({task}, timeout=limit)
+            await asyncio.wait(
+                {task} if stopping is None else {task, stopping},
+                timeout=limit,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         except asyncio.CancelledError:
             await _stop(task)
             raise
-        if not done:
-            stopped = await _stop(task)
+        finally:
+            if stopping is not None:
+                stopping.cancel()
+        if not task.done():
+            ended = await _stop(task)
+            if stop is not None and stop.is_set():  # also when it was set during the clean-up's wait
+                raise ToolCallStopped(call.name, left_running=not ended)
             return ToolOutput(
-                text=f"Tool '{call.name}' timed out after {limit:g} s and was cancelled."
-                if stopped
-                else f"Tool '{call.name}' timed out after {limit:g} s; it ignored cancellation and was "
-                "left running in the background.",
+                text=f"Tool '{call.name}' timed out after {limit:g} s"
+                + (" and was cancelled." if ended else f"; {LEFT_RUNNING}."),
                 is_error=True,
                 metadata={"error": "timeout"},
             )
