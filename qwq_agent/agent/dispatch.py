@@ -204,7 +204,10 @@ class ToolDispatcher:
     async def _run_call(
         self, call: ToolCall, sandbox: Any, clock: _ToolClock, progress: asyncio.Queue[Any]
     ) -> tuple[ToolOutput, float]:
-        left = clock.left()
+        # The call's time counts from the instant its deadline is reckoned from: started later, a
+        # call its deadline ended measured a hair under what was left and the run went on "in budget".
+        now = time.monotonic()
+        left = clock.left(now)
         if left is not None and left <= 0:
             # A sandbox call whose turn came after the calls before it used up the budget.
             return _out_of_tool_time(call, self.tracker.budget.max_tool_s, 0.0, ran=False), 0.0
@@ -224,7 +227,7 @@ class ToolDispatcher:
             sandbox=sandbox, run_id=self.run_id, call_id=call.id, deadline=deadline, on_output=on_output
         )
         progress.put_nowait(ToolStarted(call_id=call.id, name=call.name))
-        running = clock.start()
+        running = clock.start(now)
         # Stopped through the registry, not cancelled: the registry then says whether the tool ended
         # or ignored its cancellation and still runs.
         stop = asyncio.Event()
@@ -268,16 +271,17 @@ class _ToolClock:
         self._running: list[_Running] = []
         self._changed = asyncio.Event()
 
-    def left(self) -> float | None:
-        """What is left of the budget now, the running calls' time so far counted; None: unlimited."""
+    def left(self, now: float | None = None) -> float | None:
+        """What is left of the budget at `now` (default: now), the running calls' time so far counted;
+        None: unlimited."""
         limit = self.tracker.budget.max_tool_s
         if limit is None:
             return None
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         return max(0.0, limit - self.tracker.tool_s - sum(now - r.started for r in self._running))
 
-    def start(self) -> _Running:
-        running = _Running(time.monotonic())
+    def start(self, started: float) -> _Running:
+        running = _Running(started)
         self._running.append(running)
         if len(self._running) > 1:
             for r in self._running:
