@@ -63,6 +63,10 @@ class TextDelta(BaseModel):
 
     kind: str = "text"
     text: str
+    usage: Usage | None = None
+    """What the request has cost so far, as the client counts it (the server's running counts, else one
+    token per piece received), when it knows. A reader that closes the stream early (the loop detector,
+    a tool call finished under a grammar) gets no `Completion`: the last of these is what it spent."""
 
 
 class Completion(BaseModel):
@@ -87,7 +91,9 @@ class Model(Protocol):
     text the assistant turn already holds (the loop uses it to continue a turn it interrupted, e.g. to
     nudge a looping model); it is appended after the generation prompt and is not part of the output. Clients for APIs
     that parse reasoning and tool calls server-side (OpenAI-compatible) re-serialise them into QwQ's raw
-    format, so the loop parses one format whatever the backend.
+    format, so the loop parses one format whatever the backend. A `TextDelta` may carry the request's
+    `usage` so far: when the loop closes the stream before its `Completion` (an intervention), that is
+    what the request counts against the budgets; a model that sends none is counted one token per delta.
     """
 
     name: str

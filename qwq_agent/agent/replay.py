@@ -315,7 +315,8 @@ class ReplayModel:
         self._check_prompt(call, prompt)
         text = call.completion
         for i in range(0, len(text), self._chunk):
-            yield TextDelta(text=text[i : i + self._chunk])
+            # A request the run cut short (an intervention) cost what was recorded, wherever it is cut now.
+            yield TextDelta(text=text[i : i + self._chunk], usage=call.usage)
         if call.error is not None:
             raise ReplayedModelError(call.error, partial_text=text, partial_usage=call.usage)
         yield RecordedCompletion(

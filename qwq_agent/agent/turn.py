@@ -75,7 +75,8 @@ class _Attempt(BaseModel):
     wall_out: bool = False
     hint: str | None = None  # the hand-arithmetic hint to write before continuing
     max_new_tokens: int = 0  # the request's token limit
-    deltas: int = 0  # pieces of output received (a floor for its tokens where the model counts none)
+    deltas: int = 0  # pieces of output received (its tokens where the model counts none)
+    usage: Usage | None = None  # what the request cost so far, as its client counted (the last delta's)
 
 
 class TurnStreamer:
@@ -279,6 +280,8 @@ class TurnStreamer:
                     continue
                 delta = mev.text if isinstance(mev, TextDelta) else ""
                 attempt.deltas += 1
+                if isinstance(mev, TextDelta) and mev.usage is not None:
+                    attempt.usage = mev.usage
                 cut = watcher.feed(delta) if watcher is not None else None
                 if cut is not None:  # the rest of the call is generated under the grammar
                     delta, attempt.call_open = delta[:cut], True
@@ -380,7 +383,9 @@ class TurnStreamer:
 
     async def _record(self, attempt: _Attempt) -> AsyncIterator[Event]:
         done = attempt.completion
-        usage = done.usage if done else Usage(completion_tokens=0, finish_reason="aborted")
+        # A stream the turn closed itself (an intervention, the deadline) sent no completion: the server
+        # generated what arrived all the same, and budgets and totals count it.
+        usage = done.usage if done else _spent(attempt, None, "aborted")
         self.tracker.account(usage)
         self._limits.record(usage)
         self.result.usage = usage
@@ -406,10 +411,7 @@ class TurnStreamer:
         the operator saw stream, and why it failed, so that a replay fails it where the run did."""
         from qwq_agent.agent.clients.errors import ModelError
 
-        counted = exc.partial_usage if isinstance(exc, ModelError) else None
-        usage = (counted or Usage(completion_tokens=attempt.deltas)).model_copy(
-            update={"finish_reason": "error"}
-        )
+        usage = _spent(attempt, exc.partial_usage if isinstance(exc, ModelError) else None, "error")
         self.tracker.account(usage)
         yield self.emit(
             ModelCall(
@@ -606,6 +608,13 @@ class TurnStreamer:
         if isinstance(pev, qparser.ContentDelta):
             return self.emit(ContentDelta(text=pev.text), trace=False)
         return None
+
+
+def _spent(attempt: _Attempt, reported: Usage | None, finish: str) -> Usage:
+    """What a request that ended without a completion cost: what its client reported (with the error,
+    else on its last delta), else one token per piece of output received."""
+    counted = reported or attempt.usage or Usage(completion_tokens=attempt.deltas)
+    return counted.model_copy(update={"finish_reason": finish})
 
 
 def _describe(exc: BaseException) -> str:

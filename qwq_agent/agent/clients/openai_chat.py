@@ -409,7 +409,9 @@ class OpenAIChatClient(RoutingKeyMixin):
                         if piece:
                             ttft = ttft if ttft is not None else time.perf_counter() - started
                             emitted += piece
-                            yield TextDelta(text=piece)
+                            # What the turn counts if it closes the stream here (this event is one more).
+                            so_far = _usage(usage, None, ttft, started, floor=chunks + 1)
+                            yield TextDelta(text=piece, usage=so_far)
                     guard.feed(pieces)
                     chunks += 1 if pieces else 0
                     if stops.matched is not None:
@@ -431,7 +433,7 @@ class OpenAIChatClient(RoutingKeyMixin):
             if tail:
                 ttft = ttft if ttft is not None else time.perf_counter() - started
                 emitted += tail
-                yield TextDelta(text=tail)
+                yield TextDelta(text=tail, usage=_usage(usage, None, ttft, started, floor=max(chunks, 1)))
             if stops.matched is not None:
                 finish = "stop"
         except ModelError as exc:

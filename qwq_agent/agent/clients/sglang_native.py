@@ -435,7 +435,8 @@ class SGLangClient(RoutingKeyMixin):
                         if ttft is None:
                             ttft = time.perf_counter() - started
                         text += piece
-                        yield TextDelta(text=piece)
+                        # The running counts: all the turn learns of the cost if it closes the stream here.
+                        yield TextDelta(text=piece, usage=_usage(meta, len(output_ids), None, ttft, started))
                     if stops.matched is not None:
                         # Cut here even when the server would go on (or trimmed at a later stop string).
                         final = {**meta, "finish_reason": {"type": "stop", "matched": stops.matched}}
@@ -468,7 +469,7 @@ class SGLangClient(RoutingKeyMixin):
             if held:
                 ttft = ttft if ttft is not None else time.perf_counter() - started
                 text += held
-                yield TextDelta(text=held)
+                yield TextDelta(text=held, usage=_usage(final, len(output_ids), None, ttft, started))
             if not matched_streaming and stops.matched is not None:
                 # The held tail held the earliest stop string; the server had already ended the stream.
                 final = {**final, "finish_reason": {"type": "stop", "matched": stops.matched}}
