@@ -147,6 +147,22 @@ async def test_an_http_server_that_goes_away_is_an_observation_and_is_reconnecte
                 assert (back.text, back.is_error) == ("11", False)
 
 
+async def test_an_http_server_restarted_between_calls_gets_a_new_session_and_the_call_goes_through():
+    # The restarted server answers the old Mcp-Session-Id with 404 "Session not found"; that was read
+    # as a protocol error, nothing reconnected, and every later call of the run failed the same way.
+    with http_server("flaky") as (url, proc):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        async with await mcp_tools(url) as tools:
+            registry = ToolRegistry(tools)
+            assert (await call(registry, "add", a=1, b=2)).text == "3"
+            proc.kill()
+            proc.wait(timeout=10)
+            with http_server("flaky", port=port):
+                outs = [await call(registry, "add", a=5, b=i) for i in range(3)]
+            assert [(o.text, o.is_error) for o in outs] == [("5", False), ("6", False), ("7", False)]
+            assert tools.connections[0].starts == 2
+
+
 async def test_a_server_that_cannot_start_raises_a_typed_error_naming_it_with_its_stderr():
     broken = [sys.executable, "-c", "import sys; sys.stderr.write('missing API key\\n'); sys.exit(2)"]
     with pytest.raises(MCPConnectError) as info:
