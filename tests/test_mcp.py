@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,9 @@ from mcp_server import PNG
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.messages import ToolCall
+from qwq_agent.deadline import Deadline
 from qwq_agent.mcp import MCPConnectError, MCPServerSpec, mcp_tools
+from qwq_agent.protocols import ToolContext
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 from qwq_agent.tools.base import tool
 from qwq_agent.tools.registry import ToolRegistry
@@ -79,6 +83,7 @@ async def test_stdio_server_tools_are_typed_tools():
             "fail",
             "nap",
             "die",
+            "helper",
         }
         await check_server_tools(ToolRegistry(tools))
 
@@ -220,11 +225,7 @@ async def test_a_server_that_never_answers_the_handshake_times_out_and_is_stoppe
     silent = MCPServerSpec(command=[sys.executable, "-c", script], connect_timeout_s=2)
     with pytest.raises(MCPConnectError, match="did not answer the handshake within 2 s"):
         await mcp_tools(silent)
-    pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while _running(pid):
-        assert time.monotonic() < deadline, f"the silent server (pid {pid}) was left running"
-        await asyncio.sleep(0.05)
+    await _gone(int(pid_file.read_text()), "the silent server was left running")
 
 
 async def test_a_handshake_timeout_cancels_the_stuck_handshake_and_leaves_no_unread_error():
@@ -251,6 +252,14 @@ async def test_a_handshake_timeout_cancels_the_stuck_handshake_and_leaves_no_unr
         loop.set_exception_handler(previous)
     assert holders == [], "the holder task outlived the failed connect"
     assert [c.get("message") for c in unread] == []
+
+
+async def _gone(pid: int, why: str) -> None:
+    """Wait (10 s at most: a SIGKILLed process takes a moment to exit) for `pid` to end."""
+    deadline = time.monotonic() + 10
+    while _running(pid):
+        assert time.monotonic() < deadline, f"{why} (pid {pid})"
+        await asyncio.sleep(0.02)
 
 
 def _running(pid: int) -> bool:
@@ -295,8 +304,6 @@ async def test_mcp_serve_lets_the_tools_own_timeout_govern_past_60_s(sandbox_ima
 
 
 async def test_a_stdio_server_that_died_between_calls_is_restarted_by_the_next_call():
-    import signal
-
     async with await mcp_tools(stdio_command("idle")) as tools:
         registry = ToolRegistry(tools)
         first = (await call(registry, "whoami")).text
@@ -309,6 +316,40 @@ async def test_a_stdio_server_that_died_between_calls_is_restarted_by_the_next_c
         again = await call(registry, "whoami")
         assert not again.is_error and again.text.startswith("idle pid=") and again.text != first
         assert conn.starts == 2
+
+
+async def test_a_stdio_server_that_dies_while_its_child_holds_its_stdout_is_noticed_and_restarted():
+    # A child started with the server's stdio keeps its stdout open: the death never showed as EOF,
+    # the call waited out the registry's limit, and every later call went to the dead server's stdin.
+    async with await mcp_tools([*stdio_command("parent"), "--helper"]) as tools:
+        registry = ToolRegistry(tools, timeout=20)
+        helpers = [int((await call(registry, "helper")).text)]
+        try:
+            died = await call(registry, "die")
+            assert died.metadata["error"] == "mcp_server_died", died.text
+            await _gone(helpers[0], "the dead server's child was left running")
+            again = await call(registry, "whoami")
+            assert not again.is_error and again.text.startswith("parent pid="), again.text
+            assert tools.connections[0].starts == 2
+            helpers.append(int((await call(registry, "helper")).text))
+        finally:
+            for pid in helpers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_direct_mcp_tool_call_ends_by_its_deadline_and_the_connection_stays_usable():
+    # Called without a registry, a call waited for as long as the server took: forever for a hung one.
+    spec = MCPServerSpec(command=stdio_command("direct"), call_timeout_s=0.5)
+    async with await mcp_tools(spec) as tools:
+        nap = next(t for t in tools if t.spec.name == "nap")
+        late = await nap({"seconds": 30}, ToolContext())
+        assert late.is_error and late.metadata["error"] == "timeout", late.text
+        # The context's deadline, when there is one, is the call's deadline.
+        sooner = await nap({"seconds": 30}, ToolContext(deadline=Deadline.after(0.2)))
+        assert sooner.is_error and sooner.metadata["error"] == "timeout", sooner.text
+        assert (await nap({"seconds": 0}, ToolContext())).text == "slept 0.0"
+        assert tools.connections[0].starts == 1
 
 
 def raw_server(tools: list[dict], **env: str) -> MCPServerSpec:

@@ -19,6 +19,8 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, Field, model_validator
 
+from qwq_agent.mcp._stdio import stdio_transport
+
 __all__ = ["MCPConnectError", "MCPConnection", "MCPError", "MCPServerDied", "MCPServerSpec"]
 
 _STDERR_TAIL_CHARS = 800
@@ -49,6 +51,11 @@ class MCPServerSpec(BaseModel):
     env: dict[str, str] | None = None
     headers: dict[str, str] | None = None
     connect_timeout_s: float = 30.0
+    call_timeout_s: float | None = Field(
+        default=660.0,
+        description="the longest a tool call may take when its caller sets no deadline (a direct "
+        "`MCPTool` call); under the agent loop the call's deadline governs. None: no limit",
+    )
 
     @model_validator(mode="after")
     def _one_transport(self) -> MCPServerSpec:
@@ -177,13 +184,8 @@ class MCPConnection:
                 async with streamable_http_client(self.spec.url, http_client=client) as streams:
                     yield streams
             return
-        from mcp import StdioServerParameters, stdio_client
-
         assert self.spec.command is not None and self._stderr is not None
-        params = StdioServerParameters(
-            command=self.spec.command[0], args=self.spec.command[1:], env=self.spec.env
-        )
-        async with stdio_client(params, errlog=self._stderr) as streams:
+        async with stdio_transport(self.spec.command, self.spec.env, self._stderr) as streams:
             yield streams
 
     async def list_tools(self) -> list[Any]:
@@ -333,8 +335,9 @@ class _HTTPSession:
 class _WatchedReadStream:
     """The transport's read stream (the SDK's `ReadStream` protocol), noting when it ends.
 
-    A stdio server that exits while no call is in flight closes its stdout; seeing that here lets the
-    next call start it again instead of failing on the dead session first.
+    A stdio server that exits while no call is in flight ends it (its stdout closes, or the transport
+    sees the process exit); seeing that here lets the next call start it again instead of failing on
+    the dead session first.
     """
 
     def __init__(self, inner: Any) -> None:
