@@ -9,6 +9,7 @@ import argparse
 import base64
 import os
 import subprocess
+from subprocess import DEVNULL
 from typing import Annotated, Literal
 
 import anyio
@@ -64,6 +65,11 @@ def build(name: str) -> MCPServer:
         """Sleep, then answer."""
         await anyio.sleep(seconds)
         return f"slept {seconds}"
+
+    @server.tool()
+    def spawn() -> int:
+        """Start a long-lived child that keeps no pipe of ours (a browser, a worker); its pid."""
+        return subprocess.Popen(["sleep", "600"], stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL).pid
 
     @server.tool()
     def helper() -> int:

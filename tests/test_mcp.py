@@ -84,6 +84,7 @@ async def test_stdio_server_tools_are_typed_tools():
             "nap",
             "die",
             "helper",
+            "spawn",
         }
         await check_server_tools(ToolRegistry(tools))
 
@@ -336,6 +337,26 @@ async def test_a_stdio_server_that_dies_while_its_child_holds_its_stdout_is_noti
             for pid in helpers:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+async def test_what_a_stdio_server_started_is_stopped_with_it_on_a_crash_and_on_close():
+    # The SDK signals the server's process group only when the server is still alive 2 s after its
+    # stdin closes: one that crashed, or that exits on EOF as servers do, left its children running,
+    # one set per restart, after the run.
+    helpers: list[int] = []
+    try:
+        async with await mcp_tools(stdio_command("parent")) as tools:
+            registry = ToolRegistry(tools)
+            helpers.append(int((await call(registry, "spawn")).text))
+            assert (await call(registry, "die")).metadata["error"] == "mcp_server_died"
+            helpers.append(int((await call(registry, "spawn")).text))
+            assert tools.connections[0].starts == 2
+        for pid in helpers:
+            await _gone(pid, "a child of the server outlived it")
+    finally:
+        for pid in helpers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def test_a_direct_mcp_tool_call_ends_by_its_deadline_and_the_connection_stays_usable():

@@ -5,7 +5,8 @@ A child the server started without redirecting its stdio (a helper, a language s
 children) holds that pipe too, and when the server crashes the EOF never comes: the call in flight
 waits for a reply that cannot come and later calls are written into a dead server's stdin. Here the
 process itself is watched: when it exits, its process group (the server runs in a session of its
-own) is killed, which releases the pipe, and the session ends as it does on EOF.
+own) is killed, which releases the pipe, and the session ends as it does on EOF. The group is killed
+too when the session ends, so nothing the server started outlives it.
 
 POSIX only (process groups), like the rest of qwq-agent's process handling.
 """
@@ -131,6 +132,10 @@ async def stdio_transport(
             await terminate_posix_process_tree(process, _TERM_GRACE_S)
             if not await _exited(process, _EXIT_GRACE_S):
                 log.warning("MCP server process %d is still alive after SIGKILL; abandoning it", process.pid)
+        # Whatever the server started is stopped with it: a server that exits on its stdin's EOF (or
+        # crashed) leaves its children running, and the steps above signal the group only when the
+        # server itself is slow to exit.
+        _kill_group(process.pid)
         # A child outside the group may hold stdout open: stop reading it, and close the pipes'
         # transports (`aclose`; the process is gone, so its wait ends at once).
         reading.cancel()
