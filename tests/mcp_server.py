@@ -9,6 +9,7 @@ import argparse
 import base64
 import os
 import subprocess
+import sys
 from subprocess import DEVNULL
 from typing import Annotated, Literal
 
@@ -65,6 +66,13 @@ def build(name: str) -> MCPServer:
         """Sleep, then answer."""
         await anyio.sleep(seconds)
         return f"slept {seconds}"
+
+    @server.tool()
+    def chatter(kib: int, last: str) -> str:
+        """Log `kib` KiB to stderr, then the line `last`."""
+        sys.stderr.write(("debug: " + "x" * 1016 + "\n") * kib + last + "\n")
+        sys.stderr.flush()
+        return "logged"
 
     @server.tool()
     def spawn() -> int:

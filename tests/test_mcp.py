@@ -10,6 +10,7 @@ import gc
 import json
 import os
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,7 @@ async def test_stdio_server_tools_are_typed_tools():
             "die",
             "helper",
             "spawn",
+            "chatter",
         }
         await check_server_tools(ToolRegistry(tools))
 
@@ -357,6 +359,33 @@ async def test_what_a_stdio_server_started_is_stopped_with_it_on_a_crash_and_on_
         for pid in helpers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_stdio_servers_stderr_is_kept_as_a_bounded_tail_not_in_full():
+    # All of it went to an unlinked temporary file (invisible to `du`) that only grew, for the 800
+    # characters ever read from it: a chatty server filled /tmp over a long run.
+    async with await mcp_tools(stdio_command("chatty")) as tools:
+        registry = ToolRegistry(tools)
+        before = _bytes_in_open_files()
+        for i in range(8):
+            out = await call(registry, "chatter", kib=1024, last=f"step {i} done")
+            assert (out.text, out.is_error) == ("logged", False)
+        grown = _bytes_in_open_files() - before
+        assert grown < 1024 * 1024, f"the server wrote 8 MiB to stderr; files we hold grew by {grown:,} bytes"
+        died = await call(registry, "die")
+        assert died.metadata["error"] == "mcp_server_died"
+        assert "its stderr ends with:" in died.text and "step 7 done" in died.text, died.text
+
+
+def _bytes_in_open_files() -> int:
+    """The size of every regular file this process holds open (unlinked ones too)."""
+    total = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            st = os.fstat(int(name))
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
 
 
 async def test_a_direct_mcp_tool_call_ends_by_its_deadline_and_the_connection_stays_usable():

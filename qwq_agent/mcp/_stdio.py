@@ -6,26 +6,29 @@ children) holds that pipe too, and when the server crashes the EOF never comes: 
 waits for a reply that cannot come and later calls are written into a dead server's stdin. Here the
 process itself is watched: when it exits, its process group (the server runs in a session of its
 own) is killed, which releases the pipe, and the session ends as it does on EOF. The group is killed
-too when the session ends, so nothing the server started outlives it.
+too when the session ends, so nothing the server started outlives it. The server's stderr goes to a
+`StderrTail`, which keeps its last lines only.
 
 POSIX only (process groups), like the rest of qwq-agent's process handling.
 """
 
 from __future__ import annotations
 
+import asyncio
+import codecs
 import contextlib
 import logging
 import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator
-from typing import IO, Any
+from typing import Any
 
 import anyio
 import anyio.abc
 from anyio.streams.text import TextReceiveStream
 
-__all__ = ["stdio_transport"]
+__all__ = ["StderrTail", "stdio_transport"]
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +45,87 @@ _FLUSH_S = 0.5
 # process group gets SIGTERM and, this long after, SIGKILL (the SDK's own steps and deadlines).
 _EXIT_GRACE_S = 2.0
 _TERM_GRACE_S = 2.0
+# At most this much of a server's stderr is read in one go, so that a server writing without pause
+# cannot keep the event loop (or a caller asking for the tail) reading forever.
+_STDERR_READ_BYTES = 64 * 1024
+_STDERR_READS_AT_ONCE = 16
+
+
+class StderrTail:
+    """Where a stdio server's stderr goes: a pipe of which only the last `keep` characters are kept.
+
+    `fileno()` is the pipe's write end, the stderr of every start of the server; what arrives is read
+    on the event loop as it comes (`watch()`), and again when the tail is asked for, so that what a
+    dying server wrote last is in it. However much a server writes, nothing grows: a file kept it
+    all, on disk, for the life of the connection.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._text = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def fileno(self) -> int:
+        """The pipe's write end, for a server process's stderr."""
+        return self._write_fd
+
+    def watch(self) -> None:
+        """Read the pipe as data arrives, on the running event loop."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._unwatch()
+            loop.add_reader(self._read_fd, self._read)
+            self._loop = loop
+
+    def tail(self) -> str:
+        """The last characters the server wrote (at most `keep`)."""
+        self._read()
+        return self._text
+
+    def close(self) -> None:
+        self._unwatch()
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+    def _read(self) -> None:
+        for _ in range(_STDERR_READS_AT_ONCE):
+            try:
+                data = os.read(self._read_fd, _STDERR_READ_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:  # we hold the write end ourselves, so this is not expected
+                return
+            text = self._decoder.decode(data)
+            self._text = (self._text + text[-self._keep :])[-self._keep :]
+
+    def _unwatch(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._read_fd)
 
 
 @contextlib.asynccontextmanager
 async def stdio_transport(
-    command: list[str], env: dict[str, str] | None, errlog: IO[Any]
+    command: list[str], env: dict[str, str] | None, stderr: StderrTail
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Start `command` as an MCP stdio server in a session of its own; yield the SDK's stream pair.
 
     The environment is the SDK's default one plus `env`, as the SDK's `stdio_client` gives it; the
-    server's stderr goes to `errlog`. The read stream ends when the server's stdout closes or when the
+    server's stderr goes to `stderr`. The read stream ends when the server's stdout closes or when the
     server exits, whichever comes first.
     """
     from mcp.client.stdio import get_default_environment
     from mcp.shared.message import SessionMessage
 
+    stderr.watch()
     process = await anyio.open_process(
         command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=errlog,
+        stderr=stderr.fileno(),
         env=get_default_environment() | (env or {}),
         start_new_session=True,
     )

@@ -12,14 +12,13 @@ import asyncio
 import contextlib
 import re
 import shlex
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
 from pydantic import BaseModel, Field, model_validator
 
-from qwq_agent.mcp._stdio import stdio_transport
+from qwq_agent.mcp._stdio import StderrTail, stdio_transport
 
 __all__ = ["MCPConnectError", "MCPConnection", "MCPError", "MCPServerDied", "MCPServerSpec"]
 
@@ -98,9 +97,7 @@ class MCPConnection:
         self._read: _WatchedReadStream | None = None
         self._http_session: _HTTPSession | None = None
         self._lock = asyncio.Lock()
-        self._stderr = (
-            tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") if spec.command else None
-        )
+        self._stderr = StderrTail(_STDERR_TAIL_CHARS) if spec.command else None
         self.starts = 0
 
     @property
@@ -269,12 +266,8 @@ class MCPConnection:
         if self._stderr is None:
             return ""
         try:
-            self._stderr.flush()
-            self._stderr.seek(0, 2)
-            size = self._stderr.tell()
-            self._stderr.seek(max(0, size - _STDERR_TAIL_CHARS * 4))
-            tail = self._stderr.read()[-_STDERR_TAIL_CHARS:].strip()
-        except (OSError, ValueError):
+            tail = self._stderr.tail().strip()
+        except OSError:
             return ""
         return f"; its stderr ends with:\n{tail}" if tail else ""
 
