@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import subprocess
+import sys
+from subprocess import DEVNULL
 from typing import Annotated, Literal
 
 import anyio
@@ -20,6 +23,9 @@ from pydantic import Field
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 )
+
+
+HELPER: subprocess.Popen[bytes] | None = None
 
 
 def build(name: str) -> MCPServer:
@@ -62,6 +68,23 @@ def build(name: str) -> MCPServer:
         return f"slept {seconds}"
 
     @server.tool()
+    def chatter(kib: int, last: str) -> str:
+        """Log `kib` KiB to stderr, then the line `last`."""
+        sys.stderr.write(("debug: " + "x" * 1016 + "\n") * kib + last + "\n")
+        sys.stderr.flush()
+        return "logged"
+
+    @server.tool()
+    def spawn() -> int:
+        """Start a long-lived child that keeps no pipe of ours (a browser, a worker); its pid."""
+        return subprocess.Popen(["sleep", "600"], stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL).pid
+
+    @server.tool()
+    def helper() -> int:
+        """The pid of the child started with `--helper` (0 without)."""
+        return HELPER.pid if HELPER is not None else 0
+
+    @server.tool()
     def die() -> str:
         """End the server process in the middle of the call."""
         os._exit(3)
@@ -73,7 +96,15 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", default="testsrv")
     ap.add_argument("--http", type=int, help="serve streamable HTTP on 127.0.0.1:PORT/mcp")
+    ap.add_argument(
+        "--helper",
+        action="store_true",
+        help="start a long-lived child first, with our stdio (children inherit it by default)",
+    )
     args = ap.parse_args()
+    if args.helper:
+        # Before the server takes over stdout: the child holds the very pipe the client reads.
+        HELPER = subprocess.Popen(["sleep", "600"])
     srv = build(args.name)
     if args.http:
         srv.run("streamable-http", host="127.0.0.1", port=args.http)

@@ -236,7 +236,7 @@ def test_server_specs_from_the_command_line():
 
 @pytest.mark.parametrize("debug", [False, True])
 def test_a_stray_line_on_an_mcp_servers_stdout_is_one_log_line_not_a_traceback(tmp_path, debug):
-    # The MCP SDK logs it with `logger.exception`; with no logging configured, Python's last-resort
+    # The stdio transport logs it with its traceback; with no logging configured, Python's last-resort
     # handler printed the whole traceback in a run that worked.
     script = str(Path(__file__).parent / "raw_mcp_server.py")
     tools = json.dumps([{"name": "echo", "inputSchema": {"type": "object"}}])
@@ -260,4 +260,4 @@ def test_a_stray_line_on_an_mcp_servers_stdout_is_one_log_line_not_a_traceback(t
         assert "Traceback" in proc.stderr
     else:
         assert "Traceback" not in proc.stdout + proc.stderr
-        assert "ValidationError" in noted[0] and "mcp.client.stdio" in noted[0]
+        assert "ValidationError" in noted[0] and "qwq_agent.mcp" in noted[0]

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import json
 import os
+import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -23,7 +26,9 @@ from mcp_server import PNG
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.messages import ToolCall
+from qwq_agent.deadline import Deadline
 from qwq_agent.mcp import MCPConnectError, MCPServerSpec, mcp_tools
+from qwq_agent.protocols import ToolContext
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 from qwq_agent.tools.base import tool
 from qwq_agent.tools.registry import ToolRegistry
@@ -79,6 +84,9 @@ async def test_stdio_server_tools_are_typed_tools():
             "fail",
             "nap",
             "die",
+            "helper",
+            "spawn",
+            "chatter",
         }
         await check_server_tools(ToolRegistry(tools))
 
@@ -147,6 +155,22 @@ async def test_an_http_server_that_goes_away_is_an_observation_and_is_reconnecte
                 assert (back.text, back.is_error) == ("11", False)
 
 
+async def test_an_http_server_restarted_between_calls_gets_a_new_session_and_the_call_goes_through():
+    # The restarted server answers the old Mcp-Session-Id with 404 "Session not found"; that was read
+    # as a protocol error, nothing reconnected, and every later call of the run failed the same way.
+    with http_server("flaky") as (url, proc):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        async with await mcp_tools(url) as tools:
+            registry = ToolRegistry(tools)
+            assert (await call(registry, "add", a=1, b=2)).text == "3"
+            proc.kill()
+            proc.wait(timeout=10)
+            with http_server("flaky", port=port):
+                outs = [await call(registry, "add", a=5, b=i) for i in range(3)]
+            assert [(o.text, o.is_error) for o in outs] == [("5", False), ("6", False), ("7", False)]
+            assert tools.connections[0].starts == 2
+
+
 async def test_a_server_that_cannot_start_raises_a_typed_error_naming_it_with_its_stderr():
     broken = [sys.executable, "-c", "import sys; sys.stderr.write('missing API key\\n'); sys.exit(2)"]
     with pytest.raises(MCPConnectError) as info:
@@ -204,11 +228,7 @@ async def test_a_server_that_never_answers_the_handshake_times_out_and_is_stoppe
     silent = MCPServerSpec(command=[sys.executable, "-c", script], connect_timeout_s=2)
     with pytest.raises(MCPConnectError, match="did not answer the handshake within 2 s"):
         await mcp_tools(silent)
-    pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while _running(pid):
-        assert time.monotonic() < deadline, f"the silent server (pid {pid}) was left running"
-        await asyncio.sleep(0.05)
+    await _gone(int(pid_file.read_text()), "the silent server was left running")
 
 
 async def test_a_handshake_timeout_cancels_the_stuck_handshake_and_leaves_no_unread_error():
@@ -235,6 +255,14 @@ async def test_a_handshake_timeout_cancels_the_stuck_handshake_and_leaves_no_unr
         loop.set_exception_handler(previous)
     assert holders == [], "the holder task outlived the failed connect"
     assert [c.get("message") for c in unread] == []
+
+
+async def _gone(pid: int, why: str) -> None:
+    """Wait (10 s at most: a SIGKILLed process takes a moment to exit) for `pid` to end."""
+    deadline = time.monotonic() + 10
+    while _running(pid):
+        assert time.monotonic() < deadline, f"{why} (pid {pid})"
+        await asyncio.sleep(0.02)
 
 
 def _running(pid: int) -> bool:
@@ -279,8 +307,6 @@ async def test_mcp_serve_lets_the_tools_own_timeout_govern_past_60_s(sandbox_ima
 
 
 async def test_a_stdio_server_that_died_between_calls_is_restarted_by_the_next_call():
-    import signal
-
     async with await mcp_tools(stdio_command("idle")) as tools:
         registry = ToolRegistry(tools)
         first = (await call(registry, "whoami")).text
@@ -293,6 +319,87 @@ async def test_a_stdio_server_that_died_between_calls_is_restarted_by_the_next_c
         again = await call(registry, "whoami")
         assert not again.is_error and again.text.startswith("idle pid=") and again.text != first
         assert conn.starts == 2
+
+
+async def test_a_stdio_server_that_dies_while_its_child_holds_its_stdout_is_noticed_and_restarted():
+    # A child started with the server's stdio keeps its stdout open: the death never showed as EOF,
+    # the call waited out the registry's limit, and every later call went to the dead server's stdin.
+    async with await mcp_tools([*stdio_command("parent"), "--helper"]) as tools:
+        registry = ToolRegistry(tools, timeout=20)
+        helpers = [int((await call(registry, "helper")).text)]
+        try:
+            died = await call(registry, "die")
+            assert died.metadata["error"] == "mcp_server_died", died.text
+            await _gone(helpers[0], "the dead server's child was left running")
+            again = await call(registry, "whoami")
+            assert not again.is_error and again.text.startswith("parent pid="), again.text
+            assert tools.connections[0].starts == 2
+            helpers.append(int((await call(registry, "helper")).text))
+        finally:
+            for pid in helpers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+async def test_what_a_stdio_server_started_is_stopped_with_it_on_a_crash_and_on_close():
+    # The SDK signals the server's process group only when the server is still alive 2 s after its
+    # stdin closes: one that crashed, or that exits on EOF as servers do, left its children running,
+    # one set per restart, after the run.
+    helpers: list[int] = []
+    try:
+        async with await mcp_tools(stdio_command("parent")) as tools:
+            registry = ToolRegistry(tools)
+            helpers.append(int((await call(registry, "spawn")).text))
+            assert (await call(registry, "die")).metadata["error"] == "mcp_server_died"
+            helpers.append(int((await call(registry, "spawn")).text))
+            assert tools.connections[0].starts == 2
+        for pid in helpers:
+            await _gone(pid, "a child of the server outlived it")
+    finally:
+        for pid in helpers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_stdio_servers_stderr_is_kept_as_a_bounded_tail_not_in_full():
+    # All of it went to an unlinked temporary file (invisible to `du`) that only grew, for the 800
+    # characters ever read from it: a chatty server filled /tmp over a long run.
+    async with await mcp_tools(stdio_command("chatty")) as tools:
+        registry = ToolRegistry(tools)
+        before = _bytes_in_open_files()
+        for i in range(8):
+            out = await call(registry, "chatter", kib=1024, last=f"step {i} done")
+            assert (out.text, out.is_error) == ("logged", False)
+        grown = _bytes_in_open_files() - before
+        assert grown < 1024 * 1024, f"the server wrote 8 MiB to stderr; files we hold grew by {grown:,} bytes"
+        died = await call(registry, "die")
+        assert died.metadata["error"] == "mcp_server_died"
+        assert "its stderr ends with:" in died.text and "step 7 done" in died.text, died.text
+
+
+def _bytes_in_open_files() -> int:
+    """The size of every regular file this process holds open (unlinked ones too)."""
+    total = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            st = os.fstat(int(name))
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+async def test_a_direct_mcp_tool_call_ends_by_its_deadline_and_the_connection_stays_usable():
+    # Called without a registry, a call waited for as long as the server took: forever for a hung one.
+    spec = MCPServerSpec(command=stdio_command("direct"), call_timeout_s=0.5)
+    async with await mcp_tools(spec) as tools:
+        nap = next(t for t in tools if t.spec.name == "nap")
+        late = await nap({"seconds": 30}, ToolContext())
+        assert late.is_error and late.metadata["error"] == "timeout", late.text
+        # The context's deadline, when there is one, is the call's deadline.
+        sooner = await nap({"seconds": 30}, ToolContext(deadline=Deadline.after(0.2)))
+        assert sooner.is_error and sooner.metadata["error"] == "timeout", sooner.text
+        assert (await nap({"seconds": 0}, ToolContext())).text == "slept 0.0"
+        assert tools.connections[0].starts == 1
 
 
 def raw_server(tools: list[dict], **env: str) -> MCPServerSpec:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import re
 import shlex
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -21,9 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qwq_agent.urls import redact_url, redact_urls_in
 
+from qwq_agent.mcp._stdio import StderrTail, stdio_transport
+
 __all__ = ["MCPConnectError", "MCPConnection", "MCPError", "MCPServerDied", "MCPServerSpec"]
 
 _STDERR_TAIL_CHARS = 800
+_MCP_SESSION_ID = "mcp-session-id"
 # How long a holder task gets to leave its transport (the SDK bounds its own steps: ~2 s for the
 # process to exit once its stdin closes, 2 s more after SIGTERM) before it is cancelled, and again after.
 _SHUTDOWN_S = 10.0
@@ -57,6 +59,11 @@ class MCPServerSpec(BaseModel):
     env: dict[str, str] | None = None
     headers: dict[str, str] | None = None
     connect_timeout_s: float = 30.0
+    call_timeout_s: float | None = Field(
+        default=660.0,
+        description="the longest a tool call may take when its caller sets no deadline (a direct "
+        "`MCPTool` call); under the agent loop the call's deadline governs. None: no limit",
+    )
 
     @model_validator(mode="after")
     def _one_transport(self) -> MCPServerSpec:
@@ -102,10 +109,9 @@ class MCPConnection:
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
         self._read: _WatchedReadStream | None = None
+        self._http_session: _HTTPSession | None = None
         self._lock = asyncio.Lock()
-        self._stderr = (
-            tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") if spec.command else None
-        )
+        self._stderr = StderrTail(_STDERR_TAIL_CHARS) if spec.command else None
         self.starts = 0
 
     @property
@@ -116,6 +122,7 @@ class MCPConnection:
             and self._task is not None
             and not self._task.done()
             and not (self._read is not None and self._read.ended)
+            and not (self._http_session is not None and self._http_session.lost)
         )
 
     async def connect(self) -> None:
@@ -180,18 +187,16 @@ class MCPConnection:
             from mcp.client.streamable_http import streamable_http_client
             from mcp.shared._httpx_utils import create_mcp_http_client
 
-            # Our own client only to send headers; it keeps the SDK's default timeouts.
+            # Our own client to send headers and to see the HTTP status of every answer; it keeps the
+            # SDK's default timeouts.
             async with create_mcp_http_client(headers=self.spec.headers) as client:
+                self._http_session = session = _HTTPSession()
+                client.event_hooks["response"].append(session.on_response)
                 async with streamable_http_client(self.spec.url, http_client=client) as streams:
                     yield streams
             return
-        from mcp import StdioServerParameters, stdio_client
-
         assert self.spec.command is not None and self._stderr is not None
-        params = StdioServerParameters(
-            command=self.spec.command[0], args=self.spec.command[1:], env=self.spec.env
-        )
-        async with stdio_client(params, errlog=self._stderr) as streams:
+        async with stdio_transport(self.spec.command, self.spec.env, self._stderr) as streams:
             yield streams
 
     async def list_tools(self) -> list[Any]:
@@ -218,14 +223,30 @@ class MCPConnection:
     async def call(self, name: str, arguments: dict[str, Any]) -> Any:
         """Call a tool; returns the SDK's `CallToolResult`.
 
-        Raises `MCPServerDied` when the connection ends during the call (the next call reconnects),
-        `MCPConnectError` when it cannot be re-established, and the SDK's `MCPError` for a protocol
-        error the server sent (e.g. an unknown tool).
+        An HTTP server that no longer knows our session (it answers 404: restarted, or it expired the
+        session) gets the call again, once, on a new session. Raises `MCPServerDied` when the
+        connection ends during the call (the next call reconnects), `MCPConnectError` when it cannot
+        be re-established, and the SDK's `MCPError` for a protocol error the server sent (e.g. an
+        unknown tool).
         """
+        try:
+            return await self._call_once(name, arguments)
+        except _SessionLost:
+            # The server answered 404 to our session id: it no longer knows the session (it was
+            # restarted, or it expired the session) and turned the request away unread, so the tool
+            # did not run and the call can go again, once, on a new session (the spec: a client that
+            # gets 404 for its session MUST start a new one).
+            pass
+        try:
+            return await self._call_once(name, arguments)
+        except _SessionLost:
+            raise self._died() from None
+
+    async def _call_once(self, name: str, arguments: dict[str, Any]) -> Any:
         from mcp.shared.exceptions import MCPError as SDKError
 
         await self.connect()
-        session, task = self._session, self._task
+        session, task, http = self._session, self._task, self._http_session
         if session is None or task is None:  # it died again between connecting and calling
             raise self._died()
         call = asyncio.create_task(session.call_tool(name, arguments))
@@ -242,6 +263,9 @@ class MCPConnection:
         exc = call.exception()
         if exc is None:
             return call.result()
+        if isinstance(exc, SDKError) and http is not None and http.lost:
+            self._session = None
+            raise _SessionLost
         if (isinstance(exc, SDKError) and "connection closed" in str(exc).lower()) or not self.alive:
             raise self._died() from None
         raise exc
@@ -256,12 +280,8 @@ class MCPConnection:
         if self._stderr is None:
             return ""
         try:
-            self._stderr.flush()
-            self._stderr.seek(0, 2)
-            size = self._stderr.tell()
-            self._stderr.seek(max(0, size - _STDERR_TAIL_CHARS * 4))
-            tail = self._stderr.read()[-_STDERR_TAIL_CHARS:].strip()
-        except (OSError, ValueError):
+            tail = self._stderr.tail().strip()
+        except OSError:
             return ""
         return f"; its stderr ends with:\n{tail}" if tail else ""
 
@@ -300,11 +320,31 @@ class MCPConnection:
             self._stderr = None
 
 
+class _SessionLost(Exception):
+    """The HTTP server answered 404 to a request of our session: the session is gone."""
+
+
+class _HTTPSession:
+    """Notes, from the HTTP status of its answers, that the server no longer knows our session.
+
+    A server that restarted between two calls took its sessions with it and answers the old
+    `Mcp-Session-Id` with 404; nothing else ends the client's side (no stream closes, no task ends).
+    """
+
+    def __init__(self) -> None:
+        self.lost = False
+
+    async def on_response(self, response: Any) -> None:
+        if response.status_code == 404 and _MCP_SESSION_ID in response.request.headers:
+            self.lost = True
+
+
 class _WatchedReadStream:
     """The transport's read stream (the SDK's `ReadStream` protocol), noting when it ends.
 
-    A stdio server that exits while no call is in flight closes its stdout; seeing that here lets the
-    next call start it again instead of failing on the dead session first.
+    A stdio server that exits while no call is in flight ends it (its stdout closes, or the transport
+    sees the process exit); seeing that here lets the next call start it again instead of failing on
+    the dead session first.
     """
 
     def __init__(self, inner: Any) -> None:

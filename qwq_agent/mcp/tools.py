@@ -11,6 +11,7 @@ from typing import Any
 
 from qwq_agent.agent.chat_format import tool_spec_json
 from qwq_agent.agent.messages import ToolSpec
+from qwq_agent.deadline import Deadline
 from qwq_agent.mcp.connection import MCPConnection, MCPError, MCPServerDied, MCPServerSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
 from qwq_agent.tools.arg_check import run_check
@@ -141,7 +142,8 @@ class MCPTool:
     """One tool of an MCP server; satisfies the `Tool` protocol.
 
     Arguments are checked against the converted schema (the registry does so too; this covers direct
-    callers). Every failure (a tool error, a protocol error, a server that died) is an observation.
+    callers). Every failure (a tool error, a protocol error, a server that died, no answer by the
+    call's deadline: the context's, else the server's `call_timeout_s`) is an observation.
     A description longer than `MAX_DESCRIPTION_CHARS` is cut, with a note saying so, and so is every
     annotation in the input schema longer than `MAX_SCHEMA_TEXT_CHARS`; raises `ToolSpecTooLarge` when
     the spec is still longer than `MAX_SPEC_CHARS`.
@@ -191,10 +193,14 @@ class MCPTool:
         return self._spec
 
     async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
+        deadline = context.deadline if context is not None else None
+        if deadline is None:
+            # Called directly: the server's own limit, or a server that never answers holds the caller
+            # forever (a registry or the loop stops the call by their limit or deadline as well).
+            deadline = Deadline.after(self.connection.spec.call_timeout_s)
         # Off the event loop, on the argument checks' own threads, like the registry's check.
-        limit = context.deadline.left() if context is not None and context.deadline is not None else None
         try:
-            problems = await run_check(lambda: self._problems(arguments), limit=limit)
+            problems = await run_check(lambda: self._problems(arguments), limit=deadline.left())
         except TimeoutError:
             problems = ["the arguments could not be checked against the tool's schema in time"]
         if problems:
@@ -205,8 +211,20 @@ class MCPTool:
                 metadata={"error": "invalid_arguments"},
             )
         server = self.connection.server_name or self.connection.spec.label
+        limit = deadline.left()
+        timer = asyncio.timeout(limit)
         try:
-            result = await self.connection.call(self.remote_name, arguments)
+            async with timer:
+                result = await self.connection.call(self.remote_name, arguments)
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            return ToolOutput(
+                text=f"Tool '{self._spec.name}' did not answer within {limit:g} s, the time limit of "
+                "the call, and was cancelled.",
+                is_error=True,
+                metadata={"error": "timeout", "mcp_server": server},
+            )
         except MCPServerDied as exc:
             return ToolOutput(
                 text=f"Tool '{self._spec.name}' failed: {exc}. The server will be restarted on the next call.",
