@@ -18,9 +18,8 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qwq_agent.urls import redact_url, redact_urls_in
-
 from qwq_agent.mcp._stdio import StderrTail, stdio_transport
+from qwq_agent.urls import redact_url, redact_urls_in
 
 __all__ = ["MCPConnectError", "MCPConnection", "MCPError", "MCPServerDied", "MCPServerSpec"]
 
