@@ -1,8 +1,8 @@
 """`redact_url`: a URL fit to print or log, its credentials hidden.
 
 A model server, an MCP server, an OTLP collector or a search endpoint behind basic auth is given as
-`http://user:password@host` (httpx and the OTLP exporter send the userinfo as basic auth). Such URLs
-are named in error lines (stderr goes to CI logs and cron mail) and in tool observations (the model's
+`http://user:password@host` (httpx and the OTLP exporter send the userinfo as basic auth); a hosted
+one often takes its key in the query instead (`https://host/mcp?api_key=...`). Such URLs are named in error lines (stderr goes to CI logs and cron mail) and in tool observations (the model's
 prompt, the trace, the spans), so every place that shows one passes it through here, and a library's
 error text, which may quote the URL it failed on, through `redact_urls_in`.
 """
@@ -10,6 +10,7 @@ error text, which may quote the URL it failed on, through `redact_urls_in`.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_plus
 
 # Read from the raw text, so a URL that does not parse (the one an error line is about) is redacted
 # too, and one given without a scheme (`user:pw@host:30000`) as well.
@@ -40,19 +41,63 @@ def _userinfo_end(rest: str) -> int:
     return last if not_a_port or _HOST_PORT.fullmatch(after) else -1
 
 
+# Query parameters that carry a secret: API keys, tokens, signatures of presigned URLs, OAuth codes.
+_SECRET_PARAMS = frozenset(
+    {
+        "key", "api_key", "apikey", "api-key", "x-api-key", "token", "access_token", "auth",
+        "authorization", "secret", "client_secret", "password", "passwd", "pwd", "sig", "signature",
+        "code",
+    }
+)  # fmt: skip
+# ... and any name ending so: `hf_token`, `X-Amz-Security-Token`, `X-Amz-Signature`, `apiKey`.
+_SECRET_SUFFIX = re.compile(r"[_\-.](key|token|secret|signature|password)$", re.IGNORECASE)
+_CAMEL_SECRET_SUFFIX = re.compile(r"[a-z0-9](Key|Token|Secret|Signature|Password)$")
+_QUERY_OR_FRAGMENT = re.compile(r"[?#]")
+
+
+def _is_secret_param(name: str) -> bool:
+    name = unquote_plus(name).strip()
+    return (
+        name.lower() in _SECRET_PARAMS
+        or _SECRET_SUFFIX.search(name) is not None
+        or _CAMEL_SECRET_SUFFIX.search(name) is not None
+    )
+
+
+def _redact_query(url: str, start: int) -> str:
+    """`url` with the values of its secret query parameters (after index `start`, past any userinfo)
+    replaced by `***`; their names and the other parameters are kept, so the URL stays recognisable."""
+    mark = _QUERY_OR_FRAGMENT.search(url, start)
+    if mark is None or mark.group() != "?":
+        return url
+    end = url.find("#", mark.end())
+    end = len(url) if end < 0 else end
+    pieces = re.split(r"([&;])", url[mark.end() : end])
+    for i in range(0, len(pieces), 2):  # the separators sit at the odd indexes
+        name, sep, value = pieces[i].partition("=")
+        if sep and value and _is_secret_param(name):
+            pieces[i] = f"{name}=***"
+    return f"{url[: mark.end()]}{''.join(pieces)}{url[end:]}"
+
+
 def redact_url(url: str, *, keep_user: bool = False) -> str:
-    """`url` with its password replaced by `***` (`user:***@host`); a user name alone, often a token
-    itself, is replaced whole (`***@host`), unless `keep_user` (an ssh login: `ssh://user@host`). A URL
-    without credentials comes back unchanged; so does one whose only `@` is in its path."""
+    """`url` with its credentials replaced by `***`.
+
+    A password becomes `user:***@host`; a user name alone, often a token itself, is replaced whole
+    (`***@host`), unless `keep_user` (an ssh login: `ssh://user@host`). The value of a query parameter
+    named like a secret (`api_key`, `token`, `sig`, `code`, `..._key`, `..._token`, ...) becomes `***`
+    (`?api_key=***&region=eu`). A URL without credentials comes back unchanged; so does one whose only
+    `@` is in its path."""
     scheme = _SCHEME.match(url)
     start = scheme.end() if scheme else 0
     end = _userinfo_end(url[start:])
     if end < 0:
-        return url
+        return _redact_query(url, start)
+    rest = _redact_query(url, start + end)
     user, sep, _ = url[start : start + end].partition(":")
     if sep:
-        return f"{url[:start]}{user}:***{url[start + end :]}"
-    return url if keep_user else f"{url[:start]}***{url[start + end :]}"
+        return f"{url[:start]}{user}:***{rest[start + end :]}"
+    return rest if keep_user else f"{url[:start]}***{rest[start + end :]}"
 
 
 def has_password(url: str) -> bool:
@@ -68,19 +113,35 @@ def has_password(url: str) -> bool:
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
 
 
+# Punctuation that ends a sentence after a URL (`see http://host/x?key=K.`): not part of the URL.
+_TRAILING = re.compile(r"[.,;:!?)\]}]+$")
+
+
 def redact_urls_in(text: str) -> str:
     """`text` with every URL in it passed through `redact_url`: for an error message of a library (an
-    HTTP status error quotes the URL it was raised for, credentials and all)."""
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)
+    HTTP status error quotes the URL it was raised for, credentials and all). Text outside the URLs,
+    the punctuation after one included, is kept as it is."""
+
+    def redact(m: re.Match[str]) -> str:
+        url = m.group()
+        tail = _TRAILING.search(url)
+        if tail is None:
+            return redact_url(url)
+        return redact_url(url[: tail.start()]) + tail.group()
+
+    return _URL_IN_TEXT.sub(redact, text)
 
 
 def hide_userinfo(url: str) -> str:
     """`url` with everything between its scheme (if any) and its last `@` shown as `***`.
 
     For a URL already known to be misread (a password with an unencoded `/ ? #`): where its password
-    ends is unclear, so user name and password are hidden together.
+    ends is unclear, so user name and password are hidden together. Secret query parameters after
+    that `@` are hidden as `redact_url` hides them.
     """
     scheme = _SCHEME.match(url)
     start = scheme.end() if scheme else 0
     at = url.rfind("@")
-    return f"{url[:start]}***{url[at:]}" if at >= start else url
+    if at < start:
+        return _redact_query(url, start)
+    return f"{url[:start]}***{_redact_query(url, at)[at:]}"

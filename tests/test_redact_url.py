@@ -26,6 +26,29 @@ from qwq_agent.urls import has_password, redact_url, redact_urls_in
         ("http://a:b?c#d@host", "http://a:***@host"),
         ("http://admin:1234/56@host:30000/v1", "http://admin:***@host:30000/v1"),
         ("http://host:80/users/@me", "http://host:80/users/@me"),
+        # a key in the query: its value is hidden, its name and the other parameters are kept
+        ("https://host/mcp?api_key=S3CR", "https://host/mcp?api_key=***"),
+        ("https://host/mcp?region=eu&token=S3CR&v=2", "https://host/mcp?region=eu&token=***&v=2"),
+        ("https://u:pw@host/x?Access_Token=S3CR#top", "https://u:***@host/x?Access_Token=***#top"),
+        ("http://a:b?c#d@host/x?sig=S3CR", "http://a:***@host/x?sig=***"),  # the ? in the password
+        ("host:30000/v1?KEY=S3CR", "host:30000/v1?KEY=***"),
+        ("https://h/x?apikey=1&api-key=2&x-api-key=3", "https://h/x?apikey=***&api-key=***&x-api-key=***"),
+        ("https://h/x?auth=1&authorization=2&secret=3", "https://h/x?auth=***&authorization=***&secret=***"),
+        ("https://h/x?password=1&passwd=2&pwd=3", "https://h/x?password=***&passwd=***&pwd=***"),
+        (
+            "https://h/x?signature=1&client_secret=2&code=3",
+            "https://h/x?signature=***&client_secret=***&code=***",
+        ),
+        (
+            "https://h/x?hf_token=1&brave_key=2;app_secret=3",
+            "https://h/x?hf_token=***&brave_key=***;app_secret=***",
+        ),
+        ("https://h/x?X-Amz-Date=1&X-Amz-Signature=2", "https://h/x?X-Amz-Date=1&X-Amz-Signature=***"),
+        ("https://h/x?apiKey=1&api%5Fkey=2", "https://h/x?apiKey=***&api%5Fkey=***"),
+        # no secret to hide: names that only contain a secret's name, empty values, the fragment
+        ("https://h/s?q=api_key&monkey=1&keys=2&token", "https://h/s?q=api_key&monkey=1&keys=2&token"),
+        ("https://h/x?api_key=&page=2", "https://h/x?api_key=&page=2"),
+        ("https://h/x#token=abc", "https://h/x#token=abc"),
     ],
 )
 def test_credentials_are_hidden_and_the_rest_kept(url, shown):
@@ -57,6 +80,24 @@ def test_every_url_in_a_library_s_error_text_is_redacted():
     assert redact_urls_in("no URL here: a:b@c") == "no URL here: a:b@c"
 
 
+def test_query_keys_in_free_text_are_hidden_and_the_text_around_them_kept():
+    import httpx
+
+    url = "https://mcp.example.com/mcp?region=eu&api_key=S3CRETKEY"
+    response = httpx.Response(401, request=httpx.Request("POST", url))
+    with pytest.raises(httpx.HTTPStatusError) as err:
+        response.raise_for_status()
+    assert "S3CRETKEY" in str(err.value)  # httpx quotes the URL, query and all
+    shown = redact_urls_in(str(err.value))
+    assert "S3CRETKEY" not in shown and "'https://mcp.example.com/mcp?region=eu&api_key=***'" in shown
+    # punctuation closing a sentence is no part of the key: it stays, so does the text around
+    assert (
+        redact_urls_in("see https://h/x?token=T0K, (https://h/y?key=K3Y). Done? ?key=plain text")
+        == "see https://h/x?token=***, (https://h/y?key=***). Done? ?key=plain text"
+    )
+    assert redact_urls_in("ends with https://h/?q=1?") == "ends with https://h/?q=1?"
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -66,6 +107,8 @@ def test_every_url_in_a_library_s_error_text_is_redacted():
         "http://admin:1234/S3CR@127.0.0.1",  # parses, with the password in the path
         "http://admin:S3CR@[::1",  # does not parse at all
         "ftp://admin:S3CR@127.0.0.1:30000",
+        "ftp://127.0.0.1:30000/v1?api_key=S3CR",  # a key in the query
+        "127.0.0.1:30000/v1?token=S3CR",
     ],
 )
 def test_no_part_of_a_password_is_in_the_model_url_check_s_lines(url):

@@ -2,8 +2,9 @@
 server or router checked by `serve`, Docker hosts) are shown nowhere: not on the console, not in an
 observation (the model's prompt, the trace), not in a span.
 
-httpx and the OTLP exporter send `user:password@` as basic auth, so such URLs work; every message
-naming one passes it through `redact_url` (`user:***@host`).
+httpx and the OTLP exporter send `user:password@` as basic auth, so such URLs work, and a hosted
+server takes its key in the query (`?api_key=...`); every message naming one passes it through
+`redact_url` (`user:***@host`, `?api_key=***`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,17 @@ def with_credentials(url: str, user: str = "alice") -> str:
     return url.replace("://", f"://{user}:{SECRET}@", 1)
 
 
+def with_query_key(url: str) -> str:
+    return f"{url}?region=eu&api_key={SECRET}"
+
+
+# How a URL carries its secret, and how it is shown: basic auth in the userinfo, or a key in the query.
+CARRIERS = {
+    "userinfo": (with_credentials, lambda url: with_credentials(url).replace(SECRET, "***")),
+    "query": (with_query_key, lambda url: with_query_key(url).replace(SECRET, "***")),
+}
+
+
 def tool_call(name: str, **arguments: object) -> str:
     return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
 
@@ -53,7 +65,10 @@ def cli(*argv: str, env: dict[str, str] | None = None, cwd: str | None = None) -
 # ----- MCP ------------------------------------------------------------------------------------------
 
 
-async def test_an_mcp_server_gone_mid_run_is_named_without_its_password_in_prompt_trace_and_spans(tmp_path):
+@pytest.mark.parametrize("carrier", CARRIERS)
+async def test_an_mcp_server_gone_mid_run_is_named_without_its_password_in_prompt_trace_and_spans(
+    tmp_path, carrier
+):
     pytest.importorskip("mcp")
     pytest.importorskip("opentelemetry.sdk")
     from mcp_helpers import http_server
@@ -75,8 +90,9 @@ async def test_an_mcp_server_gone_mid_run_is_named_without_its_password_in_promp
         "Again.\n</think>\n\n" + tool_call("add", a=1, b=2),
         "Down.\n</think>\n\nThe tool is down.",
     ]
+    secured, shown = CARRIERS[carrier]
     with http_server("secure") as (url, proc):
-        async with await mcp_tools(with_credentials(url)) as tools:
+        async with await mcp_tools(secured(url)) as tools:
             proc.kill()
             proc.wait(timeout=10)
             async with ScriptedModelServer(turns) as model, SGLangClient(model.url, retry=NO_RETRY) as client:
@@ -85,23 +101,25 @@ async def test_an_mcp_server_gone_mid_run_is_named_without_its_password_in_promp
                     pass
                 prompts = [r.prompt or "" for r in model.requests]
 
-    assert len(prompts) == 3 and "MCP server 'http://alice:***@127.0.0.1" in prompts[2]  # still named
+    assert len(prompts) == 3 and f"MCP server '{shown(url)}'" in prompts[2]  # still named
     assert not [p for p in prompts if SECRET in p]
     assert SECRET not in trace.read_text()
     tool_spans = [s for s in exporter.get_finished_spans() if s.name == "execute_tool add"]
-    assert len(tool_spans) == 2 and "alice:***@" in (tool_spans[1].status.description or "")
+    assert len(tool_spans) == 2 and shown(url) in (tool_spans[1].status.description or "")
     for span in exporter.get_finished_spans():
         assert SECRET not in json.dumps([dict(span.attributes or {}), span.status.description], default=str)
 
 
+@pytest.mark.parametrize("carrier", CARRIERS)
 @pytest.mark.parametrize("scheme", ["http", "ftp"])
-def test_the_cli_names_an_mcp_url_it_cannot_use_without_its_password(scheme):
+def test_the_cli_names_an_mcp_url_it_cannot_use_without_its_password(scheme, carrier):
     pytest.importorskip("mcp")
-    url = f"{scheme}://alice:{SECRET}@127.0.0.1:{free_port()}/mcp"  # nothing listens there
+    secured, shown = CARRIERS[carrier]
+    url = f"{scheme}://127.0.0.1:{free_port()}/mcp"  # nothing listens there
     with ScriptedModelServer([]) as model:
-        out = cli("run", "hi", "--model-url", model.url, "--mcp-url", url)
+        out = cli("run", "hi", "--model-url", model.url, "--mcp-url", secured(url))
     assert SECRET not in out
-    assert f"{scheme}://alice:***@127.0.0.1" in out
+    assert shown(url) in out
     if scheme == "ftp":  # an --mcp-url is a URL: refused as one, not run as a command
         assert "must start with http:// or https://" in out
 

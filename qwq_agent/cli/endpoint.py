@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from qwq_agent.cli.errors import EXIT_MODEL, CliError
 from qwq_agent.settings import get_settings
-from qwq_agent.urls import hide_userinfo
+from qwq_agent.urls import hide_userinfo, redact_url
 
 
 class Endpoint(NamedTuple):
@@ -43,7 +43,7 @@ def check_model_url(url: str) -> None:
     it (its error text, its path), which cuts a password with an unencoded `/ ? #` anywhere.
     """
     secret = "@" in url
-    shown = hide_userinfo(url) if secret else url
+    shown = hide_userinfo(url) if secret else redact_url(url)  # a key may be in the query too
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # e.g. "Invalid IPv6 URL" for an unclosed [
@@ -56,7 +56,7 @@ def check_model_url(url: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         # `host:30000` parses as scheme "host": suggest the text as given, after any scheme it had
         rest = url.split("://", 1)[-1]
-        suggestion = hide_userinfo(rest) if secret else rest
+        suggestion = hide_userinfo(rest) if secret else redact_url(rest)
         raise CliError(
             f"model URL {shown!r} is not an http:// or https:// URL",
             f"use e.g. --model-url http://{suggestion or '127.0.0.1:30000'} (or set QWQ_MODEL_URL)",
