@@ -196,3 +196,19 @@ async def test_a_replay_ends_where_the_recorded_runs_clock_ended_it(
     # The trace says what the turn did after the failure, and the replay's trace says the same.
     assert [c.error_outcome for c in recorded_completions(read_trace(trace))] == [outcome]
     assert [e.error_outcome for e in events if isinstance(e, ModelCall)] == [outcome]
+
+
+async def test_a_failed_request_that_spent_the_prompt_budget_is_not_retried(tmp_path):
+    trace = tmp_path / "run.jsonl"
+    async with ScriptedModelServer([cut_turn(), cut_turn(), cut_turn(), ANSWER]) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            cfg = config(model_retries=2, budget=Budget(max_prompt_tokens=10, max_wall_s=120))
+            result = await Agent(client, [], config=cfg, trace_path=trace).run("What is 2 + 3?")
+        sent = len(server.requests)
+    # A retry sends the whole prompt again: with the prompt-token budget spent, none is sent (before,
+    # all `model_retries` were, each past the budget, and the run ended model_error).
+    assert sent == 1
+    assert result.status == "budget_exceeded" and "prompt_tokens" in (result.error or "")
+    failed = recorded_completions(read_trace(trace))
+    assert [(c.error is not None, c.error_outcome) for c in failed] == [(True, "ended")]
+    assert result.totals["prompt_tokens"] == failed[0].usage.prompt_tokens > 10

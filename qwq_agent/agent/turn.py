@@ -430,10 +430,16 @@ class TurnStreamer:
             )
         if retry > self.config.model_retries:
             return _AfterFailure(outcome="ended", status="model_error", message=failure)
-        if self.tracker.left("generated_tokens") == 0:
-            # The failed attempts spent the budget: a retry would generate past it.
-            why = "the generated-token budget is spent, so the turn is not retried"
-            return _AfterFailure(outcome="ended", status="budget_exceeded", message=f"{failure} ({why})")
+        if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
+            # The failed attempts spent a budget a retry would go past (it sends the whole prompt again),
+            # as no other continuation of a turn may.
+            why = f"the {over[0]} budget is spent, so the turn is not retried"
+            return _AfterFailure(
+                outcome="wall_out" if over[0] == "wall_s" else "ended",
+                status="budget_exceeded",
+                message=f"{failure} ({why})",
+                budget=over[0],
+            )
         # A replayed failure waits for no server: the recorded run already waited.
         replayed = isinstance(exc, ReplayedModelError)
         wait = 0.0 if replayed else self._retry_wait(retry, exc)
