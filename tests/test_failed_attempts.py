@@ -212,3 +212,37 @@ async def test_a_failed_request_that_spent_the_prompt_budget_is_not_retried(tmp_
     failed = recorded_completions(read_trace(trace))
     assert [(c.error is not None, c.error_outcome) for c in failed] == [(True, "ended")]
     assert result.totals["prompt_tokens"] == failed[0].usage.prompt_tokens > 10
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        Turn(http_status=500),
+        Turn(text='{"name": "add", "arguments": {"a": 2, "b": 3}}', drop_after=DROP_AFTER // 4),
+    ],
+    ids=["server-error", "dropped-mid-call"],
+)
+async def test_a_failed_constrained_call_is_traced_counted_and_replayed(tmp_path, failure):
+    trace = tmp_path / "run.jsonl"
+    opens = "I will add them.\n</think>\n\n<tool_call>\n" + call("add", a=2, b=3).split("<tool_call>\n", 1)[1]
+    cfg = config(constrained_tool_calls=True)
+    async with ScriptedModelServer([opens, failure, failure]) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            recorded = await Agent(client, [add], config=cfg, trace_path=trace).run("What is 2 + 3?")
+        assert len(server.requests) == 2  # the free-running turn, cut at the tag; the call under the grammar
+    assert recorded.status == "model_error"
+
+    # The replay fails the constrained request again, as the run did (before, the recording held no
+    # such request: the replay ran out of completions and ended "error" with ReplayExhausted).
+    replayed = await Agent(ReplayModel.from_trace(trace), [add], config=cfg).run("What is 2 + 3?")
+    assert (replayed.status, replayed.error) == (recorded.status, recorded.error)
+
+    calls = recorded_completions(read_trace(trace))
+    assert [(c.error is not None, c.error_outcome) for c in calls] == [(False, None), (True, "ended")]
+    assert calls[1].error == recorded.error and calls[1].prefix.endswith("<tool_call>")
+    # What the failed request cost is in the totals (the prompt it was sent, the tokens it generated).
+    if failure.drop_after is not None:
+        assert calls[1].usage.prompt_tokens > 0 and calls[1].usage.completion_tokens > 0
+    assert recorded.totals["prompt_tokens"] == sum(c.usage.prompt_tokens for c in calls)
+    assert recorded.totals["generated_tokens"] == sum(c.usage.completion_tokens for c in calls)
+    assert replayed.totals["generated_tokens"] == recorded.totals["generated_tokens"]

@@ -423,7 +423,7 @@ class TurnStreamer:
         fresh); the rest (retries and token budgets spent) the replay decides as the run did.
         """
         recorded = exc.outcome if isinstance(exc, ReplayedModelError) else None
-        if recorded == "wall_out" or self._wall_out(exc):
+        if self._walled_out(exc):
             message = f"{WALL_OUT} ({failure})"
             return _AfterFailure(
                 outcome="wall_out", status="budget_exceeded", message=message, budget="wall_s"
@@ -483,13 +483,26 @@ class TurnStreamer:
                     self.config.sampling,
                 )
         except Exception as exc:
-            if self._wall_out(exc):
+            if not _is_model_error(exc):
+                if not self._wall_out(exc):
+                    raise
                 self.result.raw = self.prefix + text
                 yield self._wall_stop(WALL_OUT + " (for the constrained tool call)")
                 return
-            if not _is_model_error(exc):
-                raise
-            yield self._stop("model_error", f"{type(exc).__name__}: {exc}")
+            # Traced and counted like a failed request of the stream, so that a replay fails it again
+            # here; it is not retried (the turn's text so far would be generated anew).
+            failure = _describe(exc)
+            cost = self._count_failure(exc, 0)
+            wall_out = self._walled_out(exc)
+            partial = exc.partial_text if isinstance(exc, ModelError) else ""
+            outcome: FailureOutcome = "wall_out" if wall_out else "ended"
+            for failed in self._failed_call(self.prefix + text, partial, cost, failure, outcome):
+                yield failed
+            if wall_out:
+                self.result.raw = self.prefix + text
+                yield self._wall_stop(f"{WALL_OUT} (for the constrained tool call: {failure})")
+            else:
+                yield self._stop("model_error", failure)
             return
         self.tracker.account(done.usage)
         self._limits.record(done.usage)
@@ -620,6 +633,12 @@ class TurnStreamer:
         from qwq_agent.agent.clients.errors import ModelDeadlineExceeded
 
         return self.deadline.left(self._reserve) == 0.0 or isinstance(exc, ModelDeadlineExceeded)
+
+    def _walled_out(self, exc: BaseException) -> bool:
+        """Whether a failed request ends the turn on the wall-time deadline: by this clock, or for a
+        replayed failure, by the recorded run's (the replay's clock is not the run's)."""
+        recorded = exc.outcome if isinstance(exc, ReplayedModelError) else None
+        return recorded == "wall_out" or self._wall_out(exc)
 
     def _wall_stop(self, message: str) -> Event:
         self.result.budget = "wall_s"
