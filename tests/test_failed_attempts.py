@@ -10,6 +10,7 @@ import pytest
 
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, OpenAIChatClient, SGLangClient
+from qwq_agent.agent.clients.retry import RetryPolicy
 from qwq_agent.agent.events import ModelCall, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.replay import ReplayModel
@@ -30,7 +31,7 @@ NUDGE_MARK = "I'm going in circles"  # every level-1 nudge says so
 
 
 def config(**kw: object) -> AgentConfig:
-    return AgentConfig(check_language=False, model_retry_backoff_s=0.0, **kw)
+    return AgentConfig(**{"check_language": False, "model_retry_backoff_s": 0.0, **kw})
 
 
 def client_for(api: str, server: ScriptedModelServer) -> SGLangClient | OpenAIChatClient:
@@ -158,3 +159,90 @@ async def test_a_resume_asks_the_live_model_where_the_recording_ended_on_failure
             resumed = await Agent(replay, [add], config=config(model_retries=1)).run("What is 2 + 3?")
         assert len(live_server.requests) == 1
     assert resumed.status == "completed" and resumed.answer == "5"
+
+
+@pytest.mark.parametrize(
+    ("policy", "backoff_s", "outcome", "status"),
+    [
+        # The client's next try (1000 s away) would pass the 60 s deadline: the run ends on wall time.
+        (
+            RetryPolicy(attempts=2, base_delay=1000.0, max_delay=1000.0, jitter=0.0),
+            0.0,
+            "wall_out",
+            "budget_exceeded",
+        ),
+        # The turn's own retry (30 s away) would: the run ends model_error, saying so.
+        (NO_RETRY, 1000.0, "no_time_to_retry", "model_error"),
+    ],
+)
+async def test_a_replay_ends_where_the_recorded_runs_clock_ended_it(
+    tmp_path, policy, backoff_s, outcome, status
+):
+    trace = tmp_path / "run.jsonl"
+    cfg = config(model_retries=2, model_retry_backoff_s=backoff_s, budget=Budget(max_wall_s=25))
+    async with ScriptedModelServer([Turn(http_status=503)] * 3) as server:
+        async with SGLangClient(server.url, retry=policy) as client:
+            recorded = await Agent(client, [], config=cfg, trace_path=trace).run("What is 2 + 3?")
+    assert recorded.status == status
+
+    # The replay's clock is fresh and its failure a ReplayedModelError: only the recording can say the
+    # run's clock stopped it (before, the replay retried at once and ran out of recorded completions).
+    replay = ReplayModel.from_trace(trace)
+    events = [ev async for ev in Agent(replay, [], config=cfg).stream("What is 2 + 3?")]
+    final = events[-1]
+    assert final.type == "final" and final.status == recorded.status
+    assert "ReplayExhausted" not in repr(events)
+    assert replay.remaining == 0
+    # The trace says what the turn did after the failure, and the replay's trace says the same.
+    assert [c.error_outcome for c in recorded_completions(read_trace(trace))] == [outcome]
+    assert [e.error_outcome for e in events if isinstance(e, ModelCall)] == [outcome]
+
+
+async def test_a_failed_request_that_spent_the_prompt_budget_is_not_retried(tmp_path):
+    trace = tmp_path / "run.jsonl"
+    async with ScriptedModelServer([cut_turn(), cut_turn(), cut_turn(), ANSWER]) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            cfg = config(model_retries=2, budget=Budget(max_prompt_tokens=10, max_wall_s=120))
+            result = await Agent(client, [], config=cfg, trace_path=trace).run("What is 2 + 3?")
+        sent = len(server.requests)
+    # A retry sends the whole prompt again: with the prompt-token budget spent, none is sent (before,
+    # all `model_retries` were, each past the budget, and the run ended model_error).
+    assert sent == 1
+    assert result.status == "budget_exceeded" and "prompt_tokens" in (result.error or "")
+    failed = recorded_completions(read_trace(trace))
+    assert [(c.error is not None, c.error_outcome) for c in failed] == [(True, "ended")]
+    assert result.totals["prompt_tokens"] == failed[0].usage.prompt_tokens > 10
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        Turn(http_status=500),
+        Turn(text='{"name": "add", "arguments": {"a": 2, "b": 3}}', drop_after=DROP_AFTER // 4),
+    ],
+    ids=["server-error", "dropped-mid-call"],
+)
+async def test_a_failed_constrained_call_is_traced_counted_and_replayed(tmp_path, failure):
+    trace = tmp_path / "run.jsonl"
+    opens = "I will add them.\n</think>\n\n<tool_call>\n" + call("add", a=2, b=3).split("<tool_call>\n", 1)[1]
+    cfg = config(constrained_tool_calls=True)
+    async with ScriptedModelServer([opens, failure, failure]) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            recorded = await Agent(client, [add], config=cfg, trace_path=trace).run("What is 2 + 3?")
+        assert len(server.requests) == 2  # the free-running turn, cut at the tag; the call under the grammar
+    assert recorded.status == "model_error"
+
+    # The replay fails the constrained request again, as the run did (before, the recording held no
+    # such request: the replay ran out of completions and ended "error" with ReplayExhausted).
+    replayed = await Agent(ReplayModel.from_trace(trace), [add], config=cfg).run("What is 2 + 3?")
+    assert (replayed.status, replayed.error) == (recorded.status, recorded.error)
+
+    calls = recorded_completions(read_trace(trace))
+    assert [(c.error is not None, c.error_outcome) for c in calls] == [(False, None), (True, "ended")]
+    assert calls[1].error == recorded.error and calls[1].prefix.endswith("<tool_call>")
+    # What the failed request cost is in the totals (the prompt it was sent, the tokens it generated).
+    if failure.drop_after is not None:
+        assert calls[1].usage.prompt_tokens > 0 and calls[1].usage.completion_tokens > 0
+    assert recorded.totals["prompt_tokens"] == sum(c.usage.prompt_tokens for c in calls)
+    assert recorded.totals["generated_tokens"] == sum(c.usage.completion_tokens for c in calls)
+    assert replayed.totals["generated_tokens"] == recorded.totals["generated_tokens"]

@@ -11,6 +11,9 @@ from qwq_agent.agent.loops.detector import LoopSignal
 from qwq_agent.agent.messages import ToolCall
 from qwq_agent.protocols import Usage
 
+# What the turn did after a failed request (`ModelCall.error_outcome`).
+FailureOutcome = Literal["retried", "ended", "wall_out", "no_time_to_retry"]
+
 
 class _Event(BaseModel):
     run_id: str = ""
@@ -87,6 +90,12 @@ class ModelCall(_Event):
     received before the failure and its `usage` what that cost; the turn was then retried from its
     start, or ended. A replay fails it again at the same place. (Traces written before it was recorded
     hold no failed requests.)"""
+    error_outcome: FailureOutcome | None = None
+    """What the turn did after the failure: `retried` it, `ended` the run (its retries or a budget spent,
+    or a request that is not retried), or ended it on the wall-time deadline: `wall_out` (the deadline
+    passed, or the client's next try would pass it) and `no_time_to_retry` (the turn's retry would).
+    A replay's clock cannot tell those two, so it follows the recording there; None in traces written
+    before it was recorded (the replay then decides by its own clock)."""
 
 
 class ToolCallEvent(_Event):

@@ -19,11 +19,19 @@ from pydantic import BaseModel, Field, ValidationError
 from qwq_agent.agent.chat_format import PromptOptions, recorded_prompt_options
 from qwq_agent.agent.clients.errors import ModelError
 from qwq_agent.agent.config import AgentConfig
-from qwq_agent.agent.events import Event, ModelCall, ReplayEnded, ReplaySource, RunStarted, Warning_
+from qwq_agent.agent.events import (
+    Event,
+    FailureOutcome,
+    ModelCall,
+    ReplayEnded,
+    ReplaySource,
+    RunStarted,
+    Warning_,
+)
 from qwq_agent.agent.loops.detector import LoopSignal
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.agent.trace import TraceError, common_prefix_len, read_trace, recorded_completions
-from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta
+from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta, Usage
 
 __all__ = [
     "RecordedCompletion",
@@ -49,7 +57,32 @@ class RecordedCompletion(Completion):
 
 class ReplayedModelError(ModelError):
     """A recorded request that failed (`ModelCall.error`) fails again on replay, after the output it had
-    received, so the turn is retried (or ends) as it was in the recorded run."""
+    received, so the turn is retried (or ends) as it was in the recorded run.
+
+    `outcome` is what the recorded turn did then (`ModelCall.error_outcome`; None in older traces): the
+    turn follows it where the recorded run's clock decided (a wall-time stop), which the replay's cannot.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        partial_text: str = "",
+        partial_usage: Usage | None = None,
+        outcome: FailureOutcome | None = None,
+    ) -> None:
+        super().__init__(message, partial_text=partial_text, partial_usage=partial_usage)
+        self.outcome = outcome
+
+    @classmethod
+    def of(cls, call: ModelCall) -> ReplayedModelError:
+        """The failure of the recorded `call`."""
+        return cls(
+            call.error or "",
+            partial_text=call.completion,
+            partial_usage=call.usage,
+            outcome=call.error_outcome,
+        )
 
 
 class ReplayExhausted(RuntimeError):
@@ -318,7 +351,7 @@ class ReplayModel:
             # A request the run cut short (an intervention) cost what was recorded, wherever it is cut now.
             yield TextDelta(text=text[i : i + self._chunk], usage=call.usage)
         if call.error is not None:
-            raise ReplayedModelError(call.error, partial_text=text, partial_usage=call.usage)
+            raise ReplayedModelError.of(call)
         yield RecordedCompletion(
             text=text,
             prompt=call.prompt,
@@ -358,7 +391,7 @@ class ReplayModel:
         self._next += 1
         self._check_prompt(call, prompt)
         if call.error is not None:
-            raise ReplayedModelError(call.error, partial_text=call.completion, partial_usage=call.usage)
+            raise ReplayedModelError.of(call)
         return Completion(
             text=call.completion, prompt=call.prompt, usage=call.usage, output_ids=call.completion_ids or []
         )

@@ -18,9 +18,18 @@ from pydantic import BaseModel, Field
 
 from qwq_agent.agent import parser as qparser
 from qwq_agent.agent.budgets import BudgetTracker
+from qwq_agent.agent.clients.errors import ModelError
 from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.constrained import CallOpenWatcher, constrained_tool_call_completion, grammar_ignored
-from qwq_agent.agent.events import ContentDelta, Event, ModelCall, ReasoningDelta, UsageEvent, Warning_
+from qwq_agent.agent.events import (
+    ContentDelta,
+    Event,
+    FailureOutcome,
+    ModelCall,
+    ReasoningDelta,
+    UsageEvent,
+    Warning_,
+)
 from qwq_agent.agent.loop_detector import (
     LoopSignal,
     ReasoningLoopDetector,
@@ -77,6 +86,16 @@ class _Attempt(BaseModel):
     max_new_tokens: int = 0  # the request's token limit
     deltas: int = 0  # pieces of output received (its tokens where the model counts none)
     usage: Usage | None = None  # what the request cost so far, as its client counted (the last delta's)
+
+
+class _AfterFailure(BaseModel):
+    """What the turn does after a failed request."""
+
+    outcome: FailureOutcome
+    status: str | None = None  # how the turn ends; None: it is retried
+    message: str = ""
+    budget: str | None = None  # the budget that ends it
+    wait: float = 0.0  # seconds before the retry
 
 
 class TurnStreamer:
@@ -165,30 +184,25 @@ class TurnStreamer:
                         yield ev
             except Exception as exc:
                 failure = _describe(exc)
-                if _is_model_error(exc):
-                    async for ev in self._record_failure(attempt, exc, failure):
-                        yield ev
-                if self._wall_out(exc):
-                    yield self._wall_stop(f"{WALL_OUT} ({failure})")
+                if not _is_model_error(exc):
+                    if self._wall_out(exc):
+                        yield self._wall_stop(f"{WALL_OUT} ({failure})")
+                    else:
+                        yield self._stop("model_error", failure)
                     return
-                if not _is_model_error(exc) or attempts >= self.config.model_retries:
-                    yield self._stop("model_error", failure)
-                    return
-                if self.tracker.left("generated_tokens") == 0:
-                    # The failed attempts spent the budget: a retry would generate past it.
-                    why = "the generated-token budget is spent, so the turn is not retried"
-                    yield self._stop("budget_exceeded", f"{failure} ({why})", kind="budget")
+                cost = self._count_failure(exc, attempt)
+                after = self._after_failure(exc, failure, attempts + 1)
+                for ev in self._failed_call(self.prefix, attempt.text, cost, failure, after.outcome):
+                    yield ev
+                if after.status is not None:
+                    self.result.budget = after.budget
+                    kind = "budget" if after.status == "budget_exceeded" else None
+                    yield self._stop(after.status, after.message, kind=kind)
                     return
                 attempts += 1
-                # A replayed failure waits for no server: the recorded run already waited.
-                wait = 0.0 if isinstance(exc, ReplayedModelError) else self._retry_wait(attempts, exc)
-                if not self.deadline.allows(wait + self._reserve):
-                    why = f"no time left before the wall-time deadline to retry the turn in {wait:.1f} s"
-                    yield self._stop("model_error", f"{failure} ({why})")
-                    return
-                message = f"{failure}; retrying the turn in {wait:.1f} s"
+                message = f"{failure}; retrying the turn in {after.wait:.1f} s"
                 yield self.emit(Warning_(kind="model_error", message=message))
-                await asyncio.sleep(wait)
+                await asyncio.sleep(after.wait)
                 self._reset()
                 continue
             async for ev in self._record(attempt):
@@ -403,26 +417,62 @@ class TurnStreamer:
         )
         yield self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))
 
-    async def _record_failure(
-        self, attempt: _Attempt, exc: BaseException, failure: str
-    ) -> AsyncIterator[Event]:
-        """A request that failed: the tokens it generated count against the budget like any others
-        (a retry makes the server generate again), and the trace keeps the output that came, which
-        the operator saw stream, and why it failed, so that a replay fails it where the run did."""
-        from qwq_agent.agent.clients.errors import ModelError
-
+    def _count_failure(self, exc: BaseException, attempt: _Attempt) -> Usage:
+        """What a failed request cost, counted against the budget like any request (a retry makes the
+        server generate again): what its client reported (with the error, else on its last piece of
+        output), else one token per piece received."""
         usage = _spent(attempt, exc.partial_usage if isinstance(exc, ModelError) else None, "error")
         self.tracker.account(usage)
-        yield self.emit(
-            ModelCall(
-                prompt=None,
-                prefix=self.prefix,
-                completion=attempt.text,
-                usage=usage,
-                error=failure,
+        return usage
+
+    def _after_failure(self, exc: BaseException, failure: str, retry: int) -> _AfterFailure:
+        """What the turn does after a failed request: the `retry`-th retry, or how it ends.
+
+        A replayed failure follows the recorded run where that run's clock decided (the replay's own is
+        fresh); the rest (retries and token budgets spent) the replay decides as the run did.
+        """
+        recorded = exc.outcome if isinstance(exc, ReplayedModelError) else None
+        if self._walled_out(exc):
+            message = f"{WALL_OUT} ({failure})"
+            return _AfterFailure(
+                outcome="wall_out", status="budget_exceeded", message=message, budget="wall_s"
             )
+        if retry > self.config.model_retries:
+            return _AfterFailure(outcome="ended", status="model_error", message=failure)
+        if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
+            # The failed attempts spent a budget a retry would go past (it sends the whole prompt again),
+            # as no other continuation of a turn may.
+            why = f"the {over[0]} budget is spent, so the turn is not retried"
+            return _AfterFailure(
+                outcome="wall_out" if over[0] == "wall_s" else "ended",
+                status="budget_exceeded",
+                message=f"{failure} ({why})",
+                budget=over[0],
+            )
+        # A replayed failure waits for no server: the recorded run already waited.
+        replayed = isinstance(exc, ReplayedModelError)
+        wait = 0.0 if replayed else self._retry_wait(retry, exc)
+        if recorded == "no_time_to_retry" or not self.deadline.allows(wait + self._reserve):
+            why = "no time left before the wall-time deadline to retry the turn"
+            why += " (as in the recorded run)" if replayed else f" in {wait:.1f} s"
+            message = f"{failure} ({why})"
+            return _AfterFailure(outcome="no_time_to_retry", status="model_error", message=message)
+        return _AfterFailure(outcome="retried", wait=wait)
+
+    def _failed_call(
+        self, prefix: str, completion: str, usage: Usage, failure: str, outcome: FailureOutcome
+    ) -> list[Event]:
+        """The trace's record of a failed request: the output that came, which the operator saw stream,
+        why it failed and what the turn did then, so that a replay fails it, and goes on, as the run did."""
+        call = ModelCall(
+            prompt=None,
+            prefix=prefix,
+            completion=completion,
+            usage=usage,
+            error=failure,
+            error_outcome=outcome,
         )
-        yield self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))
+        return [self.emit(call), self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))]
 
     async def _finish_call_under_grammar(self, text: str) -> AsyncIterator[Event]:
         native = self._native
@@ -442,13 +492,26 @@ class TurnStreamer:
                     self.config.sampling,
                 )
         except Exception as exc:
-            if self._wall_out(exc):
+            if not _is_model_error(exc):
+                if not self._wall_out(exc):
+                    raise
                 self.result.raw = self.prefix + text
                 yield self._wall_stop(WALL_OUT + " (for the constrained tool call)")
                 return
-            if not _is_model_error(exc):
-                raise
-            yield self._stop("model_error", f"{type(exc).__name__}: {exc}")
+            # Traced and counted like a failed request of the stream, so that a replay fails it again
+            # here; it is not retried (the turn's text so far would be generated anew).
+            failure = _describe(exc)
+            cost = self._count_failure(exc, _Attempt())
+            wall_out = self._walled_out(exc)
+            partial = exc.partial_text if isinstance(exc, ModelError) else ""
+            outcome: FailureOutcome = "wall_out" if wall_out else "ended"
+            for failed in self._failed_call(self.prefix + text, partial, cost, failure, outcome):
+                yield failed
+            if wall_out:
+                self.result.raw = self.prefix + text
+                yield self._wall_stop(f"{WALL_OUT} (for the constrained tool call: {failure})")
+            else:
+                yield self._stop("model_error", failure)
             return
         self.tracker.account(done.usage)
         self._limits.record(done.usage)
@@ -578,6 +641,12 @@ class TurnStreamer:
         from qwq_agent.agent.clients.errors import ModelDeadlineExceeded
 
         return self.deadline.left(self._reserve) == 0.0 or isinstance(exc, ModelDeadlineExceeded)
+
+    def _walled_out(self, exc: BaseException) -> bool:
+        """Whether a failed request ends the turn on the wall-time deadline: by this clock, or for a
+        replayed failure, by the recorded run's (the replay's clock is not the run's)."""
+        recorded = exc.outcome if isinstance(exc, ReplayedModelError) else None
+        return recorded == "wall_out" or self._wall_out(exc)
 
     def _wall_stop(self, message: str) -> Event:
         self.result.budget = "wall_s"
