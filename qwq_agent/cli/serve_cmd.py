@@ -94,6 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
     from qwq_agent.cli.errors import CliError
     from qwq_agent.serve import (
         INSTALL_HINT,
+        PortTaken,
         ServeConfig,
         ServerError,
         ServerProcess,
@@ -162,6 +163,10 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"pid: {server.pid}", flush=True)
             try:
                 info = _wait_ready(server, args.timeout)
+            except PortTaken as exc:
+                raise CliError(
+                    str(exc), "stop that process and serve again, or pass another --port", code=1
+                ) from None
             except ServerError as exc:
                 raise CliError(str(exc), _log_hint(log_path, exc.log_tail), code=1) from None
             _report(info)

@@ -18,7 +18,7 @@ from qwq_agent.urls import redact_url
 def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
     """Start the fleet, print the router URL and each worker's KV capacity, serve until Ctrl-C."""
     from qwq_agent.cli.errors import CliError
-    from qwq_agent.serve import INSTALL_HINT, ServerError, check_prerequisites
+    from qwq_agent.serve import INSTALL_HINT, PortTaken, ServerError, check_prerequisites
     from qwq_agent.serve.fleet import (
         ROUTER_INSTALL_HINT,
         FleetConfig,
@@ -95,6 +95,13 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
                 info = fleet.wait_ready(
                     timeout=args.timeout, on_progress=lambda line: print(line, flush=True)
                 )
+            except PortTaken as exc:
+                raise CliError(
+                    str(exc),
+                    "stop that process and serve again, or choose other ports with --port and "
+                    "--worker-base-port",
+                    code=1,
+                ) from None
             except ServerError as exc:
                 last = last_log_line(exc.log_tail)
                 raise CliError(

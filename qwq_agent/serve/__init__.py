@@ -2,6 +2,7 @@
 
 from qwq_agent.serve.launcher import (
     INSTALL_HINT,
+    PortTaken,
     ReadyInfo,
     ServeConfig,
     ServerError,
@@ -15,6 +16,7 @@ from qwq_agent.serve.launcher import (
 
 __all__ = [
     "INSTALL_HINT",
+    "PortTaken",
     "ReadyInfo",
     "ServeConfig",
     "ServerError",

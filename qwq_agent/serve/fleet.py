@@ -297,7 +297,8 @@ def wait_router(
     """Wait until the router's `/readiness` counts `workers` healthy workers, while it runs.
 
     `watch` is called every poll (the fleet checks its workers still run, and raises if one ended).
-    Raises `ServerExited` when the router ends, `ServerStartTimeout` after `timeout` seconds.
+    Raises `ServerExited` when the router ends, `ServerStartTimeout` after `timeout` seconds, `PortTaken`
+    when the answer came from another process listening on the router's port.
     """
     deadline = time.monotonic() + max(0.0, timeout)
     while True:
@@ -307,7 +308,8 @@ def wait_router(
             code = router.process.returncode if router.process else None
             raise ServerExited(f"the router exited with status {code} before it was ready", router.log_tail())
         healthy = _ready_workers(router.url, timeout=min(5.0, poll_interval * 2))
-        if healthy is not None and healthy >= workers:
+        # whatever the count: a stranger's router on the port may count fewer workers, or none
+        if healthy is not None and router.owns_listener("while the router started") and healthy >= workers:
             return
         if time.monotonic() >= deadline:
             raise ServerStartTimeout(
@@ -351,7 +353,8 @@ class Fleet:
         the workers still loading with the last line of the first one's log (a model load is long).
 
         Raises `ServerExited` naming the worker (or the router) that ended, `ServerStartTimeout` when the
-        deadline passes; `log_tail` holds the end of that process's log.
+        deadline passes, `PortTaken` when another process took a worker's (or the router's) port and
+        answered in its place; `log_tail` holds the end of that process's log.
         """
         started = time.monotonic()
         deadline = started + timeout
@@ -363,7 +366,8 @@ class Fleet:
             self._check_workers(pending)
             for i in sorted(pending):
                 worker = self.workers[i]
-                if probe(worker.url, timeout=min(5.0, poll_interval * 2)) is not None:
+                answered = probe(worker.url, timeout=min(5.0, poll_interval * 2)) is not None
+                if answered and worker.owns_listener(f"while worker {i} loaded"):
                     pending.discard(i)
                     if on_progress:
                         on_progress(f"worker {i} ready: {worker.url}")

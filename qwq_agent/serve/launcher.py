@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from qwq_agent.http_probe import AnswerTooLarge, get_capped, run_bounded
+from qwq_agent.serve.listeners import port_listeners
 from qwq_agent.serve.watchdog import STAND_DOWN
 from qwq_agent.server_info import read_server_info
 
@@ -126,6 +127,10 @@ class ServerExited(ServerError):
 
 class ServerStartTimeout(ServerError):
     """`/health` did not answer 200 in time."""
+
+
+class PortTaken(ServerError):
+    """Another process listens on the server's port, so its `/health` answer was not the server's."""
 
 
 @dataclass
@@ -405,7 +410,8 @@ class ServerProcess:
     def wait_ready(
         self, timeout: float = 1800.0, poll_interval: float = 2.0, on_log: Callable[[str], None] | None = None
     ) -> ReadyInfo:
-        """Poll `/health` until it answers 200 while the process lives; raise `ServerError` otherwise.
+        """Poll `/health` until it answers 200 while the process lives and holds the port (see
+        `owns_listener`); raise `ServerError` otherwise (`PortTaken` when another process holds it).
 
         `on_log` receives what the server wrote to its log since the last poll (at most the last
         `LOG_CHUNK` bytes of it), so a caller can show that loading is progressing.
@@ -425,13 +431,36 @@ class ServerProcess:
                 raise ServerExited(
                     f"the server exited with status {code} before it was ready", self.log_tail()
                 )
-            if info is not None:
+            if info is not None and self.owns_listener():
                 return info
             if time.monotonic() >= deadline:
                 raise ServerStartTimeout(
                     f"{self.url}/health did not answer 200 within {timeout:.0f} s", self.log_tail()
                 )
             time.sleep(poll_interval)  # polling a process we do not control; nothing to wait on instead
+
+    def owns_listener(self, during: str = "while the server loaded") -> bool:
+        """Whether what listens on the server's port is the server (a process of its session), checked
+        once its `/health` answered: False while nothing listens there (keep waiting).
+
+        Raises `PortTaken` when another process listens there: it took the port before the server
+        bound it (`during` says when), and the server will fail to bind it. Where /proc is not
+        available (not Linux) the listener's owner cannot be found, and any answer is taken as the
+        server's, as before this check.
+        """
+        assert self.process is not None, "start() first"
+        url = httpx.URL(self.url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        listeners = port_listeners(url.host, port, self.process.pid)
+        if listeners is None:
+            return True
+        if listeners.foreign:
+            pids = ", ".join(map(str, listeners.foreign_pids))
+            raise PortTaken(
+                f"port {port} was taken by another process{f' (pid {pids})' if pids else ''} {during}",
+                self.log_tail(),
+            )
+        return listeners.ours
 
     def stop(self, grace: float = 20.0) -> int | None:
         """SIGTERM the process group, then SIGKILL it after `grace` seconds; returns the exit status.
