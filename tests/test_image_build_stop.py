@@ -1,18 +1,20 @@
-"""`qwq-agent sandbox build` stopped from outside.
+"""`qwq-agent sandbox build` stopped from outside, and two builds at once.
 
 The CLI runs as a real process from a copy of the package whose `mkrootfs.sh` stands in for mmdebstrap:
-it records its pids and waits like a long build, so the Debian path runs for real up to the root
-filesystem without minutes of apt. The changed recipe file names an image that does not exist, so
-nothing is ever tagged and the project's own image is never touched.
+it records its pids and waits like a long build (or, told so, fails at once), so the Debian path runs
+for real up to the root filesystem without minutes of apt. The changed recipe file names an image that
+does not exist, so nothing is ever tagged and the project's own image is never touched.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ STANDIN = """#!/bin/bash
 # Stands in for mmdebstrap (mkrootfs.sh OUTPUT_TAR DEB_CACHE PACKAGES): records the tarball path and
 # the pids of itself and of a child, then waits on that child like a long build.
 set -u
+if [ -n "${STANDIN_FAIL:-}" ]; then echo "E: stand-in failed as told"; exit 3; fi
 echo "I: stand-in building $1"
 sleep 600 &
 echo "$1 $$ $!" > "$STANDIN_DIR/started.tmp" && mv "$STANDIN_DIR/started.tmp" "$STANDIN_DIR/started"
@@ -75,7 +78,7 @@ def package_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def env(package_copy: Path, tmp_path: Path) -> dict[str, str]:
     (tmp_path / "tmp").mkdir()
     (tmp_path / "standin").mkdir()
-    drop = ("QWQ_DEBUG", "QWQ_SANDBOX_IMAGE", "PYTHONPATH")
+    drop = ("QWQ_DEBUG", "QWQ_SANDBOX_IMAGE", "PYTHONPATH", "QWQ_SANDBOX_BUILD_WAIT")
     return {k: v for k, v in os.environ.items() if k not in drop} | {
         "PYTHONPATH": str(package_copy),
         "PATH": f"{package_copy / 'bin'}:{os.environ['PATH']}",
@@ -133,3 +136,70 @@ def test_a_signal_stops_the_build_its_child_processes_and_removes_the_build_fold
     assert proc.returncode == 128 + signum, (out, err)
     assert "Traceback" not in out + err
     assert err.strip() == f"qwq-agent sandbox build: interrupted by {name}", err
+
+
+def _hold_the_build_lock(env: dict[str, str], holder_pid: int) -> int:
+    """Take the build lock as another build would (its pid in the file); return the open descriptor."""
+    lock = Path(env["XDG_CACHE_HOME"]) / "qwq-agent" / "image-build.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, f"{holder_pid}\n".encode())
+    return fd
+
+
+def test_a_build_waiting_for_another_says_so_and_gives_up_at_its_deadline(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    lock = Path(env["XDG_CACHE_HOME"]) / "qwq-agent" / "image-build.lock"
+    fd = _hold_the_build_lock(env, 424242)
+    proc = start_build(env | {"QWQ_SANDBOX_BUILD_WAIT": "1"}, tmp_path)
+    try:
+        # The old code waited on the lock forever: this bound is one it misses by any margin.
+        out, err = proc.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(fd)  # only once the waiter is gone: it must not go on to build
+    assert "another build (pid 424242) is building the image; waiting" in out, (out, err)
+    assert proc.returncode == 4, (out, err)
+    assert "Traceback" not in err
+    first = err.splitlines()[0]
+    assert first.startswith("qwq-agent sandbox build: ") and str(lock) in first, err
+    assert not (tmp_path / "standin/started").exists()  # it never went on to build
+
+
+def test_a_waiting_build_goes_on_once_the_other_one_ends(env: dict[str, str], tmp_path: Path) -> None:
+    fd = _hold_the_build_lock(env, 424242)
+    released = False
+    proc = start_build(env | {"STANDIN_FAIL": "1"}, tmp_path)  # a build that gets that far fails at once
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        wait_for(
+            lambda: (
+                any("is building the image; waiting" in line for line in lines) or proc.poll() is not None
+            ),
+            "the waiting line",
+        )
+        assert proc.poll() is None, (lines, proc.communicate())
+        os.close(fd)
+        released = True
+        proc.wait(timeout=DEADLINE_S)
+        reader.join(timeout=DEADLINE_S)
+        err = proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if not released:
+            os.close(fd)
+    out = "".join(lines)
+    assert "E: stand-in failed as told" in out, (out, err)  # it took the lock and went on to build
+    assert proc.returncode == 4, (out, err)
