@@ -118,6 +118,14 @@ class Settings(BaseSettings):
         validation_alias=_env("QWQ_SANDBOX_BUILD"),
         description="how the sandbox image is built: auto, debian or dockerfile",
     )
+    sandbox_build_wait_s: float = Field(
+        1800.0,
+        gt=0,
+        le=LONGEST_WAIT_S,
+        allow_inf_nan=False,
+        validation_alias=_env("QWQ_SANDBOX_BUILD_WAIT"),
+        description="seconds a sandbox image build waits for another process's build to finish",
+    )
     sandbox_deb_cache: Path | None = Field(
         None,
         validation_alias=_env("QWQ_SANDBOX_DEB_CACHE"),

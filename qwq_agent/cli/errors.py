@@ -87,6 +87,18 @@ def _image_build(exc: BaseException) -> CliError:
     )
 
 
+def _build_lock(exc: BaseException) -> CliError:
+    from qwq_agent.sandbox.image.errors import BuildLockTimeout
+
+    assert isinstance(exc, BuildLockTimeout)
+    holder = f"`kill {exc.holder_pid}`" if exc.holder_pid is not None else "stop it"
+    return CliError(
+        f"the sandbox image could not be built: {_first_line(str(exc))}",
+        f"if that build hangs, {holder}; or wait longer (QWQ_SANDBOX_BUILD_WAIT=SECONDS)",
+        code=EXIT_DOCKER,
+    )
+
+
 def _recipe(exc: BaseException) -> CliError:
     return CliError(
         f"the sandbox image cannot be built: {_first_line(str(exc))}",
@@ -194,10 +206,10 @@ def _mappers() -> list[tuple[type[BaseException], Callable[[BaseException], CliE
         mappers += [(DockerAPIError, _docker), (InvalidRequest, _refused), (SandboxError, _sandbox)]
     except ImportError:  # pragma: no cover - the sandbox package is part of every install
         pass
-    from qwq_agent.sandbox.image.errors import ImageBuildError
+    from qwq_agent.sandbox.image.errors import BuildLockTimeout, ImageBuildError
     from qwq_agent.sandbox.image.recipe import RecipeError
 
-    mappers += [(ImageBuildError, _image_build), (RecipeError, _recipe)]
+    mappers += [(BuildLockTimeout, _build_lock), (ImageBuildError, _image_build), (RecipeError, _recipe)]
     try:
         import docker.errors
 

@@ -101,9 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         if interrupted:
             raise KeyboardInterrupt
         return _dispatch(args)
-    except KeyboardInterrupt:
-        print(f"qwq-agent {command_name(args)}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = _signal_of(exc)
+        how = f" by {signal.Signals(signum).name}" if signum != signal.SIGINT else ""
+        print(f"qwq-agent {command_name(args)}: interrupted{how}", file=sys.stderr)
+        return 128 + signum
+
+
+def _signal_of(exc: KeyboardInterrupt) -> int:
+    """The signal behind `exc`: the one `serve_signals.stop_on_signals` names in it, else SIGINT."""
+    name = exc.args[0] if exc.args else None
+    try:
+        return int(signal.Signals[name]) if isinstance(name, str) else int(signal.SIGINT)
+    except KeyError:
+        return int(signal.SIGINT)
 
 
 @contextlib.contextmanager

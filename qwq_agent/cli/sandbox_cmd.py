@@ -71,11 +71,15 @@ def _docker_ready() -> None:
 
 def _build(args: argparse.Namespace) -> int:
     from qwq_agent.cli.sandbox_build import build_command
+    from qwq_agent.cli.serve_signals import stop_on_signals
     from qwq_agent.sandbox.image.mode import requested_mode
 
     requested_mode()  # a bad QWQ_SANDBOX_BUILD is the user's input: named before Docker is asked anything
     _docker_ready()
-    return int(build_command(args.force, args.json) or 0)
+    # SIGTERM (CI's `timeout`, systemd) or SIGHUP would end the CLI on the spot, leaving mmdebstrap's
+    # process group running and its build folder in /tmp; as a KeyboardInterrupt, the build cleans up.
+    with stop_on_signals():
+        return int(build_command(args.force, args.json) or 0)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import docker
 
 from qwq_agent.sandbox.image.debian import build_base
-from qwq_agent.sandbox.image.errors import ImageBuildError
+from qwq_agent.sandbox.image.errors import BuildLockTimeout, ImageBuildError
 from qwq_agent.sandbox.image.final import build_final
 from qwq_agent.sandbox.image.mode import choose_mode, requested_mode
 from qwq_agent.sandbox.image.progress import ProgressFn, Stopwatch
 from qwq_agent.sandbox.image.recipe import Recipe
 from qwq_agent.sandbox.transport import docker_from_env
+
+# How often a build waiting for another one tries the lock again (flock itself has no deadline).
+LOCK_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ def build_image(
         if not force and image_exists(tag, client):
             return BuildResult(tag, False, log.elapsed, _size(client, tag), None)
         # Several test sessions may ask at once; one builds, the others find the tag afterwards.
-        with _build_lock():
+        with _build_lock(log):
             if not force and image_exists(tag, client):
                 log(f"{tag} was built by another process meanwhile")
                 return BuildResult(tag, False, log.elapsed, _size(client, tag), None)
@@ -113,10 +119,49 @@ def _lock_path() -> Path:
 
 
 @contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
-    with open(_lock_path(), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+def _build_lock(log: Stopwatch) -> Iterator[None]:
+    """Hold the lock that serialises builds; wait for another holder at most `QWQ_SANDBOX_BUILD_WAIT`.
+
+    The holder writes its pid into the file, so a waiter can say whom it waits for. Raises
+    `BuildLockTimeout` when the wait runs out.
+    """
+    from qwq_agent.settings import get_settings
+
+    path = _lock_path()
+    # Opened without truncating: the pid in it is the holder's, for waiters to read.
+    with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+") as fh:
+        if not _try_lock(fh):
+            wait_s = get_settings().sandbox_build_wait_s
+            holder = _holder_pid(fh)
+            who = f"pid {holder}" if holder is not None else "pid unknown"
+            log(f"another build ({who}) is building the image; waiting (at most {wait_s:.0f}s, lock {path})")
+            deadline = time.monotonic() + wait_s
+            while not _try_lock(fh):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BuildLockTimeout(path, _holder_pid(fh) or holder, wait_s)
+                time.sleep(min(LOCK_POLL_S, left))
         try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
             yield
         finally:
+            fh.truncate(0)
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _try_lock(fh: IO[str]) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder_pid(fh: IO[str]) -> int | None:
+    """The pid the lock's holder wrote, None when there is none (an older qwq-agent writes none)."""
+    fh.seek(0)
+    text = fh.read(32).strip()
+    return int(text) if text.isdigit() else None

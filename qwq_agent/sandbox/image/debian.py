@@ -6,10 +6,13 @@ No registry is needed: the root filesystem comes from the Debian mirrors over ap
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import docker
@@ -17,6 +20,9 @@ import docker
 from qwq_agent.sandbox.image.errors import ImageBuildError
 from qwq_agent.sandbox.image.progress import Stopwatch
 from qwq_agent.sandbox.image.recipe import HASH_LABEL, LABEL, Recipe
+
+# How long mmdebstrap, stopped mid-build, may take to clean up (unmount, remove its chroot).
+STOP_GRACE_S = 10.0
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -97,18 +103,65 @@ def build_base(client: docker.DockerClient, recipe: Recipe, log: Stopwatch) -> s
 
 
 def _run_logged(cmd: list[str], log: Stopwatch) -> None:
-    """Run `cmd`, forwarding mmdebstrap's `I:` lines; on failure, raise with the output's tail."""
+    """Run `cmd`, forwarding mmdebstrap's `I:` lines; on failure, raise with the output's tail.
+
+    `cmd` runs in a process group of its own. Whatever ends the wait early (a signal the CLI turned
+    into `KeyboardInterrupt`, a broken progress sink) stops that whole group before it propagates:
+    left running, mmdebstrap would go on writing into the build folder that is being removed.
+    """
     tail: collections.deque[str] = collections.deque(maxlen=60)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
     with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env=env,
+        start_new_session=True,  # a group to signal as one, apart from ours
     ) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            if line.startswith(("I: ", "E: ")):
-                log(f"  {line}")
-        rc = proc.wait()
+        try:
+            for line in proc.stdout:
+                line = line.rstrip()
+                tail.append(line)
+                if line.startswith(("I: ", "E: ")):
+                    log(f"  {line}")
+            rc = proc.wait()
+        except BaseException:
+            _stop_group(proc)
+            raise
     if rc != 0:
         raise ImageBuildError(f"{cmd[0]} {cmd[1]} exited with {rc}:\n" + "\n".join(tail))
+
+
+def _stop_group(proc: subprocess.Popen[str], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the process group `proc` leads; SIGKILL what is left of it after `grace_s` (or at once
+    when a second signal cuts the grace short).
+
+    The grace lets mmdebstrap unmount and remove its own chroot; the script that started it exits
+    first, so the group, not `proc` alone, is waited for.
+    """
+    pgid = proc.pid
+    empty = False
+    try:
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+        while not (empty := not _signal_group(pgid, 0)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if not empty:  # an emptied group's id may be another program's soon: never signalled again
+            _signal_group(pgid, signal.SIGKILL)
+        proc.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Send `signum` to process group `pgid`; False when no process is left in it."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    return True

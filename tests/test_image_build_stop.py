@@ -1,0 +1,205 @@
+"""`qwq-agent sandbox build` stopped from outside, and two builds at once.
+
+The CLI runs as a real process from a copy of the package whose `mkrootfs.sh` stands in for mmdebstrap:
+it records its pids and waits like a long build (or, told so, fails at once), so the Debian path runs
+for real up to the root filesystem without minutes of apt. The changed recipe file names an image that
+does not exist, so nothing is ever tagged and the project's own image is never touched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+DEADLINE_S = 60.0
+
+STANDIN = """#!/bin/bash
+# Stands in for mmdebstrap (mkrootfs.sh OUTPUT_TAR DEB_CACHE PACKAGES): records the tarball path and
+# the pids of itself and of a child, then waits on that child like a long build.
+set -u
+if [ -n "${STANDIN_FAIL:-}" ]; then echo "E: stand-in failed as told"; exit 3; fi
+echo "I: stand-in building $1"
+sleep 600 &
+echo "$1 $$ $!" > "$STANDIN_DIR/started.tmp" && mv "$STANDIN_DIR/started.tmp" "$STANDIN_DIR/started"
+wait
+"""
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    end = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by init, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.fixture(scope="module")
+def package_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of qwq_agent whose recipe builds its root filesystem with the stand-in."""
+    import qwq_agent
+
+    if os.geteuid() != 0:
+        pytest.skip("the Debian build path needs root")
+    root = tmp_path_factory.mktemp("package")
+    shutil.copytree(
+        Path(qwq_agent.__file__).parent, root / "qwq_agent", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (root / "qwq_agent/sandbox/image/recipe/mkrootfs.sh").write_text(STANDIN)
+    # ensure_mmdebstrap only looks for it on PATH (the stand-in never runs it): no apt-get in a test.
+    (root / "bin").mkdir()
+    fake = root / "bin/mmdebstrap"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    return root
+
+
+@pytest.fixture()
+def env(package_copy: Path, tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "standin").mkdir()
+    drop = ("QWQ_DEBUG", "QWQ_SANDBOX_IMAGE", "PYTHONPATH", "QWQ_SANDBOX_BUILD_WAIT")
+    return {k: v for k, v in os.environ.items() if k not in drop} | {
+        "PYTHONPATH": str(package_copy),
+        "PATH": f"{package_copy / 'bin'}:{os.environ['PATH']}",
+        "TMPDIR": str(tmp_path / "tmp"),  # where the build's qwq-image-* folder goes
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),  # the build lock and the deb cache
+        "QWQ_SANDBOX_BUILD": "debian",
+        "STANDIN_DIR": str(tmp_path / "standin"),
+    }
+
+
+def start_build(env: dict[str, str], tmp_path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "qwq_agent.cli.main", "sandbox", "build"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+@pytest.fixture()
+def reaper() -> Iterator[list[int]]:
+    """Pids to kill at the end, whatever the test did (the old code left them running)."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_stops_the_build_its_child_processes_and_removes_the_build_folder(
+    signum: int, env: dict[str, str], tmp_path: Path, reaper: list[int]
+) -> None:
+    started = tmp_path / "standin/started"
+    proc = start_build(env, tmp_path)
+    try:
+        wait_for(lambda: started.exists() or proc.poll() is not None, "the stand-in mmdebstrap")
+        assert proc.poll() is None, proc.communicate()
+        tarball, *pids = started.read_text().split()
+        reaper.extend(int(p) for p in pids)
+        build_dir = Path(tarball).parent
+        assert build_dir.name.startswith("qwq-image-") and build_dir.is_dir()
+        proc.send_signal(signum)  # to the CLI alone, as systemd or a supervisor sends it
+        out, err = proc.communicate(timeout=DEADLINE_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [p for p in reaper if alive(p)] == [], "the build's processes outlived the CLI"
+    assert not build_dir.exists(), f"{build_dir} was left behind"
+    assert list((tmp_path / "tmp").iterdir()) == []
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, (out, err)
+    assert "Traceback" not in out + err
+    assert err.strip() == f"qwq-agent sandbox build: interrupted by {name}", err
+
+
+def _hold_the_build_lock(env: dict[str, str], holder_pid: int) -> int:
+    """Take the build lock as another build would (its pid in the file); return the open descriptor."""
+    lock = Path(env["XDG_CACHE_HOME"]) / "qwq-agent" / "image-build.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, f"{holder_pid}\n".encode())
+    return fd
+
+
+def test_a_build_waiting_for_another_says_so_and_gives_up_at_its_deadline(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    lock = Path(env["XDG_CACHE_HOME"]) / "qwq-agent" / "image-build.lock"
+    fd = _hold_the_build_lock(env, 424242)
+    proc = start_build(env | {"QWQ_SANDBOX_BUILD_WAIT": "1"}, tmp_path)
+    try:
+        # The old code waited on the lock forever: this bound is one it misses by any margin.
+        out, err = proc.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(fd)  # only once the waiter is gone: it must not go on to build
+    assert "another build (pid 424242) is building the image; waiting" in out, (out, err)
+    assert proc.returncode == 4, (out, err)
+    assert "Traceback" not in err
+    first = err.splitlines()[0]
+    assert first.startswith("qwq-agent sandbox build: ") and str(lock) in first, err
+    assert not (tmp_path / "standin/started").exists()  # it never went on to build
+
+
+def test_a_waiting_build_goes_on_once_the_other_one_ends(env: dict[str, str], tmp_path: Path) -> None:
+    fd = _hold_the_build_lock(env, 424242)
+    released = False
+    proc = start_build(env | {"STANDIN_FAIL": "1"}, tmp_path)  # a build that gets that far fails at once
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        wait_for(
+            lambda: (
+                any("is building the image; waiting" in line for line in lines) or proc.poll() is not None
+            ),
+            "the waiting line",
+        )
+        assert proc.poll() is None, (lines, proc.communicate())
+        os.close(fd)
+        released = True
+        proc.wait(timeout=DEADLINE_S)
+        reader.join(timeout=DEADLINE_S)
+        err = proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if not released:
+            os.close(fd)
+    out = "".join(lines)
+    assert "E: stand-in failed as told" in out, (out, err)  # it took the lock and went on to build
+    assert proc.returncode == 4, (out, err)
