@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 from hypothesis import given
@@ -16,7 +17,7 @@ from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Final, ModelCall, RunStarted, ToolCallEvent
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.messages import ToolCall
-from qwq_agent.agent.replay import ReplayModel
+from qwq_agent.agent.replay import ReplayModel, load_recording
 from qwq_agent.agent.trace import (
     MixedTraceError,
     TraceExistsError,
@@ -25,6 +26,7 @@ from qwq_agent.agent.trace import (
     check_trace_path,
     common_prefix_len,
     read_trace,
+    restore_prompts,
     trace_runs,
 )
 from qwq_agent.protocols import Usage
@@ -38,14 +40,17 @@ def test_common_prefix_len_matches_the_definition(a, b):
     assert common_prefix_len(a, b) == expected
 
 
-@given(st.lists(st.text(max_size=30), min_size=1, max_size=6))
+@given(st.lists(st.none() | st.text(max_size=30), min_size=1, max_size=6))
 def test_prompts_survive_the_delta_encoding(tmp_path_factory, prompts):
     path = tmp_path_factory.mktemp("t") / "trace.jsonl"
     writer = TraceWriter(path)
-    for p in prompts:
+    for p in prompts:  # None: an OpenAI-API request, which renders no prompt
         writer.write(ModelCall(prompt=p, completion="x", usage=Usage()))
     writer.close()
     assert [e.prompt for e in read_trace(path)] == prompts
+    stored = read_trace(path, prompts="stored")
+    assert [e.prompt for e in restore_prompts(stored)] == prompts
+    assert [e.prompt for e in read_trace(path, prompts="stored")] == [e.prompt for e in stored]  # as read
 
 
 def test_a_torn_last_line_is_skipped(tmp_path):
@@ -172,6 +177,27 @@ def test_reading_a_file_with_several_runs_never_mixes_them(tmp_path):
         ReplayModel.from_trace(path)
 
 
+def test_a_run_stored_against_the_run_before_it_reads_whole(tmp_path):
+    # A writer of those versions could go on from one run's last prompt to the next run's first.
+    path = tmp_path / "old.jsonl"
+    lines = [
+        RunStarted(run_id="r1", task="first", model="m", tools=[]),
+        ModelCall(run_id="r1", prompt="system\nfirst", completion="c1", usage=Usage()),
+        RunStarted(run_id="r2", task="second", model="m", tools=[]),
+        ModelCall(run_id="r2", prompt="second", prompt_shared_prefix_chars=7, completion="c2", usage=Usage()),
+        ModelCall(run_id="r2", prompt=" more", prompt_shared_prefix_chars=13, completion="c3", usage=Usage()),
+    ]
+    path.write_text("".join(e.model_dump_json() + "\n" for e in lines))
+    whole = ["system\nsecond", "system\nsecond more"]
+    assert [e.prompt for e in read_trace(path, run_id="r2") if isinstance(e, ModelCall)] == whole
+    stored = read_trace(path, run_id="r2", prompts="stored")
+    assert [e.prompt for e in restore_prompts(stored) if isinstance(e, ModelCall)] == whole
+    replay = ReplayModel.from_trace(path, run_id="r2")
+    for prompt in whole:
+        assert asyncio.run(replay.generate(prompt)).prompt == prompt
+    assert replay.divergences == 0
+
+
 def test_write_final_ends_an_interrupted_trace_once(tmp_path):
     path = tmp_path / "t.jsonl"
     writer = TraceWriter(path)
@@ -268,3 +294,82 @@ def test_trace_show_names_the_runs_of_a_mixed_file_and_shows_the_one_chosen(tmp_
     assert mixed.returncode == 2 and "holds 2 runs (r1, r2)" in mixed.stderr and "--run-id" in mixed.stderr
     chosen = subprocess.run([*cli, "--run-id", "r2"], capture_output=True, text=True, timeout=60)
     assert chosen.returncode == 0 and "answer two" in chosen.stdout and "answer one" not in chosen.stdout
+
+
+# -- reading a long run's trace ----------------------------------------------------------------------
+
+STEP_CHARS = 1000  # each prompt adds a tool result of this size: 400 steps end near QwQ's context
+
+
+def long_prompts(steps: int):
+    """The prompts of a run whose context grows by a tool result each step (built one at a time)."""
+    prompt = "<|im_start|>system\nYou are helpful.<|im_end|>\n"
+    for i in range(steps):
+        body = f"step {i} " + "x" * (STEP_CHARS - 60)
+        prompt += f"<|im_start|>user\n<tool_response>\n{body}\n</tool_response><|im_end|>\n"
+        yield prompt
+
+
+def write_long_trace(path, steps: int) -> None:
+    with TraceWriter(path) as w:
+        w.write(RunStarted(run_id="r", task="long task", model="m", tools=[]))
+        for i, prompt in enumerate(long_prompts(steps), 1):
+            w.write(ModelCall(run_id="r", step=i, prompt=prompt, completion=f"ok {i}", usage=Usage()))
+        w.write(Final(run_id="r", step=steps, status="completed", answer="done"))
+
+
+def peak_rss_of(cmd: list[str], stderr_path) -> int:
+    """Peak RSS in bytes of `cmd`, run as its own process to the end (it must succeed)."""
+    with stderr_path.open("wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # reaped here, for its resource usage
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, stderr_path.read_text()[-500:]
+    return usage.ru_maxrss * 1024
+
+
+def test_trace_show_of_a_long_run_takes_memory_in_proportion_to_the_file(tmp_path):
+    # 400 prompts, the last ~400k characters: the file is under 1 MB, the prompts whole ~80 MB.
+    small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
+    write_long_trace(small, 2)
+    write_long_trace(big, 400)
+    size = big.stat().st_size
+    show = [sys.executable, "-m", "qwq_agent.cli.main", "trace", "show", "--reasoning", "off"]
+    err = tmp_path / "stderr"
+    grew = peak_rss_of([*show, str(big)], err) - peak_rss_of([*show, str(small)], err)
+    assert grew < 20 * size, f"trace show took {grew / size:.0f}x the file's size"  # was ~100x
+
+
+def test_trace_show_prompts_shows_each_prompt_whole(tmp_path):
+    path = tmp_path / "t.jsonl"
+    prompts = ["system\nfirst", "system\nfirst\nsecond", "system\nfirst\nsecond\nthird"]
+    with TraceWriter(path) as w:
+        w.write(RunStarted(run_id="r", task="t", model="m", tools=[]))
+        for p in prompts:
+            w.write(ModelCall(run_id="r", prompt=p, completion="ok", usage=Usage()))
+    cli = [sys.executable, "-m", "qwq_agent.cli.main", "trace", "show", str(path)]
+    shown = subprocess.run([*cli, "--prompts"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert [shown.stdout.count(w) for w in ("system", "first", "second", "third")] == [3, 3, 2, 1]
+    hidden = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert hidden.returncode == 0 and "first" not in hidden.stdout
+
+
+async def test_a_replay_of_a_long_run_holds_one_recorded_prompt_at_a_time(tmp_path):
+    path = tmp_path / "long.jsonl"
+    steps = 400
+    write_long_trace(path, steps)
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        recording = load_recording(path)
+        replay = ReplayModel.from_recording(recording)
+        for i, prompt in enumerate(long_prompts(steps), 1):
+            done = await replay.generate(prompt)
+            assert done.text == f"ok {i}" and done.prompt == prompt
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert replay.divergences == 0 and replay.remaining == 0
+    # The file, its events and a few prompts of ~400k characters (~5x the file); all 400 whole ~150x.
+    assert peak < 20 * size, f"the replay took {peak / size:.0f}x the file's size"

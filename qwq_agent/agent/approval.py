@@ -353,7 +353,7 @@ class PendingApproval(BaseModel):
 
 def pending_approval(path: str | Path) -> PendingApproval | None:
     """The call the run in `path` waits on, or None if it did not stop awaiting approval."""
-    events = read_trace(path)
+    events = read_trace(path, prompts="stored")  # no prompt is needed
     final = next((e for e in reversed(events) if isinstance(e, Final)), None)
     if final is None or final.status != "awaiting_approval":
         return None
@@ -367,7 +367,7 @@ def recorded_decisions(path: str | Path) -> dict[str, ApprovalDecision]:
     """The decisions a trace recorded, by call id (a resume applies them again without asking)."""
     return {
         e.call_id: ApprovalDecision(action=e.action, reason=e.reason, arguments=e.arguments, by=e.by)
-        for e in read_trace(path)
+        for e in read_trace(path, prompts="stored")
         if isinstance(e, ApprovalDecided)
     }
 
@@ -380,7 +380,7 @@ def replay_approver(path: str | Path, *, then: Approver | None = None) -> Record
     Each applies only to the call it was made about (same id, tool and arguments). Calls the recording
     does not hold follow the policy, and `then` decides those it asks about.
     """
-    events = read_trace(path)
+    events = read_trace(path, prompts="stored")  # no prompt is needed
     decisions = recorded_decisions(path)
     # The calls as the model wrote them: what was asked about, then what was decided (a policy's deny
     # is asked about nowhere; older traces do not record its call), then what ran undecided.

@@ -79,6 +79,9 @@ class ModelCall(_Event):
     completion: str
     usage: Usage
     prompt_shared_prefix_chars: int | None = None
+    """Set on a call as a trace stores it (`read_trace(prompts="stored")`): `prompt` is then only what
+    follows this many characters of the run's previous prompt (`PromptRestorer` puts it back); None
+    when `prompt` is whole."""
     completion_ids: list[int] | None = None
     """The token ids the server generated (native API), so a replay keeps the turn token-exact."""
     intervention: LoopSignal | None = None

@@ -30,7 +30,13 @@ from qwq_agent.agent.events import (
 )
 from qwq_agent.agent.loops.detector import LoopSignal
 from qwq_agent.agent.messages import Message, ToolSpec
-from qwq_agent.agent.trace import TraceError, common_prefix_len, read_trace, recorded_completions
+from qwq_agent.agent.trace import (
+    PromptRestorer,
+    TraceError,
+    common_prefix_len,
+    read_trace,
+    recorded_completions,
+)
 from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta, Usage
 
 __all__ = [
@@ -99,6 +105,8 @@ class Recording(BaseModel):
     tools: list[str] = Field(default_factory=list)
     tool_options: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
+    # As the trace stores them: each prompt only past what it shares with the one before
+    # (`prompt_shared_prefix_chars`; `trace.restore_prompts` gives them whole, one at a time).
     completions: list[ModelCall] = Field(default_factory=list)
     status: str | None = None
     # The conversation the run continued (a branch's shared prefix); replay it with
@@ -156,11 +164,14 @@ def _first(exc: ValidationError) -> str:
 
 def load_recording(path: str | Path, *, run_id: str | None = None) -> Recording:
     """Read one run from a trace; raises `TraceError` (or OSError) when there is none to read."""
-    return recording_of(read_trace(path, run_id=run_id), path)
+    return recording_of(read_trace(path, run_id=run_id, prompts="stored"), path)
 
 
 def recording_of(events: list[Event], path: str | Path) -> Recording:
-    """The run recorded in `events` (one run's, as `read_trace` returns them) read from `path`."""
+    """The run recorded in `events` (one run's, as `read_trace` returns them) read from `path`.
+
+    Read them with `prompts="stored"`: a recording of whole prompts holds them all at once.
+    """
     started = next((e for e in events if isinstance(e, RunStarted)), None)
     if started is None:
         raise TraceError(f"trace {path} has no run_started event: nothing to replay")
@@ -221,6 +232,9 @@ class ReplayModel:
             if source is not None:
                 source = source.model_copy(update={"completions": len(self._calls)})
         self._next = 0
+        # The calls keep their prompts as the trace stores them; each is made whole when its turn
+        # comes, so a replay holds one recorded prompt, not all of them.
+        self._prompts = PromptRestorer()
         self._then = then
         self._prompt_options = prompt_options or PromptOptions()
         self._chunk = chunk
@@ -235,7 +249,7 @@ class ReplayModel:
         cls, path: str | Path, *, run_id: str | None = None, then: Model | None = None, chunk: int = 16
     ) -> ReplayModel:
         """Replay one run of the trace at `path` (`run_id` picks one in an old multi-run file)."""
-        events = read_trace(path, run_id=run_id)
+        events = read_trace(path, run_id=run_id, prompts="stored")
         calls = recorded_completions(events)
         source = ReplaySource(
             mode="resume" if then is not None else "replay",
@@ -343,8 +357,7 @@ class ReplayModel:
                 yield ev
             return
         prompt = self.render_prompt(messages, tools) + prefix
-        call = self._calls[self._next]
-        self._next += 1
+        call = self._take()
         self._check_prompt(call, prompt)
         text = call.completion
         for i in range(0, len(text), self._chunk):
@@ -359,6 +372,12 @@ class ReplayModel:
             output_ids=call.completion_ids or [],
             intervention=call.intervention,
         )
+
+    def _take(self) -> ModelCall:
+        """The next recorded call, with its whole prompt."""
+        call = self._calls[self._next]
+        self._next += 1
+        return self._prompts.whole(call)
 
     def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
         """The prompt a native client would send (replayed constrained calls ask for it)."""
@@ -387,8 +406,7 @@ class ReplayModel:
                 )
             self._hand_over()
             return await self._then.generate(prompt, params)
-        call = self._calls[self._next]
-        self._next += 1
+        call = self._take()
         self._check_prompt(call, prompt)
         if call.error is not None:
             raise ReplayedModelError.of(call)

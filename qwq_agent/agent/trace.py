@@ -66,8 +66,8 @@ class TraceWriter:
 
     Each prompt extends the previous one almost entirely, so a `model_call` line stores only what
     follows the prefix it shares with the previous prompt (`prompt_shared_prefix_chars` says how
-    long that is); `read_trace` puts the whole prompt back. A trace grows with the conversation,
-    not with its square.
+    long that is); `read_trace` puts the whole prompt back, or `PromptRestorer` one at a time. A trace
+    grows with the conversation, not with its square.
     """
 
     def __init__(
@@ -316,9 +316,44 @@ def common_prefix_len(a: str, b: str) -> int:
     return lo
 
 
+class PromptRestorer:
+    """Puts back the whole prompts of model calls read with `prompts="stored"`, one call at a time.
+
+    Give it a run's `model_call` events in their order: each stored prompt extends the one before it,
+    which is all it keeps, so restoring a run costs its longest prompt, not the sum of them all. A
+    call whose prompt is whole already (`prompt_shared_prefix_chars` None) is taken as it is.
+    """
+
+    def __init__(self) -> None:
+        self._last = ""
+
+    def prompt(self, call: ModelCall) -> str | None:
+        """The whole prompt of `call`, the next model call of the run (None where none was recorded)."""
+        if call.prompt is None:  # an OpenAI-API request renders no prompt; the next one extends the last
+            return None
+        shared = call.prompt_shared_prefix_chars
+        self._last = call.prompt if shared is None else self._last[:shared] + call.prompt
+        return self._last
+
+    def whole(self, call: ModelCall) -> ModelCall:
+        """`call` (the next model call) as a copy with its whole prompt; `call` is left as read."""
+        if call.prompt is None:
+            return call
+        return call.model_copy(update={"prompt": self.prompt(call), "prompt_shared_prefix_chars": None})
+
+
+def restore_prompts(events: Iterable[Event]) -> Iterator[Event]:
+    """`events` of one run (read with `prompts="stored"`), each `model_call` with its whole prompt.
+
+    Lazily: only the prompt of the event being looked at, and the one before it, are held.
+    """
+    restorer = PromptRestorer()
+    return (restorer.whole(e) if isinstance(e, ModelCall) else e for e in events)
+
+
 def _read_lines(path: str | Path) -> list[Event]:
+    """Every event of the file, `model_call` prompts as stored (see `PromptRestorer`)."""
     events: list[Event] = []
-    last_prompt = ""
     # JSON lines end at "\n" only; splitlines() would also split inside strings at U+0085, U+2028, ...
     # Split the bytes, not the text: a write torn by a full disk can end inside a multi-byte character,
     # and decoding the whole file would lose every event to that one torn line. (b"\n" never occurs
@@ -344,10 +379,6 @@ def _read_lines(path: str | Path) -> list[Event]:
             if last:
                 break
             raise
-        if isinstance(event, ModelCall) and event.prompt is not None:
-            shared = event.prompt_shared_prefix_chars or 0
-            event.prompt = last_prompt[:shared] + event.prompt
-            last_prompt = event.prompt
         events.append(event)
     return events
 
@@ -377,24 +408,56 @@ def _run_id(run: list[Event]) -> str:
     return next((e.run_id for e in run if e.run_id), "")
 
 
-def read_trace(path: str | Path, *, run_id: str | None = None) -> list[Event]:
+def read_trace(
+    path: str | Path, *, run_id: str | None = None, prompts: Literal["whole", "stored"] = "whole"
+) -> list[Event]:
     """Events of one run in a trace file; a torn last line (an interrupted write) is skipped.
 
     A file holding several runs (appended by versions before one file held one run) raises
     `MixedTraceError` naming them, unless `run_id` picks one: runs are never silently mixed.
+
+    `prompts="whole"` gives each `model_call` its whole prompt, all held at once: memory grows with
+    the square of the run's length (a few hundred steps of a long context take hundreds of MB).
+    Readers that need no prompt, or one at a time, read `prompts="stored"`: each prompt as the file
+    holds it, the part after the `prompt_shared_prefix_chars` it shares with the run's previous one,
+    so memory grows with the file; `restore_prompts` / `PromptRestorer` put them back in order.
     """
     runs = split_runs(_read_lines(path))
     if run_id is not None:
-        chosen = [r for r in runs if _run_id(r) == run_id]
+        chosen = [i for i, r in enumerate(runs) if _run_id(r) == run_id]
         if len(chosen) != 1:
             what = "no run" if not chosen else f"{len(chosen)} runs"
             raise MixedTraceError(f"trace {path} holds {what} with id {run_id!r} (runs: {_names(runs)})")
-        return chosen[0]
-    if len(runs) > 1:
+        at = chosen[0]
+    elif len(runs) > 1:
         raise MixedTraceError(
             f"trace {path} holds {len(runs)} runs ({_names(runs)}); choose one by its run id"
         )
-    return runs[0] if runs else []
+    elif not runs:
+        return []
+    else:
+        at = 0
+    run = _first_prompt_whole(runs[at], runs[:at])
+    return list(restore_prompts(run)) if prompts == "whole" else run
+
+
+def _first_prompt_whole(run: list[Event], before: list[list[Event]]) -> list[Event]:
+    """`run` with its first prompt whole when it was stored against a run before it in the file.
+
+    Writers before one file held one run may have gone on from one run's prompts to the next's; the
+    chosen run's prompts are then restorable on their own. (Restores the earlier runs only then.)
+    """
+    at, call = next(
+        ((i, e) for i, e in enumerate(run) if isinstance(e, ModelCall) and e.prompt is not None), (0, None)
+    )
+    if call is None or not before or not call.prompt_shared_prefix_chars:
+        return run
+    restorer = PromptRestorer()
+    for earlier in before:
+        for e in earlier:
+            if isinstance(e, ModelCall):
+                restorer.prompt(e)
+    return [*run[:at], restorer.whole(call), *run[at + 1 :]]
 
 
 def _names(runs: list[list[Event]]) -> str:

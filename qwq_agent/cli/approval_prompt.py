@@ -180,7 +180,7 @@ def _approver_only(source: Path) -> bool:
     from qwq_agent.agent.events import ApprovalRequested
     from qwq_agent.agent.trace import read_trace
 
-    return any(isinstance(e, ApprovalRequested) for e in read_trace(source))
+    return any(isinstance(e, ApprovalRequested) for e in read_trace(source, prompts="stored"))
 
 
 _TERMINAL = threading.Lock()

@@ -71,7 +71,7 @@ def _print_exploration_interrupted(console: Console, trace: Path, signal_name: s
     from qwq_agent.cli.render import EventRenderer
 
     try:
-        events = read_trace(trace)
+        events = read_trace(trace, prompts="stored")
     except (TraceError, OSError, ValueError):  # unreadable now: the path is still worth printing
         events = []
     final = events[-1] if events and isinstance(events[-1], Final) else None

@@ -333,12 +333,15 @@ def read_text(path: str | Path, what: str) -> str:
 
 
 def load_trace(path: Path, run_id: str | None = None) -> list[Any]:
-    """A trace's events (of run `run_id` when given), or a `CliError` naming the file and what is wrong."""
+    """A trace's events (of run `run_id` when given), or a `CliError` naming the file and what is wrong.
+
+    Prompts as stored (`read_trace(prompts="stored")`): `trace.restore_prompts` gives them whole.
+    """
     from qwq_agent.agent.trace import MixedTraceError, NotATraceFileError, read_trace
 
     fix = "pass a trace written by `qwq-agent run` (see ./traces/)"
     try:
-        events = read_trace(path, run_id=run_id)
+        events = read_trace(path, run_id=run_id, prompts="stored")
     except MixedTraceError as exc:
         raise CliError(str(exc), "pick one run with --run-id") from None
     except FileNotFoundError:

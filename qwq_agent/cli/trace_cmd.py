@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from qwq_agent.cli import arg_types
 from qwq_agent.cli.reasoning_view import REASONING_MODES
@@ -56,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from qwq_agent.agent.trace import restore_prompts
     from qwq_agent.cli.console import PipeConsole
     from qwq_agent.cli.preflight import load_trace
     from qwq_agent.cli.render import EventRenderer
@@ -65,16 +67,20 @@ def _show(args: argparse.Namespace) -> int:
     renderer = EventRenderer(
         console, show_prompts=args.prompts, replaying=True, image_dir=args.images, reasoning=args.reasoning
     )
-    for ev in events:
-        renderer.handle(ev)
+
+    def show(run: list[Any]) -> None:
+        # Prompts are made whole only to be printed, one at a time: a long run's, all whole, take GBs.
+        for ev in restore_prompts(run) if args.prompts else run:
+            renderer.handle(ev)
+
+    show(events)
     if args.branches:
         from qwq_agent.agent.events import BranchEnded
 
         for ev in events:
             if isinstance(ev, BranchEnded) and ev.trace:
                 console.rule(f"[bold]branch {ev.index}[/bold] · {ev.trace}")
-                for branch_ev in load_trace(branch_trace(Path(args.file), ev.trace), run_id=None):
-                    renderer.handle(branch_ev)
+                show(load_trace(branch_trace(Path(args.file), ev.trace), run_id=None))
     return 0
 
 
