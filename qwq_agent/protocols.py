@@ -78,6 +78,11 @@ class Completion(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     output_ids: list[int] = Field(default_factory=list)
     """The token ids the server generated, when its API reports them (empty otherwise)."""
+    messages: list[dict[str, Any]] | None = None
+    """The chat messages sent, for an API that takes messages instead of a prompt (OpenAI-compatible),
+    so that a replay can check its requests against them as against a recorded prompt."""
+    tools_digest: str | None = None
+    """A digest of the tools sent along with `messages` (`openai_chat.tools_digest`)."""
 
 
 ModelEvent = TextDelta | Completion

@@ -375,3 +375,93 @@ async def test_a_trace_recorded_today_replays_its_answer_continuation(tmp_path: 
         recording.task
     )
     assert (replayed.status, replayed.answer) == (recorded.status, recorded.answer)
+
+
+async def record_openai(path: Path, turns=TURNS, **kw) -> list[list[dict]]:
+    """Record a run through the OpenAI API; the messages each request sent, as the server got them."""
+    async with ScriptedModelServer(turns) as server, OpenAIChatClient(server.url + "/v1") as client:
+        await Agent(client, [add], trace_path=path, **kw).run("Add things.")
+        return [r.body["messages"] for r in server.requests]
+
+
+def warnings_of(events, kind: str) -> list[Warning_]:
+    return [e for e in events if isinstance(e, Warning_) and e.kind == kind]
+
+
+@tool(name="add")
+def add_redescribed(a: int, b: int) -> int:
+    """Add two integers, exactly."""
+    return a + b
+
+
+async def test_an_openai_api_replay_reports_where_its_messages_differ_from_the_recording(tmp_path):
+    """OpenAI-API runs recorded no prompt, and a replay checked nothing: a changed tool result or an
+    edited task was replayed silently, the recorded turns fed after what the model never saw."""
+    trace = tmp_path / "t.jsonl"
+    sent = await record_openai(trace, config=config())
+    # What was sent is in the trace, each message once: the trace grows with the conversation.
+    stored = [json.loads(line) for line in trace.read_text().splitlines()]
+    stored_calls = [e for e in stored if e["type"] == "model_call"]
+    assert [len(e["messages"]) for e in stored_calls] == [2, 2, 2]
+    assert [e["messages_shared_prefix"] for e in stored_calls] == [0, 2, 4]
+    assert [c.messages for c in load_recording(trace).completions] == sent
+
+    faithful = Agent(ReplayModel.from_trace(trace), [add], config=config())
+    events = [ev async for ev in faithful.stream("Add things.")]
+    assert [e.kind for e in events if isinstance(e, Warning_)] == []
+
+    diverged = Agent(ReplayModel.from_trace(trace), [add_wrong], config=config())
+    events = [ev async for ev in diverged.stream("Add things.")]
+    warnings = warnings_of(events, "replay_divergence")
+    assert [w.step for w in warnings] == [2, 3]  # the second and third requests hold the changed results
+    assert "recorded model call 2 of 3: message 4 of 4 (tool) differs" in warnings[0].message
+    assert "in its content at character 1 (recorded '42', now '43')" in warnings[0].message
+
+    # A tool described otherwise: the native prompt holds the tools, here their digest does.
+    redescribed = Agent(ReplayModel.from_trace(trace), [add_redescribed], config=config())
+    events = [ev async for ev in redescribed.stream("Add things.")]
+    warnings = warnings_of(events, "replay_divergence")
+    assert len(warnings) == 3 and "the tools sent differ" in warnings[0].message
+
+    # A task edited in the trace differs from the one the recorded completions answered.
+    edited = tmp_path / "edited.jsonl"
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    lines[0]["task"] = "Subtract things."
+    edited.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    recording = load_recording(edited)
+    replay = Agent(ReplayModel.from_recording(recording), [add], config=config())
+    events = [ev async for ev in replay.stream(recording.task)]
+    warnings = warnings_of(events, "replay_divergence")
+    assert len(warnings) == 3 and "recorded model call 1 of 3: message 2 of 2 (user)" in warnings[0].message
+    assert "Subtract things." in warnings[0].message
+
+
+async def test_an_openai_api_replay_of_a_continued_answer_matches_its_recording(tmp_path):
+    """A continuation sends the turn so far as a trailing assistant message: replayed the same."""
+    cfg = config(sampling=SamplingParams(max_new_tokens=12))
+    trace = tmp_path / "t.jsonl"
+    long = "Short.\n</think>\n\nThe answer is 42 and the proof goes as follows: first we note that"
+    sent = await record_openai(trace, turns=[long, " it is so."], config=cfg)
+    assert sent[1][-1]["role"] == "assistant"  # the continued answer
+    replay = Agent(ReplayModel.from_trace(trace), [add], config=cfg)
+    events = [ev async for ev in replay.stream("Add things.")]
+    assert [e.kind for e in events if isinstance(e, Warning_)] == ["answer_continued"]
+    assert replay.result.answer == "The answer is 42 and the it is so."
+
+
+async def test_an_openai_api_trace_without_the_messages_sent_says_once_it_cannot_be_checked(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    await record_openai(trace, config=config())
+    # As written before the messages sent were recorded.
+    old = tmp_path / "old.jsonl"
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    for e in lines:
+        for key in ("messages", "messages_shared_prefix", "tools_digest"):
+            e.pop(key, None)
+    old.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    replay = Agent(ReplayModel.from_trace(old), [add_wrong], config=config())
+    events = [ev async for ev in replay.stream("Add things.")]
+    assert warnings_of(events, "replay_divergence") == []
+    unchecked = warnings_of(events, "replay_unchecked")
+    assert len(unchecked) == 1 and unchecked[0].step == 1
+    assert "cannot be checked" in unchecked[0].message

@@ -84,6 +84,13 @@ class ModelCall(_Event):
     when `prompt` is whole."""
     completion_ids: list[int] | None = None
     """The token ids the server generated (native API), so a replay keeps the turn token-exact."""
+    messages: list[dict[str, Any]] | None = None
+    """The chat messages sent (OpenAI API, which takes no prompt), for a replay to check its requests
+    against. In the trace file only those after the ones the previous call sent are stored
+    (`messages_shared_prefix` says how many it shares); `read_trace` puts the whole list back."""
+    messages_shared_prefix: int | None = None
+    tools_digest: str | None = None
+    """A digest of the tools sent with `messages` (the native prompt holds them)."""
     intervention: LoopSignal | None = None
     """The loop signal this request was cut short for (a nudge, a close, a stop), so a replay steps in
     the same way where it cannot decide so itself (a probe's answers are not replayed)."""

@@ -2,14 +2,16 @@
 
 `load_recording` reads what a run was set up with (task, tools and their options, `AgentConfig`) and
 the completions it got, so a replay builds the same run instead of trusting today's defaults.
-`ReplayModel` serves the completions as the model. It checks each prompt against the recorded one,
-and reports a difference as a `replay_divergence` warning; when it hands over to a live model it
-reports a `replay_end` event, so the trace shows which turns were replayed and which are new. The
-loop collects these with `take_notices()`.
+`ReplayModel` serves the completions as the model. It checks each prompt (the chat messages and tools,
+for a run made through the OpenAI API) against the recorded one, and reports a difference as a
+`replay_divergence` warning (a trace that recorded none gets one `replay_unchecked` warning); when it
+hands over to a live model it reports a `replay_end` event, so the trace shows which turns were
+replayed and which are new. The loop collects these with `take_notices()`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from qwq_agent.agent.chat_format import PromptOptions, recorded_prompt_options
 from qwq_agent.agent.clients.errors import ModelError
+from qwq_agent.agent.clients.openai_chat import to_openai_messages, to_openai_tools, tools_digest
 from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.events import (
     Event,
@@ -49,6 +52,7 @@ __all__ = [
 ]
 
 _EXCERPT = 60
+_ABSENT = object()  # a field one message has and the other lacks
 # `AgentConfig` settings whose default makes requests the code before them did not: what a recorded
 # config that lacks one (a trace written before it existed) is read with.
 _BEFORE_THEY_EXISTED: dict[str, Any] = {"max_answer_continuations": None}
@@ -240,6 +244,11 @@ class ReplayModel:
         self._chunk = chunk
         self.source = source
         self.divergences = 0
+        # OpenAI-API traces recorded before the messages sent were hold nothing to check against: said
+        # once, at the first replayed request, rather than replaying changed requests silently.
+        self._unchecked = any(_returned(c) for c in self._calls) and not any(
+            c.prompt is not None or c.messages is not None for c in self._calls
+        )
         self._handed_over = False
         self._notices: list[Event] = []
         self.name = f"replay({len(self._calls)} completions)"
@@ -326,17 +335,50 @@ class ReplayModel:
 
     def _check_prompt(self, call: ModelCall, prompt: str) -> None:
         recorded = call.prompt
-        if recorded is None or recorded == prompt:  # OpenAI-API traces record no prompt
+        if recorded is None or recorded == prompt:  # a failed or cut-off request records none
             return
-        self.divergences += 1
         at = common_prefix_len(recorded, prompt)
+        self._diverged(
+            f"the prompt differs from the recording at character {at} (recorded "
+            f"{_excerpt(recorded, at)!r}, now {_excerpt(prompt, at)!r})"
+        )
+
+    def _check_request(
+        self, call: ModelCall, messages: Sequence[Message], tools: Sequence[ToolSpec], prefix: str
+    ) -> None:
+        """Check what this request sends against the recorded `call`: its prompt, as a native client
+        renders it, or its chat messages and tools, as an OpenAI-API client sends them."""
+        if call.messages is not None:
+            problems = [_messages_differ(call.messages, to_openai_messages(messages, prefix))]
+            if call.tools_digest is not None and call.tools_digest != tools_digest(to_openai_tools(tools)):
+                problems.append(
+                    "the tools sent differ from the recorded ones (their descriptions or parameters)"
+                )
+            if found := [p for p in problems if p]:
+                self._diverged("; ".join(found))
+        elif call.prompt is not None:
+            self._check_prompt(call, self.render_prompt(messages, tools) + prefix)
+        elif self._unchecked:
+            self._unchecked = False
+            self._notices.append(
+                Warning_(
+                    kind="replay_unchecked",
+                    message=(
+                        "the trace records neither the prompts nor the messages its requests sent (an "
+                        "OpenAI-API run recorded before they were), so this replay cannot be checked "
+                        "against it: a changed tool result or an edited task goes unreported"
+                    ),
+                )
+            )
+
+    def _diverged(self, what: str) -> None:
+        self.divergences += 1
         self._notices.append(
             Warning_(
                 kind="replay_divergence",
                 message=(
-                    f"recorded model call {self._next} of {len(self._calls)}: the prompt differs from the "
-                    f"recording at character {at} (recorded {_excerpt(recorded, at)!r}, now "
-                    f"{_excerpt(prompt, at)!r}); the recorded completion is used anyway"
+                    f"recorded model call {self._next} of {len(self._calls)}: {what}; "
+                    "the recorded completion is used anyway"
                 ),
             )
         )
@@ -356,9 +398,8 @@ class ReplayModel:
             async for ev in self._then.stream(messages, tools, params, prefix=prefix):
                 yield ev
             return
-        prompt = self.render_prompt(messages, tools) + prefix
         call = self._take()
-        self._check_prompt(call, prompt)
+        self._check_request(call, messages, tools, prefix)
         text = call.completion
         for i in range(0, len(text), self._chunk):
             # A request the run cut short (an intervention) cost what was recorded, wherever it is cut now.
@@ -370,6 +411,8 @@ class ReplayModel:
             prompt=call.prompt,
             usage=call.usage,
             output_ids=call.completion_ids or [],
+            messages=call.messages,
+            tools_digest=call.tools_digest,
             intervention=call.intervention,
         )
 
@@ -417,6 +460,48 @@ class ReplayModel:
     async def aclose(self) -> None:
         if self._then is not None:
             await self._then.aclose()
+
+
+def _returned(call: ModelCall) -> bool:
+    """Whether the recorded request returned a completion, and so recorded what it sent if it could
+    (a failed request, or one the turn cut off itself, records nothing sent)."""
+    return call.error is None and call.usage.finish_reason != "aborted"
+
+
+def _messages_differ(recorded: Sequence[dict[str, Any]], sent: Sequence[dict[str, Any]]) -> str | None:
+    """Where the chat messages sent now first differ from the recorded ones, in words; None if nowhere."""
+    for i, (old, new) in enumerate(zip(recorded, sent, strict=False)):
+        if old != new:
+            key = next(k for k in {**new, **old} if old.get(k, _ABSENT) != new.get(k, _ABSENT))
+            a, b = (_field_text(m.get(key, _ABSENT)) for m in (old, new))
+            at = common_prefix_len(a, b)
+            return (
+                f"message {i + 1} of {len(sent)} ({new.get('role')}) differs from the recorded one in "
+                f"its {key} at character {at} (recorded {_excerpt(a, at)!r}, now {_excerpt(b, at)!r})"
+            )
+    if len(sent) > len(recorded):
+        extra = sent[len(recorded)]
+        return (
+            f"the recording sent {len(recorded)} messages, this request {len(sent)} (the first one more: "
+            f"{extra.get('role')} {_excerpt(_as_json(extra), 0)!r})"
+        )
+    if len(sent) < len(recorded):
+        gone = recorded[len(sent)]
+        return (
+            f"the recording sent {len(recorded)} messages, this request {len(sent)} (the first one "
+            f"missing: {gone.get('role')} {_excerpt(_as_json(gone), 0)!r})"
+        )
+    return None
+
+
+def _field_text(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    return value if isinstance(value, str) else _as_json(value)
+
+
+def _as_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 def _absolute(path: str | Path) -> str:

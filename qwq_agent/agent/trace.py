@@ -14,7 +14,7 @@ import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from qwq_agent.agent.events import EVENT_ADAPTER, Event, Final, ModelCall, RunStarted, Warning_
 from qwq_agent.surrogates import replace_surrogates_in
@@ -66,8 +66,10 @@ class TraceWriter:
 
     Each prompt extends the previous one almost entirely, so a `model_call` line stores only what
     follows the prefix it shares with the previous prompt (`prompt_shared_prefix_chars` says how
-    long that is); `read_trace` puts the whole prompt back, or `PromptRestorer` one at a time. A trace
-    grows with the conversation, not with its square.
+    long that is); `read_trace` puts the whole prompt back, or `PromptRestorer` one at a time. The chat
+    messages an OpenAI-API request sent are stored the same way: only those after the ones it shares
+    with the previous request (`messages_shared_prefix`). A trace grows with the conversation, not with
+    its square.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class TraceWriter:
         self.error: str | None = None
         self.final_written = False
         self._last_prompt = ""
+        self._last_messages: list[dict[str, Any]] = []
         self._fd: int | None  # None once closed
         self.path, self._fd = _claim(self.requested_path, if_exists=if_exists, tag=tag)
 
@@ -88,12 +91,18 @@ class TraceWriter:
         """Append `event`; False when it was not written (closed, or the trace failed before or now)."""
         if self._fd is None:
             return False
-        last_prompt = self._last_prompt
+        last_prompt, last_messages = self._last_prompt, self._last_messages
         if isinstance(event, ModelCall) and event.prompt is not None:
             shared = common_prefix_len(self._last_prompt, event.prompt)
             self._last_prompt = event.prompt
             event = event.model_copy(
                 update={"prompt": event.prompt[shared:], "prompt_shared_prefix_chars": shared}
+            )
+        if isinstance(event, ModelCall) and event.messages is not None:
+            shared = common_prefix_count(self._last_messages, event.messages)
+            self._last_messages = event.messages
+            event = event.model_copy(
+                update={"messages": event.messages[shared:], "messages_shared_prefix": shared}
             )
         data = _encode(event)
         written = data is not None
@@ -101,7 +110,8 @@ class TraceWriter:
             # Not even with its surrogates replaced (nesting past pydantic's limit): a placeholder says
             # what is missing here, and the trace goes on with the run's later events.
             self.error = self.error or f"{self.path}: could not record a {event.type} event (left out)"
-            self._last_prompt = last_prompt  # the next prompt is stored against the last one on disk
+            # the next prompt is stored against the last one on disk
+            self._last_prompt, self._last_messages = last_prompt, last_messages
             data = _encode(_dropped(event))
             assert data is not None  # a Warning_ of short strings always serialises
         try:
@@ -351,9 +361,16 @@ def restore_prompts(events: Iterable[Event]) -> Iterator[Event]:
     return (restorer.whole(e) if isinstance(e, ModelCall) else e for e in events)
 
 
+def common_prefix_count(a: Sequence[object], b: Sequence[object]) -> int:
+    """How many leading items `a` and `b` share."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
 def _read_lines(path: str | Path) -> list[Event]:
     """Every event of the file, `model_call` prompts as stored (see `PromptRestorer`)."""
     events: list[Event] = []
+    last_messages: list[dict[str, Any]] = []
     # JSON lines end at "\n" only; splitlines() would also split inside strings at U+0085, U+2028, ...
     # Split the bytes, not the text: a write torn by a full disk can end inside a multi-byte character,
     # and decoding the whole file would lose every event to that one torn line. (b"\n" never occurs
@@ -379,6 +396,10 @@ def _read_lines(path: str | Path) -> list[Event]:
             if last:
                 break
             raise
+        if isinstance(event, ModelCall) and event.messages is not None:
+            # The lists share their message dicts: a run's messages are held once, not once per call.
+            event.messages = last_messages[: event.messages_shared_prefix or 0] + event.messages
+            last_messages = event.messages
         events.append(event)
     return events
 

@@ -412,6 +412,8 @@ class TurnStreamer:
                 completion=attempt.text,
                 usage=usage,
                 completion_ids=ids,
+                messages=done.messages if done else None,
+                tools_digest=done.tools_digest if done else None,
                 intervention=attempt.signal,  # what a replay must do here too
             )
         )

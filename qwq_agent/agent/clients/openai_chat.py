@@ -20,6 +20,7 @@ into the header of each outgoing request.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -172,6 +173,13 @@ def to_openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
         )
         for t in tools
     ]
+
+
+def tools_digest(tools: Sequence[dict[str, Any]]) -> str:
+    """A digest of a request's OpenAI `tools`: what a trace records of them (their text is the run's
+    tools'), so that a replay can tell whether it sends the same ones."""
+    data = json.dumps(list(tools), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def format_tool_call(name: str, arguments: str) -> str:
@@ -441,7 +449,15 @@ class OpenAIChatClient(RoutingKeyMixin):
             if exc.partial_usage is None and (chunks or usage):
                 exc.partial_usage = _usage(usage, None, ttft, started, floor=chunks)
             raise
-        yield Completion(text=emitted, prompt=None, usage=_usage(usage, finish, ttft, started))
+        messages = body.get("messages")
+        yield Completion(
+            text=emitted,
+            prompt=None,
+            # What was sent, for the trace: a replay checks its requests against it (there is no prompt).
+            messages=messages if isinstance(messages, list) else None,
+            tools_digest=tools_digest(body.get("tools") or []),
+            usage=_usage(usage, finish, ttft, started),
+        )
 
 
 def _usage(
