@@ -5,6 +5,8 @@ run list keeps every other run."""
 from __future__ import annotations
 
 import json
+import os
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -79,7 +81,29 @@ def test_the_run_list_keeps_every_run_whatever_one_file_holds(tmp_path):
         assert runs["good.jsonl"]["status"] == "completed" and runs["good.jsonl"]["task"] == "hello"
         assert set(runs) == {"good.jsonl", "deep.jsonl", "folder.jsonl", *ODD}
         assert runs["folder.jsonl"]["status"] == "unreadable"
-        assert "IsADirectoryError" in runs["folder.jsonl"]["task"]
+        assert "is a folder" in runs["folder.jsonl"]["task"]
         for name in ODD:
             answer = _get(viewer.url + f"api/events?file={name}&from=0")
             assert len(answer["events"]) == len(ODD[name]) and answer["summary"]["file"] == name
+
+
+def test_a_fifo_or_a_device_named_like_a_trace_is_listed_as_unreadable_not_opened(tmp_path):
+    """A FIFO would block the listing's open() forever (and a poll every 3 s parks one more thread in
+    it); a link to a device (/dev/zero) would be read without end. Neither is opened: both are listed
+    as unreadable, and the other runs are listed as ever."""
+    _write(tmp_path, "good.jsonl", [{"type": "final", "status": "completed", "step": 1}])
+    os.mkfifo(tmp_path / "stuck.jsonl")
+    (tmp_path / "to-fifo.jsonl").symlink_to(tmp_path / "stuck.jsonl")
+    (tmp_path / "device.jsonl").symlink_to("/dev/null")  # a device that ends, so the old code ends too
+    with TraceViewer(tmp_path) as viewer:
+        # the old viewer never answered: this timeout is a bound it misses by forever
+        with urllib.request.urlopen(viewer.url + "api/runs", timeout=20) as r:
+            runs = {row["file"]: row for row in json.loads(r.read())["runs"]}
+        assert runs["good.jsonl"]["status"] == "completed"
+        assert runs["stuck.jsonl"]["status"] == runs["to-fifo.jsonl"]["status"] == "unreadable"
+        assert "FIFO" in runs["stuck.jsonl"]["task"] and "FIFO" in runs["to-fifo.jsonl"]["task"]
+        assert runs["device.jsonl"]["status"] == "unreadable" and "device" in runs["device.jsonl"]["task"]
+        for name in ("stuck.jsonl", "device.jsonl"):
+            with pytest.raises(urllib.error.HTTPError) as exc:
+                urllib.request.urlopen(viewer.url + f"api/events?file={name}", timeout=20)
+            assert exc.value.code == 404

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+
+from qwq_agent.agent.trace import open_regular
 
 __all__ = ["RunSummary", "read_events", "summarize", "unreadable"]
 
@@ -43,10 +46,12 @@ def read_events(path: Path, start: int = 0) -> tuple[list[dict[str, Any]], int]:
     """Events from line `start` on (prompts dropped), and the line to continue from.
 
     A last line without its newline is still being written: it is not returned, and the next call
-    starts at it. A line that is not JSON (a crash mid-write, long ago) is skipped.
+    starts at it. A line that is not JSON (a crash mid-write, long ago) is skipped. A path that is no
+    regular file (a FIFO, a device, a link to one) raises `NotATraceFileError` instead of being opened:
+    a FIFO would block the open forever, /dev/zero would be read until memory runs out.
     """
     events: list[dict[str, Any]] = []
-    with path.open("rb") as f:
+    with open(open_regular(path, os.O_RDONLY), "rb") as f:
         lines = f.read().split(b"\n")
     complete = lines[:-1]  # the piece after the last newline is empty or still being written
     for raw in complete[start:]:
