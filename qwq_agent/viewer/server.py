@@ -8,6 +8,7 @@ has no final event, so a run in progress grows on screen.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,8 +36,7 @@ class TraceViewer:
             raise FileNotFoundError(f"trace folder {root} does not exist or is not a folder")
         handler = type("Handler", (_Handler,), {"root": self.root, "bind_host": host})
         self._host = host
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), handler)
         self._thread: threading.Thread | None = None
 
     @property
@@ -64,14 +64,52 @@ class TraceViewer:
         self.close()
 
 
+def _printable(text: str, limit: int = 200) -> str:
+    """`text` fit for one terminal line: a request's path is chosen by whatever page sent it."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
+
+
+# A client that hung up: the page moved on (a tab closed, a poll superseded), nothing went wrong here.
+_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+def _report(what: str, exc: BaseException) -> None:
+    """One line on the operator's terminal for a request that failed; a client that left, nothing."""
+    if isinstance(exc, _GONE):
+        return
+    print(f"trace viewer: {what} failed: {type(exc).__name__}: {_printable(str(exc))}", file=sys.stderr)
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a whole traceback for what escapes a handler (a client that hung up
+        # while its request was read or answered): any web page could flood the terminal with them.
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            _report(f"a request from {client_address[0]}", exc)
+
+
 class _Handler(BaseHTTPRequestHandler):
     root: Path
     bind_host: str
+    _answered = False  # whether a status line went out, so an error cannot send a second one
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per poll would drown the terminal
 
     def do_GET(self) -> None:
+        self._answered = False
+        try:
+            self._route()
+        except Exception as exc:
+            _report(f"GET {_printable(self.path)}", exc)
+            if not self._answered and not isinstance(exc, _GONE):
+                try:
+                    self._json({"error": f"{type(exc).__name__}: {exc}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+                except OSError:
+                    pass  # the client is gone too
+
+    def _route(self) -> None:
         port = cast(ThreadingHTTPServer, self.server).server_port
         if not host_allowed(self.headers.get("Host"), self.bind_host, port):
             self._json(
@@ -117,8 +155,11 @@ class _Handler(BaseHTTPRequestHandler):
         """The trace `name` under the root; None for anything else (`..`, absolute paths, non-traces)."""
         if not name:
             return None
-        path = (self.root / name).resolve()
-        if not path.is_relative_to(self.root) or path.suffix != ".jsonl" or not path.is_file():
+        try:
+            path = (self.root / name).resolve()
+            if not path.is_relative_to(self.root) or path.suffix != ".jsonl" or not path.is_file():
+                return None
+        except (ValueError, OSError):  # a NUL in the name, a link loop, a name too long
             return None
         return path
 
@@ -126,6 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(data).encode("utf-8"), "application/json")
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self._answered = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
