@@ -1,8 +1,9 @@
 """The viewer's HTTP server: stdlib `http.server`, bound to 127.0.0.1 unless asked otherwise.
 
 Routes: `/` the page (everything inline, nothing fetched from elsewhere), `/api/runs` the run list,
-`/api/events?file=F&from=N` a run's events from line N on. The page polls the last one while a run
-has no final event, so a run in progress grows on screen.
+`/api/events?file=F&from=N` a page of a run's events from byte N on (`next` says where the following
+page starts, `more` whether one is there already). The page asks again while `more` is true, then
+polls once a second while the run has no final event, so a run in progress grows on screen.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from urllib.parse import parse_qs, urlparse
 
 from qwq_agent.viewer.hosts import host_allowed
 from qwq_agent.viewer.page import PAGE
-from qwq_agent.viewer.summary import read_events, summarize, unreadable
+from qwq_agent.viewer.summary import (
+    PAGE_BYTES,
+    PAGE_EVENTS,
+    EventPage,
+    SummaryCache,
+    open_trace,
+    read_page,
+    unreadable,
+)
 
 __all__ = ["TraceViewer"]
 
@@ -27,14 +36,33 @@ class TraceViewer:
     """Serves the traces (`*.jsonl`, searched recursively) under `root`.
 
     `start()` serves from a background thread (tests, notebooks); `serve_forever()` blocks (the CLI).
-    `port=0` picks a free port; `url` says which.
+    `port=0` picks a free port; `url` says which. An answer of `/api/events` holds about `page_bytes`
+    of trace lines and `page_events` events at most (one line at least).
     """
 
-    def __init__(self, root: str | Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        page_bytes: int = PAGE_BYTES,
+        page_events: int = PAGE_EVENTS,
+    ) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise FileNotFoundError(f"trace folder {root} does not exist or is not a folder")
-        handler = type("Handler", (_Handler,), {"root": self.root, "bind_host": host})
+        handler = type(
+            "Handler",
+            (_Handler,),
+            {
+                "root": self.root,
+                "bind_host": host,
+                "summaries": SummaryCache(),
+                "page_bytes": page_bytes,
+                "page_events": page_events,
+            },
+        )
         self._host = host
         self._server = _Server((host, port), handler)
         self._thread: threading.Thread | None = None
@@ -92,6 +120,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     root: Path
     bind_host: str
+    summaries: SummaryCache
+    page_bytes: int
+    page_events: int
     _answered = False  # whether a status line went out, so an error cannot send a second one
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -123,13 +154,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, PAGE.encode("utf-8"), "text/html; charset=utf-8")
         elif url.path == "/api/runs":
             runs = []
-            for path in sorted(self.root.rglob("*.jsonl")):
+            paths = sorted(self.root.rglob("*.jsonl"))
+            for path in paths:
                 try:
-                    runs.append(summarize(path, self.root).model_dump())
+                    runs.append(self.summaries.summarize(path, self.root).model_dump())
                 except FileNotFoundError:
                     continue  # removed while listing
                 except Exception as exc:  # one file must not empty the list: it is listed, saying why
                     runs.append(unreadable(path, self.root, exc).model_dump())
+            self.summaries.keep_only(set(paths))
             runs.sort(key=lambda r: r["modified"], reverse=True)
             self._json({"root": str(self.root), "runs": runs})
         elif url.path == "/api/events":
@@ -140,14 +173,17 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 start = max(0, int(query.get("from", ["0"])[0]))
             except ValueError:
-                self._json({"error": "`from` must be a line number"}, HTTPStatus.BAD_REQUEST)
+                self._json(
+                    {"error": "`from` must be the `next` of an earlier answer"}, HTTPStatus.BAD_REQUEST
+                )
                 return
             try:
-                events, nxt = read_events(trace, start)
-                summary = summarize(trace, self.root)
+                with open_trace(trace) as f:  # the page and the summary read the same file
+                    page = read_page(f, start, max_bytes=self.page_bytes, max_events=self.page_events)
+                    summary = self.summaries.summarize(trace, self.root, f)
             except Exception as exc:
-                events, nxt, summary = [], start, unreadable(trace, self.root, exc)
-            self._json({"events": events, "next": nxt, "summary": summary.model_dump()})
+                page, summary = EventPage(events=[], next=start), unreadable(trace, self.root, exc)
+            self._json({**page.model_dump(), "summary": summary.model_dump()})
         else:
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
 
