@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -198,3 +199,96 @@ def test_the_page_asks_for_every_page_and_shows_the_whole_run(tmp_path, browser)
         assert "said 40" in browser.find_element(By.CSS_SELECTOR, '.step[data-step="40"]').text
         assert "all there" in browser.find_element(By.CSS_SELECTOR, ".final").text
         assert browser.find_element(By.ID, "live").text == ""
+
+
+def run_lines(run_id: str, steps: int, *, final: bool = False) -> str:
+    events = [
+        {
+            "type": "run_started",
+            "run_id": run_id,
+            "task": f"task {run_id}",
+            "model": "m",
+            "tools": [],
+            "ts": 1.0,
+        }
+    ]
+    events += [
+        {"type": "content", "run_id": run_id, "step": i, "text": f"{run_id} step {i}"}
+        for i in range(1, steps + 1)
+    ]
+    events += [{"type": "warning", "run_id": run_id, "step": steps, "kind": "k", "message": run_id}]
+    if final:
+        events.append({"type": "final", "run_id": run_id, "status": "completed", "step": steps + 1})
+    return "".join(json.dumps(e) + "\n" for e in events)
+
+
+def replace_by_unlinking(trace: Path, text: str) -> None:
+    trace.unlink()
+    trace.write_text(text)  # often given the inode number the deleted file had
+
+
+def replace_by_truncating(trace: Path, text: str) -> None:
+    trace.write_text(text)  # the same inode, for certain
+
+
+@pytest.mark.parametrize("replace", [replace_by_unlinking, replace_by_truncating])
+def test_a_trace_written_again_under_its_name_starts_the_page_over(tmp_path, replace):
+    trace = tmp_path / "nightly.jsonl"
+    trace.write_text(run_lines("first", 6))  # crashed: no final, so the page keeps polling it
+    with TraceViewer(tmp_path) as viewer:
+        events, cursor, _, summary = follow(viewer.url, "nightly.jsonl")
+        assert len(events) == 8 and summary["run_id"] == "first"
+        with trace.open("a") as f:  # it grows: the page goes on from where it was
+            f.write(json.dumps({"type": "content", "run_id": "first", "step": 7, "text": "more"}) + "\n")
+        data = get(f"{viewer.url}api/events?file=nightly.jsonl&from={cursor}")
+        assert not data["reset"] and [e["text"] for e in data["events"]] == ["more"]
+        cursor = data["next"]
+
+        replace(trace, run_lines("second", 9))  # longer than the first: a size check alone would miss it
+        data = get(f"{viewer.url}api/events?file=nightly.jsonl&from={cursor}")
+        assert data["reset"] is True
+        assert [(e["run_id"], e["type"]) for e in data["events"][:2]] == [
+            ("second", "run_started"),
+            ("second", "content"),
+        ]
+        assert len(data["events"]) == 11 and {e["run_id"] for e in data["events"]} == {"second"}
+        summary = data["summary"]  # the summary is of the second run alone, not the first's counts added to
+        assert (summary["run_id"], summary["steps"], summary["warnings"]) == ("second", 9, 1)
+        cursor = data["next"]
+
+        trace.write_text(run_lines("second", 2))  # truncated: shorter than where the page was
+        data = get(f"{viewer.url}api/events?file=nightly.jsonl&from={cursor}")
+        assert data["reset"] is True and len(data["events"]) == 4
+        assert (data["summary"]["steps"], data["summary"]["warnings"]) == (2, 1)
+        (row,) = get(viewer.url + "api/runs")["runs"]
+        assert (row["steps"], row["warnings"]) == (2, 1)
+
+
+def test_a_cursor_that_names_no_file_starts_over_and_one_that_is_no_cursor_is_refused(tmp_path):
+    (tmp_path / "t.jsonl").write_text(run_lines("r", 3))
+    with TraceViewer(tmp_path) as viewer:
+        data = get(f"{viewer.url}api/events?file=t.jsonl&from=2")  # a line number, as the viewer once used
+        assert data["reset"] is True and len(data["events"]) == 5
+        for bad in ("x", "-1", "1.2.3", "1.2.3.zz", "²"):
+            with pytest.raises(urllib.error.HTTPError) as exc:
+                get(f"{viewer.url}api/events?file=t.jsonl&from={urllib.request.quote(bad)}")
+            assert exc.value.code == 400, bad
+
+
+def test_the_page_drops_a_run_whose_trace_was_written_again(tmp_path, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    trace = tmp_path / "nightly.jsonl"
+    trace.write_text(run_lines("first", 6))
+    with TraceViewer(tmp_path) as viewer:
+        browser.get(viewer.url + "#run=nightly.jsonl")
+        wait(browser, lambda d: "first step 6" in d.find_element(By.ID, "timeline").text)
+        assert "live" in browser.find_element(By.ID, "live").text
+        # The run started over under the same name (put in place at once: a poll between an unlink and
+        # the new file's creation would find no trace, and the page would say so and stop).
+        (tmp_path / "nightly.tmp").write_text(run_lines("second", 9, final=True))
+        os.replace(tmp_path / "nightly.tmp", trace)
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".final"))
+        timeline = browser.find_element(By.ID, "timeline").text
+        assert "second step 1" in timeline and "second step 9" in timeline and "first" not in timeline
+        assert "task second" in browser.find_element(By.ID, "summary").text

@@ -77,7 +77,7 @@ function stopPolling() { if (timer) clearTimeout(timer); timer = null; }
 
 async function showRun(file) {
   stopPolling();
-  current = {file, events: [], next: 0, unshown: 0, open: new Set()};
+  current = {file, events: [], next: 0, stale: false, open: new Set()};
   $("#list").hidden = true; $("#run").hidden = false; $("#timeline").innerHTML = "";
   await poll();
 }
@@ -87,14 +87,18 @@ async function poll() {
   const data = await getJSON(`/api/events?file=${encodeURIComponent(run.file)}&from=${encodeURIComponent(run.next)}`);
   if (run !== current) return;
   if (data.error) { setHTML($("#summary"), html`<p>${data.error}</p>`); return; }
-  run.events.push(...data.events); run.next = data.next; run.unshown += data.events.length;
+  // `reset`: the file at this name is not the one read so far (written again, truncated): what the
+  // page holds is of another run, and this answer starts from the beginning.
+  if (data.reset) run.events = [];
+  run.events.push(...data.events); run.next = data.next;
+  run.stale = run.stale || data.reset || data.events.length > 0;
   const s = data.summary;
   setHTML($("#summary"), html`<h2>${s.task}</h2><p>${statusBadge(s.status)} <span class="muted">${s.file} · run ${s.run_id} · ${s.model}
     · ${s.steps} steps · ${num(s.prompt_tokens)} prompt tokens (${pct(s.cached_share)} cached) · ${num(s.generated_tokens)} generated · ${secs(s.wall_s)}</span></p>`);
   // A long trace comes a page at a time: the next is asked for at once, and the timeline is drawn
   // when the last has come (drawing it per page would redraw a long run many times over).
   if (data.more) { $("#live").textContent = `loading · ${num(run.events.length)} events`; timer = setTimeout(poll, 0); return; }
-  if (run.unshown) { render(run); run.unshown = 0; }
+  if (run.stale) { render(run); run.stale = false; }
   const live = s.status === "running";
   $("#live").textContent = live ? "● live" : "";
   if (live) timer = setTimeout(poll, 1000);

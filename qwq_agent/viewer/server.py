@@ -1,9 +1,11 @@
 """The viewer's HTTP server: stdlib `http.server`, bound to 127.0.0.1 unless asked otherwise.
 
 Routes: `/` the page (everything inline, nothing fetched from elsewhere), `/api/runs` the run list,
-`/api/events?file=F&from=N` a page of a run's events from byte N on (`next` says where the following
-page starts, `more` whether one is there already). The page asks again while `more` is true, then
-polls once a second while the run has no final event, so a run in progress grows on screen.
+`/api/events?file=F&from=C` a page of a run's events after the cursor C (0: from the start; `next`
+says where the following page starts, `more` whether one is there already, `reset` that C was taken
+in another file at that name, so these events are from the start). The page asks again while `more`
+is true, then polls once a second while the run has no final event, so a run in progress grows on
+screen; after a `reset` it drops what it showed and starts over.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from qwq_agent.viewer.page import PAGE
 from qwq_agent.viewer.summary import (
     PAGE_BYTES,
     PAGE_EVENTS,
+    BadCursorError,
+    Cursor,
     EventPage,
     SummaryCache,
     open_trace,
@@ -170,19 +174,18 @@ class _Handler(BaseHTTPRequestHandler):
             if trace is None:
                 self._json({"error": "no such trace"}, HTTPStatus.NOT_FOUND)
                 return
+            after = query.get("from", [""])[0]
             try:
-                start = max(0, int(query.get("from", ["0"])[0]))
-            except ValueError:
-                self._json(
-                    {"error": "`from` must be the `next` of an earlier answer"}, HTTPStatus.BAD_REQUEST
-                )
+                cursor = Cursor.parse(after)
+            except BadCursorError as exc:
+                self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
                 return
             try:
                 with open_trace(trace) as f:  # the page and the summary read the same file
-                    page = read_page(f, start, max_bytes=self.page_bytes, max_events=self.page_events)
+                    page = read_page(f, cursor, max_bytes=self.page_bytes, max_events=self.page_events)
                     summary = self.summaries.summarize(trace, self.root, f)
             except Exception as exc:
-                page, summary = EventPage(events=[], next=start), unreadable(trace, self.root, exc)
+                page, summary = EventPage(events=[], next=after or "0"), unreadable(trace, self.root, exc)
             self._json({**page.model_dump(), "summary": summary.model_dump()})
         else:
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)

@@ -8,6 +8,11 @@ Traces of long runs reach gigabytes and the page polls a live one every second, 
 a whole file at once: events are read from a byte offset, at most a page of them per answer, and a
 summary is kept per file and continued from where it was last read (`SummaryCache`) while the file is
 the same one. A line is held in memory one at a time, and one longer than `MAX_LINE` never is.
+
+An offset is only meaningful in the file it was read from: a trace deleted and written again under the
+same name (a run started over), or truncated, holds other lines there. So a place in a trace is a
+`Cursor`, which carries what tells that file from another, and a page asked from a cursor of another file
+starts over from the beginning, saying so (`reset`), instead of splicing two runs into one timeline.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +34,8 @@ from qwq_agent.agent.trace import open_regular
 
 __all__ = [
     "MAX_LINE",
+    "BadCursorError",
+    "Cursor",
     "EventPage",
     "RunSummary",
     "SummaryCache",
@@ -71,14 +79,75 @@ class RunSummary(BaseModel):
     modified: float = 0.0
 
 
+class BadCursorError(ValueError):
+    """A `from` that is no cursor this viewer gave (nor 0, the start)."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A place in a trace (the start of a line) and what tells that file from another at its path.
+
+    The inode alone would not do: a file deleted and written again is often given the same inode
+    number. The hash of the first bytes (up to `_HEAD`, the run_started line with its run id and time)
+    tells two runs apart; a file shorter than the offset was truncated. Written as
+    `OFFSET.DEV.INODE.HEAD`, which a URL carries as it is.
+    """
+
+    offset: int
+    dev: int
+    ino: int
+    head: str
+
+    @classmethod
+    def at(cls, f: IO[bytes], offset: int) -> Cursor:
+        """The cursor at byte `offset` of the open file `f`."""
+        st = os.fstat(f.fileno())
+        return cls(offset, st.st_dev, st.st_ino, _head(f, offset))
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor | None:
+        """The cursor `text` names; None for the start ("" or "0"), or for a bare number (a line number
+        or offset from another version of the viewer, which names no file: the reader starts over).
+
+        Raises `BadCursorError` for anything else.
+        """
+        if re.fullmatch(r"[0-9]{0,20}", text):
+            return None if int(text or "0") == 0 else cls(int(text), -1, -1, "")  # -1: fits no file
+        match = re.fullmatch(r"([0-9]{1,20})\.([0-9]{1,20})\.([0-9]{1,20})\.([0-9a-f]{16})", text)
+        if match is None:
+            raise BadCursorError("`from` must be the `next` of an earlier answer (or 0)")
+        offset, dev, ino, head = match.groups()
+        return cls(int(offset), int(dev), int(ino), head)
+
+    def fits(self, f: IO[bytes]) -> bool:
+        """Whether `f` is the file this cursor was taken in, grown or not, its offset still a line's start."""
+        st = os.fstat(f.fileno())
+        return (
+            (st.st_dev, st.st_ino) == (self.dev, self.ino)
+            and st.st_size >= self.offset
+            and _head(f, self.offset) == self.head
+            and (self.offset == 0 or os.pread(f.fileno(), 1, self.offset - 1) == b"\n")
+        )
+
+    def __str__(self) -> str:
+        return f"{self.offset}.{self.dev}.{self.ino}.{self.head}"
+
+
+def _head(f: IO[bytes], offset: int) -> str:
+    return hashlib.blake2b(os.pread(f.fileno(), min(offset, _HEAD), 0), digest_size=8).hexdigest()
+
+
 class EventPage(BaseModel):
-    """A trace's events from one byte offset on, at most a page of them."""
+    """A trace's events from one place on, at most a page of them."""
 
     events: list[dict[str, Any]]
-    next: int
-    """Where the next page starts: the byte after the last complete line read."""
+    next: str
+    """Where the next page starts (a `Cursor`): after the last complete line read."""
     more: bool = False
     """Complete lines past `next` were left for another page."""
+    reset: bool = False
+    """The cursor asked from was taken in another file at this path (or this one before it was
+    truncated): these events are from the start, and those shown before are not of this file."""
 
 
 def open_trace(path: Path) -> IO[bytes]:
@@ -135,14 +204,12 @@ def _too_long() -> dict[str, Any]:
 
 
 def read_page(
-    f: IO[bytes], start: int = 0, *, max_bytes: int = PAGE_BYTES, max_events: int = PAGE_EVENTS
+    f: IO[bytes], cursor: Cursor | None = None, *, max_bytes: int = PAGE_BYTES, max_events: int = PAGE_EVENTS
 ) -> EventPage:
-    """`read_events` of a trace already open (`open_trace`)."""
+    """`read_events` of a trace already open (`open_trace`), from a parsed cursor (None: the start)."""
     end = os.fstat(f.fileno()).st_size
-    if start > end:
-        return EventPage(events=[], next=start)
-    if start > 0 and os.pread(f.fileno(), 1, start - 1) != b"\n":
-        start = next((after for after, _ in _lines(f, start, end)), start)  # a line's middle: from the next
+    reset = cursor is not None and not cursor.fits(f)
+    start = 0 if cursor is None or reset else cursor.offset
     events: list[dict[str, Any]] = []
     pos, more = start, False
     for after, raw in _lines(f, start, end):
@@ -153,21 +220,25 @@ def read_page(
         if pos - start >= max_bytes or len(events) >= max_events:
             more = pos < end
             break
-    return EventPage(events=events, next=pos, more=more)
+    return EventPage(events=events, next=str(Cursor.at(f, pos)), more=more, reset=reset)
 
 
 def read_events(
-    path: Path, start: int = 0, *, max_bytes: int = PAGE_BYTES, max_events: int = PAGE_EVENTS
+    path: Path, after: str = "", *, max_bytes: int = PAGE_BYTES, max_events: int = PAGE_EVENTS
 ) -> EventPage:
-    """The events from byte `start` on (prompts dropped): a page of at most about `max_bytes` of lines
-    (one line at least) and `max_events` events; `more` says whether another page follows.
+    """The events after the cursor `after` (the `next` of an earlier page; "" for the start), prompts
+    dropped: a page of at most about `max_bytes` of lines (one line at least) and `max_events`
+    events; `more` says whether another page follows. A cursor of another file at this path (the
+    trace was deleted and written again, or truncated) starts over with `reset` set; one that is no
+    cursor at all raises `BadCursorError`.
 
     A last line without its newline is still being written: it is not returned, and the next page
     starts at it. A line that is not JSON (a crash mid-write, long ago) is skipped. A path that is no
     regular file (a FIFO, a device, a link to one) raises `NotATraceFileError` instead of being opened.
     """
+    cursor = Cursor.parse(after)
     with open_trace(path) as f:
-        return read_page(f, start, max_bytes=max_bytes, max_events=max_events)
+        return read_page(f, cursor, max_bytes=max_bytes, max_events=max_events)
 
 
 def _number(value: Any) -> float | None:
@@ -193,18 +264,11 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Scan:
-    """A summary of a file's first `offset` bytes, and what tells that file from another."""
+    """A summary of a file up to `at`."""
 
-    dev: int
-    ino: int
-    head: str  # a hash of the first min(offset, _HEAD) bytes
-    offset: int
+    at: Cursor
     row: RunSummary  # never changed once in a _Scan: a continued scan works on a copy
     last_ts: float | None = None
-
-
-def _head(f: IO[bytes], offset: int) -> str:
-    return hashlib.blake2b(os.pread(f.fileno(), min(offset, _HEAD), 0), digest_size=8).hexdigest()
 
 
 def _fold(row: RunSummary, ev: dict[str, Any], last_ts: float | None) -> float | None:
@@ -230,21 +294,16 @@ def _fold(row: RunSummary, ev: dict[str, Any], last_ts: float | None) -> float |
 
 def _scan(f: IO[bytes], earlier: _Scan | None) -> _Scan:
     """The summary of `f` up to its last complete line, continuing `earlier` when it is of this file."""
-    st = os.fstat(f.fileno())
-    if earlier is not None and (
-        (earlier.dev, earlier.ino) != (st.st_dev, st.st_ino)
-        or st.st_size < earlier.offset
-        or _head(f, earlier.offset) != earlier.head
-    ):
+    if earlier is not None and not earlier.at.fits(f):
         earlier = None  # another file at this path (deleted and written again), or truncated
     row = earlier.row.model_copy() if earlier else RunSummary(file="")
-    offset, last_ts = (earlier.offset, earlier.last_ts) if earlier else (0, None)
-    for after, raw in _lines(f, offset, st.st_size):
+    offset, last_ts = (earlier.at.offset, earlier.last_ts) if earlier else (0, None)
+    for after, raw in _lines(f, offset, os.fstat(f.fileno()).st_size):
         offset = after
         ev = None if raw is None else _event(raw)
         if ev is not None:
             last_ts = _fold(row, ev, last_ts)
-    return _Scan(st.st_dev, st.st_ino, _head(f, offset), offset, row, last_ts)
+    return _Scan(Cursor.at(f, offset), row, last_ts)
 
 
 def _row(scan: _Scan, f: IO[bytes], path: Path, root: Path) -> RunSummary:
