@@ -64,27 +64,32 @@ async function showList() {
   stopPolling(); current = null; $("#run").hidden = true; $("#list").hidden = false; $("#live").textContent = "";
   const data = await getJSON("/api/runs");
   $("#where").textContent = data.root;
-  setHTML($("#runs tbody"), data.runs.map((r) => html`<tr class="run" data-file="${r.file}">
+  setHTML($("#runs tbody"), data.runs.map((r) => html`<tr class="run" data-file="${r.file}" data-ref="${r.ref}">
     <td>${r.file}</td><td>${String(r.task || "").slice(0, 90)}</td><td>${statusBadge(r.status)}</td>
     <td class="num">${r.steps}</td><td class="num">${num(r.prompt_tokens)} / ${num(r.generated_tokens)}</td>
     <td class="num">${pct(r.cached_share)}</td><td class="num">${secs(r.wall_s)}</td><td class="num">${r.warnings}</td></tr>`));
   document.querySelectorAll("tr.run").forEach((tr) => tr.addEventListener("click", () => {
-    location.hash = "run=" + encodeURIComponent(tr.dataset.file); }));
+    location.hash = "run=" + tr.dataset.ref; }));
   if (location.hash === "" || location.hash === "#") timer = setTimeout(showList, 3000);
 }
 
 function stopPolling() { if (timer) clearTimeout(timer); timer = null; }
 
-async function showRun(file) {
+// A run is named by its `ref`: its path's bytes percent-encoded (not every file name is UTF-8, so not
+// every one can be decoded in the page and encoded again). One typed into the address keeps its %XX
+// and has the rest encoded.
+const refOf = (s) => s.replace(/[^A-Za-z0-9%._~\/-]/g, encodeURIComponent);
+
+async function showRun(ref) {
   stopPolling();
-  current = {file, events: [], next: 0, stale: false, open: new Set()};
+  current = {ref: refOf(ref), events: [], next: 0, stale: false, open: new Set()};
   $("#list").hidden = true; $("#run").hidden = false; $("#timeline").innerHTML = "";
   await poll();
 }
 
 async function poll() {
   const run = current; if (!run) return;
-  const data = await getJSON(`/api/events?file=${encodeURIComponent(run.file)}&from=${encodeURIComponent(run.next)}`);
+  const data = await getJSON(`/api/events?file=${run.ref}&from=${encodeURIComponent(run.next)}`);
   if (run !== current) return;
   if (data.error) { setHTML($("#summary"), html`<p>${data.error}</p>`); return; }
   // `reset`: the file at this name is not the one read so far (written again, truncated): what the
@@ -174,7 +179,7 @@ function render(run) {
 
 function route() {
   const m = location.hash.match(/^#run=(.+)$/);
-  if (m) showRun(decodeURIComponent(m[1])); else showList();
+  if (m) showRun(m[1]); else showList();
 }
 window.addEventListener("hashchange", route);
 route();

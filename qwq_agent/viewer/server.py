@@ -153,7 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         url = urlparse(self.path)
-        query = parse_qs(url.query)
+        # surrogateescape: `file` is the bytes of a name (the list's `ref`), UTF-8 or not
+        query = parse_qs(url.query, errors="surrogateescape")
         if url.path == "/":
             self._send(HTTPStatus.OK, PAGE.encode("utf-8"), "text/html; charset=utf-8")
         elif url.path == "/api/runs":

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 from pydantic import BaseModel
 
@@ -64,6 +65,9 @@ class RunSummary(BaseModel):
     """One row of the run list."""
 
     file: str
+    """The trace's path under the folder, to show (bytes that are not UTF-8 as `\\xE9`)."""
+    ref: str = ""
+    """The same path percent-encoded from its bytes: what `/api/events?file=` takes, as it is."""
     run_id: str = ""
     task: str = ""
     model: str = ""
@@ -307,9 +311,8 @@ def _scan(f: IO[bytes], earlier: _Scan | None) -> _Scan:
 
 
 def _row(scan: _Scan, f: IO[bytes], path: Path, root: Path) -> RunSummary:
-    row = scan.row.model_copy(
-        update={"file": path.relative_to(root).as_posix(), "modified": os.fstat(f.fileno()).st_mtime}
-    )
+    file, ref = _names(path, root)
+    row = scan.row.model_copy(update={"file": file, "ref": ref, "modified": os.fstat(f.fileno()).st_mtime})
     if row.wall_s is None and row.started is not None and scan.last_ts is not None:
         row.wall_s = round(scan.last_ts - row.started, 3)
     if row.prompt_tokens:
@@ -357,14 +360,27 @@ class SummaryCache:
             self._scans = {p: s for p, s in self._scans.items() if p in paths}
 
 
+def _names(path: Path, root: Path) -> tuple[str, str]:
+    """`file` and `ref` of the trace at `path`.
+
+    A file name is bytes. One that is not UTF-8 (a Latin-1 `caf\\xe9.jsonl`) reaches Python as a str
+    with lone surrogates, which JSON carries but the page cannot put in a URL; so the page is given
+    the name's bytes percent-encoded, which the server decodes back to those bytes.
+    """
+    name = os.fsencode(path.relative_to(root).as_posix())
+    return name.decode("utf-8", "backslashreplace"), quote(name, safe="/")
+
+
 def unreadable(path: Path, root: Path, error: Exception) -> RunSummary:
     """The run list's row for a trace `summarize` could not read: listed, saying why."""
     try:
         modified = path.stat().st_mtime
     except OSError:
         modified = 0.0
+    file, ref = _names(path, root)
     return RunSummary(
-        file=path.relative_to(root).as_posix(),
+        file=file,
+        ref=ref,
         status="unreadable",
         task=f"cannot read this trace: {type(error).__name__}: {error}"[:300],
         modified=modified,
