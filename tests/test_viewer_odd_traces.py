@@ -5,10 +5,13 @@ run list keeps every other run."""
 from __future__ import annotations
 
 import json
+import os
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from test_viewer import browser, wait  # noqa: F401  (the fixture, a real headless chromium)
 
 from qwq_agent.viewer import TraceViewer, summarize
 
@@ -79,7 +82,79 @@ def test_the_run_list_keeps_every_run_whatever_one_file_holds(tmp_path):
         assert runs["good.jsonl"]["status"] == "completed" and runs["good.jsonl"]["task"] == "hello"
         assert set(runs) == {"good.jsonl", "deep.jsonl", "folder.jsonl", *ODD}
         assert runs["folder.jsonl"]["status"] == "unreadable"
-        assert "IsADirectoryError" in runs["folder.jsonl"]["task"]
+        assert "is a folder" in runs["folder.jsonl"]["task"]
         for name in ODD:
             answer = _get(viewer.url + f"api/events?file={name}&from=0")
             assert len(answer["events"]) == len(ODD[name]) and answer["summary"]["file"] == name
+
+
+def test_a_fifo_or_a_device_named_like_a_trace_is_listed_as_unreadable_not_opened(tmp_path):
+    """A FIFO would block the listing's open() forever (and a poll every 3 s parks one more thread in
+    it); a link to a device (/dev/zero) would be read without end. Neither is opened: both are listed
+    as unreadable, and the other runs are listed as ever."""
+    _write(tmp_path, "good.jsonl", [{"type": "final", "status": "completed", "step": 1}])
+    os.mkfifo(tmp_path / "stuck.jsonl")
+    (tmp_path / "to-fifo.jsonl").symlink_to(tmp_path / "stuck.jsonl")
+    (tmp_path / "device.jsonl").symlink_to("/dev/null")  # a device that ends, so the old code ends too
+    with TraceViewer(tmp_path) as viewer:
+        # the old viewer never answered: this timeout is a bound it misses by forever
+        with urllib.request.urlopen(viewer.url + "api/runs", timeout=20) as r:
+            runs = {row["file"]: row for row in json.loads(r.read())["runs"]}
+        assert runs["good.jsonl"]["status"] == "completed"
+        assert runs["stuck.jsonl"]["status"] == runs["to-fifo.jsonl"]["status"] == "unreadable"
+        assert "FIFO" in runs["stuck.jsonl"]["task"] and "FIFO" in runs["to-fifo.jsonl"]["task"]
+        assert runs["device.jsonl"]["status"] == "unreadable" and "device" in runs["device.jsonl"]["task"]
+        for name in ("stuck.jsonl", "device.jsonl"):
+            with pytest.raises(urllib.error.HTTPError) as exc:
+                urllib.request.urlopen(viewer.url + f"api/events?file={name}", timeout=20)
+            assert exc.value.code == 404
+
+
+# A Latin-1 name (not UTF-8: Python holds it with a lone surrogate, which no URL can carry), a UTF-8
+# one, and names holding what a URL gives a meaning to.
+ODD_NAMES = [b"caf\xe9.jsonl", "naïve 日本.jsonl".encode(), b"a+b&c=d#e%41 f.jsonl", b"sub\xff/x.jsonl"]
+
+
+def _write_odd_names(folder: Path) -> None:
+    for i, name in enumerate(ODD_NAMES):
+        path = os.path.join(os.fsencode(folder), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(
+                json.dumps({"type": "run_started", "run_id": f"r{i}", "task": f"odd name {i}", "step": 0})
+                + "\n"
+            )
+            f.write(json.dumps({"type": "final", "run_id": f"r{i}", "status": "completed", "step": 1}) + "\n")
+
+
+def test_every_listed_trace_opens_whatever_bytes_its_name_holds(tmp_path):
+    _write_odd_names(tmp_path)
+    with TraceViewer(tmp_path) as viewer:
+        with urllib.request.urlopen(viewer.url + "api/runs", timeout=10) as r:
+            body = r.read()
+        runs = json.loads(body)["runs"]
+        assert b"\\ud" not in body  # no lone surrogate: the page could not encode it
+        assert sorted(row["file"] for row in runs) == sorted(
+            ["caf\\xe9.jsonl", "naïve 日本.jsonl", "a+b&c=d#e%41 f.jsonl", "sub\\xff/x.jsonl"]
+        )
+        for row in runs:
+            answer = _get(viewer.url + f"api/events?file={row['ref']}")
+            assert [e["type"] for e in answer["events"]] == ["run_started", "final"], row
+            assert answer["events"][0]["task"] == row["task"] and answer["summary"]["file"] == row["file"]
+        # the Latin-1 name by its byte, as a person would type it
+        assert _get(viewer.url + "api/events?file=caf%E9.jsonl")["summary"]["run_id"] == "r0"
+
+
+def test_the_page_opens_a_trace_whose_name_is_not_utf8(tmp_path, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    _write_odd_names(tmp_path)
+    with TraceViewer(tmp_path) as viewer:
+        for i, shown in enumerate(
+            ["caf\\xe9.jsonl", "naïve 日本.jsonl", "a+b&c=d#e%41 f.jsonl", "sub\\xff/x.jsonl"]
+        ):
+            browser.get(viewer.url)
+            rows = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.run"))
+            next(r for r in rows if r.get_attribute("data-file") == shown).click()
+            wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".final"))
+            assert f"odd name {i}" in browser.find_element(By.ID, "summary").text

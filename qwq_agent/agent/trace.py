@@ -203,7 +203,7 @@ def _claim(path: Path, *, if_exists: str, tag: str | None) -> tuple[Path, int]:
     for candidate in _candidates(path, tag):
         _refuse_special(candidate)
         try:
-            fd = _open_regular(candidate, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            fd = open_regular(candidate, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         except IsADirectoryError:
             raise NotATraceFileError(candidate, "a folder") from None
         except NotATraceFileError:
@@ -248,7 +248,7 @@ def _refuse_special(path: Path) -> None:
         raise _not_a_file(path, mode)
 
 
-def _open_regular(path: Path, flags: int) -> int:
+def open_regular(path: Path, flags: int) -> int:
     """`os.open` that cannot block, and that keeps the fd only when it is a regular file.
 
     O_NONBLOCK makes opening a FIFO return (or fail with ENXIO) at once instead of waiting for its
@@ -375,7 +375,7 @@ def _read_lines(path: str | Path) -> list[Event]:
     # Split the bytes, not the text: a write torn by a full disk can end inside a multi-byte character,
     # and decoding the whole file would lose every event to that one torn line. (b"\n" never occurs
     # inside a multi-byte UTF-8 sequence, so the split is exact.)
-    fd = _open_regular(Path(path), os.O_RDONLY)  # a FIFO is refused, not waited on
+    fd = open_regular(Path(path), os.O_RDONLY)  # a FIFO is refused, not waited on
     with open(fd, "rb") as f:
         lines = f.read().split(b"\n")
     for i, raw in enumerate(lines):

@@ -64,34 +64,46 @@ async function showList() {
   stopPolling(); current = null; $("#run").hidden = true; $("#list").hidden = false; $("#live").textContent = "";
   const data = await getJSON("/api/runs");
   $("#where").textContent = data.root;
-  setHTML($("#runs tbody"), data.runs.map((r) => html`<tr class="run" data-file="${r.file}">
+  setHTML($("#runs tbody"), data.runs.map((r) => html`<tr class="run" data-file="${r.file}" data-ref="${r.ref}">
     <td>${r.file}</td><td>${String(r.task || "").slice(0, 90)}</td><td>${statusBadge(r.status)}</td>
     <td class="num">${r.steps}</td><td class="num">${num(r.prompt_tokens)} / ${num(r.generated_tokens)}</td>
     <td class="num">${pct(r.cached_share)}</td><td class="num">${secs(r.wall_s)}</td><td class="num">${r.warnings}</td></tr>`));
   document.querySelectorAll("tr.run").forEach((tr) => tr.addEventListener("click", () => {
-    location.hash = "run=" + encodeURIComponent(tr.dataset.file); }));
+    location.hash = "run=" + tr.dataset.ref; }));
   if (location.hash === "" || location.hash === "#") timer = setTimeout(showList, 3000);
 }
 
 function stopPolling() { if (timer) clearTimeout(timer); timer = null; }
 
-async function showRun(file) {
+// A run is named by its `ref`: its path's bytes percent-encoded (not every file name is UTF-8, so not
+// every one can be decoded in the page and encoded again). One typed into the address keeps its %XX
+// and has the rest encoded.
+const refOf = (s) => s.replace(/[^A-Za-z0-9%._~\/-]/g, encodeURIComponent);
+
+async function showRun(ref) {
   stopPolling();
-  current = {file, events: [], next: 0, open: new Set()};
+  current = {ref: refOf(ref), events: [], next: 0, stale: false, open: new Set()};
   $("#list").hidden = true; $("#run").hidden = false; $("#timeline").innerHTML = "";
   await poll();
 }
 
 async function poll() {
   const run = current; if (!run) return;
-  const data = await getJSON(`/api/events?file=${encodeURIComponent(run.file)}&from=${run.next}`);
+  const data = await getJSON(`/api/events?file=${run.ref}&from=${encodeURIComponent(run.next)}`);
   if (run !== current) return;
   if (data.error) { setHTML($("#summary"), html`<p>${data.error}</p>`); return; }
+  // `reset`: the file at this name is not the one read so far (written again, truncated): what the
+  // page holds is of another run, and this answer starts from the beginning.
+  if (data.reset) run.events = [];
   run.events.push(...data.events); run.next = data.next;
+  run.stale = run.stale || data.reset || data.events.length > 0;
   const s = data.summary;
   setHTML($("#summary"), html`<h2>${s.task}</h2><p>${statusBadge(s.status)} <span class="muted">${s.file} · run ${s.run_id} · ${s.model}
     · ${s.steps} steps · ${num(s.prompt_tokens)} prompt tokens (${pct(s.cached_share)} cached) · ${num(s.generated_tokens)} generated · ${secs(s.wall_s)}</span></p>`);
-  if (data.events.length) render(run);
+  // A long trace comes a page at a time: the next is asked for at once, and the timeline is drawn
+  // when the last has come (drawing it per page would redraw a long run many times over).
+  if (data.more) { $("#live").textContent = `loading · ${num(run.events.length)} events`; timer = setTimeout(poll, 0); return; }
+  if (run.stale) { render(run); run.stale = false; }
   const live = s.status === "running";
   $("#live").textContent = live ? "● live" : "";
   if (live) timer = setTimeout(poll, 1000);
@@ -167,7 +179,7 @@ function render(run) {
 
 function route() {
   const m = location.hash.match(/^#run=(.+)$/);
-  if (m) showRun(decodeURIComponent(m[1])); else showList();
+  if (m) showRun(m[1]); else showList();
 }
 window.addEventListener("hashchange", route);
 route();

@@ -1,13 +1,17 @@
 """The viewer's HTTP server: stdlib `http.server`, bound to 127.0.0.1 unless asked otherwise.
 
 Routes: `/` the page (everything inline, nothing fetched from elsewhere), `/api/runs` the run list,
-`/api/events?file=F&from=N` a run's events from line N on. The page polls the last one while a run
-has no final event, so a run in progress grows on screen.
+`/api/events?file=F&from=C` a page of a run's events after the cursor C (0: from the start; `next`
+says where the following page starts, `more` whether one is there already, `reset` that C was taken
+in another file at that name, so these events are from the start). The page asks again while `more`
+is true, then polls once a second while the run has no final event, so a run in progress grows on
+screen; after a `reset` it drops what it showed and starts over.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +21,17 @@ from urllib.parse import parse_qs, urlparse
 
 from qwq_agent.viewer.hosts import host_allowed
 from qwq_agent.viewer.page import PAGE
-from qwq_agent.viewer.summary import read_events, summarize, unreadable
+from qwq_agent.viewer.summary import (
+    PAGE_BYTES,
+    PAGE_EVENTS,
+    BadCursorError,
+    Cursor,
+    EventPage,
+    SummaryCache,
+    open_trace,
+    read_page,
+    unreadable,
+)
 
 __all__ = ["TraceViewer"]
 
@@ -26,17 +40,35 @@ class TraceViewer:
     """Serves the traces (`*.jsonl`, searched recursively) under `root`.
 
     `start()` serves from a background thread (tests, notebooks); `serve_forever()` blocks (the CLI).
-    `port=0` picks a free port; `url` says which.
+    `port=0` picks a free port; `url` says which. An answer of `/api/events` holds about `page_bytes`
+    of trace lines and `page_events` events at most (one line at least).
     """
 
-    def __init__(self, root: str | Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        page_bytes: int = PAGE_BYTES,
+        page_events: int = PAGE_EVENTS,
+    ) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise FileNotFoundError(f"trace folder {root} does not exist or is not a folder")
-        handler = type("Handler", (_Handler,), {"root": self.root, "bind_host": host})
+        handler = type(
+            "Handler",
+            (_Handler,),
+            {
+                "root": self.root,
+                "bind_host": host,
+                "summaries": SummaryCache(),
+                "page_bytes": page_bytes,
+                "page_events": page_events,
+            },
+        )
         self._host = host
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), handler)
         self._thread: threading.Thread | None = None
 
     @property
@@ -64,14 +96,55 @@ class TraceViewer:
         self.close()
 
 
+def _printable(text: str, limit: int = 200) -> str:
+    """`text` fit for one terminal line: a request's path is chosen by whatever page sent it."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
+
+
+# A client that hung up: the page moved on (a tab closed, a poll superseded), nothing went wrong here.
+_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+def _report(what: str, exc: BaseException) -> None:
+    """One line on the operator's terminal for a request that failed; a client that left, nothing."""
+    if isinstance(exc, _GONE):
+        return
+    print(f"trace viewer: {what} failed: {type(exc).__name__}: {_printable(str(exc))}", file=sys.stderr)
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a whole traceback for what escapes a handler (a client that hung up
+        # while its request was read or answered): any web page could flood the terminal with them.
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            _report(f"a request from {client_address[0]}", exc)
+
+
 class _Handler(BaseHTTPRequestHandler):
     root: Path
     bind_host: str
+    summaries: SummaryCache
+    page_bytes: int
+    page_events: int
+    _answered = False  # whether a status line went out, so an error cannot send a second one
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per poll would drown the terminal
 
     def do_GET(self) -> None:
+        self._answered = False
+        try:
+            self._route()
+        except Exception as exc:
+            _report(f"GET {_printable(self.path)}", exc)
+            if not self._answered and not isinstance(exc, _GONE):
+                try:
+                    self._json({"error": f"{type(exc).__name__}: {exc}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+                except OSError:
+                    pass  # the client is gone too
+
+    def _route(self) -> None:
         port = cast(ThreadingHTTPServer, self.server).server_port
         if not host_allowed(self.headers.get("Host"), self.bind_host, port):
             self._json(
@@ -80,18 +153,21 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         url = urlparse(self.path)
-        query = parse_qs(url.query)
+        # surrogateescape: `file` is the bytes of a name (the list's `ref`), UTF-8 or not
+        query = parse_qs(url.query, errors="surrogateescape")
         if url.path == "/":
             self._send(HTTPStatus.OK, PAGE.encode("utf-8"), "text/html; charset=utf-8")
         elif url.path == "/api/runs":
             runs = []
-            for path in sorted(self.root.rglob("*.jsonl")):
+            paths = sorted(self.root.rglob("*.jsonl"))
+            for path in paths:
                 try:
-                    runs.append(summarize(path, self.root).model_dump())
+                    runs.append(self.summaries.summarize(path, self.root).model_dump())
                 except FileNotFoundError:
                     continue  # removed while listing
                 except Exception as exc:  # one file must not empty the list: it is listed, saying why
                     runs.append(unreadable(path, self.root, exc).model_dump())
+            self.summaries.keep_only(set(paths))
             runs.sort(key=lambda r: r["modified"], reverse=True)
             self._json({"root": str(self.root), "runs": runs})
         elif url.path == "/api/events":
@@ -99,17 +175,19 @@ class _Handler(BaseHTTPRequestHandler):
             if trace is None:
                 self._json({"error": "no such trace"}, HTTPStatus.NOT_FOUND)
                 return
+            after = query.get("from", [""])[0]
             try:
-                start = max(0, int(query.get("from", ["0"])[0]))
-            except ValueError:
-                self._json({"error": "`from` must be a line number"}, HTTPStatus.BAD_REQUEST)
+                cursor = Cursor.parse(after)
+            except BadCursorError as exc:
+                self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
                 return
             try:
-                events, nxt = read_events(trace, start)
-                summary = summarize(trace, self.root)
+                with open_trace(trace) as f:  # the page and the summary read the same file
+                    page = read_page(f, cursor, max_bytes=self.page_bytes, max_events=self.page_events)
+                    summary = self.summaries.summarize(trace, self.root, f)
             except Exception as exc:
-                events, nxt, summary = [], start, unreadable(trace, self.root, exc)
-            self._json({"events": events, "next": nxt, "summary": summary.model_dump()})
+                page, summary = EventPage(events=[], next=after or "0"), unreadable(trace, self.root, exc)
+            self._json({**page.model_dump(), "summary": summary.model_dump()})
         else:
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
 
@@ -117,8 +195,11 @@ class _Handler(BaseHTTPRequestHandler):
         """The trace `name` under the root; None for anything else (`..`, absolute paths, non-traces)."""
         if not name:
             return None
-        path = (self.root / name).resolve()
-        if not path.is_relative_to(self.root) or path.suffix != ".jsonl" or not path.is_file():
+        try:
+            path = (self.root / name).resolve()
+            if not path.is_relative_to(self.root) or path.suffix != ".jsonl" or not path.is_file():
+                return None
+        except (ValueError, OSError):  # a NUL in the name, a link loop, a name too long
             return None
         return path
 
@@ -126,6 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(data).encode("utf-8"), "application/json")
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self._answered = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
