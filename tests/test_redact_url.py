@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from qwq_agent.agent.clients import OpenAIChatClient, SGLangClient
@@ -150,3 +152,34 @@ async def test_clients_never_show_the_password_in_their_repr():
         assert "Sup3rSecretPw" not in repr(native)
     async with OpenAIChatClient("http://ops:Sup3rSecretPw@127.0.0.1:1/v1", model="m") as chat:
         assert "Sup3rSecretPw" not in repr(chat)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "QUJD" * 50_000,  # a base64 blob: the scheme pattern was retried at each of its letters
+        "see https://h/" + "." * 100_000 + "x",  # a run of dots in a URL: the trailing punctuation
+        "a://" * 75_000,  # one URL of schemes
+        "a:// " * 60_000,  # many URLs without a body
+        "https://h/?" + "api_key=K&" * 30_000,
+    ],
+)
+def test_redaction_takes_time_linear_in_the_text(text):
+    # The old code took 30 s or more on each of the first two (O(n^2)); a linear scan, milliseconds.
+    began = time.monotonic()
+    shown = redact_urls_in(text)
+    assert time.monotonic() - began < 2.0
+    assert "api_key=K&" not in shown
+
+
+def test_text_cut_to_a_length_never_shows_part_of_a_password():
+    secrets = ("S3CRETPW", "T0KENVAL")
+    url = "http://ops:S3CRETPW@127.0.0.1:1/x?token=T0KENVAL"
+    # The head's cut sweeps over the URL in the first text, the tail's in the second.
+    for text in (f"{url} {'b ' * 60}", f"{'a ' * 60}{url}"):
+        for max_chars in range(2, len(text)):
+            shown = redact_urls_in(text, max_chars=max_chars)
+            pieces = {s[i : i + 3] for s in secrets for i in range(len(s) - 2)}
+            assert not any(p in shown for p in pieces), (max_chars, shown)
+            assert "chars omitted from the middle" in shown and len(shown) <= max_chars + 50
+    assert redact_urls_in(f"{url} end", max_chars=100) == "http://ops:***@127.0.0.1:1/x?token=*** end"
