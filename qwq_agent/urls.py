@@ -19,6 +19,8 @@ from urllib.parse import unquote_plus
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _PORT = re.compile(r":[0-9]*")
 _HOST_PORT = re.compile(r"[^:@]+:[0-9]+")
+# An IP literal host (`[::1]:8080`, `[fe80::1%25eth0]`): its colons are no password's.
+_IP_LITERAL = re.compile(r"\[[0-9A-Za-z:.%_~\-]*\](?::[0-9]*)?")
 
 
 def _userinfo_end(rest: str) -> int:
@@ -28,14 +30,15 @@ def _userinfo_end(rest: str) -> int:
     unencoded (`user:S3CR/ET@host`): the `@` that ends such a userinfo comes after them. Such an `@`
     is read as the end of the userinfo when what precedes the first `/ ? #` cannot be a host (a colon
     followed by no port) or what follows the `@` is a `host:port`; else it is part of a path
-    (`host/users/@me`) and the URL has no userinfo.
+    (`host/users/@me`) and the URL has no userinfo. An IP literal (`[::1]:8080`) before the first
+    `/ ? #` is the host: no userinfo can follow it.
     """
     stop = re.search(r"[/?#]", rest)
     head = rest if stop is None else rest[: stop.start()]
     if "@" in head:
         return head.rindex("@")
     last = rest.rfind("@")
-    if last < 0:
+    if last < 0 or _IP_LITERAL.fullmatch(head):
         return -1
     colon = head.find(":")
     not_a_port = colon >= 0 and not _PORT.fullmatch(head[colon:])

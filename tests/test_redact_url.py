@@ -28,6 +28,12 @@ from qwq_agent.urls import has_password, redact_url, redact_urls_in
         ("http://a:b?c#d@host", "http://a:***@host"),
         ("http://admin:1234/56@host:30000/v1", "http://admin:***@host:30000/v1"),
         ("http://host:80/users/@me", "http://host:80/users/@me"),
+        # an IP literal host: its colons are no password's, and the @ after it is in the path
+        ("http://[::1]:8080/users/@me", "http://[::1]:8080/users/@me"),
+        ("https://[2001:db8::5]/npm/@scope/pkg", "https://[2001:db8::5]/npm/@scope/pkg"),
+        ("http://[fe80::1%25eth0]/x@host:80", "http://[fe80::1%25eth0]/x@host:80"),
+        ("http://ops:pw@[::1]:8080/users/@me", "http://ops:***@[::1]:8080/users/@me"),
+        ("http://ops:S3/CR@[::1]:8080/v1", "http://ops:***@[::1]:8080/v1"),
         # a key in the query: its value is hidden, its name and the other parameters are kept
         ("https://host/mcp?api_key=S3CR", "https://host/mcp?api_key=***"),
         ("https://host/mcp?region=eu&token=S3CR&v=2", "https://host/mcp?region=eu&token=***&v=2"),
@@ -62,6 +68,10 @@ def test_an_ssh_login_can_be_kept_and_a_password_is_hidden_all_the_same():
     assert redact_url("ssh://qwq:S3CR@host:22", keep_user=True) == "ssh://qwq:***@host:22"
     assert has_password("ssh://qwq:S3CR@host") and has_password("http://a:S3CR/ET@127.0.0.1:30000")
     assert not has_password("ssh://qwq@host") and not has_password("http://host/users/a:b@me")
+    assert not has_password("http://[::1]:8080/users/@me") and not has_password("http://[::1]/a:b@h:1")
+    assert (
+        redact_urls_in("GET http://[::1]:8080/users/@me failed") == "GET http://[::1]:8080/users/@me failed"
+    )
 
 
 def test_every_url_in_a_library_s_error_text_is_redacted():
