@@ -53,6 +53,21 @@ from qwq_agent.urls import has_password, redact_url, redact_urls_in
         ),
         ("https://h/x?X-Amz-Date=1&X-Amz-Signature=2", "https://h/x?X-Amz-Date=1&X-Amz-Signature=***"),
         ("https://h/x?apiKey=1&api%5Fkey=2", "https://h/x?apiKey=***&api%5Fkey=***"),
+        # a URL nested in another: redacted as a URL of its own; percent-encoded, hidden whole
+        ("https://h/?next=https://h2/?token=S3CR", "https://h/?next=https://h2/?token=***"),
+        ("https://h/?next=https://u:S3CR@h2/x&v=2", "https://h/?next=https://u:***@h2/x&v=2"),
+        ("https://h/web/2020/https://u:S3CR@h2/x", "https://h/web/2020/https://u:***@h2/x"),
+        ("https://h/?next=https%3A%2F%2Fh2%2F%3Ftoken%3DS3CR&v=2", "https://h/?next=***&v=2"),
+        ("https://h/?next=https%3A%2F%2Fu%3AS3CR%40h2%2F", "https://h/?next=***"),
+        (
+            "https://h/?r=https%3A%2F%2Fh2%2F%3Fr%3Dhttps%253A%252F%252Fh3%252F%253Fsig%253DS3CR",
+            "https://h/?r=***",
+        ),
+        (
+            "https://h/?next=https%3A%2F%2Fh2%2Fcb%3Fstate%3D1",
+            "https://h/?next=https%3A%2F%2Fh2%2Fcb%3Fstate%3D1",
+        ),
+        ("https://h/?next=https://h2/users/@me", "https://h/?next=https://h2/users/@me"),
         # no secret to hide: names that only contain a secret's name, empty values, the fragment
         ("https://h/s?q=api_key&monkey=1&keys=2&token", "https://h/s?q=api_key&monkey=1&keys=2&token"),
         ("https://h/x?api_key=&page=2", "https://h/x?api_key=&page=2"),
@@ -108,6 +123,10 @@ def test_query_keys_in_free_text_are_hidden_and_the_text_around_them_kept():
         == "see https://h/x?token=***, (https://h/y?key=***). Done? ?key=plain text"
     )
     assert redact_urls_in("ends with https://h/?q=1?") == "ends with https://h/?q=1?"
+    assert (
+        redact_urls_in("302 to 'https://h/login?next=https://h2/?token=T0K'.")
+        == "302 to 'https://h/login?next=https://h2/?token=***'."
+    )
 
 
 @pytest.mark.parametrize(
@@ -172,6 +191,8 @@ async def test_clients_never_show_the_password_in_their_repr():
         "a://" * 75_000,  # one URL of schemes
         "a:// " * 60_000,  # many URLs without a body
         "https://h/?" + "api_key=K&" * 30_000,
+        "https://h/?" + "a=x://?&" * 30_000,  # URLs nested in one
+        "https://h/?a=" + "https%3A%2F%2Fh%2F%3Fa%3D" * 10_000 + "1",  # ... percent-encoded
     ],
 )
 def test_redaction_takes_time_linear_in_the_text(text):
