@@ -10,13 +10,30 @@ error text, which may quote the URL it failed on, through `redact_urls_in`.
 from __future__ import annotations
 
 import re
+import string
+from collections.abc import Iterator
 from urllib.parse import unquote_plus
 
 # Read from the raw text, so a URL that does not parse (the one an error line is about) is redacted
 # too, and one given without a scheme (`user:pw@host:30000`) as well.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+_SCHEME_CHARS = frozenset(string.ascii_letters + string.digits + "+.-")
+_LETTERS = frozenset(string.ascii_letters)
 _PORT = re.compile(r":[0-9]*")
 _HOST_PORT = re.compile(r"[^:@]+:[0-9]+")
+# An IP literal host (`[::1]:8080`, `[fe80::1%25eth0]`): its colons are no password's.
+_IP_LITERAL = re.compile(r"\[[0-9A-Za-z:.%_~\-]*\](?::[0-9]*)?")
+
+
+def _scheme_start(text: str, at: int, floor: int) -> int:
+    """Where the scheme of the `://` at index `at` of `text` starts, read back no further than `floor`:
+    the first letter of the scheme characters before it; `at` when there is none."""
+    start = at
+    while start > floor and text[start - 1] in _SCHEME_CHARS:
+        start -= 1
+    while start < at and text[start] not in _LETTERS:  # a scheme starts with a letter
+        start += 1
+    return start
 
 
 def _userinfo_end(rest: str) -> int:
@@ -26,14 +43,15 @@ def _userinfo_end(rest: str) -> int:
     unencoded (`user:S3CR/ET@host`): the `@` that ends such a userinfo comes after them. Such an `@`
     is read as the end of the userinfo when what precedes the first `/ ? #` cannot be a host (a colon
     followed by no port) or what follows the `@` is a `host:port`; else it is part of a path
-    (`host/users/@me`) and the URL has no userinfo.
+    (`host/users/@me`) and the URL has no userinfo. An IP literal (`[::1]:8080`) before the first
+    `/ ? #` is the host: no userinfo can follow it.
     """
     stop = re.search(r"[/?#]", rest)
     head = rest if stop is None else rest[: stop.start()]
     if "@" in head:
         return head.rindex("@")
     last = rest.rfind("@")
-    if last < 0:
+    if last < 0 or _IP_LITERAL.fullmatch(head):
         return -1
     colon = head.find(":")
     not_a_port = colon >= 0 and not _PORT.fullmatch(head[colon:])
@@ -64,9 +82,27 @@ def _is_secret_param(name: str) -> bool:
     )
 
 
-def _redact_query(url: str, start: int) -> str:
+# How deep percent-encoded URLs in query values are decoded (`?next=https%3A%2F%2Fh%2F%3Fnext%3D...`);
+# a value still holding one past that is hidden whole. Bounds the work to a few passes over the URL.
+_MAX_ENCODED_DEPTH = 3
+
+
+def _encoded_url_with_secret(value: str, depth: int) -> bool:
+    """Whether `value`, a query value, is a percent-encoded URL that carries credentials
+    (`https%3A%2F%2Fh%2F%3Ftoken%3DT`): shown decoded and redacted it would not be the same value, so
+    it is hidden whole. A URL in a value that is not encoded is redacted in place (`_redact_nested`)."""
+    if "%" not in value:
+        return False
+    decoded = unquote_plus(value)
+    if "://" not in decoded:
+        return False
+    return depth >= _MAX_ENCODED_DEPTH or _redact_in(decoded, depth + 1) != decoded
+
+
+def _redact_query(url: str, start: int, depth: int = 0) -> str:
     """`url` with the values of its secret query parameters (after index `start`, past any userinfo)
-    replaced by `***`; their names and the other parameters are kept, so the URL stays recognisable."""
+    replaced by `***`; their names and the other parameters are kept, so the URL stays recognisable.
+    So is a value that is a percent-encoded URL carrying credentials."""
     mark = _QUERY_OR_FRAGMENT.search(url, start)
     if mark is None or mark.group() != "?":
         return url
@@ -75,9 +111,32 @@ def _redact_query(url: str, start: int) -> str:
     pieces = re.split(r"([&;])", url[mark.end() : end])
     for i in range(0, len(pieces), 2):  # the separators sit at the odd indexes
         name, sep, value = pieces[i].partition("=")
-        if sep and value and _is_secret_param(name):
+        if sep and value and (_is_secret_param(name) or _encoded_url_with_secret(value, depth)):
             pieces[i] = f"{name}=***"
     return f"{url[: mark.end()]}{''.join(pieces)}{url[end:]}"
+
+
+def _redact_nested(url: str, begin: int, depth: int) -> str:
+    """`url` with every URL nested in it after index `begin` (`?next=https://h2/?token=T`, a proxy's
+    `/fetch/https://u:pw@h2/`) redacted as a URL of its own, up to the next nested one: each part of
+    `url` is read once."""
+    if url.find("@", begin) < 0 and url.find("?", begin) < 0:
+        return url
+    starts: list[int] = []
+    floor = begin
+    at = url.find("://", begin)
+    while at >= 0:
+        start = _scheme_start(url, at, floor)
+        if start < at:
+            starts.append(start)
+        floor = at + 3
+        at = url.find("://", floor)
+    if not starts:
+        return url
+    ends = [*starts[1:], len(url)]
+    parts = [url[a:b] for a, b in zip(starts, ends, strict=True)]
+    # Only a userinfo or a query has anything to hide.
+    return url[: starts[0]] + "".join(_redact(p, False, depth) if "@" in p or "?" in p else p for p in parts)
 
 
 def redact_url(url: str, *, keep_user: bool = False) -> str:
@@ -86,18 +145,27 @@ def redact_url(url: str, *, keep_user: bool = False) -> str:
     A password becomes `user:***@host`; a user name alone, often a token itself, is replaced whole
     (`***@host`), unless `keep_user` (an ssh login: `ssh://user@host`). The value of a query parameter
     named like a secret (`api_key`, `token`, `sig`, `code`, `..._key`, `..._token`, ...) becomes `***`
-    (`?api_key=***&region=eu`). A URL without credentials comes back unchanged; so does one whose only
-    `@` is in its path."""
+    (`?api_key=***&region=eu`). A URL nested in another (`?next=https://h2/?token=T`) is redacted as
+    one, and a percent-encoded one carrying credentials is hidden whole (`?next=***`). A URL without
+    credentials comes back unchanged; so does one whose only `@` is in its path."""
+    return _redact(url, keep_user, 0)
+
+
+def _redact(url: str, keep_user: bool, depth: int) -> str:
+    """`redact_url`, `depth` levels into percent-encoded URLs."""
     scheme = _SCHEME.match(url)
     start = scheme.end() if scheme else 0
     end = _userinfo_end(url[start:])
     if end < 0:
-        return _redact_query(url, start)
-    rest = _redact_query(url, start + end)
-    user, sep, _ = url[start : start + end].partition(":")
-    if sep:
-        return f"{url[:start]}{user}:***{rest[start + end :]}"
-    return rest if keep_user else f"{url[:start]}***{rest[start + end :]}"
+        shown, after = url, start
+    else:
+        user, sep, _ = url[start : start + end].partition(":")
+        if sep:
+            shown = f"{url[:start]}{user}:***{url[start + end :]}"
+        else:
+            shown = url if keep_user else f"{url[:start]}***{url[start + end :]}"
+        after = len(shown) - (len(url) - start - end)  # where the `@` is in `shown`
+    return _redact_nested(_redact_query(shown, after, depth), after, depth)
 
 
 def has_password(url: str) -> bool:
@@ -110,26 +178,69 @@ def has_password(url: str) -> bool:
 
 # A URL inside free text: from its scheme to the next blank, quote or angle bracket (httpx quotes the
 # URL it names: `for url 'http://user:pw@host/x'`; it percent-encodes any of those in a password).
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
-
+# Found without a regex: `[A-Za-z][A-Za-z0-9+.-]*://` tried at every position of a long run of letters
+# cost O(n^2) (200 K characters of an MCP server's error text froze the event loop for ~30 s).
+_URL_END = re.compile(r"[\s'\"<>`]")
 
 # Punctuation that ends a sentence after a URL (`see http://host/x?key=K.`): not part of the URL.
-_TRAILING = re.compile(r"[.,;:!?)\]}]+$")
+_TRAILING = ".,;:!?)]}"
 
 
-def redact_urls_in(text: str) -> str:
+def _url_spans(text: str) -> Iterator[tuple[int, int]]:
+    """Where the URLs of `text` are, `(start, end)`, left to right, in one pass: each `://` is looked
+    at once, and the scheme before it is walked back no further than the previous `://` or URL."""
+    done = 0
+    at = text.find("://")
+    while at >= 0:
+        start = _scheme_start(text, at, done)
+        stop = _URL_END.search(text, at + 3) if start < at else None
+        end = at + 3 if start == at else len(text) if stop is None else stop.start()
+        if end == at + 3:  # no scheme, or nothing after it: no URL
+            at = text.find("://", at + 1)
+            continue
+        yield start, end
+        done = end
+        at = text.find("://", end)
+
+
+def _cut(text: str, max_chars: int) -> str:
+    """`text` cut to its head and tail, `max_chars` in all, the cuts moved back to the blanks or quotes
+    before them: a URL cut in two could show the half of a password that precedes its `@`."""
+    tail_at = len(text) - max_chars // 2
+    head = text[: max_chars - max_chars // 2]
+    tail = text[tail_at:]
+    if not _URL_END.match(text, len(head)):
+        stop = _URL_END.search(head[::-1])
+        head = head[: len(head) - stop.start()] if stop else ""
+    if not _URL_END.match(text, tail_at - 1):
+        stop = _URL_END.search(tail)
+        tail = tail[stop.start() :] if stop else ""
+    omitted = len(text) - len(head) - len(tail)
+    return f"{head}\n[... {omitted} chars omitted from the middle ...]\n{tail}"
+
+
+def redact_urls_in(text: str, *, max_chars: int | None = None) -> str:
     """`text` with every URL in it passed through `redact_url`: for an error message of a library (an
     HTTP status error quotes the URL it was raised for, credentials and all). Text outside the URLs,
-    the punctuation after one included, is kept as it is."""
+    the punctuation after one included, is kept as it is. Takes time linear in `len(text)`.
 
-    def redact(m: re.Match[str]) -> str:
-        url = m.group()
-        tail = _TRAILING.search(url)
-        if tail is None:
-            return redact_url(url)
-        return redact_url(url[: tail.start()]) + tail.group()
+    A text longer than `max_chars` (one from a peer, which could send megabytes) is first cut to its
+    head and tail, as a tool's output is; a cut never falls inside a URL: the word it falls in is
+    left out with the middle."""
+    if max_chars is not None and len(text) > max_chars:
+        text = _cut(text, max_chars)
+    return _redact_in(text, 0)
 
-    return _URL_IN_TEXT.sub(redact, text)
+
+def _redact_in(text: str, depth: int) -> str:
+    pieces: list[str] = []
+    done = 0
+    for start, end in _url_spans(text):
+        url = text[start:end].rstrip(_TRAILING)
+        pieces += [text[done:start], _redact(url, False, depth), text[start + len(url) : end]]
+        done = end
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def hide_userinfo(url: str) -> str:
@@ -143,5 +254,5 @@ def hide_userinfo(url: str) -> str:
     start = scheme.end() if scheme else 0
     at = url.rfind("@")
     if at < start:
-        return _redact_query(url, start)
-    return f"{url[:start]}***{_redact_query(url, at)[at:]}"
+        return _redact(url, False, 0)  # no userinfo: hidden as `redact_url` hides it
+    return f"{url[:start]}***{_redact_nested(_redact_query(url, at), at, 0)[at:]}"

@@ -2,8 +2,9 @@
 environment says (RAW_MCP_TOOLS, JSON): it plays a server that lies, which the SDK's servers cannot.
 
 RAW_MCP_CALL picks the answer to every call: `echo` ("ok"), `huge` (RAW_MCP_HUGE characters of text,
-RAW_MCP_IMAGE bytes of image data), `hang`, or `chatty` ("ok" after a stray non-JSON line on stdout,
-as a server's debug print would be).
+RAW_MCP_IMAGE bytes of image data), `hang`, `chatty` ("ok" after a stray non-JSON line on stdout,
+as a server's debug print would be), or `error` (a JSON-RPC error whose message is RAW_MCP_HUGE letters
+of base64 between two URLs carrying secrets).
 """
 
 import base64
@@ -50,6 +51,11 @@ for line in sys.stdin:
             time.sleep(3600)
         if mode == "chatty":
             sys.stdout.write("debug: got a call\n")
+        if mode == "error":
+            blob = "QUJD" * (int(os.environ.get("RAW_MCP_HUGE", "0")) // 4)
+            text = f"see http://ops:S3CRETPW@127.0.0.1:1/x {blob} then https://h/mcp?api_key=S3CRETKEY."
+            send({"jsonrpc": "2.0", "id": mid, "error": {"code": -32000, "message": text}})
+            continue
         send({"jsonrpc": "2.0", "id": mid, "result": result(mid)})
     else:
         send({"jsonrpc": "2.0", "id": mid, "result": {}})

@@ -593,6 +593,25 @@ async def test_a_backtracking_pattern_in_a_tool_schema_cannot_stall_the_event_lo
     assert fine.text == "ok"
 
 
+async def test_a_servers_long_error_text_cannot_stall_the_event_loop():
+    # The server's error text went through redact_urls_in on the event loop, whose scheme pattern was
+    # retried at every letter of a long run, each try scanning to the run's end: O(n^2), and 200 K
+    # letters of base64 froze every task for ~30 s. It is a linear scan now, and the text is cut to
+    # MAX_ERROR_CHARS (head and tail, never inside a URL) before it is redacted.
+    tools = [{"name": "t", "inputSchema": {"type": "object", "properties": {}}}]
+    spec = raw_server(tools, RAW_MCP_CALL="error", RAW_MCP_HUGE="200000")
+    async with await mcp_tools(spec) as toolset:
+        async with watch_loop(interval=0.05, warm_up=0.2) as watch:
+            out = await toolset[0]({}, None)  # type: ignore[arg-type]
+            await asyncio.sleep(0.2)
+    # A bound a loaded machine cannot reach and the old code passed by far (~30 s).
+    assert watch.longest < 5.0, f"the event loop stalled for {watch.longest:.1f} s"
+    assert out.is_error and out.metadata["error"] == "mcp_protocol_error", out.text
+    assert "S3CRET" not in out.text
+    assert "see http://ops:***@127.0.0.1:1/x" in out.text and "https://h/mcp?api_key=***." in out.text
+    assert "chars omitted from the middle" in out.text and len(out.text) < 20_000  # MAX_ERROR_CHARS
+
+
 async def test_a_servers_patterns_are_enforced_on_any_text_and_a_pattern_that_cannot_run_drops_the_tool():
     # With RE2 (round 1) one non-ASCII character switched a `pattern` off, and patterns it could not
     # compile (`\\uXXXX`, `{1,4096}`) were never enforced: the server got what its schema forbids.

@@ -24,6 +24,9 @@ from qwq_agent.urls import redact_url, redact_urls_in
 __all__ = ["MCPConnectError", "MCPConnection", "MCPError", "MCPServerDied", "MCPServerSpec"]
 
 _STDERR_TAIL_CHARS = 800
+# A server's error text is its own free text, as long as it likes: cut to this (head and tail) before
+# its URLs are redacted on the event loop and it becomes an observation or an error line.
+MAX_ERROR_CHARS = 16_000
 _MCP_SESSION_ID = "mcp-session-id"
 # How long a holder task gets to leave its transport (the SDK bounds its own steps: ~2 s for the
 # process to exit once its stdin closes, 2 s more after SIGTERM) before it is cancelled, and again after.
@@ -389,4 +392,4 @@ def _describe(exc: BaseException) -> str:
     URL in it redacted (httpx's status errors quote the request's URL, credentials and all)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
-    return redact_urls_in(f"{type(exc).__name__}: {exc}")
+    return redact_urls_in(f"{type(exc).__name__}: {exc}", max_chars=MAX_ERROR_CHARS)

@@ -12,7 +12,13 @@ from typing import Any
 from qwq_agent.agent.chat_format import tool_spec_json
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.deadline import Deadline
-from qwq_agent.mcp.connection import MCPConnection, MCPError, MCPServerDied, MCPServerSpec
+from qwq_agent.mcp.connection import (
+    MAX_ERROR_CHARS,
+    MCPConnection,
+    MCPError,
+    MCPServerDied,
+    MCPServerSpec,
+)
 from qwq_agent.protocols import ToolContext, ToolOutput
 from qwq_agent.tools.arg_check import run_check
 from qwq_agent.tools.convert import (
@@ -241,7 +247,7 @@ class MCPTool:
             # Or an httpx error that escaped the SDK, quoting the server's URL with its credentials.
             return ToolOutput(
                 text=f"Tool '{self._spec.name}': the MCP server {server!r} answered with an error: "
-                + redact_urls_in(str(exc)),
+                + redact_urls_in(str(exc), max_chars=MAX_ERROR_CHARS),
                 is_error=True,
                 metadata={"error": "mcp_protocol_error", "mcp_server": server},
             )
