@@ -601,7 +601,7 @@ class TurnStreamer:
             self.result.raw = self.prefix + attempt.text
             self.result.stop_status, self.result.budget = "budget_exceeded", over[0]
             return
-        self.forced_close = True
+        self._closed_for_model()
         for pev in self.parser.feed(END_REASONING_TEXT):
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
@@ -621,11 +621,19 @@ class TurnStreamer:
             return
         tools = [spec.name for spec in self.specs]
         inject = nudge_text(signal, tools) if level == 1 else close_text(signal)
-        self.forced_close = self.forced_close or level == 2
+        if level == 2:
+            self._closed_for_model()
         for pev in self.parser.feed(inject):
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
         self.prefix += attempt.text + inject
+
+    def _closed_for_model(self) -> None:
+        """`</think>` is written for the model: its answer is watched for a loop from here on, and only
+        to stop the run, as after the detector's own close; whatever reached the close (the detector,
+        a reasoning cut by the token limit, a turn ended inside it) the detector stands at level 2."""
+        self.forced_close = True
+        self.detector.closed()
 
     def _retry_wait(self, retry: int, exc: BaseException) -> float:
         """Seconds before the `retry`-th retry of the turn: a server failing now (a restart, a full
