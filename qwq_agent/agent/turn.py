@@ -159,6 +159,7 @@ class TurnStreamer:
         self._reasoning_open = False  # the last parsed output was reasoning (probes ask only then)
         self._continuations = 0  # requests made to continue an answer cut off by the token limit
         self._continuing: str | None = None  # why the next request continues the answer
+        self._ended = False  # the turn's output is complete and parsed (`result`): no further request
         if self.result.arithmetic_hinted:  # a retry starts the turn again: the hint went with its prefix
             self._hint_allowed, self.result.arithmetic_hinted = True, False
 
@@ -214,7 +215,7 @@ class TurnStreamer:
             if attempt.call_open and attempt.signal is None:
                 async for ev in self._finish_call_under_grammar(attempt.text):
                     yield ev
-                if self.result.stop_status is not None:
+                if self.result.stop_status is not None or self._ended:
                     return
                 continue
             if attempt.hint is not None:
@@ -483,13 +484,20 @@ class TurnStreamer:
             self.result.raw = self.prefix + text
             yield self._stop("model_error", problem)
             return
+        if self.tracker.exceeded(only=_CONTINUATION_BUDGETS) is not None:
+            # The stream spent what the call would be generated with: it is cut off where it opened, as
+            # the token limit would have cut it (the run then ends on the budget).
+            for last in self._finish(self.prefix + text, length_limited=True):
+                yield last
+            self._ended = True
+            return
         try:
             async with self.deadline.timer(reserve=self._reserve):
                 call_text, done = await constrained_tool_call_completion(
                     native,
                     prompt_so_far,
                     self.specs,
-                    self.config.sampling,
+                    self._sampling(),  # no more new tokens than the generation budget has left
                 )
         except Exception as exc:
             if not _is_model_error(exc):
@@ -522,10 +530,23 @@ class TurnStreamer:
             self.result.raw = self.prefix + text
             yield self._stop("model_error", problem)
             return
+        cut = done.usage.finish_reason == "length"
+        if cut:
+            # The token limit (or what the budget had left) cut the call's JSON: it goes to the parser
+            # unclosed, which reports it cut off and never runs it (a closing tag would let the repairs
+            # close its brackets around a value cut short), and the turn ends there, as a streamed call
+            # cut off does (the model would go on after a call it never finished).
+            call_text = call_text.removesuffix("\n" + qparser.CALL_CLOSE)
         for pev in self.parser.feed(call_text):
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
         self.prefix += text + call_text
+        if cut or self.tracker.exceeded(only=_CONTINUATION_BUDGETS) is not None:
+            # No request after the call once its budget is spent: a whole call stands (it runs, and the
+            # run ends on the budget after it, as after a streamed call that ended at the budget).
+            for last in self._finish(self.prefix, length_limited=True):
+                yield last
+            self._ended = True
 
     def _arithmetic_hint(self) -> str | None:
         """The run's one hand-arithmetic hint, when it is due (a slip, or many computations by hand)."""
