@@ -50,9 +50,14 @@ _BEFORE_THEY_EXISTED: dict[str, Any] = {"max_answer_continuations": None}
 
 class RecordedCompletion(Completion):
     """A completion served from a trace, with the intervention that cut it short in the recorded run
-    (`ModelCall.intervention`): the turn takes it where its own detector does not step in."""
+    (`ModelCall.intervention`): the turn takes it where its own detector does not step in.
+
+    `wall_out`: the recorded run's wall-time deadline cut the request here (`ModelCall.error_outcome`),
+    so the turn ends on it as the run did, whatever the replay's own (fresh) clock says.
+    """
 
     intervention: LoopSignal | None = None
+    wall_out: bool = False
 
 
 class ReplayedModelError(ModelError):
@@ -214,9 +219,10 @@ class ReplayModel:
     ) -> None:
         self._calls = list(calls)
         if then is not None:
-            # A run that ended on failed requests (its retries spent, or interrupted between them) resumes
-            # by asking the live model, not by failing them all again.
-            while self._calls and self._calls[-1].error is not None:
+            # A run that ended on failed requests (its retries spent, or interrupted between them), or on
+            # a request the wall-time deadline cut, resumes by asking the live model, not by failing them
+            # all again (or stopping where the deadline did).
+            while self._calls and (self._calls[-1].error is not None or _walled_out(self._calls[-1])):
                 self._calls.pop()
             if source is not None:
                 source = source.model_copy(update={"completions": len(self._calls)})
@@ -358,6 +364,7 @@ class ReplayModel:
             usage=call.usage,
             output_ids=call.completion_ids or [],
             intervention=call.intervention,
+            wall_out=_walled_out(call),
         )
 
     def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
@@ -399,6 +406,11 @@ class ReplayModel:
     async def aclose(self) -> None:
         if self._then is not None:
             await self._then.aclose()
+
+
+def _walled_out(call: ModelCall) -> bool:
+    """Whether the recorded run's wall-time deadline cut `call`'s stream (not a failed request)."""
+    return call.error is None and call.error_outcome == "wall_out"
 
 
 def _absolute(path: str | Path) -> str:

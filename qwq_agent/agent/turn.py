@@ -288,6 +288,11 @@ class TurnStreamer:
                     break
                 if mev is None:  # the stream ended, or a probe's answer closed the reasoning
                     break
+                if isinstance(mev, RecordedCompletion) and mev.wall_out:
+                    # A replay: the recorded run's deadline cut the stream here (the replay's clock,
+                    # started afresh, would let it end as a whole completion, and decide anew).
+                    attempt.wall_out, attempt.usage = True, mev.usage
+                    break
                 if isinstance(mev, Completion):
                     attempt.completion = mev
                     if attempt.signal is None:
@@ -414,6 +419,7 @@ class TurnStreamer:
                 usage=usage,
                 completion_ids=ids,
                 intervention=attempt.signal,  # what a replay must do here too
+                error_outcome="wall_out" if attempt.wall_out else None,  # and where the deadline cut it
             )
         )
         yield self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))
