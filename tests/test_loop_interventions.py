@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Final, ToolResultEvent, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
@@ -133,3 +136,35 @@ async def test_an_answer_circling_after_reasoning_cut_by_the_token_limit_is_stop
     assert levels == [2, 3]
     assert len(requests) == 2 and (requests[1].prompt or "").rstrip().endswith("</think>")
     assert NUDGE_MARK not in (final.answer or "") and "</think>" not in (final.answer or "")
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "max_new_tokens", "level"),
+    [
+        # a loop: nudged, the model concludes
+        (CIRCLING * 3, " So none of them works.\n</think>\n\nNo placement gives 144.", 8192, 1),
+        # reasoning cut off by the token limit: closed, the model answers
+        (HEALTHY, "No placement gives 144.", 1500, 2),
+    ],
+    ids=["nudge", "close"],
+)
+async def test_the_last_step_the_budget_allows_may_be_nudged_or_closed_and_finish(
+    first, then, max_new_tokens, level
+):
+    # The loop counts a step when it starts: on the last one, the step budget reads as used up, but an
+    # intervention goes on with the same step and spends no other.
+    turns = [first, then, "spare"]
+    cfg = AgentConfig(
+        check_language=False,
+        budget=Budget(max_steps=1),
+        sampling=SamplingParams(max_new_tokens=max_new_tokens),
+    )
+    async with ScriptedModelServer(turns) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [], config=cfg)
+            events = [ev async for ev in agent.stream("Insert parentheses in 2*3*4*5+1 to get 144.")]
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed", final
+    assert final.answer == "No placement gives 144."
+    assert [(e.kind, e.level) for e in events if isinstance(e, Warning_)] == [("reasoning_loop", level)]
+    assert len(server.requests) == 2

@@ -54,7 +54,9 @@ WALL_OUT = "the wall-time deadline passed while waiting for the model"
 # Written for a model that ended its turn inside its reasoning (its answer never began): the close alone,
 # since the model thought it was done; what follows is the answer it owes.
 END_REASONING_TEXT = "\n</think>\n\n"
-# What a continuation of a cut-off answer may spend: its tokens and time, not another step or tool time.
+# What a request that goes on with the same turn (a continuation of a cut-off answer, a nudge, a close, a
+# hint, a retry, a constrained call) may spend: its tokens and time, not another step or tool time. The
+# loop counts a step when it starts, so the last step the budget allows is "used up" while it runs.
 _CONTINUATION_BUDGETS = ("generated_tokens", "prompt_tokens", "wall_s")
 _MAX_TURN_BACKOFF_S = 30.0
 
@@ -571,9 +573,10 @@ class TurnStreamer:
     async def _write_hint(self, attempt: _Attempt) -> AsyncIterator[Event]:
         """Continue the reasoning after the hint: the same turn, the hint in the model's voice."""
         assert attempt.hint is not None
-        if self.tracker.exceeded() is not None:  # as for a nudge: no continuation past the budget
+        if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
+            # As for a nudge: no continuation past the budgets it spends.
             self.result.raw = self.prefix + attempt.text
-            self.result.stop_status = "budget_exceeded"
+            self.result.stop_status, self.result.budget = "budget_exceeded", over[0]
             return
         self._hint_allowed = False
         self.result.arithmetic_hinted = True
@@ -642,9 +645,15 @@ class TurnStreamer:
         else:
             level, reason = signal.level, signal.reason
         yield self.emit(Warning_(kind="reasoning_loop", message=reason, level=level))
-        if level >= 3 or self.tracker.exceeded() is not None:
+        if level >= 3:
             self.result.raw = self.prefix + attempt.text
-            self.result.stop_status = "reasoning_loop" if level >= 3 else "budget_exceeded"
+            self.result.stop_status = "reasoning_loop"
+            return
+        if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
+            # The step that is running may go on (it costs no further step): only the budgets the
+            # request after the nudge or the close spends stop it.
+            self.result.raw = self.prefix + attempt.text
+            self.result.stop_status, self.result.budget = "budget_exceeded", over[0]
             return
         tools = [spec.name for spec in self.specs]
         inject = nudge_text(signal, tools) if level == 1 else close_text(signal)
