@@ -14,7 +14,7 @@ import pytest
 
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
-from qwq_agent.agent.events import ModelCall, Warning_
+from qwq_agent.agent.events import ModelCall, UsageEvent, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.replay import ReplayModel, load_recording
 from qwq_agent.protocols import SamplingParams
@@ -164,6 +164,27 @@ async def test_a_call_the_token_limit_cuts_under_the_grammar_is_reported_cut_off
     assistant, observation = result.messages[2], result.messages[3]
     assert assistant.raw.startswith("Note it.") and not assistant.raw.rstrip().endswith("</tool_call>")
     assert observation.role == "tool" and "cut off" in observation.content
+
+
+async def test_a_constrained_call_gets_its_usage_event_like_every_other_request():
+    def answer(request: ScriptedRequest) -> str:
+        prompt = request.prompt or ""
+        if request.sampling_params.get("ebnf"):
+            return CALL
+        if "<tool_response>" in prompt:
+            return "It is 5.\n</think>\n\n5"
+        return "" if prompt.rstrip().endswith("</tool_call>") else "I will add.\n</think>\n\n<tool_call>\n"
+
+    async with ScriptedModelServer(answer) as server:
+        result, events = await run(server)
+    assert result.status == "completed" and result.answer == "5"
+    assert any(r.sampling_params.get("ebnf") for r in server.requests)
+    # Each model_call is followed by its usage event, and the usage events add up to the run's totals.
+    kinds = [type(e).__name__ for e in events if isinstance(e, ModelCall | UsageEvent)]
+    assert kinds == ["ModelCall", "UsageEvent"] * len(server.requests)
+    usages = [e.usage for e in events if isinstance(e, UsageEvent)]
+    assert sum(u.completion_tokens for u in usages) == result.totals["generated_tokens"]
+    assert sum(u.prompt_tokens for u in usages) == result.totals["prompt_tokens"]
 
 
 @pytest.mark.docker

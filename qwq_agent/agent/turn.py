@@ -413,18 +413,22 @@ class TurnStreamer:
         self.result.usage = usage
         prompt = done.prompt if done else None
         ids = list(done.output_ids) if done is not None and done.output_ids else None
-        yield self.emit(
-            ModelCall(
-                prompt=prompt,
-                prefix=self.prefix,
-                completion=attempt.text,
-                usage=usage,
-                completion_ids=ids,
-                intervention=attempt.signal,  # what a replay must do here too
-                error_outcome="wall_out" if attempt.wall_out else None,  # and where the deadline cut it
-            )
+        call = ModelCall(
+            prompt=prompt,
+            prefix=self.prefix,
+            completion=attempt.text,
+            usage=usage,
+            completion_ids=ids,
+            intervention=attempt.signal,  # what a replay must do here too
+            error_outcome="wall_out" if attempt.wall_out else None,  # and where the deadline cut it
         )
-        yield self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))
+        for ev in self._traced(call):
+            yield ev
+
+    def _traced(self, call: ModelCall) -> list[Event]:
+        """A request's `model_call`, and the `usage` event that follows each one (its cost, counted in
+        the totals already): every request goes through here, so the usage events add up to the totals."""
+        return [self.emit(call), self.emit(UsageEvent(usage=call.usage, totals=self.tracker.totals()))]
 
     def _count_failure(self, exc: BaseException, attempt: _Attempt) -> Usage:
         """What a failed request cost, counted against the budget like any request (a retry makes the
@@ -481,7 +485,7 @@ class TurnStreamer:
             error=failure,
             error_outcome=outcome,
         )
-        return [self.emit(call), self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))]
+        return self._traced(call)
 
     async def _finish_call_under_grammar(self, text: str) -> AsyncIterator[Event]:
         native = self._native
@@ -531,9 +535,11 @@ class TurnStreamer:
             return
         self.tracker.account(done.usage)
         self._limits.record(done.usage)
-        yield self.emit(
-            ModelCall(prompt=done.prompt, prefix=self.prefix + text, completion=done.text, usage=done.usage)
+        call = ModelCall(
+            prompt=done.prompt, prefix=self.prefix + text, completion=done.text, usage=done.usage
         )
+        for traced in self._traced(call):
+            yield traced
         if (problem := grammar_ignored(done.text, self.specs, done.usage.finish_reason)) is not None:
             self.result.raw = self.prefix + text
             yield self._stop("model_error", problem)
