@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
+from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
-from qwq_agent.agent.events import ModelCall, Warning_
+from qwq_agent.agent.events import ModelCall, UsageEvent, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.replay import ReplayModel, load_recording
+from qwq_agent.protocols import SamplingParams
 from qwq_agent.testing.helpers import add
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest
+from qwq_agent.tools.base import tool
 
 GUARD_S = 60.0
 CALL = json.dumps({"name": "add", "arguments": {"a": 2, "b": 3}})
@@ -82,6 +87,104 @@ async def test_a_turn_that_outgrows_the_servers_context_length_stops_before_send
     assert "context length of 400 tokens" in (result.error or "")
     sizes = [len(r.prompt_ids) for r in server.requests]
     assert max(sizes) <= 400 and len(sizes) < 1000
+
+
+NOTES: list[str] = []
+
+
+@tool
+def note(text: str) -> str:
+    """Save a note."""
+    NOTES.append(text)
+    return "saved"
+
+
+LONG_NOTE = json.dumps({"name": "note", "arguments": {"text": " ".join(f"word{i}" for i in range(400))}})
+
+
+def noting_model(request: ScriptedRequest) -> str:
+    """Opens a call to `note` with a long argument, generated under the grammar; answers after the call."""
+    if request.sampling_params.get("ebnf") or request.sampling_params.get("json_schema"):
+        return LONG_NOTE
+    prompt = request.prompt or ""
+    if "<tool_response>" in prompt:
+        return "Saved.\n</think>\n\nDone."
+    return "" if prompt.rstrip().endswith("</tool_call>") else "Note it.\n</think>\n\n<tool_call>\n"
+
+
+async def run_noting(trace: Path, **config: object):  # type: ignore[no-untyped-def]
+    NOTES.clear()
+    async with ScriptedModelServer(noting_model) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            cfg = AgentConfig(check_language=False, constrained_tool_calls=True, **config)
+            agent = Agent(client, [note], config=cfg, trace_path=trace)
+            events = await asyncio.wait_for(_collect(agent.stream("Save a note.")), GUARD_S)
+    return agent.result, events, server.requests
+
+
+async def _collect(stream):  # type: ignore[no-untyped-def]
+    return [ev async for ev in stream]
+
+
+def _asked(requests: list[ScriptedRequest]) -> list[tuple[int, bool]]:
+    """Each request's (max_new_tokens, under the grammar)."""
+    return [(r.sampling_params["max_new_tokens"], bool(r.sampling_params.get("ebnf"))) for r in requests]
+
+
+async def test_the_grammar_request_asks_for_no_more_than_the_generation_budget_has_left(tmp_path):
+    budget = 50
+    trace = tmp_path / "t.jsonl"
+    result, events, requests = await run_noting(trace, budget=Budget(max_generated_tokens=budget))
+    calls = [e for e in events if isinstance(e, ModelCall)]
+    streamed = calls[0].usage.completion_tokens
+    # The call gets what the stream left, and nothing is asked once the budget is spent.
+    assert _asked(requests) == [(budget, False), (budget - streamed, True)]
+    assert calls[1].usage.finish_reason == "length"
+    assert result.status == "budget_exceeded" and "generated_tokens" in (result.error or "")
+    assert result.totals["generated_tokens"] == budget
+    # The call the budget cut off is reported cut off, never run with its argument cut short.
+    assert NOTES == []
+    assert [e.kind for e in events if isinstance(e, Warning_)] == ["truncated_tool_call"]
+
+    replay_cfg = load_recording(trace).agent_config()
+    replayed = await Agent(ReplayModel.from_trace(trace), [note], config=replay_cfg).run("Save a note.")
+    assert replayed.status == "budget_exceeded" and NOTES == []
+
+
+async def test_a_call_the_token_limit_cuts_under_the_grammar_is_reported_cut_off_and_not_run(tmp_path):
+    # Not closed for the parser and continued after: the turn ends on the cut-off call, as a streamed one
+    # does, and the model is asked to write it again in the next turn.
+    result, events, requests = await run_noting(
+        tmp_path / "t.jsonl", sampling=SamplingParams(max_new_tokens=30)
+    )
+    assert _asked(requests)[:2] == [(30, False), (30, True)]
+    assert "<tool_response>" in (requests[2].prompt or "")  # the next request is the next turn's
+    assert NOTES == []
+    assert [e.kind for e in events if isinstance(e, Warning_)][:1] == ["truncated_tool_call"]
+    assistant, observation = result.messages[2], result.messages[3]
+    assert assistant.raw.startswith("Note it.") and not assistant.raw.rstrip().endswith("</tool_call>")
+    assert observation.role == "tool" and "cut off" in observation.content
+
+
+async def test_a_constrained_call_gets_its_usage_event_like_every_other_request():
+    def answer(request: ScriptedRequest) -> str:
+        prompt = request.prompt or ""
+        if request.sampling_params.get("ebnf"):
+            return CALL
+        if "<tool_response>" in prompt:
+            return "It is 5.\n</think>\n\n5"
+        return "" if prompt.rstrip().endswith("</tool_call>") else "I will add.\n</think>\n\n<tool_call>\n"
+
+    async with ScriptedModelServer(answer) as server:
+        result, events = await run(server)
+    assert result.status == "completed" and result.answer == "5"
+    assert any(r.sampling_params.get("ebnf") for r in server.requests)
+    # Each model_call is followed by its usage event, and the usage events add up to the run's totals.
+    kinds = [type(e).__name__ for e in events if isinstance(e, ModelCall | UsageEvent)]
+    assert kinds == ["ModelCall", "UsageEvent"] * len(server.requests)
+    usages = [e.usage for e in events if isinstance(e, UsageEvent)]
+    assert sum(u.completion_tokens for u in usages) == result.totals["generated_tokens"]
+    assert sum(u.prompt_tokens for u in usages) == result.totals["prompt_tokens"]
 
 
 @pytest.mark.docker

@@ -198,6 +198,47 @@ async def test_a_replay_ends_where_the_recorded_runs_clock_ended_it(
     assert [e.error_outcome for e in events if isinstance(e, ModelCall)] == [outcome]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Easy.\n</think>\n\nThe answer: " + LONG,  # cut in the answer: a replay would end completed
+        LONG + "\n</think>\n\nFive.",  # cut in the reasoning: a replay would close it, asking for more
+    ],
+    ids=["answer", "reasoning"],
+)
+async def test_a_stream_the_wall_time_deadline_cut_replays_and_resumes_from_there(tmp_path, text):
+    trace = tmp_path / "run.jsonl"
+    cfg = config(budget=Budget(max_wall_s=1.0))
+    # The stream stalls after 20 tokens until aborted: only the run's deadline ends it.
+    async with ScriptedModelServer([Turn(text=text, hold_after=20), "spare"]) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            recorded = await Agent(client, [], config=cfg, trace_path=trace).run("What is 2 + 3?")
+    assert recorded.status == "budget_exceeded" and "wall_s" in (recorded.error or "")
+    calls = recorded_completions(read_trace(trace))
+    assert [(c.error, c.error_outcome) for c in calls] == [(None, "wall_out")]
+
+    # The replay's clock is fresh: the recording says where the run's clock ended the stream.
+    replay = ReplayModel.from_trace(trace)
+    events = [ev async for ev in Agent(replay, [], config=cfg).stream("What is 2 + 3?")]
+    final = events[-1]
+    assert final.type == "final" and final.status == "budget_exceeded", final
+    assert "ReplayExhausted" not in repr(events) and replay.remaining == 0 and not final.answer
+    replayed = [e for e in events if isinstance(e, ModelCall)]
+    assert [(c.completion, c.error_outcome, c.usage) for c in replayed] == [
+        (calls[0].completion, "wall_out", calls[0].usage)
+    ]
+    assert final.totals["generated_tokens"] == recorded.totals["generated_tokens"]
+
+    # A resume asks the live model for the request the deadline cut, as for a trailing failure.
+    async with ScriptedModelServer([ANSWER]) as live_server:
+        async with SGLangClient(live_server.url, retry=NO_RETRY) as live:
+            resumed = await Agent(
+                ReplayModel.from_trace(trace, then=live), [], config=config(budget=Budget(max_wall_s=120))
+            ).run("What is 2 + 3?")
+        assert len(live_server.requests) == 1
+    assert resumed.status == "completed" and resumed.answer == "Five."
+
+
 async def test_a_failed_request_that_spent_the_prompt_budget_is_not_retried(tmp_path):
     trace = tmp_path / "run.jsonl"
     async with ScriptedModelServer([cut_turn(), cut_turn(), cut_turn(), ANSWER]) as server:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Final, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
@@ -258,6 +259,19 @@ async def test_a_slip_gets_one_hint_in_the_reasoning_and_the_run_goes_on(tmp_pat
         hints[0].message
     ]
     assert isinstance(again[-1], Final) and again[-1].answer == "413"
+
+
+async def test_the_last_step_the_budget_allows_may_be_hinted_and_finish() -> None:
+    # The loop counts a step when it starts: on the last one the step budget reads as used up, but the
+    # hint goes on with the same step and spends no other.
+    cfg = AgentConfig(check_language=False, budget=Budget(max_steps=1))
+    async with ScriptedModelServer(_slipping_model) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            events = [ev async for ev in Agent(client, [add], config=cfg).stream("How many items?")]
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed" and final.answer == "413", final
+    assert [e.kind for e in events if isinstance(e, Warning_)] == ["hand_arithmetic"]
+    assert len(server.requests) == 2
 
 
 async def test_without_a_python_tool_the_hint_only_corrects() -> None:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Final, ToolResultEvent, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.protocols import SamplingParams
 from qwq_agent.sandbox import DockerSandbox, SandboxConfig
 from qwq_agent.testing.helpers import add, call
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest
@@ -96,3 +100,71 @@ async def test_nudged_model_checks_all_candidates_in_the_python_sandbox(sandbox_
     assert len(results) == 1
     # The sandbox really evaluated every candidate (2*(3*4)*5+1 = 121, ...).
     assert all(v in results[0].text for v in ("121", "126", "125")), results[0].text
+
+
+async def _answer_after_a_host_close(first: str, max_new_tokens: int = 8192) -> tuple[list, list]:
+    """The turn writes `</think>` for the model after `first`; then the model's answer circles, and
+    whatever follows it (were it nudged) is a clean conclusion."""
+    turns = [first, CIRCLING * 3, " Final: no placement gives 144.", "spare"]
+    cfg = AgentConfig(check_language=False, sampling=SamplingParams(max_new_tokens=max_new_tokens))
+    async with ScriptedModelServer(turns) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [], config=cfg)
+            events = [ev async for ev in agent.stream("Insert parentheses in 2*3*4*5+1 to get 144.")]
+    return events, server.requests
+
+
+async def test_an_answer_circling_after_the_turn_closed_an_unclosed_reasoning_is_stopped_not_nudged():
+    # The model ended its turn inside its reasoning: `</think>` is written for it. A loop in the answer
+    # that follows may only stop the run: a nudge written there would be handed back as the answer.
+    events, requests = await _answer_after_a_host_close("Let me think. The answer should be 144 somehow.")
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "reasoning_loop", final
+    warnings = [(e.kind, e.level) for e in events if isinstance(e, Warning_)]
+    assert warnings == [("unclosed_reasoning", 2), ("reasoning_loop", 3)]
+    assert len(requests) == 2 and NUDGE_MARK not in (requests[-1].prompt or "")
+    assert NUDGE_MARK not in (final.answer or "") and "</think>" not in (final.answer or "")
+
+
+async def test_an_answer_circling_after_reasoning_cut_by_the_token_limit_is_stopped_not_nudged():
+    # The reasoning hit the token limit: the turn closes it (level 2) and the answer is watched, as
+    # after the detector's own close, for a stop only.
+    events, requests = await _answer_after_a_host_close(HEALTHY, max_new_tokens=1500)
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "reasoning_loop", final
+    levels = [e.level for e in events if isinstance(e, Warning_) and e.kind == "reasoning_loop"]
+    assert levels == [2, 3]
+    assert len(requests) == 2 and (requests[1].prompt or "").rstrip().endswith("</think>")
+    assert NUDGE_MARK not in (final.answer or "") and "</think>" not in (final.answer or "")
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "max_new_tokens", "level"),
+    [
+        # a loop: nudged, the model concludes
+        (CIRCLING * 3, " So none of them works.\n</think>\n\nNo placement gives 144.", 8192, 1),
+        # reasoning cut off by the token limit: closed, the model answers
+        (HEALTHY, "No placement gives 144.", 1500, 2),
+    ],
+    ids=["nudge", "close"],
+)
+async def test_the_last_step_the_budget_allows_may_be_nudged_or_closed_and_finish(
+    first, then, max_new_tokens, level
+):
+    # The loop counts a step when it starts: on the last one, the step budget reads as used up, but an
+    # intervention goes on with the same step and spends no other.
+    turns = [first, then, "spare"]
+    cfg = AgentConfig(
+        check_language=False,
+        budget=Budget(max_steps=1),
+        sampling=SamplingParams(max_new_tokens=max_new_tokens),
+    )
+    async with ScriptedModelServer(turns) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [], config=cfg)
+            events = [ev async for ev in agent.stream("Insert parentheses in 2*3*4*5+1 to get 144.")]
+    final = events[-1]
+    assert isinstance(final, Final) and final.status == "completed", final
+    assert final.answer == "No placement gives 144."
+    assert [(e.kind, e.level) for e in events if isinstance(e, Warning_)] == [("reasoning_loop", level)]
+    assert len(server.requests) == 2

@@ -105,7 +105,9 @@ class ModelCall(_Event):
     or a request that is not retried), or ended it on the wall-time deadline: `wall_out` (the deadline
     passed, or the client's next try would pass it) and `no_time_to_retry` (the turn's retry would).
     A replay's clock cannot tell those two, so it follows the recording there; None in traces written
-    before it was recorded (the replay then decides by its own clock)."""
+    before it was recorded (the replay then decides by its own clock). On a request that did not fail
+    (`error` None), `wall_out` says the wall-time deadline cut its stream and ended the run there, which a
+    replay does at the same place (None in traces written before this was recorded)."""
 
 
 class ToolCallEvent(_Event):

@@ -60,9 +60,14 @@ _BEFORE_THEY_EXISTED: dict[str, Any] = {"max_answer_continuations": None}
 
 class RecordedCompletion(Completion):
     """A completion served from a trace, with the intervention that cut it short in the recorded run
-    (`ModelCall.intervention`): the turn takes it where its own detector does not step in."""
+    (`ModelCall.intervention`): the turn takes it where its own detector does not step in.
+
+    `wall_out`: the recorded run's wall-time deadline cut the request here (`ModelCall.error_outcome`),
+    so the turn ends on it as the run did, whatever the replay's own (fresh) clock says.
+    """
 
     intervention: LoopSignal | None = None
+    wall_out: bool = False
 
 
 class ReplayedModelError(ModelError):
@@ -229,9 +234,10 @@ class ReplayModel:
     ) -> None:
         self._calls = list(calls)
         if then is not None:
-            # A run that ended on failed requests (its retries spent, or interrupted between them) resumes
-            # by asking the live model, not by failing them all again.
-            while self._calls and self._calls[-1].error is not None:
+            # A run that ended on failed requests (its retries spent, or interrupted between them), or on
+            # a request the wall-time deadline cut, resumes by asking the live model, not by failing them
+            # all again (or stopping where the deadline did).
+            while self._calls and (self._calls[-1].error is not None or _walled_out(self._calls[-1])):
                 self._calls.pop()
             if source is not None:
                 source = source.model_copy(update={"completions": len(self._calls)})
@@ -414,6 +420,7 @@ class ReplayModel:
             messages=call.messages,
             tools_digest=call.tools_digest,
             intervention=call.intervention,
+            wall_out=_walled_out(call),
         )
 
     def _take(self) -> ModelCall:
@@ -502,6 +509,11 @@ def _field_text(value: Any) -> str:
 
 def _as_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _walled_out(call: ModelCall) -> bool:
+    """Whether the recorded run's wall-time deadline cut `call`'s stream (not a failed request)."""
+    return call.error is None and call.error_outcome == "wall_out"
 
 
 def _absolute(path: str | Path) -> str:

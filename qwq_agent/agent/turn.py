@@ -54,7 +54,9 @@ WALL_OUT = "the wall-time deadline passed while waiting for the model"
 # Written for a model that ended its turn inside its reasoning (its answer never began): the close alone,
 # since the model thought it was done; what follows is the answer it owes.
 END_REASONING_TEXT = "\n</think>\n\n"
-# What a continuation of a cut-off answer may spend: its tokens and time, not another step or tool time.
+# What a request that goes on with the same turn (a continuation of a cut-off answer, a nudge, a close, a
+# hint, a retry, a constrained call) may spend: its tokens and time, not another step or tool time. The
+# loop counts a step when it starts, so the last step the budget allows is "used up" while it runs.
 _CONTINUATION_BUDGETS = ("generated_tokens", "prompt_tokens", "wall_s")
 _MAX_TURN_BACKOFF_S = 30.0
 
@@ -159,6 +161,7 @@ class TurnStreamer:
         self._reasoning_open = False  # the last parsed output was reasoning (probes ask only then)
         self._continuations = 0  # requests made to continue an answer cut off by the token limit
         self._continuing: str | None = None  # why the next request continues the answer
+        self._ended = False  # the turn's output is complete and parsed (`result`): no further request
         if self.result.arithmetic_hinted:  # a retry starts the turn again: the hint went with its prefix
             self._hint_allowed, self.result.arithmetic_hinted = True, False
 
@@ -214,7 +217,7 @@ class TurnStreamer:
             if attempt.call_open and attempt.signal is None:
                 async for ev in self._finish_call_under_grammar(attempt.text):
                     yield ev
-                if self.result.stop_status is not None:
+                if self.result.stop_status is not None or self._ended:
                     return
                 continue
             if attempt.hint is not None:
@@ -286,6 +289,11 @@ class TurnStreamer:
                     attempt.wall_out = True
                     break
                 if mev is None:  # the stream ended, or a probe's answer closed the reasoning
+                    break
+                if isinstance(mev, RecordedCompletion) and mev.wall_out:
+                    # A replay: the recorded run's deadline cut the stream here (the replay's clock,
+                    # started afresh, would let it end as a whole completion, and decide anew).
+                    attempt.wall_out, attempt.usage = True, mev.usage
                     break
                 if isinstance(mev, Completion):
                     attempt.completion = mev
@@ -405,19 +413,24 @@ class TurnStreamer:
         self.result.usage = usage
         prompt = done.prompt if done else None
         ids = list(done.output_ids) if done is not None and done.output_ids else None
-        yield self.emit(
-            ModelCall(
-                prompt=prompt,
-                prefix=self.prefix,
-                completion=attempt.text,
-                usage=usage,
-                completion_ids=ids,
-                messages=done.messages if done else None,
-                tools_digest=done.tools_digest if done else None,
-                intervention=attempt.signal,  # what a replay must do here too
-            )
+        call = ModelCall(
+            prompt=prompt,
+            prefix=self.prefix,
+            completion=attempt.text,
+            usage=usage,
+            completion_ids=ids,
+            messages=done.messages if done else None,
+            tools_digest=done.tools_digest if done else None,
+            intervention=attempt.signal,  # what a replay must do here too
+            error_outcome="wall_out" if attempt.wall_out else None,  # and where the deadline cut it
         )
-        yield self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))
+        for ev in self._traced(call):
+            yield ev
+
+    def _traced(self, call: ModelCall) -> list[Event]:
+        """A request's `model_call`, and the `usage` event that follows each one (its cost, counted in
+        the totals already): every request goes through here, so the usage events add up to the totals."""
+        return [self.emit(call), self.emit(UsageEvent(usage=call.usage, totals=self.tracker.totals()))]
 
     def _count_failure(self, exc: BaseException, attempt: _Attempt) -> Usage:
         """What a failed request cost, counted against the budget like any request (a retry makes the
@@ -474,7 +487,7 @@ class TurnStreamer:
             error=failure,
             error_outcome=outcome,
         )
-        return [self.emit(call), self.emit(UsageEvent(usage=usage, totals=self.tracker.totals()))]
+        return self._traced(call)
 
     async def _finish_call_under_grammar(self, text: str) -> AsyncIterator[Event]:
         native = self._native
@@ -485,13 +498,20 @@ class TurnStreamer:
             self.result.raw = self.prefix + text
             yield self._stop("model_error", problem)
             return
+        if self.tracker.exceeded(only=_CONTINUATION_BUDGETS) is not None:
+            # The stream spent what the call would be generated with: it is cut off where it opened, as
+            # the token limit would have cut it (the run then ends on the budget).
+            for last in self._finish(self.prefix + text, length_limited=True):
+                yield last
+            self._ended = True
+            return
         try:
             async with self.deadline.timer(reserve=self._reserve):
                 call_text, done = await constrained_tool_call_completion(
                     native,
                     prompt_so_far,
                     self.specs,
-                    self.config.sampling,
+                    self._sampling(),  # no more new tokens than the generation budget has left
                 )
         except Exception as exc:
             if not _is_model_error(exc):
@@ -517,17 +537,32 @@ class TurnStreamer:
             return
         self.tracker.account(done.usage)
         self._limits.record(done.usage)
-        yield self.emit(
-            ModelCall(prompt=done.prompt, prefix=self.prefix + text, completion=done.text, usage=done.usage)
+        call = ModelCall(
+            prompt=done.prompt, prefix=self.prefix + text, completion=done.text, usage=done.usage
         )
+        for traced in self._traced(call):
+            yield traced
         if (problem := grammar_ignored(done.text, self.specs, done.usage.finish_reason)) is not None:
             self.result.raw = self.prefix + text
             yield self._stop("model_error", problem)
             return
+        cut = done.usage.finish_reason == "length"
+        if cut:
+            # The token limit (or what the budget had left) cut the call's JSON: it goes to the parser
+            # unclosed, which reports it cut off and never runs it (a closing tag would let the repairs
+            # close its brackets around a value cut short), and the turn ends there, as a streamed call
+            # cut off does (the model would go on after a call it never finished).
+            call_text = call_text.removesuffix("\n" + qparser.CALL_CLOSE)
         for pev in self.parser.feed(call_text):
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
         self.prefix += text + call_text
+        if cut or self.tracker.exceeded(only=_CONTINUATION_BUDGETS) is not None:
+            # No request after the call once its budget is spent: a whole call stands (it runs, and the
+            # run ends on the budget after it, as after a streamed call that ended at the budget).
+            for last in self._finish(self.prefix, length_limited=True):
+                yield last
+            self._ended = True
 
     def _arithmetic_hint(self) -> str | None:
         """The run's one hand-arithmetic hint, when it is due (a slip, or many computations by hand)."""
@@ -546,9 +581,10 @@ class TurnStreamer:
     async def _write_hint(self, attempt: _Attempt) -> AsyncIterator[Event]:
         """Continue the reasoning after the hint: the same turn, the hint in the model's voice."""
         assert attempt.hint is not None
-        if self.tracker.exceeded() is not None:  # as for a nudge: no continuation past the budget
+        if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
+            # As for a nudge: no continuation past the budgets it spends.
             self.result.raw = self.prefix + attempt.text
-            self.result.stop_status = "budget_exceeded"
+            self.result.stop_status, self.result.budget = "budget_exceeded", over[0]
             return
         self._hint_allowed = False
         self.result.arithmetic_hinted = True
@@ -603,7 +639,7 @@ class TurnStreamer:
             self.result.raw = self.prefix + attempt.text
             self.result.stop_status, self.result.budget = "budget_exceeded", over[0]
             return
-        self.forced_close = True
+        self._closed_for_model()
         for pev in self.parser.feed(END_REASONING_TEXT):
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
@@ -617,17 +653,31 @@ class TurnStreamer:
         else:
             level, reason = signal.level, signal.reason
         yield self.emit(Warning_(kind="reasoning_loop", message=reason, level=level))
-        if level >= 3 or self.tracker.exceeded() is not None:
+        if level >= 3:
             self.result.raw = self.prefix + attempt.text
-            self.result.stop_status = "reasoning_loop" if level >= 3 else "budget_exceeded"
+            self.result.stop_status = "reasoning_loop"
+            return
+        if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
+            # The step that is running may go on (it costs no further step): only the budgets the
+            # request after the nudge or the close spends stop it.
+            self.result.raw = self.prefix + attempt.text
+            self.result.stop_status, self.result.budget = "budget_exceeded", over[0]
             return
         tools = [spec.name for spec in self.specs]
         inject = nudge_text(signal, tools) if level == 1 else close_text(signal)
-        self.forced_close = self.forced_close or level == 2
+        if level == 2:
+            self._closed_for_model()
         for pev in self.parser.feed(inject):
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
         self.prefix += attempt.text + inject
+
+    def _closed_for_model(self) -> None:
+        """`</think>` is written for the model: its answer is watched for a loop from here on, and only
+        to stop the run, as after the detector's own close; whatever reached the close (the detector,
+        a reasoning cut by the token limit, a turn ended inside it) the detector stands at level 2."""
+        self.forced_close = True
+        self.detector.closed()
 
     def _retry_wait(self, retry: int, exc: BaseException) -> float:
         """Seconds before the `retry`-th retry of the turn: a server failing now (a restart, a full

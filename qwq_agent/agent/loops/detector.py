@@ -472,6 +472,16 @@ class ReasoningLoopDetector:
             self._clear_windows()
         return signal
 
+    def closed(self) -> None:
+        """The reasoning was closed outside this detector (a `</think>` the turn wrote for the model).
+
+        What is fed next is the answer, watched as after the detector's own close (level 2): the only
+        signal left is a stop, since a nudge or a close written there would become part of the answer.
+        """
+        if self.level < 2:
+            self._mark(2)
+            self._clear_windows()
+
     def _mark(self, level: int) -> None:
         """Enter `level`: where it was reached is where the next one is measured from."""
         self.level = level
