@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("mcp")
 
 from loop_watch import watch_loop
-from mcp_helpers import http_server, stdio_command
+from mcp_helpers import http_server, start_with_pid, stdio_command
 from mcp_server import PNG
 
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
@@ -265,6 +265,11 @@ async def _gone(pid: int, why: str) -> None:
         await asyncio.sleep(0.02)
 
 
+def _pid_taken(pid: int) -> bool:
+    """Whether a process (a zombie too) has `pid`."""
+    return os.path.exists(f"/proc/{pid}")
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -359,6 +364,35 @@ async def test_what_a_stdio_server_started_is_stopped_with_it_on_a_crash_and_on_
         for pid in helpers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(
+    not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK), reason="placing a process at a pid needs root"
+)
+async def test_a_dead_stdio_servers_group_is_never_signalled_once_its_pid_may_be_anothers():
+    # The group of a server that died was killed at once, and again when its session ended: at the next
+    # call or at `aclose`, an hour later perhaps, when its pid (the group's id) was free since long and
+    # may have become another program's process group, which that SIGKILL then hit.
+    async with await mcp_tools(stdio_command("fragile")) as tools:
+        registry = ToolRegistry(tools)
+        pid = int((await call(registry, "whoami")).text.rsplit("=", 1)[1])
+        assert (await call(registry, "die")).metadata["error"] == "mcp_server_died"
+        deadline = time.monotonic() + 10
+        while _pid_taken(pid):  # reaped: its pid is free for any new process
+            assert time.monotonic() < deadline, "the dead server was not reaped"
+            await asyncio.sleep(0.02)
+        stranger = start_with_pid(pid, ["sleep", "600"])
+        if stranger is None:
+            pytest.skip(f"pid {pid} could not be reused here")
+        try:
+            assert os.getpgid(stranger.pid) == pid
+            again = await call(registry, "whoami")  # ends the dead server's session, starts a new one
+            assert not again.is_error and tools.connections[0].starts == 2, again.text
+            await tools.aclose()
+            assert stranger.poll() is None, f"the stranger's group was signalled (status {stranger.poll()})"
+        finally:
+            stranger.kill()
+            stranger.wait()
 
 
 async def test_a_stdio_servers_stderr_is_kept_as_a_bounded_tail_not_in_full():
