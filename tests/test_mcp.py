@@ -366,6 +366,25 @@ async def test_what_a_stdio_server_started_is_stopped_with_it_on_a_crash_and_on_
                 os.kill(pid, signal.SIGKILL)
 
 
+async def test_what_a_stdio_server_started_is_dead_once_its_session_has_ended():
+    # Its group was sent SIGKILL and `aclose` returned at once: a child with memory to free was still
+    # running then (that memory, its ports and files still held), dying only tens of milliseconds later.
+    helpers: list[int] = []
+    try:
+        async with await mcp_tools(stdio_command("heavy")) as tools:
+            registry = ToolRegistry(tools)
+            helpers.append(int((await call(registry, "spawn", mib=128)).text))
+            assert (await call(registry, "die")).metadata["error"] == "mcp_server_died"
+            helpers.append(int((await call(registry, "spawn", mib=128)).text))  # on a new server
+            assert tools.connections[0].starts == 2
+            assert not _running(helpers[0]), "the dead server's child outlived the restart"
+        assert not _running(helpers[1]), "the server's child was still running after aclose"
+    finally:
+        for pid in helpers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.skipif(
     not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK), reason="placing a process at a pid needs root"
 )

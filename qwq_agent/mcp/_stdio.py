@@ -42,6 +42,10 @@ _EXIT_POLL_S = 0.1
 # Once a dead server's process group is killed, how long its stdout gets to reach EOF (what the server
 # wrote before dying is read first); only a child that left the group can keep it open that long.
 _DRAIN_S = 2.0
+# Once a server's group is SIGKILLed, how long its processes get to die before the server is reaped and
+# the session ends without them: a process dies only when it next runs, and one with much memory takes
+# tens of milliseconds to free it.
+_KILL_WAIT_S = 5.0
 # How long the writer gets to send what the session already handed it before stdin closes.
 _FLUSH_S = 0.5
 # The MCP way to stop a stdio server is to close its stdin; it gets this long to exit, then the
@@ -190,7 +194,7 @@ async def stdio_transport(
             # The server is dead, whoever still holds its stdout: kill what it left in its group (they
             # hold the pipe, and nothing is left to stop them), read what it wrote before dying,
             # then end the session even if a child outside the group keeps the pipe open.
-            _kill_and_reap(process)
+            await _end_group(process)
             with anyio.move_on_after(_DRAIN_S):
                 await stdout_done.wait()
             reading.cancel()
@@ -210,9 +214,9 @@ async def stdio_transport(
                     log.warning(
                         "MCP server process %d is still alive after SIGKILL; abandoning it", process.pid
                     )
-        # Whatever the server started is stopped with it: a server that exits on its stdin's EOF (or
-        # crashed) leaves its children running.
-        _kill_and_reap(process)
+        # Whatever the server started is stopped with it, and gone when the session has ended: a server
+        # that exits on its stdin's EOF (or crashed) leaves its children running.
+        await _end_group(process)
         # A child outside the group may hold stdout open: stop reading it, and close it.
         reading.cancel()
         read_recv.close()
@@ -315,8 +319,54 @@ def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(process.pid, sig)
 
 
-def _kill_and_reap(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL what is left of the server's group, then reap the server if it has exited. Idempotent."""
+async def _end_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of the server's group, wait (`_KILL_WAIT_S` at most) until it has died, then
+    reap the server if it has exited. Idempotent."""
     _signal_group(process, signal.SIGKILL)
+    # While the server is unreaped, its pid names its group alone (see the module's docstring).
+    with anyio.move_on_after(_KILL_WAIT_S):
+        delay = 0.001
+        while process.returncode is None and await anyio.to_thread.run_sync(_group_lives, process):
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)
     if _ended(process):
         process.poll()
+
+
+def _group_lives(process: subprocess.Popen[bytes]) -> bool:
+    """Whether a process of the server's group still lives: any, found in /proc (Linux); elsewhere
+    the server itself."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return not _ended(process)
+    return any(_lives_in(name, process.pid) for name in names if name.isdigit())
+
+
+_DEAD = (b"Z", b"X")
+
+
+def _lives_in(pid: str, pgid: int) -> bool:
+    """Whether process `pid` is in group `pgid` and not dead. Its main thread may be a zombie while its
+    other threads still die (the memory goes with the last), so those are looked at too."""
+    stat = _stat(f"/proc/{pid}/stat")
+    if stat is None or int(stat[2]) != pgid:
+        return False
+    if stat[0] not in _DEAD:
+        return True
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return any((t := _stat(f"/proc/{pid}/task/{tid}/stat")) and t[0] not in _DEAD for tid in tids)
+
+
+def _stat(path: str) -> list[bytes] | None:
+    """The fields after the command name (which may hold anything) of a /proc stat file: state, ppid,
+    pgrp, ...; None when it is gone."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2 :].split(b" ", 3)
