@@ -2,8 +2,9 @@
 environment says (RAW_MCP_TOOLS, JSON): it plays a server that lies, which the SDK's servers cannot.
 
 RAW_MCP_CALL picks the answer to every call: `echo` ("ok"), `huge` (RAW_MCP_HUGE characters of text,
-RAW_MCP_IMAGE bytes of image data), `hang`, or `chatty` ("ok" after a stray non-JSON line on stdout,
-as a server's debug print would be).
+RAW_MCP_IMAGE bytes of image data), `hang`, `chatty` ("ok" after a stray non-JSON line on stdout,
+as a server's debug print would be), or `exit` ("ok", then the process exits). With RAW_MCP_TOOLS_FILE
+the tools are read from that file at each listing instead.
 """
 
 import base64
@@ -44,6 +45,9 @@ for line in sys.stdin:
         answer = {"protocolVersion": version, "capabilities": {"tools": {}}, "serverInfo": info}
         send({"jsonrpc": "2.0", "id": mid, "result": answer})
     elif method == "tools/list":
+        if os.environ.get("RAW_MCP_TOOLS_FILE"):
+            with open(os.environ["RAW_MCP_TOOLS_FILE"]) as f:
+                tools = json.load(f)
         send({"jsonrpc": "2.0", "id": mid, "result": {"tools": tools}})
     elif method == "tools/call":
         if mode == "hang":
@@ -51,5 +55,7 @@ for line in sys.stdin:
         if mode == "chatty":
             sys.stdout.write("debug: got a call\n")
         send({"jsonrpc": "2.0", "id": mid, "result": result(mid)})
+        if mode == "exit":
+            os._exit(0)
     else:
         send({"jsonrpc": "2.0", "id": mid, "result": {}})

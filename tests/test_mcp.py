@@ -465,6 +465,45 @@ def raw_server(tools: list[dict], **env: str) -> MCPServerSpec:
     )
 
 
+async def _noticed_exit(conn) -> None:
+    """Wait (10 s at most) until the connection has seen its server exit."""
+    deadline = time.monotonic() + 10
+    while conn.alive:
+        assert time.monotonic() < deadline, "the client did not notice that the server exited"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_restarted_server_that_exits_right_after_answering_still_has_its_answer_returned():
+    # A restarted session had not listed the tools; after the answer the SDK asked for the list (to check
+    # the result against the tool's output schema), the exited server never answered, and the call, which
+    # had run, came back as `mcp_server_died`: the model called it again, doing its work twice.
+    spec = raw_server([{"name": "once", "inputSchema": {"type": "object"}}], RAW_MCP_CALL="exit")
+    async with await mcp_tools(spec) as tools:
+        conn = tools.connections[0]
+        for _ in range(3):
+            out = await tools[0]({}, ToolContext())
+            assert (out.text, out.is_error) == ("ok", False), out.text
+            await _noticed_exit(conn)
+        assert conn.starts == 3
+
+
+async def test_a_tool_a_restarted_server_no_longer_lists_is_a_clear_observation_and_not_called(tmp_path):
+    listing = tmp_path / "tools.json"
+    both = [{"name": name, "inputSchema": {"type": "object"}} for name in ("keep", "drop")]
+    listing.write_text(json.dumps(both))
+    spec = raw_server([], RAW_MCP_CALL="exit", RAW_MCP_TOOLS_FILE=str(listing))
+    async with await mcp_tools(spec) as tools:
+        registry, conn = ToolRegistry(tools), tools.connections[0]
+        assert (await call(registry, "drop")).text == "ok"
+        await _noticed_exit(conn)
+        listing.write_text(json.dumps(both[:1]))
+        gone = await call(registry, "drop")
+        assert gone.is_error and gone.metadata["error"] == "mcp_tool_gone", gone.text
+        assert "no longer offers tool 'drop'" in gone.text and "restarted" in gone.text
+        assert conn.alive and conn.starts == 2  # not called: the server did not exit
+        assert (await call(registry, "keep")).text == "ok"
+
+
 async def test_tools_that_cannot_be_used_are_skipped_and_the_rest_of_the_server_works():
     good = {"name": "good", "inputSchema": {"type": "object", "properties": {}}}
     liar = raw_server(

@@ -12,7 +12,7 @@ from typing import Any
 from qwq_agent.agent.chat_format import tool_spec_json
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.deadline import Deadline
-from qwq_agent.mcp.connection import MCPConnection, MCPError, MCPServerDied, MCPServerSpec
+from qwq_agent.mcp.connection import MCPConnection, MCPError, MCPServerDied, MCPServerSpec, MCPToolGone
 from qwq_agent.protocols import ToolContext, ToolOutput
 from qwq_agent.tools.arg_check import run_check
 from qwq_agent.tools.convert import (
@@ -230,6 +230,12 @@ class MCPTool:
                 text=f"Tool '{self._spec.name}' failed: {exc}. The server will be restarted on the next call.",
                 is_error=True,
                 metadata={"error": "mcp_server_died", "mcp_server": server},
+            )
+        except MCPToolGone as exc:
+            return ToolOutput(
+                text=f"Tool '{self._spec.name}' cannot be called: {exc}.",
+                is_error=True,
+                metadata={"error": "mcp_tool_gone", "mcp_server": server},
             )
         except MCPError as exc:  # could not (re)connect
             return ToolOutput(
