@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("mcp")
 
 from loop_watch import watch_loop
-from mcp_helpers import http_server, start_with_pid, stdio_command
+from mcp_helpers import PostOnlyServer, http_server, start_with_pid, stdio_command
 from mcp_server import PNG
 
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
@@ -169,6 +169,22 @@ async def test_an_http_server_restarted_between_calls_gets_a_new_session_and_the
                 outs = [await call(registry, "add", a=5, b=i) for i in range(3)]
             assert [(o.text, o.is_error) for o in outs] == [("5", False), ("6", False), ("7", False)]
             assert tools.connections[0].starts == 2
+
+
+async def test_an_http_server_that_answers_404_to_the_optional_get_stream_keeps_its_session():
+    # Any 404 to a request of our session marked it lost, the SDK's optional GET stream's too: with a
+    # server that routes only POST, every call started a new session, and the session's state was lost.
+    with PostOnlyServer() as server:
+        async with await mcp_tools(MCPServerSpec(url=server.url)) as tools:
+            registry = ToolRegistry(tools)
+            # The SDK tries the GET again after the first 404 has reached the client: then it has.
+            for _ in range(2):
+                assert await asyncio.to_thread(server.gets.acquire, True, 30), (
+                    "the client opened no GET stream"
+                )
+            outs = [(await call(registry, "count")).text for _ in range(3)]
+            assert outs == [f"session s1 call #{n}" for n in (1, 2, 3)]
+            assert tools.connections[0].starts == 1
 
 
 async def test_a_server_that_cannot_start_raises_a_typed_error_naming_it_with_its_stderr():

@@ -350,13 +350,17 @@ class _HTTPSession:
 
     A server that restarted between two calls took its sessions with it and answers the old
     `Mcp-Session-Id` with 404; nothing else ends the client's side (no stream closes, no task ends).
+    Only a POST (a JSON-RPC message: the requests our calls wait on) counts: the SDK's optional GET
+    stream for the server's own messages gets 404 from many a live server that routes only POST /mcp
+    (a web framework's answer to a method it was not given), and the SDK goes on without that stream.
     """
 
     def __init__(self) -> None:
         self.lost = False
 
     async def on_response(self, response: Any) -> None:
-        if response.status_code == 404 and _MCP_SESSION_ID in response.request.headers:
+        request = response.request
+        if response.status_code == 404 and request.method == "POST" and _MCP_SESSION_ID in request.headers:
             self.lost = True
 
 
