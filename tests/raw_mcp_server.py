@@ -1,8 +1,8 @@
 """A hand-written stdio MCP server (newline-delimited JSON-RPC) that lists whatever tools the
 environment says (RAW_MCP_TOOLS, JSON): it plays a server that lies, which the SDK's servers cannot.
 
-RAW_MCP_CALL picks the answer to every call: `echo` ("ok"), `huge` (RAW_MCP_HUGE characters of text,
-RAW_MCP_IMAGE bytes of image data), `hang`, `chatty` ("ok" after a stray non-JSON line on stdout,
+RAW_MCP_CALL picks the answer to every call: `echo` ("ok"), `huge` (RAW_MCP_HUGE characters of text, or
+as many as the call's argument `chars` says, and RAW_MCP_IMAGE bytes of image data), `hang`, `chatty` ("ok" after a stray non-JSON line on stdout,
 as a server's debug print would be), or `exit` ("ok", then the process exits). With RAW_MCP_TOOLS_FILE
 the tools are read from that file at each listing instead.
 """
@@ -23,9 +23,10 @@ def send(obj: object) -> None:
     sys.stdout.flush()
 
 
-def result(mid: object) -> dict:
+def result(arguments: dict) -> dict:
     if mode == "huge":
-        content: list[dict] = [{"type": "text", "text": "x" * int(os.environ.get("RAW_MCP_HUGE", "0"))}]
+        chars = int(arguments.get("chars", os.environ.get("RAW_MCP_HUGE", "0")))
+        content: list[dict] = [{"type": "text", "text": "x" * chars}]
         size = int(os.environ.get("RAW_MCP_IMAGE", "0"))
         if size:
             data = base64.b64encode(b"\0" * size).decode()
@@ -54,7 +55,7 @@ for line in sys.stdin:
             time.sleep(3600)
         if mode == "chatty":
             sys.stdout.write("debug: got a call\n")
-        send({"jsonrpc": "2.0", "id": mid, "result": result(mid)})
+        send({"jsonrpc": "2.0", "id": mid, "result": result(msg["params"].get("arguments") or {})})
         if mode == "exit":
             os._exit(0)
     else:

@@ -28,6 +28,7 @@ from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.messages import ToolCall
 from qwq_agent.deadline import Deadline
 from qwq_agent.mcp import MCPConnectError, MCPServerSpec, mcp_tools
+from qwq_agent.mcp._stdio import MAX_LINE_BYTES
 from qwq_agent.protocols import ToolContext
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 from qwq_agent.tools.base import tool
@@ -668,6 +669,19 @@ async def test_a_huge_result_is_cut_to_head_and_tail_and_images_past_the_budget_
     assert out.text.startswith("x" * 40_000) and "x" * 40_000 + "\n[1 image(s) dropped" in out.text
     assert f"[... {5 * 1024 * 1024 - 100_000} chars omitted from the middle ...]" in out.text
     assert out.images == [] and out.metadata["images_dropped"] == 1
+
+
+async def test_a_stdio_line_past_the_cap_stops_the_server_saying_why_and_the_next_call_restarts_it():
+    # The SDK's line buffer had no cap (a server writing without a newline filled the host's memory) and
+    # was copied at every read: quadratic, seconds for a line of a few MB, minutes for this one.
+    dump = {"name": "dump", "inputSchema": {"type": "object", "properties": {"chars": {"type": "integer"}}}}
+    async with await mcp_tools(raw_server([dump], RAW_MCP_CALL="huge")) as toolset:
+        registry = ToolRegistry(toolset, timeout=120)
+        out = await call(registry, "dump", chars=MAX_LINE_BYTES)
+        assert out.is_error and out.metadata["error"] == "mcp_server_died", out.text[:300]
+        assert f"a line (one message) of more than {MAX_LINE_BYTES:,} bytes on stdout" in out.text, out.text
+        assert (await call(registry, "dump", chars=3)).text == "xxx"
+        assert toolset.connections[0].starts == 2
 
 
 async def test_a_backtracking_pattern_in_a_tool_schema_cannot_stall_the_event_loop():

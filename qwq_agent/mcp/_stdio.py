@@ -28,12 +28,12 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import IO, Any
 
 import anyio
 
-__all__ = ["StderrTail", "stdio_transport"]
+__all__ = ["MAX_LINE_BYTES", "StderrTail", "stdio_transport"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ _STDERR_READ_BYTES = 64 * 1024
 _STDERR_READS_AT_ONCE = 16
 # One read of the server's stdout (a pipe holds 64 KiB).
 _STDOUT_READ_BYTES = 64 * 1024
+# The longest line (one JSON-RPC message) read from a server's stdout, as the model clients' longest SSE
+# line: a server that writes more without a newline is stopped before it fills the host's memory.
+MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
 class StderrTail:
@@ -118,13 +121,17 @@ class StderrTail:
 
 @contextlib.asynccontextmanager
 async def stdio_transport(
-    command: list[str], env: dict[str, str] | None, stderr: StderrTail
+    command: list[str],
+    env: dict[str, str] | None,
+    stderr: StderrTail,
+    on_protocol_error: Callable[[str], None] = lambda why: None,
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Start `command` as an MCP stdio server in a session of its own; yield the SDK's stream pair.
 
     The environment is the SDK's default one plus `env`, as the SDK's `stdio_client` gives it; the
     server's stderr goes to `stderr`. The read stream ends when the server's stdout closes or when the
-    server exits, whichever comes first.
+    server exits, whichever comes first. A line longer than `MAX_LINE_BYTES` on its stdout is a protocol
+    error: the server is killed, which ends the read stream, and `on_protocol_error` is told why first.
     """
     from mcp.client.stdio import get_default_environment
     from mcp.shared.message import SessionMessage
@@ -155,21 +162,23 @@ async def stdio_transport(
         try:
             async with read_send:
                 with reading:
-                    buffer = ""
-                    # A byte that is not UTF-8 becomes U+FFFD: one bad byte must not end the session.
-                    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-                    while chunk := await _receive(stdout):
-                        lines = (buffer + decoder.decode(chunk)).split("\n")
-                        buffer = lines.pop()
-                        for line in lines:
-                            try:
-                                await read_send.send(_parse(line))
-                            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                                # The session is gone; keep the pipe drained so that a server
-                                # still writing can read its stdin's EOF and exit.
-                                while await _receive(stdout):
-                                    pass
-                                return
+                    try:
+                        async with contextlib.aclosing(_lines(stdout)) as lines:
+                            async for line in lines:
+                                try:
+                                    await read_send.send(_parse(line))
+                                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                                    # The session is gone; keep the pipe drained so that a server
+                                    # still writing can read its stdin's EOF and exit.
+                                    while await _receive(stdout):
+                                        pass
+                                    return
+                    except _LineTooLong as exc:
+                        # Neither that message nor any after it can be read: the server is stopped,
+                        # and the session ends (the calls in flight fail), saying why.
+                        log.warning("MCP server process %d: %s", process.pid, exc)
+                        on_protocol_error(str(exc))
+                        _signal_group(process, signal.SIGKILL)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             pass  # our own shutdown closed stdout under the read
         finally:
@@ -248,6 +257,41 @@ def _parse(line: str) -> Any:
         # server's free text, so it is cut.
         log.warning("Failed to parse JSONRPC message from server: %.200r", line, exc_info=True)
         return exc
+
+
+class _LineTooLong(Exception):
+    """A server wrote more than `MAX_LINE_BYTES` on its stdout without a newline."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"it wrote a line (one message) of more than {MAX_LINE_BYTES:,} bytes on stdout, more than "
+            "one may be, and was stopped"
+        )
+
+
+async def _lines(pipe: IO[bytes]) -> AsyncGenerator[str, None]:
+    """The lines of a server's stdout, until it closes; raises `_LineTooLong` for one longer than
+    `MAX_LINE_BYTES`. Each byte is copied once into its line (the SDK's buffer was copied at every
+    read: quadratic in the line's length, seconds for one of a few MB)."""
+    parts: list[bytes] = []  # of the line being read
+    size = 0
+    while chunk := await _receive(pipe):
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            size += end - start
+            if size > MAX_LINE_BYTES:
+                raise _LineTooLong
+            parts.append(chunk[start:end])
+            line = b"".join(parts)
+            parts, size, start = [], 0, end + 1
+            # A byte that is not UTF-8 becomes U+FFFD: one bad byte must not end the session. (A
+            # newline byte is never part of another character, so lines can be split before decoding.)
+            yield line.decode("utf-8", errors="replace")
+        size += len(chunk) - start
+        if size > MAX_LINE_BYTES:
+            raise _LineTooLong
+        if start < len(chunk):
+            parts.append(chunk[start:])
 
 
 async def _receive(pipe: IO[bytes]) -> bytes:

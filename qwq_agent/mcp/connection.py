@@ -131,6 +131,7 @@ class MCPConnection:
         self._tools: list[Any] = []
         self._listed: set[str] = set()  # every tool name any session listed
         self._handshaken = False
+        self._ended_why = ""  # why the transport ended the session, when it did so on its own
         self._lock = asyncio.Lock()
         self._stderr = StderrTail(_STDERR_TAIL_CHARS) if spec.command else None
         self.starts = 0
@@ -157,6 +158,7 @@ class MCPConnection:
             self._stop = asyncio.Event()
             self._task = asyncio.create_task(self._hold(ready, self._stop), name=f"mcp:{self.spec.label}")
             self._handshaken = False
+            self._ended_why = ""
             try:
                 init, tools = await asyncio.wait_for(asyncio.shield(ready), self.spec.connect_timeout_s)
             except TimeoutError:
@@ -226,7 +228,9 @@ class MCPConnection:
                     yield streams
             return
         assert self.spec.command is not None and self._stderr is not None
-        async with stdio_transport(self.spec.command, self.spec.env, self._stderr) as streams:
+        async with stdio_transport(
+            self.spec.command, self.spec.env, self._stderr, on_protocol_error=self._protocol_error
+        ) as streams:
             yield streams
 
     async def list_tools(self) -> list[Any]:
@@ -293,9 +297,14 @@ class MCPConnection:
 
     def _died(self) -> MCPServerDied:
         self._session = None  # the next call reconnects
+        why = f": {self._ended_why}" if self._ended_why else ""
         return MCPServerDied(
-            f"the connection to MCP server {self.server_name or self.spec.label!r} ended{self._stderr_tail()}"
+            f"the connection to MCP server {self.server_name or self.spec.label!r} ended{why}{self._stderr_tail()}"
         )
+
+    def _protocol_error(self, why: str) -> None:
+        """The transport stopped the server for breaking the protocol; `why` says how."""
+        self._ended_why = why
 
     def _stderr_tail(self) -> str:
         if self._stderr is None:
