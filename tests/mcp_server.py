@@ -75,9 +75,19 @@ def build(name: str) -> MCPServer:
         return "logged"
 
     @server.tool()
-    def spawn() -> int:
-        """Start a long-lived child that keeps no pipe of ours (a browser, a worker); its pid."""
-        return subprocess.Popen(["sleep", "600"], stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL).pid
+    def spawn(mib: int = 0) -> int:
+        """Start a long-lived child that keeps no pipe of ours (a browser, a worker); its pid. With `mib`,
+        it holds that much memory (written to), which its death takes a while to free."""
+        if not mib:
+            return subprocess.Popen(["sleep", "600"], stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL).pid
+        code = "import sys, time; held = b'x' * (int(sys.argv[1]) << 20); print(flush=True); time.sleep(600)"
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(mib)], stdin=DEVNULL, stdout=subprocess.PIPE, stderr=DEVNULL
+        )
+        assert child.stdout is not None
+        child.stdout.readline()  # it holds the memory now
+        child.stdout.close()
+        return child.pid
 
     @server.tool()
     def helper() -> int:

@@ -1,10 +1,11 @@
 """A hand-written stdio MCP server (newline-delimited JSON-RPC) that lists whatever tools the
 environment says (RAW_MCP_TOOLS, JSON): it plays a server that lies, which the SDK's servers cannot.
 
-RAW_MCP_CALL picks the answer to every call: `echo` ("ok"), `huge` (RAW_MCP_HUGE characters of text,
-RAW_MCP_IMAGE bytes of image data), `hang`, `chatty` ("ok" after a stray non-JSON line on stdout,
-as a server's debug print would be), or `error` (a JSON-RPC error whose message is RAW_MCP_HUGE letters
-of base64 between two URLs carrying secrets).
+RAW_MCP_CALL picks the answer to every call: `echo` ("ok"), `huge` (RAW_MCP_HUGE characters of text, or
+as many as the call's argument `chars` says, and RAW_MCP_IMAGE bytes of image data), `hang`, `chatty` ("ok"
+after a stray non-JSON line on stdout, as a server's debug print would be), `error` (a JSON-RPC error whose
+message is RAW_MCP_HUGE letters of base64 between two URLs carrying secrets), or `exit` ("ok", then the
+process exits). With RAW_MCP_TOOLS_FILE the tools are read from that file at each listing instead.
 """
 
 import base64
@@ -23,9 +24,10 @@ def send(obj: object) -> None:
     sys.stdout.flush()
 
 
-def result(mid: object) -> dict:
+def result(arguments: dict) -> dict:
     if mode == "huge":
-        content: list[dict] = [{"type": "text", "text": "x" * int(os.environ.get("RAW_MCP_HUGE", "0"))}]
+        chars = int(arguments.get("chars", os.environ.get("RAW_MCP_HUGE", "0")))
+        content: list[dict] = [{"type": "text", "text": "x" * chars}]
         size = int(os.environ.get("RAW_MCP_IMAGE", "0"))
         if size:
             data = base64.b64encode(b"\0" * size).decode()
@@ -45,6 +47,9 @@ for line in sys.stdin:
         answer = {"protocolVersion": version, "capabilities": {"tools": {}}, "serverInfo": info}
         send({"jsonrpc": "2.0", "id": mid, "result": answer})
     elif method == "tools/list":
+        if os.environ.get("RAW_MCP_TOOLS_FILE"):
+            with open(os.environ["RAW_MCP_TOOLS_FILE"]) as f:
+                tools = json.load(f)
         send({"jsonrpc": "2.0", "id": mid, "result": {"tools": tools}})
     elif method == "tools/call":
         if mode == "hang":
@@ -56,6 +61,8 @@ for line in sys.stdin:
             text = f"see http://ops:S3CRETPW@127.0.0.1:1/x {blob} then https://h/mcp?api_key=S3CRETKEY."
             send({"jsonrpc": "2.0", "id": mid, "error": {"code": -32000, "message": text}})
             continue
-        send({"jsonrpc": "2.0", "id": mid, "result": result(mid)})
+        send({"jsonrpc": "2.0", "id": mid, "result": result(msg["params"].get("arguments") or {})})
+        if mode == "exit":
+            os._exit(0)
     else:
         send({"jsonrpc": "2.0", "id": mid, "result": {}})

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("mcp")
 
 from loop_watch import watch_loop
-from mcp_helpers import http_server, stdio_command
+from mcp_helpers import PostOnlyServer, http_server, start_with_pid, stdio_command
 from mcp_server import PNG
 
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
@@ -28,6 +28,7 @@ from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.messages import ToolCall
 from qwq_agent.deadline import Deadline
 from qwq_agent.mcp import MCPConnectError, MCPServerSpec, mcp_tools
+from qwq_agent.mcp._stdio import MAX_LINE_BYTES
 from qwq_agent.protocols import ToolContext
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 from qwq_agent.tools.base import tool
@@ -171,6 +172,22 @@ async def test_an_http_server_restarted_between_calls_gets_a_new_session_and_the
             assert tools.connections[0].starts == 2
 
 
+async def test_an_http_server_that_answers_404_to_the_optional_get_stream_keeps_its_session():
+    # Any 404 to a request of our session marked it lost, the SDK's optional GET stream's too: with a
+    # server that routes only POST, every call started a new session, and the session's state was lost.
+    with PostOnlyServer() as server:
+        async with await mcp_tools(MCPServerSpec(url=server.url)) as tools:
+            registry = ToolRegistry(tools)
+            # The SDK tries the GET again after the first 404 has reached the client: then it has.
+            for _ in range(2):
+                assert await asyncio.to_thread(server.gets.acquire, True, 30), (
+                    "the client opened no GET stream"
+                )
+            outs = [(await call(registry, "count")).text for _ in range(3)]
+            assert outs == [f"session s1 call #{n}" for n in (1, 2, 3)]
+            assert tools.connections[0].starts == 1
+
+
 async def test_a_server_that_cannot_start_raises_a_typed_error_naming_it_with_its_stderr():
     broken = [sys.executable, "-c", "import sys; sys.stderr.write('missing API key\\n'); sys.exit(2)"]
     with pytest.raises(MCPConnectError) as info:
@@ -263,6 +280,11 @@ async def _gone(pid: int, why: str) -> None:
     while _running(pid):
         assert time.monotonic() < deadline, f"{why} (pid {pid})"
         await asyncio.sleep(0.02)
+
+
+def _pid_taken(pid: int) -> bool:
+    """Whether a process (a zombie too) has `pid`."""
+    return os.path.exists(f"/proc/{pid}")
 
 
 def _running(pid: int) -> bool:
@@ -361,6 +383,54 @@ async def test_what_a_stdio_server_started_is_stopped_with_it_on_a_crash_and_on_
                 os.kill(pid, signal.SIGKILL)
 
 
+async def test_what_a_stdio_server_started_is_dead_once_its_session_has_ended():
+    # Its group was sent SIGKILL and `aclose` returned at once: a child with memory to free was still
+    # running then (that memory, its ports and files still held), dying only tens of milliseconds later.
+    helpers: list[int] = []
+    try:
+        async with await mcp_tools(stdio_command("heavy")) as tools:
+            registry = ToolRegistry(tools)
+            helpers.append(int((await call(registry, "spawn", mib=128)).text))
+            assert (await call(registry, "die")).metadata["error"] == "mcp_server_died"
+            helpers.append(int((await call(registry, "spawn", mib=128)).text))  # on a new server
+            assert tools.connections[0].starts == 2
+            assert not _running(helpers[0]), "the dead server's child outlived the restart"
+        assert not _running(helpers[1]), "the server's child was still running after aclose"
+    finally:
+        for pid in helpers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(
+    not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK), reason="placing a process at a pid needs root"
+)
+async def test_a_dead_stdio_servers_group_is_never_signalled_once_its_pid_may_be_anothers():
+    # The group of a server that died was killed at once, and again when its session ended: at the next
+    # call or at `aclose`, an hour later perhaps, when its pid (the group's id) was free since long and
+    # may have become another program's process group, which that SIGKILL then hit.
+    async with await mcp_tools(stdio_command("fragile")) as tools:
+        registry = ToolRegistry(tools)
+        pid = int((await call(registry, "whoami")).text.rsplit("=", 1)[1])
+        assert (await call(registry, "die")).metadata["error"] == "mcp_server_died"
+        deadline = time.monotonic() + 10
+        while _pid_taken(pid):  # reaped: its pid is free for any new process
+            assert time.monotonic() < deadline, "the dead server was not reaped"
+            await asyncio.sleep(0.02)
+        stranger = start_with_pid(pid, ["sleep", "600"])
+        if stranger is None:
+            pytest.skip(f"pid {pid} could not be reused here")
+        try:
+            assert os.getpgid(stranger.pid) == pid
+            again = await call(registry, "whoami")  # ends the dead server's session, starts a new one
+            assert not again.is_error and tools.connections[0].starts == 2, again.text
+            await tools.aclose()
+            assert stranger.poll() is None, f"the stranger's group was signalled (status {stranger.poll()})"
+        finally:
+            stranger.kill()
+            stranger.wait()
+
+
 async def test_a_stdio_servers_stderr_is_kept_as_a_bounded_tail_not_in_full():
     # All of it went to an unlinked temporary file (invisible to `du`) that only grew, for the 800
     # characters ever read from it: a chatty server filled /tmp over a long run.
@@ -410,6 +480,45 @@ def raw_server(tools: list[dict], **env: str) -> MCPServerSpec:
         env={**os.environ, "RAW_MCP_TOOLS": json.dumps(tools), **env},
         name="raw",
     )
+
+
+async def _noticed_exit(conn) -> None:
+    """Wait (10 s at most) until the connection has seen its server exit."""
+    deadline = time.monotonic() + 10
+    while conn.alive:
+        assert time.monotonic() < deadline, "the client did not notice that the server exited"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_restarted_server_that_exits_right_after_answering_still_has_its_answer_returned():
+    # A restarted session had not listed the tools; after the answer the SDK asked for the list (to check
+    # the result against the tool's output schema), the exited server never answered, and the call, which
+    # had run, came back as `mcp_server_died`: the model called it again, doing its work twice.
+    spec = raw_server([{"name": "once", "inputSchema": {"type": "object"}}], RAW_MCP_CALL="exit")
+    async with await mcp_tools(spec) as tools:
+        conn = tools.connections[0]
+        for _ in range(3):
+            out = await tools[0]({}, ToolContext())
+            assert (out.text, out.is_error) == ("ok", False), out.text
+            await _noticed_exit(conn)
+        assert conn.starts == 3
+
+
+async def test_a_tool_a_restarted_server_no_longer_lists_is_a_clear_observation_and_not_called(tmp_path):
+    listing = tmp_path / "tools.json"
+    both = [{"name": name, "inputSchema": {"type": "object"}} for name in ("keep", "drop")]
+    listing.write_text(json.dumps(both))
+    spec = raw_server([], RAW_MCP_CALL="exit", RAW_MCP_TOOLS_FILE=str(listing))
+    async with await mcp_tools(spec) as tools:
+        registry, conn = ToolRegistry(tools), tools.connections[0]
+        assert (await call(registry, "drop")).text == "ok"
+        await _noticed_exit(conn)
+        listing.write_text(json.dumps(both[:1]))
+        gone = await call(registry, "drop")
+        assert gone.is_error and gone.metadata["error"] == "mcp_tool_gone", gone.text
+        assert "no longer offers tool 'drop'" in gone.text and "restarted" in gone.text
+        assert conn.alive and conn.starts == 2  # not called: the server did not exit
+        assert (await call(registry, "keep")).text == "ok"
 
 
 async def test_tools_that_cannot_be_used_are_skipped_and_the_rest_of_the_server_works():
@@ -560,6 +669,19 @@ async def test_a_huge_result_is_cut_to_head_and_tail_and_images_past_the_budget_
     assert out.text.startswith("x" * 40_000) and "x" * 40_000 + "\n[1 image(s) dropped" in out.text
     assert f"[... {5 * 1024 * 1024 - 100_000} chars omitted from the middle ...]" in out.text
     assert out.images == [] and out.metadata["images_dropped"] == 1
+
+
+async def test_a_stdio_line_past_the_cap_stops_the_server_saying_why_and_the_next_call_restarts_it():
+    # The SDK's line buffer had no cap (a server writing without a newline filled the host's memory) and
+    # was copied at every read: quadratic, seconds for a line of a few MB, minutes for this one.
+    dump = {"name": "dump", "inputSchema": {"type": "object", "properties": {"chars": {"type": "integer"}}}}
+    async with await mcp_tools(raw_server([dump], RAW_MCP_CALL="huge")) as toolset:
+        registry = ToolRegistry(toolset, timeout=120)
+        out = await call(registry, "dump", chars=MAX_LINE_BYTES)
+        assert out.is_error and out.metadata["error"] == "mcp_server_died", out.text[:300]
+        assert f"a line (one message) of more than {MAX_LINE_BYTES:,} bytes on stdout" in out.text, out.text
+        assert (await call(registry, "dump", chars=3)).text == "xxx"
+        assert toolset.connections[0].starts == 2
 
 
 async def test_a_backtracking_pattern_in_a_tool_schema_cannot_stall_the_event_loop():

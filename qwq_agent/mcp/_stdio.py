@@ -9,6 +9,13 @@ own) is killed, which releases the pipe, and the session ends as it does on EOF.
 too when the session ends, so nothing the server started outlives it. The server's stderr goes to a
 `StderrTail`, which keeps its last lines only.
 
+The group's id is the server's pid, and once the server is reaped (and the last member of its group
+gone) the kernel may give that number to any new process, whose own group (another MCP server, a
+user's job) a signal to the old id would kill. So the process is started with `subprocess` and reaped
+here, not by asyncio's child watcher (which reaps at once, when nothing has been signalled yet): its
+exit is seen without reaping it (`waitid(WNOWAIT)`), its group is killed while the zombie still holds
+the id, and only then is it reaped; a reaped server's group is never signalled again.
+
 POSIX only (process groups), like the rest of qwq-agent's process handling.
 """
 
@@ -21,24 +28,24 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import IO, Any
 
 import anyio
-import anyio.abc
-from anyio.streams.text import TextReceiveStream
 
-__all__ = ["StderrTail", "stdio_transport"]
+__all__ = ["MAX_LINE_BYTES", "StderrTail", "stdio_transport"]
 
 log = logging.getLogger(__name__)
 
-# How often the process is checked for having exited. Its return code (set by asyncio's child
-# watcher) is polled: no event says that the process exited on every anyio version; on some,
-# `wait()` also waits for the pipes to close, which a surviving child prevents.
+# How often the process is checked for having exited (without reaping it; see the module's docstring).
 _EXIT_POLL_S = 0.1
 # Once a dead server's process group is killed, how long its stdout gets to reach EOF (what the server
 # wrote before dying is read first); only a child that left the group can keep it open that long.
 _DRAIN_S = 2.0
+# Once a server's group is SIGKILLed, how long its processes get to die before the server is reaped and
+# the session ends without them: a process dies only when it next runs, and one with much memory takes
+# tens of milliseconds to free it.
+_KILL_WAIT_S = 5.0
 # How long the writer gets to send what the session already handed it before stdin closes.
 _FLUSH_S = 0.5
 # The MCP way to stop a stdio server is to close its stdin; it gets this long to exit, then the
@@ -49,6 +56,11 @@ _TERM_GRACE_S = 2.0
 # cannot keep the event loop (or a caller asking for the tail) reading forever.
 _STDERR_READ_BYTES = 64 * 1024
 _STDERR_READS_AT_ONCE = 16
+# One read of the server's stdout (a pipe holds 64 KiB).
+_STDOUT_READ_BYTES = 64 * 1024
+# The longest line (one JSON-RPC message) read from a server's stdout, as the model clients' longest SSE
+# line: a server that writes more without a newline is stopped before it fills the host's memory.
+MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
 class StderrTail:
@@ -109,29 +121,38 @@ class StderrTail:
 
 @contextlib.asynccontextmanager
 async def stdio_transport(
-    command: list[str], env: dict[str, str] | None, stderr: StderrTail
+    command: list[str],
+    env: dict[str, str] | None,
+    stderr: StderrTail,
+    on_protocol_error: Callable[[str], None] = lambda why: None,
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Start `command` as an MCP stdio server in a session of its own; yield the SDK's stream pair.
 
     The environment is the SDK's default one plus `env`, as the SDK's `stdio_client` gives it; the
     server's stderr goes to `stderr`. The read stream ends when the server's stdout closes or when the
-    server exits, whichever comes first.
+    server exits, whichever comes first. A line longer than `MAX_LINE_BYTES` on its stdout is a protocol
+    error: the server is killed, which ends the read stream, and `on_protocol_error` is told why first.
     """
     from mcp.client.stdio import get_default_environment
     from mcp.shared.message import SessionMessage
 
     stderr.watch()
-    process = await anyio.open_process(
+    # Not `anyio.open_process`: asyncio would reap the process the moment it exits (see the module's
+    # docstring). Starting it blocks no longer than there too: asyncio calls the same `Popen`.
+    process = subprocess.Popen(  # noqa: ASYNC220
         command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=stderr.fileno(),
         env=get_default_environment() | (env or {}),
         start_new_session=True,
+        bufsize=0,
     )
     # No awaits until the task group is entered: a cancellation in between would leak the process.
     assert process.stdin is not None and process.stdout is not None
     stdin, stdout = process.stdin, process.stdout
+    os.set_blocking(stdin.fileno(), False)
+    os.set_blocking(stdout.fileno(), False)
     read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](0)
     reading, watching = anyio.CancelScope(), anyio.CancelScope()
@@ -141,19 +162,23 @@ async def stdio_transport(
         try:
             async with read_send:
                 with reading:
-                    buffer = ""
-                    # A byte that is not UTF-8 becomes U+FFFD: one bad byte must not end the session.
-                    async for chunk in TextReceiveStream(stdout, errors="replace"):
-                        lines = (buffer + chunk).split("\n")
-                        buffer = lines.pop()
-                        for line in lines:
-                            try:
-                                await read_send.send(_parse(line))
-                            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                                # The session is gone; keep the pipe drained so that a server
-                                # still writing can read its stdin's EOF and exit.
-                                await _discard(stdout)
-                                return
+                    try:
+                        async with contextlib.aclosing(_lines(stdout)) as lines:
+                            async for line in lines:
+                                try:
+                                    await read_send.send(_parse(line))
+                                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                                    # The session is gone; keep the pipe drained so that a server
+                                    # still writing can read its stdin's EOF and exit.
+                                    while await _receive(stdout):
+                                        pass
+                                    return
+                    except _LineTooLong as exc:
+                        # Neither that message nor any after it can be read: the server is stopped,
+                        # and the session ends (the calls in flight fail), saying why.
+                        log.warning("MCP server process %d: %s", process.pid, exc)
+                        on_protocol_error(str(exc))
+                        _signal_group(process, signal.SIGKILL)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             pass  # our own shutdown closed stdout under the read
         finally:
@@ -164,7 +189,7 @@ async def stdio_transport(
             async with write_recv:
                 async for message in write_recv:
                     data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
-                    await stdin.send((data + "\n").encode())
+                    await _send(stdin, (data + "\n").encode())
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             # The server no longer reads: end the session rather than leave a request waiting.
             await read_send.aclose()
@@ -173,12 +198,12 @@ async def stdio_transport(
 
     async def watch_process() -> None:
         with watching:
-            while process.returncode is None:  # noqa: ASYNC110 (see _EXIT_POLL_S)
+            while not _ended(process):  # noqa: ASYNC110 (see _EXIT_POLL_S)
                 await anyio.sleep(_EXIT_POLL_S)
             # The server is dead, whoever still holds its stdout: kill what it left in its group (they
             # hold the pipe, and nothing is left to stop them), read what it wrote before dying,
             # then end the session even if a child outside the group keeps the pipe open.
-            _kill_group(process.pid)
+            await _end_group(process)
             with anyio.move_on_after(_DRAIN_S):
                 await stdout_done.wait()
             reading.cancel()
@@ -188,25 +213,23 @@ async def stdio_transport(
         write_send.close()
         with anyio.move_on_after(_FLUSH_S):
             await writer_done.wait()
-        with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await stdin.aclose()
+        _close(stdin)
+        # The SDK's steps: stdin's EOF, then SIGTERM to the group, then SIGKILL.
         if not await _exited(process, _EXIT_GRACE_S):
-            from mcp.os.posix.utilities import terminate_posix_process_tree
-
-            await terminate_posix_process_tree(process, _TERM_GRACE_S)
-            if not await _exited(process, _EXIT_GRACE_S):
-                log.warning("MCP server process %d is still alive after SIGKILL; abandoning it", process.pid)
-        # Whatever the server started is stopped with it: a server that exits on its stdin's EOF (or
-        # crashed) leaves its children running, and the steps above signal the group only when the
-        # server itself is slow to exit.
-        _kill_group(process.pid)
-        # A child outside the group may hold stdout open: stop reading it, and close the pipes'
-        # transports (`aclose`; the process is gone, so its wait ends at once).
+            _signal_group(process, signal.SIGTERM)
+            if not await _exited(process, _TERM_GRACE_S):
+                _signal_group(process, signal.SIGKILL)
+                if not await _exited(process, _EXIT_GRACE_S):
+                    log.warning(
+                        "MCP server process %d is still alive after SIGKILL; abandoning it", process.pid
+                    )
+        # Whatever the server started is stopped with it, and gone when the session has ended: a server
+        # that exits on its stdin's EOF (or crashed) leaves its children running.
+        await _end_group(process)
+        # A child outside the group may hold stdout open: stop reading it, and close it.
         reading.cancel()
         read_recv.close()
-        if process.returncode is not None:
-            with anyio.move_on_after(_EXIT_GRACE_S):
-                await process.aclose()
+        _close(stdout)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(read_stdout)
@@ -236,26 +259,158 @@ def _parse(line: str) -> Any:
         return exc
 
 
-async def _discard(stream: anyio.abc.ByteReceiveStream) -> None:
-    with contextlib.suppress(
-        anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError
-    ):
-        while True:
-            await stream.receive()
+class _LineTooLong(Exception):
+    """A server wrote more than `MAX_LINE_BYTES` on its stdout without a newline."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"it wrote a line (one message) of more than {MAX_LINE_BYTES:,} bytes on stdout, more than "
+            "one may be, and was stopped"
+        )
 
 
-async def _exited(process: anyio.abc.Process, timeout: float) -> bool:
+async def _lines(pipe: IO[bytes]) -> AsyncGenerator[str, None]:
+    """The lines of a server's stdout, until it closes; raises `_LineTooLong` for one longer than
+    `MAX_LINE_BYTES`. Each byte is copied once into its line (the SDK's buffer was copied at every
+    read: quadratic in the line's length, seconds for one of a few MB)."""
+    parts: list[bytes] = []  # of the line being read
+    size = 0
+    while chunk := await _receive(pipe):
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            size += end - start
+            if size > MAX_LINE_BYTES:
+                raise _LineTooLong
+            parts.append(chunk[start:end])
+            line = b"".join(parts)
+            parts, size, start = [], 0, end + 1
+            # A byte that is not UTF-8 becomes U+FFFD: one bad byte must not end the session. (A
+            # newline byte is never part of another character, so lines can be split before decoding.)
+            yield line.decode("utf-8", errors="replace")
+        size += len(chunk) - start
+        if size > MAX_LINE_BYTES:
+            raise _LineTooLong
+        if start < len(chunk):
+            parts.append(chunk[start:])
+
+
+async def _receive(pipe: IO[bytes]) -> bytes:
+    """The next bytes of a non-blocking pipe; b"" at its end. Always a checkpoint: a server writing
+    without pause cannot keep the event loop reading."""
+    while True:
+        await anyio.wait_readable(_fileno(pipe))
+        # The pipe's own `read`, never `os.read` of its number: once `_close` has run (it may have,
+        # while this task waited to resume) that number may be another file's.
+        if pipe.closed:
+            raise anyio.ClosedResourceError
+        data = pipe.read(_STDOUT_READ_BYTES)
+        if data is not None:  # None: nothing to read after all
+            return data
+
+
+async def _send(pipe: IO[bytes], data: bytes) -> None:
+    """All of `data` into a non-blocking pipe."""
+    view = memoryview(data)
+    while view:
+        await anyio.wait_writable(_fileno(pipe))
+        if pipe.closed:
+            raise anyio.ClosedResourceError
+        view = view[pipe.write(view) or 0 :]  # None: no room after all
+
+
+def _fileno(pipe: IO[bytes]) -> int:
+    if pipe.closed:
+        raise anyio.ClosedResourceError
+    return pipe.fileno()
+
+
+def _close(pipe: IO[bytes]) -> None:
+    """Close one of the process's pipes, waking (ClosedResourceError) a task waiting on it."""
+    if not pipe.closed:
+        anyio.notify_closing(pipe.fileno())
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+
+def _ended(process: subprocess.Popen[bytes]) -> bool:
+    """Whether the process has exited, found without reaping it (`_kill_and_reap` does that)."""
+    if process.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped by the kernel (SIGCHLD ignored): let Popen record that
+        process.poll()
+        return True
+
+
+async def _exited(process: subprocess.Popen[bytes], timeout: float) -> bool:
     with anyio.move_on_after(timeout):
-        while process.returncode is None:  # noqa: ASYNC110 (see _EXIT_POLL_S)
+        while not _ended(process):  # noqa: ASYNC110 (see _EXIT_POLL_S)
             await anyio.sleep(0.01)
-    return process.returncode is not None
+    return _ended(process)
 
 
-def _kill_group(pgid: int) -> None:
-    """SIGKILL a server's process group (its pid: it leads a session of its own).
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    """Signal the server's process group (its pid: it leads a session of its own), only while the server
+    is unreaped: then the id is surely its group's (see the module's docstring).
 
-    Not `os.getpgid(pid)`: that fails once the leader is reaped, while its group lives on in the
+    Not `os.getpgid(pid)`: that fails once the leader has exited, while its group lives on in the
     processes it left behind.
     """
+    if process.returncode is not None:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(process.pid, sig)
+
+
+async def _end_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of the server's group, wait (`_KILL_WAIT_S` at most) until it has died, then
+    reap the server if it has exited. Idempotent."""
+    _signal_group(process, signal.SIGKILL)
+    # While the server is unreaped, its pid names its group alone (see the module's docstring).
+    with anyio.move_on_after(_KILL_WAIT_S):
+        delay = 0.001
+        while process.returncode is None and await anyio.to_thread.run_sync(_group_lives, process):
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    if _ended(process):
+        process.poll()
+
+
+def _group_lives(process: subprocess.Popen[bytes]) -> bool:
+    """Whether a process of the server's group still lives: any, found in /proc (Linux); elsewhere
+    the server itself."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return not _ended(process)
+    return any(_lives_in(name, process.pid) for name in names if name.isdigit())
+
+
+_DEAD = (b"Z", b"X")
+
+
+def _lives_in(pid: str, pgid: int) -> bool:
+    """Whether process `pid` is in group `pgid` and not dead. Its main thread may be a zombie while its
+    other threads still die (the memory goes with the last), so those are looked at too."""
+    stat = _stat(f"/proc/{pid}/stat")
+    if stat is None or int(stat[2]) != pgid:
+        return False
+    if stat[0] not in _DEAD:
+        return True
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return any((t := _stat(f"/proc/{pid}/task/{tid}/stat")) and t[0] not in _DEAD for tid in tids)
+
+
+def _stat(path: str) -> list[bytes] | None:
+    """The fields after the command name (which may hold anything) of a /proc stat file: state, ppid,
+    pgrp, ...; None when it is gone."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2 :].split(b" ", 3)

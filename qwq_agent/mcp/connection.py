@@ -4,12 +4,18 @@ The SDK's transports are anyio context managers that must be entered and left in
 each connection owns a background task holding them open; tool calls from any task go through its
 session. A server that dies (its process exits, its HTTP endpoint goes away) fails the calls in
 flight with `MCPServerDied`; the next call starts it again.
+
+Every session lists the server's tools before it is used, the first and every restarted one alike:
+the SDK checks a result against its tool's output schema, and for a tool its session has not listed
+it first asks for the list, after the answer came; a server that exits right after answering (or
+crashes) then lost the answer it gave, and the call, which had run, was reported as a dead server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import shlex
 from collections.abc import AsyncIterator, Sequence
@@ -21,7 +27,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qwq_agent.mcp._stdio import StderrTail, stdio_transport
 from qwq_agent.urls import redact_url, redact_urls_in
 
-__all__ = ["MCPConnectError", "MCPConnection", "MCPError", "MCPServerDied", "MCPServerSpec"]
+__all__ = [
+    "MCPConnectError",
+    "MCPConnection",
+    "MCPError",
+    "MCPServerDied",
+    "MCPServerSpec",
+    "MCPToolGone",
+]
+
+log = logging.getLogger(__name__)
 
 _STDERR_TAIL_CHARS = 800
 # A server's error text is its own free text, as long as it likes: cut to this (head and tail) before
@@ -43,6 +58,10 @@ class MCPConnectError(MCPError):
 
 class MCPServerDied(MCPError):
     """The connection to the server ended during a call; the next call reconnects."""
+
+
+class MCPToolGone(MCPError):
+    """The server, restarted, no longer lists a tool it listed before; the tool was not called."""
 
 
 class MCPServerSpec(BaseModel):
@@ -112,6 +131,10 @@ class MCPConnection:
         self._stop: asyncio.Event | None = None
         self._read: _WatchedReadStream | None = None
         self._http_session: _HTTPSession | None = None
+        self._tools: list[Any] = []
+        self._listed: set[str] = set()  # every tool name any session listed
+        self._handshaken = False
+        self._ended_why = ""  # why the transport ended the session, when it did so on its own
         self._lock = asyncio.Lock()
         self._stderr = StderrTail(_STDERR_TAIL_CHARS) if spec.command else None
         self.starts = 0
@@ -128,7 +151,8 @@ class MCPConnection:
         )
 
     async def connect(self) -> None:
-        """Start the server (or reconnect) and complete the MCP handshake; raises `MCPConnectError`."""
+        """Start the server (or reconnect), complete the MCP handshake and list the server's tools, all
+        within `connect_timeout_s`; raises `MCPConnectError`."""
         async with self._lock:
             if self.alive:
                 return
@@ -136,16 +160,19 @@ class MCPConnection:
             ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._stop = asyncio.Event()
             self._task = asyncio.create_task(self._hold(ready, self._stop), name=f"mcp:{self.spec.label}")
+            self._handshaken = False
+            self._ended_why = ""
             try:
-                init = await asyncio.wait_for(asyncio.shield(ready), self.spec.connect_timeout_s)
+                init, tools = await asyncio.wait_for(asyncio.shield(ready), self.spec.connect_timeout_s)
             except TimeoutError:
                 # The holder is stuck in the handshake, not in `stop.wait()`: asking it to stop would
                 # only wait out `_SHUTDOWN_S`. Cancel it now; `ready` first, so that the holder does
                 # not put an exception on it that no one will read (asyncio would print it at exit).
                 ready.cancel()
                 await self._shutdown(cancel=True)
+                what = "list its tools" if self._handshaken else "answer the handshake"
                 raise MCPConnectError(
-                    f"MCP server {self.spec.label!r} did not answer the handshake within "
+                    f"MCP server {self.spec.label!r} did not {what} within "
                     f"{self.spec.connect_timeout_s:g} s{self._stderr_tail()}"
                 ) from None
             except Exception as exc:
@@ -162,6 +189,10 @@ class MCPConnection:
             self.starts += 1
             if not self.spec.name:
                 self.server_name = init.server_info.name or self.spec.label
+            if self.starts > 1:
+                _log_changes(self.server_name, self._tools, tools)
+            self._tools = tools
+            self._listed.update(tool.name for tool in tools)
 
     async def _hold(self, ready: asyncio.Future[Any], stop: asyncio.Event) -> None:
         from mcp import ClientSession
@@ -172,8 +203,10 @@ class MCPConnection:
                 self._read = _WatchedReadStream(read)
                 session = await stack.enter_async_context(ClientSession(self._read, write))
                 init = await session.initialize()
+                self._handshaken = True
+                tools = await _list_all(session)
                 self._session = session
-                ready.set_result(init)
+                ready.set_result((init, tools))
                 await stop.wait()
         except BaseException as exc:  # includes anyio's exception groups; reported through `ready`
             if not ready.done():
@@ -198,29 +231,16 @@ class MCPConnection:
                     yield streams
             return
         assert self.spec.command is not None and self._stderr is not None
-        async with stdio_transport(self.spec.command, self.spec.env, self._stderr) as streams:
+        async with stdio_transport(
+            self.spec.command, self.spec.env, self._stderr, on_protocol_error=self._protocol_error
+        ) as streams:
             yield streams
 
     async def list_tools(self) -> list[Any]:
-        """All the server's tools (every page), as the SDK's `Tool` models."""
+        """All the server's tools (every page), as the SDK's `Tool` models, as the session listed them
+        when it started (`connect`)."""
         await self.connect()
-        from mcp.types import PaginatedRequestParams
-
-        tools: list[Any] = []
-        cursor: str | None = None
-        try:
-            async with asyncio.timeout(self.spec.connect_timeout_s):
-                while True:
-                    params = PaginatedRequestParams(cursor=cursor) if cursor else None
-                    page = await self._session.list_tools(params=params)
-                    tools.extend(page.tools)
-                    cursor = page.next_cursor
-                    if not cursor:
-                        return tools
-        except TimeoutError:
-            raise MCPConnectError(
-                f"MCP server {self.server_name!r} did not list its tools within {self.spec.connect_timeout_s:g} s"
-            ) from None
+        return list(self._tools)
 
     async def call(self, name: str, arguments: dict[str, Any]) -> Any:
         """Call a tool; returns the SDK's `CallToolResult`.
@@ -228,8 +248,9 @@ class MCPConnection:
         An HTTP server that no longer knows our session (it answers 404: restarted, or it expired the
         session) gets the call again, once, on a new session. Raises `MCPServerDied` when the
         connection ends during the call (the next call reconnects), `MCPConnectError` when it cannot
-        be re-established, and the SDK's `MCPError` for a protocol error the server sent (e.g. an
-        unknown tool).
+        be re-established, `MCPToolGone` (the tool is not called) when the server, restarted, no longer
+        lists a tool it listed before, and the SDK's `MCPError` for a protocol error the server sent
+        (e.g. an unknown tool).
         """
         try:
             return await self._call_once(name, arguments)
@@ -251,6 +272,11 @@ class MCPConnection:
         session, task, http = self._session, self._task, self._http_session
         if session is None or task is None:  # it died again between connecting and calling
             raise self._died()
+        if name in self._listed and not any(tool.name == name for tool in self._tools):
+            raise MCPToolGone(
+                f"MCP server {self.server_name or self.spec.label!r} no longer offers tool {name!r}: it "
+                "was restarted, and its tools are not those it listed before"
+            )
         call = asyncio.create_task(session.call_tool(name, arguments))
         try:
             # The holder task ending means the transport is gone; don't wait on a reply that can't come.
@@ -274,9 +300,14 @@ class MCPConnection:
 
     def _died(self) -> MCPServerDied:
         self._session = None  # the next call reconnects
+        why = f": {self._ended_why}" if self._ended_why else ""
         return MCPServerDied(
-            f"the connection to MCP server {self.server_name or self.spec.label!r} ended{self._stderr_tail()}"
+            f"the connection to MCP server {self.server_name or self.spec.label!r} ended{why}{self._stderr_tail()}"
         )
+
+    def _protocol_error(self, why: str) -> None:
+        """The transport stopped the server for breaking the protocol; `why` says how."""
+        self._ended_why = why
 
     def _stderr_tail(self) -> str:
         if self._stderr is None:
@@ -331,13 +362,17 @@ class _HTTPSession:
 
     A server that restarted between two calls took its sessions with it and answers the old
     `Mcp-Session-Id` with 404; nothing else ends the client's side (no stream closes, no task ends).
+    Only a POST (a JSON-RPC message: the requests our calls wait on) counts: the SDK's optional GET
+    stream for the server's own messages gets 404 from many a live server that routes only POST /mcp
+    (a web framework's answer to a method it was not given), and the SDK goes on without that stream.
     """
 
     def __init__(self) -> None:
         self.lost = False
 
     async def on_response(self, response: Any) -> None:
-        if response.status_code == 404 and _MCP_SESSION_ID in response.request.headers:
+        request = response.request
+        if response.status_code == 404 and request.method == "POST" and _MCP_SESSION_ID in request.headers:
             self.lost = True
 
 
@@ -385,6 +420,39 @@ class _WatchedReadStream:
     async def __aexit__(self, *exc: Any) -> bool | None:
         self.ended = True
         return await self._inner.__aexit__(*exc)
+
+
+async def _list_all(session: Any) -> list[Any]:
+    """Every page of a session's tool list."""
+    from mcp.types import PaginatedRequestParams
+
+    tools: list[Any] = []
+    cursor: str | None = None
+    while True:
+        page = await session.list_tools(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            return tools
+
+
+def _log_changes(server: str, before: list[Any], after: list[Any]) -> None:
+    """Warn when a restarted server lists other tools than before (the run's tools were made from the
+    first list: one gone fails its calls with `MCPToolGone`, a new one cannot be called)."""
+    old = {tool.name: (tool.input_schema, tool.output_schema) for tool in before}
+    new = {tool.name: (tool.input_schema, tool.output_schema) for tool in after}
+    if old == new:
+        return
+    gone = sorted(old.keys() - new.keys())
+    added = sorted(new.keys() - old.keys())
+    changed = sorted(name for name in old.keys() & new.keys() if old[name] != new[name])
+    log.warning(
+        "MCP server %r lists other tools since its restart: gone %s, new %s, schema changed %s",
+        server,
+        gone,
+        added,
+        changed,
+    )
 
 
 def _describe(exc: BaseException) -> str:

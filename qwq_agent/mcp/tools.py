@@ -18,6 +18,7 @@ from qwq_agent.mcp.connection import (
     MCPError,
     MCPServerDied,
     MCPServerSpec,
+    MCPToolGone,
 )
 from qwq_agent.protocols import ToolContext, ToolOutput
 from qwq_agent.tools.arg_check import run_check
@@ -236,6 +237,12 @@ class MCPTool:
                 text=f"Tool '{self._spec.name}' failed: {exc}. The server will be restarted on the next call.",
                 is_error=True,
                 metadata={"error": "mcp_server_died", "mcp_server": server},
+            )
+        except MCPToolGone as exc:
+            return ToolOutput(
+                text=f"Tool '{self._spec.name}' cannot be called: {exc}.",
+                is_error=True,
+                metadata={"error": "mcp_tool_gone", "mcp_server": server},
             )
         except MCPError as exc:  # could not (re)connect
             return ToolOutput(
