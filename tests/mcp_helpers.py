@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,22 +18,6 @@ SERVER = str(Path(__file__).parent / "mcp_server.py")
 
 def stdio_command(name: str) -> list[str]:
     return [sys.executable, SERVER, "--name", name]
-
-
-def start_with_pid(pid: int, argv: list[str], tries: int = 50) -> subprocess.Popen[bytes] | None:
-    """Start `argv` as a session (and process group) leader whose pid is `pid`, through the kernel's
-    `ns_last_pid` (root only); None when that pid is not free or another process keeps taking it first."""
-    for _ in range(tries):
-        if os.path.exists(f"/proc/{pid}"):
-            return None  # a zombie or a process still holds it: not free for reuse
-        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-            f.write(str(pid - 1))
-        stranger = subprocess.Popen(argv, start_new_session=True)
-        if stranger.pid == pid:
-            return stranger
-        stranger.kill()  # another process on the machine took the pid in between: try again
-        stranger.wait()
-    return None
 
 
 def free_port() -> int:

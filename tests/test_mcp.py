@@ -20,8 +20,9 @@ import pytest
 pytest.importorskip("mcp")
 
 from loop_watch import watch_loop
-from mcp_helpers import PostOnlyServer, http_server, start_with_pid, stdio_command
+from mcp_helpers import PostOnlyServer, http_server, stdio_command
 from mcp_server import PNG
+from pid_reuse import start_with_pid
 
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.loop import Agent, AgentConfig

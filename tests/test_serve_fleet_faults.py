@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pid_reuse import start_with_pid
 from router_helpers import SCRIPTED, free_ports, gone, sigint_as_a_terminal_sends_it, stop_serve_cli
 
 from qwq_agent.cli.serve_dp import last_log_line
@@ -284,22 +285,6 @@ def test_a_stopped_server_leaves_no_watchdog(tmp_path):
     assert server.watchdog.poll() == 0  # told to stand down, and reaped
 
 
-def _start_with_pid(pid: int, argv: list[str], tries: int = 50) -> subprocess.Popen[bytes] | None:
-    """Start `argv` as a session (and process group) leader whose pid is `pid`, through the kernel's
-    `ns_last_pid` (root only); None when another process keeps taking that pid first."""
-    for _ in range(tries):
-        if os.path.exists(f"/proc/{pid}"):
-            return None  # a zombie or a process still holds it: not free for reuse
-        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-            f.write(str(pid - 1))
-        stranger = subprocess.Popen(argv, start_new_session=True)
-        if stranger.pid == pid:
-            return stranger
-        stranger.kill()  # another process on the machine took the pid in between: try again
-        stranger.wait()
-    return None
-
-
 @pytest.mark.skipif(
     not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK), reason="placing a process at a pid needs root"
 )
@@ -317,7 +302,7 @@ def test_stopping_a_fleet_never_signals_the_group_of_a_worker_that_died_earlier(
         os.killpg(dead, signal.SIGKILL)
         assert fleet.workers[1].wait_exit(30)
         assert fleet.exited() == (f"worker 1 ({specs[1].url})", -signal.SIGKILL)  # reported, and reaped
-        stranger = _start_with_pid(dead, ["sleep", "600"])
+        stranger = start_with_pid(dead, ["sleep", "600"])
         if stranger is None:
             pytest.skip(f"pid {dead} could not be reused here")
         assert os.getpgid(stranger.pid) == dead
