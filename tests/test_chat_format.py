@@ -472,18 +472,31 @@ def test_profiles_are_data() -> None:
 NOTE = ToolCall(id="c0", name="write_note", arguments={"text": 'stops at "</tool_call>" tags', "n": "</div>"})
 
 
-def test_a_call_holding_the_closing_tag_round_trips_through_every_rendering():
-    from qwq_agent.agent.parser import parse
-
-    turn = assistant("Writing.", reasoning="why", calls=(NOTE,))
-    renderings = {
+def _renderings(turn: Message) -> dict[str, str]:
+    """An assistant turn as each path writes it: history, history with its reasoning, model output."""
+    return {
         "history": render_assistant_turn(turn),
         "kept reasoning": render_assistant_turn(turn, keep_reasoning=True),
         "model output": model_output(turn),
     }
+
+
+def _read_back(renderings: dict[str, str]) -> dict[str, Any]:
+    """Each rendering's answer part as our own parser reads it."""
+    from qwq_agent.agent.parser import parse
+
+    out = {}
     for how, text in renderings.items():
         body = text.split("</think>\n\n")[-1] if "</think>" in text else text.split("\n", 1)[1]
-        parsed = parse("r\n</think>\n\n" + body.removesuffix("<|im_end|>\n"))
+        out[how] = parse("r\n</think>\n\n" + body.removesuffix("<|im_end|>\n"))
+    return out
+
+
+def test_a_call_holding_the_closing_tag_round_trips_through_every_rendering():
+
+    turn = assistant("Writing.", reasoning="why", calls=(NOTE,))
+    renderings = _renderings(turn)
+    for how, parsed in _read_back(renderings).items():
         assert not parsed.errors, (how, parsed.errors)
         assert [c.arguments for c in parsed.tool_calls] == [NOTE.arguments], how
     # only the closing tag is escaped: other "</" stay as the template writes them
@@ -497,20 +510,13 @@ ODD = ToolCall(
 
 
 def test_a_call_name_is_written_as_a_json_string_and_reads_back_as_one_call():
-    from qwq_agent.agent.parser import parse
 
     turn = assistant("Calling.", reasoning="why", calls=(ODD, CALL_EMPTY))
-    renderings = {
-        "history": render_assistant_turn(turn),
-        "kept reasoning": render_assistant_turn(turn, keep_reasoning=True),
-        "model output": model_output(turn),
-    }
-    for how, text in renderings.items():
-        body = text.split("</think>\n\n")[-1] if "</think>" in text else text.split("\n", 1)[1]
-        parsed = parse("r\n</think>\n\n" + body.removesuffix("<|im_end|>\n"))
+    renderings = _renderings(turn)
+    for how, parsed in _read_back(renderings).items():
         assert not parsed.errors, (how, parsed.errors)
         assert [(c.name, c.arguments) for c in parsed.tool_calls] == [(ODD.name, {"a": 1}), ("noop", {})], how
-        assert "<|im_end|>" not in body.removesuffix("<|im_end|>\n"), how
+        assert "<|im_end|>" not in renderings[how].removesuffix("<|im_end|>\n"), how
     assert '{"name": "noop", "arguments": {}}' in renderings["history"]  # an ordinary name as the template
 
 
