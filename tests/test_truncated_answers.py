@@ -10,7 +10,7 @@ from pathlib import Path
 
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
-from qwq_agent.agent.events import Final, ModelCall, Warning_
+from qwq_agent.agent.events import BudgetExceeded, Final, ModelCall, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.replay import ReplayModel
 from qwq_agent.agent.trace import read_trace
@@ -105,3 +105,21 @@ async def test_a_turn_that_ends_inside_its_reasoning_is_closed_for_the_model_to_
     assert result.messages[-1].reasoning == "So the capital of France is Paris. The answer is Paris."
     calls = [e for e in read_trace(trace) if isinstance(e, ModelCall)]
     assert [c.prefix for c in calls] == ["", turns[0] + "\n</think>\n\n"]
+
+
+async def test_a_turn_that_ends_inside_its_reasoning_with_the_budget_spent_says_so_and_asks_nothing() -> None:
+    # Before: the warning said `</think>` was written and the model asked to answer, though the spent
+    # budget stopped it first; and no budget_exceeded event said which budget ended the run.
+    turns = ["So the capital of France is Paris. The answer is Paris.", "never asked for."]
+    cfg = config(max_new_tokens=8192, budget=Budget(max_generated_tokens=13))
+    async with ScriptedModelServer(turns) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [], config=cfg)
+            events = [ev async for ev in agent.stream(TASK)]
+    assert len(server.requests) == 1 and agent.result is not None
+    assert agent.result.status == "budget_exceeded"
+    (warning,) = [e for e in events if isinstance(e, Warning_)]
+    assert warning.kind == "unclosed_reasoning" and "not asked to answer" in warning.message
+    assert [(e.budget, e.limit) for e in events if isinstance(e, BudgetExceeded)] == [
+        ("generated_tokens", 13.0)
+    ]

@@ -72,11 +72,11 @@ class BudgetTracker(BaseModel):
         return None
 
     def left(self, name: str) -> float | None:
-        """What is left of `wall_s`, `tool_s` or `generated_tokens`; None when it is unlimited."""
+        """What is left of `wall_s` or `generated_tokens`; None when it is unlimited. (What is left of
+        `tool_s` counts the calls still running: the dispatcher's tool clock knows it, this does not.)"""
         b = self.budget
         limit, used = {
             "wall_s": (b.max_wall_s, self.wall_s),
-            "tool_s": (b.max_tool_s, self.tool_s),
             "generated_tokens": (b.max_generated_tokens, self.generated_tokens),
         }[name]
         return None if limit is None else max(0.0, limit - used)

@@ -246,7 +246,8 @@ class ToolDispatcher:
             return task.result(), duration
         except ToolCallStopped as exc:
             limit = self.tracker.budget.max_tool_s
-            return _out_of_tool_time(call, limit, duration, ran=True, left_running=exc.left_running), duration
+            out = _out_of_tool_time(call, limit, duration, ran=exc.started, left_running=exc.left_running)
+            return out, duration
 
 
 class _Running:
@@ -347,7 +348,7 @@ def _out_of_tool_time(
 ) -> ToolOutput:
     budget = f"the run's tool-time budget ({limit or 0:g} s, the sum of all tool calls' durations)"
     if not ran:
-        text = f"Tool '{call.name}' was not run: {budget} was used up by the calls before it."
+        text = f"Tool '{call.name}' was not run: {budget} was used up by other calls."
     elif left_running:
         text = (
             f"Tool '{call.name}' was cancelled: {budget} ran out while it ran beside other calls; "

@@ -99,7 +99,7 @@ class Agent:
         self._events = 0
         self._patch: str | None = None
         self._step = 0  # the run's step (from 1 in each run)
-        self._turns_before = 0  # the assistant turns of the history the run continues
+        self._turns_before = 0  # the turns before the run: of its history, or its ids' highest, if more
         self._arithmetic_hinted = False  # the run's one hand-arithmetic hint was written
         self._running = False
         self._ended = True
@@ -425,6 +425,8 @@ class Agent:
                     yield self._emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
                 elif result.budget is not None:  # the one that stopped the turn, not the first one used up
                     over = self.tracker.exceeded(only=(result.budget,)) or over
+                    if over is not None:  # as the check before a step says it
+                        yield self._emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
                 budget_hit = result.stop_status == "budget_exceeded" and over is not None
                 yield Final(
                     status=result.stop_status, error=_budget_error(over) if budget_hit else result.error

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from qwq_agent.agent import parser as qparser
 from qwq_agent.agent.budgets import BudgetTracker
-from qwq_agent.agent.clients.errors import ModelError
+from qwq_agent.agent.clients.errors import ModelDeadlineExceeded, ModelError
 from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.constrained import CallOpenWatcher, constrained_tool_call_completion, grammar_ignored
 from qwq_agent.agent.events import (
@@ -630,15 +630,15 @@ class TurnStreamer:
     async def _close_for_answer(self, attempt: _Attempt) -> AsyncIterator[Event]:
         """The model ended its turn inside its reasoning, with no answer: close the reasoning for it and
         let it answer (what it concluded is in the reasoning, which is no answer to hand a caller)."""
-        message = (
-            "the model ended its turn inside its reasoning (no </think>, so no answer); "
-            "</think> was written for it and it was asked to answer"
-        )
-        yield self.emit(Warning_(kind="unclosed_reasoning", message=message, level=2))
+        ended = "the model ended its turn inside its reasoning (no </think>, so no answer)"
         if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
+            message = f"{ended}; the {over[0]} budget is spent, so it was not asked to answer"
+            yield self.emit(Warning_(kind="unclosed_reasoning", message=message, level=2))
             self.result.raw = self.prefix + attempt.text
             self.result.stop_status, self.result.budget = "budget_exceeded", over[0]
             return
+        message = f"{ended}; </think> was written for it and it was asked to answer"
+        yield self.emit(Warning_(kind="unclosed_reasoning", message=message, level=2))
         self._closed_for_model()
         for pev in self.parser.feed(END_REASONING_TEXT):
             if (ev := self._parser_event(pev)) is not None:
@@ -683,15 +683,12 @@ class TurnStreamer:
         """Seconds before the `retry`-th retry of the turn: a server failing now (a restart, a full
         queue) is not asked again at once, and one that said when to come back is not asked sooner.
         """
-        from qwq_agent.agent.clients.errors import ModelError
         from qwq_agent.agent.clients.retry import retry_delay
 
         backoff = min(_MAX_TURN_BACKOFF_S, self.config.model_retry_backoff_s * 2 ** (retry - 1))
         return retry_delay(backoff, exc) if isinstance(exc, ModelError) else backoff
 
     def _wall_out(self, exc: BaseException | None = None) -> bool:
-        from qwq_agent.agent.clients.errors import ModelDeadlineExceeded
-
         return self.deadline.left(self._reserve) == 0.0 or isinstance(exc, ModelDeadlineExceeded)
 
     def _walled_out(self, exc: BaseException) -> bool:
@@ -744,8 +741,6 @@ def _describe(exc: BaseException) -> str:
 
 
 def _is_model_error(exc: BaseException) -> bool:
-    from qwq_agent.agent.clients.errors import ModelError
-
     return isinstance(exc, ModelError | OSError | TimeoutError)
 
 

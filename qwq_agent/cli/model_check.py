@@ -63,14 +63,16 @@ async def connect_model(
     """
     check_model_url(url)
     probe = "/health" if api == "native" else "/v1/models"
-    probe_url, headers = url.rstrip("/") + probe, {}
-    if api == "openai":
-        # Asked as the client will ask: under the same base (a URL given with its `/v1` keeps it) and
-        # with the key it will send, or a key-protected server refused every run before it began.
+    headers: dict[str, str] = {}
+    if api == "native":
+        probe_url = url.rstrip("/") + probe
+    else:
+        # Asked as the client will ask: under the same base and with the key it will send, or a
+        # key-protected server refused every run before it began.
+        from qwq_agent.agent.clients.openai_chat import openai_base_url
         from qwq_agent.settings import get_settings
 
-        base = url.rstrip("/")
-        probe_url = (base if base.endswith("/v1") else base + "/v1") + "/models"
+        probe_url = openai_base_url(url) + "/models"
         if key := get_settings().openai_api_key:
             headers["Authorization"] = f"Bearer {key.get_secret_value()}"
     try:

@@ -1,6 +1,8 @@
-"""The signals that stop `qwq-agent serve`, with or without `--dp`.
+"""The signals that stop the CLI's long commands that must clean up after themselves: `qwq-agent serve`
+(with or without `--dp`) and `qwq-agent sandbox build` (its mkrootfs process group and build folder).
 
-The servers run in sessions of their own, so a signal meant for the CLI never reaches them: the CLI must
+The servers (and the build's mkrootfs) run in sessions or groups of their own, so a signal meant for the
+CLI never reaches them: the CLI must
 catch every signal that would otherwise end it silently (SIGTERM from a supervisor, SIGHUP when the SSH
 session or terminal goes away, SIGQUIT from Ctrl-\\) and stop them in its `finally`. Each is turned
 into a `KeyboardInterrupt`, like Ctrl-C; a second one during the stop's grace kills the servers at once.

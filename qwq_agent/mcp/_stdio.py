@@ -7,7 +7,7 @@ waits for a reply that cannot come and later calls are written into a dead serve
 process itself is watched: when it exits, its process group (the server runs in a session of its
 own) is killed, which releases the pipe, and the session ends as it does on EOF. The group is killed
 too when the session ends, so nothing the server started outlives it. The server's stderr goes to a
-`StderrTail`, which keeps its last lines only.
+`StderrTail`, which keeps its last characters only.
 
 The group's id is the server's pid, and once the server is reaped (and the last member of its group
 gone) the kernel may give that number to any new process, whose own group (another MCP server, a
@@ -33,7 +33,9 @@ from typing import IO, Any
 
 import anyio
 
-__all__ = ["MAX_LINE_BYTES", "StderrTail", "stdio_transport"]
+from qwq_agent.process_group import exited, group_lives
+
+__all__ = ["MAX_LINE_BYTES", "STOP_BOUND_S", "StderrTail", "stdio_transport"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ _FLUSH_S = 0.5
 # process group gets SIGTERM and, this long after, SIGKILL (the SDK's own steps and deadlines).
 _EXIT_GRACE_S = 2.0
 _TERM_GRACE_S = 2.0
+# The longest `stop()` takes: flush, exit on EOF, SIGTERM, exit again, SIGKILL and the group's death.
+STOP_BOUND_S = _FLUSH_S + _EXIT_GRACE_S + _TERM_GRACE_S + _EXIT_GRACE_S + _KILL_WAIT_S
 # At most this much of a server's stderr is read in one go, so that a server writing without pause
 # cannot keep the event loop (or a caller asking for the tail) reading forever.
 _STDERR_READ_BYTES = 64 * 1024
@@ -198,7 +202,7 @@ async def stdio_transport(
 
     async def watch_process() -> None:
         with watching:
-            while not _ended(process):  # noqa: ASYNC110 (see _EXIT_POLL_S)
+            while not exited(process):  # noqa: ASYNC110 (see _EXIT_POLL_S)
                 await anyio.sleep(_EXIT_POLL_S)
             # The server is dead, whoever still holds its stdout: kill what it left in its group (they
             # hold the pipe, and nothing is left to stop them), read what it wrote before dying,
@@ -332,22 +336,11 @@ def _close(pipe: IO[bytes]) -> None:
             pipe.close()
 
 
-def _ended(process: subprocess.Popen[bytes]) -> bool:
-    """Whether the process has exited, found without reaping it (`_kill_and_reap` does that)."""
-    if process.returncode is not None:
-        return True
-    try:
-        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:  # reaped by the kernel (SIGCHLD ignored): let Popen record that
-        process.poll()
-        return True
-
-
 async def _exited(process: subprocess.Popen[bytes], timeout: float) -> bool:
     with anyio.move_on_after(timeout):
-        while not _ended(process):  # noqa: ASYNC110 (see _EXIT_POLL_S)
+        while not exited(process):  # noqa: ASYNC110 (see _EXIT_POLL_S)
             await anyio.sleep(0.01)
-    return _ended(process)
+    return exited(process)
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
@@ -370,47 +363,8 @@ async def _end_group(process: subprocess.Popen[bytes]) -> None:
     # While the server is unreaped, its pid names its group alone (see the module's docstring).
     with anyio.move_on_after(_KILL_WAIT_S):
         delay = 0.001
-        while process.returncode is None and await anyio.to_thread.run_sync(_group_lives, process):
+        while process.returncode is None and await anyio.to_thread.run_sync(group_lives, process):
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.05)
-    if _ended(process):
+    if exited(process):
         process.poll()
-
-
-def _group_lives(process: subprocess.Popen[bytes]) -> bool:
-    """Whether a process of the server's group still lives: any, found in /proc (Linux); elsewhere
-    the server itself."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return not _ended(process)
-    return any(_lives_in(name, process.pid) for name in names if name.isdigit())
-
-
-_DEAD = (b"Z", b"X")
-
-
-def _lives_in(pid: str, pgid: int) -> bool:
-    """Whether process `pid` is in group `pgid` and not dead. Its main thread may be a zombie while its
-    other threads still die (the memory goes with the last), so those are looked at too."""
-    stat = _stat(f"/proc/{pid}/stat")
-    if stat is None or int(stat[2]) != pgid:
-        return False
-    if stat[0] not in _DEAD:
-        return True
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return False
-    return any((t := _stat(f"/proc/{pid}/task/{tid}/stat")) and t[0] not in _DEAD for tid in tids)
-
-
-def _stat(path: str) -> list[bytes] | None:
-    """The fields after the command name (which may hold anything) of a /proc stat file: state, ppid,
-    pgrp, ...; None when it is gone."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2 :].split(b" ", 3)

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qwq_agent.mcp._stdio import StderrTail, stdio_transport
+from qwq_agent.mcp._stdio import STOP_BOUND_S, StderrTail, stdio_transport
 from qwq_agent.urls import redact_url, redact_urls_in
 
 __all__ = [
@@ -43,9 +43,9 @@ _STDERR_TAIL_CHARS = 800
 # its URLs are redacted on the event loop and it becomes an observation or an error line.
 MAX_ERROR_CHARS = 16_000
 _MCP_SESSION_ID = "mcp-session-id"
-# How long a holder task gets to leave its transport (the SDK bounds its own steps: ~2 s for the
-# process to exit once its stdin closes, 2 s more after SIGTERM) before it is cancelled, and again after.
-_SHUTDOWN_S = 10.0
+# How long a holder task gets to leave its transport before it is cancelled, and again after: a stdio
+# server's stop takes at most `STOP_BOUND_S` (`_stdio.stop()`'s own steps), plus a margin.
+_SHUTDOWN_S = STOP_BOUND_S + 3.0
 
 
 class MCPError(RuntimeError):
@@ -82,6 +82,7 @@ class MCPServerSpec(BaseModel):
     connect_timeout_s: float = 30.0
     call_timeout_s: float | None = Field(
         default=660.0,
+        gt=0,
         description="the longest a tool call may take when its caller sets no deadline (a direct "
         "`MCPTool` call); under the agent loop the call's deadline governs. None: no limit",
     )
@@ -327,8 +328,9 @@ class MCPConnection:
             self._stop.set()
         if cancel:
             task.cancel()
-        # The SDK bounds its own shutdown (it terminates the process, then kills it); these deadlines
-        # only guard against a holder that ignores its stop event or a transport that ignores a cancel.
+        # A stdio transport bounds its own shutdown (`_stdio.stop()`: EOF, SIGTERM, SIGKILL); these
+        # deadlines only guard against a holder that ignores its stop event or a transport that ignores
+        # a cancel.
         done, _ = await asyncio.wait({task}, timeout=_SHUTDOWN_S)
         if not done:
             task.cancel()

@@ -64,11 +64,13 @@ class ToolCallStopped(Exception):
     """`ToolRegistry.call` was stopped by its caller's `stop` event before the tool ended.
 
     `left_running`: the tool ignored its cancellation for `_CANCEL_GRACE_S` and still runs.
+    `started`: False when it was stopped while its arguments were checked, before the tool ran.
     """
 
-    def __init__(self, name: str, *, left_running: bool) -> None:
+    def __init__(self, name: str, *, left_running: bool, started: bool = True) -> None:
         super().__init__(f"tool {name!r} was stopped" + (f"; {LEFT_RUNNING}" if left_running else ""))
         self.left_running = left_running
+        self.started = started
 
 
 class _ToolExit(Exception):
@@ -462,7 +464,7 @@ class ToolRegistry:
         if deadline is not None:
             limit = deadline.clamp(limit)  # the check took some of it
         if stop is not None and stop.is_set():  # stopped while its arguments were checked
-            raise ToolCallStopped(call.name, left_running=False)
+            raise ToolCallStopped(call.name, left_running=False, started=False)
         task = asyncio.ensure_future(_contained(tool, call.arguments, context))
         stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
         try:

@@ -198,6 +198,12 @@ def format_tool_call(name: str, arguments: str) -> str:
     return f"<tool_call>\n{body}\n</tool_call>"
 
 
+def openai_base_url(url: str) -> str:
+    """The API base a server URL names: a URL given with its `/v1` keeps it, others get it added."""
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
 class OpenAIChatClient(RoutingKeyMixin):
     """Async client for an OpenAI-compatible chat API; implements the `Model` protocol.
 
@@ -238,8 +244,7 @@ class OpenAIChatClient(RoutingKeyMixin):
         url = base_url or env.openai_base_url
         if not url:
             raise ValueError(f"no base URL: pass base_url or set {URL_ENV_VARS[0]}")
-        url = url.rstrip("/")
-        self.base_url = url if url.endswith("/v1") else url + "/v1"
+        self.base_url = openai_base_url(url)
         self.model = model or env.openai_model or "qwq-32b"
         self.name = name or self.model
         key = api_key or (env.openai_api_key.get_secret_value() if env.openai_api_key else None)

@@ -6,7 +6,6 @@ No registry is needed: the root filesystem comes from the Debian mirrors over ap
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import shutil
 import signal
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import docker
 
+from qwq_agent.process_group import group_lives
 from qwq_agent.sandbox.image.errors import ImageBuildError
 from qwq_agent.sandbox.image.progress import Stopwatch
 from qwq_agent.sandbox.image.recipe import HASH_LABEL, LABEL, Recipe
@@ -141,19 +141,18 @@ def _stop_group(proc: subprocess.Popen[str], grace_s: float = STOP_GRACE_S) -> N
     when a second signal cuts the grace short).
 
     The grace lets mmdebstrap unmount and remove its own chroot; the script that started it exits
-    first, so the group, not `proc` alone, is waited for.
+    first, so the group, not `proc` alone, is waited for. `proc` is reaped only once its group is dead:
+    until then its pid surely names its group (`qwq_agent.process_group`), after that it may be anyone's.
     """
     pgid = proc.pid
-    empty = False
     try:
-        _signal_group(pgid, signal.SIGTERM)
+        if proc.returncode is None:
+            _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-        while not (empty := not _signal_group(pgid, 0)) and time.monotonic() < deadline:
+        while group_lives(proc) and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        if not empty:  # an emptied group's id may be another program's soon: never signalled again
+        if proc.returncode is None and group_lives(proc):  # `proc` unreaped: the id is its group's
             _signal_group(pgid, signal.SIGKILL)
         proc.wait()
 
