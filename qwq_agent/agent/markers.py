@@ -18,7 +18,9 @@ shows no control token in its output text (it skips special tokens), so a marker
 ordinary tokens, or as a JSON escape (``\\u003c|im_end|>``) that decoding made a ``<``; re-tokenized as
 written, it would become the control token. Its text is defused with `defuse` too; JSON that the host
 re-serialises (a tool call) is defused with `defuse_json`, which breaks the same markers by writing their
-``<`` as the escape ``\\u003c``, so the JSON value stays the same.
+``<`` as the escape ``\\u003c``, so the JSON value stays the same; except where a server decodes that JSON
+before its template writes it (the OpenAI client's arguments), which would undo the escape: there the
+values are defused with `defuse`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import re
 from collections.abc import Callable
 from importlib import resources
 
-__all__ = ["JSON_LT", "ZWSP", "defuse", "defuse_json", "defuse_spec"]
+__all__ = ["ZWSP", "defuse", "defuse_json", "defuse_spec"]
 
 TOOL_RESPONSE_TEXT = "<tool_response>"
 TOOL_RESPONSE_END_TEXT = "</tool_response>"

@@ -47,7 +47,8 @@ __all__ = [
     "unreadable",
 ]
 
-# Prompts are the bulk of a trace and the page does not show them; it gets their length instead.
+# Prompts are the bulk of a trace and the page does not show them; it gets the length of what the line
+# stores instead (only what follows the prefix shared with the previous prompt: `prompt_shared_prefix_chars`).
 _DROPPED = ("prompt",)
 
 MAX_LINE = 64 << 20

@@ -197,7 +197,8 @@ class SGLangClient(RoutingKeyMixin):
         try:
             infos = await worker_infos(self._http)
         except (httpx.HTTPError, ValueError, ModelServerError) as exc:
-            # A status error quotes the URL it was raised for, with the router's credentials.
+            # httpx's errors may quote the URL they were raised for, with the router's credentials (a
+            # ModelProtocolError, a /workers answer of the wrong shape, goes up as it is).
             raise ModelServerError(
                 f"the router at {redact_url(self.base_url)} did not list its workers: "
                 + redact_urls_in(str(exc)),
