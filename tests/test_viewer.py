@@ -271,3 +271,50 @@ def test_a_run_in_progress_grows_on_the_page(traces, browser, tmp_path):
         wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".final"))
         assert browser.find_elements(By.CSS_SELECTOR, ".tool-result")
         wait(browser, lambda d: d.find_element(By.ID, "live").text == "")
+
+
+def test_the_page_says_when_it_lost_the_viewer_and_follows_the_run_again_once_it_is_back(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    def line(ev: dict) -> str:
+        return json.dumps(ev) + "\n"
+
+    trace = tmp_path / "live.jsonl"
+    trace.write_text(
+        line(
+            {
+                "type": "run_started",
+                "run_id": "r",
+                "step": 0,
+                "ts": 1.0,
+                "task": "t",
+                "model": "m",
+                "tools": [],
+            }
+        )
+        + line({"type": "warning", "run_id": "r", "step": 1, "ts": 2.0, "kind": "k", "message": "step one"})
+    )
+    with TraceViewer(tmp_path) as first:
+        port = first._server.server_port
+        browser.get(first.url + "#run=live.jsonl")
+        wait(browser, lambda d: d.find_element(By.ID, "live").text == "● live")
+        first.close()  # a restart: the page's next polls fail
+        wait(browser, lambda d: "unreachable" in d.find_element(By.ID, "live").text)
+        assert "live" not in browser.find_element(By.ID, "live").text
+    with TraceViewer(tmp_path, port=port) as second:
+        assert second.url == first.url
+        with trace.open("a") as f:  # the run ended while the viewer was away
+            f.write(
+                line(
+                    {
+                        "type": "final",
+                        "run_id": "r",
+                        "step": 2,
+                        "ts": 4.0,
+                        "status": "completed",
+                        "answer": "A",
+                    }
+                )
+            )
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".final"), timeout=30)
+        wait(browser, lambda d: d.find_element(By.ID, "live").text == "")

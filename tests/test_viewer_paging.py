@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -292,3 +294,68 @@ def test_the_page_drops_a_run_whose_trace_was_written_again(tmp_path, browser): 
         timeline = browser.find_element(By.ID, "timeline").text
         assert "second step 1" in timeline and "second step 9" in timeline and "first" not in timeline
         assert "task second" in browser.find_element(By.ID, "summary").text
+
+
+def read_fd_position(trace: Path) -> int | None:
+    """Where an fd of this process open read-only on `trace` (the viewer's, serving a request) stands."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") != str(trace):
+                continue
+            info = dict(
+                line.split(":", 1) for line in Path(f"/proc/self/fdinfo/{name}").read_text().splitlines()
+            )
+        except OSError:
+            continue
+        if int(info["flags"].strip(), 8) & 0o3 == os.O_RDONLY:
+            return int(info["pos"].strip())
+    return None
+
+
+def test_an_answer_whose_summary_saw_lines_past_its_page_says_more(tmp_path):
+    """The run's last lines, written while the server reads a page, are not left out of what the page
+    gets: the summary (read after the page) counts them, and `final` makes the page stop polling, so
+    `more` must send the page after them."""
+    landed = 0
+    with TraceViewer(tmp_path, page_bytes=64 << 20) as viewer:
+        for n in range(10):
+            trace = (tmp_path / f"live{n}.jsonl").resolve()
+            # a long first prompt: parsing the page takes long enough to land the run's end inside it
+            head = [
+                {"type": "run_started", "run_id": f"r{n}", "step": 0, "ts": 1.0, "task": "t", "model": "m"},
+                {"type": "model_call", "run_id": f"r{n}", "step": 1, "ts": 2.0, "prompt": "p" * (24 << 20)},
+            ]
+            trace.write_text("".join(json.dumps(e) + "\n" for e in head))
+            tail = json.dumps(
+                {"type": "final", "run_id": f"r{n}", "step": 2, "ts": 4.0, "status": "completed"}
+            )
+            appended = threading.Event()
+
+            def write_the_end_mid_read(trace: Path = trace, tail: str = tail, appended=appended) -> None:
+                while not appended.is_set():
+                    if (read_fd_position(trace) or 0) > 0:  # the server has taken the size and is reading
+                        with trace.open("a") as f:
+                            f.write(tail + "\n")
+                        appended.set()
+                    time.sleep(0.0005)
+
+            writer = threading.Thread(target=write_the_end_mid_read, daemon=True)
+            writer.start()
+            data = get(f"{viewer.url}api/events?file={trace.name}&from=0")
+            events = data["events"]
+            if not appended.is_set():  # the server was done before the writer saw it read: try again
+                appended.set()
+                writer.join()
+                continue
+            writer.join()
+            landed += 1
+            # what the page does (viewer/page.py poll()): asks again while `more` or while the run runs
+            for _ in range(10):
+                if not (data["more"] or data["summary"]["status"] == "running"):
+                    break
+                data = get(f"{viewer.url}api/events?file={trace.name}&from={data['next']}")
+                events += data["events"]
+            assert [e["type"] for e in events] == ["run_started", "model_call", "final"]
+            if landed == 3:
+                break
+    assert landed, "the run's end never landed inside a page read"

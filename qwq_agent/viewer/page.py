@@ -82,15 +82,27 @@ const refOf = (s) => s.replace(/[^A-Za-z0-9%._~\/-]/g, encodeURIComponent);
 
 async function showRun(ref) {
   stopPolling();
-  current = {ref: refOf(ref), events: [], next: 0, stale: false, open: new Set()};
+  current = {ref: refOf(ref), events: [], next: 0, stale: false, open: new Set(), failures: 0};
   $("#list").hidden = true; $("#run").hidden = false; $("#timeline").innerHTML = "";
   await poll();
 }
 
 async function poll() {
   const run = current; if (!run) return;
-  const data = await getJSON(`/api/events?file=${run.ref}&from=${encodeURIComponent(run.next)}`);
+  let data;
+  try {
+    data = await getJSON(`/api/events?file=${run.ref}&from=${encodeURIComponent(run.next)}`);
+  } catch (e) {
+    // The viewer restarted, the connection was reset, the answer was cut: an uncaught rejection would
+    // end the polling for good under a header still saying live. Say so, and ask again, less often.
+    if (run !== current) return;
+    const wait = Math.min(1000 * 2 ** run.failures, 8000); run.failures += 1;
+    $("#live").textContent = `viewer unreachable · retrying in ${wait / 1000} s`;
+    timer = setTimeout(poll, wait);
+    return;
+  }
   if (run !== current) return;
+  run.failures = 0;
   if (data.error) { setHTML($("#summary"), html`<p>${data.error}</p>`); return; }
   // `reset`: the file at this name is not the one read so far (written again, truncated): what the
   // page holds is of another run, and this answer starts from the beginning.

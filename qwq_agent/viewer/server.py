@@ -184,7 +184,12 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 with open_trace(trace) as f:  # the page and the summary read the same file
                     page = read_page(f, cursor, max_bytes=self.page_bytes, max_events=self.page_events)
-                    summary = self.summaries.summarize(trace, self.root, f)
+                    summary, summarized_to = self.summaries.summarize_to(trace, self.root, f)
+                # Lines written after the page stopped reading are counted in the summary (its status may
+                # be final already): `more` makes the page ask for them instead of ending its polling.
+                page_end = Cursor.parse(page.next)
+                if summarized_to > (page_end.offset if page_end else 0):
+                    page.more = True
             except Exception as exc:
                 page, summary = EventPage(events=[], next=after or "0"), unreadable(trace, self.root, exc)
             self._json({**page.model_dump(), "summary": summary.model_dump()})

@@ -345,15 +345,19 @@ class SummaryCache:
 
     def summarize(self, path: Path, root: Path, f: IO[bytes] | None = None) -> RunSummary:
         """`summarize(path, root)`, reading only what was added since the last call (from `f` if given)."""
+        return self.summarize_to(path, root, f)[0]
+
+    def summarize_to(self, path: Path, root: Path, f: IO[bytes] | None = None) -> tuple[RunSummary, int]:
+        """`summarize`, with the offset it has read up to (just after the last complete line it counted)."""
         if f is None:
             with open_trace(path) as opened:
-                return self.summarize(path, root, opened)
+                return self.summarize_to(path, root, opened)
         with self._lock:
             earlier = self._scans.get(path)
         scan = _scan(f, earlier)
         with self._lock:
             self._scans[path] = scan
-        return _row(scan, f, path, root)
+        return _row(scan, f, path, root), scan.at.offset
 
     def keep_only(self, paths: set[Path]) -> None:
         """Forget the summaries of files not in `paths` (gone since)."""
