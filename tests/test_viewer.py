@@ -318,3 +318,24 @@ def test_the_page_says_when_it_lost_the_viewer_and_follows_the_run_again_once_it
             )
         wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".final"), timeout=30)
         wait(browser, lambda d: d.find_element(By.ID, "live").text == "")
+
+
+def test_the_run_list_says_when_it_lost_the_viewer_and_refreshes_again_once_it_is_back(tmp_path, browser):
+    """Before: one failed `/api/runs` ended the list's refreshing for good, with nothing said."""
+    from selenium.webdriver.common.by import By
+
+    def started(run_id: str) -> str:
+        ev = {"type": "run_started", "run_id": run_id, "step": 0, "ts": 1.0, "task": run_id, "model": "m"}
+        return json.dumps(ev) + "\n"
+
+    (tmp_path / "a.jsonl").write_text(started("first"))
+    with TraceViewer(tmp_path) as first:
+        port = first._server.server_port
+        browser.get(first.url)
+        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.run")) == 1)
+        first.close()
+        wait(browser, lambda d: "unreachable" in d.find_element(By.ID, "live").text)
+    with TraceViewer(tmp_path, port=port):
+        (tmp_path / "b.jsonl").write_text(started("second"))
+        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.run")) == 2, timeout=30)
+        wait(browser, lambda d: d.find_element(By.ID, "live").text == "")

@@ -62,7 +62,16 @@ async function getJSON(url) { const r = await fetch(url, {cache: "no-store"}); r
 
 async function showList() {
   stopPolling(); current = null; $("#run").hidden = true; $("#list").hidden = false; $("#live").textContent = "";
-  const data = await getJSON("/api/runs");
+  let data;
+  try {
+    data = await getJSON("/api/runs");
+  } catch (e) {  // as in poll(): a failed refresh must not end the refreshing
+    if (location.hash === "" || location.hash === "#") {
+      $("#live").textContent = "viewer unreachable · retrying in 3 s";
+      timer = setTimeout(showList, 3000);
+    }
+    return;
+  }
   $("#where").textContent = data.root;
   setHTML($("#runs tbody"), data.runs.map((r) => html`<tr class="run" data-file="${r.file}" data-ref="${r.ref}">
     <td>${r.file}</td><td>${String(r.task || "").slice(0, 90)}</td><td>${statusBadge(r.status)}</td>
