@@ -340,3 +340,25 @@ def test_an_odd_call_name_is_sent_so_that_the_servers_template_writes_one_call()
     assert "<|im_end|>" not in block
     plain = Message(role="assistant", tool_calls=[ToolCall(id="c1", name="add", arguments={})])
     assert to_openai_messages([plain])[0]["tool_calls"][0]["function"]["name"] == "add"
+
+
+async def test_a_stream_cut_inside_a_call_counts_a_token_for_each_of_its_argument_chunks():
+    """The floor of a failed stream (one token per chunk with output) counted the opening chunk, which
+    carries only `role` and an empty content, and none of a call's argument chunks (a list)."""
+    from qwq_agent.agent.clients import NO_RETRY
+    from qwq_agent.testing.raw_server import RawServer
+
+    def write(w) -> None:  # the connection drops mid-call: no finish_reason, no [DONE]
+        w.write(_chunk({"role": "assistant", "content": ""}))
+        w.write(
+            _chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "add", "arguments": ""}}]})
+        )
+        for piece in ('{"a": ', "1, ", '"b": ', "2"):
+            w.write(_chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+
+    async with RawServer("text/event-stream", write) as server:
+        async with OpenAIChatClient(server.url, model="m", retry=NO_RETRY) as client:
+            with pytest.raises(ModelConnectionError) as failed:
+                await collect(client.stream([Message(role="user", content="sum")], TOOLS, SamplingParams()))
+    assert failed.value.partial_usage is not None
+    assert failed.value.partial_usage.completion_tokens == 5  # before: 1 (the role chunk's)

@@ -262,9 +262,50 @@ async def test_a_run_closed_by_a_probe_replays_the_close_from_its_trace(tmp_path
     replayed = [ev async for ev in replay.stream(task)]
     assert summary(replayed) == summary(live)  # no replay_divergence, the same close and answer
     assert replay.messages == agent.messages
-    calls = [e for e in read_trace(trace) if isinstance(e, ModelCall)]
+    calls = [e for e in read_trace(trace) if isinstance(e, ModelCall) and not e.probe]
     assert [c.intervention.kind if c.intervention else None for c in calls][1:] == ["probe", None]
     assert calls[1].intervention.evidence["probe_answer"] == "126"
+
+
+async def test_probe_costs_are_traced_and_counted_again_by_the_replay(tmp_path):
+    """Each probe's cost, counted in the totals, has its `usage` event and a `model_call` marked as the
+    probe's, so both add up to the totals; a replay (which sends no probes) counts it where the run did,
+    and so ends on the prompt budget the probes spent, as the run did (it asked for a completion the run
+    never made, and failed on ReplayExhausted, before)."""
+    from qwq_agent.agent.budgets import Budget
+    from qwq_agent.agent.events import ModelCall, UsageEvent
+    from qwq_agent.agent.replay import ReplayModel
+    from qwq_agent.agent.trace import read_trace
+
+    def spent(events: list) -> tuple[int, int]:
+        usage = [e.usage for e in events if isinstance(e, UsageEvent)]
+        return sum(u.prompt_tokens for u in usage), sum(u.completion_tokens for u in usage)
+
+    task = "Insert parentheses in 2*3*4*5+1 to get 144."
+    for budget in (Budget(), Budget(max_prompt_tokens=7000)):
+        trace = tmp_path / f"{budget.max_prompt_tokens}.jsonl"
+        config = AgentConfig(check_language=False, loop_detector=PROBING, budget=budget)
+        model = CirclesPastTheNudge()
+        async with ScriptedModelServer(model) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+            model.server = server
+            agent = Agent(client, build_tools(["python"]), config=config, trace_path=trace)
+            live = [ev async for ev in agent.stream(task)]
+            probes_sent = sum(is_probe(r) for r in server.requests)
+        totals = (int(live[-1].totals["prompt_tokens"]), int(live[-1].totals["generated_tokens"]))
+        assert spent(live) == totals
+        calls = [e for e in read_trace(trace) if isinstance(e, ModelCall)]
+        probes = [c for c in calls if c.probe]
+        assert probes_sent >= 1 and 1 <= len(probes) <= probes_sent  # one cancelled in flight costs nothing
+        assert all(p.usage.prompt_tokens > 0 for p in probes)
+        assert sum(c.usage.prompt_tokens for c in calls) == totals[0]
+
+        replay = Agent(ReplayModel.from_trace(trace), build_tools(["python"]), config=config)
+        replayed = [ev async for ev in replay.stream(task)]
+        ends = [(e[-1].status, e[-1].error) for e in (live, replayed)]
+        assert ends[0] == ends[1]
+        assert spent(replayed) == totals
+        assert [ev.probe for ev in replayed if isinstance(ev, ModelCall)] == [c.probe for c in calls]
+    assert ends[0][0] == "budget_exceeded"  # the probes spent the prompt budget of the second run
 
 
 async def test_scripted_server_process_answers_probes_with_probe_answer() -> None:

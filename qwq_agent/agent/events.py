@@ -108,6 +108,11 @@ class ModelCall(_Event):
     before it was recorded (the replay then decides by its own clock). On a request that did not fail
     (`error` None), `wall_out` says the wall-time deadline cut its stream and ended the run there, which a
     replay does at the same place (None in traces written before this was recorded)."""
+    probe: bool = False
+    """An answer-stability probe sent beside the stream (`loops/probe.py`): its cost is in the totals
+    like any request's, so it is recorded (before the `model_call` of the request it rode on) without
+    its prompt (the turn's, the reasoning so far and the probe's suffix). A replay serves it no
+    completion but counts its cost where the recording does (False in traces written before)."""
 
 
 class ToolCallEvent(_Event):

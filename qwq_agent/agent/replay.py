@@ -12,6 +12,7 @@ replayed and which are new. The loop collects these with `take_notices()`.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,16 @@ class ReplayModel:
         source: ReplaySource | None = None,
         prompt_options: PromptOptions | None = None,
     ) -> None:
-        self._calls = list(calls)
+        # A probe's record answers no request: its cost is counted by the turn whose request follows it.
+        self._calls: list[ModelCall] = []
+        self._probes: dict[int, list[ModelCall]] = {}
+        for call in calls:
+            if call.probe:
+                self._probes.setdefault(len(self._calls), []).append(call)
+            else:
+                self._calls.append(call)
+        if source is not None:
+            source = source.model_copy(update={"completions": len(self._calls)})
         if then is not None:
             # A run that ended on failed requests (its retries spent, or interrupted between them), or on
             # a request the wall-time deadline cut, resumes by asking the live model, not by failing them
@@ -311,6 +321,13 @@ class ReplayModel:
     def replaying(self) -> bool:
         """Whether the next request is answered from the recording."""
         return self._next < len(self._calls)
+
+    def take_probes(self) -> list[ModelCall]:
+        """The probes the recorded run sent beside the request answered next (none once the recording
+        is used up): the turn counts their cost, as the run did, and traces them again."""
+        if not self.replaying:
+            return []
+        return [p.model_copy(update={"ts": time.time()}) for p in self._probes.pop(self._next, [])]
 
     def take_notices(self, *, final: bool = False) -> list[Event]:
         """Events the loop should emit: divergences seen, and the hand-over to the live model.

@@ -40,7 +40,7 @@ from qwq_agent.agent.loop_detector import (
 from qwq_agent.agent.loops.probe import AnswerProbe, ProbeModel, PromptRenderer
 from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolSpec
-from qwq_agent.agent.replay import RecordedCompletion, ReplayedModelError
+from qwq_agent.agent.replay import RecordedCompletion, ReplayedModelError, ReplayModel
 from qwq_agent.agent.turn_limits import ContextLength, TurnLimits
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta, Usage
@@ -88,6 +88,7 @@ class _Attempt(BaseModel):
     max_new_tokens: int = 0  # the request's token limit
     deltas: int = 0  # pieces of output received (its tokens where the model counts none)
     usage: Usage | None = None  # what the request cost so far, as its client counted (the last delta's)
+    probes: list[ModelCall] = Field(default_factory=list)  # probes finished meanwhile (counted already)
 
 
 class _AfterFailure(BaseModel):
@@ -193,6 +194,8 @@ class TurnStreamer:
                     else:
                         yield self._stop("model_error", failure)
                     return
+                for ev in self._probe_calls(attempt):
+                    yield ev
                 cost = self._count_failure(exc, attempt)
                 after = self._after_failure(exc, failure, attempts + 1)
                 for ev in self._failed_call(self.prefix, attempt.text, cost, failure, after.outcome):
@@ -208,6 +211,8 @@ class TurnStreamer:
                 await asyncio.sleep(after.wait)
                 self._reset()
                 continue
+            for ev in self._probe_calls(attempt):
+                yield ev
             async for ev in self._record(attempt):
                 yield ev
             if attempt.wall_out:
@@ -267,6 +272,12 @@ class TurnStreamer:
         pieces: list[str] = []
         params = self._sampling()
         attempt.max_new_tokens = params.max_new_tokens
+        if isinstance(self.model, ReplayModel):
+            # The recorded run's probes finished during this request and spent the budget there (after
+            # its token limit was set): the replay sends none, and counts what they cost.
+            for probe in self.model.take_probes():
+                self.tracker.account(probe.usage)
+                attempt.probes.append(probe)
         # The turn so far goes back as text: a marker the model spelt in it must not become a control
         # token (see `markers`), as in every later prompt.
         stream = self.model.stream(self.messages, self.specs, params, prefix=defuse(self.prefix))
@@ -387,11 +398,16 @@ class TurnStreamer:
             self._pull = asyncio.ensure_future(_pull(events))
         while True:
             for result in self.probe.collect():
-                self.tracker.account(
-                    Usage(
-                        prompt_tokens=result.prompt_tokens,
-                        cached_tokens=result.cached_tokens,
-                        completion_tokens=result.completion_tokens,
+                usage = Usage(
+                    prompt_tokens=result.prompt_tokens,
+                    cached_tokens=result.cached_tokens,
+                    completion_tokens=result.completion_tokens,
+                    latency_s=result.seconds,
+                )
+                self.tracker.account(usage)
+                attempt.probes.append(
+                    ModelCall(
+                        prompt=None, completion=result.text, usage=usage, error=result.error, probe=True
                     )
                 )
                 if (signal := self.detector.observe_probe(result)) is not None:
@@ -426,6 +442,12 @@ class TurnStreamer:
         )
         for ev in self._traced(call):
             yield ev
+
+    def _probe_calls(self, attempt: _Attempt) -> list[Event]:
+        """The probes that finished during `attempt`, traced before its own `model_call` (where a replay
+        counts their cost), each with its `usage` event."""
+        probes, attempt.probes = attempt.probes, []
+        return [ev for probe in probes for ev in self._traced(probe)]
 
     def _traced(self, call: ModelCall) -> list[Event]:
         """A request's `model_call`, and the `usage` event that follows each one (its cost, counted in

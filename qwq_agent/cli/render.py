@@ -147,7 +147,7 @@ class EventRenderer:
         elif isinstance(ev, ModelCall):
             if self.show_prompts and ev.prompt:
                 c.print(Panel(plain(ev.prompt), title="prompt", border_style="dim"))
-            if self.replaying:
+            if self.replaying and not ev.probe:  # a probe's answer was never part of the turn
                 result = parse(ev.prefix + ev.completion)
                 if result.reasoning and self.reasoning == "full":
                     c.print(plain(result.reasoning.strip(), "dim"))
@@ -158,7 +158,7 @@ class EventRenderer:
                     c.print(plain(result.content.strip()))
             u = ev.usage
             c.print(
-                f"[dim]step {ev.step}: {u.prompt_tokens} prompt tokens ({u.cached_tokens} cached), "
+                f"[dim]step {ev.step}{' (probe)' if ev.probe else ''}: {u.prompt_tokens} prompt tokens ({u.cached_tokens} cached), "
                 f"{u.completion_tokens} generated, finish={u.finish_reason}[/dim]"
             )
             if ev.error is not None:

@@ -137,6 +137,7 @@ function stepsOf(events) {
     const st = get(ev.step || 0), last = st.items[st.items.length - 1];
     if ((ev.type === "reasoning" || ev.type === "content") && last && last.type === ev.type && !last.key) { last.text += ev.text; continue; }
     if (ev.type === "reasoning" || ev.type === "content") { st.items.push({type: ev.type, text: ev.text, key: `${st.n}-d`}); continue; }
+    if (ev.type === "model_call" && ev.probe) continue;  // a side request: its answer is not the turn's
     if (ev.type === "model_call") {
       // The trace holds each model call's whole output: reasoning up to </think>, then the answer
       // (tool calls are shown from their own events).

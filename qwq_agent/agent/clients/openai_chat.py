@@ -414,8 +414,11 @@ class OpenAIChatClient(RoutingKeyMixin):
                     if isinstance(event.get("usage"), dict):
                         usage = event["usage"]
                     pieces = 0
+                    output = False  # content, reasoning or a piece of a call: one token at least
                     for delta, reason in _choices(event):
-                        pieces += sum(len(v) for v in delta.values() if isinstance(v, str))
+                        # `role` is no output (the opening chunk's), and a call's pieces are a list
+                        pieces += sum(len(v) for k, v in delta.items() if k != "role" and isinstance(v, str))
+                        output = output or pieces > 0 or bool(delta.get("tool_calls"))
                         piece = stops.feed(writer.feed(delta))
                         if reason:
                             finish = reason
@@ -426,7 +429,7 @@ class OpenAIChatClient(RoutingKeyMixin):
                             so_far = _usage(usage, None, ttft, started, floor=chunks + 1)
                             yield TextDelta(text=piece, usage=so_far)
                     guard.feed(pieces)
-                    chunks += 1 if pieces else 0
+                    chunks += 1 if output else 0
                     if stops.matched is not None:
                         done, finish = True, "stop"  # closing the response makes the server abort
                         break
