@@ -359,6 +359,33 @@ async def test_a_trace_recorded_before_answers_were_continued_replays_as_it_ran(
     assert [ev.kind for ev in events if isinstance(ev, Warning_)] == []
 
 
+# Traces written by the code of commit 07e9303, before the last step the budget allows could be nudged or
+# hinted (`intervene_on_last_step`): on step 1 of max_steps=1 the intervention checked every budget, the
+# steps included, and each run made one request and ended budget_exceeded.
+OLD_LAST_STEP_TRACES = {
+    # the budget stopped the hint before its warning; the nudge after it
+    "hint_on_last_step_at_07e9303.jsonl": ([], [add]),
+    "nudge_on_last_step_at_07e9303.jsonl": (["reasoning_loop"], []),
+}
+
+
+@pytest.mark.parametrize("name", list(OLD_LAST_STEP_TRACES))
+async def test_a_trace_recorded_before_the_last_step_could_be_intervened_on_replays_as_it_ran(
+    name: str,
+) -> None:
+    recording = load_recording(Path(__file__).parent / "data" / "old-traces" / name)
+    assert recording.status == "budget_exceeded" and len(recording.completions) == 1
+    assert recording.agent_config().intervene_on_last_step is False
+    warnings, tools = OLD_LAST_STEP_TRACES[name]
+    agent = Agent(ReplayModel.from_recording(recording), tools, config=recording.agent_config())
+    events = [ev async for ev in agent.stream(recording.task)]
+    # Before, today's default went on after the intervention in a request the trace does not hold: the
+    # replay ended model_error, ReplayExhausted.
+    assert agent.result is not None
+    assert (agent.result.status, agent.result.error) == ("budget_exceeded", "budget steps used up (1 >= 1)")
+    assert [ev.kind for ev in events if isinstance(ev, Warning_)] == warnings  # no replay_divergence
+
+
 async def test_a_trace_recorded_today_replays_its_answer_continuation(tmp_path: Path) -> None:
     cfg = config(sampling=SamplingParams(max_new_tokens=12))
     trace = tmp_path / "t.jsonl"

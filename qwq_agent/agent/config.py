@@ -42,6 +42,11 @@ class AgentConfig(BaseModel):
     # ended inside its reasoning is not closed for the model to answer. A trace written then lacks the
     # key and replays so (`Recording.agent_config`): today's default asked for requests it never made.
     max_answer_continuations: int | None = Field(default=2, ge=0)
+    # A nudge, a close of looping reasoning or an arithmetic hint on the last step the budget allows
+    # goes on with that step (only the token and wall-time budgets stop it). False: as before this
+    # setting existed, the step budget (every budget) stops it there and the run ends budget_exceeded.
+    # Only for traces written then, which lack the key and replay so (`Recording.agent_config`).
+    intervene_on_last_step: bool = True
     # Generate every tool call under a grammar built from the tools' schemas, so calls are always
     # well formed (SGLang's native client only; see qwq_agent.agent.constrained).
     constrained_tool_calls: bool = False

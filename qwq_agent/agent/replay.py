@@ -56,7 +56,7 @@ _EXCERPT = 60
 _ABSENT = object()  # a field one message has and the other lacks
 # `AgentConfig` settings whose default makes requests the code before them did not: what a recorded
 # config that lacks one (a trace written before it existed) is read with.
-_BEFORE_THEY_EXISTED: dict[str, Any] = {"max_answer_continuations": None}
+_BEFORE_THEY_EXISTED: dict[str, Any] = {"max_answer_continuations": None, "intervene_on_last_step": False}
 
 
 class RecordedCompletion(Completion):
@@ -144,8 +144,9 @@ class Recording(BaseModel):
 
         A setting that changes which requests a run makes takes, when the trace lacks it, the value
         that behaves as the code of that time did: `max_answer_continuations` None (no continuation of
-        a cut-off answer, no close of an unclosed reasoning), or the replay asks for completions the
-        trace does not hold. A config edited by hand or written by an incompatible version raises
+        a cut-off answer, no close of an unclosed reasoning) and `intervene_on_last_step` False (no
+        nudge, close or hint on the last step the budget allows), or the replay asks for completions
+        the trace does not hold. A config edited by hand or written by an incompatible version raises
         `TraceError` naming the trace and the setting, not pydantic's error.
         """
         try:

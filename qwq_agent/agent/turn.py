@@ -603,7 +603,7 @@ class TurnStreamer:
     async def _write_hint(self, attempt: _Attempt) -> AsyncIterator[Event]:
         """Continue the reasoning after the hint: the same turn, the hint in the model's voice."""
         assert attempt.hint is not None
-        if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
+        if (over := self._intervention_stopped()) is not None:
             # As for a nudge: no continuation past the budgets it spends.
             self.result.raw = self.prefix + attempt.text
             self.result.stop_status, self.result.budget = "budget_exceeded", over[0]
@@ -679,7 +679,7 @@ class TurnStreamer:
             self.result.raw = self.prefix + attempt.text
             self.result.stop_status = "reasoning_loop"
             return
-        if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
+        if (over := self._intervention_stopped()) is not None:
             # The step that is running may go on (it costs no further step): only the budgets the
             # request after the nudge or the close spends stop it.
             self.result.raw = self.prefix + attempt.text
@@ -693,6 +693,14 @@ class TurnStreamer:
             if (ev := self._parser_event(pev)) is not None:
                 yield ev
         self.prefix += attempt.text + inject
+
+    def _intervention_stopped(self) -> tuple[str, float, float] | None:
+        """The budget that keeps a nudge, close or hint from going on with the turn, or None."""
+        if self.config.intervene_on_last_step:
+            return self.tracker.exceeded(only=_CONTINUATION_BUDGETS)
+        # A trace written before the last step could be intervened on: every budget stopped it, the
+        # step that is running included, and its replay holds no completion after the intervention.
+        return self.tracker.exceeded()
 
     def _closed_for_model(self) -> None:
         """`</think>` is written for the model: its answer is watched for a loop from here on, and only
