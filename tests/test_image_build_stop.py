@@ -203,3 +203,91 @@ def test_a_waiting_build_goes_on_once_the_other_one_ends(env: dict[str, str], tm
     out = "".join(lines)
     assert "E: stand-in failed as told" in out, (out, err)  # it took the lock and went on to build
     assert proc.returncode == 4, (out, err)
+
+
+def start_run(env: dict[str, str], tmp_path: Path, model_url: str) -> subprocess.Popen[str]:
+    """`qwq-agent run` with a sandbox tool, so it builds the (missing) image before the run starts."""
+    argv = ["run", "hi", "--model-url", model_url, "--tools", "python", "--trace", str(tmp_path / "t.jsonl")]
+    return subprocess.Popen(
+        [sys.executable, "-m", "qwq_agent.cli.main", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def test_sigterm_during_runs_image_build_stops_it_and_removes_the_build_folder(
+    env: dict[str, str], tmp_path: Path, reaper: list[int]
+) -> None:
+    # run builds in a worker thread, where no signal reaches: the old code went on waiting for the
+    # stand-in's 600 s child (the whole build) before it exited.
+    from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+    started = tmp_path / "standin/started"
+    with ScriptedModelServer(["unused"]) as server:
+        proc = start_run(env, tmp_path, server.url)
+        try:
+            wait_for(lambda: started.exists() or proc.poll() is not None, "the stand-in mmdebstrap")
+            assert proc.poll() is None, proc.communicate()
+            tarball, *pids = started.read_text().split()
+            reaper.extend(int(p) for p in pids)
+            build_dir = Path(tarball).parent
+            assert build_dir.name.startswith("qwq-image-") and build_dir.is_dir()
+            proc.send_signal(signal.SIGTERM)  # once, as `timeout` or systemd sends it
+            out, err = proc.communicate(timeout=DEADLINE_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        generated = [r for r in server.requests if r.path == "/generate"]
+    assert [p for p in reaper if alive(p)] == [], "the build's processes outlived the CLI"
+    assert not build_dir.exists(), f"{build_dir} was left behind"
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert "Traceback" not in out + err
+    assert "exiting without clean-up" not in err
+    assert "SIGTERM: stopped before the run started; no trace was written" in out, (out, err)
+    assert generated == []
+
+
+def test_sigterm_while_runs_build_waits_for_the_lock_stops_the_wait(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+    fd = _hold_the_build_lock(env, 424242)
+    # A wait the old code sat out in full: the CLI only exited once it ended.
+    env = env | {"QWQ_SANDBOX_BUILD_WAIT": "3600"}
+    lines: list[str] = []
+    try:
+        with ScriptedModelServer(["unused"]) as server:
+            proc = start_run(env, tmp_path, server.url)
+            assert proc.stdout is not None
+            reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+            reader.start()
+            try:
+                wait_for(
+                    lambda: (
+                        any("is building the image; waiting" in line for line in lines)
+                        or proc.poll() is not None
+                    ),
+                    "the waiting line",
+                )
+                assert proc.poll() is None, (lines, proc.communicate())
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=DEADLINE_S)
+                reader.join(timeout=DEADLINE_S)
+                err = proc.stderr.read() if proc.stderr else ""
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    finally:
+        os.close(fd)  # only once the waiter is gone: it must not go on to build
+    out = "".join(lines)
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert "Traceback" not in out + err
+    assert "SIGTERM: stopped before the run started; no trace was written" in out, (out, err)
+    assert not (tmp_path / "standin/started").exists()  # it never went on to build

@@ -8,19 +8,22 @@ elsewhere the build's progress lines, as `qwq-agent sandbox build` prints them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 
 from rich.console import Console
 from rich.markup import escape
 
 from qwq_agent.cli.activity import Activity
-from qwq_agent.sandbox.image import Recipe, build_image, image_exists
+from qwq_agent.sandbox.image import ImageBuildError, Recipe, build_image, image_exists
 from qwq_agent.settings import get_settings
 
 
 async def ensure_run_image(console: Console, recipe: Recipe | None = None) -> str | None:
     """The tag of the project's sandbox image, built now if missing; None when QWQ_SANDBOX_IMAGE names one.
 
-    Raises `ImageBuildError` as `ensure_image` does.
+    Raises `ImageBuildError` as `ensure_image` does. Cancelled (run's SIGINT/SIGTERM), it stops the
+    build and waits for its clean-up (processes stopped, build folder removed) before propagating.
     """
     if get_settings().sandbox_image:
         return None  # the user's image: preflight has checked that it exists
@@ -46,8 +49,17 @@ async def ensure_run_image(console: Console, recipe: Recipe | None = None) -> st
         console.print(
             f"[dim]building the sandbox image {tag} (once; cached afterwards)[/dim]", soft_wrap=True
         )
+    stop = threading.Event()
+    # A cancelled to_thread leaves its thread running, and asyncio.run's shutdown then waits for the
+    # whole build: the build is told to stop, and what it leaves behind is waited for here.
+    build = asyncio.ensure_future(asyncio.to_thread(build_image, progress=progress, recipe=recipe, stop=stop))
     try:
-        result = await asyncio.to_thread(build_image, progress=progress, recipe=recipe)
+        result = await asyncio.shield(build)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(ImageBuildError):  # BuildStopped, or a failure: the run was stopped
+            await build
+        raise
     finally:
         activity.stop()  # the build's progress callbacks were scheduled before its end: all are shown
     if result.built:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import IO
 import docker
 
 from qwq_agent.sandbox.image.debian import build_base
-from qwq_agent.sandbox.image.errors import BuildLockTimeout, ImageBuildError
+from qwq_agent.sandbox.image.errors import BuildLockTimeout, BuildStopped, ImageBuildError
 from qwq_agent.sandbox.image.final import build_final
 from qwq_agent.sandbox.image.mode import choose_mode, requested_mode
 from qwq_agent.sandbox.image.progress import ProgressFn, Stopwatch
@@ -67,9 +68,19 @@ def ensure_image(*, progress: ProgressFn = print, force: bool = False) -> str:
 
 
 def build_image(
-    *, progress: ProgressFn = print, force: bool = False, recipe: Recipe | None = None
+    *,
+    progress: ProgressFn = print,
+    force: bool = False,
+    recipe: Recipe | None = None,
+    stop: threading.Event | None = None,
 ) -> BuildResult:
-    """Like `ensure_image`, returning a `BuildResult` with timing and size."""
+    """Like `ensure_image`, returning a `BuildResult` with timing and size.
+
+    `stop`, set from another thread (a caller running the build in a worker thread, where no signal
+    reaches it), ends the build soon: the lock wait, the root filesystem's process group and the
+    `docker build` stream watch it. The build's processes are stopped and its folder removed before
+    `BuildStopped` is raised.
+    """
     try:
         requested_mode()  # a bad QWQ_SANDBOX_BUILD is reported before any work, built or not
     except ValueError as exc:
@@ -82,21 +93,23 @@ def build_image(
         if not force and image_exists(tag, client):
             return BuildResult(tag, False, log.elapsed, _size(client, tag), None)
         # Several test sessions may ask at once; one builds, the others find the tag afterwards.
-        with _build_lock(log):
+        with _build_lock(log, stop):
             if not force and image_exists(tag, client):
                 log(f"{tag} was built by another process meanwhile")
                 return BuildResult(tag, False, log.elapsed, _size(client, tag), None)
             mode = choose_mode(client)
             log(f"building {tag} ({mode} path)")
             if mode == "dockerfile":
-                build_final(client, recipe, log, dockerfile="slim.Dockerfile", pull=True)
+                build_final(client, recipe, log, dockerfile="slim.Dockerfile", pull=True, stop=stop)
             else:
                 base = recipe.base_tag()
                 if force or not image_exists(base, client):
-                    build_base(client, recipe, log)
+                    build_base(client, recipe, log, stop=stop)
                 else:
                     log(f"stage base: {base} exists, reused")
-                build_final(client, recipe, log, dockerfile="final.Dockerfile", buildargs={"BASE": base})
+                build_final(
+                    client, recipe, log, dockerfile="final.Dockerfile", buildargs={"BASE": base}, stop=stop
+                )
             size = _size(client, tag)
             log(f"done: {tag} built in {log.elapsed:.1f}s, image size {size / 1e6:.0f} MB")
             return BuildResult(tag, True, log.elapsed, size, mode)
@@ -119,11 +132,11 @@ def _lock_path() -> Path:
 
 
 @contextlib.contextmanager
-def _build_lock(log: Stopwatch) -> Iterator[None]:
+def _build_lock(log: Stopwatch, stop: threading.Event | None = None) -> Iterator[None]:
     """Hold the lock that serialises builds; wait for another holder at most `QWQ_SANDBOX_BUILD_WAIT`.
 
     The holder writes its pid into the file, so a waiter can say whom it waits for. Raises
-    `BuildLockTimeout` when the wait runs out.
+    `BuildLockTimeout` when the wait runs out, `BuildStopped` when `stop` is set during it.
     """
     from qwq_agent.settings import get_settings
 
@@ -140,7 +153,10 @@ def _build_lock(log: Stopwatch) -> Iterator[None]:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise BuildLockTimeout(path, _holder_pid(fh) or holder, wait_s)
-                time.sleep(min(LOCK_POLL_S, left))
+                if stop is None:
+                    time.sleep(min(LOCK_POLL_S, left))
+                elif stop.wait(min(LOCK_POLL_S, left)):
+                    raise BuildStopped()
         try:
             fh.seek(0)
             fh.truncate()

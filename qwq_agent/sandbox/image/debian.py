@@ -7,22 +7,27 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import docker
 
 from qwq_agent.process_group import group_lives
-from qwq_agent.sandbox.image.errors import ImageBuildError
+from qwq_agent.sandbox.image.errors import BuildStopped, ImageBuildError
 from qwq_agent.sandbox.image.progress import Stopwatch
 from qwq_agent.sandbox.image.recipe import HASH_LABEL, LABEL, Recipe
 
 # How long mmdebstrap, stopped mid-build, may take to clean up (unmount, remove its chroot).
 STOP_GRACE_S = 10.0
+# How often the wait on the root filesystem's output looks at the caller's stop flag.
+STOP_POLL_S = 0.2
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -70,8 +75,10 @@ def ensure_mmdebstrap(log: Stopwatch) -> None:
             raise ImageBuildError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
 
-def build_base(client: docker.DockerClient, recipe: Recipe, log: Stopwatch) -> str:
-    """Build and import the base image; return its tag."""
+def build_base(
+    client: docker.DockerClient, recipe: Recipe, log: Stopwatch, *, stop: threading.Event | None = None
+) -> str:
+    """Build and import the base image; return its tag. `stop` set ends it with `BuildStopped`."""
     if os.geteuid() != 0:
         raise ImageBuildError("building the Debian base image needs root (mmdebstrap --mode=root)")
     ensure_mmdebstrap(log)
@@ -90,6 +97,7 @@ def build_base(client: docker.DockerClient, recipe: Recipe, log: Stopwatch) -> s
                 str(recipe.file("packages.txt")),
             ],
             log,
+            stop,
         )
         size_mb = tarball.stat().st_size / 1e6
         log(f"stage base: docker import ({size_mb:.0f} MB root filesystem) as {tag}")
@@ -102,12 +110,13 @@ def build_base(client: docker.DockerClient, recipe: Recipe, log: Stopwatch) -> s
     return tag
 
 
-def _run_logged(cmd: list[str], log: Stopwatch) -> None:
+def _run_logged(cmd: list[str], log: Stopwatch, stop: threading.Event | None = None) -> None:
     """Run `cmd`, forwarding mmdebstrap's `I:` lines; on failure, raise with the output's tail.
 
     `cmd` runs in a process group of its own. Whatever ends the wait early (a signal the CLI turned
-    into `KeyboardInterrupt`, a broken progress sink) stops that whole group before it propagates:
-    left running, mmdebstrap would go on writing into the build folder that is being removed.
+    into `KeyboardInterrupt`, `stop` set from another thread, a broken progress sink) stops that whole
+    group before it propagates: left running, mmdebstrap would go on writing into the build folder
+    that is being removed.
     """
     tail: collections.deque[str] = collections.deque(maxlen=60)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
@@ -122,9 +131,13 @@ def _run_logged(cmd: list[str], log: Stopwatch) -> None:
         start_new_session=True,  # a group to signal as one, apart from ours
     ) as proc:
         assert proc.stdout is not None
+        # Lines are read in a thread of their own: a read blocks until mmdebstrap writes, and this
+        # thread must keep looking at `stop` (no signal reaches a worker thread).
+        lines: queue.Queue[str | None] = queue.Queue()
+        reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
+        reader.start()
         try:
-            for line in proc.stdout:
-                line = line.rstrip()
+            while (line := _next_line(lines, stop)) is not None:
                 tail.append(line)
                 if line.startswith(("I: ", "E: ")):
                     log(f"  {line}")
@@ -132,8 +145,32 @@ def _run_logged(cmd: list[str], log: Stopwatch) -> None:
         except BaseException:
             _stop_group(proc)
             raise
+        finally:
+            reader.join(timeout=STOP_GRACE_S)  # EOF once the group is gone; the pipe is closed next
     if rc != 0:
         raise ImageBuildError(f"{cmd[0]} {cmd[1]} exited with {rc}:\n" + "\n".join(tail))
+
+
+def _read_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    """Put each line of `stream` into `lines`, then None at its end."""
+    try:
+        for line in stream:
+            lines.put(line.rstrip())
+    except (OSError, ValueError):
+        pass  # the pipe closed under us: the build is being given up
+    finally:
+        lines.put(None)
+
+
+def _next_line(lines: queue.Queue[str | None], stop: threading.Event | None) -> str | None:
+    """The next line (None at the output's end); raises `BuildStopped` once `stop` is set."""
+    while True:
+        if stop is not None and stop.is_set():
+            raise BuildStopped()
+        try:
+            return lines.get(timeout=STOP_POLL_S if stop is not None else None)
+        except queue.Empty:
+            continue
 
 
 def _stop_group(proc: subprocess.Popen[str], grace_s: float = STOP_GRACE_S) -> None:

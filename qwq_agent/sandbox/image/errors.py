@@ -23,3 +23,10 @@ class BuildLockTimeout(ImageBuildError):
         self.lock_path = lock_path
         self.holder_pid = holder_pid
         self.waited_s = waited_s
+
+
+class BuildStopped(ImageBuildError):
+    """The caller's stop flag was set: the build gave up, its processes stopped and build folder removed."""
+
+    def __init__(self) -> None:
+        super().__init__("the image build was stopped")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 import tarfile
+import threading
 
 import docker
 
-from qwq_agent.sandbox.image.errors import ImageBuildError
+from qwq_agent.sandbox.image.errors import BuildStopped, ImageBuildError
 from qwq_agent.sandbox.image.progress import Stopwatch
 from qwq_agent.sandbox.image.recipe import Recipe
 
@@ -67,8 +68,12 @@ def build_final(
     dockerfile: str,
     buildargs: dict[str, str] | None = None,
     pull: bool = False,
+    stop: threading.Event | None = None,
 ) -> str:
-    """Build `dockerfile` (a recipe file name) with the supervisor into the final tag; return it."""
+    """Build `dockerfile` (a recipe file name) with the supervisor into the final tag; return it.
+
+    `stop` set ends it with `BuildStopped` at the build's next output (before any, when already set).
+    """
     tag = recipe.image_tag()
     if recipe.uses_placeholder():
         log(f"warning: {recipe.supervisor} does not exist; using the placeholder supervisor")
@@ -77,6 +82,8 @@ def build_final(
     # Labels go in as build args to the Dockerfile's single LABEL line: the `labels=` API parameter
     # would add one committed step per label.
     args = {**(buildargs or {}), "RECIPE_HASH": recipe.image_hash()}
+    if stop is not None and stop.is_set():
+        raise BuildStopped()
     try:
         for chunk in client.api.build(
             fileobj=context,
@@ -88,6 +95,8 @@ def build_final(
             forcerm=True,
             decode=True,
         ):
+            if stop is not None and stop.is_set():
+                raise BuildStopped()
             if "error" in chunk:
                 raise ImageBuildError(f"docker build of {dockerfile} failed: {chunk['error'].strip()}")
             line = str(chunk.get("stream", "")).strip()
