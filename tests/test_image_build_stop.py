@@ -110,12 +110,12 @@ def reaper() -> Iterator[list[int]]:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_a_signal_stops_the_build_its_child_processes_and_removes_the_build_folder(
-    signum: int, env: dict[str, str], tmp_path: Path, reaper: list[int]
-) -> None:
+def _signal_mid_build(
+    proc: subprocess.Popen[str], tmp_path: Path, reaper: list[int], signum: int
+) -> tuple[str, str]:
+    """Send `signum` to the CLI once the stand-in mmdebstrap runs; its (stdout, stderr) once it has
+    exited, after checking that the build's processes, its folder and its temporary files are gone."""
     started = tmp_path / "standin/started"
-    proc = start_build(env, tmp_path)
     try:
         wait_for(lambda: started.exists() or proc.poll() is not None, "the stand-in mmdebstrap")
         assert proc.poll() is None, proc.communicate()
@@ -123,7 +123,7 @@ def test_a_signal_stops_the_build_its_child_processes_and_removes_the_build_fold
         reaper.extend(int(p) for p in pids)
         build_dir = Path(tarball).parent
         assert build_dir.name.startswith("qwq-image-") and build_dir.is_dir()
-        proc.send_signal(signum)  # to the CLI alone, as systemd or a supervisor sends it
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=DEADLINE_S)
     finally:
         if proc.poll() is None:
@@ -132,6 +132,16 @@ def test_a_signal_stops_the_build_its_child_processes_and_removes_the_build_fold
     assert [p for p in reaper if alive(p)] == [], "the build's processes outlived the CLI"
     assert not build_dir.exists(), f"{build_dir} was left behind"
     assert list((tmp_path / "tmp").iterdir()) == []
+    return out, err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_stops_the_build_its_child_processes_and_removes_the_build_folder(
+    signum: int, env: dict[str, str], tmp_path: Path, reaper: list[int]
+) -> None:
+    # to the CLI alone, as systemd or a supervisor sends it
+    proc = start_build(env, tmp_path)
+    out, err = _signal_mid_build(proc, tmp_path, reaper, signum)
     name = signal.Signals(signum).name
     assert proc.returncode == 128 + signum, (out, err)
     assert "Traceback" not in out + err
@@ -225,26 +235,10 @@ def test_sigterm_during_runs_image_build_stops_it_and_removes_the_build_folder(
     # stand-in's 600 s child (the whole build) before it exited.
     from qwq_agent.testing.scripted_server import ScriptedModelServer
 
-    started = tmp_path / "standin/started"
     with ScriptedModelServer(["unused"]) as server:
         proc = start_run(env, tmp_path, server.url)
-        try:
-            wait_for(lambda: started.exists() or proc.poll() is not None, "the stand-in mmdebstrap")
-            assert proc.poll() is None, proc.communicate()
-            tarball, *pids = started.read_text().split()
-            reaper.extend(int(p) for p in pids)
-            build_dir = Path(tarball).parent
-            assert build_dir.name.startswith("qwq-image-") and build_dir.is_dir()
-            proc.send_signal(signal.SIGTERM)  # once, as `timeout` or systemd sends it
-            out, err = proc.communicate(timeout=DEADLINE_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        out, err = _signal_mid_build(proc, tmp_path, reaper, signal.SIGTERM)  # once, as `timeout` sends it
         generated = [r for r in server.requests if r.path == "/generate"]
-    assert [p for p in reaper if alive(p)] == [], "the build's processes outlived the CLI"
-    assert not build_dir.exists(), f"{build_dir} was left behind"
-    assert list((tmp_path / "tmp").iterdir()) == []
     assert proc.returncode == 128 + signal.SIGTERM, (out, err)
     assert "Traceback" not in out + err
     assert "exiting without clean-up" not in err
