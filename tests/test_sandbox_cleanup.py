@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import pytest_asyncio
 from docker_proxy import MARK_LABEL, DockerProxy, removed
+from freezing import freeze
 
 from qwq_agent.sandbox import (
     DockerSandbox,
@@ -73,7 +74,7 @@ async def test_an_acquire_cancelled_during_its_health_check_destroys_that_sandbo
         await pool.wait_ready()
         (warm,) = [w.sandbox for w in list(pool._ready._queue)]  # type: ignore[attr-defined]
         paused = warm.id
-        await engine.request("POST", f"/containers/{paused}/pause")
+        await freeze(engine, paused)
         try:
             # A run's deadline ends the acquire while the pause holds its health check's ping up.
             with pytest.raises(TimeoutError):
@@ -289,7 +290,7 @@ async def test_closing_the_pool_destroys_a_sandbox_under_its_health_check(sandbo
     await pool.__aenter__()
     await asyncio.wait_for(pool.wait_ready(), GUARD_S)
     (warm,) = [w.sandbox for w in list(pool._ready._queue)]  # type: ignore[attr-defined]
-    await engine.request("POST", f"/containers/{warm.id}/pause")  # its ping goes unanswered
+    await freeze(engine, warm.id)  # its ping goes unanswered
     try:
 
         async def acquire() -> None:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from docker_proxy import removed
+from freezing import freeze
 
 from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox import (
@@ -64,7 +65,7 @@ async def test_acquire_replaces_a_paused_warm_sandbox(sandbox_image: str) -> Non
     ) as pool:
         await pool.wait_ready()
         (paused,) = warm_ids(pool)
-        await pool.engine.request("POST", f"/containers/{paused}/pause")
+        await freeze(pool.engine, paused)
 
         async def acquire_and_use() -> str:
             async with pool.acquire() as sb:
@@ -110,7 +111,7 @@ async def test_a_frozen_warm_sandbox_is_replaced_though_every_acquire_has_too_li
     async with SandboxPool(size=1, config=SandboxConfig(image=sandbox_image)) as pool:  # a 2 s health check
         await asyncio.wait_for(pool.wait_ready(), GUARD_S)
         (paused,) = warm_ids(pool)
-        await pool.engine.request("POST", f"/containers/{paused}/pause")
+        await freeze(pool.engine, paused)
         with pytest.raises(SandboxAcquireTimeout):
             async with pool.acquire(timeout=0.5):
                 pass
@@ -130,7 +131,7 @@ async def test_closing_the_pool_does_not_wait_out_a_background_health_check(sand
     try:
         await asyncio.wait_for(pool.wait_ready(), GUARD_S)
         (paused,) = warm_ids(pool)
-        await pool.engine.request("POST", f"/containers/{paused}/pause")
+        await freeze(pool.engine, paused)
         with pytest.raises(SandboxAcquireTimeout):
             async with pool.acquire(timeout=0.5):
                 pass
