@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from qwq_agent.cli.serve_signals import stop_on_signals
-from qwq_agent.serve.fleet import Fleet, FleetInfo
+from qwq_agent.serve.fleet import MAX_PROBED_WORKERS, Fleet, FleetInfo
 from qwq_agent.serve.launcher import ServeConfig
 from qwq_agent.urls import redact_url
 
@@ -180,7 +180,13 @@ def report_fleet(info: FleetInfo) -> None:
     print(f"ready: {router} (router{policy})", flush=True)
     for i, w in enumerate(info.workers):
         state = "healthy" if w.healthy else "UNHEALTHY"
-        print(f"worker {i}: {redact_url(w.url)} {state}, KV capacity: {_tokens(w.max_total_num_tokens)}")
+        url = redact_url(w.url)
+        print(f"worker {i}: {url} {state}, KV capacity: {_tokens(w.max_total_num_tokens)}")
+    if info.unprobed:
+        print(
+            f"{info.unprobed} more workers listed by the router were not probed "
+            f"(at most {MAX_PROBED_WORKERS} are); their capacity is not in the total"
+        )
     print(f"total KV capacity: {info.total_kv_tokens} tokens over {len(info.capacities)} workers")
     if info.policy == "affinity":
         print("affinity: clients send a routing key per run (routing_key=..., header x-smg-routing-key)")
