@@ -39,9 +39,15 @@ class CliError(Exception):
         self.code = code
 
     def render(self, command: str) -> str:
-        """The one or two lines shown to the user."""
+        """The one or two lines shown to the user, control characters shown as escapes (`safe`).
+
+        An error's text often quotes a peer (a model server's error body, a router's answer, a server
+        log's last line, a library's message naming a URL): whichever caller built it, an escape
+        sequence in it must not reach the terminal as one."""
+        from qwq_agent.cli.safe_text import safe
+
         head = f"qwq-agent {command}: {self.what}".rstrip()
-        return f"{head}\n  fix: {self.fix}" if self.fix else head
+        return safe(f"{head}\n  fix: {self.fix}" if self.fix else head)
 
 
 DOCKER_FIX = "start Docker (`systemctl start docker`) or point DOCKER_HOST at a running engine's socket"

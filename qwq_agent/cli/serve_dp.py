@@ -9,6 +9,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
+from qwq_agent.cli.safe_text import safe
 from qwq_agent.cli.serve_signals import stop_on_signals
 from qwq_agent.serve.fleet import MAX_PROBED_WORKERS, Fleet, FleetInfo
 from qwq_agent.serve.launcher import ServeConfig
@@ -174,13 +175,16 @@ def _tokens(count: int | None) -> str:
 
 def report_fleet(info: FleetInfo) -> None:
     """The router's URL, each worker's KV capacity, and the total (URLs without their credentials:
-    `serve --model-url` takes a router behind basic auth)."""
+    `serve --model-url` takes a router behind basic auth).
+
+    The worker URLs are the router's text (`serve --model-url` asks whatever answers on the URL), so
+    they are printed through `safe`: an escape sequence in one is shown, not run by the terminal."""
     policy = f", policy {info.policy}" if info.policy else ""
     router = redact_url(info.router_url)
     print(f"ready: {router} (router{policy})", flush=True)
     for i, w in enumerate(info.workers):
         state = "healthy" if w.healthy else "UNHEALTHY"
-        url = redact_url(w.url)
+        url = safe(redact_url(w.url))
         print(f"worker {i}: {url} {state}, KV capacity: {_tokens(w.max_total_num_tokens)}")
     if info.unprobed:
         print(
