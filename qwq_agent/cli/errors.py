@@ -116,7 +116,8 @@ def _recipe(exc: BaseException) -> CliError:
 def _setting(exc: BaseException) -> CliError:
     return CliError(
         _first_line(str(exc)),
-        "fix or unset that environment variable (`qwq-agent --help` lists them with their defaults)",
+        getattr(exc, "fix", "")
+        or "fix or unset that environment variable (`qwq-agent --help` lists them with their defaults)",
     )
 
 
