@@ -104,6 +104,18 @@ def test_error_text_from_a_peer_reaches_the_terminal_as_text(capsys):
     )
 
 
+def test_socket_errors_get_host_advice_not_path_advice():
+    import socket
+
+    def bind_test_net() -> None:
+        with socket.socket() as s:
+            s.bind(("192.0.2.1", 0))  # TEST-NET-1: an address of no machine
+
+    for exc in (raised(bind_test_net), raised(lambda: socket.getaddrinfo("no-such-host.invalid", 80))):
+        error = explain(exc)
+        assert error is not None and "--host" in error.fix and "path" not in error.fix, error.render("x")
+
+
 def test_each_exit_code_has_one_meaning():
     """`awaiting_approval` exited with 3, the model server's code: a script could not tell them apart."""
     from qwq_agent.cli import approval_prompt, errors
