@@ -21,11 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Start `python -m sglang.launch_server` for QwQ-32B (pass more SGLang flags after --).",
     )
     p.add_argument("--model-path", default="Qwen/QwQ-32B", help="HF repo id or local folder")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs")
-    p.add_argument("--context-length", type=int, default=32768, help="longest prompt + output, in tokens")
+    p.add_argument("--tp", type=arg_types.positive_int, default=1, help="tensor-parallel GPUs")
+    p.add_argument(
+        "--context-length",
+        type=arg_types.positive_int,
+        default=32768,
+        help="longest prompt + output, in tokens",
+    )
     p.add_argument(
         "--mem-fraction-static",
-        type=float,
+        type=arg_types.fraction,
         default=None,
         help="share of GPU memory for weights and KV cache (default: SGLang's choice)",
     )

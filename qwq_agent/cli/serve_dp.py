@@ -33,7 +33,7 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
     gpus = None
     if args.gpus:
         flat = [g.strip() for g in args.gpus.split(",") if g.strip()]
-        tp = max(1, args.tp)
+        tp = args.tp  # 1 or more: checked at parse time
         if len(flat) != args.dp * tp:
             raise CliError(
                 f"--gpus names {len(flat)} GPUs; {args.dp} replicas of --tp {tp} need {args.dp * tp}",
