@@ -11,6 +11,7 @@ the first that is set wins. An empty variable counts as unset.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,12 @@ def _env(*names: str) -> AliasChoices:
 
 
 class SettingsError(ValueError):
-    """An environment variable holds a value that cannot be used; the message names it."""
+    """An environment variable holds a value that cannot be used, or one that is needed is missing; the
+    message names it, and `fix` (when not empty) says what to do instead of the usual "fix or unset it"."""
+
+    def __init__(self, message: str, *, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 class Settings(BaseSettings):
@@ -131,8 +137,10 @@ class Settings(BaseSettings):
         validation_alias=_env("QWQ_SANDBOX_DEB_CACHE"),
         description="folder of downloaded .debs (default: $XDG_CACHE_HOME/qwq-agent/debs)",
     )
-    cache_home: Path = Field(
-        Path.home() / ".cache", validation_alias=_env("XDG_CACHE_HOME"), description="cache root"
+    # The default (~/.cache) is resolved when the cache is used (`cache_home`), not here: a user without
+    # a home (HOME unset, no passwd entry) could otherwise run no command at all, `--version` included.
+    xdg_cache_home: Path | None = Field(
+        None, validation_alias=_env("XDG_CACHE_HOME"), description="cache root (default: ~/.cache)"
     )
     # Telemetry (the OpenTelemetry SDK's own variables).
     otel_endpoint: str | None = Field(
@@ -176,6 +184,24 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
+    @property
+    def cache_home(self) -> Path:
+        """The cache root: `XDG_CACHE_HOME`, else `~/.cache`.
+
+        Raises `SettingsError` (its `fix` says what to set) when neither is known: XDG_CACHE_HOME unset,
+        and no home directory (HOME unset and the user id without a passwd entry).
+        """
+        if self.xdg_cache_home is not None:
+            return self.xdg_cache_home
+        try:
+            return Path.home() / ".cache"
+        except RuntimeError:  # what Path.home() raises when neither HOME nor the passwd entry says
+            raise SettingsError(
+                "no cache folder: XDG_CACHE_HOME is unset and the home directory is unknown (HOME is "
+                f"unset and user id {os.getuid()} has no passwd entry)",
+                fix="set XDG_CACHE_HOME (or HOME) to a folder this user can write",
+            ) from None
+
     def search_env(self) -> dict[str, str]:
         """The web-search variables as `provider_from_env` reads them (set ones only)."""
         pairs = {
@@ -215,7 +241,7 @@ def env_help() -> str:
     lines = ["environment variables (first name set wins; defaults in brackets):"]
     for name, info in Settings.model_fields.items():
         default = info.default
-        if name == "cache_home":
+        if name == "xdg_cache_home":
             default = "~/.cache"
         shown = "" if default is None else f" [{default}]"
         lines.append(f"  {' / '.join(_names(info))}{shown}")

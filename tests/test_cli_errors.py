@@ -87,6 +87,35 @@ def test_an_unknown_error_is_reported_as_a_bug_in_one_line(capsys):
     assert capsys.readouterr().err == "qwq-agent index: x failed\n  fix: do y\n"
 
 
+def test_error_text_from_a_peer_reaches_the_terminal_as_text(capsys):
+    """An error's text can quote a server, a model or a file (a model server's error body, a log line):
+    `render` shows control characters as escapes, whichever mapping (or none) built the message."""
+    from qwq_agent.agent.clients.errors import ModelServerError
+
+    clipboard = "\x1b]52;c;cHduZWQ=\x07"
+    assert report(ModelServerError(f"500: {clipboard}\x1b[2J", status_code=500), "run", debug=False) == 3
+    assert report(RuntimeError(f"boom\u202e{clipboard}"), "run", debug=False) == EXIT_BUG
+    assert report(CliError(f"x failed {clipboard}", "read log (it ends: \x1b[31mERR)"), "serve", debug=False)
+    err = capsys.readouterr().err
+    assert not any(ch in err for ch in "\x1b\x07\u202e"), repr(err)
+    assert "500: \\x1b]52;c;cHduZWQ=\\x07\\x1b[2J" in err and "boom\\u202e" in err
+    assert (
+        "qwq-agent serve: x failed \\x1b]52;c;cHduZWQ=\\x07\n  fix: read log (it ends: \\x1b[31mERR)\n" in err
+    )
+
+
+def test_socket_errors_get_host_advice_not_path_advice():
+    import socket
+
+    def bind_test_net() -> None:
+        with socket.socket() as s:
+            s.bind(("192.0.2.1", 0))  # TEST-NET-1: an address of no machine
+
+    for exc in (raised(bind_test_net), raised(lambda: socket.getaddrinfo("no-such-host.invalid", 80))):
+        error = explain(exc)
+        assert error is not None and "--host" in error.fix and "path" not in error.fix, error.render("x")
+
+
 def test_each_exit_code_has_one_meaning():
     """`awaiting_approval` exited with 3, the model server's code: a script could not tell them apart."""
     from qwq_agent.cli import approval_prompt, errors

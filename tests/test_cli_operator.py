@@ -175,6 +175,15 @@ def test_ctrl_c_while_the_arguments_are_parsed_is_an_interruption(tmp_path: Path
         (["serve", "--command", "sleep 60", "--timeout", "nan"], "--timeout"),
         (["serve", "--command", "sleep 60", "--timeout", "inf"], "--timeout"),
         (["trace", "serve", ".", "--port", "70000"], "--port"),
+        # before: passed to SGLang as given (or, for --context-length 0, the flag silently left out)
+        (["serve", "--print-command", "--tp", "0"], "--tp"),
+        (["serve", "--print-command", "--tp", "-1"], "--tp"),
+        (["serve", "--print-command", "--context-length", "0"], "--context-length"),
+        (["serve", "--print-command", "--context-length", "-4096"], "--context-length"),
+        (["serve", "--print-command", "--mem-fraction-static", "nan"], "--mem-fraction-static"),
+        (["serve", "--print-command", "--mem-fraction-static", "0"], "--mem-fraction-static"),
+        (["serve", "--print-command", "--mem-fraction-static", "1.5"], "--mem-fraction-static"),
+        (["serve", "--print-command", "--mem-fraction-static", "inf"], "--mem-fraction-static"),
         (["sandbox", "run", "--python", "1", "--timeout", "1e10"], "--timeout"),
         (["sandbox", "run", "--python", "1", "--timeout", "-1"], "--timeout"),
         (["sandbox", "run", "--python", "1", "--timeout", "nan"], "--timeout"),
@@ -222,6 +231,59 @@ def test_serve_refuses_a_port_another_server_answers_on(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "ready" not in proc.stdout and "starting" not in proc.stdout
     assert f"--port {port}: the port is already in use" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "said", "fix"),
+    [
+        # 192.0.2.1: TEST-NET-1 (RFC 5737), an address of no machine
+        ("192.0.2.1", "192.0.2.1 is not an address of this machine", "pass --host"),
+        ("no-such-host.invalid", "no-such-host.invalid does not resolve", "pass --host"),
+    ],
+)
+def test_trace_serve_on_an_address_it_cannot_listen_on_says_which_flag(
+    host: str, said: str, fix: str, tmp_path: Path
+) -> None:
+    """It said "cannot use: Cannot assign requested address / fix: check the path and its permissions"."""
+    proc = _run(["trace", "serve", str(tmp_path), "--host", host, "--port", "0"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and said in lines[0] and lines[1].startswith(f"  fix: {fix}"), proc.stderr
+    assert "path" not in proc.stderr
+
+
+def test_trace_serve_on_a_privileged_port_says_so(tmp_path: Path) -> None:
+    import shutil
+
+    namespace = ["unshare", "--user", "--map-user=54321", "--map-group=54321"]  # a user without privileges
+    if shutil.which("unshare") is None or subprocess.run([*namespace, "true"], timeout=60).returncode != 0:
+        pytest.skip("no unprivileged user namespaces here")
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start <= 1:
+        pytest.skip("every port can be bound without privileges here")
+    proc = subprocess.run(
+        [*namespace, *CLI, "trace", "serve", str(tmp_path), "--port", "1"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and "port 1 needs privileges" in lines[0], proc.stderr
+    assert lines[1].startswith("  fix: pass --port"), proc.stderr
+
+
+def test_trace_serve_on_a_port_in_use_says_which_flag(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = _run(["trace", "serve", str(tmp_path), "--port", str(port)], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and f"port {port} is already in use on 127.0.0.1" in lines[0], proc.stderr
+    assert lines[1].startswith("  fix: pass another --port"), proc.stderr
 
 
 def test_a_run_with_a_relative_docs_db_replays_from_another_folder(tmp_path: Path) -> None:

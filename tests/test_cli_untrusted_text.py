@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -78,3 +80,48 @@ def test_hostile_tool_output_and_answer_print_as_text_live_and_in_trace_show(san
     assert shown.returncode == 0, shown.stderr[-2000:]
     _no_control(shown.stdout)
     assert "[/workspace/out.txt] and [bold]here[/]." in shown.stdout and "\\x1b[2J" in shown.stdout
+
+
+def test_serve_model_url_prints_the_servers_model_name_as_text() -> None:
+    # `serve --model-url` reports what the server says of itself: its /server_info is the server's text.
+    with ScriptedModelServer(model=f"Qwen/QwQ-32B{CLIPBOARD}\x1b[2J\x07") as server:
+        proc = subprocess.run(
+            [*CLI, "serve", "--model-url", server.url], capture_output=True, text=True, timeout=60
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _no_control(proc.stdout + proc.stderr)
+    assert "model: Qwen/QwQ-32B\\x1b]52;c;cHduZWQ=\\x1b\\\\x1b[2J\\x07" in proc.stdout
+
+
+def test_serve_model_url_prints_a_routers_worker_urls_as_text() -> None:
+    # A router's /workers names its workers: whatever answers on the URL chooses those strings.
+    evil = f"http://127.0.0.1:9/{CLIPBOARD}\x1b[2J"
+    body = json.dumps({"workers": [{"url": evil, "is_healthy": True}]}).encode()
+
+    class Router(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            found = self.path == "/workers"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Length", str(len(body) if found else 0))
+            self.end_headers()
+            if found:
+                self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Router)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = subprocess.run(
+            [*CLI, "serve", "--model-url", f"http://127.0.0.1:{server.server_address[1]}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _no_control(proc.stdout + proc.stderr)
+    assert "worker 0: http://127.0.0.1:9/\\x1b]52;c;cHduZWQ=\\x1b\\\\x1b[2J UNHEALTHY" in proc.stdout

@@ -28,9 +28,16 @@ import pytest
 from qwq_agent.agent.clients import SGLangClient
 from qwq_agent.agent.clients.errors import ModelProtocolError
 from qwq_agent.agent.clients.router_info import worker_infos
+from qwq_agent.cli.serve_dp import report_fleet
 from qwq_agent.http_probe import PROBE_MAX_BYTES
-from qwq_agent.serve.fleet import _ready_workers, probe_router
+from qwq_agent.serve.fleet import (
+    MAX_CONCURRENT_WORKER_PROBES,
+    MAX_PROBED_WORKERS,
+    _ready_workers,
+    probe_router,
+)
 from qwq_agent.serve.launcher import probe
+from qwq_agent.testing.scripted_server import ScriptedModelServer
 
 DRIP_S = 0.02
 DRIPS = 500  # 10 s of dripping: far past every probe's deadline below
@@ -206,3 +213,54 @@ def _answering_workers(urls: list[str]) -> Iterator[str]:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         sock.close()
+
+
+def _connections_made(hole: socket.socket) -> int:
+    """How many connections reached `hole` (a listener never accepted from: they wait in its backlog,
+    their requests unanswered), counted by draining the backlog now."""
+    hole.setblocking(False)
+    count = 0
+    while True:
+        try:
+            conn, _ = hole.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
+def test_router_workers_are_probed_together_under_one_deadline():
+    # 40 listed workers whose /health never answers (a dead host, a hostile router's list): probed one
+    # after another, each with its own deadline, every one of them would be connected to in turn, and
+    # the check would take 40 deadlines. Under one deadline with a few probes at a time, the probes
+    # waiting for a slot when it passes are never made.
+    hole = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    hole_url = f"http://127.0.0.1:{hole.getsockname()[1]}"
+    try:
+        with ScriptedModelServer(max_total_num_tokens=777) as good:
+            listed = [good.url] + [f"{hole_url}/w{i}" for i in range(40)]
+            with _answering_workers(listed) as router:
+                info = probe_router(router)
+        made = _connections_made(hole)
+    finally:
+        hole.close()
+    assert info is not None and len(info.workers) == 41 and info.unprobed == 0
+    assert [(w.url, w.max_total_num_tokens) for w in info.workers if w.healthy] == [(good.url, 777)]
+    assert made <= MAX_CONCURRENT_WORKER_PROBES < 40, made
+
+
+def test_a_router_listing_more_workers_than_probed_says_how_many_were_left_out(capsys):
+    hole = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    listed = [f"http://127.0.0.1:{hole.getsockname()[1]}/w{i}" for i in range(MAX_PROBED_WORKERS + 3)]
+    try:
+        with _answering_workers(listed) as router:
+            info = probe_router(router, timeout=PROBE_S)
+    finally:
+        hole.close()
+    assert info is not None and info.unprobed == 3
+    assert sorted(w.url for w in info.workers) == sorted(listed[:MAX_PROBED_WORKERS])
+    assert not any(w.healthy for w in info.workers)
+    report_fleet(info)
+    out = capsys.readouterr().out
+    assert f"worker {MAX_PROBED_WORKERS - 1}: " in out and f"worker {MAX_PROBED_WORKERS}: " not in out
+    assert f"3 more workers listed by the router were not probed (at most {MAX_PROBED_WORKERS} are)" in out

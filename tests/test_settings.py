@@ -142,3 +142,57 @@ def test_docker_cert_path_is_read_through_settings(monkeypatch: pytest.MonkeyPat
     assert get_settings().docker_cert_path == str(tmp_path)
     monkeypatch.setenv("DOCKER_CERT_PATH", "")  # empty counts as unset
     assert get_settings().docker_cert_path is None
+
+
+NO_PASSWD_UID = 54321  # a user id with no passwd entry: Path.home() has nothing to go on without HOME
+
+
+def _as_a_user_without_a_home(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    """`argv` run with HOME unset, as a user id without a passwd entry (an unprivileged user namespace:
+    what a container started with `--user 1234`, or an `env -i` wrapper, gets)."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    namespace = ["unshare", "--user", f"--map-user={NO_PASSWD_UID}", f"--map-group={NO_PASSWD_UID}"]
+    if subprocess.run([*namespace, "true"], capture_output=True, timeout=60).returncode != 0:
+        pytest.skip("unprivileged user namespaces are not allowed here")
+    clean = {k: v for k, v in os.environ.items() if k not in ("HOME", "XDG_CACHE_HOME")}
+    return subprocess.run(
+        [*namespace, *argv], capture_output=True, text=True, timeout=60, env={**clean, **env}, input="hi"
+    )
+
+
+def test_commands_work_without_a_home_directory(tmp_path) -> None:
+    # Path.home() ran when settings.py was imported: every command, --version too, died with a traceback.
+    for argv in (["--version"], ["--help"], ["parse", "--compact", "-"]):
+        for env in ({}, {"XDG_CACHE_HOME": str(tmp_path)}):
+            proc = _as_a_user_without_a_home([*CLI, *argv], **env)
+            assert proc.returncode == 0 and "Traceback" not in proc.stderr, (argv, env, proc.stderr)
+            if argv == ["--help"]:
+                assert "XDG_CACHE_HOME [~/.cache]" in proc.stdout
+
+
+def test_the_cache_folder_is_found_when_needed_or_named_as_unknown(tmp_path) -> None:
+    code = "from qwq_agent.sandbox.image.debian import deb_cache_dir; print(deb_cache_dir())"
+    given = _as_a_user_without_a_home([sys.executable, "-c", code], XDG_CACHE_HOME=str(tmp_path))
+    assert given.returncode == 0 and given.stdout.strip() == str(tmp_path / "qwq-agent" / "debs"), (
+        given.stderr
+    )
+    unknown = _as_a_user_without_a_home([sys.executable, "-c", code])
+    assert unknown.returncode != 0
+    last = unknown.stderr.strip().splitlines()[-1]
+    assert last.startswith("qwq_agent.settings.SettingsError: ") and "XDG_CACHE_HOME" in last, last
+    assert f"user id {NO_PASSWD_UID}" in last and "HOME" in last
+    # as the CLI reports it (a build needing the cache raises it): one line, and the fix is to set one
+    code = (
+        "from qwq_agent.cli.errors import report; from qwq_agent.settings import get_settings\n"
+        "try:\n    get_settings().cache_home\nexcept Exception as exc:\n"
+        "    raise SystemExit(report(exc, 'sandbox build', debug=False))"
+    )
+    shown = _as_a_user_without_a_home([sys.executable, "-c", code])
+    assert shown.returncode == 2 and shown.stderr.splitlines() == [
+        "qwq-agent sandbox build: no cache folder: XDG_CACHE_HOME is unset and the home directory is unknown "
+        f"(HOME is unset and user id {NO_PASSWD_UID} has no passwd entry)",
+        "  fix: set XDG_CACHE_HOME (or HOME) to a folder this user can write",
+    ], shown.stderr

@@ -40,6 +40,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    """A share of a whole: a finite number more than 0 and at most 1 (`nan` passes every comparison
+    check written the other way round, and the program given it fails far later)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a share is more than 0 and at most 1, got {text}")
+    return value
+
+
 def seconds(most: float) -> Callable[[str], float]:
     """A converter for a duration in seconds: finite, more than 0 and at most `most`."""
 

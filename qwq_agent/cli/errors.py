@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import select
+import socket
 import sqlite3
 import sys
 import traceback
@@ -39,9 +40,15 @@ class CliError(Exception):
         self.code = code
 
     def render(self, command: str) -> str:
-        """The one or two lines shown to the user."""
+        """The one or two lines shown to the user, control characters shown as escapes (`safe`).
+
+        An error's text often quotes a peer (a model server's error body, a router's answer, a server
+        log's last line, a library's message naming a URL): whichever caller built it, an escape
+        sequence in it must not reach the terminal as one."""
+        from qwq_agent.cli.safe_text import safe
+
         head = f"qwq-agent {command}: {self.what}".rstrip()
-        return f"{head}\n  fix: {self.fix}" if self.fix else head
+        return safe(f"{head}\n  fix: {self.fix}" if self.fix else head)
 
 
 DOCKER_FIX = "start Docker (`systemctl start docker`) or point DOCKER_HOST at a running engine's socket"
@@ -110,7 +117,8 @@ def _recipe(exc: BaseException) -> CliError:
 def _setting(exc: BaseException) -> CliError:
     return CliError(
         _first_line(str(exc)),
-        "fix or unset that environment variable (`qwq-agent --help` lists them with their defaults)",
+        getattr(exc, "fix", "")
+        or "fix or unset that environment variable (`qwq-agent --help` lists them with their defaults)",
     )
 
 
@@ -139,7 +147,48 @@ def _os_error(exc: BaseException) -> CliError:
             f"cannot listen{where}: the address is already in use ({why})",
             "pass another --port (0: any free one, where allowed), or stop what listens there",
         )
+    # Socket errors with no command to say which flag (a command that listens maps its own with
+    # `listen_error`): about a host or an address, not a path.
+    if isinstance(exc, socket.gaierror):
+        return CliError(f"a host name does not resolve ({why})", "check the host names given (--host, URLs)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return CliError(
+            f"cannot use the address{where}: it is not one of this machine's ({why})",
+            "check the host and port given (--host, --port)",
+        )
     return CliError(f"cannot use{where}: {why}", "check the path and its permissions")
+
+
+_ANY_ADDRESS = "127.0.0.1: this machine only; 0.0.0.0: every interface"
+
+
+def listen_error(exc: OSError, host: str, port: int) -> CliError:
+    """What failing to listen on `host:port` (`exc`, raised by binding it) means, in terms of the
+    command's `--host` and `--port`: a bind error carries no file name, and its EACCES is about the
+    port, not a path's permissions."""
+    why = exc.strerror or str(exc)
+    if isinstance(exc, socket.gaierror):
+        return CliError(
+            f"cannot listen: the host {host} does not resolve to an address to listen on ({why})",
+            f"pass --host an address or name of this machine ({_ANY_ADDRESS})",
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return CliError(
+            f"cannot listen on {host}: {host} is not an address of this machine ({why})",
+            f"pass --host an address of this machine ({_ANY_ADDRESS})",
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return CliError(
+            f"cannot listen: port {port} is already in use on {host} ({why})",
+            "pass another --port (0: any free one), or stop what listens there",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return CliError(
+            f"cannot listen: port {port} needs privileges on {host} (below 1024: root or "
+            f"CAP_NET_BIND_SERVICE) ({why})",
+            "pass --port 1024 or above (0: any free one)",
+        )
+    return CliError(f"cannot listen on {host} port {port}: {why}", "check --host and --port")
 
 
 def stdout_closed() -> bool:

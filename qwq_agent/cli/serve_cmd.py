@@ -21,11 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Start `python -m sglang.launch_server` for QwQ-32B (pass more SGLang flags after --).",
     )
     p.add_argument("--model-path", default="Qwen/QwQ-32B", help="HF repo id or local folder")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs")
-    p.add_argument("--context-length", type=int, default=32768, help="longest prompt + output, in tokens")
+    p.add_argument("--tp", type=arg_types.positive_int, default=1, help="tensor-parallel GPUs")
+    p.add_argument(
+        "--context-length",
+        type=arg_types.positive_int,
+        default=32768,
+        help="longest prompt + output, in tokens",
+    )
     p.add_argument(
         "--mem-fraction-static",
-        type=float,
+        type=arg_types.fraction,
         default=None,
         help="share of GPU memory for weights and KV cache (default: SGLang's choice)",
     )
@@ -228,6 +233,7 @@ def _wait_ready(server, timeout: float):
 
     from qwq_agent.cli.activity import Activity
     from qwq_agent.cli.console import PipeConsole
+    from qwq_agent.cli.safe_text import safe
 
     activity = Activity(PipeConsole())
     activity.start(f"waiting for {server.url}/health (the server loads the model)")
@@ -242,7 +248,7 @@ def _wait_ready(server, timeout: float):
         if not activity.enabled and time.monotonic() - last_report >= QUIET_REPORT_S:
             last_report = time.monotonic()
             print(
-                f"still waiting for /health after {activity.elapsed():.0f}s; log: {last_line[:200]}",
+                f"still waiting for /health after {activity.elapsed():.0f}s; log: {safe(last_line[:200])}",
                 flush=True,
             )
 
@@ -262,9 +268,12 @@ def _log_hint(log_path: Path, tail: str) -> str:
 
 
 def _report(info) -> None:
+    from qwq_agent.cli.safe_text import safe
+
     url = redact_url(info.url)  # `serve --model-url` takes a server behind basic auth
     print(f"ready: {url}", flush=True)
-    print(f"model: {info.model}")
+    # the server's own text (its /server_info): an escape sequence in it is shown, not run
+    print(f"model: {safe(str(info.model))}")
     capacity = "unknown" if info.max_total_num_tokens is None else f"{info.max_total_num_tokens} tokens"
     length = "unknown" if info.context_length is None else info.context_length
     print(f"KV capacity: {capacity} (max_total_num_tokens); context length: {length}")

@@ -9,8 +9,9 @@ import shlex
 import tempfile
 from pathlib import Path
 
+from qwq_agent.cli.safe_text import safe
 from qwq_agent.cli.serve_signals import stop_on_signals
-from qwq_agent.serve.fleet import Fleet, FleetInfo
+from qwq_agent.serve.fleet import MAX_PROBED_WORKERS, Fleet, FleetInfo
 from qwq_agent.serve.launcher import ServeConfig
 from qwq_agent.urls import redact_url
 
@@ -32,7 +33,7 @@ def serve_fleet(args: argparse.Namespace, config: ServeConfig) -> int:
     gpus = None
     if args.gpus:
         flat = [g.strip() for g in args.gpus.split(",") if g.strip()]
-        tp = max(1, args.tp)
+        tp = args.tp  # 1 or more: checked at parse time
         if len(flat) != args.dp * tp:
             raise CliError(
                 f"--gpus names {len(flat)} GPUs; {args.dp} replicas of --tp {tp} need {args.dp * tp}",
@@ -174,13 +175,22 @@ def _tokens(count: int | None) -> str:
 
 def report_fleet(info: FleetInfo) -> None:
     """The router's URL, each worker's KV capacity, and the total (URLs without their credentials:
-    `serve --model-url` takes a router behind basic auth)."""
+    `serve --model-url` takes a router behind basic auth).
+
+    The worker URLs are the router's text (`serve --model-url` asks whatever answers on the URL), so
+    they are printed through `safe`: an escape sequence in one is shown, not run by the terminal."""
     policy = f", policy {info.policy}" if info.policy else ""
     router = redact_url(info.router_url)
     print(f"ready: {router} (router{policy})", flush=True)
     for i, w in enumerate(info.workers):
         state = "healthy" if w.healthy else "UNHEALTHY"
-        print(f"worker {i}: {redact_url(w.url)} {state}, KV capacity: {_tokens(w.max_total_num_tokens)}")
+        url = safe(redact_url(w.url))
+        print(f"worker {i}: {url} {state}, KV capacity: {_tokens(w.max_total_num_tokens)}")
+    if info.unprobed:
+        print(
+            f"{info.unprobed} more workers listed by the router were not probed "
+            f"(at most {MAX_PROBED_WORKERS} are); their capacity is not in the total"
+        )
     print(f"total KV capacity: {info.total_kv_tokens} tokens over {len(info.capacities)} workers")
     if info.policy == "affinity":
         print("affinity: clients send a routing key per run (routing_key=..., header x-smg-routing-key)")

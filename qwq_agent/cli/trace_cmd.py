@@ -41,13 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from qwq_agent.cli.errors import CliError
+    from qwq_agent.cli.errors import CliError, listen_error
     from qwq_agent.viewer import TraceViewer
 
     try:
         viewer = TraceViewer(args.dir, host=args.host, port=args.port)
     except FileNotFoundError as exc:
         raise CliError(str(exc), "pass the folder your runs write traces to (default: ./traces)") from None
+    except OSError as exc:  # the folder was found: binding --host:--port failed
+        raise listen_error(exc, args.host, args.port) from None
     print(f"serving traces of {viewer.root} at {viewer.url} (Ctrl-C to stop)", flush=True)
     try:
         viewer.serve_forever()

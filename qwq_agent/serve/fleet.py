@@ -10,6 +10,7 @@ servers as workers (a command template with `{port}` and `{gpu}`) behind the rea
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from qwq_agent.http_probe import AnswerTooLarge, get_within
+from qwq_agent.http_probe import AnswerTooLarge, get_within, run_bounded
 from qwq_agent.serve.launcher import (
     ReadyInfo,
     ServeConfig,
@@ -36,6 +37,7 @@ from qwq_agent.serve.launcher import (
     build_command,
     http_url,
     probe,
+    probe_unbounded,
 )
 
 ROUTER_INSTALL_HINT = "pip install sglang-router (or `pip install -e '.[router]'` in the qwq-agent checkout)"
@@ -209,6 +211,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+MAX_PROBED_WORKERS = 256
+"""The most workers of a router's `/workers` that `probe_router` probes (far more replicas than one
+router fronts in practice; a listing is capped at `PROBE_MAX_BYTES`, room for ~40,000 entries)."""
+
+MAX_CONCURRENT_WORKER_PROBES = 16
+"""How many workers `probe_router` probes at once (each probe is a connection of its own)."""
+
+
 @dataclass
 class WorkerInfo:
     """One replica as the router lists it, with its KV capacity read from the replica itself."""
@@ -226,6 +236,8 @@ class FleetInfo:
     router_url: str
     workers: list[WorkerInfo]
     policy: str | None = None
+    unprobed: int = 0
+    """Workers the router listed past `MAX_PROBED_WORKERS`: not probed, and not in `workers`."""
 
     @property
     def capacities(self) -> list[int]:
@@ -242,7 +254,12 @@ def probe_router(url: str, *, timeout: float = 5.0) -> FleetInfo | None:
     """The fleet behind the router at `url` (its `/workers`, then each worker's `/server_info`);
     None when the router does not answer or is not an SGLang router.
 
-    `timeout` bounds the router's `/workers` answer, and then each worker's probe, as a whole."""
+    `timeout` bounds the router's `/workers` answer, and then the workers' probes as a whole: at most
+    2 x `timeout` in all, however many workers the router lists or however slowly they answer. The
+    workers are probed `MAX_CONCURRENT_WORKER_PROBES` at a time; one that has not answered `/health` and
+    `/server_info` when the deadline passes is unhealthy (its capacity unknown). Only the first
+    `MAX_PROBED_WORKERS` listed are probed; `FleetInfo.unprobed` counts the rest.
+    """
     try:
         response = get_within(url + "/workers", timeout)
         if response.status_code != 200:
@@ -252,21 +269,41 @@ def probe_router(url: str, *, timeout: float = 5.0) -> FleetInfo | None:
         return None
     if not isinstance(listed, list):
         return None
-    workers = []
-    for entry in listed:
-        if not isinstance(entry, dict) or not entry.get("url"):
-            continue
-        info: ReadyInfo | None = probe(str(entry["url"]), timeout=timeout)
-        workers.append(
-            WorkerInfo(
-                url=str(entry["url"]),
-                healthy=bool(entry.get("is_healthy", True)) and info is not None,
-                max_total_num_tokens=info.max_total_num_tokens if info else None,
-                model=info.model if info else None,
-            )
+    entries = [entry for entry in listed if isinstance(entry, dict) and entry.get("url")]
+    probed, unprobed = entries[:MAX_PROBED_WORKERS], len(entries) - MAX_PROBED_WORKERS
+    infos = _probe_workers([str(entry["url"]) for entry in probed], timeout)
+    workers = [
+        WorkerInfo(
+            url=str(entry["url"]),
+            healthy=bool(entry.get("is_healthy", True)) and info is not None,
+            max_total_num_tokens=info.max_total_num_tokens if info else None,
+            model=info.model if info else None,
         )
+        for entry, info in zip(probed, infos, strict=True)
+    ]
     # the router lists its workers in no fixed order
-    return FleetInfo(router_url=url, workers=sorted(workers, key=lambda w: w.url))
+    return FleetInfo(router_url=url, workers=sorted(workers, key=lambda w: w.url), unprobed=max(0, unprobed))
+
+
+def _probe_workers(urls: list[str], timeout: float) -> list[ReadyInfo | None]:
+    """`probe` of each of `urls`, `MAX_CONCURRENT_WORKER_PROBES` at a time, all within one `timeout`
+    (None for each that has not answered by then, a probe still waiting for its turn included)."""
+    found: list[ReadyInfo | None] = [None] * len(urls)
+    slots = asyncio.Semaphore(MAX_CONCURRENT_WORKER_PROBES)
+
+    async def one(http: httpx.AsyncClient, i: int) -> None:
+        async with slots:
+            found[i] = await probe_unbounded(urls[i], timeout=timeout, http=http)
+
+    async def every() -> None:
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            await asyncio.gather(*(one(http, i) for i in range(len(urls))))
+
+    try:
+        run_bounded(every(), timeout)
+    except TimeoutError:
+        pass  # the answers found by then stand
+    return found
 
 
 def _ready_workers(url: str, timeout: float) -> int | None:
@@ -452,6 +489,8 @@ class Fleet:
 
 
 __all__ = [
+    "MAX_CONCURRENT_WORKER_PROBES",
+    "MAX_PROBED_WORKERS",
     "POLICIES",
     "ROUTER_INSTALL_HINT",
     "Fleet",

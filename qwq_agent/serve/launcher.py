@@ -151,12 +151,30 @@ def probe(url: str, *, timeout: float = 5.0) -> ReadyInfo | None:
     `PROBE_MAX_BYTES` is no answer.
     """
     try:
-        info = run_bounded(_server_info_if_healthy(url, timeout), timeout)
+        return run_bounded(probe_unbounded(url, timeout=timeout), timeout)
+    except TimeoutError:
+        return None
+
+
+async def probe_unbounded(
+    url: str, *, timeout: float = 5.0, http: httpx.AsyncClient | None = None
+) -> ReadyInfo | None:
+    """`probe` for async code that bounds it itself (`asyncio.timeout`): `timeout` bounds each read only.
+
+    `http` is a client to share among many probes (a fleet's workers: one client, not one TLS setup
+    each); by default the probe opens its own. A server that answers with an error, too much, or not
+    HTTP at all is None, as in `probe`.
+    """
+    try:
+        if http is None:
+            async with httpx.AsyncClient(timeout=timeout) as own:
+                info = await _server_info_if_healthy(own, url)
+        else:
+            info = await _server_info_if_healthy(http, url)
     except (
         httpx.HTTPError,
         httpx.InvalidURL,  # no HTTPError
         ValueError,
-        TimeoutError,
         AnswerTooLarge,
     ):
         return None
@@ -172,15 +190,15 @@ def probe(url: str, *, timeout: float = 5.0) -> ReadyInfo | None:
     )
 
 
-async def _server_info_if_healthy(url: str, timeout: float) -> Any:
+async def _server_info_if_healthy(http: httpx.AsyncClient, url: str) -> Any:
     """The `/server_info` body ({} when the server has none) once `/health` answers 200, else None."""
-    async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
-        if (await get_capped(http, "/health")).status_code != 200:
-            return None
-        response = await get_capped(http, "/server_info")
-        if response.status_code == 404:
-            response = await get_capped(http, "/get_server_info")
-        return response.json_body() if response.status_code == 200 else {}
+    base = url.rstrip("/")
+    if (await get_capped(http, base + "/health")).status_code != 200:
+        return None
+    response = await get_capped(http, base + "/server_info")
+    if response.status_code == 404:
+        response = await get_capped(http, base + "/get_server_info")
+    return response.json_body() if response.status_code == 200 else {}
 
 
 def port_in_use(host: str, port: int) -> bool:
