@@ -11,10 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qwq_agent.charsets import known_charset
 from qwq_agent.protocols import ToolContext, ToolOutput
 from qwq_agent.tools.base import ModelTool
 from qwq_agent.tools.netguard import AddressPolicy, AddressRefused
-from qwq_agent.tools.web.fetch import FetchedPage, FetchError, FetchLimits, guarded_get, known_charset
+from qwq_agent.tools.web.fetch import FetchedPage, FetchError, FetchLimits, guarded_get
 from qwq_agent.tools.web.readable import html_to_readable
 
 _HTML = {"text/html", "application/xhtml+xml"}

@@ -8,7 +8,6 @@ The connection goes to the address that was checked (the URL's host is replaced 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import ipaddress
 import ssl
 import time
@@ -19,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from pydantic import BaseModel, Field
 
+from qwq_agent.charsets import known_charset
 from qwq_agent.tools.netguard import AddressPolicy, AddressRefused, check_host_literal, resolve_all_checked
 
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -26,28 +26,6 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 _ACCEPT_ENCODING = "gzip, deflate"
 # Output per decompress step: a bomb is inflated a slice at a time, and stops at the cap.
 _STEP = 256 * 1024
-
-
-# Codecs Python has that are no page encoding: utf-7 and the escape codecs decode to lone surrogates
-# (text nothing can encode again), punycode is quadratic in the input, idna and `undefined` raise
-# whatever the error handler. A page naming one is read as UTF-8, like one naming no charset.
-_REFUSED_CODECS = frozenset(
-    {"utf-7", "unicode-escape", "raw-unicode-escape", "punycode", "idna", "undefined"}
-)
-
-
-def known_charset(charset: str | None) -> str | None:
-    """`charset` if it names a text encoding a page can be in; a page that names another is still shown."""
-    if not charset:
-        return None
-    try:
-        info = codecs.lookup(charset)
-    except LookupError:
-        return None
-    # bytes-to-bytes codecs (base64, zlib) are no text encodings; str.decode refuses them anyway
-    if not getattr(info, "_is_text_encoding", True) or info.name in _REFUSED_CODECS:
-        return None
-    return charset
 
 
 class FetchError(Exception):

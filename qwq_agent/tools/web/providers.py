@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, SecretStr
 
-from qwq_agent.tools.web.fetch import known_charset
+from qwq_agent.charsets import known_charset
 from qwq_agent.urls import redact_url, redact_urls_in
 
 BRAVE_BASE_URL = "https://api.search.brave.com"
