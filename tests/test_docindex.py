@@ -408,6 +408,27 @@ def test_cli_index_prints_counts(corpus: Path, tmp_path: Path, capsys: pytest.Ca
     assert main(["index", str(tmp_path / "absent")]) == 2
 
 
+def test_cli_index_of_an_index_another_process_is_updating_says_so_not_rebuild(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    # SQLITE_BUSY was mapped like any DatabaseError: "cannot be used ... rebuild it with `qwq-agent
+    # index DIR`", the very command that just failed, for an index that is fine.
+    db = tmp_path / "busy.sqlite3"
+    assert main(["index", str(corpus), "--db", str(db)]) == 0
+    capsys.readouterr()
+    writer = sqlite3.connect(db)  # what a concurrent `qwq-agent index` holds while it updates
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        assert main(["index", str(corpus), "--db", str(db)]) == 2  # after SQLite's busy timeout
+    finally:
+        writer.close()
+    err = capsys.readouterr().err
+    assert "another process" in err and "try again" in err and "rebuild" not in err, err
+    assert len(err.strip().splitlines()) == 2, err
+
+
 def test_line_numbers_count_newlines_only(tmp_path):
     from qwq_agent.docindex.store import DocIndex
 
