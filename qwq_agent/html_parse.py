@@ -43,15 +43,34 @@ def unify_line_ends(text: str) -> str:
 def decode_html(html: bytes) -> str:
     """`html`'s text, decoded as BeautifulSoup decodes bytes (BOM, `<meta charset>`, then guesses).
 
-    Raises bs4's `ParserRejectedMarkup` when nothing decodes it, as BeautifulSoup would.
+    A charset `charsets.known_charset` refuses (punycode, utf-7...) is passed over, whatever name the
+    page gives it: the page is then read as one that names no charset. Raises bs4's
+    `ParserRejectedMarkup` when nothing decodes it, as BeautifulSoup would.
     """
-    from bs4 import UnicodeDammit
     from bs4.exceptions import ParserRejectedMarkup
 
-    text = UnicodeDammit(html, is_html=True).unicode_markup
+    text = _dammit_class()(html, is_html=True).unicode_markup
     if text is None:
         raise ParserRejectedMarkup("could not decode the page to text")
     return text
+
+
+@functools.cache
+def _dammit_class() -> Any:
+    from bs4 import UnicodeDammit
+
+    from qwq_agent.charsets import known_charset
+
+    class Dammit(UnicodeDammit):
+        """bs4's decoder, with the codecs `known_charset` refuses taken out after bs4 has resolved the
+        name: `exclude_encodings` matches names as written, and bs4 also reads `puny-code` (dashes
+        dropped) and Python `utf--7` as codecs it would not have excluded."""
+
+        def find_codec(self, charset: str) -> str | None:
+            codec = super().find_codec(charset)
+            return codec if known_charset(codec) else None
+
+    return Dammit
 
 
 @functools.cache

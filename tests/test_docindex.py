@@ -221,6 +221,34 @@ def test_unreadable_files_are_reported_not_fatal(tmp_path: Path) -> None:
         assert index.update().unchanged == 3
 
 
+def test_html_is_decoded_by_its_declared_charset_and_a_bom_before_the_nul_check(tmp_path: Path) -> None:
+    # Every document was decoded utf-8, else cp1252: a page's <meta charset> was never read, so a
+    # windows-1251 or Shift_JIS page was stored as mojibake (unsearchable, no error), and a UTF-16
+    # file with a BOM was refused as binary (its NUL bytes were looked at before its BOM).
+    root = tmp_path / "r"
+    root.mkdir()
+    for name, charset, words in (
+        ("ru.html", "windows-1251", "Привет мир, документация по кэшированию"),
+        ("ja.html", "shift_jis", "東京 キャッシュ 説明書"),
+        ("puny.html", "punycode", "plain words -abc"),  # a codec no page is in: read as naming none
+    ):
+        page = f'<html><head><meta charset="{charset}"><title>t</title></head><body><p>{words}'
+        (root / name).write_bytes(page.encode("utf-8" if charset == "punycode" else charset))
+    (root / "wide.txt").write_bytes("Notes on кэширование\n".encode("utf-16"))
+    (root / "wide.html").write_bytes(
+        "<html><body><p>Über Zwischenspeicher</p></body></html>".encode("utf-16")
+    )
+    (root / "binary.txt").write_bytes(b"abc\x00\x01\x02")
+    with build(root, tmp_path) as index:
+        stats = index.update()
+        assert dict(stats.errors).keys() == {"binary.txt"}, stats.errors
+        assert locations(index, "кэшированию") == ["ru.html:1"]
+        assert locations(index, "キャッシュ") == ["ja.html:1"]
+        assert locations(index, "abc") == ["puny.html:1"]
+        assert locations(index, "кэширование") == ["wide.txt:1"]
+        assert locations(index, "Zwischenspeicher") == ["wide.html:1"]
+
+
 def test_symlinks_out_of_root_are_not_followed(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -378,6 +406,27 @@ def test_cli_index_prints_counts(corpus: Path, tmp_path: Path, capsys: pytest.Ca
     assert (counts["added"], counts["updated"], counts["removed"], counts["unchanged"]) == (0, 1, 0, 3)
     assert isinstance(counts["seconds"], float)
     assert main(["index", str(tmp_path / "absent")]) == 2
+
+
+def test_cli_index_of_an_index_another_process_is_updating_says_so_not_rebuild(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    # SQLITE_BUSY was mapped like any DatabaseError: "cannot be used ... rebuild it with `qwq-agent
+    # index DIR`", the very command that just failed, for an index that is fine.
+    db = tmp_path / "busy.sqlite3"
+    assert main(["index", str(corpus), "--db", str(db)]) == 0
+    capsys.readouterr()
+    writer = sqlite3.connect(db)  # what a concurrent `qwq-agent index` holds while it updates
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        assert main(["index", str(corpus), "--db", str(db)]) == 2  # after SQLite's busy timeout
+    finally:
+        writer.close()
+    err = capsys.readouterr().err
+    assert "another process" in err and "try again" in err and "rebuild" not in err, err
+    assert len(err.strip().splitlines()) == 2, err
 
 
 def test_line_numbers_count_newlines_only(tmp_path):

@@ -141,6 +141,40 @@ async def test_html_page_becomes_readable_text_with_numbered_links(server: Serve
     assert "Menu" not in out.text and "copyright" not in out.text and "alert" not in out.text
 
 
+async def test_max_chars_bounds_the_title_and_link_urls_too(server: Server) -> None:
+    # Only the body window was cut to max_chars: a 300 KB <title> or href was added whole (on every
+    # offset of the page), and the whole title went into the trace's metadata.
+    big = 300_000
+    title_page = (
+        b"<html><head><title>" + b"T" * big + b"</title></head><body><p>Real content.</p></body></html>"
+    )
+    link_page = (
+        b'<html><body><p>See <a href="/'
+        + b"x" * big
+        + b'">this</a> and <a href="/b">that</a>.</p></body></html>'
+    )
+    server.routes["/long-title"] = lambda h: send(h, 200, "text/html; charset=utf-8", title_page)
+    server.routes["/long-link"] = lambda h: send(h, 200, "text/html; charset=utf-8", link_page)
+    tool = FetchUrl(policy=LOOPBACK_OK)
+    titled = await tool({"url": server.url("/long-title"), "max_chars": 500}, CTX)
+    assert len(titled.text) < 500 + 1_000, len(titled.text)
+    assert f"[title cut at 300 of {big:,} characters]" in titled.text and "Real content." in titled.text
+    assert len(titled.metadata["title"]) < 400
+    linked = await tool({"url": server.url("/long-link"), "max_chars": 500}, CTX)
+    assert len(linked.text) < 500 + 3_000, len(linked.text)
+    assert "this [1] and that [2]" in linked.text
+    assert f"[URL cut at 2,000 of {len(server.url('/')) + big:,} characters]" in linked.text
+    assert f"[2] {server.url('/b')}" in linked.text
+    # A short window holds many markers: the list of their URLs is bounded as a whole too.
+    many = "".join(f'<a href="/{i}{"y" * 1_990}">{i}</a> ' for i in range(100)).encode()
+    server.routes["/many"] = lambda h: send(
+        h, 200, "text/html", b"<html><body><p>" + many + b"</p></body></html>"
+    )
+    listed = await tool({"url": server.url("/many"), "max_chars": 500}, CTX)
+    assert len(listed.text) < 500 + 3 * 2_000 + 1_000, len(listed.text)
+    assert "[1] " + server.url("/0y") in listed.text and "more links of this part not listed" in listed.text
+
+
 async def test_plain_text_json_and_http_errors(server: Server) -> None:
     tool = FetchUrl(policy=LOOPBACK_OK)
     plain = await tool({"url": server.url("/plain")}, CTX)
@@ -639,3 +673,32 @@ async def test_elements_past_the_depth_cap_stay_elements_scripts_dropped_heading
     assert out.text.endswith("## Install\n\nrun make\n\nthen\n\ntest it"), out.text[-300:]
     shown = [int(line[5:]) for line in out.text.split("\n") if line.startswith("line ")]
     assert shown == list(range(MAX_DEPTH + 44))  # the text before, all of it, in order
+
+
+# A page that names a codec no page is in, spelt in any of the ways Python's lookup (or bs4's) accepts.
+@pytest.mark.parametrize(
+    "charset", ["punycode", "PunyCode", "puny-code", "utf-7", "UTF7", "u7", "utf--7", "unicode_escape"]
+)
+async def test_a_meta_charset_no_page_is_in_is_not_used_to_decode_the_page(
+    server: Server, charset: str
+) -> None:
+    # known_charset refused these in the Content-Type header only; bs4 honoured a <meta charset> naming
+    # one: punycode is quadratic (a 300 KB page took 29 s, in a thread that outlives the tool's
+    # timeout), utf-7 and the escape codecs make lone surrogates. The page is read as one naming none.
+    text = "Welcome +2D0- \\ud83d in -" + "a" * 2000
+    # No end tags: the page then ends with letters after its last `-`, which punycode decodes.
+    body = f'<html><head><meta charset="{charset}"><title>t</title></head><body><p>{text}'
+    server.routes["/meta"] = lambda h: send(h, 200, "text/html", body.encode())
+    out = await FetchUrl(policy=LOOPBACK_OK)({"url": server.url("/meta")}, CTX)
+    assert not out.is_error and text in out.text, out.text[:300]
+
+
+@pytest.mark.parametrize(("charset", "declared"), [("shift_jis", "x-sjis"), ("cp1251", "windows-1251")])
+async def test_a_meta_charset_under_another_name_still_decodes_the_page(
+    server: Server, charset: str, declared: str
+) -> None:
+    text = "東京 キャッシュ" if charset == "shift_jis" else "Привет мир"
+    body = f'<html><head><meta charset="{declared}"></head><body><p>{text}</p></body></html>'
+    server.routes["/named"] = lambda h: send(h, 200, "text/html", body.encode(charset))
+    out = await FetchUrl(policy=LOOPBACK_OK)({"url": server.url("/named")}, CTX)
+    assert text in out.text, out.text

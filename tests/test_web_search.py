@@ -6,6 +6,8 @@ import json
 import logging
 import threading
 import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -71,6 +73,7 @@ class ApiServer:
         self.snippet_padding = 0  # characters added to the first result's snippet
         self.drip = 0.0  # seconds between the 20 pieces the reply is sent in
         self.raw_failure: tuple[str, bytes] | None = None  # (Content-Type, body) of an HTTP 500
+        self.raw_reply: tuple[dict[str, str], bytes] | None = None  # (headers, body) of an HTTP 200
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -104,13 +107,26 @@ class ApiServer:
 
             def do_GET(self) -> None:
                 req = self._record()
-                if outer.raw_failure:
+                if outer.raw_reply:
+                    headers, data = outer.raw_reply
+                    self.send_response(200)
+                    for name, value in {"Content-Length": str(len(data)), **headers}.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    try:
+                        self.wfile.write(data)
+                    except OSError:
+                        pass  # the client stopped reading, as it should
+                elif outer.raw_failure:
                     content_type, data = outer.raw_failure
                     self.send_response(500)
                     self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    try:
+                        self.wfile.write(data)
+                    except OSError:
+                        pass  # only the start of an error reply is read
                 elif outer.fail_with:
                     self._reply(
                         {
@@ -139,6 +155,12 @@ class ApiServer:
 
             def log_message(self, *args: object) -> None:
                 pass
+
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except ConnectionError:
+                    pass  # the client hung up once it had read what it wanted, as it should
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -248,6 +270,43 @@ async def test_a_huge_or_dripping_provider_reply_is_cut_off(api: ApiServer) -> N
     slow = await WebSearch(SearxngProvider(base_url=api.base), timeout_s=1.0)({"query": "x"}, CTX)
     assert slow.is_error and "took longer than 1 s" in slow.text, slow.text[:200]
     assert time.monotonic() - started < 3
+
+
+def _gzip(data: bytes, wbits: int = 31) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    return c.compress(data) + c.flush()
+
+
+async def test_a_compressed_reply_is_inflated_under_the_cap_and_stacked_encodings_are_refused(
+    api: ApiServer,
+) -> None:
+    from qwq_agent.tools.web.providers import MAX_REPLY_BYTES
+
+    # httpx inflated each network chunk whole (stacked `gzip, gzip` too) before the cap was checked:
+    # a 492-byte reply became 465 MB in memory. fetch_url's bounded inflater reads it now.
+    inner = _gzip(b"\0" * (64 * 1024 * 1024))
+    cases = [
+        ({"Content-Encoding": "gzip, gzip"}, _gzip(inner), "stacked content encodings"),
+        ({"Content-Encoding": "gzip"}, inner, f"larger than {MAX_REPLY_BYTES:,} bytes"),
+        ({"Content-Encoding": "br"}, b"\x0b\x02\x80{}\x03", "unsupported content encoding 'br'"),
+        ({"Content-Encoding": "gzip"}, b"\x1f\x8bnot gzip", "corrupt"),
+    ]
+    for headers, body, expected in cases:
+        api.raw_reply = ({"Content-Type": "application/json", **headers}, body)
+        tracemalloc.start()
+        try:
+            out = await WebSearch(SearxngProvider(base_url=api.base))({"query": "x"}, CTX)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert out.is_error and expected in out.text, out.text[:200]
+        assert peak < 4 * MAX_REPLY_BYTES, (expected, peak)
+    assert api.requests[-1]["headers"]["Accept-Encoding"] == "gzip, deflate"  # only what is decoded here
+    for coding, body in (("gzip", _gzip(json.dumps(SEARXNG_BODY).encode())),
+                         ("deflate", _gzip(json.dumps(SEARXNG_BODY).encode(), -15))):  # fmt: skip
+        api.raw_reply = ({"Content-Type": "application/json", "Content-Encoding": coding}, body)
+        out = await WebSearch(SearxngProvider(base_url=api.base))({"query": "x"}, CTX)
+        assert not out.is_error and "https://a.example/sun" in out.text, out.text[:200]
 
 
 async def test_invalid_arguments_are_reported() -> None:

@@ -123,6 +123,13 @@ def _setting(exc: BaseException) -> CliError:
 
 
 def _sqlite(exc: BaseException) -> CliError:
+    # SQLITE_BUSY / SQLITE_LOCKED (extended codes keep the primary one in the low byte): another
+    # connection holds the lock past the busy timeout. The index is fine; rebuilding it is no fix.
+    if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return CliError(
+            f"the document index is locked by another process ({exc})",
+            "another `qwq-agent index` is probably updating it: try again when that ends",
+        )
     return CliError(
         f"the document index cannot be used: {exc}",
         "rebuild it with `qwq-agent index DIR` (and pass the file it names with --docs-db / --db)",

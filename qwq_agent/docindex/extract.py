@@ -7,6 +7,7 @@ hit points near the text that matched.
 
 from __future__ import annotations
 
+import codecs
 import io
 import re
 import time
@@ -131,7 +132,7 @@ def _extract(data: bytes, kind: str) -> Extracted:
     if kind == "pdf":
         title, blocks, note, timed_out = _pdf_blocks(data)
     else:
-        text = _decode(data)
+        text = _decode(data, kind)
         if kind == "markdown":
             blocks = list(_markdown_blocks(text))
         elif kind == "html":
@@ -229,10 +230,31 @@ def _piece(block: Block, lines: list[str], line: int) -> Iterable[Block]:
         yield block.model_copy(update={"text": text, "line": line})
 
 
-def _decode(data: bytes) -> str:
+# Longest first: a UTF-32LE mark starts with the UTF-16LE one. Each codec reads its mark and drops it.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _decode(data: bytes, kind: str) -> str:
+    """A document's text: by its byte-order mark if it has one (UTF-16 and -32 text is full of NUL
+    bytes, so the mark is read before they are taken for a binary file's); else HTML as fetch_url
+    reads a page (`html_parse.decode_html`: its `<meta charset>`, then a guess), other text as UTF-8,
+    else cp1252, else latin-1."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return data.decode(codec, errors="replace")
     if b"\x00" in data[:8192]:
         raise ExtractError("looks like a binary file (contains NUL bytes)")
-    for encoding in ("utf-8-sig", "cp1252"):
+    if kind == "html":
+        from qwq_agent.html_parse import decode_html
+
+        return decode_html(data)
+    for encoding in ("utf-8", "cp1252"):
         try:
             return data.decode(encoding)
         except UnicodeDecodeError:

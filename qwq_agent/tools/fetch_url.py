@@ -11,14 +11,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qwq_agent.charsets import known_charset
 from qwq_agent.protocols import ToolContext, ToolOutput
 from qwq_agent.tools.base import ModelTool
 from qwq_agent.tools.netguard import AddressPolicy, AddressRefused
-from qwq_agent.tools.web.fetch import FetchedPage, FetchError, FetchLimits, guarded_get, known_charset
-from qwq_agent.tools.web.readable import html_to_readable
+from qwq_agent.tools.web.fetch import FetchedPage, FetchError, FetchLimits, guarded_get
+from qwq_agent.tools.web.readable import Link, html_to_readable
 
 _HTML = {"text/html", "application/xhtml+xml"}
 _JSON_SUFFIX = "+json"
+# `max_chars` cuts the page's text; its title and the URLs of the links shown come on top of it, so
+# each is capped on its own: a 300 KB <title> or href was added whole, on every offset of the page.
+MAX_TITLE_CHARS = 300
+MAX_URL_CHARS = 2_000
+_LINK_MARKER = re.compile(r"\[([1-9][0-9]*)\]")
 
 
 class FetchUrlArgs(BaseModel):
@@ -110,7 +116,8 @@ def render_page(page: FetchedPage, offset: int, max_chars: int) -> ToolOutput:
             title, text, links = readable.title, readable.text, readable.links
     elif kind == "json" and not page.truncated:
         text = _pretty_json(text)
-    header = [f"URL: {page.url}"]
+    title = _capped(title, MAX_TITLE_CHARS, "title")
+    header = [f"URL: {_capped(page.url, MAX_URL_CHARS, 'URL')}"]
     if note:
         header.append(note)
     if page.redirects:
@@ -129,12 +136,39 @@ def render_page(page: FetchedPage, offset: int, max_chars: int) -> ToolOutput:
     if end < len(text):
         parts.append(f"[cut at character {end} of {len(text)}; call fetch_url with offset={end} for more]")
     if links:
-        # Only the links whose markers appear in the shown window, to keep the observation short.
-        shown = [link for link in links if f"[{link.number}]" in window]
+        # Only the links whose markers appear in the shown window, to keep the observation short;
+        # the window is read once (a search of it per link took 12 s on a page of 96,000 links).
+        marked = {int(number) for number in _LINK_MARKER.findall(window)}
+        shown = [link for link in links if link.number in marked]
         if shown:
-            parts.append("Links:\n" + "\n".join(f"[{link.number}] {link.url}" for link in shown))
+            parts.append("Links:\n" + "\n".join(_link_lines(shown, max(max_chars, 2 * MAX_URL_CHARS))))
     meta.update(chars=len(text), title=title)
     return ToolOutput(text="\n\n".join(parts), is_error=page.status >= 400, metadata=meta)
+
+
+def _link_lines(links: list[Link], budget: int) -> list[str]:
+    """`[n] url` lines of `links`, as many as fit in `budget` characters (at least one): a window of
+    500 characters can hold a hundred markers, each of a 2,000-character URL."""
+    lines: list[str] = []
+    used = 0
+    for link in links:
+        line = f"[{link.number}] {_capped(link.url, MAX_URL_CHARS, 'URL')}"
+        if lines and used + len(line) > budget:
+            left = len(links) - len(lines)
+            lines.append(
+                f"({left} more links of this part not listed: the list is cut at {budget:,} characters)"
+            )
+            break
+        lines.append(line)
+        used += len(line) + 1
+    return lines
+
+
+def _capped(text: str, limit: int, what: str) -> str:
+    """`text`, or its first `limit` characters and a note that says it was cut (a cut URL is no URL)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{what} cut at {limit:,} of {len(text):,} characters]"
 
 
 def _kind(page: FetchedPage) -> str | None:

@@ -8,46 +8,19 @@ The connection goes to the address that was checked (the URL's host is replaced 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import ipaddress
 import ssl
 import time
-import zlib
-from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 from pydantic import BaseModel, Field
 
+from qwq_agent.charsets import known_charset
 from qwq_agent.tools.netguard import AddressPolicy, AddressRefused, check_host_literal, resolve_all_checked
+from qwq_agent.tools.web.inflate import ACCEPT_ENCODING, BodyEncodingError, read_capped
 
 _REDIRECTS = {301, 302, 303, 307, 308}
-# Only what `_Inflater` decodes is asked for; the body is decoded here, under the byte cap, never by httpx.
-_ACCEPT_ENCODING = "gzip, deflate"
-# Output per decompress step: a bomb is inflated a slice at a time, and stops at the cap.
-_STEP = 256 * 1024
-
-
-# Codecs Python has that are no page encoding: utf-7 and the escape codecs decode to lone surrogates
-# (text nothing can encode again), punycode is quadratic in the input, idna and `undefined` raise
-# whatever the error handler. A page naming one is read as UTF-8, like one naming no charset.
-_REFUSED_CODECS = frozenset(
-    {"utf-7", "unicode-escape", "raw-unicode-escape", "punycode", "idna", "undefined"}
-)
-
-
-def known_charset(charset: str | None) -> str | None:
-    """`charset` if it names a text encoding a page can be in; a page that names another is still shown."""
-    if not charset:
-        return None
-    try:
-        info = codecs.lookup(charset)
-    except LookupError:
-        return None
-    # bytes-to-bytes codecs (base64, zlib) are no text encodings; str.decode refuses them anyway
-    if not getattr(info, "_is_text_encoding", True) or info.name in _REFUSED_CODECS:
-        return None
-    return charset
 
 
 class FetchError(Exception):
@@ -177,7 +150,7 @@ async def _send(
         "Host": host_header,
         "User-Agent": limits.user_agent,
         "Accept": accept,
-        "Accept-Encoding": _ACCEPT_ENCODING,
+        "Accept-Encoding": ACCEPT_ENCODING,  # the body is decoded under the cap, never by httpx
     }
     extensions = {}
     if url.scheme == "https" and not _is_ip(url.host):
@@ -205,84 +178,14 @@ async def _send(
 
 
 async def _read_capped(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:
-    """The body decoded, at most `max_bytes` of it, and whether it was cut.
-
-    httpx's own decoding inflates each network chunk in full (and honours stacked encodings) before
-    a cap could be checked: 1 KB of `gzip, gzip` became hundreds of MB. The raw bytes are read here
-    and inflated a bounded slice at a time instead.
-    """
-    inflater = _Inflater.for_header(response.headers.get("content-encoding", ""), response.request.url)
-    chunks: list[bytes] = []
-    size = 0
+    """The body decoded, at most `max_bytes` of it, and whether it was cut (`inflate.read_capped`)."""
+    url = response.request.url
     try:
-        async for raw in response.aiter_raw():
-            for piece in inflater.feed(raw, max_bytes - size + 1):
-                chunks.append(piece)
-                size += len(piece)
-                if size > max_bytes:
-                    # Stop reading: the rest of the body is never downloaded nor inflated.
-                    return b"".join(chunks)[:max_bytes], True
+        return await read_capped(response, max_bytes)
+    except BodyEncodingError as exc:
+        raise FetchError(f"{url} sent {exc}") from None
     except httpx.HTTPError as exc:
-        raise FetchError(f"reading the body of {response.request.url} failed: {exc}") from None
-    return b"".join(chunks), False
-
-
-class _Inflater:
-    """Decodes one `Content-Encoding` (identity, gzip or deflate) with bounded output per step."""
-
-    def __init__(self, coding: str, url: httpx.URL) -> None:
-        self.coding = coding
-        self.url = url
-        self.done = False
-        self._head = b""  # the first bytes of a deflate body, which tell its format
-        self._z: zlib._Decompress | None = self._new() if coding == "gzip" else None
-
-    @classmethod
-    def for_header(cls, header: str, url: httpx.URL) -> _Inflater:
-        codings = [c.strip().lower() for c in header.split(",") if c.strip()]
-        codings = [c for c in codings if c != "identity"]
-        if len(codings) > 1:
-            # Real servers never stack encodings; each layer multiplies what a few bytes inflate to.
-            raise FetchError(f"{url} sent stacked content encodings ({header}), which are not supported")
-        coding = {"x-gzip": "gzip"}.get(codings[0], codings[0]) if codings else "identity"
-        if coding not in ("identity", "gzip", "deflate"):
-            raise FetchError(f"{url} sent an unsupported content encoding {coding!r} (gzip and deflate are)")
-        return cls(coding, url)
-
-    def _new(self, first: bytes = b"") -> zlib._Decompress:
-        if self.coding == "gzip":
-            return zlib.decompressobj(16 + zlib.MAX_WBITS)
-        # "deflate" is zlib-wrapped by the standard, raw deflate from some servers.
-        wrapped = len(first) >= 2 and first[0] & 0x0F == 8 and int.from_bytes(first[:2], "big") % 31 == 0
-        return zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
-
-    def feed(self, data: bytes, room: int) -> Iterator[bytes]:
-        """Yield the decoded pieces of `data`; the caller stops iterating once it has `room` bytes."""
-        if self.coding == "identity":
-            yield data
-            return
-        if self._z is None:
-            self._head += data
-            if len(self._head) < 2:
-                return
-            self._z, data, self._head = self._new(self._head), self._head, b""
-        while data and not self.done:
-            try:
-                piece = self._z.decompress(data, max(1, min(room, _STEP)))
-            except zlib.error as exc:
-                raise FetchError(f"the {self.coding} body of {self.url} is corrupt: {exc}") from None
-            if piece:
-                room -= len(piece)
-                yield piece
-            data = self._z.unconsumed_tail
-            if self._z.eof:
-                # Another gzip member may follow (concatenated gzip is valid); anything else is ignored.
-                rest = self._z.unused_data
-                if self.coding == "gzip" and rest.startswith(b"\x1f\x8b"):
-                    self._z = self._new()
-                    data = rest
-                else:
-                    self.done = True
+        raise FetchError(f"reading the body of {url} failed: {exc}") from None
 
 
 def _is_ip(host: str) -> bool:

@@ -15,14 +15,15 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, SecretStr
 
-from qwq_agent.tools.web.fetch import known_charset
+from qwq_agent.charsets import known_charset
+from qwq_agent.tools.web.inflate import ACCEPT_ENCODING, BodyEncodingError, read_capped
 from qwq_agent.urls import redact_url, redact_urls_in
 
 BRAVE_BASE_URL = "https://api.search.brave.com"
 TAVILY_BASE_URL = "https://api.tavily.com"
 # A page of results is tens of kilobytes; a reply past this is read no further (decoded bytes).
 MAX_REPLY_BYTES = 2_000_000
-# Of an error reply, only this much is decoded: 300 characters of it are shown. A key the reply
+# Of an error reply, only this much is read and decoded: 300 characters of it are shown. A key the reply
 # quotes back within those is whole in what is decoded (at least 1,024 characters, 4 bytes to the
 # character at worst), so it is still scrubbed.
 _ERROR_BYTES = 4_096
@@ -158,28 +159,32 @@ def provider_from_env(env: Mapping[str, str] | None = None, name: str | None = N
 async def _request(
     client: httpx.AsyncClient, method: str, url: str, *, secrets: tuple[str, ...], **kwargs: Any
 ) -> dict[str, Any]:
+    # Only the codings `read_capped` decodes, a bounded slice at a time: httpx's own decoding inflated
+    # a 492-byte `gzip, gzip` reply to 465 MB before the cap could be checked.
+    kwargs["headers"] = {**(kwargs.get("headers") or {}), "Accept-Encoding": ACCEPT_ENCODING}
     try:
         async with client.stream(method, url, **kwargs) as response:
             status, charset = response.status_code, response.charset_encoding
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_REPLY_BYTES:
-                    raise SearchError(f"search provider's reply is larger than {MAX_REPLY_BYTES:,} bytes")
+            # Of an error reply only the start is shown, so only the start is read.
+            body, cut = await read_capped(response, _ERROR_BYTES if status >= 400 else MAX_REPLY_BYTES)
+    except BodyEncodingError as exc:
+        raise SearchError(_scrub(f"search provider's reply cannot be read: it sent {exc}", secrets)) from None
     except httpx.TimeoutException:
         raise SearchError(_scrub(f"search request to {redact_url(url)} timed out", secrets)) from None
     except httpx.HTTPError as exc:
         detail = redact_urls_in(f"{type(exc).__name__}: {exc}")  # httpx may quote the URL
         raise SearchError(_scrub(f"search request to {redact_url(url)} failed: {detail}", secrets)) from None
+    if cut and status < 400:
+        raise SearchError(f"search provider's reply is larger than {MAX_REPLY_BYTES:,} bytes")
     if status >= 400:
         # Scrubbed before it is cut: a key straddling the cut would keep its first characters. Only
         # the start is decoded, with a codec a page may name (punycode, quadratic, took minutes on
         # the event loop for 2 MB; idna and rot13 raised out of the tool): else UTF-8.
-        text = bytes(body[:_ERROR_BYTES]).decode(known_charset(charset) or "utf-8", errors="replace")
+        text = body.decode(known_charset(charset) or "utf-8", errors="replace")
         detail = _scrub(text, secrets)[:300].strip()
         raise SearchError(_scrub(f"search provider answered HTTP {status}: {detail}", secrets))
     try:
-        data = json.loads(bytes(body))  # JSON's own UTF-8/16/32 detection, as httpx's .json() does
+        data = json.loads(body)  # JSON's own UTF-8/16/32 detection, as httpx's .json() does
     except (ValueError, RecursionError):
         raise SearchError("search provider answered with something that is not JSON") from None
     if not isinstance(data, dict):
