@@ -478,10 +478,10 @@ async def test_a_default_image_removed_since_it_was_resolved_is_resolved_again(
         "POST", f"/images/{sandbox_image}/tag", params={"repo": "qwq-agent-sandbox", "tag": gone_tag}
     )
     await engine.request("DELETE", f"/images/qwq-agent-sandbox:{gone_tag}")  # only the tag goes
-    monkeypatch.setattr(container, "_image_cache", {"default": f"qwq-agent-sandbox:{gone_tag}"})
-    async with DockerSandbox.create(SandboxConfig()) as sb:
+    monkeypatch.setattr(container, "_image_cache", {engine.url: f"qwq-agent-sandbox:{gone_tag}"})
+    async with DockerSandbox.create(SandboxConfig(), engine=engine) as sb:
         assert (await sb.shell("echo ok")).stdout == "ok\n"
-    assert container._image_cache["default"] == sandbox_image
+    assert container._image_cache[engine.url] == sandbox_image
 
 
 # ----------------------------------------------------------------------------------------- the janitor

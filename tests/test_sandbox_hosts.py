@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator
 
 import pytest
+from docker_proxy import DockerProxy
 
 from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox import (
@@ -146,6 +147,34 @@ async def test_a_host_cut_mid_run_fails_its_sandboxes_typed_and_the_pool_serves_
                 assert [(await sb.shell("echo fine")).stdout for sb in (a, b)] == ["fine\n"] * 2
     # The lost host's containers exit on their own: their attach stream (stdin) closed with the link.
     await gone(remote_ids)
+
+
+async def test_the_default_image_is_found_on_the_pool_hosts_own_engine_not_docker_host(
+    sandbox_image: str, monkeypatch, tmp_path
+) -> None:
+    """The default image was looked up (and would have been built) with the `DOCKER_HOST` engine and its
+    tag cached once per process: an operator box with no local Docker driving remote hosts started
+    nothing, and a host lacking the image was never given it."""
+    from qwq_agent.sandbox import container
+    from qwq_agent.sandbox.image import image_tag
+
+    if sandbox_image != image_tag():
+        pytest.skip("resolving the default image would build it: the session uses another image")
+    monkeypatch.delenv("QWQ_SANDBOX_IMAGE", raising=False)  # the path under test: the default image
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/docker.sock")  # no engine there
+    monkeypatch.setattr(container, "_image_cache", {})  # as in a fresh process: no image resolved yet
+    # The pool's one host is this machine's engine behind a proxy: another URL than any other engine,
+    # and what went through it is seen.
+    async with DockerProxy() as proxy:
+        async with SandboxPool(size=0, config=SandboxConfig(), hosts=[proxy.url]) as pool:
+            async with pool.acquire(timeout=60) as sb:
+                assert sb.engine.url == proxy.url
+                assert (await sb.shell("echo ok")).stdout == "ok\n"
+                cid = sb.id
+        assert any(f"/images/{sandbox_image}/json" in line for line in proxy.seen)
+    assert container._image_cache == {proxy.url: sandbox_image}  # per engine, not one tag for all
+    monkeypatch.undo()  # `gone` asks the DOCKER_HOST engine
+    await gone([cid])
 
 
 def test_the_sessions_sandboxes_go_to_the_test_docker_host() -> None:

@@ -14,6 +14,7 @@ from qwq_agent.sandbox import janitor
 from qwq_agent.sandbox.cells import CellLog
 from qwq_agent.sandbox.channel import Channel
 from qwq_agent.sandbox.config import SandboxConfig
+from qwq_agent.sandbox.connector import Connector
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import (
     DockerAPIError,
@@ -28,6 +29,8 @@ from qwq_agent.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+# The default image's tag per engine URL: each Docker host has its own image store, so a tag found (or
+# built) on one engine says nothing about another.
 _image_cache: dict[str, str] = {}
 # When a sandbox dies, a ping this long tells "the container died" from "its host went away".
 HOST_CHECK_TIMEOUT_S = 3.0
@@ -62,22 +65,28 @@ def _cleanup_deadline(deadline: Deadline, exc: BaseException) -> Deadline:
 
 
 def _default_image(config: SandboxConfig) -> bool:
-    """Whether the image is the project's own, resolved once per process (not one the user named)."""
+    """Whether the image is the project's own, resolved once per process and engine (not one the user named)."""
     return not (config.image or get_settings().sandbox_image)
 
 
-def resolve_image(config: SandboxConfig) -> str:
-    """The configured image, env QWQ_SANDBOX_IMAGE, or the project's sandbox image (built if missing; cached per process)."""
+def resolve_image(config: SandboxConfig, connector: Connector | None = None) -> str:
+    """The configured image, env QWQ_SANDBOX_IMAGE, or the project's sandbox image on the engine
+    `connector` names (default: the `DOCKER_HOST` one), built there if missing; cached per process and
+    engine. Blocking (docker-py): call it in a thread."""
     if config.image:
         return config.image
     env_image = get_settings().sandbox_image
     if env_image:
         return env_image
-    if "default" not in _image_cache:
+    if connector is None:
+        from qwq_agent.sandbox.transport import default_connector
+
+        connector = default_connector()
+    if connector.url not in _image_cache:
         from qwq_agent.sandbox.image import ensure_image
 
-        _image_cache["default"] = ensure_image(progress=lambda *a, **k: None)
-    return _image_cache["default"]
+        _image_cache[connector.url] = ensure_image(progress=lambda *a, **k: None, connector=connector)
+    return _image_cache[connector.url]
 
 
 class SandboxContainer:
@@ -114,7 +123,7 @@ class SandboxContainer:
             raise DockerUnreachable(
                 f"the Docker engine at {self.engine.url} failed the start-up clean-up of old sandboxes: {exc}"
             ) from exc
-        if _default_image(self.config) and "default" not in _image_cache:
+        if _default_image(self.config) and self.engine.url not in _image_cache:
             # The image lookup below uses docker-py in a thread: make sure the engine answers first, so
             # a hung daemon fails here within the start time rather than there after docker-py's 60 s.
             await self.engine.request("GET", "/_ping", timeout=deadline.left())
@@ -162,12 +171,13 @@ class SandboxContainer:
     async def _create(self, deadline: Deadline) -> str:
         """Create the container named `self.name`; its full id.
 
-        The default image's tag is cached for the process: when that image has gone since (`docker image
+        The default image is found (or built) on this sandbox's own engine and its tag cached for the
+        process and that engine: when that image has gone since (`docker image
         prune -a`, a prune by another version), resolve it again (finding or building it) and retry once,
         rather than fail every start until the process restarts.
         """
         labels = janitor.owner_labels(self.config.lifetime_s)
-        image = await asyncio.to_thread(resolve_image, self.config)
+        image = await asyncio.to_thread(resolve_image, self.config, self.engine.connector)
         try:
             return await self._create_request(self.config.container_body(image, labels), deadline)
         except DockerAPIError as exc:
@@ -176,8 +186,8 @@ class SandboxContainer:
             ):
                 raise
             log.warning("sandbox image %s is gone; resolving the default image again", image)
-        _image_cache.pop("default", None)
-        image = await asyncio.to_thread(resolve_image, self.config)
+        _image_cache.pop(self.engine.url, None)
+        image = await asyncio.to_thread(resolve_image, self.config, self.engine.connector)
         return await self._create_request(self.config.container_body(image, labels), deadline)
 
     async def _create_request(self, body: dict[str, Any], deadline: Deadline) -> str:
