@@ -97,7 +97,12 @@ def build_image(
     tag = recipe.image_tag()
     # The engine the sandboxes will start on: each Docker host of a pool needs the image in its own store.
     connector = connector or default_connector()
-    client = connector.docker_client(DOCKER_TIMEOUT_S)
+    try:
+        client = connector.docker_client(DOCKER_TIMEOUT_S)  # asks the engine its API version
+    except docker.errors.DockerException as exc:
+        raise ImageBuildError(
+            f"cannot ask the Docker engine at {connector.url} for the sandbox image: {exc}"
+        ) from exc
     try:
         if not force and image_exists(tag, client):
             return BuildResult(tag, False, log.elapsed, _size(client, tag), None)
