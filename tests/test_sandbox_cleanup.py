@@ -9,6 +9,7 @@ generous `wait_for`, so a regression fails instead of hanging the suite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -526,6 +527,52 @@ async def test_an_owner_in_another_pid_namespace_is_judged_by_expiry_only() -> N
     assert janitor.orphan_reason({**old, janitor.L_EXPIRES: "1000"}) == "expired"
     # In this namespace a dead owner is still found out.
     assert janitor.orphan_reason({**live, janitor.L_PID: "999999999"}) == "owner process is gone"
+
+
+@pytest.mark.docker
+async def test_a_running_sandbox_of_another_boot_with_our_hostname_is_judged_by_expiry_only(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """Another machine with the same hostname (a shared ssh:// or tcp:// engine) has another boot id: its
+    live sandboxes were judged orphans ("owner's host rebooted") and removed mid-run. Only a container
+    that stopped proves a reboot (which stops them all); a running one is left to its expiry."""
+    engine = DockerEngine()
+    other_boot = {**janitor.owner_labels(3600), janitor.L_BOOT: str(uuid.uuid4()), MARK_LABEL: proxy.mark}
+    assert janitor.orphan_reason(other_boot) is None  # state unknown: judged as running
+    assert janitor.orphan_reason(other_boot, state="created") is None  # between its create and start
+    assert janitor.orphan_reason({**other_boot, janitor.L_EXPIRES: "1000"}, state="running") == "expired"
+
+    def body(*command: str) -> dict:
+        return {
+            "Image": sandbox_image,
+            "Entrypoint": list(command),
+            "Labels": other_boot,
+            "HostConfig": {"NetworkMode": "none", "AutoRemove": False},
+        }
+
+    running = await engine.create(f"qwq-sbx-test-{uuid.uuid4().hex[:8]}", body("sleep", "300"))
+    stopped = await engine.create(f"qwq-sbx-test-{uuid.uuid4().hex[:8]}", body("true"))
+    try:
+        for cid in (running, stopped):
+            await engine.start(cid)
+        await engine.request("POST", f"/containers/{stopped}/wait", params={"condition": "not-running"})
+        # docker-py blocks, and the proxy answers on this loop: in a thread. It sees only the two above.
+        client = await asyncio.to_thread(UnixConnector(proxy.path).docker_client, 30)
+        try:
+            listed = {
+                info.id: info.orphan for info in await asyncio.to_thread(janitor.list_sandboxes, client)
+            }
+            assert listed[running[:12]] is None and "rebooted" in (listed[stopped[:12]] or "")
+            pruned = await asyncio.to_thread(janitor.prune, client=client, skip_failures=True)
+        finally:
+            client.close()
+        assert [info.id for info in pruned] == [stopped[:12]]
+        assert (await engine.inspect(running))["State"]["Running"]
+        assert not await exists(engine, stopped)
+    finally:
+        for cid in (running, stopped):
+            with contextlib.suppress(DockerAPIError):
+                await engine.remove(cid)
 
 
 @pytest.mark.docker
