@@ -36,7 +36,7 @@ from qwq_agent.sandbox import (
 )
 from qwq_agent.sandbox.connector import UnixConnector
 from qwq_agent.sandbox.engine import DockerEngine
-from qwq_agent.sandbox.errors import DockerAPIError
+from qwq_agent.sandbox.errors import DockerAPIError, SandboxStartError
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
@@ -460,6 +460,67 @@ async def test_a_refused_create_logs_no_failed_removal(
             await asyncio.wait_for(sandbox._start(), GUARD_S)
         await asyncio.wait_for(sandbox.close(), GUARD_S)
     assert not [r for r in caplog.records if "could not remove" in r.getMessage()]
+
+
+@pytest.mark.docker
+async def test_slow_orphan_removals_leave_the_start_its_time(sandbox_image: str, proxy: DockerProxy) -> None:
+    """The start-up janitor gave each removal docker-py's whole timeout (the start's), checking its deadline
+    only before each: a daemon slow to remove orphans took all of the start's time, and the start failed
+    with "did not answer POST /containers/create within 0 s". Now its removals stop after part of the
+    start time, each getting only what is left; the rest are left for a later run."""
+    engine = DockerEngine()
+    owner = await asyncio.create_subprocess_exec(
+        "sleep", "600"
+    )  # alive until the start: no janitor takes them
+    orphans = []
+    try:
+        for _ in range(2):
+            labels = {
+                **janitor.owner_labels(3600),
+                janitor.L_PID: str(owner.pid),
+                janitor.L_START: janitor._start_ticks(owner.pid) or "",
+                MARK_LABEL: proxy.mark,  # the only containers the janitor sees through the proxy
+            }
+            body = SandboxConfig(image=sandbox_image).container_body(sandbox_image, labels)
+            orphan = await engine.create(f"qwq-sbx-test-{uuid.uuid4().hex[:8]}", body)
+            orphans.append(orphan)
+            proxy.delays[orphan] = 3600.0  # its removal is done, its answer never comes
+        owner.kill()
+        await owner.wait()
+        via_proxy = DockerEngine(connector=UnixConnector(proxy.path))
+        config = SandboxConfig(image=sandbox_image, start_timeout_s=20.0)
+        async with DockerSandbox.create(config, engine=via_proxy) as sb:
+            assert (await sb.shell("echo ok")).stdout == "ok\n"
+            cid = sb.id
+        # One removal sent and cut off when the janitor's share of the start time ran out; not the other.
+        assert len([line for line in proxy.seen if any(o in line for o in orphans)]) == 1
+        await removed(engine, cid)
+    finally:
+        if owner.returncode is None:
+            owner.kill()
+            await owner.wait()
+        for cid in orphans:
+            await engine.remove(cid)
+
+
+@pytest.mark.docker
+async def test_a_start_with_no_time_left_says_what_took_it_and_sends_nothing(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """No time left for the create said "the engine did not answer POST /containers/create within 0 s",
+    blaming a daemon that was sent nothing."""
+    from qwq_agent.deadline import Deadline
+
+    engine = DockerEngine(proxy.path)
+    await asyncio.to_thread(janitor.startup_once, GUARD_S, engine.connector)  # done: not this start's
+    sandbox = DockerSandbox(SandboxConfig(image=sandbox_image), engine=engine)
+    with pytest.raises(
+        SandboxStartError, match="start time ran out before the container was created"
+    ) as info:
+        await asyncio.wait_for(sandbox._start(Deadline.after(0.0)), GUARD_S)
+    assert not isinstance(info.value, DockerUnreachable) and "did not answer" not in str(info.value)
+    assert not [line for line in proxy.seen if "/containers/create" in line]
+    await asyncio.wait_for(sandbox.close(), GUARD_S)
 
 
 @pytest.mark.docker

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from typing import Any
@@ -47,6 +48,9 @@ LATE_CREATE_WAIT_S = 60.0
 # closes the attach stream and the supervisor exits at once). A model generating a turn longer than the
 # idle limit must not cost the agent its Python state.
 KEEPALIVE_FRACTION = 1 / 3
+# The start-up janitor's removals (once per process and engine) stop after this share of what is left
+# of the start time: they are for later starts' sake, and a slow daemon must not spend all of this one's.
+JANITOR_SHARE = 0.5
 # Removals handed to the background, held here so that they are not garbage-collected half-way.
 _removals: set[asyncio.Task[None]] = set()
 
@@ -107,6 +111,7 @@ class SandboxContainer:
         self.cells = CellLog()
         """The Python cells run so far, kept so a snapshot can rebuild the interpreter by replay."""
         self.last_restore: RestoreResult | None = None
+        self._spent: dict[str, float] = {}  # how long each step of the last start took, for its errors
 
     @property
     def alive(self) -> bool:
@@ -117,15 +122,22 @@ class SandboxContainer:
         # Every engine call below gets what is left of the start time, so a hung daemon fails the start
         # within `start_timeout_s` with an error naming Docker.
         deadline = (deadline or Deadline.never()).sooner(self.config.start_timeout_s)
+        self._spent = {}
+        began = time.monotonic()
         try:
-            await asyncio.to_thread(janitor.startup_once, deadline.left() or 0.0, self.engine.connector)
+            left = deadline.left() or 0.0
+            await asyncio.to_thread(
+                janitor.startup_once, left, self.engine.connector, removals_s=left * JANITOR_SHARE
+            )
         except Exception as exc:  # docker-py's own errors (timeouts, refused connections)
             raise DockerUnreachable(
                 f"the Docker engine at {self.engine.url} failed the start-up clean-up of old sandboxes: {exc}"
             ) from exc
+        self._spent["the clean-up of old sandboxes"] = time.monotonic() - began
         if _default_image(self.config) and self.engine.url not in _image_cache:
             # The image lookup below uses docker-py in a thread: make sure the engine answers first, so
             # a hung daemon fails here within the start time rather than there after docker-py's 60 s.
+            self._check_time(deadline, "the engine was asked for the image")
             await self.engine.request("GET", "/_ping", timeout=deadline.left())
         self.name = f"qwq-sbx-{uuid.uuid4().hex[:12]}"
         try:
@@ -177,7 +189,9 @@ class SandboxContainer:
         rather than fail every start until the process restarts.
         """
         labels = janitor.owner_labels(self.config.lifetime_s)
+        began = time.monotonic()
         image = await asyncio.to_thread(resolve_image, self.config, self.engine.connector)
+        self._spent["finding the image"] = time.monotonic() - began
         try:
             return await self._create_request(self.config.container_body(image, labels), deadline)
         except DockerAPIError as exc:
@@ -198,9 +212,9 @@ class SandboxContainer:
         left a create that dockerd carried out after the removal by name (which then found nothing).
         """
         name = self.name
+        # No time left (an image build took it): send nothing there is no time to wait for.
+        self._check_time(deadline, "the container was created")
         limit = deadline.left() or 0.0
-        if limit <= 0:  # no time left (an image build took it): send nothing there is no time to wait for
-            raise self.engine.no_answer("POST /containers/create", 0.0)
         request = asyncio.ensure_future(
             self.engine.create(name, body, timeout=max(limit, LATE_CREATE_WAIT_S))
         )
@@ -215,6 +229,18 @@ class SandboxContainer:
             if isinstance(exc, TimeoutError):
                 raise self.engine.no_answer("POST /containers/create", limit) from None
             raise
+
+    def _check_time(self, deadline: Deadline, before: str) -> None:
+        """Raise `SandboxStartError` saying what took the start's time when none is left `before` a step
+        (not "the engine did not answer within 0 s": nothing was sent)."""
+        if not deadline.expired:
+            return
+        spent = ", ".join(f"{what} took {s:.1f} s" for what, s in self._spent.items() if s >= 0.05)
+        raise SandboxStartError(
+            f"the sandbox's start time ran out before {before} on the Docker engine at {self.engine.url}"
+            + (f" ({spent})" if spent else "")
+            + f"; start_timeout_s is {self.config.start_timeout_s:g} s"
+        )
 
     async def _remove_late_create(self, request: asyncio.Future[str], name: str) -> None:
         """Remove the container a create returns after its start gave up on it; by name if no answer."""

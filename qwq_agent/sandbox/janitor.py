@@ -203,19 +203,36 @@ def prune(
     in the kernel) does not stop the others; once they are done, `PruneIncomplete` names what is left.
     With `skip_failures` (the start-up and exit janitor) such a container is logged and skipped instead:
     it is garbage, and must not stop the next sandbox from starting. Past `deadline`
-    (`time.monotonic()`), the rest are left for a later run.
+    (`time.monotonic()`), the rest are left for a later run; each removal gets only the time left of it
+    (docker-py would give it the client's whole timeout, however little was left).
     """
     client = client or _client()
+    own_timeout = client.api.timeout
+    try:
+        return _prune(
+            client, everything=everything, mine=mine, deadline=deadline, skip_failures=skip_failures
+        )
+    finally:
+        client.api.timeout = own_timeout
+
+
+def _prune(
+    client: Any, *, everything: bool, mine: bool, deadline: float | None, skip_failures: bool
+) -> list[SandboxInfo]:
     removed = []
     failed: list[tuple[SandboxInfo, str]] = []
+    base_timeout = client.api.timeout
     for c in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
         labels = c.get("Labels") or {}
         orphan = orphan_reason(labels, state=c.get("State"))
         if not (everything or (mine and owned_by_me(labels)) or (not mine and orphan)):
             continue
-        if deadline is not None and time.monotonic() >= deadline:
-            log.warning("sandbox janitor: out of time; the remaining orphans are left for a later run")
-            break
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("sandbox janitor: out of time; the remaining orphans are left for a later run")
+                break
+            client.api.timeout = left if base_timeout is None else min(left, base_timeout)
         info = SandboxInfo(
             id=c["Id"][:12],
             name=(c.get("Names") or ["?"])[0].lstrip("/"),
@@ -255,15 +272,16 @@ def _at_exit() -> None:
             pass
 
 
-def startup_once(timeout: float = 30.0, connector: Any = None) -> None:
+def startup_once(timeout: float = 30.0, connector: Any = None, *, removals_s: float | None = None) -> None:
     """Prune orphans once per process and engine, and make sure our own containers go when the process
     exits. `connector` (a `connector.Connector`) names the engine; None is the `DOCKER_HOST` one.
 
     Each Docker host has its own janitor run: orphans are found per engine, by the owner labels.
-    `timeout` bounds each call to the engine, so a hung daemon fails this instead of blocking it, and
-    the removals together: orphans left when it runs out are for a later run (of another process).
+    `timeout` bounds each call to the engine (so a hung daemon fails this instead of blocking it), and
+    the run: removals stop `removals_s` (at most `timeout`) after it began, each getting only what is
+    left; orphans left then are for a later run (of another process).
     """
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (timeout if removals_s is None else min(timeout, removals_s))
     key = "default" if connector is None else connector.url
     with _lock:
         if key in _started:
