@@ -9,6 +9,7 @@ generous `wait_for`, so a regression fails instead of hanging the suite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -35,7 +36,7 @@ from qwq_agent.sandbox import (
 )
 from qwq_agent.sandbox.connector import UnixConnector
 from qwq_agent.sandbox.engine import DockerEngine
-from qwq_agent.sandbox.errors import DockerAPIError
+from qwq_agent.sandbox.errors import DockerAPIError, SandboxStartError
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
@@ -462,6 +463,67 @@ async def test_a_refused_create_logs_no_failed_removal(
 
 
 @pytest.mark.docker
+async def test_slow_orphan_removals_leave_the_start_its_time(sandbox_image: str, proxy: DockerProxy) -> None:
+    """The start-up janitor gave each removal docker-py's whole timeout (the start's), checking its deadline
+    only before each: a daemon slow to remove orphans took all of the start's time, and the start failed
+    with "did not answer POST /containers/create within 0 s". Now its removals stop after part of the
+    start time, each getting only what is left; the rest are left for a later run."""
+    engine = DockerEngine()
+    owner = await asyncio.create_subprocess_exec(
+        "sleep", "600"
+    )  # alive until the start: no janitor takes them
+    orphans = []
+    try:
+        for _ in range(2):
+            labels = {
+                **janitor.owner_labels(3600),
+                janitor.L_PID: str(owner.pid),
+                janitor.L_START: janitor._start_ticks(owner.pid) or "",
+                MARK_LABEL: proxy.mark,  # the only containers the janitor sees through the proxy
+            }
+            body = SandboxConfig(image=sandbox_image).container_body(sandbox_image, labels)
+            orphan = await engine.create(f"qwq-sbx-test-{uuid.uuid4().hex[:8]}", body)
+            orphans.append(orphan)
+            proxy.delays[orphan] = 3600.0  # its removal is done, its answer never comes
+        owner.kill()
+        await owner.wait()
+        via_proxy = DockerEngine(connector=UnixConnector(proxy.path))
+        config = SandboxConfig(image=sandbox_image, start_timeout_s=20.0)
+        async with DockerSandbox.create(config, engine=via_proxy) as sb:
+            assert (await sb.shell("echo ok")).stdout == "ok\n"
+            cid = sb.id
+        # One removal sent and cut off when the janitor's share of the start time ran out; not the other.
+        assert len([line for line in proxy.seen if any(o in line for o in orphans)]) == 1
+        await removed(engine, cid)
+    finally:
+        if owner.returncode is None:
+            owner.kill()
+            await owner.wait()
+        for cid in orphans:
+            await engine.remove(cid)
+
+
+@pytest.mark.docker
+async def test_a_start_with_no_time_left_says_what_took_it_and_sends_nothing(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """No time left for the create said "the engine did not answer POST /containers/create within 0 s",
+    blaming a daemon that was sent nothing."""
+    from qwq_agent.deadline import Deadline
+
+    engine = DockerEngine(proxy.path)
+    await asyncio.to_thread(janitor.startup_once, GUARD_S, engine.connector)  # done: not this start's
+    sandbox = DockerSandbox(SandboxConfig(image=sandbox_image), engine=engine)
+    with pytest.raises(
+        SandboxStartError, match="start time ran out before the container was created"
+    ) as info:
+        await asyncio.wait_for(sandbox._start(Deadline.after(0.0)), GUARD_S)
+    assert not isinstance(info.value, DockerUnreachable) and "did not answer" not in str(info.value)
+    assert not [line for line in proxy.seen if "/containers/create" in line]
+    await asyncio.wait_for(sandbox.close(), GUARD_S)
+
+
+@pytest.mark.docker
 async def test_a_default_image_removed_since_it_was_resolved_is_resolved_again(
     sandbox_image: str, monkeypatch
 ) -> None:
@@ -478,10 +540,10 @@ async def test_a_default_image_removed_since_it_was_resolved_is_resolved_again(
         "POST", f"/images/{sandbox_image}/tag", params={"repo": "qwq-agent-sandbox", "tag": gone_tag}
     )
     await engine.request("DELETE", f"/images/qwq-agent-sandbox:{gone_tag}")  # only the tag goes
-    monkeypatch.setattr(container, "_image_cache", {"default": f"qwq-agent-sandbox:{gone_tag}"})
-    async with DockerSandbox.create(SandboxConfig()) as sb:
+    monkeypatch.setattr(container, "_image_cache", {engine.url: f"qwq-agent-sandbox:{gone_tag}"})
+    async with DockerSandbox.create(SandboxConfig(), engine=engine) as sb:
         assert (await sb.shell("echo ok")).stdout == "ok\n"
-    assert container._image_cache["default"] == sandbox_image
+    assert container._image_cache[engine.url] == sandbox_image
 
 
 # ----------------------------------------------------------------------------------------- the janitor
@@ -526,6 +588,52 @@ async def test_an_owner_in_another_pid_namespace_is_judged_by_expiry_only() -> N
     assert janitor.orphan_reason({**old, janitor.L_EXPIRES: "1000"}) == "expired"
     # In this namespace a dead owner is still found out.
     assert janitor.orphan_reason({**live, janitor.L_PID: "999999999"}) == "owner process is gone"
+
+
+@pytest.mark.docker
+async def test_a_running_sandbox_of_another_boot_with_our_hostname_is_judged_by_expiry_only(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """Another machine with the same hostname (a shared ssh:// or tcp:// engine) has another boot id: its
+    live sandboxes were judged orphans ("owner's host rebooted") and removed mid-run. Only a container
+    that stopped proves a reboot (which stops them all); a running one is left to its expiry."""
+    engine = DockerEngine()
+    other_boot = {**janitor.owner_labels(3600), janitor.L_BOOT: str(uuid.uuid4()), MARK_LABEL: proxy.mark}
+    assert janitor.orphan_reason(other_boot) is None  # state unknown: judged as running
+    assert janitor.orphan_reason(other_boot, state="created") is None  # between its create and start
+    assert janitor.orphan_reason({**other_boot, janitor.L_EXPIRES: "1000"}, state="running") == "expired"
+
+    def body(*command: str) -> dict:
+        return {
+            "Image": sandbox_image,
+            "Entrypoint": list(command),
+            "Labels": other_boot,
+            "HostConfig": {"NetworkMode": "none", "AutoRemove": False},
+        }
+
+    running = await engine.create(f"qwq-sbx-test-{uuid.uuid4().hex[:8]}", body("sleep", "300"))
+    stopped = await engine.create(f"qwq-sbx-test-{uuid.uuid4().hex[:8]}", body("true"))
+    try:
+        for cid in (running, stopped):
+            await engine.start(cid)
+        await engine.request("POST", f"/containers/{stopped}/wait", params={"condition": "not-running"})
+        # docker-py blocks, and the proxy answers on this loop: in a thread. It sees only the two above.
+        client = await asyncio.to_thread(UnixConnector(proxy.path).docker_client, 30)
+        try:
+            listed = {
+                info.id: info.orphan for info in await asyncio.to_thread(janitor.list_sandboxes, client)
+            }
+            assert listed[running[:12]] is None and "rebooted" in (listed[stopped[:12]] or "")
+            pruned = await asyncio.to_thread(janitor.prune, client=client, skip_failures=True)
+        finally:
+            client.close()
+        assert [info.id for info in pruned] == [stopped[:12]]
+        assert (await engine.inspect(running))["State"]["Running"]
+        assert not await exists(engine, stopped)
+    finally:
+        for cid in (running, stopped):
+            with contextlib.suppress(DockerAPIError):
+                await engine.remove(cid)
 
 
 @pytest.mark.docker

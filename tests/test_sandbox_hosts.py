@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 
 import pytest
+from docker_proxy import DockerProxy
 
 from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox import (
@@ -25,7 +27,8 @@ from qwq_agent.sandbox import (
     janitor,
 )
 from qwq_agent.sandbox.engine import DockerEngine
-from qwq_agent.sandbox.errors import DockerAPIError
+from qwq_agent.sandbox.errors import DockerAPIError, SandboxStartError
+from qwq_agent.sandbox.hosts import HostSet
 from qwq_agent.sandbox.protocol import OutputChunk
 from qwq_agent.sandbox.transport import connector_for
 from qwq_agent.testing import sshd
@@ -146,6 +149,95 @@ async def test_a_host_cut_mid_run_fails_its_sandboxes_typed_and_the_pool_serves_
                 assert [(await sb.shell("echo fine")).stdout for sb in (a, b)] == ["fine\n"] * 2
     # The lost host's containers exit on their own: their attach stream (stdin) closed with the link.
     await gone(remote_ids)
+
+
+async def test_the_default_image_is_found_on_the_pool_hosts_own_engine_not_docker_host(
+    sandbox_image: str, monkeypatch, tmp_path
+) -> None:
+    """The default image was looked up (and would have been built) with the `DOCKER_HOST` engine and its
+    tag cached once per process: an operator box with no local Docker driving remote hosts started
+    nothing, and a host lacking the image was never given it."""
+    from qwq_agent.sandbox import container
+    from qwq_agent.sandbox.image import image_tag
+
+    if sandbox_image != image_tag():
+        pytest.skip("resolving the default image would build it: the session uses another image")
+    monkeypatch.delenv("QWQ_SANDBOX_IMAGE", raising=False)  # the path under test: the default image
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/docker.sock")  # no engine there
+    monkeypatch.setattr(container, "_image_cache", {})  # as in a fresh process: no image resolved yet
+    # The pool's one host is this machine's engine behind a proxy: another URL than any other engine,
+    # and what went through it is seen.
+    async with DockerProxy() as proxy:
+        async with SandboxPool(size=0, config=SandboxConfig(), hosts=[proxy.url]) as pool:
+            async with pool.acquire(timeout=60) as sb:
+                assert sb.engine.url == proxy.url
+                assert (await sb.shell("echo ok")).stdout == "ok\n"
+                cid = sb.id
+        assert any(f"/images/{sandbox_image}/json" in line for line in proxy.seen)
+    assert container._image_cache == {proxy.url: sandbox_image}  # per engine, not one tag for all
+    monkeypatch.undo()  # `gone` asks the DOCKER_HOST engine
+    await gone([cid])
+
+
+NO_SPACE = "failed to create container: write /var/lib/docker/containers: no space left on device"
+
+
+async def test_a_host_that_refuses_creates_is_set_aside_and_the_others_serve(sandbox_image: str) -> None:
+    """Only an unreachable host was set aside: a host that answers but refuses every create (its disk is
+    full) was raised at once, kept the most free capacity and took every start; the healthy one idled."""
+    async with DockerProxy() as proxy:
+        proxy.failures["/containers/create"] = (500, NO_SPACE)
+        hosts = [DockerHost(url=proxy.url, capacity=8), DockerHost(url=LOCAL, capacity=2)]
+        ids = []
+        async with SandboxPool(size=0, config=SandboxConfig(image=sandbox_image), hosts=hosts) as pool:
+            for _ in range(3):
+                async with pool.acquire(timeout=60) as sb:
+                    assert sb.engine.url == LOCAL
+                    assert (await sb.shell("echo ok")).stdout == "ok\n"
+                    ids.append(sb.id)
+            broken = pool.hosts.hosts[0]
+            assert broken.down(time.monotonic()) and "no space left" in broken.down_reason
+        # Tried once, then left alone while it is set aside.
+        assert len([line for line in proxy.seen if "/containers/create" in line]) == 1
+    await gone(ids)
+
+
+async def test_when_every_host_fails_each_ones_error_is_reported_and_pauses_grow(
+    sandbox_image: str, caplog
+) -> None:
+    config = SandboxConfig(image=sandbox_image)
+    async with DockerProxy() as full, DockerProxy() as restarting:
+        full.failures["/containers/create"] = (500, NO_SPACE)
+        restarting.refusing = True
+        hs = HostSet.of([full.url, restarting.url], timeout=10, retry_after_s=0.2)
+        disk, gone_host = hs.hosts
+        with caplog.at_level("WARNING", logger="qwq_agent.sandbox.hosts"):
+            # Not DockerUnreachable: one host answered, and refused.
+            with pytest.raises(SandboxStartError, match="no Docker host could start") as info:
+                await asyncio.wait_for(hs.start(config), 60)
+            assert not isinstance(info.value, DockerUnreachable)
+            assert f"{full.url}: could not create the sandbox container" in str(info.value)
+            assert "no space left" in str(info.value)
+            assert f"{restarting.url}: " in str(info.value) and "cannot talk to" in str(info.value)
+            # Both set aside: the next start tries neither, and says why.
+            with pytest.raises(SandboxStartError, match=r"set aside .*no space left"):
+                await asyncio.wait_for(hs.start(config), 60)
+            assert len([line for line in full.seen if "/containers/create" in line]) == 1
+            # Once their pause is over both are tried again; failing again, each is set aside twice as long.
+            await asyncio.sleep(max(h.down_until for h in hs.hosts) - time.monotonic())
+            with pytest.raises(SandboxStartError):
+                await asyncio.wait_for(hs.start(config), 60)
+        pauses = [r.getMessage().split("set aside for ")[1].split(" s")[0] for r in caplog.records]
+        assert sorted(pauses) == ["0.2", "0.2", "0.4", "0.4"] and disk.failures == gone_host.failures == 2
+        # The disk freed: its next start works there, and its pauses start over.
+        full.failures.clear()
+        await asyncio.sleep(disk.down_until - time.monotonic())
+        sb = await asyncio.wait_for(hs.start(config), 60)
+        try:
+            assert sb.engine.url == full.url and disk.failures == 0
+            assert (await sb.shell("echo ok")).stdout == "ok\n"
+        finally:
+            await sb.close()
 
 
 def test_the_sessions_sandboxes_go_to_the_test_docker_host() -> None:

@@ -37,7 +37,10 @@ class SandboxConfig(BaseModel):
     never swaps. Tmpfs mounts count against the memory limit, which is why they are capped too.
     """
 
-    image: str | None = Field(None, description="Image tag; default: qwq_agent.sandbox.image.ensure_image()")
+    image: str | None = Field(
+        None,
+        description="Image tag; default: qwq_agent.sandbox.image.ensure_image() on the sandbox's own engine",
+    )
     network_mode: str = "none"
     cap_drop: list[str] = Field(default_factory=lambda: ["ALL"])
     # What the supervisor keeps (and nothing else): start user processes as `user` (SETUID, SETGID), empty

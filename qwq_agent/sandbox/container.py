@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from qwq_agent.sandbox import janitor
 from qwq_agent.sandbox.cells import CellLog
 from qwq_agent.sandbox.channel import Channel
 from qwq_agent.sandbox.config import SandboxConfig
+from qwq_agent.sandbox.connector import Connector
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import (
     DockerAPIError,
@@ -28,6 +30,8 @@ from qwq_agent.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+# The default image's tag per engine URL: each Docker host has its own image store, so a tag found (or
+# built) on one engine says nothing about another.
 _image_cache: dict[str, str] = {}
 # When a sandbox dies, a ping this long tells "the container died" from "its host went away".
 HOST_CHECK_TIMEOUT_S = 3.0
@@ -44,6 +48,9 @@ LATE_CREATE_WAIT_S = 60.0
 # closes the attach stream and the supervisor exits at once). A model generating a turn longer than the
 # idle limit must not cost the agent its Python state.
 KEEPALIVE_FRACTION = 1 / 3
+# The start-up janitor's removals (once per process and engine) stop after this share of what is left
+# of the start time: they are for later starts' sake, and a slow daemon must not spend all of this one's.
+JANITOR_SHARE = 0.5
 # Removals handed to the background, held here so that they are not garbage-collected half-way.
 _removals: set[asyncio.Task[None]] = set()
 
@@ -62,22 +69,28 @@ def _cleanup_deadline(deadline: Deadline, exc: BaseException) -> Deadline:
 
 
 def _default_image(config: SandboxConfig) -> bool:
-    """Whether the image is the project's own, resolved once per process (not one the user named)."""
+    """Whether the image is the project's own, resolved once per process and engine (not one the user named)."""
     return not (config.image or get_settings().sandbox_image)
 
 
-def resolve_image(config: SandboxConfig) -> str:
-    """The configured image, env QWQ_SANDBOX_IMAGE, or the project's sandbox image (built if missing; cached per process)."""
+def resolve_image(config: SandboxConfig, connector: Connector | None = None) -> str:
+    """The configured image, env QWQ_SANDBOX_IMAGE, or the project's sandbox image on the engine
+    `connector` names (default: the `DOCKER_HOST` one), built there if missing; cached per process and
+    engine. Blocking (docker-py): call it in a thread."""
     if config.image:
         return config.image
     env_image = get_settings().sandbox_image
     if env_image:
         return env_image
-    if "default" not in _image_cache:
+    if connector is None:
+        from qwq_agent.sandbox.transport import default_connector
+
+        connector = default_connector()
+    if connector.url not in _image_cache:
         from qwq_agent.sandbox.image import ensure_image
 
-        _image_cache["default"] = ensure_image(progress=lambda *a, **k: None)
-    return _image_cache["default"]
+        _image_cache[connector.url] = ensure_image(progress=lambda *a, **k: None, connector=connector)
+    return _image_cache[connector.url]
 
 
 class SandboxContainer:
@@ -98,6 +111,7 @@ class SandboxContainer:
         self.cells = CellLog()
         """The Python cells run so far, kept so a snapshot can rebuild the interpreter by replay."""
         self.last_restore: RestoreResult | None = None
+        self._spent: dict[str, float] = {}  # how long each step of the last start took, for its errors
 
     @property
     def alive(self) -> bool:
@@ -108,15 +122,22 @@ class SandboxContainer:
         # Every engine call below gets what is left of the start time, so a hung daemon fails the start
         # within `start_timeout_s` with an error naming Docker.
         deadline = (deadline or Deadline.never()).sooner(self.config.start_timeout_s)
+        self._spent = {}
+        began = time.monotonic()
         try:
-            await asyncio.to_thread(janitor.startup_once, deadline.left() or 0.0, self.engine.connector)
+            left = deadline.left() or 0.0
+            await asyncio.to_thread(
+                janitor.startup_once, left, self.engine.connector, removals_s=left * JANITOR_SHARE
+            )
         except Exception as exc:  # docker-py's own errors (timeouts, refused connections)
             raise DockerUnreachable(
                 f"the Docker engine at {self.engine.url} failed the start-up clean-up of old sandboxes: {exc}"
             ) from exc
-        if _default_image(self.config) and "default" not in _image_cache:
+        self._spent["the clean-up of old sandboxes"] = time.monotonic() - began
+        if _default_image(self.config) and self.engine.url not in _image_cache:
             # The image lookup below uses docker-py in a thread: make sure the engine answers first, so
             # a hung daemon fails here within the start time rather than there after docker-py's 60 s.
+            self._check_time(deadline, "the engine was asked for the image")
             await self.engine.request("GET", "/_ping", timeout=deadline.left())
         self.name = f"qwq-sbx-{uuid.uuid4().hex[:12]}"
         try:
@@ -162,12 +183,15 @@ class SandboxContainer:
     async def _create(self, deadline: Deadline) -> str:
         """Create the container named `self.name`; its full id.
 
-        The default image's tag is cached for the process: when that image has gone since (`docker image
+        The default image is found (or built) on this sandbox's own engine and its tag cached for the
+        process and that engine: when that image has gone since (`docker image
         prune -a`, a prune by another version), resolve it again (finding or building it) and retry once,
         rather than fail every start until the process restarts.
         """
         labels = janitor.owner_labels(self.config.lifetime_s)
-        image = await asyncio.to_thread(resolve_image, self.config)
+        began = time.monotonic()
+        image = await asyncio.to_thread(resolve_image, self.config, self.engine.connector)
+        self._spent["finding the image"] = time.monotonic() - began
         try:
             return await self._create_request(self.config.container_body(image, labels), deadline)
         except DockerAPIError as exc:
@@ -176,8 +200,8 @@ class SandboxContainer:
             ):
                 raise
             log.warning("sandbox image %s is gone; resolving the default image again", image)
-        _image_cache.pop("default", None)
-        image = await asyncio.to_thread(resolve_image, self.config)
+        _image_cache.pop(self.engine.url, None)
+        image = await asyncio.to_thread(resolve_image, self.config, self.engine.connector)
         return await self._create_request(self.config.container_body(image, labels), deadline)
 
     async def _create_request(self, body: dict[str, Any], deadline: Deadline) -> str:
@@ -188,9 +212,9 @@ class SandboxContainer:
         left a create that dockerd carried out after the removal by name (which then found nothing).
         """
         name = self.name
+        # No time left (an image build took it): send nothing there is no time to wait for.
+        self._check_time(deadline, "the container was created")
         limit = deadline.left() or 0.0
-        if limit <= 0:  # no time left (an image build took it): send nothing there is no time to wait for
-            raise self.engine.no_answer("POST /containers/create", 0.0)
         request = asyncio.ensure_future(
             self.engine.create(name, body, timeout=max(limit, LATE_CREATE_WAIT_S))
         )
@@ -205,6 +229,18 @@ class SandboxContainer:
             if isinstance(exc, TimeoutError):
                 raise self.engine.no_answer("POST /containers/create", limit) from None
             raise
+
+    def _check_time(self, deadline: Deadline, before: str) -> None:
+        """Raise `SandboxStartError` saying what took the start's time when none is left `before` a step
+        (not "the engine did not answer within 0 s": nothing was sent)."""
+        if not deadline.expired:
+            return
+        spent = ", ".join(f"{what} took {s:.1f} s" for what, s in self._spent.items() if s >= 0.05)
+        raise SandboxStartError(
+            f"the sandbox's start time ran out before {before} on the Docker engine at {self.engine.url}"
+            + (f" ({spent})" if spent else "")
+            + f"; start_timeout_s is {self.config.start_timeout_s:g} s"
+        )
 
     async def _remove_late_create(self, request: asyncio.Future[str], name: str) -> None:
         """Remove the container a create returns after its start gave up on it; by name if no answer."""

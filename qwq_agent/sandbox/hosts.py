@@ -1,9 +1,14 @@
 """Several Docker hosts behind one pool: where the next sandbox starts, and hosts that went away.
 
 `HostSet.start()` starts a sandbox on the reachable host with the most free capacity (capacity minus
-the sandboxes of this process living there). A host whose engine cannot be reached is set aside for
-`retry_after_s` and the start moves on to the next host, so a pool keeps serving while one host is
-gone; sandboxes that lived there fail their calls with `SandboxHostLost`. Each host runs its own
+the sandboxes of this process living there). A host where the start fails for a reason of its own (its
+engine cannot be reached, refuses the create — a full disk —, lacks the image and cannot build it, or
+its sandbox does not say hello in time) is set aside and the start moves on to the next host, so a pool
+keeps serving while one host is gone or broken; sandboxes that lived there fail their calls with
+`SandboxHostLost`. A host is set aside for `retry_after_s`, twice as long for each further failure in a
+row (at most `MAX_RETRY_AFTER_S`); a start that works there again resets that. Without the setting
+aside, a broken host kept the most free capacity (its failed starts free it again) and took every
+start. When no host can start one, the error names each host's own failure. Each host runs its own
 janitor (on its first sandbox start; see `janitor.startup_once`).
 """
 
@@ -18,12 +23,14 @@ from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 from qwq_agent.sandbox.engine import DockerEngine
-from qwq_agent.sandbox.errors import DockerUnreachable, SandboxStartError
+from qwq_agent.sandbox.errors import DockerAPIError, DockerUnreachable, SandboxStartError
 from qwq_agent.sandbox.transport import DockerHost, connector_for
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 30.0
+# A host that keeps failing is tried again at most this far apart (the pause doubles up to it).
+MAX_RETRY_AFTER_S = 300.0
 INFO_TIMEOUT_S = 10.0
 
 
@@ -40,6 +47,8 @@ class Host:
         self.sandboxes: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
         self.down_until = 0.0
         self.down_reason = ""
+        self.down_unreachable = False  # the reason it is set aside: its engine did not answer
+        self.failures = 0  # starts (or capacity reads) failed here in a row
         self.starting = 0
         self.started = 0
 
@@ -59,10 +68,30 @@ class Host:
     def down(self, now: float) -> bool:
         return now < self.down_until
 
-    def set_down(self, reason: str, retry_after_s: float) -> None:
-        self.down_until = time.monotonic() + retry_after_s
+    def set_down(self, reason: str, retry_after_s: float, *, unreachable: bool = True) -> float:
+        """Set the host aside after a failure: `retry_after_s`, doubled for each failure in a row before
+        this one, at most `MAX_RETRY_AFTER_S` (or `retry_after_s` when that is longer). Returns the pause."""
+        self.failures += 1
+        pause = min(retry_after_s * 2 ** min(self.failures - 1, 16), max(retry_after_s, MAX_RETRY_AFTER_S))
+        self.down_until = time.monotonic() + pause
         self.down_reason = reason
-        log.warning("sandbox host %s is unreachable, set aside for %g s: %s", self.url, retry_after_s, reason)
+        self.down_unreachable = unreachable
+        what = "is unreachable" if unreachable else "failed to start a sandbox"
+        log.warning("sandbox host %s %s, set aside for %g s: %s", self.url, what, pause, reason)
+        return pause
+
+    def worked(self) -> None:
+        """A start succeeded here: the next failure is set aside for the base pause again."""
+        self.failures = 0
+
+
+def _host_tied(exc: BaseException) -> bool:
+    """Whether a failed start says something about the host it was tried on (engine gone, create
+    refused, image missing there and not buildable, no hello in time), so another host may do better;
+    a cancellation, a stopped build or a bug in the caller's code is no such thing."""
+    from qwq_agent.sandbox.image.errors import BuildStopped, ImageBuildError
+
+    return isinstance(exc, SandboxStartError | ImageBuildError) and not isinstance(exc, BuildStopped)
 
 
 class HostSet:
@@ -108,6 +137,9 @@ class HostSet:
             except DockerUnreachable as exc:
                 host.set_down(str(exc), self.retry_after_s)
                 continue
+            except DockerAPIError as exc:
+                host.set_down(f"GET /info: {exc}", self.retry_after_s, unreachable=False)
+                continue
             host.capacity = max(1, int(info.get("MemTotal", 0)) // max(1, config.memory))
         self._sized = all(h.capacity is not None for h in self.hosts)
 
@@ -118,35 +150,58 @@ class HostSet:
         return sorted(up, key=lambda h: (-h.free, h.live))
 
     async def start(self, config: SandboxConfig, deadline: Deadline | None = None) -> DockerSandbox:
-        """A started sandbox on the best host; a host that cannot be reached is set aside and the next
-        one tried. Raises `DockerUnreachable` when no host could be reached, `HostFull` when all are full."""
+        """A started sandbox on the best host. A host where the start fails for a reason of its own (see
+        the module docstring) is set aside and the next one tried; one left untried because the failed
+        ones used up `deadline` is not set aside.
+
+        Raises the host's own error when there is only one host; `HostFull` when every host that is not
+        set aside is full; else, when no host started one, `DockerUnreachable` if none could be reached
+        and `SandboxStartError` otherwise, either naming each host's failure.
+        """
         deadline = deadline or Deadline.never()
         if not self._sized:
             await self._size(config, deadline)
-        failures: list[str] = []
+        failed: dict[Host, BaseException] = {}
         for host in self._order():
+            if failed and deadline.expired:
+                break  # the hosts tried took the time: another would fail for want of it, not of its own
             sandbox = DockerSandbox(config, engine=host.engine)
             host.starting += 1
             try:
                 await sandbox._start(deadline)
-            except DockerUnreachable as exc:
+            except BaseException as exc:
                 await sandbox.close()
-                if len(self.hosts) == 1:
-                    raise  # nowhere else to go: the engine's own error says it all
-                host.set_down(str(exc), self.retry_after_s)
-                failures.append(f"{host.url}: {exc}")
+                if len(self.hosts) == 1 or not _host_tied(exc):
+                    raise  # one host: nowhere else to go, and its own error says it all
+                host.set_down(str(exc), self.retry_after_s, unreachable=isinstance(exc, DockerUnreachable))
+                failed[host] = exc
                 continue
-            except BaseException:
-                await sandbox.close()
-                raise
             finally:
                 host.starting -= 1
+            host.worked()
             host.sandboxes.add(sandbox)
             host.started += 1
             return sandbox
         now = time.monotonic()
-        down = [f"{h.url}: {h.down_reason}" for h in self.hosts if h.down(now)]
-        if failures or (down and len(down) == len(self.hosts)):
-            raise DockerUnreachable("no Docker host could start a sandbox: " + "; ".join(failures or down))
+        if failed or all(h.down(now) for h in self.hosts):
+            raise self._none_started(failed, now)
         sizes = ", ".join(f"{h.url} {h.live}/{h.capacity}" for h in self.hosts)
         raise HostFull(f"every Docker host is full ({sizes}); close sandboxes or add hosts")
+
+    def _none_started(self, failed: dict[Host, BaseException], now: float) -> SandboxStartError:
+        """The error of a start no host could serve: each host's own failure, or why it was not tried."""
+        parts, unreachable = [], True
+        for h in self.hosts:
+            if h in failed:
+                exc = failed[h]
+                parts.append(f"{h.url}: {exc}")
+                unreachable = unreachable and isinstance(exc, DockerUnreachable)
+            elif h.down(now):
+                parts.append(f"{h.url}: set aside for {h.down_until - now:.0f} s more after: {h.down_reason}")
+                unreachable = unreachable and h.down_unreachable
+            elif h.free <= 0:
+                parts.append(f"{h.url}: full ({h.live}/{h.capacity})")
+            else:
+                parts.append(f"{h.url}: not tried, no time left")
+        cls = DockerUnreachable if unreachable else SandboxStartError
+        return cls("no Docker host could start a sandbox: " + "; ".join(parts))

@@ -3,6 +3,9 @@
 A container is an orphan when its owner process is gone (same host, boot and PID namespace; pid dead or
 reused) or its expiry has passed. An owner in another PID namespace (a container sharing the host's
 hostname and Docker socket) has pids this process cannot see: only its expiry tells, as for another host.
+An owner of the same hostname but another boot id is either this host before a reboot or another machine
+of the same name sharing the engine (ssh://, tcp://), whose live sandboxes must not be touched: only a
+container that has stopped running (a reboot stops them all) or its expiry tells.
 
 The janitor runs once per process and Docker engine before the first sandbox starts there and, via
 atexit, removes whatever this process still owns on each engine on the way out.
@@ -84,8 +87,16 @@ def owner_labels(lifetime_s: float) -> dict[str, str]:
     }
 
 
-def orphan_reason(labels: dict[str, str], now: float | None = None) -> str | None:
-    """Why a container with these labels is an orphan, or None while its owner may still use it."""
+# Container states (`State` in the engine's listing) of a container that ran and stopped. Not "created":
+# a live owner's sandbox is in that state between its create and its start.
+STOPPED_STATES = frozenset({"exited", "dead"})
+
+
+def orphan_reason(labels: dict[str, str], now: float | None = None, state: str | None = None) -> str | None:
+    """Why a container with these labels is an orphan, or None while its owner may still use it.
+
+    `state` is the container's state as the engine lists it (None: unknown, judged as running).
+    """
     now = time.time() if now is None else now
     try:
         if float(labels.get(L_EXPIRES, "0")) < now:
@@ -95,7 +106,14 @@ def orphan_reason(labels: dict[str, str], now: float | None = None) -> str | Non
     if labels.get(L_HOST) != HOSTNAME:
         return None  # another host's process: only its expiry tells
     if labels.get(L_BOOT) != BOOT_ID:
-        return "owner's host rebooted"
+        # This host before a reboot, or another machine with the same hostname on a shared engine: the
+        # labels cannot tell them apart, and that machine's owner may be alive. A reboot stopped every
+        # container of the old boot, so a stopped one is sound proof; a running one is left to expiry.
+        return (
+            "stopped; its owner's host rebooted since (or is another machine)"
+            if state in STOPPED_STATES
+            else None
+        )
     if not PID_NS or labels.get(L_PIDNS) != PID_NS:
         # Another PID namespace (or an unknown one: labels older than this one) on the same host and boot:
         # its pids are not ours to look up, and a live owner would look dead. Only its expiry tells.
@@ -165,7 +183,7 @@ def list_sandboxes(client: Any = None) -> list[SandboxInfo]:
                 owner_pid=int(labels[L_PID]) if labels.get(L_PID, "").isdigit() else None,
                 created=float(labels[L_CREATED]) if labels.get(L_CREATED) else None,
                 expires=float(labels[L_EXPIRES]) if labels.get(L_EXPIRES) else None,
-                orphan=orphan_reason(labels),
+                orphan=orphan_reason(labels, state=c.get("State")),
             )
         )
     return out
@@ -185,18 +203,36 @@ def prune(
     in the kernel) does not stop the others; once they are done, `PruneIncomplete` names what is left.
     With `skip_failures` (the start-up and exit janitor) such a container is logged and skipped instead:
     it is garbage, and must not stop the next sandbox from starting. Past `deadline`
-    (`time.monotonic()`), the rest are left for a later run.
+    (`time.monotonic()`), the rest are left for a later run; each removal gets only the time left of it
+    (docker-py would give it the client's whole timeout, however little was left).
     """
     client = client or _client()
+    own_timeout = client.api.timeout
+    try:
+        return _prune(
+            client, everything=everything, mine=mine, deadline=deadline, skip_failures=skip_failures
+        )
+    finally:
+        client.api.timeout = own_timeout
+
+
+def _prune(
+    client: Any, *, everything: bool, mine: bool, deadline: float | None, skip_failures: bool
+) -> list[SandboxInfo]:
     removed = []
     failed: list[tuple[SandboxInfo, str]] = []
+    base_timeout = client.api.timeout
     for c in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
         labels = c.get("Labels") or {}
-        if not (everything or (mine and owned_by_me(labels)) or (not mine and orphan_reason(labels))):
+        orphan = orphan_reason(labels, state=c.get("State"))
+        if not (everything or (mine and owned_by_me(labels)) or (not mine and orphan)):
             continue
-        if deadline is not None and time.monotonic() >= deadline:
-            log.warning("sandbox janitor: out of time; the remaining orphans are left for a later run")
-            break
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("sandbox janitor: out of time; the remaining orphans are left for a later run")
+                break
+            client.api.timeout = left if base_timeout is None else min(left, base_timeout)
         info = SandboxInfo(
             id=c["Id"][:12],
             name=(c.get("Names") or ["?"])[0].lstrip("/"),
@@ -204,7 +240,7 @@ def prune(
             owner_pid=int(labels[L_PID]) if labels.get(L_PID, "").isdigit() else None,
             created=None,
             expires=None,
-            orphan=orphan_reason(labels) or ("owned" if mine else "all"),
+            orphan=orphan or ("owned" if mine else "all"),
         )
         try:
             client.api.remove_container(c["Id"], force=True)
@@ -236,15 +272,16 @@ def _at_exit() -> None:
             pass
 
 
-def startup_once(timeout: float = 30.0, connector: Any = None) -> None:
+def startup_once(timeout: float = 30.0, connector: Any = None, *, removals_s: float | None = None) -> None:
     """Prune orphans once per process and engine, and make sure our own containers go when the process
     exits. `connector` (a `connector.Connector`) names the engine; None is the `DOCKER_HOST` one.
 
     Each Docker host has its own janitor run: orphans are found per engine, by the owner labels.
-    `timeout` bounds each call to the engine, so a hung daemon fails this instead of blocking it, and
-    the removals together: orphans left when it runs out are for a later run (of another process).
+    `timeout` bounds each call to the engine (so a hung daemon fails this instead of blocking it), and
+    the run: removals stop `removals_s` (at most `timeout`) after it began, each getting only what is
+    left; orphans left then are for a later run (of another process).
     """
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (timeout if removals_s is None else min(timeout, removals_s))
     key = "default" if connector is None else connector.url
     with _lock:
         if key in _started:

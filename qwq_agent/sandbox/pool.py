@@ -80,7 +80,8 @@ class SandboxPool:
     """`async with SandboxPool(size=4) as pool: async with pool.acquire() as sb: ...`
 
     `hosts=["unix:///var/run/docker.sock", "ssh://docker@gpu2"]` spreads the sandboxes over several
-    Docker engines by free capacity; a host that goes away is skipped while the others serve.
+    Docker engines by free capacity; a host that goes away, or fails starts for a reason of its own (a
+    create refused, no image), is set aside while the others serve (see `sandbox.hosts`).
 
     Acquiring takes a ready sandbox from a queue, checks it (alive, not near its lifetime, answers a ping
     within `health_check_timeout_s`; None skips the ping, and with it the check for paused containers)

@@ -5,6 +5,11 @@ socket; the engine client and docker-py both connect to the local end. Keepalive
 ssh exit when the host stops answering, which closes every attach stream through it: the sandboxes
 there see EOF and exit, and calls on them fail as `SandboxHostLost`. A tunnel that exited is started
 again on the next connection, so a host that comes back is used again.
+
+ssh runs under a tether (`ssh_tether`): a small process watching a pipe that only this process holds
+open, which stops ssh and removes the tunnel's folder when this process ends in a way that runs no
+clean-up of its own (SIGKILL, the OOM killer), so no authenticated connection to a Docker host and no
+/tmp/qwq-ssh-* folder outlives it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import atexit
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +37,9 @@ CONNECT_TIMEOUT_S = 10.0
 # ssh gives up on a silent host after ALIVE_INTERVAL_S * ALIVE_COUNT seconds.
 ALIVE_INTERVAL_S, ALIVE_COUNT = 5, 3
 _POLL_S = 0.02
+TETHER = Path(__file__).with_name("ssh_tether.py")
+# How long the tether may take to stop ssh when asked (its own wait for ssh is shorter).
+STOP_WAIT_S = 8.0
 
 
 class SSHTunnel:
@@ -87,7 +97,7 @@ class SSHTunnel:
 
     @property
     def alive(self) -> bool:
-        """True while the ssh process whose forward `ensure` saw set up still runs."""
+        """True while the ssh process (its tether) whose forward `ensure` saw set up still runs."""
         return self._up and self._proc is not None and self._proc.poll() is None
 
     def ensure(self, timeout: float) -> str:
@@ -103,9 +113,16 @@ class SSHTunnel:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
             log = self._dir / "ssh.log"
+            command = [sys.executable, "-I", "-S", str(TETHER), str(self._dir), *self.command()]
             with open(log, "wb") as err:
+                # Its own session: a Ctrl-C meant for this process reaches neither; the tether follows it.
                 self._proc = subprocess.Popen(
-                    self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    bufsize=0,
+                    start_new_session=True,
                 )
             self.starts += 1
             # ssh creates the local socket once it is authenticated and the forward is set up.
@@ -128,15 +145,22 @@ class SSHTunnel:
             return self.path
 
     def _stop(self) -> None:
+        """Ask the tether to stop ssh (keeping the folder) and wait for it; kill both if it hangs."""
         self._up = False
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):  # the tether exited already (ssh did): nothing to ask
+                proc.stdin.write(b"q")
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its session: the tether and ssh
+            proc.wait()
 
     def close(self) -> None:
         """Stop the ssh process and remove the local socket (idempotent)."""

@@ -14,16 +14,19 @@ from typing import IO
 
 import docker
 
+from qwq_agent.sandbox.connector import Connector
 from qwq_agent.sandbox.image.debian import build_base
 from qwq_agent.sandbox.image.errors import BuildLockTimeout, BuildStopped, ImageBuildError
 from qwq_agent.sandbox.image.final import build_final
 from qwq_agent.sandbox.image.mode import choose_mode, requested_mode
 from qwq_agent.sandbox.image.progress import ProgressFn, Stopwatch
 from qwq_agent.sandbox.image.recipe import Recipe
-from qwq_agent.sandbox.transport import docker_from_env
+from qwq_agent.sandbox.transport import default_connector, docker_from_env
 
 # How often a build waiting for another one tries the lock again (flock itself has no deadline).
 LOCK_POLL_S = 0.5
+# Each docker-py call of a build (lookups, the import, the build stream's reads) is bounded by this.
+DOCKER_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,16 @@ def image_exists(tag: str, client: docker.DockerClient | None = None) -> bool:
             client.close()
 
 
-def ensure_image(*, progress: ProgressFn = print, force: bool = False) -> str:
+def ensure_image(
+    *, progress: ProgressFn = print, force: bool = False, connector: Connector | None = None
+) -> str:
     """Make sure the sandbox image exists and return its tag (`qwq-agent-sandbox:<hash>`).
 
     Does nothing when the tag exists (unless `force`). Otherwise builds the base stage if its own
-    tag is missing (or `force`) and then the final stage. Raises `ImageBuildError` on failure.
+    tag is missing (or `force`) and then the final stage. `connector` names the engine the image must
+    exist on (default: the `DOCKER_HOST` one). Raises `ImageBuildError` on failure.
     """
-    return build_image(progress=progress, force=force).tag
+    return build_image(progress=progress, force=force, connector=connector).tag
 
 
 def build_image(
@@ -73,6 +79,7 @@ def build_image(
     force: bool = False,
     recipe: Recipe | None = None,
     stop: threading.Event | None = None,
+    connector: Connector | None = None,
 ) -> BuildResult:
     """Like `ensure_image`, returning a `BuildResult` with timing and size.
 
@@ -88,7 +95,14 @@ def build_image(
     recipe = recipe or Recipe()
     log = Stopwatch(progress)
     tag = recipe.image_tag()
-    client = docker_from_env()
+    # The engine the sandboxes will start on: each Docker host of a pool needs the image in its own store.
+    connector = connector or default_connector()
+    try:
+        client = connector.docker_client(DOCKER_TIMEOUT_S)  # asks the engine its API version
+    except docker.errors.DockerException as exc:
+        raise ImageBuildError(
+            f"cannot ask the Docker engine at {connector.url} for the sandbox image: {exc}"
+        ) from exc
     try:
         if not force and image_exists(tag, client):
             return BuildResult(tag, False, log.elapsed, _size(client, tag), None)
@@ -97,7 +111,7 @@ def build_image(
             if not force and image_exists(tag, client):
                 log(f"{tag} was built by another process meanwhile")
                 return BuildResult(tag, False, log.elapsed, _size(client, tag), None)
-            mode = choose_mode(client)
+            mode = choose_mode(client, connector)
             log(f"building {tag} ({mode} path)")
             if mode == "dockerfile":
                 build_final(client, recipe, log, dockerfile="slim.Dockerfile", pull=True, stop=stop)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import docker
 
+from qwq_agent.sandbox.connector import Connector
 from qwq_agent.sandbox.transport import docker_from_env
 
 SLIM_IMAGE = "python:3.12-slim"
@@ -26,14 +27,17 @@ def requested_mode() -> str:
     return mode
 
 
-def registry_answers(client: docker.DockerClient) -> bool:
-    """True when python:3.12-slim is local or its manifest can be fetched within a few seconds."""
+def registry_answers(client: docker.DockerClient, connector: Connector | None = None) -> bool:
+    """True when python:3.12-slim is in the engine's store or its manifest can be fetched within a few
+    seconds; `connector` is the engine `client` talks to (the one that would pull; default `DOCKER_HOST`)."""
     try:
         client.images.get(SLIM_IMAGE)
         return True
     except docker.errors.ImageNotFound:
         pass
-    probe = docker_from_env(timeout=PROBE_TIMEOUT_S)
+    probe = (
+        connector.docker_client(PROBE_TIMEOUT_S) if connector else docker_from_env(timeout=PROBE_TIMEOUT_S)
+    )
     try:
         probe.api.inspect_distribution(SLIM_IMAGE)
         return True
@@ -43,9 +47,10 @@ def registry_answers(client: docker.DockerClient) -> bool:
         probe.close()
 
 
-def choose_mode(client: docker.DockerClient) -> str:
-    """Resolve `auto` to `debian` or `dockerfile`; explicit choices pass through."""
+def choose_mode(client: docker.DockerClient, connector: Connector | None = None) -> str:
+    """Resolve `auto` to `debian` or `dockerfile` for the engine `client` (of `connector`) talks to;
+    explicit choices pass through."""
     mode = requested_mode()
     if mode != "auto":
         return mode
-    return "dockerfile" if registry_answers(client) else "debian"
+    return "dockerfile" if registry_answers(client, connector) else "debian"
