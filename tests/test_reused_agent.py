@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import ModelCall
 from qwq_agent.agent.loop import Agent, AgentConfig
@@ -80,3 +82,24 @@ async def test_an_exploration_between_runs_is_recorded_under_its_own_id(tmp_path
     branch_trace = explored.branches[0].trace_path
     assert branch_trace is not None
     assert {e.run_id for e in read_trace(branch_trace)} == {f"{exploration_id}-b0"}
+
+
+async def test_a_run_refused_for_its_input_leaves_the_agent_usable(tmp_path: Path):
+    """A trace path with a NUL byte (a raw ValueError) or a history of the trace's dicts (an
+    AttributeError) failed after the agent was marked running: every later run was refused as "already
+    running". The path is now a trace path error (the run goes on untraced, as for any bad trace path),
+    the history a TypeError saying what to pass, and the agent runs again."""
+    async with (
+        ScriptedModelServer(["ok\n</think>\n\nhello"], when_exhausted="repeat") as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config(), trace_path=str(tmp_path / "a\0b.jsonl"))
+        untraced = await agent.run("hi")
+        assert (untraced.status, untraced.trace_path) == ("completed", None)
+        assert "NUL" in (untraced.trace_error or "")
+        agent.trace_path = tmp_path / "t.jsonl"
+        with pytest.raises(TypeError, match=r"history\[0\] is a dict.*history_messages\(\)"):
+            await agent.run("hi", history=[{"role": "user", "content": "earlier"}])  # type: ignore[list-item]
+        with pytest.raises(TypeError, match="history must be a sequence of Message"):
+            await agent.run("hi", history=7)  # type: ignore[arg-type]
+        assert (await agent.run("hi")).status == "completed"

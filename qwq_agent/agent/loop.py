@@ -126,24 +126,31 @@ class Agent:
         `task`, `history` or the system prompt (which no request can encode) is sent as U+FFFD. Each run's
         steps count from 1, and its call ids (`call_{turn}_{n}`) are numbered after `history`'s turns. Each
         run has its own `run_id` (`RunResult.run_id`): a new one for every run after the first, unless
-        `Agent(run_id=...)` fixed one; `RunResult.events` counts the run's own events.
+        `Agent(run_id=...)` fixed one; `RunResult.events` counts the run's own events. `history` that
+        is not a sequence of `Message` raises TypeError, before anything starts.
         """
         if self._running:  # its messages, budget and trace are one run's: two at once would mix them
             raise RuntimeError("this Agent is already running a task; create one Agent per concurrent task")
+        history = _checked_history(history)  # before the agent is taken: a bad call changes nothing
         self._running, self._ended = True, False
-        self._next_run_id()
-        self._events = 0  # `RunResult.events` counts this run's events
-        self._patch = None
-        self.tracker = BudgetTracker(budget=self.config.budget)
-        self._arithmetic_hinted = False
-        # Each run counts its steps from 1, and numbers its call ids after the history's turns: the ids
-        # of one run are unique, repeat none of the history's, and a replay of the run (given the same
-        # history, which the trace records) numbers them the same, so that recorded approval decisions
-        # find their calls. A count kept across runs (a second run on this Agent) did neither.
-        self._step = 0
-        self._turns_before = _turns_in(history)
-        # Opened before any sandbox or model request, so a bad trace folder costs nothing.
-        trace_notes = self._open_trace()
+        try:
+            self._next_run_id()
+            self._events = 0  # `RunResult.events` counts this run's events
+            self._patch = None
+            self.tracker = BudgetTracker(budget=self.config.budget)
+            self._arithmetic_hinted = False
+            # Each run counts its steps from 1, and numbers its call ids after the history's turns: the ids
+            # of one run are unique, repeat none of the history's, and a replay of the run (given the same
+            # history, which the trace records) numbers them the same, so that recorded approval decisions
+            # find their calls. A count kept across runs (a second run on this Agent) did neither.
+            self._step = 0
+            self._turns_before = _turns_in(history)
+            # Opened before any sandbox or model request, so a bad trace folder costs nothing.
+            trace_notes = self._open_trace()
+        except BaseException:  # the agent is not left taken by a run that never began
+            self._ended = True
+            self._close_trace()
+            raise
         # The caller's text comes in here. A lone surrogate in it (a command-line argument that is not
         # UTF-8 arrives with them) renders, but no request holding it can be encoded: the first turn
         # failed as a model error. The model reads U+FFFD instead, as the trace records it.
@@ -574,6 +581,22 @@ def _take_notices(model: Any, *, final: bool = False) -> list[Event]:
 
 class _Ended(Exception):
     """The run ended before its first step (its status and error are already set)."""
+
+
+def _checked_history(history: Sequence[Message]) -> list[Message]:
+    """`history` as a list of messages; TypeError saying what it holds instead."""
+    if not isinstance(history, Sequence) or isinstance(history, str | bytes):
+        raise TypeError(f"history must be a sequence of Message, not {type(history).__name__}")
+    messages = list(history)
+    for k, m in enumerate(messages):
+        if not isinstance(m, Message):
+            hint = (
+                " (a trace's recorded history holds dicts: `Recording.history_messages()` gives messages)"
+                if isinstance(m, dict)
+                else ""
+            )
+            raise TypeError(f"history[{k}] is a {type(m).__name__}, not a Message{hint}")
+    return messages
 
 
 @overload
