@@ -567,3 +567,25 @@ async def test_branching_a_run_that_stopped_mid_way_continues_its_transcript(tmp
     assert replay.result is not None and replay.result.answer == "value-of-k"
     with pytest.raises(BranchError, match="nothing to continue"):
         await agent.branch(2)  # the transcript now ends with the winner's answer
+
+
+async def test_a_slow_warm_up_leaves_the_branches_their_time(tmp_path):
+    """The shared prefix's warm-up is an optimisation: one the server is slow to answer gives up within
+    `branch_timeout_s`, and the branches then get their whole limit (it used to run inside their time,
+    bounded by its own 120 s: every branch lost "timeout" before sending a request)."""
+
+    def answer(req: ScriptedRequest) -> str | Turn:
+        if req.sampling_params.get("max_new_tokens") == 1:  # the warm-up
+            return Turn(text="x", first_token_delay=8.0)
+        return "easy\n</think>\n\n42"
+
+    async with (
+        ScriptedModelServer(answer) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config(), trace_path=tmp_path / "t.jsonl")
+        result = await agent.explore("What is 6*7?", n=2, seeds=SEEDS[:2], branch_timeout_s=2.0)
+        sent = [r for r in server.requests if r.sampling_params.get("sampling_seed") in SEEDS]
+    assert [b.status for b in result.branches] == ["completed", "completed"]
+    assert result.winner is not None and result.answer == "42" and len(sent) == 2
+    assert result.warmup is None  # it gave up: no usage to report

@@ -168,7 +168,10 @@ async def run_branches(
     `seeds` (one per branch; default: random) and `temperature` (default: the config's) make the
     branches sample differently. `branch_timeout_s` bounds each branch (on top of its budget), from
     the start of its sandbox's setup (the restore and a replay of the parent's cells included, see
-    `python_state`): a branch past it is cancelled and loses with status "timeout". `on_event(index, event)` sees every
+    `python_state`): a branch past it is cancelled and loses with status "timeout". The shared
+    prefix's warm-up (`warm_prefix`) runs beside the setups and gives up after `branch_timeout_s`
+    (else `WARMUP_TIMEOUT_S`); the time the branches wait for it after their setups is not theirs: it
+    is an optimisation, and its failure no failure of theirs. `on_event(index, event)` sees every
     event of every branch as it happens. Raises `BranchError` / `SelectionError` for bad arguments,
     before anything starts. `fresh` (`Agent.explore`) starts from an empty transcript: the parent's is
     cleared once the exploration is accepted, never by one that is refused.
@@ -230,10 +233,20 @@ async def run_branches(
         traces = [str(branch_trace_path(trace.path, i)) if trace else None for i in range(n)]
         for b in branches:
             b.deadline = Deadline.after(branch_timeout_s)
-        warm, *_ = await asyncio.gather(
-            _warm_prefix(parent, first, specs) if warm_prefix else _none(),
-            *(_sandbox_for(b, parent, snapshot, python_state, branch_timeout_s) for b in branches),
+        warm, set_up_at = await asyncio.gather(
+            _warm_prefix(parent, first, specs, branch_timeout_s) if warm_prefix else _none(),
+            asyncio.gather(
+                *(
+                    _ended_at(_sandbox_for(b, parent, snapshot, python_state, branch_timeout_s))
+                    for b in branches
+                )
+            ),
         )
+        # The wait for the warm-up once every sandbox was set up is not the branches' time.
+        waited = time.monotonic() - max(set_up_at)
+        for b in branches:
+            if b.deadline.at is not None:
+                b.deadline = Deadline(at=b.deadline.at + waited)
         emit(
             RunStarted(
                 task=task,
@@ -344,6 +357,12 @@ async def run_branches(
 
 async def _none() -> None:
     return None
+
+
+async def _ended_at(work: Awaitable[None]) -> float:
+    """When `work` ended (the monotonic clock)."""
+    await work
+    return time.monotonic()
 
 
 def _open_parent_trace(parent: Branchable) -> TraceWriter | None:
@@ -581,18 +600,22 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _warm_prefix(parent: Branchable, messages: list[Message], specs: list[Any]) -> Usage | None:
+async def _warm_prefix(
+    parent: Branchable, messages: list[Message], specs: list[Any], limit_s: float | None
+) -> Usage | None:
     """Prefill the branches' shared first prompt once (one generated token), so all of them hit the cache.
 
     Only for clients that render prompts themselves (SGLang's native API); others send the branches
-    at once and rely on the server. A failure here is no failure of the branches.
+    at once and rely on the server. A failure here is no failure of the branches; nor is a slow one:
+    it gives up after `limit_s` (the branches' own limit; else `WARMUP_TIMEOUT_S`), and the branches
+    then go on without it.
     """
     model = parent.model
     if not isinstance(model, PromptModel):
         return None
     params = parent.config.sampling.model_copy(update={"max_new_tokens": 1, "stop": [], "seed": None})
     try:
-        async with asyncio.timeout(WARMUP_TIMEOUT_S):
+        async with asyncio.timeout(WARMUP_TIMEOUT_S if limit_s is None else min(WARMUP_TIMEOUT_S, limit_s)):
             completion = await model.generate(model.render_prompt(messages, specs), params)
     except Exception:
         return None
