@@ -589,3 +589,78 @@ async def test_a_slow_warm_up_leaves_the_branches_their_time(tmp_path):
     assert [b.status for b in result.branches] == ["completed", "completed"]
     assert result.winner is not None and result.answer == "42" and len(sent) == 2
     assert result.warmup is None  # it gave up: no usage to report
+
+
+def _final_raises(exc: BaseException) -> Callable[[int, object], None]:
+    def on_event(index: int, ev: object) -> None:
+        if isinstance(ev, Final):
+            raise exc
+
+    return on_event
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [BrokenPipeError(32, "Broken pipe"), TimeoutError("timed out")],  # socket.timeout is TimeoutError
+    ids=["broken-pipe", "timeout"],
+)
+async def test_an_on_event_callback_that_raises_is_reported_not_taken_for_the_branchs_failure(
+    tmp_path, exc: BaseException
+):
+    """A display callback failing at a branch's `final` (a closed stdout) made the completed branch an
+    "error" one that could not win; a TimeoutError from it (no `branch_timeout_s`) crashed explore()
+    with a TypeError formatting the limit."""
+    async with (
+        ScriptedModelServer(per_branch({s: ["easy\n</think>\n\n42"] for s in SEEDS[:2]})) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config(), trace_path=tmp_path / "t.jsonl")
+        result = await agent.explore("What is 6*7?", n=2, seeds=SEEDS[:2], on_event=_final_raises(exc))
+    assert [b.status for b in result.branches] == ["completed", "completed"]
+    assert result.winner == 0 and result.answer == "42"
+    assert result.trace_path is not None
+    warnings = [e for e in read_trace(result.trace_path) if isinstance(e, Warning_)]
+    # Said once for the exploration, naming what the callback raised.
+    assert [w.kind for w in warnings] == ["on_event_failed"]
+    assert type(exc).__name__ in warnings[0].message
+
+
+async def test_every_branchs_tool_calls_have_ended_when_explore_returns(tmp_path):
+    """A callback raising while a branch's calls run left the branch's stream suspended, its slow call
+    still running after explore() returned."""
+    from qwq_agent.agent.events import ToolResultEvent
+    from qwq_agent.tools.base import tool
+
+    running: list[int] = []
+    ended: list[int] = []
+
+    @tool(timeout=30)
+    async def slow(n: int) -> str:
+        """Take a while."""
+        running.append(n)
+        try:
+            await asyncio.sleep(1.5)
+            return "slept"
+        finally:
+            running.remove(n)
+            ended.append(n)
+
+    @tool
+    def fast(n: int) -> str:
+        """Return at once."""
+        return "fast"
+
+    def on_event(index: int, ev: object) -> None:
+        if isinstance(ev, ToolResultEvent) and ev.name == "fast":
+            raise RuntimeError("viewer crashed")
+
+    turns = ["go\n</think>\n\n" + call("slow", n=1) + "\n" + call("fast", n=2), "ok\n</think>\n\ndone"]
+    async with (
+        ScriptedModelServer(per_branch({s: turns for s in SEEDS[:2]})) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [slow, fast], config=config(), trace_path=tmp_path / "t.jsonl")
+        result = await agent.explore("do it", n=2, seeds=SEEDS[:2], on_event=on_event)
+        still_running = list(running)
+    assert still_running == [] and ended == [1, 1]
+    assert [b.status for b in result.branches] == ["completed", "completed"]

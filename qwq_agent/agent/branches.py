@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -109,7 +109,7 @@ class Branchable(Protocol):
 
     def stream(
         self, task: str, *, history: Sequence[Message] = (), continues: bool = False
-    ) -> AsyncIterator[Event]: ...
+    ) -> AsyncGenerator[Event, None]: ...
 
     def end_run(self, status: str = "interrupted", error: str | None = None) -> RunResult | None: ...
 
@@ -172,9 +172,11 @@ async def run_branches(
     prefix's warm-up (`warm_prefix`) runs beside the setups and gives up after `branch_timeout_s`
     (else `WARMUP_TIMEOUT_S`); the time the branches wait for it after their setups is not theirs: it
     is an optimisation, and its failure no failure of theirs. `on_event(index, event)` sees every
-    event of every branch as it happens. Raises `BranchError` / `SelectionError` for bad arguments,
-    before anything starts. `fresh` (`Agent.explore`) starts from an empty transcript: the parent's is
-    cleared once the exploration is accepted, never by one that is refused.
+    event of every branch as it happens; what it raises is no failure of the branch: the first such
+    error is reported in the exploration's trace (an `on_event_failed` warning) and the callback is
+    still called. Raises `BranchError` / `SelectionError` for bad arguments, before anything starts.
+    `fresh` (`Agent.explore`) starts from an empty transcript: the parent's is cleared once the
+    exploration is accepted, never by one that is refused.
     """
     if not 1 <= n <= MAX_BRANCHES:
         raise BranchError(f"n must be between 1 and {MAX_BRANCHES}, got {n}")
@@ -218,6 +220,7 @@ async def run_branches(
     # Known to the caller from now on: a Ctrl-C before `run_branches` returns still has a trace to name.
     parent.exploration_trace = trace.path if trace is not None else None
     emit = _emitter(parent, trace)
+    observe = _observer(on_event, emit)
     # The parent is busy until the exploration ends: a run or another exploration meanwhile is refused,
     # as two runs at once are (the winner's transcript replaces the parent's at the end).
     parent._running = True
@@ -280,7 +283,7 @@ async def run_branches(
                     traces[b.index],
                     temperature,
                     branch_timeout_s,
-                    on_event,
+                    observe,
                 )
                 for b in branches
             )
@@ -365,6 +368,32 @@ async def _ended_at(work: Awaitable[None]) -> float:
     return time.monotonic()
 
 
+def _observer(
+    on_event: Callable[[int, Event], None] | None, emit: Callable[[Event], Event]
+) -> Callable[[int, Event], None]:
+    """`on_event` as the branches call it: what the caller's callback raises (a display whose stdout was
+    closed, an observer's socket timing out) is no failure of the branch whose event it saw. The first
+    such error is reported in the exploration's trace; the callback is still called for later events."""
+    failed = False
+
+    def observe(index: int, event: Event) -> None:
+        nonlocal failed
+        if on_event is None:
+            return
+        try:
+            on_event(index, event)
+        except Exception as exc:
+            if not failed:
+                failed = True
+                message = (
+                    f"the on_event callback raised {_why(exc)} at branch {index}'s {event.type} event; "
+                    "the branches went on (its later errors are not reported)"
+                )
+                emit(Warning_(kind="on_event_failed", message=message))
+
+    return observe
+
+
 def _open_parent_trace(parent: Branchable) -> TraceWriter | None:
     if parent.trace_path is None:
         return None
@@ -412,7 +441,7 @@ async def _sandbox_for(
             sandbox = await _set_up(branch, parent, snapshot, python_state)
     except Exception as exc:
         if isinstance(exc, TimeoutError) and timer.expired():
-            why = f"the branch ran past its {limit_s:g} s limit while its sandbox was set up"
+            why = f"the branch ran past its {_seconds(limit_s)} limit while its sandbox was set up"
             branch.outcome.status, branch.outcome.error = "timeout", why
         else:
             branch.outcome.status, branch.outcome.error = "error", f"no sandbox: {type(exc).__name__}: {exc}"
@@ -600,6 +629,11 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _seconds(limit_s: float | None) -> str:
+    """A time limit in a message ("3 s"); "time" when there is none (no message should need it then)."""
+    return "time" if limit_s is None else f"{limit_s:g} s"
+
+
 async def _warm_prefix(
     parent: Branchable, messages: list[Message], specs: list[Any], limit_s: float | None
 ) -> Usage | None:
@@ -631,7 +665,7 @@ async def _run_one(
     trace_path: str | None,
     temperature: float | None,
     timeout_s: float | None,
-    on_event: Callable[[int, Event], None] | None,
+    observe: Callable[[int, Event], None],
 ) -> None:
     """Run one branch to its end; whatever happens becomes its outcome."""
     out = branch.outcome
@@ -653,21 +687,22 @@ async def _run_one(
         trace_path=trace_path,
     )
     first_usage = True
+    timed_out = f"the branch ran past its {_seconds(timeout_s)} limit"
+    timer = asyncio.timeout(branch.deadline.left())  # what its sandbox's setup left of it
     try:
-        async with asyncio.timeout(branch.deadline.left()):  # what its sandbox's setup left of it
-            async for ev in child.stream(task, history=history, continues=continues):
+        # aclosing: however the loop is left, the child's tool calls end before this branch does.
+        async with timer, aclosing(child.stream(task, history=history, continues=continues)) as events:
+            async for ev in events:
                 if first_usage and isinstance(ev, UsageEvent):
                     first_usage = False
                     out.first_turn_prompt_tokens = ev.usage.prompt_tokens
                     out.first_turn_cached_tokens = ev.usage.cached_tokens
-                if on_event is not None:
-                    on_event(branch.index, ev)
-    except TimeoutError:
-        child.end_run("timeout", f"the branch ran past its {timeout_s:g} s limit")
-        out.status, out.error = "timeout", f"the branch ran past its {timeout_s:g} s limit"
+                observe(branch.index, ev)
     except Exception as exc:  # a crashing branch loses; the exploration goes on
-        child.end_run("error", f"{type(exc).__name__}: {exc}")
-        out.status, out.error = "error", f"{type(exc).__name__}: {exc}"
+        timeout = isinstance(exc, TimeoutError) and timer.expired()
+        status, error = ("timeout", timed_out) if timeout else ("error", _why(exc))
+        child.end_run(status, error)
+        out.status, out.error = status, error
     finally:  # cancelled too: the child ended its run, and the exploration's `final` sums its totals
         _collect(out, child.result)
 
