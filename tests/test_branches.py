@@ -664,3 +664,23 @@ async def test_every_branchs_tool_calls_have_ended_when_explore_returns(tmp_path
         still_running = list(running)
     assert still_running == [] and ended == [1, 1]
     assert [b.status for b in result.branches] == ["completed", "completed"]
+
+
+async def test_a_timed_out_branchs_own_trace_and_result_say_timeout(tmp_path):
+    """The branch's trace is a whole run (replayable, `trace show`): it said "cancelled" ("the run was
+    cancelled") for a branch nobody cancelled, which ran past `branch_timeout_s`."""
+    scripts: dict[int, list[str | Turn]] = {
+        SEEDS[0]: [Turn(text="thinking " * 50, hold_after=2, hold_timeout=30)]
+    }
+    async with (
+        ScriptedModelServer(per_branch(scripts)) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config(), trace_path=tmp_path / "t.jsonl")
+        result = await agent.explore("Go.", n=1, seeds=SEEDS[:1], branch_timeout_s=1.0)
+    [branch] = result.branches
+    assert (branch.status, branch.error) == ("timeout", "the branch ran past its 1 s limit")
+    assert branch.result is not None and branch.trace_path is not None
+    assert (branch.result.status, branch.result.error) == (branch.status, branch.error)
+    final = read_trace(branch.trace_path)[-1]
+    assert isinstance(final, Final) and (final.status, final.error) == (branch.status, branch.error)

@@ -92,6 +92,8 @@ class Branchable(Protocol):
     messages: list[Message]
     result: RunResult | None
     _running: bool
+    # What a cancellation of its run is recorded as (a branch past its limit: "timeout"), see `Agent`.
+    _cancel_reason: Callable[[], tuple[str, str] | None] | None
 
     def _initial_messages(self, task: str) -> list[Message]: ...
 
@@ -168,15 +170,16 @@ async def run_branches(
     `seeds` (one per branch; default: random) and `temperature` (default: the config's) make the
     branches sample differently. `branch_timeout_s` bounds each branch (on top of its budget), from
     the start of its sandbox's setup (the restore and a replay of the parent's cells included, see
-    `python_state`): a branch past it is cancelled and loses with status "timeout". The shared
-    prefix's warm-up (`warm_prefix`) runs beside the setups and gives up after `branch_timeout_s`
-    (else `WARMUP_TIMEOUT_S`); the time the branches wait for it after their setups is not theirs: it
-    is an optimisation, and its failure no failure of theirs. `on_event(index, event)` sees every
-    event of every branch as it happens; what it raises is no failure of the branch: the first such
-    error is reported in the exploration's trace (an `on_event_failed` warning) and the callback is
-    still called. Raises `BranchError` / `SelectionError` for bad arguments, before anything starts.
-    `fresh` (`Agent.explore`) starts from an empty transcript: the parent's is cleared once the
-    exploration is accepted, never by one that is refused.
+    `python_state`): a branch past it is cancelled and loses with status "timeout", which its own
+    trace and result say too. The shared prefix's warm-up (`warm_prefix`) runs beside the setups and
+    gives up after `branch_timeout_s` (else `WARMUP_TIMEOUT_S`); the time the branches wait for it
+    after their setups is not theirs: it is an optimisation, and its failure no failure of theirs.
+    `on_event(index, event)` sees every event of every branch as it happens; what it raises is no
+    failure of the branch: the first such error is reported in the exploration's trace (an
+    `on_event_failed` warning) and the callback is still called. Raises `BranchError` /
+    `SelectionError` for bad arguments, before anything starts. `fresh` (`Agent.explore`) starts
+    from an empty transcript: the parent's is cleared once the exploration is accepted, never by one
+    that is refused.
     """
     if not 1 <= n <= MAX_BRANCHES:
         raise BranchError(f"n must be between 1 and {MAX_BRANCHES}, got {n}")
@@ -689,6 +692,8 @@ async def _run_one(
     first_usage = True
     timed_out = f"the branch ran past its {_seconds(timeout_s)} limit"
     timer = asyncio.timeout(branch.deadline.left())  # what its sandbox's setup left of it
+    # The timer cancels the child's stream: its run ends there, and says why (not "cancelled").
+    child._cancel_reason = lambda: ("timeout", timed_out) if timer.expired() else None
     try:
         # aclosing: however the loop is left, the child's tool calls end before this branch does.
         async with timer, aclosing(child.stream(task, history=history, continues=continues)) as events:

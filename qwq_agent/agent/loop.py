@@ -110,6 +110,9 @@ class Agent:
         self._ended = True
         self._run: _Run | None = None  # the run holding the agent now (None: free, or exploring)
         self._last_run: _Run | None = None  # the last run started, whose stream may still be unwinding
+        # What a cancellation of the run is recorded as: (status, error), or None for "cancelled". For a
+        # caller that cancels a run for a reason of its own (a branch past its limit: "timeout").
+        self._cancel_reason: Callable[[], tuple[str, str] | None] | None = None
         self._trace_reported = False
         self._trace_open_error: str | None = None
         self._server_context: tuple[int | None] | None = None
@@ -250,7 +253,8 @@ class Agent:
         # Each ends this stream's own run only: after `end_run()` the agent may be running the next one.
         except asyncio.CancelledError:
             if self._run is run:
-                self._end(run, "cancelled", "the run was cancelled")
+                reason = self._cancel_reason() if self._cancel_reason is not None else None
+                self._end(run, *(reason or ("cancelled", "the run was cancelled")))
             raise
         except GeneratorExit:  # the caller stopped iterating: the trace still ends with a final event
             if self._run is run:
