@@ -567,3 +567,120 @@ async def test_branching_a_run_that_stopped_mid_way_continues_its_transcript(tmp
     assert replay.result is not None and replay.result.answer == "value-of-k"
     with pytest.raises(BranchError, match="nothing to continue"):
         await agent.branch(2)  # the transcript now ends with the winner's answer
+
+
+async def test_a_slow_warm_up_leaves_the_branches_their_time(tmp_path):
+    """The shared prefix's warm-up is an optimisation: one the server is slow to answer gives up within
+    `branch_timeout_s`, and the branches then get their whole limit (it used to run inside their time,
+    bounded by its own 120 s: every branch lost "timeout" before sending a request)."""
+
+    def answer(req: ScriptedRequest) -> str | Turn:
+        if req.sampling_params.get("max_new_tokens") == 1:  # the warm-up
+            return Turn(text="x", first_token_delay=8.0)
+        return "easy\n</think>\n\n42"
+
+    async with (
+        ScriptedModelServer(answer) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config(), trace_path=tmp_path / "t.jsonl")
+        result = await agent.explore("What is 6*7?", n=2, seeds=SEEDS[:2], branch_timeout_s=2.0)
+        sent = [r for r in server.requests if r.sampling_params.get("sampling_seed") in SEEDS]
+    assert [b.status for b in result.branches] == ["completed", "completed"]
+    assert result.winner is not None and result.answer == "42" and len(sent) == 2
+    assert result.warmup is None  # it gave up: no usage to report
+
+
+def _final_raises(exc: BaseException) -> Callable[[int, object], None]:
+    def on_event(index: int, ev: object) -> None:
+        if isinstance(ev, Final):
+            raise exc
+
+    return on_event
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [BrokenPipeError(32, "Broken pipe"), TimeoutError("timed out")],  # socket.timeout is TimeoutError
+    ids=["broken-pipe", "timeout"],
+)
+async def test_an_on_event_callback_that_raises_is_reported_not_taken_for_the_branchs_failure(
+    tmp_path, exc: BaseException
+):
+    """A display callback failing at a branch's `final` (a closed stdout) made the completed branch an
+    "error" one that could not win; a TimeoutError from it (no `branch_timeout_s`) crashed explore()
+    with a TypeError formatting the limit."""
+    async with (
+        ScriptedModelServer(per_branch({s: ["easy\n</think>\n\n42"] for s in SEEDS[:2]})) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config(), trace_path=tmp_path / "t.jsonl")
+        result = await agent.explore("What is 6*7?", n=2, seeds=SEEDS[:2], on_event=_final_raises(exc))
+    assert [b.status for b in result.branches] == ["completed", "completed"]
+    assert result.winner == 0 and result.answer == "42"
+    assert result.trace_path is not None
+    warnings = [e for e in read_trace(result.trace_path) if isinstance(e, Warning_)]
+    # Said once for the exploration, naming what the callback raised.
+    assert [w.kind for w in warnings] == ["on_event_failed"]
+    assert type(exc).__name__ in warnings[0].message
+
+
+async def test_every_branchs_tool_calls_have_ended_when_explore_returns(tmp_path):
+    """A callback raising while a branch's calls run left the branch's stream suspended, its slow call
+    still running after explore() returned."""
+    from qwq_agent.agent.events import ToolResultEvent
+    from qwq_agent.tools.base import tool
+
+    running: list[int] = []
+    ended: list[int] = []
+
+    @tool(timeout=30)
+    async def slow(n: int) -> str:
+        """Take a while."""
+        running.append(n)
+        try:
+            await asyncio.sleep(1.5)
+            return "slept"
+        finally:
+            running.remove(n)
+            ended.append(n)
+
+    @tool
+    def fast(n: int) -> str:
+        """Return at once."""
+        return "fast"
+
+    def on_event(index: int, ev: object) -> None:
+        if isinstance(ev, ToolResultEvent) and ev.name == "fast":
+            raise RuntimeError("viewer crashed")
+
+    turns = ["go\n</think>\n\n" + call("slow", n=1) + "\n" + call("fast", n=2), "ok\n</think>\n\ndone"]
+    async with (
+        ScriptedModelServer(per_branch({s: turns for s in SEEDS[:2]})) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [slow, fast], config=config(), trace_path=tmp_path / "t.jsonl")
+        result = await agent.explore("do it", n=2, seeds=SEEDS[:2], on_event=on_event)
+        still_running = list(running)
+    assert still_running == [] and ended == [1, 1]
+    assert [b.status for b in result.branches] == ["completed", "completed"]
+
+
+async def test_a_timed_out_branchs_own_trace_and_result_say_timeout(tmp_path):
+    """The branch's trace is a whole run (replayable, `trace show`): it said "cancelled" ("the run was
+    cancelled") for a branch nobody cancelled, which ran past `branch_timeout_s`."""
+    scripts: dict[int, list[str | Turn]] = {
+        SEEDS[0]: [Turn(text="thinking " * 50, hold_after=2, hold_timeout=30)]
+    }
+    async with (
+        ScriptedModelServer(per_branch(scripts)) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config(), trace_path=tmp_path / "t.jsonl")
+        result = await agent.explore("Go.", n=1, seeds=SEEDS[:1], branch_timeout_s=1.0)
+    [branch] = result.branches
+    assert (branch.status, branch.error) == ("timeout", "the branch ran past its 1 s limit")
+    assert branch.result is not None and branch.trace_path is not None
+    assert (branch.result.status, branch.result.error) == (branch.status, branch.error)
+    final = read_trace(branch.trace_path)[-1]
+    assert isinstance(final, Final) and (final.status, final.error) == (branch.status, branch.error)

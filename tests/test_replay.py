@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -492,3 +493,42 @@ async def test_an_openai_api_trace_without_the_messages_sent_says_once_it_cannot
     unchecked = warnings_of(events, "replay_unchecked")
     assert len(unchecked) == 1 and unchecked[0].step == 1
     assert "cannot be checked" in unchecked[0].message
+
+
+async def test_the_replay_of_a_run_cancelled_mid_tool_ends_where_its_recording_does(tmp_path: Path) -> None:
+    """A run cancelled (Ctrl-C, SIGTERM) while a tool ran recorded one completion; its replay runs the tool
+    and asks for the next. That ended `model_error` ("ReplayExhausted: ...") as if the model had failed;
+    it now ends saying the recording stops there, and how the recorded run ended."""
+    started, holding = asyncio.Event(), [True]
+
+    @tool(timeout=30)
+    async def slow(n: int) -> str:
+        """Take a while."""
+        started.set()
+        if holding[0]:
+            await asyncio.Event().wait()
+        return "slept"
+
+    trace = tmp_path / "t.jsonl"
+    turns = ["go\n</think>\n\n" + call("slow", n=1), "ok\n</think>\n\ndone"]
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        running = asyncio.create_task(Agent(client, [slow], config=config(), trace_path=trace).run("do it"))
+        await started.wait()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    recording = load_recording(trace)
+    assert (recording.status, recording.error) == ("cancelled", "the run was cancelled")
+    holding[0] = False
+    replay = Agent(ReplayModel.from_recording(recording), [slow], config=recording.agent_config())
+    events = [ev async for ev in replay.stream(recording.task)]
+    assert replay.result is not None and replay.result.status == "recording_ended"
+    assert replay.result.error == (
+        "the recording ends here, after 1 model call: the recorded run ended 'cancelled' (the run was cancelled)"
+    )
+    assert [ev.type for ev in events if ev.type in ("tool_result", "warning")] == ["tool_result", "warning"]
+    # The same from the trace's path.
+    again = await Agent(ReplayModel.from_trace(trace), [slow], config=recording.agent_config()).run(
+        recording.task
+    )
+    assert (again.status, again.error) == (replay.result.status, replay.result.error)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -92,6 +92,8 @@ class Branchable(Protocol):
     messages: list[Message]
     result: RunResult | None
     _running: bool
+    # What a cancellation of its run is recorded as (a branch past its limit: "timeout"), see `Agent`.
+    _cancel_reason: Callable[[], tuple[str, str] | None] | None
 
     def _initial_messages(self, task: str) -> list[Message]: ...
 
@@ -109,7 +111,7 @@ class Branchable(Protocol):
 
     def stream(
         self, task: str, *, history: Sequence[Message] = (), continues: bool = False
-    ) -> AsyncIterator[Event]: ...
+    ) -> AsyncGenerator[Event, None]: ...
 
     def end_run(self, status: str = "interrupted", error: str | None = None) -> RunResult | None: ...
 
@@ -168,10 +170,16 @@ async def run_branches(
     `seeds` (one per branch; default: random) and `temperature` (default: the config's) make the
     branches sample differently. `branch_timeout_s` bounds each branch (on top of its budget), from
     the start of its sandbox's setup (the restore and a replay of the parent's cells included, see
-    `python_state`): a branch past it is cancelled and loses with status "timeout". `on_event(index, event)` sees every
-    event of every branch as it happens. Raises `BranchError` / `SelectionError` for bad arguments,
-    before anything starts. `fresh` (`Agent.explore`) starts from an empty transcript: the parent's is
-    cleared once the exploration is accepted, never by one that is refused.
+    `python_state`): a branch past it is cancelled and loses with status "timeout", which its own
+    trace and result say too. The shared prefix's warm-up (`warm_prefix`) runs beside the setups and
+    gives up after `branch_timeout_s` (else `WARMUP_TIMEOUT_S`); the time the branches wait for it
+    after their setups is not theirs: it is an optimisation, and its failure no failure of theirs.
+    `on_event(index, event)` sees every event of every branch as it happens; what it raises is no
+    failure of the branch: the first such error is reported in the exploration's trace (an
+    `on_event_failed` warning) and the callback is still called. Raises `BranchError` /
+    `SelectionError` for bad arguments, before anything starts. `fresh` (`Agent.explore`) starts
+    from an empty transcript: the parent's is cleared once the exploration is accepted, never by one
+    that is refused.
     """
     if not 1 <= n <= MAX_BRANCHES:
         raise BranchError(f"n must be between 1 and {MAX_BRANCHES}, got {n}")
@@ -215,6 +223,7 @@ async def run_branches(
     # Known to the caller from now on: a Ctrl-C before `run_branches` returns still has a trace to name.
     parent.exploration_trace = trace.path if trace is not None else None
     emit = _emitter(parent, trace)
+    observe = _observer(on_event, emit)
     # The parent is busy until the exploration ends: a run or another exploration meanwhile is refused,
     # as two runs at once are (the winner's transcript replaces the parent's at the end).
     parent._running = True
@@ -230,10 +239,20 @@ async def run_branches(
         traces = [str(branch_trace_path(trace.path, i)) if trace else None for i in range(n)]
         for b in branches:
             b.deadline = Deadline.after(branch_timeout_s)
-        warm, *_ = await asyncio.gather(
-            _warm_prefix(parent, first, specs) if warm_prefix else _none(),
-            *(_sandbox_for(b, parent, snapshot, python_state, branch_timeout_s) for b in branches),
+        warm, set_up_at = await asyncio.gather(
+            _warm_prefix(parent, first, specs, branch_timeout_s) if warm_prefix else _none(),
+            asyncio.gather(
+                *(
+                    _ended_at(_sandbox_for(b, parent, snapshot, python_state, branch_timeout_s))
+                    for b in branches
+                )
+            ),
         )
+        # The wait for the warm-up once every sandbox was set up is not the branches' time.
+        waited = time.monotonic() - max(set_up_at)
+        for b in branches:
+            if b.deadline.at is not None:
+                b.deadline = Deadline(at=b.deadline.at + waited)
         emit(
             RunStarted(
                 task=task,
@@ -267,7 +286,7 @@ async def run_branches(
                     traces[b.index],
                     temperature,
                     branch_timeout_s,
-                    on_event,
+                    observe,
                 )
                 for b in branches
             )
@@ -346,6 +365,38 @@ async def _none() -> None:
     return None
 
 
+async def _ended_at(work: Awaitable[None]) -> float:
+    """When `work` ended (the monotonic clock)."""
+    await work
+    return time.monotonic()
+
+
+def _observer(
+    on_event: Callable[[int, Event], None] | None, emit: Callable[[Event], Event]
+) -> Callable[[int, Event], None]:
+    """`on_event` as the branches call it: what the caller's callback raises (a display whose stdout was
+    closed, an observer's socket timing out) is no failure of the branch whose event it saw. The first
+    such error is reported in the exploration's trace; the callback is still called for later events."""
+    failed = False
+
+    def observe(index: int, event: Event) -> None:
+        nonlocal failed
+        if on_event is None:
+            return
+        try:
+            on_event(index, event)
+        except Exception as exc:
+            if not failed:
+                failed = True
+                message = (
+                    f"the on_event callback raised {_why(exc)} at branch {index}'s {event.type} event; "
+                    "the branches went on (its later errors are not reported)"
+                )
+                emit(Warning_(kind="on_event_failed", message=message))
+
+    return observe
+
+
 def _open_parent_trace(parent: Branchable) -> TraceWriter | None:
     if parent.trace_path is None:
         return None
@@ -393,7 +444,7 @@ async def _sandbox_for(
             sandbox = await _set_up(branch, parent, snapshot, python_state)
     except Exception as exc:
         if isinstance(exc, TimeoutError) and timer.expired():
-            why = f"the branch ran past its {limit_s:g} s limit while its sandbox was set up"
+            why = f"the branch ran past its {_seconds(limit_s)} limit while its sandbox was set up"
             branch.outcome.status, branch.outcome.error = "timeout", why
         else:
             branch.outcome.status, branch.outcome.error = "error", f"no sandbox: {type(exc).__name__}: {exc}"
@@ -581,18 +632,27 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _warm_prefix(parent: Branchable, messages: list[Message], specs: list[Any]) -> Usage | None:
+def _seconds(limit_s: float | None) -> str:
+    """A time limit in a message ("3 s"); "time" when there is none (no message should need it then)."""
+    return "time" if limit_s is None else f"{limit_s:g} s"
+
+
+async def _warm_prefix(
+    parent: Branchable, messages: list[Message], specs: list[Any], limit_s: float | None
+) -> Usage | None:
     """Prefill the branches' shared first prompt once (one generated token), so all of them hit the cache.
 
     Only for clients that render prompts themselves (SGLang's native API); others send the branches
-    at once and rely on the server. A failure here is no failure of the branches.
+    at once and rely on the server. A failure here is no failure of the branches; nor is a slow one:
+    it gives up after `limit_s` (the branches' own limit; else `WARMUP_TIMEOUT_S`), and the branches
+    then go on without it.
     """
     model = parent.model
     if not isinstance(model, PromptModel):
         return None
     params = parent.config.sampling.model_copy(update={"max_new_tokens": 1, "stop": [], "seed": None})
     try:
-        async with asyncio.timeout(WARMUP_TIMEOUT_S):
+        async with asyncio.timeout(WARMUP_TIMEOUT_S if limit_s is None else min(WARMUP_TIMEOUT_S, limit_s)):
             completion = await model.generate(model.render_prompt(messages, specs), params)
     except Exception:
         return None
@@ -608,7 +668,7 @@ async def _run_one(
     trace_path: str | None,
     temperature: float | None,
     timeout_s: float | None,
-    on_event: Callable[[int, Event], None] | None,
+    observe: Callable[[int, Event], None],
 ) -> None:
     """Run one branch to its end; whatever happens becomes its outcome."""
     out = branch.outcome
@@ -630,21 +690,24 @@ async def _run_one(
         trace_path=trace_path,
     )
     first_usage = True
+    timed_out = f"the branch ran past its {_seconds(timeout_s)} limit"
+    timer = asyncio.timeout(branch.deadline.left())  # what its sandbox's setup left of it
+    # The timer cancels the child's stream: its run ends there, and says why (not "cancelled").
+    child._cancel_reason = lambda: ("timeout", timed_out) if timer.expired() else None
     try:
-        async with asyncio.timeout(branch.deadline.left()):  # what its sandbox's setup left of it
-            async for ev in child.stream(task, history=history, continues=continues):
+        # aclosing: however the loop is left, the child's tool calls end before this branch does.
+        async with timer, aclosing(child.stream(task, history=history, continues=continues)) as events:
+            async for ev in events:
                 if first_usage and isinstance(ev, UsageEvent):
                     first_usage = False
                     out.first_turn_prompt_tokens = ev.usage.prompt_tokens
                     out.first_turn_cached_tokens = ev.usage.cached_tokens
-                if on_event is not None:
-                    on_event(branch.index, ev)
-    except TimeoutError:
-        child.end_run("timeout", f"the branch ran past its {timeout_s:g} s limit")
-        out.status, out.error = "timeout", f"the branch ran past its {timeout_s:g} s limit"
+                observe(branch.index, ev)
     except Exception as exc:  # a crashing branch loses; the exploration goes on
-        child.end_run("error", f"{type(exc).__name__}: {exc}")
-        out.status, out.error = "error", f"{type(exc).__name__}: {exc}"
+        timeout = isinstance(exc, TimeoutError) and timer.expired()
+        status, error = ("timeout", timed_out) if timeout else ("error", _why(exc))
+        child.end_run(status, error)
+        out.status, out.error = status, error
     finally:  # cancelled too: the child ended its run, and the exploration's `final` sums its totals
         _collect(out, child.result)
 

@@ -12,10 +12,12 @@ A step is one assistant turn (`turn.TurnStreamer`) followed by its tool calls
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import re
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+import weakref
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
 from typing import Any, overload
@@ -48,6 +50,9 @@ REASONING_CALL_HINT = (
 
 
 SERVER_INFO_TIMEOUT_S = 10.0
+# How long a run started right after `end_run()` waits for the stopped run's stream to unwind (its tool
+# calls cancelled, bounded by the dispatcher's own wait; its sandbox and KV room released).
+PREVIOUS_RUN_WAIT_S = 30.0
 # Left-out symlinks named in the patch warning; past that, only counted.
 PATCH_LINKS_SHOWN = 20
 
@@ -103,6 +108,11 @@ class Agent:
         self._arithmetic_hinted = False  # the run's one hand-arithmetic hint was written
         self._running = False
         self._ended = True
+        self._run: _Run | None = None  # the run holding the agent now (None: free, or exploring)
+        self._last_run: _Run | None = None  # the last run started, whose stream may still be unwinding
+        # What a cancellation of the run is recorded as: (status, error), or None for "cancelled". For a
+        # caller that cancels a run for a reason of its own (a branch past its limit: "timeout").
+        self._cancel_reason: Callable[[], tuple[str, str] | None] | None = None
         self._trace_reported = False
         self._trace_open_error: str | None = None
         self._server_context: tuple[int | None] | None = None
@@ -114,7 +124,7 @@ class Agent:
         assert self.result is not None
         return self.result
 
-    async def stream(
+    def stream(
         self, task: str, *, history: Sequence[Message] = (), continues: bool = False
     ) -> AsyncGenerator[Event, None]:
         """Run the task, yielding every event as it happens; the last one is always `Final`.
@@ -126,24 +136,56 @@ class Agent:
         `task`, `history` or the system prompt (which no request can encode) is sent as U+FFFD. Each run's
         steps count from 1, and its call ids (`call_{turn}_{n}`) are numbered after `history`'s turns. Each
         run has its own `run_id` (`RunResult.run_id`): a new one for every run after the first, unless
-        `Agent(run_id=...)` fixed one; `RunResult.events` counts the run's own events.
+        `Agent(run_id=...)` fixed one; `RunResult.events` counts the run's own events. `history` that
+        is not a sequence of `Message` raises TypeError, before anything starts.
+
+        A run stopped with `end_run()` is over: its stream yields nothing more and is closed (its tool
+        calls cancelled) by the agent, which is free for the next run at once; that run first waits
+        (at most `PREVIOUS_RUN_WAIT_S`) for the stopped run's stream to unwind, so the two never share
+        the sandbox. Closing the stopped run's stream, or its finalisation, touches no later run.
         """
+        run = _Run()
+        events = self._stream(run, task, history, continues)
+        run.stream = weakref.ref(events)
+        return events
+
+    async def _stream(
+        self, run: _Run, task: str, history: Sequence[Message], continues: bool
+    ) -> AsyncGenerator[Event, None]:
         if self._running:  # its messages, budget and trace are one run's: two at once would mix them
             raise RuntimeError("this Agent is already running a task; create one Agent per concurrent task")
-        self._running, self._ended = True, False
-        self._next_run_id()
-        self._events = 0  # `RunResult.events` counts this run's events
-        self._patch = None
-        self.tracker = BudgetTracker(budget=self.config.budget)
-        self._arithmetic_hinted = False
-        # Each run counts its steps from 1, and numbers its call ids after the history's turns: the ids
-        # of one run are unique, repeat none of the history's, and a replay of the run (given the same
-        # history, which the trace records) numbers them the same, so that recorded approval decisions
-        # find their calls. A count kept across runs (a second run on this Agent) did neither.
-        self._step = 0
-        self._turns_before = _turns_in(history)
-        # Opened before any sandbox or model request, so a bad trace folder costs nothing.
-        trace_notes = self._open_trace()
+        history = _checked_history(history)  # before the agent is taken: a bad call changes nothing
+        previous, self._last_run = self._last_run, run
+        self._running, self._run = True, run
+        try:
+            if previous is not None and not previous.unwound.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PREVIOUS_RUN_WAIT_S):
+                        await previous.unwound.wait()
+                if self._run is not run:  # `end_run()` was called meanwhile: this run is over unstarted
+                    run.unwound.set()
+                    return
+            self._ended = False
+            self._next_run_id()
+            self._events = 0  # `RunResult.events` counts this run's events
+            self._patch = None
+            self.tracker = BudgetTracker(budget=self.config.budget)
+            self._arithmetic_hinted = False
+            # Each run counts its steps from 1, and numbers its call ids after the history's turns: the
+            # ids of one run are unique, repeat none of the history's, and a replay of the run (given the
+            # same history, which the trace records) numbers them the same, so that recorded approval
+            # decisions find their calls. A count kept across runs (a second run on this Agent) did neither.
+            self._step = 0
+            self._turns_before = _turns_in(history)
+            # Opened before any sandbox or model request, so a bad trace folder costs nothing.
+            trace_notes = self._open_trace()
+        except BaseException:  # the agent is not left taken by a run that never began
+            if self._run is run:
+                self._ended = True
+                self._close_trace()
+                self._run = None
+            run.unwound.set()
+            raise
         # The caller's text comes in here. A lone surrogate in it (a command-line argument that is not
         # UTF-8 arrives with them) renders, but no request holding it can be encoded: the first turn
         # failed as a model error. The model reads U+FFFD instead, as the trace records it.
@@ -161,7 +203,7 @@ class Agent:
             async with AsyncExitStack() as stack:
                 try:
                     async with deadline.timer():  # waiting for KV room or a sandbox counts too
-                        await self._enter_resources(stack, deadline)
+                        await self._enter_resources(stack, deadline, run)
                 except TimeoutError:
                     if not deadline.expired:
                         raise
@@ -185,35 +227,50 @@ class Agent:
                 )
                 for note in trace_notes:
                     yield self._emit(note)
+                if self._run is not run:  # ended by `end_run()` while the caller held an event
+                    return
                 # aclosing here and below: a consumer that stops iterating (a closed stdout) closes this
                 # generator, and the close must reach the model request now, in order; left to the
                 # event loop's shutdown, the nested generators were closed at once and collided.
-                async with aclosing(self._steps(task, deadline)) as steps:
+                async with aclosing(self._steps(task, deadline, run)) as steps:
                     async for ev in steps:
                         if isinstance(ev, Final):
                             status, answer, error = ev.status, ev.answer, ev.error
                             break
                         yield ev
+                        if self._run is not run:
+                            return
                         if (failed := self._trace_failure()) is not None:
                             yield failed
+                if self._run is not run:
+                    return
                 for note in _take_notices(self.model, final=True):
                     yield self._emit(note)
                 if (failed := await self._collect_patch()) is not None:
                     yield failed
         except _Ended:
             pass
+        # Each ends this stream's own run only: after `end_run()` the agent may be running the next one.
         except asyncio.CancelledError:
-            self.end_run("cancelled", "the run was cancelled")
+            if self._run is run:
+                reason = self._cancel_reason() if self._cancel_reason is not None else None
+                self._end(run, *(reason or ("cancelled", "the run was cancelled")))
             raise
         except GeneratorExit:  # the caller stopped iterating: the trace still ends with a final event
-            self.end_run("interrupted", "the run was stopped before it ended")
+            if self._run is run:
+                self._end(run, "interrupted", "the run was stopped before it ended")
             raise
         except Exception as exc:  # our own bug or an environment failure: report, don't crash
             status, error = "error", f"{type(exc).__name__}: {exc}"
             if deadline.expired:  # e.g. the pool's acquire, bounded by the run's deadline, gave up
                 status = "budget_exceeded"
+        finally:
+            run.unwound.set()
+        if self._run is not run:  # ended by `end_run()`: its final is written
+            return
         final = self._final(status, answer, error)
         self._close_trace()
+        self._run = None
         if (failed := self._trace_failure()) is not None:
             yield failed
         yield final
@@ -278,13 +335,26 @@ class Agent:
     def end_run(self, status: str = "interrupted", error: str | None = None) -> RunResult | None:
         """End the current run from outside: write its `final` event, close the trace, set `result`.
 
-        For a caller that stops a run and will not iterate its stream again (Ctrl-C, SIGTERM).
-        Does nothing when the run has already ended; returns `result`.
+        For a caller that stops a run and will not iterate its stream again (Ctrl-C, SIGTERM, a stop
+        button). The agent is free at once; the run's stream yields nothing more, and is closed now
+        when it waits between events (its tool calls cancelled, its sandbox and KV room released), else
+        it stops at its next event. Does nothing when the run has already ended; returns `result`.
         """
+        run = self._run
+        if run is not None:
+            self._end(run, status, error)
+            _close_soon(run)
+        return self.result
+
+    def _end(self, run: _Run, status: str, error: str | None) -> None:
+        """End `run`, the one holding the agent: its `final` (unless written), its trace closed."""
         if not self._ended:
             self._final(status, None, error)
         self._close_trace()
-        return self.result
+        self._run = None
+        if run.pool_sandbox is not None and self.sandbox is run.pool_sandbox:
+            # Released as its stream unwinds: the next run takes another from the pool, not this one.
+            self.sandbox = None
 
     def _open_trace(self) -> list[Event]:
         """Open this run's trace; what went wrong or was changed, as warnings for after run_started."""
@@ -339,7 +409,7 @@ class Agent:
         )
         return self._emit(Warning_(kind="patch_links_left_out", message=message))
 
-    async def _enter_resources(self, stack: AsyncExitStack, deadline: Deadline) -> None:
+    async def _enter_resources(self, stack: AsyncExitStack, deadline: Deadline, run: _Run) -> None:
         if self.admission is not None:
             await stack.enter_async_context(self.admission.reserve(self.config.kv_reservation_tokens))
         if self.sandbox is None and self.sandbox_pool is not None:
@@ -347,10 +417,14 @@ class Agent:
             # A pool of our own takes the deadline; a user's pool is called as the protocol allows.
             takes_deadline = "deadline" in inspect.signature(acquire).parameters
             cm = acquire(deadline=deadline) if takes_deadline else acquire()
-            self.sandbox = await stack.enter_async_context(cm)
+            self.sandbox = run.pool_sandbox = await stack.enter_async_context(cm)
             # Released (destroyed) when the run ends: forget it then, so the next run acquires again
             # rather than calling a dead sandbox (and `branch()` does not snapshot one).
-            stack.callback(setattr, self, "sandbox", None)
+            stack.callback(self._forget_sandbox, run.pool_sandbox)
+
+    def _forget_sandbox(self, sandbox: Any) -> None:
+        if self.sandbox is sandbox:  # not a later run's
+            self.sandbox = None
 
     async def _context_length(self) -> int | None:
         """The model's context length: configured, or asked once from the server (None if unknown)."""
@@ -373,11 +447,14 @@ class Agent:
         system = [Message(role="system", content=replace_surrogates(prompt))] if prompt else []
         return [*system, Message(role="user", content=task)]
 
-    async def _steps(self, task: str, deadline: Deadline) -> AsyncGenerator[Event, None]:
+    async def _steps(self, task: str, deadline: Deadline, run: _Run) -> AsyncGenerator[Event, None]:
+        # For the parts that emit on their own (the turn, tool calls, approval): what they emit while
+        # the stream of a run that `end_run()` stopped unwinds is none of a later run's.
+        emit = self._emitter(run)
         dispatcher = ToolDispatcher(
             self.tools,
             self.tracker,
-            self._emit,
+            emit,
             run_id=self.run_id,
             timeout_s=self.config.tool_timeout_s,
             repetition=ToolCallRepetitionDetector(self.config.repetition),
@@ -403,7 +480,7 @@ class Agent:
                 self.tools.specs(),
                 self.config,
                 self.tracker,
-                self._emit,
+                emit,
                 self._step,
                 deadline,
                 self._context_length,
@@ -465,7 +542,7 @@ class Agent:
             if calls and (policy := self._approval_policy()) is not None:
                 # Traced as they happen (a viewer shows the question while it waits), yielded after.
                 gate = await review_calls(
-                    calls, policy, self.approver, self._emit,
+                    calls, policy, self.approver, emit,
                     run_id=self.run_id, step=self._step, validate=self.tools.argument_problems,
                     wait_s=deadline.left(),
                 )  # fmt: skip
@@ -530,6 +607,12 @@ class Agent:
         )
         return config.model_dump(mode="json")
 
+    def _emitter(self, run: _Run) -> Callable[..., Event]:
+        def emit(event: Event, *, trace: bool = True) -> Event:
+            return self._emit(event, trace=trace) if self._run is run else event
+
+        return emit
+
     def _emit(self, event: Event, *, trace: bool = True) -> Event:
         event.run_id = self.run_id
         event.step = self._step
@@ -574,6 +657,53 @@ def _take_notices(model: Any, *, final: bool = False) -> list[Event]:
 
 class _Ended(Exception):
     """The run ended before its first step (its status and error are already set)."""
+
+
+class _Run:
+    """One call of `Agent.stream`: the run it holds the agent for, which its stream alone ends."""
+
+    def __init__(self) -> None:
+        self.stream: weakref.ref[AsyncGenerator[Event, None]] | None = None  # weak: dropped, it is finalised
+        self.pool_sandbox: Any = None  # the sandbox it took from the agent's pool
+        self.unwound = asyncio.Event()  # its tool calls have ended, its sandbox and KV room are released
+        self.closing: asyncio.Task[None] | None = None
+
+
+def _close_soon(run: _Run) -> None:
+    """Close the stream of `run` (ended by `end_run`) when it waits between events; a stream that is
+    running stops at its next event, one already over needs nothing, and without a running event loop
+    its finalisation closes it."""
+    stream = run.stream() if run.stream is not None else None
+    # (`ag_running`: iterated now, by a task waiting inside it; no `ag_frame`: it is over)
+    if stream is None or getattr(stream, "ag_running", False) or getattr(stream, "ag_frame", None) is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    run.closing = loop.create_task(_aclose_quietly(stream))  # held: the loop keeps tasks weakly
+
+
+async def _aclose_quietly(stream: AsyncGenerator[Event, None]) -> None:
+    # Its caller resumed it meanwhile ("already running"): it then stops at its next event by itself.
+    with contextlib.suppress(RuntimeError):
+        await stream.aclose()
+
+
+def _checked_history(history: Sequence[Message]) -> list[Message]:
+    """`history` as a list of messages; TypeError saying what it holds instead."""
+    if not isinstance(history, Sequence) or isinstance(history, str | bytes):
+        raise TypeError(f"history must be a sequence of Message, not {type(history).__name__}")
+    messages = list(history)
+    for k, m in enumerate(messages):
+        if not isinstance(m, Message):
+            hint = (
+                " (a trace's recorded history holds dicts: `Recording.history_messages()` gives messages)"
+                if isinstance(m, dict)
+                else ""
+            )
+            raise TypeError(f"history[{k}] is a {type(m).__name__}, not a Message{hint}")
+    return messages
 
 
 @overload

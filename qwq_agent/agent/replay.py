@@ -101,8 +101,21 @@ class ReplayedModelError(ModelError):
         )
 
 
+# The status a replay ends with when it asks for a completion the recording does not hold.
+RECORDING_ENDED = "recording_ended"
+
+
 class ReplayExhausted(RuntimeError):
-    """The replay model was asked for more completions than the trace recorded."""
+    """The replay model was asked for more completions than the trace recorded.
+
+    No failure of a model: the recording ends there (most often because the recorded run was stopped
+    there, e.g. cancelled while a tool ran). The turn ends the run with `status` (`RECORDING_ENDED`)
+    and this message, which says how the recorded run ended.
+    """
+
+    def __init__(self, message: str, *, status: str = RECORDING_ENDED) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Recording(BaseModel):
@@ -118,7 +131,9 @@ class Recording(BaseModel):
     # As the trace stores them: each prompt only past what it shares with the one before
     # (`prompt_shared_prefix_chars`; `trace.restore_prompts` gives them whole, one at a time).
     completions: list[ModelCall] = Field(default_factory=list)
+    # How the recorded run ended (its `final` event; None: the trace has none).
     status: str | None = None
+    error: str | None = None
     # The conversation the run continued (a branch's shared prefix); replay it with
     # `agent.stream(task, history=recording.history_messages())`.
     history: list[dict[str, Any]] = Field(default_factory=list)
@@ -197,6 +212,7 @@ def recording_of(events: list[Event], path: str | Path) -> Recording:
         config=dict(started.config),
         completions=recorded_completions(events),
         status=getattr(final, "status", None),
+        error=getattr(final, "error", None),
         history=list(started.history),
         continues=started.continues,
         prompt_options=dict(started.prompt_options),
@@ -233,7 +249,9 @@ class ReplayModel:
         chunk: int = 16,
         source: ReplaySource | None = None,
         prompt_options: PromptOptions | None = None,
+        recorded_end: tuple[str | None, str | None] = (None, None),
     ) -> None:
+        """`recorded_end`: the recorded run's final status and error, told when the recording runs out."""
         # A probe's record answers no request: its cost is counted by the turn whose request follows it.
         self._calls: list[ModelCall] = []
         self._probes: dict[int, list[ModelCall]] = {}
@@ -268,6 +286,7 @@ class ReplayModel:
         )
         self._handed_over = False
         self._notices: list[Event] = []
+        self._recorded_end = recorded_end
         self.name = f"replay({len(self._calls)} completions)"
 
     @classmethod
@@ -285,7 +304,9 @@ class ReplayModel:
         )
         started = next((e for e in events if isinstance(e, RunStarted)), None)
         options = _prompt_options(started.prompt_options if started else {}, path, calls)
-        return cls(calls, then=then, chunk=chunk, source=source, prompt_options=options)
+        final = next((e for e in reversed(events) if e.type == "final"), None)
+        end = (getattr(final, "status", None), getattr(final, "error", None))
+        return cls(calls, then=then, chunk=chunk, source=source, prompt_options=options, recorded_end=end)
 
     @classmethod
     def from_recording(
@@ -304,7 +325,14 @@ class ReplayModel:
             completions=len(recording.completions),
         )
         options = prompt_options or recording.prompt()
-        return cls(recording.completions, then=then, chunk=chunk, source=source, prompt_options=options)
+        return cls(
+            recording.completions,
+            then=then,
+            chunk=chunk,
+            source=source,
+            prompt_options=options,
+            recorded_end=(recording.status, recording.error),
+        )
 
     @property
     def prompt_options(self) -> PromptOptions:
@@ -417,7 +445,7 @@ class ReplayModel:
     ) -> AsyncIterator[ModelEvent]:
         if not self.replaying:
             if self._then is None:
-                raise ReplayExhausted(f"the trace recorded {len(self._calls)} completions; all were used")
+                raise self._exhausted()
             self._hand_over()
             async for ev in self._then.stream(messages, tools, params, prefix=prefix):
                 yield ev
@@ -439,6 +467,18 @@ class ReplayModel:
             tools_digest=call.tools_digest,
             intervention=call.intervention,
             wall_out=_walled_out(call),
+        )
+
+    def _exhausted(self) -> ReplayExhausted:
+        """The recording runs out here: how many calls it held, and how the recorded run ended."""
+        n = len(self._calls)
+        status, error = self._recorded_end
+        if status is None:
+            ended = "the recorded run has no final event (its process was killed, or its trace cut short)"
+        else:
+            ended = f"the recorded run ended {status!r}" + (f" ({error})" if error else "")
+        return ReplayExhausted(
+            f"the recording ends here, after {n} model call{'' if n == 1 else 's'}: {ended}"
         )
 
     def _take(self) -> ModelCall:
@@ -466,11 +506,12 @@ class ReplayModel:
         """The next recorded completion as a whole (a constrained tool call, when replaying one)."""
         if not self.replaying:
             if self._then is None:
-                raise ReplayExhausted(f"the trace recorded {len(self._calls)} completions; all were used")
+                raise self._exhausted()
             if not isinstance(self._then, PromptModel):
                 raise ReplayExhausted(
                     f"the trace recorded {len(self._calls)} completions; all were used, and the live "
-                    f"model {self._then.name!r} cannot complete a raw prompt"
+                    f"model {self._then.name!r} cannot complete a raw prompt",
+                    status="model_error",  # the live model's shortcoming, not the recording's end
                 )
             self._hand_over()
             return await self._then.generate(prompt, params)

@@ -273,6 +273,8 @@ def check_trace_folder(path: str | Path) -> None:
     Cheap enough to call before any sandbox or model request, so a bad folder costs nothing.
     """
     path = Path(path)
+    if "\0" in str(path):  # every os call on it raises ValueError, which no caller takes for a path error
+        raise TracePathError(f"trace path {str(path)!r} holds a NUL byte, which no file name can")
     _refuse_special(path)
     folder = path.parent
     try:

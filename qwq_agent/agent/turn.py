@@ -40,7 +40,7 @@ from qwq_agent.agent.loop_detector import (
 from qwq_agent.agent.loops.probe import AnswerProbe, ProbeModel, PromptRenderer
 from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolSpec
-from qwq_agent.agent.replay import RecordedCompletion, ReplayedModelError, ReplayModel
+from qwq_agent.agent.replay import RecordedCompletion, ReplayedModelError, ReplayExhausted, ReplayModel
 from qwq_agent.agent.turn_limits import ContextLength, TurnLimits
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta, Usage
@@ -188,6 +188,9 @@ class TurnStreamer:
                         yield ev
             except Exception as exc:
                 failure = _describe(exc)
+                if isinstance(exc, ReplayExhausted):  # the recording ends here: no failure of the model
+                    yield self._stop(exc.status, str(exc))
+                    return
                 if not _is_model_error(exc):
                     if self._wall_out(exc):
                         yield self._wall_stop(f"{WALL_OUT} ({failure})")
@@ -536,6 +539,10 @@ class TurnStreamer:
                     self._sampling(),  # no more new tokens than the generation budget has left
                 )
         except Exception as exc:
+            if isinstance(exc, ReplayExhausted):
+                self.result.raw = self.prefix + text
+                yield self._stop(exc.status, str(exc))
+                return
             if not _is_model_error(exc):
                 if not self._wall_out(exc):
                     raise
