@@ -269,3 +269,23 @@ async def test_git_commit_works_and_a_repositorys_own_identity_wins(shared_sandb
     )
     assert r.exit_code == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["Ada <ada@example.org>", "sandbox <sandbox@qwq-agent.invalid>"]
+
+
+async def test_workspace_modules_import_and_supervisor_modules_do_not(shared_sandbox: DockerSandbox) -> None:
+    # The interpreter's path was the supervisor's folders: /workspace/mymod.py could not be imported, and
+    # `import settings` (server, search, shell...) silently loaded the supervisor's own module.
+    await shared_sandbox.shell(
+        "mkdir -p /workspace/imp && cd /workspace/imp && echo 'Y = 7' > imp_mymod.py && "
+        "echo 'DEBUG = True' > settings.py && echo 'NAME = \"mine\"' > supervisor.py"
+    )
+    r = await shared_sandbox.python("import os\nos.chdir('/workspace/imp')\nimport imp_mymod\nimp_mymod.Y")
+    assert r.value == "7", r
+    r = await shared_sandbox.python(
+        "import settings, supervisor\n(settings.__file__, settings.DEBUG, supervisor.__file__, supervisor.NAME)"
+    )
+    assert r.value == ("('/workspace/imp/settings.py', True, '/workspace/imp/supervisor.py', 'mine')"), r
+    r = await shared_sandbox.python(
+        "import sys\n[p for p in sys.path if p.startswith('/opt/qwq')], '' in sys.path, sys.argv"
+    )
+    assert r.value == "([], True, [''])", r
+    await shared_sandbox.python("os.chdir('/workspace')")
