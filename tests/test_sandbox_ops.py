@@ -289,3 +289,17 @@ async def test_workspace_modules_import_and_supervisor_modules_do_not(shared_san
     )
     assert r.value == "([], True, [''])", r
     await shared_sandbox.python("os.chdir('/workspace')")
+
+
+async def test_cell_definitions_live_in_main_so_they_pickle(shared_sandbox: DockerSandbox) -> None:
+    # Cells ran in a plain dict while __main__ was the supervisor's boot.py: pickle (and so
+    # multiprocessing) could not find a cell's classes and functions by name.
+    r = await shared_sandbox.python(
+        "import pickle, sys\n"
+        "class PicklePoint:\n    def __init__(self, x):\n        self.x = x\n"
+        "def square(x):\n    return x * x\n"
+        "from multiprocessing import Pool\n"
+        "with Pool(2) as pool:\n    squares = pool.map(square, range(5))\n"
+        "(pickle.loads(pickle.dumps(PicklePoint(3))).x, squares, sys.modules['__main__'].square is square)"
+    )
+    assert r.value == "(3, [0, 1, 4, 9, 16], True)", r

@@ -13,6 +13,7 @@ import os
 import signal
 import struct
 import sys
+import types
 
 from .framing import cap_text, encode_frame, read_exact, write_all
 from .settings import OUT_HEAD, OUT_TAIL
@@ -44,7 +45,9 @@ def _restore_output(saved):
 def _as_a_notebook(builtins):
     """Make the process look to user code like `python` in /workspace; return the cells' namespace.
 
-    The supervisor's folders leave `sys.path`, and its modules `sys.modules`, so `import settings` or `import supervisor` finds the workspace's own module; the
+    Cells run in a real `__main__` module (pickle, and so multiprocessing, find a cell's classes and
+    functions by `__main__.<name>`). The supervisor's folders leave `sys.path`, and its modules
+    `sys.modules`, so `import settings` or `import supervisor` finds the workspace's own module; the
     current directory comes first, as for `python -c`. Called once the worker has imported all it uses.
     """
     package = os.path.dirname(os.path.abspath(__file__))
@@ -56,7 +59,10 @@ def _as_a_notebook(builtins):
     for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
         del sys.modules[key]  # this module's functions keep their globals: they run on unaffected
     sys.argv = [""]  # not boot.py's `--worker`, which argparse in a cell would choke on
-    return {"__name__": "__main__", "__builtins__": builtins}
+    main = types.ModuleType("__main__")
+    vars(main)["__builtins__"] = builtins
+    sys.modules["__main__"] = main
+    return main.__dict__
 
 
 def worker_main():
