@@ -38,11 +38,14 @@ class ShellRequest(Request):
 
 
 class PythonResetRequest(Request):
-    """Stop the interpreter and all it started (threads, processes) and start a fresh one."""
+    """Stop the interpreter and all it started (threads, processes; a running cell) and start a fresh one."""
 
     op: Literal["python_reset"] = "python_reset"
     restart: bool = Field(
         True, description="start a fresh interpreter now; False: none until the next python call"
+    )
+    timeout: float = Field(
+        60.0, gt=0, description="seconds the reset may take, ending a running cell included"
     )
 
 
