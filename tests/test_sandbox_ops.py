@@ -195,7 +195,8 @@ async def test_search_regex_literal_globs_context_and_caps(shared_sandbox: Docke
     ]
     r = await shared_sandbox.search("foo(1)", path="/workspace/srch", literal=True, context_lines=1)
     (m,) = r.matches
-    assert (m.line_number, m.before, m.after) == (2, ["alpha"], ["omega"])
+    assert (m.line_number, m.line_length, m.match_start, m.match_end) == (2, 6, 0, 6)
+    assert [(c.line_number, c.text) for c in m.before + m.after] == [(1, "alpha"), (3, "omega")]
     r = await shared_sandbox.search(
         "foo", path="/workspace/srch", globs=["*.py"], case="sensitive", max_results=5
     )
