@@ -180,7 +180,12 @@ async def test_directory_of_ten_thousand_files(shared_sandbox: DockerSandbox) ->
     )
     r = await shared_sandbox.view("/workspace/many")
     lines = r.output.splitlines()
-    assert lines[2] == "/workspace/many/f00001.txt" and lines[-1] == "[... 9000 more entries not shown ...]"
+    listed = sum(line.startswith("/workspace/many/") for line in lines)
+    assert lines[2] == "/workspace/many/f00001.txt" and len(r.output) < 17_000
+    assert (
+        lines[-2] == f"[... {10_000 - listed} more entries not shown ...]"
+        and "<response clipped>" in lines[-1]
+    )
     r = await shared_sandbox.search("anything", path="/workspace/many")
     assert r.total_matches == 0 and r.complete
 
@@ -339,3 +344,33 @@ async def test_interpreter_dying_between_cells_is_reported(small: DockerSandbox)
     assert dead.stdout == "dead\n"
     r = await small.python("'between' in globals()")
     assert r.state_lost and r.value == "False" and r.error is None
+
+
+async def test_a_big_cell_an_interpreter_does_not_read_times_out_and_keeps_the_files(
+    fresh: DockerSandbox,
+) -> None:
+    # A cell larger than the pipe's buffer, sent to an interpreter that does not read it (stopped here; a
+    # thread of an earlier cell holding the GIL in C does the same): the supervisor blocked in writing it,
+    # past every deadline, and the host replaced the sandbox with all its files.
+    await fresh.shell("echo keep > /workspace/important.txt")
+    pid = (await fresh.python("import os\nbefore = 1\nos.getpid()")).value
+    await fresh.shell(f"kill -STOP {pid}")
+    r = await fresh.python("blob = '" + "a" * 300_000 + "'\nlen(blob)", timeout=2)
+    assert r.timed_out and r.state_lost and not r.sandbox_replaced, r
+    assert r.error is not None and "did not read the cell" in r.error.evalue, r.error
+    assert (await fresh.shell("cat /workspace/important.txt")).stdout == "keep\n"
+    r = await fresh.python("'before' in dir(), len('" + "b" * 300_000 + "')")
+    assert r.value == "(False, 300000)" and not r.state_lost, r
+
+
+async def test_python_reset_stops_a_running_cell_instead_of_waiting_for_it(fresh: DockerSandbox) -> None:
+    # The reset waited for the interpreter's lock as long as the cell ran: past the host's deadline.
+    cell = asyncio.create_task(
+        fresh.python("open('/tmp/cell-started', 'w').close()\nimport time\ntime.sleep(300)", timeout=300)
+    )
+    started = await fresh.shell("while [ ! -f /tmp/cell-started ]; do sleep 0.01; done; echo ok", timeout=20)
+    assert started.stdout == "ok\n"
+    await fresh.reset_python(timeout=10)
+    r = await cell
+    assert r.state_lost and r.error is not None and "python_reset" in r.error.evalue, r
+    assert (await fresh.python("1 + 1")).value == "2"

@@ -430,6 +430,35 @@ async def test_view_of_a_one_gigabyte_single_line_is_bounded(fresh: DockerSandbo
     assert not (await fresh.shell("true")).sandbox_replaced
 
 
+async def test_every_editor_output_is_clipped_like_view(sb: DockerSandbox) -> None:
+    # Only `view` of a file was bounded: the snippet of an edit in a minified file (one 2 MB line), the
+    # whole file undo_edit echoes and a listing of 900 long names came back whole.
+    await sb.shell(
+        "mkdir -p /workspace/clip/data && cd /workspace/clip && "
+        "python3 -c \"open('app.min.js', 'w').write('var a=1;' + 'x=2;' * 500000 + '\\n')\" && "
+        "seq -f 'v%g = 1' 1 50000 > big.py && "
+        "for i in $(seq -w 1 900); do : > data/sample_${i}_with_a_fairly_descriptive_name.json; done"
+    )
+    outputs = {
+        "str_replace": (await sb.str_replace("/workspace/clip/app.min.js", "var a=1;", "var a=3;")).output,
+        "insert": (await sb.insert("/workspace/clip/app.min.js", 0, "// hi")).output,
+    }
+    await sb.str_replace("/workspace/clip/big.py", "v5 = 1\n", "v5 = 55\n")
+    outputs["undo_edit"] = (await sb.undo_edit("/workspace/clip/big.py")).output
+    outputs["view dir"] = (await sb.view("/workspace/clip/data")).output
+    for what, out in outputs.items():
+        assert len(out) < 17_000 and "<response clipped>" in out, (what, len(out))
+    for what in ("str_replace", "insert"):
+        assert "more characters on this line not shown" in outputs[what], what
+        assert outputs[what].endswith("Edit the file again if necessary."), what
+    assert "     1\tv1 = 1\n     2\tv2 = 1" in outputs["undo_edit"]
+    assert "more entries not shown" in outputs["view dir"]
+    assert (
+        await sb.shell("grep -c . /workspace/clip/big.py; head -c 9 /workspace/clip/app.min.js")
+    ).stdout == ("50000\n// hi\nvar")
+    await sb.shell("rm -rf /workspace/clip")
+
+
 async def test_str_replace_with_millions_of_matches_is_bounded(sb: DockerSandbox) -> None:
     await sb.shell("head -c 5000000 /dev/zero | tr '\\0' 'a' > /workspace/many.txt")
     with pytest.raises(ToolError, match=r"Multiple occurrences .* in lines \[1, 1, .*\] and more"):

@@ -195,7 +195,8 @@ async def test_search_regex_literal_globs_context_and_caps(shared_sandbox: Docke
     ]
     r = await shared_sandbox.search("foo(1)", path="/workspace/srch", literal=True, context_lines=1)
     (m,) = r.matches
-    assert (m.line_number, m.before, m.after) == (2, ["alpha"], ["omega"])
+    assert (m.line_number, m.line_length, m.match_start, m.match_end) == (2, 6, 0, 6)
+    assert [(c.line_number, c.text) for c in m.before + m.after] == [(1, "alpha"), (3, "omega")]
     r = await shared_sandbox.search(
         "foo", path="/workspace/srch", globs=["*.py"], case="sensitive", max_results=5
     )
@@ -269,3 +270,37 @@ async def test_git_commit_works_and_a_repositorys_own_identity_wins(shared_sandb
     )
     assert r.exit_code == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["Ada <ada@example.org>", "sandbox <sandbox@qwq-agent.invalid>"]
+
+
+async def test_workspace_modules_import_and_supervisor_modules_do_not(shared_sandbox: DockerSandbox) -> None:
+    # The interpreter's path was the supervisor's folders: /workspace/mymod.py could not be imported, and
+    # `import settings` (server, search, shell...) silently loaded the supervisor's own module.
+    await shared_sandbox.shell(
+        "mkdir -p /workspace/imp && cd /workspace/imp && echo 'Y = 7' > imp_mymod.py && "
+        "echo 'DEBUG = True' > settings.py && echo 'NAME = \"mine\"' > supervisor.py"
+    )
+    r = await shared_sandbox.python("import os\nos.chdir('/workspace/imp')\nimport imp_mymod\nimp_mymod.Y")
+    assert r.value == "7", r
+    r = await shared_sandbox.python(
+        "import settings, supervisor\n(settings.__file__, settings.DEBUG, supervisor.__file__, supervisor.NAME)"
+    )
+    assert r.value == ("('/workspace/imp/settings.py', True, '/workspace/imp/supervisor.py', 'mine')"), r
+    r = await shared_sandbox.python(
+        "import sys\n[p for p in sys.path if p.startswith('/opt/qwq')], '' in sys.path, sys.argv"
+    )
+    assert r.value == "([], True, [''])", r
+    await shared_sandbox.python("os.chdir('/workspace')")
+
+
+async def test_cell_definitions_live_in_main_so_they_pickle(shared_sandbox: DockerSandbox) -> None:
+    # Cells ran in a plain dict while __main__ was the supervisor's boot.py: pickle (and so
+    # multiprocessing) could not find a cell's classes and functions by name.
+    r = await shared_sandbox.python(
+        "import pickle, sys\n"
+        "class PicklePoint:\n    def __init__(self, x):\n        self.x = x\n"
+        "def square(x):\n    return x * x\n"
+        "from multiprocessing import Pool\n"
+        "with Pool(2) as pool:\n    squares = pool.map(square, range(5))\n"
+        "(pickle.loads(pickle.dumps(PicklePoint(3))).x, squares, sys.modules['__main__'].square is square)"
+    )
+    assert r.value == "(3, [0, 1, 4, 9, 16], True)", r

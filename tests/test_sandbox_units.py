@@ -56,6 +56,29 @@ def test_capture_keeps_head_and_tail_and_counts_the_rest() -> None:
     assert small.text() == "\\xffok" and small.dropped() == 0
 
 
+def test_capture_cuts_output_between_characters_not_inside_one() -> None:
+    # Cut at byte positions, the halves of a character reached the model as `\xe2\x82` ... `\xac`.
+    cap = Capture(head=10, tail=10)
+    cap.add("€".encode() * 30)  # 3 bytes each: 10 bytes end and start inside a character
+    assert cap.text() == "€€€\n[... 72 bytes dropped ...]\n€€€" and cap.dropped() == 72
+    whole = Capture(head=10, tail=10)  # nothing dropped: a character across head and tail stays whole
+    whole.add("€".encode() * 6)
+    assert whole.text() == "€" * 6 and whole.dropped() == 0
+    raw = Capture(head=4, tail=4)  # bytes the program wrote that are not UTF-8 are still shown as such
+    raw.add(b"\xff\xfeab" + b"x" * 10 + b"cd\xfe\xff")
+    assert raw.text() == "\\xff\\xfeab\n[... 10 bytes dropped ...]\ncd\\xfe\\xff"
+
+
+def test_streamed_output_stops_before_a_character_its_cap_cuts() -> None:
+    from qwq_agent.sandbox.supervisor.streaming import OutputStream
+
+    sent: list[dict] = []
+    stream = OutputStream(sent.append, 1, "n", limit=10)
+    stream.add("stdout", "€".encode() * 5)
+    stream.flush(final=True)
+    assert "".join(f["data"] for f in sent) == "€€€" and sent[-1].get("capped")
+
+
 def test_supervisor_errors_map_to_types() -> None:
     assert isinstance(
         error_from_reply({"type": "PathOutsideWorkspace", "message": "m"}), PathOutsideWorkspace

@@ -162,6 +162,20 @@ async def test_without_a_sandbox_the_error_is_clear() -> None:
     assert invalid.is_error and "pattern" in invalid.text and "context_lines" in invalid.text
 
 
+def test_a_line_of_unknown_length_is_not_given_a_made_up_one() -> None:
+    # What a line too long to read back shows (its first 2000 characters, its length unknown): the note
+    # counted "more chars" from that cut copy, as if the line ended there.
+    from qwq_agent.sandbox import SearchMatch, SearchResult
+    from qwq_agent.tools.search_code import format_matches
+
+    match = SearchMatch(path="/workspace/a.js", line_number=1, line="a" * 2000, line_length=None)
+    text = format_matches(SearchCodeArgs(pattern="a"), SearchResult(matches=[match], total_matches=1))
+    assert text.splitlines()[-1] == "a.js:1: " + "a" * 300 + "… [at least 1700 more chars]"
+    old_style = SearchMatch(path="/workspace/a.js", line_number=2, line="x", before=["w"], after=["y"])
+    text = format_matches(SearchCodeArgs(pattern="x"), SearchResult(matches=[old_style], total_matches=1))
+    assert text.splitlines()[2:] == ["a.js-1- w", "a.js:2: x", "a.js-3- y"]
+
+
 def test_schema_describes_every_argument() -> None:
     schema = SearchCode().spec.parameters
     assert schema["required"] == ["pattern"]
@@ -175,3 +189,45 @@ async def test_a_symlink_loop_path_is_refused_with_its_reason(sandbox: object) -
     await sandbox.shell("ln -s loop /workspace/loop")
     out = await SearchCode()({"pattern": "x", "path": "loop"}, ctx(sandbox))
     assert out.is_error and "Too many levels of symbolic links" in out.text, out.text
+
+
+@pytest.mark.docker
+async def test_context_lines_carry_their_own_numbers_beside_a_huge_line(sandbox: object) -> None:
+    # A context line too long to parse (> 256 KB record) was dropped, and context lines were numbered
+    # by their place in what was left: line 1's text was shown as line 2.
+    await sandbox.python(
+        "lines = ['/* line 1: license */', 'var bundle=' + 'a' * 400000 + ';', '//# sourceMappingURL=app.js.map',\n"
+        "         'x' * 300000, '/* line 5: trailer */']\n"
+        "open('/workspace/app.min.js', 'w').write('\\n'.join(lines) + '\\n')"
+    )
+    out = await SearchCode()(
+        {"pattern": "sourceMappingURL", "path": "app.min.js", "context_lines": 2}, ctx(sandbox)
+    )
+    assert out.text.splitlines()[1:] == [
+        "",
+        "app.min.js-1- /* line 1: license */",
+        "app.min.js-2- var bundle=" + "a" * 289 + f"… [{400_012 - 300} more chars]",
+        "app.min.js:3: //# sourceMappingURL=app.js.map",
+        "app.min.js-4- " + "x" * 300 + f"… [{300_000 - 300} more chars]",
+        "app.min.js-5- /* line 5: trailer */",
+    ], out.text
+
+
+@pytest.mark.docker
+async def test_a_match_in_a_long_line_is_shown_with_what_surrounds_it(sandbox: object) -> None:
+    # Lines were cut to their first 300 characters with "[1700 more chars]" whatever their length, so on
+    # minified code the match itself was not shown.
+    await sandbox.python(
+        "open('/workspace/min.js', 'w').write('x' * 10_000 + 'NEEDLE_FN()' + 'y' * 10 + '\\n')\n"
+        # a line whose ripgrep record is too large to parse whole (the file is read for the window)
+        "open('/workspace/huge.min.js', 'w').write('x' * 1_000_000 + 'NEEDLE_FN()' + 'y' * 500_000 + '\\n')"
+    )
+    tool = SearchCode()
+    out = await tool({"pattern": "NEEDLE_FN", "path": "min.js"}, ctx(sandbox))
+    assert out.text.splitlines()[2] == (
+        "min.js:1: …" + "x" * 279 + "NEEDLE_FN()" + "y" * 10 + " [chars 9722-10021 of 10021]"
+    ), out.text
+    out = await tool({"pattern": "NEEDLE_FN", "path": "huge.min.js"}, ctx(sandbox))
+    assert out.text.splitlines()[2] == (
+        "huge.min.js:1: …" + "x" * 100 + "NEEDLE_FN()" + "y" * 189 + "… [chars 999901-1000200 of 1500011]"
+    ), out.text

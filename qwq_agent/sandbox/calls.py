@@ -136,7 +136,8 @@ class SandboxCalls(SandboxContainer):
     async def reset_python(self, *, timeout: float = 60.0, restart: bool = True) -> PythonResetResult:
         """Stop the Python interpreter with every thread and process it started, and start a fresh one
         (its variables are gone). An interpreter that never ran a cell is left as it is: it runs nothing
-        of the user's. Shell calls need no such stop: what they start dies when they return.
+        of the user's. A cell running meanwhile is ended at once (its result says the reset stopped it
+        and `state_lost`). Shell calls need no such stop: what they start dies when they return.
 
         `restart=False` stops it (whether or not it ran a cell) and starts none: nothing of Python runs
         until the next python call starts a fresh interpreter, as usual, and says that earlier state is
@@ -144,7 +145,7 @@ class SandboxCalls(SandboxContainer):
         files), so a check that must run none of it stops the interpreter this way.
         """
         result = await self._call(
-            PythonResetRequest(restart=restart), PythonResetResult, self._grace(timeout)
+            PythonResetRequest(restart=restart, timeout=timeout), PythonResetResult, self._grace(timeout)
         )
         self.cells.reset()
         return result

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Request(BaseModel):
@@ -38,11 +38,14 @@ class ShellRequest(Request):
 
 
 class PythonResetRequest(Request):
-    """Stop the interpreter and all it started (threads, processes) and start a fresh one."""
+    """Stop the interpreter and all it started (threads, processes; a running cell) and start a fresh one."""
 
     op: Literal["python_reset"] = "python_reset"
     restart: bool = Field(
         True, description="start a fresh interpreter now; False: none until the next python call"
+    )
+    timeout: float = Field(
+        60.0, gt=0, description="seconds the reset may take, ending a running cell included"
     )
 
 
@@ -164,12 +167,39 @@ class FileResult(Result):
     output: str
 
 
+class SearchLine(BaseModel):
+    """A context line of a search match: its own number, and the part of it shown.
+
+    A long line (minified code) is not sent whole: `text` is a window of it (about 2,000 characters)
+    that starts `start` characters into the line, and `length` is the whole line's.
+    """
+
+    line_number: int | None = None
+    text: str
+    start: int = Field(0, description="characters of the line before `text`")
+    length: int | None = Field(None, description="the line's length in characters; None: not known")
+
+
 class SearchMatch(BaseModel):
+    """A matching line; of a long one `line` is the window around its first match (see `SearchLine`)."""
+
     path: str
     line_number: int | None
     line: str
-    before: list[str] = Field(default_factory=list)
-    after: list[str] = Field(default_factory=list)
+    line_start: int = Field(0, description="characters of the line before `line`")
+    line_length: int | None = Field(None, description="the line's length in characters; None: not known")
+    match_start: int | None = Field(None, description="where the line's first match starts, in characters")
+    match_end: int | None = Field(None, description="where the line's first match ends, in characters")
+    before: list[SearchLine] = Field(default_factory=list)
+    after: list[SearchLine] = Field(default_factory=list)
+
+    @field_validator("before", "after", mode="before")
+    @classmethod
+    def _plain_lines(cls, lines: object) -> object:
+        """Context lines given as bare strings (as results before line numbers were) are accepted."""
+        if isinstance(lines, list):
+            return [{"text": line} if isinstance(line, str) else line for line in lines]
+        return lines
 
 
 class SearchResult(Result):

@@ -18,6 +18,7 @@ from qwq_agent.tools.base import ModelTool
 
 WORKSPACE = "/workspace"
 _MAX_LINE = 300  # long lines (minified code) would flood the observation
+_LEAD = 100  # of a long matching line's window, at most this much comes before the match
 _MAX_FILE_MB = 50  # files over this are not searched (MAX_FILESIZE in sandbox/supervisor/search.py)
 
 
@@ -51,7 +52,8 @@ class SearchCode(ModelTool[SearchCodeArgs]):
     description = (
         "Search the files of /workspace with ripgrep (regex or literal text, file globs, context "
         "lines). Matches are shown as `path:line: text` (context lines as `path-line- text`), "
-        "grouped by file. Dotfiles and dot-folders (.github, .env.example) are searched, `.git` only "
+        "grouped by file; of a long line (minified code) the part around the match is shown, with "
+        "how much of the line is not. Dotfiles and dot-folders (.github, .env.example) are searched, `.git` only "
         "when it is the path; binary files, files ignored by .gitignore and files over 50 MB are "
         "skipped (the answer says how many large files were)."
     )
@@ -129,18 +131,22 @@ def format_matches(args: SearchCodeArgs, result: Any) -> str:
     prev_path, prev_last = None, -1
     for m in matches:
         path = _relative(m.path)
-        first = (m.line_number or 0) - len(m.before)
+        number = m.line_number or 0
+        # Each context line carries its own number (one may be missing from the list: an unreadable
+        # record); counting by position is only for results that lack them.
+        before = [(c.line_number or number - len(m.before) + i, c) for i, c in enumerate(m.before)]
+        after = [(c.line_number or number + i, c) for i, c in enumerate(m.after, 1)]
+        first = before[0][0] if before else number
         if prev_path != path:
             out.append("")
         elif first > prev_last + 1:
             out.append("--")
-        number = m.line_number or 0
-        for i, text in enumerate(m.before):
-            out.append(f"{path}-{number - len(m.before) + i}- {_clip(text)}")
-        out.append(f"{path}:{number}: {_clip(m.line)}")
-        for i, text in enumerate(m.after, 1):
-            out.append(f"{path}-{number + i}- {_clip(text)}")
-        prev_path, prev_last = path, number + len(m.after)
+        for n, c in before:
+            out.append(f"{path}-{n}- {_clip(c.text, c.start, c.length)}")
+        out.append(f"{path}:{number}: {_clip(m.line, m.line_start, m.line_length, m.match_start)}")
+        for n, c in after:
+            out.append(f"{path}-{n}- {_clip(c.text, c.start, c.length)}")
+        prev_path, prev_last = path, after[-1][0] if after else number
     return "\n".join(out)
 
 
@@ -190,5 +196,18 @@ def _relative(path: str) -> str:
 _CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_LINE else text[:_MAX_LINE] + f"… [{len(text) - _MAX_LINE} more chars]"
+def _clip(text: str, start: int = 0, length: int | None = None, match: int | None = None) -> str:
+    """What is shown of a line, given `text`, the part of it from `start` on, and its `length` (None:
+    not known): at most `_MAX_LINE` characters, around the `match` offset if any (else from the
+    start), and how much of the line is not shown."""
+    end = start + len(text)
+    lo = start if match is None else max(start, min(match - _LEAD, end - _MAX_LINE))
+    hi = min(end, lo + _MAX_LINE)
+    if lo == 0 and hi == end and length in (None, end):
+        return text
+    shown = text[lo - start : hi - start]
+    if length is None:
+        return f"{'…' if lo else ''}{shown}… [at least {end - hi} more chars]"
+    if lo == 0:
+        return f"{shown}… [{length - hi} more chars]"
+    return f"…{shown}{'…' if hi < length else ''} [chars {lo + 1}-{hi} of {length}]"

@@ -2,7 +2,10 @@
 
 Bounded whatever the file: `view` streams (a 1 GB single line costs one capped line), edits take files up
 to `MAX_EDIT_BYTES`, occurrence listing stops early, undo history is capped in bytes (oldest dropped, and
-the output says so). FIFOs, sockets and devices are refused without being opened; writes are atomic.
+the output says so). Every output that shows lines (a file, an edit's snippet, the file an undo restored,
+a listing) shows about `MAX_RESPONSE_LEN` characters of them at most, each line cut to `MAX_LINE_LEN`,
+and says `<response clipped>` when it left something out. FIFOs, sockets and devices are refused without
+being opened; writes are atomic.
 """
 
 import json
@@ -16,6 +19,8 @@ from .settings import MAX_UNDO_BYTES
 
 MAX_EDIT_BYTES = 10 * 1024 * 1024
 MAX_RESPONSE_LEN = 16000
+# A line is cut short enough that the note saying so still fits in the response.
+MAX_LINE_LEN = MAX_RESPONSE_LEN - 200
 MAX_DIR_ENTRIES = 1000
 MAX_LISTED_MATCHES = 20
 SNIPPET_LINES = 4
@@ -25,14 +30,46 @@ TRUNCATED_NOTE = (
     "retry this tool after you have searched inside the file with `grep -n` in order to find the line "
     "numbers of what you are looking for.</NOTE>"
 )
+TRUNCATED_DIR_NOTE = (
+    "<response clipped><NOTE>To save on context only part of this directory has been shown to you. View "
+    "a subdirectory, or list what you are looking for with `find` or `ls` in the shell.</NOTE>"
+)
 
 
-def numbered(text, init_line=1):
-    return "\n".join(f"{i + init_line:6}\t{line}" for i, line in enumerate(text.split("\n")))
+def fit(entries, budget=MAX_RESPONSE_LEN):
+    """The entries (lines of output, in order) that fit `budget` characters in all, and whether any was
+    left out; a first entry longer than the budget is cut to it. Reads `entries` no further than needed."""
+    out: list[str] = []
+    size = 0
+    for entry in entries:
+        size += len(entry) + 1
+        if size > budget:
+            if not out:
+                out.append(entry[:budget])
+            return out, True
+        out.append(entry)
+    return out, False
 
 
-def cat_n(text, descriptor, init_line=1):
-    return f"Here's the result of running `cat -n` on {descriptor}:\n" + numbered(text, init_line) + "\n"
+def cat_n(text, descriptor, init_line=1, budget=MAX_RESPONSE_LEN):
+    """`text` as `cat -n` shows it from line `init_line`, within `budget` characters (`TRUNCATED_NOTE`
+    after it when lines were cut or left out)."""
+    header = f"Here's the result of running `cat -n` on {descriptor}:\n"
+    room = budget - len(header)
+    limit = min(MAX_LINE_LEN, room - (MAX_RESPONSE_LEN - MAX_LINE_LEN))
+    cut = False
+
+    def lines():
+        nonlocal cut
+        for i, line in enumerate(text.split("\n")):
+            if len(line) > limit:
+                line = f"{line[:limit]} [... {len(line) - limit} more characters on this line not shown ...]"
+                cut = True
+            yield f"{i + init_line:6}\t{line}"
+
+    shown, left_out = fit(lines(), room)
+    body = header + "\n".join(shown) + "\n"
+    return body + TRUNCATED_NOTE + "\n" if cut or left_out else body
 
 
 def count_lines(fd):
@@ -147,32 +184,28 @@ class Editor:
                     "ToolError",
                     f"Invalid `view_range`: {view_range}. Its second element `{final}` should be larger or equal than its first `{init}`",
                 )
-        out: list[str] = []
-        size, clipped = 0, False
-        fd = open_regular(shown, real)
-        try:
-            # A line is cut short enough that the note saying so still fits in the response.
-            for lineno, (head, length) in enumerate(iter_lines(fd, MAX_RESPONSE_LEN - 200), 1):
+        cut = False
+
+        def lines(fd):
+            nonlocal cut
+            for lineno, (head, length) in enumerate(iter_lines(fd, MAX_LINE_LEN), 1):
                 if lineno < init:
                     continue
                 if final != -1 and lineno > final:
-                    break
+                    return
                 text = head.decode("utf-8", "replace")
                 if length > len(head):
                     text += f" [... {length - len(head)} more bytes on this line not shown ...]"
-                    clipped = True
-                entry = f"{lineno:6}\t{text}"
-                size += len(entry) + 1
-                if size > MAX_RESPONSE_LEN:
-                    clipped = True
-                    if not out:
-                        out.append(entry[:MAX_RESPONSE_LEN])
-                    break
-                out.append(entry)
+                    cut = True
+                yield f"{lineno:6}\t{text}"
+
+        fd = open_regular(shown, real)
+        try:
+            out, left_out = fit(lines(fd))
         finally:
             os.close(fd)
         text = f"Here's the result of running `cat -n` on {shown}:\n" + "\n".join(out) + "\n"
-        return {"output": text + TRUNCATED_NOTE if clipped else text}
+        return {"output": text + TRUNCATED_NOTE if cut or left_out else text}
 
     def list_dir(self, shown, real):
         # One entry per line: a name holding a newline would otherwise add forged entries to the listing.
@@ -196,9 +229,11 @@ class Editor:
 
         visit(real, shown.rstrip("/") or "/", 1)
         text = f"Here's the files and directories up to 2 levels deep in {path_text(shown)}, excluding hidden items:\n"
-        text += "\n".join(entries) + "\n"
+        listed, _ = fit(entries)
+        omitted += len(entries) - len(listed)
+        text += "\n".join(listed) + "\n"
         if omitted:
-            text += f"[... {omitted} more entries not shown ...]\n"
+            text += f"[... {omitted} more entries not shown ...]\n{TRUNCATED_DIR_NOTE}"
         return text
 
     def create(self, args):
@@ -272,12 +307,11 @@ class Editor:
             start = max(0, line - SNIPPET_LINES)
             end = line + SNIPPET_LINES + new.count("\n")
             snippet = "\n".join(new_content.split("\n")[start : end + 1])
-        return {
-            "output": f"The file {shown} has been edited. "
-            + cat_n(snippet, f"a snippet of {shown}", start + 1)
-            + "Review the changes and make sure they are as expected. Edit the file again if necessary."
-            + note
-        }
+        return _edited(
+            f"The file {shown} has been edited. ",
+            (snippet, f"a snippet of {shown}", start + 1),
+            "Review the changes and make sure they are as expected. Edit the file again if necessary." + note,
+        )
 
     def insert(self, args):
         shown, real = resolve(args.get("path"), allow_missing=False)
@@ -304,12 +338,12 @@ class Editor:
             snippet = (
                 lines[max(0, line - SNIPPET_LINES) : line] + new_lines + lines[line : line + SNIPPET_LINES]
             )
-        return {
-            "output": f"The file {shown} has been edited. "
-            + cat_n("\n".join(snippet), "a snippet of the edited file", max(1, line - SNIPPET_LINES + 1))
-            + "Review the changes and make sure they are as expected (correct indentation, no duplicate lines, etc). Edit the file again if necessary."
-            + note
-        }
+        return _edited(
+            f"The file {shown} has been edited. ",
+            ("\n".join(snippet), "a snippet of the edited file", max(1, line - SNIPPET_LINES + 1)),
+            "Review the changes and make sure they are as expected (correct indentation, no duplicate lines, etc). Edit the file again if necessary."
+            + note,
+        )
 
     def undo_edit(self, args):
         shown, real = resolve(args.get("path"), allow_missing=False)
@@ -326,10 +360,16 @@ class Editor:
             write_atomic(shown, real, old)
             del self.undo[index]
             self.undo_bytes -= len(old)
-        return {
-            "output": f"Last edit to {shown} undone successfully. "
-            + cat_n(old.decode("utf-8", "replace"), shown)
-        }
+        return _edited(
+            f"Last edit to {shown} undone successfully. ", (old.decode("utf-8", "replace"), shown, 1), ""
+        )
+
+
+def _edited(before, lines, after):
+    """An edit's output: `before`, the lines (`cat_n` arguments) and `after`, bounded as `view` is."""
+    text, descriptor, init_line = lines
+    budget = MAX_RESPONSE_LEN - len(before) - len(after)
+    return {"output": before + cat_n(text, descriptor, init_line, budget) + after}
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")

@@ -84,7 +84,11 @@ def cap_text(text, head=OUT_HEAD, tail=OUT_TAIL, unit="characters"):
 
 
 class Capture:
-    """Keeps the first `head` and last `tail` bytes of a stream and counts what fell between."""
+    """Keeps the first `head` and last `tail` bytes of a stream and counts what fell between.
+
+    The text shown cuts between characters: a UTF-8 character the head or tail cut in half is dropped
+    whole (and counted), so no half of it reaches the text as `\\xNN` escapes the program never wrote.
+    """
 
     def __init__(self, head=OUT_HEAD, tail=OUT_TAIL):
         self.head_cap, self.tail_cap = head, tail
@@ -101,16 +105,44 @@ class Capture:
             if len(self.tail) > self.tail_cap:
                 del self.tail[: len(self.tail) - self.tail_cap]
 
+    def _kept(self):
+        """(head, tail) as shown: cut back to whole characters where something was dropped between."""
+        if self.total == len(self.head) + len(self.tail):
+            return bytes(self.head), bytes(self.tail)
+        return bytes(self.head[: utf8_whole(self.head)]), bytes(self.tail[utf8_start(self.tail) :])
+
     def dropped(self):
-        return self.total - len(self.head) - len(self.tail)
+        head, tail = self._kept()
+        return self.total - len(head) - len(tail)
 
     def text(self):
-        head = self.head.decode("utf-8", "backslashreplace")
-        tail = self.tail.decode("utf-8", "backslashreplace")
-        dropped = self.dropped()
+        head, tail = self._kept()
+        dropped = self.total - len(head) - len(tail)
         if dropped:
-            return f"{head}\n[... {dropped} bytes dropped ...]\n{tail}"
-        return head + tail
+            head_text = head.decode("utf-8", "backslashreplace")
+            tail_text = tail.decode("utf-8", "backslashreplace")
+            return f"{head_text}\n[... {dropped} bytes dropped ...]\n{tail_text}"
+        return (head + tail).decode("utf-8", "backslashreplace")
+
+
+def utf8_whole(data):
+    """Length of `data` without a UTF-8 character cut off at its end (bytes that are not UTF-8 stay)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # a continuation byte: look further back for the lead byte
+            continue
+        need = 2 if 0xC0 <= byte < 0xE0 else 3 if 0xE0 <= byte < 0xF0 else 4 if 0xF0 <= byte < 0xF8 else 1
+        return len(data) - back if need > back else len(data)
+    return len(data)
+
+
+def utf8_start(data):
+    """Where the first whole character of `data` starts: past continuation bytes of one cut at its
+    start (at most 3: more are not the rest of a character but bytes as the program wrote them)."""
+    skip = 0
+    while skip < min(3, len(data)) and data[skip] & 0xC0 == 0x80:
+        skip += 1
+    return skip
 
 
 def drain(fds, captures, deadline):

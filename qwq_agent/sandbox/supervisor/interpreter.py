@@ -5,6 +5,10 @@ result carrying that nonce. Anything else (garbage, another nonce, a second fram
 violation: the interpreter is replaced and the call says that state was lost, so the result of one cell
 is never delivered as another's. When a cell ends (result, timeout, cancellation), every process it
 forked is killed; the interpreter itself lives on.
+
+No wait is unbounded: the cell is written to the interpreter inside the cell's deadline (an interpreter
+that does not read it, stopped or busy in a thread holding the GIL, is killed at the deadline as one
+that ignores its interrupt would be), and a reset (`abort`) ends a running cell at once.
 """
 
 import contextlib
@@ -18,7 +22,7 @@ import sys
 import threading
 import time
 
-from .framing import Capture, cap_text, drain, encode_frame, write_all
+from .framing import Capture, cap_text, drain, encode_frame
 from .procs import Spawned, continue_tree, stop_tree
 from .settings import INTERRUPT_GRACE, KILL_BUDGET, OUT_HEAD, OUT_TAIL, WORKSPACE, child_env
 
@@ -55,6 +59,10 @@ class Interpreter:
     def __init__(self):
         self.lock = threading.Lock()
         self.proc = None
+        # A byte here ends the cell running (or the next to start) at once: see `abort`.
+        self.abort_r, self.abort_w = os.pipe()
+        for fd in (self.abort_r, self.abort_w):
+            os.set_blocking(fd, False)
         # What the next cell's note says when it finds no interpreter (see `_run`).
         self.stopped_why = None
         self.start()
@@ -90,7 +98,9 @@ class Interpreter:
             for fd in (cmd_r, res_w, out_w, err_w, devnull):
                 os.close(fd)
         self.cmd_w, self.res_r, self.out, self.err = cmd_w, res_r, out_r, err_r
-        for fd in (self.out, self.err, self.res_r):
+        # The command pipe too: a cell larger than its buffer is written as the interpreter reads it,
+        # under the cell's deadline (see `_run`).
+        for fd in (self.cmd_w, self.out, self.err, self.res_r):
             os.set_blocking(fd, False)
         self.closed_streams = set()
 
@@ -107,6 +117,29 @@ class Interpreter:
     def restart(self):
         self.stop()
         self.start()
+
+    def abort(self):
+        """End the running cell now (the interpreter is killed and restarted, its result says why), or
+        the next one to start when none runs. For a reset, which then takes the lock and `clear_abort`s."""
+        try:
+            os.write(self.abort_w, b"x")
+        except BlockingIOError:
+            pass  # one is pending already
+
+    def clear_abort(self):
+        """Forget an `abort` no cell took (call with the lock held)."""
+        try:
+            while os.read(self.abort_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _send(self, data):
+        """How much of `data` the command pipe took now (0 when it is full); OSError once it is closed."""
+        try:
+            return os.write(self.cmd_w, data)
+        except BlockingIOError:
+            return 0
 
     @contextlib.contextmanager
     def paused(self):
@@ -131,7 +164,7 @@ class Interpreter:
                 return self._not_run(
                     "the call was cancelled by the host before the cell ran", arrived, cancelled=True
                 )
-            return self._run(code, arrived + timeout - time.monotonic(), cancel_fd, stream)
+            return self._run(code, arrived + timeout - time.monotonic(), cancel_fd, stream, limit=timeout)
         finally:
             self.lock.release()
 
@@ -158,7 +191,9 @@ class Interpreter:
             how += " (out of memory?)"
         return f"the interpreter {how}"
 
-    def _run(self, code, timeout, cancel_fd, stream=None):
+    def _run(self, code, timeout, cancel_fd, stream=None, limit=None):
+        """Run `code` for at most `timeout` more seconds (`limit`: the call's own, as messages name it)."""
+        limit = timeout if limit is None else limit
         started = time.monotonic()
         lost: list = []  # why earlier state is gone
         if self.proc is None:
@@ -178,13 +213,13 @@ class Interpreter:
         stale = {self.out: Capture(0, 0), self.err: Capture(0, 0)}
         drain([fd for fd in (self.out, self.err) if fd not in self.closed_streams], stale, time.monotonic())
         nonce = secrets.token_hex(16)
-        frame = encode_frame({"code": code, "nonce": nonce})
+        unsent = memoryview(encode_frame({"code": code, "nonce": nonce}))
         try:
-            write_all(self.cmd_w, frame)
+            unsent = unsent[self._send(unsent) :]
         except OSError:
             lost.append(self._died())
             self.restart()
-            write_all(self.cmd_w, frame)
+            unsent = unsent[self._send(unsent) :]
         out, err = self.out, self.err  # this cell's pipes (a restart below replaces self.out/err)
         caps = {out: Capture(), err: Capture()}
         deadline = started + timeout
@@ -192,6 +227,14 @@ class Interpreter:
         result, failure, buf = None, None, bytearray()
         while result is None and failure is None:
             wait = deadline - time.monotonic()
+            if wait <= 0 and unsent:
+                # Not even read: an interrupt cannot reach the cell (the worker ignores SIGINT between
+                # cells), so it is killed now, as one that ignored its interrupt would be.
+                interrupted = True
+                why = "cancelled by the host" if cancelled else f"{limit:g}s timeout"
+                failure = (f"the interpreter did not read the cell before the {why} (a thread of an "
+                           "earlier cell holding it busy, or the process stopped) and was killed")  # fmt: skip
+                break
             if wait <= 0:
                 if not interrupted:
                     interrupted = True
@@ -201,17 +244,31 @@ class Interpreter:
                         pass
                     deadline = time.monotonic() + INTERRUPT_GRACE
                     continue
-                why = "cancelled by the host" if cancelled else f"{timeout:g}s timeout"
+                why = "cancelled by the host" if cancelled else f"{limit:g}s timeout"
                 failure = (f"the interpreter ignored the interrupt for {INTERRUPT_GRACE:g}s after the {why} and was "
                            "killed")  # fmt: skip
                 break
             watched = [fd for fd in (self.out, self.err) if fd not in self.closed_streams]
-            watched += [self.res_r, self._live().status_fd] + ([] if cancelled else [cancel_fd])
+            watched += [self.res_r, self._live().status_fd, self.abort_r] + ([] if cancelled else [cancel_fd])
             if stream is not None:
                 wait = stream.wait(wait)
-            ready, _, _ = select.select(watched, [], [], wait)
+            ready, writable, _ = select.select(watched, [self.cmd_w] if unsent else [], [], wait)
             if stream is not None:
                 stream.tick()
+            if self.abort_r in ready:
+                self.clear_abort()
+                failure = "the interpreter was reset (python_reset) while this cell waited or ran"
+                break
+            if writable:
+                try:
+                    unsent = unsent[self._send(unsent) :]
+                except OSError:  # the read end is closed: the interpreter died (or closed it)
+                    failure = (
+                        self._died()
+                        if self._live().read_status() is not None
+                        else "the interpreter closed its command pipe"
+                    )
+                    break
             if cancel_fd in ready:
                 cancelled = True
                 deadline = time.monotonic()  # interrupt now, exactly as a timeout would
@@ -261,6 +318,8 @@ class Interpreter:
             ename = (
                 "ProtocolViolation"
                 if failure is not None and failure.startswith("protocol")
+                else "InterpreterReset"
+                if failure is not None and "python_reset" in failure
                 else "TimeoutError"
                 if interrupted
                 else "InterpreterDied"

@@ -1,16 +1,16 @@
 """`search`: ripgrep over the workspace, run as the user, bounded in results and time."""
 
-import base64
-import json
 import os
 import re
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 from .files import refuse_special, resolve
 from .framing import RequestError
+from .rg_lines import records, text_of
 from .settings import USER_GID, USER_UID, WORKSPACE
 
 
@@ -19,14 +19,6 @@ def kill_group(pgid):
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _rg_text(obj):
-    if obj is None:
-        return ""
-    if "text" in obj:
-        return obj["text"]
-    return base64.b64decode(obj.get("bytes", "")).decode("utf-8", "backslashreplace")
 
 
 # Files over this size are not searched (a 2 GB log would take the whole timeout).
@@ -55,79 +47,6 @@ class _Stderr:
                 del self.tail[: -self.keep]
         except (OSError, ValueError):  # closed under us when the search is abandoned
             pass
-
-
-# rg --json writes one record per matching line, holding the whole line and one entry per match in it:
-# a 4 MB minified line matching `a` is a ~180 MB record (no --max-columns in JSON mode), whose parsing
-# once took the supervisor past the container's memory. Records past this size are read in pieces and
-# kept to what a result shows (`_oversized`).
-MAX_RECORD = 256 * 1024
-_LINE_NUMBER = re.compile(rb'"\},"line_number":(\d+),')
-
-
-def _records(stdout):
-    """rg's JSON records, one at a time, none held whole past `MAX_RECORD` bytes."""
-    while raw := stdout.readline(MAX_RECORD):
-        if raw.endswith(b"\n"):
-            yield json.loads(raw)
-            continue
-        msg = _oversized(raw, stdout)
-        if msg is not None:
-            yield msg
-
-
-def _oversized(head, stdout):
-    """A match record too long to parse: its path, the start of its line and its line number, read from
-    the head and the pieces that follow (discarded as they are read); None for anything else."""
-    if not head.startswith(b'{"type":"match"'):
-        _skip_line(stdout)
-        return None
-    decoder = json.JSONDecoder()
-    text = head.decode("utf-8", "replace")
-    try:
-        at = text.index('"path":') + len('"path":')
-        path, end = decoder.raw_decode(text, at)
-        at = text.index('"lines":{', end) + len('"lines":{')
-    except ValueError:
-        _skip_line(stdout)
-        return None
-    key = "text" if text.startswith('"text":"', at) else "bytes"
-    opening = at + len(key) + 3
-    try:
-        # A short line whose record is long only for its many submatches: the string ends in the head.
-        preview = decoder.raw_decode(text, opening)[0][: 4 * 2000]
-    except ValueError:
-        preview = _unterminated(text[opening + 1 : opening + 1 + 4 * 2000])
-    if key == "bytes":
-        preview = base64.b64decode(preview[: len(preview) // 4 * 4] or b"").decode(
-            "utf-8", "backslashreplace"
-        )
-    found = _LINE_NUMBER.search(head)
-    number, carry = (int(found.group(1)) if found else None), head[-64:]
-    while True:
-        piece = stdout.readline(MAX_RECORD)
-        if number is None:
-            found = _LINE_NUMBER.search(carry + piece)
-            number = int(found.group(1)) if found else None
-            carry = piece[-64:]
-        if not piece or piece.endswith(b"\n"):
-            break
-    return {"type": "match", "data": {"path": path, "lines": {"text": preview}, "line_number": number}}
-
-
-def _unterminated(prefix):
-    """The start of a JSON string cut off mid-way: cut back to where a closing quote parses."""
-    for cut in range(len(prefix), max(-1, len(prefix) - 8), -1):
-        try:
-            return json.loads('"' + prefix[:cut] + '"')
-        except ValueError:
-            continue
-    return ""
-
-
-def _skip_line(stdout):
-    while (piece := stdout.readline(MAX_RECORD)) and not piece.endswith(b"\n"):
-        pass
 
 
 def search(args):
@@ -175,7 +94,7 @@ def search(args):
     assert proc.stdout is not None and proc.stderr is not None  # both are pipes
     deadline = time.monotonic() + float(args.get("timeout") or 30)
     matches: list[dict] = []
-    pending: list[dict] = []
+    pending: list[tuple[str, Callable[[], dict]]] = []  # context lines not placed yet: (path, line)
     total, last, complete = 0, None, True
     root = os.path.realpath(WORKSPACE)
     expired = threading.Event()
@@ -190,38 +109,36 @@ def search(args):
     reader = threading.Thread(target=err.read, args=(proc.stderr,), daemon=True)
     reader.start()
     try:
-        for msg in _records(proc.stdout):
-            kind = msg.get("type")
-            if kind not in ("match", "context"):
-                continue
-            data = msg["data"]
-            path = _rg_text(data["path"])
+        for kind, rg_path, number, line in records(proc.stdout, deadline):
+            path = text_of(rg_path)
             if path.startswith(root + "/"):
                 path = WORKSPACE + path[len(root) :]
-            entry = {
-                "path": path,
-                "line_number": data.get("line_number"),
-                "line": _rg_text(data["lines"]).rstrip("\n")[:2000],
-            }
             if kind == "context":
                 if (
                     last is not None
                     and last["path"] == path
                     and len(last["after"]) < context
-                    and entry["line_number"] > last["line_number"]
+                    and (number or 0) > (last["line_number"] or 0)
                 ):
-                    last["after"].append(entry["line"])
+                    last["after"].append(line())
                 else:
-                    pending = ([*pending, entry])[-context:]
+                    pending = ([*pending, (path, line)])[-context:]
                 continue
             total += 1
             if len(matches) < max_results:
-                entry["before"] = (
-                    [c["line"] for c in pending if c["path"] == path][-context:] if context else []
-                )
-                entry["after"] = []
-                matches.append(entry)
-                last = entry
+                found = line()
+                matches.append({
+                    "path": path,
+                    "line_number": number,
+                    "line": found["text"],
+                    "line_start": found["start"],
+                    "line_length": found["length"],
+                    "match_start": found.get("match_start"),
+                    "match_end": found.get("match_end"),
+                    "before": [c() for p, c in pending if p == path][-context:] if context else [],
+                    "after": [],
+                })  # fmt: skip
+                last = matches[-1]
             else:
                 last = None
             pending = []

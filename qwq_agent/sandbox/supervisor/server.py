@@ -60,7 +60,10 @@ class Supervisor:
             "restore_chunk": self.staging.add,
             "restore": lambda a: snapshots.restore(a, self.staging, self.files_replaced),
             "python_reset": lambda a: (
-                self.reset_interpreter(restart=a.get("restart") is not False)
+                self.reset_interpreter(
+                    restart=a.get("restart") is not False,
+                    deadline=a["_arrived"] + float(a.get("timeout") or 60),
+                )
                 or {"worker_pid": self.interpreter.pid}
             ),
         }
@@ -115,18 +118,32 @@ class Supervisor:
             self.interpreter.lock.release()
         return f"[{held}, left by an earlier cell; {restarted} and its variables are gone]\n"
 
-    def reset_interpreter(self, restart=True):
+    def reset_interpreter(self, restart=True, deadline=None):
         """A fresh interpreter (its processes killed), unless the current one never ran a cell.
 
         `restart=False`: stop it in any case (one that ran no cell may still have run the HOME's
-        `usercustomize.py` at its start) and start none; the next python call starts one.
+        `usercustomize.py` at its start) and start none; the next python call starts one. A cell that
+        is running is ended at once (its result says the reset stopped it), not waited for; should it
+        still hold the interpreter at `deadline` (monotonic), the reset fails with a ToolError.
         """
-        with self.interpreter.lock:
+        interpreter = self.interpreter
+        if not interpreter.lock.acquire(blocking=False):
+            interpreter.abort()
+            wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+            if not interpreter.lock.acquire(timeout=wait):
+                interpreter.clear_abort()  # not left to end a later cell
+                raise RequestError(
+                    "ToolError", "Python could not be reset: the cell it was running did not end in time"
+                )
+        try:
+            interpreter.clear_abort()  # the cell ended before it saw the abort
             if not restart:
-                self.interpreter.stop("the interpreter had been stopped (a reset that started none)")
+                interpreter.stop("the interpreter had been stopped (a reset that started none)")
             elif self.interpreter_used:
-                self.interpreter.restart()
+                interpreter.restart()
             self.interpreter_used = False
+        finally:
+            interpreter.lock.release()
 
     @contextlib.contextmanager
     def files_replaced(self, keep_python, start_by=None, cancel_fd=None):

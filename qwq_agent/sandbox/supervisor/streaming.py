@@ -62,13 +62,18 @@ class OutputStream:
             self.flush()
 
     def flush(self, final=False):
-        """Send what is pending (with `final`, including a multi-byte character cut at the end)."""
+        """Send what is pending (with `final`, including a multi-byte character cut at the end, unless
+        the cap cut it)."""
         pending, self.pending = self.pending, {}
         for name, data in pending.items():
             decoder = self.decoders.setdefault(
                 name, codecs.getincrementaldecoder("utf-8")("backslashreplace")
             )
-            text = decoder.decode(bytes(data), final=final or self.capped)
+            # A character the cap cut in half is not sent (the capture's text drops it too); one cut
+            # by the end of the output is what the program wrote, and shows as its bytes.
+            text = decoder.decode(bytes(data), final=final and not self.capped)
+            if self.capped:
+                decoder.reset()
             if text:
                 self.send(
                     {"id": self.rid, "nonce": self.nonce, "event": "output", "stream": name, "data": text}

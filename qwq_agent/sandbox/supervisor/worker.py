@@ -13,6 +13,7 @@ import os
 import signal
 import struct
 import sys
+import types
 
 from .framing import cap_text, encode_frame, read_exact, write_all
 from .settings import OUT_HEAD, OUT_TAIL
@@ -41,6 +42,29 @@ def _restore_output(saved):
             )
 
 
+def _as_a_notebook(builtins):
+    """Make the process look to user code like `python` in /workspace; return the cells' namespace.
+
+    Cells run in a real `__main__` module (pickle, and so multiprocessing, find a cell's classes and
+    functions by `__main__.<name>`). The supervisor's folders leave `sys.path`, and its modules
+    `sys.modules`, so `import settings` or `import supervisor` finds the workspace's own module; the
+    current directory comes first, as for `python -c`. Called once the worker has imported all it uses.
+    """
+    package = os.path.dirname(os.path.abspath(__file__))
+    ours = {package, os.path.dirname(package)}
+    sys.path[:] = [p for p in sys.path if p == "" or os.path.abspath(p) not in ours]
+    if not sys.flags.safe_path and "" not in sys.path:
+        sys.path.insert(0, "")
+    name = __name__.rpartition(".")[0]
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]  # this module's functions keep their globals: they run on unaffected
+    sys.argv = [""]  # not boot.py's `--worker`, which argparse in a cell would choke on
+    main = types.ModuleType("__main__")
+    vars(main)["__builtins__"] = builtins
+    sys.modules["__main__"] = main
+    return main.__dict__
+
+
 def worker_main():
     import ast
     import builtins
@@ -63,7 +87,7 @@ def worker_main():
         raise EOFError("input() is not available: the sandbox has no interactive stdin")
 
     builtins.input = no_input
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    namespace = _as_a_notebook(builtins)
     interpreter_pid = os.getpid()
 
     def note(text):
