@@ -10,20 +10,38 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
-__all__ = ["PROBE_MAX_BYTES", "AnswerTooLarge", "ProbeAnswer", "get_capped", "get_within", "run_bounded"]
+__all__ = [
+    "MAX_CONCURRENT_WORKER_PROBES",
+    "MAX_PROBED_WORKERS",
+    "PROBE_MAX_BYTES",
+    "AnswerTooLarge",
+    "ProbeAnswer",
+    "get_capped",
+    "get_within",
+    "probe_each",
+    "run_bounded",
+]
 
 PROBE_MAX_BYTES = 1 << 20
 """The most body a probe reads: `/health` is empty and `/server_info` a few KiB; a MiB leaves room for
 a large fleet's `/workers`."""
 
+MAX_PROBED_WORKERS = 256
+"""The most workers of a router's `/workers` that are probed (far more replicas than one router fronts
+in practice; a listing is capped at `PROBE_MAX_BYTES`, room for ~40,000 entries)."""
+
+MAX_CONCURRENT_WORKER_PROBES = 16
+"""How many of a router's workers are probed at once (each probe is a connection of its own)."""
+
 T = TypeVar("T")
+A = TypeVar("A")
 
 
 class AnswerTooLarge(Exception):
@@ -66,6 +84,28 @@ async def get_capped(
             if len(body) > max_bytes:
                 raise AnswerTooLarge(f"GET {response.url.path} answered more than {max_bytes} bytes")
         return ProbeAnswer(status_code=response.status_code, body=bytes(body))
+
+
+async def probe_each(
+    items: Sequence[A],
+    probe: Callable[[A], Awaitable[T | None]],
+    found: list[T | None],
+    *,
+    at_once: int = MAX_CONCURRENT_WORKER_PROBES,
+) -> None:
+    """`probe` of each of `items`, `at_once` at a time, each answer put in `found` at its item's index.
+
+    A router's `/workers` may list thousands: probed all at once they were as many connections. It has
+    no deadline of its own: the caller's bounds it, and `found` (filled with None beforehand) keeps what
+    was found by then, a probe still waiting for its turn left as it was. `probe` must not raise.
+    """
+    slots = asyncio.Semaphore(at_once)
+
+    async def one(i: int) -> None:
+        async with slots:
+            found[i] = await probe(items[i])
+
+    await asyncio.gather(*(one(i) for i in range(len(items))))
 
 
 def run_bounded(probe: Coroutine[Any, Any, T], seconds: float) -> T:

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -327,6 +328,103 @@ async def test_mcp_serve_lets_the_tools_own_timeout_govern_past_60_s(sandbox_ima
         code = "import time\nprint('started', flush=True)\ntime.sleep(62)\nprint('done')"
         out = await call(registry, "python", code=code, timeout=100)
     assert not out.is_error and "started" in out.text and "done" in out.text, out.text
+
+
+def _mcp_serve_on_a_terminal() -> tuple[subprocess.Popen[bytes], int]:
+    """`mcp-serve --tools shell` with a real pty as its controlling terminal, as when started by hand;
+    returns once it answered `initialize` (it is serving: its stdin reader waits on the terminal)."""
+    import fcntl
+    import pty
+    import termios
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the pty becomes its terminal: Ctrl-C there is SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a terminal's shell leaves it, even here
+
+    leader, follower = pty.openpty()
+    cmd = [sys.executable, "-m", "qwq_agent.cli.main", "mcp-serve", "--tools", "shell"]
+    cli = subprocess.Popen(cmd, stdin=follower, stdout=follower, stderr=follower, preexec_fn=own_terminal)
+    os.close(follower)
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    os.write(leader, json.dumps(hello).encode() + b"\n")
+    _read_terminal(leader, until=b"serverInfo", deadline_s=120)
+    return cli, leader
+
+
+def _read_terminal(leader: int, until: bytes, deadline_s: float) -> bytes:
+    """What the terminal shows until `until` (or its end), read within `deadline_s`."""
+    import select
+
+    screen, deadline = b"", time.monotonic() + deadline_s
+    while until not in screen:
+        ready, _, _ = select.select([leader], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"{until!r} did not appear; the terminal shows {screen[-2000:]!r}"
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: every process holding the terminal has gone
+            break
+        if not chunk:
+            break
+        screen += chunk
+    return screen
+
+
+def _sandboxes_of(pid: int) -> list[str]:
+    from qwq_agent.sandbox.janitor import L_PID, LABEL
+    from qwq_agent.sandbox.transport import default_connector
+
+    client = default_connector().docker_client(30)
+    found = client.api.containers(all=True, filters={"label": [f"{LABEL}=1", f"{L_PID}={pid}"]})
+    return [c["Id"][:12] for c in found]
+
+
+@pytest.mark.docker
+def test_mcp_serve_on_a_terminal_stops_at_ctrl_c_exits_130_and_removes_its_sandbox(sandbox_image):
+    # Its stdin was read by a blocking readline in the SDK's worker thread, which the cancellation
+    # waited for: after Ctrl-C the server and its sandbox stayed up until a line came on stdin.
+    cli, leader = _mcp_serve_on_a_terminal()
+    try:
+        assert _sandboxes_of(cli.pid), "serving, but no sandbox found"
+        os.write(leader, b"\x03")  # Ctrl-C typed at its terminal
+        screen = _read_terminal(leader, until=b"interrupted", deadline_s=60)
+        assert cli.wait(timeout=60) == 130, screen
+        assert _sandboxes_of(cli.pid) == []  # removed before it exited, not left to Docker
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        os.close(leader)
+
+
+@pytest.mark.docker
+def test_mcp_serve_whose_terminal_hangs_up_leaves_no_sandbox(sandbox_image):
+    cli, leader = _mcp_serve_on_a_terminal()
+    try:
+        assert _sandboxes_of(cli.pid), "serving, but no sandbox found"
+        os.close(leader)  # the terminal goes away (a closed window, a dropped SSH session): SIGHUP
+        leader = -1
+        assert cli.wait(timeout=60) == -signal.SIGHUP
+        # Its attach stream closed with it: the supervisor sees EOF and Docker removes the container.
+        deadline = time.monotonic() + 30
+        while _sandboxes_of(cli.pid):
+            assert time.monotonic() < deadline, "the sandbox outlived mcp-serve's hang-up"
+            time.sleep(0.2)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        if leader >= 0:
+            os.close(leader)
 
 
 async def test_a_stdio_server_that_died_between_calls_is_restarted_by_the_next_call():

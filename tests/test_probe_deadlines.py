@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from qwq_agent.agent.clients import SGLangClient
-from qwq_agent.agent.clients.errors import ModelProtocolError
+from qwq_agent.agent.clients.errors import ModelProtocolError, ModelTimeoutError
 from qwq_agent.agent.clients.router_info import worker_infos
 from qwq_agent.cli.serve_dp import report_fleet
 from qwq_agent.http_probe import PROBE_MAX_BYTES
@@ -184,14 +184,82 @@ async def test_client_server_info_reads_at_most_the_cap():
 async def test_a_router_worker_that_never_finishes_answering_is_left_out(mode):
     with endless(mode) as worker, _answering_workers([worker.url]) as router:
         async with httpx.AsyncClient(base_url=router) as http:
-            assert await worker_infos(http, timeout=PROBE_S) == {}
+            assert (await worker_infos(http, timeout=PROBE_S)).infos == {}
         assert bounded(worker.wait_over()[0], mode)
+
+
+@pytest.mark.parametrize("mode", ["drip-body", "drip-headers"])
+async def test_a_router_that_never_finishes_listing_its_workers_is_a_timeout_for_the_client(mode):
+    with endless(mode) as router:
+        async with httpx.AsyncClient(base_url=router.url) as http:
+            with pytest.raises(ModelTimeoutError, match=f"/workers did not answer within {PROBE_S:g} s"):
+                await worker_infos(http, timeout=PROBE_S)
+        assert bounded(router.wait_over()[0], mode)
+
+
+async def test_the_clients_router_workers_are_probed_a_few_at_a_time_under_one_deadline():
+    # As `probe_router`'s: the client opened one connection per listed worker, all at once (a router
+    # may list thousands), each with a deadline of its own.
+    hole = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    hole_url = f"http://127.0.0.1:{hole.getsockname()[1]}"
+    try:
+        with ScriptedModelServer(max_total_num_tokens=777) as good:
+            listed = [good.url] + [f"{hole_url}/w{i}" for i in range(40)]
+            with _answering_workers(listed) as router:
+                async with httpx.AsyncClient(base_url=router) as http:
+                    found = await worker_infos(http, timeout=5)
+        made = _connections_made(hole)
+    finally:
+        hole.close()
+    assert made <= MAX_CONCURRENT_WORKER_PROBES < 40, made
+    assert list(found.infos) == [good.url] and found.infos[good.url]["max_total_num_tokens"] == 777
+    assert found.unprobed == 0
+
+
+async def test_the_client_probes_at_most_so_many_router_workers_and_says_how_many_it_left_out():
+    listed = MAX_PROBED_WORKERS + 3
+    with _capacity_server() as worker:
+        urls = [f"{worker}/w{i}" for i in range(listed)]
+        with _answering_workers(urls) as router:
+            async with SGLangClient(router) as client:
+                info = await client.server_info()
+    assert info.worker_capacities == {url: 10 for url in urls[:MAX_PROBED_WORKERS]}
+    assert info.max_total_num_tokens == 10 * MAX_PROBED_WORKERS and info.unprobed_workers == 3
+
+
+@contextmanager
+def _capacity_server() -> Iterator[str]:
+    """Workers behind one port (`URL/w0`, `URL/w1`, ...): each answers its `/server_info` at once, with
+    a KV capacity of 10 tokens."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Worker(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"max_total_num_tokens": 10, "context_length": 100}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Worker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @contextmanager
 def _answering_workers(urls: list[str]) -> Iterator[str]:
-    """A router stand-in whose `/workers` lists `urls` (as SGLang's router does)."""
-    body = json.dumps({"workers": [{"url": u, "is_healthy": True} for u in urls]}).encode()
+    """A router stand-in whose `/workers` lists `urls` (as SGLang's router does); it answers every other
+    path the same way, which a client's `/server_info` reads as the router's summary (`workers_count`)."""
+    workers = [{"url": u, "is_healthy": True} for u in urls]
+    body = json.dumps({"workers": workers, "workers_count": len(urls)}).encode()
     sock = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:

@@ -7,7 +7,7 @@ Other agents (any MCP client) then run code in one of our hardened sandboxes. Ca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from qwq_agent.agent.messages import ToolCall
 from qwq_agent.protocols import Tool, ToolContext
@@ -51,14 +51,21 @@ def build_server(tools: Sequence[Tool], *, sandbox: Any = None, name: str = "qwq
 
 
 async def serve_stdio(tool_names: Sequence[str], *, workspace: str | None = None) -> None:
-    """Start a sandbox, then serve the named tools over stdio until the client goes away."""
+    """Start a sandbox, then serve the named tools over stdio until the client goes away.
+
+    Cancelling it (Ctrl-C under `asyncio.run`) ends it at once, the sandbox removed: stdin is read on
+    the event loop (`StdinLines`), not by a thread whose read the cancellation would wait for.
+    """
     from mcp.server.stdio import stdio_server
 
     from qwq_agent.agent.workspace import open_sandbox
+    from qwq_agent.mcp._stdin import StdinLines, claimed_stdin
     from qwq_agent.tools.catalog import build_tools
 
     tools = build_tools(tool_names)
     async with open_sandbox(workspace=workspace) as sandbox:
         server = build_server(tools, sandbox=sandbox)
-        async with stdio_server() as (read, write):
-            await server.run(read, write, server.create_initialization_options())
+        with claimed_stdin() as wire:
+            # The SDK only iterates over `stdin`: our lines stand in for its threaded text file.
+            async with stdio_server(stdin=cast(Any, StdinLines(wire))) as (read, write):
+                await server.run(read, write, server.create_initialization_options())

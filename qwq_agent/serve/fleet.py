@@ -10,7 +10,6 @@ servers as workers (a command template with `{port}` and `{gpu}`) behind the rea
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import errno
 import os
@@ -25,7 +24,14 @@ from pathlib import Path
 
 import httpx
 
-from qwq_agent.http_probe import AnswerTooLarge, get_within, run_bounded
+from qwq_agent.http_probe import (
+    MAX_CONCURRENT_WORKER_PROBES,
+    MAX_PROBED_WORKERS,
+    AnswerTooLarge,
+    get_within,
+    probe_each,
+    run_bounded,
+)
 from qwq_agent.serve.launcher import (
     ReadyInfo,
     ServeConfig,
@@ -211,14 +217,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-MAX_PROBED_WORKERS = 256
-"""The most workers of a router's `/workers` that `probe_router` probes (far more replicas than one
-router fronts in practice; a listing is capped at `PROBE_MAX_BYTES`, room for ~40,000 entries)."""
-
-MAX_CONCURRENT_WORKER_PROBES = 16
-"""How many workers `probe_router` probes at once (each probe is a connection of its own)."""
-
-
 @dataclass
 class WorkerInfo:
     """One replica as the router lists it, with its KV capacity read from the replica itself."""
@@ -289,15 +287,10 @@ def _probe_workers(urls: list[str], timeout: float) -> list[ReadyInfo | None]:
     """`probe` of each of `urls`, `MAX_CONCURRENT_WORKER_PROBES` at a time, all within one `timeout`
     (None for each that has not answered by then, a probe still waiting for its turn included)."""
     found: list[ReadyInfo | None] = [None] * len(urls)
-    slots = asyncio.Semaphore(MAX_CONCURRENT_WORKER_PROBES)
-
-    async def one(http: httpx.AsyncClient, i: int) -> None:
-        async with slots:
-            found[i] = await probe_unbounded(urls[i], timeout=timeout, http=http)
 
     async def every() -> None:
         async with httpx.AsyncClient(timeout=timeout) as http:
-            await asyncio.gather(*(one(http, i) for i in range(len(urls))))
+            await probe_each(urls, lambda url: probe_unbounded(url, timeout=timeout, http=http), found)
 
     try:
         run_bounded(every(), timeout)

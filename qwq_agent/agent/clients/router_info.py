@@ -8,12 +8,14 @@ worker's configuration; the KV capacity an agent sizes its admission by is the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, Field
 
-from qwq_agent.agent.clients.errors import ModelProtocolError, ModelServerError
-from qwq_agent.http_probe import AnswerTooLarge, get_capped
+from qwq_agent.agent.clients.errors import ModelProtocolError, ModelServerError, ModelTimeoutError
+from qwq_agent.http_probe import MAX_PROBED_WORKERS, AnswerTooLarge, get_capped, probe_each
 
 
 def is_router_summary(raw: dict[str, Any]) -> bool:
@@ -21,18 +23,36 @@ def is_router_summary(raw: dict[str, Any]) -> bool:
     return "router_manager" in raw or ("workers_count" in raw and "max_total_num_tokens" not in raw)
 
 
-async def worker_infos(http: httpx.AsyncClient, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
-    """Each healthy worker's `/server_info` (or `/get_server_info`), by URL; unreachable ones (and those
-    answering anything but a JSON object of at most `PROBE_MAX_BYTES`, or not within `timeout` seconds)
-    are left out.
+class WorkerInfos(BaseModel):
+    """What `worker_infos` found: each answering worker's `/server_info`, and how many went unprobed."""
+
+    infos: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Each healthy worker's `/server_info` (or `/get_server_info`) by URL; those that did not answer
+    with a JSON object in time are left out."""
+    unprobed: int = 0
+    """Healthy workers the router listed past `MAX_PROBED_WORKERS`: not probed, and not in `infos`."""
+
+
+async def worker_infos(http: httpx.AsyncClient, timeout: float = 10.0) -> WorkerInfos:
+    """The `/server_info` (or `/get_server_info`) of each healthy worker the router lists.
+
+    `timeout` bounds the router's `/workers` answer, and then the workers' probes as a whole: at most
+    2 x `timeout` in all, however many workers the router lists or however slowly they answer. The
+    workers are probed `MAX_CONCURRENT_WORKER_PROBES` at a time, only the first `MAX_PROBED_WORKERS`
+    healthy ones listed (`WorkerInfos.unprobed` counts the rest); one that has not answered a JSON
+    object of at most `PROBE_MAX_BYTES` when the deadline passes (or is unreachable) is left out.
 
     Raises `ModelProtocolError` when `/workers` is not the router's `{"workers": [...]}` (or is larger
-    than `PROBE_MAX_BYTES`), `ModelServerError` when it answers an error status.
+    than `PROBE_MAX_BYTES`), `ModelServerError` when it answers an error status, `ModelTimeoutError`
+    when it has not answered within `timeout`.
     """
     try:
-        response = await get_capped(http, "/workers")
+        async with asyncio.timeout(timeout):
+            response = await get_capped(http, "/workers")
     except AnswerTooLarge as exc:
         raise ModelProtocolError(f"the router's {exc}") from None
+    except TimeoutError:
+        raise ModelTimeoutError(f"/workers did not answer within {timeout:g} s") from None
     if response.status_code >= 400:
         raise ModelServerError(
             f"the router's /workers answered {response.status_code}", status_code=response.status_code
@@ -47,20 +67,24 @@ async def worker_infos(http: httpx.AsyncClient, timeout: float = 10.0) -> dict[s
     urls = [
         str(w["url"]) for w in listed if isinstance(w, dict) and w.get("url") and w.get("is_healthy", True)
     ]
+    probed = urls[:MAX_PROBED_WORKERS]
 
-    async def one(client: httpx.AsyncClient, url: str) -> tuple[str, dict[str, Any] | None]:
+    async def one(client: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
         try:
-            # httpx's timeout bounds each read; a worker dripping its answer is left out, not waited on.
-            async with asyncio.timeout(timeout):
-                for path in ("/server_info", "/get_server_info"):
-                    r = await get_capped(client, url.rstrip("/") + path)
-                    if r.status_code == 200:
-                        body = r.json_body()
-                        return url, body if isinstance(body, dict) else None
-        except (httpx.HTTPError, TimeoutError, AnswerTooLarge, ValueError):
+            for path in ("/server_info", "/get_server_info"):
+                r = await get_capped(client, url.rstrip("/") + path)
+                if r.status_code == 200:
+                    body = r.json_body()
+                    return body if isinstance(body, dict) else None
+        except (httpx.HTTPError, httpx.InvalidURL, AnswerTooLarge, ValueError):
             pass
-        return url, None
+        return None
 
+    found: list[dict[str, Any] | None] = [None] * len(probed)
     async with httpx.AsyncClient(timeout=timeout) as client:
-        found = await asyncio.gather(*(one(client, u) for u in urls))
-    return {url: info for url, info in found if info is not None}
+        # httpx's timeout bounds each read; a worker dripping its answer is left out, not waited on.
+        with contextlib.suppress(TimeoutError):  # the answers found by then stand
+            async with asyncio.timeout(timeout):
+                await probe_each(probed, lambda url: one(client, url), found)
+    infos = {url: info for url, info in zip(probed, found, strict=True) if info is not None}
+    return WorkerInfos(infos=infos, unprobed=len(urls) - len(probed))

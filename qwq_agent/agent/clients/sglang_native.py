@@ -71,6 +71,9 @@ class ServerInfo(BaseModel):
     worker_capacities: dict[str, int] = Field(default_factory=dict)
     """Behind SGLang's router: each healthy worker's KV capacity by URL (`max_total_num_tokens` is their
     sum, `context_length` the smallest); empty for a single server."""
+    unprobed_workers: int = 0
+    """Behind a router listing more than `MAX_PROBED_WORKERS` healthy workers: how many were not probed
+    (their capacity is not in `max_total_num_tokens`)."""
 
 
 def sampling_payload(params: SamplingParams) -> dict[str, Any]:
@@ -195,7 +198,11 @@ class SGLangClient(RoutingKeyMixin):
     async def _fleet_info(self, summary: dict[str, Any]) -> ServerInfo:
         """`server_info` behind SGLang's router: the workers' capacities summed."""
         try:
-            infos = await worker_infos(self._http)
+            found = await worker_infos(self._http)
+        except ModelTimeoutError as exc:
+            raise ModelTimeoutError(
+                f"the router at {redact_url(self.base_url)} did not list its workers: {exc}"
+            ) from None
         except (httpx.HTTPError, ValueError, ModelServerError) as exc:
             # httpx's errors may quote the URL they were raised for, with the router's credentials (a
             # ModelProtocolError, a /workers answer of the wrong shape, goes up as it is).
@@ -204,7 +211,7 @@ class SGLangClient(RoutingKeyMixin):
                 + redact_urls_in(str(exc)),
                 status_code=getattr(exc, "status_code", None),
             ) from exc
-        facts = {url: read_server_info(raw) for url, raw in infos.items()}
+        facts = {url: read_server_info(raw) for url, raw in found.infos.items()}
         capacities = {url: c for url, f in facts.items() if (c := f.max_total_num_tokens)}
         lengths = [f.context_length for f in facts.values() if f.context_length]
         first = next(iter(facts.values()), ServerFacts())
@@ -215,6 +222,7 @@ class SGLangClient(RoutingKeyMixin):
             version=first.version,
             raw=summary,
             worker_capacities=capacities,
+            unprobed_workers=found.unprobed,
         )
 
     async def abort(self, rid: str) -> None:
