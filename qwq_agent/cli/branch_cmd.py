@@ -91,8 +91,8 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bo
     commands from is left out (`sandbox.git_files`) and named on a line of its own; a git config
     comes back with only its safe settings, a line naming those dropped.
 
-    The run has ended by now and the sandbox holds the only copy of its work, so a Ctrl-C or SIGTERM
-    (a cancellation) lets the copy finish first, then propagates; a second signal exits at once
+    The run has ended by now and the sandbox holds the only copy of its work, so a Ctrl-C, SIGTERM, SIGHUP
+    or SIGQUIT (a cancellation) lets the copy finish first, then propagates; a second signal exits at once
     (`signals.Interrupts`), and the line before says that the copy is then abandoned.
     """
     import asyncio

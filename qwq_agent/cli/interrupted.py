@@ -1,4 +1,5 @@
-"""What `run` shows and keeps when Ctrl-C or SIGTERM stopped it: the summary, the trace path, a final event."""
+"""What `run` shows and keeps when a signal (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT) stopped it: the summary, the
+trace path, a final event."""
 
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    """Run the agent; Ctrl-C or SIGTERM stops it cleanly and shows how far it got."""
+    """Run the agent; Ctrl-C, SIGTERM, SIGHUP or SIGQUIT stops it cleanly and shows how far it got."""
     from qwq_agent.cli.console import PipeConsole
     from qwq_agent.cli.interrupted import Started, print_interrupted
     from qwq_agent.cli.signals import Interrupts
