@@ -65,7 +65,10 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
     )
     async with result:
         if args.json:
-            sys.stdout.write(result.model_dump_json(exclude={"branches": {"__all__": {"result"}}}) + "\n")
+            from qwq_agent.cli.stdio import json_for_stdout
+
+            line = json_for_stdout(result.model_dump_json(exclude={"branches": {"__all__": {"result"}}}))
+            sys.stdout.write(line + "\n")
             sys.stdout.flush()
         else:
             print_result(console, result)

@@ -264,13 +264,14 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
 
 
 def _event_json(ev: Event) -> str:
-    """`ev` as one JSON line; an event pydantic cannot serialise becomes a warning line in its place."""
+    """`ev` as one JSON line (ASCII when stdout is not UTF-8, `stdio.json_for_stdout`); an event pydantic
+    cannot serialise becomes a warning line in its place."""
     from qwq_agent.agent.events import Warning_
+    from qwq_agent.cli.stdio import json_for_stdout
 
     try:
-        return ev.model_dump_json()
+        return json_for_stdout(ev.model_dump_json())
     except ValueError as exc:  # e.g. nesting past pydantic's serialisation limit
         note = f"a {ev.type} event could not be written as JSON: {str(exc)[:200]}"
-        return Warning_(
-            kind="unserialisable_event", message=note, run_id=ev.run_id, step=ev.step
-        ).model_dump_json()
+        warning = Warning_(kind="unserialisable_event", message=note, run_id=ev.run_id, step=ev.step)
+        return json_for_stdout(warning.model_dump_json())
