@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--patch",
         type=Path,
         help="at the end, write the patch of what the agent changed in --workspace to this file (git diff; "
-        "new files included; `git apply FILE` in the original folder applies it)",
+        "new files included; `git apply FILE` in the original folder applies it). Written whole or not at "
+        "all: when FILE cannot take it (a full disk), it is kept beside the trace and the run exits 1",
     )
     p.add_argument("--docs-db", type=Path, help="document index for search_docs (see `qwq-agent index`)")
     p.add_argument(
@@ -247,12 +248,19 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
         await model.aclose()
         await extras.aclose()
     result = agent.result if agent is not None else None
+    patched = True
     if args.patch is not None and result is not None and result.patch is not None:
         from qwq_agent.agent.patch import patch_bytes
+        from qwq_agent.cli.patch_file import write_patch
 
-        args.patch.write_bytes(patch_bytes(result.patch))  # git's bytes, those not UTF-8 too
-        changed = result.patch.count("\ndiff --git ") + result.patch.startswith("diff --git ")
-        console.print(f"[dim]patch ({changed} files changed): {args.patch.resolve()}[/dim]", soft_wrap=True)
+        traced = Path(result.trace_path) if result.trace_path else None
+        # git's bytes, those not UTF-8 too; kept elsewhere (and said where) if the file cannot take them
+        patched = write_patch(console, patch_bytes(result.patch), args.patch, traced)
+        if patched:
+            changed = result.patch.count("\ndiff --git ") + result.patch.startswith("diff --git ")
+            console.print(
+                f"[dim]patch ({changed} files changed): {args.patch.resolve()}[/dim]", soft_wrap=True
+            )
     if result is not None and result.trace_path:
         # The live view already showed why (a trace_failed warning); JSON output is on stdout.
         why = f": {result.trace_error}" if args.json else ""
@@ -260,7 +268,8 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
         console.print(f"[dim]trace: {result.trace_path}{incomplete}[/dim]", soft_wrap=True)
     if result is not None and result.status == "awaiting_approval":
         return approval_prompt.report_pending(console, result)
-    return 0 if result is not None and result.status == "completed" and copied else 1
+    # 1 also for a completed run whose copy-back or patch did not reach the place asked for
+    return 0 if result is not None and result.status == "completed" and copied and patched else 1
 
 
 def _event_json(ev: Event) -> str:
