@@ -61,6 +61,39 @@ def test_with_stdin_closed_a_call_that_needs_approval_waits_and_parse_says_what_
     assert "stdin is closed" in proc.stderr and "unexpected error" not in proc.stderr
 
 
+def test_a_run_picked_by_run_id_from_a_multi_run_trace_replays_and_resumes_with_its_approvals(tmp_path):
+    """An old trace holding several runs: `--run-id` picks the one to replay or resume, and its approvals
+    (the call it waits on, its decisions) are read from that run alone. They were read from the whole
+    file, which holds several runs: every such replay failed as a bug (exit 70)."""
+    waiting, answered = tmp_path / "waiting.jsonl", tmp_path / "answered.jsonl"
+    with ScriptedModelServer([FETCH]) as server:
+        proc = cli("run", "Fetch.", "--model-url", server.url, "--tools", "fetch_url", "--approve", "ask",
+                   "--trace", str(waiting))  # fmt: skip
+        assert proc.returncode == 5, proc.stdout + proc.stderr
+    with ScriptedModelServer(["sure\n</think>\n\nThe answer is 42."]) as server:
+        proc = cli("run", "Answer.", "--model-url", server.url, "--tools", "fetch_url",
+                   "--trace", str(answered))  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    multi = tmp_path / "old.jsonl"  # as versions before one file held one run appended them
+    multi.write_bytes(answered.read_bytes() + waiting.read_bytes())
+    answered_id, waiting_id = read_trace(answered)[0].run_id, read_trace(waiting)[0].run_id
+
+    replayed = tmp_path / "replayed.jsonl"
+    proc = cli("run", "--replay", str(multi), "--run-id", answered_id, "--trace", str(replayed))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    final = read_trace(replayed)[-1]
+    assert final.type == "final" and final.answer == "The answer is 42."
+
+    denied = tmp_path / "denied.jsonl"
+    with ScriptedModelServer([DONE]) as server:
+        proc = cli("run", "--resume", str(multi), "--run-id", waiting_id, "--model-url", server.url,
+                   "--decide", "deny:not that", "--trace", str(denied))  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "not that" in (server.requests[0].prompt or "")
+    assert recorded_decisions(denied)["call_1_0"].action == "deny"
+    assert pending_approval(multi, run_id=waiting_id) is not None  # the library's readers take it too
+
+
 @pytest.fixture
 def approver_only_trace(tmp_path: Path) -> Path:
     """A run whose approver alone (no policy) deferred its one call: it awaits approval."""

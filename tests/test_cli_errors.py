@@ -132,3 +132,18 @@ def test_a_missing_recipe_file_is_an_incomplete_install_not_a_bug(tmp_path):
     error = explain(raised(lambda: Recipe(directory=tmp_path).file("base.Dockerfile")))
     assert error is not None and error.code == EXIT_DOCKER
     assert "recipe file missing" in error.what and "reinstall" in error.fix
+
+
+def test_a_trace_that_cannot_be_read_as_asked_is_bad_input_not_a_bug(tmp_path):
+    """A `TraceError` that reaches the CLI unmapped (a trace of several runs read without its run id)
+    was reported as our bug (exit 70)."""
+    from qwq_agent.agent.events import Final, RunStarted
+    from qwq_agent.agent.trace import read_trace
+
+    path = tmp_path / "old.jsonl"
+    runs = [RunStarted(run_id="r1", task="t", model="m", tools=[]), Final(run_id="r1", status="completed"),
+            RunStarted(run_id="r2", task="t", model="m", tools=[]), Final(run_id="r2", status="completed")]  # fmt: skip
+    path.write_text("".join(e.model_dump_json() + "\n" for e in runs))
+    error = explain(raised(lambda: read_trace(path)))
+    assert error is not None and error.code == EXIT_USAGE
+    assert "holds 2 runs (r1, r2)" in error.what and "--run-id" in error.fix

@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM during `qwq-agent run`: the summary and trace path are printed, the trace ends with `final`.
+"""Ctrl-C, SIGTERM, SIGHUP and SIGQUIT during `qwq-agent run`: the summary and trace path are printed, the
+trace ends with `final`.
 
 The CLI runs as a real subprocess against the scripted model server over real HTTP; the signal is sent
 once the run is observably under way (the model request arrived, or a tool call was printed).
@@ -6,6 +7,7 @@ once the run is observably under way (the model request arrived, or a tool call 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -45,7 +47,11 @@ def trace_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# SIGHUP: the SSH session or terminal went away; SIGQUIT: Ctrl-\\. Either killed the run outright before.
+STOPPING = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT]
+
+
+@pytest.mark.parametrize("signum", STOPPING, ids=[s.name for s in STOPPING])
 def test_signal_while_the_model_streams_prints_the_summary_and_closes_the_trace(signum, tmp_path):
     # The model starts writing, then holds the stream open: the run is under way and would not end.
     turn = Turn(text="Let me think about this for a long time. " * 20, hold_after=4, hold_timeout=300)
@@ -76,6 +82,64 @@ def test_signal_while_the_model_streams_prints_the_summary_and_closes_the_trace(
     assert f"trace: {trace}" in out.replace("\n", "")
     events = trace_events(trace)
     assert events[0]["type"] == "run_started"
+    assert events[-1]["type"] == "final" and events[-1]["status"] == "cancelled"
+
+
+# Run as the session leader with the pty as its controlling terminal, as a login shell's command is.
+WITH_TERMINAL = (
+    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+def test_the_terminal_going_away_stops_the_run_cleanly(tmp_path):
+    """The SSH session drops: the kernel sends SIGHUP and every write to the terminal fails (EIO) from
+    then on. The run still stops as on SIGTERM (model request aborted, trace ended, 128 + SIGHUP),
+    though neither the notice nor the summary can be shown any more."""
+    import pty
+    import select
+
+    turn = Turn(text="Let me think about this for a long time. " * 20, hold_after=4, hold_timeout=300)
+    trace = tmp_path / "run.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in ("QWQ_MODEL_URL", "QWQ_DEBUG")}
+    argv = ["run", "think", "--model-url", "URL", "--tools", "fetch_url", "--trace", str(trace)]
+    master, slave = pty.openpty()
+    try:
+        with ScriptedModelServer([turn]) as server:
+            argv[3] = server.url
+            proc = subprocess.Popen(
+                [sys.executable, "-c", WITH_TERMINAL, *CLI[1:], *argv],
+                stdin=slave, stdout=slave, stderr=slave, env=env, cwd=tmp_path, start_new_session=True,
+            )  # fmt: skip
+            os.close(slave)
+            slave = -1
+
+            shown = bytearray()
+
+            def generating() -> bool:
+                # Drained, so the live view never blocks; EIO once the child's side is closed (it exited).
+                with contextlib.suppress(OSError):
+                    while select.select([master], [], [], 0)[0]:
+                        shown.extend(os.read(master, 65536))
+                return any(r.path == "/generate" for r in server.requests) or proc.poll() is not None
+
+            try:
+                wait_for(generating, "the model request")
+                assert proc.poll() is None, shown.decode(errors="replace")
+                os.close(master)  # hang-up: SIGHUP to the session leader
+                master = -1
+                proc.wait(timeout=DEADLINE_S)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            aborted = list(server.aborted_rids)
+    finally:
+        for fd in (master, slave):
+            if fd >= 0:
+                os.close(fd)
+    assert proc.returncode == 128 + signal.SIGHUP
+    assert aborted, "the held model request was not aborted"
+    events = trace_events(trace)
     assert events[-1]["type"] == "final" and events[-1]["status"] == "cancelled"
 
 

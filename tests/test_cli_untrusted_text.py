@@ -125,3 +125,57 @@ def test_serve_model_url_prints_a_routers_worker_urls_as_text() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _no_control(proc.stdout + proc.stderr)
     assert "worker 0: http://127.0.0.1:9/\\x1b]52;c;cHduZWQ=\\x1b\\\\x1b[2J UNHEALTHY" in proc.stdout
+
+
+CHECK = "\u2713"  # not in Latin-1, nor in ASCII
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "ascii"])
+def test_text_the_terminal_cannot_encode_is_replaced_not_fatal(encoding, tmp_path) -> None:
+    """Under a locale that is not UTF-8 (here forced with PYTHONIOENCODING), Python encodes stdout
+    strictly: one character of a model's answer that the terminal has no code for raised
+    UnicodeEncodeError in the live view or `--json` and ended the run as a bug (exit 70, trace
+    `interrupted`); `trace show` and `parse` failed the same. The text is now shown with a replacement
+    character, and `--json` escapes what the encoding lacks, so its lines stay exact JSON."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QWQ_", "PYTHONUTF8"))}
+    env["PYTHONIOENCODING"] = encoding
+    answer = f"The answer is 42 {CHECK} (caf\u00e9)"
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*CLI, *argv], capture_output=True, env=env, timeout=120, cwd=tmp_path)
+
+    with ScriptedModelServer([f"Checked {CHECK}\n</think>\n\n{answer}"], when_exhausted="repeat") as server:
+        for extra in ([], ["--json"]):
+            trace = tmp_path / f"run{len(extra)}.jsonl"
+            argv = [
+                "run",
+                "Answer.",
+                "--model-url",
+                server.url,
+                "--tools",
+                "fetch_url",
+                "--trace",
+                str(trace),
+            ]
+            proc = cli(*argv, *extra)
+            assert proc.returncode == 0, proc.stderr.decode(encoding, "replace")
+            final = json.loads(trace.read_text(encoding="utf-8").splitlines()[-1])
+            assert final["type"] == "final" and final["status"] == "completed" and final["answer"] == answer
+            out = proc.stdout.decode(encoding)  # strictly: every byte is in the encoding
+            if extra:  # every line exact JSON, the answer whole
+                events = [json.loads(line) for line in out.splitlines()]
+                assert events[-1] == final
+            else:
+                assert "The answer is 42 ?" in out
+
+    shown = cli("trace", "show", str(tmp_path / "run0.jsonl"))
+    assert shown.returncode == 0, shown.stderr.decode(encoding, "replace")
+    assert "The answer is 42 ?" in shown.stdout.decode(encoding)
+
+    raw = tmp_path / "raw.txt"  # a file: stdin too is decoded in PYTHONIOENCODING's encoding
+    raw.write_text(f"Checked {CHECK}\n</think>\n\n{answer}", encoding="utf-8")
+    parsed = cli("parse", str(raw))
+    assert parsed.returncode == 0, parsed.stderr.decode(encoding, "replace")
+    assert json.loads(parsed.stdout.decode(encoding))["content"] == answer

@@ -541,3 +541,45 @@ async def test_run_result_patch_keeps_bytes_that_are_not_utf8(sandbox_image, tmp
     (tmp_path / "p.diff").write_bytes(patch_bytes(result.patch))
     git(repo, "apply", str(tmp_path / "p.diff"))
     assert_latin1_work(repo)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a small tmpfs needs root (unshare -m, mount)")
+def test_a_patch_the_disk_cannot_hold_is_kept_beside_the_trace_and_named(sandbox_image, tmp_path):
+    """--patch FILE on a full disk: by then the sandbox is gone and the patch exists only in memory. It
+    was lost: a truncated FILE, 'cannot use FILE ... check the path' as bad input (exit 2), no trace
+    line. Now FILE is left as it was, the patch is kept beside the trace and named there, the trace
+    line is printed, and the run exits 1 (completed, but an output it was asked for is missing)."""
+    import shlex
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "README").write_text("hello\n")
+    full, listing = tmp_path / "full", tmp_path / "listing"
+    full.mkdir()
+    work = "seq -f 'agent work, line %g' 1 4000 > result.txt"  # ~100 KB of patch for a 64 KB disk
+    turns = ["Work.\n</think>\n\n" + call("shell", command=work), "Done.\n</think>\n\nDone."]
+    patch, trace = full / "work.diff", tmp_path / "t.jsonl"
+    with ScriptedModelServer(turns) as server:
+        argv = [*CLI, "run", "Write it.", "--model-url", server.url, "--tools", "shell",
+                "--workspace", str(ws), "--patch", str(patch), "--trace", str(trace)]  # fmt: skip
+        # A private mount namespace: the tmpfs goes with the command, whatever happens to the test.
+        shell = (
+            f"mount -t tmpfs -o size=64k tmpfs {full} && echo earlier > {patch} && {shlex.join(argv)}; "
+            f"rc=$?; ls -A {full} > {listing} && cat {patch} >> {listing}; exit $rc"
+        )
+        proc = subprocess.run(
+            ["unshare", "-m", "sh", "-c", shell], capture_output=True, text=True, timeout=300
+        )
+    out = " ".join((proc.stdout + proc.stderr).split())  # the live view prints on stdout
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    kept = tmp_path / "t.patch"
+    assert (
+        f"the patch could not be written to {patch} (No space left on device); it was kept in {kept}" in out
+    )
+    assert f"trace: {trace}" in out
+    assert "+agent work, line 4000\n" in kept.read_text()
+    git(ws, "init", "-q")  # the kept patch applies as FILE's would have
+    git(ws, "apply", str(kept))
+    assert (ws / "result.txt").read_text().endswith("agent work, line 4000\n")
+    assert listing.read_text() == "work.diff\nearlier\n"  # FILE as it was, no temporary file left

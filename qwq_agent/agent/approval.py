@@ -351,9 +351,12 @@ class PendingApproval(BaseModel):
     reason: str | None = None
 
 
-def pending_approval(path: str | Path) -> PendingApproval | None:
-    """The call the run in `path` waits on, or None if it did not stop awaiting approval."""
-    events = read_trace(path, prompts="stored")  # no prompt is needed
+def pending_approval(path: str | Path, *, run_id: str | None = None) -> PendingApproval | None:
+    """The call the run in `path` waits on, or None if it did not stop awaiting approval.
+
+    `run_id` picks the run of a trace holding several (`read_trace`), here and in the readers below.
+    """
+    events = read_trace(path, run_id=run_id, prompts="stored")  # no prompt is needed
     final = next((e for e in reversed(events) if isinstance(e, Final)), None)
     if final is None or final.status != "awaiting_approval":
         return None
@@ -363,16 +366,18 @@ def pending_approval(path: str | Path) -> PendingApproval | None:
     return PendingApproval(run_id=asked.run_id, step=asked.step, call=asked.call, reason=asked.reason)
 
 
-def recorded_decisions(path: str | Path) -> dict[str, ApprovalDecision]:
+def recorded_decisions(path: str | Path, *, run_id: str | None = None) -> dict[str, ApprovalDecision]:
     """The decisions a trace recorded, by call id (a resume applies them again without asking)."""
     return {
         e.call_id: ApprovalDecision(action=e.action, reason=e.reason, arguments=e.arguments, by=e.by)
-        for e in read_trace(path, prompts="stored")
+        for e in read_trace(path, run_id=run_id, prompts="stored")
         if isinstance(e, ApprovalDecided)
     }
 
 
-def replay_approver(path: str | Path, *, then: Approver | None = None) -> RecordedApprover:
+def replay_approver(
+    path: str | Path, *, then: Approver | None = None, run_id: str | None = None
+) -> RecordedApprover:
     """An approver for a replay or resume of the run in `path` that decides its calls as it did.
 
     Its recorded decisions; each call it ran with no decision (the policy allowed it) allowed again; each
@@ -380,8 +385,8 @@ def replay_approver(path: str | Path, *, then: Approver | None = None) -> Record
     Each applies only to the call it was made about (same id, tool and arguments). Calls the recording
     does not hold follow the policy, and `then` decides those it asks about.
     """
-    events = read_trace(path, prompts="stored")  # no prompt is needed
-    decisions = recorded_decisions(path)
+    events = read_trace(path, run_id=run_id, prompts="stored")  # no prompt is needed
+    decisions = recorded_decisions(path, run_id=run_id)
     # The calls as the model wrote them: what was asked about, then what was decided (a policy's deny
     # is asked about nowhere; older traces do not record its call), then what ran undecided.
     calls: dict[str, ToolCall] = {}
@@ -400,16 +405,16 @@ def replay_approver(path: str | Path, *, then: Approver | None = None) -> Record
 
 
 def resume_decisions(
-    path: str | Path, decision: ApprovalDecision, *, then: Approver | None = None
+    path: str | Path, decision: ApprovalDecision, *, then: Approver | None = None, run_id: str | None = None
 ) -> RecordedApprover:
     """An approver to resume the run in `path`: `replay_approver`'s, plus `decision` for the pending call.
 
     Raises ValueError when the run is not awaiting approval.
     """
-    pending = pending_approval(path)
+    pending = pending_approval(path, run_id=run_id)
     if pending is None:
         raise ValueError(f"the run in {path} is not awaiting approval: nothing to decide")
-    approver = replay_approver(path, then=then)
+    approver = replay_approver(path, then=then, run_id=run_id)
     approver.decisions[pending.call.id] = decision
     approver.calls[pending.call.id] = pending.call  # `decision` is about this call, and only this one
     approver.undecided.discard(pending.call.id)

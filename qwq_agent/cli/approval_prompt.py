@@ -137,6 +137,7 @@ def setup(
 
     approve = getattr(args, "approve", None)
     decide = getattr(args, "decide", None)
+    run_id = getattr(args, "run_id", None)  # the run of an old multi-run trace that `source` means
     try:
         if approve is not None:
             config.approval = load_policy(approve)
@@ -147,7 +148,7 @@ def setup(
         raise CliError(str(exc).splitlines()[0], "see `qwq-agent run --help`") from None
     if decision is not None and source is None:
         raise CliError("--decide needs --resume TRACE of a run awaiting approval", "add --resume TRACE")
-    if config.approval is None and source is not None and _approver_only(source):
+    if config.approval is None and source is not None and _approver_only(source, run_id):
         # A trace from before approver-only runs recorded their policy (`approval: null`), whose
         # approver alone asked about calls: that approver asked about every call, so the resume
         # does too. Without a policy here, a call still waiting for a decision would run, undecided.
@@ -164,23 +165,24 @@ def setup(
         return interactive
     if decision is not None:
         try:
-            return resume_decisions(source, decision, then=interactive)
+            return resume_decisions(source, decision, then=interactive, run_id=run_id)
         except ValueError as exc:
             raise CliError(
                 str(exc), "drop --decide, or resume a run whose status is awaiting_approval"
             ) from None
     # A replay or resume decides the recorded calls as the recorded run did, whatever `--approve` says
     # now (a denied call stays denied); only the calls after the recording follow the policy.
-    return replay_approver(source, then=interactive)
+    return replay_approver(source, then=interactive, run_id=run_id)
 
 
-def _approver_only(source: Path) -> bool:
+def _approver_only(source: Path, run_id: str | None) -> bool:
     """Whether the run in `source` asked for approvals (a run awaiting approval asked too): with no
     recorded policy, its approver alone asked."""
     from qwq_agent.agent.events import ApprovalRequested
     from qwq_agent.agent.trace import read_trace
 
-    return any(isinstance(e, ApprovalRequested) for e in read_trace(source, prompts="stored"))
+    events = read_trace(source, run_id=run_id, prompts="stored")
+    return any(isinstance(e, ApprovalRequested) for e in events)
 
 
 _TERMINAL = threading.Lock()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from rich.console import Console
 
     from qwq_agent.agent.branch_result import BranchResult
@@ -65,7 +64,10 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
     )
     async with result:
         if args.json:
-            sys.stdout.write(result.model_dump_json(exclude={"branches": {"__all__": {"result"}}}) + "\n")
+            from qwq_agent.cli.stdio import json_for_stdout
+
+            line = json_for_stdout(result.model_dump_json(exclude={"branches": {"__all__": {"result"}}}))
+            sys.stdout.write(line + "\n")
             sys.stdout.flush()
         else:
             print_result(console, result)
@@ -73,16 +75,20 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
         if args.copy_back is not None and result.sandbox is not None:
             copied = await copy_back(result.sandbox, args.copy_back, console, "the winner's workspace")
     won = result.won
+    patched = True
     if args.patch is not None and won is not None and won.result is not None and won.result.patch is not None:
         from qwq_agent.agent.patch import patch_bytes
+        from qwq_agent.cli.patch_file import write_patch
 
-        args.patch.write_bytes(patch_bytes(won.result.patch))  # git's bytes, those not UTF-8 too
-        console.print(plain(f"the winner's patch: {args.patch.resolve()}", "dim"), soft_wrap=True)
+        traced = Path(result.trace_path) if result.trace_path else None
+        patched = write_patch(console, patch_bytes(won.result.patch), args.patch, traced)  # git's bytes
+        if patched:
+            console.print(plain(f"the winner's patch: {args.patch.resolve()}", "dim"), soft_wrap=True)
     if result.trace_path:
         console.print(
             plain(f"trace: {result.trace_path} (one file per branch beside it)", "dim"), soft_wrap=True
         )
-    return 0 if result.winner is not None and copied else 1
+    return 0 if result.winner is not None and copied and patched else 1
 
 
 async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bool:
@@ -91,8 +97,8 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bo
     commands from is left out (`sandbox.git_files`) and named on a line of its own; a git config
     comes back with only its safe settings, a line naming those dropped.
 
-    The run has ended by now and the sandbox holds the only copy of its work, so a Ctrl-C or SIGTERM
-    (a cancellation) lets the copy finish first, then propagates; a second signal exits at once
+    The run has ended by now and the sandbox holds the only copy of its work, so a Ctrl-C, SIGTERM, SIGHUP
+    or SIGQUIT (a cancellation) lets the copy finish first, then propagates; a second signal exits at once
     (`signals.Interrupts`), and the line before says that the copy is then abandoned.
     """
     import asyncio

@@ -1,7 +1,9 @@
-"""The rich `Console` the commands print with: a closed pipe is an error like any other write's."""
+"""The rich `Console` the commands print with: a closed pipe is an error like any other write's, a
+terminal that went away is not."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -14,8 +16,30 @@ class PipeConsole(Console):
     rich's own reaction is `SystemExit(1)`: the command then stopped with status 1 and not a word, the
     run's trace unfinished. Raised as the error it is, it unwinds like any failure (the run's stream is
     closed, its trace ends) and `qwq_agent.cli.errors` says that stdout was closed.
+
+    A terminal that was hung up (the SSH session dropped) fails every write with EIO. That is no failure
+    of the run: the SIGHUP the hang-up sends stops it cleanly (`signals.Interrupts`), and until then,
+    as for the summary after it, there is nobody left to show anything to. The console goes quiet and
+    its file is pointed at /dev/null, so that what is still buffered cannot fail the exit's flush
+    (which would turn the exit status into 120).
     """
 
     def on_broken_pipe(self) -> None:
         self.quiet = True  # nothing more is written through this console (e.g. by clean-up code)
         raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    def _check_buffer(self) -> None:
+        # rich's one place where the rendered text is written (and where it calls on_broken_pipe).
+        try:
+            super()._check_buffer()
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            self.quiet = True
+            del self._buffer[:]
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(devnull, self.file.fileno())
+                finally:
+                    os.close(devnull)

@@ -245,6 +245,16 @@ def _json(exc: BaseException) -> CliError:
     return CliError(f"not valid JSON: {_first_line(str(exc))}", "pass a file written by qwq-agent")
 
 
+def _trace(exc: BaseException) -> CliError:
+    from qwq_agent.agent.trace import MixedTraceError
+
+    # Its message names the file and what is wrong (a reader left out `run_id` for a multi-run one).
+    fix = (
+        "pick one run with --run-id" if isinstance(exc, MixedTraceError) else "check the trace file it names"
+    )
+    return CliError(_first_line(str(exc)), fix)
+
+
 def _model_error(exc: BaseException) -> CliError:
     return CliError(
         f"the model server failed: {_first_line(str(exc))}",
@@ -273,9 +283,11 @@ def _mappers() -> list[tuple[type[BaseException], Callable[[BaseException], CliE
     except ImportError:  # pragma: no cover - docker is a dependency
         pass
     from qwq_agent.agent.clients.errors import ModelError
+    from qwq_agent.agent.trace import TraceError
 
     mappers += [
         (ModelError, _model_error),
+        (TraceError, _trace),  # before OSError: a `TracePathError` is one, its message names the file
         (sqlite3.DatabaseError, _sqlite),
         (UnicodeDecodeError, _unicode),
         (json.JSONDecodeError, _json),

@@ -22,7 +22,7 @@ from qwq_agent.settings import get_settings
 async def ensure_run_image(console: Console, recipe: Recipe | None = None) -> str | None:
     """The tag of the project's sandbox image, built now if missing; None when QWQ_SANDBOX_IMAGE names one.
 
-    Raises `ImageBuildError` as `ensure_image` does. Cancelled (run's SIGINT/SIGTERM), it stops the
+    Raises `ImageBuildError` as `ensure_image` does. Cancelled (run's SIGINT, SIGTERM, SIGHUP, SIGQUIT), it stops the
     build and waits for its clean-up (processes stopped, build folder removed) before propagating.
     """
     if get_settings().sandbox_image:

@@ -1,4 +1,5 @@
-"""What `run` shows and keeps when Ctrl-C or SIGTERM stopped it: the summary, the trace path, a final event."""
+"""What `run` shows and keeps when a signal (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT) stopped it: the summary, the
+trace path, a final event."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from qwq_agent.agent.events import Final
+from qwq_agent.cli.stdio import json_for_stdout
 
 if TYPE_CHECKING:
     from qwq_agent.agent.loop import Agent
@@ -54,7 +56,7 @@ def print_interrupted(console: Console, started: Started, signal_name: str, *, a
     )
     trace_path = result.trace_path or started.trace_path
     if as_json:
-        sys.stdout.write(final.model_dump_json() + "\n")
+        sys.stdout.write(json_for_stdout(final.model_dump_json()) + "\n")
         sys.stdout.flush()
     console.print(f"[yellow]{signal_name}: the run was stopped[/yellow]")
     EventRenderer(console).handle(final)
@@ -76,7 +78,7 @@ def _print_exploration_interrupted(console: Console, trace: Path, signal_name: s
         events = []
     final = events[-1] if events and isinstance(events[-1], Final) else None
     if as_json and final is not None:
-        sys.stdout.write(final.model_dump_json() + "\n")
+        sys.stdout.write(json_for_stdout(final.model_dump_json()) + "\n")
         sys.stdout.flush()
     console.print(f"[yellow]{signal_name}: the exploration was stopped[/yellow]")
     if final is not None:

@@ -95,6 +95,9 @@ def command_name(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qwq_agent.cli.stdio import tolerate_unencodable
+
+    tolerate_unencodable()  # a character the terminal's encoding lacks is shown as "?", never fatal
     with _sigint_noted() as interrupted:
         args = build_parser().parse_args(argv)
     try:

@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from qwq_agent.agent.parser import StreamParser, merge_deltas
     from qwq_agent.cli.errors import CliError
     from qwq_agent.cli.preflight import read_text
+    from qwq_agent.cli.stdio import stdout_is_unicode
 
     if args.file != "-":
         text = read_text(args.file, "a raw model output (text)")
@@ -48,5 +49,7 @@ def run(args: argparse.Namespace) -> int:
         payload = [e.model_dump(mode="json") for e in merge_deltas(events)]
     else:
         payload = parser.result().model_dump(mode="json")
-    print(json.dumps(payload, ensure_ascii=False, indent=None if args.compact else 2))
+    # Escaped where stdout's encoding (a non-UTF-8 locale) lacks a character: the same JSON, in ASCII.
+    ascii_only = not stdout_is_unicode()
+    print(json.dumps(payload, ensure_ascii=ascii_only, indent=None if args.compact else 2))
     return 0

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--patch",
         type=Path,
         help="at the end, write the patch of what the agent changed in --workspace to this file (git diff; "
-        "new files included; `git apply FILE` in the original folder applies it)",
+        "new files included; `git apply FILE` in the original folder applies it). Written whole or not at "
+        "all: when FILE cannot take it (a full disk), it is kept beside the trace and the run exits 1",
     )
     p.add_argument("--docs-db", type=Path, help="document index for search_docs (see `qwq-agent index`)")
     p.add_argument(
@@ -112,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    """Run the agent; Ctrl-C or SIGTERM stops it cleanly and shows how far it got."""
+    """Run the agent; Ctrl-C, SIGTERM, SIGHUP or SIGQUIT stops it cleanly and shows how far it got."""
     from qwq_agent.cli.console import PipeConsole
     from qwq_agent.cli.interrupted import Started, print_interrupted
     from qwq_agent.cli.signals import Interrupts
@@ -247,12 +248,19 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
         await model.aclose()
         await extras.aclose()
     result = agent.result if agent is not None else None
+    patched = True
     if args.patch is not None and result is not None and result.patch is not None:
         from qwq_agent.agent.patch import patch_bytes
+        from qwq_agent.cli.patch_file import write_patch
 
-        args.patch.write_bytes(patch_bytes(result.patch))  # git's bytes, those not UTF-8 too
-        changed = result.patch.count("\ndiff --git ") + result.patch.startswith("diff --git ")
-        console.print(f"[dim]patch ({changed} files changed): {args.patch.resolve()}[/dim]", soft_wrap=True)
+        traced = Path(result.trace_path) if result.trace_path else None
+        # git's bytes, those not UTF-8 too; kept elsewhere (and said where) if the file cannot take them
+        patched = write_patch(console, patch_bytes(result.patch), args.patch, traced)
+        if patched:
+            changed = result.patch.count("\ndiff --git ") + result.patch.startswith("diff --git ")
+            console.print(
+                f"[dim]patch ({changed} files changed): {args.patch.resolve()}[/dim]", soft_wrap=True
+            )
     if result is not None and result.trace_path:
         # The live view already showed why (a trace_failed warning); JSON output is on stdout.
         why = f": {result.trace_error}" if args.json else ""
@@ -260,17 +268,19 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
         console.print(f"[dim]trace: {result.trace_path}{incomplete}[/dim]", soft_wrap=True)
     if result is not None and result.status == "awaiting_approval":
         return approval_prompt.report_pending(console, result)
-    return 0 if result is not None and result.status == "completed" and copied else 1
+    # 1 also for a completed run whose copy-back or patch did not reach the place asked for
+    return 0 if result is not None and result.status == "completed" and copied and patched else 1
 
 
 def _event_json(ev: Event) -> str:
-    """`ev` as one JSON line; an event pydantic cannot serialise becomes a warning line in its place."""
+    """`ev` as one JSON line (ASCII when stdout is not UTF-8, `stdio.json_for_stdout`); an event pydantic
+    cannot serialise becomes a warning line in its place."""
     from qwq_agent.agent.events import Warning_
+    from qwq_agent.cli.stdio import json_for_stdout
 
     try:
-        return ev.model_dump_json()
+        return json_for_stdout(ev.model_dump_json())
     except ValueError as exc:  # e.g. nesting past pydantic's serialisation limit
         note = f"a {ev.type} event could not be written as JSON: {str(exc)[:200]}"
-        return Warning_(
-            kind="unserialisable_event", message=note, run_id=ev.run_id, step=ev.step
-        ).model_dump_json()
+        warning = Warning_(kind="unserialisable_event", message=note, run_id=ev.run_id, step=ev.step)
+        return json_for_stdout(warning.model_dump_json())

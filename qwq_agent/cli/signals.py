@@ -1,6 +1,11 @@
-"""Ctrl-C and SIGTERM end a run the way its budget would: cleanly, with a summary and a closed trace.
+"""Ctrl-C, SIGTERM, SIGHUP and SIGQUIT end a run the way its budget would: cleanly, with a summary and a
+closed trace.
 
-`Interrupts` works like `asyncio.timeout`: inside its block, the first SIGINT or SIGTERM cancels the
+SIGHUP (the SSH session or terminal went away) and SIGQUIT (Ctrl-\\) would otherwise kill the process on
+the spot, leaving the trace without its `final` and the model request running; they are the signals
+`serve` and `sandbox build` stop on too (`serve_signals.STOPPING`).
+
+`Interrupts` works like `asyncio.timeout`: inside its block, the first of these signals cancels the
 current task (the agent loop then writes its `final` event, the sandbox is removed and the model
 request aborted as the cancellation unwinds), and the block swallows that cancellation on the way
 out, so the caller can print the summary. A second signal while that clean-up runs exits at once.
@@ -9,16 +14,19 @@ out, so the caller can print the summary. A second signal while that clean-up ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 from types import TracebackType
 
-HANDLED = (signal.SIGINT, signal.SIGTERM)
+from qwq_agent.cli.serve_signals import STOPPING
+
+HANDLED = (signal.SIGINT, *STOPPING)
 
 
 class Interrupts:
-    """Turn the first SIGINT/SIGTERM inside the block into a cancellation of the running task.
+    """Turn the first SIGINT, SIGTERM, SIGHUP or SIGQUIT inside the block into a cancellation of the task.
 
     `signum` is the signal received (None when none came); `exit_code` the conventional 128 + signum.
     """
@@ -58,13 +66,20 @@ class Interrupts:
         return False
 
     def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
         if self.signum is not None:
             # The user insists: clean-up is taking too long. Each trace line is already flushed.
-            sys.stderr.write(f"\n{signal.Signals(signum).name} again: exiting without clean-up\n")
-            sys.stderr.flush()
+            _notice(f"\n{name} again: exiting without clean-up\n")
             os._exit(128 + signum)
         self.signum = signum
-        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping the run (again to exit at once)\n")
-        sys.stderr.flush()
         assert self._task is not None
-        self._task.cancel(f"interrupted by {signal.Signals(signum).name}")
+        # Cancelled before anything is written: after a hang-up (SIGHUP) the terminal fails every write.
+        self._task.cancel(f"interrupted by {name}")
+        _notice(f"\n{name}: stopping the run (again to exit at once)\n")
+
+
+def _notice(text: str) -> None:
+    """`text` on stderr, if there is still one to write to (a terminal that went away is not)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(text)
+        sys.stderr.flush()
