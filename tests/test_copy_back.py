@@ -385,6 +385,41 @@ async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_ima
         assert status.returncode == 0, status.stderr  # git works without .git/config
 
 
+async def test_old_style_remote_files_are_not_copied_back(sandbox_image, tmp_path) -> None:
+    """Git still reads `.git/remotes/<name>` and `.git/branches/<name>` for a remote `.git/config` lacks:
+    the sandbox dropped `origin` from the config (nothing for its allowlist to see) and planted it as such
+    a file, with a push refspec deleting `release`; the operator's next plain `git push` in the copy
+    deleted it upstream. Now both folders are left out of every git folder and named on a line."""
+    upstream = tmp_path / "upstream.git"
+    await asyncio.to_thread(_git, tmp_path, "init", "-q", "--bare", str(upstream))
+    repo = _project(tmp_path)
+    await asyncio.to_thread(_git, repo, "init", "-q", "-b", "main")
+    await asyncio.to_thread(_git, repo, "add", "-A")
+    await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
+    await asyncio.to_thread(_git, repo, "remote", "add", "origin", str(upstream))
+    await asyncio.to_thread(_git, repo, "push", "-q", "origin", "main", "main:release")
+    async with open_sandbox(workspace=repo) as sb:
+        r = await sb.shell(
+            "git config --remove-section remote.origin && mkdir -p .git/remotes .git/branches && "
+            f"printf 'URL: {upstream}\\nPush: :refs/heads/release\\n' > .git/remotes/origin && "
+            f"echo '{upstream}#release' > .git/branches/up",
+            timeout=60,
+        )
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, tmp_path / "out")
+    ws = tmp_path / "out" / "workspace"
+    assert ok, said
+    assert not (ws / ".git" / "remotes").exists() and not (ws / ".git" / "branches").exists()
+    push = await asyncio.to_thread(_host_git, ws, tmp_path, "push")
+    assert push.returncode != 0  # no remote left to push to
+    assert "release" in await asyncio.to_thread(_git, upstream, "branch", "--list")
+    assert (
+        "workspace/.git/branches/: left out: old-style remote files, which git reads as remotes beside "
+        "its config, unchecked (a push refspec there could delete branches on your remote): up"
+    ) in said
+    assert "workspace/.git/remotes/: left out: old-style remote files" in said and ": origin\n" in said
+
+
 async def test_the_users_own_config_cannot_lead_git_to_files_the_sandbox_rewrote(
     sandbox_image, tmp_path
 ) -> None:

@@ -322,6 +322,31 @@ def test_only_what_the_copy_back_wrote_leaves_a_git_folder_that_was_there(tmp_pa
     assert (git / "config").read_text() == "[core]\n\tbare = false\n"
 
 
+def test_old_style_remote_files_the_copy_back_wrote_are_left_out_and_named(tmp_path) -> None:
+    """`.git/remotes/<name>` and `.git/branches/<name>` are remotes to git when its config lacks them,
+    their push refspecs unchecked: the sandbox's never come back; the operator's own stay."""
+    from qwq_agent.sandbox.git_files import LEGACY_WHY
+
+    git = tmp_path / "dest" / "ws" / ".git"
+    (git / "remotes").mkdir(parents=True)
+    (git / "remotes" / "mine").write_text("URL: https://example.com/mine.git\n")
+    entries = (
+        ("ws/.git/HEAD", "file", "ref: refs/heads/main\n"),
+        ("ws/.git/remotes/origin", "file", "URL: /up.git\nPush: :refs/heads/release\n"),
+        ("ws/.git/branches/up", "file", "/up.git#release\n"),
+        ("ws/nested/BRANCHES/x", "file", "no git folder around it"),
+    )
+    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
+    assert done.git_left_out == []
+    assert done.git_settings == [
+        f"ws/.git/branches/: left out: {LEGACY_WHY}: up",
+        f"ws/.git/remotes/: left out: {LEGACY_WHY}: origin",
+    ]
+    assert sorted(p.name for p in git.iterdir()) == ["HEAD", "remotes"]
+    assert [p.name for p in (git / "remotes").iterdir()] == ["mine"]
+    assert (tmp_path / "dest" / "ws" / "nested" / "BRANCHES" / "x").exists()
+
+
 def test_past_a_bound_of_nested_repositories_configs_are_left_out_not_each_read_with_git(tmp_path) -> None:
     """Each config costs one `git config` run on the host: a sandbox holding thousands of nested
     repositories would spend the copy-back's whole deadline on them (and lose all of it)."""

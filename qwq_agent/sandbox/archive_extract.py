@@ -25,7 +25,7 @@ class Extracted(NamedTuple):
     written: int  # bytes that reached the disk
     skipped: list[str]  # links left out, each with why
     git_left_out: list[str]  # what git would run commands from (`git_files`), removed again
-    git_settings: list[str]  # a line per git config rebuilt without some of its settings (`git_files`)
+    git_settings: list[str]  # a line per git config rebuilt without some settings, or old remotes left out
 
 
 def _safe_extract(data: bytes, dest: Path, max_bytes: int = 64 * 1024 * 1024) -> list[str]:
