@@ -7,6 +7,7 @@ import errno
 import io
 import os
 import shutil
+import stat
 import tarfile
 import time
 from collections.abc import Collection
@@ -54,7 +55,9 @@ def _extract_counted(
     or resolves out of `dest/top` is left out and named rather than refusing the lot: a workspace
     routinely holds one (a venv's `bin/python3 -> /usr/bin/python3`), and copying the rest back matters
     more than a link that would point somewhere else on the host anyway. Hard links are written as
-    copies; files are 0755 if the sandbox's had any exec bit, else 0644. Files are written by our own
+    copies. Files and folders keep the sandbox's permission bits, never more than the umask allows (a
+    0600 key stays 0600), the owner always able to read and write (and search a folder); never setuid,
+    setgid or sticky. Files are written by our own
     loop that counts the bytes that actually reach the disk and stops at `max_bytes` whatever the
     headers claim; on any refusal, what was written is removed again, so a refused archive leaves
     nothing behind. It all runs under `timeout` (a worker thread that no deadline or Ctrl-C could stop
@@ -147,6 +150,7 @@ def _extract_counted(
                     )
                 if member.isdir():
                     _make_dirs(target, created, ours)
+                    _narrow_folder(target, member.mode, ours)
                     continue
                 _make_dirs(f"{dest}/{folder}" if folder else str(dest), created, ours)
                 if member.issym():
@@ -165,9 +169,10 @@ def _extract_counted(
                     raise UnsafeArchive(
                         f"refusing the downloaded archive: entry {member.name!r} has no data; nothing was written"
                     )
-                # The exec bit, which scripts need (and git records), and nothing else of the sandbox's
-                # mode: never setuid, setgid or sticky. The umask applies as to any new file.
-                mode = 0o755 if member.mode & 0o111 else 0o644
+                # The permission bits, so a 0600 `.env` or key stays private and scripts keep +x (which git
+                # records); the owner can always read and write; never setuid, setgid or sticky. The umask
+                # applies as to any new file.
+                mode = (member.mode & 0o777) | 0o600
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
                 created.append(target)
                 ours.add(identity(os.fstat(fd)))
@@ -238,6 +243,22 @@ def _make_dirs(path: str, created: list[str], ours: set[tuple[int, int]]) -> Non
         os.mkdir(folder)
         created.append(folder)
         ours.add(identity(os.lstat(folder)))
+
+
+def _narrow_folder(path: str, mode: int, ours: set[tuple[int, int]]) -> None:
+    """Take from the folder this copy-back made at `path` the permission bits the sandbox's folder did not
+    have (`mode`): a 0700 `secrets/` stays private. Bits are only taken away (the umask's stay applied),
+    the owner keeps read, write and search, and a folder that was there before, or a link, is left as it is."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or identity(st) not in ours:  # a link, or the operator's folder
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if identity(st) in ours:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ((mode & 0o777) | 0o700 | 0o7000))
+    finally:
+        os.close(fd)
 
 
 def _resolve_under(folder: str, dest: str, root: str, resolved: dict[str, str]) -> str:
