@@ -142,3 +142,30 @@ def test_sandbox_run_saves_figures_where_a_terminal_opens_them(sandbox_image, tm
     assert f"image saved: {png.with_name('image-1-2.png')}" in again.stderr
     plain = subprocess.run([*CLI, "sandbox", "run", "--python", code], **env_run)
     assert plain.returncode == 0 and "1 figure(s) not saved: pass --images DIR" in plain.stderr
+
+
+@pytest.mark.docker
+def test_sandbox_run_skips_a_figure_that_is_not_base64_and_saves_the_rest(sandbox_image, tmp_path):
+    # Code in the sandbox controls the image strings (here: its own base64 encoder, patched); one bad
+    # figure was exit 70 ("a bug of ours") and the figures after it were never written.
+    code = (
+        "import base64, matplotlib.pyplot as plt\n"
+        "good, calls = base64.b64encode, []\n"
+        "def enc(b):\n"
+        "    calls.append(1)\n"
+        "    return b'abc' if len(calls) == 1 else good(b)\n"
+        "base64.b64encode = enc\n"
+        "plt.figure(); plt.plot([0, 1]); plt.figure(); plt.plot([1, 0])\n"
+    )
+    proc = subprocess.run(
+        [*CLI, "sandbox", "run", "--python", code, "--images", "plots"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(image 1 not saved: its data is not valid base64)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["image-2.png"]
+    assert (tmp_path / "plots" / "image-2.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

@@ -292,7 +292,8 @@ def _git(repo: Path, *args: str) -> str:
 
 async def test_executable_files_stay_executable_and_nothing_else_is_kept(sandbox_image, tmp_path) -> None:
     """Every file came back 0644: scripts lost +x, and in a repository `git status` showed each of them
-    modified. Any exec bit now gives 0755 (the umask applies); setuid, setgid and sticky never come back."""
+    modified. The sandbox's permission bits now come back (the umask applies, the owner can always read
+    and write); setuid, setgid and sticky never do."""
     repo = _project(tmp_path)
     (repo / "run_tests.sh").write_text("#!/bin/sh\necho ok\n")
     (repo / "run_tests.sh").chmod(0o755)
@@ -314,9 +315,42 @@ async def test_executable_files_stay_executable_and_nothing_else_is_kept(sandbox
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ws.iterdir() if p.is_file()}
     exe, plain = 0o755 & ~umask, 0o644 & ~umask
     assert modes == {"README.md": plain, "run_tests.sh": exe, "build.sh": exe, "suid": exe,
-                     "group_x": exe, "sticky": plain}  # fmt: skip
+                     "group_x": 0o654 & ~umask, "sticky": 0o600}  # fmt: skip
     status = await asyncio.to_thread(_git, ws, "status", "--short")
     assert status.split("\n") == ["?? build.sh", "?? group_x", "?? sticky", "?? suid", ""], status
+
+
+async def test_private_files_and_folders_stay_private_there_and_back(sandbox_image, tmp_path) -> None:
+    """The operator's 0600 `.env` and key and 0700 `secrets/` came back world-readable (files were written
+    0644, folders with mkdir's defaults), and the upload had made the folder 0755 in the sandbox. Both
+    ways now keep what the modes withheld; the owner keeps read and write (and a folder's search)."""
+    repo = _project(tmp_path)
+    (repo / "secrets").mkdir()
+    for name in (".env", "secrets/id_ed25519"):
+        (repo / name).write_text("operator-secret\n")
+        (repo / name).chmod(0o600)
+    (repo / "secrets").chmod(0o700)
+    (repo / "shared").mkdir()
+    (repo / "shared").chmod(0o750)
+    async with open_sandbox(workspace=repo) as sb:
+        r = await sb.shell(
+            "mkdir -p made/deep && chmod 0500 made && echo x > ro && chmod 0400 ro && "
+            "stat -c '%a %n' .env secrets secrets/id_ed25519 shared",
+            timeout=60,
+        )
+        assert r.exit_code == 0, r
+        assert r.stdout.split("\n")[:4] == ["600 .env", "700 secrets", "600 secrets/id_ed25519", "750 shared"]
+        ok, said = await _copy_back(sb, tmp_path / "out")
+    assert ok, said
+    ws = tmp_path / "out" / "workspace"
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p: stat.S_IMODE((ws / p).stat().st_mode) for p in (".env", "secrets", "secrets/id_ed25519")}
+    assert modes == {".env": 0o600, "secrets": 0o700, "secrets/id_ed25519": 0o600}
+    assert stat.S_IMODE((ws / "shared").stat().st_mode) == 0o750 & ~umask
+    assert stat.S_IMODE((ws / "made").stat().st_mode) == 0o700  # the owner can still write in it
+    assert stat.S_IMODE((ws / "ro").stat().st_mode) == 0o600
+    assert (ws / "made" / "deep").is_dir()
 
 
 def _host_git(repo: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -383,6 +417,41 @@ async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_ima
     for folder in (ws, ws / "nested"):
         status = await asyncio.to_thread(_host_git, folder, tmp_path, "status", "--short")
         assert status.returncode == 0, status.stderr  # git works without .git/config
+
+
+async def test_old_style_remote_files_are_not_copied_back(sandbox_image, tmp_path) -> None:
+    """Git still reads `.git/remotes/<name>` and `.git/branches/<name>` for a remote `.git/config` lacks:
+    the sandbox dropped `origin` from the config (nothing for its allowlist to see) and planted it as such
+    a file, with a push refspec deleting `release`; the operator's next plain `git push` in the copy
+    deleted it upstream. Now both folders are left out of every git folder and named on a line."""
+    upstream = tmp_path / "upstream.git"
+    await asyncio.to_thread(_git, tmp_path, "init", "-q", "--bare", str(upstream))
+    repo = _project(tmp_path)
+    await asyncio.to_thread(_git, repo, "init", "-q", "-b", "main")
+    await asyncio.to_thread(_git, repo, "add", "-A")
+    await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
+    await asyncio.to_thread(_git, repo, "remote", "add", "origin", str(upstream))
+    await asyncio.to_thread(_git, repo, "push", "-q", "origin", "main", "main:release")
+    async with open_sandbox(workspace=repo) as sb:
+        r = await sb.shell(
+            "git config --remove-section remote.origin && mkdir -p .git/remotes .git/branches && "
+            f"printf 'URL: {upstream}\\nPush: :refs/heads/release\\n' > .git/remotes/origin && "
+            f"echo '{upstream}#release' > .git/branches/up",
+            timeout=60,
+        )
+        assert r.exit_code == 0, r
+        ok, said = await _copy_back(sb, tmp_path / "out")
+    ws = tmp_path / "out" / "workspace"
+    assert ok, said
+    assert not (ws / ".git" / "remotes").exists() and not (ws / ".git" / "branches").exists()
+    push = await asyncio.to_thread(_host_git, ws, tmp_path, "push")
+    assert push.returncode != 0  # no remote left to push to
+    assert "release" in await asyncio.to_thread(_git, upstream, "branch", "--list")
+    assert (
+        "workspace/.git/branches/: left out: old-style remote files, which git reads as remotes beside "
+        "its config, unchecked (a push refspec there could delete branches on your remote): up"
+    ) in said
+    assert "workspace/.git/remotes/: left out: old-style remote files" in said and ": origin\n" in said
 
 
 async def test_the_users_own_config_cannot_lead_git_to_files_the_sandbox_rewrote(

@@ -585,6 +585,28 @@ def test_files_git_would_run_commands_from_in_a_planted_git_directory_are_cut(
     assert not mark.exists()
 
 
+def test_old_style_remote_files_in_a_planted_git_directory_are_cut(repo: Path, tmp_path: Path) -> None:
+    """`remotes/<name>` and `branches/<name>` in a git directory are remotes to git when its config lacks
+    them, their push refspecs unchecked (`Push: :refs/heads/main` deletes the branch at a plain `git push`
+    there): cut and named; a project's own `remotes/` folder, in no git directory, stays."""
+    plant_git_dir(repo / "tools", tmp_path / "PWNED")
+    (repo / "tools" / "config").unlink()
+    for name, text in (
+        ("remotes/origin", "URL: /up.git\nPush: :refs/heads/main\n"),
+        ("branches/up", "/up\n"),
+    ):
+        (repo / "tools" / name).parent.mkdir()
+        (repo / "tools" / name).write_text(text)
+    (repo / "app" / "remotes").mkdir(parents=True)
+    (repo / "app" / "remotes" / "origin").write_text("not git's\n")
+    kept, cut = cut_outward_links(diff(repo), *checkout(repo))
+    why = "(git would take it for a remote, its push refspec unchecked)"
+    assert sorted(cut) == [f"tools/branches/up {why}", f"tools/remotes/origin {why}"]
+    applied(repo, kept, tmp_path)
+    assert (repo / "app" / "remotes" / "origin").exists() and (repo / "tools" / "HEAD").exists()
+    assert not (repo / "tools" / "remotes").exists() and not (repo / "tools" / "branches").exists()
+
+
 def test_a_git_directory_is_told_by_what_the_checkout_already_holds_and_in_any_case(
     repo: Path, tmp_path: Path
 ) -> None:

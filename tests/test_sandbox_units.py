@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -345,6 +346,31 @@ def test_only_what_the_copy_back_wrote_leaves_a_git_folder_that_was_there(tmp_pa
     assert (git / "config").read_text() == "[core]\n\tbare = false\n"
 
 
+def test_old_style_remote_files_the_copy_back_wrote_are_left_out_and_named(tmp_path) -> None:
+    """`.git/remotes/<name>` and `.git/branches/<name>` are remotes to git when its config lacks them,
+    their push refspecs unchecked: the sandbox's never come back; the operator's own stay."""
+    from qwq_agent.sandbox.git_files import LEGACY_WHY
+
+    git = tmp_path / "dest" / "ws" / ".git"
+    (git / "remotes").mkdir(parents=True)
+    (git / "remotes" / "mine").write_text("URL: https://example.com/mine.git\n")
+    entries = (
+        ("ws/.git/HEAD", "file", "ref: refs/heads/main\n"),
+        ("ws/.git/remotes/origin", "file", "URL: /up.git\nPush: :refs/heads/release\n"),
+        ("ws/.git/branches/up", "file", "/up.git#release\n"),
+        ("ws/nested/BRANCHES/x", "file", "no git folder around it"),
+    )
+    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
+    assert done.git_left_out == []
+    assert done.git_settings == [
+        f"ws/.git/branches/: left out: {LEGACY_WHY}: up",
+        f"ws/.git/remotes/: left out: {LEGACY_WHY}: origin",
+    ]
+    assert sorted(p.name for p in git.iterdir()) == ["HEAD", "remotes"]
+    assert [p.name for p in (git / "remotes").iterdir()] == ["mine"]
+    assert (tmp_path / "dest" / "ws" / "nested" / "BRANCHES" / "x").exists()
+
+
 def test_past_a_bound_of_nested_repositories_configs_are_left_out_not_each_read_with_git(tmp_path) -> None:
     """Each config costs one `git config` run on the host: a sandbox holding thousands of nested
     repositories would spend the copy-back's whole deadline on them (and lose all of it)."""
@@ -413,6 +439,45 @@ def test_writing_a_download_is_under_a_deadline(tmp_path) -> None:
     with pytest.raises(UnsafeArchive, match="took more than 0s; nothing was written"):
         _extract_counted(data, tmp_path / "dest", 1 << 20, timeout=0)
     assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_the_checks_before_anything_is_written_are_under_the_deadline_too(tmp_path) -> None:
+    """The first pass over the members (names, links, what is on disk) ran before any deadline check, at a
+    cost that grew with each entry's depth: a legal 1,900-level tree ran 20 times its timeout. Past the
+    deadline it now stops there too: here before it reaches the entry it would refuse."""
+    data = _tar_entries(*[(f"ws/f{i}", "file", "x") for i in range(200)], ("ws/../escape", "file", "x"))
+    with pytest.raises(UnsafeArchive, match="took more than 0s; nothing was written"):
+        _extract_counted(data, tmp_path / "dest", 1 << 20, timeout=0)
+    with pytest.raises(UnsafeArchive, match=r"`\.\.` in the path"):
+        _extract_counted(data, tmp_path / "dest", 1 << 20)
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_names_and_links_through_the_operators_own_links_are_judged_on_disk(tmp_path) -> None:
+    """Names are judged as text where nothing is on disk yet, and through what is: the operator's own
+    link in the folder copied into leads out of it, so an entry under it is refused, and a link through
+    it is left out (as tarfile's `data` filter judged them, each folder now looked up once)."""
+    dest = tmp_path / "dest"
+    (dest / "ws").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (dest / "ws" / "mine").symlink_to(tmp_path / "elsewhere")
+    through = _tar_entries(("ws", "dir", ""), ("ws/a", "file", "a"), ("ws/mine/planted", "file", "x"))
+    with pytest.raises(
+        UnsafeArchive, match=r"'ws/mine/planted' would be extracted to .*outside the destination"
+    ):
+        _extract_counted(through, dest, 1 << 20)
+    links = _tar_entries(
+        ("ws/deep/er", "dir", ""),
+        ("ws/deep/er/l", "link", "../../mine/x"),
+        ("ws/deep/er/k", "link", "../../a"),
+    )
+    done = _extract_counted(links, dest, 1 << 20)
+    assert done.skipped == [
+        f"ws/deep/er/l -> ../../mine/x ('ws/deep/er/l' would link to '{tmp_path / 'elsewhere' / 'x'}', which "
+        "is outside the destination)"
+    ]
+    assert os.readlink(dest / "ws" / "deep" / "er" / "k") == "../../a"
+    assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
 def _tar_files(*files: tuple[str, bytes], sparse: bool = False) -> bytes:

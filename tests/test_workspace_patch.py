@@ -371,6 +371,58 @@ async def test_a_link_put_into_the_patch_after_the_judgement_is_cut(sandbox_imag
     assert str((repo / "readme").readlink()) == "README.md"
 
 
+async def test_a_list_of_links_left_out_past_its_cap_is_named_in_part(sandbox_image, tmp_path):
+    """The list of links left out (`left-out` in the sandbox's home) was read back whole, 24 KB per shell
+    call, whatever size the sandbox gave it (a sparse gigabyte: most of an hour and as much host memory).
+    It is read up to MAX_LEFT_OUT_BYTES; a line says the rest are not named; they stay out of the patch."""
+    from qwq_agent.agent.patch import MAX_LEFT_OUT_BYTES, workspace_changes
+    from qwq_agent.agent.workspace import open_sandbox
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "data.txt").write_text("one\n")
+    links = MAX_LEFT_OUT_BYTES // 4000 + 40  # targets of 4,000 bytes: past the cap
+    make = (
+        "import os\nos.chdir('/workspace')\n"
+        f"for i in range({links}): os.symlink('/' + 'x' * 3999, f'l{{i:04}}')\n"
+        "open('data.txt', 'a').write('two\\n')"
+    )
+    async with open_sandbox(workspace=folder) as sandbox:
+        done = await sandbox.python(make)
+        assert done.error is None, done.error
+        changes = await workspace_changes(sandbox)
+    named = [line for line in changes.left_out if line.endswith(" (absolute)")]
+    assert 0 < len(named) < links and len(named) * 4000 <= MAX_LEFT_OUT_BYTES
+    note = f"past the {MAX_LEFT_OUT_BYTES} read back (they are out of the patch all the same)"
+    assert [line for line in changes.left_out if line not in named] == [
+        # path, target and why, each ended by a NUL
+        f"more links, not named: the list of those left out is {links * (6 + 4001 + 9)} bytes, {note}"
+    ]
+    assert "+two" in changes.text and "l0000" not in changes.text and "xxxx" not in changes.text
+
+
+async def test_collecting_the_patch_has_one_deadline_and_says_when_it_passed(sandbox_image, tmp_path):
+    """Nothing bounded the collection as a whole: each of its many shell calls had its own limit, and the
+    agent controls how slow each is (here a clean filter that sleeps in its git config). Past the
+    deadline it stops, and says so."""
+    from qwq_agent.agent.patch import PatchError, workspace_changes
+    from qwq_agent.agent.workspace import open_sandbox
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "data.txt").write_text("one\n")
+    stall = (
+        "git config --global filter.slow.clean 'sleep 600; cat' && echo '*.txt filter=slow' > .gitattributes"
+        " && echo two >> data.txt"
+    )
+    async with open_sandbox(workspace=folder) as sandbox:
+        done = await sandbox.shell(stall)
+        assert done.exit_code == 0, done.stderr
+        with pytest.raises(PatchError, match="collecting the workspace patch took more than 5 s"):
+            await workspace_changes(sandbox, timeout=5)
+        assert (await sandbox.shell("echo alive")).stdout == "alive\n"  # the sandbox is still usable
+
+
 async def test_the_sandbox_users_git_config_does_not_change_the_patchs_form(sandbox_image, tmp_path):
     """The agent may set git config of its own (no a/ b/ prefixes, no space on empty context lines): the
     patch keeps git's usual form, which the host's check of the text reads and `git apply -p1` takes."""

@@ -27,6 +27,11 @@ a `.git`; it refuses a text with a path through a link (one the checkout holds o
 through one only on a disk that ignores case or trailing dots (`docs/x` beside a link `Docs`), or whose
 name ends in a blank (`patch -p1` would write it without).
 
+`workspace_changes` runs whole under one deadline (`PATCH_TIMEOUT_S`): the sandbox's git, its files and
+the reading back are the agent's to slow down, and a run's end waits on them. It reads back at most
+`MAX_PATCH_BYTES` of patch and `MAX_LEFT_OUT_BYTES` of the list of links left out, whose size the agent
+controls too (a sparse file grown to a gigabyte); past that, the links not named are said to be so.
+
 Against the snapshot rather than the repository's HEAD: edits the user had not committed before the
 run are theirs, not the agent's, and stay out of the patch (for a clean tree the two are the same).
 """
@@ -46,6 +51,7 @@ from pydantic import BaseModel
 
 from qwq_agent.agent import link_judge, patch_text
 from qwq_agent.agent.per_sandbox import PerSandbox
+from qwq_agent.deadline import Deadline
 from qwq_agent.surrogates import escape_surrogates
 
 BASELINE_DIR = "$HOME/.qwq-agent/baseline.git"
@@ -54,6 +60,14 @@ GIT_TIMEOUT_S = 120.0
 # Read back in pieces that stay under the shell's 32 KiB head of output once base64-encoded.
 CHUNK_BYTES = 24 * 1024
 MAX_PATCH_BYTES = 32 * 1024 * 1024
+# The list of links left out of the patch (path, target, why; NUL-separated): a list past this, thousands
+# of links, is named in part. The agent can make the file any size; it only names, the patch is cut anyway.
+MAX_LEFT_OUT_BYTES = 1024 * 1024
+# All of `workspace_changes`: snapshot, diff and up to MAX_PATCH_BYTES read back (about 1,400 shell calls:
+# 3.5 minutes on a loaded 2-core machine); past this, a sandbox stalls them (a clean filter that sleeps).
+PATCH_TIMEOUT_S = 600.0
+# What a sandbox that ignores its calls' deadline gets past it before the collection is cancelled.
+_BACKSTOP_S = 30.0
 
 _GIT = 'git -c safe.directory="*" -c core.bare=false -c core.quotepath=false'
 _ENV = f'export GIT_DIR="{BASELINE_DIR}" GIT_WORK_TREE={WORKSPACE}'
@@ -97,8 +111,19 @@ def inherit_baseline(sandbox: Any, parent: Any) -> None:
     _baselines.inherit(sandbox, parent)
 
 
-async def _sh(sandbox: Any, script: str, what: str) -> str:
-    result = await sandbox.shell(f"set -e\n{script}", timeout=GIT_TIMEOUT_S, cwd=WORKSPACE)
+class _Overdue(PatchError):
+    """The deadline of `workspace_changes` passed."""
+
+
+async def _sh(sandbox: Any, script: str, what: str, deadline: Deadline | None = None) -> str:
+    left = deadline.left() if deadline is not None else None
+    if left == 0:
+        raise _Overdue(f"{what}: out of time")
+    result = await sandbox.shell(f"set -e\n{script}", timeout=GIT_TIMEOUT_S, cwd=WORKSPACE, deadline=deadline)
+    # Cut short by the deadline (its limit was shortened to end before it): the exit status says no more.
+    cut_short = result.timed_out and left is not None and left < GIT_TIMEOUT_S
+    if cut_short or (deadline is not None and deadline.expired):
+        raise _Overdue(f"{what}: out of time")
     if result.exit_code != 0:
         detail = (result.stderr or result.stdout).strip()[-2000:]
         raise PatchError(f"{what} failed (exit {result.exit_code}): {detail}")
@@ -181,13 +206,28 @@ async def workspace_patch(sandbox: Any, baseline: Baseline | None = None) -> str
     return (await workspace_changes(sandbox, baseline)).text
 
 
-async def workspace_changes(sandbox: Any, baseline: Baseline | None = None) -> WorkspacePatch:
+async def workspace_changes(
+    sandbox: Any, baseline: Baseline | None = None, *, timeout: float = PATCH_TIMEOUT_S
+) -> WorkspacePatch:
     """The patch of /workspace from `baseline` (default: the one recorded for `sandbox`) to now, and the
     symlinks left out of it because they are absolute or lead out of /workspace (and the files git would
-    run commands from, `patch_text`)."""
+    run commands from, `patch_text`). All of it within `timeout` seconds, else `PatchError` saying so."""
     baseline = baseline or baseline_of(sandbox)
     if baseline is None:
         raise PatchError("no baseline was recorded for this sandbox: call record_baseline after the upload")
+    deadline = Deadline.after(timeout)
+    try:
+        async with asyncio.timeout(timeout + _BACKSTOP_S):
+            return await _changes(sandbox, baseline, deadline)
+    except (_Overdue, TimeoutError):
+        raise PatchError(
+            f"collecting the workspace patch took more than {timeout:g} s (the sandbox's git, or reading "
+            "back what it wrote, was that slow); no patch was kept"
+        ) from None
+
+
+async def _changes(sandbox: Any, baseline: Baseline, deadline: Deadline) -> WorkspacePatch:
+    """`workspace_changes`'s work, each call to the sandbox within `deadline`."""
     patch_file = f"{BASELINE_DIR}/run.patch"
     script = f"""
 cp -p "{BASELINE_DIR}/index" "{BASELINE_DIR}/index-end"
@@ -199,18 +239,26 @@ base={shlex.quote(baseline.tree)}
 wc -c < "{BASELINE_DIR}/left-out"
 wc -c < "{patch_file}"
 """
-    sizes = (await _sh(sandbox, script, "diffing /workspace with git")).split()
+    sizes = (await _sh(sandbox, script, "diffing /workspace with git", deadline)).split()
     listed, size = int(sizes[-2]), int(sizes[-1])
     if size > MAX_PATCH_BYTES:
         raise PatchError(f"the patch is {size} bytes, over the {MAX_PATCH_BYTES}-byte limit")
-    fields = (await _read(sandbox, f"{BASELINE_DIR}/left-out", listed)).split(b"\0")
+    listing = await _read(sandbox, f"{BASELINE_DIR}/left-out", min(listed, MAX_LEFT_OUT_BYTES), deadline)
+    fields = listing.split(b"\0")[:-1]  # whole fields only: a list read in part ends inside one
+    # The judge writes no empty field; a file of zeros (a sparse one) would name a million blank links.
     left_out = [
         "{} -> {} ({})".format(*(_shown(f.decode("utf-8", "surrogateescape")) for f in fields[i : i + 3]))
         for i in range(0, len(fields) - 2, 3)
+        if all(fields[i : i + 3])
     ]
+    if listed > MAX_LEFT_OUT_BYTES:
+        left_out.append(
+            f"more links, not named: the list of those left out is {listed} bytes, past the "
+            f"{MAX_LEFT_OUT_BYTES} read back (they are out of the patch all the same)"
+        )
     # Bytes that are not UTF-8 (a Latin-1 source file, such a name) are kept as lone surrogates, so the
     # text is git's, byte for byte (`patch_bytes`): U+FFFD would corrupt a new file and break a hunk.
-    text = (await _read(sandbox, patch_file, size)).decode("utf-8", "surrogateescape")
+    text = (await _read(sandbox, patch_file, size, deadline)).decode("utf-8", "surrogateescape")
     try:
         # Up to MAX_PATCH_BYTES of the sandbox's text: seconds of work at worst, so not on the event loop.
         text, cut = await asyncio.to_thread(patch_text.cut_outward_links, text, baseline.dirs, baseline.links)
@@ -285,14 +333,15 @@ rm -f "{kept}"
     await _sh(sandbox, script, "applying the patch to /workspace")
 
 
-async def _read(sandbox: Any, path: str, size: int) -> bytes:
+async def _read(sandbox: Any, path: str, size: int, deadline: Deadline | None = None) -> bytes:
     """The first `size` bytes of `path` in the sandbox, in pieces the shell's output limit lets through."""
     data = bytearray()
     while len(data) < size:
         piece = await _sh(
             sandbox,
-            f'tail -c +{len(data) + 1} "{path}" | head -c {CHUNK_BYTES} | base64 -w0',
+            f'tail -c +{len(data) + 1} "{path}" | head -c {min(CHUNK_BYTES, size - len(data))} | base64 -w0',
             "reading the patch",
+            deadline,
         )
         chunk = base64.b64decode(piece.strip())
         if not chunk:

@@ -1,4 +1,5 @@
-"""The entries of a patch that git would run commands from once it is applied: a planted git directory's.
+"""The entries of a patch that git would run commands from, or push by, once it is applied: a planted git
+directory's.
 
 An agent can write a git directory as plain files (`tools/HEAD`, `tools/config` with `core.worktree=..`
 and `core.fsmonitor=CMD`, `tools/objects/...`, `tools/refs/...`): the sandbox's own diff carries them,
@@ -16,6 +17,7 @@ import re
 from itertools import islice
 
 WHY = "git would run commands from it"
+REMOTE_WHY = "git would take it for a remote, its push refspec unchecked"
 
 # What HFS+ leaves out of a name it compares (git's `is_hfs_dotgit` skips the same), so `.g\u200cit` is `.git`.
 HFS_IGNORED = dict.fromkeys(
@@ -25,11 +27,14 @@ _IGNORED = re.compile("[" + "".join(map(chr, HFS_IGNORED)) + "]")
 
 # In a git directory: the files whose settings or programs git runs (`core.fsmonitor`, `core.pager`,
 # `alias.*`, hooks; `commondir` sends git to another folder's `config`), and the state of a rebase or a
-# cherry-pick, whose `exec` lines `git rebase --continue` runs.
+# cherry-pick, whose `exec` lines `git rebase --continue` runs; and old-style remotes (`remotes/<name>`,
+# `branches/<name>`), which git reads for a remote `config` lacks: `Push: :refs/heads/main` deletes a branch.
 _SETTINGS = frozenset({"config", "config.worktree", "commondir", "hooks"})
-_STATE = frozenset({"hooks", "rebase-merge", "rebase-apply", "sequencer"})
+_REMOTES = frozenset({"remotes", "branches"})
+_STATE = frozenset({"hooks", "rebase-merge", "rebase-apply", "sequencer", *_REMOTES})
 _NAMED = re.compile(
-    r"(?<![^/\n])(config|config\.worktree|commondir|hooks|rebase-merge|rebase-apply|sequencer)(?=[/\n]|$)"
+    r"(?<![^/\n])(config|config\.worktree|commondir|hooks|rebase-merge|rebase-apply|sequencer|remotes|branches)"
+    r"(?=[/\n]|$)"
 )
 # More such names on one path than any real one has: cut without asking about each folder.
 MAX_NAMED = 8
@@ -49,16 +54,17 @@ def fold_case(text: str) -> str:
     return text.lower()
 
 
-def git_runs(written: list[str], dirs: set[str], links: dict[str, str], entries: list[str]) -> set[str]:
-    """Those of `written` (the paths the patch writes, not only deletes) that git would run commands from:
-    a `config`, `config.worktree`, `commondir` or `hooks` entry, or anything under `hooks/`,
-    `rebase-merge/`, `rebase-apply/` or `sequencer/`, in a folder that looks like a git directory once
+def git_runs(written: list[str], dirs: set[str], links: dict[str, str], entries: list[str]) -> dict[str, str]:
+    """Those of `written` (the paths the patch writes, not only deletes) that git would run commands from
+    or take for a remote, each with why (`WHY`, `REMOTE_WHY`): a `config`, `config.worktree`, `commondir` or `hooks` entry, or
+    anything under `hooks/`, `rebase-merge/`, `rebase-apply/`, `sequencer/`, or `remotes/` or `branches/`
+    (old-style remotes), in a folder that looks like a git directory once
     the patch is applied. Generous, as a real project rarely ships such a folder: one that holds, in the
     checkout (`dirs`, `links`) or the patch (`entries`: all its paths), an `objects` or `refs` entry, or a
     `HEAD` or `commondir` one that is not a folder."""
     # The common case first: no such name in any path (joined, a name ends at a line break too).
     if not _NAMED.search("\n".join(map(fold, written))):
-        return set()
+        return {}
     named_in = ((path, islice(filter(_runs, _NAMED.finditer(fold(path))), MAX_NAMED + 1)) for path in written)
     found = {path: named for path, found_ in named_in if (named := list(found_))}
     folders = {fold(path) for path in dirs}
@@ -78,11 +84,13 @@ def git_runs(written: list[str], dirs: set[str], links: dict[str, str], entries:
                 return True
         return False
 
-    return {
-        path
-        for path, named in found.items()
-        if len(named) > MAX_NAMED or any(holds(m.string[: max(m.start() - 1, 0)]) for m in named)
-    }
+    runs = {}
+    for path, named in found.items():
+        if len(named) > MAX_NAMED:
+            runs[path] = WHY
+        elif held := [m.group(1) for m in named if holds(m.string[: max(m.start() - 1, 0)])]:
+            runs[path] = REMOTE_WHY if all(name in _REMOTES for name in held) else WHY
+    return runs
 
 
 def _runs(match: re.Match[str]) -> bool:

@@ -107,7 +107,7 @@ def cut_outward_links(text: str, dirs: set[str], links: dict[str, str]) -> tuple
     cut = {e.path: f"{e.path} ({BLANK_END})" for e in entries if _blank_end(e.path)}
     written = list(dict.fromkeys(e.path for e in entries if not e.deleted))
     runs = patch_git_dirs.git_runs(written, dirs, links, [e.path for e in entries])
-    cut.update({path: f"{path} ({patch_git_dirs.WHY})" for path in runs if path not in cut})
+    cut.update({path: f"{path} ({why})" for path, why in runs.items() if path not in cut})
     groups = _groups(entries)
     budget = FOLLOW_BUDGET
     # A cut can leave what the rules below judged otherwise (a link's deletion cut with the folder that

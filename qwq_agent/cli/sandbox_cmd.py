@@ -113,8 +113,8 @@ def _run(args: argparse.Namespace) -> int:
                 f"[{len(result.images)} figure(s) not saved: pass --images DIR to save them]", file=sys.stderr
             )
         elif result.images:
-            for path in save_pngs(result.images, args.images):
-                print(f"image saved: {path}", file=sys.stderr)
+            for line in save_pngs(result.images, args.images):
+                print(line, file=sys.stderr)
         return 1 if result.error else 0
     if result.timed_out:
         print("[timed out]", file=sys.stderr)
@@ -122,9 +122,23 @@ def _run(args: argparse.Namespace) -> int:
     return code if code >= 0 else 128 - code
 
 
-def save_pngs(images: Sequence[str], folder: Path) -> list[Path]:
-    """Write base64 PNGs as `folder/image-N.png` (never over an existing file: `write_new_png`)."""
-    return [write_new_png(folder, i, base64.b64decode(b64)) for i, b64 in enumerate(images, 1)]
+def save_pngs(images: Sequence[str], folder: Path) -> list[str]:
+    """Write base64 PNGs as `folder/image-N.png` (never over an existing file: `write_new_png`); a line
+    per image, saying where it was saved or why not. Code in the sandbox controls the strings: one that
+    is not base64, or that cannot be written, costs only itself (as in `render`), not the others."""
+    lines = []
+    for i, b64 in enumerate(images, 1):
+        try:
+            data = base64.b64decode("".join(b64.split()), validate=True)  # line breaks are allowed
+        except ValueError:  # binascii.Error
+            lines.append(f"(image {i} not saved: its data is not valid base64)")
+            continue
+        try:
+            lines.append(f"image saved: {write_new_png(folder, i, data)}")
+        except OSError as exc:  # a folder it cannot write: said, and the next image is still tried
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            lines.append(f"(image {i} not saved: {reason}: {exc.filename or folder})")
+    return lines
 
 
 def _table(rows: Sequence[SandboxInfo], title: str) -> None:

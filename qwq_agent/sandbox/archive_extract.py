@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shutil
+import stat
 import tarfile
 import time
 from collections.abc import Collection
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from qwq_agent.sandbox.errors import DestinationExists, SandboxError, UnsafeArchive
@@ -25,7 +27,7 @@ class Extracted(NamedTuple):
     written: int  # bytes that reached the disk
     skipped: list[str]  # links left out, each with why
     git_left_out: list[str]  # what git would run commands from (`git_files`), removed again
-    git_settings: list[str]  # a line per git config rebuilt without some of its settings (`git_files`)
+    git_settings: list[str]  # a line per git config rebuilt without some settings, or old remotes left out
 
 
 def _safe_extract(data: bytes, dest: Path, max_bytes: int = 64 * 1024 * 1024) -> list[str]:
@@ -53,7 +55,9 @@ def _extract_counted(
     or resolves out of `dest/top` is left out and named rather than refusing the lot: a workspace
     routinely holds one (a venv's `bin/python3 -> /usr/bin/python3`), and copying the rest back matters
     more than a link that would point somewhere else on the host anyway. Hard links are written as
-    copies; files are 0755 if the sandbox's had any exec bit, else 0644. Files are written by our own
+    copies. Files and folders keep the sandbox's permission bits, never more than the umask allows (a
+    0600 key stays 0600), the owner always able to read and write (and search a folder); never setuid,
+    setgid or sticky. Files are written by our own
     loop that counts the bytes that actually reach the disk and stops at `max_bytes` whatever the
     headers claim; on any refusal, what was written is removed again, so a refused archive leaves
     nothing behind. It all runs under `timeout` (a worker thread that no deadline or Ctrl-C could stop
@@ -65,7 +69,8 @@ def _extract_counted(
     they were read, so a mix of old and new contents, or shrunk and padded with zeros) are left out and
     named, as are hard links to them. So is an entry whose path under `dest` (or a name in it, or its
     link target) is too long for the host's kernel: a deep path that fits in the sandbox can exceed
-    PATH_MAX under the operator's DIR, and costs only itself.
+    PATH_MAX under the operator's DIR, and costs only itself. Every entry is judged in time linear in
+    its own name, whatever the depth: names lexically, each folder looked up on the host's disk once.
     Once all is written, what git would run commands from is removed from every git folder found on
     disk in what this copy-back wrote, and named in `git_left_out`; its configs are rebuilt with only
     their safe settings, a line per config naming those dropped in `git_settings` (`git_files`).
@@ -74,13 +79,14 @@ def _extract_counted(
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     limits = _Limits.of(dest)
+    where = _Where(str(root))  # the disk as it is before anything is written: the first pass's view
     inside = root  # `root / top` once the top-level name is known: nothing may resolve out of it
-    created: list[Path] = []
+    created: list[str] = []
     ours: set[tuple[int, int]] = set()  # `identity` of each entry written: only those are removed again
     skipped: list[str] = []
     git = Cleaned([], [])
-    links: list[tuple[tarfile.TarInfo, Path]] = []
-    parents: dict[Path, Path] = {}  # each folder resolved once, not once per entry in it
+    links: list[tuple[tarfile.TarInfo, str]] = []
+    parents: dict[str, str] = {}  # each folder resolved once, not once per entry in it
     written = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
@@ -88,6 +94,8 @@ def _extract_counted(
             _check_whole(tar, data, entries)
             shrank: set[str] = set()
             for index, member in enumerate(tar.getmembers()):
+                if time.monotonic() > deadline:
+                    raise _Timeout
                 if "\0" in member.name or "\0" in member.linkname:  # a PAX record can hold one
                     raise UnsafeArchive(
                         f"refusing the downloaded archive: entry {member.name!r}: its name or link target "
@@ -99,7 +107,7 @@ def _extract_counted(
                 if too_long:
                     skipped.append(clean_text(f"{_shortened(member.name)}: {too_long}"))
                     continue
-                outside = _link_outside(member, dest, top) if member.issym() else None
+                outside = _link_outside(member, top, where) if member.issym() else None
                 if outside:
                     skipped.append(clean_text(f"{member.name} -> {member.linkname} ({outside})"))
                     continue
@@ -113,38 +121,40 @@ def _extract_counted(
                         f"refusing the downloaded archive: entry {member.name!r}: {problem}; nothing was written"
                     )
                 if not member.issym():  # _link_outside ran the filter on links already
-                    _data_filter(member, dest)
+                    _data_filter(member, where)
                 if (member.isreg() and index in changed) or (member.islnk() and member.linkname in shrank):
                     shrank.add(member.name)
                     skipped.append(
                         clean_text(f"{member.name}: changed while it was copied (written to as it was read)")
                     )
                     continue
-                existing = dest / member.name
-                if os.path.lexists(existing) and not (member.isdir() and existing.is_dir()):
+                existing = where.existing(member.name)
+                if existing is not None and not (member.isdir() and os.path.isdir(existing)):
                     raise DestinationExists(
-                        f"{existing} already exists; copy into a folder that does not hold "
+                        f"{dest / member.name} already exists; copy into a folder that does not hold "
                         f"{member.name.split('/')[0]!r} yet; nothing was written"
                     )
                 members.append(member)
+            # Paths as text from here on: a `Path` of a 1,900-level name is parsed anew for each use.
             for member in members:
                 if time.monotonic() > deadline:
                     raise _Timeout
-                target = dest / member.name
-                parent = _resolve_under(target.parent, dest, root, parents)
-                allowed = (
-                    inside if "/" in member.name.rstrip("/") else root
-                )  # the top entry itself lands in `dest`
-                if parent != allowed and allowed not in parent.parents:
+                name = _normal(member.name)
+                folder = name.rpartition("/")[0]
+                target = f"{dest}/{name}"
+                parent = _resolve_under(folder, str(dest), str(root), parents)
+                allowed = inside if folder else root  # the top entry itself lands in `dest`
+                if not _within(parent, str(allowed)):
                     raise UnsafeArchive(
                         f"refusing the downloaded archive: entry {member.name!r} would land outside {dest / str(top)} through a link; nothing was written"
                     )
                 if member.isdir():
                     _make_dirs(target, created, ours)
+                    _narrow_folder(target, member.mode, ours)
                     continue
-                _make_dirs(target.parent, created, ours)
+                _make_dirs(f"{dest}/{folder}" if folder else str(dest), created, ours)
                 if member.issym():
-                    target.symlink_to(member.linkname)
+                    os.symlink(member.linkname, target)
                     created.append(target)
                     ours.add(identity(os.lstat(target)))
                     links.append((member, target))
@@ -159,9 +169,10 @@ def _extract_counted(
                     raise UnsafeArchive(
                         f"refusing the downloaded archive: entry {member.name!r} has no data; nothing was written"
                     )
-                # The exec bit, which scripts need (and git records), and nothing else of the sandbox's
-                # mode: never setuid, setgid or sticky. The umask applies as to any new file.
-                mode = 0o755 if member.mode & 0o111 else 0o644
+                # The permission bits, so a 0600 `.env` or key stays private and scripts keep +x (which git
+                # records); the owner can always read and write; never setuid, setgid or sticky. The umask
+                # applies as to any new file.
+                mode = (member.mode & 0o777) | 0o600
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
                 created.append(target)
                 ours.add(identity(os.fstat(fd)))
@@ -222,38 +233,67 @@ def _check_whole(tar: tarfile.TarFile, data: bytes, entries: int | None) -> None
         )
 
 
-def _make_dirs(path: Path, created: list[Path], ours: set[tuple[int, int]]) -> None:
+def _make_dirs(path: str, created: list[str], ours: set[tuple[int, int]]) -> None:
     """`path` and its missing parents, each one recorded: a refused archive leaves none of them behind."""
     missing = []
-    while not path.is_dir():
+    while path not in ("", "/") and not os.path.isdir(path):  # `dest` is there: made first thing
         missing.append(path)
-        path = path.parent
+        path = os.path.dirname(path)
     for folder in reversed(missing):
-        folder.mkdir()
+        os.mkdir(folder)
         created.append(folder)
         ours.add(identity(os.lstat(folder)))
 
 
-def _resolve_under(path: Path, dest: Path, root: Path, resolved: dict[Path, Path]) -> Path:
-    """Where `path` (under `dest`) really is, from its nearest resolved ancestor one component at a time:
-    `Path.resolve()` of every folder re-walked each level in Python, quadratic in the depth (a 1,500-level
-    tree took minutes). Only a component that is a link is resolved in full."""
+def _narrow_folder(path: str, mode: int, ours: set[tuple[int, int]]) -> None:
+    """Take from the folder this copy-back made at `path` the permission bits the sandbox's folder did not
+    have (`mode`): a 0700 `secrets/` stays private. Bits are only taken away (the umask's stay applied),
+    the owner keeps read, write and search, and a folder that was there before, or a link, is left as it is."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or identity(st) not in ours:  # a link, or the operator's folder
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if identity(st) in ours:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ((mode & 0o777) | 0o700 | 0o7000))
+    finally:
+        os.close(fd)
+
+
+def _resolve_under(folder: str, dest: str, root: str, resolved: dict[str, str]) -> str:
+    """Where `folder` (a name under `dest`; "" for `dest`) really is, from its nearest resolved ancestor
+    one component at a time, each looked at on disk as it is now: `Path.resolve()` of every folder
+    re-walked each level in Python, quadratic in the depth (a 1,500-level tree took minutes). Only a
+    component that is a link is resolved in full."""
     chain = []
-    while path != dest and path not in resolved:
-        chain.append(path)
-        path = path.parent
-    where = root if path == dest else resolved[path]
+    while folder and folder not in resolved:
+        chain.append(folder)
+        folder = folder.rpartition("/")[0]
+    where = resolved[folder] if folder else root
     for step in reversed(chain):
-        where = step.resolve() if step.is_symlink() else where / step.name
+        path, last = f"{dest}/{step}", step.rpartition("/")[2]
+        if os.path.islink(path):
+            where = os.path.realpath(path)
+        elif last not in ("", "."):
+            where = f"{where.rstrip('/')}/{last}"
         resolved[step] = where
     return where
+
+
+def _normal(name: str) -> str:
+    """`name` as `dest / name` writes it (`a/./b` is `a/b`, `a//b` too; no `/` at the end); a plain name,
+    the usual one, as it is, without a `Path` parsed."""
+    if "//" in name or "./" in name or name.endswith(("/", "/.")) or name == ".":
+        return str(PurePosixPath(name))
+    return name
 
 
 MAX_LINK_HOPS = 40  # what the kernel follows in one lookup (ELOOP past it)
 
 
 def _drop_links_leaving(
-    links: list[tuple[tarfile.TarInfo, Path]], root: Path, skipped: list[str], deadline: float
+    links: list[tuple[tarfile.TarInfo, str]], root: Path, skipped: list[str], deadline: float
 ) -> None:
     """Remove the written links that resolve out of `root` (or through too many links) now that
     everything is in place.
@@ -273,7 +313,7 @@ def _drop_links_leaving(
         if not dropped:
             return
         for member, target in dropped:
-            target.unlink()
+            os.unlink(target)
             links.remove((member, target))
 
 
@@ -291,16 +331,15 @@ class _Resolver:
         ] = {}  # path (real parent + name) -> (real path, links followed)
         self.too_deep: set[str] = set()
 
-    def leaves(self, link: Path, root: Path) -> str | None:
+    def leaves(self, link: str, root: Path) -> str | None:
         """Why `link` may not stay (it leads out of `root`, or through too many links), or None."""
-        name = str(link)
+        name = link
         start = "/" if name.startswith("/") else os.getcwd()  # a relative `dest`: `--copy-back out`
         try:
             real, _ = self._real(start, name.split("/"), MAX_LINK_HOPS)
         except _TooDeep:
             return f"more than {MAX_LINK_HOPS} links deep, or a loop"
-        path = Path(real)
-        return None if path == root or root in path.parents else "leads out of the destination"
+        return None if _within(real, str(root)) else "leads out of the destination"
 
     def _real(self, base: str, parts: list[str], budget: int) -> tuple[str, int]:
         """The real path of `parts` taken from the real directory `base`, and the links followed."""
@@ -365,14 +404,14 @@ class _Limits(NamedTuple):
 def _too_long(member: tarfile.TarInfo, dest: Path, root: Path, limits: _Limits) -> str | None:
     """Why `member` cannot be written on this host (its path under `dest` or a name in it too long for
     the kernel, or its link target), or None. A path that fits in the sandbox can still be too long here,
-    under the operator's DIR: written, it raised ENAMETOOLONG and cost every other file of the copy."""
-    if any(len(os.fsencode(part)) > limits.name for part in member.name.split("/")):
+    under the operator's DIR: written, it raised ENAMETOOLONG and cost every other file of the copy.
+    Counted on the name's bytes, not a `Path` of it: parsed, a 1,900-level name cost milliseconds."""
+    raw = os.fsencode(member.name)
+    if len(max(raw.split(b"/"), key=len)) > limits.name:
         return f"a name in its path is longer than {limits.name} bytes"
+    raw = os.fsencode(_normal(member.name))
     # Both forms are used: the one as given (maybe relative) for writing, the resolved one for judging.
-    if (
-        max(len(os.fsencode(str(dest / member.name))), len(os.fsencode(str(root / member.name))))
-        > limits.path
-    ):
+    if max(len(os.fsencode(str(dest))), len(os.fsencode(str(root)))) + 1 + len(raw) > limits.path:
         return f"its path on the host would be longer than {limits.path} bytes"
     if member.issym() and len(os.fsencode(member.linkname)) > limits.path:
         return f"its link target is longer than {limits.path} bytes"
@@ -402,13 +441,13 @@ def _top_entry(member: tarfile.TarInfo, top: str | None) -> str:
     return top
 
 
-def _link_outside(member: tarfile.TarInfo, dest: Path, top: str) -> str | None:
+def _link_outside(member: tarfile.TarInfo, top: str, where: _Where) -> str | None:
     """Why the symlink `member` may not be written under `dest/top` (absolute, leaving it), or None."""
     name = member.name
     if name.startswith("/") or os.path.isabs(name) or ".." in name.split("/"):
         return None  # not a link problem: the name itself is refused with the rest of the archive
     try:
-        _data_filter(member, dest)
+        _data_filter(member, where)
     except _Outside as exc:
         return str(exc)
     # Inside `dest` is not enough: `workspace/notes.md -> ../otherproject/secrets.env` would aim the
@@ -422,20 +461,103 @@ def _link_outside(member: tarfile.TarInfo, dest: Path, top: str) -> str | None:
 _Outside = (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError)
 
 
-def _data_filter(member: tarfile.TarInfo, dest: Path) -> None:
-    """tarfile's `data` filter; what it refuses refuses the archive, but for links leaving (`_Outside`)."""
-    try:
-        tarfile.data_filter(member, str(dest))
-    except _Outside:
-        raise
-    except tarfile.FilterError as exc:
-        raise UnsafeArchive(f"refusing the downloaded archive: {exc}; nothing was written") from None
+def _data_filter(member: tarfile.TarInfo, where: _Where) -> None:
+    """What tarfile's `data` filter checks, on the disk as `where` sees it: what it refuses refuses the
+    archive, but for links leaving (`_Outside`), raised as they are. Its `os.path.realpath` of each entry
+    re-walked the entry's whole path on disk, a system call per level (20 ms an entry 1,900 levels deep);
+    `where` looks each folder up once. Its other checks (absolute names, `..`, special files) are
+    `check_member`'s too; its changes to modes and owners are not used (the files are written here)."""
+    name = member.name
+    if name.startswith("/") or os.path.isabs(name) or ".." in name.split("/"):
+        raise UnsafeArchive(
+            f"refusing the downloaded archive: entry {name!r}: absolute or with `..`; nothing was written"
+        )
+    lands = where.entry(name)
+    if not _within(lands, where.root):
+        problem: tarfile.FilterError = tarfile.OutsideDestinationError(member, lands)
+        raise UnsafeArchive(f"refusing the downloaded archive: {problem}; nothing was written")
+    if member.islnk() or member.issym():
+        if os.path.isabs(member.linkname):
+            raise tarfile.AbsoluteLinkError(member)
+        if member.issym():
+            target = where.follow(name.rpartition("/")[0], member.linkname)
+        else:  # a hard link names its target from the archive's root: no `..` (`check_member`)
+            target = where.entry(member.linkname)
+        if not _within(target, where.root):
+            raise tarfile.LinkOutsideDestinationError(member, target)
 
 
-def _remove(paths: list[Path]) -> None:
+def _within(path: str, folder: str) -> bool:
+    """Whether the absolute `path` is `folder` or under it: compared as text, not through `Path.parents`,
+    which built and compared every ancestor (O(depth) per entry)."""
+    return path == folder or path.startswith(folder if folder.endswith("/") else folder + "/")
+
+
+class _Where:
+    """Where a name under `dest` leads on the host's disk as it is before anything is written, as
+    `os.path.realpath` says (through the operator's own links), each folder looked up once and remembered:
+    the first pass over an archive writes nothing, so what it found stays true for that pass. Under a
+    folder that does not exist, names are joined as text, with no system call."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root  # `dest`, resolved
+        self.folders: dict[str, tuple[str, bool]] = {"": (root, True)}  # name -> real path, whether there
+
+    def folder(self, name: str) -> tuple[str, bool]:
+        """The real path of the folder `name` (relative to `dest`, no `..`) and whether it exists."""
+        chain = []
+        while name not in self.folders:
+            chain.append(name)
+            name = name.rpartition("/")[0]
+        real, there = self.folders[name]
+        for step in reversed(chain):
+            real, there = self._step(real, there, step.rpartition("/")[2])
+            self.folders[step] = (real, there)
+        return real, there
+
+    def entry(self, name: str) -> str:
+        """The real path of `name` (relative to `dest`, no `..`); the last step is not remembered."""
+        parent, _, last = name.rpartition("/")
+        return self._step(*self.folder(parent), last)[0]
+
+    def existing(self, name: str) -> str | None:
+        """`dest`'s path of `name` when something is there already (a link too: `os.path.lexists`)."""
+        parent, _, last = name.rpartition("/")
+        real, there = self.folder(parent)
+        path = f"{real}/{last}" if last not in ("", ".") else real
+        return path if there and os.path.lexists(path) else None
+
+    def follow(self, folder: str, target: str) -> str:
+        """The real path a link in `folder` (relative to `dest`) pointing to the relative `target` leads to."""
+        real, there = self.folder(folder)
+        for part in target.split("/"):
+            if part == "..":
+                real = os.path.dirname(real)
+                there = there or os.path.lexists(real)  # a folder's parent is there if the folder is
+            else:
+                real, there = self._step(real, there, part)
+        return real
+
+    @staticmethod
+    def _step(real: str, there: bool, part: str) -> tuple[str, bool]:
+        """`real` (a real path, there or not) joined with one name, resolved as `os.path.realpath` does."""
+        if part in ("", "."):
+            return real, there
+        path = f"{real.rstrip('/')}/{part}"
+        if not there:
+            return path, False
+        try:
+            os.readlink(path)
+        except OSError as exc:  # EINVAL: there, and no link; anything else: taken as it is (as realpath does)
+            return path, exc.errno == errno.EINVAL
+        real = os.path.realpath(path)  # a link the host had already: the operator's, resolved in full
+        return real, os.path.lexists(real)
+
+
+def _remove(paths: list[str]) -> None:
     for path in reversed(paths):
         with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink():
+            if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)  # a folder made here: all in it is this copy's (a config rebuilt too)
             else:
-                path.unlink()
+                os.unlink(path)

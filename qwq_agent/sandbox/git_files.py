@@ -17,6 +17,10 @@ copy-back's own entries that git runs commands from, or is led by, are removed:
 - `hooks/`, and `rebase-merge/`, `rebase-apply/` and `sequencer/`, whose todo lists hold `exec` lines;
 - every symlink inside it: git makes none there, and one can lead it to a file elsewhere in the tree;
 
+- `remotes/` and `branches/`, old-style remote files git still reads for a remote `config` lacks: a
+  `Push: :refs/heads/release` line there would make the operator's next plain `git push` delete a branch
+  on their remote, past the config's allowlist; they are named in `settings`, like dropped remotes;
+
 and anywhere, a `.git` that is not a folder (a `gitdir:` file or a link points git at a folder of the
 sandbox's choosing). Names are compared lower-cased: on a case-insensitive host disk `.GIT/CONFIG` is
 `.git/config`. What was there before the copy-back (the operator's own) stays. Git works without them:
@@ -38,6 +42,13 @@ from qwq_agent.sandbox.git_config import TooLong, rebuild
 WHY = "git would run commands from them"
 _RUNS = frozenset(
     {"config", "config.worktree", "commondir", "hooks", "rebase-merge", "rebase-apply", "sequencer"}
+)
+# Old-style remotes (`remotes/<name>`: `URL:`, `Push:`, `Pull:` lines; `branches/<name>`: `URL#branch`),
+# read when `config` has no such remote: the push and fetch refspecs `git_config` drops would come back here.
+_LEGACY_REMOTES = frozenset({"remotes", "branches"})
+LEGACY_WHY = (
+    "old-style remote files, which git reads as remotes beside its config, unchecked (a push refspec there "
+    "could delete branches on your remote)"
 )
 _GIT_DIR_SIGNS = frozenset({"objects", "refs", "commondir"})
 _CONFIGS = frozenset({"config", "config.worktree"})
@@ -75,33 +86,37 @@ def remove_from_git_folders(top: Path, dest: Path, ours: Set[tuple[int, int]], d
         if top.name.lower() == ".git":
             removed += _remove_ours(top, dest, ours)
         return Cleaned(removed, settings)
-    stack = [(top, False)]
+    # Paths as text but for those acted on: a `Path` of every entry, parsed anew, cost a millisecond
+    # apiece 1,900 levels deep.
+    stack = [(str(top), top.name, False)]
     while stack:
         if time.monotonic() > deadline:
             raise TooLong
-        folder, within = stack.pop()
+        folder, folder_name, within = stack.pop()
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
         names = {e.name.lower() for e in entries}
-        git = folder.name.lower() == ".git" or ("head" in names and bool(names & _GIT_DIR_SIGNS))
+        git = folder_name.lower() == ".git" or ("head" in names and bool(names & _GIT_DIR_SIGNS))
         within = within or git
         for entry in entries:
-            name, path = entry.name.lower(), Path(entry.path)
+            name = entry.name.lower()
             is_dir = entry.is_dir(follow_symlinks=False)
             if git and name in _CONFIGS and entry.is_file(follow_symlinks=False):
                 if identity(entry.stat(follow_symlinks=False)) not in ours:
                     continue
                 if rebuilt < MAX_REBUILT_CONFIGS:
-                    _rebuild(path, dest, deadline, removed, settings)
+                    _rebuild(Path(entry.path), dest, deadline, removed, settings)
                     rebuilt += 1
                 else:
-                    removed += _remove_ours(path, dest, ours)
+                    removed += _remove_ours(Path(entry.path), dest, ours)
+            elif git and name in _LEGACY_REMOTES and (is_dir or entry.is_symlink()):
+                _drop_legacy_remotes(Path(entry.path), dest, ours, settings)
             elif (
                 (name == ".git" and not is_dir) or (git and name in _RUNS) or (within and entry.is_symlink())
             ):
-                removed += _remove_ours(path, dest, ours)
+                removed += _remove_ours(Path(entry.path), dest, ours)
             elif is_dir:
-                stack.append((path, within))
+                stack.append((entry.path, entry.name, within))
     return Cleaned(sorted(removed), sorted(settings))
 
 
@@ -128,6 +143,27 @@ def _rebuild(path: Path, dest: Path, deadline: float, removed: list[str], settin
             f"{shown}: kept remotes/branches and basic settings, dropped {new.dropped_count} settings git "
             f"could run commands from (or not known to be safe): {', '.join(new.dropped[:MAX_SHOWN_KEYS])}{more}"
         )
+
+
+def _drop_legacy_remotes(path: Path, dest: Path, ours: Set[tuple[int, int]], settings: list[str]) -> None:
+    """Remove what this copy-back wrote as `path` (a git folder's `remotes` or `branches`), and name the
+    remotes it held on a line of `settings`: a remote the operator would push to, never shown, otherwise."""
+    st = os.lstat(path)
+    shown = f"{path.relative_to(dest)}{'/' if stat.S_ISDIR(st.st_mode) else ''}"
+    names: list[str] = []
+    if stat.S_ISDIR(st.st_mode) and identity(st) in ours:
+        with os.scandir(path) as it:  # a few names are enough to say what it was; the count could be huge
+            names = sorted(entry.name for _, entry in zip(range(MAX_SHOWN_KEYS + 1), it, strict=False))
+        if not names:  # `git init`'s template makes an empty `branches/`: nothing to say, nothing to remove
+            return
+    removed = _remove_ours(path, dest, ours)
+    if not removed:
+        return
+    if identity(st) not in ours:  # the operator's folder: only what this copy-back wrote in it went
+        names = [name.removeprefix(shown) for name in removed]
+    more = " ..." if len(names) > MAX_SHOWN_KEYS else ""
+    listed = f": {', '.join(names[:MAX_SHOWN_KEYS])}{more}" if names else ""
+    settings.append(f"{shown}: left out: {LEGACY_WHY}{listed}")
 
 
 def _remove_ours(path: Path, dest: Path, ours: Set[tuple[int, int]]) -> list[str]:

@@ -249,7 +249,8 @@ class DownloadResult(Result):
     git_settings_dropped: list[str] = Field(
         default_factory=list,
         description="a line per git config written with only its safe settings (remotes, branches, user, "
-        "core basics), naming the settings dropped; or left out whole as too large to read, and why",
+        "core basics), naming the settings dropped; or left out whole as too large to read, and why; and "
+        "a line per git folder's `remotes/` or `branches/` (old-style remotes) left out",
     )
     cut: list[str] = Field(
         default_factory=list,

@@ -73,6 +73,7 @@ def upload(args):
             )
         if member.isdir():
             make_parents(shown, target)
+            _narrow_folder(target, member.mode)
             continue
         make_parents(shown, os.path.dirname(target))
         if os.path.lexists(target) and not os.path.isdir(target):
@@ -94,6 +95,22 @@ def upload(args):
             written += member.size
     return {"dest": shown, "entries": len(kept), "bytes": written, "skipped": skipped.shown,
             "skipped_count": skipped.count}  # fmt: skip
+
+
+def _narrow_folder(path, mode):
+    """Take from the folder at `path` the permission bits the host's folder did not have (`mode`): the
+    operator's 0700 `secrets/` stays 0700, not mkdir's 0755. Bits are only taken away, the owner keeps
+    read, write and search. A link (the agent's, at a later upload's folder) or a folder the user does not
+    own is left as it is: only a narrowing is lost, not the upload."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(PermissionError):
+            os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & ((mode & 0o777) | 0o700 | 0o7000))
+    finally:
+        os.close(fd)
 
 
 def _link_leaving(member):
