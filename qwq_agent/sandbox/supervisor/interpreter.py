@@ -57,6 +57,9 @@ class Interpreter:
         self.proc = None
         # What the next cell's note says when it finds no interpreter (see `_run`).
         self.stopped_why = None
+        # Why a cancelled cell cost the interpreter: the host drops a cancelled call's reply, so the
+        # next cell reports the loss (see `_run`). Cleared by `stop`: a reset or restore reports its own.
+        self.unreported_loss = None
         self.start()
 
     @property
@@ -96,7 +99,7 @@ class Interpreter:
 
     def stop(self, why="the interpreter had been stopped (a restart could not start a new one)"):
         """Kill the interpreter and all it started; the next cell starts a fresh one, noting `why`."""
-        self.stopped_why = why
+        self.stopped_why, self.unreported_loss = why, None
         if self.proc is None:
             return
         self.proc.close(budget=KILL_BUDGET)
@@ -161,6 +164,9 @@ class Interpreter:
     def _run(self, code, timeout, cancel_fd, stream=None):
         started = time.monotonic()
         lost: list = []  # why earlier state is gone
+        if self.unreported_loss:
+            lost.append(self.unreported_loss)
+            self.unreported_loss = None
         if self.proc is None:
             # A reset that started none, or a restart whose start() failed (the pids limit taken again in
             # between), left none: start one now; should that fail too, the call says ResourceExhausted
@@ -201,7 +207,7 @@ class Interpreter:
                         pass
                     deadline = time.monotonic() + INTERRUPT_GRACE
                     continue
-                why = "cancelled by the host" if cancelled else f"{timeout:g}s timeout"
+                why = "host's cancel" if cancelled else f"{timeout:g}s timeout"
                 failure = (f"the interpreter ignored the interrupt for {INTERRUPT_GRACE:g}s after the {why} and was "
                            "killed")  # fmt: skip
                 break
@@ -257,6 +263,8 @@ class Interpreter:
                 time.monotonic() + 0.2,
             )
             self.restart()
+            if cancelled:  # nobody reads this result: the next cell says it
+                self.unreported_loss = f"during a cell the host cancelled, {failure}"
             note = f"{failure}; a fresh interpreter was started and all state was lost"
             ename = (
                 "ProtocolViolation"
