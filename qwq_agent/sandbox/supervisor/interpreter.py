@@ -20,11 +20,19 @@ import time
 
 from .framing import Capture, cap_text, drain, encode_frame, write_all
 from .procs import Spawned, continue_tree, stop_tree
-from .settings import INTERRUPT_GRACE, KILL_BUDGET, OUT_HEAD, OUT_TAIL, WORKSPACE, child_env
+from .settings import (
+    IMAGE_BUDGET,
+    INTERRUPT_GRACE,
+    KILL_BUDGET,
+    MAX_FIGURES,
+    OUT_HEAD,
+    OUT_TAIL,
+    WORKSPACE,
+    child_env,
+)
 
 BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot.py")
 MAX_RESULT_FRAME = 64 * 1024 * 1024
-MAX_IMAGES = 20
 
 
 class ProtocolViolation(Exception):
@@ -32,7 +40,12 @@ class ProtocolViolation(Exception):
 
 
 def _sanitize(msg, nonce):
-    """This cell's result from a frame of the (user-controlled) interpreter, capped; or ProtocolViolation."""
+    """This cell's result from a frame of the (user-controlled) interpreter, capped; or ProtocolViolation.
+
+    Images are held to the worker's own limits (`MAX_FIGURES`, `IMAGE_BUDGET`): a frame user code wrote
+    itself could otherwise bring 64 MB of them into the host's result and the trace. What is dropped is
+    said under `_note`, for the cell's stderr.
+    """
     if not isinstance(msg, dict) or not secrets.compare_digest(str(msg.get("nonce")), nonce):
         raise ProtocolViolation("a frame that does not carry this cell's nonce")
     value, error, images = msg.get("value"), msg.get("error"), msg.get("images") or []
@@ -45,8 +58,20 @@ def _sanitize(msg, nonce):
         error["ename"] = error["ename"][:200]
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise ProtocolViolation("malformed images")
+    kept: list = []
+    total = 0
+    for image in images:
+        if len(kept) < MAX_FIGURES and total + len(image) <= IMAGE_BUDGET:
+            kept.append(image)
+            total += len(image)
+    note = (
+        f"[{len(images) - len(kept)} image(s) dropped: the interpreter sent more than {MAX_FIGURES} or "
+        f"{IMAGE_BUDGET // 2**20} MB of them]\n"
+        if len(kept) < len(images)
+        else None
+    )
     return {"value": None if value is None else cap_text(value, OUT_HEAD, OUT_TAIL), "error": error,
-            "images": images[:MAX_IMAGES]}  # fmt: skip
+            "images": kept, "_note": note}  # fmt: skip
 
 
 class Interpreter:
@@ -256,6 +281,9 @@ class Interpreter:
             drain(
                 [fd for fd in (self.out, self.err) if fd not in self.closed_streams], caps, time.monotonic()
             )
+            note = result.pop("_note", None)
+            if note:
+                caps[err].add(note.encode())
         else:
             drain(
                 [fd for fd in (self.out, self.err) if fd not in self.closed_streams],
