@@ -8,6 +8,8 @@ at the very end of a run (exit 70, the answer never shown).
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import sys
 import threading
@@ -80,6 +82,57 @@ def test_hostile_tool_output_and_answer_print_as_text_live_and_in_trace_show(san
     assert shown.returncode == 0, shown.stderr[-2000:]
     _no_control(shown.stdout)
     assert "[/workspace/out.txt] and [bold]here[/]." in shown.stdout and "\\x1b[2J" in shown.stdout
+
+
+HOSTILE_CELL = (
+    "import sys\n"
+    "sys.stdout.write('\\x1b]52;c;cHduZWQ=\\x07\\x1b[2Jout\\n')\n"
+    "sys.stderr.write('\\x1b]0;title\\x07err\\n')\n"
+    "raise ValueError('\\x1b]52;c;dHJhY2ViYWNr\\x07')\n"
+)
+
+
+def _on_a_terminal(argv: list[str]) -> tuple[int, str]:
+    """Run the CLI with stdout and stderr on a pseudo-terminal, as an operator would; its exit status and
+    all it wrote there."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen([*CLI, *argv], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    data = b""
+    try:
+        while True:
+            # The pty ends (EIO) once the CLI exits; the select timeout only guards a hung CLI.
+            if not select.select([master], [], [], 300)[0]:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(master)
+        code = proc.wait(timeout=60)
+    return code, data.decode("utf-8", "replace")
+
+
+@pytest.mark.docker
+def test_sandbox_run_shows_sandbox_output_as_text_on_a_terminal_and_as_is_in_a_pipe(sandbox_image) -> None:
+    # Before: the cell's stdout, stderr and traceback reached the terminal raw (clipboard written, screen
+    # cleared, window renamed).
+    code, shown = _on_a_terminal(["sandbox", "run", "--python", HOSTILE_CELL])
+    assert code == 1, shown[-2000:]
+    _no_control(shown)
+    assert "\\x1b]52;c;cHduZWQ=\\x07\\x1b[2Jout" in shown and "\\x1b]0;title\\x07err" in shown
+    assert "ValueError: \\x1b]52;c;dHJhY2ViYWNr\\x07" in shown
+    # Redirected, the output is the program's own, byte for byte (`--json` for a machine-readable form).
+    piped = subprocess.run(
+        [*CLI, "sandbox", "run", "--python", HOSTILE_CELL], capture_output=True, text=True, timeout=180
+    )
+    assert piped.returncode == 1, piped.stderr[-2000:]
+    assert piped.stdout == "\x1b]52;c;cHduZWQ=\x07\x1b[2Jout\n"
+    assert piped.stderr.startswith("\x1b]0;title\x07err\n") and "ValueError" in piped.stderr
 
 
 def test_serve_model_url_prints_the_servers_model_name_as_text() -> None:

@@ -98,6 +98,34 @@ async def test_loop_ignoring_sigint_gets_a_fresh_interpreter(small: DockerSandbo
     assert r.error is not None and r.error.ename == "NameError"
 
 
+async def test_a_cancelled_cell_that_cost_the_interpreter_is_reported_by_the_next_one(
+    small: DockerSandbox,
+) -> None:
+    """The reply of a cancelled cell is dropped, so when its interrupt was ignored and the interpreter
+    replaced, the next cell says so (before: NameError with state_lost=False and no note) and the
+    host's cell log forgets the lost cells."""
+    await small.python("gone = 1")
+    stubborn = asyncio.create_task(
+        small.python(
+            "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "open('/tmp/stubborn', 'w').close()\nwhile True:\n    time.sleep(0.01)",
+            timeout=60,
+        )
+    )
+    started = await small.shell("while [ ! -f /tmp/stubborn ]; do sleep 0.01; done; echo in", timeout=30)
+    assert started.stdout == "in\n"
+    stubborn.cancel()  # the caller gives up on it (its own timeout, the tool-time budget)
+    with pytest.raises(asyncio.CancelledError):
+        await stubborn
+    r = await small.python("gone")  # waits for the interpreter: the cancelled cell's grace, then a fresh one
+    assert r.error is not None and r.error.ename == "NameError" and r.state_lost
+    assert "cancelled" in r.stderr and "earlier state was lost" in r.stderr
+    assert [c.code for c in small.cells.recorded() or []] == ["gone"]
+    r = await small.python("1")  # reported once
+    assert r.value == "1" and not r.state_lost and r.stderr == ""
+    await small.shell("rm -f /tmp/stubborn")
+
+
 async def test_shell_trapping_signals_is_killed(small: DockerSandbox) -> None:
     r = await small.shell("trap '' INT TERM; sleep 100", timeout=0.5)
     assert r.timed_out and r.exit_code == -9

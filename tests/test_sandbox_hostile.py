@@ -140,6 +140,28 @@ async def test_a_forked_child_writing_to_the_result_pipe_is_a_protocol_violation
     assert r.value == "False" and r.error is None and not r.sandbox_replaced
 
 
+async def test_a_forged_result_gets_no_more_image_bytes_than_the_interpreters_budget(
+    sb: DockerSandbox,
+) -> None:
+    """User code can write its cell's result frame itself (here by patching the worker's encoder): its
+    images are held to the 16 MB the worker keeps to (before: up to the 64 MB frame limit reached the
+    host and the trace), the rest dropped with a note."""
+    await sb.python("forged_state = 'kept'")
+    forge = (
+        "import sys\nw = sys.modules['supervisor.worker']\nreal_encode = w.encode_frame\n"
+        "w.encode_frame = lambda r: real_encode({**r, 'images': ['A' * 4_000_000] * 5})"
+    )
+    try:
+        r = await sb.python(forge)
+        assert r.error is None and not r.state_lost, r
+        assert len(r.images) == 4 and sum(map(len, r.images)) <= 16 * 1024 * 1024
+        assert "1 image(s) dropped" in r.stderr, r.stderr
+    finally:
+        await sb.python("w.encode_frame = real_encode")
+    r = await sb.python("forged_state")
+    assert r.value == "'kept'" and r.images == [] and not r.state_lost
+
+
 async def test_a_process_forked_in_a_cell_dies_with_the_cell(sb: DockerSandbox) -> None:
     r = await sb.python(
         "import os, time, subprocess\n"

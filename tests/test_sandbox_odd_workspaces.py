@@ -153,6 +153,8 @@ async def test_threads_a_cell_left_behind_do_not_lock_the_shell_out(sandbox_imag
         assert r.value is not None and int(r.value) > 32, r
         res = await sb.shell("echo ok", timeout=10)
         assert res.stdout == "ok\n" and res.state_lost and "holds" in res.stderr and "restarted" in res.stderr
+        # The restart forgot the cell that left the threads: a snapshot must not replay it.
+        assert sb.cells.recorded() == []
         assert (await sb.python("'n' in dir()")).value == "False"  # the fresh interpreter
         assert (await sb.shell("echo again", timeout=10)).stdout == "again\n"
 

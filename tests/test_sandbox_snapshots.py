@@ -464,6 +464,26 @@ async def test_a_log_too_long_to_replay_is_reported_fresh(pair, monkeypatch: pyt
     assert result.python_state == "fresh" and "too many cells" in result.note
 
 
+async def test_a_replaced_container_leaves_no_cells_to_replay(sandbox_image: str, pair) -> None:
+    """The cells of a container that died are not the replacement's: a non-python call that replaced it
+    forgets them, so a snapshot of the replacement replays none (before: it re-ran `secret = 41`, which
+    the snapshotted interpreter never ran)."""
+    _, dst = pair
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sb:
+        assert (await sb.python("secret = 41")).ok
+        await sb.engine.kill(sb.id)
+        await sb.wait_closed()
+        r = await sb.shell("echo hi")
+        assert r.sandbox_replaced and r.state_lost and r.stdout == "hi\n"
+        assert sb.cells.recorded() == []
+        assert (await sb.python("after = 1")).ok
+        snap = await sb.snapshot()
+        assert snap.cells is not None and [c.code for c in snap.cells] == ["after = 1"]
+    restored = await dst.restore(snap, python_state="replay")
+    assert restored.replayed_cells == 1 and restored.python_state == "replayed"
+    assert (await dst.python("'secret' in globals(), after")).value == "(False, 1)"
+
+
 async def test_big_archives_are_staged_in_chunks_under_a_cap(sandbox_image: str, pair) -> None:
     src, _ = pair
     await empty(src)

@@ -8,11 +8,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from qwq_agent.cli import arg_types
 from qwq_agent.cli.errors import EXIT_DOCKER, CliError
 from qwq_agent.cli.image_files import write_new_png
+from qwq_agent.cli.safe_text import safe
 
 if TYPE_CHECKING:
     from qwq_agent.sandbox.janitor import SandboxInfo
@@ -31,7 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--json", action="store_true", help="JSON output")
     build.set_defaults(func=_build)
 
-    run = ssub.add_parser("run", help="run code in a fresh sandbox and print the result")
+    run = ssub.add_parser(
+        "run",
+        help="run code in a fresh sandbox and print the result",
+        description="Run code in a fresh sandbox and print its output, value and error. On a terminal, "
+        "control characters in them show as escapes (\\x1b...), so sandbox code cannot drive the terminal; "
+        "redirected to a file or a pipe, the output is written as it came.",
+    )
     what = run.add_mutually_exclusive_group(required=True)
     what.add_argument("--python", metavar="CODE", help="a Python cell")
     what.add_argument("--shell", metavar="CMD", help="a bash command")
@@ -69,6 +76,12 @@ def _docker_ready() -> None:
     check_docker()
 
 
+def _write(stream: TextIO, text: str) -> None:
+    """Write what the sandbox produced: escaped on a terminal (an escape sequence in it must not clear the
+    screen or set the clipboard), as it came when redirected (a file or pipe gets the program's output)."""
+    stream.write(safe(text) if stream.isatty() else text)
+
+
 def _build(args: argparse.Namespace) -> int:
     from qwq_agent.cli.sandbox_build import build_command
     from qwq_agent.cli.serve_signals import stop_on_signals
@@ -101,13 +114,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(result.model_dump_json())
         return 0
-    sys.stdout.write(result.stdout)
-    sys.stderr.write(result.stderr)
+    _write(sys.stdout, result.stdout)
+    _write(sys.stderr, result.stderr)
     if isinstance(result, PythonResult):
         if result.value is not None:
-            print(result.value)
+            _write(sys.stdout, result.value + "\n")
         if result.error is not None:
-            sys.stderr.write(result.error.traceback)
+            _write(sys.stderr, result.error.traceback)
         if result.images and args.images is None:
             print(
                 f"[{len(result.images)} figure(s) not saved: pass --images DIR to save them]", file=sys.stderr

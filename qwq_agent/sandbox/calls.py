@@ -68,6 +68,10 @@ class SandboxCalls(SandboxContainer):
             raise SandboxTimeout(f"sandbox {self.id}: {exc}; the container was killed") from None
         except SandboxDead as exc:
             raise await self._dead(f"sandbox {self.id}: {exc}") from None
+        if isinstance(raw, dict) and raw.get("state_lost") is True:
+            # Whatever the call, the supervisor restarted the interpreter (the pids limit reclaimed
+            # before a shell or any request): the cells recorded so far are not its state any more.
+            self.cells.reset()
         return raw, replaced
 
     async def _call(

@@ -123,6 +123,8 @@ class SandboxContainer:
         # within `start_timeout_s` with an error naming Docker.
         deadline = (deadline or Deadline.never()).sooner(self.config.start_timeout_s)
         self._spent = {}
+        # A new container's interpreter ran none of the cells a dead one did: a snapshot must not replay them.
+        self.cells.reset()
         began = time.monotonic()
         try:
             left = deadline.left() or 0.0

@@ -24,11 +24,19 @@ import time
 
 from .framing import Capture, cap_text, drain, encode_frame
 from .procs import Spawned, continue_tree, stop_tree
-from .settings import INTERRUPT_GRACE, KILL_BUDGET, OUT_HEAD, OUT_TAIL, WORKSPACE, child_env
+from .settings import (
+    IMAGE_BUDGET,
+    INTERRUPT_GRACE,
+    KILL_BUDGET,
+    MAX_FIGURES,
+    OUT_HEAD,
+    OUT_TAIL,
+    WORKSPACE,
+    child_env,
+)
 
 BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot.py")
 MAX_RESULT_FRAME = 64 * 1024 * 1024
-MAX_IMAGES = 20
 
 
 class ProtocolViolation(Exception):
@@ -36,7 +44,12 @@ class ProtocolViolation(Exception):
 
 
 def _sanitize(msg, nonce):
-    """This cell's result from a frame of the (user-controlled) interpreter, capped; or ProtocolViolation."""
+    """This cell's result from a frame of the (user-controlled) interpreter, capped; or ProtocolViolation.
+
+    Images are held to the worker's own limits (`MAX_FIGURES`, `IMAGE_BUDGET`): a frame user code wrote
+    itself could otherwise bring 64 MB of them into the host's result and the trace. What is dropped is
+    said under `_note`, for the cell's stderr.
+    """
     if not isinstance(msg, dict) or not secrets.compare_digest(str(msg.get("nonce")), nonce):
         raise ProtocolViolation("a frame that does not carry this cell's nonce")
     value, error, images = msg.get("value"), msg.get("error"), msg.get("images") or []
@@ -49,8 +62,20 @@ def _sanitize(msg, nonce):
         error["ename"] = error["ename"][:200]
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise ProtocolViolation("malformed images")
+    kept: list = []
+    total = 0
+    for image in images:
+        if len(kept) < MAX_FIGURES and total + len(image) <= IMAGE_BUDGET:
+            kept.append(image)
+            total += len(image)
+    note = (
+        f"[{len(images) - len(kept)} image(s) dropped: the interpreter sent more than {MAX_FIGURES} or "
+        f"{IMAGE_BUDGET // 2**20} MB of them]\n"
+        if len(kept) < len(images)
+        else None
+    )
     return {"value": None if value is None else cap_text(value, OUT_HEAD, OUT_TAIL), "error": error,
-            "images": images[:MAX_IMAGES]}  # fmt: skip
+            "images": kept, "_note": note}  # fmt: skip
 
 
 class Interpreter:
@@ -65,6 +90,9 @@ class Interpreter:
             os.set_blocking(fd, False)
         # What the next cell's note says when it finds no interpreter (see `_run`).
         self.stopped_why = None
+        # Why a cancelled cell cost the interpreter: the host drops a cancelled call's reply, so the
+        # next cell reports the loss (see `_run`). Cleared by `stop`: a reset or restore reports its own.
+        self.unreported_loss = None
         self.start()
 
     @property
@@ -106,7 +134,7 @@ class Interpreter:
 
     def stop(self, why="the interpreter had been stopped (a restart could not start a new one)"):
         """Kill the interpreter and all it started; the next cell starts a fresh one, noting `why`."""
-        self.stopped_why = why
+        self.stopped_why, self.unreported_loss = why, None
         if self.proc is None:
             return
         self.proc.close(budget=KILL_BUDGET)
@@ -196,6 +224,9 @@ class Interpreter:
         limit = timeout if limit is None else limit
         started = time.monotonic()
         lost: list = []  # why earlier state is gone
+        if self.unreported_loss:
+            lost.append(self.unreported_loss)
+            self.unreported_loss = None
         if self.proc is None:
             # A reset that started none, or a restart whose start() failed (the pids limit taken again in
             # between), left none: start one now; should that fail too, the call says ResourceExhausted
@@ -231,7 +262,7 @@ class Interpreter:
                 # Not even read: an interrupt cannot reach the cell (the worker ignores SIGINT between
                 # cells), so it is killed now, as one that ignored its interrupt would be.
                 interrupted = True
-                why = "cancelled by the host" if cancelled else f"{limit:g}s timeout"
+                why = "host's cancel" if cancelled else f"{limit:g}s timeout"
                 failure = (f"the interpreter did not read the cell before the {why} (a thread of an "
                            "earlier cell holding it busy, or the process stopped) and was killed")  # fmt: skip
                 break
@@ -244,7 +275,7 @@ class Interpreter:
                         pass
                     deadline = time.monotonic() + INTERRUPT_GRACE
                     continue
-                why = "cancelled by the host" if cancelled else f"{limit:g}s timeout"
+                why = "host's cancel" if cancelled else f"{limit:g}s timeout"
                 failure = (f"the interpreter ignored the interrupt for {INTERRUPT_GRACE:g}s after the {why} and was "
                            "killed")  # fmt: skip
                 break
@@ -307,6 +338,9 @@ class Interpreter:
             drain(
                 [fd for fd in (self.out, self.err) if fd not in self.closed_streams], caps, time.monotonic()
             )
+            note = result.pop("_note", None)
+            if note:
+                caps[err].add(note.encode())
         else:
             drain(
                 [fd for fd in (self.out, self.err) if fd not in self.closed_streams],
@@ -314,6 +348,8 @@ class Interpreter:
                 time.monotonic() + 0.2,
             )
             self.restart()
+            if cancelled:  # nobody reads this result: the next cell says it
+                self.unreported_loss = f"during a cell the host cancelled, {failure}"
             note = f"{failure}; a fresh interpreter was started and all state was lost"
             ename = (
                 "ProtocolViolation"

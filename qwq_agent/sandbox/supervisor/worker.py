@@ -16,13 +16,9 @@ import sys
 import types
 
 from .framing import cap_text, encode_frame, read_exact, write_all
-from .settings import OUT_HEAD, OUT_TAIL
+from .settings import IMAGE_BUDGET, MAX_FIGURES, OUT_HEAD, OUT_TAIL
 
 CMD_FD, RES_FD = 3, 4
-MAX_FIGURES = 20
-# Base64 bytes of figures per cell: well under the result pipe's 64 MB frame limit (`interpreter.py`),
-# and more than any plot a model can read (a 2000x2000 photo-like PNG is ~8 MB).
-IMAGE_BUDGET = 16 * 1024 * 1024
 
 
 def _restore_output(saved):
