@@ -148,8 +148,10 @@ async def test_a_forged_result_gets_no_more_image_bytes_than_the_interpreters_bu
     host and the trace), the rest dropped with a note."""
     await sb.python("forged_state = 'kept'")
     forge = (
-        "import sys\nw = sys.modules['supervisor.worker']\nreal_encode = w.encode_frame\n"
-        "w.encode_frame = lambda r: real_encode({**r, 'images': ['A' * 4_000_000] * 5})"
+        # The worker's module is out of sys.modules while cells run; its frame below the cell is not.
+        "import sys\nf = sys._getframe()\nwhile 'encode_frame' not in f.f_globals:\n    f = f.f_back\n"
+        "w = f.f_globals\nreal_encode = w['encode_frame']\n"
+        "w['encode_frame'] = lambda r: real_encode({**r, 'images': ['A' * 4_000_000] * 5})"
     )
     try:
         r = await sb.python(forge)
@@ -157,7 +159,7 @@ async def test_a_forged_result_gets_no_more_image_bytes_than_the_interpreters_bu
         assert len(r.images) == 4 and sum(map(len, r.images)) <= 16 * 1024 * 1024
         assert "1 image(s) dropped" in r.stderr, r.stderr
     finally:
-        await sb.python("w.encode_frame = real_encode")
+        await sb.python("w['encode_frame'] = real_encode")
     r = await sb.python("forged_state")
     assert r.value == "'kept'" and r.images == [] and not r.state_lost
 
