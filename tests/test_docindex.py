@@ -249,6 +249,26 @@ def test_html_is_decoded_by_its_declared_charset_and_a_bom_before_the_nul_check(
         assert locations(index, "Zwischenspeicher") == ["wide.html:1"]
 
 
+def test_a_binary_file_that_starts_like_a_byte_order_mark_is_still_refused_as_binary(tmp_path: Path) -> None:
+    # The mark is read before the NUL check (UTF-16 text is full of NUL bytes), and whatever followed it
+    # was indexed: a binary file starting with FF FE became an index entry of UTF-16 noise.
+    import random
+    import zlib
+
+    root = tmp_path / "r"
+    root.mkdir()
+    squeezed = zlib.compress(" ".join(str(i * i) for i in range(5000)).encode(), 9)
+    (root / "packed.txt").write_bytes(b"\xff\xfe" + squeezed)  # compressed data: random-looking bytes
+    (root / "sparse.txt").write_bytes(b"\xfe\xff" + b"\x00\x00\x00\x07" * 500)  # mostly zeros
+    (root / "wide32.txt").write_bytes(b"\xff\xfe\x00\x00" + random.Random(0).randbytes(4096))
+    (root / "cjk.txt").write_bytes("東京の説明書 キャッシュ 😀\n".encode("utf-16"))  # text, kept
+    with build(root, tmp_path) as index:
+        stats = index.update()
+        assert dict(stats.errors).keys() == {"packed.txt", "sparse.txt", "wide32.txt"}, stats.errors
+        assert all("binary file" in why for _, why in stats.errors), stats.errors
+        assert locations(index, "キャッシュ") == ["cjk.txt:1"]
+
+
 def test_symlinks_out_of_root_are_not_followed(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -30,6 +30,7 @@ from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.messages import ToolCall
 from qwq_agent.deadline import Deadline
 from qwq_agent.mcp import MCPConnectError, MCPServerSpec, mcp_tools
+from qwq_agent.mcp._stdin import LineTooLong, StdinLines
 from qwq_agent.mcp._stdio import MAX_LINE_BYTES
 from qwq_agent.protocols import ToolContext
 from qwq_agent.testing.scripted_server import ScriptedModelServer
@@ -425,6 +426,36 @@ def test_mcp_serve_whose_terminal_hangs_up_leaves_no_sandbox(sandbox_image):
             cli.wait()
         if leader >= 0:
             os.close(leader)
+
+
+@pytest.mark.docker
+def test_mcp_serve_sent_a_line_past_the_cap_stops_saying_why_and_removes_its_sandbox(sandbox_image):
+    # The line was held whole however long it grew (and re-split at every read): a client writing
+    # without a newline filled the host's memory. Now it ends the session, as our client ends a server's.
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    wire = json.dumps(hello).encode() + b"\n" + b"x" * (MAX_LINE_BYTES + 1) + b"\n"
+    cmd = [sys.executable, "-m", "qwq_agent.cli.main", "mcp-serve", "--tools", "shell"]
+    cli = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = cli.communicate(wire, timeout=180)  # it stops reading: the rest is not written
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert b"serverInfo" in out  # it served until that line
+    assert cli.returncode == 2, err[-2000:]
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 2 and f"of more than {MAX_LINE_BYTES:,} bytes on stdin" in lines[0], lines
+    assert _sandboxes_of(cli.pid) == []
 
 
 async def test_a_stdio_server_that_died_between_calls_is_restarted_by_the_next_call():
@@ -869,3 +900,58 @@ async def test_a_servers_patterns_are_enforced_on_any_text_and_a_pattern_that_ca
         direct = await toolset[0]({"slow": "a" * 40 + "!"}, None)  # type: ignore[arg-type]
         assert direct.metadata["error"] == "invalid_arguments", direct.text
         assert "$.slow: the value could not be checked against the tool's pattern" in direct.text
+
+
+class _FedStdin(StdinLines):
+    """`StdinLines` reading `chunks` instead of a descriptor; `work` is how many bytes were allocated
+    while each chunk was handled (tracemalloc's peak past what was held when it was handed over)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        super().__init__(-1)
+        self._chunks = iter(chunks)
+        self._held: int | None = None
+        self.work: list[int] = []
+
+    async def _read(self) -> bytes:
+        import tracemalloc
+
+        if self._held is not None:
+            self.work.append(tracemalloc.get_traced_memory()[1] - self._held)
+        chunk = next(self._chunks, b"")
+        tracemalloc.reset_peak()
+        self._held = tracemalloc.get_traced_memory()[0]
+        return chunk
+
+
+def test_mcp_serve_handles_each_chunk_of_a_long_line_in_work_that_does_not_grow_with_the_line():
+    # Every 64 KiB read re-joined and re-split the whole line read so far: quadratic in the line's
+    # length, on the event loop (a 32 MiB line took 18 s, keep-alives and Ctrl-C waiting). The bytes
+    # handled for each chunk are what the allocations while handling it show.
+    import tracemalloc
+
+    piece = b"x" * 65536
+    chunks = [piece] * 64 + [b"y\n", b'{"next": "\xc3', b'\xa9"}']  # 4 MiB, then a character cut in two
+    reader = _FedStdin(chunks)
+
+    async def read_all() -> list[str]:
+        return [line async for line in reader]
+
+    tracemalloc.start()
+    try:
+        lines = asyncio.run(read_all())
+    finally:
+        tracemalloc.stop()
+    assert lines == ["x" * (64 * 65536) + "y\n", '{"next": "é"}']
+    growth = reader.work[:64]  # the chunks before the line's end (joining it once then is its cost)
+    assert max(growth) < 4 * 65536, f"bytes handled per chunk grew with the line: {growth[::8]}"
+
+
+def test_mcp_serve_refuses_a_line_past_the_cap_as_the_client_does_without_holding_more():
+    piece = b"x" * 65536  # the same object each time: the test itself holds 64 KiB
+    reader = _FedStdin([b'{"a": 1}\n'] + [piece] * (MAX_LINE_BYTES // len(piece) + 1) + [b"\n"])
+
+    async def read_all() -> list[str]:
+        return [line async for line in reader]
+
+    with pytest.raises(LineTooLong, match=f"more than {MAX_LINE_BYTES:,} bytes"):
+        asyncio.run(read_all())

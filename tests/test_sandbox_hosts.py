@@ -22,6 +22,7 @@ from qwq_agent.sandbox import (
     DockerUnreachable,
     HostFull,
     SandboxConfig,
+    SandboxConfigError,
     SandboxHostLost,
     SandboxPool,
     janitor,
@@ -238,6 +239,105 @@ async def test_when_every_host_fails_each_ones_error_is_reported_and_pauses_grow
             assert (await sb.shell("echo ok")).stdout == "ok\n"
         finally:
             await sb.close()
+
+
+async def test_a_start_that_ran_out_of_the_callers_time_sets_no_host_aside(sandbox_image: str) -> None:
+    """Every failed start counted against its host: one cut short by the caller's own deadline (nothing
+    left of it, or too little for a host that starts sandboxes in 3 s) set a healthy host aside, for
+    longer at each such start, and the pool lost it for up to 5 minutes."""
+    config = SandboxConfig(image=sandbox_image)  # start_timeout_s: 60 s, the host's own limit
+    async with DockerProxy() as slow:
+        # The proxied host has the most room: it is tried first.
+        hs = HostSet.of([DockerHost(url=slow.url, capacity=8), DockerHost(url=LOCAL, capacity=2)], timeout=10)
+        healthy, local = hs.hosts
+        with pytest.raises(
+            SandboxStartError,
+            match=r"start time ran out before the container was created.*the caller's deadline came first",
+        ):
+            await asyncio.wait_for(hs.start(config, Deadline.after(0)), 60)
+        assert not any(h.down(time.monotonic()) for h in hs.hosts)
+        assert healthy.failures == local.failures == 0
+        slow.delays["/start"] = 3.0  # a daemon slow to answer, within any sane start time
+        with pytest.raises(
+            SandboxStartError, match=rf"{slow.url}: .* did not answer POST /containers/.*/start"
+        ):
+            await asyncio.wait_for(hs.start(config, Deadline.after(1)), 60)
+        assert not any(h.down(time.monotonic()) for h in hs.hosts)
+        assert healthy.failures == local.failures == 0
+        # Given the time, it starts one there.
+        sb = await asyncio.wait_for(hs.start(config, Deadline.after(60)), 90)
+        try:
+            assert sb.engine.url == slow.url
+            assert (await sb.shell("echo ok")).stdout == "ok\n"
+        finally:
+            await sb.close()
+
+
+async def test_a_start_that_fails_the_same_on_any_host_is_raised_and_sets_none_aside(
+    sandbox_image: str, monkeypatch
+) -> None:
+    """A bad setting (or an image whose supervisor cannot drop root) fails the start on every host: it set
+    each one aside in turn, the error hidden in a list of hosts, and the pool had no host for minutes
+    after the setting was fixed."""
+    from qwq_agent.sandbox import container
+    from qwq_agent.sandbox.image.errors import ImageBuildError
+
+    async with DockerProxy() as proxy:
+        hs = HostSet.of([proxy.url, LOCAL], timeout=10)
+        # The default image, not resolved yet on these engines: its build reads QWQ_SANDBOX_BUILD first.
+        monkeypatch.delenv("QWQ_SANDBOX_IMAGE", raising=False)
+        monkeypatch.setattr(container, "_image_cache", {})
+        monkeypatch.setenv("QWQ_SANDBOX_BUILD", "fastest")
+        with pytest.raises(ImageBuildError, match="QWQ_SANDBOX_BUILD='fastest'"):
+            await asyncio.wait_for(hs.start(SandboxConfig()), 60)
+        monkeypatch.undo()
+        # An image whose supervisor starts without root: no sandbox of it is safe, on any host.
+        unsplit = _image_without_root(sandbox_image)
+        try:
+            with pytest.raises(SandboxConfigError, match="does not run under its own uid"):
+                await asyncio.wait_for(hs.start(SandboxConfig(image=unsplit)), 60)
+        finally:
+            _remove_image(unsplit)
+        assert [h.failures for h in hs.hosts] == [0, 0] and not any(
+            h.down(time.monotonic()) for h in hs.hosts
+        )
+        sb = await asyncio.wait_for(hs.start(SandboxConfig(image=sandbox_image)), 60)
+        try:
+            assert (await sb.shell("echo ok")).stdout == "ok\n"
+        finally:
+            await sb.close()
+
+
+def _image_without_root(base: str) -> str:
+    """An image of `base` whose entrypoint gives up root before the supervisor starts (as a custom image
+    that sets its own user might); its tag."""
+    import io
+    import uuid
+
+    from qwq_agent.sandbox.transport import docker_from_env
+
+    tag = f"qwq-test-unsplit:{uuid.uuid4().hex[:12]}"
+    dockerfile = (
+        f"FROM {base}\n"
+        'ENTRYPOINT ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "/usr/bin/tini", "--", '
+        '"python3", "-I", "-u", "/opt/qwq/supervisor/boot.py"]\n'
+    )
+    client = docker_from_env(timeout=120)
+    try:
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    finally:
+        client.close()
+    return tag
+
+
+def _remove_image(tag: str) -> None:
+    from qwq_agent.sandbox.transport import docker_from_env
+
+    client = docker_from_env(timeout=60)
+    try:
+        client.images.remove(tag, force=True)
+    finally:
+        client.close()
 
 
 def test_the_sessions_sandboxes_go_to_the_test_docker_host() -> None:

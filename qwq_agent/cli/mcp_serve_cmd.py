@@ -26,6 +26,7 @@ def _run(args: argparse.Namespace) -> int:
             "stdin is closed: an MCP client must talk on stdin", "start mcp-serve from an MCP client"
         )
     try:
+        from qwq_agent.mcp._stdin import LineTooLong
         from qwq_agent.mcp.serve import serve_stdio
     except ImportError:
         raise CliError(
@@ -34,7 +35,12 @@ def _run(args: argparse.Namespace) -> int:
         ) from None
     names = tool_names(args.tools)
     check_serve(names, args.workspace)
-    asyncio.run(serve_stdio(names, workspace=str(args.workspace) if args.workspace else None))
+    try:
+        asyncio.run(serve_stdio(names, workspace=str(args.workspace) if args.workspace else None))
+    except LineTooLong as exc:
+        # Nothing after that line can be read as a message: the server stopped, as our client stops a
+        # server that does the same.
+        raise CliError(f"{exc}; mcp-serve stopped", "send large contents in several smaller calls") from exc
     return 0
 
 

@@ -11,6 +11,7 @@ import codecs
 import io
 import re
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import PurePath
 from typing import Any
@@ -242,12 +243,18 @@ _BOMS = (
 
 def _decode(data: bytes, kind: str) -> str:
     """A document's text: by its byte-order mark if it has one (UTF-16 and -32 text is full of NUL
-    bytes, so the mark is read before they are taken for a binary file's); else HTML as fetch_url
-    reads a page (`html_parse.decode_html`: its `<meta charset>`, then a guess), other text as UTF-8,
-    else cp1252, else latin-1."""
+    bytes, so the mark is read before they are taken for a binary file's) and what follows reads as
+    text; else HTML as fetch_url reads a page (`html_parse.decode_html`: its `<meta charset>`, then a
+    guess), other text as UTF-8, else cp1252, else latin-1."""
     for bom, codec in _BOMS:
         if data.startswith(bom):
-            return data.decode(codec, errors="replace")
+            text = data.decode(codec, errors="replace")
+            # Two bytes (FF FE) that any binary file may start with: what follows must be text too.
+            if not _reads_as_text(text[:8192]):
+                raise ExtractError(
+                    f"looks like a binary file (starts like {codec} text, but what follows is not text)"
+                )
+            return text
     if b"\x00" in data[:8192]:
         raise ExtractError("looks like a binary file (contains NUL bytes)")
     if kind == "html":
@@ -260,6 +267,24 @@ def _decode(data: bytes, kind: str) -> str:
         except UnicodeDecodeError:
             continue
     return data.decode("latin-1")
+
+
+# Of a sample of decoded text, at most this share may be characters no text holds. Bytes that are not
+# text, decoded as UTF-16, give about one in six (unassigned, private-use, surrogates, controls).
+_MAX_NOT_TEXT = 0.05
+
+
+def _reads_as_text(sample: str) -> bool:
+    """Whether `sample` (decoded by a byte-order mark) is text: no NUL, and few characters that no text
+    holds (controls other than whitespace, unassigned, private-use, lone surrogates, replaced bytes)."""
+    if "\x00" in sample:
+        return False
+    odd = sum(
+        1
+        for ch in sample
+        if ch == "\ufffd" or (ch not in "\t\n\r\f\v" and unicodedata.category(ch) in ("Cc", "Cn", "Co", "Cs"))
+    )
+    return odd <= len(sample) * _MAX_NOT_TEXT
 
 
 def _lines(text: str) -> list[str]:

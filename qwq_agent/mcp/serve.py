@@ -55,17 +55,25 @@ async def serve_stdio(tool_names: Sequence[str], *, workspace: str | None = None
 
     Cancelling it (Ctrl-C under `asyncio.run`) ends it at once, the sandbox removed: stdin is read on
     the event loop (`StdinLines`), not by a thread whose read the cancellation would wait for.
+    A request longer than a line may be (`LineTooLong`) ends it too, the sandbox removed, raising that.
     """
     from mcp.server.stdio import stdio_server
 
     from qwq_agent.agent.workspace import open_sandbox
-    from qwq_agent.mcp._stdin import StdinLines, claimed_stdin
+    from qwq_agent.mcp._stdin import LineTooLong, StdinLines, claimed_stdin
     from qwq_agent.tools.catalog import build_tools
 
     tools = build_tools(tool_names)
-    async with open_sandbox(workspace=workspace) as sandbox:
-        server = build_server(tools, sandbox=sandbox)
-        with claimed_stdin() as wire:
-            # The SDK only iterates over `stdin`: our lines stand in for its threaded text file.
-            async with stdio_server(stdin=cast(Any, StdinLines(wire))) as (read, write):
-                await server.run(read, write, server.create_initialization_options())
+    try:
+        async with open_sandbox(workspace=workspace) as sandbox:
+            server = build_server(tools, sandbox=sandbox)
+            with claimed_stdin() as wire:
+                # The SDK only iterates over `stdin`: our lines stand in for its threaded text file.
+                async with stdio_server(stdin=cast(Any, StdinLines(wire))) as (read, write):
+                    await server.run(read, write, server.create_initialization_options())
+    except* LineTooLong as group:
+        # The client's line is refused by our reader, inside the SDK's task group: raised as itself.
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None

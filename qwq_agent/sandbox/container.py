@@ -20,6 +20,7 @@ from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import (
     DockerAPIError,
     DockerUnreachable,
+    SandboxConfigError,
     SandboxDead,
     SandboxError,
     SandboxHostLost,
@@ -112,6 +113,7 @@ class SandboxContainer:
         """The Python cells run so far, kept so a snapshot can rebuild the interpreter by replay."""
         self.last_restore: RestoreResult | None = None
         self._spent: dict[str, float] = {}  # how long each step of the last start took, for its errors
+        self._callers_deadline = False  # whether the last start's time was the caller's, not its own limit
 
     @property
     def alive(self) -> bool:
@@ -121,7 +123,9 @@ class SandboxContainer:
     async def _start(self, deadline: Deadline | None = None) -> None:
         # Every engine call below gets what is left of the start time, so a hung daemon fails the start
         # within `start_timeout_s` with an error naming Docker.
-        deadline = (deadline or Deadline.never()).sooner(self.config.start_timeout_s)
+        given = deadline or Deadline.never()
+        deadline = given.sooner(self.config.start_timeout_s)
+        self._callers_deadline = deadline is given  # the caller's came before start_timeout_s
         self._spent = {}
         # A new container's interpreter ran none of the cells a dead one did: a snapshot must not replay them.
         self.cells.reset()
@@ -169,7 +173,7 @@ class SandboxContainer:
                 hello = await asyncio.shield(self._channel.hello)
             if not hello.get("privilege_split"):
                 # An image without the uid split would let user code write into the channel: refuse it.
-                raise SandboxStartError(
+                raise SandboxConfigError(
                     f"the image's supervisor does not run under its own uid (hello: {hello}); rebuild it with "
                     "`qwq-agent sandbox build` or start the container as root with the default cap_add"
                 )
@@ -241,7 +245,11 @@ class SandboxContainer:
         raise SandboxStartError(
             f"the sandbox's start time ran out before {before} on the Docker engine at {self.engine.url}"
             + (f" ({spent})" if spent else "")
-            + f"; start_timeout_s is {self.config.start_timeout_s:g} s"
+            + (
+                "; the caller's deadline came first"
+                if self._callers_deadline
+                else f"; start_timeout_s is {self.config.start_timeout_s:g} s"
+            )
         )
 
     async def _remove_late_create(self, request: asyncio.Future[str], name: str) -> None:

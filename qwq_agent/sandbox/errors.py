@@ -53,6 +53,12 @@ class ToolError(SandboxError):
     """
 
 
+class SandboxConfigError(SandboxStartError):
+    """The start failed for a reason of the configuration or image, not of the host: the image's supervisor
+    does not run under its own uid. Another host would fail the same, so a pool over several does not
+    try them, nor set this one aside."""
+
+
 class DockerUnreachable(SandboxStartError):
     """The Docker engine could not be reached, or did not answer within the call's timeout.
 

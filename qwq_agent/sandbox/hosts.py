@@ -3,13 +3,15 @@
 `HostSet.start()` starts a sandbox on the reachable host with the most free capacity (capacity minus
 the sandboxes of this process living there). A host where the start fails for a reason of its own (its
 engine cannot be reached, refuses the create — a full disk —, lacks the image and cannot build it, or
-its sandbox does not say hello in time) is set aside and the start moves on to the next host, so a pool
-keeps serving while one host is gone or broken; sandboxes that lived there fail their calls with
-`SandboxHostLost`. A host is set aside for `retry_after_s`, twice as long for each further failure in a
-row (at most `MAX_RETRY_AFTER_S`); a start that works there again resets that. Without the setting
-aside, a broken host kept the most free capacity (its failed starts free it again) and took every
-start. When no host can start one, the error names each host's own failure. Each host runs its own
-janitor (on its first sandbox start; see `janitor.startup_once`).
+its sandbox does not say hello within `start_timeout_s`) is set aside and the start moves on to the next
+host, so a pool keeps serving while one host is gone or broken; sandboxes that lived there fail their
+calls with `SandboxHostLost`. A start cut short by the caller's own deadline says nothing about the host,
+nor does one that would fail the same on any host (a bad setting, an image whose supervisor cannot drop
+root: `SandboxConfigError`): neither sets a host aside. A host is set aside for `retry_after_s`, twice
+as long for each further failure in a row (at most `MAX_RETRY_AFTER_S`); a start that works there again
+resets that. Without the setting aside, a broken host kept the most free capacity (its failed starts
+free it again) and took every start. When no host can start one, the error names each host's own
+failure. Each host runs its own janitor (on its first sandbox start; see `janitor.startup_once`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 from qwq_agent.sandbox.engine import DockerEngine
-from qwq_agent.sandbox.errors import DockerAPIError, DockerUnreachable, SandboxStartError
+from qwq_agent.sandbox.errors import (
+    DockerAPIError,
+    DockerUnreachable,
+    SandboxConfigError,
+    SandboxStartError,
+)
 from qwq_agent.sandbox.transport import DockerHost, connector_for
 
 log = logging.getLogger(__name__)
@@ -88,10 +95,24 @@ class Host:
 def _host_tied(exc: BaseException) -> bool:
     """Whether a failed start says something about the host it was tried on (engine gone, create
     refused, image missing there and not buildable, no hello in time), so another host may do better;
-    a cancellation, a stopped build or a bug in the caller's code is no such thing."""
+    a cancellation, a stopped build, a bug in the caller's code or what would fail the same on every
+    host (the configuration or image refused, a bad setting under the image build) is no such thing."""
     from qwq_agent.sandbox.image.errors import BuildStopped, ImageBuildError
+    from qwq_agent.settings import SettingsError
 
-    return isinstance(exc, SandboxStartError | ImageBuildError) and not isinstance(exc, BuildStopped)
+    if not isinstance(exc, SandboxStartError | ImageBuildError) or isinstance(
+        exc, BuildStopped | SandboxConfigError
+    ):
+        return False
+    # What it was raised from, too: a bad environment variable is the user's, however deep.
+    each: BaseException | None = exc
+    for _ in range(16):
+        if each is None:
+            break
+        if isinstance(each, SettingsError):
+            return False
+        each = each.__cause__
+    return True
 
 
 class HostSet:
@@ -152,11 +173,13 @@ class HostSet:
     async def start(self, config: SandboxConfig, deadline: Deadline | None = None) -> DockerSandbox:
         """A started sandbox on the best host. A host where the start fails for a reason of its own (see
         the module docstring) is set aside and the next one tried; one left untried because the failed
-        ones used up `deadline` is not set aside.
+        ones used up `deadline`, or whose start ran out of `deadline` (when that came before the config's
+        `start_timeout_s`), is not set aside.
 
-        Raises the host's own error when there is only one host; `HostFull` when every host that is not
-        set aside is full; else, when no host started one, `DockerUnreachable` if none could be reached
-        and `SandboxStartError` otherwise, either naming each host's failure.
+        Raises the host's own error when there is only one host, and the error of a start that would fail
+        the same on any host (`SandboxConfigError`, a bad setting) at once; `HostFull` when every host
+        that is not set aside is full; else, when no host started one, `DockerUnreachable` if none could
+        be reached and `SandboxStartError` otherwise, either naming each host's failure.
         """
         deadline = deadline or Deadline.never()
         if not self._sized:
@@ -166,14 +189,23 @@ class HostSet:
             if failed and deadline.expired:
                 break  # the hosts tried took the time: another would fail for want of it, not of its own
             sandbox = DockerSandbox(config, engine=host.engine)
+            # Whether the caller's deadline, not the host's own start time, bounds this start.
+            callers = deadline.at is not None and deadline.at <= time.monotonic() + config.start_timeout_s
             host.starting += 1
             try:
                 await sandbox._start(deadline)
             except BaseException as exc:
+                # Read before the clean-up below, which may take what is left.
+                out_of_callers_time = callers and deadline.expired
                 await sandbox.close()
                 if len(self.hosts) == 1 or not _host_tied(exc):
                     raise  # one host: nowhere else to go, and its own error says it all
-                host.set_down(str(exc), self.retry_after_s, unreachable=isinstance(exc, DockerUnreachable))
+                # A start that ran out of the caller's time (not the host's `start_timeout_s`) says
+                # nothing of the host: a healthy one may take longer than the caller had. It is named in
+                # the error, not set aside.
+                if not out_of_callers_time:
+                    unreachable = isinstance(exc, DockerUnreachable)
+                    host.set_down(str(exc), self.retry_after_s, unreachable=unreachable)
                 failed[host] = exc
                 continue
             finally:
