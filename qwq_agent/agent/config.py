@@ -34,6 +34,9 @@ class AgentConfig(BaseModel):
     # Wait before the n-th retry of a turn: this doubled per retry (capped at 30 s), or longer when the
     # server asked for it (Retry-After); a wait the wall deadline cannot fit ends the run instead.
     model_retry_backoff_s: float = Field(default=1.0, ge=0.0)
+    # Hints (REASONING_CALL_HINT) for a tool call written inside the reasoning, in a row: a turn with a
+    # call where it runs ends the streak. A turn whose only action is still such a call then ends the run
+    # `tool_call_in_reasoning` (0: at the first), never `completed` with a call that never ran.
     max_reasoning_call_hints: int = 2
     # Times one turn's answer cut off by the token limit (`sampling.max_new_tokens`) is continued in a new
     # request before the run ends `truncated_answer` with what was written. No continuation goes past the
