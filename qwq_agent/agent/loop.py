@@ -102,6 +102,7 @@ class Agent:
         self.tracker = BudgetTracker(budget=self.config.budget)
         self._trace: TraceWriter | None = None
         self._events = 0
+        self._warnings: list[Warning_] = []
         self._patch: str | None = None
         self._step = 0  # the run's step (from 1 in each run)
         self._turns_before = 0  # the turns before the run: of its history, or its ids' highest, if more
@@ -168,6 +169,7 @@ class Agent:
             self._ended = False
             self._next_run_id()
             self._events = 0  # `RunResult.events` counts this run's events
+            self._warnings = []  # and `RunResult.warnings` holds its warnings
             self._patch = None
             self.tracker = BudgetTracker(budget=self.config.budget)
             self._arithmetic_hinted = False
@@ -657,6 +659,8 @@ class Agent:
         event.run_id = self.run_id
         event.step = self._step
         self._events += 1
+        if isinstance(event, Warning_):
+            self._warnings.append(event)
         if trace and self._trace is not None:
             self._trace.write(event)
         return event
@@ -674,6 +678,7 @@ class Agent:
             trace_path=str(self._trace.path) if self._trace is not None else None,
             trace_error=self._trace.error if self._trace is not None else self._trace_open_error,
             events=self._events,
+            warnings=list(self._warnings),
             patch=self._patch,
         )
         return final
