@@ -217,6 +217,61 @@ async def test_tool_call_inside_reasoning_is_not_run_and_the_model_is_told():
     assert [m.content for m in result.messages if m.role == "tool"] == ["2"]
 
 
+async def test_each_slip_into_the_reasoning_is_hinted_however_many_the_run_had_before():
+    # The hints are counted per streak of such turns: a proper call ends the streak. Counted per run,
+    # slips early in a long run used them up, and a later one ended the run `completed` with the text
+    # after </think> ("Let me run it.") as its answer, its call never run.
+    turns = []
+    for i in range(1, 4):
+        turns.append(f"I will call {call('add', a=i, b=1)} now.\n</think>\n\nLet me run it.")
+        turns.append("Right, outside the reasoning.\n</think>\n\n" + call("add", a=i, b=1))
+    turns.append("ok\n</think>\n\n9")
+    async with ScriptedModelServer(turns) as server:
+        result, _ = await run_agent(server, [add], config=config(max_reasoning_call_hints=1))
+    assert (result.status, result.answer) == ("completed", "9")
+    hints = [m for m in result.messages if m.role == "user" and m.content == REASONING_CALL_HINT]
+    assert len(hints) == 3
+    assert [m.content for m in result.messages if m.role == "tool"] == ["2", "3", "4"]
+
+
+async def test_a_call_still_written_inside_the_reasoning_after_the_hints_never_ends_completed():
+    slip = f"I will call {call('add', a=1, b=1)} now.\n</think>\n\nLet me run it."
+    async with ScriptedModelServer([slip, slip, slip, "ok\n</think>\n\n2"]) as server:
+        result, _ = await run_agent(server, [add], config=config(max_reasoning_call_hints=2))
+        assert len(server.requests) == 3  # two hints, then the run ends
+    assert result.status == "tool_call_in_reasoning"
+    assert result.answer == "Let me run it."  # what was written, as a status that is not `completed`
+    assert result.error is not None and "never run" in result.error
+    assert not [m for m in result.messages if m.role == "tool"]
+
+
+async def test_the_tag_only_named_in_the_reasoning_after_the_hints_leaves_the_answer_completed():
+    # Thinking about the hint, QwQ names the tag: that is no call left unrun, so the answer stands.
+    slip = f"I will call {call('add', a=1, b=1)} now.\n</think>\n\nLet me run it."
+    named = "I wrote my <tool_call> in the wrong place; no call is needed now, 1 + 1 is 2.\n</think>\n\n2"
+    async with ScriptedModelServer([slip, named]) as server:
+        result, _ = await run_agent(server, [add], config=config(max_reasoning_call_hints=1))
+    assert (result.status, result.answer, result.error) == ("completed", "2", None)
+
+
+async def test_a_call_inside_the_reasoning_on_the_last_step_keeps_what_was_written():
+    # A hint would need a step the budget does not allow: the run ends budget_exceeded as before, but
+    # with the turn's text in `answer` and a warning saying the call was not run (before, answer=None).
+    turn = f"I will call {call('add', a=1, b=1)} now.\n</think>\n\nThe sum is 2."
+    async with ScriptedModelServer([turn, "ok\n</think>\n\n2"]) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            agent = Agent(client, [add], config=config(budget=Budget(max_steps=1)))
+            events = [ev async for ev in agent.stream("What is 1 + 1?")]
+        assert len(server.requests) == 1
+    result = agent.result
+    assert result is not None
+    assert (result.status, result.answer) == ("budget_exceeded", "The sum is 2.")
+    assert result.error == "budget steps used up (1 >= 1)"
+    warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "tool_call_in_reasoning"]
+    assert len(warnings) == 1 and "not run" in warnings[0].message
+    assert result.messages[-1].role == "assistant"  # no hint was written that nobody would read
+
+
 async def test_answer_in_another_language_is_corrected_once():
     chinese = "答案是五。我们把二和三相加得到五，这是一个很简单的加法问题，结果是五。"
     turns = ["hmm\n</think>\n\n" + chinese, "ok\n</think>\n\nThe answer is five."]

@@ -97,6 +97,49 @@ async def test_container_killed_between_steps_is_replaced_and_the_model_is_told(
     assert "2" in texts[-1]
 
 
+async def test_a_lost_sandbox_is_never_silent_whatever_the_tool(sandbox_image, tmp_path):
+    # search_code's own output says nothing of a replaced sandbox: "No matches" in a fresh, empty
+    # workspace read as if the run's file did not hold the text. The loop says it for any tool, and the
+    # run (which may still end `completed`) records it as a warning, in its trace and its result.
+    from qwq_agent.agent.events import Warning_
+    from qwq_agent.agent.trace import read_trace
+    from qwq_agent.tools.sandbox_tools import SANDBOX_REPLACED_NOTE
+
+    killed = []
+
+    def model(req: ScriptedRequest) -> str:
+        n = len([r for r in server.requests if r.path == req.path])
+        if n == 1:
+            return "x\n</think>\n\n" + call("shell", command="echo 42 > /workspace/result.txt")
+        if n == 2:
+            docker.from_env().containers.get(sandbox.id).kill()
+            killed.append(sandbox.id)
+            return "y\n</think>\n\n" + call("search_code", pattern="42")
+        if n == 3:
+            return "z\n</think>\n\n" + call("shell", command="ls /workspace")
+        return "done\n</think>\n\nThe file is gone."
+
+    trace = tmp_path / "run.jsonl"
+    async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sandbox:
+        async with ScriptedModelServer(model) as server:
+            async with SGLangClient(server.url, retry=NO_RETRY) as client:
+                tools = build_tools(["shell", "search_code"])
+                cfg = AgentConfig(check_language=False)
+                agent = Agent(client, tools, sandbox=sandbox, config=cfg, trace_path=trace)
+                events = [ev async for ev in agent.stream("task")]
+        assert killed and sandbox.id != killed[0]
+    result = agent.result
+    assert result is not None and result.status == "completed"
+    texts = [e.text for e in events if isinstance(e, ToolResultEvent)]
+    assert texts[1].startswith(SANDBOX_REPLACED_NOTE) and "No matches" in texts[1]
+    assert SANDBOX_REPLACED_NOTE not in texts[0] + texts[2]  # said once, where it happened
+    lost = [e for e in events if isinstance(e, Warning_) and e.kind == "sandbox_replaced"]
+    assert len(lost) == 1 and "search_code" in lost[0].message and "gone" in lost[0].message
+    assert [w.kind for w in result.warnings] == ["sandbox_replaced"]
+    recorded = [e for e in read_trace(trace) if isinstance(e, Warning_)]
+    assert [w.kind for w in recorded] == ["sandbox_replaced"]
+
+
 async def test_workspace_contents_land_in_workspace_without_caches(sandbox_image, tmp_path):
     from qwq_agent.agent.workspace import open_sandbox
 

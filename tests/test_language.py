@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Event, Final, Warning_
 from qwq_agent.agent.language import (
@@ -502,6 +503,24 @@ async def test_loop_warns_on_reasoning_drift_without_intervening() -> None:
     assert len(prompts) == 1
     warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "language_mix_reasoning"]
     assert len(warnings) == 1 and "Chinese" in warnings[0].message
+
+
+async def test_an_answer_on_the_last_step_is_kept_with_the_warning_not_corrected() -> None:
+    # The last step the budget allows: a correction would need another step. Before, it was asked for
+    # all the same, the step budget then ended the run budget_exceeded and the finished answer was lost.
+    async with ScriptedModelServer(["考える\n</think>\n\n" + ZH_DEDUP]) as server:
+        async with SGLangClient(server.url, retry=NO_RETRY) as client:
+            cfg = AgentConfig(check_language=True, budget=Budget(max_steps=1))
+            agent = Agent(client, [], config=cfg)
+            events = [ev async for ev in agent.stream(JA_Q)]
+        assert len(server.requests) == 1
+    final = events[-1]
+    assert isinstance(final, Final)
+    assert (final.status, final.answer, final.error) == ("completed", ZH_DEDUP, None)
+    warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "language_mix"]
+    assert len(warnings) == 1 and "Chinese" in warnings[0].message
+    assert "no step" in warnings[0].message  # the warning says the answer was kept as it is, and why
+    assert agent.messages[-1].role == "assistant"  # no correction was asked for
 
 
 # ---- the model ----------------------------------------------------------------------------------

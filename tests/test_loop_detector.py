@@ -249,6 +249,31 @@ def test_identical_observations_from_different_calls() -> None:
     assert results[3] is not None and results[3].kind == "identical_observations" and results[3].count == 4
 
 
+@pytest.mark.parametrize("silent", ["(no output)", "[exit code: 0]", "", "  (no output)\n"])
+def test_different_calls_that_succeed_silently_are_no_repetition(silent: str) -> None:
+    # Defining, importing, assigning: a stretch of silent cells in any coding run. Their results say
+    # nothing, so their sameness is no sign of a loop (it was flagged: "changing the call slightly will
+    # not help").
+    det = ToolCallRepetitionDetector()
+    cells = ["import math", "def area(r):\n    return math.pi * r * r", "radii = [1, 2, 3]", "areas = []"]
+    for _ in range(2):
+        assert [det.record(call(code=c), silent) for c in cells] == [None] * 4
+
+
+def test_a_silent_success_breaks_a_run_of_identical_observations() -> None:
+    det = ToolCallRepetitionDetector()
+    # Not skipped over either: the silent step between is something done, not the same failure again.
+    results = ["Error: no such file"] * 3 + ["[exit code: 0]", "Error: no such file"]
+    assert [det.record_result(call(code=f"x = {i}"), r) for i, r in enumerate(results)] == [None] * 5
+
+
+def test_the_same_silent_call_again_and_again_is_still_flagged() -> None:
+    det = ToolCallRepetitionDetector()
+    signals = [det.record_result(call(code="import math"), "(no output)") for _ in range(3)]
+    assert signals[:2] == [None, None]
+    assert signals[2] is not None and signals[2].kind == "same_call_same_result"
+
+
 def test_thresholds_are_configuration() -> None:
     det = ToolCallRepetitionDetector(RepetitionConfig(identical_calls_in_a_row=2))
     assert det.record(call(code="1"), "1") is None

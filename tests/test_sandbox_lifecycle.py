@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox import SandboxConfig, SandboxPool, janitor
 from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import DockerAPIError
@@ -51,6 +52,41 @@ async def test_pool_of_size_zero_starts_on_demand(sandbox_image: str) -> None:
     async with SandboxPool(size=0, config=SandboxConfig(image=sandbox_image)) as pool:
         async with pool.acquire() as sb:
             assert (await sb.python("6 * 7")).value == "42"
+
+
+def _age_warm(pool: SandboxPool, seconds: float) -> str:
+    """Make the pool's one warm sandbox `seconds` older (as after a quiet spell); its id."""
+    (warm,) = list(pool._ready._queue)  # type: ignore[attr-defined]
+    warm.started_at -= seconds
+    warm.ready_at -= seconds
+    return warm.sandbox.id
+
+
+async def test_acquire_for_a_run_hands_out_no_warm_sandbox_that_would_expire_before_its_deadline(
+    sandbox_image: str,
+) -> None:
+    # A warm sandbox with 20 s of its 60 s lifetime left, for a run with 30 s left: its supervisor would
+    # exit at its lifetime limit mid-run, and the next call would start an empty replacement. (Before,
+    # only one within 10% of its lifetime was refused.) With the defaults: one 30-54 min old, for a run
+    # of up to 30 min.
+    async with SandboxPool(size=1, config=SandboxConfig(image=sandbox_image, lifetime_s=60.0)) as pool:
+        await pool.wait_ready()
+        old = _age_warm(pool, 40.0)
+        async with pool.acquire(deadline=Deadline.after(30.0)) as sb:
+            assert sb.id != old and (await sb.shell("echo fresh")).stdout == "fresh\n"
+        assert pool.replaced == 1
+        # Enough left for a shorter run: handed out, not replaced for nothing.
+        await pool.wait_ready()
+        kept = _age_warm(pool, 40.0)
+        async with pool.acquire(deadline=Deadline.after(10.0)) as sb:
+            assert sb.id == kept
+        # A run longer than any lifetime: a sandbox fresh from its start is the best there is, not
+        # refused again and again until the acquire times out.
+        await pool.wait_ready()
+        _age_warm(pool, 40.0)
+        async with pool.acquire(deadline=Deadline.after(600.0)) as sb:
+            assert (await sb.shell("echo fresh")).stdout == "fresh\n"
+        assert pool.replaced == 2
 
 
 async def _container_with(engine: DockerEngine, image: str, labels: dict[str, str]) -> str:

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field, field_serializer
 
 from qwq_agent.agent.approval import ApprovalPolicy
 from qwq_agent.agent.budgets import Budget
+from qwq_agent.agent.events import Warning_
 from qwq_agent.agent.loop_detector import LoopDetectorConfig, RepetitionConfig
 from qwq_agent.agent.messages import Message
 from qwq_agent.protocols import SamplingParams
@@ -34,6 +35,9 @@ class AgentConfig(BaseModel):
     # Wait before the n-th retry of a turn: this doubled per retry (capped at 30 s), or longer when the
     # server asked for it (Retry-After); a wait the wall deadline cannot fit ends the run instead.
     model_retry_backoff_s: float = Field(default=1.0, ge=0.0)
+    # Hints (REASONING_CALL_HINT) for a tool call written inside the reasoning, in a row: a turn with a
+    # call where it runs ends the streak. A turn whose only action is still such a call then ends the run
+    # `tool_call_in_reasoning` (0: at the first), never `completed` with a call that never ran.
     max_reasoning_call_hints: int = 2
     # Times one turn's answer cut off by the token limit (`sampling.max_new_tokens`) is continued in a new
     # request before the run ends `truncated_answer` with what was written. No continuation goes past the
@@ -75,6 +79,10 @@ class RunResult(BaseModel):
     # Why the trace is missing or incomplete (a bad folder, a full disk); None when it is whole.
     trace_error: str | None = None
     events: int = 0
+    # The run's warnings, as its trace has them: what it met and dealt with, which a run that still
+    # ended `completed` may have cost (a `sandbox_replaced`: the files it made were lost on the way; a
+    # `language_mix` answer kept as it was; a `repeated_tool_call` ...).
+    warnings: list[Warning_] = Field(default_factory=list)
     # `git diff` of /workspace from its upload to the run's end (`open_sandbox(workspace=...)`); None
     # when no baseline was recorded or the diff failed (a `patch_failed` warning says why). Bytes that
     # are not UTF-8 are held as lone surrogates: `qwq_agent.agent.patch.patch_bytes` gives git's bytes

@@ -21,6 +21,7 @@ from qwq_agent.agent.loop_detector import ToolCallRepetitionDetector
 from qwq_agent.agent.messages import Message, ToolCall
 from qwq_agent.protocols import ToolContext, ToolOutput
 from qwq_agent.tools.registry import LEFT_RUNNING, ToolCallStopped, ToolRegistry, describe_exception
+from qwq_agent.tools.sandbox_tools import SANDBOX_REPLACED_NOTE
 
 # How long past the run's deadline `run` still waits for its calls. The registry stops each call by
 # the deadline and gives it 5 s to end its clean-up, so only a call stuck below the registry is still
@@ -31,6 +32,9 @@ OVERDUE_GRACE_S = 10.0
 CANCEL_WAIT_S = 6.0
 # The longest `ToolResultEvent.error_type` kept: a label, not a message (the text says what happened).
 MAX_ERROR_TYPE_CHARS = 100
+# The longest reason for a lost sandbox a `sandbox_replaced` warning quotes (it may hold the
+# supervisor's last words).
+MAX_LOST_REASON_CHARS = 300
 
 
 class ToolDispatcher:
@@ -121,6 +125,12 @@ class ToolDispatcher:
             text = output.text
             if output.images:
                 text += f"\n[{len(output.images)} image(s) produced; shown to the user]"
+            if output.metadata.get("sandbox_replaced") is True:
+                # Whatever the tool, a run that lost its files hears of it: the model in the observation,
+                # the caller in the trace and `RunResult.warnings` (the run may still end `completed`).
+                yield self.emit(
+                    Warning_(kind="sandbox_replaced", message=_lost_message(call, output), level=2)
+                )
             warning = self.repetition.record(call, output.text)
             if warning is not None:
                 yield self.emit(Warning_(kind="repeated_tool_call", message=warning.message))
@@ -198,8 +208,15 @@ class ToolDispatcher:
         tool = self.tools.get(call.name)
         # A sandbox call waits here for the ones written before it; its time (its timeout, its share of
         # the tool-time budget) starts when its turn comes, not while it waits.
-        async with lock if tool is not None and tool.uses_sandbox else contextlib.nullcontext():
+        if tool is None or not tool.uses_sandbox:
             return await self._run_call(call, sandbox, clock, progress)
+        async with lock:
+            # One sandbox call at a time: a replacement counted meanwhile was this call's doing.
+            before = getattr(sandbox, "replacements", 0)
+            output, duration = await self._run_call(call, sandbox, clock, progress)
+            if getattr(sandbox, "replacements", 0) != before:
+                output = _lost_sandbox(output, str(getattr(sandbox, "replaced_because", "") or ""))
+            return output, duration
 
     async def _run_call(
         self, call: ToolCall, sandbox: Any, clock: _ToolClock, progress: asyncio.Queue[Any]
@@ -385,4 +402,22 @@ def _abandoned(call: ToolCall) -> ToolOutput:
         text=f"Tool '{call.name}' had not finished when the run's time was up; it was abandoned.",
         is_error=True,
         metadata={"error": "timeout"},
+    )
+
+
+def _lost_sandbox(output: ToolOutput, why: str) -> ToolOutput:
+    """`output` of a call that found the sandbox dead and ran in a fresh one: marked, and noted for the
+    model unless the tool said so itself (python, shell and the editor do; `search_code`'s "no
+    matches", or a user's tool, would otherwise hide that the files are gone)."""
+    metadata = {**output.metadata, "sandbox_replaced": True, "sandbox_lost_because": why}
+    if output.metadata.get("sandbox_replaced") is True:
+        return output.model_copy(update={"metadata": metadata})
+    return output.model_copy(update={"text": f"{SANDBOX_REPLACED_NOTE}\n{output.text}", "metadata": metadata})
+
+
+def _lost_message(call: ToolCall, output: ToolOutput) -> str:
+    why = str(output.metadata.get("sandbox_lost_because") or "it died")[:MAX_LOST_REASON_CHARS]
+    return (
+        f"the run's sandbox was lost ({why}) and replaced by a fresh one at call {call.id} ({call.name}): "
+        "the files and variables the run had made there are gone"
     )

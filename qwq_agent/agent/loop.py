@@ -102,6 +102,7 @@ class Agent:
         self.tracker = BudgetTracker(budget=self.config.budget)
         self._trace: TraceWriter | None = None
         self._events = 0
+        self._warnings: list[Warning_] = []
         self._patch: str | None = None
         self._step = 0  # the run's step (from 1 in each run)
         self._turns_before = 0  # the turns before the run: of its history, or its ids' highest, if more
@@ -168,6 +169,7 @@ class Agent:
             self._ended = False
             self._next_run_id()
             self._events = 0  # `RunResult.events` counts this run's events
+            self._warnings = []  # and `RunResult.warnings` holds its warnings
             self._patch = None
             self.tracker = BudgetTracker(budget=self.config.budget)
             self._arithmetic_hinted = False
@@ -569,26 +571,66 @@ class Agent:
                 self.messages.extend(
                     _in_written_order(observations, parsed.call_ids) if written else observations
                 )
-                continue
-            if parsed.reasoning_tool_calls and reasoning_hints < self.config.max_reasoning_call_hints:
-                reasoning_hints += 1
-                yield self._emit(Warning_(kind="tool_call_in_reasoning", message=REASONING_CALL_HINT))
-                self.messages.append(Message(role="user", content=REASONING_CALL_HINT))
+                # A call written where it runs ends a streak of slips: the hints are counted per streak,
+                # or slips early in a long run used them up for a slip much later.
+                reasoning_hints = 0
                 continue
             answer = parsed.content.strip()
+            # Whether a step is left for what the loop would ask next (a hint, a correction): asked on
+            # the last step, it was never read, and the run ended budget_exceeded without the answer.
+            no_step = self.tracker.exceeded()
+            if parsed.reasoning_tool_calls:
+                if no_step is None and reasoning_hints < self.config.max_reasoning_call_hints:
+                    reasoning_hints += 1
+                    yield self._emit(Warning_(kind="tool_call_in_reasoning", message=REASONING_CALL_HINT))
+                    self.messages.append(Message(role="user", content=REASONING_CALL_HINT))
+                    continue
+                if _written_calls(parsed.reasoning_tool_calls):
+                    # The turn's only action is a call that never ran: whatever follows </think> is no
+                    # finished answer (often "Let me run it."), so the run does not end `completed`.
+                    async for ev in self._unrun_reasoning_call(answer, reasoning_hints, no_step):
+                        yield ev
+                    return
+                # Only the tag named ("I wrote my <tool_call> in the wrong place"): no call was left
+                # unrun, so the answer stands (and is checked as any other).
             if not language_checked:
                 language_checked = True
                 mismatch = language_mismatch(task, answer)
-                if mismatch is not None:
+                if mismatch is not None and no_step is None:
                     yield self._emit(Warning_(kind="language_mix", message=mismatch.reason))
                     self.messages.append(Message(role="user", content=correction_prompt(mismatch.user_lang)))
                     continue
+                if mismatch is not None:  # a finished answer, kept: better in another language than lost
+                    kept = (
+                        f"{mismatch.reason}; no step is left to ask for a correction, so it is kept as it is"
+                    )
+                    yield self._emit(Warning_(kind="language_mix", message=kept))
             if result.truncated is not None:  # never a finished answer: a caller would act on half of one
                 yield self._emit(Warning_(kind="truncated_answer", message=result.truncated, level=3))
                 yield Final(status="truncated_answer", answer=answer, error=result.truncated)
                 return
             yield Final(status="completed", answer=answer)
             return
+
+    async def _unrun_reasoning_call(
+        self, answer: str, hints: int, over: tuple[str, float, float] | None
+    ) -> AsyncGenerator[Event, None]:
+        """The end of a run whose last turn wrote its tool call inside its reasoning, with no hint left
+        for it (`over`: the budget that leaves no step for one): `answer` holds the text after
+        `</think>`, under a status that says it is not a finished answer."""
+        if over is not None:
+            message = (
+                "A <tool_call> was written inside the reasoning on the last step the budget allows: it was "
+                "not run, and no step is left to ask for it again."
+            )
+            yield self._emit(Warning_(kind="tool_call_in_reasoning", message=message, level=2))
+            yield self._emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
+            yield Final(status="budget_exceeded", answer=answer or None, error=_budget_error(over))
+            return
+        after = f"again after {hints} hint(s) in a row" if hints else "(max_reasoning_call_hints is 0)"
+        error = f"the model wrote its tool call inside its reasoning {after}; the call was never run"
+        yield self._emit(Warning_(kind="tool_call_in_reasoning", message=error, level=3))
+        yield Final(status="tool_call_in_reasoning", answer=answer or None, error=error)
 
     def _approval_policy(self) -> ApprovalPolicy | None:
         if self.config.approval is not None:
@@ -617,6 +659,8 @@ class Agent:
         event.run_id = self.run_id
         event.step = self._step
         self._events += 1
+        if isinstance(event, Warning_):
+            self._warnings.append(event)
         if trace and self._trace is not None:
             self._trace.write(event)
         return event
@@ -634,6 +678,7 @@ class Agent:
             trace_path=str(self._trace.path) if self._trace is not None else None,
             trace_error=self._trace.error if self._trace is not None else self._trace_open_error,
             events=self._events,
+            warnings=list(self._warnings),
             patch=self._patch,
         )
         return final
@@ -737,6 +782,12 @@ def _turns_in(history: Sequence[Message]) -> int:
             if (match := _CALL_ID.fullmatch(call_id)) is not None:
                 turns = max(turns, int(match.group(1)))
     return turns
+
+
+def _written_calls(bodies: Sequence[str]) -> bool:
+    """Whether any `<tool_call>` the reasoning holds has a call in it (a JSON object), not just the tag
+    named in passing, as QwQ does when it thinks about the hint it was given."""
+    return any(body.strip().startswith("{") for body in bodies)
 
 
 def _malformed_calls(parsed: ParseResult) -> list[MalformedCall]:

@@ -103,6 +103,9 @@ class SandboxContainer:
         self.id = ""
         self.name = ""
         self.replacements = 0
+        # Why the container last replaced was lost ("lifetime limit reached", "killed", ...), for the
+        # warning that tells the run its files and variables are gone.
+        self.replaced_because = ""
         self._channel: Channel | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._removing = ""  # the container (id or name) whose removal has been started
@@ -364,6 +367,7 @@ class SandboxContainer:
             except DockerUnreachable as exc:  # no replacement where the host is gone
                 raise SandboxHostLost(f"sandbox lost with its Docker host ({reason}): {exc}") from None
             self.replacements += 1
+            self.replaced_because = reason or "it died"
             return True
 
     async def _dead(self, message: str) -> SandboxDead:

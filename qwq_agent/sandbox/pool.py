@@ -2,9 +2,11 @@
 
 `acquire()` always ends within a bounded time: it returns a sandbox that answered a health check, or raises
 a `SandboxStartError` (`SandboxAcquireTimeout` when nothing worked in time). Warm sandboxes that died while
-waiting (killed, crashed, lifetime limit reached), are close to their lifetime limit, or do not answer (a paused or frozen container) are destroyed and replaced, never handed out. Starts that failed
-are tried again after a pause that grows with each failed round, so the pool gets back to its size once
-Docker is back. Closing the pool fails the acquires still waiting with `SandboxPoolClosed`.
+waiting (killed, crashed, lifetime limit reached), would reach their lifetime limit before the deadline
+they are acquired for (or are close to it), or do not answer (a paused or frozen container) are destroyed
+and replaced, never handed out. Starts that failed are tried again after a pause that grows with each
+failed round, so the pool gets back to its size once Docker is back. Closing the pool fails the acquires
+still waiting with `SandboxPoolClosed`.
 
 Each waiting acquire waits on a start of its own: one it began, or one of the pool's own top-ups that no
 other acquire waits on. A failed start's error goes to that acquire alone; when it has left (timed out,
@@ -51,13 +53,15 @@ REFILL_MAX_DELAY_S = 60.0
 
 @dataclass
 class _Warm:
-    """A started sandbox waiting in the pool, and when it started (its lifetime's start).
+    """A started sandbox waiting in the pool: when its start began (no later than its lifetime's start,
+    so what is left of its life is never overestimated) and when it was ready (since then it waited).
 
     No idle clock: the pool's process pings its sandboxes, so a warm one does not idle out.
     """
 
     sandbox: DockerSandbox
     started_at: float
+    ready_at: float
 
 
 @dataclass(eq=False)
@@ -83,15 +87,15 @@ class SandboxPool:
     Docker engines by free capacity; a host that goes away, or fails starts for a reason of its own (a
     create refused, no image), is set aside while the others serve (see `sandbox.hosts`).
 
-    Acquiring takes a ready sandbox from a queue, checks it (alive, not near its lifetime, answers a ping
-    within `health_check_timeout_s`; None skips the ping, and with it the check for paused containers)
-    and starts a replacement in the background. A failed ping the acquire's deadline cut short proves
-    nothing: the acquire times out, and the pool pings that sandbox again for the full time in the
-    background, out of the queue meanwhile; it goes back if it answers, else it is replaced (without
-    that, acquires that all had less time than the check never got rid of a frozen one). When none is
-    ready the caller waits for the next one to finish starting, at most `acquire_timeout_s` (default:
-    the config's `start_timeout_s` plus 10 s). Released sandboxes are destroyed, so no state ever passes
-    from one user to the next.
+    Acquiring takes a ready sandbox from a queue, checks it (alive, outlives the acquire's `deadline` or
+    is not near its lifetime limit, answers a ping within `health_check_timeout_s`; None skips the ping,
+    and with it the check for paused containers) and starts a replacement in the background. A failed
+    ping the acquire's deadline cut short proves nothing: the acquire times out, and the pool pings that
+    sandbox again for the full time in the background, out of the queue meanwhile; it goes back if it
+    answers, else it is replaced (without that, acquires that all had less time than the check never got
+    rid of a frozen one). When none is ready the caller waits for the next one to finish starting, at
+    most `acquire_timeout_s` (default: the config's `start_timeout_s` plus 10 s). Released sandboxes are
+    destroyed, so no state ever passes from one user to the next.
     """
 
     def __init__(
@@ -170,6 +174,7 @@ class SandboxPool:
             async with self._start_slots:
                 if self._closed or self._surplus(start):
                     return
+                begun = time.monotonic()
                 try:
                     sandbox = await self.hosts.start(self.config)
                 except Exception as exc:  # whatever broke, a waiter must hear of it rather than hang
@@ -186,7 +191,7 @@ class SandboxPool:
                     await sandbox.close()
                     return
                 self._in_flight.discard(start)
-                self._hand_out(_Warm(sandbox, started_at=time.monotonic()), start.waiter)
+                self._hand_out(_Warm(sandbox, started_at=begun, ready_at=time.monotonic()), start.waiter)
         finally:
             self._in_flight.discard(start)
 
@@ -286,20 +291,35 @@ class SandboxPool:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def _expiring(self, warm: _Warm) -> str | None:
-        """Why `warm` should not be handed out although its channel is open, or None."""
+    def _expiring(self, warm: _Warm, until: Deadline | None = None) -> str | None:
+        """Why `warm` should not be handed out although its channel is open, or None.
+
+        It must outlive `until` (the deadline of the work it is acquired for; None: the last
+        `EXPIRY_MARGIN` of its lifetime at least): its supervisor exits at its lifetime limit, even in
+        the middle of a call, and the next call gets a fresh, empty sandbox. No sandbox outlives a
+        deadline further off than its whole lifetime, so one that has waited less than that margin
+        since its start is as good as a new one, and is handed out all the same.
+        """
         now = time.monotonic()
         life = self.config.lifetime_s
-        if now - warm.started_at >= life * (1 - EXPIRY_MARGIN):
-            return f"started {now - warm.started_at:.0f} s ago (its lifetime is {life:g} s)"
+        left = life - (now - warm.started_at)
+        need = life * EXPIRY_MARGIN
+        run_left = until.left() if until is not None else None
+        if run_left is not None:
+            need = max(need, run_left)
+        if left < need and now - warm.ready_at >= life * EXPIRY_MARGIN:
+            why = f"started {now - warm.started_at:.0f} s ago (its lifetime is {life:g} s)"
+            if run_left is not None and run_left > life * EXPIRY_MARGIN:
+                why += f": it would end before the deadline it is acquired for ({run_left:.0f} s away)"
+            return why
         return None
 
-    async def _usable(self, warm: _Warm, deadline: Deadline) -> bool | None:
+    async def _usable(self, warm: _Warm, deadline: Deadline, until: Deadline | None = None) -> bool | None:
         """True: `warm` may be handed out; False: it must be replaced; None: the acquire's deadline left its
-        ping too little time to tell."""
+        ping too little time to tell. `until`: the deadline it must outlive (see `_expiring`)."""
         sb = warm.sandbox
         problem = None if sb.alive else "it died while waiting"
-        problem = problem or self._expiring(warm)
+        problem = problem or self._expiring(warm, until)
         if problem is None and self.health_check_timeout_s is not None:
             timeout = deadline.clamp(self.health_check_timeout_s) or 0.0
             if not await sb.responsive(timeout):
@@ -322,7 +342,8 @@ class SandboxPool:
         if self.size and not self._closed:
             self._spawn_fill()
 
-    async def _take(self, deadline: Deadline) -> DockerSandbox:
+    async def _take(self, deadline: Deadline, until: Deadline | None = None) -> DockerSandbox:
+        """A usable sandbox by `deadline`, one that outlives `until` where any can (see `_expiring`)."""
         while True:
             if self._closed:
                 raise SandboxPoolClosed("the pool is closed")
@@ -335,7 +356,7 @@ class SandboxPool:
                 self._discard_taken(item.sandbox)
                 raise SandboxPoolClosed("the pool was closed while the acquire waited")
             try:
-                usable = await self._usable(item, deadline)
+                usable = await self._usable(item, deadline, until)
             except BaseException:
                 # Cancelled during the health check (Ctrl-C, the run's deadline): the sandbox is nobody's
                 # now, so it must go, and its slot be refilled, or the container runs on unowned.
@@ -413,14 +434,18 @@ class SandboxPool:
         """A fresh, working sandbox for the duration of the block; destroyed afterwards.
 
         Waits at most `timeout` seconds (default `acquire_timeout_s`), and never past `deadline`; then
-        raises `SandboxAcquireTimeout`. A failed start raises its `SandboxStartError` at once.
+        raises `SandboxAcquireTimeout`. A failed start raises its `SandboxStartError` at once. With
+        `deadline` (a run's), a warm sandbox whose lifetime (`SandboxConfig.lifetime_s`) would end
+        before it is replaced, not handed out: its supervisor would exit in the middle of the run, and
+        the run's next call would find a fresh, empty sandbox. (A deadline further off than a whole
+        lifetime gets a sandbox fresh from its start; make `lifetime_s` longer than the runs.)
         With `snapshot`, the sandbox holds that file state (`sandbox.last_restore` says how its
         interpreter was left); a failed restore destroys it and raises.
         """
         if self._closed:
             raise SandboxPoolClosed("the pool is closed")
         limit = self.acquire_timeout_s if timeout is None else timeout
-        sandbox = await self._take((deadline or Deadline.never()).sooner(limit))
+        sandbox = await self._take((deadline or Deadline.never()).sooner(limit), deadline)
         if self.size:
             self._spawn_fill()
         try:

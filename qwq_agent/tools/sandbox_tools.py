@@ -35,10 +35,15 @@ def _failure(exc: SandboxError) -> ToolOutput:
     )
 
 
+# What the model reads when the call found its sandbox dead (killed, crashed, its lifetime limit
+# reached) and ran in a fresh one; the loop writes it for any tool whose own output does not say so.
+SANDBOX_REPLACED_NOTE = "[the sandbox had died and was replaced by a fresh one: files and variables are gone]"
+
+
 def _notes(result: Result) -> list[str]:
     notes = []
     if result.sandbox_replaced:
-        notes.append("[the sandbox had died and was replaced by a fresh one: files and variables are gone]")
+        notes.append(SANDBOX_REPLACED_NOTE)
     elif result.state_lost:
         notes.append("[the interpreter was restarted: earlier variables and imports are lost]")
     return notes
@@ -212,7 +217,10 @@ async def _edit(ctx: ToolContext, args: EditorArgs) -> ToolOutput:
             result = await sb.undo_edit(args.path)
     except SandboxError as exc:
         return _failure(exc)
-    return ToolOutput(text="\n".join([*_notes(result), result.output]))
+    return ToolOutput(
+        text="\n".join([*_notes(result), result.output]),
+        metadata={"sandbox_replaced": result.sandbox_replaced},
+    )
 
 
 editor_tool: FunctionTool = FunctionTool.from_model(

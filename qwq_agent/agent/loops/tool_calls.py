@@ -10,7 +10,13 @@ from pydantic import BaseModel, Field
 
 from qwq_agent.agent.messages import ToolCall
 
-__all__ = ["RepetitionConfig", "RepetitionSignal", "ToolCallRepetitionDetector", "canonical_call"]
+__all__ = [
+    "CONTENTLESS_OBSERVATIONS",
+    "RepetitionConfig",
+    "RepetitionSignal",
+    "ToolCallRepetitionDetector",
+    "canonical_call",
+]
 
 
 class RepetitionConfig(BaseModel):
@@ -25,7 +31,10 @@ class RepetitionConfig(BaseModel):
         description="The same call returning the same observation this many times in the window.",
     )
     identical_observations_in_a_row: int = Field(
-        default=4, ge=2, description="The same observation text this many times in a row, whatever the calls."
+        default=4,
+        ge=2,
+        description="The same observation text this many times in a row, whatever the calls; an "
+        "observation that says nothing (`CONTENTLESS_OBSERVATIONS`) is not counted and ends the run.",
     )
     window_steps: int = Field(
         default=10, ge=2, description="How many recent steps the call/result count covers."
@@ -54,6 +63,12 @@ def _canon(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_canon(v) for v in value]
     return value
+
+
+# What a silent success reads (python's "(no output)", also MCP's; shell's bare exit code 0), after
+# `_canon_observation`. Different calls that all say nothing (imports, definitions, assignments, a
+# `mkdir`) are ordinary work, not the same result coming back: only the same call again counts them.
+CONTENTLESS_OBSERVATIONS = frozenset({"", "(no output)", "[exit code: 0]"})
 
 
 def _canon_observation(text: str) -> str:
@@ -97,8 +112,11 @@ class ToolCallRepetitionDetector:
         key = canonical_call(call)
         obs = _canon_observation(observation)
         self._steps.append((key, obs))
-        self._obs_run = self._obs_run + 1 if obs == self._last_obs else 1
-        self._last_obs = obs
+        if obs in CONTENTLESS_OBSERVATIONS:  # no run of identical results: something was done
+            self._obs_run, self._last_obs = 0, None
+        else:
+            self._obs_run = self._obs_run + 1 if obs == self._last_obs else 1
+            self._last_obs = obs
         pairs = sum(1 for step in self._steps if step == (key, obs))
         if pairs >= self.config.same_call_same_result:
             return RepetitionSignal(
