@@ -220,3 +220,28 @@ def test_mcp_serve_with_stdin_closed_says_so_before_starting_anything():
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "stdin is closed: an MCP client must talk on stdin" in proc.stderr
     assert "unexpected error" not in proc.stderr
+
+
+def test_a_policy_naming_an_argument_no_matching_tool_has_is_refused_and_an_unknown_tool_warned(tmp_path):
+    """A misspelt argument name ("URL" for fetch_url's "url") made its rule never apply: this `deny`
+    denied nothing and the call ran under `default: allow`. A tool glob matching none of the run's tools
+    is warned of (one policy file may serve runs with other tools)."""
+    path = tmp_path / "policy.json"
+    rule = {"tool": "fetch_*", "action": "deny", "arguments": {"URL": ["internal"]}}
+    path.write_text(json.dumps({"rules": [rule], "default": "allow"}))
+    trace = tmp_path / "t.jsonl"
+    with ScriptedModelServer([FETCH, DONE]) as server:
+        proc = cli("run", "x", "--tools", "fetch_url", "--approve", str(path), "--model-url", server.url,
+                   "--trace", str(trace))  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "rules[0].arguments.URL: no tool matching 'fetch_*' has an argument 'URL'" in proc.stderr
+    assert "they have: max_chars, offset, url" in proc.stderr
+    assert not trace.exists() or ran(trace) == []
+
+    path.write_text(json.dumps({"rules": [{"tool": "fetch-url", "action": "deny"}], "default": "ask"}))
+    with ScriptedModelServer([FETCH, DONE]) as server:
+        proc = cli("run", "x", "--tools", "fetch_url", "--approve", str(path), "--model-url", server.url,
+                   "--trace", str(tmp_path / "t2.jsonl"))  # fmt: skip
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    warning = "rules[0].tool 'fetch-url' matches none of this run's tools (did you mean 'fetch_url'?)"
+    assert warning in proc.stdout + proc.stderr

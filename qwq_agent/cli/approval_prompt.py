@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import fnmatch
 import json
 import queue
 import sys
@@ -32,7 +34,15 @@ from qwq_agent.agent.repair import non_finite_problem
 from qwq_agent.cli.errors import EXIT_AWAITING_APPROVAL
 from qwq_agent.cli.safe_text import plain, safe
 
-__all__ = ["PolicyFileError", "TerminalApprover", "add_arguments", "load_policy", "parse_decision", "setup"]
+__all__ = [
+    "PolicyFileError",
+    "TerminalApprover",
+    "add_arguments",
+    "check_names",
+    "load_policy",
+    "parse_decision",
+    "setup",
+]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -141,6 +151,7 @@ def setup(
     try:
         if approve is not None:
             config.approval = load_policy(approve)
+            check_names(config.approval, tools, console)
         decision = parse_decision(decide) if decide else None
     except PolicyFileError as exc:
         raise CliError(str(exc), exc.fix) from None
@@ -173,6 +184,56 @@ def setup(
     # A replay or resume decides the recorded calls as the recorded run did, whatever `--approve` says
     # now (a denied call stays denied); only the calls after the recording follow the policy.
     return replay_approver(source, then=interactive, run_id=run_id)
+
+
+def _may_have(parameters: Any, name: str) -> bool:
+    """Whether a call of a tool whose arguments' schema is `parameters` can hold an argument `name`:
+    it declares it, or its schema does not say which names it takes (no `properties`, open
+    `additionalProperties`, `patternProperties`)."""
+    if not isinstance(parameters, dict) or not isinstance(parameters.get("properties"), dict):
+        return True
+    if name in parameters["properties"] or parameters.get("patternProperties"):
+        return True
+    extra = parameters.get("additionalProperties")
+    return extra is not None and extra is not False
+
+
+def check_names(policy: ApprovalPolicy, tools: Sequence[Any], console: Any) -> None:
+    """Refuse a rule naming an argument that no tool its glob matches has; warn of a glob matching none
+    of the run's tools. Either rule would never apply, silently: a `deny` that denies nothing.
+
+    Raises `PolicyFileError` naming every unknown argument (`rules[0].arguments.URL`).
+    """
+    specs = [t.spec for t in tools]
+    problems: list[str] = []
+    for index, rule in enumerate(policy.rules):
+        matched = [spec for spec in specs if fnmatch.fnmatchcase(spec.name, rule.tool)]
+        if not matched:
+            # A warning, not a refusal: one policy file may serve runs with other tools.
+            close = difflib.get_close_matches(rule.tool, [spec.name for spec in specs], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            console.print(
+                plain(
+                    f"warning: --approve: rules[{index}].tool {rule.tool!r} matches none of this run's "
+                    f"tools{hint}; the rule never applies",
+                    "yellow",
+                ),
+                soft_wrap=True,
+            )
+            continue
+        for name in rule.arguments:
+            if not any(_may_have(spec.parameters, name) for spec in matched):
+                known = sorted({n for spec in matched for n in spec.parameters.get("properties", {})})
+                shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+                problems.append(
+                    f"rules[{index}].arguments.{name}: no tool matching {rule.tool!r} has an argument "
+                    f"{name!r} (they have: {shown or 'none'})"
+                )
+    if problems:
+        raise PolicyFileError(
+            "--approve: the policy names arguments the tools do not have: " + "; ".join(problems),
+            "spell each argument as the tool's schema does (named above), or drop it",
+        )
 
 
 def _approver_only(source: Path, run_id: str | None) -> bool:
