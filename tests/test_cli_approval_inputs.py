@@ -245,3 +245,23 @@ def test_a_policy_naming_an_argument_no_matching_tool_has_is_refused_and_an_unkn
     assert proc.returncode == 5, proc.stdout + proc.stderr
     warning = "rules[0].tool 'fetch-url' matches none of this run's tools (did you mean 'fetch_url'?)"
     assert warning in proc.stdout + proc.stderr
+
+
+def test_a_decide_edit_that_does_not_fit_the_tool_is_refused_before_the_resume_starts(tmp_path):
+    """`--decide edit:JSON` with a misspelt argument became a denial the model read ("the edited
+    arguments are invalid"), and the resume went on with exit 0: an approval turned into a refusal."""
+    trace = tmp_path / "t.jsonl"
+    with ScriptedModelServer([FETCH]) as server:
+        proc = cli("run", "Fetch.", "--model-url", server.url, "--tools", "fetch_url", "--approve", "ask",
+                   "--trace", str(trace))  # fmt: skip
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    resumed = tmp_path / "resumed.jsonl"
+    with ScriptedModelServer([DONE]) as server:
+        proc = cli("run", "--resume", str(trace), "--model-url", server.url, "--trace", str(resumed),
+                   "--decide", 'edit:{"URL": "http://example.invalid/b"}')  # fmt: skip
+        assert server.requests == []
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--decide edit: the arguments do not fit fetch_url" in proc.stderr
+    assert "'URL'" in proc.stderr and "missing required argument" in proc.stderr
+    assert not resumed.exists() or recorded_decisions(resumed) == {}
+    assert pending_approval(trace) is not None  # still waiting, for a decision that fits

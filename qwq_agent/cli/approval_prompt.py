@@ -3,7 +3,8 @@
 The prompt shows the call and takes one key: `a` allow, `d` deny (then a reason, which the model
 reads as the call's observation), `e` edit (new arguments as JSON, checked against the tool's schema
 and asked again until they fit). Without a terminal, a call that needs a decision stops the run
-(`awaiting_approval`); `--resume TRACE --decide ...` continues it later.
+(`awaiting_approval`); `--resume TRACE --decide ...` continues it later (an edit there is checked
+against the tool's schema before anything starts, and refused with exit 2 when it does not fit).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--decide",
         metavar="allow|deny[:REASON]|edit:JSON",
-        help="with --resume of a run awaiting approval: the decision on the call it waits for",
+        help="with --resume of a run awaiting approval: the decision on the call it waits for (edit's "
+        "arguments must fit the tool's schema)",
     )
 
 
@@ -175,6 +177,8 @@ def setup(
     if source is None:
         return interactive
     if decision is not None:
+        if decision.action == "edit":
+            _check_edit(source, run_id, decision, ToolRegistry(list(tools)))
         try:
             return resume_decisions(source, decision, then=interactive, run_id=run_id)
         except ValueError as exc:
@@ -233,6 +237,24 @@ def check_names(policy: ApprovalPolicy, tools: Sequence[Any], console: Any) -> N
         raise PolicyFileError(
             "--approve: the policy names arguments the tools do not have: " + "; ".join(problems),
             "spell each argument as the tool's schema does (named above), or drop it",
+        )
+
+
+def _check_edit(source: Path, run_id: str | None, decision: ApprovalDecision, registry: Any) -> None:
+    """Refuse `--decide edit:JSON` whose arguments do not fit the waiting call's tool, before anything
+    starts: applied, the resume would turn the edit into a denial the model reads, and go on."""
+    from qwq_agent.agent.approval import pending_approval
+    from qwq_agent.cli.errors import CliError
+
+    pending = pending_approval(source, run_id=run_id)
+    if pending is None:
+        return  # `resume_decisions` says the run does not wait
+    edited = pending.call.model_copy(update={"arguments": decision.arguments or {}})
+    problems = registry.argument_problems(edited)
+    if problems:
+        raise CliError(
+            f"--decide edit: the arguments do not fit {pending.call.name}: " + "; ".join(problems),
+            f"give {pending.call.name} arguments its schema takes, or decide allow or deny",
         )
 
 
