@@ -42,6 +42,8 @@ __all__ = [
     "check_names",
     "load_policy",
     "parse_decision",
+    "report_pending",
+    "resume_command",
     "setup",
 ]
 
@@ -465,13 +467,13 @@ def report_pending(console: Any, result: Any) -> int:
     what = f"{pending.call.name} {json.dumps(pending.call.arguments)}" if pending else "a tool call"
     console.print(plain(f"waiting for approval of {what}", "magenta"), soft_wrap=True)
     if result.trace_path:
-        console.print(
-            plain(
-                f"resume with: qwq-agent run --resume {result.trace_path} --decide allow|deny:REASON", "dim"
-            ),
-            soft_wrap=True,
-        )
+        console.print(plain(f"resume with: {resume_command(result.trace_path)}", "dim"), soft_wrap=True)
     return EXIT_AWAITING_APPROVAL
+
+
+def resume_command(trace_path: str | Path) -> str:
+    """The command that continues the run awaiting approval in `trace_path`, with a decision."""
+    return f"qwq-agent run --resume {trace_path} --decide allow|deny:REASON"
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
