@@ -265,3 +265,26 @@ def test_a_decide_edit_that_does_not_fit_the_tool_is_refused_before_the_resume_s
     assert "'URL'" in proc.stderr and "missing required argument" in proc.stderr
     assert not resumed.exists() or recorded_decisions(resumed) == {}
     assert pending_approval(trace) is not None  # still waiting, for a decision that fits
+
+
+def test_the_pending_report_quotes_the_trace_and_bounds_the_models_arguments(tmp_path):
+    """The resume hint printed the trace path unquoted (a path with a space pasted as two words) and the
+    waiting line printed the model's arguments whole (6 KB of terminal for a 6 KB argument)."""
+    import shlex
+
+    folder = tmp_path / "my runs"
+    folder.mkdir()
+    trace = folder / "t.jsonl"
+    url = "http://example.invalid/?" + "q" * 6_000
+    turn = "x\n</think>\n\n<tool_call>\n" + json.dumps({"name": "fetch_url", "arguments": {"url": url}})
+    with ScriptedModelServer([turn + "\n</tool_call>"]) as server:
+        proc = cli("run", "Fetch.", "--model-url", server.url, "--tools", "fetch_url", "--approve", "ask",
+                   "--trace", str(trace))  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 5, out
+    waiting = next(line for line in out.splitlines() if line.startswith("waiting for approval of fetch_url"))
+    assert len(waiting) < 400 and "characters left out" in waiting and waiting.endswith('q"}')
+    hint = next(line for line in out.splitlines() if "resume with:" in line).split("resume with:", 1)[1]
+    assert hint.strip().endswith("--decide allow|deny:REASON|edit:JSON")
+    tokens = shlex.split(hint.replace("|", " "))
+    assert tokens[tokens.index("--resume") + 1] == str(trace)

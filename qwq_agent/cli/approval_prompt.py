@@ -15,6 +15,7 @@ import difflib
 import fnmatch
 import json
 import queue
+import shlex
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -464,7 +465,10 @@ def report_pending(console: Any, result: Any) -> int:
     from qwq_agent.agent.approval import pending_approval
 
     pending = pending_approval(result.trace_path) if result.trace_path else None
-    what = f"{pending.call.name} {json.dumps(pending.call.arguments)}" if pending else "a tool call"
+    what = "a tool call"
+    if pending is not None:
+        # The model's arguments: a 6 KB one printed whole is a screenful, not a line.
+        what = f"{pending.call.name} {_head_tail(json.dumps(pending.call.arguments, ensure_ascii=False))}"
     console.print(plain(f"waiting for approval of {what}", "magenta"), soft_wrap=True)
     if result.trace_path:
         console.print(plain(f"resume with: {resume_command(result.trace_path)}", "dim"), soft_wrap=True)
@@ -472,8 +476,20 @@ def report_pending(console: Any, result: Any) -> int:
 
 
 def resume_command(trace_path: str | Path) -> str:
-    """The command that continues the run awaiting approval in `trace_path`, with a decision."""
-    return f"qwq-agent run --resume {trace_path} --decide allow|deny:REASON"
+    """The command that continues the run awaiting approval in `trace_path`, with a decision: the path
+    quoted for a shell, so that the command pastes as printed (a path with a space, a `$`)."""
+    return f"qwq-agent run --resume {shlex.quote(str(trace_path))} --decide allow|deny:REASON|edit:JSON"
+
+
+_SHOWN_ARGUMENT_CHARS = 200
+
+
+def _head_tail(text: str, limit: int = _SHOWN_ARGUMENT_CHARS) -> str:
+    """`text`, or its head and tail with the middle left out (and counted) when longer than `limit`."""
+    if len(text) <= limit:
+        return text
+    head, tail = text[: limit * 2 // 3], text[-(limit // 3) :]
+    return f"{head}…({len(text) - len(head) - len(tail):,} characters left out)…{tail}"
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
