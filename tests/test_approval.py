@@ -564,3 +564,31 @@ async def test_an_edit_holding_nan_is_refused_naming_the_argument():
     assert 'edited arguments are invalid: argument "timeout" is NaN' in second
     with pytest.raises(ValueError, match='--decide edit: argument "timeout" is NaN'):
         parse_decision('edit:{"command": "make clean", "timeout": NaN}')
+
+
+# `^(a|a)*$` backtracks through 2**24 paths on 24 `a`s and a `!` (seconds with `re`, on the event loop).
+SLOW_POLICY = ApprovalPolicy(
+    rules=[Rule(tool="shell", action="deny", arguments={"command": [r"^(a|a)*$"]}, reason="no a's")],
+    default="allow",
+)
+
+
+async def test_a_policy_pattern_that_cannot_be_matched_in_time_asks_and_never_allows(tmp_path):
+    from qwq_agent.agent.approval import PolicyTimeout
+    from qwq_agent.agent.events import Warning_
+
+    RAN.clear()
+    hostile = "a" * 24 + "!"
+    with pytest.raises(PolicyTimeout, match=r"rules\[0\]: argument 'command'"):
+        SLOW_POLICY.action_for(ToolCall(name="shell", arguments={"command": hostile}))
+    turns = ["x\n</think>\n\n" + call("shell", command=hostile)]
+    trace = tmp_path / "t.jsonl"
+    config = AgentConfig(check_language=False, approval=SLOW_POLICY)
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        result = await Agent(client, [shell], config=config, trace_path=trace).run("x")
+    # Neither denied nor allowed on a guess: the call waits for a person, who is told why.
+    assert result.status == "awaiting_approval" and RAN == []
+    pending = pending_approval(trace)
+    assert pending is not None and "could not be matched against the pattern" in (pending.reason or "")
+    warnings = [e for e in read_trace(trace) if isinstance(e, Warning_) and e.kind == "policy_timeout"]
+    assert len(warnings) == 1 and "rules[0]" in warnings[0].message

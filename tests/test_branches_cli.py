@@ -190,3 +190,25 @@ def test_only_the_selected_branch_is_marked_won_others_that_passed_say_passed():
         "branch 2 (seed 2): completed - `true` exited 1",
     ]
     assert lines[3] == "branch 1 won: `true` exited 0 in its sandbox"
+
+
+def test_branches_that_all_wait_for_an_approval_exit_5_with_a_resume_line_each(tmp_path):
+    """`--approve ask` without a terminal: every branch stops awaiting approval. The CLI said "no
+    branch won" and exited 1 (a failure), naming no trace to resume."""
+    from qwq_agent.agent.approval import pending_approval
+
+    turn = "x\n</think>\n\n" + call("fetch_url", url="http://example.invalid/")
+    trace = tmp_path / "t.jsonl"
+    with ScriptedModelServer([turn] * 4) as server:
+        proc = subprocess.run(
+            [*CLI, "run", "Fetch.", "--model-url", server.url, "--tools", "fetch_url", "--approve", "ask",
+             "--branches", "2", "--trace", str(trace)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 5, out
+    lines = [line for line in out.splitlines() if "waits for approval; resume with:" in line]
+    assert len(lines) == 2, out
+    for line in lines:
+        resumed = line.split("--resume ", 1)[1].split(" --decide", 1)[0]
+        assert pending_approval(resumed) is not None

@@ -220,3 +220,71 @@ def test_mcp_serve_with_stdin_closed_says_so_before_starting_anything():
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "stdin is closed: an MCP client must talk on stdin" in proc.stderr
     assert "unexpected error" not in proc.stderr
+
+
+def test_a_policy_naming_an_argument_no_matching_tool_has_is_refused_and_an_unknown_tool_warned(tmp_path):
+    """A misspelt argument name ("URL" for fetch_url's "url") made its rule never apply: this `deny`
+    denied nothing and the call ran under `default: allow`. A tool glob matching none of the run's tools
+    is warned of (one policy file may serve runs with other tools)."""
+    path = tmp_path / "policy.json"
+    rule = {"tool": "fetch_*", "action": "deny", "arguments": {"URL": ["internal"]}}
+    path.write_text(json.dumps({"rules": [rule], "default": "allow"}))
+    trace = tmp_path / "t.jsonl"
+    with ScriptedModelServer([FETCH, DONE]) as server:
+        proc = cli("run", "x", "--tools", "fetch_url", "--approve", str(path), "--model-url", server.url,
+                   "--trace", str(trace))  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "rules[0].arguments.URL: no tool matching 'fetch_*' has an argument 'URL'" in proc.stderr
+    assert "they have: max_chars, offset, url" in proc.stderr
+    assert not trace.exists() or ran(trace) == []
+
+    path.write_text(json.dumps({"rules": [{"tool": "fetch-url", "action": "deny"}], "default": "ask"}))
+    with ScriptedModelServer([FETCH, DONE]) as server:
+        proc = cli("run", "x", "--tools", "fetch_url", "--approve", str(path), "--model-url", server.url,
+                   "--trace", str(tmp_path / "t2.jsonl"))  # fmt: skip
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    warning = "rules[0].tool 'fetch-url' matches none of this run's tools (did you mean 'fetch_url'?)"
+    assert warning in proc.stdout + proc.stderr
+
+
+def test_a_decide_edit_that_does_not_fit_the_tool_is_refused_before_the_resume_starts(tmp_path):
+    """`--decide edit:JSON` with a misspelt argument became a denial the model read ("the edited
+    arguments are invalid"), and the resume went on with exit 0: an approval turned into a refusal."""
+    trace = tmp_path / "t.jsonl"
+    with ScriptedModelServer([FETCH]) as server:
+        proc = cli("run", "Fetch.", "--model-url", server.url, "--tools", "fetch_url", "--approve", "ask",
+                   "--trace", str(trace))  # fmt: skip
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    resumed = tmp_path / "resumed.jsonl"
+    with ScriptedModelServer([DONE]) as server:
+        proc = cli("run", "--resume", str(trace), "--model-url", server.url, "--trace", str(resumed),
+                   "--decide", 'edit:{"URL": "http://example.invalid/b"}')  # fmt: skip
+        assert server.requests == []
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--decide edit: the arguments do not fit fetch_url" in proc.stderr
+    assert "'URL'" in proc.stderr and "missing required argument" in proc.stderr
+    assert not resumed.exists() or recorded_decisions(resumed) == {}
+    assert pending_approval(trace) is not None  # still waiting, for a decision that fits
+
+
+def test_the_pending_report_quotes_the_trace_and_bounds_the_models_arguments(tmp_path):
+    """The resume hint printed the trace path unquoted (a path with a space pasted as two words) and the
+    waiting line printed the model's arguments whole (6 KB of terminal for a 6 KB argument)."""
+    import shlex
+
+    folder = tmp_path / "my runs"
+    folder.mkdir()
+    trace = folder / "t.jsonl"
+    url = "http://example.invalid/?" + "q" * 6_000
+    turn = "x\n</think>\n\n<tool_call>\n" + json.dumps({"name": "fetch_url", "arguments": {"url": url}})
+    with ScriptedModelServer([turn + "\n</tool_call>"]) as server:
+        proc = cli("run", "Fetch.", "--model-url", server.url, "--tools", "fetch_url", "--approve", "ask",
+                   "--trace", str(trace))  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 5, out
+    waiting = next(line for line in out.splitlines() if line.startswith("waiting for approval of fetch_url"))
+    assert len(waiting) < 400 and "characters left out" in waiting and waiting.endswith('q"}')
+    hint = next(line for line in out.splitlines() if "resume with:" in line).split("resume with:", 1)[1]
+    assert hint.strip().endswith("--decide allow|deny:REASON|edit:JSON")
+    tokens = shlex.split(hint.replace("|", " "))
+    assert tokens[tokens.index("--resume") + 1] == str(trace)

@@ -5,6 +5,12 @@ runs (`allow`), is refused (`deny`) or needs a decision (`ask`); rules match a t
 optionally, regular expressions on argument values (e.g. shell commands that start with `rm`). The
 first rule that matches wins.
 
+The patterns are the operator's, the text they are matched against the model's: a pattern that
+backtracks (`^(a|a)*$`) could take longer than the universe on one argument. So each match has a
+time limit (`schema_patterns.MATCH_TIMEOUT_S`, as for tools' schemas) and `review_calls` matches on the
+argument checks' threads, never on the event loop. A rule whose match did not finish in time may or may
+not apply: the call is asked about (a `policy_timeout` warning says why), never allowed on a guess.
+
 An `ask` goes to the run's approver: any `async (ApprovalRequest) -> ApprovalDecision` callable. It
 can allow, deny with a reason (the model reads it as the call's observation), allow with edited
 arguments (re-validated against the tool's schema), or defer. With no approver, or on `defer`, the
@@ -24,19 +30,22 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import re
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from qwq_agent.agent.events import ApprovalDecided, ApprovalRequested, Final, ToolCallEvent
+from qwq_agent.agent.events import ApprovalDecided, ApprovalRequested, Final, ToolCallEvent, Warning_
 from qwq_agent.agent.messages import Message, ToolCall
 from qwq_agent.agent.repair import non_finite_problem
 from qwq_agent.agent.trace import read_trace
 from qwq_agent.surrogates import replace_surrogates_in
+from qwq_agent.tools.arg_check import run_check
+from qwq_agent.tools.schema_patterns import search_in_time
 
 __all__ = [
     "ApprovalDecision",
@@ -45,6 +54,7 @@ __all__ = [
     "Approver",
     "GateOutcome",
     "PendingApproval",
+    "PolicyTimeout",
     "RecordedApprover",
     "Rule",
     "pending_approval",
@@ -56,6 +66,29 @@ __all__ = [
 
 Action = Literal["allow", "deny", "ask"]
 
+# How long one call's policy check may take in all (every rule's patterns), at most.
+_POLICY_CHECK_S = 5.0
+
+
+class PolicyTimeout(Exception):
+    """A rule's pattern could not be matched against a call's argument in time: whether the rule
+    applies is unknown. `rule` is the rule's index in the policy (-1 when the rule is not in one)."""
+
+    def __init__(self, argument: str, pattern: str, rule: int = -1) -> None:
+        where = f"rules[{rule}]" if rule >= 0 else "the rule"
+        super().__init__(
+            f"{where}: argument {argument!r} could not be matched against the pattern {pattern!r} in time"
+        )
+        self.argument = argument
+        self.pattern = pattern
+        self.rule = rule
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(pattern: str) -> Any:
+    # `regex` in its `re`-compatible mode: Python's syntax, and a time limit per match (`re` has none).
+    return regex.compile(pattern, regex.V0)
+
 
 class Rule(BaseModel):
     """One line of a policy: which calls it covers and what happens to them."""
@@ -65,8 +98,8 @@ class Rule(BaseModel):
 
     tool: str = "*"  # a glob on the tool name
     action: Action
-    # Argument name -> regular expressions (re.search) on its value as text; the rule applies when
-    # every named argument matches one of its patterns. Empty: any arguments.
+    # Argument name -> regular expressions (Python's syntax, searched for) on its value as text; the
+    # rule applies when every named argument matches one of its patterns. Empty: any arguments.
     arguments: dict[str, list[str]] = Field(default_factory=dict)
     reason: str | None = None  # shown to the user on `ask`, to the model on `deny`
 
@@ -76,12 +109,15 @@ class Rule(BaseModel):
         for name, patterns in value.items():
             for p in patterns:
                 try:
-                    re.compile(p)
-                except re.error as exc:
+                    _compiled(p)  # with what matches it: the `regex` module
+                except regex.error as exc:
                     raise ValueError(f"argument {name!r}: bad pattern {p!r}: {exc}") from None
         return value
 
     def matches(self, call: ToolCall) -> bool:
+        """Whether the rule covers `call`. Raises `PolicyTimeout` when a pattern could not be matched
+        in time (`schema_patterns.MATCH_TIMEOUT_S` a match), and `CheckStopped` when the check's budget
+        (`check_budget`) is spent: a match that did not finish is never taken as either answer."""
         if not fnmatch.fnmatchcase(call.name, self.tool):
             return False
         for name, patterns in self.arguments.items():
@@ -89,9 +125,16 @@ class Rule(BaseModel):
                 return False
             value = call.arguments[name]
             text = value if isinstance(value, str) else repr(value)
-            if not any(re.search(p, text) for p in patterns):
+            if not any(_search(p, text, name) for p in patterns):
                 return False
         return True
+
+
+def _search(pattern: str, text: str, argument: str) -> bool:
+    try:
+        return search_in_time(_compiled(pattern), text)
+    except TimeoutError:
+        raise PolicyTimeout(argument, pattern) from None
 
 
 class ApprovalPolicy(BaseModel):
@@ -104,8 +147,17 @@ class ApprovalPolicy(BaseModel):
     default: Action = "allow"
 
     def action_for(self, call: ToolCall) -> tuple[Action, Rule | None]:
-        for rule in self.rules:
-            if rule.matches(call):
+        """What happens to `call`, and the rule that says so (None: the default).
+
+        Raises `PolicyTimeout` (naming the rule) when a rule's pattern could not be matched in time:
+        `review_calls` asks about such a call.
+        """
+        for index, rule in enumerate(self.rules):
+            try:
+                matched = rule.matches(call)
+            except PolicyTimeout as exc:
+                raise PolicyTimeout(exc.argument, exc.pattern, index) from None
+            if matched:
                 return rule.action, rule
         return self.default, None
 
@@ -268,13 +320,30 @@ async def review_calls(
     Stops at the first deferred call (`pending`): none of the turn's calls runs then. `wait_s` bounds
     the wait for all the turn's decisions (the run's deadline): when it passes, the call waiting is
     deferred, so the run stops awaiting approval instead of running out of budget mid-question.
+
+    The policy's patterns are matched off the event loop, each match under a time limit: a call whose
+    check did not finish in time is asked about, with a `policy_timeout` warning saying why.
     """
     out = GateOutcome()
     started = time.monotonic()
     recorded = approver if isinstance(approver, RecordedApprover) else None
+
+    def left() -> float | None:
+        return None if wait_s is None else max(0.0, wait_s - (time.monotonic() - started))
+
     for call in calls:
-        action, rule = policy.action_for(call)
-        reason = rule.reason if rule is not None else None
+        try:
+            action, rule = await _policy_action(policy, call, left())
+            reason = rule.reason if rule is not None else None
+        except (PolicyTimeout, TimeoutError) as exc:
+            why = (
+                str(exc) if isinstance(exc, PolicyTimeout) else "the policy's patterns did not finish in time"
+            )
+            reason = f"the approval policy could not decide this call: {why}"
+            out.events.append(
+                emit(Warning_(kind="policy_timeout", message=f"{call.name} ({call.id}): {reason}"))
+            )
+            action = "ask"
         known = recorded.known(call) if recorded is not None else None
         if known is not None and known.by == "policy" and known.action in ("allow", "deny"):
             # Decided by the recorded run's policy (allowed: it ran; or denied): so again, whatever the
@@ -291,9 +360,8 @@ async def review_calls(
             out.events.append(emit(ApprovalRequested(call=call, reason=reason)))
             decision = ApprovalDecision(action="defer")
             if approver is not None:
-                left = None if wait_s is None else max(0.0, wait_s - (time.monotonic() - started))
                 try:
-                    async with asyncio.timeout(left):
+                    async with asyncio.timeout(left()):
                         decision = await approver(request)
                 except TimeoutError:
                     pass  # deferred: the trace keeps the question for a later process
@@ -340,6 +408,20 @@ async def review_calls(
         else:
             out.approved.append(call)
     return out
+
+
+async def _policy_action(
+    policy: ApprovalPolicy, call: ToolCall, wait_s: float | None
+) -> tuple[Action, Rule | None]:
+    """`policy.action_for(call)`, its patterns matched on the argument checks' threads (the event
+    loop, its timers and signal handlers go on meanwhile) within `_POLICY_CHECK_S` and `wait_s`.
+
+    Raises `PolicyTimeout` for a match that ran out of time, `TimeoutError` when the whole check did.
+    """
+    if not any(rule.arguments for rule in policy.rules):
+        return policy.action_for(call)  # globs only: nothing that can take long
+    limit = _POLICY_CHECK_S if wait_s is None else min(_POLICY_CHECK_S, wait_s)
+    return await run_check(lambda: policy.action_for(call), limit=limit)
 
 
 class PendingApproval(BaseModel):

@@ -3,15 +3,19 @@
 The prompt shows the call and takes one key: `a` allow, `d` deny (then a reason, which the model
 reads as the call's observation), `e` edit (new arguments as JSON, checked against the tool's schema
 and asked again until they fit). Without a terminal, a call that needs a decision stops the run
-(`awaiting_approval`); `--resume TRACE --decide ...` continues it later.
+(`awaiting_approval`); `--resume TRACE --decide ...` continues it later (an edit there is checked
+against the tool's schema before anything starts, and refused with exit 2 when it does not fit).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import fnmatch
 import json
 import queue
+import shlex
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -32,7 +36,17 @@ from qwq_agent.agent.repair import non_finite_problem
 from qwq_agent.cli.errors import EXIT_AWAITING_APPROVAL
 from qwq_agent.cli.safe_text import plain, safe
 
-__all__ = ["PolicyFileError", "TerminalApprover", "add_arguments", "load_policy", "parse_decision", "setup"]
+__all__ = [
+    "PolicyFileError",
+    "TerminalApprover",
+    "add_arguments",
+    "check_names",
+    "load_policy",
+    "parse_decision",
+    "report_pending",
+    "resume_command",
+    "setup",
+]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--decide",
         metavar="allow|deny[:REASON]|edit:JSON",
-        help="with --resume of a run awaiting approval: the decision on the call it waits for",
+        help="with --resume of a run awaiting approval: the decision on the call it waits for (edit's "
+        "arguments must fit the tool's schema)",
     )
 
 
@@ -141,6 +156,7 @@ def setup(
     try:
         if approve is not None:
             config.approval = load_policy(approve)
+            check_names(config.approval, tools, console)
         decision = parse_decision(decide) if decide else None
     except PolicyFileError as exc:
         raise CliError(str(exc), exc.fix) from None
@@ -164,6 +180,8 @@ def setup(
     if source is None:
         return interactive
     if decision is not None:
+        if decision.action == "edit":
+            _check_edit(source, run_id, decision, ToolRegistry(list(tools)))
         try:
             return resume_decisions(source, decision, then=interactive, run_id=run_id)
         except ValueError as exc:
@@ -173,6 +191,74 @@ def setup(
     # A replay or resume decides the recorded calls as the recorded run did, whatever `--approve` says
     # now (a denied call stays denied); only the calls after the recording follow the policy.
     return replay_approver(source, then=interactive, run_id=run_id)
+
+
+def _may_have(parameters: Any, name: str) -> bool:
+    """Whether a call of a tool whose arguments' schema is `parameters` can hold an argument `name`:
+    it declares it, or its schema does not say which names it takes (no `properties`, open
+    `additionalProperties`, `patternProperties`)."""
+    if not isinstance(parameters, dict) or not isinstance(parameters.get("properties"), dict):
+        return True
+    if name in parameters["properties"] or parameters.get("patternProperties"):
+        return True
+    extra = parameters.get("additionalProperties")
+    return extra is not None and extra is not False
+
+
+def check_names(policy: ApprovalPolicy, tools: Sequence[Any], console: Any) -> None:
+    """Refuse a rule naming an argument that no tool its glob matches has; warn of a glob matching none
+    of the run's tools. Either rule would never apply, silently: a `deny` that denies nothing.
+
+    Raises `PolicyFileError` naming every unknown argument (`rules[0].arguments.URL`).
+    """
+    specs = [t.spec for t in tools]
+    problems: list[str] = []
+    for index, rule in enumerate(policy.rules):
+        matched = [spec for spec in specs if fnmatch.fnmatchcase(spec.name, rule.tool)]
+        if not matched:
+            # A warning, not a refusal: one policy file may serve runs with other tools.
+            close = difflib.get_close_matches(rule.tool, [spec.name for spec in specs], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            console.print(
+                plain(
+                    f"warning: --approve: rules[{index}].tool {rule.tool!r} matches none of this run's "
+                    f"tools{hint}; the rule never applies",
+                    "yellow",
+                ),
+                soft_wrap=True,
+            )
+            continue
+        for name in rule.arguments:
+            if not any(_may_have(spec.parameters, name) for spec in matched):
+                known = sorted({n for spec in matched for n in spec.parameters.get("properties", {})})
+                shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+                problems.append(
+                    f"rules[{index}].arguments.{name}: no tool matching {rule.tool!r} has an argument "
+                    f"{name!r} (they have: {shown or 'none'})"
+                )
+    if problems:
+        raise PolicyFileError(
+            "--approve: the policy names arguments the tools do not have: " + "; ".join(problems),
+            "spell each argument as the tool's schema does (named above), or drop it",
+        )
+
+
+def _check_edit(source: Path, run_id: str | None, decision: ApprovalDecision, registry: Any) -> None:
+    """Refuse `--decide edit:JSON` whose arguments do not fit the waiting call's tool, before anything
+    starts: applied, the resume would turn the edit into a denial the model reads, and go on."""
+    from qwq_agent.agent.approval import pending_approval
+    from qwq_agent.cli.errors import CliError
+
+    pending = pending_approval(source, run_id=run_id)
+    if pending is None:
+        return  # `resume_decisions` says the run does not wait
+    edited = pending.call.model_copy(update={"arguments": decision.arguments or {}})
+    problems = registry.argument_problems(edited)
+    if problems:
+        raise CliError(
+            f"--decide edit: the arguments do not fit {pending.call.name}: " + "; ".join(problems),
+            f"give {pending.call.name} arguments its schema takes, or decide allow or deny",
+        )
 
 
 def _approver_only(source: Path, run_id: str | None) -> bool:
@@ -379,16 +465,31 @@ def report_pending(console: Any, result: Any) -> int:
     from qwq_agent.agent.approval import pending_approval
 
     pending = pending_approval(result.trace_path) if result.trace_path else None
-    what = f"{pending.call.name} {json.dumps(pending.call.arguments)}" if pending else "a tool call"
+    what = "a tool call"
+    if pending is not None:
+        # The model's arguments: a 6 KB one printed whole is a screenful, not a line.
+        what = f"{pending.call.name} {_head_tail(json.dumps(pending.call.arguments, ensure_ascii=False))}"
     console.print(plain(f"waiting for approval of {what}", "magenta"), soft_wrap=True)
     if result.trace_path:
-        console.print(
-            plain(
-                f"resume with: qwq-agent run --resume {result.trace_path} --decide allow|deny:REASON", "dim"
-            ),
-            soft_wrap=True,
-        )
+        console.print(plain(f"resume with: {resume_command(result.trace_path)}", "dim"), soft_wrap=True)
     return EXIT_AWAITING_APPROVAL
+
+
+def resume_command(trace_path: str | Path) -> str:
+    """The command that continues the run awaiting approval in `trace_path`, with a decision: the path
+    quoted for a shell, so that the command pastes as printed (a path with a space, a `$`)."""
+    return f"qwq-agent run --resume {shlex.quote(str(trace_path))} --decide allow|deny:REASON|edit:JSON"
+
+
+_SHOWN_ARGUMENT_CHARS = 200
+
+
+def _head_tail(text: str, limit: int = _SHOWN_ARGUMENT_CHARS) -> str:
+    """`text`, or its head and tail with the middle left out (and counted) when longer than `limit`."""
+    if len(text) <= limit:
+        return text
+    head, tail = text[: limit * 2 // 3], text[-(limit // 3) :]
+    return f"{head}…({len(text) - len(head) - len(tail):,} characters left out)…{tail}"
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

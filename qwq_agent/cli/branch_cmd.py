@@ -88,7 +88,24 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
         console.print(
             plain(f"trace: {result.trace_path} (one file per branch beside it)", "dim"), soft_wrap=True
         )
+    if result.winner is None and (waiting := awaiting_approval(result)):
+        # Not a failure: the branches stopped for a person (no terminal), each resumable on its own.
+        from qwq_agent.cli.approval_prompt import resume_command
+        from qwq_agent.cli.errors import EXIT_AWAITING_APPROVAL
+
+        for b in waiting:
+            assert b.trace_path is not None
+            line = f"branch {b.index} waits for approval; resume with: {resume_command(b.trace_path)}"
+            console.print(plain(line, "magenta"), soft_wrap=True)
+        return EXIT_AWAITING_APPROVAL
     return 0 if result.winner is not None and copied and patched else 1
+
+
+def awaiting_approval(result: BranchResult) -> list[Any]:
+    """The branches waiting for an approval (with a trace to resume), when none completed; else none."""
+    if any(b.status == "completed" for b in result.branches):
+        return []
+    return [b for b in result.branches if b.status == "awaiting_approval" and b.trace_path]
 
 
 async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bool:

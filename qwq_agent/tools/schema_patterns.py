@@ -41,6 +41,7 @@ __all__ = [
     "check_budget",
     "check_schema",
     "pattern_search",
+    "search_in_time",
     "to_python",
 ]
 
@@ -189,13 +190,26 @@ def pattern_search(pattern: str, text: str, *, name: bool = False) -> bool:
     property name), `CheckStopped` when the check's budget (`check_budget`) is spent, and
     `regex.error` for a pattern that does not compile (`check_schema` refuses those at load).
     """
+    try:
+        return search_in_time(_compiled(pattern), text)
+    except TimeoutError:
+        raise PatternTimeout(pattern, text, name=name) from None
+
+
+def search_in_time(compiled: Any, text: str) -> bool:
+    """Whether the compiled `regex` pattern `compiled` matches somewhere in `text`, under this thread's
+    budget (`check_budget`), with the GIL released meanwhile.
+
+    Raises `TimeoutError` when the match alone takes longer than `MATCH_TIMEOUT_S`, `CheckStopped` when
+    the check's budget is spent. Never answers for a match that did not finish.
+    """
     timeout = _time_left()
     try:
-        return _compiled(pattern).search(text, timeout=timeout, concurrent=True) is not None
+        return compiled.search(text, timeout=timeout, concurrent=True) is not None
     except TimeoutError:
         if timeout < MATCH_TIMEOUT_S:
             raise CheckStopped from None  # the check's own time ran out, not the match's
-        raise PatternTimeout(pattern, text, name=name) from None
+        raise
 
 
 def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
