@@ -128,6 +128,21 @@ class PromptModel(Model, Protocol):
     async def generate(self, prompt: str, params: SamplingParams | None = None) -> Completion: ...
 
 
+@runtime_checkable
+class PromptCounter(Protocol):
+    """A model that can tell how many tokens a request's prompt will hold before it sends it.
+
+    The turn asks before every request, so that the prompt plus `max_new_tokens` fit the model's context
+    (`qwq_agent.agent.turn_limits`). The count should be what the server will count: exact where the
+    client builds the prompt itself, else an estimate that errs high. None: it cannot tell (no
+    tokenizer installed); the turn then goes by what the server reported for the turn's last request.
+    """
+
+    def count_prompt_tokens(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], *, prefix: str = ""
+    ) -> int | None: ...
+
+
 class ToolOutput(BaseModel):
     """What a tool hands back to the loop: text for the model, images (PNG bytes, base64) for the user."""
 

@@ -81,12 +81,16 @@ async def test_a_turn_that_outgrows_the_servers_context_length_stops_before_send
         )
 
     # /server_info reports the context length; the prompt starts near 200 tokens and grows each request.
-    async with ScriptedModelServer(answer, context_length=400) as server:
-        result, _ = await run(server, max_requests_per_turn=1000, system_prompt=None)
-    assert result.status == "model_error"
+    async with ScriptedModelServer(answer, context_length=400, check_context=True) as server:
+        result, _ = await run(
+            server, max_requests_per_turn=1000, system_prompt=None, min_context_room_tokens=16
+        )
+    assert result.status == "context_full"
     assert "context length of 400 tokens" in (result.error or "")
-    sizes = [len(r.prompt_ids) for r in server.requests]
-    assert max(sizes) <= 400 and len(sizes) < 1000
+    # Each request asked for no more new tokens than fit: none was refused.
+    sent = [(len(r.prompt_ids), r.sampling_params["max_new_tokens"]) for r in server.requests]
+    assert server.refused == [] and all(p + m < 400 for p, m in sent)
+    assert 1 < len(sent) < 1000
 
 
 NOTES: list[str] = []

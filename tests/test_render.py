@@ -6,7 +6,14 @@ import io
 
 from rich.console import Console
 
-from qwq_agent.agent.events import ContentDelta, Final, ReasoningDelta, ToolCallEvent, ToolResultEvent
+from qwq_agent.agent.events import (
+    BudgetExceeded,
+    ContentDelta,
+    Final,
+    ReasoningDelta,
+    ToolCallEvent,
+    ToolResultEvent,
+)
 from qwq_agent.agent.messages import ToolCall
 from qwq_agent.cli.render import EventRenderer
 
@@ -51,3 +58,19 @@ def test_an_unfinished_answer_is_not_shown_as_the_answer():
     cut = screen(Final(status="truncated_answer", answer="The answer is 42 and the", error="cut off"))
     assert "answer, unfinished (truncated_answer)" in cut and "The answer is 42 and the" in cut
     assert "answer, unfinished" not in screen(Final(status="completed", answer="42"))
+
+
+def test_a_long_runs_token_counts_show_every_digit():
+    # `:g` kept six significant digits: 5,504,887 prompt tokens showed as 5.50489e+06.
+    totals = {
+        "steps": 1234.0,
+        "prompt_tokens": 5504887.0,
+        "cached_tokens": 0.0,
+        "generated_tokens": 1000000.0,
+    }
+    text = screen(
+        BudgetExceeded(budget="generated_tokens", limit=1000000, used=1000123),
+        Final(status="budget_exceeded", totals={**totals, "wall_s": 3600.5}),
+    )
+    assert "5,504,887" in text and "1,000,000" in text and "1,234" in text and "e+0" not in text
+    assert "used up: 1,000,123 of 1,000,000" in text

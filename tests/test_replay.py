@@ -387,6 +387,37 @@ async def test_a_trace_recorded_before_the_last_step_could_be_intervened_on_repl
     assert [ev.kind for ev in events if isinstance(ev, Warning_)] == warnings  # no replay_divergence
 
 
+@tool
+def read_chunk(i: int) -> str:
+    """Read chunk i of a long log.
+
+    Args:
+        i: chunk number
+    """
+    return "\n".join(f"log line {i}.{k}: request served in {k * 7 % 97} ms" for k in range(20))
+
+
+async def test_a_trace_recorded_before_requests_were_fitted_to_the_context_replays_as_it_ran() -> None:
+    # Written by the code of commit 6929519, before each request was fitted to the context
+    # (`min_context_room_tokens`): the second turn's first request went unchecked, asking for 512 new
+    # tokens past the 1024-token context it was configured with; the server refused it three times
+    # (retried as any model error) and the run ended model_error. Today's check would end it
+    # context_full unsent: a replay of it must not.
+    recording = load_recording(
+        Path(__file__).parent / "data" / "old-traces" / "context_refused_at_6929519.jsonl"
+    )
+    assert recording.agent_config().min_context_room_tokens is None
+    assert [c.error_outcome for c in recording.completions] == [None, "retried", "retried", "ended"]
+    replay = ReplayModel.from_recording(recording)
+    events = [
+        ev async for ev in Agent(replay, [read_chunk], config=recording.agent_config()).stream(recording.task)
+    ]
+    final = events[-1]
+    assert final.type == "final" and final.status == "model_error" == recording.status
+    assert final.error is not None and "Requested token count exceeds" in final.error
+    assert replay.remaining == 0 and warnings_of(events, "replay_divergence") == []
+
+
 async def test_a_trace_recorded_today_replays_its_answer_continuation(tmp_path: Path) -> None:
     cfg = config(sampling=SamplingParams(max_new_tokens=12))
     trace = tmp_path / "t.jsonl"

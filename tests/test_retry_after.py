@@ -68,6 +68,9 @@ async def limited_server(
             if head.startswith("POST /abort_request"):  # the client aborting the refused request
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
                 return
+            if head.startswith("GET "):  # the agent asking /server_info for the context length: unknown
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
             hits.append(time.monotonic())
             if len(hits) <= refusals:
                 body = b'{"error": {"message": "busy"}}'

@@ -74,9 +74,11 @@ async def test_an_answer_still_cut_off_when_its_continuations_are_spent_ends_tru
 
 
 async def test_an_answer_whose_continuation_would_not_fit_the_context_ends_truncated_answer() -> None:
-    # The first request's prompt alone fills a 20-token context: no room to continue.
-    result, warnings, requests = await run([LONG], config(context_length=20))
-    assert len(requests) == 1
+    # The context holds the first request's prompt and its 12 new tokens, and not one token more: no
+    # room to continue.
+    _, _, alone = await run([LONG], config(max_answer_continuations=0))
+    result, warnings, requests = await run([LONG], config(context_length=len(alone[0].prompt_ids) + 12 + 1))
+    assert len(requests) == 1 and requests[0].sampling_params["max_new_tokens"] == 12
     assert result.status == "truncated_answer" and result.answer == CUT
     assert "could not be continued" in (result.error or "") and "context length" in (result.error or "")
     assert [kind for kind, _ in warnings] == ["answer_continued", "truncated_answer"]

@@ -55,10 +55,18 @@ class AgentConfig(BaseModel):
     # well formed (SGLang's native client only; see qwq_agent.agent.constrained).
     constrained_tool_calls: bool = False
     # Requests one turn may make (retries, nudges, constrained calls and their continuations) before it
-    # ends with an error; and the model's context length, checked before a turn sends another request
-    # (None: asked from the server when the client can tell, else not checked).
+    # ends with an error; and the model's context length, checked before every request (None: asked
+    # from the server when the client can tell, else not checked).
     max_requests_per_turn: int = 32
     context_length: int | None = None
+    # Before every request its prompt is counted (`prompt_size`) and its max_new_tokens lowered so that
+    # prompt + output fit the context length (the server refuses a request that does not fit). With
+    # fewer new tokens than this left (or than max_new_tokens asks, when that is less) the run ends
+    # `context_full` instead of sending: a QwQ turn cut off every few hundred tokens would only spend the
+    # rest of the context on reasoning it never finishes. None: as before this setting existed, only a
+    # turn's later requests are checked, against the last one's size, and nothing is lowered; only for
+    # traces written then, which lack the key and replay so (`Recording.agent_config`).
+    min_context_room_tokens: int | None = Field(default=512, ge=1)
     # KV tokens a run reserves under admission control: its expected peak context.
     kv_reservation_tokens: int = 8192
     # Which tool calls need a human decision (None: none, unless the Agent has an approver, which is

@@ -274,15 +274,21 @@ async def constrained_tool_call_completion(
     max_string_length: int | None = None,
 ) -> tuple[str, Completion]:
     """`constrained_tool_call`, also returning the server's completion (prompt sent, usage)."""
-    lead = "" if prompt_so_far.endswith("\n") else "\n"
+    prompt = call_prompt(prompt_so_far)
+    lead = prompt[len(prompt_so_far) :]
     try:
         constrained = constraint_params(
             tools, params or SamplingParams(), mode=mode, max_string_length=max_string_length
         )
     except UnsupportedSchema:
         constrained = constraint_params(tools, params or SamplingParams(), mode="json_schema")
-    done = await client.generate(prompt_so_far + lead, constrained)
+    done = await client.generate(prompt, constrained)
     return f"{lead}{done.text.strip()}\n</tool_call>", done
+
+
+def call_prompt(prompt_so_far: str) -> str:
+    """The prompt `constrained_tool_call_completion` sends: the JSON starts on a line of its own."""
+    return prompt_so_far if prompt_so_far.endswith("\n") else prompt_so_far + "\n"
 
 
 def validate_tool_call(text: str, tools: Sequence[ToolSpec]) -> str | None:

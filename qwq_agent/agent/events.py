@@ -84,6 +84,14 @@ class ModelCall(_Event):
     when `prompt` is whole."""
     completion_ids: list[int] | None = None
     """The token ids the server generated (native API), so a replay keeps the turn token-exact."""
+    max_new_tokens: int | None = None
+    """The token limit the request asked for: `sampling.max_new_tokens`, or fewer where the generation
+    budget or the room left in the model's context allowed fewer. A replay asks for the same (None in
+    traces written before it was recorded, and on a probe)."""
+    context_length: int | None = None
+    """The model's context length the request was checked against (configured, or the server's), so
+    that a replay, which has no server to ask, ends a run whose context filled up where it ended; None
+    when it was unknown (nothing was checked) or in traces written before it was recorded."""
     messages: list[dict[str, Any]] | None = None
     """The chat messages sent (OpenAI API, which takes no prompt), for a replay to check its requests
     against. In the trace file only those after the ones the previous call sent are stored

@@ -56,7 +56,11 @@ _EXCERPT = 60
 _ABSENT = object()  # a field one message has and the other lacks
 # `AgentConfig` settings whose default makes requests the code before them did not: what a recorded
 # config that lacks one (a trace written before it existed) is read with.
-_BEFORE_THEY_EXISTED: dict[str, Any] = {"max_answer_continuations": None, "intervene_on_last_step": False}
+_BEFORE_THEY_EXISTED: dict[str, Any] = {
+    "max_answer_continuations": None,
+    "intervene_on_last_step": False,
+    "min_context_room_tokens": None,
+}
 
 
 class RecordedCompletion(Completion):
@@ -159,9 +163,10 @@ class Recording(BaseModel):
 
         A setting that changes which requests a run makes takes, when the trace lacks it, the value
         that behaves as the code of that time did: `max_answer_continuations` None (no continuation of
-        a cut-off answer, no close of an unclosed reasoning) and `intervene_on_last_step` False (no
-        nudge, close or hint on the last step the budget allows), or the replay asks for completions
-        the trace does not hold. A config edited by hand or written by an incompatible version raises
+        a cut-off answer, no close of an unclosed reasoning), `intervene_on_last_step` False (no
+        nudge, close or hint on the last step the budget allows) and `min_context_room_tokens` None
+        (requests not fitted to the context: one the server refused was sent, and retried), or the
+        replay asks for other completions than the trace holds. A config edited by hand or written by an incompatible version raises
         `TraceError` naming the trace and the setting, not pydantic's error.
         """
         try:
@@ -357,6 +362,30 @@ class ReplayModel:
         if not self.replaying:
             return []
         return [p.model_copy(update={"ts": time.time()}) for p in self._probes.pop(self._next, [])]
+
+    def peek(self) -> ModelCall | None:
+        """The recorded call that answers the next request (None once the recording is used up): the
+        turn asks for its `max_new_tokens`, so the replay decides as the run did."""
+        return self._calls[self._next] if self.replaying else None
+
+    def recorded_context_length(self) -> int | None:
+        """The context length the recorded run's requests were last checked against (None if never):
+        past the recording, the replay checks against it, as the run did against its server's."""
+        return next((c.context_length for c in reversed(self._calls) if c.context_length), None)
+
+    def count_prompt_tokens(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], *, prefix: str = ""
+    ) -> int | None:
+        """The prompt's tokens as the recorded run's client counted them (`PromptCounter`): a native
+        client's exact count under the recorded prompt options, an OpenAI-API client's estimate; the
+        live model's count once it has taken over."""
+        from qwq_agent.agent.prompt_size import estimate_prompt_tokens, prompt_tokens, rendered_prompt_tokens
+
+        if self._then is not None and not self.replaying:
+            return prompt_tokens(self._then, messages, tools, prefix)
+        if any(call.messages is not None for call in self._calls):  # an OpenAI-API run's recording
+            return estimate_prompt_tokens(messages, tools, prefix=prefix)
+        return rendered_prompt_tokens(messages, tools, prefix=prefix, options=self.prompt_options)
 
     def take_notices(self, *, final: bool = False) -> list[Event]:
         """Events the loop should emit: divergences seen, and the hand-over to the live model.

@@ -18,9 +18,14 @@ from pydantic import BaseModel, Field
 
 from qwq_agent.agent import parser as qparser
 from qwq_agent.agent.budgets import BudgetTracker
-from qwq_agent.agent.clients.errors import ModelDeadlineExceeded, ModelError
+from qwq_agent.agent.clients.errors import ModelContextExceeded, ModelDeadlineExceeded, ModelError
 from qwq_agent.agent.config import AgentConfig
-from qwq_agent.agent.constrained import CallOpenWatcher, constrained_tool_call_completion, grammar_ignored
+from qwq_agent.agent.constrained import (
+    CallOpenWatcher,
+    call_prompt,
+    constrained_tool_call_completion,
+    grammar_ignored,
+)
 from qwq_agent.agent.events import (
     ContentDelta,
     Event,
@@ -40,8 +45,9 @@ from qwq_agent.agent.loop_detector import (
 from qwq_agent.agent.loops.probe import AnswerProbe, ProbeModel, PromptRenderer
 from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.agent.prompt_size import prompt_tokens, text_tokens
 from qwq_agent.agent.replay import RecordedCompletion, ReplayedModelError, ReplayExhausted, ReplayModel
-from qwq_agent.agent.turn_limits import ContextLength, TurnLimits
+from qwq_agent.agent.turn_limits import ContextLength, PromptSize, Refusal, TurnLimits
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta, Usage
 
@@ -135,7 +141,11 @@ class TurnStreamer:
         wall = config.budget.max_wall_s
         self._reserve = min(ABORT_RESERVE_S, 0.1 * wall) if wall is not None else 0.0
         self.result = TurnResult()
-        self._limits = TurnLimits(config.max_requests_per_turn, context_length)
+        self._context_length = context_length
+        self._limits = TurnLimits(
+            config.max_requests_per_turn, self._context_limit, min_room=config.min_context_room_tokens
+        )
+        self._max_new_tokens: int | None = None  # what the next request may ask for (`_before_request`)
         # Tool calls are finished under a grammar only by a model that renders its own prompt.
         self._native: PromptModel | None = (
             model if config.constrained_tool_calls and self.specs and isinstance(model, PromptModel) else None
@@ -169,14 +179,16 @@ class TurnStreamer:
     async def run(self) -> AsyncGenerator[Event, None]:
         attempts = 0
         while True:
-            if (problem := await self._limits.before_request()) is not None:
+            if (refused := await self._before_request(self._prompt_size(self.prefix))) is not None:
                 if self._continuing is not None:  # the answer is whole but for its cut-off end
-                    self.result.truncated = f"{self._continuing}, and it could not be continued: {problem}"
+                    self.result.truncated = (
+                        f"{self._continuing}, and it could not be continued: {refused.message}"
+                    )
                     for ev in self._finish(self.prefix, length_limited=True):
                         yield ev
                     return
                 self.result.raw = self.prefix
-                yield self._stop("model_error", problem)
+                yield self._stop(refused.status, refused.message)
                 return
             self._continuing = None
             attempt = _Attempt()
@@ -201,7 +213,10 @@ class TurnStreamer:
                     yield ev
                 cost = self._count_failure(exc, attempt)
                 after = self._after_failure(exc, failure, attempts + 1)
-                for ev in self._failed_call(self.prefix, attempt.text, cost, failure, after.outcome):
+                failed = self._failed_call(
+                    self.prefix, attempt.text, cost, failure, after.outcome, attempt.max_new_tokens
+                )
+                for ev in failed:
                     yield ev
                 if after.status is not None:
                     self.result.budget = after.budget
@@ -438,6 +453,8 @@ class TurnStreamer:
             completion=attempt.text,
             usage=usage,
             completion_ids=ids,
+            max_new_tokens=attempt.max_new_tokens,
+            context_length=self._limits.limit,
             messages=done.messages if done else None,
             tools_digest=done.tools_digest if done else None,
             intervention=attempt.signal,  # what a replay must do here too
@@ -477,6 +494,10 @@ class TurnStreamer:
             return _AfterFailure(
                 outcome="wall_out", status="budget_exceeded", message=message, budget="wall_s"
             )
+        if _context_refused(exc) and recorded != "retried":
+            # The same prompt is refused the same way however often it is sent.
+            message = f"{failure} (the request does not fit the model's context; it is not retried)"
+            return _AfterFailure(outcome="ended", status="context_full", message=message)
         if retry > self.config.model_retries:
             return _AfterFailure(outcome="ended", status="model_error", message=failure)
         if (over := self.tracker.exceeded(only=_CONTINUATION_BUDGETS)) is not None:
@@ -500,7 +521,13 @@ class TurnStreamer:
         return _AfterFailure(outcome="retried", wait=wait)
 
     def _failed_call(
-        self, prefix: str, completion: str, usage: Usage, failure: str, outcome: FailureOutcome
+        self,
+        prefix: str,
+        completion: str,
+        usage: Usage,
+        failure: str,
+        outcome: FailureOutcome,
+        max_new_tokens: int | None,
     ) -> list[Event]:
         """The trace's record of a failed request: the output that came, which the operator saw stream,
         why it failed and what the turn did then, so that a replay fails it, and goes on, as the run did."""
@@ -509,6 +536,8 @@ class TurnStreamer:
             prefix=prefix,
             completion=completion,
             usage=usage,
+            max_new_tokens=max_new_tokens,
+            context_length=self._limits.limit,
             error=failure,
             error_outcome=outcome,
         )
@@ -519,9 +548,12 @@ class TurnStreamer:
         if native is None:  # `_stream` opens a call for the grammar only when there is a native model
             raise RuntimeError("a tool call was left open for the grammar without a native model")
         prompt_so_far = native.render_prompt(self.messages, self.specs) + defuse(self.prefix + text)
-        if (problem := await self._limits.before_request()) is not None:
+        # Sent as this text, whatever the client does with a stream's prompt (ids, kept turns spliced in).
+        if (
+            refused := await self._before_request(lambda: text_tokens(call_prompt(prompt_so_far)))
+        ) is not None:
             self.result.raw = self.prefix + text
-            yield self._stop("model_error", problem)
+            yield self._stop(refused.status, refused.message)
             return
         if self.tracker.exceeded(only=_CONTINUATION_BUDGETS) is not None:
             # The stream spent what the call would be generated with: it is cut off where it opened, as
@@ -536,7 +568,7 @@ class TurnStreamer:
                     native,
                     prompt_so_far,
                     self.specs,
-                    self._sampling(),  # no more new tokens than the generation budget has left
+                    self._sampling(),  # no more new tokens than the budget and the context leave
                 )
         except Exception as exc:
             if isinstance(exc, ReplayExhausted):
@@ -556,18 +588,24 @@ class TurnStreamer:
             wall_out = self._walled_out(exc)
             partial = exc.partial_text if isinstance(exc, ModelError) else ""
             outcome: FailureOutcome = "wall_out" if wall_out else "ended"
-            for failed in self._failed_call(self.prefix + text, partial, cost, failure, outcome):
+            limit = self._max_new_tokens
+            for failed in self._failed_call(self.prefix + text, partial, cost, failure, outcome, limit):
                 yield failed
             if wall_out:
                 self.result.raw = self.prefix + text
                 yield self._wall_stop(f"{WALL_OUT} (for the constrained tool call: {failure})")
             else:
-                yield self._stop("model_error", failure)
+                yield self._stop("context_full" if _context_refused(exc) else "model_error", failure)
             return
         self.tracker.account(done.usage)
         self._limits.record(done.usage)
         call = ModelCall(
-            prompt=done.prompt, prefix=self.prefix + text, completion=done.text, usage=done.usage
+            prompt=done.prompt,
+            prefix=self.prefix + text,
+            completion=done.text,
+            usage=done.usage,
+            max_new_tokens=self._max_new_tokens,
+            context_length=self._limits.limit,
         )
         for traced in self._traced(call):
             yield traced
@@ -743,12 +781,45 @@ class TurnStreamer:
         self.result.error = message
         return self.emit(Warning_(kind=kind or status, message=message, level=3))
 
-    def _sampling(self) -> SamplingParams:
-        """The configured sampling, with no more new tokens than the generation budget has left."""
-        params = self.config.sampling
+    async def _context_limit(self) -> int | None:
+        """The model's context length; on a replay with none to ask, the one the recorded run used."""
+        limit = await self._context_length() if self._context_length is not None else None
+        if limit is None and isinstance(self.model, ReplayModel):
+            return self.model.recorded_context_length()
+        return limit
+
+    def _prompt_size(self, prefix: str) -> PromptSize:
+        """The size of a streamed request's prompt (the conversation, then `prefix`), as the model
+        counts it (None where it cannot)."""
+        return lambda: prompt_tokens(self.model, self.messages, self.specs, defuse(prefix))
+
+    async def _before_request(self, size: PromptSize) -> Refusal | None:
+        """Count the next request and set the token limit it asks for (`_sampling`): what the generation
+        budget has left, lowered so that its prompt (`size` counts it) and its output fit the model's
+        context. Else why it may not be sent."""
+        recorded = self.model.peek() if isinstance(self.model, ReplayModel) else None
+        if recorded is not None and recorded.max_new_tokens is not None:
+            # The recorded run sent this request, with this limit: it fit then and asks the same now.
+            self._max_new_tokens, self._limits.limit = recorded.max_new_tokens, recorded.context_length
+            return self._limits.count()
+        allowed = await self._limits.before_request(self._wanted(), size)
+        if isinstance(allowed, Refusal):
+            return allowed
+        self._max_new_tokens = allowed
+        return None
+
+    def _wanted(self) -> int:
+        """The configured `max_new_tokens`, or what the generation budget has left when that is less."""
+        wanted = self.config.sampling.max_new_tokens
         left = self.tracker.left("generated_tokens")
-        if left is not None and left < params.max_new_tokens:
-            return params.model_copy(update={"max_new_tokens": max(1, int(left))})
+        return max(1, int(left)) if left is not None and left < wanted else wanted
+
+    def _sampling(self) -> SamplingParams:
+        """The configured sampling, asking for the token limit `_before_request` set for this request."""
+        params = self.config.sampling
+        limit = self._max_new_tokens if self._max_new_tokens is not None else self._wanted()
+        if limit != params.max_new_tokens:
+            return params.model_copy(update={"max_new_tokens": limit})
         return params
 
     @staticmethod
@@ -779,6 +850,14 @@ def _describe(exc: BaseException) -> str:
 
 def _is_model_error(exc: BaseException) -> bool:
     return isinstance(exc, ModelError | OSError | TimeoutError)
+
+
+def _context_refused(exc: BaseException) -> bool:
+    """Whether the server refused the request for not fitting the model's context; for a replayed
+    failure, whether the recorded run's client said so (its `Type: message` names the type)."""
+    if isinstance(exc, ReplayedModelError):
+        return str(exc).startswith(f"{ModelContextExceeded.__name__}:")
+    return isinstance(exc, ModelContextExceeded)
 
 
 async def _pull(events: AsyncIterator[ModelEvent]) -> ModelEvent | None:

@@ -188,7 +188,7 @@ class EventRenderer:
         elif isinstance(ev, (BranchesStarted, BranchEnded, BranchSelected)):
             self._branches(ev)
         elif isinstance(ev, BudgetExceeded):
-            c.print(f"[red]budget {ev.budget} used up: {ev.used:g} of {ev.limit:g}[/red]")
+            c.print(f"[red]budget {ev.budget} used up: {_amount(ev.used)} of {_amount(ev.limit)}[/red]")
         elif isinstance(ev, Final):
             self._summary(ev)
 
@@ -246,11 +246,18 @@ class EventRenderer:
         prompt = t.get("prompt_tokens", 0) or 0
         cached = t.get("cached_tokens", 0) or 0
         share = f" ({100 * cached / prompt:.0f}% cached)" if prompt else ""
-        table.add_row("steps", f"{t.get('steps', 0):g}")
-        table.add_row("prompt tokens", f"{prompt:g}{share}")
-        table.add_row("generated tokens", f"{t.get('generated_tokens', 0):g}")
+        table.add_row("steps", _amount(t.get("steps", 0)))
+        table.add_row("prompt tokens", f"{_amount(prompt)}{share}")
+        table.add_row("generated tokens", _amount(t.get("generated_tokens", 0)))
         table.add_row("tool time", f"{t.get('tool_s', 0):.2f} s")
         table.add_row("wall time", f"{t.get('wall_s', 0):.2f} s")
         if ev.error:
             table.add_row("error", plain(ev.error))
         c.print(table)
+
+
+def _amount(value: float) -> str:
+    """A count with every digit, grouped in thousands (5,504,887: `:g` gave 5.50489e+06, its last
+    digits lost); a quantity that is not whole (seconds) to two decimals."""
+    number = float(value or 0)
+    return f"{int(number):,}" if number.is_integer() else f"{number:,.2f}"

@@ -14,7 +14,8 @@ __all__ = ["RawServer"]
 
 
 class RawServer:
-    """Answers every POST with status 200, `content_type` and what `write` sends, then closes."""
+    """Answers every POST with status 200, `content_type` and what `write` sends, then closes (anything
+    else with a 404: `requests` counts the POSTs)."""
 
     def __init__(self, content_type: str, write: Callable[[asyncio.StreamWriter], object]) -> None:
         self.content_type = content_type
@@ -41,6 +42,9 @@ class RawServer:
             await reader.readexactly(length)
             if head.startswith("POST /abort_request"):
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                return
+            if not head.startswith("POST "):  # the agent asking /server_info for the context length
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 return
             self.requests += 1
             writer.write(

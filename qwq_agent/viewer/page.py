@@ -12,7 +12,7 @@ th{font-weight:600;background:#eef0f3} tr.run{cursor:pointer} tr.run:hover{backg
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .status{padding:1px 7px;border-radius:9px;font-size:12px;background:#e3e6ea}
 .status.completed{background:#d4f3dc}.status.running{background:#ffefc2}.status.awaiting_approval{background:#ffe0b3}
-.status.error,.status.budget_exceeded,.status.truncated_answer,.status.reasoning_loop,.status.tool_call_in_reasoning,.status.model_error,.status.interrupted,.status.cancelled,.status.timeout,.status.unreadable{background:#ffd6d6}
+.status.error,.status.budget_exceeded,.status.truncated_answer,.status.reasoning_loop,.status.tool_call_in_reasoning,.status.model_error,.status.context_full,.status.recording_ended,.status.interrupted,.status.cancelled,.status.timeout,.status.unreadable{background:#ffd6d6}
 .step{background:#fff;border:1px solid #dde1e6;border-radius:6px;margin:10px 0;padding:8px 12px}
 .step h3{margin:0 0 6px;font-size:14px;display:flex;gap:14px;flex-wrap:wrap}
 .metrics{font-weight:400;color:#5a6470;font-size:12.5px}

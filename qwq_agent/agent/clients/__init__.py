@@ -3,6 +3,7 @@
 from qwq_agent.agent.clients.errors import (
     ModelClientClosed,
     ModelConnectionError,
+    ModelContextExceeded,
     ModelError,
     ModelProtocolError,
     ModelServerError,
@@ -15,6 +16,7 @@ __all__ = [
     "NO_RETRY",
     "ModelClientClosed",
     "ModelConnectionError",
+    "ModelContextExceeded",
     "ModelError",
     "ModelProtocolError",
     "ModelServerError",

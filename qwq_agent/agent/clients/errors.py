@@ -6,6 +6,7 @@ httpx, so the agent loop can decide what to do (retry the turn, keep the partial
 
 from __future__ import annotations
 
+import re
 import reprlib
 
 from qwq_agent.protocols import Usage
@@ -68,6 +69,58 @@ class ModelServerError(ModelError):
         return self.status_code is not None and (self.status_code >= 500 or self.status_code == 429)
 
 
+class ModelContextExceeded(ModelServerError):
+    """The server refused the request because its prompt, or its prompt plus `max_new_tokens`, does not
+    fit the model's context length. Sent again it fails again: never retried."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+# How servers word a request that does not fit the context (matched case-insensitively in the error's
+# message, body or code). SGLang's tokenizer manager: "The input (N tokens) is longer than the model's
+# context length (C tokens)." and "Requested token count exceeds the model's maximum context length of C
+# tokens. ..." (an in-stream error event with no code on /generate, a 400 on the OpenAI API); its
+# scheduler: "Input length (N tokens) exceeds the maximum allowed length (M tokens). ..." (an abort with
+# status 400). vLLM: "This model's maximum context length is C tokens. However, you requested ...",
+# "'max_tokens' or 'max_completion_tokens' is too large: ..." and "The decoder prompt (length N) is longer
+# than the maximum model length of C". OpenAI: code "context_length_exceeded". llama.cpp:
+# "exceed_context_size_error", "the request exceeds the available context size".
+_CONTEXT_REFUSAL = re.compile(
+    r"context_length_exceeded|exceed_context_size"
+    r"|is longer than the model's context length"
+    r"|exceeds the model's maximum context length"
+    r"|input length \(\d+ tokens\) exceeds the maximum allowed length"
+    r"|maximum context length is \d+"
+    r"|'max_tokens' or 'max_completion_tokens' is too large"
+    r"|longer than the maximum model length"
+    r"|exceeds the available context size",
+    re.IGNORECASE,
+)
+
+
+def is_context_refusal(text: str) -> bool:
+    """Whether a server's error text says the request does not fit the model's context length."""
+    return _CONTEXT_REFUSAL.search(text) is not None
+
+
+def server_error(
+    message: str,
+    *,
+    status_code: int | None = None,
+    body: str = "",
+    retry_after: float | None = None,
+    code: object = None,
+) -> ModelServerError:
+    """The `ModelServerError` for a server's error answer: a `ModelContextExceeded` when its message,
+    body or `code` (OpenAI's `error.code`, a string there) says the request does not fit the context."""
+    cls = ModelServerError
+    if is_context_refusal(f"{message}\n{body}\n{code if isinstance(code, str) else ''}"):
+        cls = ModelContextExceeded
+    return cls(message, status_code=status_code, body=body, retry_after=retry_after)
+
+
 def server_abort(detail: str, status_code: object = None) -> ModelServerError:
     """The server ended a generation with finish reason "abort" (out of KV memory, shutting down, an
     operator's abort): an error, never a finished turn, since the text stops wherever the abort came.
@@ -76,7 +129,7 @@ def server_abort(detail: str, status_code: object = None) -> ModelServerError:
     never succeed (input longer than the context).
     """
     code = status_code if isinstance(status_code, int) and status_code >= 400 else 503
-    return ModelServerError(f"the server aborted the generation: {detail}", status_code=code)
+    return server_error(f"the server aborted the generation: {detail}", status_code=code)
 
 
 class ModelProtocolError(ModelError):

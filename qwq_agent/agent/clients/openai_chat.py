@@ -41,6 +41,7 @@ from qwq_agent.agent.clients.errors import (
     ModelServerError,
     ModelTimeoutError,
     server_abort,
+    server_error,
     wrong_type,
 )
 from qwq_agent.agent.clients.overrun import OverrunGuard
@@ -338,6 +339,16 @@ class OpenAIChatClient(RoutingKeyMixin):
         body.update(self.extra_body)
         return body
 
+    def count_prompt_tokens(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], *, prefix: str = ""
+    ) -> int | None:
+        """An estimate, erring high, of the prompt the server renders for this request (`PromptCounter`):
+        the server applies its own template, so the count is QwQ's template rendered here plus a
+        margin (`prompt_size.estimate_prompt_tokens`); None without QwQ's tokenizer."""
+        from qwq_agent.agent.prompt_size import estimate_prompt_tokens
+
+        return estimate_prompt_tokens(messages, tools, prefix=prefix)
+
     async def stream(
         self,
         messages: Sequence[Message],
@@ -389,7 +400,7 @@ class OpenAIChatClient(RoutingKeyMixin):
             try:
                 if response.status_code >= 400:
                     text = self._redact(await _read_quietly(response))[:500]
-                    raise ModelServerError(
+                    raise server_error(
                         f"/chat/completions answered {response.status_code}: {text}",
                         status_code=response.status_code,
                         retry_after=parse_retry_after(response.headers.get("retry-after")),
@@ -407,9 +418,10 @@ class OpenAIChatClient(RoutingKeyMixin):
                             else {"message": event["error"]}
                         )
                         code = err.get("code") if isinstance(err.get("code"), int) else None
-                        raise ModelServerError(
+                        raise server_error(
                             f"server error mid-stream: {self._redact(str(err.get('message')))}",
                             status_code=code,
+                            code=f"{err.get('code')} {err.get('type')}",
                         )
                     if isinstance(event.get("usage"), dict):
                         usage = event["usage"]

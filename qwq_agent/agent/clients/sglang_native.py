@@ -28,6 +28,7 @@ from qwq_agent.agent.clients.errors import (
     ModelServerError,
     ModelTimeoutError,
     server_abort,
+    server_error,
     wrong_type,
 )
 from qwq_agent.agent.clients.overrun import OverrunGuard
@@ -331,6 +332,17 @@ class SGLangClient(RoutingKeyMixin):
         # The prefix joins the last text run (the generation prompt), tokenized with it as the text path does.
         return encode_segments([*segments, prefix])
 
+    def count_prompt_tokens(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], *, prefix: str = ""
+    ) -> int | None:
+        """The tokens of the prompt `stream` sends for this conversation and `prefix`, exactly as the
+        server counts them (`PromptCounter`); None without QwQ's tokenizer."""
+        from qwq_agent.agent.prompt_size import rendered_prompt_tokens
+
+        return rendered_prompt_tokens(
+            messages, tools, prefix=prefix, options=self.prompt_options, exact_tokens=self.exact_tokens
+        )
+
     async def generate(
         self, prompt: str | list[int], params: SamplingParams | None = None
     ) -> SGLangCompletion:
@@ -408,7 +420,7 @@ class SGLangClient(RoutingKeyMixin):
             try:
                 if response.status_code >= 400:
                     body = (await _read_quietly(response))[:500]
-                    raise ModelServerError(
+                    raise server_error(
                         f"/generate answered {response.status_code}: {body}",
                         status_code=response.status_code,
                         retry_after=parse_retry_after(response.headers.get("retry-after")),
@@ -425,8 +437,10 @@ class SGLangClient(RoutingKeyMixin):
                             else {"message": event["error"]}
                         )
                         code = err.get("code") if isinstance(err.get("code"), int) else None
-                        raise ModelServerError(
-                            f"server error mid-stream: {err.get('message')}", status_code=code
+                        raise server_error(
+                            f"server error mid-stream: {err.get('message')}",
+                            status_code=code,
+                            code=f"{err.get('code')} {err.get('type')}",
                         )
                     meta = event.get("meta_info")
                     if not isinstance(meta, dict):

@@ -27,6 +27,9 @@ from qwq_agent.testing.scripted.script import (
 class ScriptedModel:
     """The script's state: requests seen, turns served, aborts, the prefix cache and its counters."""
 
+    context_length: int
+    check_context: bool
+
     def __init__(
         self,
         turns: Sequence[TurnSource] | Callable[[ScriptedRequest], str | Turn] = (),
@@ -38,6 +41,7 @@ class ScriptedModel:
         self.when_exhausted = when_exhausted
         self.tokenizer = ScriptTokenizer(use_project_tokenizer)
         self.requests: list[ScriptedRequest] = []
+        self.refused: list[ScriptedRequest] = []  # refused for the context (`check_context`): no turn used
         self.aborted_rids: list[str] = []
         self.abort_requests: list[str] = []
         self.errors: list[str] = []
@@ -66,6 +70,27 @@ class ScriptedModel:
         assert self._changed is not None
         async with self._changed:
             self._changed.notify_all()
+
+    def _context_refusal(self, request: ScriptedRequest, max_new_tokens: object) -> str | None:
+        """With `check_context`, SGLang's refusal of a request that does not fit the context length
+        (`TokenizerManager._validate_one_request`, without --allow-auto-truncate), word for word: the
+        prompt alone must be shorter than the context, and the prompt plus `max_new_tokens` too."""
+        if not self.check_context:
+            return None
+        n, c = len(request.prompt_ids), self.context_length
+        if n >= c:
+            message = f"The input ({n} tokens) is longer than the model's context length ({c} tokens)."
+        elif isinstance(max_new_tokens, int) and n + max_new_tokens >= c:
+            message = (
+                f"Requested token count exceeds the model's maximum context length of {c} tokens. You "
+                f"requested a total of {n + max_new_tokens} tokens: {n} tokens from the input messages and "
+                f"{max_new_tokens} tokens for the completion. Please reduce the number of tokens in the "
+                "input messages or the completion to fit within the limit."
+            )
+        else:
+            return None
+        self.refused.append(request)
+        return message
 
     async def _turn_for(self, request: ScriptedRequest, out: HttpResponder) -> Turn | None:
         """The scripted turn for `request`, or None once an error answer (500, scripted status) is sent."""

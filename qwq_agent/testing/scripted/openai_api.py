@@ -77,6 +77,11 @@ class OpenAIRoutes(ScriptedModel):
             rid=f"chatcmpl-{uuid.uuid4().hex}",
             stream=bool(body.get("stream")),
         )
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        if (refusal := self._context_refusal(request, limit)) is not None:
+            error = {"object": "error", "message": refusal, "type": "BadRequestError", "code": 400}
+            await out.send_json(400, error)
+            return
         self._aborts.setdefault(request.rid or "", asyncio.Event())
         turn = await self._turn_for(request, out)
         if turn is None:

@@ -26,6 +26,8 @@ class ScriptedModelServer(SGLangRoutes, OpenAIRoutes):
         ready: whether `/health` answers 200 from the start (else 503 until `set_ready()`).
         abort_delay: seconds `/abort_request` waits before it acts and answers (a slow server); the
             request is recorded in `abort_requests` as soon as it arrives.
+        check_context: refuse a request whose prompt, or prompt plus `max_new_tokens`, does not fit
+            `context_length`, in SGLang's words (`refused` lists them); off: every request is served.
     """
 
     def __init__(
@@ -43,11 +45,13 @@ class ScriptedModelServer(SGLangRoutes, OpenAIRoutes):
         host: str = "127.0.0.1",
         port: int = 0,
         abort_delay: float = 0.0,
+        check_context: bool = False,
     ) -> None:
         super().__init__(turns, when_exhausted=when_exhausted, use_project_tokenizer=use_project_tokenizer)
         self.model = model
         self.max_total_num_tokens = max_total_num_tokens
         self.context_length = context_length
+        self.check_context = check_context
         self.incremental = incremental
         self.ready = ready
         self.abort_delay = abort_delay

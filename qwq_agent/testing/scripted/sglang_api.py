@@ -95,6 +95,18 @@ class SGLangRoutes(ScriptedModel):
             rid=rid,
             stream=bool(body.get("stream")),
         )
+        if (
+            refusal := self._context_refusal(request, request.sampling_params.get("max_new_tokens"))
+        ) is not None:
+            # SGLang refuses before generating: a streamed request gets an error event (with HTTP 200).
+            if not request.stream:
+                await out.send_json(400, {"error": {"message": refusal}})
+                return
+            await out.start_chunked()
+            await out.chunk(b"data: " + json.dumps({"error": {"message": refusal}}).encode() + b"\n\n")
+            await out.chunk(b"data: [DONE]\n\n")
+            await out.end_chunked()
+            return
         self._aborts.setdefault(rid, asyncio.Event())
         turn = await self._turn_for(request, out)
         if turn is None:

@@ -1,0 +1,108 @@
+"""A request's prompt in tokens, before it is sent: what the turn checks against the model's context.
+
+SGLang refuses a request whose prompt plus `max_new_tokens` reaches the context length, so the turn
+needs each prompt's size before it sends it (`turn_limits`). A client that builds the prompt itself
+counts it exactly with QwQ's own tokenizer (`rendered_prompt_tokens`: the text it sends, or its ids
+with kept turns spliced in). A server behind the OpenAI API renders the prompt itself, so its client
+can only estimate (`estimate_prompt_tokens`: QwQ's template rendered here, plus a margin, so that the
+estimate errs high). Without the tokenizer (the `tokenizer` extra) neither can count: None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from qwq_agent.agent.chat_format import PromptOptions, render, render_segments
+from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.protocols import PromptCounter
+
+if TYPE_CHECKING:
+    from qwq_agent.agent.tokenizer import QwenTokenizer
+
+__all__ = ["estimate_prompt_tokens", "prompt_tokens", "rendered_prompt_tokens", "text_tokens"]
+
+# What an estimate adds to the count of the prompt rendered here: a server's own template may add a
+# little (a default system prompt, another tool preamble); an estimate that came out low would have the
+# server refuse the request, one that comes out high only asks for fewer new tokens.
+ESTIMATE_MARGIN_SHARE = 0.02
+ESTIMATE_MARGIN_TOKENS = 32
+
+
+def _tokenizer() -> QwenTokenizer | None:
+    """QwQ's tokenizer, or None when it is not installed (counting is then skipped, not an error)."""
+    try:
+        from qwq_agent.agent.tokenizer import VocabularyNotFound, get_tokenizer
+    except ImportError:  # tiktoken is missing
+        return None
+    try:
+        return get_tokenizer()
+    except VocabularyNotFound:
+        return None
+
+
+def text_tokens(text: str) -> int | None:
+    """The tokens of a prompt sent as this text (the server tokenizes it with QwQ's tokenizer); None
+    without the tokenizer."""
+    tok = _tokenizer()
+    return None if tok is None else int(tok.count(text))
+
+
+def rendered_prompt_tokens(
+    messages: Sequence[Message],
+    tools: Sequence[ToolSpec],
+    *,
+    prefix: str = "",
+    options: PromptOptions | None = None,
+    exact_tokens: bool = True,
+) -> int | None:
+    """The tokens of the prompt a native client sends for this conversation (rendered with `options`,
+    then `prefix`): with kept reasoning and `exact_tokens`, the ids it sends with kept turns spliced in;
+    else its text tokenized, as the server tokenizes it. None without the tokenizer."""
+    tok = _tokenizer()
+    if tok is None:
+        return None
+    from qwq_agent.agent.exact_tokens import encode_segments
+
+    opts = options or PromptOptions()
+    if exact_tokens and opts.keep_reasoning:
+        segments = render_segments(
+            list(messages),
+            list(tools),
+            keep_reasoning=True,
+            profile=opts.profile,
+            written_order=opts.written_order,
+        )
+        return len(encode_segments([*segments, prefix], tok))
+    text = render(
+        list(messages),
+        list(tools),
+        keep_reasoning=opts.keep_reasoning,
+        profile=opts.profile,
+        written_order=opts.written_order,
+    )
+    return int(tok.count(text + prefix))
+
+
+def estimate_prompt_tokens(
+    messages: Sequence[Message], tools: Sequence[ToolSpec], *, prefix: str = "", written_order: bool = True
+) -> int | None:
+    """The prompt a server rendering QwQ's chat template would count for these messages, erring high
+    (`ESTIMATE_MARGIN_*`); None without the tokenizer."""
+    counted = rendered_prompt_tokens(
+        messages, tools, prefix=prefix, options=PromptOptions(written_order=written_order)
+    )
+    if counted is None:
+        return None
+    return counted + math.ceil(counted * ESTIMATE_MARGIN_SHARE) + ESTIMATE_MARGIN_TOKENS
+
+
+def prompt_tokens(
+    model: object, messages: Sequence[Message], tools: Sequence[ToolSpec], prefix: str
+) -> int | None:
+    """What `model` says the prompt of a request with this conversation and `prefix` will hold; None
+    when it cannot tell (it counts nothing, or has no tokenizer)."""
+    if isinstance(model, PromptCounter):
+        return model.count_prompt_tokens(messages, tools, prefix=prefix)
+    return None
