@@ -247,11 +247,13 @@ async def _replay(
         out = await sandbox.python(cell.code, timeout=given, deadline=deadline)
         result.replayed_cells += 1
         error: str | None = None
-        if out.state_lost:  # the interpreter died and a fresh one ran this cell
-            error = "the interpreter was restarted here: what the cells before it defined is gone"
-        elif cell.ok and out.timed_out:
+        if cell.ok and out.timed_out:
             why = f"cut to fit the restore's {limit_s:.3g} s limit" if given < own else "its original limit"
             error = f"timed out on replay after {given:.3g} s ({why})"
+            if out.state_lost:  # it did not end at its interrupt (a busy machine: still starting, say)
+                error += "; the interpreter was restarted: what the cells before it defined is gone"
+        elif out.state_lost:  # the interpreter died and a fresh one ran this cell
+            error = "the interpreter was restarted here: what the cells before it defined is gone"
         elif out.error is not None and cell.ok:
             error = f"{out.error.ename}: {out.error.evalue}"[:500]
         if error is not None:
