@@ -383,6 +383,59 @@ async def test_pausing_and_killing_a_tree_reach_a_child_whose_main_thread_exited
     assert seen["killed"] and seen["after_kill"] == [], seen
 
 
+# A thread left in the interpreter catches the ripgrep of a search (held stopped while it looks) and reports
+# how it runs: its bounding set, nice value, oom_score_adj, and its parent and grandparent beside the
+# supervisor's pid (the parent of the interpreter's own keeper).
+RG_WATCHER = (
+    "import os, signal, threading\n"
+    "def ppid(pid):\n"
+    "    data = open(f'/proc/{pid}/stat').read()\n"
+    "    return int(data[data.rindex(')') + 2 :].split()[1])\n"
+    "SUPERVISOR = ppid(os.getppid())\n"
+    "SEEN = []\n"
+    "def watch():\n"
+    "    while not SEEN:\n"
+    "        for p in os.listdir('/proc'):\n"
+    "            try:\n"
+    "                if not p.isdigit() or open(f'/proc/{p}/comm').read().strip() != 'rg': continue\n"
+    "                os.kill(int(p), signal.SIGSTOP)\n"
+    "                status = open(f'/proc/{p}/status').read()\n"
+    "                stat = open(f'/proc/{p}/stat').read()\n"
+    "                SEEN.append({'capbnd': status.split('CapBnd:')[1].split()[0],\n"
+    "                             'nice': int(stat[stat.rindex(')') + 2 :].split()[16]),\n"
+    "                             'oom_score_adj': int(open(f'/proc/{p}/oom_score_adj').read()),\n"
+    "                             'parent_is_supervisor': ppid(p) == SUPERVISOR,\n"
+    "                             'grandparent_is_supervisor': ppid(ppid(p)) == SUPERVISOR})\n"
+    "                os.kill(int(p), signal.SIGCONT)\n"
+    "            except OSError:\n"
+    "                continue\n"
+    "threading.Thread(target=watch, daemon=True).start()\n"
+)
+
+
+async def test_ripgrep_runs_as_user_code_under_a_keeper(fresh: DockerSandbox) -> None:
+    # search started ripgrep straight from the supervisor (Popen(user=...)): no keeper, the supervisor's
+    # bounding set, not niced, not first for the OOM killer; a thread left in the interpreter could then
+    # ptrace it into starting a process that no call's end ever killed.
+    await fresh.shell(
+        "python3 -c \"open('/workspace/big.txt', 'w').write(('abc def ghi ' * 20 + '\\n') * 40000)\""
+    )
+    await fresh.python(RG_WATCHER)
+    await fresh.search(r"(\w+\s+){5}\d", path="/workspace/big.txt", timeout=30)
+    r = await fresh.python("SEEN")
+    assert r.value is not None and r.value != "[]", "the watcher never caught ripgrep running"
+    seen = eval(r.value)[0]
+    assert seen == {
+        "capbnd": "0000000000000000",
+        "nice": 19,
+        "oom_score_adj": 1000,
+        "parent_is_supervisor": False,
+        "grandparent_is_supervisor": True,
+    }, seen
+    # The same spawn path as shell and python: their oom_score_adj write had been refused silently too.
+    assert (await fresh.shell("cat /proc/self/oom_score_adj")).stdout == "1000\n"
+
+
 async def test_host_cancellation_kills_the_shell_call(sb: DockerSandbox) -> None:
     call = asyncio.create_task(
         sb.shell("touch /tmp/cancel-sh; setsid sleep 307 & sleep 308; touch /tmp/never", timeout=60)

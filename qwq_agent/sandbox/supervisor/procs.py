@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from .framing import RequestError
-from .privileges import PR_SET_CHILD_SUBREAPER, drop_to_user, prctl
+from .privileges import PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, act_on_files_as_self, drop_to_user, prctl
 from .settings import USER_NICE
 
 _STATUS = struct.Struct(">i")
@@ -72,12 +72,20 @@ def _exec_user(argv, cwd, env, fds, new_session):
                 except OSError:
                     pass
         os.closerange(top + 1, 1 << 20)  # the channel, other calls' pipes: nothing else crosses exec
+        # The OOM killer takes user code before the supervisor. The write was refused (EACCES, silently):
+        # forked from the supervisor, this process is not dumpable (its /proc files are root's), and forked
+        # by a request thread, it accesses files as the user. So it writes with its own uid, dumpable for
+        # the write alone, while it still has the supervisor's uid (no user process can reach it).
         try:
+            act_on_files_as_self()
+            prctl(PR_SET_DUMPABLE, 1)
             fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
-            os.write(fd, b"1000")  # the OOM killer takes user code before the supervisor
+            os.write(fd, b"1000")
             os.close(fd)
         except OSError:
             pass
+        finally:
+            prctl(PR_SET_DUMPABLE, 0)
         # User code runs niced (it cannot raise its priority back: no CAP_SYS_NICE), so the supervisor and the
         # keepers, sharing the container's CPU quota with it, still get scheduled when a fork bomb fills the
         # pids limit with spinning processes; otherwise the kill rounds starve and the bomb outlives its call.
