@@ -112,8 +112,7 @@ class Spawned:
             os.close(status_w)
             raise RequestError(
                 "ResourceExhausted",
-                "no process could be started: the sandbox's process limit is used up (a fork bomb in a "
-                "running call?); it is freed when that call ends",
+                "no process could be started: the sandbox's limit on processes and threads is used up",
             ) from None
         if keeper == 0:
             _keeper(argv, cwd, env, fds, status_w, new_session)
@@ -239,6 +238,27 @@ def descendants(root, table=None):
     """Pids of the live descendants of `root`: not zombies, bar a zombie leader whose threads run on."""
     table = _process_table() if table is None else table
     return [pid for pid, _, live in _tree(root, table) if live]
+
+
+def tasks_under(root):
+    """How many pids the descendants of `root` hold: a thread, a process and a zombie each take one."""
+    held = 0
+    for pid, _, live in _tree(root, _process_table()):
+        try:
+            held += len(os.listdir(f"/proc/{pid}/task")) if live else 1
+        except OSError:
+            pass  # gone meanwhile
+    return held
+
+
+def wait_reaped(parent, budget):
+    """Wait until `parent` has no zombie child (it reaps them itself), `budget` seconds at most; True if so."""
+    deadline = time.monotonic() + budget
+    while any(ppid == parent and not live for ppid, live in _process_table().values()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def _all_stopped(pid):

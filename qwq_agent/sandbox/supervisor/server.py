@@ -84,39 +84,68 @@ class Supervisor:
         except RequestError as exc:
             if exc.kind != "ResourceExhausted":
                 raise
-            note = self.reclaim_threads()
+            note = self.reclaim()
             if note is None:
-                raise
-        return with_note(run_shell(args), note)
-
-    def reclaim_threads(self):
-        """Restart the interpreter when its threads hold the pids limit; the note saying so, else None.
-
-        Threads count against the pids limit like processes, and the end of a cell kills the processes
-        it forked but not threads it left parked inside the interpreter: nothing else would free them.
-        """
-        threads, limit = interpreter_threads(self.interpreter.pid), pids_limit()
-        # Only when those threads are most of the limit and most of what is in use: a library's pools
-        # (OpenBLAS, torch: one thread per core) are not worth the variables while a fork bomb is the hog.
-        if threads * 2 < (limit or 64) or threads * 2 < (pids_current() or 0):
-            return None
-        held = f"the Python interpreter holds {threads} threads of the sandbox's limit of {limit or '?'} processes and threads"
-        if not self.interpreter.lock.acquire(blocking=False):
-            raise RequestError(
-                "ResourceExhausted",
-                f"no process could be started: {held}, and a cell is running; interrupt it or reset Python",
-            )
+                raise RequestError(exc.kind, f"{exc} ({self.pids_holders()})") from None
         try:
-            self.interpreter.restart()
-            restarted = "Python was restarted to free them"
+            result = run_shell(args)
         except RequestError as exc:
             if exc.kind != "ResourceExhausted":
                 raise
-            restarted = "Python was stopped to free them (the next python call starts it)"
-        finally:
+            raise RequestError(exc.kind, f"{exc} ({self.pids_holders()})") from None
+        return with_note(result, note) if note else result
+
+    def pids_holders(self):
+        """Who holds the pids limit, for a call that could start no process."""
+        keeper = self.interpreter.proc.keeper if self.interpreter.proc else None
+        held = 0 if keeper is None else procs.tasks_under(keeper)
+        return (
+            f"{pids_current() or '?'} of {pids_limit() or '?'} in use, {held} of them by the Python interpreter "
+            "and what it started; the rest belong to calls still running (a fork bomb in one?), and are "
+            "freed when those end"
+        )
+
+    def reclaim(self):
+        """Free the pids the interpreter holds between cells when they are most of the limit: the note
+        for the call's result ("" when Python lost nothing), or None when the interpreter is not the hog.
+
+        Threads count against the pids limit like processes. A cell's end kills what it forked, but a
+        thread it left running in the interpreter may fork more after it: those processes (no call's)
+        are killed first, which costs nothing. Threads parked inside the interpreter end only with it:
+        it is restarted when they alone are still most of the limit.
+        """
+        interpreter, limit = self.interpreter, pids_limit()
+        keeper = interpreter.proc.keeper if interpreter.proc else None
+        held = 0 if keeper is None else procs.tasks_under(keeper)
+        # Only when most of the limit and most of what is in use: a library's pools (OpenBLAS, torch: a
+        # thread per core) are not worth the variables while a fork bomb in a running call is the hog.
+        if not hogs(held, limit):
+            return None
+        what = f"the Python interpreter holds {held} of the sandbox's limit of {limit or '?'} processes and threads"
+        if not interpreter.lock.acquire(blocking=False):
+            raise RequestError(
+                "ResourceExhausted",
+                f"no process could be started: {what}, and a cell is running; interrupt it or reset Python",
+            )
+        try:
+            if interpreter.proc is None:
+                return ""  # stopped meanwhile: what it held is free
+            interpreter.end_strays()
+            threads = interpreter_threads(interpreter.pid)
+            if not hogs(threads, limit):
+                return ""
+            what = f"the Python interpreter holds {threads} threads of the sandbox's limit of {limit or '?'} processes and threads"
+            try:
+                interpreter.restart()
+                restarted = "Python was restarted to free them"
+            except RequestError as exc:
+                if exc.kind != "ResourceExhausted":
+                    raise
+                restarted = "Python was stopped to free them (the next python call starts it)"
             self.interpreter_used = False
-            self.interpreter.lock.release()
-        return f"[{held}, left by an earlier cell; {restarted} and its variables are gone]\n"
+        finally:
+            interpreter.lock.release()
+        return f"[{what}, left by an earlier cell; {restarted} and its variables are gone]\n"
 
     def reset_interpreter(self, restart=True, deadline=None):
         """A fresh interpreter (its processes killed), unless the current one never ran a cell.
@@ -293,12 +322,14 @@ class Supervisor:
                 threading.Thread(target=self.handle, args=(req, arrived, note), daemon=True).start()
                 return
             except RuntimeError as exc:  # no threads left: the pids limit is exhausted
-                why = f"{exc}: the sandbox's process limit is used up"
+                why = (
+                    f"{exc}: the sandbox's limit on processes and threads is used up ({self.pids_holders()})"
+                )
             if note is not None:
                 break
             # This is the reader thread: whatever happens, the request gets its answer.
             try:
-                note = self.reclaim_threads()
+                note = self.reclaim()
             except Exception as exc:
                 why = str(exc)
             if note is None:
@@ -415,6 +446,11 @@ def with_note(result, note):
         return result
     extra = {"stderr": note + result["stderr"]} if isinstance(result.get("stderr"), str) else {}
     return {**result, **extra, "state_lost": True}
+
+
+def hogs(held, limit):
+    """Whether `held` pids are most of the limit and most of what is in use."""
+    return held * 2 >= (limit or 64) and held * 2 >= (pids_current() or 0)
 
 
 def interpreter_threads(pid):
