@@ -13,7 +13,7 @@ import time
 from . import archives, procs, search, snapshots
 from .accounts import write_accounts
 from .editor import Editor
-from .framing import RequestError, cap_text, encode_frame, path_text, read_exact, read_into, skip, write_all
+from .framing import RequestError, cap_text, encode_frame, path_text, read_exact, read_into, skip
 from .interpreter import Interpreter
 from .privileges import act_on_files_as_user, become_supervisor
 from .settings import IDLE_TIMEOUT, LIFETIME, MAX_FRAME, MAX_STAGED, OUT_HEAD, OUT_TAIL, WORKSPACE
@@ -23,6 +23,10 @@ from .streaming import OutputStream
 # Operations the host can stop mid-call: they get a cancel pipe it can trip. Those that start user
 # processes, and restore (refused once cancelled, until it has begun clearing the files).
 CANCELLABLE = ("python", "shell", "restore")
+# The most one write to the host hands over: how often a long reply shows that the host still reads.
+WRITE_CHUNK = 1 << 20
+# How long `exit` may try to tell the host why (per step): it must end the process whatever the channel does.
+EXIT_WAIT = 1.0
 # Operations that stream their result as events (`args["_send"]` sends a frame tied to the request).
 STREAMING = ("snapshot", "download")
 
@@ -38,6 +42,7 @@ class Supervisor:
         self.cancels = {}  # request id -> write end of its cancel pipe
         self.cancelled_early = set()  # cancels that overtook their request's thread
         self.last_activity = self.started = time.monotonic()
+        self.blocked_since = None  # set while a write to the host waits (see `_write`)
         procs.on_containment_failure = lambda: self.exit("a process tree could not be killed")
         self.interpreter = Interpreter()
         self.editor = Editor()
@@ -74,9 +79,20 @@ class Supervisor:
             obj = {**obj, "blob": len(blob)}
         data = encode_frame(obj)
         with self.out_lock:
-            write_all(self.out_fd, data)
+            self._write(data)
             if blob is not None:
-                write_all(self.out_fd, blob)
+                self._write(blob)
+
+    def _write(self, data):
+        """All of `data` to the host, a pipe's worth at a time: `blocked_since` says since when the host
+        has taken nothing (a blocking write of 96 MB would return only at its end, however fast it went)."""
+        view = memoryview(data)
+        while view:
+            self.blocked_since = time.monotonic()
+            try:
+                view = view[os.write(self.out_fd, view[:WRITE_CHUNK]) :]
+            finally:
+                self.blocked_since = None
 
     def shell(self, args):
         try:
@@ -339,8 +355,20 @@ class Supervisor:
         self.send(self.error(req.get("id"), req.get("nonce"), "ResourceExhausted", why))
 
     def exit(self, reason):
+        """Tell the host why, if the channel takes the frame at once, and end the process.
+
+        Never waits on the channel: a host that stopped reading (Ctrl-Z'd, its link hung) leaves a request
+        thread blocked writing under `out_lock`, and an exit that waited for it kept the sandbox alive
+        past every limit. The lock is kept to the end, so no frame can follow (or cut into) this one.
+        """
         try:
-            self.send({"id": None, "event": "exit", "reason": reason})
+            if self.out_lock.acquire(timeout=EXIT_WAIT):
+                frame = encode_frame({"id": None, "event": "exit", "reason": str(reason)[:1000]})
+                if select.select([], [self.out_fd], [], EXIT_WAIT)[1]:
+                    os.set_blocking(self.out_fd, False)
+                    os.write(self.out_fd, frame)  # under PIPE_BUF: written whole or not at all
+        except OSError:
+            pass
         finally:
             os._exit(0)  # tini exits with its only child, and the pid namespace (every process) with it
 
@@ -352,7 +380,10 @@ class Supervisor:
                 self.exit("lifetime")
             with self.state_lock:
                 idle = self.inflight == 0 and now - self.last_activity > IDLE_TIMEOUT
-            if idle:
+            # A request stuck sending its reply to a host that has read nothing for the idle limit is
+            # idle too: that host stopped (it pings while alive), and only this limit can reap its sandbox.
+            blocked_since = self.blocked_since
+            if idle or (blocked_since is not None and now - blocked_since > IDLE_TIMEOUT):
                 self.exit("idle")
 
     def serve(self, in_fd):
