@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from qwq_agent.sandbox import (
     DockerUnreachable,
     SandboxAcquireTimeout,
     SandboxConfig,
+    SandboxDead,
     SandboxPool,
     SandboxPoolClosed,
     janitor,
@@ -697,6 +699,40 @@ async def test_prune_all_names_a_container_it_could_not_remove_and_fails(
 
 
 # -------------------------------------------------------------------------------------- the idle limit
+
+
+@pytest.mark.docker
+async def test_a_host_frozen_mid_reply_has_its_sandbox_reaped(sandbox_image: str) -> None:
+    """A host that stopped reading while a reply streamed (a CLI Ctrl-Z'd during a big download, a hung
+    ssh link): the request's thread blocked writing under the channel's lock, so the idle limit never
+    counted (a request was in flight) and the exit that a limit calls waited for that lock for ever: the
+    container outlived every limit. A write the host has taken nothing of for the idle limit now counts
+    as idle, and the exit never waits on the channel."""
+    config = SandboxConfig(image=sandbox_image, idle_timeout_s=2.0, auto_replace=False)
+    async with DockerSandbox.create(config) as sb:
+        await sb.shell("head -c 40000000 /dev/urandom > /workspace/big")
+        # The engine itself cannot be asked while the host is frozen (it waits to hand the container's
+        # output on before it reports the container's end): the container's first process is watched.
+        pid = (await sb.engine.inspect(sb.id))["State"]["Pid"]
+        try:
+            watch = os.pidfd_open(pid)
+        except OSError:
+            pytest.skip("the engine's processes are not visible from here")
+        ended: list[bool] = []
+
+        def freeze_host(frame: dict) -> None:
+            # The host's event loop stops here, at the first chunk, and reads nothing more until the
+            # container's processes are gone (or the guard runs out: the bug).
+            if not ended:
+                ended.append(bool(select.select([watch], [], [], GUARD_S)[0]))
+
+        assert sb._channel is not None
+        try:
+            with pytest.raises(SandboxDead):
+                await sb._channel.call("download", {"path": "/workspace/big"}, GUARD_S, freeze_host)
+        finally:
+            os.close(watch)
+        assert ended == [True]
 
 
 @pytest.mark.docker

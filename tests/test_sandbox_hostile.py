@@ -304,6 +304,73 @@ async def test_python_fork_bomb_in_the_background_is_cleaned_up(sb: DockerSandbo
     assert (await sb.shell("echo ok")).stdout == "ok\n"
 
 
+# Forks children that sleep until the pids limit refuses one, never waiting for any; `n` counts them.
+FORK_TO_THE_LIMIT = (
+    "n = 0\n"
+    "while True:\n"
+    "    try:\n"
+    "        pid = os.fork()\n"
+    "    except OSError:\n"
+    "        break\n"
+    "    if pid == 0:\n"
+    "        time.sleep(1000); os._exit(0)\n"
+    "    n += 1\n"
+)
+COUNT_ZOMBIES = (
+    'python3 -c "import os\n'
+    "z = 0\n"
+    "for p in os.listdir('/proc'):\n"
+    "    try: d = open(f'/proc/{p}/stat').read() if p.isdigit() else ''\n"
+    "    except OSError: continue\n"
+    "    z += bool(d) and d[d.rindex(')') + 2] == 'Z'\n"
+    'print(z)"'
+)
+
+
+async def test_children_a_cell_never_waited_for_do_not_hold_the_pids_limit(fresh: DockerSandbox) -> None:
+    # Killed at the cell's end, they stayed zombies of the interpreter, which never waits for them: every
+    # later shell call failed "(a fork bomb in a running call?)" though none ran, until reset_python.
+    r = await fresh.python("import os, time\n" + FORK_TO_THE_LIMIT + "n")
+    assert r.error is None and r.value is not None and int(r.value) > 30, r
+    r = await fresh.shell("echo ok; " + COUNT_ZOMBIES)
+    assert r.stdout == "ok\n0\n", r
+    r = await fresh.python(
+        "import threading\nt = threading.Thread(target=lambda: None)\nt.start()\nt.join()\nn"
+    )
+    assert r.error is None and not r.state_lost, r
+
+
+async def test_processes_a_thread_forks_after_its_cell_ended_do_not_hold_the_pids_limit(
+    fresh: DockerSandbox,
+) -> None:
+    # A thread left running forks up to the limit once the shell call below is over (its keeper gone):
+    # no call runs, the processes belong to none, and the next call found no pid for itself.
+    await fresh.python(
+        "import os, threading, time\n"
+        "def fill():\n"
+        "    while not (os.path.exists('/tmp/go') and open('/tmp/go').read().strip()): time.sleep(0.01)\n"
+        "    keeper = int(open('/tmp/go').read())\n"
+        "    while os.path.exists(f'/proc/{keeper}'): time.sleep(0.001)\n"
+        + "".join("    " + line + "\n" for line in FORK_TO_THE_LIMIT.splitlines())
+        + "    with open('/workspace/.filled', 'w') as f: f.write(str(n))\n"
+        "    os.rename('/workspace/.filled', '/workspace/filled')\n"
+        "threading.Thread(target=fill, daemon=True).start()\n"
+        "kept = 'state'"
+    )
+    await fresh.shell("echo $PPID > /tmp/go")
+    while True:  # until the thread is done (a view needs no process, only a thread of the supervisor)
+        try:
+            filled = (await fresh.view("/workspace/filled")).output
+        except ToolError:
+            await asyncio.sleep(0.01)
+            continue
+        break
+    assert "1\t" in filled
+    assert (await fresh.shell("echo ok")).stdout == "ok\n"
+    r = await fresh.python("kept")
+    assert r.value == "'state'" and not r.state_lost, r
+
+
 # A child whose main thread ends (pthread_exit) while a thread of it goes on writing a counter: /proc shows
 # its thread-group leader as a zombie (Z), though the process still runs.
 GHOST_CHILD = (
@@ -405,6 +472,59 @@ async def test_pausing_and_killing_a_tree_reach_a_child_whose_main_thread_exited
     assert seen["descendants"] == [seen["ghost"]], seen
     assert seen["stopped"] == [seen["ghost"]] and seen["while_paused"] == ["T"], seen
     assert seen["killed"] and seen["after_kill"] == [], seen
+
+
+# A thread left in the interpreter catches the ripgrep of a search (held stopped while it looks) and reports
+# how it runs: its bounding set, nice value, oom_score_adj, and its parent and grandparent beside the
+# supervisor's pid (the parent of the interpreter's own keeper).
+RG_WATCHER = (
+    "import os, signal, threading\n"
+    "def ppid(pid):\n"
+    "    data = open(f'/proc/{pid}/stat').read()\n"
+    "    return int(data[data.rindex(')') + 2 :].split()[1])\n"
+    "SUPERVISOR = ppid(os.getppid())\n"
+    "SEEN = []\n"
+    "def watch():\n"
+    "    while not SEEN:\n"
+    "        for p in os.listdir('/proc'):\n"
+    "            try:\n"
+    "                if not p.isdigit() or open(f'/proc/{p}/comm').read().strip() != 'rg': continue\n"
+    "                os.kill(int(p), signal.SIGSTOP)\n"
+    "                status = open(f'/proc/{p}/status').read()\n"
+    "                stat = open(f'/proc/{p}/stat').read()\n"
+    "                SEEN.append({'capbnd': status.split('CapBnd:')[1].split()[0],\n"
+    "                             'nice': int(stat[stat.rindex(')') + 2 :].split()[16]),\n"
+    "                             'oom_score_adj': int(open(f'/proc/{p}/oom_score_adj').read()),\n"
+    "                             'parent_is_supervisor': ppid(p) == SUPERVISOR,\n"
+    "                             'grandparent_is_supervisor': ppid(ppid(p)) == SUPERVISOR})\n"
+    "                os.kill(int(p), signal.SIGCONT)\n"
+    "            except OSError:\n"
+    "                continue\n"
+    "threading.Thread(target=watch, daemon=True).start()\n"
+)
+
+
+async def test_ripgrep_runs_as_user_code_under_a_keeper(fresh: DockerSandbox) -> None:
+    # search started ripgrep straight from the supervisor (Popen(user=...)): no keeper, the supervisor's
+    # bounding set, not niced, not first for the OOM killer; a thread left in the interpreter could then
+    # ptrace it into starting a process that no call's end ever killed.
+    await fresh.shell(
+        "python3 -c \"open('/workspace/big.txt', 'w').write(('abc def ghi ' * 20 + '\\n') * 40000)\""
+    )
+    await fresh.python(RG_WATCHER)
+    await fresh.search(r"(\w+\s+){5}\d", path="/workspace/big.txt", timeout=30)
+    r = await fresh.python("SEEN")
+    assert r.value is not None and r.value != "[]", "the watcher never caught ripgrep running"
+    seen = eval(r.value)[0]
+    assert seen == {
+        "capbnd": "0000000000000000",
+        "nice": 19,
+        "oom_score_adj": 1000,
+        "parent_is_supervisor": False,
+        "grandparent_is_supervisor": True,
+    }, seen
+    # The same spawn path as shell and python: their oom_score_adj write had been refused silently too.
+    assert (await fresh.shell("cat /proc/self/oom_score_adj")).stdout == "1000\n"
 
 
 async def test_host_cancellation_kills_the_shell_call(sb: DockerSandbox) -> None:

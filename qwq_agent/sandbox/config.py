@@ -65,8 +65,9 @@ class SandboxConfig(BaseModel):
     log_driver: str = "none"
     idle_timeout_s: float = Field(
         900.0,
-        description="the supervisor exits after this long without a request; its host pings it while "
-        "alive, so this reaps only sandboxes whose host stopped (frozen, or its link hung)",
+        description="the supervisor exits after this long without a request, or with a reply the host "
+        "has read nothing of for this long; its host pings it while alive, so this reaps only sandboxes "
+        "whose host stopped (frozen, or its link hung), even mid-reply",
     )
     lifetime_s: float = 3600.0
     python_timeout_s: float = 60.0

@@ -23,7 +23,7 @@ import threading
 import time
 
 from .framing import Capture, cap_text, drain, encode_frame
-from .procs import Spawned, continue_tree, stop_tree
+from .procs import Spawned, continue_tree, stop_tree, wait_reaped
 from .settings import (
     IMAGE_BUDGET,
     INTERRUPT_GRACE,
@@ -37,6 +37,8 @@ from .settings import (
 
 BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot.py")
 MAX_RESULT_FRAME = 64 * 1024 * 1024
+REAP = encode_frame({"reap": True})  # between cells: the interpreter reaps its dead children (`end_strays`)
+REAP_WAIT = 2.0
 
 
 class ProtocolViolation(Exception):
@@ -168,6 +170,25 @@ class Interpreter:
             return os.write(self.cmd_w, data)
         except BlockingIOError:
             return 0
+
+    def end_strays(self):
+        """Kill every process of the interpreter but itself, and have it reap them (call with the lock held,
+        between cells): a cell's end, or the pids a thread of an earlier cell forked after it ended.
+
+        The interpreter never waits for children a cell forked and left: killed, they stay its zombies,
+        holding the pids limit until it ends. Asked between cells, it reaps them (`worker`): no cell's
+        code runs then that could be about to wait for one.
+        """
+        proc = self._live()
+        proc.kill_all(spare_main=True, budget=KILL_BUDGET)
+        if wait_reaped(proc.pid, 0):
+            return
+        try:
+            asked = self._send(REAP) == len(REAP)  # under PIPE_BUF: written whole or not at all
+        except OSError:
+            return  # the interpreter is gone (the next cell says so), and its zombies with it
+        if asked:
+            wait_reaped(proc.pid, REAP_WAIT)  # a thread holding the GIL may delay it: reaped later then
 
     @contextlib.contextmanager
     def paused(self):
@@ -334,7 +355,7 @@ class Interpreter:
                 failure = self._died()
         if result is not None:
             # Whatever the cell forked dies with it: no process of a finished cell outlives it.
-            self._live().kill_all(spare_main=True, budget=KILL_BUDGET)
+            self.end_strays()
             drain(
                 [fd for fd in (self.out, self.err) if fd not in self.closed_streams], caps, time.monotonic()
             )

@@ -86,6 +86,13 @@ def act_on_files_as_user():
     _libc.setfsuid(USER_UID)
 
 
+def act_on_files_as_self():
+    """Undo `act_on_files_as_user` (in a child forked by a request thread): file accesses are made with
+    the process's own uid again."""
+    _libc.setfsgid(os.getegid())
+    _libc.setfsuid(os.geteuid())
+
+
 def drop_to_user():
     """In a forked child about to exec user code: empty the bounding set, then become the user.
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from .framing import RequestError
-from .privileges import PR_SET_CHILD_SUBREAPER, drop_to_user, prctl
+from .privileges import PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, act_on_files_as_self, drop_to_user, prctl
 from .settings import USER_NICE
 
 _STATUS = struct.Struct(">i")
@@ -72,12 +72,20 @@ def _exec_user(argv, cwd, env, fds, new_session):
                 except OSError:
                     pass
         os.closerange(top + 1, 1 << 20)  # the channel, other calls' pipes: nothing else crosses exec
+        # The OOM killer takes user code before the supervisor. The write was refused (EACCES, silently):
+        # forked from the supervisor, this process is not dumpable (its /proc files are root's), and forked
+        # by a request thread, it accesses files as the user. So it writes with its own uid, dumpable for
+        # the write alone, while it still has the supervisor's uid (no user process can reach it).
         try:
+            act_on_files_as_self()
+            prctl(PR_SET_DUMPABLE, 1)
             fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
-            os.write(fd, b"1000")  # the OOM killer takes user code before the supervisor
+            os.write(fd, b"1000")
             os.close(fd)
         except OSError:
             pass
+        finally:
+            prctl(PR_SET_DUMPABLE, 0)
         # User code runs niced (it cannot raise its priority back: no CAP_SYS_NICE), so the supervisor and the
         # keepers, sharing the container's CPU quota with it, still get scheduled when a fork bomb fills the
         # pids limit with spinning processes; otherwise the kill rounds starve and the bomb outlives its call.
@@ -104,8 +112,7 @@ class Spawned:
             os.close(status_w)
             raise RequestError(
                 "ResourceExhausted",
-                "no process could be started: the sandbox's process limit is used up (a fork bomb in a "
-                "running call?); it is freed when that call ends",
+                "no process could be started: the sandbox's limit on processes and threads is used up",
             ) from None
         if keeper == 0:
             _keeper(argv, cwd, env, fds, status_w, new_session)
@@ -231,6 +238,27 @@ def descendants(root, table=None):
     """Pids of the live descendants of `root`: not zombies, bar a zombie leader whose threads run on."""
     table = _process_table() if table is None else table
     return [pid for pid, _, live in _tree(root, table) if live]
+
+
+def tasks_under(root):
+    """How many pids the descendants of `root` hold: a thread, a process and a zombie each take one."""
+    held = 0
+    for pid, _, live in _tree(root, _process_table()):
+        try:
+            held += len(os.listdir(f"/proc/{pid}/task")) if live else 1
+        except OSError:
+            pass  # gone meanwhile
+    return held
+
+
+def wait_reaped(parent, budget):
+    """Wait until `parent` has no zombie child (it reaps them itself), `budget` seconds at most; True if so."""
+    deadline = time.monotonic() + budget
+    while any(ppid == parent and not live for ppid, live in _process_table().values()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def _all_stopped(pid):

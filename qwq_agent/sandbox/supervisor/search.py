@@ -2,24 +2,16 @@
 
 import os
 import re
-import signal
-import subprocess
+import select
 import threading
 import time
 from collections.abc import Callable
 
 from .files import refuse_special, resolve
 from .framing import RequestError
+from .procs import Spawned
 from .rg_lines import records, text_of
-from .settings import USER_GID, USER_UID, WORKSPACE
-
-
-def kill_group(pgid):
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
+from .settings import KILL_BUDGET, WORKSPACE, child_env
 
 # Files over this size are not searched (a 2 GB log would take the whole timeout).
 MAX_FILESIZE = "50M"
@@ -79,19 +71,28 @@ def search(args):
     for glob in args.get("globs") or []:
         cmd += ["-g", glob]
     cmd += ["-e", pattern, "--", real]
-    # ripgrep reads as the user (it only sees what user code could), never with the supervisor's capabilities.
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=real if os.path.isdir(real) else WORKSPACE,
-        start_new_session=True,
-        user=USER_UID,
-        group=USER_GID,
-        extra_groups=[],
-    )
-    assert proc.stdout is not None and proc.stderr is not None  # both are pipes
+    # ripgrep is user code like any other: started under a keeper, as the user with an empty bounding set,
+    # niced and first for the OOM killer (it only sees what user code could), and its whole tree is killed
+    # when the search ends. A thread left in the interpreter can ptrace it (same uid) and make it start
+    # something: that dies with the search too, as a shell call's background jobs die with the call.
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        proc = Spawned(
+            cmd,
+            cwd=real if os.path.isdir(real) else WORKSPACE,
+            env=child_env(),
+            fds={0: devnull, 1: out_w, 2: err_w},
+        )
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (out_w, err_w, devnull):
+            os.close(fd)
+    stdout, stderr_pipe = os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb")
     deadline = time.monotonic() + float(args.get("timeout") or 30)
     matches: list[dict] = []
     pending: list[tuple[str, Callable[[], dict]]] = []  # context lines not placed yet: (path, line)
@@ -101,15 +102,15 @@ def search(args):
 
     def expire():
         expired.set()
-        kill_group(proc.pid)
+        proc.kill_all(budget=KILL_BUDGET)  # every writer of the pipes gone: the reads below end in EOF
 
     killer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
     killer.start()
     err = _Stderr()
-    reader = threading.Thread(target=err.read, args=(proc.stderr,), daemon=True)
+    reader = threading.Thread(target=err.read, args=(stderr_pipe,), daemon=True)
     reader.start()
     try:
-        for kind, rg_path, number, line in records(proc.stdout, deadline):
+        for kind, rg_path, number, line in records(stdout, deadline):
             path = text_of(rg_path)
             if path.startswith(root + "/"):
                 path = WORKSPACE + path[len(root) :]
@@ -144,14 +145,17 @@ def search(args):
             pending = []
             if total >= max_results * 100 + 10000:
                 complete = False  # counting everything could take forever on a huge tree
-                kill_group(proc.pid)
                 break
-        proc.wait()
-        reader.join(max(0.0, deadline - time.monotonic()) + 1)
+        if complete:
+            # Its output ended: ripgrep exits now (or the timer kills it); its status says how it went.
+            select.select([proc.status_fd], [], [], max(0.0, deadline - time.monotonic()))
     finally:
         killer.cancel()
-        proc.stdout.close()
-        proc.stderr.close()
+        killer.join()  # a kill under way ends before the keeper is reaped (its pid could be reused)
+        returncode = proc.close(budget=KILL_BUDGET)  # ripgrep and whatever it started, if still there
+        reader.join(max(0.0, deadline - time.monotonic()) + 1)
+        stdout.close()
+        stderr_pipe.close()
     stderr = err.tail.decode("utf-8", "replace")
     # Killed by the timeout: the files it had not reached yet were not searched, matches or none.
     timed_out = expired.is_set() or time.monotonic() >= deadline
@@ -159,9 +163,9 @@ def search(args):
     # Exit 2 is also files or folders rg could not read (their messages are off, see --no-messages): a
     # failure is one whose message still reaches stderr (a bad regex or glob); the rest is a result,
     # as it is when something matched.
-    if proc.returncode == 2 and not matches and not stopped and stderr.strip():
+    if returncode == 2 and not matches and not stopped and stderr.strip():
         raise RequestError("InvalidRequest", f"ripgrep failed: {stderr.strip()[-2000:]}")
-    unreadable = proc.returncode == 2 and not stopped
+    unreadable = returncode == 2 and not stopped
     return {
         "matches": matches,
         "total_matches": total,

@@ -13,7 +13,7 @@ import time
 from . import archives, procs, search, snapshots
 from .accounts import write_accounts
 from .editor import Editor
-from .framing import RequestError, cap_text, encode_frame, path_text, read_exact, read_into, skip, write_all
+from .framing import RequestError, cap_text, encode_frame, path_text, read_exact, read_into, skip
 from .interpreter import Interpreter
 from .privileges import act_on_files_as_user, become_supervisor
 from .settings import IDLE_TIMEOUT, LIFETIME, MAX_FRAME, MAX_STAGED, OUT_HEAD, OUT_TAIL, WORKSPACE
@@ -23,6 +23,10 @@ from .streaming import OutputStream
 # Operations the host can stop mid-call: they get a cancel pipe it can trip. Those that start user
 # processes, and restore (refused once cancelled, until it has begun clearing the files).
 CANCELLABLE = ("python", "shell", "restore")
+# The most one write to the host hands over: how often a long reply shows that the host still reads.
+WRITE_CHUNK = 1 << 20
+# How long `exit` may try to tell the host why (per step): it must end the process whatever the channel does.
+EXIT_WAIT = 1.0
 # Operations that stream their result as events (`args["_send"]` sends a frame tied to the request).
 STREAMING = ("snapshot", "download")
 
@@ -38,6 +42,7 @@ class Supervisor:
         self.cancels = {}  # request id -> write end of its cancel pipe
         self.cancelled_early = set()  # cancels that overtook their request's thread
         self.last_activity = self.started = time.monotonic()
+        self.blocked_since = None  # set while a write to the host waits (see `_write`)
         procs.on_containment_failure = lambda: self.exit("a process tree could not be killed")
         self.interpreter = Interpreter()
         self.editor = Editor()
@@ -74,9 +79,20 @@ class Supervisor:
             obj = {**obj, "blob": len(blob)}
         data = encode_frame(obj)
         with self.out_lock:
-            write_all(self.out_fd, data)
+            self._write(data)
             if blob is not None:
-                write_all(self.out_fd, blob)
+                self._write(blob)
+
+    def _write(self, data):
+        """All of `data` to the host, a pipe's worth at a time: `blocked_since` says since when the host
+        has taken nothing (a blocking write of 96 MB would return only at its end, however fast it went)."""
+        view = memoryview(data)
+        while view:
+            self.blocked_since = time.monotonic()
+            try:
+                view = view[os.write(self.out_fd, view[:WRITE_CHUNK]) :]
+            finally:
+                self.blocked_since = None
 
     def shell(self, args):
         try:
@@ -84,39 +100,68 @@ class Supervisor:
         except RequestError as exc:
             if exc.kind != "ResourceExhausted":
                 raise
-            note = self.reclaim_threads()
+            note = self.reclaim()
             if note is None:
-                raise
-        return with_note(run_shell(args), note)
-
-    def reclaim_threads(self):
-        """Restart the interpreter when its threads hold the pids limit; the note saying so, else None.
-
-        Threads count against the pids limit like processes, and the end of a cell kills the processes
-        it forked but not threads it left parked inside the interpreter: nothing else would free them.
-        """
-        threads, limit = interpreter_threads(self.interpreter.pid), pids_limit()
-        # Only when those threads are most of the limit and most of what is in use: a library's pools
-        # (OpenBLAS, torch: one thread per core) are not worth the variables while a fork bomb is the hog.
-        if threads * 2 < (limit or 64) or threads * 2 < (pids_current() or 0):
-            return None
-        held = f"the Python interpreter holds {threads} threads of the sandbox's limit of {limit or '?'} processes and threads"
-        if not self.interpreter.lock.acquire(blocking=False):
-            raise RequestError(
-                "ResourceExhausted",
-                f"no process could be started: {held}, and a cell is running; interrupt it or reset Python",
-            )
+                raise RequestError(exc.kind, f"{exc} ({self.pids_holders()})") from None
         try:
-            self.interpreter.restart()
-            restarted = "Python was restarted to free them"
+            result = run_shell(args)
         except RequestError as exc:
             if exc.kind != "ResourceExhausted":
                 raise
-            restarted = "Python was stopped to free them (the next python call starts it)"
-        finally:
+            raise RequestError(exc.kind, f"{exc} ({self.pids_holders()})") from None
+        return with_note(result, note) if note else result
+
+    def pids_holders(self):
+        """Who holds the pids limit, for a call that could start no process."""
+        keeper = self.interpreter.proc.keeper if self.interpreter.proc else None
+        held = 0 if keeper is None else procs.tasks_under(keeper)
+        return (
+            f"{pids_current() or '?'} of {pids_limit() or '?'} in use, {held} of them by the Python interpreter "
+            "and what it started; the rest belong to calls still running (a fork bomb in one?), and are "
+            "freed when those end"
+        )
+
+    def reclaim(self):
+        """Free the pids the interpreter holds between cells when they are most of the limit: the note
+        for the call's result ("" when Python lost nothing), or None when the interpreter is not the hog.
+
+        Threads count against the pids limit like processes. A cell's end kills what it forked, but a
+        thread it left running in the interpreter may fork more after it: those processes (no call's)
+        are killed first, which costs nothing. Threads parked inside the interpreter end only with it:
+        it is restarted when they alone are still most of the limit.
+        """
+        interpreter, limit = self.interpreter, pids_limit()
+        keeper = interpreter.proc.keeper if interpreter.proc else None
+        held = 0 if keeper is None else procs.tasks_under(keeper)
+        # Only when most of the limit and most of what is in use: a library's pools (OpenBLAS, torch: a
+        # thread per core) are not worth the variables while a fork bomb in a running call is the hog.
+        if not hogs(held, limit):
+            return None
+        what = f"the Python interpreter holds {held} of the sandbox's limit of {limit or '?'} processes and threads"
+        if not interpreter.lock.acquire(blocking=False):
+            raise RequestError(
+                "ResourceExhausted",
+                f"no process could be started: {what}, and a cell is running; interrupt it or reset Python",
+            )
+        try:
+            if interpreter.proc is None:
+                return ""  # stopped meanwhile: what it held is free
+            interpreter.end_strays()
+            threads = interpreter_threads(interpreter.pid)
+            if not hogs(threads, limit):
+                return ""
+            what = f"the Python interpreter holds {threads} threads of the sandbox's limit of {limit or '?'} processes and threads"
+            try:
+                interpreter.restart()
+                restarted = "Python was restarted to free them"
+            except RequestError as exc:
+                if exc.kind != "ResourceExhausted":
+                    raise
+                restarted = "Python was stopped to free them (the next python call starts it)"
             self.interpreter_used = False
-            self.interpreter.lock.release()
-        return f"[{held}, left by an earlier cell; {restarted} and its variables are gone]\n"
+        finally:
+            interpreter.lock.release()
+        return f"[{what}, left by an earlier cell; {restarted} and its variables are gone]\n"
 
     def reset_interpreter(self, restart=True, deadline=None):
         """A fresh interpreter (its processes killed), unless the current one never ran a cell.
@@ -293,12 +338,14 @@ class Supervisor:
                 threading.Thread(target=self.handle, args=(req, arrived, note), daemon=True).start()
                 return
             except RuntimeError as exc:  # no threads left: the pids limit is exhausted
-                why = f"{exc}: the sandbox's process limit is used up"
+                why = (
+                    f"{exc}: the sandbox's limit on processes and threads is used up ({self.pids_holders()})"
+                )
             if note is not None:
                 break
             # This is the reader thread: whatever happens, the request gets its answer.
             try:
-                note = self.reclaim_threads()
+                note = self.reclaim()
             except Exception as exc:
                 why = str(exc)
             if note is None:
@@ -308,8 +355,20 @@ class Supervisor:
         self.send(self.error(req.get("id"), req.get("nonce"), "ResourceExhausted", why))
 
     def exit(self, reason):
+        """Tell the host why, if the channel takes the frame at once, and end the process.
+
+        Never waits on the channel: a host that stopped reading (Ctrl-Z'd, its link hung) leaves a request
+        thread blocked writing under `out_lock`, and an exit that waited for it kept the sandbox alive
+        past every limit. The lock is kept to the end, so no frame can follow (or cut into) this one.
+        """
         try:
-            self.send({"id": None, "event": "exit", "reason": reason})
+            if self.out_lock.acquire(timeout=EXIT_WAIT):
+                frame = encode_frame({"id": None, "event": "exit", "reason": str(reason)[:1000]})
+                if select.select([], [self.out_fd], [], EXIT_WAIT)[1]:
+                    os.set_blocking(self.out_fd, False)
+                    os.write(self.out_fd, frame)  # under PIPE_BUF: written whole or not at all
+        except OSError:
+            pass
         finally:
             os._exit(0)  # tini exits with its only child, and the pid namespace (every process) with it
 
@@ -321,7 +380,10 @@ class Supervisor:
                 self.exit("lifetime")
             with self.state_lock:
                 idle = self.inflight == 0 and now - self.last_activity > IDLE_TIMEOUT
-            if idle:
+            # A request stuck sending its reply to a host that has read nothing for the idle limit is
+            # idle too: that host stopped (it pings while alive), and only this limit can reap its sandbox.
+            blocked_since = self.blocked_since
+            if idle or (blocked_since is not None and now - blocked_since > IDLE_TIMEOUT):
                 self.exit("idle")
 
     def serve(self, in_fd):
@@ -415,6 +477,11 @@ def with_note(result, note):
         return result
     extra = {"stderr": note + result["stderr"]} if isinstance(result.get("stderr"), str) else {}
     return {**result, **extra, "state_lost": True}
+
+
+def hogs(held, limit):
+    """Whether `held` pids are most of the limit and most of what is in use."""
+    return held * 2 >= (limit or 64) and held * 2 >= (pids_current() or 0)
 
 
 def interpreter_threads(pid):

@@ -38,6 +38,22 @@ def _restore_output(saved):
             )
 
 
+def _reap_children():
+    """Reap every child that has ended: those of finished cells, which the supervisor killed and then
+    asked for this (between cells, so no cell is about to wait for one). Left unreaped, each zombie holds
+    a pid of the sandbox's limit for as long as the interpreter lives. A thread of an earlier cell that
+    waits for a child killed at its cell's end may find it reaped here (subprocess then says 0)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == 0:
+            return
+
+
 def _as_a_notebook(builtins):
     """Make the process look to user code like `python` in /workspace; return the cells' namespace.
 
@@ -218,6 +234,9 @@ def worker_main():
         if head is None:
             os._exit(0)
         msg = json.loads(read_exact(CMD_FD, struct.unpack(">I", head)[0]))
+        if msg.get("reap"):
+            _reap_children()
+            continue
         count += 1
         _restore_output(saved)
         signal.signal(signal.SIGINT, signal.default_int_handler)
