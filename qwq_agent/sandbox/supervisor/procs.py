@@ -173,6 +173,27 @@ class Spawned:
         return self.exit_code
 
 
+def spawn_piped(argv, *, cwd, env):
+    """`Spawned(argv)` reading /dev/null, its stdout and stderr on new pipes: `(proc, out_r, err_r)`.
+
+    The write ends are closed here (once the user's processes are gone, the read ends see EOF); should the
+    start fail, the read ends are closed too.
+    """
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        proc = Spawned(argv, cwd=cwd, env=env, fds={0: devnull, 1: out_w, 2: err_w})
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (out_w, err_w, devnull):
+            os.close(fd)
+    return proc, out_r, err_r
+
+
 _DEAD = (b"Z", b"X")
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from .files import refuse_special, resolve
 from .framing import RequestError
-from .procs import Spawned
+from .procs import spawn_piped
 from .rg_lines import records, text_of
 from .settings import KILL_BUDGET, WORKSPACE, child_env
 
@@ -75,23 +75,7 @@ def search(args):
     # niced and first for the OOM killer (it only sees what user code could), and its whole tree is killed
     # when the search ends. A thread left in the interpreter can ptrace it (same uid) and make it start
     # something: that dies with the search too, as a shell call's background jobs die with the call.
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    try:
-        proc = Spawned(
-            cmd,
-            cwd=real if os.path.isdir(real) else WORKSPACE,
-            env=child_env(),
-            fds={0: devnull, 1: out_w, 2: err_w},
-        )
-    except BaseException:
-        for fd in (out_r, err_r):
-            os.close(fd)
-        raise
-    finally:
-        for fd in (out_w, err_w, devnull):
-            os.close(fd)
+    proc, out_r, err_r = spawn_piped(cmd, cwd=real if os.path.isdir(real) else WORKSPACE, env=child_env())
     stdout, stderr_pipe = os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb")
     deadline = time.monotonic() + float(args.get("timeout") or 30)
     matches: list[dict] = []

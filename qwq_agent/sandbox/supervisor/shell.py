@@ -6,7 +6,7 @@ import time
 
 from .files import resolve
 from .framing import Capture, RequestError
-from .procs import Spawned
+from .procs import spawn_piped
 from .settings import KILL_BUDGET, WORKSPACE, child_env
 
 
@@ -18,20 +18,7 @@ def run_shell(args):
     cancel_fd = args["_cancel"]
     stream = args.get("_stream")
     started = time.monotonic()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    try:
-        proc = Spawned(
-            ["/bin/bash", "-c", command], cwd=cwd, env=child_env(), fds={0: devnull, 1: out_w, 2: err_w}
-        )
-    except BaseException:
-        for fd in (out_r, err_r):
-            os.close(fd)
-        raise
-    finally:
-        for fd in (out_w, err_w, devnull):
-            os.close(fd)
+    proc, out_r, err_r = spawn_piped(["/bin/bash", "-c", command], cwd=cwd, env=child_env())
     caps = {out_r: Capture(), err_r: Capture()}
     names = {out_r: "stdout", err_r: "stderr"}
     open_fds = [out_r, err_r]
