@@ -101,11 +101,67 @@ def test_run_branches_selects_by_tests_and_says_why_one_line_per_branch(sandbox_
     assert "replay_divergence" not in replayed.stdout
 
 
+TEST_FILE = "/workspace/tests/test_stats.py"
+EVEN = "        self.assertEqual(median([4, 1, 3, 2]), 2.5)\n"
+
+
+def cheat() -> list[str]:
+    """Makes the failing test pass by changing what it expects, not the code."""
+    wrong = EVEN.replace("2.5", "3")
+    edit = call("str_replace_editor", command="str_replace", path=TEST_FILE, old_str=EVEN, new_str=wrong)
+    return ["the expected value looks wrong\n</think>\n\n" + edit, "done\n</think>\n\nThe tests pass now."]
+
+
+def fix_and_add_a_test() -> list[str]:
+    """Fixes the code, and adds a test of its own."""
+    more = EVEN + "        self.assertEqual(median([1, 2]), 1.5)\n"
+    return [
+        fix(GOOD)[0],
+        "and a test\n</think>\n\n"
+        + call("str_replace_editor", command="str_replace", path=TEST_FILE, old_str=EVEN, new_str=more),
+        "done\n</think>\n\nFixed, with a test.",
+    ]
+
+
+@pytest.mark.docker
+def test_a_branch_cannot_pass_the_tests_by_editing_them(sandbox_image, tmp_path):
+    """`tests:` ran COMMAND with the branch's whole patch applied, its edits to the tests included: a
+    branch that rewrote the failing assertion passed and won, and nothing said the tests had changed.
+    The tests are now as in the user's folder when COMMAND runs; a winner's edits to them are named."""
+    route = ByArrival([cheat(), fix_and_add_a_test()])
+    patch = tmp_path / "fix.diff"
+    with ScriptedModelServer(route) as server:
+        proc = subprocess.run(
+            [
+                *CLI, "run", "The test suite fails. Fix the code (not the tests).", "--model-url", server.url,
+                "--tools", "shell,str_replace_editor", "--workspace", str(REPO),
+                "--branches", "2", "--select", "tests:cd /workspace && python3 -m unittest -q",
+                "--trace", str(tmp_path / "x.jsonl"), "--patch", str(patch),
+            ],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    screen = " ".join(out.split())
+    [cheater] = [ln for ln in out.splitlines() if f"(seed {route.seeds[0]})" in ln]
+    [honest] = [ln for ln in out.splitlines() if f"(seed {route.seeds[1]})" in ln]
+    assert "exited 1" in cheater and "protected" in cheater and "tests/test_stats.py" in cheater, cheater
+    assert ": won" in honest, out
+    assert "warning: the winner's patch also changes protected files" in screen
+    assert "tests/test_stats.py" in screen.split("warning: the winner's patch")[1]
+    written = patch.read_text()  # the winner's patch as it made it, its new test included
+    assert "+        self.assertEqual(median([1, 2]), 1.5)" in written
+    assert "+        return ordered[mid]" in written
+
+
 def test_bad_branch_flags_get_one_clear_line(tmp_path):
     for flags, expected in [
         (["--select", "majority"], "--select needs --branches"),
         (["--branches", "0"], "--branches must be between 1 and"),
         (["--branches", "2", "--select", "best"], "unknown select 'best'"),
+        (["--branches", "2", "--protect", "spec/**"], "--protect needs --select tests:COMMAND"),
+        (["--branches", "2", "--select", "first", "--no-protect"], "--no-protect needs --select tests:"),
+        (["--branches", "2", "--select", "tests:true", "--protect", "a/[b"], "--protect 'a/[b':"),
     ]:
         proc = subprocess.run([*CLI, "run", "x", *flags], capture_output=True, text=True, timeout=60)
         err = proc.stdout + proc.stderr

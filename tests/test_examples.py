@@ -73,7 +73,7 @@ async def test_research_cites_its_sources(sandbox_image, tmp_path):
 
 def test_plotting_saves_its_figure_where_a_terminal_opens_it(sandbox_image, tmp_path):
     """The example as a user runs it: the sandbox draws the plot, the PNG lands next to the trace and
-    its absolute path is printed; figures a previous run left in that folder are gone."""
+    its absolute path is printed; a figure already in that folder (an earlier run's) is kept."""
     import os
     import subprocess
 
@@ -81,7 +81,7 @@ def test_plotting_saves_its_figure_where_a_terminal_opens_it(sandbox_image, tmp_
 
     images = tmp_path / "traces" / "example-fibonacci-plot-images"
     images.mkdir(parents=True)
-    (images / "image-7.png").write_bytes(b"left by an earlier run")
+    (images / "image-1.png").write_bytes(b"left by an earlier run")
     env = {k: v for k, v in os.environ.items() if k != "QWQ_MODEL_URL"}
     env.update(QWQ_SANDBOX_IMAGE=sandbox_image, COLUMNS="300")
     done = subprocess.run(
@@ -94,14 +94,16 @@ def test_plotting_saves_its_figure_where_a_terminal_opens_it(sandbox_image, tmp_
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     saved = sorted(images.iterdir())
-    assert [p.name for p in saved] == ["image-1.png"]
+    assert [p.name for p in saved] == ["image-1-2.png", "image-1.png"]
+    assert saved[1].read_bytes() == b"left by an earlier run"  # never written over
     width, height = harness.png_size(saved[0].read_bytes())
     assert width > 200 and height > 150  # a real figure, not an empty canvas
     screen = " ".join(done.stdout.split())
     assert "replaying this example's recorded" in screen
-    assert f"image saved: {images.resolve() / 'image-1.png'}" in screen  # absolute: opens from anywhere
+    assert f"image saved: {images.resolve() / 'image-1-2.png'}" in screen  # absolute: opens from anywhere
     assert f"images: 1 PNG(s) in {images.resolve()}" in screen
     assert "✓ fibonacci-plot: checked" in screen
+    assert "trace: traces/example-fibonacci-plot.jsonl" in screen
 
 
 def test_image_problems_catches_a_missing_or_broken_figure(tmp_path):
@@ -188,3 +190,150 @@ def test_an_example_without_docker_says_so_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("qwq-agent example strawberry: Docker failed")
     assert "fix: start Docker" in done.stderr
+
+
+class TwoAtOnce:
+    """Serves an example's recorded turns to two runs of it; the first run to ask for its answer (its
+    figure drawn, its trace half written) is held until the second run has started and asked too."""
+
+    def __init__(self, turns: list[str]) -> None:
+        self.turns = turns
+        self.held = False
+
+    def __call__(self, req):
+        from qwq_agent.testing.scripted_server import Turn
+
+        step = (req.prompt or "").count("<tool_response>")
+        text = self.turns[min(step, len(self.turns) - 1)]
+        if step == 1 and not self.held:
+            self.held = True
+            return Turn(text=text, hold_after=1, hold_until_requests=3, hold_timeout=120)
+        return text
+
+
+def _start_example(script: str, *args: str, cwd: Path, **env: str):
+    import os
+    import subprocess
+
+    environ = {k: v for k, v in os.environ.items() if k != "QWQ_MODEL_URL"}
+    environ.update(COLUMNS="300", **env)
+    return subprocess.Popen(
+        [sys.executable, str(EXAMPLES / script), *args],
+        env=environ,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for(condition, what: str, proc) -> None:
+    import time
+
+    end = time.monotonic() + 120
+    while not condition():
+        assert proc.poll() is None, f"the example exited before {what}: " + "".join(proc.communicate())
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_two_runs_of_one_example_at_once_each_keep_their_trace_and_figures(sandbox_image, tmp_path):
+    """Each run deleted the example's trace and figures before it began: a second run started while the
+    first was still going unlinked the file the first was writing (both then printed one path, holding
+    only the second run) and deleted the figure the first had drawn. Each run now has its own."""
+    import re
+
+    from qwq_agent.agent.trace import read_trace
+    from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+    module = load("plotting/run.py")
+    with ScriptedModelServer(TwoAtOnce(module.TURNS)) as server:
+        url = ["--model-url", server.url]
+        first = _start_example("plotting/run.py", *url, cwd=tmp_path, QWQ_SANDBOX_IMAGE=sandbox_image)
+        procs = [first]
+        try:
+            # Its figure saved, its answer held: the first run is under way.
+            _wait_for(lambda: len(server.requests) >= 2, "the first run's second request", first)
+            procs.append(
+                _start_example("plotting/run.py", *url, cwd=tmp_path, QWQ_SANDBOX_IMAGE=sandbox_image)
+            )
+            outs = [p.communicate(timeout=300) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+    traces, folders = [], []
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:] + err[-2000:]
+        screen = " ".join(out.split())
+        traces.append(Path(re.search(r"trace: (\S+)", screen).group(1)))
+        folders.append(Path(re.search(r"images: 1 PNG\(s\) in (\S+)", screen).group(1)))
+    assert traces[0] != traces[1] and folders[0] != folders[1]
+    run_ids = set()
+    for trace, folder in zip(traces, folders, strict=True):
+        events = read_trace(tmp_path / trace)
+        assert events[-1].type == "final" and events[-1].status == "completed"
+        run_ids.add(events[0].run_id)
+        assert harness_png(folder / "image-1.png")
+    assert len(run_ids) == 2
+    assert sorted(p.name for p in (tmp_path / "traces").glob("*.jsonl")) == sorted(t.name for t in traces)
+
+
+def harness_png(path: Path) -> bool:
+    import harness
+
+    return path.exists() and harness.png_size(path.read_bytes()) is not None
+
+
+SLEEP = "import time; time.sleep(300)"
+STOPPING = ["SIGINT", "SIGTERM", "SIGHUP"]
+
+
+@pytest.mark.parametrize("name", STOPPING)
+def test_a_signal_stops_an_example_cleanly(name, sandbox_image, tmp_path):
+    """SIGTERM and SIGHUP killed an example on the spot (its trace without `final`), and Ctrl-C printed a
+    40-line traceback: each now ends the run as the CLI does, with its trace ended and sandbox gone."""
+    import json
+    import signal
+    import subprocess
+
+    from qwq_agent.agent.trace import read_trace
+    from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+    def model(req):
+        if "<tool_response>" in (req.prompt or ""):
+            return "ok\n</think>\n\n3"
+        return "sleep\n</think>\n\n" + json.dumps({"name": "python", "arguments": {"code": SLEEP}}).join(
+            ["<tool_call>\n", "\n</tool_call>"]
+        )
+
+    def sleeping() -> bool:
+        found = list((tmp_path / "traces").glob("*.jsonl"))
+        return bool(found) and '"tool_started"' in found[0].read_text()
+
+    signum = signal.Signals[name]
+    with ScriptedModelServer(model) as server:
+        proc = _start_example(
+            "math_puzzles/run.py", "strawberry", "--model-url", server.url, cwd=tmp_path,
+            QWQ_SANDBOX_IMAGE=sandbox_image,
+        )  # fmt: skip
+        try:
+            _wait_for(sleeping, "the python call", proc)
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 128 + signum, out[-3000:] + err[-3000:]
+    assert "Traceback" not in out + err, err[-3000:]
+    assert f"{name}: the run was stopped" in out
+    [trace] = (tmp_path / "traces").glob("*.jsonl")
+    assert f"trace: {trace.relative_to(tmp_path)}" in " ".join(out.split())
+    events = read_trace(trace)
+    assert events[-1].type == "final" and events[-1].status == "cancelled"
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=qwq-agent.owner-pid={proc.pid}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert left == [], "the example's sandbox was left behind"

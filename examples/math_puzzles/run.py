@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Example, main, tool_outputs
+from harness import Example, main_each, tool_outputs
 from recordings import PARENS, PARENS_TASK, PI, PI_TASK, STRAWBERRY, STRAWBERRY_TASK
 
 
@@ -46,5 +46,6 @@ if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "all"
     rest = sys.argv[2:] if which != "all" or (len(sys.argv) > 1 and sys.argv[1] == "all") else sys.argv[1:]
     names = list(EXAMPLES) if which == "all" else [which]
-    # Several puzzles: each its own trace (`--trace FILE` gives FILE-NAME.jsonl), none replaces another.
-    sys.exit(max(main(EXAMPLES[n], rest, one_of_several=len(names) > 1) for n in names))
+    # Several puzzles: each its own trace (`--trace FILE` gives FILE-NAME.jsonl), none replaces another;
+    # a Ctrl-C (or SIGTERM) stops the one running and starts no other.
+    sys.exit(main_each([EXAMPLES[n] for n in names], rest))

@@ -2,8 +2,9 @@
 
 python examples/plotting/run.py [--images DIR]
 
-The figure comes back from the sandbox as a PNG; the screen prints its absolute path (by default under
-traces/example-fibonacci-plot-images/), which a terminal or an image viewer opens from anywhere.
+The figure comes back from the sandbox as a PNG; the screen prints its absolute path (by default in the
+folder named after the run's trace, traces/example-fibonacci-plot-images/ for the first run in a folder),
+which a terminal or an image viewer opens from anywhere.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ class BranchOutcome(BaseModel):
     # What the selection found (e.g. "tests passed (exit 0)"); `passed` is the verifier's verdict.
     verdict: str | None = None
     passed: bool | None = None
+    # The protected paths (the tests, `selection.Verifier`) the branch's patch changes: a `tests:` check
+    # ran with them as at the start. Its patch (`result.patch`) still holds those changes.
+    protected_changes: list[str] = Field(default_factory=list)
     # The branch's container died after it began and was replaced by an empty one: what its sandbox
     # holds is not its work, so it cannot win under any selector (its run may still have completed).
     lost: bool = False

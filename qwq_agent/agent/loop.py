@@ -118,6 +118,13 @@ class Agent:
         self._trace_open_error: str | None = None
         self._server_context: tuple[int | None] | None = None
 
+    @property
+    def trace_file(self) -> Path | None:
+        """The file the running (or last) run's trace went to, from its first event on: `trace_path`, or a
+        new file next to it when that one already held a run (`TraceWriter(if_exists="new")`). None before
+        a run, without a trace, or when it could not be opened."""
+        return self._trace.path if self._trace is not None else None
+
     async def run(self, task: str, *, history: Sequence[Message] = (), continues: bool = False) -> RunResult:
         """Run to the end and return the result (events are still written to the trace)."""
         async for _ in self.stream(task, history=history, continues=continues):

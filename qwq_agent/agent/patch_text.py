@@ -37,7 +37,7 @@ import bisect
 import codecs
 import re
 import zlib
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 from qwq_agent.agent import patch_git_dirs
@@ -130,6 +130,20 @@ def cut_outward_links(text: str, dirs: set[str], links: dict[str, str]) -> tuple
     lines = text.split("\n")
     kept = "".join("\n".join(lines[e.start : e.end]) + "\n" for e in entries if e.path not in cut)
     return kept, list(cut.values())
+
+
+def drop_entries(text: str, drop: Callable[[str], bool]) -> tuple[str, list[str]]:
+    """`text` without the entries of the paths `drop` accepts, and those paths (each once, in the text's
+    order). A path's entries go together (a type change is two). `PatchTextError` for a text not in
+    git's diff form."""
+    entries = _parse(text)
+    dropped = list(dict.fromkeys(e.path for e in entries if drop(e.path)))
+    if not dropped:
+        return text, []
+    lines = text.split("\n")
+    gone = set(dropped)
+    kept = "".join("\n".join(lines[e.start : e.end]) + "\n" for e in entries if e.path not in gone)
+    return kept, dropped
 
 
 NEEDS = "needs {!r}, which was left out"

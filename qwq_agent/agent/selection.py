@@ -22,6 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel
 
 from qwq_agent.agent.branch_result import BranchOutcome
+from qwq_agent.agent.patch_text import PatchTextError
+from qwq_agent.agent.protected import DEFAULT_PROTECTED, PatternError, matcher, split_patch
 
 __all__ = [
     "SANDBOX_LOST",
@@ -107,14 +109,33 @@ class Verifier:
     `checkout`) is a branch checked in its own sandbox, after its processes are stopped (the
     interpreter too, with none started in its place) and under a fresh, empty HOME without user
     site-packages; the verdict says which way.
+
+    Nor do the patch's changes to `protect`ed paths count (globs, `qwq_agent.agent.protected`; default
+    `DEFAULT_PROTECTED`, the usual places of tests; empty: none): they are left out of the patch the
+    check applies, so those files are as at the start (the user's folder) when `command` runs, and a
+    branch cannot pass by editing the tests. Its verdict (and the selection's reason, for a winner)
+    names them; `BranchOutcome.protected_changes` lists them. The branch's own patch is not changed.
+    Checked in place (no baseline), nothing is put back: there is no start state to take them from.
     """
 
-    def __init__(self, command: str, *, timeout_s: float = VERIFY_TIMEOUT_S, kind: str = "tests") -> None:
+    def __init__(
+        self,
+        command: str,
+        *,
+        timeout_s: float = VERIFY_TIMEOUT_S,
+        kind: str = "tests",
+        protect: Sequence[str] | None = None,
+    ) -> None:
         if not command.strip():
             raise SelectionError(f"'{kind}:' needs a command, e.g. '{kind}:python3 -m pytest -q'")
         self.command = command
         self.timeout_s = timeout_s
         self.label = f"{kind}:{command}"
+        self.protect = tuple(DEFAULT_PROTECTED if protect is None else protect)
+        try:
+            self._protected = matcher(self.protect)
+        except PatternError as exc:
+            raise SelectionError(f"protected path pattern {exc}") from None
 
     def _not_run(self, outcome: BranchOutcome, why: str) -> str:
         outcome.passed, outcome.verdict = False, f"`{self.command}` could not be run: {why}"
@@ -144,6 +165,14 @@ class Verifier:
             return self._not_run(outcome, NO_PATCH)
         if patch is None and sandbox is None:
             return self._not_run(outcome, "no sandbox")
+        if patch is not None and self.protect:
+            try:
+                # Up to patch.MAX_PATCH_BYTES of the branch's text: not on the event loop.
+                patch, outcome.protected_changes = await asyncio.to_thread(
+                    split_patch, patch, self._protected
+                )
+            except PatchTextError as exc:
+                return self._not_run(outcome, f"its patch could not be read: {exc}")
         limit = asyncio.timeout(timeout_s)
         try:
             async with limit:
@@ -163,7 +192,7 @@ class Verifier:
             return self._not_run(outcome, SANDBOX_LOST)  # a sandbox without `no_replacement` replaced it
         code = getattr(res, "exit_code", None)
         outcome.passed = code == 0
-        where = ON_PATCH if patch is not None else IN_PLACE
+        where = (ON_PATCH if patch is not None else IN_PLACE) + _without(outcome)
         if getattr(res, "timed_out", False):
             outcome.verdict = f"`{self.command}` timed out after {self.timeout_s:g} s {where}"
         else:
@@ -210,7 +239,7 @@ class Verifier:
                 if _patch_of(won, checkout) is not None
                 else "in its sandbox"
             )
-            return Selection(winner=won.index, reason=f"`{self.command}` exited 0 {where}")
+            return Selection(winner=won.index, reason=f"`{self.command}` exited 0 {where}{_without(won)}")
         if not done:
             return _none_completed(outcomes)
         whys = [why for why in not_run if why is not None]
@@ -226,6 +255,15 @@ class Verifier:
                 f"{len(whys)} of the {len(done)} that completed",
             )
         return Selection(winner=None, reason=f"`{self.command}` failed in every branch that completed")
+
+
+def _without(outcome: BranchOutcome) -> str:
+    """What a verdict adds when the check left out the branch's changes to protected paths."""
+    changed = outcome.protected_changes
+    if not changed:
+        return ""
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    return f", without its changes to protected files ({', '.join(changed[:3])}{more}: as at the start)"
 
 
 def _patch_of(outcome: BranchOutcome, checkout: Checkout | None) -> str | None:
@@ -345,12 +383,21 @@ def _last_line(text: str) -> str:
     return lines[-1][:120] if lines else ""
 
 
-def parse_select(select: str | Selector | Callable[..., Any]) -> Selector:
-    """`"tests:CMD"` / `"verify:CMD"`, `"majority"`, `"first"`, a `Selector`, or a function of the outcomes."""
+def parse_select(
+    select: str | Selector | Callable[..., Any], *, protect: Sequence[str] | None = None
+) -> Selector:
+    """`"tests:CMD"` / `"verify:CMD"`, `"majority"`, `"first"`, a `Selector`, or a function of the outcomes.
+
+    `protect`: the paths a `tests:` / `verify:` check takes from the start state (`Verifier`; None: the
+    default ones); given with any other `select`, a `SelectionError`.
+    """
     if isinstance(select, str):
         name, sep, rest = select.partition(":")
         if sep and name in ("tests", "verify"):
-            return Verifier(rest, kind=name)
+            return Verifier(rest, kind=name, protect=protect)
+    if protect is not None:
+        raise SelectionError("protected paths apply to 'tests:COMMAND' or 'verify:COMMAND' only")
+    if isinstance(select, str):
         if select == "majority":
             return Majority()
         if select == "first":

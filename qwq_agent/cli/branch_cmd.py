@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qwq_agent.agent.protected import DEFAULT_PROTECTED
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -26,6 +28,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --branches: 'tests:COMMAND' (the first branch where COMMAND exits 0, e.g. "
         "'tests:python3 -m pytest -q'), 'majority' (most common answer; the default) or 'first'",
     )
+    p.add_argument(
+        "--protect",
+        action="append",
+        metavar="GLOB",
+        help="with --select tests:COMMAND: also protect these paths (repeatable; globs as in .gitignore). "
+        "A branch's changes to protected paths are left out of what COMMAND is run on, so those files are "
+        "as in your folder; by default the tests are protected: " + " ".join(DEFAULT_PROTECTED),
+    )
+    p.add_argument(
+        "--no-protect",
+        action="store_true",
+        help="with --select tests:COMMAND: drop the default protected paths (only --protect ones remain)",
+    )
 
 
 def check(args: argparse.Namespace) -> Any:
@@ -37,6 +52,8 @@ def check(args: argparse.Namespace) -> Any:
     if args.branches is None:
         if args.select is not None:
             raise CliError("--select needs --branches", "add --branches N (e.g. --branches 4)")
+        if args.protect or args.no_protect:
+            raise CliError("--protect needs --branches and --select tests:COMMAND")
         return None
     if not 1 <= args.branches <= MAX_BRANCHES:
         raise CliError(f"--branches must be between 1 and {MAX_BRANCHES}, got {args.branches}")
@@ -45,8 +62,23 @@ def check(args: argparse.Namespace) -> Any:
             "--branches cannot be combined with --replay/--resume",
             "replay one branch's own trace instead: qwq-agent run --replay traces/<id>.branch-<i>.jsonl",
         )
+    select = args.select or "majority"
+    tests = select.partition(":")[0] in ("tests", "verify") and ":" in select
+    if not tests and (args.protect or args.no_protect):
+        flag = "--protect" if args.protect else "--no-protect"
+        raise CliError(f"{flag} needs --select tests:COMMAND (or verify:COMMAND)")
+    protect = None
+    if tests:
+        from qwq_agent.agent.protected import PatternError, matcher
+
+        protect = [*([] if args.no_protect else DEFAULT_PROTECTED), *(args.protect or [])]
+        for pattern in args.protect or []:
+            try:
+                matcher([pattern])
+            except PatternError as exc:
+                raise CliError(f"--protect {pattern!r}: {str(exc).partition(': ')[2]}") from None
     try:
-        return parse_select(args.select or "majority")
+        return parse_select(select, protect=protect)
     except SelectionError as exc:
         raise CliError(str(exc)) from None
 
@@ -229,5 +261,14 @@ def print_result(console: Console, result: BranchResult) -> None:
         console.print(plain(f"no branch won: {result.reason}", "red"), soft_wrap=True)
     else:
         console.print(plain(f"branch {result.winner} won: {result.reason}", "bold green"), soft_wrap=True)
+        changed = result.won.protected_changes if result.won is not None else []
+        if changed:  # passed without them: a person decides whether the winner's edits to tests stand
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            note = (
+                f"warning: the winner's patch also changes protected files (the tests, --protect): "
+                f"{', '.join(changed[:3])}{more}. The check ran with them as in your folder; the patch "
+                "still holds these changes: review them before applying it"
+            )
+            console.print(plain(note, "yellow"), soft_wrap=True)
         if result.answer:
             console.print(plain(result.answer), soft_wrap=True)
