@@ -7,12 +7,14 @@ import json
 import threading
 
 import pytest
+from ebnf_match import accepts
 
 from qwq_agent.agent.clients import SGLangClient
 from qwq_agent.agent.constrained import (
     UnsupportedSchema,
     constrained_tool_call,
     grammar_ignored,
+    relaxation_warning,
     tool_call_ebnf,
     tool_call_schema,
     validate_tool_call,
@@ -117,7 +119,8 @@ def test_ebnf_fixes_names_spacing_and_bounds():
         assert f'"\\"{name}\\""' in grammar
     assert '"{\\"name\\": "' in grammar and '", \\"arguments\\": "' in grammar
     assert "str_char{0,40}" in grammar and "str_char{0,16}" in grammar  # maxLength wins over the default
-    assert '"9"' in grammar and '"10"' not in grammar  # a small integer range is enumerated exactly
+    offset = '{"name": "read_file", "arguments": {"path": "a", "offset": %s}}'
+    assert accepts(grammar, offset % 9) and not accepts(grammar, offset % 10)  # bounds written exactly
     assert '"{}"' in grammar  # a tool without parameters is called with none
 
 
@@ -156,17 +159,41 @@ async def test_constrained_call_sends_grammar_and_stop_and_returns_the_call_text
     assert len(server.requests) == 1
 
 
-async def test_unsupported_schema_falls_back_to_json_schema():
+async def test_a_schema_the_grammar_cannot_express_is_sent_as_ebnf_relaxed_there():
+    # Once, any such schema made the whole tool set fall back to the json_schema constraint.
     tools = [
         ToolSpec(
-            name="f", parameters={"type": "object", "properties": {"x": {"type": "string", "format": "uri"}}}
+            name="f",
+            parameters={
+                "type": "object",
+                "properties": {
+                    "x": {"type": "string", "pattern": "^h"},
+                    "n": {"type": "integer", "maximum": 3},
+                },
+            },
         )
     ]
 
     def model(request):
-        assert json.loads(request.sampling_params["json_schema"]) == tool_call_schema(tools)
+        assert "json_schema" not in request.sampling_params
+        grammar = request.sampling_params["ebnf"]
+        assert accepts(grammar, '{"name": "f", "arguments": {"x": "anything", "n": 3}}')
+        assert not accepts(grammar, '{"name": "f", "arguments": {"x": "anything", "n": 4}}')
         return '{"name": "f", "arguments": {"x": "https://example.com"}}'
 
     async with ScriptedModelServer(model) as server, SGLangClient(server.url) as client:
         text = await constrained_tool_call(client, "...<tool_call>\n", tools)
     assert text.startswith('{"name": "f"') and validate_tool_call(text, tools) is None
+    assert "f.x: pattern not enforced" in (relaxation_warning(tools) or "")
+
+
+async def test_the_json_schema_mode_sends_the_tools_schema():
+    tools = [ToolSpec(name="f", parameters={"type": "object", "properties": {"x": {"type": "string"}}})]
+
+    def model(request):
+        assert json.loads(request.sampling_params["json_schema"]) == tool_call_schema(tools)
+        return '{"name": "f", "arguments": {"x": "a"}}'
+
+    async with ScriptedModelServer(model) as server, SGLangClient(server.url) as client:
+        text = await constrained_tool_call(client, "...<tool_call>\n", tools, mode="json_schema")
+    assert validate_tool_call(text, tools) is None

@@ -856,3 +856,31 @@ async def test_a_given_up_unevaluated_properties_check_ends_and_frees_its_thread
     # Queued behind the given-up checks: it runs only once one of them has ended.
     plain = ToolRegistry([_Tagged({"type": "object", "properties": {"x": {"type": "string"}}})], timeout=5)
     assert (await plain.call(ToolCall(name="tagged", arguments={"x": "hi"}))).text == "tagged"
+
+
+class Outline(BaseModel):
+    """A heading and the headings under it."""
+
+    heading: str
+    below: "list[Outline]" = []
+
+
+async def test_a_lone_recursive_model_parameter_gives_its_fields_as_the_arguments():
+    # pydantic writes a recursive model as `{"$ref": "#/$defs/Outline", "$defs": ...}`: the arguments had
+    # no properties of their own, and `additionalProperties: false` refused every call.
+    @tool
+    def write(outline: Outline) -> str:
+        """Write an outline."""
+        return f"{outline.heading}: {len(outline.below)}"
+
+    params = write.spec.parameters
+    assert set(params["properties"]) == {"heading", "below"} and params["required"] == ["heading"]
+    assert params["additionalProperties"] is False and "$ref" not in params
+    Draft202012Validator.check_schema(params)
+    registry = ToolRegistry([write])
+    arguments = {"heading": "a", "below": [{"heading": "b", "below": [{"heading": "c"}]}]}
+    assert registry.argument_problems(ToolCall(id="1", name="write", arguments=arguments)) == []
+    out = await registry.call(ToolCall(id="1", name="write", arguments=arguments))
+    assert not out.is_error and out.text == "a: 1"
+    wrong = {"heading": "a", "below": [{"title": "b"}]}
+    assert registry.argument_problems(ToolCall(id="2", name="write", arguments=wrong))

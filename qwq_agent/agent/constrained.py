@@ -6,12 +6,15 @@ the tools, arguments valid against that tool's schema. SGLang's `/generate` (xgr
 the call under it, stopping at `</tool_call>`. The loop then continues unconstrained.
 
 Two constraint forms:
-- `"json_schema"`: `{"anyOf": [{"properties": {"name": {"const": f}, "arguments": <schema>}}, ...]}`. Any
-  schema xgrammar understands, but JSON whitespace is free, and a weak model can wander in it.
-- `"ebnf"` (default): a grammar written here for a JSON-Schema subset (object/properties/required, string
-  with maxLength/pattern-free, integer/number with bounds, boolean, null, enum, const, array, anyOf/oneOf,
-  empty schema = any JSON). Whitespace is fixed to `json.dumps`' style, so every token is content.
-  Schemas outside the subset raise `UnsupportedSchema`; use `"json_schema"` for those.
+- `"ebnf"` (default): a grammar written from the tools' schemas (`ebnf_writer`), in `json.dumps`' spacing,
+  so every token is content. What it cannot express (a string `pattern`, `allOf`, number bounds other
+  than a sign, ...) is relaxed where it is, never for the whole tool set; the argument check before the
+  call still refuses a call that breaks the schema there. `relaxation_warning` says where, and the agent
+  warns of it once a run (`grammar_relaxed`). `tool_call_ebnf` is the strict form: it raises
+  `UnsupportedSchema` instead of relaxing.
+- `"json_schema"`: `{"anyOf": [{"properties": {"name": {"const": f}, "arguments": <schema>}}, ...]}` (each
+  tool's `$defs` moved to the root). Any schema xgrammar understands, but JSON whitespace is free, and a
+  weak model can wander in it.
 
 On SGLang 0.5.17 with random weights (benchmarks/results/gpu_constrained.md), 200 of 200 EBNF-constrained
 calls validated, 4 of 200 json_schema-constrained ones (the rest wandered in free whitespace until the
@@ -28,201 +31,83 @@ from typing import Any, Literal
 import jsonschema
 import jsonschema.exceptions
 
+from qwq_agent.agent.ebnf_writer import ToolCallGrammar, UnsupportedSchema, tool_call_grammar
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.protocols import Completion, PromptModel, SamplingParams
-from qwq_agent.tools.schema_refs import LOCAL_ONLY
+from qwq_agent.tools.schema_refs import LOCAL_ONLY, relocated
 
 Mode = Literal["ebnf", "json_schema"]
 
-_STRING_CHAR = r'[^"\\\x00-\x1f] | "\\" ["\\/bfnrt]'
-_GENERIC_JSON = r"""
-json_value ::= json_object | json_array | json_string | json_number | "true" | "false" | "null"
-json_object ::= "{" ( json_string ": " json_value ( ", " json_string ": " json_value )* )? "}"
-json_array ::= "[" ( json_value ( ", " json_value )* )? "]"
-json_string ::= "\"" json_char REPS "\""
-json_char ::= STRING_CHAR
-json_number ::= "-"? ( "0" | [1-9] [0-9]* ) ( "." [0-9]+ )? ( [eE] [-+]? [0-9]+ )?
-""".replace("STRING_CHAR", _STRING_CHAR)
+__all__ = [
+    "CallOpenWatcher",
+    "ToolCallGrammar",
+    "UnsupportedSchema",
+    "call_prompt",
+    "constrained_tool_call",
+    "constrained_tool_call_completion",
+    "constraint_params",
+    "grammar_ignored",
+    "relaxation_warning",
+    "tool_call_ebnf",
+    "tool_call_grammar",
+    "tool_call_schema",
+    "validate_tool_call",
+]
 
-
-class UnsupportedSchema(ValueError):
-    """The schema uses a feature the EBNF writer does not cover."""
+_RELAXATIONS_SHOWN = 6
 
 
 def tool_call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:
-    """JSON Schema of one call of any of `tools`: `{"name": const, "arguments": <its parameters>}`."""
-    if not tools:
-        raise ValueError("no tools to call")
-    return {
-        "anyOf": [
-            {
-                "type": "object",
-                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-                "required": ["name", "arguments"],
-                "additionalProperties": False,
-            }
-            for t in tools
-        ]
-    }
+    """JSON Schema of one call of any of `tools`: `{"name": const, "arguments": <its parameters>}`.
 
-
-class _EbnfWriter:
-    def __init__(self, max_string_length: int | None) -> None:
-        self.rules: list[str] = []
-        self.max_string_length = max_string_length
-        self.generic = False
-        self._count = 0
-
-    def rule(self, body: str, hint: str = "r") -> str:
-        self._count += 1
-        name = f"{hint}_{self._count}"
-        self.rules.append(f"{name} ::= {body}")
-        return name
-
-    def value(self, schema: Any) -> str:
-        """A grammar expression for values valid against `schema`."""
-        if schema is True or schema == {}:
-            self.generic = True
-            return "json_value"
-        if not isinstance(schema, dict):
-            raise UnsupportedSchema(f"schema {schema!r}")
-        if "$ref" in schema or "allOf" in schema or "not" in schema or "if" in schema:
-            raise UnsupportedSchema("$ref/allOf/not/if are not supported by the EBNF writer")
-        if "const" in schema:
-            return _literal(schema["const"])
-        if "enum" in schema:
-            return "( " + " | ".join(_literal(v) for v in schema["enum"]) + " )"
-        for key in ("anyOf", "oneOf"):
-            if key in schema:
-                return "( " + " | ".join(self.value(s) for s in schema[key]) + " )"
-        kind = schema.get("type")
-        if isinstance(kind, list):
-            return "( " + " | ".join(self.value({**schema, "type": k}) for k in kind) + " )"
-        if kind is None:
-            kind = "object" if "properties" in schema else None
-        if kind == "object":
-            return self._object(schema)
-        if kind == "array":
-            return self._array(schema)
-        if kind == "string":
-            return self._string(schema)
-        if kind == "integer":
-            return self._integer(schema)
-        if kind == "number":
-            return self._number(schema)
-        if kind == "boolean":
-            return '( "true" | "false" )'
-        if kind == "null":
-            return '"null"'
-        self.generic = True
-        return "json_value"
-
-    def _object(self, schema: dict[str, Any]) -> str:
-        props: dict[str, Any] = schema.get("properties") or {}
-        required = set(schema.get("required") or [])
-        if not props:
-            extra = schema.get("additionalProperties")
-            if isinstance(extra, dict) and extra:
-                self.generic = True
-                return "json_object"
-            return '"{}"'  # a tool without parameters is called with none
-        names = list(props)
-        values = {n: self.value(props[n]) for n in names}
-        # seq(i, first): the properties from i on; `first` says no property has been written yet, so
-        # no comma is due. Optional properties may be skipped without leaving a stray comma.
-        memo: dict[tuple[int, bool], str] = {}
-
-        def seq(i: int, first: bool) -> str:
-            if i == len(names):
-                return '""'
-            if (i, first) in memo:
-                return memo[(i, first)]
-            name = names[i]
-            item = ("" if first else '", " ') + f'{_literal(name)} ": " {values[name]} {seq(i + 1, False)}'
-            body = item if name in required else f"( {item} ) | {seq(i + 1, first)}"
-            memo[(i, first)] = self.rule(body, "obj")
-            return memo[(i, first)]
-
-        return f'"{{" {seq(0, True)} "}}"'
-
-    def _array(self, schema: dict[str, Any]) -> str:
-        item = self.value(schema.get("items", {}))
-        low = int(schema.get("minItems", 0))
-        high = schema.get("maxItems")
-        if high is not None and int(high) == 0:
-            return '"[]"'
-        more_low = max(low - 1, 0)
-        more = (
-            f'( ", " {item} ){{{more_low},{int(high) - 1}}}'
-            if high is not None
-            else (f'( ", " {item} ){{{more_low},}}' if more_low else f'( ", " {item} )*')
-        )
-        items = f"{item} {more}"
-        return f'"[" {items} "]"' if low > 0 else f'"[" ( {items} )? "]"'
-
-    def _string(self, schema: dict[str, Any]) -> str:
-        if "pattern" in schema or "format" in schema:
-            raise UnsupportedSchema("string pattern/format: use the json_schema mode")
-        low = int(schema.get("minLength", 0))
-        high = schema.get("maxLength", self.max_string_length)
-        char = self._char()
-        reps = f"{{{low},{int(high)}}}" if high is not None else (f"{{{low},}}" if low else "*")
-        return f'"\\"" {char}{reps} "\\""'
-
-    def _char(self) -> str:
-        if not any(r.startswith("str_char ::=") for r in self.rules):
-            self.rules.append(f"str_char ::= {_STRING_CHAR}")
-        return "str_char"
-
-    def _integer(self, schema: dict[str, Any]) -> str:
-        low, high = _bounds(schema)
-        if low is not None and high is not None and high - low <= 256:
-            return "( " + " | ".join(f'"{n}"' for n in range(int(low), int(high) + 1)) + " )"
-        if low is not None or high is not None:
-            raise UnsupportedSchema("integer bounds over a wide range: use the json_schema mode")
-        return '( "-"? ( "0" | [1-9] [0-9]{0,17} ) )'
-
-    def _number(self, schema: dict[str, Any]) -> str:
-        if any(
-            k in schema for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
-        ):
-            raise UnsupportedSchema("number bounds: use the json_schema mode")
-        return '( "-"? ( "0" | [1-9] [0-9]{0,15} ) ( "." [0-9]{1,16} )? )'
-
-
-def _bounds(schema: dict[str, Any]) -> tuple[float | None, float | None]:
-    low = schema.get("minimum")
-    high = schema.get("maximum")
-    if "exclusiveMinimum" in schema:
-        low = schema["exclusiveMinimum"] + 1
-    if "exclusiveMaximum" in schema:
-        high = schema["exclusiveMaximum"] - 1
-    return low, high
-
-
-def _literal(value: Any) -> str:
-    """A grammar string literal matching `json.dumps(value)` exactly."""
-    return json.dumps(json.dumps(value, ensure_ascii=False), ensure_ascii=False)
-
-
-def tool_call_ebnf(tools: Sequence[ToolSpec], *, max_string_length: int | None = None) -> str:
-    """An xgrammar EBNF for one call of any of `tools`, in `json.dumps`' spacing.
-
-    `max_string_length` bounds strings whose schema gives no `maxLength` (None: unbounded).
+    Each tool's parameters sit at `#/anyOf/<i>/properties/arguments`; their `$defs` move to the root
+    (renamed `t<i>_<name>`) and their `$ref`s follow, so that a nested model's references still resolve.
     """
     if not tools:
         raise ValueError("no tools to call")
-    writer = _EbnfWriter(max_string_length)
-    calls = []
-    for t in tools:
-        args = writer.value(t.parameters)
-        body = f'"{{\\"name\\": " {_literal(t.name)} ", \\"arguments\\": " {args} "}}"'
-        calls.append(writer.rule(body, "call"))
-    lines = [f"root ::= {' | '.join(calls)}", *writer.rules]
-    if writer.generic:
-        reps = "*" if max_string_length is None else f"{{0,{max_string_length}}}"
-        lines.append(_GENERIC_JSON.strip().replace("REPS", reps))
-    return "\n".join(lines) + "\n"
+    branches, defs = [], {}
+    for i, t in enumerate(tools):
+        arguments, hoisted = relocated(t.parameters, f"/anyOf/{i}/properties/arguments", f"t{i}_")
+        defs.update(hoisted)
+        branches.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": t.name}, "arguments": arguments},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    schema: dict[str, Any] = {"anyOf": branches}
+    if defs:
+        schema["$defs"] = defs
+    return schema
+
+
+def tool_call_ebnf(tools: Sequence[ToolSpec], *, max_string_length: int | None = None) -> str:
+    """An xgrammar EBNF for one call of any of `tools`, exact for their schemas.
+
+    Raises `UnsupportedSchema` (naming each place) where the grammar could only admit more than a schema
+    does; `tool_call_grammar` relaxes those places instead. `max_string_length` bounds strings whose
+    schema gives no `maxLength` (None: unbounded).
+    """
+    grammar = tool_call_grammar(tools, max_string_length=max_string_length)
+    if grammar.relaxed:
+        raise UnsupportedSchema("; ".join(grammar.relaxed))
+    return grammar.text
+
+
+def relaxation_warning(tools: Sequence[ToolSpec]) -> str | None:
+    """What the `ebnf` constraint of `tools` does not enforce, in one line (None: it enforces it all)."""
+    relaxed = tool_call_grammar(tools).relaxed if tools else ()
+    if not relaxed:
+        return None
+    shown = "; ".join(relaxed[:_RELAXATIONS_SHOWN])
+    more = len(relaxed) - _RELAXATIONS_SHOWN
+    return (
+        "the tool-call grammar does not enforce all of the tools' schemas; a call that breaks them there "
+        f"is refused by the argument check, which tells the model why: {shown}"
+        + (f"; and {more} more" if more > 0 else "")
+    )
 
 
 def constraint_params(
@@ -235,7 +120,7 @@ def constraint_params(
     """`params` with the tool-call constraint set, stopping at `</tool_call>`."""
     update: dict[str, Any] = {"json_schema": None, "regex": None, "ebnf": None, "stop": ["</tool_call>"]}
     if mode == "ebnf":
-        update["ebnf"] = tool_call_ebnf(tools, max_string_length=max_string_length)
+        update["ebnf"] = tool_call_grammar(tools, max_string_length=max_string_length).text
     else:
         update["json_schema"] = json.dumps(tool_call_schema(tools))
     return params.model_copy(update=update)
@@ -255,8 +140,8 @@ async def constrained_tool_call(
     `prompt_so_far` is the prompt plus the model's output up to and including `<tool_call>`. The returned
     text is `"\\n" + call JSON + "\\n</tool_call>"` (without the leading newline when `prompt_so_far`
     already ends with one), so `output + returned` is a complete call in QwQ's format; the caller continues
-    unconstrained from there. A `mode="ebnf"` schema outside the supported subset falls back to the
-    json_schema constraint.
+    unconstrained from there. Under `mode="ebnf"`, what the grammar cannot express is relaxed
+    (`relaxation_warning` says where).
     """
     text, _ = await constrained_tool_call_completion(
         client, prompt_so_far, tools, params, mode=mode, max_string_length=max_string_length
@@ -276,12 +161,9 @@ async def constrained_tool_call_completion(
     """`constrained_tool_call`, also returning the server's completion (prompt sent, usage)."""
     prompt = call_prompt(prompt_so_far)
     lead = prompt[len(prompt_so_far) :]
-    try:
-        constrained = constraint_params(
-            tools, params or SamplingParams(), mode=mode, max_string_length=max_string_length
-        )
-    except UnsupportedSchema:
-        constrained = constraint_params(tools, params or SamplingParams(), mode="json_schema")
+    constrained = constraint_params(
+        tools, params or SamplingParams(), mode=mode, max_string_length=max_string_length
+    )
     done = await client.generate(prompt, constrained)
     return f"{lead}{done.text.strip()}\n</tool_call>", done
 
@@ -301,10 +183,19 @@ def validate_tool_call(text: str, tools: Sequence[ToolSpec]) -> str | None:
         return f"not JSON: {exc.msg}"
     except (ValueError, RecursionError) as exc:  # an integer past 4300 digits; nesting too deep
         return f"not JSON: {exc}"
+    if not isinstance(call, dict):
+        return "invalid: a call is a JSON object"
+    names = {t.name: t for t in tools}
+    if set(call) != {"name", "arguments"}:
+        return f"invalid: a call has the keys name and arguments, not {sorted(call)}"
+    spec = names.get(call["name"]) if isinstance(call["name"], str) else None
+    if spec is None:
+        return f"invalid: {str(call['name'])[:80]!r} is not one of the tools {sorted(names)}"
+    # The arguments against the tool's own schema, as its root: its `$ref`s resolve as they were written.
     # LOCAL_ONLY: a `$ref` in a tool's schema must never make the host fetch a URL.
-    validator = jsonschema.Draft202012Validator(tool_call_schema(tools), registry=LOCAL_ONLY)
+    validator = jsonschema.Draft202012Validator(spec.parameters, registry=LOCAL_ONLY)
     try:
-        error = jsonschema.exceptions.best_match(validator.iter_errors(call))
+        error = jsonschema.exceptions.best_match(validator.iter_errors(call["arguments"]))
     except Exception as exc:  # a schema that cannot be checked (an unresolvable `$ref`, endless nesting)
         return f"invalid: the tool's schema could not be checked ({type(exc).__name__})"
     return None if error is None else f"invalid: {error.message[:200]}"

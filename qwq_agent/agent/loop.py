@@ -29,6 +29,7 @@ from qwq_agent.agent.branches import run_branches
 from qwq_agent.agent.budgets import BudgetTracker, Deadline
 from qwq_agent.agent.chat_format import PromptOptions, prompt_options_of
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
+from qwq_agent.agent.constrained import relaxation_warning
 from qwq_agent.agent.dispatch import ToolDispatcher
 from qwq_agent.agent.events import BudgetExceeded, Event, Final, ReplaySource, RunStarted, Warning_
 from qwq_agent.agent.language import correction_prompt, language_mismatch, reasoning_drift
@@ -37,7 +38,7 @@ from qwq_agent.agent.messages import MalformedCall, Message, replace_surrogates_
 from qwq_agent.agent.parser import ParseResult
 from qwq_agent.agent.trace import TraceError, TraceWriter
 from qwq_agent.agent.turn import TurnStreamer
-from qwq_agent.protocols import Model, Tool
+from qwq_agent.protocols import Model, PromptModel, Tool
 from qwq_agent.surrogates import replace_surrogates
 from qwq_agent.tools.registry import ToolRegistry
 
@@ -451,6 +452,15 @@ class Agent:
             self._server_context = (value,)
         return self._server_context[0]
 
+    def _grammar_relaxed(self) -> Warning_ | None:
+        """Once a run, before its first step: where the tool-call grammar is looser than the schemas
+        (`constrained_tool_calls`, as `TurnStreamer` applies it: a model that renders its own prompt)."""
+        specs = self.tools.specs()
+        if not (self.config.constrained_tool_calls and specs and isinstance(self.model, PromptModel)):
+            return None
+        message = relaxation_warning(specs)
+        return None if message is None else Warning_(kind="grammar_relaxed", message=message)
+
     def _initial_messages(self, task: str) -> list[Message]:
         prompt = self.config.system_prompt
         system = [Message(role="system", content=replace_surrogates(prompt))] if prompt else []
@@ -469,6 +479,8 @@ class Agent:
             repetition=ToolCallRepetitionDetector(self.config.repetition),
             deadline=deadline,
         )
+        if (relaxed := self._grammar_relaxed()) is not None:
+            yield self._emit(relaxed)
         language_checked = not self.config.check_language
         # A switch in the reasoning is an early warning only: reported once, nothing is asked.
         reasoning_language_warned = not self.config.check_language

@@ -135,6 +135,13 @@ def _strip_titles(schema: Any) -> Any:
 
 def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = _strip_titles(model.model_json_schema())
+    ref, defs = schema.get("$ref"), schema.get("$defs")
+    if isinstance(ref, str) and ref.startswith("#/$defs/") and isinstance(defs, dict) and ref[8:] in defs:
+        # A recursive model is written as a reference to its own definition: the arguments must be its
+        # fields here, or `additionalProperties` below would refuse them all. The definition stays, for
+        # the references inside it.
+        del schema["$ref"]
+        schema = {**defs[ref[8:]], **schema}
     schema.setdefault("properties", {})
     # pydantic drops unknown keys of nested models by default; the model should hear about them.
     for sub in schema.get("$defs", {}).values():

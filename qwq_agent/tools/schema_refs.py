@@ -6,14 +6,16 @@ policy), so a tool schema from a remote MCP server could make the host GET inter
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-__all__ = ["LOCAL_ONLY", "unresolvable_refs"]
+__all__ = ["LOCAL_ONLY", "relocated", "unresolvable_refs"]
 
 # Keywords whose values are data, not schemas: a `$ref` key inside them is not a reference.
 _DATA_KEYS = ("enum", "const", "default", "examples")
@@ -61,3 +63,64 @@ def unresolvable_refs(schema: Mapping[str, Any]) -> list[str]:
 
     walk(schema, "$", resolver, 0)
     return problems
+
+
+def relocated(
+    schema: Mapping[str, Any], pointer: str, defs_prefix: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`schema` made to work as the subschema at JSON pointer `pointer` of another document.
+
+    Returns the subschema and the definitions to add to that document's root `$defs`: `schema`'s own
+    `$defs` (and draft-7 `definitions`), renamed `defs_prefix + name`, with each local `$ref` rewritten
+    to match (`#/$defs/Point` → `#/$defs/<prefix>Point`; any other, e.g. `#` or `#/properties/a`, to
+    the same place under `pointer`). Left as they were: references to other documents (never fetched,
+    see `LOCAL_ONLY`), and all of a schema with a root `$id`, whose references resolve against it.
+    """
+    out = copy.deepcopy(dict(schema))
+    if isinstance(out.get("$id"), str):
+        return out, {}
+    hoisted: dict[str, Any] = {}
+    renamed: dict[tuple[str, str], str] = {}
+    for key in ("$defs", "definitions"):
+        defs = out.get(key)
+        if not isinstance(defs, dict):
+            continue
+        del out[key]
+        for name, sub in defs.items():
+            new = f"{defs_prefix}{name}"
+            while new in hoisted:  # the same name in both `$defs` and `definitions`
+                new += "_"
+            hoisted[new] = sub
+            renamed[(key, name)] = new
+
+    def rewrite(ref: str) -> str:
+        if not ref.startswith("#") or (len(ref) > 1 and not ref.startswith("#/")):
+            return ref  # another document, or an anchor (`#name`)
+        tokens = ref[2:].split("/") if len(ref) > 1 else []
+        if len(tokens) >= 2:
+            name = unquote(tokens[1]).replace("~1", "/").replace("~0", "~")
+            if (tokens[0], name) in renamed:
+                new = renamed[(tokens[0], name)].replace("~", "~0").replace("/", "~1")
+                return "/".join(["#", "$defs", new, *tokens[2:]])
+        return "#" + pointer + "".join("/" + t for t in tokens)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, dict) or isinstance(node.get("$id"), str):
+            return  # a nested `$id`: references inside resolve against it
+        if isinstance(node.get("$ref"), str):
+            node["$ref"] = rewrite(node["$ref"])
+        for key, value in node.items():
+            if key == "properties" and isinstance(value, dict):  # names, not keywords
+                for sub in value.values():
+                    walk(sub)
+            elif key not in _DATA_KEYS:
+                walk(value)
+
+    walk(out)
+    for sub in hoisted.values():
+        walk(sub)
+    return out, hoisted
