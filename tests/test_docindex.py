@@ -269,6 +269,34 @@ def test_a_binary_file_that_starts_like_a_byte_order_mark_is_still_refused_as_bi
         assert locations(index, "キャッシュ") == ["cjk.txt:1"]
 
 
+def test_a_short_file_after_a_utf16_mark_must_be_strict_utf16_text(tmp_path: Path) -> None:
+    # The mark's text was decoded with replacement and judged by a share of odd characters: a short
+    # binary file (a cut code unit, a lone surrogate, a couple of control bytes among a few dozen
+    # characters) stayed under the share and was indexed as text.
+    root = tmp_path / "r"
+    root.mkdir()
+    words = "plain words of a short note, enough of them"
+    le = words.encode("utf-16-le")
+    (root / "odd.txt").write_bytes(b"\xff\xfe" + le + b"\x41")  # no whole number of code units
+    (root / "lone.txt").write_bytes(b"\xff\xfe" + le + b"\x00\xd8" + "ab".encode("utf-16-le"))
+    (root / "lone_be.txt").write_bytes(b"\xfe\xff" + words.encode("utf-16-be") + b"\xdc\x00")
+    (root / "controls.txt").write_bytes(b"\xff\xfe" + "\x01\x02".encode("utf-16-le") + le)
+    (root / "c1.txt").write_bytes(b"\xff\xfe" + le + "\x9b".encode("utf-16-le"))
+    (root / "nul32.txt").write_bytes("\x00".join(["words"] * 9).encode("utf-32"))
+    # Text, kept: whitespace controls, a pair of surrogates (an emoji), UTF-32 and big-endian UTF-16.
+    (root / "tabs.txt").write_bytes(f"{words}\tcolumn\f\r\nnext 😀\n".encode("utf-16"))
+    (root / "wide32.txt").write_bytes("quartz in wide32 text\n".encode("utf-32"))
+    (root / "be.txt").write_bytes(b"\xfe\xff" + "granite in big endian\n".encode("utf-16-be"))
+    with build(root, tmp_path) as index:
+        stats = index.update()
+        binary = {"odd.txt", "lone.txt", "lone_be.txt", "controls.txt", "c1.txt", "nul32.txt"}
+        assert dict(stats.errors).keys() == binary, stats.errors
+        assert all("binary file" in why for _, why in stats.errors), stats.errors
+        assert locations(index, "column") == ["tabs.txt:1"]
+        assert locations(index, "quartz") == ["wide32.txt:1"]
+        assert locations(index, "granite") == ["be.txt:1"]
+
+
 def test_symlinks_out_of_root_are_not_followed(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
