@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import select
 import socket
 import sqlite3
@@ -218,11 +217,9 @@ def quiet_stdout() -> None:
 
 
 def _to_devnull(stream: TextIO) -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, stream.fileno())
-    finally:
-        os.close(devnull)
+    from qwq_agent.cli.stdio import to_devnull
+
+    to_devnull(stream)
 
 
 def _to_stderr(write: Callable[[TextIO], object]) -> None:
