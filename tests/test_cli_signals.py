@@ -143,6 +143,83 @@ def test_the_terminal_going_away_stops_the_run_cleanly(tmp_path):
     assert events[-1]["type"] == "final" and events[-1]["status"] == "cancelled"
 
 
+@pytest.mark.parametrize("json_out", [True, False], ids=["json", "live-view"])
+def test_output_to_a_terminal_that_hung_up_without_a_sighup_lets_the_run_finish(json_out, tmp_path):
+    """A terminal hung up, but no SIGHUP reached the run (a background job the shell did not signal, a
+    process without that terminal as its controlling one): every write to it fails with EIO. The live
+    view went quiet and the run finished; `--json` failed on its next event line, the run ended as an
+    error with its trace cut short."""
+    import pty
+    import select
+    import urllib.request
+
+    answer = "The answer is plainly four, as two and two make four.\n</think>\n\nThe answer is 4."
+    released: list[int] = []
+
+    def turns(request):  # the run's request is held until the test sends one more
+        if released:
+            return "unused"
+        released.append(len(server.requests) + 1)
+        return Turn(text=answer, hold_after=4, hold_until_requests=released[0], hold_timeout=DEADLINE_S)
+
+    trace = tmp_path / "run.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in ("QWQ_MODEL_URL", "QWQ_DEBUG")}
+    argv = [
+        "run",
+        "what is 2+2",
+        "--tools",
+        "fetch_url",
+        "--trace",
+        str(trace),
+        *(["--json"] if json_out else []),
+    ]
+    master, slave = pty.openpty()
+    err_path = tmp_path / "stderr.txt"
+    try:
+        with ScriptedModelServer(turns) as server, open(err_path, "w") as err:
+            # Its own session and no controlling terminal: the pty's hang-up sends it no SIGHUP.
+            proc = subprocess.Popen(
+                [*CLI, *argv, "--model-url", server.url],
+                stdin=slave, stdout=slave, stderr=err, env=env, cwd=tmp_path, start_new_session=True,
+            )  # fmt: skip
+            os.close(slave)
+            slave = -1
+
+            def generating() -> bool:
+                with contextlib.suppress(OSError):  # drained, so the output never blocks
+                    while select.select([master], [], [], 0)[0]:
+                        os.read(master, 65536)
+                return bool(released) or proc.poll() is not None
+
+            try:
+                wait_for(generating, "the model request")
+                assert proc.poll() is None, err_path.read_text()
+                generating()
+                os.close(master)  # hang-up: from now on every write to the terminal fails with EIO
+                master = -1
+                release = urllib.request.Request(
+                    f"{server.url}/generate",
+                    data=json.dumps({"text": "go", "sampling_params": {"max_new_tokens": 4}}).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                urllib.request.urlopen(release, timeout=DEADLINE_S).read()
+                proc.wait(timeout=DEADLINE_S)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    finally:
+        for fd in (master, slave):
+            if fd >= 0:
+                os.close(fd)
+    stderr = err_path.read_text()
+    assert "Traceback" not in stderr, stderr
+    assert proc.returncode == 0, stderr
+    events = trace_events(trace)
+    assert events[-1]["type"] == "final" and events[-1]["status"] == "completed", events[-1]
+    assert "The answer is 4." in events[-1]["answer"]
+
+
 @pytest.mark.docker
 def test_sigterm_during_a_sandbox_tool_call_ends_the_json_stream_with_final_and_removes_the_sandbox(
     sandbox_image, tmp_path

@@ -269,6 +269,34 @@ def test_a_binary_file_that_starts_like_a_byte_order_mark_is_still_refused_as_bi
         assert locations(index, "キャッシュ") == ["cjk.txt:1"]
 
 
+def test_a_short_file_after_a_utf16_mark_must_be_strict_utf16_text(tmp_path: Path) -> None:
+    # The mark's text was decoded with replacement and judged by a share of odd characters: a short
+    # binary file (a cut code unit, a lone surrogate, a couple of control bytes among a few dozen
+    # characters) stayed under the share and was indexed as text.
+    root = tmp_path / "r"
+    root.mkdir()
+    words = "plain words of a short note, enough of them"
+    le = words.encode("utf-16-le")
+    (root / "odd.txt").write_bytes(b"\xff\xfe" + le + b"\x41")  # no whole number of code units
+    (root / "lone.txt").write_bytes(b"\xff\xfe" + le + b"\x00\xd8" + "ab".encode("utf-16-le"))
+    (root / "lone_be.txt").write_bytes(b"\xfe\xff" + words.encode("utf-16-be") + b"\xdc\x00")
+    (root / "controls.txt").write_bytes(b"\xff\xfe" + "\x01\x02".encode("utf-16-le") + le)
+    (root / "c1.txt").write_bytes(b"\xff\xfe" + le + "\x9b".encode("utf-16-le"))
+    (root / "nul32.txt").write_bytes("\x00".join(["words"] * 9).encode("utf-32"))
+    # Text, kept: whitespace controls, a pair of surrogates (an emoji), UTF-32 and big-endian UTF-16.
+    (root / "tabs.txt").write_bytes(f"{words}\tcolumn\f\r\nnext 😀\n".encode("utf-16"))
+    (root / "wide32.txt").write_bytes("quartz in wide32 text\n".encode("utf-32"))
+    (root / "be.txt").write_bytes(b"\xfe\xff" + "granite in big endian\n".encode("utf-16-be"))
+    with build(root, tmp_path) as index:
+        stats = index.update()
+        binary = {"odd.txt", "lone.txt", "lone_be.txt", "controls.txt", "c1.txt", "nul32.txt"}
+        assert dict(stats.errors).keys() == binary, stats.errors
+        assert all("binary file" in why for _, why in stats.errors), stats.errors
+        assert locations(index, "column") == ["tabs.txt:1"]
+        assert locations(index, "quartz") == ["wide32.txt:1"]
+        assert locations(index, "granite") == ["be.txt:1"]
+
+
 def test_symlinks_out_of_root_are_not_followed(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -447,6 +475,104 @@ def test_cli_index_of_an_index_another_process_is_updating_says_so_not_rebuild(
     err = capsys.readouterr().err
     assert "another process" in err and "try again" in err and "rebuild" not in err, err
     assert len(err.strip().splitlines()) == 2, err
+
+
+def test_an_update_waits_for_one_in_progress_instead_of_clashing_with_its_batches(tmp_path: Path) -> None:
+    """Two updates of one index overlapped: the second read the index while the first was between batch
+    commits, then inserted a file the first had committed since (`UNIQUE constraint failed`), which the
+    CLI reported as an index to rebuild."""
+    import threading
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    for i in range(1, 4):
+        (root / f"d{i}.md").write_text(f"# Doc {i}\n\nword{i} text\n")
+    db = tmp_path / "index.sqlite3"
+    # `moved`: the second update waits for the first (fixed), or is about to insert (the old clash).
+    ready, go, moved = threading.Event(), threading.Event(), threading.Event()
+    waited_for: list[int | None] = []
+    outcome: list[object] = []
+
+    def second() -> None:
+        try:
+            index = DocIndex(db, root)  # opened before the first update: it reads the index after `go`
+            with index:
+                # Seen just before an INSERT runs: the clash, had it not waited, would follow.
+                index.conn.set_trace_callback(lambda sql: sql.startswith("INSERT INTO files") and moved.set())
+                ready.set()
+                go.wait()
+
+                def on_wait(pid: int | None) -> None:
+                    waited_for.append(pid)
+                    moved.set()
+
+                outcome.append(index.update(batch=1, on_wait=on_wait))
+        except BaseException as exc:
+            outcome.append(exc)
+            ready.set()
+            moved.set()
+
+    worker = threading.Thread(target=second)
+    worker.start()
+    assert ready.wait(60)
+
+    def between_batches(rel: str) -> None:
+        # The first file is committed, this one not yet: the second update starts here.
+        if rel == "d2.md":
+            go.set()
+            assert moved.wait(60)
+
+    with DocIndex(db, root) as first:
+        stats = first.update(progress=between_batches, batch=1)
+    worker.join(60)
+    assert stats.added == 3
+    assert len(outcome) == 1 and isinstance(outcome[0], IndexStats), outcome
+    assert outcome[0].unchanged == 3 and outcome[0].added == 0 and not outcome[0].errors
+    assert waited_for == [os.getpid()]  # it said whom it waited for
+    with DocIndex(db, root) as index:
+        assert index.file_count() == 3 and locations(index, "word2") == ["d2.md:3"]
+    assert not (tmp_path / "index.sqlite3-update.lock").exists()  # removed by the last holder
+
+
+def test_an_update_that_waited_long_enough_is_refused_as_busy_not_broken(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qwq_agent.cli.errors import explain
+    from qwq_agent.docindex import IndexBusy
+    from qwq_agent.docindex.update_lock import update_lock
+
+    db = tmp_path / "busy.sqlite3"
+    with update_lock(db):  # what another `qwq-agent index` holds while it updates
+        with DocIndex(db, corpus) as index, pytest.raises(IndexBusy, match=f"pid {os.getpid()}") as info:
+            index.update(wait_s=0)
+    error = explain(info.value)
+    assert error is not None
+    assert "another process" in str(error) and "try again" in error.fix and "rebuild" not in error.fix
+    with DocIndex(db, corpus) as index:  # the lock is free again
+        assert index.update(wait_s=0).added == 4
+
+
+def test_cli_index_waits_for_another_update_and_then_runs(corpus: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from qwq_agent.docindex.update_lock import update_lock
+
+    db = tmp_path / "shared.sqlite3"
+    cmd = [sys.executable, "-m", "qwq_agent.cli.main", "index", str(corpus), "--db", str(db)]
+    with update_lock(db):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stderr is not None
+            said = proc.stderr.readline()  # printed once it found the lock held: then it is released
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    out, err = proc.communicate(timeout=120)
+    assert f"another process (pid {os.getpid()}) is updating {db}; waiting" in said, said + err
+    assert proc.returncode == 0, err
+    assert out.startswith("added 4, updated 0, removed 0"), out
 
 
 def test_line_numbers_count_newlines_only(tmp_path):

@@ -21,6 +21,7 @@ from qwq_agent.sandbox import (
     DockerSandbox,
     DockerUnreachable,
     HostFull,
+    SandboxAcquireTimeout,
     SandboxConfig,
     SandboxConfigError,
     SandboxHostLost,
@@ -387,3 +388,36 @@ def test_a_plain_tcp_host_is_refused_without_tls(monkeypatch) -> None:
     monkeypatch.delenv("DOCKER_CERT_PATH", raising=False)
     with pytest.raises(SandboxError, match="needs TLS"):
         connector_for("tcp://127.0.0.1:2375")
+
+
+async def test_a_pool_acquire_runs_its_start_under_its_own_deadline_and_sets_no_host_aside(
+    sandbox_image: str,
+) -> None:
+    """The pool started sandboxes with no deadline: an acquire's own start ran on after the acquire had
+    given up (for up to `start_timeout_s` per host, trying host after host for nobody), and the caller's
+    deadline part of the setting aside never applied to a pool. Now it runs under the acquire's time, as
+    `HostSet.start(config, deadline)` does for a single start."""
+    config = SandboxConfig(image=sandbox_image)  # start_timeout_s: 60 s, the host's own limit
+    async with DockerProxy() as slow, DockerProxy() as other:
+        slow.delays["/start"] = 3.0  # healthy, but slower than the acquire has
+        hosts = [DockerHost(url=slow.url, capacity=8), DockerHost(url=other.url, capacity=2)]
+        async with SandboxPool(size=0, config=config, hosts=hosts) as pool:
+            with pytest.raises(SandboxAcquireTimeout):
+                async with pool.acquire(timeout=1):
+                    pass
+        # `aclose()` waited for the start: it was cut at the acquire's deadline, not left to finish, and
+        # the other host was not tried for an acquire that had gone.
+        assert pool.start_failures == 1
+        error = str(pool.last_error)
+        assert f"{slow.url}: " in error and "did not answer POST /containers/" in error
+        assert f"{other.url}: not tried, no time left" in error
+        assert not any(h.down(time.monotonic()) for h in pool.hosts.hosts)
+        assert [h.failures for h in pool.hosts.hosts] == [0, 0]
+        assert not [line for line in other.seen if "/containers/create" in line]
+        # Given the time, the slow host serves an acquire.
+        async with SandboxPool(size=0, config=config, hosts=hosts) as pool:
+            async with pool.acquire(timeout=60) as sb:
+                assert sb.engine.url == slow.url
+                assert (await sb.shell("echo ok")).stdout == "ok\n"
+                cid = sb.id
+    await gone([cid])

@@ -124,3 +124,76 @@ def test_a_tunnel_whose_ssh_exited_starts_again_in_its_folder_and_close_removes_
     finally:
         tunnel.close()
     assert wait_gone(second) and not tunnel._dir.exists()
+
+
+def test_a_fork_child_of_the_owner_does_not_keep_the_tunnel_alive(fake_ssh: Path) -> None:
+    """A fork-mode `multiprocessing` child inherited the owner's end of the tether's pipe: with the owner
+    killed, the tether saw no EOF and ssh stayed connected until that child exited too."""
+    owner_code = textwrap.dedent("""
+        import json, multiprocessing, signal, sys
+        from qwq_agent.sandbox.ssh_tunnel import SSHTunnel
+
+        def child(tunnel, told):
+            told.send({"alive": tunnel.alive})
+            signal.pause()  # outlives the owner: the test kills it
+
+        tunnel = SSHTunnel("ssh://docker@gpu-box.invalid")
+        tunnel.ensure(20)
+        ctx = multiprocessing.get_context("fork")
+        ours, theirs = ctx.Pipe()
+        worker = ctx.Process(target=child, args=(tunnel, theirs))
+        worker.start()
+        seen = ours.recv()
+        info = {"tether": tunnel._proc.pid, "dir": str(tunnel._dir), "child": worker.pid, **seen}
+        print(json.dumps(info), flush=True)
+        sys.stdin.read()  # until the test kills it
+    """)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", owner_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    child = None
+    try:
+        assert owner.stdout is not None
+        info = json.loads(owner.stdout.readline())
+        child = info["child"]
+        (ssh,) = ssh_pids(fake_ssh)
+        assert running(ssh) and running(info["tether"]) and running(child)
+        assert info["alive"] is False  # the child's copy of the tunnel holds no ssh of its own
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(GUARD_S)
+        assert wait_gone(ssh), "the ssh process outlived its owner while a forked child ran"
+        assert wait_gone(info["tether"])
+        assert not os.path.exists(info["dir"])
+        assert running(child)  # what ended the tunnel was the owner's death, not the child's
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if child is not None and running(child):
+            os.kill(child, signal.SIGKILL)
+        for pid in ssh_pids(fake_ssh) if fake_ssh.exists() else []:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_fork_child_closing_its_copy_leaves_the_owners_tunnel_alone(fake_ssh: Path) -> None:
+    """The child's copy (closed by its atexit, or by code that uses it) must not stop the owner's ssh nor
+    remove the folder it binds its socket in."""
+    tunnel = SSHTunnel("ssh://docker@gpu-box.invalid")
+    try:
+        path = tunnel.ensure(20)
+        pid = os.fork()
+        if pid == 0:  # the child: close its copy and leave without the parent's clean-up
+            code = 1
+            try:
+                tunnel.close()
+                code = 0 if not tunnel.alive else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        (ssh,) = ssh_pids(fake_ssh)
+        assert tunnel.alive and running(ssh) and os.path.exists(path)
+    finally:
+        tunnel.close()
+    assert wait_gone(ssh) and not tunnel._dir.exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,11 +95,9 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
     )
     async with result:
         if args.json:
-            from qwq_agent.cli.stdio import json_for_stdout
+            from qwq_agent.cli.stdio import json_for_stdout, write_line
 
-            line = json_for_stdout(result.model_dump_json(exclude={"branches": {"__all__": {"result"}}}))
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            write_line(json_for_stdout(result.model_dump_json(exclude={"branches": {"__all__": {"result"}}})))
         else:
             print_result(console, result)
         copied = True

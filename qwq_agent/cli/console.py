@@ -9,6 +9,8 @@ import os
 
 from rich.console import Console
 
+from qwq_agent.cli.stdio import to_devnull
+
 
 class PipeConsole(Console):
     """A `Console` whose write to a closed pipe (`qwq-agent run | head -1`) raises `BrokenPipeError`.
@@ -38,8 +40,4 @@ class PipeConsole(Console):
             self.quiet = True
             del self._buffer[:]
             with contextlib.suppress(OSError, ValueError, AttributeError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                try:
-                    os.dup2(devnull, self.file.fileno())
-                finally:
-                    os.close(devnull)
+                to_devnull(self.file)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import select
 import socket
 import sqlite3
@@ -122,14 +121,19 @@ def _setting(exc: BaseException) -> CliError:
     )
 
 
+def _index_locked(exc: BaseException) -> CliError:
+    """Another process keeps the document index busy (an update lock or SQLite's): it is fine."""
+    return CliError(
+        f"the document index is locked by another process ({exc})",
+        "another `qwq-agent index` is probably updating it: try again when that ends",
+    )
+
+
 def _sqlite(exc: BaseException) -> CliError:
     # SQLITE_BUSY / SQLITE_LOCKED (extended codes keep the primary one in the low byte): another
     # connection holds the lock past the busy timeout. The index is fine; rebuilding it is no fix.
     if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        return CliError(
-            f"the document index is locked by another process ({exc})",
-            "another `qwq-agent index` is probably updating it: try again when that ends",
-        )
+        return _index_locked(exc)
     return CliError(
         f"the document index cannot be used: {exc}",
         "rebuild it with `qwq-agent index DIR` (and pass the file it names with --docs-db / --db)",
@@ -218,11 +222,9 @@ def quiet_stdout() -> None:
 
 
 def _to_devnull(stream: TextIO) -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, stream.fileno())
-    finally:
-        os.close(devnull)
+    from qwq_agent.cli.stdio import to_devnull
+
+    to_devnull(stream)
 
 
 def _to_stderr(write: Callable[[TextIO], object]) -> None:
@@ -284,8 +286,10 @@ def _mappers() -> list[tuple[type[BaseException], Callable[[BaseException], CliE
         pass
     from qwq_agent.agent.clients.errors import ModelError
     from qwq_agent.agent.trace import TraceError
+    from qwq_agent.docindex.update_lock import IndexBusy
 
     mappers += [
+        (IndexBusy, _index_locked),
         (ModelError, _model_error),
         (TraceError, _trace),  # before OSError: a `TracePathError` is one, its message names the file
         (sqlite3.DatabaseError, _sqlite),

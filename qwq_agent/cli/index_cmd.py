@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from qwq_agent.cli.errors import CliError
     from qwq_agent.cli.preflight import check_index_target
     from qwq_agent.docindex import DEFAULT_DB_NAME, DocIndex, QuerySyntaxError
+    from qwq_agent.docindex.update_lock import UPDATE_WAIT_S
     from qwq_agent.tools.search_docs import format_hits
 
     root = Path(args.dir)
@@ -38,8 +39,17 @@ def run(args: argparse.Namespace) -> int:
         index = DocIndex(db, root)
     except ValueError as exc:  # the file indexes another folder
         raise CliError(str(exc), "pass another --db, or delete that file to re-index") from None
+
+    def waiting(pid: int | None) -> None:
+        who = f" (pid {pid})" if pid is not None else ""
+        print(
+            f"another process{who} is updating {db}; waiting for it to end (at most {UPDATE_WAIT_S:g} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
     with index:
-        stats = index.update()
+        stats = index.update(on_wait=waiting)
         if args.json:
             print(json.dumps(stats.model_dump() | {"db": str(db), "files": index.file_count()}))
         else:

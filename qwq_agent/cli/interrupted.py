@@ -3,7 +3,6 @@ trace path, a final event."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from qwq_agent.agent.events import Final
-from qwq_agent.cli.stdio import json_for_stdout
+from qwq_agent.cli.stdio import json_for_stdout, write_line
 
 if TYPE_CHECKING:
     from qwq_agent.agent.loop import Agent
@@ -56,8 +55,7 @@ def print_interrupted(console: Console, started: Started, signal_name: str, *, a
     )
     trace_path = result.trace_path or started.trace_path
     if as_json:
-        sys.stdout.write(json_for_stdout(final.model_dump_json()) + "\n")
-        sys.stdout.flush()
+        write_line(json_for_stdout(final.model_dump_json()))
     console.print(f"[yellow]{signal_name}: the run was stopped[/yellow]")
     EventRenderer(console).handle(final)
     console.print(f"trace: {trace_path}", markup=False, highlight=False, soft_wrap=True)
@@ -78,8 +76,7 @@ def _print_exploration_interrupted(console: Console, trace: Path, signal_name: s
         events = []
     final = events[-1] if events and isinstance(events[-1], Final) else None
     if as_json and final is not None:
-        sys.stdout.write(json_for_stdout(final.model_dump_json()) + "\n")
-        sys.stdout.flush()
+        write_line(json_for_stdout(final.model_dump_json()))
     console.print(f"[yellow]{signal_name}: the exploration was stopped[/yellow]")
     if final is not None:
         EventRenderer(console).handle(final)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -142,6 +141,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     from qwq_agent.cli.model_check import connect_model
     from qwq_agent.cli.render import EventRenderer
     from qwq_agent.cli.run_settings import fresh_settings, recorded_settings
+    from qwq_agent.cli.stdio import write_line
     from qwq_agent.surrogates import SURROGATE
     from qwq_agent.tools.catalog import build_tools
 
@@ -235,8 +235,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 async with contextlib.aclosing(stream):
                     async for ev in extras.observe(stream):
                         if args.json:
-                            sys.stdout.write(_event_json(ev) + "\n")
-                            sys.stdout.flush()
+                            write_line(_event_json(ev))
                         else:
                             renderer.handle(ev)
             finally:

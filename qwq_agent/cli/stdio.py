@@ -5,16 +5,22 @@ Python encodes stdout strictly: one character the encoding lacks (a model's "✓
 "·") raised `UnicodeEncodeError` in the middle of a run, which ended it as a bug with its trace
 `interrupted`. Text is therefore written with `errors="replace"` ("?"; one character for one, so
 rich's layout holds), and JSON with `\\uXXXX` escapes for what the encoding lacks: still the same JSON.
+
+A terminal that hung up fails every write with EIO: `--json` lines written to it (`write_line`) then go
+to /dev/null, as the live view's console does (`console.PipeConsole`), and the run goes on.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import io
 import json
+import os
 import re
 import sys
+from typing import IO
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
@@ -48,3 +54,32 @@ def json_for_stdout(text: str) -> str:
         return text
     # Outside strings JSON is ASCII, so only characters inside strings are escaped: the value is unchanged.
     return _NON_ASCII.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
+def write_line(line: str) -> None:
+    """`line` and a newline on stdout, flushed at once (an event of `run --json`, its result).
+
+    A terminal that hung up (the SSH session dropped) fails every write with EIO. That is no failure of
+    the run: as in the live view, it goes on to its end (or stops on the SIGHUP that may come with the
+    hang-up), its trace complete; there is nobody left to read the lines, so stdout is pointed at
+    /dev/null, which also takes what the failed write left buffered (else the exit's flush fails too).
+    A closed pipe (`| head`) still raises `BrokenPipeError`: the CLI reports that stdout was closed.
+    """
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except OSError as exc:
+        if exc.errno != errno.EIO:
+            raise
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            to_devnull(sys.stdout)
+            sys.stdout.flush()
+
+
+def to_devnull(stream: IO[str]) -> None:
+    """Point `stream`'s file descriptor at /dev/null: what is written to it from now on is dropped."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)

@@ -6,6 +6,7 @@ sections with BM25 and returns hits that cite `path:line` (or `path#page=N` for 
 
 from qwq_agent.docindex.extract import SUFFIXES, ExtractError, Section, extract, kind_of
 from qwq_agent.docindex.store import DEFAULT_DB_NAME, DocIndex, Hit, IndexStats, QuerySyntaxError
+from qwq_agent.docindex.update_lock import IndexBusy
 
 __all__ = [
     "DEFAULT_DB_NAME",
@@ -13,6 +14,7 @@ __all__ = [
     "DocIndex",
     "ExtractError",
     "Hit",
+    "IndexBusy",
     "IndexStats",
     "QuerySyntaxError",
     "Section",

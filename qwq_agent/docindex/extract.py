@@ -248,9 +248,9 @@ def _decode(data: bytes, kind: str) -> str:
     guess), other text as UTF-8, else cp1252, else latin-1."""
     for bom, codec in _BOMS:
         if data.startswith(bom):
-            text = data.decode(codec, errors="replace")
             # Two bytes (FF FE) that any binary file may start with: what follows must be text too.
-            if not _reads_as_text(text[:8192]):
+            text = _wide_text(data, codec) if codec != "utf-8-sig" else data.decode(codec, errors="replace")
+            if text is None or not _reads_as_text(text[:8192]):
                 raise ExtractError(
                     f"looks like a binary file (starts like {codec} text, but what follows is not text)"
                 )
@@ -267,6 +267,25 @@ def _decode(data: bytes, kind: str) -> str:
         except UnicodeDecodeError:
             continue
     return data.decode("latin-1")
+
+
+# C0 and C1 controls other than the whitespace ones (tab, line feed, vertical tab, form feed, return).
+_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+
+
+def _wide_text(data: bytes, codec: str) -> str | None:
+    """`data` (marked UTF-16 or UTF-32) decoded strictly, or None when it cannot be such text.
+
+    A binary file that starts with FF FE passed a share-based check when it was short (a few odd
+    characters in a few dozen stay under the share), so a wide encoding's own rules are enforced on
+    the whole file: a length that is no whole number of code units, a lone surrogate, a NUL or a
+    control character that is not whitespace is no text's.
+    """
+    try:
+        text = data.decode(codec)  # strict: a cut code unit, a lone surrogate, a code point past U+10FFFF
+    except UnicodeDecodeError:
+        return None
+    return None if _CONTROLS.search(text) else text
 
 
 # Of a sample of decoded text, at most this share may be characters no text holds. Bytes that are not

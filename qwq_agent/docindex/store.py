@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from qwq_agent.docindex.extract import ExtractError, Section, extract_document, kind_of
 from qwq_agent.docindex.query import plain_to_fts, query_phrases, query_words
+from qwq_agent.docindex.update_lock import UPDATE_WAIT_S, update_lock
 
 SCHEMA_VERSION = "1"
 DEFAULT_DB_NAME = ".qwq-docindex.sqlite3"
@@ -179,7 +180,14 @@ class DocIndex:
 
     # -- building ---------------------------------------------------------------------------------
 
-    def update(self, progress: Callable[[str], None] | None = None, batch: int = 500) -> IndexStats:
+    def update(
+        self,
+        progress: Callable[[str], None] | None = None,
+        batch: int = 500,
+        *,
+        wait_s: float = UPDATE_WAIT_S,
+        on_wait: Callable[[int | None], None] | None = None,
+    ) -> IndexStats:
         """Bring the index in line with the files under `root`.
 
         A file whose mtime and size are unchanged is not read. One whose stat changed is hashed and
@@ -191,16 +199,22 @@ class DocIndex:
 
         While it runs the index is in WAL mode (searches go on meanwhile); it ends in rollback-journal
         mode, a single file that can be read where nothing can be written (a read-only mount).
+
+        One update runs at a time per index file (`update_lock`): while another process updates it,
+        `on_wait(its pid or None)` is called once and this waits at most `wait_s` seconds for it, then
+        raises `IndexBusy`. Run alongside, the second read the index before the first's batches were
+        committed and then inserted the same files again.
         """
         if self.root is None:
             raise ValueError("this index has no root directory; open it with DocIndex(db, root)")
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        try:
-            return self._update(progress, batch)
-        finally:
-            with contextlib.suppress(sqlite3.OperationalError):  # a reader still has it open: WAL stays
-                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                self.conn.execute("PRAGMA journal_mode = DELETE")
+        with update_lock(self.db_path, wait_s, on_wait):
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            try:
+                return self._update(progress, batch)
+            finally:
+                with contextlib.suppress(sqlite3.OperationalError):  # a reader still has it open: WAL stays
+                    self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    self.conn.execute("PRAGMA journal_mode = DELETE")
 
     def _update(self, progress: Callable[[str], None] | None, batch: int) -> IndexStats:
         assert self.root is not None

@@ -8,8 +8,8 @@ and replaced, never handed out. Starts that failed are tried again after a pause
 failed round, so the pool gets back to its size once Docker is back. Closing the pool fails the acquires
 still waiting with `SandboxPoolClosed`.
 
-Each waiting acquire waits on a start of its own: one it began, or one of the pool's own top-ups that no
-other acquire waits on. A failed start's error goes to that acquire alone; when it has left (timed out,
+Each waiting acquire waits on a start of its own: one it began (which runs under the acquire's deadline,
+as `HostSet.start()` under its caller's), or one of the pool's own top-ups that no other acquire waits on. A failed start's error goes to that acquire alone; when it has left (timed out,
 cancelled, or served by another sandbox), the error goes to nobody, and a later acquire makes its own
 attempt. A sandbox that starts goes to its acquire, else to the acquire waiting longest, else the queue
 while that holds fewer than `size`, else it is destroyed; a start nobody waits on that has not begun is
@@ -74,10 +74,16 @@ class _Waiter:
 @dataclass(eq=False)
 class _Start:
     """A start in flight and the acquire waiting on it (None: nobody). Only the pool's own top-ups are
-    `claimable`, once: a start whose acquire left stays nobody's, so its error reaches no later acquire."""
+    `claimable`, once: a start whose acquire left stays nobody's, so its error reaches no later acquire.
+
+    `deadline`: the time of the acquire it was begun for (a top-up's never comes). The start runs under
+    it as a single `HostSet.start()` under its caller's: one cut short by it sets no host aside, and the
+    hosts it left untried for want of time are not tried for an acquire that has gone.
+    """
 
     waiter: _Waiter | None = None
     claimable: bool = True
+    deadline: Deadline = field(default_factory=Deadline.never)
 
 
 class SandboxPool:
@@ -163,9 +169,10 @@ class SandboxPool:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _spawn_fill(self, waiter: _Waiter | None = None) -> None:
-        """Start a sandbox: for `waiter` (an acquire that found nothing to wait on), or the pool's own."""
-        start = _Start(waiter, claimable=waiter is None)
+    def _spawn_fill(self, waiter: _Waiter | None = None, deadline: Deadline | None = None) -> None:
+        """Start a sandbox: for `waiter` (an acquire that found nothing to wait on; `deadline`: its
+        time), or the pool's own."""
+        start = _Start(waiter, claimable=waiter is None, deadline=deadline or Deadline.never())
         self._in_flight.add(start)
         self._spawn(self._fill_one(start))
 
@@ -176,15 +183,20 @@ class SandboxPool:
                     return
                 begun = time.monotonic()
                 try:
-                    sandbox = await self.hosts.start(self.config)
+                    sandbox = await self.hosts.start(self.config, start.deadline)
                 except Exception as exc:  # whatever broke, a waiter must hear of it rather than hang
+                    # Cut short by its acquire's time, it says nothing of Docker: no pause grows for it,
+                    # and the pool's own starts, which it was not one of, are unaffected.
+                    of_docker = not start.deadline.expired
                     self._failed(
                         start,
                         exc
                         if isinstance(exc, SandboxError)
                         else SandboxStartError(f"{type(exc).__name__}: {exc}"),
+                        of_docker=of_docker,
                     )
-                    self._refill_later()
+                    if of_docker:
+                        self._refill_later()
                     return
                 self._failed_in_a_row = 0
                 if self._closed:
@@ -222,9 +234,10 @@ class SandboxPool:
             log.info("warm pool: destroying sandbox %s: the pool holds its size already", warm.sandbox.id)
             self._spawn(warm.sandbox.close())
 
-    def _failed(self, start: _Start, error: SandboxError) -> None:
+    def _failed(self, start: _Start, error: SandboxError, *, of_docker: bool = True) -> None:
         self.start_failures += 1
-        self._failed_in_a_row += 1
+        if of_docker:
+            self._failed_in_a_row += 1
         self.last_error = error
         log.warning("warm pool: a sandbox failed to start: %s", error)
         # The acquire waiting on this start hears of it now, rather than waiting out its timeout; one that
@@ -242,13 +255,14 @@ class SandboxPool:
             if start.waiter is waiter:
                 start.waiter = None
 
-    def _wait(self) -> _Waiter:
-        """Join the line, waiting on a start of one's own: a top-up nobody waits on, or a new one."""
+    def _wait(self, deadline: Deadline) -> _Waiter:
+        """Join the line, waiting on a start of one's own: a top-up nobody waits on, or a new one that
+        runs under `deadline`, the acquire's."""
         waiter = _Waiter()
         self._waiting.append(waiter)
         start = next((s for s in self._in_flight if s.claimable), None)
         if start is None:
-            self._spawn_fill(waiter)
+            self._spawn_fill(waiter, deadline)
         else:
             start.waiter, start.claimable = waiter, False
         return waiter
@@ -402,7 +416,7 @@ class SandboxPool:
 
     async def _await_one(self, deadline: Deadline) -> _Warm:
         """The next sandbox for this acquire; the error of its own start if that fails first."""
-        waiter = self._wait()
+        waiter = self._wait(deadline)
         try:
             async with deadline.timer():
                 # Shielded: `got` stays whole when the acquire is cancelled, to be looked at below.

@@ -9,7 +9,10 @@ again on the next connection, so a host that comes back is used again.
 ssh runs under a tether (`ssh_tether`): a small process watching a pipe that only this process holds
 open, which stops ssh and removes the tunnel's folder when this process ends in a way that runs no
 clean-up of its own (SIGKILL, the OOM killer), so no authenticated connection to a Docker host and no
-/tmp/qwq-ssh-* folder outlives it.
+/tmp/qwq-ssh-* folder outlives it. Only this process: a child forked from it (a fork-mode
+`multiprocessing` worker) closes its copy of that pipe at once (`os.register_at_fork`), else the tunnel
+lived on until the last such child exited too; the child's copy of a tunnel holds no ssh of its own,
+and starts one in a folder of its own if it is used there.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -58,14 +62,33 @@ class SSHTunnel:
         self.port = parts.port
         self.remote_socket = parse_qs(parts.query).get("socket", [REMOTE_SOCKET])[0]
         self.ssh_config = str(ssh_config) if ssh_config else None
-        self._dir = Path(tempfile.mkdtemp(prefix="qwq-ssh-"))  # 0700: only we reach the local end
-        self.path = str(self._dir / "docker.sock")
-        self._local = UnixConnector(self.path)
+        self._new_dir()
         self._proc: subprocess.Popen[bytes] | None = None
         self._up = False  # the current process's forward is set up
         self._lock = threading.Lock()
         self.starts = 0
         atexit.register(self.close)
+        _tunnels_here.add(self)
+
+    def _new_dir(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="qwq-ssh-"))  # 0700: only we reach the local end
+        self._dir_pid = os.getpid()  # the process that made it, and alone removes it or binds in it
+        self.path = str(self._dir / "docker.sock")
+        self._local = UnixConnector(self.path)
+
+    def _after_fork_in_child(self) -> None:
+        """In a child forked from the owner: let go of the owner's tether, keeping its folder intact.
+
+        Closing our copy of the write end leaves the owner the only holder, so the tether still sees EOF
+        when the owner dies, whatever children it forked. The owner's ssh is none of the child's: it
+        must not ask it to stop, nor unlink its socket; used here, the tunnel starts one of its own.
+        """
+        proc, self._proc, self._up = self._proc, None, False
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        # Another thread of the owner may have held it at the fork: it would never be released here.
+        self._lock = threading.Lock()
 
     # -- the ssh process ---------------------------------------------------------------------------
 
@@ -109,6 +132,8 @@ class SSHTunnel:
         with self._lock:
             if self.alive:
                 return self.path
+            if self._dir_pid != os.getpid():  # forked from the owner: its socket is not ours to unlink
+                self._new_dir()
             self._stop()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
@@ -166,7 +191,8 @@ class SSHTunnel:
         """Stop the ssh process and remove the local socket (idempotent)."""
         with self._lock:
             self._stop()
-            shutil.rmtree(self._dir, ignore_errors=True)
+            if self._dir_pid == os.getpid():  # not a forked child's atexit: the owner's tunnel lives on
+                shutil.rmtree(self._dir, ignore_errors=True)
 
     # -- Connector ---------------------------------------------------------------------------------
 
@@ -182,6 +208,18 @@ class SSHTunnel:
 
 _tunnels: dict[tuple[str, str | None], SSHTunnel] = {}
 _tunnels_lock = threading.Lock()
+# Every tunnel of this process, for the fork hook below (weak: a closed, dropped tunnel is forgotten).
+_tunnels_here: weakref.WeakSet[SSHTunnel] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _tunnels_lock
+    _tunnels_lock = threading.Lock()
+    for tunnel in list(_tunnels_here):
+        tunnel._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def shared_tunnel(url: str, ssh_config: str | os.PathLike[str] | None = None) -> SSHTunnel:

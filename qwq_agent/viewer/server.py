@@ -1,4 +1,5 @@
-"""The viewer's HTTP server: stdlib `http.server`, bound to 127.0.0.1 unless asked otherwise.
+"""The viewer's HTTP server: stdlib `http.server`, bound to 127.0.0.1 unless asked otherwise (an IPv6
+address or a name too: see `address.py`).
 
 Routes: `/` the page (everything inline, nothing fetched from elsewhere), `/api/runs` the run list,
 `/api/events?file=F&from=C` a page of a run's events after the cursor C (0: from the start; `next`
@@ -11,6 +12,7 @@ screen; after a `reset` it drops what it showed and starts over.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import threading
 from http import HTTPStatus
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, urlparse
 
+from qwq_agent.viewer.address import listen_address, url_host
 from qwq_agent.viewer.hosts import host_allowed
 from qwq_agent.viewer.page import PAGE
 from qwq_agent.viewer.summary import (
@@ -67,8 +70,9 @@ class TraceViewer:
                 "page_events": page_events,
             },
         )
-        self._host = host
-        self._server = _Server((host, port), handler)
+        family, address = listen_address(host, port)
+        self._host = url_host(host, family)
+        self._server = _Server(address, handler, family)
         self._thread: threading.Thread | None = None
 
     @property
@@ -113,6 +117,18 @@ def _report(what: str, exc: BaseException) -> None:
 
 
 class _Server(ThreadingHTTPServer):
+    def __init__(
+        self, address: tuple[Any, ...], handler: type[_Handler], family: socket.AddressFamily
+    ) -> None:
+        self.address_family = family  # read by the constructor to make the socket
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            # Every interface means IPv4 too (as `0.0.0.0` would), whatever the system's default.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver prints a whole traceback for what escapes a handler (a client that hung up
         # while its request was read or answered): any web page could flood the terminal with them.
