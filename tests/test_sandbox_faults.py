@@ -402,3 +402,53 @@ async def test_python_reset_stops_a_running_cell_instead_of_waiting_for_it(fresh
     r = await cell
     assert r.state_lost and r.error is not None and "python_reset" in r.error.evalue, r
     assert (await fresh.python("1 + 1")).value == "2"
+
+
+# Leaves a child the interpreter must reap at the cell's end, then stops the interpreter as it goes back
+# to read its next command (a profile hook on that read): the end of the cell waits there for the reap,
+# with the cell still holding the interpreter. /tmp/holding says it has got that far.
+HOLDS_ITS_END = (
+    "import os, select, sys, time\n"
+    "child = os.fork()\n"
+    "if child == 0:\n"
+    "    os._exit(0)\n"
+    "while open(f'/proc/{child}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z':\n"
+    "    time.sleep(0.001)\n"
+    "kept = 1\n"
+    "hold_r, hold_w = os.pipe()\n"
+    "def hold(frame, event, arg):\n"
+    "    if event == 'c_call' and arg is os.read:\n"
+    "        sys.setprofile(None)\n"
+    "        open('/tmp/holding', 'w').close()\n"
+    "        select.select([hold_r], [], [], 30)\n"
+    "sys.setprofile(hold)"
+)
+
+
+async def test_a_reset_requested_before_a_cells_turn_runs_before_it_and_aborts_nothing(
+    fresh: DockerSandbox,
+) -> None:
+    # A reset asked while the cell before was ending left its abort for whichever cell came next: the
+    # cell that queued behind that one was killed as it started, "reset while this cell waited or ran",
+    # its state lost, though the reset had been asked before it ever got the interpreter.
+    # The race needs the reset and the next cell to arrive within the 2 s the cell's end waits for its
+    # reap. On a loaded machine they may come after it: then the cell runs before the reset and sees
+    # `kept` (not the bug: the old code failed with an error here) and the attempt is made again.
+    for _attempt in range(5):
+        await fresh.shell("rm -f /tmp/holding", timeout=20)
+        ending = asyncio.create_task(fresh.python(HOLDS_ITS_END, timeout=30))
+        held = await fresh.shell("while [ ! -f /tmp/holding ]; do sleep 0.01; done; echo held", timeout=20)
+        assert held.stdout == "held\n"
+        queued = asyncio.create_task(fresh.python("'kept' in globals()", timeout=30))
+        reset = asyncio.create_task(fresh.reset_python(timeout=20))
+        ended, after, _ = await ending, await queued, await reset
+        assert ended.error is None and not ended.state_lost, ended  # its code had run to its end
+        assert after.error is None and not after.state_lost, after
+        if after.value == "False":
+            break  # the queued cell ran after the reset, in the fresh interpreter it left
+        assert after.value == "True", after
+    else:
+        pytest.fail(
+            "the reset never arrived within the cell's 2 s end in 5 attempts: the machine was too slow"
+        )
+    assert (await fresh.python("1 + 1")).value == "2"

@@ -104,8 +104,10 @@ async def test_no_descriptor_of_the_channel_reaches_user_processes(sb: DockerSan
     # bash between forking its stages, holding a pipe of its own (seen on a busy machine: fd 4).
     r = await sb.shell("ls /proc/$$/fd; true")
     assert sorted(r.stdout.split(), key=int) == ["0", "1", "2"]
+    # The interpreter's: stdio, its command, result and reap-answer pipes (3-5), its private copies of
+    # stdout and stderr, and the listing's own descriptor.
     r = await sb.python("import os; sorted(int(f) for f in os.listdir('/proc/self/fd'))")
-    assert r.value is not None and set(eval(r.value)) <= {0, 1, 2, 3, 4, 5, 6, 7}
+    assert r.value is not None and set(eval(r.value)) <= {0, 1, 2, 3, 4, 5, 6, 7, 8}
 
 
 @pytest.mark.parametrize(
@@ -338,6 +340,30 @@ async def test_children_a_cell_never_waited_for_do_not_hold_the_pids_limit(fresh
         "import threading\nt = threading.Thread(target=lambda: None)\nt.start()\nt.join()\nn"
     )
     assert r.error is None and not r.state_lost, r
+
+
+async def test_a_child_a_thread_will_wait_for_keeps_its_exit_status(fresh: DockerSandbox) -> None:
+    # The reap between cells took every ended child of the interpreter, those a Popen still held unwaited
+    # too: the thread that waited for them in the next cell got returncode 0 for a child that exited 3,
+    # and for one the cell's end had killed.
+    r = await fresh.python(
+        "import subprocess, threading, time\n"
+        "exited = subprocess.Popen(['sh', '-c', 'exit 3'])\n"
+        "while open(f'/proc/{exited.pid}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z':\n"
+        "    time.sleep(0.001)  # it has exited; nobody has waited for it yet\n"
+        "killed = subprocess.Popen(['sleep', '1000'])  # killed at this cell's end\n"
+        "go, codes = threading.Event(), []\n"
+        "def wait_later():\n"
+        "    go.wait()\n"
+        "    codes.extend([exited.wait(), killed.wait()])\n"
+        "waiter = threading.Thread(target=wait_later)\n"
+        "waiter.start()"
+    )
+    assert r.error is None, r
+    r = await fresh.python("go.set()\nwaiter.join()\ncodes")
+    assert r.value == "[3, -9]" and not r.state_lost, r
+    # What no Popen holds is still reaped: no zombie is left.
+    assert (await fresh.shell(COUNT_ZOMBIES)).stdout == "0\n"
 
 
 async def test_processes_a_thread_forks_after_its_cell_ended_do_not_hold_the_pids_limit(

@@ -484,6 +484,39 @@ async def test_a_replaced_container_leaves_no_cells_to_replay(sandbox_image: str
     assert (await dst.python("'secret' in globals(), after")).value == "(False, 1)"
 
 
+async def test_a_snapshot_after_a_cancelled_cell_that_cost_the_interpreter_replays_none_of_its_cells(
+    pair,
+) -> None:
+    """The host drops a cancelled cell's reply, so until the next cell its log still held the cells of
+    the interpreter that cell cost: a snapshot taken in between recorded them, and a replay rebuilt
+    `gone = 1`, which the snapshotted sandbox's interpreter did not have."""
+    src, dst = pair
+    await empty(src)
+    assert (await src.python("gone = 1")).ok
+    before = (await src.ping()).worker_pid
+    stubborn = asyncio.create_task(
+        src.python(
+            "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "open('/tmp/stubborn', 'w').close()\nwhile True:\n    time.sleep(0.01)",
+            timeout=60,
+        )
+    )
+    await sh(src, "while [ ! -f /tmp/stubborn ]; do sleep 0.01; done; rm /tmp/stubborn")
+    stubborn.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stubborn
+    await sh(src, f"while kill -0 {before} 2>/dev/null; do sleep 0.01; done")  # interrupt ignored: killed
+    snap = await src.snapshot()
+    assert snap.cells == []
+    restored = await dst.restore(snap, python_state="replay")
+    assert restored.replayed_cells == 0
+    assert (await dst.python("'gone' in globals()")).value == "False"
+    # The source's next cell still says what the cancelled one cost, and is the first of a new record.
+    r = await src.python("'gone' in globals()")
+    assert r.value == "False" and r.state_lost
+    assert [c.code for c in (await src.snapshot()).cells or []] == ["'gone' in globals()"]
+
+
 async def test_big_archives_are_staged_in_chunks_under_a_cap(sandbox_image: str, pair) -> None:
     src, _ = pair
     await empty(src)

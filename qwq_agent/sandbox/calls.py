@@ -141,7 +141,8 @@ class SandboxCalls(SandboxContainer):
         """Stop the Python interpreter with every thread and process it started, and start a fresh one
         (its variables are gone). An interpreter that never ran a cell is left as it is: it runs nothing
         of the user's. A cell running meanwhile is ended at once (its result says the reset stopped it
-        and `state_lost`). Shell calls need no such stop: what they start dies when they return.
+        and `state_lost`); one that had not begun waits for the reset and runs after it. Shell calls need
+        no such stop: what they start dies when they return.
 
         `restart=False` stops it (whether or not it ran a cell) and starts none: nothing of Python runs
         until the next python call starts a fresh interpreter, as usual, and says that earlier state is

@@ -142,6 +142,11 @@ class PythonResult(Result):
     timed_out: bool = False
     cancelled: bool = Field(False, description="the host cancelled the call and the cell was interrupted")
     duration_s: float = 0.0
+    interpreter: str | None = Field(
+        None,
+        description="the id of the interpreter that holds what the cell did (each interpreter started "
+        "gets a new one); None when the cell did not run, or cost its interpreter (`state_lost`)",
+    )
 
     @property
     def ok(self) -> bool:

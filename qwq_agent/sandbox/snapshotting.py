@@ -106,6 +106,11 @@ async def take_snapshot(
             f"{raw.get('bytes')!r} bytes with sha256 {raw.get('sha256')!r}; no snapshot was taken"
         )
     await asyncio.to_thread(_vet, data)
+    if "interpreter" in raw:
+        # Only the cells of the interpreter running now have their effects in it: a cell cancelled
+        # since the last reply may have cost it, and the host dropped the reply that said so.
+        live = raw["interpreter"]
+        sandbox.cells.running(live if isinstance(live, str) else None)
     skipped = raw.get("skipped")
     snapshot = Snapshot(
         id=uuid.uuid4().hex[:12],

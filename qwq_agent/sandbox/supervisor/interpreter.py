@@ -8,7 +8,11 @@ forked is killed; the interpreter itself lives on.
 
 No wait is unbounded: the cell is written to the interpreter inside the cell's deadline (an interpreter
 that does not read it, stopped or busy in a thread holding the GIL, is killed at the deadline as one
-that ignores its interrupt would be), and a reset (`abort`) ends a running cell at once.
+that ignores its interrupt would be), and a reset ends a running cell at once (`turns.Turns`).
+
+Each interpreter started gets an id of its own (`ident`): a cell's result names the interpreter that
+holds what the cell did, and a snapshot the one running, so the host can tell which of the cells it
+recorded still have their effects (a cell whose reply it dropped may have cost the interpreter).
 """
 
 import contextlib
@@ -19,7 +23,6 @@ import select
 import signal
 import struct
 import sys
-import threading
 import time
 
 from .framing import Capture, cap_text, drain, encode_frame
@@ -34,11 +37,22 @@ from .settings import (
     WORKSPACE,
     child_env,
 )
+from .turns import Turns
 
 BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot.py")
 MAX_RESULT_FRAME = 64 * 1024 * 1024
 REAP = encode_frame({"reap": True})  # between cells: the interpreter reaps its dead children (`end_strays`)
 REAP_WAIT = 2.0
+REAPED_FD = 5  # the interpreter's end of the pipe on which it says it has reaped (a byte per `REAP`)
+
+
+def _drain_pipe(fd):
+    """Read and drop what the non-blocking pipe `fd` holds."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 class ProtocolViolation(Exception):
@@ -84,12 +98,11 @@ class Interpreter:
     """A persistent Python process under its own keeper, replaced when it dies, hangs or misbehaves."""
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.proc = None
-        # A byte here ends the cell running (or the next to start) at once: see `abort`.
-        self.abort_r, self.abort_w = os.pipe()
-        for fd in (self.abort_r, self.abort_w):
-            os.set_blocking(fd, False)
+        self.turns = Turns()
+        # Held by whoever uses the interpreter (a cell, a reset, a restore, a reclaim): `turns`.
+        self.lock = self.turns.lock
+        # The running interpreter's process and id, replaced as one (a snapshot reads them without the lock).
+        self._instance = None
         # What the next cell's note says when it finds no interpreter (see `_run`).
         self.stopped_why = None
         # Why a cancelled cell cost the interpreter: the host drops a cancelled call's reply, so the
@@ -98,8 +111,30 @@ class Interpreter:
         self.start()
 
     @property
+    def proc(self):
+        """The interpreter's process (`Spawned`) from `start` to `stop`, else None."""
+        instance = self._instance
+        return instance[0] if instance else None
+
+    @property
     def pid(self):
-        return self.proc.pid if self.proc else None
+        proc = self.proc
+        return proc.pid if proc else None
+
+    def live_ident(self):
+        """The id of the interpreter running now; None when none runs or it has died (its state is gone).
+
+        Safe without the lock: the process and its id are read together, and only looked at."""
+        instance = self._instance
+        if instance is None:
+            return None
+        proc, ident = instance
+        try:
+            if proc.exit_code is not None or select.select([proc.status_fd], [], [], 0)[0]:
+                return None  # its status (or its keeper's end) is there: it has exited
+        except (OSError, ValueError):
+            return None  # stopped meanwhile (the status pipe closed)
+        return ident
 
     def _live(self):
         """The interpreter's process; there is one from `start` to `stop` (a cell never runs outside)."""
@@ -112,57 +147,44 @@ class Interpreter:
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        reaped_r, reaped_w = os.pipe()
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:
-            self.proc = Spawned(
+            proc = Spawned(
                 [sys.executable, "-u", BOOT, "--worker"],
                 cwd=WORKSPACE,
                 env=child_env(),
-                fds={0: devnull, 1: out_w, 2: err_w, 3: cmd_r, 4: res_w},
+                fds={0: devnull, 1: out_w, 2: err_w, 3: cmd_r, 4: res_w, REAPED_FD: reaped_w},
             )
         except BaseException:
-            for fd in (cmd_w, res_r, out_r, err_r):
+            for fd in (cmd_w, res_r, out_r, err_r, reaped_r):
                 os.close(fd)
             raise
         finally:
-            for fd in (cmd_r, res_w, out_w, err_w, devnull):
+            for fd in (cmd_r, res_w, out_w, err_w, reaped_w, devnull):
                 os.close(fd)
-        self.cmd_w, self.res_r, self.out, self.err = cmd_w, res_r, out_r, err_r
+        self.cmd_w, self.res_r, self.out, self.err, self.reaped = cmd_w, res_r, out_r, err_r, reaped_r
         # The command pipe too: a cell larger than its buffer is written as the interpreter reads it,
         # under the cell's deadline (see `_run`).
-        for fd in (self.cmd_w, self.out, self.err, self.res_r):
+        for fd in (self.cmd_w, self.out, self.err, self.res_r, self.reaped):
             os.set_blocking(fd, False)
         self.closed_streams = set()
+        self._instance = (proc, secrets.token_hex(8))
 
     def stop(self, why="the interpreter had been stopped (a restart could not start a new one)"):
         """Kill the interpreter and all it started; the next cell starts a fresh one, noting `why`."""
         self.stopped_why, self.unreported_loss = why, None
-        if self.proc is None:
+        proc = self.proc
+        if proc is None:
             return
-        self.proc.close(budget=KILL_BUDGET)
-        for fd in (self.cmd_w, self.res_r, self.out, self.err):
+        self._instance = None
+        proc.close(budget=KILL_BUDGET)
+        for fd in (self.cmd_w, self.res_r, self.out, self.err, self.reaped):
             os.close(fd)
-        self.proc = None
 
     def restart(self):
         self.stop()
         self.start()
-
-    def abort(self):
-        """End the running cell now (the interpreter is killed and restarted, its result says why), or
-        the next one to start when none runs. For a reset, which then takes the lock and `clear_abort`s."""
-        try:
-            os.write(self.abort_w, b"x")
-        except BlockingIOError:
-            pass  # one is pending already
-
-    def clear_abort(self):
-        """Forget an `abort` no cell took (call with the lock held)."""
-        try:
-            while os.read(self.abort_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _send(self, data):
         """How much of `data` the command pipe took now (0 when it is full); OSError once it is closed."""
@@ -176,19 +198,22 @@ class Interpreter:
         between cells): a cell's end, or the pids a thread of an earlier cell forked after it ended.
 
         The interpreter never waits for children a cell forked and left: killed, they stay its zombies,
-        holding the pids limit until it ends. Asked between cells, it reaps them (`worker`): no cell's
-        code runs then that could be about to wait for one.
+        holding the pids limit until it ends. Asked between cells, it reaps those that no `Popen` of its
+        own still holds (`worker._reap_children`: one that does may be waited for yet, and must then get
+        its real status), and says so on its `REAPED_FD`.
         """
         proc = self._live()
         proc.kill_all(spare_main=True, budget=KILL_BUDGET)
         if wait_reaped(proc.pid, 0):
             return
+        _drain_pipe(self.reaped)  # the answers to earlier asks that came after their wait
         try:
             asked = self._send(REAP) == len(REAP)  # under PIPE_BUF: written whole or not at all
         except OSError:
             return  # the interpreter is gone (the next cell says so), and its zombies with it
         if asked:
-            wait_reaped(proc.pid, REAP_WAIT)  # a thread holding the GIL may delay it: reaped later then
+            # A thread holding the GIL may delay the answer: the zombies are reaped later then.
+            select.select([self.reaped, proc.status_fd], [], [], REAP_WAIT)
 
     @contextlib.contextmanager
     def paused(self):
@@ -204,8 +229,8 @@ class Interpreter:
             continue_tree(pids)
 
     def run(self, code, timeout, arrived, cancel_fd, stream=None):
-        # The timeout covers waiting behind other cells too, so the host's own deadline always holds.
-        if not self.lock.acquire(timeout=max(0.0, arrived + timeout - time.monotonic())):
+        # The timeout covers waiting behind other cells (and resets) too, so the host's own deadline holds.
+        if not self.turns.take(arrived + timeout):
             note = f"the interpreter was busy with other cells for the whole {timeout:g}s timeout; this cell did not run"
             return self._not_run(note, arrived, timed_out=True)
         try:
@@ -215,7 +240,7 @@ class Interpreter:
                 )
             return self._run(code, arrived + timeout - time.monotonic(), cancel_fd, stream, limit=timeout)
         finally:
-            self.lock.release()
+            self.turns.end()
 
     @staticmethod
     def _not_run(note, arrived, *, timed_out=False, cancelled=False):
@@ -301,15 +326,15 @@ class Interpreter:
                            "killed")  # fmt: skip
                 break
             watched = [fd for fd in (self.out, self.err) if fd not in self.closed_streams]
-            watched += [self.res_r, self._live().status_fd, self.abort_r] + ([] if cancelled else [cancel_fd])
+            watched += [self.res_r, self._live().status_fd, self.turns.abort_fd]
+            watched += [] if cancelled else [cancel_fd]
             if stream is not None:
                 wait = stream.wait(wait)
             ready, writable, _ = select.select(watched, [self.cmd_w] if unsent else [], [], wait)
             if stream is not None:
                 stream.tick()
-            if self.abort_r in ready:
-                self.clear_abort()
-                failure = "the interpreter was reset (python_reset) while this cell waited or ran"
+            if self.turns.abort_fd in ready:  # cleared when the cell's turn ends
+                failure = "the interpreter was reset (python_reset) during this cell"
                 break
             if writable:
                 try:
@@ -403,6 +428,8 @@ class Interpreter:
             cancelled=cancelled,
             state_lost=bool(lost),
             duration_s=time.monotonic() - started,
+            # What the cell did lives in this interpreter; in none when the cell cost its interpreter.
+            interpreter=self._instance[1] if failure is None and self._instance else None,
         )
         return result
 

@@ -61,7 +61,7 @@ class Supervisor:
             "search": search.search,
             "upload": archives.upload,
             "download": archives.download,
-            "snapshot": snapshots.snapshot,
+            "snapshot": self.snapshot,
             "restore_chunk": self.staging.add,
             "restore": lambda a: snapshots.restore(a, self.staging, self.files_replaced),
             "python_reset": lambda a: (
@@ -127,8 +127,9 @@ class Supervisor:
 
         Threads count against the pids limit like processes. A cell's end kills what it forked, but a
         thread it left running in the interpreter may fork more after it: those processes (no call's)
-        are killed first, which costs nothing. Threads parked inside the interpreter end only with it:
-        it is restarted when they alone are still most of the limit.
+        are killed first, which costs nothing. Threads parked inside the interpreter end only with it,
+        and so do ended children a Popen of it still holds unwaited: it is restarted when they are still
+        most of the limit.
         """
         interpreter, limit = self.interpreter, pids_limit()
         keeper = interpreter.proc.keeper if interpreter.proc else None
@@ -147,10 +148,15 @@ class Supervisor:
             if interpreter.proc is None:
                 return ""  # stopped meanwhile: what it held is free
             interpreter.end_strays()
-            threads = interpreter_threads(interpreter.pid)
-            if not hogs(threads, limit):
+            # Its threads, and the ended children a Popen of it still holds (they keep their pids until
+            # it is waited for: `worker._reap_children`).
+            held = procs.tasks_under(interpreter.proc.keeper)
+            if not hogs(held, limit):
                 return ""
-            what = f"the Python interpreter holds {threads} threads of the sandbox's limit of {limit or '?'} processes and threads"
+            what = (
+                f"the Python interpreter holds {held} threads and unwaited children of the sandbox's "
+                f"limit of {limit or '?'} processes and threads"
+            )
             try:
                 interpreter.restart()
                 restarted = "Python was restarted to free them"
@@ -169,26 +175,22 @@ class Supervisor:
         `restart=False`: stop it in any case (one that ran no cell may still have run the HOME's
         `usercustomize.py` at its start) and start none; the next python call starts one. A cell that
         is running is ended at once (its result says the reset stopped it), not waited for; should it
-        still hold the interpreter at `deadline` (monotonic), the reset fails with a ToolError.
+        still hold the interpreter at `deadline` (monotonic), the reset fails with a ToolError. Cells
+        that had not begun when it was asked wait for it, and run in the interpreter it leaves.
         """
         interpreter = self.interpreter
-        if not interpreter.lock.acquire(blocking=False):
-            interpreter.abort()
-            wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-            if not interpreter.lock.acquire(timeout=wait):
-                interpreter.clear_abort()  # not left to end a later cell
-                raise RequestError(
-                    "ToolError", "Python could not be reset: the cell it was running did not end in time"
-                )
-        try:
-            interpreter.clear_abort()  # the cell ended before it saw the abort
+        with interpreter.turns.resetting(deadline):
             if not restart:
                 interpreter.stop("the interpreter had been stopped (a reset that started none)")
             elif self.interpreter_used:
                 interpreter.restart()
             self.interpreter_used = False
-        finally:
-            interpreter.lock.release()
+
+    def snapshot(self, args):
+        """The files (`snapshots.snapshot`), and the interpreter running once they are taken: the host
+        keeps, of the cells it recorded, only those that ran in it (a cell whose reply it dropped, being
+        cancelled, may have cost the interpreter since)."""
+        return {**snapshots.snapshot(args), "interpreter": self.interpreter.live_ident()}
 
     @contextlib.contextmanager
     def files_replaced(self, keep_python, start_by=None, cancel_fd=None):
@@ -482,15 +484,6 @@ def with_note(result, note):
 def hogs(held, limit):
     """Whether `held` pids are most of the limit and most of what is in use."""
     return held * 2 >= (limit or 64) and held * 2 >= (pids_current() or 0)
-
-
-def interpreter_threads(pid):
-    """How many threads the interpreter process runs (0 when that cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next((int(line.split()[1]) for line in f if line.startswith("Threads:")), 0)
-    except (OSError, ValueError, TypeError):
-        return 0
 
 
 def pids_limit():

@@ -1,12 +1,15 @@
 """The interpreter (`boot.py --worker`, runs as the user): executes cells in one namespace, notebook-style.
 
 Fd 3 carries `{"code", "nonce"}` frames in, fd 4 carries results out; each result echoes its cell's
-nonce, which the supervisor checks. A process forked inside a cell has a copy of these fds, but it only
-ever knows the nonce of the cell it was forked in, and the supervisor kills it when that cell ends; one
-that reaches the cell's end exits there without writing a result (`end_forked_child`).
+nonce, which the supervisor checks. Between cells fd 3 may bring `{"reap": true}`: the interpreter
+reaps its ended children (`_reap_children`) and writes a byte to fd 5 once done. A process forked
+inside a cell has a copy of these fds, but it only ever knows the nonce of the cell it was forked in,
+and the supervisor kills it when that cell ends; one that reaches the cell's end exits there without
+writing a result (`end_forked_child`).
 """
 
 import base64
+import gc
 import io
 import json
 import os
@@ -18,7 +21,9 @@ import types
 from .framing import cap_text, encode_frame, read_exact, write_all
 from .settings import IMAGE_BUDGET, MAX_FIGURES, OUT_HEAD, OUT_TAIL
 
-CMD_FD, RES_FD = 3, 4
+CMD_FD, RES_FD, REAPED_FD = 3, 4, 5
+# The objects through which code waits for a child it started: such a child's status is theirs to take.
+POPEN_CLASSES = (("subprocess", "Popen"), ("multiprocessing.popen_fork", "Popen"))
 
 
 def _restore_output(saved):
@@ -39,19 +44,70 @@ def _restore_output(saved):
 
 
 def _reap_children():
-    """Reap every child that has ended: those of finished cells, which the supervisor killed and then
-    asked for this (between cells, so no cell is about to wait for one). Left unreaped, each zombie holds
-    a pid of the sandbox's limit for as long as the interpreter lives. A thread of an earlier cell that
-    waits for a child killed at its cell's end may find it reaped here (subprocess then says 0)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        except InterruptedError:
+    """Reap the children that have ended and that no `Popen` still holds unwaited: those of finished
+    cells, which the supervisor killed and then asked for this (between cells). Left unreaped, each
+    zombie holds a pid of the sandbox's limit for as long as the interpreter lives.
+
+    A child a `Popen` (subprocess's, multiprocessing's) holds is left for it: a thread, or a later cell,
+    may wait for it yet, and reaped here it would get no status (subprocess then says 0 for a child that
+    exited 3, or was killed). Such a zombie goes when its Popen is waited for or dropped. A child known
+    only by its pid (a bare `os.fork`) cannot be told apart from a forgotten one, and is reaped.
+    """
+    ended = _ended_children()
+    if not ended:
+        return
+    held = _held_by_popen()
+    if held is None:
+        return  # left for the reclaim of the pids limit (`server.reclaim`), which restarts if it must
+    for pid in ended:
+        if pid in held:
             continue
-        if pid == 0:
-            return
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except (ChildProcessError, InterruptedError):
+            pass  # waited for meanwhile (by a thread), or to be reaped next time
+
+
+def _ended_children():
+    """Pids of this process's children that have ended and are not yet reaped (zombies)."""
+    me, pids = os.getpid(), []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        state, ppid = data[data.rindex(b")") + 2 :].split(b" ", 2)[:2]
+        if state == b"Z" and int(ppid) == me:
+            pids.append(int(name))
+    return pids
+
+
+def _held_by_popen():
+    """Pids of the children a live Popen object holds unwaited; None when looking failed (an object of
+    user code raised), so that nothing is reaped from under one."""
+    classes = tuple(
+        cls
+        for module, name in POPEN_CLASSES
+        if isinstance(cls := getattr(sys.modules.get(module), name, None), type)
+    )
+    if not classes:
+        return set()
+    held = set()
+    try:
+        for obj in gc.get_objects():
+            # issubclass of the type, not isinstance: no user-defined `__class__` runs here.
+            if issubclass(type(obj), classes):
+                state = getattr(obj, "__dict__", None)
+                if isinstance(state, dict) and state.get("returncode") is None:
+                    pid = state.get("pid")
+                    if isinstance(pid, int):
+                        held.add(pid)
+    except Exception:
+        return None
+    return held
 
 
 def _as_a_notebook(builtins):
@@ -85,8 +141,9 @@ def worker_main():
     import warnings
 
     # The pipes must not cross exec into programs the cell runs (forks keep them; see the docstring).
-    for fd in (CMD_FD, RES_FD):
+    for fd in (CMD_FD, RES_FD, REAPED_FD):
         os.set_inheritable(fd, False)
+    os.set_blocking(REAPED_FD, False)
     # Not dumpable: other user processes (a concurrent shell call) cannot ptrace the interpreter or open
     # /proc/<interpreter>/fd/*, so they cannot read a cell's nonce or write into its result pipe.
     from .privileges import PR_SET_DUMPABLE, prctl
@@ -236,6 +293,10 @@ def worker_main():
         msg = json.loads(read_exact(CMD_FD, struct.unpack(">I", head)[0]))
         if msg.get("reap"):
             _reap_children()
+            try:
+                os.write(REAPED_FD, b".")
+            except OSError:
+                pass  # full (nobody read the last ones) or closed by a cell: the supervisor stops waiting
             continue
         count += 1
         _restore_output(saved)
