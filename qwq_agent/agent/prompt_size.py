@@ -55,10 +55,9 @@ def rendered_prompt_tokens(
     *,
     prefix: str = "",
     options: PromptOptions | None = None,
-    exact_tokens: bool = True,
 ) -> int | None:
     """The tokens of the prompt a native client sends for this conversation (rendered with `options`,
-    then `prefix`): with kept reasoning and `exact_tokens`, the ids it sends with kept turns spliced in;
+    then `prefix`): with kept reasoning and `options.exact_tokens`, the ids it sends with kept turns spliced in;
     else its text tokenized, as the server tokenizes it. None without the tokenizer."""
     tok = _tokenizer()
     if tok is None:
@@ -66,7 +65,7 @@ def rendered_prompt_tokens(
     from qwq_agent.agent.exact_tokens import encode_segments
 
     opts = options or PromptOptions()
-    if exact_tokens and opts.keep_reasoning:
+    if opts.exact_tokens and opts.keep_reasoning:
         segments = render_segments(
             list(messages),
             list(tools),

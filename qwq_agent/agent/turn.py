@@ -28,6 +28,7 @@ from qwq_agent.agent.constrained import (
 )
 from qwq_agent.agent.events import (
     ContentDelta,
+    ContextCheck,
     Event,
     FailureOutcome,
     ModelCall,
@@ -188,7 +189,7 @@ class TurnStreamer:
                         yield ev
                     return
                 self.result.raw = self.prefix
-                yield self._stop(refused.status, refused.message)
+                yield self._refused(refused)
                 return
             self._continuing = None
             attempt = _Attempt()
@@ -553,7 +554,7 @@ class TurnStreamer:
             refused := await self._before_request(lambda: text_tokens(call_prompt(prompt_so_far)))
         ) is not None:
             self.result.raw = self.prefix + text
-            yield self._stop(refused.status, refused.message)
+            yield self._refused(refused)
             return
         if self.tracker.exceeded(only=_CONTINUATION_BUDGETS) is not None:
             # The stream spent what the call would be generated with: it is cut off where it opened, as
@@ -776,10 +777,20 @@ class TurnStreamer:
         self.result.budget = "wall_s"
         return self._stop("budget_exceeded", message, kind="budget")
 
-    def _stop(self, status: str, message: str, *, kind: str | None = None) -> Event:
+    def _stop(
+        self, status: str, message: str, *, kind: str | None = None, refused: ContextCheck | None = None
+    ) -> Event:
         self.result.stop_status = status
         self.result.error = message
-        return self.emit(Warning_(kind=kind or status, message=message, level=3))
+        return self.emit(Warning_(kind=kind or status, message=message, level=3, refused=refused))
+
+    def _refused(self, refusal: Refusal) -> Event:
+        """End the turn on a request it may not send; one that did not fit the context records the check
+        (`Warning_.refused`), for a replay to refuse it the same way."""
+        check = None
+        if refusal.prompt_tokens is not None and refusal.context_length is not None:
+            check = ContextCheck(prompt_tokens=refusal.prompt_tokens, context_length=refusal.context_length)
+        return self._stop(refusal.status, refusal.message, refused=check)
 
     async def _context_limit(self) -> int | None:
         """The model's context length; on a replay with none to ask, the one the recorded run used."""

@@ -293,9 +293,12 @@ class SGLangClient(RoutingKeyMixin):
 
     @property
     def prompt_options(self) -> PromptOptions:
-        """How this client renders prompts, as a trace records it."""
+        """How this client renders and sends prompts, as a trace records it."""
         return PromptOptions(
-            keep_reasoning=self.keep_reasoning, profile=self.profile, written_order=self.written_order
+            keep_reasoning=self.keep_reasoning,
+            profile=self.profile,
+            written_order=self.written_order,
+            exact_tokens=self.exact_tokens,
         )
 
     def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
@@ -339,9 +342,7 @@ class SGLangClient(RoutingKeyMixin):
         server counts them (`PromptCounter`); None without QwQ's tokenizer."""
         from qwq_agent.agent.prompt_size import rendered_prompt_tokens
 
-        return rendered_prompt_tokens(
-            messages, tools, prefix=prefix, options=self.prompt_options, exact_tokens=self.exact_tokens
-        )
+        return rendered_prompt_tokens(messages, tools, prefix=prefix, options=self.prompt_options)
 
     async def generate(
         self, prompt: str | list[int], params: SamplingParams | None = None
