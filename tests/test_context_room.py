@@ -9,23 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, ModelContextExceeded, OpenAIChatClient, SGLangClient
 from qwq_agent.agent.clients.errors import is_context_refusal
+from qwq_agent.agent.events import Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.replay import ReplayModel, load_recording
+from qwq_agent.agent.tokenizer import get_tokenizer
 from qwq_agent.agent.trace import read_trace, recorded_completions
 from qwq_agent.protocols import SamplingParams
 from qwq_agent.testing.helpers import call
-from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest
+from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
 from qwq_agent.tools.base import tool
 
 GUARD_S = 120.0
 CONTEXT = 4096
 TASK = "Summarise the log, chunk by chunk."
+TOK = get_tokenizer()
+# Recorded before `exact_tokens` was (its run_started.prompt_options lack it).
+OLD_TRACE = Path(__file__).parent / "data" / "old-traces" / "context_refused_at_6929519.jsonl"
 
 
 @tool
@@ -59,6 +65,14 @@ async def run(server: ScriptedModelServer, api: str, cfg: AgentConfig, trace=Non
     async with client_for(api, server) as client:
         agent = Agent(client, [read_chunk], config=cfg, trace_path=trace)
         return await asyncio.wait_for(agent.run(TASK), GUARD_S)
+
+
+async def replayed_run(replay: ReplayModel):  # type: ignore[no-untyped-def]
+    """The run `replay` replays, and the divergences it reported."""
+    agent = Agent(replay, [read_chunk], config=config())
+    events = [ev async for ev in agent.stream(TASK)]
+    assert agent.result is not None
+    return agent.result, [e for e in events if isinstance(e, Warning_) and e.kind == "replay_divergence"]
 
 
 @pytest.mark.parametrize("api", ["native", "openai"])
@@ -112,6 +126,51 @@ async def test_a_request_the_server_refuses_for_the_context_ends_the_run_unretri
     replayed = await Agent(replay, [read_chunk], config=recording.agent_config()).run(TASK)
     assert (replayed.status, replayed.error) == (result.status, result.error)
     assert replay.divergences == 0 and replay.remaining == 0
+
+
+async def test_a_run_whose_first_request_does_not_fit_replays_to_the_same_context_full(tmp_path):
+    # The context length comes from the server, and not even the first request fits: nothing is sent, so
+    # no model call records the context length; the refusal itself must, or a replay sends the request.
+    trace = tmp_path / "run.jsonl"
+    async with ScriptedModelServer(reader, context_length=600, check_context=True) as server:
+        result = await run(server, "native", config(), trace)
+    assert server.requests == [] and server.refused == []
+    assert result.status == "context_full" and "context length of 600 tokens" in (result.error or "")
+    assert recorded_completions(read_trace(trace)) == []
+    refused = load_recording(trace).refused
+    assert refused is not None and refused.context_length == 600 and refused.prompt_tokens > 0
+    for replay in (ReplayModel.from_trace(trace), ReplayModel.from_recording(load_recording(trace))):
+        replayed, diverged = await replayed_run(replay)
+        assert (replayed.status, replayed.error) == (result.status, result.error) and not diverged
+
+
+def sampled_reader(request: ScriptedRequest) -> Turn:
+    """`reader`, its reasoning generated one character per token (ids the tokenizer would not choose):
+    the prompt holds more tokens sent as those ids than sent as text."""
+    text = reader(request)
+    reasoning, rest = text.split("\n</think>", 1)
+    return Turn(ids=[i for ch in reasoning for i in TOK.encode(ch)] + TOK.encode("\n</think>" + rest))
+
+
+async def test_a_replay_counts_prompts_as_the_recorded_client_sent_them_as_text_or_ids(tmp_path):
+    # Kept reasoning sent as text (`exact_tokens=False`): the request the run refused is counted as
+    # text on replay too, not with the kept turns' ids spliced in (a count of other tokens).
+    trace = tmp_path / "run.jsonl"
+    async with ScriptedModelServer(sampled_reader, context_length=CONTEXT, check_context=True) as server:
+        async with SGLangClient(
+            server.url, retry=NO_RETRY, keep_reasoning=True, exact_tokens=False
+        ) as client:
+            result = await Agent(client, [read_chunk], config=config(), trace_path=trace).run(TASK)
+    assert result.status == "context_full" and server.refused == []
+    assert all(r.input_ids is None for r in server.requests) and len(server.requests) > 2
+    recording = load_recording(trace)
+    assert recording.prompt().exact_tokens is False
+    replay = ReplayModel.from_recording(recording)
+    replayed, diverged = await replayed_run(replay)
+    assert (replayed.status, replayed.error) == (result.status, result.error) and not diverged
+    assert replay.remaining == 0
+    # A trace recorded before the setting was: its client sent ids, the default.
+    assert load_recording(OLD_TRACE).prompt().exact_tokens is True
 
 
 async def test_a_turn_continued_under_a_grammar_counts_the_text_it_sends():

@@ -22,6 +22,7 @@ from qwq_agent.protocols import SamplingParams
 from qwq_agent.testing import helpers
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 from qwq_agent.tools.base import tool
+from qwq_agent.tools.catalog import build_tools
 
 CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
 
@@ -199,6 +200,7 @@ async def test_a_replay_renders_prompts_with_the_recorded_keep_reasoning(tmp_pat
         "keep_reasoning": True,
         "profile": "qwq-32b",
         "written_order": True,
+        "exact_tokens": True,
     }
     replay = Agent(ReplayModel.from_trace(trace), [add], config=config())
     events = [ev async for ev in replay.stream("Say hello.")]
@@ -240,6 +242,33 @@ def test_cli_replay_and_resume_keep_the_recorded_reasoning_policy(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "replay_divergence" not in proc.stdout
     assert len(prompts) == 1 and "I will look it up." in prompts[0]
+
+
+async def test_cli_resume_sends_prompts_as_text_when_the_recorded_client_did(tmp_path):
+    """`exact_tokens` is a client setting too: a run whose kept turns went back as text resumes sending
+    text, not the kept turns' ids (the CLI's own default)."""
+    cut = tmp_path / "cut.jsonl"
+    async with (
+        ScriptedModelServer(REASONED[:1]) as server,
+        SGLangClient(server.url, retry=NO_RETRY, keep_reasoning=True, exact_tokens=False) as client,
+    ):
+        agent = Agent(
+            client, build_tools(["fetch_url"]), config=config(budget=Budget(max_steps=1)), trace_path=cut
+        )
+        await agent.run("Say hello.")
+    assert started_of(cut).prompt_options["exact_tokens"] is False
+    resumed = tmp_path / "resumed.jsonl"
+    with ScriptedModelServer(REASONED[1:]) as server:
+        proc = await asyncio.to_thread(
+            run_cli, "--resume", str(cut), "--model-url", server.url, "--max-steps", "4", "--json",
+            "--trace", str(resumed),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        # The kept turn's reasoning goes back in the prompt, as its text.
+        assert [(r.input_ids is None, "I will look it up." in (r.prompt or "")) for r in server.requests] == [
+            (True, True)
+        ]
+    assert started_of(resumed).prompt_options["exact_tokens"] is False
 
 
 # A trace written by the code of commit 4054742, before malformed calls were rendered back into their

@@ -99,10 +99,10 @@ GENERATION_PROMPT = DEFAULT_PROFILE.generation_prompt
 
 
 class PromptOptions(BaseModel):
-    """How a client renders its prompts (`render`'s options): a setting of the client, not of the run's
-    `AgentConfig`, so a trace records it apart (`run_started.prompt_options`). A replay renders with
-    it, or every prompt after the first differs from the recorded one; a resumed run goes on under the
-    same history policy (the other one would break its prefix cache)."""
+    """How a client renders its prompts (`render`'s options) and sends them: a setting of the client,
+    not of the run's `AgentConfig`, so a trace records it apart (`run_started.prompt_options`). A
+    replay renders with it, or every prompt after the first differs from the recorded one; a resumed
+    run goes on under the same history policy (the other one would break its prefix cache)."""
 
     keep_reasoning: bool = False
     profile: str = DEFAULT_PROFILE.name
@@ -110,6 +110,10 @@ class PromptOptions(BaseModel):
     # written (see the module docstring). A trace recorded before this option existed has no such key:
     # its prompts had neither (`recorded_prompt_options`), and a replay must render them the same way.
     written_order: bool = True
+    # With `keep_reasoning`, kept turns go back as the ids the server generated (`render_segments`), so
+    # the prompt holds other tokens than its text re-tokenized: a replay counts it as it was sent. A
+    # trace recorded before this option was has no such key: its client sent ids, the default.
+    exact_tokens: bool = True
 
 
 def recorded_prompt_options(recorded: dict[str, Any], *, rendered_prompts: bool = True) -> PromptOptions:

@@ -192,6 +192,14 @@ class UsageEvent(_Event):
     totals: dict[str, float] = Field(default_factory=dict)
 
 
+class ContextCheck(BaseModel):
+    """A request's prompt as counted before it was sent, and the model's context length it was checked
+    against."""
+
+    prompt_tokens: int
+    context_length: int
+
+
 class Warning_(_Event):
     """A problem the loop noticed and acted on (loop, repetition, language, malformed call)."""
 
@@ -199,6 +207,11 @@ class Warning_(_Event):
     kind: str
     message: str
     level: int = 1
+    refused: ContextCheck | None = None
+    """On the `context_full` warning of a request the turn did not send (it did not fit): the check
+    that refused it, so that a replay refuses it the same way. Where it was the run's first request no
+    model call records the context length (it may have come from the server, which a replay has not);
+    None on other warnings, and in traces written before it was recorded."""
 
 
 class BudgetExceeded(_Event):

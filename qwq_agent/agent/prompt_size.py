@@ -6,22 +6,37 @@ counts it exactly with QwQ's own tokenizer (`rendered_prompt_tokens`: the text i
 with kept turns spliced in). A server behind the OpenAI API renders the prompt itself, so its client
 can only estimate (`estimate_prompt_tokens`: QwQ's template rendered here, plus a margin, so that the
 estimate errs high). Without the tokenizer (the `tokenizer` extra) neither can count: None.
+
+Tokenizing a long transcript takes tens of milliseconds of the event loop
+(`benchmarks/prompt_prepare_bench.py`), so a native client builds each request's prompt once
+(`prepare_prompt`, a `PromptPreparer`): the turn counts that `PreparedPrompt`, and the client sends it,
+as counted.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from qwq_agent.agent.chat_format import PromptOptions, render, render_segments
 from qwq_agent.agent.messages import Message, ToolSpec
-from qwq_agent.protocols import PromptCounter
+from qwq_agent.protocols import ModelEvent, PromptCounter, SamplingParams
 
 if TYPE_CHECKING:
     from qwq_agent.agent.tokenizer import QwenTokenizer
 
-__all__ = ["estimate_prompt_tokens", "prompt_tokens", "rendered_prompt_tokens", "text_tokens"]
+__all__ = [
+    "PreparedPrompt",
+    "PromptPreparer",
+    "estimate_prompt_tokens",
+    "prepare_prompt",
+    "prompt_tokens",
+    "rendered_prompt_tokens",
+    "text_tokens",
+]
 
 # What an estimate adds to the count of the prompt rendered here: a server's own template may add a
 # little (a default system prompt, another tool preamble); an estimate that came out low would have the
@@ -49,32 +64,50 @@ def text_tokens(text: str) -> int | None:
     return None if tok is None else int(tok.count(text))
 
 
-def rendered_prompt_tokens(
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """One request's prompt as a native client sends it, built once (tokenized too, where it goes as
+    ids): what the turn counts, then what the client sends (`PromptPreparer`)."""
+
+    text: str
+    """The prompt as text: what is sent when `ids` is None, and what traces record and replays compare."""
+    ids: list[int] | None = None
+    """The prompt as ids, kept turns spliced in (`PromptOptions.exact_tokens`); None: it goes as text."""
+
+    @cached_property
+    def tokens(self) -> int | None:
+        """Its tokens, as the server counts them: its ids, else its text tokenized (once, when asked:
+        a prompt nothing counts is not tokenized); None without QwQ's tokenizer."""
+        return len(self.ids) if self.ids is not None else text_tokens(self.text)
+
+
+@runtime_checkable
+class PromptPreparer(Protocol):
+    """A model whose request and its count share one prepared prompt: the turn counts what
+    `prepare_prompt` built, then has `stream_prepared` send it."""
+
+    def prepare_prompt(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], *, prefix: str = ""
+    ) -> PreparedPrompt: ...
+
+    def stream_prepared(
+        self, prepared: PreparedPrompt, params: SamplingParams
+    ) -> AsyncIterator[ModelEvent]: ...
+
+
+def prepare_prompt(
     messages: Sequence[Message],
     tools: Sequence[ToolSpec],
     *,
     prefix: str = "",
     options: PromptOptions | None = None,
-    exact_tokens: bool = True,
-) -> int | None:
-    """The tokens of the prompt a native client sends for this conversation (rendered with `options`,
-    then `prefix`): with kept reasoning and `exact_tokens`, the ids it sends with kept turns spliced in;
-    else its text tokenized, as the server tokenizes it. None without the tokenizer."""
-    tok = _tokenizer()
-    if tok is None:
-        return None
-    from qwq_agent.agent.exact_tokens import encode_segments
-
+) -> PreparedPrompt:
+    """The prompt a native client sends for this conversation, rendered with `options`, then `prefix`:
+    as ids with kept turns spliced in when reasoning is kept, `exact_tokens` is on and some turn kept
+    its ids; else as text."""
     opts = options or PromptOptions()
-    if exact_tokens and opts.keep_reasoning:
-        segments = render_segments(
-            list(messages),
-            list(tools),
-            keep_reasoning=True,
-            profile=opts.profile,
-            written_order=opts.written_order,
-        )
-        return len(encode_segments([*segments, prefix], tok))
+    # The text traces record, even of ids: from the renderer's per-turn caches, a fraction of a
+    # millisecond where tokenizing a long transcript takes tens of them.
     text = render(
         list(messages),
         list(tools),
@@ -82,7 +115,36 @@ def rendered_prompt_tokens(
         profile=opts.profile,
         written_order=opts.written_order,
     )
-    return int(tok.count(text + prefix))
+    if not (opts.exact_tokens and opts.keep_reasoning):
+        return PreparedPrompt(text + prefix)
+    from qwq_agent.agent.exact_tokens import TokenSpan, encode_segments
+
+    segments = render_segments(
+        list(messages),
+        list(tools),
+        keep_reasoning=True,
+        profile=opts.profile,
+        written_order=opts.written_order,
+    )
+    if not any(isinstance(segment, TokenSpan) for segment in segments):
+        return PreparedPrompt(text + prefix)
+    # The prefix joins the last text run (the generation prompt), tokenized with it as the text is.
+    return PreparedPrompt(text + prefix, encode_segments([*segments, prefix]))
+
+
+def rendered_prompt_tokens(
+    messages: Sequence[Message],
+    tools: Sequence[ToolSpec],
+    *,
+    prefix: str = "",
+    options: PromptOptions | None = None,
+) -> int | None:
+    """The tokens of the prompt a native client sends for this conversation (`prepare_prompt`): with
+    kept reasoning and `exact_tokens`, the ids it sends with kept turns spliced in; else its text
+    tokenized, as the server tokenizes it. None without the tokenizer."""
+    if _tokenizer() is None:
+        return None
+    return prepare_prompt(messages, tools, prefix=prefix, options=options).tokens
 
 
 def estimate_prompt_tokens(

@@ -24,6 +24,7 @@ from qwq_agent.agent.clients.errors import ModelError
 from qwq_agent.agent.clients.openai_chat import to_openai_messages, to_openai_tools, tools_digest
 from qwq_agent.agent.config import AgentConfig
 from qwq_agent.agent.events import (
+    ContextCheck,
     Event,
     FailureOutcome,
     ModelCall,
@@ -144,6 +145,9 @@ class Recording(BaseModel):
     continues: bool = False
     # How the prompts were rendered (`PromptOptions`; empty in older traces: the defaults).
     prompt_options: dict[str, Any] = Field(default_factory=dict)
+    # The request after the completions, which the run did not send: it did not fit the context
+    # (`Warning_.refused`; None: the run ended otherwise, or its trace predates the record).
+    refused: ContextCheck | None = None
 
     def prompt(self) -> PromptOptions:
         """The recorded `PromptOptions`; `TraceError` naming the trace when they are not valid."""
@@ -221,12 +225,18 @@ def recording_of(events: list[Event], path: str | Path) -> Recording:
         history=list(started.history),
         continues=started.continues,
         prompt_options=dict(started.prompt_options),
+        refused=_refusal(events),
     )
     # found now, when the trace is read, not once a run built from it has started
     recording.agent_config()
     recording.history_messages()
     recording.prompt()
     return recording
+
+
+def _refusal(events: Sequence[Event]) -> ContextCheck | None:
+    """The check that refused the recorded run's last request, unsent (it did not fit the context)."""
+    return next((e.refused for e in reversed(events) if isinstance(e, Warning_) and e.refused), None)
 
 
 def _excerpt(text: str, at: int) -> str:
@@ -255,8 +265,10 @@ class ReplayModel:
         source: ReplaySource | None = None,
         prompt_options: PromptOptions | None = None,
         recorded_end: tuple[str | None, str | None] = (None, None),
+        refused: ContextCheck | None = None,
     ) -> None:
-        """`recorded_end`: the recorded run's final status and error, told when the recording runs out."""
+        """`recorded_end`: the recorded run's final status and error, told when the recording runs out.
+        `refused`: the check that refused the request after the recorded ones (`Recording.refused`)."""
         # A probe's record answers no request: its cost is counted by the turn whose request follows it.
         self._calls: list[ModelCall] = []
         self._probes: dict[int, list[ModelCall]] = {}
@@ -292,6 +304,7 @@ class ReplayModel:
         self._handed_over = False
         self._notices: list[Event] = []
         self._recorded_end = recorded_end
+        self._refused = refused
         self.name = f"replay({len(self._calls)} completions)"
 
     @classmethod
@@ -311,7 +324,15 @@ class ReplayModel:
         options = _prompt_options(started.prompt_options if started else {}, path, calls)
         final = next((e for e in reversed(events) if e.type == "final"), None)
         end = (getattr(final, "status", None), getattr(final, "error", None))
-        return cls(calls, then=then, chunk=chunk, source=source, prompt_options=options, recorded_end=end)
+        return cls(
+            calls,
+            then=then,
+            chunk=chunk,
+            source=source,
+            prompt_options=options,
+            recorded_end=end,
+            refused=_refusal(events),
+        )
 
     @classmethod
     def from_recording(
@@ -337,6 +358,7 @@ class ReplayModel:
             source=source,
             prompt_options=options,
             recorded_end=(recording.status, recording.error),
+            refused=recording.refused,
         )
 
     @property
@@ -371,6 +393,8 @@ class ReplayModel:
     def recorded_context_length(self) -> int | None:
         """The context length the recorded run's requests were last checked against (None if never):
         past the recording, the replay checks against it, as the run did against its server's."""
+        if self._refused is not None:  # the run's last check, and its only one when it sent nothing
+            return self._refused.context_length
         return next((c.context_length for c in reversed(self._calls) if c.context_length), None)
 
     def count_prompt_tokens(
@@ -378,14 +402,32 @@ class ReplayModel:
     ) -> int | None:
         """The prompt's tokens as the recorded run's client counted them (`PromptCounter`): a native
         client's exact count under the recorded prompt options, an OpenAI-API client's estimate; the
-        live model's count once it has taken over."""
+        live model's count once it has taken over. Past the recording, the request the run refused
+        unsent counts what it counted then."""
         from qwq_agent.agent.prompt_size import estimate_prompt_tokens, prompt_tokens, rendered_prompt_tokens
 
         if self._then is not None and not self.replaying:
             return prompt_tokens(self._then, messages, tools, prefix)
         if any(call.messages is not None for call in self._calls):  # an OpenAI-API run's recording
-            return estimate_prompt_tokens(messages, tools, prefix=prefix)
-        return rendered_prompt_tokens(messages, tools, prefix=prefix, options=self.prompt_options)
+            counted = estimate_prompt_tokens(messages, tools, prefix=prefix)
+        else:
+            counted = rendered_prompt_tokens(messages, tools, prefix=prefix, options=self.prompt_options)
+        refused = self._refused
+        if refused is None or self.replaying:
+            return counted
+        # A count that differs now is a divergence; told only where the calls show which client counted
+        # (with none recorded, an OpenAI-API client's estimate and a native count look alike).
+        if self._calls and counted is not None and counted != refused.prompt_tokens:
+            self.divergences += 1
+            what = f"the request after the {len(self._calls)} recorded model calls, unsent for the context"
+            self._notices.append(
+                Warning_(
+                    kind="replay_divergence",
+                    message=f"{what}, counts {counted} tokens, {refused.prompt_tokens} when recorded; "
+                    "the recorded count is used anyway",
+                )
+            )
+        return refused.prompt_tokens
 
     def take_notices(self, *, final: bool = False) -> list[Event]:
         """Events the loop should emit: divergences seen, and the hand-over to the live model.

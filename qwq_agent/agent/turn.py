@@ -28,6 +28,7 @@ from qwq_agent.agent.constrained import (
 )
 from qwq_agent.agent.events import (
     ContentDelta,
+    ContextCheck,
     Event,
     FailureOutcome,
     ModelCall,
@@ -45,7 +46,7 @@ from qwq_agent.agent.loop_detector import (
 from qwq_agent.agent.loops.probe import AnswerProbe, ProbeModel, PromptRenderer
 from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolSpec
-from qwq_agent.agent.prompt_size import prompt_tokens, text_tokens
+from qwq_agent.agent.prompt_size import PreparedPrompt, PromptPreparer, prompt_tokens, text_tokens
 from qwq_agent.agent.replay import RecordedCompletion, ReplayedModelError, ReplayExhausted, ReplayModel
 from qwq_agent.agent.turn_limits import ContextLength, PromptSize, Refusal, TurnLimits
 from qwq_agent.deadline import Deadline
@@ -146,6 +147,8 @@ class TurnStreamer:
             config.max_requests_per_turn, self._context_limit, min_room=config.min_context_room_tokens
         )
         self._max_new_tokens: int | None = None  # what the next request may ask for (`_before_request`)
+        # The next request's prompt as the count prepared it, with the prefix it was prepared for.
+        self._prepared: tuple[str, PreparedPrompt] | None = None
         # Tool calls are finished under a grammar only by a model that renders its own prompt.
         self._native: PromptModel | None = (
             model if config.constrained_tool_calls and self.specs and isinstance(model, PromptModel) else None
@@ -188,7 +191,7 @@ class TurnStreamer:
                         yield ev
                     return
                 self.result.raw = self.prefix
-                yield self._stop(refused.status, refused.message)
+                yield self._refused(refused)
                 return
             self._continuing = None
             attempt = _Attempt()
@@ -298,7 +301,7 @@ class TurnStreamer:
                 attempt.probes.append(probe)
         # The turn so far goes back as text: a marker the model spelt in it must not become a control
         # token (see `markers`), as in every later prompt.
-        stream = self.model.stream(self.messages, self.specs, params, prefix=defuse(self.prefix))
+        stream = self._open_stream(params)
         events = aiter(stream)
         try:
             while True:
@@ -379,6 +382,13 @@ class TurnStreamer:
                 await self.probe.aclose()
             with self.deadline.scope():  # the abort this may send counts against the deadline
                 await _aclose(stream)
+
+    def _open_stream(self, params: SamplingParams) -> AsyncIterator[ModelEvent]:
+        """The request's stream: of the prompt `_prompt_size` prepared for it, when it did."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] == self.prefix and isinstance(self.model, PromptPreparer):
+            return self.model.stream_prepared(prepared[1], params)
+        return self.model.stream(self.messages, self.specs, params, prefix=defuse(self.prefix))
 
     def _recorded_signal(self, done: Completion) -> LoopSignal | None:
         """On a replay: the intervention the recorded run made where this request ended, when this
@@ -553,7 +563,7 @@ class TurnStreamer:
             refused := await self._before_request(lambda: text_tokens(call_prompt(prompt_so_far)))
         ) is not None:
             self.result.raw = self.prefix + text
-            yield self._stop(refused.status, refused.message)
+            yield self._refused(refused)
             return
         if self.tracker.exceeded(only=_CONTINUATION_BUDGETS) is not None:
             # The stream spent what the call would be generated with: it is cut off where it opened, as
@@ -776,10 +786,20 @@ class TurnStreamer:
         self.result.budget = "wall_s"
         return self._stop("budget_exceeded", message, kind="budget")
 
-    def _stop(self, status: str, message: str, *, kind: str | None = None) -> Event:
+    def _stop(
+        self, status: str, message: str, *, kind: str | None = None, refused: ContextCheck | None = None
+    ) -> Event:
         self.result.stop_status = status
         self.result.error = message
-        return self.emit(Warning_(kind=kind or status, message=message, level=3))
+        return self.emit(Warning_(kind=kind or status, message=message, level=3, refused=refused))
+
+    def _refused(self, refusal: Refusal) -> Event:
+        """End the turn on a request it may not send; one that did not fit the context records the check
+        (`Warning_.refused`), for a replay to refuse it the same way."""
+        check = None
+        if refusal.prompt_tokens is not None and refusal.context_length is not None:
+            check = ContextCheck(prompt_tokens=refusal.prompt_tokens, context_length=refusal.context_length)
+        return self._stop(refusal.status, refusal.message, refused=check)
 
     async def _context_limit(self) -> int | None:
         """The model's context length; on a replay with none to ask, the one the recorded run used."""
@@ -790,13 +810,23 @@ class TurnStreamer:
 
     def _prompt_size(self, prefix: str) -> PromptSize:
         """The size of a streamed request's prompt (the conversation, then `prefix`), as the model
-        counts it (None where it cannot)."""
-        return lambda: prompt_tokens(self.model, self.messages, self.specs, defuse(prefix))
+        counts it (None where it cannot). A model that prepares its prompts prepares this one here, and
+        `_stream` sends what was counted: a long transcript is rendered and tokenized once a request."""
+
+        def size() -> int | None:
+            if not isinstance(self.model, PromptPreparer):
+                return prompt_tokens(self.model, self.messages, self.specs, defuse(prefix))
+            prepared = self.model.prepare_prompt(self.messages, self.specs, prefix=defuse(prefix))
+            self._prepared = (prefix, prepared)
+            return prepared.tokens
+
+        return size
 
     async def _before_request(self, size: PromptSize) -> Refusal | None:
         """Count the next request and set the token limit it asks for (`_sampling`): what the generation
         budget has left, lowered so that its prompt (`size` counts it) and its output fit the model's
         context. Else why it may not be sent."""
+        self._prepared = None  # `size` prepares this request's prompt, if it is counted at all
         recorded = self.model.peek() if isinstance(self.model, ReplayModel) else None
         if recorded is not None and recorded.max_new_tokens is not None:
             # The recorded run sent this request, with this limit: it fit then and asks the same now.

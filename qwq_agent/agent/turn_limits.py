@@ -34,6 +34,9 @@ class Refusal(NamedTuple):
 
     status: str  # `model_error` (the request cap) or `context_full`
     message: str
+    # For `context_full`: the prompt's size and the context length it did not fit.
+    prompt_tokens: int | None = None
+    context_length: int | None = None
 
 
 class TurnLimits:
@@ -91,6 +94,8 @@ class TurnLimits:
                 return Refusal(
                     "context_full",
                     f"{grown} fills the model's context length of {limit} tokens: no room is left to write",
+                    size,
+                    limit,
                 )
             why = (
                 f"AgentConfig.min_context_room_tokens={self.min_room}"
@@ -101,6 +106,8 @@ class TurnLimits:
                 "context_full",
                 f"{grown} leaves room for {room} new tokens in the model's context length of {limit} "
                 f"tokens, fewer than {why}",
+                size,
+                limit,
             )
         return min(wanted, room)
 

@@ -48,15 +48,15 @@ async def connect_model(
     keep_reasoning: bool = False,
     profile: str = DEFAULT_PROFILE.name,
     written_order: bool = True,
+    exact_tokens: bool = True,
     timeout: float = 3.0,
     routing_key: str | None = None,
 ) -> Model:
     """A client for `url` once the server has answered a cheap request within `timeout` seconds (the
     whole answer, however slowly it trickles in, of at most `PROBE_MAX_BYTES`).
 
-    `keep_reasoning`, `profile` (the chat format) and `written_order` are how the native client renders
-    prompts (`PromptOptions`); an
-    OpenAI-compatible server renders them itself.
+    `keep_reasoning`, `profile` (the chat format), `written_order` and `exact_tokens` are how the native
+    client renders and sends prompts (`PromptOptions`); an OpenAI-compatible server renders them itself.
 
     `routing_key` (a run's id) is sent with every request, so SGLang's router under session affinity
     (`serve --dp N --router-policy affinity`) keeps the run on one replica; other servers ignore it.
@@ -105,6 +105,7 @@ async def connect_model(
             profile=profile,
             keep_reasoning=keep_reasoning,
             written_order=written_order,
+            exact_tokens=exact_tokens,
             routing_key=routing_key,
         )
     from qwq_agent.agent.clients.openai_chat import OpenAIChatClient

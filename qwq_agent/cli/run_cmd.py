@@ -177,6 +177,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
             keep_reasoning=settings.prompt.keep_reasoning,
             profile=settings.prompt.profile,
             written_order=settings.prompt.written_order,
+            exact_tokens=settings.prompt.exact_tokens,
             timeout=endpoint.connect_timeout_s,
             routing_key=run_id,  # session affinity behind SGLang's router
         )

@@ -38,6 +38,7 @@ from qwq_agent.agent.clients.router_info import is_router_summary, worker_infos
 from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.agent.prompt_size import PreparedPrompt, prepare_prompt, rendered_prompt_tokens
 from qwq_agent.deadline import current_deadline
 from qwq_agent.http_probe import AnswerTooLarge, get_capped
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
@@ -283,19 +284,31 @@ class SGLangClient(RoutingKeyMixin):
         The prompt goes as ids when `exact_tokens` applies and some earlier turn kept its ids; the
         completion's `prompt` is then the text those ids spell (what `render_prompt` returns).
         """
-        text = self.render_prompt(messages, tools) + prefix
-        ids = self.prompt_ids(messages, tools, prefix=prefix)
-        async with aclosing(self.generate_stream(ids if ids is not None else text, params)) as events:
+        prepared = self.prepare_prompt(messages, tools, prefix=prefix)
+        async with aclosing(self.stream_prepared(prepared, params)) as events:
+            async for event in events:
+                yield event
+
+    async def stream_prepared(
+        self, prepared: PreparedPrompt, params: SamplingParams
+    ) -> AsyncGenerator[ModelEvent, None]:
+        """`stream` for a prompt `prepare_prompt` built (and the turn counted): sent as it is."""
+        ids = prepared.ids
+        prompt = ids if ids is not None else prepared.text
+        async with aclosing(self.generate_stream(prompt, params)) as events:
             async for event in events:
                 if ids is not None and isinstance(event, SGLangCompletion):
-                    event.prompt = text  # traces and replay compare prompts as text
+                    event.prompt = prepared.text  # traces and replay compare prompts as text
                 yield event
 
     @property
     def prompt_options(self) -> PromptOptions:
-        """How this client renders prompts, as a trace records it."""
+        """How this client renders and sends prompts, as a trace records it."""
         return PromptOptions(
-            keep_reasoning=self.keep_reasoning, profile=self.profile, written_order=self.written_order
+            keep_reasoning=self.keep_reasoning,
+            profile=self.profile,
+            written_order=self.written_order,
+            exact_tokens=self.exact_tokens,
         )
 
     def render_prompt(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
@@ -311,37 +324,26 @@ class SGLangClient(RoutingKeyMixin):
             written_order=self.written_order,
         )
 
+    def prepare_prompt(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], *, prefix: str = ""
+    ) -> PreparedPrompt:
+        """The prompt `stream` sends for this conversation and `prefix`, rendered (and tokenized, where
+        it goes as ids) once: the turn counts it (`PreparedPrompt.tokens`), then sends it with
+        `stream_prepared` (`PromptPreparer`)."""
+        return prepare_prompt(messages, tools, prefix=prefix, options=self.prompt_options)
+
     def prompt_ids(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec], *, prefix: str = ""
     ) -> list[int] | None:
         """The prompt as ids with kept turns spliced in; None when it goes as text (no turn kept ids)."""
-        if not (self.exact_tokens and self.keep_reasoning):
-            return None
-        from qwq_agent.agent.chat_format import render_segments
-        from qwq_agent.agent.exact_tokens import TokenSpan, encode_segments
-
-        segments = render_segments(
-            list(messages),
-            list(tools),
-            keep_reasoning=True,
-            profile=self.profile,
-            written_order=self.written_order,
-        )
-        if not any(isinstance(segment, TokenSpan) for segment in segments):
-            return None
-        # The prefix joins the last text run (the generation prompt), tokenized with it as the text path does.
-        return encode_segments([*segments, prefix])
+        return self.prepare_prompt(messages, tools, prefix=prefix).ids
 
     def count_prompt_tokens(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec], *, prefix: str = ""
     ) -> int | None:
         """The tokens of the prompt `stream` sends for this conversation and `prefix`, exactly as the
         server counts them (`PromptCounter`); None without QwQ's tokenizer."""
-        from qwq_agent.agent.prompt_size import rendered_prompt_tokens
-
-        return rendered_prompt_tokens(
-            messages, tools, prefix=prefix, options=self.prompt_options, exact_tokens=self.exact_tokens
-        )
+        return rendered_prompt_tokens(messages, tools, prefix=prefix, options=self.prompt_options)
 
     async def generate(
         self, prompt: str | list[int], params: SamplingParams | None = None
