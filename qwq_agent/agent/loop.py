@@ -104,6 +104,7 @@ class Agent:
         self._events = 0
         self._warnings: list[Warning_] = []
         self._patch: str | None = None
+        self._patch_error: str | None = None
         self._step = 0  # the run's step (from 1 in each run)
         self._turns_before = 0  # the turns before the run: of its history, or its ids' highest, if more
         self._arithmetic_hinted = False  # the run's one hand-arithmetic hint was written
@@ -170,7 +171,7 @@ class Agent:
             self._next_run_id()
             self._events = 0  # `RunResult.events` counts this run's events
             self._warnings = []  # and `RunResult.warnings` holds its warnings
-            self._patch = None
+            self._patch = self._patch_error = None
             self.tracker = BudgetTracker(budget=self.config.budget)
             self._arithmetic_hinted = False
             # Each run counts its steps from 1, and numbers its call ids after the history's turns: the
@@ -395,7 +396,9 @@ class Agent:
         try:
             changes = await workspace_changes(self.sandbox, baseline)
         except Exception as exc:  # a dead sandbox, a full home: the run's answer still stands
-            return self._emit(Warning_(kind="patch_failed", message=f"the workspace patch is missing: {exc}"))
+            self._patch_error = str(exc) or type(exc).__name__
+            message = f"the workspace patch is missing: {self._patch_error}"
+            return self._emit(Warning_(kind="patch_failed", message=message))
         self._patch = changes.text
         if not changes.left_out:
             return None
@@ -680,6 +683,7 @@ class Agent:
             events=self._events,
             warnings=list(self._warnings),
             patch=self._patch,
+            patch_error=self._patch_error,
         )
         return final
 

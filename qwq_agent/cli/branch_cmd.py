@@ -74,16 +74,7 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
         copied = True
         if args.copy_back is not None and result.sandbox is not None:
             copied = await copy_back(result.sandbox, args.copy_back, console, "the winner's workspace")
-    won = result.won
-    patched = True
-    if args.patch is not None and won is not None and won.result is not None and won.result.patch is not None:
-        from qwq_agent.agent.patch import patch_bytes
-        from qwq_agent.cli.patch_file import write_patch
-
-        traced = Path(result.trace_path) if result.trace_path else None
-        patched = write_patch(console, patch_bytes(won.result.patch), args.patch, traced)  # git's bytes
-        if patched:
-            console.print(plain(f"the winner's patch: {args.patch.resolve()}", "dim"), soft_wrap=True)
+    patched = _write_winners_patch(args.patch, result, console) if args.patch is not None else True
     if result.trace_path:
         console.print(
             plain(f"trace: {result.trace_path} (one file per branch beside it)", "dim"), soft_wrap=True
@@ -99,6 +90,27 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
             console.print(plain(line, "magenta"), soft_wrap=True)
         return EXIT_AWAITING_APPROVAL
     return 0 if result.winner is not None and copied and patched else 1
+
+
+def _write_winners_patch(path: Path, result: BranchResult, console: Console) -> bool:
+    """The winner's patch into `path` (`patch_file.write_patch`); a line saying why when there is none
+    (no winner, or its patch could not be collected). Whether `path` holds it."""
+    from qwq_agent.agent.patch import patch_bytes
+    from qwq_agent.cli.patch_file import report_missing, write_patch
+    from qwq_agent.cli.safe_text import plain
+
+    won = result.won
+    if won is None:
+        console.print(plain(f"no patch: no branch won; {path} not written", "yellow"), soft_wrap=True)
+        return False
+    if won.result is None or won.result.patch is None:
+        report_missing(console, won.result, path)
+        return False
+    traced = Path(result.trace_path) if result.trace_path else None
+    if not write_patch(console, patch_bytes(won.result.patch), path, traced):  # git's bytes
+        return False
+    console.print(plain(f"the winner's patch: {path.resolve()}", "dim"), soft_wrap=True)
+    return True
 
 
 def awaiting_approval(result: BranchResult) -> list[Any]:

@@ -58,6 +58,18 @@ def write_patch(console: Any, data: bytes, path: Path, trace: Path | None) -> bo
     return False
 
 
+def report_missing(console: Any, result: Any, path: Path) -> None:
+    """One warning line for a `--patch FILE` the run gave no patch for: why (`RunResult.patch_error`,
+    or the run ended before its changes were taken), and that FILE was not written (it is as it was)."""
+    from qwq_agent.cli.safe_text import plain
+
+    why = getattr(result, "patch_error", None) if result is not None else None
+    if why is None:
+        status = getattr(result, "status", None)
+        why = f"the run ended {status or 'early'} before its changes were collected"
+    console.print(plain(f"no patch: {why}; {path} not written", "yellow"), soft_wrap=True)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """`data` into `path`, whole or not at all (a temporary file beside it, synced, renamed over it).
 
