@@ -73,7 +73,10 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
             print_result(console, result)
         copied = True
         if args.copy_back is not None and result.sandbox is not None:
-            copied = await copy_back(result.sandbox, args.copy_back, console, "the winner's workspace")
+            traced = Path(result.trace_path) if result.trace_path else None
+            copied = await copy_back(
+                result.sandbox, args.copy_back, console, "the winner's workspace", traced
+            )
     patched = _write_winners_patch(args.patch, result, console) if args.patch is not None else True
     if result.trace_path:
         console.print(
@@ -120,11 +123,13 @@ def awaiting_approval(result: BranchResult) -> list[Any]:
     return [b for b in result.branches if b.status == "awaiting_approval" and b.trace_path]
 
 
-async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bool:
+async def copy_back(sandbox: Any, dest: Path, console: Console, what: str, trace: Path | None = None) -> bool:
     """Copy /workspace into `dest`, saying what was left out; a failure is one warning line and False,
     so the patch and the trace line, which do not depend on it, still come. What git would run
     commands from is left out (`sandbox.git_files`) and named on a line of its own; a git config
-    comes back with only its safe settings, a line naming those dropped.
+    comes back with only its safe settings, a line naming those dropped. When the host's disk cannot
+    take the copy (full), the archive the sandbox sent is kept beside `trace` (`<trace stem>.workspace.tar`,
+    else in the temporary folder) and the line names it: the sandbox, about to go, holds the only copy.
 
     The run has ended by now and the sandbox holds the only copy of its work, so a Ctrl-C, SIGTERM, SIGHUP
     or SIGQUIT (a cancellation) lets the copy finish first, then propagates; a second signal exits at once
@@ -133,7 +138,7 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bo
     import asyncio
 
     from qwq_agent.cli.safe_text import plain
-    from qwq_agent.sandbox.errors import SandboxError
+    from qwq_agent.sandbox.errors import DownloadNotWritten, SandboxError
     from qwq_agent.sandbox.git_files import WHY
 
     download = asyncio.ensure_future(sandbox.download("/workspace", dest))
@@ -148,7 +153,10 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bo
                 console.print(plain(note, "yellow"), soft_wrap=True)
             copied = await download  # bounded: the download has its own deadline
     except (SandboxError, OSError) as exc:  # texts from the sandbox: printed literally
-        console.print(plain(f"{what} was not copied back to {dest}: {exc}", "yellow"), soft_wrap=True)
+        note = f"{what} was not copied back to {dest}: {exc}"
+        if isinstance(exc, DownloadNotWritten):
+            note += _kept_archive(exc.archive, dest, trace)
+        console.print(plain(note, "yellow"), soft_wrap=True)
         if cancelled is not None:
             raise cancelled from None
         return False
@@ -178,6 +186,21 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bo
     if cancelled is not None:
         raise cancelled
     return True
+
+
+def _kept_archive(archive: bytes, dest: Path, trace: Path | None) -> str:
+    """The end of the copy-back's failure line: where the archive of the workspace was kept, or that it
+    could not be."""
+    from qwq_agent.cli.kept_files import keep
+
+    kept = keep(archive, trace, ".workspace.tar", dest.name or "copy-back")
+    if kept is None:
+        return "; nor could the archive the sandbox sent be kept anywhere else: the work is lost"
+    # The sandbox's archive as it came, none of copy-back's checks made: links out, git hooks.
+    return (
+        f"; the archive the sandbox sent was kept in {kept} (unchecked: list it with `tar tvf` "
+        "before extracting it)"
+    )
 
 
 def show_left_out(console: Console, skipped: list[str], verb: str, count: int = 0) -> None:

@@ -243,7 +243,10 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 renderer.close()  # the live status goes before anything else is printed
             started.ended = True
             if args.copy_back is not None and sandbox is not None:
-                copied = await branch_cmd.copy_back(sandbox, args.copy_back, console, "the workspace")
+                ended = agent.result.trace_path if agent.result is not None else None
+                copied = await branch_cmd.copy_back(
+                    sandbox, args.copy_back, console, "the workspace", Path(ended) if ended else None
+                )
     finally:
         await model.aclose()
         await extras.aclose()
