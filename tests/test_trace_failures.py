@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -131,3 +132,46 @@ def test_cli_on_a_full_disk_prints_the_answer_and_one_line_about_the_trace(sandb
     assert " ".join(out.split()).count("No space left on device") == 1, out
     assert "Traceback" not in out
     assert read_trace(trace)[0].type == "run_started"
+
+
+def test_cli_offers_no_resume_for_an_approval_the_full_disk_kept_out_of_the_trace(small_disk):
+    """`--approve ask` without a terminal stops at the first call (exit 5) and prints a resume command.
+    With the trace stopped by the full disk before `approval_requested` and `final`, that command failed
+    ("not awaiting approval: nothing to decide"): the run waited for a decision it could never get."""
+    trace = small_disk / "run.jsonl"
+    turns = [
+        "fetch\n</think>\n\n" + call("fetch_url", url="http://example.invalid/"),
+        "done\n</think>\n\nDone.",
+    ]
+    with ScriptedModelServer(turns) as server:
+        proc = subprocess.run(
+            [*CLI, "run", TASK, "--model-url", server.url, "--tools", "fetch_url", "--approve", "ask",
+             "--trace", str(trace)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, out
+    assert "resume with" not in out and "Traceback" not in out
+    said = re.search(r"the run stopped to wait for approval of a tool call, but its trace could not record "
+                     r"that \((.*)\): it cannot be resumed; run the task again", out)  # fmt: skip
+    assert said and said.group(1) == f"{trace}: No space left on device", out
+
+
+def test_cli_offers_no_resume_for_branches_whose_waits_the_full_disk_kept_out(small_disk):
+    """The same for `--branches`: each branch waiting for an approval got a resume line that could not work."""
+    turn = "fetch\n</think>\n\n" + call("fetch_url", url="http://example.invalid/")
+    with ScriptedModelServer([turn] * 4) as server:
+        proc = subprocess.run(
+            [*CLI, "run", TASK, "--model-url", server.url, "--tools", "fetch_url", "--approve", "ask",
+             "--branches", "2", "--trace", str(small_disk / "t.jsonl")],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, out
+    assert "resume with" not in out and "Traceback" not in out
+    for index in (0, 1):
+        assert re.search(
+            rf"branch {index} stopped to wait for approval, but its trace could not record that \(.*No space "
+            r"left on device\): it cannot be resumed",
+            out,
+        ), out

@@ -461,18 +461,48 @@ class TerminalApprover:
 
 
 def report_pending(console: Any, result: Any) -> int:
-    """Say which call the run waits on and how to resume it; the exit code for a waiting run."""
-    from qwq_agent.agent.approval import pending_approval
-
-    pending = pending_approval(result.trace_path) if result.trace_path else None
+    """Say which call the run waits on and how to resume it; the exit code for a waiting run. A run whose
+    trace does not hold the wait (a full disk stopped it before `approval_requested` or `final`) cannot
+    be resumed: said so, and 1."""
+    pending, why = _recorded_wait(result.trace_path, result.trace_error)
     what = "a tool call"
     if pending is not None:
         # The model's arguments: a 6 KB one printed whole is a screenful, not a line.
         what = f"{pending.call.name} {_head_tail(json.dumps(pending.call.arguments, ensure_ascii=False))}"
+    if why is not None:
+        line = (
+            f"the run stopped to wait for approval of {what}, but its trace could not record that ({why}): "
+            "it cannot be resumed; run the task again"
+        )
+        console.print(plain(line, "yellow"), soft_wrap=True)
+        return 1
     console.print(plain(f"waiting for approval of {what}", "magenta"), soft_wrap=True)
-    if result.trace_path:
-        console.print(plain(f"resume with: {resume_command(result.trace_path)}", "dim"), soft_wrap=True)
+    console.print(plain(f"resume with: {resume_command(result.trace_path)}", "dim"), soft_wrap=True)
     return EXIT_AWAITING_APPROVAL
+
+
+def resumable(trace_path: str | None, trace_error: str | None) -> str | None:
+    """Why the run in `trace_path`, which stopped awaiting approval, cannot be resumed from it; None
+    when it can."""
+    return _recorded_wait(trace_path, trace_error)[1]
+
+
+def _recorded_wait(trace_path: str | None, trace_error: str | None) -> tuple[Any, str | None]:
+    """The call the trace records the run waiting on, and why a resume cannot work (None: it can)."""
+    from qwq_agent.agent.approval import pending_approval
+
+    if not trace_path:
+        return None, trace_error or "the run wrote no trace"
+    try:
+        pending = pending_approval(trace_path)
+    except Exception as exc:  # a trace removed or unreadable since: no resume either
+        return None, trace_error or f"{type(exc).__name__}: {exc}"
+    if trace_error is not None:
+        # A trace with a hole (a write that failed) would replay a run other than this one.
+        return pending, trace_error
+    if pending is None:
+        return None, "it holds no pending approval"
+    return pending, None
 
 
 def resume_command(trace_path: str | Path) -> str:
