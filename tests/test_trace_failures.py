@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
-from qwq_agent.agent.trace import read_trace
+from qwq_agent.agent.trace import TraceWriter, read_trace
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 from qwq_agent.tools.base import tool
 
@@ -175,3 +176,63 @@ def test_cli_offers_no_resume_for_branches_whose_waits_the_full_disk_kept_out(sm
             r"left on device\): it cannot be resumed",
             out,
         ), out
+
+
+REMOVAL = {"folder": None}
+
+
+@tool
+def tidy() -> str:
+    """Stands for whatever removes the traces folder on the host while a run goes on (`rm -rf traces/`)."""
+    folder = REMOVAL["folder"]
+    shutil.rmtree(folder)
+    if REMOVAL.get("block"):  # and then something takes its place that no folder can be made at
+        folder.write_text("not a folder\n")
+    return "tidied"
+
+
+async def tidy_run(folder, *, block=False):
+    REMOVAL.update(folder=folder, block=block)
+    turns = ["Tidy.\n</think>\n\n" + call("tidy"), "Done.\n</think>\n\nAll done."]
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(
+            client, [tidy], config=AgentConfig(check_language=False), trace_path=folder / "run.jsonl"
+        )
+        events = [e async for e in agent.stream("Tidy up.")]
+    return agent.result, [e for e in events if isinstance(e, Warning_)]
+
+
+async def test_a_trace_removed_mid_run_is_written_again_at_its_path_whole(tmp_path):
+    """The trace folder removed while the run wrote it (a cleanup job, `git clean -xdf`): the writer went
+    on into the unlinked file, no error, and the run named a trace path that did not exist. Now the
+    removal is noticed, the file is written again at its path with every event so far, and said once."""
+    folder = tmp_path / "traces"
+    result, warnings = await tidy_run(folder)
+    assert result.status == "completed" and result.trace_error is None
+    assert result.trace_path == str(folder / "run.jsonl")
+    events = read_trace(result.trace_path)
+    assert [events[0].type, events[-1].type] == ["run_started", "final"]
+    assert [e.type for e in events].count("tool_result") == 1 and events[-1].answer == "All done."
+    said = [w for w in warnings if w.kind == "trace_recreated"]
+    assert len(said) == 1 and "was removed during the run" in said[0].message
+    assert not [w for w in warnings if w.kind == "trace_failed"]
+
+
+async def test_a_trace_removed_mid_run_that_cannot_be_written_again_is_a_trace_failure(tmp_path):
+    folder = tmp_path / "traces"
+    result, warnings = await tidy_run(folder, block=True)
+    assert result.status == "completed" and result.answer == "All done."
+    assert result.trace_error is not None and "removed during the run" in result.trace_error
+    assert "cannot create trace folder" in result.trace_error or "not a folder" in result.trace_error
+    assert len([w for w in warnings if w.kind == "trace_failed"]) == 1
+
+
+def test_a_trace_file_removed_before_close_is_written_again(tmp_path):
+    path = tmp_path / "t.jsonl"
+    writer = TraceWriter(path)
+    writer.write(Warning_(kind="x", message="one"))
+    writer.write(Warning_(kind="x", message="two"))
+    path.unlink()
+    writer.close()
+    assert writer.error is None and writer.recreated is not None
+    assert [e.message for e in read_trace(path)] == ["one", "two"]

@@ -115,7 +115,7 @@ class Agent:
         # What a cancellation of the run is recorded as: (status, error), or None for "cancelled". For a
         # caller that cancels a run for a reason of its own (a branch past its limit: "timeout").
         self._cancel_reason: Callable[[], tuple[str, str] | None] | None = None
-        self._trace_reported = False
+        self._trace_reported = self._trace_recreated_reported = False
         self._trace_open_error: str | None = None
         self._server_context: tuple[int | None] | None = None
 
@@ -243,8 +243,8 @@ class Agent:
                         yield ev
                         if self._run is not run:
                             return
-                        if (failed := self._trace_failure()) is not None:
-                            yield failed
+                        for note in self._trace_notes():
+                            yield note
                 if self._run is not run:
                     return
                 for note in _take_notices(self.model, final=True):
@@ -274,8 +274,8 @@ class Agent:
         final = self._final(status, answer, error)
         self._close_trace()
         self._run = None
-        if (failed := self._trace_failure()) is not None:
-            yield failed
+        for note in self._trace_notes():
+            yield note
         yield final
 
     async def branch(
@@ -362,6 +362,7 @@ class Agent:
     def _open_trace(self) -> list[Event]:
         """Open this run's trace; what went wrong or was changed, as warnings for after run_started."""
         self._trace, self._trace_reported, self._trace_open_error = None, False, None
+        self._trace_recreated_reported = False
         if not self.trace_path:
             return []
         try:
@@ -378,13 +379,19 @@ class Agent:
             ]
         return []
 
-    def _trace_failure(self) -> Event | None:
-        """A one-line warning, once, when writing the trace has failed."""
-        if self._trace is None or self._trace.error is None or self._trace_reported:
-            return None
-        self._trace_reported = True
-        message = f"the trace could not be written ({self._trace.error}); what was written stays readable"
-        return self._emit(Warning_(kind="trace_failed", message=message))
+    def _trace_notes(self) -> list[Event]:
+        """One-line warnings, each once: the trace file was removed and written again, writing it failed."""
+        notes: list[Event] = []
+        if self._trace is None:
+            return notes
+        if self._trace.recreated is not None and not self._trace_recreated_reported:
+            self._trace_recreated_reported = True
+            notes.append(self._emit(Warning_(kind="trace_recreated", message=self._trace.recreated)))
+        if self._trace.error is not None and not self._trace_reported:
+            self._trace_reported = True
+            message = f"the trace could not be written ({self._trace.error}); what was written stays readable"
+            notes.append(self._emit(Warning_(kind="trace_failed", message=message)))
+        return notes
 
     async def _collect_patch(self) -> Event | None:
         """What the run changed in /workspace, when the sandbox has a baseline (`open_sandbox(workspace=)`)."""
