@@ -153,8 +153,8 @@ def test_cli_offers_no_resume_for_an_approval_the_full_disk_kept_out_of_the_trac
     out = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode == 1, out
     assert "resume with" not in out and "Traceback" not in out
-    said = re.search(r"the run stopped to wait for approval of a tool call, but its trace could not record "
-                     r"that \((.*)\): it cannot be resumed; run the task again", out)  # fmt: skip
+    said = re.search(r"the run stopped to wait for approval of a tool call, but its trace does not record "
+                     r"the wait \((.*)\): it cannot be resumed; run the task again", out)  # fmt: skip
     assert said and said.group(1) == f"{trace}: No space left on device", out
 
 
@@ -172,8 +172,8 @@ def test_cli_offers_no_resume_for_branches_whose_waits_the_full_disk_kept_out(sm
     assert "resume with" not in out and "Traceback" not in out
     for index in (0, 1):
         assert re.search(
-            rf"branch {index} stopped to wait for approval, but its trace could not record that \(.*No space "
-            r"left on device\): it cannot be resumed",
+            rf"branch {index} stopped to wait for approval, but its trace does not record the wait \(.*No "
+            r"space left on device\): it cannot be resumed",
             out,
         ), out
 

@@ -273,7 +273,8 @@ async def _diff(sandbox: Any, baseline: Baseline, scratch: str, deadline: Deadli
         setup = (
             f"scratch={shlex.quote(scratch)}\n"
             'mkdir -m 700 "$scratch" "$scratch/objects"\n'
-            f'export GIT_OBJECT_DIRECTORY="$scratch/objects" GIT_ALTERNATE_OBJECT_DIRECTORIES="{BASELINE_DIR}/objects"'
+            'export GIT_OBJECT_DIRECTORY="$scratch/objects"\n'
+            f'export GIT_ALTERNATE_OBJECT_DIRECTORIES="{BASELINE_DIR}/objects"'
         )
     script = f"""
 {setup}

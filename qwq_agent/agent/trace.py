@@ -72,9 +72,11 @@ class TraceWriter:
     when it has none, writes it again at its path (folders made; a fresh name beside it when something
     else is there now) with all it holds so far, read back from the open file, and goes on there:
     `recreated` says so, `path` where. When that fails, `error` says why. (A file moved elsewhere keeps
-    its name there and is not followed.) An event is never a reason to stop: lone surrogates in it are written as U+FFFD,
-    and one that cannot be serialised at all (nested past pydantic's limit) is replaced by a
-    `trace_event_dropped` warning, noted in `error`, and the events after it are written as usual.
+    its name there and is not followed.)
+
+    An event is never a reason to stop: lone surrogates in it are written as U+FFFD, and one that cannot
+    be serialised at all (nested past pydantic's limit) is replaced by a `trace_event_dropped` warning,
+    noted in `error`, and the events after it are written as usual.
 
     Each prompt extends the previous one almost entirely, so a `model_call` line stores only what
     follows the prefix it shares with the previous prompt (`prompt_shared_prefix_chars` says how

@@ -84,23 +84,20 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
         )
     if result.winner is None and (waiting := awaiting_approval(result)):
         # Not a failure: the branches stopped for a person (no terminal), each resumable on its own.
-        from qwq_agent.cli.approval_prompt import resumable, resume_command
+        from qwq_agent.cli.approval_prompt import resume_command, unresumable
         from qwq_agent.cli.errors import EXIT_AWAITING_APPROVAL
 
         resumes = 0
         for b in waiting:
             assert b.trace_path is not None
             # A trace a full disk stopped before the wait was recorded offers no resume that could work.
-            why = resumable(b.trace_path, b.result.trace_error if b.result is not None else None)
+            why = unresumable(b.trace_path, b.result.trace_error if b.result is not None else None)
             if why is None:
                 resumes += 1
                 line = f"branch {b.index} waits for approval; resume with: {resume_command(b.trace_path)}"
                 console.print(plain(line, "magenta"), soft_wrap=True)
             else:
-                line = (
-                    f"branch {b.index} stopped to wait for approval, but its trace could not record that "
-                    f"({why}): it cannot be resumed"
-                )
+                line = f"branch {b.index} stopped to wait for approval, but {why}: it cannot be resumed"
                 console.print(plain(line, "yellow"), soft_wrap=True)
         return EXIT_AWAITING_APPROVAL if resumes else 1
     return 0 if result.winner is not None and copied and patched else 1
