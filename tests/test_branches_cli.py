@@ -222,6 +222,39 @@ def test_the_winners_answer_is_printed_literally_and_copy_back_still_happens(san
     assert (tmp_path / "back" / "workspace" / "kept.txt").read_text() == "kept"
 
 
+@pytest.mark.docker
+def test_a_winner_without_a_patch_says_so_and_exits_1(sandbox_image, tmp_path):
+    """--patch FILE when the winner's patch could not be collected (here its agent removed the baseline
+    git directory): FILE was not written, nothing said so, and the run exited 0."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "kept.txt").write_text("kept")
+    work = "echo new > new.txt && rm -rf ~/.qwq-agent"
+
+    def route(req: ScriptedRequest) -> str:  # every branch: the work, then the answer
+        if req.sampling_params.get("max_new_tokens") == 1:
+            return "x"
+        if "<tool_response>" in (req.prompt or ""):
+            return "done\n</think>\n\nDone."
+        return "work\n</think>\n\n" + call("shell", command=work)
+
+    patch = tmp_path / "fix.diff"
+    with ScriptedModelServer(route) as server:
+        proc = subprocess.run(
+            [
+                *CLI, "run", "Work.", "--model-url", server.url, "--tools", "shell",
+                "--workspace", str(workspace), "--branches", "2", "--select", "first",
+                "--trace", str(tmp_path / "x.jsonl"), "--patch", str(patch),
+            ],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out and re.search(r"branch \d won", out)
+    assert re.search(rf"no patch: diffing /workspace with git failed .*; {patch} not written", out), out
+    assert not patch.exists()
+
+
 def test_only_the_selected_branch_is_marked_won_others_that_passed_say_passed():
     """Two branches pass `tests:`; only the selected one is "won" (an operator greps for `: won`)."""
     from rich.console import Console

@@ -22,11 +22,27 @@ from qwq_agent.cli.branch_cmd import copy_back
 pytestmark = [pytest.mark.docker]
 
 
-async def _copy_back(sandbox, dest: Path) -> tuple[bool, str]:
+async def _copy_back(sandbox, dest: Path, trace: Path | None = None) -> tuple[bool, str]:
     """Copy /workspace into `dest` as the CLI does; whether it worked and what it printed (one line each)."""
     out = io.StringIO()
-    ok = await copy_back(sandbox, dest, Console(file=out, width=100_000), "the workspace")
+    ok = await copy_back(sandbox, dest, Console(file=out, width=100_000), "the workspace", trace)
     return ok, out.getvalue()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs: writing more than that fails with ENOSPC, as on a full disk."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def _project(tmp_path: Path) -> Path:
@@ -533,3 +549,58 @@ async def test_a_path_too_long_for_the_host_costs_only_itself(sandbox_image, tmp
     assert ok, said
     assert (ws / "important.txt").read_text() == "keep\n" and (ws / "README.md").read_text() == "hello\n"
     assert "entries were not copied back" in said and "its path on the host would be longer than" in said
+
+
+# ~200 KB of results for a 64 KiB disk.
+RESULTS = "mkdir results && echo MARK > results/summary.txt && head -c 200000 /dev/urandom > results/data.bin"
+
+
+def test_a_copy_back_the_disk_cannot_hold_keeps_the_archive_beside_the_trace(
+    sandbox_image, tmp_path, small_disk
+):
+    """The copy-back removed what it wrote on the full disk (right), then the sandbox, which held the only
+    copy of the agent's work, was removed and the downloaded archive dropped: the work was gone, and the
+    line did not say so. Now the archive is kept beside the trace and the line names it."""
+    import json
+    import sys
+
+    from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+    call = (
+        "<tool_call>\n" + json.dumps({"name": "shell", "arguments": {"command": RESULTS}}) + "\n</tool_call>"
+    )
+    turns = ["Work.\n</think>\n\n" + call, "Done.\n</think>\n\nResults are in results/."]
+    dest, trace = small_disk / "out", tmp_path / "t.jsonl"
+    with ScriptedModelServer(turns) as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "qwq_agent.cli.main", "run", "Compute.", "--model-url", server.url,
+             "--tools", "shell", "--copy-back", str(dest), "--trace", str(trace)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    out = " ".join((proc.stdout + proc.stderr).split())  # the live view prints on stdout
+    assert proc.returncode == 1, out
+    kept = tmp_path / "t.workspace.tar"
+    assert (
+        f"the workspace was not copied back to {dest}: [Errno 28] No space left on device" in out
+        and f"the archive the sandbox sent was kept in {kept}" in out
+    ), out
+    assert "Traceback" not in out and f"trace: {trace}" in out
+    with tarfile.open(kept) as tar:
+        assert tar.extractfile("workspace/results/summary.txt").read() == b"MARK\n"
+        assert tar.getmember("workspace/results/data.bin").size == 200000
+    assert os.listdir(dest) == []  # what the copy-back wrote is removed
+
+
+async def test_without_a_trace_the_archive_is_kept_in_the_temporary_folder(
+    sandbox_image, tmp_path, small_disk, monkeypatch
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the standard library's own setting
+    async with open_sandbox() as sb:
+        assert (await sb.shell(RESULTS)).exit_code == 0
+        ok, said = await _copy_back(sb, small_disk / "out")
+    kept = tmp_path / "qwq-agent-out.workspace.tar"
+    assert not ok and f"the archive the sandbox sent was kept in {kept}" in said, said
+    with tarfile.open(kept) as tar:
+        assert tar.extractfile("workspace/results/summary.txt").read() == b"MARK\n"

@@ -7,6 +7,8 @@ parked in the interpreter. Each test checks the call's answer and that the sandb
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from qwq_agent.sandbox import (
@@ -15,6 +17,7 @@ from qwq_agent.sandbox import (
     PathOutsideWorkspace,
     ResourceExhausted,
     SandboxConfig,
+    ToolError,
 )
 from qwq_agent.tools.search_code import SearchCodeArgs, format_matches
 
@@ -340,3 +343,73 @@ async def test_a_download_of_dotdot_after_a_link_is_named_as_the_host_expects(
         assert (tmp_path / "ws" / "note").read_text() == "kept\n", res
     finally:
         await sb.shell("rm -rf /workspace/ws")
+
+
+def _archive(*entries: tuple[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+async def test_an_upload_the_workspace_cannot_hold_changes_nothing_and_names_the_file(
+    sandbox_image: str,
+) -> None:
+    """A full workspace: the upload unlinked a file it replaced and wrote the new one in place, so the old
+    version was gone and a cut one left, the files before it in the archive stayed, and the error ("No
+    space left on device") named nothing. Now it is all or nothing (each file written beside its place,
+    renamed into place once all are), and the error names the file and says nothing was changed."""
+    config = SandboxConfig(image=sandbox_image, workspace_size="1m", auto_replace=False)
+    old = "the operator's old notes\n" * 100
+    async with DockerSandbox.create(config) as sb:
+        await sb.create_file("/workspace/data.bin", old)
+        await sb.create_file("/workspace/first.txt", "first, old\n")
+        assert (await sb.shell("head -c 600000 /dev/zero > /workspace/other")).exit_code == 0
+        archive = _archive(
+            ("first.txt", b"first, new\n"), ("new/inner.txt", b"inner\n"), ("data.bin", b"x" * 600_000)
+        )
+        with pytest.raises(ToolError) as raised:
+            await sb.upload_archive(archive, "/workspace")
+        said = str(raised.value)
+        assert "data.bin" in said and "No space left on device" in said and "nothing was changed" in said
+        r = await sb.shell("cat first.txt; md5sum < data.bin; ls -A", cwd="/workspace")
+        assert r.stdout.split("\n")[0] == "first, old"
+        assert r.stdout.split("\n")[1].startswith(hashlib.md5(old.encode()).hexdigest())
+        assert sorted(r.stdout.split("\n")[2:-1]) == ["data.bin", "first.txt", "other"]  # no temporary file
+        # With room again, the same archive goes in whole.
+        await sb.shell("rm /workspace/other")
+        done = await sb.upload_archive(archive, "/workspace")
+        assert done.entries == 3
+        r = await sb.shell("cat first.txt new/inner.txt; stat -c %s data.bin; ls -A", cwd="/workspace")
+        assert r.stdout.split("\n")[:3] == ["first, new", "inner", "600000"]
+        assert sorted(r.stdout.split("\n")[3:-1]) == ["data.bin", "first.txt", "new"]
+
+
+async def test_a_patch_the_workspace_cannot_hold_leaves_no_cut_patch_file(
+    sandbox_image: str, tmp_path
+) -> None:
+    """`apply_patch` uploads its patch file into /workspace: on a full workspace a cut
+    `.qwq-agent-apply-*.patch` stayed there, for the next patch to pick up."""
+    from qwq_agent.agent.patch import apply_patch, record_baseline
+    from qwq_agent.agent.workspace import upload_workspace
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "data.txt").write_text("one\n")
+    config = SandboxConfig(image=sandbox_image, workspace_size="1m", auto_replace=False)
+    async with DockerSandbox.create(config) as sb:
+        await upload_workspace(sb, folder)
+        baseline = await record_baseline(sb)
+        await sb.shell("head -c 1000000 /dev/zero > /workspace/filler")
+        patch = "".join(f"+line {i}\n" for i in range(20000))
+        patch = f"diff --git a/big.txt b/big.txt\nnew file mode 100644\n--- /dev/null\n+++ b/big.txt\n@@ -0,0 +1,20000 @@\n{patch}"
+        with pytest.raises(ToolError, match="nothing was changed"):
+            await apply_patch(sb, patch, baseline)
+        r = await sb.shell("ls -A /workspace")
+        assert sorted(r.stdout.split()) == ["data.txt", "filler"]

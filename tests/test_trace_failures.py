@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import pytest
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
-from qwq_agent.agent.trace import read_trace
+from qwq_agent.agent.trace import TraceWriter, read_trace
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 from qwq_agent.tools.base import tool
 
@@ -131,3 +133,106 @@ def test_cli_on_a_full_disk_prints_the_answer_and_one_line_about_the_trace(sandb
     assert " ".join(out.split()).count("No space left on device") == 1, out
     assert "Traceback" not in out
     assert read_trace(trace)[0].type == "run_started"
+
+
+def test_cli_offers_no_resume_for_an_approval_the_full_disk_kept_out_of_the_trace(small_disk):
+    """`--approve ask` without a terminal stops at the first call (exit 5) and prints a resume command.
+    With the trace stopped by the full disk before `approval_requested` and `final`, that command failed
+    ("not awaiting approval: nothing to decide"): the run waited for a decision it could never get."""
+    trace = small_disk / "run.jsonl"
+    turns = [
+        "fetch\n</think>\n\n" + call("fetch_url", url="http://example.invalid/"),
+        "done\n</think>\n\nDone.",
+    ]
+    with ScriptedModelServer(turns) as server:
+        proc = subprocess.run(
+            [*CLI, "run", TASK, "--model-url", server.url, "--tools", "fetch_url", "--approve", "ask",
+             "--trace", str(trace)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, out
+    assert "resume with" not in out and "Traceback" not in out
+    said = re.search(r"the run stopped to wait for approval of a tool call, but its trace does not record "
+                     r"the wait \((.*)\): it cannot be resumed; run the task again", out)  # fmt: skip
+    assert said and said.group(1) == f"{trace}: No space left on device", out
+
+
+def test_cli_offers_no_resume_for_branches_whose_waits_the_full_disk_kept_out(small_disk):
+    """The same for `--branches`: each branch waiting for an approval got a resume line that could not work."""
+    turn = "fetch\n</think>\n\n" + call("fetch_url", url="http://example.invalid/")
+    with ScriptedModelServer([turn] * 4) as server:
+        proc = subprocess.run(
+            [*CLI, "run", TASK, "--model-url", server.url, "--tools", "fetch_url", "--approve", "ask",
+             "--branches", "2", "--trace", str(small_disk / "t.jsonl")],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, out
+    assert "resume with" not in out and "Traceback" not in out
+    for index in (0, 1):
+        assert re.search(
+            rf"branch {index} stopped to wait for approval, but its trace does not record the wait \(.*No "
+            r"space left on device\): it cannot be resumed",
+            out,
+        ), out
+
+
+REMOVAL = {"folder": None}
+
+
+@tool
+def tidy() -> str:
+    """Stands for whatever removes the traces folder on the host while a run goes on (`rm -rf traces/`)."""
+    folder = REMOVAL["folder"]
+    shutil.rmtree(folder)
+    if REMOVAL.get("block"):  # and then something takes its place that no folder can be made at
+        folder.write_text("not a folder\n")
+    return "tidied"
+
+
+async def tidy_run(folder, *, block=False):
+    REMOVAL.update(folder=folder, block=block)
+    turns = ["Tidy.\n</think>\n\n" + call("tidy"), "Done.\n</think>\n\nAll done."]
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(
+            client, [tidy], config=AgentConfig(check_language=False), trace_path=folder / "run.jsonl"
+        )
+        events = [e async for e in agent.stream("Tidy up.")]
+    return agent.result, [e for e in events if isinstance(e, Warning_)]
+
+
+async def test_a_trace_removed_mid_run_is_written_again_at_its_path_whole(tmp_path):
+    """The trace folder removed while the run wrote it (a cleanup job, `git clean -xdf`): the writer went
+    on into the unlinked file, no error, and the run named a trace path that did not exist. Now the
+    removal is noticed, the file is written again at its path with every event so far, and said once."""
+    folder = tmp_path / "traces"
+    result, warnings = await tidy_run(folder)
+    assert result.status == "completed" and result.trace_error is None
+    assert result.trace_path == str(folder / "run.jsonl")
+    events = read_trace(result.trace_path)
+    assert [events[0].type, events[-1].type] == ["run_started", "final"]
+    assert [e.type for e in events].count("tool_result") == 1 and events[-1].answer == "All done."
+    said = [w for w in warnings if w.kind == "trace_recreated"]
+    assert len(said) == 1 and "was removed during the run" in said[0].message
+    assert not [w for w in warnings if w.kind == "trace_failed"]
+
+
+async def test_a_trace_removed_mid_run_that_cannot_be_written_again_is_a_trace_failure(tmp_path):
+    folder = tmp_path / "traces"
+    result, warnings = await tidy_run(folder, block=True)
+    assert result.status == "completed" and result.answer == "All done."
+    assert result.trace_error is not None and "removed during the run" in result.trace_error
+    assert "cannot create trace folder" in result.trace_error or "not a folder" in result.trace_error
+    assert len([w for w in warnings if w.kind == "trace_failed"]) == 1
+
+
+def test_a_trace_file_removed_before_close_is_written_again(tmp_path):
+    path = tmp_path / "t.jsonl"
+    writer = TraceWriter(path)
+    writer.write(Warning_(kind="x", message="one"))
+    writer.write(Warning_(kind="x", message="two"))
+    path.unlink()
+    writer.close()
+    assert writer.error is None and writer.recreated is not None
+    assert [e.message for e in read_trace(path)] == ["one", "two"]

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -635,3 +636,51 @@ def test_a_patch_the_disk_cannot_hold_is_kept_beside_the_trace_and_named(sandbox
     git(ws, "apply", str(kept))
     assert (ws / "result.txt").read_text().endswith("agent work, line 4000\n")
     assert listing.read_text() == "work.diff\nearlier\n"  # FILE as it was, no temporary file left
+
+
+def test_no_patch_to_write_says_so_and_exits_1(sandbox_image, tmp_path):
+    """--patch FILE when the patch could not be collected (here the agent removed the baseline git
+    directory; a home it filled did the same): FILE was never written, nothing said so, and the run
+    exited 0 "completed" - a `run ... --patch f && git apply f` went on without the agent's work."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "README").write_text("hello\n")
+    work = "echo 'the fix' > fix.txt && rm -rf ~/.qwq-agent"
+    turns = ["Work.\n</think>\n\n" + call("shell", command=work), "Done.\n</think>\n\nDone."]
+    patch, trace = tmp_path / "work.diff", tmp_path / "t.jsonl"
+    with ScriptedModelServer(turns) as server:
+        proc = subprocess.run(
+            [*CLI, "run", "Fix it.", "--model-url", server.url, "--tools", "shell",
+             "--workspace", str(ws), "--patch", str(patch), "--trace", str(trace)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    out = " ".join((proc.stdout + proc.stderr).split())  # the live view prints on stdout
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    assert re.search(
+        rf"no patch: diffing /workspace with git failed \(exit \d+\): .*; {patch} not written", out
+    )
+    assert not patch.exists()
+    assert f"trace: {trace}" in out
+
+
+async def test_a_full_home_still_gives_the_patch(sandbox_image, tmp_path):
+    """The baseline git directory is in the sandbox user's home, which the agent can fill (a pip cache,
+    a dataset in ~): git could not write the end snapshot there and the patch was lost. It is taken
+    again with its scratch files in /tmp; with /tmp full too, the error says both."""
+    from qwq_agent.agent.patch import PatchError, record_baseline, workspace_changes
+    from qwq_agent.agent.workspace import open_sandbox
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "data.txt").write_text("one\n")
+    async with open_sandbox(workspace=folder, home_size="2m", tmp_size="2m") as sandbox:
+        await record_baseline(sandbox)
+        await sandbox.shell("echo two >> data.txt && seq 1 20000 > new.txt && cat /dev/zero > ~/blob")
+        changes = await workspace_changes(sandbox)
+        assert "+two" in changes.text and "+20000" in changes.text
+        left = await sandbox.shell("ls -A /tmp")
+        assert left.stdout == "", left.stdout  # the scratch folder went with the patch
+        await sandbox.shell("cat /dev/zero > /tmp/blob")
+        with pytest.raises(PatchError, match=r"No space left on device.*again in /tmp.*No space left"):
+            await workspace_changes(sandbox)

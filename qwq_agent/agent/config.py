@@ -96,6 +96,9 @@ class RunResult(BaseModel):
     # are not UTF-8 are held as lone surrogates: `qwq_agent.agent.patch.patch_bytes` gives git's bytes
     # back; in JSON (`model_dump_json`) they are `\xNN` escapes, which `git apply` would not read so.
     patch: str | None = None
+    # Why `patch` is None although a baseline was recorded: the diff failed (git's words; the
+    # `patch_failed` warning says the same). None when there is a patch, or none was asked for.
+    patch_error: str | None = None
 
     @field_serializer("patch", when_used="json")
     def _patch_in_json(self, patch: str | None) -> str | None:

@@ -105,6 +105,7 @@ class Agent:
         self._events = 0
         self._warnings: list[Warning_] = []
         self._patch: str | None = None
+        self._patch_error: str | None = None
         self._step = 0  # the run's step (from 1 in each run)
         self._turns_before = 0  # the turns before the run: of its history, or its ids' highest, if more
         self._arithmetic_hinted = False  # the run's one hand-arithmetic hint was written
@@ -115,7 +116,7 @@ class Agent:
         # What a cancellation of the run is recorded as: (status, error), or None for "cancelled". For a
         # caller that cancels a run for a reason of its own (a branch past its limit: "timeout").
         self._cancel_reason: Callable[[], tuple[str, str] | None] | None = None
-        self._trace_reported = False
+        self._trace_reported = self._trace_recreated_reported = False
         self._trace_open_error: str | None = None
         self._server_context: tuple[int | None] | None = None
 
@@ -178,7 +179,7 @@ class Agent:
             self._next_run_id()
             self._events = 0  # `RunResult.events` counts this run's events
             self._warnings = []  # and `RunResult.warnings` holds its warnings
-            self._patch = None
+            self._patch = self._patch_error = None
             self.tracker = BudgetTracker(budget=self.config.budget)
             self._arithmetic_hinted = False
             # Each run counts its steps from 1, and numbers its call ids after the history's turns: the
@@ -250,8 +251,8 @@ class Agent:
                         yield ev
                         if self._run is not run:
                             return
-                        if (failed := self._trace_failure()) is not None:
-                            yield failed
+                        for note in self._trace_notes():
+                            yield note
                 if self._run is not run:
                     return
                 for note in _take_notices(self.model, final=True):
@@ -281,8 +282,8 @@ class Agent:
         final = self._final(status, answer, error)
         self._close_trace()
         self._run = None
-        if (failed := self._trace_failure()) is not None:
-            yield failed
+        for note in self._trace_notes():
+            yield note
         yield final
 
     async def branch(
@@ -369,6 +370,7 @@ class Agent:
     def _open_trace(self) -> list[Event]:
         """Open this run's trace; what went wrong or was changed, as warnings for after run_started."""
         self._trace, self._trace_reported, self._trace_open_error = None, False, None
+        self._trace_recreated_reported = False
         if not self.trace_path:
             return []
         try:
@@ -385,13 +387,19 @@ class Agent:
             ]
         return []
 
-    def _trace_failure(self) -> Event | None:
-        """A one-line warning, once, when writing the trace has failed."""
-        if self._trace is None or self._trace.error is None or self._trace_reported:
-            return None
-        self._trace_reported = True
-        message = f"the trace could not be written ({self._trace.error}); what was written stays readable"
-        return self._emit(Warning_(kind="trace_failed", message=message))
+    def _trace_notes(self) -> list[Event]:
+        """One-line warnings, each once: the trace file was removed and written again, writing it failed."""
+        notes: list[Event] = []
+        if self._trace is None:
+            return notes
+        if self._trace.recreated is not None and not self._trace_recreated_reported:
+            self._trace_recreated_reported = True
+            notes.append(self._emit(Warning_(kind="trace_recreated", message=self._trace.recreated)))
+        if self._trace.error is not None and not self._trace_reported:
+            self._trace_reported = True
+            message = f"the trace could not be written ({self._trace.error}); what was written stays readable"
+            notes.append(self._emit(Warning_(kind="trace_failed", message=message)))
+        return notes
 
     async def _collect_patch(self) -> Event | None:
         """What the run changed in /workspace, when the sandbox has a baseline (`open_sandbox(workspace=)`)."""
@@ -403,7 +411,9 @@ class Agent:
         try:
             changes = await workspace_changes(self.sandbox, baseline)
         except Exception as exc:  # a dead sandbox, a full home: the run's answer still stands
-            return self._emit(Warning_(kind="patch_failed", message=f"the workspace patch is missing: {exc}"))
+            self._patch_error = str(exc) or type(exc).__name__
+            message = f"the workspace patch is missing: {self._patch_error}"
+            return self._emit(Warning_(kind="patch_failed", message=message))
         self._patch = changes.text
         if not changes.left_out:
             return None
@@ -699,6 +709,7 @@ class Agent:
             events=self._events,
             warnings=list(self._warnings),
             patch=self._patch,
+            patch_error=self._patch_error,
         )
         return final
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import inspect
 import io
 import secrets
@@ -55,6 +56,8 @@ from qwq_agent.deadline import Deadline
 from qwq_agent.surrogates import escape_surrogates
 
 BASELINE_DIR = "$HOME/.qwq-agent/baseline.git"
+# Where the end snapshot is taken when the home has no room for it (`_changes`).
+FALLBACK_DIR = "/tmp"
 WORKSPACE = "/workspace"
 GIT_TIMEOUT_S = 120.0
 # Read back in pieces that stay under the shell's 32 KiB head of output once base64-encoded.
@@ -131,7 +134,9 @@ async def _sh(sandbox: Any, script: str, what: str, deadline: Deadline | None = 
 
 
 def _snapshot(index: str) -> str:
-    return f'{_ENV} GIT_INDEX_FILE="{BASELINE_DIR}/{index}"\n{_GIT} add -A\n{_GIT} write-tree'
+    """Shell lines that stage /workspace in the index file `index` (a path, expanded in double quotes)
+    and print the tree's id."""
+    return f'{_ENV} GIT_INDEX_FILE="{index}"\n{_GIT} add -A\n{_GIT} write-tree'
 
 
 _JUDGE = "python3 -I -S -c " + shlex.quote(inspect.getsource(link_judge))
@@ -152,7 +157,7 @@ if [ -d {WORKSPACE}/.git/objects ]; then
   cp {WORKSPACE}/.git/info/exclude "{BASELINE_DIR}/info/exclude" 2>/dev/null || true
 fi
 echo "$repo"
-tree=$({_snapshot("index")})
+tree=$({_snapshot(f"{BASELINE_DIR}/index")})
 echo "$tree"
 {_ENV}
 {_JUDGE} --entries "$tree" > "{entries}"
@@ -173,14 +178,14 @@ wc -c < "{entries}"
 # link may have led through one that is now dropped. Literal pathspecs: a path holding `*` names only itself.
 # The objects stay the agent's to rewrite after this judgement: the text is judged again on the host.
 _OUTWARD_LINKS = f"""
-: > "{BASELINE_DIR}/left-out"
+: > "$scratch/left-out"
 export GIT_LITERAL_PATHSPECS=1
 while :; do
   dropped=no
   # Straight from the judge through a pipe: a file in the sandbox user's home could be rewritten meanwhile.
   while IFS= read -r -d '' path && IFS= read -r -d '' target && IFS= read -r -d '' why; do
     dropped=yes
-    printf '%s\\0%s\\0%s\\0' "$path" "$target" "$why" >> "{BASELINE_DIR}/left-out"
+    printf '%s\\0%s\\0%s\\0' "$path" "$target" "$why" >> "$scratch/left-out"
     entry=$({_GIT} ls-tree "$base" -- "$path" | cut -c1-6)
     if [ -n "$entry" ] && [ "$entry" != 040000 ]; then
       {_GIT} ls-tree -z "$base" -- "$path" | {_GIT} update-index -z --index-info
@@ -227,23 +232,78 @@ async def workspace_changes(
 
 
 async def _changes(sandbox: Any, baseline: Baseline, deadline: Deadline) -> WorkspacePatch:
-    """`workspace_changes`'s work, each call to the sandbox within `deadline`."""
-    patch_file = f"{BASELINE_DIR}/run.patch"
+    """`workspace_changes`'s work, each call to the sandbox within `deadline`.
+
+    The end snapshot's index, objects and the patch file go in the baseline's git directory. That is in
+    the sandbox user's home, which the agent can fill (a pip cache, a dataset in ~); when the diff fails
+    there, it is taken once more with those files (the new objects too, the baseline's borrowed) in a
+    new folder of /tmp, removed once read back. The error then says both attempts.
+    """
+    try:
+        listed, size = await _diff(sandbox, baseline, BASELINE_DIR, deadline)
+    except _Overdue:
+        raise
+    except PatchError as exc:
+        first = str(exc)
+    else:
+        return await _read_changes(sandbox, baseline, BASELINE_DIR, listed, size, deadline)
+    scratch = f"{FALLBACK_DIR}/qwq-agent-patch-{secrets.token_hex(8)}"
+    try:
+        try:
+            listed, size = await _diff(sandbox, baseline, scratch, deadline)
+        except _Overdue:
+            raise
+        except PatchError as again:
+            raise PatchError(f"{first}; again in {FALLBACK_DIR}: {again}") from None
+        changes = await _read_changes(sandbox, baseline, scratch, listed, size, deadline)
+    except Exception:
+        await _remove(sandbox, scratch, deadline)
+        raise
+    await _remove(sandbox, scratch, deadline)
+    return changes
+
+
+async def _diff(sandbox: Any, baseline: Baseline, scratch: str, deadline: Deadline) -> tuple[int, int]:
+    """Snapshot /workspace again and write the patch and the links left out into `scratch` (the baseline's
+    git directory, or a new folder whose objects borrow the baseline's); their sizes."""
+    if scratch == BASELINE_DIR:
+        setup = f'scratch="{BASELINE_DIR}"'
+    else:
+        # A new folder of our own (mkdir fails on one the agent made); git's new objects go there too.
+        setup = (
+            f"scratch={shlex.quote(scratch)}\n"
+            'mkdir -m 700 "$scratch" "$scratch/objects"\n'
+            'export GIT_OBJECT_DIRECTORY="$scratch/objects"\n'
+            f'export GIT_ALTERNATE_OBJECT_DIRECTORIES="{BASELINE_DIR}/objects"'
+        )
     script = f"""
-cp -p "{BASELINE_DIR}/index" "{BASELINE_DIR}/index-end"
-now=$({_snapshot("index-end")})
+{setup}
+cp -p "{BASELINE_DIR}/index" "$scratch/index-end"
+now=$({_snapshot("$scratch/index-end")})
 base={shlex.quote(baseline.tree)}
-{_ENV} GIT_INDEX_FILE="{BASELINE_DIR}/index-end"
+{_ENV} GIT_INDEX_FILE="$scratch/index-end"
 {_OUTWARD_LINKS}
-{_GIT} diff {_DIFF_OPTIONS} "$base" "$now" > "{patch_file}"
-wc -c < "{BASELINE_DIR}/left-out"
-wc -c < "{patch_file}"
+{_GIT} diff {_DIFF_OPTIONS} "$base" "$now" > "$scratch/run.patch"
+wc -c < "$scratch/left-out"
+wc -c < "$scratch/run.patch"
 """
     sizes = (await _sh(sandbox, script, "diffing /workspace with git", deadline)).split()
-    listed, size = int(sizes[-2]), int(sizes[-1])
+    return int(sizes[-2]), int(sizes[-1])
+
+
+async def _remove(sandbox: Any, scratch: str, deadline: Deadline) -> None:
+    """Remove the fallback's folder, if the sandbox still answers in time (it goes with the sandbox)."""
+    with contextlib.suppress(Exception):
+        await _sh(sandbox, f"rm -rf {shlex.quote(scratch)}", "removing the patch's scratch folder", deadline)
+
+
+async def _read_changes(
+    sandbox: Any, baseline: Baseline, scratch: str, listed: int, size: int, deadline: Deadline
+) -> WorkspacePatch:
+    """The patch and the links left out, as `_diff` wrote them into `scratch`, read back and judged."""
     if size > MAX_PATCH_BYTES:
         raise PatchError(f"the patch is {size} bytes, over the {MAX_PATCH_BYTES}-byte limit")
-    listing = await _read(sandbox, f"{BASELINE_DIR}/left-out", min(listed, MAX_LEFT_OUT_BYTES), deadline)
+    listing = await _read(sandbox, f"{scratch}/left-out", min(listed, MAX_LEFT_OUT_BYTES), deadline)
     fields = listing.split(b"\0")[:-1]  # whole fields only: a list read in part ends inside one
     # The judge writes no empty field; a file of zeros (a sparse one) would name a million blank links.
     left_out = [
@@ -258,7 +318,7 @@ wc -c < "{patch_file}"
         )
     # Bytes that are not UTF-8 (a Latin-1 source file, such a name) are kept as lone surrogates, so the
     # text is git's, byte for byte (`patch_bytes`): U+FFFD would corrupt a new file and break a hunk.
-    text = (await _read(sandbox, patch_file, size, deadline)).decode("utf-8", "surrogateescape")
+    text = (await _read(sandbox, f"{scratch}/run.patch", size, deadline)).decode("utf-8", "surrogateescape")
     try:
         # Up to MAX_PATCH_BYTES of the sandbox's text: seconds of work at worst, so not on the event loop.
         text, cut = await asyncio.to_thread(patch_text.cut_outward_links, text, baseline.dirs, baseline.links)

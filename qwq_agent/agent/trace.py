@@ -12,12 +12,16 @@ import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from qwq_agent.agent.events import EVENT_ADAPTER, Event, Final, ModelCall, RunStarted, Warning_
 from qwq_agent.surrogates import replace_surrogates_in
+
+# How often at most a writer checks that its file was not removed (one fstat); also at `final` and close.
+NAME_CHECK_INTERVAL_S = 1.0
 
 
 class TraceError(Exception):
@@ -58,11 +62,21 @@ class TraceWriter:
     process or another) holds, is refused with `TraceExistsError`, or with `if_exists="new"` a fresh
     file next to it is used (`path` says which: `<stem>.<tag><suffix>`, then `.2`, `.3`...).
 
-    Writing never raises. The first failure (a full disk, a removed folder) is kept in `error`, and
-    nothing more is written: what is in the file stays a readable trace (a torn last line is skipped
-    by `read_trace`). An event is never a reason to stop: lone surrogates in it are written as U+FFFD,
-    and one that cannot be serialised at all (nested past pydantic's limit) is replaced by a
-    `trace_event_dropped` warning, noted in `error`, and the events after it are written as usual.
+    Writing never raises. The first failure (a full disk, a folder that cannot be made) is kept in
+    `error`, and nothing more is written: what is in the file stays a readable trace (a torn last line
+    is skipped by `read_trace`).
+
+    A file removed while it is written (`rm -rf traces/` by a cleanup job, `git clean -xdf`) would take
+    every later event with it, every write still succeeding on the unlinked file. So the writer checks
+    that its file still has a name (at most once a second, at the `final` event and at `close()`) and,
+    when it has none, writes it again at its path (folders made; a fresh name beside it when something
+    else is there now) with all it holds so far, read back from the open file, and goes on there:
+    `recreated` says so, `path` where. When that fails, `error` says why. (A file moved elsewhere keeps
+    its name there and is not followed.)
+
+    An event is never a reason to stop: lone surrogates in it are written as U+FFFD, and one that cannot
+    be serialised at all (nested past pydantic's limit) is replaced by a `trace_event_dropped` warning,
+    noted in `error`, and the events after it are written as usual.
 
     Each prompt extends the previous one almost entirely, so a `model_call` line stores only what
     follows the prefix it shares with the previous prompt (`prompt_shared_prefix_chars` says how
@@ -81,7 +95,11 @@ class TraceWriter:
         self._last_prompt = ""
         self._last_messages: list[dict[str, Any]] = []
         self._fd: int | None  # None once closed
+        self._tag = tag
+        # A note when the file was removed during the run and written again (`_keep_named`).
+        self.recreated: str | None = None
         self.path, self._fd = _claim(self.requested_path, if_exists=if_exists, tag=tag)
+        self._checked_at = time.monotonic()
 
     @property
     def closed(self) -> bool:
@@ -91,6 +109,12 @@ class TraceWriter:
         """Append `event`; False when it was not written (closed, or the trace failed before or now)."""
         if self._fd is None:
             return False
+        now = time.monotonic()
+        if isinstance(event, Final) or now - self._checked_at >= NAME_CHECK_INTERVAL_S:
+            self._checked_at = now
+            self._keep_named()
+            if self._fd is None:
+                return False
         last_prompt, last_messages = self._last_prompt, self._last_messages
         if isinstance(event, ModelCall) and event.prompt is not None:
             shared = common_prefix_len(self._last_prompt, event.prompt)
@@ -149,7 +173,9 @@ class TraceWriter:
         return self.write(final)
 
     def close(self) -> None:
-        """Release the file (and its lock). Idempotent."""
+        """Release the file (and its lock), written again first if it was removed. Idempotent."""
+        if self._fd is not None and self.error is None:
+            self._keep_named()
         fd, self._fd = self._fd, None
         if fd is not None:
             try:
@@ -157,11 +183,65 @@ class TraceWriter:
             except OSError:
                 pass
 
+    def _keep_named(self) -> None:
+        """When the file was removed (no name left), write what it holds to a new file at its path and go
+        on there; when that fails, set `error` and stop (what the new file got stays readable)."""
+        assert self._fd is not None
+        try:
+            if os.fstat(self._fd).st_nlink > 0:
+                return
+        except OSError:
+            return  # the next write says what is wrong with the fd
+        old, removed = self._fd, self.path
+        try:
+            self.path, self._fd = _claim(removed, if_exists="new", tag=self._tag)
+        except TraceError as exc:
+            self._fd = None
+            _close_quietly(old)
+            self.error = (
+                f"{removed}: the trace file was removed during the run and could not be made again: {exc}"
+            )
+            return
+        try:
+            _copy_all(old, self._fd)
+        except OSError as exc:
+            self.error = (
+                f"{removed}: the trace file was removed during the run and could not be written again "
+                f"in {self.path}: {exc.strerror or exc}"
+            )
+            _close_quietly(self._fd)
+            self._fd = None
+            return
+        finally:
+            _close_quietly(old)
+        where = "" if self.path == removed else f" (something else is at {removed} now)"
+        self.recreated = (
+            f"the trace file {removed} was removed during the run; it was written again, whole, "
+            f"in {self.path}{where}"
+        )
+
     def __enter__(self) -> TraceWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _copy_all(src: int, dst: int) -> None:
+    """Everything in the file open at `src`, appended to `dst`."""
+    offset, chunk = 0, 1 << 20
+    while piece := os.pread(src, chunk, offset):
+        view = memoryview(piece)
+        while view:
+            view = view[os.write(dst, view) :]
+        offset += len(piece)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _encode(event: Event) -> bytes | None:
@@ -203,7 +283,8 @@ def _claim(path: Path, *, if_exists: str, tag: str | None) -> tuple[Path, int]:
     for candidate in _candidates(path, tag):
         _refuse_special(candidate)
         try:
-            fd = open_regular(candidate, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            # Readable too: a file removed while it is written is copied back out (`_keep_named`).
+            fd = open_regular(candidate, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         except IsADirectoryError:
             raise NotATraceFileError(candidate, "a folder") from None
         except NotATraceFileError:

@@ -461,18 +461,46 @@ class TerminalApprover:
 
 
 def report_pending(console: Any, result: Any) -> int:
-    """Say which call the run waits on and how to resume it; the exit code for a waiting run."""
-    from qwq_agent.agent.approval import pending_approval
-
-    pending = pending_approval(result.trace_path) if result.trace_path else None
+    """Say which call the run waits on and how to resume it; the exit code for a waiting run. A run whose
+    trace does not hold the wait whole (a full disk stopped it before `approval_requested` or `final`)
+    cannot be resumed: said so, and 1."""
+    pending, why = _recorded_wait(result.trace_path, result.trace_error)
     what = "a tool call"
     if pending is not None:
         # The model's arguments: a 6 KB one printed whole is a screenful, not a line.
         what = f"{pending.call.name} {_head_tail(json.dumps(pending.call.arguments, ensure_ascii=False))}"
+    if why is not None:
+        line = f"the run stopped to wait for approval of {what}, but {why}: it cannot be resumed"
+        line += "; run the task again"
+        console.print(plain(line, "yellow"), soft_wrap=True)
+        return 1
     console.print(plain(f"waiting for approval of {what}", "magenta"), soft_wrap=True)
-    if result.trace_path:
-        console.print(plain(f"resume with: {resume_command(result.trace_path)}", "dim"), soft_wrap=True)
+    console.print(plain(f"resume with: {resume_command(result.trace_path)}", "dim"), soft_wrap=True)
     return EXIT_AWAITING_APPROVAL
+
+
+def unresumable(trace_path: str | None, trace_error: str | None) -> str | None:
+    """Why the run in `trace_path`, which stopped awaiting approval, cannot be resumed from it (e.g. "its
+    trace does not record the wait (...: No space left on device)"); None when it can."""
+    return _recorded_wait(trace_path, trace_error)[1]
+
+
+def _recorded_wait(trace_path: str | None, trace_error: str | None) -> tuple[Any, str | None]:
+    """The call the trace records the run waiting on, and why a resume cannot work (None: it can)."""
+    from qwq_agent.agent.approval import pending_approval
+
+    if not trace_path:
+        return None, f"it has no trace ({trace_error or 'none was asked for'})"
+    try:
+        pending = pending_approval(trace_path)
+    except Exception as exc:  # a trace removed or unreadable since: no resume either
+        return None, f"its trace cannot be read ({type(exc).__name__}: {exc})"
+    if pending is None:
+        return None, f"its trace does not record the wait ({trace_error or 'no pending approval in it'})"
+    if trace_error is not None:
+        # A trace with a hole (a write that failed) would replay a run other than this one.
+        return pending, f"its trace is incomplete ({trace_error})"
+    return pending, None
 
 
 def resume_command(trace_path: str | Path) -> str:

@@ -102,32 +102,55 @@ async def run(args: argparse.Namespace, agent: Any, task: str, selector: Any, co
             print_result(console, result)
         copied = True
         if args.copy_back is not None and result.sandbox is not None:
-            copied = await copy_back(result.sandbox, args.copy_back, console, "the winner's workspace")
-    won = result.won
-    patched = True
-    if args.patch is not None and won is not None and won.result is not None and won.result.patch is not None:
-        from qwq_agent.agent.patch import patch_bytes
-        from qwq_agent.cli.patch_file import write_patch
-
-        traced = Path(result.trace_path) if result.trace_path else None
-        patched = write_patch(console, patch_bytes(won.result.patch), args.patch, traced)  # git's bytes
-        if patched:
-            console.print(plain(f"the winner's patch: {args.patch.resolve()}", "dim"), soft_wrap=True)
+            traced = Path(result.trace_path) if result.trace_path else None
+            copied = await copy_back(
+                result.sandbox, args.copy_back, console, "the winner's workspace", traced
+            )
+    patched = _write_winners_patch(args.patch, result, console) if args.patch is not None else True
     if result.trace_path:
         console.print(
             plain(f"trace: {result.trace_path} (one file per branch beside it)", "dim"), soft_wrap=True
         )
     if result.winner is None and (waiting := awaiting_approval(result)):
         # Not a failure: the branches stopped for a person (no terminal), each resumable on its own.
-        from qwq_agent.cli.approval_prompt import resume_command
+        from qwq_agent.cli.approval_prompt import resume_command, unresumable
         from qwq_agent.cli.errors import EXIT_AWAITING_APPROVAL
 
+        resumes = 0
         for b in waiting:
             assert b.trace_path is not None
-            line = f"branch {b.index} waits for approval; resume with: {resume_command(b.trace_path)}"
-            console.print(plain(line, "magenta"), soft_wrap=True)
-        return EXIT_AWAITING_APPROVAL
+            # A trace a full disk stopped before the wait was recorded offers no resume that could work.
+            why = unresumable(b.trace_path, b.result.trace_error if b.result is not None else None)
+            if why is None:
+                resumes += 1
+                line = f"branch {b.index} waits for approval; resume with: {resume_command(b.trace_path)}"
+                console.print(plain(line, "magenta"), soft_wrap=True)
+            else:
+                line = f"branch {b.index} stopped to wait for approval, but {why}: it cannot be resumed"
+                console.print(plain(line, "yellow"), soft_wrap=True)
+        return EXIT_AWAITING_APPROVAL if resumes else 1
     return 0 if result.winner is not None and copied and patched else 1
+
+
+def _write_winners_patch(path: Path, result: BranchResult, console: Console) -> bool:
+    """The winner's patch into `path` (`patch_file.write_patch`); a line saying why when there is none
+    (no winner, or its patch could not be collected). Whether `path` holds it."""
+    from qwq_agent.agent.patch import patch_bytes
+    from qwq_agent.cli.patch_file import report_missing, write_patch
+    from qwq_agent.cli.safe_text import plain
+
+    won = result.won
+    if won is None:
+        console.print(plain(f"no patch: no branch won; {path} not written", "yellow"), soft_wrap=True)
+        return False
+    if won.result is None or won.result.patch is None:
+        report_missing(console, won.result, path)
+        return False
+    traced = Path(result.trace_path) if result.trace_path else None
+    if not write_patch(console, patch_bytes(won.result.patch), path, traced):  # git's bytes
+        return False
+    console.print(plain(f"the winner's patch: {path.resolve()}", "dim"), soft_wrap=True)
+    return True
 
 
 def awaiting_approval(result: BranchResult) -> list[Any]:
@@ -137,11 +160,13 @@ def awaiting_approval(result: BranchResult) -> list[Any]:
     return [b for b in result.branches if b.status == "awaiting_approval" and b.trace_path]
 
 
-async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bool:
+async def copy_back(sandbox: Any, dest: Path, console: Console, what: str, trace: Path | None = None) -> bool:
     """Copy /workspace into `dest`, saying what was left out; a failure is one warning line and False,
     so the patch and the trace line, which do not depend on it, still come. What git would run
     commands from is left out (`sandbox.git_files`) and named on a line of its own; a git config
-    comes back with only its safe settings, a line naming those dropped.
+    comes back with only its safe settings, a line naming those dropped. When the host's disk cannot
+    take the copy (full), the archive the sandbox sent is kept beside `trace` (`<trace stem>.workspace.tar`,
+    else in the temporary folder) and the line names it: the sandbox, about to go, holds the only copy.
 
     The run has ended by now and the sandbox holds the only copy of its work, so a Ctrl-C, SIGTERM, SIGHUP
     or SIGQUIT (a cancellation) lets the copy finish first, then propagates; a second signal exits at once
@@ -150,7 +175,7 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bo
     import asyncio
 
     from qwq_agent.cli.safe_text import plain
-    from qwq_agent.sandbox.errors import SandboxError
+    from qwq_agent.sandbox.errors import DownloadNotWritten, SandboxError
     from qwq_agent.sandbox.git_files import WHY
 
     download = asyncio.ensure_future(sandbox.download("/workspace", dest))
@@ -165,7 +190,10 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bo
                 console.print(plain(note, "yellow"), soft_wrap=True)
             copied = await download  # bounded: the download has its own deadline
     except (SandboxError, OSError) as exc:  # texts from the sandbox: printed literally
-        console.print(plain(f"{what} was not copied back to {dest}: {exc}", "yellow"), soft_wrap=True)
+        note = f"{what} was not copied back to {dest}: {exc}"
+        if isinstance(exc, DownloadNotWritten):
+            note += _kept_archive(exc.archive, dest, trace)
+        console.print(plain(note, "yellow"), soft_wrap=True)
         if cancelled is not None:
             raise cancelled from None
         return False
@@ -195,6 +223,21 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str) -> bo
     if cancelled is not None:
         raise cancelled
     return True
+
+
+def _kept_archive(archive: bytes, dest: Path, trace: Path | None) -> str:
+    """The end of the copy-back's failure line: where the archive of the workspace was kept, or that it
+    could not be."""
+    from qwq_agent.cli.kept_files import keep
+
+    kept = keep(archive, trace, ".workspace.tar", dest.name or "copy-back")
+    if kept is None:
+        return "; nor could the archive the sandbox sent be kept anywhere else: the work is lost"
+    # The sandbox's archive as it came, none of copy-back's checks made: links out, git hooks.
+    return (
+        f"; the archive the sandbox sent was kept in {kept} (unchecked: list it with `tar tvf` "
+        "before extracting it)"
+    )
 
 
 def show_left_out(console: Console, skipped: list[str], verb: str, count: int = 0) -> None:

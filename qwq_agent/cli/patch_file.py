@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from qwq_agent.cli.kept_files import keep, write_exclusive
 
 
 @dataclass
@@ -35,13 +36,7 @@ def save_patch(data: bytes, path: Path, trace: Path | None) -> SavedPatch:
         return SavedPatch(path)
     except OSError as exc:
         error = exc.strerror or str(exc)
-    places = [(Path(tempfile.gettempdir()), f"qwq-agent-{trace.stem if trace else path.stem}")]
-    if trace is not None:
-        places.insert(0, (trace.parent, trace.stem))
-    for folder, stem in places:
-        with contextlib.suppress(OSError):
-            return SavedPatch(_write_new(folder, stem, data), error)
-    return SavedPatch(None, error)
+    return SavedPatch(keep(data, trace, ".patch", path.stem), error)
 
 
 def write_patch(console: Any, data: bytes, path: Path, trace: Path | None) -> bool:
@@ -58,42 +53,28 @@ def write_patch(console: Any, data: bytes, path: Path, trace: Path | None) -> bo
     return False
 
 
+def report_missing(console: Any, result: Any, path: Path) -> None:
+    """One warning line for a `--patch FILE` the run gave no patch for: why (`RunResult.patch_error`,
+    or the run ended before its changes were taken), and that FILE was not written (it is as it was)."""
+    from qwq_agent.cli.safe_text import plain
+
+    why = getattr(result, "patch_error", None) if result is not None else None
+    if why is None:
+        status = getattr(result, "status", None)
+        why = f"the run ended {status or 'early'} before its changes were collected"
+    console.print(plain(f"no patch: {why}; {path} not written", "yellow"), soft_wrap=True)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """`data` into `path`, whole or not at all (a temporary file beside it, synced, renamed over it).
 
     Raises OSError; the temporary file is removed then, and `path` is as it was.
     """
     temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    _write(temporary, data)
+    write_exclusive(temporary, data)
     try:
         os.replace(temporary, path)
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
-        raise
-
-
-def _write_new(folder: Path, stem: str, data: bytes) -> Path:
-    """`data` in a file of `folder` that did not exist before: `stem.patch`, else a random name."""
-    target = folder / f"{stem}.patch"
-    try:
-        _write(target, data)
-    except FileExistsError:
-        target = folder / f"{stem}.{secrets.token_hex(4)}.patch"
-        _write(target, data)
-    return target
-
-
-def _write(path: Path, data: bytes) -> None:
-    """`data` in the new file `path` (never one that exists), synced; on failure none is left."""
-    # 0o666 less the umask, as any file the user's tools write (mkstemp's would be 0o600).
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # a part of the patch is no copy to point anyone at
         raise

@@ -243,13 +243,22 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 renderer.close()  # the live status goes before anything else is printed
             started.ended = True
             if args.copy_back is not None and sandbox is not None:
-                copied = await branch_cmd.copy_back(sandbox, args.copy_back, console, "the workspace")
+                ended = agent.result.trace_path if agent.result is not None else None
+                copied = await branch_cmd.copy_back(
+                    sandbox, args.copy_back, console, "the workspace", Path(ended) if ended else None
+                )
     finally:
         await model.aclose()
         await extras.aclose()
     result = agent.result if agent is not None else None
     patched = True
-    if args.patch is not None and result is not None and result.patch is not None:
+    if args.patch is not None and result is not None and result.patch is None:
+        from qwq_agent.cli.patch_file import report_missing
+
+        # the run's answer stands, but an output it was asked for is missing: said, and exit 1
+        report_missing(console, result, args.patch)
+        patched = False
+    elif args.patch is not None and result is not None and result.patch is not None:
         from qwq_agent.agent.patch import patch_bytes
         from qwq_agent.cli.patch_file import write_patch
 

@@ -16,6 +16,7 @@ from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 from qwq_agent.sandbox.errors import (
     DestinationExists,
     DockerUnreachable,
+    DownloadNotWritten,
     InvalidRequest,
     PathOutsideWorkspace,
     ResourceExhausted,
@@ -52,6 +53,7 @@ __all__ = [
     "DockerHost",
     "DockerSandbox",
     "DockerUnreachable",
+    "DownloadNotWritten",
     "DownloadResult",
     "FileResult",
     "HostFull",

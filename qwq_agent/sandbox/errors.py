@@ -38,6 +38,20 @@ class DestinationExists(InvalidRequest):
     """A download would overwrite something already on the host; nothing was written."""
 
 
+class DownloadNotWritten(OSError):
+    """The host's disk failed a download (full, read-only, out of inodes): what it wrote was removed
+    again. `archive` is the tar the sandbox sent, unchecked (it is the sandbox's: list it before
+    extracting it), so that a caller whose sandbox holds the only copy can keep it elsewhere. The
+    errno, message and file name are the disk's own error's."""
+
+    def __init__(self, cause: OSError, archive: bytes) -> None:
+        if cause.errno is None:
+            super().__init__(*cause.args)
+        else:
+            super().__init__(cause.errno, cause.strerror, cause.filename, None, cause.filename2)
+        self.archive = archive
+
+
 class SnapshotTooLarge(SandboxError):
     """A snapshot's archive would exceed its size cap (`max_bytes`); nothing was kept."""
 

@@ -110,15 +110,19 @@ def iter_lines(fd, keep):
 
 
 def make_parents(shown, path):
-    """`os.makedirs` without its recursion (a path may have thousands of components)."""
+    """`os.makedirs` without its recursion (a path may have thousands of components); the folders it
+    made, parents first."""
     missing = []
     while path and not os.path.isdir(path):
         if os.path.lexists(path):
             raise RequestError("ToolError", f"Cannot create {shown}: {path} exists and is not a directory.")
         missing.append(path)
         path = os.path.dirname(path)
+    made = []
     for directory in reversed(missing):
         os.mkdir(directory)
+        made.append(directory)
+    return made
 
 
 def write_atomic(shown, real, data, *, replace=True):
