@@ -302,6 +302,7 @@ async def run_branches(
             sandboxes,
             checkout=_checkout(parent, snapshot),
             timeout_s=branch_timeout_s,
+            links=_start_links(parent),
         )
         for o in outcomes:
             emit(_ended(o))
@@ -506,6 +507,15 @@ def _checkout(parent: Branchable, snapshot: Snapshot | None) -> Checkout | None:
             yield sandbox
 
     return checkout
+
+
+def _start_links(parent: Branchable) -> dict[str, str] | None:
+    """The links of the parent's baseline (path to target): the tests a check protects may reach other
+    files through them (`protected.through_links`)."""
+    from qwq_agent.agent.patch import baseline_of
+
+    baseline = baseline_of(parent.sandbox) if parent.sandbox is not None else None
+    return baseline.links if baseline is not None else None
 
 
 async def _set_up(
@@ -730,10 +740,13 @@ async def _select(
     *,
     checkout: Checkout | None,
     timeout_s: float | None,
+    links: dict[str, str] | None = None,
 ) -> Selection:
     try:
         if isinstance(selector, Verifier):  # it checks the branches' work: where it is, and how long
-            choice = await selector.select(outcomes, sandboxes, checkout=checkout, timeout_s=timeout_s)
+            choice = await selector.select(
+                outcomes, sandboxes, checkout=checkout, timeout_s=timeout_s, links=links
+            )
         else:
             choice = await selector.select(outcomes, sandboxes)
     except Exception as exc:  # a broken selector: no winner, every branch kept in the result

@@ -15,7 +15,7 @@ import inspect
 import re
 import shlex
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
@@ -115,6 +115,8 @@ class Verifier:
     check applies, so those files are as at the start (the user's folder) when `command` runs, and a
     branch cannot pass by editing the tests. Its verdict (and the selection's reason, for a winner)
     names them; `BranchOutcome.protected_changes` lists them. The branch's own patch is not changed.
+    What the tests reach through the start state's links (`links`) under protected paths is protected
+    too (`protected.through_links`).
     Checked in place (no baseline), nothing is put back: there is no start state to take them from.
     """
 
@@ -148,6 +150,7 @@ class Verifier:
         *,
         checkout: Checkout | None,
         timeout_s: float | None,
+        links: Mapping[str, str] | None = None,
     ) -> str | None:
         """Fill `outcome.passed` / `verdict` of a completed branch; why the command could not be run
         for it, or None when it ran (a branch it could not run in has not failed it: the selection's
@@ -169,7 +172,7 @@ class Verifier:
             try:
                 # Up to patch.MAX_PATCH_BYTES of the branch's text: not on the event loop.
                 patch, outcome.protected_changes = await asyncio.to_thread(
-                    split_patch, patch, self._protected
+                    split_patch, patch, self._protected, links
                 )
             except PatchTextError as exc:
                 return self._not_run(outcome, f"its patch could not be read: {exc}")
@@ -207,12 +210,14 @@ class Verifier:
         *,
         checkout: Checkout | None = None,
         timeout_s: float | None = None,
+        links: Mapping[str, str] | None = None,
     ) -> Selection:
         """The first completed branch whose check passes (see the class doc).
 
         `checkout(patch)`: a fresh sandbox holding the user's folder (else the start state's tracked
         files) with `patch` applied (None: check in place). A branch whose sandbox died after it began
-        (`BranchOutcome.lost`) fails its check.
+        (`BranchOutcome.lost`) fails its check. `links`: the start state's links, path to target
+        (`patch.Baseline.links`): a protected link's target is protected too.
         `timeout_s` bounds each branch's whole check (a fresh sandbox's start included).
         """
         # Lost ones too: their check "could not be run", which the reason must say.
@@ -227,6 +232,7 @@ class Verifier:
                     sandboxes.get(o.index),
                     checkout=checkout,
                     timeout_s=timeout_s,
+                    links=links,
                 )
                 for o in done
             )
