@@ -452,3 +452,38 @@ async def test_a_reset_requested_before_a_cells_turn_runs_before_it_and_aborts_n
             "the reset never arrived within the cell's 2 s end in 5 attempts: the machine was too slow"
         )
     assert (await fresh.python("1 + 1")).value == "2"
+
+
+async def test_a_cell_queued_behind_a_reset_leaves_an_interpreter_the_next_reset_and_restore_replace(
+    fresh: DockerSandbox,
+) -> None:
+    # The queued cell marked the interpreter used as it arrived, and the reset it waited behind then
+    # marked the interpreter it left "never ran a cell", after that cell had run in it: the next
+    # python_reset did nothing (variables and threads survived it), and a restore said "fresh" over them.
+    queued_code = (
+        "import threading, time\nsecret = 1\n"
+        "threading.Thread(target=lambda: time.sleep(600), name='survivor', daemon=True).start()\n'ran'"
+    )
+    check = "import threading\n'secret' in globals(), 'survivor' in [t.name for t in threading.enumerate()]"
+
+    async def reset_with_a_cell_queued() -> None:
+        await fresh.shell("rm -f /tmp/running", timeout=20)
+        long = asyncio.create_task(
+            fresh.python("open('/tmp/running', 'w').close()\nimport time\ntime.sleep(60)", timeout=90)
+        )
+        await fresh.shell("while [ ! -f /tmp/running ]; do sleep 0.01; done", timeout=20)
+        queued = asyncio.create_task(fresh.python(queued_code, timeout=30))
+        await asyncio.sleep(0)  # its request goes out before the reset's
+        reset = asyncio.create_task(fresh.reset_python(timeout=20))
+        ended, ran, _ = await long, await queued, await reset
+        assert ended.error is not None and ended.error.ename == "InterpreterReset", ended
+        assert ran.value == "'ran'" and not ran.state_lost, ran
+
+    await reset_with_a_cell_queued()
+    await fresh.reset_python(timeout=20)
+    assert (await fresh.python(check)).value == "(False, False)"
+
+    await reset_with_a_cell_queued()
+    restored = await fresh.restore(await fresh.snapshot(), python_state="fresh")
+    assert restored.python_state == "fresh"
+    assert (await fresh.python(check)).value == "(False, False)"

@@ -366,6 +366,36 @@ async def test_a_child_a_thread_will_wait_for_keeps_its_exit_status(fresh: Docke
     assert (await fresh.shell(COUNT_ZOMBIES)).stdout == "0\n"
 
 
+async def test_a_child_a_popen_holds_is_looked_for_once_not_at_every_cells_end(fresh: DockerSandbox) -> None:
+    # While a Popen held an exited child unwaited, every cell's end scanned the whole heap again for it
+    # (`gc.get_objects`), though nothing had changed: with millions of objects, a second per cell, and
+    # past the reap's wait it ran on into the next cell's limit. Counted here by wrapping gc.get_objects.
+    zombie = (
+        "while open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z':\n    time.sleep(0.001)\n"
+    )
+    r = await fresh.python(
+        "import gc, os, subprocess, time\n"
+        "scans, real_get_objects = [], gc.get_objects\n"
+        "def counted(*args):\n"
+        "    scans.append(1)\n"
+        "    return real_get_objects(*args)\n"
+        "gc.get_objects = counted\n"
+        "server = subprocess.Popen(['sh', '-c', 'exit 1'])\n"
+        "pid = server.pid\n" + zombie
+    )
+    assert r.error is None, r
+    for _ in range(3):
+        assert (await fresh.python("1 + 1")).value == "2"
+    assert (await fresh.python("len(scans)")).value == "1"
+    # Another ended child is looked for again, and reaped (no Popen holds it); the held one is not.
+    r = await fresh.python("pid = os.fork()\nif pid == 0:\n    os._exit(0)\n" + zombie)
+    assert r.error is None, r
+    assert (await fresh.shell(COUNT_ZOMBIES)).stdout == "1\n"
+    r = await fresh.python("len(scans), server.wait()")
+    assert r.value == "(2, 1)" and not r.state_lost, r
+    assert (await fresh.shell(COUNT_ZOMBIES)).stdout == "0\n"
+
+
 async def test_processes_a_thread_forks_after_its_cell_ended_do_not_hold_the_pids_limit(
     fresh: DockerSandbox,
 ) -> None:

@@ -517,6 +517,51 @@ async def test_a_snapshot_after_a_cancelled_cell_that_cost_the_interpreter_repla
     assert [c.code for c in (await src.snapshot()).cells or []] == ["'gone' in globals()"]
 
 
+async def test_a_cell_the_host_cancelled_is_in_the_snapshot_as_one_that_did_not_run_to_its_end(pair) -> None:
+    """A cancelled cell is interrupted with its interpreter kept, and what it did before the interrupt
+    stays there; the host dropped its reply and never recorded it, so a snapshot said nothing of it."""
+    src, dst = pair
+    await empty(src)
+    assert (await src.python("base = 1")).ok
+    cell = asyncio.create_task(
+        src.python(
+            "data = [1, 2, 3]\nopen('/tmp/running', 'w').close()\nimport time\ntime.sleep(60)", timeout=90
+        )
+    )
+    await sh(src, "while [ ! -f /tmp/running ]; do sleep 0.01; done; rm /tmp/running")
+    cell.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cell
+    live = await src.python("'data' in globals(), 'base' in globals()")
+    assert live.value == "(True, True)" and not live.state_lost
+    snap = await src.snapshot()
+    assert snap.cells is not None
+    assert [(c.code.split("\n")[0], c.ok, c.completed) for c in snap.cells] == [
+        ("base = 1", True, True),
+        ("data = [1, 2, 3]", False, False),
+        ("'data' in globals(), 'base' in globals()", True, True),
+    ]
+    restored = await dst.restore(snap, python_state="replay")
+    assert restored.replayed_cells == 2 and restored.skipped_cells == 1
+    assert "cancelled" in restored.note
+
+
+async def test_a_stale_snapshot_reply_neither_wipes_newer_cells_nor_loses_its_own() -> None:
+    """The interpreter a snapshot's reply names was applied to the live log after the archive was
+    vetted: a reset and a cell done meanwhile were wiped by the stale id, and the snapshot got none of
+    the cells recorded when it was asked for."""
+    log = CellLog()
+    log.record("old = 1", PythonResult(interpreter="first"))
+    asked = log.as_of()
+    log.reset()  # a python_reset while the snapshot's archive was vetted
+    log.record("new = 2", PythonResult(interpreter="second"))
+    assert [c.code for c in log.for_snapshot(asked, "first") or []] == ["old = 1"]
+    assert [c.code for c in log.recorded() or []] == ["new = 2"] and log.interpreter == "second"
+    # Nothing recorded since it was asked for: a reply naming another interpreter forgets the cells.
+    asked = log.as_of()
+    assert log.for_snapshot(asked, "third") == [] and log.recorded() == []
+
+
 async def test_big_archives_are_staged_in_chunks_under_a_cap(sandbox_image: str, pair) -> None:
     src, _ = pair
     await empty(src)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Generator
 from typing import Any, TypeVar
@@ -130,10 +131,15 @@ class SandboxCalls(SandboxContainer):
         """
         # The limit it runs under is recorded with it: a replay of the cell gets the same.
         limit = self._limit(timeout, deadline, self.config.python_timeout_s)
-        result = await self._timed_call(
-            PythonRequest, PythonResult, {"code": code}, self.config.python_timeout_s,
-            limit, deadline, on_output, stream_limit,
-        )  # fmt: skip
+        try:
+            result = await self._timed_call(
+                PythonRequest, PythonResult, {"code": code}, self.config.python_timeout_s,
+                limit, deadline, on_output, stream_limit,
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            # The sandbox interrupts the cell and keeps its interpreter, with what the cell did so far.
+            self.cells.record_cancelled(code, limit)
+            raise
         self.cells.record(code, result, limit)
         return result
 

@@ -112,7 +112,9 @@ class RestoreResult(Result):
     )
     replayed_cells: int = 0
     skipped_cells: int = Field(
-        default=0, description="recorded cells not replayed (they timed out originally)"
+        default=0,
+        description="recorded cells not replayed: they had not run to their end (timed out, or the host "
+        "cancelled them)",
     )
     unreplayed_cells: int = Field(
         default=0,

@@ -87,6 +87,7 @@ async def take_snapshot(
         raise InvalidRequest("max_bytes must be positive")
     receiver = _Receiver(max_bytes)
     request = SnapshotRequest(max_bytes=max_bytes, timeout=timeout)
+    asked = sandbox.cells.as_of()
     raw, replaced = await sandbox._call_raw(request, sandbox._grace(timeout), receiver)
     if replaced:
         raise SandboxDead(
@@ -106,11 +107,12 @@ async def take_snapshot(
             f"{raw.get('bytes')!r} bytes with sha256 {raw.get('sha256')!r}; no snapshot was taken"
         )
     await asyncio.to_thread(_vet, data)
+    cells = asked.cells
     if "interpreter" in raw:
-        # Only the cells of the interpreter running now have their effects in it: a cell cancelled
-        # since the last reply may have cost it, and the host dropped the reply that said so.
+        # Only the cells of the interpreter running when it was taken have their effects in it: a cell
+        # cancelled before it may have cost it, and the host dropped the reply that said so.
         live = raw["interpreter"]
-        sandbox.cells.running(live if isinstance(live, str) else None)
+        cells = sandbox.cells.for_snapshot(asked, live if isinstance(live, str) else None)
     skipped = raw.get("skipped")
     snapshot = Snapshot(
         id=uuid.uuid4().hex[:12],
@@ -121,7 +123,7 @@ async def take_snapshot(
         entries=_count(raw.get("entries")),
         skipped=[str(s)[:300] for s in skipped[:50]] if isinstance(skipped, list) else [],
         skipped_count=_count(raw.get("skipped_count")),
-        cells=sandbox.cells.recorded(),
+        cells=cells,
         source=sandbox.id,
     )
     snapshot.mark_verified()  # its sha256 was just computed from these very bytes
@@ -268,7 +270,11 @@ async def _replay(
     result.note = (
         f"the interpreter was rebuilt by re-running {result.replayed_cells} recorded cell(s)"
         + (f"; {failed} failed on replay" if failed else "")
-        + (f"; {result.skipped_cells} that had timed out were skipped" if result.skipped_cells else "")
+        + (
+            f"; {result.skipped_cells} that had not run to their end (timed out or cancelled) were skipped"
+            if result.skipped_cells
+            else ""
+        )
         + (
             f"; {result.unreplayed_cells} not run: the restore's {limit_s:.3g} s limit was reached"
             if result.unreplayed_cells

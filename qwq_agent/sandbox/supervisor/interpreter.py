@@ -108,6 +108,11 @@ class Interpreter:
         # Why a cancelled cell cost the interpreter: the host drops a cancelled call's reply, so the
         # next cell reports the loss (see `_run`). Cleared by `stop`: a reset or restore reports its own.
         self.unreported_loss = None
+        # A cell was sent to the running interpreter: a reset or restore need not replace one that ran
+        # none. Set only once a cell holds its turn and has been handed over, and cleared only with the
+        # interpreter itself (`start`, `stop`): a cell that queued behind a reset runs in the interpreter
+        # the reset left, so a flag the reset cleared at its end would forget that cell.
+        self.used = False
         self.start()
 
     @property
@@ -169,11 +174,13 @@ class Interpreter:
         for fd in (self.cmd_w, self.out, self.err, self.res_r, self.reaped):
             os.set_blocking(fd, False)
         self.closed_streams = set()
+        self.used = False
         self._instance = (proc, secrets.token_hex(8))
 
     def stop(self, why="the interpreter had been stopped (a restart could not start a new one)"):
         """Kill the interpreter and all it started; the next cell starts a fresh one, noting `why`."""
         self.stopped_why, self.unreported_loss = why, None
+        self.used = False
         proc = self.proc
         if proc is None:
             return
@@ -297,6 +304,7 @@ class Interpreter:
             lost.append(self._died())
             self.restart()
             unsent = unsent[self._send(unsent) :]
+        self.used = True  # in the interpreter that runs it: any start or restart above came first
         out, err = self.out, self.err  # this cell's pipes (a restart below replaces self.out/err)
         caps = {out: Capture(), err: Capture()}
         deadline = started + timeout

@@ -46,7 +46,6 @@ class Supervisor:
         procs.on_containment_failure = lambda: self.exit("a process tree could not be killed")
         self.interpreter = Interpreter()
         self.editor = Editor()
-        self.interpreter_used = False  # a restore need not restart an interpreter that never ran a cell
         self.staging = snapshots.Staging(MAX_STAGED)
         self.restore_lock = threading.Lock()
         self.ops = {
@@ -164,7 +163,6 @@ class Supervisor:
                 if exc.kind != "ResourceExhausted":
                     raise
                 restarted = "Python was stopped to free them (the next python call starts it)"
-            self.interpreter_used = False
         finally:
             interpreter.lock.release()
         return f"[{what}, left by an earlier cell; {restarted} and its variables are gone]\n"
@@ -182,9 +180,8 @@ class Supervisor:
         with interpreter.turns.resetting(deadline):
             if not restart:
                 interpreter.stop("the interpreter had been stopped (a reset that started none)")
-            elif self.interpreter_used:
+            elif interpreter.used:
                 interpreter.restart()
-            self.interpreter_used = False
 
     def snapshot(self, args):
         """The files (`snapshots.snapshot`), and the interpreter running once they are taken: the host
@@ -222,10 +219,9 @@ class Supervisor:
                 )
             if start_by is not None and time.monotonic() > start_by:
                 raise too_late(start_by, entered)
-            fresh = not keep_python and self.interpreter_used
+            fresh = not keep_python and self.interpreter.used
             if fresh:
                 self.interpreter.stop()
-                self.interpreter_used = False
             try:
                 with self.interpreter.paused():
                     yield
@@ -237,7 +233,6 @@ class Supervisor:
                         pass  # the next python call starts one, and says that state was lost
 
     def python(self, args):
-        self.interpreter_used = True
         code = args.get("code")
         if not isinstance(code, str):
             raise RequestError("InvalidRequest", "`code` must be a string")

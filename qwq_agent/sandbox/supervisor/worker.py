@@ -24,6 +24,8 @@ from .settings import IMAGE_BUDGET, MAX_FIGURES, OUT_HEAD, OUT_TAIL
 CMD_FD, RES_FD, REAPED_FD = 3, 4, 5
 # The objects through which code waits for a child it started: such a child's status is theirs to take.
 POPEN_CLASSES = (("subprocess", "Popen"), ("multiprocessing.popen_fork", "Popen"))
+# The zombies a Popen held at the last search of the heap, as (pid, start time): `_reap_children`.
+_looked_for: set = set()
 
 
 def _restore_output(saved):
@@ -52,13 +54,21 @@ def _reap_children():
     may wait for it yet, and reaped here it would get no status (subprocess then says 0 for a child that
     exited 3, or was killed). Such a zombie goes when its Popen is waited for or dropped. A child known
     only by its pid (a bare `os.fork`) cannot be told apart from a forgotten one, and is reaped.
+
+    The heap is searched for Popens only when there are zombies it was not searched for already: one a
+    Popen holds stays until it is waited for, and a scan at every cell's end would cost a second a cell
+    with millions of objects, to find the same again. A zombie is known by its pid and start time (a
+    pid is used again only once it is reaped). One whose Popen was dropped since is reaped with the
+    next ended child.
     """
+    global _looked_for
     ended = _ended_children()
-    if not ended:
+    if not ended or ended.items() <= _looked_for:
         return
     held = _held_by_popen()
     if held is None:
         return  # left for the reclaim of the pids limit (`server.reclaim`), which restarts if it must
+    _looked_for = {(pid, started) for pid, started in ended.items() if pid in held}
     for pid in ended:
         if pid in held:
             continue
@@ -69,8 +79,8 @@ def _reap_children():
 
 
 def _ended_children():
-    """Pids of this process's children that have ended and are not yet reaped (zombies)."""
-    me, pids = os.getpid(), []
+    """This process's children that have ended and are not yet reaped (zombies): {pid: start time}."""
+    me, pids = os.getpid(), {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -79,9 +89,10 @@ def _ended_children():
                 data = f.read()
         except OSError:
             continue
-        state, ppid = data[data.rindex(b")") + 2 :].split(b" ", 2)[:2]
-        if state == b"Z" and int(ppid) == me:
-            pids.append(int(name))
+        fields = data[data.rindex(b")") + 2 :].split(b" ")
+        # After the name: state, ppid, ... and the start time, field 22 of proc(5).
+        if fields[0] == b"Z" and int(fields[1]) == me:
+            pids[int(name)] = int(fields[19])
     return pids
 
 
