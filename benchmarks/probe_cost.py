@@ -60,7 +60,7 @@ async def stream_main(
         if isinstance(event, TextDelta):
             text += event.text
             if probe is not None and "</think>" not in text:
-                probe.maybe_launch(prompt + text, len(text))
+                probe.maybe_launch(lambda suffix, seen=text: prompt + seen + suffix, len(text))
                 probe.collect()
         elif isinstance(event, Completion):
             done = event

@@ -24,6 +24,7 @@ from qwq_agent.agent.events import BranchEnded, BranchesStarted, BranchSelected,
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.replay import ReplayModel, load_recording
 from qwq_agent.agent.selection import SelectionError
+from qwq_agent.agent.tokenizer import get_tokenizer
 from qwq_agent.agent.trace import read_trace
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
 from qwq_agent.tools.catalog import build_tools
@@ -589,6 +590,33 @@ async def test_a_slow_warm_up_leaves_the_branches_their_time(tmp_path):
     assert [b.status for b in result.branches] == ["completed", "completed"]
     assert result.winner is not None and result.answer == "42" and len(sent) == 2
     assert result.warmup is None  # it gave up: no usage to report
+
+
+async def test_the_warm_up_prefills_the_tokens_the_branches_send_with_kept_turns_spliced_in():
+    """With kept reasoning sent token-exact, the branches' first requests go as ids holding what the
+    server sampled for the kept turn (not what its text tokenizes to): the warm-up sends those ids too,
+    or the prefill it pays for is not the prefix the branches send."""
+    tok = get_tokenizer()
+
+    def answer(req: ScriptedRequest) -> str | Turn:
+        if req.sampling_params.get("max_new_tokens") == 1:  # the warm-up
+            return "x"
+        reasoning = "Thinking about the numbers carefully."  # one token a character: no tokenizer's choice
+        return Turn(ids=[i for ch in reasoning for i in tok.encode(ch)] + tok.encode("\n</think>\n\nFour."))
+
+    async with (
+        ScriptedModelServer(answer, when_exhausted="repeat") as server,
+        SGLangClient(server.url, retry=NO_RETRY, keep_reasoning=True) as client,
+    ):
+        agent = Agent(client, [], config=config())
+        assert (await agent.run("What is 2 + 2?")).status == "completed"
+        result = await agent.branch(2, "And 3 + 3?", select="first", seeds=SEEDS[:2])
+        assert result.winner is not None, result.reason
+        warm = next(r for r in server.requests if r.sampling_params.get("max_new_tokens") == 1)
+        firsts = [r for r in server.requests if r.sampling_params.get("sampling_seed") in SEEDS]
+    assert warm.input_ids is not None and len(firsts) == 2
+    assert all(r.prompt_ids == warm.prompt_ids for r in firsts)
+    assert result.warmup is not None and result.warmup.prompt_tokens == len(warm.prompt_ids)
 
 
 def _final_raises(exc: BaseException) -> Callable[[int, object], None]:

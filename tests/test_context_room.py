@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, ModelContextExceeded, OpenAIChatClient, SGLangClient
@@ -142,6 +143,59 @@ async def test_a_run_whose_first_request_does_not_fit_replays_to_the_same_contex
     for replay in (ReplayModel.from_trace(trace), ReplayModel.from_recording(load_recording(trace))):
         replayed, diverged = await replayed_run(replay)
         assert (replayed.status, replayed.error) == (result.status, result.error) and not diverged
+
+
+@pytest.mark.parametrize("refused_at", ["first request", "later request"])
+async def test_a_run_ended_context_full_resumes_against_the_live_servers_context(tmp_path, refused_at):
+    # Resuming on a server with a larger context is how a run that filled its context goes on: past the
+    # recording the requests are checked against the live server's context length, not the recorded one.
+    trace = tmp_path / "run.jsonl"
+    small = 600 if refused_at == "first request" else CONTEXT
+    async with ScriptedModelServer(reader, context_length=small, check_context=True) as server:
+        result = await run(server, "native", config(), trace)
+    assert result.status == "context_full" and f"context length of {small} tokens" in (result.error or "")
+    recording = load_recording(trace)
+    assert recording.refused is not None and (len(recording.completions) == 0) == (small == 600)
+    big = 32768
+    done = "Read enough.\n</think>\n\nEvery request was served in under 100 ms."
+    async with (
+        ScriptedModelServer([done], context_length=big, check_context=True) as live_server,
+        SGLangClient(live_server.url, retry=NO_RETRY) as live,
+    ):
+        replay = ReplayModel.from_recording(recording, then=live)
+        agent = Agent(replay, [read_chunk], config=recording.agent_config())
+        resumed = await asyncio.wait_for(agent.run(TASK), GUARD_S)
+    assert (resumed.status, resumed.answer) == ("completed", "Every request was served in under 100 ms.")
+    assert len(live_server.requests) == 1 and live_server.refused == []
+    sent = live_server.requests[0]
+    # The request the run refused, sent now, with room to write that the recorded context did not have.
+    assert len(sent.prompt_ids) == recording.refused.prompt_tokens
+    assert len(sent.prompt_ids) + sent.sampling_params["max_new_tokens"] > small
+
+
+@pytest.mark.parametrize(
+    ("refused", "field"),
+    [
+        ({"prompt_tokens": -5, "context_length": -1}, "prompt_tokens"),
+        ({"prompt_tokens": 0, "context_length": 0}, "context_length"),
+    ],
+)
+async def test_a_trace_whose_refusal_holds_no_token_counts_is_not_a_valid_trace(tmp_path, refused, field):
+    # A hand-edited or corrupted refusal is refused as a trace, as a missing key is: never reported as
+    # the model's context (`the prompt holds -5 tokens ... context length of -1 tokens`).
+    trace = tmp_path / "run.jsonl"
+    async with ScriptedModelServer(reader, context_length=600, check_context=True) as server:
+        result = await run(server, "native", config(), trace)
+    assert result.status == "context_full"
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert sum(1 for e in events if e.get("refused")) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        "".join(json.dumps({**e, "refused": refused} if e.get("refused") else e) + "\n" for e in events)
+    )
+    for read in (load_recording, ReplayModel.from_trace):
+        with pytest.raises(ValidationError, match=rf"refused\.{field}\n  Input should be greater than"):
+            read(bad)
 
 
 def sampled_reader(request: ScriptedRequest) -> Turn:

@@ -8,6 +8,7 @@ asserted does not depend on how fast either side runs.
 
 from __future__ import annotations
 
+import dataclasses
 from itertools import pairwise
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from qwq_agent.agent.events import Final, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.loop_detector import LoopDetectorConfig, ReasoningLoopDetector, close_text
 from qwq_agent.agent.loops.probe import ProbeResult, normalise_answer
+from qwq_agent.agent.tokenizer import get_tokenizer
 from qwq_agent.testing.probes import probe_aware
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
 from qwq_agent.tools.catalog import build_tools
@@ -130,6 +132,39 @@ async def test_failing_probes_are_no_answer_and_the_detector_closes_on_its_own()
     warnings = [e for e in events if isinstance(e, Warning_) and e.kind == "reasoning_loop"]
     assert [w.level for w in warnings] == [1, 2] and "answer stayed" not in warnings[1].message
     assert any(is_probe(r) for r in server.requests)
+
+
+async def test_a_probe_sends_the_tokens_of_the_request_it_rides_on_with_kept_turns_spliced_in():
+    # With kept reasoning sent token-exact, the turn's request goes as ids holding what the server sampled
+    # for the kept turn (not what its text tokenizes to). A probe sent as text would share the server's
+    # cache only up to that turn: it sends the request's ids, then its own text tokenized after them.
+    tok = get_tokenizer()
+    circling = CirclesPastTheNudge()
+    reasoning = "Adding two and two."  # one token a character: not the tokenizer's choice
+
+    def model(req: ScriptedRequest) -> str | Turn:
+        text = req.prompt if req.prompt is not None else tok.decode(req.prompt_ids)
+        if "parentheses" not in text:  # the earlier run, whose turn the later prompts keep
+            return Turn(ids=[i for ch in reasoning for i in tok.encode(ch)] + tok.encode("\n</think>\n\n4"))
+        return circling(dataclasses.replace(req, prompt=text))
+
+    async with (
+        ScriptedModelServer(model) as server,
+        SGLangClient(server.url, retry=NO_RETRY, keep_reasoning=True) as client,
+    ):
+        circling.server = server
+        agent = Agent(client, [], config=AgentConfig(check_language=False, loop_detector=PROBING))
+        assert (await agent.run("What is 2 + 2?")).answer == "4"
+        result = await agent.run("Insert parentheses in 2*3*4*5+1 to get 144.", history=agent.messages)
+    assert result.status == "completed" and result.answer == "126", result.error
+    sent = server.requests[1:]
+    probes = [r for r in sent if r.sampling_params["max_new_tokens"] == PROBING.probe_max_new_tokens]
+    nudged = [r for r in sent if r not in probes and NUDGE_MARK in tok.decode(r.prompt_ids)]
+    assert len(probes) >= 2 and len(nudged) >= 1 and all(r.input_ids is not None for r in sent)
+    for probe in probes:
+        assert tok.decode(probe.prompt_ids).endswith(SUFFIX)
+        # each rides on the nudged request: its prompt, then the reasoning streamed since
+        assert probe.prompt_ids[: len(nudged[0].prompt_ids)] == nudged[0].prompt_ids
 
 
 # ---- the detector's side of the probe ---------------------------------------------------------

@@ -42,6 +42,7 @@ from qwq_agent.agent.events import (
     Warning_,
 )
 from qwq_agent.agent.messages import Message, replace_surrogates_in_messages
+from qwq_agent.agent.prompt_size import PromptPreparer
 from qwq_agent.agent.selection import (
     SANDBOX_LOST,
     Checkout,
@@ -54,7 +55,7 @@ from qwq_agent.agent.selection import (
 )
 from qwq_agent.agent.trace import TraceError, TraceWriter
 from qwq_agent.deadline import Deadline
-from qwq_agent.protocols import Model, PromptModel, Sandbox, Usage
+from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, Sandbox, Usage
 from qwq_agent.surrogates import replace_surrogates
 from qwq_agent.tools.registry import ToolRegistry
 
@@ -663,10 +664,27 @@ async def _warm_prefix(
     params = parent.config.sampling.model_copy(update={"max_new_tokens": 1, "stop": [], "seed": None})
     try:
         async with asyncio.timeout(WARMUP_TIMEOUT_S if limit_s is None else min(WARMUP_TIMEOUT_S, limit_s)):
-            completion = await model.generate(model.render_prompt(messages, specs), params)
+            if isinstance(model, PromptPreparer):
+                # The prompt the branches' first requests send, as they send it: with kept turns' ids
+                # spliced in, which the text tokenized would not give (the cache would miss from there).
+                completion = await _completion_of(
+                    model.stream_prepared(model.prepare_prompt(messages, specs), params)
+                )
+            else:
+                completion = await model.generate(model.render_prompt(messages, specs), params)
     except Exception:
         return None
-    return completion.usage
+    return completion.usage if completion is not None else None
+
+
+async def _completion_of(events: AsyncIterator[ModelEvent]) -> Completion | None:
+    """The completion a stream ends with (None if it has none); closed either way, so a request left
+    unfinished (the warm-up timed out) is aborted on the server now."""
+    async with aclosing(events) as stream:  # type: ignore[type-var]
+        async for event in stream:
+            if isinstance(event, Completion):
+                return event
+    return None
 
 
 async def _run_one(

@@ -58,7 +58,7 @@ class AgentConfig(BaseModel):
     # ends with an error; and the model's context length, checked before every request (None: asked
     # from the server when the client can tell, else not checked).
     max_requests_per_turn: int = 32
-    context_length: int | None = None
+    context_length: int | None = Field(default=None, ge=1)
     # Before every request its prompt is counted (`prompt_size`) and its max_new_tokens lowered so that
     # prompt + output fit the context length (the server refuses a request that does not fit). With
     # fewer new tokens than this left (or than max_new_tokens asks, when that is less) the run ends

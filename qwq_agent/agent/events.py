@@ -88,7 +88,7 @@ class ModelCall(_Event):
     """The token limit the request asked for: `sampling.max_new_tokens`, or fewer where the generation
     budget or the room left in the model's context allowed fewer. A replay asks for the same (None in
     traces written before it was recorded, and on a probe)."""
-    context_length: int | None = None
+    context_length: int | None = Field(default=None, gt=0)
     """The model's context length the request was checked against (configured, or the server's), so
     that a replay, which has no server to ask, ends a run whose context filled up where it ended; None
     when it was unknown (nothing was checked) or in traces written before it was recorded."""
@@ -196,8 +196,9 @@ class ContextCheck(BaseModel):
     """A request's prompt as counted before it was sent, and the model's context length it was checked
     against."""
 
-    prompt_tokens: int
-    context_length: int
+    # A trace holding other counts is not one this code wrote (edited, or corrupted): refused on reading.
+    prompt_tokens: int = Field(ge=0)
+    context_length: int = Field(gt=0)
 
 
 class Warning_(_Event):

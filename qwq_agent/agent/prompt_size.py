@@ -74,6 +74,17 @@ class PreparedPrompt:
     ids: list[int] | None = None
     """The prompt as ids, kept turns spliced in (`PromptOptions.exact_tokens`); None: it goes as text."""
 
+    def followed_by(self, text: str) -> PreparedPrompt:
+        """This prompt with `text` after it. Sent as ids, its ids are kept as they are and `text` is
+        tokenized after them: a request that extends this one (a probe on the output it streams) then
+        shares all of its ids with what the server has cached, not only those before a tokenizer
+        boundary that `text` would move."""
+        if self.ids is None:
+            return PreparedPrompt(self.text + text)
+        from qwq_agent.agent.tokenizer import get_tokenizer  # present: these ids were tokenized with it
+
+        return PreparedPrompt(self.text + text, [*self.ids, *get_tokenizer().encode(text)])
+
     @cached_property
     def tokens(self) -> int | None:
         """Its tokens, as the server counts them: its ids, else its text tokenized (once, when asked:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -390,9 +390,24 @@ class ReplayModel:
         turn asks for its `max_new_tokens`, so the replay decides as the run did."""
         return self._calls[self._next] if self.replaying else None
 
+    @property
+    def live(self) -> bool:
+        """Whether the next request goes to the live model: the recording is used up, and one was given."""
+        return self._then is not None and not self.replaying
+
+    @property
+    def server_info(self) -> Callable[[], Awaitable[Any]]:
+        """The live model's `server_info`, where it has one (else AttributeError, as a model without one
+        raises): the loop asks it for the live server's context length once the live model takes over."""
+        info = getattr(self._then, "server_info", None)
+        if info is None:
+            raise AttributeError(f"{type(self._then).__name__} has no server_info")
+        return cast(Callable[[], Awaitable[Any]], info)
+
     def recorded_context_length(self) -> int | None:
         """The context length the recorded run's requests were last checked against (None if never):
-        past the recording, the replay checks against it, as the run did against its server's."""
+        while the recording answers, and past it with no live model, the replay checks against it, as
+        the run did against its server's (a live model's requests are checked against its own)."""
         if self._refused is not None:  # the run's last check, and its only one when it sent nothing
             return self._refused.context_length
         return next((c.context_length for c in reversed(self._calls) if c.context_length), None)

@@ -162,7 +162,8 @@ class TurnStreamer:
         if config.loop_detector.probe_enabled and isinstance(model, PromptRenderer) and not replaying:
             self._probe_model = model if isinstance(model, ProbeModel) else None
         self._pull: asyncio.Task[ModelEvent | None] | None = None  # the stream's pending read (probing)
-        self._probe_base: str | None = None
+        # The prompt of the request the probes ride on, with the turn's prefix it was built for.
+        self._probe_base: tuple[str, PreparedPrompt] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -405,12 +406,25 @@ class TurnStreamer:
             return
         if not self.probe.due(self.detector.bytes_fed):
             return
-        if self._probe_base is None:
-            assert isinstance(self.model, PromptRenderer)  # checked with the probe model in __init__
-            self._probe_base = self.model.render_prompt(self.messages, self.specs)
+        reasoning = defuse("".join(pieces))
         self.probe.maybe_launch(
-            self._probe_base + defuse(self.prefix + "".join(pieces)), self.detector.bytes_fed
+            lambda suffix: self._probe_prompt(reasoning + suffix), self.detector.bytes_fed
         )
+
+    def _probe_prompt(self, appended: str) -> str | list[int]:
+        """A probe's prompt: this request's, as the client sends it, then `appended` (the reasoning
+        streamed so far and the probe's suffix). A request that goes as ids (kept turns spliced in) is
+        followed by `appended` tokenized, so the probe shares every id of it with the server's cache."""
+        prefix = defuse(self.prefix)
+        if self._probe_base is None or self._probe_base[0] != self.prefix:
+            if isinstance(self.model, PromptPreparer):
+                base = self.model.prepare_prompt(self.messages, self.specs, prefix=prefix)
+            else:
+                assert isinstance(self.model, PromptRenderer)  # checked with the probe model in __init__
+                base = PreparedPrompt(self.model.render_prompt(self.messages, self.specs) + prefix)
+            self._probe_base = (self.prefix, base)
+        probe = self._probe_base[1].followed_by(appended)
+        return probe.ids if probe.ids is not None else probe.text
 
     async def _next_or_probe(
         self, events: AsyncIterator[ModelEvent], attempt: _Attempt, pieces: list[str]
@@ -802,11 +816,14 @@ class TurnStreamer:
         return self._stop(refusal.status, refusal.message, refused=check)
 
     async def _context_limit(self) -> int | None:
-        """The model's context length; on a replay with none to ask, the one the recorded run used."""
-        limit = await self._context_length() if self._context_length is not None else None
-        if limit is None and isinstance(self.model, ReplayModel):
-            return self.model.recorded_context_length()
-        return limit
+        """The model's context length: configured, else the server's. A replay has no server of its own
+        while its recording answers (nor past it, without a live model): it checks against the context
+        length the recorded run used. A resumed run's live requests go by the live server's, which may be
+        larger (resuming there is how a run that filled its context goes on)."""
+        if isinstance(self.model, ReplayModel) and not self.model.live:
+            configured = self.config.context_length
+            return configured if configured is not None else self.model.recorded_context_length()
+        return await self._context_length() if self._context_length is not None else None
 
     def _prompt_size(self, prefix: str) -> PromptSize:
         """The size of a streamed request's prompt (the conversation, then `prefix`), as the model

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel
@@ -78,8 +78,8 @@ def normalise_answer(text: str) -> str:
 class AnswerProbe:
     """Schedules probes as the reasoning grows and collects their answers as they finish.
 
-    `prompt` is the turn's prompt up to where the streamed reasoning starts (the rendered chat plus
-    any prefix the turn already carries); `maybe_launch` is given the reasoning so far.
+    `maybe_launch` is given the probe's prompt to build: the turn's prompt (the rendered chat plus any
+    prefix the turn already carries), the reasoning so far, then the probe's suffix.
     """
 
     def __init__(self, model: ProbeModel, config: LoopDetectorConfig) -> None:
@@ -94,12 +94,14 @@ class AnswerProbe:
         """Whether a probe should be taken at this much reasoning (one in flight at a time)."""
         return self.config.probe_enabled and not self.pending and reasoning_chars >= self._next_at
 
-    def maybe_launch(self, prompt: str, reasoning_chars: int) -> bool:
-        """Start a probe on `prompt` (which ends with the reasoning so far) if one is due."""
+    def maybe_launch(self, prompt: Callable[[str], str | list[int]], reasoning_chars: int) -> bool:
+        """Start a probe if one is due, on `prompt(suffix)`: the turn's prompt, the reasoning so far,
+        then `suffix` (`probe_suffix`), as the client sends it (text, or ids where its requests go as
+        ids), so that the probe extends what the server has cached of the turn."""
         if not self.due(reasoning_chars):
             return False
         self._next_at = reasoning_chars + self.config.probe_every_chars
-        task = asyncio.ensure_future(self._probe(prompt + self.config.probe_suffix, reasoning_chars))
+        task = asyncio.ensure_future(self._probe(prompt(self.config.probe_suffix), reasoning_chars))
         self.pending.add(task)
         self._launched_at[task] = reasoning_chars
         return True
@@ -127,7 +129,7 @@ class AnswerProbe:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _probe(self, prompt: str, at_chars: int) -> ProbeResult:
+    async def _probe(self, prompt: str | list[int], at_chars: int) -> ProbeResult:
         params = SamplingParams(
             max_new_tokens=self.config.probe_max_new_tokens, temperature=0.0, top_p=1.0, top_k=-1
         )
