@@ -7,9 +7,9 @@ the call under it, stopping at `</tool_call>`. The loop then continues unconstra
 
 Two constraint forms:
 - `"ebnf"` (default): a grammar written from the tools' schemas (`ebnf_writer`), in `json.dumps`' spacing,
-  so every token is content. What it cannot express (a string `pattern`, `allOf`, number bounds other
-  than a sign, ...) is relaxed where it is, never for the whole tool set; the argument check before the
-  call still refuses a call that breaks the schema there. `relaxation_warning` says where, and the agent
+  so every token is content. What it cannot express (a string `pattern`, number bounds other than a
+  sign, `patternProperties`, ...) is relaxed where it is (admitting more, never less), never for the
+  whole tool set; the argument check before the call still refuses a call that breaks the schema there. `relaxation_warning` says where, and the agent
   warns of it once a run (`grammar_relaxed`). `tool_call_ebnf` is the strict form: it raises
   `UnsupportedSchema` instead of relaxing.
 - `"json_schema"`: `{"anyOf": [{"properties": {"name": {"const": f}, "arguments": <schema>}}, ...]}` (each
