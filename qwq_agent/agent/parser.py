@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from itertools import groupby
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
@@ -134,11 +135,11 @@ _TERMINATORS: dict[_State, tuple[str, ...]] = {
 }
 
 
-def _held_suffix_start(buf: str, tags: tuple[str, ...]) -> int:
-    """Index where the longest suffix of `buf` that is a proper prefix of one of `tags` starts."""
+def _held_suffix_start(buf: str, tags: tuple[str, ...], pos: int = 0) -> int:
+    """Index where the longest suffix of `buf[pos:]` that is a proper prefix of one of `tags` starts."""
     longest = max(len(t) for t in tags) - 1
     # Every tag starts with "<": without one near the end nothing can be held (the common case).
-    start = buf.find("<", max(0, len(buf) - longest))
+    start = buf.find("<", max(pos, len(buf) - longest))
     if start < 0:
         return len(buf)
     for i in range(start, len(buf)):
@@ -269,20 +270,37 @@ class StreamParser:
                 self._state = _State.REASONING
                 continue
 
-            tags = _TERMINATORS[state]
+            self._scan(out)
+            return
+
+    def _scan(self, out: list[ParseEvent]) -> None:
+        """Consume the buffer tag by tag, past the start of the output; keep only a possible tag prefix.
+
+        The buffer is read with a position and cut once at the end: cutting it after every tag made one
+        large feed cost tags x length. For the same reason each tag's next occurrence is remembered
+        while it lies ahead: looking again for a `</think>` that never comes, after every `<tool_call>`
+        of a reasoning that repeats one, would read the rest of the text each time.
+        """
+        buf, pos = self._buf, 0
+        next_at: dict[str, int] = {}  # a tag's first index at or after where it was last looked for; -1: none
+        while pos < len(buf):
+            tags = _TERMINATORS[self._state]
             found_at, found_tag = -1, ""
             for tag in tags:
-                i = self._buf.find(tag)
+                i = next_at.get(tag)
+                if i is None or 0 <= i < pos:
+                    i = next_at[tag] = buf.find(tag, pos)
                 if i >= 0 and (found_at < 0 or i < found_at):
                     found_at, found_tag = i, tag
             if found_at < 0:
-                cut = _held_suffix_start(self._buf, tags)
-                self._consume_text(out, self._buf[:cut])
-                self._buf = self._buf[cut:]
+                cut = _held_suffix_start(buf, tags, pos)
+                self._consume_text(out, buf[pos:cut])
+                self._buf = buf[cut:]
                 return
-            self._consume_text(out, self._buf[:found_at])
-            self._buf = self._buf[found_at + len(found_tag) :]
+            self._consume_text(out, buf[pos:found_at])
+            pos = found_at + len(found_tag)
             self._on_tag(out, found_tag)
+        self._buf = ""
 
     def _consume_text(self, out: list[ParseEvent], text: str) -> None:
         if not text:
@@ -378,17 +396,23 @@ class StreamParser:
         return ToolCallParsed(call=call, raw=raw, repairs=[*repairs, *decoded.repairs])
 
 
+_DELTAS = (ReasoningDelta, ContentDelta)
+
+
+def _delta_kind(ev: ParseEvent) -> type[ReasoningDelta] | type[ContentDelta] | None:
+    """The class of a reasoning or content delta; None for the other events, which are never merged."""
+    return type(ev) if isinstance(ev, _DELTAS) else None
+
+
 def merge_deltas(events: list[ParseEvent]) -> list[ParseEvent]:
     """Join adjacent reasoning/content deltas: the chunking-independent form of an event list."""
     merged: list[ParseEvent] = []
-    for ev in events:
-        prev = merged[-1] if merged else None
-        if isinstance(ev, ReasoningDelta) and isinstance(prev, ReasoningDelta):
-            merged[-1] = ReasoningDelta(text=prev.text + ev.text)
-        elif isinstance(ev, ContentDelta) and isinstance(prev, ContentDelta):
-            merged[-1] = ContentDelta(text=prev.text + ev.text)
+    # One join per run of deltas: adding each delta to a growing text was quadratic in their number.
+    for kind, run in groupby(events, key=_delta_kind):
+        if kind is None:
+            merged.extend(run)
         else:
-            merged.append(ev)
+            merged.append(kind(text="".join(ev.text for ev in run if isinstance(ev, _DELTAS))))
     return merged
 
 

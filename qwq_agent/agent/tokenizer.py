@@ -2,8 +2,9 @@
 
 The vocabulary is the official `qwen.tiktoken` that Alibaba ships inside the `dashscope` package (151,643
 byte-level BPE tokens); the pre-tokenizer pattern is Qwen2's; text is NFC-normalised as QwQ-32B's
-`tokenizer.json` does; the 26 added tokens (ids 151643-151668) are package data. Ids equal those of the
-Hugging Face tokenizer of QwQ-32B (the tests compare them on thousands of texts).
+`tokenizer.json` does, with its Unicode 9.0 tables rather than Python's (`nfc`); the 26 added tokens (ids
+151643-151668) are package data. Ids equal those of the Hugging Face tokenizer of QwQ-32B (the tests compare
+them on thousands of texts and on every code point).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import base64
 import importlib.util
 import json
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
 import tiktoken
+
+from qwq_agent.agent import nfc
 
 __all__ = [
     "ENDOFTEXT",
@@ -128,7 +130,7 @@ class QwenTokenizer:
         """Token ids of `text` (NFC-normalised first, added tokens excepted, as QwQ's tokenizer does)."""
         if not allow_special:
             return self._ordinary(text)
-        if unicodedata.is_normalized("NFC", text):
+        if nfc.is_normalized(text):
             return self._enc.encode(text, allowed_special=self._allowed, disallowed_special=())
         # Added tokens are cut out before normalising: NFC would fuse a `>` ending one with a following
         # U+0338 into `≯` and break the token.
@@ -144,7 +146,7 @@ class QwenTokenizer:
         return ids
 
     def _ordinary(self, text: str) -> list[int]:
-        return self._enc.encode_ordinary(unicodedata.normalize("NFC", text))
+        return self._enc.encode_ordinary(nfc.normalize(text))
 
     def count(self, text: str, *, allow_special: bool = True) -> int:
         """Number of tokens `text` encodes to."""

@@ -32,15 +32,17 @@ def run(args: argparse.Namespace) -> int:
 
     from qwq_agent.agent.parser import StreamParser, merge_deltas
     from qwq_agent.cli.errors import CliError
-    from qwq_agent.cli.preflight import read_text
+    from qwq_agent.cli.preflight import read_stdin_text, read_text
     from qwq_agent.cli.stdio import stdout_is_unicode
 
+    # The exact text, from a file or stdin alike: a `\r` the model wrote is parsed as the run parsed it.
+    what = "a raw model output (UTF-8 text)"
     if args.file != "-":
-        text = read_text(args.file, "a raw model output (text)")
+        text = read_text(args.file, what)
     elif sys.stdin is None:  # fd 0 closed (`<&-`): there is no stdin to read
         raise CliError("stdin is closed: no raw model output to read", "give a FILE, or pipe the output in")
     else:
-        text = sys.stdin.read()
+        text = read_stdin_text(what)
 
     parser = StreamParser()
     events = parser.feed(text) + parser.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -323,13 +324,34 @@ def check_tools(names: list[str], *, docs_db: Path | None, recorded: bool = Fals
 
 
 def read_text(path: str | Path, what: str) -> str:
-    """A UTF-8 file's text, or a `CliError` saying why it cannot be read; `what` names what it should be."""
+    """A UTF-8 file's exact text, or a `CliError` saying why it cannot be read (`what`: what it should be).
+
+    Unlike `Path.read_text`, this translates no line ends: a `\\r\\n` or a lone `\\r` is text like any other.
+    """
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise CliError(f"cannot read {path}: not UTF-8 text", f"pass {what}") from None
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}", f"pass {what}") from None
+    return decode_utf8(data, str(path), what)
+
+
+def read_stdin_text(what: str) -> str:
+    """Standard input's exact text, read as `read_text` reads a file (stdin must be open)."""
+    try:
+        data = sys.stdin.buffer.read()
+    except OSError as exc:  # EIO from a terminal that went away, say
+        raise CliError(f"cannot read stdin: {exc.strerror or exc}", f"pass {what}") from None
+    return decode_utf8(data, "stdin", what)
+
+
+def decode_utf8(data: bytes, source: str, what: str) -> str:
+    """`data` decoded strictly as UTF-8, or a `CliError` saying that `source` is not UTF-8 text."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(
+            f"cannot read {source}: not UTF-8 text (byte {exc.start} is invalid)", f"pass {what}"
+        ) from None
 
 
 def load_trace(path: Path, run_id: str | None = None) -> list[Any]:
