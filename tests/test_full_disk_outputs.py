@@ -1,0 +1,106 @@
+"""What the CLI writes on a full disk (a real small tmpfs): an image is whole or absent, stdout that
+cannot be written is named as such (exit 74) and ends a run's trace saying so, a document index that
+cannot grow is named with a hint to free space (not to rebuild it), and a trace cut short is shown so.
+
+Each through the real CLI as a subprocess, on a tmpfs mounted for the test (root only)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from qwq_agent.cli.image_files import write_new_png
+
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+ENV = {k: v for k, v in os.environ.items() if k not in ("QWQ_MODEL_URL", "QWQ_DEBUG", "QWQ_API")}
+FULL = "No space left on device"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a small tmpfs needs root (mount)")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """`small_disk("16k")`: a tmpfs of that size; writing past it fails with ENOSPC, as on a full disk."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"disk{len(mounted)}"
+        mnt.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    try:
+        yield mount
+    finally:
+        for mnt in mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _cli(argv: list[str], cwd: Path, stdout: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI, its stdout into the file `stdout` (None: captured)."""
+    with open(stdout, "w") if stdout else open(os.devnull) as out:
+        return subprocess.run(
+            [*CLI, *argv],
+            cwd=cwd,
+            env=ENV,
+            stdout=out if stdout else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+
+
+def _trace(path: Path, **tool_result: object) -> Path:
+    events = [
+        {"type": "run_started", "run_id": "r1", "step": 0, "ts": 1.0, "task": "plot", "model": "m", "tools": []},
+        {"type": "tool_result", "run_id": "r1", "step": 1, "ts": 2.0, "call_id": "c1", "name": "python", **tool_result},
+        {"type": "final", "run_id": "r1", "step": 1, "ts": 3.0, "status": "completed", "answer": "done"},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return path
+
+
+# -- images ---------------------------------------------------------------------------------------------
+
+
+def test_an_image_the_disk_cannot_take_leaves_no_file_and_its_name_free(small_disk, tmp_path):
+    """The write failed part way: a truncated image-1.png was left, under the name a whole copy would
+    get (a later save went to image-1-2.png); one that failed at its first byte left an empty file."""
+    disk = small_disk("16k")
+    big, small = b"\x89PNG\r\n\x1a\n" + os.urandom(40_000), b"\x89PNG\r\n\x1a\n" + os.urandom(3_000)
+    with pytest.raises(OSError, match=FULL):
+        write_new_png(disk, 1, big)
+    assert os.listdir(disk) == []
+    (disk / "filler").write_bytes(b"x" * 13_000)  # not even a first page of data fits now
+    with pytest.raises(OSError, match=FULL):
+        write_new_png(disk, 2, small)
+    assert os.listdir(disk) == ["filler"]
+    (disk / "filler").unlink()
+    assert write_new_png(disk, 1, small) == disk.resolve() / "image-1.png"  # the name was free
+    assert (disk / "image-1.png").read_bytes() == small
+
+
+def test_trace_show_images_on_a_full_disk_keeps_only_whole_images(small_disk, tmp_path):
+    disk = small_disk("16k")
+    big, small = b"\x89PNG\r\n\x1a\n" + os.urandom(40_000), b"\x89PNG\r\n\x1a\n" + os.urandom(3_000)
+    images = [base64.b64encode(x).decode() for x in (big, small)]
+    trace = _trace(tmp_path / "t.jsonl", text="ok", images=images)
+    proc = _cli(["trace", "show", str(trace), "--images", str(disk / "imgs")], tmp_path)
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 0, proc.stderr
+    assert f"(image 1 not saved: {FULL}: {disk / 'imgs'})" in out
+    assert f"image saved: {disk / 'imgs' / 'image-2.png'}" in out
+    assert os.listdir(disk / "imgs") == ["image-2.png"]
+    assert (disk / "imgs" / "image-2.png").read_bytes() == small
