@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from qwq_agent.cli.errors import EXIT_OUTPUT
 from qwq_agent.cli.image_files import write_new_png
+from qwq_agent.testing.scripted_server import ScriptedModelServer
 
 CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
 ENV = {k: v for k, v in os.environ.items() if k not in ("QWQ_MODEL_URL", "QWQ_DEBUG", "QWQ_API")}
@@ -104,3 +106,50 @@ def test_trace_show_images_on_a_full_disk_keeps_only_whole_images(small_disk, tm
     assert f"image saved: {disk / 'imgs' / 'image-2.png'}" in out
     assert os.listdir(disk / "imgs") == ["image-2.png"]
     assert (disk / "imgs" / "image-2.png").read_bytes() == small
+
+
+# -- stdout -------------------------------------------------------------------------------------------
+
+THINK = " ".join(f"w{j * 7919 % 10007}" for j in range(3000))  # ~20 KB: more than the disk
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "live-view"])
+def test_a_run_whose_stdout_fills_the_disk_says_so_and_its_trace_says_why(small_disk, tmp_path, as_json):
+    """`run --json > events.jsonl` on a full disk: "cannot use: No space left on device / check the path
+    and its permissions", exit 2 (bad input), the trace's final "the run was stopped before it ended"."""
+    disk = small_disk("8k")
+    trace = tmp_path / "t.jsonl"
+    # The task is printed first (run_started, the live view's task panel): it fills the disk at once.
+    with ScriptedModelServer(["x\n</think>\n\nThe answer."]) as server:
+        argv = ["run", THINK, "--model-url", server.url, "--tools", "fetch_url", "--trace", str(trace)]
+        proc = _cli([*argv, *(["--json"] if as_json else [])], tmp_path, stdout=disk / "out")
+    assert proc.stderr.splitlines() == [
+        f"qwq-agent run: cannot write to standard output: {FULL}",
+        "  fix: free some space on the disk it is redirected to, or redirect it elsewhere",
+    ]
+    assert proc.returncode == EXIT_OUTPUT == 74
+    finals = [e for e in map(json.loads, trace.read_text().splitlines()) if e["type"] == "final"]
+    assert [(f["status"], f["error"]) for f in finals] == [
+        ("interrupted", f"cannot write to standard output: {FULL}")
+    ]
+
+
+def test_trace_show_into_a_full_disk_says_stdout_could_not_be_written(small_disk, tmp_path):
+    disk = small_disk("8k")
+    trace = _trace(tmp_path / "t.jsonl", text="line of output\n" * 2000)
+    proc = _cli(["trace", "show", str(trace)], tmp_path, stdout=disk / "shown.txt")
+    assert proc.stderr.startswith(f"qwq-agent trace show: cannot write to standard output: {FULL}\n")
+    assert "permissions" not in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 74
+
+
+def test_what_print_left_buffered_is_reported_too_not_lost_at_exit(small_disk, tmp_path):
+    """`parse` prints its JSON without a flush: the interpreter's flush at exit failed with "Exception
+    ignored" and status 120."""
+    disk = small_disk("8k")
+    raw = tmp_path / "out.txt"
+    raw.write_text(THINK + "\n</think>\n\nThe answer.")
+    proc = _cli(["parse", str(raw)], tmp_path, stdout=disk / "parsed.json")
+    assert proc.stderr.startswith(f"qwq-agent parse: cannot write to standard output: {FULL}\n")
+    assert "Exception ignored" not in proc.stderr
+    assert proc.returncode == 74

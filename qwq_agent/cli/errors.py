@@ -26,6 +26,7 @@ EXIT_MODEL = 3  # the model server, its URL included (a bad --model-url is 3, no
 EXIT_DOCKER = 4  # Docker, the sandbox image or a sandbox
 EXIT_AWAITING_APPROVAL = 5  # not a failure: `run` stopped at a call that needs a decision (no terminal)
 EXIT_BUG = 70  # EX_SOFTWARE: an error we did not expect (a bug of ours)
+EXIT_OUTPUT = 74  # EX_IOERR: stdout or stderr could not be written (a full disk, an I/O error)
 EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell shows for a writer whose reader (`| head`) went away
 
 
@@ -138,6 +139,20 @@ def _sqlite(exc: BaseException) -> CliError:
         f"the document index cannot be used: {exc}",
         "rebuild it with `qwq-agent index DIR` (and pass the file it names with --docs-db / --db)",
     )
+
+
+def _stream_write(exc: BaseException) -> CliError:
+    from qwq_agent.cli.stdio import StreamWriteError
+
+    assert isinstance(exc, StreamWriteError)
+    why = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space on the disk it is redirected to, or redirect it elsewhere"
+    elif exc.errno == errno.EFBIG:
+        fix = "the file it is redirected to reached the size limit (`ulimit -f`): raise it, or redirect it"
+    else:
+        fix = "check the file or device it is redirected to, or redirect it elsewhere"
+    return CliError(f"cannot write to {exc.stream}: {why}", fix, code=EXIT_OUTPUT)
 
 
 def _os_error(exc: BaseException) -> CliError:
@@ -286,6 +301,7 @@ def _mappers() -> list[tuple[type[BaseException], Callable[[BaseException], CliE
         pass
     from qwq_agent.agent.clients.errors import ModelError
     from qwq_agent.agent.trace import TraceError
+    from qwq_agent.cli.stdio import StreamWriteError
     from qwq_agent.docindex.update_lock import IndexBusy
 
     mappers += [
@@ -295,6 +311,7 @@ def _mappers() -> list[tuple[type[BaseException], Callable[[BaseException], CliE
         (sqlite3.DatabaseError, _sqlite),
         (UnicodeDecodeError, _unicode),
         (json.JSONDecodeError, _json),
+        (StreamWriteError, _stream_write),  # before OSError: it is one, with no file name to show
         (OSError, _os_error),
     ]
     return mappers
@@ -325,8 +342,12 @@ def report(exc: BaseException, command: str, *, debug: bool) -> int:
     """Print `exc` for the user (with its traceback when `debug`) and return the exit code."""
     if debug:
         _to_stderr(lambda stderr: traceback.print_exception(exc, file=stderr))
+    from qwq_agent.cli.stdio import STDOUT, StreamWriteError
+
     error = explain(exc)
-    if error is not None and error.code == EXIT_PIPE:
+    # What stdout still buffers cannot be written either: the exit's flush must not fail again.
+    stdout_failed = isinstance(exc, StreamWriteError) and exc.stream == STDOUT
+    if stdout_failed or (error is not None and error.code == EXIT_PIPE):
         quiet_stdout()
     if error is None:
         error = CliError(
