@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from qwq_agent.cli.errors import EXIT_OUTPUT
+from qwq_agent.cli.errors import EXIT_OUTPUT, explain
 from qwq_agent.cli.image_files import write_new_png
+from qwq_agent.docindex import DocIndex
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 
 CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
@@ -153,3 +155,50 @@ def test_what_print_left_buffered_is_reported_too_not_lost_at_exit(small_disk, t
     assert proc.stderr.startswith(f"qwq-agent parse: cannot write to standard output: {FULL}\n")
     assert "Exception ignored" not in proc.stderr
     assert proc.returncode == 74
+
+
+# -- the document index -----------------------------------------------------------------------------
+
+
+def _docs(folder: Path, count: int, start: int = 0) -> None:
+    folder.mkdir(exist_ok=True)
+    for i in range(start, start + count):
+        words = " ".join(f"word{(i * 7919 + j * 104729) % 99991}" for j in range(300))
+        (folder / f"d{i}.md").write_text(f"# Doc {i}\n{words}\n")
+
+
+def test_an_index_the_disk_cannot_grow_is_named_and_kept_not_to_be_rebuilt(small_disk, tmp_path):
+    """SQLITE_FULL was taken for a broken index: "rebuild it with `qwq-agent index DIR`", the very
+    command that failed, the file not named, exit 2."""
+    disk, docs = small_disk("200k"), tmp_path / "docs"
+    db = disk / "docs.sqlite3"
+    _docs(docs, 2)
+    first = _cli(["index", str(docs), "--db", str(db)], tmp_path)
+    assert first.returncode == 0, first.stderr
+    _docs(docs, 40, start=2)
+    proc = _cli(["index", str(docs), "--db", str(db)], tmp_path)
+    assert proc.stderr.splitlines()[0] == (
+        f"qwq-agent index: the document index {db} could not be written: the disk is full "
+        "(database or disk is full)"
+    )
+    assert "free some space" in proc.stderr and "rebuild" not in proc.stderr
+    assert proc.returncode == 74
+    with DocIndex(db, read_only=True) as index:  # as the last commit left it
+        assert index.file_count() == 2
+
+
+def test_an_index_that_is_read_only_or_cannot_be_opened_is_not_called_broken(tmp_path):
+    """Real SQLite errors, as `qwq-agent run --docs-db` or `index` meets them."""
+    db = tmp_path / "docs.sqlite3"
+    DocIndex(db, tmp_path).close()
+    conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.Error) as read_only:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with pytest.raises(sqlite3.Error) as cannot_open:
+        sqlite3.connect(tmp_path / "missing-folder" / "docs.sqlite3")
+    said = explain(read_only.value)
+    assert said is not None and "is read-only" in said.what and "writable" in said.fix
+    said = explain(cannot_open.value)
+    assert said is not None and "cannot be opened" in said.what and "folder exists" in said.fix
+    assert "rebuild" not in said.fix
