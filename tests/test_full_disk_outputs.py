@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.cli.errors import EXIT_OUTPUT, explain
 from qwq_agent.cli.image_files import write_new_png
 from qwq_agent.docindex import DocIndex
 from qwq_agent.testing.scripted_server import ScriptedModelServer
+from qwq_agent.tools.base import tool
+from qwq_agent.viewer import summarize
 
 CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
 ENV = {k: v for k, v in os.environ.items() if k not in ("QWQ_MODEL_URL", "QWQ_DEBUG", "QWQ_API")}
@@ -202,3 +206,35 @@ def test_an_index_that_is_read_only_or_cannot_be_opened_is_not_called_broken(tmp
     said = explain(cannot_open.value)
     assert said is not None and "cannot be opened" in said.what and "folder exists" in said.fix
     assert "rebuild" not in said.fix
+
+
+# -- a trace cut short ----------------------------------------------------------------------------------
+
+TASK = "What is 2 + 3? " + "Please be careful. " * 150  # run_started fits 8 KiB, the first model_call not
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def _call(name: str, **arguments: object) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+async def test_a_trace_cut_by_a_full_disk_is_shown_cut_short_not_running(small_disk, tmp_path):
+    """Its writer let go of it at the failed write, the run went on and ended: the viewer listed it as
+    running, polled every second for ever."""
+    disk = small_disk("8k")
+    trace = disk / "run.jsonl"
+    turns = ["add\n</think>\n\n" + _call("add", a=2, b=3), "done\n</think>\n\nThe answer is 5."]
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [add], config=AgentConfig(check_language=False), trace_path=trace)
+        result = await agent.run(TASK)
+    assert result.status == "completed" and FULL in (result.trace_error or "")
+    row = summarize(trace, disk)
+    assert (row.status, row.note) == ("cut_short", "ended without a final event (trace cut short)")
+    shown = _cli(["trace", "show", str(trace)], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "the trace ended without a final event (trace cut short" in " ".join(shown.stdout.split())
