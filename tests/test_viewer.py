@@ -7,6 +7,8 @@ run whose python call draws a figure in the sandbox. The HTTP API is checked dir
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import importlib.util
 import io
 import json
@@ -15,6 +17,7 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,18 @@ PLOT = (
     "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
     "plt.plot([1, 2, 3], [1, 4, 9])\nplt.title('squares')\nprint('plotted')"
 )
+
+
+@contextlib.contextmanager
+def being_written(path: Path) -> Iterator[None]:
+    """Hold `path`'s lock as a run's `TraceWriter` does while it writes the trace: the viewer shows
+    such a trace without a final event as running (one that nobody holds is cut short)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def call(name: str, **arguments: object) -> str:
@@ -154,8 +169,12 @@ def test_a_run_still_being_written_is_summarized_as_running(tmp_path):
         + "\n"
         + '{"type": "warning", "step": 1, "ts": 2.0, "kind": "x", "mess'  # torn: still being written
     )
-    row = summarize(trace, tmp_path)
+    with being_written(trace):
+        row = summarize(trace, tmp_path)
     assert row.status == "running" and row.warnings == 0 and row.task == "T"
+    # Its writer gone (a full disk made it let go, or its process was killed): no more lines will come.
+    row = summarize(trace, tmp_path)
+    assert (row.status, row.note) == ("cut_short", "ended without a final event (trace cut short)")
 
 
 @pytest.fixture
@@ -262,7 +281,7 @@ def test_a_run_in_progress_grows_on_the_page(traces, browser, tmp_path):
     live_dir.mkdir()
     growing = live_dir / "growing.jsonl"
     growing.write_text("".join(lines[:cut]))
-    with TraceViewer(live_dir) as viewer:
+    with being_written(growing), TraceViewer(live_dir) as viewer:
         browser.get(viewer.url + "#run=growing.jsonl")
         wait(browser, lambda d: "live" in d.find_element(By.ID, "live").text)
         assert not browser.find_elements(By.CSS_SELECTOR, ".tool-result, .final")
@@ -271,6 +290,26 @@ def test_a_run_in_progress_grows_on_the_page(traces, browser, tmp_path):
         wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".final"))
         assert browser.find_elements(By.CSS_SELECTOR, ".tool-result")
         wait(browser, lambda d: d.find_element(By.ID, "live").text == "")
+
+
+def test_a_trace_cut_short_says_so_and_is_not_polled(tmp_path, browser):
+    """No final event, and nobody writes it any more (its disk filled up, its process was killed): it
+    was listed as running and its page polled every second for ever."""
+    from selenium.webdriver.common.by import By
+
+    started = {"type": "run_started", "run_id": "r", "step": 0, "ts": 1.0, "task": "t", "model": "m"}
+    (tmp_path / "cut.jsonl").write_text(json.dumps(started) + "\n")
+    with TraceViewer(tmp_path) as viewer:
+        browser.get(viewer.url)
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.run .status.cut_short"))
+        browser.get(viewer.url + "#run=cut.jsonl")
+        wait(
+            browser,
+            lambda d: (
+                "ended without a final event (trace cut short)" in d.find_element(By.ID, "summary").text
+            ),
+        )
+        assert browser.find_element(By.ID, "live").text == ""
 
 
 def test_the_page_says_when_it_lost_the_viewer_and_follows_the_run_again_once_it_is_back(tmp_path, browser):
@@ -294,30 +333,31 @@ def test_the_page_says_when_it_lost_the_viewer_and_follows_the_run_again_once_it
         )
         + line({"type": "warning", "run_id": "r", "step": 1, "ts": 2.0, "kind": "k", "message": "step one"})
     )
-    with TraceViewer(tmp_path) as first:
-        port = first._server.server_port
-        browser.get(first.url + "#run=live.jsonl")
-        wait(browser, lambda d: d.find_element(By.ID, "live").text == "● live")
-        first.close()  # a restart: the page's next polls fail
-        wait(browser, lambda d: "unreachable" in d.find_element(By.ID, "live").text)
-        assert "live" not in browser.find_element(By.ID, "live").text
-    with TraceViewer(tmp_path, port=port) as second:
-        assert second.url == first.url
-        with trace.open("a") as f:  # the run ended while the viewer was away
-            f.write(
-                line(
-                    {
-                        "type": "final",
-                        "run_id": "r",
-                        "step": 2,
-                        "ts": 4.0,
-                        "status": "completed",
-                        "answer": "A",
-                    }
+    with being_written(trace):  # the run goes on, its writer holding the trace, until its final
+        with TraceViewer(tmp_path) as first:
+            port = first._server.server_port
+            browser.get(first.url + "#run=live.jsonl")
+            wait(browser, lambda d: d.find_element(By.ID, "live").text == "● live")
+            first.close()  # a restart: the page's next polls fail
+            wait(browser, lambda d: "unreachable" in d.find_element(By.ID, "live").text)
+            assert "live" not in browser.find_element(By.ID, "live").text
+        with TraceViewer(tmp_path, port=port) as second:
+            assert second.url == first.url
+            with trace.open("a") as f:  # the run ended while the viewer was away
+                f.write(
+                    line(
+                        {
+                            "type": "final",
+                            "run_id": "r",
+                            "step": 2,
+                            "ts": 4.0,
+                            "status": "completed",
+                            "answer": "A",
+                        }
+                    )
                 )
-            )
-        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".final"), timeout=30)
-        wait(browser, lambda d: d.find_element(By.ID, "live").text == "")
+            wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".final"), timeout=30)
+            wait(browser, lambda d: d.find_element(By.ID, "live").text == "")
 
 
 def test_the_run_list_says_when_it_lost_the_viewer_and_refreshes_again_once_it_is_back(tmp_path, browser):

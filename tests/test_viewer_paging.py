@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_viewer import browser, wait  # noqa: F401  (the fixture, a real headless chromium)
+from test_viewer import being_written, browser, wait  # noqa: F401  (the fixture, a real headless chromium)
 
 from qwq_agent.viewer import TraceViewer
 from qwq_agent.viewer.summary import MAX_LINE
@@ -113,7 +113,8 @@ def test_a_long_trace_is_read_a_page_at_a_time_and_a_live_poll_reads_what_was_ad
     url, pid = viewer_process(root)
 
     hwm = proc_field(pid, "status", "VmHWM") * 1024
-    events, cursor, answers, summary = follow(url, "long.jsonl")
+    with being_written(trace):  # the run is live: its writer holds the trace
+        events, cursor, answers, summary = follow(url, "long.jsonl")
     grew = proc_field(pid, "status", "VmHWM") * 1024 - hwm
     assert [e["type"] for e in events] == ["run_started"] + ["model_call"] * calls
     assert [e["step"] for e in events[1:]] == list(range(1, calls + 1))
@@ -282,7 +283,7 @@ def test_the_page_drops_a_run_whose_trace_was_written_again(tmp_path, browser): 
 
     trace = tmp_path / "nightly.jsonl"
     trace.write_text(run_lines("first", 6))
-    with TraceViewer(tmp_path) as viewer:
+    with being_written(trace), TraceViewer(tmp_path) as viewer:
         browser.get(viewer.url + "#run=nightly.jsonl")
         wait(browser, lambda d: "first step 6" in d.find_element(By.ID, "timeline").text)
         assert "live" in browser.find_element(By.ID, "live").text

@@ -348,6 +348,29 @@ def open_regular(path: Path, flags: int) -> int:
     return fd
 
 
+def writer_holds(fd: int) -> bool | None:
+    """Whether a `TraceWriter` (of this process or another) still writes the trace open as `fd`.
+
+    A writer holds the file's lock from its claim until `close()`: at the run's end, or at its first
+    failed write (a full disk), or when its process dies. So a trace whose lock nobody holds gets no
+    more lines, and one read after that with no `final` was cut short. Ask before reading the file: a
+    writer may append the final and let go between a read and a probe made after it. None when it
+    cannot be told: an empty file (the probe takes a shared lock for a moment, and a writer claiming
+    an empty file at that moment would take it as busy and write under another name), or a file
+    system without flock.
+    """
+    try:
+        if os.fstat(fd).st_size == 0:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
 def check_trace_folder(path: str | Path) -> None:
     """Raise `TracePathError` unless a trace file can be created at `path` (folders are made).
 

@@ -18,6 +18,7 @@ import sqlite3
 import sys
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TextIO
 
 # Exit codes, so scripts can tell the kinds of failure apart: one meaning each (listed in the README).
@@ -26,6 +27,8 @@ EXIT_MODEL = 3  # the model server, its URL included (a bad --model-url is 3, no
 EXIT_DOCKER = 4  # Docker, the sandbox image or a sandbox
 EXIT_AWAITING_APPROVAL = 5  # not a failure: `run` stopped at a call that needs a decision (no terminal)
 EXIT_BUG = 70  # EX_SOFTWARE: an error we did not expect (a bug of ours)
+# EX_IOERR: an output (stdout, stderr, the document index) could not be written: a full disk, an I/O error
+EXIT_OUTPUT = 74
 EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell shows for a writer whose reader (`| head`) went away
 
 
@@ -121,23 +124,74 @@ def _setting(exc: BaseException) -> CliError:
     )
 
 
-def _index_locked(exc: BaseException) -> CliError:
+def _index_locked(exc: BaseException, index: str = "the document index") -> CliError:
     """Another process keeps the document index busy (an update lock or SQLite's): it is fine."""
     return CliError(
-        f"the document index is locked by another process ({exc})",
+        f"{index} is locked by another process ({exc})",
         "another `qwq-agent index` is probably updating it: try again when that ends",
     )
 
 
 def _sqlite(exc: BaseException) -> CliError:
-    # SQLITE_BUSY / SQLITE_LOCKED (extended codes keep the primary one in the low byte): another
-    # connection holds the lock past the busy timeout. The index is fine; rebuilding it is no fix.
-    if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        return _index_locked(exc)
+    assert isinstance(exc, sqlite3.Error)
+    return sqlite_error(exc)
+
+
+def sqlite_error(exc: sqlite3.Error, path: Path | None = None) -> CliError:
+    """What an SQLite error on the document index means, naming `path` when the caller knows it.
+
+    Only an index SQLite cannot read as one (corrupt, not a database) is worth rebuilding: a full disk,
+    a read-only file, one that cannot be opened or an I/O error leave it as the last commit left it,
+    and rebuilding it (the very command that failed, for `qwq-agent index`) cannot help."""
+    index = f"the document index {path}" if path is not None else "the document index"
+    # Extended codes (SQLITE_IOERR_WRITE, SQLITE_READONLY_DBMOVED, ...) keep the primary one in the low byte.
+    code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        # Another connection holds the lock past the busy timeout. The index is fine.
+        return _index_locked(exc, index)
+    if code == sqlite3.SQLITE_FULL:
+        return CliError(
+            f"{index} could not be written: the disk is full ({exc})",
+            "free some space on its disk (or pass --db a file on another one) and run `qwq-agent index` "
+            "again: what it had committed is kept, and it goes on from there",
+            code=EXIT_OUTPUT,
+        )
+    if code == sqlite3.SQLITE_READONLY:
+        return CliError(
+            f"{index} is read-only ({exc})",
+            "make the file and its folder writable (SQLite writes a journal beside it), or pass --db "
+            "a file in a writable folder",
+        )
+    if code == sqlite3.SQLITE_CANTOPEN:
+        return CliError(
+            f"{index} cannot be opened ({exc})",
+            "check that its folder exists and that you may read and write both the file and the folder",
+        )
+    if code == sqlite3.SQLITE_IOERR:
+        return CliError(
+            f"{index} could not be read or written: a disk I/O error ({exc})",
+            "check the disk it is on (`dmesg` shows the kernel's errors); the index is as its last "
+            "commit left it",
+            code=EXIT_OUTPUT,
+        )
     return CliError(
-        f"the document index cannot be used: {exc}",
+        f"{index} cannot be used: {exc}",
         "rebuild it with `qwq-agent index DIR` (and pass the file it names with --docs-db / --db)",
     )
+
+
+def _stream_write(exc: BaseException) -> CliError:
+    from qwq_agent.cli.stdio import StreamWriteError
+
+    assert isinstance(exc, StreamWriteError)
+    why = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space on the disk it is redirected to, or redirect it elsewhere"
+    elif exc.errno == errno.EFBIG:
+        fix = "the file it is redirected to reached the size limit (`ulimit -f`): raise it, or redirect it"
+    else:
+        fix = "check the file or device it is redirected to, or redirect it elsewhere"
+    return CliError(f"cannot write to {exc.stream}: {why}", fix, code=EXIT_OUTPUT)
 
 
 def _os_error(exc: BaseException) -> CliError:
@@ -286,6 +340,7 @@ def _mappers() -> list[tuple[type[BaseException], Callable[[BaseException], CliE
         pass
     from qwq_agent.agent.clients.errors import ModelError
     from qwq_agent.agent.trace import TraceError
+    from qwq_agent.cli.stdio import StreamWriteError
     from qwq_agent.docindex.update_lock import IndexBusy
 
     mappers += [
@@ -295,6 +350,7 @@ def _mappers() -> list[tuple[type[BaseException], Callable[[BaseException], CliE
         (sqlite3.DatabaseError, _sqlite),
         (UnicodeDecodeError, _unicode),
         (json.JSONDecodeError, _json),
+        (StreamWriteError, _stream_write),  # before OSError: it is one, with no file name to show
         (OSError, _os_error),
     ]
     return mappers
@@ -325,8 +381,12 @@ def report(exc: BaseException, command: str, *, debug: bool) -> int:
     """Print `exc` for the user (with its traceback when `debug`) and return the exit code."""
     if debug:
         _to_stderr(lambda stderr: traceback.print_exception(exc, file=stderr))
+    from qwq_agent.cli.stdio import STDOUT, StreamWriteError
+
     error = explain(exc)
-    if error is not None and error.code == EXIT_PIPE:
+    # What stdout still buffers cannot be written either: the exit's flush must not fail again.
+    stdout_failed = isinstance(exc, StreamWriteError) and exc.stream == STDOUT
+    if stdout_failed or (error is not None and error.code == EXIT_PIPE):
         quiet_stdout()
     if error is None:
         error = CliError(

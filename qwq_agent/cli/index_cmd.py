@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,19 +23,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import sqlite3
 
-    from qwq_agent.cli.errors import CliError
+    from qwq_agent.cli.errors import CliError, sqlite_error
     from qwq_agent.cli.preflight import check_index_target
-    from qwq_agent.docindex import DEFAULT_DB_NAME, DocIndex, QuerySyntaxError
-    from qwq_agent.docindex.update_lock import UPDATE_WAIT_S
-    from qwq_agent.tools.search_docs import format_hits
+    from qwq_agent.docindex import DEFAULT_DB_NAME
 
     root = Path(args.dir)
     if not root.is_dir():
         raise CliError(f"{root} is not a folder", "pass the folder of documents to index")
     db = Path(args.db) if args.db else root / DEFAULT_DB_NAME
     check_index_target(db)
+    try:
+        _index(args, db, root)
+    except sqlite3.Error as exc:  # named with the file, and told apart: a full disk is no broken index
+        raise sqlite_error(exc, db) from exc
+    return 0
+
+
+def _index(args: argparse.Namespace, db: Path, root: Path) -> None:
+    """Build or refresh the index `db` of `root` and print what changed (and `--query`'s hits)."""
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.docindex import DocIndex, QuerySyntaxError
+    from qwq_agent.docindex.update_lock import UPDATE_WAIT_S
+    from qwq_agent.tools.search_docs import format_hits
+
     try:
         index = DocIndex(db, root)
     except ValueError as exc:  # the file indexes another folder
@@ -65,4 +78,3 @@ def run(args: argparse.Namespace) -> int:
                 print(format_hits(args.query, index.search(args.query), index.file_count()))
             except QuerySyntaxError as exc:
                 raise CliError(str(exc), "quote the words, or leave FTS operators out") from None
-    return 0

@@ -95,8 +95,9 @@ def command_name(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qwq_agent.cli.stdio import tolerate_unencodable
+    from qwq_agent.cli.stdio import name_stream_errors, tolerate_unencodable
 
+    name_stream_errors()  # a failed write to stdout (a full disk) says it was stdout's
     tolerate_unencodable()  # a character the terminal's encoding lacks is shown as "?", never fatal
     with _sigint_noted() as interrupted:
         args = build_parser().parse_args(argv)
@@ -155,7 +156,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     configure_logging(debug)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        # What `print` left buffered is written now, where a failure (a full disk) is reported like
+        # any other; at the interpreter's exit it was "Exception ignored" and status 120.
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        return code
     except Exception as exc:
         return report(exc, command_name(args), debug=debug)
 

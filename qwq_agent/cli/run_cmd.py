@@ -141,7 +141,7 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     from qwq_agent.cli.model_check import connect_model
     from qwq_agent.cli.render import EventRenderer
     from qwq_agent.cli.run_settings import fresh_settings, recorded_settings
-    from qwq_agent.cli.stdio import write_line
+    from qwq_agent.cli.stdio import StreamWriteError, write_line
     from qwq_agent.surrogates import SURROGATE
     from qwq_agent.tools.catalog import build_tools
 
@@ -234,11 +234,17 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
                 # Closed here, before the sandbox: left to asyncio's shutdown (after a write to a closed
                 # stdout raised), the stream was closed while still running and printed a traceback.
                 async with contextlib.aclosing(stream):
-                    async for ev in extras.observe(stream):
-                        if args.json:
-                            write_line(_event_json(ev))
-                        else:
-                            renderer.handle(ev)
+                    try:
+                        async for ev in extras.observe(stream):
+                            if args.json:
+                                write_line(_event_json(ev))
+                            else:
+                                renderer.handle(ev)
+                    except StreamWriteError as exc:
+                        # Output that cannot be written (a full disk) stops the run, as a closed
+                        # stdout does; its trace's final says why, not just that it was stopped.
+                        agent.end_run("interrupted", f"cannot write to {exc.stream}: {exc.strerror}")
+                        raise
             finally:
                 renderer.close()  # the live status goes before anything else is printed
             started.ended = True

@@ -1,13 +1,21 @@
-"""stdout and stderr in any encoding: what a terminal cannot show is replaced, never fatal.
+"""stdout and stderr in any encoding, and a failed write to either named as such.
 
-Under a locale that is not UTF-8 (ISO-8859-1, or ASCII where Python does not coerce the C locale),
-Python encodes stdout strictly: one character the encoding lacks (a model's "✓", the renderer's own
-"·") raised `UnicodeEncodeError` in the middle of a run, which ended it as a bug with its trace
-`interrupted`. Text is therefore written with `errors="replace"` ("?"; one character for one, so
-rich's layout holds), and JSON with `\\uXXXX` escapes for what the encoding lacks: still the same JSON.
+What a terminal cannot show is replaced, never fatal. Under a locale that is not UTF-8 (ISO-8859-1,
+or ASCII where Python does not coerce the C locale), Python encodes stdout strictly: one character the
+encoding lacks (a model's "✓", the renderer's own "·") raised `UnicodeEncodeError` in the middle of a
+run, which ended it as a bug with its trace `interrupted`. Text is therefore written with
+`errors="replace"` ("?"; one character for one, so rich's layout holds), and JSON with `\\uXXXX`
+escapes for what the encoding lacks: still the same JSON.
+
+A write to stdout that fails (`run --json > out.jsonl` on a full disk: ENOSPC, EIO, EDQUOT, EFBIG)
+raised a bare OSError with no file name, which the CLI could only report as "cannot use: No space left
+on device / check the path and its permissions", a bad input. `name_stream_errors` makes such a write
+raise `StreamWriteError`, which says which stream it was, wherever in the CLI the write happened (rich's
+console, `print`, the flush at the command's end).
 
 A terminal that hung up fails every write with EIO: `--json` lines written to it (`write_line`) then go
-to /dev/null, as the live view's console does (`console.PipeConsole`), and the run goes on.
+to /dev/null, as the live view's console does (`console.PipeConsole`), and the run goes on. Only a
+terminal: EIO on a file (a disk's I/O error) is a write that failed, and said so.
 """
 
 from __future__ import annotations
@@ -20,9 +28,73 @@ import json
 import os
 import re
 import sys
-from typing import IO
+from typing import IO, Any
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+STDOUT, STDERR = "standard output", "standard error"
+
+
+class StreamWriteError(OSError):
+    """A write to stdout or stderr failed for a reason other than a closed pipe (a full disk, an I/O
+    error, a file size limit): `stream` is `STDOUT` or `STDERR`; `errno` and `strerror` are the cause's."""
+
+    def __init__(self, stream: str, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.stream = stream
+
+
+class _NamedStreamFile(io.FileIO):
+    """File descriptor 1 or 2, whose failed writes raise `StreamWriteError`.
+
+    EPIPE is left a `BrokenPipeError`: rich, `PipeConsole` and `errors` tell a reader that went away
+    (`| head`) by that type."""
+
+    def __init__(self, fd: int, stream: str) -> None:
+        super().__init__(fd, "w", closefd=False)
+        self.stream = stream
+        # Known now: once a terminal is hung up, isatty() on it fails (EIO) like everything else.
+        self.on_terminal = self.isatty()
+
+    def write(self, data: Any, /) -> int:
+        try:
+            return super().write(data)
+        except (BrokenPipeError, BlockingIOError):
+            raise
+        except OSError as exc:
+            raise StreamWriteError(self.stream, exc) from exc
+
+
+def name_stream_errors() -> None:
+    """Rebuild `sys.stdout` and `sys.stderr` over `_NamedStreamFile`, as they were (encoding, error
+    handler, buffering), so that a failed write raises `StreamWriteError` (at the CLI's start).
+
+    A stream a caller replaced (pytest's capture, a test's `StringIO`) is left alone."""
+    for name, fd, label in (("stdout", 1, STDOUT), ("stderr", 2, STDERR)):
+        stream = getattr(sys, name)
+        if (
+            stream is None
+            or stream is not getattr(sys, f"__{name}__")
+            or not isinstance(stream, io.TextIOWrapper)
+        ):
+            continue
+        try:
+            if stream.fileno() != fd:
+                continue
+            stream.flush()
+        except (OSError, ValueError):  # closed, or already failing: its own errors stand
+            continue
+        raw = _NamedStreamFile(fd, label)
+        # `python -u` leaves the binary layer unbuffered: kept so.
+        binary: Any = io.BufferedWriter(raw) if isinstance(stream.buffer, io.BufferedWriter) else raw
+        rebuilt = io.TextIOWrapper(
+            binary,
+            encoding=stream.encoding,
+            errors=stream.errors,
+            line_buffering=stream.line_buffering,
+            write_through=stream.write_through,
+        )
+        setattr(sys, name, rebuilt)
 
 
 def tolerate_unencodable() -> None:
@@ -69,11 +141,18 @@ def write_line(line: str) -> None:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
     except OSError as exc:
-        if exc.errno != errno.EIO:
+        if exc.errno != errno.EIO or not _started_on_terminal(sys.stdout):
             raise
         with contextlib.suppress(OSError, ValueError, AttributeError):
             to_devnull(sys.stdout)
             sys.stdout.flush()
+
+
+def _started_on_terminal(stream: IO[str]) -> bool:
+    """Whether `stream` was a terminal when the CLI started (`name_stream_errors`); a stream that was
+    not rebuilt then is taken to be one, so that EIO on it stays a hang-up as it always was."""
+    raw = getattr(getattr(stream, "buffer", None), "raw", getattr(stream, "buffer", None))
+    return raw.on_terminal if isinstance(raw, _NamedStreamFile) else True
 
 
 def to_devnull(stream: IO[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,31 +60,65 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from qwq_agent.agent.events import Final
     from qwq_agent.agent.trace import restore_prompts
     from qwq_agent.cli.console import PipeConsole
     from qwq_agent.cli.preflight import load_trace
     from qwq_agent.cli.render import EventRenderer
 
     console = PipeConsole()
+    held = writer_holds_trace(Path(args.file))  # before reading: see `trace.writer_holds`
     events = load_trace(Path(args.file), run_id=args.run_id)
     renderer = EventRenderer(
         console, show_prompts=args.prompts, replaying=True, image_dir=args.images, reasoning=args.reasoning
     )
 
-    def show(run: list[Any]) -> None:
+    def show(run: list[Any], held: bool | None) -> None:
         # Prompts are made whole only to be printed, one at a time: a long run's, all whole, take GBs.
         for ev in restore_prompts(run) if args.prompts else run:
             renderer.handle(ev)
+        if not isinstance(run[-1], Final):  # no summary was printed: say why there is none
+            console.print(f"[yellow]{no_final_note(held)}[/yellow]", soft_wrap=True)
 
-    show(events)
+    show(events, held)
     if args.branches:
         from qwq_agent.agent.events import BranchEnded
 
         for ev in events:
             if isinstance(ev, BranchEnded) and ev.trace:
                 console.rule(f"[bold]branch {ev.index}[/bold] · {ev.trace}")
-                show(load_trace(branch_trace(Path(args.file), ev.trace), run_id=None))
+                branch = branch_trace(Path(args.file), ev.trace)
+                held = writer_holds_trace(branch)
+                show(load_trace(branch, run_id=None), held)
     return 0
+
+
+def writer_holds_trace(path: Path) -> bool | None:
+    """`trace.writer_holds` of the trace at `path`; None when it cannot be opened (reading it says why)."""
+    from qwq_agent.agent.trace import open_regular, writer_holds
+
+    try:
+        fd = open_regular(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return writer_holds(fd)
+    finally:
+        os.close(fd)
+
+
+def no_final_note(held: bool | None) -> str:
+    """What a trace without a final event means, by whether a writer held it (`writer_holds_trace`)
+    before it was read: a run still being written, or a trace cut short (its writer stopped at a full
+    disk, or its process was killed)."""
+    if held:
+        return "the trace has no final event yet: its run is still being written"
+    if held is None:
+        return "the trace has no final event: its run is still going, or its trace was cut short"
+    return (
+        "the trace ended without a final event (trace cut short: nothing writes it any more; its disk "
+        "filled up, or its run's process was killed)"
+    )
 
 
 def branch_trace(trace: Path, recorded: str) -> Path:

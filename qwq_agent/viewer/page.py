@@ -12,7 +12,7 @@ th{font-weight:600;background:#eef0f3} tr.run{cursor:pointer} tr.run:hover{backg
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .status{padding:1px 7px;border-radius:9px;font-size:12px;background:#e3e6ea}
 .status.completed{background:#d4f3dc}.status.running{background:#ffefc2}.status.awaiting_approval{background:#ffe0b3}
-.status.error,.status.budget_exceeded,.status.truncated_answer,.status.reasoning_loop,.status.tool_call_in_reasoning,.status.model_error,.status.context_full,.status.recording_ended,.status.interrupted,.status.cancelled,.status.timeout,.status.unreadable{background:#ffd6d6}
+.status.error,.status.budget_exceeded,.status.truncated_answer,.status.reasoning_loop,.status.tool_call_in_reasoning,.status.model_error,.status.context_full,.status.recording_ended,.status.interrupted,.status.cancelled,.status.timeout,.status.unreadable,.status.cut_short{background:#ffd6d6}
 .step{background:#fff;border:1px solid #dde1e6;border-radius:6px;margin:10px 0;padding:8px 12px}
 .step h3{margin:0 0 6px;font-size:14px;display:flex;gap:14px;flex-wrap:wrap}
 .metrics{font-weight:400;color:#5a6470;font-size:12.5px}
@@ -74,7 +74,7 @@ async function showList() {
   }
   $("#where").textContent = data.root;
   setHTML($("#runs tbody"), data.runs.map((r) => html`<tr class="run" data-file="${r.file}" data-ref="${r.ref}">
-    <td>${r.file}</td><td>${String(r.task || "").slice(0, 90)}</td><td>${statusBadge(r.status)}</td>
+    <td>${r.file}</td><td>${String(r.task || "").slice(0, 90)}</td><td title="${r.note || ""}">${statusBadge(r.status)}</td>
     <td class="num">${r.steps}</td><td class="num">${num(r.prompt_tokens)} / ${num(r.generated_tokens)}</td>
     <td class="num">${pct(r.cached_share)}</td><td class="num">${secs(r.wall_s)}</td><td class="num">${r.warnings}</td></tr>`));
   document.querySelectorAll("tr.run").forEach((tr) => tr.addEventListener("click", () => {
@@ -119,7 +119,7 @@ async function poll() {
   run.events.push(...data.events); run.next = data.next;
   run.stale = run.stale || data.reset || data.events.length > 0;
   const s = data.summary;
-  setHTML($("#summary"), html`<h2>${s.task}</h2><p>${statusBadge(s.status)} <span class="muted">${s.file} · run ${s.run_id} · ${s.model}
+  setHTML($("#summary"), html`<h2>${s.task}</h2><p>${statusBadge(s.status)} ${s.note ? html`${s.note} · ` : ""}<span class="muted">${s.file} · run ${s.run_id} · ${s.model}
     · ${s.steps} steps · ${num(s.prompt_tokens)} prompt tokens (${pct(s.cached_share)} cached) · ${num(s.generated_tokens)} generated · ${secs(s.wall_s)}</span></p>`);
   // A long trace comes a page at a time: the next is asked for at once, and the timeline is drawn
   // when the last has come (drawing it per page would redraw a long run many times over).

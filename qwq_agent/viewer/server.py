@@ -5,8 +5,9 @@ Routes: `/` the page (everything inline, nothing fetched from elsewhere), `/api/
 `/api/events?file=F&from=C` a page of a run's events after the cursor C (0: from the start; `next`
 says where the following page starts, `more` whether one is there already, `reset` that C was taken
 in another file at that name, so these events are from the start). The page asks again while `more`
-is true, then polls once a second while the run has no final event, so a run in progress grows on
-screen; after a `reset` it drops what it showed and starts over.
+is true, then polls once a second while the run is running (no final event, and a writer still holds
+the trace: one that nobody holds is `cut_short`), so a run in progress grows on screen; after a `reset`
+it drops what it showed and starts over.
 """
 
 from __future__ import annotations

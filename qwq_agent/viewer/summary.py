@@ -31,9 +31,10 @@ from urllib.parse import quote
 
 from pydantic import BaseModel
 
-from qwq_agent.agent.trace import open_regular
+from qwq_agent.agent.trace import open_regular, writer_holds
 
 __all__ = [
+    "CUT_SHORT",
     "MAX_LINE",
     "BadCursorError",
     "Cursor",
@@ -57,6 +58,11 @@ MAX_LINE = 64 << 20
 PAGE_BYTES = 4 << 20
 PAGE_EVENTS = 5000
 
+CUT_SHORT = "cut_short"
+"""The status of a trace with no final event that no writer holds any more: it will get no more lines
+(its writer stopped at a full disk, its process was killed)."""
+_CUT_SHORT_NOTE = "ended without a final event (trace cut short)"
+
 # The bytes at a trace's start that tell one file from another at the same path (its run_started line:
 # the run id, the time): an inode number is reused as soon as a file is deleted.
 _HEAD = 4096
@@ -72,7 +78,11 @@ class RunSummary(BaseModel):
     run_id: str = ""
     task: str = ""
     model: str = ""
-    status: str = "running"  # the final event's status; "running" until there is one
+    status: str = "running"
+    """The final event's status; until there is one, "running" while a writer holds the trace, else
+    `CUT_SHORT` (the page polls a running one every second, and only that)."""
+    note: str = ""
+    """What the status alone does not say (why a run is `CUT_SHORT`)."""
     steps: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -269,11 +279,12 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Scan:
-    """A summary of a file up to `at`."""
+    """A summary of a file up to `at`; `held`: whether a writer held it when this read began."""
 
     at: Cursor
     row: RunSummary  # never changed once in a _Scan: a continued scan works on a copy
     last_ts: float | None = None
+    held: bool | None = None
 
 
 def _fold(row: RunSummary, ev: dict[str, Any], last_ts: float | None) -> float | None:
@@ -303,12 +314,14 @@ def _scan(f: IO[bytes], earlier: _Scan | None) -> _Scan:
         earlier = None  # another file at this path (deleted and written again), or truncated
     row = earlier.row.model_copy() if earlier else RunSummary(file="")
     offset, last_ts = (earlier.at.offset, earlier.last_ts) if earlier else (0, None)
+    # Before reading: a writer free by now has written all it will, so what follows reads it all.
+    held = writer_holds(f.fileno())
     for after, raw in _lines(f, offset, os.fstat(f.fileno()).st_size):
         offset = after
         ev = None if raw is None else _event(raw)
         if ev is not None:
             last_ts = _fold(row, ev, last_ts)
-    return _Scan(Cursor.at(f, offset), row, last_ts)
+    return _Scan(Cursor.at(f, offset), row, last_ts, held)
 
 
 def _row(scan: _Scan, f: IO[bytes], path: Path, root: Path) -> RunSummary:
@@ -318,6 +331,9 @@ def _row(scan: _Scan, f: IO[bytes], path: Path, root: Path) -> RunSummary:
         row.wall_s = round(scan.last_ts - row.started, 3)
     if row.prompt_tokens:
         row.cached_share = round(row.cached_tokens / row.prompt_tokens, 4)
+    # Asked at every read (`_scan`), since a writer lets go of the file at any time.
+    if row.status == "running" and scan.held is False:
+        row.status, row.note = CUT_SHORT, _CUT_SHORT_NOTE
     return row
 
 
