@@ -604,3 +604,23 @@ async def test_without_a_trace_the_archive_is_kept_in_the_temporary_folder(
     assert not ok and f"the archive the sandbox sent was kept in {kept}" in said, said
     with tarfile.open(kept) as tar:
         assert tar.extractfile("workspace/results/summary.txt").read() == b"MARK\n"
+
+
+async def test_a_copy_back_whose_folder_was_taken_meanwhile_keeps_the_archive(
+    sandbox_image, tmp_path
+) -> None:
+    """Two runs with the same `--copy-back out/`: both pass the check at their start, the first to end
+    writes `out/workspace`, and the second's copy-back failed with `DestinationExists`. The archive was
+    kept only on a failing disk, so it was dropped and the sandbox removed: the run's work was lost. Now
+    any failure with the archive in hand keeps it beside the trace, and the line names it."""
+    dest, trace = tmp_path / "out", tmp_path / "run2.jsonl"
+    (dest / "workspace").mkdir(parents=True)
+    (dest / "workspace" / "README.md").write_text("run 1's copy\n")
+    async with open_sandbox(workspace=_project(tmp_path)) as sb:
+        assert (await sb.shell(RESULTS)).exit_code == 0
+        ok, said = await _copy_back(sb, dest, trace)
+    kept = tmp_path / "run2.workspace.tar"
+    assert not ok and "already exists" in said and f"the archive the sandbox sent was kept in {kept}" in said
+    with tarfile.open(kept) as tar:
+        assert tar.extractfile("workspace/results/summary.txt").read() == b"MARK\n"
+    assert (dest / "workspace" / "README.md").read_text() == "run 1's copy\n"  # the other run's, untouched

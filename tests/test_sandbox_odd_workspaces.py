@@ -413,3 +413,80 @@ async def test_a_patch_the_workspace_cannot_hold_leaves_no_cut_patch_file(
             await apply_patch(sb, patch, baseline)
         r = await sb.shell("ls -A /workspace")
         assert sorted(r.stdout.split()) == ["data.txt", "filler"]
+
+
+def _tar(*entries: tuple[str, str, bytes | str | None]) -> bytes:
+    """A tar of (name, kind, data) entries: kind `f` a file of `data`, `d` a folder, `l` a link to `data`."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind, data in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "f":
+                assert isinstance(data, bytes)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                continue
+            if kind == "d":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            else:
+                assert isinstance(data, str)
+                info.type, info.linkname = tarfile.SYMTYPE, data
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+async def _listing(sb: DockerSandbox, folder: str) -> list[str]:
+    r = await sb.shell(f"cd {folder} && find . -mindepth 1 -printf '%y %p%l\\n' | sort")
+    return r.stdout.split("\n")[:-1]
+
+
+async def test_an_upload_holding_a_file_and_a_folder_of_one_name_changes_nothing(
+    shared_sandbox: DockerSandbox,
+) -> None:
+    """A file `a` and a file `a/b` in one archive: staging made a real folder `a` for `a/b`, the commit
+    renamed `x` into place (its old contents gone), then failed on `a` and left the folder. The whole plan
+    is checked while staging now: refused, nothing changed, in either order."""
+    sb = shared_sandbox
+    await sb.shell("mkdir -p /workspace/same && echo old > /workspace/same/x")
+    try:
+        for entries in (
+            (("x", "f", b"new\n"), ("a", "f", b"A\n"), ("a/b", "f", b"B\n")),
+            (("x", "f", b"new\n"), ("a/b", "f", b"B\n"), ("a", "f", b"A\n")),
+            (("x", "f", b"new\n"), ("a", "l", "x"), ("a/b", "f", b"B\n")),  # `a` -> the file `x`
+        ):
+            with pytest.raises(ToolError, match="nothing was changed"):
+                await sb.upload_archive(_tar(*entries), "/workspace/same")
+            assert await _listing(sb, "/workspace/same") == ["f ./x"], entries
+            assert (await sb.shell("cat /workspace/same/x")).stdout == "old\n"
+    finally:
+        await sb.shell("rm -rf /workspace/same")
+
+
+async def test_an_upload_writes_through_the_links_it_places(shared_sandbox: DockerSandbox) -> None:
+    """Entries under a link the same archive places land where that link leads, as extracting the
+    archive in order does: `lnk -> sub` then `lnk/f` is `sub/f` (it failed and left folders); a link
+    retargeted from `d1` to `d2` then `l/f` writes `d2/f` (the temporary went to d1 and stayed there)."""
+    sb = shared_sandbox
+    await sb.shell(
+        "mkdir -p /workspace/via/d1 /workspace/via/d2 && cd /workspace/via && ln -s d1 l && echo old > d1/f"
+    )
+    try:
+        archive = _tar(("sub", "d", None), ("lnk", "l", "sub"), ("lnk/f", "f", b"F\n"), ("l", "l", "d2"),
+                       ("l/f", "f", b"new\n"))  # fmt: skip
+        done = await sb.upload_archive(archive, "/workspace/via")
+        assert done.entries == 5
+        assert await _listing(sb, "/workspace/via") == [
+            "d ./d1", "d ./d2", "d ./sub", "f ./d1/f", "f ./d2/f", "f ./sub/f", "l ./ld2", "l ./lnksub",
+        ]  # fmt: skip
+        r = await sb.shell("cat d1/f d2/f sub/f", cwd="/workspace/via")
+        assert r.stdout == "old\nnew\nF\n"
+        # A link leading out of the workspace through a link placed by the same archive is refused.
+        await sb.shell("ln -s /etc /workspace/via/etc")
+        with pytest.raises(Exception, match="outside the workspace"):
+            await sb.upload_archive(_tar(("hop", "l", "etc"), ("hop/new_dir/f", "f", b"x")), "/workspace/via")
+        assert (await sb.shell("ls /etc/new_dir /workspace/via/hop")).exit_code != 0
+    finally:
+        await sb.shell("rm -rf /workspace/via")

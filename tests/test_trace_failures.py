@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
-from qwq_agent.agent.events import Warning_
+from qwq_agent.agent.events import Final, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.trace import TraceWriter, read_trace
 from qwq_agent.testing.scripted_server import ScriptedModelServer
@@ -218,13 +220,78 @@ async def test_a_trace_removed_mid_run_is_written_again_at_its_path_whole(tmp_pa
     assert not [w for w in warnings if w.kind == "trace_failed"]
 
 
-async def test_a_trace_removed_mid_run_that_cannot_be_written_again_is_a_trace_failure(tmp_path):
+async def test_a_trace_removed_mid_run_whose_folder_is_gone_is_kept_in_the_temporary_folder(
+    tmp_path, monkeypatch
+):
+    """The trace folder removed and a file put where it was: the writer closed the only fd to the
+    unlinked trace and the run's events were lost. Now they go to the temporary folder, and the
+    `trace_recreated` note (raised at `final`, after the result was made) is in `result.warnings`."""
+    spare = tmp_path / "tmp"
+    spare.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spare))
+    folder = tmp_path / "traces"
+    result, warnings = await tidy_run(folder, block=True)
+    assert result.status == "completed" and result.answer == "All done."
+    assert result.trace_error is None and result.trace_path == str(spare / "qwq-agent-run.jsonl")
+    events = read_trace(result.trace_path)
+    assert [events[0].type, events[-1].type] == ["run_started", "final"]
+    said = [w.message for w in result.warnings if w.kind == "trace_recreated"]
+    assert len(said) == 1 and "its folder could not take it" in said[0] and str(spare) in said[0]
+    assert [w.message for w in warnings if w.kind == "trace_recreated"] == said
+
+
+async def test_a_trace_removed_mid_run_that_no_place_takes_is_a_trace_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "a file"))
+    (tmp_path / "a file").write_text("not a folder\n")
     folder = tmp_path / "traces"
     result, warnings = await tidy_run(folder, block=True)
     assert result.status == "completed" and result.answer == "All done."
     assert result.trace_error is not None and "removed during the run" in result.trace_error
     assert "cannot create trace folder" in result.trace_error or "not a folder" in result.trace_error
     assert len([w for w in warnings if w.kind == "trace_failed"]) == 1
+    assert len([w for w in result.warnings if w.kind == "trace_failed"]) == 1
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_removed_trace_passes_over_a_folder_or_fifo_now_at_its_path(tmp_path, kind):
+    """A folder or FIFO at the removed trace's path: `_claim` refused it instead of taking the free name
+    beside it, and the writer closed the only fd to the unlinked file: every event was lost."""
+    path = tmp_path / "traces" / "run.jsonl"
+    writer = TraceWriter(path)
+    writer.write(Warning_(kind="x", message="one"))
+    writer.write(Warning_(kind="x", message="two"))
+    shutil.rmtree(path.parent)
+    path.parent.mkdir()
+    if kind == "folder":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    writer.write(Final(status="completed", answer="done"))
+    writer.close()
+    assert writer.error is None and writer.path == path.with_name("run.run.jsonl")
+    assert writer.recreated is not None and f"something else is at {path} now" in writer.recreated
+    assert [getattr(e, "message", e.type) for e in read_trace(writer.path)] == ["one", "two", "final"]
+
+
+def test_a_removed_trace_that_cannot_be_written_again_yet_is_kept_open_and_tried_again(tmp_path):
+    """While no place takes the removed trace, the writer goes on in the open file (the only copy), and
+    a later check writes it all again once its folder can be made."""
+    path = tmp_path / "traces" / "run.jsonl"
+    writer = TraceWriter(path)
+    writer.write(Warning_(kind="x", message="one"))
+    shutil.rmtree(path.parent)
+    path.parent.write_text("not a folder\n")
+    tempfile_before = tempfile.tempdir
+    tempfile.tempdir = str(path.parent)  # the temporary folder is no folder either
+    try:
+        writer.write(Final(status="completed", answer="done"))  # a check: nowhere to go yet
+        assert writer.error is None and writer.recreated is None and not writer.closed
+        path.parent.unlink()
+        writer.close()
+    finally:
+        tempfile.tempdir = tempfile_before
+    assert writer.error is None and writer.path == path
+    assert [getattr(e, "message", e.type) for e in read_trace(path)] == ["one", "final"]
 
 
 def test_a_trace_file_removed_before_close_is_written_again(tmp_path):

@@ -282,7 +282,7 @@ class Agent:
         final = self._final(status, answer, error)
         self._close_trace()
         self._run = None
-        for note in self._trace_notes():
+        for note in self._settle_trace():
             yield note
         yield final
 
@@ -362,6 +362,7 @@ class Agent:
         if not self._ended:
             self._final(status, None, error)
         self._close_trace()
+        self._settle_trace()
         self._run = None
         if run.pool_sandbox is not None and self.sandbox is run.pool_sandbox:
             # Released as its stream unwinds: the next run takes another from the pool, not this one.
@@ -399,6 +400,17 @@ class Agent:
             self._trace_reported = True
             message = f"the trace could not be written ({self._trace.error}); what was written stays readable"
             notes.append(self._emit(Warning_(kind="trace_failed", message=message)))
+        return notes
+
+    def _settle_trace(self) -> list[Event]:
+        """After the run's trace is closed: the notes its last checks raised (at `final` and the close,
+        after `result` was made: a removed trace written again elsewhere, a failure), added to `result`
+        with where the trace is now and why it is incomplete, so none is only in a stream nobody reads."""
+        notes = self._trace_notes()
+        if self.result is not None and self._trace is not None:
+            self.result.trace_path = str(self._trace.path)
+            self.result.trace_error = self._trace.error
+            self.result.warnings.extend(n for n in notes if isinstance(n, Warning_))
         return notes
 
     async def _collect_patch(self) -> Event | None:

@@ -7,6 +7,7 @@ holds one run, and nothing about writing it can fail the run: a failure is repor
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -70,9 +71,11 @@ class TraceWriter:
     every later event with it, every write still succeeding on the unlinked file. So the writer checks
     that its file still has a name (at most once a second, at the `final` event and at `close()`) and,
     when it has none, writes it again at its path (folders made; a fresh name beside it when something
-    else is there now) with all it holds so far, read back from the open file, and goes on there:
-    `recreated` says so, `path` where. When that fails, `error` says why. (A file moved elsewhere keeps
-    its name there and is not followed.)
+    else, a file, a folder or a FIFO, is there now; else in the temporary folder) with all it holds so
+    far, read back from the open file, and goes on there: `recreated` says so, `path` where. While no
+    place takes it, the open file (the only copy) is kept and written, and the next check tries again;
+    when none has by `close()`, `error` says why. (A file moved elsewhere keeps its name there and is
+    not followed.)
 
     An event is never a reason to stop: lone surrogates in it are written as U+FFFD, and one that cannot
     be serialised at all (nested past pydantic's limit) is replaced by a `trace_event_dropped` warning,
@@ -175,7 +178,7 @@ class TraceWriter:
     def close(self) -> None:
         """Release the file (and its lock), written again first if it was removed. Idempotent."""
         if self._fd is not None and self.error is None:
-            self._keep_named()
+            self._keep_named(last=True)
         fd, self._fd = self._fd, None
         if fd is not None:
             try:
@@ -183,38 +186,30 @@ class TraceWriter:
             except OSError:
                 pass
 
-    def _keep_named(self) -> None:
-        """When the file was removed (no name left), write what it holds to a new file at its path and go
-        on there; when that fails, set `error` and stop (what the new file got stays readable)."""
+    def _keep_named(self, *, last: bool = False) -> None:
+        """When the file was removed (no name left), write what it holds to a new file and go on there:
+        at its path or a free name beside it, else in the temporary folder. The open file is the only copy
+        of the run so far: when no place takes it, writing goes on into it and the next check tries
+        again; only at the `last` check (close) does that become `error`, the run's trace lost."""
         assert self._fd is not None
         try:
             if os.fstat(self._fd).st_nlink > 0:
                 return
         except OSError:
             return  # the next write says what is wrong with the fd
-        old, removed = self._fd, self.path
+        removed = self.path
         try:
-            self.path, self._fd = _claim(removed, if_exists="new", tag=self._tag)
+            self.path, fd, why = _recreate(self._fd, removed, self._tag)
         except TraceError as exc:
-            self._fd = None
-            _close_quietly(old)
-            self.error = (
-                f"{removed}: the trace file was removed during the run and could not be made again: {exc}"
-            )
+            if last:
+                self.error = (
+                    f"{removed}: the trace file was removed during the run and could not be written "
+                    f"again anywhere: {exc}"
+                )
             return
-        try:
-            _copy_all(old, self._fd)
-        except OSError as exc:
-            self.error = (
-                f"{removed}: the trace file was removed during the run and could not be written again "
-                f"in {self.path}: {exc.strerror or exc}"
-            )
-            _close_quietly(self._fd)
-            self._fd = None
-            return
-        finally:
-            _close_quietly(old)
-        where = "" if self.path == removed else f" (something else is at {removed} now)"
+        _close_quietly(self._fd)
+        self._fd = fd
+        where = "" if self.path == removed else f" ({why})"
         self.recreated = (
             f"the trace file {removed} was removed during the run; it was written again, whole, "
             f"in {self.path}{where}"
@@ -225,6 +220,34 @@ class TraceWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _recreate(old: int, removed: Path, tag: str | None) -> tuple[Path, int, str]:
+    """A new file holding all the open file `old` holds: (its path, its fd, why it is not at `removed`).
+
+    Tried at `removed` (folders made), a free name beside it (whatever sits at the path now, a file,
+    a folder or a FIFO, is passed over), then `qwq-agent-<name>` in the temporary folder, as
+    `cli.kept_files` keeps a run's patch or archive. `TraceError` when none takes it."""
+    failures: list[str] = []
+    fallback = Path(tempfile.gettempdir()) / f"qwq-agent-{removed.name}"
+    for place in (removed, fallback):
+        try:
+            path, fd = _claim(place, if_exists="new", tag=tag, pass_over=True)
+        except TraceError as exc:
+            failures.append(str(exc))
+            continue
+        try:
+            _copy_all(old, fd)
+        except OSError as exc:
+            failures.append(f"{path}: {exc.strerror or exc}")
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # a part of the run is no copy to point anyone at
+            _close_quietly(fd)
+            continue
+        if place == fallback:
+            return path, fd, f"its folder could not take it: {failures[0]}"
+        return path, fd, f"something else is at {removed} now"
+    raise TraceError("; ".join(failures))
 
 
 def _copy_all(src: int, dst: int) -> None:
@@ -277,17 +300,25 @@ def _candidates(path: Path, tag: str | None) -> Iterator[Path]:
         yield path.with_name(f"{base}.{i}{path.suffix}")
 
 
-def _claim(path: Path, *, if_exists: str, tag: str | None) -> tuple[Path, int]:
-    """Open the first free candidate for `path`: created or empty, and locked by us."""
-    check_trace_folder(path)
+def _claim(path: Path, *, if_exists: str, tag: str | None, pass_over: bool = False) -> tuple[Path, int]:
+    """Open the first free candidate for `path`: created or empty, and locked by us. With `pass_over`,
+    a candidate that is no regular file (a folder, a FIFO) is passed over rather than refused."""
+    if pass_over:
+        _ready_folder(path)
+    else:
+        check_trace_folder(path)
     for candidate in _candidates(path, tag):
-        _refuse_special(candidate)
         try:
+            _refuse_special(candidate)
             # Readable too: a file removed while it is written is copied back out (`_keep_named`).
             fd = open_regular(candidate, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         except IsADirectoryError:
+            if pass_over:
+                continue
             raise NotATraceFileError(candidate, "a folder") from None
         except NotATraceFileError:
+            if pass_over:
+                continue
             raise
         except OSError as exc:
             raise TracePathError(f"cannot create trace file {candidate}: {exc.strerror or exc}") from None
@@ -380,6 +411,11 @@ def check_trace_folder(path: str | Path) -> None:
     if "\0" in str(path):  # every os call on it raises ValueError, which no caller takes for a path error
         raise TracePathError(f"trace path {str(path)!r} holds a NUL byte, which no file name can")
     _refuse_special(path)
+    _ready_folder(path)
+
+
+def _ready_folder(path: Path) -> None:
+    """Raise `TracePathError` unless the folder of `path` exists (made if missing) and takes new files."""
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -164,9 +164,10 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str, trace
     """Copy /workspace into `dest`, saying what was left out; a failure is one warning line and False,
     so the patch and the trace line, which do not depend on it, still come. What git would run
     commands from is left out (`sandbox.git_files`) and named on a line of its own; a git config
-    comes back with only its safe settings, a line naming those dropped. When the host's disk cannot
-    take the copy (full), the archive the sandbox sent is kept beside `trace` (`<trace stem>.workspace.tar`,
-    else in the temporary folder) and the line names it: the sandbox, about to go, holds the only copy.
+    comes back with only its safe settings, a line naming those dropped. When the copy fails with the
+    archive the sandbox sent in hand (the host's disk full, `dest/workspace` made meanwhile, an archive
+    refused), it is kept beside `trace` (`<trace stem>.workspace.tar`, else in the temporary folder) and
+    the line names it: the sandbox, about to go, holds the only copy.
 
     The run has ended by now and the sandbox holds the only copy of its work, so a Ctrl-C, SIGTERM, SIGHUP
     or SIGQUIT (a cancellation) lets the copy finish first, then propagates; a second signal exits at once
@@ -175,7 +176,7 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str, trace
     import asyncio
 
     from qwq_agent.cli.safe_text import plain
-    from qwq_agent.sandbox.errors import DownloadNotWritten, SandboxError
+    from qwq_agent.sandbox.errors import SandboxError
     from qwq_agent.sandbox.git_files import WHY
 
     download = asyncio.ensure_future(sandbox.download("/workspace", dest))
@@ -191,8 +192,11 @@ async def copy_back(sandbox: Any, dest: Path, console: Console, what: str, trace
             copied = await download  # bounded: the download has its own deadline
     except (SandboxError, OSError) as exc:  # texts from the sandbox: printed literally
         note = f"{what} was not copied back to {dest}: {exc}"
-        if isinstance(exc, DownloadNotWritten):
-            note += _kept_archive(exc.archive, dest, trace)
+        # The archive in hand (a full disk, `DIR/workspace` made since the run began by another run with
+        # the same DIR, an archive refused): the sandbox, about to go, holds the only other copy.
+        archive = getattr(exc, "archive", None)
+        if isinstance(archive, bytes):
+            note += _kept_archive(archive, dest, trace)
         console.print(plain(note, "yellow"), soft_wrap=True)
         if cancelled is not None:
             raise cancelled from None

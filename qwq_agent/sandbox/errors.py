@@ -31,11 +31,19 @@ class PathOutsideWorkspace(InvalidRequest):
 
 
 class UnsafeArchive(InvalidRequest):
-    """A tar archive had absolute paths, `..` components, links leaving it or special files."""
+    """A tar archive had absolute paths, `..` components, links leaving it or special files.
+
+    Raised by a download with the whole archive in hand, `archive` holds it as it came (unchecked), as
+    `DownloadNotWritten` does: a caller whose sandbox holds the only copy can keep it elsewhere."""
+
+    archive: bytes | None = None
 
 
 class DestinationExists(InvalidRequest):
-    """A download would overwrite something already on the host; nothing was written."""
+    """A download would overwrite something already on the host; nothing was written. `archive` holds
+    the tar the sandbox sent (unchecked), for a caller whose sandbox holds the only copy to keep."""
+
+    archive: bytes | None = None
 
 
 class DownloadNotWritten(OSError):

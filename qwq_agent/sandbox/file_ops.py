@@ -14,7 +14,7 @@ from typing import Any
 
 from qwq_agent.sandbox.archive_extract import _extract_counted
 from qwq_agent.sandbox.calls import SandboxCalls, _checked
-from qwq_agent.sandbox.errors import DownloadNotWritten, InvalidRequest, UnsafeArchive
+from qwq_agent.sandbox.errors import DestinationExists, DownloadNotWritten, InvalidRequest, UnsafeArchive
 from qwq_agent.sandbox.protocol import (
     CreateRequest,
     DownloadRequest,
@@ -139,7 +139,7 @@ class FileOps(SandboxCalls):
         Something already at a path the archive holds raises `DestinationExists`, and an archive that does
         not read as the entries the reply counts raises `UnsafeArchive`; nothing is written then. When the
         host's disk fails the writing (full), what was written is removed and `DownloadNotWritten` (an
-        `OSError`) is raised, holding the archive as it came (`archive`) for the caller to keep.
+        `OSError`) is raised. Each holds the archive as it came (`archive`) for the caller to keep.
         What git would run commands from (a git folder's `hooks/`, `commondir`, a `.git` file: see
         `sandbox.git_files`), judged on disk once all is written, is removed again and named in
         `git_left_out`; a git config is written with only its safe settings, and those dropped are
@@ -168,6 +168,9 @@ class FileOps(SandboxCalls):
             )
         except OSError as exc:  # the host's disk: the archive goes with the error, not lost with it
             raise DownloadNotWritten(exc, data) from exc
+        except (UnsafeArchive, DestinationExists) as exc:  # so do the archive's own failures
+            exc.archive = data
+            raise
         named, count = _left_out(raw)
         cut, cut_count = _left_out(raw, "cut")
         return DownloadResult(

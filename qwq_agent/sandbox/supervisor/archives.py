@@ -4,13 +4,13 @@ import base64
 import contextlib
 import io
 import os
-import secrets
 import stat
 
-from .files import _stem, make_parents, resolve
+from .files import resolve
 from .framing import RequestError
 from .settings import MAX_DOWNLOAD, WORKSPACE
 from .snapshots import _KINDS, _Skipped
+from .staging import Staged, stage
 
 
 def check_member(member):
@@ -61,140 +61,15 @@ def upload(args):
                 "UnsafeArchive",
                 f"refusing the archive: entry {member.name!r}: {problem}; nothing was extracted",
             )
-    staged = _Staged(shown)
+    staged = Staged(shown)
     try:
-        written = _stage(archive, kept, shown, dest, staged)
+        written = stage(archive, kept, dest, staged)
     except (OSError, RequestError) as exc:
         staged.undo()
         raise staged.failure(exc) from None
     staged.commit()
     return {"dest": shown, "entries": len(kept), "bytes": written, "skipped": skipped.shown,
             "skipped_count": skipped.count}  # fmt: skip
-
-
-class _Staged:
-    """An upload's files, links and folders while it is written: each file and link under a temporary name
-    beside its place (`commit` renames them into place once all are written), each folder it made.
-
-    A failure (a full workspace, the user's file size limit) part-way must change nothing: a file it
-    replaced unlinked first and written in place was gone, its new version cut, and the files before it
-    in the archive were in. So `undo` removes the temporary files and the folders the upload made, and
-    the old files were never touched."""
-
-    def __init__(self, shown):
-        self.shown = shown
-        self.moves = []  # (temporary name, place), in the archive's order: a later entry wins
-        self.made = []  # folders this upload made, parents first
-        self.folders = []  # (folder, the host's mode) to narrow once all is in place
-        self.entry = None  # the entry being written, for the error
-
-    def parents(self, path):
-        self.made.extend(make_parents(self.shown, path))
-
-    def temporary(self, place):
-        directory, name = os.path.split(place)
-        tmp = os.path.join(directory, f".{_stem(name)}.{secrets.token_hex(6)}.qwq-tmp")
-        self.moves.append((tmp, place))
-        return tmp
-
-    def staged_as(self, place):
-        """The temporary name of the last file staged for `place` (a hard link's target), else `place`."""
-        for tmp, target in reversed(self.moves):
-            if target == place:
-                return tmp
-        return place
-
-    def undo(self):
-        for tmp, _ in self.moves:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        for folder in reversed(self.made):
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
-
-    def failure(self, exc):
-        why = str(exc) if isinstance(exc, RequestError) else (exc.strerror or str(exc))
-        where = f" writing {self.entry}" if self.entry else ""
-        return RequestError(
-            exc.kind if isinstance(exc, RequestError) else "ToolError",
-            f"Uploading to {self.shown} failed{where}: {why}; nothing was changed (what the upload had "
-            "written is removed)",
-        )
-
-    def commit(self):
-        for i, (tmp, place) in enumerate(self.moves):
-            try:
-                os.rename(tmp, place)
-            except OSError as exc:  # the place changed since it was checked (made a folder meanwhile)
-                for rest, _ in self.moves[i:]:
-                    with contextlib.suppress(OSError):
-                        os.unlink(rest)
-                raise RequestError(
-                    "ToolError",
-                    f"Uploading to {self.shown} failed putting {place} in place: {exc.strerror or exc}. "
-                    f"The {i} entries before it were written, it and those after it were not.",
-                ) from None
-        for folder, mode in self.folders:
-            _narrow_folder(folder, mode)
-
-
-def _stage(archive, kept, shown, dest, staged):
-    """Write every entry of `kept` under its temporary name (`_Staged`); the bytes of file contents."""
-    staged.parents(dest)
-    root = os.path.realpath(WORKSPACE)
-    written = 0
-    for member in kept:
-        staged.entry = member.name
-        target = os.path.join(dest, member.name)
-        parent = os.path.realpath(os.path.dirname(target))
-        if parent != root and not parent.startswith(root + "/"):
-            raise RequestError(
-                "UnsafeArchive",
-                f"entry {member.name!r} would be written outside the workspace through a link",
-            )
-        if member.isdir():
-            staged.parents(target)
-            staged.folders.append((target, member.mode))
-            continue
-        staged.parents(os.path.dirname(target))
-        if os.path.isdir(target) and not os.path.islink(target):
-            raise RequestError("ToolError", f"{member.name} is a folder in the sandbox, not a file")
-        if member.issym():
-            os.symlink(member.linkname, staged.temporary(target))
-        elif member.islnk():
-            source = staged.staged_as(os.path.join(dest, member.linkname))
-            os.link(source, staged.temporary(target), follow_symlinks=False)
-        else:
-            source = archive.extractfile(member)
-            if source is None:  # check_member let only regular files get here
-                raise RequestError("UnsafeArchive", f"entry {member.name!r} is not a regular file")
-            fd = os.open(
-                staged.temporary(target),
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                (member.mode & 0o755) | 0o600,
-            )
-            with os.fdopen(fd, "wb") as out, source as src:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-            written += member.size
-    staged.entry = None
-    return written
-
-
-def _narrow_folder(path, mode):
-    """Take from the folder at `path` the permission bits the host's folder did not have (`mode`): the
-    operator's 0700 `secrets/` stays 0700, not mkdir's 0755. Bits are only taken away, the owner keeps
-    read, write and search. A link (the agent's, at a later upload's folder) or a folder the user does not
-    own is left as it is: only a narrowing is lost, not the upload."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(PermissionError):
-            os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & ((mode & 0o777) | 0o700 | 0o7000))
-    finally:
-        os.close(fd)
 
 
 def _link_leaving(member):
