@@ -163,7 +163,8 @@ class SandboxPool:
         self._failed_in_a_row = 0
         self._refill: asyncio.Task[None] | None = None  # the pending top-up after failed starts
         self.start_failures = 0
-        """Starts that failed, those the deadline of the acquire they were begun for cut short included."""
+        """Starts that failed of themselves; those the deadline of their acquire cut short are `cut_short`."""
+        self.cut_short = 0
         self.replaced = 0
         """Warm sandboxes found dead, expired or unresponsive at acquire time, and replaced."""
         self.last_error: SandboxError | None = None
@@ -259,13 +260,14 @@ class SandboxPool:
         """`start` failed with `error`; `of_docker` False: its acquire's deadline cut it short, which
         says nothing of the engine (its error's "is dockerd hung?" would send an operator looking for a
         stall that never was), so it is neither the pool's `last_error` nor warned about."""
-        self.start_failures += 1
         waiter = start.waiter
         if of_docker:
+            self.start_failures += 1
             self._failed_in_a_row += 1
             self.last_error = error
             log.warning("warm pool: a sandbox failed to start: %s", error)
         else:
+            self.cut_short += 1
             self.last_cut = error
             log.info("warm pool: a start was cut short by its acquire's deadline: %s", error)
             if waiter is not None:
