@@ -14,7 +14,7 @@ import pytest
 from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox import SandboxConfig, SandboxPool, janitor
 from qwq_agent.sandbox.engine import DockerEngine
-from qwq_agent.sandbox.errors import DockerAPIError
+from qwq_agent.sandbox.errors import DockerAPIError, SandboxAcquireTimeout
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
 
@@ -186,3 +186,23 @@ async def test_pool_with_a_missing_image_fails_acquire_instead_of_hanging() -> N
             async with pool.acquire():
                 pass
         assert pool.start_failures >= 1
+
+
+async def test_an_acquire_timeout_names_the_limit_that_ran_out_and_no_docker_failure(
+    sandbox_image: str,
+) -> None:
+    """A timeout said "within 70 s" (the pool's default) whatever limit the acquire had; and the start a
+    short deadline cut ("did not answer POST .../start within 0.13 s (is dockerd hung?)") became the pool's
+    `last_error`, warned about and named by every later timeout, although Docker was healthy."""
+    async with SandboxPool(size=0, config=SandboxConfig(image=sandbox_image)) as pool:
+        with pytest.raises(SandboxAcquireTimeout) as by_timeout:  # no sandbox starts in 0.1 s
+            async with pool.acquire(timeout=0.1):
+                pass
+        with pytest.raises(SandboxAcquireTimeout) as by_deadline:
+            async with pool.acquire(deadline=Deadline.after(0.1)):
+                pass
+    assert pool.last_error is None  # the pool's close waited for the starts begun for them (cut short)
+    assert str(by_timeout.value) == "no working sandbox could be acquired within 0.1 s"
+    message = str(by_deadline.value)
+    assert message.startswith("no working sandbox could be acquired within 0.1 s (the caller's deadline)")
+    assert "70" not in message and "dockerd" not in message

@@ -17,7 +17,7 @@ import inspect
 import re
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
 from typing import Any, overload
@@ -110,7 +110,6 @@ class Agent:
         self._turns_before = 0  # the turns before the run: of its history, or its ids' highest, if more
         self._arithmetic_hinted = False  # the run's one hand-arithmetic hint was written
         self._running = False
-        self._ended = True
         self._run: _Run | None = None  # the run holding the agent now (None: free, or exploring)
         self._last_run: _Run | None = None  # the last run started, whose stream may still be unwinding
         # What a cancellation of the run is recorded as: (status, error), or None for "cancelled". For a
@@ -128,11 +127,17 @@ class Agent:
         return self._trace.path if self._trace is not None else None
 
     async def run(self, task: str, *, history: Sequence[Message] = (), continues: bool = False) -> RunResult:
-        """Run to the end and return the result (events are still written to the trace)."""
-        async for _ in self.stream(task, history=history, continues=continues):
+        """Run to the end and return this run's result (events are still written to the trace).
+
+        The result is this call's own, however the run ended: stopped by `end_run()` (even before it
+        started), or outlived by a later run of this agent while its stream unwound.
+        """
+        run = _Run()
+        events = self._start(run, task, history, continues)
+        async for _ in events:
             pass
-        assert self.result is not None
-        return self.result
+        assert run.result is not None
+        return run.result
 
     def stream(
         self, task: str, *, history: Sequence[Message] = (), continues: bool = False
@@ -152,9 +157,14 @@ class Agent:
         A run stopped with `end_run()` is over: its stream yields nothing more and is closed (its tool
         calls cancelled) by the agent, which is free for the next run at once; that run first waits
         (at most `PREVIOUS_RUN_WAIT_S`) for the stopped run's stream to unwind, so the two never share
-        the sandbox. Closing the stopped run's stream, or its finalisation, touches no later run.
+        the sandbox. Closing the stopped run's stream, or its finalisation, touches no later run. A run
+        stopped while it waits for KV room or a pool sandbox stops waiting at once.
         """
-        run = _Run()
+        return self._start(_Run(), task, history, continues)
+
+    def _start(
+        self, run: _Run, task: str, history: Sequence[Message], continues: bool
+    ) -> AsyncGenerator[Event, None]:
         events = self._stream(run, task, history, continues)
         run.stream = weakref.ref(events)
         return events
@@ -165,17 +175,24 @@ class Agent:
         if self._running:  # its messages, budget and trace are one run's: two at once would mix them
             raise RuntimeError("this Agent is already running a task; create one Agent per concurrent task")
         history = _checked_history(history)  # before the agent is taken: a bad call changes nothing
+        run.history = history
         previous, self._last_run = self._last_run, run
         self._running, self._run = True, run
         try:
             if previous is not None and not previous.unwound.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(PREVIOUS_RUN_WAIT_S):
-                        await previous.unwound.wait()
+                # In a task of its own, which `end_run()` cancels: a run stopped before it started ends
+                # at once rather than when the run before it has unwound.
+                waited = asyncio.ensure_future(previous.unwound.wait())
+                run.waiting = waited
+                try:
+                    await asyncio.wait({waited}, timeout=PREVIOUS_RUN_WAIT_S)
+                finally:
+                    run.waiting = None
+                    waited.cancel()
                 if self._run is not run:  # `end_run()` was called meanwhile: this run is over unstarted
                     run.unwound.set()
                     return
-            self._ended = False
+            run.started = True
             self._next_run_id()
             self._events = 0  # `RunResult.events` counts this run's events
             self._warnings = []  # and `RunResult.warnings` holds its warnings
@@ -192,7 +209,6 @@ class Agent:
             trace_notes = self._open_trace()
         except BaseException:  # the agent is not left taken by a run that never began
             if self._run is run:
-                self._ended = True
                 self._close_trace()
                 self._run = None
             run.unwound.set()
@@ -210,19 +226,28 @@ class Agent:
         status, answer, error = "error", None, None
         # The one deadline of this run: every layer below clamps its own time limits to it.
         deadline = self.tracker.deadline
+        # Every event of this run goes through it: once `end_run()` stopped the run, what its stream
+        # still emits while it unwinds is written to no trace (a later run's least of all).
+        emit = self._emitter(run)
         try:
             async with AsyncExitStack() as stack:
                 try:
                     async with deadline.timer():  # waiting for KV room or a sandbox counts too
-                        await self._enter_resources(stack, deadline, run)
+                        await self._abandonable(run, self._enter_resources(stack, deadline, run))
                 except TimeoutError:
+                    if self._run is not run:
+                        raise _Ended from None
                     if not deadline.expired:
                         raise
                     over = ("wall_s", float(self.config.budget.max_wall_s or 0), self.tracker.wall_s)
-                    yield self._emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
+                    yield emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
                     status, error = "budget_exceeded", f"{_budget_error(over)} before the run could start"
                     raise _Ended from None
-                yield self._emit(
+                if self._run is not run:  # ended as its wait ended: what it took is released unused
+                    raise _Ended
+                if run.pool_sandbox is not None:  # the agent's only while this run holds it
+                    self.sandbox = run.pool_sandbox
+                yield emit(
                     RunStarted(
                         task=task,
                         model=getattr(self.model, "name", type(self.model).__name__),
@@ -237,7 +262,7 @@ class Agent:
                     )
                 )
                 for note in trace_notes:
-                    yield self._emit(note)
+                    yield emit(note)
                 if self._run is not run:  # ended by `end_run()` while the caller held an event
                     return
                 # aclosing here and below: a consumer that stops iterating (a closed stdout) closes this
@@ -251,13 +276,13 @@ class Agent:
                         yield ev
                         if self._run is not run:
                             return
-                        for note in self._trace_notes():
+                        for note in self._trace_notes(emit):
                             yield note
                 if self._run is not run:
                     return
                 for note in _take_notices(self.model, final=True):
-                    yield self._emit(note)
-                if (failed := await self._collect_patch()) is not None:
+                    yield emit(note)
+                if (failed := await self._collect_patch(run)) is not None:
                     yield failed
         except _Ended:
             pass
@@ -279,7 +304,7 @@ class Agent:
             run.unwound.set()
         if self._run is not run:  # ended by `end_run()`: its final is written
             return
-        final = self._final(status, answer, error)
+        final = self._final(run, status, answer, error)
         self._close_trace()
         self._run = None
         for note in self._settle_trace():
@@ -349,24 +374,66 @@ class Agent:
         For a caller that stops a run and will not iterate its stream again (Ctrl-C, SIGTERM, a stop
         button). The agent is free at once; the run's stream yields nothing more, and is closed now
         when it waits between events (its tool calls cancelled, its sandbox and KV room released), else
-        it stops at its next event. Does nothing when the run has already ended; returns `result`.
+        it stops at its next event. A run waiting for KV room or a pool sandbox stops waiting now: it
+        never takes them. Returns the result of the run it ended (also what that run's `run()`
+        returns); when no run holds the agent, does nothing and returns `result` (the last run's).
+
+        A run ended before it started (still waiting for the run before it to unwind) gets a result
+        of its own: a new `run_id`, status "cancelled", the error "ended before it started", its
+        `history` as `messages`; it writes no trace (`trace_path` None), since it has no `run_started`
+        to replay and opening a file for it would only leave a trace that records nothing.
         """
         run = self._run
-        if run is not None:
-            self._end(run, status, error)
-            _close_soon(run)
-        return self.result
+        if run is None:
+            return self.result
+        self._end(run, status, error)
+        _close_soon(run)
+        return run.result
 
     def _end(self, run: _Run, status: str, error: str | None) -> None:
         """End `run`, the one holding the agent: its `final` (unless written), its trace closed."""
-        if not self._ended:
-            self._final(status, None, error)
+        if run.result is None and run.started:
+            self._final(run, status, None, error)
+        elif run.result is None:
+            self._unstarted(run, error)
         self._close_trace()
-        self._settle_trace()
+        if run.started:  # else the trace writer is the run before's, not this run's
+            self._settle_trace()
         self._run = None
+        if run.waiting is not None:  # KV room, a sandbox, the run before: it takes none of them now
+            run.waiting.cancel()
         if run.pool_sandbox is not None and self.sandbox is run.pool_sandbox:
             # Released as its stream unwinds: the next run takes another from the pool, not this one.
             self.sandbox = None
+
+    def _unstarted(self, run: _Run, error: str | None) -> None:
+        """The result of `run`, ended before it started (see `end_run`): its own, with no trace."""
+        self._next_run_id()
+        why = "ended before it started" + (f": {error}" if error else "")
+        run.result = self.result = RunResult(
+            run_id=self.run_id,
+            status="cancelled",
+            error=why,
+            messages=list(run.history),
+            totals=BudgetTracker(budget=self.config.budget).totals(),
+        )
+
+    async def _abandonable(self, run: _Run, wait: Coroutine[Any, Any, None]) -> None:
+        """Await `wait` (for KV room, a sandbox) in a task that `end_run()` cancels: a stopped run stops
+        waiting at once, and raises `_Ended` then. Queued on, it was admitted later, took the room and a
+        sandbox from the runs behind it and went on inside whichever run held the agent by then."""
+        task = asyncio.ensure_future(wait)
+        run.waiting = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            # Cancelled by `end_run()`, not with the stream's own task (a deadline, the caller).
+            if task.cancelled() and self._run is not run and (current is None or not current.cancelling()):
+                raise _Ended from None
+            raise
+        finally:
+            run.waiting = None
 
     def _open_trace(self) -> list[Event]:
         """Open this run's trace; what went wrong or was changed, as warnings for after run_started."""
@@ -388,18 +455,20 @@ class Agent:
             ]
         return []
 
-    def _trace_notes(self) -> list[Event]:
-        """One-line warnings, each once: the trace file was removed and written again, writing it failed."""
+    def _trace_notes(self, emit: Callable[..., Event] | None = None) -> list[Event]:
+        """One-line warnings, each once: the trace file was removed and written again, writing it failed.
+        `emit`: the run's (`_emitter`); None only for the run that has just ended (its final written)."""
+        emit = emit or self._emit
         notes: list[Event] = []
         if self._trace is None:
             return notes
         if self._trace.recreated is not None and not self._trace_recreated_reported:
             self._trace_recreated_reported = True
-            notes.append(self._emit(Warning_(kind="trace_recreated", message=self._trace.recreated)))
+            notes.append(emit(Warning_(kind="trace_recreated", message=self._trace.recreated)))
         if self._trace.error is not None and not self._trace_reported:
             self._trace_reported = True
             message = f"the trace could not be written ({self._trace.error}); what was written stays readable"
-            notes.append(self._emit(Warning_(kind="trace_failed", message=message)))
+            notes.append(emit(Warning_(kind="trace_failed", message=message)))
         return notes
 
     def _settle_trace(self) -> list[Event]:
@@ -413,19 +482,23 @@ class Agent:
             self.result.warnings.extend(n for n in notes if isinstance(n, Warning_))
         return notes
 
-    async def _collect_patch(self) -> Event | None:
+    async def _collect_patch(self, run: _Run) -> Event | None:
         """What the run changed in /workspace, when the sandbox has a baseline (`open_sandbox(workspace=)`)."""
         from qwq_agent.agent.patch import baseline_of, workspace_changes
 
+        emit = self._emitter(run)
         baseline = baseline_of(self.sandbox) if self.sandbox is not None else None
         if baseline is None:
             return None
         try:
             changes = await workspace_changes(self.sandbox, baseline)
         except Exception as exc:  # a dead sandbox, a full home: the run's answer still stands
-            self._patch_error = str(exc) or type(exc).__name__
-            message = f"the workspace patch is missing: {self._patch_error}"
-            return self._emit(Warning_(kind="patch_failed", message=message))
+            error = str(exc) or type(exc).__name__
+            if self._run is run:  # ended meanwhile, the agent's state may be a later run's
+                self._patch_error = error
+            return emit(Warning_(kind="patch_failed", message=f"the workspace patch is missing: {error}"))
+        if self._run is not run:
+            return None
         self._patch = changes.text
         if not changes.left_out:
             return None
@@ -439,9 +512,11 @@ class Agent:
             + "; ".join(shown)
             + (f"; and {more} more" if more else "")
         )
-        return self._emit(Warning_(kind="patch_links_left_out", message=message))
+        return emit(Warning_(kind="patch_links_left_out", message=message))
 
     async def _enter_resources(self, stack: AsyncExitStack, deadline: Deadline, run: _Run) -> None:
+        """Take the run's KV room and pool sandbox onto `stack` (released when it unwinds). The sandbox
+        is kept on `run`: the caller makes it the agent's only once it knows the run still holds it."""
         if self.admission is not None:
             await stack.enter_async_context(self.admission.reserve(self.config.kv_reservation_tokens))
         if self.sandbox is None and self.sandbox_pool is not None:
@@ -449,7 +524,7 @@ class Agent:
             # A pool of our own takes the deadline; a user's pool is called as the protocol allows.
             takes_deadline = "deadline" in inspect.signature(acquire).parameters
             cm = acquire(deadline=deadline) if takes_deadline else acquire()
-            self.sandbox = run.pool_sandbox = await stack.enter_async_context(cm)
+            run.pool_sandbox = await stack.enter_async_context(cm)
             # Released (destroyed) when the run ends: forget it then, so the next run acquires again
             # rather than calling a dead sandbox (and `branch()` does not snapshot one).
             stack.callback(self._forget_sandbox, run.pool_sandbox)
@@ -502,7 +577,7 @@ class Agent:
             deadline=deadline,
         )
         if (relaxed := self._grammar_relaxed()) is not None:
-            yield self._emit(relaxed)
+            yield emit(relaxed)
         language_checked = not self.config.check_language
         # A switch in the reasoning is an early warning only: reported once, nothing is asked.
         reasoning_language_warned = not self.config.check_language
@@ -510,13 +585,13 @@ class Agent:
         while True:
             if (over := self.tracker.exceeded()) is not None:
                 name, limit, used = over
-                yield self._emit(BudgetExceeded(budget=name, limit=limit, used=used))
+                yield emit(BudgetExceeded(budget=name, limit=limit, used=used))
                 yield Final(status="budget_exceeded", error=_budget_error(over))
                 return
             self._step += 1
             self.tracker.steps += 1
             for note in _take_notices(self.model):
-                yield self._emit(note)
+                yield emit(note)
             turn = TurnStreamer(
                 self.model,
                 self.messages,
@@ -533,20 +608,22 @@ class Agent:
             async with aclosing(turn.run()) as turn_events:
                 async for ev in turn_events:
                     yield ev
+            if self._run is not run:  # ended by `end_run()` during the turn: the agent may be another run's
+                return
             self._arithmetic_hinted = self._arithmetic_hinted or turn.result.arithmetic_hinted
             for note in _take_notices(self.model):
-                yield self._emit(note)
+                yield emit(note)
             result = turn.result
             if result.stop_status is not None:
                 over = self.tracker.exceeded()
                 if result.budget == "wall_s":
                     # The turn's timer fires a little before the budget is used up (the abort's reserve).
                     over = ("wall_s", float(self.config.budget.max_wall_s or 0), self.tracker.wall_s)
-                    yield self._emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
+                    yield emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
                 elif result.budget is not None:  # the one that stopped the turn, not the first one used up
                     over = self.tracker.exceeded(only=(result.budget,)) or over
                     if over is not None:  # as the check before a step says it
-                        yield self._emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
+                        yield emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
                 budget_hit = result.stop_status == "budget_exceeded" and over is not None
                 yield Final(
                     status=result.stop_status, error=_budget_error(over) if budget_hit else result.error
@@ -568,11 +645,11 @@ class Agent:
                 drift = reasoning_drift(task, parsed.reasoning)
                 if drift is not None:
                     reasoning_language_warned = True
-                    yield self._emit(Warning_(kind="language_mix_reasoning", message=drift.reason))
+                    yield emit(Warning_(kind="language_mix_reasoning", message=drift.reason))
             observations: list[Message] = []
             for err in parsed.errors:
                 kind = "truncated_tool_call" if err.cut_off else "malformed_tool_call"
-                yield self._emit(Warning_(kind=kind, message=err.message))
+                yield emit(Warning_(kind=kind, message=err.message))
                 observations.append(
                     Message(
                         role="tool",
@@ -600,6 +677,8 @@ class Agent:
                     return
                 calls = gate.approved
                 observations.extend(gate.denied)
+            if self._run is not run:  # ended while it waited for approval: no call of it runs
+                return
             if calls:
                 # aclosing: closing the run's stream must end its tool calls before the close returns
                 # (and the sandbox goes back to the pool), not whenever the GC finalises the generator.
@@ -623,13 +702,13 @@ class Agent:
             if parsed.reasoning_tool_calls:
                 if no_step is None and reasoning_hints < self.config.max_reasoning_call_hints:
                     reasoning_hints += 1
-                    yield self._emit(Warning_(kind="tool_call_in_reasoning", message=REASONING_CALL_HINT))
+                    yield emit(Warning_(kind="tool_call_in_reasoning", message=REASONING_CALL_HINT))
                     self.messages.append(Message(role="user", content=REASONING_CALL_HINT))
                     continue
                 if _written_calls(parsed.reasoning_tool_calls):
                     # The turn's only action is a call that never ran: whatever follows </think> is no
                     # finished answer (often "Let me run it."), so the run does not end `completed`.
-                    async for ev in self._unrun_reasoning_call(answer, reasoning_hints, no_step):
+                    async for ev in self._unrun_reasoning_call(answer, reasoning_hints, no_step, emit):
                         yield ev
                     return
                 # Only the tag named ("I wrote my <tool_call> in the wrong place"): no call was left
@@ -638,23 +717,23 @@ class Agent:
                 language_checked = True
                 mismatch = language_mismatch(task, answer)
                 if mismatch is not None and no_step is None:
-                    yield self._emit(Warning_(kind="language_mix", message=mismatch.reason))
+                    yield emit(Warning_(kind="language_mix", message=mismatch.reason))
                     self.messages.append(Message(role="user", content=correction_prompt(mismatch.user_lang)))
                     continue
                 if mismatch is not None:  # a finished answer, kept: better in another language than lost
                     kept = (
                         f"{mismatch.reason}; no step is left to ask for a correction, so it is kept as it is"
                     )
-                    yield self._emit(Warning_(kind="language_mix", message=kept))
+                    yield emit(Warning_(kind="language_mix", message=kept))
             if result.truncated is not None:  # never a finished answer: a caller would act on half of one
-                yield self._emit(Warning_(kind="truncated_answer", message=result.truncated, level=3))
+                yield emit(Warning_(kind="truncated_answer", message=result.truncated, level=3))
                 yield Final(status="truncated_answer", answer=answer, error=result.truncated)
                 return
             yield Final(status="completed", answer=answer)
             return
 
     async def _unrun_reasoning_call(
-        self, answer: str, hints: int, over: tuple[str, float, float] | None
+        self, answer: str, hints: int, over: tuple[str, float, float] | None, emit: Callable[..., Event]
     ) -> AsyncGenerator[Event, None]:
         """The end of a run whose last turn wrote its tool call inside its reasoning, with no hint left
         for it (`over`: the budget that leaves no step for one): `answer` holds the text after
@@ -664,13 +743,13 @@ class Agent:
                 "A <tool_call> was written inside the reasoning on the last step the budget allows: it was "
                 "not run, and no step is left to ask for it again."
             )
-            yield self._emit(Warning_(kind="tool_call_in_reasoning", message=message, level=2))
-            yield self._emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
+            yield emit(Warning_(kind="tool_call_in_reasoning", message=message, level=2))
+            yield emit(BudgetExceeded(budget=over[0], limit=over[1], used=over[2]))
             yield Final(status="budget_exceeded", answer=answer or None, error=_budget_error(over))
             return
         after = f"again after {hints} hint(s) in a row" if hints else "(max_reasoning_call_hints is 0)"
         error = f"the model wrote its tool call inside its reasoning {after}; the call was never run"
-        yield self._emit(Warning_(kind="tool_call_in_reasoning", message=error, level=3))
+        yield emit(Warning_(kind="tool_call_in_reasoning", message=error, level=3))
         yield Final(status="tool_call_in_reasoning", answer=answer or None, error=error)
 
     def _approval_policy(self) -> ApprovalPolicy | None:
@@ -697,6 +776,7 @@ class Agent:
         return emit
 
     def _emit(self, event: Event, *, trace: bool = True) -> Event:
+        """Record `event` as the current run's; a run's own code emits through `_emitter(run)`."""
         event.run_id = self.run_id
         event.step = self._step
         self._events += 1
@@ -706,10 +786,10 @@ class Agent:
             self._trace.write(event)
         return event
 
-    def _final(self, status: str, answer: str | None, error: str | None) -> Event:
-        self._ended = True
+    def _final(self, run: _Run, status: str, answer: str | None, error: str | None) -> Event:
+        """`run`'s final event and result (`run` holds the agent)."""
         final = self._emit(Final(status=status, answer=answer, error=error, totals=self.tracker.totals()))
-        self.result = RunResult(
+        run.result = self.result = RunResult(
             run_id=self.run_id,
             status=status,
             answer=answer,
@@ -751,6 +831,11 @@ class _Run:
 
     def __init__(self) -> None:
         self.stream: weakref.ref[AsyncGenerator[Event, None]] | None = None  # weak: dropped, it is finalised
+        self.history: list[Message] = []
+        self.started = False  # it has its run id and trace (waited for the run before it)
+        self.result: RunResult | None = None  # its own, once its final is written
+        # What it waits for now (the run before it, KV room, a sandbox): `end_run()` cancels it.
+        self.waiting: asyncio.Future[Any] | None = None
         self.pool_sandbox: Any = None  # the sandbox it took from the agent's pool
         self.unwound = asyncio.Event()  # its tool calls have ended, its sandbox and KV room are released
         self.closing: asyncio.Task[None] | None = None

@@ -64,10 +64,27 @@ class _Warm:
     ready_at: float
 
 
+@dataclass(frozen=True)
+class _Limit:
+    """The time limit an acquire had, for its timeout's message: `seconds` from its start, set by the
+    caller's `deadline` (`by_deadline`) or by its `timeout` (the pool's `acquire_timeout_s` by default)."""
+
+    seconds: float
+    by_deadline: bool = False
+
+    def __str__(self) -> str:
+        if not self.by_deadline:
+            return f"{self.seconds:g} s"
+        # What was left of the deadline when the acquire began: a little less than the caller set.
+        shown = f"{self.seconds:.2g}" if self.seconds < 100 else f"{self.seconds:.0f}"
+        return f"{shown} s (the caller's deadline)"
+
+
 @dataclass(eq=False)
 class _Waiter:
     """An acquire waiting for a sandbox: it lands in `got`, or the error of the acquire's own start."""
 
+    limit: _Limit
     got: asyncio.Future[_Warm] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -146,9 +163,14 @@ class SandboxPool:
         self._failed_in_a_row = 0
         self._refill: asyncio.Task[None] | None = None  # the pending top-up after failed starts
         self.start_failures = 0
+        """Starts that failed of themselves; those the deadline of their acquire cut short are `cut_short`."""
+        self.cut_short = 0
         self.replaced = 0
         """Warm sandboxes found dead, expired or unresponsive at acquire time, and replaced."""
         self.last_error: SandboxError | None = None
+        """The last start that failed of itself (the engine, the host, the image): what a timeout names."""
+        self.last_cut: SandboxError | None = None
+        """The last start its acquire's deadline cut short: no failure of Docker's, so not `last_error`."""
 
     @property
     def ready(self) -> int:
@@ -235,14 +257,23 @@ class SandboxPool:
             self._spawn(warm.sandbox.close())
 
     def _failed(self, start: _Start, error: SandboxError, *, of_docker: bool = True) -> None:
-        self.start_failures += 1
+        """`start` failed with `error`; `of_docker` False: its acquire's deadline cut it short, which
+        says nothing of the engine (its error's "is dockerd hung?" would send an operator looking for a
+        stall that never was), so it is neither the pool's `last_error` nor warned about."""
+        waiter = start.waiter
         if of_docker:
+            self.start_failures += 1
             self._failed_in_a_row += 1
-        self.last_error = error
-        log.warning("warm pool: a sandbox failed to start: %s", error)
+            self.last_error = error
+            log.warning("warm pool: a sandbox failed to start: %s", error)
+        else:
+            self.cut_short += 1
+            self.last_cut = error
+            log.info("warm pool: a start was cut short by its acquire's deadline: %s", error)
+            if waiter is not None:
+                error = self._timed_out(waiter.limit, cut=True)
         # The acquire waiting on this start hears of it now, rather than waiting out its timeout; one that
         # left does not pass it on.
-        waiter = start.waiter
         if waiter is not None and waiter in self._waiting:
             self._leave(waiter)
             waiter.got.set_exception(error)
@@ -255,10 +286,10 @@ class SandboxPool:
             if start.waiter is waiter:
                 start.waiter = None
 
-    def _wait(self, deadline: Deadline) -> _Waiter:
+    def _wait(self, deadline: Deadline, limit: _Limit) -> _Waiter:
         """Join the line, waiting on a start of one's own: a top-up nobody waits on, or a new one that
-        runs under `deadline`, the acquire's."""
-        waiter = _Waiter()
+        runs under `deadline`, the acquire's (`limit`: how it was set)."""
+        waiter = _Waiter(limit)
         self._waiting.append(waiter)
         start = next((s for s in self._in_flight if s.claimable), None)
         if start is None:
@@ -356,8 +387,9 @@ class SandboxPool:
         if self.size and not self._closed:
             self._spawn_fill()
 
-    async def _take(self, deadline: Deadline, until: Deadline | None = None) -> DockerSandbox:
-        """A usable sandbox by `deadline`, one that outlives `until` where any can (see `_expiring`)."""
+    async def _take(self, deadline: Deadline, limit: _Limit, until: Deadline | None = None) -> DockerSandbox:
+        """A usable sandbox by `deadline` (`limit`: how it was set), one that outlives `until` where any
+        can (see `_expiring`)."""
         while True:
             if self._closed:
                 raise SandboxPoolClosed("the pool is closed")
@@ -365,7 +397,7 @@ class SandboxPool:
                 item = self._ready.get_nowait()
                 self._checking.add(item.sandbox)
             else:
-                item = await self._await_one(deadline)  # among `_checking` already (see `_hand_out`)
+                item = await self._await_one(deadline, limit)  # among `_checking` already (see `_hand_out`)
             if self._closed:
                 self._discard_taken(item.sandbox)
                 raise SandboxPoolClosed("the pool was closed while the acquire waited")
@@ -383,7 +415,7 @@ class SandboxPool:
                 task = self._spawn(self._recheck(item))
                 self._rechecks.add(task)
                 task.add_done_callback(self._rechecks.discard)
-                raise self._timed_out()
+                raise self._timed_out(limit)
             if usable:
                 self._checking.discard(item.sandbox)
                 return item.sandbox
@@ -414,9 +446,9 @@ class SandboxPool:
             self._checking.discard(warm.sandbox)
             self._hand_out(warm, None)
 
-    async def _await_one(self, deadline: Deadline) -> _Warm:
+    async def _await_one(self, deadline: Deadline, limit: _Limit) -> _Warm:
         """The next sandbox for this acquire; the error of its own start if that fails first."""
-        waiter = self._wait(deadline)
+        waiter = self._wait(deadline, limit)
         try:
             async with deadline.timer():
                 # Shielded: `got` stays whole when the acquire is cancelled, to be looked at below.
@@ -427,14 +459,20 @@ class SandboxPool:
             if got.done() and got.exception() is None:  # handed over as the acquire left: the next one's
                 self._put_back(got.result())
             if isinstance(exc, TimeoutError):
-                raise self._timed_out() from None
+                raise self._timed_out(limit) from None
             raise
 
-    def _timed_out(self) -> SandboxAcquireTimeout:
+    def _timed_out(self, limit: _Limit, *, cut: bool = False) -> SandboxAcquireTimeout:
+        """The timeout of an acquire that had `limit`; `cut`: its own start was under way when the
+        deadline came. Named: the limit that ran out, not the pool's default, and the last start that
+        failed of itself (one the caller's deadline cut short is no failure of Docker's)."""
+        if cut:
+            return SandboxAcquireTimeout(
+                f"no working sandbox could be acquired within {limit}: the caller's deadline came first, "
+                "while a sandbox was starting for it"
+            )
         why = f"; the last start failed: {self.last_error}" if self.last_error else ""
-        return SandboxAcquireTimeout(
-            f"no working sandbox could be acquired within {self.acquire_timeout_s:g} s{why}"
-        )
+        return SandboxAcquireTimeout(f"no working sandbox could be acquired within {limit}{why}")
 
     @contextlib.asynccontextmanager
     async def acquire(
@@ -458,8 +496,10 @@ class SandboxPool:
         """
         if self._closed:
             raise SandboxPoolClosed("the pool is closed")
-        limit = self.acquire_timeout_s if timeout is None else timeout
-        sandbox = await self._take((deadline or Deadline.never()).sooner(limit), deadline)
+        seconds = self.acquire_timeout_s if timeout is None else timeout
+        left = deadline.left() if deadline is not None else None
+        limit = _Limit(left, by_deadline=True) if left is not None and left < seconds else _Limit(seconds)
+        sandbox = await self._take((deadline or Deadline.never()).sooner(seconds), limit, deadline)
         if self.size:
             self._spawn_fill()
         try:
