@@ -8,8 +8,9 @@ and replaced, never handed out. Starts that failed are tried again after a pause
 failed round, so the pool gets back to its size once Docker is back. Closing the pool fails the acquires
 still waiting with `SandboxPoolClosed`.
 
-Each waiting acquire waits on a start of its own: one it began (which runs under the acquire's deadline,
-as `HostSet.start()` under its caller's), or one of the pool's own top-ups that no other acquire waits on. A failed start's error goes to that acquire alone; when it has left (timed out,
+Each waiting acquire waits on a start of its own: one it began, or one of the pool's own top-ups that no
+other acquire waits on. Starts run under no acquire's deadline: one whose acquire gave up still serves the
+pool (a later acquire, or the queue), rather than each short acquire creating a container only to remove it. A failed start's error goes to that acquire alone; when it has left (timed out,
 cancelled, or served by another sandbox), the error goes to nobody, and a later acquire makes its own
 attempt. A sandbox that starts goes to its acquire, else to the acquire waiting longest, else the queue
 while that holds fewer than `size`, else it is destroyed; a start nobody waits on that has not begun is
@@ -84,23 +85,16 @@ class _Limit:
 class _Waiter:
     """An acquire waiting for a sandbox: it lands in `got`, or the error of the acquire's own start."""
 
-    limit: _Limit
     got: asyncio.Future[_Warm] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 @dataclass(eq=False)
 class _Start:
     """A start in flight and the acquire waiting on it (None: nobody). Only the pool's own top-ups are
-    `claimable`, once: a start whose acquire left stays nobody's, so its error reaches no later acquire.
-
-    `deadline`: the time of the acquire it was begun for (a top-up's never comes). The start runs under
-    it as a single `HostSet.start()` under its caller's: one cut short by it sets no host aside, and the
-    hosts it left untried for want of time are not tried for an acquire that has gone.
-    """
+    `claimable`, once: a start whose acquire left stays nobody's, so its error reaches no later acquire."""
 
     waiter: _Waiter | None = None
     claimable: bool = True
-    deadline: Deadline = field(default_factory=Deadline.never)
 
 
 class SandboxPool:
@@ -163,14 +157,10 @@ class SandboxPool:
         self._failed_in_a_row = 0
         self._refill: asyncio.Task[None] | None = None  # the pending top-up after failed starts
         self.start_failures = 0
-        """Starts that failed of themselves; those the deadline of their acquire cut short are `cut_short`."""
-        self.cut_short = 0
         self.replaced = 0
         """Warm sandboxes found dead, expired or unresponsive at acquire time, and replaced."""
         self.last_error: SandboxError | None = None
         """The last start that failed of itself (the engine, the host, the image): what a timeout names."""
-        self.last_cut: SandboxError | None = None
-        """The last start its acquire's deadline cut short: no failure of Docker's, so not `last_error`."""
 
     @property
     def ready(self) -> int:
@@ -191,10 +181,9 @@ class SandboxPool:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _spawn_fill(self, waiter: _Waiter | None = None, deadline: Deadline | None = None) -> None:
-        """Start a sandbox: for `waiter` (an acquire that found nothing to wait on; `deadline`: its
-        time), or the pool's own."""
-        start = _Start(waiter, claimable=waiter is None, deadline=deadline or Deadline.never())
+    def _spawn_fill(self, waiter: _Waiter | None = None) -> None:
+        """Start a sandbox: for `waiter` (an acquire that found nothing to wait on), or the pool's own."""
+        start = _Start(waiter, claimable=waiter is None)
         self._in_flight.add(start)
         self._spawn(self._fill_one(start))
 
@@ -205,20 +194,15 @@ class SandboxPool:
                     return
                 begun = time.monotonic()
                 try:
-                    sandbox = await self.hosts.start(self.config, start.deadline)
+                    sandbox = await self.hosts.start(self.config)
                 except Exception as exc:  # whatever broke, a waiter must hear of it rather than hang
-                    # Cut short by its acquire's time, it says nothing of Docker: no pause grows for it,
-                    # and the pool's own starts, which it was not one of, are unaffected.
-                    of_docker = not start.deadline.expired
                     self._failed(
                         start,
                         exc
                         if isinstance(exc, SandboxError)
                         else SandboxStartError(f"{type(exc).__name__}: {exc}"),
-                        of_docker=of_docker,
                     )
-                    if of_docker:
-                        self._refill_later()
+                    self._refill_later()
                     return
                 self._failed_in_a_row = 0
                 if self._closed:
@@ -256,22 +240,12 @@ class SandboxPool:
             log.info("warm pool: destroying sandbox %s: the pool holds its size already", warm.sandbox.id)
             self._spawn(warm.sandbox.close())
 
-    def _failed(self, start: _Start, error: SandboxError, *, of_docker: bool = True) -> None:
-        """`start` failed with `error`; `of_docker` False: its acquire's deadline cut it short, which
-        says nothing of the engine (its error's "is dockerd hung?" would send an operator looking for a
-        stall that never was), so it is neither the pool's `last_error` nor warned about."""
+    def _failed(self, start: _Start, error: SandboxError) -> None:
         waiter = start.waiter
-        if of_docker:
-            self.start_failures += 1
-            self._failed_in_a_row += 1
-            self.last_error = error
-            log.warning("warm pool: a sandbox failed to start: %s", error)
-        else:
-            self.cut_short += 1
-            self.last_cut = error
-            log.info("warm pool: a start was cut short by its acquire's deadline: %s", error)
-            if waiter is not None:
-                error = self._timed_out(waiter.limit, cut=True)
+        self.start_failures += 1
+        self._failed_in_a_row += 1
+        self.last_error = error
+        log.warning("warm pool: a sandbox failed to start: %s", error)
         # The acquire waiting on this start hears of it now, rather than waiting out its timeout; one that
         # left does not pass it on.
         if waiter is not None and waiter in self._waiting:
@@ -286,14 +260,13 @@ class SandboxPool:
             if start.waiter is waiter:
                 start.waiter = None
 
-    def _wait(self, deadline: Deadline, limit: _Limit) -> _Waiter:
-        """Join the line, waiting on a start of one's own: a top-up nobody waits on, or a new one that
-        runs under `deadline`, the acquire's (`limit`: how it was set)."""
-        waiter = _Waiter(limit)
+    def _wait(self) -> _Waiter:
+        """Join the line, waiting on a start of one's own: a top-up nobody waits on, or a new one."""
+        waiter = _Waiter()
         self._waiting.append(waiter)
         start = next((s for s in self._in_flight if s.claimable), None)
         if start is None:
-            self._spawn_fill(waiter, deadline)
+            self._spawn_fill(waiter)
         else:
             start.waiter, start.claimable = waiter, False
         return waiter
@@ -448,7 +421,7 @@ class SandboxPool:
 
     async def _await_one(self, deadline: Deadline, limit: _Limit) -> _Warm:
         """The next sandbox for this acquire; the error of its own start if that fails first."""
-        waiter = self._wait(deadline, limit)
+        waiter = self._wait()
         try:
             async with deadline.timer():
                 # Shielded: `got` stays whole when the acquire is cancelled, to be looked at below.
@@ -462,15 +435,9 @@ class SandboxPool:
                 raise self._timed_out(limit) from None
             raise
 
-    def _timed_out(self, limit: _Limit, *, cut: bool = False) -> SandboxAcquireTimeout:
-        """The timeout of an acquire that had `limit`; `cut`: its own start was under way when the
-        deadline came. Named: the limit that ran out, not the pool's default, and the last start that
-        failed of itself (one the caller's deadline cut short is no failure of Docker's)."""
-        if cut:
-            return SandboxAcquireTimeout(
-                f"no working sandbox could be acquired within {limit}: the caller's deadline came first, "
-                "while a sandbox was starting for it"
-            )
+    def _timed_out(self, limit: _Limit) -> SandboxAcquireTimeout:
+        """The timeout of an acquire that had `limit`, named: the limit that ran out, not the pool's
+        default, and the last start that failed."""
         why = f"; the last start failed: {self.last_error}" if self.last_error else ""
         return SandboxAcquireTimeout(f"no working sandbox could be acquired within {limit}{why}")
 
