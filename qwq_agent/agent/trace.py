@@ -98,7 +98,14 @@ class TraceWriter:
         self._tag = tag
         # A note when the file was removed during the run and written again (`_keep_named`).
         self.recreated: str | None = None
-        self.path, self._fd = _claim(self.requested_path, if_exists=if_exists, tag=tag)
+        self.path, self._fd, lock_error = _claim(self.requested_path, if_exists=if_exists, tag=tag)
+        # A note when the file system cannot lock (NFS without a lock manager, some FUSE or SMB mounts).
+        self.unlocked: str | None = None
+        if lock_error is not None:
+            self.unlocked = (
+                f"the trace file {self.path} cannot be locked ({lock_error}); it is written all the same, "
+                "but a run started at the same moment with the same trace path could write to it too"
+            )
         self._checked_at = time.monotonic()
 
     @property
@@ -194,7 +201,7 @@ class TraceWriter:
             return  # the next write says what is wrong with the fd
         old, removed = self._fd, self.path
         try:
-            self.path, self._fd = _claim(removed, if_exists="new", tag=self._tag)
+            self.path, self._fd, _ = _claim(removed, if_exists="new", tag=self._tag)
         except TraceError as exc:
             self._fd = None
             _close_quietly(old)
@@ -277,8 +284,12 @@ def _candidates(path: Path, tag: str | None) -> Iterator[Path]:
         yield path.with_name(f"{base}.{i}{path.suffix}")
 
 
-def _claim(path: Path, *, if_exists: str, tag: str | None) -> tuple[Path, int]:
-    """Open the first free candidate for `path`: created or empty, and locked by us."""
+def _claim(path: Path, *, if_exists: str, tag: str | None) -> tuple[Path, int, str | None]:
+    """Open the first free candidate for `path`: created or empty, and locked by us.
+
+    The third value says why the file could not be locked, when the file system cannot lock at all:
+    then a candidate is free when it is empty, as on a file system that can.
+    """
     check_trace_folder(path)
     for candidate in _candidates(path, tag):
         _refuse_special(candidate)
@@ -291,13 +302,25 @@ def _claim(path: Path, *, if_exists: str, tag: str | None) -> tuple[Path, int]:
             raise
         except OSError as exc:
             raise TracePathError(f"cannot create trace file {candidate}: {exc.strerror or exc}") from None
+        lock_error = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             busy = os.fstat(fd).st_size > 0
-        except OSError:  # another writer holds it
+        except BlockingIOError:  # another writer holds it
             busy = True
+        except OSError as exc:
+            # ENOLCK, EOPNOTSUPP...: no lock here, whoever asks. Taking that for "busy" would create and
+            # leave an empty file for every candidate name, and trace nothing.
+            lock_error = exc.strerror or str(exc)
+            try:
+                busy = os.fstat(fd).st_size > 0
+            except OSError as stat_exc:
+                os.close(fd)
+                raise TracePathError(
+                    f"cannot use trace file {candidate}: {stat_exc.strerror or stat_exc}"
+                ) from None
         if not busy:
-            return candidate, fd
+            return candidate, fd, lock_error
         os.close(fd)
         if if_exists != "new":
             raise TraceExistsError(
