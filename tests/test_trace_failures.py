@@ -303,3 +303,70 @@ def test_a_trace_file_removed_before_close_is_written_again(tmp_path):
     writer.close()
     assert writer.error is None and writer.recreated is not None
     assert [e.message for e in read_trace(path)] == ["one", "two"]
+
+
+# Two runs to one trace path, in a process whose every flock() fails with ENOLCK, as on NFS with no lock
+# manager (strace injects the error: nothing of ours is replaced).
+NO_FLOCK_CHILD = """
+import asyncio, json, sys
+from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+async def main():
+    out = []
+    for _ in range(2):
+        async with ScriptedModelServer([sys.argv[2]]) as server, SGLangClient(server.url, retry=NO_RETRY) as c:
+            agent = Agent(c, [], config=AgentConfig(check_language=False), trace_path=sys.argv[1])
+            events = [ev async for ev in agent.stream("hi")]
+            warnings = [[e.kind, e.message] for e in events if e.type == "warning"]
+            out.append({"path": str(agent.result.trace_path), "warnings": warnings, "answer": agent.result.answer})
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_a_file_system_without_flock_still_gets_the_trace_and_a_note(tmp_path):
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (it injects the ENOLCK that NFS without lockd gives)")
+    path = tmp_path / "traces" / "run.jsonl"
+    proc = subprocess.run(
+        [
+            strace,
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=flock",
+            "-e",
+            "inject=flock:error=ENOLCK",
+            sys.executable,
+            "-c",
+            NO_FLOCK_CHILD,
+            str(path),
+            "done\n</think>\n\nThe answer is 5.",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0 and "ptrace" in proc.stderr:
+        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[-200:]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, second = json.loads(proc.stdout)
+    assert first["answer"] == second["answer"] == "The answer is 5."
+    # One file each: the first run's at the path asked for, the second's next to it (the path holds a run).
+    assert first["path"] == str(path) and second["path"] != str(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(
+        [path.name, second["path"].rsplit("/", 1)[1]]
+    )
+    assert read_trace(path)[-1].type == read_trace(second["path"])[-1].type == "final"
+    for run in (first, second):
+        unlocked = [m for kind, m in run["warnings"] if kind == "trace_unlocked"]
+        assert (
+            len(unlocked) == 1 and "cannot be locked" in unlocked[0] and "No locks available" in unlocked[0]
+        )
+    assert [k for k, _ in second["warnings"]] == ["trace_unlocked", "trace_renamed"]

@@ -446,14 +446,17 @@ class Agent:
         except TraceError as exc:
             self._trace_reported, self._trace_open_error = True, str(exc)
             return [Warning_(kind="trace_failed", message=f"{exc}; the run goes on without a trace")]
+        notes: list[Event] = []
+        if self._trace.unlocked is not None:
+            notes.append(Warning_(kind="trace_unlocked", message=self._trace.unlocked))
         if self._trace.path != self.trace_path:
-            return [
+            notes.append(
                 Warning_(
                     kind="trace_renamed",
                     message=f"{self.trace_path} already holds a run; this run is traced in {self._trace.path}",
                 )
-            ]
-        return []
+            )
+        return notes
 
     def _trace_notes(self, emit: Callable[..., Event] | None = None) -> list[Event]:
         """One-line warnings, each once: the trace file was removed and written again, writing it failed.

@@ -101,7 +101,14 @@ class TraceWriter:
         self._tag = tag
         # A note when the file was removed during the run and written again (`_keep_named`).
         self.recreated: str | None = None
-        self.path, self._fd = _claim(self.requested_path, if_exists=if_exists, tag=tag)
+        self.path, self._fd, lock_error = _claim(self.requested_path, if_exists=if_exists, tag=tag)
+        # A note when the file system cannot lock (NFS without a lock manager, some FUSE or SMB mounts).
+        self.unlocked: str | None = None
+        if lock_error is not None:
+            self.unlocked = (
+                f"the trace file {self.path} cannot be locked ({lock_error}); it is written all the same, "
+                "but a run started at the same moment with the same trace path could write to it too"
+            )
         self._checked_at = time.monotonic()
 
     @property
@@ -232,7 +239,7 @@ def _recreate(old: int, removed: Path, tag: str | None) -> tuple[Path, int, str]
     fallback = Path(tempfile.gettempdir()) / f"qwq-agent-{removed.name}"
     for place in (removed, fallback):
         try:
-            path, fd = _claim(place, if_exists="new", tag=tag, pass_over=True)
+            path, fd, _ = _claim(place, if_exists="new", tag=tag, pass_over=True)
         except TraceError as exc:
             failures.append(str(exc))
             continue
@@ -300,9 +307,15 @@ def _candidates(path: Path, tag: str | None) -> Iterator[Path]:
         yield path.with_name(f"{base}.{i}{path.suffix}")
 
 
-def _claim(path: Path, *, if_exists: str, tag: str | None, pass_over: bool = False) -> tuple[Path, int]:
+def _claim(
+    path: Path, *, if_exists: str, tag: str | None, pass_over: bool = False
+) -> tuple[Path, int, str | None]:
     """Open the first free candidate for `path`: created or empty, and locked by us. With `pass_over`,
-    a candidate that is no regular file (a folder, a FIFO) is passed over rather than refused."""
+    a candidate that is no regular file (a folder, a FIFO) is passed over rather than refused.
+
+    The third value says why the file could not be locked, when the file system cannot lock at all:
+    then a candidate is free when it is empty, as on a file system that can.
+    """
     if pass_over:
         _ready_folder(path)
     else:
@@ -322,13 +335,25 @@ def _claim(path: Path, *, if_exists: str, tag: str | None, pass_over: bool = Fal
             raise
         except OSError as exc:
             raise TracePathError(f"cannot create trace file {candidate}: {exc.strerror or exc}") from None
+        lock_error = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             busy = os.fstat(fd).st_size > 0
-        except OSError:  # another writer holds it
+        except BlockingIOError:  # another writer holds it
             busy = True
+        except OSError as exc:
+            # ENOLCK, EOPNOTSUPP...: no lock here, whoever asks. Taking that for "busy" would create and
+            # leave an empty file for every candidate name, and trace nothing.
+            lock_error = exc.strerror or str(exc)
+            try:
+                busy = os.fstat(fd).st_size > 0
+            except OSError as stat_exc:
+                os.close(fd)
+                raise TracePathError(
+                    f"cannot use trace file {candidate}: {stat_exc.strerror or stat_exc}"
+                ) from None
         if not busy:
-            return candidate, fd
+            return candidate, fd, lock_error
         os.close(fd)
         if if_exists != "new":
             raise TraceExistsError(

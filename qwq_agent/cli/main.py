@@ -22,6 +22,10 @@ from collections.abc import Iterator
 from qwq_agent import __version__
 
 COMMANDS = ("run", "sandbox", "serve", "parse", "trace", "index", "mcp_serve")
+# The servers (a model server, the trace viewer) do their work without stdout, which only shows their
+# progress: they may be started as daemons with it closed. Every other command's result is what it prints
+# (mcp-serve's answers to its client included), so without stdout it would do its work for nothing.
+RUN_WITHOUT_STDOUT = ("serve", "trace serve")
 DEBUG_HELP = "on an error, also print the traceback (or set QWQ_DEBUG=1)"
 
 
@@ -156,6 +160,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     configure_logging(debug)
     try:
+        _require_stdout(args)
         code = int(args.func(args) or 0)
         # What `print` left buffered is written now, where a failure (a full disk) is reported like
         # any other; at the interpreter's exit it was "Exception ignored" and status 120.
@@ -164,6 +169,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         return code
     except Exception as exc:
         return report(exc, command_name(args), debug=debug)
+
+
+def _require_stdout(args: argparse.Namespace) -> None:
+    """Refuse, before doing anything, a command whose output would go nowhere: stdout is closed."""
+    from qwq_agent.cli.errors import EXIT_OUTPUT, CliError
+    from qwq_agent.cli.stdio import stdout_is_open
+
+    name = command_name(args)
+    if stdout_is_open() or (name in RUN_WITHOUT_STDOUT and not getattr(args, "print_command", False)):
+        return
+    raise CliError(
+        "standard output is closed: what this command prints would be lost",
+        "run it with stdout open (redirect it to a file, or to /dev/null to drop it)",
+        code=EXIT_OUTPUT,
+    )
 
 
 if __name__ == "__main__":

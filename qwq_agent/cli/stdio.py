@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import os
@@ -95,6 +96,16 @@ def name_stream_errors() -> None:
             write_through=stream.write_through,
         )
         setattr(sys, name, rebuilt)
+
+
+def stdout_is_open() -> bool:
+    """Whether file descriptor 1 is open. Closed (`>&-`), Python sets `sys.stdout` to None and `print`
+    drops everything silently."""
+    try:
+        fcntl.fcntl(1, fcntl.F_GETFD)
+    except OSError as exc:
+        return exc.errno != errno.EBADF
+    return True
 
 
 def tolerate_unencodable() -> None:
