@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from small_disk import tmpfs
 
 from qwq_agent.agent.workspace import open_sandbox
 from qwq_agent.cli.branch_cmd import copy_back
@@ -32,17 +33,8 @@ async def _copy_back(sandbox, dest: Path, trace: Path | None = None) -> tuple[bo
 @pytest.fixture
 def small_disk(tmp_path):
     """A 64 KiB tmpfs: writing more than that fails with ENOSPC, as on a full disk."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def _project(tmp_path: Path) -> Path:

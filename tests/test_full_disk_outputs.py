@@ -7,6 +7,8 @@ Each through the real CLI as a subprocess, on a tmpfs mounted for the test (root
 from __future__ import annotations
 
 import base64
+import contextlib
+import itertools
 import json
 import os
 import sqlite3
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from small_disk import tmpfs
 
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.loop import Agent, AgentConfig
@@ -36,24 +39,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a small tmpfs needs r
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     """`small_disk("16k")`: a tmpfs of that size; writing past it fails with ENOSPC, as on a full disk."""
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        mnt = tmp_path / f"disk{len(mounted)}"
-        mnt.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(mnt)
-        return mnt
-
-    try:
-        yield mount
-    finally:
-        for mnt in mounted:
-            subprocess.run(["umount", "-l", str(mnt)], check=True)
+    names = (f"disk{i}" for i in itertools.count())
+    with contextlib.ExitStack() as mounted:
+        yield lambda size: mounted.enter_context(tmpfs(tmp_path / next(names), size))
 
 
 def _cli(argv: list[str], cwd: Path, stdout: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 
 import pytest
+from small_disk import tmpfs
 
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Final, Warning_
@@ -41,18 +42,9 @@ def add(a: int, b: int) -> int:
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """An 8 KiB tmpfs: writing more than that fails with ENOSPC, as on a full disk."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    """A 8 KiB tmpfs: writing more than that fails with ENOSPC, as on a full disk."""
+    with tmpfs(tmp_path / "disk", "8k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 async def run_agent(trace_path, turns=TURNS):
