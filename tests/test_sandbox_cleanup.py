@@ -18,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -771,3 +771,74 @@ async def test_a_live_host_keeps_its_idle_sandbox_while_a_frozen_host_s_is_reape
         finally:
             proc.kill()
             await proc.wait()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Until the pool's state (an acquire in line, a sandbox handed out) holds: reached through awaits of
+    the pool's own that offer no event to wait on, so looked at every few milliseconds."""
+    while not condition():  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.docker
+async def test_a_burst_of_acquires_starts_no_more_sandboxes_than_max_live(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """`size` is a warm count, not a cap: a burst of four acquires on a size-1 pool started four containers
+    at once. With `max_live=2` at most two of the pool's sandboxes live at a time (warm, in use or
+    starting); the other acquires wait for a release, and one that runs out of time says the cap held it."""
+    engine = DockerEngine()
+    pool = SandboxPool(
+        size=1, config=SandboxConfig(image=sandbox_image), engine=DockerEngine(proxy.path), max_live=2
+    )
+    release = asyncio.Event()
+    held: list[str] = []
+
+    async def user() -> None:
+        async with pool.acquire(timeout=GUARD_S) as sb:
+            held.append(sb.id)
+            await release.wait()
+
+    async with pool:
+        await asyncio.wait_for(pool.wait_ready(), GUARD_S)
+        users = [asyncio.create_task(user()) for _ in range(4)]
+        await asyncio.wait_for(until(lambda: len(held) == 2 and len(pool._waiting) == 2), GUARD_S)
+        with pytest.raises(SandboxAcquireTimeout, match=r"within 0\.5 s: .*max_live=2"):
+            async with pool.acquire(timeout=0.5):
+                pass
+        assert pool.live == 2 and len(held) == 2
+        assert [await exists(engine, name) for name in created(proxy)].count(True) == 2
+        release.set()  # each release makes room for one of the acquires still waiting
+        await asyncio.wait_for(asyncio.gather(*users), GUARD_S)
+        assert len(set(held)) == 4
+        await asyncio.wait_for(settled(pool), GUARD_S)
+        assert pool.live <= 2 and pool.ready == 1
+    assert pool.live == 0
+    assert not [name for name in created(proxy) if await exists(engine, name)]
+
+
+@pytest.mark.docker
+async def test_closing_a_pool_at_max_live_fails_the_acquires_waiting_for_room_at_once(
+    sandbox_image: str,
+) -> None:
+    """An acquire waiting for room under `max_live` fails with `SandboxPoolClosed` when the pool closes,
+    and the close does not wait for the sandbox still in use to be released."""
+    pool = SandboxPool(size=0, config=SandboxConfig(image=sandbox_image), max_live=1)
+    async with pool, pool.acquire() as sb:
+
+        async def second() -> None:
+            async with pool.acquire(timeout=GUARD_S):
+                pass
+
+        waiting = asyncio.create_task(second())
+        await asyncio.wait_for(until(lambda: bool(pool._waiting)), GUARD_S)
+        await asyncio.wait_for(pool.aclose(), GUARD_S)
+        with pytest.raises(SandboxPoolClosed):
+            await asyncio.wait_for(waiting, GUARD_S)
+        assert (await sb.shell("echo still mine")).stdout == "still mine\n"
+    assert pool.live == 0
+
+
+async def test_max_live_below_the_pool_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_live"):
+        SandboxPool(size=3, max_live=2)

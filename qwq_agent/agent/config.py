@@ -67,6 +67,10 @@ class AgentConfig(BaseModel):
     # turn's later requests are checked, against the last one's size, and nothing is lowered; only for
     # traces written then, which lack the key and replay so (`Recording.agent_config`).
     min_context_room_tokens: int | None = Field(default=512, ge=1)
+    # How long an event of `Agent.stream()` may wait for the consumer's next read before the run is
+    # ended `interrupted`, its sandbox and KV room released: a run only goes on while it is read, so a
+    # consumer gone quiet held them with no deadline. None: no limit. (`Agent.run()` reads at once.)
+    consumer_idle_timeout_s: float | None = Field(default=300.0, gt=0.0)
     # KV tokens a run reserves under admission control: its expected peak context.
     kv_reservation_tokens: int = 8192
     # Which tool calls need a human decision (None: none, unless the Agent has an approver, which is

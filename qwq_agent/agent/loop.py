@@ -36,6 +36,7 @@ from qwq_agent.agent.language import correction_prompt, language_mismatch, reaso
 from qwq_agent.agent.loop_detector import ToolCallRepetitionDetector
 from qwq_agent.agent.messages import MalformedCall, Message, replace_surrogates_in_messages
 from qwq_agent.agent.parser import ParseResult
+from qwq_agent.agent.run_stream import RunStream
 from qwq_agent.agent.trace import TraceError, TraceWriter
 from qwq_agent.agent.turn import TurnStreamer
 from qwq_agent.protocols import Model, PromptModel, Tool
@@ -139,10 +140,15 @@ class Agent:
         assert run.result is not None
         return run.result
 
-    def stream(
-        self, task: str, *, history: Sequence[Message] = (), continues: bool = False
-    ) -> AsyncGenerator[Event, None]:
+    def stream(self, task: str, *, history: Sequence[Message] = (), continues: bool = False) -> RunStream:
         """Run the task, yielding every event as it happens; the last one is always `Final`.
+
+        The run goes on only while its events are read. Use it as `async with agent.stream(task) as
+        events: async for ev in events: ...` (or `contextlib.aclosing`): leaving the block early ends
+        the run `interrupted` and releases its sandbox and KV room there and then, rather than when the
+        generator is garbage-collected. A consumer that reads no next event for
+        `AgentConfig.consumer_idle_timeout_s` has the run ended `interrupted` (the error says why), its
+        trace ended and its sandbox released; reading again then gives that `Final` and nothing more.
 
         `history` is an earlier conversation this task continues (e.g. a previous run's
         `result.messages`); the task is added to it as the next user turn. With `continues`, nothing
@@ -160,7 +166,25 @@ class Agent:
         the sandbox. Closing the stopped run's stream, or its finalisation, touches no later run. A run
         stopped while it waits for KV room or a pool sandbox stops waiting at once.
         """
-        return self._start(_Run(), task, history, continues)
+        run = _Run()
+        events = self._start(run, task, history, continues)
+        return RunStream(
+            events, idle_s=self.config.consumer_idle_timeout_s, on_idle=lambda: self._consumer_idle(run)
+        )
+
+    def _consumer_idle(self, run: _Run) -> Final | None:
+        """`run`'s consumer read no event for `consumer_idle_timeout_s`: end it (its final, for the
+        consumer that comes back), and close its stream, which releases its sandbox and KV room."""
+        if self._run is not run:
+            return None
+        seconds = self.config.consumer_idle_timeout_s
+        self._end(
+            run,
+            "interrupted",
+            f"the consumer of the run's events read none for {seconds:g} s (consumer_idle_timeout_s)",
+        )
+        _close_soon(run)
+        return run.final
 
     def _start(
         self, run: _Run, task: str, history: Sequence[Message], continues: bool
@@ -791,7 +815,9 @@ class Agent:
 
     def _final(self, run: _Run, status: str, answer: str | None, error: str | None) -> Event:
         """`run`'s final event and result (`run` holds the agent)."""
-        final = self._emit(Final(status=status, answer=answer, error=error, totals=self.tracker.totals()))
+        final = Final(status=status, answer=answer, error=error, totals=self.tracker.totals())
+        run.final = final
+        self._emit(final)
         run.result = self.result = RunResult(
             run_id=self.run_id,
             status=status,
@@ -837,6 +863,7 @@ class _Run:
         self.history: list[Message] = []
         self.started = False  # it has its run id and trace (waited for the run before it)
         self.result: RunResult | None = None  # its own, once its final is written
+        self.final: Final | None = None  # and that final event
         # What it waits for now (the run before it, KV room, a sandbox): `end_run()` cancels it.
         self.waiting: asyncio.Future[Any] | None = None
         self.pool_sandbox: Any = None  # the sandbox it took from the agent's pool

@@ -16,6 +16,12 @@ attempt. A sandbox that starts goes to its acquire, else to the acquire waiting 
 while that holds fewer than `size`, else it is destroyed; a start nobody waits on that has not begun is
 dropped when the pool is full without it. So the pool never holds more than its size for long, however
 many acquires gave up on starts of their own.
+
+`size` is how many are kept warm, not a cap: a burst of acquires starts one sandbox each. `max_live` caps
+the pool's sandboxes alive at once (warm, checked out, under a check, starting or being removed): a start
+beyond it waits, before it creates anything, for one of them to be removed (a release), and the acquire
+waiting on it waits within its own time limit, whose timeout then names the cap. Room is handed to the
+waiting starts in order; closing the pool drops them, so `aclose()` never waits for a sandbox in use.
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ class _Start:
 
     waiter: _Waiter | None = None
     claimable: bool = True
+    capped: bool = False  # waiting for room under `max_live`
 
 
 class SandboxPool:
@@ -113,6 +120,9 @@ class SandboxPool:
     rid of a frozen one). When none is ready the caller waits for the next one to finish starting, at
     most `acquire_timeout_s` (default: the config's `start_timeout_s` plus 10 s). Released sandboxes are
     destroyed, so no state ever passes from one user to the next.
+
+    `max_live` (None: no cap) bounds the sandboxes of this pool alive at once, warm, in use and starting
+    together (at least `size`): beyond it an acquire waits for a release, within its time limit.
     """
 
     def __init__(
@@ -125,12 +135,16 @@ class SandboxPool:
         health_check_timeout_s: float | None = 2.0,
         engine: DockerEngine | None = None,
         hosts: Sequence[DockerHost | str] | None = None,
+        max_live: int | None = None,
     ) -> None:
         if size < 0:
             raise ValueError("size must be >= 0")
+        if max_live is not None and max_live < max(size, 1):
+            raise ValueError(f"max_live must be at least the pool's size and 1 (got {max_live}, size {size})")
         if hosts is not None and engine is not None:
             raise ValueError("pass `engine` or `hosts`, not both")
         self.size = size
+        self.max_live = max_live
         self.config = config or SandboxConfig()
         self.engine = engine or DockerEngine(timeout=self.config.start_timeout_s)
         # Where sandboxes start: `hosts` (spread by free capacity, see `sandbox.hosts`) or the one engine.
@@ -154,6 +168,10 @@ class SandboxPool:
         # sandboxes are among `_checking`. `aclose()` cancels them rather than waiting out their pings.
         self._rechecks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Room under `max_live`: sandboxes of this pool alive or about to be created, and the starts
+        # waiting for room, oldest first (each is handed the room a removal frees, in turn).
+        self._live = 0
+        self._room: deque[tuple[_Start, asyncio.Future[bool]]] = deque()
         self._failed_in_a_row = 0
         self._refill: asyncio.Task[None] | None = None  # the pending top-up after failed starts
         self.start_failures = 0
@@ -168,8 +186,56 @@ class SandboxPool:
         return self._ready.qsize()
 
     @property
+    def live(self) -> int:
+        """How many of the pool's sandboxes are alive or being created now: warm, in use, under a check,
+        starting or being removed (what `max_live` caps)."""
+        return self._live
+
+    @property
     def _starting(self) -> int:
         return len(self._in_flight)
+
+    async def _make_room(self, start: _Start) -> bool:
+        """Count `start`'s sandbox as live, once `max_live` leaves room for it; False: the pool closed."""
+        if self.max_live is None or (self._live < self.max_live and not self._room):
+            self._live += 1
+            return True
+        room: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._room.append((start, room))
+        start.capped = True
+        try:
+            # True: handed the room a removal freed, counted for this start already; False: closed.
+            return await room
+        except asyncio.CancelledError:
+            if room.done() and not room.cancelled() and room.result():  # handed room as it was cancelled
+                self._free_room()
+            raise
+        finally:
+            start.capped = False
+            with contextlib.suppress(ValueError):
+                self._room.remove((start, room))
+
+    def _free_room(self) -> None:
+        """One of the pool's sandboxes is gone (removed, or never created): its room goes to the start
+        waiting longest, else back to the pool."""
+        while self._room:
+            start, room = self._room.popleft()
+            if not room.done():
+                start.capped = False
+                room.set_result(True)
+                return
+        self._live -= 1
+
+    async def _destroy(self, sandbox: DockerSandbox) -> None:
+        """Remove one of the pool's sandboxes; its room under `max_live` is free once it is gone."""
+        try:
+            await sandbox.close()
+        finally:
+            self._free_room()
+
+    @property
+    def _running_starts(self) -> int:
+        return sum(1 for s in self._in_flight if not s.capped)
 
     @property
     def _waiters(self) -> int:
@@ -189,13 +255,21 @@ class SandboxPool:
 
     async def _fill_one(self, start: _Start) -> None:
         try:
+            # Room first, then a start slot: a start held by the cap takes no slot from the others.
+            if not await self._make_room(start):
+                return
             async with self._start_slots:
                 if self._closed or self._surplus(start):
+                    self._free_room()
                     return
                 begun = time.monotonic()
                 try:
                     sandbox = await self.hosts.start(self.config)
-                except Exception as exc:  # whatever broke, a waiter must hear of it rather than hang
+                except BaseException as exc:
+                    self._free_room()  # a start that failed or was cancelled leaves no sandbox alive
+                    if not isinstance(exc, Exception):
+                        raise
+                    # whatever broke, a waiter must hear of it rather than hang
                     self._failed(
                         start,
                         exc
@@ -206,7 +280,7 @@ class SandboxPool:
                     return
                 self._failed_in_a_row = 0
                 if self._closed:
-                    await sandbox.close()
+                    await self._destroy(sandbox)
                     return
                 self._in_flight.discard(start)
                 self._hand_out(_Warm(sandbox, started_at=begun, ready_at=time.monotonic()), start.waiter)
@@ -238,7 +312,7 @@ class SandboxPool:
             # Started for an acquire that left, with the pool full: kept, it would stay warm and unused
             # until `aclose()`, and every later acquire would start a replacement beside it.
             log.info("warm pool: destroying sandbox %s: the pool holds its size already", warm.sandbox.id)
-            self._spawn(warm.sandbox.close())
+            self._spawn(self._destroy(warm.sandbox))
 
     def _failed(self, start: _Start, error: SandboxError) -> None:
         waiter = start.waiter
@@ -294,8 +368,10 @@ class SandboxPool:
 
     async def wait_ready(self) -> None:
         """Wait until the pool holds `size` started sandboxes or its starts (and background health checks,
-        which may put one back or start a replacement) have finished."""
-        while self._ready.qsize() < self.size and (self._starting > 0 or self._rechecks):
+        which may put one back or start a replacement) have finished, but for those waiting for room
+        under `max_live`."""
+        # A start held back by `max_live` waits for a release, which this does not wait for.
+        while self._ready.qsize() < self.size and (self._running_starts > 0 or self._rechecks):
             pending = [t for t in self._tasks if not t.done()]
             if not pending:  # a recheck just ended, its done-callback not run yet: nothing more to come
                 return
@@ -356,7 +432,7 @@ class SandboxPool:
         if sandbox not in self._checking:
             return
         self._checking.discard(sandbox)
-        self._spawn(sandbox.close())
+        self._spawn(self._destroy(sandbox))
         if self.size and not self._closed:
             self._spawn_fill()
 
@@ -427,19 +503,27 @@ class SandboxPool:
                 # Shielded: `got` stays whole when the acquire is cancelled, to be looked at below.
                 return await asyncio.shield(waiter.got)
         except BaseException as exc:
+            # Whether the start it waited on was still held by `max_live` (read before `_leave`).
+            capped = any(s.capped for s in self._in_flight if s.waiter is waiter)
             self._leave(waiter)
             got = waiter.got
             if got.done() and got.exception() is None:  # handed over as the acquire left: the next one's
                 self._put_back(got.result())
             if isinstance(exc, TimeoutError):
-                raise self._timed_out(limit) from None
+                raise self._timed_out(limit, capped=capped) from None
             raise
 
-    def _timed_out(self, limit: _Limit) -> SandboxAcquireTimeout:
+    def _timed_out(self, limit: _Limit, *, capped: bool = False) -> SandboxAcquireTimeout:
         """The timeout of an acquire that had `limit`, named: the limit that ran out, not the pool's
-        default, and the last start that failed."""
+        default, the cap that held its start back (`capped`), and the last start that failed."""
+        cap = (
+            f": all max_live={self.max_live} of the pool's sandboxes were alive (in use, warm or starting) "
+            "and none was released in time"
+            if capped
+            else ""
+        )
         why = f"; the last start failed: {self.last_error}" if self.last_error else ""
-        return SandboxAcquireTimeout(f"no working sandbox could be acquired within {limit}{why}")
+        return SandboxAcquireTimeout(f"no working sandbox could be acquired within {limit}{cap}{why}")
 
     @contextlib.asynccontextmanager
     async def acquire(
@@ -477,9 +561,9 @@ class SandboxPool:
             if self._closed:
                 # Released after (or while) the pool closed: a task of its own might outlive `aclose()`,
                 # awaited by nobody and cut off, container and all, when the event loop ends.
-                await sandbox.close()
+                await self._destroy(sandbox)
             else:
-                self._spawn(sandbox.close())
+                self._spawn(self._destroy(sandbox))
 
     async def aclose(self) -> None:
         """Destroy every sandbox the pool still holds and wait for background starts and removals.
@@ -498,10 +582,17 @@ class SandboxPool:
         for waiter in list(self._waiting):
             self._leave(waiter)
             waiter.got.set_exception(SandboxPoolClosed("the pool was closed while the acquire waited"))
+        # Starts waiting for room under `max_live` create nothing now: left waiting, they would hold
+        # `aclose()` until every sandbox in use was released.
+        for start, room in self._room:
+            start.capped = False
+            if not room.done():
+                room.set_result(False)
+        self._room.clear()
         # A sandbox under its health check is destroyed too (its acquire then fails with SandboxPoolClosed);
         # one whose removal its acquire started already is waited for among the tasks.
         for sandbox in [w.sandbox for w in held] + list(self._checking):
-            self._spawn(sandbox.close())
+            self._spawn(self._destroy(sandbox))
         self._checking.clear()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -180,7 +180,16 @@ class ScriptedModel:
                     await asyncio.wait_for(event.wait(), turn.keepalive_interval)
                 except TimeoutError:
                     pass
-        if turn.hold_after == index and turn.hold_until_requests is not None:
+        if turn.hold_after == index and turn.hold_until is not None:
+            waits = [asyncio.ensure_future(turn.hold_until.wait())]
+            if event is not None:
+                waits.append(asyncio.ensure_future(event.wait()))
+            try:
+                await asyncio.wait(waits, timeout=turn.hold_timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+        elif turn.hold_after == index and turn.hold_until_requests is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wait_for_requests(turn.hold_until_requests), turn.hold_timeout)
         elif turn.hold_after == index and event is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,6 +32,9 @@ class Turn:
     hold_until_requests: int | None = None
     """With `hold_after`: hold until the server has received this many requests in all (not until an
     abort), e.g. until side requests made while this stream is open (answer-stability probes) arrive."""
+    hold_until: asyncio.Event | None = None
+    """With `hold_after`: hold until this event is set (or the request is aborted, or `hold_timeout`
+    passes): a test releases the answer when it chooses. The server must run on the test's event loop."""
     error_event_after: int | None = None
     """Send an in-stream error event (as SGLang does on a failure mid-request) after this many tokens."""
     stop_order: Literal["text", "listed", "ignore"] = "text"
