@@ -20,6 +20,11 @@ from qwq_agent.testing.scripted_server import ScriptedModelServer
 
 SCRIPTED = f"{sys.executable} -m qwq_agent.testing.scripted_server"
 ANSWER = "thinking\n</think>\n\nok"
+# The poll interval of a test's readiness wait on one server (`ServerProcess.wait_ready`). Each /health
+# probe may take twice that (`launcher.probe`): at 0.05 s a probe had 0.1 s, which one takes (~35 ms
+# here) overran every time on a loaded machine, and a server up in a second was never seen ready in
+# 60 s. 1 s, as `qwq-agent serve` polls.
+READY_POLL_S = 1.0
 
 
 def free_port() -> int:

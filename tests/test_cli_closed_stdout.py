@@ -85,3 +85,43 @@ def test_the_trace_viewer_serves_with_stdout_closed(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# What argparse itself prints (help, version, a usage error) came before the check above: with stdout
+# closed, `--help` fell back to stderr and exited 0; with stderr closed, a usage error's line was lost.
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["--version"], ["parse", "--help"], ["trace", "show", "-h"], ["serve", "--help"]]
+)
+def test_help_and_version_refuse_a_closed_stdout(argv: list[str]) -> None:
+    proc = run_without_stdout(argv)
+    assert proc.returncode == 74, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(f"qwq-agent{''.join(' ' + a for a in argv[:-1])}: standard output is closed")
+    assert len(lines) == 2 and "usage:" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _close_stderr() -> None:
+    os.close(2)
+
+
+@pytest.mark.parametrize("argv", [[], ["parse", "--no-such-flag"], ["trace", "show"]])
+def test_a_usage_error_with_stderr_closed_is_said_on_stdout(argv: list[str]) -> None:
+    proc = subprocess.run(
+        [*CLI, *argv],
+        preexec_fn=_close_stderr,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stdout
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("usage: qwq-agent")
+    assert lines[-1].startswith("qwq-agent") and ": error: " in lines[-1]
+
+
+@pytest.mark.parametrize("argv", [[], ["parse", "--no-such-flag"]])
+def test_a_usage_error_with_stdout_closed_is_said_on_stderr(argv: list[str]) -> None:
+    proc = run_without_stdout(argv)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("usage: qwq-agent") and ": error: " in proc.stderr.splitlines()[-1]

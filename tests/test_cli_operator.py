@@ -18,6 +18,10 @@ from qwq_agent.testing.scripted_server import ScriptedModelServer
 
 CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
 ENV = {k: v for k, v in os.environ.items() if k not in ("QWQ_MODEL_URL", "QWQ_DEBUG", "QWQ_API")}
+# `run` gives the model server 3 s to answer its start-up probe (/health). None of these tests is about
+# that limit (tests/test_probe_deadlines.py is), and on a loaded CI machine the probe of the scripted
+# server took longer: the run was refused before it began.
+ENV["QWQ_MODEL_CONNECT_TIMEOUT"] = "60"
 
 
 def _run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

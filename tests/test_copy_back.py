@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from git_repo import git, host_git
 from rich.console import Console
 from small_disk import tmpfs
 
@@ -290,14 +291,6 @@ async def test_the_count_of_entries_left_out_is_the_true_one(sandbox_image, tmp_
     assert not [s for s in res.skipped if "more" in s]
 
 
-def _git(repo: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.name=Dev", "-c", "user.email=dev@example.com", *args],
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
-    return done.stdout
-
-
 async def test_executable_files_stay_executable_and_nothing_else_is_kept(sandbox_image, tmp_path) -> None:
     """Every file came back 0644: scripts lost +x, and in a repository `git status` showed each of them
     modified. The sandbox's permission bits now come back (the umask applies, the owner can always read
@@ -305,9 +298,9 @@ async def test_executable_files_stay_executable_and_nothing_else_is_kept(sandbox
     repo = _project(tmp_path)
     (repo / "run_tests.sh").write_text("#!/bin/sh\necho ok\n")
     (repo / "run_tests.sh").chmod(0o755)
-    await asyncio.to_thread(_git, repo, "init", "-q")
-    await asyncio.to_thread(_git, repo, "add", "-A")
-    await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
+    await asyncio.to_thread(git, repo, "init", "-q")
+    await asyncio.to_thread(git, repo, "add", "-A")
+    await asyncio.to_thread(git, repo, "commit", "-qm", "init")
     async with open_sandbox(workspace=repo) as sb:
         r = await sb.shell(
             "printf '#!/bin/sh\\necho built\\n' > build.sh && chmod +x build.sh && echo x > suid && "
@@ -324,7 +317,7 @@ async def test_executable_files_stay_executable_and_nothing_else_is_kept(sandbox
     exe, plain = 0o755 & ~umask, 0o644 & ~umask
     assert modes == {"README.md": plain, "run_tests.sh": exe, "build.sh": exe, "suid": exe,
                      "group_x": 0o654 & ~umask, "sticky": 0o600}  # fmt: skip
-    status = await asyncio.to_thread(_git, ws, "status", "--short")
+    status = await asyncio.to_thread(git, ws, "status", "--short")
     assert status.split("\n") == ["?? build.sh", "?? group_x", "?? sticky", "?? suid", ""], status
 
 
@@ -361,12 +354,6 @@ async def test_private_files_and_folders_stay_private_there_and_back(sandbox_ima
     assert (ws / "made" / "deep").is_dir()
 
 
-def _host_git(repo: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """git as the operator runs it in the copy: no system or global config of this machine's."""
-    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
-    return subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
-
-
 async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_image, tmp_path) -> None:
     """The sandbox's `.git/config` came back as it was: `core.fsmonitor` ran its command on the host at
     the operator's next `git status`, and new hooks ran at the next commit. Now a git folder's config,
@@ -374,17 +361,17 @@ async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_ima
     embedded bare repository's too) come back without what could run, and git still works. Hooks never
     come back, the user's own included."""
     repo = _project(tmp_path)
-    await asyncio.to_thread(_git, repo, "init", "-q")
-    await asyncio.to_thread(_git, repo, "remote", "add", "origin", "https://example.com/repo.git")
+    await asyncio.to_thread(git, repo, "init", "-q")
+    await asyncio.to_thread(git, repo, "remote", "add", "origin", "https://example.com/repo.git")
     (repo / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\nexit 0\n")
     (repo / ".git" / "hooks" / "pre-commit").chmod(0o755)
-    await asyncio.to_thread(_git, repo, "add", "-A")
-    await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
+    await asyncio.to_thread(git, repo, "add", "-A")
+    await asyncio.to_thread(git, repo, "commit", "-qm", "init")
     nested = repo / "nested"  # a second repository inside
     nested.mkdir()
     (nested / "a.txt").write_text("a\n")
     for args in (("init", "-q"), ("add", "-A"), ("commit", "-qm", "nested")):
-        await asyncio.to_thread(_git, nested, *args)
+        await asyncio.to_thread(git, nested, *args)
     marker = tmp_path / "RAN_ON_THE_HOST"
     run = f"touch {marker}; false"
     async with open_sandbox(workspace=repo) as sb:
@@ -403,8 +390,8 @@ async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_ima
     ws = tmp_path / "out" / "workspace"
     assert ok, said
     for folder in (ws, ws / "sub", ws / "evil", ws / "nested"):
-        await asyncio.to_thread(_host_git, folder, tmp_path, "status")
-    await asyncio.to_thread(_host_git, ws, tmp_path, "st")
+        await asyncio.to_thread(host_git, folder, tmp_path, "status")
+    await asyncio.to_thread(host_git, ws, tmp_path, "st")
     assert not marker.exists(), said
     left = [
         "workspace/.git/commondir",
@@ -420,10 +407,10 @@ async def test_files_git_would_run_commands_from_are_not_copied_back(sandbox_ima
         "workspace/.git/config: remotes point to origin -> https://example.com/repo.git",
         f"workspace/evil/config: kept remotes/branches and basic settings, dropped 2 {why}: core.fsmonitor, core.worktree",
     ]  # the nested repository's config had nothing to drop
-    remotes = await asyncio.to_thread(_host_git, ws, tmp_path, "remote", "-v")
+    remotes = await asyncio.to_thread(host_git, ws, tmp_path, "remote", "-v")
     assert "origin\thttps://example.com/repo.git (fetch)" in remotes.stdout
     for folder in (ws, ws / "nested"):
-        status = await asyncio.to_thread(_host_git, folder, tmp_path, "status", "--short")
+        status = await asyncio.to_thread(host_git, folder, tmp_path, "status", "--short")
         assert status.returncode == 0, status.stderr  # git works without .git/config
 
 
@@ -433,13 +420,13 @@ async def test_old_style_remote_files_are_not_copied_back(sandbox_image, tmp_pat
     a file, with a push refspec deleting `release`; the operator's next plain `git push` in the copy
     deleted it upstream. Now both folders are left out of every git folder and named on a line."""
     upstream = tmp_path / "upstream.git"
-    await asyncio.to_thread(_git, tmp_path, "init", "-q", "--bare", str(upstream))
+    await asyncio.to_thread(git, tmp_path, "init", "-q", "--bare", str(upstream))
     repo = _project(tmp_path)
-    await asyncio.to_thread(_git, repo, "init", "-q", "-b", "main")
-    await asyncio.to_thread(_git, repo, "add", "-A")
-    await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
-    await asyncio.to_thread(_git, repo, "remote", "add", "origin", str(upstream))
-    await asyncio.to_thread(_git, repo, "push", "-q", "origin", "main", "main:release")
+    await asyncio.to_thread(git, repo, "init", "-q", "-b", "main")
+    await asyncio.to_thread(git, repo, "add", "-A")
+    await asyncio.to_thread(git, repo, "commit", "-qm", "init")
+    await asyncio.to_thread(git, repo, "remote", "add", "origin", str(upstream))
+    await asyncio.to_thread(git, repo, "push", "-q", "origin", "main", "main:release")
     async with open_sandbox(workspace=repo) as sb:
         r = await sb.shell(
             "git config --remove-section remote.origin && mkdir -p .git/remotes .git/branches && "
@@ -452,9 +439,9 @@ async def test_old_style_remote_files_are_not_copied_back(sandbox_image, tmp_pat
     ws = tmp_path / "out" / "workspace"
     assert ok, said
     assert not (ws / ".git" / "remotes").exists() and not (ws / ".git" / "branches").exists()
-    push = await asyncio.to_thread(_host_git, ws, tmp_path, "push")
+    push = await asyncio.to_thread(host_git, ws, tmp_path, "push")
     assert push.returncode != 0  # no remote left to push to
-    assert "release" in await asyncio.to_thread(_git, upstream, "branch", "--list")
+    assert "release" in await asyncio.to_thread(git, upstream, "branch", "--list")
     assert (
         "workspace/.git/branches/: left out: old-style remote files, which git reads as remotes beside "
         "its config, unchecked (a push refspec there could delete branches on your remote): up"
@@ -477,7 +464,7 @@ async def test_the_users_own_config_cannot_lead_git_to_files_the_sandbox_rewrote
         (repo / script).parent.mkdir(exist_ok=True)
         (repo / script).write_text("#!/bin/sh\nexit 0\n")
         (repo / script).chmod(0o755)
-    await asyncio.to_thread(_git, repo, "init", "-q", "-b", "main")
+    await asyncio.to_thread(git, repo, "init", "-q", "-b", "main")
     for key, value in (
         ("include.path", "../.gitconfig"),
         ("core.hooksPath", ".githooks"),
@@ -487,10 +474,10 @@ async def test_the_users_own_config_cannot_lead_git_to_files_the_sandbox_rewrote
         ("branch.main.merge", "refs/heads/main"),
         ("user.name", "Dev"),
     ):
-        await asyncio.to_thread(_git, repo, "config", key, value)
+        await asyncio.to_thread(git, repo, "config", key, value)
     (repo / ".git" / "hooks" / "pre-push").symlink_to("../../tools/check.sh")
-    await asyncio.to_thread(_git, repo, "add", "-A")
-    await asyncio.to_thread(_git, repo, "commit", "-qm", "init")
+    await asyncio.to_thread(git, repo, "add", "-A")
+    await asyncio.to_thread(git, repo, "commit", "-qm", "init")
     marker = tmp_path / "RAN_ON_THE_HOST"
     planted = f"printf '#!/bin/sh\\ntouch {marker}\\nexit 0\\n' >"
     async with open_sandbox(workspace=repo) as sb:
@@ -503,16 +490,14 @@ async def test_the_users_own_config_cannot_lead_git_to_files_the_sandbox_rewrote
         ok, said = await _copy_back(sb, tmp_path / "out")
     ws = tmp_path / "out" / "workspace"
     assert ok, said
-    await asyncio.to_thread(_host_git, ws, tmp_path, "status")
+    await asyncio.to_thread(host_git, ws, tmp_path, "status")
     (ws / "README.md").write_text("edited by the operator\n")
-    commit = await asyncio.to_thread(
-        _host_git, ws, tmp_path, "-c", "user.email=d@e", "commit", "-qam", "mine"
-    )
+    commit = await asyncio.to_thread(host_git, ws, tmp_path, "-c", "user.email=d@e", "commit", "-qam", "mine")
     assert commit.returncode == 0, commit.stderr
-    await asyncio.to_thread(_host_git, ws, tmp_path, "check")
+    await asyncio.to_thread(host_git, ws, tmp_path, "check")
     assert not marker.exists(), said
     assert not (ws / ".git" / "hooks").exists()
-    listed = await asyncio.to_thread(_host_git, ws, tmp_path, "config", "--file", ".git/config", "--list")
+    listed = await asyncio.to_thread(host_git, ws, tmp_path, "config", "--file", ".git/config", "--list")
     settings = listed.stdout.splitlines()
     assert "remote.origin.url=https://example.com/repo.git" in settings
     assert "branch.main.remote=origin" in settings and "branch.main.merge=refs/heads/main" in settings

@@ -10,17 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+from git_repo import git as shared_git
 
 from qwq_agent.agent.patch_text import UNREADABLE, PatchTextError, cut_outward_links
 
 
 def git(repo: Path, *args: str, data: str | None = None) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.name=Dev", "-c", "user.email=dev@example.com",
-         "-c", "core.quotepath=false", *args],
-        input=data, capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
-    return done.stdout
+    """The shared `git`, with paths in its output as they are (not C-quoted), as the patches carry them."""
+    return shared_git(repo, "-c", "core.quotepath=false", *args, data=data)
 
 
 def make_repo(path: Path) -> Path:

@@ -16,17 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from git_repo import git
 
 from qwq_agent.agent.protected import DEFAULT_PROTECTED, PatternError, matcher, split_patch, through_links
 from qwq_agent.agent.selection import SelectionError, Verifier, parse_select
-
-
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.name=Dev", "-c", "user.email=dev@example.com", *args],
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
-    return done.stdout
 
 
 @pytest.mark.parametrize(

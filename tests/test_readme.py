@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from git_repo import git
 
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest
 
@@ -128,15 +129,6 @@ def model(request: ScriptedRequest) -> str:
     if "What is 2 + 3" in prompt:
         return "Use the server's tool.\n</think>\n\n" + call("add", a=2, b=3)
     return "Nothing to do.\n</think>\n\nDone."
-
-
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.name=u", "-c", "user.email=u@example.com", *args],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
 
 
 def user_folder(tmp_path: Path) -> tuple[Path, Path]:

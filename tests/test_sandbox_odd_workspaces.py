@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from tar_builder import tar_of
 
 from qwq_agent.sandbox import (
     DockerSandbox,
@@ -345,19 +346,6 @@ async def test_a_download_of_dotdot_after_a_link_is_named_as_the_host_expects(
         await sb.shell("rm -rf /workspace/ws")
 
 
-def _archive(*entries: tuple[str, bytes]) -> bytes:
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in entries:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 async def test_an_upload_the_workspace_cannot_hold_changes_nothing_and_names_the_file(
     sandbox_image: str,
 ) -> None:
@@ -371,8 +359,10 @@ async def test_an_upload_the_workspace_cannot_hold_changes_nothing_and_names_the
         await sb.create_file("/workspace/data.bin", old)
         await sb.create_file("/workspace/first.txt", "first, old\n")
         assert (await sb.shell("head -c 600000 /dev/zero > /workspace/other")).exit_code == 0
-        archive = _archive(
-            ("first.txt", b"first, new\n"), ("new/inner.txt", b"inner\n"), ("data.bin", b"x" * 600_000)
+        archive = tar_of(
+            ("first.txt", "file", b"first, new\n"),
+            ("new/inner.txt", "file", b"inner\n"),
+            ("data.bin", "file", b"x" * 600_000),
         )
         with pytest.raises(ToolError) as raised:
             await sb.upload_archive(archive, "/workspace")
@@ -415,29 +405,6 @@ async def test_a_patch_the_workspace_cannot_hold_leaves_no_cut_patch_file(
         assert sorted(r.stdout.split()) == ["data.txt", "filler"]
 
 
-def _tar(*entries: tuple[str, str, bytes | str | None]) -> bytes:
-    """A tar of (name, kind, data) entries: kind `f` a file of `data`, `d` a folder, `l` a link to `data`."""
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, kind, data in entries:
-            info = tarfile.TarInfo(name)
-            if kind == "f":
-                assert isinstance(data, bytes)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-                continue
-            if kind == "d":
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-            else:
-                assert isinstance(data, str)
-                info.type, info.linkname = tarfile.SYMTYPE, data
-            tar.addfile(info)
-    return buf.getvalue()
-
-
 async def _listing(sb: DockerSandbox, folder: str) -> list[str]:
     r = await sb.shell(f"cd {folder} && find . -mindepth 1 -printf '%y %p%l\\n' | sort")
     return r.stdout.split("\n")[:-1]
@@ -453,12 +420,12 @@ async def test_an_upload_holding_a_file_and_a_folder_of_one_name_changes_nothing
     await sb.shell("mkdir -p /workspace/same && echo old > /workspace/same/x")
     try:
         for entries in (
-            (("x", "f", b"new\n"), ("a", "f", b"A\n"), ("a/b", "f", b"B\n")),
-            (("x", "f", b"new\n"), ("a/b", "f", b"B\n"), ("a", "f", b"A\n")),
-            (("x", "f", b"new\n"), ("a", "l", "x"), ("a/b", "f", b"B\n")),  # `a` -> the file `x`
+            (("x", "file", b"new\n"), ("a", "file", b"A\n"), ("a/b", "file", b"B\n")),
+            (("x", "file", b"new\n"), ("a/b", "file", b"B\n"), ("a", "file", b"A\n")),
+            (("x", "file", b"new\n"), ("a", "link", "x"), ("a/b", "file", b"B\n")),  # `a` -> the file `x`
         ):
             with pytest.raises(ToolError, match="nothing was changed"):
-                await sb.upload_archive(_tar(*entries), "/workspace/same")
+                await sb.upload_archive(tar_of(*entries), "/workspace/same")
             assert await _listing(sb, "/workspace/same") == ["f ./x"], entries
             assert (await sb.shell("cat /workspace/same/x")).stdout == "old\n"
     finally:
@@ -474,8 +441,8 @@ async def test_an_upload_writes_through_the_links_it_places(shared_sandbox: Dock
         "mkdir -p /workspace/via/d1 /workspace/via/d2 && cd /workspace/via && ln -s d1 l && echo old > d1/f"
     )
     try:
-        archive = _tar(("sub", "d", None), ("lnk", "l", "sub"), ("lnk/f", "f", b"F\n"), ("l", "l", "d2"),
-                       ("l/f", "f", b"new\n"))  # fmt: skip
+        archive = tar_of(("sub", "dir", None), ("lnk", "link", "sub"), ("lnk/f", "file", b"F\n"),
+                         ("l", "link", "d2"), ("l/f", "file", b"new\n"))  # fmt: skip
         done = await sb.upload_archive(archive, "/workspace/via")
         assert done.entries == 5
         assert await _listing(sb, "/workspace/via") == [
@@ -486,7 +453,9 @@ async def test_an_upload_writes_through_the_links_it_places(shared_sandbox: Dock
         # A link leading out of the workspace through a link placed by the same archive is refused.
         await sb.shell("ln -s /etc /workspace/via/etc")
         with pytest.raises(Exception, match="outside the workspace"):
-            await sb.upload_archive(_tar(("hop", "l", "etc"), ("hop/new_dir/f", "f", b"x")), "/workspace/via")
+            await sb.upload_archive(
+                tar_of(("hop", "link", "etc"), ("hop/new_dir/f", "file", b"x")), "/workspace/via"
+            )
         assert (await sb.shell("ls /etc/new_dir /workspace/via/hop")).exit_code != 0
     finally:
         await sb.shell("rm -rf /workspace/via")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
-import tarfile
 
 import pytest
+from tar_builder import tar_of
 
 from qwq_agent.protocols import Sandbox
 from qwq_agent.sandbox import DockerSandbox, ToolError
@@ -247,16 +246,8 @@ async def test_concurrent_calls_are_multiplexed(shared_sandbox: DockerSandbox) -
 
 
 async def test_upload_archive_of_safe_links_inside(shared_sandbox: DockerSandbox) -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = b"target text\n"
-        info = tarfile.TarInfo("safe/target.txt")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-        link = tarfile.TarInfo("safe/link.txt")
-        link.type, link.linkname = tarfile.SYMTYPE, "target.txt"
-        tar.addfile(link)
-    await shared_sandbox.upload_archive(buf.getvalue(), "/workspace/arch")
+    archive = tar_of(("safe/target.txt", "file", b"target text\n"), ("safe/link.txt", "link", "target.txt"))
+    await shared_sandbox.upload_archive(archive, "/workspace/arch")
     assert (await shared_sandbox.shell("cat /workspace/arch/safe/link.txt")).stdout == "target text\n"
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
-
 import pytest
+from tar_builder import tar_of
 
 from qwq_agent.sandbox import DockerSandbox, PathOutsideWorkspace, SandboxConfig, UnsafeArchive
 
@@ -34,23 +32,7 @@ async def test_symlinks_pointing_out_are_refused(shared_sandbox: DockerSandbox) 
     with pytest.raises(PathOutsideWorkspace):
         await shared_sandbox.download("/workspace/sec/root", "/nonexistent-never-written")
     with pytest.raises(PathOutsideWorkspace):
-        await shared_sandbox.upload_archive(_tar(("ok.txt", "file", b"x")), "/workspace/sec/root/tmp")
-
-
-def _tar(*entries: tuple[str, str, bytes | str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, kind, payload in entries:
-            info = tarfile.TarInfo(name)
-            if kind == "file":
-                assert isinstance(payload, bytes)
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-                continue
-            info.type = {"sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE, "chr": tarfile.CHRTYPE}[kind]
-            info.linkname = str(payload)
-            tar.addfile(info)
-    return buf.getvalue()
+        await shared_sandbox.upload_archive(tar_of(("ok.txt", "file", b"x")), "/workspace/sec/root/tmp")
 
 
 @pytest.mark.parametrize(
@@ -64,7 +46,7 @@ def _tar(*entries: tuple[str, str, bytes | str]) -> bytes:
     ],
 )
 async def test_hostile_archives_are_refused_whole(shared_sandbox: DockerSandbox, entry, why: str) -> None:
-    data = _tar(("innocent.txt", "file", b"fine"), entry)
+    data = tar_of(("innocent.txt", "file", b"fine"), entry)
     with pytest.raises(UnsafeArchive, match=why):
         await shared_sandbox.upload_archive(data, "/workspace/hostile")
     r = await shared_sandbox.shell(
@@ -77,11 +59,11 @@ async def test_links_leaving_an_upload_are_left_out_and_named_the_rest_extracted
     shared_sandbox: DockerSandbox,
 ) -> None:
     """A project's `.venv/bin/python3 -> /usr/bin/...` once refused the whole workspace: no run could start."""
-    data = _tar(
+    data = tar_of(
         ("innocent.txt", "file", b"fine\n"),
-        ("abs", "sym", "/etc/passwd"),
-        ("docs/up", "sym", "../../etc"),
-        ("docs/readme", "sym", "../innocent.txt"),
+        ("abs", "link", "/etc/passwd"),
+        ("docs/up", "link", "../../etc"),
+        ("docs/readme", "link", "../innocent.txt"),
     )
     res = await shared_sandbox.upload_archive(data, "/workspace/leaving")
     assert sorted(s.split(" -> ")[0] for s in res.skipped) == ["abs", "docs/up"] and res.skipped_count == 2

@@ -8,6 +8,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from git_repo import host_git
+from tar_builder import tar_of
 
 from qwq_agent.sandbox import InvalidRequest, PathOutsideWorkspace, SandboxConfig, ToolError, UnsafeArchive
 from qwq_agent.sandbox.archive_extract import _extract_counted, _safe_extract
@@ -91,19 +93,7 @@ def test_supervisor_errors_map_to_types() -> None:
 
 
 def _tar(name: str, *, link: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        ok = tarfile.TarInfo("fine.txt")
-        ok.size = 2
-        tar.addfile(ok, io.BytesIO(b"ok"))
-        info = tarfile.TarInfo(name)
-        if link is None:
-            info.size = 1
-            tar.addfile(info, io.BytesIO(b"x"))
-        else:
-            info.type, info.linkname = tarfile.SYMTYPE, link
-            tar.addfile(info)
-    return buf.getvalue()
+    return tar_of(("fine.txt", "file", b"ok"), (name, "file", b"x") if link is None else (name, "link", link))
 
 
 @pytest.mark.parametrize(
@@ -117,21 +107,12 @@ def test_downloads_from_a_hostile_sandbox_cannot_write_outside(tmp_path, name: s
 
 
 def _tar_links(*links: tuple[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for d in ("ws", "ws/docs", "ws/.venv", "ws/.venv/bin"):
-            info = tarfile.TarInfo(d)
-            info.type = tarfile.DIRTYPE
-            tar.addfile(info)
-        for name, data in (("ws/README.md", b"hi"), ("ws/result.txt", b"important")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, target in links:
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
-    return buf.getvalue()
+    return tar_of(
+        *[(d, "dir", None) for d in ("ws", "ws/docs", "ws/.venv", "ws/.venv/bin")],
+        ("ws/README.md", "file", b"hi"),
+        ("ws/result.txt", "file", b"important"),
+        *[(name, "link", target) for name, target in links],
+    )
 
 
 def test_a_download_keeps_links_inside_and_skips_links_leaving(tmp_path) -> None:
@@ -151,33 +132,13 @@ def test_a_download_keeps_links_inside_and_skips_links_leaving(tmp_path) -> None
     assert paths == [str(dest / "ws")]
 
 
-def _tar_entries(*entries: tuple[str, str, str | bytes]) -> bytes:
-    """An archive of (name, kind, payload) entries in this order: kind "dir", "file" (payload: its bytes)
-    or "link" (payload: its target)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, kind, payload in entries:
-            info = tarfile.TarInfo(name)
-            if kind == "dir":
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif kind == "link":
-                info.type, info.linkname = tarfile.SYMTYPE, str(payload)
-                tar.addfile(info)
-            else:
-                data = payload if isinstance(payload, bytes) else payload.encode()
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_links_are_judged_against_the_folder_copied_back_not_the_destination(tmp_path) -> None:
     """`ws/notes.md -> ../other/secrets.env` stays inside DIR but leaves DIR/ws, the folder being copied
     back; and `ws/l -> ..` once carried `ws/l/other/planted.txt` into the operator's DIR/other."""
     dest = tmp_path / "dest"
     (dest / "other").mkdir(parents=True)
     (dest / "other" / "secrets.env").write_text("KEY=1\n")
-    data = _tar_entries(
+    data = tar_of(
         ("ws", "dir", ""),
         ("ws/README.md", "file", "hi"),
         ("ws/notes.md", "link", "../other/secrets.env"),
@@ -202,16 +163,14 @@ def test_an_archive_with_a_second_top_level_entry_is_refused_whole(tmp_path) -> 
 
     dest = tmp_path / "dest"
     (dest / "other").mkdir(parents=True)
-    data = _tar_entries(
-        ("ws", "dir", ""), ("ws/a", "file", "a"), ("other", "dir", ""), ("other/x", "file", "x")
-    )
+    data = tar_of(("ws", "dir", ""), ("ws/a", "file", "a"), ("other", "dir", ""), ("other/x", "file", "x"))
     with pytest.raises(
         UnsafeArchive,
         match="'other' is not under 'ws', the one file or folder downloaded; nothing was written",
     ):
         _extract_counted(data, dest, 1 << 20)
     with pytest.raises(UnsafeArchive, match="'ws' is not under 'workspace'"):
-        _extract_counted(_tar_entries(("ws", "dir", "")), dest, 1 << 20, top="workspace")
+        _extract_counted(tar_of(("ws", "dir", "")), dest, 1 << 20, top="workspace")
     assert sorted(p.name for p in dest.iterdir()) == ["other"] and list((dest / "other").iterdir()) == []
 
 
@@ -241,17 +200,8 @@ def test_an_archive_that_reads_as_other_entries_than_were_sent_is_refused(tmp_pa
         _extract_counted(data, dest, 1 << 20, entries=2)
     assert list(dest.iterdir()) == []
     # As the supervisor writes one: all it sent, and zeros after the end.
-    _extract_counted(_tar_entries(("ws", "dir", ""), ("ws/a", "file", "a")), dest, 1 << 20, entries=2)
+    _extract_counted(tar_of(("ws", "dir", ""), ("ws/a", "file", "a")), dest, 1 << 20, entries=2)
     assert (dest / "ws" / "a").read_text() == "a"
-
-
-def _host_git(folder, home, *args: str):
-    """git as the operator runs it in the copy: no system or global config of this machine's."""
-    import os
-    import subprocess
-
-    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
-    return subprocess.run(["git", *args], cwd=folder, env=env, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("how", ["made as a parent", "written through a link"])
@@ -268,10 +218,10 @@ def test_a_bare_repository_is_told_from_the_disk_not_from_the_names(tmp_path, ho
         entries.append(("ws/a/objects/info", "dir", ""))
     else:
         entries += [("ws/b", "link", "a"), ("ws/b/objects", "dir", "")]
-    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20, entries=len(entries))
+    done = _extract_counted(tar_of(*entries), tmp_path / "dest", 1 << 20, entries=len(entries))
     a = tmp_path / "dest" / "ws" / "a"
     assert (a / "objects").is_dir()
-    _host_git(a, tmp_path, "status")
+    host_git(a, tmp_path, "status")
     assert not marker.exists()
     assert done.git_left_out == [] and (a / "config").read_text() == '[core]\n\tbare = "false"\n'
     assert done.git_settings == [
@@ -305,7 +255,7 @@ def test_git_folders_lose_what_git_runs_commands_from_whatever_the_names_said(tm
         ("ws/hooks/x", "file", "not git's either"),
     )
     dest = tmp_path / "dest"
-    done = _extract_counted(_tar_entries(*entries), dest, 1 << 20)
+    done = _extract_counted(tar_of(*entries), dest, 1 << 20)
     assert sorted(done.git_left_out) == [
         "ws/.git/commondir",
         "ws/.git/hooks",
@@ -339,7 +289,7 @@ def test_only_what_the_copy_back_wrote_leaves_a_git_folder_that_was_there(tmp_pa
         ("ws/.git/hooks/post-checkout", "file", "#!/bin/sh\ntouch /tmp/x\n"),
         ("ws/.git/sequencer/todo", "file", "exec touch /tmp/x\n"),
     )
-    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
+    done = _extract_counted(tar_of(*entries), tmp_path / "dest", 1 << 20)
     assert sorted(done.git_left_out) == ["ws/.git/hooks/post-checkout", "ws/.git/sequencer/"]
     assert sorted(p.name for p in git.iterdir()) == ["config", "hooks"]
     assert [p.name for p in (git / "hooks").iterdir()] == ["pre-commit"]
@@ -360,7 +310,7 @@ def test_old_style_remote_files_the_copy_back_wrote_are_left_out_and_named(tmp_p
         ("ws/.git/branches/up", "file", "/up.git#release\n"),
         ("ws/nested/BRANCHES/x", "file", "no git folder around it"),
     )
-    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
+    done = _extract_counted(tar_of(*entries), tmp_path / "dest", 1 << 20)
     assert done.git_left_out == []
     assert done.git_settings == [
         f"ws/.git/branches/: left out: {LEGACY_WHY}: up",
@@ -381,7 +331,7 @@ def test_past_a_bound_of_nested_repositories_configs_are_left_out_not_each_read_
     for i in range(count):
         entries.append((f"ws/r{i:03d}/.git/HEAD", "file", "ref: refs/heads/main\n"))
         entries.append((f"ws/r{i:03d}/.git/config", "file", '[remote "origin"]\n\turl = https://x/r.git\n'))
-    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
+    done = _extract_counted(tar_of(*entries), tmp_path / "dest", 1 << 20)
     kept = sorted((tmp_path / "dest" / "ws").glob("r*/.git/config"))
     assert len(kept) == MAX_REBUILT_CONFIGS
     assert all("https://x/r.git" in p.read_text() for p in kept)
@@ -445,7 +395,7 @@ def test_the_checks_before_anything_is_written_are_under_the_deadline_too(tmp_pa
     """The first pass over the members (names, links, what is on disk) ran before any deadline check, at a
     cost that grew with each entry's depth: a legal 1,900-level tree ran 20 times its timeout. Past the
     deadline it now stops there too: here before it reaches the entry it would refuse."""
-    data = _tar_entries(*[(f"ws/f{i}", "file", "x") for i in range(200)], ("ws/../escape", "file", "x"))
+    data = tar_of(*[(f"ws/f{i}", "file", "x") for i in range(200)], ("ws/../escape", "file", "x"))
     with pytest.raises(UnsafeArchive, match="took more than 0s; nothing was written"):
         _extract_counted(data, tmp_path / "dest", 1 << 20, timeout=0)
     with pytest.raises(UnsafeArchive, match=r"`\.\.` in the path"):
@@ -461,12 +411,12 @@ def test_names_and_links_through_the_operators_own_links_are_judged_on_disk(tmp_
     (dest / "ws").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
     (dest / "ws" / "mine").symlink_to(tmp_path / "elsewhere")
-    through = _tar_entries(("ws", "dir", ""), ("ws/a", "file", "a"), ("ws/mine/planted", "file", "x"))
+    through = tar_of(("ws", "dir", ""), ("ws/a", "file", "a"), ("ws/mine/planted", "file", "x"))
     with pytest.raises(
         UnsafeArchive, match=r"'ws/mine/planted' would be extracted to .*outside the destination"
     ):
         _extract_counted(through, dest, 1 << 20)
-    links = _tar_entries(
+    links = tar_of(
         ("ws/deep/er", "dir", ""),
         ("ws/deep/er/l", "link", "../../mine/x"),
         ("ws/deep/er/k", "link", "../../a"),
@@ -594,7 +544,7 @@ def test_without_git_on_the_host_a_config_is_left_out(tmp_path, monkeypatch) -> 
     """Nothing can read it without running anything: it is removed and named."""
     monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
     entries = (("ws/.git/HEAD", "file", "ref: refs/heads/main\n"), ("ws/.git/config", "file", "[core]\n"))
-    done = _extract_counted(_tar_entries(*entries), tmp_path / "dest", 1 << 20)
+    done = _extract_counted(tar_of(*entries), tmp_path / "dest", 1 << 20)
     assert done.git_left_out == ["ws/.git/config"] and done.git_settings == []
     assert [p.name for p in (tmp_path / "dest" / "ws" / ".git").iterdir()] == ["HEAD"]
 
@@ -618,7 +568,7 @@ def test_a_config_too_large_or_with_too_many_settings_is_left_out_before_git_rea
             (f"ws/{name}/.git/config", "file", config),
         ]
     dest = tmp_path / "dest"
-    done = _extract_counted(_tar_entries(*entries), dest, 64 << 20, 2.0, top="ws", entries=len(entries))
+    done = _extract_counted(tar_of(*entries), dest, 64 << 20, 2.0, top="ws", entries=len(entries))
     assert done.git_left_out == ["ws/big/.git/config", "ws/many/.git/config", "ws/wide/.git/config"]
     assert done.git_settings == [
         f"ws/big/.git/config: left out: {len(big)} bytes, over the {MAX_CONFIG_BYTES} a config copied back may hold",
@@ -718,14 +668,14 @@ def test_a_backslash_is_an_ordinary_character_in_a_downloaded_name(tmp_path) -> 
     operator's DIR. Names are now split on `/` only, as the disk does: that is a second top-level entry,
     and the archive is refused; inside the copy such names are plain names, `..` in them too."""
     dest = tmp_path / "dest"
-    forged = _tar_entries(
+    forged = tar_of(
         ("ws", "dir", ""), ("ws/README.md", "file", "hi\n"), ("ws\\notes.sh", "file", "echo planted\n"),
         ("ws\\.git", "dir", ""),
     )  # fmt: skip
     with pytest.raises(UnsafeArchive, match=r"'ws\\\\notes.sh' is not under 'ws'.*nothing was written"):
         _extract_counted(forged, dest, 1 << 20, top="ws", entries=4)
     assert list(dest.iterdir()) == []
-    odd = _tar_entries(
+    odd = tar_of(
         ("ws", "dir", ""), ("ws/a\\..", "file", "1"), ("ws/b\\..\\..\\c", "file", "2"), ("ws/l", "link", "a\\.."),
     )  # fmt: skip
     done = _extract_counted(odd, dest, 1 << 20, top="ws", entries=4)
@@ -755,7 +705,7 @@ def test_entries_whose_host_path_would_be_too_long_are_left_out_and_named_not_th
         (f"ws/{'o' * 300}/inner", "file", "under a long name"), ("ws/far", "link", "t" * 4096),
     ]  # fmt: skip
     assert len(os.fsencode(str(dest / "ws" / fits))) == 4095
-    done = _extract_counted(_tar_entries(*entries), dest, 1 << 20, top="ws", entries=len(entries))
+    done = _extract_counted(tar_of(*entries), dest, 1 << 20, top="ws", entries=len(entries))
     assert (dest / "ws" / "important.txt").read_text() == "keep"
     assert (dest / "ws" / fits).read_text() == "fits" and (dest / "ws" / ("m" * 255)).read_text() == "255"
     assert sorted(os.listdir(dest / "ws")) == sorted(["important.txt", "d" * 50, "m" * 255])

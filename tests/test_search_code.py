@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 from collections.abc import AsyncIterator
 
 import pytest
+from tar_builder import tar_of
 
 from qwq_agent.protocols import ToolContext
 from qwq_agent.tools.search_code import SearchCode, SearchCodeArgs
@@ -20,24 +19,13 @@ FILES: dict[str, bytes] = {
 }
 
 
-def tarball(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 @pytest.fixture
 async def sandbox(sandbox_image: str) -> AsyncIterator[object]:
     """A fresh sandbox (image from the conftest's `sandbox_image`) holding FILES in /workspace."""
     from qwq_agent.sandbox import DockerSandbox, SandboxConfig
 
     async with DockerSandbox.create(SandboxConfig(image=sandbox_image)) as sb:
-        await sb.upload_archive(tarball(FILES), "/workspace")
+        await sb.upload_archive(tar_of(*[(name, "file", data) for name, data in FILES.items()]), "/workspace")
         yield sb
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from router_helpers import gone
+from router_helpers import READY_POLL_S, gone
 
 from qwq_agent.cli.main import main
 from qwq_agent.serve import (
@@ -99,7 +99,7 @@ def test_waits_for_health_then_reports_capacity_and_stops(tmp_path):
     )
     server.start()
     try:
-        info = server.wait_ready(timeout=60, poll_interval=0.05)
+        info = server.wait_ready(timeout=60, poll_interval=READY_POLL_S)
         assert info.max_total_num_tokens == 4242 and info.model == "Qwen/QwQ-32B"
         assert info.url == f"http://127.0.0.1:{port}"
     finally:
@@ -118,7 +118,7 @@ def test_a_server_that_exits_shows_its_log(tmp_path):
     server.start()
     try:
         with pytest.raises(ServerExited) as info:
-            server.wait_ready(timeout=60, poll_interval=0.05)
+            server.wait_ready(timeout=60, poll_interval=READY_POLL_S)
     finally:
         server.stop(grace=10)
     assert "crashing on purpose" in info.value.log_tail and "status 3" in str(info.value)
@@ -334,7 +334,7 @@ def test_an_interrupted_fleet_stop_still_kills_every_worker(tmp_path):
     previous = signal.signal(signal.SIGALRM, second_ctrl_c)
     try:
         for worker in fleet.workers:
-            worker.wait_ready(timeout=60, poll_interval=0.05)
+            worker.wait_ready(timeout=60, poll_interval=READY_POLL_S)
         signal.setitimer(signal.ITIMER_REAL, 0.3)  # lands in worker 0's 60 s grace
         with pytest.raises(KeyboardInterrupt):
             fleet.stop(grace=60)
@@ -357,7 +357,7 @@ def test_the_server_stops_when_its_parent_is_killed(tmp_path):
         f"server = ServerProcess({[*SCRIPTED, '--port', str(port)]!r}, {f'http://127.0.0.1:{port}'!r}, "
         f"{str(tmp_path / 'log')!r})\n"
         "server.start()\n"
-        "server.wait_ready(timeout=60, poll_interval=0.05)\n"
+        f"server.wait_ready(timeout=60, poll_interval={READY_POLL_S})\n"
         "print(server.pid, flush=True)\n"
         "sys.stdin.read()\n"
     )

@@ -25,7 +25,14 @@ from pathlib import Path
 import httpx
 import pytest
 from pid_reuse import start_with_pid
-from router_helpers import SCRIPTED, free_ports, gone, sigint_as_a_terminal_sends_it, stop_serve_cli
+from router_helpers import (
+    READY_POLL_S,
+    SCRIPTED,
+    free_ports,
+    gone,
+    sigint_as_a_terminal_sends_it,
+    stop_serve_cli,
+)
 
 from qwq_agent.cli.serve_dp import last_log_line
 from qwq_agent.serve import ServeConfig, ServerExited, ServerProcess, launcher
@@ -253,7 +260,7 @@ def test_a_hung_server_is_killed_when_its_parent_is_sigkilled(tmp_path):
         "from qwq_agent.serve import ServerProcess\n"
         f"server = ServerProcess({[*STUBBORN, str(port)]!r}, 'http://127.0.0.1:{port}', {str(tmp_path / 'log')!r})\n"
         "server.start()\n"
-        "server.wait_ready(timeout=60, poll_interval=0.05)\n"
+        f"server.wait_ready(timeout=60, poll_interval={READY_POLL_S})\n"
         "print(server.pid, server.watchdog.pid, flush=True)\n"
         "sys.stdin.read()\n"
     )
@@ -285,7 +292,7 @@ def test_a_stopped_server_leaves_no_watchdog(tmp_path):
     server = ServerProcess([*STUBBORN, str(port)], f"http://127.0.0.1:{port}", tmp_path / "log")
     server.start()
     try:
-        server.wait_ready(timeout=60, poll_interval=0.05)
+        server.wait_ready(timeout=60, poll_interval=READY_POLL_S)
         assert server.watchdog is not None and server.watchdog.poll() is None
         server.stop(grace=0.5)  # ignores the SIGTERM: killed after the grace
     finally:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from git_repo import git
 
 from qwq_agent.testing.scripted_server import ScriptedModelServer
 
@@ -26,17 +27,6 @@ CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
 
 def call(name: str, **arguments: object) -> str:
     return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
-
-
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.name=Dev", "-c", "user.email=dev@example.com", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return done.stdout
 
 
 def left_out_warnings(trace: Path) -> list[dict]:

@@ -49,7 +49,7 @@ class CliError(Exception):
         sequence in it must not reach the terminal as one."""
         from qwq_agent.cli.safe_text import safe
 
-        head = f"qwq-agent {command}: {self.what}".rstrip()
+        head = f"{' '.join(filter(None, ('qwq-agent', command)))}: {self.what}".rstrip()
         return safe(f"{head}\n  fix: {self.fix}" if self.fix else head)
 
 
@@ -273,6 +273,15 @@ def quiet_stdout() -> None:
     it, the exit prints "Exception ignored ... BrokenPipeError" after our own message.
     """
     _to_devnull(sys.stdout)
+
+
+def closed_stdout(lost: str = "what this command prints") -> CliError:
+    """The error for a command started with stdout closed: `lost` (its output, the help) would be lost."""
+    return CliError(
+        f"standard output is closed: {lost} would be lost",
+        "run it with stdout open (redirect it to a file, or to /dev/null to drop it)",
+        code=EXIT_OUTPUT,
+    )
 
 
 def _to_devnull(stream: TextIO) -> None:

@@ -41,16 +41,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qwq_agent.cli.arg_parser import CliParser, VersionAction
     from qwq_agent.settings import env_help
 
-    parser = argparse.ArgumentParser(
+    # CliParser: help, version and usage errors with stdout or stderr closed (sub-parsers inherit it).
+    parser = CliParser(
         prog="qwq-agent",
         description=__doc__.splitlines()[0],
         epilog=env_help(),
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    parser.add_argument("--version", action="version", version=f"qwq-agent {__version__}")
+    parser.add_argument("--version", action=VersionAction, version=f"qwq-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         module_name = f"qwq_agent.cli.{name}_cmd"
@@ -103,8 +105,15 @@ def main(argv: list[str] | None = None) -> int:
 
     name_stream_errors()  # a failed write to stdout (a full disk) says it was stdout's
     tolerate_unencodable()  # a character the terminal's encoding lacks is shown as "?", never fatal
-    with _sigint_noted() as interrupted:
-        args = build_parser().parse_args(argv)
+    from qwq_agent.cli.arg_parser import ClosedOutput
+
+    try:
+        with _sigint_noted() as interrupted:
+            args = build_parser().parse_args(argv)
+    except ClosedOutput as exc:  # --help or --version with stdout closed
+        from qwq_agent.cli.errors import report
+
+        return report(exc, exc.command, debug=False)
     try:
         if interrupted:
             raise KeyboardInterrupt
@@ -173,17 +182,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _require_stdout(args: argparse.Namespace) -> None:
     """Refuse, before doing anything, a command whose output would go nowhere: stdout is closed."""
-    from qwq_agent.cli.errors import EXIT_OUTPUT, CliError
+    from qwq_agent.cli.errors import closed_stdout
     from qwq_agent.cli.stdio import stdout_is_open
 
     name = command_name(args)
     if stdout_is_open() or (name in RUN_WITHOUT_STDOUT and not getattr(args, "print_command", False)):
         return
-    raise CliError(
-        "standard output is closed: what this command prints would be lost",
-        "run it with stdout open (redirect it to a file, or to /dev/null to drop it)",
-        code=EXIT_OUTPUT,
-    )
+    raise closed_stdout()
 
 
 if __name__ == "__main__":
