@@ -1,8 +1,10 @@
 """Ownership labels on every sandbox container, and the janitor that removes orphans.
 
 A container is an orphan when its owner process is gone (same host, boot and PID namespace; pid dead or
-reused) or its expiry has passed. An owner in another PID namespace (a container sharing the host's
-hostname and Docker socket) has pids this process cannot see: only its expiry tells, as for another host.
+reused) or, where its owner cannot be looked up from here, its expiry has passed: an owner seen alive
+keeps its containers whatever the wall clock says (it can step forward: a VM resumed from suspend). An
+owner in another PID namespace (a container sharing the host's hostname and Docker socket) has pids
+this process cannot see: only its expiry tells, as for another host.
 An owner of the same hostname but another boot id is either this host before a reboot or another machine
 of the same name sharing the engine (ssh://, tcp://), whose live sandboxes must not be touched: only a
 container that has stopped running (a reboot stops them all) or its expiry tells.
@@ -99,25 +101,22 @@ def orphan_reason(labels: dict[str, str], now: float | None = None, state: str |
     """
     now = time.time() if now is None else now
     try:
-        if float(labels.get(L_EXPIRES, "0")) < now:
-            return "expired"
+        expired = "expired" if float(labels.get(L_EXPIRES, "0")) < now else None
     except ValueError:
         return "bad expiry label"
     if labels.get(L_HOST) != HOSTNAME:
-        return None  # another host's process: only its expiry tells
+        return expired  # another host's process: only its expiry tells
     if labels.get(L_BOOT) != BOOT_ID:
         # This host before a reboot, or another machine with the same hostname on a shared engine: the
         # labels cannot tell them apart, and that machine's owner may be alive. A reboot stopped every
         # container of the old boot, so a stopped one is sound proof; a running one is left to expiry.
-        return (
-            "stopped; its owner's host rebooted since (or is another machine)"
-            if state in STOPPED_STATES
-            else None
-        )
+        if state in STOPPED_STATES:
+            return "stopped; its owner's host rebooted since (or is another machine)"
+        return expired
     if not PID_NS or labels.get(L_PIDNS) != PID_NS:
         # Another PID namespace (or an unknown one: labels older than this one) on the same host and boot:
         # its pids are not ours to look up, and a live owner would look dead. Only its expiry tells.
-        return None
+        return expired
     try:
         pid = int(labels.get(L_PID, ""))
     except ValueError:
@@ -125,6 +124,9 @@ def orphan_reason(labels: dict[str, str], now: float | None = None, state: str |
     start = _start_ticks(pid)
     if start is None or (labels.get(L_START) and start != labels[L_START]):
         return "owner process is gone"
+    # The owner lives: the expiry, on the wall clock, is not asked. A clock stepped forward (a VM resumed
+    # from suspend, an NTP correction) would make its sandboxes look expired mid-run; their supervisor
+    # ends them at their lifetime itself (on its monotonic clock) and the owner removes what it owns.
     return None
 
 
