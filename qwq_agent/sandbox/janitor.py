@@ -25,6 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from qwq_agent.process_identity import BOOT_ID, PID_NS
+from qwq_agent.process_identity import start_ticks as _start_ticks
 from qwq_agent.sandbox.errors import SandboxError
 
 log = logging.getLogger(__name__)
@@ -42,35 +44,7 @@ L_PID, L_START, L_BOOT, L_HOST, L_PIDNS, L_EXPIRES, L_CREATED = (
 EXPIRY_GRACE_S = 60.0
 
 
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return "unknown"
-
-
-def _start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot: tells a live owner from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_namespace() -> str:
-    """This process's PID namespace (the inode of /proc/self/ns/pid), or "" when it cannot be read.
-
-    Unique per kernel boot: with the host and boot id it says whose pids `/proc` shows this process.
-    """
-    try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        return ""
-
-
-BOOT_ID, HOSTNAME, PID_NS = _boot_id(), socket.gethostname(), _pid_namespace()
+HOSTNAME = socket.gethostname()
 
 
 def owner_labels(lifetime_s: float) -> dict[str, str]:
