@@ -132,6 +132,15 @@ class Settings(BaseSettings):
         validation_alias=_env("QWQ_SANDBOX_BUILD_WAIT"),
         description="seconds a sandbox image build waits for another process's build to finish",
     )
+    # The document index.
+    index_wait_s: float = Field(
+        60.0,
+        gt=0,
+        le=LONGEST_WAIT_S,
+        allow_inf_nan=False,
+        validation_alias=_env("QWQ_INDEX_WAIT"),
+        description="seconds `qwq-agent index` waits for another process's update of the same index",
+    )
     sandbox_deb_cache: Path | None = Field(
         None,
         validation_alias=_env("QWQ_SANDBOX_DEB_CACHE"),

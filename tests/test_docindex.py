@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,8 @@ from qwq_agent.protocols import ToolContext
 from qwq_agent.tools.search_docs import SearchDocs
 
 CTX = ToolContext()
+# Bounds every wait on another process or thread (none of them takes more than seconds when it works).
+DEADLINE_S = 60.0
 
 GUIDE_MD = """---
 title: ignored front matter mentioning zebra
@@ -456,25 +462,92 @@ def test_cli_index_prints_counts(corpus: Path, tmp_path: Path, capsys: pytest.Ca
     assert main(["index", str(tmp_path / "absent")]) == 2
 
 
-def test_cli_index_of_an_index_another_process_is_updating_says_so_not_rebuild(
-    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import sqlite3
+@contextlib.contextmanager
+def update_held_mid_batch(db: Path, root: Path) -> Iterator[None]:
+    """A real `DocIndex.update` of `db` (in a thread of this process) held inside its first batch: it
+    holds the update lock and SQLite's write lock (its first file inserted, not committed) for the block,
+    as a concurrent `qwq-agent index` extracting a slow PDF does. Let go on the way out; it must end."""
+    import threading
 
-    # SQLITE_BUSY was mapped like any DatabaseError: "cannot be used ... rebuild it with `qwq-agent
-    # index DIR`", the very command that just failed, for an index that is fine.
-    db = tmp_path / "busy.sqlite3"
-    assert main(["index", str(corpus), "--db", str(db)]) == 0
-    capsys.readouterr()
-    writer = sqlite3.connect(db)  # what a concurrent `qwq-agent index` holds while it updates
+    inside, release = threading.Event(), threading.Event()
+    outcome: list[object] = []
+
+    def hold(rel: str) -> None:
+        inside.set()
+        release.wait(DEADLINE_S)
+
+    def first() -> None:
+        try:
+            with DocIndex(db, root) as index:
+                outcome.append(index.update(progress=hold))
+        except BaseException as exc:
+            outcome.append(exc)
+            inside.set()
+
+    worker = threading.Thread(target=first)
+    worker.start()
     try:
-        writer.execute("BEGIN IMMEDIATE")
-        assert main(["index", str(corpus), "--db", str(db)]) == 2  # after SQLite's busy timeout
+        assert inside.wait(DEADLINE_S) and not outcome, outcome
+        yield
     finally:
-        writer.close()
-    err = capsys.readouterr().err
-    assert "another process" in err and "try again" in err and "rebuild" not in err, err
-    assert len(err.strip().splitlines()) == 2, err
+        release.set()
+        worker.join(DEADLINE_S)
+    assert len(outcome) == 1 and isinstance(outcome[0], IndexStats), outcome
+
+
+def index_cli(root: Path, db: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "qwq_agent.cli.main", "index", str(root), "--db", str(db)]
+    env = {k: v for k, v in os.environ.items() if k != "QWQ_INDEX_WAIT"} | (env or {})
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_cli_index_of_an_index_another_process_is_updating_says_so_not_rebuild(
+    corpus: Path, tmp_path: Path
+) -> None:
+    # SQLITE_BUSY was mapped like any DatabaseError: "cannot be used ... rebuild it with `qwq-agent
+    # index DIR`", the very command that just failed, for an index that is fine. And the second update
+    # never got to wait for the first: opening the index wrote to it, and SQLite's 5 s busy timeout
+    # failed it ("database is locked") before it reached the update lock.
+    db = tmp_path / "busy.sqlite3"
+    with update_held_mid_batch(db, corpus):
+        proc = index_cli(corpus, db, {"QWQ_INDEX_WAIT": "0.5"})  # the wait's limit, 60 s by default
+        try:
+            out, err = proc.communicate(timeout=DEADLINE_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    lines = err.strip().splitlines()
+    assert lines[0] == (
+        f"another process (pid {os.getpid()}) is updating {db}; waiting for it to end (at most 0.5 s)"
+    ), err
+    assert proc.returncode == 2, (out, err)
+    assert f"another process (pid {os.getpid()}) is updating {db}" in lines[1], err
+    assert "try again" in err and "rebuild" not in err and "Traceback" not in err, err
+    assert len(lines) == 3, err
+
+
+def test_cli_index_waits_for_an_update_inside_its_batch_and_then_runs(corpus: Path, tmp_path: Path) -> None:
+    # Two overlapping cron jobs: the second must queue behind the first, not fail on SQLite's lock.
+    db = tmp_path / "shared.sqlite3"
+    with update_held_mid_batch(db, corpus):
+        proc = index_cli(corpus, db)
+        try:
+            assert proc.stderr is not None
+            said = proc.stderr.readline()  # printed once it found the update running: then it goes on
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    try:
+        out, err = proc.communicate(timeout=DEADLINE_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert f"another process (pid {os.getpid()}) is updating {db}; waiting" in said, said + err
+    assert proc.returncode == 0, said + err
+    assert out.startswith("added 0, updated 0, removed 0, unchanged 4"), out
 
 
 def test_an_update_waits_for_one_in_progress_instead_of_clashing_with_its_batches(tmp_path: Path) -> None:

@@ -285,3 +285,61 @@ def test_sigterm_while_runs_build_waits_for_the_lock_stops_the_wait(
     assert "Traceback" not in out + err
     assert "SIGTERM: stopped before the run started; no trace was written" in out, (out, err)
     assert not (tmp_path / "standin/started").exists()  # it never went on to build
+
+
+def test_a_sigkilled_build_leaves_nothing_running_and_the_next_build_removes_only_its_folder(
+    env: dict[str, str], tmp_path: Path, reaper: list[int]
+) -> None:
+    # SIGKILL (the OOM killer, `kill -9`, a CI job's timeout) runs no clean-up: mmdebstrap, in a session
+    # of its own, went on unowned, and its `qwq-image-*` folder stayed for good; the next build took the
+    # freed lock and started a second mmdebstrap beside the first.
+    def started(name: str) -> tuple[Path, list[int]]:
+        path = tmp_path / name / "started"
+        tarball, *pids = path.read_text().split()
+        reaper.extend(int(p) for p in pids)
+        return Path(tarball).parent, [int(p) for p in pids]
+
+    for name in ("killed", "live"):
+        (tmp_path / name).mkdir()
+    killed = start_build(env | {"STANDIN_DIR": str(tmp_path / "killed")}, tmp_path)
+    # Another build at the same time, of another cache (another user's, or a CI job's own): another
+    # lock, the same $TMPDIR. It is alive: its folder must stay.
+    live = start_build(
+        env | {"STANDIN_DIR": str(tmp_path / "live"), "XDG_CACHE_HOME": str(tmp_path / "cache-live")},
+        tmp_path,
+    )
+    try:
+        for name, proc in (("killed", killed), ("live", live)):
+            done = tmp_path / name / "started"
+            wait_for(lambda done=done, proc=proc: done.exists() or proc.poll() is not None, name)
+            assert proc.poll() is None, proc.communicate()
+        killed_dir, killed_pids = started("killed")
+        live_dir, live_pids = started("live")
+        killed.kill()
+        killed.communicate()
+        wait_for(lambda: not any(alive(p) for p in killed_pids), "the killed build's processes to end")
+        assert killed_dir.is_dir()  # nothing of the killed build could remove it
+
+        after = subprocess.run(
+            [sys.executable, "-m", "qwq_agent.cli.main", "sandbox", "build"],
+            capture_output=True,
+            text=True,
+            env=env | {"STANDIN_FAIL": "1"},  # a build that gets that far fails at once
+            cwd=tmp_path,
+            timeout=DEADLINE_S,
+        )
+        assert "E: stand-in failed as told" in after.stdout, (after.stdout, after.stderr)
+        assert not killed_dir.exists(), "the next build left the killed build's folder"
+        assert f"removed {killed_dir}" in after.stdout, after.stdout
+        assert live_dir.is_dir() and all(alive(p) for p in live_pids), "a live build's folder was removed"
+        assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == [live_dir.name]
+    finally:
+        for proc in (killed, live):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # stops its mmdebstrap and removes its folder
+                try:
+                    proc.communicate(timeout=DEADLINE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+    assert list((tmp_path / "tmp").iterdir()) == []

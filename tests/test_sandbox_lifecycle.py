@@ -108,7 +108,8 @@ async def test_janitor_removes_orphans_and_keeps_live_ones(sandbox_image: str) -
     )
     dead_pid = dead.stdout.strip()
     orphan_labels = {**janitor.owner_labels(3600), janitor.L_PID: dead_pid, janitor.L_START: "1"}
-    expired_labels = {**janitor.owner_labels(3600), janitor.L_EXPIRES: "1000"}
+    # Another host's owner cannot be looked up from here: its expiry alone tells.
+    expired_labels = {**janitor.owner_labels(3600), janitor.L_HOST: "elsewhere", janitor.L_EXPIRES: "1000"}
     live_labels = janitor.owner_labels(3600)
     assert janitor.orphan_reason(orphan_labels) == "owner process is gone"
     assert janitor.orphan_reason(expired_labels) == "expired"
@@ -126,6 +127,48 @@ async def test_janitor_removes_orphans_and_keeps_live_ones(sandbox_image: str) -
         assert listed[ids[2][:12]].orphan is None and listed[ids[2][:12]].owner_pid == os.getpid()
     finally:
         for cid in ids:
+            await engine.remove(cid)
+
+
+# Serial: once its owner is gone, any other test process's janitor may remove the container first.
+@pytest.mark.serial
+async def test_janitor_keeps_a_live_owners_sandbox_past_its_expiry_and_removes_it_once_the_owner_dies(
+    sandbox_image: str,
+) -> None:
+    # A wall clock that jumps forward (a VM resumed from suspend, an NTP step) puts every expiry label in
+    # the past: another process's janitor removed the live sandboxes of an owner it could see was alive.
+    owner = await asyncio.to_thread(
+        subprocess.Popen,
+        [
+            sys.executable,
+            "-c",
+            "import json, sys; from qwq_agent.sandbox import janitor; "
+            "print(json.dumps(janitor.owner_labels(3600)), flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    engine = DockerEngine()
+    cid = None
+    try:
+        assert owner.stdout is not None
+        labels = json.loads(await asyncio.to_thread(owner.stdout.readline))
+        assert labels[janitor.L_PID] == str(owner.pid)
+        labels[janitor.L_EXPIRES] = "1000"  # long past, as the stepped clock has it
+        cid = await _container_with(engine, sandbox_image, labels)
+        assert janitor.orphan_reason(labels) is None
+        removed = await asyncio.to_thread(janitor.prune)  # this process's janitor: not the owner
+        assert cid[:12] not in {r.id for r in removed} and not await gone(engine, cid)
+        owner.communicate(timeout=60)  # the owner ends: now its sandbox is an orphan
+        assert janitor.orphan_reason(labels) == "owner process is gone"
+        await asyncio.to_thread(janitor.prune)
+        assert await gone(engine, cid)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if cid is not None and not await gone(engine, cid):
             await engine.remove(cid)
 
 

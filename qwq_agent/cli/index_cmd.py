@@ -45,24 +45,29 @@ def _index(args: argparse.Namespace, db: Path, root: Path) -> None:
     """Build or refresh the index `db` of `root` and print what changed (and `--query`'s hits)."""
     from qwq_agent.cli.errors import CliError
     from qwq_agent.docindex import DocIndex, QuerySyntaxError
-    from qwq_agent.docindex.update_lock import UPDATE_WAIT_S
+    from qwq_agent.docindex.store import OtherRoot
+    from qwq_agent.settings import get_settings
     from qwq_agent.tools.search_docs import format_hits
 
+    wait_s = get_settings().index_wait_s
     try:
         index = DocIndex(db, root)
-    except ValueError as exc:  # the file indexes another folder
+    except OtherRoot as exc:
         raise CliError(str(exc), "pass another --db, or delete that file to re-index") from None
 
     def waiting(pid: int | None) -> None:
         who = f" (pid {pid})" if pid is not None else ""
         print(
-            f"another process{who} is updating {db}; waiting for it to end (at most {UPDATE_WAIT_S:g} s)",
+            f"another process{who} is updating {db}; waiting for it to end (at most {wait_s:g} s)",
             file=sys.stderr,
             flush=True,
         )
 
     with index:
-        stats = index.update(on_wait=waiting)
+        try:
+            stats = index.update(on_wait=waiting, wait_s=wait_s)
+        except OtherRoot as exc:  # the update it waited for indexed another folder into the file
+            raise CliError(str(exc), "pass another --db, or delete that file to re-index") from None
         if args.json:
             print(json.dumps(stats.model_dump() | {"db": str(db), "files": index.file_count()}))
         else:

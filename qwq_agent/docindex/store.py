@@ -83,6 +83,10 @@ class QuerySyntaxError(ValueError):
     """An FTS5 query the engine could not parse; the message says how to fix it."""
 
 
+class OtherRoot(ValueError):
+    """The index file holds the documents of another folder than the one it was asked to index."""
+
+
 class IndexStats(BaseModel):
     """What one `update` did."""
 
@@ -144,14 +148,26 @@ class DocIndex:
         self.conn.executescript(_SCHEMA)
         stored_root = self._meta("root")
         if root is not None:
-            resolved = str(Path(root).resolve())
-            if stored_root and stored_root != resolved and self.file_count():
-                raise ValueError(f"{self.db_path} indexes {stored_root}, not {resolved}; use another --db")
-            self._set_meta("root", resolved)
+            stored_root = str(Path(root).resolve())
+            self._claim_root(stored_root)
+        self.root = Path(stored_root) if stored_root else None
+
+    def _claim_root(self, root: str) -> None:
+        """Record `root` (and the schema) as this index's, writing only what differs; `OtherRoot` when
+        the index holds another folder's files.
+
+        Opening an index that already says so writes nothing: a write waits on SQLite's lock, which an
+        update in progress holds for a whole batch, and fails after the busy timeout; it would fail
+        before `update` reaches the update lock, where a second updater waits its turn. `update` claims
+        the root again under that lock, where no other update can have claimed it meanwhile.
+        """
+        stored = self._meta("root")
+        if stored and stored != root and self.file_count():
+            raise OtherRoot(f"{self.db_path} indexes {stored}, not {root}; use another --db")
+        if stored != root or self._meta("schema") != SCHEMA_VERSION:
+            self._set_meta("root", root)
             self._set_meta("schema", SCHEMA_VERSION)
             self.conn.commit()
-            stored_root = resolved
-        self.root = Path(stored_root) if stored_root else None
 
     @classmethod
     def open_existing(cls, db_path: str | os.PathLike[str]) -> DocIndex:
@@ -203,11 +219,13 @@ class DocIndex:
         One update runs at a time per index file (`update_lock`): while another process updates it,
         `on_wait(its pid or None)` is called once and this waits at most `wait_s` seconds for it, then
         raises `IndexBusy`. Run alongside, the second read the index before the first's batches were
-        committed and then inserted the same files again.
+        committed and then inserted the same files again. `OtherRoot` when the update waited for was
+        another folder's, which claimed the file meanwhile.
         """
         if self.root is None:
             raise ValueError("this index has no root directory; open it with DocIndex(db, root)")
         with update_lock(self.db_path, wait_s, on_wait):
+            self._claim_root(str(self.root))
             self.conn.execute("PRAGMA journal_mode = WAL")
             try:
                 return self._update(progress, batch)

@@ -1,8 +1,10 @@
 """Ownership labels on every sandbox container, and the janitor that removes orphans.
 
 A container is an orphan when its owner process is gone (same host, boot and PID namespace; pid dead or
-reused) or its expiry has passed. An owner in another PID namespace (a container sharing the host's
-hostname and Docker socket) has pids this process cannot see: only its expiry tells, as for another host.
+reused) or, where its owner cannot be looked up from here, its expiry has passed: an owner seen alive
+keeps its containers whatever the wall clock says (it can step forward: a VM resumed from suspend). An
+owner in another PID namespace (a container sharing the host's hostname and Docker socket) has pids
+this process cannot see: only its expiry tells, as for another host.
 An owner of the same hostname but another boot id is either this host before a reboot or another machine
 of the same name sharing the engine (ssh://, tcp://), whose live sandboxes must not be touched: only a
 container that has stopped running (a reboot stops them all) or its expiry tells.
@@ -23,6 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from qwq_agent.process_identity import BOOT_ID, PID_NS
+from qwq_agent.process_identity import start_ticks as _start_ticks
 from qwq_agent.sandbox.errors import SandboxError
 
 log = logging.getLogger(__name__)
@@ -40,35 +44,7 @@ L_PID, L_START, L_BOOT, L_HOST, L_PIDNS, L_EXPIRES, L_CREATED = (
 EXPIRY_GRACE_S = 60.0
 
 
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return "unknown"
-
-
-def _start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot: tells a live owner from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_namespace() -> str:
-    """This process's PID namespace (the inode of /proc/self/ns/pid), or "" when it cannot be read.
-
-    Unique per kernel boot: with the host and boot id it says whose pids `/proc` shows this process.
-    """
-    try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        return ""
-
-
-BOOT_ID, HOSTNAME, PID_NS = _boot_id(), socket.gethostname(), _pid_namespace()
+HOSTNAME = socket.gethostname()
 
 
 def owner_labels(lifetime_s: float) -> dict[str, str]:
@@ -99,25 +75,22 @@ def orphan_reason(labels: dict[str, str], now: float | None = None, state: str |
     """
     now = time.time() if now is None else now
     try:
-        if float(labels.get(L_EXPIRES, "0")) < now:
-            return "expired"
+        expired = "expired" if float(labels.get(L_EXPIRES, "0")) < now else None
     except ValueError:
         return "bad expiry label"
     if labels.get(L_HOST) != HOSTNAME:
-        return None  # another host's process: only its expiry tells
+        return expired  # another host's process: only its expiry tells
     if labels.get(L_BOOT) != BOOT_ID:
         # This host before a reboot, or another machine with the same hostname on a shared engine: the
         # labels cannot tell them apart, and that machine's owner may be alive. A reboot stopped every
         # container of the old boot, so a stopped one is sound proof; a running one is left to expiry.
-        return (
-            "stopped; its owner's host rebooted since (or is another machine)"
-            if state in STOPPED_STATES
-            else None
-        )
+        if state in STOPPED_STATES:
+            return "stopped; its owner's host rebooted since (or is another machine)"
+        return expired
     if not PID_NS or labels.get(L_PIDNS) != PID_NS:
         # Another PID namespace (or an unknown one: labels older than this one) on the same host and boot:
         # its pids are not ours to look up, and a live owner would look dead. Only its expiry tells.
-        return None
+        return expired
     try:
         pid = int(labels.get(L_PID, ""))
     except ValueError:
@@ -125,6 +98,9 @@ def orphan_reason(labels: dict[str, str], now: float | None = None, state: str |
     start = _start_ticks(pid)
     if start is None or (labels.get(L_START) and start != labels[L_START]):
         return "owner process is gone"
+    # The owner lives: the expiry, on the wall clock, is not asked. A clock stepped forward (a VM resumed
+    # from suspend, an NTP correction) would make its sandboxes look expired mid-run; their supervisor
+    # ends them at their lifetime itself (on its monotonic clock) and the owner removes what it owns.
     return None
 
 

@@ -15,6 +15,7 @@ from typing import IO
 import docker
 
 from qwq_agent.sandbox.connector import Connector
+from qwq_agent.sandbox.image.build_dir import remove_abandoned
 from qwq_agent.sandbox.image.debian import build_base
 from qwq_agent.sandbox.image.errors import BuildLockTimeout, BuildStopped, ImageBuildError
 from qwq_agent.sandbox.image.final import build_final
@@ -108,6 +109,7 @@ def build_image(
             return BuildResult(tag, False, log.elapsed, _size(client, tag), None)
         # Several test sessions may ask at once; one builds, the others find the tag afterwards.
         with _build_lock(log, stop):
+            remove_abandoned(log)  # what a build that was killed left (its processes: its watchdog's)
             if not force and image_exists(tag, client):
                 log(f"{tag} was built by another process meanwhile")
                 return BuildResult(tag, False, log.elapsed, _size(client, tag), None)

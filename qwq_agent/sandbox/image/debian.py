@@ -6,20 +6,23 @@ No registry is needed: the root filesystem comes from the Debian mirrors over ap
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import queue
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 import docker
 
+from qwq_agent.group_watchdog import GroupWatchdog
 from qwq_agent.process_group import group_lives
+from qwq_agent.sandbox.image.build_dir import build_dir
 from qwq_agent.sandbox.image.errors import BuildStopped, ImageBuildError
 from qwq_agent.sandbox.image.progress import Stopwatch
 from qwq_agent.sandbox.image.recipe import HASH_LABEL, LABEL, Recipe
@@ -85,8 +88,8 @@ def build_base(
     tag = recipe.base_tag()
     cache = deb_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="qwq-image-") as tmp:
-        tarball = Path(tmp) / "rootfs.tar"
+    with build_dir() as tmp:
+        tarball = tmp / "rootfs.tar"
         log(f"stage base: mmdebstrap bookworm (deb cache {cache})")
         _run_logged(
             [
@@ -116,13 +119,17 @@ def _run_logged(cmd: list[str], log: Stopwatch, stop: threading.Event | None = N
     `cmd` runs in a process group of its own. Whatever ends the wait early (a signal the CLI turned
     into `KeyboardInterrupt`, `stop` set from another thread, a broken progress sink) stops that whole
     group before it propagates: left running, mmdebstrap would go on writing into the build folder
-    that is being removed.
+    that is being removed. What this process cannot do, killed (SIGKILL), a watchdog does
+    (`GroupWatchdog`): the group, in a session of its own, would run on with no owner, and the next
+    build would start a second mmdebstrap beside it.
     """
     tail: collections.deque[str] = collections.deque(maxlen=60)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
     with subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
+        # `cmd` starts once a line comes on stdin, when the watchdog is in place: this process killed
+        # before that closes the pipe, and the shell exits at EOF without running anything.
+        ["bash", "-c", 'read -r _ || exit 1; exec "$@" </dev/null', cmd[0], *cmd],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -130,25 +137,43 @@ def _run_logged(cmd: list[str], log: Stopwatch, stop: threading.Event | None = N
         env=env,
         start_new_session=True,  # a group to signal as one, apart from ours
     ) as proc:
-        assert proc.stdout is not None
+        assert proc.stdin is not None and proc.stdout is not None
+        watchdog: GroupWatchdog | None = None
         # Lines are read in a thread of their own: a read blocks until mmdebstrap writes, and this
         # thread must keep looking at `stop` (no signal reaches a worker thread).
         lines: queue.Queue[str | None] = queue.Queue()
         reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
         reader.start()
         try:
+            watchdog = GroupWatchdog(proc.pid, STOP_GRACE_S)
+            try:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            except OSError:
+                pass  # it died already: its output and status say why
+            finally:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
             while (line := _next_line(lines, stop)) is not None:
                 tail.append(line)
                 if line.startswith(("I: ", "E: ")):
                     log(f"  {line}")
+            _wait_unreaped(proc)
+            watchdog.stand_down()  # before the reaping: the group's id is its leader's until then
             rc = proc.wait()
         except BaseException:
-            _stop_group(proc)
+            _stop_group(proc, before_reaping=watchdog.stand_down if watchdog is not None else None)
             raise
         finally:
             reader.join(timeout=STOP_GRACE_S)  # EOF once the group is gone; the pipe is closed next
     if rc != 0:
         raise ImageBuildError(f"{cmd[0]} {cmd[1]} exited with {rc}:\n" + "\n".join(tail))
+
+
+def _wait_unreaped(proc: subprocess.Popen[str]) -> None:
+    """Wait for `proc` to exit without reaping it (a signal handler's exception still ends the wait)."""
+    with contextlib.suppress(ChildProcessError):  # reaped by the kernel: `wait` tells
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
 
 
 def _read_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:
@@ -173,9 +198,14 @@ def _next_line(lines: queue.Queue[str | None], stop: threading.Event | None) -> 
             continue
 
 
-def _stop_group(proc: subprocess.Popen[str], grace_s: float = STOP_GRACE_S) -> None:
+def _stop_group(
+    proc: subprocess.Popen[str],
+    grace_s: float = STOP_GRACE_S,
+    before_reaping: Callable[[], None] | None = None,
+) -> None:
     """SIGTERM the process group `proc` leads; SIGKILL what is left of it after `grace_s` (or at once
-    when a second signal cuts the grace short).
+    when a second signal cuts the grace short). `before_reaping` is called once the group is dead,
+    just before `proc` is reaped (the group's watchdog stands down there).
 
     The grace lets mmdebstrap unmount and remove its own chroot; the script that started it exits
     first, so the group, not `proc` alone, is waited for. `proc` is reaped only once its group is dead:
@@ -191,6 +221,8 @@ def _stop_group(proc: subprocess.Popen[str], grace_s: float = STOP_GRACE_S) -> N
     finally:
         if proc.returncode is None and group_lives(proc):  # `proc` unreaped: the id is its group's
             _signal_group(pgid, signal.SIGKILL)
+        if before_reaping is not None:
+            before_reaping()
         proc.wait()
 
 
