@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
@@ -24,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import pytest_asyncio
 from docker_proxy import MARK_LABEL, DockerProxy, removed
-from freezing import freeze
+from freezing import freeze, freeze_sync
 
 from qwq_agent.sandbox import (
     DockerSandbox,
@@ -771,3 +772,45 @@ async def test_a_live_host_keeps_its_idle_sandbox_while_a_frozen_host_s_is_reape
         finally:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.docker
+async def test_a_paused_sandbox_is_not_reaped_as_idle_on_unpause(sandbox_image: str) -> None:
+    """A paused sandbox's idle clock stands still: `docker pause` for longer than the idle limit once made
+    the supervisor exit as idle on unpause (its monotonic clock ran through the freeze), racing the pings
+    a live host had queued in its stdin, and usually winning: the host's Python state was gone although
+    the host never stopped. Frozen time is not the host's silence.
+
+    First with a host that sends nothing meanwhile (its event loop blocked through the pause and a moment
+    after): no queued ping can win the race, so only a supervisor that does not count the freeze keeps the
+    sandbox. Then with a host that pings on throughout, as the CLI does."""
+    from qwq_agent.sandbox.transport import docker_from_env
+
+    idle = 3.0
+    engine = DockerEngine()
+    client = docker_from_env(timeout=60)
+    try:
+        async with DockerSandbox.create(SandboxConfig(image=sandbox_image, idle_timeout_s=idle)) as sb:
+            first = sb.id
+            await sb.python("x = 42")
+            # Synchronous from here to the unpause: the loop (and so the keepalive) does not run.
+            freeze_sync(client, first)
+            time.sleep(3 * idle)  # the pause itself: three idle limits
+            client.api.unpause(first)
+            time.sleep(idle / 10)  # the host wakes a moment after its sandbox, well within the idle limit
+            r = await sb.python("x")
+            assert r.value == "42" and not r.sandbox_replaced and sb.id == first
+
+            await freeze(engine, first)
+            try:
+                await asyncio.sleep(2 * idle)  # the host pings on meanwhile: the pings queue in its stdin
+            finally:
+                await engine.request("POST", f"/containers/{first}/unpause")
+            closed = asyncio.create_task(sb.wait_closed())
+            done, _ = await asyncio.wait({closed}, timeout=idle)  # the queued pings are read, not raced
+            closed.cancel()
+            assert not done, f"reaped after the pause: {closed.result() if done else ''}"
+            r = await sb.python("x")
+            assert r.value == "42" and not r.sandbox_replaced and sb.id == first
+    finally:
+        client.close()
