@@ -11,6 +11,8 @@ import time
 import pytest
 import pytest_asyncio
 
+from qwq_agent.agent.messages import ToolCall
+from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox import (
     DockerSandbox,
     InvalidRequest,
@@ -20,6 +22,9 @@ from qwq_agent.sandbox import (
     ToolError,
 )
 from qwq_agent.sandbox.protocol import Request
+from qwq_agent.tools.base import ToolContext
+from qwq_agent.tools.registry import ToolRegistry
+from qwq_agent.tools.sandbox_tools import editor_tool
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
 
@@ -378,6 +383,27 @@ async def test_a_reply_given_while_the_host_was_stopped_is_kept_with_the_sandbox
         assert r.stdout == "done\n" and not r.timed_out and not r.sandbox_replaced
         x = await sb.python("x")
         assert x.value == "42" and not x.sandbox_replaced and sb.id == first
+
+
+async def test_an_editor_call_to_a_frozen_supervisor_ends_by_the_calls_deadline(sandbox_image: str) -> None:
+    """Like python and shell, an editor call waits for its reply only until just before the call's
+    deadline, then kills the unresponsive container and says so; it used to wait a fixed 72 s and leave
+    the registry's backstop to cancel it at the deadline, the frozen container kept for the next call."""
+    cfg = SandboxConfig(image=sandbox_image, reply_grace_s=0.5, interrupt_grace_s=0.5)
+    registry = ToolRegistry([editor_tool])
+    async with DockerSandbox.create(cfg) as sb:
+        old = sb.id
+        await _docker_exec_root(sb, "kill", "-STOP", str(sb._channel.hello.result()["pid"]))  # type: ignore[union-attr]
+        call = ToolCall(
+            id="1", name="str_replace_editor", arguments={"command": "view", "path": "/workspace"}
+        )
+        out = await asyncio.wait_for(
+            registry.call(call, ToolContext(sandbox=sb, deadline=Deadline.after(3.0))), 60
+        )
+        assert out.is_error and "was cancelled" not in out.text  # not the registry's backstop
+        assert "SandboxTimeout" in out.text and "the container was killed" in out.text
+        r = await sb.shell("echo fresh")
+        assert r.sandbox_replaced and r.stdout == "fresh\n" and sb.id != old
 
 
 async def test_writing_into_the_supervisors_channel_is_impossible(fresh: DockerSandbox) -> None:
