@@ -149,6 +149,12 @@ async def _request(loop: asyncio.AbstractEventLoop, container: socket.socket) ->
     return json.loads(sent[4:])  # type: ignore[no-any-return]
 
 
+def _host_stopped_for(seconds: float) -> None:
+    """The host does not run (as under Ctrl-Z): the event loop is blocked, and on return it finds the
+    socket readable and the timers due at once, as a SIGSTOPped process does on SIGCONT."""
+    time.sleep(seconds)
+
+
 async def test_a_reply_that_arrived_while_the_host_was_stopped_is_delivered() -> None:
     """A host process stopped (Ctrl-Z) past a call's deadline, while the sandbox answered in time, wakes
     with the timer due and the socket readable in the same loop step. A timeout that cancels the reply's
@@ -167,8 +173,7 @@ async def test_a_reply_that_arrived_while_the_host_was_stopped_is_delivered() ->
         data = _docker_frames(req["id"], req["nonce"], result, frame=16384)  # type: ignore[arg-type]
         container.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, len(data) * 2)
         assert container.send(data) == len(data), "the socket buffers hold less than the reply"
-        # The host stops: the loop does not run until the call's deadline (0.5 s after the send) is past.
-        time.sleep(1.0)
+        _host_stopped_for(1.0)  # past the call's deadline, 0.5 s after its request went out
         assert await asyncio.wait_for(call, 10) == result
         assert not chan.closed
     finally:

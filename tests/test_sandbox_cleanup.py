@@ -20,6 +20,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -774,6 +775,15 @@ async def test_a_live_host_keeps_its_idle_sandbox_while_a_frozen_host_s_is_reape
             await proc.wait()
 
 
+def _pause_with_the_host_stopped(client: Any, container_id: str, seconds: float, *, then: float) -> None:
+    """Pause the container for `seconds`, and unpause it `then` seconds before the host runs again: all of
+    it synchronous, so the event loop (and with it the keepalive) does not run meanwhile."""
+    freeze_sync(client, container_id)
+    time.sleep(seconds)
+    client.api.unpause(container_id)
+    time.sleep(then)
+
+
 @pytest.mark.docker
 async def test_a_paused_sandbox_is_not_reaped_as_idle_on_unpause(sandbox_image: str) -> None:
     """A paused sandbox's idle clock stands still: `docker pause` for longer than the idle limit once made
@@ -793,11 +803,7 @@ async def test_a_paused_sandbox_is_not_reaped_as_idle_on_unpause(sandbox_image: 
         async with DockerSandbox.create(SandboxConfig(image=sandbox_image, idle_timeout_s=idle)) as sb:
             first = sb.id
             await sb.python("x = 42")
-            # Synchronous from here to the unpause: the loop (and so the keepalive) does not run.
-            freeze_sync(client, first)
-            time.sleep(3 * idle)  # the pause itself: three idle limits
-            client.api.unpause(first)
-            time.sleep(idle / 10)  # the host wakes a moment after its sandbox, well within the idle limit
+            _pause_with_the_host_stopped(client, first, 3 * idle, then=idle / 10)
             r = await sb.python("x")
             assert r.value == "42" and not r.sandbox_replaced and sb.id == first
 
