@@ -20,3 +20,16 @@ async def freeze(engine: Any, container_id: str) -> None:
         except DockerAPIError as exc:
             if "unable to freeze" not in str(exc) or attempt == _TRIES - 1:
                 raise
+
+
+def freeze_sync(client: Any, container_id: str) -> None:
+    """`freeze` through docker-py (`client`), for a test that pauses while its event loop must not run."""
+    import docker.errors
+
+    for attempt in range(_TRIES):
+        try:
+            client.api.pause(container_id)
+            return
+        except docker.errors.APIError as exc:
+            if "unable to freeze" not in str(exc) or attempt == _TRIES - 1:
+                raise

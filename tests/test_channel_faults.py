@@ -132,3 +132,81 @@ async def test_a_cancel_accepted_as_the_reply_arrives_is_never_swallowed() -> No
     finally:
         await chan.aclose()
         container.close()
+
+
+def _docker_frames(id_: int, nonce: str, result: dict[str, object], *, frame: int) -> bytes:
+    """A reply as the supervisor frames it, cut into Docker stream frames of `frame` bytes."""
+    reply = json.dumps({"id": id_, "nonce": nonce, "ok": True, "result": result}).encode()
+    body = struct.pack(">I", len(reply)) + reply
+    chunks = [body[i : i + frame] for i in range(0, len(body), frame)]
+    return b"".join(struct.pack(">BxxxI", 1, len(c)) + c for c in chunks)
+
+
+async def _request(loop: asyncio.AbstractEventLoop, container: socket.socket) -> dict[str, object]:
+    sent = b""
+    while len(sent) < 4 or len(sent) < 4 + struct.unpack(">I", sent[:4])[0]:
+        sent += await loop.sock_recv(container, 65536)
+    return json.loads(sent[4:])  # type: ignore[no-any-return]
+
+
+def _host_stopped_for(seconds: float) -> None:
+    """The host does not run (as under Ctrl-Z): the event loop is blocked, and on return it finds the
+    socket readable and the timers due at once, as a SIGSTOPped process does on SIGCONT."""
+    time.sleep(seconds)
+
+
+async def test_a_reply_that_arrived_while_the_host_was_stopped_is_delivered() -> None:
+    """A host process stopped (Ctrl-Z) past a call's deadline, while the sandbox answered in time, wakes
+    with the timer due and the socket readable in the same loop step. A timeout that cancels the reply's
+    future there discards the reply before the reader can hand it over (and the sandbox was killed)."""
+    host, container = socket.socketpair()
+    container.setblocking(False)
+    reader, writer = await asyncio.open_unix_connection(sock=host)
+    chan = Channel(reader, writer, max_request_bytes=1 << 20)
+    loop = asyncio.get_running_loop()
+    try:
+        call = asyncio.create_task(chan.call("shell", {}, 0.5))
+        req = await _request(loop, container)
+        # A long reply in Docker frames, more than the loop's transport reads at once (256 KiB): the
+        # reader needs several loop steps after the deadline to take it all.
+        result = {"stdout": "y" * (320 << 10)}
+        data = _docker_frames(req["id"], req["nonce"], result, frame=16384)  # type: ignore[arg-type]
+        container.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, len(data) * 2)
+        assert container.send(data) == len(data), "the socket buffers hold less than the reply"
+        _host_stopped_for(1.0)  # past the call's deadline, 0.5 s after its request went out
+        assert await asyncio.wait_for(call, 10) == result
+        assert not chan.closed
+    finally:
+        await chan.aclose()
+        container.close()
+
+
+async def test_a_late_reply_wait_is_bounded_by_what_had_arrived() -> None:
+    """The wait for what had arrived at the deadline must not be stretched by a sandbox that keeps
+    streaming frames for the call (and never answers): the call still times out."""
+    host, container = socket.socketpair()
+    container.setblocking(False)
+    reader, writer = await asyncio.open_unix_connection(sock=host)
+    chan = Channel(reader, writer, max_request_bytes=1 << 20)
+    loop = asyncio.get_running_loop()
+    stream: asyncio.Task[None] | None = None
+    try:
+        call = asyncio.create_task(chan.call("shell", {}, 0.3))
+        req = await _request(loop, container)
+        event = json.dumps({"id": req["id"], "nonce": req["nonce"], "event": "output", "data": "z"}).encode()
+        body = struct.pack(">I", len(event)) + event
+        frame = struct.pack(">BxxxI", 1, len(body)) + body
+
+        async def chatter() -> None:
+            while True:  # a frame every loop step: the reader always has something to take
+                await loop.sock_sendall(container, frame)
+                await asyncio.sleep(0)
+
+        stream = asyncio.create_task(chatter())
+        with pytest.raises(SandboxTimeout, match=r"no reply to 'shell' within 0\.3s"):
+            await asyncio.wait_for(call, 10)
+    finally:
+        if stream is not None:
+            stream.cancel()
+        await chan.aclose()
+        container.close()

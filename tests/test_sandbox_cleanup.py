@@ -17,14 +17,16 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import pytest_asyncio
 from docker_proxy import MARK_LABEL, DockerProxy, removed
-from freezing import freeze
+from freezing import freeze, freeze_sync
 
 from qwq_agent.sandbox import (
     DockerSandbox,
@@ -842,3 +844,50 @@ async def test_closing_a_pool_at_max_live_fails_the_acquires_waiting_for_room_at
 async def test_max_live_below_the_pool_size_is_refused() -> None:
     with pytest.raises(ValueError, match="max_live"):
         SandboxPool(size=3, max_live=2)
+
+
+def _pause_with_the_host_stopped(client: Any, container_id: str, seconds: float, *, then: float) -> None:
+    """Pause the container for `seconds`, and unpause it `then` seconds before the host runs again: all of
+    it synchronous, so the event loop (and with it the keepalive) does not run meanwhile."""
+    freeze_sync(client, container_id)
+    time.sleep(seconds)
+    client.api.unpause(container_id)
+    time.sleep(then)
+
+
+@pytest.mark.docker
+async def test_a_paused_sandbox_is_not_reaped_as_idle_on_unpause(sandbox_image: str) -> None:
+    """A paused sandbox's idle clock stands still: `docker pause` for longer than the idle limit once made
+    the supervisor exit as idle on unpause (its monotonic clock ran through the freeze), racing the pings
+    a live host had queued in its stdin, and usually winning: the host's Python state was gone although
+    the host never stopped. Frozen time is not the host's silence.
+
+    First with a host that sends nothing meanwhile (its event loop blocked through the pause and a moment
+    after): no queued ping can win the race, so only a supervisor that does not count the freeze keeps the
+    sandbox. Then with a host that pings on throughout, as the CLI does."""
+    from qwq_agent.sandbox.transport import docker_from_env
+
+    idle = 3.0
+    engine = DockerEngine()
+    client = docker_from_env(timeout=60)
+    try:
+        async with DockerSandbox.create(SandboxConfig(image=sandbox_image, idle_timeout_s=idle)) as sb:
+            first = sb.id
+            await sb.python("x = 42")
+            _pause_with_the_host_stopped(client, first, 3 * idle, then=idle / 10)
+            r = await sb.python("x")
+            assert r.value == "42" and not r.sandbox_replaced and sb.id == first
+
+            await freeze(engine, first)
+            try:
+                await asyncio.sleep(2 * idle)  # the host pings on meanwhile: the pings queue in its stdin
+            finally:
+                await engine.request("POST", f"/containers/{first}/unpause")
+            closed = asyncio.create_task(sb.wait_closed())
+            done, _ = await asyncio.wait({closed}, timeout=idle)  # the queued pings are read, not raced
+            closed.cancel()
+            assert not done, f"reaped after the pause: {closed.result() if done else ''}"
+            r = await sb.python("x")
+            assert r.value == "42" and not r.sandbox_replaced and sb.id == first
+    finally:
+        client.close()

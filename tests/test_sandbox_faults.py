@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import asyncio
+import select
 import struct
+import time
 
 import pytest
 import pytest_asyncio
 
+from qwq_agent.agent.messages import ToolCall
+from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox import (
     DockerSandbox,
     InvalidRequest,
@@ -18,6 +22,9 @@ from qwq_agent.sandbox import (
     ToolError,
 )
 from qwq_agent.sandbox.protocol import Request
+from qwq_agent.tools.base import ToolContext
+from qwq_agent.tools.registry import ToolRegistry
+from qwq_agent.tools.sandbox_tools import editor_tool
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
 
@@ -336,6 +343,65 @@ async def test_frozen_supervisor_times_out_and_is_replaced(sandbox_image: str) -
         await _docker_exec_root(sb, "kill", "-STOP", str(sb._channel.hello.result()["pid"]))  # type: ignore[union-attr]
         with pytest.raises(SandboxTimeout, match="the container was killed"):
             await sb.shell("echo frozen", timeout=1)
+        r = await sb.shell("echo fresh")
+        assert r.sandbox_replaced and r.stdout == "fresh\n" and sb.id != old
+
+
+def _stop_host_while(sb: DockerSandbox, trigger: list[str], until: float) -> None:
+    """The host does not run (as under Ctrl-Z): this blocks the event loop, runs `trigger` in the
+    sandbox (synchronously, through docker-py), waits for its effect to reach the channel's socket and
+    then for the monotonic clock to pass `until`: on return the loop sees the socket readable and the
+    call's deadline past at once, as a SIGSTOPped host does on SIGCONT."""
+    from qwq_agent.sandbox.transport import docker_from_env
+
+    client = docker_from_env(timeout=60)
+    try:
+        code, out = client.containers.get(sb.id).exec_run(trigger, user="0")
+        assert code == 0, out
+    finally:
+        client.close()
+    sock = sb._channel._writer.transport.get_extra_info("socket")  # type: ignore[union-attr]
+    readable, _, _ = select.select([sock], [], [], 30)
+    assert readable, "the sandbox never answered"
+    time.sleep(max(0.0, until - time.monotonic()))  # the stop itself: the loop must not run meanwhile
+
+
+async def test_a_reply_given_while_the_host_was_stopped_is_kept_with_the_sandbox(sandbox_image: str) -> None:
+    """A host suspended past a call's reply wait must take the reply the sandbox gave in time, not time
+    the call out and kill the container: the timer and the socket became ready in one loop step, and a
+    cancelling timeout threw the reply away (the shell's output and the interpreter's state lost)."""
+    cfg = SandboxConfig(image=sandbox_image, reply_grace_s=0.5, interrupt_grace_s=0.5)
+    async with DockerSandbox.create(cfg) as sb:
+        await sb.python("x = 42")
+        first = sb.id
+        cmd = "touch /tmp/started; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo done"
+        call = asyncio.create_task(sb.shell(cmd, timeout=3))  # the reply is awaited 3 + 0.5 + 0.5 s
+        started = await sb.shell("while [ ! -e /tmp/started ]; do sleep 0.01; done; echo in", timeout=30)
+        assert started.stdout == "in\n"
+        _stop_host_while(sb, ["touch", "/tmp/go"], until=time.monotonic() + 4.5)
+        r = await asyncio.wait_for(call, 30)
+        assert r.stdout == "done\n" and not r.timed_out and not r.sandbox_replaced
+        x = await sb.python("x")
+        assert x.value == "42" and not x.sandbox_replaced and sb.id == first
+
+
+async def test_an_editor_call_to_a_frozen_supervisor_ends_by_the_calls_deadline(sandbox_image: str) -> None:
+    """Like python and shell, an editor call waits for its reply only until just before the call's
+    deadline, then kills the unresponsive container and says so; it used to wait a fixed 72 s and leave
+    the registry's backstop to cancel it at the deadline, the frozen container kept for the next call."""
+    cfg = SandboxConfig(image=sandbox_image, reply_grace_s=0.5, interrupt_grace_s=0.5)
+    registry = ToolRegistry([editor_tool])
+    async with DockerSandbox.create(cfg) as sb:
+        old = sb.id
+        await _docker_exec_root(sb, "kill", "-STOP", str(sb._channel.hello.result()["pid"]))  # type: ignore[union-attr]
+        call = ToolCall(
+            id="1", name="str_replace_editor", arguments={"command": "view", "path": "/workspace"}
+        )
+        out = await asyncio.wait_for(
+            registry.call(call, ToolContext(sandbox=sb, deadline=Deadline.after(3.0))), 60
+        )
+        assert out.is_error and "was cancelled" not in out.text  # not the registry's backstop
+        assert "SandboxTimeout" in out.text and "the container was killed" in out.text
         r = await sb.shell("echo fresh")
         assert r.sandbox_replaced and r.stdout == "fresh\n" and sb.id != old
 

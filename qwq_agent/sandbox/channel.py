@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import json
 import re
 import secrets
 import struct
+import sys
+import termios
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +50,8 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # Called with each frame the supervisor streams for a call (e.g. `{"event": "output", ...}`) before its reply.
 OnEvent = Callable[[dict[str, Any]], None]
 _PROGRESS_CHECK_S = 1.0  # how often a waiting send looks whether the peer is still taking bytes
+# Loop steps in a row in which the reader takes nothing before a late reply is given up (`_take_arrived`).
+_STALL_STEPS = 4
 
 
 class Channel:
@@ -67,6 +72,7 @@ class Channel:
         self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], str, OnEvent | None]] = {}
         self._queued = 0  # bytes ever handed to the writer: less what it still buffers, what the peer took
         self._buf = bytearray()
+        self._taken = 0  # bytes the reader has taken off the stream: `_take_arrived` watches it grow
         self._need = 4  # bytes `_buf` must hold before the next frame (and its blob) can be taken
         self._stderr: deque[bytes] = deque(maxlen=64)
         self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -122,14 +128,17 @@ class Channel:
             # The reply's deadline starts once the request is out: a ping queued behind a big upload
             # waited for the upload's bytes, not for the sandbox.
             deadline = None if reply_timeout is None else loop.time() + reply_timeout
-            try:
-                left = None if deadline is None else max(0.0, deadline - loop.time())
-                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
-                # lands as the awaited thing finishes, and a cancelled caller then ran on to its deadline.
-                async with asyncio.timeout(left):
-                    reply = await fut
-            except TimeoutError:
-                raise SandboxTimeout(f"no reply to {op!r} within {reply_timeout:g}s") from None
+            if deadline is not None:
+                # asyncio.wait, not asyncio.timeout: a timeout cancels `fut` in the very loop step in which
+                # a host that did not run for a while (Ctrl-Z) wakes, before the reader can hand over a
+                # reply that arrived meanwhile. Nor wait_for: Python 3.11's swallows a cancellation that
+                # lands as the awaited thing finishes. A cancel of this task still ends the wait at once.
+                await asyncio.wait({fut}, timeout=max(0.0, deadline - loop.time()))
+                if not fut.done():
+                    await self._take_arrived(fut)
+                if not fut.done():
+                    raise SandboxTimeout(f"no reply to {op!r} within {reply_timeout:g}s")
+            reply = await fut
         finally:
             self._pending.pop(rid, None)
             if fut.done() and not fut.cancelled():
@@ -173,6 +182,40 @@ class Channel:
                         f"the sandbox took no {op!r} request within {stall_timeout:g}s (it stopped reading)"
                     ) from None
 
+    async def _take_arrived(self, fut: asyncio.Future[dict[str, Any]]) -> None:
+        """Let the reader take what had already arrived when a reply's deadline passed.
+
+        A host process that did not run for a while (Ctrl-Z, SIGSTOP, a suspended laptop or VM) wakes
+        with the deadline past and the reply perhaps waiting in its socket: the loop sees the timer due
+        and the socket readable in the same step, and the reader runs only after that. The lateness is
+        the host's then, not the sandbox's, and killing the sandbox would throw away a reply it gave in
+        time. So the reader gets the bytes that were there at the deadline (the socket's and the
+        stream's buffers), one loop step at a time; no sleep, no guess at how long a thaw takes.
+
+        Bounded twice: bytes that arrive later do not count (a sandbox streaming output cannot hold the
+        call), and `_STALL_STEPS` steps in which the reader takes nothing end it (a byte in the socket
+        reaches the reader within two steps: the poll that reads it, the step that wakes the reader).
+        """
+        target = self._taken + self._backlog()
+        idle = 0
+        while not fut.done() and self._taken < target and idle < _STALL_STEPS and not self.closed:
+            before = self._taken
+            await asyncio.sleep(0)  # one loop step: the selector is polled, the reader may run
+            idle = 0 if self._taken > before else idle + 1
+
+    def _backlog(self) -> int:
+        """Bytes that have arrived but the reader has not taken: the stream's buffer and the socket's."""
+        buffered = len(getattr(self._reader, "_buffer", b""))  # StreamReader's own buffer (no public size)
+        sock = self._writer.transport.get_extra_info("socket")
+        if sock is None:
+            return buffered
+        try:
+            # FIONREAD: what the kernel holds for this socket (under TLS, ciphertext: a slight overcount).
+            raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return buffered
+        return buffered + int.from_bytes(raw, sys.byteorder, signed=True)
+
     def _write(self, data: bytes | memoryview) -> None:
         """Hand `data` to the writer and count it: `_drain` reads progress from that count."""
         self._writer.write(data)
@@ -190,8 +233,10 @@ class Channel:
         try:
             while True:
                 header = await self._reader.readexactly(_DOCKER_HEADER.size)
+                self._taken += _DOCKER_HEADER.size
                 stream, size = _DOCKER_HEADER.unpack(header)
                 payload = await self._reader.readexactly(size)
+                self._taken += size
                 if stream == 2:
                     self._stderr.append(payload)
                     continue

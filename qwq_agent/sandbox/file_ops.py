@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox.archive_extract import _extract_counted
 from qwq_agent.sandbox.calls import SandboxCalls, _checked
 from qwq_agent.sandbox.errors import DestinationExists, DownloadNotWritten, InvalidRequest, UnsafeArchive
@@ -33,6 +34,10 @@ from qwq_agent.sandbox.protocol import (
 )
 from qwq_agent.sandbox.surrogates import clean_text
 
+# What an editor command is given in the sandbox (it has no time limit there: it edits one file of at most
+# 10 MB); its reply is awaited this long plus the config's graces, or until just before a deadline.
+EDIT_TIMEOUT_S = 60.0
+
 
 class FileOps(SandboxCalls):
     """Files in the sandbox: view and edit them, search them, copy them in and out."""
@@ -40,35 +45,45 @@ class FileOps(SandboxCalls):
     # The last `upload`'s result: what it left out is shown by whoever opened the sandbox (the CLI).
     last_upload: UploadResult | None = None
 
-    async def view(self, path: str, view_range: list[int] | None = None) -> FileResult:
-        """`cat -n` of a file (optionally lines [start, end], end -1 = to the end) or a 2-level listing."""
+    async def view(
+        self, path: str, view_range: list[int] | None = None, *, deadline: Deadline | None = None
+    ) -> FileResult:
+        """`cat -n` of a file (optionally lines [start, end], end -1 = to the end) or a 2-level listing.
+
+        With `deadline` (on every editor command), the reply is awaited until just before it, as for
+        python and shell: a sandbox that has not answered by then is killed and `SandboxTimeout` raised.
+        """
         with _checked():
             req = ViewRequest(path=path, view_range=view_range)
-        return await self._call(req, FileResult, self._grace(60))
+        return await self._call(req, FileResult, self._grace(EDIT_TIMEOUT_S, deadline))
 
-    async def create_file(self, path: str, file_text: str) -> FileResult:
+    async def create_file(self, path: str, file_text: str, *, deadline: Deadline | None = None) -> FileResult:
         """Create a new file (refuses to overwrite)."""
         with _checked():
             req = CreateRequest(path=path, file_text=file_text)
-        return await self._call(req, FileResult, self._grace(60))
+        return await self._call(req, FileResult, self._grace(EDIT_TIMEOUT_S, deadline))
 
-    async def str_replace(self, path: str, old_str: str, new_str: str = "") -> FileResult:
+    async def str_replace(
+        self, path: str, old_str: str, new_str: str = "", *, deadline: Deadline | None = None
+    ) -> FileResult:
         """Replace the one occurrence of `old_str`; zero or several matches raise `ToolError`."""
         with _checked():
             req = StrReplaceRequest(path=path, old_str=old_str, new_str=new_str)
-        return await self._call(req, FileResult, self._grace(60))
+        return await self._call(req, FileResult, self._grace(EDIT_TIMEOUT_S, deadline))
 
-    async def insert(self, path: str, insert_line: int, new_str: str) -> FileResult:
+    async def insert(
+        self, path: str, insert_line: int, new_str: str, *, deadline: Deadline | None = None
+    ) -> FileResult:
         """Insert `new_str` after line `insert_line` (0: at the top)."""
         with _checked():
             req = InsertRequest(path=path, insert_line=insert_line, new_str=new_str)
-        return await self._call(req, FileResult, self._grace(60))
+        return await self._call(req, FileResult, self._grace(EDIT_TIMEOUT_S, deadline))
 
-    async def undo_edit(self, path: str) -> FileResult:
+    async def undo_edit(self, path: str, *, deadline: Deadline | None = None) -> FileResult:
         """Revert the last `str_replace` or `insert` on `path`."""
         with _checked():
             req = UndoEditRequest(path=path)
-        return await self._call(req, FileResult, self._grace(60))
+        return await self._call(req, FileResult, self._grace(EDIT_TIMEOUT_S, deadline))
 
     async def search(self, pattern: str, **options: Any) -> SearchResult:
         """ripgrep over the workspace; options are `SearchRequest` fields (literal, globs, context_lines...)."""

@@ -201,20 +201,22 @@ async def _edit(ctx: ToolContext, args: EditorArgs) -> ToolOutput:
             return ToolOutput(
                 text=f"ERROR:\nParameter `{field}` is required for command: {args.command}.", is_error=True
             )
-    sb = ctx.sandbox
+    sb, deadline = ctx.sandbox, ctx.deadline
     # The `is not None` tests repeat the check above for the type checker; they are always true here.
     text, old, new, line = args.file_text, args.old_str, args.new_str, args.insert_line
     try:
+        # With the call's deadline, like python and shell: an unresponsive sandbox is given up (and
+        # killed) just before it, with a clear error, rather than left to the registry's backstop.
         if args.command == "view":
-            result = await sb.view(args.path, view_range=args.view_range)
+            result = await sb.view(args.path, view_range=args.view_range, deadline=deadline)
         elif args.command == "create" and text is not None:
-            result = await sb.create_file(args.path, text)
+            result = await sb.create_file(args.path, text, deadline=deadline)
         elif args.command == "str_replace" and old is not None:
-            result = await sb.str_replace(args.path, old, new or "")
+            result = await sb.str_replace(args.path, old, new or "", deadline=deadline)
         elif args.command == "insert" and line is not None and new is not None:
-            result = await sb.insert(args.path, line, new)
+            result = await sb.insert(args.path, line, new, deadline=deadline)
         else:
-            result = await sb.undo_edit(args.path)
+            result = await sb.undo_edit(args.path, deadline=deadline)
     except SandboxError as exc:
         return _failure(exc)
     return ToolOutput(

@@ -87,11 +87,13 @@ class Supervisor:
         has taken nothing (a blocking write of 96 MB would return only at its end, however fast it went)."""
         view = memoryview(data)
         while view:
-            self.blocked_since = time.monotonic()
+            with self.state_lock:  # the watchdog moves it forward over a freeze: never onto a finished write
+                self.blocked_since = time.monotonic()
             try:
                 view = view[os.write(self.out_fd, view[:WRITE_CHUNK]) :]
             finally:
-                self.blocked_since = None
+                with self.state_lock:
+                    self.blocked_since = None
 
     def shell(self, args):
         try:
@@ -370,16 +372,28 @@ class Supervisor:
             os._exit(0)  # tini exits with its only child, and the pid namespace (every process) with it
 
     def watchdog(self):
+        tick = min(1.0, IDLE_TIMEOUT / 4, LIFETIME / 4)
+        last = time.monotonic()
         while True:
-            time.sleep(min(1.0, IDLE_TIMEOUT / 4, LIFETIME / 4))
+            time.sleep(tick)
             now = time.monotonic()
             if now - self.started > LIFETIME:
                 self.exit("lifetime")
             with self.state_lock:
+                # A tick that took far longer than its sleep: this process did not run (`docker pause`
+                # froze it, or the whole machine stalled). The monotonic clock ran on meanwhile, but the
+                # host's silence did not: its pings wait unread in stdin, and would lose the race to this
+                # check on thaw. Frozen time is not idle time (the lifetime limit still counts it).
+                stalled = now - last - tick
+                if stalled > tick:
+                    self.last_activity = min(now, self.last_activity + stalled)
+                    if self.blocked_since is not None:  # a reply's write waited through the freeze too
+                        self.blocked_since = min(now, self.blocked_since + stalled)
+                last = now
                 idle = self.inflight == 0 and now - self.last_activity > IDLE_TIMEOUT
+                blocked_since = self.blocked_since
             # A request stuck sending its reply to a host that has read nothing for the idle limit is
             # idle too: that host stopped (it pings while alive), and only this limit can reap its sandbox.
-            blocked_since = self.blocked_since
             if idle or (blocked_since is not None and now - blocked_since > IDLE_TIMEOUT):
                 self.exit("idle")
 
