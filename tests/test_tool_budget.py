@@ -152,3 +152,31 @@ async def test_a_call_ignoring_its_stop_by_the_budget_is_said_to_be_left_running
     (obs,) = [ev for ev in events if isinstance(ev, ToolResultEvent) and ev.name == "stubborn"]
     assert obs.error_type == "tool_budget" and "tool-time budget" in obs.text
     assert "left running in the background" in obs.text and "was stopped" not in obs.text, obs.text
+
+
+async def test_a_sync_call_stopped_by_the_budget_is_said_to_be_abandoned_in_its_thread() -> None:
+    """A sync tool cannot be cancelled: stopped when the shared budget runs out, its thread runs on.
+    Its observation said "was stopped" while the function went on after the run had ended."""
+    import threading
+
+    release = threading.Event()
+    threads: list[threading.Thread] = []
+
+    @tool
+    def blocking(key: str) -> str:
+        """Blocks its thread until released."""
+        threads.append(threading.current_thread())
+        release.wait(GUARD_S)
+        return f"late value of {key}"
+
+    try:
+        calls = [call("lookup", key="fast"), call("lookup", key="slow"), call("blocking", key="b")]
+        result, events, requests = await run_turn(calls, [lookup, blocking], limit=0.5)
+        still_running = [t.is_alive() for t in threads]
+    finally:
+        release.set()
+    assert_tool_budget_ended(result, events, requests)
+    assert still_running == [True]
+    (obs,) = [ev for ev in events if isinstance(ev, ToolResultEvent) and ev.name == "blocking"]
+    assert obs.error_type == "tool_budget" and "tool-time budget" in obs.text
+    assert "still running in a thread" in obs.text and "was stopped" not in obs.text, obs.text

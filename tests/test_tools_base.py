@@ -884,3 +884,115 @@ async def test_a_lone_recursive_model_parameter_gives_its_fields_as_the_argument
     assert not out.is_error and out.text == "a: 1"
     wrong = {"heading": "a", "below": [{"title": "b"}]}
     assert registry.argument_problems(ToolCall(id="2", name="write", arguments=wrong))
+
+
+# -- sync tools' threads ---------------------------------------------------------------------------
+
+# More than asyncio's default executor ever has (min(32, cpus + 4)): hung calls used to take them all.
+_HUNG_CALLS = 33
+
+
+async def test_sync_tools_that_hang_past_their_limit_leave_threads_for_the_next_calls():
+    """Sync tools ran in asyncio's default executor: a turn of calls hanging past their limit took its
+    every thread for good, and each later sync call "timed out ... and was cancelled" without ever
+    running. Now they run on threads of their own, which grow past the ones given up on."""
+    from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+    from qwq_agent.agent.loop import Agent, AgentConfig
+    from qwq_agent.testing.helpers import call
+    from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+    release = threading.Event()
+    stuck_threads: list[threading.Thread] = []
+
+    @tool(timeout=0.3)
+    def stuck(n: int) -> str:
+        """Waits on something that does not come (a request to a stalled server, no timeout)."""
+        stuck_threads.append(threading.current_thread())
+        release.wait(60)  # released at the end of the test; a bound in case it is not
+        return "late"
+
+    @tool(timeout=20)
+    def quick() -> str:
+        """Returns at once."""
+        return "ok"
+
+    turns = [
+        "Try.\n</think>\n\n" + "\n".join(call("stuck", n=i) for i in range(_HUNG_CALLS)),
+        "Now the quick one.\n</think>\n\n" + call("quick"),
+        "done\n</think>\n\nDone.",
+    ]
+    try:
+        async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+            result = await Agent(client, [stuck, quick], config=AgentConfig(check_language=False)).run("go")
+        assert all(t.is_alive() for t in stuck_threads)
+    finally:
+        release.set()
+    observations = [m.content for m in result.messages if m.role == "tool"]
+    assert result.status == "completed", result.error
+    assert len(observations) == _HUNG_CALLS + 1 and len(stuck_threads) == _HUNG_CALLS
+    for text in observations[:-1]:
+        assert "timed out after 0.3 s" in text and "still running in a thread" in text, text
+        assert "cancelled" not in text, text
+    assert observations[-1] == "ok"
+    # daemon threads: the interpreter does not wait for them at exit
+    assert all(t.daemon for t in stuck_threads)
+
+
+def test_a_process_whose_sync_tool_hangs_exits_when_its_run_ends(tmp_path):
+    """`asyncio.run()` joins the default executor's threads when it ends: a sync tool hung past its
+    limit there held the process open for ever after the run had ended."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import asyncio, threading\n"
+        "from qwq_agent.agent.messages import ToolCall\n"
+        "from qwq_agent.tools.base import tool\n"
+        "from qwq_agent.tools.registry import ToolRegistry\n"
+        "@tool(timeout=0.2)\n"
+        "def hang() -> str:\n"
+        "    threading.Event().wait()\n"
+        "    return 'never'\n"
+        "async def main():\n"
+        "    out = await ToolRegistry([hang]).call(ToolCall(name='hang', arguments={}))\n"
+        "    print(out.text, flush=True)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "timed out after 0.2 s" in done.stdout and "still running in a thread" in done.stdout
+
+
+async def test_a_sync_tools_return_value_is_serialised_off_the_event_loop():
+    """A sync tool's return value (a list of 10**7 items) was turned into JSON on the event loop, before
+    the output cap: every other task of the process waited for it. This value's serialisation waits
+    for the loop to run a callback: on the loop itself, it cannot."""
+    loop = asyncio.get_running_loop()
+
+    class NeedsTheLoop:
+        def __str__(self) -> str:  # to_jsonable_python's fallback for a value it does not know
+            loop_ran = threading.Event()
+            loop.call_soon_threadsafe(loop_ran.set)
+            return "loop free" if loop_ran.wait(10) else "loop blocked"
+
+    @tool
+    def produce() -> list:
+        """A value with no JSON form of its own."""
+        return [NeedsTheLoop()]
+
+    out = await ToolRegistry([produce]).call(ToolCall(name="produce", arguments={}))
+    assert out.text == '["loop free"]'
+
+
+async def test_a_sync_tools_value_that_cannot_be_serialised_is_a_bad_return():
+    @tool
+    def loop_back() -> list:
+        """A list that holds itself."""
+        looped: list = []
+        looped.append(looped)
+        return looped
+
+    out = await ToolRegistry([loop_back]).call(ToolCall(name="loop_back", arguments={}))
+    assert out.is_error and out.metadata["error"] == "bad_return", out.text
+    assert out.text.startswith("Tool 'loop_back' returned a value that could not be serialised: ValueError")

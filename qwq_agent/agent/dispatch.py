@@ -20,7 +20,13 @@ from qwq_agent.agent.events import (
 from qwq_agent.agent.loop_detector import ToolCallRepetitionDetector
 from qwq_agent.agent.messages import Message, ToolCall
 from qwq_agent.protocols import ToolContext, ToolOutput
-from qwq_agent.tools.registry import LEFT_RUNNING, ToolCallStopped, ToolRegistry, describe_exception
+from qwq_agent.tools.registry import (
+    LEFT_IN_THREAD,
+    LEFT_RUNNING,
+    ToolCallStopped,
+    ToolRegistry,
+    describe_exception,
+)
 from qwq_agent.tools.sandbox_tools import SANDBOX_REPLACED_NOTE
 
 # How long past the run's deadline `run` still waits for its calls. The registry stops each call by
@@ -263,7 +269,9 @@ class ToolDispatcher:
             return task.result(), duration
         except ToolCallStopped as exc:
             limit = self.tracker.budget.max_tool_s
-            out = _out_of_tool_time(call, limit, duration, ran=exc.started, left_running=exc.left_running)
+            out = _out_of_tool_time(
+                call, limit, duration, ran=exc.started, left_running=exc.left_running, in_thread=exc.in_thread
+            )
             return out, duration
 
 
@@ -361,11 +369,22 @@ async def _cancelled(task: asyncio.Future[Any]) -> None:
 
 
 def _out_of_tool_time(
-    call: ToolCall, limit: float | None, duration: float, *, ran: bool, left_running: bool = False
+    call: ToolCall,
+    limit: float | None,
+    duration: float,
+    *,
+    ran: bool,
+    left_running: bool = False,
+    in_thread: bool = False,
 ) -> ToolOutput:
     budget = f"the run's tool-time budget ({limit or 0:g} s, the sum of all tool calls' durations)"
     if not ran:
         text = f"Tool '{call.name}' was not run: {budget} was used up by other calls."
+    elif in_thread:
+        text = (
+            f"Tool '{call.name}' was given up on after {duration:.2f} s: {budget} ran out while it ran "
+            f"beside other calls; {LEFT_IN_THREAD}."
+        )
     elif left_running:
         text = (
             f"Tool '{call.name}' was cancelled: {budget} ran out while it ran beside other calls; "

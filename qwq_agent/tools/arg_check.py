@@ -12,13 +12,12 @@ keyword, step of a walk, pattern match or every so many array items), and a queu
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from qwq_agent.tools.daemon_threads import DaemonThreads
 from qwq_agent.tools.schema_patterns import CheckStopped, check_budget
 
 __all__ = ["CHECK_THREADS", "MAX_ARGUMENT_CHARS", "oversized", "run_check"]
@@ -58,49 +57,8 @@ def oversized(arguments: Any) -> str | None:
     return None
 
 
-class _Threads:
-    """A bounded pool of daemon threads.
-
-    Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so one check still running
-    (a keyword this module cannot stop) would hold the process open after the run ended.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._started = 0
-        self._idle = 0
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = (
-            queue.SimpleQueue()
-        )
-
-    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put((future, fn))
-        with self._lock:
-            if self._idle == 0 and self._started < self._size:
-                self._started += 1
-                threading.Thread(
-                    target=self._work, name=f"qwq-arg-check-{self._started}", daemon=True
-                ).start()
-        return future
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                self._idle += 1
-            future, fn = self._queue.get()
-            with self._lock:
-                self._idle -= 1
-            if not future.set_running_or_notify_cancel():
-                continue  # given up on while queued
-            try:
-                future.set_result(fn())
-            except BaseException as exc:
-                future.set_exception(exc)
-
-
-_threads = _Threads(CHECK_THREADS)
+# Not abandoned when given up on: a check is told to stop, and these threads bound hostile checks' CPU.
+_threads = DaemonThreads(CHECK_THREADS, "qwq-arg-check")
 
 
 async def run_check(check: Callable[[], T], *, limit: float | None) -> T:

@@ -7,7 +7,6 @@ is injected by the loop and never shown to the model.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable
@@ -20,21 +19,31 @@ from pydantic_core import to_jsonable_python
 
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
+from qwq_agent.tools.tool_threads import run_in_thread
 
 __all__ = [
     "FunctionTool",
     "ToolArgumentsError",
+    "UnserialisableResult",
     "drop_documented_defaults",
     "parse_docstring",
     "same_json_value",
     "to_tool_output",
     "tool",
     "tool_from_model",
+    "validate_arguments",
 ]
+
+
+ArgsT = TypeVar("ArgsT", bound=BaseModel)
 
 
 class ToolArgumentsError(ValueError):
     """Arguments that passed the JSON Schema but not pydantic's validation (or a direct call's)."""
+
+
+class UnserialisableResult(TypeError):
+    """A tool returned a value that could not be turned into JSON; `__cause__` says why."""
 
 
 def to_tool_output(value: Any) -> ToolOutput:
@@ -45,6 +54,36 @@ def to_tool_output(value: Any) -> ToolOutput:
         return ToolOutput(text=value)
     # to_jsonable_python handles models, dataclasses, datetimes, sets...; str() covers the rest.
     return ToolOutput(text=json.dumps(to_jsonable_python(value, fallback=str), ensure_ascii=False))
+
+
+def _converted(value: Any) -> Any:
+    """`to_tool_output(value)`, or an awaitable passed through (a sync function returning a coroutine);
+    a failure raised as `UnserialisableResult`."""
+    if inspect.isawaitable(value):
+        return value
+    try:
+        return to_tool_output(value)
+    except Exception as exc:
+        raise UnserialisableResult(
+            f"its return value could not be serialised ({type(exc).__name__})"
+        ) from exc
+
+
+def _call_and_convert(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    # In the tool's thread: a large return value (a list of 10**7 items) is turned into JSON there,
+    # not on the event loop, where every other task waited for it.
+    return _converted(func(*args, **kwargs))
+
+
+async def _output(result: Any) -> ToolOutput:
+    """`result` (what a tool's function returned, or its awaited coroutine's) as a `ToolOutput`; a value
+    other than text is serialised in a tool thread, off the event loop."""
+    while inspect.isawaitable(result):
+        result = await result
+    if isinstance(result, ToolOutput | str):
+        return to_tool_output(result)
+    converted: ToolOutput = await run_in_thread(_converted, result)
+    return converted
 
 
 def same_json_value(a: Any, b: Any) -> bool:
@@ -103,6 +142,28 @@ def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
     return description.strip(), args
 
 
+def validate_arguments(model: type[ArgsT], arguments: Any) -> ArgsT:
+    """`arguments` (a model's JSON arguments, decoded) validated by `model`; raises `ValidationError`.
+
+    Validated as JSON, as they came, so a strict field takes the JSON form its schema describes (a date
+    as a string, an Enum's value, an array for a tuple): in Python mode strict wants a `date`, a member,
+    a `tuple`, which no JSON can hold. Arguments with no JSON text (Python objects from a direct call, a
+    lone surrogate) are validated as Python values, as before.
+    """
+    arguments = drop_documented_defaults(model, arguments)
+    try:
+        text = json.dumps(arguments, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return model.model_validate(arguments)
+    return model.model_validate_json(text)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """`field.path: message` for each error, `; `-joined: short enough for an observation (and without
+    pydantic's documentation URLs, which say nothing to the model)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
+
+
 def _annotated_description(annotation: Any) -> str | None:
     """The description given in `Annotated[T, Field(description=...)]`, if any."""
     if get_origin(annotation) is not Annotated:
@@ -150,6 +211,29 @@ def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
+def _reserved_name_reason(name: str) -> str | None:
+    """Why pydantic cannot hold a parameter called `name` as a field of the arguments model, or None."""
+    if name.startswith("_"):
+        return "pydantic keeps names with a leading underscore for private attributes"
+    if name == "model_config":
+        return "pydantic takes it for the model's configuration, and it would vanish from the schema"
+    if name.startswith(("model_dump", "model_validate")) and hasattr(BaseModel, name):
+        return "it is a method of pydantic's BaseModel"
+    return None
+
+
+def _parameter_field(param: inspect.Parameter, description: str | None) -> FieldInfo:
+    """The field of a parameter; `description` (the docstring's) unless the field has its own."""
+    if isinstance(param.default, FieldInfo):
+        # `limit: int = Field(10, ge=1)`: pydantic's idiom for function parameters (as in
+        # `validate_call`), the default is the field itself, bounds and description included.
+        if description and param.default.description is None:
+            return FieldInfo.merge_field_infos(param.default, description=description)
+        return param.default
+    default = ... if param.default is inspect.Parameter.empty else param.default
+    return Field(default, description=description) if description else Field(default)
+
+
 def _is_context(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, ToolContext)
 
@@ -189,6 +273,7 @@ class FunctionTool:
         for p in params:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
                 raise TypeError(f"tool {func.__name__!r}: parameter {p.name!r} must be a named parameter")
+        self._param_names: list[str] = []
 
         # One pydantic-model parameter: its fields are the arguments (not nested under its name).
         self._model_param: str | None = None
@@ -201,11 +286,17 @@ class FunctionTool:
         else:
             fields: dict[str, Any] = {}
             for p in params:
+                reason = _reserved_name_reason(p.name)
+                if reason:
+                    raise TypeError(
+                        f"tool {func.__name__!r}: parameter {p.name!r} cannot be an argument ({reason}); "
+                        "rename it"
+                    )
                 annotation = hints.get(p.name, Any)
-                default = ... if p.default is inspect.Parameter.empty else p.default
                 # A description in `Annotated[..., Field(description=...)]` wins over the docstring's.
                 doc = None if _annotated_description(annotation) else arg_docs.get(p.name)
-                fields[p.name] = (annotation, Field(default, description=doc) if doc else Field(default))
+                fields[p.name] = (annotation, _parameter_field(p, doc))
+            self._param_names = list(fields)
             model = create_model(
                 f"{func.__name__}_arguments", __config__=ConfigDict(extra="forbid"), **fields
             )
@@ -251,7 +342,7 @@ class FunctionTool:
         async def call(*args: Any) -> Any:
             if inspect.iscoroutinefunction(func):
                 return await func(*args)
-            return await asyncio.to_thread(func, *args)
+            return await run_in_thread(_call_and_convert, func, *args)
 
         # A wrapper with the right annotations lets __init__ treat it like a decorated function.
         async def with_context(context: ToolContext, args: BaseModel) -> Any:
@@ -274,27 +365,23 @@ class FunctionTool:
     def bind(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Validate `arguments` with pydantic and return the keyword arguments for the function."""
         try:
-            validated = self.arguments_model.model_validate(
-                drop_documented_defaults(self.arguments_model, arguments)
-            )
+            validated = validate_arguments(self.arguments_model, arguments)
         except ValidationError as exc:
-            raise ToolArgumentsError(str(exc)) from None
+            raise ToolArgumentsError(describe_validation_error(exc)) from None
         if self._model_param is not None:
             return {self._model_param: validated}
         # Field access (not model_dump) keeps nested models as model instances.
-        return {name: getattr(validated, name) for name in type(validated).model_fields}
+        return {name: getattr(validated, name) for name in self._param_names}
 
     async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
         """Validate the arguments, call the function and convert what it returns."""
         kwargs = self.bind(arguments)
         args = (context,) if self._takes_context else ()
         if inspect.iscoroutinefunction(self.func):
-            result = await self.func(*args, **kwargs)
-        else:
-            result = await asyncio.to_thread(self.func, *args, **kwargs)
-            if inspect.isawaitable(result):  # a sync function returning a coroutine
-                result = await result
-        return to_tool_output(result)
+            return await _output(await self.func(*args, **kwargs))
+        # On the tools' own threads (tool_threads.py), converted there too; a sync function may return
+        # a coroutine, awaited here.
+        return await _output(await run_in_thread(_call_and_convert, self.func, *args, **kwargs))
 
     def __repr__(self) -> str:
         return f"FunctionTool(name={self._spec.name!r})"
@@ -340,14 +427,6 @@ def tool_from_model(
     return FunctionTool.from_model(model, func, **kwargs)
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """`field.path: message` for each error, `; `-joined: short enough for an observation."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
-
-
-ArgsT = TypeVar("ArgsT", bound=BaseModel)
-
-
 class ModelTool(Generic[ArgsT]):
     """Base of a configured tool (it holds settings: a database, a policy) whose arguments are one model.
 
@@ -376,7 +455,7 @@ class ModelTool(Generic[ArgsT]):
 
     async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
         try:
-            args = self.Args.model_validate(drop_documented_defaults(self.Args, arguments))
+            args = validate_arguments(self.Args, arguments)
         except ValidationError as exc:
             return ToolOutput(
                 text=f"{self.name}: invalid arguments: {describe_validation_error(exc)}", is_error=True

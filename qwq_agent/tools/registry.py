@@ -25,7 +25,7 @@ from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Tool, ToolContext, ToolOutput
 from qwq_agent.surrogates import replace_surrogates, replace_surrogates_in
 from qwq_agent.tools.arg_check import oversized, run_check
-from qwq_agent.tools.base import ToolArgumentsError, same_json_value, to_tool_output
+from qwq_agent.tools.base import ToolArgumentsError, UnserialisableResult, same_json_value, to_tool_output
 from qwq_agent.tools.output_cap import MAX_OUTPUT_CHARS, cap_output
 from qwq_agent.tools.schema_patterns import (
     ArgumentValidator,
@@ -36,8 +36,10 @@ from qwq_agent.tools.schema_patterns import (
     schema_error_path,
 )
 from qwq_agent.tools.schema_refs import LOCAL_ONLY, unresolvable_refs
+from qwq_agent.tools.tool_threads import left_a_thread
 
 __all__ = [
+    "LEFT_IN_THREAD",
     "LEFT_RUNNING",
     "DefaultsValidator",
     "ToolCallStopped",
@@ -56,6 +58,8 @@ _MAX_PROBLEMS = 3
 _CANCEL_GRACE_S = 5.0
 # What an observation says of a tool that did not end within `_CANCEL_GRACE_S` of its cancellation.
 LEFT_RUNNING = "it ignored cancellation and was left running in the background"
+# What it says of a sync tool given up on: its task ended at once, but a thread cannot be stopped.
+LEFT_IN_THREAD = "it is still running in a thread, abandoned (a thread cannot be stopped)"
 # `argument_problems` runs where it is called (an approval prompt, on the event loop): its bound.
 _SYNC_CHECK_S = 2.0
 
@@ -63,14 +67,19 @@ _SYNC_CHECK_S = 2.0
 class ToolCallStopped(Exception):
     """`ToolRegistry.call` was stopped by its caller's `stop` event before the tool ended.
 
-    `left_running`: the tool ignored its cancellation for `_CANCEL_GRACE_S` and still runs.
+    `left_running`: the tool still runs: it ignored its cancellation for `_CANCEL_GRACE_S`, or (with
+    `in_thread`) it is a sync call abandoned in its thread.
     `started`: False when it was stopped while its arguments were checked, before the tool ran.
     """
 
-    def __init__(self, name: str, *, left_running: bool, started: bool = True) -> None:
-        super().__init__(f"tool {name!r} was stopped" + (f"; {LEFT_RUNNING}" if left_running else ""))
+    def __init__(
+        self, name: str, *, left_running: bool, started: bool = True, in_thread: bool = False
+    ) -> None:
+        note = LEFT_IN_THREAD if in_thread else LEFT_RUNNING
+        super().__init__(f"tool {name!r} was stopped" + (f"; {note}" if left_running else ""))
         self.left_running = left_running
         self.started = started
+        self.in_thread = in_thread
 
 
 class _ToolExit(Exception):
@@ -143,6 +152,14 @@ def _checked(name: str, output: ToolOutput) -> ToolOutput:
             is_error=True,
             metadata={"error": "bad_return"},
         )
+
+
+def _unserialisable(name: str, exc: BaseException) -> ToolOutput:
+    return ToolOutput(
+        text=f"Tool '{name}' returned a value that could not be serialised: " + describe_exception(exc),
+        is_error=True,
+        metadata={"error": "bad_return"},
+    )
 
 
 async def _stop(task: asyncio.Future[Any]) -> bool:
@@ -482,11 +499,15 @@ class ToolRegistry:
                 stopping.cancel()
         if not task.done():
             ended = await _stop(task)
+            in_thread = ended and left_a_thread(task)  # its task ended, its sync function runs on
             if stop is not None and stop.is_set():  # also when it was set during the clean-up's wait
-                raise ToolCallStopped(call.name, left_running=not ended)
+                raise ToolCallStopped(call.name, left_running=in_thread or not ended, in_thread=in_thread)
+            if in_thread:
+                fate = f"; {LEFT_IN_THREAD}."
+            else:
+                fate = " and was cancelled." if ended else f"; {LEFT_RUNNING}."
             return ToolOutput(
-                text=f"Tool '{call.name}' timed out after {limit:g} s"
-                + (" and was cancelled." if ended else f"; {LEFT_RUNNING}."),
+                text=f"Tool '{call.name}' timed out after {limit:g} s{fate}",
                 is_error=True,
                 metadata={"error": "timeout"},
             )
@@ -508,6 +529,8 @@ class ToolRegistry:
                 is_error=True,
                 metadata={"error": "invalid_arguments"},
             )
+        except UnserialisableResult as exc:  # a FunctionTool's value, converted in its own thread
+            return _unserialisable(call.name, exc.__cause__ or exc)
         # The tool's own failure, reported to the model instead of ending the run. Any BaseException:
         # the task was not cancelled (checked above), so whatever it ended in came from the tool, and
         # one that is not an Exception (pytest's Failed, trio's Cancelled, a library's `Abort`) would
@@ -526,12 +549,7 @@ class ToolRegistry:
         try:
             output = to_tool_output(result)
         except Exception as exc:
-            return ToolOutput(
-                text=f"Tool '{call.name}' returned a value that could not be serialised: "
-                + describe_exception(exc),
-                is_error=True,
-                metadata={"error": "bad_return"},
-            )
+            return _unserialisable(call.name, exc)
         return _checked(call.name, output)
 
     def _unknown(self, name: str) -> ToolOutput:
