@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -22,6 +23,16 @@ def endpoint_from_env() -> str | None:
     from qwq_agent.settings import get_settings
 
     return get_settings().otel_endpoint
+
+
+def traces_url(base: str) -> str:
+    """`base` with `/v1/traces` added to its path, unless the path already ends so; its query (a hosted
+    collector's `?key=...`) and fragment kept after it, not taken into the key."""
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1/traces"):
+        path += "/v1/traces"
+    return urlunsplit(parts._replace(path=path))
 
 
 class _Delivered(SpanExporter):
@@ -61,8 +72,8 @@ class _Ended(SpanProcessor):
 class OtelExport:
     """A tracer provider exporting to an OTLP/HTTP collector; `shutdown()` flushes within a deadline.
 
-    `endpoint` is the collector's base URL (`/v1/traces` is added, as the OTLP spec says for
-    `OTEL_EXPORTER_OTLP_ENDPOINT`), unless it already ends with `/v1/traces`.
+    `endpoint` is the collector's base URL (`/v1/traces` is added to its path, as the OTLP spec says
+    for `OTEL_EXPORTER_OTLP_ENDPOINT`), unless the path already ends with `/v1/traces`.
     """
 
     def __init__(
@@ -74,7 +85,7 @@ class OtelExport:
 
         settings = get_settings()
         base = endpoint or settings.otel_endpoint or DEFAULT_ENDPOINT
-        self.endpoint = base if base.rstrip("/").endswith("/v1/traces") else base.rstrip("/") + "/v1/traces"
+        self.endpoint = traces_url(base)
         self.timeout_s = timeout_s
         self.lost = 0
         """After `shutdown()`: how many spans did not reach the collector."""
