@@ -442,12 +442,15 @@ def check_run(args: Any, settings: Any, trace_path: Path) -> RunPlan:
     `settings` (`RunSettings`) holds the tools, options and workspace the run will use: on a replay,
     the recorded ones.
     """
+    from qwq_agent.cli import ecosystem
+
     names = list(settings.tools)
     sandbox = needs_sandbox(names)
     docs_db = settings.build_options().get("docs_db")
     replaying = args.replay is not None or args.resume is not None
     check_tools(names, docs_db=Path(docs_db) if docs_db else None, recorded=replaying and args.tools is None)
     check_mcp_given(settings.mcp_tools, args)
+    ecosystem.check_urls(args)
     workspace = Path(settings.workspace) if settings.workspace else None
     check_workspace(workspace, args.copy_back, sandbox=sandbox)
     check_select(getattr(args, "select", None), sandbox=sandbox)
