@@ -200,7 +200,7 @@ CASES |= {
     ),
     "workspace-too-big/run": Case(
         ["run", "hi", "--model-url", "{model}", "--tools", "python", "--workspace", "{tmp}/big"],
-        ["holds more than 48 mib", "only what the agent needs"],
+        ["packs to more than 48 mib", "only what the agent needs"],
         before_model=True,
     ),
     "copy-back-under-a-file/run": Case(
