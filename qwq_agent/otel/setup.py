@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.sdk.resources import Resource
@@ -33,6 +34,21 @@ def traces_url(base: str) -> str:
     if not path.endswith("/v1/traces"):
         path += "/v1/traces"
     return urlunsplit(parts._replace(path=path))
+
+
+def _session(endpoint: str) -> Any:
+    """The exporter's requests session: proxies and CA certificates from `Settings`, as every client
+    of ours takes them (`qwq_agent.http_env`), not read by requests from the environment itself."""
+    import requests
+
+    from qwq_agent.http_env import requests_options
+
+    session = requests.Session()
+    session.trust_env = False
+    options = requests_options(endpoint)
+    session.proxies.update(options["proxies"])
+    session.verify = options["verify"]
+    return session
 
 
 class _Delivered(SpanExporter):
@@ -94,7 +110,9 @@ class OtelExport:
         # deadline; `shutdown()` is the one place that ends the export, within `timeout_s`.
         self.provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         self._ended = _Ended()
-        self._exporter = OTLPSpanExporter(endpoint=self.endpoint, timeout=timeout_s)
+        self._exporter = OTLPSpanExporter(
+            endpoint=self.endpoint, timeout=timeout_s, session=_session(self.endpoint)
+        )
         self._delivered = _Delivered(self._exporter)
         self.provider.add_span_processor(self._ended)
         self.provider.add_span_processor(BatchSpanProcessor(self._delivered))
