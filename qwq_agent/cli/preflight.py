@@ -41,8 +41,9 @@ def docker_socket() -> str:
     host = get_settings().docker_host
     if not host.startswith("unix://"):
         raise CliError(
-            f"DOCKER_HOST={redact_url(host)} is not a unix socket",
-            "unset DOCKER_HOST, or set it to unix:///path/to/docker.sock",
+            f"DOCKER_HOST={redact_url(host)} is not a Docker engine URL qwq-agent can use",
+            "set DOCKER_HOST to unix:///path/to/docker.sock, ssh://user@host or tcp://host:2376 (TLS), "
+            "or unset it",
             code=EXIT_DOCKER,
         )
     return host[len("unix://") :]
