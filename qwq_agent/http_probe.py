@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from qwq_agent.http_env import client_options
+
 __all__ = [
     "MAX_CONCURRENT_WORKER_PROBES",
     "MAX_PROBED_WORKERS",
@@ -136,7 +138,7 @@ def get_within(url: str, seconds: float, *, max_bytes: int = PROBE_MAX_BYTES) ->
     """
 
     async def get() -> ProbeAnswer:
-        async with httpx.AsyncClient(timeout=seconds) as http:
+        async with httpx.AsyncClient(timeout=seconds, **client_options()) as http:
             return await get_capped(http, url, max_bytes=max_bytes)
 
     return run_bounded(get(), seconds)

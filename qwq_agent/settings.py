@@ -88,6 +88,32 @@ class Settings(BaseSettings):
         validation_alias=_env("QWQ_MODEL_READ_TIMEOUT"),
         description="seconds an OpenAI-compatible stream may stay silent",
     )
+    # How our HTTP clients reach the servers named above, and the MCP servers and OTLP collector
+    # (`qwq_agent.http_env`; fetch_url and web_search use no proxy: they connect to the address they checked).
+    http_proxy: str | None = Field(
+        None, validation_alias=_env("HTTP_PROXY", "http_proxy"), description="proxy for http:// servers"
+    )
+    https_proxy: str | None = Field(
+        None, validation_alias=_env("HTTPS_PROXY", "https_proxy"), description="proxy for https:// servers"
+    )
+    all_proxy: str | None = Field(
+        None,
+        validation_alias=_env("ALL_PROXY", "all_proxy"),
+        description="proxy for both when the one of the scheme is unset (http://, https:// or socks5://)",
+    )
+    no_proxy: str | None = Field(
+        None,
+        validation_alias=_env("NO_PROXY", "no_proxy"),
+        description="hosts reached directly (comma-separated; * for all); localhost, 127.0.0.1, ::1 always are",
+    )
+    ssl_cert_file: str | None = Field(
+        None,
+        validation_alias=_env("SSL_CERT_FILE"),
+        description="CA bundle for https:// (default: certifi's)",
+    )
+    ssl_cert_dir: str | None = Field(
+        None, validation_alias=_env("SSL_CERT_DIR"), description="folder of CA certificates for https://"
+    )
     # Docker and the sandbox image.
     docker_host: str = Field(
         DEFAULT_DOCKER_HOST,

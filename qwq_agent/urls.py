@@ -232,6 +232,22 @@ def redact_urls_in(text: str, *, max_chars: int | None = None) -> str:
     return _redact_in(text, 0)
 
 
+# A query parameter in free text: after a `?`, `&` or `;`, up to the next blank, quote or separator.
+_TEXT_PARAM = re.compile(r"(?<=[?&;])([^=\s&;?#'\"<>`]+)=([^\s&;#'\"<>`]+)")
+
+
+def redact_secrets_in(text: str, *, max_chars: int | None = None) -> str:
+    """`redact_urls_in`, and also the values of secret query parameters outside a whole URL: HTTP
+    libraries quote the request target alone in their errors (urllib3's `Max retries exceeded with
+    url: /v1/traces?key=K`), where no scheme marks a URL. For log lines, which quote libraries."""
+    text = redact_urls_in(text, max_chars=max_chars)
+    if "=" not in text:
+        return text
+    return _TEXT_PARAM.sub(
+        lambda m: f"{m[1]}=***" if m[2] != "***" and _is_secret_param(m[1]) else m[0], text
+    )
+
+
 def _redact_in(text: str, depth: int) -> str:
     pieces: list[str] = []
     done = 0

@@ -187,6 +187,22 @@ CASES |= {
         ["run", "hi", "--api", "openai", "--model-url", "{keyed_model}", "--tools", "fetch_url"],
         ["refused the api key (http 401", "openai_api_key"],
     ),
+    # Environment variables holding what cannot be a URL of their kind: found before the model is asked.
+    "docker-host-scheme/run": Case(
+        ["run", "hi", "--model-url", "{model}", "--tools", "python"],
+        ["docker_host=ftp://x", "unix:///", "ssh://", "tcp://"],
+        {"DOCKER_HOST": "ftp://x"},
+        before_model=True,
+    ),
+    "searxng-not-a-url/run": Case(
+        ["run", "hi", "--model-url", "{model}", "--tools", "web_search"],
+        [
+            "web_search cannot work: qwq_searxng_url=notaurl is not an http:// or https:// url",
+            "qwq_searxng_url",
+        ],
+        {"QWQ_SEARXNG_URL": "notaurl"},
+        before_model=True,
+    ),
     # The workspace.
     "workspace-missing/run": Case(
         ["run", "hi", "--model-url", "{model}", "--tools", "python", "--workspace", "{tmp}/absent"],
@@ -200,7 +216,7 @@ CASES |= {
     ),
     "workspace-too-big/run": Case(
         ["run", "hi", "--model-url", "{model}", "--tools", "python", "--workspace", "{tmp}/big"],
-        ["holds more than 48 mib", "only what the agent needs"],
+        ["packs to more than 48 mib", "only what the agent needs"],
         before_model=True,
     ),
     "copy-back-under-a-file/run": Case(

@@ -253,6 +253,25 @@ async def test_spans_reach_a_real_otlp_http_receiver():
     assert chat.attributes["gen_ai.usage.input_tokens"] > 0 and chat.kind == 3  # SPAN_KIND_CLIENT
 
 
+@pytest.mark.parametrize("given", ["/?key=K123", "?key=K123", "/v1/traces?key=K123", "/v1/traces/?key=K123"])
+def test_an_endpoint_with_a_key_in_its_query_posts_to_v1_traces_with_the_key_intact(given):
+    # `/v1/traces` goes on the path: appended to the whole URL it became part of the key
+    # (`/?key=K123/v1/traces`), and a path-routed collector that checks the key refused every batch.
+    with OTLPReceiver() as rx:
+        export = OtelExport(rx.endpoint + given, timeout_s=5)
+        assert export.endpoint == f"{rx.endpoint}/v1/traces?key=K123"
+        export.tracer().start_span("step 1").end()
+        assert export.shutdown()
+        rx.wait_for(lambda got: len(got) == 1)
+    assert rx.targets == ["/v1/traces?key=K123"]
+
+
+def test_an_endpoint_keeps_its_own_path_before_v1_traces():
+    with OTLPReceiver() as rx:
+        assert OtelExport(rx.endpoint + "/otlp/").endpoint == f"{rx.endpoint}/otlp/v1/traces"
+        assert OtelExport(rx.endpoint + "/v1/traces").endpoint == f"{rx.endpoint}/v1/traces"
+
+
 def test_content_capture_follows_the_standard_variable_unless_told(monkeypatch):
     monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
     assert SpanRecorder().capture_content is True

@@ -122,6 +122,10 @@ def test_the_cli_names_an_mcp_url_it_cannot_use_without_its_password(scheme, car
     assert shown(url) in out
     if scheme == "ftp":  # an --mcp-url is a URL: refused as one, not run as a command
         assert "must start with http:// or https://" in out
+        # One line and a fix that is about --mcp-url, not pydantic's ValidationError dump.
+        what, fix = out.strip().splitlines()
+        assert what.startswith("qwq-agent run: --mcp-url ") and "validation error" not in out
+        assert fix.startswith("  fix: ") and "--mcp-url" in fix and "--mcp command" not in fix
 
 
 # ----- OpenTelemetry --------------------------------------------------------------------------------
@@ -137,6 +141,55 @@ def test_the_cli_names_the_otlp_endpoint_without_its_password(tmp_path):
         assert rx.wait_for(lambda got: len(got) >= 1)  # the endpoint was used as given
     assert SECRET not in out
     assert f"OpenTelemetry spans to {with_credentials(rx.endpoint).replace(SECRET, '***')}/v1/traces" in out
+
+
+def test_the_otlp_exporters_own_warnings_do_not_print_the_endpoints_key(tmp_path):
+    # The exporter logs its failures itself, quoting the request target (`url: /v1/traces?key=...`,
+    # no scheme or host) or the whole URL: the CLI relays those records to stderr.
+    pytest.importorskip("opentelemetry.sdk")
+    endpoint = f"http://127.0.0.1:{free_port()}/?region=eu&key={SECRET}"  # nothing listens
+    with ScriptedModelServer(["ok\n</think>\n\nDone."]) as model:
+        out = cli("run", "hi", "--model-url", model.url, "--tools", "fetch_url", "--otel", endpoint,
+                  "--trace", str(tmp_path / "run.jsonl"), cwd=str(tmp_path))  # fmt: skip
+    assert "opentelemetry.exporter" in out and "?region=eu&key=***" in out  # the warning, redacted
+    assert SECRET not in out
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_log_lines_the_cli_prints_hide_secrets_of_urls_and_request_targets(capsys, debug):
+    import logging
+
+    from qwq_agent.cli.log_setup import configure_logging
+
+    configure_logging(debug=debug)
+    log = logging.getLogger("some.library")
+    try:
+        raise ConnectionError(f"Max retries exceeded with url: /v1/traces?token={SECRET} (refused)")
+    except ConnectionError:
+        log.exception("export to %s failed", f"ftp://bob:{SECRET}@127.0.0.1/?key={SECRET}")
+    log.warning("retrying /x?a=1&api_key=%s&b=2 in 1s", SECRET)
+    err = capsys.readouterr().err
+    assert SECRET not in err
+    assert "ftp://bob:***@127.0.0.1/?key=***" in err and "/v1/traces?token=***" in err
+    assert "/x?a=1&api_key=***&b=2 in 1s" in err
+
+
+def test_an_otlp_endpoint_that_is_not_http_is_refused_at_start_without_its_password(tmp_path):
+    pytest.importorskip("opentelemetry.sdk")
+    endpoint = f"ftp://bob:{SECRET}@127.0.0.1/?key={SECRET}"
+    for how in (["--otel", endpoint], []):
+        env = {} if how else {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
+        proc = subprocess.run(
+            [*CLI, "run", "hi", "--model-url", "http://127.0.0.1:1", "--tools", "fetch_url", *how],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, **env},
+        )  # fmt: skip
+        # Refused before the model is asked (it would be exit 3: nothing listens at port 1).
+        assert proc.returncode == 2, proc.stderr
+        assert SECRET not in proc.stdout + proc.stderr
+        what, fix = proc.stderr.splitlines()
+        assert "ftp://bob:***@127.0.0.1/?key=***" in what and "not an http:// or https:// URL" in what
+        assert ("--otel" if how else "OTEL_EXPORTER_OTLP_ENDPOINT") in what
+        assert fix.startswith("  fix: ") and "http://127.0.0.1:4318" in fix
 
 
 async def test_the_lost_spans_line_names_the_otlp_endpoint_without_its_password():

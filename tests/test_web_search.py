@@ -331,6 +331,12 @@ def test_provider_chosen_from_environment() -> None:
         provider_from_env({"QWQ_SEARCH_PROVIDER": "tavily"})
     with pytest.raises(SearchError, match="unknown search provider"):
         provider_from_env({"QWQ_SEARCH_PROVIDER": "bing"})
+    # A URL that is no http(s):// URL is refused when the provider is chosen (the start-up check),
+    # naming its variable, not at the model's first search.
+    with pytest.raises(SearchError, match="QWQ_SEARXNG_URL=notaurl is not an http:// or https:// URL"):
+        provider_from_env({"QWQ_SEARXNG_URL": "notaurl"})
+    with pytest.raises(SearchError, match=r"QWQ_TAVILY_BASE_URL=ftp://u:\*\*\*@h is not"):
+        provider_from_env({**env, "QWQ_SEARCH_PROVIDER": "tavily", "QWQ_TAVILY_BASE_URL": "ftp://u:pw@h"})
 
 
 async def test_unconfigured_tool_reports_how_to_configure(monkeypatch: pytest.MonkeyPatch) -> None:

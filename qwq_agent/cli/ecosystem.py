@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -11,7 +12,11 @@ from qwq_agent.cli.safe_text import plain
 from qwq_agent.protocols import Tool
 from qwq_agent.urls import redact_url
 
-__all__ = ["RunExtras", "add_arguments", "open_extras"]
+__all__ = ["RunExtras", "add_arguments", "check_urls", "open_extras"]
+
+# What MCPServerSpec takes (streamable HTTP), and what the OTLP/HTTP exporter can post to.
+_MCP_URL = re.compile(r"^https?://")
+_OTLP_URL = re.compile(r"^https?://[^/?#\s]", re.IGNORECASE)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,6 +93,36 @@ class RunExtras:
                     ),
                     soft_wrap=True,
                 )
+
+
+def check_urls(args: argparse.Namespace) -> None:
+    """Each `--mcp-url` and the OTLP endpoint (`--otel URL`, else the OTLP variables when telemetry is
+    on) is an http:// or https:// URL: one that is not is refused at start-up, in one line naming where
+    it came from, its credentials hidden. Found later, an --mcp-url was pydantic's validation dump
+    and an ftp:// endpoint a warning per span batch, after a run that exported nothing."""
+    from qwq_agent.cli.errors import CliError
+    from qwq_agent.settings import get_settings
+
+    for url in args.mcp_url:
+        if not _MCP_URL.match(url.strip()):
+            raise CliError(
+                f"--mcp-url {redact_url(url.strip())}: an MCP server URL must start with http:// or https://",
+                "pass the server's streamable-HTTP URL (e.g. --mcp-url http://127.0.0.1:8000/mcp), or "
+                "--mcp 'CMD ARGS' for a server started as a command",
+            )
+    if args.otel:
+        endpoint, source = args.otel, "--otel"
+    elif args.otel is not None or get_settings().otel_endpoint:
+        endpoint = get_settings().otel_endpoint or "http://127.0.0.1:4318"
+        source = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT"
+    else:
+        return
+    if not _OTLP_URL.match(endpoint.strip()):
+        where = "give --otel" if source == "--otel" else "set the variable to"
+        raise CliError(
+            f"{source} {redact_url(endpoint)}: the OTLP endpoint is not an http:// or https:// URL",
+            f"{where} the collector's OTLP/HTTP URL, e.g. http://127.0.0.1:4318",
+        )
 
 
 async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: Any) -> RunExtras:

@@ -4,7 +4,9 @@ Without a handler, Python's last-resort handler prints any warning with its trac
 line on an MCP server's stdout made the MCP SDK's `logger.exception` put a full traceback on the
 operator's terminal, once per line, in a run that worked. Configured here: warnings and errors go to
 stderr as one line each (the exception named, not its traceback), tracebacks only under `--debug`.
-Record text can come from a server or a model, so it is printed through `safe`.
+Record text can come from a server or a model, so it is printed through `safe`; it can quote a URL we
+were given, credentials and all (the OTLP exporter names its endpoint, `?key=...` included, in its
+warnings), so it is printed through `redact_secrets_in` too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import sys
 
 from qwq_agent.cli.safe_text import safe
+from qwq_agent.urls import redact_secrets_in
 
 __all__ = ["configure_logging"]
 
@@ -46,17 +49,19 @@ class _OneLineFormatter(logging.Formatter):
             exc = record.exc_info[1]
             detail = str(exc).strip().splitlines()
             text += f" ({type(exc).__name__}{': ' + detail[0] if detail else ''})"
-        text = _LINE_BREAKS.sub(" / ", text.strip())
+        # Redacted before the cut: a URL cut before its `@` would show the password as a host name.
+        text = redact_secrets_in(_LINE_BREAKS.sub(" / ", text.strip()))
         if len(text) > _MAX_LINE_CHARS:
             text = text[:_MAX_LINE_CHARS] + " [...]"
         return safe(f"{record.levelname.lower()} ({record.name}): {text}")
 
 
 class _SafeFormatter(logging.Formatter):
-    """The standard format, tracebacks included (`--debug`), with control characters made visible."""
+    """The standard format, tracebacks included (`--debug`), with control characters made visible and
+    credentials hidden."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return safe(super().format(record))
+        return safe(redact_secrets_in(super().format(record)))
 
 
 def configure_logging(debug: bool = False) -> None:

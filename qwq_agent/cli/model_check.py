@@ -9,6 +9,7 @@ import httpx
 from qwq_agent.agent.profiles import DEFAULT_PROFILE
 from qwq_agent.cli.endpoint import check_model_url
 from qwq_agent.cli.errors import EXIT_MODEL, CliError
+from qwq_agent.http_env import Proxy, client_options, proxy_for
 from qwq_agent.http_probe import AnswerTooLarge, get_capped
 from qwq_agent.protocols import Model
 from qwq_agent.urls import redact_url
@@ -23,7 +24,15 @@ class ModelUnavailable(CliError):
         super().__init__(what, fix, code=EXIT_MODEL)
 
 
-def advice(url: str, why: str) -> ModelUnavailable:
+def advice(url: str, why: str, proxy: Proxy | None = None) -> ModelUnavailable:
+    """No server answers at `url`; through `proxy` (from the environment), it is named with its variable:
+    a dead or refusing proxy otherwise reads as a dead server."""
+    if proxy is not None:
+        return ModelUnavailable(
+            f"no model server answers at {redact_url(url)} through the proxy {proxy} ({why})",
+            f"check that proxy (it must reach the server), or add the server's host to NO_PROXY, or unset "
+            f"{proxy.variable}",
+        )
     return ModelUnavailable(
         f"no model server answers at {redact_url(url)} ({why})",
         "start one on a GPU machine with `qwq-agent serve` (`pip install -e '.[serve]'` in a checkout), or point "
@@ -75,28 +84,34 @@ async def connect_model(
         probe_url = openai_base_url(url) + "/models"
         if key := get_settings().openai_api_key:
             headers["Authorization"] = f"Bearer {key.get_secret_value()}"
+    proxy = proxy_for(probe_url)
     try:
         # httpx's timeout bounds each read, not the request: a server dripping its answer would keep
         # the CLI waiting, silent, before any run (and its deadline) begins.
-        async with asyncio.timeout(timeout), httpx.AsyncClient(timeout=timeout, headers=headers) as http:
+        async with (
+            asyncio.timeout(timeout),
+            httpx.AsyncClient(timeout=timeout, headers=headers, **client_options()) as http,
+        ):
             answer = await get_capped(http, probe_url)
     except TimeoutError:
         # The deadline may have cut short a TLS handshake, as httpx's ConnectTimeout would have.
-        raise advice(url, f"{probe} did not answer within {timeout:g} s" + _plain_http_hint(url)) from None
+        raise advice(
+            url, f"{probe} did not answer within {timeout:g} s" + _plain_http_hint(url), proxy
+        ) from None
     except AnswerTooLarge as exc:
-        raise advice(url, str(exc)) from None
+        raise advice(url, str(exc), proxy) from None
     except httpx.HTTPError as exc:
         why = type(exc).__name__
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             why += _plain_http_hint(url)
-        raise advice(url, why) from None
+        raise advice(url, why, proxy) from None
     if answer.status_code in (401, 403):
         raise ModelUnavailable(
             f"the model server at {redact_url(url)} refused the API key (HTTP {answer.status_code} on {probe})",
             f"set the server's key in {KEY_HINT}",
         )
     if api == "native" and answer.status_code != 200:
-        raise advice(url, f"{probe} answered {answer.status_code}")
+        raise advice(url, f"{probe} answered {answer.status_code}", proxy)
     if api == "native":
         from qwq_agent.agent.clients import SGLangClient
 

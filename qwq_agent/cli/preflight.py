@@ -41,8 +41,9 @@ def docker_socket() -> str:
     host = get_settings().docker_host
     if not host.startswith("unix://"):
         raise CliError(
-            f"DOCKER_HOST={redact_url(host)} is not a unix socket",
-            "unset DOCKER_HOST, or set it to unix:///path/to/docker.sock",
+            f"DOCKER_HOST={redact_url(host)} is not a Docker engine URL qwq-agent can use",
+            "set DOCKER_HOST to unix:///path/to/docker.sock, ssh://user@host or tcp://host:2376 (TLS), "
+            "or unset it",
             code=EXIT_DOCKER,
         )
     return host[len("unix://") :]
@@ -223,29 +224,37 @@ def check_workspace_fits(workspace: Path) -> None:
     """Every file of the workspace is readable and all of them fit in one upload to the sandbox.
 
     The upload packs the folder (`.git` included, less `__pycache__`) into one request of at most
-    `SandboxConfig.max_request_bytes`, base64-encoded; finding out here costs a walk, not a sandbox.
+    `SandboxConfig.max_request_bytes`, base64-encoded; its size is counted here as the packer writes
+    it (every header and padding, no file read), so this check and the upload's agree: finding out
+    here costs a walk, not a sandbox.
     """
+    import tarfile
+
     from qwq_agent.agent.workspace import NOT_COPIED
     from qwq_agent.sandbox.config import SandboxConfig
+    from qwq_agent.sandbox.packing import fits_in_request, packed_size
 
-    limit = SandboxConfig().max_request_bytes * 3 // 4  # base64 makes 4 bytes of 3
-    total = 0
-    for folder, dirs, files in os.walk(workspace):
-        dirs[:] = [d for d in dirs if d not in NOT_COPIED]
-        for name in files:
-            path = Path(folder, name)
-            if path.is_symlink():
-                continue  # packed as a link, not as its target
-            if not os.access(path, os.R_OK):
-                raise CliError(f"workspace file {path} is not readable", "fix its permissions or move it out")
-            total += 512 + path.stat().st_size  # a tar header and the data
-            if total > limit:
-                raise CliError(
-                    f"workspace {workspace} holds more than {limit / 2**20:.0f} MiB, more than one upload "
-                    "to the sandbox takes",
-                    "pass a folder with only what the agent needs (no data sets, build outputs or "
-                    "virtual environments)",
-                )
+    max_request = SandboxConfig().max_request_bytes
+    limit = max_request * 3 // 4  # the largest archive that fits: base64 makes 4 bytes of 3
+
+    def readable(path: str, member: tarfile.TarInfo) -> None:
+        if member.isreg() and not os.access(path, os.R_OK):
+            raise CliError(f"workspace file {path} is not readable", "fix its permissions or move it out")
+
+    try:
+        size = packed_size(workspace, contents=True, exclude=NOT_COPIED, stop_above=limit, check=readable)
+    except OSError as exc:  # a folder that cannot be listed, an entry gone while walked
+        raise CliError(
+            f"workspace {workspace} cannot be read: {exc.strerror or exc} ({exc.filename})",
+            "fix its permissions or move it out",
+        ) from None
+    if not fits_in_request(size, max_request):
+        raise CliError(
+            f"workspace {workspace} packs to more than {limit / 2**20:.0f} MiB, more than one upload "
+            "to the sandbox takes",
+            "pass a folder with only what the agent needs (no data sets, build outputs or "
+            "virtual environments)",
+        )
 
 
 def check_docs_db(path: Path | None) -> None:
@@ -442,12 +451,15 @@ def check_run(args: Any, settings: Any, trace_path: Path) -> RunPlan:
     `settings` (`RunSettings`) holds the tools, options and workspace the run will use: on a replay,
     the recorded ones.
     """
+    from qwq_agent.cli import ecosystem
+
     names = list(settings.tools)
     sandbox = needs_sandbox(names)
     docs_db = settings.build_options().get("docs_db")
     replaying = args.replay is not None or args.resume is not None
     check_tools(names, docs_db=Path(docs_db) if docs_db else None, recorded=replaying and args.tools is None)
     check_mcp_given(settings.mcp_tools, args)
+    ecosystem.check_urls(args)
     workspace = Path(settings.workspace) if settings.workspace else None
     check_workspace(workspace, args.copy_back, sandbox=sandbox)
     check_select(getattr(args, "select", None), sandbox=sandbox)

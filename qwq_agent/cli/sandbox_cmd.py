@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run code in a fresh sandbox and print the result",
         description="Run code in a fresh sandbox and print its output, value and error. On a terminal, "
         "control characters in them show as escapes (\\x1b...), so sandbox code cannot drive the terminal; "
-        "redirected to a file or a pipe, the output is written as it came.",
+        "redirected to a file or a pipe, the output is written unescaped (bytes that are not UTF-8 arrive "
+        "as \\xNN).",
     )
     what = run.add_mutually_exclusive_group(required=True)
     what.add_argument("--python", metavar="CODE", help="a Python cell")
@@ -78,7 +79,8 @@ def _docker_ready() -> None:
 
 def _write(stream: TextIO, text: str) -> None:
     """Write what the sandbox produced: escaped on a terminal (an escape sequence in it must not clear the
-    screen or set the clipboard), as it came when redirected (a file or pipe gets the program's output)."""
+    screen or set the clipboard), unescaped when redirected (a file or pipe gets the program's output as
+    the sandbox sent it: text, a byte that is not UTF-8 already `\\xNN`)."""
     stream.write(safe(text) if stream.isatty() else text)
 
 

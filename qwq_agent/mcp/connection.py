@@ -220,12 +220,18 @@ class MCPConnection:
     @contextlib.asynccontextmanager
     async def _transport(self) -> AsyncIterator[tuple[Any, Any]]:
         if self.spec.url is not None:
+            import httpx2
             from mcp.client.streamable_http import streamable_http_client
-            from mcp.shared._httpx_utils import create_mcp_http_client
+            from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+
+            from qwq_agent.http_env import client_options
 
             # Our own client to send headers and to see the HTTP status of every answer; it keeps the
-            # SDK's default timeouts.
-            async with create_mcp_http_client(headers=self.spec.headers) as client:
+            # SDK's default timeouts (`create_mcp_http_client`'s), and takes proxies as all ours do.
+            timeout = httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
+            async with httpx2.AsyncClient(
+                timeout=timeout, headers=self.spec.headers, **client_options(http=httpx2)
+            ) as client:
                 self._http_session = session = _HTTPSession()
                 client.event_hooks["response"].append(session.on_response)
                 async with streamable_http_client(self.spec.url, http_client=client) as streams:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -22,6 +24,31 @@ def endpoint_from_env() -> str | None:
     from qwq_agent.settings import get_settings
 
     return get_settings().otel_endpoint
+
+
+def traces_url(base: str) -> str:
+    """`base` with `/v1/traces` added to its path, unless the path already ends so; its query (a hosted
+    collector's `?key=...`) and fragment kept after it, not taken into the key."""
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1/traces"):
+        path += "/v1/traces"
+    return urlunsplit(parts._replace(path=path))
+
+
+def _session(endpoint: str) -> Any:
+    """The exporter's requests session: proxies and CA certificates from `Settings`, as every client
+    of ours takes them (`qwq_agent.http_env`), not read by requests from the environment itself."""
+    import requests
+
+    from qwq_agent.http_env import requests_options
+
+    session = requests.Session()
+    session.trust_env = False
+    options = requests_options(endpoint)
+    session.proxies.update(options["proxies"])
+    session.verify = options["verify"]
+    return session
 
 
 class _Delivered(SpanExporter):
@@ -61,8 +88,8 @@ class _Ended(SpanProcessor):
 class OtelExport:
     """A tracer provider exporting to an OTLP/HTTP collector; `shutdown()` flushes within a deadline.
 
-    `endpoint` is the collector's base URL (`/v1/traces` is added, as the OTLP spec says for
-    `OTEL_EXPORTER_OTLP_ENDPOINT`), unless it already ends with `/v1/traces`.
+    `endpoint` is the collector's base URL (`/v1/traces` is added to its path, as the OTLP spec says
+    for `OTEL_EXPORTER_OTLP_ENDPOINT`), unless the path already ends with `/v1/traces`.
     """
 
     def __init__(
@@ -74,7 +101,7 @@ class OtelExport:
 
         settings = get_settings()
         base = endpoint or settings.otel_endpoint or DEFAULT_ENDPOINT
-        self.endpoint = base if base.rstrip("/").endswith("/v1/traces") else base.rstrip("/") + "/v1/traces"
+        self.endpoint = traces_url(base)
         self.timeout_s = timeout_s
         self.lost = 0
         """After `shutdown()`: how many spans did not reach the collector."""
@@ -83,7 +110,9 @@ class OtelExport:
         # deadline; `shutdown()` is the one place that ends the export, within `timeout_s`.
         self.provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         self._ended = _Ended()
-        self._exporter = OTLPSpanExporter(endpoint=self.endpoint, timeout=timeout_s)
+        self._exporter = OTLPSpanExporter(
+            endpoint=self.endpoint, timeout=timeout_s, session=_session(self.endpoint)
+        )
         self._delivered = _Delivered(self._exporter)
         self.provider.add_span_processor(self._ended)
         self.provider.add_span_processor(BatchSpanProcessor(self._delivered))

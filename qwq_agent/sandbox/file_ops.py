@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import os
 import posixpath
-import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox.archive_extract import _extract_counted
 from qwq_agent.sandbox.calls import SandboxCalls, _checked
 from qwq_agent.sandbox.errors import DestinationExists, DownloadNotWritten, InvalidRequest, UnsafeArchive
+from qwq_agent.sandbox.packing import fits_in_request, pack
 from qwq_agent.sandbox.protocol import (
     CreateRequest,
     DownloadRequest,
@@ -115,24 +114,16 @@ class FileOps(SandboxCalls):
         Paths with a component named in `exclude` (e.g. `.git`, `__pycache__`) are left out.
         """
         path = Path(local)
-        excluded = set(exclude)
 
-        def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-            return None if excluded.intersection(Path(info.name).parts) else info
-
-        def pack() -> bytes:
+        def checked_pack() -> bytes:
             if not path.exists():
                 raise InvalidRequest(f"{local} does not exist")
             if contents and not path.is_dir():
                 raise InvalidRequest(f"{local} is not a directory")
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w") as tar:
-                for entry in sorted(path.iterdir()) if contents else [path]:
-                    tar.add(entry, arcname=entry.name, filter=keep)
-            return buf.getvalue()
+            return pack(path, contents=contents, exclude=exclude)
 
-        data = await asyncio.to_thread(pack)
-        if len(data) * 4 // 3 > self.config.max_request_bytes:
+        data = await asyncio.to_thread(checked_pack)
+        if not fits_in_request(len(data), self.config.max_request_bytes):
             raise InvalidRequest(
                 f"{local} packs to {len(data)} bytes, over the request limit; nothing was sent"
             )

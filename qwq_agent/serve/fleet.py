@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from qwq_agent.http_env import client_options
 from qwq_agent.http_probe import (
     MAX_CONCURRENT_WORKER_PROBES,
     MAX_PROBED_WORKERS,
@@ -289,7 +290,7 @@ def _probe_workers(urls: list[str], timeout: float) -> list[ReadyInfo | None]:
     found: list[ReadyInfo | None] = [None] * len(urls)
 
     async def every() -> None:
-        async with httpx.AsyncClient(timeout=timeout) as http:
+        async with httpx.AsyncClient(timeout=timeout, **client_options()) as http:
             await probe_each(urls, lambda url: probe_unbounded(url, timeout=timeout, http=http), found)
 
     try:

@@ -26,6 +26,7 @@ import httpx
 
 from qwq_agent import group_watchdog
 from qwq_agent.group_watchdog import GroupWatchdog
+from qwq_agent.http_env import client_options
 from qwq_agent.http_probe import AnswerTooLarge, get_capped, run_bounded
 from qwq_agent.serve.listeners import port_listeners
 from qwq_agent.server_info import read_server_info
@@ -167,7 +168,7 @@ async def probe_unbounded(
     """
     try:
         if http is None:
-            async with httpx.AsyncClient(timeout=timeout) as own:
+            async with httpx.AsyncClient(timeout=timeout, **client_options()) as own:
                 info = await _server_info_if_healthy(own, url)
         else:
             info = await _server_info_if_healthy(http, url)

@@ -1,7 +1,8 @@
 """A real OTLP/HTTP trace receiver on 127.0.0.1, for tests: it decodes what exporters send.
 
 `POST /v1/traces` with a protobuf `ExportTraceServiceRequest` (optionally gzip-compressed), as the
-OpenTelemetry exporters send it; the spans are kept, flattened, in `spans`.
+OpenTelemetry exporters send it; the spans are kept, flattened, in `spans`, and each request's target
+(path and query: a hosted collector takes its key there) in `targets`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
@@ -51,6 +53,7 @@ class OTLPReceiver:
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
+        self.targets: list[str] = []
         self._cond = threading.Condition()
         receiver = self
 
@@ -64,7 +67,9 @@ class OTLPReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
-                if self.path != "/v1/traces":
+                with receiver._cond:
+                    receiver.targets.append(self.path)
+                if urlsplit(self.path).path != "/v1/traces":
                     self.send_error(404)
                     return
                 request = ExportTraceServiceRequest()

@@ -51,6 +51,7 @@ from qwq_agent.agent.clients.routing import RoutingKeyMixin, routing_headers
 from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.markers import defuse, defuse_spec
 from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.http_env import client_options
 from qwq_agent.http_probe import AnswerTooLarge, get_capped
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
 from qwq_agent.urls import redact_url
@@ -253,6 +254,7 @@ class OpenAIChatClient(RoutingKeyMixin):
         self.retry = retry or RetryPolicy()
         self.extra_sampling = extra_sampling
         self.extra_body = dict(extra_body or {})
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=64)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(
@@ -261,7 +263,8 @@ class OpenAIChatClient(RoutingKeyMixin):
                 write=connect_timeout,
                 pool=None,
             ),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
+            limits=limits,
+            **client_options(limits=limits, settings=env),
         )
 
     def __repr__(self) -> str:

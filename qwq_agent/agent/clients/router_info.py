@@ -15,6 +15,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from qwq_agent.agent.clients.errors import ModelProtocolError, ModelServerError, ModelTimeoutError
+from qwq_agent.http_env import client_options
 from qwq_agent.http_probe import MAX_PROBED_WORKERS, AnswerTooLarge, get_capped, probe_each
 
 
@@ -81,7 +82,7 @@ async def worker_infos(http: httpx.AsyncClient, timeout: float = 10.0) -> Worker
         return None
 
     found: list[dict[str, Any] | None] = [None] * len(probed)
-    async with httpx.AsyncClient(timeout=timeout) as client:
+    async with httpx.AsyncClient(timeout=timeout, **client_options()) as client:
         # httpx's timeout bounds each read; a worker dripping its answer is left out, not waited on.
         with contextlib.suppress(TimeoutError):  # the answers found by then stand
             async with asyncio.timeout(timeout):

@@ -40,6 +40,7 @@ from qwq_agent.agent.clients.stops import StopScanner
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.agent.prompt_size import PreparedPrompt, prepare_prompt, rendered_prompt_tokens
 from qwq_agent.deadline import current_deadline
+from qwq_agent.http_env import client_options
 from qwq_agent.http_probe import AnswerTooLarge, get_capped
 from qwq_agent.protocols import Completion, ModelEvent, SamplingParams, TextDelta, Usage
 from qwq_agent.server_info import ServerFacts, read_server_info
@@ -155,10 +156,9 @@ class SGLangClient(RoutingKeyMixin):
         self.incremental = incremental
         self.abort_timeout = abort_timeout
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=None)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=64)
         self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
+            base_url=self.base_url, timeout=timeout, limits=limits, **client_options(limits=limits)
         )
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ endpoint URL (`http://user:password@searx.internal`, sent as basic auth).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -104,6 +105,19 @@ class TavilyProvider(BaseModel):
         return _normalise(data.get("results"), "url", "title", ("content",))[:count]
 
 
+# The variable each provider's URL comes from, to name it when it is no URL.
+_URL_VARS = {"searxng": "QWQ_SEARXNG_URL", "brave": "QWQ_BRAVE_BASE_URL", "tavily": "QWQ_TAVILY_BASE_URL"}
+
+
+def _checked_url(provider: SearxngProvider | BraveProvider | TavilyProvider) -> SearchProvider:
+    """`provider`, whose URL must be http(s)://: found here (the start-up check), not at the model's
+    first search, as an httpx error about a missing protocol."""
+    url = provider.base_url.strip()
+    if not re.match(r"(?i)https?://[^/?#\s]", url):
+        raise SearchError(f"{_URL_VARS[provider.name]}={redact_url(url)} is not an http:// or https:// URL")
+    return provider
+
+
 def provider_from_env(env: Mapping[str, str] | None = None, name: str | None = None) -> SearchProvider:
     """Choose a provider from the environment.
 
@@ -146,11 +160,11 @@ def provider_from_env(env: Mapping[str, str] | None = None, name: str | None = N
                 wanted
             ]
             raise SearchError(f"search provider {wanted!r} needs {needs} to be set")
-        return provider
+        return _checked_url(provider)
     for build in builders.values():
         provider = build()
         if provider is not None:
-            return provider
+            return _checked_url(provider)
     raise SearchError(
         "no web search provider configured: set QWQ_SEARXNG_URL, BRAVE_API_KEY or TAVILY_API_KEY"
     )
