@@ -9,7 +9,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from qwq_agent.agent.messages import Message, ToolSpec
 from qwq_agent.deadline import Deadline
@@ -30,12 +30,16 @@ if TYPE_CHECKING:  # the result models live with the sandbox's wire protocol (no
 class SamplingParams(BaseModel):
     """Sampling for one completion; defaults are QwQ-32B's recommended settings."""
 
+    # A misspelt setting (`temprature=0`) is an error: ignored, the request went with the default.
+    model_config = ConfigDict(extra="forbid")
+
     # At least one: with 0 a turn generated nothing and the run "completed" with an empty answer.
     max_new_tokens: int = Field(default=4096, ge=1)
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.0
+    # Finite and in the range servers take (NaN compares false with every check a server makes).
+    temperature: float = Field(default=0.6, ge=0.0, allow_inf_nan=False)
+    top_p: float = Field(default=0.95, ge=0.0, le=1.0)
+    top_k: int = Field(default=40, ge=-1)  # -1: no top-k cut-off
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False
@@ -99,6 +103,11 @@ class Model(Protocol):
     format, so the loop parses one format whatever the backend. A `TextDelta` may carry the request's
     `usage` so far: when the loop closes the stream before its `Completion` (an intervention), that is
     what the request counts against the budgets; a model that sends none is counted one token per delta.
+
+    A backend that cannot stream may yield its `Completion` alone: its `text` is then the output. When
+    deltas came they are the output (parsed, watched and shown as they came) and `Completion.text` is
+    not read. Anything else yielded (a `str`, a dict, None) ends the run `model_error` with a
+    `TypeError` naming the model and what it yielded.
     """
 
     name: str

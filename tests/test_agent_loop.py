@@ -13,10 +13,12 @@ from qwq_agent.agent.admission import KVAdmission
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.events import Final, ModelCall, ToolResultEvent, Warning_
+from qwq_agent.agent.language import LanguageConfig
 from qwq_agent.agent.loop import REASONING_CALL_HINT, Agent, AgentConfig
+from qwq_agent.agent.loop_detector import LoopDetectorConfig, RepetitionConfig
 from qwq_agent.agent.replay import ReplayModel
 from qwq_agent.agent.trace import read_trace, recorded_completions
-from qwq_agent.protocols import Sandbox, ToolContext, ToolOutput
+from qwq_agent.protocols import SamplingParams, Sandbox, ToolContext, ToolOutput
 from qwq_agent.testing.helpers import add, call
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
 from qwq_agent.tools.base import tool
@@ -798,3 +800,46 @@ def test_a_config_no_run_could_use_is_refused(setting, field):
     # every call with "its arguments could not be checked against its schema within 0 s"
     with pytest.raises(ValidationError, match=field):
         AgentConfig(**setting)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        # misspelt (or misplaced) settings: before, ignored, and the run went with the default
+        (lambda: AgentConfig(max_steps=3), "max_steps"),  # it is budget.max_steps
+        (lambda: Budget(max_wall=60), "max_wall"),
+        (lambda: SamplingParams(temprature=0.0), "temprature"),
+        (lambda: LoopDetectorConfig(min_reasoning_char=10), "min_reasoning_char"),
+        (lambda: RepetitionConfig(window=3), "window"),
+        (lambda: LanguageConfig(foreign_threshold=0.1), "foreign_threshold"),
+        (lambda: AgentConfig(budget={"max_stesp": 3}), "max_stesp"),
+        # NaN, infinite or negative limits: before, `max_wall_s=nan` ended the run "TimeoutError: " and
+        # `max_tool_s=nan` refused every tool call while the run completed
+        (lambda: Budget(max_wall_s=NAN), "max_wall_s"),
+        (lambda: Budget(max_wall_s=INF), "max_wall_s"),  # None is "no limit"
+        (lambda: Budget(max_tool_s=NAN), "max_tool_s"),
+        (lambda: Budget(max_tool_s=-1.0), "max_tool_s"),
+        (lambda: Budget(max_steps=-1), "max_steps"),
+        (lambda: Budget(max_generated_tokens=-5), "max_generated_tokens"),
+        (lambda: SamplingParams(temperature=NAN), "temperature"),
+        (lambda: SamplingParams(top_p=NAN), "top_p"),
+        (lambda: SamplingParams(top_k=-2), "top_k"),
+        (lambda: AgentConfig(model_retries=-1), "model_retries"),
+        (lambda: AgentConfig(model_retry_backoff_s=NAN), "model_retry_backoff_s"),
+        (lambda: AgentConfig(tool_timeout_s=INF), "tool_timeout_s"),
+        (lambda: AgentConfig(max_requests_per_turn=0), "max_requests_per_turn"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_misspelt_or_meaningless_setting_is_refused_when_it_is_made(make, field):
+    with pytest.raises(ValidationError, match=field):
+        make()
+
+
+def test_the_settings_that_mean_no_limit_or_no_sampling_cut_off_are_still_taken():
+    budget = Budget(max_steps=None, max_wall_s=None, max_tool_s=None, max_generated_tokens=None)
+    assert budget.max_wall_s is None and Budget(max_wall_s=0.0).max_wall_s == 0.0
+    assert SamplingParams(top_k=-1, temperature=0.0, top_p=1.0).top_k == -1

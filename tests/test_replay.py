@@ -16,6 +16,7 @@ from qwq_agent.agent.clients import NO_RETRY, SGLangClient
 from qwq_agent.agent.clients.openai_chat import OpenAIChatClient
 from qwq_agent.agent.events import ModelCall, ReplayEnded, RunStarted, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.recorded_settings import RecordedSettingsWarning
 from qwq_agent.agent.replay import ReplayModel, load_recording
 from qwq_agent.agent.trace import read_trace
 from qwq_agent.protocols import SamplingParams
@@ -70,6 +71,31 @@ async def test_a_recording_holds_the_tools_their_options_and_the_config(tmp_path
     assert rec.tool_options == {"docs_db": "/data/notes.sqlite3"}
     assert rec.agent_config() == custom
     assert len(rec.completions) == 3 and rec.status == "completed"
+
+
+async def test_a_recorded_config_with_settings_since_removed_loads_without_them_and_says_so(tmp_path):
+    # The config models refuse unknown keys (a misspelt setting is an error): a trace written by a
+    # version that had a setting this one lacks must still load, and replay, as it did when such keys
+    # were ignored.
+    custom = config(budget=Budget(max_steps=7))
+    await record(tmp_path / "t.jsonl", config=custom)
+    lines = (tmp_path / "t.jsonl").read_text(encoding="utf-8").splitlines()
+    started = json.loads(lines[0])
+    assert started["type"] == "run_started"
+    started["config"]["retired_setting"] = True
+    started["config"]["budget"]["max_wall"] = 60
+    started["config"]["sampling"]["old_penalty"] = 1.1
+    lines[0] = json.dumps(started)
+    (tmp_path / "old.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.warns(RecordedSettingsWarning) as caught:
+        rec = load_recording(tmp_path / "old.jsonl")
+        recorded = rec.agent_config()
+    message = str(caught[0].message)
+    assert "retired_setting" in message and "budget.max_wall" in message and "sampling.old_penalty" in message
+    assert recorded == custom
+    replay = Agent(ReplayModel.from_recording(rec), [add], config=recorded)
+    result = await replay.run(rec.task)
+    assert (result.status, result.answer) == ("completed", "43")
 
 
 async def test_replay_warns_where_the_run_diverges_from_its_recording(tmp_path):

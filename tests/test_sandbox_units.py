@@ -27,6 +27,21 @@ def test_sizes_parse_and_bad_ones_are_refused() -> None:
         SandboxConfig(memory="lots")
 
 
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        ({"memroy": "256m"}, "memroy"),  # before: ignored, the sandbox got the default limit
+        ({"python_timeout_s": float("nan")}, "python_timeout_s"),
+        ({"lifetime_s": float("inf")}, "lifetime_s"),
+        ({"cpus": -1.0}, "cpus"),
+    ],
+    ids=["typo", "nan_timeout", "endless_lifetime", "negative_cpus"],
+)
+def test_a_misspelt_or_meaningless_setting_is_refused(setting: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        SandboxConfig(**setting)
+
+
 def test_container_body_defaults_are_hardened() -> None:
     body = SandboxConfig().container_body("img", {"qwq-agent": "1"})
     host = body["HostConfig"]

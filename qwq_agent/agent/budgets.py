@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from qwq_agent.deadline import Deadline
 from qwq_agent.protocols import Usage
@@ -28,11 +28,16 @@ class Budget(BaseModel):
     that runs alone gets what is left as its deadline and ends there, as any call at its deadline.
     """
 
-    max_steps: int | None = 30
-    max_generated_tokens: int | None = 200_000
-    max_prompt_tokens: int | None = None
-    max_wall_s: float | None = 1800.0
-    max_tool_s: float | None = 900.0
+    # A misspelt limit (`max_wall=60`) is an error: ignored, the run got the default in its place. A
+    # limit is a finite number of at least 0 (None for none): NaN compares false with everything, so
+    # `max_wall_s=nan` ended runs in a bare TimeoutError and `max_tool_s=nan` refused every tool call.
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int | None = Field(default=30, ge=0)
+    max_generated_tokens: int | None = Field(default=200_000, ge=0)
+    max_prompt_tokens: int | None = Field(default=None, ge=0)
+    max_wall_s: float | None = Field(default=1800.0, ge=0.0, allow_inf_nan=False)
+    max_tool_s: float | None = Field(default=900.0, ge=0.0, allow_inf_nan=False)
 
 
 class BudgetTracker(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from qwq_agent.agent.approval import ApprovalPolicy
 from qwq_agent.agent.budgets import Budget
@@ -21,6 +21,11 @@ DEFAULT_SYSTEM_PROMPT = (
 class AgentConfig(BaseModel):
     """How one agent behaves; every threshold is configuration."""
 
+    # A misspelt setting (`AgentConfig(max_steps=3)`, which is `budget=Budget(max_steps=3)`) is an
+    # error: ignored, the run went with the default. A trace recorded by a version with settings since
+    # removed still loads: `Recording.agent_config` drops them, with a warning.
+    model_config = ConfigDict(extra="forbid")
+
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(max_new_tokens=8192))
     budget: Budget = Field(default_factory=Budget)
@@ -30,15 +35,15 @@ class AgentConfig(BaseModel):
     # Per tool call. A call's deadline is the soonest of this, the tool-time budget and the run's wall
     # deadline; the registry, the tools and the sandbox each clamp to it (no other setting to match).
     # More than 0: with 0 every call failed before its tool ran (its argument check had no time).
-    tool_timeout_s: float = Field(default=660.0, gt=0.0)
-    model_retries: int = 2
+    tool_timeout_s: float = Field(default=660.0, gt=0.0, allow_inf_nan=False)
+    model_retries: int = Field(default=2, ge=0)
     # Wait before the n-th retry of a turn: this doubled per retry (capped at 30 s), or longer when the
     # server asked for it (Retry-After); a wait the wall deadline cannot fit ends the run instead.
-    model_retry_backoff_s: float = Field(default=1.0, ge=0.0)
+    model_retry_backoff_s: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
     # Hints (REASONING_CALL_HINT) for a tool call written inside the reasoning, in a row: a turn with a
     # call where it runs ends the streak. A turn whose only action is still such a call then ends the run
     # `tool_call_in_reasoning` (0: at the first), never `completed` with a call that never ran.
-    max_reasoning_call_hints: int = 2
+    max_reasoning_call_hints: int = Field(default=2, ge=0)
     # Times one turn's answer cut off by the token limit (`sampling.max_new_tokens`) is continued in a new
     # request before the run ends `truncated_answer` with what was written. No continuation goes past the
     # budget: an answer the generation budget cut off ends the run `budget_exceeded`.
@@ -57,7 +62,7 @@ class AgentConfig(BaseModel):
     # Requests one turn may make (retries, nudges, constrained calls and their continuations) before it
     # ends with an error; and the model's context length, checked before every request (None: asked
     # from the server when the client can tell, else not checked).
-    max_requests_per_turn: int = 32
+    max_requests_per_turn: int = Field(default=32, ge=1)
     context_length: int | None = Field(default=None, ge=1)
     # Before every request its prompt is counted (`prompt_size`) and its max_new_tokens lowered so that
     # prompt + output fit the context length (the server refuses a request that does not fit). With
@@ -72,7 +77,7 @@ class AgentConfig(BaseModel):
     # consumer gone quiet held them with no deadline. None: no limit. (`Agent.run()` reads at once.)
     consumer_idle_timeout_s: float | None = Field(default=300.0, gt=0.0)
     # KV tokens a run reserves under admission control: its expected peak context.
-    kv_reservation_tokens: int = 8192
+    kv_reservation_tokens: int = Field(default=8192, ge=0)
     # Which tool calls need a human decision (None: none, unless the Agent has an approver, which is
     # then asked about every call). Part of the config so a trace records it and a resume applies it.
     approval: ApprovalPolicy | None = None

@@ -324,6 +324,14 @@ class Agent:
             status, error = "error", f"{type(exc).__name__}: {exc}"
             if deadline.expired:  # e.g. the pool's acquire, bounded by the run's deadline, gave up
                 status = "budget_exceeded"
+        except BaseException as exc:
+            # KeyboardInterrupt (Ctrl-C where no asyncio handler turns it into a cancellation: Jupyter,
+            # run_until_complete), SystemExit: the run ends, its trace closed and the agent free for the
+            # next run, and the exception goes on to the caller. Left as they were, the trace ended
+            # after run_started and the agent refused every later run as "already running".
+            if self._run is run:
+                self._end(run, "interrupted", f"the run was interrupted by {type(exc).__name__}")
+            raise
         finally:
             run.unwound.set()
         if self._run is not run:  # ended by `end_run()`: its final is written

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -35,6 +36,7 @@ from qwq_agent.agent.events import (
 )
 from qwq_agent.agent.loops.detector import LoopSignal
 from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.agent.recorded_settings import RecordedSettingsWarning, known_settings
 from qwq_agent.agent.trace import (
     PromptRestorer,
     TraceError,
@@ -170,11 +172,22 @@ class Recording(BaseModel):
         a cut-off answer, no close of an unclosed reasoning), `intervene_on_last_step` False (no
         nudge, close or hint on the last step the budget allows) and `min_context_room_tokens` None
         (requests not fitted to the context: one the server refused was sent, and retried), or the
-        replay asks for other completions than the trace holds. A config edited by hand or written by an incompatible version raises
-        `TraceError` naming the trace and the setting, not pydantic's error.
+        replay asks for other completions than the trace holds. A setting this version no longer has
+        is dropped, with a `RecordedSettingsWarning` naming it (`AgentConfig` refuses unknown keys). A
+        config edited by hand or written by an incompatible version raises `TraceError` naming the
+        trace and the setting, not pydantic's error.
         """
+        recorded, dropped = known_settings(AgentConfig, {**_BEFORE_THEY_EXISTED, **self.config})
+        if dropped:
+            warnings.warn(
+                RecordedSettingsWarning(
+                    f"trace {self.path}: its recorded config holds settings this version does not have; "
+                    f"they are ignored: {', '.join(dropped)}"
+                ),
+                stacklevel=2,
+            )
         try:
-            return AgentConfig.model_validate({**_BEFORE_THEY_EXISTED, **self.config})
+            return AgentConfig.model_validate(recorded)
         except ValidationError as exc:
             raise TraceError(f"trace {self.path}: its recorded config is not valid ({_first(exc)})") from None
 

@@ -46,11 +46,12 @@ from qwq_agent.agent.loop_detector import (
 from qwq_agent.agent.loops.probe import AnswerProbe, ProbeModel, PromptRenderer
 from qwq_agent.agent.markers import defuse
 from qwq_agent.agent.messages import Message, ToolSpec
+from qwq_agent.agent.model_stream import StreamReader
 from qwq_agent.agent.prompt_size import PreparedPrompt, PromptPreparer, prompt_tokens, text_tokens
 from qwq_agent.agent.replay import RecordedCompletion, ReplayedModelError, ReplayExhausted, ReplayModel
 from qwq_agent.agent.turn_limits import ContextLength, PromptSize, Refusal, TurnLimits
 from qwq_agent.deadline import Deadline
-from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, TextDelta, Usage
+from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, SamplingParams, Usage
 
 Emit = Callable[..., Event]
 
@@ -96,6 +97,7 @@ class _Attempt(BaseModel):
     deltas: int = 0  # pieces of output received (its tokens where the model counts none)
     usage: Usage | None = None  # what the request cost so far, as its client counted (the last delta's)
     probes: list[ModelCall] = Field(default_factory=list)  # probes finished meanwhile (counted already)
+    abandoned: str | None = None  # why the stream was abandoned: it went on after it was told to stop
 
 
 class _AfterFailure(BaseModel):
@@ -203,6 +205,8 @@ class TurnStreamer:
                     async for ev in events:
                         yield ev
             except Exception as exc:
+                for ev in self._abandoned(attempt):
+                    yield ev
                 failure = _describe(exc)
                 if isinstance(exc, ReplayExhausted):  # the recording ends here: no failure of the model
                     yield self._stop(exc.status, str(exc))
@@ -233,6 +237,8 @@ class TurnStreamer:
                 await asyncio.sleep(after.wait)
                 self._reset()
                 continue
+            for ev in self._abandoned(attempt):
+                yield ev
             for ev in self._probe_calls(attempt):
                 yield ev
             async for ev in self._record(attempt):
@@ -303,7 +309,8 @@ class TurnStreamer:
         # The turn so far goes back as text: a marker the model spelt in it must not become a control
         # token (see `markers`), as in every later prompt.
         stream = self._open_stream(params)
-        events = aiter(stream)
+        # A stream that will not stop when told to is abandoned, not waited for (`model_stream`).
+        reader = StreamReader(stream, type(self.model).__name__)
         try:
             while True:
                 # The timer covers each wait for the next event, not the yields below: keep-alives,
@@ -311,11 +318,9 @@ class TurnStreamer:
                 try:
                     async with self.deadline.timer(reserve=self._reserve):
                         if self.probe is None:
-                            mev: ModelEvent | None = await anext(events)
+                            mev = await reader.next()
                         else:
-                            mev = await self._next_or_probe(events, attempt, pieces)
-                except StopAsyncIteration:
-                    break
+                            mev = await self._next_or_probe(reader, attempt, pieces)
                 except TimeoutError:
                     if not self._wall_out():
                         raise
@@ -332,11 +337,18 @@ class TurnStreamer:
                     attempt.completion = mev
                     if attempt.signal is None:
                         attempt.signal = self._recorded_signal(mev)
-                    continue
-                delta = mev.text if isinstance(mev, TextDelta) else ""
-                attempt.deltas += 1
-                if isinstance(mev, TextDelta) and mev.usage is not None:
-                    attempt.usage = mev.usage
+                    if any(pieces) or not mev.text:
+                        # The deltas are the output: parsed as they came, streamed to the caller and
+                        # watched by the detectors, they stand whatever the completion's text says.
+                        continue
+                    # A model that streams nothing (a non-streaming backend) hands its whole output
+                    # here: it is read as the request's one piece.
+                    delta = mev.text
+                else:
+                    delta = mev.text
+                    attempt.deltas += 1
+                    if mev.usage is not None:
+                        attempt.usage = mev.usage
                 cut = watcher.feed(delta) if watcher is not None else None
                 if cut is not None:  # the rest of the call is generated under the grammar
                     delta, attempt.call_open = delta[:cut], True
@@ -382,7 +394,8 @@ class TurnStreamer:
             if self.probe is not None:
                 await self.probe.aclose()
             with self.deadline.scope():  # the abort this may send counts against the deadline
-                await _aclose(stream)
+                await reader.close()
+            attempt.abandoned = reader.abandoned  # the turn goes on (or ends) without it
 
     def _open_stream(self, params: SamplingParams) -> AsyncIterator[ModelEvent]:
         """The request's stream: of the prompt `_prompt_size` prepared for it, when it did."""
@@ -427,7 +440,7 @@ class TurnStreamer:
         return probe.ids if probe.ids is not None else probe.text
 
     async def _next_or_probe(
-        self, events: AsyncIterator[ModelEvent], attempt: _Attempt, pieces: list[str]
+        self, reader: StreamReader, attempt: _Attempt, pieces: list[str]
     ) -> ModelEvent | None:
         """The next event of the stream, while taking the answers of probes that finish meanwhile.
 
@@ -437,7 +450,7 @@ class TurnStreamer:
         """
         assert self.probe is not None
         if self._pull is None:
-            self._pull = asyncio.ensure_future(_pull(events))
+            self._pull = asyncio.ensure_future(reader.next())
         while True:
             for result in self.probe.collect():
                 usage = Usage(
@@ -459,7 +472,8 @@ class TurnStreamer:
             if self._pull.done():
                 pull, self._pull = self._pull, None
                 return pull.result()
-            await asyncio.wait({self._pull, *self.probe.pending}, return_when=asyncio.FIRST_COMPLETED)
+            waits: set[asyncio.Future[Any]] = {self._pull, *self.probe.pending}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
 
     async def _record(self, attempt: _Attempt) -> AsyncIterator[Event]:
         done = attempt.completion
@@ -486,6 +500,12 @@ class TurnStreamer:
         )
         for ev in self._traced(call):
             yield ev
+
+    def _abandoned(self, attempt: _Attempt) -> list[Event]:
+        """The warning for a request whose stream was left running (see `model_stream`), if it was."""
+        if attempt.abandoned is None:
+            return []
+        return [self.emit(Warning_(kind="model_abandoned", message=attempt.abandoned, level=2))]
 
     def _probe_calls(self, attempt: _Attempt) -> list[Event]:
         """The probes that finished during `attempt`, traced before its own `model_call` (where a replay
@@ -905,20 +925,3 @@ def _context_refused(exc: BaseException) -> bool:
     if isinstance(exc, ReplayedModelError):
         return str(exc).startswith(f"{ModelContextExceeded.__name__}:")
     return isinstance(exc, ModelContextExceeded)
-
-
-async def _pull(events: AsyncIterator[ModelEvent]) -> ModelEvent | None:
-    """The next event, or None at the end (a task cannot end in StopAsyncIteration)."""
-    try:
-        return await anext(events)
-    except StopAsyncIteration:
-        return None
-
-
-async def _aclose(stream: Any) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:
-            pass

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
@@ -36,6 +37,10 @@ class SandboxConfig(BaseModel):
     Sizes accept bytes or strings like `512m`. Memory and memory+swap are the same value, so the sandbox
     never swaps. Tmpfs mounts count against the memory limit, which is why they are capped too.
     """
+
+    # A misspelt setting (`DockerSandbox.create(memroy="256m")`) is an error: ignored, the sandbox
+    # got the default limit.
+    model_config = ConfigDict(extra="forbid")
 
     image: str | None = Field(
         None,
@@ -99,6 +104,23 @@ class SandboxConfig(BaseModel):
                 "`supervisor_user` must be another uid than `user`: user code must not reach the supervisor"
             )
         return self
+
+    @field_validator(
+        "cpus",
+        "idle_timeout_s",
+        "lifetime_s",
+        "python_timeout_s",
+        "shell_timeout_s",
+        "interrupt_grace_s",
+        "start_timeout_s",
+        "reply_grace_s",
+    )
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        # NaN passes no check the supervisor or Docker makes, and compares false with every deadline.
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"must be a finite number of at least 0, not {value!r}")
+        return value
 
     @field_validator("memory", "fsize", "workspace_size", "tmp_size", "home_size", mode="before")
     @classmethod

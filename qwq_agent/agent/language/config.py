@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["LanguageConfig"]
 
 
 class LanguageConfig(BaseModel):
     """Thresholds of `language_mismatch`, `reasoning_drift` and `detect_language`."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt threshold is an error, not the default
 
     foreign_script_threshold: float = Field(
         0.2,

@@ -14,13 +14,16 @@ leave-one-out (`benchmarks/loop_detector_loo.py`).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["LoopDetectorConfig"]
 
 
 class LoopDetectorConfig(BaseModel):
     """Thresholds of `ReasoningLoopDetector` (lengths in UTF-8 bytes: see the module's docstring)."""
+
+    # A misspelt threshold is an error: ignored, the detector ran with the default.
+    model_config = ConfigDict(extra="forbid")
 
     # ---- floors and escalation ----------------------------------------------------------------
     min_reasoning_chars: int = Field(

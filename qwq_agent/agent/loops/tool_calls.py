@@ -6,7 +6,7 @@ import json
 from collections import deque
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from qwq_agent.agent.messages import ToolCall
 
@@ -21,6 +21,8 @@ __all__ = [
 
 class RepetitionConfig(BaseModel):
     """Thresholds of `ToolCallRepetitionDetector`; counts are tool-call steps."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt threshold is an error, not the default
 
     identical_calls_in_a_row: int = Field(
         default=3, ge=2, description="Same tool and same (canonicalised) arguments this many times in a row."
