@@ -26,6 +26,7 @@ from qwq_agent.agent.replay import ReplayModel, load_recording
 from qwq_agent.agent.selection import SelectionError
 from qwq_agent.agent.tokenizer import get_tokenizer
 from qwq_agent.agent.trace import read_trace
+from qwq_agent.sandbox import SandboxPool
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
 from qwq_agent.tools.catalog import build_tools
 
@@ -288,6 +289,19 @@ async def test_bad_arguments_fail_before_anything_starts():
         with pytest.raises(SelectionError, match="needs a command"):
             await agent.explore("x", n=2, select="tests:  ")
         assert server.requests == []
+
+
+async def test_more_branches_than_the_pool_s_max_live_is_refused_before_anything_starts():
+    """Each branch holds its sandbox until the selection, so on a pool with `max_live` below `n` the
+    branches past the cap waited for a release only the exploration itself would make: it sat idle
+    for the pool's whole acquire timeout and then lost those branches. It is refused up front now."""
+    async with ScriptedModelServer(["never"]) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        pool = SandboxPool(size=0, max_live=2)
+        agent = Agent(client, [], sandbox_pool=pool, config=config())
+        with pytest.raises(BranchError, match=r"3 branches.*max_live=2"):
+            await agent.explore("x", n=3)
+        assert server.requests == [] and pool.live == 0
+        assert agent.exploration_trace is None
 
 
 async def test_a_tests_selection_without_a_sandbox_is_refused_before_anything_starts():

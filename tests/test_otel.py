@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -355,3 +356,19 @@ async def test_the_cli_says_in_one_line_that_spans_were_lost():
     assert lines == [
         f"OpenTelemetry: 1 spans did not reach {export.endpoint} (refused, or not taken within 0.5 s)"
     ]
+
+
+async def test_closing_the_traced_stream_ends_the_run_it_wraps_there_and_then():
+    """`aclosing(traced(agent.stream(t)))` left early ended the spans but left the run's own stream to the
+    garbage collector: the run (its sandbox, its KV room) went on being held past the block."""
+    exporter, provider = memory_tracer()
+    recorder = SpanRecorder(provider.get_tracer("t"))
+    async with ScriptedModelServer(TURNS) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, [add, explode], config=AgentConfig(check_language=False))
+        async with contextlib.aclosing(traced(agent.stream("What is 2 + 3?"), recorder)) as stream:
+            async for ev in stream:
+                if isinstance(ev, ToolCallEvent):
+                    break
+        assert agent.result is not None and agent.result.status == "interrupted"
+    run = next(s for s in exporter.get_finished_spans() if s.name.startswith("invoke_agent"))
+    assert run.status.status_code == StatusCode.ERROR

@@ -7,15 +7,18 @@ Real scripted HTTP model server and client, a real sandbox pool (Docker), real t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import pytest
 
 from qwq_agent.agent import loop
+from qwq_agent.agent.admission import KVAdmission
+from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
-from qwq_agent.agent.events import Final, RunStarted
+from qwq_agent.agent.events import BudgetExceeded, Event, Final, RunStarted, ToolStarted, UsageEvent
 from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.run_stream import RunStream
 from qwq_agent.agent.trace import read_trace
 from qwq_agent.sandbox import SandboxConfig, SandboxPool
 from qwq_agent.sandbox.engine import DockerEngine
@@ -178,3 +181,165 @@ async def test_a_stopped_run_whose_model_answer_comes_late_leaves_the_next_runs_
     assert not any("A thinks" in (m.reasoning or "") for m in b.messages)
     assert [m.role for m in b.messages] == ["system", "user", "assistant", "tool", "assistant"]
     assert agent.messages == b.messages
+
+
+async def test_reading_again_while_the_idle_close_unwinds_gives_the_final_not_a_runtime_error() -> None:
+    """The idle timer ended a run in a tool call whose cancellation takes a moment (flushing a file).
+    A consumer reading again meanwhile, or leaving `async with`, collided with that close ("anext():
+    asynchronous generator is already running"); it now waits for it and gets the idle `Final`, alone."""
+    cancelled, release = asyncio.Event(), asyncio.Event()
+
+    from qwq_agent.tools.base import tool
+
+    @tool(timeout=60)
+    async def slow() -> str:
+        """A tool whose clean-up takes a moment."""
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            await release.wait()
+            raise
+        return "x"
+
+    def model(req: ScriptedRequest) -> str:
+        if "<tool_response>" in (req.prompt or ""):
+            return "ok\n</think>\n\nanswer"
+        return "w\n</think>\n\n" + call("slow")
+
+    async with (
+        ScriptedModelServer(model, when_exhausted="repeat") as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [slow], config=config(consumer_idle_timeout_s=0.2))
+        stream = agent.stream("task")
+        async for ev in stream:
+            if isinstance(ev, ToolStarted):
+                break  # the consumer goes quiet while the tool runs
+        await asyncio.wait_for(cancelled.wait(), GUARD_S)  # the timer fired; the close is unwinding
+        rest = asyncio.create_task(_all(stream))
+        closing = asyncio.create_task(stream.aclose())
+        await asyncio.sleep(0)  # both are under way (one step of the event loop)
+        release.set()
+        got = await asyncio.wait_for(rest, GUARD_S)
+        await asyncio.wait_for(closing, GUARD_S)
+        result = agent.result
+    assert result is not None and result.status == "interrupted"
+    assert "consumer_idle_timeout_s" in (result.error or "")
+    assert [(type(ev), getattr(ev, "status", None)) for ev in got] == [(Final, "interrupted")]
+
+
+async def _all(stream: RunStream) -> list[Event]:
+    return [ev async for ev in stream]
+
+
+async def test_aclose_from_another_task_ends_the_run_now_and_the_reader_gets_its_final(
+    tmp_path: Path,
+) -> None:
+    """A service's disconnect handler closes the stream while the reading task waits inside it on the
+    model: `aclose()` raised RuntimeError and the run went on to `completed`. It now ends the run
+    `interrupted` at once (the held request is dropped), and the reading task gets that `Final`."""
+    release = asyncio.Event()
+
+    def model(req: ScriptedRequest) -> Turn:
+        return Turn(text="thinking hard\n</think>\n\nanswer", hold_after=1, hold_until=release)
+
+    async with (
+        ScriptedModelServer(model, when_exhausted="repeat") as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config(), trace_path=tmp_path / "t.jsonl")
+        stream = agent.stream("task")
+        first = await stream.__anext__()
+        assert isinstance(first, RunStarted)
+        reading = asyncio.create_task(_all(stream))
+        await asyncio.wait_for(server.wait_for_requests(1), GUARD_S)  # the reader waits on the model
+        await asyncio.wait_for(stream.aclose(), GUARD_S)
+        result = agent.result
+        assert result is not None and result.status == "interrupted"
+        seen = await asyncio.wait_for(reading, GUARD_S)
+        release.set()
+    assert [(ev.status, ev.error) for ev in seen if isinstance(ev, Final)] == [(result.status, result.error)]
+    assert isinstance(seen[-1], Final)
+    assert finals(result.trace_path) == [("interrupted", result.error)]
+
+
+async def test_an_answer_in_hand_when_the_consumer_goes_quiet_is_kept() -> None:
+    """The model's last turn came back whole and only its `Final(completed)` was left to hand out when
+    the consumer paused (writing usage to a slow store): the idle timer recorded the run `interrupted`
+    with no answer. A run with no work left is now finished as it would have been."""
+    async with (
+        ScriptedModelServer(lambda req: "t\n</think>\n\nthe answer is 42", when_exhausted="repeat") as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config(consumer_idle_timeout_s=0.2))
+        async with agent.stream("6*7?") as events:
+            async for ev in events:
+                if isinstance(ev, UsageEvent):  # a slow consumer step, until the timer has acted
+                    await asyncio.wait_for(until(lambda: agent.result is not None), GUARD_S)
+                last = ev
+        result = agent.result
+    assert result is not None and (result.status, result.answer) == ("completed", "the answer is 42")
+    assert isinstance(last, Final) and (last.status, last.answer) == ("completed", "the answer is 42")
+    assert len(server.requests) == 1
+
+
+async def test_an_idle_consumer_holding_a_budget_stop_before_the_start_gets_budget_exceeded() -> None:
+    """The run's wall budget ran out while it waited for KV room, and the consumer paused on that
+    `BudgetExceeded`: the idle timer recorded `interrupted`. The run had nothing left to do but say so,
+    and it now ends `budget_exceeded`, as it would have for a consumer that read on."""
+    admission = KVAdmission(1000, headroom=1.0)
+    async with (
+        ScriptedModelServer(lambda req: "t\n</think>\n\nx", when_exhausted="repeat") as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+        admission.reserve(1000),  # another session holds all of it
+    ):
+        cfg = config(
+            consumer_idle_timeout_s=0.2,
+            kv_reservation_tokens=500,
+            budget=Budget(max_wall_s=0.2),
+        )
+        agent = Agent(client, [], config=cfg, admission=admission)
+        async with agent.stream("task") as events:
+            async for ev in events:
+                if isinstance(ev, BudgetExceeded):
+                    await asyncio.wait_for(until(lambda: agent.result is not None), GUARD_S)
+                last = ev
+        result = agent.result
+    assert result is not None and result.status == "budget_exceeded"
+    assert isinstance(last, Final) and last.status == "budget_exceeded"
+    assert server.requests == []
+
+
+async def test_a_failing_idle_handler_still_closes_the_stream() -> None:
+    """What the run's control raises when the idle timer fires must not leave the run paused for good
+    (holding its sandbox with no timer left): the stream is closed all the same."""
+    closed = asyncio.Event()
+
+    async def events() -> AsyncGenerator[Event, None]:
+        try:
+            yield RunStarted(task="t", model="m", tools=[])
+            yield Final(status="completed", answer="a")
+        finally:
+            closed.set()
+
+    class Broken:
+        def busy(self) -> bool:
+            return False
+
+        def wind_up(self, reason: str) -> None:
+            raise RuntimeError("broken")
+
+        def stop(self, reason: str) -> None:
+            raise RuntimeError("broken")
+
+        def final(self) -> Final | None:
+            return None
+
+        def closing(self) -> asyncio.Task[None] | None:
+            return None
+
+    stream = RunStream(events(), idle_s=0.05, control=Broken())
+    assert isinstance(await stream.__anext__(), RunStarted)
+    await asyncio.wait_for(closed.wait(), GUARD_S)
+    assert [ev async for ev in stream] == []

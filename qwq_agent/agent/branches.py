@@ -188,6 +188,14 @@ async def run_branches(
         raise BranchError(f"{len(seeds)} seeds given for {n} branches: give one per branch")
     if parent._running:  # its transcript is still changing: branch after its run (or exploration) ends
         raise BranchError("the agent is running a task: branch from it after its run ends")
+    cap = getattr(parent.sandbox_pool, "max_live", None)
+    if isinstance(cap, int) and n > cap:
+        # Each branch holds its pool sandbox until the selection: the ones past the cap would wait for
+        # a release only this exploration could make, and lose after the pool's acquire timeout.
+        raise BranchError(
+            f"{n} branches need {n} sandboxes at once (each keeps its own until one is selected), but the "
+            f"agent's sandbox pool has max_live={cap}: explore with n <= {cap}, or give the pool more room"
+        )
     selector = parse_select(select)
     if isinstance(selector, Verifier) and parent.sandbox is None and parent.sandbox_pool is None:
         # Every branch would run (all its model time spent) and then have nowhere to run the command.

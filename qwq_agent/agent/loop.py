@@ -36,7 +36,7 @@ from qwq_agent.agent.language import correction_prompt, language_mismatch, reaso
 from qwq_agent.agent.loop_detector import ToolCallRepetitionDetector
 from qwq_agent.agent.messages import MalformedCall, Message, replace_surrogates_in_messages
 from qwq_agent.agent.parser import ParseResult
-from qwq_agent.agent.run_stream import RunStream
+from qwq_agent.agent.run_stream import STOPPED, RunStream
 from qwq_agent.agent.trace import TraceError, TraceWriter
 from qwq_agent.agent.turn import TurnStreamer
 from qwq_agent.protocols import Model, PromptModel, Tool
@@ -148,7 +148,10 @@ class Agent:
         the run `interrupted` and releases its sandbox and KV room there and then, rather than when the
         generator is garbage-collected. A consumer that reads no next event for
         `AgentConfig.consumer_idle_timeout_s` has the run ended `interrupted` (the error says why), its
-        trace ended and its sandbox released; reading again then gives that `Final` and nothing more.
+        trace ended and its sandbox released, unless it has nothing in flight (its answer is in): it then
+        finishes as it would have, starting no new turn or tool call. Reading again waits for that and
+        gives the run's `Final`, and nothing more. `aclose()` from another task, while one reads, ends
+        the run at once; the reader gets its `Final` (see `RunStream`).
 
         `history` is an earlier conversation this task continues (e.g. a previous run's
         `result.messages`); the task is added to it as the next user turn. With `continues`, nothing
@@ -168,23 +171,7 @@ class Agent:
         """
         run = _Run()
         events = self._start(run, task, history, continues)
-        return RunStream(
-            events, idle_s=self.config.consumer_idle_timeout_s, on_idle=lambda: self._consumer_idle(run)
-        )
-
-    def _consumer_idle(self, run: _Run) -> Final | None:
-        """`run`'s consumer read no event for `consumer_idle_timeout_s`: end it (its final, for the
-        consumer that comes back), and close its stream, which releases its sandbox and KV room."""
-        if self._run is not run:
-            return None
-        seconds = self.config.consumer_idle_timeout_s
-        self._end(
-            run,
-            "interrupted",
-            f"the consumer of the run's events read none for {seconds:g} s (consumer_idle_timeout_s)",
-        )
-        _close_soon(run)
-        return run.final
+        return RunStream(events, idle_s=self.config.consumer_idle_timeout_s, control=_Control(self, run))
 
     def _start(
         self, run: _Run, task: str, history: Sequence[Message], continues: bool
@@ -285,10 +272,10 @@ class Agent:
                         prompt_options=prompt_options_of(self.model),
                     )
                 )
-                for note in trace_notes:
-                    yield emit(note)
                 if self._run is not run:  # ended by `end_run()` while the caller held an event
                     return
+                for note in trace_notes:
+                    yield emit(note)
                 # aclosing here and below: a consumer that stops iterating (a closed stdout) closes this
                 # generator, and the close must reach the model request now, in order; left to the
                 # event loop's shutdown, the nested generators were closed at once and collided.
@@ -318,7 +305,7 @@ class Agent:
             raise
         except GeneratorExit:  # the caller stopped iterating: the trace still ends with a final event
             if self._run is run:
-                self._end(run, "interrupted", "the run was stopped before it ended")
+                self._end(run, "interrupted", STOPPED)
             raise
         except Exception as exc:  # our own bug or an environment failure: report, don't crash
             status, error = "error", f"{type(exc).__name__}: {exc}"
@@ -623,6 +610,9 @@ class Agent:
                 yield emit(BudgetExceeded(budget=name, limit=limit, used=used))
                 yield Final(status="budget_exceeded", error=_budget_error(over))
                 return
+            if run.wind_up is not None:  # its consumer went quiet: no new turn (see `RunStream`)
+                yield Final(status="interrupted", error=run.wind_up)
+                return
             self._step += 1
             self.tracker.steps += 1
             for note in _take_notices(self.model):
@@ -639,7 +629,9 @@ class Agent:
                 self._context_length,
                 arithmetic_hint=not self._arithmetic_hinted,
                 call_turn=self._turns_before + self._step,
+                stopping=lambda: run.wind_up,
             )
+            run.turn = turn
             async with aclosing(turn.run()) as turn_events:
                 async for ev in turn_events:
                     yield ev
@@ -694,6 +686,9 @@ class Agent:
                     )
                 )
             calls = list(parsed.tool_calls)
+            if calls and run.wind_up is not None:  # its consumer went quiet: no call is asked about or run
+                yield Final(status="interrupted", error=run.wind_up)
+                return
             if calls and (policy := self._approval_policy()) is not None:
                 # Traced as they happen (a viewer shows the question while it waits), yielded after.
                 gate = await review_calls(
@@ -718,9 +713,13 @@ class Agent:
                 # aclosing: closing the run's stream must end its tool calls before the close returns
                 # (and the sandbox goes back to the pool), not whenever the GC finalises the generator.
                 tool_run = dispatcher.run(calls, self.sandbox, observations, repairs=parsed.repairs)
-                async with aclosing(tool_run) as tool_events:
-                    async for ev in tool_events:
-                        yield ev
+                run.tools_running = True
+                try:
+                    async with aclosing(tool_run) as tool_events:
+                        async for ev in tool_events:
+                            yield ev
+                finally:
+                    run.tools_running = False
             if observations:
                 written = _renders_in_written_order(self.model)
                 self.messages.extend(
@@ -876,7 +875,39 @@ class _Run:
         self.waiting: asyncio.Future[Any] | None = None
         self.pool_sandbox: Any = None  # the sandbox it took from the agent's pool
         self.unwound = asyncio.Event()  # its tool calls have ended, its sandbox and KV room are released
-        self.closing: asyncio.Task[None] | None = None
+        self.closing: asyncio.Task[None] | None = None  # `end_run()`'s close of its stream
+        # Its consumer went quiet with nothing in flight (`RunStream`): why it ends at its next piece of
+        # work (a turn, a request, a tool call), while what it holds (a whole answer) still finishes it.
+        self.wind_up: str | None = None
+        self.turn: TurnStreamer | None = None  # its current turn (streaming a request, or not)
+        self.tools_running = False  # its stream is inside a batch of tool calls
+
+
+class _Control:
+    """How a run's `RunStream` reaches the agent (`run_stream.RunControl`)."""
+
+    def __init__(self, agent: Agent, run: _Run) -> None:
+        self._agent, self._run = agent, run
+
+    def busy(self) -> bool:
+        run = self._run
+        return run.tools_running or (run.turn is not None and run.turn.streaming)
+
+    def wind_up(self, reason: str) -> None:
+        if self._agent._run is self._run:
+            self._run.wind_up = reason
+
+    def stop(self, reason: str) -> None:
+        # The stream is closed (or its reader cancelled) by the `RunStream`: `end_run`'s own close
+        # would collide with it.
+        if self._agent._run is self._run:
+            self._agent._end(self._run, "interrupted", reason)
+
+    def final(self) -> Final | None:
+        return self._run.final
+
+    def closing(self) -> asyncio.Task[None] | None:
+        return self._run.closing
 
 
 def _close_soon(run: _Run) -> None:

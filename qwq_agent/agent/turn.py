@@ -126,8 +126,12 @@ class TurnStreamer:
         context_length: ContextLength | None = None,
         arithmetic_hint: bool = True,
         call_turn: int | None = None,
+        stopping: Callable[[], str | None] | None = None,
     ) -> None:
         self.model = model
+        # Why the turn may send no further request (its run's consumer went quiet), else None.
+        self._stopping = stopping
+        self.streaming = False  # a request's stream is open and being read
         # Whether this turn may write the run's one hand-arithmetic hint (the run passes False after it).
         self._hint_allowed = arithmetic_hint
         self.messages = messages
@@ -185,6 +189,8 @@ class TurnStreamer:
     async def run(self) -> AsyncGenerator[Event, None]:
         attempts = 0
         while True:
+            if self._stopped(self.prefix):
+                return
             if (refused := await self._before_request(self._prompt_size(self.prefix))) is not None:
                 if self._continuing is not None:  # the answer is whole but for its cut-off end
                     self.result.truncated = (
@@ -234,6 +240,8 @@ class TurnStreamer:
                 attempts += 1
                 message = f"{failure}; retrying the turn in {after.wait:.1f} s"
                 yield self.emit(Warning_(kind="model_error", message=message))
+                if self._stopped(self.prefix):
+                    return
                 await asyncio.sleep(after.wait)
                 self._reset()
                 continue
@@ -311,6 +319,7 @@ class TurnStreamer:
         stream = self._open_stream(params)
         # A stream that will not stop when told to is abandoned, not waited for (`model_stream`).
         reader = StreamReader(stream, type(self.model).__name__)
+        self.streaming = True
         try:
             while True:
                 # The timer covers each wait for the next event, not the yields below: keep-alives,
@@ -386,6 +395,7 @@ class TurnStreamer:
                 ):
                     break  # closing the stream aborts the request on the server
         finally:
+            self.streaming = False
             attempt.text = "".join(pieces)
             if (pull := self._pull) is not None:  # cancelling the read closes the stream (and aborts)
                 self._pull = None
@@ -591,6 +601,8 @@ class TurnStreamer:
         native = self._native
         if native is None:  # `_stream` opens a call for the grammar only when there is a native model
             raise RuntimeError("a tool call was left open for the grammar without a native model")
+        if self._stopped(self.prefix + text):
+            return
         prompt_so_far = native.render_prompt(self.messages, self.specs) + defuse(self.prefix + text)
         # Sent as this text, whatever the client does with a stream's prompt (ids, kept turns spliced in).
         if (
@@ -826,6 +838,15 @@ class TurnStreamer:
         self.result.stop_status = status
         self.result.error = message
         return self.emit(Warning_(kind=kind or status, message=message, level=3, refused=refused))
+
+    def _stopped(self, raw: str) -> bool:
+        """Whether the turn stops before its next request (its run winds up, see `RunStream`): then it
+        ends `interrupted`, with `raw` as its text, and the run with it."""
+        reason = self._stopping() if self._stopping is not None else None
+        if reason is None:
+            return False
+        self.result.raw, self.result.stop_status, self.result.error = raw, "interrupted", reason
+        return True
 
     def _refused(self, refusal: Refusal) -> Event:
         """End the turn on a request it may not send; one that did not fit the context records the check

@@ -324,7 +324,8 @@ async def traced(events: AsyncIterator[Event], recorder: SpanRecorder | None = N
     """Pass `agent.stream(task)` through, recording spans; a stream cut short ends them as failed.
 
     Only the runs of this stream are ended so: a recorder shared by several streams (one per
-    concurrent run) goes on recording the others.
+    concurrent run) goes on recording the others. Closing this stream closes `events` too, so
+    `aclosing(traced(agent.stream(task)))` ends the run (and releases its sandbox) when it is left.
     """
     recorder = recorder or SpanRecorder()
     seen: set[str] = set()
@@ -334,5 +335,12 @@ async def traced(events: AsyncIterator[Event], recorder: SpanRecorder | None = N
             recorder.handle(ev)
             yield ev
     finally:
-        # A run of this stream whose `Final` came is no longer open, so this ends only the cut ones.
-        recorder.abort("the event stream ended without a final event", seen)
+        # Closing this closes the stream it wraps: its run ends (and releases its sandbox) now, not when
+        # the garbage collector finalises it.
+        close = getattr(events, "aclose", None)
+        try:
+            if close is not None:
+                await close()
+        finally:
+            # A run of this stream whose `Final` came is no longer open, so this ends only the cut ones.
+            recorder.abort("the event stream ended without a final event", seen)
