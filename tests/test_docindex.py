@@ -1124,3 +1124,64 @@ def test_html_past_the_depth_cap_keeps_scripts_out_and_headings_as_sections(tmp_
         assert locations(index, "makeword") == [f"deep.html:{first + 1}"]
         assert locations(index, "useword") == [f"deep.html:{first + 3}"]
         assert sorted(h.heading for h in index.search("makeword OR useword")) == ["Install", "Usage"]
+
+
+def _as_built_by_an_older_extractor(db: Path, path: str, error: str) -> None:
+    """Make `db` what an older qwq-agent left: no extractor version in its meta, and `path` stored as
+    that version extracted it (an error entry, no sections), with the file's mtime and size unchanged."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DELETE FROM meta WHERE key = 'extractor'")
+        (file_id,) = conn.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
+        conn.execute("DELETE FROM fts WHERE rowid IN (SELECT id FROM chunks WHERE file_id = ?)", (file_id,))
+        conn.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
+        conn.execute("UPDATE files SET error = ? WHERE id = ?", (error, file_id))
+
+
+def test_an_index_built_by_an_older_extractor_is_read_again_on_update(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An index built before extraction changed (the charset and byte-order-mark fixes) kept that
+    # extraction for good: every file's mtime and size were unchanged, so none was read again, and a
+    # UTF-16 file stayed an error entry ("looks like a binary file"), unsearchable, with no word of it.
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "wide.txt").write_bytes("Notes on кэширование\n".encode("utf-16"))
+    (root / "plain.md").write_text("# Plain\n\nnothing changed here\n")
+    db = tmp_path / "old.sqlite3"
+    assert main(["index", str(root), "--db", str(db)]) == 0
+    capsys.readouterr()
+    _as_built_by_an_older_extractor(db, "wide.txt", "looks like a binary file")
+    with DocIndex.open_existing(db) as old:
+        assert old.outdated and locations(old, "кэширование") == []  # still searchable, and says so
+    assert main(["index", str(root), "--db", str(db), "--query", "кэширование"]) == 0
+    out = capsys.readouterr().out
+    assert "updated 2, removed 0, unchanged 0" in out
+    assert "re-read 2 files: the index was built by an older extractor" in out
+    assert "wide.txt:1" in out
+    with DocIndex.open_existing(db) as index:
+        assert not index.outdated
+    # Read again once: the next update reads nothing.
+    assert main(["index", str(root), "--db", str(db), "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert (counts["updated"], counts["unchanged"], counts["reread"]) == (0, 2, 0)
+
+
+async def test_search_docs_on_an_index_built_by_an_older_extractor_still_searches_and_says_so(
+    corpus: Path, tmp_path: Path
+) -> None:
+    with build(corpus, tmp_path) as index:
+        index.update()
+        assert not index.outdated
+    db = tmp_path / "index.sqlite3"
+    tool = SearchDocs(db)
+    fresh = await tool({"query": "counterweight Jupiter"}, CTX)
+    assert "older" not in fresh.text and not fresh.metadata.get("index_outdated")
+    _as_built_by_an_older_extractor(db, "notes.txt", "could not be decoded")
+    before = db.read_bytes()
+    out = await tool({"query": "counterweight Jupiter"}, CTX)
+    assert not out.is_error and "[1] guide.md:11" in out.text
+    assert out.metadata["index_outdated"] is True
+    assert "built by an older qwq-agent" in out.text and "qwq-agent index" in out.text
+    assert db.read_bytes() == before  # a query only reads

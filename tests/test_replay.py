@@ -618,3 +618,86 @@ async def test_the_replay_of_a_run_cancelled_mid_tool_ends_where_its_recording_d
         recording.task
     )
     assert (again.status, again.error) == (replay.result.status, replay.result.error)
+
+
+# Written by the code of commit e038dae, before the runaway-count, copy, echo, exact-cycle and ledger loop
+# signals existed (its loop_detector config has none of their settings): the model counted 399 items
+# one line each in its reasoning, and the run ended `completed` in one request. Today's counting signal
+# nudges that reasoning, so with today's defaults the replay asked for a request the trace does not
+# hold (ended recording_ended), and a resume threw the recorded answer away for the live model's.
+OLD_SIGNALS_TRACE = Path(__file__).parent / "data" / "old-traces" / "runaway_count_at_e038dae.jsonl"
+
+
+async def test_a_trace_recorded_before_todays_loop_signals_replays_as_it_ran() -> None:
+    recording = load_recording(OLD_SIGNALS_TRACE)
+    assert recording.status == "completed" and len(recording.completions) == 1
+    cfg = recording.agent_config()
+    detector = cfg.loop_detector
+    assert not (detector.counter_enabled or detector.copy_enabled or detector.echo_enabled)
+    assert not (detector.periodic_enabled or detector.ledger_enabled or detector.arithmetic_slip_hint)
+    assert (cfg.max_requests_per_turn, cfg.model_retry_backoff_s) == (None, 0.0)
+    assert detector.attempt_window == 20  # what the trace does hold is kept
+    agent = Agent(ReplayModel.from_recording(recording), [], config=cfg)
+    events = [ev async for ev in agent.stream(recording.task)]
+    assert agent.result is not None
+    assert (agent.result.status, agent.result.answer) == ("completed", "There are 399 items.")
+    assert [ev.kind for ev in events if isinstance(ev, Warning_)] == []  # no nudge, nothing to say
+
+
+async def test_a_resume_of_a_trace_recorded_before_todays_loop_signals_keeps_its_turns_and_says_so_once(
+    tmp_path: Path,
+) -> None:
+    recording = load_recording(OLD_SIGNALS_TRACE)
+    async with (
+        ScriptedModelServer(["live\n</think>\n\nSomething else."], when_exhausted="repeat") as server,
+        SGLangClient(server.url, retry=NO_RETRY) as live,
+    ):
+        replay = ReplayModel.from_recording(recording, then=live)
+        agent = Agent(replay, [], config=recording.agent_config(), trace_path=tmp_path / "resumed.jsonl")
+        events = [ev async for ev in agent.stream(recording.task)]
+    assert agent.result is not None and agent.result.answer == "There are 399 items."
+    assert server.requests == []  # the recorded answer stands: the live model was never asked
+    said = [ev for ev in events if isinstance(ev, Warning_)]
+    assert [ev.kind for ev in said] == ["trace_predates_settings"]
+    assert "loop_detector.counter_enabled=false" in said[0].message
+    assert "max_requests_per_turn=null" in said[0].message
+
+
+async def test_a_trace_recorded_today_resumes_with_todays_settings_and_no_word_of_them(
+    tmp_path: Path,
+) -> None:
+    trace = tmp_path / "today.jsonl"
+    await record(trace, config=config())
+    recording = load_recording(trace)
+    assert recording.predates() == {} and recording.agent_config() == config()
+    async with ScriptedModelServer(["x\n</think>\n\nno"]) as server, SGLangClient(server.url) as live:
+        agent = Agent(
+            ReplayModel.from_recording(recording, then=live), [add], config=recording.agent_config()
+        )
+        events = [ev async for ev in agent.stream(recording.task)]
+    assert agent.result is not None and agent.result.answer == "43"
+    assert [ev.kind for ev in events if isinstance(ev, Warning_)] == []
+
+
+def _flat_keys(config: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            keys |= _flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(prefix + key)
+    return keys
+
+
+def test_every_setting_an_old_trace_lacks_says_how_the_code_before_it_ran() -> None:
+    # A setting added to AgentConfig without saying what a trace recorded before it replays with took
+    # today's default there: the loop signals added since e038dae nudged recorded turns on replay.
+    from qwq_agent.agent.config_history import SAME_AS_BEFORE, SINCE, as_recorded_then
+
+    today = _flat_keys(AgentConfig().model_dump())
+    oldest = _flat_keys(started_of(OLD_SIGNALS_TRACE).config)
+    covered = {s.key for s in SINCE} | {p for s in SINCE for p in s.before} | SAME_AS_BEFORE
+    assert sorted(today - oldest - covered) == []
+    assert {s.key for s in SINCE} | {p for s in SINCE for p in s.before} <= today  # no stale entry
+    # The values that replay an old trace are valid settings.
+    AgentConfig.model_validate(as_recorded_then(started_of(OLD_SIGNALS_TRACE).config)[0])

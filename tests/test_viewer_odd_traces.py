@@ -158,3 +158,54 @@ def test_the_page_opens_a_trace_whose_name_is_not_utf8(tmp_path, browser):  # no
             next(r for r in rows if r.get_attribute("data-file") == shown).click()
             wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".final"))
             assert f"odd name {i}" in browser.find_element(By.ID, "summary").text
+
+
+async def _run_traced(trace: Path, answer: str) -> str:
+    """One real run (today's agent, a scripted model, no tools) traced to `trace`; its run id."""
+    from qwq_agent.agent.clients import SGLangClient
+    from qwq_agent.agent.loop import Agent
+    from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+    async with (
+        ScriptedModelServer([f"hm\n</think>\n\n{answer}"]) as server,
+        SGLangClient(server.url) as client,
+    ):
+        result = await Agent(client, [], trace_path=trace).run("say something")
+    assert result.status == "completed"
+    return result.run_id
+
+
+def test_a_file_holding_two_runs_is_listed_unreadable_as_trace_show_refuses_it_not_spliced(tmp_path):
+    # Older versions appended each run to the `--trace` file given. `trace show` refuses such a file
+    # (MixedTraceError: "holds 2 runs ...; choose one by its run id"), but the viewer listed it as one
+    # run (the last run's id, both runs' tokens summed) and served both runs' events as one timeline.
+    import asyncio
+
+    from qwq_agent.agent.trace import MixedTraceError, read_trace
+
+    first = asyncio.run(_run_traced(tmp_path / "one.jsonl", "first answer"))
+    second = asyncio.run(_run_traced(tmp_path / "two.jsonl", "second answer"))
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    multi = folder / "multi.jsonl"
+    multi.write_bytes((tmp_path / "one.jsonl").read_bytes() + (tmp_path / "two.jsonl").read_bytes())
+    (folder / "single.jsonl").write_bytes((tmp_path / "one.jsonl").read_bytes())
+    with pytest.raises(MixedTraceError):
+        read_trace(multi)
+    message = f"holds 2 runs ({first}, {second}); choose one by its run id"
+    with TraceViewer(folder) as viewer:
+        runs = {r["file"]: r for r in _get(viewer.url + "api/runs")["runs"]}
+        assert runs["single.jsonl"]["status"] == "completed" and runs["single.jsonl"]["run_id"] == first
+        row = runs["multi.jsonl"]
+        assert row["status"] == "unreadable" and message in row["task"], row
+        assert "trace show multi.jsonl --run-id" in row["task"]
+        assert row["prompt_tokens"] == 0  # nothing summed across the runs
+        answer = _get(viewer.url + "api/events?file=multi.jsonl&from=0")
+        assert answer["events"] == [] and answer["summary"]["status"] == "unreadable"
+        assert message in answer["summary"]["task"]
+        # The file as the first run alone (the second not appended yet) is one run: shown as ever.
+        answer = _get(viewer.url + "api/events?file=single.jsonl&from=0")
+        assert [e["type"] for e in answer["events"]].count("run_started") == 1
+        assert answer["summary"]["status"] == "completed"
+    with pytest.raises(MixedTraceError):  # the same refusal from the plain summary
+        summarize(multi, folder)

@@ -60,9 +60,10 @@ class AgentConfig(BaseModel):
     # well formed (SGLang's native client only; see qwq_agent.agent.constrained).
     constrained_tool_calls: bool = False
     # Requests one turn may make (retries, nudges, constrained calls and their continuations) before it
-    # ends with an error; and the model's context length, checked before every request (None: asked
-    # from the server when the client can tell, else not checked).
-    max_requests_per_turn: int = Field(default=32, ge=1)
+    # ends with an error (None: no cap, as before this setting existed; for traces written then); and
+    # the model's context length, checked before every request (None: asked from the server when the
+    # client can tell, else not checked).
+    max_requests_per_turn: int | None = Field(default=32, ge=1)
     context_length: int | None = Field(default=None, ge=1)
     # Before every request its prompt is counted (`prompt_size`) and its max_new_tokens lowered so that
     # prompt + output fit the context length (the server refuses a request that does not fit). With

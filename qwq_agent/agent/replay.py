@@ -24,6 +24,7 @@ from qwq_agent.agent.chat_format import PromptOptions, recorded_prompt_options
 from qwq_agent.agent.clients.errors import ModelError
 from qwq_agent.agent.clients.openai_chat import to_openai_messages, to_openai_tools, tools_digest
 from qwq_agent.agent.config import AgentConfig
+from qwq_agent.agent.config_history import as_recorded_then
 from qwq_agent.agent.events import (
     ContextCheck,
     Event,
@@ -57,13 +58,24 @@ __all__ = [
 
 _EXCERPT = 60
 _ABSENT = object()  # a field one message has and the other lacks
-# `AgentConfig` settings whose default makes requests the code before them did not: what a recorded
-# config that lacks one (a trace written before it existed) is read with.
-_BEFORE_THEY_EXISTED: dict[str, Any] = {
-    "max_answer_continuations": None,
-    "intervene_on_last_step": False,
-    "min_context_room_tokens": None,
-}
+
+
+# The kind of the warning a resumed run gives when its trace predates settings of this version.
+PREDATES_SETTINGS = "trace_predates_settings"
+
+
+def _predates_warning(predates: dict[str, Any]) -> Warning_:
+    """Said once by a resumed run: the whole run (its live part too) has these settings as the trace's
+    code ran, not today's defaults, so that the recorded turns replay as they ran (no new nudge)."""
+    settings = ", ".join(f"{path}={json.dumps(value)}" for path, value in predates.items())
+    return Warning_(
+        kind=PREDATES_SETTINGS,
+        message=(
+            f"the trace was recorded before {len(predates)} settings of this version existed; the resumed "
+            f"run, its live part too, has them as the code of that time ran so its recorded turns replay "
+            f"as they did: {settings}"
+        ),
+    )
 
 
 class RecordedCompletion(Completion):
@@ -168,16 +180,17 @@ class Recording(BaseModel):
         """The recorded `AgentConfig` (defaults fill in settings added since it was written).
 
         A setting that changes which requests a run makes takes, when the trace lacks it, the value
-        that behaves as the code of that time did: `max_answer_continuations` None (no continuation of
-        a cut-off answer, no close of an unclosed reasoning), `intervene_on_last_step` False (no
-        nudge, close or hint on the last step the budget allows) and `min_context_room_tokens` None
-        (requests not fitted to the context: one the server refused was sent, and retried), or the
-        replay asks for other completions than the trace holds. A setting this version no longer has
-        is dropped, with a `RecordedSettingsWarning` naming it (`AgentConfig` refuses unknown keys). A
-        config edited by hand or written by an incompatible version raises `TraceError` naming the
-        trace and the setting, not pydantic's error.
+        that behaves as the code of that time did (`config_history.SINCE`): `max_answer_continuations`
+        None (no continuation of a cut-off answer, no close of an unclosed reasoning),
+        `intervene_on_last_step` False (no nudge, close or hint on the last step the budget allows),
+        `min_context_room_tokens` None (requests not fitted to the context), a loop signal that did not
+        exist off (no nudge of a turn the run took whole), `max_requests_per_turn` None..., or the
+        replay asks for other completions than the trace holds (`predates` lists them). A setting this
+        version no longer has is dropped, with a `RecordedSettingsWarning` naming it (`AgentConfig`
+        refuses unknown keys). A config edited by hand or written by an incompatible version raises
+        `TraceError` naming the trace and the setting, not pydantic's error.
         """
-        recorded, dropped = known_settings(AgentConfig, {**_BEFORE_THEY_EXISTED, **self.config})
+        recorded, dropped = known_settings(AgentConfig, as_recorded_then(self.config)[0])
         if dropped:
             warnings.warn(
                 RecordedSettingsWarning(
@@ -190,6 +203,11 @@ class Recording(BaseModel):
             return AgentConfig.model_validate(recorded)
         except ValidationError as exc:
             raise TraceError(f"trace {self.path}: its recorded config is not valid ({_first(exc)})") from None
+
+    def predates(self) -> dict[str, Any]:
+        """The settings the trace was recorded before (dotted path: the value `agent_config` gives
+        them, the one that runs as its code did); empty for a trace of this version."""
+        return as_recorded_then(self.config)[1]
 
 
 def _prompt_options(recorded: dict[str, Any], path: str | Path, calls: Sequence[ModelCall]) -> PromptOptions:
@@ -279,9 +297,12 @@ class ReplayModel:
         prompt_options: PromptOptions | None = None,
         recorded_end: tuple[str | None, str | None] = (None, None),
         refused: ContextCheck | None = None,
+        predates: dict[str, Any] | None = None,
     ) -> None:
         """`recorded_end`: the recorded run's final status and error, told when the recording runs out.
-        `refused`: the check that refused the request after the recorded ones (`Recording.refused`)."""
+        `refused`: the check that refused the request after the recorded ones (`Recording.refused`).
+        `predates`: the settings the trace was recorded before (`Recording.predates`): a resumed run
+        says once, before its first request, that its live part runs with them as the trace's code did."""
         # A probe's record answers no request: its cost is counted by the turn whose request follows it.
         self._calls: list[ModelCall] = []
         self._probes: dict[int, list[ModelCall]] = {}
@@ -316,6 +337,8 @@ class ReplayModel:
         )
         self._handed_over = False
         self._notices: list[Event] = []
+        if then is not None and predates:
+            self._notices.append(_predates_warning(predates))
         self._recorded_end = recorded_end
         self._refused = refused
         self.name = f"replay({len(self._calls)} completions)"
@@ -345,6 +368,7 @@ class ReplayModel:
             prompt_options=options,
             recorded_end=end,
             refused=_refusal(events),
+            predates=as_recorded_then(started.config)[1] if started else None,
         )
 
     @classmethod
@@ -372,6 +396,7 @@ class ReplayModel:
             prompt_options=options,
             recorded_end=(recording.status, recording.error),
             refused=recording.refused,
+            predates=recording.predates(),
         )
 
     @property

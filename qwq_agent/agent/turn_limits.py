@@ -44,7 +44,11 @@ class TurnLimits:
     may ask for, or why it may not be sent."""
 
     def __init__(
-        self, max_requests: int, context_length: ContextLength | None = None, *, min_room: int | None = None
+        self,
+        max_requests: int | None,
+        context_length: ContextLength | None = None,
+        *,
+        min_room: int | None = None,
     ) -> None:
         self.max_requests = max_requests
         self._context_length = context_length
@@ -59,7 +63,7 @@ class TurnLimits:
 
     def count(self) -> Refusal | None:
         """Count the next request against the cap alone (a replayed request the recording holds)."""
-        if self.requests >= self.max_requests:
+        if self.max_requests is not None and self.requests >= self.max_requests:
             return Refusal(
                 "model_error",
                 f"the turn made {self.requests} requests to the model without finishing "

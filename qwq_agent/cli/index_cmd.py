@@ -71,10 +71,13 @@ def _index(args: argparse.Namespace, db: Path, root: Path) -> None:
         if args.json:
             print(json.dumps(stats.model_dump() | {"db": str(db), "files": index.file_count()}))
         else:
+            # Files read again for a new extractor count as updated; the line says why they were.
+            reread = f"; re-read {stats.reread} files: the index was built by an older extractor"
             print(
                 f"added {stats.added}, updated {stats.updated}, removed {stats.removed}, "
                 f"unchanged {stats.unchanged} in {stats.seconds:.2f} s "
                 f"({index.file_count()} documents, {index.chunk_count()} sections) -> {db}"
+                + (reread if stats.reread else "")
             )
             for path, why in stats.errors:
                 print(f"  {path}: {why}", file=sys.stderr)  # each reason says what was left out

@@ -18,6 +18,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+# The version of what extraction makes of a file's bytes, stored in the index (`meta.extractor`).
+# Bump it whenever a change here (or in what this module calls: decoding, HTML or PDF parsing, the
+# sectioning) would store other sections, titles or errors for the same bytes: an index built by
+# another version then reads every file again on its next `update`, though none changed on disk, and a
+# query of it says it is outdated. Without the bump an upgraded index keeps the old extraction for good
+# (a UTF-16 file indexed before its byte-order mark was read stayed an error entry).
+# 1: every version before this number was stored (an index without it); 2: HTML decoded by its
+# <meta charset>, text after a UTF-16/32 byte-order mark decoded strictly.
+EXTRACTOR_VERSION = "2"
+
 SUFFIXES: dict[str, str] = {
     ".md": "markdown",
     ".markdown": "markdown",

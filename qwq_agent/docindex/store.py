@@ -17,7 +17,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from qwq_agent.docindex.extract import ExtractError, Section, extract_document, kind_of
+from qwq_agent.docindex.extract import (
+    EXTRACTOR_VERSION,
+    ExtractError,
+    Section,
+    extract_document,
+    kind_of,
+)
 from qwq_agent.docindex.query import plain_to_fts, query_phrases, query_words
 from qwq_agent.docindex.update_lock import UPDATE_WAIT_S, update_lock
 
@@ -95,6 +101,8 @@ class IndexStats(BaseModel):
     removed: int = 0
     unchanged: int = 0
     chunks: int = 0  # sections written by this run
+    # files read again, though unchanged on disk, because another extractor version built the index
+    reread: int = 0
     seconds: float = 0.0
     # (path, why) of files skipped, unreadable, or indexed only in part (a PDF's text cut at its cap)
     errors: list[tuple[str, str]] = Field(default_factory=list)
@@ -188,6 +196,13 @@ class DocIndex:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def outdated(self) -> bool:
+        """Whether the stored sections were extracted by another version of the extractor than this
+        one (`EXTRACTOR_VERSION`): they may miss documents a fresh index finds, until an `update` reads
+        every file again. An index with no files is never outdated."""
+        return self._meta("extractor") != EXTRACTOR_VERSION and self.file_count() > 0
+
     def file_count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM files").fetchone()[0])
 
@@ -206,9 +221,11 @@ class DocIndex:
     ) -> IndexStats:
         """Bring the index in line with the files under `root`.
 
-        A file whose mtime and size are unchanged is not read. One whose stat changed is hashed and
-        re-extracted only if its content changed. A PDF whose extraction the deadline cut is read again
-        on every update until it is read whole (or cut at its cap, which cuts it the same each time).
+        A file whose mtime and size are unchanged is not read, unless another version of the extractor
+        built the index (`outdated`): then every file is read and extracted again (`IndexStats.reread`).
+        One whose stat changed is hashed and re-extracted only if its content changed. A PDF whose
+        extraction the deadline cut is read again on every update until it is read whole (or cut at its
+        cap, which cuts it the same each time).
         Files gone from disk are removed, and so are the sections of a file now skipped (too large,
         unreadable); a folder that cannot be listed keeps what was indexed under it. `IndexStats.errors`
         lists the files and folders skipped, unreadable or indexed only in part.
@@ -244,6 +261,10 @@ class DocIndex:
                 "SELECT id, path, mtime_ns, size, sha256 FROM files"
             )
         }
+        # Built by another extractor: what it stored is not what this one makes of the same bytes, so
+        # every file is read and extracted again, whatever its stat and hash (as `_RETRY_MTIME_NS` does
+        # for one file). The version is stored once the whole update went through.
+        reread = self._meta("extractor") != EXTRACTOR_VERSION
         seen: set[str] = set()
         unlisted: list[str] = []  # folders that could not be listed: what they held is kept
         pending = 0
@@ -251,8 +272,11 @@ class DocIndex:
             for rel, dirfd, name, kind in self._walk(stats.errors, unlisted):
                 seen.add(rel)
                 row = known.get(rel)
+                if row and reread:
+                    stats.reread += 1
+                unchanged = (row[1], row[2]) if row and not reread else None
                 try:
-                    doc = _read_document(dirfd, name, unchanged=(row[1], row[2]) if row else None)
+                    doc = _read_document(dirfd, name, unchanged=unchanged)
                 except _Skipped as exc:
                     skip = str(exc)
                     if row:
@@ -269,7 +293,7 @@ class DocIndex:
                     stats.unchanged += 1
                     continue
                 sha = hashlib.sha256(data).hexdigest()
-                if row and row[3] == sha:
+                if row and row[3] == sha and not reread:
                     self.conn.execute(
                         "UPDATE files SET mtime_ns = ?, size = ? WHERE id = ?",
                         (st.st_mtime_ns, st.st_size, row[0]),
@@ -314,6 +338,7 @@ class DocIndex:
                     continue
                 self._forget(known[rel][0])
                 stats.removed += 1
+            self._set_meta("extractor", EXTRACTOR_VERSION)
         stats.seconds = time.perf_counter() - started
         return stats
 

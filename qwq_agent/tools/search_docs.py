@@ -48,7 +48,7 @@ class SearchDocs(ModelTool[SearchDocsArgs]):
     async def run(self, args: SearchDocsArgs, context: ToolContext) -> ToolOutput:
         try:
             # SQLite is blocking; a fresh connection in a worker thread keeps the event loop free.
-            hits, files = await asyncio.to_thread(self._search, args)
+            hits, files, outdated = await asyncio.to_thread(self._search, args)
         except FileNotFoundError as exc:
             return ToolOutput(text=f"search_docs: {exc}", is_error=True)
         except QuerySyntaxError as exc:
@@ -59,15 +59,25 @@ class SearchDocs(ModelTool[SearchDocsArgs]):
                 "was replaced, rebuild it with `qwq-agent index DIR`.",
                 is_error=True,
             )
-        return ToolOutput(
-            text=format_hits(args.query, hits, files),
-            metadata={"hits": [h.model_dump() | {"location": h.location} for h in hits]},
-        )
+        text = format_hits(args.query, hits, files)
+        metadata: dict[str, object] = {"hits": [h.model_dump() | {"location": h.location} for h in hits]}
+        if outdated:
+            # Still searched (a query only reads), but documents a fresh index finds may be missing;
+            # only `qwq-agent index` can read them again, so the model is told to pass that on.
+            text += f"\n\n{OUTDATED_NOTE}"
+            metadata["index_outdated"] = True
+        return ToolOutput(text=text, metadata=metadata)
 
-    def _search(self, args: SearchDocsArgs) -> tuple[list[Hit], int]:
+    def _search(self, args: SearchDocsArgs) -> tuple[list[Hit], int, bool]:
         with DocIndex.open_existing(self.db_path) as index:
             hits = index.search(args.query, limit=args.limit, syntax=args.syntax, path_glob=args.path_glob)
-            return hits, index.file_count()
+            return hits, index.file_count(), index.outdated
+
+
+OUTDATED_NOTE = (
+    "(Note: this document index was built by an older qwq-agent and may miss documents; the user can "
+    "refresh it with `qwq-agent index DIR`.)"
+)
 
 
 def format_hits(query: str, hits: list[Hit], files: int) -> str:

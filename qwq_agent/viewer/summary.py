@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel
 
-from qwq_agent.agent.trace import open_regular, writer_holds
+from qwq_agent.agent.trace import MixedTraceError, open_regular, writer_holds
 
 __all__ = [
     "CUT_SHORT",
@@ -278,6 +278,27 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class _Runs:
+    """The runs a file holds so far, told apart as `split_runs` does (a second run_started, or another
+    run id): one, unless an older version appended several runs to one `--trace` file."""
+
+    ids: tuple[str, ...] = ()
+    current_id: str = ""
+    started: bool = False  # whether the current run has had its run_started
+
+    def after(self, ev: dict[str, Any]) -> _Runs:
+        """The runs once `ev` is read."""
+        is_start = ev.get("type") == "run_started"
+        run_id = _text(ev.get("run_id"))
+        ids, started = self.ids, self.started
+        if not ids or (is_start and started) or (run_id and self.current_id and run_id != self.current_id):
+            ids, started = (*ids, ""), False
+        if run_id and not ids[-1]:
+            ids = (*ids[:-1], run_id)
+        return _Runs(ids, run_id or self.current_id, started or is_start)
+
+
+@dataclass(frozen=True)
 class _Scan:
     """A summary of a file up to `at`; `held`: whether a writer held it when this read began."""
 
@@ -285,6 +306,7 @@ class _Scan:
     row: RunSummary  # never changed once in a _Scan: a continued scan works on a copy
     last_ts: float | None = None
     held: bool | None = None
+    runs: _Runs = _Runs()
 
 
 def _fold(row: RunSummary, ev: dict[str, Any], last_ts: float | None) -> float | None:
@@ -314,6 +336,7 @@ def _scan(f: IO[bytes], earlier: _Scan | None) -> _Scan:
         earlier = None  # another file at this path (deleted and written again), or truncated
     row = earlier.row.model_copy() if earlier else RunSummary(file="")
     offset, last_ts = (earlier.at.offset, earlier.last_ts) if earlier else (0, None)
+    runs = earlier.runs if earlier else _Runs()
     # Before reading: a writer free by now has written all it will, so what follows reads it all.
     held = writer_holds(f.fileno())
     for after, raw in _lines(f, offset, os.fstat(f.fileno()).st_size):
@@ -321,11 +344,14 @@ def _scan(f: IO[bytes], earlier: _Scan | None) -> _Scan:
         ev = None if raw is None else _event(raw)
         if ev is not None:
             last_ts = _fold(row, ev, last_ts)
-    return _Scan(Cursor.at(f, offset), row, last_ts, held)
+            runs = runs.after(ev)
+    return _Scan(Cursor.at(f, offset), row, last_ts, held, runs)
 
 
 def _row(scan: _Scan, f: IO[bytes], path: Path, root: Path) -> RunSummary:
+    """The row of `scan`; `MixedTraceError` for a file holding several runs (see `_one_run`)."""
     file, ref = _names(path, root)
+    _one_run(scan.runs, file)
     row = scan.row.model_copy(update={"file": file, "ref": ref, "modified": os.fstat(f.fileno()).st_mtime})
     if row.wall_s is None and row.started is not None and scan.last_ts is not None:
         row.wall_s = round(scan.last_ts - row.started, 3)
@@ -337,11 +363,27 @@ def _row(scan: _Scan, f: IO[bytes], path: Path, root: Path) -> RunSummary:
     return row
 
 
+def _one_run(runs: _Runs, file: str) -> None:
+    """Refuse a file holding several runs, as `read_trace` does, with its message.
+
+    Older versions appended each run to the `--trace` file given: summed into one row, the file read
+    as one run, and its events as one timeline (two run_started, two final answers). Such a file is
+    listed as unreadable, like any trace the viewer cannot show, and `trace show --run-id` shows each run.
+    """
+    if len(runs.ids) > 1:
+        names = ", ".join(i or "(no id)" for i in runs.ids)
+        raise MixedTraceError(
+            f"trace {file} holds {len(runs.ids)} runs ({names}); choose one by its run id: "
+            f"qwq-agent trace show {file} --run-id ID"
+        )
+
+
 def summarize(path: Path, root: Path) -> RunSummary:
     """The run list's row for the trace at `path` (named relative to `root`), read line by line.
 
     Fields are read defensively: a trace written by another version or tool, or edited by hand, may
-    hold any JSON in any field; what is not of the expected type counts as absent.
+    hold any JSON in any field; what is not of the expected type counts as absent. A file holding
+    several runs (older versions appended them) raises `MixedTraceError`, as `read_trace` does.
     """
     with open_trace(path) as f:
         return _row(_scan(f, None), f, path, root)

@@ -68,6 +68,11 @@ class LoopDetectorConfig(BaseModel):
     )
 
     # ---- exact cycle on characters (the buffer's own positions and periods are in characters) -----
+    periodic_enabled: bool = Field(
+        default=True,
+        description="Allow the exact-cycle signal. Off only to replay a trace recorded before it "
+        "existed (`config_history`): the copy signals still read the cycle buffer.",
+    )
     periodic_check_every: int = Field(
         default=32,
         ge=1,
@@ -145,6 +150,11 @@ class LoopDetectorConfig(BaseModel):
     )
 
     # ---- ledger of candidates -----------------------------------------------------------------
+    ledger_enabled: bool = Field(
+        default=True,
+        description="Allow the ledger signal (candidates circling). Off only to replay a trace recorded "
+        "before it existed (`config_history`).",
+    )
     ledger_window: int = Field(
         default=24,
         ge=4,

@@ -236,7 +236,11 @@ class ReasoningLoopDetector:
         # or a function written out again with a cell or a line changed, a step restated. That is a
         # second visit, and like the other second-visit signals it may only nudge. Only a run of a whole
         # period or more (the same text again with nothing new between) is a cycle that closes and stops.
-        if run >= cfg.periodic_min_run and (tail.run >= tail.period or self.level == 0):
+        if (
+            cfg.periodic_enabled
+            and run >= cfg.periodic_min_run
+            and (tail.run >= tail.period or self.level == 0)
+        ):
             self._cycle = (tail.run, tail.period)
             self._cycle_checks += 1
             self.revisits += 1
@@ -309,11 +313,11 @@ class ReasoningLoopDetector:
         if self._flag_start > 4096:  # keep the list short without a deque's slower indexing
             self._flags = self._flags[self._flag_start :]
             self._flag_start = 0
-        self.revisits += flag + stale
+        self.revisits += flag + (stale if cfg.ledger_enabled else 0)
         kind: SignalKind | None = None
         if self.attempt_share >= cfg.attempt_share_threshold:
             kind = "steps"
-        elif self._ledger.circling():
+        elif cfg.ledger_enabled and self._ledger.circling():
             kind = "candidates"
         elif self.level == 0 and self._echoing():
             kind = "echo"
