@@ -300,7 +300,8 @@ class ToolContext(BaseModel):
     tool-time budget, whichever comes first); a tool that waits on something should clamp to it.
     `on_output(stream, text, capped)`, when set, takes output the tool produces while it runs ("stdout"
     or "stderr"; `capped` once no more will be streamed); the loop turns it into `ToolOutputDelta`
-    events. The tool's result must still hold all of it.
+    events. It may be called from a sync tool's thread; output after the call ended is dropped. The
+    tool's result must still hold all of it.
     """
 
     model_config = {"arbitrary_types_allowed": True}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import warnings
 from typing import Annotated, Any
 
 import pytest
@@ -230,3 +231,74 @@ def test_parameter_names_that_shadow_model_attributes_still_work() -> None:
         dump = tool(namespace["dump"])
     assert set(dump.spec.parameters["properties"]) == {"json", "schema"}
     assert dump.bind({"json": "ab", "schema": 2}) == {"json": "ab", "schema": 2}
+
+
+# -- parameter names our own call path uses ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["func", "fn", "args", "kwargs", "self", "timeout", "context", "call"])
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_parameter_named_like_a_call_helpers_own_reaches_the_function(
+    name: str, is_async: bool
+) -> None:
+    """A sync tool with a parameter named `func` failed every call: the helper that runs it in its
+    thread (`_call_and_convert(func, *args, **kwargs)`) took `func` as its own, "got multiple values
+    for argument 'func'"."""
+    namespace: dict[str, Any] = {}
+    prefix = "async " if is_async else ""
+    exec(
+        f"{prefix}def find({name}: str, module: str = 'm') -> str:\n    return module + '.' + {name}",
+        namespace,
+    )
+    reg = ToolRegistry([tool(namespace["find"])])
+    out = await reg.call(ToolCall(name="find", arguments={name: "parse"}))
+    assert not out.is_error and out.text == "m.parse", out.text
+
+
+# -- parameter names that are BaseModel properties --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["model_extra", "model_fields_set", "model_fields", "model_computed_fields"])
+async def test_a_parameter_named_like_a_basemodel_property_gets_the_models_value(name: str) -> None:
+    """`model_extra` and `model_fields_set` were accepted and shown in the schema, but the function got
+    pydantic's property (None, a set of names) instead of what the model sent, silently."""
+    namespace: dict[str, Any] = {}
+    exec(f"def echo({name}: str, n: int = 1) -> str:\n    return repr(({name}, n))", namespace)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydantic's note that the name shadows a BaseModel attribute
+        echo = tool(namespace["echo"])
+    assert set(echo.spec.parameters["properties"]) == {name, "n"}
+    out = await ToolRegistry([echo]).call(ToolCall(name="echo", arguments={name: "hello"}))
+    assert out.text == "('hello', 1)"
+    assert echo.bind({name: "hi", "n": 2}) == {name: "hi", "n": 2}
+
+
+# -- a direct call's Python values -------------------------------------------------------------------
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+
+
+async def test_a_direct_calls_python_values_reach_the_function_unchanged() -> None:
+    """Arguments with a JSON text were validated as that text even when they were not JSON values: a
+    direct call's int dict keys became strings, a tuple under `Any` a list, an IntEnum under `Any` an
+    int, and a `None` key of `dict[int | None, str]` was refused ("null" is no int)."""
+    seen: list[Any] = []
+
+    @tool
+    def histogram(bins: dict, point: Any = None, tag: dict[int | None, str] | None = None) -> str:
+        """Report what arrived."""
+        seen.append((bins, point, tag))
+        return "ok"
+
+    await histogram({"bins": {0: 5, 10: 7}, "point": (3, 4), "tag": {1: "a", None: "n"}}, ToolContext())
+    await histogram({"bins": {0: 5}, "point": Level.LOW}, ToolContext())
+    assert seen[0] == ({0: 5, 10: 7}, (3, 4), {1: "a", None: "n"})
+    assert type(seen[0][1]) is tuple
+    assert seen[1][1] is Level.LOW
+    # JSON values (what a model sends) are still validated as the JSON they are
+    await histogram({"bins": {"0": 5}, "point": [1.5, None, True]}, ToolContext())
+    assert seen[2] == ({"0": 5}, [1.5, None, True], None)
+    with pytest.raises(ToolArgumentsError, match="bins"):
+        await histogram({"bins": [1]}, ToolContext())

@@ -996,3 +996,293 @@ async def test_a_sync_tools_value_that_cannot_be_serialised_is_a_bad_return():
     out = await ToolRegistry([loop_back]).call(ToolCall(name="loop_back", arguments={}))
     assert out.is_error and out.metadata["error"] == "bad_return", out.text
     assert out.text.startswith("Tool 'loop_back' returned a value that could not be serialised: ValueError")
+
+
+# -- the thread pools themselves -------------------------------------------------------------------
+
+
+def test_a_thread_the_os_refuses_fails_its_call_and_leaves_the_pool_whole(monkeypatch):
+    """When the OS refused a thread ("can't start new thread": a pids limit, memory), the call was
+    reported as failed but stayed queued and ran later anyway, and the pool kept counting the thread
+    that never started: after `size` such failures no call of the process ever ran again. The OS's
+    refusal is simulated (threading.Thread.start raising as it does then); the pool is real."""
+    from qwq_agent.tools.daemon_threads import DaemonThreads
+
+    pool = DaemonThreads(2, "test-refused")
+    ran: list[str] = []
+    real_start = threading.Thread.start
+
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    failed = [pool.submit(lambda n=n: ran.append(f"failed-{n}")) for n in range(3)]
+    for future in failed:
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            future.result(timeout=0)
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    after = [pool.submit(lambda n=n: ran.append(f"after-{n}")) for n in range(3)]
+    for future in after:
+        future.result(timeout=10)
+    assert sorted(ran) == ["after-0", "after-1", "after-2"]  # the refused calls never ran
+
+
+async def test_an_async_tools_value_is_not_queued_behind_the_sync_tools():
+    """An async tool's value (a small dict) was serialised on the sync tools' threads: while 32 sync
+    calls of the turn held them, within their limits, it waited in their queue until its own limit,
+    and the model was told the call "timed out and was cancelled" although it had done its work."""
+    from qwq_agent.tools.tool_threads import TOOL_THREADS
+
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    all_started = asyncio.Event()
+    started: list[int] = []
+    lock = threading.Lock()
+
+    @tool(timeout=60)
+    def fetch(n: int) -> str:
+        """Holds a tool thread until released."""
+        with lock:
+            started.append(n)
+            if len(started) == TOOL_THREADS:
+                loop.call_soon_threadsafe(all_started.set)
+        release.wait(60)
+        return f"page {n}"
+
+    @tool(timeout=10)
+    async def book(room: str) -> dict:
+        """Book a room."""
+        return {"room": room, "status": "booked"}
+
+    reg = ToolRegistry([fetch, book])
+    fetches = [
+        asyncio.create_task(reg.call(ToolCall(name="fetch", arguments={"n": n}))) for n in range(TOOL_THREADS)
+    ]
+    try:
+        await asyncio.wait_for(all_started.wait(), 30)
+        out = await reg.call(ToolCall(name="book", arguments={"room": "A"}))
+    finally:
+        release.set()
+        pages = await asyncio.gather(*fetches)
+    assert not out.is_error and out.text == '{"room": "A", "status": "booked"}', out.text
+    assert [p.text for p in pages] == [f"page {n}" for n in range(TOOL_THREADS)]
+
+
+async def test_a_sync_tools_long_iterator_is_cut_in_python_with_a_note():
+    """A sync tool returning `itertools.repeat(0, 10**7)` was pulled whole inside pydantic-core, which
+    holds the GIL: the event loop stood still for seconds. It is pulled in Python now, only as far as
+    the output cap can show, and the observation says it was cut."""
+    import itertools
+
+    from qwq_agent.tools.result_bound import MAX_RESULT_ITEMS
+
+    @tool
+    def zeros() -> list:
+        """Ten million zeros, lazily."""
+        return itertools.repeat(0, 10**7)
+
+    out = await ToolRegistry([zeros]).call(ToolCall(name="zeros", arguments={}))
+    note = f"[output cut at {MAX_RESULT_ITEMS:,} items: the tool returned more than an output can show]"
+    assert not out.is_error, out.text
+    assert out.text.startswith("[0, 0, ") and out.text.endswith(", 0, 0]\n" + note), out.text[-200:]
+    assert out.metadata["items_cut_at"] == MAX_RESULT_ITEMS
+    # the whole of it, before the output cap cut its middle
+    assert (
+        to_tool_output(itertools.repeat(0, 10**7)).text
+        == "[" + ", ".join(["0"] * MAX_RESULT_ITEMS) + "]\n" + note
+    )
+
+
+def test_values_are_cut_at_the_cap_of_items_or_of_text():
+    from qwq_agent.tools.result_bound import bound_value
+
+    def words():
+        while True:
+            yield "x" * 1000
+
+    value, cut = bound_value({"a": words(), "b": [1, 2]}, max_items=10**6, max_chars=5_000)
+    assert (
+        cut == 6 and value == {"a": ["x" * 1000] * 5} and "b" not in value
+    )  # 5,000 chars of text, then no more
+    value, cut = bound_value([[1, 2], (3, 4), {5}, {"k": iter([6, 7])}], max_items=11, max_chars=10**6)
+    assert cut == 11 and value == [[1, 2], [3, 4], [5], {"k": [6]}]
+    small = {"a": [1, (2, 3)], "b": "text"}
+    assert bound_value(small, max_items=100, max_chars=100)[0] is small  # nothing to cut: the same value
+    assert bound_value(iter([1, 2]), max_items=2, max_chars=100) == ([1, 2], None)  # it fits exactly
+    looped: list = []
+    looped.append(looped)
+    value, cut = bound_value(looped, max_items=100, max_chars=100)
+    assert cut is None and value[0] is looped  # left for the serialiser to refuse, as before
+
+
+def test_an_endless_iterator_ends_at_the_cap_instead_of_eating_memory(tmp_path):
+    """A sync tool (limit 0.5 s) returning `itertools.repeat(1)` never timed out: pydantic-core pulled
+    it with the GIL held, the loop (and the limit's timer) never ran again, and the process grew until
+    memory ran out. Run in a child under a memory limit, so the old behaviour cannot harm the host."""
+    import resource
+    import subprocess
+    import sys
+
+    script = tmp_path / "endless.py"
+    script.write_text(
+        "import asyncio, itertools\n"
+        "from qwq_agent.agent.messages import ToolCall\n"
+        "from qwq_agent.tools.base import tool\n"
+        "from qwq_agent.tools.registry import ToolRegistry\n"
+        "@tool(timeout=30)\n"
+        "def numbers() -> list:\n"
+        "    'Numbers, lazily.'\n"
+        "    return itertools.repeat(1)\n"
+        "out = asyncio.run(ToolRegistry([numbers]).call(ToolCall(name='numbers', arguments={})))\n"
+        "print(out.is_error, out.text[-80:].splitlines()[-1], flush=True)\n"
+    )
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    done = subprocess.run(
+        [sys.executable, str(script)], preexec_fn=limit_memory, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("False [output cut at "), done.stdout
+
+
+def test_a_process_that_abandoned_a_tool_pulling_its_iterator_exits_cleanly(tmp_path):
+    """A sync tool's generator over a slow source, given up on at its limit, was being pulled inside
+    pydantic-core's Rust code: at interpreter exit CPython unwound that thread through Rust frames and
+    the process died of SIGABRT ("FATAL: exception not rethrown") after a completed run."""
+    import resource
+    import subprocess
+    import sys
+
+    script = tmp_path / "pages.py"
+    script.write_text(
+        "import asyncio, time\n"
+        "from qwq_agent.agent.messages import ToolCall\n"
+        "from qwq_agent.tools.base import tool\n"
+        "from qwq_agent.tools.registry import ToolRegistry\n"
+        "@tool(timeout=0.5)\n"
+        "def search(query: str) -> list:\n"
+        "    'Results, page by page.'\n"
+        "    def pages():\n"
+        "        while True:\n"
+        "            time.sleep(0.05)\n"
+        "            yield {'hit': query}\n"
+        "    return pages()\n"
+        "out = asyncio.run(ToolRegistry([search]).call(ToolCall(name='search', arguments={'query': 'x'})))\n"
+        "print(out.text, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "timed out after 0.5 s" in done.stdout and "still running in a thread" in done.stdout
+
+
+async def test_an_abandoned_tools_iterator_is_pulled_no_further():
+    """Given up on at its limit, a sync tool's endless generator was pulled on for ever in its thread."""
+    gate = threading.Event()
+    pulled: list[int] = []
+    threads: list[threading.Thread] = []
+
+    @tool(timeout=0.3)
+    def feed() -> list:
+        """An endless feed."""
+
+        def items():
+            threads.append(threading.current_thread())
+            gate.wait(30)  # until the call was given up on
+            n = 0
+            while True:
+                pulled.append(n)
+                yield n
+                n += 1
+
+        return items()
+
+    out = await ToolRegistry([feed]).call(ToolCall(name="feed", arguments={}))
+    gate.set()
+    assert "timed out after 0.3 s" in out.text and "still running in a thread" in out.text, out.text
+    await asyncio.to_thread(threads[0].join, 30)
+    assert not threads[0].is_alive()
+    assert len(pulled) == 1  # the item in hand when it learnt it was abandoned
+
+
+async def _stream_events(turns: list[str], tools: list, on_event) -> list:
+    """The events of a real run (scripted model) of `tools`, each passed to `on_event` as it comes."""
+    from qwq_agent.agent.clients import NO_RETRY, SGLangClient
+    from qwq_agent.agent.loop import Agent, AgentConfig
+    from qwq_agent.testing.scripted_server import ScriptedModelServer
+
+    events = []
+    async with ScriptedModelServer(turns) as server, SGLangClient(server.url, retry=NO_RETRY) as client:
+        agent = Agent(client, tools, config=AgentConfig(check_language=False))
+        async with agent.stream("go") as stream:
+            async for event in stream:
+                events.append(event)
+                on_event(event)
+    return events
+
+
+async def test_output_a_sync_tool_streams_from_its_thread_reaches_the_loop_at_once():
+    """`context.on_output` called in a sync tool's thread put the delta on the loop's queue with
+    `put_nowait`, which is not thread-safe: the loop, asleep, was not woken to pass it on."""
+    from qwq_agent.agent.events import ToolOutputDelta
+    from qwq_agent.testing.helpers import call
+
+    seen = threading.Event()
+
+    @tool(timeout=60)
+    def chatty(context: ToolContext) -> str:
+        """Reports progress, then waits until the progress was seen."""
+        assert context.on_output is not None
+        context.on_output("stdout", "halfway\n", False)
+        return "seen" if seen.wait(20) else "not seen"
+
+    def on_event(event) -> None:
+        if isinstance(event, ToolOutputDelta) and event.text == "halfway\n":
+            seen.set()
+
+    turns = ["Go.\n</think>\n\n" + call("chatty"), "done\n</think>\n\nDone."]
+    events = await _stream_events(turns, [chatty], on_event)
+    results = [e.text for e in events if type(e).__name__ == "ToolResultEvent"]
+    assert results == ["seen"]
+
+
+async def test_output_of_a_call_already_ended_is_dropped():
+    """A sync tool abandoned at its limit runs on in its thread; what it streamed then came after its
+    result, as if the call were still running."""
+    from qwq_agent.agent.events import ToolOutputDelta, ToolResultEvent
+    from qwq_agent.testing.helpers import call
+
+    given_up = threading.Event()
+    streamed = threading.Event()
+
+    @tool(timeout=0.3)
+    def late(context: ToolContext) -> str:
+        """Outlives its limit, then reports."""
+        given_up.wait(20)
+        assert context.on_output is not None
+        context.on_output("stdout", "too late\n", False)
+        streamed.set()
+        return "late"
+
+    @tool(timeout=60)
+    def holder() -> str:
+        """Keeps the turn's calls going until `late` has reported."""
+        return "held" if streamed.wait(20) else "not held"
+
+    def on_event(event) -> None:
+        if isinstance(event, ToolResultEvent) and event.name == "late":
+            given_up.set()
+
+    turns = ["Go.\n</think>\n\n" + call("late") + "\n" + call("holder"), "done\n</think>\n\nDone."]
+    events = await _stream_events(turns, [late, holder], on_event)
+    results = {e.name: e.text for e in events if isinstance(e, ToolResultEvent)}
+    assert results["holder"] == "held" and "timed out after 0.3 s" in results["late"]
+    assert not [e for e in events if isinstance(e, ToolOutputDelta)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -239,12 +240,28 @@ class ToolDispatcher:
         # when they do not). The registry, the tool and the sandbox below all clamp to it.
         deadline = self.deadline.sooner(self.timeout_s).sooner(left)
 
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+        ended = False  # output after the call's end (a sync tool abandoned in its thread) is dropped
+
+        def deliver(delta: ToolOutputDelta) -> None:
+            if not ended:
+                progress.put_nowait(delta)
+
         def on_output(stream: str, text: str, capped: bool = False) -> None:
-            if text or capped:
-                which: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
-                progress.put_nowait(
-                    ToolOutputDelta(call_id=call.id, name=call.name, stream=which, text=text, capped=capped)
-                )
+            if ended or not (text or capped):
+                return
+            which: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
+            delta = ToolOutputDelta(call_id=call.id, name=call.name, stream=which, text=text, capped=capped)
+            if threading.get_ident() == loop_thread:
+                deliver(delta)
+                return
+            # A sync tool's thread: an asyncio.Queue is not thread-safe, and a put from there did not
+            # wake the loop to pass the delta on.
+            try:
+                loop.call_soon_threadsafe(deliver, delta)
+            except RuntimeError:  # the loop is closed: the run is long over
+                pass
 
         ctx = ToolContext(
             sandbox=sandbox, run_id=self.run_id, call_id=call.id, deadline=deadline, on_output=on_output
@@ -265,6 +282,7 @@ class ToolDispatcher:
                     raise
         finally:
             duration = clock.end(running)
+            ended = True
         try:
             return task.result(), duration
         except ToolCallStopped as exc:

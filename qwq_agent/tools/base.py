@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ClassVar, Generic, TypeVar, get_args, get_origin, get_type_hints, overload
 
@@ -19,13 +20,15 @@ from pydantic_core import to_jsonable_python
 
 from qwq_agent.agent.messages import ToolSpec
 from qwq_agent.protocols import ToolContext, ToolOutput
-from qwq_agent.tools.tool_threads import run_in_thread
+from qwq_agent.tools.result_bound import bound_value, cut_note
+from qwq_agent.tools.tool_threads import convert_in_thread, run_in_thread
 
 __all__ = [
     "FunctionTool",
     "ToolArgumentsError",
     "UnserialisableResult",
     "drop_documented_defaults",
+    "is_json_value",
     "parse_docstring",
     "same_json_value",
     "to_tool_output",
@@ -47,13 +50,19 @@ class UnserialisableResult(TypeError):
 
 
 def to_tool_output(value: Any) -> ToolOutput:
-    """A `ToolOutput` passes through, a str becomes its text, anything else is JSON-serialised."""
+    """A `ToolOutput` passes through, a str becomes its text, anything else is JSON-serialised: as much
+    of it as an output can show (`result_bound.bound_value`), with a last line saying where it was cut."""
     if isinstance(value, ToolOutput):
         return value
     if isinstance(value, str):
         return ToolOutput(text=value)
+    # Iterators pulled in Python and the value cut to what an output can show (result_bound.py), then
     # to_jsonable_python handles models, dataclasses, datetimes, sets...; str() covers the rest.
-    return ToolOutput(text=json.dumps(to_jsonable_python(value, fallback=str), ensure_ascii=False))
+    value, cut_at = bound_value(value)
+    text = json.dumps(to_jsonable_python(value, fallback=str), ensure_ascii=False)
+    if cut_at is None:
+        return ToolOutput(text=text)
+    return ToolOutput(text=f"{text}\n{cut_note(cut_at)}", metadata={"items_cut_at": cut_at})
 
 
 def _converted(value: Any) -> Any:
@@ -69,7 +78,8 @@ def _converted(value: Any) -> Any:
         ) from exc
 
 
-def _call_and_convert(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _call_and_convert(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    # `func` positional-only: a tool's own parameter may be called `func` (it goes on in `kwargs`).
     # In the tool's thread: a large return value (a list of 10**7 items) is turned into JSON there,
     # not on the event loop, where every other task waited for it.
     return _converted(func(*args, **kwargs))
@@ -77,12 +87,13 @@ def _call_and_convert(func: Callable[..., Any], *args: Any, **kwargs: Any) -> An
 
 async def _output(result: Any) -> ToolOutput:
     """`result` (what a tool's function returned, or its awaited coroutine's) as a `ToolOutput`; a value
-    other than text is serialised in a tool thread, off the event loop."""
+    other than text is serialised in a thread, off the event loop: not the sync tools' (where it waited
+    behind their calls), the results' own (`convert_in_thread`)."""
     while inspect.isawaitable(result):
         result = await result
     if isinstance(result, ToolOutput | str):
         return to_tool_output(result)
-    converted: ToolOutput = await run_in_thread(_converted, result)
+    converted: ToolOutput = await convert_in_thread(_converted, result)
     return converted
 
 
@@ -145,17 +156,46 @@ def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
 def validate_arguments(model: type[ArgsT], arguments: Any) -> ArgsT:
     """`arguments` (a model's JSON arguments, decoded) validated by `model`; raises `ValidationError`.
 
-    Validated as JSON, as they came, so a strict field takes the JSON form its schema describes (a date
-    as a string, an Enum's value, an array for a tuple): in Python mode strict wants a `date`, a member,
-    a `tuple`, which no JSON can hold. Arguments with no JSON text (Python objects from a direct call, a
-    lone surrogate) are validated as Python values, as before.
+    JSON values are validated as the JSON they are, so a strict field takes the JSON form its schema
+    describes (a date as a string, an Enum's value, an array for a tuple): in Python mode strict wants a
+    `date`, a member, a `tuple`, which no JSON can hold. Anything else (a direct call's Python objects:
+    a tuple, an int dict key, an IntEnum; a lone surrogate) is validated as the Python value it is:
+    through a JSON text it would arrive changed (`{0: 5}` as `{"0": 5}`) or be refused.
     """
     arguments = drop_documented_defaults(model, arguments)
+    if not is_json_value(arguments):
+        return model.model_validate(arguments)
     try:
         text = json.dumps(arguments, ensure_ascii=False).encode("utf-8")
-    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+    except (ValueError, RecursionError):  # UnicodeEncodeError (a lone surrogate) is a ValueError
         return model.model_validate(arguments)
     return model.model_validate_json(text)
+
+
+def is_json_value(value: Any) -> bool:
+    """Whether `value` is exactly what decoding JSON gives: dicts with str keys, lists, str, int, finite
+    float, bool and None, all the way down (exact types: an IntEnum or a str subclass is not)."""
+    stack = [value]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict or kind is list:
+            if id(item) in seen:  # a cycle (or a shared part): no JSON decoding gives that
+                return False
+            seen.add(id(item))
+        if kind is dict:
+            if any(type(key) is not str for key in item):
+                return False
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is float:
+            if not math.isfinite(item):  # NaN has a JSON text only by Python's leave
+                return False
+        elif kind not in (str, int, bool) and item is not None:
+            return False
+    return True
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -370,8 +410,10 @@ class FunctionTool:
             raise ToolArgumentsError(describe_validation_error(exc)) from None
         if self._model_param is not None:
             return {self._model_param: validated}
-        # Field access (not model_dump) keeps nested models as model instances.
-        return {name: getattr(validated, name) for name in self._param_names}
+        # The instance's own values (not model_dump), so nested models stay model instances; not
+        # getattr, where BaseModel's properties (`model_extra`, `model_fields_set`) win over a field.
+        values = validated.__dict__
+        return {name: values[name] for name in self._param_names}
 
     async def __call__(self, arguments: dict[str, Any], context: ToolContext) -> ToolOutput:
         """Validate the arguments, call the function and convert what it returns."""

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["DaemonThreads"]
+__all__ = ["DaemonThreads", "call_abandoned"]
 
 T = TypeVar("T")
 
@@ -28,6 +28,17 @@ class _Worker:
 
     def __init__(self) -> None:
         self.abandoned = False
+
+
+# The worker of the pool thread this is (none on other threads): what `call_abandoned` reads.
+_current = threading.local()
+
+
+def call_abandoned() -> bool:
+    """Whether the call running on this thread (a pool's) was given up on: work it may still choose to
+    do (pulling a tool's iterator for its output) is then wasted, and its thread ends sooner without it."""
+    worker: _Worker | None = getattr(_current, "worker", None)
+    return worker is not None and worker.abandoned
 
 
 class DaemonThreads:
@@ -50,9 +61,14 @@ class DaemonThreads:
     def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         """Run `fn()` on a thread of the pool; its future is cancelled only while it waits its turn."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        job = (future, fn)
         with self._lock:
-            self._jobs.append((future, fn))
-            self._wake()
+            self._jobs.append(job)
+            try:
+                self._wake()
+            except RuntimeError as exc:  # the OS refused a thread: this call fails, now and for good
+                self._jobs.remove(job)  # still queued: the lock was held since it was added
+                future.set_exception(exc)
         return future
 
     def abandon(self, future: concurrent.futures.Future[Any]) -> bool:
@@ -69,22 +85,30 @@ class DaemonThreads:
             worker.abandoned = True
             self._counted -= 1
             if self._jobs:
-                self._wake()
+                try:
+                    self._wake()
+                except RuntimeError:  # no thread to be had: the queued calls wait for the next one
+                    pass
             return True
 
     def _wake(self) -> None:
-        """With the lock held: a thread for the queued jobs, an idle one or a new one within the size."""
+        """With the lock held: a thread for the queued jobs, an idle one or a new one within the size.
+
+        Raises `RuntimeError` when the OS refuses a new thread (a pids limit, memory), with the count
+        as it was: a thread that never started must not hold a place in the pool for good.
+        """
         if self._free > 0:
             self._free -= 1
             self._lock.notify()
         elif self._counted < self._size:
-            self._counted += 1
             self._started += 1
             name = f"{self._name}-{self._started}"
             threading.Thread(target=self._work, name=name, daemon=True).start()
+            self._counted += 1  # counted once it exists (it waits for the lock to take a job)
 
     def _work(self) -> None:
         worker = _Worker()
+        _current.worker = worker
         while True:
             with self._lock:
                 while not self._jobs:
