@@ -215,6 +215,25 @@ def test_a_waiting_build_goes_on_once_the_other_one_ends(env: dict[str, str], tm
     assert proc.returncode == 4, (out, err)
 
 
+def test_a_corrupt_owner_file_in_tmpdir_does_not_fail_the_build(env: dict[str, str], tmp_path: Path) -> None:
+    # A build folder whose owner file is garbage (a torn write, a pid `str.isdigit` takes and `int`
+    # refuses): the clean-up under the build lock raised, and every build after it failed with a traceback.
+    left = tmp_path / "tmp" / "qwq-image-corrupt"
+    left.mkdir()
+    (left / "owner").write_bytes("\u00b2 123 x y\n".encode() + b"\xff\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "qwq_agent.cli.main", "sandbox", "build"],
+        capture_output=True,
+        text=True,
+        env=env | {"STANDIN_FAIL": "1"},  # a build that gets that far fails at once
+        cwd=tmp_path,
+        timeout=DEADLINE_S,
+    )
+    assert "E: stand-in failed as told" in proc.stdout, (proc.stdout, proc.stderr)  # it went on to build
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr, (proc.stdout, proc.stderr)
+    assert left.is_dir()  # whose owner cannot be told: left alone
+
+
 def start_run(env: dict[str, str], tmp_path: Path, model_url: str) -> subprocess.Popen[str]:
     """`qwq-agent run` with a sandbox tool, so it builds the (missing) image before the run starts."""
     argv = ["run", "hi", "--model-url", model_url, "--tools", "python", "--trace", str(tmp_path / "t.jsonl")]
