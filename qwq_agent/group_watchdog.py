@@ -66,11 +66,17 @@ def watch(fd: int, pgid: int, grace: float) -> None:
             break  # EOF: the owner died without a word
         if not _group_alive(pgid):
             return
+    # Each signal right after a look that the group still exists: once it is gone, its id may be given
+    # to a stranger's new group (the poll above looks only once a second, the grace below ten times).
+    if not _group_alive(pgid):
+        return
     _signal(pgid, signal.SIGTERM)  # a server's PDEATHSIG sent one to its leader; this reaches the whole group
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _group_alive(pgid):
+    while _group_alive(pgid):
+        if time.monotonic() >= deadline:
+            _signal(pgid, signal.SIGKILL)
+            return
         time.sleep(0.1)  # another session's processes: nothing of ours to wait on
-    _signal(pgid, signal.SIGKILL)
 
 
 STAND_DOWN_WAIT_S = 5.0
@@ -94,6 +100,9 @@ class GroupWatchdog:
                 [sys.executable, os.path.abspath(__file__), str(read_end), str(pgid), str(grace_s)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                # Not the owner's stderr: held open, a reader of it (a CI job, `capture_output`) would
+                # wait out the whole grace after the owner died. The watchdog has nothing to say there.
+                stderr=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C on the terminal must not reach it
                 pass_fds=(read_end,),
             )

@@ -215,6 +215,80 @@ def test_a_waiting_build_goes_on_once_the_other_one_ends(env: dict[str, str], tm
     assert proc.returncode == 4, (out, err)
 
 
+def test_a_corrupt_owner_file_in_tmpdir_does_not_fail_the_build(env: dict[str, str], tmp_path: Path) -> None:
+    # A build folder whose owner file is garbage (a torn write, a pid `str.isdigit` takes and `int`
+    # refuses): the clean-up under the build lock raised, and every build after it failed with a traceback.
+    left = tmp_path / "tmp" / "qwq-image-corrupt"
+    left.mkdir()
+    (left / "owner").write_bytes("\u00b2 123 x y\n".encode() + b"\xff\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "qwq_agent.cli.main", "sandbox", "build"],
+        capture_output=True,
+        text=True,
+        env=env | {"STANDIN_FAIL": "1"},  # a build that gets that far fails at once
+        cwd=tmp_path,
+        timeout=DEADLINE_S,
+    )
+    assert "E: stand-in failed as told" in proc.stdout, (proc.stdout, proc.stderr)  # it went on to build
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr, (proc.stdout, proc.stderr)
+    assert left.is_dir()  # whose owner cannot be told: left alone
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group `pgid`."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(name))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("rc", "child_output"),
+    [(0, ">/dev/null 2>&1"), (3, ">/dev/null 2>&1"), (0, "")],
+    ids=["succeeds", "fails", "succeeds-child-holds-the-output"],
+)
+def test_what_a_finished_build_left_in_its_group_is_stopped(
+    rc: int, child_output: str, tmp_path: Path, reaper: list[int]
+) -> None:
+    # mkrootfs.sh's stand-in starts a background child (a daemon apt or gpg started, a hook's job) and
+    # exits. The old code waited for its leader (or, the child holding the output, for ever), stood the
+    # watchdog down and returned, the child still running in a group nobody watched any more.
+    from qwq_agent.sandbox.image import debian
+    from qwq_agent.sandbox.image.errors import ImageBuildError
+
+    leader, child = tmp_path / "leader", tmp_path / "child"
+    script = f"echo $$ > {leader}; sleep 600 </dev/null {child_output} & echo $! > {child}; exit {rc}"
+    outcome: list[object] = []
+
+    def build() -> None:
+        try:
+            debian._run_logged(["bash", "-c", script], lambda line: None)
+            outcome.append("returned")
+        except ImageBuildError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=build, daemon=True)
+    worker.start()
+    wait_for(child.exists, "the stand-in's child")
+    reaper.append(int(child.read_text()))
+    worker.join(DEADLINE_S)
+    assert not worker.is_alive(), "_run_logged waited for the build's left-over child"
+    pgid = int(leader.read_text())
+    assert group_members(pgid) == [], "the build's process group outlived _run_logged"
+    if rc == 0:
+        assert outcome == ["returned"]
+    else:
+        assert len(outcome) == 1 and isinstance(outcome[0], ImageBuildError)
+        assert f"exited with {rc}" in str(outcome[0])
+
+
 def start_run(env: dict[str, str], tmp_path: Path, model_url: str) -> subprocess.Popen[str]:
     """`qwq-agent run` with a sandbox tool, so it builds the (missing) image before the run starts."""
     argv = ["run", "hi", "--model-url", model_url, "--tools", "python", "--trace", str(tmp_path / "t.jsonl")]

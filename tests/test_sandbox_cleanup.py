@@ -700,6 +700,43 @@ async def test_prune_all_names_a_container_it_could_not_remove_and_fails(
         await engine.remove(stuck)
 
 
+@pytest.mark.docker
+async def test_sandbox_ls_shows_garbage_time_and_owner_labels_as_unknown(
+    sandbox_image: str, proxy: DockerProxy
+) -> None:
+    """Labels are anyone's to write (`docker run --label`, another tool, a torn edit): a `created` or
+    `expires` that is no number made `sandbox ls` fail with a traceback (float()), and so did an owner
+    pid of digits `int()` refuses ("²"), hiding every other container."""
+    engine = DockerEngine()
+    labels = {
+        **janitor.owner_labels(3600),
+        janitor.L_CREATED: "yesterday",
+        janitor.L_EXPIRES: "inf",
+        janitor.L_PID: "\u00b2",
+        MARK_LABEL: proxy.mark,  # the only container the CLI sees
+    }
+    body = SandboxConfig(image=sandbox_image).container_body(sandbox_image, labels)
+    odd = await engine.create(f"qwq-sbx-test-{uuid.uuid4().hex[:8]}", body)
+    try:
+        outs = []
+        for extra in ([], ["--json"]):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "qwq_agent.cli.main", "sandbox", "ls", *extra,
+                env={**os.environ, "DOCKER_HOST": proxy.url},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), GUARD_S)
+            assert proc.returncode == 0 and b"Traceback" not in err, (out, err)
+            outs.append(out.decode())
+        assert odd[:12] in outs[0]
+        [row] = json.loads(outs[1])
+        assert row["id"] == odd[:12]
+        assert row["created"] is None and row["expires"] is None and row["owner_pid"] is None, row
+    finally:
+        await engine.remove(odd)
+
+
 # -------------------------------------------------------------------------------------- the idle limit
 
 

@@ -406,6 +406,38 @@ async def test_an_editor_call_to_a_frozen_supervisor_ends_by_the_calls_deadline(
         assert r.sandbox_replaced and r.stdout == "fresh\n" and sb.id != old
 
 
+async def test_an_editor_call_with_too_little_of_its_deadline_left_is_refused_and_the_sandbox_kept(
+    fresh: DockerSandbox,
+) -> None:
+    """The editor has no time limit in the sandbox, so its reply timeout is its only bound: started with
+    half a second of the run's deadline left, an ordinary edit of a large file missed its 0.05 s reply
+    wait and the healthy container was killed (workspace and interpreter gone). It is refused instead,
+    before anything runs, and says why."""
+    big = "python3 -c \"open('/workspace/big.txt','w').write(('x'*99+'\\n')*90000 + 'NEEDLE\\n')\""
+    assert (await fresh.shell(big)).exit_code == 0
+    await fresh.python("x = 42")
+    first = fresh.id
+    registry = ToolRegistry([editor_tool])
+    args = {"command": "str_replace", "path": "/workspace/big.txt", "old_str": "NEEDLE", "new_str": "HAY"}
+    out = await asyncio.wait_for(
+        registry.call(
+            ToolCall(id="1", name="str_replace_editor", arguments=args),
+            ToolContext(sandbox=fresh, deadline=Deadline.after(0.5)),
+        ),
+        60,
+    )
+    assert out.is_error and "was not run" in out.text and "nothing was changed" in out.text, out.text
+    x = await fresh.python("x")
+    assert x.value == "42" and not x.sandbox_replaced and fresh.id == first
+    assert (await fresh.shell("grep -c NEEDLE /workspace/big.txt")).stdout == "1\n"
+    # With time enough, the same edit runs.
+    out = await registry.call(
+        ToolCall(id="2", name="str_replace_editor", arguments=args),
+        ToolContext(sandbox=fresh, deadline=Deadline.after(60)),
+    )
+    assert not out.is_error and "has been edited" in out.text, out.text
+
+
 async def test_writing_into_the_supervisors_channel_is_impossible(fresh: DockerSandbox) -> None:
     # Before the uid split this forged a 2 GiB frame header into the channel (the host's size cap then
     # had to catch it: see test_sandbox_hostile). Now /proc/<supervisor>/fd is out of reach.

@@ -14,6 +14,7 @@ async with SandboxPool(size=4) as pool:
 from qwq_agent.sandbox.config import SandboxConfig
 from qwq_agent.sandbox.docker_sandbox import DockerSandbox
 from qwq_agent.sandbox.errors import (
+    DeadlineTooNear,
     DestinationExists,
     DockerUnreachable,
     DownloadNotWritten,
@@ -49,6 +50,7 @@ from qwq_agent.sandbox.snapshot import RestoreResult, Snapshot
 from qwq_agent.sandbox.transport import DockerHost, TLSFiles
 
 __all__ = [
+    "DeadlineTooNear",
     "DestinationExists",
     "DockerHost",
     "DockerSandbox",

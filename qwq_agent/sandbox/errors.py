@@ -26,6 +26,11 @@ class InvalidRequest(SandboxError):
     """The request was malformed, oversized or refused before anything ran."""
 
 
+class DeadlineTooNear(InvalidRequest):
+    """Too little of the call's deadline was left to start it: a command the sandbox cannot stop once it
+    runs (an editor command) would outlive its reply wait, and the sandbox be killed for it. Nothing ran."""
+
+
 class PathOutsideWorkspace(InvalidRequest):
     """A file operation named a path that resolves outside the workspace (directly or through a link)."""
 

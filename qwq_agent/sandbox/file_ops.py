@@ -13,7 +13,13 @@ from typing import Any
 from qwq_agent.deadline import Deadline
 from qwq_agent.sandbox.archive_extract import _extract_counted
 from qwq_agent.sandbox.calls import SandboxCalls, _checked
-from qwq_agent.sandbox.errors import DestinationExists, DownloadNotWritten, InvalidRequest, UnsafeArchive
+from qwq_agent.sandbox.errors import (
+    DeadlineTooNear,
+    DestinationExists,
+    DownloadNotWritten,
+    InvalidRequest,
+    UnsafeArchive,
+)
 from qwq_agent.sandbox.packing import fits_in_request, pack
 from qwq_agent.sandbox.protocol import (
     CreateRequest,
@@ -36,6 +42,11 @@ from qwq_agent.sandbox.surrogates import clean_text
 # What an editor command is given in the sandbox (it has no time limit there: it edits one file of at most
 # 10 MB); its reply is awaited this long plus the config's graces, or until just before a deadline.
 EDIT_TIMEOUT_S = 60.0
+# The least of a deadline an editor command starts with. The reply wait is the editor's only bound and
+# a missed one kills the container (an unresponsive supervisor is not trusted again), so a command that
+# a healthy sandbox could not answer in time (a 10 MB file, half a second left) is refused instead:
+# this leaves its reply at least 1.5 s, several times what such an edit takes on a busy machine.
+EDIT_MIN_LEFT_S = 2.0
 
 
 class FileOps(SandboxCalls):
@@ -51,16 +62,18 @@ class FileOps(SandboxCalls):
 
         With `deadline` (on every editor command), the reply is awaited until just before it, as for
         python and shell: a sandbox that has not answered by then is killed and `SandboxTimeout` raised.
+        With less than `EDIT_MIN_LEFT_S` of it left the command is not sent (`DeadlineTooNear`): the
+        editor has no time limit in the sandbox to end it early, as python and shell have.
         """
         with _checked():
             req = ViewRequest(path=path, view_range=view_range)
-        return await self._call(req, FileResult, self._grace(EDIT_TIMEOUT_S, deadline))
+        return await self._call(req, FileResult, self._edit_grace(req.op, deadline))
 
     async def create_file(self, path: str, file_text: str, *, deadline: Deadline | None = None) -> FileResult:
         """Create a new file (refuses to overwrite)."""
         with _checked():
             req = CreateRequest(path=path, file_text=file_text)
-        return await self._call(req, FileResult, self._grace(EDIT_TIMEOUT_S, deadline))
+        return await self._call(req, FileResult, self._edit_grace(req.op, deadline))
 
     async def str_replace(
         self, path: str, old_str: str, new_str: str = "", *, deadline: Deadline | None = None
@@ -68,7 +81,7 @@ class FileOps(SandboxCalls):
         """Replace the one occurrence of `old_str`; zero or several matches raise `ToolError`."""
         with _checked():
             req = StrReplaceRequest(path=path, old_str=old_str, new_str=new_str)
-        return await self._call(req, FileResult, self._grace(EDIT_TIMEOUT_S, deadline))
+        return await self._call(req, FileResult, self._edit_grace(req.op, deadline))
 
     async def insert(
         self, path: str, insert_line: int, new_str: str, *, deadline: Deadline | None = None
@@ -76,13 +89,24 @@ class FileOps(SandboxCalls):
         """Insert `new_str` after line `insert_line` (0: at the top)."""
         with _checked():
             req = InsertRequest(path=path, insert_line=insert_line, new_str=new_str)
-        return await self._call(req, FileResult, self._grace(EDIT_TIMEOUT_S, deadline))
+        return await self._call(req, FileResult, self._edit_grace(req.op, deadline))
 
     async def undo_edit(self, path: str, *, deadline: Deadline | None = None) -> FileResult:
         """Revert the last `str_replace` or `insert` on `path`."""
         with _checked():
             req = UndoEditRequest(path=path)
-        return await self._call(req, FileResult, self._grace(EDIT_TIMEOUT_S, deadline))
+        return await self._call(req, FileResult, self._edit_grace(req.op, deadline))
+
+    def _edit_grace(self, op: str, deadline: Deadline | None) -> float:
+        """How long an editor command's reply is awaited; `DeadlineTooNear` when `deadline` leaves too
+        little for it."""
+        left = deadline.left() if deadline is not None else None
+        if left is not None and left < EDIT_MIN_LEFT_S:
+            raise DeadlineTooNear(
+                f"the editor command {op!r} was not run: {left:.1f} s of the time limit were left, less "
+                f"than the {EDIT_MIN_LEFT_S:g} s an editor command is started with; nothing was changed"
+            )
+        return self._grace(EDIT_TIMEOUT_S, deadline)
 
     async def search(self, pattern: str, **options: Any) -> SearchResult:
         """ripgrep over the workspace; options are `SearchRequest` fields (literal, globs, context_lines...)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import socket
 import threading
@@ -156,13 +157,32 @@ def list_sandboxes(client: Any = None) -> list[SandboxInfo]:
                 id=c["Id"][:12],
                 name=(c.get("Names") or ["?"])[0].lstrip("/"),
                 status=c.get("Status", ""),
-                owner_pid=int(labels[L_PID]) if labels.get(L_PID, "").isdigit() else None,
-                created=float(labels[L_CREATED]) if labels.get(L_CREATED) else None,
-                expires=float(labels[L_EXPIRES]) if labels.get(L_EXPIRES) else None,
+                owner_pid=_label_pid(labels),
+                created=_label_time(labels, L_CREATED),
+                expires=_label_time(labels, L_EXPIRES),
                 orphan=orphan_reason(labels, state=c.get("State")),
             )
         )
     return out
+
+
+# Labels are anyone's to write (`docker run --label`, another tool): one that is not what `owner_labels`
+# writes is shown as unknown, never a failure of the whole listing.
+
+
+def _label_pid(labels: dict[str, str]) -> int | None:
+    """The owner pid label's value; None when missing or not a number in ASCII digits."""
+    text = labels.get(L_PID, "")
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _label_time(labels: dict[str, str], key: str) -> float | None:
+    """A time label's value (seconds since the epoch); None when missing or no finite number."""
+    try:
+        value = float(labels.get(key, ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def prune(

@@ -7,7 +7,9 @@ and its folder is left. The folder holds `owner` (pid, start time, boot id, PID 
 soon as it exists, and the next build, holding the build lock, removes the folders whose owner is dead.
 Never one whose owner lives: another build of another cache (another user's, a CI job's own) holds
 another lock and may share `$TMPDIR`. A folder whose owner cannot be told (no owner file: an older
-qwq-agent's or one just made; another boot or PID namespace, whose pids are not ours to look up) is left.
+qwq-agent's or one just made; another boot or PID namespace, whose pids are not ours to look up; an
+owner file that is not what `build_dir` writes: torn, corrupt, not a regular file) is left. Clean-up is
+never the build's failure: what cannot be looked at or removed is logged, and the build goes on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from qwq_agent.process_identity import BOOT_ID, PID_NS, start_ticks
 
 PREFIX = "qwq-image-"
 OWNER_FILE = "owner"
+# An owner file is one short line (pid, start ticks, a boot id, a namespace inode): anything longer is
+# not one `build_dir` wrote.
+MAX_OWNER_BYTES = 256
+# The kernel's largest pid (PID_MAX_LIMIT): a bigger number names no process, which is not "dead".
+MAX_PID = 1 << 22
 
 
 @contextlib.contextmanager
@@ -47,31 +54,64 @@ def remove_abandoned(log: Callable[[str], None]) -> None:
     except OSError:
         return  # no $TMPDIR to look in: the build itself will say so
     for path in found:
-        owner = _dead_owner(path)
-        if owner is None:
-            continue
+        owner: int | None = None
         try:
+            owner = _dead_owner(path)
+            if owner is None:
+                continue
             shutil.rmtree(path)
-        except OSError as exc:
-            log(f"could not remove {path}, left by a build that died (pid {owner}): {exc}")
+        except Exception as exc:  # another build's leftovers are never this build's failure
+            whose = f", left by a build that died (pid {owner})" if owner is not None else ""
+            log(f"could not remove {path}{whose}: {exc}")
         else:
             log(f"removed {path}, left by a build that died (pid {owner})")
 
 
 def _dead_owner(path: Path) -> int | None:
     """The pid of the dead process that owned build folder `path`; None while it may live (or when
-    `path` is no build folder of this user's)."""
+    `path` is no build folder of this user's, or its owner file is not one `build_dir` wrote)."""
+    fields = _owner_fields(path)
+    if fields is None or len(fields) != 4:
+        return None
+    pid_text, ticks, boot, pid_ns = fields
+    if not _is_number(pid_text) or not _is_number(ticks):
+        return None
+    pid = int(pid_text)
+    if not 0 < pid <= MAX_PID or boot != BOOT_ID or not PID_NS or pid_ns != PID_NS:
+        return None
+    now = start_ticks(pid)
+    return pid if now is None or now != ticks else None
+
+
+def _owner_fields(path: Path) -> list[str] | None:
+    """The words of `path`'s owner file; None when `path` is no folder of this user's or the file is
+    missing, not a regular file, too long or not ASCII (what a crash mid-write or anyone else left)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        st = path.lstat()
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            return None
-        fields = (path / OWNER_FILE).read_text().split()
+        folder = os.open(path, flags | os.O_DIRECTORY)
     except OSError:
         return None
-    if len(fields) != 4 or not fields[0].isdigit():
+    try:
+        st = os.fstat(folder)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            return None
+        # O_NONBLOCK: a FIFO named `owner` opens at once (and is refused below) instead of hanging here.
+        fd = os.open(OWNER_FILE, flags | os.O_NONBLOCK, dir_fd=folder)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            data = os.read(fd, MAX_OWNER_BYTES + 1)
+        finally:
+            os.close(fd)
+    except OSError:
         return None
-    pid, ticks, boot, pid_ns = fields
-    if ticks == "-" or boot != BOOT_ID or not PID_NS or pid_ns != PID_NS:
+    finally:
+        os.close(folder)
+    if len(data) > MAX_OWNER_BYTES or not data.isascii():
         return None
-    now = start_ticks(int(pid))
-    return int(pid) if now is None or now != ticks else None
+    return data.decode("ascii").split()
+
+
+def _is_number(text: str) -> bool:
+    """Whether `text` is a decimal number in ASCII digits (`str.isdigit` also takes "²", which `int` refuses)."""
+    return text.isascii() and text.isdigit()

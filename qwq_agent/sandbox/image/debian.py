@@ -21,7 +21,7 @@ from typing import IO
 import docker
 
 from qwq_agent.group_watchdog import GroupWatchdog
-from qwq_agent.process_group import group_lives
+from qwq_agent.process_group import exited, group_lives
 from qwq_agent.sandbox.image.build_dir import build_dir
 from qwq_agent.sandbox.image.errors import BuildStopped, ImageBuildError
 from qwq_agent.sandbox.image.progress import Stopwatch
@@ -119,7 +119,8 @@ def _run_logged(cmd: list[str], log: Stopwatch, stop: threading.Event | None = N
     `cmd` runs in a process group of its own. Whatever ends the wait early (a signal the CLI turned
     into `KeyboardInterrupt`, `stop` set from another thread, a broken progress sink) stops that whole
     group before it propagates: left running, mmdebstrap would go on writing into the build folder
-    that is being removed. What this process cannot do, killed (SIGKILL), a watchdog does
+    that is being removed. So does the end of `cmd` itself, done or failed: what it left in its group
+    (a daemon, a background job) is stopped before this returns or raises. What this process cannot do, killed (SIGKILL), a watchdog does
     (`GroupWatchdog`): the group, in a session of its own, would run on with no owner, and the next
     build would start a second mmdebstrap beside it.
     """
@@ -154,26 +155,36 @@ def _run_logged(cmd: list[str], log: Stopwatch, stop: threading.Event | None = N
             finally:
                 with contextlib.suppress(OSError):
                     proc.stdin.close()
-            while (line := _next_line(lines, stop)) is not None:
-                tail.append(line)
-                if line.startswith(("I: ", "E: ")):
-                    log(f"  {line}")
-            _wait_unreaped(proc)
-            watchdog.stand_down()  # before the reaping: the group's id is its leader's until then
+            # Until the output ends or the leader exits: what it left behind (a daemon apt or gpg
+            # started, a hook's background job) may hold the output open for ever.
+            while (line := _next_line(lines, stop, lambda: exited(proc))) is not None:
+                _take(line, tail, log)
+            # The leader is done, the group not necessarily: what is left of it is stopped before the
+            # watchdog stands down, as on the way out below, so nothing goes on writing into the build
+            # folder (nor runs on, unwatched) once this returns.
+            _stop_group(proc, before_reaping=watchdog.stand_down)
             rc = proc.wait()
         except BaseException:
             _stop_group(proc, before_reaping=watchdog.stand_down if watchdog is not None else None)
             raise
         finally:
             reader.join(timeout=STOP_GRACE_S)  # EOF once the group is gone; the pipe is closed next
+    while True:  # what the reader took after the leader exited: the error's last lines, say
+        try:
+            line = lines.get_nowait()
+        except queue.Empty:
+            break
+        if line is not None:
+            _take(line, tail, log)
     if rc != 0:
         raise ImageBuildError(f"{cmd[0]} {cmd[1]} exited with {rc}:\n" + "\n".join(tail))
 
 
-def _wait_unreaped(proc: subprocess.Popen[str]) -> None:
-    """Wait for `proc` to exit without reaping it (a signal handler's exception still ends the wait)."""
-    with contextlib.suppress(ChildProcessError):  # reaped by the kernel: `wait` tells
-        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+def _take(line: str, tail: collections.deque[str], log: Stopwatch) -> None:
+    """Keep `line` for the error message; forward mmdebstrap's own progress and error lines."""
+    tail.append(line)
+    if line.startswith(("I: ", "E: ")):
+        log(f"  {line}")
 
 
 def _read_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:
@@ -187,15 +198,20 @@ def _read_lines(stream: IO[str], lines: queue.Queue[str | None]) -> None:
         lines.put(None)
 
 
-def _next_line(lines: queue.Queue[str | None], stop: threading.Event | None) -> str | None:
-    """The next line (None at the output's end); raises `BuildStopped` once `stop` is set."""
+def _next_line(
+    lines: queue.Queue[str | None], stop: threading.Event | None, done: Callable[[], bool]
+) -> str | None:
+    """The next line; None at the output's end, or once nothing came for a while and `done()` (the
+    leader exited: lines still on their way are the caller's to collect). Raises `BuildStopped` once
+    `stop` is set."""
     while True:
         if stop is not None and stop.is_set():
             raise BuildStopped()
         try:
-            return lines.get(timeout=STOP_POLL_S if stop is not None else None)
+            return lines.get(timeout=STOP_POLL_S)
         except queue.Empty:
-            continue
+            if done():
+                return None
 
 
 def _stop_group(
