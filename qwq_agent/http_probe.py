@@ -138,7 +138,7 @@ def get_within(url: str, seconds: float, *, max_bytes: int = PROBE_MAX_BYTES) ->
     """
 
     async def get() -> ProbeAnswer:
-        async with httpx.AsyncClient(timeout=seconds, **client_options()) as http:
+        async with httpx.AsyncClient(timeout=seconds, **client_options(url)) as http:
             return await get_capped(http, url, max_bytes=max_bytes)
 
     return run_bounded(get(), seconds)

@@ -6,17 +6,22 @@ except the in-container supervisor, which runs on the standard library only. `qw
 these variables with their defaults (`env_help`).
 
 Several names for one setting (`OPENAI_BASE_URL` and our `QWQ_OPENAI_BASE_URL`) are tried in order;
-the first that is set wins. An empty variable counts as unset.
+the first that is set wins. An empty variable counts as unset. The proxy variables are the exception to
+pydantic-settings' case-insensitive reading: `http_proxy` is read before `HTTP_PROXY`, as urllib, requests,
+httpx and curl read them (case-insensitively, whichever came later in the environment won), and
+`Settings.variable` says which one set the value, so that a message names the variable really set.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_MODEL_URL = "http://127.0.0.1:30000"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
@@ -27,6 +32,32 @@ LONGEST_WAIT_S = 86400.0
 
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
+
+
+# Fields read lower case first, then upper case, then any other spelling (`Http_Proxy`), as urllib does.
+_LOWER_FIRST = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+def _lower_first(environ: Mapping[str, str], field: str) -> tuple[str, str] | None:
+    """The variable (and its value) that sets `field`: `field` itself, else its upper-case name, else
+    another spelling of it (the first in sorted order); empty ones count as unset."""
+    others = sorted(k for k in environ if k.lower() == field and k not in (field, field.upper()))
+    for name in (field, field.upper(), *others):
+        if environ.get(name):
+            return name, environ[name]
+    return None
+
+
+class _LowerFirstSource(PydanticBaseSettingsSource):
+    """The `_LOWER_FIRST` fields, each from the variable `_lower_first` picks; before the environment
+    source, which would take whichever spelling came last in `os.environ`."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        found = _lower_first(os.environ, field_name)
+        return (found[1] if found else None), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {f: found[1] for f in _LOWER_FIRST if (found := _lower_first(os.environ, f))}
 
 
 class SettingsError(ValueError):
@@ -91,20 +122,21 @@ class Settings(BaseSettings):
     # How our HTTP clients reach the servers named above, and the MCP servers and OTLP collector
     # (`qwq_agent.http_env`; fetch_url and web_search use no proxy: they connect to the address they checked).
     http_proxy: str | None = Field(
-        None, validation_alias=_env("HTTP_PROXY", "http_proxy"), description="proxy for http:// servers"
+        None, validation_alias=_env("http_proxy", "HTTP_PROXY"), description="proxy for http:// servers"
     )
     https_proxy: str | None = Field(
-        None, validation_alias=_env("HTTPS_PROXY", "https_proxy"), description="proxy for https:// servers"
+        None, validation_alias=_env("https_proxy", "HTTPS_PROXY"), description="proxy for https:// servers"
     )
     all_proxy: str | None = Field(
         None,
-        validation_alias=_env("ALL_PROXY", "all_proxy"),
+        validation_alias=_env("all_proxy", "ALL_PROXY"),
         description="proxy for both when the one of the scheme is unset (http://, https:// or socks5://)",
     )
     no_proxy: str | None = Field(
         None,
-        validation_alias=_env("NO_PROXY", "no_proxy"),
-        description="hosts reached directly (comma-separated; * for all); localhost, 127.0.0.1, ::1 always are",
+        validation_alias=_env("no_proxy", "NO_PROXY"),
+        description="hosts reached directly, comma-separated: domains, .subdomains, addresses, networks (10.0.0.0/8), "
+        "host:port, * for all; loopback always is",
     )
     ssl_cert_file: str | None = Field(
         None,
@@ -113,6 +145,13 @@ class Settings(BaseSettings):
     )
     ssl_cert_dir: str | None = Field(
         None, validation_alias=_env("SSL_CERT_DIR"), description="folder of CA certificates for https://"
+    )
+    # What requests read by itself before the OTLP exporter's session was built with `trust_env=False`:
+    # kept, so that a collector's CA set this way still verifies.
+    requests_ca_bundle: str | None = Field(
+        None,
+        validation_alias=_env("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"),
+        description="CA bundle for the OTLP collector when SSL_CERT_FILE and SSL_CERT_DIR are unset",
     )
     # Docker and the sandbox image.
     docker_host: str = Field(
@@ -213,6 +252,45 @@ class Settings(BaseSettings):
         None, validation_alias=_env("QWQ_TAVILY_BASE_URL"), description="Tavily API endpoint override"
     )
     debug: bool = Field(False, validation_alias=_env("QWQ_DEBUG"), description="print tracebacks on errors")
+
+    # field -> the variable that set it, for the fields read from several names (`variable`).
+    _variables: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            _LowerFirstSource(settings_cls),
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Which variable set each value, found now: the environment the values were read from.
+        for field in _LOWER_FIRST:
+            found = _lower_first(os.environ, field)
+            if found is not None and found[1] == getattr(self, field):
+                self._variables[field] = found[0]
+        info = type(self).model_fields["requests_ca_bundle"]
+        for name in _names(info):
+            if os.environ.get(name) and os.environ[name] == self.requests_ca_bundle:
+                self._variables["requests_ca_bundle"] = name
+                break
+
+    def variable(self, field: str) -> str:
+        """The environment variable that set `field` (`http_proxy` when only the lower-case one is
+        set); when the value was given in code or is unset, the name a user would set (`HTTP_PROXY`)."""
+        if field in self._variables:
+            return self._variables[field]
+        return field.upper() if field in _LOWER_FIRST else _names(type(self).model_fields[field])[0]
 
     @field_validator("sandbox_build", mode="before")
     @classmethod

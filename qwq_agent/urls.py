@@ -70,13 +70,22 @@ _SECRET_PARAMS = frozenset(
 # ... and any name ending so: `hf_token`, `X-Amz-Security-Token`, `X-Amz-Signature`, `apiKey`.
 _SECRET_SUFFIX = re.compile(r"[_\-.](key|token|secret|signature|password)$", re.IGNORECASE)
 _CAMEL_SECRET_SUFFIX = re.compile(r"[a-z0-9](Key|Token|Secret|Signature|Password)$")
+# ... and the same names run together in one word (`accesstoken`, `apitoken`, `clientsecret`): a
+# `key` only after a word that makes it a credential (`monkey`, `hotkey` are no secrets).
+_SECRET_ENDINGS = (
+    "token", "secret", "password", "passwd", "signature",
+    "apikey", "accesskey", "secretkey", "privatekey", "authkey", "sessionkey",
+)  # fmt: skip
 _QUERY_OR_FRAGMENT = re.compile(r"[?#]")
+# What separates query parameters: `&`, `;`, and `&` as Go's JSON encoder writes it (`\u0026`).
+_PARAM_SEP = re.compile(r"([&;]|\\u0026)")
 
 
 def _is_secret_param(name: str) -> bool:
     name = unquote_plus(name).strip()
     return (
         name.lower() in _SECRET_PARAMS
+        or name.lower().endswith(_SECRET_ENDINGS)
         or _SECRET_SUFFIX.search(name) is not None
         or _CAMEL_SECRET_SUFFIX.search(name) is not None
     )
@@ -108,7 +117,7 @@ def _redact_query(url: str, start: int, depth: int = 0) -> str:
         return url
     end = url.find("#", mark.end())
     end = len(url) if end < 0 else end
-    pieces = re.split(r"([&;])", url[mark.end() : end])
+    pieces = _PARAM_SEP.split(url[mark.end() : end])
     for i in range(0, len(pieces), 2):  # the separators sit at the odd indexes
         name, sep, value = pieces[i].partition("=")
         if sep and value and (_is_secret_param(name) or _encoded_url_with_secret(value, depth)):
@@ -186,21 +195,29 @@ _URL_END = re.compile(r"[\s'\"<>`]")
 _TRAILING = ".,;:!?)]}"
 
 
-def _url_spans(text: str) -> Iterator[tuple[int, int]]:
-    """Where the URLs of `text` are, `(start, end)`, left to right, in one pass: each `://` is looked
-    at once, and the scheme before it is walked back no further than the previous `://` or URL."""
+# `://`, or `:\/\/` as JSON encoders that escape slashes write it (PHP's, Java's): a URL in a JSON
+# body a library quotes.
+_SEPARATOR = re.compile(r":(?://|\\/\\/)")
+_ESCAPED_SLASH = "\\/"
+
+
+def _url_spans(text: str) -> Iterator[tuple[int, int, bool]]:
+    """Where the URLs of `text` are, `(start, end, escaped)`, left to right, in one pass: each `://`
+    is looked at once, and the scheme before it is walked back no further than the previous `://` or
+    URL. `escaped`: the URL's slashes are written `\\/` (its `:\\/\\/`)."""
     done = 0
-    at = text.find("://")
-    while at >= 0:
+    found = _SEPARATOR.search(text)
+    while found is not None:
+        at, after = found.start(), found.end()
         start = _scheme_start(text, at, done)
-        stop = _URL_END.search(text, at + 3) if start < at else None
-        end = at + 3 if start == at else len(text) if stop is None else stop.start()
-        if end == at + 3:  # no scheme, or nothing after it: no URL
-            at = text.find("://", at + 1)
+        stop = _URL_END.search(text, after) if start < at else None
+        end = after if start == at else len(text) if stop is None else stop.start()
+        if end == after:  # no scheme, or nothing after it: no URL
+            found = _SEPARATOR.search(text, at + 1)
             continue
-        yield start, end
+        yield start, end, after - at > 3
         done = end
-        at = text.find("://", end)
+        found = _SEPARATOR.search(text, end)
 
 
 def _cut(text: str, max_chars: int) -> str:
@@ -232,28 +249,44 @@ def redact_urls_in(text: str, *, max_chars: int | None = None) -> str:
     return _redact_in(text, 0)
 
 
-# A query parameter in free text: after a `?`, `&` or `;`, up to the next blank, quote or separator.
-_TEXT_PARAM = re.compile(r"(?<=[?&;])([^=\s&;?#'\"<>`]+)=([^\s&;#'\"<>`]+)")
+# A query or fragment in free text: from its `?` or `#` to the next blank, quote or angle bracket.
+_TEXT_PARAMS = re.compile(r"[?#][^\s'\"<>`]*")
+_TEXT_PARAM_SEP = re.compile(r"([&;?#]|\\u0026)")
+
+
+def _hide_text_params(found: re.Match[str]) -> str:
+    run = found[0]
+    params = run.rstrip(_TRAILING)  # the punctuation closing a sentence is no part of a value
+    pieces = _TEXT_PARAM_SEP.split(params)
+    for i in range(0, len(pieces), 2):  # the separators sit at the odd indexes
+        name, sep, value = pieces[i].partition("=")
+        if sep and value and value != "***" and _is_secret_param(name):
+            pieces[i] = f"{name}=***"
+    return "".join(pieces) + run[len(params) :]
 
 
 def redact_secrets_in(text: str, *, max_chars: int | None = None) -> str:
-    """`redact_urls_in`, and also the values of secret query parameters outside a whole URL: HTTP
-    libraries quote the request target alone in their errors (urllib3's `Max retries exceeded with
-    url: /v1/traces?key=K`), where no scheme marks a URL. For log lines, which quote libraries."""
+    """`redact_urls_in`, and also the values of secret parameters in a query or a fragment outside a
+    whole URL (`?key=K`, `#access_token=T`): HTTP libraries quote the request target alone in their
+    errors (urllib3's `Max retries exceeded with url: /v1/traces?key=K`), where no scheme marks a URL,
+    and an OAuth callback carries its token in the fragment. A `name=value` after no `?` or `#`
+    (`exit;code=1`) is no query. For log lines, which quote libraries. Linear in `len(text)`."""
     text = redact_urls_in(text, max_chars=max_chars)
     if "=" not in text:
         return text
-    return _TEXT_PARAM.sub(
-        lambda m: f"{m[1]}=***" if m[2] != "***" and _is_secret_param(m[1]) else m[0], text
-    )
+    return _TEXT_PARAMS.sub(_hide_text_params, text)
 
 
 def _redact_in(text: str, depth: int) -> str:
     pieces: list[str] = []
     done = 0
-    for start, end in _url_spans(text):
+    for start, end, escaped in _url_spans(text):
         url = text[start:end].rstrip(_TRAILING)
-        pieces += [text[done:start], _redact(url, False, depth), text[start + len(url) : end]]
+        if escaped:  # `https:\/\/`: read with its slashes, written back escaped
+            shown = _redact(url.replace(_ESCAPED_SLASH, "/"), False, depth).replace("/", _ESCAPED_SLASH)
+        else:
+            shown = _redact(url, False, depth)
+        pieces += [text[done:start], shown, text[start + len(url) : end]]
         done = end
     pieces.append(text[done:])
     return "".join(pieces)

@@ -37,6 +37,8 @@ from qwq_agent.testing.scripted_server import ScriptedModelServer
 from qwq_agent.tools.base import tool
 from qwq_agent.tools.registry import ToolRegistry
 
+CLI = [sys.executable, "-m", "qwq_agent.cli.main"]
+
 
 async def call(registry: ToolRegistry, name: str, **arguments):
     return await registry.call(ToolCall(id="c1", name=name, arguments=arguments))
@@ -955,3 +957,52 @@ def test_mcp_serve_refuses_a_line_past_the_cap_as_the_client_does_without_holdin
 
     with pytest.raises(LineTooLong, match=f"more than {MAX_LINE_BYTES:,} bytes"):
         asyncio.run(read_all())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_an_mcp_url_that_a_dead_proxy_does_not_reach_names_the_proxy_s_variable(monkeypatch):
+    """The README says a server that does not answer through a proxy is reported naming the variable;
+    the MCP start-up error said "ConnectError: All connection attempts failed" only."""
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.lower(), raising=False)
+    port = _free_port()  # nothing listens there
+    monkeypatch.setenv("http_proxy", f"http://ops:S3CRETPW@127.0.0.1:{port}")
+    with pytest.raises(MCPConnectError) as info:
+        await mcp_tools(MCPServerSpec(url="http://mcp.invalid:8000/mcp"))
+    said = str(info.value)
+    assert f"could not be started through the proxy http_proxy=http://ops:***@127.0.0.1:{port}: " in said
+    assert "S3CRETPW" not in said
+    assert info.value.url == "http://mcp.invalid:8000/mcp" and info.value.proxy.variable == "http_proxy"
+
+
+def test_the_cli_s_fix_line_for_an_mcp_url_is_about_the_url_and_its_proxy(tmp_path):
+    clean = {k: v for k, v in os.environ.items() if k.upper() not in ("HTTP_PROXY", "NO_PROXY", "ALL_PROXY")}
+    dead = f"http://127.0.0.1:{_free_port()}"
+    runs = {
+        "proxied": ("http://mcp.invalid:8000/mcp", {"HTTP_PROXY": dead}),
+        "direct": (f"{dead}/mcp", {}),
+    }
+    said = {}
+    with ScriptedModelServer([]) as server:
+        for name, (url, env) in runs.items():
+            proc = subprocess.run(
+                [*CLI, "run", "hi", "--model-url", server.url, "--tools", "fetch_url", "--mcp-url", url,
+                 "--trace", str(tmp_path / f"{name}.jsonl")],
+                capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**clean, **env},
+            )  # fmt: skip
+            assert proc.returncode == 2, proc.stderr
+            said[name] = proc.stderr.splitlines()
+    what, fix = said["proxied"]
+    assert f"through the proxy HTTP_PROXY={dead}" in what
+    assert fix.startswith("  fix: ") and "NO_PROXY" in fix and "unset HTTP_PROXY" in fix
+    what, fix = said["direct"]
+    assert "could not be started: " in what and "proxy" not in what
+    assert "--mcp-url server" in fix and "--mcp command" not in fix

@@ -372,3 +372,69 @@ async def test_closing_the_traced_stream_ends_the_run_it_wraps_there_and_then():
         assert agent.result is not None and agent.result.status == "interrupted"
     run = next(s for s in exporter.get_finished_spans() if s.name.startswith("invoke_agent"))
     assert run.status.status_code == StatusCode.ERROR
+
+
+def _no_ca_variables(monkeypatch) -> None:
+    for var in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTPS_PROXY",
+                "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy",
+                "OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"):  # fmt: skip
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_spans_reach_an_https_collector_whose_ca_a_variable_names(tmp_path, monkeypatch, variable):
+    """The exporter's session was given SSL_CERT_FILE, and the exporter set its own `verify` over it;
+    REQUESTS_CA_BUNDLE, which requests read before its session stopped reading the environment, was
+    dropped. Both are honoured, and a bundle that is not there is named."""
+    import ssl
+
+    from qwq_agent.settings import SettingsError
+    from qwq_agent.testing.tls_docker import make_certs
+
+    tls = make_certs(tmp_path)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "server.pem", tmp_path / "server-key.pem")
+    _no_ca_variables(monkeypatch)
+    with OTLPReceiver(ssl_context=server) as rx:
+        assert rx.endpoint.startswith("https://")
+        unknown = OtelExport(rx.endpoint, timeout_s=2)  # the default CAs: this collector's is unknown
+        unknown.tracer().start_span("refused").end()
+        assert unknown.shutdown() is False
+        monkeypatch.setenv(variable, str(tls.ca_cert))
+        export = OtelExport(rx.endpoint, timeout_s=10)
+        export.tracer().start_span("delivered").end()
+        assert export.shutdown() is True
+        assert [s.name for s in rx.wait_for(lambda got: len(got) == 1)] == ["delivered"]
+        monkeypatch.setenv(variable, str(tmp_path / "missing.pem"))
+        with pytest.raises(SettingsError, match=f"{variable}={tmp_path / 'missing.pem'}: no such file"):
+            OtelExport(rx.endpoint)
+
+
+async def test_spans_lost_through_a_dead_proxy_name_the_proxy_s_variable(monkeypatch, caplog):
+    """The README says a server that does not answer through a proxy is reported naming the variable:
+    the lost-spans line named the collector only, the exporter's warnings an address."""
+    import io
+    import logging
+    import socket
+
+    from rich.console import Console
+
+    from qwq_agent.cli.ecosystem import RunExtras
+
+    _no_ca_variables(monkeypatch)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("HTTP_PROXY", f"http://ops:S3CRETPW@127.0.0.1:{port}")
+    export = OtelExport("http://collector.invalid:4318", timeout_s=5)
+    export.tracer().start_span("step 1").end()
+    out = io.StringIO()
+    with caplog.at_level(logging.WARNING):
+        await RunExtras([], export=export, console=Console(file=out, width=300)).aclose()
+    through = f"through the proxy HTTP_PROXY=http://ops:***@127.0.0.1:{port}"
+    assert out.getvalue().strip().splitlines() == [
+        f"OpenTelemetry: 1 spans did not reach http://collector.invalid:4318/v1/traces {through} "
+        "(refused, or not taken within 5 s)"
+    ]
+    assert any(through in r.getMessage() for r in caplog.records)  # the exporter's own warning
+    assert "S3CRETPW" not in out.getvalue() + caplog.text

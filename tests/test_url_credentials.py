@@ -310,3 +310,55 @@ def test_the_cli_names_docker_host_without_its_password(host):
               env={"DOCKER_HOST": host.format(SECRET)})  # fmt: skip
     assert SECRET not in out
     assert host.format("***") in out
+
+
+def test_log_lines_hide_tokens_in_fragments_one_word_keys_and_json_escaped_urls(capsys):
+    """These kept their secret in the CLI's log lines: an OAuth token in a fragment, keys spelled as
+    one word, a URL whose slashes a JSON encoder escaped, a query whose `&` Go's wrote as `\\u0026`."""
+    import logging
+
+    from qwq_agent.cli.log_setup import configure_logging
+
+    configure_logging(debug=False)
+    log = logging.getLogger("some.library")
+    lines = {
+        f"redirected to https://app.example/cb#access_token={SECRET}&token_type=bearer":
+            "redirected to https://app.example/cb#access_token=***&token_type=bearer",
+        f"callback /cb#access_token={SECRET}&state=1 seen": "callback /cb#access_token=***&state=1 seen",
+        f"GET https://api.example/v1?accesstoken={SECRET}&apitoken={SECRET}&authtoken={SECRET} failed":
+            "GET https://api.example/v1?accesstoken=***&apitoken=***&authtoken=*** failed",
+        f'upstream {{"db":"https:\\/\\/bob:{SECRET}@db.example\\/q"}}':
+            'upstream {"db":"https:\\/\\/bob:***@db.example\\/q"}',
+        f'next {{"next":"https://api.example/x?page=2\\u0026token={SECRET}"}}':
+            'next {"next":"https://api.example/x?page=2\\u0026token=***"}',
+        # the punctuation after a value is kept; `name=value` in text that is no query is no secret
+        f"see https://h/x?token={SECRET}. Then /y?key={SECRET}, done": "see https://h/x?token=***. Then /y?key=***, done",
+        "worker exit;code=1 status=0": "worker exit;code=1 status=0",
+    }  # fmt: skip
+    for line in lines:
+        log.warning(line)
+    err = capsys.readouterr().err
+    assert SECRET not in err
+    for shown in lines.values():
+        assert f"{shown}\n" in err, (shown, err)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "?" * 200_000,
+        "#a=1" * 50_000,
+        "https:\\/\\/" * 50_000,
+        "x?a=" + "\\u0026token=K" * 20_000,
+        "see https://h/?token=K" + "." * 100_000,
+    ],
+)
+def test_log_line_redaction_takes_time_linear_in_the_text(text):
+    import time
+
+    from qwq_agent.urls import redact_secrets_in
+
+    began = time.process_time()  # CPU time of this process: the scan itself, not the loaded machine
+    shown = redact_secrets_in(text)
+    assert time.process_time() - began < 2.0
+    assert "token=K" not in shown

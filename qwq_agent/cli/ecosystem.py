@@ -87,8 +87,9 @@ class RunExtras:
             if not await asyncio.to_thread(export.shutdown) and self._console is not None:  # within timeout_s
                 self._console.print(
                     plain(
-                        f"OpenTelemetry: {export.lost} spans did not reach {redact_url(export.endpoint)} "
-                        f"(refused, or not taken within {export.timeout_s:g} s)",
+                        f"OpenTelemetry: {export.lost} spans did not reach {redact_url(export.endpoint)}"
+                        + (f" through the proxy {export.proxy}" if export.proxy is not None else "")
+                        + f" (refused, or not taken within {export.timeout_s:g} s)",
                         "yellow",
                     ),
                     soft_wrap=True,
@@ -125,6 +126,22 @@ def check_urls(args: argparse.Namespace) -> None:
         )
 
 
+def _mcp_fix(exc: Exception) -> str:
+    """The fix line for an MCP start-up failure: about the URL (and its proxy) or the command that failed."""
+    from qwq_agent.mcp import MCPConnectError
+
+    if isinstance(exc, MCPConnectError) and exc.proxy is not None:
+        return (
+            "check that proxy (it must reach the --mcp-url server), or add the server's host to NO_PROXY, "
+            f"or unset {exc.proxy.variable}"
+        )
+    if isinstance(exc, MCPConnectError) and exc.url is not None:
+        return "check that the --mcp-url server is running at that URL and speaks MCP over streamable HTTP"
+    if isinstance(exc, MCPConnectError):
+        return "check the --mcp command (it must speak MCP on stdin/stdout)"
+    return "check the --mcp command (it must speak MCP on stdin/stdout) or the --mcp-url server"
+
+
 async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: Any) -> RunExtras:
     """Connect the MCP servers and start telemetry as asked.
 
@@ -149,10 +166,7 @@ async def open_extras(args: argparse.Namespace, tools: Sequence[Tool], console: 
             servers = [*args.mcp, *(MCPServerSpec(url=url.strip()) for url in args.mcp_url)]
             toolset = await mcp_tools(*servers, reserved=[t.spec.name for t in tools])
         except (MCPError, ValueError) as exc:
-            raise CliError(
-                safe(str(exc)),
-                "check the --mcp command (it must speak MCP on stdin/stdout) or the --mcp-url server",
-            ) from exc
+            raise CliError(safe(str(exc)), _mcp_fix(exc)) from exc
         console.print(plain(f"MCP tools: {', '.join(t.spec.name for t in toolset) or 'none'}", "dim"))
         if toolset.skipped:
             console.print(plain("MCP tools skipped: " + "; ".join(toolset.skipped), style="yellow"))

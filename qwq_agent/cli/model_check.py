@@ -90,7 +90,7 @@ async def connect_model(
         # the CLI waiting, silent, before any run (and its deadline) begins.
         async with (
             asyncio.timeout(timeout),
-            httpx.AsyncClient(timeout=timeout, headers=headers, **client_options()) as http,
+            httpx.AsyncClient(timeout=timeout, headers=headers, **client_options(probe_url)) as http,
         ):
             answer = await get_capped(http, probe_url)
     except TimeoutError:

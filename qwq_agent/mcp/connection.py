@@ -19,13 +19,16 @@ import logging
 import re
 import shlex
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qwq_agent.mcp._stdio import STOP_BOUND_S, StderrTail, stdio_transport
 from qwq_agent.urls import redact_url, redact_urls_in
+
+if TYPE_CHECKING:
+    from qwq_agent.http_env import Proxy
 
 __all__ = [
     "MCPConnectError",
@@ -53,7 +56,14 @@ class MCPError(RuntimeError):
 
 
 class MCPConnectError(MCPError):
-    """The server could not be started or did not complete the MCP handshake in time."""
+    """The server could not be started or did not complete the MCP handshake in time.
+
+    `url`: the server's URL (None for a command); `proxy`: the proxy it was asked through, if any."""
+
+    def __init__(self, message: str, *, url: str | None = None, proxy: Proxy | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.proxy = proxy
 
 
 class MCPServerDied(MCPError):
@@ -172,14 +182,21 @@ class MCPConnection:
                 ready.cancel()
                 await self._shutdown(cancel=True)
                 what = "list its tools" if self._handshaken else "answer the handshake"
+                proxy = self._proxy()
                 raise MCPConnectError(
                     f"MCP server {self.spec.label!r} did not {what} within "
-                    f"{self.spec.connect_timeout_s:g} s{self._stderr_tail()}"
+                    f"{self.spec.connect_timeout_s:g} s{_through(proxy)}{self._stderr_tail()}",
+                    url=self.spec.url,
+                    proxy=proxy,
                 ) from None
             except Exception as exc:
                 await self._shutdown()
+                proxy = self._proxy()
                 raise MCPConnectError(
-                    f"MCP server {self.spec.label!r} could not be started: {_describe(exc)}{self._stderr_tail()}"
+                    f"MCP server {self.spec.label!r} could not be started{_through(proxy)}: "
+                    f"{_describe(exc)}{self._stderr_tail()}",
+                    url=self.spec.url,
+                    proxy=proxy,
                 ) from None
             except asyncio.CancelledError:
                 # Our caller gave up: the same as a timeout, but without waiting for the holder
@@ -230,7 +247,7 @@ class MCPConnection:
             # SDK's default timeouts (`create_mcp_http_client`'s), and takes proxies as all ours do.
             timeout = httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
             async with httpx2.AsyncClient(
-                timeout=timeout, headers=self.spec.headers, **client_options(http=httpx2)
+                timeout=timeout, headers=self.spec.headers, **client_options(self.spec.url, http=httpx2)
             ) as client:
                 self._http_session = session = _HTTPSession()
                 client.event_hooks["response"].append(session.on_response)
@@ -315,6 +332,19 @@ class MCPConnection:
     def _protocol_error(self, why: str) -> None:
         """The transport stopped the server for breaking the protocol; `why` says how."""
         self._ended_why = why
+
+    def _proxy(self) -> Proxy | None:
+        """The proxy the server's URL is asked through (None for a command, or a proxy that cannot be
+        used: the error in hand says why)."""
+        if self.spec.url is None:
+            return None
+        from qwq_agent.http_env import proxy_for
+        from qwq_agent.settings import SettingsError
+
+        try:
+            return proxy_for(self.spec.url)
+        except SettingsError:
+            return None
 
     def _stderr_tail(self) -> str:
         if self._stderr is None:
@@ -461,6 +491,10 @@ def _log_changes(server: str, before: list[Any], after: list[Any]) -> None:
         added,
         changed,
     )
+
+
+def _through(proxy: Proxy | None) -> str:
+    return f" through the proxy {proxy}" if proxy is not None else ""
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Tracer
+
+if TYPE_CHECKING:
+    from qwq_agent.http_env import Proxy
 
 __all__ = ["DEFAULT_ENDPOINT", "OtelExport", "endpoint_from_env"]
 
@@ -36,19 +39,35 @@ def traces_url(base: str) -> str:
     return urlunsplit(parts._replace(path=path))
 
 
-def _session(endpoint: str) -> Any:
-    """The exporter's requests session: proxies and CA certificates from `Settings`, as every client
-    of ours takes them (`qwq_agent.http_env`), not read by requests from the environment itself."""
+def _session(endpoint: str) -> tuple[Any, dict[str, Any]]:
+    """The exporter's requests session, and `requests_options(endpoint)`: proxies and CA certificates
+    from `Settings`, as every client of ours takes them (`qwq_agent.http_env`), not read by requests
+    from the environment itself. `verify` is for the exporter's `certificate_file` (which it sets on the
+    session, over anything set there)."""
     import requests
 
     from qwq_agent.http_env import requests_options
 
-    session = requests.Session()
-    session.trust_env = False
     options = requests_options(endpoint)
+    proxy: Proxy | None = options["proxy"]
+
+    class Session(requests.Session):
+        """Names the proxy in the error of a post it did not take: the exporter logs that error
+        ("Transient error ... Unable to connect to proxy host='...'"), which did not say which variable
+        set that proxy."""
+
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().request(*args, **kwargs)
+            except requests.exceptions.ProxyError as exc:
+                raise requests.exceptions.ProxyError(
+                    f"through the proxy {proxy}: {exc}", request=exc.request, response=exc.response
+                ) from exc
+
+    session = Session()
+    session.trust_env = False
     session.proxies.update(options["proxies"])
-    session.verify = options["verify"]
-    return session
+    return session, options
 
 
 class _Delivered(SpanExporter):
@@ -110,8 +129,17 @@ class OtelExport:
         # deadline; `shutdown()` is the one place that ends the export, within `timeout_s`.
         self.provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         self._ended = _Ended()
+        session, options = _session(self.endpoint)
+        self.proxy: Proxy | None = options["proxy"]
+        """The proxy the spans go through (None: posted directly), to name when they are lost."""
+        # A CA path from our variables; else (True) the OTEL_EXPORTER_OTLP_*CERTIFICATE variables
+        # the exporter reads itself, then the default CAs.
+        verify = options["verify"]
         self._exporter = OTLPSpanExporter(
-            endpoint=self.endpoint, timeout=timeout_s, session=_session(self.endpoint)
+            endpoint=self.endpoint,
+            timeout=timeout_s,
+            session=session,
+            certificate_file=verify if isinstance(verify, str) else None,
         )
         self._delivered = _Delivered(self._exporter)
         self.provider.add_span_processor(self._ended)

@@ -39,6 +39,9 @@ from qwq_agent.sandbox.protocol import (
 )
 from qwq_agent.sandbox.surrogates import clean_text
 
+# The entries an upload's result names, as the supervisor names what it skips (the rest are counted).
+_MAX_SKIPPED_SHOWN = 50
+
 # What an editor command is given in the sandbox (it has no time limit there: it edits one file of at most
 # 10 MB); its reply is awaited this long plus the config's graces, or until just before a deadline.
 EDIT_TIMEOUT_S = 60.0
@@ -135,23 +138,31 @@ class FileOps(SandboxCalls):
         """Copy a local file or folder into the directory `dest` (like `docker cp local dest/`).
 
         With `contents`, a folder's entries land directly in `dest` (like `docker cp local/. dest/`).
-        Paths with a component named in `exclude` (e.g. `.git`, `__pycache__`) are left out.
+        Paths with a component named in `exclude` (e.g. `.git`, `__pycache__`) are left out; so are
+        sockets, FIFOs and devices, named in the result's `skipped` (by their paths in the archive).
         """
         path = Path(local)
+        left_out: list[str] = []
 
         def checked_pack() -> bytes:
             if not path.exists():
                 raise InvalidRequest(f"{local} does not exist")
             if contents and not path.is_dir():
                 raise InvalidRequest(f"{local} is not a directory")
-            return pack(path, contents=contents, exclude=exclude)
+            return pack(path, contents=contents, exclude=exclude, left_out=left_out)
 
         data = await asyncio.to_thread(checked_pack)
         if not fits_in_request(len(data), self.config.max_request_bytes):
             raise InvalidRequest(
                 f"{local} packs to {len(data)} bytes, over the request limit; nothing was sent"
             )
-        self.last_upload = await self.upload_archive(data, dest)
+        done = await self.upload_archive(data, dest)
+        self.last_upload = done.model_copy(
+            update={
+                "skipped": (left_out + done.skipped)[:_MAX_SKIPPED_SHOWN],
+                "skipped_count": len(left_out) + max(done.skipped_count, len(done.skipped)),
+            }
+        )
         return self.last_upload
 
     async def download(self, src: str, local_dir: str | os.PathLike[str]) -> DownloadResult:

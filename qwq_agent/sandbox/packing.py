@@ -25,10 +25,18 @@ def fits_in_request(packed_bytes: int, max_request_bytes: int) -> bool:
 
 
 def _members(
-    tar: tarfile.TarFile, path: Path, contents: bool, exclude: Sequence[str]
+    tar: tarfile.TarFile,
+    path: Path,
+    contents: bool,
+    exclude: Sequence[str],
+    left_out: list[str] | None = None,
 ) -> Iterator[tuple[str, tarfile.TarInfo]]:
     """`(local path, member)` in the order `TarFile.add` writes them (a folder, then its sorted
     entries); a path with a component named in `exclude` is left out, with what is under it.
+
+    Sockets, FIFOs and devices are left out too, their archive names added to `left_out`: the sandbox
+    refuses a whole archive holding a FIFO or a device (one stray named pipe failed every run on its
+    folder, a sandbox after the start-up check passed it), and tarfile has no type for a socket.
 
     `tar.gettarinfo` is what `TarFile.add` calls: it reads the names, types and link targets, and
     numbers hard links, the same way. Iterative: a deep tree does not hit the recursion limit."""
@@ -40,7 +48,9 @@ def _members(
         if excluded.intersection(Path(arcname).parts):
             continue
         info = tar.gettarinfo(local, arcname)
-        if info is None:  # a socket: tarfile has no type for it and leaves it out
+        if info is None or info.isfifo() or info.isdev():  # None: a socket
+            if left_out is not None:
+                left_out.append(arcname)
             continue
         yield local, info
         if info.isdir():
@@ -48,11 +58,14 @@ def _members(
             stack.extend((os.path.join(local, n), os.path.join(arcname, n)) for n in reversed(names))
 
 
-def pack(path: Path, *, contents: bool = False, exclude: Sequence[str] = ()) -> bytes:
-    """A tar archive of `path` (with `contents`: of its entries, each at the archive's top)."""
+def pack(
+    path: Path, *, contents: bool = False, exclude: Sequence[str] = (), left_out: list[str] | None = None
+) -> bytes:
+    """A tar archive of `path` (with `contents`: of its entries, each at the archive's top); the
+    sockets, FIFOs and devices it leaves out are added to `left_out`, by their names in the archive."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for local, info in _members(tar, path, contents, exclude):
+        for local, info in _members(tar, path, contents, exclude, left_out):
             if info.isreg():
                 with open(local, "rb") as f:
                     tar.addfile(info, f)

@@ -231,7 +231,9 @@ class UploadResult(Result):
     entries: int
     bytes: int
     skipped: list[str] = Field(
-        default_factory=list, description="links not written: absolute, or pointing out of the destination"
+        default_factory=list,
+        description="entries not written: links absolute or pointing out of the destination; sockets, "
+        "FIFOs and devices (`upload` leaves them out of its archive)",
     )
     skipped_count: int = Field(0, description="entries not written, also those beyond the named ones")
 

@@ -290,7 +290,7 @@ def _probe_workers(urls: list[str], timeout: float) -> list[ReadyInfo | None]:
     found: list[ReadyInfo | None] = [None] * len(urls)
 
     async def every() -> None:
-        async with httpx.AsyncClient(timeout=timeout, **client_options()) as http:
+        async with httpx.AsyncClient(timeout=timeout, **client_options(*urls)) as http:
             await probe_each(urls, lambda url: probe_unbounded(url, timeout=timeout, http=http), found)
 
     try:

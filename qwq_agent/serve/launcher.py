@@ -168,7 +168,7 @@ async def probe_unbounded(
     """
     try:
         if http is None:
-            async with httpx.AsyncClient(timeout=timeout, **client_options()) as own:
+            async with httpx.AsyncClient(timeout=timeout, **client_options(url)) as own:
                 info = await _server_info_if_healthy(own, url)
         else:
             info = await _server_info_if_healthy(http, url)

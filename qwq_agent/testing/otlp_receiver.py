@@ -8,6 +8,7 @@ OpenTelemetry exporters send it; the spans are kept, flattened, in `spans`, and 
 from __future__ import annotations
 
 import gzip
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,9 +49,11 @@ def _attrs(items: Any) -> dict[str, Any]:
 
 
 class OTLPReceiver:
-    """`with OTLPReceiver() as rx:` ... `rx.endpoint` ... `rx.wait_for(lambda spans: ..., timeout=10)`."""
+    """`with OTLPReceiver() as rx:` ... `rx.endpoint` ... `rx.wait_for(lambda spans: ..., timeout=10)`.
 
-    def __init__(self) -> None:
+    `ssl_context` (a server context with its certificate loaded): the receiver speaks https://."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
         self.targets: list[str] = []
@@ -86,12 +89,16 @@ class OTLPReceiver:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._scheme = "http"
+        if ssl_context is not None:
+            self._server.socket = ssl_context.wrap_socket(self._server.socket, server_side=True)
+            self._scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def endpoint(self) -> str:
         """The base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` takes it."""
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return f"{self._scheme}://127.0.0.1:{self._server.server_port}"
 
     def _add(self, request: Any) -> None:
         spans = []

@@ -264,7 +264,7 @@ class OpenAIChatClient(RoutingKeyMixin):
                 pool=None,
             ),
             limits=limits,
-            **client_options(limits=limits, settings=env),
+            **client_options(self.base_url, limits=limits, settings=env),
         )
 
     def __repr__(self) -> str:

@@ -82,7 +82,7 @@ async def worker_infos(http: httpx.AsyncClient, timeout: float = 10.0) -> Worker
         return None
 
     found: list[dict[str, Any] | None] = [None] * len(probed)
-    async with httpx.AsyncClient(timeout=timeout, **client_options()) as client:
+    async with httpx.AsyncClient(timeout=timeout, **client_options(*probed)) as client:
         # httpx's timeout bounds each read; a worker dripping its answer is left out, not waited on.
         with contextlib.suppress(TimeoutError):  # the answers found by then stand
             async with asyncio.timeout(timeout):

@@ -158,7 +158,10 @@ class SGLangClient(RoutingKeyMixin):
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=None)
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=64)
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout, limits=limits, **client_options(limits=limits)
+            base_url=self.base_url,
+            timeout=timeout,
+            limits=limits,
+            **client_options(self.base_url, limits=limits),
         )
 
     def __repr__(self) -> str:
