@@ -1185,3 +1185,80 @@ async def test_search_docs_on_an_index_built_by_an_older_extractor_still_searche
     assert out.metadata["index_outdated"] is True
     assert "built by an older qwq-agent" in out.text and "qwq-agent index" in out.text
     assert db.read_bytes() == before  # a query only reads
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops root's capabilities with setpriv to meet a permission")
+def test_an_update_of_an_older_index_that_could_not_list_a_folder_does_not_mark_it_current(
+    tmp_path: Path,
+) -> None:
+    # The update stamped the index with this extractor's version although the files under the folder it
+    # could not list were kept as the old extractor stored them: no later update read them again.
+    root = tmp_path / "docs"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "wide.txt").write_bytes("Notes on кэширование\n".encode("utf-16"))
+    (root / "plain.md").write_text("# Plain\n\nnothing\n")
+    db = tmp_path / "old.sqlite3"
+    with DocIndex(db, root) as index:
+        assert index.update().added == 2
+    _as_built_by_an_older_extractor(db, "sub/wide.txt", "looks like a binary file")
+    update = (
+        "import sys; from qwq_agent.docindex import DocIndex\n"
+        "with DocIndex(sys.argv[1], sys.argv[2]) as index: print(index.update().model_dump_json())"
+    )
+    drop = "-dac_override,-dac_read_search"
+    (root / "sub").chmod(0)
+    try:
+        done = subprocess.run(
+            [
+                "setpriv",
+                f"--inh-caps={drop}",
+                f"--bounding-set={drop}",
+                sys.executable,
+                "-c",
+                update,
+                str(db),
+                str(root),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+    finally:
+        (root / "sub").chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert IndexStats.model_validate_json(done.stdout).reread == 1  # plain.md
+    with DocIndex(db, root) as index:
+        assert index.outdated  # sub/wide.txt still holds the old extraction
+        stats = index.update()
+        assert stats.reread == 2 and not index.outdated
+        assert locations(index, "кэширование") == ["sub/wide.txt:1"]
+
+
+def test_an_index_built_by_a_newer_extractor_is_left_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Taken for an older one, it was read again whole and stamped back to this version: two versions
+    # sharing an index would re-read it back and forth for ever.
+    import sqlite3
+
+    from qwq_agent.docindex.extract import EXTRACTOR_VERSION
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.md").write_text("# A\n\nalpha words\n")
+    db = tmp_path / "i.sqlite3"
+    assert main(["index", str(root), "--db", str(db)]) == 0
+    newer = str(int(EXTRACTOR_VERSION) + 1)
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'extractor'", (newer,))
+    (root / "b.md").write_text("# B\n\nbeta words\n")  # a new file is not added under the newer stamp
+    capsys.readouterr()
+    with DocIndex.open_existing(db) as index:
+        assert not index.outdated and index.newer
+    assert main(["index", str(root), "--db", str(db), "--query", "alpha"]) == 0
+    out = capsys.readouterr().out
+    assert f"built by a newer qwq-agent (extractor {newer}, this one has {EXTRACTOR_VERSION})" in out
+    assert "older" not in out and "a.md:3" in out  # still searched
+    with DocIndex.open_existing(db) as index:
+        assert index._meta("extractor") == newer and index.file_count() == 1

@@ -2,13 +2,15 @@
 
 import asyncio
 import datetime as dt
+import json
 import threading
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import pytest
 from jsonschema import Draft202012Validator
 from loop_watch import watch_loop
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from qwq_agent.agent.messages import ToolCall, ToolSpec
 from qwq_agent.protocols import Tool, ToolContext, ToolOutput
@@ -1104,8 +1106,13 @@ def test_values_are_cut_at_the_cap_of_items_or_of_text():
     assert (
         cut == 6 and value == {"a": ["x" * 1000] * 5} and "b" not in value
     )  # 5,000 chars of text, then no more
+    # a list too long keeps head and tail: half the room each, the last items taken first from the end
     value, cut = bound_value([[1, 2], (3, 4), {5}, {"k": iter([6, 7])}], max_items=11, max_chars=10**6)
-    assert cut == 11 and value == [[1, 2], [3, 4], [5], {"k": [6]}]
+    assert cut == 11 and value == [[1, 2], [3, 4], [], {"k": [6, 7]}]
+    assert bound_value(list(range(10)), max_items=4, max_chars=10**6) == (
+        [0, 1, "[6 items left out]", 8, 9],
+        4,
+    )
     small = {"a": [1, (2, 3)], "b": "text"}
     assert bound_value(small, max_items=100, max_chars=100)[0] is small  # nothing to cut: the same value
     assert bound_value(iter([1, 2]), max_items=2, max_chars=100) == ([1, 2], None)  # it fits exactly
@@ -1286,3 +1293,83 @@ async def test_output_of_a_call_already_ended_is_dropped():
     results = {e.name: e.text for e in events if isinstance(e, ToolResultEvent)}
     assert results["holder"] == "held" and "timed out after 0.3 s" in results["late"]
     assert not [e for e in events if isinstance(e, ToolOutputDelta)]
+
+
+def _counted(n: int, pulled: list[int]) -> Iterator[int]:
+    for i in range(n):
+        pulled.append(i)
+        yield i
+
+
+async def test_an_iterator_nested_past_the_depth_limit_is_left_out_not_pulled_whole():
+    """Past 200 levels the value went to pydantic-core as it was, which pulled a generator in it whole."""
+    from qwq_agent.tools.result_bound import TOO_DEEP
+
+    pulled: list[int] = []
+
+    @tool
+    def deep() -> list:
+        """Nested data."""
+        value: Any = _counted(200_000, pulled)
+        for _ in range(202):
+            value = [value]
+        return value
+
+    out = await ToolRegistry([deep]).call(ToolCall(name="deep", arguments={}))
+    assert not out.is_error and pulled == [], len(pulled)
+    assert json.dumps(TOO_DEEP) in out.text
+
+
+async def test_an_iterator_in_a_dataclass_or_model_is_cut_in_python_with_a_note():
+    """A dataclass (or model) counted as one item and went to pydantic-core as it was: a generator in
+    a field was pulled whole in Rust, no cut, no note."""
+    from dataclasses import dataclass
+
+    from qwq_agent.tools.result_bound import MAX_RESULT_ITEMS, bound_value
+
+    @dataclass(frozen=True)
+    class Page:
+        title: str
+        rows: Any
+
+    class Report(BaseModel):
+        model_config = ConfigDict(arbitrary_types_allowed=True)
+        pages: list[Page]
+
+    pulled: list[int] = []
+
+    @tool
+    def query() -> Report:
+        """All rows."""
+        return Report(pages=[Page("all rows", _counted(200_000, pulled))])
+
+    out = await ToolRegistry([query]).call(ToolCall(name="query", arguments={}))
+    assert not out.is_error, out.text
+    assert len(pulled) <= MAX_RESULT_ITEMS + 1  # no further than one item past the cap
+    assert out.text.startswith('{"pages": [{"title": "all rows", "rows": [0, 1, 2')
+    assert out.metadata["items_cut_at"] == MAX_RESULT_ITEMS
+    plain = Report(pages=[Page("two", [1, 2])])
+    assert bound_value(plain) == (plain, None)  # nothing to cut: the same object
+
+
+async def test_the_bound_follows_the_registrys_cap_and_keeps_a_lists_tail():
+    """The bound was fixed at the default cap: a raised `max_output_chars` still cut a list at 50,000
+    items; and a long list lost its real tail (a log's last line, the error) to the middle of it."""
+
+    @tool
+    def numbers() -> list:
+        """Numbers."""
+        return list(range(60_000))
+
+    @tool
+    def log() -> list:
+        """Log lines, the last one the error."""
+        return [f"line {i}" for i in range(199_999)] + ["FATAL: disk full"]
+
+    big = await ToolRegistry([numbers], max_output_chars=1_000_000).call(
+        ToolCall(name="numbers", arguments={})
+    )
+    assert big.text == json.dumps(list(range(60_000))) and "items_cut_at" not in big.metadata
+    out = await ToolRegistry([log]).call(ToolCall(name="log", arguments={}))
+    assert out.text.startswith('["line 0", "line 1"'), out.text[:50]
+    assert '"line 199998", "FATAL: disk full"]\n[output cut at ' in out.text, out.text[-200:]

@@ -45,6 +45,7 @@ def _index(args: argparse.Namespace, db: Path, root: Path) -> None:
     """Build or refresh the index `db` of `root` and print what changed (and `--query`'s hits)."""
     from qwq_agent.cli.errors import CliError
     from qwq_agent.docindex import DocIndex, QuerySyntaxError
+    from qwq_agent.docindex.extract import EXTRACTOR_VERSION
     from qwq_agent.docindex.store import OtherRoot
     from qwq_agent.settings import get_settings
     from qwq_agent.tools.search_docs import format_hits
@@ -70,6 +71,11 @@ def _index(args: argparse.Namespace, db: Path, root: Path) -> None:
             raise CliError(str(exc), "pass another --db, or delete that file to re-index") from None
         if args.json:
             print(json.dumps(stats.model_dump() | {"db": str(db), "files": index.file_count()}))
+        elif stats.newer_extractor is not None:
+            print(
+                f"{db} was built by a newer qwq-agent (extractor {stats.newer_extractor}, this one has "
+                f"{EXTRACTOR_VERSION}): left as it is, not updated; update it with that version"
+            )
         else:
             # Files read again for a new extractor count as updated; the line says why they were.
             reread = f"; re-read {stats.reread} files: the index was built by an older extractor"

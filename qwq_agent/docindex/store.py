@@ -106,6 +106,8 @@ class IndexStats(BaseModel):
     seconds: float = 0.0
     # (path, why) of files skipped, unreadable, or indexed only in part (a PDF's text cut at its cap)
     errors: list[tuple[str, str]] = Field(default_factory=list)
+    # set (to its version) when a newer extractor built the index: the update left it as it was
+    newer_extractor: str | None = None
 
 
 class Hit(BaseModel):
@@ -201,7 +203,12 @@ class DocIndex:
         """Whether the stored sections were extracted by another version of the extractor than this
         one (`EXTRACTOR_VERSION`): they may miss documents a fresh index finds, until an `update` reads
         every file again. An index with no files is never outdated."""
-        return self._meta("extractor") != EXTRACTOR_VERSION and self.file_count() > 0
+        return _version(self._meta("extractor")) < int(EXTRACTOR_VERSION) and self.file_count() > 0
+
+    @property
+    def newer(self) -> bool:
+        """Whether a newer version of the extractor built the index: `update` leaves it as it is."""
+        return _version(self._meta("extractor")) > int(EXTRACTOR_VERSION)
 
     def file_count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM files").fetchone()[0])
@@ -222,7 +229,9 @@ class DocIndex:
         """Bring the index in line with the files under `root`.
 
         A file whose mtime and size are unchanged is not read, unless another version of the extractor
-        built the index (`outdated`): then every file is read and extracted again (`IndexStats.reread`).
+        built the index (`outdated`): then every file is read and extracted again (`IndexStats.reread`),
+        and the version stored only once every file kept was. An index a newer extractor built is left
+        as it is, nothing added or changed (`IndexStats.newer_extractor`).
         One whose stat changed is hashed and re-extracted only if its content changed. A PDF whose
         extraction the deadline cut is read again on every update until it is read whole (or cut at its
         cap, which cuts it the same each time).
@@ -255,6 +264,13 @@ class DocIndex:
         assert self.root is not None
         started = time.perf_counter()
         stats = IndexStats()
+        if self.newer:
+            # Re-read here, its files would get this (older) extraction; stamped with this version, the
+            # newer one would read them all again on its run, and so on back and forth for ever. Files
+            # added or changed would be stored as this version extracts them under the newer version's
+            # stamp, for good. So nothing is touched: the newer qwq-agent updates its own index.
+            stats.newer_extractor = self._meta("extractor")
+            return stats
         known = {
             path: (fid, mtime, size, sha)
             for fid, path, mtime, size, sha in self.conn.execute(
@@ -263,8 +279,11 @@ class DocIndex:
         }
         # Built by another extractor: what it stored is not what this one makes of the same bytes, so
         # every file is read and extracted again, whatever its stat and hash (as `_RETRY_MTIME_NS` does
-        # for one file). The version is stored once the whole update went through.
-        reread = self._meta("extractor") != EXTRACTOR_VERSION
+        # for one file). The version is stored once the whole update went through and read every file
+        # it keeps: an old row kept unread (under a folder that could not be listed, a file that vanished
+        # mid-walk) would otherwise be taken for this version's, and never read again.
+        reread = _version(self._meta("extractor")) < int(EXTRACTOR_VERSION)
+        kept_unread = False
         seen: set[str] = set()
         unlisted: list[str] = []  # folders that could not be listed: what they held is kept
         pending = 0
@@ -287,6 +306,7 @@ class DocIndex:
                     stats.errors.append((rel, skip))
                     continue
                 if doc is None:
+                    kept_unread = kept_unread or (reread and row is not None)
                     continue  # vanished while walking; handled as removed next time
                 st, data = doc
                 if data is None:
@@ -335,10 +355,12 @@ class DocIndex:
                     pending = 0
             for rel in known.keys() - seen:
                 if any(rel.startswith(folder) for folder in unlisted):
+                    kept_unread = kept_unread or reread
                     continue
                 self._forget(known[rel][0])
                 stats.removed += 1
-            self._set_meta("extractor", EXTRACTOR_VERSION)
+            if not kept_unread:
+                self._set_meta("extractor", EXTRACTOR_VERSION)
         stats.seconds = time.perf_counter() - started
         return stats
 
@@ -499,6 +521,17 @@ class DocIndex:
 
     def _set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _version(stored: str | None) -> int:
+    """An extractor version stored in `meta` as a number: none is 1 (before versions were stored), one
+    that is no number 0 (older than any: read again)."""
+    if stored is None:
+        return 1
+    try:
+        return int(stored)
+    except ValueError:
+        return 0
 
 
 def _utf8(name: str) -> bool:

@@ -27,6 +27,7 @@ from qwq_agent.surrogates import replace_surrogates, replace_surrogates_in
 from qwq_agent.tools.arg_check import oversized, run_check
 from qwq_agent.tools.base import ToolArgumentsError, UnserialisableResult, same_json_value, to_tool_output
 from qwq_agent.tools.output_cap import MAX_OUTPUT_CHARS, cap_output
+from qwq_agent.tools.result_bound import output_limit
 from qwq_agent.tools.schema_patterns import (
     ArgumentValidator,
     CheckStopped,
@@ -423,7 +424,9 @@ class ToolRegistry:
         is cancelled and given 5 s to end), but raises `ToolCallStopped`, which says whether the tool
         ended: a cancellation from outside cannot tell its canceller that.
         """
-        output = await self._call(call, context, timeout=timeout, deadline=deadline, stop=stop)
+        # The tool's value is cut to what this cap can show (result_bound.py), not the default's.
+        with output_limit(self.max_output_chars):
+            output = await self._call(call, context, timeout=timeout, deadline=deadline, stop=stop)
         return _encodable(cap_output(output, self.max_output_chars))
 
     async def _call(
