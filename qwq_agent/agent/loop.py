@@ -709,6 +709,12 @@ class Agent:
                 observations.extend(gate.denied)
             if self._run is not run:  # ended while it waited for approval: no call of it runs
                 return
+            # Checked again here, right before the calls run: the consumer may have gone quiet while it
+            # held the approval gate's events (yielded after the decision), and a wound-up run starts
+            # no tool call, approved or not.
+            if calls and run.wind_up is not None:
+                yield Final(status="interrupted", error=run.wind_up)
+                return
             if calls:
                 # aclosing: closing the run's stream must end its tool calls before the close returns
                 # (and the sandbox goes back to the pool), not whenever the GC finalises the generator.
