@@ -8,7 +8,10 @@ that swallows its cancellation. Each run is a real `Agent` run with real tools a
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -236,3 +239,32 @@ async def test_a_stream_that_will_not_close_after_an_intervention_is_abandoned_a
     kinds = [w.kind for w in result.warnings]
     assert "reasoning_loop" in kinds and "model_abandoned" in kinds
     assert (result.status, result.answer) == ("completed", "42")
+
+
+_ABANDON_AND_COLLECT = """
+import asyncio, gc, sys
+sys.path.insert(0, {tests!r})
+from test_custom_models import Stubborn
+from qwq_agent.agent.budgets import Budget
+from qwq_agent.agent.loop import Agent, AgentConfig
+
+async def main():
+    config = AgentConfig(check_language=False, model_retries=0, budget=Budget(max_wall_s=0.2))
+    result = await Agent(Stubborn(), [], config=config).run("q")
+    print(result.status, [w.kind for w in result.warnings])
+    gc.collect()  # the run's objects are dropped: an abandoned stream is finalised now, if ever
+    await asyncio.sleep(0.05)
+
+asyncio.run(main())  # and the loop's shutdown closes the async generators still alive
+"""
+
+
+def test_an_abandoned_stream_prints_no_error_when_it_is_collected_or_the_loop_shuts_down():
+    """After a stream was abandoned, asyncio finalised it (on collection) with an `aclose()` that failed
+    "asynchronous generator is already running", printed as "Task exception was never retrieved". In a
+    process of its own (a real interpreter's collection and `asyncio.run` shutdown)."""
+    child = _ABANDON_AND_COLLECT.format(tests=str(Path(__file__).parent))
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=GUARD_S)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("budget_exceeded") and "model_abandoned" in proc.stdout
+    assert proc.stderr == ""
