@@ -706,3 +706,26 @@ def test_every_setting_an_old_trace_lacks_says_how_the_code_before_it_ran() -> N
     AgentConfig.model_validate(
         known_settings(AgentConfig, as_recorded_then(started_of(OLD_SIGNALS_TRACE).config)[0])[0]
     )
+
+
+def test_cli_replay_of_a_trace_with_settings_since_removed_says_so_once_in_one_plain_line(tmp_path):
+    """The CLI printed the `RecordedSettingsWarning` twice (the trace's read and the settings' each warned),
+    as raw Python warnings with the internal source line under them."""
+    original = tmp_path / "original.jsonl"
+    with ScriptedModelServer(REASONED) as server:
+        proc = run_cli(
+            "Say hello.", "--model-url", server.url, "--tools", "fetch_url", "--trace", str(original)
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = original.read_text(encoding="utf-8").splitlines()
+    started = json.loads(lines[0])
+    started["config"]["budget"]["max_wall"] = 60  # a key an older version could have recorded
+    lines[0] = json.dumps(started)
+    old = tmp_path / "old.jsonl"
+    old.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = run_cli("--replay", str(old), "--json", "--trace", str(tmp_path / "replayed.jsonl"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = [line for line in proc.stderr.splitlines() if "budget.max_wall" in line]
+    assert len(said) == 1, proc.stderr
+    assert "RecordedSettingsWarning" not in proc.stderr and "agent_config()" not in proc.stderr
+    assert "settings this version does not have" in said[0]

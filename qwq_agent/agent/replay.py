@@ -190,7 +190,7 @@ class Recording(BaseModel):
         refuses unknown keys). A config edited by hand or written by an incompatible version raises
         `TraceError` naming the trace and the setting, not pydantic's error.
         """
-        recorded, dropped = known_settings(AgentConfig, as_recorded_then(self.config)[0])
+        config, dropped = self._config()
         if dropped:
             warnings.warn(
                 RecordedSettingsWarning(
@@ -199,8 +199,14 @@ class Recording(BaseModel):
                 ),
                 stacklevel=2,
             )
+        return config
+
+    def _config(self) -> tuple[AgentConfig, list[str]]:
+        """The recorded `AgentConfig` and the settings dropped from it (unwarned: `recording_of` checks
+        it when the trace is read, and the warning is the caller's, once, where it takes the config)."""
+        recorded, dropped = known_settings(AgentConfig, as_recorded_then(self.config)[0])
         try:
-            return AgentConfig.model_validate(recorded)
+            return AgentConfig.model_validate(recorded), dropped
         except ValidationError as exc:
             raise TraceError(f"trace {self.path}: its recorded config is not valid ({_first(exc)})") from None
 
@@ -259,7 +265,7 @@ def recording_of(events: list[Event], path: str | Path) -> Recording:
         refused=_refusal(events),
     )
     # found now, when the trace is read, not once a run built from it has started
-    recording.agent_config()
+    recording._config()
     recording.history_messages()
     recording.prompt()
     return recording
