@@ -49,6 +49,7 @@ from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, Samp
 
 __all__ = [
     "RecordedCompletion",
+    "RecordedConfigError",
     "Recording",
     "ReplayExhausted",
     "ReplayModel",
@@ -208,12 +209,31 @@ class Recording(BaseModel):
         try:
             return AgentConfig.model_validate(recorded), dropped
         except ValidationError as exc:
+            errors = exc.errors()
+            if errors and errors[0].get("type") in _OUT_OF_BOUNDS:
+                # A trace records the config its run was given: a value of the right type that is out
+                # of bounds now was accepted then (this version checks more: a negative retry count,
+                # an infinite limit), unless the trace was edited.
+                raise RecordedConfigError(
+                    f"trace {self.path}: its recorded setting {_first(exc)} is refused by this version; "
+                    "the version that recorded it accepted it (or the trace was edited by hand)"
+                ) from None
             raise TraceError(f"trace {self.path}: its recorded config is not valid ({_first(exc)})") from None
 
     def predates(self) -> dict[str, Any]:
         """The settings the trace was recorded before (dotted path: the value `agent_config` gives
         them, the one that runs as its code did); empty for a trace of this version."""
         return as_recorded_then(self.config)[1]
+
+
+# pydantic's error types for a value of the right type outside a setting's bounds.
+_OUT_OF_BOUNDS = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number", "multiple_of"}
+)
+
+
+class RecordedConfigError(TraceError):
+    """A trace's recorded config holds a value this version refuses (`Recording.agent_config`)."""
 
 
 def _prompt_options(recorded: dict[str, Any], path: str | Path, calls: Sequence[ModelCall]) -> PromptOptions:
