@@ -831,6 +831,9 @@ NAN, INF = float("nan"), float("inf")
         (lambda: AgentConfig(model_retry_backoff_s=NAN), "model_retry_backoff_s"),
         (lambda: AgentConfig(tool_timeout_s=INF), "tool_timeout_s"),
         (lambda: AgentConfig(max_requests_per_turn=0), "max_requests_per_turn"),
+        (lambda: AgentConfig(consumer_idle_timeout_s=INF), "consumer_idle_timeout_s"),  # None: no limit
+        (lambda: LanguageConfig(min_run_weight=INF), "min_run_weight"),
+        (lambda: LanguageConfig(cjk_weight=INF), "cjk_weight"),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )

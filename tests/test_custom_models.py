@@ -8,7 +8,11 @@ that swallows its cancellation. Each run is a real `Agent` run with real tools a
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -236,3 +240,97 @@ async def test_a_stream_that_will_not_close_after_an_intervention_is_abandoned_a
     kinds = [w.kind for w in result.warnings]
     assert "reasoning_loop" in kinds and "model_abandoned" in kinds
     assert (result.status, result.answer) == ("completed", "42")
+
+
+_ABANDON_AND_COLLECT = """
+import asyncio, gc, sys
+sys.path.insert(0, {tests!r})
+from test_custom_models import Stubborn
+from qwq_agent.agent.budgets import Budget
+from qwq_agent.agent.loop import Agent, AgentConfig
+
+async def main():
+    config = AgentConfig(check_language=False, model_retries=0, budget=Budget(max_wall_s=0.2))
+    result = await Agent(Stubborn(), [], config=config).run("q")
+    print(result.status, [w.kind for w in result.warnings])
+    gc.collect()  # the run's objects are dropped: an abandoned stream is finalised now, if ever
+    await asyncio.sleep(0.05)
+
+asyncio.run(main())  # and the loop's shutdown closes the async generators still alive
+"""
+
+
+def test_an_abandoned_stream_prints_no_error_when_it_is_collected_or_the_loop_shuts_down():
+    """After a stream was abandoned, asyncio finalised it (on collection) with an `aclose()` that failed
+    "asynchronous generator is already running", printed as "Task exception was never retrieved". In a
+    process of its own (a real interpreter's collection and `asyncio.run` shutdown)."""
+    child = _ABANDON_AND_COLLECT.format(tests=str(Path(__file__).parent))
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=GUARD_S)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("budget_exceeded") and "model_abandoned" in proc.stdout
+    assert proc.stderr == ""
+
+
+_CTRL_C_UNDER_RUN_UNTIL_COMPLETE = """
+import asyncio, signal, sys, threading
+sys.path.insert(0, {tests!r})
+from test_custom_models import Held
+from qwq_agent.agent.events import Final
+from qwq_agent.agent.loop import Agent, AgentConfig
+from qwq_agent.agent.trace import read_trace
+
+model = Held()
+agent = Agent(model, [], config=AgentConfig(check_language=False, model_retries=0), trace_path={trace!r})
+loop = asyncio.new_event_loop()
+
+def press_ctrl_c():
+    model.waiting.wait(60)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Python's default handler
+    loop.call_soon_threadsafe(lambda: None)  # wakes select() to run it, wherever the signal landed
+
+threading.Thread(target=press_ctrl_c, daemon=True).start()
+try:
+    loop.run_until_complete(agent.run("first"))
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+print([(e.status, e.error) for e in read_trace({trace!r}) if isinstance(e, Final)])
+print(loop.run_until_complete(asyncio.wait_for(agent.run("second"), 60)).status)
+loop.close()
+"""
+
+
+class Held:
+    """Starts its answer, then waits on the server (a future nobody sets) on its first request."""
+
+    name = "held"
+
+    def __init__(self) -> None:
+        self.waiting = threading.Event()
+        self.calls = 0
+
+    async def aclose(self) -> None:
+        pass
+
+    async def stream(self, messages: Any, tools: Any, params: Any, *, prefix: str = "") -> AsyncIterator[Any]:
+        self.calls += 1
+        if self.calls == 1:
+            yield TextDelta(text="thinking")
+            self.waiting.set()
+            await asyncio.get_running_loop().create_future()
+        yield TextDelta(text="ok\n</think>\n\nfine")
+        yield Completion(text="")
+
+
+def test_ctrl_c_under_run_until_complete_ends_the_run_and_frees_the_agent(tmp_path):
+    """A real SIGINT while `loop.run_until_complete(agent.run(...))` waits on the model lands in the
+    event loop's select(), not in the run: the KeyboardInterrupt left the run's task pending, its trace
+    without a final, and the next run was refused "already running". In a process of its own."""
+    trace = str(tmp_path / "t.jsonl")
+    child = _CTRL_C_UNDER_RUN_UNTIL_COMPLETE.format(tests=str(Path(__file__).parent), trace=trace)
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=GUARD_S)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "KeyboardInterrupt"
+    assert lines[1] == str([("interrupted", "the run was interrupted by KeyboardInterrupt (Ctrl-C)")])
+    assert lines[2] == "completed"

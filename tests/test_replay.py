@@ -17,7 +17,7 @@ from qwq_agent.agent.clients.openai_chat import OpenAIChatClient
 from qwq_agent.agent.events import ModelCall, ReplayEnded, RunStarted, Warning_
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.recorded_settings import RecordedSettingsWarning
-from qwq_agent.agent.replay import ReplayModel, load_recording
+from qwq_agent.agent.replay import RecordedConfigError, ReplayModel, load_recording
 from qwq_agent.agent.trace import read_trace
 from qwq_agent.protocols import SamplingParams
 from qwq_agent.testing import helpers
@@ -706,3 +706,46 @@ def test_every_setting_an_old_trace_lacks_says_how_the_code_before_it_ran() -> N
     AgentConfig.model_validate(
         known_settings(AgentConfig, as_recorded_then(started_of(OLD_SIGNALS_TRACE).config)[0])[0]
     )
+
+
+def test_cli_replay_of_a_trace_with_settings_since_removed_says_so_once_in_one_plain_line(tmp_path):
+    """The CLI printed the `RecordedSettingsWarning` twice (the trace's read and the settings' each warned),
+    as raw Python warnings with the internal source line under them."""
+    original = tmp_path / "original.jsonl"
+    with ScriptedModelServer(REASONED) as server:
+        proc = run_cli(
+            "Say hello.", "--model-url", server.url, "--tools", "fetch_url", "--trace", str(original)
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = original.read_text(encoding="utf-8").splitlines()
+    started = json.loads(lines[0])
+    started["config"]["budget"]["max_wall"] = 60  # a key an older version could have recorded
+    lines[0] = json.dumps(started)
+    old = tmp_path / "old.jsonl"
+    old.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = run_cli("--replay", str(old), "--json", "--trace", str(tmp_path / "replayed.jsonl"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = [line for line in proc.stderr.splitlines() if "budget.max_wall" in line]
+    assert len(said) == 1, proc.stderr
+    assert "RecordedSettingsWarning" not in proc.stderr and "agent_config()" not in proc.stderr
+    assert "settings this version does not have" in said[0]
+
+
+async def test_a_recorded_setting_this_version_refuses_is_named_as_accepted_then_refused_now(tmp_path):
+    """A trace recorded with a value a later version refuses (`model_retries: -1`) was "not valid", with
+    the CLI's fix "pass a trace written by `qwq-agent run`", which it was. Both now say what happened."""
+    await record(tmp_path / "t.jsonl", config=config())
+    lines = (tmp_path / "t.jsonl").read_text(encoding="utf-8").splitlines()
+    started = json.loads(lines[0])
+    started["config"]["model_retries"] = -1
+    lines[0] = json.dumps(started)
+    old = tmp_path / "old.jsonl"
+    old.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(RecordedConfigError) as caught:
+        load_recording(old)
+    message = str(caught.value)
+    assert "model_retries" in message and "refused by this version" in message and "accepted it" in message
+    proc = run_cli("--replay", str(old), "--tools", "fetch_url")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "model_retries" in proc.stderr and "refused by this version" in proc.stderr
+    assert "version that recorded it" in proc.stderr and "pass a trace written by" not in proc.stderr

@@ -14,9 +14,18 @@ import pytest
 
 from qwq_agent.agent import loop
 from qwq_agent.agent.admission import KVAdmission
+from qwq_agent.agent.approval import ApprovalDecision
 from qwq_agent.agent.budgets import Budget
 from qwq_agent.agent.clients import NO_RETRY, SGLangClient
-from qwq_agent.agent.events import BudgetExceeded, Event, Final, RunStarted, ToolStarted, UsageEvent
+from qwq_agent.agent.events import (
+    ApprovalDecided,
+    BudgetExceeded,
+    Event,
+    Final,
+    RunStarted,
+    ToolStarted,
+    UsageEvent,
+)
 from qwq_agent.agent.loop import Agent, AgentConfig
 from qwq_agent.agent.run_stream import RunStream
 from qwq_agent.agent.trace import read_trace
@@ -25,6 +34,7 @@ from qwq_agent.sandbox.engine import DockerEngine
 from qwq_agent.sandbox.errors import DockerAPIError
 from qwq_agent.testing.helpers import call
 from qwq_agent.testing.scripted_server import ScriptedModelServer, ScriptedRequest, Turn
+from qwq_agent.tools.base import tool
 from qwq_agent.tools.catalog import build_tools
 
 GUARD_S = 120.0  # far beyond any bound under test: only a hang reaches it
@@ -343,3 +353,67 @@ async def test_a_failing_idle_handler_still_closes_the_stream() -> None:
     assert isinstance(await stream.__anext__(), RunStarted)
     await asyncio.wait_for(closed.wait(), GUARD_S)
     assert [ev async for ev in stream] == []
+
+
+async def test_a_run_wound_up_while_its_consumer_holds_an_approval_decision_runs_no_tool_call() -> None:
+    """The consumer went quiet right after an `ApprovalDecided` (a UI busy showing it): nothing was in
+    flight, so the run was wound up, which promises no new tool call, yet the approved call ran, unread,
+    in the background. The wind-up is now checked right before the calls are dispatched."""
+    ran: list[str] = []
+
+    @tool(timeout=30)
+    async def delete_everything() -> str:
+        """A side-effecting tool."""
+        ran.append("ran")
+        return "deleted"
+
+    async def approve(request: object) -> ApprovalDecision:
+        return ApprovalDecision.allow()
+
+    script = ["Do it.\n</think>\n\n" + call("delete_everything"), "Done.\n</think>\n\ndone"]
+    async with (
+        ScriptedModelServer(script) as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(
+            client, [delete_everything], approver=approve, config=config(consumer_idle_timeout_s=0.2)
+        )
+        stream = agent.stream("clean up")
+        async for ev in stream:
+            if isinstance(ev, ApprovalDecided):
+                break  # the consumer goes quiet here: no read, no close
+        await asyncio.wait_for(until(lambda: agent.result is not None), GUARD_S)
+        rest = await asyncio.wait_for(_all(stream), GUARD_S)
+    result = agent.result
+    assert result is not None and result.status == "interrupted"
+    assert result.error is not None and "consumer_idle_timeout_s" in result.error
+    assert ran == []
+    assert [type(ev) for ev in rest] == [Final]
+    assert len(server.requests) == 1
+
+
+async def test_two_concurrent_acloses_while_one_reads_give_the_reader_its_final() -> None:
+    """A service's disconnect handler and its shutdown hook both close the stream while a task reads it,
+    waiting on the model: the second close cancelled the reader again, and that cancellation reached
+    it (no `Final`). The stop now happens once; a second `aclose()` waits for the first."""
+    release = asyncio.Event()
+
+    def model(req: ScriptedRequest) -> Turn:
+        return Turn(text="thinking hard\n</think>\n\nanswer", hold_after=1, hold_until=release)
+
+    async with (
+        ScriptedModelServer(model, when_exhausted="repeat") as server,
+        SGLangClient(server.url, retry=NO_RETRY) as client,
+    ):
+        agent = Agent(client, [], config=config())
+        stream = agent.stream("task")
+        assert isinstance(await stream.__anext__(), RunStarted)
+        reading = asyncio.create_task(_all(stream))
+        await asyncio.wait_for(server.wait_for_requests(1), GUARD_S)  # the reader waits on the model
+        await asyncio.wait_for(asyncio.gather(stream.aclose(), stream.aclose()), GUARD_S)
+        seen = await asyncio.wait_for(reading, GUARD_S)
+        release.set()
+    result = agent.result
+    assert result is not None and result.status == "interrupted"
+    assert [ev.status for ev in seen if isinstance(ev, Final)] == ["interrupted"]
+    assert not reading.cancelled()

@@ -76,7 +76,7 @@ class AgentConfig(BaseModel):
     # How long an event of `Agent.stream()` may wait for the consumer's next read before the run is
     # ended `interrupted`, its sandbox and KV room released: a run only goes on while it is read, so a
     # consumer gone quiet held them with no deadline. None: no limit. (`Agent.run()` reads at once.)
-    consumer_idle_timeout_s: float | None = Field(default=300.0, gt=0.0)
+    consumer_idle_timeout_s: float | None = Field(default=300.0, gt=0.0, allow_inf_nan=False)
     # KV tokens a run reserves under admission control: its expected peak context.
     kv_reservation_tokens: int = Field(default=8192, ge=0)
     # Which tool calls need a human decision (None: none, unless the Agent has an approver, which is

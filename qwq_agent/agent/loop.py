@@ -30,6 +30,7 @@ from qwq_agent.agent.budgets import BudgetTracker, Deadline
 from qwq_agent.agent.chat_format import PromptOptions, prompt_options_of
 from qwq_agent.agent.config import DEFAULT_SYSTEM_PROMPT, AgentConfig, RunResult
 from qwq_agent.agent.constrained import relaxation_warning
+from qwq_agent.agent.ctrl_c import ctrl_c_cancels
 from qwq_agent.agent.dispatch import ToolDispatcher
 from qwq_agent.agent.events import BudgetExceeded, Event, Final, ReplaySource, RunStarted, Warning_
 from qwq_agent.agent.language import correction_prompt, language_mismatch, reasoning_drift
@@ -135,8 +136,25 @@ class Agent:
         """
         run = _Run()
         events = self._start(run, task, history, continues)
-        async for _ in events:
-            pass
+
+        def interrupted() -> None:
+            run.cancelled_by = "the run was interrupted by KeyboardInterrupt (Ctrl-C)"
+
+        # Ctrl-C under `run_until_complete` or Jupyter lands in the event loop's select(), not here:
+        # it is turned into a cancellation of this task, and a KeyboardInterrupt once the run has ended.
+        with ctrl_c_cancels(interrupted) as hit:
+            try:
+                async for _ in events:
+                    pass
+            except asyncio.CancelledError:
+                if not hit():
+                    raise
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                raise KeyboardInterrupt from None
+            if hit():  # it ended by itself before the cancellation reached it: the Ctrl-C stands
+                raise KeyboardInterrupt
         assert run.result is not None
         return run.result
 
@@ -184,7 +202,10 @@ class Agent:
         self, run: _Run, task: str, history: Sequence[Message], continues: bool
     ) -> AsyncGenerator[Event, None]:
         if self._running:  # its messages, budget and trace are one run's: two at once would mix them
-            raise RuntimeError("this Agent is already running a task; create one Agent per concurrent task")
+            raise RuntimeError(
+                "this Agent is already running a task; create one Agent per concurrent task (a run left "
+                "unfinished by a KeyboardInterrupt, e.g. while a stream was read: call agent.end_run())"
+            )
         history = _checked_history(history)  # before the agent is taken: a bad call changes nothing
         run.history = history
         previous, self._last_run = self._last_run, run
@@ -301,6 +322,8 @@ class Agent:
         except asyncio.CancelledError:
             if self._run is run:
                 reason = self._cancel_reason() if self._cancel_reason is not None else None
+                if run.cancelled_by is not None:
+                    reason = ("interrupted", run.cancelled_by)
                 self._end(run, *(reason or ("cancelled", "the run was cancelled")))
             raise
         except GeneratorExit:  # the caller stopped iterating: the trace still ends with a final event
@@ -709,6 +732,12 @@ class Agent:
                 observations.extend(gate.denied)
             if self._run is not run:  # ended while it waited for approval: no call of it runs
                 return
+            # Checked again here, right before the calls run: the consumer may have gone quiet while it
+            # held the approval gate's events (yielded after the decision), and a wound-up run starts
+            # no tool call, approved or not.
+            if calls and run.wind_up is not None:
+                yield Final(status="interrupted", error=run.wind_up)
+                return
             if calls:
                 # aclosing: closing the run's stream must end its tool calls before the close returns
                 # (and the sandbox goes back to the pool), not whenever the GC finalises the generator.
@@ -881,6 +910,7 @@ class _Run:
         self.wind_up: str | None = None
         self.turn: TurnStreamer | None = None  # its current turn (streaming a request, or not)
         self.tools_running = False  # its stream is inside a batch of tool calls
+        self.cancelled_by: str | None = None  # why its task was cancelled, when it was a Ctrl-C
 
 
 class _Control:

@@ -30,6 +30,12 @@ MODEL_STOP_GRACE_S = 5.0
 
 _T = TypeVar("_T")
 
+# Abandoned streams, held for good: asyncio finalises an async generator that is collected (and the
+# loop's shutdown closes every one still alive) with `aclose()`, which on a generator suspended mid-read
+# fails "asynchronous generator is already running" and is printed as an unretrieved task exception.
+# Held here and unknown to the loop, an abandoned stream is never finalised: never resumed, as promised.
+_ABANDONED: list[object] = []
+
 
 class StreamReader:
     """Reads the stream of the model named `owner`: `next()` for each event, `close()` at the end."""
@@ -124,8 +130,20 @@ class StreamReader:
                 f"the model's stream ({self._owner}) went on for {MODEL_STOP_GRACE_S:g} s after it was "
                 "told to stop; it was abandoned where it stood, never to be resumed"
             )
+            _keep(self._stream, self._events)
             assert told is not None  # a grace is only given after a stop
             raise told
+
+
+def _keep(*streams: object) -> None:
+    """Hold abandoned `streams` for good, out of the running loop's shutdown (see `_ABANDONED`)."""
+    loop = asyncio.get_running_loop()
+    for stream in streams:
+        if not any(kept is stream for kept in _ABANDONED):
+            _ABANDONED.append(stream)
+        known = getattr(loop, "_asyncgens", None)  # (private: the set `shutdown_asyncgens` closes)
+        if known is not None:
+            known.discard(stream)
 
 
 async def _settled(yielded: asyncio.Future[Any] | None, within: float | None) -> bool:

@@ -49,6 +49,7 @@ from qwq_agent.protocols import Completion, Model, ModelEvent, PromptModel, Samp
 
 __all__ = [
     "RecordedCompletion",
+    "RecordedConfigError",
     "Recording",
     "ReplayExhausted",
     "ReplayModel",
@@ -190,7 +191,7 @@ class Recording(BaseModel):
         refuses unknown keys). A config edited by hand or written by an incompatible version raises
         `TraceError` naming the trace and the setting, not pydantic's error.
         """
-        recorded, dropped = known_settings(AgentConfig, as_recorded_then(self.config)[0])
+        config, dropped = self._config()
         if dropped:
             warnings.warn(
                 RecordedSettingsWarning(
@@ -199,15 +200,40 @@ class Recording(BaseModel):
                 ),
                 stacklevel=2,
             )
+        return config
+
+    def _config(self) -> tuple[AgentConfig, list[str]]:
+        """The recorded `AgentConfig` and the settings dropped from it (unwarned: `recording_of` checks
+        it when the trace is read, and the warning is the caller's, once, where it takes the config)."""
+        recorded, dropped = known_settings(AgentConfig, as_recorded_then(self.config)[0])
         try:
-            return AgentConfig.model_validate(recorded)
+            return AgentConfig.model_validate(recorded), dropped
         except ValidationError as exc:
+            errors = exc.errors()
+            if errors and errors[0].get("type") in _OUT_OF_BOUNDS:
+                # A trace records the config its run was given: a value of the right type that is out
+                # of bounds now was accepted then (this version checks more: a negative retry count,
+                # an infinite limit), unless the trace was edited.
+                raise RecordedConfigError(
+                    f"trace {self.path}: its recorded setting {_first(exc)} is refused by this version; "
+                    "the version that recorded it accepted it (or the trace was edited by hand)"
+                ) from None
             raise TraceError(f"trace {self.path}: its recorded config is not valid ({_first(exc)})") from None
 
     def predates(self) -> dict[str, Any]:
         """The settings the trace was recorded before (dotted path: the value `agent_config` gives
         them, the one that runs as its code did); empty for a trace of this version."""
         return as_recorded_then(self.config)[1]
+
+
+# pydantic's error types for a value of the right type outside a setting's bounds.
+_OUT_OF_BOUNDS = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number", "multiple_of"}
+)
+
+
+class RecordedConfigError(TraceError):
+    """A trace's recorded config holds a value this version refuses (`Recording.agent_config`)."""
 
 
 def _prompt_options(recorded: dict[str, Any], path: str | Path, calls: Sequence[ModelCall]) -> PromptOptions:
@@ -259,7 +285,7 @@ def recording_of(events: list[Event], path: str | Path) -> Recording:
         refused=_refusal(events),
     )
     # found now, when the trace is read, not once a run built from it has started
-    recording.agent_config()
+    recording._config()
     recording.history_messages()
     recording.prompt()
     return recording

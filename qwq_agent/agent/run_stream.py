@@ -239,11 +239,15 @@ class RunStream(AsyncGenerator[Event, None]):
             return
         reader, left = self._reader, self._left
         if reader is not None and left is not None:
-            self._control.stop(STOPPED)
             if reader is asyncio.current_task():  # from inside the pull (a callback of the run's)
+                self._control.stop(STOPPED)
                 return  # it stops at its next event
-            self._stopped = True
-            reader.cancel()
+            # Once: a second close (a disconnect handler and a shutdown hook) waits for the first. Its
+            # second cancel of the reader was taken, after the first was uncancelled, for one from outside.
+            if not self._stopped:
+                self._control.stop(STOPPED)
+                self._stopped = True
+                reader.cancel()
             await asyncio.wait({left}, timeout=UNWIND_WAIT_S)
             return
         self._over = True

@@ -394,7 +394,7 @@ def load_trace(path: Path, run_id: str | None = None) -> list[Any]:
 
 def load_recording(path: Path, run_id: str | None = None) -> Any:
     """The run recorded in a trace (`Recording`), or a `CliError` naming the file and what is wrong."""
-    from qwq_agent.agent.replay import recording_of
+    from qwq_agent.agent.replay import RecordedConfigError, recording_of
     from qwq_agent.agent.trace import TraceError
 
     events = load_trace(
@@ -402,6 +402,11 @@ def load_recording(path: Path, run_id: str | None = None) -> Any:
     )  # the readable reasons first: missing, a folder, not a trace, several runs
     try:
         return recording_of(events, path)
+    except RecordedConfigError as exc:
+        fix = (
+            "replay it with the qwq-agent version that recorded it, or change that setting in its run_started"
+        )
+        raise CliError(f"cannot replay {path}: {exc}", fix) from None
     except TraceError as exc:
         raise CliError(f"cannot replay {path}: {exc}", "pass a trace written by `qwq-agent run`") from None
 

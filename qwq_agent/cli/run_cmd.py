@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -131,7 +132,10 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     import contextlib
     import uuid
 
+    from rich.markup import escape
+
     from qwq_agent.agent.loop import Agent
+    from qwq_agent.agent.recorded_settings import RecordedSettingsWarning
     from qwq_agent.agent.replay import ReplayModel
     from qwq_agent.agent.workspace import open_sandbox
     from qwq_agent.cli import preflight
@@ -148,7 +152,14 @@ async def _run_agent(args: argparse.Namespace, console: Console, started: Starte
     selector = branch_cmd.check(args)  # None unless --branches
     source = args.replay or args.resume
     recording = preflight.load_recording(source, run_id=args.run_id) if source else None
-    settings = recorded_settings(args, recording) if recording else fresh_settings(args)
+    with warnings.catch_warnings(record=True) as dropped:  # said as one plain line, not Python's warning
+        warnings.simplefilter("always", RecordedSettingsWarning)
+        settings = recorded_settings(args, recording) if recording else fresh_settings(args)
+    for warning in dropped:
+        if not issubclass(warning.category, RecordedSettingsWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+            continue
+        console.print(f"[yellow]{escape(str(warning.message))}[/yellow]", soft_wrap=True)
     for note in settings.overrides:
         flag = "--replay" if args.replay else "--resume"
         console.print(f"[yellow]{flag} overrides the recording: {note}[/yellow]", soft_wrap=True)

@@ -10,7 +10,8 @@ __all__ = ["LanguageConfig"]
 class LanguageConfig(BaseModel):
     """Thresholds of `language_mismatch`, `reasoning_drift` and `detect_language`."""
 
-    model_config = ConfigDict(extra="forbid")  # a misspelt threshold is an error, not the default
+    # A misspelt threshold is an error, not the default; an infinite one (a weight `inf`) is no threshold.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     foreign_script_threshold: float = Field(
         0.2,
