@@ -1009,8 +1009,6 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_the_rest_indexed(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="drops root's capabilities with setpriv to meet a permission")
 def test_a_folder_that_cannot_be_listed_is_reported_and_its_documents_are_kept(tmp_path: Path) -> None:
-    import subprocess
-    import sys
 
     # os.fwalk without `onerror` skipped a folder it could not open without a word, and the documents
     # indexed under it before were counted "removed" and dropped from the index.
@@ -1023,28 +1021,8 @@ def test_a_folder_that_cannot_be_listed_is_reported_and_its_documents_are_kept(t
         assert index.update().added == 2
     (root / "locked").chmod(0)
     # Root reads any folder; without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH it meets mode 000 too.
-    update = (
-        "import sys; from qwq_agent.docindex import DocIndex\n"
-        "with DocIndex(sys.argv[1], sys.argv[2]) as index: print(index.update().model_dump_json())"
-    )
-    drop = "-dac_override,-dac_read_search"
     try:
-        done = subprocess.run(
-            [
-                "setpriv",
-                f"--inh-caps={drop}",
-                f"--bounding-set={drop}",
-                sys.executable,
-                "-c",
-                update,
-                str(db),
-                str(root),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-        )
+        done = _update_without_read_override(db, root)
     finally:
         (root / "locked").chmod(0o755)
     assert done.returncode == 0, done.stderr
@@ -1201,29 +1179,9 @@ def test_an_update_of_an_older_index_that_could_not_list_a_folder_does_not_mark_
     with DocIndex(db, root) as index:
         assert index.update().added == 2
     _as_built_by_an_older_extractor(db, "sub/wide.txt", "looks like a binary file")
-    update = (
-        "import sys; from qwq_agent.docindex import DocIndex\n"
-        "with DocIndex(sys.argv[1], sys.argv[2]) as index: print(index.update().model_dump_json())"
-    )
-    drop = "-dac_override,-dac_read_search"
     (root / "sub").chmod(0)
     try:
-        done = subprocess.run(
-            [
-                "setpriv",
-                f"--inh-caps={drop}",
-                f"--bounding-set={drop}",
-                sys.executable,
-                "-c",
-                update,
-                str(db),
-                str(root),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-        )
+        done = _update_without_read_override(db, root)
     finally:
         (root / "sub").chmod(0o755)
     assert done.returncode == 0, done.stderr
@@ -1262,3 +1220,29 @@ def test_an_index_built_by_a_newer_extractor_is_left_as_it_is(
     assert "older" not in out and "a.md:3" in out  # still searched
     with DocIndex.open_existing(db) as index:
         assert index._meta("extractor") == newer and index.file_count() == 1
+
+
+def _update_without_read_override(db: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    """`DocIndex(db, root).update()` in a process without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (root
+    reads any folder; without them it meets mode 000 too); its `IndexStats` as JSON on stdout."""
+    update = (
+        "import sys; from qwq_agent.docindex import DocIndex\n"
+        "with DocIndex(sys.argv[1], sys.argv[2]) as index: print(index.update().model_dump_json())"
+    )
+    drop = "-dac_override,-dac_read_search"
+    return subprocess.run(
+        [
+            "setpriv",
+            f"--inh-caps={drop}",
+            f"--bounding-set={drop}",
+            sys.executable,
+            "-c",
+            update,
+            str(db),
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
