@@ -142,20 +142,20 @@ def _direct_hosts(settings: Settings) -> list[_Direct] | None:
     return hosts
 
 
-def _is_direct(url: str, settings: Settings) -> bool:
-    """Whether `url` is reached without a proxy: loopback, a `NO_PROXY` host (or not a URL at all)."""
+def _is_direct(url: str, direct: list[_Direct] | None) -> bool:
+    """Whether `url` is reached without a proxy: loopback, a `NO_PROXY` host (`direct`, as
+    `_direct_hosts` parsed it) or not a URL at all."""
     try:
         parts = urlsplit(url)
         scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
     except ValueError:
         return True
-    return _host_is_direct(scheme, host, port, settings)
+    return _host_is_direct(scheme, host, port, direct)
 
 
-def _host_is_direct(scheme: str, host: str, port: int | None, settings: Settings) -> bool:
+def _host_is_direct(scheme: str, host: str, port: int | None, direct: list[_Direct] | None) -> bool:
     if _is_loopback(host):
         return True
-    direct = _direct_hosts(settings)
     port = port if port is not None else _DEFAULT_PORTS.get(scheme)
     return direct is None or any(d.matches(scheme, host, port) for d in direct)
 
@@ -204,15 +204,18 @@ def _scheme(url: str) -> str:
     return scheme.strip().lower() if sep else ""
 
 
-def _proxy_for(url: str, settings: Settings, socks_module: str) -> Proxy | None:
-    if _is_direct(url, settings):
+def _proxy_for(url: str, settings: Settings, direct: list[_Direct] | None, socks_module: str) -> Proxy | None:
+    # The proxies are read (and checked) only for a URL that is not direct: a bad proxy variable
+    # does not stop a client that would never use it.
+    if _is_direct(url, direct):
         return None
     return _proxies(settings, socks_module).get(_scheme(url))
 
 
 def proxy_for(url: str, settings: Settings | None = None) -> Proxy | None:
     """The proxy a request to `url` goes through, or None (loopback, `NO_PROXY`, none set)."""
-    return _proxy_for(url, settings or get_settings(), "socksio")
+    settings = settings or get_settings()
+    return _proxy_for(url, settings, _direct_hosts(settings), "socksio")
 
 
 def _ca_error(variable: str, path: str, why: str, *, folder: bool) -> SettingsError:
@@ -255,31 +258,36 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
     )
 
 
-def _tls_needed(urls: tuple[str, ...], settings: Settings, socks_module: str = "socksio") -> bool:
-    """Whether a client for `urls` (any server, when none given) speaks TLS: to an https:// server or
-    through an https:// proxy."""
+def _speaks_tls(url: str, proxy: Proxy | None) -> bool:
+    """Whether a request to `url`, through `proxy` (None: direct), speaks TLS: to an https:// server
+    or through an https:// proxy."""
+    return _scheme(url) != "http" or (proxy is not None and _scheme(proxy.url) == "https")
+
+
+def _tls_needed(urls: tuple[str, ...], direct: list[_Direct] | None, proxies: dict[str, Proxy]) -> bool:
+    """Whether a client for `urls` (any server, when none given) speaks TLS; `direct` and `proxies`
+    as `_direct_hosts` and `_proxies` made them."""
     if not urls:
         return True
-    for url in urls:
-        proxy = _proxy_for(url, settings, socks_module)
-        if _scheme(url) != "http" or (proxy is not None and _scheme(proxy.url) == "https"):
-            return True
-    return False
+    return any(
+        _speaks_tls(url, None if _is_direct(url, direct) else proxies.get(_scheme(url))) for url in urls
+    )
 
 
 class _Router:
     """The transport of a client with proxies: each request goes to `direct` or to its scheme's proxy
-    transport, as `_host_is_direct` says. Duck-typed as an `AsyncBaseTransport`, so that it serves
+    transport, as `_host_is_direct` says of `direct_hosts` (the `NO_PROXY` entries, parsed once when
+    the client is built). Duck-typed as an `AsyncBaseTransport`, so that it serves
     httpx and the MCP SDK's copy of it (httpx2) alike."""
 
-    def __init__(self, direct: Any, proxied: dict[str, Any], settings: Settings) -> None:
+    def __init__(self, direct: Any, proxied: dict[str, Any], direct_hosts: list[_Direct]) -> None:
         self._direct = direct
         self._proxied = proxied
-        self._settings = settings
+        self._direct_hosts = direct_hosts
 
     def _for(self, url: Any) -> Any:
         scheme, host = url.scheme.lower(), url.host.lower()
-        if scheme not in self._proxied or _host_is_direct(scheme, host, url.port, self._settings):
+        if scheme not in self._proxied or _host_is_direct(scheme, host, url.port, self._direct_hosts):
             return self._direct
         return self._proxied[scheme]
 
@@ -308,9 +316,10 @@ def client_options(
     """
     settings = settings or get_settings()
     proxies = _proxies(settings)
-    verify = _ssl_context(settings) if _tls_needed(urls, settings) else True
+    direct_hosts = _direct_hosts(settings)
+    verify = _ssl_context(settings) if _tls_needed(urls, direct_hosts, proxies) else True
     options: dict[str, Any] = {"trust_env": False, "verify": verify}
-    if not proxies or _direct_hosts(settings) is None:
+    if not proxies or direct_hosts is None:
         return options
     pool = {"limits": limits} if limits is not None else {}
     proxied = {
@@ -318,7 +327,7 @@ def client_options(
         for scheme, proxy in proxies.items()
     }
     direct = http.AsyncHTTPTransport(verify=verify, trust_env=False, **pool)
-    options["transport"] = _Router(direct, proxied, settings)
+    options["transport"] = _Router(direct, proxied, direct_hosts)
     return options
 
 
@@ -329,9 +338,11 @@ def requests_options(url: str, settings: Settings | None = None) -> dict[str, An
     `verify` is SSL_CERT_FILE, else SSL_CERT_DIR, else REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (what
     requests read itself before), each checked as `client_options` checks them when TLS is spoken."""
     settings = settings or get_settings()
-    proxy = _proxy_for(url, settings, "socks")  # requests speaks SOCKS through PySocks
+    proxy = _proxy_for(
+        url, settings, _direct_hosts(settings), "socks"
+    )  # requests speaks SOCKS through PySocks
     verify: str | bool = True
-    if _tls_needed((url,), settings, "socks"):
+    if _speaks_tls(url, proxy):
         if settings.ssl_cert_file or settings.ssl_cert_dir:
             _ssl_context(settings)
             verify = settings.ssl_cert_file or settings.ssl_cert_dir or True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["BOOT_ID", "PID_NS", "start_ticks"]
+__all__ = ["BOOT_ID", "PID_NS", "is_decimal", "is_gone", "same_pid_space", "start_ticks"]
 
 
 def start_ticks(pid: int) -> str | None:
@@ -41,3 +41,25 @@ def _pid_namespace() -> str:
 
 
 BOOT_ID, PID_NS = _boot_id(), _pid_namespace()
+
+
+def is_decimal(text: str) -> bool:
+    """Whether `text` (a recorded pid or start time) is a decimal number in ASCII digits
+    (`str.isdigit` also takes "²", which `int` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
+def same_pid_space(boot: str | None, pid_ns: str | None) -> bool:
+    """Whether a record made on boot `boot` in PID namespace `pid_ns` names its pids as this process
+    sees them: the same boot and the same, known, namespace. Elsewhere a live owner would look dead."""
+    return boot == BOOT_ID and bool(PID_NS) and pid_ns == PID_NS
+
+
+def is_gone(pid: int, start: str) -> bool:
+    """Whether the process recorded as (`pid`, `start` ticks) is gone: no process has `pid` now, or
+    one started at another time holds it. An empty `start` (not recorded) asks only for the pid.
+
+    Meaningful only for a record from `same_pid_space`.
+    """
+    now = start_ticks(pid)
+    return now is None or (bool(start) and now != start)

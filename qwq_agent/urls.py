@@ -305,3 +305,17 @@ def hide_userinfo(url: str) -> str:
     if at < start:
         return _redact(url, False, 0)  # no userinfo: hidden as `redact_url` hides it
     return f"{url[:start]}***{_redact_nested(_redact_query(url, at), at, 0)[at:]}"
+
+
+# An http(s) URL as a client is given one: the scheme in any case, then a host. The MCP server spec
+# has long taken less (the scheme in lower case, nothing after it asked), and still does.
+_HTTP_URL = re.compile(r"https?://[^/?#\s]", re.IGNORECASE)
+_HTTP_SCHEME = re.compile(r"https?://")
+
+
+def is_http_url(text: str, *, scheme_only: bool = False) -> bool:
+    """Whether `text` starts as an http:// or https:// URL: that scheme (any case) and a host.
+
+    `scheme_only`: the MCP server URL's rule, `http://` or `https://` in lower case, whatever follows.
+    """
+    return (_HTTP_SCHEME if scheme_only else _HTTP_URL).match(text) is not None

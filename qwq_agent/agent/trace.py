@@ -571,6 +571,22 @@ def _read_lines(path: str | Path) -> list[Event]:
     return events
 
 
+def starts_new_run(*, is_start: bool, run_id: str, started: bool, current_id: str) -> bool:
+    """Whether an event ends the run read so far and begins another: a second `run_started`
+    (`is_start`, when the current run has `started`), or a run id other than the current run's.
+
+    The one rule for telling runs apart, shared by `split_runs` and the viewer's line-by-line scan.
+    """
+    return (is_start and started) or bool(run_id and current_id and run_id != current_id)
+
+
+def several_runs_message(path: str | Path, ids: Sequence[str]) -> str:
+    """What `MixedTraceError` says of the trace at `path` holding the runs `ids` ("" for a run
+    without an id) when none was chosen."""
+    names = ", ".join(i or "(no id)" for i in ids)
+    return f"trace {path} holds {len(ids)} runs ({names}); choose one by its run id"
+
+
 def split_runs(events: Sequence[Event]) -> list[list[Event]]:
     """The runs in a list of events: a new one at a second `run_started`, or where the run id changes."""
     runs: list[list[Event]] = []
@@ -578,7 +594,9 @@ def split_runs(events: Sequence[Event]) -> list[list[Event]]:
     started = False  # whether the current run has had its run_started
     for ev in events:
         is_start = isinstance(ev, RunStarted)
-        if not runs or (is_start and started) or (ev.run_id and current_id and ev.run_id != current_id):
+        if not runs or starts_new_run(
+            is_start=is_start, run_id=ev.run_id, started=started, current_id=current_id
+        ):
             runs.append([])
             started = False
         runs[-1].append(ev)
@@ -618,9 +636,7 @@ def read_trace(
             raise MixedTraceError(f"trace {path} holds {what} with id {run_id!r} (runs: {_names(runs)})")
         at = chosen[0]
     elif len(runs) > 1:
-        raise MixedTraceError(
-            f"trace {path} holds {len(runs)} runs ({_names(runs)}); choose one by its run id"
-        )
+        raise MixedTraceError(several_runs_message(path, [_run_id(r) for r in runs]))
     elif not runs:
         return []
     else:

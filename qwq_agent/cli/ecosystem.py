@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from qwq_agent.cli.safe_text import plain
 from qwq_agent.protocols import Tool
-from qwq_agent.urls import redact_url
+from qwq_agent.urls import is_http_url, redact_url
 
 __all__ = ["RunExtras", "add_arguments", "check_urls", "open_extras"]
-
-# What MCPServerSpec takes (streamable HTTP), and what the OTLP/HTTP exporter can post to.
-_MCP_URL = re.compile(r"^https?://")
-_OTLP_URL = re.compile(r"^https?://[^/?#\s]", re.IGNORECASE)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,7 +100,7 @@ def check_urls(args: argparse.Namespace) -> None:
     from qwq_agent.settings import get_settings
 
     for url in args.mcp_url:
-        if not _MCP_URL.match(url.strip()):
+        if not is_http_url(url.strip(), scheme_only=True):
             raise CliError(
                 f"--mcp-url {redact_url(url.strip())}: an MCP server URL must start with http:// or https://",
                 "pass the server's streamable-HTTP URL (e.g. --mcp-url http://127.0.0.1:8000/mcp), or "
@@ -118,7 +113,7 @@ def check_urls(args: argparse.Namespace) -> None:
         source = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT"
     else:
         return
-    if not _OTLP_URL.match(endpoint.strip()):
+    if not is_http_url(endpoint.strip()):
         where = "give --otel" if source == "--otel" else "set the variable to"
         raise CliError(
             f"{source} {redact_url(endpoint)}: the OTLP endpoint is not an http:// or https:// URL",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import shlex
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qwq_agent.mcp._stdio import STOP_BOUND_S, StderrTail, stdio_transport
-from qwq_agent.urls import redact_url, redact_urls_in
+from qwq_agent.urls import is_http_url, redact_url, redact_urls_in
 
 if TYPE_CHECKING:
     from qwq_agent.http_env import Proxy
@@ -105,7 +104,7 @@ class MCPServerSpec(BaseModel):
             )
         if self.command is not None and not self.command:
             raise ValueError("an MCP server's command is empty")
-        if self.url is not None and not re.match(r"^https?://", self.url):
+        if self.url is not None and not is_http_url(self.url, scheme_only=True):
             raise ValueError(
                 f"an MCP server URL must start with http:// or https://, got {redact_url(self.url)!r}"
             )
@@ -117,7 +116,7 @@ class MCPServerSpec(BaseModel):
         if isinstance(value, MCPServerSpec):
             return value
         if isinstance(value, str):
-            if re.match(r"^https?://", value.strip()):
+            if is_http_url(value.strip(), scheme_only=True):
                 return cls(url=value.strip())
             return cls(command=shlex.split(value))
         return cls(command=list(value))

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from qwq_agent.process_identity import BOOT_ID, PID_NS
+from qwq_agent.process_identity import BOOT_ID, PID_NS, is_decimal, is_gone, same_pid_space
 from qwq_agent.process_identity import start_ticks as _start_ticks
 from qwq_agent.sandbox.errors import SandboxError
 
@@ -88,7 +88,7 @@ def orphan_reason(labels: dict[str, str], now: float | None = None, state: str |
         if state in STOPPED_STATES:
             return "stopped; its owner's host rebooted since (or is another machine)"
         return expired
-    if not PID_NS or labels.get(L_PIDNS) != PID_NS:
+    if not same_pid_space(labels.get(L_BOOT), labels.get(L_PIDNS)):
         # Another PID namespace (or an unknown one: labels older than this one) on the same host and boot:
         # its pids are not ours to look up, and a live owner would look dead. Only its expiry tells.
         return expired
@@ -96,8 +96,7 @@ def orphan_reason(labels: dict[str, str], now: float | None = None, state: str |
         pid = int(labels.get(L_PID, ""))
     except ValueError:
         return "bad owner label"
-    start = _start_ticks(pid)
-    if start is None or (labels.get(L_START) and start != labels[L_START]):
+    if is_gone(pid, labels.get(L_START, "")):
         return "owner process is gone"
     # The owner lives: the expiry, on the wall clock, is not asked. A clock stepped forward (a VM resumed
     # from suspend, an NTP correction) would make its sandboxes look expired mid-run; their supervisor
@@ -173,7 +172,7 @@ def list_sandboxes(client: Any = None) -> list[SandboxInfo]:
 def _label_pid(labels: dict[str, str]) -> int | None:
     """The owner pid label's value; None when missing or not a number in ASCII digits."""
     text = labels.get(L_PID, "")
-    return int(text) if text.isascii() and text.isdigit() else None
+    return int(text) if is_decimal(text) else None
 
 
 def _label_time(labels: dict[str, str], key: str) -> float | None:

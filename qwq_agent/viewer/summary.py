@@ -31,7 +31,13 @@ from urllib.parse import quote
 
 from pydantic import BaseModel
 
-from qwq_agent.agent.trace import MixedTraceError, open_regular, writer_holds
+from qwq_agent.agent.trace import (
+    MixedTraceError,
+    open_regular,
+    several_runs_message,
+    starts_new_run,
+    writer_holds,
+)
 
 __all__ = [
     "CUT_SHORT",
@@ -279,8 +285,8 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Runs:
-    """The runs a file holds so far, told apart as `split_runs` does (a second run_started, or another
-    run id): one, unless an older version appended several runs to one `--trace` file."""
+    """The runs a file holds so far, told apart as `split_runs` does (`starts_new_run`: a second
+    run_started, or another run id): one, unless an older version appended several runs to one `--trace` file."""
 
     ids: tuple[str, ...] = ()
     current_id: str = ""
@@ -291,7 +297,9 @@ class _Runs:
         is_start = ev.get("type") == "run_started"
         run_id = _text(ev.get("run_id"))
         ids, started = self.ids, self.started
-        if not ids or (is_start and started) or (run_id and self.current_id and run_id != self.current_id):
+        if not ids or starts_new_run(
+            is_start=is_start, run_id=run_id, started=started, current_id=self.current_id
+        ):
             ids, started = (*ids, ""), False
         if run_id and not ids[-1]:
             ids = (*ids[:-1], run_id)
@@ -371,10 +379,8 @@ def _one_run(runs: _Runs, file: str) -> None:
     listed as unreadable, like any trace the viewer cannot show, and `trace show --run-id` shows each run.
     """
     if len(runs.ids) > 1:
-        names = ", ".join(i or "(no id)" for i in runs.ids)
         raise MixedTraceError(
-            f"trace {file} holds {len(runs.ids)} runs ({names}); choose one by its run id: "
-            f"qwq-agent trace show {file} --run-id ID"
+            f"{several_runs_message(file, runs.ids)}: qwq-agent trace show {file} --run-id ID"
         )
 
 

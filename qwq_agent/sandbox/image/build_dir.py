@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from qwq_agent.process_identity import BOOT_ID, PID_NS, start_ticks
+from qwq_agent.process_identity import BOOT_ID, PID_NS, is_decimal, is_gone, same_pid_space, start_ticks
 
 PREFIX = "qwq-image-"
 OWNER_FILE = "owner"
@@ -74,13 +74,12 @@ def _dead_owner(path: Path) -> int | None:
     if fields is None or len(fields) != 4:
         return None
     pid_text, ticks, boot, pid_ns = fields
-    if not _is_number(pid_text) or not _is_number(ticks):
+    if not is_decimal(pid_text) or not is_decimal(ticks):
         return None
     pid = int(pid_text)
-    if not 0 < pid <= MAX_PID or boot != BOOT_ID or not PID_NS or pid_ns != PID_NS:
+    if not 0 < pid <= MAX_PID or not same_pid_space(boot, pid_ns):
         return None
-    now = start_ticks(pid)
-    return pid if now is None or now != ticks else None
+    return pid if is_gone(pid, ticks) else None  # `ticks` is digits: the start time is compared
 
 
 def _owner_fields(path: Path) -> list[str] | None:
@@ -110,8 +109,3 @@ def _owner_fields(path: Path) -> list[str] | None:
     if len(data) > MAX_OWNER_BYTES or not data.isascii():
         return None
     return data.decode("ascii").split()
-
-
-def _is_number(text: str) -> bool:
-    """Whether `text` is a decimal number in ASCII digits (`str.isdigit` also takes "²", which `int` refuses)."""
-    return text.isascii() and text.isdigit()

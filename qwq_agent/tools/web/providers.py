@@ -9,7 +9,6 @@ endpoint URL (`http://user:password@searx.internal`, sent as basic auth).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -18,7 +17,7 @@ from pydantic import BaseModel, SecretStr
 
 from qwq_agent.charsets import known_charset
 from qwq_agent.tools.web.inflate import ACCEPT_ENCODING, BodyEncodingError, read_capped
-from qwq_agent.urls import redact_url, redact_urls_in
+from qwq_agent.urls import is_http_url, redact_url, redact_urls_in
 
 BRAVE_BASE_URL = "https://api.search.brave.com"
 TAVILY_BASE_URL = "https://api.tavily.com"
@@ -113,7 +112,7 @@ def _checked_url(provider: SearxngProvider | BraveProvider | TavilyProvider) -> 
     """`provider`, whose URL must be http(s)://: found here (the start-up check), not at the model's
     first search, as an httpx error about a missing protocol."""
     url = provider.base_url.strip()
-    if not re.match(r"(?i)https?://[^/?#\s]", url):
+    if not is_http_url(url):
         raise SearchError(f"{_URL_VARS[provider.name]}={redact_url(url)} is not an http:// or https:// URL")
     return provider
 
