@@ -733,8 +733,21 @@ async def test_sandbox_ls_shows_garbage_time_and_owner_labels_as_unknown(
         [row] = json.loads(outs[1])
         assert row["id"] == odd[:12]
         assert row["created"] is None and row["expires"] is None and row["owner_pid"] is None, row
+        # The janitor (`sandbox prune`, and the start-up clean-up every run makes) took such a container
+        # for an orphan ("bad owner label") and then failed on the same int(): every run on the engine
+        # ended "Docker failed ... invalid literal for int()" while it existed.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "qwq_agent.cli.main", "sandbox", "prune",
+            env={**os.environ, "DOCKER_HOST": proxy.url},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), GUARD_S)
+        assert proc.returncode == 0 and b"Traceback" not in err and b"invalid literal" not in err, (out, err)
+        assert not await exists(engine, odd)
     finally:
-        await engine.remove(odd)
+        if await exists(engine, odd):
+            await engine.remove(odd)
 
 
 # -------------------------------------------------------------------------------------- the idle limit

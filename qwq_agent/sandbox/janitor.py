@@ -232,7 +232,7 @@ def _prune(
             id=c["Id"][:12],
             name=(c.get("Names") or ["?"])[0].lstrip("/"),
             status=c.get("Status", ""),
-            owner_pid=int(labels[L_PID]) if labels.get(L_PID, "").isdigit() else None,
+            owner_pid=_label_pid(labels),
             created=None,
             expires=None,
             orphan=orphan or ("owned" if mine else "all"),

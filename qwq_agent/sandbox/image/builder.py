@@ -196,4 +196,4 @@ def _holder_pid(fh: IO[str]) -> int | None:
     """The pid the lock's holder wrote, None when there is none (an older qwq-agent writes none)."""
     fh.seek(0)
     text = fh.read(32).strip()
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None
